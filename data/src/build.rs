@@ -1,0 +1,72 @@
+//! Steps shared by every dataset builder (`synth`, `pack`): fitting the built-in tokenizer, turning an
+//! image into a row (latent and bits), and writing rows made in parallel in a deterministic order.
+
+use half::f16;
+use infinity_kernels::bsq;
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::format;
+use crate::schedule::ScaleSchedule;
+use crate::tokenizer::{psnr, Image, PatchTokenizer};
+use crate::writer::{DatasetWriter, RowData};
+
+/// What fitting the tokenizer measured on its calibration images.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct TokenizerFit {
+    /// PSNR of the continuous latent (PCA only), dB.
+    pub psnr_latent_db: f64,
+    /// PSNR after multi-scale BSQ (what the bits carry), dB.
+    pub psnr_bsq_db: f64,
+    pub images: usize,
+}
+
+/// Fit PCA on `images`, tune the latent scale on (up to 64 of) them, and measure both PSNRs.
+pub fn fit_tokenizer(images: &[(Image, ScaleSchedule)], patch: usize, d: usize) -> Result<(PatchTokenizer, TokenizerFit)> {
+    let plain: Vec<Image> = images.iter().map(|(i, _)| i.clone()).collect();
+    let mut tok = PatchTokenizer::fit(&plain, patch, d)?;
+    let calib: Vec<(Image, Vec<(usize, usize)>)> = images.iter().take(64).map(|(i, s)| (i.clone(), s.hw())).collect();
+    tok.calibrate(&calib)?;
+    let mut latent_psnr = 0.0;
+    let mut bsq_psnr = 0.0;
+    for (img, sched) in images {
+        let (hh, ww) = sched.latent_hw();
+        latent_psnr += psnr(img, &tok.decode(&tok.encode(img)?, hh, ww));
+        bsq_psnr += psnr(img, &tok.round_trip(img, &sched.hw())?.0);
+    }
+    let n = images.len() as f64;
+    Ok((tok, TokenizerFit { psnr_latent_db: latent_psnr / n, psnr_bsq_db: bsq_psnr / n, images: images.len() }))
+}
+
+/// Latent (f16 bytes, `[d, H, W]`) and packed bits of one image. The bits are computed from the
+/// f16-rounded latent, so a trainer that rebuilds bits from the stored latent gets the stored bits.
+pub fn encode_row(tok: &PatchTokenizer, img: &Image, sched: &ScaleSchedule) -> Result<(Vec<u8>, Vec<u8>)> {
+    let latent: Vec<f32> = tok.encode(img)?.into_iter().map(|x| f16::from_f32(x).to_f32()).collect();
+    let enc = bsq::encode_multiscale(&latent, tok.d, &sched.hw());
+    let mut packed = Vec::new();
+    format::pack_bits(&enc.bits, tok.d, &mut packed);
+    let latent_bytes = latent.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+    Ok((latent_bytes, packed))
+}
+
+/// Make rows `0..n` with `make` on all cores, chunk by chunk, and write them in id order.
+/// `progress` is called after each chunk with the rows written so far.
+pub fn write_parallel(
+    writer: &mut DatasetWriter,
+    n: u64,
+    make: impl Fn(u64) -> Result<RowData> + Sync,
+    mut progress: impl FnMut(u64),
+) -> Result<()> {
+    const CHUNK: u64 = 2048;
+    let mut start = 0;
+    while start < n {
+        let end = (start + CHUNK).min(n);
+        let rows: Vec<RowData> = (start..end).into_par_iter().map(&make).collect::<Result<_>>()?;
+        for row in rows {
+            writer.push(row)?;
+        }
+        progress(end);
+        start = end;
+    }
+    Ok(())
+}

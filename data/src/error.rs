@@ -1,0 +1,52 @@
+//! Errors of the data crate. Every variant names the file and, where one exists, the row and column,
+//! and says what was expected: a user with a broken dataset should know where to look from the message.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}: not a valid manifest: {detail}")]
+    Manifest { path: PathBuf, detail: String },
+
+    #[error("{path}: manifest key `{key}` says {expected}, but {found}")]
+    ManifestMismatch { path: PathBuf, key: String, expected: String, found: String },
+
+    #[error("{path}: file is {found} bytes, manifest expects {expected} bytes (truncated or replaced shard)")]
+    Size { path: PathBuf, expected: u64, found: u64 },
+
+    #[error("{path}: crc32c checksum is {found}, manifest expects {expected} (corrupt shard)")]
+    Checksum { path: PathBuf, expected: String, found: String },
+
+    #[error("{path}: not a readable Arrow IPC file: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error("{path}: column `{column}`: expected {expected}, found {found}")]
+    Schema { path: PathBuf, column: String, expected: String, found: String },
+
+    #[error("{path}: row {row} (id {id}), column `{column}`: expected {expected}, found {found}")]
+    Row { path: PathBuf, row: u64, id: u64, column: String, expected: String, found: String },
+
+    #[error("{0}")]
+    Config(String),
+
+    #[error("loader: {0}")]
+    Loader(String),
+
+    #[error("{path}: {detail}")]
+    Image { path: PathBuf, detail: String },
+}
+
+impl DataError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+
+    pub fn corrupt(path: impl Into<PathBuf>, detail: impl std::fmt::Display) -> Self {
+        DataError::Corrupt { path: path.into(), detail: detail.to_string() }
+    }
+}

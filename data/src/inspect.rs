@@ -1,0 +1,221 @@
+//! `infinity data inspect | verify | stats`: look at a dataset, check all of it, and measure its bits.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::format;
+use crate::manifest::Manifest;
+use crate::reader::{Checksums, Shard};
+use crate::tokenizer::{Image, PatchTokenizer};
+use crate::Dataset;
+
+/// A human-readable summary: manifest, schedules, shards and the Arrow schema.
+pub fn inspect(dir: &Path) -> Result<String> {
+    let m = Manifest::load(dir)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "dataset      {}", dir.display());
+    let _ = writeln!(s, "format       {} v{}, d = {} bits per token", m.format, m.format_version, m.d);
+    let _ = writeln!(s, "bit order    {}", m.bit_order);
+    let _ = writeln!(s, "tokenizer    {} ({})", m.tokenizer.name, m.tokenizer.file.as_deref().unwrap_or("no file"));
+    let _ = writeln!(s, "             {}", m.tokenizer.params);
+    if let Some(c) = &m.conditions.class {
+        let _ = writeln!(s, "class        {} classes", c.num_classes);
+    }
+    if let Some(t) = &m.conditions.text {
+        let _ = writeln!(s, "text         width {}, {:?}, ≤ {} tokens, {}", t.width, t.dtype, t.max_tokens, t.encoder);
+    }
+    let _ = writeln!(s, "caption      {}", if m.conditions.caption { "yes" } else { "no" });
+    let _ = writeln!(s, "latent       {}", m.latent.as_ref().map_or("no".into(), |l| format!("{} [{}]", l.dtype, l.layout)));
+    let _ = writeln!(s, "rows         {} in {} shards, {:.1} MiB", m.total_rows, m.shards.len(), m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / (1 << 20) as f64);
+    let _ = writeln!(s, "schedules");
+    for (b, sch) in m.schedules.iter().enumerate() {
+        let rows: u64 = m.shards.iter().map(|s| s.bucket_rows[b]).sum();
+        let (h, w) = sch.latent_hw();
+        let _ = writeln!(s, "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows", sch.name, sch.scales.len(), sch.num_tokens());
+    }
+    let _ = writeln!(s, "shards");
+    for e in m.shards.iter().take(8) {
+        let _ = writeln!(s, "  {}  {} rows  {} bytes  crc32c {}", e.file, e.rows, e.bytes, e.crc32c);
+    }
+    if m.shards.len() > 8 {
+        let _ = writeln!(s, "  … {} more", m.shards.len() - 8);
+    }
+    let _ = writeln!(s, "arrow schema");
+    for f in format::schema(m.columns()).fields() {
+        let _ = writeln!(s, "  {:<12} {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" });
+    }
+    Ok(s)
+}
+
+/// What `verify` found. `problems` is empty for a sound dataset.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub rows_checked: u64,
+    pub problems: Vec<String>,
+}
+
+/// Check everything: manifest, every shard's size, checksum, schema and row count, every row, and the
+/// tokenizer file. Keeps going after a problem so one run lists them all (at most 20 rows per shard).
+pub fn verify(dir: &Path) -> VerifyReport {
+    let mut r = VerifyReport::default();
+    let m = match Manifest::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            r.problems.push(e.to_string());
+            return r;
+        }
+    };
+    for (i, entry) in m.shards.iter().enumerate() {
+        let path = dir.join(&entry.file);
+        let shard = match Shard::open(&path, Some(entry), m.columns(), Checksums::Verify) {
+            Ok(s) => s,
+            Err(e) => {
+                r.problems.push(e.to_string());
+                continue;
+            }
+        };
+        r.shards += 1;
+        if shard.num_rows() as u64 != entry.rows {
+            r.problems.push(format!("{}: holds {} rows, manifest shards[{i}].rows says {}", path.display(), shard.num_rows(), entry.rows));
+        }
+        let mut counts = vec![0u64; m.schedules.len()];
+        let mut bad = 0;
+        for row in 0..shard.num_rows() {
+            r.rows_checked += 1;
+            match shard.validate_row(row, &m) {
+                Ok(()) => counts[shard.row(row).bucket as usize] += 1,
+                Err(e) => {
+                    bad += 1;
+                    if bad <= 20 {
+                        r.problems.push(e.to_string());
+                    }
+                }
+            }
+        }
+        if bad > 20 {
+            r.problems.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));
+        }
+        if bad == 0 && counts != entry.bucket_rows {
+            r.problems.push(format!("{}: rows per bucket are {counts:?}, manifest shards[{i}].bucket_rows says {:?}", path.display(), entry.bucket_rows));
+        }
+    }
+    if let Some(f) = &m.tokenizer.file {
+        if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {
+            if let Err(e) = PatchTokenizer::load(&dir.join(f)) {
+                r.problems.push(e.to_string());
+            }
+        } else if !dir.join(f).exists() {
+            r.problems.push(format!("{}: tokenizer file named in the manifest is missing", dir.join(f).display()));
+        }
+    }
+    r
+}
+
+/// Per-scale bit statistics of a bucket: how often bits are 1, averaged and over the worst channels.
+pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
+    let m = &ds.manifest;
+    let d = m.d as usize;
+    let mut out = String::new();
+    let by_bucket = ds.rows_by_bucket();
+    for (b, rows) in by_bucket.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let sched = &m.schedules[b];
+        let hw = sched.hw();
+        // ones[s][c]: count of 1 bits of channel c at scale s
+        let mut ones = vec![vec![0u64; d]; hw.len()];
+        let n = rows.len().min(max_rows as usize);
+        let mut bits = vec![0u8; sched.num_tokens() * d];
+        for &g in &rows[..n] {
+            ds.validate_row(g)?;
+            format::unpack_bits(ds.row(g).bits, d, &mut bits);
+            let mut off = 0;
+            for (s, &(h, w)) in hw.iter().enumerate() {
+                for tok in bits[off * d..(off + h * w) * d].chunks_exact(d) {
+                    for (c, &bit) in tok.iter().enumerate() {
+                        ones[s][c] += bit as u64;
+                    }
+                }
+                off += h * w;
+            }
+        }
+        let _ = writeln!(out, "bucket {b} `{}`: {n} of {} rows", sched.name, rows.len());
+        let _ = writeln!(out, "  scale  h×w      P(bit=1)  min channel  max channel  entropy/bit");
+        for (s, &(h, w)) in hw.iter().enumerate() {
+            let total = (n * h * w) as f64;
+            let p: Vec<f64> = ones[s].iter().map(|&o| o as f64 / total).collect();
+            let mean = p.iter().sum::<f64>() / d as f64;
+            let (lo, hi) = p.iter().fold((1.0f64, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let ent = p.iter().map(|&x| binary_entropy(x)).sum::<f64>() / d as f64;
+            let _ = writeln!(out, "  {s:>5}  {:<8} {mean:>8.3}  {lo:>11.3}  {hi:>11.3}  {ent:>11.3}", format!("{h}×{w}"));
+        }
+    }
+    if let Some(c) = &m.conditions.class {
+        let mut hist = vec![0u64; c.num_classes as usize];
+        for g in 0..ds.num_rows().min(max_rows) {
+            if let Some(l) = ds.row(g).class_label {
+                hist[l as usize] += 1;
+            }
+        }
+        let _ = writeln!(out, "class histogram (first {} rows): {hist:?}", ds.num_rows().min(max_rows));
+    }
+    Ok(out)
+}
+
+fn binary_entropy(p: f64) -> f64 {
+    if p <= 0.0 || p >= 1.0 {
+        0.0
+    } else {
+        -(p * p.log2() + (1.0 - p) * (1.0 - p).log2())
+    }
+}
+
+/// Decode the first `n` rows with the dataset's built-in tokenizer into one PNG grid.
+pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
+    let m = &ds.manifest;
+    let file = m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME).ok_or_else(|| {
+        crate::DataError::Config(format!("{}: stats --png needs the built-in tokenizer; this dataset uses `{}`", ds.dir().display(), m.tokenizer.name))
+    })?;
+    let tok = PatchTokenizer::load(&ds.dir().join(file))?;
+    let d = m.d as usize;
+    let images: Vec<Image> = (0..(n as u64).min(ds.num_rows()))
+        .map(|g| {
+            ds.validate_row(g)?;
+            let row = ds.row(g);
+            let sched = &m.schedules[row.bucket as usize];
+            let mut bits = vec![0u8; sched.num_tokens() * d];
+            format::unpack_bits(row.bits, d, &mut bits);
+            Ok(tok.decode_bits(&bits, &sched.hw()))
+        })
+        .collect::<Result<_>>()?;
+    save_grid(&images, 8, path)
+}
+
+/// Tile images into a grid PNG, each cell enlarged by an integer factor to at least 96 px.
+pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
+    let err = |e: String| crate::DataError::Image { path: path.into(), detail: e };
+    if images.is_empty() {
+        return Err(err("no images to write".into()));
+    }
+    let (ch, cw) = images.iter().fold((0, 0), |(h, w), i| (h.max(i.h), w.max(i.w)));
+    let zoom = 96usize.div_ceil(ch.max(cw)).max(1);
+    let cols = cols.min(images.len());
+    let rows = images.len().div_ceil(cols);
+    let pad = 2;
+    let (gw, gh) = (cols * (cw * zoom + pad) + pad, rows * (ch * zoom + pad) + pad);
+    let mut canvas = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
+    for (k, img) in images.iter().enumerate() {
+        let rgb = img.to_rgb8();
+        let (ox, oy) = (pad + (k % cols) * (cw * zoom + pad), pad + (k / cols) * (ch * zoom + pad));
+        for y in 0..img.h * zoom {
+            for x in 0..img.w * zoom {
+                let i = 3 * ((y / zoom) * img.w + x / zoom);
+                canvas.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb([rgb[i], rgb[i + 1], rgb[i + 2]]));
+            }
+        }
+    }
+    canvas.save(path).map_err(|e| err(e.to_string()))
+}

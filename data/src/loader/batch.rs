@@ -1,0 +1,127 @@
+//! A batch as the trainer receives it: the rank's rows of one global batch, gathered into contiguous
+//! buffers (one copy from the mapped shards, none per column element).
+
+use half::{bf16, f16};
+
+use crate::dataset::Dataset;
+use crate::error::Result;
+use crate::format;
+use crate::manifest::TextDtype;
+
+/// Dims legend: `B` rows in this batch (the rank's share), `L` tokens of the bucket's schedule,
+/// `nb = ⌈d/8⌉`, `(H, W)` the last scale, `T` text tokens of all rows, `Ct` text width.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// Absolute global batch number (epoch · batches_per_epoch + batch in epoch).
+    pub global_index: u64,
+    pub epoch: u64,
+    /// Schedule index into the manifest.
+    pub bucket: u16,
+    /// `[B]` sample ids.
+    pub ids: Vec<u64>,
+    /// `[B, L, nb]` packed bits.
+    pub bits: Vec<u8>,
+    /// `[B, d, H, W]` f16 little-endian bytes.
+    pub latent: Option<Vec<u8>>,
+    /// `[B]`
+    pub class_label: Option<Vec<i32>>,
+    /// `[T, Ct]` f16/bf16 little-endian bytes, rows packed without padding.
+    pub text_emb: Option<Vec<u8>>,
+    /// `[B + 1]` cumulative text token counts (upstream `cu_seqlens_k`).
+    pub text_cu_seqlens: Option<Vec<u32>>,
+    /// `[B]`
+    pub captions: Option<Vec<Option<String>>>,
+    /// Rows of this rank's slice left out because they were bad (only with `BadRows::Skip`).
+    pub skipped: Vec<u64>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Token-major 0/1 bits `[L, d]` of row `i`.
+    pub fn unpacked_bits(&self, i: usize, d: usize) -> Vec<u8> {
+        let per = self.bits.len() / self.len();
+        let mut out = vec![0u8; per / format::bytes_per_token(d) * d];
+        format::unpack_bits(&self.bits[i * per..(i + 1) * per], d, &mut out);
+        out
+    }
+
+    /// Latent `[d, H, W]` of row `i` as f32.
+    pub fn latent_f32(&self, i: usize) -> Option<Vec<f32>> {
+        let lat = self.latent.as_ref()?;
+        let per = lat.len() / self.len();
+        Some(lat[i * per..(i + 1) * per].chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+    }
+
+    /// Text embedding `[n_tokens, Ct]` of row `i` as f32.
+    pub fn text_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
+        let (emb, cu) = (self.text_emb.as_ref()?, self.text_cu_seqlens.as_ref()?);
+        let bytes = &emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2];
+        Some(
+            bytes
+                .chunks_exact(2)
+                .map(|c| match dtype {
+                    TextDtype::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    TextDtype::Bf16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Gather `rows` (global row ids, all of `bucket`) into a batch. Each row is validated; a bad row is an
+/// error, or with `skip_bad` it is left out and recorded in `skipped`.
+pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool) -> Result<Batch> {
+    let c = ds.manifest.columns();
+    let width = ds.manifest.conditions.text.as_ref().map_or(0, |t| t.width as usize * 2);
+    let mut b = Batch {
+        bucket,
+        ids: Vec::with_capacity(rows.len()),
+        latent: c.latent.then(Vec::new),
+        class_label: c.class_label.then(Vec::new),
+        text_emb: c.text_emb.then(Vec::new),
+        text_cu_seqlens: c.text_emb.then(|| vec![0]),
+        captions: c.caption.then(Vec::new),
+        ..Batch::default()
+    };
+    for &g in rows {
+        if let Err(e) = ds.validate_row(g) {
+            if skip_bad {
+                tracing::warn!("skipping bad row: {e}");
+                b.skipped.push(g);
+                continue;
+            }
+            return Err(e);
+        }
+        let row = ds.row(g);
+        if row.bucket != bucket {
+            // The plan was built from this dataset's bucket column: a mismatch means the files changed.
+            return Err(crate::error::DataError::Loader(format!(
+                "row {g} (id {}) is in bucket {}, the sampler expected {bucket}; did the dataset change under a running loader?",
+                row.id, row.bucket
+            )));
+        }
+        b.ids.push(row.id);
+        b.bits.extend_from_slice(row.bits);
+        if let (Some(dst), Some(src)) = (&mut b.latent, row.latent) {
+            dst.extend_from_slice(src);
+        }
+        if let (Some(dst), Some(src)) = (&mut b.class_label, row.class_label) {
+            dst.push(src);
+        }
+        if let (Some(dst), Some(cu), Some(src)) = (&mut b.text_emb, &mut b.text_cu_seqlens, row.text_emb) {
+            dst.extend_from_slice(src);
+            cu.push(cu.last().unwrap() + (src.len() / width) as u32);
+        }
+        if let Some(dst) = &mut b.captions {
+            dst.push(row.caption.map(str::to_owned));
+        }
+    }
+    Ok(b)
+}

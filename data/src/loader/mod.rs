@@ -1,0 +1,253 @@
+//! The training loader: a deterministic global order of bucket-homogeneous global batches (see
+//! [`plan`]), each rank reading its equal slice, optionally prefetched by background threads, with a
+//! small serialisable position for sample-exact resume (also across a change of world size).
+
+pub mod batch;
+pub mod plan;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+pub use batch::Batch;
+pub use plan::EpochPlan;
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+
+/// What to do with a row that fails validation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRows {
+    /// Stop with an error naming the file, row and column (the default).
+    #[default]
+    Error,
+    /// Leave the row out of its batch, log it and count it in [`Batch::skipped`].
+    Skip,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderOptions {
+    /// Rows per global batch, all ranks together (`G`). Must be divisible by `world_size`.
+    pub global_batch: usize,
+    pub seed: u64,
+    pub rank: usize,
+    pub world_size: usize,
+    /// Background reader threads; 0 reads on the caller's thread.
+    pub workers: usize,
+    /// Batches each worker may have ready ahead of the consumer.
+    pub prefetch: usize,
+    pub bad_rows: BadRows,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions { global_batch: 32, seed: 0, rank: 0, world_size: 1, workers: 1, prefetch: 4, bad_rows: BadRows::Error }
+    }
+}
+
+/// The loader's position: everything needed to continue sample-exactly. It holds no rank or world size,
+/// so a run may resume on a different number of ranks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderState {
+    pub seed: u64,
+    pub global_batch: usize,
+    /// Global batches delivered so far, over all epochs.
+    pub batches_done: u64,
+    /// [`crate::manifest::Manifest::fingerprint`] of the dataset the position refers to.
+    pub dataset: String,
+}
+
+/// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
+struct Plans {
+    rows_by_bucket: Vec<Vec<u64>>,
+    seed: u64,
+    global_batch: usize,
+    cache: Mutex<VecDeque<Arc<EpochPlan>>>,
+}
+
+impl Plans {
+    fn get(&self, epoch: u64) -> Arc<EpochPlan> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.iter().find(|p| p.epoch == epoch) {
+            return p.clone();
+        }
+        let p = Arc::new(EpochPlan::new(&self.rows_by_bucket, self.seed, epoch, self.global_batch));
+        if cache.len() >= 3 {
+            cache.pop_front();
+        }
+        cache.push_back(p.clone());
+        p
+    }
+}
+
+struct Shared {
+    ds: Arc<Dataset>,
+    plans: Plans,
+    batches_per_epoch: u64,
+    rank: usize,
+    world_size: usize,
+    skip_bad: bool,
+}
+
+impl Shared {
+    /// Read absolute global batch `a` (this rank's slice).
+    fn read(&self, a: u64) -> Result<Batch> {
+        let epoch = a / self.batches_per_epoch;
+        let k = (a % self.batches_per_epoch) as usize;
+        let plan = self.plans.get(epoch);
+        let (bucket, rows) = plan.rank_slice(k, self.rank, self.world_size);
+        let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad)?;
+        b.global_index = a;
+        b.epoch = epoch;
+        Ok(b)
+    }
+}
+
+struct Workers {
+    rx: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+pub struct Loader {
+    shared: Arc<Shared>,
+    state: LoaderState,
+    /// Absolute batch number at which the workers started.
+    first: u64,
+    workers: Option<Workers>,
+}
+
+impl Loader {
+    /// A loader over `ds`, starting at `resume` if given (which must come from the same dataset, seed and
+    /// global batch size) or at the very beginning.
+    pub fn new(ds: Arc<Dataset>, opts: LoaderOptions, resume: Option<LoaderState>) -> Result<Loader> {
+        let LoaderOptions { global_batch: g, world_size: w, rank, .. } = opts;
+        if g == 0 || w == 0 || g % w != 0 || rank >= w {
+            return Err(DataError::Config(format!(
+                "loader: global batch {g} must be a positive multiple of world size {w}, and rank {rank} < {w}"
+            )));
+        }
+        let rows_by_bucket = ds.rows_by_bucket();
+        let per_epoch = EpochPlan::batches_per_epoch(&rows_by_bucket, g);
+        if per_epoch == 0 {
+            let largest = rows_by_bucket.iter().map(Vec::len).max().unwrap_or(0);
+            return Err(DataError::Config(format!(
+                "loader: {}: no bucket has a full global batch of {g} rows (largest bucket: {largest} rows)",
+                ds.dir().display()
+            )));
+        }
+        let fingerprint = ds.manifest.fingerprint();
+        let state = match resume {
+            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset: fingerprint },
+            Some(s) => {
+                let mismatch = |what: &str, saved: String, now: String| {
+                    Err(DataError::Config(format!(
+                        "loader: cannot resume: the saved position has {what} {saved}, this run has {now}"
+                    )))
+                };
+                if s.dataset != fingerprint {
+                    return mismatch("dataset fingerprint", s.dataset, fingerprint);
+                }
+                if s.global_batch != g {
+                    return mismatch("global batch", s.global_batch.to_string(), g.to_string());
+                }
+                if s.seed != opts.seed {
+                    return mismatch("seed", s.seed.to_string(), opts.seed.to_string());
+                }
+                s
+            }
+        };
+        let shared = Arc::new(Shared {
+            ds,
+            plans: Plans { rows_by_bucket, seed: opts.seed, global_batch: g, cache: Mutex::new(VecDeque::new()) },
+            batches_per_epoch: per_epoch,
+            rank,
+            world_size: w,
+            skip_bad: opts.bad_rows == BadRows::Skip,
+        });
+        let first = state.batches_done;
+        let workers = (opts.workers > 0).then(|| spawn_workers(&shared, first, opts.workers, opts.prefetch.max(1)));
+        Ok(Loader { shared, state, first, workers })
+    }
+
+    /// The next batch of this rank. Errors from reader threads arrive here, in order.
+    pub fn next_batch(&mut self) -> Result<Batch> {
+        let a = self.state.batches_done;
+        let batch = match &self.workers {
+            None => self.shared.read(a)?,
+            Some(w) => {
+                let i = ((a - self.first) % w.rx.len() as u64) as usize;
+                w.rx[i].recv().map_err(|_| {
+                    DataError::Loader(format!("reader thread {i} stopped without a result (it panicked); see the log above"))
+                })??
+            }
+        };
+        self.state.batches_done += 1;
+        Ok(batch)
+    }
+
+    /// The position after the last delivered batch.
+    pub fn state(&self) -> LoaderState {
+        self.state.clone()
+    }
+
+    pub fn batches_per_epoch(&self) -> u64 {
+        self.shared.batches_per_epoch
+    }
+
+    /// Rows per epoch that do not fill a global batch of their bucket.
+    pub fn rows_left_over_per_epoch(&self) -> u64 {
+        EpochPlan::rows_left_over(&self.shared.plans.rows_by_bucket, self.state.global_batch)
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.shared.ds
+    }
+}
+
+/// Worker `w` of `n` reads absolute batches `first + w, first + w + n, ...` into its own bounded channel,
+/// so the consumer can take them in global order with no reordering buffer.
+fn spawn_workers(shared: &Arc<Shared>, first: u64, n: usize, depth: usize) -> Workers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rx = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for w in 0..n {
+        let (tx, r) = sync_channel::<Result<Batch>>(depth);
+        let (shared, stop) = (shared.clone(), stop.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("loader-{w}"))
+            .spawn(move || {
+                let mut a = first + w as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let res = shared.read(a);
+                    let failed = res.is_err();
+                    if tx.send(res).is_err() || failed {
+                        break; // consumer gone, or the error was handed over: stop reading
+                    }
+                    a += n as u64;
+                }
+            })
+            .expect("spawning a loader thread");
+        rx.push(r);
+        handles.push(h);
+    }
+    Workers { rx, handles, stop }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if let Some(w) = self.workers.take() {
+            w.stop.store(true, Ordering::Relaxed);
+            drop(w.rx); // unblocks workers waiting on a full channel
+            for h in w.handles {
+                let _ = h.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! `manifest.json`: what a dataset folder holds. Written last and atomically, so a folder with a
+//! manifest is a complete dataset; readers trust the shard files only as far as the manifest vouches
+//! for them (size, checksum, row counts).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::format::{self, Columns};
+use crate::schedule::ScaleSchedule;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always `infinity-bits`.
+    pub format: String,
+    pub format_version: u32,
+    /// Bits per token (= latent channels).
+    pub d: u32,
+    /// Human-readable statement of the bit order (see `format.rs`).
+    pub bit_order: String,
+    pub tokenizer: TokenizerInfo,
+    pub conditions: Conditions,
+    /// Present when rows carry the continuous latent.
+    pub latent: Option<LatentInfo>,
+    /// Indexed by the `bucket` column.
+    pub schedules: Vec<ScaleSchedule>,
+    pub shards: Vec<ShardEntry>,
+    pub total_rows: u64,
+    /// Free-form provenance: the command that made the dataset.
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerInfo {
+    /// `patch-pca-bsq` for the built-in tokenizer, e.g. `bsq-vae-d32` for upstream's VAE.
+    pub name: String,
+    /// A file in the dataset folder holding the tokenizer (the built-in one can decode bits to images).
+    pub file: Option<String>,
+    /// Tokenizer-specific settings (patch size, latent scale, measured PSNR, ...).
+    #[serde(default)]
+    pub params: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    pub class: Option<ClassInfo>,
+    pub text: Option<TextInfo>,
+    /// Rows carry a `caption` string.
+    #[serde(default)]
+    pub caption: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassInfo {
+    pub num_classes: u32,
+    /// Optional names, indexed by class id.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextDtype {
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextInfo {
+    /// Channels per text token (upstream `Ct5`, 2048 for flan-t5-xl).
+    pub width: u32,
+    pub dtype: TextDtype,
+    /// Upper bound on tokens per caption (upstream `text_maxlen`, 512).
+    pub max_tokens: u32,
+    /// What made the embeddings.
+    pub encoder: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentInfo {
+    /// Always `f16`.
+    pub dtype: String,
+    /// Always `d,H,W`.
+    pub layout: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardEntry {
+    /// File name relative to the dataset folder.
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// crc32c of the whole file, 8 lowercase hex digits.
+    pub crc32c: String,
+    /// Rows per bucket, indexed like `schedules`.
+    pub bucket_rows: Vec<u64>,
+}
+
+impl Manifest {
+    pub fn columns(&self) -> Columns {
+        Columns {
+            latent: self.latent.is_some(),
+            class_label: self.conditions.class.is_some(),
+            text_emb: self.conditions.text.is_some(),
+            caption: self.conditions.caption,
+        }
+    }
+
+    /// Reads and checks `dir/manifest.json`. Unknown keys are errors naming their path.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let m: Manifest = serde_path_to_error::deserialize(de)
+            .map_err(|e| DataError::Manifest { path: path.clone(), detail: format!("at `{}`: {}", e.path(), e.inner()) })?;
+        m.check(&path)?;
+        Ok(m)
+    }
+
+    /// Internal consistency: version, schedules, counts.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, expected: String, found: String| DataError::ManifestMismatch {
+            path: path.to_path_buf(),
+            key: key.into(),
+            expected,
+            found,
+        };
+        if self.format != format::FORMAT_NAME {
+            return Err(bad("format", format!("`{}`", format::FORMAT_NAME), format!("`{}`", self.format)));
+        }
+        if self.format_version != format::FORMAT_VERSION {
+            return Err(bad(
+                "format_version",
+                format!("{} (this build reads only that)", format::FORMAT_VERSION),
+                self.format_version.to_string(),
+            ));
+        }
+        if self.d == 0 || self.d > 1024 {
+            return Err(bad("d", "1..=1024 bits per token".into(), self.d.to_string()));
+        }
+        if self.schedules.is_empty() || self.schedules.len() > u16::MAX as usize {
+            return Err(bad("schedules", "1..=65535 schedules".into(), self.schedules.len().to_string()));
+        }
+        for (i, s) in self.schedules.iter().enumerate() {
+            s.validate().map_err(|e| bad(&format!("schedules[{i}]"), "a valid schedule".into(), e))?;
+        }
+        if let Some(l) = &self.latent {
+            if l.dtype != "f16" || l.layout != "d,H,W" {
+                return Err(bad("latent", "dtype `f16`, layout `d,H,W`".into(), format!("{l:?}")));
+            }
+        }
+        if let Some(t) = &self.conditions.text {
+            if t.width == 0 || t.max_tokens == 0 {
+                return Err(bad("conditions.text", "width > 0 and max_tokens > 0".into(), format!("{t:?}")));
+            }
+        }
+        let mut total = 0u64;
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.bucket_rows.len() != self.schedules.len() || s.bucket_rows.iter().sum::<u64>() != s.rows {
+                return Err(bad(
+                    &format!("shards[{i}].bucket_rows"),
+                    format!("{} entries summing to rows = {}", self.schedules.len(), s.rows),
+                    format!("{:?}", s.bucket_rows),
+                ));
+            }
+            if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+                return Err(bad(&format!("shards[{i}].file"), "a plain file name".into(), format!("`{}`", s.file)));
+            }
+            total += s.rows;
+        }
+        if total != self.total_rows {
+            return Err(bad("total_rows", format!("the sum of shard rows ({total})"), self.total_rows.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Writes `dir/manifest.json` atomically: temporary file, fsync, rename, fsync of the folder.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// A short fingerprint of the dataset contents (shard checksums and row counts): resuming a loader
+    /// on a different dataset is refused by comparing it.
+    pub fn fingerprint(&self) -> String {
+        let mut h = 0u32;
+        for s in &self.shards {
+            h = crc32c::crc32c_append(h, s.file.as_bytes());
+            h = crc32c::crc32c_append(h, s.crc32c.as_bytes());
+            h = crc32c::crc32c_append(h, &s.rows.to_le_bytes());
+        }
+        format!("{:08x}-{}", h, self.total_rows)
+    }
+}
+
+/// Write `bytes` to `path` so that readers see either the old file or the complete new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    if let Some(parent) = path.parent() {
+        // Persist the rename itself; not every platform can open a folder, so failure here is not fatal.
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

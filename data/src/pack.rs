@@ -1,0 +1,182 @@
+//! `infinity data pack --images DIR`: a folder of PNG/JPEG images → shards, with the built-in tokenizer.
+//!
+//! Labels come from sub-folder names (sorted; images directly in DIR get no label and make the dataset
+//! unconditional). An optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
+//! aspect-ratio template nearest to its h/w, resized to cover that template's pixel size and centre
+//! cropped (upstream's transform), then tokenized.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+
+use crate::build::{encode_row, fit_tokenizer, write_parallel, TokenizerFit};
+use crate::error::{DataError, Result};
+use crate::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
+use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TokenizerInfo};
+use crate::schedule::{Catalog, ScaleSchedule};
+use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE, TOKENIZER_NAME};
+use crate::writer::{DatasetWriter, RowData, WriterOptions};
+
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    pub d: usize,
+    pub budget: String,
+    pub patch: usize,
+    /// Use this tokenizer instead of fitting one.
+    pub tokenizer: Option<PathBuf>,
+    /// Images the tokenizer is fitted on.
+    pub fit_images: usize,
+    pub writer: WriterOptions,
+    pub created_by: String,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            d: 16,
+            budget: "demo5".into(),
+            patch: 4,
+            tokenizer: None,
+            fit_images: 512,
+            writer: WriterOptions::default(),
+            created_by: "infinity data pack".into(),
+        }
+    }
+}
+
+struct Entry {
+    path: PathBuf,
+    label: Option<i32>,
+    caption: Option<String>,
+}
+
+fn is_image(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
+}
+
+fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
+    let read = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| DataError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let top = read(root)?;
+    let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
+    let loose: Vec<PathBuf> = top.into_iter().filter(|p| is_image(p)).collect();
+    if !classes.is_empty() && !loose.is_empty() {
+        return Err(DataError::Config(format!(
+            "{}: holds both class sub-folders and loose images ({}); put every image in a class folder, or use no folders",
+            root.display(),
+            loose[0].display()
+        )));
+    }
+    let caption = |p: &Path| std::fs::read_to_string(p.with_extension("txt")).ok().map(|s| s.trim().to_string());
+    let mut entries = Vec::new();
+    let mut names = Vec::new();
+    if classes.is_empty() {
+        entries.extend(loose.into_iter().map(|p| Entry { caption: caption(&p), path: p, label: None }));
+    } else {
+        for (k, dir) in classes.iter().enumerate() {
+            names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+            for p in read(dir)?.into_iter().filter(|p| is_image(p)) {
+                entries.push(Entry { caption: caption(&p), path: p, label: Some(k as i32) });
+            }
+        }
+    }
+    if entries.is_empty() {
+        return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
+    }
+    Ok((entries, names))
+}
+
+/// Load `path`, pick its template, resize to cover and centre-crop to the schedule's pixel size.
+fn load_image(path: &Path, budget: &str, patch: usize) -> Result<(Image, ScaleSchedule)> {
+    let img = image::open(path).map_err(|e| DataError::Image { path: path.into(), detail: e.to_string() })?;
+    let (w0, h0) = (img.width(), img.height());
+    if w0 == 0 || h0 == 0 {
+        return Err(DataError::Image { path: path.into(), detail: "empty image".into() });
+    }
+    let catalog = Catalog::upstream();
+    let sched = catalog.schedule(catalog.nearest_template(h0 as f64 / w0 as f64), budget)?;
+    let (hh, ww) = sched.latent_hw();
+    let (h, w) = ((hh * patch) as u32, (ww * patch) as u32);
+    let rgb = img.resize_to_fill(w, h, FilterType::Lanczos3).to_rgb8();
+    Ok((Image::from_rgb8(h as usize, w as usize, rgb.as_raw()), sched))
+}
+
+/// Pack `images` into a dataset at `out`.
+pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>)> {
+    let (entries, class_names) = list_images(images)?;
+    let catalog = Catalog::upstream();
+    // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
+    let schedules: Vec<ScaleSchedule> =
+        catalog.template_names().map(|t| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;
+    let (tok, fit) = match &opts.tokenizer {
+        Some(p) => (PatchTokenizer::load(p)?, None),
+        None => {
+            let step = (entries.len() / opts.fit_images.max(1)).max(1);
+            let sample: Vec<_> = entries
+                .iter()
+                .step_by(step)
+                .take(opts.fit_images)
+                .map(|e| load_image(&e.path, &opts.budget, opts.patch))
+                .collect::<Result<_>>()?;
+            let (t, f) = fit_tokenizer(&sample, opts.patch, opts.d)?;
+            (t, Some(f))
+        }
+    };
+    if tok.d != opts.d || tok.patch != opts.patch {
+        return Err(DataError::Config(format!(
+            "pack: the tokenizer has d = {}, patch = {}; the options ask for d = {}, patch = {}",
+            tok.d, tok.patch, opts.d, opts.patch
+        )));
+    }
+    let has_caption = entries.iter().any(|e| e.caption.is_some());
+    let header = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        d: opts.d as u32,
+        bit_order: BIT_ORDER.into(),
+        tokenizer: TokenizerInfo {
+            name: TOKENIZER_NAME.into(),
+            file: Some(TOKENIZER_FILE.into()),
+            params: serde_json::json!({ "patch": opts.patch, "scale": tok.scale, "whiten": tok.whiten, "fit": fit }),
+        },
+        conditions: Conditions {
+            class: (!class_names.is_empty())
+                .then(|| ClassInfo { num_classes: class_names.len() as u32, names: class_names.clone() }),
+            text: None,
+            caption: has_caption,
+        },
+        latent: Some(LatentInfo { dtype: "f16".into(), layout: "d,H,W".into() }),
+        schedules: schedules.clone(),
+        shards: vec![],
+        total_rows: 0,
+        created_by: opts.created_by.clone(),
+    };
+    let mut writer = DatasetWriter::create(out, header, opts.writer.clone())?;
+    tok.save(&out.join(TOKENIZER_FILE))?;
+    let make = |id: u64| -> Result<RowData> {
+        let e = &entries[id as usize];
+        let (img, sched) = load_image(&e.path, &opts.budget, opts.patch)?;
+        let bucket = schedules.iter().position(|s| s.name == sched.name).expect("schedules cover every template");
+        let (latent, bits) = encode_row(&tok, &img, &sched)?;
+        Ok(RowData {
+            id,
+            bucket: bucket as u16,
+            bits,
+            latent: Some(latent),
+            class_label: e.label,
+            text_emb: None,
+            caption: if has_caption { e.caption.clone() } else { None },
+        })
+    };
+    write_parallel(&mut writer, entries.len() as u64, make, |_| {})?;
+    Ok((writer.finish()?, fit))
+}

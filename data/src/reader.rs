@@ -1,0 +1,301 @@
+//! Reading one shard: memory-map the file, check it against its manifest entry, decode the Arrow IPC
+//! footer and record batches zero-copy (every column buffer points into the mapping), and hand out
+//! borrowed row views.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray, UInt16Array, UInt64Array};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::{read_footer_length, FileDecoder};
+use arrow_ipc::{convert::try_fb_to_schema, root_as_footer};
+use arrow_schema::DataType;
+use memmap2::Mmap;
+
+use crate::error::{DataError, Result};
+use crate::format::{self, Columns};
+use crate::manifest::{Manifest, ShardEntry};
+
+/// Whether to hash every shard when it is opened. Hashing runs at several GB/s and touches pages the
+/// loader reads anyway; turn it off only for benchmarks of the raw read path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksums {
+    Verify,
+    Skip,
+}
+
+/// The typed columns of one record batch (cheap clones of Arc'd arrays over the mapping).
+struct BatchColumns {
+    id: UInt64Array,
+    bucket: UInt16Array,
+    bits: BinaryArray,
+    latent: Option<BinaryArray>,
+    class_label: Option<Int32Array>,
+    text_emb: Option<BinaryArray>,
+    caption: Option<StringArray>,
+}
+
+/// One opened shard.
+pub struct Shard {
+    path: PathBuf,
+    batches: Vec<BatchColumns>,
+    /// Row index where each batch starts, plus the total at the end.
+    batch_starts: Vec<usize>,
+}
+
+/// A borrowed view of one row. Byte slices point into the memory-mapped file.
+#[derive(Clone, Copy, Debug)]
+pub struct RowRef<'a> {
+    pub id: u64,
+    pub bucket: u16,
+    /// Packed bits `[L, ⌈d/8⌉]`.
+    pub bits: &'a [u8],
+    /// f16 little-endian `[d, H, W]`.
+    pub latent: Option<&'a [u8]>,
+    pub class_label: Option<i32>,
+    /// f16/bf16 little-endian `[n_tokens, width]`.
+    pub text_emb: Option<&'a [u8]>,
+    pub caption: Option<&'a str>,
+}
+
+impl Shard {
+    /// Open `path`, checking size and (optionally) checksum against `entry`, and the schema against
+    /// `columns`.
+    pub fn open(path: &Path, entry: Option<&ShardEntry>, columns: Columns, checksums: Checksums) -> Result<Shard> {
+        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+        if let Some(e) = entry {
+            if len != e.bytes {
+                return Err(DataError::Size { path: path.into(), expected: e.bytes, found: len });
+            }
+        }
+        if len < 18 {
+            return Err(DataError::corrupt(path, format!("{len} bytes is too short for an Arrow IPC file")));
+        }
+        // SAFETY: the mapping is read-only; shards are immutable once their manifest is written. A file
+        // truncated underneath a live mapping would fault, as it would for any mmap reader.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
+        if let (Some(e), Checksums::Verify) = (entry, checksums) {
+            let found = format!("{:08x}", crc32c::crc32c(&mmap));
+            if found != e.crc32c {
+                return Err(DataError::Checksum { path: path.into(), expected: e.crc32c.clone(), found });
+            }
+        }
+        // Arrow's decoder asserts on some malformed inputs instead of returning errors; a shard that got
+        // past the checksum can still be a bad file written by someone else, so contain that here.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path, mmap)));
+        let batches = decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
+        let cols = batches.iter().map(|b| BatchColumns::new(path, b, columns)).collect::<Result<Vec<_>>>()?;
+        let mut batch_starts = vec![0usize];
+        for b in &cols {
+            batch_starts.push(batch_starts.last().unwrap() + b.id.len());
+        }
+        Ok(Shard { path: path.to_path_buf(), batches: cols, batch_starts })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn num_rows(&self) -> usize {
+        *self.batch_starts.last().unwrap()
+    }
+
+    /// The `bucket` column of every row, in order (zero-copy per batch).
+    pub fn buckets(&self) -> impl Iterator<Item = u16> + '_ {
+        self.batches.iter().flat_map(|b| b.bucket.values().iter().copied())
+    }
+
+    /// Row `i` of this shard. Panics if `i >= num_rows()` (an index bug, not bad data).
+    pub fn row(&self, i: usize) -> RowRef<'_> {
+        let b = self.batch_starts.partition_point(|&s| s <= i) - 1;
+        let c = &self.batches[b];
+        let r = i - self.batch_starts[b];
+        RowRef {
+            id: c.id.value(r),
+            bucket: c.bucket.value(r),
+            bits: c.bits.value(r),
+            latent: c.latent.as_ref().map(|a| a.value(r)),
+            class_label: c.class_label.as_ref().map(|a| a.value(r)),
+            text_emb: c.text_emb.as_ref().map(|a| a.value(r)),
+            caption: c.caption.as_ref().and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
+        }
+    }
+
+    /// Check row `i` against the manifest: bucket in range, bit and tensor lengths match its schedule,
+    /// padding bits are zero, labels in range.
+    pub fn validate_row(&self, i: usize, m: &Manifest) -> Result<()> {
+        let row = self.row(i);
+        let fail = |column: &str, expected: String, found: String| DataError::Row {
+            path: self.path.clone(),
+            row: i as u64,
+            id: row.id,
+            column: column.into(),
+            expected,
+            found,
+        };
+        let Some(sched) = m.schedules.get(row.bucket as usize) else {
+            return Err(fail(
+                format::COL_BUCKET,
+                format!("a schedule index < {}", m.schedules.len()),
+                row.bucket.to_string(),
+            ));
+        };
+        let d = m.d as usize;
+        let nb = format::bytes_per_token(d);
+        let want = sched.num_tokens() * nb;
+        if row.bits.len() != want {
+            return Err(fail(
+                format::COL_BITS,
+                format!("{want} bytes (L = {} tokens of schedule `{}` × {nb} bytes)", sched.num_tokens(), sched.name),
+                format!("{} bytes", row.bits.len()),
+            ));
+        }
+        let pad = format::padding_mask(d);
+        if pad != 0 {
+            if let Some(t) = row.bits.chunks_exact(nb).position(|tok| tok[nb - 1] & pad != 0) {
+                return Err(fail(format::COL_BITS, format!("zero padding bits above bit {d}"), format!("token {t} sets them")));
+            }
+        }
+        if let Some(lat) = row.latent {
+            let (h, w) = sched.latent_hw();
+            let want = d * h * w * 2;
+            if lat.len() != want {
+                return Err(fail(
+                    format::COL_LATENT,
+                    format!("{want} bytes (f16 [d={d}, {h}, {w}])"),
+                    format!("{} bytes", lat.len()),
+                ));
+            }
+        }
+        if let (Some(c), Some(info)) = (row.class_label, &m.conditions.class) {
+            if c < 0 || c as u32 >= info.num_classes {
+                return Err(fail(format::COL_CLASS, format!("a class in [0, {})", info.num_classes), c.to_string()));
+            }
+        }
+        if let (Some(t), Some(info)) = (row.text_emb, &m.conditions.text) {
+            let tok = info.width as usize * 2;
+            let n = t.len() / tok;
+            if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
+                return Err(fail(
+                    format::COL_TEXT,
+                    format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
+                    format!("{} bytes", t.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode footer and record batches of an IPC file held in `mmap`, without copying column data.
+fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
+    const MAGIC: &[u8] = b"ARROW1";
+    let len = mmap.len();
+    if &mmap[..6] != MAGIC || &mmap[len - 6..] != MAGIC {
+        return Err(DataError::corrupt(path, "missing the ARROW1 magic at start or end (not an IPC file-format shard)"));
+    }
+    let ptr = NonNull::new(mmap.as_ptr() as *mut u8).expect("mmap of a non-empty file is non-null");
+    // SAFETY: `ptr` and `len` describe the mapping, which the Arc keeps alive as long as any Buffer does.
+    let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(mmap)) };
+    let corrupt = |e: &dyn std::fmt::Display| DataError::corrupt(path, e);
+    let trailer = len - 10;
+    let footer_len = read_footer_length(buffer[trailer..].try_into().unwrap()).map_err(|e| corrupt(&e))?;
+    if footer_len > trailer {
+        return Err(corrupt(&format!("footer length {footer_len} exceeds the file")));
+    }
+    let footer_bytes = &buffer[trailer - footer_len..trailer];
+    let footer = root_as_footer(footer_bytes).map_err(|e| corrupt(&e))?;
+    let fb_schema = footer.schema().ok_or_else(|| corrupt(&"footer has no schema"))?;
+    let schema = try_fb_to_schema(fb_schema).map_err(|e| corrupt(&e))?;
+    let decoder = FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(false);
+    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
+        return Err(corrupt(&"dictionary-encoded columns are not part of the shard format"));
+    }
+    let blocks = footer.recordBatches().ok_or_else(|| corrupt(&"footer lists no record batches"))?;
+    let mut out = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), trailer - footer_len)
+            .ok_or_else(|| corrupt(&format!("record batch {i} lies outside the file")))?;
+        let data = buffer.slice_with_length(range.start, range.len());
+        let batch = decoder
+            .read_record_batch(block, &data)
+            .map_err(|e| corrupt(&format!("record batch {i}: {e}")))?
+            .ok_or_else(|| corrupt(&format!("record batch {i} is empty")))?;
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+/// Byte range of an IPC block, if it lies within `[0, limit)`.
+fn block_range(offset: i64, meta: i32, body: i64, limit: usize) -> Option<Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let len = usize::try_from(meta).ok()?.checked_add(usize::try_from(body).ok()?)?;
+    let end = start.checked_add(len)?;
+    (end <= limit && usize::try_from(meta).ok()? <= len).then_some(start..end)
+}
+
+impl BatchColumns {
+    fn new(path: &Path, batch: &RecordBatch, want: Columns) -> Result<BatchColumns> {
+        fn column<'a, A: Array + Clone + 'static>(
+            path: &Path,
+            batch: &'a RecordBatch,
+            name: &str,
+            ty: DataType,
+            nullable_ok: bool,
+        ) -> Result<A> {
+            let schema_err = |found: String| DataError::Schema {
+                path: path.into(),
+                column: name.into(),
+                expected: format!("{ty}{}", if nullable_ok { "" } else { " without nulls" }),
+                found,
+            };
+            let col = batch.column_by_name(name).ok_or_else(|| schema_err("no such column".into()))?;
+            if col.data_type() != &ty {
+                return Err(schema_err(col.data_type().to_string()));
+            }
+            if !nullable_ok && col.null_count() > 0 {
+                return Err(schema_err(format!("{} null values", col.null_count())));
+            }
+            Ok(col.as_any().downcast_ref::<A>().expect("type checked above").clone())
+        }
+        let unexpected = |name: &str, wanted: bool| -> Result<()> {
+            if !wanted && batch.column_by_name(name).is_some() {
+                return Err(DataError::Schema {
+                    path: path.into(),
+                    column: name.into(),
+                    expected: "no such column (the manifest does not declare it)".into(),
+                    found: "the column".into(),
+                });
+            }
+            Ok(())
+        };
+        unexpected(format::COL_LATENT, want.latent)?;
+        unexpected(format::COL_CLASS, want.class_label)?;
+        unexpected(format::COL_TEXT, want.text_emb)?;
+        unexpected(format::COL_CAPTION, want.caption)?;
+        Ok(BatchColumns {
+            id: column(path, batch, format::COL_ID, DataType::UInt64, false)?,
+            bucket: column(path, batch, format::COL_BUCKET, DataType::UInt16, false)?,
+            bits: column(path, batch, format::COL_BITS, DataType::Binary, false)?,
+            latent: want
+                .latent
+                .then(|| column(path, batch, format::COL_LATENT, DataType::Binary, false))
+                .transpose()?,
+            class_label: want
+                .class_label
+                .then(|| column(path, batch, format::COL_CLASS, DataType::Int32, false))
+                .transpose()?,
+            text_emb: want
+                .text_emb
+                .then(|| column(path, batch, format::COL_TEXT, DataType::Binary, false))
+                .transpose()?,
+            caption: want
+                .caption
+                .then(|| column(path, batch, format::COL_CAPTION, DataType::Utf8, true))
+                .transpose()?,
+        })
+    }
+}

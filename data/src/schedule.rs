@@ -1,0 +1,206 @@
+//! Scale schedules: the list of `(t, h, w)` token grids a sample is predicted over, coarse to fine.
+//!
+//! Upstream's templates (15 aspect ratios × 13 scales) live in `schedules/upstream.json` as data; a named
+//! pixel budget (`0.06M`, `0.25M`, `0.60M`, `1M`, or the CPU demo budgets `demo4`, `demo5`) takes a
+//! prefix of a template's list. A schedule is always stored in full in the dataset manifest, so a dataset
+//! stays readable if these tables ever change.
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+
+/// One schedule as it is stored in a manifest and used everywhere else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleSchedule {
+    /// `"{h_div_w_template}/{pixel_budget}"` for upstream schedules; any unique name for custom ones.
+    pub name: String,
+    /// The aspect-ratio template (upstream `h_div_w_template` key, e.g. `"1.000"`, `"0.666"`). Its `1M`
+    /// schedule's last scale is the coordinate frame of 2-D RoPE.
+    pub h_div_w_template: String,
+    /// Upstream `pn` (e.g. `"0.06M"`) or a demo budget.
+    pub pixel_budget: String,
+    /// `[t, h, w]` per scale; `t` is 1 for images.
+    pub scales: Vec<[u32; 3]>,
+}
+
+impl ScaleSchedule {
+    /// `(h, w)` per scale.
+    pub fn hw(&self) -> Vec<(usize, usize)> {
+        self.scales.iter().map(|s| (s[1] as usize, s[2] as usize)).collect()
+    }
+
+    /// `L`: tokens over all scales, including the 1×1 first scale.
+    pub fn num_tokens(&self) -> usize {
+        self.scales.iter().map(|s| (s[0] * s[1] * s[2]) as usize).sum()
+    }
+
+    /// The latent size `(H, W)`: the last scale.
+    pub fn latent_hw(&self) -> (usize, usize) {
+        let s = self.scales.last().expect("validated schedule is non-empty");
+        (s[1] as usize, s[2] as usize)
+    }
+
+    /// Checks the invariants every consumer relies on.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.scales.is_empty() {
+            return Err(format!("schedule `{}` has no scales", self.name));
+        }
+        if self.scales[0] != [1, 1, 1] {
+            return Err(format!("schedule `{}` must start with [1, 1, 1], found {:?}", self.name, self.scales[0]));
+        }
+        for (i, s) in self.scales.iter().enumerate() {
+            if s[0] != 1 || s[1] == 0 || s[2] == 0 {
+                return Err(format!("schedule `{}` scale {i}: expected [1, h>0, w>0], found {s:?}", self.name));
+            }
+        }
+        let (hh, ww) = self.latent_hw();
+        if let Some(s) = self.scales.iter().find(|s| s[1] as usize > hh || s[2] as usize > ww) {
+            return Err(format!("schedule `{}`: scale {s:?} is larger than the last scale ({hh}×{ww})", self.name));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct CatalogFile {
+    vae_stride: u32,
+    pixel_budgets: std::collections::BTreeMap<String, usize>,
+    templates: Vec<TemplateFile>,
+}
+
+#[derive(Deserialize)]
+struct TemplateFile {
+    h_div_w: String,
+    scales: Vec<[u32; 2]>,
+}
+
+/// Upstream's aspect-ratio templates and pixel budgets.
+pub struct Catalog {
+    pub vae_stride: u32,
+    budgets: Vec<(String, usize)>,
+    templates: Vec<(String, f64, Vec<[u32; 2]>)>,
+}
+
+static CATALOG: OnceLock<Catalog> = OnceLock::new();
+
+impl Catalog {
+    /// The tables in `schedules/upstream.json`, parsed once.
+    pub fn upstream() -> &'static Catalog {
+        CATALOG.get_or_init(|| {
+            let file: CatalogFile = serde_json::from_str(include_str!("../schedules/upstream.json"))
+                .expect("schedules/upstream.json is part of the build and is valid");
+            let mut budgets: Vec<_> = file.pixel_budgets.into_iter().collect();
+            budgets.sort_by_key(|(_, n)| *n);
+            let templates = file
+                .templates
+                .into_iter()
+                .map(|t| {
+                    let ratio = t.h_div_w.parse::<f64>().expect("template keys are numbers");
+                    (t.h_div_w, ratio, t.scales)
+                })
+                .collect();
+            Catalog { vae_stride: file.vae_stride, budgets, templates }
+        })
+    }
+
+    /// Template keys in ascending order of h/w.
+    pub fn template_names(&self) -> impl Iterator<Item = &str> {
+        self.templates.iter().map(|t| t.0.as_str())
+    }
+
+    /// Pixel budget names with their number of scales.
+    pub fn budgets(&self) -> &[(String, usize)] {
+        &self.budgets
+    }
+
+    /// The template whose h/w is nearest to `h_div_w` (upstream `get_h_div_w_template2indices`).
+    pub fn nearest_template(&self, h_div_w: f64) -> &str {
+        let mut best = &self.templates[0];
+        for t in &self.templates {
+            if (t.1 - h_div_w).abs() < (best.1 - h_div_w).abs() {
+                best = t;
+            }
+        }
+        &best.0
+    }
+
+    /// The schedule of `template` at `budget`.
+    pub fn schedule(&self, template: &str, budget: &str) -> Result<ScaleSchedule> {
+        let t = self.templates.iter().find(|t| t.0 == template).ok_or_else(|| {
+            let names: Vec<_> = self.template_names().collect();
+            DataError::Config(format!("unknown aspect-ratio template `{template}`; expected one of {names:?}"))
+        })?;
+        let n = self.budgets.iter().find(|b| b.0 == budget).map(|b| b.1).ok_or_else(|| {
+            let names: Vec<_> = self.budgets.iter().map(|b| b.0.as_str()).collect();
+            DataError::Config(format!("unknown pixel budget `{budget}`; expected one of {names:?}"))
+        })?;
+        Ok(ScaleSchedule {
+            name: format!("{template}/{budget}"),
+            h_div_w_template: template.to_string(),
+            pixel_budget: budget.to_string(),
+            scales: t.2[..n].iter().map(|&[h, w]| [1, h, w]).collect(),
+        })
+    }
+
+    /// The RoPE coordinate frame of a template: the last scale of its `1M` schedule.
+    pub fn rope_frame(&self, template: &str) -> Result<(usize, usize)> {
+        Ok(self.schedule(template, "1M")?.latent_hw())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifteen_templates_and_upstream_token_counts() {
+        let c = Catalog::upstream();
+        assert_eq!(c.template_names().count(), 15);
+        // L per template and budget, from the reference tables (infinity-reference.md §1.10).
+        for (t, b, l) in [
+            ("1.000", "0.06M", 521),
+            ("1.000", "0.25M", 2521),
+            ("1.000", "0.60M", 6425),
+            ("1.000", "1M", 10521),
+            ("0.500", "0.06M", 451),
+            ("2.000", "0.25M", 2681),
+            ("0.750", "0.60M", 7085),
+            ("1.333", "1M", 10973),
+            ("0.333", "0.06M", 509),
+            ("3.000", "1M", 11123),
+        ] {
+            let s = c.schedule(t, b).unwrap();
+            s.validate().unwrap();
+            assert_eq!(s.num_tokens(), l, "{t}/{b}");
+        }
+        assert_eq!(c.rope_frame("1.000").unwrap(), (64, 64));
+        assert_eq!(c.rope_frame("0.666").unwrap(), (52, 78));
+    }
+
+    #[test]
+    fn every_template_keeps_its_aspect_ratio_at_every_budget() {
+        let c = Catalog::upstream();
+        for t in c.template_names() {
+            let ratio: f64 = t.parse().unwrap();
+            for (b, _) in c.budgets().iter().filter(|(b, _)| !b.starts_with("demo")) {
+                let (h, w) = c.schedule(t, b).unwrap().latent_hw();
+                assert!((h as f64 / w as f64 - ratio).abs() < 0.01, "{t}/{b}: {h}×{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn nearest_template_and_unknown_names() {
+        let c = Catalog::upstream();
+        assert_eq!(c.nearest_template(1.02), "1.000");
+        assert_eq!(c.nearest_template(0.68), "0.666");
+        assert_eq!(c.nearest_template(9.0), "3.000");
+        let e = c.schedule("1.1", "1M").unwrap_err().to_string();
+        assert!(e.contains("unknown aspect-ratio template `1.1`"), "{e}");
+        let e = c.schedule("1.000", "2M").unwrap_err().to_string();
+        assert!(e.contains("unknown pixel budget `2M`"), "{e}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Writing a dataset: rows are appended in order, grouped into Arrow record batches, and rolled over
+//! into a new shard file when a shard reaches its target size. `finish` seals the last shard and writes
+//! the manifest last, atomically; a folder without a manifest is an unfinished dataset.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{BinaryBuilder, Int32Builder, StringBuilder, UInt16Builder, UInt64Builder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::Schema;
+
+use crate::error::{DataError, Result};
+use crate::format::{self, Columns};
+use crate::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
+
+/// One row to write, owned.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowData {
+    pub id: u64,
+    pub bucket: u16,
+    /// Packed bits `[L, ⌈d/8⌉]` (see [`format::pack_bits`]).
+    pub bits: Vec<u8>,
+    /// f16 little-endian `[d, H, W]`.
+    pub latent: Option<Vec<u8>>,
+    pub class_label: Option<i32>,
+    /// f16/bf16 little-endian `[n_tokens, width]`.
+    pub text_emb: Option<Vec<u8>>,
+    pub caption: Option<String>,
+}
+
+/// Knobs of the writer.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Rows per Arrow record batch.
+    pub batch_rows: usize,
+    /// A shard is closed once its data reaches this many bytes.
+    pub shard_bytes: u64,
+    /// Replace an existing dataset in the folder.
+    pub overwrite: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { batch_rows: 1024, shard_bytes: 256 << 20, overwrite: false }
+    }
+}
+
+struct OpenShard {
+    file: String,
+    writer: FileWriter<BufWriter<File>>,
+    rows: u64,
+    bytes: u64,
+    bucket_rows: Vec<u64>,
+}
+
+struct Builders {
+    id: UInt64Builder,
+    bucket: UInt16Builder,
+    bits: BinaryBuilder,
+    latent: BinaryBuilder,
+    class_label: Int32Builder,
+    text_emb: BinaryBuilder,
+    caption: StringBuilder,
+    rows: usize,
+}
+
+/// Streams rows into shards of one dataset folder.
+pub struct DatasetWriter {
+    dir: PathBuf,
+    manifest: Manifest,
+    columns: Columns,
+    schema: Arc<Schema>,
+    opts: WriterOptions,
+    shard: Option<OpenShard>,
+    builders: Builders,
+}
+
+impl DatasetWriter {
+    /// Start a dataset in `dir`. `header` is the finished manifest minus `shards` and `total_rows`.
+    pub fn create(dir: &Path, header: Manifest, opts: WriterOptions) -> Result<DatasetWriter> {
+        header.check(&dir.join(MANIFEST_FILE))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        if manifest_path.exists() {
+            if !opts.overwrite {
+                return Err(DataError::Config(format!(
+                    "{} already holds a dataset; pass --overwrite to replace it",
+                    dir.display()
+                )));
+            }
+            // Remove the manifest first so the folder never claims shards that are being replaced.
+            std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
+            if let Ok(old) = std::fs::read_dir(dir) {
+                for e in old.flatten() {
+                    if e.file_name().to_string_lossy().starts_with("shard-") {
+                        std::fs::remove_file(e.path()).map_err(|err| DataError::io(e.path(), err))?;
+                    }
+                }
+            }
+        }
+        let columns = header.columns();
+        let schema = Arc::new(format::schema(columns));
+        let manifest = Manifest { shards: vec![], total_rows: 0, ..header };
+        Ok(DatasetWriter { dir: dir.into(), manifest, columns, schema, opts, shard: None, builders: Builders::new() })
+    }
+
+    /// Append one row. Rows are validated against the manifest's declared columns here, so a writer bug
+    /// cannot produce a dataset that its own reader rejects.
+    pub fn push(&mut self, row: RowData) -> Result<()> {
+        let c = self.columns;
+        for (declared, present, column) in [
+            (c.latent, row.latent.is_some(), format::COL_LATENT),
+            (c.class_label, row.class_label.is_some(), format::COL_CLASS),
+            (c.text_emb, row.text_emb.is_some(), format::COL_TEXT),
+        ] {
+            if declared != present {
+                let (m, r) = if declared { ("declares", "has none") } else { ("does not declare", "has one") };
+                return Err(DataError::Config(format!("row id {}: the manifest {m} `{column}`, the row {r}", row.id)));
+            }
+        }
+        if row.bucket as usize >= self.manifest.schedules.len() {
+            return Err(DataError::Config(format!("row id {}: bucket {} has no schedule", row.id, row.bucket)));
+        }
+        let b = &mut self.builders;
+        let bytes = row.bits.len() + row.latent.as_ref().map_or(0, Vec::len) + row.text_emb.as_ref().map_or(0, Vec::len) + 16;
+        b.id.append_value(row.id);
+        b.bucket.append_value(row.bucket);
+        b.bits.append_value(&row.bits);
+        if let Some(v) = &row.latent {
+            b.latent.append_value(v);
+        }
+        if let Some(v) = row.class_label {
+            b.class_label.append_value(v);
+        }
+        if let Some(v) = &row.text_emb {
+            b.text_emb.append_value(v);
+        }
+        if c.caption {
+            b.caption.append_option(row.caption.as_deref());
+        }
+        b.rows += 1;
+        let shard = self.open_shard()?;
+        shard.rows += 1;
+        shard.bytes += bytes as u64;
+        shard.bucket_rows[row.bucket as usize] += 1;
+        if self.builders.rows >= self.opts.batch_rows {
+            self.flush_batch()?;
+        }
+        if self.shard.as_ref().is_some_and(|s| s.bytes >= self.opts.shard_bytes) {
+            self.close_shard()?;
+        }
+        Ok(())
+    }
+
+    /// Seal the last shard and write the manifest. Returns the manifest as written.
+    pub fn finish(mut self) -> Result<Manifest> {
+        self.close_shard()?;
+        self.manifest.total_rows = self.manifest.shards.iter().map(|s| s.rows).sum();
+        self.manifest.check(&self.dir.join(MANIFEST_FILE))?;
+        self.manifest.save(&self.dir)?;
+        Ok(self.manifest)
+    }
+
+    fn open_shard(&mut self) -> Result<&mut OpenShard> {
+        if self.shard.is_none() {
+            let name = format!("shard-{:05}.arrow", self.manifest.shards.len());
+            let path = self.dir.join(&name);
+            let f = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+            let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, f), &self.schema)
+                .map_err(|e| DataError::corrupt(&path, e))?;
+            let buckets = self.manifest.schedules.len();
+            self.shard = Some(OpenShard { file: name, writer, rows: 0, bytes: 0, bucket_rows: vec![0; buckets] });
+        }
+        Ok(self.shard.as_mut().unwrap())
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.builders.rows == 0 {
+            return Ok(());
+        }
+        let cols = self.builders.finish(self.columns);
+        let shard = self.shard.as_mut().expect("rows imply an open shard");
+        let path = self.dir.join(&shard.file);
+        let batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| DataError::corrupt(&path, e))?;
+        shard.writer.write(&batch).map_err(|e| DataError::corrupt(&path, e))
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        self.flush_batch()?;
+        let Some(mut shard) = self.shard.take() else { return Ok(()) };
+        let path = self.dir.join(&shard.file);
+        shard.writer.finish().map_err(|e| DataError::corrupt(&path, e))?;
+        let file = shard.writer.into_inner().map_err(|e| DataError::corrupt(&path, e))?;
+        let file = file.into_inner().map_err(|e| DataError::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| DataError::io(&path, e))?;
+        drop(file);
+        let (bytes, crc) = file_crc32c(&path)?;
+        self.manifest.shards.push(ShardEntry {
+            file: shard.file,
+            rows: shard.rows,
+            bytes,
+            crc32c: format!("{crc:08x}"),
+            bucket_rows: shard.bucket_rows,
+        });
+        Ok(())
+    }
+}
+
+/// Size and crc32c of what is on disk (read back through a mapping, not from what we think we wrote).
+pub fn file_crc32c(path: &Path) -> Result<(u64, u32)> {
+    let f = File::open(path).map_err(|e| DataError::io(path, e))?;
+    // SAFETY: read-only mapping of a file this process just finished writing.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| DataError::io(path, e))?;
+    Ok((map.len() as u64, crc32c::crc32c(&map)))
+}
+
+impl Builders {
+    fn new() -> Builders {
+        Builders {
+            id: UInt64Builder::new(),
+            bucket: UInt16Builder::new(),
+            bits: BinaryBuilder::new(),
+            latent: BinaryBuilder::new(),
+            class_label: Int32Builder::new(),
+            text_emb: BinaryBuilder::new(),
+            caption: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    /// The built columns in schema order; builders are reset.
+    fn finish(&mut self, c: Columns) -> Vec<ArrayRef> {
+        self.rows = 0;
+        let mut cols: Vec<ArrayRef> =
+            vec![Arc::new(self.id.finish()), Arc::new(self.bucket.finish()), Arc::new(self.bits.finish())];
+        if c.latent {
+            cols.push(Arc::new(self.latent.finish()));
+        }
+        if c.class_label {
+            cols.push(Arc::new(self.class_label.finish()));
+        }
+        if c.text_emb {
+            cols.push(Arc::new(self.text_emb.finish()));
+        }
+        if c.caption {
+            cols.push(Arc::new(self.caption.finish()));
+        }
+        cols
+    }
+}

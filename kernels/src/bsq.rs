@@ -1,0 +1,237 @@
+//! Binary spherical quantisation (BSQ) and multi-scale residual BSQ, as upstream Infinity does it.
+//!
+//! Dims legend: `d` bits per token (= latent channels), `(H, W)` the latent (= last scale) size,
+//! `(h_s, w_s)` the size of scale `s`, `K` scales, `L = Σ h_s·w_s` tokens over all scales.
+//!
+//! Layouts:
+//! - latents, residuals and summed codes are channel-major `[d, H, W]` (upstream `(B, d, 1, H, W)`);
+//! - bits are token-major `[L, d]`, one `u8` (0 or 1) per bit, tokens of scale `s` in row-major order
+//!   after all tokens of scales `< s` (upstream `gt_BL` of shape `(B, L, d)`);
+//! - teacher-forcing inputs are token-major `[L − h_0·w_0, d]` (upstream `x_BLC_wo_prefix`).
+//!
+//! BSQ of one token `z ∈ R^d`: `bit_i = [z_i > 0]` (L2 normalisation first does not change signs; an exact
+//! zero gives bit 0), `code_i = ±1/√d`, so every code has unit norm.
+//!
+//! Multi-scale residual encoding (zero flips; bitwise self-correction adds flips on top of this loop):
+//! ```text
+//! cum = 0
+//! for s in 0..K:
+//!     r = F − cum;  if s < K−1: r = area(r, (h_s, w_s))
+//!     bits_s, q_s = BSQ(r)
+//!     cum += bilinear(q_s, (H, W))
+//!     if s < K−1: x_wo_prefix_s+1 = bilinear(cum, (h_{s+1}, w_{s+1}))
+//! ```
+
+use crate::resample::{area_resize, bilinear_resize};
+
+/// Magnitude of every code entry: `1/√d`.
+pub fn code_magnitude(d: usize) -> f32 {
+    1.0 / (d as f32).sqrt()
+}
+
+/// Number of tokens `L` of a schedule of `(h, w)` scales.
+pub fn num_tokens(scales: &[(usize, usize)]) -> usize {
+    scales.iter().map(|&(h, w)| h * w).sum()
+}
+
+/// Sign-quantise a channel-major residual `r: [d, h·w]` into token-major bits `[h·w, d]` and the
+/// channel-major codes `q: [d, h·w]`.
+pub fn quantize(r: &[f32], d: usize, bits: &mut [u8], q: &mut [f32]) {
+    let n = r.len() / d;
+    assert_eq!(r.len(), d * n, "bsq::quantize: residual is not [d={d}, n]");
+    assert_eq!(bits.len(), n * d, "bsq::quantize: bits is not [n={n}, d={d}]");
+    assert_eq!(q.len(), d * n, "bsq::quantize: codes is not [d={d}, n={n}]");
+    let m = code_magnitude(d);
+    for c in 0..d {
+        for t in 0..n {
+            let positive = r[c * n + t] > 0.0;
+            bits[t * d + c] = positive as u8;
+            q[c * n + t] = if positive { m } else { -m };
+        }
+    }
+}
+
+/// Codes `[d, n]` of token-major bits `[n, d]` (upstream `indices_to_codes(bits, 'bit_label')`).
+pub fn bits_to_codes(bits: &[u8], d: usize, q: &mut [f32]) {
+    let n = bits.len() / d;
+    assert_eq!(q.len(), d * n, "bsq::bits_to_codes: codes is not [d={d}, n={n}]");
+    let m = code_magnitude(d);
+    for t in 0..n {
+        for c in 0..d {
+            q[c * n + t] = if bits[t * d + c] != 0 { m } else { -m };
+        }
+    }
+}
+
+/// Output of [`encode_multiscale`].
+#[derive(Clone, Debug, Default)]
+pub struct MultiScaleCodes {
+    /// `[L, d]` labels, 0/1.
+    pub bits: Vec<u8>,
+    /// `[L − h_0·w_0, d]` teacher-forcing inputs for scales 1..K.
+    pub x_wo_prefix: Vec<f32>,
+    /// `[d, H, W]` the sum of all up-sampled codes (what the decoder sees).
+    pub summed_codes: Vec<f32>,
+}
+
+/// Multi-scale residual BSQ of one latent `[d, H, W]` with `(H, W)` = the last scale.
+pub fn encode_multiscale(latent: &[f32], d: usize, scales: &[(usize, usize)]) -> MultiScaleCodes {
+    let (hh, ww) = *scales.last().expect("bsq::encode_multiscale: empty schedule");
+    assert_eq!(latent.len(), d * hh * ww, "bsq::encode_multiscale: latent is not [d={d}, {hh}, {ww}]");
+    let l = num_tokens(scales);
+    let mut out = MultiScaleCodes {
+        bits: vec![0; l * d],
+        x_wo_prefix: vec![0.0; (l - scales[0].0 * scales[0].1) * d],
+        summed_codes: vec![0.0; d * hh * ww],
+    };
+    let full = d * hh * ww;
+    let mut residual = vec![0.0f32; full];
+    let mut scratch = vec![0.0f32; full];
+    let mut q = vec![0.0f32; full];
+    let mut up = vec![0.0f32; full];
+    let mut bit_off = 0;
+    let mut inp_off = 0;
+    for (s, &(h, w)) in scales.iter().enumerate() {
+        let n = h * w;
+        for ((r, f), c) in residual.iter_mut().zip(latent).zip(&out.summed_codes) {
+            *r = f - c;
+        }
+        let r_s: &[f32] = if s + 1 < scales.len() {
+            area_resize(&residual, d, (hh, ww), &mut scratch[..d * n], (h, w));
+            &scratch[..d * n]
+        } else {
+            &residual
+        };
+        quantize(r_s, d, &mut out.bits[bit_off..bit_off + n * d], &mut q[..d * n]);
+        bit_off += n * d;
+        bilinear_resize(&q[..d * n], d, (h, w), &mut up, (hh, ww));
+        for (c, u) in out.summed_codes.iter_mut().zip(&up) {
+            *c += u;
+        }
+        if let Some(&(nh, nw)) = scales.get(s + 1) {
+            let nn = nh * nw;
+            bilinear_resize(&out.summed_codes, d, (hh, ww), &mut scratch[..d * nn], (nh, nw));
+            transpose_into(&scratch[..d * nn], d, &mut out.x_wo_prefix[inp_off..inp_off + nn * d]);
+            inp_off += nn * d;
+        }
+    }
+    out
+}
+
+/// Sum of the up-sampled codes of token-major bits `[L, d]`: `[d, H, W]`, the decoder's input.
+pub fn decode_multiscale(bits: &[u8], d: usize, scales: &[(usize, usize)]) -> Vec<f32> {
+    let (hh, ww) = *scales.last().expect("bsq::decode_multiscale: empty schedule");
+    assert_eq!(bits.len(), num_tokens(scales) * d, "bsq::decode_multiscale: bits is not [L, d={d}]");
+    let mut summed = vec![0.0f32; d * hh * ww];
+    let mut q = vec![0.0f32; d * hh * ww];
+    let mut up = vec![0.0f32; d * hh * ww];
+    let mut off = 0;
+    for &(h, w) in scales {
+        let n = h * w;
+        bits_to_codes(&bits[off * d..(off + n) * d], d, &mut q[..d * n]);
+        bilinear_resize(&q[..d * n], d, (h, w), &mut up, (hh, ww));
+        for (c, u) in summed.iter_mut().zip(&up) {
+            *c += u;
+        }
+        off += n;
+    }
+    summed
+}
+
+/// Channel-major `[d, n]` → token-major `[n, d]`.
+fn transpose_into(src: &[f32], d: usize, dst: &mut [f32]) {
+    let n = src.len() / d;
+    for c in 0..d {
+        for t in 0..n {
+            dst[t * d + c] = src[c * n + t];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random_latent(d: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..d * h * w).map(|_| rng.random_range(-1.5f32..1.5)).collect()
+    }
+
+    const SQUARE: [(usize, usize); 5] = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
+    const WIDE: [(usize, usize); 5] = [(1, 1), (2, 2), (2, 3), (4, 6), (6, 9)];
+
+    #[test]
+    fn codes_have_unit_norm_and_round_trip_through_bits() {
+        for d in [16usize, 32, 56] {
+            let r = random_latent(d, 3, 5, d as u64);
+            let n = 15;
+            let (mut bits, mut q, mut q2) = (vec![0u8; n * d], vec![0.0; n * d], vec![0.0; n * d]);
+            quantize(&r, d, &mut bits, &mut q);
+            for t in 0..n {
+                let norm: f32 = (0..d).map(|c| q[c * n + t] * q[c * n + t]).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5, "token {t}: |code| = {norm}");
+            }
+            bits_to_codes(&bits, d, &mut q2);
+            assert_eq!(q, q2, "bits → codes must reproduce the quantised codes exactly");
+        }
+    }
+
+    #[test]
+    fn zero_residual_gives_zero_bits() {
+        let d = 8;
+        let (mut bits, mut q) = (vec![1u8; 4 * d], vec![0.0; 4 * d]);
+        quantize(&vec![0.0; 4 * d], d, &mut bits, &mut q);
+        assert!(bits.iter().all(|&b| b == 0));
+        assert!(q.iter().all(|&v| v == -code_magnitude(d)));
+    }
+
+    #[test]
+    fn decode_of_encoded_bits_equals_encoder_sum() {
+        for scales in [&SQUARE[..], &WIDE[..]] {
+            let (hh, ww) = *scales.last().unwrap();
+            let latent = random_latent(16, hh, ww, 7);
+            let enc = encode_multiscale(&latent, 16, scales);
+            assert_eq!(enc.bits.len(), num_tokens(scales) * 16);
+            assert_eq!(decode_multiscale(&enc.bits, 16, scales), enc.summed_codes);
+        }
+    }
+
+    #[test]
+    fn multiscale_codes_approximate_the_latent() {
+        // Each scale adds ±1/√d per channel; with latents of that order the residual must shrink well
+        // below the latent's own energy.
+        let d = 16;
+        let latent: Vec<f32> = random_latent(d, 8, 8, 3).iter().map(|v| v / 3.0).collect();
+        let enc = encode_multiscale(&latent, d, &SQUARE);
+        let energy: f32 = latent.iter().map(|v| v * v).sum();
+        let err: f32 = latent.iter().zip(&enc.summed_codes).map(|(a, b)| (a - b).powi(2)).sum();
+        assert!(err < 0.5 * energy, "residual energy {err} vs latent energy {energy}");
+    }
+
+    #[test]
+    fn teacher_forcing_input_is_resized_cumulative_sum() {
+        let d = 4;
+        let latent = random_latent(d, 6, 9, 11);
+        let enc = encode_multiscale(&latent, d, &WIDE);
+        // the last input (scale K−1 = 6×9 = the latent size) is the cumulative sum of scales < K−1
+        let partial = &enc.bits;
+        let l_prev = num_tokens(&WIDE[..4]);
+        let mut cum = vec![0.0f32; d * 54];
+        let mut q = vec![0.0f32; d * 54];
+        let mut up = vec![0.0f32; d * 54];
+        let mut off = 0;
+        for &(h, w) in &WIDE[..4] {
+            bits_to_codes(&partial[off * d..(off + h * w) * d], d, &mut q[..d * h * w]);
+            bilinear_resize(&q[..d * h * w], d, (h, w), &mut up, (6, 9));
+            cum.iter_mut().zip(&up).for_each(|(c, u)| *c += u);
+            off += h * w;
+        }
+        let last_inp = &enc.x_wo_prefix[(l_prev - 1) * d..];
+        for t in 0..54 {
+            for c in 0..d {
+                assert_eq!(last_inp[t * d + c], cum[c * 54 + t]);
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `infinity data …`: synth, pack, inspect, verify, stats, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use infinity_data::{bench, inspect, pack, synth, writer::WriterOptions, Checksums, Dataset};
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Generate the procedural shapes dataset (class + caption conditions) and tokenize it.
+    Synth(SynthArgs),
+    /// Tokenize a folder of PNG/JPEG images (labels from sub-folder names) into shards.
+    Pack(PackArgs),
+    /// Print the manifest, schedules, shards and Arrow schema.
+    Inspect { dir: PathBuf },
+    /// Check every shard and row; exits non-zero on any problem.
+    Verify { dir: PathBuf },
+    /// Per-scale bit statistics; optionally a PNG of decoded samples.
+    Stats(StatsArgs),
+    /// Loader throughput (samples/s, GB/s) at the 256-px and 1024-px schedules.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Output dataset folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per token (latent channels).
+    #[arg(long, default_value_t = 16)]
+    d: usize,
+    /// Pixel budget: demo4, demo5, 0.06M, 0.25M, 0.60M or 1M.
+    #[arg(long, default_value = "demo5")]
+    budget: String,
+    /// Tokenizer patch side in pixels.
+    #[arg(long, default_value_t = 4)]
+    patch: usize,
+    /// Target shard size in MiB.
+    #[arg(long, default_value_t = 256)]
+    shard_mib: u64,
+    /// Replace a dataset already in --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl Common {
+    fn writer(&self) -> WriterOptions {
+        WriterOptions { shard_bytes: self.shard_mib << 20, overwrite: self.overwrite, ..Default::default() }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = 4096)]
+    rows: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Aspect-ratio templates with their share of rows, as TEMPLATE:WEIGHT,...
+    #[arg(long, default_value = "1.000:0.75,0.666:0.25")]
+    templates: String,
+    /// Text embedding width.
+    #[arg(long, default_value_t = 32)]
+    text_width: usize,
+    /// Rows the tokenizer is fitted on.
+    #[arg(long, default_value_t = 512)]
+    fit_rows: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PackArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Folder of images, one sub-folder per class (or none for unlabelled images).
+    #[arg(long)]
+    images: PathBuf,
+    /// Reuse a tokenizer (tokenizer.safetensors) instead of fitting one.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Images the tokenizer is fitted on.
+    #[arg(long, default_value_t = 512)]
+    fit_images: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    dir: PathBuf,
+    /// Rows per bucket to measure.
+    #[arg(long, default_value_t = 10_000)]
+    rows: u64,
+    /// Write a grid of decoded samples to this PNG.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Samples in the PNG grid.
+    #[arg(long, default_value_t = 32)]
+    n: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Dataset sizes (rows at 256 px; 1024 px uses a sixteenth).
+    #[arg(long, value_delimiter = ',', default_value = "16384,131072")]
+    rows: Vec<u64>,
+    #[arg(long, default_value_t = 32)]
+    d: usize,
+    #[arg(long, default_value_t = 64)]
+    global_batch: usize,
+    /// Prefetch threads for the second measurement.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Samples read per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    samples: u64,
+    /// Scratch folder for the generated datasets (default: the system temp folder).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+}
+
+fn parse_templates(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
+    s.split(',')
+        .map(|part| {
+            let (t, w) = part.split_once(':').with_context(|| format!("--templates: `{part}` is not TEMPLATE:WEIGHT"))?;
+            let w: f64 = w.parse().with_context(|| format!("--templates: weight `{w}` is not a number"))?;
+            if !(w > 0.0) {
+                bail!("--templates: weight of `{t}` must be positive");
+            }
+            Ok((t.trim().to_string(), w))
+        })
+        .collect()
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DataCommand::Synth(a) => {
+            let opts = synth::SynthOptions {
+                rows: a.rows,
+                seed: a.seed,
+                d: a.common.d,
+                budget: a.common.budget.clone(),
+                patch: a.common.patch,
+                templates: parse_templates(&a.templates)?,
+                text_width: a.text_width,
+                fit_rows: a.fit_rows,
+                writer: a.common.writer(),
+                created_by: command_line(),
+            };
+            let t = Instant::now();
+            let (m, fit) = synth::synth(&a.common.out, &opts)?;
+            println!(
+                "wrote {} rows in {} shards to {} in {:.1} s",
+                m.total_rows,
+                m.shards.len(),
+                a.common.out.display(),
+                t.elapsed().as_secs_f64()
+            );
+            println!(
+                "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ ({} fit images)",
+                fit.psnr_latent_db, fit.psnr_bsq_db, fit.images
+            );
+            print!("{}", inspect::inspect(&a.common.out)?);
+        }
+        DataCommand::Pack(a) => {
+            let opts = pack::PackOptions {
+                d: a.common.d,
+                budget: a.common.budget.clone(),
+                patch: a.common.patch,
+                tokenizer: a.tokenizer,
+                fit_images: a.fit_images,
+                writer: a.common.writer(),
+                created_by: command_line(),
+            };
+            let (m, fit) = pack::pack(&a.images, &a.common.out, &opts)?;
+            println!("packed {} images into {}", m.total_rows, a.common.out.display());
+            if let Some(f) = fit {
+                println!("tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ", f.psnr_latent_db, f.psnr_bsq_db);
+            }
+        }
+        DataCommand::Inspect { dir } => print!("{}", inspect::inspect(&dir)?),
+        DataCommand::Verify { dir } => {
+            let r = inspect::verify(&dir);
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+            println!("{}: {} shards opened, {} rows checked, {} problems", dir.display(), r.shards, r.rows_checked, r.problems.len());
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DataCommand::Stats(a) => {
+            let ds = Dataset::open(&a.dir, Checksums::Verify)?;
+            print!("{}", inspect::stats(&ds, a.rows)?);
+            if let Some(png) = a.png {
+                inspect::sample_grid(&ds, a.n, &png)?;
+                println!("wrote {} decoded samples to {}", a.n.min(ds.num_rows() as usize), png.display());
+            }
+        }
+        DataCommand::Bench(a) => {
+            let scratch = match a.scratch {
+                Some(p) => p,
+                None => std::env::temp_dir().join(format!("infinity-bench-{}", std::process::id())),
+            };
+            let opts = bench::BenchOptions { d: a.d, rows: a.rows, global_batch: a.global_batch, workers: a.workers, samples: a.samples };
+            let table = bench::run(&scratch, &opts);
+            let _ = std::fs::remove_dir_all(&scratch);
+            println!("loader throughput, d = {}, global batch {}, from the page cache:", a.d, a.global_batch);
+            print!("{}", table?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

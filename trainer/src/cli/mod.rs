@@ -1,0 +1,51 @@
+//! `infinity <subcommand>`: `main` parses, `run` dispatches and returns an exit code, errors print once.
+
+mod data;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "infinity", version, about = "Train bitwise visual autoregressive (Infinity) models", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make, pack, inspect, verify and measure datasets of pre-tokenized bits.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+/// Parse `args` (including the program name) and run the command.
+pub fn run<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    match cli.command {
+        Command::Data(cmd) => data::run(cmd),
+    }
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_target(false).with_writer(std::io::stderr).init();
+    match run(std::env::args_os()) {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<clap::Error>() {
+            Some(c) => {
+                let _ = c.print();
+                ExitCode::from(if c.use_stderr() { 2 } else { 0 })
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
