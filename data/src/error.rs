@@ -13,6 +13,9 @@ pub enum DataError {
     #[error("{path}: not a valid manifest: {detail}")]
     Manifest { path: PathBuf, detail: String },
 
+    #[error("{path}: manifest key `{key}`: expected {expected}, found {found}")]
+    ManifestInvalid { path: PathBuf, key: String, expected: String, found: String },
+
     #[error("{path}: manifest key `{key}` says {expected}, but {found}")]
     ManifestMismatch { path: PathBuf, key: String, expected: String, found: String },
 

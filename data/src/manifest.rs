@@ -130,7 +130,7 @@ impl Manifest {
 
     /// Internal consistency: version, schedules, counts.
     pub fn check(&self, path: &Path) -> Result<()> {
-        let bad = |key: &str, expected: String, found: String| DataError::ManifestMismatch {
+        let bad = |key: &str, expected: String, found: String| DataError::ManifestInvalid {
             path: path.to_path_buf(),
             key: key.into(),
             expected,

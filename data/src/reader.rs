@@ -43,6 +43,9 @@ pub struct Shard {
     batches: Vec<BatchColumns>,
     /// Row index where each batch starts, plus the total at the end.
     batch_starts: Vec<usize>,
+    /// Address range of the mapping (kept alive by the column buffers).
+    map_start: usize,
+    map_len: usize,
 }
 
 /// A borrowed view of one row. Byte slices point into the memory-mapped file.
@@ -77,14 +80,15 @@ impl Shard {
         // SAFETY: the mapping is read-only; shards are immutable once their manifest is written. A file
         // truncated underneath a live mapping would fault, as it would for any mmap reader.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
+        let (map_start, map_len) = (mmap.as_ptr() as usize, mmap.len());
         if let (Some(e), Checksums::Verify) = (entry, checksums) {
             let found = format!("{:08x}", crc32c::crc32c(&mmap));
             if found != e.crc32c {
                 return Err(DataError::Checksum { path: path.into(), expected: e.crc32c.clone(), found });
             }
         }
-        // Arrow's decoder asserts on some malformed inputs instead of returning errors; a shard that got
-        // past the checksum can still be a bad file written by someone else, so contain that here.
+        // `decode` checks what Arrow's decoder would assert on; should a malformed file still reach an
+        // assertion inside Arrow, it becomes this shard's error rather than a crash of the training run.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path, mmap)));
         let batches = decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
         let cols = batches.iter().map(|b| BatchColumns::new(path, b, columns)).collect::<Result<Vec<_>>>()?;
@@ -92,7 +96,7 @@ impl Shard {
         for b in &cols {
             batch_starts.push(batch_starts.last().unwrap() + b.id.len());
         }
-        Ok(Shard { path: path.to_path_buf(), batches: cols, batch_starts })
+        Ok(Shard { path: path.to_path_buf(), batches: cols, batch_starts, map_start, map_len })
     }
 
     pub fn path(&self) -> &Path {
@@ -124,70 +128,80 @@ impl Shard {
         }
     }
 
-    /// Check row `i` against the manifest: bucket in range, bit and tensor lengths match its schedule,
-    /// padding bits are zero, labels in range.
+    /// Check row `i` against the manifest (see [`check_row`]); the error names file, row and column.
     pub fn validate_row(&self, i: usize, m: &Manifest) -> Result<()> {
         let row = self.row(i);
-        let fail = |column: &str, expected: String, found: String| DataError::Row {
+        check_row(&row, m).map_err(|p| DataError::Row {
             path: self.path.clone(),
             row: i as u64,
             id: row.id,
-            column: column.into(),
-            expected,
-            found,
-        };
-        let Some(sched) = m.schedules.get(row.bucket as usize) else {
-            return Err(fail(
-                format::COL_BUCKET,
-                format!("a schedule index < {}", m.schedules.len()),
-                row.bucket.to_string(),
-            ));
-        };
-        let d = m.d as usize;
-        let nb = format::bytes_per_token(d);
-        let want = sched.num_tokens() * nb;
-        if row.bits.len() != want {
-            return Err(fail(
-                format::COL_BITS,
-                format!("{want} bytes (L = {} tokens of schedule `{}` × {nb} bytes)", sched.num_tokens(), sched.name),
-                format!("{} bytes", row.bits.len()),
-            ));
-        }
-        let pad = format::padding_mask(d);
-        if pad != 0 {
-            if let Some(t) = row.bits.chunks_exact(nb).position(|tok| tok[nb - 1] & pad != 0) {
-                return Err(fail(format::COL_BITS, format!("zero padding bits above bit {d}"), format!("token {t} sets them")));
-            }
-        }
-        if let Some(lat) = row.latent {
-            let (h, w) = sched.latent_hw();
-            let want = d * h * w * 2;
-            if lat.len() != want {
-                return Err(fail(
-                    format::COL_LATENT,
-                    format!("{want} bytes (f16 [d={d}, {h}, {w}])"),
-                    format!("{} bytes", lat.len()),
-                ));
-            }
-        }
-        if let (Some(c), Some(info)) = (row.class_label, &m.conditions.class) {
-            if c < 0 || c as u32 >= info.num_classes {
-                return Err(fail(format::COL_CLASS, format!("a class in [0, {})", info.num_classes), c.to_string()));
-            }
-        }
-        if let (Some(t), Some(info)) = (row.text_emb, &m.conditions.text) {
-            let tok = info.width as usize * 2;
-            let n = t.len() / tok;
-            if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
-                return Err(fail(
-                    format::COL_TEXT,
-                    format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
-                    format!("{} bytes", t.len()),
-                ));
-            }
-        }
-        Ok(())
+            column: p.column.into(),
+            expected: p.expected,
+            found: p.found,
+        })
     }
+
+    /// Whether `p` points into this shard's memory mapping (zero-copy reads do).
+    pub fn is_mapped(&self, p: *const u8) -> bool {
+        (self.map_start..self.map_start + self.map_len).contains(&(p as usize))
+    }
+}
+
+/// What is wrong with a row: the column, what was expected and what was found.
+#[derive(Debug)]
+pub struct RowProblem {
+    pub column: &'static str,
+    pub expected: String,
+    pub found: String,
+}
+
+/// Check a row against the manifest: bucket in range, bit and tensor lengths match its schedule,
+/// padding bits are zero, labels in range. Shared by the reader and the writer.
+pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProblem> {
+    let fail = |column, expected, found| Err(RowProblem { column, expected, found });
+    let Some(sched) = m.schedules.get(row.bucket as usize) else {
+        return fail(format::COL_BUCKET, format!("a schedule index < {}", m.schedules.len()), row.bucket.to_string());
+    };
+    let d = m.d as usize;
+    let nb = format::bytes_per_token(d);
+    let want = sched.num_tokens() * nb;
+    if row.bits.len() != want {
+        return fail(
+            format::COL_BITS,
+            format!("{want} bytes (L = {} tokens of schedule `{}` × {nb} bytes)", sched.num_tokens(), sched.name),
+            format!("{} bytes", row.bits.len()),
+        );
+    }
+    let pad = format::padding_mask(d);
+    if pad != 0 {
+        if let Some(t) = row.bits.chunks_exact(nb).position(|tok| tok[nb - 1] & pad != 0) {
+            return fail(format::COL_BITS, format!("zero padding bits above bit {d}"), format!("token {t} sets them"));
+        }
+    }
+    if let Some(lat) = row.latent {
+        let (h, w) = sched.latent_hw();
+        let want = d * h * w * 2;
+        if lat.len() != want {
+            return fail(format::COL_LATENT, format!("{want} bytes (f16 [d={d}, {h}, {w}])"), format!("{} bytes", lat.len()));
+        }
+    }
+    if let (Some(c), Some(info)) = (row.class_label, &m.conditions.class) {
+        if c < 0 || c as u32 >= info.num_classes {
+            return fail(format::COL_CLASS, format!("a class in [0, {})", info.num_classes), c.to_string());
+        }
+    }
+    if let (Some(t), Some(info)) = (row.text_emb, &m.conditions.text) {
+        let tok = info.width as usize * 2;
+        let n = t.len() / tok;
+        if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
+            return fail(
+                format::COL_TEXT,
+                format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
+                format!("{} bytes", t.len()),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Decode footer and record batches of an IPC file held in `mmap`, without copying column data.
@@ -210,7 +224,8 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     let footer = root_as_footer(footer_bytes).map_err(|e| corrupt(&e))?;
     let fb_schema = footer.schema().ok_or_else(|| corrupt(&"footer has no schema"))?;
     let schema = try_fb_to_schema(fb_schema).map_err(|e| corrupt(&e))?;
-    let decoder = FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(false);
+    let units = buffer_units(&schema).map_err(|e| corrupt(&e))?;
+    let decoder = FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(true);
     if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
         return Err(corrupt(&"dictionary-encoded columns are not part of the shard format"));
     }
@@ -219,6 +234,8 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     for (i, block) in blocks.iter().enumerate() {
         let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), trailer - footer_len)
             .ok_or_else(|| corrupt(&format!("record batch {i} lies outside the file")))?;
+        let meta_len = block.metaDataLength() as usize;
+        check_block(&buffer[range.clone()], meta_len, &units).map_err(|e| corrupt(&format!("record batch {i}: {e}")))?;
         let data = buffer.slice_with_length(range.start, range.len());
         let batch = decoder
             .read_record_batch(block, &data)
@@ -229,12 +246,63 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
+/// Element size of every IPC buffer of a flat schema, in buffer order (1 = any length). Shards are flat
+/// tables; nested or dictionary types are refused here, before any batch is decoded.
+fn buffer_units(schema: &arrow_schema::Schema) -> std::result::Result<Vec<usize>, String> {
+    let mut units = Vec::new();
+    for f in schema.fields() {
+        let t = f.data_type();
+        match t {
+            DataType::Binary | DataType::Utf8 => units.extend([1, 4, 1]),
+            DataType::LargeBinary | DataType::LargeUtf8 => units.extend([1, 8, 1]),
+            DataType::Boolean | DataType::FixedSizeBinary(_) => units.extend([1, 1]),
+            t if t.is_primitive() => units.extend([1, t.primitive_width().unwrap_or(1)]),
+            t => return Err(format!("column `{}` has type {t}, which the shard format does not use", f.name())),
+        }
+    }
+    Ok(units)
+}
+
+/// Check a record-batch block before Arrow's decoder sees it. The decoder asserts (panics) on buffer
+/// descriptors that point outside the message body or whose length is not a whole number of elements,
+/// so every buffer must lie inside the body, be 8-byte aligned (as the IPC format requires) and hold
+/// whole elements (`units`, from [`buffer_units`]); the batch must be uncompressed.
+fn check_block(block: &[u8], meta_len: usize, units: &[usize]) -> std::result::Result<(), String> {
+    if meta_len < 8 || meta_len > block.len() {
+        return Err(format!("metadata length {meta_len} does not fit the block of {} bytes", block.len()));
+    }
+    let msg = if block[..4] == [0xff; 4] { &block[8..meta_len] } else { &block[4..meta_len] };
+    let msg = arrow_ipc::root_as_message(msg).map_err(|e| format!("unreadable message header: {e}"))?;
+    let rb = msg.header_as_record_batch().ok_or("the block is not a record batch")?;
+    if rb.compression().is_some() {
+        return Err("compressed record batches are not part of the shard format".into());
+    }
+    if rb.length() < 0 || rb.nodes().is_some_and(|n| n.iter().any(|n| n.length() < 0 || n.null_count() < 0)) {
+        return Err("negative row or null count".into());
+    }
+    let body = (block.len() - meta_len) as i64;
+    let buffers = rb.buffers().ok_or("no buffer list")?;
+    if buffers.len() != units.len() {
+        return Err(format!("{} buffers, the schema needs {}", buffers.len(), units.len()));
+    }
+    for (k, (b, &unit)) in buffers.iter().zip(units).enumerate() {
+        let end = b.offset().checked_add(b.length());
+        if b.offset() < 0 || b.length() < 0 || end.is_none_or(|e| e > body) || b.offset() % 8 != 0 {
+            return Err(format!("buffer {k} (offset {}, length {}) lies outside the {body}-byte body", b.offset(), b.length()));
+        }
+        if b.length() % unit as i64 != 0 {
+            return Err(format!("buffer {k} has length {}, not a multiple of its {unit}-byte elements", b.length()));
+        }
+    }
+    Ok(())
+}
+
 /// Byte range of an IPC block, if it lies within `[0, limit)`.
 fn block_range(offset: i64, meta: i32, body: i64, limit: usize) -> Option<Range<usize>> {
     let start = usize::try_from(offset).ok()?;
     let len = usize::try_from(meta).ok()?.checked_add(usize::try_from(body).ok()?)?;
     let end = start.checked_add(len)?;
-    (end <= limit && usize::try_from(meta).ok()? <= len).then_some(start..end)
+    (end <= limit && start % 8 == 0 && usize::try_from(meta).ok()? <= len).then_some(start..end)
 }
 
 impl BatchColumns {

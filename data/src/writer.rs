@@ -15,6 +15,7 @@ use arrow_schema::Schema;
 use crate::error::{DataError, Result};
 use crate::format::{self, Columns};
 use crate::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
+use crate::reader::{check_row, RowRef};
 
 /// One row to write, owned.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -107,8 +108,8 @@ impl DatasetWriter {
         Ok(DatasetWriter { dir: dir.into(), manifest, columns, schema, opts, shard: None, builders: Builders::new() })
     }
 
-    /// Append one row. Rows are validated against the manifest's declared columns here, so a writer bug
-    /// cannot produce a dataset that its own reader rejects.
+    /// Append one row. Rows are checked here exactly as the reader checks them, so a builder bug cannot
+    /// produce a dataset that the reader rejects.
     pub fn push(&mut self, row: RowData) -> Result<()> {
         let c = self.columns;
         for (declared, present, column) in [
@@ -121,9 +122,18 @@ impl DatasetWriter {
                 return Err(DataError::Config(format!("row id {}: the manifest {m} `{column}`, the row {r}", row.id)));
             }
         }
-        if row.bucket as usize >= self.manifest.schedules.len() {
-            return Err(DataError::Config(format!("row id {}: bucket {} has no schedule", row.id, row.bucket)));
-        }
+        let view = RowRef {
+            id: row.id,
+            bucket: row.bucket,
+            bits: &row.bits,
+            latent: row.latent.as_deref(),
+            class_label: row.class_label,
+            text_emb: row.text_emb.as_deref(),
+            caption: row.caption.as_deref(),
+        };
+        check_row(&view, &self.manifest).map_err(|p| {
+            DataError::Config(format!("row id {}: column `{}`: expected {}, found {}", row.id, p.column, p.expected, p.found))
+        })?;
         let b = &mut self.builders;
         let bytes = row.bits.len() + row.latent.as_ref().map_or(0, Vec::len) + row.text_emb.as_ref().map_or(0, Vec::len) + 16;
         b.id.append_value(row.id);

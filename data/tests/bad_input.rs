@@ -1,0 +1,226 @@
+//! Every kind of bad input gets an error naming the file (and row and column where there is one) and
+//! what was expected; never a panic, never a silently skipped row.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BinaryArray, Int32Array, RecordBatch, UInt16Array, UInt64Array};
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{DataType, Field, Schema};
+use infinity_data::loader::{BadRows, Loader, LoaderOptions};
+use infinity_data::manifest::{Manifest, MANIFEST_FILE};
+use infinity_data::writer::file_crc32c;
+use infinity_data::{Checksums, Dataset};
+
+fn dataset(n: u64) -> (tempfile::TempDir, Manifest) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, m) = common::write_random(dir.path(), n, 5);
+    (dir, m)
+}
+
+fn open_err(dir: &Path) -> String {
+    match Dataset::open(dir, Checksums::Verify) {
+        Ok(_) => panic!("{} opened although it is broken", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Re-seal shard `i` after editing it: new size and checksum in the manifest.
+fn reseal(dir: &Path, m: &mut Manifest, i: usize) {
+    let (bytes, crc) = file_crc32c(&dir.join(&m.shards[i].file)).unwrap();
+    m.shards[i].bytes = bytes;
+    m.shards[i].crc32c = format!("{crc:08x}");
+    m.save(dir).unwrap();
+}
+
+#[test]
+fn truncated_shard_names_file_and_sizes() {
+    let (dir, m) = dataset(30);
+    let path = dir.path().join(&m.shards[0].file);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00000.arrow") && e.contains(&format!("manifest expects {} bytes", bytes.len())), "{e}");
+}
+
+#[test]
+fn flipped_byte_is_a_checksum_error() {
+    let (dir, m) = dataset(30);
+    let path = dir.path().join(&m.shards[1].file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[600] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00001.arrow") && e.contains("crc32c") && e.contains(&m.shards[1].crc32c), "{e}");
+}
+
+#[test]
+fn garbage_file_with_valid_checksum_is_named_not_an_ipc_file() {
+    let (dir, mut m) = dataset(30);
+    std::fs::write(dir.path().join(&m.shards[0].file), vec![7u8; 4000]).unwrap();
+    reseal(dir.path(), &mut m, 0);
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00000.arrow") && e.contains("not a readable Arrow IPC file"), "{e}");
+}
+
+/// Write a one-batch shard with the given columns and splice it into the manifest as shard 0.
+fn replace_shard0(dir: &Path, m: &mut Manifest, cols: Vec<(&str, ArrayRef)>) {
+    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect()).unwrap();
+    let path = dir.join(&m.shards[0].file);
+    let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    m.shards.truncate(1);
+    m.shards[0].rows = batch.num_rows() as u64;
+    m.shards[0].bucket_rows = vec![batch.num_rows() as u64, 0];
+    m.total_rows = batch.num_rows() as u64;
+    reseal(dir, m, 0);
+}
+
+fn basic_columns(bits: Vec<&[u8]>) -> Vec<(&'static str, ArrayRef)> {
+    let n = bits.len();
+    let m = common::manifest();
+    let (h, w) = m.schedules[0].latent_hw();
+    let latent = vec![0u8; common::D * h * w * 2];
+    let text = vec![0u8; common::TEXT_WIDTH * 2];
+    vec![
+        ("id", Arc::new(UInt64Array::from_iter_values(0..n as u64)) as ArrayRef),
+        ("bucket", Arc::new(UInt16Array::from(vec![0u16; n]))),
+        ("bits", Arc::new(BinaryArray::from(bits))),
+        ("latent", Arc::new(BinaryArray::from(vec![latent.as_slice(); n]))),
+        ("class_label", Arc::new(Int32Array::from(vec![1; n]))),
+        ("text_emb", Arc::new(BinaryArray::from(vec![text.as_slice(); n]))),
+        ("caption", Arc::new(arrow_array::StringArray::from(vec![Some("c"); n]))),
+    ]
+}
+
+#[test]
+fn schema_mismatch_names_the_column_and_types() {
+    let (dir, mut m) = dataset(30);
+    let mut cols = basic_columns(vec![&[0u8; 4]; 3]);
+    cols[4] = ("class_label", Arc::new(arrow_array::Int64Array::from(vec![1i64; 3])));
+    replace_shard0(dir.path(), &mut m, cols);
+    let e = open_err(dir.path());
+    assert!(e.contains("column `class_label`") && e.contains("expected Int32") && e.contains("found Int64"), "{e}");
+
+    let mut cols = basic_columns(vec![&[0u8; 4]; 3]);
+    cols.remove(2);
+    replace_shard0(dir.path(), &mut m, cols);
+    let e = open_err(dir.path());
+    assert!(e.contains("column `bits`") && e.contains("no such column"), "{e}");
+}
+
+#[test]
+fn row_whose_bits_do_not_fit_its_schedule_is_named_and_can_be_skipped() {
+    let (dir, mut m) = dataset(30);
+    let nb = 2; // ⌈12/8⌉
+    let l = m.schedules[0].num_tokens();
+    let good = vec![0u8; l * nb];
+    let short = vec![0u8; l * nb - 2];
+    let mut padded = vec![0u8; l * nb];
+    padded[nb * 3 + 1] = 0x80; // bit 15 of token 3: beyond d = 12
+    let bits: Vec<&[u8]> = vec![&good, &good, &short, &good, &padded, &good, &good, &good];
+    replace_shard0(dir.path(), &mut m, basic_columns(bits));
+
+    // opening checks files, not every row; reading the row names it
+    let ds = Arc::new(Dataset::open(dir.path(), Checksums::Verify).unwrap());
+    let e = ds.validate_row(2).unwrap_err().to_string();
+    assert!(e.contains("shard-00000.arrow: row 2 (id 2), column `bits`"), "{e}");
+    assert!(e.contains(&format!("expected {} bytes", l * nb)) && e.contains(&format!("found {} bytes", l * nb - 2)), "{e}");
+    let e = ds.validate_row(4).unwrap_err().to_string();
+    assert!(e.contains("row 4") && e.contains("padding bits") && e.contains("token 3"), "{e}");
+
+    // the loader stops with that error by default, from a prefetch thread too, without hanging
+    let opts = LoaderOptions { global_batch: 8, workers: 2, ..Default::default() };
+    let mut l = Loader::new(ds.clone(), opts.clone(), None).unwrap();
+    let e = l.next_batch().unwrap_err().to_string();
+    assert!(e.contains("column `bits`"), "{e}");
+
+    // with BadRows::Skip the two rows are left out and listed
+    let mut l = Loader::new(ds, LoaderOptions { bad_rows: BadRows::Skip, ..opts }, None).unwrap();
+    let b = l.next_batch().unwrap();
+    assert_eq!(b.len(), 6);
+    let mut skipped = b.skipped.clone();
+    skipped.sort();
+    assert_eq!(skipped, vec![2, 4]);
+}
+
+#[test]
+fn manifest_that_disagrees_with_the_files() {
+    // row count
+    let (dir, mut m) = dataset(30);
+    m.shards[0].rows += 1;
+    m.shards[0].bucket_rows[0] += 1;
+    m.total_rows += 1;
+    m.save(dir.path()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shards[0].rows") && e.contains("the file holds"), "{e}");
+
+    // rows per bucket
+    let (dir, mut m) = dataset(30);
+    m.shards[0].bucket_rows.swap(0, 1);
+    m.save(dir.path()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shards[0].bucket_rows"), "{e}");
+
+    // missing shard file
+    let (dir, m) = dataset(30);
+    std::fs::remove_file(dir.path().join(&m.shards[1].file)).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00001.arrow") && e.contains("No such file"), "{e}");
+
+    // total that does not add up
+    let (dir, mut m) = dataset(30);
+    m.total_rows = 31;
+    let text = serde_json::to_string(&m).unwrap();
+    std::fs::write(dir.path().join(MANIFEST_FILE), text).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("manifest key `total_rows`: expected the sum of shard rows (30), found 31"), "{e}");
+}
+
+#[test]
+fn manifest_unknown_key_wrong_type_and_version_are_named() {
+    let (dir, m) = dataset(10);
+    let path = dir.path().join(MANIFEST_FILE);
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["conditions"]["class"]["num_clases"] = 3.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("manifest.json") && e.contains("conditions.class") && e.contains("num_clases"), "{e}");
+
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["d"] = "twelve".into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("at `d`"), "{e}");
+
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["format_version"] = 9.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("format_version") && e.contains("found 9"), "{e}");
+
+    std::fs::remove_file(&path).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("manifest.json") && e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn verify_lists_every_problem() {
+    let (dir, m) = dataset(40);
+    for i in [0, 2] {
+        let p = dir.path().join(&m.shards[i].file);
+        let mut b = std::fs::read(&p).unwrap();
+        b[300] ^= 1;
+        std::fs::write(&p, b).unwrap();
+    }
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+    assert!(r.problems[0].contains("shard-00000") && r.problems[1].contains("shard-00002"));
+    assert_eq!(r.shards, m.shards.len() - 2);
+    let _ = DataType::Null;
+}

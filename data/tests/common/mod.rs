@@ -1,0 +1,73 @@
+//! Helpers shared by the data crate's integration tests: small manifests and random but valid rows.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use half::f16;
+use infinity_data::format::{self, BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
+use infinity_data::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TextDtype, TextInfo, TokenizerInfo};
+use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
+use infinity_data::Catalog;
+use rand::{Rng, SeedableRng};
+
+pub const D: usize = 12; // not a multiple of 8: exercises the padding bits
+pub const TEXT_WIDTH: usize = 6;
+
+/// Manifest with every optional column, two buckets (square and 2:3) at the `demo4` budget.
+pub fn manifest() -> Manifest {
+    let c = Catalog::upstream();
+    Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        d: D as u32,
+        bit_order: BIT_ORDER.into(),
+        tokenizer: TokenizerInfo { name: "test".into(), file: None, params: serde_json::Value::Null },
+        conditions: Conditions {
+            class: Some(ClassInfo { num_classes: 10, names: vec![] }),
+            text: Some(TextInfo { width: TEXT_WIDTH as u32, dtype: TextDtype::Bf16, max_tokens: 5, encoder: "test".into() }),
+            caption: true,
+        },
+        latent: Some(LatentInfo { dtype: "f16".into(), layout: "d,H,W".into() }),
+        schedules: vec![c.schedule("1.000", "demo4").unwrap(), c.schedule("0.666", "demo4").unwrap()],
+        shards: vec![],
+        total_rows: 0,
+        created_by: "test".into(),
+    }
+}
+
+/// A valid random row for `m`.
+pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
+    let bucket = rng.random_range(0..m.schedules.len()) as u16;
+    let s = &m.schedules[bucket as usize];
+    let d = m.d as usize;
+    let bits: Vec<u8> = (0..s.num_tokens() * d).map(|_| rng.random::<bool>() as u8).collect();
+    let mut packed = Vec::new();
+    format::pack_bits(&bits, d, &mut packed);
+    let (h, w) = s.latent_hw();
+    let latent = (0..d * h * w).flat_map(|_| f16::from_f32(rng.random_range(-2.0..2.0)).to_le_bytes()).collect();
+    let n_text = rng.random_range(1..=5);
+    let text = (0..n_text * TEXT_WIDTH).flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes()).collect();
+    RowData {
+        id,
+        bucket,
+        bits: packed,
+        latent: Some(latent),
+        class_label: Some(rng.random_range(0..10)),
+        text_emb: Some(text),
+        caption: if id % 3 == 0 { None } else { Some(format!("caption of row {id} ✓")) },
+    }
+}
+
+/// Write `n` random rows into `dir` with small shards and batches; returns the rows and the manifest.
+pub fn write_random(dir: &Path, n: u64, seed: u64) -> (Vec<RowData>, Manifest) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let m = manifest();
+    let rows: Vec<RowData> = (0..n).map(|id| random_row(&m, 1000 + id, &mut rng)).collect();
+    let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: true };
+    let mut w = DatasetWriter::create(dir, m, opts).unwrap();
+    for r in &rows {
+        w.push(r.clone()).unwrap();
+    }
+    let m = w.finish().unwrap();
+    (rows, m)
+}

@@ -1,0 +1,58 @@
+//! Shards written by the writer read back bit-exactly, zero-copy, across many shards and batches.
+
+mod common;
+
+use infinity_data::{Checksums, Dataset};
+
+#[test]
+fn every_row_reads_back_bit_exact_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, m) = common::write_random(dir.path(), 300, 1);
+    assert!(m.shards.len() > 3, "small shard size must roll over into several shards, got {}", m.shards.len());
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    assert_eq!(ds.num_rows(), 300);
+    for (g, want) in rows.iter().enumerate() {
+        let got = ds.row(g as u64);
+        ds.validate_row(g as u64).unwrap();
+        assert_eq!(got.id, want.id);
+        assert_eq!(got.bucket, want.bucket);
+        assert_eq!(got.bits, want.bits.as_slice());
+        assert_eq!(got.latent, want.latent.as_deref());
+        assert_eq!(got.class_label, want.class_label);
+        assert_eq!(got.text_emb, want.text_emb.as_deref());
+        assert_eq!(got.caption, want.caption.as_deref());
+    }
+    let per_bucket: Vec<usize> = ds.rows_by_bucket().iter().map(Vec::len).collect();
+    let want: Vec<usize> = (0..2).map(|b| rows.iter().filter(|r| r.bucket == b).count()).collect();
+    assert_eq!(per_bucket, want);
+}
+
+#[test]
+fn reads_are_zero_copy_from_the_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_random(dir.path(), 40, 2);
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    for g in 0..ds.num_rows() {
+        let (s, _) = ds.locate(g);
+        let row = ds.row(g);
+        for bytes in [row.bits, row.latent.unwrap(), row.text_emb.unwrap()] {
+            assert!(ds.shards()[s].is_mapped(bytes.as_ptr()), "row {g}: column data was copied out of the mapping");
+        }
+    }
+}
+
+#[test]
+fn writer_refuses_to_overwrite_without_the_flag_and_rejects_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_random(dir.path(), 5, 3);
+    let e = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), Default::default()).err().unwrap();
+    assert!(e.to_string().contains("already holds a dataset"), "{e}");
+
+    let opts = infinity_data::writer::WriterOptions { overwrite: true, ..Default::default() };
+    let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), opts).unwrap();
+    let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(0);
+    let mut row = common::random_row(&common::manifest(), 9, &mut rng);
+    row.bits.pop();
+    let e = w.push(row).unwrap_err().to_string();
+    assert!(e.contains("row id 9") && e.contains("`bits`"), "{e}");
+}
