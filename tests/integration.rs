@@ -1,1 +1,37 @@
+//! Cross-crate integration tests: pyarrow interoperability in both directions and the `infinity data`
+//! command line end to end. One test binary (as ripgrep does), modules by topic.
 
+mod cli_data;
+mod pyarrow_interop;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root (this package's manifest folder).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a Python tool from tools/ and fail with its output if it fails. Python with pyarrow, numpy and
+/// crc32c is a test dependency (tools/requirements.txt; .ci/run installs it).
+pub fn python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let py = std::env::var("INFINITY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&py)
+        .args(args.iter().map(|a| a.as_ref()))
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{py}`: {e}; install Python 3 with `pip install -r tools/requirements.txt`"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "`{py} {:?}` failed:\n{text}", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>());
+    text
+}
+
+/// Run `infinity ARGS…` in-process; returns whether it exited successfully.
+pub fn infinity(args: &[&str]) -> bool {
+    let code = infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())).unwrap_or_else(|e| panic!("infinity {args:?}: {e:#}"));
+    format!("{code:?}") == format!("{:?}", std::process::ExitCode::SUCCESS)
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}

@@ -1,0 +1,74 @@
+//! Rust reads what pyarrow wrote, and pyarrow reads what Rust wrote, value for value.
+
+use half::f16;
+use infinity_data::{format, Checksums, Dataset};
+use serde_json::Value;
+
+use crate::{path_str, python};
+
+#[test]
+fn rust_reads_what_pyarrow_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py");
+    python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"40", &"--d", &"20"]);
+    let ds = Dataset::open(&out, Checksums::Verify).unwrap();
+    assert!(ds.manifest.shards.len() > 2, "pyarrow demo should roll several shards");
+    let expected: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).unwrap()).unwrap();
+    assert_eq!(ds.num_rows(), expected.len() as u64);
+    let d = ds.manifest.d as usize;
+    for (g, want) in expected.iter().enumerate() {
+        ds.validate_row(g as u64).unwrap();
+        let row = ds.row(g as u64);
+        assert_eq!(row.id, want["id"].as_u64().unwrap());
+        assert_eq!(row.bucket as u64, want["bucket"].as_u64().unwrap());
+        let mut bits = vec![0u8; row.bits.len() / format::bytes_per_token(d) * d];
+        format::unpack_bits(row.bits, d, &mut bits);
+        let want_bits: Vec<u8> = want["bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert!(bits == want_bits, "row {g}: bits differ");
+        let latent: Vec<u16> = row.latent.unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let want_latent: Vec<u16> = want["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
+        assert!(latent == want_latent, "row {g}: latent differs");
+        assert_eq!(row.class_label.unwrap() as i64, want["class_label"].as_i64().unwrap());
+        let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, want["text_bf16_hex"].as_str().unwrap(), "row {g}: text embedding");
+        assert_eq!(row.caption, want["caption"].as_str(), "row {g}: caption");
+    }
+    let report = infinity_data::inspect::verify(&out);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn pyarrow_reads_what_rust_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rs");
+    let opts = infinity_data::synth::SynthOptions {
+        rows: 150,
+        fit_rows: 64,
+        writer: infinity_data::writer::WriterOptions { shard_bytes: 64 << 10, batch_rows: 50, overwrite: false },
+        ..Default::default()
+    };
+    infinity_data::synth::synth(&out, &opts).unwrap();
+    let dump = dir.path().join("dump.json");
+    python(&[&"tools/read_shards.py", &path_str(&out), &"--dump", &dump]);
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let ds = Dataset::open(&out, Checksums::Verify).unwrap();
+    assert_eq!(rows.len() as u64, ds.num_rows());
+    let d = ds.manifest.d as usize;
+    for (g, py) in rows.iter().enumerate() {
+        let row = ds.row(g as u64);
+        assert_eq!(py["id"].as_u64().unwrap(), row.id);
+        assert_eq!(py["bucket"].as_u64().unwrap(), row.bucket as u64);
+        let mut bits = vec![0u8; row.bits.len() / format::bytes_per_token(d) * d];
+        format::unpack_bits(row.bits, d, &mut bits);
+        let py_bits: Vec<u8> = py["bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert!(py_bits == bits, "row {g}: pyarrow unpacked other bits");
+        // compare as f16 bit patterns: JSON's decimal round trip is exact at f16 precision
+        let latent: Vec<u16> = row.latent.unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let py_latent: Vec<u16> = py["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
+        assert!(py_latent == latent, "row {g}: pyarrow decoded another latent");
+        assert_eq!(py["class_label"].as_i64(), row.class_label.map(i64::from));
+        let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(py["text_hex"].as_str().unwrap(), hex);
+        assert_eq!(py["caption"].as_str(), row.caption);
+    }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Read an Infinity bit dataset with pyarrow: check it against its manifest and print a summary, or dump
+every row as JSON (bits unpacked to 0/1 per channel) for comparison with another reader.
+
+  python tools/read_shards.py DIR            # checks + summary
+  python tools/read_shards.py DIR --dump F   # also write all rows to F
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import crc32c
+
+
+def read(dir):
+    with open(os.path.join(dir, "manifest.json")) as f:
+        m = json.load(f)
+    assert m["format"] == "infinity-bits" and m["format_version"] == 1, "unsupported format"
+    d = m["d"]
+    nb = (d + 7) // 8
+    rows = []
+    for entry in m["shards"]:
+        path = os.path.join(dir, entry["file"])
+        with open(path, "rb") as f:
+            data = f.read()
+        assert len(data) == entry["bytes"], f"{path}: size {len(data)} != manifest {entry['bytes']}"
+        assert f"{crc32c.crc32c(data):08x}" == entry["crc32c"], f"{path}: checksum mismatch"
+        with pa.memory_map(path) as src:
+            table = pa.ipc.open_file(src).read_all()
+        assert table.num_rows == entry["rows"], f"{path}: {table.num_rows} rows != manifest {entry['rows']}"
+        cols = table.to_pydict()
+        for i in range(table.num_rows):
+            b = cols["bucket"][i]
+            s = m["schedules"][b]
+            L = sum(t * h * w for t, h, w in s["scales"])
+            packed = np.frombuffer(cols["bits"][i], dtype=np.uint8).reshape(L, nb)
+            bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :d]
+            row = {"id": cols["id"][i], "bucket": b, "bits": bits.flatten().tolist()}
+            if "latent" in cols:
+                row["latent"] = np.frombuffer(cols["latent"][i], dtype="<f2").astype(np.float32).tolist()
+            if "class_label" in cols:
+                row["class_label"] = cols["class_label"][i]
+            if "text_emb" in cols:
+                row["text_hex"] = cols["text_emb"][i].hex()
+            if "caption" in cols:
+                row["caption"] = cols["caption"][i]
+            rows.append(row)
+    assert len(rows) == m["total_rows"]
+    return m, rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir")
+    p.add_argument("--dump")
+    a = p.parse_args()
+    m, rows = read(a.dir)
+    print(f"{a.dir}: {len(rows)} rows in {len(m['shards'])} shards, d = {m['d']}, checksums ok")
+    if a.dump:
+        with open(a.dump, "w") as f:
+            json.dump(rows, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Write Infinity bit shards with pyarrow (the format in docs/data-format.md).
+
+Two entry points:
+
+  python tools/write_shards.py upstream --images DIR --out DIR --vae-ckpt CKPT --t5 PATH [--pn 0.06M]
+      Tokenize images with upstream's BSQ-VAE and flan-t5-xl (needs torch and the upstream Infinity
+      repo on PYTHONPATH; run it from the upstream checkout). Bits are made exactly as upstream's
+      bitwise self-correction makes its labels with zero flips.
+
+  python tools/write_shards.py demo --out DIR [--rows N] [--d D]
+      Random but valid rows with every optional column, plus expected.json holding what was written.
+      The Rust test suite uses it to prove that Rust reads what pyarrow wrote.
+
+`ShardWriter` is the part to reuse: give it rows of bits `(L, d)` uint8, optional latent `(d, H, W)`,
+class label, text embedding `(n_tokens, width)` and caption; it packs, batches, rolls shards, checksums
+them (crc32c) and writes manifest.json last.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import crc32c
+
+FORMAT_NAME = "infinity-bits"
+FORMAT_VERSION = 1
+BIT_ORDER = "token-major; ceil(d/8) bytes per token; bit i at byte i/8, bit i%8 (LSB first)"
+UPSTREAM_SCHEDULES = os.path.join(os.path.dirname(__file__), "..", "data", "schedules", "upstream.json")
+
+
+def upstream_schedule(template: str, budget: str) -> dict:
+    """A schedule entry for the manifest, from the same table the Rust crate embeds."""
+    with open(UPSTREAM_SCHEDULES) as f:
+        cat = json.load(f)
+    n = cat["pixel_budgets"][budget]
+    hws = next(t["scales"] for t in cat["templates"] if t["h_div_w"] == template)
+    return {"name": f"{template}/{budget}", "h_div_w_template": template, "pixel_budget": budget,
+            "scales": [[1, h, w] for h, w in hws[:n]]}
+
+
+def pack_bits(bits: np.ndarray) -> bytes:
+    """(L, d) of 0/1 → (L, ceil(d/8)) bytes, bit i at byte i//8, bit i%8, least significant first."""
+    return np.packbits(bits.astype(np.uint8), axis=1, bitorder="little").tobytes()
+
+
+class ShardWriter:
+    def __init__(self, out, d, schedules, *, latent=False, num_classes=None, class_names=(),
+                 text_width=None, text_dtype="f16", text_max_tokens=512, text_encoder="",
+                 caption=False, tokenizer="bsq-vae", tokenizer_params=None, shard_bytes=256 << 20,
+                 batch_rows=1024, created_by="tools/write_shards.py"):
+        os.makedirs(out, exist_ok=True)
+        if os.path.exists(os.path.join(out, "manifest.json")):
+            raise SystemExit(f"{out} already holds a dataset")
+        self.out, self.d, self.schedules = out, d, schedules
+        self.nb = (d + 7) // 8
+        fields = [pa.field("id", pa.uint64(), False), pa.field("bucket", pa.uint16(), False),
+                  pa.field("bits", pa.binary(), False)]
+        if latent:
+            fields.append(pa.field("latent", pa.binary(), False))
+        if num_classes is not None:
+            fields.append(pa.field("class_label", pa.int32(), False))
+        if text_width is not None:
+            fields.append(pa.field("text_emb", pa.binary(), False))
+        if caption:
+            fields.append(pa.field("caption", pa.string(), True))
+        self.schema = pa.schema(fields)
+        self.cols = {f.name: [] for f in fields}
+        self.text_np = np.float16 if text_dtype == "f16" else None
+        self.manifest = {
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "d": d, "bit_order": BIT_ORDER,
+            "tokenizer": {"name": tokenizer, "file": None, "params": tokenizer_params},
+            "conditions": {
+                "class": None if num_classes is None else {"num_classes": num_classes, "names": list(class_names)},
+                "text": None if text_width is None else {"width": text_width, "dtype": text_dtype,
+                                                         "max_tokens": text_max_tokens, "encoder": text_encoder},
+                "caption": caption,
+            },
+            "latent": {"dtype": "f16", "layout": "d,H,W"} if latent else None,
+            "schedules": schedules, "shards": [], "total_rows": 0, "created_by": created_by,
+        }
+        self.shard_bytes, self.batch_rows = shard_bytes, batch_rows
+        self.writer = None
+        self.shard = None
+
+    def add(self, id, bucket, bits, latent=None, class_label=None, text_emb=None, caption=None):
+        s = self.schedules[bucket]
+        L = sum(t * h * w for t, h, w in s["scales"])
+        assert bits.shape == (L, self.d), f"row {id}: bits {bits.shape}, schedule {s['name']} needs {(L, self.d)}"
+        row = {"id": id, "bucket": bucket, "bits": pack_bits(bits)}
+        if "latent" in self.cols:
+            _, H, W = s["scales"][-1]
+            assert latent.shape == (self.d, H, W), f"row {id}: latent {latent.shape}, expected {(self.d, H, W)}"
+            row["latent"] = np.ascontiguousarray(latent, dtype="<f2").tobytes()
+        if "class_label" in self.cols:
+            row["class_label"] = int(class_label)
+        if "text_emb" in self.cols:
+            row["text_emb"] = to_half_bytes(np.asarray(text_emb, dtype=np.float32), self.manifest["conditions"]["text"]["dtype"])
+        if "caption" in self.cols:
+            row["caption"] = caption
+        if self.writer is None:
+            name = f"shard-{len(self.manifest['shards']):05d}.arrow"
+            self.writer = pa.ipc.new_file(os.path.join(self.out, name), self.schema)
+            self.shard = {"file": name, "rows": 0, "bytes": 0, "bucket_rows": [0] * len(self.schedules)}
+        for k, v in row.items():
+            self.cols[k].append(v)
+        self.shard["rows"] += 1
+        self.shard["bucket_rows"][bucket] += 1
+        self.shard["bytes"] += sum(len(v) for v in row.values() if isinstance(v, bytes))
+        if len(self.cols["id"]) >= self.batch_rows:
+            self._flush()
+        if self.shard["bytes"] >= self.shard_bytes:
+            self._close_shard()
+
+    def _flush(self):
+        if not self.cols["id"]:
+            return
+        arrays = [pa.array(self.cols[f.name], type=f.type) for f in self.schema]
+        self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        for v in self.cols.values():
+            v.clear()
+
+    def _close_shard(self):
+        if self.writer is None:
+            return
+        self._flush()
+        self.writer.close()
+        path = os.path.join(self.out, self.shard["file"])
+        crc = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                crc = crc32c.crc32c(chunk, crc)
+        self.manifest["shards"].append({
+            "file": self.shard["file"], "rows": self.shard["rows"], "bytes": os.path.getsize(path),
+            "crc32c": f"{crc:08x}", "bucket_rows": self.shard["bucket_rows"]})
+        self.writer, self.shard = None, None
+
+    def close(self):
+        self._close_shard()
+        self.manifest["total_rows"] = sum(s["rows"] for s in self.manifest["shards"])
+        tmp = os.path.join(self.out, "manifest.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.out, "manifest.json"))
+        return self.manifest
+
+
+def to_half_bytes(x: np.ndarray, dtype: str) -> bytes:
+    if dtype == "f16":
+        return x.astype("<f2").tobytes()
+    # bf16: the upper half of the f32 bit pattern, rounded to nearest even
+    u = x.astype("<f4").view(np.uint32)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+    return u.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo: random rows + expected.json (for the Rust interop test)
+# ---------------------------------------------------------------------------------------------------
+def demo(out, rows, d, seed):
+    rng = np.random.default_rng(seed)
+    schedules = [upstream_schedule("1.000", "demo4"), upstream_schedule("0.500", "demo4")]
+    w = ShardWriter(out, d, schedules, latent=True, num_classes=7, text_width=5, text_dtype="bf16",
+                    text_max_tokens=4, text_encoder="random", caption=True, tokenizer="demo-random",
+                    shard_bytes=4096, batch_rows=5, created_by="tools/write_shards.py demo")
+    expected = []
+    for i in range(rows):
+        b = int(rng.integers(0, 2))
+        s = schedules[b]
+        L = sum(t * h * ww for t, h, ww in s["scales"])
+        _, H, W = s["scales"][-1]
+        bits = rng.integers(0, 2, size=(L, d), dtype=np.uint8)
+        latent = rng.uniform(-2, 2, size=(d, H, W)).astype(np.float16)
+        n_text = int(rng.integers(1, 5))
+        text = rng.uniform(-1, 1, size=(n_text, 5)).astype(np.float32)
+        caption = None if i % 4 == 0 else f"row {i}: ünïcode ✓"
+        label = int(rng.integers(0, 7))
+        w.add(10_000 + i, b, bits, latent, label, text, caption)
+        expected.append({"id": 10_000 + i, "bucket": b, "bits": bits.flatten().tolist(),
+                         "latent": latent.astype(np.float32).flatten().tolist(), "class_label": label,
+                         "text_bf16_hex": to_half_bytes(text, "bf16").hex(), "caption": caption})
+    w.close()
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f)
+
+
+# ---------------------------------------------------------------------------------------------------
+# upstream: BSQ-VAE + flan-t5-xl (not run by CI: it needs the upstream weights)
+# ---------------------------------------------------------------------------------------------------
+def multiscale_bits(raw, scales):
+    """Multi-scale residual BSQ of a raw VAE feature (1, d, 1, H, W), as upstream's bitwise
+    self-correction with zero flips: area down-sampling of the residual, sign → ±1/√d,
+    trilinear up-sampling into the running sum. Returns bits (L, d) uint8."""
+    import torch
+    import torch.nn.functional as F
+    d = raw.shape[1]
+    cum = torch.zeros_like(raw)
+    out = []
+    for si, (t, h, w) in enumerate(scales):
+        r = raw - cum
+        if si != len(scales) - 1:
+            r = F.interpolate(r, size=(t, h, w), mode="area")
+        pos = r > 0
+        q = torch.where(pos, 1.0, -1.0) / math.sqrt(d)
+        out.append(pos.permute(0, 2, 3, 4, 1).reshape(-1, d))
+        cum = cum + F.interpolate(q, size=raw.shape[-3:], mode="trilinear")
+    return torch.cat(out).to(torch.uint8).cpu().numpy()
+
+
+def upstream(args):
+    import torch
+    from PIL import Image
+    sys.path.insert(0, os.getcwd())
+    # Upstream's own loaders (tools/run_infinity.py in the Infinity repo).
+    from tools.run_infinity import load_tokenizer, load_visual_tokenizer, transform
+    vae = load_visual_tokenizer(argparse.Namespace(
+        vae_type=args.d, vae_path=args.vae_ckpt, apply_spatial_patchify=0))
+    text_tokenizer, text_encoder = load_tokenizer(t5_path=args.t5)
+    with open(UPSTREAM_SCHEDULES) as f:
+        templates = [t["h_div_w"] for t in json.load(f)["templates"]]
+    schedules = [upstream_schedule(t, args.pn) for t in templates]
+    files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    w = ShardWriter(args.out, args.d, schedules, latent=True, text_width=2048, text_dtype="bf16",
+                    text_max_tokens=512, text_encoder="flan-t5-xl", caption=True,
+                    tokenizer=f"bsq-vae-d{args.d}", tokenizer_params={"ckpt": os.path.basename(args.vae_ckpt)},
+                    created_by="tools/write_shards.py upstream")
+    for i, name in enumerate(files):
+        img = Image.open(os.path.join(args.images, name)).convert("RGB")
+        b = int(np.argmin([abs(img.height / img.width - float(t)) for t in templates]))
+        _, H, W = schedules[b]["scales"][-1]
+        x = transform(img, H * 16, W * 16).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
+        caption_path = os.path.join(args.images, os.path.splitext(name)[0] + ".txt")
+        caption = open(caption_path).read().strip() if os.path.exists(caption_path) else ""
+        with torch.no_grad():
+            raw = vae.encode_for_raw_features(x, scale_schedule=schedules[b]["scales"])[0].float()
+            if raw.dim() == 4:
+                raw = raw.unsqueeze(2)  # (1, d, 1, H, W)
+            tok = text_tokenizer(text=[caption], max_length=512, padding="max_length", truncation=True,
+                                 return_tensors="pt")
+            mask = tok.attention_mask.to(text_encoder.device)
+            feats = text_encoder(input_ids=tok.input_ids.to(text_encoder.device), attention_mask=mask)
+            feats = feats["last_hidden_state"].float()[0, : int(mask.sum())]
+        raw16 = raw.half().float()  # store f16 and derive the bits from what is stored
+        w.add(i, b, multiscale_bits(raw16, schedules[b]["scales"]), raw16[0, :, 0].cpu().numpy(),
+              text_emb=feats.cpu().numpy(), caption=caption)
+    print(json.dumps(w.close()["total_rows"]), "rows written to", args.out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("--out", required=True)
+    d.add_argument("--rows", type=int, default=40)
+    d.add_argument("--d", type=int, default=20)
+    d.add_argument("--seed", type=int, default=0)
+    u = sub.add_parser("upstream")
+    u.add_argument("--images", required=True)
+    u.add_argument("--out", required=True)
+    u.add_argument("--vae-ckpt", required=True)
+    u.add_argument("--t5", required=True)
+    u.add_argument("--d", type=int, default=32)
+    u.add_argument("--pn", default="0.06M")
+    a = p.parse_args()
+    if a.cmd == "demo":
+        demo(a.out, a.rows, a.d, a.seed)
+    else:
+        upstream(a)
+
+
+if __name__ == "__main__":
+    main()
