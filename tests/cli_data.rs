@@ -29,7 +29,8 @@ fn synth_inspect_verify_stats_and_a_failing_verify() {
 
 #[test]
 fn bad_arguments_are_usage_errors() {
-    let e = infinity_trainer::cli::run(["infinity", "data", "synth", "--out", "x", "--templates", "1.000"]).unwrap_err();
+    let e =
+        infinity_trainer::cli::run(["infinity", "data", "synth", "--out", "x", "--templates", "1.000"]).unwrap_err();
     assert!(format!("{e:#}").contains("TEMPLATE:WEIGHT"), "{e:#}");
     let e = infinity_trainer::cli::run(["infinity", "data", "frobnicate"]).unwrap_err();
     assert!(e.downcast_ref::<clap::Error>().is_some());

@@ -16,19 +16,23 @@ pub fn repo() -> PathBuf {
 /// crc32c is a test dependency (tools/requirements.txt; .ci/run installs it).
 pub fn python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let py = std::env::var("INFINITY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&py)
-        .args(args.iter().map(|a| a.as_ref()))
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{py}`: {e}; install Python 3 with `pip install -r tools/requirements.txt`"));
+    let out =
+        Command::new(&py).args(args.iter().map(|a| a.as_ref())).current_dir(repo()).output().unwrap_or_else(|e| {
+            panic!("cannot run `{py}`: {e}; install Python 3 with `pip install -r tools/requirements.txt`")
+        });
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "`{py} {:?}` failed:\n{text}", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "`{py} {:?}` failed:\n{text}",
+        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+    );
     text
 }
 
 /// Run `infinity ARGS…` in-process; returns whether it exited successfully.
 pub fn infinity(args: &[&str]) -> bool {
-    let code = infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())).unwrap_or_else(|e| panic!("infinity {args:?}: {e:#}"));
+    let code = infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("infinity {args:?}: {e:#}"));
     format!("{code:?}") == format!("{:?}", std::process::ExitCode::SUCCESS)
 }
 

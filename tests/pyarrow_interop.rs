@@ -13,7 +13,8 @@ fn rust_reads_what_pyarrow_wrote() {
     python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"40", &"--d", &"20"]);
     let ds = Dataset::open(&out, Checksums::Verify).unwrap();
     assert!(ds.manifest.shards.len() > 2, "pyarrow demo should roll several shards");
-    let expected: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).unwrap()).unwrap();
+    let expected: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).unwrap()).unwrap();
     assert_eq!(ds.num_rows(), expected.len() as u64);
     let d = ds.manifest.d as usize;
     for (g, want) in expected.iter().enumerate() {
@@ -26,7 +27,8 @@ fn rust_reads_what_pyarrow_wrote() {
         let want_bits: Vec<u8> = want["bits"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
         assert!(bits == want_bits, "row {g}: bits differ");
         let latent: Vec<u16> = row.latent.unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-        let want_latent: Vec<u16> = want["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
+        let want_latent: Vec<u16> =
+            want["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
         assert!(latent == want_latent, "row {g}: latent differs");
         assert_eq!(row.class_label.unwrap() as i64, want["class_label"].as_i64().unwrap());
         let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();
@@ -64,7 +66,8 @@ fn pyarrow_reads_what_rust_wrote() {
         assert!(py_bits == bits, "row {g}: pyarrow unpacked other bits");
         // compare as f16 bit patterns: JSON's decimal round trip is exact at f16 precision
         let latent: Vec<u16> = row.latent.unwrap().chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-        let py_latent: Vec<u16> = py["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
+        let py_latent: Vec<u16> =
+            py["latent"].as_array().unwrap().iter().map(|v| f16::from_f64(v.as_f64().unwrap()).to_bits()).collect();
         assert!(py_latent == latent, "row {g}: pyarrow decoded another latent");
         assert_eq!(py["class_label"].as_i64(), row.class_label.map(i64::from));
         let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();

@@ -22,7 +22,11 @@ pub struct TokenizerFit {
 }
 
 /// Fit PCA on `images`, tune the latent scale on (up to 64 of) them, and measure both PSNRs.
-pub fn fit_tokenizer(images: &[(Image, ScaleSchedule)], patch: usize, d: usize) -> Result<(PatchTokenizer, TokenizerFit)> {
+pub fn fit_tokenizer(
+    images: &[(Image, ScaleSchedule)],
+    patch: usize,
+    d: usize,
+) -> Result<(PatchTokenizer, TokenizerFit)> {
     let plain: Vec<Image> = images.iter().map(|(i, _)| i.clone()).collect();
     let mut tok = PatchTokenizer::fit(&plain, patch, d)?;
     let calib: Vec<(Image, Vec<(usize, usize)>)> = images.iter().take(64).map(|(i, s)| (i.clone(), s.hw())).collect();

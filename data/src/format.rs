@@ -61,7 +61,9 @@ pub fn schema(cols: Columns) -> Schema {
         fields.push(Field::new(COL_CAPTION, DataType::Utf8, true));
     }
     Schema::new(fields).with_metadata(
-        [("infinity.format".to_string(), format!("{FORMAT_NAME}/{FORMAT_VERSION}"))].into_iter().collect::<std::collections::HashMap<_, _>>(),
+        [("infinity.format".to_string(), format!("{FORMAT_NAME}/{FORMAT_VERSION}"))]
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
     )
 }
 

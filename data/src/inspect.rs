@@ -26,13 +26,29 @@ pub fn inspect(dir: &Path) -> Result<String> {
         let _ = writeln!(s, "text         width {}, {:?}, ≤ {} tokens, {}", t.width, t.dtype, t.max_tokens, t.encoder);
     }
     let _ = writeln!(s, "caption      {}", if m.conditions.caption { "yes" } else { "no" });
-    let _ = writeln!(s, "latent       {}", m.latent.as_ref().map_or("no".into(), |l| format!("{} [{}]", l.dtype, l.layout)));
-    let _ = writeln!(s, "rows         {} in {} shards, {:.1} MiB", m.total_rows, m.shards.len(), m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / (1 << 20) as f64);
+    let _ = writeln!(
+        s,
+        "latent       {}",
+        m.latent.as_ref().map_or("no".into(), |l| format!("{} [{}]", l.dtype, l.layout))
+    );
+    let _ = writeln!(
+        s,
+        "rows         {} in {} shards, {:.1} MiB",
+        m.total_rows,
+        m.shards.len(),
+        m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / (1 << 20) as f64
+    );
     let _ = writeln!(s, "schedules");
     for (b, sch) in m.schedules.iter().enumerate() {
         let rows: u64 = m.shards.iter().map(|s| s.bucket_rows[b]).sum();
         let (h, w) = sch.latent_hw();
-        let _ = writeln!(s, "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows", sch.name, sch.scales.len(), sch.num_tokens());
+        let _ = writeln!(
+            s,
+            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows",
+            sch.name,
+            sch.scales.len(),
+            sch.num_tokens()
+        );
     }
     let _ = writeln!(s, "shards");
     for e in m.shards.iter().take(8) {
@@ -78,7 +94,12 @@ pub fn verify(dir: &Path) -> VerifyReport {
         };
         r.shards += 1;
         if shard.num_rows() as u64 != entry.rows {
-            r.problems.push(format!("{}: holds {} rows, manifest shards[{i}].rows says {}", path.display(), shard.num_rows(), entry.rows));
+            r.problems.push(format!(
+                "{}: holds {} rows, manifest shards[{i}].rows says {}",
+                path.display(),
+                shard.num_rows(),
+                entry.rows
+            ));
         }
         let mut counts = vec![0u64; m.schedules.len()];
         let mut bad = 0;
@@ -98,7 +119,11 @@ pub fn verify(dir: &Path) -> VerifyReport {
             r.problems.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));
         }
         if bad == 0 && counts != entry.bucket_rows {
-            r.problems.push(format!("{}: rows per bucket are {counts:?}, manifest shards[{i}].bucket_rows says {:?}", path.display(), entry.bucket_rows));
+            r.problems.push(format!(
+                "{}: rows per bucket are {counts:?}, manifest shards[{i}].bucket_rows says {:?}",
+                path.display(),
+                entry.bucket_rows
+            ));
         }
     }
     if let Some(f) = &m.tokenizer.file {
@@ -150,7 +175,8 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
             let mean = p.iter().sum::<f64>() / d as f64;
             let (lo, hi) = p.iter().fold((1.0f64, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let ent = p.iter().map(|&x| binary_entropy(x)).sum::<f64>() / d as f64;
-            let _ = writeln!(out, "  {s:>5}  {:<8} {mean:>8.3}  {lo:>11.3}  {hi:>11.3}  {ent:>11.3}", format!("{h}×{w}"));
+            let _ =
+                writeln!(out, "  {s:>5}  {:<8} {mean:>8.3}  {lo:>11.3}  {hi:>11.3}  {ent:>11.3}", format!("{h}×{w}"));
         }
     }
     if let Some(c) = &m.conditions.class {
@@ -176,9 +202,16 @@ fn binary_entropy(p: f64) -> f64 {
 /// Decode the first `n` rows with the dataset's built-in tokenizer into one PNG grid.
 pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
     let m = &ds.manifest;
-    let file = m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME).ok_or_else(|| {
-        crate::DataError::Config(format!("{}: stats --png needs the built-in tokenizer; this dataset uses `{}`", ds.dir().display(), m.tokenizer.name))
-    })?;
+    let file =
+        m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME).ok_or_else(
+            || {
+                crate::DataError::Config(format!(
+                    "{}: stats --png needs the built-in tokenizer; this dataset uses `{}`",
+                    ds.dir().display(),
+                    m.tokenizer.name
+                ))
+            },
+        )?;
     let tok = PatchTokenizer::load(&ds.dir().join(file))?;
     let d = m.d as usize;
     let images: Vec<Image> = (0..(n as u64).min(ds.num_rows()))

@@ -122,8 +122,10 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
-        let m: Manifest = serde_path_to_error::deserialize(de)
-            .map_err(|e| DataError::Manifest { path: path.clone(), detail: format!("at `{}`: {}", e.path(), e.inner()) })?;
+        let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| DataError::Manifest {
+            path: path.clone(),
+            detail: format!("at `{}`: {}", e.path(), e.inner()),
+        })?;
         m.check(&path)?;
         Ok(m)
     }

@@ -90,7 +90,8 @@ impl Shard {
         // `decode` checks what Arrow's decoder would assert on; should a malformed file still reach an
         // assertion inside Arrow, it becomes this shard's error rather than a crash of the training run.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path, mmap)));
-        let batches = decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
+        let batches =
+            decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
         let cols = batches.iter().map(|b| BatchColumns::new(path, b, columns)).collect::<Result<Vec<_>>>()?;
         let mut batch_starts = vec![0usize];
         for b in &cols {
@@ -182,7 +183,11 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
         let (h, w) = sched.latent_hw();
         let want = d * h * w * 2;
         if lat.len() != want {
-            return fail(format::COL_LATENT, format!("{want} bytes (f16 [d={d}, {h}, {w}])"), format!("{} bytes", lat.len()));
+            return fail(
+                format::COL_LATENT,
+                format!("{want} bytes (f16 [d={d}, {h}, {w}])"),
+                format!("{} bytes", lat.len()),
+            );
         }
     }
     if let (Some(c), Some(info)) = (row.class_label, &m.conditions.class) {
@@ -209,7 +214,10 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     const MAGIC: &[u8] = b"ARROW1";
     let len = mmap.len();
     if &mmap[..6] != MAGIC || &mmap[len - 6..] != MAGIC {
-        return Err(DataError::corrupt(path, "missing the ARROW1 magic at start or end (not an IPC file-format shard)"));
+        return Err(DataError::corrupt(
+            path,
+            "missing the ARROW1 magic at start or end (not an IPC file-format shard)",
+        ));
     }
     let ptr = NonNull::new(mmap.as_ptr() as *mut u8).expect("mmap of a non-empty file is non-null");
     // SAFETY: `ptr` and `len` describe the mapping, which the Arc keeps alive as long as any Buffer does.
@@ -235,7 +243,8 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
         let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), trailer - footer_len)
             .ok_or_else(|| corrupt(&format!("record batch {i} lies outside the file")))?;
         let meta_len = block.metaDataLength() as usize;
-        check_block(&buffer[range.clone()], meta_len, &units).map_err(|e| corrupt(&format!("record batch {i}: {e}")))?;
+        check_block(&buffer[range.clone()], meta_len, &units)
+            .map_err(|e| corrupt(&format!("record batch {i}: {e}")))?;
         let data = buffer.slice_with_length(range.start, range.len());
         let batch = decoder
             .read_record_batch(block, &data)
@@ -288,7 +297,11 @@ fn check_block(block: &[u8], meta_len: usize, units: &[usize]) -> std::result::R
     for (k, (b, &unit)) in buffers.iter().zip(units).enumerate() {
         let end = b.offset().checked_add(b.length());
         if b.offset() < 0 || b.length() < 0 || end.is_none_or(|e| e > body) || b.offset() % 8 != 0 {
-            return Err(format!("buffer {k} (offset {}, length {}) lies outside the {body}-byte body", b.offset(), b.length()));
+            return Err(format!(
+                "buffer {k} (offset {}, length {}) lies outside the {body}-byte body",
+                b.offset(),
+                b.length()
+            ));
         }
         if b.length() % unit as i64 != 0 {
             return Err(format!("buffer {k} has length {}, not a multiple of its {unit}-byte elements", b.length()));
@@ -307,9 +320,9 @@ fn block_range(offset: i64, meta: i32, body: i64, limit: usize) -> Option<Range<
 
 impl BatchColumns {
     fn new(path: &Path, batch: &RecordBatch, want: Columns) -> Result<BatchColumns> {
-        fn column<'a, A: Array + Clone + 'static>(
+        fn column<A: Array + Clone + 'static>(
             path: &Path,
-            batch: &'a RecordBatch,
+            batch: &RecordBatch,
             name: &str,
             ty: DataType,
             nullable_ok: bool,

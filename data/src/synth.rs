@@ -118,7 +118,9 @@ impl Sample {
         let cx = rng.random_range(radius..1.0 - radius);
         let cy = rng.random_range(radius..1.0 - radius);
         let region = (((cy * 3.0) as usize).min(2), ((cx * 3.0) as usize).min(2));
-        let bg = |rng: &mut rand_chacha::ChaCha8Rng| [rng.random_range(0.0..0.25), rng.random_range(0.0..0.25), rng.random_range(0.0..0.3)];
+        let bg = |rng: &mut rand_chacha::ChaCha8Rng| {
+            [rng.random_range(0.0..0.25), rng.random_range(0.0..0.25), rng.random_range(0.0..0.3)]
+        };
         let background = [bg(&mut rng), bg(&mut rng)];
         let mut words = vec!["a"];
         if rng.random_bool(0.7) {
@@ -153,9 +155,9 @@ impl Sample {
                     }
                 }
                 let a = hits as f32 / (SS * SS) as f32;
-                for c in 0..3 {
+                for (c, fg) in colour.iter().enumerate() {
                     let bg = self.background[0][c] * (1.0 - t) + self.background[1][c] * t;
-                    img.data[c * n + y * w + x] = (bg * (1.0 - a) + colour[c] * a) * 2.0 - 1.0;
+                    img.data[c * n + y * w + x] = (bg * (1.0 - a) + fg * a) * 2.0 - 1.0;
                 }
             }
         }
@@ -170,7 +172,8 @@ impl Sample {
             2 => {
                 // apex up at (0, -1), base at v = 0.8 from u = -0.95 to 0.95
                 let edge = |ax: f32, ay: f32, bx: f32, by: f32| (bx - ax) * (v - ay) - (by - ay) * (u - ax);
-                let (e0, e1, e2) = (edge(0.0, -1.0, 0.95, 0.8), edge(0.95, 0.8, -0.95, 0.8), edge(-0.95, 0.8, 0.0, -1.0));
+                let (e0, e1, e2) =
+                    (edge(0.0, -1.0, 0.95, 0.8), edge(0.95, 0.8, -0.95, 0.8), edge(-0.95, 0.8, 0.0, -1.0));
                 (e0 >= 0.0 && e1 >= 0.0 && e2 >= 0.0) || (e0 <= 0.0 && e1 <= 0.0 && e2 <= 0.0)
             }
             _ => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0),
@@ -285,7 +288,11 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
     let started = std::time::Instant::now();
     write_parallel(&mut writer, opts.rows, make, |done| {
         if opts.rows >= 100_000 && done % 65_536 < 2048 {
-            tracing::info!("synth: {done}/{} rows ({:.0} rows/s)", opts.rows, done as f64 / started.elapsed().as_secs_f64());
+            tracing::info!(
+                "synth: {done}/{} rows ({:.0} rows/s)",
+                opts.rows,
+                done as f64 / started.elapsed().as_secs_f64()
+            );
         }
     })?;
     Ok((writer.finish()?, fit))

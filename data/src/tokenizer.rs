@@ -64,7 +64,8 @@ impl Image {
 /// PSNR in dB between two images, both mapped to [0, 1].
 pub fn psnr(a: &Image, b: &Image) -> f64 {
     assert_eq!((a.h, a.w), (b.h, b.w), "psnr: image sizes differ");
-    let mse: f64 = a.data.iter().zip(&b.data).map(|(x, y)| (((x - y) / 2.0) as f64).powi(2)).sum::<f64>() / a.data.len() as f64;
+    let mse: f64 =
+        a.data.iter().zip(&b.data).map(|(x, y)| (((x - y) / 2.0) as f64).powi(2)).sum::<f64>() / a.data.len() as f64;
     10.0 * (1.0 / mse.max(1e-12)).log10()
 }
 
@@ -101,7 +102,9 @@ impl PatchTokenizer {
     pub fn fit(images: &[Image], patch: usize, d: usize) -> Result<PatchTokenizer> {
         let p_len = 3 * patch * patch;
         if d == 0 || d > p_len {
-            return Err(DataError::Config(format!("tokenizer: d = {d} must be in 1..={p_len} (3·patch²) for patch {patch}")));
+            return Err(DataError::Config(format!(
+                "tokenizer: d = {d} must be in 1..={p_len} (3·patch²) for patch {patch}"
+            )));
         }
         if images.is_empty() {
             return Err(DataError::Config("tokenizer: no images to fit on".into()));
@@ -288,7 +291,11 @@ impl PatchTokenizer {
         let tensor = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
             let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
             if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() {
-                return Err(bad(format!("tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape())));
+                return Err(bad(format!(
+                    "tensor `{name}`: expected f32 {shape:?}, found {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
             }
             Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
         };
@@ -307,8 +314,11 @@ impl PatchTokenizer {
 
 /// Patch coordinates `(py, px)` in row-major order; errors unless the image tiles exactly.
 fn patch_grid(img: &Image, p: usize) -> Result<impl Iterator<Item = (usize, usize)>> {
-    if img.h == 0 || img.w == 0 || img.h % p != 0 || img.w % p != 0 {
-        return Err(DataError::Config(format!("tokenizer: image {}×{} does not tile into {p}×{p} patches", img.h, img.w)));
+    if img.h == 0 || img.w == 0 || !img.h.is_multiple_of(p) || !img.w.is_multiple_of(p) {
+        return Err(DataError::Config(format!(
+            "tokenizer: image {}×{} does not tile into {p}×{p} patches",
+            img.h, img.w
+        )));
     }
     let (gh, gw) = (img.h / p, img.w / p);
     Ok((0..gh).flat_map(move |y| (0..gw).map(move |x| (y, x))))

@@ -132,10 +132,14 @@ impl DatasetWriter {
             caption: row.caption.as_deref(),
         };
         check_row(&view, &self.manifest).map_err(|p| {
-            DataError::Config(format!("row id {}: column `{}`: expected {}, found {}", row.id, p.column, p.expected, p.found))
+            DataError::Config(format!(
+                "row id {}: column `{}`: expected {}, found {}",
+                row.id, p.column, p.expected, p.found
+            ))
         })?;
         let b = &mut self.builders;
-        let bytes = row.bits.len() + row.latent.as_ref().map_or(0, Vec::len) + row.text_emb.as_ref().map_or(0, Vec::len) + 16;
+        let bytes =
+            row.bits.len() + row.latent.as_ref().map_or(0, Vec::len) + row.text_emb.as_ref().map_or(0, Vec::len) + 16;
         b.id.append_value(row.id);
         b.bucket.append_value(row.bucket);
         b.bits.append_value(&row.bits);

@@ -130,7 +130,10 @@ fn row_whose_bits_do_not_fit_its_schedule_is_named_and_can_be_skipped() {
     let ds = Arc::new(Dataset::open(dir.path(), Checksums::Verify).unwrap());
     let e = ds.validate_row(2).unwrap_err().to_string();
     assert!(e.contains("shard-00000.arrow: row 2 (id 2), column `bits`"), "{e}");
-    assert!(e.contains(&format!("expected {} bytes", l * nb)) && e.contains(&format!("found {} bytes", l * nb - 2)), "{e}");
+    assert!(
+        e.contains(&format!("expected {} bytes", l * nb)) && e.contains(&format!("found {} bytes", l * nb - 2)),
+        "{e}"
+    );
     let e = ds.validate_row(4).unwrap_err().to_string();
     assert!(e.contains("row 4") && e.contains("padding bits") && e.contains("token 3"), "{e}");
 

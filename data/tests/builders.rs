@@ -16,7 +16,13 @@ const LATENT_PSNR_FLOOR_DB: f64 = 30.0;
 const BSQ_PSNR_FLOOR_DB: f64 = 19.5;
 
 fn small(rows: u64, seed: u64) -> SynthOptions {
-    SynthOptions { rows, seed, fit_rows: 256, writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() }
+    SynthOptions {
+        rows,
+        seed,
+        fit_rows: 256,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -42,7 +48,8 @@ fn stored_bits_are_the_bsq_of_the_stored_latent_and_conditions_match_the_image()
     let ds = Arc::new(Dataset::open(dir.path(), Checksums::Verify).unwrap());
     let d = ds.manifest.d as usize;
     let tok = PatchTokenizer::load(&dir.path().join("tokenizer.safetensors")).unwrap();
-    let mut loader = Loader::new(ds.clone(), LoaderOptions { global_batch: 8, workers: 0, ..Default::default() }, None).unwrap();
+    let mut loader =
+        Loader::new(ds.clone(), LoaderOptions { global_batch: 8, workers: 0, ..Default::default() }, None).unwrap();
     for _ in 0..5 {
         let b = loader.next_batch().unwrap();
         let sched = &ds.manifest.schedules[b.bucket as usize];
@@ -75,7 +82,14 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
             let s = Sample::draw(k as u64, i, &templates);
             let (h, w) = if i % 2 == 0 { (40, 40) } else { (30, 60) }; // square and 1:2
             let img = s.render(h, w);
-            image::save_buffer(dir.join(format!("{i}.png")), &img.to_rgb8(), w as u32, h as u32, image::ColorType::Rgb8).unwrap();
+            image::save_buffer(
+                dir.join(format!("{i}.png")),
+                &img.to_rgb8(),
+                w as u32,
+                h as u32,
+                image::ColorType::Rgb8,
+            )
+            .unwrap();
             if i == 0 {
                 std::fs::write(dir.join("0.txt"), format!("{}\n", s.caption())).unwrap();
             }
@@ -83,7 +97,8 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         std::fs::write(dir.join("notes.md"), "not an image").unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let (m, fit) = pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
+    let (m, fit) =
+        pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
     assert_eq!(m.total_rows, 12);
     assert_eq!(m.conditions.class.as_ref().unwrap().names, vec!["cats", "dogs"]);
     assert!(m.conditions.caption);
@@ -102,8 +117,12 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
 
     // a broken image is named
     std::fs::write(src.path().join("dogs").join("9.png"), b"not a png").unwrap();
-    let e = pack::pack(src.path(), out.path(), &pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() })
-        .unwrap_err()
-        .to_string();
+    let e = pack::pack(
+        src.path(),
+        out.path(),
+        &pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("9.png"), "{e}");
 }

@@ -21,7 +21,14 @@ fn opts(g: usize, rank: usize, world: usize, workers: usize) -> LoaderOptions {
 
 /// The ids of `steps` global batches read by all ranks of `world` (rank slices concatenated in rank
 /// order), continuing from `state`; returns them with the state afterwards.
-fn run_world(ds: &Arc<Dataset>, g: usize, world: usize, workers: usize, state: Option<LoaderState>, steps: usize) -> (Vec<Vec<u64>>, LoaderState) {
+fn run_world(
+    ds: &Arc<Dataset>,
+    g: usize,
+    world: usize,
+    workers: usize,
+    state: Option<LoaderState>,
+    steps: usize,
+) -> (Vec<Vec<u64>>, LoaderState) {
     let mut loaders: Vec<Loader> =
         (0..world).map(|r| Loader::new(ds.clone(), opts(g, r, world, workers), state.clone()).unwrap()).collect();
     let mut out = Vec::new();
@@ -42,7 +49,8 @@ fn same_seed_gives_the_same_batches_inline_and_prefetched() {
     let (a, _) = run_world(&ds, 8, 1, 0, None, 40);
     let (b, _) = run_world(&ds, 8, 1, 3, None, 40);
     assert_eq!(a, b, "prefetch threads must not change the order");
-    let other = Loader::new(ds.clone(), LoaderOptions { seed: 43, ..opts(8, 0, 1, 0) }, None).unwrap().next_batch().unwrap();
+    let other =
+        Loader::new(ds.clone(), LoaderOptions { seed: 43, ..opts(8, 0, 1, 0) }, None).unwrap().next_batch().unwrap();
     assert_ne!(other.ids, a[0], "a different seed gives a different order");
 }
 
@@ -93,9 +101,15 @@ fn resume_refuses_a_different_global_batch_seed_or_dataset() {
     let s = l.state();
     let e = Loader::new(ds.clone(), opts(16, 0, 1, 0), Some(s.clone())).err().unwrap().to_string();
     assert!(e.contains("global batch 8") && e.contains("16"), "{e}");
-    let e = Loader::new(ds.clone(), LoaderOptions { seed: 1, ..opts(8, 0, 1, 0) }, Some(s.clone())).err().unwrap().to_string();
+    let e = Loader::new(ds.clone(), LoaderOptions { seed: 1, ..opts(8, 0, 1, 0) }, Some(s.clone()))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("seed"), "{e}");
-    let e = Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { dataset: "x".into(), ..s })).err().unwrap().to_string();
+    let e = Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { dataset: "x".into(), ..s }))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("dataset fingerprint"), "{e}");
     let e = Loader::new(ds.clone(), opts(6, 0, 4, 0), None).err().unwrap().to_string();
     assert!(e.contains("multiple of world size 4"), "{e}");
@@ -117,11 +131,30 @@ fn batch_accessors_decode_what_was_written() {
         infinity_data::format::pack_bits(&b.unpacked_bits(i, m.d as usize), m.d as usize, &mut packed);
         assert_eq!(packed, want.bits);
         let lat = b.latent_f32(i).unwrap();
-        let want_lat: Vec<f32> = want.latent.as_ref().unwrap().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        let want_lat: Vec<f32> = want
+            .latent
+            .as_ref()
+            .unwrap()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
         assert_eq!(lat, want_lat);
         let text = b.text_f32(i, common::TEXT_WIDTH, infinity_data::manifest::TextDtype::Bf16).unwrap();
         assert_eq!(text.len(), (cu[i + 1] - cu[i]) as usize * common::TEXT_WIDTH);
         assert_eq!(text.len() * 2, want.text_emb.as_ref().unwrap().len());
         assert_eq!(b.captions.as_ref().unwrap()[i], want.caption);
+    }
+}
+
+#[test]
+fn recycled_buffers_give_identical_batches() {
+    let (_d, ds) = open(120);
+    let mut plain = Loader::new(ds.clone(), opts(8, 0, 1, 2), None).unwrap();
+    let mut recycling = Loader::new(ds, opts(8, 0, 1, 2), None).unwrap();
+    for _ in 0..40 {
+        let a = plain.next_batch().unwrap();
+        let b = recycling.next_batch().unwrap();
+        assert_eq!(a, b);
+        recycling.recycle(b);
     }
 }

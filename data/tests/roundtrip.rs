@@ -45,7 +45,8 @@ fn reads_are_zero_copy_from_the_mapping() {
 fn writer_refuses_to_overwrite_without_the_flag_and_rejects_bad_rows() {
     let dir = tempfile::tempdir().unwrap();
     common::write_random(dir.path(), 5, 3);
-    let e = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), Default::default()).err().unwrap();
+    let e =
+        infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), Default::default()).err().unwrap();
     assert!(e.to_string().contains("already holds a dataset"), "{e}");
 
     let opts = infinity_data::writer::WriterOptions { overwrite: true, ..Default::default() };

@@ -75,21 +75,46 @@ impl Batch {
     }
 }
 
-/// Gather `rows` (global row ids, all of `bucket`) into a batch. Each row is validated; a bad row is an
-/// error, or with `skip_bad` it is left out and recorded in `skipped`.
-pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool) -> Result<Batch> {
+/// Gather `rows` (global row ids, all of `bucket`) into a batch, reusing the buffers of `spare` (a batch
+/// the consumer handed back) when given. Each row is validated; a bad row is an error, or with
+/// `skip_bad` it is left out and recorded in `skipped`.
+pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Option<Batch>) -> Result<Batch> {
     let c = ds.manifest.columns();
     let width = ds.manifest.conditions.text.as_ref().map_or(0, |t| t.width as usize * 2);
-    let mut b = Batch {
-        bucket,
-        ids: Vec::with_capacity(rows.len()),
-        latent: c.latent.then(Vec::new),
-        class_label: c.class_label.then(Vec::new),
-        text_emb: c.text_emb.then(Vec::new),
-        text_cu_seqlens: c.text_emb.then(|| vec![0]),
-        captions: c.caption.then(Vec::new),
-        ..Batch::default()
+    // Exact sizes up front: growing multi-megabyte buffers by doubling would copy them several times.
+    let (n, d) = (rows.len(), ds.manifest.d as usize);
+    let sched = &ds.manifest.schedules[bucket as usize];
+    let (h, w) = sched.latent_hw();
+    let mut b = spare.unwrap_or_default();
+    let reset = |v: &mut Vec<u8>, cap: usize| {
+        v.clear();
+        v.reserve(cap);
     };
+    b.bucket = bucket;
+    b.ids.clear();
+    b.skipped.clear();
+    reset(&mut b.bits, n * sched.num_tokens() * format::bytes_per_token(d));
+    b.latent = c.latent.then(|| {
+        let mut v = b.latent.take().unwrap_or_default();
+        reset(&mut v, n * d * h * w * 2);
+        v
+    });
+    b.class_label = c.class_label.then(|| {
+        b.class_label
+            .take()
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_default()
+    });
+    b.text_emb = c.text_emb.then(|| {
+        let mut v = b.text_emb.take().unwrap_or_default();
+        v.clear();
+        v
+    });
+    b.text_cu_seqlens = c.text_emb.then(|| vec![0]);
+    b.captions = c.caption.then(Vec::new);
     for &g in rows {
         if let Err(e) = ds.validate_row(g) {
             if skip_bad {

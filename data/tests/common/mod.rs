@@ -24,7 +24,12 @@ pub fn manifest() -> Manifest {
         tokenizer: TokenizerInfo { name: "test".into(), file: None, params: serde_json::Value::Null },
         conditions: Conditions {
             class: Some(ClassInfo { num_classes: 10, names: vec![] }),
-            text: Some(TextInfo { width: TEXT_WIDTH as u32, dtype: TextDtype::Bf16, max_tokens: 5, encoder: "test".into() }),
+            text: Some(TextInfo {
+                width: TEXT_WIDTH as u32,
+                dtype: TextDtype::Bf16,
+                max_tokens: 5,
+                encoder: "test".into(),
+            }),
             caption: true,
         },
         latent: Some(LatentInfo { dtype: "f16".into(), layout: "d,H,W".into() }),
@@ -46,7 +51,9 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
     let (h, w) = s.latent_hw();
     let latent = (0..d * h * w).flat_map(|_| f16::from_f32(rng.random_range(-2.0..2.0)).to_le_bytes()).collect();
     let n_text = rng.random_range(1..=5);
-    let text = (0..n_text * TEXT_WIDTH).flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes()).collect();
+    let text = (0..n_text * TEXT_WIDTH)
+        .flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
+        .collect();
     RowData {
         id,
         bucket,
@@ -54,7 +61,7 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
         latent: Some(latent),
         class_label: Some(rng.random_range(0..10)),
         text_emb: Some(text),
-        caption: if id % 3 == 0 { None } else { Some(format!("caption of row {id} ✓")) },
+        caption: if id.is_multiple_of(3) { None } else { Some(format!("caption of row {id} ✓")) },
     }
 }
 

@@ -118,14 +118,18 @@ pub struct BenchArgs {
     /// Scratch folder for the generated datasets (default: the system temp folder).
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Also run the pyarrow reference (tools/bench_loader.py) with this Python, side by side.
+    #[arg(long)]
+    python: Option<String>,
 }
 
 fn parse_templates(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
     s.split(',')
         .map(|part| {
-            let (t, w) = part.split_once(':').with_context(|| format!("--templates: `{part}` is not TEMPLATE:WEIGHT"))?;
+            let (t, w) =
+                part.split_once(':').with_context(|| format!("--templates: `{part}` is not TEMPLATE:WEIGHT"))?;
             let w: f64 = w.parse().with_context(|| format!("--templates: weight `{w}` is not a number"))?;
-            if !(w > 0.0) {
+            if !w.is_finite() || w <= 0.0 {
                 bail!("--templates: weight of `{t}` must be positive");
             }
             Ok((t.trim().to_string(), w))
@@ -180,7 +184,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             let (m, fit) = pack::pack(&a.images, &a.common.out, &opts)?;
             println!("packed {} images into {}", m.total_rows, a.common.out.display());
             if let Some(f) = fit {
-                println!("tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ", f.psnr_latent_db, f.psnr_bsq_db);
+                println!(
+                    "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ",
+                    f.psnr_latent_db, f.psnr_bsq_db
+                );
             }
         }
         DataCommand::Inspect { dir } => print!("{}", inspect::inspect(&dir)?),
@@ -189,7 +196,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             for p in &r.problems {
                 println!("problem: {p}");
             }
-            println!("{}: {} shards opened, {} rows checked, {} problems", dir.display(), r.shards, r.rows_checked, r.problems.len());
+            println!(
+                "{}: {} shards opened, {} rows checked, {} problems",
+                dir.display(),
+                r.shards,
+                r.rows_checked,
+                r.problems.len()
+            );
             if !r.problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -207,7 +220,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 Some(p) => p,
                 None => std::env::temp_dir().join(format!("infinity-bench-{}", std::process::id())),
             };
-            let opts = bench::BenchOptions { d: a.d, rows: a.rows, global_batch: a.global_batch, workers: a.workers, samples: a.samples };
+            let opts = bench::BenchOptions {
+                d: a.d,
+                rows: a.rows,
+                global_batch: a.global_batch,
+                workers: a.workers,
+                samples: a.samples,
+                python: a.python,
+            };
             let table = bench::run(&scratch, &opts);
             let _ = std::fs::remove_dir_all(&scratch);
             println!("loader throughput, d = {}, global batch {}, from the page cache:", a.d, a.global_batch);

@@ -34,7 +34,9 @@ where
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_target(false).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_target(false).with_ansi(ansi).with_writer(std::io::stderr).init();
     match run(std::env::args_os()) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<clap::Error>() {
