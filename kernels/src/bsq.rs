@@ -70,15 +70,27 @@ pub struct MultiScaleCodes {
     pub bits: Vec<u8>,
     /// `[L − h_0·w_0, d]` teacher-forcing inputs for scales 1..K.
     pub x_wo_prefix: Vec<f32>,
-    /// `[d, H, W]` the sum of all up-sampled codes (what the decoder sees).
+    /// `[d, H, W]` the sum of all up-sampled codes, flipped ones included (what the decoder sees).
     pub summed_codes: Vec<f32>,
 }
 
 /// Multi-scale residual BSQ of one latent `[d, H, W]` with `(H, W)` = the last scale.
 pub fn encode_multiscale(latent: &[f32], d: usize, scales: &[(usize, usize)]) -> MultiScaleCodes {
+    self_correct(latent, d, scales, None)
+}
+
+/// Bitwise self-correction (upstream `BitwiseSelfCorrection`): multi-scale residual BSQ where, after
+/// each scale is quantised, the bits set in `flips: [L, d]` are flipped and the flipped bits are
+/// re-quantised into the running sum (`noise_apply_requant=1`). The labels stay the clean bits of each
+/// (corrupted-history) residual, so later scales learn to correct earlier mistakes; the teacher-forcing
+/// inputs follow the corrupted sum. `flips = None` is plain multi-scale BSQ.
+pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: Option<&[u8]>) -> MultiScaleCodes {
     let (hh, ww) = *scales.last().expect("bsq::encode_multiscale: empty schedule");
     assert_eq!(latent.len(), d * hh * ww, "bsq::encode_multiscale: latent is not [d={d}, {hh}, {ww}]");
     let l = num_tokens(scales);
+    if let Some(f) = flips {
+        assert_eq!(f.len(), l * d, "bsq::self_correct: flips is not [L={l}, d={d}]");
+    }
     let mut out = MultiScaleCodes {
         bits: vec![0; l * d],
         x_wo_prefix: vec![0.0; (l - scales[0].0 * scales[0].1) * d],
@@ -103,6 +115,11 @@ pub fn encode_multiscale(latent: &[f32], d: usize, scales: &[(usize, usize)]) ->
             &residual
         };
         quantize(r_s, d, &mut out.bits[bit_off..bit_off + n * d], &mut q[..d * n]);
+        if let Some(f) = flips {
+            let bits = &out.bits[bit_off..bit_off + n * d];
+            let flipped: Vec<u8> = bits.iter().zip(&f[bit_off..bit_off + n * d]).map(|(b, m)| b ^ (m & 1)).collect();
+            bits_to_codes(&flipped, d, &mut q[..d * n]);
+        }
         bit_off += n * d;
         bilinear_resize(&q[..d * n], d, (h, w), &mut up, (hh, ww));
         for (c, u) in out.summed_codes.iter_mut().zip(&up) {
@@ -195,6 +212,27 @@ mod tests {
             assert_eq!(enc.bits.len(), num_tokens(scales) * 16);
             assert_eq!(decode_multiscale(&enc.bits, 16, scales), enc.summed_codes);
         }
+    }
+
+    #[test]
+    fn flips_corrupt_the_history_and_later_labels_correct_it() {
+        let d = 8;
+        let latent = random_latent(d, 8, 8, 21);
+        let clean = encode_multiscale(&latent, d, &SQUARE);
+        let l = num_tokens(&SQUARE);
+        // no flips set: identical to plain encoding
+        assert_eq!(self_correct(&latent, d, &SQUARE, Some(&vec![0; l * d])).bits, clean.bits);
+        // flip every bit of scale 1 (tokens 1..5)
+        let mut flips = vec![0u8; l * d];
+        flips[d..5 * d].iter_mut().for_each(|f| *f = 1);
+        let sc = self_correct(&latent, d, &SQUARE, Some(&flips));
+        assert_eq!(sc.bits[..5 * d], clean.bits[..5 * d], "labels of flipped scales stay the clean bits");
+        assert_ne!(sc.bits[5 * d..], clean.bits[5 * d..], "later labels see the corrupted history");
+        assert_eq!(sc.x_wo_prefix[..4 * d], clean.x_wo_prefix[..4 * d], "the input of scale 1 precedes the flip");
+        assert_ne!(sc.x_wo_prefix[4 * d..], clean.x_wo_prefix[4 * d..]);
+        // decoding the bits actually accumulated (labels xor flips) reproduces the corrupted sum
+        let used: Vec<u8> = sc.bits.iter().zip(&flips).map(|(b, f)| b ^ f).collect();
+        assert_eq!(decode_multiscale(&used, d, &SQUARE), sc.summed_codes);
     }
 
     #[test]

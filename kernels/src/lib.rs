@@ -1,10 +1,29 @@
 //! Every op the Infinity model needs. Each family has a plain-Rust CPU implementation that is its
-//! specification; CUDA twins (compiled at run time through NVRTC) are tested against these.
+//! specification (generic over f32 and f64, so gradient checks run in f64); CUDA twins (compiled at run
+//! time through NVRTC) are tested against these.
 //!
-//! Families so far:
-//! - [`resample`]: area down-sampling and bilinear up-sampling with PyTorch's exact index math;
-//! - [`bsq`]: binary spherical quantisation and multi-scale residual BSQ (the tokenizer's and
-//!   bitwise self-correction's core).
+//! Conventions (as llm.c): forward and backward of a family sit in one file; backward writes input
+//! gradients (`=`) and adds parameter gradients (`+=`) so micro-batches accumulate.
+//!
+//! Families:
+//! - [`linear`] (over [`matmul`], the `gemm` crate), [`norm`] (LayerNorm, RMSNorm), [`adaln`]
+//!   (modulation, gated residual), [`act`] (GELU-tanh, SiLU), [`rope`] (2-D RoPE, mode 2),
+//!   [`attention`] (block-causal self-attention, varlen cross-attention, attention pool, cosine
+//!   normalisation), [`bitwise_ce`] (the bitwise loss);
+//! - [`resample`] and [`bsq`]: area/bilinear resizing with PyTorch's index math, BSQ, multi-scale
+//!   residual BSQ and bitwise self-correction (no gradients: they act on the frozen tokenizer's latents).
 
+pub mod act;
+pub mod adaln;
+pub mod attention;
+pub mod bitwise_ce;
 pub mod bsq;
+pub mod gradcheck;
+pub mod linear;
+pub mod matmul;
+pub mod norm;
+mod real;
 pub mod resample;
+pub mod rope;
+
+pub use real::Real;

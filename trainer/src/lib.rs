@@ -1,4 +1,5 @@
-//! The trainer crate: the `infinity` command line for now; the Infinity transformer, its training loop,
-//! checkpoints and sampling land here next (issues 3 and 4).
+//! The trainer crate: the Infinity transformer (`model`), and the `infinity` command line (`cli`).
+//! The training loop, checkpoints and sampling land here next (issue 4).
 
 pub mod cli;
+pub mod model;

@@ -1,0 +1,349 @@
+//! Softmax attention over segments: one kernel for block-causal self-attention over the scale schedule,
+//! variable-length cross-attention to text tokens, and the attention pool of the start token.
+//!
+//! Dims: `H` heads, `c` head dim, rows of `Q: [Nq, H·c]` and `K, V: [Nk, H·c]` (head `h` at columns
+//! `h·c..(h+1)·c`). A [`Segment`] says which query rows see which contiguous key rows:
+//! - self-attention, sample `b`, scale `s`: the queries of scale `s` see keys `[b·L, b·L + end_s)`, i.e.
+//!   every token of scales `≤ s` (upstream's block-causal mask `d[q] ≥ d[k]`), computed without
+//!   materialising masked entries;
+//! - cross-attention, sample `b`: its `L` queries see its own `T_b` text tokens;
+//! - attention pool: one query row per sample sees its text tokens.
+//!
+//! Forward keeps the per-row log-sum-exp `lse: [Nq, H]`; backward recomputes probabilities from it
+//! (as flash attention does) instead of storing `L×L` matrices. Every query row must belong to exactly
+//! one segment; `dQ` is written, `dK`, `dV` are accumulated over segments (keys are shared).
+
+use crate::matmul::{matmul, Mat};
+use crate::Real;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// First query row and number of query rows.
+    pub q0: usize,
+    pub nq: usize,
+    /// First key row and number of key rows.
+    pub k0: usize,
+    pub nk: usize,
+}
+
+/// Segments of block-causal self-attention for `b` samples of a schedule with `tokens_per_scale`.
+pub fn block_causal_segments(b: usize, tokens_per_scale: &[usize]) -> Vec<Segment> {
+    let l: usize = tokens_per_scale.iter().sum();
+    let mut out = Vec::new();
+    for bi in 0..b {
+        let mut start = 0;
+        for &n in tokens_per_scale {
+            out.push(Segment { q0: bi * l + start, nq: n, k0: bi * l, nk: start + n });
+            start += n;
+        }
+    }
+    out
+}
+
+/// Shapes shared by forward and backward.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Logit scale (1 for upstream's cosine self-attention, `1/√c` for cross-attention).
+    pub scale: f64,
+}
+
+impl AttnDims {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// `O = softmax(scale·Q Kᵀ) V` per segment and head. o: `[Nq, H·c]`, lse: `[Nq, H]`.
+pub fn attention_forward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &mut [T],
+    lse: &mut [T],
+    segs: &[Segment],
+    dims: AttnDims,
+) {
+    let (w, c) = (dims.width(), dims.head_dim);
+    let mut s = Vec::new();
+    for seg in segs {
+        s.resize(seg.nq * seg.nk, T::zero());
+        for h in 0..dims.heads {
+            scores(q, k, seg, h, dims, &mut s);
+            for i in 0..seg.nq {
+                let row = &mut s[i * seg.nk..(i + 1) * seg.nk];
+                let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+                let mut sum = T::zero();
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                for x in row.iter_mut() {
+                    *x /= sum;
+                }
+                lse[(seg.q0 + i) * dims.heads + h] = m + sum.ln();
+            }
+            // O_seg,h = P · V_seg,h
+            matmul(
+                seg.nq,
+                c,
+                seg.nk,
+                o,
+                Mat::rows(seg.q0 * w + h * c, w),
+                false,
+                &s,
+                Mat::rows(0, seg.nk),
+                v,
+                Mat::rows(seg.k0 * w + h * c, w),
+                T::one(),
+            );
+        }
+    }
+}
+
+/// `S = scale · Q_seg,h · K_seg,hᵀ` into `s: [nq, nk]`.
+fn scores<T: Real>(q: &[T], k: &[T], seg: &Segment, h: usize, dims: AttnDims, s: &mut [T]) {
+    let (w, c) = (dims.width(), dims.head_dim);
+    matmul(
+        seg.nq,
+        seg.nk,
+        c,
+        s,
+        Mat::rows(0, seg.nk),
+        false,
+        q,
+        Mat::rows(seg.q0 * w + h * c, w),
+        k,
+        Mat::rows(seg.k0 * w + h * c, w).t(),
+        T::of(dims.scale),
+    );
+}
+
+/// Backward of [`attention_forward`]. `dq` written; `dk`, `dv` accumulated (zero them first).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: Real>(
+    d_o: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    o: &[T],
+    lse: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    segs: &[Segment],
+    dims: AttnDims,
+) {
+    let (w, c) = (dims.width(), dims.head_dim);
+    let (mut p, mut dp) = (Vec::new(), Vec::new());
+    for seg in segs {
+        p.resize(seg.nq * seg.nk, T::zero());
+        dp.resize(seg.nq * seg.nk, T::zero());
+        for h in 0..dims.heads {
+            scores(q, k, seg, h, dims, &mut p);
+            for i in 0..seg.nq {
+                let m = lse[(seg.q0 + i) * dims.heads + h];
+                for x in &mut p[i * seg.nk..(i + 1) * seg.nk] {
+                    *x = (*x - m).exp();
+                }
+            }
+            // dV += Pᵀ dO ;  dP = dO Vᵀ
+            matmul(
+                seg.nk,
+                c,
+                seg.nq,
+                dv,
+                Mat::rows(seg.k0 * w + h * c, w),
+                true,
+                &p,
+                Mat::rows(0, seg.nk).t(),
+                d_o,
+                Mat::rows(seg.q0 * w + h * c, w),
+                T::one(),
+            );
+            matmul(
+                seg.nq,
+                seg.nk,
+                c,
+                &mut dp,
+                Mat::rows(0, seg.nk),
+                false,
+                d_o,
+                Mat::rows(seg.q0 * w + h * c, w),
+                v,
+                Mat::rows(seg.k0 * w + h * c, w).t(),
+                T::one(),
+            );
+            // dS = P ⊙ (dP − rowsum(dO ⊙ O)) (the rowsum equals Σ_j P_ij dP_ij)
+            for i in 0..seg.nq {
+                let r = (seg.q0 + i) * w + h * c;
+                let di: T = (0..c).map(|t| d_o[r + t] * o[r + t]).sum();
+                for j in 0..seg.nk {
+                    let idx = i * seg.nk + j;
+                    dp[idx] = p[idx] * (dp[idx] - di);
+                }
+            }
+            // dQ = scale · dS K ;  dK += scale · dSᵀ Q
+            let sc = T::of(dims.scale);
+            matmul(
+                seg.nq,
+                c,
+                seg.nk,
+                dq,
+                Mat::rows(seg.q0 * w + h * c, w),
+                false,
+                &dp,
+                Mat::rows(0, seg.nk),
+                k,
+                Mat::rows(seg.k0 * w + h * c, w),
+                sc,
+            );
+            matmul(
+                seg.nk,
+                c,
+                seg.nq,
+                dk,
+                Mat::rows(seg.k0 * w + h * c, w),
+                true,
+                &dp,
+                Mat::rows(0, seg.nk).t(),
+                q,
+                Mat::rows(seg.q0 * w + h * c, w),
+                sc,
+            );
+        }
+    }
+}
+
+/// Norm floor of `F.normalize` (`x / max(‖x‖, eps)`).
+const NORMALIZE_EPS: f64 = 1e-12;
+
+/// Cosine-attention normalisation: `y = gain[h] · x / max(‖x‖, eps)` per head of `x: [N, H·c]`
+/// (upstream `F.normalize(q, dim=-1).mul(exp(scale_mul))` and `F.normalize(k, dim=-1)`).
+/// Returns the clamped norms `[N, H]` for the backward.
+pub fn normalize_heads_forward<T: Real>(x: &[T], y: &mut [T], heads: usize, head_dim: usize, gain: &[T]) -> Vec<T> {
+    assert!(gain.len() == heads && x.len() % (heads * head_dim) == 0 && y.len() == x.len(), "normalize_heads: shapes");
+    let mut norms = Vec::with_capacity(x.len() / head_dim);
+    for (i, (xh, yh)) in x.chunks_exact(head_dim).zip(y.chunks_exact_mut(head_dim)).enumerate() {
+        let n = xh.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::of(NORMALIZE_EPS));
+        let g = gain[i % heads];
+        for (o, &v) in yh.iter_mut().zip(xh) {
+            *o = g * v / n;
+        }
+        norms.push(n);
+    }
+    norms
+}
+
+/// Backward of [`normalize_heads_forward`]: `dx` written, `dgain` added when given.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_heads_backward<T: Real>(
+    dy: &[T],
+    x: &[T],
+    norms: &[T],
+    gain: &[T],
+    dx: &mut [T],
+    mut dgain: Option<&mut [T]>,
+    heads: usize,
+    head_dim: usize,
+) {
+    for (i, ((dyh, xh), dxh)) in
+        dy.chunks_exact(head_dim).zip(x.chunks_exact(head_dim)).zip(dx.chunks_exact_mut(head_dim)).enumerate()
+    {
+        let (n, g) = (norms[i], gain[i % heads]);
+        // u = x / n; y = g·u
+        let udy: T = xh.iter().zip(dyh).map(|(&a, &b)| a / n * b).sum();
+        if let Some(dg) = dgain.as_deref_mut() {
+            dg[i % heads] += udy;
+        }
+        let clamped = n <= T::of(NORMALIZE_EPS);
+        for ((o, &a), &b) in dxh.iter_mut().zip(xh).zip(dyh) {
+            // below the floor the op is x/eps, linear in x
+            *o = if clamped { g * b / n } else { g * (b - a / n * udy) / n };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check, dot, noise};
+
+    /// Naive dense reference with an explicit mask: softmax(scale·QKᵀ + mask)·V.
+    fn dense(q: &[f64], k: &[f64], v: &[f64], segs: &[Segment], dims: AttnDims, nq: usize) -> Vec<f64> {
+        let (w, c) = (dims.heads * dims.head_dim, dims.head_dim);
+        let mut o = vec![0.0; nq * w];
+        for seg in segs {
+            for h in 0..dims.heads {
+                for i in seg.q0..seg.q0 + seg.nq {
+                    let logits: Vec<f64> = (seg.k0..seg.k0 + seg.nk)
+                        .map(|j| dims.scale * (0..c).map(|t| q[i * w + h * c + t] * k[j * w + h * c + t]).sum::<f64>())
+                        .collect();
+                    let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = logits.iter().map(|x| (x - m).exp()).sum();
+                    for (jj, j) in (seg.k0..seg.k0 + seg.nk).enumerate() {
+                        let p = (logits[jj] - m).exp() / z;
+                        for t in 0..c {
+                            o[i * w + h * c + t] += p * v[j * w + h * c + t];
+                        }
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn block_causal_sees_own_and_earlier_scales() {
+        let segs = block_causal_segments(2, &[1, 4, 9]);
+        assert_eq!(segs[1], Segment { q0: 1, nq: 4, k0: 0, nk: 5 });
+        assert_eq!(segs[5], Segment { q0: 14 + 5, nq: 9, k0: 14, nk: 14 });
+    }
+
+    #[test]
+    fn forward_matches_dense_and_backward_matches_finite_differences() {
+        let dims = AttnDims { heads: 2, head_dim: 4, scale: 0.7 };
+        let w = 8;
+        // self-attention: 2 samples, scales of 1, 2, 3 tokens (L = 6)
+        let sa = block_causal_segments(2, &[1, 2, 3]);
+        // cross-attention: 12 query rows, sample 0 sees 3 text rows, sample 1 sees 2
+        let ca = vec![Segment { q0: 0, nq: 6, k0: 0, nk: 3 }, Segment { q0: 6, nq: 6, k0: 3, nk: 2 }];
+        for (segs, nk) in [(sa, 12), (ca, 5)] {
+            let nq = 12;
+            let (q, k, v, r) = (noise(nq * w, 1), noise(nk * w, 2), noise(nk * w, 3), noise(nq * w, 4));
+            let run = |q: &[f64], k: &[f64], v: &[f64]| {
+                let (mut o, mut lse) = (vec![0.0; nq * w], vec![0.0; nq * 2]);
+                attention_forward(q, k, v, &mut o, &mut lse, &segs, dims);
+                (o, lse)
+            };
+            let (o, lse) = run(&q, &k, &v);
+            let want = dense(&q, &k, &v, &segs, dims, nq);
+            assert!(o.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12));
+            let (mut dq, mut dk, mut dv) = (vec![0.0; nq * w], vec![0.0; nk * w], vec![0.0; nk * w]);
+            attention_backward(&r, &q, &k, &v, &o, &lse, &mut dq, &mut dk, &mut dv, &segs, dims);
+            check("attn dq", &q, &dq, |x| dot(&run(x, &k, &v).0, &r), 1e-6, 1e-9);
+            check("attn dk", &k, &dk, |x| dot(&run(&q, x, &v).0, &r), 1e-6, 1e-9);
+            check("attn dv", &v, &dv, |x| dot(&run(&q, &k, x).0, &r), 1e-6, 1e-9);
+        }
+    }
+
+    #[test]
+    fn normalize_heads_gradient_and_unit_norm() {
+        let (n, h, c) = (3, 2, 4);
+        let (x, gain, r) = (noise(n * h * c, 1), vec![1.5, 0.5], noise(n * h * c, 2));
+        let mut y = vec![0.0; x.len()];
+        let norms = normalize_heads_forward(&x, &mut y, h, c, &gain);
+        let n0: f64 = y[..c].iter().map(|v| v * v).sum();
+        assert!((n0.sqrt() - 1.5).abs() < 1e-12);
+        let (mut dx, mut dg) = (vec![0.0; x.len()], vec![0.0; h]);
+        normalize_heads_backward(&r, &x, &norms, &gain, &mut dx, Some(&mut dg), h, c);
+        let loss = |x: &[f64], g: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            normalize_heads_forward(x, &mut y, h, c, g);
+            dot(&y, &r)
+        };
+        check("norm dx", &x, &dx, |v| loss(v, &gain), 1e-6, 1e-9);
+        check("norm dgain", &gain, &dg, |v| loss(&x, v), 1e-6, 1e-9);
+    }
+}

@@ -1,0 +1,156 @@
+//! Model shape: upstream's constructor arguments (names kept) and the size presets.
+
+use serde::{Deserialize, Serialize};
+
+/// What the start token and AdaLN are conditioned on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Conditioning {
+    /// Upstream Infinity: text features → `text_norm` → attention pool (start token, AdaLN condition)
+    /// and `text_proj_for_ca` → cross-attention in every block.
+    Text,
+    /// VAR-style: `class_emb` with a null class (index `num_classes`) for CFG; blocks have no
+    /// cross-attention.
+    Class { num_classes: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub depth: usize,
+    /// `C` (= the condition width `D`).
+    pub embed_dim: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    /// Bits per token (`d_vae`).
+    pub d: usize,
+    /// Text feature width `Ct5` (text conditioning only).
+    pub text_channels: usize,
+    /// Rows of `cfg_uncond` (upstream `text_maxlen`).
+    pub text_maxlen: usize,
+    pub norm_eps: f64,
+    /// Probability of replacing a sample's condition by the unconditional one in training.
+    pub cond_drop_rate: f64,
+    pub conditioning: Conditioning,
+    /// Key layout of checkpoints: 1 → `blocks.{n}`, k > 1 → `block_chunks.{c}.module.{j}`.
+    pub block_chunks: usize,
+}
+
+/// Number of `lvl_embed` rows (upstream `Embedding(15, C)`).
+pub const LVL_EMBED_ROWS: usize = 15;
+
+impl ModelConfig {
+    /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests.
+    pub fn preset(name: &str) -> Option<ModelConfig> {
+        let (depth, c, h) = match name {
+            "tiny" => (2, 64, 2),
+            "small" => (4, 128, 4),
+            "layer12" => (12, 768, 8),
+            "layer16" => (16, 1152, 12),
+            "layer24" => (24, 1536, 16),
+            "layer32" => (32, 2080, 20),
+            "layer40" => (40, 2688, 24),
+            "layer48" => (48, 3360, 28),
+            "2b" => (32, 2048, 16),
+            "8b" => (40, 3584, 28),
+            _ => return None,
+        };
+        let (d, chunks) = match name {
+            "8b" => (56, 8),
+            "2b" => (32, 8),
+            "tiny" | "small" => (16, 1),
+            _ => (32, 4),
+        };
+        Some(ModelConfig {
+            depth,
+            embed_dim: c,
+            num_heads: h,
+            mlp_ratio: 4.0,
+            d,
+            text_channels: if matches!(name, "tiny" | "small") { 128 } else { 2048 },
+            text_maxlen: if matches!(name, "tiny" | "small") { 16 } else { 512 },
+            norm_eps: 1e-6,
+            cond_drop_rate: 0.1,
+            conditioning: Conditioning::Text,
+            block_chunks: chunks,
+        })
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// FFN hidden width: `round(C·mlp_ratio/256)·256` (upstream basic.py:472; Python rounds half to even).
+    pub fn ffn_hidden(&self) -> usize {
+        ((self.embed_dim as f64 * self.mlp_ratio / 256.0).round_ties_even() as usize) * 256
+    }
+
+    /// Heads of the text attention pool: `Ct5 // 128` (head dim 128 for `C ≤ 4096`, else 64). Upstream
+    /// fails for `Ct5 < 128`; we use one head there so tiny text widths work.
+    pub fn pool_heads(&self) -> usize {
+        let hd = if self.embed_dim > 4096 { 64 } else { 128 };
+        (self.text_channels / hd).max(1)
+    }
+
+    pub fn has_cross_attention(&self) -> bool {
+        self.conditioning == Conditioning::Text
+    }
+
+    /// Checks that make every later shape computation valid; errors name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self.embed_dim;
+        if self.depth == 0 || c == 0 || self.num_heads == 0 || self.d == 0 {
+            return Err("depth, embed_dim, num_heads and d must be positive".into());
+        }
+        if c % self.num_heads != 0 || self.head_dim() % 4 != 0 {
+            return Err(format!(
+                "embed_dim {c} / num_heads {} must give a head dim divisible by 4 (2-D RoPE)",
+                self.num_heads
+            ));
+        }
+        if self.ffn_hidden() == 0 {
+            return Err(format!(
+                "embed_dim·mlp_ratio = {} rounds to an FFN of width 0 (multiples of 256)",
+                c as f64 * self.mlp_ratio
+            ));
+        }
+        if self.has_cross_attention() {
+            if self.text_channels == 0 || self.text_maxlen == 0 {
+                return Err("text conditioning needs text_channels > 0 and text_maxlen > 0".into());
+            }
+            if c % self.pool_heads() != 0 {
+                return Err(format!("embed_dim {c} must divide into {} attention-pool heads", self.pool_heads()));
+            }
+        }
+        if self.block_chunks == 0 || self.depth % self.block_chunks != 0 {
+            return Err(format!("block_chunks {} must divide depth {}", self.block_chunks, self.depth));
+        }
+        if !(0.0..1.0).contains(&self.cond_drop_rate) {
+            return Err(format!("cond_drop_rate {} must be in [0, 1)", self.cond_drop_rate));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_upstream_ffn_widths() {
+        for (name, hidden) in [
+            ("layer12", 3072),
+            ("layer16", 4608),
+            ("layer32", 8192),
+            ("layer40", 10752),
+            ("layer48", 13312),
+            ("2b", 8192),
+            ("8b", 14336),
+        ] {
+            let c = ModelConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.ffn_hidden(), hidden, "{name}");
+        }
+        assert_eq!(ModelConfig::preset("2b").unwrap().pool_heads(), 16);
+    }
+}

@@ -1,0 +1,436 @@
+//! The training forward pass (upstream `Infinity.forward`), saving what the backward needs.
+//!
+//! Dims legend: `B` batch, `L` tokens (start token included), `N = B·L`, `C` width, `H` heads,
+//! `c = C/H`, `Hf` FFN width, `d` bits, `T` text tokens of the batch, `Ct` text width, `Hp` pool heads.
+
+use infinity_kernels::act::{gelu_forward, silu_forward};
+use infinity_kernels::adaln::{gated_residual_forward, modulate_forward};
+use infinity_kernels::attention::{
+    attention_forward, block_causal_segments, normalize_heads_forward, AttnDims, Segment,
+};
+use infinity_kernels::bitwise_ce::{bitwise_ce, BitwiseCe};
+use infinity_kernels::linear::linear_forward;
+use infinity_kernels::norm::{layernorm_forward, rmsnorm_forward};
+use infinity_kernels::rope::{rope_apply, RopeTable};
+use infinity_kernels::Real;
+
+use super::config::ModelConfig;
+use super::params::{Layout, Params};
+
+/// The conditioning inputs of a batch.
+#[derive(Clone, Copy, Debug)]
+pub enum Condition<'a, T> {
+    /// Text features packed without padding (upstream `kv_compact`, `cu_seqlens_k`); `dropped[b]`
+    /// replaces sample `b`'s features by `cfg_uncond[:len]` (classifier-free guidance dropout).
+    Text { kv_compact: &'a [T], cu_seqlens: &'a [usize], dropped: &'a [bool] },
+    /// Class ids; `num_classes` is the null class.
+    Class { labels: &'a [usize] },
+}
+
+/// One training batch, as the model sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelInput<'a, T> {
+    pub b: usize,
+    /// `(h, w)` per scale.
+    pub scales: &'a [(usize, usize)],
+    /// 2-D RoPE table of this schedule (in its template's frame).
+    pub rope: &'a RopeTable,
+    /// `[B, L−1, d]` teacher-forcing inputs (from bitwise self-correction).
+    pub x_wo_prefix: &'a [T],
+    pub cond: Condition<'a, T>,
+    /// `[B, L, d]` labels.
+    pub gt_bits: &'a [u8],
+    /// `[B·L]` weight of each token's mean bit loss in the total loss.
+    pub token_weights: &'a [f64],
+}
+
+/// Saved activations of one block.
+#[derive(Clone, Debug, Default)]
+pub struct BlockActs<T> {
+    /// `[N, C]` residual stream entering the block.
+    pub x_in: Vec<T>,
+    /// `[B, 6C]` per-sample AdaLN parameters (ada_gss + shared): γ1, γ2, s1, s2, b1, b2.
+    pub gss: Vec<T>,
+    pub ln1_mean: Vec<T>,
+    pub ln1_rstd: Vec<T>,
+    /// `[N, C]` LN(x) and its modulation (the qkv input).
+    pub xhat1: Vec<T>,
+    pub h1: Vec<T>,
+    /// `[N, C]` each: q, k before normalisation; v.
+    pub q_raw: Vec<T>,
+    pub k_raw: Vec<T>,
+    pub v: Vec<T>,
+    /// `[N·H]` clamped norms.
+    pub q_norm: Vec<T>,
+    pub k_norm: Vec<T>,
+    /// `[N, C]` q, k normalised, scaled and rotated.
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    /// `[N, C]`, `[N, H]` attention output and log-sum-exp.
+    pub attn: Vec<T>,
+    pub lse: Vec<T>,
+    /// `[N, C]` proj(attn).
+    pub sa_out: Vec<T>,
+    /// `[N, C]` residual after self-attention.
+    pub x_sa: Vec<T>,
+    // cross-attention (text conditioning only)
+    pub ca_mean: Vec<T>,
+    pub ca_rstd: Vec<T>,
+    /// `[N, C]` ca_norm(x_sa).
+    pub ca_in: Vec<T>,
+    /// `[N, C]` queries, `[T, C]` keys and values, `[N, C]` output, `[N, H]` lse.
+    pub ca_q: Vec<T>,
+    pub ca_k: Vec<T>,
+    pub ca_v: Vec<T>,
+    pub ca_attn: Vec<T>,
+    pub ca_lse: Vec<T>,
+    /// `[N, C]` residual after cross-attention.
+    pub x_ca: Vec<T>,
+    pub ln2_mean: Vec<T>,
+    pub ln2_rstd: Vec<T>,
+    pub xhat2: Vec<T>,
+    pub h2: Vec<T>,
+    /// `[N, Hf]` fc1 output and its GELU.
+    pub f1: Vec<T>,
+    pub g: Vec<T>,
+    /// `[N, C]` fc2 output.
+    pub f2: Vec<T>,
+}
+
+/// Saved activations of the text-conditioning path.
+#[derive(Clone, Debug, Default)]
+pub struct TextActs<T> {
+    /// `[T, Ct]` features after CFG dropout, and after text_norm.
+    pub kv_in: Vec<T>,
+    pub kv_rstd: Vec<T>,
+    pub kv: Vec<T>,
+    /// `[T, C]` pool keys/values, `[B, C]` broadcast pool queries, output, `[B, Hp]` lse.
+    pub pool_k: Vec<T>,
+    pub pool_v: Vec<T>,
+    pub pool_q: Vec<T>,
+    pub pool_attn: Vec<T>,
+    pub pool_lse: Vec<T>,
+    /// `[T, C]` text_proj_for_ca: first linear, GELU, output (the cross-attention context).
+    pub t1: Vec<T>,
+    pub t1g: Vec<T>,
+    pub kv_ca: Vec<T>,
+    pub cu: Vec<usize>,
+}
+
+/// Everything the backward needs, plus the outputs.
+#[derive(Clone, Debug, Default)]
+pub struct Acts<T> {
+    pub b: usize,
+    pub l: usize,
+    pub text: Option<TextActs<T>>,
+    /// `[B, C]` the condition (upstream `cond_BD`) and SiLU of it.
+    pub cond: Vec<T>,
+    pub cond_silu: Vec<T>,
+    /// `[B, 6C]` shared_ada_lin output, `[B, 2C]` head_nm.ada_lin output.
+    pub shared_gss: Vec<T>,
+    pub head_ss: Vec<T>,
+    pub blocks: Vec<BlockActs<T>>,
+    /// `[N, C]` final residual, its LN and modulation; `[N]` LN statistics.
+    pub x_out: Vec<T>,
+    pub lnh_mean: Vec<T>,
+    pub lnh_rstd: Vec<T>,
+    pub xhat_h: Vec<T>,
+    pub h_head: Vec<T>,
+    /// `[N, 2d]` logits and `∂loss/∂logits`.
+    pub logits: Vec<T>,
+    pub dlogits: Vec<T>,
+    pub ce: BitwiseCe,
+    /// Self-attention segments (block-causal), cross-attention and pool segments.
+    pub sa_segs: Vec<Segment>,
+    pub ca_segs: Vec<Segment>,
+    pub pool_segs: Vec<Segment>,
+}
+
+/// Split `[B, k·C]` rows into the `j`-th `[B, C]` part.
+pub(crate) fn part<T: Real>(rows: &[T], b: usize, k: usize, j: usize, c: usize) -> Vec<T> {
+    (0..b).flat_map(|i| rows[i * k * c + j * c..i * k * c + (j + 1) * c].iter().copied()).collect()
+}
+
+/// `exp(min(scale_mul, ln 100))` per head: the cosine-attention logit scale.
+pub(crate) fn attn_gain<T: Real>(scale_mul: &[T]) -> Vec<T> {
+    scale_mul.iter().map(|&s| s.min(T::of(100f64.ln())).exp()).collect()
+}
+
+/// Run the model and the loss. `acts.dlogits` holds `∂loss/∂logits` for the backward.
+pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>) -> Acts<T> {
+    let (b, c, d) = (inp.b, cfg.embed_dim, cfg.d);
+    let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
+    let n = b * l;
+    let w = |name: &str| p.get(lay, name);
+    assert_eq!(inp.x_wo_prefix.len(), b * (l - 1) * d, "forward: x_wo_prefix is not [B, L-1, d]");
+    assert_eq!(inp.gt_bits.len(), n * d, "forward: gt_bits is not [B, L, d]");
+    let mut a = Acts { b, l, ..Acts::default() };
+
+    // ---- condition -------------------------------------------------------------------------
+    match inp.cond {
+        Condition::Text { kv_compact, cu_seqlens, dropped } => {
+            let ct = cfg.text_channels;
+            let nt = cu_seqlens[b];
+            assert_eq!(kv_compact.len(), nt * ct, "forward: kv_compact is not [T, Ct]");
+            let mut t = TextActs { kv_in: kv_compact.to_vec(), cu: cu_seqlens.to_vec(), ..Default::default() };
+            for (bi, &drop) in dropped.iter().enumerate() {
+                if drop {
+                    let (s, e) = (cu_seqlens[bi], cu_seqlens[bi + 1]);
+                    assert!(e - s <= cfg.text_maxlen, "caption of {} tokens exceeds text_maxlen", e - s);
+                    t.kv_in[s * ct..e * ct].copy_from_slice(&w("cfg_uncond")[..(e - s) * ct]);
+                }
+            }
+            t.kv = vec![T::zero(); nt * ct];
+            t.kv_rstd = vec![T::zero(); nt];
+            rmsnorm_forward(&t.kv_in, w("text_norm.weight"), &mut t.kv, &mut t.kv_rstd, ct, cfg.norm_eps);
+            // attention pool → cond_BD
+            let hp = cfg.pool_heads();
+            let mut pkv = vec![T::zero(); nt * 2 * c];
+            linear_forward(&t.kv, w("text_proj_for_sos.ca.mat_kv.weight"), None, &mut pkv, nt, ct, 2 * c);
+            t.pool_k = part(&pkv, nt, 2, 0, c);
+            t.pool_v = part(&pkv, nt, 2, 1, c);
+            add_rows(&mut t.pool_v, w("text_proj_for_sos.ca.v_bias"));
+            t.pool_q = (0..b).flat_map(|_| w("text_proj_for_sos.ca.mat_q").iter().copied()).collect();
+            a.pool_segs = (0..b)
+                .map(|bi| Segment { q0: bi, nq: 1, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
+                .collect();
+            let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
+            t.pool_attn = vec![T::zero(); b * c];
+            t.pool_lse = vec![T::zero(); b * hp];
+            attention_forward(&t.pool_q, &t.pool_k, &t.pool_v, &mut t.pool_attn, &mut t.pool_lse, &a.pool_segs, pdims);
+            a.cond = vec![T::zero(); b * c];
+            linear_forward(
+                &t.pool_attn,
+                w("text_proj_for_sos.ca.proj.weight"),
+                Some(w("text_proj_for_sos.ca.proj.bias")),
+                &mut a.cond,
+                b,
+                c,
+                c,
+            );
+            // cross-attention context
+            t.t1 = vec![T::zero(); nt * c];
+            linear_forward(
+                &t.kv,
+                w("text_proj_for_ca.0.weight"),
+                Some(w("text_proj_for_ca.0.bias")),
+                &mut t.t1,
+                nt,
+                ct,
+                c,
+            );
+            t.t1g = vec![T::zero(); nt * c];
+            gelu_forward(&t.t1, &mut t.t1g);
+            t.kv_ca = vec![T::zero(); nt * c];
+            linear_forward(
+                &t.t1g,
+                w("text_proj_for_ca.2.weight"),
+                Some(w("text_proj_for_ca.2.bias")),
+                &mut t.kv_ca,
+                nt,
+                c,
+                c,
+            );
+            a.ca_segs = (0..b)
+                .map(|bi| Segment { q0: bi * l, nq: l, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
+                .collect();
+            a.text = Some(t);
+        }
+        Condition::Class { labels } => {
+            let emb = w("class_emb.weight");
+            a.cond = labels.iter().flat_map(|&y| emb[y * c..(y + 1) * c].iter().copied()).collect();
+        }
+    }
+    a.cond_silu = vec![T::zero(); b * c];
+    silu_forward(&a.cond, &mut a.cond_silu);
+    a.shared_gss = vec![T::zero(); b * 6 * c];
+    linear_forward(
+        &a.cond_silu,
+        w("shared_ada_lin.1.weight"),
+        Some(w("shared_ada_lin.1.bias")),
+        &mut a.shared_gss,
+        b,
+        c,
+        6 * c,
+    );
+    a.head_ss = vec![T::zero(); b * 2 * c];
+    linear_forward(
+        &a.cond_silu,
+        w("head_nm.ada_lin.1.weight"),
+        Some(w("head_nm.ada_lin.1.bias")),
+        &mut a.head_ss,
+        b,
+        c,
+        2 * c,
+    );
+
+    // ---- input tokens: start token, word embeddings, level embedding ---------------------------
+    let mut x = vec![T::zero(); n * c];
+    let mut we = vec![T::zero(); b * (l - 1) * c];
+    linear_forward(inp.x_wo_prefix, w("word_embed.weight"), Some(w("word_embed.bias")), &mut we, b * (l - 1), d, c);
+    let pos_start = w("pos_start");
+    let lvl = w("lvl_embed.weight");
+    for bi in 0..b {
+        for i in 0..c {
+            x[bi * l * c + i] = a.cond[bi * c + i] + pos_start[i];
+        }
+        x[(bi * l + 1) * c..(bi + 1) * l * c].copy_from_slice(&we[bi * (l - 1) * c..(bi + 1) * (l - 1) * c]);
+        let mut t = 0;
+        for (s, &(sh, sw)) in inp.scales.iter().enumerate() {
+            for _ in 0..sh * sw {
+                for i in 0..c {
+                    x[(bi * l + t) * c + i] += lvl[s * c + i];
+                }
+                t += 1;
+            }
+        }
+    }
+    let tokens_per_scale: Vec<usize> = inp.scales.iter().map(|&(h, w)| h * w).collect();
+    a.sa_segs = block_causal_segments(b, &tokens_per_scale);
+
+    // ---- blocks ---------------------------------------------------------------------------------
+    for blk in 0..cfg.depth {
+        let (acts, x_next) = block_forward(cfg, lay, p, blk, &a, x, inp.rope);
+        a.blocks.push(acts);
+        x = x_next;
+    }
+
+    // ---- head and loss ----------------------------------------------------------------------------
+    a.lnh_mean = vec![T::zero(); n];
+    a.lnh_rstd = vec![T::zero(); n];
+    a.xhat_h = vec![T::zero(); n * c];
+    layernorm_forward(&x, None, None, &mut a.xhat_h, &mut a.lnh_mean, &mut a.lnh_rstd, c, cfg.norm_eps);
+    a.h_head = vec![T::zero(); n * c];
+    let (hs, hb) = (part(&a.head_ss, b, 2, 0, c), part(&a.head_ss, b, 2, 1, c));
+    modulate_forward(&a.xhat_h, &hs, &hb, &mut a.h_head, l, c);
+    a.logits = vec![T::zero(); n * 2 * d];
+    linear_forward(&a.h_head, w("head.weight"), Some(w("head.bias")), &mut a.logits, n, c, 2 * d);
+    a.dlogits = vec![T::zero(); n * 2 * d];
+    a.ce = bitwise_ce(&a.logits, inp.gt_bits, inp.token_weights, 0.0, d, Some(&mut a.dlogits));
+    a.x_out = x;
+    a
+}
+
+/// Add a `[C]` bias to every row of `[*, C]`.
+pub(crate) fn add_rows<T: Real>(x: &mut [T], bias: &[T]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += *b;
+        }
+    }
+}
+
+fn block_forward<T: Real>(
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &Params<T>,
+    blk: usize,
+    a: &Acts<T>,
+    x: Vec<T>,
+    rope: &RopeTable,
+) -> (BlockActs<T>, Vec<T>) {
+    let (b, l, c, h) = (a.b, a.l, cfg.embed_dim, cfg.num_heads);
+    let n = b * l;
+    let w = |s: &str| p.get(lay, &format!("blocks.{blk}.{s}"));
+    let mut s = BlockActs { x_in: x, ..Default::default() };
+    // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2
+    let ada = w("ada_gss");
+    s.gss = a.shared_gss.clone();
+    for row in s.gss.chunks_exact_mut(6 * c) {
+        for (v, g) in row.iter_mut().zip(ada) {
+            *v += *g;
+        }
+    }
+    let g = |j: usize| part(&s.gss, b, 6, j, c);
+    let (gamma1, gamma2, scale1, scale2, shift1, shift2) = (g(0), g(1), g(2), g(3), g(4), g(5));
+
+    // self-attention
+    s.ln1_mean = vec![T::zero(); n];
+    s.ln1_rstd = vec![T::zero(); n];
+    s.xhat1 = vec![T::zero(); n * c];
+    layernorm_forward(&s.x_in, None, None, &mut s.xhat1, &mut s.ln1_mean, &mut s.ln1_rstd, c, cfg.norm_eps);
+    s.h1 = vec![T::zero(); n * c];
+    modulate_forward(&s.xhat1, &scale1, &shift1, &mut s.h1, l, c);
+    let mut qkv = vec![T::zero(); n * 3 * c];
+    linear_forward(&s.h1, w("sa.mat_qkv.weight"), None, &mut qkv, n, c, 3 * c);
+    s.q_raw = part(&qkv, n, 3, 0, c);
+    s.k_raw = part(&qkv, n, 3, 1, c);
+    s.v = part(&qkv, n, 3, 2, c);
+    add_rows(&mut s.q_raw, w("sa.q_bias"));
+    add_rows(&mut s.v, w("sa.v_bias"));
+    let hd = c / h;
+    s.q = vec![T::zero(); n * c];
+    s.k = vec![T::zero(); n * c];
+    s.q_norm = normalize_heads_forward(&s.q_raw, &mut s.q, h, hd, &attn_gain(w("sa.scale_mul_1H11")));
+    s.k_norm = normalize_heads_forward(&s.k_raw, &mut s.k, h, hd, &vec![T::one(); h]);
+    rope_apply(&mut s.q, rope, l, h, 0, false);
+    rope_apply(&mut s.k, rope, l, h, 0, false);
+    s.attn = vec![T::zero(); n * c];
+    s.lse = vec![T::zero(); n * h];
+    attention_forward(
+        &s.q,
+        &s.k,
+        &s.v,
+        &mut s.attn,
+        &mut s.lse,
+        &a.sa_segs,
+        AttnDims { heads: h, head_dim: hd, scale: 1.0 },
+    );
+    s.sa_out = vec![T::zero(); n * c];
+    linear_forward(&s.attn, w("sa.proj.weight"), Some(w("sa.proj.bias")), &mut s.sa_out, n, c, c);
+    s.x_sa = s.x_in.clone();
+    gated_residual_forward(&mut s.x_sa, &s.sa_out, &gamma1, l, c);
+
+    // cross-attention: x + CA(ca_norm(x), kv_ca), no gate
+    s.x_ca = s.x_sa.clone();
+    if let Some(t) = &a.text {
+        let nt = t.cu[b];
+        s.ca_mean = vec![T::zero(); n];
+        s.ca_rstd = vec![T::zero(); n];
+        s.ca_in = vec![T::zero(); n * c];
+        layernorm_forward(
+            &s.x_sa,
+            Some(w("ca_norm.weight")),
+            Some(w("ca_norm.bias")),
+            &mut s.ca_in,
+            &mut s.ca_mean,
+            &mut s.ca_rstd,
+            c,
+            cfg.norm_eps,
+        );
+        s.ca_q = vec![T::zero(); n * c];
+        linear_forward(&s.ca_in, w("ca.mat_q.weight"), Some(w("ca.mat_q.bias")), &mut s.ca_q, n, c, c);
+        let mut ckv = vec![T::zero(); nt * 2 * c];
+        linear_forward(&t.kv_ca, w("ca.mat_kv.weight"), None, &mut ckv, nt, c, 2 * c);
+        s.ca_k = part(&ckv, nt, 2, 0, c);
+        s.ca_v = part(&ckv, nt, 2, 1, c);
+        add_rows(&mut s.ca_v, w("ca.v_bias"));
+        s.ca_attn = vec![T::zero(); n * c];
+        s.ca_lse = vec![T::zero(); n * h];
+        let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
+        attention_forward(&s.ca_q, &s.ca_k, &s.ca_v, &mut s.ca_attn, &mut s.ca_lse, &a.ca_segs, dims);
+        let mut ca_out = vec![T::zero(); n * c];
+        linear_forward(&s.ca_attn, w("ca.proj.weight"), Some(w("ca.proj.bias")), &mut ca_out, n, c, c);
+        for (xv, o) in s.x_ca.iter_mut().zip(&ca_out) {
+            *xv += *o;
+        }
+    }
+
+    // feed-forward
+    s.ln2_mean = vec![T::zero(); n];
+    s.ln2_rstd = vec![T::zero(); n];
+    s.xhat2 = vec![T::zero(); n * c];
+    layernorm_forward(&s.x_ca, None, None, &mut s.xhat2, &mut s.ln2_mean, &mut s.ln2_rstd, c, cfg.norm_eps);
+    s.h2 = vec![T::zero(); n * c];
+    modulate_forward(&s.xhat2, &scale2, &shift2, &mut s.h2, l, c);
+    let hf = cfg.ffn_hidden();
+    s.f1 = vec![T::zero(); n * hf];
+    linear_forward(&s.h2, w("ffn.fc1.weight"), Some(w("ffn.fc1.bias")), &mut s.f1, n, c, hf);
+    s.g = vec![T::zero(); n * hf];
+    gelu_forward(&s.f1, &mut s.g);
+    s.f2 = vec![T::zero(); n * c];
+    linear_forward(&s.g, w("ffn.fc2.weight"), Some(w("ffn.fc2.bias")), &mut s.f2, n, hf, c);
+    let mut x_out = s.x_ca.clone();
+    gated_residual_forward(&mut x_out, &s.f2, &gamma2, l, c);
+    (s, x_out)
+}

@@ -1,0 +1,91 @@
+//! Upstream initialisation (infinity-reference.md §1.8): `init_weights` then `special_init`.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::ModelConfig;
+use super::params::{Layout, Params};
+
+/// The `special_init` factors (upstream args `aln`, `alng`, `hd0`, `diva`).
+#[derive(Clone, Debug)]
+pub struct InitConfig {
+    /// Std of every Linear and Embedding (`tini`); `None` = `√(1/(3C))` (train.sh `--tini=-1`).
+    pub tini: Option<f64>,
+    /// Scale of `head_nm.ada_lin` weights and of the AdaLN scale/shift part of `ada_gss`.
+    pub aln: f64,
+    /// Scale of the gamma part of `ada_gss` (train.sh `--alng=5e-06`).
+    pub alng: f64,
+    /// Scale of `head.weight`.
+    pub hd0: f64,
+    /// Divide `sa.proj`, `ca.proj`, `ffn.fc2` weights by `√(2·depth)`.
+    pub diva: bool,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        InitConfig { tini: None, aln: 1e-3, alng: 5e-6, hd0: 0.02, diva: true }
+    }
+}
+
+/// Standard normal truncated to [-2, 2] in absolute terms, as `nn.init.trunc_normal_(std=…)` (whose
+/// bounds do not scale with std), then scaled.
+fn trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f32 {
+    loop {
+        let (u1, u2): (f64, f64) = (rng.random_range(f64::MIN_POSITIVE..1.0), rng.random());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std;
+        if (-2.0..=2.0).contains(&z) {
+            return z as f32;
+        }
+    }
+}
+
+pub fn init_params(cfg: &ModelConfig, lay: &Layout, init: &InitConfig, seed: u64) -> Params<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let c = cfg.embed_dim as f64;
+    let tini = init.tini.unwrap_or((1.0 / (3.0 * c)).sqrt());
+    let mut p = Params::zeros(lay);
+    for spec in &lay.specs {
+        let name = spec.name.as_str();
+        let v = &mut p.data[spec.offset..spec.offset + spec.numel()];
+        let mut fill = |f: &mut dyn FnMut() -> f32| v.iter_mut().for_each(|x| *x = f());
+        if name.ends_with(".bias") || name.ends_with("q_bias") || name.ends_with("v_bias") {
+            // Linear biases and the qkv/kv extra biases start at 0
+        } else if name == "text_norm.weight" || name.ends_with("ca_norm.weight") {
+            fill(&mut || 1.0);
+        } else if name == "cfg_uncond" {
+            let s = (cfg.text_channels as f64).sqrt();
+            fill(&mut || (trunc_normal(&mut rng, 1.2) as f64 / s) as f32);
+        } else if name.ends_with("ada_gss") {
+            fill(&mut || (trunc_normal(&mut rng, 1.0) as f64 / c.sqrt()) as f32);
+        } else if name.ends_with("scale_mul_1H11") {
+            fill(&mut || 4f32.ln());
+        } else if name == "text_proj_for_sos.ca.mat_q" {
+            fill(&mut || trunc_normal(&mut rng, (1.0 / c / 3.0).sqrt()));
+        } else {
+            // every Linear weight, Embedding, pos_start and lvl_embed
+            fill(&mut || trunc_normal(&mut rng, tini));
+        }
+    }
+    // special_init
+    let scale = |p: &mut Params<f32>, name: &str, f: f64| {
+        p.get_mut(lay, name).iter_mut().for_each(|x| *x = (*x as f64 * f) as f32)
+    };
+    scale(&mut p, "head_nm.ada_lin.1.weight", init.aln);
+    scale(&mut p, "head.weight", init.hd0);
+    let cc = cfg.embed_dim;
+    for n in 0..cfg.depth {
+        if init.diva {
+            let f = 1.0 / (2.0 * cfg.depth as f64).sqrt();
+            scale(&mut p, &format!("blocks.{n}.sa.proj.weight"), f);
+            scale(&mut p, &format!("blocks.{n}.ffn.fc2.weight"), f);
+            if cfg.has_cross_attention() {
+                scale(&mut p, &format!("blocks.{n}.ca.proj.weight"), f);
+            }
+        }
+        let g = p.get_mut(lay, &format!("blocks.{n}.ada_gss"));
+        for (i, x) in g.iter_mut().enumerate() {
+            *x = (*x as f64 * if i < 2 * cc { init.alng } else { init.aln }) as f32;
+        }
+    }
+    p
+}
