@@ -72,6 +72,9 @@ pub struct MultiScaleCodes {
     pub x_wo_prefix: Vec<f32>,
     /// `[d, H, W]` the sum of all up-sampled codes, flipped ones included (what the decoder sees).
     pub summed_codes: Vec<f32>,
+    /// `[L, d]` the residual each bit is the sign of: a bit whose residual is within rounding of 0 may
+    /// legitimately differ between two faithful implementations.
+    pub residual: Vec<f32>,
 }
 
 /// Multi-scale residual BSQ of one latent `[d, H, W]` with `(H, W)` = the last scale.
@@ -95,6 +98,7 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
         bits: vec![0; l * d],
         x_wo_prefix: vec![0.0; (l - scales[0].0 * scales[0].1) * d],
         summed_codes: vec![0.0; d * hh * ww],
+        residual: vec![0.0; l * d],
     };
     let full = d * hh * ww;
     let mut residual = vec![0.0f32; full];
@@ -115,6 +119,7 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
             &residual
         };
         quantize(r_s, d, &mut out.bits[bit_off..bit_off + n * d], &mut q[..d * n]);
+        transpose_into(&r_s[..d * n], d, &mut out.residual[bit_off..bit_off + n * d]);
         if let Some(f) = flips {
             let bits = &out.bits[bit_off..bit_off + n * d];
             let flipped: Vec<u8> = bits.iter().zip(&f[bit_off..bit_off + n * d]).map(|(b, m)| b ^ (m & 1)).collect();

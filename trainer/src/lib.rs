@@ -2,4 +2,5 @@
 //! The training loop, checkpoints and sampling land here next (issue 4).
 
 pub mod cli;
+pub mod golden;
 pub mod model;

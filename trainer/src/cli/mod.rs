@@ -1,6 +1,7 @@
 //! `infinity <subcommand>`: `main` parses, `run` dispatches and returns an exit code, errors print once.
 
 mod data;
+mod golden;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -19,6 +20,9 @@ enum Command {
     /// Make, pack, inspect, verify and measure datasets of pre-tokenized bits.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Compare the model or bitwise self-correction with reference golden folders.
+    #[command(subcommand)]
+    Golden(golden::GoldenCommand),
 }
 
 /// Parse `args` (including the program name) and run the command.
@@ -30,6 +34,7 @@ where
     let cli = Cli::try_parse_from(args)?;
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Golden(cmd) => golden::run(cmd),
     }
 }
 

@@ -1,0 +1,47 @@
+//! `infinity golden check DIR…`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::golden;
+
+#[derive(Subcommand, Debug)]
+pub enum GoldenCommand {
+    /// Run each golden folder and print max abs / relative error per tensor; exits 1 beyond tolerance.
+    Check {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Print every tensor, not only the worst ten of each folder.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
+    let GoldenCommand::Check { dirs, all } = cmd;
+    let mut failed = 0;
+    for dir in &dirs {
+        let r = golden::check(dir)?;
+        let mut rows = r.comparisons.clone();
+        rows.sort_by(|a, b| (b.rel / b.tol).total_cmp(&(a.rel / a.tol)));
+        println!("{} ({}): {} tensors", dir.display(), r.mode, rows.len());
+        println!("  {:<48} {:>11} {:>11} {:>9}", "tensor", "max abs", "rel", "tol");
+        for c in rows.iter().take(if all { usize::MAX } else { 10 }) {
+            let flag = if c.ok() { "" } else { "  FAIL" };
+            println!("  {:<48} {:>11.3e} {:>11.3e} {:>9.0e}{flag}", c.name, c.max_abs, c.rel, c.tol);
+        }
+        for n in r.notes.iter().take(20) {
+            println!("  note: {n}");
+        }
+        for f in &r.failures {
+            println!("  FAIL: {f}");
+        }
+        if !r.ok() {
+            failed += 1;
+        }
+    }
+    println!("{} golden folders, {} failed", dirs.len(), failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,283 @@
+//! `infinity golden check DIR`: run a golden folder (docs/golden-format.md) through our model or our
+//! bitwise self-correction and compare with what the reference produced, tensor by tensor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::Catalog;
+use infinity_kernels::bsq;
+use infinity_kernels::rope::RopeTable;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use crate::model::params::canonical_name;
+use crate::model::{backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params};
+
+/// Tolerances, relative to the largest magnitude of the expected tensor (see docs/numerics.md).
+pub const TOL_FORWARD: f64 = 1e-4;
+pub const TOL_GRAD: f64 = 1e-3;
+/// Teacher-forcing inputs of self-correction (values of order 1, f32 interpolation).
+pub const TOL_BSQ_INPUT: f64 = 1e-5;
+/// A bit may differ from the reference only where our residual is this close to 0.
+pub const BIT_RESIDUAL_SLACK: f64 = 1e-5;
+
+/// One compared tensor.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub name: String,
+    pub max_abs: f64,
+    /// `max_abs / max|expected|`.
+    pub rel: f64,
+    pub tol: f64,
+}
+
+impl Comparison {
+    pub fn ok(&self) -> bool {
+        self.rel <= self.tol
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GoldenReport {
+    pub mode: String,
+    pub comparisons: Vec<Comparison>,
+    /// Bit mismatches that were tolerated, and anything else worth reading.
+    pub notes: Vec<String>,
+    /// Hard failures (bit mismatches away from zero, missing tensors).
+    pub failures: Vec<String>,
+}
+
+impl GoldenReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty() && self.comparisons.iter().all(Comparison::ok)
+    }
+
+    fn compare(&mut self, name: &str, ours: &[f32], expected: &[f32], tol: f64) {
+        if ours.len() != expected.len() {
+            self.failures.push(format!("{name}: {} values, expected {}", ours.len(), expected.len()));
+            return;
+        }
+        let max_abs = ours.iter().zip(expected).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max);
+        let scale = expected.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max).max(1e-12);
+        self.comparisons.push(Comparison { name: name.into(), max_abs, rel: max_abs / scale, tol });
+    }
+}
+
+/// The tensors of a safetensors file as f32 (or u8/i32 converted), by name.
+struct Tensors {
+    bytes: Vec<u8>,
+}
+
+impl Tensors {
+    fn open(path: &Path) -> Result<Tensors> {
+        Ok(Tensors { bytes: std::fs::read(path).with_context(|| format!("reading {}", path.display()))? })
+    }
+
+    fn view(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.bytes).map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))
+    }
+
+    fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let st = self.view()?;
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
+        let v = match t.dtype() {
+            Dtype::F32 => t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::BF16 => t.data().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F16 => t.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => bail!("tensor `{name}`: expected a float tensor, found {other:?}"),
+        };
+        Ok((t.shape().to_vec(), v))
+    }
+
+    fn ints(&self, name: &str) -> Result<Vec<i64>> {
+        let st = self.view()?;
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
+        Ok(match t.dtype() {
+            Dtype::U8 => t.data().iter().map(|&v| v as i64).collect(),
+            Dtype::I32 => t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            Dtype::I64 => t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            other => bail!("tensor `{name}`: expected an integer tensor, found {other:?}"),
+        })
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        Ok(self.view()?.names().into_iter().map(String::from).collect())
+    }
+}
+
+fn usize_of(v: &Value, key: &str) -> Result<usize> {
+    v.get(key).and_then(Value::as_u64).map(|x| x as usize).with_context(|| format!("config.json: `{key}` must be a non-negative integer"))
+}
+
+/// Check one golden folder.
+pub fn check(dir: &Path) -> Result<GoldenReport> {
+    let cfg_path = dir.join("config.json");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)
+        .with_context(|| format!("{} is not JSON", cfg_path.display()))?;
+    let mode = cfg.get("mode").and_then(Value::as_str).context("config.json: `mode` missing")?.to_string();
+    let schedule: Vec<(usize, usize)> = cfg
+        .get("schedule")
+        .and_then(Value::as_array)
+        .context("config.json: `schedule` missing")?
+        .iter()
+        .map(|s| {
+            let a: Vec<u64> = s.as_array().map(|v| v.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+            ensure!(a.len() == 3 && a[0] == 1, "config.json: schedule entries are [1, h, w], found {s}");
+            Ok((a[1] as usize, a[2] as usize))
+        })
+        .collect::<Result<_>>()?;
+    let (b, l, d) = (usize_of(&cfg, "B")?, usize_of(&cfg, "L")?, usize_of(&cfg, "d")?);
+    ensure!(schedule.iter().map(|&(h, w)| h * w).sum::<usize>() == l, "config.json: L = {l} disagrees with the schedule");
+    let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
+    match mode.as_str() {
+        "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
+        "model" => check_model(dir, &cfg, &schedule, b, l, d, &mut report)?,
+        other => bail!("config.json: unknown mode `{other}` (expected `model` or `bsq-only`)"),
+    }
+    Ok(report)
+}
+
+fn check_bsq(dir: &Path, schedule: &[(usize, usize)], b: usize, l: usize, d: usize, r: &mut GoldenReport) -> Result<()> {
+    let t = Tensors::open(&dir.join("bsq.safetensors"))?;
+    let (shape, latent) = t.f32("latent")?;
+    let (hh, ww) = *schedule.last().unwrap();
+    ensure!(shape == [b, d, 1, hh, ww], "latent has shape {shape:?}, expected [{b}, {d}, 1, {hh}, {ww}]");
+    let flips = t.ints("flip_mask")?;
+    for (prefix, with_flips) in [("", true), ("noflip.", false)] {
+        let gt = t.ints(&format!("{prefix}gt_bits"))?;
+        let (_, x) = t.f32(&format!("{prefix}x_blc_wo_prefix"))?;
+        let mut ours_x = Vec::new();
+        let mut tolerated = 0;
+        for bi in 0..b {
+            let lat = &latent[bi * d * hh * ww..(bi + 1) * d * hh * ww];
+            let mask: Vec<u8> = flips[bi * l * d..(bi + 1) * l * d].iter().map(|&v| v as u8).collect();
+            let enc = bsq::self_correct(lat, d, schedule, with_flips.then_some(&mask[..]));
+            for (i, (&ours, &want)) in enc.bits.iter().zip(&gt[bi * l * d..(bi + 1) * l * d]).enumerate() {
+                if ours as i64 != want {
+                    let res = enc.residual[i] as f64;
+                    let what = format!("{prefix}gt_bits[{bi}, {}, {}]: ours {ours}, reference {want}, our residual {res:.3e}", i / d, i % d);
+                    if res.abs() <= BIT_RESIDUAL_SLACK {
+                        tolerated += 1;
+                        r.notes.push(format!("tolerated {what}"));
+                    } else {
+                        r.failures.push(what);
+                    }
+                }
+            }
+            if with_flips {
+                let pred = t.ints("pred_bits")?;
+                for (i, (&g, &m)) in gt[bi * l * d..(bi + 1) * l * d].iter().zip(&mask).enumerate() {
+                    if pred[bi * l * d + i] != g ^ m as i64 {
+                        r.failures.push(format!("pred_bits[{bi}, {}, {}] is not gt_bits xor flip_mask", i / d, i % d));
+                        break;
+                    }
+                }
+            }
+            ours_x.extend_from_slice(&enc.x_wo_prefix);
+        }
+        r.notes.push(format!("{prefix}gt_bits: {} bits compared, {tolerated} tolerated mismatches", b * l * d));
+        r.compare(&format!("{prefix}x_blc_wo_prefix"), &ours_x, &x, TOL_BSQ_INPUT);
+    }
+    Ok(())
+}
+
+/// Build our config from upstream's constructor arguments, refusing settings we do not implement.
+fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
+    let k = cfg.get("constructor_kwargs").context("config.json: `constructor_kwargs` missing")?;
+    let flag = |key: &str, want: i64| -> Result<()> {
+        match k.get(key) {
+            None => Ok(()),
+            Some(v) if v.as_i64() == Some(want) || v.as_bool() == Some(want == 1) => Ok(()),
+            Some(v) => bail!("constructor_kwargs.{key} = {v}: only {want} is implemented"),
+        }
+    };
+    flag("cos_attn", 1)?;
+    flag("shared_aln", 1)?;
+    flag("use_bit_label", 1)?;
+    flag("add_lvl_embeding_only_first_block", 1)?;
+    flag("rope2d_each_sa_layer", 1)?;
+    flag("rope2d_normalized_by_hw", 2)?;
+    let text_channels = k.get("text_channels").or_else(|| cfg.get("text_channels")).and_then(Value::as_u64).context("text_channels missing")? as usize;
+    let c = ModelConfig {
+        depth: usize_of(k, "depth")?,
+        embed_dim: usize_of(k, "embed_dim")?,
+        num_heads: usize_of(k, "num_heads")?,
+        mlp_ratio: k.get("mlp_ratio").and_then(Value::as_f64).context("constructor_kwargs.mlp_ratio missing")?,
+        d,
+        text_channels,
+        text_maxlen: usize_of(k, "text_maxlen")?,
+        norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+        cond_drop_rate: 0.0,
+        conditioning: Conditioning::Text,
+        block_chunks: k.get("block_chunks").and_then(Value::as_u64).unwrap_or(1) as usize,
+    };
+    c.validate().map_err(|e| anyhow::anyhow!("constructor_kwargs: {e}"))?;
+    Ok(c)
+}
+
+/// Load upstream-named weights (either block layout); `*.zero_k_bias` buffers must be zero.
+pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
+    let t = Tensors::open(path)?;
+    let mut p = Params::zeros(lay);
+    let mut seen: HashMap<String, bool> = lay.specs.iter().map(|s| (s.name.clone(), false)).collect();
+    for name in t.names()? {
+        let (shape, v) = t.f32(&name)?;
+        let canon = canonical_name(&name, cfg.depth, cfg.block_chunks).with_context(|| format!("{}: malformed key `{name}`", path.display()))?;
+        if canon.ends_with("zero_k_bias") {
+            ensure!(v.iter().all(|&x| x == 0.0), "{}: buffer `{name}` must be all zeros", path.display());
+            continue;
+        }
+        let spec = lay.spec(&canon).with_context(|| format!("{}: `{name}` is not a parameter of this model", path.display()))?;
+        ensure!(shape == spec.shape, "{}: `{name}` has shape {shape:?}, the model expects {:?}", path.display(), spec.shape);
+        p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
+        seen.insert(canon, true);
+    }
+    let missing: Vec<_> = lay.specs.iter().filter(|s| !seen[&s.name]).map(|s| s.name.as_str()).collect();
+    ensure!(missing.is_empty(), "{}: missing parameters {missing:?}", path.display());
+    Ok(p)
+}
+
+fn check_model(dir: &Path, cfg: &Value, schedule: &[(usize, usize)], b: usize, l: usize, d: usize, r: &mut GoldenReport) -> Result<()> {
+    let mc = model_config(cfg, d)?;
+    let lay = Layout::new(&mc);
+    let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
+    let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
+    let (_, kv) = inputs.f32("text_kv_compact")?;
+    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.iter().map(|&v| v as usize).collect();
+    ensure!(cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels, "text_kv_compact / text_cu_seqlens disagree with B = {b}");
+    let (_, x_wo_prefix) = inputs.f32("x_blc_wo_prefix")?;
+    let gt: Vec<u8> = inputs.ints("gt_bits")?.iter().map(|&v| v as u8).collect();
+    let template = cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
+    let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
+    let weights = token_weights(b, schedule, false);
+    let dropped = vec![false; b];
+    let inp = ModelInput {
+        b,
+        scales: schedule,
+        rope: &rope,
+        x_wo_prefix: &x_wo_prefix,
+        cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
+        gt_bits: &gt,
+        token_weights: &weights,
+    };
+    let acts = forward(&mc, &lay, &p, &inp);
+    let mut grads = Params::zeros(&lay);
+    backward(&mc, &lay, &p, &inp, &acts, &mut grads);
+
+    let exp = Tensors::open(&dir.join("expected.safetensors"))?;
+    r.compare("logits", &acts.logits, &exp.f32("logits")?.1, TOL_FORWARD);
+    r.compare("loss", &[acts.ce.loss as f32], &exp.f32("loss")?.1, TOL_FORWARD);
+    let rw = token_weights(b, schedule, true);
+    let loss_rw: f64 = rw.iter().zip(&acts.ce.token_loss).map(|(w, t)| w * t).sum();
+    r.compare("loss_reweighted", &[loss_rw as f32], &exp.f32("loss_reweighted")?.1, TOL_FORWARD);
+    let _ = l;
+    for name in exp.names()?.into_iter().filter(|n| n.starts_with("grad.")) {
+        let canon = canonical_name(&name["grad.".len()..], mc.depth, mc.block_chunks).unwrap_or_default();
+        match lay.spec(&canon) {
+            Some(spec) => r.compare(&name, &grads.data[spec.offset..spec.offset + spec.numel()], &exp.f32(&name)?.1, TOL_GRAD),
+            None => r.failures.push(format!("{name}: not a parameter of this model")),
+        }
+    }
+    Ok(())
+}
