@@ -2,6 +2,7 @@
 
 mod data;
 mod golden;
+mod model;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ enum Command {
     /// Compare the model or bitwise self-correction with reference golden folders.
     #[command(subcommand)]
     Golden(golden::GoldenCommand),
+    /// Model sizes, FLOPs and CPU throughput.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 /// Parse `args` (including the program name) and run the command.
@@ -35,6 +39,7 @@ where
     match cli.command {
         Command::Data(cmd) => data::run(cmd),
         Command::Golden(cmd) => golden::run(cmd),
+        Command::Model(cmd) => model::run(cmd),
     }
 }
 

@@ -2,6 +2,7 @@
 //! what it needs and a hand-written backward. Generic over f32 (training) and f64 (gradient checks).
 
 pub mod backward;
+pub mod bench;
 pub mod config;
 pub mod forward;
 pub mod init;

@@ -1,0 +1,93 @@
+//! `infinity model info | bench`: sizes, FLOPs and CPU throughput of a model preset.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use infinity_data::Catalog;
+
+use crate::model::bench::{self, train_flops_per_token, BenchOptions};
+use crate::model::{Layout, ModelConfig};
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Parameter count and training FLOPs per token of a preset at a schedule.
+    Info(Shape),
+    /// Forward+backward tokens/s and peak memory on the CPU (optionally beside PyTorch).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Shape {
+    /// tiny, small, layer12 … layer48, 2b, 8b.
+    #[arg(long, default_value = "layer12")]
+    preset: String,
+    /// Override the width (and heads, keeping the head dim) for width-reduced variants.
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long, default_value = "1.000")]
+    template: String,
+    #[arg(long, default_value = "0.06M")]
+    budget: String,
+    /// Text tokens per sample.
+    #[arg(long, default_value_t = 32)]
+    text_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    shape: Shape,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Also run the PyTorch reference (tests/reference/bench_model.py) with this Python.
+    #[arg(long)]
+    python: Option<String>,
+}
+
+fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
+    let mut c = ModelConfig::preset(&s.preset).with_context(|| format!("unknown preset `{}`", s.preset))?;
+    let mut label = s.preset.clone();
+    if let Some(w) = s.width {
+        let hd = c.head_dim();
+        c.embed_dim = w;
+        c.num_heads = (w / hd).max(1);
+        label = format!("{}-w{w}", s.preset);
+    }
+    c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    Ok((c, label))
+}
+
+pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ModelCommand::Info(s) => {
+            let (c, label) = config(&s)?;
+            let lay = Layout::new(&c);
+            let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
+            let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
+            println!("{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}", c.depth, c.embed_dim, c.num_heads, c.head_dim(), c.ffn_hidden(), c.d);
+            println!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
+            println!("schedule {}: L = {}", sched.name, sched.num_tokens());
+            println!("training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}", f * sched.num_tokens() as f64);
+        }
+        ModelCommand::Bench(a) => {
+            let (config, label) = config(&a.shape)?;
+            let o = BenchOptions {
+                config,
+                label,
+                batch: a.batch,
+                template: a.shape.template,
+                budget: a.shape.budget,
+                text_tokens: a.shape.text_tokens,
+                steps: a.steps,
+                python: a.python,
+            };
+            println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | peak RSS MiB |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            print!("{}", bench::run(&o)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! `infinity model bench`: forward+backward throughput and peak memory of the CPU model, optionally
+//! side by side with the PyTorch reference (tests/reference/bench_model.py) in the same run.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use infinity_data::Catalog;
+use infinity_kernels::gradcheck::noise;
+use infinity_kernels::rope::RopeTable;
+
+use super::init::{init_params, InitConfig};
+use super::{backward, forward, token_weights, Condition, Layout, ModelConfig, ModelInput, Params};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub config: ModelConfig,
+    pub label: String,
+    pub batch: usize,
+    pub template: String,
+    pub budget: String,
+    /// Text tokens per sample.
+    pub text_tokens: usize,
+    pub steps: usize,
+    pub python: Option<String>,
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Model FLOPs per token of one training step (forward + backward = 3× forward): dense matmuls plus
+/// attention scores and mixing for the block-causal context of `scales` and `text_tokens` of text.
+pub fn train_flops_per_token(cfg: &ModelConfig, scales: &[(usize, usize)], text_tokens: usize) -> f64 {
+    let c = cfg.embed_dim as f64;
+    let hf = cfg.ffn_hidden() as f64;
+    let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
+    // average number of visible keys per query under the block-causal mask
+    let mut end = 0;
+    let mut ctx = 0.0;
+    for &(h, w) in scales {
+        end += h * w;
+        ctx += (h * w * end) as f64;
+    }
+    let ctx = ctx / l as f64;
+    let per_block_dense = 3.0 * c * c + c * c + hf * c * 2.0 + if cfg.has_cross_attention() { 2.0 * c * c } else { 0.0 };
+    let per_block_attn = 2.0 * c * ctx + if cfg.has_cross_attention() { 2.0 * c * text_tokens as f64 } else { 0.0 };
+    let head = 2.0 * cfg.d as f64 * c + cfg.d as f64 * c;
+    3.0 * 2.0 * (cfg.depth as f64 * (per_block_dense + per_block_attn) + head)
+}
+
+pub fn run(o: &BenchOptions) -> Result<String> {
+    let cfg = &o.config;
+    cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let lay = Layout::new(cfg);
+    let p: Params<f32> = init_params(cfg, &lay, &InitConfig::default(), 0);
+    let sched = Catalog::upstream().schedule(&o.template, &o.budget)?;
+    let scales = sched.hw();
+    let l = sched.num_tokens();
+    let b = o.batch;
+    let rope = RopeTable::new(cfg.head_dim(), &scales, Catalog::upstream().rope_frame(&o.template)?);
+    let x: Vec<f32> = noise(b * (l - 1) * cfg.d, 1).iter().map(|&v| v as f32 * 0.5).collect();
+    let gt: Vec<u8> = noise(b * l * cfg.d, 2).iter().map(|&v| (v > 0.0) as u8).collect();
+    let kv: Vec<f32> = noise(b * o.text_tokens * cfg.text_channels, 3).iter().map(|&v| v as f32).collect();
+    let cu: Vec<usize> = (0..=b).map(|i| i * o.text_tokens).collect();
+    let dropped = vec![false; b];
+    let w = token_weights(b, &scales, false);
+    let inp = ModelInput { b, scales: &scales, rope: &rope, x_wo_prefix: &x, cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped }, gt_bits: &gt, token_weights: &w };
+    let mut grads = Params::zeros(&lay);
+    let step = |grads: &mut Params<f32>| {
+        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        let a = forward(cfg, &lay, &p, &inp);
+        backward(cfg, &lay, &p, &inp, &a, grads);
+        a.ce.loss
+    };
+    step(&mut grads); // warm-up
+    let t = Instant::now();
+    for _ in 0..o.steps {
+        std::hint::black_box(step(&mut grads));
+    }
+    let secs = t.elapsed().as_secs_f64() / o.steps as f64;
+    let tps = (b * l) as f64 / secs;
+    let flops = train_flops_per_token(cfg, &scales, o.text_tokens);
+    let threads = rayon_threads();
+    let mut out = String::new();
+    let rss = peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}"));
+    let _ = writeln!(out, "| {} | {} | {} | {} | {:.2e} | rust (this crate) | {threads} | {tps:.0} | {:.1} | {rss} |", o.label, lay.numel, l, b, flops, tps * flops / 1e9);
+    if let Some(py) = &o.python {
+        let (ptps, prss) = python_bench(py, o, threads)?;
+        let _ = writeln!(out, "| {} | {} | {} | {} | {:.2e} | pytorch eager (f32) | {threads} | {ptps:.0} | {:.1} | {prss:.0} |", o.label, lay.numel, l, b, flops, ptps * flops / 1e9);
+        let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
+    }
+    Ok(out)
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn python_bench(python: &str, o: &BenchOptions, threads: usize) -> Result<(f64, f64)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_model.py");
+    let c = &o.config;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args(["--depth", &c.depth.to_string(), "--embed-dim", &c.embed_dim.to_string(), "--num-heads", &c.num_heads.to_string()])
+        .args(["--d", &c.d.to_string(), "--text-channels", &c.text_channels.to_string(), "--text-tokens", &o.text_tokens.to_string()])
+        .args(["--batch", &o.batch.to_string(), "--template", &o.template, "--budget", &o.budget, "--steps", &o.steps.to_string()])
+        .args(["--threads", &threads.to_string(), "--mlp-ratio", &c.mlp_ratio.to_string()])
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<f64>().ok());
+    match (field("tokens_per_s="), field("peak_rss_mib=")) {
+        (Some(t), Some(r)) if out.status.success() => Ok((t, r)),
+        _ => anyhow::bail!("{} failed:\n{text}{}", script.display(), String::from_utf8_lossy(&out.stderr)),
+    }
+}
