@@ -6,7 +6,12 @@ use infinity_trainer::golden;
 use crate::repo;
 
 fn folders() -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(repo().join("tests/golden")).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(repo().join("tests/golden"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     v.sort();
     v
 }
@@ -34,12 +39,17 @@ fn a_wrong_reference_fails_the_check() {
     // same expected values, but one weight nudged: logits and gradients move beyond tolerance
     let bytes = std::fs::read(tmp.path().join("weights.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
     let head = tensors.iter_mut().find(|t| t.0 == "head.bias").unwrap();
     let v = f32::from_le_bytes(head.2[..4].try_into().unwrap()) + 0.01;
     head.2[..4].copy_from_slice(&v.to_le_bytes());
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        tensors.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
     std::fs::write(tmp.path().join("weights.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     let r = golden::check(tmp.path()).unwrap();
     assert!(!r.ok(), "a perturbed weight must fail the golden check");

@@ -1,29 +1,39 @@
 //! Pointwise activations: GELU (tanh approximation; upstream FFN and `text_proj_for_ca`) and SiLU
 //! (upstream AdaLN MLPs). Backward writes `dx = dy · f'(x)`.
 
+use rayon::prelude::*;
+
 use crate::Real;
 
+/// GELU-tanh and its derivative, through `0.5·(1 + tanh z) = σ(2z)` (one `exp` instead of `tanh`):
+/// `y = x·σ(2z)`, `y' = σ(2z) + 2x·σ(2z)(1 − σ(2z))·k(1 + 3a·x²)` with `z = k(x + a·x³)`.
 fn gelu_parts<T: Real>(x: T) -> (T, T) {
     let k = T::of((2.0 / std::f64::consts::PI).sqrt());
     let a = T::of(0.044715);
-    let inner = k * (x + a * x * x * x);
-    let t = inner.tanh();
-    let half = T::of(0.5);
-    let y = half * x * (T::one() + t);
-    let dy = half * (T::one() + t) + half * x * (T::one() - t * t) * k * (T::one() + T::of(3.0) * a * x * x);
+    let z = k * (x + a * x * x * x);
+    let s = T::one() / (T::one() + (-(z + z)).exp());
+    let y = x * s;
+    let dy = s + (x + x) * s * (T::one() - s) * k * (T::one() + T::of(3.0) * a * x * x);
     (y, dy)
 }
 
+/// Elements per parallel chunk: large enough to amortise the task, small enough to balance 2–64 cores.
+const CHUNK: usize = 1 << 14;
+
 pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = gelu_parts(v).0;
-    }
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = gelu_parts(v).0;
+        }
+    });
 }
 
 pub fn gelu_backward<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
-    for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-        *o = g * gelu_parts(v).1;
-    }
+    dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(dx, (dy, x))| {
+        for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+            *o = g * gelu_parts(v).1;
+        }
+    });
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {

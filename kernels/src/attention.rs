@@ -13,6 +13,8 @@
 //! (as flash attention does) instead of storing `L×L` matrices. Every query row must belong to exactly
 //! one segment; `dQ` is written, `dK`, `dV` are accumulated over segments (keys are shared).
 
+use rayon::prelude::*;
+
 use crate::matmul::{matmul, Mat};
 use crate::Real;
 
@@ -56,6 +58,7 @@ impl AttnDims {
 }
 
 /// `O = softmax(scale·Q Kᵀ) V` per segment and head. o: `[Nq, H·c]`, lse: `[Nq, H]`.
+/// Heads run in parallel (each into its own buffer, then interleaved).
 pub fn attention_forward<T: Real>(
     q: &[T],
     k: &[T],
@@ -65,39 +68,50 @@ pub fn attention_forward<T: Real>(
     segs: &[Segment],
     dims: AttnDims,
 ) {
-    let (w, c) = (dims.width(), dims.head_dim);
-    let mut s = Vec::new();
-    for seg in segs {
-        s.resize(seg.nq * seg.nk, T::zero());
-        for h in 0..dims.heads {
-            scores(q, k, seg, h, dims, &mut s);
-            for i in 0..seg.nq {
-                let row = &mut s[i * seg.nk..(i + 1) * seg.nk];
-                let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-                let mut sum = T::zero();
-                for x in row.iter_mut() {
-                    *x = (*x - m).exp();
-                    sum += *x;
+    let (w, c, heads) = (dims.width(), dims.head_dim, dims.heads);
+    let nq = o.len() / w;
+    let per_head: Vec<(Vec<T>, Vec<T>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let (mut oh, mut lh, mut s) = (vec![T::zero(); nq * c], vec![T::zero(); nq], Vec::new());
+            for seg in segs {
+                s.resize(seg.nq * seg.nk, T::zero());
+                scores(q, k, seg, h, dims, &mut s);
+                for i in 0..seg.nq {
+                    let row = &mut s[i * seg.nk..(i + 1) * seg.nk];
+                    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+                    let mut sum = T::zero();
+                    for x in row.iter_mut() {
+                        *x = (*x - m).exp();
+                        sum += *x;
+                    }
+                    for x in row.iter_mut() {
+                        *x /= sum;
+                    }
+                    lh[seg.q0 + i] = m + sum.ln();
                 }
-                for x in row.iter_mut() {
-                    *x /= sum;
-                }
-                lse[(seg.q0 + i) * dims.heads + h] = m + sum.ln();
+                // O_seg,h = P · V_seg,h
+                matmul(
+                    seg.nq,
+                    c,
+                    seg.nk,
+                    &mut oh,
+                    Mat::rows(seg.q0 * c, c),
+                    false,
+                    &s,
+                    Mat::rows(0, seg.nk),
+                    v,
+                    Mat::rows(seg.k0 * w + h * c, w),
+                    T::one(),
+                );
             }
-            // O_seg,h = P · V_seg,h
-            matmul(
-                seg.nq,
-                c,
-                seg.nk,
-                o,
-                Mat::rows(seg.q0 * w + h * c, w),
-                false,
-                &s,
-                Mat::rows(0, seg.nk),
-                v,
-                Mat::rows(seg.k0 * w + h * c, w),
-                T::one(),
-            );
+            (oh, lh)
+        })
+        .collect();
+    for (h, (oh, lh)) in per_head.iter().enumerate() {
+        for r in 0..nq {
+            o[r * w + h * c..r * w + (h + 1) * c].copy_from_slice(&oh[r * c..(r + 1) * c]);
+            lse[r * heads + h] = lh[r];
         }
     }
 }
@@ -121,6 +135,7 @@ fn scores<T: Real>(q: &[T], k: &[T], seg: &Segment, h: usize, dims: AttnDims, s:
 }
 
 /// Backward of [`attention_forward`]. `dq` written; `dk`, `dv` accumulated (zero them first).
+/// Heads run in parallel, each into its own buffers.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Real>(
     d_o: &[T],
@@ -135,83 +150,90 @@ pub fn attention_backward<T: Real>(
     segs: &[Segment],
     dims: AttnDims,
 ) {
-    let (w, c) = (dims.width(), dims.head_dim);
-    let (mut p, mut dp) = (Vec::new(), Vec::new());
-    for seg in segs {
-        p.resize(seg.nq * seg.nk, T::zero());
-        dp.resize(seg.nq * seg.nk, T::zero());
-        for h in 0..dims.heads {
-            scores(q, k, seg, h, dims, &mut p);
-            for i in 0..seg.nq {
-                let m = lse[(seg.q0 + i) * dims.heads + h];
-                for x in &mut p[i * seg.nk..(i + 1) * seg.nk] {
-                    *x = (*x - m).exp();
+    let (w, c, heads) = (dims.width(), dims.head_dim, dims.heads);
+    let (nq, nk) = (dq.len() / w, dk.len() / w);
+    let per_head: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let (mut dqh, mut dkh, mut dvh) =
+                (vec![T::zero(); nq * c], vec![T::zero(); nk * c], vec![T::zero(); nk * c]);
+            let (mut p, mut dp) = (Vec::new(), Vec::new());
+            for seg in segs {
+                p.resize(seg.nq * seg.nk, T::zero());
+                dp.resize(seg.nq * seg.nk, T::zero());
+                scores(q, k, seg, h, dims, &mut p);
+                for i in 0..seg.nq {
+                    let m = lse[(seg.q0 + i) * heads + h];
+                    for x in &mut p[i * seg.nk..(i + 1) * seg.nk] {
+                        *x = (*x - m).exp();
+                    }
                 }
-            }
-            // dV += Pᵀ dO ;  dP = dO Vᵀ
-            matmul(
-                seg.nk,
-                c,
-                seg.nq,
-                dv,
-                Mat::rows(seg.k0 * w + h * c, w),
-                true,
-                &p,
-                Mat::rows(0, seg.nk).t(),
-                d_o,
-                Mat::rows(seg.q0 * w + h * c, w),
-                T::one(),
-            );
-            matmul(
-                seg.nq,
-                seg.nk,
-                c,
-                &mut dp,
-                Mat::rows(0, seg.nk),
-                false,
-                d_o,
-                Mat::rows(seg.q0 * w + h * c, w),
-                v,
-                Mat::rows(seg.k0 * w + h * c, w).t(),
-                T::one(),
-            );
-            // dS = P ⊙ (dP − rowsum(dO ⊙ O)) (the rowsum equals Σ_j P_ij dP_ij)
-            for i in 0..seg.nq {
-                let r = (seg.q0 + i) * w + h * c;
-                let di: T = (0..c).map(|t| d_o[r + t] * o[r + t]).sum();
-                for j in 0..seg.nk {
-                    let idx = i * seg.nk + j;
-                    dp[idx] = p[idx] * (dp[idx] - di);
+                // dV += Pᵀ dO ;  dP = dO Vᵀ
+                let (qv, kv) = (Mat::rows(seg.q0 * w + h * c, w), Mat::rows(seg.k0 * w + h * c, w));
+                matmul(
+                    seg.nk,
+                    c,
+                    seg.nq,
+                    &mut dvh,
+                    Mat::rows(seg.k0 * c, c),
+                    true,
+                    &p,
+                    Mat::rows(0, seg.nk).t(),
+                    d_o,
+                    qv,
+                    T::one(),
+                );
+                matmul(seg.nq, seg.nk, c, &mut dp, Mat::rows(0, seg.nk), false, d_o, qv, v, kv.t(), T::one());
+                // dS = P ⊙ (dP − rowsum(dO ⊙ O)) (the rowsum equals Σ_j P_ij dP_ij)
+                for i in 0..seg.nq {
+                    let r = (seg.q0 + i) * w + h * c;
+                    let di: T = (0..c).map(|t| d_o[r + t] * o[r + t]).sum();
+                    for j in 0..seg.nk {
+                        let idx = i * seg.nk + j;
+                        dp[idx] = p[idx] * (dp[idx] - di);
+                    }
                 }
+                // dQ = scale · dS K ;  dK += scale · dSᵀ Q
+                let sc = T::of(dims.scale);
+                matmul(
+                    seg.nq,
+                    c,
+                    seg.nk,
+                    &mut dqh,
+                    Mat::rows(seg.q0 * c, c),
+                    false,
+                    &dp,
+                    Mat::rows(0, seg.nk),
+                    k,
+                    kv,
+                    sc,
+                );
+                matmul(
+                    seg.nk,
+                    c,
+                    seg.nq,
+                    &mut dkh,
+                    Mat::rows(seg.k0 * c, c),
+                    true,
+                    &dp,
+                    Mat::rows(0, seg.nk).t(),
+                    q,
+                    qv,
+                    sc,
+                );
             }
-            // dQ = scale · dS K ;  dK += scale · dSᵀ Q
-            let sc = T::of(dims.scale);
-            matmul(
-                seg.nq,
-                c,
-                seg.nk,
-                dq,
-                Mat::rows(seg.q0 * w + h * c, w),
-                false,
-                &dp,
-                Mat::rows(0, seg.nk),
-                k,
-                Mat::rows(seg.k0 * w + h * c, w),
-                sc,
-            );
-            matmul(
-                seg.nk,
-                c,
-                seg.nq,
-                dk,
-                Mat::rows(seg.k0 * w + h * c, w),
-                true,
-                &dp,
-                Mat::rows(0, seg.nk).t(),
-                q,
-                Mat::rows(seg.q0 * w + h * c, w),
-                sc,
-            );
+            (dqh, dkh, dvh)
+        })
+        .collect();
+    for (h, (dqh, dkh, dvh)) in per_head.iter().enumerate() {
+        for r in 0..nq {
+            dq[r * w + h * c..r * w + (h + 1) * c].copy_from_slice(&dqh[r * c..(r + 1) * c]);
+        }
+        for r in 0..nk {
+            for t in 0..c {
+                dk[r * w + h * c + t] += dkh[r * c + t];
+                dv[r * w + h * c + t] += dvh[r * c + t];
+            }
         }
     }
 }
@@ -223,7 +245,10 @@ const NORMALIZE_EPS: f64 = 1e-12;
 /// (upstream `F.normalize(q, dim=-1).mul(exp(scale_mul))` and `F.normalize(k, dim=-1)`).
 /// Returns the clamped norms `[N, H]` for the backward.
 pub fn normalize_heads_forward<T: Real>(x: &[T], y: &mut [T], heads: usize, head_dim: usize, gain: &[T]) -> Vec<T> {
-    assert!(gain.len() == heads && x.len() % (heads * head_dim) == 0 && y.len() == x.len(), "normalize_heads: shapes");
+    assert!(
+        gain.len() == heads && x.len().is_multiple_of(heads * head_dim) && y.len() == x.len(),
+        "normalize_heads: shapes"
+    );
     let mut norms = Vec::with_capacity(x.len() / head_dim);
     for (i, (xh, yh)) in x.chunks_exact(head_dim).zip(y.chunks_exact_mut(head_dim)).enumerate() {
         let n = xh.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::of(NORMALIZE_EPS));

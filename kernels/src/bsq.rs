@@ -140,6 +140,32 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
     out
 }
 
+/// Upstream's random flips for self-correction (`noise_apply_strength = p_max`,
+/// `noise_apply_layers = apply_layers`): each scale `s < apply_layers` draws one probability
+/// `p_s = k·0.01`, `k` uniform in `{0, …, round(100·p_max)}`, and flips each of its bits with probability
+/// `p_s`. `uniform` yields values in [0, 1). Returns the mask `[L, d]` for [`self_correct`].
+pub fn draw_flips(
+    scales: &[(usize, usize)],
+    d: usize,
+    p_max: f64,
+    apply_layers: usize,
+    uniform: &mut impl FnMut() -> f64,
+) -> Vec<u8> {
+    let kmax = (100.0 * p_max).round() as usize;
+    let mut mask = Vec::with_capacity(num_tokens(scales) * d);
+    for (s, &(h, w)) in scales.iter().enumerate() {
+        let n = h * w * d;
+        if s >= apply_layers || kmax == 0 {
+            mask.extend(std::iter::repeat_n(0u8, n));
+            continue;
+        }
+        let k = ((uniform() * (kmax + 1) as f64) as usize).min(kmax);
+        let p = k as f64 * 0.01;
+        mask.extend((0..n).map(|_| (uniform() < p) as u8));
+    }
+    mask
+}
+
 /// Sum of the up-sampled codes of token-major bits `[L, d]`: `[d, H, W]`, the decoder's input.
 pub fn decode_multiscale(bits: &[u8], d: usize, scales: &[(usize, usize)]) -> Vec<f32> {
     let (hh, ww) = *scales.last().expect("bsq::decode_multiscale: empty schedule");
@@ -238,6 +264,29 @@ mod tests {
         // decoding the bits actually accumulated (labels xor flips) reproduces the corrupted sum
         let used: Vec<u8> = sc.bits.iter().zip(&flips).map(|(b, f)| b ^ f).collect();
         assert_eq!(decode_multiscale(&used, d, &SQUARE), sc.summed_codes);
+    }
+
+    #[test]
+    fn flip_draws_follow_the_upstream_distribution() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut u = || rng.random::<f64>();
+        let (d, trials) = (16, 400);
+        let mut rate = [0.0f64; 5];
+        for _ in 0..trials {
+            let m = draw_flips(&SQUARE, d, 0.3, 4, &mut u);
+            let mut off = 0;
+            for (s, &(h, w)) in SQUARE.iter().enumerate() {
+                let n = h * w * d;
+                rate[s] += m[off..off + n].iter().map(|&b| b as f64).sum::<f64>() / n as f64 / trials as f64;
+                off += n;
+            }
+        }
+        // p_s is uniform on {0, 0.01, …, 0.30}: mean 0.15; scale 4 is beyond apply_layers
+        for (s, r) in rate.iter().enumerate().take(4) {
+            assert!((r - 0.15).abs() < 0.03, "scale {s}: mean flip rate {r}");
+        }
+        assert_eq!(rate[4], 0.0);
+        assert!(draw_flips(&SQUARE, d, 0.0, 13, &mut u).iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`linear`] (over [`matmul`], the `gemm` crate), [`norm`] (LayerNorm, RMSNorm), [`adaln`]
 //!   (modulation, gated residual), [`act`] (GELU-tanh, SiLU), [`rope`] (2-D RoPE, mode 2),
 //!   [`attention`] (block-causal self-attention, varlen cross-attention, attention pool, cosine
-//!   normalisation), [`bitwise_ce`] (the bitwise loss);
+//!   normalisation), [`embedding`] (lookups), [`bitwise_ce`] (the bitwise loss);
 //! - [`resample`] and [`bsq`]: area/bilinear resizing with PyTorch's index math, BSQ, multi-scale
 //!   residual BSQ and bitwise self-correction (no gradients: they act on the frozen tokenizer's latents).
 
@@ -18,6 +18,7 @@ pub mod adaln;
 pub mod attention;
 pub mod bitwise_ce;
 pub mod bsq;
+pub mod embedding;
 pub mod gradcheck;
 pub mod linear;
 pub mod matmul;

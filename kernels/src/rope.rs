@@ -19,7 +19,7 @@ pub struct RopeTable {
 
 impl RopeTable {
     pub fn new(head_dim: usize, scales: &[(usize, usize)], frame: (usize, usize)) -> RopeTable {
-        assert!(head_dim % 4 == 0, "rope: head dim {head_dim} must be a multiple of 4");
+        assert!(head_dim.is_multiple_of(4), "rope: head dim {head_dim} must be a multiple of 4");
         let pairs = head_dim / 2;
         let quarter = pairs / 2;
         let inv_freq: Vec<f32> = (0..quarter).map(|j| 1.0 / 10000f32.powf((2 * j) as f32 / pairs as f32)).collect();

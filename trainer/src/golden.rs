@@ -12,7 +12,9 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use crate::model::params::canonical_name;
-use crate::model::{backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params};
+use crate::model::{
+    backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
+};
 
 /// Tolerances, relative to the largest magnitude of the expected tensor (see docs/numerics.md).
 pub const TOL_FORWARD: f64 = 1e-4;
@@ -107,14 +109,19 @@ impl Tensors {
 }
 
 fn usize_of(v: &Value, key: &str) -> Result<usize> {
-    v.get(key).and_then(Value::as_u64).map(|x| x as usize).with_context(|| format!("config.json: `{key}` must be a non-negative integer"))
+    v.get(key)
+        .and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .with_context(|| format!("config.json: `{key}` must be a non-negative integer"))
 }
 
 /// Check one golden folder.
 pub fn check(dir: &Path) -> Result<GoldenReport> {
     let cfg_path = dir.join("config.json");
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?)
-        .with_context(|| format!("{} is not JSON", cfg_path.display()))?;
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", cfg_path.display()))?;
     let mode = cfg.get("mode").and_then(Value::as_str).context("config.json: `mode` missing")?.to_string();
     let schedule: Vec<(usize, usize)> = cfg
         .get("schedule")
@@ -128,7 +135,10 @@ pub fn check(dir: &Path) -> Result<GoldenReport> {
         })
         .collect::<Result<_>>()?;
     let (b, l, d) = (usize_of(&cfg, "B")?, usize_of(&cfg, "L")?, usize_of(&cfg, "d")?);
-    ensure!(schedule.iter().map(|&(h, w)| h * w).sum::<usize>() == l, "config.json: L = {l} disagrees with the schedule");
+    ensure!(
+        schedule.iter().map(|&(h, w)| h * w).sum::<usize>() == l,
+        "config.json: L = {l} disagrees with the schedule"
+    );
     let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
     match mode.as_str() {
         "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
@@ -138,7 +148,14 @@ pub fn check(dir: &Path) -> Result<GoldenReport> {
     Ok(report)
 }
 
-fn check_bsq(dir: &Path, schedule: &[(usize, usize)], b: usize, l: usize, d: usize, r: &mut GoldenReport) -> Result<()> {
+fn check_bsq(
+    dir: &Path,
+    schedule: &[(usize, usize)],
+    b: usize,
+    l: usize,
+    d: usize,
+    r: &mut GoldenReport,
+) -> Result<()> {
     let t = Tensors::open(&dir.join("bsq.safetensors"))?;
     let (shape, latent) = t.f32("latent")?;
     let (hh, ww) = *schedule.last().unwrap();
@@ -156,7 +173,11 @@ fn check_bsq(dir: &Path, schedule: &[(usize, usize)], b: usize, l: usize, d: usi
             for (i, (&ours, &want)) in enc.bits.iter().zip(&gt[bi * l * d..(bi + 1) * l * d]).enumerate() {
                 if ours as i64 != want {
                     let res = enc.residual[i] as f64;
-                    let what = format!("{prefix}gt_bits[{bi}, {}, {}]: ours {ours}, reference {want}, our residual {res:.3e}", i / d, i % d);
+                    let what = format!(
+                        "{prefix}gt_bits[{bi}, {}, {}]: ours {ours}, reference {want}, our residual {res:.3e}",
+                        i / d,
+                        i % d
+                    );
                     if res.abs() <= BIT_RESIDUAL_SLACK {
                         tolerated += 1;
                         r.notes.push(format!("tolerated {what}"));
@@ -198,7 +219,11 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     flag("add_lvl_embeding_only_first_block", 1)?;
     flag("rope2d_each_sa_layer", 1)?;
     flag("rope2d_normalized_by_hw", 2)?;
-    let text_channels = k.get("text_channels").or_else(|| cfg.get("text_channels")).and_then(Value::as_u64).context("text_channels missing")? as usize;
+    let text_channels = k
+        .get("text_channels")
+        .or_else(|| cfg.get("text_channels"))
+        .and_then(Value::as_u64)
+        .context("text_channels missing")? as usize;
     let c = ModelConfig {
         depth: usize_of(k, "depth")?,
         embed_dim: usize_of(k, "embed_dim")?,
@@ -223,13 +248,21 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
     let mut seen: HashMap<String, bool> = lay.specs.iter().map(|s| (s.name.clone(), false)).collect();
     for name in t.names()? {
         let (shape, v) = t.f32(&name)?;
-        let canon = canonical_name(&name, cfg.depth, cfg.block_chunks).with_context(|| format!("{}: malformed key `{name}`", path.display()))?;
+        let canon = canonical_name(&name, cfg.depth, cfg.block_chunks)
+            .with_context(|| format!("{}: malformed key `{name}`", path.display()))?;
         if canon.ends_with("zero_k_bias") {
             ensure!(v.iter().all(|&x| x == 0.0), "{}: buffer `{name}` must be all zeros", path.display());
             continue;
         }
-        let spec = lay.spec(&canon).with_context(|| format!("{}: `{name}` is not a parameter of this model", path.display()))?;
-        ensure!(shape == spec.shape, "{}: `{name}` has shape {shape:?}, the model expects {:?}", path.display(), spec.shape);
+        let spec = lay
+            .spec(&canon)
+            .with_context(|| format!("{}: `{name}` is not a parameter of this model", path.display()))?;
+        ensure!(
+            shape == spec.shape,
+            "{}: `{name}` has shape {shape:?}, the model expects {:?}",
+            path.display(),
+            spec.shape
+        );
         p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
         seen.insert(canon, true);
     }
@@ -238,17 +271,29 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
     Ok(p)
 }
 
-fn check_model(dir: &Path, cfg: &Value, schedule: &[(usize, usize)], b: usize, l: usize, d: usize, r: &mut GoldenReport) -> Result<()> {
+fn check_model(
+    dir: &Path,
+    cfg: &Value,
+    schedule: &[(usize, usize)],
+    b: usize,
+    l: usize,
+    d: usize,
+    r: &mut GoldenReport,
+) -> Result<()> {
     let mc = model_config(cfg, d)?;
     let lay = Layout::new(&mc);
     let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
     let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
     let (_, kv) = inputs.f32("text_kv_compact")?;
     let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.iter().map(|&v| v as usize).collect();
-    ensure!(cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels, "text_kv_compact / text_cu_seqlens disagree with B = {b}");
+    ensure!(
+        cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels,
+        "text_kv_compact / text_cu_seqlens disagree with B = {b}"
+    );
     let (_, x_wo_prefix) = inputs.f32("x_blc_wo_prefix")?;
     let gt: Vec<u8> = inputs.ints("gt_bits")?.iter().map(|&v| v as u8).collect();
-    let template = cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
+    let template =
+        cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
     let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
     let weights = token_weights(b, schedule, false);
     let dropped = vec![false; b];
@@ -275,7 +320,9 @@ fn check_model(dir: &Path, cfg: &Value, schedule: &[(usize, usize)], b: usize, l
     for name in exp.names()?.into_iter().filter(|n| n.starts_with("grad.")) {
         let canon = canonical_name(&name["grad.".len()..], mc.depth, mc.block_chunks).unwrap_or_default();
         match lay.spec(&canon) {
-            Some(spec) => r.compare(&name, &grads.data[spec.offset..spec.offset + spec.numel()], &exp.f32(&name)?.1, TOL_GRAD),
+            Some(spec) => {
+                r.compare(&name, &grads.data[spec.offset..spec.offset + spec.numel()], &exp.f32(&name)?.1, TOL_GRAD)
+            }
             None => r.failures.push(format!("{name}: not a parameter of this model")),
         }
     }

@@ -67,10 +67,21 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
-            println!("{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}", c.depth, c.embed_dim, c.num_heads, c.head_dim(), c.ffn_hidden(), c.d);
+            println!(
+                "{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}",
+                c.depth,
+                c.embed_dim,
+                c.num_heads,
+                c.head_dim(),
+                c.ffn_hidden(),
+                c.d
+            );
             println!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
             println!("schedule {}: L = {}", sched.name, sched.num_tokens());
-            println!("training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}", f * sched.num_tokens() as f64);
+            println!(
+                "training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}",
+                f * sched.num_tokens() as f64
+            );
         }
         ModelCommand::Bench(a) => {
             let (config, label) = config(&a.shape)?;

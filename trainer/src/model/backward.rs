@@ -4,13 +4,14 @@
 use infinity_kernels::act::{gelu_backward, silu_backward};
 use infinity_kernels::adaln::{gated_residual_backward, modulate_backward};
 use infinity_kernels::attention::{attention_backward, normalize_heads_backward, AttnDims};
+use infinity_kernels::embedding::embedding_backward;
 use infinity_kernels::linear::linear_backward;
 use infinity_kernels::norm::{layernorm_backward, rmsnorm_backward};
 use infinity_kernels::rope::rope_apply;
 use infinity_kernels::Real;
 
 use super::config::ModelConfig;
-use super::forward::{attn_gain, part, Acts, Condition, ModelInput};
+use super::forward::{attn_gain, part, scale_index, Acts, Condition, ModelInput};
 use super::params::{Layout, Params};
 
 /// `dst[b, j·C..(j+1)·C] += src[b]` for `dst: [B, k·C]`.
@@ -86,18 +87,7 @@ pub fn backward<T: Real>(
 
     // ---- input tokens ----------------------------------------------------------------------------
     let mut dcond = vec![T::zero(); b * c];
-    {
-        let dlvl = grads.get_mut(lay, "lvl_embed.weight");
-        for bi in 0..b {
-            let mut t = 0;
-            for (s, &(sh, sw)) in inp.scales.iter().enumerate() {
-                for _ in 0..sh * sw {
-                    add_into(&mut dlvl[s * c..(s + 1) * c], &dx[(bi * l + t) * c..(bi * l + t + 1) * c]);
-                    t += 1;
-                }
-            }
-        }
-    }
+    embedding_backward(&dx, &scale_index(b, inp.scales), grads.get_mut(lay, "lvl_embed.weight"), c);
     let mut dwe = Vec::with_capacity(b * (l - 1) * c);
     for bi in 0..b {
         let sos = &dx[bi * l * c..(bi * l + 1) * c];
@@ -147,12 +137,7 @@ pub fn backward<T: Real>(
     add_into(&mut dcond, &tmp);
 
     match inp.cond {
-        Condition::Class { labels } => {
-            let demb = grads.get_mut(lay, "class_emb.weight");
-            for (bi, &y) in labels.iter().enumerate() {
-                add_into(&mut demb[y * c..(y + 1) * c], &dcond[bi * c..(bi + 1) * c]);
-            }
-        }
+        Condition::Class { labels } => embedding_backward(&dcond, labels, grads.get_mut(lay, "class_emb.weight"), c),
         Condition::Text { dropped, .. } => {
             let t = a.text.as_ref().expect("text activations");
             let (ct, nt, hp) = (cfg.text_channels, t.cu[b], cfg.pool_heads());

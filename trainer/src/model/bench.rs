@@ -9,8 +9,9 @@ use infinity_data::Catalog;
 use infinity_kernels::gradcheck::noise;
 use infinity_kernels::rope::RopeTable;
 
+use super::forward::forward_into;
 use super::init::{init_params, InitConfig};
-use super::{backward, forward, token_weights, Condition, Layout, ModelConfig, ModelInput, Params};
+use super::{backward, token_weights, Condition, Layout, ModelConfig, ModelInput, Params};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -46,7 +47,8 @@ pub fn train_flops_per_token(cfg: &ModelConfig, scales: &[(usize, usize)], text_
         ctx += (h * w * end) as f64;
     }
     let ctx = ctx / l as f64;
-    let per_block_dense = 3.0 * c * c + c * c + hf * c * 2.0 + if cfg.has_cross_attention() { 2.0 * c * c } else { 0.0 };
+    let per_block_dense =
+        3.0 * c * c + c * c + hf * c * 2.0 + if cfg.has_cross_attention() { 2.0 * c * c } else { 0.0 };
     let per_block_attn = 2.0 * c * ctx + if cfg.has_cross_attention() { 2.0 * c * text_tokens as f64 } else { 0.0 };
     let head = 2.0 * cfg.d as f64 * c + cfg.d as f64 * c;
     3.0 * 2.0 * (cfg.depth as f64 * (per_block_dense + per_block_attn) + head)
@@ -68,15 +70,24 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     let cu: Vec<usize> = (0..=b).map(|i| i * o.text_tokens).collect();
     let dropped = vec![false; b];
     let w = token_weights(b, &scales, false);
-    let inp = ModelInput { b, scales: &scales, rope: &rope, x_wo_prefix: &x, cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped }, gt_bits: &gt, token_weights: &w };
-    let mut grads = Params::zeros(&lay);
-    let step = |grads: &mut Params<f32>| {
-        grads.data.iter_mut().for_each(|g| *g = 0.0);
-        let a = forward(cfg, &lay, &p, &inp);
-        backward(cfg, &lay, &p, &inp, &a, grads);
-        a.ce.loss
+    let inp = ModelInput {
+        b,
+        scales: &scales,
+        rope: &rope,
+        x_wo_prefix: &x,
+        cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
+        gt_bits: &gt,
+        token_weights: &w,
     };
-    step(&mut grads); // warm-up
+    let mut grads = Params::zeros(&lay);
+    let mut acts = Default::default();
+    let mut step = |grads: &mut Params<f32>| {
+        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        forward_into(cfg, &lay, &p, &inp, &mut acts);
+        backward(cfg, &lay, &p, &inp, &acts, grads);
+        acts.ce.loss
+    };
+    step(&mut grads); // warm-up: allocates the activations once
     let t = Instant::now();
     for _ in 0..o.steps {
         std::hint::black_box(step(&mut grads));
@@ -87,10 +98,28 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     let threads = rayon_threads();
     let mut out = String::new();
     let rss = peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}"));
-    let _ = writeln!(out, "| {} | {} | {} | {} | {:.2e} | rust (this crate) | {threads} | {tps:.0} | {:.1} | {rss} |", o.label, lay.numel, l, b, flops, tps * flops / 1e9);
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {:.2e} | rust (this crate) | {threads} | {tps:.0} | {:.1} | {rss} |",
+        o.label,
+        lay.numel,
+        l,
+        b,
+        flops,
+        tps * flops / 1e9
+    );
     if let Some(py) = &o.python {
         let (ptps, prss) = python_bench(py, o, threads)?;
-        let _ = writeln!(out, "| {} | {} | {} | {} | {:.2e} | pytorch eager (f32) | {threads} | {ptps:.0} | {:.1} | {prss:.0} |", o.label, lay.numel, l, b, flops, ptps * flops / 1e9);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2e} | pytorch eager (f32) | {threads} | {ptps:.0} | {:.1} | {prss:.0} |",
+            o.label,
+            lay.numel,
+            l,
+            b,
+            flops,
+            ptps * flops / 1e9
+        );
         let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
     }
     Ok(out)
@@ -105,9 +134,32 @@ fn python_bench(python: &str, o: &BenchOptions, threads: usize) -> Result<(f64, 
     let c = &o.config;
     let out = std::process::Command::new(python)
         .arg(&script)
-        .args(["--depth", &c.depth.to_string(), "--embed-dim", &c.embed_dim.to_string(), "--num-heads", &c.num_heads.to_string()])
-        .args(["--d", &c.d.to_string(), "--text-channels", &c.text_channels.to_string(), "--text-tokens", &o.text_tokens.to_string()])
-        .args(["--batch", &o.batch.to_string(), "--template", &o.template, "--budget", &o.budget, "--steps", &o.steps.to_string()])
+        .args([
+            "--depth",
+            &c.depth.to_string(),
+            "--embed-dim",
+            &c.embed_dim.to_string(),
+            "--num-heads",
+            &c.num_heads.to_string(),
+        ])
+        .args([
+            "--d",
+            &c.d.to_string(),
+            "--text-channels",
+            &c.text_channels.to_string(),
+            "--text-tokens",
+            &o.text_tokens.to_string(),
+        ])
+        .args([
+            "--batch",
+            &o.batch.to_string(),
+            "--template",
+            &o.template,
+            "--budget",
+            &o.budget,
+            "--steps",
+            &o.steps.to_string(),
+        ])
         .args(["--threads", &threads.to_string(), "--mlp-ratio", &c.mlp_ratio.to_string()])
         .output()
         .with_context(|| format!("running {python}"))?;

@@ -102,7 +102,7 @@ impl ModelConfig {
         if self.depth == 0 || c == 0 || self.num_heads == 0 || self.d == 0 {
             return Err("depth, embed_dim, num_heads and d must be positive".into());
         }
-        if c % self.num_heads != 0 || self.head_dim() % 4 != 0 {
+        if !c.is_multiple_of(self.num_heads) || !self.head_dim().is_multiple_of(4) {
             return Err(format!(
                 "embed_dim {c} / num_heads {} must give a head dim divisible by 4 (2-D RoPE)",
                 self.num_heads
@@ -118,11 +118,11 @@ impl ModelConfig {
             if self.text_channels == 0 || self.text_maxlen == 0 {
                 return Err("text conditioning needs text_channels > 0 and text_maxlen > 0".into());
             }
-            if c % self.pool_heads() != 0 {
+            if !c.is_multiple_of(self.pool_heads()) {
                 return Err(format!("embed_dim {c} must divide into {} attention-pool heads", self.pool_heads()));
             }
         }
-        if self.block_chunks == 0 || self.depth % self.block_chunks != 0 {
+        if self.block_chunks == 0 || !self.depth.is_multiple_of(self.block_chunks) {
             return Err(format!("block_chunks {} must divide depth {}", self.block_chunks, self.depth));
         }
         if !(0.0..1.0).contains(&self.cond_drop_rate) {

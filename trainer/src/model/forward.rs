@@ -9,6 +9,7 @@ use infinity_kernels::attention::{
     attention_forward, block_causal_segments, normalize_heads_forward, AttnDims, Segment,
 };
 use infinity_kernels::bitwise_ce::{bitwise_ce, BitwiseCe};
+use infinity_kernels::embedding::embedding_forward;
 use infinity_kernels::linear::linear_forward;
 use infinity_kernels::norm::{layernorm_forward, rmsnorm_forward};
 use infinity_kernels::rope::{rope_apply, RopeTable};
@@ -148,7 +149,36 @@ pub struct Acts<T> {
 
 /// Split `[B, k·C]` rows into the `j`-th `[B, C]` part.
 pub(crate) fn part<T: Real>(rows: &[T], b: usize, k: usize, j: usize, c: usize) -> Vec<T> {
-    (0..b).flat_map(|i| rows[i * k * c + j * c..i * k * c + (j + 1) * c].iter().copied()).collect()
+    let mut out = Vec::new();
+    part_into(&mut out, rows, b, k, j, c);
+    out
+}
+
+/// [`part`] into a reused buffer.
+pub(crate) fn part_into<T: Real>(out: &mut Vec<T>, rows: &[T], b: usize, k: usize, j: usize, c: usize) {
+    out.clear();
+    for i in 0..b {
+        out.extend_from_slice(&rows[i * k * c + j * c..i * k * c + (j + 1) * c]);
+    }
+}
+
+/// Scale index of every token of `b` samples: `[B·L]`.
+pub(crate) fn scale_index(b: usize, scales: &[(usize, usize)]) -> Vec<usize> {
+    let one: Vec<usize> = scales.iter().enumerate().flat_map(|(s, &(h, w))| std::iter::repeat_n(s, h * w)).collect();
+    (0..b).flat_map(|_| one.iter().copied()).collect()
+}
+
+/// Resize `v` to `n` zeros, keeping its allocation: activations are allocated on the first step and
+/// reused after (fresh multi-megabyte buffers cost a page fault per 4 KiB on every step).
+pub(crate) fn zeroed<T: Real>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.resize(n, T::zero());
+}
+
+/// Copy `src` into `dst`, keeping `dst`'s allocation.
+pub(crate) fn copy_into<T: Real>(dst: &mut Vec<T>, src: &[T]) {
+    dst.clear();
+    dst.extend_from_slice(src);
 }
 
 /// `exp(min(scale_mul, ln 100))` per head: the cosine-attention logit scale.
@@ -158,13 +188,21 @@ pub(crate) fn attn_gain<T: Real>(scale_mul: &[T]) -> Vec<T> {
 
 /// Run the model and the loss. `acts.dlogits` holds `∂loss/∂logits` for the backward.
 pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>) -> Acts<T> {
+    let mut a = Acts::default();
+    forward_into(cfg, lay, p, inp, &mut a);
+    a
+}
+
+/// [`forward`] into activations from an earlier step, reusing their buffers.
+pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>, a: &mut Acts<T>) {
     let (b, c, d) = (inp.b, cfg.embed_dim, cfg.d);
     let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
     let n = b * l;
     let w = |name: &str| p.get(lay, name);
     assert_eq!(inp.x_wo_prefix.len(), b * (l - 1) * d, "forward: x_wo_prefix is not [B, L-1, d]");
     assert_eq!(inp.gt_bits.len(), n * d, "forward: gt_bits is not [B, L, d]");
-    let mut a = Acts { b, l, ..Acts::default() };
+    (a.b, a.l) = (b, l);
+    a.blocks.resize_with(cfg.depth, Default::default);
 
     // ---- condition -------------------------------------------------------------------------
     match inp.cond {
@@ -172,7 +210,10 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
             let ct = cfg.text_channels;
             let nt = cu_seqlens[b];
             assert_eq!(kv_compact.len(), nt * ct, "forward: kv_compact is not [T, Ct]");
-            let mut t = TextActs { kv_in: kv_compact.to_vec(), cu: cu_seqlens.to_vec(), ..Default::default() };
+            let mut t = a.text.take().unwrap_or_default();
+            copy_into(&mut t.kv_in, kv_compact);
+            t.cu.clear();
+            t.cu.extend_from_slice(cu_seqlens);
             for (bi, &drop) in dropped.iter().enumerate() {
                 if drop {
                     let (s, e) = (cu_seqlens[bi], cu_seqlens[bi + 1]);
@@ -180,25 +221,25 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
                     t.kv_in[s * ct..e * ct].copy_from_slice(&w("cfg_uncond")[..(e - s) * ct]);
                 }
             }
-            t.kv = vec![T::zero(); nt * ct];
-            t.kv_rstd = vec![T::zero(); nt];
+            zeroed(&mut t.kv, nt * ct);
+            zeroed(&mut t.kv_rstd, nt);
             rmsnorm_forward(&t.kv_in, w("text_norm.weight"), &mut t.kv, &mut t.kv_rstd, ct, cfg.norm_eps);
             // attention pool → cond_BD
             let hp = cfg.pool_heads();
             let mut pkv = vec![T::zero(); nt * 2 * c];
             linear_forward(&t.kv, w("text_proj_for_sos.ca.mat_kv.weight"), None, &mut pkv, nt, ct, 2 * c);
-            t.pool_k = part(&pkv, nt, 2, 0, c);
-            t.pool_v = part(&pkv, nt, 2, 1, c);
+            part_into(&mut t.pool_k, &pkv, nt, 2, 0, c);
+            part_into(&mut t.pool_v, &pkv, nt, 2, 1, c);
             add_rows(&mut t.pool_v, w("text_proj_for_sos.ca.v_bias"));
             t.pool_q = (0..b).flat_map(|_| w("text_proj_for_sos.ca.mat_q").iter().copied()).collect();
             a.pool_segs = (0..b)
                 .map(|bi| Segment { q0: bi, nq: 1, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
                 .collect();
             let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
-            t.pool_attn = vec![T::zero(); b * c];
-            t.pool_lse = vec![T::zero(); b * hp];
+            zeroed(&mut t.pool_attn, b * c);
+            zeroed(&mut t.pool_lse, b * hp);
             attention_forward(&t.pool_q, &t.pool_k, &t.pool_v, &mut t.pool_attn, &mut t.pool_lse, &a.pool_segs, pdims);
-            a.cond = vec![T::zero(); b * c];
+            zeroed(&mut a.cond, b * c);
             linear_forward(
                 &t.pool_attn,
                 w("text_proj_for_sos.ca.proj.weight"),
@@ -209,7 +250,7 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
                 c,
             );
             // cross-attention context
-            t.t1 = vec![T::zero(); nt * c];
+            zeroed(&mut t.t1, nt * c);
             linear_forward(
                 &t.kv,
                 w("text_proj_for_ca.0.weight"),
@@ -219,9 +260,9 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
                 ct,
                 c,
             );
-            t.t1g = vec![T::zero(); nt * c];
+            zeroed(&mut t.t1g, nt * c);
             gelu_forward(&t.t1, &mut t.t1g);
-            t.kv_ca = vec![T::zero(); nt * c];
+            zeroed(&mut t.kv_ca, nt * c);
             linear_forward(
                 &t.t1g,
                 w("text_proj_for_ca.2.weight"),
@@ -237,13 +278,13 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
             a.text = Some(t);
         }
         Condition::Class { labels } => {
-            let emb = w("class_emb.weight");
-            a.cond = labels.iter().flat_map(|&y| emb[y * c..(y + 1) * c].iter().copied()).collect();
+            zeroed(&mut a.cond, b * c);
+            embedding_forward(w("class_emb.weight"), labels, &mut a.cond, c, false);
         }
     }
-    a.cond_silu = vec![T::zero(); b * c];
+    zeroed(&mut a.cond_silu, b * c);
     silu_forward(&a.cond, &mut a.cond_silu);
-    a.shared_gss = vec![T::zero(); b * 6 * c];
+    zeroed(&mut a.shared_gss, b * 6 * c);
     linear_forward(
         &a.cond_silu,
         w("shared_ada_lin.1.weight"),
@@ -253,7 +294,7 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
         c,
         6 * c,
     );
-    a.head_ss = vec![T::zero(); b * 2 * c];
+    zeroed(&mut a.head_ss, b * 2 * c);
     linear_forward(
         &a.cond_silu,
         w("head_nm.ada_lin.1.weight"),
@@ -265,50 +306,53 @@ pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &Mo
     );
 
     // ---- input tokens: start token, word embeddings, level embedding ---------------------------
-    let mut x = vec![T::zero(); n * c];
+    let mut x = std::mem::take(&mut a.blocks[0].x_in);
+    zeroed(&mut x, n * c);
     let mut we = vec![T::zero(); b * (l - 1) * c];
     linear_forward(inp.x_wo_prefix, w("word_embed.weight"), Some(w("word_embed.bias")), &mut we, b * (l - 1), d, c);
     let pos_start = w("pos_start");
-    let lvl = w("lvl_embed.weight");
     for bi in 0..b {
         for i in 0..c {
             x[bi * l * c + i] = a.cond[bi * c + i] + pos_start[i];
         }
         x[(bi * l + 1) * c..(bi + 1) * l * c].copy_from_slice(&we[bi * (l - 1) * c..(bi + 1) * (l - 1) * c]);
-        let mut t = 0;
-        for (s, &(sh, sw)) in inp.scales.iter().enumerate() {
-            for _ in 0..sh * sw {
-                for i in 0..c {
-                    x[(bi * l + t) * c + i] += lvl[s * c + i];
-                }
-                t += 1;
-            }
-        }
     }
+    // level embedding of each token's scale, before the first block only
+    embedding_forward(w("lvl_embed.weight"), &scale_index(b, inp.scales), &mut x, c, true);
     let tokens_per_scale: Vec<usize> = inp.scales.iter().map(|&(h, w)| h * w).collect();
     a.sa_segs = block_causal_segments(b, &tokens_per_scale);
 
+    a.blocks[0].x_in = x;
+
     // ---- blocks ---------------------------------------------------------------------------------
     for blk in 0..cfg.depth {
-        let (acts, x_next) = block_forward(cfg, lay, p, blk, &a, x, inp.rope);
-        a.blocks.push(acts);
-        x = x_next;
+        let mut s = std::mem::take(&mut a.blocks[blk]);
+        let mut x_next = match a.blocks.get_mut(blk + 1) {
+            Some(next) => std::mem::take(&mut next.x_in),
+            None => std::mem::take(&mut a.x_out),
+        };
+        block_forward(cfg, lay, p, blk, a, &mut s, &mut x_next, inp.rope);
+        a.blocks[blk] = s;
+        match a.blocks.get_mut(blk + 1) {
+            Some(next) => next.x_in = x_next,
+            None => a.x_out = x_next,
+        }
     }
+    let x = std::mem::take(&mut a.x_out);
 
     // ---- head and loss ----------------------------------------------------------------------------
-    a.lnh_mean = vec![T::zero(); n];
-    a.lnh_rstd = vec![T::zero(); n];
-    a.xhat_h = vec![T::zero(); n * c];
+    zeroed(&mut a.lnh_mean, n);
+    zeroed(&mut a.lnh_rstd, n);
+    zeroed(&mut a.xhat_h, n * c);
     layernorm_forward(&x, None, None, &mut a.xhat_h, &mut a.lnh_mean, &mut a.lnh_rstd, c, cfg.norm_eps);
-    a.h_head = vec![T::zero(); n * c];
+    zeroed(&mut a.h_head, n * c);
     let (hs, hb) = (part(&a.head_ss, b, 2, 0, c), part(&a.head_ss, b, 2, 1, c));
     modulate_forward(&a.xhat_h, &hs, &hb, &mut a.h_head, l, c);
-    a.logits = vec![T::zero(); n * 2 * d];
+    zeroed(&mut a.logits, n * 2 * d);
     linear_forward(&a.h_head, w("head.weight"), Some(w("head.bias")), &mut a.logits, n, c, 2 * d);
-    a.dlogits = vec![T::zero(); n * 2 * d];
+    zeroed(&mut a.dlogits, n * 2 * d);
     a.ce = bitwise_ce(&a.logits, inp.gt_bits, inp.token_weights, 0.0, d, Some(&mut a.dlogits));
     a.x_out = x;
-    a
 }
 
 /// Add a `[C]` bias to every row of `[*, C]`.
@@ -320,22 +364,24 @@ pub(crate) fn add_rows<T: Real>(x: &mut [T], bias: &[T]) {
     }
 }
 
+/// One block: reads `s.x_in`, fills `s`, writes the block output into `x_out`.
+#[allow(clippy::too_many_arguments)]
 fn block_forward<T: Real>(
     cfg: &ModelConfig,
     lay: &Layout,
     p: &Params<T>,
     blk: usize,
     a: &Acts<T>,
-    x: Vec<T>,
+    s: &mut BlockActs<T>,
+    x_out: &mut Vec<T>,
     rope: &RopeTable,
-) -> (BlockActs<T>, Vec<T>) {
+) {
     let (b, l, c, h) = (a.b, a.l, cfg.embed_dim, cfg.num_heads);
     let n = b * l;
     let w = |s: &str| p.get(lay, &format!("blocks.{blk}.{s}"));
-    let mut s = BlockActs { x_in: x, ..Default::default() };
     // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2
     let ada = w("ada_gss");
-    s.gss = a.shared_gss.clone();
+    copy_into(&mut s.gss, &a.shared_gss);
     for row in s.gss.chunks_exact_mut(6 * c) {
         for (v, g) in row.iter_mut().zip(ada) {
             *v += *g;
@@ -345,28 +391,28 @@ fn block_forward<T: Real>(
     let (gamma1, gamma2, scale1, scale2, shift1, shift2) = (g(0), g(1), g(2), g(3), g(4), g(5));
 
     // self-attention
-    s.ln1_mean = vec![T::zero(); n];
-    s.ln1_rstd = vec![T::zero(); n];
-    s.xhat1 = vec![T::zero(); n * c];
+    zeroed(&mut s.ln1_mean, n);
+    zeroed(&mut s.ln1_rstd, n);
+    zeroed(&mut s.xhat1, n * c);
     layernorm_forward(&s.x_in, None, None, &mut s.xhat1, &mut s.ln1_mean, &mut s.ln1_rstd, c, cfg.norm_eps);
-    s.h1 = vec![T::zero(); n * c];
+    zeroed(&mut s.h1, n * c);
     modulate_forward(&s.xhat1, &scale1, &shift1, &mut s.h1, l, c);
     let mut qkv = vec![T::zero(); n * 3 * c];
     linear_forward(&s.h1, w("sa.mat_qkv.weight"), None, &mut qkv, n, c, 3 * c);
-    s.q_raw = part(&qkv, n, 3, 0, c);
-    s.k_raw = part(&qkv, n, 3, 1, c);
-    s.v = part(&qkv, n, 3, 2, c);
+    part_into(&mut s.q_raw, &qkv, n, 3, 0, c);
+    part_into(&mut s.k_raw, &qkv, n, 3, 1, c);
+    part_into(&mut s.v, &qkv, n, 3, 2, c);
     add_rows(&mut s.q_raw, w("sa.q_bias"));
     add_rows(&mut s.v, w("sa.v_bias"));
     let hd = c / h;
-    s.q = vec![T::zero(); n * c];
-    s.k = vec![T::zero(); n * c];
+    zeroed(&mut s.q, n * c);
+    zeroed(&mut s.k, n * c);
     s.q_norm = normalize_heads_forward(&s.q_raw, &mut s.q, h, hd, &attn_gain(w("sa.scale_mul_1H11")));
     s.k_norm = normalize_heads_forward(&s.k_raw, &mut s.k, h, hd, &vec![T::one(); h]);
     rope_apply(&mut s.q, rope, l, h, 0, false);
     rope_apply(&mut s.k, rope, l, h, 0, false);
-    s.attn = vec![T::zero(); n * c];
-    s.lse = vec![T::zero(); n * h];
+    zeroed(&mut s.attn, n * c);
+    zeroed(&mut s.lse, n * h);
     attention_forward(
         &s.q,
         &s.k,
@@ -376,18 +422,18 @@ fn block_forward<T: Real>(
         &a.sa_segs,
         AttnDims { heads: h, head_dim: hd, scale: 1.0 },
     );
-    s.sa_out = vec![T::zero(); n * c];
+    zeroed(&mut s.sa_out, n * c);
     linear_forward(&s.attn, w("sa.proj.weight"), Some(w("sa.proj.bias")), &mut s.sa_out, n, c, c);
-    s.x_sa = s.x_in.clone();
+    copy_into(&mut s.x_sa, &s.x_in);
     gated_residual_forward(&mut s.x_sa, &s.sa_out, &gamma1, l, c);
 
     // cross-attention: x + CA(ca_norm(x), kv_ca), no gate
-    s.x_ca = s.x_sa.clone();
+    copy_into(&mut s.x_ca, &s.x_sa);
     if let Some(t) = &a.text {
         let nt = t.cu[b];
-        s.ca_mean = vec![T::zero(); n];
-        s.ca_rstd = vec![T::zero(); n];
-        s.ca_in = vec![T::zero(); n * c];
+        zeroed(&mut s.ca_mean, n);
+        zeroed(&mut s.ca_rstd, n);
+        zeroed(&mut s.ca_in, n * c);
         layernorm_forward(
             &s.x_sa,
             Some(w("ca_norm.weight")),
@@ -398,15 +444,15 @@ fn block_forward<T: Real>(
             c,
             cfg.norm_eps,
         );
-        s.ca_q = vec![T::zero(); n * c];
+        zeroed(&mut s.ca_q, n * c);
         linear_forward(&s.ca_in, w("ca.mat_q.weight"), Some(w("ca.mat_q.bias")), &mut s.ca_q, n, c, c);
         let mut ckv = vec![T::zero(); nt * 2 * c];
         linear_forward(&t.kv_ca, w("ca.mat_kv.weight"), None, &mut ckv, nt, c, 2 * c);
-        s.ca_k = part(&ckv, nt, 2, 0, c);
-        s.ca_v = part(&ckv, nt, 2, 1, c);
+        part_into(&mut s.ca_k, &ckv, nt, 2, 0, c);
+        part_into(&mut s.ca_v, &ckv, nt, 2, 1, c);
         add_rows(&mut s.ca_v, w("ca.v_bias"));
-        s.ca_attn = vec![T::zero(); n * c];
-        s.ca_lse = vec![T::zero(); n * h];
+        zeroed(&mut s.ca_attn, n * c);
+        zeroed(&mut s.ca_lse, n * h);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
         attention_forward(&s.ca_q, &s.ca_k, &s.ca_v, &mut s.ca_attn, &mut s.ca_lse, &a.ca_segs, dims);
         let mut ca_out = vec![T::zero(); n * c];
@@ -417,20 +463,19 @@ fn block_forward<T: Real>(
     }
 
     // feed-forward
-    s.ln2_mean = vec![T::zero(); n];
-    s.ln2_rstd = vec![T::zero(); n];
-    s.xhat2 = vec![T::zero(); n * c];
+    zeroed(&mut s.ln2_mean, n);
+    zeroed(&mut s.ln2_rstd, n);
+    zeroed(&mut s.xhat2, n * c);
     layernorm_forward(&s.x_ca, None, None, &mut s.xhat2, &mut s.ln2_mean, &mut s.ln2_rstd, c, cfg.norm_eps);
-    s.h2 = vec![T::zero(); n * c];
+    zeroed(&mut s.h2, n * c);
     modulate_forward(&s.xhat2, &scale2, &shift2, &mut s.h2, l, c);
     let hf = cfg.ffn_hidden();
-    s.f1 = vec![T::zero(); n * hf];
+    zeroed(&mut s.f1, n * hf);
     linear_forward(&s.h2, w("ffn.fc1.weight"), Some(w("ffn.fc1.bias")), &mut s.f1, n, c, hf);
-    s.g = vec![T::zero(); n * hf];
+    zeroed(&mut s.g, n * hf);
     gelu_forward(&s.f1, &mut s.g);
-    s.f2 = vec![T::zero(); n * c];
+    zeroed(&mut s.f2, n * c);
     linear_forward(&s.g, w("ffn.fc2.weight"), Some(w("ffn.fc2.bias")), &mut s.f2, n, hf, c);
-    let mut x_out = s.x_ca.clone();
-    gated_residual_forward(&mut x_out, &s.f2, &gamma2, l, c);
-    (s, x_out)
+    copy_into(x_out, &s.x_ca);
+    gated_residual_forward(x_out, &s.f2, &gamma2, l, c);
 }
