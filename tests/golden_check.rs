@@ -55,3 +55,11 @@ fn a_wrong_reference_fails_the_check() {
     assert!(!r.ok(), "a perturbed weight must fail the golden check");
     assert!(r.comparisons.iter().any(|c| c.name == "logits" && !c.ok()));
 }
+
+#[test]
+fn the_golden_command_checks_a_folder_of_fixtures() {
+    let dir = repo().join("tests/golden");
+    assert!(crate::infinity(&["golden", "check", crate::path_str(&dir)]));
+    let e = infinity_trainer::cli::run(["infinity", "golden", "check", crate::path_str(&dir.join("README.md"))]).unwrap_err();
+    assert!(format!("{e:#}").contains("not a golden folder"), "{e:#}");
+}

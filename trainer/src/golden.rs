@@ -142,7 +142,7 @@ pub fn check(dir: &Path) -> Result<GoldenReport> {
     let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
     match mode.as_str() {
         "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
-        "model" => check_model(dir, &cfg, &schedule, b, l, d, &mut report)?,
+        "model" => check_model(dir, &cfg, &schedule, b, d, &mut report)?,
         other => bail!("config.json: unknown mode `{other}` (expected `model` or `bsq-only`)"),
     }
     Ok(report)
@@ -276,7 +276,6 @@ fn check_model(
     cfg: &Value,
     schedule: &[(usize, usize)],
     b: usize,
-    l: usize,
     d: usize,
     r: &mut GoldenReport,
 ) -> Result<()> {
@@ -316,7 +315,6 @@ fn check_model(
     let rw = token_weights(b, schedule, true);
     let loss_rw: f64 = rw.iter().zip(&acts.ce.token_loss).map(|(w, t)| w * t).sum();
     r.compare("loss_reweighted", &[loss_rw as f32], &exp.f32("loss_reweighted")?.1, TOL_FORWARD);
-    let _ = l;
     for name in exp.names()?.into_iter().filter(|n| n.starts_with("grad.")) {
         let canon = canonical_name(&name["grad.".len()..], mc.depth, mc.block_chunks).unwrap_or_default();
         match lay.spec(&canon) {

@@ -9,10 +9,11 @@ use crate::golden;
 
 #[derive(Subcommand, Debug)]
 pub enum GoldenCommand {
-    /// Run each golden folder and print max abs / relative error per tensor; exits 1 beyond tolerance.
+    /// Run each golden folder (or every golden folder inside a given folder) and print max abs /
+    /// relative error per tensor; exits 1 beyond tolerance.
     Check {
         #[arg(required = true)]
-        dirs: Vec<PathBuf>,
+        paths: Vec<PathBuf>,
         /// Print every tensor, not only the worst ten of each folder.
         #[arg(long)]
         all: bool,
@@ -20,7 +21,28 @@ pub enum GoldenCommand {
 }
 
 pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
-    let GoldenCommand::Check { dirs, all } = cmd;
+    let GoldenCommand::Check { paths, all } = cmd;
+    let mut dirs = Vec::new();
+    for p in paths {
+        if p.join("config.json").is_file() {
+            dirs.push(p);
+        } else if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(&p)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|d| d.join("config.json").is_file())
+                .collect();
+            anyhow::ensure!(
+                !inner.is_empty(),
+                "{}: no golden folders (folders with a config.json) inside",
+                p.display()
+            );
+            inner.sort();
+            dirs.extend(inner);
+        } else {
+            anyhow::bail!("{}: not a golden folder (expected a folder with config.json)", p.display());
+        }
+    }
     let mut failed = 0;
     for dir in &dirs {
         let r = golden::check(dir)?;

@@ -132,37 +132,26 @@ fn rayon_threads() -> usize {
 fn python_bench(python: &str, o: &BenchOptions, threads: usize) -> Result<(f64, f64)> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/bench_model.py");
     let c = &o.config;
-    let out = std::process::Command::new(python)
-        .arg(&script)
-        .args([
-            "--depth",
-            &c.depth.to_string(),
-            "--embed-dim",
-            &c.embed_dim.to_string(),
-            "--num-heads",
-            &c.num_heads.to_string(),
-        ])
-        .args([
-            "--d",
-            &c.d.to_string(),
-            "--text-channels",
-            &c.text_channels.to_string(),
-            "--text-tokens",
-            &o.text_tokens.to_string(),
-        ])
-        .args([
-            "--batch",
-            &o.batch.to_string(),
-            "--template",
-            &o.template,
-            "--budget",
-            &o.budget,
-            "--steps",
-            &o.steps.to_string(),
-        ])
-        .args(["--threads", &threads.to_string(), "--mlp-ratio", &c.mlp_ratio.to_string()])
-        .output()
-        .with_context(|| format!("running {python}"))?;
+    let args = [
+        ("--depth", c.depth.to_string()),
+        ("--embed-dim", c.embed_dim.to_string()),
+        ("--num-heads", c.num_heads.to_string()),
+        ("--mlp-ratio", c.mlp_ratio.to_string()),
+        ("--d", c.d.to_string()),
+        ("--text-channels", c.text_channels.to_string()),
+        ("--text-tokens", o.text_tokens.to_string()),
+        ("--batch", o.batch.to_string()),
+        ("--template", o.template.clone()),
+        ("--budget", o.budget.clone()),
+        ("--steps", o.steps.to_string()),
+        ("--threads", threads.to_string()),
+    ];
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(&script);
+    for (flag, value) in &args {
+        cmd.arg(flag).arg(value);
+    }
+    let out = cmd.output().with_context(|| format!("running {python}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<f64>().ok());
     match (field("tokens_per_s="), field("peak_rss_mib=")) {
