@@ -37,20 +37,13 @@ fn a_wrong_reference_fails_the_check() {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     // same expected values, but one weight nudged: logits and gradients move beyond tolerance
-    let bytes = std::fs::read(tmp.path().join("weights.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), t.data().to_vec())).collect();
-    let head = tensors.iter_mut().find(|t| t.0 == "head.bias").unwrap();
-    let v = f32::from_le_bytes(head.2[..4].try_into().unwrap()) + 0.01;
-    head.2[..4].copy_from_slice(&v.to_le_bytes());
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
-        })
-        .collect();
-    std::fs::write(tmp.path().join("weights.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    rewrite_tensors(&tmp.path().join("weights.safetensors"), |n, data| {
+        if n == "head.bias" {
+            let v = f32::from_le_bytes(data[..4].try_into().unwrap()) + 0.01;
+            data[..4].copy_from_slice(&v.to_le_bytes());
+        }
+        n.to_string()
+    });
     let r = golden::check(tmp.path()).unwrap();
     assert!(!r.ok(), "a perturbed weight must fail the golden check");
     assert!(r.comparisons.iter().any(|c| c.name == "logits" && !c.ok()));
@@ -60,6 +53,51 @@ fn a_wrong_reference_fails_the_check() {
 fn the_golden_command_checks_a_folder_of_fixtures() {
     let dir = repo().join("tests/golden");
     assert!(crate::infinity(&["golden", "check", crate::path_str(&dir)]));
-    let e = infinity_trainer::cli::run(["infinity", "golden", "check", crate::path_str(&dir.join("README.md"))]).unwrap_err();
+    let e = infinity_trainer::cli::run(["infinity", "golden", "check", crate::path_str(&dir.join("README.md"))])
+        .unwrap_err();
     assert!(format!("{e:#}").contains("not a golden folder"), "{e:#}");
+}
+
+/// Rewrite a safetensors file, passing every tensor's name and bytes through `edit` (which returns the
+/// new name).
+fn rewrite_tensors(path: &std::path::Path, mut edit: impl FnMut(&str, &mut Vec<u8>) -> String) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let mut data = t.data().to_vec();
+            (edit(&n, &mut data), t.dtype(), t.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn block_chunk_key_layout_loads_the_same_model() {
+    let src = repo().join("tests/golden/model-tiny-square");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["weights.safetensors", "inputs.safetensors", "expected.safetensors"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["constructor_kwargs"]["block_chunks"] = 2.into();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    // depth 2 in 2 chunks: blocks.N → block_chunks.N.module.0 (upstream MultipleLayers)
+    let chunk = |n: &str| infinity_trainer::model::params::chunked_name(n, 2, 2);
+    rewrite_tensors(&tmp.path().join("weights.safetensors"), |n, _| chunk(n));
+    rewrite_tensors(&tmp.path().join("expected.safetensors"), |n, _| match n.strip_prefix("grad.") {
+        Some(rest) => format!("grad.{}", chunk(rest)),
+        None => n.to_string(),
+    });
+    let names = std::fs::read(tmp.path().join("weights.safetensors")).unwrap();
+    assert!(String::from_utf8_lossy(&names).contains("block_chunks.1.module.0.sa.mat_qkv.weight"));
+    let r = golden::check(tmp.path()).unwrap();
+    assert!(r.ok(), "{:?}", r.failures);
 }

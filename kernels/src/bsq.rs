@@ -140,6 +140,12 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
     out
 }
 
+/// The latent to self-correct from when a dataset stores only bits: the sum of the up-sampled codes of
+/// all scales (`[d, H, W]`), i.e. the tokenizer's quantised latent.
+pub fn latent_from_bits(bits: &[u8], d: usize, scales: &[(usize, usize)]) -> Vec<f32> {
+    decode_multiscale(bits, d, scales)
+}
+
 /// Upstream's random flips for self-correction (`noise_apply_strength = p_max`,
 /// `noise_apply_layers = apply_layers`): each scale `s < apply_layers` draws one probability
 /// `p_s = k·0.01`, `k` uniform in `{0, …, round(100·p_max)}`, and flips each of its bits with probability
@@ -264,6 +270,20 @@ mod tests {
         // decoding the bits actually accumulated (labels xor flips) reproduces the corrupted sum
         let used: Vec<u8> = sc.bits.iter().zip(&flips).map(|(b, f)| b ^ f).collect();
         assert_eq!(decode_multiscale(&used, d, &SQUARE), sc.summed_codes);
+    }
+
+    #[test]
+    fn latent_rebuilt_from_bits_re_encodes_to_mostly_the_same_bits() {
+        // The rebuilt latent is the quantised one, not the original: re-encoding it is not exact (a
+        // channel whose area mean sits near zero can change sign), but most bits survive.
+        let d = 16;
+        let latent = random_latent(d, 8, 8, 9);
+        let enc = encode_multiscale(&latent, d, &SQUARE);
+        let rebuilt = latent_from_bits(&enc.bits, d, &SQUARE);
+        assert_eq!(rebuilt, enc.summed_codes);
+        let again = encode_multiscale(&rebuilt, d, &SQUARE);
+        let same = again.bits.iter().zip(&enc.bits).filter(|(a, b)| a == b).count() as f64 / enc.bits.len() as f64;
+        assert!(same > 0.7, "only {same:.2} of the bits survive a re-encode");
     }
 
     #[test]

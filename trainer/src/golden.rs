@@ -304,6 +304,7 @@ fn check_model(
         cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
         gt_bits: &gt,
         token_weights: &weights,
+        label_smoothing: 0.0,
     };
     let acts = forward(&mc, &lay, &p, &inp);
     let mut grads = Params::zeros(&lay);

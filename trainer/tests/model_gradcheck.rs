@@ -63,6 +63,7 @@ fn run(conditioning: Conditioning, reweight: bool) {
         cond,
         gt_bits: &gt_bits,
         token_weights: &weights,
+        label_smoothing: if reweight { 0.1 } else { 0.0 },
     };
     let acts = forward(&cfg, &lay, &p, &inp);
     let mut grads = Params::zeros(&lay);

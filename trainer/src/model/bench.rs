@@ -78,6 +78,7 @@ pub fn run(o: &BenchOptions) -> Result<String> {
         cond: Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
         gt_bits: &gt,
         token_weights: &w,
+        label_smoothing: 0.0,
     };
     let mut grads = Params::zeros(&lay);
     let mut acts = Default::default();

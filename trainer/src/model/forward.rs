@@ -43,6 +43,8 @@ pub struct ModelInput<'a, T> {
     pub gt_bits: &'a [u8],
     /// `[B·L]` weight of each token's mean bit loss in the total loss.
     pub token_weights: &'a [f64],
+    /// Label smoothing of the bitwise cross-entropy (upstream `--ls`, default 0).
+    pub label_smoothing: f64,
 }
 
 /// Saved activations of one block.
@@ -351,7 +353,7 @@ pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp
     zeroed(&mut a.logits, n * 2 * d);
     linear_forward(&a.h_head, w("head.weight"), Some(w("head.bias")), &mut a.logits, n, c, 2 * d);
     zeroed(&mut a.dlogits, n * 2 * d);
-    a.ce = bitwise_ce(&a.logits, inp.gt_bits, inp.token_weights, 0.0, d, Some(&mut a.dlogits));
+    a.ce = bitwise_ce(&a.logits, inp.gt_bits, inp.token_weights, inp.label_smoothing, d, Some(&mut a.dlogits));
     a.x_out = x;
 }
 

@@ -89,3 +89,34 @@ pub fn init_params(cfg: &ModelConfig, lay: &Layout, init: &InitConfig, seed: u64
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_init_values() {
+        let cfg = ModelConfig::preset("small").unwrap();
+        let lay = Layout::new(&cfg);
+        let p = init_params(&cfg, &lay, &InitConfig::default(), 3);
+        let std = |v: &[f32]| (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let tini = (1.0 / (3.0 * 128.0f64)).sqrt();
+        let fc1 = std(p.get(&lay, "blocks.0.ffn.fc1.weight"));
+        assert!((fc1 / tini - 1.0).abs() < 0.05, "fc1 std {fc1}, want {tini}");
+        let fc2 = std(p.get(&lay, "blocks.0.ffn.fc2.weight"));
+        assert!((fc2 / (tini / 8f64.sqrt()) - 1.0).abs() < 0.05, "fc2 std {fc2}: divided by √(2·depth)");
+        let head = std(p.get(&lay, "head.weight"));
+        assert!((head / (tini * 0.02) - 1.0).abs() < 0.1, "head std {head}");
+        assert!(p.get(&lay, "head.bias").iter().all(|&x| x == 0.0));
+        assert!(p.get(&lay, "blocks.1.sa.scale_mul_1H11").iter().all(|&x| (x - 4f32.ln()).abs() < 1e-7));
+        let gss = p.get(&lay, "blocks.0.ada_gss");
+        let (gamma, rest) = gss.split_at(2 * 128);
+        assert!(
+            std(gamma) < 1e-5 * 2.0 / 128f64.sqrt() && std(rest) < 2e-3 / 128f64.sqrt(),
+            "ada_gss gammas ×alng, the rest ×aln"
+        );
+        assert!(p.get(&lay, "text_norm.weight").iter().all(|&x| x == 1.0));
+        let a = init_params(&cfg, &lay, &InitConfig::default(), 3);
+        assert_eq!(a.data, p.data, "same seed, same weights");
+    }
+}
