@@ -4,6 +4,7 @@
 mod cli_data;
 mod golden_check;
 mod pyarrow_interop;
+mod tensorboard_reader;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,3 +4,5 @@
 pub mod cli;
 pub mod golden;
 pub mod model;
+pub mod optim;
+pub mod tensorboard;
