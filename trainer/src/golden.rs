@@ -1,7 +1,6 @@
 //! `infinity golden check DIR`: run a golden folder (docs/golden-format.md) through our model or our
 //! bitwise self-correction and compare with what the reference produced, tensor by tensor.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -11,6 +10,7 @@ use infinity_kernels::rope::RopeTable;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+use crate::model::io::load_weights;
 use crate::model::params::canonical_name;
 use crate::model::{
     backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
@@ -239,36 +239,6 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     };
     c.validate().map_err(|e| anyhow::anyhow!("constructor_kwargs: {e}"))?;
     Ok(c)
-}
-
-/// Load upstream-named weights (either block layout); `*.zero_k_bias` buffers must be zero.
-pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
-    let t = Tensors::open(path)?;
-    let mut p = Params::zeros(lay);
-    let mut seen: HashMap<String, bool> = lay.specs.iter().map(|s| (s.name.clone(), false)).collect();
-    for name in t.names()? {
-        let (shape, v) = t.f32(&name)?;
-        let canon = canonical_name(&name, cfg.depth, cfg.block_chunks)
-            .with_context(|| format!("{}: malformed key `{name}`", path.display()))?;
-        if canon.ends_with("zero_k_bias") {
-            ensure!(v.iter().all(|&x| x == 0.0), "{}: buffer `{name}` must be all zeros", path.display());
-            continue;
-        }
-        let spec = lay
-            .spec(&canon)
-            .with_context(|| format!("{}: `{name}` is not a parameter of this model", path.display()))?;
-        ensure!(
-            shape == spec.shape,
-            "{}: `{name}` has shape {shape:?}, the model expects {:?}",
-            path.display(),
-            spec.shape
-        );
-        p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
-        seen.insert(canon, true);
-    }
-    let missing: Vec<_> = lay.specs.iter().filter(|s| !seen[&s.name]).map(|s| s.name.as_str()).collect();
-    ensure!(missing.is_empty(), "{}: missing parameters {missing:?}", path.display());
-    Ok(p)
 }
 
 fn check_model(

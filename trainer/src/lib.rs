@@ -6,3 +6,4 @@ pub mod golden;
 pub mod model;
 pub mod optim;
 pub mod tensorboard;
+pub mod train;

@@ -3,6 +3,7 @@
 mod data;
 mod golden;
 mod model;
+mod train;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ enum Command {
     /// Compare the model or bitwise self-correction with reference golden folders.
     #[command(subcommand)]
     Golden(golden::GoldenCommand),
+    /// Train a model (CPU for now) from a TOML config.
+    Train(train::TrainArgs),
     /// Model sizes, FLOPs and CPU throughput.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -40,6 +43,7 @@ where
         Command::Data(cmd) => data::run(cmd),
         Command::Golden(cmd) => golden::run(cmd),
         Command::Model(cmd) => model::run(cmd),
+        Command::Train(a) => train::run(a),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod forward;
 pub mod init;
+pub mod io;
 pub mod params;
 
 pub use backward::backward;

@@ -1,0 +1,187 @@
+//! Checkpoints: `RUN/checkpoints/step-00000100/` holding `model.safetensors` (upstream names),
+//! `optim.safetensors` (AdamW moments), `state.json` (step, loader position, counters, checksums) and
+//! `config.toml`. Written into a temporary folder, each file fsynced, the folder renamed into place, and
+//! a `DONE` marker written last: a folder without `DONE` is incomplete and ignored, so a crash or a
+//! full disk mid-save never loses the previous checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::loader::LoaderState;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::model::io::{load_weights, weights_bytes, SaveDtype};
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::{AdamW, AdamWConfig};
+
+pub const DONE: &str = "DONE";
+const STATE_VERSION: u32 = 1;
+
+/// Everything besides tensors that a resumed run needs to continue bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub version: u32,
+    /// Optimiser steps completed.
+    pub step: u64,
+    pub loader: LoaderState,
+    /// Steps skipped for a non-finite loss or gradient norm, in total and in a row.
+    pub skipped_steps: u64,
+    pub nonfinite_run: u64,
+    pub model_crc32c: String,
+    pub optim_crc32c: String,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+pub fn step_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Write a complete checkpoint for `state.step`; returns its folder.
+#[allow(clippy::too_many_arguments)]
+pub fn save(
+    run: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    params: &Params<f32>,
+    opt: &AdamW,
+    mut state: TrainState,
+    config_toml: &str,
+) -> Result<PathBuf> {
+    let root = run.join("checkpoints");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let final_dir = step_dir(run, state.step);
+    let tmp = root.join(format!(".tmp-step-{:08}", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+
+    let model = weights_bytes(cfg, lay, params, SaveDtype::F32, false, None)?;
+    let m: Vec<u8> = opt.m.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let v: Vec<u8> = opt.v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    // One metadata key: safetensors writes its metadata map in hash order, so several keys would make
+    // the bytes of identical checkpoints differ between processes.
+    let meta: HashMap<String, String> =
+        [("adamw".to_string(), serde_json::json!({ "step": opt.step, "config": opt.cfg }).to_string())].into();
+    let optim = safetensors::serialize(
+        [
+            ("adamw.m", TensorView::new(Dtype::F32, vec![opt.m.len()], &m)?),
+            ("adamw.v", TensorView::new(Dtype::F32, vec![opt.v.len()], &v)?),
+        ],
+        Some(meta),
+    )?;
+    state.version = STATE_VERSION;
+    state.model_crc32c = format!("{:08x}", crc32c::crc32c(&model));
+    state.optim_crc32c = format!("{:08x}", crc32c::crc32c(&optim));
+    write_synced(&tmp.join("model.safetensors"), &model)?;
+    write_synced(&tmp.join("optim.safetensors"), &optim)?;
+    write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
+    sync_dir(&tmp);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+    }
+    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(&root);
+    write_synced(&final_dir.join(DONE), b"")?;
+    sync_dir(&final_dir);
+    Ok(final_dir)
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let step = name.strip_prefix("step-")?.parse().ok()?;
+                    e.path().join(DONE).is_file().then(|| (step, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`.
+pub fn prune(run: &Path, keep_last: usize, keep_every: u64) -> Result<()> {
+    let all = complete(run);
+    let n = all.len();
+    for (i, (step, dir)) in all.into_iter().enumerate() {
+        let recent = i + keep_last >= n;
+        let milestone = keep_every > 0 && step % keep_every == 0;
+        if !recent && !milestone {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("pruning {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Load a checkpoint folder, verifying checksums, names and shapes against `cfg`.
+pub fn load(
+    dir: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    adamw: &AdamWConfig,
+) -> Result<(Params<f32>, AdamW, TrainState)> {
+    ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let state: TrainState = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))?;
+    ensure!(
+        state.version == STATE_VERSION,
+        "{}: state version {}, this build reads {STATE_VERSION}",
+        state_path.display(),
+        state.version
+    );
+    for (file, want) in [("model.safetensors", &state.model_crc32c), ("optim.safetensors", &state.optim_crc32c)] {
+        let p = dir.join(file);
+        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let found = format!("{:08x}", crc32c::crc32c(&bytes));
+        ensure!(&found == want, "{}: crc32c {found}, state.json expects {want} (corrupt checkpoint)", p.display());
+    }
+    let params = load_weights(&dir.join("model.safetensors"), cfg, lay)?;
+    let optim_path = dir.join("optim.safetensors");
+    let bytes = std::fs::read(&optim_path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", optim_path.display()))?;
+    let mut opt = AdamW::new(adamw.clone(), lay);
+    for (name, dst) in [("adamw.m", &mut opt.m), ("adamw.v", &mut opt.v)] {
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: `{name}` missing", optim_path.display()))?;
+        if t.shape() != [lay.numel] {
+            bail!(
+                "{}: `{name}` has {:?} values, the model has {} parameters",
+                optim_path.display(),
+                t.shape(),
+                lay.numel
+            );
+        }
+        *dst = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    }
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let meta: serde_json::Value = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("adamw"))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .with_context(|| format!("{}: metadata `adamw` missing", optim_path.display()))?;
+    opt.step =
+        meta["step"].as_u64().with_context(|| format!("{}: metadata `adamw.step` missing", optim_path.display()))?;
+    Ok((params, opt, state))
+}

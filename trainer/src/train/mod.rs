@@ -1,0 +1,369 @@
+//! `infinity train`: the training loop, in one readable function.
+//!
+//! Every random choice (initial weights, data order, self-correction flips, condition dropout) comes
+//! from a stream keyed by (seed, step, sample id), so a run is a pure function of its config and
+//! a resumed run continues bit for bit: a checkpoint needs no RNG state beyond the step.
+
+pub mod checkpoint;
+pub mod config;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use infinity_data::loader::plan::keyed_rng;
+use infinity_data::loader::{BadRows, Batch, Loader, LoaderOptions};
+use infinity_data::manifest::Manifest;
+use infinity_data::{Catalog, Checksums, Dataset};
+use infinity_kernels::bsq;
+use infinity_kernels::rope::RopeTable;
+use rand::Rng;
+use serde_json::json;
+
+use self::checkpoint::TrainState;
+use self::config::TrainConfig;
+use crate::model::bench::train_flops_per_token;
+use crate::model::init::{init_params, InitConfig};
+use crate::model::{
+    backward, forward_into, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig,
+    ModelInput, Params,
+};
+use crate::optim::{clip_grad_norm, AdamW};
+use crate::tensorboard::EventWriter;
+
+/// Keys of the random streams (see the module comment).
+const STREAM_INIT: u64 = 1;
+const STREAM_FLIPS: u64 = 2;
+const STREAM_DROP: u64 = 3;
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Continue from a checkpoint folder (`Some`), found by [`checkpoint::complete`] for `--resume auto`.
+    pub resume: Option<PathBuf>,
+    /// Stop after this step as if interrupted (tests and preemption drills).
+    pub stop_after: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub last_loss: f64,
+    pub last_bit_acc: f64,
+    pub skipped_steps: u64,
+    pub seconds: f64,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// One micro-batch in model form (owned buffers the `ModelInput` borrows).
+struct MicroBatch {
+    b: usize,
+    x_wo_prefix: Vec<f32>,
+    gt_bits: Vec<u8>,
+    labels: Vec<usize>,
+    kv: Vec<f32>,
+    cu: Vec<usize>,
+    dropped: Vec<bool>,
+}
+
+/// Bitwise self-correction and condition dropout for rows `rows` of `batch` at optimiser step `step`.
+fn prepare(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    m: &Manifest,
+    batch: &Batch,
+    rows: std::ops::Range<usize>,
+    scales: &[(usize, usize)],
+    step: u64,
+) -> MicroBatch {
+    let (d, seed) = (mc.d, cfg.run.seed);
+    let mut mb = MicroBatch {
+        b: rows.len(),
+        x_wo_prefix: vec![],
+        gt_bits: vec![],
+        labels: vec![],
+        kv: vec![],
+        cu: vec![0],
+        dropped: vec![],
+    };
+    for i in rows {
+        let id = batch.ids[i];
+        let latent =
+            batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
+        let mut rng = keyed_rng(seed, &[STREAM_FLIPS, step, id]);
+        let flips = bsq::draw_flips(scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers, &mut || rng.random::<f64>());
+        let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
+        mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
+        mb.gt_bits.extend_from_slice(&sc.bits);
+        let drop = keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < mc.cond_drop_rate;
+        match &mc.conditioning {
+            Conditioning::Class { num_classes } => {
+                let label = batch.class_label.as_ref().expect("class datasets carry labels")[i] as usize;
+                mb.labels.push(if drop { *num_classes } else { label });
+            }
+            Conditioning::Text => {
+                let info = m.conditions.text.as_ref().expect("text datasets declare their width");
+                let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
+                mb.kv.extend_from_slice(&t);
+                mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
+                mb.dropped.push(drop);
+            }
+        }
+    }
+    mb
+}
+
+/// Run (or resume) training as `cfg` says.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    // ---- setup: data, model, run folder ------------------------------------------------------
+    let ds = Arc::new(
+        Dataset::open(&cfg.data.dir, Checksums::Verify)
+            .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?,
+    );
+    let m = ds.manifest.clone();
+    let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+    let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+    let mc = cfg.model_config(m.d as usize, num_classes, text)?;
+    let lay = Layout::new(&mc);
+    let run = &cfg.run.dir;
+    std::fs::create_dir_all(run)
+        .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
+    let config_toml = toml::to_string(cfg).context("serialising the config")?;
+    let accum = cfg.data.global_batch / cfg.data.micro_batch;
+    let mean_l = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
+    let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
+    let derived = json!({
+        "parameters": lay.numel,
+        "model": mc,
+        "grad_accumulation": accum,
+        "tokens_per_step_mean": mean_l * cfg.data.global_batch as f64,
+        "train_flops_per_token_bucket0": flops_per_token,
+        "train_flops_per_step_mean": flops_per_token * mean_l * cfg.data.global_batch as f64,
+        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
+    });
+    let write = |name: &str, text: &str| -> Result<()> {
+        let p = run.join(name);
+        infinity_data::manifest::write_atomic(&p, text.as_bytes())
+            .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
+    };
+    write("config.toml", &config_toml)?;
+    write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+    println!(
+        "model: {} parameters ({:.2} M), {} micro-steps of {} per step",
+        lay.numel,
+        lay.numel as f64 / 1e6,
+        accum,
+        cfg.data.micro_batch
+    );
+    println!(
+        "tokens per step ≈ {:.0}, training FLOPs per step ≈ {:.3e}",
+        mean_l * cfg.data.global_batch as f64,
+        flops_per_token * mean_l * cfg.data.global_batch as f64
+    );
+
+    // ---- state: fresh or resumed -------------------------------------------------------------
+    let (mut params, mut opt, mut state) = match &opts.resume {
+        Some(dir) => {
+            let (p, o, s) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
+                .with_context(|| format!("resuming from {}", dir.display()))?;
+            println!("resumed from {} at step {}", dir.display(), s.step);
+            (p, o, Some(s))
+        }
+        None => (
+            init_params(&mc, &lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT)),
+            AdamW::new(cfg.optim.adamw.clone(), &lay),
+            None,
+        ),
+    };
+    let lo = LoaderOptions {
+        global_batch: cfg.data.global_batch,
+        seed: cfg.run.seed,
+        rank: 0,
+        world_size: 1,
+        workers: cfg.data.workers,
+        prefetch: 2,
+        bad_rows: BadRows::Error,
+    };
+    let mut loader = Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone()))?;
+    let mut st = state.take().unwrap_or(TrainState {
+        version: 0,
+        step: 0,
+        loader: loader.state(),
+        skipped_steps: 0,
+        nonfinite_run: 0,
+        model_crc32c: String::new(),
+        optim_crc32c: String::new(),
+    });
+    let mut tb = match EventWriter::create(&run.join("tb")) {
+        Ok(mut w) => {
+            let _ = w.text("config", &format!("```toml\n{config_toml}\n```"), st.step);
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!("TensorBoard logging disabled: {e}");
+            None
+        }
+    };
+    let mut jsonl = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join("metrics.jsonl"))
+        .context("opening metrics.jsonl")?;
+
+    // ---- the loop ------------------------------------------------------------------------------
+    let schedule = cfg.schedule();
+    let mut grads = Params::zeros(&lay);
+    let mut acts: Acts<f32> = Acts::default();
+    let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
+    let mut summary = TrainSummary::default();
+    let started = Instant::now();
+    while st.step < cfg.run.steps {
+        let t0 = Instant::now();
+        let batch = loader.next_batch()?;
+        let sched = &m.schedules[batch.bucket as usize];
+        let scales = sched.hw();
+        let rope = ropes.entry(batch.bucket).or_insert_with(|| {
+            let frame = Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
+            RopeTable::new(mc.head_dim(), &scales, frame)
+        });
+        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
+        for micro in 0..accum {
+            let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
+            let mb = prepare(cfg, &mc, &m, &batch, rows, &scales, st.step);
+            let weights: Vec<f64> =
+                token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
+            let cond = match mc.conditioning {
+                Conditioning::Class { .. } => Condition::Class { labels: &mb.labels },
+                Conditioning::Text => Condition::Text { kv_compact: &mb.kv, cu_seqlens: &mb.cu, dropped: &mb.dropped },
+            };
+            let inp = ModelInput {
+                b: mb.b,
+                scales: &scales,
+                rope,
+                x_wo_prefix: &mb.x_wo_prefix,
+                cond,
+                gt_bits: &mb.gt_bits,
+                token_weights: &weights,
+                label_smoothing: cfg.loss.label_smoothing,
+            };
+            forward_into(&mc, &lay, &params, &inp, &mut acts);
+            backward(&mc, &lay, &params, &inp, &acts, &mut grads);
+            loss += acts.ce.loss;
+            correct_bits += acts.ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
+                / (acts.ce.correct_bits.len() * mc.d) as f64
+                / accum as f64;
+            per_scale.push(scale_metrics(&acts.ce, mb.b, &scales, mc.d));
+        }
+        let grad_norm = clip_grad_norm(&mut grads.data, cfg.optim.clip);
+        let lr = schedule.lr(st.step, cfg.run.steps);
+        if loss.is_finite() && grad_norm.is_finite() {
+            st.nonfinite_run = 0;
+            opt.update(&mut params.data, &grads.data, lr);
+        } else {
+            st.skipped_steps += 1;
+            st.nonfinite_run += 1;
+            tracing::warn!("step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped", st.step + 1);
+            if st.nonfinite_run >= cfg.optim.max_nonfinite {
+                let last = checkpoint::complete(run).pop().map(|c| c.1.display().to_string()).unwrap_or("none".into());
+                bail!(
+                    "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
+                    st.nonfinite_run
+                );
+            }
+        }
+        st.step += 1;
+        st.loader = loader.state();
+
+        // ---- logging -----------------------------------------------------------------------------
+        let secs = t0.elapsed().as_secs_f64();
+        let tokens = (batch.len() * sched.num_tokens()) as f64;
+        let scale_loss: Vec<f64> =
+            (0..scales.len()).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>() / accum as f64).collect();
+        let scale_acc: Vec<f64> =
+            (0..scales.len()).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>() / accum as f64).collect();
+        let token_acc: f64 =
+            per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>()
+                / accum as f64;
+        let record = json!({
+            "step": st.step, "loss": loss, "bit_acc": correct_bits, "token_acc": token_acc, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": tokens / secs, "samples_per_s": batch.len() as f64 / secs, "step_time_s": secs,
+            "bucket": batch.bucket, "scale_loss": scale_loss, "scale_bit_acc": scale_acc, "skipped_steps": st.skipped_steps,
+        });
+        writeln!(jsonl, "{record}").context("writing metrics.jsonl")?;
+        if let Some(w) = tb.as_mut() {
+            let mut log = || -> std::io::Result<()> {
+                for (tag, v) in [
+                    ("train/loss", loss),
+                    ("train/bit_acc", correct_bits),
+                    ("train/token_acc", token_acc),
+                    ("train/lr", lr),
+                    ("train/grad_norm", grad_norm),
+                    ("perf/tokens_per_s", tokens / secs),
+                    ("perf/samples_per_s", batch.len() as f64 / secs),
+                    ("perf/step_time_s", secs),
+                ] {
+                    w.scalar(tag, v, st.step)?;
+                }
+                for (s, (l, a)) in scale_loss.iter().zip(&scale_acc).enumerate() {
+                    w.scalar(&format!("scale/loss_s{s:02}"), *l, st.step)?;
+                    w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, st.step)?;
+                }
+                w.flush()
+            };
+            if let Err(e) = log() {
+                tracing::warn!("TensorBoard write failed, logging disabled: {e}");
+                tb = None;
+            }
+        }
+        if st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps {
+            let elapsed = started.elapsed().as_secs_f64();
+            let eta = elapsed / (st.step as f64) * (cfg.run.steps - st.step) as f64;
+            println!(
+                "step {:>6}/{} | loss {loss:.4} | bit acc {:5.1}% | lr {lr:.2e} | grad {grad_norm:.3} | {:.0} tok/s | ETA {}",
+                st.step,
+                cfg.run.steps,
+                100.0 * correct_bits,
+                tokens / secs,
+                fmt_secs(eta)
+            );
+        }
+        summary.last_loss = loss;
+        summary.last_bit_acc = correct_bits;
+
+        // ---- checkpoint --------------------------------------------------------------------------
+        let every = cfg.checkpoint.every;
+        if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps {
+            let dir = checkpoint::save(run, &mc, &lay, &params, &opt, st.clone(), &config_toml)?;
+            checkpoint::prune(run, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)?;
+            summary.last_checkpoint = Some(dir);
+        }
+        if opts.stop_after == Some(st.step) {
+            break;
+        }
+    }
+    summary.steps = st.step;
+    summary.skipped_steps = st.skipped_steps;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn keyed_seed(seed: u64, stream: u64) -> u64 {
+    keyed_rng(seed, &[stream]).random()
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// `--resume auto`: the newest complete checkpoint of the run, if any.
+pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
+    checkpoint::complete(run).pop().map(|c| c.1)
+}

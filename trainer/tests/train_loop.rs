@@ -1,0 +1,152 @@
+//! The training loop: a resumed run is bitwise identical to an uninterrupted one; bad checkpoints,
+//! mismatched configs and unwritable run folders give clear errors and lose nothing.
+
+use std::path::{Path, PathBuf};
+
+use infinity_data::synth::{synth, SynthOptions};
+use infinity_data::writer::WriterOptions;
+use infinity_trainer::optim::Decay;
+use infinity_trainer::train::config::{
+    BscSection, CheckpointSection, DataSection, LossSection, ModelSection, OptimSection, RunConfig, TrainConfig,
+};
+use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
+
+fn dataset(dir: &Path) {
+    let opts = SynthOptions {
+        rows: 96,
+        fit_rows: 48,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(dir, &opts).unwrap();
+}
+
+fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
+    TrainConfig {
+        run: RunConfig { dir: run, seed: 7, steps: 6, log_every: 100 },
+        model: ModelSection {
+            preset: "tiny".into(),
+            depth: Some(1),
+            embed_dim: None,
+            num_heads: None,
+            mlp_ratio: None,
+            conditioning: conditioning.into(),
+            cond_drop_rate: 0.25,
+        },
+        data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: 4, workers: 1 },
+        optim: OptimSection {
+            lr: 3e-3,
+            warmup_steps: 2,
+            decay: Decay::Cosine { min_ratio: 0.1 },
+            adamw: Default::default(),
+            clip: 1.0,
+            max_nonfinite: 3,
+        },
+        bsc: BscSection { p_max: 0.3, apply_layers: 13 },
+        loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
+        checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0 },
+    }
+}
+
+fn read(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    for conditioning in ["class", "text"] {
+        let whole = config(&data, tmp.path().join(format!("whole-{conditioning}")), conditioning);
+        let s = train(&whole, &TrainOptions::default()).unwrap();
+        assert_eq!(s.steps, 6);
+        assert!(s.last_loss.is_finite() && s.last_loss < 0.75, "{conditioning}: loss {}", s.last_loss);
+
+        let split = config(&data, tmp.path().join(format!("split-{conditioning}")), conditioning);
+        train(&split, &TrainOptions { resume: None, stop_after: Some(4) }).unwrap();
+        // interrupted after step 4: the newest complete checkpoint is step 3
+        let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+        assert!(ckpt.ends_with("step-00000003"), "{}", ckpt.display());
+        train(&split, &TrainOptions { resume: Some(ckpt), stop_after: None }).unwrap();
+
+        let end = |c: &TrainConfig, f: &str| read(c.run.dir.join("checkpoints/step-00000006").join(f));
+        assert!(
+            end(&whole, "model.safetensors") == end(&split, "model.safetensors"),
+            "{conditioning}: weights differ after resume"
+        );
+        assert!(
+            end(&whole, "optim.safetensors") == end(&split, "optim.safetensors"),
+            "{conditioning}: optimiser state differs after resume"
+        );
+        // the metrics of the resumed steps equal the uninterrupted run's
+        let lines = |c: &TrainConfig| std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
+        let loss_of = |text: String, step: u64| {
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["step"] == step)
+                .map(|v| v["loss"].as_f64().unwrap())
+                .next_back()
+                .unwrap()
+        };
+        assert_eq!(loss_of(lines(&whole), 6), loss_of(lines(&split), 6));
+    }
+}
+
+#[test]
+fn bad_checkpoints_and_configs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3) }).unwrap();
+    let ckpt = latest_checkpoint(&cfg.run.dir).unwrap();
+
+    // a config that does not match the checkpoint: every mismatching name and shape is listed
+    let mut wider = cfg.clone();
+    wider.model.embed_dim = Some(128);
+    wider.model.num_heads = Some(4);
+    let e = format!("{:#}", train(&wider, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None }).unwrap_err());
+    assert!(
+        e.contains("does not match the model config") && e.contains("word_embed.weight") && e.contains("[128, 16]"),
+        "{e}"
+    );
+
+    // a corrupt checkpoint is refused by checksum, and the file is left as it was
+    let model = ckpt.join("model.safetensors");
+    let mut bytes = read(model.clone());
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&model, &bytes).unwrap();
+    let e = format!("{:#}", train(&cfg, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None }).unwrap_err());
+    assert!(e.contains("model.safetensors") && e.contains("corrupt checkpoint"), "{e}");
+
+    // an incomplete checkpoint (no DONE marker) is not offered by --resume auto
+    std::fs::remove_file(ckpt.join("DONE")).unwrap();
+    assert!(latest_checkpoint(&cfg.run.dir).is_none());
+
+    // an unwritable run folder is named
+    let blocker = tmp.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut bad = cfg.clone();
+    bad.run.dir = blocker.join("run");
+    let e = format!("{:#}", train(&bad, &TrainOptions::default()).unwrap_err());
+    assert!(e.contains("cannot be created"), "{e}");
+}
+
+#[test]
+fn config_files_reject_unknown_keys_and_take_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("c.toml");
+    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo-cpu.toml")).unwrap();
+    std::fs::write(&path, &base).unwrap();
+    use infinity_trainer::train::config::TrainConfig as C;
+    let c = C::load(&path, &["optim.lr=0.01".into(), "run.steps=7".into()]).unwrap();
+    assert_eq!((c.optim.lr, c.run.steps), (0.01, 7));
+    std::fs::write(&path, base.replace("clip = 2.0", "clip = 2.0\nclipp = 1.0")).unwrap();
+    let e = format!("{:#}", C::load(&path, &[]).unwrap_err());
+    assert!(e.contains("optim") && e.contains("clipp"), "{e}");
+    std::fs::write(&path, &base).unwrap();
+    let e = format!("{:#}", C::load(&path, &["data.micro_batch=5".into()]).unwrap_err());
+    assert!(e.contains("multiple of data.micro_batch"), "{e}");
+}
