@@ -156,58 +156,20 @@ pub(crate) fn part<T: Real>(rows: &[T], b: usize, k: usize, j: usize, c: usize) 
     out
 }
 
-/// [`part`] into a reused buffer.
-pub(crate) fn part_into<T: Real>(out: &mut Vec<T>, rows: &[T], b: usize, k: usize, j: usize, c: usize) {
-    out.clear();
-    for i in 0..b {
-        out.extend_from_slice(&rows[i * k * c + j * c..i * k * c + (j + 1) * c]);
-    }
-}
-
-/// Scale index of every token of `b` samples: `[B·L]`.
-pub(crate) fn scale_index(b: usize, scales: &[(usize, usize)]) -> Vec<usize> {
-    let one: Vec<usize> = scales.iter().enumerate().flat_map(|(s, &(h, w))| std::iter::repeat_n(s, h * w)).collect();
-    (0..b).flat_map(|_| one.iter().copied()).collect()
-}
-
-/// Resize `v` to `n` zeros, keeping its allocation: activations are allocated on the first step and
-/// reused after (fresh multi-megabyte buffers cost a page fault per 4 KiB on every step).
-pub(crate) fn zeroed<T: Real>(v: &mut Vec<T>, n: usize) {
-    v.clear();
-    v.resize(n, T::zero());
-}
-
-/// Copy `src` into `dst`, keeping `dst`'s allocation.
-pub(crate) fn copy_into<T: Real>(dst: &mut Vec<T>, src: &[T]) {
-    dst.clear();
-    dst.extend_from_slice(src);
-}
-
-/// `exp(min(scale_mul, ln 100))` per head: the cosine-attention logit scale.
-pub(crate) fn attn_gain<T: Real>(scale_mul: &[T]) -> Vec<T> {
-    scale_mul.iter().map(|&s| s.min(T::of(100f64.ln())).exp()).collect()
-}
-
-/// Run the model and the loss. `acts.dlogits` holds `∂loss/∂logits` for the backward.
-pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>) -> Acts<T> {
-    let mut a = Acts::default();
-    forward_into(cfg, lay, p, inp, &mut a);
-    a
-}
-
-/// [`forward`] into activations from an earlier step, reusing their buffers.
-pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>, a: &mut Acts<T>) {
-    let (b, c, d) = (inp.b, cfg.embed_dim, cfg.d);
-    let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
-    let n = b * l;
+/// The condition of `b` samples: text path (text_norm, attention pool → `cond`, `text_proj_for_ca` →
+/// cross-attention context) or class embedding, then the shared and head AdaLN MLPs. Fills `a.text`,
+/// `a.pool_segs`, `a.cond`, `a.cond_silu`, `a.shared_gss`, `a.head_ss`.
+pub(crate) fn condition_forward<T: Real>(
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &Params<T>,
+    cond: Condition<T>,
+    b: usize,
+    a: &mut Acts<T>,
+) {
+    let c = cfg.embed_dim;
     let w = |name: &str| p.get(lay, name);
-    assert_eq!(inp.x_wo_prefix.len(), b * (l - 1) * d, "forward: x_wo_prefix is not [B, L-1, d]");
-    assert_eq!(inp.gt_bits.len(), n * d, "forward: gt_bits is not [B, L, d]");
-    (a.b, a.l) = (b, l);
-    a.blocks.resize_with(cfg.depth, Default::default);
-
-    // ---- condition -------------------------------------------------------------------------
-    match inp.cond {
+    match cond {
         Condition::Text { kv_compact, cu_seqlens, dropped } => {
             let ct = cfg.text_channels;
             let nt = cu_seqlens[b];
@@ -274,9 +236,6 @@ pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp
                 c,
                 c,
             );
-            a.ca_segs = (0..b)
-                .map(|bi| Segment { q0: bi * l, nq: l, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
-                .collect();
             a.text = Some(t);
         }
         Condition::Class { labels } => {
@@ -306,6 +265,66 @@ pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp
         c,
         2 * c,
     );
+}
+
+/// [`part`] into a reused buffer.
+pub(crate) fn part_into<T: Real>(out: &mut Vec<T>, rows: &[T], b: usize, k: usize, j: usize, c: usize) {
+    out.clear();
+    for i in 0..b {
+        out.extend_from_slice(&rows[i * k * c + j * c..i * k * c + (j + 1) * c]);
+    }
+}
+
+/// Scale index of every token of `b` samples: `[B·L]`.
+pub(crate) fn scale_index(b: usize, scales: &[(usize, usize)]) -> Vec<usize> {
+    let one: Vec<usize> = scales.iter().enumerate().flat_map(|(s, &(h, w))| std::iter::repeat_n(s, h * w)).collect();
+    (0..b).flat_map(|_| one.iter().copied()).collect()
+}
+
+/// Resize `v` to `n` zeros, keeping its allocation: activations are allocated on the first step and
+/// reused after (fresh multi-megabyte buffers cost a page fault per 4 KiB on every step).
+pub(crate) fn zeroed<T: Real>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.resize(n, T::zero());
+}
+
+/// Copy `src` into `dst`, keeping `dst`'s allocation.
+pub(crate) fn copy_into<T: Real>(dst: &mut Vec<T>, src: &[T]) {
+    dst.clear();
+    dst.extend_from_slice(src);
+}
+
+/// `exp(min(scale_mul, ln 100))` per head: the cosine-attention logit scale.
+pub(crate) fn attn_gain<T: Real>(scale_mul: &[T]) -> Vec<T> {
+    scale_mul.iter().map(|&s| s.min(T::of(100f64.ln())).exp()).collect()
+}
+
+/// Run the model and the loss. `acts.dlogits` holds `∂loss/∂logits` for the backward.
+pub fn forward<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>) -> Acts<T> {
+    let mut a = Acts::default();
+    forward_into(cfg, lay, p, inp, &mut a);
+    a
+}
+
+/// [`forward`] into activations from an earlier step, reusing their buffers.
+pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp: &ModelInput<T>, a: &mut Acts<T>) {
+    let (b, c, d) = (inp.b, cfg.embed_dim, cfg.d);
+    let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
+    let n = b * l;
+    let w = |name: &str| p.get(lay, name);
+    assert_eq!(inp.x_wo_prefix.len(), b * (l - 1) * d, "forward: x_wo_prefix is not [B, L-1, d]");
+    assert_eq!(inp.gt_bits.len(), n * d, "forward: gt_bits is not [B, L, d]");
+    (a.b, a.l) = (b, l);
+    a.blocks.resize_with(cfg.depth, Default::default);
+
+    // ---- condition -------------------------------------------------------------------------
+    condition_forward(cfg, lay, p, inp.cond, b, a);
+    if let (Some(t), Condition::Text { cu_seqlens, .. }) = (&a.text, inp.cond) {
+        debug_assert_eq!(t.cu, cu_seqlens);
+        a.ca_segs = (0..b)
+            .map(|bi| Segment { q0: bi * l, nq: l, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
+            .collect();
+    }
 
     // ---- input tokens: start token, word embeddings, level embedding ---------------------------
     let mut x = std::mem::take(&mut a.blocks[0].x_in);

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod init;
 pub mod io;
 pub mod params;
+pub mod sample;
 
 pub use backward::backward;
 pub use config::{Conditioning, ModelConfig};
