@@ -2,6 +2,7 @@
 //! command line end to end. One test binary (as ripgrep does), modules by topic.
 
 mod cli_data;
+mod cli_train;
 mod golden_check;
 mod pyarrow_interop;
 mod tensorboard_reader;

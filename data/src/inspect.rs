@@ -233,9 +233,14 @@ pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
     if images.is_empty() {
         return Err(err("no images to write".into()));
     }
+    grid_image(images, cols).save(path).map_err(|e| err(e.to_string()))
+}
+
+/// The grid of [`save_grid`] as an RGB image (`images` must not be empty).
+pub fn grid_image(images: &[Image], cols: usize) -> image::RgbImage {
     let (ch, cw) = images.iter().fold((0, 0), |(h, w), i| (h.max(i.h), w.max(i.w)));
-    let zoom = 96usize.div_ceil(ch.max(cw)).max(1);
-    let cols = cols.min(images.len());
+    let zoom = 96usize.div_ceil(ch.max(cw).max(1)).max(1);
+    let cols = cols.clamp(1, images.len().max(1));
     let rows = images.len().div_ceil(cols);
     let pad = 2;
     let (gw, gh) = (cols * (cw * zoom + pad) + pad, rows * (ch * zoom + pad) + pad);
@@ -250,5 +255,5 @@ pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
             }
         }
     }
-    canvas.save(path).map_err(|e| err(e.to_string()))
+    canvas
 }

@@ -181,6 +181,11 @@ impl Sample {
     }
 }
 
+/// The `encoder` a manifest names for [`embed_caption`] features.
+pub fn text_encoder_name() -> String {
+    format!("synth word table (seed {TEXT_ENCODER_SEED:#x}, {} words)", vocabulary().len())
+}
+
 /// Vocabulary of the captions, in a fixed order.
 pub fn vocabulary() -> Vec<&'static str> {
     let mut v = vec!["a"];
@@ -258,7 +263,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
                 width: opts.text_width as u32,
                 dtype: TextDtype::F16,
                 max_tokens: 8,
-                encoder: format!("synth word table (seed {TEXT_ENCODER_SEED:#x}, {} words)", vocabulary().len()),
+                encoder: text_encoder_name(),
             }),
             caption: true,
         },

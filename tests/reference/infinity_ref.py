@@ -342,10 +342,30 @@ def make_bsq_fixture(out, name, template, budget, d, B, seed):
         json.dump(cfg, f, indent=1)
 
 
+def write_state_dict_listing(path):
+    """Names and shapes of the reference model for the shapes `infinity export` is tested with."""
+    models = []
+    for kwargs, d in [(dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0, norm_eps=1e-6, text_channels=32,
+                            text_maxlen=8), 16),
+                      (dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0, norm_eps=1e-6, text_channels=32,
+                            text_maxlen=8), 16)]:
+        sd = Infinity(d=d, **kwargs).state_dict()
+        models.append({"constructor_kwargs": kwargs, "d": d, "state_dict": {k: list(v.shape) for k, v in sd.items()}})
+    with open(path, "w") as f:
+        json.dump({"made_by": f"tests/reference/infinity_ref.py --state-dict (torch {torch.__version__})",
+                   "models": models}, f, indent=1)
+    print("wrote", path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(HERE, "..", "golden"))
+    p.add_argument("--state-dict", metavar="JSON", help="only list the state_dict names and shapes of the models "
+                   "tests/export checks (tools/check_export.py --expect)")
     a = p.parse_args()
+    if a.state_dict:
+        write_state_dict_listing(a.state_dict)
+        return
     tiny = dict(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, norm_eps=1e-6, text_channels=128, text_maxlen=6)
     make_model_fixture(a.out, "model-tiny-square", "1.000", "demo4", tiny, d=16, B=2, seed=1, flips=True)
     make_model_fixture(a.out, "model-tiny-wide", "0.500", "demo5", dict(tiny, num_heads=2), d=8, B=2, seed=2, flips=False)

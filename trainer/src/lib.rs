@@ -1,8 +1,11 @@
-//! The trainer crate: the Infinity transformer (`model`), and the `infinity` command line (`cli`).
-//! The training loop, checkpoints and sampling land here next (issue 4).
+//! The trainer crate: the Infinity transformer (`model`), AdamW and schedules (`optim`), the training
+//! loop and checkpoints (`train`), sampling to images (`infer`), export, TensorBoard logs and the
+//! `infinity` command line (`cli`).
 
 pub mod cli;
+pub mod export;
 pub mod golden;
+pub mod infer;
 pub mod model;
 pub mod optim;
 pub mod tensorboard;

@@ -7,7 +7,8 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::optim::Decay;
 use infinity_trainer::train::config::{
-    BscSection, CheckpointSection, DataSection, LossSection, ModelSection, OptimSection, RunConfig, TrainConfig,
+    BscSection, CheckpointSection, DataSection, LossSection, ModelSection, OptimSection, RunConfig, SampleSection,
+    TrainConfig,
 };
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
@@ -23,7 +24,7 @@ fn dataset(dir: &Path) {
 
 fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
     TrainConfig {
-        run: RunConfig { dir: run, seed: 7, steps: 6, log_every: 100 },
+        run: RunConfig { dir: run, seed: 7, steps: 6, log_every: 100, peak_tflops: Some(1.0) },
         model: ModelSection {
             preset: "tiny".into(),
             depth: Some(1),
@@ -45,6 +46,8 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
         bsc: BscSection { p_max: 0.3, apply_layers: 13 },
         loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
         checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0 },
+        // grids at steps 3 and 6 exercise sampling inside the loop (and must not disturb resumption)
+        sample: SampleSection { every: 3, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
     }
 }
 
@@ -79,6 +82,10 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
             end(&whole, "optim.safetensors") == end(&split, "optim.safetensors"),
             "{conditioning}: optimiser state differs after resume"
         );
+        // the sample grids are logged at steps 3 and 6 and depend only on the weights
+        let grid = |c: &TrainConfig, step: u64| read(c.run.dir.join(format!("samples/step-{step:08}.png")));
+        assert!(grid(&whole, 3).len() > 100, "{conditioning}: empty grid");
+        assert!(grid(&whole, 6) == grid(&split, 6), "{conditioning}: sample grids differ after resume");
         // the metrics of the resumed steps equal the uninterrupted run's
         let lines = |c: &TrainConfig| std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
         let loss_of = |text: String, step: u64| {
@@ -149,4 +156,71 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     std::fs::write(&path, &base).unwrap();
     let e = format!("{:#}", C::load(&path, &["data.micro_batch=5".into()]).unwrap_err());
     assert!(e.contains("multiple of data.micro_batch"), "{e}");
+}
+
+#[test]
+fn every_preset_in_configs_loads_and_extends_merges() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut files = vec![];
+    for dir in [root.clone(), root.join("upstream")] {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") && !p.ends_with("base.toml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 17, "found {} presets", files.len());
+    for f in &files {
+        let c = TrainConfig::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+        assert!(infinity_trainer::model::ModelConfig::preset(&c.model.preset).is_some(), "{}", f.display());
+    }
+    let c = TrainConfig::load(&root.join("upstream/2b-512.toml"), &[]).unwrap();
+    assert_eq!((c.model.preset.as_str(), c.optim.clip, c.optim.adamw.beta2), ("2b", 5.0, 0.97), "base values merge");
+
+    // the extending file wins; a cycle is an error naming the files
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(root.join("upstream/base.toml")).unwrap();
+    std::fs::write(tmp.path().join("base.toml"), base).unwrap();
+    let child = "extends = \"base.toml\"\n[run]\ndir = \"r\"\nsteps = 7\n[model]\npreset = \"tiny\"\n\
+                 [data]\ndir = \"d\"\nglobal_batch = 4\nmicro_batch = 2\n[optim]\nlr = 1e-3\nclip = 1.5\n";
+    std::fs::write(tmp.path().join("child.toml"), child).unwrap();
+    let c = TrainConfig::load(&tmp.path().join("child.toml"), &[]).unwrap();
+    assert_eq!((c.run.steps, c.run.log_every, c.optim.clip, c.optim.adamw.weight_decay), (7, 50, 1.5, 0.005));
+    std::fs::write(tmp.path().join("a.toml"), "extends = \"b.toml\"").unwrap();
+    std::fs::write(tmp.path().join("b.toml"), "extends = \"a.toml\"").unwrap();
+    let e = format!("{:#}", TrainConfig::load(&tmp.path().join("a.toml"), &[]).unwrap_err());
+    assert!(e.contains("deeper than 8"), "{e}");
+}
+
+/// A full disk, simulated with a file-size limit (`ulimit -f`, SIGXFSZ ignored so writes fail with
+/// EFBIG): the run stops with an error naming the file, and the checkpoint saved before is intact.
+#[test]
+fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    cfg.sample.every = 0;
+    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3) }).unwrap();
+    let before = latest_checkpoint(&cfg.run.dir).unwrap();
+    let model_bytes = read(before.join("model.safetensors"));
+
+    let cfg_path = tmp.path().join("train.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    // 64 KiB per file: logs fit, a model checkpoint (≈ 150 KB f32) does not
+    let out = std::process::Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", cfg_path.to_str().unwrap(), "--resume", "auto"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "training must fail when the disk is full");
+    assert!(stderr.contains("model.safetensors") || stderr.contains("optim.safetensors"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // the earlier checkpoint is still the newest complete one, byte for byte
+    assert_eq!(latest_checkpoint(&cfg.run.dir).unwrap(), before);
+    assert!(read(before.join("model.safetensors")) == model_bytes);
+    train(&cfg, &TrainOptions { resume: Some(before), stop_after: None }).unwrap();
 }

@@ -1,8 +1,10 @@
 //! `infinity <subcommand>`: `main` parses, `run` dispatches and returns an exit code, errors print once.
 
 mod data;
+mod export;
 mod golden;
 mod model;
+mod sample;
 mod train;
 
 use std::ffi::OsString;
@@ -27,6 +29,10 @@ enum Command {
     Golden(golden::GoldenCommand),
     /// Train a model (CPU for now) from a TOML config.
     Train(train::TrainArgs),
+    /// Sample images (or bits) from a checkpoint with classifier-free guidance.
+    Sample(sample::SampleArgs),
+    /// Export inference weights (upstream names, f32 or bf16) and a config.json.
+    Export(export::ExportArgs),
     /// Model sizes, FLOPs and CPU throughput.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -44,6 +50,8 @@ where
         Command::Golden(cmd) => golden::run(cmd),
         Command::Model(cmd) => model::run(cmd),
         Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 

@@ -61,7 +61,8 @@ pub fn weights_bytes(
     Ok(safetensors::serialize(views, metadata)?)
 }
 
-fn to_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+/// Values of a safetensors tensor (f32, bf16 or f16) as f32.
+pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
         Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
@@ -84,7 +85,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
             problems.push(format!("`{name}`: malformed block key"));
             continue;
         };
-        let v = to_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+        let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
         if canon.ends_with("zero_k_bias") {
             if v.iter().any(|&x| x != 0.0) {
                 problems.push(format!("`{name}`: buffer must be all zeros"));

@@ -42,6 +42,28 @@ pub enum SampleCondition {
     },
 }
 
+impl SampleCondition {
+    /// Each condition `k` times in a row; `ct` is the text width.
+    pub fn repeat(self, k: usize, ct: usize) -> SampleCondition {
+        match self {
+            SampleCondition::Class(ids) => {
+                SampleCondition::Class(ids.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect())
+            }
+            SampleCondition::Text { kv, lens } => {
+                let (mut kv_k, mut lens_k, mut at) = (Vec::new(), Vec::new(), 0);
+                for &len in &lens {
+                    for _ in 0..k {
+                        kv_k.extend_from_slice(&kv[at * ct..(at + len) * ct]);
+                        lens_k.push(len);
+                    }
+                    at += len;
+                }
+                SampleCondition::Text { kv: kv_k, lens: lens_k }
+            }
+        }
+    }
+}
+
 /// Result per sample: bits `[L, d]`, the summed codes `[d, H, W]` for the decoder, and for checking
 /// against the training forward the inputs `[L−1, d]` each scale was fed and the conditional logits
 /// `[L, 2d]`.

@@ -1,6 +1,6 @@
 //! Checkpoints: `RUN/checkpoints/step-00000100/` holding `model.safetensors` (upstream names),
-//! `optim.safetensors` (AdamW moments), `state.json` (step, loader position, counters, checksums) and
-//! `config.toml`. Written into a temporary folder, each file fsynced, the folder renamed into place, and
+//! `optim.safetensors` (AdamW moments), `state.json` (step, loader position, counters, checksums),
+//! `config.toml` and `model.json` (the resolved model shape, so sampling and export need no dataset). Written into a temporary folder, each file fsynced, the folder renamed into place, and
 //! a `DONE` marker written last: a folder without `DONE` is incomplete and ignored, so a crash or a
 //! full disk mid-save never loses the previous checkpoint.
 
@@ -14,11 +14,13 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use super::config::TrainConfig;
 use crate::model::io::{load_weights, weights_bytes, SaveDtype};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
 
 pub const DONE: &str = "DONE";
+const MODEL_JSON: &str = "model.json";
 const STATE_VERSION: u32 = 1;
 
 /// Everything besides tensors that a resumed run needs to continue bit for bit.
@@ -90,6 +92,7 @@ pub fn save(
     write_synced(&tmp.join("optim.safetensors"), &optim)?;
     write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
     write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
+    write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
     sync_dir(&tmp);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
@@ -132,13 +135,54 @@ pub fn prune(run: &Path, keep_last: usize, keep_every: u64) -> Result<()> {
     Ok(())
 }
 
-/// Load a checkpoint folder, verifying checksums, names and shapes against `cfg`.
-pub fn load(
-    dir: &Path,
-    cfg: &ModelConfig,
-    lay: &Layout,
-    adamw: &AdamWConfig,
-) -> Result<(Params<f32>, AdamW, TrainState)> {
+/// A checkpoint folder, or a run folder (its newest complete checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(DONE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("state.json").is_file() {
+        bail!("{}: incomplete checkpoint (no {DONE} marker)", path.display());
+    }
+    match complete(path).pop() {
+        Some((_, dir)) => Ok(dir),
+        None if path.exists() => {
+            bail!("{}: neither a checkpoint nor a run folder with a complete checkpoint", path.display())
+        }
+        None => bail!("{}: no such checkpoint or run folder", path.display()),
+    }
+}
+
+/// The model of a checkpoint, for sampling and export: its shape, training config, weights and step.
+pub struct CheckpointModel {
+    pub dir: PathBuf,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub params: Params<f32>,
+    pub step: u64,
+}
+
+/// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes.
+pub fn load_model(path: &Path) -> Result<CheckpointModel> {
+    let dir = resolve(path)?;
+    let state = read_state(&dir)?;
+    verify_crc(&dir.join("model.safetensors"), &state.model_crc32c)?;
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display())).map(|t| (p, t))
+    };
+    let (p, text) = read(MODEL_JSON)?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let model: ModelConfig = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", p.display(), e.path(), e.inner()))?;
+    model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let (p, text) = read("config.toml")?;
+    let train: TrainConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let lay = Layout::new(&model);
+    let params = load_weights(&dir.join("model.safetensors"), &model, &lay)?;
+    Ok(CheckpointModel { dir, model, train, params, step: state.step })
+}
+
+fn read_state(dir: &Path) -> Result<TrainState> {
     ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
@@ -151,11 +195,26 @@ pub fn load(
         state_path.display(),
         state.version
     );
+    Ok(state)
+}
+
+fn verify_crc(p: &Path, want: &str) -> Result<()> {
+    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    let found = format!("{:08x}", crc32c::crc32c(&bytes));
+    ensure!(found == want, "{}: crc32c {found}, state.json expects {want} (corrupt checkpoint)", p.display());
+    Ok(())
+}
+
+/// Load a checkpoint folder, verifying checksums, names and shapes against `cfg`.
+pub fn load(
+    dir: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    adamw: &AdamWConfig,
+) -> Result<(Params<f32>, AdamW, TrainState)> {
+    let state = read_state(dir)?;
     for (file, want) in [("model.safetensors", &state.model_crc32c), ("optim.safetensors", &state.optim_crc32c)] {
-        let p = dir.join(file);
-        let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-        let found = format!("{:08x}", crc32c::crc32c(&bytes));
-        ensure!(&found == want, "{}: crc32c {found}, state.json expects {want} (corrupt checkpoint)", p.display());
+        verify_crc(&dir.join(file), want)?;
     }
     let params = load_weights(&dir.join("model.safetensors"), cfg, lay)?;
     let optim_path = dir.join("optim.safetensors");

@@ -1,6 +1,7 @@
-//! The typed training config: TOML file, then `INF__SECTION__KEY` environment variables, then
-//! `--set section.key=value` overrides (in that order of precedence, lowest first). Unknown keys are
-//! errors naming their path; everything is validated before anything is allocated.
+//! The typed training config: TOML file (which may `extends = "base.toml"` another), then
+//! `INF__SECTION__KEY` environment variables, then `--set section.key=value` overrides (in that order of
+//! precedence, lowest first). Unknown keys are errors naming their path; everything is validated
+//! before anything is allocated.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,8 @@ pub struct TrainConfig {
     pub loss: LossSection,
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    #[serde(default)]
+    pub sample: SampleSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +40,9 @@ pub struct RunConfig {
     /// Log every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
+    /// Peak dense FLOP/s of one device in TFLOP/s (e.g. 989 for an H100 in bf16): enables MFU logging.
+    #[serde(default)]
+    pub peak_tflops: Option<f64>,
 }
 
 fn default_log_every() -> u64 {
@@ -148,11 +154,68 @@ impl Default for CheckpointSection {
     }
 }
 
+/// A TOML file as a table, with `extends = "base.toml"` (relative to the file) merged underneath it:
+/// tables merge key by key, the extending file wins.
+fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
+    if depth > 8 {
+        bail!("{}: `extends` nests deeper than 8 files (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    match table.remove("extends") {
+        None => Ok(table),
+        Some(toml::Value::String(base)) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+            let mut merged =
+                load_table(&base_path, depth + 1).with_context(|| format!("{}: extends {base}", path.display()))?;
+            merge(&mut merged, table);
+            Ok(merged)
+        }
+        Some(v) => bail!("{}: `extends` must be a file name, found {v}", path.display()),
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sample grids logged to TensorBoard (and `RUN/samples/`) during training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    /// Every this many steps, and at the end; 0 = never.
+    pub every: u64,
+    /// Conditions in the grid (classes spread over the label range, or the first rows' captions).
+    pub n: usize,
+    /// Samples per condition.
+    pub per_condition: usize,
+    pub cfg: f64,
+    /// Temperature and per-bit top-p (0 = off), as `infinity sample --tau --top-p`.
+    pub tau: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        SampleSection { every: 0, n: 8, per_condition: 2, cfg: 3.0, tau: 1.0, top_p: 0.0, seed: 0 }
+    }
+}
+
 impl TrainConfig {
-    /// Load `path`, apply `INF__…` environment variables and `key.path=value` overrides.
+    /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
+    /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        let merged = toml::to_string(&load_table(path, 0)?).context("re-serialising the merged config")?;
         let mut b =
-            config::Config::builder().add_source(config::File::from(path).format(config::FileFormat::Toml)).add_source(
+            config::Config::builder().add_source(config::File::from_str(&merged, config::FileFormat::Toml)).add_source(
                 config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true),
             );
         for o in overrides {
@@ -162,7 +225,7 @@ impl TrainConfig {
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built)
             .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
-        cfg.validate()?;
+        cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
     }
 
@@ -190,6 +253,15 @@ impl TrainConfig {
         }
         if !matches!(self.model.conditioning.as_str(), "class" | "text") {
             bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);
+        }
+        if self.run.peak_tflops.is_some_and(|p| p.is_nan() || p <= 0.0) {
+            bail!("run.peak_tflops must be positive");
+        }
+        if self.sample.every > 0 && (self.sample.n == 0 || self.sample.per_condition == 0) {
+            bail!("sample.n and sample.per_condition must be positive when sample.every > 0");
+        }
+        if self.sample.tau.is_nan() || self.sample.tau <= 0.0 || !(0.0..1.0).contains(&self.sample.top_p) {
+            bail!("sample.tau must be positive and sample.top_p in [0, 1)");
         }
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");

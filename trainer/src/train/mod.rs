@@ -6,9 +6,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod log;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,14 +25,15 @@ use serde_json::json;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
+use self::log::{Logger, StepMetrics};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
+use crate::model::sample::SampleOptions;
 use crate::model::{
     backward, forward_into, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig,
     ModelInput, Params,
 };
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::tensorboard::EventWriter;
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -196,21 +197,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         model_crc32c: String::new(),
         optim_crc32c: String::new(),
     });
-    let mut tb = match EventWriter::create(&run.join("tb")) {
-        Ok(mut w) => {
-            let _ = w.text("config", &format!("```toml\n{config_toml}\n```"), st.step);
-            Some(w)
-        }
-        Err(e) => {
-            tracing::warn!("TensorBoard logging disabled: {e}");
-            None
-        }
-    };
-    let mut jsonl = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.join("metrics.jsonl"))
-        .context("opening metrics.jsonl")?;
+    let mut logger = Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?;
+    let preview = Preview::new(cfg, &mc, &ds)?;
 
     // ---- the loop ------------------------------------------------------------------------------
     let schedule = cfg.schedule();
@@ -287,48 +275,25 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let token_acc: f64 =
             per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>()
                 / accum as f64;
-        let record = json!({
-            "step": st.step, "loss": loss, "bit_acc": correct_bits, "token_acc": token_acc, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": tokens / secs, "samples_per_s": batch.len() as f64 / secs, "step_time_s": secs,
-            "bucket": batch.bucket, "scale_loss": scale_loss, "scale_bit_acc": scale_acc, "skipped_steps": st.skipped_steps,
-        });
-        writeln!(jsonl, "{record}").context("writing metrics.jsonl")?;
-        if let Some(w) = tb.as_mut() {
-            let mut log = || -> std::io::Result<()> {
-                for (tag, v) in [
-                    ("train/loss", loss),
-                    ("train/bit_acc", correct_bits),
-                    ("train/token_acc", token_acc),
-                    ("train/lr", lr),
-                    ("train/grad_norm", grad_norm),
-                    ("perf/tokens_per_s", tokens / secs),
-                    ("perf/samples_per_s", batch.len() as f64 / secs),
-                    ("perf/step_time_s", secs),
-                ] {
-                    w.scalar(tag, v, st.step)?;
-                }
-                for (s, (l, a)) in scale_loss.iter().zip(&scale_acc).enumerate() {
-                    w.scalar(&format!("scale/loss_s{s:02}"), *l, st.step)?;
-                    w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, st.step)?;
-                }
-                w.flush()
-            };
-            if let Err(e) = log() {
-                tracing::warn!("TensorBoard write failed, logging disabled: {e}");
-                tb = None;
-            }
-        }
-        if st.step % cfg.run.log_every == 0 || st.step == cfg.run.steps {
-            let elapsed = started.elapsed().as_secs_f64();
-            let eta = elapsed / (st.step as f64) * (cfg.run.steps - st.step) as f64;
-            println!(
-                "step {:>6}/{} | loss {loss:.4} | bit acc {:5.1}% | lr {lr:.2e} | grad {grad_norm:.3} | {:.0} tok/s | ETA {}",
-                st.step,
-                cfg.run.steps,
-                100.0 * correct_bits,
-                tokens / secs,
-                fmt_secs(eta)
-            );
+        let flops = flops_per_token * tokens;
+        logger.step(&StepMetrics {
+            step: st.step,
+            loss,
+            bit_acc: correct_bits,
+            token_acc,
+            lr,
+            grad_norm,
+            tokens_per_s: tokens / secs,
+            samples_per_s: batch.len() as f64 / secs,
+            step_time_s: secs,
+            mfu: cfg.run.peak_tflops.map(|p| flops / secs / (p * 1e12)),
+            bucket: batch.bucket,
+            scale_loss,
+            scale_bit_acc: scale_acc,
+            skipped_steps: st.skipped_steps,
+        })?;
+        if preview.due(st.step) {
+            preview.log(&mc, &lay, &params, st.step, &mut logger)?;
         }
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
@@ -344,9 +309,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             break;
         }
     }
+    logger.finish();
     summary.steps = st.step;
     summary.skipped_steps = st.skipped_steps;
     summary.seconds = started.elapsed().as_secs_f64();
+    let record = json!({
+        "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
+        "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
+        "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
+    });
+    write("summary.json", &serde_json::to_string_pretty(&record)?)?;
     Ok(summary)
 }
 
@@ -354,16 +326,63 @@ fn keyed_seed(seed: u64, stream: u64) -> u64 {
     keyed_rng(seed, &[stream]).random()
 }
 
-fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
 /// `--resume auto`: the newest complete checkpoint of the run, if any.
 pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
     checkpoint::complete(run).pop().map(|c| c.1)
+}
+
+/// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
+/// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
+struct Preview {
+    every: u64,
+    last: u64,
+    cond: Option<crate::model::sample::SampleCondition>,
+    sched: infinity_data::ScaleSchedule,
+    tokenizer: Option<infinity_data::tokenizer::PatchTokenizer>,
+    opts: SampleOptions,
+    per_condition: usize,
+    dir: PathBuf,
+}
+
+impl Preview {
+    fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
+        let s = &cfg.sample;
+        let tokenizer = if s.every > 0 { crate::infer::tokenizer(ds.dir(), &ds.manifest)? } else { None };
+        if s.every > 0 && tokenizer.is_none() {
+            tracing::warn!("sample grids disabled: the dataset's tokenizer is not built in");
+        }
+        let cond = match tokenizer {
+            Some(_) => Some(crate::infer::preview_condition(mc, ds, s.n)?.repeat(s.per_condition, mc.text_channels)),
+            None => None,
+        };
+        Ok(Preview {
+            every: s.every,
+            last: cfg.run.steps,
+            cond,
+            sched: crate::infer::pick_schedule(&ds.manifest, None)?.clone(),
+            tokenizer,
+            opts: SampleOptions { cfg: s.cfg, tau: s.tau, top_p: s.top_p, seed: s.seed },
+            per_condition: s.per_condition,
+            dir: cfg.run.dir.join("samples"),
+        })
+    }
+
+    fn due(&self, step: u64) -> bool {
+        self.cond.is_some() && self.every > 0 && (step.is_multiple_of(self.every) || step == self.last)
+    }
+
+    fn log(&self, mc: &ModelConfig, lay: &Layout, p: &Params<f32>, step: u64, logger: &mut Logger) -> Result<()> {
+        let (Some(cond), Some(tok)) = (&self.cond, &self.tokenizer) else { return Ok(()) };
+        let sampled = crate::infer::sample_schedule(mc, lay, p, cond, &self.sched, &self.opts);
+        let grid = infinity_data::inspect::grid_image(
+            &crate::infer::decode(tok, &sampled, &self.sched),
+            self.per_condition * 4,
+        );
+        logger.image("samples", grid.as_raw(), grid.height(), grid.width(), step);
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join(format!("step-{step:08}.png"));
+        grid.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        logger.println(&format!("sample grid: {}", path.display()));
+        Ok(())
+    }
 }

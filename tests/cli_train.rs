@@ -1,0 +1,126 @@
+//! `infinity train`, `sample` and `export` end to end through the command line: a tiny text model is
+//! trained, sampled to a PNG grid and to bits, exported in f32 and bf16, and the export is checked by
+//! tools/check_export.py against the reference PyTorch model's state_dict names and shapes.
+
+use std::path::Path;
+
+use crate::{infinity, path_str, python, repo};
+
+fn err(args: &[&str]) -> String {
+    match infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())) {
+        Ok(code) => panic!("infinity {args:?} succeeded ({code:?}); expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn write_config(path: &Path, data: &Path, run: &Path, conditioning: &str) {
+    let text = format!(
+        r#"
+[run]
+dir = "{run}"
+seed = 3
+steps = 2
+log_every = 1
+[model]
+preset = "tiny"
+conditioning = "{conditioning}"
+[data]
+dir = "{data}"
+global_batch = 4
+micro_batch = 4
+[optim]
+lr = 1e-3
+[checkpoint]
+every = 1
+keep_last = 1
+"#,
+        run = path_str(run),
+        data = path_str(data)
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn train_sample_and_export_a_text_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    let data_s = path_str(&data);
+    assert!(infinity(&["data", "synth", "--out", data_s, "--rows", "64", "--fit-rows", "32", "--budget", "demo4"]));
+    write_config(&cfg, &data, &run, "text");
+    assert!(infinity(&["train", path_str(&cfg)]));
+    for f in ["config.toml", "derived.json", "metrics.jsonl", "summary.json"] {
+        assert!(run.join(f).is_file(), "run folder lacks {f}");
+    }
+
+    // sampling: a grid (2 captions × 3) and the bits
+    let (png, bits) = (tmp.path().join("grid.png"), tmp.path().join("bits.safetensors"));
+    let run_s = path_str(&run);
+    let args = ["sample", run_s, "--caption", "a red circle", "--caption", "a large blue square top left"];
+    let more = ["--n", "3", "--cfg", "2", "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&bits)];
+    assert!(infinity(&[&args[..], &more[..]].concat()));
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > img.height(), "grid of 2 rows × 3 columns is {}×{}", img.width(), img.height());
+    let bytes = std::fs::read(&bits).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("bits").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("manifest.json")).unwrap()).unwrap();
+    let l: u64 = manifest["schedules"][0]["scales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[1].as_u64().unwrap() * s[2].as_u64().unwrap())
+        .sum();
+    assert_eq!(t.shape(), [6, l as usize, 16]);
+    assert!(t.data().iter().all(|&b| b <= 1));
+
+    // wrong conditions are named
+    assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
+    assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
+    assert!(err(&["sample", path_str(&tmp.path().join("nowhere"))]).contains("no such checkpoint"));
+
+    // export in both dtypes; the checker compares with the reference model's names and shapes
+    let expect = repo().join("tests/golden/export-state-dict.json");
+    for dtype in ["f32", "bf16"] {
+        let out = tmp.path().join(format!("export-{dtype}/model.safetensors"));
+        assert!(infinity(&["export", run_s, "-o", path_str(&out), "--dtype", dtype]));
+        let report = python(&[&"tools/check_export.py", &out, &"--expect", &expect]);
+        assert!(report.contains("names and shapes equal the reference"), "{report}");
+        println!("{report}");
+    }
+
+    // a corrupt checkpoint is refused with its checksum
+    let ckpt = run.join("checkpoints/step-00000002/model.safetensors");
+    let mut b = std::fs::read(&ckpt).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x55;
+    std::fs::write(&ckpt, b).unwrap();
+    assert!(err(&["export", run_s, "-o", path_str(&tmp.path().join("x.safetensors"))]).contains("crc32c"));
+}
+
+#[test]
+fn sample_a_class_model_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    assert!(infinity(&[
+        "data",
+        "synth",
+        "--out",
+        path_str(&data),
+        "--rows",
+        "48",
+        "--fit-rows",
+        "32",
+        "--budget",
+        "demo4"
+    ]));
+    write_config(&cfg, &data, &run, "class");
+    assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=1"]));
+    let png = tmp.path().join("g.png");
+    let ckpt = run.join("checkpoints/step-00000001");
+    assert!(infinity(&["sample", path_str(&ckpt), "--class", "red circle,5", "--n", "2", "-o", path_str(&png)]));
+    assert!(image::open(&png).is_ok());
+    assert!(err(&["sample", path_str(&ckpt), "--class", "purple dragon"]).contains("not a class id or name"));
+    assert!(err(&["sample", path_str(&ckpt), "--class", "99"]).contains("classes 0..23"));
+    assert!(err(&["sample", path_str(&ckpt), "--caption", "a red circle"]).contains("class-conditioned"));
+}

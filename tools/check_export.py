@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Check an `infinity export` folder the way a PyTorch user would load it.
+
+    python tools/check_export.py EXPORT/model.safetensors --expect tests/golden/export-state-dict.json
+
+1. Reads config.json beside the weights and the safetensors file with the `safetensors` package
+   (numpy for f32; bf16 has no numpy type, so its header is read directly) and checks every tensor's
+   dtype against config.json.
+2. --expect: compares names and shapes with a state_dict listing of the reference PyTorch model
+   (tests/reference/infinity_ref.py --state-dict), for the constructor arguments in config.json.
+3. With PyTorch installed: builds tests/reference's `Infinity` from config.json's constructor
+   arguments and loads the file with `safetensors.torch.load_file` and `load_state_dict(strict=True)`.
+
+Prints one line per check and exits non-zero on the first mismatch.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def header(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        h = json.loads(f.read(n))
+    h.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"]) for k, v in h.items()}
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("weights")
+    p.add_argument("--expect", help="JSON listing of the reference model's state_dict names and shapes")
+    p.add_argument("--require-torch", action="store_true", help="fail instead of skipping the PyTorch load")
+    a = p.parse_args()
+
+    cfg = json.load(open(os.path.join(os.path.dirname(a.weights) or ".", "config.json")))
+    kwargs = cfg["constructor_kwargs"]
+    want_dtype = {"float32": "F32", "bfloat16": "BF16"}[cfg["dtype"]]
+    tensors = header(a.weights)
+    bad = [k for k, (dt, _) in tensors.items() if dt != want_dtype]
+    if bad:
+        fail(f"{len(bad)} tensors are not {want_dtype}: {bad[:5]}")
+    if want_dtype == "F32":
+        from safetensors.numpy import load_file
+
+        arrays = load_file(a.weights)
+        if sorted(arrays) != sorted(tensors):
+            fail("safetensors.numpy sees different names than the header")
+        nonfinite = [k for k, v in arrays.items() if not (abs(v) < float("inf")).all()]
+        if nonfinite:
+            fail(f"non-finite values in {nonfinite[:5]}")
+    print(f"ok: {len(tensors)} tensors, {cfg['parameters']} parameters, dtype {cfg['dtype']}, keys {cfg['key_layout']}")
+
+    if a.expect:
+        ref = json.load(open(a.expect))
+        match = [e for e in ref["models"] if all(e["constructor_kwargs"].get(k) == kwargs.get(k) for k in e["constructor_kwargs"])
+                 and e["d"] == cfg["d"]]
+        if not match:
+            fail(f"{a.expect} lists no reference model with constructor_kwargs {kwargs} and d {cfg['d']}")
+        expected = {k: v for k, v in match[0]["state_dict"].items()}
+        ours = {k: shape for k, (_, shape) in tensors.items()}
+        missing, extra = sorted(set(expected) - set(ours)), sorted(set(ours) - set(expected))
+        shapes = sorted(k for k in set(expected) & set(ours) if list(expected[k]) != list(ours[k]))
+        if missing or extra or shapes:
+            fail(f"missing {missing}, unexpected {extra}, shape mismatches "
+                 f"{[(k, ours[k], expected[k]) for k in shapes]}")
+        print(f"ok: names and shapes equal the reference model's state_dict ({len(expected)} entries)")
+
+    try:
+        import torch
+        from safetensors.torch import load_file as torch_load
+    except ImportError:
+        if a.require_torch:
+            fail("PyTorch is not installed")
+        print("skipped: PyTorch load (torch not installed)")
+        return
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "reference"))
+    from infinity_ref import Infinity
+
+    if cfg["conditioning"]["kind"] != "text":
+        print("skipped: PyTorch load (the reference model is text-conditioned)")
+        return
+    if cfg["key_layout"] != "blocks.N":
+        print("skipped: PyTorch load (the reference model uses blocks.N keys)")
+        return
+    model = Infinity(d=cfg["d"], **kwargs)
+    sd = torch_load(a.weights)
+    buffers = [k for k in sd if k.endswith("zero_k_bias")]
+    if any(sd[k].abs().max() != 0 for k in buffers):
+        fail("zero_k_bias buffers are not zero")
+    model.load_state_dict(sd, strict=True)
+    print(f"ok: torch {torch.__version__} load_state_dict(strict=True) into the reference Infinity "
+          f"({len(sd) - len(buffers)} parameters + {len(buffers)} zero_k_bias buffers)")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+//! `infinity export CKPT -o model.safetensors [--dtype bf16] [--chunked]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::model::io::SaveDtype;
+use crate::train::checkpoint;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A checkpoint folder, or a run folder (its newest complete checkpoint).
+    ckpt: PathBuf,
+    /// Output weights; `config.json` is written beside it.
+    #[arg(short, long, default_value = "model.safetensors")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// `block_chunks.C.module.J` keys, as upstream's loader expects for models built with block_chunks > 1.
+    #[arg(long)]
+    chunked: bool,
+}
+
+pub fn run(a: ExportArgs) -> Result<ExitCode> {
+    let ck = checkpoint::load_model(&a.ckpt)?;
+    let dtype = match a.dtype {
+        DtypeArg::F32 => SaveDtype::F32,
+        DtypeArg::Bf16 => SaveDtype::Bf16,
+    };
+    let (weights, config) = crate::export::export(&ck, &a.out, dtype, a.chunked)?;
+    let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "exported {} (step {}): {} ({:.1} MB) and {}",
+        ck.dir.display(),
+        ck.step,
+        weights.display(),
+        size as f64 / 1e6,
+        config.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

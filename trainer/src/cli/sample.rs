@@ -1,0 +1,143 @@
+//! `infinity sample CKPT --class … | --caption … | --text-features … -o grid.png [--bits bits.safetensors]`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use infinity_data::inspect::save_grid;
+use infinity_data::manifest::write_atomic;
+use infinity_data::Manifest;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use crate::infer;
+use crate::model::sample::{SampleCondition, SampleOptions};
+use crate::model::{Conditioning, Layout};
+use crate::train::checkpoint;
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// A checkpoint folder, or a run folder (its newest complete checkpoint).
+    ckpt: PathBuf,
+    /// Class ids or names (comma-separated, or `all`) for class-conditioned models.
+    #[arg(long, value_delimiter = ',')]
+    class: Vec<String>,
+    /// A caption (repeatable); embedded with the synthetic dataset's word table.
+    #[arg(long)]
+    caption: Vec<String>,
+    /// Text features from your encoder: a safetensors file, one `[tokens, Ct]` tensor per caption.
+    #[arg(long, value_name = "FILE")]
+    text_features: Option<PathBuf>,
+    /// Samples per condition (one grid row per condition).
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f64,
+    /// Temperature.
+    #[arg(long, default_value_t = 1.0)]
+    tau: f64,
+    /// Per-bit top-p (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Aspect-ratio template of the schedule (`1.000`, `0.666`, …); default the square one.
+    #[arg(long)]
+    template: Option<String>,
+    /// Dataset folder (schedules, tokenizer, class names); default the one the run trained on.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Image grid (PNG), decoded with the dataset's built-in tokenizer.
+    #[arg(short, long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Also write the sampled bits `[N, L, d]` (u8) and the schedule for an external decoder.
+    #[arg(long, value_name = "FILE")]
+    bits: Option<PathBuf>,
+}
+
+pub fn run(a: SampleArgs) -> Result<ExitCode> {
+    ensure!(a.n > 0, "--n must be positive");
+    ensure!(a.tau > 0.0, "--tau must be positive");
+    ensure!((0.0..1.0).contains(&a.top_p), "--top-p must be in [0, 1)");
+    let ck = checkpoint::load_model(&a.ckpt)?;
+    let data_dir = a.data.clone().unwrap_or_else(|| ck.train.data.dir.clone());
+    let m = Manifest::load(&data_dir)
+        .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;
+    ensure!(m.d as usize == ck.model.d, "{}: d = {}, the model has d = {}", data_dir.display(), m.d, ck.model.d);
+    let sched = infer::pick_schedule(&m, a.template.as_deref())?;
+
+    let (cond, rows) = condition(&a, &ck.model.conditioning, &m)?;
+    let lay = Layout::new(&ck.model);
+    let opts = SampleOptions { cfg: a.cfg, tau: a.tau, top_p: a.top_p, seed: a.seed };
+    let t0 = std::time::Instant::now();
+    let s = infer::sample_schedule(&ck.model, &lay, &ck.params, &cond, sched, &opts);
+    println!(
+        "sampled {} images ({} per condition) on the {} schedule ({} scales, {} tokens) from {} (step {}) in {:.1} s",
+        s.bits.len(),
+        a.n,
+        sched.h_div_w_template,
+        sched.scales.len(),
+        sched.num_tokens(),
+        ck.dir.display(),
+        ck.step,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("rows: {}", rows.join(" | "));
+
+    if let Some(path) = &a.bits {
+        let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d);
+        let flat: Vec<u8> = s.bits.concat();
+        let meta: HashMap<String, String> = [
+            ("schedule".to_string(), serde_json::to_string(&sched)?),
+            ("conditions".to_string(), serde_json::to_string(&rows)?),
+            ("bit_order".to_string(), "bits[i, l, c] is bit c of token l of sample i; code = 2·bit − 1".into()),
+        ]
+        .into();
+        let bytes = safetensors::serialize([("bits", TensorView::new(Dtype::U8, vec![n, l, d], &flat)?)], Some(meta))?;
+        write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    match infer::tokenizer(&data_dir, &m)? {
+        Some(tok) => {
+            save_grid(&infer::decode(&tok, &s, sched), a.n, &a.out)?;
+            println!("wrote {}", a.out.display());
+        }
+        None if a.bits.is_some() => {
+            println!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)
+        }
+        None => bail!("the dataset's tokenizer `{}` is not built in; write the bits with --bits", m.tokenizer.name),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The condition of every sample (each given condition `n` times) and a label per grid row.
+fn condition(a: &SampleArgs, kind: &Conditioning, m: &Manifest) -> Result<(SampleCondition, Vec<String>)> {
+    let text_given = !a.caption.is_empty() || a.text_features.is_some();
+    match kind {
+        Conditioning::Class { .. } => {
+            ensure!(!text_given, "this model is class-conditioned: use --class");
+            let info = m.conditions.class.as_ref().context("the dataset has no class condition")?;
+            let specs = if a.class.is_empty() { vec!["all".to_string()] } else { a.class.clone() };
+            let ids = infer::resolve_classes(&specs, info)?;
+            let rows = ids.iter().map(|&i| info.names.get(i).cloned().unwrap_or(i.to_string())).collect();
+            Ok((SampleCondition::Class(ids).repeat(a.n, 0), rows))
+        }
+        Conditioning::Text => {
+            ensure!(a.class.is_empty(), "this model is text-conditioned: use --caption or --text-features");
+            let info = m.conditions.text.as_ref().context("the dataset has no text condition")?;
+            let ((kv, lens), rows) = match &a.text_features {
+                Some(f) => {
+                    let (kv, lens) = infer::text_features_file(f, info.width as usize)?;
+                    let rows = (0..lens.len()).map(|i| format!("features #{i}")).collect();
+                    ((kv, lens), rows)
+                }
+                None if !a.caption.is_empty() => (infer::caption_features(&a.caption, info)?, a.caption.clone()),
+                None => bail!("a text-conditioned model needs --caption or --text-features"),
+            };
+            Ok((SampleCondition::Text { kv, lens }.repeat(a.n, info.width as usize), rows))
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! From a trained model to pictures: conditions from class names, captions or text features, the
+//! schedule of an aspect-ratio template, next-scale sampling, and decoding with the dataset's built-in
+//! tokenizer. Used by `infinity sample` and by the sample grids the training loop logs.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::manifest::{ClassInfo, TextInfo};
+use infinity_data::synth::{embed_caption, text_encoder_name, vocabulary};
+use infinity_data::tokenizer::{Image, PatchTokenizer, TOKENIZER_NAME};
+use infinity_data::{Catalog, Dataset, Manifest, ScaleSchedule};
+use infinity_kernels::rope::RopeTable;
+
+use crate::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
+use crate::model::{Conditioning, Layout, ModelConfig, Params};
+
+/// Class ids from `specs`: ids (`3`), names as the manifest lists them (`red circle`, any case) or `all`.
+pub fn resolve_classes(specs: &[String], info: &ClassInfo) -> Result<Vec<usize>> {
+    let n = info.num_classes as usize;
+    let mut out = Vec::new();
+    for s in specs {
+        let s = s.trim();
+        if s == "all" {
+            out.extend(0..n);
+        } else if let Ok(id) = s.parse::<usize>() {
+            ensure!(id < n, "--class {id}: the model has classes 0..{}", n - 1);
+            out.push(id);
+        } else {
+            let id = info.names.iter().position(|name| name.eq_ignore_ascii_case(s));
+            let known = if info.names.is_empty() { "none".to_string() } else { info.names.join(", ") };
+            out.push(id.with_context(|| format!("--class {s:?}: not a class id or name (names: {known})"))?);
+        }
+    }
+    ensure!(!out.is_empty(), "no classes given");
+    Ok(out)
+}
+
+/// Text features `[Σ tokens, Ct]` and tokens per caption, with the synthetic dataset's word table.
+/// Other encoders (T5) run outside this crate: pass their features with `--text-features`.
+pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32>, Vec<usize>)> {
+    ensure!(
+        info.encoder == text_encoder_name(),
+        "captions can be embedded only for datasets made by `infinity data synth`; this dataset's text \
+         encoder is `{}`: embed the captions with it and pass --text-features",
+        info.encoder
+    );
+    let vocab = vocabulary();
+    let (mut kv, mut lens) = (Vec::new(), Vec::new());
+    for c in captions {
+        let words: Vec<&str> = c.split_whitespace().map(|w| w.trim_matches(|ch: char| !ch.is_alphanumeric())).collect();
+        let unknown: Vec<&&str> = words.iter().filter(|w| !vocab.contains(w)).collect();
+        ensure!(unknown.is_empty(), "caption {c:?}: unknown words {unknown:?}; the vocabulary is {}", vocab.join(" "));
+        ensure!(
+            !words.is_empty() && words.len() <= info.max_tokens as usize,
+            "caption {c:?}: needs 1..={} words",
+            info.max_tokens
+        );
+        let bytes = embed_caption(&words, info.width as usize);
+        kv.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()));
+        lens.push(words.len());
+    }
+    Ok((kv, lens))
+}
+
+/// Text features from a safetensors file: one f32/f16/bf16 tensor `[tokens, Ct]` per caption, taken in
+/// name order.
+pub fn text_features_file(path: &Path, width: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut names = st.names();
+    names.sort();
+    let (mut kv, mut lens) = (Vec::new(), Vec::new());
+    for name in names {
+        let t = st.tensor(name)?;
+        ensure!(
+            t.shape().len() == 2 && t.shape()[1] == width && t.shape()[0] > 0,
+            "{}: `{name}` has shape {:?}, expected [tokens, {width}]",
+            path.display(),
+            t.shape()
+        );
+        kv.extend(crate::model::io::tensor_f32(name, t.dtype(), t.data())?);
+        lens.push(t.shape()[0]);
+    }
+    ensure!(!lens.is_empty(), "{}: no tensors", path.display());
+    Ok((kv, lens))
+}
+
+/// The dataset schedule of `template` (default: the square one if present, else the first).
+pub fn pick_schedule<'a>(m: &'a Manifest, template: Option<&str>) -> Result<&'a ScaleSchedule> {
+    let want = template.unwrap_or("1.000");
+    match m.schedules.iter().find(|s| s.h_div_w_template == want) {
+        Some(s) => Ok(s),
+        None if template.is_none() => Ok(&m.schedules[0]),
+        None => {
+            let have: Vec<&str> = m.schedules.iter().map(|s| s.h_div_w_template.as_str()).collect();
+            bail!("--template {want}: the dataset has schedules for {have:?}")
+        }
+    }
+}
+
+/// Sample `cond` on `sched` (RoPE in the template's 1M frame, as in training).
+pub fn sample_schedule(
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    cond: &SampleCondition,
+    sched: &ScaleSchedule,
+    o: &SampleOptions,
+) -> Sampled {
+    let scales = sched.hw();
+    let frame = Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
+    let rope = RopeTable::new(mc.head_dim(), &scales, frame);
+    sample(mc, lay, p, cond, &scales, &rope, o)
+}
+
+/// The dataset's built-in tokenizer, if it has one.
+pub fn tokenizer(dataset_dir: &Path, m: &Manifest) -> Result<Option<PatchTokenizer>> {
+    match m.tokenizer.file.as_deref() {
+        Some(f) if m.tokenizer.name == TOKENIZER_NAME => Ok(Some(PatchTokenizer::load(&dataset_dir.join(f))?)),
+        _ => Ok(None),
+    }
+}
+
+/// Images of sampled codes.
+pub fn decode(tok: &PatchTokenizer, s: &Sampled, sched: &ScaleSchedule) -> Vec<Image> {
+    let (hh, ww) = sched.latent_hw();
+    s.summed_codes.iter().map(|c| tok.decode(c, hh, ww)).collect()
+}
+
+/// A fixed preview condition for the sample grids logged during training: up to `n` classes spread
+/// over the label range, or the captions of the dataset's first rows.
+pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<SampleCondition> {
+    Ok(match &mc.conditioning {
+        Conditioning::Class { num_classes } => {
+            let k = n.min(*num_classes);
+            SampleCondition::Class((0..k).map(|i| i * num_classes / k).collect())
+        }
+        Conditioning::Text => {
+            let info = ds.manifest.conditions.text.as_ref().context("text model on a dataset without text")?;
+            let (mut kv, mut lens) = (Vec::new(), Vec::new());
+            for g in 0..(n as u64).min(ds.num_rows()) {
+                ds.validate_row(g)?;
+                let emb = ds.row(g).text_emb.context("text rows without embeddings")?;
+                kv.extend(emb.chunks_exact(2).map(|b| match info.dtype {
+                    infinity_data::manifest::TextDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    infinity_data::manifest::TextDtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                }));
+                lens.push(emb.len() / 2 / info.width as usize);
+            }
+            SampleCondition::Text { kv, lens }
+        }
+    })
+}
