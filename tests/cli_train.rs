@@ -33,6 +33,10 @@ lr = 1e-3
 [checkpoint]
 every = 1
 keep_last = 1
+[sample]
+every = 2
+n = 2
+per_condition = 1
 "#,
         run = path_str(run),
         data = path_str(data)
@@ -48,9 +52,18 @@ fn train_sample_and_export_a_text_model() {
     assert!(infinity(&["data", "synth", "--out", data_s, "--rows", "64", "--fit-rows", "32", "--budget", "demo4"]));
     write_config(&cfg, &data, &run, "text");
     assert!(infinity(&["train", path_str(&cfg)]));
-    for f in ["config.toml", "derived.json", "metrics.jsonl", "summary.json"] {
+    for f in ["config.toml", "derived.json", "metrics.jsonl", "summary.json", "samples/step-00000002.png"] {
         assert!(run.join(f).is_file(), "run folder lacks {f}");
     }
+    // TensorBoard's own reader sees the curves, the sample grid and the config
+    let out = python(&[&"tools/read_tensorboard.py", &run.join("tb")]);
+    let tb: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    for tag in ["train/loss", "train/bit_acc", "train/token_acc", "train/lr", "train/grad_norm", "perf/tokens_per_s"] {
+        assert_eq!(tb["scalars"][tag].as_array().map(|a| a.len()), Some(2), "{tag}: {out}");
+    }
+    assert!(tb["scalars"]["scale/bit_acc_s00"].is_array() && tb["scalars"]["scale/loss_s03"].is_array(), "{out}");
+    assert_eq!(tb["images"]["samples"][0][0], 2, "{out}");
+    assert!(tb["text"]["config"][0][1].as_str().unwrap().contains("[optim]"), "{out}");
 
     // sampling: a grid (2 captions × 3) and the bits
     let (png, bits) = (tmp.path().join("grid.png"), tmp.path().join("bits.safetensors"));
