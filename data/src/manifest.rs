@@ -73,6 +73,17 @@ pub enum TextDtype {
     Bf16,
 }
 
+impl TextDtype {
+    /// Little-endian 16-bit values of this type as f32.
+    pub fn to_f32(self, bytes: &[u8]) -> Vec<f32> {
+        let pairs = bytes.chunks_exact(2).map(|c| [c[0], c[1]]);
+        match self {
+            TextDtype::F16 => pairs.map(|b| half::f16::from_le_bytes(b).to_f32()).collect(),
+            TextDtype::Bf16 => pairs.map(|b| half::bf16::from_le_bytes(b).to_f32()).collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextInfo {

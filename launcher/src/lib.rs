@@ -1,6 +1,8 @@
-//! `infinity launch`: one agent per node that spawns and watches local ranks, a rendezvous store, and
-//! the communicators (NCCL for GPUs, a TCP ring for CPU ranks).
-//!
-//! Nothing is implemented here yet: the launcher is issue 5. The crate exists now so the workspace has
-//! its final shape and the dependency direction (launcher knows nothing of the model) is fixed from the
-//! start.
+//! Scale-out without the model: the `infinity launch` agent (`agent`), the rendezvous store (`store`),
+//! the process's place in the group from the environment (`env`), and communicators (`comm`: a TCP ring
+//! for CPU ranks; NCCL for GPUs with issue 6).
+
+pub mod agent;
+pub mod comm;
+pub mod env;
+pub mod store;

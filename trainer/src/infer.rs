@@ -8,11 +8,10 @@ use anyhow::{bail, ensure, Context, Result};
 use infinity_data::manifest::{ClassInfo, TextInfo};
 use infinity_data::synth::{embed_caption, text_encoder_name, vocabulary};
 use infinity_data::tokenizer::{Image, PatchTokenizer, TOKENIZER_NAME};
-use infinity_data::{Catalog, Dataset, Manifest, ScaleSchedule};
-use infinity_kernels::rope::RopeTable;
+use infinity_data::{Dataset, Manifest, ScaleSchedule};
 
 use crate::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
-use crate::model::{Conditioning, Layout, ModelConfig, Params};
+use crate::model::{rope_for, Conditioning, Layout, ModelConfig, Params};
 
 /// Class ids from `specs`: ids (`3`), names as the manifest lists them (`red circle`, any case) or `all`.
 pub fn resolve_classes(specs: &[String], info: &ClassInfo) -> Result<Vec<usize>> {
@@ -107,10 +106,7 @@ pub fn sample_schedule(
     sched: &ScaleSchedule,
     o: &SampleOptions,
 ) -> Sampled {
-    let scales = sched.hw();
-    let frame = Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
-    let rope = RopeTable::new(mc.head_dim(), &scales, frame);
-    sample(mc, lay, p, cond, &scales, &rope, o)
+    sample(mc, lay, p, cond, &sched.hw(), &rope_for(mc, sched), o)
 }
 
 /// The dataset's built-in tokenizer, if it has one.
@@ -141,10 +137,7 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
             for g in 0..(n as u64).min(ds.num_rows()) {
                 ds.validate_row(g)?;
                 let emb = ds.row(g).text_emb.context("text rows without embeddings")?;
-                kv.extend(emb.chunks_exact(2).map(|b| match info.dtype {
-                    infinity_data::manifest::TextDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                    infinity_data::manifest::TextDtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                }));
+                kv.extend(info.dtype.to_f32(emb));
                 lens.push(emb.len() / 2 / info.width as usize);
             }
             SampleCondition::Text { kv, lens }

@@ -48,6 +48,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
         checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0 },
         // grids at steps 3 and 6 exercise sampling inside the loop (and must not disturb resumption)
         sample: SampleSection { every: 3, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
+        dist: Default::default(),
     }
 }
 
@@ -67,11 +68,11 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
         assert!(s.last_loss.is_finite() && s.last_loss < 0.75, "{conditioning}: loss {}", s.last_loss);
 
         let split = config(&data, tmp.path().join(format!("split-{conditioning}")), conditioning);
-        train(&split, &TrainOptions { resume: None, stop_after: Some(4) }).unwrap();
+        train(&split, &TrainOptions { resume: None, stop_after: Some(4), ..Default::default() }).unwrap();
         // interrupted after step 4: the newest complete checkpoint is step 3
         let ckpt = latest_checkpoint(&split.run.dir).unwrap();
         assert!(ckpt.ends_with("step-00000003"), "{}", ckpt.display());
-        train(&split, &TrainOptions { resume: Some(ckpt), stop_after: None }).unwrap();
+        train(&split, &TrainOptions { resume: Some(ckpt), stop_after: None, ..Default::default() }).unwrap();
 
         let end = |c: &TrainConfig, f: &str| read(c.run.dir.join("checkpoints/step-00000006").join(f));
         assert!(
@@ -106,14 +107,18 @@ fn bad_checkpoints_and_configs_are_named() {
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(&data, tmp.path().join("run"), "class");
-    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3) }).unwrap();
+    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3), ..Default::default() }).unwrap();
     let ckpt = latest_checkpoint(&cfg.run.dir).unwrap();
 
     // a config that does not match the checkpoint: every mismatching name and shape is listed
     let mut wider = cfg.clone();
     wider.model.embed_dim = Some(128);
     wider.model.num_heads = Some(4);
-    let e = format!("{:#}", train(&wider, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None }).unwrap_err());
+    let e = format!(
+        "{:#}",
+        train(&wider, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None, ..Default::default() })
+            .unwrap_err()
+    );
     assert!(
         e.contains("does not match the model config") && e.contains("word_embed.weight") && e.contains("[128, 16]"),
         "{e}"
@@ -125,7 +130,10 @@ fn bad_checkpoints_and_configs_are_named() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x55;
     std::fs::write(&model, &bytes).unwrap();
-    let e = format!("{:#}", train(&cfg, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None }).unwrap_err());
+    let e = format!(
+        "{:#}",
+        train(&cfg, &TrainOptions { resume: Some(ckpt.clone()), stop_after: None, ..Default::default() }).unwrap_err()
+    );
     assert!(e.contains("model.safetensors") && e.contains("corrupt checkpoint"), "{e}");
 
     // an incomplete checkpoint (no DONE marker) is not offered by --resume auto
@@ -202,7 +210,7 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"), "class");
     cfg.sample.every = 0;
-    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3) }).unwrap();
+    train(&cfg, &TrainOptions { resume: None, stop_after: Some(3), ..Default::default() }).unwrap();
     let before = latest_checkpoint(&cfg.run.dir).unwrap();
     let model_bytes = read(before.join("model.safetensors"));
 
@@ -222,5 +230,5 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     // the earlier checkpoint is still the newest complete one, byte for byte
     assert_eq!(latest_checkpoint(&cfg.run.dir).unwrap(), before);
     assert!(read(before.join("model.safetensors")) == model_bytes);
-    train(&cfg, &TrainOptions { resume: Some(before), stop_after: None }).unwrap();
+    train(&cfg, &TrainOptions { resume: Some(before), stop_after: None, ..Default::default() }).unwrap();
 }

@@ -1,7 +1,7 @@
 //! A batch as the trainer receives it: the rank's rows of one global batch, gathered into contiguous
 //! buffers (one copy from the mapped shards, none per column element).
 
-use half::{bf16, f16};
+use half::f16;
 
 use crate::dataset::Dataset;
 use crate::error::Result;
@@ -62,16 +62,7 @@ impl Batch {
     /// Text embedding `[n_tokens, Ct]` of row `i` as f32.
     pub fn text_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
         let (emb, cu) = (self.text_emb.as_ref()?, self.text_cu_seqlens.as_ref()?);
-        let bytes = &emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2];
-        Some(
-            bytes
-                .chunks_exact(2)
-                .map(|c| match dtype {
-                    TextDtype::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    TextDtype::Bf16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                })
-                .collect(),
-        )
+        Some(dtype.to_f32(&emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2]))
     }
 }
 

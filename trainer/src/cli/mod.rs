@@ -3,6 +3,7 @@
 mod data;
 mod export;
 mod golden;
+mod launch;
 mod model;
 mod sample;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Golden(golden::GoldenCommand),
     /// Train a model (CPU for now) from a TOML config.
     Train(train::TrainArgs),
+    /// Start and supervise data-parallel ranks on this node (torchrun-like): `launch -- train CONFIG`.
+    Launch(infinity_launcher::agent::LaunchArgs),
     /// Sample images (or bits) from a checkpoint with classifier-free guidance.
     Sample(sample::SampleArgs),
     /// Export inference weights (upstream names, f32 or bf16) and a config.json.
@@ -51,6 +54,7 @@ where
         Command::Model(cmd) => model::run(cmd),
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Launch(a) => launch::run(a),
         Command::Export(a) => export::run(a),
     }
 }

@@ -1,11 +1,16 @@
 //! `infinity train CONFIG.toml [--set key.path=value …] [--resume auto|PATH]`.
+//!
+//! Joins a data-parallel group when the environment describes one (`infinity launch`, torchrun-style
+//! variables, SLURM). SIGTERM, SIGINT and SIGUSR1 make every rank checkpoint at the same step and exit 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use infinity_launcher::comm::{CommError, EXIT_COMM_TIMEOUT};
+use infinity_launcher::env::vars;
 
-use crate::train::{self, config::TrainConfig, TrainOptions};
+use crate::train::{self, config::TrainConfig, dist, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -15,20 +20,32 @@ pub struct TrainArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// `auto` continues from the newest complete checkpoint of run.dir (if any); or a checkpoint folder.
+    /// Default: `auto` when the launcher restarts a failed group, else a fresh start.
     #[arg(long)]
     resume: Option<String>,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::load(&a.config, &a.set)?;
-    let resume = match a.resume.as_deref() {
+    let resume = match a.resume.or_else(|| std::env::var(vars::RESUME).ok()).as_deref() {
         None => None,
         Some("auto") => train::latest_checkpoint(&cfg.run.dir),
         Some(p) => Some(PathBuf::from(p)),
     };
-    let s = train::train(&cfg, &TrainOptions { resume, stop_after: None })?;
+    let opts = TrainOptions { resume, stop_after: None, stop: Some(dist::preemption_flag()?) };
+    let s = match train::train(&cfg, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(c @ CommError::Timeout { .. }) = e.downcast_ref::<CommError>() {
+                eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
+                return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
+            }
+            return Err(e);
+        }
+    };
     println!(
-        "trained to step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; last checkpoint {}",
+        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; last checkpoint {}",
+        if s.preempted { "stopped by a signal at" } else { "trained to" },
         s.steps,
         s.seconds,
         s.last_loss,

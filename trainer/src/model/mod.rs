@@ -15,6 +15,13 @@ pub use config::{Conditioning, ModelConfig};
 pub use forward::{forward, forward_into, Acts, Condition, ModelInput};
 pub use params::{Layout, Params};
 
+/// The RoPE table of a dataset schedule: coordinates in the 1M frame of its aspect-ratio template
+/// (a custom template without one uses its own last scale).
+pub fn rope_for(cfg: &ModelConfig, sched: &infinity_data::ScaleSchedule) -> infinity_kernels::rope::RopeTable {
+    let frame = infinity_data::Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
+    infinity_kernels::rope::RopeTable::new(cfg.head_dim(), &sched.hw(), frame)
+}
+
 /// Per-token loss weights `[B·L]`: upstream's `lw` divided by `B` (the loss is a mean over samples).
 /// Uniform is `1/L`; `reweight` gives every token of scale `s` weight `∝ 1/√(h_s·w_s)` (normalised to
 /// sum 1 over the sequence), so each scale's total weight is `∝ √(h_s·w_s)` — the formula upstream's

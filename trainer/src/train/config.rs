@@ -26,6 +26,25 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointSection,
     #[serde(default)]
     pub sample: SampleSection,
+    #[serde(default)]
+    pub dist: DistSection,
+}
+
+/// Data-parallel settings (the group itself comes from the environment: `infinity launch`, torchrun-style
+/// variables or SLURM).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// A collective that makes no progress for this long fails (the rank exits with code 86).
+    pub timeout_s: f64,
+    /// How long ranks wait for each other to arrive.
+    pub rdzv_timeout_s: f64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

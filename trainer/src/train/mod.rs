@@ -6,10 +6,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dist;
 pub mod log;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::{BadRows, Batch, Loader, LoaderOptions};
 use infinity_data::manifest::Manifest;
-use infinity_data::{Catalog, Checksums, Dataset};
+use infinity_data::{Checksums, Dataset};
 use infinity_kernels::bsq;
 use infinity_kernels::rope::RopeTable;
 use rand::Rng;
@@ -25,12 +27,13 @@ use serde_json::json;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
+use self::dist::Dist;
 use self::log::{Logger, StepMetrics};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
 use crate::model::{
-    backward, forward_into, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig,
+    backward, forward_into, rope_for, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig,
     ModelInput, Params,
 };
 use crate::optim::{clip_grad_norm, AdamW};
@@ -46,6 +49,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Stop after this step as if interrupted (tests and preemption drills).
     pub stop_after: Option<u64>,
+    /// Set asynchronously (SIGTERM, SIGINT, SIGUSR1): all ranks checkpoint at the same step and stop.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -56,6 +61,8 @@ pub struct TrainSummary {
     pub skipped_steps: u64,
     pub seconds: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// Stopped by `TrainOptions::stop` (preemption) after checkpointing.
+    pub preempted: bool,
 }
 
 /// One micro-batch in model form (owned buffers the `ModelInput` borrows).
@@ -128,17 +135,30 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
     let mc = cfg.model_config(m.d as usize, num_classes, text)?;
     let lay = Layout::new(&mc);
+    let dur = std::time::Duration::from_secs_f64;
+    let mut dist = Dist::join(dur(cfg.dist.rdzv_timeout_s), dur(cfg.dist.timeout_s))?;
+    let per_rank = cfg.data.global_batch / dist.world;
+    if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
+        bail!(
+            "data.global_batch {} must split into {} ranks × whole micro-batches of {}",
+            cfg.data.global_batch,
+            dist.world,
+            cfg.data.micro_batch
+        );
+    }
+    let accum = per_rank / cfg.data.micro_batch;
+    let leader = dist.is_leader();
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
     let config_toml = toml::to_string(cfg).context("serialising the config")?;
-    let accum = cfg.data.global_batch / cfg.data.micro_batch;
     let mean_l = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
     let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
     let derived = json!({
         "parameters": lay.numel,
         "model": mc,
         "grad_accumulation": accum,
+        "world_size": dist.world,
         "tokens_per_step_mean": mean_l * cfg.data.global_batch as f64,
         "train_flops_per_token_bucket0": flops_per_token,
         "train_flops_per_step_mean": flops_per_token * mean_l * cfg.data.global_batch as f64,
@@ -149,12 +169,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         infinity_data::manifest::write_atomic(&p, text.as_bytes())
             .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
     };
-    write("config.toml", &config_toml)?;
-    write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+    if leader {
+        write("config.toml", &config_toml)?;
+        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+    }
     println!(
-        "model: {} parameters ({:.2} M), {} micro-steps of {} per step",
+        "model: {} parameters ({:.2} M), {} ranks × {} micro-steps of {} per step",
         lay.numel,
         lay.numel as f64 / 1e6,
+        dist.world,
         accum,
         cfg.data.micro_batch
     );
@@ -181,8 +204,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let lo = LoaderOptions {
         global_batch: cfg.data.global_batch,
         seed: cfg.run.seed,
-        rank: 0,
-        world_size: 1,
+        rank: dist.rank,
+        world_size: dist.world,
         workers: cfg.data.workers,
         prefetch: 2,
         bad_rows: BadRows::Error,
@@ -197,8 +220,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         model_crc32c: String::new(),
         optim_crc32c: String::new(),
     });
-    let mut logger = Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?;
-    let preview = Preview::new(cfg, &mc, &ds)?;
+    // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
+    dist.broadcast(&mut params.data)?;
+    // only rank 0 writes logs, sample grids and checkpoints
+    let mut logger = match leader {
+        true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
+        false => None,
+    };
+    let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
 
     // ---- the loop ------------------------------------------------------------------------------
     let schedule = cfg.schedule();
@@ -212,10 +241,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let batch = loader.next_batch()?;
         let sched = &m.schedules[batch.bucket as usize];
         let scales = sched.hw();
-        let rope = ropes.entry(batch.bucket).or_insert_with(|| {
-            let frame = Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
-            RopeTable::new(mc.head_dim(), &scales, frame)
-        });
+        let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.iter_mut().for_each(|g| *g = 0.0);
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
@@ -245,6 +271,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 / accum as f64;
             per_scale.push(scale_metrics(&acts.ce, mb.b, &scales, mc.d));
         }
+        // average over ranks: each rank's gradient is the mean over its slice of the global batch
+        dist.all_reduce_mean(&mut grads.data)?;
+        let ns = scales.len();
+        let mut metrics = vec![loss, correct_bits, 0.0];
+        metrics[2] = per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>();
+        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>()));
+        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>()));
+        metrics[2..].iter_mut().for_each(|v| *v /= accum as f64);
+        dist.mean_metrics(&mut metrics)?;
+        let (loss, correct_bits, token_acc) = (metrics[0], metrics[1], metrics[2]);
         let grad_norm = clip_grad_norm(&mut grads.data, cfg.optim.clip);
         let lr = schedule.lr(st.step, cfg.run.steps);
         if loss.is_finite() && grad_norm.is_finite() {
@@ -267,16 +303,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
         // ---- logging -----------------------------------------------------------------------------
         let secs = t0.elapsed().as_secs_f64();
-        let tokens = (batch.len() * sched.num_tokens()) as f64;
-        let scale_loss: Vec<f64> =
-            (0..scales.len()).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>() / accum as f64).collect();
-        let scale_acc: Vec<f64> =
-            (0..scales.len()).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>() / accum as f64).collect();
-        let token_acc: f64 =
-            per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>()
-                / accum as f64;
+        let samples = (batch.len() * dist.world) as f64;
+        let tokens = samples * sched.num_tokens() as f64;
         let flops = flops_per_token * tokens;
-        logger.step(&StepMetrics {
+        let metrics = StepMetrics {
             step: st.step,
             loss,
             bit_acc: correct_bits,
@@ -284,32 +314,51 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             lr,
             grad_norm,
             tokens_per_s: tokens / secs,
-            samples_per_s: batch.len() as f64 / secs,
+            samples_per_s: samples / secs,
             step_time_s: secs,
             mfu: cfg.run.peak_tflops.map(|p| flops / secs / (p * 1e12)),
             bucket: batch.bucket,
-            scale_loss,
-            scale_bit_acc: scale_acc,
+            scale_loss: metrics[3..3 + ns].to_vec(),
+            scale_bit_acc: metrics[3 + ns..].to_vec(),
             skipped_steps: st.skipped_steps,
-        })?;
-        if preview.due(st.step) {
-            preview.log(&mc, &lay, &params, st.step, &mut logger)?;
+        };
+        if let Some(log) = logger.as_mut() {
+            log.step(&metrics)?;
+            if let Some(p) = preview.as_ref().filter(|p| p.due(st.step)) {
+                p.log(&mc, &lay, &params, st.step, log)?;
+            }
         }
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
 
         // ---- checkpoint --------------------------------------------------------------------------
+        // preemption: every rank learns whether any rank was signalled, so all stop at this step
+        let preempt = dist.any(dist::is_set(&opts.stop))?;
         let every = cfg.checkpoint.every;
-        if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps {
-            let dir = checkpoint::save(run, &mc, &lay, &params, &opt, st.clone(), &config_toml)?;
-            checkpoint::prune(run, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)?;
-            summary.last_checkpoint = Some(dir);
+        if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
+            if leader {
+                checkpoint::save(run, &mc, &lay, &params, &opt, st.clone(), &config_toml)?;
+                checkpoint::prune(run, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)?;
+            }
+            // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
+            dist.barrier()?;
+            summary.last_checkpoint = Some(checkpoint::step_dir(run, st.step));
+        }
+        dist::fault_drill(dist.rank, st.step, dist.attempt);
+        if preempt {
+            summary.preempted = true;
+            if let Some(l) = logger.as_ref() {
+                l.println(&format!("stopped by a signal after step {}: checkpoint saved", st.step));
+            }
+            break;
         }
         if opts.stop_after == Some(st.step) {
             break;
         }
     }
-    logger.finish();
+    if let Some(l) = logger.as_mut() {
+        l.finish();
+    }
     summary.steps = st.step;
     summary.skipped_steps = st.skipped_steps;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -317,8 +366,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
         "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
+        "preempted": summary.preempted, "world_size": dist.world,
     });
-    write("summary.json", &serde_json::to_string_pretty(&record)?)?;
+    if leader {
+        write("summary.json", &serde_json::to_string_pretty(&record)?)?;
+    }
     Ok(summary)
 }
 

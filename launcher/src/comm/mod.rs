@@ -1,0 +1,67 @@
+//! Communicators: one trait for the collectives data-parallel training needs, with a TCP ring backend
+//! for CPU ranks (as Gloo does). An NCCL backend implements the same trait on GPUs (issue 6).
+//!
+//! Every collective either completes on all ranks or returns an error on each: a peer that stops
+//! sending makes the call fail after the communicator's timeout ([`CommError::Timeout`]), never hang.
+
+pub mod ring;
+
+pub use ring::TcpRing;
+
+/// Exit code of a training process whose collective timed out (the launcher reports it by name).
+pub const EXIT_COMM_TIMEOUT: i32 = 86;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    #[error("collective `{op}` timed out after {secs:.0} s waiting for rank {peer}")]
+    Timeout { op: &'static str, peer: usize, secs: f64 },
+    #[error("collective `{op}`: rank {peer}: {detail}")]
+    Peer { op: &'static str, peer: usize, detail: String },
+    #[error("collective `{op}`: {detail}")]
+    Usage { op: &'static str, detail: String },
+}
+
+pub type CommResult<T> = std::result::Result<T, CommError>;
+
+/// Collectives over f32 buffers. `all_reduce_sum` leaves the same bytes on every rank.
+pub trait Communicator: Send {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Element-wise sum over ranks, in place.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> CommResult<()>;
+    /// `root`'s buffer to every rank.
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()>;
+    /// Rank r's `send` lands at `recv[r·n .. (r+1)·n]` on every rank (`n = send.len()`).
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()>;
+    /// Sum over ranks of `send` (`world·n` values); rank r keeps part r in `recv` (`n` values).
+    fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()>;
+    fn barrier(&mut self) -> CommResult<()> {
+        self.all_reduce_sum(&mut [0.0]).map(|_| ())
+    }
+}
+
+/// The single-process communicator: every collective is the identity.
+pub struct Solo;
+
+impl Communicator for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&mut self, _: &mut [f32]) -> CommResult<()> {
+        Ok(())
+    }
+    fn broadcast(&mut self, _: &mut [f32], _: usize) -> CommResult<()> {
+        Ok(())
+    }
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Where a training process finds its place in the group: torchrun-style variables (set by our agent,
+//! torchrun, or Kubernetes training operators), or SLURM's when `srun` starts one task per rank.
+
+use anyhow::{bail, Context, Result};
+
+/// Environment variables our agent sets besides the torchrun ones.
+pub mod vars {
+    /// The rendezvous token (required to join the store).
+    pub const TOKEN: &str = "INFINITY_RDZV_TOKEN";
+    pub const RUN_ID: &str = "INFINITY_RUN_ID";
+    /// Restart attempt (0 first); a restarted group resumes from its newest checkpoint.
+    pub const RESTART_COUNT: &str = "INFINITY_RESTART_COUNT";
+    /// `1` when the agent hosts the store (otherwise rank 0 hosts it at MASTER_ADDR:MASTER_PORT).
+    pub const AGENT_STORE: &str = "INFINITY_AGENT_STORE";
+    /// `auto`: resume from the newest complete checkpoint (set by the agent on restarts).
+    pub const RESUME: &str = "INFINITY_RESUME";
+}
+
+/// One process's place in a distributed run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistEnv {
+    pub rank: usize,
+    pub world: usize,
+    pub local_rank: usize,
+    pub local_world: usize,
+    pub node_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    pub token: String,
+    pub run_id: String,
+    pub attempt: u32,
+    /// The store is hosted by an agent; otherwise rank 0 hosts it.
+    pub agent_store: bool,
+}
+
+impl DistEnv {
+    /// From the process environment; `None` for a single process.
+    pub fn from_env() -> Result<Option<DistEnv>> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// From any variable lookup (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
+        let num = |k: &str| -> Result<Option<usize>> {
+            get(k)
+                .map(|v| v.trim().parse::<usize>().with_context(|| format!("{k}={v:?}: expected a number")))
+                .transpose()
+        };
+        let (rank, world, local_rank, local_world, node_rank, master_addr) = if get("WORLD_SIZE").is_some() {
+            let world = num("WORLD_SIZE")?.unwrap();
+            let rank = num("RANK")?.context("WORLD_SIZE is set but RANK is not")?;
+            let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
+            let local_world = num("LOCAL_WORLD_SIZE")?.unwrap_or(world);
+            let node_rank = num("NODE_RANK")?.or(num("GROUP_RANK")?).unwrap_or(rank / local_world.max(1));
+            let addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+            (rank, world, local_rank, local_world, node_rank, addr)
+        } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+            // srun with one task per rank
+            let nodes = get("SLURM_STEP_NODELIST").or_else(|| get("SLURM_JOB_NODELIST")).unwrap_or_default();
+            let first = parse_nodelist(&nodes)?.into_iter().next().unwrap_or_else(|| "127.0.0.1".into());
+            let local_world = get("SLURM_STEP_TASKS_PER_NODE")
+                .or_else(|| get("SLURM_TASKS_PER_NODE"))
+                .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()))
+                .unwrap_or(world);
+            let addr = get("MASTER_ADDR").unwrap_or(first);
+            (rank, world, num("SLURM_LOCALID")?.unwrap_or(0), local_world, num("SLURM_NODEID")?.unwrap_or(0), addr)
+        } else {
+            return Ok(None);
+        };
+        if world <= 1 {
+            return Ok(None);
+        }
+        if rank >= world {
+            bail!("RANK {rank} is outside WORLD_SIZE {world}");
+        }
+        let master_port = match get("MASTER_PORT") {
+            Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
+            None => 29500,
+        };
+        let run_id = get(vars::RUN_ID).or_else(|| get("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
+        Ok(Some(DistEnv {
+            rank,
+            world,
+            local_rank,
+            local_world,
+            node_rank,
+            master_addr,
+            master_port,
+            // a scheduler without our agent may not set a token: then the (private) network is the trust boundary
+            token: get(vars::TOKEN).unwrap_or_default(),
+            run_id,
+            attempt: match get(vars::RESTART_COUNT) {
+                Some(v) => v.parse().with_context(|| format!("{}={v:?}", vars::RESTART_COUNT))?,
+                None => 0,
+            },
+            agent_store: get(vars::AGENT_STORE).as_deref() == Some("1"),
+        }))
+    }
+
+    pub fn store_addr(&self) -> String {
+        format!("{}:{}", self.master_addr, self.master_port)
+    }
+
+    /// Store key prefix of this run and attempt.
+    pub fn prefix(&self) -> String {
+        format!("{}/attempt-{}", self.run_id, self.attempt)
+    }
+}
+
+/// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5.
+pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = list.trim();
+    while !rest.is_empty() {
+        // one item: a prefix, optionally one bracketed range list, up to the next top-level comma
+        let end = {
+            let mut depth = 0;
+            let mut end = rest.len();
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '[' => depth += 1,
+                    ']' => depth -= 1,
+                    ',' if depth == 0 => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if depth != 0 {
+                bail!("node list {list:?}: unbalanced brackets");
+            }
+            end
+        };
+        let item = &rest[..end];
+        rest = rest[end..].trim_start_matches(',');
+        match item.find('[') {
+            None => out.push(item.to_string()),
+            Some(open) => {
+                let close = item.rfind(']').with_context(|| format!("node list {list:?}: `{item}`"))?;
+                let (prefix, suffix) = (&item[..open], &item[close + 1..]);
+                for range in item[open + 1..close].split(',') {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    let width = a.len();
+                    let (lo, hi): (u64, u64) = (
+                        a.parse().with_context(|| format!("node list {list:?}: range `{range}`"))?,
+                        b.parse().with_context(|| format!("node list {list:?}: range `{range}`"))?,
+                    );
+                    if hi < lo || hi - lo > 100_000 {
+                        bail!("node list {list:?}: range `{range}`");
+                    }
+                    out.extend((lo..=hi).map(|i| format!("{prefix}{i:0width$}{suffix}")));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn node_lists_expand() {
+        assert_eq!(parse_nodelist("node[01-03,07],gpu5").unwrap(), ["node01", "node02", "node03", "node07", "gpu5"]);
+        assert_eq!(parse_nodelist("a1").unwrap(), ["a1"]);
+        assert_eq!(parse_nodelist("x[8-10]").unwrap(), ["x8", "x9", "x10"]);
+        assert!(parse_nodelist("n[1-2").is_err());
+        assert!(parse_nodelist("n[3-1]").is_err());
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        DistEnv::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn torchrun_kubernetes_and_slurm_variables() {
+        assert_eq!(env(&[]).unwrap(), None);
+        assert_eq!(env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None);
+        let k8s = env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_ADDR", "job-master-0"), ("MASTER_PORT", "23456")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (k8s.rank, k8s.world, k8s.store_addr().as_str(), k8s.agent_store),
+            (3, 4, "job-master-0:23456", false)
+        );
+        let slurm = env(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_NODEID", "2"),
+            ("SLURM_JOB_NODELIST", "gpu[10-13]"),
+            ("SLURM_TASKS_PER_NODE", "2(x4)"),
+            ("SLURM_JOB_ID", "991"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((slurm.rank, slurm.world, slurm.local_rank, slurm.local_world, slurm.node_rank), (5, 8, 1, 2, 2));
+        assert_eq!((slurm.master_addr.as_str(), slurm.run_id.as_str()), ("gpu10", "991"));
+        assert!(format!("{:#}", env(&[("WORLD_SIZE", "2")]).unwrap_err()).contains("RANK"));
+        assert!(format!("{:#}", env(&[("WORLD_SIZE", "2"), ("RANK", "x")]).unwrap_err()).contains("RANK=\"x\""));
+        assert!(format!("{:#}", env(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err()).contains("outside"));
+    }
+}

@@ -1,0 +1,185 @@
+//! The rendezvous store server: a key-value map behind a TCP port, served by node 0's agent (or by rank 0
+//! itself when a scheduler started the ranks). Every connection must first say the run's token; a
+//! malformed, oversized or unauthenticated message closes that connection and nothing else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::wire::{body_len, frame, Request, Response};
+
+#[derive(Default)]
+struct State {
+    map: Mutex<HashMap<String, Vec<u8>>>,
+    /// Woken on every write, so blocked `get`/`wait` calls re-check their keys.
+    changed: Notify,
+}
+
+/// A running store; dropping it stops the server.
+pub struct StoreServer {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreServer {
+    /// Bind `addr` (port 0 picks a free one) and serve on a background thread with its own runtime, so
+    /// synchronous code (a training process) can host the store too.
+    pub fn spawn(addr: SocketAddr, token: String) -> Result<StoreServer> {
+        let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("store: binding {addr}"))?;
+        std_listener.set_nonblocking(true)?;
+        let local = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new().name("rdzv-store".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("a tokio listener");
+                tokio::select! {
+                    _ = serve(listener, token) => {}
+                    _ = rx => {}
+                }
+            });
+        })?;
+        Ok(StoreServer { addr: local, shutdown: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accept connections forever.
+pub async fn serve(listener: TcpListener, token: String) {
+    let state = Arc::new(State::default());
+    let token = Arc::new(token);
+    loop {
+        let Ok((sock, peer)) = listener.accept().await else { continue };
+        let (state, token) = (state.clone(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = connection(sock, &state, &token).await {
+                tracing::debug!("store: connection from {peer} closed: {e}");
+            }
+        });
+    }
+}
+
+async fn read_request(sock: &mut TcpStream) -> Result<Option<Request>, String> {
+    let mut header = [0u8; 4];
+    match sock.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let n = body_len(header)?;
+    let mut body = vec![0u8; n];
+    sock.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| format!("malformed request: {e}"))
+}
+
+async fn reply(sock: &mut TcpStream, r: &Response) -> std::io::Result<()> {
+    sock.write_all(&frame(r)).await
+}
+
+async fn connection(mut sock: TcpStream, state: &State, token: &str) -> Result<(), String> {
+    sock.set_nodelay(true).ok();
+    // a connection that never says hello is dropped after a while instead of holding a task forever
+    let hello = tokio::time::timeout(Duration::from_secs(30), read_request(&mut sock))
+        .await
+        .map_err(|_| "no hello within 30 s".to_string())??;
+    match hello {
+        Some(Request::Hello { token: t, .. }) if t == token => reply(&mut sock, &Response::Ok).await,
+        Some(Request::Hello { who, .. }) => {
+            let _ = reply(&mut sock, &Response::Error { message: "wrong token for this run".into() }).await;
+            return Err(format!("{who}: wrong token"));
+        }
+        _ => {
+            let _ = reply(&mut sock, &Response::Error { message: "expected hello".into() }).await;
+            return Err("first message was not a hello".into());
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    loop {
+        let req = match read_request(&mut sock).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let _ = reply(&mut sock, &Response::Error { message: e.clone() }).await;
+                return Err(e);
+            }
+        };
+        let resp = handle(state, req).await;
+        reply(&mut sock, &resp).await.map_err(|e| e.to_string())?;
+    }
+}
+
+async fn handle(state: &State, req: Request) -> Response {
+    match req {
+        Request::Hello { .. } => Response::Error { message: "hello twice".into() },
+        Request::Set { key, value } => {
+            state.map.lock().unwrap().insert(key, value);
+            state.changed.notify_waiters();
+            Response::Ok
+        }
+        Request::Add { key, delta } => {
+            let mut map = state.map.lock().unwrap();
+            let current = match map.get(&key) {
+                None => 0,
+                Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()) {
+                    Some(i) => i,
+                    None => return Response::Error { message: format!("`{key}` does not hold an integer") },
+                },
+            };
+            let next = current.saturating_add(delta);
+            map.insert(key, next.to_string().into_bytes());
+            drop(map);
+            state.changed.notify_waiters();
+            Response::Int { value: next }
+        }
+        Request::Check { keys } => {
+            let map = state.map.lock().unwrap();
+            Response::Present { present: keys.iter().map(|k| map.contains_key(k)).collect() }
+        }
+        Request::Get { key, timeout_ms } => match wait_for(state, std::slice::from_ref(&key), timeout_ms).await {
+            Ok(()) => Response::Value { value: state.map.lock().unwrap()[&key].clone() },
+            Err(missing) => Response::Timeout { missing },
+        },
+        Request::Wait { keys, timeout_ms } => match wait_for(state, &keys, timeout_ms).await {
+            Ok(()) => Response::Ok,
+            Err(missing) => Response::Timeout { missing },
+        },
+    }
+}
+
+/// Wait until every key is present; on timeout, the missing ones.
+async fn wait_for(state: &State, keys: &[String], timeout_ms: u64) -> Result<(), Vec<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        // register for the wake-up before checking, so a set between the check and the wait is not lost
+        let notified = state.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let missing: Vec<String> = {
+            let map = state.map.lock().unwrap();
+            keys.iter().filter(|k| !map.contains_key(*k)).cloned().collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(missing);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The rendezvous store: operations, tokens, rendezvous errors that name ranks, and garbage that must
+//! not bring the server down.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use infinity_launcher::store::wire::{frame, Request, MAX_FRAME};
+use infinity_launcher::store::{StoreClient, StoreServer};
+use rand::{Rng, SeedableRng};
+
+const T: Duration = Duration::from_secs(5);
+
+fn server(token: &str) -> (StoreServer, String) {
+    let s = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), token.into()).unwrap();
+    let addr = s.addr.to_string();
+    (s, addr)
+}
+
+#[test]
+fn set_get_add_wait_check() {
+    let (_s, addr) = server("tok");
+    let mut a = StoreClient::connect(&addr, "tok", "a", T).unwrap();
+    let mut b = StoreClient::connect(&addr, "tok", "b", T).unwrap();
+    a.set("k", b"v1").unwrap();
+    assert_eq!(b.get("k", T).unwrap(), b"v1");
+    assert_eq!(a.add("n", 2).unwrap(), 2);
+    assert_eq!(b.add("n", 3).unwrap(), 5);
+    assert_eq!(a.check(&["k".into(), "nope".into()]).unwrap(), [true, false]);
+    assert!(format!("{:#}", a.add("k", 1).unwrap_err()).contains("does not hold an integer"));
+    // a blocked get wakes up when another client sets the key
+    let addr2 = addr.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut c = StoreClient::connect(&addr2, "tok", "c", T).unwrap();
+        c.get("later", T).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    a.set("later", b"x").unwrap();
+    assert_eq!(waiter.join().unwrap(), b"x");
+    let t0 = Instant::now();
+    assert_eq!(a.wait(&["k".into(), "never".into()], Duration::from_millis(300)).unwrap(), Err(vec!["never".into()]));
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    let (_s, addr) = server("secret");
+    let e = StoreClient::connect(&addr, "guess", "intruder", T).err().unwrap();
+    assert!(format!("{e:#}").contains("wrong token"), "{e:#}");
+    assert!(StoreClient::connect(&addr, "secret", "ok", T).is_ok());
+}
+
+#[test]
+fn rendezvous_names_missing_and_duplicate_ranks_and_world_mismatches() {
+    let (_s, addr) = server("t");
+    let mut r0 = StoreClient::connect(&addr, "t", "r0", T).unwrap();
+    let mut r2 = StoreClient::connect(&addr, "t", "r2", T).unwrap();
+    let h = std::thread::spawn(move || r2.rendezvous("job", 2, 4, Duration::from_millis(400)));
+    let e = format!("{:#}", r0.rendezvous("job", 0, 4, Duration::from_millis(400)).unwrap_err());
+    assert!(e.contains("ranks [1, 3] of 4 never arrived"), "{e}");
+    assert!(h.join().unwrap().is_err());
+
+    let mut dup = StoreClient::connect(&addr, "t", "dup", T).unwrap();
+    let e = format!("{:#}", dup.rendezvous("job", 2, 4, T).unwrap_err());
+    assert!(e.contains("rank 2 joined twice"), "{e}");
+    let mut other = StoreClient::connect(&addr, "t", "other", T).unwrap();
+    let e = format!("{:#}", other.rendezvous("job", 1, 8, T).unwrap_err());
+    assert!(e.contains("WORLD_SIZE 8, rank 0 has 4"), "{e}");
+    let e = format!("{:#}", other.rendezvous("job2", 5, 4, T).unwrap_err());
+    assert!(e.contains("outside a world of 4"), "{e}");
+}
+
+/// Send raw bytes, read whatever comes back until the server closes or a short timeout.
+fn poke(addr: &str, bytes: &[u8]) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut sink = [0u8; 4096];
+    let _ = s.read(&mut sink);
+}
+
+#[test]
+fn garbage_never_brings_the_store_down() {
+    let (_s, addr) = server("tok");
+    let mut good = StoreClient::connect(&addr, "tok", "good", T).unwrap();
+    good.set("alive", b"1").unwrap();
+    let hello = frame(&Request::Hello { token: "tok".into(), who: "fuzz".into() });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![],
+        (u32::MAX).to_le_bytes().to_vec(),                           // absurd length
+        ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec(),             // just over the limit
+        0u32.to_le_bytes().to_vec(),                                 // empty frame
+        [&5u32.to_le_bytes()[..], b"{{{{{"].concat(),                // malformed JSON
+        frame(&serde_json::json!({"op": "set", "key": 3})),          // wrong types
+        frame(&Request::Get { key: "alive".into(), timeout_ms: 1 }), // no hello first
+        [hello.clone(), frame(&Request::Hello { token: "tok".into(), who: "x".into() })].concat(),
+        [hello.clone(), vec![1, 2, 3]].concat(), // truncated frame after hello
+        [hello.clone(), 9u32.to_le_bytes().to_vec(), b"not json!".to_vec()].concat(),
+    ];
+    for _ in 0..300 {
+        let n = rng.random_range(0..64);
+        let mut bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        if rng.random_bool(0.5) {
+            bytes = [hello.clone(), bytes].concat();
+        }
+        cases.push(bytes);
+    }
+    for c in &cases {
+        poke(&addr, c);
+    }
+    // the server still answers, and its state is intact
+    assert_eq!(good.get("alive", T).unwrap(), b"1");
+    let mut fresh = StoreClient::connect(&addr, "tok", "fresh", T).unwrap();
+    assert_eq!(fresh.add("count", 1).unwrap(), 1);
+}
