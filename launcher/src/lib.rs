@@ -3,6 +3,7 @@
 //! for CPU ranks; NCCL for GPUs with issue 6).
 
 pub mod agent;
+pub mod bench;
 pub mod comm;
 pub mod env;
 pub mod store;

@@ -80,3 +80,23 @@ fn a_silent_peer_is_a_timeout_not_a_hang() {
     assert!(matches!(e, CommError::Timeout { peer: 1, .. }), "{e}");
     assert!(*took < Duration::from_secs(2), "took {took:?}");
 }
+
+#[test]
+fn tiny_and_empty_buffers() {
+    // fewer values than ranks leaves some chunks empty
+    let results = ring_group(4, Duration::from_secs(10), |mut r| {
+        let mut out = Vec::new();
+        for n in [0usize, 1, 2, 3, 5] {
+            let mut v: Vec<f32> = (0..n).map(|i| (r.rank() * 10 + i) as f32).collect();
+            r.all_reduce_sum(&mut v).unwrap();
+            out.push(v);
+        }
+        out
+    });
+    for per_rank in &results {
+        for (k, n) in [0usize, 1, 2, 3, 5].iter().enumerate() {
+            let expect: Vec<f32> = (0..*n).map(|i| (0..4).map(|r| (r * 10 + i) as f32).sum()).collect();
+            assert_eq!(per_rank[k], expect, "n = {n}");
+        }
+    }
+}

@@ -22,14 +22,17 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Optimiser state: first and second moments in the parameter layout, and the step count.
+/// Optimiser state: first and second moments of the parameters in `range` of the flat layout (all of
+/// them, or one rank's shard under ZeRO-1), and the step count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     pub cfg: AdamWConfig,
     pub step: u64,
+    /// Which parameters these moments belong to.
+    pub range: std::ops::Range<usize>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
-    /// `[numel]` 1 where weight decay applies.
+    /// `[range.len()]` true where weight decay applies.
     decay: Vec<bool>,
 }
 
@@ -39,10 +42,24 @@ impl AdamW {
         for s in &lay.specs {
             decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
         }
-        AdamW { cfg, step: 0, m: vec![0.0; lay.numel], v: vec![0.0; lay.numel], decay }
+        AdamW { cfg, step: 0, range: 0..lay.numel, m: vec![0.0; lay.numel], v: vec![0.0; lay.numel], decay }
     }
 
-    /// One update of `params` with `grads` at learning rate `lr` (PyTorch's AdamW arithmetic).
+    /// The part of this (full) state that covers `range` (a ZeRO-1 shard).
+    pub fn shard(&self, range: std::ops::Range<usize>) -> AdamW {
+        assert_eq!(self.range, 0..self.m.len(), "shard of a shard");
+        AdamW {
+            cfg: self.cfg.clone(),
+            step: self.step,
+            m: self.m[range.clone()].to_vec(),
+            v: self.v[range.clone()].to_vec(),
+            decay: self.decay[range.clone()].to_vec(),
+            range,
+        }
+    }
+
+    /// One update of the parameters in `self.range` (`params`, `grads`: exactly those) at learning rate
+    /// `lr` (PyTorch's AdamW arithmetic).
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
         assert!(params.len() == self.m.len() && grads.len() == self.m.len(), "AdamW: layout mismatch");
         self.step += 1;

@@ -129,6 +129,39 @@ fn two_and_four_ranks_match_one_rank() {
 }
 
 #[test]
+fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), &data, 4);
+    let one = tmp.path().join("one");
+    ok(launch(1, &cfg, &one, &[], &[]).output().unwrap());
+    let z2 = tmp.path().join("zero1-2");
+    let zero = ["--set", "dist.zero1=true"];
+    let mut c = launch(2, &cfg, &z2, &[], &[]);
+    ok(c.args(zero).output().unwrap());
+    let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&z2, 4));
+    println!("ZeRO-1 on 2 ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "ZeRO-1: max |Δw| {diff:e} at {name}");
+    // its step-2 checkpoint (whole moments) continues on 4 ranks with ZeRO-1 and on 1 rank without
+    for (n, extra) in [(4usize, &zero[..]), (1, &[][..])] {
+        let run = tmp.path().join(format!("resumed-{n}"));
+        std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+        let src = z2.join("checkpoints/step-00000002");
+        let dst = run.join("checkpoints/step-00000002");
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+        }
+        let mut c = launch(n, &cfg, &run, &[], &[]);
+        ok(c.args(extra).args(["--resume", "auto"]).output().unwrap());
+        let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&run, 4));
+        println!("ZeRO-1 checkpoint resumed on {n} ranks vs 1 rank: max |Δw| = {diff:.3e} ({name})");
+        assert!(diff <= 1e-5, "resumed on {n}: max |Δw| {diff:e} at {name}");
+    }
+}
+
+#[test]
 fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

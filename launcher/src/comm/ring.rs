@@ -2,13 +2,13 @@
 //! and NCCL's ring algorithm do, so each rank sends and receives `2·(W−1)/W` of the buffer.
 //!
 //! Each step sends one chunk to the next rank while receiving one from the previous rank: the send runs
-//! on the ring's sender thread so that neither side waits for the other's socket buffer. The order of
+//! on a scoped thread straight from the caller's buffer, so neither side waits for the other's socket
+//! buffer and nothing is copied. The order of
 //! additions is fixed by (rank, world), so results are deterministic and identical on every rank.
 //! Values travel as little-endian f32 (all supported hosts are little-endian).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,12 +21,11 @@ const MAGIC: u32 = 0x1f1e_7a11;
 pub struct TcpRing {
     rank: usize,
     world: usize,
+    /// Connection to rank + 1 (we write) and from rank − 1 (we read).
+    next: TcpStream,
     prev: TcpStream,
     timeout: Duration,
-    /// Buffers to write to the next rank; each comes back on `done` once written (or with the error).
-    to_send: Sender<Vec<f32>>,
-    done: Receiver<std::io::Result<Vec<f32>>>,
-    spare: Vec<Vec<f32>>,
+    /// Receive buffer of one block (reductions).
     scratch: Vec<f32>,
 }
 
@@ -88,20 +87,10 @@ impl TcpRing {
         inp.set_read_timeout(Some(timeout))?;
         out.set_write_timeout(Some(timeout))?;
 
-        let (to_send, rx) = channel::<Vec<f32>>();
-        let (tx_done, done) = channel();
-        std::thread::Builder::new().name(format!("ring-send-{rank}")).spawn(move || {
-            for buf in rx {
-                let r = out.write_all(bytemuck::cast_slice(&buf)).map(|_| buf);
-                if tx_done.send(r).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(TcpRing { rank, world, prev: inp, timeout, to_send, done, spare: vec![], scratch: vec![] })
+        Ok(TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![] })
     }
 
-    fn next(&self) -> usize {
+    fn next_rank(&self) -> usize {
         (self.rank + 1) % self.world
     }
 
@@ -109,26 +98,14 @@ impl TcpRing {
         (self.rank + self.world - 1) % self.world
     }
 
-    /// Queue `out` for the next rank (the sender thread writes it).
-    fn post(&mut self, op: &'static str, out: &[f32]) -> CommResult<()> {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(out);
-        let next = self.next();
-        self.to_send.send(buf).map_err(|_| CommError::Peer { op, peer: next, detail: "sender stopped".into() })
-    }
-
-    /// Wait until the posted buffer is written.
-    fn sent(&mut self, op: &'static str) -> CommResult<()> {
-        let next = self.next();
-        match self.done.recv() {
-            Ok(Ok(buf)) => {
-                self.spare.push(buf);
-                Ok(())
+    /// Write `out` to the next rank.
+    fn send(next: &mut TcpStream, op: &'static str, peer: usize, out: &[f32]) -> CommResult<()> {
+        next.write_all(bytemuck::cast_slice(out)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                CommError::Peer { op, peer, detail: "stopped reading (send timed out)".into() }
             }
-            Ok(Err(e)) => Err(CommError::Peer { op, peer: next, detail: format!("send failed: {e}") }),
-            Err(_) => Err(CommError::Peer { op, peer: next, detail: "sender stopped".into() }),
-        }
+            _ => CommError::Peer { op, peer, detail: format!("send failed: {e}") },
+        })
     }
 
     /// Read `dst.len()` values from the previous rank.
@@ -150,13 +127,43 @@ impl TcpRing {
         })
     }
 
-    /// Send `out` to the next rank while receiving `n_in` values from the previous one into `scratch`.
-    fn exchange(&mut self, op: &'static str, out: &[f32], n_in: usize) -> CommResult<()> {
-        self.post(op, out)?;
-        self.scratch.resize(n_in, 0.0);
-        let peer = self.prev_rank();
-        Self::recv_into(&mut self.prev, op, peer, self.timeout, &mut self.scratch)?;
-        self.sent(op)
+    /// Send `out` to the next rank while receiving `dst.len()` values from the previous one, which are
+    /// added into `dst` (`reduce`) or stored there. Additions happen block by block as data arrives, so
+    /// they overlap with the transfer.
+    fn exchange(&mut self, op: &'static str, out: &[f32], dst: &mut [f32], reduce: bool) -> CommResult<()> {
+        const BLOCK: usize = 1 << 18; // values: 1 MiB
+        let (next, prev) = (self.next_rank(), self.prev_rank());
+        let (tx, rx, scratch, timeout) = (&mut self.next, &mut self.prev, &mut self.scratch, self.timeout);
+        std::thread::scope(|sc| {
+            let sending = sc.spawn(move || Self::send(tx, op, next, out));
+            let received = if reduce {
+                scratch.resize(BLOCK.min(dst.len()), 0.0);
+                dst.chunks_mut(BLOCK).try_for_each(|block| {
+                    let got = &mut scratch[..block.len()];
+                    Self::recv_into(rx, op, prev, timeout, got)?;
+                    block.iter_mut().zip(got.iter()).for_each(|(x, y)| *x += *y);
+                    Ok(())
+                })
+            } else {
+                Self::recv_into(rx, op, prev, timeout, dst)
+            };
+            let sent =
+                sending.join().unwrap_or_else(|_| Err(CommError::Usage { op, detail: "sender panicked".into() }));
+            received.and(sent)
+        })
+    }
+
+    /// The chunk to send and the (distinct) chunk to receive into, both slices of `buf`.
+    fn two_chunks<'a>(buf: &'a mut [f32], bounds: &[usize], send: usize, recv: usize) -> (&'a [f32], &'a mut [f32]) {
+        let (s, r) = ((bounds[send], bounds[send + 1]), (bounds[recv], bounds[recv + 1]));
+        // the chunks are disjoint: the send chunk ends before the receive chunk starts, or the reverse
+        if s.1 <= r.0 {
+            let (lo, hi) = buf.split_at_mut(r.0);
+            (&lo[s.0..s.1], &mut hi[..r.1 - r.0])
+        } else {
+            let (lo, hi) = buf.split_at_mut(s.0);
+            (&hi[..s.1 - s.0], &mut lo[r.0..r.1])
+        }
     }
 
     /// Ring reduce-scatter over chunks `bounds`; afterwards this rank holds the full sum of chunk
@@ -172,9 +179,8 @@ impl TcpRing {
         for s in 0..w - 1 {
             let send_c = (self.rank + shift + w - s) % w;
             let recv_c = (self.rank + shift + 2 * w - s - 1) % w;
-            let (a, b) = (bounds[recv_c], bounds[recv_c + 1]);
-            self.exchange(op, &buf[bounds[send_c]..bounds[send_c + 1]], b - a)?;
-            buf[a..b].iter_mut().zip(&self.scratch).for_each(|(x, y)| *x += *y);
+            let (out, dst) = Self::two_chunks(buf, bounds, send_c, recv_c);
+            self.exchange(op, out, dst, true)?;
         }
         Ok(())
     }
@@ -191,9 +197,8 @@ impl TcpRing {
         for s in 0..w - 1 {
             let send_c = (first + w - s) % w;
             let recv_c = (first + 2 * w - s - 1) % w;
-            let (a, b) = (bounds[recv_c], bounds[recv_c + 1]);
-            self.exchange(op, &buf[bounds[send_c]..bounds[send_c + 1]], b - a)?;
-            buf[a..b].copy_from_slice(&self.scratch);
+            let (out, dst) = Self::two_chunks(buf, bounds, send_c, recv_c);
+            self.exchange(op, out, dst, false)?;
         }
         Ok(())
     }
@@ -236,8 +241,8 @@ impl Communicator for TcpRing {
             Self::recv_into(&mut self.prev, "broadcast", peer, self.timeout, buf)?;
         }
         if self.rank != last {
-            self.post("broadcast", buf)?;
-            self.sent("broadcast")?;
+            let next = self.next_rank();
+            Self::send(&mut self.next, "broadcast", next, buf)?;
         }
         Ok(())
     }

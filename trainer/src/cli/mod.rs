@@ -32,6 +32,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Start and supervise data-parallel ranks on this node (torchrun-like): `launch -- train CONFIG`.
     Launch(infinity_launcher::agent::LaunchArgs),
+    /// Communicator benchmarks (all-reduce bus bandwidth, rendezvous time).
+    #[command(subcommand)]
+    Comm(CommCommand),
     /// Sample images (or bits) from a checkpoint with classifier-free guidance.
     Sample(sample::SampleArgs),
     /// Export inference weights (upstream names, f32 or bf16) and a config.json.
@@ -39,6 +42,12 @@ enum Command {
     /// Model sizes, FLOPs and CPU throughput.
     #[command(subcommand)]
     Model(model::ModelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CommCommand {
+    /// Ring all-reduce bus bandwidth beside raw loopback TCP, and rendezvous time.
+    Bench(infinity_launcher::bench::CommBenchArgs),
 }
 
 /// Parse `args` (including the program name) and run the command.
@@ -55,6 +64,7 @@ where
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Launch(a) => launch::run(a),
+        Command::Comm(CommCommand::Bench(a)) => infinity_launcher::bench::run(&a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => export::run(a),
     }
 }

@@ -71,6 +71,7 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
+    ensure!(opt.range == (0..lay.numel), "checkpoint: the optimiser state must be whole (gather ZeRO-1 shards first)");
     let model = weights_bytes(cfg, lay, params, SaveDtype::F32, false, None)?;
     let m: Vec<u8> = opt.m.iter().flat_map(|x| x.to_le_bytes()).collect();
     let v: Vec<u8> = opt.v.iter().flat_map(|x| x.to_le_bytes()).collect();

@@ -39,11 +39,13 @@ pub struct DistSection {
     pub timeout_s: f64,
     /// How long ranks wait for each other to arrive.
     pub rdzv_timeout_s: f64,
+    /// Shard the optimiser state over ranks (ZeRO-1): reduce-scatter, sharded AdamW, all-gather.
+    pub zero1: bool,
 }
 
 impl Default for DistSection {
     fn default() -> Self {
-        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0 }
+        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0, zero1: false }
     }
 }
 

@@ -11,6 +11,9 @@ use infinity_launcher::comm::{Communicator, Solo, TcpRing};
 use infinity_launcher::env::DistEnv;
 use infinity_launcher::store::{StoreClient, StoreServer};
 
+use crate::model::Layout;
+use crate::optim::AdamW;
+
 pub struct Dist {
     pub rank: usize,
     pub world: usize,
@@ -80,6 +83,14 @@ impl Dist {
         Ok(self.comm.broadcast(v, 0)?)
     }
 
+    pub fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        Ok(self.comm.reduce_scatter_sum(send, recv)?)
+    }
+
+    pub fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        Ok(self.comm.all_gather(send, recv)?)
+    }
+
     pub fn barrier(&mut self) -> Result<()> {
         Ok(self.comm.barrier()?)
     }
@@ -89,6 +100,81 @@ impl Dist {
         let mut v = [flag as u8 as f32];
         self.comm.all_reduce_sum(&mut v)?;
         Ok(v[0] > 0.0)
+    }
+}
+
+/// ZeRO-1: each rank owns the optimiser state of one contiguous shard of the flat parameters.
+/// Gradients are reduce-scattered (each rank gets the mean of its shard), the rank updates its shard,
+/// and the parameters are all-gathered. The flat layout is padded to a multiple of the world size so
+/// every shard has the same length. Checkpoints gather the moments, so they are the same files as
+/// without ZeRO-1 and restore on any world size.
+pub struct Zero1 {
+    /// This rank's parameters.
+    pub range: std::ops::Range<usize>,
+    padded: Vec<f32>,
+    shard: Vec<f32>,
+}
+
+impl Zero1 {
+    pub fn new(numel: usize, rank: usize, world: usize) -> Zero1 {
+        let shard_len = numel.div_ceil(world);
+        let start = (rank * shard_len).min(numel);
+        let end = ((rank + 1) * shard_len).min(numel);
+        Zero1 { range: start..end, padded: vec![0.0; shard_len * world], shard: vec![0.0; shard_len] }
+    }
+
+    /// This rank's shard of the rank-mean of `grads`, kept for [`Zero1::clip`] and [`Zero1::update`].
+    pub fn reduce_grads(&mut self, dist: &mut Dist, grads: &[f32]) -> Result<()> {
+        self.padded[..grads.len()].copy_from_slice(grads);
+        self.padded[grads.len()..].iter_mut().for_each(|x| *x = 0.0);
+        dist.reduce_scatter_sum(&self.padded, &mut self.shard)?;
+        let inv = 1.0 / dist.world as f32;
+        self.shard.iter_mut().for_each(|x| *x *= inv);
+        Ok(())
+    }
+
+    /// Global-norm clipping of the sharded gradient: the norm is summed over ranks.
+    pub fn clip(&mut self, dist: &mut Dist, max_norm: f64) -> Result<f64> {
+        let local: f64 = self.shard.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        // a sum of squares travels as f32 (a few ulps of the norm; the same on every rank)
+        let mut total = [local as f32];
+        dist.comm.all_reduce_sum(&mut total)?;
+        let norm = (total[0] as f64).sqrt();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            self.shard.iter_mut().for_each(|g| *g = (*g as f64 * coef) as f32);
+        }
+        Ok(norm)
+    }
+
+    /// AdamW on this rank's shard, then every rank's updated shard into `params` on every rank.
+    pub fn update(&mut self, dist: &mut Dist, opt: &mut AdamW, params: &mut [f32], lr: f64) -> Result<()> {
+        opt.update(&mut params[self.range.clone()], &self.shard[..self.range.len()], lr);
+        let mine = params[self.range.clone()].to_vec();
+        self.gather(dist, &mine)?;
+        params.copy_from_slice(&self.padded[..params.len()]);
+        Ok(())
+    }
+
+    /// The whole optimiser state (for a checkpoint), gathered from the shards.
+    pub fn gather_state(&mut self, dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<AdamW> {
+        let mut full = AdamW::new(opt.cfg.clone(), lay);
+        full.step = opt.step;
+        self.gather(dist, &opt.m)?;
+        full.m.copy_from_slice(&self.padded[..lay.numel]);
+        self.gather(dist, &opt.v)?;
+        full.v.copy_from_slice(&self.padded[..lay.numel]);
+        Ok(full)
+    }
+
+    /// All-gather `part` (this rank's values, padded to the shard length) into `self.padded`.
+    fn gather(&mut self, dist: &mut Dist, part: &[f32]) -> Result<()> {
+        self.shard[..part.len()].copy_from_slice(part);
+        self.shard[part.len()..].iter_mut().for_each(|x| *x = 0.0);
+        let send = std::mem::take(&mut self.shard);
+        let r = dist.all_gather(&send, &mut self.padded);
+        self.shard = send;
+        r
     }
 }
 

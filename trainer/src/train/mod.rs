@@ -27,7 +27,7 @@ use serde_json::json;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
-use self::dist::Dist;
+use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
@@ -222,6 +222,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     });
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
+    // ZeRO-1: keep only this rank's shard of the optimiser state
+    let mut zero1 = (cfg.dist.zero1 && dist.world > 1).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
+    if let Some(z) = &zero1 {
+        opt = opt.shard(z.range.clone());
+    }
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
@@ -271,8 +276,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 / accum as f64;
             per_scale.push(scale_metrics(&acts.ce, mb.b, &scales, mc.d));
         }
-        // average over ranks: each rank's gradient is the mean over its slice of the global batch
-        dist.all_reduce_mean(&mut grads.data)?;
         let ns = scales.len();
         let mut metrics = vec![loss, correct_bits, 0.0];
         metrics[2] = per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>();
@@ -281,11 +284,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         metrics[2..].iter_mut().for_each(|v| *v /= accum as f64);
         dist.mean_metrics(&mut metrics)?;
         let (loss, correct_bits, token_acc) = (metrics[0], metrics[1], metrics[2]);
-        let grad_norm = clip_grad_norm(&mut grads.data, cfg.optim.clip);
+        // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
+        let grad_norm = match zero1.as_mut() {
+            Some(z) => {
+                z.reduce_grads(&mut dist, &grads.data)?;
+                z.clip(&mut dist, cfg.optim.clip)?
+            }
+            None => {
+                dist.all_reduce_mean(&mut grads.data)?;
+                clip_grad_norm(&mut grads.data, cfg.optim.clip)
+            }
+        };
         let lr = schedule.lr(st.step, cfg.run.steps);
         if loss.is_finite() && grad_norm.is_finite() {
             st.nonfinite_run = 0;
-            opt.update(&mut params.data, &grads.data, lr);
+            match zero1.as_mut() {
+                Some(z) => z.update(&mut dist, &mut opt, &mut params.data, lr)?,
+                None => opt.update(&mut params.data, &grads.data, lr),
+            }
         } else {
             st.skipped_steps += 1;
             st.nonfinite_run += 1;
@@ -336,8 +352,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         let every = cfg.checkpoint.every;
         if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
+            // under ZeRO-1 every rank sends its moments to form the whole state
+            let whole = match zero1.as_mut() {
+                Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
+                None => None,
+            };
             if leader {
-                checkpoint::save(run, &mc, &lay, &params, &opt, st.clone(), &config_toml)?;
+                checkpoint::save(run, &mc, &lay, &params, whole.as_ref().unwrap_or(&opt), st.clone(), &config_toml)?;
                 checkpoint::prune(run, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)?;
             }
             // no rank runs ahead of (or exits before) a checkpoint every rank can resume from

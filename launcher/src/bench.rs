@@ -1,0 +1,193 @@
+//! `infinity comm bench`: the TCP ring's all-reduce bus bandwidth beside raw loopback TCP measured in the
+//! same run, and the time for N ranks to rendezvous. Ranks are threads of this process talking over
+//! 127.0.0.1, as processes on one node would.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::comm::{Communicator, TcpRing};
+use crate::store::{StoreClient, StoreServer};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommBenchArgs {
+    /// Ring sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    pub ranks: Vec<usize>,
+    /// All-reduce buffer size in MiB (f32).
+    #[arg(long, default_value_t = 64)]
+    pub mib: usize,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Ranks for the rendezvous timing.
+    #[arg(long, default_value_t = 32)]
+    pub rdzv_ranks: usize,
+}
+
+/// One-directional throughput of a single loopback TCP stream, bytes per second.
+pub fn raw_loopback(bytes: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = s.read(&mut buf[..left.min(1 << 20)])?;
+            if n == 0 {
+                break;
+            }
+            left -= n;
+        }
+        s.write_all(&[1])
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let chunk = vec![7u8; 1 << 20];
+    let t0 = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack)?;
+    let secs = t0.elapsed().as_secs_f64();
+    reader.join().expect("reader thread")?;
+    Ok(bytes as f64 / secs)
+}
+
+/// Per-stream throughput of `world` loopback TCP streams running at once in a ring (each thread sends
+/// `bytes` to the next while receiving as much from the previous): the raw transport a ring of that
+/// size can use on this machine, bytes per second.
+pub fn raw_ring(world: usize, bytes: usize) -> Result<f64> {
+    let listeners: Vec<TcpListener> =
+        (0..world).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<_>>()?;
+    let outs: Vec<TcpStream> =
+        (0..world).map(|r| TcpStream::connect(addrs[(r + 1) % world])).collect::<std::io::Result<_>>()?;
+    let ins: Vec<TcpStream> = listeners.iter().map(|l| l.accept().map(|(s, _)| s)).collect::<std::io::Result<_>>()?;
+    let barrier = std::sync::Barrier::new(world);
+    let t0 = std::sync::Mutex::new(None::<Instant>);
+    std::thread::scope(|sc| -> Result<()> {
+        let mut hs = Vec::new();
+        for (mut out, mut inp) in outs.into_iter().zip(ins) {
+            let (barrier, t0) = (&barrier, &t0);
+            hs.push(sc.spawn(move || -> std::io::Result<()> {
+                barrier.wait();
+                t0.lock().unwrap().get_or_insert_with(Instant::now);
+                std::thread::scope(|inner| {
+                    let w = inner.spawn(move || {
+                        let chunk = vec![7u8; 1 << 20];
+                        let mut left = bytes;
+                        while left > 0 {
+                            let n = left.min(chunk.len());
+                            out.write_all(&chunk[..n])?;
+                            left -= n;
+                        }
+                        Ok::<_, std::io::Error>(())
+                    });
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut left = bytes;
+                    while left > 0 {
+                        let n = inp.read(&mut buf[..left.min(1 << 20)])?;
+                        if n == 0 {
+                            break;
+                        }
+                        left -= n;
+                    }
+                    w.join().expect("writer")
+                })
+            }));
+        }
+        for h in hs {
+            h.join().expect("ring thread")?;
+        }
+        Ok(())
+    })?;
+    let secs = t0.lock().unwrap().expect("started").elapsed().as_secs_f64();
+    Ok(bytes as f64 / secs)
+}
+
+/// Median all-reduce time of `n` f32 over a `world`-rank ring, seconds.
+pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
+    let server = StoreServer::spawn("127.0.0.1:0".parse()?, "bench".into())?;
+    let addr = server.addr.to_string();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<Vec<f64>> {
+                let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(10))?;
+                let mut ring = TcpRing::connect(&mut c, "bench", rank, world, "127.0.0.1", Duration::from_secs(60))?;
+                let mut buf = vec![1.0f32; n];
+                ring.all_reduce_sum(&mut buf)?; // warm-up
+                let mut times = Vec::new();
+                for _ in 0..iters {
+                    ring.barrier()?;
+                    let t0 = Instant::now();
+                    ring.all_reduce_sum(&mut buf)?;
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+                Ok(times)
+            })
+        })
+        .collect();
+    let mut worst: Vec<f64> = vec![0.0; iters];
+    for h in handles {
+        let t = h.join().expect("rank thread")?;
+        worst.iter_mut().zip(t).for_each(|(w, x)| *w = w.max(x));
+    }
+    worst.sort_by(f64::total_cmp);
+    Ok(worst[iters / 2])
+}
+
+/// Seconds from start until all `world` ranks have connected and passed the rendezvous.
+pub fn rendezvous_time(world: usize) -> Result<f64> {
+    let server = StoreServer::spawn("127.0.0.1:0".parse()?, "bench".into())?;
+    let addr = server.addr.to_string();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(30))?;
+                c.rendezvous("rdzv-bench", rank, world, Duration::from_secs(30))
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("rank thread")?;
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+pub fn run(a: &CommBenchArgs) -> Result<()> {
+    let bytes = a.mib << 20;
+    let raw = raw_loopback(bytes.max(256 << 20))?;
+    println!("raw loopback TCP, one stream: {:.2} GB/s", raw / 1e9);
+    println!("| ranks | MiB | all-reduce ms | algbw GB/s | busbw GB/s | raw ring GB/s per stream | busbw / raw stream | busbw / raw ring |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &w in &a.ranks {
+        let secs = ring_all_reduce(w, bytes / 4, a.iters)?;
+        let ring_raw = raw_ring(w, bytes)?;
+        let algbw = bytes as f64 / secs;
+        let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
+        println!(
+            "| {w} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} % | {:.0} % |",
+            a.mib,
+            secs * 1e3,
+            algbw / 1e9,
+            busbw / 1e9,
+            ring_raw / 1e9,
+            100.0 * busbw / raw,
+            100.0 * busbw / ring_raw
+        );
+    }
+    let t = rendezvous_time(a.rdzv_ranks)?;
+    println!("rendezvous of {} ranks (connect + token + world check + wait): {:.1} ms", a.rdzv_ranks, t * 1e3);
+    Ok(())
+}
