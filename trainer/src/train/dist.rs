@@ -197,7 +197,7 @@ pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
     let Ok(spec) = std::env::var("INFINITY_FAULT_KILL") else { return };
     let Some((r, s)) = spec.split_once(':') else { return };
     if attempt == 0 && r.parse() == Ok(rank) && s.parse() == Ok(step) {
-        eprintln!("fault drill: rank {rank} kills itself after step {step}");
+        tracing::warn!("fault drill: rank {rank} kills itself after step {step}");
         // SAFETY: signalling our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }

@@ -241,6 +241,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
     let mut summary = TrainSummary::default();
     let started = Instant::now();
+    let first_step = st.step;
     while st.step < cfg.run.steps {
         let t0 = Instant::now();
         let batch = loader.next_batch()?;
@@ -316,6 +317,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         st.step += 1;
         st.loader = loader.state();
+        if st.step == first_step + 1 {
+            tracing::info!("first step done, {:.2} s after start", started.elapsed().as_secs_f64());
+        }
 
         // ---- logging -----------------------------------------------------------------------------
         let secs = t0.elapsed().as_secs_f64();

@@ -1,0 +1,143 @@
+//! Two nodes × two ranks on this machine, each node in its own network namespace joined by a veth pair.
+//! Cutting node 1's link must make the collectives time out (the watchdog) and node 0's launcher report
+//! it and exit, instead of hanging. Needs root and `ip netns`; prints that it was skipped otherwise.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use infinity_data::synth::{synth, SynthOptions};
+use infinity_data::writer::WriterOptions;
+
+const BIN: &str = env!("CARGO_BIN_EXE_infinity");
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Two namespaces `a`, `b` with 10.231.0.1 and 10.231.0.2 on a veth pair; removed on drop.
+struct Net {
+    a: String,
+    b: String,
+}
+
+impl Net {
+    fn create() -> Option<Net> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let id = std::process::id() % 100_000;
+        let net = Net { a: format!("inf{id}a"), b: format!("inf{id}b") };
+        let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &net.a],
+            vec!["netns", "add", &net.b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", &net.a],
+            vec!["link", "set", &vb, "netns", &net.b],
+            vec!["-n", &net.a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", &net.b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", &net.a, "link", "set", &va, "up"],
+            vec!["-n", &net.b, "link", "set", &vb, "up"],
+            vec!["-n", &net.a, "link", "set", "lo", "up"],
+            vec!["-n", &net.b, "link", "set", "lo", "up"],
+        ];
+        for s in steps {
+            if !ip(&s) {
+                return None; // drop cleans up what exists
+            }
+        }
+        Some(net)
+    }
+
+    fn cut_b(&self) {
+        let id = std::process::id() % 100_000;
+        assert!(ip(&["-n", &self.b, "link", "set", &format!("v{id}b"), "down"]), "cutting the link failed");
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.a]);
+        ip(&["netns", "del", &self.b]);
+    }
+}
+
+fn node(net_ns: &str, node_rank: usize, cfg: &Path, run: &Path) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", net_ns, BIN, "launch", "--nnodes", "2", "--nproc-per-node", "2"])
+        .args(["--node-rank", &node_rank.to_string(), "--rdzv", "10.231.0.1:29555", "--token", "netns-test"])
+        .args(["--run-id", "netns", "--grace-s", "5", "--rdzv-timeout-s", "30", "--log-dir"])
+        .arg(run.join(format!("logs-node{node_rank}")))
+        .args(["--", "train"])
+        .arg(cfg)
+        .arg("--set")
+        .arg(format!("run.dir={}", run.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
+    let Some(net) = Net::create() else {
+        println!("skipped: needs root and `ip netns` (network namespaces)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let opts = SynthOptions {
+        rows: 128,
+        fit_rows: 48,
+        budget: "demo4".into(),
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(&data, &opts).unwrap();
+    let cfg = tmp.path().join("train.toml");
+    let text = format!(
+        "[run]\ndir = \"x\"\nseed = 1\nsteps = 100000\nlog_every = 100000\n[model]\npreset = \"tiny\"\n\
+         conditioning = \"class\"\n[data]\ndir = \"{}\"\nglobal_batch = 16\nmicro_batch = 4\n[optim]\nlr = 1e-3\n\
+         [checkpoint]\nevery = 2\nkeep_last = 2\n[dist]\ntimeout_s = 3\nrdzv_timeout_s = 30\n",
+        data.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let run = tmp.path().join("run");
+    let mut n0 = node(&net.a, 0, &cfg, &run);
+    let mut n1 = node(&net.b, 1, &cfg, &run);
+
+    let t0 = Instant::now();
+    while !run.join("checkpoints/step-00000004/DONE").exists() {
+        if t0.elapsed() > Duration::from_secs(90) || n0.try_wait().unwrap().is_some() {
+            let _ = (n0.kill(), n1.kill());
+            let out = n0.wait_with_output().unwrap();
+            panic!("two-node training did not start:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    net.cut_b();
+    let cut = Instant::now();
+    let status = loop {
+        if let Some(s) = n0.try_wait().unwrap() {
+            break s;
+        }
+        if cut.elapsed() > Duration::from_secs(60) {
+            let _ = (n0.kill(), n1.kill());
+            panic!("node 0's launcher still running 60 s after the cut: a hang");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = cut.elapsed();
+    let _ = n1.kill();
+    let _ = n1.wait();
+    let stderr = String::from_utf8_lossy(&n0.wait_with_output().unwrap().stderr).to_string();
+    println!("node 0's launcher exited {took:.1?} after the cut ({status:?})");
+    let report: Vec<&str> = stderr.lines().skip_while(|l| !l.contains("Root cause")).take(8).collect();
+    println!("{}", report.join("\n"));
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("Root cause") && stderr.contains("a collective timed out"), "{stderr}");
+    // the watchdog fires within its 3 s timeout (plus the agent's reaction), well before a hang
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
