@@ -31,6 +31,12 @@ pub fn fit_tokenizer(
     let mut tok = PatchTokenizer::fit(&plain, patch, d)?;
     let calib: Vec<(Image, Vec<(usize, usize)>)> = images.iter().take(64).map(|(i, s)| (i.clone(), s.hw())).collect();
     tok.calibrate(&calib)?;
+    let fit = measure_fit(&tok, images)?;
+    Ok((tok, fit))
+}
+
+/// PSNR of `tok` on `images`: continuous latent and after multi-scale BSQ.
+pub fn measure_fit(tok: &PatchTokenizer, images: &[(Image, ScaleSchedule)]) -> Result<TokenizerFit> {
     let mut latent_psnr = 0.0;
     let mut bsq_psnr = 0.0;
     for (img, sched) in images {
@@ -39,7 +45,7 @@ pub fn fit_tokenizer(
         bsq_psnr += psnr(img, &tok.round_trip(img, &sched.hw())?.0);
     }
     let n = images.len() as f64;
-    Ok((tok, TokenizerFit { psnr_latent_db: latent_psnr / n, psnr_bsq_db: bsq_psnr / n, images: images.len() }))
+    Ok(TokenizerFit { psnr_latent_db: latent_psnr / n, psnr_bsq_db: bsq_psnr / n, images: images.len() })
 }
 
 /// Latent (f16 bytes, `[d, H, W]`) and packed bits of one image. The bits are computed from the

@@ -13,13 +13,13 @@ use std::path::Path;
 use half::f16;
 use rand::Rng;
 
-use crate::build::{encode_row, fit_tokenizer, write_parallel, TokenizerFit};
+use crate::build::{encode_row, fit_tokenizer, measure_fit, write_parallel, TokenizerFit};
 use crate::error::{DataError, Result};
 use crate::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
 use crate::loader::plan::keyed_rng;
 use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TextDtype, TextInfo, TokenizerInfo};
 use crate::schedule::{Catalog, ScaleSchedule};
-use crate::tokenizer::{Image, TOKENIZER_FILE, TOKENIZER_NAME};
+use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE, TOKENIZER_NAME};
 use crate::writer::{DatasetWriter, RowData, WriterOptions};
 
 pub const SHAPES: [&str; 4] = ["circle", "square", "triangle", "cross"];
@@ -52,8 +52,11 @@ pub struct SynthOptions {
     pub templates: Vec<(String, f64)>,
     /// Text embedding width (upstream `Ct5`).
     pub text_width: usize,
-    /// Rows the tokenizer is fitted on.
+    /// Rows the tokenizer is fitted on (or measured on, with `tokenizer`).
     pub fit_rows: usize,
+    /// Reuse this tokenizer instead of fitting one (a validation split must share the training
+    /// dataset's tokenizer).
+    pub tokenizer: Option<std::path::PathBuf>,
     pub writer: WriterOptions,
     /// Provenance written into the manifest.
     pub created_by: String,
@@ -70,6 +73,7 @@ impl Default for SynthOptions {
             templates: vec![("1.000".into(), 0.75), ("0.666".into(), 0.25)],
             text_width: 32,
             fit_rows: 512,
+            tokenizer: None,
             writer: WriterOptions::default(),
             created_by: "infinity data synth".into(),
         }
@@ -239,7 +243,24 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
             (s.render(h, w), sched.clone())
         })
         .collect();
-    let (tok, fit) = fit_tokenizer(&fit_images, opts.patch, opts.d)?;
+    let (tok, fit) = match &opts.tokenizer {
+        None => fit_tokenizer(&fit_images, opts.patch, opts.d)?,
+        Some(p) => {
+            let tok = PatchTokenizer::load(p)?;
+            if tok.d != opts.d || tok.patch != opts.patch {
+                return Err(DataError::Config(format!(
+                    "synth: {} has d = {}, patch = {}; the options ask for d = {}, patch = {}",
+                    p.display(),
+                    tok.d,
+                    tok.patch,
+                    opts.d,
+                    opts.patch
+                )));
+            }
+            let fit = measure_fit(&tok, &fit_images)?;
+            (tok, fit)
+        }
+    };
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
 
     let header = Manifest {

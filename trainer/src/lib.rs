@@ -1,6 +1,6 @@
 //! The trainer crate: the Infinity transformer (`model`), AdamW and schedules (`optim`), the training
-//! loop and checkpoints (`train`), sampling to images (`infer`), export, TensorBoard logs and the
-//! `infinity` command line (`cli`).
+//! loop and checkpoints (`train`), sampling to images (`infer`), export, sweeps and scaling fits
+//! (`sweep`, `scaling`), TensorBoard logs and the `infinity` command line (`cli`).
 
 pub mod cli;
 pub mod export;
@@ -8,5 +8,7 @@ pub mod golden;
 pub mod infer;
 pub mod model;
 pub mod optim;
+pub mod scaling;
+pub mod sweep;
 pub mod tensorboard;
 pub mod train;

@@ -107,8 +107,53 @@ struct Dim {
     size: i64,
 }
 
-/// TensorFlow's `DT_STRING`.
+/// The HParams plugin's record of one run (tensorboard/plugins/hparams/plugin_data.proto).
+#[derive(Clone, PartialEq, Message)]
+struct HParamsPluginData {
+    #[prost(int32, tag = "1")]
+    version: i32,
+    #[prost(message, optional, tag = "3")]
+    session_start_info: Option<SessionStartInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SessionStartInfo {
+    #[prost(btree_map = "string, message", tag = "1")]
+    hparams: std::collections::BTreeMap<String, PbValue>,
+    #[prost(string, tag = "4")]
+    group_name: String,
+    #[prost(double, tag = "5")]
+    start_time_secs: f64,
+}
+
+/// `google.protobuf.Value` (numbers, strings and booleans are all hparams need).
+#[derive(Clone, PartialEq, Message)]
+struct PbValue {
+    #[prost(oneof = "PbKind", tags = "2, 3, 4")]
+    kind: Option<PbKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum PbKind {
+    #[prost(double, tag = "2")]
+    Number(f64),
+    #[prost(string, tag = "3")]
+    Text(String),
+    #[prost(bool, tag = "4")]
+    Bool(bool),
+}
+
+/// A hyperparameter value for [`EventWriter::hparams`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum HParam {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// TensorFlow's `DT_STRING` and `DT_FLOAT`.
 const DT_STRING: i32 = 7;
+const DT_FLOAT: i32 = 1;
 
 /// TFRecord's masked CRC: rotate right by 15, add a constant.
 fn masked_crc(data: &[u8]) -> u32 {
@@ -187,6 +232,37 @@ impl EventWriter {
         self.summary(
             step,
             SummaryValue { tag: tag.into(), metadata: Some(metadata), value: Some(ValueKind::Tensor(tensor)) },
+        )
+    }
+
+    /// This run's hyperparameters for TensorBoard's HParams tab (its metrics are the run's scalars);
+    /// `group` names the run there.
+    pub fn hparams(&mut self, hparams: &[(String, HParam)], group: &str) -> std::io::Result<()> {
+        let info = SessionStartInfo {
+            hparams: hparams
+                .iter()
+                .map(|(k, v)| {
+                    let kind = match v {
+                        HParam::Number(x) => PbKind::Number(*x),
+                        HParam::Text(t) => PbKind::Text(t.clone()),
+                        HParam::Bool(b) => PbKind::Bool(*b),
+                    };
+                    (k.clone(), PbValue { kind: Some(kind) })
+                })
+                .collect(),
+            group_name: group.into(),
+            start_time_secs: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        };
+        let content = HParamsPluginData { version: 0, session_start_info: Some(info) }.encode_to_vec();
+        let metadata = SummaryMetadata { plugin_data: Some(PluginData { plugin_name: "hparams".into(), content }) };
+        let tensor = TensorProto { dtype: DT_FLOAT, tensor_shape: None, string_val: vec![] };
+        self.summary(
+            0,
+            SummaryValue {
+                tag: "_hparams_/session_start_info".into(),
+                metadata: Some(metadata),
+                value: Some(ValueKind::Tensor(tensor)),
+            },
         )
     }
 

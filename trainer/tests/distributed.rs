@@ -13,6 +13,7 @@ use safetensors::SafeTensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_infinity");
 
+/// Training data in `dir` and a validation split (same tokenizer) in `dir-val`.
 fn dataset(dir: &Path) {
     let opts = SynthOptions {
         rows: 128,
@@ -22,6 +23,8 @@ fn dataset(dir: &Path) {
         ..Default::default()
     };
     synth(dir, &opts).unwrap();
+    let val = SynthOptions { rows: 40, seed: 9, tokenizer: Some(dir.join("tokenizer.safetensors")), ..opts };
+    synth(&dir.with_file_name("data-val"), &val).unwrap();
 }
 
 fn config(tmp: &Path, data: &Path, steps: u64) -> PathBuf {
@@ -49,8 +52,13 @@ keep_last = 20
 [dist]
 timeout_s = 60
 rdzv_timeout_s = 60
+[val]
+dir = "{}"
+every = 2
+max_rows = 40
 "#,
-        data.display()
+        data.display(),
+        data.with_file_name("data-val").display()
     );
     let p = tmp.join("train.toml");
     std::fs::write(&p, text).unwrap();
@@ -121,6 +129,18 @@ fn two_and_four_ranks_match_one_rank() {
         println!("{n} ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");
         // docs/numerics.md: summation order differs, AdamW amplifies it on near-zero moments
         assert!(diff <= 1e-5, "{n} ranks: max |Δw| {diff:e} at {name}");
+    }
+    // validation (rows split over ranks) agrees too
+    let val = |run: &Path| -> Vec<f64> {
+        let text = std::fs::read_to_string(run.join("val.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+    };
+    let v1 = val(&runs[0]);
+    assert_eq!(v1.len(), 2);
+    for run in &runs[1..] {
+        for (a, b) in v1.iter().zip(val(run)) {
+            assert!((a - b).abs() <= 1e-5 * a, "validation loss {a} vs {b}");
+        }
     }
     // the same world size twice gives the same bytes
     let again = tmp.path().join("ranks-2-again");

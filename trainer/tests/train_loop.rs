@@ -49,6 +49,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
         // grids at steps 3 and 6 exercise sampling inside the loop (and must not disturb resumption)
         sample: SampleSection { every: 3, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
         dist: Default::default(),
+        val: Default::default(),
     }
 }
 

@@ -69,6 +69,9 @@ pub struct SynthArgs {
     /// Rows the tokenizer is fitted on.
     #[arg(long, default_value_t = 512)]
     fit_rows: usize,
+    /// Reuse a tokenizer (e.g. the training dataset's tokenizer.safetensors, for a validation split).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +156,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 templates: parse_templates(&a.templates)?,
                 text_width: a.text_width,
                 fit_rows: a.fit_rows,
+                tokenizer: a.tokenizer.clone(),
                 writer: a.common.writer(),
                 created_by: command_line(),
             };

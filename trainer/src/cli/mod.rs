@@ -6,6 +6,7 @@ mod golden;
 mod launch;
 mod model;
 mod sample;
+mod sweep;
 mod train;
 
 use std::ffi::OsString;
@@ -39,6 +40,10 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Export inference weights (upstream names, f32 or bf16) and a config.json.
     Export(export::ExportArgs),
+    /// Expand a sweep (base config × axes) into runs and run them, print them, or write a SLURM array.
+    Sweep(sweep::SweepArgs),
+    /// Fit scaling laws over a folder of runs; write tables and plots.
+    Scaling(sweep::ScalingArgs),
     /// Model sizes, FLOPs and CPU throughput.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -64,6 +69,8 @@ where
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Launch(a) => launch::run(a),
+        Command::Sweep(a) => sweep::run_sweep(a),
+        Command::Scaling(a) => sweep::run_scaling(a),
         Command::Comm(CommCommand::Bench(a)) => infinity_launcher::bench::run(&a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => export::run(a),
     }

@@ -28,6 +28,28 @@ pub struct TrainConfig {
     pub sample: SampleSection,
     #[serde(default)]
     pub dist: DistSection,
+    #[serde(default)]
+    pub val: ValSection,
+}
+
+/// Held-out validation (see `train/val.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValSection {
+    /// A dataset made with the training data's tokenizer; none = no validation.
+    pub dir: Option<PathBuf>,
+    /// Evaluate every this many steps (and at the end); 0 = only at the end.
+    pub every: u64,
+    /// Rows evaluated (the first ones of `dir`).
+    pub max_rows: usize,
+    /// Seed of the fixed self-correction noise.
+    pub seed: u64,
+}
+
+impl Default for ValSection {
+    fn default() -> Self {
+        ValSection { dir: None, every: 0, max_rows: 512, seed: 0 }
+    }
 }
 
 /// Data-parallel settings (the group itself comes from the environment: `infinity launch`, torchrun-style

@@ -36,6 +36,9 @@ pub struct StepMetrics {
 
 pub struct Logger {
     jsonl: File,
+    /// `val.jsonl`, opened at the first evaluation.
+    val: Option<File>,
+    dir: std::path::PathBuf,
     tb: Option<EventWriter>,
     bar: Option<ProgressBar>,
     log_every: u64,
@@ -71,7 +74,17 @@ impl Logger {
             bar.set_position(step);
             bar
         });
-        Ok(Logger { jsonl, tb, bar, log_every, total, started: Instant::now(), start_step: step })
+        Ok(Logger {
+            jsonl,
+            val: None,
+            dir: run.to_path_buf(),
+            tb,
+            bar,
+            log_every,
+            total,
+            started: Instant::now(),
+            start_step: step,
+        })
     }
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
@@ -126,6 +139,57 @@ impl Logger {
             None => {}
         }
         Ok(())
+    }
+
+    /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line.
+    pub fn val(&mut self, step: u64, v: &super::val::ValMetrics) -> Result<()> {
+        if self.val.is_none() {
+            let p = self.dir.join("val.jsonl");
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&p);
+            self.val = Some(f.with_context(|| format!("opening {}", p.display()))?);
+        }
+        let line = serde_json::json!({ "step": step, "loss": v.loss, "bit_acc": v.bit_acc, "rows": v.rows });
+        writeln!(self.val.as_mut().unwrap(), "{line}").context("writing val.jsonl")?;
+        self.tensorboard(|w| {
+            w.scalar("val/loss", v.loss, step)?;
+            w.scalar("val/bit_acc", v.bit_acc, step)?;
+            w.flush()
+        });
+        self.println(&format!(
+            "validation at step {step}: loss {:.4}, bit acc {:.1}% ({} rows)",
+            v.loss,
+            100.0 * v.bit_acc,
+            v.rows
+        ));
+        Ok(())
+    }
+
+    /// The run's hyperparameters for TensorBoard's HParams tab.
+    pub fn hparams(
+        &mut self,
+        cfg: &super::config::TrainConfig,
+        mc: &crate::model::ModelConfig,
+        params: usize,
+        world: usize,
+    ) {
+        use crate::tensorboard::HParam::{Number, Text};
+        let n = |x: f64| Number(x);
+        let list = vec![
+            ("model.preset".to_string(), Text(cfg.model.preset.clone())),
+            ("model.depth".into(), n(mc.depth as f64)),
+            ("model.embed_dim".into(), n(mc.embed_dim as f64)),
+            ("model.num_heads".into(), n(mc.num_heads as f64)),
+            ("parameters".into(), n(params as f64)),
+            ("d".into(), n(mc.d as f64)),
+            ("optim.lr".into(), n(cfg.optim.lr)),
+            ("data.global_batch".into(), n(cfg.data.global_batch as f64)),
+            ("run.steps".into(), n(cfg.run.steps as f64)),
+            ("run.seed".into(), n(cfg.run.seed as f64)),
+            ("bsc.p_max".into(), n(cfg.bsc.p_max)),
+            ("world_size".into(), n(world as f64)),
+        ];
+        let group = cfg.run.dir.file_name().map_or("run".into(), |f| f.to_string_lossy().to_string());
+        self.tensorboard(|w| w.hparams(&list, &group).and_then(|_| w.flush()));
     }
 
     /// An RGB image (row-major, interleaved) in TensorBoard's Images tab.

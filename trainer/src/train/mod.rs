@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dist;
 pub mod log;
+pub mod val;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// Stopped by `TrainOptions::stop` (preemption) after checkpointing.
     pub preempted: bool,
+    /// The last held-out validation loss, when validation is configured.
+    pub last_val_loss: Option<f64>,
 }
 
 /// One micro-batch in model form (owned buffers the `ModelInput` borrows).
@@ -76,7 +79,37 @@ struct MicroBatch {
     dropped: Vec<bool>,
 }
 
-/// Bitwise self-correction and condition dropout for rows `rows` of `batch` at optimiser step `step`.
+impl MicroBatch {
+    fn input<'a>(
+        &'a self,
+        mc: &ModelConfig,
+        scales: &'a [(usize, usize)],
+        rope: &'a RopeTable,
+        token_weights: &'a [f64],
+        label_smoothing: f64,
+    ) -> ModelInput<'a, f32> {
+        let cond = match mc.conditioning {
+            Conditioning::Class { .. } => Condition::Class { labels: &self.labels },
+            Conditioning::Text => {
+                Condition::Text { kv_compact: &self.kv, cu_seqlens: &self.cu, dropped: &self.dropped }
+            }
+        };
+        ModelInput {
+            b: self.b,
+            scales,
+            rope,
+            x_wo_prefix: &self.x_wo_prefix,
+            cond,
+            gt_bits: &self.gt_bits,
+            token_weights,
+            label_smoothing,
+        }
+    }
+}
+
+/// Bitwise self-correction and condition dropout (probability `cond_drop`) for rows `rows` of `batch`,
+/// with random streams keyed by (`seed`, `step`, sample id).
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     cfg: &TrainConfig,
     mc: &ModelConfig,
@@ -84,9 +117,10 @@ fn prepare(
     batch: &Batch,
     rows: std::ops::Range<usize>,
     scales: &[(usize, usize)],
-    step: u64,
+    (seed, step): (u64, u64),
+    cond_drop: f64,
 ) -> MicroBatch {
-    let (d, seed) = (mc.d, cfg.run.seed);
+    let d = mc.d;
     let mut mb = MicroBatch {
         b: rows.len(),
         x_wo_prefix: vec![],
@@ -105,7 +139,7 @@ fn prepare(
         let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
         mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
         mb.gt_bits.extend_from_slice(&sc.bits);
-        let drop = keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < mc.cond_drop_rate;
+        let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
         match &mc.conditioning {
             Conditioning::Class { num_classes } => {
                 let label = batch.class_label.as_ref().expect("class datasets carry labels")[i] as usize;
@@ -233,6 +267,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         false => None,
     };
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
+    let validator = val::Validator::new(cfg, &mc, &ds)?;
+    // hyperparameters once per run, when it starts from step 0
+    if let Some(l) = logger.as_mut().filter(|_| st.step == 0) {
+        l.hparams(cfg, &mc, lay.numel, dist.world);
+    }
 
     // ---- the loop ------------------------------------------------------------------------------
     let schedule = cfg.schedule();
@@ -252,23 +291,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
-            let mb = prepare(cfg, &mc, &m, &batch, rows, &scales, st.step);
+            let mb = prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate);
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
-            let cond = match mc.conditioning {
-                Conditioning::Class { .. } => Condition::Class { labels: &mb.labels },
-                Conditioning::Text => Condition::Text { kv_compact: &mb.kv, cu_seqlens: &mb.cu, dropped: &mb.dropped },
-            };
-            let inp = ModelInput {
-                b: mb.b,
-                scales: &scales,
-                rope,
-                x_wo_prefix: &mb.x_wo_prefix,
-                cond,
-                gt_bits: &mb.gt_bits,
-                token_weights: &weights,
-                label_smoothing: cfg.loss.label_smoothing,
-            };
+            let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
             forward_into(&mc, &lay, &params, &inp, &mut acts);
             backward(&mc, &lay, &params, &inp, &acts, &mut grads);
             loss += acts.ce.loss;
@@ -350,6 +376,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
+        if let Some(v) = validator.as_ref().filter(|v| v.due(st.step)) {
+            let vm = v.run(cfg, &mc, &lay, &params, &mut dist, &mut acts)?;
+            summary.last_val_loss = Some(vm.loss);
+            if let Some(log) = logger.as_mut() {
+                log.val(st.step, &vm)?;
+            }
+        }
 
         // ---- checkpoint --------------------------------------------------------------------------
         // preemption: every rank learns whether any rank was signalled, so all stop at this step
@@ -391,7 +424,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
         "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
-        "preempted": summary.preempted, "world_size": dist.world,
+        "preempted": summary.preempted, "world_size": dist.world, "val_loss": summary.last_val_loss,
     });
     if leader {
         write("summary.json", &serde_json::to_string_pretty(&record)?)?;

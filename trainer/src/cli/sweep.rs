@@ -1,0 +1,89 @@
+//! `infinity sweep SWEEP.toml [--print | --slurm FILE | --dry-run]` and `infinity scaling RUNS_DIR`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::{scaling, sweep};
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// The sweep file (see docs/scaling.md).
+    file: PathBuf,
+    /// Only print the plan (runs, parameters, tokens, FLOPs).
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one `infinity launch`/`train` command line per unfinished run instead of running.
+    #[arg(long, conflicts_with = "slurm")]
+    print: bool,
+    /// Write a SLURM job-array script (one task per unfinished run) instead of running.
+    #[arg(long, value_name = "FILE")]
+    slurm: Option<PathBuf>,
+}
+
+pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
+    let (file, runs) = sweep::plan(&a.file)?;
+    print!("{}", sweep::table(&runs));
+    if a.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    sweep::write_configs(&runs)?;
+    let todo: Vec<sweep::PlannedRun> = runs.iter().filter(|r| !sweep::finished(&r.dir)).cloned().collect();
+    let exe = std::env::current_exe().context("locating the infinity binary")?;
+    if a.print {
+        for r in &todo {
+            println!("{} {}", exe.display(), sweep::command(r, file.nproc_per_node).join(" "));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(path) = &a.slurm {
+        let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
+        std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} ({} array tasks): sbatch {}", path.display(), todo.len(), path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let failed = sweep::run_local(&runs, file.nproc_per_node, &exe)?;
+    if failed.is_empty() {
+        println!("sweep done: {} runs in {}", runs.len(), file.out.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} of {} runs failed: {}", failed.len(), runs.len(), failed.join(", "));
+        println!("run the sweep again to retry them (finished runs are skipped)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ScalingArgs {
+    /// A folder of run folders (a sweep's `out`).
+    runs: PathBuf,
+    /// Where the table, fits and figures go (default RUNS/scaling).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
+    let out = a.out.unwrap_or_else(|| a.runs.join("scaling"));
+    let r = scaling::analyse(&a.runs, &out)?;
+    println!("{} runs; Pearson r of ln(loss) vs ln(compute): {:.4}", r.runs.len(), r.pearson_r);
+    for f in [&r.power, &r.power_floor, &r.chinchilla].into_iter().flatten() {
+        let coefs: Vec<String> = f
+            .coefs
+            .iter()
+            .map(|c| match c.ci95 {
+                Some((lo, hi)) => format!("{} = {:.5} [{lo:.5}, {hi:.5}]", c.name, c.value),
+                None => format!("{} = {:.5}", c.name, c.value),
+            })
+            .collect();
+        println!("{}: {}", f.formula, coefs.join(", "));
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    for f in &r.files {
+        println!("wrote {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

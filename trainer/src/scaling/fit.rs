@@ -1,0 +1,359 @@
+//! Scaling-law fits with confidence intervals.
+//!
+//! - `L(C) = a·C^(−b)`: ordinary least squares of ln L on ln C (exact, closed form).
+//! - `L(C) = E + a·C^(−b)` and `L(N, D) = E + A/N^α + B/D^β` (Hoffmann et al.'s parametric form):
+//!   Levenberg–Marquardt on the residuals `ln L − ln L̂`, started from a grid of exponents, with
+//!   `E`, `a`, `A`, `B` fitted through their logarithms so they stay positive.
+//!
+//! Intervals are 95 %: `estimate ± t(0.975, n − p)·se`, with `se` from `s²·(JᵀJ)⁻¹` at the optimum
+//! (exact for the linear fit). Parameters fitted through a logarithm get the interval of the logarithm,
+//! exponentiated (asymmetric).
+
+use anyhow::{bail, Result};
+use nalgebra::{DMatrix, DVector};
+use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+/// One fitted coefficient with its 95 % interval (`None` without degrees of freedom left).
+#[derive(Clone, Debug, Serialize)]
+pub struct Coef {
+    pub name: &'static str,
+    pub value: f64,
+    pub ci95: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fit {
+    pub formula: &'static str,
+    pub coefs: Vec<Coef>,
+    /// Points fitted.
+    pub n: usize,
+    /// Root mean square of `ln L − ln L̂`.
+    pub rmse_log: f64,
+}
+
+impl Fit {
+    pub fn get(&self, name: &str) -> f64 {
+        self.coefs.iter().find(|c| c.name == name).map_or(f64::NAN, |c| c.value)
+    }
+}
+
+fn t975(dof: usize) -> Option<f64> {
+    (dof > 0).then(|| StudentsT::new(0.0, 1.0, dof as f64).expect("dof > 0").inverse_cdf(0.975))
+}
+
+/// Pearson correlation.
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx) * (a - mx)).sum();
+    let syy: f64 = y.iter().map(|b| (b - my) * (b - my)).sum();
+    sxy / (sxx * syy).sqrt()
+}
+
+/// `L = a·C^(−b)` by least squares in log space.
+pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
+    check(&[c, l])?;
+    if c.len() < 2 {
+        bail!("a power law needs at least 2 runs, found {}", c.len());
+    }
+    let (x, y): (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        bail!("all runs have the same compute: nothing to fit");
+    }
+    let slope = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum::<f64>() / sxx;
+    let icpt = my - slope * mx;
+    let sse: f64 = x.iter().zip(&y).map(|(a, b)| (b - icpt - slope * a).powi(2)).sum();
+    let t = t975(x.len() - 2);
+    let s = (sse / (n - 2.0)).sqrt();
+    let se_slope = s / sxx.sqrt();
+    let se_icpt = s * (1.0 / n + mx * mx / sxx).sqrt();
+    Ok(Fit {
+        formula: "L = a·C^(−b)",
+        coefs: vec![
+            Coef {
+                name: "a",
+                value: icpt.exp(),
+                ci95: t.map(|t| ((icpt - t * se_icpt).exp(), (icpt + t * se_icpt).exp())),
+            },
+            Coef { name: "b", value: -slope, ci95: t.map(|t| (-slope - t * se_slope, -slope + t * se_slope)) },
+        ],
+        n: x.len(),
+        rmse_log: (sse / n).sqrt(),
+    })
+}
+
+/// `L = E + a·C^(−b)`.
+pub fn power_law_with_floor(c: &[f64], l: &[f64]) -> Result<Fit> {
+    check(&[c, l])?;
+    if c.len() < 4 {
+        bail!("a power law with an irreducible term needs at least 4 runs, found {}", c.len());
+    }
+    let lmin = l.iter().cloned().fold(f64::INFINITY, f64::min);
+    let model = |th: &[f64], i: usize| th[0].exp() + (th[1] - th[2] * c[i].ln()).exp();
+    let mut starts = Vec::new();
+    for frac in [0.1, 0.5, 0.9] {
+        let e = lmin * frac;
+        let base = power_law(c, &l.iter().map(|v| (v - e).max(1e-12)).collect::<Vec<_>>())?;
+        starts.push(vec![e.ln(), base.get("a").ln(), base.get("b")]);
+    }
+    let (th, cov, sse) = best_of(&starts, l, &model)?;
+    if th[0].exp() < 1e-4 * lmin {
+        bail!("E runs to 0: these runs show no irreducible term (the plain power law describes them)");
+    }
+    if !(0.0..5.0).contains(&th[2]) {
+        bail!("degenerate: the exponent ran to {:.3}", th[2]);
+    }
+    let n = c.len();
+    Ok(Fit {
+        formula: "L = E + a·C^(−b)",
+        coefs: vec![
+            log_coef("E", th[0], cov.as_ref().map(|c| c[0]), n, 3),
+            log_coef("a", th[1], cov.as_ref().map(|c| c[1]), n, 3),
+            lin_coef("b", th[2], cov.as_ref().map(|c| c[2]), n, 3),
+        ],
+        n,
+        rmse_log: (sse / n as f64).sqrt(),
+    })
+}
+
+/// `L = E + A/N^α + B/D^β`.
+pub fn chinchilla(nparams: &[f64], tokens: &[f64], l: &[f64]) -> Result<Fit> {
+    check(&[nparams, tokens, l])?;
+    if l.len() < 6 {
+        bail!("L(N, D) has 5 parameters and needs at least 6 runs, found {}", l.len());
+    }
+    let distinct = |v: &[f64]| {
+        let mut s: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+        s.sort();
+        s.dedup();
+        s.len()
+    };
+    if distinct(nparams) < 3 || distinct(tokens) < 3 {
+        bail!(
+            "L(N, D) needs at least 3 distinct model sizes and 3 distinct token counts (found {} and {})",
+            distinct(nparams),
+            distinct(tokens)
+        );
+    }
+    let lmin = l.iter().cloned().fold(f64::INFINITY, f64::min);
+    let model = |th: &[f64], i: usize| {
+        th[0].exp() + (th[1] - th[3] * nparams[i].ln()).exp() + (th[2] - th[4] * tokens[i].ln()).exp()
+    };
+    // a grid of exponents; A and B start where each term is a third of the smallest loss at the median size
+    let med = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let (nm, dm) = (med(nparams).ln(), med(tokens).ln());
+    let mut starts = Vec::new();
+    for alpha in [0.1, 0.3, 0.6] {
+        for beta in [0.1, 0.3, 0.6] {
+            let third = (lmin / 3.0).ln();
+            starts.push(vec![third, third + alpha * nm, third + beta * dm, alpha, beta]);
+        }
+    }
+    let (th, cov, sse) = best_of(&starts, l, &model)?;
+    if !(0.0..3.0).contains(&th[3]) || !(0.0..3.0).contains(&th[4]) {
+        bail!("degenerate: the exponents ran to α = {:.3}, β = {:.3} (the runs do not determine them)", th[3], th[4]);
+    }
+    let n = l.len();
+    Ok(Fit {
+        formula: "L = E + A/N^α + B/D^β",
+        coefs: vec![
+            log_coef("E", th[0], cov.as_ref().map(|c| c[0]), n, 5),
+            log_coef("A", th[1], cov.as_ref().map(|c| c[1]), n, 5),
+            log_coef("B", th[2], cov.as_ref().map(|c| c[2]), n, 5),
+            lin_coef("alpha", th[3], cov.as_ref().map(|c| c[3]), n, 5),
+            lin_coef("beta", th[4], cov.as_ref().map(|c| c[4]), n, 5),
+        ],
+        n,
+        rmse_log: (sse / n as f64).sqrt(),
+    })
+}
+
+fn check(cols: &[&[f64]]) -> Result<()> {
+    let n = cols[0].len();
+    if cols.iter().any(|c| c.len() != n) {
+        bail!("columns of different lengths");
+    }
+    if cols.iter().any(|c| c.iter().any(|v| !(v.is_finite() && *v > 0.0))) {
+        bail!("every value must be positive and finite");
+    }
+    Ok(())
+}
+
+fn lin_coef(name: &'static str, v: f64, var: Option<f64>, n: usize, p: usize) -> Coef {
+    let ci95 = match (var, t975(n.saturating_sub(p))) {
+        (Some(var), Some(t)) if var.is_finite() && var >= 0.0 => Some((v - t * var.sqrt(), v + t * var.sqrt())),
+        _ => None,
+    };
+    Coef { name, value: v, ci95 }
+}
+
+/// A coefficient fitted as its logarithm `lv`.
+fn log_coef(name: &'static str, lv: f64, var: Option<f64>, n: usize, p: usize) -> Coef {
+    let c = lin_coef(name, lv, var, n, p);
+    Coef { name, value: lv.exp(), ci95: c.ci95.map(|(lo, hi)| (lo.exp(), hi.exp())) }
+}
+
+/// Levenberg–Marquardt from each start; the best (parameters, diagonal of the covariance, SSE).
+#[allow(clippy::type_complexity)]
+fn best_of(
+    starts: &[Vec<f64>],
+    l: &[f64],
+    model: &dyn Fn(&[f64], usize) -> f64,
+) -> Result<(Vec<f64>, Option<Vec<f64>>, f64)> {
+    let mut best: Option<(Vec<f64>, f64)> = None;
+    for s in starts {
+        if let Some((th, sse)) = levenberg_marquardt(s.clone(), l, model) {
+            if best.as_ref().is_none_or(|b| sse < b.1) {
+                best = Some((th, sse));
+            }
+        }
+    }
+    let Some((th, sse)) = best else { bail!("the fit did not converge from any start") };
+    let (_, jac) = residuals_and_jacobian(&th, l, model);
+    let dof = l.len().saturating_sub(th.len());
+    let cov = (dof > 0)
+        .then(|| (jac.transpose() * &jac).try_inverse())
+        .flatten()
+        .map(|inv| (0..th.len()).map(|i| inv[(i, i)] * sse / dof as f64).collect());
+    Ok((th, cov, sse))
+}
+
+fn residuals_and_jacobian(th: &[f64], l: &[f64], model: &dyn Fn(&[f64], usize) -> f64) -> (DVector<f64>, DMatrix<f64>) {
+    let r = DVector::from_iterator(l.len(), (0..l.len()).map(|i| l[i].ln() - model(th, i).ln()));
+    let mut j = DMatrix::zeros(l.len(), th.len());
+    for k in 0..th.len() {
+        let h = 1e-6 * th[k].abs().max(1e-3);
+        let (mut up, mut dn) = (th.to_vec(), th.to_vec());
+        up[k] += h;
+        dn[k] -= h;
+        for i in 0..l.len() {
+            // d r / d θ = −d ln L̂ / d θ
+            j[(i, k)] = -(model(&up, i).ln() - model(&dn, i).ln()) / (2.0 * h);
+        }
+    }
+    (r, j)
+}
+
+fn levenberg_marquardt(mut th: Vec<f64>, l: &[f64], model: &dyn Fn(&[f64], usize) -> f64) -> Option<(Vec<f64>, f64)> {
+    let sse = |t: &[f64]| -> f64 { (0..l.len()).map(|i| (l[i].ln() - model(t, i).ln()).powi(2)).sum::<f64>() };
+    let mut cur = sse(&th);
+    if !cur.is_finite() {
+        return None;
+    }
+    let mut lambda = 1e-3;
+    for _ in 0..500 {
+        let (r, j) = residuals_and_jacobian(&th, l, model);
+        let jtj = j.transpose() * &j;
+        let g = j.transpose() * &r;
+        let mut improved = false;
+        for _ in 0..20 {
+            let mut a = jtj.clone();
+            for k in 0..th.len() {
+                a[(k, k)] += lambda * jtj[(k, k)].max(1e-12);
+            }
+            let Some(step) = a.lu().solve(&(-&g)) else {
+                lambda *= 10.0;
+                continue;
+            };
+            let cand: Vec<f64> = th.iter().zip(step.iter()).map(|(t, s)| t + s).collect();
+            let v = sse(&cand);
+            if v.is_finite() && v < cur {
+                let done = (cur - v) < 1e-15 * cur.max(1e-300) || step.norm() < 1e-12;
+                th = cand;
+                cur = v;
+                lambda = (lambda / 3.0).max(1e-12);
+                improved = true;
+                if done {
+                    return Some((th, cur));
+                }
+                break;
+            }
+            lambda *= 4.0;
+        }
+        if !improved {
+            break;
+        }
+    }
+    Some((th, cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Multiplicative noise `exp(σ·N(0, 1))` from a fixed seed.
+    fn noisy(v: &[f64], sigma: f64, seed: u64) -> Vec<f64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        v.iter()
+            .map(|x| {
+                let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+                x * (sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()).exp()
+            })
+            .collect()
+    }
+
+    fn logspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+        (0..n).map(|i| 10f64.powf(a + (b - a) * i as f64 / (n - 1) as f64)).collect()
+    }
+
+    // Tolerances stated in docs/numerics.md ("Scaling fits").
+    #[test]
+    fn power_law_recovers_known_coefficients() {
+        let c = logspace(15.0, 19.0, 9);
+        let l: Vec<f64> = c.iter().map(|c| 12.0 * c.powf(-0.048)).collect();
+        let exact = power_law(&c, &l).unwrap();
+        assert!((exact.get("b") - 0.048).abs() < 1e-12 && (exact.get("a") / 12.0 - 1.0).abs() < 1e-9);
+        let f = power_law(&c, &noisy(&l, 0.002, 1)).unwrap();
+        println!("power law, 0.2 % noise: a = {:.4} (12), b = {:.5} (0.048)", f.get("a"), f.get("b"));
+        assert!((f.get("b") - 0.048).abs() < 0.002, "{f:?}");
+        assert!((f.get("a") / 12.0 - 1.0).abs() < 0.1, "{f:?}");
+        let (lo, hi) = f.coefs[1].ci95.unwrap();
+        assert!(lo < 0.048 && 0.048 < hi, "the interval {lo}..{hi} misses the true exponent");
+        let logs: (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
+        assert!((pearson(&logs.0, &logs.1) + 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn power_law_with_floor_recovers_known_coefficients() {
+        let c = logspace(15.0, 20.0, 12);
+        let l: Vec<f64> = c.iter().map(|c| 1.5 + 2000.0 * c.powf(-0.2)).collect();
+        let f = power_law_with_floor(&c, &noisy(&l, 0.001, 2)).unwrap();
+        println!("with floor, 0.1 % noise: E = {:.4} (1.5), b = {:.4} (0.2)", f.get("E"), f.get("b"));
+        assert!((f.get("E") - 1.5).abs() < 0.05, "{f:?}");
+        assert!((f.get("b") - 0.2).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn chinchilla_form_recovers_known_coefficients() {
+        // Hoffmann et al.'s fitted values as ground truth, on a 5 × 5 grid of model and data sizes
+        let (e, a, b, alpha, beta) = (1.69, 406.4, 410.7, 0.34, 0.28);
+        let (mut n, mut d, mut l) = (vec![], vec![], vec![]);
+        for nn in logspace(7.0, 10.0, 5) {
+            for dd in logspace(9.0, 12.0, 5) {
+                n.push(nn);
+                d.push(dd);
+                l.push(e + a / nn.powf(alpha) + b / dd.powf(beta));
+            }
+        }
+        let f = chinchilla(&n, &d, &noisy(&l, 0.001, 3)).unwrap();
+        let g = |k: &str| f.get(k);
+        println!(
+            "L(N, D), 0.1 % noise: E = {:.4} (1.69), A = {:.1} (406.4), B = {:.1} (410.7), α = {:.4} (0.34), β = {:.4} (0.28)",
+            g("E"), g("A"), g("B"), g("alpha"), g("beta")
+        );
+        assert!((f.get("alpha") - alpha).abs() < 0.02, "{f:?}");
+        assert!((f.get("beta") - beta).abs() < 0.02, "{f:?}");
+        assert!((f.get("E") - e).abs() < 0.05, "{f:?}");
+        assert!(chinchilla(&n[..5], &d[..5], &l[..5]).is_err(), "5 points cannot fit 5 parameters");
+    }
+}

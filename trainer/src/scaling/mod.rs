@@ -1,0 +1,239 @@
+//! `infinity scaling RUNS_DIR`: gather every run folder under `RUNS_DIR` (a sweep's output), take its
+//! final and smoothed validation loss, fit scaling laws (`fit`), and write a table (CSV, Markdown), the
+//! fits (Markdown, JSON) and the figures (`plot`: PNG and SVG) into `RUNS_DIR/scaling/`.
+
+pub mod fit;
+pub mod plot;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use infinity_data::manifest::write_atomic;
+use serde_json::Value;
+
+use self::fit::{pearson, Fit};
+
+/// The smoothed loss averages the evaluations in this last fraction of a run's steps.
+const SMOOTH_FRACTION: f64 = 0.1;
+
+/// What a finished (or stopped) run contributes.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub name: String,
+    pub dir: PathBuf,
+    /// N: parameters.
+    pub params: f64,
+    /// Steps done.
+    pub steps: u64,
+    /// D: training tokens seen.
+    pub tokens: f64,
+    pub flops_per_step: f64,
+    /// C: training FLOPs spent.
+    pub compute: f64,
+    pub finished: bool,
+    pub final_train: f64,
+    pub final_val: Option<f64>,
+    /// Mean of the validation losses in the last [`SMOOTH_FRACTION`] of the steps (at least the last).
+    pub smoothed_val: Option<f64>,
+    pub val_curve: Vec<(u64, f64)>,
+    pub train_curve: Vec<(u64, f64)>,
+}
+
+impl RunRecord {
+    /// The loss the fits use: smoothed validation loss, else the final training loss.
+    pub fn loss(&self) -> f64 {
+        self.smoothed_val.unwrap_or(self.final_train)
+    }
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
+}
+
+fn jsonl_curve(p: &Path, key: &str) -> Result<Vec<(u64, f64)>> {
+    let Ok(text) = std::fs::read_to_string(p) else { return Ok(vec![]) };
+    let mut out: Vec<(u64, f64)> = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1))?;
+        if let (Some(s), Some(l)) = (v["step"].as_u64(), v[key].as_f64()) {
+            // a resumed run appends again from its checkpoint: keep the last value of each step
+            out.retain(|(st, _)| *st < s);
+            out.push((s, l));
+        }
+    }
+    Ok(out)
+}
+
+/// Read one run folder (it has `derived.json` and `summary.json`).
+pub fn read_run(dir: &Path) -> Result<RunRecord> {
+    let derived = read_json(&dir.join("derived.json"))?;
+    let summary = read_json(&dir.join("summary.json"))?;
+    let num = |v: &Value, k: &str, file: &str| {
+        v[k].as_f64().with_context(|| format!("{}: `{k}` missing in {file}", dir.display()))
+    };
+    let steps =
+        summary["step"].as_u64().with_context(|| format!("{}: `step` missing in summary.json", dir.display()))?;
+    let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
+    let val_curve = jsonl_curve(&dir.join("val.jsonl"), "loss")?;
+    let train_curve = jsonl_curve(&dir.join("metrics.jsonl"), "loss")?;
+    let last_step = val_curve.last().map_or(0, |p| p.0);
+    let from = (last_step as f64 * (1.0 - SMOOTH_FRACTION)).floor() as u64;
+    let tail: Vec<f64> = val_curve.iter().filter(|p| p.0 >= from).map(|p| p.1).collect();
+    Ok(RunRecord {
+        name: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().to_string()),
+        dir: dir.to_path_buf(),
+        params: num(&derived, "parameters", "derived.json")?,
+        steps,
+        tokens: num(&derived, "tokens_per_step_mean", "derived.json")? * steps as f64,
+        flops_per_step,
+        compute: flops_per_step * steps as f64,
+        finished: summary["finished"].as_bool().unwrap_or(false),
+        final_train: num(&summary, "loss", "summary.json")?,
+        final_val: val_curve.last().map(|p| p.1),
+        smoothed_val: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
+        val_curve,
+        train_curve,
+    })
+}
+
+/// Every run folder directly under `root` (sorted by name); folders without a summary are skipped.
+pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
+    let mut runs = Vec::new();
+    let rd = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
+    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
+    dirs.sort();
+    for d in dirs {
+        runs.push(read_run(&d)?);
+    }
+    if runs.is_empty() {
+        bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display());
+    }
+    Ok(runs)
+}
+
+/// The fits and where the files went.
+pub struct Report {
+    pub runs: Vec<RunRecord>,
+    pub power: Option<Fit>,
+    pub power_floor: Option<Fit>,
+    pub chinchilla: Option<Fit>,
+    pub pearson_r: f64,
+    pub notes: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Gather, fit, and write tables and figures into `out`.
+pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
+    let runs = gather(root)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (c, l): (Vec<f64>, Vec<f64>) = runs.iter().map(|r| (r.compute, r.loss())).unzip();
+    let mut notes = Vec::new();
+    if runs.iter().any(|r| r.smoothed_val.is_none()) {
+        notes.push("runs without validation are fitted on their final training loss".to_string());
+    }
+    let mut attempt = |what: &str, f: Result<Fit>| match f {
+        Ok(f) => Some(f),
+        Err(e) => {
+            notes.push(format!("{what}: not fitted ({e:#})"));
+            None
+        }
+    };
+    let power = attempt("L(C) = a·C^(−b)", fit::power_law(&c, &l));
+    let power_floor = attempt("L(C) = E + a·C^(−b)", fit::power_law_with_floor(&c, &l));
+    let (n, d): (Vec<f64>, Vec<f64>) = runs.iter().map(|r| (r.params, r.tokens)).unzip();
+    let chinchilla = attempt("L(N, D)", fit::chinchilla(&n, &d, &l));
+    let logs: (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
+    let pearson_r = if runs.len() >= 2 { pearson(&logs.0, &logs.1) } else { f64::NAN };
+
+    let mut files = vec![out.join("runs.csv"), out.join("runs.md"), out.join("fits.md"), out.join("fits.json")];
+    write_atomic(&files[0], runs_csv(&runs).as_bytes())?;
+    write_atomic(&files[1], runs_markdown(&runs).as_bytes())?;
+    let fits: Vec<&Fit> = [&power, &power_floor, &chinchilla].into_iter().flatten().collect();
+    write_atomic(&files[2], fits_markdown(&fits, pearson_r, &notes).as_bytes())?;
+    let json = serde_json::json!({ "pearson_r_log_loss_log_compute": pearson_r, "fits": fits, "notes": notes });
+    write_atomic(&files[3], serde_json::to_string_pretty(&json)?.as_bytes())?;
+
+    let mut curves: Vec<plot::Curve> = Vec::new();
+    if let Some(f) = &power {
+        let (a, b) = (f.get("a"), f.get("b"));
+        curves.push((f, Box::new(move |x: f64| a * x.powf(-b))));
+    }
+    if let Some(f) = &power_floor {
+        let (e, a, b) = (f.get("E"), f.get("a"), f.get("b"));
+        curves.push((f, Box::new(move |x: f64| e + a * x.powf(-b))));
+    }
+    let points: Vec<(f64, f64)> = c.iter().copied().zip(l.iter().copied()).collect();
+    plot::loss_vs_compute(out, &points, &curves, pearson_r)?;
+    plot::curves(out, &runs)?;
+    for stem in ["loss_vs_compute", "loss_curves"] {
+        files.push(out.join(format!("{stem}.png")));
+        files.push(out.join(format!("{stem}.svg")));
+    }
+    drop(curves);
+    Ok(Report { runs, power, power_floor, chinchilla, pearson_r, notes, files })
+}
+
+const COLUMNS: [&str; 9] = [
+    "run",
+    "parameters",
+    "steps",
+    "tokens",
+    "compute_flops",
+    "final_train_loss",
+    "final_val_loss",
+    "smoothed_val_loss",
+    "finished",
+];
+
+/// One table row; missing values are empty.
+fn row(r: &RunRecord) -> [String; 9] {
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    [
+        r.name.clone(),
+        r.params.to_string(),
+        r.steps.to_string(),
+        format!("{:.6e}", r.tokens),
+        format!("{:.6e}", r.compute),
+        format!("{:.6}", r.final_train),
+        opt(r.final_val),
+        opt(r.smoothed_val),
+        r.finished.to_string(),
+    ]
+}
+
+fn runs_csv(runs: &[RunRecord]) -> String {
+    let mut s = COLUMNS.join(",") + "\n";
+    for r in runs {
+        s.push_str(&(row(r).join(",") + "\n"));
+    }
+    s
+}
+
+fn runs_markdown(runs: &[RunRecord]) -> String {
+    let mut s = format!("| {} |\n|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
+    for r in runs {
+        let cells: Vec<String> = row(r).into_iter().map(|c| if c.is_empty() { "–".into() } else { c }).collect();
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+    s
+}
+
+fn fits_markdown(fits: &[&Fit], r: f64, notes: &[String]) -> String {
+    let mut s = format!("# Scaling fits\n\nPearson r of ln(loss) against ln(compute): {r:.4}\n\n");
+    for f in fits {
+        let _ = writeln!(s, "## {}\n\n{} runs, RMS of the log residuals {:.4}\n", f.formula, f.n, f.rmse_log);
+        s.push_str("| coefficient | value | 95 % interval |\n|---|---|---|\n");
+        for c in &f.coefs {
+            let ci = c.ci95.map_or("– (no degrees of freedom)".into(), |(lo, hi)| format!("[{lo:.5}, {hi:.5}]"));
+            let _ = writeln!(s, "| {} | {:.5} | {} |", c.name, c.value, ci);
+        }
+        s.push('\n');
+    }
+    for n in notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    s
+}

@@ -1,0 +1,284 @@
+//! `infinity sweep SWEEP.toml`: a base training config and axes, expanded into named runs (the product
+//! of the axes), each a run folder with its resolved config. The compute of every run is printed before
+//! anything starts. Runs execute here one after another, or are printed as `infinity launch` command
+//! lines, or written as a SLURM job-array script. Finished runs are skipped and unfinished ones resume,
+//! so running the sweep again continues it.
+//!
+//! ```toml
+//! base = "../configs/demo-cpu.toml"    # relative to this file
+//! out = "runs/sweeps/mini"              # run folders: OUT/NAME
+//! nproc_per_node = 1                    # ranks per run (`infinity launch`)
+//! [set]                                 # overrides for every run
+//! "val.dir" = "runs/demo-val"
+//! [axes]                                # every combination is a run
+//! "model.preset" = ["tiny", "small"]
+//! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::manifest::write_atomic;
+use infinity_data::Manifest;
+use serde::Deserialize;
+
+use crate::model::bench::train_flops_per_token;
+use crate::model::Layout;
+use crate::train::config::TrainConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    pub base: PathBuf,
+    pub out: PathBuf,
+    #[serde(default = "one")]
+    pub nproc_per_node: usize,
+    #[serde(default)]
+    pub set: BTreeMap<String, toml::Value>,
+    pub axes: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    pub slurm: SlurmSection,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `#SBATCH` settings of `--slurm` scripts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub gpus_per_node: Option<usize>,
+    pub nodes: Option<usize>,
+    /// Runs of the array at once (`--array=0-N%K`).
+    pub max_parallel: Option<usize>,
+}
+
+/// One expanded run.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: TrainConfig,
+    pub parameters: usize,
+    pub tokens: f64,
+    /// Training FLOPs: 6·N·D plus the attention term.
+    pub compute: f64,
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `model.preset` = tiny → `preset-tiny`; characters outside `[A-Za-z0-9.-]` become `-`.
+fn name_part(key: &str, v: &toml::Value) -> String {
+    let short = key.rsplit('.').next().unwrap_or(key);
+    let shown = match v {
+        // 3e-4 and 1e30, not 0.0003 and 1000000000000000000000000000000
+        toml::Value::Float(x) if *x != 0.0 && !(1e-3..1e4).contains(&x.abs()) => format!("{x:e}"),
+        other => value_text(other),
+    };
+    let raw = format!("{short}-{shown}");
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}
+
+/// Read `path` and expand it into runs (configs validated, compute computed from each run's dataset).
+pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let de = toml::Deserializer::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let sweep: SweepFile = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
+    ensure!(!sweep.axes.is_empty(), "{}: [axes] is empty", path.display());
+    for (k, vals) in &sweep.axes {
+        ensure!(!vals.is_empty(), "{}: axis `{k}` has no values", path.display());
+    }
+    let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
+
+    // the product of the axes, in key order
+    let mut combos: Vec<Vec<(&String, &toml::Value)>> = vec![vec![]];
+    for (k, vals) in &sweep.axes {
+        combos =
+            combos.into_iter().flat_map(|c| vals.iter().map(move |v| [c.clone(), vec![(k, v)]].concat())).collect();
+    }
+    let mut runs = Vec::new();
+    for combo in combos {
+        let name = combo.iter().map(|(k, v)| name_part(k, v)).collect::<Vec<_>>().join("_");
+        let dir = sweep.out.join(&name);
+        let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
+        let mut tokens_budget = None;
+        for (k, v) in &combo {
+            if k.as_str() == "tokens" {
+                tokens_budget = Some(
+                    v.as_float()
+                        .or(v.as_integer().map(|i| i as f64))
+                        .with_context(|| format!("{}: axis `tokens` needs numbers, found {v}", path.display()))?,
+                );
+            } else {
+                overrides.push(format!("{k}={}", value_text(v)));
+            }
+        }
+        overrides.push(format!("run.dir={}", dir.display()));
+        let mut config = TrainConfig::load(&base, &overrides).with_context(|| format!("run {name}"))?;
+        let m = Manifest::load(&config.data.dir)
+            .with_context(|| format!("run {name}: the dataset {} (make it first)", config.data.dir.display()))?;
+        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+        let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
+        let mean_l = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
+        let tokens_per_step = mean_l * config.data.global_batch as f64;
+        if let Some(budget) = tokens_budget {
+            config.run.steps = ((budget / tokens_per_step).ceil() as u64).max(1);
+        }
+        let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
+        let tokens = tokens_per_step * config.run.steps as f64;
+        runs.push(PlannedRun {
+            name,
+            dir,
+            parameters: Layout::new(&mc).numel,
+            tokens,
+            compute: flops_per_token * tokens,
+            config,
+        });
+    }
+    Ok((sweep, runs))
+}
+
+/// The table printed before anything starts.
+pub fn table(runs: &[PlannedRun]) -> String {
+    let mut s = format!("{:<40} {:>12} {:>8} {:>12} {:>12}\n", "run", "params", "steps", "tokens", "FLOPs");
+    for r in runs {
+        s.push_str(&format!(
+            "{:<40} {:>12} {:>8} {:>12.3e} {:>12.3e}\n",
+            r.name, r.parameters, r.config.run.steps, r.tokens, r.compute
+        ));
+    }
+    let total: f64 = runs.iter().map(|r| r.compute).sum();
+    s.push_str(&format!("{} runs, {total:.3e} training FLOPs in total\n", runs.len()));
+    s
+}
+
+/// Whether a run folder holds a finished run.
+pub fn finished(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["finished"] == true)
+}
+
+/// Write each run's resolved config to `RUN/config.toml`.
+pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
+    for r in runs {
+        std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
+        write_atomic(&r.dir.join("config.toml"), toml::to_string(&r.config)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The arguments after `infinity` that run one run (resuming if it was interrupted).
+pub fn command(r: &PlannedRun, nproc: usize) -> Vec<String> {
+    let cfg = r.dir.join("config.toml").display().to_string();
+    let train = ["train".to_string(), cfg, "--resume".into(), "auto".into()];
+    if nproc > 1 {
+        let log_dir = r.dir.join("logs").display().to_string();
+        [
+            vec![
+                "launch".into(),
+                "--nproc-per-node".into(),
+                nproc.to_string(),
+                "--log-dir".into(),
+                log_dir,
+                "--".into(),
+            ],
+            train.to_vec(),
+        ]
+        .concat()
+    } else {
+        train.to_vec()
+    }
+}
+
+/// Run every unfinished run here, one after another; returns the names of the failed ones.
+pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<Vec<String>> {
+    let mut failed = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        if finished(&r.dir) {
+            println!("[{}/{}] {}: finished, skipped", i + 1, runs.len(), r.name);
+            continue;
+        }
+        let log = r.dir.join("train.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        println!("[{}/{}] {}: running (log {})", i + 1, runs.len(), r.name, log.display());
+        let t0 = std::time::Instant::now();
+        let status = Command::new(exe)
+            .args(command(r, nproc))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        if status.success() && finished(&r.dir) {
+            println!("    done in {:.1} s", t0.elapsed().as_secs_f64());
+        } else {
+            println!("    FAILED ({status}); see {}", log.display());
+            failed.push(r.name.clone());
+        }
+    }
+    Ok(failed)
+}
+
+/// A SLURM job-array script: one array task per run.
+pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result<String> {
+    if runs.is_empty() {
+        bail!("no runs");
+    }
+    let s = &sweep.slurm;
+    let mut out = String::from("#!/bin/bash\n#SBATCH --job-name=infinity-sweep\n");
+    let max = s.max_parallel.map_or(String::new(), |k| format!("%{k}"));
+    out.push_str(&format!("#SBATCH --array=0-{}{max}\n", runs.len() - 1));
+    if let Some(p) = &s.partition {
+        out.push_str(&format!("#SBATCH --partition={p}\n"));
+    }
+    if let Some(t) = &s.time {
+        out.push_str(&format!("#SBATCH --time={t}\n"));
+    }
+    out.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node=1\n", s.nodes.unwrap_or(1)));
+    if let Some(g) = s.gpus_per_node {
+        out.push_str(&format!("#SBATCH --gpus-per-node={g}\n"));
+    }
+    out.push_str(&format!(
+        "#SBATCH --output={}/slurm-%A_%a.log\n#SBATCH --signal=USR1@300\n#SBATCH --requeue\n\n",
+        sweep.out.display()
+    ));
+    out.push_str("# one run per array task; a requeued or re-submitted task resumes its run\nRUNS=(\n");
+    for r in runs {
+        out.push_str(&format!("  {}\n", r.dir.join("config.toml").display()));
+    }
+    out.push_str(")\nCONFIG=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
+    out.push_str("export INFINITY_RDZV_TOKEN=$(echo \"$SLURM_JOB_ID-$RANDOM$RANDOM\" | sha256sum | cut -c1-32)\n");
+    out.push_str(&format!(
+        "srun --kill-on-bad-exit=1 {exe} launch --nproc-per-node {} --max-restarts 3 -- train \"$CONFIG\" --resume auto\n",
+        sweep.nproc_per_node
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_sweep_parses_and_names_runs() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps/demo.toml");
+        let s: SweepFile = toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        assert_eq!(s.axes.values().map(Vec::len).product::<usize>(), 8);
+        assert_eq!(name_part("optim.lr", &toml::Value::Float(3e-4)), "lr-3e-4");
+        assert_eq!(name_part("model.preset", &toml::Value::String("layer 12".into())), "preset-layer-12");
+        assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");
+    }
+}

@@ -1,0 +1,143 @@
+//! Held-out validation, as upstream's eval: a fixed set of rows from a separate dataset (made with the
+//! training dataset's tokenizer), fixed bitwise self-correction noise (keyed by `val.seed`, not the
+//! step), no condition dropout, the training loss. Every evaluation sees the same inputs, so the curve
+//! moves only with the weights. Ranks split the micro-batches and sum their results.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::loader::batch::gather;
+use infinity_data::tokenizer::{PatchTokenizer, TOKENIZER_NAME};
+use infinity_data::{Checksums, Dataset, Manifest};
+use infinity_kernels::rope::RopeTable;
+
+use super::config::TrainConfig;
+use super::dist::Dist;
+use super::prepare;
+use crate::model::{forward_into, rope_for, token_weights, Acts, Layout, ModelConfig, Params};
+
+/// Loss and bit accuracy over the validation rows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValMetrics {
+    pub loss: f64,
+    pub bit_acc: f64,
+    pub rows: usize,
+}
+
+pub struct Validator {
+    ds: Arc<Dataset>,
+    /// Micro-batches: (bucket, global row ids).
+    batches: Vec<(u16, Vec<u64>)>,
+    every: u64,
+    last: u64,
+    seed: u64,
+    ropes: HashMap<u16, RopeTable>,
+}
+
+impl Validator {
+    /// The validator of `cfg.val`, if a validation dataset is configured.
+    pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset) -> Result<Option<Validator>> {
+        let Some(dir) = &cfg.val.dir else { return Ok(None) };
+        let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
+        compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
+        // the first `max_rows` rows, grouped by bucket, in micro-batches
+        let mut by_bucket: Vec<Vec<u64>> = vec![Vec::new(); ds.manifest.schedules.len()];
+        for g in 0..(cfg.val.max_rows as u64).min(ds.num_rows()) {
+            by_bucket[ds.row(g).bucket as usize].push(g);
+        }
+        let batches = by_bucket
+            .iter()
+            .enumerate()
+            .flat_map(|(b, rows)| rows.chunks(cfg.data.micro_batch).map(move |c| (b as u16, c.to_vec())))
+            .collect();
+        let ropes = ds.manifest.schedules.iter().enumerate().map(|(b, s)| (b as u16, rope_for(mc, s))).collect();
+        Ok(Some(Validator {
+            ds: Arc::new(ds),
+            batches,
+            every: cfg.val.every,
+            last: cfg.run.steps,
+            seed: cfg.val.seed,
+            ropes,
+        }))
+    }
+
+    /// Evaluate every `val.every` steps and at the last step.
+    pub fn due(&self, step: u64) -> bool {
+        (self.every > 0 && step.is_multiple_of(self.every)) || step == self.last
+    }
+
+    pub fn run(
+        &self,
+        cfg: &TrainConfig,
+        mc: &ModelConfig,
+        lay: &Layout,
+        params: &Params<f32>,
+        dist: &mut Dist,
+        acts: &mut Acts<f32>,
+    ) -> Result<ValMetrics> {
+        let m = &self.ds.manifest;
+        // [Σ loss·rows, Σ bit accuracy·rows, rows] over this rank's micro-batches
+        let mut sums = [0.0f64; 3];
+        for (bucket, rows) in self.batches.iter().skip(dist.rank).step_by(dist.world) {
+            let batch = gather(&self.ds, *bucket, rows, false, None)?;
+            let scales = m.schedules[*bucket as usize].hw();
+            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), 0.0);
+            let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
+            let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
+            forward_into(mc, lay, params, &inp, acts);
+            let acc = acts.ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
+                / (acts.ce.correct_bits.len() * mc.d) as f64;
+            let b = mb.b as f64;
+            sums[0] += acts.ce.loss * b;
+            sums[1] += acc * b;
+            sums[2] += b;
+        }
+        let mut f: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+        if dist.world > 1 {
+            // the sums of all ranks (all_reduce_mean · world keeps one code path for the collective)
+            dist.all_reduce_mean(&mut f)?;
+            f.iter_mut().for_each(|x| *x *= dist.world as f32);
+        }
+        let rows = f[2].round() as usize;
+        ensure!(rows > 0, "validation: no rows");
+        Ok(ValMetrics { loss: f[0] as f64 / f[2] as f64, bit_acc: f[1] as f64 / f[2] as f64, rows })
+    }
+}
+
+/// The validation dataset must carry the same bits (d, tokenizer) and conditions as the training one.
+fn compatible(train: &Manifest, train_dir: &std::path::Path, val: &Manifest, val_dir: &std::path::Path) -> Result<()> {
+    let name = |p: &std::path::Path| p.display().to_string();
+    if train.d != val.d {
+        bail!("val.dir {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
+    }
+    if train.conditions.class.as_ref().map(|c| c.num_classes) != val.conditions.class.as_ref().map(|c| c.num_classes)
+        || train.conditions.text.as_ref().map(|t| t.width) != val.conditions.text.as_ref().map(|t| t.width)
+    {
+        bail!("val.dir {}: its conditions differ from the training data's", name(val_dir));
+    }
+    if train.tokenizer.name != val.tokenizer.name {
+        bail!(
+            "val.dir {}: tokenizer `{}`, the training data's is `{}`",
+            name(val_dir),
+            val.tokenizer.name,
+            train.tokenizer.name
+        );
+    }
+    if let (Some(a), Some(b)) = (&train.tokenizer.file, &val.tokenizer.file) {
+        // the built-in tokenizer compares by value (its file's metadata order varies); others by bytes
+        let same = if train.tokenizer.name == TOKENIZER_NAME {
+            PatchTokenizer::load(&train_dir.join(a))? == PatchTokenizer::load(&val_dir.join(b))?
+        } else {
+            std::fs::read(train_dir.join(a)).ok() == std::fs::read(val_dir.join(b)).ok()
+        };
+        if !same {
+            bail!(
+                "val.dir {}: tokenized with a different tokenizer than the training data (make it with \
+                 `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`)",
+                name(val_dir)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A mini scaling sweep end to end on the CPU: three tiny models with validation, `infinity sweep` runs
+//! them, a second invocation skips them, `infinity scaling` writes the table, fits and figures, and
+//! TensorBoard's HParams plugin reads each run's hyperparameters. A diverging run is listed as failed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_infinity");
+
+fn infinity(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "failed ({:?}):\n{text}", out.status);
+    text
+}
+
+fn python(args: &[&str]) -> String {
+    let py = std::env::var("INFINITY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(&py).args(args).current_dir(root).output().expect("python3 (tools/requirements.txt)");
+    ok(out)
+}
+
+const BASE: &str = r#"
+[run]
+dir = "unused"
+seed = 5
+steps = 30
+log_every = 1000
+[model]
+preset = "tiny"
+conditioning = "class"
+[data]
+dir = "data"
+global_batch = 8
+micro_batch = 8
+[optim]
+lr = 3e-3
+warmup_steps = 3
+[checkpoint]
+every = 0
+keep_last = 1
+[val]
+dir = "val"
+every = 10
+max_rows = 48
+"#;
+
+#[test]
+fn a_mini_sweep_runs_resumes_and_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let demo = ["--rows", "256", "--fit-rows", "64", "--budget", "demo4"];
+    ok(infinity(&[&["data", "synth", "--out", "data", "--seed", "1"][..], &demo[..]].concat(), t));
+    // the validation split shares the training data's tokenizer; a different one is refused
+    let tok = t.join("data/tokenizer.safetensors");
+    let val = ["data", "synth", "--out", "val", "--seed", "2", "--tokenizer", tok.to_str().unwrap()];
+    ok(infinity(&[&val[..], &demo[..]].concat(), t));
+    std::fs::write(t.join("base.toml"), BASE).unwrap();
+    std::fs::write(
+        t.join("sweep.toml"),
+        "base = \"base.toml\"\nout = \"sweep\"\n[axes]\n\"model.embed_dim\" = [64, 128, 192]\n\"model.num_heads\" = [2]\n",
+    )
+    .unwrap();
+
+    let plan = ok(infinity(&["sweep", "sweep.toml", "--dry-run"], t));
+    assert!(plan.contains("embed-dim-64_num-heads-2") && plan.contains("3 runs"), "{plan}");
+    let out = ok(infinity(&["sweep", "sweep.toml"], t));
+    assert!(out.contains("sweep done: 3 runs"), "{out}");
+    let again = ok(infinity(&["sweep", "sweep.toml"], t));
+    assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
+    let printed = ok(infinity(&["sweep", "sweep.toml", "--print"], t));
+    assert!(!printed.contains(" train "), "finished runs are not printed:\n{printed}");
+
+    // validation ran every 10 steps on every run
+    let val_lines = std::fs::read_to_string(t.join("sweep/embed-dim-128_num-heads-2/val.jsonl")).unwrap();
+    assert_eq!(val_lines.lines().count(), 3, "{val_lines}");
+
+    let report = ok(infinity(&["scaling", "sweep"], t));
+    println!("{report}");
+    assert!(report.contains("L = a·C^(−b)") && report.contains("Pearson r"), "{report}");
+    let dir = t.join("sweep/scaling");
+    for f in [
+        "runs.csv",
+        "runs.md",
+        "fits.md",
+        "fits.json",
+        "loss_vs_compute.png",
+        "loss_vs_compute.svg",
+        "loss_curves.png",
+        "loss_curves.svg",
+    ] {
+        let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 100, "{f}: {len} bytes");
+    }
+    assert!(image::open(dir.join("loss_vs_compute.png")).is_ok());
+    let csv = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    // TensorBoard's HParams plugin reads the run's hyperparameters
+    let tb = python(&["tools/read_tensorboard.py", t.join("sweep/embed-dim-192_num-heads-2/tb").to_str().unwrap()]);
+    let tb: serde_json::Value = serde_json::from_str(tb.lines().last().unwrap()).unwrap();
+    assert_eq!(tb["hparams"]["model.embed_dim"], 192.0, "{tb}");
+    assert_eq!(tb["hparams_group"], "embed-dim-192_num-heads-2", "{tb}");
+    assert!(tb["scalars"]["val/loss"].as_array().is_some_and(|v| v.len() == 3), "{tb}");
+
+    // a job-array script for a fresh sweep; a diverging run is listed as failed
+    std::fs::write(
+        t.join("bad.toml"),
+        "base = \"base.toml\"\nout = \"bad\"\n[set]\n\"optim.max_nonfinite\" = 2\n\"optim.warmup_steps\" = 0\n\
+         [axes]\n\"optim.lr\" = [1e30]\n[slurm]\npartition = \"gpu\"\nmax_parallel = 4\n",
+    )
+    .unwrap();
+    ok(infinity(&["sweep", "bad.toml", "--slurm", "bad.sbatch"], t));
+    let script = std::fs::read_to_string(t.join("bad.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-0%4") && script.contains("--partition=gpu"), "{script}");
+    let out = infinity(&["sweep", "bad.toml"], t);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("1 of 1 runs failed: lr-1e30"), "{text}");
+}
