@@ -18,6 +18,8 @@ pub mod adaln;
 pub mod attention;
 pub mod bitwise_ce;
 pub mod bsq;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod embedding;
 pub mod gradcheck;
 pub mod linear;

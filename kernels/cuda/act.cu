@@ -1,0 +1,41 @@
+// Twins of kernels/src/act.rs: GELU (tanh form through x·σ(2z)) and SiLU, forward and backward.
+// Elementwise over n values; a grid-stride loop.
+
+__device__ __forceinline__ void gelu_parts(float x, float* y, float* dy) {
+    const float k = 0.7978845608028654f, a = 0.044715f;
+    const float z = k * (x + a * x * x * x);
+    const float s = 1.0f / (1.0f + expf(-2.0f * z));
+    *y = x * s;
+    *dy = s + 2.0f * x * s * (1.0f - s) * k * (1.0f + 3.0f * a * x * x);
+}
+
+extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float v, dv;
+        gelu_parts(x[i], &v, &dv);
+        y[i] = v;
+    }
+}
+
+extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                             float* __restrict__ dx, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float v, dv;
+        gelu_parts(x[i], &v, &dv);
+        dx[i] = dy[i] * dv;
+    }
+}
+
+extern "C" __global__ void silu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        y[i] = x[i] / (1.0f + expf(-x[i]));
+    }
+}
+
+extern "C" __global__ void silu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                             float* __restrict__ dx, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const float s = 1.0f / (1.0f + expf(-x[i]));
+        dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}

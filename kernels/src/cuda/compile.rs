@@ -1,0 +1,87 @@
+//! NVRTC compilation of the embedded `.cu` sources. Our own headers (`#include "common.cuh"`) are
+//! inlined before compiling; CUDA's headers come from an include path (NVRTC 13 has no built-in
+//! `cuda_fp16.h`): `INFINITY_CUDA_INCLUDE`, `$CUDA_HOME/include`, `/usr/local/cuda/include`, or the
+//! `nvidia/cu13/include` folder of the `nvidia-cuda-runtime` wheel found through `INFINITY_CUDA_WHEELS`.
+
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+/// Every kernel source, by file name.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("act.cu", include_str!("../../cuda/act.cu")),
+    ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
+    ("bsq.cu", include_str!("../../cuda/bsq.cu")),
+];
+
+/// Headers the sources include by name.
+const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../cuda/common.cuh"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("kernels/cuda/{file}: NVRTC failed:\n{log}")]
+    Nvrtc { file: String, log: String },
+    #[error("kernels/cuda/{0}: no such kernel source")]
+    Unknown(String),
+    #[error("NVRTC is not available: {0} (install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`, and put its lib folder on LD_LIBRARY_PATH)")]
+    Unavailable(String),
+}
+
+/// The source of `file` with our headers inlined.
+pub fn source(file: &str) -> Result<String, CompileError> {
+    let (_, src) = SOURCES.iter().find(|(n, _)| *n == file).ok_or_else(|| CompileError::Unknown(file.into()))?;
+    let mut out = String::with_capacity(src.len() + 4096);
+    for line in src.lines() {
+        let included = line
+            .trim()
+            .strip_prefix("#include \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+            .and_then(|name| HEADERS.iter().find(|(n, _)| *n == name));
+        match included {
+            Some((_, header)) => out.push_str(header),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Folders to search for CUDA's own headers.
+pub fn include_paths() -> Vec<String> {
+    let mut v = Vec::new();
+    if let Ok(p) = std::env::var("INFINITY_CUDA_INCLUDE") {
+        v.push(p);
+    }
+    if let Ok(h) = std::env::var("CUDA_HOME") {
+        v.push(format!("{h}/include"));
+    }
+    if let Ok(w) = std::env::var("INFINITY_CUDA_WHEELS") {
+        v.push(format!("{w}/nvidia/cu13/include"));
+    }
+    v.push("/usr/local/cuda/include".into());
+    v.into_iter().filter(|p| std::path::Path::new(p).is_dir()).collect()
+}
+
+/// Compile `file` to PTX for `arch` (e.g. `compute_90`).
+pub fn compile_ptx(file: &str, arch: &'static str) -> Result<Ptx, CompileError> {
+    compile_source(file, &source(file)?, arch)
+}
+
+/// Compile CUDA source `src` (named `file` in errors) to PTX for `arch`.
+pub fn compile_source(file: &str, src: &str, arch: &'static str) -> Result<Ptx, CompileError> {
+    if !nvrtc_present() {
+        return Err(CompileError::Unavailable("libnvrtc not found".into()));
+    }
+    let opts = CompileOptions {
+        arch: Some(arch),
+        include_paths: include_paths(),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+        .map_err(|e| CompileError::Nvrtc { file: file.into(), log: format!("{e:?}") })
+}
+
+/// Whether libnvrtc can be loaded (never panics).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library; it does not panic when the library is absent.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}

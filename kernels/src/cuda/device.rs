@@ -1,0 +1,71 @@
+//! One CUDA device: its context, a stream, and the modules compiled for it (each source once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+
+use super::compile::{compile_ptx, CompileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+}
+
+impl From<cudarc::driver::DriverError> for CudaError {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        CudaError::Driver(format!("{e:?}"))
+    }
+}
+
+pub struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// `compute_XY` of the device, for NVRTC.
+    pub arch: &'static str,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+/// Whether a CUDA driver and at least one device are present (never panics).
+pub fn device_present() -> bool {
+    // SAFETY: only tries to open libcuda; it does not panic when the library is absent.
+    let lib = unsafe { cudarc::driver::sys::is_culib_present() };
+    lib && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+impl Device {
+    /// Open device `ordinal`.
+    pub fn open(ordinal: usize) -> Result<Device, CudaError> {
+        if !device_present() {
+            return Err(CudaError::Unavailable("no CUDA driver (libcuda) or no device".into()));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        // NVRTC wants a 'static arch string; the few real ones are spelled out
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let stream = ctx.default_stream();
+        Ok(Device { ctx, stream, arch, modules: Mutex::new(HashMap::new()) })
+    }
+
+    /// Kernel `name` of source `file`, compiling and loading the source on first use.
+    pub fn function(&self, file: &'static str, name: &str) -> Result<CudaFunction, CudaError> {
+        let module = {
+            let mut m = self.modules.lock().unwrap();
+            match m.get(file) {
+                Some(module) => module.clone(),
+                None => {
+                    let ptx = compile_ptx(file, self.arch)?;
+                    let module = self.ctx.load_module(ptx)?;
+                    m.insert(file, module.clone());
+                    module
+                }
+            }
+        };
+        Ok(module.load_function(name)?)
+    }
+}

@@ -1,0 +1,16 @@
+//! CUDA twins of the CPU kernels (feature `cuda`): the `.cu` sources in `kernels/cuda/` are embedded in
+//! the binary, compiled with NVRTC at run time for the device's architecture, loaded once per device
+//! and cached. cudarc opens the CUDA libraries at run time, so this builds with no CUDA installed; a
+//! missing driver or library is an error ([`CudaError::Unavailable`]), never a panic.
+//!
+//! Each kernel's specification is its CPU twin; `kernels/tests/cuda_twins.rs` compares them when a
+//! device is present and says it skipped otherwise, and `kernels/tests/cuda_compile.rs` compiles every
+//! source with NVRTC alone (no GPU), which CI runs.
+
+pub mod compile;
+
+pub mod device;
+pub mod ops;
+
+pub use compile::{compile_ptx, CompileError, SOURCES};
+pub use device::{CudaError, Device};

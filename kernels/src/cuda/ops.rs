@@ -1,0 +1,147 @@
+//! Host-slice entry points of the CUDA twins: copy in, launch, copy out. They mirror the CPU twins'
+//! signatures closely so the equivalence tests read side by side; the training path keeps buffers on
+//! the device and launches the same kernels.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::device::{CudaError, Device};
+
+/// Threads per block of the elementwise kernels, and a grid that covers `n` (grid-stride loops).
+fn elementwise(n: usize) -> LaunchConfig {
+    let block = 256u32;
+    let grid = n.div_ceil(block as usize).clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// What [`bitwise_ce`] returns: per-token loss `[N]`, correct bits `[N]`, `dlogits [N, 2d]` if asked.
+pub struct BitwiseCeOut {
+    pub token_loss: Vec<f32>,
+    pub correct_bits: Vec<u32>,
+    pub dlogits: Option<Vec<f32>>,
+}
+
+/// Twin of `bitwise_ce::bitwise_ce` (the weighted total is `Σ weights · token_loss`).
+pub fn bitwise_ce(
+    dev: &Device,
+    logits: &[f32],
+    labels: &[u8],
+    weights: &[f32],
+    label_smoothing: f32,
+    d: usize,
+    grad: bool,
+) -> Result<BitwiseCeOut, CudaError> {
+    let n = weights.len();
+    assert!(logits.len() == n * 2 * d && labels.len() == n * d, "bitwise_ce: logits [N, 2d] and labels [N, d]");
+    let s = &dev.stream;
+    let f = dev.function("bitwise_ce.cu", "bitwise_ce_f32")?;
+    let (z, y, w) = (s.clone_htod(logits)?, s.clone_htod(labels)?, s.clone_htod(weights)?);
+    let mut loss = s.alloc_zeros::<f32>(n)?;
+    let mut correct = s.alloc_zeros::<u32>(n)?;
+    let mut dz = s.alloc_zeros::<f32>(if grad { n * 2 * d } else { 1 })?;
+    let (n_i, d_i) = (n as i32, d as i32);
+    let block = (d.div_ceil(32) * 32).clamp(32, 256) as u32;
+    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+    let null = 0u64;
+    let mut b = s.launch_builder(&f);
+    b.arg(&z).arg(&y).arg(&w).arg(&label_smoothing).arg(&n_i).arg(&d_i).arg(&mut loss).arg(&mut correct);
+    if grad {
+        b.arg(&mut dz);
+    } else {
+        b.arg(&null);
+    }
+    // SAFETY: argument types and buffer sizes match the kernel's signature (checked above).
+    unsafe { b.launch(cfg) }?;
+    let dlogits = if grad { Some(s.clone_dtoh(&dz)?) } else { None };
+    Ok(BitwiseCeOut { token_loss: s.clone_dtoh(&loss)?, correct_bits: s.clone_dtoh(&correct)?, dlogits })
+}
+
+/// `y = f(x)` for `kernel` in act.cu (`gelu_forward_f32`, `silu_forward_f32`).
+pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, CudaError> {
+    let s = &dev.stream;
+    let f = dev.function("act.cu", kernel)?;
+    let xd = s.clone_htod(x)?;
+    let mut y = s.alloc_zeros::<f32>(x.len())?;
+    let n = x.len() as i64;
+    let mut b = s.launch_builder(&f);
+    b.arg(&xd).arg(&mut y).arg(&n);
+    // SAFETY: (const float*, float*, long) as declared in act.cu.
+    unsafe { b.launch(elementwise(x.len())) }?;
+    Ok(s.clone_dtoh(&y)?)
+}
+
+/// `dx = dy · f'(x)` for `kernel` in act.cu (`gelu_backward_f32`, `silu_backward_f32`).
+pub fn activation_backward(dev: &Device, kernel: &str, dy: &[f32], x: &[f32]) -> Result<Vec<f32>, CudaError> {
+    let s = &dev.stream;
+    let f = dev.function("act.cu", kernel)?;
+    let (dyd, xd) = (s.clone_htod(dy)?, s.clone_htod(x)?);
+    let mut dx = s.alloc_zeros::<f32>(x.len())?;
+    let n = x.len() as i64;
+    let mut b = s.launch_builder(&f);
+    b.arg(&dyd).arg(&xd).arg(&mut dx).arg(&n);
+    // SAFETY: (const float*, const float*, float*, long) as declared in act.cu.
+    unsafe { b.launch(elementwise(x.len())) }?;
+    Ok(s.clone_dtoh(&dx)?)
+}
+
+/// Area or bilinear resize of `[bc, sh, sw]` maps to `[bc, dh, dw]` (twins of `resample::*`).
+pub fn resize(
+    dev: &Device,
+    area: bool,
+    src: &[f32],
+    bc: usize,
+    (sh, sw): (usize, usize),
+    (dh, dw): (usize, usize),
+) -> Result<Vec<f32>, CudaError> {
+    assert_eq!(src.len(), bc * sh * sw, "resize: src is not [{bc}, {sh}, {sw}]");
+    let s = &dev.stream;
+    let srcd = s.clone_htod(src)?;
+    let mut dst = s.alloc_zeros::<f32>(bc * dh * dw)?;
+    let dims = [bc as i32, sh as i32, sw as i32, dh as i32, dw as i32];
+    let f = dev.function("bsq.cu", if area { "area_resize_f32" } else { "bilinear_resize_f32" })?;
+    let mut b = s.launch_builder(&f);
+    b.arg(&srcd).arg(&mut dst);
+    for v in &dims {
+        b.arg(v);
+    }
+    let accumulate = 0i32;
+    if !area {
+        b.arg(&accumulate);
+    }
+    // SAFETY: argument lists as declared in bsq.cu.
+    unsafe { b.launch(elementwise(bc * dh * dw)) }?;
+    Ok(s.clone_dtoh(&dst)?)
+}
+
+/// Sign quantisation of `r [b, d, n]` with optional flips `[b, n, d]`: clean bits `[b, n, d]` and the
+/// codes of the flipped bits `[b, d, n]` (twin of `bsq::quantize` plus self-correction's flip).
+pub fn quantize(
+    dev: &Device,
+    r: &[f32],
+    flips: Option<&[u8]>,
+    b: usize,
+    d: usize,
+    n: usize,
+) -> Result<(Vec<u8>, Vec<f32>), CudaError> {
+    assert_eq!(r.len(), b * d * n, "quantize: r is not [{b}, {d}, {n}]");
+    let s = &dev.stream;
+    let f = dev.function("bsq.cu", "quantize_f32")?;
+    let rd = s.clone_htod(r)?;
+    let fl = match flips {
+        Some(x) => Some(s.clone_htod(x)?),
+        None => None,
+    };
+    let mut bits = s.alloc_zeros::<u8>(b * n * d)?;
+    let mut q = s.alloc_zeros::<f32>(b * d * n)?;
+    let (bi, di, ni) = (b as i32, d as i32, n as i32);
+    let null = 0u64;
+    let mut l = s.launch_builder(&f);
+    l.arg(&rd);
+    match &fl {
+        Some(x) => l.arg(x),
+        None => l.arg(&null),
+    };
+    l.arg(&mut bits).arg(&mut q).arg(&bi).arg(&di).arg(&ni);
+    // SAFETY: argument list as declared in bsq.cu; `flips` may be null.
+    unsafe { l.launch(elementwise(b * d * n)) }?;
+    Ok((s.clone_dtoh(&bits)?, s.clone_dtoh(&q)?))
+}
