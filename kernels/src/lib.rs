@@ -15,6 +15,7 @@
 
 pub mod act;
 pub mod adaln;
+pub mod adamw;
 pub mod attention;
 pub mod bitwise_ce;
 pub mod bsq;

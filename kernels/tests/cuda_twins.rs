@@ -5,8 +5,8 @@
 #![cfg(feature = "cuda")]
 
 use infinity_kernels::cuda::device::device_present;
-use infinity_kernels::cuda::{ops, Device};
-use infinity_kernels::{act, bitwise_ce, bsq, resample};
+use infinity_kernels::cuda::{layers, ops, Device};
+use infinity_kernels::{act, adaln, adamw, bitwise_ce, bsq, embedding, norm, resample, rope};
 use rand::{Rng, SeedableRng};
 
 fn device() -> Option<Device> {
@@ -95,4 +95,107 @@ fn resampling_and_quantisation_match_their_cpu_twins() {
         bsq::bits_to_codes(&flipped, d, &mut fq);
         assert_eq!(&q[s * d * n..(s + 1) * d * n], &fq[..], "codes of the flipped bits of sample {s}");
     }
+}
+
+#[test]
+fn norms_match_their_cpu_twins() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    for (n, c) in [(1, 8), (37, 64), (300, 1536), (5, 2050)] {
+        let (x, dy) = (rand_vec(&mut rng, n * c, 2.0), rand_vec(&mut rng, n * c, 1.0));
+        let (w, b) = (rand_vec(&mut rng, c, 1.0), rand_vec(&mut rng, c, 1.0));
+        for affine in [false, true] {
+            let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
+            let (mut y, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+            norm::layernorm_forward(&x, wo, bo, &mut y, &mut mean, &mut rstd, c, 1e-6);
+            let gpu = layers::layernorm(&dev, &x, wo, bo, c, 1e-6).unwrap();
+            close("layernorm", &gpu.y, &y, 1e-5);
+            let (mut dx, mut dw, mut db) = (vec![0.0f32; n * c], vec![0.0f32; c], vec![0.0f32; c]);
+            let (dwo, dbo) = if affine { (Some(&mut dw[..]), Some(&mut db[..])) } else { (None, None) };
+            norm::layernorm_backward(&dy, &x, wo, &mean, &rstd, &mut dx, dwo, dbo, c);
+            let (gdx, gp) = layers::layernorm_backward(&dev, &dy, &x, wo, &mean, &rstd, c).unwrap();
+            close("layernorm dx", &gdx, &dx, 1e-5);
+            if let Some((gdw, gdb)) = gp {
+                close("layernorm dw", &gdw, &dw, 1e-4);
+                close("layernorm db", &gdb, &db, 1e-4);
+            }
+        }
+        let (mut y, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n]);
+        norm::rmsnorm_forward(&x, &w, &mut y, &mut rstd, c, 1e-6);
+        close("rmsnorm", &layers::rmsnorm(&dev, &x, &w, c, 1e-6).unwrap().y, &y, 1e-5);
+        let (mut dx, mut dw) = (vec![0.0f32; n * c], vec![0.0f32; c]);
+        norm::rmsnorm_backward(&dy, &x, &w, &rstd, &mut dx, &mut dw, c);
+        let (gdx, gdw) = layers::rmsnorm_backward(&dev, &dy, &x, &w, &rstd, c).unwrap();
+        close("rmsnorm dx", &gdx, &dx, 1e-5);
+        close("rmsnorm dw", &gdw, &dw, 1e-4);
+    }
+}
+
+#[test]
+fn adaln_rope_and_embeddings_match_their_cpu_twins() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (b, l, c) = (3, 57, 96);
+    let (x, dy) = (rand_vec(&mut rng, b * l * c, 1.0), rand_vec(&mut rng, b * l * c, 1.0));
+    let (scale, shift) = (rand_vec(&mut rng, b * c, 0.5), rand_vec(&mut rng, b * c, 0.5));
+    let mut y = vec![0.0f32; b * l * c];
+    adaln::modulate_forward(&x, &scale, &shift, &mut y, l, c);
+    close("modulate", &layers::modulate(&dev, &x, &scale, &shift, l, c).unwrap(), &y, 1e-6);
+    let (mut dx, mut ds, mut dh) = (vec![0.0f32; b * l * c], vec![0.0f32; b * c], vec![0.0f32; b * c]);
+    adaln::modulate_backward(&dy, &x, &scale, &mut dx, &mut ds, &mut dh, l, c);
+    let g = layers::modulate_backward(&dev, &dy, &x, &scale, l, c).unwrap();
+    close("modulate dx", &g[0], &dx, 1e-6);
+    close("modulate dscale", &g[1], &ds, 1e-5);
+    close("modulate dshift", &g[2], &dh, 1e-5);
+    let mut res = x.clone();
+    adaln::gated_residual_forward(&mut res, &dy, &scale, l, c);
+    close("gated residual", &layers::gated_residual(&dev, &x, &dy, &scale, l, c).unwrap(), &res, 1e-6);
+    let (mut gy, mut gg) = (vec![0.0f32; b * l * c], vec![0.0f32; b * c]);
+    adaln::gated_residual_backward(&dy, &x, &scale, &mut gy, &mut gg, l, c);
+    let g = layers::gated_residual_backward(&dev, &dy, &x, &scale, l, c).unwrap();
+    close("gated residual dy", &g[0], &gy, 1e-6);
+    close("gated residual dgamma", &g[1], &gg, 1e-5);
+
+    // RoPE on the 1.000/demo5 schedule in its 1M frame, with an offset (the KV-cache path) and inverse
+    let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
+    let table = rope::RopeTable::new(32, &scales, (64, 64));
+    let (heads, lt) = (3, 36);
+    let q = rand_vec(&mut rng, 2 * lt * heads * 32, 1.0);
+    for (offset, inverse) in [(0, false), (21, false), (21, true)] {
+        let mut cpu = q.clone();
+        rope::rope_apply(&mut cpu, &table, lt, heads, offset, inverse);
+        close("rope", &layers::rope(&dev, &q, &table, lt, heads, offset, inverse).unwrap(), &cpu, 1e-6);
+    }
+
+    let (vocab, n) = (25, 40);
+    let table = rand_vec(&mut rng, vocab * c, 1.0);
+    let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..vocab)).collect();
+    let idx32: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+    let init = rand_vec(&mut rng, n * c, 1.0);
+    let mut out = init.clone();
+    embedding::embedding_forward(&table, &idx, &mut out, c, true);
+    close("embedding", &layers::embedding(&dev, &table, &idx32, c, Some(&init)).unwrap(), &out, 1e-6);
+    let dout = rand_vec(&mut rng, n * c, 1.0);
+    let mut dt = vec![0.0f32; vocab * c];
+    embedding::embedding_backward(&dout, &idx, &mut dt, c);
+    close("embedding backward", &layers::embedding_backward(&dev, &dout, &idx32, vocab, c).unwrap(), &dt, 1e-5);
+}
+
+#[test]
+fn adamw_and_the_global_norm_match_their_cpu_twins() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let n = 100_003;
+    let (mut p, g) = (rand_vec(&mut rng, n, 1.0), rand_vec(&mut rng, n, 0.1));
+    let (mut m, mut v) = (rand_vec(&mut rng, n, 0.01), rand_vec(&mut rng, n, 0.001));
+    v.iter_mut().for_each(|x| *x = x.abs());
+    let decay: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+    let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7);
+    let gpu = ops::adamw(&dev, &p, &g, &m, &v, &decay, &s).unwrap();
+    adamw::adamw_update(&mut p, &g, &mut m, &mut v, &decay, &s);
+    close("adamw params", &gpu.params, &p, 1e-6);
+    close("adamw m", &gpu.m, &m, 1e-6);
+    close("adamw v", &gpu.v, &v, 1e-6);
+    let (cpu, gpu) = (adamw::sum_squares(&g), ops::sum_squares(&dev, &g).unwrap());
+    assert!((cpu - gpu).abs() <= 1e-12 * cpu, "sum of squares {gpu} vs {cpu}");
 }

@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay and upstream's no-decay groups, global-norm gradient clipping, and
 //! the learning-rate schedules. Matches `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
+use infinity_kernels::adamw::{adamw_update, sum_squares, AdamWScalars};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Layout;
@@ -63,28 +64,15 @@ impl AdamW {
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
         assert!(params.len() == self.m.len() && grads.len() == self.m.len(), "AdamW: layout mismatch");
         self.step += 1;
-        let AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay: wd } = self.cfg;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        let step_size = (lr / bc1) as f32;
-        let (b1f, b2f, eps, bc2_sqrt) = (b1 as f32, b2 as f32, eps as f32, bc2_sqrt as f32);
-        let shrink = (1.0 - lr * wd) as f32;
-        for i in 0..params.len() {
-            let g = grads[i];
-            if self.decay[i] {
-                params[i] *= shrink;
-            }
-            self.m[i] += (g - self.m[i]) * (1.0 - b1f);
-            self.v[i] = self.v[i] * b2f + g * g * (1.0 - b2f);
-            let denom = self.v[i].sqrt() / bc2_sqrt + eps;
-            params[i] -= step_size * self.m[i] / denom;
-        }
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        let scalars = AdamWScalars::new(lr, beta1, beta2, eps, weight_decay, self.step);
+        adamw_update(params, grads, &mut self.m, &mut self.v, &self.decay, &scalars);
     }
 }
 
 /// `√Σ g²` over all gradients (accumulated in f64).
 pub fn global_norm(grads: &[f32]) -> f64 {
-    grads.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt()
+    sum_squares(grads).sqrt()
 }
 
 /// Scale gradients so their global norm is at most `max_norm` (PyTorch: coefficient

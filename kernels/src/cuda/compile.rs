@@ -8,8 +8,13 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 /// Every kernel source, by file name.
 pub const SOURCES: &[(&str, &str)] = &[
     ("act.cu", include_str!("../../cuda/act.cu")),
+    ("adamw.cu", include_str!("../../cuda/adamw.cu")),
+    ("adaln.cu", include_str!("../../cuda/adaln.cu")),
     ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
     ("bsq.cu", include_str!("../../cuda/bsq.cu")),
+    ("embedding.cu", include_str!("../../cuda/embedding.cu")),
+    ("norm.cu", include_str!("../../cuda/norm.cu")),
+    ("rope.cu", include_str!("../../cuda/rope.cu")),
 ];
 
 /// Headers the sources include by name.
@@ -73,7 +78,8 @@ pub fn compile_source(file: &str, src: &str, arch: &'static str) -> Result<Ptx, 
     let opts = CompileOptions {
         arch: Some(arch),
         include_paths: include_paths(),
-        options: vec!["--std=c++17".into()],
+        // no contracted multiply-adds: kernels follow their CPU twins' rounding
+        options: vec!["--std=c++17".into(), "--fmad=false".into()],
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(src, opts)

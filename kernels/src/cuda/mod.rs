@@ -10,6 +10,7 @@
 pub mod compile;
 
 pub mod device;
+pub mod layers;
 pub mod ops;
 
 pub use compile::{compile_ptx, CompileError, SOURCES};

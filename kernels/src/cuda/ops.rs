@@ -145,3 +145,49 @@ pub fn quantize(
     unsafe { l.launch(elementwise(b * d * n)) }?;
     Ok((s.clone_dtoh(&bits)?, s.clone_dtoh(&q)?))
 }
+
+/// Parameters and moments after an AdamW step.
+pub struct AdamWOut {
+    pub params: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// One AdamW step on host buffers (twin of `adamw::adamw_update`).
+pub fn adamw(
+    dev: &Device,
+    params: &[f32],
+    grads: &[f32],
+    m: &[f32],
+    v: &[f32],
+    decay: &[bool],
+    s: &crate::adamw::AdamWScalars,
+) -> Result<AdamWOut, CudaError> {
+    let st = &dev.stream;
+    let f = dev.function("adamw.cu", "adamw_f32")?;
+    let (mut p, g, mut md, mut vd) =
+        (st.clone_htod(params)?, st.clone_htod(grads)?, st.clone_htod(m)?, st.clone_htod(v)?);
+    let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
+    let dd = st.clone_htod(&mask)?;
+    let n = params.len() as i64;
+    let mut b = st.launch_builder(&f);
+    b.arg(&mut p).arg(&g).arg(&mut md).arg(&mut vd).arg(&dd).arg(&n);
+    b.arg(&s.step_size).arg(&s.beta1).arg(&s.beta2).arg(&s.eps).arg(&s.bc2_sqrt).arg(&s.shrink);
+    // SAFETY: argument list as declared in adamw.cu.
+    unsafe { b.launch(elementwise(params.len())) }?;
+    Ok(AdamWOut { params: st.clone_dtoh(&p)?, m: st.clone_dtoh(&md)?, v: st.clone_dtoh(&vd)? })
+}
+
+/// `Σ x²` (twin of `adamw::sum_squares`).
+pub fn sum_squares(dev: &Device, x: &[f32]) -> Result<f64, CudaError> {
+    let st = &dev.stream;
+    let f = dev.function("adamw.cu", "sum_squares_f32")?;
+    let xd = st.clone_htod(x)?;
+    let mut out = st.alloc_zeros::<f64>(1)?;
+    let n = x.len() as i64;
+    let mut b = st.launch_builder(&f);
+    b.arg(&xd).arg(&n).arg(&mut out);
+    // SAFETY: argument list as declared in adamw.cu.
+    unsafe { b.launch(elementwise(x.len())) }?;
+    Ok(st.clone_dtoh(&out)?[0])
+}

@@ -1,0 +1,39 @@
+// Twins of kernels/src/adamw.rs: the fused AdamW update and the squared global norm (for clipping).
+// Scalars are precomputed per step on the host (AdamWScalars). Arithmetic in the CPU twin's order;
+// compiled with --fmad=false so no multiply-add is contracted and results follow the twin to the ulp
+// of sqrtf and division.
+
+extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                                     float* __restrict__ v, const unsigned char* __restrict__ decay, long n,
+                                     float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
+                                     float shrink) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const float gi = g[i];
+        float pi = p[i];
+        if (decay[i]) pi *= shrink;
+        const float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
+        const float vi = v[i] * beta2 + gi * gi * (1.0f - beta2);
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - step_size * mi / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// out[0] += Σ x² over the grid (f64 accumulation: per-thread partials, a warp shuffle, one atomic per warp).
+extern "C" __global__ void sum_squares_f32(const float* __restrict__ x, long n, double* __restrict__ out) {
+    double s = 0.0;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const double xi = (double)x[i];
+        s += xi * xi;
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}
+
+// x *= coef (gradient clipping), through f64 as the CPU twin does.
+extern "C" __global__ void scale_f32(float* __restrict__ x, long n, double coef) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        x[i] = (float)((double)x[i] * coef);
+    }
+}

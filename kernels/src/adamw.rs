@@ -1,0 +1,54 @@
+//! The AdamW step and the squared gradient norm, element by element: the CPU twins of `adamw.cu`.
+//! The optimiser state and schedules live in the trainer (`optim.rs`); this is only the arithmetic,
+//! PyTorch's `_single_tensor_adamw` in f32 with the scalars precomputed in f64.
+
+/// Per-step scalars of AdamW, derived once per step from the hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars {
+    /// `lr / (1 − β1^t)`.
+    pub step_size: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// `√(1 − β2^t)`.
+    pub bc2_sqrt: f32,
+    /// `1 − lr·wd` (decoupled weight decay, decay group only).
+    pub shrink: f32,
+}
+
+impl AdamWScalars {
+    /// Scalars of step `t` (1-based).
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: u64) -> AdamWScalars {
+        let bc1 = 1.0 - beta1.powi(t as i32);
+        AdamWScalars {
+            step_size: (lr / bc1) as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+            bc2_sqrt: (1.0 - beta2.powi(t as i32)).sqrt() as f32,
+            shrink: (1.0 - lr * weight_decay) as f32,
+        }
+    }
+}
+
+/// One AdamW update of `params` with `grads`; `m`, `v` the moments, `decay[i]` whether weight decay
+/// applies to element `i`.
+pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], decay: &[bool], s: &AdamWScalars) {
+    let n = params.len();
+    assert!(grads.len() == n && m.len() == n && v.len() == n && decay.len() == n, "adamw_update: lengths differ");
+    for i in 0..n {
+        let g = grads[i];
+        if decay[i] {
+            params[i] *= s.shrink;
+        }
+        m[i] += (g - m[i]) * (1.0 - s.beta1);
+        v[i] = v[i] * s.beta2 + g * g * (1.0 - s.beta2);
+        let denom = v[i].sqrt() / s.bc2_sqrt + s.eps;
+        params[i] -= s.step_size * m[i] / denom;
+    }
+}
+
+/// `Σ x²`, accumulated in f64.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    x.iter().map(|&g| (g as f64) * (g as f64)).sum()
+}
