@@ -5,8 +5,8 @@
 #![cfg(feature = "cuda")]
 
 use infinity_kernels::cuda::device::device_present;
-use infinity_kernels::cuda::{layers, ops, Device};
-use infinity_kernels::{act, adaln, adamw, bitwise_ce, bsq, embedding, norm, resample, rope};
+use infinity_kernels::cuda::{layers, linear as cuda_linear, ops, Device};
+use infinity_kernels::{act, adaln, adamw, bitwise_ce, bsq, embedding, linear, norm, resample, rope};
 use rand::{Rng, SeedableRng};
 
 fn device() -> Option<Device> {
@@ -198,4 +198,24 @@ fn adamw_and_the_global_norm_match_their_cpu_twins() {
     close("adamw v", &gpu.v, &v, 1e-6);
     let (cpu, gpu) = (adamw::sum_squares(&g), ops::sum_squares(&dev, &g).unwrap());
     assert!((cpu - gpu).abs() <= 1e-12 * cpu, "sum of squares {gpu} vs {cpu}");
+}
+
+#[test]
+fn linear_through_cublas_matches_its_cpu_twin() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (n, fin, fout) in [(1, 1, 1), (37, 64, 192), (521, 256, 1024), (33, 130, 7)] {
+        let (x, w, b) =
+            (rand_vec(&mut rng, n * fin, 1.0), rand_vec(&mut rng, fout * fin, 0.1), rand_vec(&mut rng, fout, 0.1));
+        let mut y = vec![0.0f32; n * fout];
+        linear::linear_forward(&x, &w, Some(&b), &mut y, n, fin, fout);
+        close("linear", &cuda_linear::linear_forward(&dev, &x, &w, Some(&b), n, fin, fout).unwrap(), &y, 1e-5);
+        let dy = rand_vec(&mut rng, n * fout, 1.0);
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; n * fin], vec![0.0f32; fout * fin], vec![0.0f32; fout]);
+        linear::linear_backward(&dy, &x, &w, Some(&mut dx), &mut dw, Some(&mut db), n, fin, fout);
+        let (gdx, gdw, gdb) = cuda_linear::linear_backward(&dev, &dy, &x, &w, n, fin, fout).unwrap();
+        close("linear dx", &gdx, &dx, 1e-5);
+        close("linear dW", &gdw, &dw, 1e-5);
+        close("linear db", &gdb, &db, 1e-5);
+    }
 }

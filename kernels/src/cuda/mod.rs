@@ -11,6 +11,7 @@ pub mod compile;
 
 pub mod device;
 pub mod layers;
+pub mod linear;
 pub mod ops;
 
 pub use compile::{compile_ptx, CompileError, SOURCES};
