@@ -10,6 +10,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("act.cu", include_str!("../../cuda/act.cu")),
     ("adamw.cu", include_str!("../../cuda/adamw.cu")),
     ("adaln.cu", include_str!("../../cuda/adaln.cu")),
+    ("attention.cu", include_str!("../../cuda/attention.cu")),
     ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
     ("bsq.cu", include_str!("../../cuda/bsq.cu")),
     ("embedding.cu", include_str!("../../cuda/embedding.cu")),

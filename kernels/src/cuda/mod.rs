@@ -7,6 +7,7 @@
 //! device is present and says it skipped otherwise, and `kernels/tests/cuda_compile.rs` compiles every
 //! source with NVRTC alone (no GPU), which CI runs.
 
+pub mod attention;
 pub mod compile;
 
 pub mod device;
