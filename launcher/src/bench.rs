@@ -27,33 +27,48 @@ pub struct CommBenchArgs {
     pub rdzv_ranks: usize,
 }
 
+/// The writes and reads of the raw baselines: 1 MiB at a time.
+const RAW_CHUNK: usize = 1 << 20;
+
+/// Write `bytes` bytes to `s`.
+fn send_bytes(s: &mut TcpStream, bytes: usize) -> std::io::Result<()> {
+    let chunk = vec![7u8; RAW_CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(RAW_CHUNK);
+        s.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Read `bytes` bytes from `s` (or until it closes).
+fn recv_bytes(s: &mut TcpStream, bytes: usize) -> std::io::Result<()> {
+    let mut buf = vec![0u8; RAW_CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = s.read(&mut buf[..left.min(RAW_CHUNK)])?;
+        if n == 0 {
+            break;
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
 /// One-directional throughput of a single loopback TCP stream, bytes per second.
 pub fn raw_loopback(bytes: usize) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let reader = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut s, _) = listener.accept()?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            let n = s.read(&mut buf[..left.min(1 << 20)])?;
-            if n == 0 {
-                break;
-            }
-            left -= n;
-        }
+        recv_bytes(&mut s, bytes)?;
         s.write_all(&[1])
     });
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
-    let chunk = vec![7u8; 1 << 20];
     let t0 = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        s.write_all(&chunk[..n])?;
-        left -= n;
-    }
+    send_bytes(&mut s, bytes)?;
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -81,25 +96,8 @@ pub fn raw_ring(world: usize, bytes: usize) -> Result<f64> {
                 barrier.wait();
                 t0.lock().unwrap().get_or_insert_with(Instant::now);
                 std::thread::scope(|inner| {
-                    let w = inner.spawn(move || {
-                        let chunk = vec![7u8; 1 << 20];
-                        let mut left = bytes;
-                        while left > 0 {
-                            let n = left.min(chunk.len());
-                            out.write_all(&chunk[..n])?;
-                            left -= n;
-                        }
-                        Ok::<_, std::io::Error>(())
-                    });
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut left = bytes;
-                    while left > 0 {
-                        let n = inp.read(&mut buf[..left.min(1 << 20)])?;
-                        if n == 0 {
-                            break;
-                        }
-                        left -= n;
-                    }
+                    let w = inner.spawn(move || send_bytes(&mut out, bytes));
+                    recv_bytes(&mut inp, bytes)?;
                     w.join().expect("writer")
                 })
             }));

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use infinity_data::manifest::{ClassInfo, TextInfo};
+use infinity_data::manifest::{ClassInfo, TextDtype, TextInfo};
 use infinity_data::synth::{embed_caption, text_encoder_name, vocabulary};
 use infinity_data::tokenizer::{Image, PatchTokenizer, TOKENIZER_NAME};
 use infinity_data::{Dataset, Manifest, ScaleSchedule};
@@ -55,7 +55,7 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
             info.max_tokens
         );
         let bytes = embed_caption(&words, info.width as usize);
-        kv.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()));
+        kv.extend(TextDtype::F16.to_f32(&bytes));
         lens.push(words.len());
     }
     Ok((kv, lens))

@@ -7,23 +7,22 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use infinity_data::synth::{synth, SynthOptions};
-use infinity_data::writer::WriterOptions;
 use rand::{Rng, SeedableRng};
 use safetensors::SafeTensors;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_infinity");
 
 /// Training data in `dir` and a validation split (same tokenizer) in `dir-val`.
 fn dataset(dir: &Path) {
-    let opts = SynthOptions {
-        rows: 128,
-        fit_rows: 48,
-        budget: "demo4".into(),
-        writer: WriterOptions { overwrite: true, ..Default::default() },
-        ..Default::default()
+    common::small_dataset(dir);
+    let val = SynthOptions {
+        rows: 40,
+        seed: 9,
+        tokenizer: Some(dir.join("tokenizer.safetensors")),
+        ..common::small_options()
     };
-    synth(dir, &opts).unwrap();
-    let val = SynthOptions { rows: 40, seed: 9, tokenizer: Some(dir.join("tokenizer.safetensors")), ..opts };
     synth(&dir.with_file_name("data-val"), &val).unwrap();
 }
 

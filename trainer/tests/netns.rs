@@ -6,8 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use infinity_data::synth::{synth, SynthOptions};
-use infinity_data::writer::WriterOptions;
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_infinity");
 
@@ -88,14 +87,7 @@ fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let opts = SynthOptions {
-        rows: 128,
-        fit_rows: 48,
-        budget: "demo4".into(),
-        writer: WriterOptions { overwrite: true, ..Default::default() },
-        ..Default::default()
-    };
-    synth(&data, &opts).unwrap();
+    common::small_dataset(&data);
     let cfg = tmp.path().join("train.toml");
     let text = format!(
         "[run]\ndir = \"x\"\nseed = 1\nsteps = 100000\nlog_every = 100000\n[model]\npreset = \"tiny\"\n\

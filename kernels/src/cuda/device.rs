@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
 
 use super::compile::{compile_ptx, CompileError};
 
@@ -68,4 +68,17 @@ impl Device {
         };
         Ok(module.load_function(name)?)
     }
+}
+
+/// 256-thread blocks covering `n` elements (capped: the kernels loop with a grid stride).
+pub fn elementwise(n: usize) -> LaunchConfig {
+    let block = 256u32;
+    let grid = n.div_ceil(block as usize).clamp(1, 65_535) as u32;
+    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block per row of width `c` (a multiple of 32 threads, at most 1024).
+pub fn per_row(n: usize, c: usize) -> LaunchConfig {
+    let block = (c.div_ceil(32) * 32).clamp(32, 1024) as u32;
+    LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }

@@ -1,24 +1,10 @@
 //! Host-slice entry points of the layer kernels (norm.cu, adaln.cu, rope.cu, embedding.cu), twins of
 //! `norm`, `adaln`, `rope` and `embedding`. Optional parameters travel as null pointers.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::device::{CudaError, Device};
+use super::device::{elementwise, per_row, CudaError, Device};
 use crate::rope::RopeTable;
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// One block per row of width `c`.
-fn rows(n: usize, c: usize) -> LaunchConfig {
-    let block = (c.div_ceil(32) * 32).clamp(32, 1024) as u32;
-    LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
-}
 
 fn upload(dev: &Device, v: Option<&[f32]>) -> Result<Option<CudaSlice<f32>>, CudaError> {
     Ok(match v {
@@ -61,7 +47,7 @@ pub fn layernorm(
     };
     l.arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&ni).arg(&ci).arg(&eps);
     // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(rows(n, c)) }?;
+    unsafe { l.launch(per_row(n, c)) }?;
     Ok(NormOut { y: s.clone_dtoh(&y)?, mean: s.clone_dtoh(&mean)?, rstd: s.clone_dtoh(&rstd)? })
 }
 
@@ -97,7 +83,7 @@ pub fn layernorm_backward(
     }
     l.arg(&ni).arg(&ci);
     // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(rows(n, c)) }?;
+    unsafe { l.launch(per_row(n, c)) }?;
     let params = if w.is_some() { Some((s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?)) } else { None };
     Ok((s.clone_dtoh(&dx)?, params))
 }
@@ -112,7 +98,7 @@ pub fn rmsnorm(dev: &Device, x: &[f32], w: &[f32], c: usize, eps: f32) -> Result
     let mut l = s.launch_builder(&f);
     l.arg(&xd).arg(&wd).arg(&mut y).arg(&mut rstd).arg(&ni).arg(&ci).arg(&eps);
     // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(rows(n, c)) }?;
+    unsafe { l.launch(per_row(n, c)) }?;
     Ok(NormOut { y: s.clone_dtoh(&y)?, mean: vec![], rstd: s.clone_dtoh(&rstd)? })
 }
 
@@ -133,7 +119,7 @@ pub fn rmsnorm_backward(
     let mut l = s.launch_builder(&f);
     l.arg(&dyd).arg(&xd).arg(&wd).arg(&rd).arg(&mut dx).arg(&mut dw).arg(&ni).arg(&ci);
     // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(rows(n, c)) }?;
+    unsafe { l.launch(per_row(n, c)) }?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?))
 }
 
@@ -168,7 +154,7 @@ fn adaln(
         lb.arg(v);
     }
     // SAFETY: callers pass the argument order of the kernel's declaration in adaln.cu.
-    unsafe { lb.launch(grid(b * l * c)) }?;
+    unsafe { lb.launch(elementwise(b * l * c)) }?;
     Ok(outs.iter().map(|o| s.clone_dtoh(o)).collect::<Result<_, _>>()?)
 }
 
@@ -216,7 +202,7 @@ pub fn gated_residual(
     let mut lb = s.launch_builder(&f);
     lb.arg(&mut rd).arg(&yd).arg(&gd).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
     // SAFETY: argument list as declared in adaln.cu.
-    unsafe { lb.launch(grid(b * l * c)) }?;
+    unsafe { lb.launch(elementwise(b * l * c)) }?;
     Ok(s.clone_dtoh(&rd)?)
 }
 
@@ -255,7 +241,7 @@ pub fn rope(
         lb.arg(v);
     }
     // SAFETY: argument list as declared in rope.cu.
-    unsafe { lb.launch(grid(nrows * heads * p)) }?;
+    unsafe { lb.launch(elementwise(nrows * heads * p)) }?;
     Ok(s.clone_dtoh(&xd)?)
 }
 
@@ -278,7 +264,7 @@ pub fn embedding(
     let mut lb = s.launch_builder(&f);
     lb.arg(&td).arg(&id).arg(&mut out).arg(&n).arg(&ci).arg(&acc);
     // SAFETY: argument list as declared in embedding.cu.
-    unsafe { lb.launch(grid(idx.len() * c)) }?;
+    unsafe { lb.launch(elementwise(idx.len() * c)) }?;
     Ok(s.clone_dtoh(&out)?)
 }
 
@@ -298,6 +284,6 @@ pub fn embedding_backward(
     let mut lb = s.launch_builder(&f);
     lb.arg(&dd).arg(&id).arg(&mut dt).arg(&n).arg(&ci);
     // SAFETY: argument list as declared in embedding.cu.
-    unsafe { lb.launch(grid(idx.len() * c)) }?;
+    unsafe { lb.launch(elementwise(idx.len() * c)) }?;
     Ok(s.clone_dtoh(&dt)?)
 }

@@ -4,20 +4,12 @@
 
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::device::{CudaError, Device};
+use super::device::{elementwise, CudaError, Device};
 
 fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
-}
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 /// `y = x·Wᵀ + b` on host buffers.
@@ -43,7 +35,7 @@ pub fn linear_forward(
             let mut l = s.launch_builder(&f);
             l.arg(&mut y).arg(&bd).arg(&ni).arg(&oi);
             // SAFETY: argument list as declared in linear.cu.
-            unsafe { l.launch(grid(n * fout)) }?;
+            unsafe { l.launch(elementwise(n * fout)) }?;
             1.0
         }
         None => 0.0,
@@ -119,6 +111,6 @@ pub fn linear_backward(
     let mut l = s.launch_builder(&f);
     l.arg(&dyd).arg(&mut db).arg(&ni).arg(&oi);
     // SAFETY: argument list as declared in linear.cu.
-    unsafe { l.launch(grid(fout)) }?;
+    unsafe { l.launch(elementwise(fout)) }?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
 }

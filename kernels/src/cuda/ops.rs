@@ -2,16 +2,9 @@
 //! signatures closely so the equivalence tests read side by side; the training path keeps buffers on
 //! the device and launches the same kernels.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
-use super::device::{CudaError, Device};
-
-/// Threads per block of the elementwise kernels, and a grid that covers `n` (grid-stride loops).
-fn elementwise(n: usize) -> LaunchConfig {
-    let block = 256u32;
-    let grid = n.div_ceil(block as usize).clamp(1, 65_535) as u32;
-    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
-}
+use super::device::{elementwise, per_row, CudaError, Device};
 
 /// What [`bitwise_ce`] returns: per-token loss `[N]`, correct bits `[N]`, `dlogits [N, 2d]` if asked.
 pub struct BitwiseCeOut {
@@ -39,8 +32,8 @@ pub fn bitwise_ce(
     let mut correct = s.alloc_zeros::<u32>(n)?;
     let mut dz = s.alloc_zeros::<f32>(if grad { n * 2 * d } else { 1 })?;
     let (n_i, d_i) = (n as i32, d as i32);
-    let block = (d.div_ceil(32) * 32).clamp(32, 256) as u32;
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+    // one block per token; bits per thread beyond 256 loop
+    let cfg = per_row(n, d.min(256));
     let null = 0u64;
     let mut b = s.launch_builder(&f);
     b.arg(&z).arg(&y).arg(&w).arg(&label_smoothing).arg(&n_i).arg(&d_i).arg(&mut loss).arg(&mut correct);

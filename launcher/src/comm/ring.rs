@@ -166,39 +166,23 @@ impl TcpRing {
         }
     }
 
-    /// Ring reduce-scatter over chunks `bounds`; afterwards this rank holds the full sum of chunk
-    /// `(rank + shift + 1) mod W`.
-    fn reduce_scatter_chunks(
-        &mut self,
-        op: &'static str,
-        buf: &mut [f32],
-        bounds: &[usize],
-        shift: usize,
-    ) -> CommResult<()> {
-        let w = self.world;
-        for s in 0..w - 1 {
-            let send_c = (self.rank + shift + w - s) % w;
-            let recv_c = (self.rank + shift + 2 * w - s - 1) % w;
-            let (out, dst) = Self::two_chunks(buf, bounds, send_c, recv_c);
-            self.exchange(op, out, dst, true)?;
-        }
-        Ok(())
-    }
-
-    /// Ring all-gather: this rank starts holding chunk `first`; afterwards it holds all chunks.
-    fn all_gather_chunks(
+    /// W − 1 ring steps over chunks `bounds`, starting by sending chunk `first`: step `s` sends chunk
+    /// `first − s` and receives chunk `first − s − 1` (mod W), adding it in (`reduce`, reduce-scatter:
+    /// afterwards this rank holds the full sum of chunk `first + 1`) or storing it (all-gather: this
+    /// rank starts holding chunk `first` and ends holding all).
+    fn ring_pass(
         &mut self,
         op: &'static str,
         buf: &mut [f32],
         bounds: &[usize],
         first: usize,
+        reduce: bool,
     ) -> CommResult<()> {
         let w = self.world;
         for s in 0..w - 1 {
-            let send_c = (first + w - s) % w;
-            let recv_c = (first + 2 * w - s - 1) % w;
+            let (send_c, recv_c) = ((first + w - s) % w, (first + 2 * w - s - 1) % w);
             let (out, dst) = Self::two_chunks(buf, bounds, send_c, recv_c);
-            self.exchange(op, out, dst, false)?;
+            self.exchange(op, out, dst, reduce)?;
         }
         Ok(())
     }
@@ -222,9 +206,9 @@ impl Communicator for TcpRing {
             return Ok(());
         }
         let bounds = even_bounds(buf.len(), self.world);
-        self.reduce_scatter_chunks("all_reduce", buf, &bounds, 0)?;
+        self.ring_pass("all_reduce", buf, &bounds, self.rank, true)?;
         let owned = (self.rank + 1) % self.world;
-        self.all_gather_chunks("all_reduce", buf, &bounds, owned)
+        self.ring_pass("all_reduce", buf, &bounds, owned, false)
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
@@ -257,7 +241,7 @@ impl Communicator for TcpRing {
         }
         recv[self.rank * n..(self.rank + 1) * n].copy_from_slice(send);
         let bounds: Vec<usize> = (0..=self.world).map(|i| i * n).collect();
-        self.all_gather_chunks("all_gather", recv, &bounds, self.rank)
+        self.ring_pass("all_gather", recv, &bounds, self.rank, false)
     }
 
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
@@ -270,8 +254,9 @@ impl Communicator for TcpRing {
         }
         let mut work = send.to_vec();
         let bounds: Vec<usize> = (0..=self.world).map(|i| i * n).collect();
-        // shift W−1: the chunk this rank ends with is its own index
-        self.reduce_scatter_chunks("reduce_scatter", &mut work, &bounds, self.world - 1)?;
+        // starting one chunk back, the chunk this rank ends with is its own index
+        let first = (self.rank + self.world - 1) % self.world;
+        self.ring_pass("reduce_scatter", &mut work, &bounds, first, true)?;
         recv.copy_from_slice(&work[self.rank * n..(self.rank + 1) * n]);
         Ok(())
     }

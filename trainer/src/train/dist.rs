@@ -59,10 +59,15 @@ impl Dist {
         self.rank == 0
     }
 
+    /// Sum over ranks, in place (the same bytes on every rank).
+    pub fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<()> {
+        Ok(self.comm.all_reduce_sum(v)?)
+    }
+
     /// Mean over ranks, in place (the same bytes on every rank).
     pub fn all_reduce_mean(&mut self, v: &mut [f32]) -> Result<()> {
         if self.world > 1 {
-            self.comm.all_reduce_sum(v)?;
+            self.all_reduce_sum(v)?;
             let inv = 1.0 / self.world as f32;
             v.iter_mut().for_each(|x| *x *= inv);
         }
@@ -98,7 +103,7 @@ impl Dist {
     /// Whether any rank saw `flag` set: all ranks agree on the step at which to stop.
     pub fn any(&mut self, flag: bool) -> Result<bool> {
         let mut v = [flag as u8 as f32];
-        self.comm.all_reduce_sum(&mut v)?;
+        self.all_reduce_sum(&mut v)?;
         Ok(v[0] > 0.0)
     }
 }
@@ -138,7 +143,7 @@ impl Zero1 {
         let local: f64 = self.shard.iter().map(|&g| (g as f64) * (g as f64)).sum();
         // a sum of squares travels as f32 (a few ulps of the norm; the same on every rank)
         let mut total = [local as f32];
-        dist.comm.all_reduce_sum(&mut total)?;
+        dist.all_reduce_sum(&mut total)?;
         let norm = (total[0] as f64).sqrt();
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {

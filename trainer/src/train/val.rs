@@ -94,11 +94,7 @@ impl Validator {
             sums[2] += b;
         }
         let mut f: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
-        if dist.world > 1 {
-            // the sums of all ranks (all_reduce_mean · world keeps one code path for the collective)
-            dist.all_reduce_mean(&mut f)?;
-            f.iter_mut().for_each(|x| *x *= dist.world as f32);
-        }
+        dist.all_reduce_sum(&mut f)?;
         let rows = f[2].round() as usize;
         ensure!(rows > 0, "validation: no rows");
         Ok(ValMetrics { loss: f[0] as f64 / f[2] as f64, bit_acc: f[1] as f64 / f[2] as f64, rows })
