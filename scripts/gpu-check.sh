@@ -1,23 +1,54 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU and CUDA 13: build the CUDA twins, run every GPU test (each kernel
-# against its CPU twin; NVRTC compilation for the device) and print a summary. Meant to fit one device
-# run: the build is the long part (about 2 minutes from scratch on 16 cores).
+# On a machine with an NVIDIA GPU and CUDA 13: build the CUDA pieces, run every GPU test (each kernel
+# against its CPU twin, the NCCL communicator, NCCL data parallelism when there are 2+ GPUs), the
+# headline-kernel benchmarks side by side with PyTorch eager, and print a summary. Meant to fit one
+# device run (8 minutes on one H200); the release build is the long part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+log=${GPU_CHECK_LOG:-/tmp/gpu-check.log}
+: >"$log"
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi not found"
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 # CUDA's headers for NVRTC: the toolkit's, else the pip wheel's
 if [ -z "${INFINITY_CUDA_INCLUDE:-}" ] && [ -d /usr/local/cuda/include ]; then
     export INFINITY_CUDA_INCLUDE=/usr/local/cuda/include
 fi
+# NCCL from the pip wheel is libnccl.so.2 only; cudarc opens libnccl.so
+nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/libnccl.so.2" ]; then
+    mkdir -p target/nccl-lib && ln -sf "$nccl_dir/libnccl.so.2" target/nccl-lib/libnccl.so
+    export LD_LIBRARY_PATH="$PWD/target/nccl-lib:${LD_LIBRARY_PATH:-}"
+fi
+
 echo "== build"
-cargo build --release -p infinity-kernels --features cuda 2>&1 | tail -2
-echo "== GPU tests (kernels against their CPU twins)"
-cargo test --release -p infinity-kernels --features cuda --test cuda_twins --test cuda_compile -- --nocapture --test-threads 1 2>&1 \
-    | grep -E "max relative error|skipped|ms$|^test |test result|panicked|error" | tee /tmp/gpu-check-tests.log
-status=${PIPESTATUS[0]}
+cargo build --release -p infinity-kernels -p infinity-launcher --features infinity-kernels/cuda,infinity-launcher/cuda \
+    --tests --benches 2>&1 | tail -2
+
+run() { # name, command...: run a test command, keep the interesting lines
+    echo "== $1"
+    shift
+    "$@" -- --nocapture --test-threads 1 2>&1 \
+        | grep -E "relative error|skipped|ok$|differ|aborted|NCCL|^test |test result|panicked|error" | tee -a "$log"
+    return "${PIPESTATUS[0]}"
+}
+status=0
+run "kernels against their CPU twins" cargo test --release -p infinity-kernels --features cuda \
+    --test cuda_twins --test cuda_compile || status=1
+run "NCCL communicator" cargo test --release -p infinity-launcher --features cuda --test nccl || status=1
+if [ "$gpus" -ge 2 ]; then
+    run "NCCL data parallelism" cargo test --release -p infinity-trainer --features cuda --test distributed nccl || status=1
+else
+    echo "== NCCL data parallelism: skipped ($gpus GPU; NCCL needs one device per rank)" | tee -a "$log"
+fi
+
+echo "== benchmarks (PyTorch eager side by side)"
+INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} \
+    cargo bench -p infinity-kernels --features cuda --bench cuda_kernels 2>&1 | grep -vE "^\s*(Compiling|Finished|Running)" \
+    || status=1
+
 echo "== summary"
-echo "tests: $(grep -c '\.\.\. ok' /tmp/gpu-check-tests.log) passed, $(grep -c 'FAILED' /tmp/gpu-check-tests.log) failed, $(grep -c 'skipped' /tmp/gpu-check-tests.log) skipped"
+echo "tests: $(grep -c ' \.\.\. ok' "$log") passed, $(grep -c 'FAILED' "$log") failed, $(grep -c 'skipped' "$log") skipped"
 echo "elapsed: $(( $(date +%s) - start )) s"
 exit "$status"

@@ -14,3 +14,6 @@ if [ ! -f "$wheels/nvidia/cu13/lib/libnvrtc.so.13" ]; then
 fi
 LD_LIBRARY_PATH="$wheels/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}" INFINITY_CUDA_WHEELS="$wheels" \
     cargo test -p infinity-kernels --features cuda
+# the NCCL communicator and the trainer's GPU code paths build (their GPU tests say they skipped)
+cargo test -p infinity-launcher --features cuda --test nccl
+cargo build -p infinity-trainer --features cuda

@@ -38,6 +38,15 @@ __device__ __forceinline__ Tap linear_tap(int src, int dst, int o) {
     return t;
 }
 
+// Bilinear sample (y, x) of a [dh, dw] resize of one channel `s` [sh, sw].
+__device__ __forceinline__ float bilinear_at(const float* s, int sh, int sw, int dh, int dw, int y, int x) {
+    if (sh == dh && sw == dw) return s[y * sw + x];
+    const Tap ty = linear_tap(sh, dh, y), tx = linear_tap(sw, dw, x);
+    const float top = s[ty.i0 * sw + tx.i0] * tx.w0 + s[ty.i0 * sw + tx.i1] * tx.w1;
+    const float bottom = s[ty.i1 * sw + tx.i0] * tx.w0 + s[ty.i1 * sw + tx.i1] * tx.w1;
+    return top * ty.w0 + bottom * ty.w1;
+}
+
 // Bilinear resize src [B, C, sh, sw] -> dst [B, C, dh, dw]; `accumulate` adds into dst.
 extern "C" __global__ void bilinear_resize_f32(const float* __restrict__ src, float* __restrict__ dst,
                                                int bc, int sh, int sw, int dh, int dw, int accumulate) {
@@ -45,16 +54,7 @@ extern "C" __global__ void bilinear_resize_f32(const float* __restrict__ src, fl
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int x = i % dw, y = (i / dw) % dh;
         const long ch = i / ((long)dw * dh);
-        const float* s = src + ch * sh * sw;
-        float v;
-        if (sh == dh && sw == dw) {
-            v = s[y * sw + x];
-        } else {
-            const Tap ty = linear_tap(sh, dh, y), tx = linear_tap(sw, dw, x);
-            const float top = s[ty.i0 * sw + tx.i0] * tx.w0 + s[ty.i0 * sw + tx.i1] * tx.w1;
-            const float bottom = s[ty.i1 * sw + tx.i0] * tx.w0 + s[ty.i1 * sw + tx.i1] * tx.w1;
-            v = top * ty.w0 + bottom * ty.w1;
-        }
+        const float v = bilinear_at(src + ch * sh * sw, sh, sw, dh, dw, y, x);
         dst[i] = accumulate ? dst[i] + v : v;
     }
 }
@@ -74,5 +74,82 @@ extern "C" __global__ void quantize_f32(const float* __restrict__ r, const unsig
         bits[at] = (unsigned char)bit;
         const int used = flips ? bit ^ (flips[at] & 1) : bit;
         q[i] = used ? m : -m;
+    }
+}
+
+// ---- bitwise self-correction for a whole batch ---------------------------------------------------
+// Per scale s of (h, w), n = h·w, with latent f [B, d, H, W] and the running sum of codes S (same
+// shape, starts at 0):
+//   residual_area:   r = area(f − S) at (h, w)                                      [B, d, n]
+//   quantize_keyed:  labels = sign bits of r (into gt [B, L, d]); codes of the flipped bits   [B, d, n]
+//   bilinear_resize (accumulate): S += up(codes)
+//   to_tokens:       next scale's teacher-forcing input = bilinear(S) at (h', w'), token-major
+// The flips come from a counter-based generator keyed per sample, the twin of bsq::keyed_uniform.
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ double keyed_uniform(unsigned long long key, int scale, unsigned long long index) {
+    const unsigned long long base = mix64(key ^ mix64((unsigned long long)scale + 0x9e3779b97f4a7c15ull));
+    return (double)(mix64(base ^ mix64(index)) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+// r [B, d, h, w] = area((f − S) [B, d, H, W]); the difference is formed per element, then summed in
+// area_resize's order, so the result equals resizing the materialised residual.
+extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const float* __restrict__ sum,
+                                             float* __restrict__ r, int bd, int H, int W, int h, int w) {
+    const long total = (long)bd * h * w;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const int x = i % w, y = (i / w) % h;
+        const long ch = i / ((long)w * h);
+        const int y0 = (y * H) / h, y1 = ((y + 1) * H + h - 1) / h;
+        const int x0 = (x * W) / w, x1 = ((x + 1) * W + w - 1) / w;
+        const float* fc = f + ch * H * W;
+        const float* sc = sum + ch * H * W;
+        float acc = 0.0f;
+        for (int yy = y0; yy < y1; ++yy)
+            for (int xx = x0; xx < x1; ++xx) acc += fc[yy * W + xx] - sc[yy * W + xx];
+        r[i] = acc / (float)(y1 - y0) / (float)(x1 - x0);
+    }
+}
+
+// Labels and codes of scale `scale`: r [B, d, n] -> gt [B, L, d] at tokens tok0..tok0+n (clean bits)
+// and q [B, d, n] = ±1/√d of the bits after the keyed flips (kmax = round(100·p_max), 0: no flips).
+extern "C" __global__ void quantize_keyed_f32(const float* __restrict__ r, const unsigned long long* __restrict__ keys,
+                                              int scale, int kmax, unsigned char* __restrict__ gt, int l, int tok0,
+                                              float* __restrict__ q, int b, int d, int n) {
+    const float m = rsqrtf((float)d);
+    const long total = (long)b * d * n;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const int t = i % n, c = (i / n) % d;
+        const long s = i / ((long)n * d);
+        const int bit = r[i] > 0.0f ? 1 : 0;
+        gt[(s * l + tok0 + t) * d + c] = (unsigned char)bit;
+        int used = bit;
+        if (kmax > 0) {
+            const unsigned long long key = keys[s];
+            int k = (int)(keyed_uniform(key, scale, ~0ull) * (double)(kmax + 1));
+            k = min(k, kmax);
+            const double p = (double)k * 0.01;
+            used ^= keyed_uniform(key, scale, (unsigned long long)t * d + c) < p ? 1 : 0;
+        }
+        q[i] = used ? m : -m;
+    }
+}
+
+// The next scale's teacher-forcing input: bilinear(S [B, d, H, W]) at (h, w), written token-major into
+// x [B, L − n0, d] at tokens tok0..tok0+h·w.
+extern "C" __global__ void to_tokens_f32(const float* __restrict__ sum, float* __restrict__ x, int b, int d,
+                                         int H, int W, int h, int w, int lx, int tok0) {
+    const int n = h * w;
+    const long total = (long)b * n * d;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const int c = i % d, t = (i / d) % n;
+        const long s = i / ((long)d * n);
+        const float v = bilinear_at(sum + (s * d + c) * H * W, H, W, h, w, t / w, t % w);
+        x[(s * lx + tok0 + t) * d + c] = v;
     }
 }

@@ -146,28 +146,38 @@ pub fn latent_from_bits(bits: &[u8], d: usize, scales: &[(usize, usize)]) -> Vec
     decode_multiscale(bits, d, scales)
 }
 
+/// SplitMix64's finaliser: a bijective 64-bit mix (the device RNG of bsq.cu uses the same one).
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A uniform in [0, 1) that depends only on `(key, scale, index)`: a counter-based generator, so the
+/// host and the device (bsq.cu `keyed_uniform`) draw exactly the same numbers in any order.
+pub fn keyed_uniform(key: u64, scale: usize, index: u64) -> f64 {
+    let base = mix64(key ^ mix64((scale as u64).wrapping_add(0x9e37_79b9_7f4a_7c15)));
+    (mix64(base ^ mix64(index)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Upstream's random flips for self-correction (`noise_apply_strength = p_max`,
 /// `noise_apply_layers = apply_layers`): each scale `s < apply_layers` draws one probability
 /// `p_s = k·0.01`, `k` uniform in `{0, …, round(100·p_max)}`, and flips each of its bits with probability
-/// `p_s`. `uniform` yields values in [0, 1). Returns the mask `[L, d]` for [`self_correct`].
-pub fn draw_flips(
-    scales: &[(usize, usize)],
-    d: usize,
-    p_max: f64,
-    apply_layers: usize,
-    uniform: &mut impl FnMut() -> f64,
-) -> Vec<u8> {
+/// `p_s`. Returns the mask `[L, d]` for [`self_correct`]. The draws are counter-based
+/// ([`keyed_uniform`]): `p_s` from index `u64::MAX`, bit `(t, c)` of the scale from index `t·d + c`, so
+/// the device twin (bsq.cu) draws the same mask for the same `key`.
+pub fn keyed_flips(key: u64, scales: &[(usize, usize)], d: usize, p_max: f64, apply_layers: usize) -> Vec<u8> {
     let kmax = (100.0 * p_max).round() as usize;
     let mut mask = Vec::with_capacity(num_tokens(scales) * d);
     for (s, &(h, w)) in scales.iter().enumerate() {
-        let n = h * w * d;
+        let n = (h * w * d) as u64;
         if s >= apply_layers || kmax == 0 {
-            mask.extend(std::iter::repeat_n(0u8, n));
+            mask.extend(std::iter::repeat_n(0u8, n as usize));
             continue;
         }
-        let k = ((uniform() * (kmax + 1) as f64) as usize).min(kmax);
+        let k = ((keyed_uniform(key, s, u64::MAX) * (kmax + 1) as f64) as usize).min(kmax);
         let p = k as f64 * 0.01;
-        mask.extend((0..n).map(|_| (uniform() < p) as u8));
+        mask.extend((0..n).map(|i| (keyed_uniform(key, s, i) < p) as u8));
     }
     mask
 }
@@ -287,26 +297,32 @@ mod tests {
     }
 
     #[test]
-    fn flip_draws_follow_the_upstream_distribution() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut u = || rng.random::<f64>();
-        let (d, trials) = (16, 400);
-        let mut rate = [0.0f64; 5];
-        for _ in 0..trials {
-            let m = draw_flips(&SQUARE, d, 0.3, 4, &mut u);
+    fn keyed_flips_follow_the_upstream_distribution() {
+        let scales = [(1, 1), (2, 2), (4, 4), (8, 8)];
+        let d = 16;
+        // per scale: the flip rate of a draw is k/100 with k uniform in 0..=10 → mean 5 %
+        let mut rates = vec![0.0f64; scales.len()];
+        let draws = 400u64;
+        for key in 0..draws {
+            let m = keyed_flips(key, &scales, d, 0.1, 3);
             let mut off = 0;
-            for (s, &(h, w)) in SQUARE.iter().enumerate() {
+            for (s, &(h, w)) in scales.iter().enumerate() {
                 let n = h * w * d;
-                rate[s] += m[off..off + n].iter().map(|&b| b as f64).sum::<f64>() / n as f64 / trials as f64;
+                rates[s] += m[off..off + n].iter().map(|&b| b as f64).sum::<f64>() / n as f64;
                 off += n;
             }
         }
-        // p_s is uniform on {0, 0.01, …, 0.30}: mean 0.15; scale 4 is beyond apply_layers
-        for (s, r) in rate.iter().enumerate().take(4) {
-            assert!((r - 0.15).abs() < 0.03, "scale {s}: mean flip rate {r}");
+        for r in &mut rates {
+            *r /= draws as f64;
         }
-        assert_eq!(rate[4], 0.0);
-        assert!(draw_flips(&SQUARE, d, 0.0, 13, &mut u).iter().all(|&b| b == 0));
+        assert_eq!(rates[3], 0.0, "scales from apply_layers on never flip");
+        for r in &rates[..3] {
+            assert!((r - 0.05).abs() < 0.01, "mean flip rate {r} (expected 0.05)");
+        }
+        assert!(keyed_flips(3, &scales, d, 0.0, 13).iter().all(|&b| b == 0), "p_max 0 never flips");
+        // the same key gives the same mask; another key another one
+        assert_eq!(keyed_flips(7, &scales, d, 0.1, 3), keyed_flips(7, &scales, d, 0.1, 3));
+        assert_ne!(keyed_flips(7, &scales, d, 0.1, 3), keyed_flips(8, &scales, d, 0.1, 3));
     }
 
     #[test]

@@ -245,3 +245,30 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
     ok(launch(2, &cfg, &run, &[], &[]).arg("--resume").arg("auto").output().unwrap());
     assert!(weights(&run, steps) == weights(&clean, steps), "resumed after SIGTERM at {stopped}: weights differ");
 }
+
+/// With the `cuda` feature and at least 2 GPUs: the same run over NCCL (`dist.backend = "nccl"`, one
+/// GPU per rank through the agent's CUDA_VISIBLE_DEVICES) matches 1 rank.
+#[cfg(feature = "cuda")]
+#[test]
+fn nccl_data_parallel_matches_one_rank() {
+    let gpus = if infinity_launcher::comm::nccl_available() {
+        cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize
+    } else {
+        0
+    };
+    if gpus < 2 {
+        eprintln!("skipped: NCCL data parallelism needs 2 GPUs (found {gpus}; NCCL wants one device per rank)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), &data, 4);
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
+    ok(launch(1, &cfg, &one, &[], &[]).output().unwrap());
+    let mut c = launch(2, &cfg, &two, &[], &[]);
+    ok(c.args(["--set", "dist.backend=nccl"]).output().unwrap());
+    let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));
+    println!("NCCL on 2 ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "NCCL: max |Δw| {diff:e} at {name}");
+}

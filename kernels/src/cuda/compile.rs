@@ -14,6 +14,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
     ("bsq.cu", include_str!("../../cuda/bsq.cu")),
     ("embedding.cu", include_str!("../../cuda/embedding.cu")),
+    ("head_ce.cu", include_str!("../../cuda/head_ce.cu")),
     ("linear.cu", include_str!("../../cuda/linear.cu")),
     ("norm.cu", include_str!("../../cuda/norm.cu")),
     ("rope.cu", include_str!("../../cuda/rope.cu")),

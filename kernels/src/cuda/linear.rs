@@ -4,11 +4,11 @@
 
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::device::{elementwise, CudaError, Device};
 
-fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
+pub(crate) fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
 }
 
@@ -88,8 +88,26 @@ pub fn linear_backward(
         beta: 0.0,
         ldc: fin as i32,
     };
-    // dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
-    let dw_cfg = GemmConfig {
+    // SAFETY: buffer sizes match the configuration (asserted above).
+    unsafe { blas.gemm(dx_cfg, &wd, &dyd, &mut dx) }.map_err(blas_err)?;
+    weight_grad(&blas, &dyd, &xd, &mut dw, n, fin, fout)?;
+    bias_grad(dev, &dyd, &mut db, n, fout)?;
+    Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
+}
+
+/// `dW [fout, fin] += dyᵀ · x` on device buffers (`dy [n, fout]`, `x [n, fin]`).
+pub fn weight_grad(
+    blas: &CudaBlas,
+    dy: &CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    dw: &mut CudaSlice<f32>,
+    n: usize,
+    fin: usize,
+    fout: usize,
+) -> Result<(), CudaError> {
+    assert!(dy.len() >= n * fout && x.len() >= n * fin && dw.len() >= fout * fin, "weight_grad: shapes");
+    // column-major: dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
+    let cfg = GemmConfig {
         transa: CUBLAS_OP_N,
         transb: CUBLAS_OP_T,
         m: fin as i32,
@@ -101,16 +119,23 @@ pub fn linear_backward(
         beta: 1.0,
         ldc: fin as i32,
     };
-    // SAFETY: buffer sizes match the configurations (asserted above).
-    unsafe {
-        blas.gemm(dx_cfg, &wd, &dyd, &mut dx).map_err(blas_err)?;
-        blas.gemm(dw_cfg, &xd, &dyd, &mut dw).map_err(blas_err)?;
-    }
+    // SAFETY: buffer sizes checked above.
+    unsafe { blas.gemm(cfg, x, dy, dw) }.map_err(blas_err)
+}
+
+/// `db [fout] = Σ_rows dy` on device buffers (linear.cu, one thread per column, rows in order).
+pub fn bias_grad(
+    dev: &Device,
+    dy: &CudaSlice<f32>,
+    db: &mut CudaSlice<f32>,
+    n: usize,
+    fout: usize,
+) -> Result<(), CudaError> {
     let f = dev.function("linear.cu", "bias_grad_f32")?;
     let (ni, oi) = (n as i32, fout as i32);
-    let mut l = s.launch_builder(&f);
-    l.arg(&dyd).arg(&mut db).arg(&ni).arg(&oi);
-    // SAFETY: argument list as declared in linear.cu.
+    let mut l = dev.stream.launch_builder(&f);
+    l.arg(dy).arg(db).arg(&ni).arg(&oi);
+    // SAFETY: argument list as declared in linear.cu; dy holds n·fout values, db fout.
     unsafe { l.launch(elementwise(fout)) }?;
-    Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
+    Ok(())
 }

@@ -8,9 +8,11 @@
 //! source with NVRTC alone (no GPU), which CI runs.
 
 pub mod attention;
+pub mod bsq;
 pub mod compile;
 
 pub mod device;
+pub mod head_ce;
 pub mod layers;
 pub mod linear;
 pub mod ops;

@@ -1,11 +1,16 @@
 //! Communicators: one trait for the collectives data-parallel training needs, with a TCP ring backend
-//! for CPU ranks (as Gloo does). An NCCL backend implements the same trait on GPUs (issue 6).
+//! for CPU ranks (as Gloo does) and an NCCL backend for GPU ranks (feature `cuda`).
 //!
 //! Every collective either completes on all ranks or returns an error on each: a peer that stops
-//! sending makes the call fail after the communicator's timeout ([`CommError::Timeout`]), never hang.
+//! sending makes the call fail after the communicator's timeout ([`CommError::Timeout`] on the ring,
+//! [`CommError::Stalled`] from the NCCL watchdog), never hang.
 
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod ring;
 
+#[cfg(feature = "cuda")]
+pub use nccl::{nccl_available, NcclComm};
 pub use ring::TcpRing;
 
 /// Exit code of a training process whose collective timed out (the launcher reports it by name).
@@ -19,6 +24,12 @@ pub enum CommError {
     Peer { op: &'static str, peer: usize, detail: String },
     #[error("collective `{op}`: {detail}")]
     Usage { op: &'static str, detail: String },
+    /// A collective that made no progress: the communicator was aborted.
+    #[error("collective `{op}` stalled: {detail}")]
+    Stalled { op: &'static str, detail: String },
+    /// The backend library failed (NCCL, CUDA).
+    #[error("collective `{op}`: {detail}")]
+    Backend { op: &'static str, detail: String },
 }
 
 pub type CommResult<T> = std::result::Result<T, CommError>;

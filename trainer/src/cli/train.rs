@@ -36,7 +36,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let s = match train::train(&cfg, &opts) {
         Ok(s) => s,
         Err(e) => {
-            if let Some(c @ CommError::Timeout { .. }) = e.downcast_ref::<CommError>() {
+            if let Some(c @ (CommError::Timeout { .. } | CommError::Stalled { .. })) = e.downcast_ref::<CommError>() {
                 eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }

@@ -63,11 +63,23 @@ pub struct DistSection {
     pub rdzv_timeout_s: f64,
     /// Shard the optimiser state over ranks (ZeRO-1): reduce-scatter, sharded AdamW, all-gather.
     pub zero1: bool,
+    /// The communicator: `ring` (TCP, any machine), `nccl` (GPUs; needs a build with feature `cuda`)
+    /// or `auto` (the ring while the model runs on the CPU).
+    pub backend: CommBackend,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommBackend {
+    #[default]
+    Auto,
+    Ring,
+    Nccl,
 }
 
 impl Default for DistSection {
     fn default() -> Self {
-        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0, zero1: false }
+        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0, zero1: false, backend: CommBackend::Auto }
     }
 }
 

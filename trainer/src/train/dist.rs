@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use infinity_launcher::comm::{Communicator, Solo, TcpRing};
 use infinity_launcher::env::DistEnv;
 use infinity_launcher::store::{StoreClient, StoreServer};
 
+use super::config::{CommBackend, DistSection};
 use crate::model::Layout;
 use crate::optim::AdamW;
 
@@ -30,14 +31,20 @@ impl Dist {
     }
 
     /// Join the group of the process environment (or stay alone).
-    pub fn join(rdzv_timeout: Duration, comm_timeout: Duration) -> Result<Dist> {
+    pub fn join(cfg: &DistSection) -> Result<Dist> {
         match DistEnv::from_env()? {
             None => Ok(Dist::solo()),
-            Some(env) => Self::join_env(&env, rdzv_timeout, comm_timeout),
+            Some(env) => Self::join_env(&env, cfg),
         }
     }
 
-    pub fn join_env(env: &DistEnv, rdzv_timeout: Duration, comm_timeout: Duration) -> Result<Dist> {
+    pub fn join_env(env: &DistEnv, cfg: &DistSection) -> Result<Dist> {
+        if cfg.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
+            // before any rendezvous: every rank fails the same way, at once
+            return nccl_unavailable(env.rank);
+        }
+        let rdzv_timeout = Duration::from_secs_f64(cfg.rdzv_timeout_s);
+        let comm_timeout = Duration::from_secs_f64(cfg.timeout_s);
         let server = if env.rank == 0 && !env.agent_store {
             let addr = format!("0.0.0.0:{}", env.master_port).parse()?;
             Some(StoreServer::spawn(addr, env.token.clone()).context("rank 0 hosting the store")?)
@@ -48,11 +55,24 @@ impl Dist {
         let mut store = StoreClient::connect(&env.store_addr(), &env.token, &who, rdzv_timeout)?;
         let prefix = env.prefix();
         store.rendezvous(&format!("{prefix}/ranks"), env.rank, env.world, rdzv_timeout)?;
-        let host = store.local_ip()?.to_string();
-        let ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &host, comm_timeout)
-            .with_context(|| format!("rank {}: building the ring", env.rank))?;
-        tracing::info!("rank {} of {} joined run {} (attempt {})", env.rank, env.world, env.run_id, env.attempt);
-        Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm: Box::new(ring), _server: server })
+        let comm: Box<dyn Communicator> = match cfg.backend {
+            CommBackend::Auto | CommBackend::Ring => {
+                let host = store.local_ip()?.to_string();
+                let ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &host, comm_timeout)
+                    .with_context(|| format!("rank {}: building the ring", env.rank))?;
+                Box::new(ring)
+            }
+            CommBackend::Nccl => nccl(&mut store, &prefix, env, comm_timeout)?,
+        };
+        tracing::info!(
+            "rank {} of {} joined run {} (attempt {}, {:?} communicator)",
+            env.rank,
+            env.world,
+            env.run_id,
+            env.attempt,
+            cfg.backend
+        );
+        Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm, _server: server })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -106,6 +126,37 @@ impl Dist {
         self.all_reduce_sum(&mut v)?;
         Ok(v[0] > 0.0)
     }
+}
+
+/// The NCCL communicator on this rank's GPU: the only visible device (our agent sets
+/// `CUDA_VISIBLE_DEVICES` per rank) or device `LOCAL_RANK` (torchrun-style schedulers).
+#[cfg(feature = "cuda")]
+fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration) -> Result<Box<dyn Communicator>> {
+    use infinity_launcher::comm::NcclComm;
+    if !infinity_kernels::cuda::device::device_present() {
+        bail!("dist.backend = \"nccl\" but rank {} finds no CUDA driver or device", env.rank);
+    }
+    let count = cudarc::driver::CudaContext::device_count().context("counting CUDA devices")? as usize;
+    let ordinal = if count == 1 { 0 } else { env.local_rank };
+    if ordinal >= count {
+        bail!("rank {}: LOCAL_RANK {} but only {count} CUDA devices are visible", env.rank, env.local_rank);
+    }
+    let ctx = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+    let comm = NcclComm::connect(store, prefix, env.rank, env.world, ctx.default_stream(), timeout, true)
+        .with_context(|| format!("rank {}: building the NCCL communicator", env.rank))?;
+    Ok(Box::new(comm))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl(_: &mut StoreClient, _: &str, env: &DistEnv, _: Duration) -> Result<Box<dyn Communicator>> {
+    nccl_unavailable(env.rank)
+}
+
+fn nccl_unavailable<T>(rank: usize) -> Result<T> {
+    bail!(
+        "rank {rank}: dist.backend = \"nccl\" needs a build with the `cuda` feature \
+         (cargo build --release --features cuda); use dist.backend = \"ring\" otherwise"
+    )
 }
 
 /// ZeRO-1: each rank owns the optimiser state of one contiguous shard of the flat parameters.
@@ -205,5 +256,38 @@ pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
         tracing::warn!("fault drill: rank {rank} kills itself after step {step}");
         // SAFETY: signalling our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn nccl_without_the_cuda_feature_is_a_clear_error() {
+        let env = DistEnv {
+            rank: 1,
+            world: 2,
+            local_rank: 1,
+            local_world: 2,
+            node_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 1,
+            token: "t".into(),
+            run_id: "r".into(),
+            attempt: 0,
+            agent_store: true,
+        };
+        let cfg = DistSection { backend: CommBackend::Nccl, ..Default::default() };
+        let e = Dist::join_env(&env, &cfg).err().expect("must fail").to_string();
+        assert!(e.contains("rank 1") && e.contains("`cuda` feature"), "{e}");
+    }
+
+    #[test]
+    fn zero1_shards_cover_the_parameters_once() {
+        let (numel, world) = (10, 4);
+        let ranges: Vec<_> = (0..world).map(|r| Zero1::new(numel, r, world).range).collect();
+        assert_eq!(ranges, vec![0..3, 3..6, 6..9, 9..10]);
     }
 }

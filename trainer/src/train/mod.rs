@@ -134,8 +134,8 @@ fn prepare(
         let id = batch.ids[i];
         let latent =
             batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
-        let mut rng = keyed_rng(seed, &[STREAM_FLIPS, step, id]);
-        let flips = bsq::draw_flips(scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers, &mut || rng.random::<f64>());
+        let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
+        let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
         let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
         mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
         mb.gt_bits.extend_from_slice(&sc.bits);
@@ -169,8 +169,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
     let mc = cfg.model_config(m.d as usize, num_classes, text)?;
     let lay = Layout::new(&mc);
-    let dur = std::time::Duration::from_secs_f64;
-    let mut dist = Dist::join(dur(cfg.dist.rdzv_timeout_s), dur(cfg.dist.timeout_s))?;
+    let mut dist = Dist::join(&cfg.dist)?;
     let per_rank = cfg.data.global_batch / dist.world;
     if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
         bail!(

@@ -1,0 +1,155 @@
+//! The two headline CUDA kernels on the GPU, side by side with PyTorch eager doing the same math in
+//! the same run (tools/bench_torch_kernels.py), plus a device copy as the bandwidth reference.
+//!
+//!   cargo bench -p infinity-kernels --features cuda --bench cuda_kernels
+//!
+//! `INFINITY_BENCH_PYTHON` names the Python with PyTorch (default `python3`; `none` skips it).
+//! Bandwidth figures use a byte model stated per case (bytes the math must move at least once), and
+//! are given against the nominal H200 peak (4.3 TB/s) and the copy measured here.
+
+use std::process::Command;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
+use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
+use infinity_kernels::cuda::device::device_present;
+use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
+use infinity_kernels::cuda::linear::{bias_grad, weight_grad};
+use infinity_kernels::cuda::Device;
+use rand::{Rng, SeedableRng};
+
+const NOMINAL_GBS: f64 = 4300.0;
+
+/// Median milliseconds of `f` over `iters` calls timed with CUDA events.
+fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    dev.stream.synchronize().unwrap();
+    let mut ms: Vec<f64> = (0..iters)
+        .map(|_| {
+            let a = dev.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+            f();
+            let b = dev.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+            a.elapsed_ms(&b).unwrap() as f64
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+/// PyTorch eager's median milliseconds for the same case, or None (no Python/PyTorch, or told not to).
+fn torch_ms(args: &[String]) -> Option<f64> {
+    let python = std::env::var("INFINITY_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    if python == "none" {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/bench_torch_kernels.py");
+    let out = Command::new(&python).arg(script).args(args).output().ok()?;
+    if !out.status.success() {
+        eprintln!("PyTorch side failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text.split("\"ms\":").nth(1)?;
+    rest.split([',', '}']).next()?.trim().parse().ok()
+}
+
+fn upload<T: cudarc::driver::DeviceRepr>(dev: &Device, v: &[T]) -> CudaSlice<T> {
+    dev.stream.clone_htod(v).unwrap()
+}
+
+fn row(name: &str, ms: f64, bytes: f64, flops: f64, copy_gbs: f64, torch: Option<f64>) {
+    let gbs = bytes / ms / 1e6;
+    let vs = torch.map(|t| format!("{t:9.3} ms  {:5.2}×", t / ms)).unwrap_or_else(|| "        n/a".into());
+    println!(
+        "{name:<44} {ms:8.3} ms {gbs:8.0} GB/s {:5.1}% nominal {:5.1}% copy {:7.2} TFLOP/s | torch {vs}",
+        100.0 * gbs / NOMINAL_GBS,
+        100.0 * gbs / copy_gbs,
+        flops / ms / 1e9,
+    );
+}
+
+fn main() {
+    if !device_present() {
+        println!("skipped: no CUDA device (run on a GPU machine with --features cuda)");
+        return;
+    }
+    let dev = Device::open(0).expect("opening CUDA device 0");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    println!("device arch {}; PyTorch eager side by side (ratio = torch time / ours)", dev.arch);
+
+    // the bandwidth reference: a 1 GiB device-to-device copy (read + write)
+    let n = 1 << 28;
+    let src = dev.stream.alloc_zeros::<f32>(n).unwrap();
+    let mut dst = dev.stream.alloc_zeros::<f32>(n).unwrap();
+    let copy_ms = time_ms(&dev, 10, || dev.stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let copy_gbs = 8.0 * n as f64 / copy_ms / 1e6;
+    println!(
+        "{:<44} {copy_ms:8.3} ms {copy_gbs:8.0} GB/s {:5.1}% nominal",
+        "device copy 1 GiB",
+        100.0 * copy_gbs / NOMINAL_GBS
+    );
+    drop((src, dst));
+
+    // head + bitwise CE, forward and backward: 256 px schedule (646 tokens) × 16 samples, d = 32
+    let blas = cudarc::cublas::CudaBlas::new(dev.stream.clone()).unwrap();
+    for c in [768usize, 2048] {
+        let (n, d) = (16 * 646, 32);
+        let h = upload(&dev, &(0..n * c).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
+        let w = upload(&dev, &(0..2 * d * c).map(|_| rng.random_range(-0.02f32..0.02)).collect::<Vec<_>>());
+        let b = upload(&dev, &vec![0.0f32; 2 * d]);
+        let y = upload(&dev, &(0..n * d).map(|_| rng.random_range(0..2u8)).collect::<Vec<_>>());
+        let wt = upload(&dev, &vec![1.0f32 / n as f32; n]);
+        let mut out = HeadCeDevice::new(&dev, (n, c, d), true).unwrap();
+        let (mut dw, mut db) =
+            (dev.stream.alloc_zeros::<f32>(2 * d * c).unwrap(), dev.stream.alloc_zeros::<f32>(2 * d).unwrap());
+        let ms = time_ms(&dev, 20, || {
+            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
+            let g = out.dlogits.as_ref().unwrap();
+            weight_grad(&blas, g, &h, &mut dw, n, c, 2 * d).unwrap();
+            bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
+        });
+        let kernel_ms = time_ms(&dev, 20, || {
+            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
+        });
+        // bytes: h read, dh written (kernel); h read again for dW (GEMM); dlogits out and back
+        let (hb, gb) = ((n * c * 4) as f64, (n * 2 * d * 4 * 2) as f64);
+        let flops = 2.0 * (n * c * 2 * d) as f64 * 3.0;
+        let args: Vec<String> =
+            ["head_ce", "--n", &n.to_string(), "--c", &c.to_string(), "--d", &d.to_string()].map(String::from).to_vec();
+        row(&format!("head+CE fwd+bwd N={n} C={c} d={d}"), ms, 3.0 * hb + gb, flops, copy_gbs, torch_ms(&args));
+        row(
+            "  fused kernel only (loss, dlogits, dh)",
+            kernel_ms,
+            2.0 * hb + gb / 2.0,
+            flops * 2.0 / 3.0,
+            copy_gbs,
+            None,
+        );
+    }
+
+    // BSQ with self-correction: the 1M square schedule up to 64×64 (1024 px), 13 scales
+    let scales: Vec<(usize, usize)> = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64].iter().map(|&s| (s, s)).collect();
+    for b in [16usize, 64] {
+        let d = 32;
+        let full = b * d * 64 * 64;
+        let lat = upload(&dev, &(0..full).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
+        let keys = upload(&dev, &(0..b).map(|_| rng.random::<u64>()).collect::<Vec<_>>());
+        let mut out = BsqBatch::new(&dev, b, d, &scales).unwrap();
+        let mut scratch = BsqScratch::new(&dev, b, d, (64, 64)).unwrap();
+        let ms = time_ms(&dev, 20, || {
+            self_correct_batch(&dev, &lat, &keys, b, d, &scales, 0.3, 13, &mut out, &mut scratch).unwrap();
+        });
+        // bytes per scale: latent and sum read (residual), sum read and written (accumulate); plus the
+        // sum's reset and the labels and inputs written once
+        let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
+        let bytes = (scales.len() * 4 + 1) as f64 * (full * 4) as f64 + (b * l * d * 5) as f64;
+        let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
+        let args: Vec<String> =
+            ["bsq", "--b", &b.to_string(), "--d", &d.to_string(), "--scales", &sched, "--p-max", "0.3"]
+                .map(String::from)
+                .to_vec();
+        row(&format!("BSQ self-correction B={b} d={d} 13 scales→64²"), ms, bytes, 0.0, copy_gbs, torch_ms(&args));
+    }
+}

@@ -1,0 +1,132 @@
+//! The head fused with the bitwise cross-entropy (head_ce.cu): loss, correct bits, `dh` and the
+//! head's weight gradients without materialising the logits. Twin: `linear::linear_forward` →
+//! `bitwise_ce::bitwise_ce` → `linear::linear_backward`.
+//!
+//! Dims: `N` tokens, `C` width, `d` bits (`2d ≤ 128`).
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::device::{CudaError, Device};
+use super::linear::{bias_grad, blas_err, weight_grad};
+
+/// Tokens per block and K tile of head_ce.cu.
+const TOK: usize = 8;
+const KT: usize = 64;
+/// The kernel keeps a block's logits in shared memory: at most 128 (`d ≤ 64`, upstream uses 32).
+pub const MAX_BITS: usize = 64;
+
+/// Device outputs of [`head_bitwise_ce_device`], allocated once and overwritten by every call.
+pub struct HeadCeDevice {
+    /// `[N]` mean bit cross-entropy and bits predicted right per token.
+    pub token_loss: CudaSlice<f32>,
+    pub correct: CudaSlice<u32>,
+    /// `[N, 2d]` and `[N, C]` when a gradient was asked for.
+    pub dlogits: Option<CudaSlice<f32>>,
+    pub dh: Option<CudaSlice<f32>>,
+}
+
+impl HeadCeDevice {
+    /// Outputs for `n` tokens of width `c` and `d` bits; `grad` adds `dlogits` and `dh`.
+    pub fn new(dev: &Device, (n, c, d): (usize, usize, usize), grad: bool) -> Result<HeadCeDevice, CudaError> {
+        let s = &dev.stream;
+        Ok(HeadCeDevice {
+            token_loss: s.alloc_zeros(n)?,
+            correct: s.alloc_zeros(n)?,
+            dlogits: if grad { Some(s.alloc_zeros(n * 2 * d)?) } else { None },
+            dh: if grad { Some(s.alloc_zeros(n * c)?) } else { None },
+        })
+    }
+}
+
+fn launch_config(n: usize, d: usize) -> LaunchConfig {
+    let floats = 2 * d * (KT + 1) + TOK * KT + 2 * TOK * 2 * d;
+    LaunchConfig {
+        grid_dim: (n.div_ceil(TOK) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: (floats * 4) as u32,
+    }
+}
+
+/// Loss (and `dlogits`, `dh` when `out` has them) of `h [N, C]` through the head `w [2d, C]`, `b [2d]`.
+/// Every element of `out` is written.
+#[allow(clippy::too_many_arguments)]
+pub fn head_bitwise_ce_device(
+    dev: &Device,
+    h: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    labels: &CudaSlice<u8>,
+    weights: &CudaSlice<f32>,
+    label_smoothing: f32,
+    (n, c, d): (usize, usize, usize),
+    out: &mut HeadCeDevice,
+) -> Result<(), CudaError> {
+    if d > MAX_BITS {
+        return Err(CudaError::Driver(format!("head_bitwise_ce: d = {d} > {MAX_BITS} bits is not supported")));
+    }
+    assert!(
+        h.len() >= n * c && w.len() >= 2 * d * c && b.len() >= 2 * d && labels.len() >= n * d && weights.len() >= n,
+        "head_bitwise_ce: h [N, C], w [2d, C], b [2d], labels [N, d], weights [N]"
+    );
+    assert!(
+        out.token_loss.len() >= n
+            && out.dlogits.as_ref().is_none_or(|g| g.len() >= n * 2 * d)
+            && out.dh.as_ref().is_none_or(|g| g.len() >= n * c),
+        "head_bitwise_ce: outputs made for fewer tokens"
+    );
+    let s = &dev.stream;
+    let f = dev.function("head_ce.cu", "head_bitwise_ce_f32")?;
+    let (ni, ci, di, null) = (n as i32, c as i32, d as i32, 0u64);
+    let mut l = s.launch_builder(&f);
+    l.arg(h).arg(w).arg(b).arg(labels).arg(weights).arg(&label_smoothing).arg(&ni).arg(&ci).arg(&di);
+    l.arg(&mut out.token_loss).arg(&mut out.correct);
+    match (&mut out.dlogits, &mut out.dh) {
+        (Some(g), Some(dh)) => l.arg(g).arg(dh),
+        _ => l.arg(&null).arg(&null),
+    };
+    // SAFETY: argument list as declared in head_ce.cu; sizes asserted above; shared memory sized for d.
+    unsafe { l.launch(launch_config(n, d)) }?;
+    Ok(())
+}
+
+/// Host results: per-token loss and correct bits, and with `grad` `(dh, dW, db)`.
+pub struct HeadCeOut {
+    pub token_loss: Vec<f32>,
+    pub correct_bits: Vec<u32>,
+    pub grads: Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+}
+
+/// Host-buffer entry point for the equivalence test and benchmarks; the weight gradients go through
+/// cuBLAS from the kernel's `dlogits`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_bitwise_ce(
+    dev: &Device,
+    h: &[f32],
+    w: &[f32],
+    b: &[f32],
+    labels: &[u8],
+    weights: &[f32],
+    label_smoothing: f32,
+    d: usize,
+    grad: bool,
+) -> Result<HeadCeOut, CudaError> {
+    let (n, c) = (weights.len(), w.len() / (2 * d).max(1));
+    assert!(h.len() == n * c && w.len() == 2 * d * c, "head_bitwise_ce: h [N, C] and w [2d, C]");
+    let s = &dev.stream;
+    let (hd, wd, bd) = (s.clone_htod(h)?, s.clone_htod(w)?, s.clone_htod(b)?);
+    let (yd, wtd) = (s.clone_htod(labels)?, s.clone_htod(weights)?);
+    let mut out = HeadCeDevice::new(dev, (n, c, d), grad)?;
+    head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out)?;
+    let grads = match (&out.dlogits, &out.dh) {
+        (Some(g), Some(dh)) => {
+            let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
+            let (mut dw, mut db) = (s.alloc_zeros::<f32>(2 * d * c)?, s.alloc_zeros::<f32>(2 * d)?);
+            weight_grad(&blas, g, &hd, &mut dw, n, c, 2 * d)?;
+            bias_grad(dev, g, &mut db, n, 2 * d)?;
+            Some((s.clone_dtoh(dh)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
+        }
+        _ => None,
+    };
+    Ok(HeadCeOut { token_loss: s.clone_dtoh(&out.token_loss)?, correct_bits: s.clone_dtoh(&out.correct)?, grads })
+}

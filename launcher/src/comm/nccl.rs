@@ -1,0 +1,430 @@
+//! NCCL communicator for GPU ranks (feature `cuda`), through cudarc's raw NCCL bindings.
+//!
+//! - The unique id travels through the rendezvous store: rank 0 creates it, the others wait for it.
+//! - Collectives are enqueued on the rank's stream and return at once (`*_device`); each one records an
+//!   event that a watchdog thread watches. A collective that has not finished after the timeout, or an
+//!   asynchronous NCCL error (a peer's link went away), aborts the communicator (`ncclCommAbort` frees
+//!   every rank stuck in it) and, by default, exits the process with [`EXIT_COMM_TIMEOUT`]: a stuck
+//!   GPU collective never becomes a silent hang. The launcher reports the code by name.
+//! - The [`Communicator`] trait (host slices) is implemented by staging through a device buffer, so the
+//!   CPU-side loop and the tests use NCCL through the same calls as the TCP ring.
+//!
+//! We hold the raw `ncclComm_t` rather than cudarc's `Comm` because the watchdog must abort the
+//! communicator from its own thread, and `Comm`'s drop panics when an abort fails.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::nccl::{result, sys, NcclType};
+
+use super::{CommError, CommResult, Communicator, EXIT_COMM_TIMEOUT};
+use crate::store::StoreClient;
+
+/// How often the watchdog looks at the pending collectives.
+const WATCH_PERIOD: Duration = Duration::from_millis(20);
+
+/// Whether the CUDA driver and NCCL libraries can be loaded (never panics).
+pub fn nccl_available() -> bool {
+    // SAFETY: both only try to open the shared libraries.
+    unsafe { cudarc::driver::sys::is_culib_present() && sys::is_culib_present() }
+}
+
+/// The raw communicator, shared with the watchdog.
+struct Handle {
+    comm: sys::ncclComm_t,
+    aborted: AtomicBool,
+}
+
+// SAFETY: NCCL allows ncclCommAbort and ncclCommGetAsyncError from any thread; collectives are only
+// enqueued by the owning `NcclComm` (one thread at a time through `&mut self`).
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+
+impl Handle {
+    fn abort(&self) {
+        if !self.aborted.swap(true, Ordering::SeqCst) {
+            // SAFETY: the handle is valid until drop; abort is idempotent on our side via the flag.
+            let _ = unsafe { result::comm_abort(self.comm) };
+        }
+    }
+
+    /// An asynchronous error NCCL recorded (a broken connection, a remote abort), if any.
+    fn async_error(&self) -> Option<String> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: valid handle, valid out pointer.
+        let rc = unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
+        match (rc, state) {
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess)
+            | (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => None,
+            (sys::ncclResult_t::ncclSuccess, e) => Some(format!("{e:?}")),
+            (e, _) => Some(format!("ncclCommGetAsyncError failed: {e:?}")),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.aborted.load(Ordering::SeqCst) {
+            // SAFETY: last owner of a valid handle; errors at teardown are not actionable.
+            let _ = unsafe { result::comm_destroy(self.comm) };
+        }
+    }
+}
+
+/// A collective in flight: its event completes when the collective does.
+struct Pending {
+    op: &'static str,
+    since: Instant,
+    done: CudaEvent,
+}
+
+/// State shared between the communicator and its watchdog thread.
+struct Watch {
+    pending: Mutex<VecDeque<Pending>>,
+    failure: Mutex<Option<String>>,
+    stop: AtomicBool,
+}
+
+/// Watch the pending collectives until told to stop; on a stall or an asynchronous error, abort the
+/// communicator, record why, and exit the process when `exit` is set.
+fn watchdog(
+    handle: Arc<Handle>,
+    watch: Arc<Watch>,
+    stream: Arc<CudaStream>,
+    rank: usize,
+    timeout: Duration,
+    exit: bool,
+) {
+    if stream.context().bind_to_thread().is_err() {
+        return;
+    }
+    while !watch.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(WATCH_PERIOD);
+        let mut why = handle.async_error().map(|e| format!("NCCL reported an asynchronous error: {e}"));
+        {
+            let mut q = watch.pending.lock().unwrap_or_else(|p| p.into_inner());
+            while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
+                q.pop_front();
+            }
+            if let Some(p) = q.front() {
+                if why.is_none() && p.since.elapsed() > timeout {
+                    why = Some(format!(
+                        "collective `{}` made no progress for {:.0} s (a peer is gone or its link is cut)",
+                        p.op,
+                        p.since.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        }
+        if let Some(why) = why {
+            handle.abort();
+            if exit {
+                eprintln!("rank {rank}: {why}; NCCL communicator aborted, exiting with code {EXIT_COMM_TIMEOUT}");
+                std::process::exit(EXIT_COMM_TIMEOUT);
+            }
+            *watch.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            return;
+        }
+    }
+}
+
+/// One rank's NCCL communicator.
+pub struct NcclComm {
+    rank: usize,
+    world: usize,
+    stream: Arc<CudaStream>,
+    handle: Arc<Handle>,
+    watch: Arc<Watch>,
+    thread: Option<JoinHandle<()>>,
+    timeout: Duration,
+}
+
+fn nccl_err(op: &'static str, e: result::NcclError) -> CommError {
+    CommError::Backend { op, detail: format!("NCCL {:?}", e.0) }
+}
+
+fn cuda_err(op: &'static str, e: cudarc::driver::DriverError) -> CommError {
+    CommError::Backend { op, detail: format!("CUDA {e:?}") }
+}
+
+impl NcclComm {
+    /// Build the communicator of `world` ranks on `stream`'s device. Rank 0 puts the NCCL unique id
+    /// in the store under `{prefix}/nccl-id`; the others read it. `exit_on_stall` makes the watchdog
+    /// exit the process (code [`EXIT_COMM_TIMEOUT`]) instead of only failing later calls.
+    pub fn connect(
+        store: &mut StoreClient,
+        prefix: &str,
+        rank: usize,
+        world: usize,
+        stream: Arc<CudaStream>,
+        timeout: Duration,
+        exit_on_stall: bool,
+    ) -> CommResult<NcclComm> {
+        const OP: &str = "nccl init";
+        if !nccl_available() {
+            return Err(CommError::Backend {
+                op: OP,
+                detail: "libcuda or libnccl cannot be loaded (is NCCL on LD_LIBRARY_PATH as libnccl.so?)".into(),
+            });
+        }
+        let key = format!("{prefix}/nccl-id");
+        let id = if rank == 0 {
+            let id = result::get_uniqueid().map_err(|e| nccl_err(OP, e))?;
+            let bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
+            store.set(&key, &bytes).map_err(|e| CommError::Usage { op: OP, detail: format!("{e:#}") })?;
+            id
+        } else {
+            let bytes = store.get(&key, timeout).map_err(|e| CommError::Usage { op: OP, detail: format!("{e:#}") })?;
+            let mut id = sys::ncclUniqueId { internal: [0; 128] };
+            if bytes.len() != id.internal.len() {
+                return Err(CommError::Peer {
+                    op: OP,
+                    peer: 0,
+                    detail: format!("the NCCL id in the store has {} bytes, expected 128", bytes.len()),
+                });
+            }
+            for (d, &b) in id.internal.iter_mut().zip(&bytes) {
+                *d = b as _;
+            }
+            id
+        };
+        stream.context().bind_to_thread().map_err(|e| cuda_err(OP, e))?;
+        let mut comm = std::mem::MaybeUninit::uninit();
+        // SAFETY: valid out pointer; world and rank fit in i32 (checked by the rendezvous).
+        let comm = unsafe {
+            result::comm_init_rank(comm.as_mut_ptr(), world as i32, id, rank as i32).map_err(|e| nccl_err(OP, e))?;
+            comm.assume_init()
+        };
+        let handle = Arc::new(Handle { comm, aborted: AtomicBool::new(false) });
+        let watch = Arc::new(Watch {
+            pending: Mutex::new(VecDeque::new()),
+            failure: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let thread = {
+            let (h, w, s) = (handle.clone(), watch.clone(), stream.clone());
+            std::thread::Builder::new()
+                .name(format!("nccl-watchdog-{rank}"))
+                .spawn(move || watchdog(h, w, s, rank, timeout, exit_on_stall))
+                .map_err(|e| CommError::Backend { op: OP, detail: format!("spawning the watchdog: {e}") })?
+        };
+        Ok(NcclComm { rank, world, stream, handle, watch, thread: Some(thread), timeout })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Fail if the watchdog aborted the communicator.
+    fn check(&self, op: &'static str) -> CommResult<()> {
+        if let Some(why) = self.watch.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(CommError::Stalled { op, detail: why });
+        }
+        if self.handle.aborted.load(Ordering::SeqCst) {
+            return Err(CommError::Stalled { op, detail: "the communicator was aborted".into() });
+        }
+        Ok(())
+    }
+
+    /// Hand an enqueued collective to the watchdog.
+    fn track(&self, op: &'static str) -> CommResult<()> {
+        let done = self.stream.record_event(None).map_err(|e| cuda_err(op, e))?;
+        self.watch.pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(Pending {
+            op,
+            since: Instant::now(),
+            done,
+        });
+        Ok(())
+    }
+
+    /// Element-wise sum over ranks, in place, enqueued on the stream.
+    pub fn all_reduce_sum_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
+        const OP: &str = "all_reduce";
+        self.check(OP)?;
+        let n = buf.len();
+        let (p, _sync) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: in-place all-reduce of `n` elements of a live device buffer on our stream.
+        unsafe {
+            result::all_reduce(
+                p as *const _,
+                p as *mut _,
+                n,
+                T::as_nccl_type(),
+                sys::ncclRedOp_t::ncclSum,
+                self.handle.comm,
+                self.stream.cu_stream() as _,
+            )
+        }
+        .map_err(|e| nccl_err(OP, e))?;
+        drop(_sync);
+        self.track(OP)
+    }
+
+    /// `root`'s buffer to every rank, in place, enqueued on the stream.
+    pub fn broadcast_device<T: NcclType + DeviceRepr>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        root: usize,
+    ) -> CommResult<()> {
+        const OP: &str = "broadcast";
+        self.check(OP)?;
+        let n = buf.len();
+        let (p, _sync) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: in-place broadcast of `n` elements of a live device buffer on our stream.
+        unsafe {
+            result::broadcast(
+                p as *const _,
+                p as *mut _,
+                n,
+                T::as_nccl_type(),
+                root as i32,
+                self.handle.comm,
+                self.stream.cu_stream() as _,
+            )
+        }
+        .map_err(|e| nccl_err(OP, e))?;
+        drop(_sync);
+        self.track(OP)
+    }
+
+    /// Rank r's `send` lands at `recv[r·n ..]`, enqueued on the stream.
+    pub fn all_gather_device<T: NcclType + DeviceRepr>(
+        &mut self,
+        send: &CudaSlice<T>,
+        recv: &mut CudaSlice<T>,
+    ) -> CommResult<()> {
+        const OP: &str = "all_gather";
+        self.check(OP)?;
+        self.sizes(OP, send.len(), recv.len())?;
+        let n = send.len();
+        let (s, _s) = send.device_ptr(&self.stream);
+        let (r, _r) = recv.device_ptr_mut(&self.stream);
+        // SAFETY: sizes checked above; both buffers live on our stream's device.
+        unsafe {
+            result::all_gather(s as _, r as _, n, T::as_nccl_type(), self.handle.comm, self.stream.cu_stream() as _)
+        }
+        .map_err(|e| nccl_err(OP, e))?;
+        drop((_s, _r));
+        self.track(OP)
+    }
+
+    /// Sum over ranks of `send`; rank r keeps part r in `recv`, enqueued on the stream.
+    pub fn reduce_scatter_sum_device<T: NcclType + DeviceRepr>(
+        &mut self,
+        send: &CudaSlice<T>,
+        recv: &mut CudaSlice<T>,
+    ) -> CommResult<()> {
+        const OP: &str = "reduce_scatter";
+        self.check(OP)?;
+        self.sizes(OP, recv.len(), send.len())?;
+        let n = recv.len();
+        let (s, _s) = send.device_ptr(&self.stream);
+        let (r, _r) = recv.device_ptr_mut(&self.stream);
+        // SAFETY: sizes checked above; both buffers live on our stream's device.
+        unsafe {
+            result::reduce_scatter(
+                s as _,
+                r as _,
+                n,
+                T::as_nccl_type(),
+                sys::ncclRedOp_t::ncclSum,
+                self.handle.comm,
+                self.stream.cu_stream() as _,
+            )
+        }
+        .map_err(|e| nccl_err(OP, e))?;
+        drop((_s, _r));
+        self.track(OP)
+    }
+
+    fn sizes(&self, op: &'static str, part: usize, whole: usize) -> CommResult<()> {
+        if part * self.world != whole {
+            return Err(CommError::Usage {
+                op,
+                detail: format!("{whole} elements is not world ({}) × {part}", self.world),
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait until every enqueued collective finished, or fail once the watchdog aborted the
+    /// communicator (the host never blocks inside CUDA, so a stall cannot hang this call).
+    pub fn wait(&mut self, op: &'static str) -> CommResult<()> {
+        let deadline = Instant::now() + self.timeout + 4 * WATCH_PERIOD;
+        let idle = self.stream.record_event(None).map_err(|e| cuda_err(op, e))?;
+        loop {
+            self.check(op)?;
+            let empty = self.watch.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            if empty || idle.try_is_complete().map_err(|e| cuda_err(op, e))? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.handle.abort();
+                return Err(CommError::Stalled { op, detail: format!("no progress for {:?}", self.timeout) });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn upload(&self, op: &'static str, v: &[f32]) -> CommResult<CudaSlice<f32>> {
+        self.stream.clone_htod(v).map_err(|e| cuda_err(op, e))
+    }
+
+    /// Wait for the collectives, then copy `d` to the host.
+    fn download(&mut self, op: &'static str, d: &CudaSlice<f32>, out: &mut [f32]) -> CommResult<()> {
+        self.wait(op)?;
+        self.stream.memcpy_dtoh(d, out).map_err(|e| cuda_err(op, e))
+    }
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        self.watch.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Communicator for NcclComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> CommResult<()> {
+        let mut d = self.upload("all_reduce", buf)?;
+        self.all_reduce_sum_device(&mut d)?;
+        self.download("all_reduce", &d, buf)
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
+        let mut d = self.upload("broadcast", buf)?;
+        self.broadcast_device(&mut d, root)?;
+        self.download("broadcast", &d, buf)
+    }
+
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        let s = self.upload("all_gather", send)?;
+        let mut r = self.upload("all_gather", recv)?;
+        self.all_gather_device(&s, &mut r)?;
+        self.download("all_gather", &r, recv)
+    }
+
+    fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        let s = self.upload("reduce_scatter", send)?;
+        let mut r = self.upload("reduce_scatter", recv)?;
+        self.reduce_scatter_sum_device(&s, &mut r)?;
+        self.download("reduce_scatter", &r, recv)
+    }
+}
