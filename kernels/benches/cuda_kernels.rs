@@ -107,7 +107,7 @@ fn main() {
         let ms = time_ms(&dev, 20, || {
             head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
             let g = out.dlogits.as_ref().unwrap();
-            weight_grad(&blas, g, &h, &mut dw, n, c, 2 * d).unwrap();
+            weight_grad(&blas, &dev, g, &h, &mut dw, (n, c, 2 * d)).unwrap();
             bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
         });
         let kernel_ms = time_ms(&dev, 20, || {

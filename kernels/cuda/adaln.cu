@@ -1,45 +1,40 @@
 // Twins of kernels/src/adaln.rs: AdaLN modulation y = x·(1 + scale) + shift and the gated residual
-// res += y·gamma, forward and backward. x, y, res: [B, L, C]; scale, shift, gamma: [B, C] broadcast over
-// L. Elementwise grid-stride loops; the per-sample parameter gradients are added with atomics.
+// res += y·gamma, forward and backward. x, y, res: [B, L, C]; scale, shift, gamma: rows of C values per
+// sample, `ps` floats apart (C for a [B, C] buffer, 6C for a part of the blocks' [B, 6C] AdaLN output).
+// Elementwise grid-stride loops; the per-sample parameter gradients are util.cu's group_dot.
 
 extern "C" __global__ void modulate_forward_f32(const float* __restrict__ x, const float* __restrict__ scale,
                                                 const float* __restrict__ shift, float* __restrict__ y,
-                                                int b, int l, int c) {
+                                                int b, int l, int c, int ps) {
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const long p = (i / ((long)l * c)) * c + i % c;
+        const long p = (i / ((long)l * c)) * ps + i % c;
         y[i] = x[i] * (1.0f + scale[p]) + shift[p];
     }
 }
 
-extern "C" __global__ void modulate_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                 const float* __restrict__ scale, float* __restrict__ dx,
-                                                 float* __restrict__ dscale, float* __restrict__ dshift,
-                                                 int b, int l, int c) {
+// dx written.
+extern "C" __global__ void modulate_backward_f32(const float* __restrict__ dy, const float* __restrict__ scale,
+                                                 float* __restrict__ dx, int b, int l, int c, int ps) {
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const long p = (i / ((long)l * c)) * c + i % c;
-        dx[i] = dy[i] * (1.0f + scale[p]);
-        atomicAdd(&dscale[p], dy[i] * x[i]);
-        atomicAdd(&dshift[p], dy[i]);
+        dx[i] = dy[i] * (1.0f + scale[(i / ((long)l * c)) * ps + i % c]);
     }
 }
 
 extern "C" __global__ void gated_residual_forward_f32(float* __restrict__ res, const float* __restrict__ y,
-                                                      const float* __restrict__ gamma, int b, int l, int c) {
+                                                      const float* __restrict__ gamma, int b, int l, int c, int ps) {
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        res[i] += y[i] * gamma[(i / ((long)l * c)) * c + i % c];
+        res[i] += y[i] * gamma[(i / ((long)l * c)) * ps + i % c];
     }
 }
 
-extern "C" __global__ void gated_residual_backward_f32(const float* __restrict__ dres, const float* __restrict__ y,
-                                                       const float* __restrict__ gamma, float* __restrict__ dy,
-                                                       float* __restrict__ dgamma, int b, int l, int c) {
+// dy written.
+extern "C" __global__ void gated_residual_backward_f32(const float* __restrict__ dres, const float* __restrict__ gamma,
+                                                       float* __restrict__ dy, int b, int l, int c, int ps) {
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const long p = (i / ((long)l * c)) * c + i % c;
-        dy[i] = dres[i] * gamma[p];
-        atomicAdd(&dgamma[p], dres[i] * y[i]);
+        dy[i] = dres[i] * gamma[(i / ((long)l * c)) * ps + i % c];
     }
 }

@@ -4,9 +4,9 @@
 //! Also the cosine-attention normalisation of q and k (twin of `normalize_heads_*`).
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
-use super::device::{CudaError, Device};
+use super::device::{Arg, Buf, BufMut, CudaError, Device};
 use crate::attention::{AttnDims, Segment};
 
 /// Largest head dim of attention.cu (a lane owns 4 of them).
@@ -108,63 +108,149 @@ fn config(
 
 /// `o [Nq, H·c]` and `lse [Nq, H]` of `q [Nq, H·c]` against `k, v [Nk, H·c]`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward_device(
+pub fn attention_forward_dev(
     dev: &Device,
-    q: &CudaView<f32>,
-    k: &CudaView<f32>,
-    v: &CudaView<f32>,
-    o: &mut CudaViewMut<f32>,
-    lse: &mut CudaViewMut<f32>,
+    q: &dyn Buf,
+    k: &dyn Buf,
+    v: &dyn Buf,
+    o: &mut dyn BufMut,
+    lse: &mut dyn BufMut,
     r: &AttnRanges,
     dims: AttnDims,
 ) -> Result<(), CudaError> {
     let w = dims.heads * dims.head_dim;
-    assert!(q.len() == r.nq * w && o.len() == q.len() && k.len() == r.nkeys * w && v.len() == k.len());
+    assert!(
+        q.count() >= r.nq * w && o.count() >= r.nq * w && k.count() >= r.nkeys * w && v.count() >= r.nkeys * w,
+        "attention: q, o [Nq, H·c], k, v [Nk, H·c]"
+    );
     let f = dev.function("attention.cu", "attention_forward_f32")?;
     let cfg = config(&f, r.nq, FQ, dims, 2 * FK + FQ)?;
-    let (nq, nkeys, heads, c, scale) =
-        (r.nq as i32, r.nkeys as i32, dims.heads as i32, dims.head_dim as i32, dims.scale as f32);
-    let mut l = dev.stream.launch_builder(&f);
-    l.arg(q).arg(k).arg(v).arg(o).arg(lse).arg(&r.k0).arg(&r.nk);
-    l.arg(&nq).arg(&nkeys).arg(&heads).arg(&c).arg(&scale);
+    let s = &dev.stream;
+    let args = [
+        Arg::Ptr(q.addr(s)),
+        Arg::Ptr(k.addr(s)),
+        Arg::Ptr(v.addr(s)),
+        Arg::Ptr(o.addr_mut(s)),
+        Arg::Ptr(lse.addr_mut(s)),
+        Arg::Ptr(ranges_addr(dev, &r.k0)),
+        Arg::Ptr(ranges_addr(dev, &r.nk)),
+    ];
+    let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    unsafe { dev.launch("attention.cu", "attention_forward_f32", cfg, &args) }
 }
 
 /// Gradients `dq, dk, dv` (all written) from `d_o`; `delta [Nq, H]` is scratch.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward_device(
+pub fn attention_backward_dev(
     dev: &Device,
-    d_o: &CudaView<f32>,
-    q: &CudaView<f32>,
-    k: &CudaView<f32>,
-    v: &CudaView<f32>,
-    o: &CudaView<f32>,
-    lse: &CudaView<f32>,
+    d_o: &dyn Buf,
+    (q, k, v): (&dyn Buf, &dyn Buf, &dyn Buf),
+    o: &dyn Buf,
+    lse: &dyn Buf,
     r: &AttnRanges,
     dims: AttnDims,
-    (dq, dk, dv): (&mut CudaViewMut<f32>, &mut CudaViewMut<f32>, &mut CudaViewMut<f32>),
-    delta: &mut CudaViewMut<f32>,
+    (dq, dk, dv): (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut),
+    delta: &mut dyn BufMut,
 ) -> Result<(), CudaError> {
-    let (nq, nkeys, heads, c, scale) =
-        (r.nq as i32, r.nkeys as i32, dims.heads as i32, dims.head_dim as i32, dims.scale as f32);
-    assert!(delta.len() >= r.nq * dims.heads && dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len());
+    let w = dims.heads * dims.head_dim;
+    assert!(
+        delta.count() >= r.nq * dims.heads
+            && dq.count() >= r.nq * w
+            && dk.count() >= r.nkeys * w
+            && dv.count() >= r.nkeys * w,
+        "attention backward: dq [Nq, H·c], dk, dv [Nk, H·c], delta [Nq, H]"
+    );
+    let s = &dev.stream;
+    let (k0, nk) = (Arg::Ptr(ranges_addr(dev, &r.k0)), Arg::Ptr(ranges_addr(dev, &r.nk)));
     let f = dev.function("attention.cu", "attention_backward_dq_f32")?;
     let cfg = config(&f, r.nq, FQ, dims, 2 * FK + 2 * FQ)?;
-    let mut l = dev.stream.launch_builder(&f);
-    l.arg(q).arg(k).arg(v).arg(o).arg(d_o).arg(lse).arg(&r.k0).arg(&r.nk).arg(&mut *dq).arg(&mut *delta);
-    l.arg(&nq).arg(&nkeys).arg(&heads).arg(&c).arg(&scale);
+    let args = [
+        Arg::Ptr(q.addr(s)),
+        Arg::Ptr(k.addr(s)),
+        Arg::Ptr(v.addr(s)),
+        Arg::Ptr(o.addr(s)),
+        Arg::Ptr(d_o.addr(s)),
+        Arg::Ptr(lse.addr(s)),
+        k0,
+        nk,
+        Arg::Ptr(dq.addr_mut(s)),
+        Arg::Ptr(delta.addr_mut(s)),
+    ];
+    let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu.
-    unsafe { l.launch(cfg) }?;
+    unsafe { dev.launch("attention.cu", "attention_backward_dq_f32", cfg, &args) }?;
     let f = dev.function("attention.cu", "attention_backward_dkdv_f32")?;
     let cfg = config(&f, r.nkeys, BK, dims, 2 * BK + 2 * BQ)?;
-    let mut l = dev.stream.launch_builder(&f);
-    l.arg(q).arg(k).arg(v).arg(d_o).arg(lse).arg(&mut *delta).arg(&r.k0).arg(&r.nk).arg(&r.q0).arg(&r.nqk);
-    l.arg(&mut *dk).arg(&mut *dv).arg(&nq).arg(&nkeys).arg(&heads).arg(&c).arg(&scale);
+    let args = [
+        Arg::Ptr(q.addr(s)),
+        Arg::Ptr(k.addr(s)),
+        Arg::Ptr(v.addr(s)),
+        Arg::Ptr(d_o.addr(s)),
+        Arg::Ptr(lse.addr(s)),
+        Arg::Ptr(delta.addr_mut(s)),
+        k0,
+        nk,
+        Arg::Ptr(ranges_addr(dev, &r.q0)),
+        Arg::Ptr(ranges_addr(dev, &r.nqk)),
+        Arg::Ptr(dk.addr_mut(s)),
+        Arg::Ptr(dv.addr_mut(s)),
+    ];
+    let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
-    unsafe { l.launch(cfg) }?;
-    Ok(())
+    unsafe { dev.launch("attention.cu", "attention_backward_dkdv_f32", cfg, &args) }
+}
+
+fn scalars(r: &AttnRanges, dims: AttnDims) -> [Arg; 5] {
+    let i = |v: usize| Arg::I32(v as i32);
+    [i(r.nq), i(r.nkeys), i(dims.heads), i(dims.head_dim), Arg::F32(dims.scale as f32)]
+}
+
+fn ranges_addr(dev: &Device, v: &CudaSlice<i32>) -> u64 {
+    v.device_ptr(&dev.stream).0
+}
+
+/// Cosine normalisation per head of `x [N, H·c]` with `gain [H]`: `y`, `norms [N, H]`.
+pub fn normalize_heads_dev(
+    dev: &Device,
+    x: &dyn Buf,
+    gain: &dyn Buf,
+    y: &mut dyn BufMut,
+    norms: &mut dyn BufMut,
+    (heads, c): (usize, usize),
+) -> Result<(), CudaError> {
+    let rows = x.count() / (heads * c);
+    let s = &dev.stream;
+    let args = [x.addr(s), gain.addr(s), y.addr_mut(s), norms.addr_mut(s)].map(Arg::Ptr);
+    let args = [&args[..], &[Arg::I64(rows as i64), Arg::I32(heads as i32), Arg::I32(c as i32)]].concat();
+    // SAFETY: normalize_heads_forward_f32(x, gain, y, norms, rows, heads, c); one warp per (row, head).
+    unsafe { dev.launch("attention.cu", "normalize_heads_forward_f32", per_warp(rows * heads), &args) }
+}
+
+/// Backward of [`normalize_heads_dev`]: `dx` written; with `dgain`, `Σ_rows udy` added (`udy [N, H]` is
+/// scratch).
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_heads_backward_dev(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    norms: &dyn Buf,
+    gain: &dyn Buf,
+    dx: &mut dyn BufMut,
+    udy: &mut dyn BufMut,
+    dgain: Option<&mut dyn BufMut>,
+    (heads, c): (usize, usize),
+) -> Result<(), CudaError> {
+    let rows = x.count() / (heads * c);
+    let s = &dev.stream;
+    let args = [dy.addr(s), x.addr(s), norms.addr(s), gain.addr(s), dx.addr_mut(s), udy.addr_mut(s)].map(Arg::Ptr);
+    let args = [&args[..], &[Arg::I64(rows as i64), Arg::I32(heads as i32), Arg::I32(c as i32)]].concat();
+    // SAFETY: normalize_heads_backward_f32(dy, x, norms, gain, dx, udy, rows, heads, c).
+    unsafe { dev.launch("attention.cu", "normalize_heads_backward_f32", per_warp(rows * heads), &args) }?;
+    match dgain {
+        Some(dg) => super::linear::bias_grad(dev, udy, dg, rows, heads),
+        None => Ok(()),
+    }
 }
 
 /// Host-buffer forward for the equivalence test: `(o, lse)`.
@@ -182,10 +268,7 @@ pub fn attention_forward(
     let r = AttnRanges::new(dev, segs, nq, nkeys)?;
     let (qd, kd, vd) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
     let (mut o, mut lse) = (s.alloc_zeros::<f32>(q.len())?, s.alloc_zeros::<f32>(nq * dims.heads)?);
-    {
-        let (mut ov, mut lv) = (o.slice_mut(..), lse.slice_mut(..));
-        attention_forward_device(dev, &qd.slice(..), &kd.slice(..), &vd.slice(..), &mut ov, &mut lv, &r, dims)?;
-    }
+    attention_forward_dev(dev, &qd, &kd, &vd, &mut o, &mut lse, &r, dims)?;
     Ok((s.clone_dtoh(&o)?, s.clone_dtoh(&lse)?))
 }
 
@@ -211,27 +294,11 @@ pub fn attention_backward(
     let (mut dq, mut dk, mut dv) =
         (s.alloc_zeros::<f32>(q.len())?, s.alloc_zeros::<f32>(k.len())?, s.alloc_zeros::<f32>(v.len())?);
     let mut delta = s.alloc_zeros::<f32>(nq * dims.heads)?;
-    {
-        let (mut a, mut b, mut c, mut dl) = (dq.slice_mut(..), dk.slice_mut(..), dv.slice_mut(..), delta.slice_mut(..));
-        let views = (dod.slice(..), qd.slice(..), kd.slice(..), vd.slice(..), od.slice(..), ld.slice(..));
-        attention_backward_device(
-            dev,
-            &views.0,
-            &views.1,
-            &views.2,
-            &views.3,
-            &views.4,
-            &views.5,
-            &r,
-            dims,
-            (&mut a, &mut b, &mut c),
-            &mut dl,
-        )?;
-    }
+    attention_backward_dev(dev, &dod, (&qd, &kd, &vd), &od, &ld, &r, dims, (&mut dq, &mut dk, &mut dv), &mut delta)?;
     Ok((s.clone_dtoh(&dq)?, s.clone_dtoh(&dk)?, s.clone_dtoh(&dv)?))
 }
 
-/// Cosine normalisation per head: `(y, norms [N, H])` of `x [N, H·c]` with `gain [H]`.
+/// Host-slice [`normalize_heads_dev`]: `(y, norms)`.
 pub fn normalize_heads(
     dev: &Device,
     x: &[f32],
@@ -239,20 +306,14 @@ pub fn normalize_heads(
     heads: usize,
     c: usize,
 ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-    let rows = x.len() / (heads * c);
     let s = &dev.stream;
-    let f = dev.function("attention.cu", "normalize_heads_forward_f32")?;
     let (xd, gd) = (s.clone_htod(x)?, s.clone_htod(gain)?);
-    let (mut y, mut norms) = (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(rows * heads)?);
-    let (r, h, ci) = (rows as i64, heads as i32, c as i32);
-    let mut l = s.launch_builder(&f);
-    l.arg(&xd).arg(&gd).arg(&mut y).arg(&mut norms).arg(&r).arg(&h).arg(&ci);
-    // SAFETY: argument list as declared in attention.cu; one warp per (row, head).
-    unsafe { l.launch(per_warp(rows * heads)) }?;
+    let (mut y, mut norms) = (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(x.len() / c)?);
+    normalize_heads_dev(dev, &xd, &gd, &mut y, &mut norms, (heads, c))?;
     Ok((s.clone_dtoh(&y)?, s.clone_dtoh(&norms)?))
 }
 
-/// Backward of [`normalize_heads`]: `(dx, dgain [H])`; dgain sums the rows in order (linear.cu).
+/// Host-slice [`normalize_heads_backward_dev`]: `(dx, dgain)`.
 pub fn normalize_heads_backward(
     dev: &Device,
     dy: &[f32],
@@ -262,18 +323,11 @@ pub fn normalize_heads_backward(
     heads: usize,
     c: usize,
 ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-    let rows = x.len() / (heads * c);
     let s = &dev.stream;
-    let f = dev.function("attention.cu", "normalize_heads_backward_f32")?;
     let (dyd, xd, nd, gd) = (s.clone_htod(dy)?, s.clone_htod(x)?, s.clone_htod(norms)?, s.clone_htod(gain)?);
-    let (mut dx, mut udy) = (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(rows * heads)?);
-    let (r, h, ci) = (rows as i64, heads as i32, c as i32);
-    let mut l = s.launch_builder(&f);
-    l.arg(&dyd).arg(&xd).arg(&nd).arg(&gd).arg(&mut dx).arg(&mut udy).arg(&r).arg(&h).arg(&ci);
-    // SAFETY: argument list as declared in attention.cu; one warp per (row, head).
-    unsafe { l.launch(per_warp(rows * heads)) }?;
-    let mut dgain = s.alloc_zeros::<f32>(heads)?;
-    super::linear::bias_grad(dev, &udy, &mut dgain, rows, heads)?;
+    let (mut dx, mut udy, mut dgain) =
+        (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(x.len() / c)?, s.alloc_zeros::<f32>(heads)?);
+    normalize_heads_backward_dev(dev, &dyd, &xd, &nd, &gd, &mut dx, &mut udy, Some(&mut dgain), (heads, c))?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dgain)?))
 }
 

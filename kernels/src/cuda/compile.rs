@@ -18,6 +18,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("linear.cu", include_str!("../../cuda/linear.cu")),
     ("norm.cu", include_str!("../../cuda/norm.cu")),
     ("rope.cu", include_str!("../../cuda/rope.cu")),
+    ("util.cu", include_str!("../../cuda/util.cu")),
 ];
 
 /// Headers the sources include by name.

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    PushKernelArg,
+};
 
 use super::compile::{compile_ptx, CompileError};
 
@@ -81,4 +84,80 @@ pub fn elementwise(n: usize) -> LaunchConfig {
 pub fn per_row(n: usize, c: usize) -> LaunchConfig {
     let block = (c.div_ceil(32) * 32).clamp(32, 1024) as u32;
     LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// An f32 device buffer the kernels read: a [`cudarc::driver::CudaSlice`] or a view into one (a
+/// parameter inside the flat parameter buffer, part `j` of a `[B, 6C]` row). Launches pass its address,
+/// so one entry point serves whole buffers and views alike.
+pub trait Buf {
+    fn addr(&self, s: &CudaStream) -> u64;
+    fn count(&self) -> usize;
+}
+
+/// An f32 device buffer the kernels write.
+pub trait BufMut: Buf {
+    fn addr_mut(&mut self, s: &CudaStream) -> u64;
+}
+
+impl<T: DevicePtr<f32>> Buf for T {
+    fn addr(&self, s: &CudaStream) -> u64 {
+        self.device_ptr(s).0
+    }
+    fn count(&self) -> usize {
+        DeviceSlice::len(self)
+    }
+}
+
+impl<T: DevicePtr<f32> + DevicePtrMut<f32>> BufMut for T {
+    fn addr_mut(&mut self, s: &CudaStream) -> u64 {
+        self.device_ptr_mut(s).0
+    }
+}
+
+/// The address of an optional input (0: the kernel's null).
+pub fn addr_or_null(x: Option<&dyn Buf>, s: &CudaStream) -> u64 {
+    x.map_or(0, |b| b.addr(s))
+}
+
+/// One block of up to 256 threads per 256 columns (the column-reduction kernels).
+pub fn per_column(c: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (c.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A kernel argument: a device address or a scalar.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+impl Device {
+    /// Launch kernel `name` of `file` with `args` in the order of its declaration.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list, and every address must point at a live buffer
+    /// large enough for what `cfg` and the scalars make the kernel touch.
+    pub unsafe fn launch(
+        &self,
+        file: &'static str,
+        name: &str,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let f = self.function(file, name)?;
+        let mut lb = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::Ptr(v) => lb.arg(v),
+                Arg::I32(v) => lb.arg(v),
+                Arg::I64(v) => lb.arg(v),
+                Arg::F32(v) => lb.arg(v),
+            };
+        }
+        // SAFETY: the caller's contract.
+        unsafe { lb.launch(cfg) }?;
+        Ok(())
+    }
 }

@@ -122,7 +122,7 @@ pub fn head_bitwise_ce(
         (Some(g), Some(dh)) => {
             let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
             let (mut dw, mut db) = (s.alloc_zeros::<f32>(2 * d * c)?, s.alloc_zeros::<f32>(2 * d)?);
-            weight_grad(&blas, g, &hd, &mut dw, n, c, 2 * d)?;
+            weight_grad(&blas, dev, g, &hd, &mut dw, (n, c, 2 * d))?;
             bias_grad(dev, g, &mut db, n, 2 * d)?;
             Some((s.clone_dtoh(dh)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
         }

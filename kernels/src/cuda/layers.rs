@@ -1,16 +1,268 @@
-//! Host-slice entry points of the layer kernels (norm.cu, adaln.cu, rope.cu, embedding.cu), twins of
-//! `norm`, `adaln`, `rope` and `embedding`. Optional parameters travel as null pointers.
+//! The layer kernels (norm.cu, adaln.cu, rope.cu, embedding.cu), twins of `norm`, `adaln`, `rope` and
+//! `embedding`. Device entry points (`*_dev`) take device buffers and views ([`Buf`], [`BufMut`]) and
+//! are what the GPU model calls; the host-slice wrappers below them copy in and out for the
+//! equivalence tests. Parameter gradients are added (`+=`), input gradients written.
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
-use super::device::{elementwise, per_row, CudaError, Device};
+use super::device::{addr_or_null, elementwise, per_column, per_row, Arg, Buf, BufMut, CudaError, Device};
+use super::util;
 use crate::rope::RopeTable;
 
-fn upload(dev: &Device, v: Option<&[f32]>) -> Result<Option<CudaSlice<f32>>, CudaError> {
-    Ok(match v {
-        Some(v) => Some(dev.stream.clone_htod(v)?),
-        None => None,
-    })
+fn p(dev: &Device, x: &dyn Buf) -> Arg {
+    Arg::Ptr(x.addr(&dev.stream))
+}
+
+fn pm(dev: &Device, x: &mut dyn BufMut) -> Arg {
+    Arg::Ptr(x.addr_mut(&dev.stream))
+}
+
+fn i(v: usize) -> Arg {
+    Arg::I32(v as i32)
+}
+
+/// LayerNorm of `x [N, C]` (affine when `w`, `b` are given): `y`, `mean [N]`, `rstd [N]`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_dev(
+    dev: &Device,
+    x: &dyn Buf,
+    w: Option<&dyn Buf>,
+    b: Option<&dyn Buf>,
+    y: &mut dyn BufMut,
+    mean: &mut dyn BufMut,
+    rstd: &mut dyn BufMut,
+    (n, c): (usize, usize),
+    eps: f32,
+) -> Result<(), CudaError> {
+    let s = &dev.stream;
+    let args = [p(dev, x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), pm(dev, y), pm(dev, mean)];
+    let args = [&args[..], &[pm(dev, rstd), i(n), i(c), Arg::F32(eps)]].concat();
+    // SAFETY: layernorm_forward_f32(x, w, b, y, mean, rstd, n, c, eps) over [n, c] buffers.
+    unsafe { dev.launch("norm.cu", "layernorm_forward_f32", per_row(n, c), &args) }
+}
+
+/// LayerNorm backward: `dx` written; with `params`, `(dw, db)` added.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_dev(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    w: Option<&dyn Buf>,
+    mean: &dyn Buf,
+    rstd: &dyn Buf,
+    dx: &mut dyn BufMut,
+    params: Option<(&mut dyn BufMut, &mut dyn BufMut)>,
+    (n, c): (usize, usize),
+) -> Result<(), CudaError> {
+    let s = &dev.stream;
+    let args =
+        [p(dev, dy), p(dev, x), Arg::Ptr(addr_or_null(w, s)), p(dev, mean), p(dev, rstd), pm(dev, dx), i(n), i(c)];
+    // SAFETY: layernorm_backward_f32(dy, x, w, mean, rstd, dx, n, c).
+    unsafe { dev.launch("norm.cu", "layernorm_backward_f32", per_row(n, c), &args) }?;
+    if let Some((dw, db)) = params {
+        let args = [p(dev, dy), p(dev, x), p(dev, mean), p(dev, rstd), pm(dev, dw), pm(dev, db), i(n), i(c)];
+        // SAFETY: layernorm_param_grad_f32(dy, x, mean, rstd, dw, db, n, c).
+        unsafe { dev.launch("norm.cu", "layernorm_param_grad_f32", per_column(c), &args) }?;
+    }
+    Ok(())
+}
+
+/// RMSNorm of `x [N, C]`: `y`, `rstd [N]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_dev(
+    dev: &Device,
+    x: &dyn Buf,
+    w: &dyn Buf,
+    y: &mut dyn BufMut,
+    rstd: &mut dyn BufMut,
+    (n, c): (usize, usize),
+    eps: f32,
+) -> Result<(), CudaError> {
+    let args = [p(dev, x), p(dev, w), pm(dev, y), pm(dev, rstd), i(n), i(c), Arg::F32(eps)];
+    // SAFETY: rmsnorm_forward_f32(x, w, y, rstd, n, c, eps).
+    unsafe { dev.launch("norm.cu", "rmsnorm_forward_f32", per_row(n, c), &args) }
+}
+
+/// RMSNorm backward: `dx` written, `dw` added.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward_dev(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    w: &dyn Buf,
+    rstd: &dyn Buf,
+    dx: &mut dyn BufMut,
+    dw: &mut dyn BufMut,
+    (n, c): (usize, usize),
+) -> Result<(), CudaError> {
+    let args = [p(dev, dy), p(dev, x), p(dev, w), p(dev, rstd), pm(dev, dx), i(n), i(c)];
+    // SAFETY: rmsnorm_backward_f32(dy, x, w, rstd, dx, n, c).
+    unsafe { dev.launch("norm.cu", "rmsnorm_backward_f32", per_row(n, c), &args) }?;
+    let args = [p(dev, dy), p(dev, x), p(dev, rstd), pm(dev, dw), i(n), i(c)];
+    // SAFETY: rmsnorm_param_grad_f32(dy, x, rstd, dw, n, c).
+    unsafe { dev.launch("norm.cu", "rmsnorm_param_grad_f32", per_column(c), &args) }
+}
+
+/// Shape of an AdaLN op: `B` samples of `L` rows of `C`; per-sample parameters `ps` floats apart.
+#[derive(Clone, Copy, Debug)]
+pub struct AdaShape {
+    pub b: usize,
+    pub l: usize,
+    pub c: usize,
+    pub ps: usize,
+}
+
+impl AdaShape {
+    fn args(&self) -> [Arg; 4] {
+        [i(self.b), i(self.l), i(self.c), i(self.ps)]
+    }
+}
+
+/// `y = x·(1 + scale) + shift`.
+pub fn modulate_dev(
+    dev: &Device,
+    x: &dyn Buf,
+    scale: &dyn Buf,
+    shift: &dyn Buf,
+    y: &mut dyn BufMut,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let args = [&[p(dev, x), p(dev, scale), p(dev, shift), pm(dev, y)][..], &sh.args()].concat();
+    // SAFETY: modulate_forward_f32(x, scale, shift, y, b, l, c, ps).
+    unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
+}
+
+/// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (rows `ps` apart).
+#[allow(clippy::too_many_arguments)]
+pub fn modulate_backward_dev(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    scale: &dyn Buf,
+    dx: &mut dyn BufMut,
+    dscale: &mut dyn BufMut,
+    dshift: &mut dyn BufMut,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let args = [&[p(dev, dy), p(dev, scale), pm(dev, dx)][..], &sh.args()].concat();
+    // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
+    unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
+    util::group_dot(dev, dy, Some(x), dscale, sh)?;
+    util::group_dot(dev, dy, None, dshift, sh)
+}
+
+/// `res += y·gamma`.
+pub fn gated_residual_dev(
+    dev: &Device,
+    res: &mut dyn BufMut,
+    y: &dyn Buf,
+    gamma: &dyn Buf,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let args = [&[pm(dev, res), p(dev, y), p(dev, gamma)][..], &sh.args()].concat();
+    // SAFETY: gated_residual_forward_f32(res, y, gamma, b, l, c, ps).
+    unsafe { dev.launch("adaln.cu", "gated_residual_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
+}
+
+/// Backward of [`gated_residual_dev`] for the branch: `dy` written, `dgamma` added.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_residual_backward_dev(
+    dev: &Device,
+    dres: &dyn Buf,
+    y: &dyn Buf,
+    gamma: &dyn Buf,
+    dy: &mut dyn BufMut,
+    dgamma: &mut dyn BufMut,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let args = [&[p(dev, dres), p(dev, gamma), pm(dev, dy)][..], &sh.args()].concat();
+    // SAFETY: gated_residual_backward_f32(dres, gamma, dy, b, l, c, ps).
+    unsafe { dev.launch("adaln.cu", "gated_residual_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
+    util::group_dot(dev, dres, Some(y), dgamma, sh)
+}
+
+/// A RoPE table on the device: `cos`, `sin` `[T, P]`.
+pub struct DeviceRope {
+    pub cos: CudaSlice<f32>,
+    pub sin: CudaSlice<f32>,
+    pub pairs: usize,
+}
+
+impl DeviceRope {
+    pub fn new(dev: &Device, t: &RopeTable) -> Result<DeviceRope, CudaError> {
+        Ok(DeviceRope { cos: dev.stream.clone_htod(&t.cos)?, sin: dev.stream.clone_htod(&t.sin)?, pairs: t.pairs })
+    }
+}
+
+/// RoPE in place on `x [rows, H·2P]` (rows = B·L), starting at table row `offset`; `inverse` rotates
+/// back (the backward).
+pub fn rope_dev(
+    dev: &Device,
+    x: &mut dyn BufMut,
+    table: &DeviceRope,
+    (l, heads): (usize, usize),
+    offset: usize,
+    inverse: bool,
+) -> Result<(), CudaError> {
+    let rows = x.count() / (heads * 2 * table.pairs);
+    let args = [pm(dev, x), p(dev, &table.cos), p(dev, &table.sin), i(rows), i(l), i(heads), i(table.pairs)];
+    let args = [&args[..], &[i(offset), i(inverse as usize)]].concat();
+    // SAFETY: rope_apply_f32(x, cos, sin, rows, l, heads, pairs, offset, inverse); x holds rows·H·2P.
+    unsafe { dev.launch("rope.cu", "rope_apply_f32", elementwise(rows * heads * table.pairs), &args) }
+}
+
+/// `out = table[idx]` rows (`accumulate`: `out += …`).
+pub fn embedding_dev(
+    dev: &Device,
+    table: &dyn Buf,
+    idx: &CudaSlice<i32>,
+    out: &mut dyn BufMut,
+    c: usize,
+    accumulate: bool,
+) -> Result<(), CudaError> {
+    let n = idx.len();
+    let args = [p(dev, table), Arg::Ptr(idx_addr(dev, idx)), pm(dev, out), i(n), i(c), i(accumulate as usize)];
+    // SAFETY: embedding_forward_f32(table, idx, out, n, c, accumulate); indices are checked by callers.
+    unsafe { dev.launch("embedding.cu", "embedding_forward_f32", elementwise(n * c), &args) }
+}
+
+/// `dtable [V, C] += Σ_{i: idx[i] = v} dout[i]`.
+pub fn embedding_backward_dev(
+    dev: &Device,
+    dout: &dyn Buf,
+    idx: &CudaSlice<i32>,
+    dtable: &mut dyn BufMut,
+    c: usize,
+) -> Result<(), CudaError> {
+    let (n, vocab) = (idx.len(), dtable.count() / c);
+    let args = [p(dev, dout), Arg::Ptr(idx_addr(dev, idx)), pm(dev, dtable), i(n), i(vocab), i(c)];
+    // SAFETY: embedding_backward_f32(dout, idx, dtable, n, vocab, c).
+    unsafe { dev.launch("embedding.cu", "embedding_backward_f32", elementwise(vocab * c), &args) }
+}
+
+fn idx_addr(dev: &Device, idx: &CudaSlice<i32>) -> u64 {
+    use cudarc::driver::DevicePtr;
+    idx.device_ptr(&dev.stream).0
+}
+
+// ---- host-slice wrappers (equivalence tests) ------------------------------------------------------
+
+fn up(dev: &Device, v: &[f32]) -> Result<CudaSlice<f32>, CudaError> {
+    Ok(dev.stream.clone_htod(v)?)
+}
+
+fn zeros(dev: &Device, n: usize) -> Result<CudaSlice<f32>, CudaError> {
+    Ok(dev.stream.alloc_zeros::<f32>(n.max(1))?)
+}
+
+fn down(dev: &Device, v: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, CudaError> {
+    let mut out = dev.stream.clone_dtoh(v)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+fn up_opt(dev: &Device, v: Option<&[f32]>) -> Result<Option<CudaSlice<f32>>, CudaError> {
+    v.map(|v| up(dev, v)).transpose()
 }
 
 /// Outputs of a row norm: `y [N, C]`, `mean [N]` (LayerNorm only), `rstd [N]`.
@@ -20,7 +272,6 @@ pub struct NormOut {
     pub rstd: Vec<f32>,
 }
 
-/// LayerNorm forward (`w`, `b` optional).
 pub fn layernorm(
     dev: &Device,
     x: &[f32],
@@ -29,29 +280,14 @@ pub fn layernorm(
     c: usize,
     eps: f32,
 ) -> Result<NormOut, CudaError> {
-    let (s, n) = (&dev.stream, x.len() / c);
-    let f = dev.function("norm.cu", "layernorm_forward_f32")?;
-    let (xd, wd, bd) = (s.clone_htod(x)?, upload(dev, w)?, upload(dev, b)?);
-    let (mut y, mut mean, mut rstd) =
-        (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
-    let (ni, ci, null) = (n as i32, c as i32, 0u64);
-    let mut l = s.launch_builder(&f);
-    l.arg(&xd);
-    match &wd {
-        Some(v) => l.arg(v),
-        None => l.arg(&null),
-    };
-    match &bd {
-        Some(v) => l.arg(v),
-        None => l.arg(&null),
-    };
-    l.arg(&mut y).arg(&mut mean).arg(&mut rstd).arg(&ni).arg(&ci).arg(&eps);
-    // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(per_row(n, c)) }?;
-    Ok(NormOut { y: s.clone_dtoh(&y)?, mean: s.clone_dtoh(&mean)?, rstd: s.clone_dtoh(&rstd)? })
+    let n = x.len() / c;
+    let (xd, wd, bd) = (up(dev, x)?, up_opt(dev, w)?, up_opt(dev, b)?);
+    let (mut y, mut mean, mut rstd) = (zeros(dev, x.len())?, zeros(dev, n)?, zeros(dev, n)?);
+    let (wr, br) = (wd.as_ref().map(|v| v as &dyn Buf), bd.as_ref().map(|v| v as &dyn Buf));
+    layernorm_dev(dev, &xd, wr, br, &mut y, &mut mean, &mut rstd, (n, c), eps)?;
+    Ok(NormOut { y: down(dev, &y, x.len())?, mean: down(dev, &mean, n)?, rstd: down(dev, &rstd, n)? })
 }
 
-/// LayerNorm backward: `dx`, and `dw`, `db` (from zero) when `w` is given.
 #[allow(clippy::type_complexity)]
 pub fn layernorm_backward(
     dev: &Device,
@@ -62,47 +298,23 @@ pub fn layernorm_backward(
     rstd: &[f32],
     c: usize,
 ) -> Result<(Vec<f32>, Option<(Vec<f32>, Vec<f32>)>), CudaError> {
-    let (s, n) = (&dev.stream, x.len() / c);
-    let f = dev.function("norm.cu", "layernorm_backward_f32")?;
-    let (dyd, xd, wd) = (s.clone_htod(dy)?, s.clone_htod(x)?, upload(dev, w)?);
-    let (md, rd) = (s.clone_htod(mean)?, s.clone_htod(rstd)?);
-    let mut dx = s.alloc_zeros::<f32>(x.len())?;
-    let (mut dw, mut db) = (s.alloc_zeros::<f32>(c)?, s.alloc_zeros::<f32>(c)?);
-    let (ni, ci, null) = (n as i32, c as i32, 0u64);
-    let mut l = s.launch_builder(&f);
-    l.arg(&dyd).arg(&xd);
-    match &wd {
-        Some(v) => l.arg(v),
-        None => l.arg(&null),
-    };
-    l.arg(&md).arg(&rd).arg(&mut dx);
-    if w.is_some() {
-        l.arg(&mut dw).arg(&mut db);
-    } else {
-        l.arg(&null).arg(&null);
-    }
-    l.arg(&ni).arg(&ci);
-    // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(per_row(n, c)) }?;
-    let params = if w.is_some() { Some((s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?)) } else { None };
-    Ok((s.clone_dtoh(&dx)?, params))
+    let n = x.len() / c;
+    let (dyd, xd, wd, md, rd) = (up(dev, dy)?, up(dev, x)?, up_opt(dev, w)?, up(dev, mean)?, up(dev, rstd)?);
+    let (mut dx, mut dw, mut db) = (zeros(dev, x.len())?, zeros(dev, c)?, zeros(dev, c)?);
+    let params = wd.as_ref().map(|_| (&mut dw as &mut dyn BufMut, &mut db as &mut dyn BufMut));
+    layernorm_backward_dev(dev, &dyd, &xd, wd.as_ref().map(|v| v as &dyn Buf), &md, &rd, &mut dx, params, (n, c))?;
+    let params = if w.is_some() { Some((down(dev, &dw, c)?, down(dev, &db, c)?)) } else { None };
+    Ok((down(dev, &dx, x.len())?, params))
 }
 
-/// RMSNorm forward (`mean` of the result is empty).
 pub fn rmsnorm(dev: &Device, x: &[f32], w: &[f32], c: usize, eps: f32) -> Result<NormOut, CudaError> {
-    let (s, n) = (&dev.stream, x.len() / c);
-    let f = dev.function("norm.cu", "rmsnorm_forward_f32")?;
-    let (xd, wd) = (s.clone_htod(x)?, s.clone_htod(w)?);
-    let (mut y, mut rstd) = (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(n)?);
-    let (ni, ci) = (n as i32, c as i32);
-    let mut l = s.launch_builder(&f);
-    l.arg(&xd).arg(&wd).arg(&mut y).arg(&mut rstd).arg(&ni).arg(&ci).arg(&eps);
-    // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(per_row(n, c)) }?;
-    Ok(NormOut { y: s.clone_dtoh(&y)?, mean: vec![], rstd: s.clone_dtoh(&rstd)? })
+    let n = x.len() / c;
+    let (xd, wd) = (up(dev, x)?, up(dev, w)?);
+    let (mut y, mut rstd) = (zeros(dev, x.len())?, zeros(dev, n)?);
+    rmsnorm_dev(dev, &xd, &wd, &mut y, &mut rstd, (n, c), eps)?;
+    Ok(NormOut { y: down(dev, &y, x.len())?, mean: vec![], rstd: down(dev, &rstd, n)? })
 }
 
-/// RMSNorm backward: `(dx, dw)`.
 pub fn rmsnorm_backward(
     dev: &Device,
     dy: &[f32],
@@ -111,54 +323,17 @@ pub fn rmsnorm_backward(
     rstd: &[f32],
     c: usize,
 ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
-    let (s, n) = (&dev.stream, x.len() / c);
-    let f = dev.function("norm.cu", "rmsnorm_backward_f32")?;
-    let (dyd, xd, wd, rd) = (s.clone_htod(dy)?, s.clone_htod(x)?, s.clone_htod(w)?, s.clone_htod(rstd)?);
-    let (mut dx, mut dw) = (s.alloc_zeros::<f32>(x.len())?, s.alloc_zeros::<f32>(c)?);
-    let (ni, ci) = (n as i32, c as i32);
-    let mut l = s.launch_builder(&f);
-    l.arg(&dyd).arg(&xd).arg(&wd).arg(&rd).arg(&mut dx).arg(&mut dw).arg(&ni).arg(&ci);
-    // SAFETY: argument list as declared in norm.cu.
-    unsafe { l.launch(per_row(n, c)) }?;
-    Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?))
+    let n = x.len() / c;
+    let (dyd, xd, wd, rd) = (up(dev, dy)?, up(dev, x)?, up(dev, w)?, up(dev, rstd)?);
+    let (mut dx, mut dw) = (zeros(dev, x.len())?, zeros(dev, c)?);
+    rmsnorm_backward_dev(dev, &dyd, &xd, &wd, &rd, &mut dx, &mut dw, (n, c))?;
+    Ok((down(dev, &dx, x.len())?, down(dev, &dw, c)?))
 }
 
-/// An adaln.cu kernel over `[B, L, C]` tensors: `inputs` are uploaded, `outputs` (lengths) are
-/// zero-initialised (or uploaded when given as initial values) and returned, then `(b, l, c)`.
-fn adaln(
-    dev: &Device,
-    kernel: &str,
-    inputs: &[&[f32]],
-    outputs: &[Result<&[f32], usize>],
-    (b, l, c): (usize, usize, usize),
-) -> Result<Vec<Vec<f32>>, CudaError> {
-    let s = &dev.stream;
-    let f = dev.function("adaln.cu", kernel)?;
-    let ins: Vec<CudaSlice<f32>> = inputs.iter().map(|v| s.clone_htod(*v)).collect::<Result<_, _>>()?;
-    let mut outs: Vec<CudaSlice<f32>> = outputs
-        .iter()
-        .map(|o| match o {
-            Ok(init) => s.clone_htod(*init),
-            Err(len) => s.alloc_zeros::<f32>(*len),
-        })
-        .collect::<Result<_, _>>()?;
-    let dims = [b as i32, l as i32, c as i32];
-    let mut lb = s.launch_builder(&f);
-    for v in &ins {
-        lb.arg(v);
-    }
-    for v in outs.iter_mut() {
-        lb.arg(v);
-    }
-    for v in &dims {
-        lb.arg(v);
-    }
-    // SAFETY: callers pass the argument order of the kernel's declaration in adaln.cu.
-    unsafe { lb.launch(elementwise(b * l * c)) }?;
-    Ok(outs.iter().map(|o| s.clone_dtoh(o)).collect::<Result<_, _>>()?)
+fn shape(params: &[f32], l: usize, c: usize) -> AdaShape {
+    AdaShape { b: params.len() / c, l, c, ps: c }
 }
 
-/// `y = x·(1 + scale) + shift`.
 pub fn modulate(
     dev: &Device,
     x: &[f32],
@@ -167,11 +342,13 @@ pub fn modulate(
     l: usize,
     c: usize,
 ) -> Result<Vec<f32>, CudaError> {
-    let b = scale.len() / c;
-    Ok(adaln(dev, "modulate_forward_f32", &[x, scale, shift], &[Err(x.len())], (b, l, c))?.remove(0))
+    let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
+    let mut y = zeros(dev, x.len())?;
+    modulate_dev(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
+    down(dev, &y, x.len())
 }
 
-/// `(dx, dscale, dshift)` of [`modulate`].
+/// `[dx, dscale, dshift]` of [`modulate`].
 pub fn modulate_backward(
     dev: &Device,
     dy: &[f32],
@@ -180,11 +357,12 @@ pub fn modulate_backward(
     l: usize,
     c: usize,
 ) -> Result<Vec<Vec<f32>>, CudaError> {
-    let b = scale.len() / c;
-    adaln(dev, "modulate_backward_f32", &[dy, x, scale], &[Err(x.len()), Err(b * c), Err(b * c)], (b, l, c))
+    let (dyd, xd, sd) = (up(dev, dy)?, up(dev, x)?, up(dev, scale)?);
+    let (mut dx, mut ds, mut dh) = (zeros(dev, x.len())?, zeros(dev, scale.len())?, zeros(dev, scale.len())?);
+    modulate_backward_dev(dev, &dyd, &xd, &sd, &mut dx, &mut ds, &mut dh, shape(scale, l, c))?;
+    Ok(vec![down(dev, &dx, x.len())?, down(dev, &ds, scale.len())?, down(dev, &dh, scale.len())?])
 }
 
-/// `res + y·gamma`.
 pub fn gated_residual(
     dev: &Device,
     res: &[f32],
@@ -193,20 +371,12 @@ pub fn gated_residual(
     l: usize,
     c: usize,
 ) -> Result<Vec<f32>, CudaError> {
-    let b = gamma.len() / c;
-    // the kernel updates `res` in place: it is the first argument, before the inputs
-    let s = &dev.stream;
-    let f = dev.function("adaln.cu", "gated_residual_forward_f32")?;
-    let (mut rd, yd, gd) = (s.clone_htod(res)?, s.clone_htod(y)?, s.clone_htod(gamma)?);
-    let dims = [b as i32, l as i32, c as i32];
-    let mut lb = s.launch_builder(&f);
-    lb.arg(&mut rd).arg(&yd).arg(&gd).arg(&dims[0]).arg(&dims[1]).arg(&dims[2]);
-    // SAFETY: argument list as declared in adaln.cu.
-    unsafe { lb.launch(elementwise(b * l * c)) }?;
-    Ok(s.clone_dtoh(&rd)?)
+    let (mut rd, yd, gd) = (up(dev, res)?, up(dev, y)?, up(dev, gamma)?);
+    gated_residual_dev(dev, &mut rd, &yd, &gd, shape(gamma, l, c))?;
+    down(dev, &rd, res.len())
 }
 
-/// `(dy, dgamma)` of [`gated_residual`].
+/// `[dy, dgamma]` of [`gated_residual`].
 pub fn gated_residual_backward(
     dev: &Device,
     dres: &[f32],
@@ -215,11 +385,12 @@ pub fn gated_residual_backward(
     l: usize,
     c: usize,
 ) -> Result<Vec<Vec<f32>>, CudaError> {
-    let b = gamma.len() / c;
-    adaln(dev, "gated_residual_backward_f32", &[dres, y, gamma], &[Err(y.len()), Err(b * c)], (b, l, c))
+    let (dd, yd, gd) = (up(dev, dres)?, up(dev, y)?, up(dev, gamma)?);
+    let (mut dy, mut dg) = (zeros(dev, y.len())?, zeros(dev, gamma.len())?);
+    gated_residual_backward_dev(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c))?;
+    Ok(vec![down(dev, &dy, y.len())?, down(dev, &dg, gamma.len())?])
 }
 
-/// RoPE of `x [rows, heads·2P]` (rows = B·L) with `table`, starting at table row `offset`.
 pub fn rope(
     dev: &Device,
     x: &[f32],
@@ -229,23 +400,12 @@ pub fn rope(
     offset: usize,
     inverse: bool,
 ) -> Result<Vec<f32>, CudaError> {
-    let s = &dev.stream;
-    let f = dev.function("rope.cu", "rope_apply_f32")?;
-    let p = table.pairs;
-    let nrows = x.len() / (heads * 2 * p);
-    let (mut xd, cd, sd) = (s.clone_htod(x)?, s.clone_htod(&table.cos)?, s.clone_htod(&table.sin)?);
-    let args = [nrows as i32, l as i32, heads as i32, p as i32, offset as i32, inverse as i32];
-    let mut lb = s.launch_builder(&f);
-    lb.arg(&mut xd).arg(&cd).arg(&sd);
-    for v in &args {
-        lb.arg(v);
-    }
-    // SAFETY: argument list as declared in rope.cu.
-    unsafe { lb.launch(elementwise(nrows * heads * p)) }?;
-    Ok(s.clone_dtoh(&xd)?)
+    let mut xd = up(dev, x)?;
+    rope_dev(dev, &mut xd, &DeviceRope::new(dev, table)?, (l, heads), offset, inverse)?;
+    down(dev, &xd, x.len())
 }
 
-/// `table[idx]` rows (`accumulate` adds into `init`).
+/// `table[idx]` rows (added into `init` when given).
 pub fn embedding(
     dev: &Device,
     table: &[f32],
@@ -253,22 +413,16 @@ pub fn embedding(
     c: usize,
     init: Option<&[f32]>,
 ) -> Result<Vec<f32>, CudaError> {
-    let s = &dev.stream;
-    let f = dev.function("embedding.cu", "embedding_forward_f32")?;
-    let (td, id) = (s.clone_htod(table)?, s.clone_htod(idx)?);
+    let (td, id) = (up(dev, table)?, dev.stream.clone_htod(idx)?);
     let mut out = match init {
-        Some(v) => s.clone_htod(v)?,
-        None => s.alloc_zeros::<f32>(idx.len() * c)?,
+        Some(v) => up(dev, v)?,
+        None => zeros(dev, idx.len() * c)?,
     };
-    let (n, ci, acc) = (idx.len() as i32, c as i32, init.is_some() as i32);
-    let mut lb = s.launch_builder(&f);
-    lb.arg(&td).arg(&id).arg(&mut out).arg(&n).arg(&ci).arg(&acc);
-    // SAFETY: argument list as declared in embedding.cu.
-    unsafe { lb.launch(elementwise(idx.len() * c)) }?;
-    Ok(s.clone_dtoh(&out)?)
+    embedding_dev(dev, &td, &id, &mut out, c, init.is_some())?;
+    down(dev, &out, idx.len() * c)
 }
 
-/// `dtable [V, C]` from zero: `dtable[idx[i]] += dout[i]`.
+/// `dtable [V, C]` from zero.
 pub fn embedding_backward(
     dev: &Device,
     dout: &[f32],
@@ -276,14 +430,8 @@ pub fn embedding_backward(
     vocab: usize,
     c: usize,
 ) -> Result<Vec<f32>, CudaError> {
-    let s = &dev.stream;
-    let f = dev.function("embedding.cu", "embedding_backward_f32")?;
-    let (dd, id) = (s.clone_htod(dout)?, s.clone_htod(idx)?);
-    let mut dt = s.alloc_zeros::<f32>(vocab * c)?;
-    let (n, ci) = (idx.len() as i32, c as i32);
-    let mut lb = s.launch_builder(&f);
-    lb.arg(&dd).arg(&id).arg(&mut dt).arg(&n).arg(&ci);
-    // SAFETY: argument list as declared in embedding.cu.
-    unsafe { lb.launch(elementwise(idx.len() * c)) }?;
-    Ok(s.clone_dtoh(&dt)?)
+    let (dd, id) = (up(dev, dout)?, dev.stream.clone_htod(idx)?);
+    let mut dt = zeros(dev, vocab * c)?;
+    embedding_backward_dev(dev, &dd, &id, &mut dt, c)?;
+    down(dev, &dt, vocab * c)
 }

@@ -1,15 +1,141 @@
 //! The linear layer on the device, PyTorch layout `y[N, out] = x[N, in]·W[out, in]ᵀ + b` (twin of
-//! `linear`): the products through cuBLAS (f32, row-major buffers read as transposed column-major
-//! matrices), the bias through linear.cu.
+//! `linear`): products through cuBLAS SGEMM (row-major buffers read as transposed column-major
+//! matrices), the bias through linear.cu. Device entry points (`*_dev`) for the GPU model; host-slice
+//! wrappers for the equivalence test.
 
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::CudaBlas;
 
-use super::device::{elementwise, CudaError, Device};
+use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
 
 pub(crate) fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
+}
+
+/// Column-major `C (m × n) = α·op(A)·op(B) + β·C` on raw device addresses.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    blas: &CudaBlas,
+    (ta, tb): (cublasOperation_t, cublasOperation_t),
+    (m, n, k): (usize, usize, usize),
+    a: u64,
+    lda: usize,
+    b: u64,
+    ldb: usize,
+    beta: f32,
+    c: u64,
+    ldc: usize,
+) -> Result<(), CudaError> {
+    let alpha = 1.0f32;
+    // SAFETY: callers check that the buffers behind the addresses hold the matrices the sizes describe.
+    unsafe {
+        cudarc::cublas::result::sgemm(
+            *blas.handle(),
+            ta,
+            tb,
+            m as i32,
+            n as i32,
+            k as i32,
+            &alpha,
+            a as *const f32,
+            lda as i32,
+            b as *const f32,
+            ldb as i32,
+            &beta,
+            c as *mut f32,
+            ldc as i32,
+        )
+    }
+    .map_err(blas_err)
+}
+
+/// `y = x·Wᵀ (+ b)`, `y` written.
+pub fn linear_dev(
+    dev: &Device,
+    blas: &CudaBlas,
+    x: &dyn Buf,
+    w: &dyn Buf,
+    b: Option<&dyn Buf>,
+    y: &mut dyn BufMut,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    assert!(
+        x.count() >= n * fin && w.count() >= fout * fin && y.count() >= n * fout,
+        "linear: x [{n}, {fin}], w [{fout}, {fin}], y [{n}, {fout}]"
+    );
+    let s = &dev.stream;
+    let beta = match b {
+        Some(b) => {
+            let args = [Arg::Ptr(y.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::I32(n as i32), Arg::I32(fout as i32)];
+            // SAFETY: bias_rows_f32(y, b, n, out) over y [n, fout].
+            unsafe { dev.launch("linear.cu", "bias_rows_f32", elementwise(n * fout), &args) }?;
+            1.0
+        }
+        None => 0.0,
+    };
+    // column-major: yᵀ (fout × n) = W (fout × fin, stored as its transpose) · xᵀ (fin × n)
+    sgemm(blas, (CUBLAS_OP_T, CUBLAS_OP_N), (fout, n, fin), w.addr(s), fin, x.addr(s), fin, beta, y.addr_mut(s), fout)
+}
+
+/// Gradients of [`linear_dev`]: `dx` written (when given), `dW` and `db` added.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_dev(
+    dev: &Device,
+    blas: &CudaBlas,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    w: &dyn Buf,
+    dx: Option<&mut dyn BufMut>,
+    dw: &mut dyn BufMut,
+    db: Option<&mut dyn BufMut>,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    assert!(dy.count() >= n * fout && x.count() >= n * fin && w.count() >= fout * fin, "linear_backward: shapes");
+    let s = &dev.stream;
+    if let Some(dx) = dx {
+        assert!(dx.count() >= n * fin, "linear_backward: dx is not [{n}, {fin}]");
+        // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
+        sgemm(
+            blas,
+            (CUBLAS_OP_N, CUBLAS_OP_N),
+            (fin, n, fout),
+            w.addr(s),
+            fin,
+            dy.addr(s),
+            fout,
+            0.0,
+            dx.addr_mut(s),
+            fin,
+        )?;
+    }
+    weight_grad(blas, dev, dy, x, dw, (n, fin, fout))?;
+    if let Some(db) = db {
+        bias_grad(dev, dy, db, n, fout)?;
+    }
+    Ok(())
+}
+
+/// `dW [fout, fin] += dyᵀ · x` (`dy [n, fout]`, `x [n, fin]`).
+pub fn weight_grad(
+    blas: &CudaBlas,
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    dw: &mut dyn BufMut,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    assert!(dy.count() >= n * fout && x.count() >= n * fin && dw.count() >= fout * fin, "weight_grad: shapes");
+    let s = &dev.stream;
+    // column-major: dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
+    sgemm(blas, (CUBLAS_OP_N, CUBLAS_OP_T), (fin, fout, n), x.addr(s), fin, dy.addr(s), fout, 1.0, dw.addr_mut(s), fin)
+}
+
+/// `db [fout] += Σ_rows dy` (one thread per column, rows in order).
+pub fn bias_grad(dev: &Device, dy: &dyn Buf, db: &mut dyn BufMut, n: usize, fout: usize) -> Result<(), CudaError> {
+    let s = &dev.stream;
+    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(db.addr_mut(s)), Arg::I32(n as i32), Arg::I32(fout as i32)];
+    // SAFETY: bias_grad_f32(dy, db, n, out); dy holds n·fout values, db fout.
+    unsafe { dev.launch("linear.cu", "bias_grad_f32", per_column(fout), &args) }
 }
 
 /// `y = x·Wᵀ + b` on host buffers.
@@ -26,35 +152,9 @@ pub fn linear_forward(
     let s = &dev.stream;
     let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
     let (xd, wd) = (s.clone_htod(x)?, s.clone_htod(w)?);
+    let bd = b.map(|b| s.clone_htod(b)).transpose()?;
     let mut y = s.alloc_zeros::<f32>(n * fout)?;
-    let beta = match b {
-        Some(b) => {
-            let bd = s.clone_htod(b)?;
-            let f = dev.function("linear.cu", "bias_rows_f32")?;
-            let (ni, oi) = (n as i32, fout as i32);
-            let mut l = s.launch_builder(&f);
-            l.arg(&mut y).arg(&bd).arg(&ni).arg(&oi);
-            // SAFETY: argument list as declared in linear.cu.
-            unsafe { l.launch(elementwise(n * fout)) }?;
-            1.0
-        }
-        None => 0.0,
-    };
-    // column-major: yᵀ (fout × n) = W (fout × fin, stored as its transpose) · xᵀ (fin × n)
-    let cfg = GemmConfig {
-        transa: CUBLAS_OP_T,
-        transb: CUBLAS_OP_N,
-        m: fout as i32,
-        n: n as i32,
-        k: fin as i32,
-        alpha: 1.0f32,
-        lda: fin as i32,
-        ldb: fin as i32,
-        beta,
-        ldc: fout as i32,
-    };
-    // SAFETY: buffer sizes match the configuration (asserted above).
-    unsafe { blas.gemm(cfg, &wd, &xd, &mut y) }.map_err(blas_err)?;
+    linear_dev(dev, &blas, &xd, &wd, bd.as_ref().map(|v| v as &dyn Buf), &mut y, (n, fin, fout))?;
     Ok(s.clone_dtoh(&y)?)
 }
 
@@ -75,67 +175,6 @@ pub fn linear_backward(
     let (dyd, xd, wd) = (s.clone_htod(dy)?, s.clone_htod(x)?, s.clone_htod(w)?);
     let (mut dx, mut dw, mut db) =
         (s.alloc_zeros::<f32>(n * fin)?, s.alloc_zeros::<f32>(fout * fin)?, s.alloc_zeros::<f32>(fout)?);
-    // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
-    let dx_cfg = GemmConfig {
-        transa: CUBLAS_OP_N,
-        transb: CUBLAS_OP_N,
-        m: fin as i32,
-        n: n as i32,
-        k: fout as i32,
-        alpha: 1.0f32,
-        lda: fin as i32,
-        ldb: fout as i32,
-        beta: 0.0,
-        ldc: fin as i32,
-    };
-    // SAFETY: buffer sizes match the configuration (asserted above).
-    unsafe { blas.gemm(dx_cfg, &wd, &dyd, &mut dx) }.map_err(blas_err)?;
-    weight_grad(&blas, &dyd, &xd, &mut dw, n, fin, fout)?;
-    bias_grad(dev, &dyd, &mut db, n, fout)?;
+    linear_backward_dev(dev, &blas, &dyd, &xd, &wd, Some(&mut dx), &mut dw, Some(&mut db), (n, fin, fout))?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
-}
-
-/// `dW [fout, fin] += dyᵀ · x` on device buffers (`dy [n, fout]`, `x [n, fin]`).
-pub fn weight_grad(
-    blas: &CudaBlas,
-    dy: &CudaSlice<f32>,
-    x: &CudaSlice<f32>,
-    dw: &mut CudaSlice<f32>,
-    n: usize,
-    fin: usize,
-    fout: usize,
-) -> Result<(), CudaError> {
-    assert!(dy.len() >= n * fout && x.len() >= n * fin && dw.len() >= fout * fin, "weight_grad: shapes");
-    // column-major: dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
-    let cfg = GemmConfig {
-        transa: CUBLAS_OP_N,
-        transb: CUBLAS_OP_T,
-        m: fin as i32,
-        n: fout as i32,
-        k: n as i32,
-        alpha: 1.0f32,
-        lda: fin as i32,
-        ldb: fout as i32,
-        beta: 1.0,
-        ldc: fin as i32,
-    };
-    // SAFETY: buffer sizes checked above.
-    unsafe { blas.gemm(cfg, x, dy, dw) }.map_err(blas_err)
-}
-
-/// `db [fout] = Σ_rows dy` on device buffers (linear.cu, one thread per column, rows in order).
-pub fn bias_grad(
-    dev: &Device,
-    dy: &CudaSlice<f32>,
-    db: &mut CudaSlice<f32>,
-    n: usize,
-    fout: usize,
-) -> Result<(), CudaError> {
-    let f = dev.function("linear.cu", "bias_grad_f32")?;
-    let (ni, oi) = (n as i32, fout as i32);
-    let mut l = dev.stream.launch_builder(&f);
-    l.arg(dy).arg(db).arg(&ni).arg(&oi);
-    // SAFETY: argument list as declared in linear.cu; dy holds n·fout values, db fout.
-    unsafe { l.launch(elementwise(fout)) }?;
-    Ok(())
 }

@@ -10,12 +10,12 @@
 pub mod attention;
 pub mod bsq;
 pub mod compile;
-
 pub mod device;
 pub mod head_ce;
 pub mod layers;
 pub mod linear;
 pub mod ops;
+pub mod util;
 
 pub use compile::{compile_ptx, CompileError, SOURCES};
 pub use device::{CudaError, Device};

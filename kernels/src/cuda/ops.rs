@@ -4,7 +4,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::device::{elementwise, per_row, CudaError, Device};
+use super::device::{elementwise, per_row, Arg, Buf, BufMut, CudaError, Device};
 
 /// What [`bitwise_ce`] returns: per-token loss `[N]`, correct bits `[N]`, `dlogits [N, 2d]` if asked.
 pub struct BitwiseCeOut {
@@ -48,31 +48,44 @@ pub fn bitwise_ce(
     Ok(BitwiseCeOut { token_loss: s.clone_dtoh(&loss)?, correct_bits: s.clone_dtoh(&correct)?, dlogits })
 }
 
-/// `y = f(x)` for `kernel` in act.cu (`gelu_forward_f32`, `silu_forward_f32`).
+/// `y = f(x)` for `kernel` in act.cu (`gelu_forward_f32`, `silu_forward_f32`) on device buffers.
+pub fn activation_dev(dev: &Device, kernel: &str, x: &dyn Buf, y: &mut dyn BufMut) -> Result<(), CudaError> {
+    let n = x.count();
+    let args = [Arg::Ptr(x.addr(&dev.stream)), Arg::Ptr(y.addr_mut(&dev.stream)), Arg::I64(n as i64)];
+    // SAFETY: (const float*, float*, long) as declared in act.cu; y holds n values.
+    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
+}
+
+/// `dx = dy · f'(x)` for `kernel` in act.cu (`gelu_backward_f32`, `silu_backward_f32`), `dx` written.
+pub fn activation_backward_dev(
+    dev: &Device,
+    kernel: &str,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    dx: &mut dyn BufMut,
+) -> Result<(), CudaError> {
+    let n = x.count();
+    let s = &dev.stream;
+    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(x.addr(s)), Arg::Ptr(dx.addr_mut(s)), Arg::I64(n as i64)];
+    // SAFETY: (const float*, const float*, float*, long) as declared in act.cu.
+    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
+}
+
+/// Host-slice [`activation_dev`].
 pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, CudaError> {
     let s = &dev.stream;
-    let f = dev.function("act.cu", kernel)?;
     let xd = s.clone_htod(x)?;
     let mut y = s.alloc_zeros::<f32>(x.len())?;
-    let n = x.len() as i64;
-    let mut b = s.launch_builder(&f);
-    b.arg(&xd).arg(&mut y).arg(&n);
-    // SAFETY: (const float*, float*, long) as declared in act.cu.
-    unsafe { b.launch(elementwise(x.len())) }?;
+    activation_dev(dev, kernel, &xd, &mut y)?;
     Ok(s.clone_dtoh(&y)?)
 }
 
-/// `dx = dy · f'(x)` for `kernel` in act.cu (`gelu_backward_f32`, `silu_backward_f32`).
+/// Host-slice [`activation_backward_dev`].
 pub fn activation_backward(dev: &Device, kernel: &str, dy: &[f32], x: &[f32]) -> Result<Vec<f32>, CudaError> {
     let s = &dev.stream;
-    let f = dev.function("act.cu", kernel)?;
     let (dyd, xd) = (s.clone_htod(dy)?, s.clone_htod(x)?);
     let mut dx = s.alloc_zeros::<f32>(x.len())?;
-    let n = x.len() as i64;
-    let mut b = s.launch_builder(&f);
-    b.arg(&dyd).arg(&xd).arg(&mut dx).arg(&n);
-    // SAFETY: (const float*, const float*, float*, long) as declared in act.cu.
-    unsafe { b.launch(elementwise(x.len())) }?;
+    activation_backward_dev(dev, kernel, &dyd, &xd, &mut dx)?;
     Ok(s.clone_dtoh(&dx)?)
 }
 

@@ -1,0 +1,105 @@
+// Data movement and small reductions the model needs between the real kernels (twins: the helpers of
+// trainer/src/model/{forward,backward}.rs). Grid-stride loops; reductions run one thread per output
+// column over rows in order, so results are bitwise reproducible (no atomics).
+
+#define GRID_STRIDE(i, total) \
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (total); i += (long)gridDim.x * blockDim.x)
+
+// dst [N, C] = part j of src [N, k·C] (+ bias [C] when given).
+extern "C" __global__ void take_part_f32(const float* __restrict__ src, const float* __restrict__ bias,
+                                         float* __restrict__ dst, long n, int k, int j, int c) {
+    GRID_STRIDE(i, n * c) {
+        const long r = i / c;
+        const int col = i % c;
+        dst[i] = src[(r * k + j) * c + col] + (bias ? bias[col] : 0.0f);
+    }
+}
+
+// Part j of dst [N, k·C] = src [N, C].
+extern "C" __global__ void put_part_f32(const float* __restrict__ src, float* __restrict__ dst, long n, int k, int j,
+                                        int c) {
+    GRID_STRIDE(i, n * c) {
+        const long r = i / c;
+        dst[(r * k + j) * c + i % c] = src[i];
+    }
+}
+
+// dst += src.
+extern "C" __global__ void add_f32(float* __restrict__ dst, const float* __restrict__ src, long n) {
+    GRID_STRIDE(i, n) { dst[i] += src[i]; }
+}
+
+// dst [R, W] = src [R, W] + row [W].
+extern "C" __global__ void add_row_f32(const float* __restrict__ src, const float* __restrict__ row,
+                                       float* __restrict__ dst, long rows, int w) {
+    GRID_STRIDE(i, rows * w) { dst[i] = src[i] + row[i % w]; }
+}
+
+// out [C] += Σ_r src[r·stride + col] for r < rows (stride ≥ C: a column of strided rows).
+extern "C" __global__ void col_sum_f32(const float* __restrict__ src, float* __restrict__ out, long rows, int c,
+                                       long stride) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= c) return;
+    float s = 0.0f;
+    for (long r = 0; r < rows; ++r) s += src[r * stride + col];
+    out[col] += s;
+}
+
+// Per-sample parameter gradients of the AdaLN ops: out[g·ostride + col] += Σ_{t<L} a[g, t, col]·b[g, t, col]
+// (b null: Σ a) for a, b [G, L, C]. One thread per (g, col).
+extern "C" __global__ void group_dot_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                         float* __restrict__ out, int groups, int l, int c, int ostride) {
+    GRID_STRIDE(i, (long)groups * c) {
+        const long g = i / c;
+        const int col = i % c;
+        const float* ag = a + g * l * c + col;
+        const float* bg = b ? b + g * l * c + col : nullptr;
+        float s = 0.0f;
+        for (int t = 0; t < l; ++t) s += bg ? ag[(long)t * c] * bg[(long)t * c] : ag[(long)t * c];
+        out[g * ostride + col] += s;
+    }
+}
+
+// Input tokens: x[b, 0] = cond[b] + pos_start, x[b, 1..L] = word embeddings we [B, L − 1, C].
+extern "C" __global__ void assemble_tokens_f32(const float* __restrict__ cond, const float* __restrict__ pos_start,
+                                               const float* __restrict__ we, float* __restrict__ x, int b, int l,
+                                               int c) {
+    GRID_STRIDE(i, (long)b * l * c) {
+        const int col = i % c;
+        const long t = (i / c) % l, s = i / ((long)l * c);
+        x[i] = t == 0 ? cond[s * c + col] + pos_start[col] : we[(s * (l - 1) + t - 1) * c + col];
+    }
+}
+
+// Backward of assemble_tokens: dcond [B, C] += dx[b, 0]; dwe [B, L − 1, C] = dx[b, 1..L]. (pos_start's
+// gradient is col_sum over the start rows.)
+extern "C" __global__ void split_tokens_f32(const float* __restrict__ dx, float* __restrict__ dcond,
+                                            float* __restrict__ dwe, int b, int l, int c) {
+    GRID_STRIDE(i, (long)b * l * c) {
+        const int col = i % c;
+        const long t = (i / c) % l, s = i / ((long)l * c);
+        if (t == 0) dcond[s * c + col] += dx[i];
+        else dwe[(s * (l - 1) + t - 1) * c + col] = dx[i];
+    }
+}
+
+// Cosine-attention logit gain per head: gain = exp(min(scale_mul, ln 100)).
+extern "C" __global__ void attn_gain_f32(const float* __restrict__ scale_mul, float* __restrict__ gain, int h) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < h) gain[i] = expf(fminf(scale_mul[i], logf(100.0f)));
+}
+
+// dscale_mul += dgain·gain where scale_mul ≤ ln 100 (the clamp passes no gradient above it).
+extern "C" __global__ void attn_gain_backward_f32(const float* __restrict__ scale_mul, const float* __restrict__ gain,
+                                                  const float* __restrict__ dgain, float* __restrict__ dscale_mul,
+                                                  int h) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < h && scale_mul[i] <= logf(100.0f)) dscale_mul[i] += dgain[i] * gain[i];
+}
+
+// dst[r·C + col] += src[r·C + col] for the rows r of `rows` (cfg_uncond's gradient from dropped
+// captions: rows are the caption's text tokens, dst the first rows of cfg_uncond).
+extern "C" __global__ void add_rows_at_f32(const float* __restrict__ src, float* __restrict__ dst, long first,
+                                           long count, int c) {
+    GRID_STRIDE(i, count * c) { dst[i] += src[first * c + i]; }
+}

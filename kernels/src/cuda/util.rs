@@ -1,0 +1,149 @@
+//! Entry points of util.cu: the data movement and small reductions between the model's real kernels
+//! (splitting fused projections into parts, token assembly, column sums, the attention gain).
+//! Reductions add (`+=`) into their outputs, in a fixed order.
+
+use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
+use super::layers::AdaShape;
+
+fn p(dev: &Device, x: &dyn Buf) -> Arg {
+    Arg::Ptr(x.addr(&dev.stream))
+}
+
+fn pm(dev: &Device, x: &mut dyn BufMut) -> Arg {
+    Arg::Ptr(x.addr_mut(&dev.stream))
+}
+
+fn i(v: usize) -> Arg {
+    Arg::I32(v as i32)
+}
+
+fn l(v: usize) -> Arg {
+    Arg::I64(v as i64)
+}
+
+/// `dst [N, C]` = part `j` of `src [N, k·C]` (+ `bias [C]`).
+pub fn take_part(
+    dev: &Device,
+    src: &dyn Buf,
+    bias: Option<&dyn Buf>,
+    dst: &mut dyn BufMut,
+    (n, k, j, c): (usize, usize, usize, usize),
+) -> Result<(), CudaError> {
+    let b = Arg::Ptr(super::device::addr_or_null(bias, &dev.stream));
+    let args = [p(dev, src), b, pm(dev, dst), l(n), i(k), i(j), i(c)];
+    // SAFETY: take_part_f32(src, bias, dst, n, k, j, c).
+    unsafe { dev.launch("util.cu", "take_part_f32", elementwise(n * c), &args) }
+}
+
+/// Part `j` of `dst [N, k·C]` = `src [N, C]`.
+pub fn put_part(
+    dev: &Device,
+    src: &dyn Buf,
+    dst: &mut dyn BufMut,
+    (n, k, j, c): (usize, usize, usize, usize),
+) -> Result<(), CudaError> {
+    let args = [p(dev, src), pm(dev, dst), l(n), i(k), i(j), i(c)];
+    // SAFETY: put_part_f32(src, dst, n, k, j, c).
+    unsafe { dev.launch("util.cu", "put_part_f32", elementwise(n * c), &args) }
+}
+
+/// `dst += src` over `dst`'s length.
+pub fn add(dev: &Device, dst: &mut dyn BufMut, src: &dyn Buf) -> Result<(), CudaError> {
+    let n = dst.count();
+    assert!(src.count() >= n, "util::add: source shorter than destination");
+    let args = [pm(dev, dst), p(dev, src), l(n)];
+    // SAFETY: add_f32(dst, src, n).
+    unsafe { dev.launch("util.cu", "add_f32", elementwise(n), &args) }
+}
+
+/// `dst [R, W] = src [R, W] + row [W]`.
+pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut) -> Result<(), CudaError> {
+    let w = row.count();
+    let rows = src.count() / w;
+    let args = [p(dev, src), p(dev, row), pm(dev, dst), l(rows), i(w)];
+    // SAFETY: add_row_f32(src, row, dst, rows, w).
+    unsafe { dev.launch("util.cu", "add_row_f32", elementwise(rows * w), &args) }
+}
+
+/// `out [C] += Σ_r src[r·stride + ·]` over `rows` rows.
+pub fn col_sum(dev: &Device, src: &dyn Buf, out: &mut dyn BufMut, rows: usize, stride: usize) -> Result<(), CudaError> {
+    let c = out.count();
+    let args = [p(dev, src), pm(dev, out), l(rows), i(c), l(stride)];
+    // SAFETY: col_sum_f32(src, out, rows, c, stride); src holds (rows − 1)·stride + c values.
+    unsafe { dev.launch("util.cu", "col_sum_f32", per_column(c), &args) }
+}
+
+/// Per-sample parameter gradient of an AdaLN op: `out[g·ps + col] += Σ_t a[g, t, col]·b[g, t, col]`.
+pub fn group_dot(
+    dev: &Device,
+    a: &dyn Buf,
+    b: Option<&dyn Buf>,
+    out: &mut dyn BufMut,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let bp = Arg::Ptr(super::device::addr_or_null(b, &dev.stream));
+    let args = [p(dev, a), bp, pm(dev, out), i(sh.b), i(sh.l), i(sh.c), i(sh.ps)];
+    // SAFETY: group_dot_f32(a, b, out, groups, l, c, ostride).
+    unsafe { dev.launch("util.cu", "group_dot_f32", elementwise(sh.b * sh.c), &args) }
+}
+
+/// Input tokens `x [B, L, C]`: the start token `cond + pos_start`, then the word embeddings.
+pub fn assemble_tokens(
+    dev: &Device,
+    cond: &dyn Buf,
+    pos_start: &dyn Buf,
+    we: &dyn Buf,
+    x: &mut dyn BufMut,
+    (b, len, c): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let args = [p(dev, cond), p(dev, pos_start), p(dev, we), pm(dev, x), i(b), i(len), i(c)];
+    // SAFETY: assemble_tokens_f32(cond, pos_start, we, x, b, l, c).
+    unsafe { dev.launch("util.cu", "assemble_tokens_f32", elementwise(b * len * c), &args) }
+}
+
+/// Backward of [`assemble_tokens`]: `dcond += dx[:, 0]`, `dwe = dx[:, 1..]`.
+pub fn split_tokens(
+    dev: &Device,
+    dx: &dyn Buf,
+    dcond: &mut dyn BufMut,
+    dwe: &mut dyn BufMut,
+    (b, len, c): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let args = [p(dev, dx), pm(dev, dcond), pm(dev, dwe), i(b), i(len), i(c)];
+    // SAFETY: split_tokens_f32(dx, dcond, dwe, b, l, c).
+    unsafe { dev.launch("util.cu", "split_tokens_f32", elementwise(b * len * c), &args) }
+}
+
+/// `gain = exp(min(scale_mul, ln 100))` per head.
+pub fn attn_gain(dev: &Device, scale_mul: &dyn Buf, gain: &mut dyn BufMut) -> Result<(), CudaError> {
+    let h = gain.count();
+    let args = [p(dev, scale_mul), pm(dev, gain), i(h)];
+    // SAFETY: attn_gain_f32(scale_mul, gain, h).
+    unsafe { dev.launch("util.cu", "attn_gain_f32", per_column(h), &args) }
+}
+
+/// `dscale_mul += dgain·gain` where the clamp passes gradient.
+pub fn attn_gain_backward(
+    dev: &Device,
+    scale_mul: &dyn Buf,
+    gain: &dyn Buf,
+    dgain: &dyn Buf,
+    dscale_mul: &mut dyn BufMut,
+) -> Result<(), CudaError> {
+    let h = gain.count();
+    let args = [p(dev, scale_mul), p(dev, gain), p(dev, dgain), pm(dev, dscale_mul), i(h)];
+    // SAFETY: attn_gain_backward_f32(scale_mul, gain, dgain, dscale_mul, h).
+    unsafe { dev.launch("util.cu", "attn_gain_backward_f32", per_column(h), &args) }
+}
+
+/// `dst[..count·C] += src[first·C ..][..count·C]`.
+pub fn add_rows_at(
+    dev: &Device,
+    src: &dyn Buf,
+    dst: &mut dyn BufMut,
+    (first, count, c): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let args = [p(dev, src), pm(dev, dst), l(first), l(count), i(c)];
+    // SAFETY: add_rows_at_f32(src, dst, first, count, c).
+    unsafe { dev.launch("util.cu", "add_rows_at_f32", elementwise(count * c), &args) }
+}
