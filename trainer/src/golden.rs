@@ -115,8 +115,42 @@ fn usize_of(v: &Value, key: &str) -> Result<usize> {
         .with_context(|| format!("config.json: `{key}` must be a non-negative integer"))
 }
 
-/// Check one golden folder.
+#[cfg(feature = "cuda")]
+fn gpu_forward_backward(
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    inp: &ModelInput<f32>,
+    grads: &mut Params<f32>,
+) -> Result<infinity_kernels::bitwise_ce::BitwiseCe> {
+    let mut m = crate::gpu::GpuModel::new(mc, lay, 0)?;
+    m.upload_params(p)?;
+    m.zero_grads()?;
+    let ce = m.step(inp, true)?;
+    m.add_grads_into(&mut grads.data)?;
+    Ok(ce)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_forward_backward(
+    _: &ModelConfig,
+    _: &Layout,
+    _: &Params<f32>,
+    _: &ModelInput<f32>,
+    _: &mut Params<f32>,
+) -> Result<infinity_kernels::bitwise_ce::BitwiseCe> {
+    bail!("this `infinity` was built without the `cuda` feature (cargo build --release --features cuda)")
+}
+
+/// Check one golden folder on the CPU.
 pub fn check(dir: &Path) -> Result<GoldenReport> {
+    check_on(dir, false)
+}
+
+/// Check one golden folder, on the GPU when `cuda` (the model through `gpu::GpuModel`; bsq-only
+/// folders stay on the CPU: their device twin is tested against the CPU one). The GPU's fused head
+/// never materialises logits, so `logits` is not compared there; loss and every gradient are.
+pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
     let cfg_path = dir.join("config.json");
     let cfg: Value = serde_json::from_str(
         &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
@@ -142,7 +176,7 @@ pub fn check(dir: &Path) -> Result<GoldenReport> {
     let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
     match mode.as_str() {
         "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
-        "model" => check_model(dir, &cfg, &schedule, b, d, &mut report)?,
+        "model" => check_model(dir, &cfg, &schedule, b, d, cuda, &mut report)?,
         other => bail!("config.json: unknown mode `{other}` (expected `model` or `bsq-only`)"),
     }
     Ok(report)
@@ -241,12 +275,14 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     Ok(c)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_model(
     dir: &Path,
     cfg: &Value,
     schedule: &[(usize, usize)],
     b: usize,
     d: usize,
+    cuda: bool,
     r: &mut GoldenReport,
 ) -> Result<()> {
     let mc = model_config(cfg, d)?;
@@ -276,15 +312,19 @@ fn check_model(
         token_weights: &weights,
         label_smoothing: 0.0,
     };
-    let acts = forward(&mc, &lay, &p, &inp);
     let mut grads = Params::zeros(&lay);
-    backward(&mc, &lay, &p, &inp, &acts, &mut grads);
-
     let exp = Tensors::open(&dir.join("expected.safetensors"))?;
-    r.compare("logits", &acts.logits, &exp.f32("logits")?.1, TOL_FORWARD);
-    r.compare("loss", &[acts.ce.loss as f32], &exp.f32("loss")?.1, TOL_FORWARD);
+    let ce = if cuda {
+        gpu_forward_backward(&mc, &lay, &p, &inp, &mut grads)?
+    } else {
+        let acts = forward(&mc, &lay, &p, &inp);
+        backward(&mc, &lay, &p, &inp, &acts, &mut grads);
+        r.compare("logits", &acts.logits, &exp.f32("logits")?.1, TOL_FORWARD);
+        acts.ce
+    };
+    r.compare("loss", &[ce.loss as f32], &exp.f32("loss")?.1, TOL_FORWARD);
     let rw = token_weights(b, schedule, true);
-    let loss_rw: f64 = rw.iter().zip(&acts.ce.token_loss).map(|(w, t)| w * t).sum();
+    let loss_rw: f64 = rw.iter().zip(&ce.token_loss).map(|(w, t)| w * t).sum();
     r.compare("loss_reweighted", &[loss_rw as f32], &exp.f32("loss_reweighted")?.1, TOL_FORWARD);
     for name in exp.names()?.into_iter().filter(|n| n.starts_with("grad.")) {
         let canon = canonical_name(&name["grad.".len()..], mc.depth, mc.block_chunks).unwrap_or_default();

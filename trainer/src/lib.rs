@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod export;
 pub mod golden;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod infer;
 pub mod model;
 pub mod optim;

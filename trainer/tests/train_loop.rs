@@ -24,7 +24,14 @@ fn dataset(dir: &Path) {
 
 fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
     TrainConfig {
-        run: RunConfig { dir: run, seed: 7, steps: 6, log_every: 100, peak_tflops: Some(1.0) },
+        run: RunConfig {
+            dir: run,
+            seed: 7,
+            steps: 6,
+            log_every: 100,
+            peak_tflops: Some(1.0),
+            device: Default::default(),
+        },
         model: ModelSection {
             preset: "tiny".into(),
             depth: Some(1),
@@ -232,4 +239,33 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     assert_eq!(latest_checkpoint(&cfg.run.dir).unwrap(), before);
     assert!(read(before.join("model.safetensors")) == model_bytes);
     train(&cfg, &TrainOptions { resume: Some(before), stop_after: None, ..Default::default() }).unwrap();
+}
+
+/// `run.device`: `auto` on a machine without a GPU trains on the CPU, the same bytes as `cpu`; `cuda`
+/// there is a clear error naming the key and the reason. (On a GPU machine with the `cuda` feature,
+/// trainer/tests/gpu_model.rs covers the GPU path.)
+#[test]
+fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_is_named() {
+    #[cfg(feature = "cuda")]
+    if infinity_trainer::gpu::cuda_available() {
+        println!("skipped: this machine has a GPU (the fallback needs none)");
+        return;
+    }
+    use infinity_trainer::train::config::DeviceChoice;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut runs = Vec::new();
+    for (name, device) in [("cpu", DeviceChoice::Cpu), ("auto", DeviceChoice::Auto)] {
+        let mut cfg = config(&data, tmp.path().join(name), "class");
+        (cfg.run.steps, cfg.run.device, cfg.sample.every) = (2, device, 0);
+        train(&cfg, &TrainOptions::default()).unwrap();
+        runs.push(read(tmp.path().join(name).join("checkpoints/step-00000002/model.safetensors")));
+    }
+    assert!(runs[0] == runs[1], "device = auto without a GPU must train exactly as device = cpu");
+    let mut cfg = config(&data, tmp.path().join("cuda"), "class");
+    cfg.run.device = DeviceChoice::Cuda;
+    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+    assert!(e.contains("run.device = \"cuda\""), "{e}");
+    assert!(e.contains("no CUDA") || e.contains("--features cuda"), "{e}");
 }

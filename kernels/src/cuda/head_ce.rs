@@ -5,9 +5,9 @@
 //! Dims: `N` tokens, `C` width, `d` bits (`2d ≤ 128`).
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::device::{CudaError, Device};
+use super::device::{Arg, Buf, BufMut, CudaError, Device};
 use super::linear::{bias_grad, blas_err, weight_grad};
 
 /// Tokens per block and K tile of head_ce.cu.
@@ -53,11 +53,11 @@ fn launch_config(n: usize, d: usize) -> LaunchConfig {
 #[allow(clippy::too_many_arguments)]
 pub fn head_bitwise_ce_device(
     dev: &Device,
-    h: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
+    h: &dyn Buf,
+    w: &dyn Buf,
+    b: &dyn Buf,
     labels: &CudaSlice<u8>,
-    weights: &CudaSlice<f32>,
+    weights: &dyn Buf,
     label_smoothing: f32,
     (n, c, d): (usize, usize, usize),
     out: &mut HeadCeDevice,
@@ -66,7 +66,11 @@ pub fn head_bitwise_ce_device(
         return Err(CudaError::Driver(format!("head_bitwise_ce: d = {d} > {MAX_BITS} bits is not supported")));
     }
     assert!(
-        h.len() >= n * c && w.len() >= 2 * d * c && b.len() >= 2 * d && labels.len() >= n * d && weights.len() >= n,
+        h.count() >= n * c
+            && w.count() >= 2 * d * c
+            && b.count() >= 2 * d
+            && labels.len() >= n * d
+            && weights.count() >= n,
         "head_bitwise_ce: h [N, C], w [2d, C], b [2d], labels [N, d], weights [N]"
     );
     assert!(
@@ -76,18 +80,28 @@ pub fn head_bitwise_ce_device(
         "head_bitwise_ce: outputs made for fewer tokens"
     );
     let s = &dev.stream;
-    let f = dev.function("head_ce.cu", "head_bitwise_ce_f32")?;
-    let (ni, ci, di, null) = (n as i32, c as i32, d as i32, 0u64);
-    let mut l = s.launch_builder(&f);
-    l.arg(h).arg(w).arg(b).arg(labels).arg(weights).arg(&label_smoothing).arg(&ni).arg(&ci).arg(&di);
-    l.arg(&mut out.token_loss).arg(&mut out.correct);
-    match (&mut out.dlogits, &mut out.dh) {
-        (Some(g), Some(dh)) => l.arg(g).arg(dh),
-        _ => l.arg(&null).arg(&null),
+    let grads = match (&mut out.dlogits, &mut out.dh) {
+        (Some(g), Some(dh)) => [g.addr_mut(s), dh.addr_mut(s)],
+        _ => [0, 0],
     };
+    let i = |v: usize| Arg::I32(v as i32);
+    let args = [
+        Arg::Ptr(h.addr(s)),
+        Arg::Ptr(w.addr(s)),
+        Arg::Ptr(b.addr(s)),
+        Arg::Ptr(labels.device_ptr(s).0),
+        Arg::Ptr(weights.addr(s)),
+        Arg::F32(label_smoothing),
+        i(n),
+        i(c),
+        i(d),
+        Arg::Ptr(out.token_loss.addr_mut(s)),
+        Arg::Ptr(out.correct.device_ptr_mut(s).0),
+        Arg::Ptr(grads[0]),
+        Arg::Ptr(grads[1]),
+    ];
     // SAFETY: argument list as declared in head_ce.cu; sizes asserted above; shared memory sized for d.
-    unsafe { l.launch(launch_config(n, d)) }?;
-    Ok(())
+    unsafe { dev.launch("head_ce.cu", "head_bitwise_ce_f32", launch_config(n, d), &args) }
 }
 
 /// Host results: per-token loss and correct bits, and with `grad` `(dh, dW, db)`.

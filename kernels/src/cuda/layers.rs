@@ -132,7 +132,8 @@ pub fn modulate_dev(
     unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
-/// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (rows `ps` apart).
+/// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (their rows `grad_stride`
+/// floats apart: the parameters may be read from a wider buffer than their gradients go to).
 #[allow(clippy::too_many_arguments)]
 pub fn modulate_backward_dev(
     dev: &Device,
@@ -143,12 +144,14 @@ pub fn modulate_backward_dev(
     dscale: &mut dyn BufMut,
     dshift: &mut dyn BufMut,
     sh: AdaShape,
+    grad_stride: usize,
 ) -> Result<(), CudaError> {
     let args = [&[p(dev, dy), p(dev, scale), pm(dev, dx)][..], &sh.args()].concat();
     // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    util::group_dot(dev, dy, Some(x), dscale, sh)?;
-    util::group_dot(dev, dy, None, dshift, sh)
+    let gsh = AdaShape { ps: grad_stride, ..sh };
+    util::group_dot(dev, dy, Some(x), dscale, gsh)?;
+    util::group_dot(dev, dy, None, dshift, gsh)
 }
 
 /// `res += y·gamma`.
@@ -164,7 +167,8 @@ pub fn gated_residual_dev(
     unsafe { dev.launch("adaln.cu", "gated_residual_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
-/// Backward of [`gated_residual_dev`] for the branch: `dy` written, `dgamma` added.
+/// Backward of [`gated_residual_dev`] for the branch: `dy` written, `dgamma` added (rows
+/// `grad_stride` apart).
 #[allow(clippy::too_many_arguments)]
 pub fn gated_residual_backward_dev(
     dev: &Device,
@@ -174,11 +178,12 @@ pub fn gated_residual_backward_dev(
     dy: &mut dyn BufMut,
     dgamma: &mut dyn BufMut,
     sh: AdaShape,
+    grad_stride: usize,
 ) -> Result<(), CudaError> {
     let args = [&[p(dev, dres), p(dev, gamma), pm(dev, dy)][..], &sh.args()].concat();
     // SAFETY: gated_residual_backward_f32(dres, gamma, dy, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "gated_residual_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    util::group_dot(dev, dres, Some(y), dgamma, sh)
+    util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
 }
 
 /// A RoPE table on the device: `cos`, `sin` `[T, P]`.
@@ -359,7 +364,7 @@ pub fn modulate_backward(
 ) -> Result<Vec<Vec<f32>>, CudaError> {
     let (dyd, xd, sd) = (up(dev, dy)?, up(dev, x)?, up(dev, scale)?);
     let (mut dx, mut ds, mut dh) = (zeros(dev, x.len())?, zeros(dev, scale.len())?, zeros(dev, scale.len())?);
-    modulate_backward_dev(dev, &dyd, &xd, &sd, &mut dx, &mut ds, &mut dh, shape(scale, l, c))?;
+    modulate_backward_dev(dev, &dyd, &xd, &sd, &mut dx, &mut ds, &mut dh, shape(scale, l, c), c)?;
     Ok(vec![down(dev, &dx, x.len())?, down(dev, &ds, scale.len())?, down(dev, &dh, scale.len())?])
 }
 
@@ -387,7 +392,7 @@ pub fn gated_residual_backward(
 ) -> Result<Vec<Vec<f32>>, CudaError> {
     let (dd, yd, gd) = (up(dev, dres)?, up(dev, y)?, up(dev, gamma)?);
     let (mut dy, mut dg) = (zeros(dev, y.len())?, zeros(dev, gamma.len())?);
-    gated_residual_backward_dev(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c))?;
+    gated_residual_backward_dev(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c), c)?;
     Ok(vec![down(dev, &dy, y.len())?, down(dev, &dg, gamma.len())?])
 }
 

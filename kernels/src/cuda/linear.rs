@@ -115,6 +115,21 @@ pub fn linear_backward_dev(
     Ok(())
 }
 
+/// `dx [n, fin] = dy · W` (written).
+pub fn input_grad(
+    blas: &CudaBlas,
+    dev: &Device,
+    dy: &dyn Buf,
+    w: &dyn Buf,
+    dx: &mut dyn BufMut,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    assert!(dy.count() >= n * fout && w.count() >= fout * fin && dx.count() >= n * fin, "input_grad: shapes");
+    let s = &dev.stream;
+    // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
+    sgemm(blas, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), w.addr(s), fin, dy.addr(s), fout, 0.0, dx.addr_mut(s), fin)
+}
+
 /// `dW [fout, fin] += dyᵀ · x` (`dy [n, fout]`, `x [n, fin]`).
 pub fn weight_grad(
     blas: &CudaBlas,

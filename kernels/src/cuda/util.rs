@@ -147,3 +147,21 @@ pub fn add_rows_at(
     // SAFETY: add_rows_at_f32(src, dst, first, count, c).
     unsafe { dev.launch("util.cu", "add_rows_at_f32", elementwise(count * c), &args) }
 }
+
+/// `dst[..n] = src[..n]` for `n = dst.count()`.
+pub fn copy(dev: &Device, src: &dyn Buf, dst: &mut dyn BufMut) -> Result<(), CudaError> {
+    let n = dst.count();
+    assert!(src.count() >= n, "util::copy: source shorter than destination");
+    let s = &dev.stream;
+    // SAFETY: both addresses hold at least n f32 values on this stream's device.
+    unsafe { cudarc::driver::result::memcpy_dtod_async(dst.addr_mut(s), src.addr(s), n * 4, s.cu_stream()) }?;
+    Ok(())
+}
+
+/// `dst = 0`.
+pub fn zero(dev: &Device, dst: &mut dyn BufMut) -> Result<(), CudaError> {
+    let s = &dev.stream;
+    // SAFETY: the address holds dst.count() f32 values.
+    unsafe { cudarc::driver::result::memset_d8_async(dst.addr_mut(s), 0, dst.count() * 4, s.cu_stream()) }?;
+    Ok(())
+}

@@ -17,11 +17,14 @@ pub enum GoldenCommand {
         /// Print every tensor, not only the worst ten of each folder.
         #[arg(long)]
         all: bool,
+        /// Run the model on `cpu` or `cuda` (GPU 0; needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
     },
 }
 
 pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
-    let GoldenCommand::Check { paths, all } = cmd;
+    let GoldenCommand::Check { paths, all, device } = cmd;
     let mut dirs = Vec::new();
     for p in paths {
         if p.join("config.json").is_file() {
@@ -45,7 +48,7 @@ pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
     }
     let mut failed = 0;
     for dir in &dirs {
-        let r = golden::check(dir)?;
+        let r = golden::check_on(dir, device == "cuda")?;
         let mut rows = r.comparisons.clone();
         rows.sort_by(|a, b| (b.rel / b.tol).total_cmp(&(a.rel / a.tol)));
         println!("{} ({}): {} tensors", dir.display(), r.mode, rows.len());

@@ -276,7 +276,7 @@ pub(crate) fn part_into<T: Real>(out: &mut Vec<T>, rows: &[T], b: usize, k: usiz
 }
 
 /// Scale index of every token of `b` samples: `[B·L]`.
-pub(crate) fn scale_index(b: usize, scales: &[(usize, usize)]) -> Vec<usize> {
+pub fn scale_index(b: usize, scales: &[(usize, usize)]) -> Vec<usize> {
     let one: Vec<usize> = scales.iter().enumerate().flat_map(|(s, &(h, w))| std::iter::repeat_n(s, h * w)).collect();
     (0..b).flat_map(|_| one.iter().copied()).collect()
 }

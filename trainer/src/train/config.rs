@@ -98,6 +98,19 @@ pub struct RunConfig {
     /// Peak dense FLOP/s of one device in TFLOP/s (e.g. 989 for an H100 in bf16): enables MFU logging.
     #[serde(default)]
     pub peak_tflops: Option<f64>,
+    /// Where forward and backward run: `cpu`, `cuda` (an error without a GPU or a build without the
+    /// `cuda` feature) or `auto` (the GPU when there is one, else the CPU, saying so).
+    #[serde(default)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda,
+    Auto,
 }
 
 fn default_log_every() -> u64 {

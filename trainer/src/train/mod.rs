@@ -5,6 +5,7 @@
 //! a resumed run continues bit for bit: a checkpoint needs no RNG state beyond the step.
 
 pub mod checkpoint;
+pub mod compute;
 pub mod config;
 pub mod dist;
 pub mod log;
@@ -34,8 +35,7 @@ use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
 use crate::model::{
-    backward, forward_into, rope_for, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig,
-    ModelInput, Params,
+    rope_for, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
 };
 use crate::optim::{clip_grad_norm, AdamW};
 
@@ -170,6 +170,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mc = cfg.model_config(m.d as usize, num_classes, text)?;
     let lay = Layout::new(&mc);
     let mut dist = Dist::join(&cfg.dist)?;
+    let mut compute = compute::Compute::open(cfg.run.device, &mc, &lay)?;
     let per_rank = cfg.data.global_batch / dist.world;
     if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
         bail!(
@@ -287,6 +288,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let scales = sched.hw();
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.iter_mut().for_each(|g| *g = 0.0);
+        compute.begin_step(&params)?;
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
@@ -294,14 +296,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
-            forward_into(&mc, &lay, &params, &inp, &mut acts);
-            backward(&mc, &lay, &params, &inp, &acts, &mut grads);
-            loss += acts.ce.loss;
-            correct_bits += acts.ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
-                / (acts.ce.correct_bits.len() * mc.d) as f64
+            let ce = compute.micro_step((&mc, &lay), &params, &inp, &mut acts, &mut grads)?;
+            loss += ce.loss;
+            correct_bits += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
+                / (ce.correct_bits.len() * mc.d) as f64
                 / accum as f64;
-            per_scale.push(scale_metrics(&acts.ce, mb.b, &scales, mc.d));
+            per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
+        compute.end_step(&mut grads)?;
         let ns = scales.len();
         let mut metrics = vec![loss, correct_bits, 0.0];
         metrics[2] = per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>();

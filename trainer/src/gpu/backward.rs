@@ -1,0 +1,351 @@
+//! The backward on the device, `model::backward` op for op: parameter gradients added into the flat
+//! device gradient buffer (same layout as the host's), so micro-batches accumulate.
+
+use anyhow::Result;
+use cudarc::driver::{CudaSlice, CudaViewMut};
+use infinity_kernels::attention::AttnDims;
+use infinity_kernels::cuda::attention::{attention_backward_dev, normalize_heads_backward_dev};
+use infinity_kernels::cuda::device::{Buf, BufMut};
+use infinity_kernels::cuda::layers::{
+    embedding_backward_dev, gated_residual_backward_dev, layernorm_backward_dev, modulate_backward_dev,
+    rmsnorm_backward_dev, rope_dev, AdaShape, DeviceRope,
+};
+use infinity_kernels::cuda::linear::{bias_grad, input_grad, weight_grad};
+use infinity_kernels::cuda::ops::activation_backward_dev;
+use infinity_kernels::cuda::util;
+
+use super::forward::{saved, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
+use super::Net;
+
+/// The gradient view of parameter `name`.
+fn g<'a>(net: &Net, grads: &'a mut CudaSlice<f32>, name: &str) -> CudaViewMut<'a, f32> {
+    grads.slice_mut(net.lay.range(name))
+}
+
+/// Gradients of a linear layer `prefix`: `dx` written when given, `dW` (and `db` when `bias`) added.
+#[allow(clippy::too_many_arguments)]
+fn linear_bwd(
+    net: &Net,
+    grads: &mut CudaSlice<f32>,
+    prefix: &str,
+    bias: bool,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    dx: Option<&mut CudaSlice<f32>>,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<()> {
+    let (dev, blas) = (net.dev, net.blas);
+    if let Some(dx) = dx {
+        input_grad(blas, dev, dy, &net.w(&format!("{prefix}.weight")), dx, (n, fin, fout))?;
+    }
+    weight_grad(blas, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
+    if bias {
+        bias_grad(dev, dy, &mut g(net, grads, &format!("{prefix}.bias")), n, fout)?;
+    }
+    Ok(())
+}
+
+/// Parameter gradients of the loss the forward computed, added into `grads`.
+pub fn backward(
+    net: &Net,
+    inp: &DeviceInput,
+    a: &GpuActs,
+    rope: &DeviceRope,
+    grads: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let cfg = net.cfg;
+    let (b, l, c, d) = (inp.b, inp.l, cfg.embed_dim, cfg.d);
+    let n = b * l;
+    let dev = net.dev;
+
+    // ---- head: dh and dlogits come from the fused head + loss ----------------------------------------
+    let dlogits = a.ce.dlogits.as_ref().expect("forward ran with grad");
+    let dh = a.ce.dh.as_ref().expect("forward ran with grad");
+    weight_grad(net.blas, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
+    bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
+    let (mut dxhat, mut dhs, mut dhb) = (net.buf(n * c)?, net.buf(b * c)?, net.buf(b * c)?);
+    let hs = AdaShape { b, l, c, ps: 2 * c };
+    modulate_backward_dev(dev, dh, &a.xhat_h, &a.head_ss.slice(..), &mut dxhat, &mut dhs, &mut dhb, hs, c)?;
+    let mut dhead_ss = net.buf(b * 2 * c)?;
+    util::put_part(dev, &dhs, &mut dhead_ss, (b, 2, 0, c))?;
+    util::put_part(dev, &dhb, &mut dhead_ss, (b, 2, 1, c))?;
+    let mut dx = net.buf(n * c)?;
+    layernorm_backward_dev(dev, &dxhat, &a.x_out, None, &a.lnh[0], &a.lnh[1], &mut dx, None, (n, c))?;
+
+    // ---- blocks, last to first ------------------------------------------------------------------------
+    let mut dshared_gss = net.buf(b * 6 * c)?;
+    let mut dkv_ca = match &a.text {
+        Some(t) => Some(net.buf(t.kv_ca.len())?),
+        None => None,
+    };
+    for blk in (0..cfg.depth).rev() {
+        dx = block_backward(net, blk, inp, a, rope, dx, &mut dshared_gss, dkv_ca.as_mut(), grads)?;
+    }
+
+    // ---- input tokens ---------------------------------------------------------------------------------
+    embedding_backward_dev(dev, &dx, &inp.scale_idx, &mut g(net, grads, "lvl_embed.weight"), c)?;
+    let (mut dcond, mut dwe) = (net.buf(b * c)?, net.buf(b * (l - 1) * c)?);
+    util::split_tokens(dev, &dx, &mut dcond, &mut dwe, (b, l, c))?;
+    util::col_sum(dev, &dx, &mut g(net, grads, "pos_start"), b, l * c)?;
+    linear_bwd(net, grads, "word_embed", true, &dwe, &inp.x_wo_prefix, None, (b * (l - 1), d, c))?;
+
+    // ---- condition: AdaLN MLPs, then its source -----------------------------------------------------
+    let (mut dsilu, mut tmp) = (net.buf(b * c)?, net.buf(b * c)?);
+    linear_bwd(net, grads, "shared_ada_lin.1", true, &dshared_gss, &a.cond_silu, Some(&mut dsilu), (b, c, 6 * c))?;
+    linear_bwd(net, grads, "head_nm.ada_lin.1", true, &dhead_ss, &a.cond_silu, Some(&mut tmp), (b, c, 2 * c))?;
+    util::add(dev, &mut dsilu, &tmp)?;
+    activation_backward_dev(dev, "silu_backward_f32", &dsilu, &a.cond, &mut tmp)?;
+    util::add(dev, &mut dcond, &tmp)?;
+
+    match &inp.cond {
+        DeviceCondition::Class { labels } => {
+            embedding_backward_dev(dev, &dcond, labels, &mut g(net, grads, "class_emb.weight"), c)?;
+        }
+        DeviceCondition::Text { cu, dropped, pool, .. } => {
+            let t = a.text.as_ref().expect("text activations");
+            let (ct, nt, hp) = (cfg.text_channels, cu[b], cfg.pool_heads());
+            // attention pool
+            let mut dpool = net.buf(b * c)?;
+            linear_bwd(
+                net,
+                grads,
+                "text_proj_for_sos.ca.proj",
+                true,
+                &dcond,
+                &t.pool_attn,
+                Some(&mut dpool),
+                (b, c, c),
+            )?;
+            let (mut dq, mut dk, mut dv, mut delta) =
+                (net.buf(b * c)?, net.buf(nt * c)?, net.buf(nt * c)?, net.buf(b * hp)?);
+            let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
+            attention_backward_dev(
+                dev,
+                &dpool,
+                (&t.pool_q, &t.pool_k, &t.pool_v),
+                &t.pool_attn,
+                &t.pool_lse,
+                pool,
+                pdims,
+                (&mut dq, &mut dk, &mut dv),
+                &mut delta,
+            )?;
+            util::col_sum(dev, &dq, &mut g(net, grads, "text_proj_for_sos.ca.mat_q"), b, c)?;
+            util::col_sum(dev, &dv, &mut g(net, grads, "text_proj_for_sos.ca.v_bias"), nt, c)?;
+            let mut dpkv = net.buf(nt * 2 * c)?;
+            util::put_part(dev, &dk, &mut dpkv, (nt, 2, 0, c))?;
+            util::put_part(dev, &dv, &mut dpkv, (nt, 2, 1, c))?;
+            let mut dkv = net.buf(nt * ct)?;
+            linear_bwd(
+                net,
+                grads,
+                "text_proj_for_sos.ca.mat_kv",
+                false,
+                &dpkv,
+                &t.kv,
+                Some(&mut dkv),
+                (nt, ct, 2 * c),
+            )?;
+            // cross-attention context
+            let dkv_ca = dkv_ca.expect("text path has a context gradient");
+            let (mut dt1g, mut dt1) = (net.buf(nt * c)?, net.buf(nt * c)?);
+            linear_bwd(net, grads, "text_proj_for_ca.2", true, &dkv_ca, &t.t1g, Some(&mut dt1g), (nt, c, c))?;
+            activation_backward_dev(dev, "gelu_backward_f32", &dt1g, &t.t1, &mut dt1)?;
+            let mut dkv2 = net.buf(nt * ct)?;
+            linear_bwd(net, grads, "text_proj_for_ca.0", true, &dt1, &t.kv, Some(&mut dkv2), (nt, ct, c))?;
+            util::add(dev, &mut dkv, &dkv2)?;
+            // text_norm, then the dropped samples' rows reach cfg_uncond
+            let mut dkv_in = net.buf(nt * ct)?;
+            let tw = net.w("text_norm.weight");
+            rmsnorm_backward_dev(
+                dev,
+                &dkv,
+                &t.kv_in,
+                &tw,
+                &t.kv_rstd,
+                &mut dkv_in,
+                &mut g(net, grads, "text_norm.weight"),
+                (nt, ct),
+            )?;
+            for (bi, &drop) in dropped.iter().enumerate() {
+                if drop {
+                    let (s, e) = (cu[bi], cu[bi + 1]);
+                    util::add_rows_at(dev, &dkv_in, &mut g(net, grads, "cfg_uncond"), (s, e - s, ct))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Backward of one block: returns the gradient of its input residual.
+#[allow(clippy::too_many_arguments)]
+fn block_backward(
+    net: &Net,
+    blk: usize,
+    inp: &DeviceInput,
+    a: &GpuActs,
+    rope: &DeviceRope,
+    dx_out: CudaSlice<f32>,
+    dshared_gss: &mut CudaSlice<f32>,
+    dkv_ca: Option<&mut CudaSlice<f32>>,
+    grads: &mut CudaSlice<f32>,
+) -> Result<CudaSlice<f32>> {
+    let cfg = net.cfg;
+    let (b, l, c, h) = (inp.b, inp.l, cfg.embed_dim, cfg.num_heads);
+    let (n, hd, hf) = (b * l, c / h, cfg.ffn_hidden());
+    let dev = net.dev;
+    let s: &BlockBufs = &a.blocks[blk];
+    let name = |x: &str| format!("blocks.{blk}.{x}");
+    let gss = saved(&s.gss);
+    let part = |j: usize| gss.slice(j * c..);
+    let sh = AdaShape { b, l, c, ps: 6 * c };
+    // per-part gradients of gss (γ1, γ2, s1, s2, b1, b2), joined into [B, 6C] at the end
+    let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
+
+    // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
+    let mut dx_ca = net.buf(n * c)?;
+    util::copy(dev, &dx_out, &mut dx_ca)?;
+    let mut df2 = net.buf(n * c)?;
+    gated_residual_backward_dev(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
+    let (mut dg, mut df1, mut dh2) = (net.buf(n * hf)?, net.buf(n * hf)?, net.buf(n * c)?);
+    linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved(&s.g), Some(&mut dg), (n, hf, c))?;
+    activation_backward_dev(dev, "gelu_backward_f32", &dg, saved(&s.f1), &mut df1)?;
+    linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved(&s.h2), Some(&mut dh2), (n, c, hf))?;
+    let mut dxhat2 = net.buf(n * c)?;
+    {
+        let (lo, hi) = dparts.split_at_mut(5);
+        modulate_backward_dev(dev, &dh2, saved(&s.xhat2), &part(3), &mut dxhat2, &mut lo[3], &mut hi[0], sh, c)?;
+    }
+    let mut tmp = net.buf(n * c)?;
+    let [m2, r2] = &s.ln2;
+    layernorm_backward_dev(dev, &dxhat2, saved(&s.x_ca), None, saved(m2), saved(r2), &mut tmp, None, (n, c))?;
+    util::add(dev, &mut dx_ca, &tmp)?;
+
+    // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca))
+    let mut dx_sa = net.buf(n * c)?;
+    util::copy(dev, &dx_ca, &mut dx_sa)?;
+    if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
+        let nt = cu[b];
+        let mut dattn = net.buf(n * c)?;
+        linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
+        let (mut dq, mut dk, mut dv, mut delta) =
+            (net.buf(n * c)?, net.buf(nt * c)?, net.buf(nt * c)?, net.buf(n * h)?);
+        let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
+        let (ca_q, ca_k, ca_v) = (saved(&s.ca_q), saved(&s.ca_k), saved(&s.ca_v));
+        attention_backward_dev(
+            dev,
+            &dattn,
+            (ca_q, ca_k, ca_v),
+            saved(&s.ca_attn),
+            saved(&s.ca_lse),
+            ca,
+            dims,
+            (&mut dq, &mut dk, &mut dv),
+            &mut delta,
+        )?;
+        util::col_sum(dev, &dv, &mut g(net, grads, &name("ca.v_bias")), nt, c)?;
+        let mut dckv = net.buf(nt * 2 * c)?;
+        util::put_part(dev, &dk, &mut dckv, (nt, 2, 0, c))?;
+        util::put_part(dev, &dv, &mut dckv, (nt, 2, 1, c))?;
+        let mut dctx = net.buf(nt * c)?;
+        linear_bwd(net, grads, &name("ca.mat_kv"), false, &dckv, &t.kv_ca, Some(&mut dctx), (nt, c, 2 * c))?;
+        util::add(dev, dkv_ca, &dctx)?;
+        let mut dca_in = net.buf(n * c)?;
+        linear_bwd(net, grads, &name("ca.mat_q"), true, &dq, saved(&s.ca_in), Some(&mut dca_in), (n, c, c))?;
+        let nw = net.w(&name("ca_norm.weight"));
+        let (ra, rb) = (net.lay.range(&name("ca_norm.weight")), net.lay.range(&name("ca_norm.bias")));
+        assert!(ra.end <= rb.start, "ca_norm.weight precedes ca_norm.bias in the layout");
+        let (mut lo, mut hi) = grads.split_at_mut(rb.start);
+        let (mut dnw, mut dnb) = (lo.slice_mut(ra), hi.slice_mut(..rb.len()));
+        let [cm, cr] = &s.ca_ln;
+        let params: Option<(&mut dyn BufMut, &mut dyn BufMut)> = Some((&mut dnw, &mut dnb));
+        layernorm_backward_dev(
+            dev,
+            &dca_in,
+            saved(&s.x_sa),
+            Some(&nw),
+            saved(cm),
+            saved(cr),
+            &mut tmp,
+            params,
+            (n, c),
+        )?;
+        util::add(dev, &mut dx_sa, &tmp)?;
+    }
+
+    // self-attention: x_sa = x_in + proj(attn(rope(norm(q)), rope(norm(k)), v)) · γ1
+    let mut dx_in = net.buf(n * c)?;
+    util::copy(dev, &dx_sa, &mut dx_in)?;
+    let mut dsa_out = net.buf(n * c)?;
+    gated_residual_backward_dev(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
+    let mut dattn = net.buf(n * c)?;
+    linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved(&s.attn), Some(&mut dattn), (n, c, c))?;
+    let (mut dq, mut dk, mut dv, mut delta) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?);
+    let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
+    attention_backward_dev(
+        dev,
+        &dattn,
+        (saved(&s.q), saved(&s.k), saved(&s.v)),
+        saved(&s.attn),
+        saved(&s.lse),
+        &inp.sa,
+        dims,
+        (&mut dq, &mut dk, &mut dv),
+        &mut delta,
+    )?;
+    rope_dev(dev, &mut dq, rope, (l, h), 0, true)?;
+    rope_dev(dev, &mut dk, rope, (l, h), 0, true)?;
+    let gain = saved(&s.gain);
+    let (mut dq_raw, mut dk_raw, mut udy, mut dgain) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?, net.buf(h)?);
+    normalize_heads_backward_dev(
+        dev,
+        &dq,
+        saved(&s.q_raw),
+        saved(&s.q_norm),
+        gain,
+        &mut dq_raw,
+        &mut udy,
+        Some(&mut dgain),
+        (h, hd),
+    )?;
+    let ones = net.ones(h)?;
+    normalize_heads_backward_dev(
+        dev,
+        &dk,
+        saved(&s.k_raw),
+        saved(&s.k_norm),
+        &ones,
+        &mut dk_raw,
+        &mut udy,
+        None,
+        (h, hd),
+    )?;
+    let sm = net.w(&name("sa.scale_mul_1H11"));
+    util::attn_gain_backward(dev, &sm, gain, &dgain, &mut g(net, grads, &name("sa.scale_mul_1H11")))?;
+    util::col_sum(dev, &dq_raw, &mut g(net, grads, &name("sa.q_bias")), n, c)?;
+    util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
+    let mut dqkv = net.buf(n * 3 * c)?;
+    for (j, part) in [&dq_raw, &dk_raw, &dv].into_iter().enumerate() {
+        util::put_part(dev, part, &mut dqkv, (n, 3, j, c))?;
+    }
+    let mut dh1 = net.buf(n * c)?;
+    linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
+    let mut dxhat1 = net.buf(n * c)?;
+    {
+        let (lo, hi) = dparts.split_at_mut(4);
+        modulate_backward_dev(dev, &dh1, saved(&s.xhat1), &part(2), &mut dxhat1, &mut lo[2], &mut hi[0], sh, c)?;
+    }
+    let [m1, r1] = &s.ln1;
+    layernorm_backward_dev(dev, &dxhat1, saved(&s.x_in), None, saved(m1), saved(r1), &mut tmp, None, (n, c))?;
+    util::add(dev, &mut dx_in, &tmp)?;
+
+    // gss = ada_gss + shared_gss
+    let mut dgss = net.buf(b * 6 * c)?;
+    for (j, p) in dparts.iter().enumerate() {
+        util::put_part(dev, p, &mut dgss, (b, 6, j, c))?;
+    }
+    util::col_sum(dev, &dgss, &mut g(net, grads, &name("ada_gss")), b, 6 * c)?;
+    util::add(dev, dshared_gss, &dgss)?;
+    Ok(dx_in)
+}

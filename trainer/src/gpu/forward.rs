@@ -1,0 +1,319 @@
+//! The training forward on the device: the same computation as `model::forward`, op for op, through
+//! the CUDA twins (each checked against its CPU twin), saving what the backward needs in device
+//! buffers. Dims legend as in `model::forward`: `B` batch, `L` tokens, `N = B·L`, `C` width, `H` heads,
+//! `c = C/H`, `Hf` FFN width, `d` bits, `T` text tokens of the batch, `Ct` text width, `Hp` pool heads.
+
+use anyhow::Result;
+use cudarc::driver::CudaSlice;
+use infinity_kernels::attention::AttnDims;
+use infinity_kernels::cuda::attention::{attention_forward_dev, normalize_heads_dev, AttnRanges};
+use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
+use infinity_kernels::cuda::layers::{
+    embedding_dev, gated_residual_dev, layernorm_dev, modulate_dev, rmsnorm_dev, rope_dev, AdaShape, DeviceRope,
+};
+use infinity_kernels::cuda::ops::activation_dev;
+use infinity_kernels::cuda::util;
+
+use super::Net;
+
+/// A batch's inputs on the device.
+pub struct DeviceInput {
+    pub b: usize,
+    pub l: usize,
+    /// `[B, L−1, d]` teacher-forcing inputs, `[B, L, d]` labels, `[N]` token weights.
+    pub x_wo_prefix: CudaSlice<f32>,
+    pub gt_bits: CudaSlice<u8>,
+    pub weights: CudaSlice<f32>,
+    /// `[N]` each token's scale (the level embedding's index).
+    pub scale_idx: CudaSlice<i32>,
+    pub label_smoothing: f32,
+    pub cond: DeviceCondition,
+    /// Block-causal self-attention ranges.
+    pub sa: AttnRanges,
+}
+
+pub enum DeviceCondition {
+    /// `[B]` class ids (`num_classes` = the null class).
+    Class { labels: CudaSlice<i32> },
+    /// `[T, Ct]` packed text features, `cu [B+1]` offsets, dropped samples; cross-attention and pool
+    /// ranges.
+    Text { kv_compact: CudaSlice<f32>, cu: Vec<usize>, dropped: Vec<bool>, ca: Box<AttnRanges>, pool: Box<AttnRanges> },
+}
+
+/// Saved device activations of one block (the `model::forward::BlockActs` fields).
+#[derive(Default)]
+pub struct BlockBufs {
+    pub x_in: Option<CudaSlice<f32>>,
+    pub gss: Option<CudaSlice<f32>>,
+    pub gain: Option<CudaSlice<f32>>,
+    pub ln1: [Option<CudaSlice<f32>>; 2],
+    pub xhat1: Option<CudaSlice<f32>>,
+    pub h1: Option<CudaSlice<f32>>,
+    pub q_raw: Option<CudaSlice<f32>>,
+    pub k_raw: Option<CudaSlice<f32>>,
+    pub v: Option<CudaSlice<f32>>,
+    pub q_norm: Option<CudaSlice<f32>>,
+    pub k_norm: Option<CudaSlice<f32>>,
+    pub q: Option<CudaSlice<f32>>,
+    pub k: Option<CudaSlice<f32>>,
+    pub attn: Option<CudaSlice<f32>>,
+    pub lse: Option<CudaSlice<f32>>,
+    pub sa_out: Option<CudaSlice<f32>>,
+    pub x_sa: Option<CudaSlice<f32>>,
+    pub ca_ln: [Option<CudaSlice<f32>>; 2],
+    pub ca_in: Option<CudaSlice<f32>>,
+    pub ca_q: Option<CudaSlice<f32>>,
+    pub ca_k: Option<CudaSlice<f32>>,
+    pub ca_v: Option<CudaSlice<f32>>,
+    pub ca_attn: Option<CudaSlice<f32>>,
+    pub ca_lse: Option<CudaSlice<f32>>,
+    pub x_ca: Option<CudaSlice<f32>>,
+    pub ln2: [Option<CudaSlice<f32>>; 2],
+    pub xhat2: Option<CudaSlice<f32>>,
+    pub h2: Option<CudaSlice<f32>>,
+    pub f1: Option<CudaSlice<f32>>,
+    pub g: Option<CudaSlice<f32>>,
+    pub f2: Option<CudaSlice<f32>>,
+}
+
+/// Saved device activations of the text path.
+pub struct TextBufs {
+    pub kv_in: CudaSlice<f32>,
+    pub kv_rstd: CudaSlice<f32>,
+    pub kv: CudaSlice<f32>,
+    pub pool_q: CudaSlice<f32>,
+    pub pool_k: CudaSlice<f32>,
+    pub pool_v: CudaSlice<f32>,
+    pub pool_attn: CudaSlice<f32>,
+    pub pool_lse: CudaSlice<f32>,
+    pub t1: CudaSlice<f32>,
+    pub t1g: CudaSlice<f32>,
+    pub kv_ca: CudaSlice<f32>,
+}
+
+/// Everything the backward needs, plus the loss outputs.
+pub struct GpuActs {
+    pub text: Option<TextBufs>,
+    /// `[B, C]` condition and its SiLU; `[B, 6C]`, `[B, 2C]` AdaLN MLP outputs.
+    pub cond: CudaSlice<f32>,
+    pub cond_silu: CudaSlice<f32>,
+    pub shared_gss: CudaSlice<f32>,
+    pub head_ss: CudaSlice<f32>,
+    pub blocks: Vec<BlockBufs>,
+    /// `[N, C]` final residual, its LN (`[N]` statistics) and modulation.
+    pub x_out: CudaSlice<f32>,
+    pub lnh: [CudaSlice<f32>; 2],
+    pub xhat_h: CudaSlice<f32>,
+    pub h_head: CudaSlice<f32>,
+    /// Per-token loss, correct bits, dlogits and `dh` of the fused head + loss.
+    pub ce: HeadCeDevice,
+}
+
+/// Take a saved buffer (the backward reads each once; a missing one is a bug, not an input error).
+pub(super) fn saved(b: &Option<CudaSlice<f32>>) -> &CudaSlice<f32> {
+    b.as_ref().expect("forward saved this activation")
+}
+
+/// Run the model and the fused head + loss (`grad`: also `dlogits` and `dh` for the backward).
+pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool) -> Result<GpuActs> {
+    let cfg = net.cfg;
+    let (b, l, c, d) = (inp.b, inp.l, cfg.embed_dim, cfg.d);
+    let n = b * l;
+    let dev = net.dev;
+
+    // ---- condition -------------------------------------------------------------------------------
+    let (text, cond) = condition_forward(net, inp)?;
+    let mut cond_silu = net.buf(b * c)?;
+    activation_dev(dev, "silu_forward_f32", &cond, &mut cond_silu)?;
+    let mut shared_gss = net.buf(b * 6 * c)?;
+    net.linear(&cond_silu, "shared_ada_lin.1", true, &mut shared_gss, (b, c, 6 * c))?;
+    let mut head_ss = net.buf(b * 2 * c)?;
+    net.linear(&cond_silu, "head_nm.ada_lin.1", true, &mut head_ss, (b, c, 2 * c))?;
+
+    // ---- input tokens ------------------------------------------------------------------------------
+    let mut we = net.buf(b * (l - 1) * c)?;
+    net.linear(&inp.x_wo_prefix, "word_embed", true, &mut we, (b * (l - 1), d, c))?;
+    let mut x = net.buf(n * c)?;
+    util::assemble_tokens(dev, &cond, &net.w("pos_start"), &we, &mut x, (b, l, c))?;
+    embedding_dev(dev, &net.w("lvl_embed.weight"), &inp.scale_idx, &mut x, c, true)?;
+    drop(we);
+
+    // ---- blocks ------------------------------------------------------------------------------------
+    let mut blocks = Vec::with_capacity(cfg.depth);
+    for blk in 0..cfg.depth {
+        let (s, x_next) = block_forward(net, blk, inp, rope, &shared_gss, text.as_ref(), x)?;
+        blocks.push(s);
+        x = x_next;
+    }
+
+    // ---- head and loss ----------------------------------------------------------------------------
+    let (mut xhat_h, mut mean, mut rstd) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+    layernorm_dev(dev, &x, None, None, &mut xhat_h, &mut mean, &mut rstd, (n, c), cfg.norm_eps as f32)?;
+    let mut h_head = net.buf(n * c)?;
+    let hs = AdaShape { b, l, c, ps: 2 * c };
+    modulate_dev(dev, &xhat_h, &head_ss.slice(..), &head_ss.slice(c..), &mut h_head, hs)?;
+    let mut ce = HeadCeDevice::new(dev, (n, c, d), grad)?;
+    let (hw, hb) = (net.w("head.weight"), net.w("head.bias"));
+    head_bitwise_ce_device(
+        dev,
+        &h_head,
+        &hw,
+        &hb,
+        &inp.gt_bits,
+        &inp.weights,
+        inp.label_smoothing,
+        (n, c, d),
+        &mut ce,
+    )?;
+    Ok(GpuActs { text, cond, cond_silu, shared_gss, head_ss, blocks, x_out: x, lnh: [mean, rstd], xhat_h, h_head, ce })
+}
+
+/// The condition `[B, C]` and, for text, the saved text path (text_norm, attention pool, context).
+fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, CudaSlice<f32>)> {
+    let (cfg, dev, b, c) = (net.cfg, net.dev, inp.b, net.cfg.embed_dim);
+    let mut cond = net.buf(b * c)?;
+    match &inp.cond {
+        DeviceCondition::Class { labels } => {
+            embedding_dev(dev, &net.w("class_emb.weight"), labels, &mut cond, c, false)?;
+            Ok((None, cond))
+        }
+        DeviceCondition::Text { kv_compact, cu, dropped, pool, .. } => {
+            let (ct, nt, hp) = (cfg.text_channels, cu[b], cfg.pool_heads());
+            let mut kv_in = net.buf(nt * ct)?;
+            util::copy(dev, kv_compact, &mut kv_in)?;
+            let uncond = net.w("cfg_uncond");
+            for (bi, &drop) in dropped.iter().enumerate() {
+                let (s, e) = (cu[bi], cu[bi + 1]);
+                if drop {
+                    anyhow::ensure!(e - s <= cfg.text_maxlen, "caption of {} tokens exceeds text_maxlen", e - s);
+                    util::copy(dev, &uncond, &mut kv_in.slice_mut(s * ct..e * ct))?;
+                }
+            }
+            let (mut kv, mut kv_rstd) = (net.buf(nt * ct)?, net.buf(nt)?);
+            rmsnorm_dev(dev, &kv_in, &net.w("text_norm.weight"), &mut kv, &mut kv_rstd, (nt, ct), cfg.norm_eps as f32)?;
+            // attention pool: one query per sample (mat_q broadcast) over its text tokens
+            let mut pkv = net.buf(nt * 2 * c)?;
+            net.linear(&kv, "text_proj_for_sos.ca.mat_kv", false, &mut pkv, (nt, ct, 2 * c))?;
+            let (mut pool_k, mut pool_v) = (net.buf(nt * c)?, net.buf(nt * c)?);
+            util::take_part(dev, &pkv, None, &mut pool_k, (nt, 2, 0, c))?;
+            util::take_part(dev, &pkv, Some(&net.w("text_proj_for_sos.ca.v_bias")), &mut pool_v, (nt, 2, 1, c))?;
+            let zeros = net.buf(b * c)?;
+            let mut pool_q = net.buf(b * c)?;
+            util::add_row(dev, &zeros, &net.w("text_proj_for_sos.ca.mat_q"), &mut pool_q)?;
+            let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
+            let (mut pool_attn, mut pool_lse) = (net.buf(b * c)?, net.buf(b * hp)?);
+            attention_forward_dev(dev, &pool_q, &pool_k, &pool_v, &mut pool_attn, &mut pool_lse, pool, pdims)?;
+            net.linear(&pool_attn, "text_proj_for_sos.ca.proj", true, &mut cond, (b, c, c))?;
+            // cross-attention context
+            let (mut t1, mut t1g, mut kv_ca) = (net.buf(nt * c)?, net.buf(nt * c)?, net.buf(nt * c)?);
+            net.linear(&kv, "text_proj_for_ca.0", true, &mut t1, (nt, ct, c))?;
+            activation_dev(dev, "gelu_forward_f32", &t1, &mut t1g)?;
+            net.linear(&t1g, "text_proj_for_ca.2", true, &mut kv_ca, (nt, c, c))?;
+            let t = TextBufs { kv_in, kv_rstd, kv, pool_q, pool_k, pool_v, pool_attn, pool_lse, t1, t1g, kv_ca };
+            Ok((Some(t), cond))
+        }
+    }
+}
+
+/// One block: consumes its input residual, returns its saved activations and its output.
+fn block_forward(
+    net: &Net,
+    blk: usize,
+    inp: &DeviceInput,
+    rope: &DeviceRope,
+    shared_gss: &CudaSlice<f32>,
+    text: Option<&TextBufs>,
+    x_in: CudaSlice<f32>,
+) -> Result<(BlockBufs, CudaSlice<f32>)> {
+    let cfg = net.cfg;
+    let (b, l, c, h) = (inp.b, inp.l, cfg.embed_dim, cfg.num_heads);
+    let (n, hd, hf) = (b * l, c / h, cfg.ffn_hidden());
+    let dev = net.dev;
+    let eps = cfg.norm_eps as f32;
+    let name = |x: &str| format!("blocks.{blk}.{x}");
+    let w = |x: &str| net.w(&name(x));
+    let mut s = BlockBufs::default();
+    // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2 — parts read in place (rows 6C apart)
+    let mut gss = net.buf(b * 6 * c)?;
+    util::add_row(dev, shared_gss, &w("ada_gss"), &mut gss)?;
+    let sh = AdaShape { b, l, c, ps: 6 * c };
+    let part = |j: usize| gss.slice(j * c..);
+
+    // self-attention
+    let (mut xhat1, mut mean1, mut rstd1) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+    layernorm_dev(dev, &x_in, None, None, &mut xhat1, &mut mean1, &mut rstd1, (n, c), eps)?;
+    let mut h1 = net.buf(n * c)?;
+    modulate_dev(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
+    let mut qkv = net.buf(n * 3 * c)?;
+    net.linear(&h1, &name("sa.mat_qkv"), false, &mut qkv, (n, c, 3 * c))?;
+    let (mut q_raw, mut k_raw, mut v) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * c)?);
+    util::take_part(dev, &qkv, Some(&w("sa.q_bias")), &mut q_raw, (n, 3, 0, c))?;
+    util::take_part(dev, &qkv, None, &mut k_raw, (n, 3, 1, c))?;
+    util::take_part(dev, &qkv, Some(&w("sa.v_bias")), &mut v, (n, 3, 2, c))?;
+    drop(qkv);
+    let mut gain = net.buf(h)?;
+    util::attn_gain(dev, &w("sa.scale_mul_1H11"), &mut gain)?;
+    let (mut q, mut k, mut q_norm, mut k_norm) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?, net.buf(n * h)?);
+    normalize_heads_dev(dev, &q_raw, &gain, &mut q, &mut q_norm, (h, hd))?;
+    normalize_heads_dev(dev, &k_raw, &net.ones(h)?, &mut k, &mut k_norm, (h, hd))?;
+    rope_dev(dev, &mut q, rope, (l, h), 0, false)?;
+    rope_dev(dev, &mut k, rope, (l, h), 0, false)?;
+    let (mut attn, mut lse) = (net.buf(n * c)?, net.buf(n * h)?);
+    let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
+    attention_forward_dev(dev, &q, &k, &v, &mut attn, &mut lse, &inp.sa, dims)?;
+    let mut sa_out = net.buf(n * c)?;
+    net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
+    let mut x_sa = net.buf(n * c)?;
+    util::copy(dev, &x_in, &mut x_sa)?;
+    gated_residual_dev(dev, &mut x_sa, &sa_out, &part(0), sh)?;
+
+    // cross-attention: x + CA(ca_norm(x), kv_ca), no gate
+    let mut x_ca = net.buf(n * c)?;
+    util::copy(dev, &x_sa, &mut x_ca)?;
+    if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
+        let nt = cu[b];
+        let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+        let (nw, nb) = (w("ca_norm.weight"), w("ca_norm.bias"));
+        layernorm_dev(dev, &x_sa, Some(&nw), Some(&nb), &mut ca_in, &mut ca_mean, &mut ca_rstd, (n, c), eps)?;
+        let mut ca_q = net.buf(n * c)?;
+        net.linear(&ca_in, &name("ca.mat_q"), true, &mut ca_q, (n, c, c))?;
+        let mut ckv = net.buf(nt * 2 * c)?;
+        net.linear(&t.kv_ca, &name("ca.mat_kv"), false, &mut ckv, (nt, c, 2 * c))?;
+        let (mut ca_k, mut ca_v) = (net.buf(nt * c)?, net.buf(nt * c)?);
+        util::take_part(dev, &ckv, None, &mut ca_k, (nt, 2, 0, c))?;
+        util::take_part(dev, &ckv, Some(&w("ca.v_bias")), &mut ca_v, (nt, 2, 1, c))?;
+        let (mut ca_attn, mut ca_lse) = (net.buf(n * c)?, net.buf(n * h)?);
+        let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
+        attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims)?;
+        let mut ca_out = net.buf(n * c)?;
+        net.linear(&ca_attn, &name("ca.proj"), true, &mut ca_out, (n, c, c))?;
+        util::add(dev, &mut x_ca, &ca_out)?;
+        (s.ca_ln, s.ca_in, s.ca_q, s.ca_k, s.ca_v) =
+            ([Some(ca_mean), Some(ca_rstd)], Some(ca_in), Some(ca_q), Some(ca_k), Some(ca_v));
+        (s.ca_attn, s.ca_lse) = (Some(ca_attn), Some(ca_lse));
+    }
+
+    // feed-forward
+    let (mut xhat2, mut mean2, mut rstd2) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+    layernorm_dev(dev, &x_ca, None, None, &mut xhat2, &mut mean2, &mut rstd2, (n, c), eps)?;
+    let mut h2 = net.buf(n * c)?;
+    modulate_dev(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
+    let (mut f1, mut g) = (net.buf(n * hf)?, net.buf(n * hf)?);
+    net.linear(&h2, &name("ffn.fc1"), true, &mut f1, (n, c, hf))?;
+    activation_dev(dev, "gelu_forward_f32", &f1, &mut g)?;
+    let mut f2 = net.buf(n * c)?;
+    net.linear(&g, &name("ffn.fc2"), true, &mut f2, (n, hf, c))?;
+    let mut x_out = net.buf(n * c)?;
+    util::copy(dev, &x_ca, &mut x_out)?;
+    gated_residual_dev(dev, &mut x_out, &f2, &part(1), sh)?;
+
+    (s.x_in, s.gain, s.ln1, s.xhat1, s.h1) =
+        (Some(x_in), Some(gain), [Some(mean1), Some(rstd1)], Some(xhat1), Some(h1));
+    (s.q_raw, s.k_raw, s.v, s.q_norm, s.k_norm, s.q, s.k) =
+        (Some(q_raw), Some(k_raw), Some(v), Some(q_norm), Some(k_norm), Some(q), Some(k));
+    (s.attn, s.lse, s.sa_out, s.x_sa, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_sa), Some(x_ca));
+    (s.ln2, s.xhat2, s.h2, s.f1, s.g, s.f2) =
+        ([Some(mean2), Some(rstd2)], Some(xhat2), Some(h2), Some(f1), Some(g), Some(f2));
+    s.gss = Some(gss);
+    Ok((s, x_out))
+}

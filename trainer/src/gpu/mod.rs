@@ -1,0 +1,181 @@
+//! The model on an NVIDIA GPU (feature `cuda`): forward and backward on the device through the CUDA
+//! twins, parameters and gradients in flat device buffers with the host's layout.
+//!
+//! The training loop keeps its shape: per micro-batch the host prepares the inputs (self-correction,
+//! condition dropout) as for the CPU model, [`GpuModel::step`] runs forward and backward on the device
+//! and accumulates gradients there; once per step the gradients come back to the host, where
+//! data-parallel reduction, clipping and AdamW run unchanged (so resume, ZeRO-1 and checkpoints behave
+//! exactly as on the CPU), and the updated parameters go back up. Moving the optimizer onto the device
+//! (adamw.cu exists) and the reduction onto NCCL removes those two copies per step.
+
+pub mod backward;
+pub mod forward;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, CudaView};
+use infinity_kernels::attention::{block_causal_segments, Segment};
+use infinity_kernels::bitwise_ce::BitwiseCe;
+use infinity_kernels::cuda::attention::AttnRanges;
+use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
+use infinity_kernels::cuda::layers::DeviceRope;
+use infinity_kernels::cuda::linear::linear_dev;
+use infinity_kernels::cuda::Device;
+
+use crate::model::forward::scale_index;
+use crate::model::{Condition, Layout, ModelConfig, ModelInput, Params};
+use forward::{DeviceCondition, DeviceInput};
+
+/// What the kernels need to run the model: the device, cuBLAS, the config and the parameters.
+pub struct Net<'a> {
+    pub dev: &'a Device,
+    pub blas: &'a CudaBlas,
+    pub cfg: &'a ModelConfig,
+    pub lay: &'a Layout,
+    params: &'a CudaSlice<f32>,
+}
+
+impl<'a> Net<'a> {
+    /// Parameter `name` (a view into the flat buffer).
+    pub fn w(&self, name: &str) -> CudaView<'a, f32> {
+        self.params.slice(self.lay.range(name))
+    }
+
+    /// A zeroed device buffer of `n` values.
+    pub fn buf(&self, n: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    pub fn ones(&self, n: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.dev.stream.clone_htod(&vec![1.0f32; n])?)
+    }
+
+    /// `y = x·Wᵀ (+ b)` with the parameters `{prefix}.weight` (and `{prefix}.bias`).
+    pub fn linear(
+        &self,
+        x: &dyn Buf,
+        prefix: &str,
+        bias: bool,
+        y: &mut dyn BufMut,
+        dims: (usize, usize, usize),
+    ) -> Result<()> {
+        let w = self.w(&format!("{prefix}.weight"));
+        let b = bias.then(|| self.w(&format!("{prefix}.bias")));
+        linear_dev(self.dev, self.blas, x, &w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?;
+        Ok(())
+    }
+}
+
+/// The model's parameters and accumulated gradients on one GPU.
+pub struct GpuModel {
+    dev: Device,
+    blas: CudaBlas,
+    cfg: ModelConfig,
+    lay: Layout,
+    params: CudaSlice<f32>,
+    grads: CudaSlice<f32>,
+    ropes: HashMap<Vec<(usize, usize)>, DeviceRope>,
+}
+
+impl GpuModel {
+    /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded).
+    pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize) -> Result<GpuModel> {
+        let dev = Device::open(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
+        let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
+        let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;
+        Ok(GpuModel { dev, blas, cfg: cfg.clone(), lay: lay.clone(), params, grads, ropes: HashMap::new() })
+    }
+
+    /// The device's name for logs (`compute_XY`).
+    pub fn arch(&self) -> &str {
+        self.dev.arch
+    }
+
+    pub fn upload_params(&mut self, p: &Params<f32>) -> Result<()> {
+        self.dev.stream.memcpy_htod(&p.data, &mut self.params)?;
+        Ok(())
+    }
+
+    pub fn zero_grads(&mut self) -> Result<()> {
+        self.dev.stream.memset_zeros(&mut self.grads)?;
+        Ok(())
+    }
+
+    /// Add the accumulated device gradients into `host` (same layout).
+    pub fn add_grads_into(&mut self, host: &mut [f32]) -> Result<()> {
+        let g = self.dev.stream.clone_dtoh(&self.grads)?;
+        host.iter_mut().zip(&g).for_each(|(h, d)| *h += d);
+        Ok(())
+    }
+
+    /// Forward (and with `grad`, backward into the accumulated gradients) of one micro-batch.
+    /// Returns the loss statistics the CPU model's `acts.ce` holds.
+    pub fn step(&mut self, inp: &ModelInput<f32>, grad: bool) -> Result<BitwiseCe> {
+        let dinp = self.upload_input(inp)?;
+        let key = inp.scales.to_vec();
+        if !self.ropes.contains_key(&key) {
+            let table = DeviceRope::new(&self.dev, inp.rope)?;
+            self.ropes.insert(key.clone(), table);
+        }
+        let rope = &self.ropes[&key];
+        let net = Net { dev: &self.dev, blas: &self.blas, cfg: &self.cfg, lay: &self.lay, params: &self.params };
+        let acts = forward::forward(&net, &dinp, rope, grad)?;
+        if grad {
+            backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;
+        }
+        let s = &self.dev.stream;
+        let token_loss: Vec<f64> = s.clone_dtoh(&acts.ce.token_loss)?.into_iter().map(f64::from).collect();
+        let correct_bits = s.clone_dtoh(&acts.ce.correct)?;
+        let loss = token_loss.iter().zip(inp.token_weights).map(|(l, w)| l * w).sum();
+        Ok(BitwiseCe { loss, token_loss, correct_bits })
+    }
+
+    fn upload_input(&self, inp: &ModelInput<f32>) -> Result<DeviceInput> {
+        let (s, b) = (&self.dev.stream, inp.b);
+        let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
+        let tokens: Vec<usize> = inp.scales.iter().map(|&(h, w)| h * w).collect();
+        let idx: Vec<i32> = scale_index(b, inp.scales).into_iter().map(|v| v as i32).collect();
+        let weights: Vec<f32> = inp.token_weights.iter().map(|&w| w as f32).collect();
+        let sa = AttnRanges::new(&self.dev, &block_causal_segments(b, &tokens), b * l, b * l)?;
+        let cond = match inp.cond {
+            Condition::Class { labels } => {
+                let labels: Vec<i32> = labels.iter().map(|&v| v as i32).collect();
+                DeviceCondition::Class { labels: s.clone_htod(&labels)? }
+            }
+            Condition::Text { kv_compact, cu_seqlens, dropped } => {
+                let nt = cu_seqlens[b];
+                let span = |bi: usize| (cu_seqlens[bi], cu_seqlens[bi + 1] - cu_seqlens[bi]);
+                let ca: Vec<Segment> =
+                    (0..b).map(|bi| Segment { q0: bi * l, nq: l, k0: span(bi).0, nk: span(bi).1 }).collect();
+                let pool: Vec<Segment> =
+                    (0..b).map(|bi| Segment { q0: bi, nq: 1, k0: span(bi).0, nk: span(bi).1 }).collect();
+                DeviceCondition::Text {
+                    kv_compact: s.clone_htod(kv_compact)?,
+                    cu: cu_seqlens.to_vec(),
+                    dropped: dropped.to_vec(),
+                    ca: Box::new(AttnRanges::new(&self.dev, &ca, b * l, nt)?),
+                    pool: Box::new(AttnRanges::new(&self.dev, &pool, b, nt)?),
+                }
+            }
+        };
+        Ok(DeviceInput {
+            b,
+            l,
+            x_wo_prefix: s.clone_htod(inp.x_wo_prefix)?,
+            gt_bits: s.clone_htod(inp.gt_bits)?,
+            weights: s.clone_htod(&weights)?,
+            scale_idx: s.clone_htod(&idx)?,
+            label_smoothing: inp.label_smoothing as f32,
+            cond,
+            sa,
+        })
+    }
+}
+
+/// Whether a CUDA device can be used (driver and device present; never panics).
+pub fn cuda_available() -> bool {
+    device_present()
+}

@@ -1,0 +1,146 @@
+//! The model on the GPU (feature `cuda`, gated on a device): the golden folders pass on CUDA; forward
+//! and backward equal the CPU model's within docs/numerics.md's tolerances for the class and text
+//! paths; two runs give the same bytes; and a short training run with `run.device = "cuda"` stays
+//! close to the same run on the CPU. Prints what it skipped on machines without a GPU.
+#![cfg(feature = "cuda")]
+
+use std::path::Path;
+
+use infinity_kernels::attention::block_causal_segments;
+use infinity_kernels::rope::RopeTable;
+use infinity_trainer::gpu::{cuda_available, GpuModel};
+use infinity_trainer::model::init::{init_params, InitConfig};
+use infinity_trainer::model::{
+    backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
+};
+use rand::{Rng, SeedableRng};
+
+fn gpu_or_skip() -> bool {
+    if !cuda_available() {
+        println!("skipped: no CUDA device (build with --features cuda on a GPU machine)");
+        return false;
+    }
+    true
+}
+
+/// Largest |a − b| over each parameter, relative to that parameter's largest |b|; the worst one.
+fn worst_rel(lay: &Layout, a: &[f32], b: &[f32]) -> (f32, String) {
+    let mut worst = (0.0f32, String::new());
+    for spec in &lay.specs {
+        let r = spec.offset..spec.offset + spec.numel();
+        let scale = b[r.clone()].iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-8);
+        let diff = a[r.clone()].iter().zip(&b[r]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
+        if diff > worst.0 {
+            worst = (diff, spec.name.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn golden_folders_pass_on_cuda() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
+    for name in ["model-tiny-square", "model-tiny-wide"] {
+        let r = infinity_trainer::golden::check_on(&root.join(name), true).unwrap();
+        for c in &r.comparisons {
+            println!("{name} on cuda: {} rel {:.2e} (tol {:.0e})", c.name, c.rel, c.tol);
+        }
+        assert!(r.ok(), "{name} on cuda: {:?}", r.failures);
+    }
+}
+
+#[test]
+fn forward_and_backward_match_the_cpu_model() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let scales = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6)];
+    let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
+    for conditioning in [Conditioning::Class { num_classes: 7 }, Conditioning::Text] {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        (mc.d, mc.depth, mc.conditioning) = (16, 2, conditioning.clone());
+        let lay = Layout::new(&mc);
+        let p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 5);
+        let b = 3;
+        let x: Vec<f32> = (0..b * (l - 1) * mc.d).map(|_| rng.random_range(-0.3..0.3)).collect();
+        let gt: Vec<u8> = (0..b * l * mc.d).map(|_| rng.random_range(0..2)).collect();
+        let labels = vec![1usize, 7, 4];
+        let cu = vec![0usize, 3, 3 + mc.text_maxlen.min(5), 3 + mc.text_maxlen.min(5) + 2];
+        let kv: Vec<f32> = (0..cu[b] * mc.text_channels).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dropped = vec![false, true, false];
+        let cond = match conditioning {
+            Conditioning::Class { .. } => Condition::Class { labels: &labels },
+            Conditioning::Text => Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
+        };
+        let rope = RopeTable::new(mc.head_dim(), &scales, (6, 6));
+        let weights = token_weights(b, &scales, true);
+        let inp = ModelInput {
+            b,
+            scales: &scales,
+            rope: &rope,
+            x_wo_prefix: &x,
+            cond,
+            gt_bits: &gt,
+            token_weights: &weights,
+            label_smoothing: 0.05,
+        };
+        let acts = forward(&mc, &lay, &p, &inp);
+        let mut cpu = Params::zeros(&lay);
+        backward(&mc, &lay, &p, &inp, &acts, &mut cpu);
+
+        let mut m = GpuModel::new(&mc, &lay, 0).unwrap();
+        m.upload_params(&p).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            m.zero_grads().unwrap();
+            let ce = m.step(&inp, true).unwrap();
+            let mut g = Params::zeros(&lay);
+            m.add_grads_into(&mut g.data).unwrap();
+            runs.push((ce, g.data));
+        }
+        let tag = format!("{conditioning:?}");
+        let (ce, g) = &runs[0];
+        assert!((ce.loss - acts.ce.loss).abs() <= 1e-5 * acts.ce.loss, "{tag}: loss {} vs {}", ce.loss, acts.ce.loss);
+        assert_eq!(ce.correct_bits.len(), acts.ce.correct_bits.len());
+        let (rel, name) = worst_rel(&lay, g, &cpu.data);
+        println!("{tag}: loss {:.6} vs {:.6}; worst gradient {name} rel {rel:.2e}", ce.loss, acts.ce.loss);
+        assert!(rel <= 1e-3, "{tag}: gradient of {name} differs by {rel:e} (relative to its largest value)");
+        assert!(runs[0].1 == runs[1].1, "{tag}: two GPU backward passes differ (must be deterministic)");
+        let _ = block_causal_segments; // the GPU builds its segments the same way
+    }
+}
+
+#[test]
+fn training_on_cuda_stays_close_to_the_cpu_run() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use infinity_data::synth::{synth, SynthOptions};
+    use infinity_trainer::train::config::{DeviceChoice, TrainConfig};
+    use infinity_trainer::train::{train, TrainOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
+    let mut losses = Vec::new();
+    for (name, device) in [("cpu", DeviceChoice::Cpu), ("cuda", DeviceChoice::Cuda)] {
+        let text = format!(
+            "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{name}\"\n\
+             [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+             [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
+             [optim]\nlr = 1e-3\n[checkpoint]\nevery = 4\n",
+            tmp.path().join(name).display(),
+            data.display()
+        );
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let cfg = TrainConfig::load(&p, &[]).unwrap();
+        assert_eq!(cfg.run.device, device);
+        losses.push(train(&cfg, &TrainOptions::default()).unwrap().last_loss);
+    }
+    println!("4 steps: loss {:.6} on the CPU, {:.6} on CUDA", losses[0], losses[1]);
+    assert!((losses[0] - losses[1]).abs() <= 1e-3 * losses[0], "losses {losses:?}");
+}
