@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU and CUDA 13: build the CUDA pieces, run every GPU test (each kernel
-# against its CPU twin, the NCCL communicator, NCCL data parallelism when there are 2+ GPUs), the
-# headline-kernel benchmarks side by side with PyTorch eager, and print a summary. Meant to fit one
-# device run (8 minutes on one H200); the release build is the long part.
+# against its CPU twin, the model on the GPU against the CPU model and the golden folders, the NCCL
+# communicator, NCCL data parallelism when there are 2+ GPUs), the headline-kernel benchmarks and a
+# training-step benchmark side by side with PyTorch eager, and print a summary. Meant to fit one
+# device run (8 minutes on one H200). One build: the dev profile (dependencies optimised; the GPU does
+# the work), reused by the tests and the benchmarks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -21,32 +23,43 @@ if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/libnccl.so.2" ]; then
     mkdir -p target/nccl-lib && ln -sf "$nccl_dir/libnccl.so.2" target/nccl-lib/libnccl.so
     export LD_LIBRARY_PATH="$PWD/target/nccl-lib:${LD_LIBRARY_PATH:-}"
 fi
+features=infinity-trainer/cuda
+bin=target/debug/infinity
 
 echo "== build"
-cargo build --release -p infinity-kernels -p infinity-launcher --features infinity-kernels/cuda,infinity-launcher/cuda \
-    --tests --benches 2>&1 | tail -2
+cargo build -p infinity-trainer -p infinity-kernels -p infinity-launcher --features "$features" --tests 2>&1 | tail -2
 
+status=0
 run() { # name, command...: run a test command, keep the interesting lines
     echo "== $1"
     shift
     "$@" -- --nocapture --test-threads 1 2>&1 \
-        | grep -E "relative error|skipped|ok$|differ|aborted|NCCL|^test |test result|panicked|error" | tee -a "$log"
+        | grep -E "relative error|rel |loss|skipped|differ|aborted|NCCL|^test |test result|panicked|error" | tee -a "$log"
     return "${PIPESTATUS[0]}"
 }
-status=0
-run "kernels against their CPU twins" cargo test --release -p infinity-kernels --features cuda \
+run "kernels against their CPU twins" cargo test -p infinity-kernels --features cuda \
     --test cuda_twins --test cuda_compile || status=1
-run "NCCL communicator" cargo test --release -p infinity-launcher --features cuda --test nccl || status=1
+run "the model on the GPU against the CPU model" cargo test -p infinity-trainer --features cuda --test gpu_model || status=1
+run "NCCL communicator" cargo test -p infinity-launcher --features cuda --test nccl || status=1
 if [ "$gpus" -ge 2 ]; then
-    run "NCCL data parallelism" cargo test --release -p infinity-trainer --features cuda --test distributed nccl || status=1
+    run "NCCL data parallelism" cargo test -p infinity-trainer --features cuda --test distributed nccl || status=1
 else
     echo "== NCCL data parallelism: skipped ($gpus GPU; NCCL needs one device per rank)" | tee -a "$log"
 fi
+echo "== golden folders on CUDA"
+"$bin" golden check tests/golden --device cuda 2>&1 | grep -vE "^\s+(grad|note)" || status=1
 
-echo "== benchmarks (PyTorch eager side by side)"
+echo "== kernel benchmarks (PyTorch eager side by side)"
 INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} \
-    cargo bench -p infinity-kernels --features cuda --bench cuda_kernels 2>&1 | grep -vE "^\s*(Compiling|Finished|Running)" \
-    || status=1
+    cargo bench --profile dev -p infinity-kernels --features cuda --bench cuda_kernels 2>&1 \
+    | grep -vE "^\s*(Compiling|Finished|Running)" || status=1
+
+echo "== training-step benchmark at 256 px (PyTorch eager side by side; MFU against 790 TFLOP/s bf16)"
+for shape in "--preset layer12 --batch 16" "--preset 2b --batch 8" "--preset 2b --batch 8 --recompute"; do
+    # shellcheck disable=SC2086
+    "$bin" model bench $shape --template 1.000 --budget 0.06M --steps 5 --device cuda \
+        --peak-tflops 790 --python python3 2>&1 || status=1
+done
 
 echo "== summary"
 echo "tests: $(grep -c ' \.\.\. ok' "$log") passed, $(grep -c 'FAILED' "$log") failed, $(grep -c 'skipped' "$log") skipped"

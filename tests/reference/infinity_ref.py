@@ -254,7 +254,7 @@ class Infinity(nn.Module):
         ctx = self.text_proj_for_ca(kv)                                   # T, C
         shared = self.shared_ada_lin(cond).view(B, 1, 6, C)
         x = torch.cat([(cond + self.pos_start[0]).unsqueeze(1), self.word_embed(x_wo_prefix)], dim=1)
-        scale_of = torch.cat([torch.full((h * w,), s) for s, (_, h, w) in enumerate(schedule)])
+        scale_of = torch.cat([torch.full((h * w,), s) for s, (_, h, w) in enumerate(schedule)]).to(x.device)
         x = x + self.lvl_embed(scale_of).unsqueeze(0)                    # only before the first block
         mask = torch.where(scale_of[:, None] >= scale_of[None, :], 0.0, -math.inf).to(x.dtype)
         for blk in self.blocks:
@@ -274,7 +274,7 @@ def bitwise_loss(logits, gt_bits, schedule, reweight):
         lw = lw / lw.sum()
     else:
         lw = torch.full((L,), 1.0 / L)
-    return (ce * lw.to(ce.dtype)).sum(-1).mean()
+    return (ce * lw.to(ce.device, ce.dtype)).sum(-1).mean()
 
 
 # ----------------------------------------------------------------------------------------------

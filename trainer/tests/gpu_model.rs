@@ -1,6 +1,6 @@
 //! The model on the GPU (feature `cuda`, gated on a device): the golden folders pass on CUDA; forward
 //! and backward equal the CPU model's within docs/numerics.md's tolerances for the class and text
-//! paths; two runs give the same bytes; and a short training run with `run.device = "cuda"` stays
+//! paths; two runs give the same bytes, with or without block recomputation; and a short training run with `run.device = "cuda"` stays
 //! close to the same run on the CPU. Prints what it skipped on machines without a GPU.
 #![cfg(feature = "cuda")]
 
@@ -95,7 +95,8 @@ fn forward_and_backward_match_the_cpu_model() {
         let mut m = GpuModel::new(&mc, &lay, 0).unwrap();
         m.upload_params(&p).unwrap();
         let mut runs = Vec::new();
-        for _ in 0..2 {
+        for recompute in [false, false, true] {
+            m.recompute = recompute;
             m.zero_grads().unwrap();
             let ce = m.step(&inp, true).unwrap();
             let mut g = Params::zeros(&lay);
@@ -110,6 +111,7 @@ fn forward_and_backward_match_the_cpu_model() {
         println!("{tag}: loss {:.6} vs {:.6}; worst gradient {name} rel {rel:.2e}", ce.loss, acts.ce.loss);
         assert!(rel <= 1e-3, "{tag}: gradient of {name} differs by {rel:e} (relative to its largest value)");
         assert!(runs[0].1 == runs[1].1, "{tag}: two GPU backward passes differ (must be deterministic)");
+        assert!(runs[0].1 == runs[2].1, "{tag}: recomputing the blocks changed the gradients");
         let _ = block_causal_segments; // the GPU builds its segments the same way
     }
 }

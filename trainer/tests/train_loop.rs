@@ -31,6 +31,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             log_every: 100,
             peak_tflops: Some(1.0),
             device: Default::default(),
+            recompute: false,
         },
         model: ModelSection {
             preset: "tiny".into(),

@@ -25,6 +25,10 @@ pub enum GoldenCommand {
 
 pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
     let GoldenCommand::Check { paths, all, device } = cmd;
+    anyhow::ensure!(
+        device == "cpu" || cfg!(feature = "cuda"),
+        "--device cuda needs a build with the `cuda` feature (cargo build --release --features cuda)"
+    );
     let mut dirs = Vec::new();
     for p in paths {
         if p.join("config.json").is_file() {

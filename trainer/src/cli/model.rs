@@ -45,6 +45,15 @@ pub struct BenchArgs {
     /// Also run the PyTorch reference (tests/reference/bench_model.py) with this Python.
     #[arg(long)]
     python: Option<String>,
+    /// `cpu`, or `cuda` (GPU 0; needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    device: String,
+    /// Peak dense TFLOP/s of the device, for MFU (H200: about 790 in bf16).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// On the GPU, recompute each block in the backward (run.recompute).
+    #[arg(long)]
+    recompute: bool,
 }
 
 fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
@@ -94,9 +103,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 text_tokens: a.shape.text_tokens,
                 steps: a.steps,
                 python: a.python,
+                cuda: a.device == "cuda",
+                peak_tflops: a.peak_tflops,
+                recompute: a.recompute,
             };
-            println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | peak RSS MiB |");
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | MFU | peak MiB |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             print!("{}", bench::run(&o)?);
         }
     }

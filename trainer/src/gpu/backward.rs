@@ -14,7 +14,7 @@ use infinity_kernels::cuda::linear::{bias_grad, input_grad, weight_grad};
 use infinity_kernels::cuda::ops::activation_backward_dev;
 use infinity_kernels::cuda::util;
 
-use super::forward::{saved, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
+use super::forward::{block_forward, saved, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
 use super::Net;
 
 /// The gradient view of parameter `name`.
@@ -79,7 +79,19 @@ pub fn backward(
         None => None,
     };
     for blk in (0..cfg.depth).rev() {
-        dx = block_backward(net, blk, inp, a, rope, dx, &mut dshared_gss, dkv_ca.as_mut(), grads)?;
+        let saved_block = &a.blocks[blk];
+        let recomputed = match saved_block.gss {
+            // recomputation: only the block's input was kept; run its forward again
+            None => {
+                let x_in = saved(&saved_block.x_in);
+                let mut x = net.buf(x_in.len())?;
+                util::copy(dev, x_in, &mut x)?;
+                Some(block_forward(net, blk, inp, rope, &a.shared_gss, a.text.as_ref(), x)?.0)
+            }
+            Some(_) => None,
+        };
+        let s = recomputed.as_ref().unwrap_or(saved_block);
+        dx = block_backward(net, blk, inp, a, s, rope, dx, &mut dshared_gss, dkv_ca.as_mut(), grads)?;
     }
 
     // ---- input tokens ---------------------------------------------------------------------------------
@@ -185,6 +197,7 @@ fn block_backward(
     blk: usize,
     inp: &DeviceInput,
     a: &GpuActs,
+    s: &BlockBufs,
     rope: &DeviceRope,
     dx_out: CudaSlice<f32>,
     dshared_gss: &mut CudaSlice<f32>,
@@ -195,7 +208,6 @@ fn block_backward(
     let (b, l, c, h) = (inp.b, inp.l, cfg.embed_dim, cfg.num_heads);
     let (n, hd, hf) = (b * l, c / h, cfg.ffn_hidden());
     let dev = net.dev;
-    let s: &BlockBufs = &a.blocks[blk];
     let name = |x: &str| format!("blocks.{blk}.{x}");
     let gss = saved(&s.gss);
     let part = |j: usize| gss.slice(j * c..);

@@ -114,8 +114,9 @@ pub(super) fn saved(b: &Option<CudaSlice<f32>>) -> &CudaSlice<f32> {
     b.as_ref().expect("forward saved this activation")
 }
 
-/// Run the model and the fused head + loss (`grad`: also `dlogits` and `dh` for the backward).
-pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool) -> Result<GpuActs> {
+/// Run the model and the fused head + loss (`grad`: also `dlogits` and `dh` for the backward). With
+/// `recompute`, each block keeps only its input; the backward runs the block forward again.
+pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, recompute: bool) -> Result<GpuActs> {
     let cfg = net.cfg;
     let (b, l, c, d) = (inp.b, inp.l, cfg.embed_dim, cfg.d);
     let n = b * l;
@@ -142,7 +143,7 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool) -> R
     let mut blocks = Vec::with_capacity(cfg.depth);
     for blk in 0..cfg.depth {
         let (s, x_next) = block_forward(net, blk, inp, rope, &shared_gss, text.as_ref(), x)?;
-        blocks.push(s);
+        blocks.push(if recompute { BlockBufs { x_in: s.x_in, ..Default::default() } } else { s });
         x = x_next;
     }
 
@@ -216,7 +217,7 @@ fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, 
 }
 
 /// One block: consumes its input residual, returns its saved activations and its output.
-fn block_forward(
+pub(super) fn block_forward(
     net: &Net,
     blk: usize,
     inp: &DeviceInput,

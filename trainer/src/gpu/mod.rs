@@ -77,6 +77,8 @@ pub struct GpuModel {
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
     ropes: HashMap<Vec<(usize, usize)>, DeviceRope>,
+    /// Keep only each block's input in the forward and recompute the block in the backward.
+    pub recompute: bool,
 }
 
 impl GpuModel {
@@ -86,7 +88,16 @@ impl GpuModel {
         let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
         let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
         let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;
-        Ok(GpuModel { dev, blas, cfg: cfg.clone(), lay: lay.clone(), params, grads, ropes: HashMap::new() })
+        Ok(GpuModel {
+            dev,
+            blas,
+            cfg: cfg.clone(),
+            lay: lay.clone(),
+            params,
+            grads,
+            ropes: HashMap::new(),
+            recompute: false,
+        })
     }
 
     /// The device's name for logs (`compute_XY`).
@@ -122,7 +133,7 @@ impl GpuModel {
         }
         let rope = &self.ropes[&key];
         let net = Net { dev: &self.dev, blas: &self.blas, cfg: &self.cfg, lay: &self.lay, params: &self.params };
-        let acts = forward::forward(&net, &dinp, rope, grad)?;
+        let acts = forward::forward(&net, &dinp, rope, grad, grad && self.recompute)?;
         if grad {
             backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;
         }

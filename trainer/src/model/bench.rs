@@ -1,5 +1,6 @@
-//! `infinity model bench`: forward+backward throughput and peak memory of the CPU model, optionally
-//! side by side with the PyTorch reference (tests/reference/bench_model.py) in the same run.
+//! `infinity model bench`: forward+backward throughput and peak memory of the model on the CPU or a GPU
+//! (`--device cuda`), optionally side by side with the PyTorch reference (tests/reference/bench_model.py)
+//! on the same device in the same run.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -24,6 +25,12 @@ pub struct BenchOptions {
     pub text_tokens: usize,
     pub steps: usize,
     pub python: Option<String>,
+    /// Run on GPU 0 (the PyTorch side too).
+    pub cuda: bool,
+    /// Peak dense TFLOP/s of the device, for MFU.
+    pub peak_tflops: Option<f64>,
+    /// GPU: recompute blocks in the backward.
+    pub recompute: bool,
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -80,12 +87,55 @@ pub fn run(o: &BenchOptions) -> Result<String> {
         token_weights: &w,
         label_smoothing: 0.0,
     };
-    let mut grads = Params::zeros(&lay);
+    let (secs, mem) = if o.cuda { time_cuda(o, cfg, &lay, &p, &inp)? } else { time_cpu(o, cfg, &lay, &p, &inp) };
+    let tps = (b * l) as f64 / secs;
+    let flops = train_flops_per_token(cfg, &scales, o.text_tokens);
+    let threads = rayon_threads();
+    let mfu = |tps: f64| o.peak_tflops.map_or("–".into(), |pk| format!("{:.1}%", 100.0 * tps * flops / (pk * 1e12)));
+    let ours = match (o.cuda, o.recompute) {
+        (true, true) => "rust (this crate, cuda f32, recompute)",
+        (true, false) => "rust (this crate, cuda f32)",
+        _ => "rust (this crate)",
+    };
+    let mut out = String::new();
+    let mem = mem.map_or("?".into(), |m| format!("{m:.0}"));
+    let row = |out: &mut String, who: &str, tps: f64, mem: &str| {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2e} | {who} | {threads} | {tps:.0} | {:.1} | {} | {mem} |",
+            o.label,
+            lay.numel,
+            l,
+            b,
+            flops,
+            tps * flops / 1e9,
+            mfu(tps)
+        );
+    };
+    row(&mut out, ours, tps, &mem);
+    if let Some(py) = &o.python {
+        let (ptps, pmem) = python_bench(py, o, threads)?;
+        let who = if o.cuda { "pytorch eager (cuda f32)" } else { "pytorch eager (f32)" };
+        row(&mut out, who, ptps, &format!("{pmem:.0}"));
+        let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
+    }
+    Ok(out)
+}
+
+/// Seconds per forward+backward on the CPU, and peak RSS.
+fn time_cpu(
+    o: &BenchOptions,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    inp: &ModelInput<f32>,
+) -> (f64, Option<f64>) {
+    let mut grads = Params::zeros(lay);
     let mut acts = Default::default();
     let mut step = |grads: &mut Params<f32>| {
         grads.data.iter_mut().for_each(|g| *g = 0.0);
-        forward_into(cfg, &lay, &p, &inp, &mut acts);
-        backward(cfg, &lay, &p, &inp, &acts, grads);
+        forward_into(cfg, lay, p, inp, &mut acts);
+        backward(cfg, lay, p, inp, &acts, grads);
         acts.ce.loss
     };
     step(&mut grads); // warm-up: allocates the activations once
@@ -93,37 +143,42 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     for _ in 0..o.steps {
         std::hint::black_box(step(&mut grads));
     }
-    let secs = t.elapsed().as_secs_f64() / o.steps as f64;
-    let tps = (b * l) as f64 / secs;
-    let flops = train_flops_per_token(cfg, &scales, o.text_tokens);
-    let threads = rayon_threads();
-    let mut out = String::new();
-    let rss = peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}"));
-    let _ = writeln!(
-        out,
-        "| {} | {} | {} | {} | {:.2e} | rust (this crate) | {threads} | {tps:.0} | {:.1} | {rss} |",
-        o.label,
-        lay.numel,
-        l,
-        b,
-        flops,
-        tps * flops / 1e9
-    );
-    if let Some(py) = &o.python {
-        let (ptps, prss) = python_bench(py, o, threads)?;
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {:.2e} | pytorch eager (f32) | {threads} | {ptps:.0} | {:.1} | {prss:.0} |",
-            o.label,
-            lay.numel,
-            l,
-            b,
-            flops,
-            ptps * flops / 1e9
-        );
-        let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
+    (t.elapsed().as_secs_f64() / o.steps as f64, peak_rss_mib())
+}
+
+/// Seconds per forward+backward on GPU 0 (each step ends with the loss on the host), and the device
+/// memory in use after the steps.
+#[cfg(feature = "cuda")]
+fn time_cuda(
+    o: &BenchOptions,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    inp: &ModelInput<f32>,
+) -> Result<(f64, Option<f64>)> {
+    let mut m = crate::gpu::GpuModel::new(cfg, lay, 0)?;
+    m.recompute = o.recompute;
+    m.upload_params(p)?;
+    m.zero_grads()?;
+    m.step(inp, true)?; // warm-up: compiles the kernels, fills the allocator's pool
+    let t = Instant::now();
+    for _ in 0..o.steps {
+        std::hint::black_box(m.step(inp, true)?);
     }
-    Ok(out)
+    let secs = t.elapsed().as_secs_f64() / o.steps as f64;
+    let used = cudarc::driver::result::mem_get_info().ok().map(|(free, total)| (total - free) as f64 / 1048576.0);
+    Ok((secs, used))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn time_cuda(
+    _: &BenchOptions,
+    _: &ModelConfig,
+    _: &Layout,
+    _: &Params<f32>,
+    _: &ModelInput<f32>,
+) -> Result<(f64, Option<f64>)> {
+    anyhow::bail!("--device cuda needs a build with the `cuda` feature (cargo build --release --features cuda)")
 }
 
 fn rayon_threads() -> usize {
@@ -146,6 +201,7 @@ fn python_bench(python: &str, o: &BenchOptions, threads: usize) -> Result<(f64, 
         ("--budget", o.budget.clone()),
         ("--steps", o.steps.to_string()),
         ("--threads", threads.to_string()),
+        ("--device", if o.cuda { "cuda".into() } else { "cpu".into() }),
     ];
     let mut cmd = std::process::Command::new(python);
     cmd.arg(&script);

@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 
-use super::config::DeviceChoice;
+use super::config::{DeviceChoice, RunConfig};
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
 
 pub enum Compute {
@@ -16,8 +16,8 @@ pub enum Compute {
 
 impl Compute {
     /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
-    pub fn open(choice: DeviceChoice, _mc: &ModelConfig, _lay: &Layout) -> Result<Compute> {
-        match (choice, gpu_ordinal()?) {
+    pub fn open(run: &RunConfig, _mc: &ModelConfig, _lay: &Layout) -> Result<Compute> {
+        match (run.device, gpu_ordinal()?) {
             (DeviceChoice::Cpu, _) => Ok(Compute::Cpu),
             (DeviceChoice::Auto, None) => {
                 println!("device: cpu (run.device = \"auto\": {})", why_no_gpu());
@@ -26,8 +26,13 @@ impl Compute {
             (DeviceChoice::Cuda, None) => bail!("run.device = \"cuda\" but {}", why_no_gpu()),
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
-                let m = crate::gpu::GpuModel::new(_mc, _lay, ordinal)?;
-                println!("device: cuda:{ordinal} ({})", m.arch());
+                let mut m = crate::gpu::GpuModel::new(_mc, _lay, ordinal)?;
+                m.recompute = run.recompute;
+                println!(
+                    "device: cuda:{ordinal} ({}{})",
+                    m.arch(),
+                    if run.recompute { ", recomputing blocks" } else { "" }
+                );
                 Ok(Compute::Cuda(Box::new(m)))
             }
             #[cfg(not(feature = "cuda"))]

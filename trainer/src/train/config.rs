@@ -102,6 +102,10 @@ pub struct RunConfig {
     /// `cuda` feature) or `auto` (the GPU when there is one, else the CPU, saying so).
     #[serde(default)]
     pub device: DeviceChoice,
+    /// On the GPU, keep only each block's input in the forward and recompute the block in the
+    /// backward (activation memory of one block instead of all, for one more block forward each).
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

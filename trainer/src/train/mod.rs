@@ -170,7 +170,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mc = cfg.model_config(m.d as usize, num_classes, text)?;
     let lay = Layout::new(&mc);
     let mut dist = Dist::join(&cfg.dist)?;
-    let mut compute = compute::Compute::open(cfg.run.device, &mc, &lay)?;
+    let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
     let per_rank = cfg.data.global_batch / dist.world;
     if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
         bail!(
