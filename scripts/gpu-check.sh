@@ -55,7 +55,8 @@ INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} \
     | grep -vE "^\s*(Compiling|Finished|Running)" || status=1
 
 echo "== training-step benchmark at 256 px (PyTorch eager side by side; MFU against 790 TFLOP/s bf16)"
-for shape in "--preset layer12 --batch 16" "--preset 2b --batch 8" "--preset 2b --batch 8 --recompute"; do
+for shape in "--preset layer12 --batch 16" "--preset 2b --batch 8" "--preset 2b --batch 8 --bf16" \
+    "--preset 2b --batch 8 --bf16 --recompute"; do
     # shellcheck disable=SC2086
     "$bin" model bench $shape --template 1.000 --budget 0.06M --steps 5 --device cuda \
         --peak-tflops 790 --python python3 2>&1 || status=1

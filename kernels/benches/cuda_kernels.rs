@@ -93,7 +93,7 @@ fn main() {
     drop((src, dst));
 
     // head + bitwise CE, forward and backward: 256 px schedule (646 tokens) × 16 samples, d = 32
-    let blas = cudarc::cublas::CudaBlas::new(dev.stream.clone()).unwrap();
+    let gemm = infinity_kernels::cuda::linear::Gemm::new(&dev, false).unwrap();
     for c in [768usize, 2048] {
         let (n, d) = (16 * 646, 32);
         let h = upload(&dev, &(0..n * c).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
@@ -107,7 +107,7 @@ fn main() {
         let ms = time_ms(&dev, 20, || {
             head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
             let g = out.dlogits.as_ref().unwrap();
-            weight_grad(&blas, &dev, g, &h, &mut dw, (n, c, 2 * d)).unwrap();
+            weight_grad(&gemm, &dev, g, &h, &mut dw, (n, c, 2 * d)).unwrap();
             bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
         });
         let kernel_ms = time_ms(&dev, 20, || {

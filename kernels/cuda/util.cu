@@ -103,3 +103,17 @@ extern "C" __global__ void add_rows_at_f32(const float* __restrict__ src, float*
                                            long count, int c) {
     GRID_STRIDE(i, count * c) { dst[i] += src[first * c + i]; }
 }
+
+// bf16 copy of x (round to nearest even, NaN kept a quiet NaN): the inputs of bf16 GEMMs. Written
+// without cuda_bf16.h so the source compiles with NVRTC alone.
+extern "C" __global__ void to_bf16(const float* __restrict__ x, unsigned short* __restrict__ y, long n) {
+    GRID_STRIDE(i, n) {
+        unsigned int u = __float_as_uint(x[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            y[i] = (unsigned short)((u >> 16) | 0x40u);
+        } else {
+            u += 0x7fffu + ((u >> 16) & 1u);
+            y[i] = (unsigned short)(u >> 16);
+        }
+    }
+}

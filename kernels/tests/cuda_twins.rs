@@ -270,6 +270,18 @@ fn adamw_and_the_global_norm_match_their_cpu_twins() {
     assert!((cpu - gpu).abs() <= 1e-12 * cpu, "sum of squares {gpu} vs {cpu}");
 }
 
+/// bf16 rounding, round to nearest even (what util.cu's `to_bf16` does), back in f32.
+fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|&x| {
+            let u = x.to_bits();
+            f32::from_bits((u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000)
+        })
+        .collect()
+}
+
+/// The linear layer through cuBLAS in f32, and with bf16 inputs (f32 accumulation): the bf16 products
+/// are compared with the CPU twin run on the same bf16-rounded inputs, so the tolerance stays an f32 one.
 #[test]
 fn linear_through_cublas_matches_its_cpu_twin() {
     let Some(dev) = device() else { return };
@@ -277,16 +289,23 @@ fn linear_through_cublas_matches_its_cpu_twin() {
     for (n, fin, fout) in [(1, 1, 1), (37, 64, 192), (521, 256, 1024), (33, 130, 7)] {
         let (x, w, b) =
             (rand_vec(&mut rng, n * fin, 1.0), rand_vec(&mut rng, fout * fin, 0.1), rand_vec(&mut rng, fout, 0.1));
-        let mut y = vec![0.0f32; n * fout];
-        linear::linear_forward(&x, &w, Some(&b), &mut y, n, fin, fout);
-        close("linear", &cuda_linear::linear_forward(&dev, &x, &w, Some(&b), n, fin, fout).unwrap(), &y, 1e-5);
         let dy = rand_vec(&mut rng, n * fout, 1.0);
-        let (mut dx, mut dw, mut db) = (vec![0.0f32; n * fin], vec![0.0f32; fout * fin], vec![0.0f32; fout]);
-        linear::linear_backward(&dy, &x, &w, Some(&mut dx), &mut dw, Some(&mut db), n, fin, fout);
-        let (gdx, gdw, gdb) = cuda_linear::linear_backward(&dev, &dy, &x, &w, n, fin, fout).unwrap();
-        close("linear dx", &gdx, &dx, 1e-5);
-        close("linear dW", &gdw, &dw, 1e-5);
-        close("linear db", &gdb, &db, 1e-5);
+        for bf16 in [false, true] {
+            let tag = if bf16 { "linear bf16" } else { "linear" };
+            let r = |v: &[f32]| if bf16 { bf16_round(v) } else { v.to_vec() };
+            let (xr, wr, dyr) = (r(&x), r(&w), r(&dy));
+            let mut y = vec![0.0f32; n * fout];
+            linear::linear_forward(&xr, &wr, Some(&b), &mut y, n, fin, fout);
+            let gy = cuda_linear::linear_forward(&dev, bf16, &x, &w, Some(&b), n, fin, fout).unwrap();
+            close(tag, &gy, &y, 1e-5);
+            let (mut dx, mut dw, mut db) = (vec![0.0f32; n * fin], vec![0.0f32; fout * fin], vec![0.0f32; fout]);
+            linear::linear_backward(&dyr, &xr, &wr, Some(&mut dx), &mut dw, None, n, fin, fout);
+            linear::linear_backward(&dy, &x, &w, None, &mut vec![0.0f32; fout * fin], Some(&mut db), n, fin, fout);
+            let (gdx, gdw, gdb) = cuda_linear::linear_backward(&dev, bf16, &dy, &x, &w, n, fin, fout).unwrap();
+            close(&format!("{tag} dx"), &gdx, &dx, 1e-5);
+            close(&format!("{tag} dW"), &gdw, &dw, 1e-5);
+            close(&format!("{tag} db"), &gdb, &db, 1e-5);
+        }
     }
 }
 

@@ -123,7 +123,7 @@ fn gpu_forward_backward(
     inp: &ModelInput<f32>,
     grads: &mut Params<f32>,
 ) -> Result<infinity_kernels::bitwise_ce::BitwiseCe> {
-    let mut m = crate::gpu::GpuModel::new(mc, lay, 0)?;
+    let mut m = crate::gpu::GpuModel::new(mc, lay, 0, false)?;
     m.upload_params(p)?;
     m.zero_grads()?;
     let ce = m.step(inp, true)?;

@@ -92,7 +92,7 @@ fn forward_and_backward_match_the_cpu_model() {
         let mut cpu = Params::zeros(&lay);
         backward(&mc, &lay, &p, &inp, &acts, &mut cpu);
 
-        let mut m = GpuModel::new(&mc, &lay, 0).unwrap();
+        let mut m = GpuModel::new(&mc, &lay, 0, false).unwrap();
         m.upload_params(&p).unwrap();
         let mut runs = Vec::new();
         for recompute in [false, false, true] {
@@ -112,6 +112,13 @@ fn forward_and_backward_match_the_cpu_model() {
         assert!(rel <= 1e-3, "{tag}: gradient of {name} differs by {rel:e} (relative to its largest value)");
         assert!(runs[0].1 == runs[1].1, "{tag}: two GPU backward passes differ (must be deterministic)");
         assert!(runs[0].1 == runs[2].1, "{tag}: recomputing the blocks changed the gradients");
+        // bf16 matmul inputs: the loss moves by bf16 rounding only
+        let mut m16 = GpuModel::new(&mc, &lay, 0, true).unwrap();
+        m16.upload_params(&p).unwrap();
+        m16.zero_grads().unwrap();
+        let ce16 = m16.step(&inp, true).unwrap();
+        println!("{tag}: bf16 matmuls loss {:.6}", ce16.loss);
+        assert!((ce16.loss - acts.ce.loss).abs() <= 1e-2 * acts.ce.loss, "{tag}: bf16 loss {}", ce16.loss);
         let _ = block_causal_segments; // the GPU builds its segments the same way
     }
 }

@@ -32,6 +32,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             peak_tflops: Some(1.0),
             device: Default::default(),
             recompute: false,
+            precision: Default::default(),
         },
         model: ModelSection {
             preset: "tiny".into(),

@@ -4,11 +4,10 @@
 //!
 //! Dims: `N` tokens, `C` width, `d` bits (`2d ≤ 128`).
 
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{Arg, Buf, BufMut, CudaError, Device};
-use super::linear::{bias_grad, blas_err, weight_grad};
+use super::linear::{bias_grad, weight_grad, Gemm};
 
 /// Tokens per block and K tile of head_ce.cu.
 const TOK: usize = 8;
@@ -134,9 +133,9 @@ pub fn head_bitwise_ce(
     head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out)?;
     let grads = match (&out.dlogits, &out.dh) {
         (Some(g), Some(dh)) => {
-            let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
+            let gemm = Gemm::new(dev, false)?;
             let (mut dw, mut db) = (s.alloc_zeros::<f32>(2 * d * c)?, s.alloc_zeros::<f32>(2 * d)?);
-            weight_grad(&blas, dev, g, &hd, &mut dw, (n, c, 2 * d))?;
+            weight_grad(&gemm, dev, g, &hd, &mut dw, (n, c, 2 * d))?;
             bias_grad(dev, g, &mut db, n, 2 * d)?;
             Some((s.clone_dtoh(dh)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
         }

@@ -1,10 +1,13 @@
 //! The linear layer on the device, PyTorch layout `y[N, out] = x[N, in]·W[out, in]ᵀ + b` (twin of
-//! `linear`): products through cuBLAS SGEMM (row-major buffers read as transposed column-major
-//! matrices), the bias through linear.cu. Device entry points (`*_dev`) for the GPU model; host-slice
-//! wrappers for the equivalence test.
+//! `linear`): products through cuBLAS (row-major buffers read as transposed column-major matrices), in
+//! f32 (SGEMM) or with bf16 inputs and f32 accumulation and output (GemmEx on tensor cores; the inputs
+//! are rounded to bf16 by util.cu's `to_bf16` on the way), the bias through linear.cu. Device entry
+//! points (`*_dev`) for the GPU model; host-slice wrappers for the equivalence test.
 
 use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, DevicePtrMut};
 
 use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
 
@@ -12,38 +15,94 @@ pub(crate) fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
 }
 
-/// Column-major `C (m × n) = α·op(A)·op(B) + β·C` on raw device addresses.
+/// cuBLAS on the device's stream, and the precision its products run in.
+pub struct Gemm {
+    pub blas: CudaBlas,
+    /// bf16 inputs, f32 accumulation and output (tensor cores); otherwise f32 throughout.
+    pub bf16: bool,
+}
+
+impl Gemm {
+    pub fn new(dev: &Device, bf16: bool) -> Result<Gemm, CudaError> {
+        Ok(Gemm { blas: CudaBlas::new(dev.stream.clone()).map_err(blas_err)?, bf16 })
+    }
+}
+
+/// A bf16 copy of `x` (uninitialised storage, every element written by `to_bf16`).
+fn bf16_copy(dev: &Device, x: &dyn Buf) -> Result<CudaSlice<u16>, CudaError> {
+    let n = x.count();
+    // SAFETY: to_bf16 writes all n elements before anything reads them (same stream).
+    let mut y = unsafe { dev.stream.alloc::<u16>(n.max(1)) }?;
+    let s = &dev.stream;
+    let args = [Arg::Ptr(x.addr(s)), Arg::Ptr(y.device_ptr_mut(s).0), Arg::I64(n as i64)];
+    // SAFETY: to_bf16(x, y, n).
+    unsafe { dev.launch("util.cu", "to_bf16", elementwise(n), &args) }?;
+    Ok(y)
+}
+
+/// Column-major `C (m × n) = op(A)·op(B) + β·C` with f32 `C`; `A` and `B` in f32, or rounded to bf16
+/// first when `gemm.bf16`.
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
-    blas: &CudaBlas,
+fn product(
+    gemm: &Gemm,
+    dev: &Device,
     (ta, tb): (cublasOperation_t, cublasOperation_t),
     (m, n, k): (usize, usize, usize),
-    a: u64,
-    lda: usize,
-    b: u64,
-    ldb: usize,
+    (a, lda): (&dyn Buf, usize),
+    (b, ldb): (&dyn Buf, usize),
     beta: f32,
-    c: u64,
+    c: &mut dyn BufMut,
     ldc: usize,
 ) -> Result<(), CudaError> {
-    let alpha = 1.0f32;
-    // SAFETY: callers check that the buffers behind the addresses hold the matrices the sizes describe.
+    let (alpha, s) = (1.0f32, &dev.stream);
+    let h = *gemm.blas.handle();
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    if !gemm.bf16 {
+        // SAFETY: callers check that the buffers hold the matrices the sizes describe.
+        return unsafe {
+            cudarc::cublas::result::sgemm(
+                h,
+                ta,
+                tb,
+                mi,
+                ni,
+                ki,
+                &alpha,
+                a.addr(s) as *const f32,
+                lda as i32,
+                b.addr(s) as *const f32,
+                ldb as i32,
+                &beta,
+                c.addr_mut(s) as *mut f32,
+                ldc as i32,
+            )
+        }
+        .map_err(blas_err);
+    }
+    let (mut a16, mut b16) = (bf16_copy(dev, a)?, bf16_copy(dev, b)?);
+    let (pa, pb) = (a16.device_ptr_mut(s).0, b16.device_ptr_mut(s).0);
+    // SAFETY: the bf16 copies have the f32 buffers' shapes; C is f32 as declared.
     unsafe {
-        cudarc::cublas::result::sgemm(
-            *blas.handle(),
+        cudarc::cublas::result::gemm_ex(
+            h,
             ta,
             tb,
-            m as i32,
-            n as i32,
-            k as i32,
-            &alpha,
-            a as *const f32,
+            mi,
+            ni,
+            ki,
+            &alpha as *const f32 as *const _,
+            pa as *const _,
+            cudaDataType::CUDA_R_16BF,
             lda as i32,
-            b as *const f32,
+            pb as *const _,
+            cudaDataType::CUDA_R_16BF,
             ldb as i32,
-            &beta,
-            c as *mut f32,
+            &beta as *const f32 as *const _,
+            c.addr_mut(s) as *mut _,
+            cudaDataType::CUDA_R_32F,
             ldc as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
     .map_err(blas_err)
@@ -52,7 +111,7 @@ fn sgemm(
 /// `y = x·Wᵀ (+ b)`, `y` written.
 pub fn linear_dev(
     dev: &Device,
-    blas: &CudaBlas,
+    gemm: &Gemm,
     x: &dyn Buf,
     w: &dyn Buf,
     b: Option<&dyn Buf>,
@@ -74,14 +133,14 @@ pub fn linear_dev(
         None => 0.0,
     };
     // column-major: yᵀ (fout × n) = W (fout × fin, stored as its transpose) · xᵀ (fin × n)
-    sgemm(blas, (CUBLAS_OP_T, CUBLAS_OP_N), (fout, n, fin), w.addr(s), fin, x.addr(s), fin, beta, y.addr_mut(s), fout)
+    product(gemm, dev, (CUBLAS_OP_T, CUBLAS_OP_N), (fout, n, fin), (w, fin), (x, fin), beta, y, fout)
 }
 
 /// Gradients of [`linear_dev`]: `dx` written (when given), `dW` and `db` added.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward_dev(
     dev: &Device,
-    blas: &CudaBlas,
+    gemm: &Gemm,
     dy: &dyn Buf,
     x: &dyn Buf,
     w: &dyn Buf,
@@ -91,24 +150,10 @@ pub fn linear_backward_dev(
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && x.count() >= n * fin && w.count() >= fout * fin, "linear_backward: shapes");
-    let s = &dev.stream;
     if let Some(dx) = dx {
-        assert!(dx.count() >= n * fin, "linear_backward: dx is not [{n}, {fin}]");
-        // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
-        sgemm(
-            blas,
-            (CUBLAS_OP_N, CUBLAS_OP_N),
-            (fin, n, fout),
-            w.addr(s),
-            fin,
-            dy.addr(s),
-            fout,
-            0.0,
-            dx.addr_mut(s),
-            fin,
-        )?;
+        input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?;
     }
-    weight_grad(blas, dev, dy, x, dw, (n, fin, fout))?;
+    weight_grad(gemm, dev, dy, x, dw, (n, fin, fout))?;
     if let Some(db) = db {
         bias_grad(dev, dy, db, n, fout)?;
     }
@@ -117,7 +162,7 @@ pub fn linear_backward_dev(
 
 /// `dx [n, fin] = dy · W` (written).
 pub fn input_grad(
-    blas: &CudaBlas,
+    gemm: &Gemm,
     dev: &Device,
     dy: &dyn Buf,
     w: &dyn Buf,
@@ -125,14 +170,13 @@ pub fn input_grad(
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && w.count() >= fout * fin && dx.count() >= n * fin, "input_grad: shapes");
-    let s = &dev.stream;
     // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
-    sgemm(blas, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), w.addr(s), fin, dy.addr(s), fout, 0.0, dx.addr_mut(s), fin)
+    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, dx, fin)
 }
 
 /// `dW [fout, fin] += dyᵀ · x` (`dy [n, fout]`, `x [n, fin]`).
 pub fn weight_grad(
-    blas: &CudaBlas,
+    gemm: &Gemm,
     dev: &Device,
     dy: &dyn Buf,
     x: &dyn Buf,
@@ -140,9 +184,8 @@ pub fn weight_grad(
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && x.count() >= n * fin && dw.count() >= fout * fin, "weight_grad: shapes");
-    let s = &dev.stream;
     // column-major: dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
-    sgemm(blas, (CUBLAS_OP_N, CUBLAS_OP_T), (fin, fout, n), x.addr(s), fin, dy.addr(s), fout, 1.0, dw.addr_mut(s), fin)
+    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_T), (fin, fout, n), (x, fin), (dy, fout), 1.0, dw, fin)
 }
 
 /// `db [fout] += Σ_rows dy` (one thread per column, rows in order).
@@ -153,9 +196,11 @@ pub fn bias_grad(dev: &Device, dy: &dyn Buf, db: &mut dyn BufMut, n: usize, fout
     unsafe { dev.launch("linear.cu", "bias_grad_f32", per_column(fout), &args) }
 }
 
-/// `y = x·Wᵀ + b` on host buffers.
+/// `y = x·Wᵀ + b` on host buffers (bf16 products when `bf16`).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_forward(
     dev: &Device,
+    bf16: bool,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
@@ -165,18 +210,19 @@ pub fn linear_forward(
 ) -> Result<Vec<f32>, CudaError> {
     assert!(x.len() == n * fin && w.len() == fout * fin, "linear_forward: x [{n}, {fin}], w [{fout}, {fin}]");
     let s = &dev.stream;
-    let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
+    let gemm = Gemm::new(dev, bf16)?;
     let (xd, wd) = (s.clone_htod(x)?, s.clone_htod(w)?);
     let bd = b.map(|b| s.clone_htod(b)).transpose()?;
     let mut y = s.alloc_zeros::<f32>(n * fout)?;
-    linear_dev(dev, &blas, &xd, &wd, bd.as_ref().map(|v| v as &dyn Buf), &mut y, (n, fin, fout))?;
+    linear_dev(dev, &gemm, &xd, &wd, bd.as_ref().map(|v| v as &dyn Buf), &mut y, (n, fin, fout))?;
     Ok(s.clone_dtoh(&y)?)
 }
 
 /// Gradients of [`linear_forward`] from zero: `(dx, dW, db)`.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn linear_backward(
     dev: &Device,
+    bf16: bool,
     dy: &[f32],
     x: &[f32],
     w: &[f32],
@@ -186,10 +232,10 @@ pub fn linear_backward(
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), CudaError> {
     assert!(dy.len() == n * fout && x.len() == n * fin && w.len() == fout * fin, "linear_backward: shapes");
     let s = &dev.stream;
-    let blas = CudaBlas::new(s.clone()).map_err(blas_err)?;
+    let gemm = Gemm::new(dev, bf16)?;
     let (dyd, xd, wd) = (s.clone_htod(dy)?, s.clone_htod(x)?, s.clone_htod(w)?);
     let (mut dx, mut dw, mut db) =
         (s.alloc_zeros::<f32>(n * fin)?, s.alloc_zeros::<f32>(fout * fin)?, s.alloc_zeros::<f32>(fout)?);
-    linear_backward_dev(dev, &blas, &dyd, &xd, &wd, Some(&mut dx), &mut dw, Some(&mut db), (n, fin, fout))?;
+    linear_backward_dev(dev, &gemm, &dyd, &xd, &wd, Some(&mut dx), &mut dw, Some(&mut db), (n, fin, fout))?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
 }

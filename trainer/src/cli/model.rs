@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// On the GPU, recompute each block in the backward (run.recompute).
     #[arg(long)]
     recompute: bool,
+    /// On the GPU, bf16 matmul inputs with f32 accumulation (run.precision = "bf16").
+    #[arg(long)]
+    bf16: bool,
 }
 
 fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
@@ -106,6 +109,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 cuda: a.device == "cuda",
                 peak_tflops: a.peak_tflops,
                 recompute: a.recompute,
+                bf16: a.bf16,
             };
             println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | MFU | peak MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");

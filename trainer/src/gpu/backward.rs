@@ -34,11 +34,11 @@ fn linear_bwd(
     dx: Option<&mut CudaSlice<f32>>,
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<()> {
-    let (dev, blas) = (net.dev, net.blas);
+    let (dev, gemm) = (net.dev, net.gemm);
     if let Some(dx) = dx {
-        input_grad(blas, dev, dy, &net.w(&format!("{prefix}.weight")), dx, (n, fin, fout))?;
+        input_grad(gemm, dev, dy, &net.w(&format!("{prefix}.weight")), dx, (n, fin, fout))?;
     }
-    weight_grad(blas, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
+    weight_grad(gemm, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
     if bias {
         bias_grad(dev, dy, &mut g(net, grads, &format!("{prefix}.bias")), n, fout)?;
     }
@@ -61,7 +61,7 @@ pub fn backward(
     // ---- head: dh and dlogits come from the fused head + loss ----------------------------------------
     let dlogits = a.ce.dlogits.as_ref().expect("forward ran with grad");
     let dh = a.ce.dh.as_ref().expect("forward ran with grad");
-    weight_grad(net.blas, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
+    weight_grad(net.gemm, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
     bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
     let (mut dxhat, mut dhs, mut dhb) = (net.buf(n * c)?, net.buf(b * c)?, net.buf(b * c)?);
     let hs = AdaShape { b, l, c, ps: 2 * c };

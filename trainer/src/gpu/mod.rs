@@ -14,24 +14,24 @@ pub mod forward;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, CudaView};
 use infinity_kernels::attention::{block_causal_segments, Segment};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
 use infinity_kernels::cuda::layers::DeviceRope;
-use infinity_kernels::cuda::linear::linear_dev;
+use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::Device;
 
 use crate::model::forward::scale_index;
 use crate::model::{Condition, Layout, ModelConfig, ModelInput, Params};
 use forward::{DeviceCondition, DeviceInput};
 
-/// What the kernels need to run the model: the device, cuBLAS, the config and the parameters.
+/// What the kernels need to run the model: the device, cuBLAS (and its precision), the config and the
+/// parameters.
 pub struct Net<'a> {
     pub dev: &'a Device,
-    pub blas: &'a CudaBlas,
+    pub gemm: &'a Gemm,
     pub cfg: &'a ModelConfig,
     pub lay: &'a Layout,
     params: &'a CudaSlice<f32>,
@@ -63,7 +63,7 @@ impl<'a> Net<'a> {
     ) -> Result<()> {
         let w = self.w(&format!("{prefix}.weight"));
         let b = bias.then(|| self.w(&format!("{prefix}.bias")));
-        linear_dev(self.dev, self.blas, x, &w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?;
+        linear_dev(self.dev, self.gemm, x, &w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?;
         Ok(())
     }
 }
@@ -71,7 +71,7 @@ impl<'a> Net<'a> {
 /// The model's parameters and accumulated gradients on one GPU.
 pub struct GpuModel {
     dev: Device,
-    blas: CudaBlas,
+    gemm: Gemm,
     cfg: ModelConfig,
     lay: Layout,
     params: CudaSlice<f32>,
@@ -82,15 +82,16 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded).
-    pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize) -> Result<GpuModel> {
+    /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded). `bf16`:
+    /// the matmuls take bf16 inputs (f32 accumulation and outputs; f32 master weights and activations).
+    pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
         let dev = Device::open(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
-        let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| anyhow::anyhow!("cuBLAS: {e:?}"))?;
+        let gemm = Gemm::new(&dev, bf16)?;
         let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
         let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;
         Ok(GpuModel {
             dev,
-            blas,
+            gemm,
             cfg: cfg.clone(),
             lay: lay.clone(),
             params,
@@ -132,7 +133,7 @@ impl GpuModel {
             self.ropes.insert(key.clone(), table);
         }
         let rope = &self.ropes[&key];
-        let net = Net { dev: &self.dev, blas: &self.blas, cfg: &self.cfg, lay: &self.lay, params: &self.params };
+        let net = Net { dev: &self.dev, gemm: &self.gemm, cfg: &self.cfg, lay: &self.lay, params: &self.params };
         let acts = forward::forward(&net, &dinp, rope, grad, grad && self.recompute)?;
         if grad {
             backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;

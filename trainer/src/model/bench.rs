@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub peak_tflops: Option<f64>,
     /// GPU: recompute blocks in the backward.
     pub recompute: bool,
+    /// GPU: bf16 matmul inputs.
+    pub bf16: bool,
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -92,10 +94,13 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     let flops = train_flops_per_token(cfg, &scales, o.text_tokens);
     let threads = rayon_threads();
     let mfu = |tps: f64| o.peak_tflops.map_or("–".into(), |pk| format!("{:.1}%", 100.0 * tps * flops / (pk * 1e12)));
-    let ours = match (o.cuda, o.recompute) {
-        (true, true) => "rust (this crate, cuda f32, recompute)",
-        (true, false) => "rust (this crate, cuda f32)",
-        _ => "rust (this crate)",
+    let ours = match o.cuda {
+        true => format!(
+            "rust (this crate, cuda {}{})",
+            if o.bf16 { "bf16 matmuls" } else { "f32" },
+            if o.recompute { ", recompute" } else { "" }
+        ),
+        false => "rust (this crate)".into(),
     };
     let mut out = String::new();
     let mem = mem.map_or("?".into(), |m| format!("{m:.0}"));
@@ -112,7 +117,7 @@ pub fn run(o: &BenchOptions) -> Result<String> {
             mfu(tps)
         );
     };
-    row(&mut out, ours, tps, &mem);
+    row(&mut out, &ours, tps, &mem);
     if let Some(py) = &o.python {
         let (ptps, pmem) = python_bench(py, o, threads)?;
         let who = if o.cuda { "pytorch eager (cuda f32)" } else { "pytorch eager (f32)" };
@@ -156,7 +161,7 @@ fn time_cuda(
     p: &Params<f32>,
     inp: &ModelInput<f32>,
 ) -> Result<(f64, Option<f64>)> {
-    let mut m = crate::gpu::GpuModel::new(cfg, lay, 0)?;
+    let mut m = crate::gpu::GpuModel::new(cfg, lay, 0, o.bf16)?;
     m.recompute = o.recompute;
     m.upload_params(p)?;
     m.zero_grads()?;

@@ -26,13 +26,12 @@ impl Compute {
             (DeviceChoice::Cuda, None) => bail!("run.device = \"cuda\" but {}", why_no_gpu()),
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
-                let mut m = crate::gpu::GpuModel::new(_mc, _lay, ordinal)?;
+                let bf16 = run.precision == super::config::Precision::Bf16;
+                let mut m = crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16)?;
                 m.recompute = run.recompute;
-                println!(
-                    "device: cuda:{ordinal} ({}{})",
-                    m.arch(),
-                    if run.recompute { ", recomputing blocks" } else { "" }
-                );
+                let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
+                let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
+                println!("device: cuda:{ordinal} ({}{notes})", m.arch());
                 Ok(Compute::Cuda(Box::new(m)))
             }
             #[cfg(not(feature = "cuda"))]

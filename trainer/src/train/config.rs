@@ -106,6 +106,18 @@ pub struct RunConfig {
     /// backward (activation memory of one block instead of all, for one more block forward each).
     #[serde(default)]
     pub recompute: bool,
+    /// The GPU's matmuls: `f32`, or `bf16` inputs with f32 accumulation (tensor cores; master weights,
+    /// activations and everything else stay f32).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
