@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager side of `infinity model bench`: the reference model (infinity_ref.py) in float32,
 forward + backward of the bitwise loss on random inputs, on the CPU or a GPU (--device cuda; TF32 off,
-as our kernels compute in f32). Prints tokens_per_s=… peak_rss_mib=… (on a GPU: peak allocated
+as our kernels compute in f32; --bf16 autocasts the forward as upstream does). Prints tokens_per_s=… peak_rss_mib=… (on a GPU: peak allocated
 device memory)."""
 import argparse
 import resource
@@ -18,6 +18,7 @@ p.add_argument("--mlp-ratio", type=float, default=4.0)
 p.add_argument("--template", required=True)
 p.add_argument("--budget", required=True)
 p.add_argument("--device", default="cpu")
+p.add_argument("--bf16", action="store_true", help="autocast the forward to bf16 (as upstream trains)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -42,7 +43,9 @@ def sync():
 
 def step():
     model.zero_grad(set_to_none=False)
-    loss = bitwise_loss(model(kv, lens, x, schedule, cos, sin), gt, schedule, reweight=False)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+        logits = model(kv, lens, x, schedule, cos, sin)
+    loss = bitwise_loss(logits.float(), gt, schedule, reweight=False)
     loss.backward()
 
 

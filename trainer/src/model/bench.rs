@@ -120,7 +120,11 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     row(&mut out, &ours, tps, &mem);
     if let Some(py) = &o.python {
         let (ptps, pmem) = python_bench(py, o, threads)?;
-        let who = if o.cuda { "pytorch eager (cuda f32)" } else { "pytorch eager (f32)" };
+        let who = match (o.cuda, o.bf16) {
+            (true, true) => "pytorch eager (cuda, bf16 autocast)",
+            (true, false) => "pytorch eager (cuda f32)",
+            _ => "pytorch eager (f32)",
+        };
         row(&mut out, who, ptps, &format!("{pmem:.0}"));
         let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
     }
@@ -210,6 +214,9 @@ fn python_bench(python: &str, o: &BenchOptions, threads: usize) -> Result<(f64, 
     ];
     let mut cmd = std::process::Command::new(python);
     cmd.arg(&script);
+    if o.bf16 {
+        cmd.arg("--bf16");
+    }
     for (flag, value) in &args {
         cmd.arg(flag).arg(value);
     }
