@@ -46,6 +46,19 @@ impl AdamW {
         AdamW { cfg, step: 0, range: 0..lay.numel, m: vec![0.0; lay.numel], v: vec![0.0; lay.numel], decay }
     }
 
+    /// `[range.len()]`: whether weight decay applies to each parameter.
+    pub fn decay_mask(&self) -> &[bool] {
+        &self.decay
+    }
+
+    /// The AdamW scalars of the next step, which it counts (for an update that runs elsewhere: the
+    /// device).
+    pub fn next_step_scalars(&mut self, lr: f64) -> AdamWScalars {
+        self.step += 1;
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        AdamWScalars::new(lr, beta1, beta2, eps, weight_decay, self.step)
+    }
+
     /// The part of this (full) state that covers `range` (a ZeRO-1 shard).
     pub fn shard(&self, range: std::ops::Range<usize>) -> AdamW {
         assert_eq!(self.range, 0..self.m.len(), "shard of a shard");
@@ -63,9 +76,7 @@ impl AdamW {
     /// `lr` (PyTorch's AdamW arithmetic).
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
         assert!(params.len() == self.m.len() && grads.len() == self.m.len(), "AdamW: layout mismatch");
-        self.step += 1;
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
-        let scalars = AdamWScalars::new(lr, beta1, beta2, eps, weight_decay, self.step);
+        let scalars = self.next_step_scalars(lr);
         adamw_update(params, grads, &mut self.m, &mut self.v, &self.decay, &scalars);
     }
 }

@@ -123,33 +123,48 @@ fn forward_and_backward_match_the_cpu_model() {
     }
 }
 
+fn train_config(tmp: &Path, name: &str, device: &str, every: u64) -> infinity_trainer::train::config::TrainConfig {
+    let text = format!(
+        "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{device}\"\n\
+         [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+         [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
+         [optim]\nlr = 1e-3\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
+        tmp.join(name).display(),
+        tmp.join("data").display()
+    );
+    let p = tmp.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    infinity_trainer::train::config::TrainConfig::load(&p, &[]).unwrap()
+}
+
+fn small_data(tmp: &Path) {
+    use infinity_data::synth::{synth, SynthOptions};
+    synth(&tmp.join("data"), &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
+}
+
+/// The device optimizer (AdamW and clipping on the GPU) against the CPU run, and a resumed GPU run
+/// against an uninterrupted one (its moments go through the checkpoint).
 #[test]
-fn training_on_cuda_stays_close_to_the_cpu_run() {
+fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     if !gpu_or_skip() {
         return;
     }
-    use infinity_data::synth::{synth, SynthOptions};
-    use infinity_trainer::train::config::{DeviceChoice, TrainConfig};
-    use infinity_trainer::train::{train, TrainOptions};
+    use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    synth(&data, &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
+    small_data(tmp.path());
     let mut losses = Vec::new();
-    for (name, device) in [("cpu", DeviceChoice::Cpu), ("cuda", DeviceChoice::Cuda)] {
-        let text = format!(
-            "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{name}\"\n\
-             [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
-             [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
-             [optim]\nlr = 1e-3\n[checkpoint]\nevery = 4\n",
-            tmp.path().join(name).display(),
-            data.display()
-        );
-        let p = tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&p, text).unwrap();
-        let cfg = TrainConfig::load(&p, &[]).unwrap();
-        assert_eq!(cfg.run.device, device);
-        losses.push(train(&cfg, &TrainOptions::default()).unwrap().last_loss);
+    for device in ["cpu", "cuda"] {
+        losses.push(train(&train_config(tmp.path(), device, device, 2), &TrainOptions::default()).unwrap().last_loss);
     }
     println!("4 steps: loss {:.6} on the CPU, {:.6} on CUDA", losses[0], losses[1]);
     assert!((losses[0] - losses[1]).abs() <= 1e-3 * losses[0], "losses {losses:?}");
+
+    let split = train_config(tmp.path(), "cuda-split", "cuda", 2);
+    train(&split, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let resume = latest_checkpoint(&split.run.dir);
+    assert!(resume.as_ref().is_some_and(|p| p.ends_with("step-00000002")), "{resume:?}");
+    train(&split, &TrainOptions { resume, ..Default::default() }).unwrap();
+    let file =
+        |run: &str| std::fs::read(tmp.path().join(run).join("checkpoints/step-00000004/model.safetensors")).unwrap();
+    assert!(file("cuda") == file("cuda-split"), "a resumed GPU run differs from an uninterrupted one");
 }

@@ -131,6 +131,7 @@ pub enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
+    F64(f64),
 }
 
 impl Device {
@@ -154,6 +155,7 @@ impl Device {
                 Arg::I32(v) => lb.arg(v),
                 Arg::I64(v) => lb.arg(v),
                 Arg::F32(v) => lb.arg(v),
+                Arg::F64(v) => lb.arg(v),
             };
         }
         // SAFETY: the caller's contract.

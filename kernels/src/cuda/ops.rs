@@ -2,7 +2,7 @@
 //! signatures closely so the equivalence tests read side by side; the training path keeps buffers on
 //! the device and launches the same kernels.
 
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::device::{elementwise, per_row, Arg, Buf, BufMut, CudaError, Device};
 
@@ -152,6 +152,58 @@ pub fn quantize(
     Ok((s.clone_dtoh(&bits)?, s.clone_dtoh(&q)?))
 }
 
+/// One AdamW step on device buffers (twin of `adamw::adamw_update`): `params`, `m`, `v` updated in
+/// place from `grads`; `decay[i]` (0/1) says whether weight decay applies to element `i`.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_dev(
+    dev: &Device,
+    params: &mut dyn BufMut,
+    grads: &dyn Buf,
+    m: &mut dyn BufMut,
+    v: &mut dyn BufMut,
+    decay: &CudaSlice<u8>,
+    s: &crate::adamw::AdamWScalars,
+) -> Result<(), CudaError> {
+    let n = params.count();
+    assert!(grads.count() >= n && m.count() >= n && v.count() >= n && decay.len() >= n, "adamw: lengths");
+    let st = &dev.stream;
+    let args = [
+        Arg::Ptr(params.addr_mut(st)),
+        Arg::Ptr(grads.addr(st)),
+        Arg::Ptr(m.addr_mut(st)),
+        Arg::Ptr(v.addr_mut(st)),
+        Arg::Ptr(decay.device_ptr(st).0),
+        Arg::I64(n as i64),
+        Arg::F32(s.step_size),
+        Arg::F32(s.beta1),
+        Arg::F32(s.beta2),
+        Arg::F32(s.eps),
+        Arg::F32(s.bc2_sqrt),
+        Arg::F32(s.shrink),
+    ];
+    // SAFETY: argument list as declared in adamw.cu; lengths asserted above.
+    unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
+}
+
+/// `Σ x²` of a device buffer, accumulated in f64 (twin of `adamw::sum_squares`).
+pub fn sum_squares_dev(dev: &Device, x: &dyn Buf) -> Result<f64, CudaError> {
+    let st = &dev.stream;
+    let mut out = st.alloc_zeros::<f64>(1)?;
+    let n = x.count();
+    let args = [Arg::Ptr(x.addr(st)), Arg::I64(n as i64), Arg::Ptr(out.device_ptr_mut(st).0)];
+    // SAFETY: sum_squares_f32(x, n, out) adds into the one f64 of `out`.
+    unsafe { dev.launch("adamw.cu", "sum_squares_f32", elementwise(n), &args) }?;
+    Ok(st.clone_dtoh(&out)?[0])
+}
+
+/// `x *= coef` through f64, as gradient clipping on the CPU does.
+pub fn scale_dev(dev: &Device, x: &mut dyn BufMut, coef: f64) -> Result<(), CudaError> {
+    let n = x.count();
+    let args = [Arg::Ptr(x.addr_mut(&dev.stream)), Arg::I64(n as i64), Arg::F64(coef)];
+    // SAFETY: scale_f32(x, n, coef).
+    unsafe { dev.launch("adamw.cu", "scale_f32", elementwise(n), &args) }
+}
+
 /// Parameters and moments after an AdamW step.
 pub struct AdamWOut {
     pub params: Vec<f32>,
@@ -159,7 +211,7 @@ pub struct AdamWOut {
     pub v: Vec<f32>,
 }
 
-/// One AdamW step on host buffers (twin of `adamw::adamw_update`).
+/// One AdamW step on host buffers (the equivalence test's entry point to [`adamw_dev`]).
 pub fn adamw(
     dev: &Device,
     params: &[f32],
@@ -170,30 +222,15 @@ pub fn adamw(
     s: &crate::adamw::AdamWScalars,
 ) -> Result<AdamWOut, CudaError> {
     let st = &dev.stream;
-    let f = dev.function("adamw.cu", "adamw_f32")?;
     let (mut p, g, mut md, mut vd) =
         (st.clone_htod(params)?, st.clone_htod(grads)?, st.clone_htod(m)?, st.clone_htod(v)?);
     let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
     let dd = st.clone_htod(&mask)?;
-    let n = params.len() as i64;
-    let mut b = st.launch_builder(&f);
-    b.arg(&mut p).arg(&g).arg(&mut md).arg(&mut vd).arg(&dd).arg(&n);
-    b.arg(&s.step_size).arg(&s.beta1).arg(&s.beta2).arg(&s.eps).arg(&s.bc2_sqrt).arg(&s.shrink);
-    // SAFETY: argument list as declared in adamw.cu.
-    unsafe { b.launch(elementwise(params.len())) }?;
+    adamw_dev(dev, &mut p, &g, &mut md, &mut vd, &dd, s)?;
     Ok(AdamWOut { params: st.clone_dtoh(&p)?, m: st.clone_dtoh(&md)?, v: st.clone_dtoh(&vd)? })
 }
 
-/// `Σ x²` (twin of `adamw::sum_squares`).
+/// `Σ x²` of a host buffer on the device.
 pub fn sum_squares(dev: &Device, x: &[f32]) -> Result<f64, CudaError> {
-    let st = &dev.stream;
-    let f = dev.function("adamw.cu", "sum_squares_f32")?;
-    let xd = st.clone_htod(x)?;
-    let mut out = st.alloc_zeros::<f64>(1)?;
-    let n = x.len() as i64;
-    let mut b = st.launch_builder(&f);
-    b.arg(&xd).arg(&n).arg(&mut out);
-    // SAFETY: argument list as declared in adamw.cu.
-    unsafe { b.launch(elementwise(x.len())) }?;
-    Ok(st.clone_dtoh(&out)?[0])
+    sum_squares_dev(dev, &dev.stream.clone_htod(x)?)
 }

@@ -3,13 +3,14 @@
 //!
 //! The training loop keeps its shape: per micro-batch the host prepares the inputs (self-correction,
 //! condition dropout) as for the CPU model, [`GpuModel::step`] runs forward and backward on the device
-//! and accumulates gradients there; once per step the gradients come back to the host, where
-//! data-parallel reduction, clipping and AdamW run unchanged (so resume, ZeRO-1 and checkpoints behave
-//! exactly as on the CPU), and the updated parameters go back up. Moving the optimizer onto the device
-//! (adamw.cu exists) and the reduction onto NCCL removes those two copies per step.
+//! and accumulates gradients there. Without ZeRO-1, clipping and AdamW run on the device too
+//! (`optim.rs`) and the parameters stay there, coming back only for checkpoints, grids and validation;
+//! with ZeRO-1 the gradients come back to the host once per step and the sharded host optimizer runs
+//! as on the CPU. Data-parallel averaging goes through the host communicator.
 
 pub mod backward;
 pub mod forward;
+pub mod optim;
 
 use std::collections::HashMap;
 
@@ -79,6 +80,8 @@ pub struct GpuModel {
     ropes: HashMap<Vec<(usize, usize)>, DeviceRope>,
     /// Keep only each block's input in the forward and recompute the block in the backward.
     pub recompute: bool,
+    /// AdamW's state, when the optimizer runs on the device.
+    optim: Option<optim::DeviceAdamW>,
 }
 
 impl GpuModel {
@@ -98,6 +101,7 @@ impl GpuModel {
             grads,
             ropes: HashMap::new(),
             recompute: false,
+            optim: None,
         })
     }
 

@@ -1,17 +1,25 @@
-//! Where a micro-batch's forward and backward run: the CPU model, or the model on a GPU
-//! (`run.device`). Everything around them (data, self-correction, data parallelism, clipping, AdamW,
-//! checkpoints) is the same code for both.
+//! Where a step's compute runs: the CPU model, or the model on a GPU (`run.device`). On the GPU
+//! without ZeRO-1, clipping and AdamW run there too and the parameters stay on the device; the loop
+//! asks for a host copy ([`Compute::sync_host`]) before checkpoints, grids and validation. Data,
+//! self-correction, data-parallel averaging, the schedule and checkpoints are the same code for both.
 
 use anyhow::{bail, Result};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 
 use super::config::{DeviceChoice, RunConfig};
+use super::dist::Dist;
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
+use crate::optim::AdamW;
 
 pub enum Compute {
     Cpu,
     #[cfg(feature = "cuda")]
-    Cuda(Box<crate::gpu::GpuModel>),
+    Cuda {
+        model: Box<crate::gpu::GpuModel>,
+        /// Whether the device holds the current parameters (false until the first upload, and after
+        /// every host-side update).
+        fresh: bool,
+    },
 }
 
 impl Compute {
@@ -32,21 +40,44 @@ impl Compute {
                 let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
                 let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
                 println!("device: cuda:{ordinal} ({}{notes})", m.arch());
-                Ok(Compute::Cuda(Box::new(m)))
+                Ok(Compute::Cuda { model: Box::new(m), fresh: false })
             }
             #[cfg(not(feature = "cuda"))]
             (_, Some(_)) => unreachable!("no GPU ordinal without the cuda feature"),
         }
     }
 
-    /// At the start of a step: the GPU gets the current parameters and zeroed gradients.
+    /// Run AdamW on the device from now on (GPU only; `opt` must be the whole state, not a ZeRO-1
+    /// shard). A no-op on the CPU.
+    pub fn attach_optimizer(&mut self, _opt: &AdamW) -> Result<()> {
+        match self {
+            Compute::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.attach_optimizer(_opt),
+        }
+    }
+
+    /// Whether clipping and AdamW run on the device ([`Compute::clip`], [`Compute::update`]).
+    pub fn device_optimizer(&self) -> bool {
+        match self {
+            Compute::Cpu => false,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.has_optimizer(),
+        }
+    }
+
+    /// At the start of a step: the GPU gets the current parameters (unless it holds them) and zeroed
+    /// gradients.
     pub fn begin_step(&mut self, _params: &Params<f32>) -> Result<()> {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(m) => {
-                m.upload_params(_params)?;
-                m.zero_grads()
+            Compute::Cuda { model, fresh } => {
+                if !*fresh {
+                    model.upload_params(_params)?;
+                    *fresh = model.has_optimizer();
+                }
+                model.zero_grads()
             }
         }
     }
@@ -68,16 +99,55 @@ impl Compute {
                 Ok(acts.ce.clone())
             }
             #[cfg(feature = "cuda")]
-            Compute::Cuda(m) => m.step(inp, true),
+            Compute::Cuda { model, .. } => model.step(inp, true),
         }
     }
 
-    /// At the end of a step's micro-batches: the GPU's accumulated gradients into `grads`.
+    /// At the end of a step's micro-batches: the GPU's accumulated gradients into `grads`, unless the
+    /// device optimizer consumes them where they are.
     pub fn end_step(&mut self, _grads: &mut Params<f32>) -> Result<()> {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda(m) => m.add_grads_into(&mut _grads.data),
+            Compute::Cuda { model, .. } if model.has_optimizer() => Ok(()),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.add_grads_into(&mut _grads.data),
+        }
+    }
+
+    /// Device optimizer: average the gradients over ranks and clip them; returns the norm before
+    /// clipping.
+    pub fn clip(&mut self, _dist: &mut Dist, _max_norm: f64) -> Result<f64> {
+        match self {
+            Compute::Cpu => bail!("clip: the CPU path clips on the host"),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => {
+                if _dist.world > 1 {
+                    model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?;
+                }
+                model.clip_grads(_max_norm)
+            }
+        }
+    }
+
+    /// Device optimizer: one AdamW step on the device.
+    pub fn update(&mut self, _opt: &mut AdamW, _lr: f64) -> Result<()> {
+        match self {
+            Compute::Cpu => bail!("update: the CPU path updates on the host"),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.adamw_step(_opt, _lr),
+        }
+    }
+
+    /// Device optimizer: copy the device's parameters (and with `opt`, AdamW's moments) to the host,
+    /// for checkpoints, sample grids and validation. A no-op otherwise (the host copy is current).
+    pub fn sync_host(&mut self, _params: &mut Params<f32>, _opt: Option<&mut AdamW>) -> Result<()> {
+        match self {
+            Compute::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } if model.has_optimizer() => model.download_state(_params, _opt),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { .. } => Ok(()),
         }
     }
 }

@@ -260,6 +260,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut zero1 = (cfg.dist.zero1 && dist.world > 1).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
     if let Some(z) = &zero1 {
         opt = opt.shard(z.range.clone());
+    } else {
+        // on a GPU, clipping and AdamW run on the device (the parameters stay there)
+        compute.attach_optimizer(&opt)?;
     }
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
@@ -314,6 +317,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let (loss, correct_bits, token_acc) = (metrics[0], metrics[1], metrics[2]);
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
         let grad_norm = match zero1.as_mut() {
+            _ if compute.device_optimizer() => compute.clip(&mut dist, cfg.optim.clip)?,
             Some(z) => {
                 z.reduce_grads(&mut dist, &grads.data)?;
                 z.clip(&mut dist, cfg.optim.clip)?
@@ -327,6 +331,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if loss.is_finite() && grad_norm.is_finite() {
             st.nonfinite_run = 0;
             match zero1.as_mut() {
+                _ if compute.device_optimizer() => compute.update(&mut opt, lr)?,
                 Some(z) => z.update(&mut dist, &mut opt, &mut params.data, lr)?,
                 None => opt.update(&mut params.data, &grads.data, lr),
             }
@@ -372,12 +377,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some(log) = logger.as_mut() {
             log.step(&metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(st.step)) {
+                compute.sync_host(&mut params, None)?;
                 p.log(&mc, &lay, &params, st.step, log)?;
             }
         }
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
         if let Some(v) = validator.as_ref().filter(|v| v.due(st.step)) {
+            compute.sync_host(&mut params, None)?;
             let vm = v.run(cfg, &mc, &lay, &params, &mut dist, &mut acts)?;
             summary.last_val_loss = Some(vm.loss);
             if let Some(log) = logger.as_mut() {
@@ -390,6 +397,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         let every = cfg.checkpoint.every;
         if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
+            compute.sync_host(&mut params, Some(&mut opt))?;
             // under ZeRO-1 every rank sends its moments to form the whole state
             let whole = match zero1.as_mut() {
                 Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),

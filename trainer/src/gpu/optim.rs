@@ -1,0 +1,74 @@
+//! AdamW and global-norm clipping on the device (adamw.cu), the twins of `optim::AdamW::update` and
+//! `optim::clip_grad_norm`: with them the parameters and moments stay on the GPU between steps and come
+//! back only for checkpoints, sample grids and validation.
+
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaSlice;
+use infinity_kernels::cuda::ops::{adamw_dev, scale_dev, sum_squares_dev};
+
+use super::GpuModel;
+use crate::model::Params;
+use crate::optim::AdamW;
+
+/// The moments and the weight-decay mask on the device.
+pub struct DeviceAdamW {
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    decay: CudaSlice<u8>,
+}
+
+impl GpuModel {
+    /// Move AdamW's state (a whole one, not a ZeRO-1 shard) onto the device.
+    pub fn attach_optimizer(&mut self, opt: &AdamW) -> Result<()> {
+        ensure!(opt.range == (0..self.lay.numel), "the device optimizer needs the whole AdamW state");
+        let s = &self.dev.stream;
+        let mask: Vec<u8> = opt.decay_mask().iter().map(|&d| d as u8).collect();
+        self.optim =
+            Some(DeviceAdamW { m: s.clone_htod(&opt.m)?, v: s.clone_htod(&opt.v)?, decay: s.clone_htod(&mask)? });
+        Ok(())
+    }
+
+    pub fn has_optimizer(&self) -> bool {
+        self.optim.is_some()
+    }
+
+    /// Replace the device gradients by `reduce` of them on the host (data-parallel averaging through a
+    /// host communicator).
+    pub fn reduce_grads_on_host(&mut self, reduce: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+        let s = &self.dev.stream;
+        let mut g = s.clone_dtoh(&self.grads)?;
+        reduce(&mut g)?;
+        s.memcpy_htod(&g, &mut self.grads)?;
+        Ok(())
+    }
+
+    /// Scale the gradients so their global norm is at most `max_norm`; returns the norm before
+    /// (the CPU's arithmetic: f64 sum of squares, coefficient `max_norm / (norm + 1e-6)`).
+    pub fn clip_grads(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = sum_squares_dev(&self.dev, &self.grads)?.sqrt();
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            scale_dev(&self.dev, &mut self.grads, coef)?;
+        }
+        Ok(norm)
+    }
+
+    /// One AdamW step on the device (`opt` counts the step and supplies the scalars).
+    pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f64) -> Result<()> {
+        let o = self.optim.as_mut().expect("attach_optimizer first");
+        let scalars = opt.next_step_scalars(lr);
+        adamw_dev(&self.dev, &mut self.params, &self.grads, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+        Ok(())
+    }
+
+    /// The device parameters (and with `opt`, the moments) into the host copies.
+    pub fn download_state(&mut self, params: &mut Params<f32>, opt: Option<&mut AdamW>) -> Result<()> {
+        let s = &self.dev.stream;
+        s.memcpy_dtoh(&self.params, &mut params.data)?;
+        if let (Some(opt), Some(o)) = (opt, self.optim.as_ref()) {
+            s.memcpy_dtoh(&o.m, &mut opt.m)?;
+            s.memcpy_dtoh(&o.v, &mut opt.v)?;
+        }
+        Ok(())
+    }
+}
