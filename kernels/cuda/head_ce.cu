@@ -98,6 +98,7 @@ extern "C" __global__ void head_bitwise_ce_f32(
             token_loss[t] = sum / (float)d;
             correct[t] = hits;
         }
+        __syncwarp();  // lanes read each other's dlogits from shared memory
         if (dlogits)
             for (int j = lane; j < two_d; j += 32) dlogits[(size_t)t * two_d + j] = g[j];
     }

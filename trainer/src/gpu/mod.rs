@@ -23,6 +23,7 @@ use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::Device;
+use infinity_kernels::rope::RopeTable;
 
 use crate::model::forward::scale_index;
 use crate::model::{Condition, Layout, ModelConfig, ModelInput, Params};
@@ -77,7 +78,9 @@ pub struct GpuModel {
     lay: Layout,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
-    ropes: HashMap<Vec<(usize, usize)>, DeviceRope>,
+    /// RoPE tables on the device by schedule, with the host table they were made from (two templates
+    /// can share a schedule but not a frame).
+    ropes: HashMap<Vec<(usize, usize)>, (RopeTable, DeviceRope)>,
     /// Keep only each block's input in the forward and recompute the block in the backward.
     pub recompute: bool,
     /// AdamW's state, when the optimizer runs on the device.
@@ -132,11 +135,11 @@ impl GpuModel {
     pub fn step(&mut self, inp: &ModelInput<f32>, grad: bool) -> Result<BitwiseCe> {
         let dinp = self.upload_input(inp)?;
         let key = inp.scales.to_vec();
-        if !self.ropes.contains_key(&key) {
+        if self.ropes.get(&key).is_none_or(|(host, _)| host != inp.rope) {
             let table = DeviceRope::new(&self.dev, inp.rope)?;
-            self.ropes.insert(key.clone(), table);
+            self.ropes.insert(key.clone(), (inp.rope.clone(), table));
         }
-        let rope = &self.ropes[&key];
+        let rope = &self.ropes[&key].1;
         let net = Net { dev: &self.dev, gemm: &self.gemm, cfg: &self.cfg, lay: &self.lay, params: &self.params };
         let acts = forward::forward(&net, &dinp, rope, grad, grad && self.recompute)?;
         if grad {
