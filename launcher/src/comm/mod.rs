@@ -49,6 +49,11 @@ pub trait Communicator: Send {
     fn barrier(&mut self) -> CommResult<()> {
         self.all_reduce_sum(&mut [0.0]).map(|_| ())
     }
+    /// The NCCL communicator behind this one, for collectives on device buffers.
+    #[cfg(feature = "cuda")]
+    fn nccl(&mut self) -> Option<&mut NcclComm> {
+        None
+    }
 }
 
 /// The single-process communicator: every collective is the identity.

@@ -421,6 +421,10 @@ impl Communicator for NcclComm {
         self.download("all_gather", &r, recv)
     }
 
+    fn nccl(&mut self) -> Option<&mut NcclComm> {
+        Some(self)
+    }
+
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let s = self.upload("reduce_scatter", send)?;
         let mut r = self.upload("reduce_scatter", recv)?;

@@ -6,7 +6,8 @@
 //! and accumulates gradients there. Without ZeRO-1, clipping and AdamW run on the device too
 //! (`optim.rs`) and the parameters stay there, coming back only for checkpoints, grids and validation;
 //! with ZeRO-1 the gradients come back to the host once per step and the sharded host optimizer runs
-//! as on the CPU. Data-parallel averaging goes through the host communicator.
+//! as on the CPU. Data-parallel averaging runs through NCCL on the device when the group has an NCCL
+//! communicator, otherwise through the host communicator.
 
 pub mod backward;
 pub mod forward;

@@ -42,6 +42,16 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Average the device gradients over the ranks of `comm` in place (NCCL all-reduce, then `1/world`).
+    pub fn reduce_grads_nccl(&mut self, comm: &mut infinity_launcher::comm::NcclComm) -> Result<()> {
+        use infinity_launcher::comm::Communicator;
+        let world = comm.world();
+        comm.all_reduce_sum_device(&mut self.grads)?;
+        comm.wait("all_reduce")?;
+        scale_dev(&self.dev, &mut self.grads, 1.0 / world as f64)?;
+        Ok(())
+    }
+
     /// Scale the gradients so their global norm is at most `max_norm`; returns the norm before
     /// (the CPU's arithmetic: f64 sum of squares, coefficient `max_norm / (norm + 1e-6)`).
     pub fn clip_grads(&mut self, max_norm: f64) -> Result<f64> {

@@ -123,7 +123,10 @@ impl Compute {
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } => {
                 if _dist.world > 1 {
-                    model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?;
+                    match _dist.nccl() {
+                        Some(comm) => model.reduce_grads_nccl(comm)?,
+                        None => model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?,
+                    }
                 }
                 model.clip_grads(_max_norm)
             }

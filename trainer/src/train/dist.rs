@@ -116,6 +116,12 @@ impl Dist {
         Ok(self.comm.all_gather(send, recv)?)
     }
 
+    /// The NCCL communicator, when this group runs over NCCL (device-buffer collectives).
+    #[cfg(feature = "cuda")]
+    pub fn nccl(&mut self) -> Option<&mut infinity_launcher::comm::NcclComm> {
+        self.comm.nccl()
+    }
+
     pub fn barrier(&mut self) -> Result<()> {
         Ok(self.comm.barrier()?)
     }
