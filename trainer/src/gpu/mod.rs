@@ -1,9 +1,9 @@
 //! The model on an NVIDIA GPU (feature `cuda`): forward and backward on the device through the CUDA
 //! twins, parameters and gradients in flat device buffers with the host's layout.
 //!
-//! The training loop keeps its shape: per micro-batch the host prepares the inputs (self-correction,
-//! condition dropout) as for the CPU model, [`GpuModel::step`] runs forward and backward on the device
-//! and accumulates gradients there. Without ZeRO-1, clipping and AdamW run on the device too
+//! The training loop keeps its shape: per micro-batch the host gathers the latents, flip keys and
+//! conditions (condition dropout included) as for the CPU model; [`GpuModel::step_latents`] runs
+//! self-correction, forward and backward on the device and accumulates gradients there. Without ZeRO-1, clipping and AdamW run on the device too
 //! (`optim.rs`) and the parameters stay there, coming back only for checkpoints, grids and validation;
 //! with ZeRO-1 the gradients come back to the host once per step and the sharded host optimizer runs
 //! as on the CPU. Data-parallel averaging runs through NCCL on the device when the group has an NCCL
@@ -20,6 +20,7 @@ use cudarc::driver::{CudaSlice, CudaView};
 use infinity_kernels::attention::{block_causal_segments, Segment};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
+use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
 use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
@@ -134,7 +135,35 @@ impl GpuModel {
     /// Forward (and with `grad`, backward into the accumulated gradients) of one micro-batch.
     /// Returns the loss statistics the CPU model's `acts.ce` holds.
     pub fn step(&mut self, inp: &ModelInput<f32>, grad: bool) -> Result<BitwiseCe> {
-        let dinp = self.upload_input(inp)?;
+        let s = &self.dev.stream;
+        let bits = (s.clone_htod(inp.x_wo_prefix)?, s.clone_htod(inp.gt_bits)?);
+        let dinp = self.upload_input(inp, bits)?;
+        self.run(inp, dinp, grad)
+    }
+
+    /// [`GpuModel::step`] with bitwise self-correction on the device: `latents [B, d, H, W]` and one flip
+    /// key per sample replace `inp`'s teacher-forcing inputs and labels (which are ignored), computed
+    /// by bsq.cu with the same keyed flips as `bsq::keyed_flips` on the host.
+    pub fn step_latents(
+        &mut self,
+        inp: &ModelInput<f32>,
+        (latents, keys): (&[f32], &[u64]),
+        (p_max, apply_layers): (f64, usize),
+        grad: bool,
+    ) -> Result<BitwiseCe> {
+        let (b, d) = (inp.b, self.cfg.d);
+        let &(hh, ww) = inp.scales.last().context("empty schedule")?;
+        anyhow::ensure!(latents.len() == b * d * hh * ww && keys.len() == b, "latents are not [B, d, H, W]");
+        let s = &self.dev.stream;
+        let (lat, k) = (s.clone_htod(latents)?, s.clone_htod(keys)?);
+        let mut out = BsqBatch::new(&self.dev, b, d, inp.scales)?;
+        let mut scratch = BsqScratch::new(&self.dev, b, d, (hh, ww))?;
+        self_correct_batch(&self.dev, &lat, &k, b, d, inp.scales, p_max, apply_layers, &mut out, &mut scratch)?;
+        let dinp = self.upload_input(inp, (out.x_wo_prefix, out.gt_bits))?;
+        self.run(inp, dinp, grad)
+    }
+
+    fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: bool) -> Result<BitwiseCe> {
         let key = inp.scales.to_vec();
         if self.ropes.get(&key).is_none_or(|(host, _)| host != inp.rope) {
             let table = DeviceRope::new(&self.dev, inp.rope)?;
@@ -153,7 +182,8 @@ impl GpuModel {
         Ok(BitwiseCe { loss, token_loss, correct_bits })
     }
 
-    fn upload_input(&self, inp: &ModelInput<f32>) -> Result<DeviceInput> {
+    /// The batch on the device, with its teacher-forcing inputs and labels already there.
+    fn upload_input(&self, inp: &ModelInput<f32>, (x, gt): (CudaSlice<f32>, CudaSlice<u8>)) -> Result<DeviceInput> {
         let (s, b) = (&self.dev.stream, inp.b);
         let l: usize = inp.scales.iter().map(|&(h, w)| h * w).sum();
         let tokens: Vec<usize> = inp.scales.iter().map(|&(h, w)| h * w).collect();
@@ -184,8 +214,8 @@ impl GpuModel {
         Ok(DeviceInput {
             b,
             l,
-            x_wo_prefix: s.clone_htod(inp.x_wo_prefix)?,
-            gt_bits: s.clone_htod(inp.gt_bits)?,
+            x_wo_prefix: x,
+            gt_bits: gt,
             weights: s.clone_htod(&weights)?,
             scale_idx: s.clone_htod(&idx)?,
             label_smoothing: inp.label_smoothing as f32,

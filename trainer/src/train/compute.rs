@@ -82,24 +82,61 @@ impl Compute {
         }
     }
 
-    /// Forward and backward of one micro-batch: gradients added into `grads` (CPU) or into the device's
-    /// accumulator (GPU); returns the loss statistics.
-    pub fn micro_step(
+    /// The forward and loss only (validation), with the current parameters.
+    pub fn forward(
         &mut self,
         (mc, lay): (&ModelConfig, &Layout),
         params: &Params<f32>,
         inp: &ModelInput<f32>,
         acts: &mut Acts<f32>,
-        grads: &mut Params<f32>,
     ) -> Result<BitwiseCe> {
         match self {
             Compute::Cpu => {
                 forward_into(mc, lay, params, inp, acts);
-                backward(mc, lay, params, inp, acts, grads);
                 Ok(acts.ce.clone())
             }
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } => model.step(inp, true),
+            Compute::Cuda { model, fresh } => {
+                if !model.has_optimizer() {
+                    // the host updated the parameters after this step's upload
+                    model.upload_params(params)?;
+                    *fresh = false;
+                }
+                model.step(inp, false)
+            }
+        }
+    }
+
+    /// Whether bitwise self-correction runs on the device (the GPU does it for the whole micro-batch
+    /// from the latents and flip keys, with the host's keyed flips).
+    pub fn self_corrects(&self) -> bool {
+        !matches!(self, Compute::Cpu)
+    }
+
+    /// Forward and backward of one micro-batch: gradients added into `grads` (CPU) or into the device's
+    /// accumulator (GPU); returns the loss statistics. `device_bsc` (latents and flip keys, `p_max` and
+    /// `apply_layers`) replaces `inp`'s inputs and labels when [`Compute::self_corrects`].
+    #[allow(clippy::type_complexity)]
+    pub fn micro_step(
+        &mut self,
+        (mc, lay): (&ModelConfig, &Layout),
+        params: &Params<f32>,
+        inp: &ModelInput<f32>,
+        device_bsc: Option<((&[f32], &[u64]), (f64, usize))>,
+        acts: &mut Acts<f32>,
+        grads: &mut Params<f32>,
+    ) -> Result<BitwiseCe> {
+        match (self, device_bsc) {
+            (Compute::Cpu, None) => {
+                forward_into(mc, lay, params, inp, acts);
+                backward(mc, lay, params, inp, acts, grads);
+                Ok(acts.ce.clone())
+            }
+            (Compute::Cpu, Some(_)) => bail!("the CPU model self-corrects on the host"),
+            #[cfg(feature = "cuda")]
+            (Compute::Cuda { model, .. }, Some((latents, bsc))) => model.step_latents(inp, latents, bsc, true),
+            #[cfg(feature = "cuda")]
+            (Compute::Cuda { model, .. }, None) => model.step(inp, true),
         }
     }
 

@@ -73,6 +73,10 @@ struct MicroBatch {
     b: usize,
     x_wo_prefix: Vec<f32>,
     gt_bits: Vec<u8>,
+    /// When self-correction runs on the device: `[B, d, H, W]` latents and each sample's flip key
+    /// (then `x_wo_prefix` and `gt_bits` stay empty).
+    latents: Vec<f32>,
+    keys: Vec<u64>,
     labels: Vec<usize>,
     kv: Vec<f32>,
     cu: Vec<usize>,
@@ -108,7 +112,8 @@ impl MicroBatch {
 }
 
 /// Bitwise self-correction and condition dropout (probability `cond_drop`) for rows `rows` of `batch`,
-/// with random streams keyed by (`seed`, `step`, sample id).
+/// with random streams keyed by (`seed`, `step`, sample id). With `on_device`, the latents and flip keys
+/// are gathered for the device to self-correct instead.
 #[allow(clippy::too_many_arguments)]
 fn prepare(
     cfg: &TrainConfig,
@@ -119,12 +124,15 @@ fn prepare(
     scales: &[(usize, usize)],
     (seed, step): (u64, u64),
     cond_drop: f64,
+    on_device: bool,
 ) -> MicroBatch {
     let d = mc.d;
     let mut mb = MicroBatch {
         b: rows.len(),
         x_wo_prefix: vec![],
         gt_bits: vec![],
+        latents: vec![],
+        keys: vec![],
         labels: vec![],
         kv: vec![],
         cu: vec![0],
@@ -135,10 +143,15 @@ fn prepare(
         let latent =
             batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
         let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
-        let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
-        let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
-        mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
-        mb.gt_bits.extend_from_slice(&sc.bits);
+        if on_device {
+            mb.latents.extend_from_slice(&latent);
+            mb.keys.push(key);
+        } else {
+            let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
+            let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
+            mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
+            mb.gt_bits.extend_from_slice(&sc.bits);
+        }
         let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
         match &mc.conditioning {
             Conditioning::Class { num_classes } => {
@@ -295,11 +308,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
-            let mb = prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate);
+            let on_device = compute.self_corrects();
+            let mb =
+                prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device);
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
-            let ce = compute.micro_step((&mc, &lay), &params, &inp, &mut acts, &mut grads)?;
+            let device_bsc =
+                on_device.then_some(((&mb.latents[..], &mb.keys[..]), (cfg.bsc.p_max, cfg.bsc.apply_layers)));
+            let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads)?;
             loss += ce.loss;
             correct_bits += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
                 / (ce.correct_bits.len() * mc.d) as f64
@@ -384,8 +401,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
         if let Some(v) = validator.as_ref().filter(|v| v.due(st.step)) {
-            compute.sync_host(&mut params, None)?;
-            let vm = v.run(cfg, &mc, &lay, &params, &mut dist, &mut acts)?;
+            let vm = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
             summary.last_val_loss = Some(vm.loss);
             if let Some(log) = logger.as_mut() {
                 log.val(st.step, &vm)?;

@@ -12,10 +12,11 @@ use infinity_data::tokenizer::{PatchTokenizer, TOKENIZER_NAME};
 use infinity_data::{Checksums, Dataset, Manifest};
 use infinity_kernels::rope::RopeTable;
 
+use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::Dist;
 use super::prepare;
-use crate::model::{forward_into, rope_for, token_weights, Acts, Layout, ModelConfig, Params};
+use crate::model::{rope_for, token_weights, Acts, Layout, ModelConfig, Params};
 
 /// Loss and bit accuracy over the validation rows.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,10 +71,10 @@ impl Validator {
     pub fn run(
         &self,
         cfg: &TrainConfig,
-        mc: &ModelConfig,
-        lay: &Layout,
+        (mc, lay): (&ModelConfig, &Layout),
         params: &Params<f32>,
         dist: &mut Dist,
+        compute: &mut Compute,
         acts: &mut Acts<f32>,
     ) -> Result<ValMetrics> {
         let m = &self.ds.manifest;
@@ -82,14 +83,13 @@ impl Validator {
         for (bucket, rows) in self.batches.iter().skip(dist.rank).step_by(dist.world) {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let scales = m.schedules[*bucket as usize].hw();
-            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), 0.0);
+            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), 0.0, false);
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
-            forward_into(mc, lay, params, &inp, acts);
-            let acc = acts.ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
-                / (acts.ce.correct_bits.len() * mc.d) as f64;
+            let ce = compute.forward((mc, lay), params, &inp, acts)?;
+            let acc = ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>() / (ce.correct_bits.len() * mc.d) as f64;
             let b = mb.b as f64;
-            sums[0] += acts.ce.loss * b;
+            sums[0] += ce.loss * b;
             sums[1] += acc * b;
             sums[2] += b;
         }
