@@ -42,6 +42,16 @@ pub fn block_causal_segments(b: usize, tokens_per_scale: &[usize]) -> Vec<Segmen
     out
 }
 
+/// Segments of variable-length cross-attention: sample `b`'s `per_sample` query rows see its text tokens
+/// `cu[b] .. cu[b+1]` (`cu`: `B + 1` offsets). `per_sample = L` for the blocks' cross-attention, `1` for
+/// the attention pool of the start token.
+pub fn cross_segments(per_sample: usize, cu: &[usize]) -> Vec<Segment> {
+    cu.windows(2)
+        .enumerate()
+        .map(|(bi, w)| Segment { q0: bi * per_sample, nq: per_sample, k0: w[0], nk: w[1] - w[0] })
+        .collect()
+}
+
 /// Shapes shared by forward and backward.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnDims {

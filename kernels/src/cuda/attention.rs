@@ -335,3 +335,47 @@ pub fn normalize_heads_backward(
 fn per_warp(items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (items.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expand_segments;
+    use crate::attention::{block_causal_segments, cross_segments, Segment};
+
+    #[test]
+    fn block_causal_rows_see_earlier_scales_and_keys_are_seen_by_later_ones() {
+        // 2 samples of scales with 1, 4 and 16 tokens (L = 21)
+        let segs = block_causal_segments(2, &[1, 4, 16]);
+        let [k0, nk, q0, nq] = expand_segments(&segs, 42, 42).unwrap();
+        // sample 1, a query of the second scale: keys of scales 0 and 1 of sample 1
+        assert_eq!((k0[21 + 2], nk[21 + 2]), (21, 5));
+        // sample 0, a query of the last scale: the whole sample
+        assert_eq!((k0[20], nk[20]), (0, 21));
+        // a key of scale 1 of sample 0 is seen by the queries of scales 1 and 2 of sample 0
+        assert_eq!((q0[3], nq[3]), (1, 20));
+        // the start token is seen by its whole sample
+        assert_eq!((q0[21], nq[21]), (21, 21));
+    }
+
+    #[test]
+    fn cross_attention_and_the_pool_see_their_own_captions() {
+        let cu = [0, 2, 5];
+        let [k0, nk, q0, nq] = expand_segments(&cross_segments(3, &cu), 6, 5).unwrap();
+        assert_eq!((k0, nk), (vec![0, 0, 0, 2, 2, 2], vec![2, 2, 2, 3, 3, 3]));
+        assert_eq!((q0, nq), (vec![0, 0, 3, 3, 3], vec![3, 3, 3, 3, 3]));
+        let [k0, nk, q0, nq] = expand_segments(&cross_segments(1, &cu), 2, 5).unwrap();
+        assert_eq!((k0, nk, q0, nq), (vec![0, 2], vec![2, 3], vec![0, 0, 1, 1, 1], vec![1, 1, 1, 1, 1]));
+    }
+
+    #[test]
+    fn segment_sets_the_kernels_cannot_run_are_refused() {
+        let seg = |q0, nq, k0, nk| Segment { q0, nq, k0, nk };
+        // a query row in two segments
+        let e = expand_segments(&[seg(0, 2, 0, 1), seg(1, 1, 1, 1)], 2, 2).unwrap_err();
+        assert!(e.contains("query row 1"), "{e}");
+        // key 0 seen by queries 0 and 2 but not 1
+        let e = expand_segments(&[seg(0, 1, 0, 1), seg(1, 1, 1, 1), seg(2, 1, 0, 1)], 3, 2).unwrap_err();
+        assert!(e.contains("key row 0"), "{e}");
+        // out of range
+        assert!(expand_segments(&[seg(0, 3, 0, 1)], 2, 1).is_err());
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use cudarc::driver::{CudaSlice, CudaView};
-use infinity_kernels::attention::{block_causal_segments, Segment};
+use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
@@ -197,11 +197,7 @@ impl GpuModel {
             }
             Condition::Text { kv_compact, cu_seqlens, dropped } => {
                 let nt = cu_seqlens[b];
-                let span = |bi: usize| (cu_seqlens[bi], cu_seqlens[bi + 1] - cu_seqlens[bi]);
-                let ca: Vec<Segment> =
-                    (0..b).map(|bi| Segment { q0: bi * l, nq: l, k0: span(bi).0, nk: span(bi).1 }).collect();
-                let pool: Vec<Segment> =
-                    (0..b).map(|bi| Segment { q0: bi, nq: 1, k0: span(bi).0, nk: span(bi).1 }).collect();
+                let (ca, pool) = (cross_segments(l, &cu_seqlens[..=b]), cross_segments(1, &cu_seqlens[..=b]));
                 DeviceCondition::Text {
                     kv_compact: s.clone_htod(kv_compact)?,
                     cu: cu_seqlens.to_vec(),

@@ -6,7 +6,7 @@
 use infinity_kernels::act::{gelu_forward, silu_forward};
 use infinity_kernels::adaln::{gated_residual_forward, modulate_forward};
 use infinity_kernels::attention::{
-    attention_forward, block_causal_segments, normalize_heads_forward, AttnDims, Segment,
+    attention_forward, block_causal_segments, cross_segments, normalize_heads_forward, AttnDims, Segment,
 };
 use infinity_kernels::bitwise_ce::{bitwise_ce, BitwiseCe};
 use infinity_kernels::embedding::embedding_forward;
@@ -196,9 +196,7 @@ pub(crate) fn condition_forward<T: Real>(
             part_into(&mut t.pool_v, &pkv, nt, 2, 1, c);
             add_rows(&mut t.pool_v, w("text_proj_for_sos.ca.v_bias"));
             t.pool_q = (0..b).flat_map(|_| w("text_proj_for_sos.ca.mat_q").iter().copied()).collect();
-            a.pool_segs = (0..b)
-                .map(|bi| Segment { q0: bi, nq: 1, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
-                .collect();
+            a.pool_segs = cross_segments(1, &cu_seqlens[..=b]);
             let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
             zeroed(&mut t.pool_attn, b * c);
             zeroed(&mut t.pool_lse, b * hp);
@@ -321,9 +319,7 @@ pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp
     condition_forward(cfg, lay, p, inp.cond, b, a);
     if let (Some(t), Condition::Text { cu_seqlens, .. }) = (&a.text, inp.cond) {
         debug_assert_eq!(t.cu, cu_seqlens);
-        a.ca_segs = (0..b)
-            .map(|bi| Segment { q0: bi * l, nq: l, k0: cu_seqlens[bi], nk: cu_seqlens[bi + 1] - cu_seqlens[bi] })
-            .collect();
+        a.ca_segs = cross_segments(l, &cu_seqlens[..=b]);
     }
 
     // ---- input tokens: start token, word embeddings, level embedding ---------------------------
