@@ -1,5 +1,6 @@
-//! The two headline CUDA kernels on the GPU, side by side with PyTorch eager doing the same math in
-//! the same run (tools/bench_torch_kernels.py), plus a device copy as the bandwidth reference.
+//! The CUDA kernels on the GPU: the two headline kernels side by side with PyTorch eager doing the same
+//! math in the same run (tools/bench_torch_kernels.py), the other families' GB/s or TFLOP/s (matmuls
+//! in f32 and bf16, flash attention, LayerNorm, AdamW), and a device copy as the bandwidth reference.
 //!
 //!   cargo bench -p infinity-kernels --features cuda --bench cuda_kernels
 //!
@@ -11,10 +12,15 @@ use std::process::Command;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::CudaSlice;
+use infinity_kernels::attention::{block_causal_segments, AttnDims};
+use infinity_kernels::cuda::attention::{attention_backward_dev, attention_forward_dev, AttnRanges};
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
 use infinity_kernels::cuda::device::device_present;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
+use infinity_kernels::cuda::layers::layernorm_dev;
 use infinity_kernels::cuda::linear::{bias_grad, weight_grad};
+use infinity_kernels::cuda::linear::{linear_dev, Gemm};
+use infinity_kernels::cuda::ops::adamw_dev;
 use infinity_kernels::cuda::Device;
 use rand::{Rng, SeedableRng};
 
@@ -152,4 +158,91 @@ fn main() {
                 .to_vec();
         row(&format!("BSQ self-correction B={b} d={d} 13 scales→64²"), ms, bytes, 0.0, copy_gbs, torch_ms(&args));
     }
+
+    other_kernels(&dev, &mut rng, copy_gbs);
+}
+
+/// The families the model spends its time in, at the sizes of a width-2048 model at 256 px.
+fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
+    let per_scale = [1usize, 4, 16, 36, 64, 100, 169, 256];
+    let (b, c) = (16usize, 2048usize);
+    let l: usize = per_scale.iter().sum();
+    let n = b * l;
+    let rand = |rng: &mut dyn rand::RngCore, len: usize, scale: f32| -> Vec<f32> {
+        (0..len).map(|_| (rng.next_u32() as f32 / u32::MAX as f32 * 2.0 - 1.0) * scale).collect()
+    };
+    let x = upload(dev, &rand(rng, n * c, 1.0));
+
+    // matmuls: the FFN's first projection, N × C → 4C, f32 and bf16 inputs
+    let w = upload(dev, &rand(rng, 4 * c * c, 0.02));
+    let mut y = dev.stream.alloc_zeros::<f32>(n * 4 * c).unwrap();
+    for bf16 in [false, true] {
+        let gemm = Gemm::new(dev, bf16).unwrap();
+        let ms = time_ms(dev, 10, || linear_dev(dev, &gemm, &x, &w, None, &mut y, (n, c, 4 * c)).unwrap());
+        let flops = 2.0 * (n * c * 4 * c) as f64;
+        let bytes = 4.0 * (n * c + 4 * c * c + n * 4 * c) as f64;
+        let label = if bf16 { "linear N×2048→8192, bf16 inputs" } else { "linear N×2048→8192, f32" };
+        row(&format!("{label} (N={n})"), ms, bytes, flops, copy_gbs, None);
+    }
+    drop((w, y));
+
+    // flash attention, block-causal over the 256 px schedule, 16 heads of 128
+    let dims = AttnDims { heads: 16, head_dim: 128, scale: 1.0 };
+    let r = AttnRanges::new(dev, &block_causal_segments(b, &per_scale), n, n).unwrap();
+    let (q, k, v) =
+        (upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)));
+    let (mut o, mut lse) =
+        (dev.stream.alloc_zeros::<f32>(n * c).unwrap(), dev.stream.alloc_zeros::<f32>(n * 16).unwrap());
+    let pairs: usize = {
+        let mut end = 0;
+        per_scale
+            .iter()
+            .map(|&t| {
+                end += t;
+                t * end
+            })
+            .sum::<usize>()
+            * b
+    };
+    let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o, &mut lse, &r, dims).unwrap());
+    row(
+        "attention forward, 16 × 646 tokens, 16 × 128",
+        ms,
+        4.0 * 4.0 * (n * c) as f64,
+        4.0 * (pairs * c) as f64,
+        copy_gbs,
+        None,
+    );
+    let (mut dq, mut dk, mut dv, mut delta) = (
+        dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n * 16).unwrap(),
+    );
+    let ms = time_ms(dev, 10, || {
+        attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, (&mut dq, &mut dk, &mut dv), &mut delta)
+            .unwrap()
+    });
+    row("attention backward (dq; dk, dv)", ms, 8.0 * 4.0 * (n * c) as f64, 10.0 * (pairs * c) as f64, copy_gbs, None);
+    drop((q, k, v, o, lse, dq, dk, dv, delta));
+
+    // LayerNorm forward over the residual stream
+    let (mut xh, mut mean, mut rstd) = (
+        dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n).unwrap(),
+    );
+    let ms =
+        time_ms(dev, 10, || layernorm_dev(dev, &x, None, None, &mut xh, &mut mean, &mut rstd, (n, c), 1e-6).unwrap());
+    row("LayerNorm forward N × 2048", ms, 2.0 * 4.0 * (n * c) as f64, 0.0, copy_gbs, None);
+    drop((x, xh, mean, rstd));
+
+    // fused AdamW over 256 M parameters: reads p, g, m, v, the decay mask; writes p, m, v
+    let np = 1usize << 28;
+    let (mut p, g) = (dev.stream.alloc_zeros::<f32>(np).unwrap(), dev.stream.alloc_zeros::<f32>(np).unwrap());
+    let (mut m, mut vv) = (dev.stream.alloc_zeros::<f32>(np).unwrap(), dev.stream.alloc_zeros::<f32>(np).unwrap());
+    let decay = dev.stream.alloc_zeros::<u8>(np).unwrap();
+    let sc = infinity_kernels::adamw::AdamWScalars::new(1e-4, 0.9, 0.97, 1e-8, 0.005, 10);
+    let ms = time_ms(dev, 10, || adamw_dev(dev, &mut p, &g, &mut m, &mut vv, &decay, &sc).unwrap());
+    row("fused AdamW, 256 M parameters", ms, (np * (7 * 4 + 1)) as f64, 0.0, copy_gbs, None);
 }
