@@ -2,6 +2,7 @@
 // Scalars are precomputed per step on the host (AdamWScalars). Arithmetic in the CPU twin's order;
 // compiled with --fmad=false so no multiply-add is contracted and results follow the twin to the ulp
 // of sqrtf and division.
+#include "common.cuh"
 
 extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                                      float* __restrict__ v, const unsigned char* __restrict__ decay, long n,
@@ -20,15 +21,25 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restr
     }
 }
 
-// out[0] += Σ x² over the grid (f64 accumulation: per-thread partials, a warp shuffle, one atomic per warp).
-extern "C" __global__ void sum_squares_f32(const float* __restrict__ x, long n, double* __restrict__ out) {
+// partial[block] = Σ x² over the block's grid-stride elements (f64). With sum_partials_f64 the total is
+// summed in a fixed order for a given n and launch shape: bitwise reproducible (every rank of a
+// data-parallel run gets the same clipping coefficient from the same gradients).
+extern "C" __global__ void sum_squares_f32(const float* __restrict__ x, long n, double* __restrict__ partial) {
     double s = 0.0;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         const double xi = (double)x[i];
         s += xi * xi;
     }
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// out[0] = Σ partial[0..count], one block.
+extern "C" __global__ void sum_partials_f64(const double* __restrict__ partial, int count, double* __restrict__ out) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) out[0] = s;
 }
 
 // x *= coef (gradient clipping), through f64 as the CPU twin does.

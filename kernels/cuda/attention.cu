@@ -4,7 +4,9 @@
 // and lse [Nq, H] is kept for the backward, which recomputes the probabilities. No L×L buffer exists.
 // Every sum runs in a fixed order (no atomics), so results are bitwise reproducible.
 //
-// Dims: H heads, c head dim (≤ 128, a lane owns dims lane, lane+32, …), Q [Nq, H·c], K, V [Nk, H·c].
+// Dims: H heads, c head dim (a lane owns dims lane, lane+32, …: DPL of them, 4 for c ≤ 128 — the
+// `_f32` kernels — and 8 for c ≤ 256 — the `_wide_f32` ones, with fewer rows per block), Q [Nq, H·c],
+// K, V [Nk, H·c].
 // Query row r sees key rows [k0[r], k0[r] + nk[r]); key row j is seen by query rows
 // [q0[j], q0[j] + nq[j]) (both expanded from the segments on the host). Rows are padded to c + 1
 // floats in shared memory so lane-strided row reads hit distinct banks.
@@ -12,8 +14,6 @@
 // Also here: the cosine-attention normalisation of q and k per head (twin of normalize_heads_*).
 #include "common.cuh"
 
-#define MAXC 128
-#define DPL (MAXC / 32)  // head dims per lane
 #define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -63,15 +63,16 @@ __device__ __forceinline__ int2 union_range(const int* start, const int* count, 
 }
 
 // ---- forward: grid (ceil(Nq / FQ), H), 128 threads; warp w owns query rows w·RPW … (w+1)·RPW − 1 ----
-#define FQ 16
 #define FK 32
-#define RPW (FQ / 4)
 
-extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, const float* __restrict__ k,
+template <int DPL, int RPW>
+__device__ __forceinline__ void attention_forward(const float* __restrict__ q, const float* __restrict__ k,
                                                  const float* __restrict__ v, float* __restrict__ o,
                                                  float* __restrict__ lse, const int* __restrict__ k0,
                                                  const int* __restrict__ nk, int nq, int nkeys, int heads, int c,
                                                  float scale) {
+    constexpr int FQ = 4 * RPW;
+
     extern __shared__ float sm[];
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;            // [FK][cp]
@@ -137,12 +138,15 @@ extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, co
 }
 
 // ---- backward, part 1: dq (written) and delta = Σ dO·O per (row, head); same grid as the forward ----
-extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q, const float* __restrict__ k,
+template <int DPL, int RPW>
+__device__ __forceinline__ void attention_backward_dq(const float* __restrict__ q, const float* __restrict__ k,
                                                      const float* __restrict__ v, const float* __restrict__ o,
                                                      const float* __restrict__ d_o, const float* __restrict__ lse,
                                                      const int* __restrict__ k0, const int* __restrict__ nk,
                                                      float* __restrict__ dq, float* __restrict__ delta, int nq,
                                                      int nkeys, int heads, int c, float scale) {
+    constexpr int FQ = 4 * RPW;
+
     extern __shared__ float sm[];
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;             // [FK][cp]
@@ -216,15 +220,16 @@ extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q
 // ---- backward, part 2: dk, dv (written). Grid (ceil(Nk / BK), H), 128 threads; warp w owns key rows
 // w·KPW … (w+1)·KPW − 1. Query rows stream through shared memory in tiles of 32: first lane i scores
 // query i of the tile against each owned key, then lanes switch to head dims to accumulate. ----
-#define BK 32
-#define KPW (BK / 4)
 #define BQ 32
 
-extern "C" __global__ void attention_backward_dkdv_f32(
+template <int DPL, int KPW>
+__device__ __forceinline__ void attention_backward_dkdv(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
     const float* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
     const int* __restrict__ k0, const int* __restrict__ nk, const int* __restrict__ q0, const int* __restrict__ nqk,
     float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, int c, float scale) {
+    constexpr int BK = 4 * KPW;
+
     extern __shared__ float sm[];
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;             // [BK][cp]
@@ -288,6 +293,57 @@ extern "C" __global__ void attention_backward_dkdv_f32(
             }
         }
     }
+}
+
+// ---- entry points: head dims ≤ 128 and ≤ 256 ----
+extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                                 const float* __restrict__ v, float* __restrict__ o,
+                                                 float* __restrict__ lse, const int* __restrict__ k0,
+                                                 const int* __restrict__ nk, int nq, int nkeys, int heads, int c,
+                                                 float scale) {
+    attention_forward<4, 4>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, c, scale);
+}
+
+extern "C" __global__ void attention_forward_wide_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                                 const float* __restrict__ v, float* __restrict__ o,
+                                                 float* __restrict__ lse, const int* __restrict__ k0,
+                                                 const int* __restrict__ nk, int nq, int nkeys, int heads, int c,
+                                                 float scale) {
+    attention_forward<8, 2>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, c, scale);
+}
+
+extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                                     const float* __restrict__ v, const float* __restrict__ o,
+                                                     const float* __restrict__ d_o, const float* __restrict__ lse,
+                                                     const int* __restrict__ k0, const int* __restrict__ nk,
+                                                     float* __restrict__ dq, float* __restrict__ delta, int nq,
+                                                     int nkeys, int heads, int c, float scale) {
+    attention_backward_dq<4, 4>(q, k, v, o, d_o, lse, k0, nk, dq, delta, nq, nkeys, heads, c, scale);
+}
+
+extern "C" __global__ void attention_backward_dq_wide_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                                     const float* __restrict__ v, const float* __restrict__ o,
+                                                     const float* __restrict__ d_o, const float* __restrict__ lse,
+                                                     const int* __restrict__ k0, const int* __restrict__ nk,
+                                                     float* __restrict__ dq, float* __restrict__ delta, int nq,
+                                                     int nkeys, int heads, int c, float scale) {
+    attention_backward_dq<8, 2>(q, k, v, o, d_o, lse, k0, nk, dq, delta, nq, nkeys, heads, c, scale);
+}
+
+extern "C" __global__ void attention_backward_dkdv_f32(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+    const int* __restrict__ k0, const int* __restrict__ nk, const int* __restrict__ q0, const int* __restrict__ nqk,
+    float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, int c, float scale) {
+    attention_backward_dkdv<4, 8>(q, k, v, d_o, lse, delta, k0, nk, q0, nqk, dk, dv, nq, nkeys, heads, c, scale);
+}
+
+extern "C" __global__ void attention_backward_dkdv_wide_f32(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+    const int* __restrict__ k0, const int* __restrict__ nk, const int* __restrict__ q0, const int* __restrict__ nqk,
+    float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, int c, float scale) {
+    attention_backward_dkdv<8, 4>(q, k, v, d_o, lse, delta, k0, nk, q0, nqk, dk, dv, nq, nkeys, heads, c, scale);
 }
 
 // ---- cosine-attention normalisation: one warp per (row, head) ---------------------------------------

@@ -64,7 +64,7 @@ extern "C" __global__ void bilinear_resize_f32(const float* __restrict__ src, fl
 extern "C" __global__ void quantize_f32(const float* __restrict__ r, const unsigned char* __restrict__ flips,
                                         unsigned char* __restrict__ bits, float* __restrict__ q,
                                         int b, int d, int n) {
-    const float m = rsqrtf((float)d);
+    const float m = 1.0f / sqrtf((float)d);  // IEEE sqrt and division: the CPU twin's value exactly
     const long total = (long)b * d * n;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int t = i % n, c = (i / n) % d;
@@ -121,7 +121,7 @@ extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const 
 extern "C" __global__ void quantize_keyed_f32(const float* __restrict__ r, const unsigned long long* __restrict__ keys,
                                               int scale, int kmax, unsigned char* __restrict__ gt, int l, int tok0,
                                               float* __restrict__ q, int b, int d, int n) {
-    const float m = rsqrtf((float)d);
+    const float m = 1.0f / sqrtf((float)d);  // IEEE sqrt and division: the CPU twin's value exactly
     const long total = (long)b * d * n;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int t = i % n, c = (i / n) % d;

@@ -17,7 +17,7 @@ extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, co
     const float mu = block_sum(s) / (float)c;
     float v = 0.0f;
     for (int i = threadIdx.x; i < c; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
-    const float rs = rsqrtf(block_sum(v) / (float)c + eps);
+    const float rs = 1.0f / sqrtf(block_sum(v) / (float)c + eps);
     if (threadIdx.x == 0) {
         mean[r] = mu;
         rstd[r] = rs;
@@ -80,7 +80,7 @@ extern "C" __global__ void rmsnorm_forward_f32(const float* __restrict__ x, cons
     const float* xr = x + (size_t)r * c;
     float s = 0.0f;
     for (int i = threadIdx.x; i < c; i += blockDim.x) s += xr[i] * xr[i];
-    const float rs = rsqrtf(block_sum(s) / (float)c + eps);
+    const float rs = 1.0f / sqrtf(block_sum(s) / (float)c + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
     for (int i = threadIdx.x; i < c; i += blockDim.x) y[(size_t)r * c + i] = xr[i] * rs * w[i];
 }

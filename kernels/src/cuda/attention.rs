@@ -9,14 +9,30 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 use super::device::{Arg, Buf, BufMut, CudaError, Device};
 use crate::attention::{AttnDims, Segment};
 
-/// Largest head dim of attention.cu (a lane owns 4 of them).
-pub const MAX_HEAD_DIM: usize = 128;
-/// Tile sizes of attention.cu: query rows per forward/dq block, key rows per tile; key rows per
-/// dk/dv block, query rows per tile.
-const FQ: usize = 16;
-const FK: usize = 32;
-const BK: usize = 32;
-const BQ: usize = 32;
+/// Largest head dim of attention.cu (the `_wide_f32` kernels: a lane owns 8 dims).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// One instantiation of attention.cu's kernels: name suffix and tiles (query rows per forward/dq
+/// block, key rows per tile; key rows per dk/dv block, query rows per tile).
+struct Tiles {
+    suffix: &'static str,
+    fq: usize,
+    fk: usize,
+    bk: usize,
+    bq: usize,
+}
+
+/// Head dims ≤ 128 (4 per lane) or ≤ 256 (8 per lane, fewer rows per block to bound registers; the
+/// attention pool of the widest presets needs it).
+fn tiles(dims: AttnDims) -> Result<Tiles, CudaError> {
+    match dims.head_dim {
+        0..=128 => Ok(Tiles { suffix: "f32", fq: 16, fk: 32, bk: 32, bq: 32 }),
+        129..=MAX_HEAD_DIM => Ok(Tiles { suffix: "wide_f32", fq: 8, fk: 32, bk: 16, bq: 32 }),
+        c => {
+            Err(CudaError::Driver(format!("attention: head dim {c} > {MAX_HEAD_DIM} is not supported by attention.cu")))
+        }
+    }
+}
 
 /// Per-row ranges of a segment set on the device: query row r sees keys `k0[r] .. k0[r] + nk[r]`, key
 /// row j is seen by queries `q0[j] .. q0[j] + nq[j]`.
@@ -80,8 +96,8 @@ impl AttnRanges {
     }
 }
 
-/// 128 threads, `(2·tile_a + 2·tile_b)`-row shared memory (rows padded to c + 1); opts the kernel into
-/// more than 48 KiB of shared memory when a large head dim needs it.
+/// 128 threads, `smem_rows` rows of shared memory (padded to c + 1); opts the kernel into more than
+/// 48 KiB of shared memory when a large head dim needs it.
 fn config(
     f: &CudaFunction,
     rows: usize,
@@ -89,12 +105,6 @@ fn config(
     dims: AttnDims,
     smem_rows: usize,
 ) -> Result<LaunchConfig, CudaError> {
-    if dims.head_dim > MAX_HEAD_DIM {
-        return Err(CudaError::Driver(format!(
-            "attention: head dim {} > {MAX_HEAD_DIM} is not supported by attention.cu",
-            dims.head_dim
-        )));
-    }
     let bytes = (smem_rows * (dims.head_dim + 1) * 4) as u32;
     if bytes > 48 * 1024 {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
@@ -123,8 +133,10 @@ pub fn attention_forward_dev(
         q.count() >= r.nq * w && o.count() >= r.nq * w && k.count() >= r.nkeys * w && v.count() >= r.nkeys * w,
         "attention: q, o [Nq, H·c], k, v [Nk, H·c]"
     );
-    let f = dev.function("attention.cu", "attention_forward_f32")?;
-    let cfg = config(&f, r.nq, FQ, dims, 2 * FK + FQ)?;
+    let t = tiles(dims)?;
+    let name = format!("attention_forward_{}", t.suffix);
+    let f = dev.function("attention.cu", &name)?;
+    let cfg = config(&f, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
     let s = &dev.stream;
     let args = [
         Arg::Ptr(q.addr(s)),
@@ -137,7 +149,7 @@ pub fn attention_forward_dev(
     ];
     let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
-    unsafe { dev.launch("attention.cu", "attention_forward_f32", cfg, &args) }
+    unsafe { dev.launch("attention.cu", &name, cfg, &args) }
 }
 
 /// Gradients `dq, dk, dv` (all written) from `d_o`; `delta [Nq, H]` is scratch.
@@ -163,8 +175,10 @@ pub fn attention_backward_dev(
     );
     let s = &dev.stream;
     let (k0, nk) = (Arg::Ptr(ranges_addr(dev, &r.k0)), Arg::Ptr(ranges_addr(dev, &r.nk)));
-    let f = dev.function("attention.cu", "attention_backward_dq_f32")?;
-    let cfg = config(&f, r.nq, FQ, dims, 2 * FK + 2 * FQ)?;
+    let t = tiles(dims)?;
+    let name = format!("attention_backward_dq_{}", t.suffix);
+    let f = dev.function("attention.cu", &name)?;
+    let cfg = config(&f, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
     let args = [
         Arg::Ptr(q.addr(s)),
         Arg::Ptr(k.addr(s)),
@@ -179,9 +193,10 @@ pub fn attention_backward_dev(
     ];
     let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu.
-    unsafe { dev.launch("attention.cu", "attention_backward_dq_f32", cfg, &args) }?;
-    let f = dev.function("attention.cu", "attention_backward_dkdv_f32")?;
-    let cfg = config(&f, r.nkeys, BK, dims, 2 * BK + 2 * BQ)?;
+    unsafe { dev.launch("attention.cu", &name, cfg, &args) }?;
+    let name = format!("attention_backward_dkdv_{}", t.suffix);
+    let f = dev.function("attention.cu", &name)?;
+    let cfg = config(&f, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?;
     let args = [
         Arg::Ptr(q.addr(s)),
         Arg::Ptr(k.addr(s)),
@@ -198,7 +213,7 @@ pub fn attention_backward_dev(
     ];
     let args = [&args[..], &scalars(r, dims)].concat();
     // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
-    unsafe { dev.launch("attention.cu", "attention_backward_dkdv_f32", cfg, &args) }
+    unsafe { dev.launch("attention.cu", &name, cfg, &args) }
 }
 
 fn scalars(r: &AttnRanges, dims: AttnDims) -> [Arg; 5] {

@@ -32,6 +32,7 @@ pub struct Device {
     /// `compute_XY` of the device, for NVRTC.
     pub arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
 }
 
 /// Whether a CUDA driver and at least one device are present (never panics).
@@ -52,11 +53,14 @@ impl Device {
         // NVRTC wants a 'static arch string; the few real ones are spelled out
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let stream = ctx.default_stream();
-        Ok(Device { ctx, stream, arch, modules: Mutex::new(HashMap::new()) })
+        Ok(Device { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
     }
 
-    /// Kernel `name` of source `file`, compiling and loading the source on first use.
+    /// Kernel `name` of source `file`, compiling and loading the source on first use (both cached).
     pub fn function(&self, file: &'static str, name: &str) -> Result<CudaFunction, CudaError> {
+        if let Some(f) = self.functions.lock().unwrap().get(&(file, name.to_string())) {
+            return Ok(f.clone());
+        }
         let module = {
             let mut m = self.modules.lock().unwrap();
             match m.get(file) {
@@ -69,7 +73,9 @@ impl Device {
                 }
             }
         };
-        Ok(module.load_function(name)?)
+        let f = module.load_function(name)?;
+        self.functions.lock().unwrap().insert((file, name.to_string()), f.clone());
+        Ok(f)
     }
 }
 

@@ -188,11 +188,16 @@ pub fn adamw_dev(
 /// `Σ x²` of a device buffer, accumulated in f64 (twin of `adamw::sum_squares`).
 pub fn sum_squares_dev(dev: &Device, x: &dyn Buf) -> Result<f64, CudaError> {
     let st = &dev.stream;
-    let mut out = st.alloc_zeros::<f64>(1)?;
     let n = x.count();
-    let args = [Arg::Ptr(x.addr(st)), Arg::I64(n as i64), Arg::Ptr(out.device_ptr_mut(st).0)];
-    // SAFETY: sum_squares_f32(x, n, out) adds into the one f64 of `out`.
-    unsafe { dev.launch("adamw.cu", "sum_squares_f32", elementwise(n), &args) }?;
+    let cfg = elementwise(n);
+    let blocks = cfg.grid_dim.0 as usize;
+    let (mut partial, mut out) = (st.alloc_zeros::<f64>(blocks)?, st.alloc_zeros::<f64>(1)?);
+    let args = [Arg::Ptr(x.addr(st)), Arg::I64(n as i64), Arg::Ptr(partial.device_ptr_mut(st).0)];
+    // SAFETY: sum_squares_f32(x, n, partial) writes one f64 per block of `cfg`.
+    unsafe { dev.launch("adamw.cu", "sum_squares_f32", cfg, &args) }?;
+    let args = [Arg::Ptr(partial.device_ptr(st).0), Arg::I32(blocks as i32), Arg::Ptr(out.device_ptr_mut(st).0)];
+    // SAFETY: sum_partials_f64(partial, count, out), one block of 256 threads.
+    unsafe { dev.launch("adamw.cu", "sum_partials_f64", per_row(1, 256), &args) }?;
     Ok(st.clone_dtoh(&out)?[0])
 }
 

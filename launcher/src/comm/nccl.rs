@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,13 @@ pub fn nccl_available() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() && sys::is_culib_present() }
 }
 
-/// The raw communicator, shared with the watchdog.
+/// The raw communicator, shared with the watchdog. Calls that use `comm` hold `use_lock` for reading
+/// and check `aborted`; an abort takes it for writing, so no call runs on an aborted (freed)
+/// communicator.
 struct Handle {
     comm: sys::ncclComm_t,
     aborted: AtomicBool,
+    use_lock: RwLock<()>,
 }
 
 // SAFETY: NCCL allows ncclCommAbort and ncclCommGetAsyncError from any thread; collectives are only
@@ -45,15 +48,20 @@ unsafe impl Send for Handle {}
 unsafe impl Sync for Handle {}
 
 impl Handle {
-    fn abort(&self) {
+    /// Abort the communicator (once). Returns false when a call is inside NCCL and does not return
+    /// (an enqueue can block while connections are set up): the caller then exits without aborting.
+    fn abort(&self) -> bool {
+        let Ok(_guard) = self.use_lock.try_write() else { return false };
         if !self.aborted.swap(true, Ordering::SeqCst) {
-            // SAFETY: the handle is valid until drop; abort is idempotent on our side via the flag.
+            // SAFETY: valid until aborted; no other call holds the handle (write lock).
             let _ = unsafe { result::comm_abort(self.comm) };
         }
+        true
     }
 
     /// An asynchronous error NCCL recorded (a broken connection, a remote abort), if any.
     fn async_error(&self) -> Option<String> {
+        let _guard = self.use_lock.try_read().ok()?;
         if self.aborted.load(Ordering::SeqCst) {
             return None;
         }
@@ -102,7 +110,11 @@ fn watchdog(
     timeout: Duration,
     exit: bool,
 ) {
-    if stream.context().bind_to_thread().is_err() {
+    if let Err(e) = stream.context().bind_to_thread() {
+        // without the context the watchdog cannot see the device: fail every later call loudly
+        handle.abort();
+        *watch.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(format!("the watchdog cannot bind the CUDA context: {e:?}"));
         return;
     }
     while !watch.stop.load(Ordering::SeqCst) {
@@ -124,9 +136,10 @@ fn watchdog(
             }
         }
         if let Some(why) = why {
-            handle.abort();
+            let aborted = handle.abort();
             if exit {
-                eprintln!("rank {rank}: {why}; NCCL communicator aborted, exiting with code {EXIT_COMM_TIMEOUT}");
+                let what = if aborted { "NCCL communicator aborted" } else { "a call is stuck inside NCCL" };
+                eprintln!("rank {rank}: {why}; {what}, exiting with code {EXIT_COMM_TIMEOUT}");
                 std::process::exit(EXIT_COMM_TIMEOUT);
             }
             *watch.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -202,7 +215,7 @@ impl NcclComm {
             result::comm_init_rank(comm.as_mut_ptr(), world as i32, id, rank as i32).map_err(|e| nccl_err(OP, e))?;
             comm.assume_init()
         };
-        let handle = Arc::new(Handle { comm, aborted: AtomicBool::new(false) });
+        let handle = Arc::new(Handle { comm, aborted: AtomicBool::new(false), use_lock: RwLock::new(()) });
         let watch = Arc::new(Watch {
             pending: Mutex::new(VecDeque::new()),
             failure: Mutex::new(None),
@@ -220,6 +233,13 @@ impl NcclComm {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// Hold the communicator for an NCCL call: fails once it was aborted.
+    fn hold(&self, op: &'static str) -> CommResult<std::sync::RwLockReadGuard<'_, ()>> {
+        let guard = self.handle.use_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.check(op)?;
+        Ok(guard)
     }
 
     /// Fail if the watchdog aborted the communicator.
@@ -247,7 +267,7 @@ impl NcclComm {
     /// Element-wise sum over ranks, in place, enqueued on the stream.
     pub fn all_reduce_sum_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
         const OP: &str = "all_reduce";
-        self.check(OP)?;
+        let _held = self.hold(OP)?;
         let n = buf.len();
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: in-place all-reduce of `n` elements of a live device buffer on our stream.
@@ -274,7 +294,7 @@ impl NcclComm {
         root: usize,
     ) -> CommResult<()> {
         const OP: &str = "broadcast";
-        self.check(OP)?;
+        let _held = self.hold(OP)?;
         let n = buf.len();
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: in-place broadcast of `n` elements of a live device buffer on our stream.
@@ -301,7 +321,7 @@ impl NcclComm {
         recv: &mut CudaSlice<T>,
     ) -> CommResult<()> {
         const OP: &str = "all_gather";
-        self.check(OP)?;
+        let _held = self.hold(OP)?;
         self.sizes(OP, send.len(), recv.len())?;
         let n = send.len();
         let (s, _s) = send.device_ptr(&self.stream);
@@ -322,7 +342,7 @@ impl NcclComm {
         recv: &mut CudaSlice<T>,
     ) -> CommResult<()> {
         const OP: &str = "reduce_scatter";
-        self.check(OP)?;
+        let _held = self.hold(OP)?;
         self.sizes(OP, recv.len(), send.len())?;
         let n = recv.len();
         let (s, _s) = send.device_ptr(&self.stream);
@@ -389,6 +409,11 @@ impl Drop for NcclComm {
         self.watch.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // a collective still in flight would make ncclCommDestroy wait for it: abort instead
+        let pending = self.watch.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.iter().any(|p| !p.done.try_is_complete().unwrap_or(false)) {
+            self.handle.abort();
         }
     }
 }

@@ -114,8 +114,9 @@ pub(super) fn saved(b: &Option<CudaSlice<f32>>) -> &CudaSlice<f32> {
     b.as_ref().expect("forward saved this activation")
 }
 
-/// Run the model and the fused head + loss (`grad`: also `dlogits` and `dh` for the backward). With
-/// `recompute`, each block keeps only its input; the backward runs the block forward again.
+/// Run the model and the fused head + loss (`grad`: also `dlogits` and `dh` for the backward). Without
+/// `grad` no block activations are kept; with `recompute`, each block keeps only its input and the
+/// backward runs the block forward again.
 pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, recompute: bool) -> Result<GpuActs> {
     let cfg = net.cfg;
     let (b, l, c, d) = (inp.b, inp.l, cfg.embed_dim, cfg.d);
@@ -143,7 +144,11 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     let mut blocks = Vec::with_capacity(cfg.depth);
     for blk in 0..cfg.depth {
         let (s, x_next) = block_forward(net, blk, inp, rope, &shared_gss, text.as_ref(), x)?;
-        blocks.push(if recompute { BlockBufs { x_in: s.x_in, ..Default::default() } } else { s });
+        blocks.push(match (grad, recompute) {
+            (false, _) => BlockBufs::default(),
+            (true, true) => BlockBufs { x_in: s.x_in, ..Default::default() },
+            (true, false) => s,
+        });
         x = x_next;
     }
 

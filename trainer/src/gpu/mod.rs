@@ -93,6 +93,15 @@ impl GpuModel {
     /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded). `bf16`:
     /// the matmuls take bf16 inputs (f32 accumulation and outputs; f32 master weights and activations).
     pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
+        use infinity_kernels::cuda::{attention::MAX_HEAD_DIM, head_ce::MAX_BITS};
+        let pool_dim = if cfg.has_cross_attention() { cfg.embed_dim / cfg.pool_heads() } else { 0 };
+        anyhow::ensure!(
+            cfg.head_dim() <= MAX_HEAD_DIM && pool_dim <= MAX_HEAD_DIM && cfg.d <= MAX_BITS,
+            "the GPU kernels support head dims up to {MAX_HEAD_DIM} and d up to {MAX_BITS}; this model has \
+             head dim {}, attention-pool head dim {pool_dim}, d = {}",
+            cfg.head_dim(),
+            cfg.d
+        );
         let dev = Device::open(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
         let gemm = Gemm::new(&dev, bf16)?;
         let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
@@ -171,7 +180,7 @@ impl GpuModel {
         }
         let rope = &self.ropes[&key].1;
         let net = Net { dev: &self.dev, gemm: &self.gemm, cfg: &self.cfg, lay: &self.lay, params: &self.params };
-        let acts = forward::forward(&net, &dinp, rope, grad, grad && self.recompute)?;
+        let acts = forward::forward(&net, &dinp, rope, grad, self.recompute)?;
         if grad {
             backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;
         }
