@@ -24,6 +24,14 @@ pub struct Gemm {
 
 impl Gemm {
     pub fn new(dev: &Device, bf16: bool) -> Result<Gemm, CudaError> {
+        // SAFETY: only tries to open the library (cudarc would panic on first use without it).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::Unavailable(
+                "libcublas not found (install the CUDA toolkit or `pip install nvidia-cublas` and put its lib \
+                 folder on LD_LIBRARY_PATH)"
+                    .into(),
+            ));
+        }
         Ok(Gemm { blas: CudaBlas::new(dev.stream.clone()).map_err(blas_err)?, bf16 })
     }
 }
