@@ -17,6 +17,10 @@ gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ -z "${INFINITY_CUDA_INCLUDE:-}" ] && [ -d /usr/local/cuda/include ]; then
     export INFINITY_CUDA_INCLUDE=/usr/local/cuda/include
 fi
+# cuBLAS, NVRTC: the toolkit's libraries when they are not on the loader path already
+if [ -d /usr/local/cuda/lib64 ]; then
+    export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+fi
 # NCCL from the pip wheel is libnccl.so.2 only; cudarc opens libnccl.so
 nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
 if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/libnccl.so.2" ]; then
