@@ -39,3 +39,29 @@ __device__ __forceinline__ float block_max(float v) {
     __syncthreads();
     return out;
 }
+
+// Column sums in a fixed order, parallel over rows (bitwise reproducible; no atomics). Stage 1, this
+// helper: launch grid (ceil(C / 32), ceil(rows / 64)), block (32, 8). Block (x, k) owns columns
+// 32x … 32x+31 and rows 64k … 64k+63; thread (tx, ty) adds rows ty, ty+8, … of them, then the eight
+// partial sums are added in ty order into partial[k·C + col]. Stage 2 is util.cu's finish_columns_f32.
+#define COL_TILE 32
+#define COL_ROWS 8
+#define COL_CHUNK 64
+
+template <class F>
+__device__ __forceinline__ void column_partials(F f, long rows, int c, float* __restrict__ partial) {
+    __shared__ float part[COL_ROWS][COL_TILE];
+    const int col = blockIdx.x * COL_TILE + threadIdx.x;
+    const long r0 = (long)blockIdx.y * COL_CHUNK;
+    const long r1 = r0 + COL_CHUNK < rows ? r0 + COL_CHUNK : rows;
+    float s = 0.0f;
+    if (col < c)
+        for (long r = r0 + threadIdx.y; r < r1; r += COL_ROWS) s += f(r, col);
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < c) {
+        float t = 0.0f;
+        for (int y = 0; y < COL_ROWS; ++y) t += part[y][threadIdx.x];
+        partial[(long)blockIdx.y * c + col] = t;
+    }
+}

@@ -1,7 +1,7 @@
 // Twins of kernels/src/norm.rs: LayerNorm (affine or not) and RMSNorm over rows [N, C], forward and
 // backward. One block per row; the block sums with common.cuh's reduction. Input gradients are written;
-// parameter gradients are added by separate kernels, one thread per column summing the rows in order
-// (no atomics: runs are bitwise reproducible).
+// parameter gradients are column sums in a fixed order (common.cuh's two stages; no atomics: runs are
+// bitwise reproducible).
 #include "common.cuh"
 
 // y = (x − μ)·rstd·w + b; w, b may be null (no affine). mean, rstd: [N].
@@ -55,20 +55,11 @@ extern "C" __global__ void layernorm_backward_f32(const float* __restrict__ dy, 
     }
 }
 
-// dw += Σ_r dy·x̂, db += Σ_r dy (LayerNorm's affine parameters); one thread per column.
-extern "C" __global__ void layernorm_param_grad_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                   float* __restrict__ dw, float* __restrict__ db, int n, int c) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c) return;
-    float sw = 0.0f, sb = 0.0f;
-    for (int r = 0; r < n; ++r) {
-        const float g = dy[(size_t)r * c + i];
-        sw += g * ((x[(size_t)r * c + i] - mean[r]) * rstd[r]);
-        sb += g;
-    }
-    dw[i] += sw;
-    db[i] += sb;
+// Stage 1 of LayerNorm's dw = Σ_r dy·x̂ (db is util.cu's column sum of dy).
+extern "C" __global__ void layernorm_dw_partials_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                     const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                     long n, int c, float* __restrict__ partial) {
+    column_partials([=](long r, int i) { return dy[r * c + i] * ((x[r * c + i] - mean[r]) * rstd[r]); }, n, c, partial);
 }
 
 // y = x·rstd·w, rstd = 1/√(mean(x²) + eps).
@@ -103,13 +94,9 @@ extern "C" __global__ void rmsnorm_backward_f32(const float* __restrict__ dy, co
     for (int i = threadIdx.x; i < c; i += blockDim.x) dx[(size_t)r * c + i] = rs * (dyr[i] * w[i] - xr[i] * rs * m);
 }
 
-// dw += Σ_r dy·x·rstd (RMSNorm's weight); one thread per column.
-extern "C" __global__ void rmsnorm_param_grad_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                 const float* __restrict__ rstd, float* __restrict__ dw, int n,
-                                                 int c) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= c) return;
-    float s = 0.0f;
-    for (int r = 0; r < n; ++r) s += dy[(size_t)r * c + i] * (x[(size_t)r * c + i] * rstd[r]);
-    dw[i] += s;
+// Stage 1 of RMSNorm's dw = Σ_r dy·x·rstd.
+extern "C" __global__ void rmsnorm_dw_partials_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                   const float* __restrict__ rstd, long n, int c,
+                                                   float* __restrict__ partial) {
+    column_partials([=](long r, int i) { return dy[r * c + i] * (x[r * c + i] * rstd[r]); }, n, c, partial);
 }

@@ -1,6 +1,9 @@
 // Data movement and small reductions the model needs between the real kernels (twins: the helpers of
-// trainer/src/model/{forward,backward}.rs). Grid-stride loops; reductions run one thread per output
-// column over rows in order, so results are bitwise reproducible (no atomics).
+// trainer/src/model/{forward,backward}.rs). Grid-stride loops; reductions run in a fixed order
+// (common.cuh's two-stage column sums, one thread per output elsewhere), so results are bitwise
+// reproducible (no atomics).
+
+#include "common.cuh"
 
 #define GRID_STRIDE(i, total) \
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (total); i += (long)gridDim.x * blockDim.x)
@@ -35,13 +38,19 @@ extern "C" __global__ void add_row_f32(const float* __restrict__ src, const floa
     GRID_STRIDE(i, rows * w) { dst[i] = src[i] + row[i % w]; }
 }
 
-// out [C] += Σ_r src[r·stride + col] for r < rows (stride ≥ C: a column of strided rows).
-extern "C" __global__ void col_sum_f32(const float* __restrict__ src, float* __restrict__ out, long rows, int c,
-                                       long stride) {
+// Stage 1 of out [C] += Σ_r src[r·stride + col] over r < rows (stride ≥ C: columns of strided rows).
+extern "C" __global__ void col_partials_f32(const float* __restrict__ src, long rows, int c, long stride,
+                                            float* __restrict__ partial) {
+    column_partials([=](long r, int col) { return src[r * stride + col]; }, rows, c, partial);
+}
+
+// Stage 2 of every column reduction: out[col] += Σ_k partial[k·C + col], chunks in order.
+extern "C" __global__ void finish_columns_f32(const float* __restrict__ partial, int chunks, int c,
+                                              float* __restrict__ out) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= c) return;
     float s = 0.0f;
-    for (long r = 0; r < rows; ++r) s += src[r * stride + col];
+    for (int k = 0; k < chunks; ++k) s += partial[(long)k * c + col];
     out[col] += s;
 }
 

@@ -5,7 +5,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::device::{addr_or_null, elementwise, per_column, per_row, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{addr_or_null, elementwise, per_row, Arg, Buf, BufMut, CudaError, Device};
 use super::util;
 use crate::rope::RopeTable;
 
@@ -60,9 +60,10 @@ pub fn layernorm_backward_dev(
     // SAFETY: layernorm_backward_f32(dy, x, w, mean, rstd, dx, n, c).
     unsafe { dev.launch("norm.cu", "layernorm_backward_f32", per_row(n, c), &args) }?;
     if let Some((dw, db)) = params {
-        let args = [p(dev, dy), p(dev, x), p(dev, mean), p(dev, rstd), pm(dev, dw), pm(dev, db), i(n), i(c)];
-        // SAFETY: layernorm_param_grad_f32(dy, x, mean, rstd, dw, db, n, c).
-        unsafe { dev.launch("norm.cu", "layernorm_param_grad_f32", per_column(c), &args) }?;
+        let prefix = [p(dev, dy), p(dev, x), p(dev, mean), p(dev, rstd), Arg::I64(n as i64), i(c)];
+        // SAFETY: layernorm_dw_partials_f32(dy, x, mean, rstd, n, c, partial) over [n, c] buffers.
+        unsafe { util::column_reduce(dev, ("norm.cu", "layernorm_dw_partials_f32"), &prefix, (n, c), dw) }?;
+        util::col_sum(dev, dy, db, n, c)?;
     }
     Ok(())
 }
@@ -98,9 +99,9 @@ pub fn rmsnorm_backward_dev(
     let args = [p(dev, dy), p(dev, x), p(dev, w), p(dev, rstd), pm(dev, dx), i(n), i(c)];
     // SAFETY: rmsnorm_backward_f32(dy, x, w, rstd, dx, n, c).
     unsafe { dev.launch("norm.cu", "rmsnorm_backward_f32", per_row(n, c), &args) }?;
-    let args = [p(dev, dy), p(dev, x), p(dev, rstd), pm(dev, dw), i(n), i(c)];
-    // SAFETY: rmsnorm_param_grad_f32(dy, x, rstd, dw, n, c).
-    unsafe { dev.launch("norm.cu", "rmsnorm_param_grad_f32", per_column(c), &args) }
+    let prefix = [p(dev, dy), p(dev, x), p(dev, rstd), Arg::I64(n as i64), i(c)];
+    // SAFETY: rmsnorm_dw_partials_f32(dy, x, rstd, n, c, partial) over [n, c] buffers.
+    unsafe { util::column_reduce(dev, ("norm.cu", "rmsnorm_dw_partials_f32"), &prefix, (n, c), dw) }
 }
 
 /// Shape of an AdaLN op: `B` samples of `L` rows of `C`; per-sample parameters `ps` floats apart.

@@ -9,7 +9,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, DevicePtrMut};
 
-use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
 
 pub(crate) fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
@@ -196,12 +196,28 @@ pub fn weight_grad(
     product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_T), (fin, fout, n), (x, fin), (dy, fout), 1.0, dw, fin)
 }
 
-/// `db [fout] += Σ_rows dy` (one thread per column, rows in order).
+/// `db [fout] += Σ_rows dy` (util.cu's fixed-order column sum).
 pub fn bias_grad(dev: &Device, dy: &dyn Buf, db: &mut dyn BufMut, n: usize, fout: usize) -> Result<(), CudaError> {
-    let s = &dev.stream;
-    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(db.addr_mut(s)), Arg::I32(n as i32), Arg::I32(fout as i32)];
-    // SAFETY: bias_grad_f32(dy, db, n, out); dy holds n·fout values, db fout.
-    unsafe { dev.launch("linear.cu", "bias_grad_f32", per_column(fout), &args) }
+    assert!(db.count() >= fout, "bias_grad: db is not [{fout}]");
+    super::util::col_sum(dev, dy, &mut ViewOf(db, fout), n, fout)
+}
+
+/// The first `n` values of a buffer, as a buffer (column sums size their output by its length).
+struct ViewOf<'a>(&'a mut dyn BufMut, usize);
+
+impl super::device::Buf for ViewOf<'_> {
+    fn addr(&self, s: &cudarc::driver::CudaStream) -> u64 {
+        self.0.addr(s)
+    }
+    fn count(&self) -> usize {
+        self.1
+    }
+}
+
+impl BufMut for ViewOf<'_> {
+    fn addr_mut(&mut self, s: &cudarc::driver::CudaStream) -> u64 {
+        self.0.addr_mut(s)
+    }
 }
 
 /// `y = x·Wᵀ + b` on host buffers (bf16 products when `bf16`).

@@ -2,6 +2,8 @@
 //! (splitting fused projections into parts, token assembly, column sums, the attention gain).
 //! Reductions add (`+=`) into their outputs, in a fixed order.
 
+use cudarc::driver::LaunchConfig;
+
 use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
 use super::layers::AdaShape;
 
@@ -68,9 +70,42 @@ pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut)
 /// `out [C] += Σ_r src[r·stride + ·]` over `rows` rows.
 pub fn col_sum(dev: &Device, src: &dyn Buf, out: &mut dyn BufMut, rows: usize, stride: usize) -> Result<(), CudaError> {
     let c = out.count();
-    let args = [p(dev, src), pm(dev, out), l(rows), i(c), l(stride)];
-    // SAFETY: col_sum_f32(src, out, rows, c, stride); src holds (rows − 1)·stride + c values.
-    unsafe { dev.launch("util.cu", "col_sum_f32", per_column(c), &args) }
+    assert!(rows == 0 || src.count() >= (rows - 1) * stride + c, "col_sum: source shorter than rows × stride");
+    let prefix = [p(dev, src), l(rows), i(c), l(stride)];
+    // SAFETY: col_partials_f32(src, rows, c, stride, partial); src holds (rows − 1)·stride + c values.
+    unsafe { column_reduce(dev, ("util.cu", "col_partials_f32"), &prefix, (rows, c), out) }
+}
+
+/// A column reduction in a fixed order: stage 1 `kernel` (common.cuh's `column_partials`, called with
+/// `prefix` and then the partials buffer) over `rows` × `c`, then `finish_columns_f32` adds the
+/// partials into `out`.
+///
+/// # Safety
+/// `prefix` must be the stage-1 kernel's arguments before its `partial` pointer, with buffers holding
+/// what `rows` and `c` make it read.
+pub unsafe fn column_reduce(
+    dev: &Device,
+    (file, kernel): (&'static str, &str),
+    prefix: &[Arg],
+    (rows, c): (usize, usize),
+    out: &mut dyn BufMut,
+) -> Result<(), CudaError> {
+    // common.cuh: 32 columns × 64 rows per block, 8 thread rows
+    const TILE: usize = 32;
+    const CHUNK: usize = 64;
+    let chunks = rows.div_ceil(CHUNK).max(1);
+    let mut partial = dev.stream.alloc_zeros::<f32>(chunks * c)?;
+    let stage1 = LaunchConfig {
+        grid_dim: (c.div_ceil(TILE) as u32, chunks as u32, 1),
+        block_dim: (TILE as u32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [prefix, &[pm(dev, &mut partial)]].concat();
+    // SAFETY: the caller's contract; `partial` holds chunks × c values.
+    unsafe { dev.launch(file, kernel, stage1, &args) }?;
+    let args = [p(dev, &partial), i(chunks), i(c), pm(dev, out)];
+    // SAFETY: finish_columns_f32(partial, chunks, c, out).
+    unsafe { dev.launch("util.cu", "finish_columns_f32", per_column(c), &args) }
 }
 
 /// Per-sample parameter gradient of an AdaLN op: `out[g·ps + col] += Σ_t a[g, t, col]·b[g, t, col]`.
