@@ -6,6 +6,12 @@
 // in f32 then divided by the window height and width; bilinear with align_corners=False, the width axis
 // interpolated first), so bits agree with the CPU twin except where a residual is within rounding of 0.
 
+// Source window [lo, hi) of output index o when resizing `src` values to `dst` by area (PyTorch's
+// adaptive average pooling).
+__device__ __forceinline__ int2 area_window(int o, int src, int dst) {
+    return make_int2((o * src) / dst, ((o + 1) * src + dst - 1) / dst);
+}
+
 // Area resize src [B, C, sh, sw] -> dst [B, C, dh, dw]; one thread per output value.
 extern "C" __global__ void area_resize_f32(const float* __restrict__ src, float* __restrict__ dst,
                                            int bc, int sh, int sw, int dh, int dw) {
@@ -13,13 +19,12 @@ extern "C" __global__ void area_resize_f32(const float* __restrict__ src, float*
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int x = i % dw, y = (i / dw) % dh;
         const long ch = i / ((long)dw * dh);
-        const int y0 = (y * sh) / dh, y1 = ((y + 1) * sh + dh - 1) / dh;
-        const int x0 = (x * sw) / dw, x1 = ((x + 1) * sw + dw - 1) / dw;
+        const int2 wy = area_window(y, sh, dh), wx = area_window(x, sw, dw);
         const float* s = src + ch * sh * sw;
         float sum = 0.0f;
-        for (int r = y0; r < y1; ++r)
-            for (int c = x0; c < x1; ++c) sum += s[r * sw + c];
-        dst[i] = sum / (float)(y1 - y0) / (float)(x1 - x0);
+        for (int r = wy.x; r < wy.y; ++r)
+            for (int c = wx.x; c < wx.y; ++c) sum += s[r * sw + c];
+        dst[i] = sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
     }
 }
 
@@ -105,14 +110,13 @@ extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const 
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int x = i % w, y = (i / w) % h;
         const long ch = i / ((long)w * h);
-        const int y0 = (y * H) / h, y1 = ((y + 1) * H + h - 1) / h;
-        const int x0 = (x * W) / w, x1 = ((x + 1) * W + w - 1) / w;
+        const int2 wy = area_window(y, H, h), wx = area_window(x, W, w);
         const float* fc = f + ch * H * W;
         const float* sc = sum + ch * H * W;
         float acc = 0.0f;
-        for (int yy = y0; yy < y1; ++yy)
-            for (int xx = x0; xx < x1; ++xx) acc += fc[yy * W + xx] - sc[yy * W + xx];
-        r[i] = acc / (float)(y1 - y0) / (float)(x1 - x0);
+        for (int yy = wy.x; yy < wy.y; ++yy)
+            for (int xx = wx.x; xx < wx.y; ++xx) acc += fc[yy * W + xx] - sc[yy * W + xx];
+        r[i] = acc / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
     }
 }
 

@@ -65,3 +65,24 @@ __device__ __forceinline__ void column_partials(F f, long rows, int c, float* __
         partial[(long)blockIdx.y * c + col] = t;
     }
 }
+
+// One bit of the bitwise cross-entropy: logits z0 (class 0), z1 (class 1), the label, the smoothed
+// targets (q_hit for the label's class, q_miss for the other). Returns the CE, ∂CE/∂z0 and ∂CE/∂z1
+// (before the token's weight), and whether the argmax (ties → class 0) is right.
+struct BitCe {
+    float loss, g0, g1;
+    unsigned int hit;
+};
+
+__device__ __forceinline__ BitCe bit_ce(float z0, float z1, int label, float q_hit, float q_miss) {
+    const float m = fmaxf(z0, z1);
+    const float lse = m + logf(expf(z0 - m) + expf(z1 - m));
+    const float lp0 = z0 - lse, lp1 = z1 - lse;
+    const float q0 = label ? q_miss : q_hit, q1 = label ? q_hit : q_miss;
+    BitCe r;
+    r.loss = -(q0 * lp0 + q1 * lp1);
+    r.g0 = expf(lp0) - q0;
+    r.g1 = expf(lp1) - q1;
+    r.hit = ((z1 > z0) == (label == 1)) ? 1u : 0u;
+    return r;
+}

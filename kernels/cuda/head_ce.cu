@@ -79,16 +79,11 @@ extern "C" __global__ void head_bitwise_ce_f32(
         float sum = 0.0f;
         unsigned int hits = 0;
         for (int j = lane; j < d; j += 32) {
-            const float z0 = z[2 * j], z1 = z[2 * j + 1];
-            const int label = y[j];
-            const float m = fmaxf(z0, z1);
-            const float lse = m + logf(expf(z0 - m) + expf(z1 - m));
-            const float lp0 = z0 - lse, lp1 = z1 - lse;
-            const float q0 = label ? q_miss : q_hit, q1 = label ? q_hit : q_miss;
-            sum -= q0 * lp0 + q1 * lp1;
-            hits += ((z1 > z0) == (label == 1)) ? 1u : 0u;
-            g[2 * j] = scale * (expf(lp0) - q0);
-            g[2 * j + 1] = scale * (expf(lp1) - q1);
+            const BitCe b = bit_ce(z[2 * j], z[2 * j + 1], y[j], q_hit, q_miss);
+            sum += b.loss;
+            hits += b.hit;
+            g[2 * j] = scale * b.g0;
+            g[2 * j + 1] = scale * b.g1;
         }
         for (int o = 16; o > 0; o >>= 1) {
             sum += __shfl_down_sync(0xffffffffu, sum, o);

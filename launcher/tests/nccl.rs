@@ -9,6 +9,8 @@ use cudarc::driver::CudaContext;
 use infinity_launcher::comm::{nccl_available, CommError, Communicator, NcclComm};
 use infinity_launcher::store::{StoreClient, StoreServer};
 
+mod common;
+
 fn devices() -> usize {
     if !nccl_available() {
         return 0;
@@ -39,10 +41,6 @@ where
     out
 }
 
-fn data(rank: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((rank * 7919 + i * 104729) % 1000) as f32 / 37.0 - 13.0).collect()
-}
-
 #[test]
 fn collectives_match_their_definitions() {
     let count = devices();
@@ -56,33 +54,8 @@ fn collectives_match_their_definitions() {
     }
     for world in worlds {
         let n = 1001;
-        let results = group(world, Duration::from_secs(30), move |mut c| {
-            let rank = c.rank();
-            let mut sum = data(rank, n);
-            c.all_reduce_sum(&mut sum).unwrap();
-            let mut b = if rank == world - 1 { data(99, n) } else { vec![0.0; n] };
-            c.broadcast(&mut b, world - 1).unwrap();
-            let mut gathered = vec![0.0; 5 * world];
-            c.all_gather(&data(rank, 5), &mut gathered).unwrap();
-            let mut part = vec![0.0; 6];
-            c.reduce_scatter_sum(&data(rank, 6 * world), &mut part).unwrap();
-            c.barrier().unwrap();
-            (sum, b, gathered, part)
-        });
-        let expect_sum: Vec<f32> = (0..n).map(|i| (0..world).map(|r| data(r, n)[i]).sum()).collect();
-        for (rank, (sum, b, gathered, part)) in results.iter().enumerate() {
-            for (a, e) in sum.iter().zip(&expect_sum) {
-                assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "world {world}: {a} vs {e}");
-            }
-            assert!(sum == &results[0].0, "world {world}: rank {rank} has different all-reduce bytes");
-            assert_eq!(b, &data(99, n));
-            let expect_g: Vec<f32> = (0..world).flat_map(|r| data(r, 5)).collect();
-            assert_eq!(gathered, &expect_g);
-            let full: Vec<f32> = (0..6 * world).map(|i| (0..world).map(|r| data(r, 6 * world)[i]).sum()).collect();
-            for (a, e) in part.iter().zip(&full[rank * 6..rank * 6 + 6]) {
-                assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "world {world} rank {rank}: {a} vs {e}");
-            }
-        }
+        let results = group(world, Duration::from_secs(30), move |mut c| common::run_collectives(&mut c, n));
+        common::check_collectives(world, n, &results);
         eprintln!("NCCL world {world}: all-reduce, broadcast, all-gather, reduce-scatter ok");
     }
 }

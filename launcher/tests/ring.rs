@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use infinity_launcher::comm::{CommError, Communicator, TcpRing};
 use infinity_launcher::store::{StoreClient, StoreServer};
 
+mod common;
+
 fn ring_group<F, R>(world: usize, timeout: Duration, f: F) -> Vec<R>
 where
     F: Fn(TcpRing) -> R + Send + Sync + Copy + 'static,
@@ -27,41 +29,12 @@ where
     out
 }
 
-fn data(rank: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((rank * 7919 + i * 104729) % 1000) as f32 / 37.0 - 13.0).collect()
-}
-
 #[test]
 fn collectives_match_their_definitions() {
     for world in [2, 3, 4] {
         let n = 1001; // not divisible by 2, 3 or 4
-        let results = ring_group(world, Duration::from_secs(10), move |mut r| {
-            let rank = r.rank();
-            let mut sum = data(rank, n);
-            r.all_reduce_sum(&mut sum).unwrap();
-            let mut b = if rank == 1 { data(99, n) } else { vec![0.0; n] };
-            r.broadcast(&mut b, 1).unwrap();
-            let mut gathered = vec![0.0; 5 * r.world()];
-            r.all_gather(&data(rank, 5), &mut gathered).unwrap();
-            let mut part = vec![0.0; 6];
-            r.reduce_scatter_sum(&data(rank, 6 * r.world()), &mut part).unwrap();
-            r.barrier().unwrap();
-            (sum, b, gathered, part)
-        });
-        let expect_sum: Vec<f32> = (0..n).map(|i| (0..world).map(|r| data(r, n)[i]).sum()).collect();
-        for (rank, (sum, b, gathered, part)) in results.iter().enumerate() {
-            for (a, e) in sum.iter().zip(&expect_sum) {
-                assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0), "world {world}: {a} vs {e}");
-            }
-            assert!(sum == &results[0].0, "world {world}: rank {rank} has different all-reduce bytes");
-            assert_eq!(b, &data(99, n));
-            let expect_g: Vec<f32> = (0..world).flat_map(|r| data(r, 5)).collect();
-            assert_eq!(gathered, &expect_g);
-            let full: Vec<f32> = (0..6 * world).map(|i| (0..world).map(|r| data(r, 6 * world)[i]).sum()).collect();
-            for (a, e) in part.iter().zip(&full[rank * 6..(rank + 1) * 6]) {
-                assert!((a - e).abs() <= 1e-4 * e.abs().max(1.0));
-            }
-        }
+        let results = ring_group(world, Duration::from_secs(10), move |mut r| common::run_collectives(&mut r, n));
+        common::check_collectives(world, n, &results);
     }
 }
 

@@ -140,7 +140,26 @@ pub enum Arg {
     F64(f64),
 }
 
+impl Arg {
+    pub fn int(v: usize) -> Arg {
+        Arg::I32(v as i32)
+    }
+    pub fn long(v: usize) -> Arg {
+        Arg::I64(v as i64)
+    }
+}
+
 impl Device {
+    /// A buffer the kernel reads, as its argument.
+    pub fn arg(&self, x: &dyn Buf) -> Arg {
+        Arg::Ptr(x.addr(&self.stream))
+    }
+
+    /// A buffer the kernel writes, as its argument.
+    pub fn arg_mut(&self, x: &mut dyn BufMut) -> Arg {
+        Arg::Ptr(x.addr_mut(&self.stream))
+    }
+
     /// Launch kernel `name` of `file` with `args` in the order of its declaration.
     ///
     /// # Safety

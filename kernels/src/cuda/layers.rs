@@ -9,18 +9,6 @@ use super::device::{addr_or_null, elementwise, per_row, Arg, Buf, BufMut, CudaEr
 use super::util;
 use crate::rope::RopeTable;
 
-fn p(dev: &Device, x: &dyn Buf) -> Arg {
-    Arg::Ptr(x.addr(&dev.stream))
-}
-
-fn pm(dev: &Device, x: &mut dyn BufMut) -> Arg {
-    Arg::Ptr(x.addr_mut(&dev.stream))
-}
-
-fn i(v: usize) -> Arg {
-    Arg::I32(v as i32)
-}
-
 /// LayerNorm of `x [N, C]` (affine when `w`, `b` are given): `y`, `mean [N]`, `rstd [N]`.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_dev(
@@ -35,8 +23,9 @@ pub fn layernorm_dev(
     eps: f32,
 ) -> Result<(), CudaError> {
     let s = &dev.stream;
-    let args = [p(dev, x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), pm(dev, y), pm(dev, mean)];
-    let args = [&args[..], &[pm(dev, rstd), i(n), i(c), Arg::F32(eps)]].concat();
+    let args =
+        [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), dev.arg_mut(y), dev.arg_mut(mean)];
+    let args = [&args[..], &[dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
     // SAFETY: layernorm_forward_f32(x, w, b, y, mean, rstd, n, c, eps) over [n, c] buffers.
     unsafe { dev.launch("norm.cu", "layernorm_forward_f32", per_row(n, c), &args) }
 }
@@ -55,12 +44,20 @@ pub fn layernorm_backward_dev(
     (n, c): (usize, usize),
 ) -> Result<(), CudaError> {
     let s = &dev.stream;
-    let args =
-        [p(dev, dy), p(dev, x), Arg::Ptr(addr_or_null(w, s)), p(dev, mean), p(dev, rstd), pm(dev, dx), i(n), i(c)];
+    let args = [
+        dev.arg(dy),
+        dev.arg(x),
+        Arg::Ptr(addr_or_null(w, s)),
+        dev.arg(mean),
+        dev.arg(rstd),
+        dev.arg_mut(dx),
+        Arg::int(n),
+        Arg::int(c),
+    ];
     // SAFETY: layernorm_backward_f32(dy, x, w, mean, rstd, dx, n, c).
     unsafe { dev.launch("norm.cu", "layernorm_backward_f32", per_row(n, c), &args) }?;
     if let Some((dw, db)) = params {
-        let prefix = [p(dev, dy), p(dev, x), p(dev, mean), p(dev, rstd), Arg::I64(n as i64), i(c)];
+        let prefix = [dev.arg(dy), dev.arg(x), dev.arg(mean), dev.arg(rstd), Arg::I64(n as i64), Arg::int(c)];
         // SAFETY: layernorm_dw_partials_f32(dy, x, mean, rstd, n, c, partial) over [n, c] buffers.
         unsafe { util::column_reduce(dev, ("norm.cu", "layernorm_dw_partials_f32"), &prefix, (n, c), dw) }?;
         util::col_sum(dev, dy, db, n, c)?;
@@ -79,7 +76,7 @@ pub fn rmsnorm_dev(
     (n, c): (usize, usize),
     eps: f32,
 ) -> Result<(), CudaError> {
-    let args = [p(dev, x), p(dev, w), pm(dev, y), pm(dev, rstd), i(n), i(c), Arg::F32(eps)];
+    let args = [dev.arg(x), dev.arg(w), dev.arg_mut(y), dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)];
     // SAFETY: rmsnorm_forward_f32(x, w, y, rstd, n, c, eps).
     unsafe { dev.launch("norm.cu", "rmsnorm_forward_f32", per_row(n, c), &args) }
 }
@@ -96,10 +93,10 @@ pub fn rmsnorm_backward_dev(
     dw: &mut dyn BufMut,
     (n, c): (usize, usize),
 ) -> Result<(), CudaError> {
-    let args = [p(dev, dy), p(dev, x), p(dev, w), p(dev, rstd), pm(dev, dx), i(n), i(c)];
+    let args = [dev.arg(dy), dev.arg(x), dev.arg(w), dev.arg(rstd), dev.arg_mut(dx), Arg::int(n), Arg::int(c)];
     // SAFETY: rmsnorm_backward_f32(dy, x, w, rstd, dx, n, c).
     unsafe { dev.launch("norm.cu", "rmsnorm_backward_f32", per_row(n, c), &args) }?;
-    let prefix = [p(dev, dy), p(dev, x), p(dev, rstd), Arg::I64(n as i64), i(c)];
+    let prefix = [dev.arg(dy), dev.arg(x), dev.arg(rstd), Arg::I64(n as i64), Arg::int(c)];
     // SAFETY: rmsnorm_dw_partials_f32(dy, x, rstd, n, c, partial) over [n, c] buffers.
     unsafe { util::column_reduce(dev, ("norm.cu", "rmsnorm_dw_partials_f32"), &prefix, (n, c), dw) }
 }
@@ -115,7 +112,7 @@ pub struct AdaShape {
 
 impl AdaShape {
     fn args(&self) -> [Arg; 4] {
-        [i(self.b), i(self.l), i(self.c), i(self.ps)]
+        [Arg::int(self.b), Arg::int(self.l), Arg::int(self.c), Arg::int(self.ps)]
     }
 }
 
@@ -128,7 +125,7 @@ pub fn modulate_dev(
     y: &mut dyn BufMut,
     sh: AdaShape,
 ) -> Result<(), CudaError> {
-    let args = [&[p(dev, x), p(dev, scale), p(dev, shift), pm(dev, y)][..], &sh.args()].concat();
+    let args = [&[dev.arg(x), dev.arg(scale), dev.arg(shift), dev.arg_mut(y)][..], &sh.args()].concat();
     // SAFETY: modulate_forward_f32(x, scale, shift, y, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
@@ -147,7 +144,7 @@ pub fn modulate_backward_dev(
     sh: AdaShape,
     grad_stride: usize,
 ) -> Result<(), CudaError> {
-    let args = [&[p(dev, dy), p(dev, scale), pm(dev, dx)][..], &sh.args()].concat();
+    let args = [&[dev.arg(dy), dev.arg(scale), dev.arg_mut(dx)][..], &sh.args()].concat();
     // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
     let gsh = AdaShape { ps: grad_stride, ..sh };
@@ -163,7 +160,7 @@ pub fn gated_residual_dev(
     gamma: &dyn Buf,
     sh: AdaShape,
 ) -> Result<(), CudaError> {
-    let args = [&[pm(dev, res), p(dev, y), p(dev, gamma)][..], &sh.args()].concat();
+    let args = [&[dev.arg_mut(res), dev.arg(y), dev.arg(gamma)][..], &sh.args()].concat();
     // SAFETY: gated_residual_forward_f32(res, y, gamma, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "gated_residual_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
@@ -181,7 +178,7 @@ pub fn gated_residual_backward_dev(
     sh: AdaShape,
     grad_stride: usize,
 ) -> Result<(), CudaError> {
-    let args = [&[p(dev, dres), p(dev, gamma), pm(dev, dy)][..], &sh.args()].concat();
+    let args = [&[dev.arg(dres), dev.arg(gamma), dev.arg_mut(dy)][..], &sh.args()].concat();
     // SAFETY: gated_residual_backward_f32(dres, gamma, dy, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "gated_residual_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
     util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
@@ -211,8 +208,16 @@ pub fn rope_dev(
     inverse: bool,
 ) -> Result<(), CudaError> {
     let rows = x.count() / (heads * 2 * table.pairs);
-    let args = [pm(dev, x), p(dev, &table.cos), p(dev, &table.sin), i(rows), i(l), i(heads), i(table.pairs)];
-    let args = [&args[..], &[i(offset), i(inverse as usize)]].concat();
+    let args = [
+        dev.arg_mut(x),
+        dev.arg(&table.cos),
+        dev.arg(&table.sin),
+        Arg::int(rows),
+        Arg::int(l),
+        Arg::int(heads),
+        Arg::int(table.pairs),
+    ];
+    let args = [&args[..], &[Arg::int(offset), Arg::int(inverse as usize)]].concat();
     // SAFETY: rope_apply_f32(x, cos, sin, rows, l, heads, pairs, offset, inverse); x holds rows·H·2P.
     unsafe { dev.launch("rope.cu", "rope_apply_f32", elementwise(rows * heads * table.pairs), &args) }
 }
@@ -227,7 +232,14 @@ pub fn embedding_dev(
     accumulate: bool,
 ) -> Result<(), CudaError> {
     let n = idx.len();
-    let args = [p(dev, table), Arg::Ptr(idx_addr(dev, idx)), pm(dev, out), i(n), i(c), i(accumulate as usize)];
+    let args = [
+        dev.arg(table),
+        Arg::Ptr(idx_addr(dev, idx)),
+        dev.arg_mut(out),
+        Arg::int(n),
+        Arg::int(c),
+        Arg::int(accumulate as usize),
+    ];
     // SAFETY: embedding_forward_f32(table, idx, out, n, c, accumulate); indices are checked by callers.
     unsafe { dev.launch("embedding.cu", "embedding_forward_f32", elementwise(n * c), &args) }
 }
@@ -241,7 +253,8 @@ pub fn embedding_backward_dev(
     c: usize,
 ) -> Result<(), CudaError> {
     let (n, vocab) = (idx.len(), dtable.count() / c);
-    let args = [p(dev, dout), Arg::Ptr(idx_addr(dev, idx)), pm(dev, dtable), i(n), i(vocab), i(c)];
+    let args =
+        [dev.arg(dout), Arg::Ptr(idx_addr(dev, idx)), dev.arg_mut(dtable), Arg::int(n), Arg::int(vocab), Arg::int(c)];
     // SAFETY: embedding_backward_f32(dout, idx, dtable, n, vocab, c).
     unsafe { dev.launch("embedding.cu", "embedding_backward_f32", elementwise(vocab * c), &args) }
 }

@@ -7,22 +7,6 @@ use cudarc::driver::LaunchConfig;
 use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
 use super::layers::AdaShape;
 
-fn p(dev: &Device, x: &dyn Buf) -> Arg {
-    Arg::Ptr(x.addr(&dev.stream))
-}
-
-fn pm(dev: &Device, x: &mut dyn BufMut) -> Arg {
-    Arg::Ptr(x.addr_mut(&dev.stream))
-}
-
-fn i(v: usize) -> Arg {
-    Arg::I32(v as i32)
-}
-
-fn l(v: usize) -> Arg {
-    Arg::I64(v as i64)
-}
-
 /// `dst [N, C]` = part `j` of `src [N, k·C]` (+ `bias [C]`).
 pub fn take_part(
     dev: &Device,
@@ -32,7 +16,7 @@ pub fn take_part(
     (n, k, j, c): (usize, usize, usize, usize),
 ) -> Result<(), CudaError> {
     let b = Arg::Ptr(super::device::addr_or_null(bias, &dev.stream));
-    let args = [p(dev, src), b, pm(dev, dst), l(n), i(k), i(j), i(c)];
+    let args = [dev.arg(src), b, dev.arg_mut(dst), Arg::long(n), Arg::int(k), Arg::int(j), Arg::int(c)];
     // SAFETY: take_part_f32(src, bias, dst, n, k, j, c).
     unsafe { dev.launch("util.cu", "take_part_f32", elementwise(n * c), &args) }
 }
@@ -44,7 +28,7 @@ pub fn put_part(
     dst: &mut dyn BufMut,
     (n, k, j, c): (usize, usize, usize, usize),
 ) -> Result<(), CudaError> {
-    let args = [p(dev, src), pm(dev, dst), l(n), i(k), i(j), i(c)];
+    let args = [dev.arg(src), dev.arg_mut(dst), Arg::long(n), Arg::int(k), Arg::int(j), Arg::int(c)];
     // SAFETY: put_part_f32(src, dst, n, k, j, c).
     unsafe { dev.launch("util.cu", "put_part_f32", elementwise(n * c), &args) }
 }
@@ -53,7 +37,7 @@ pub fn put_part(
 pub fn add(dev: &Device, dst: &mut dyn BufMut, src: &dyn Buf) -> Result<(), CudaError> {
     let n = dst.count();
     assert!(src.count() >= n, "util::add: source shorter than destination");
-    let args = [pm(dev, dst), p(dev, src), l(n)];
+    let args = [dev.arg_mut(dst), dev.arg(src), Arg::long(n)];
     // SAFETY: add_f32(dst, src, n).
     unsafe { dev.launch("util.cu", "add_f32", elementwise(n), &args) }
 }
@@ -62,7 +46,7 @@ pub fn add(dev: &Device, dst: &mut dyn BufMut, src: &dyn Buf) -> Result<(), Cuda
 pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut) -> Result<(), CudaError> {
     let w = row.count();
     let rows = src.count() / w;
-    let args = [p(dev, src), p(dev, row), pm(dev, dst), l(rows), i(w)];
+    let args = [dev.arg(src), dev.arg(row), dev.arg_mut(dst), Arg::long(rows), Arg::int(w)];
     // SAFETY: add_row_f32(src, row, dst, rows, w).
     unsafe { dev.launch("util.cu", "add_row_f32", elementwise(rows * w), &args) }
 }
@@ -71,7 +55,7 @@ pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut)
 pub fn col_sum(dev: &Device, src: &dyn Buf, out: &mut dyn BufMut, rows: usize, stride: usize) -> Result<(), CudaError> {
     let c = out.count();
     assert!(rows == 0 || src.count() >= (rows - 1) * stride + c, "col_sum: source shorter than rows × stride");
-    let prefix = [p(dev, src), l(rows), i(c), l(stride)];
+    let prefix = [dev.arg(src), Arg::long(rows), Arg::int(c), Arg::long(stride)];
     // SAFETY: col_partials_f32(src, rows, c, stride, partial); src holds (rows − 1)·stride + c values.
     unsafe { column_reduce(dev, ("util.cu", "col_partials_f32"), &prefix, (rows, c), out) }
 }
@@ -100,10 +84,10 @@ pub unsafe fn column_reduce(
         block_dim: (TILE as u32, 8, 1),
         shared_mem_bytes: 0,
     };
-    let args = [prefix, &[pm(dev, &mut partial)]].concat();
+    let args = [prefix, &[dev.arg_mut(&mut partial)]].concat();
     // SAFETY: the caller's contract; `partial` holds chunks × c values.
     unsafe { dev.launch(file, kernel, stage1, &args) }?;
-    let args = [p(dev, &partial), i(chunks), i(c), pm(dev, out)];
+    let args = [dev.arg(&partial), Arg::int(chunks), Arg::int(c), dev.arg_mut(out)];
     // SAFETY: finish_columns_f32(partial, chunks, c, out).
     unsafe { dev.launch("util.cu", "finish_columns_f32", per_column(c), &args) }
 }
@@ -117,7 +101,7 @@ pub fn group_dot(
     sh: AdaShape,
 ) -> Result<(), CudaError> {
     let bp = Arg::Ptr(super::device::addr_or_null(b, &dev.stream));
-    let args = [p(dev, a), bp, pm(dev, out), i(sh.b), i(sh.l), i(sh.c), i(sh.ps)];
+    let args = [dev.arg(a), bp, dev.arg_mut(out), Arg::int(sh.b), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)];
     // SAFETY: group_dot_f32(a, b, out, groups, l, c, ostride).
     unsafe { dev.launch("util.cu", "group_dot_f32", elementwise(sh.b * sh.c), &args) }
 }
@@ -131,7 +115,8 @@ pub fn assemble_tokens(
     x: &mut dyn BufMut,
     (b, len, c): (usize, usize, usize),
 ) -> Result<(), CudaError> {
-    let args = [p(dev, cond), p(dev, pos_start), p(dev, we), pm(dev, x), i(b), i(len), i(c)];
+    let args =
+        [dev.arg(cond), dev.arg(pos_start), dev.arg(we), dev.arg_mut(x), Arg::int(b), Arg::int(len), Arg::int(c)];
     // SAFETY: assemble_tokens_f32(cond, pos_start, we, x, b, l, c).
     unsafe { dev.launch("util.cu", "assemble_tokens_f32", elementwise(b * len * c), &args) }
 }
@@ -144,7 +129,7 @@ pub fn split_tokens(
     dwe: &mut dyn BufMut,
     (b, len, c): (usize, usize, usize),
 ) -> Result<(), CudaError> {
-    let args = [p(dev, dx), pm(dev, dcond), pm(dev, dwe), i(b), i(len), i(c)];
+    let args = [dev.arg(dx), dev.arg_mut(dcond), dev.arg_mut(dwe), Arg::int(b), Arg::int(len), Arg::int(c)];
     // SAFETY: split_tokens_f32(dx, dcond, dwe, b, l, c).
     unsafe { dev.launch("util.cu", "split_tokens_f32", elementwise(b * len * c), &args) }
 }
@@ -152,7 +137,7 @@ pub fn split_tokens(
 /// `gain = exp(min(scale_mul, ln 100))` per head.
 pub fn attn_gain(dev: &Device, scale_mul: &dyn Buf, gain: &mut dyn BufMut) -> Result<(), CudaError> {
     let h = gain.count();
-    let args = [p(dev, scale_mul), pm(dev, gain), i(h)];
+    let args = [dev.arg(scale_mul), dev.arg_mut(gain), Arg::int(h)];
     // SAFETY: attn_gain_f32(scale_mul, gain, h).
     unsafe { dev.launch("util.cu", "attn_gain_f32", per_column(h), &args) }
 }
@@ -166,7 +151,7 @@ pub fn attn_gain_backward(
     dscale_mul: &mut dyn BufMut,
 ) -> Result<(), CudaError> {
     let h = gain.count();
-    let args = [p(dev, scale_mul), p(dev, gain), p(dev, dgain), pm(dev, dscale_mul), i(h)];
+    let args = [dev.arg(scale_mul), dev.arg(gain), dev.arg(dgain), dev.arg_mut(dscale_mul), Arg::int(h)];
     // SAFETY: attn_gain_backward_f32(scale_mul, gain, dgain, dscale_mul, h).
     unsafe { dev.launch("util.cu", "attn_gain_backward_f32", per_column(h), &args) }
 }
@@ -178,7 +163,7 @@ pub fn add_rows_at(
     dst: &mut dyn BufMut,
     (first, count, c): (usize, usize, usize),
 ) -> Result<(), CudaError> {
-    let args = [p(dev, src), pm(dev, dst), l(first), l(count), i(c)];
+    let args = [dev.arg(src), dev.arg_mut(dst), Arg::long(first), Arg::long(count), Arg::int(c)];
     // SAFETY: add_rows_at_f32(src, dst, first, count, c).
     unsafe { dev.launch("util.cu", "add_rows_at_f32", elementwise(count * c), &args) }
 }

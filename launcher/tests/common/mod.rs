@@ -1,0 +1,46 @@
+//! The collective checks every communicator's tests share: each rank runs all four collectives on
+//! known data, then every result is compared with its definition (and all-reduce bytes across ranks).
+
+use infinity_launcher::comm::Communicator;
+
+pub fn data(rank: usize, n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((rank * 7919 + i * 104729) % 1000) as f32 / 37.0 - 13.0).collect()
+}
+
+/// What one rank got back: all-reduce of `n` values, broadcast from the last rank, all-gather of 5,
+/// reduce-scatter keeping 6.
+pub type Results = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Run every collective on this rank (ends with a barrier).
+pub fn run_collectives(c: &mut dyn Communicator, n: usize) -> Results {
+    let (rank, world) = (c.rank(), c.world());
+    let mut sum = data(rank, n);
+    c.all_reduce_sum(&mut sum).unwrap();
+    let mut b = if rank == world - 1 { data(99, n) } else { vec![0.0; n] };
+    c.broadcast(&mut b, world - 1).unwrap();
+    let mut gathered = vec![0.0; 5 * world];
+    c.all_gather(&data(rank, 5), &mut gathered).unwrap();
+    let mut part = vec![0.0; 6];
+    c.reduce_scatter_sum(&data(rank, 6 * world), &mut part).unwrap();
+    c.barrier().unwrap();
+    (sum, b, gathered, part)
+}
+
+/// Every rank's results against the definitions.
+pub fn check_collectives(world: usize, n: usize, results: &[Results]) {
+    let close = |a: f32, e: f32| (a - e).abs() <= 1e-4 * e.abs().max(1.0);
+    let expect_sum: Vec<f32> = (0..n).map(|i| (0..world).map(|r| data(r, n)[i]).sum()).collect();
+    for (rank, (sum, b, gathered, part)) in results.iter().enumerate() {
+        for (a, e) in sum.iter().zip(&expect_sum) {
+            assert!(close(*a, *e), "world {world}: {a} vs {e}");
+        }
+        assert!(sum == &results[0].0, "world {world}: rank {rank} has different all-reduce bytes");
+        assert_eq!(b, &data(99, n));
+        let expect_g: Vec<f32> = (0..world).flat_map(|r| data(r, 5)).collect();
+        assert_eq!(gathered, &expect_g);
+        let full: Vec<f32> = (0..6 * world).map(|i| (0..world).map(|r| data(r, 6 * world)[i]).sum()).collect();
+        for (a, e) in part.iter().zip(&full[rank * 6..(rank + 1) * 6]) {
+            assert!(close(*a, *e), "world {world} rank {rank}: {a} vs {e}");
+        }
+    }
+}
