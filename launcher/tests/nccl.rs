@@ -1,6 +1,7 @@
 //! The NCCL communicator (feature `cuda`, gated on a device): every collective against its definition,
 //! one rank per visible GPU (NCCL refuses two ranks on one device), and the watchdog turning a stall
-//! into an abort. Prints what it skipped on machines without NCCL or without enough GPUs.
+//! into an abort: on one GPU (a collective queued behind a kernel that holds the stream) and on two (a
+//! rank that never joins). Prints what it skipped on machines without NCCL or without enough GPUs.
 #![cfg(feature = "cuda")]
 
 use std::time::{Duration, Instant};
@@ -81,4 +82,56 @@ fn watchdog_aborts_a_stalled_collective() {
     assert!(matches!(e, CommError::Stalled { .. }), "{e}");
     assert!(took >= timeout && took < timeout * 3, "aborted after {took:?} for a {timeout:?} timeout");
     eprintln!("stalled all-reduce aborted after {took:?}: {e}");
+}
+
+/// A kernel that holds the stream for `ns` nanoseconds of wall time (the device's global timer).
+const SPIN: &str = r#"
+extern "C" __global__ void spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}
+"#;
+
+/// The stall drill on one GPU: a kernel that spins for three timeouts holds the stream, so a
+/// collective queued behind it makes no progress; the watchdog must abort the communicator and the
+/// wait must fail with `Stalled` after about one timeout, not when the kernel ends.
+#[test]
+fn watchdog_aborts_a_collective_stuck_behind_the_stream() {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    if devices() < 1 {
+        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+        return;
+    }
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        eprintln!("skipped: the stall drill compiles a spin kernel and needs libnvrtc");
+        return;
+    }
+    let timeout = Duration::from_secs(1);
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.default_stream();
+    let module = ctx.load_module(cudarc::nvrtc::compile_ptx(SPIN).unwrap()).unwrap();
+    let spin = module.load_function("spin").unwrap();
+    let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
+    let mut store = StoreClient::connect(&server.addr.to_string(), "t", "r0", Duration::from_secs(10)).unwrap();
+    let mut comm = NcclComm::connect(&mut store, "stall", 0, 1, stream.clone(), timeout, false).unwrap();
+    let mut buf = stream.clone_htod(&[1.0f32; 64]).unwrap();
+    let ns = 3 * timeout.as_nanos() as u64;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+    let mut launch = stream.launch_builder(&spin);
+    launch.arg(&ns);
+    // SAFETY: spin(unsigned long long) as declared above.
+    unsafe { launch.launch(cfg) }.unwrap();
+    let t = Instant::now();
+    comm.all_reduce_sum_device(&mut buf).unwrap();
+    let e = comm.wait("all_reduce").unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, CommError::Stalled { .. }), "{e}");
+    assert!(took >= timeout && took < 2 * timeout + Duration::from_millis(500), "failed after {took:?}");
+    eprintln!("collective behind a {ns} ns kernel failed after {took:?}: {e}");
+    assert!(matches!(comm.all_reduce_sum_device(&mut buf), Err(CommError::Stalled { .. })), "aborted stays aborted");
+    drop(comm);
+    // let the spin kernel end before the context goes (what the aborted collective left is not checked)
+    let _ = stream.synchronize();
 }
