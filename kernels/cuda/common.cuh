@@ -48,12 +48,11 @@ __device__ __forceinline__ float block_max(float v) {
 #define COL_ROWS 8
 #define COL_CHUNK 64
 
+// Rows [r0, r1) of the block's 32 columns into out_row[col].
 template <class F>
-__device__ __forceinline__ void column_partials(F f, long rows, int c, float* __restrict__ partial) {
+__device__ __forceinline__ void column_partials_range(F f, long r0, long r1, int c, float* __restrict__ out_row) {
     __shared__ float part[COL_ROWS][COL_TILE];
     const int col = blockIdx.x * COL_TILE + threadIdx.x;
-    const long r0 = (long)blockIdx.y * COL_CHUNK;
-    const long r1 = r0 + COL_CHUNK < rows ? r0 + COL_CHUNK : rows;
     float s = 0.0f;
     if (col < c)
         for (long r = r0 + threadIdx.y; r < r1; r += COL_ROWS) s += f(r, col);
@@ -62,8 +61,15 @@ __device__ __forceinline__ void column_partials(F f, long rows, int c, float* __
     if (threadIdx.y == 0 && col < c) {
         float t = 0.0f;
         for (int y = 0; y < COL_ROWS; ++y) t += part[y][threadIdx.x];
-        partial[(long)blockIdx.y * c + col] = t;
+        out_row[col] = t;
     }
+}
+
+template <class F>
+__device__ __forceinline__ void column_partials(F f, long rows, int c, float* __restrict__ partial) {
+    const long r0 = (long)blockIdx.y * COL_CHUNK;
+    const long r1 = r0 + COL_CHUNK < rows ? r0 + COL_CHUNK : rows;
+    column_partials_range(f, r0, r1, c, partial + (long)blockIdx.y * c);
 }
 
 // One bit of the bitwise cross-entropy: logits z0 (class 0), z1 (class 1), the label, the smoothed

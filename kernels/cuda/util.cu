@@ -54,19 +54,27 @@ extern "C" __global__ void finish_columns_f32(const float* __restrict__ partial,
     out[col] += s;
 }
 
-// Per-sample parameter gradients of the AdaLN ops: out[g·ostride + col] += Σ_{t<L} a[g, t, col]·b[g, t, col]
-// (b null: Σ a) for a, b [G, L, C]. One thread per (g, col).
-extern "C" __global__ void group_dot_f32(const float* __restrict__ a, const float* __restrict__ b,
-                                         float* __restrict__ out, int groups, int l, int c, int ostride) {
-    GRID_STRIDE(i, (long)groups * c) {
-        const long g = i / c;
-        const int col = i % c;
-        const float* ag = a + g * l * c + col;
-        const float* bg = b ? b + g * l * c + col : nullptr;
-        float s = 0.0f;
-        for (int t = 0; t < l; ++t) s += bg ? ag[(long)t * c] * bg[(long)t * c] : ag[(long)t * c];
-        out[g * ostride + col] += s;
-    }
+// Per-sample parameter gradients of the AdaLN ops, out[g·ostride + col] += Σ_{t<L} a[g, t, col]·b[g, t, col]
+// (b null: Σ a) for a, b [G, L, C], in common.cuh's two fixed-order stages: stage 1 here, grid
+// (ceil(C / 32), G·chunks) with `chunks` 64-row chunks per sample; stage 2 finish_groups_f32.
+extern "C" __global__ void group_dot_partials_f32(const float* __restrict__ a, const float* __restrict__ b, int l,
+                                                  int c, int chunks, float* __restrict__ partial) {
+    const long g = blockIdx.y / chunks, k = blockIdx.y % chunks;
+    const long r0 = g * l + k * COL_CHUNK;
+    const long r1 = r0 + COL_CHUNK < (g + 1) * l ? r0 + COL_CHUNK : (g + 1) * l;
+    column_partials_range([=](long r, int col) { return b ? a[r * c + col] * b[r * c + col] : a[r * c + col]; }, r0,
+                          r1, c, partial + (long)blockIdx.y * c);
+}
+
+// Stage 2: out[g·ostride + col] += Σ_k partial[(g·chunks + k)·C + col]; grid (ceil(C / 256), G).
+extern "C" __global__ void finish_groups_f32(const float* __restrict__ partial, int chunks, int c,
+                                             float* __restrict__ out, int ostride) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= c) return;
+    const long g = blockIdx.y;
+    float s = 0.0f;
+    for (int k = 0; k < chunks; ++k) s += partial[(g * chunks + k) * c + col];
+    out[g * ostride + col] += s;
 }
 
 // Input tokens: x[b, 0] = cond[b] + pos_start, x[b, 1..L] = word embeddings we [B, L − 1, C].

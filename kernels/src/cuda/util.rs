@@ -101,9 +101,24 @@ pub fn group_dot(
     sh: AdaShape,
 ) -> Result<(), CudaError> {
     let bp = Arg::Ptr(super::device::addr_or_null(b, &dev.stream));
-    let args = [dev.arg(a), bp, dev.arg_mut(out), Arg::int(sh.b), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)];
-    // SAFETY: group_dot_f32(a, b, out, groups, l, c, ostride).
-    unsafe { dev.launch("util.cu", "group_dot_f32", elementwise(sh.b * sh.c), &args) }
+    let chunks = sh.l.div_ceil(64).max(1);
+    let mut partial = dev.stream.alloc_zeros::<f32>(sh.b * chunks * sh.c)?;
+    let stage1 = LaunchConfig {
+        grid_dim: (sh.c.div_ceil(32) as u32, (sh.b * chunks) as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [dev.arg(a), bp, Arg::int(sh.l), Arg::int(sh.c), Arg::int(chunks), dev.arg_mut(&mut partial)];
+    // SAFETY: group_dot_partials_f32(a, b, l, c, chunks, partial); a, b hold B·L·C values.
+    unsafe { dev.launch("util.cu", "group_dot_partials_f32", stage1, &args) }?;
+    let stage2 = LaunchConfig {
+        grid_dim: (sh.c.div_ceil(256) as u32, sh.b as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let args = [dev.arg(&partial), Arg::int(chunks), Arg::int(sh.c), dev.arg_mut(out), Arg::int(sh.ps)];
+    // SAFETY: finish_groups_f32(partial, chunks, c, out, ostride); out holds (B − 1)·ps + C values.
+    unsafe { dev.launch("util.cu", "finish_groups_f32", stage2, &args) }
 }
 
 /// Input tokens `x [B, L, C]`: the start token `cond + pos_start`, then the word embeddings.
