@@ -78,6 +78,9 @@ pub unsafe fn column_reduce(
     const TILE: usize = 32;
     const CHUNK: usize = 64;
     let chunks = rows.div_ceil(CHUNK).max(1);
+    if chunks > 65_535 {
+        return Err(CudaError::Driver(format!("column sum over {rows} rows: more than 65,535 chunks of {CHUNK}")));
+    }
     let mut partial = dev.stream.alloc_zeros::<f32>(chunks * c)?;
     let stage1 = LaunchConfig {
         grid_dim: (c.div_ceil(TILE) as u32, chunks as u32, 1),
@@ -102,6 +105,9 @@ pub fn group_dot(
 ) -> Result<(), CudaError> {
     let bp = Arg::Ptr(super::device::addr_or_null(b, &dev.stream));
     let chunks = sh.l.div_ceil(64).max(1);
+    if sh.b * chunks > 65_535 {
+        return Err(CudaError::Driver(format!("AdaLN gradient over {} × {} rows: too many 64-row chunks", sh.b, sh.l)));
+    }
     let mut partial = dev.stream.alloc_zeros::<f32>(sh.b * chunks * sh.c)?;
     let stage1 = LaunchConfig {
         grid_dim: (sh.c.div_ceil(32) as u32, (sh.b * chunks) as u32, 1),

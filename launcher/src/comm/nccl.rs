@@ -96,8 +96,14 @@ struct Pending {
 /// State shared between the communicator and its watchdog thread.
 struct Watch {
     pending: Mutex<VecDeque<Pending>>,
+    /// A call inside NCCL right now (an enqueue can block, e.g. while connections are set up).
+    in_call: Mutex<Option<(&'static str, Instant)>>,
     failure: Mutex<Option<String>>,
     stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Watch the pending collectives until told to stop; on a stall or an asynchronous error, abort the
@@ -113,15 +119,21 @@ fn watchdog(
     if let Err(e) = stream.context().bind_to_thread() {
         // without the context the watchdog cannot see the device: fail every later call loudly
         handle.abort();
-        *watch.failure.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(format!("the watchdog cannot bind the CUDA context: {e:?}"));
+        *lock(&watch.failure) = Some(format!("the watchdog cannot bind the CUDA context: {e:?}"));
         return;
     }
     while !watch.stop.load(Ordering::SeqCst) {
         std::thread::sleep(WATCH_PERIOD);
         let mut why = handle.async_error().map(|e| format!("NCCL reported an asynchronous error: {e}"));
+        let stuck_in_call = lock(&watch.in_call).filter(|(_, since)| since.elapsed() > timeout);
+        if let (None, Some((op, since))) = (&why, stuck_in_call) {
+            why = Some(format!(
+                "NCCL call `{op}` has not returned for {:.0} s (a peer is gone or its link is cut)",
+                since.elapsed().as_secs_f64()
+            ));
+        }
         {
-            let mut q = watch.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = lock(&watch.pending);
             while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
                 q.pop_front();
             }
@@ -136,15 +148,38 @@ fn watchdog(
             }
         }
         if let Some(why) = why {
-            let aborted = handle.abort();
+            lock(&watch.failure).get_or_insert(why.clone());
+            // the abort waits for a normal call to leave NCCL (a tick or two); a call stuck inside it
+            // keeps the lock: then the process exits without the abort, or later ticks retry
+            let mut aborted = false;
+            for _ in 0..50 {
+                aborted = handle.abort();
+                if aborted {
+                    break;
+                }
+                std::thread::sleep(WATCH_PERIOD / 4);
+            }
             if exit {
                 let what = if aborted { "NCCL communicator aborted" } else { "a call is stuck inside NCCL" };
                 eprintln!("rank {rank}: {why}; {what}, exiting with code {EXIT_COMM_TIMEOUT}");
                 std::process::exit(EXIT_COMM_TIMEOUT);
             }
-            *watch.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-            return;
+            if aborted {
+                return;
+            }
         }
+    }
+}
+
+/// A call inside NCCL: holds the communicator (no abort meanwhile) and is timed by the watchdog.
+struct Held<'a> {
+    _guard: std::sync::RwLockReadGuard<'a, ()>,
+    watch: &'a Watch,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *lock(&self.watch.in_call) = None;
     }
 }
 
@@ -218,6 +253,7 @@ impl NcclComm {
         let handle = Arc::new(Handle { comm, aborted: AtomicBool::new(false), use_lock: RwLock::new(()) });
         let watch = Arc::new(Watch {
             pending: Mutex::new(VecDeque::new()),
+            in_call: Mutex::new(None),
             failure: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
@@ -228,7 +264,13 @@ impl NcclComm {
                 .spawn(move || watchdog(h, w, s, rank, timeout, exit_on_stall))
                 .map_err(|e| CommError::Backend { op: OP, detail: format!("spawning the watchdog: {e}") })?
         };
-        Ok(NcclComm { rank, world, stream, handle, watch, thread: Some(thread), timeout })
+        let mut comm = NcclComm { rank, world, stream, handle, watch, thread: Some(thread), timeout };
+        // NCCL connects peers lazily, inside the first collective: do that now, while every rank is
+        // here, under the watchdog
+        let mut probe = comm.stream.alloc_zeros::<f32>(1).map_err(|e| cuda_err(OP, e))?;
+        comm.all_reduce_sum_device(&mut probe)?;
+        comm.wait(OP)?;
+        Ok(comm)
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -236,15 +278,16 @@ impl NcclComm {
     }
 
     /// Hold the communicator for an NCCL call: fails once it was aborted.
-    fn hold(&self, op: &'static str) -> CommResult<std::sync::RwLockReadGuard<'_, ()>> {
+    fn hold(&self, op: &'static str) -> CommResult<Held<'_>> {
         let guard = self.handle.use_lock.read().unwrap_or_else(|p| p.into_inner());
         self.check(op)?;
-        Ok(guard)
+        *lock(&self.watch.in_call) = Some((op, Instant::now()));
+        Ok(Held { _guard: guard, watch: &self.watch })
     }
 
     /// Fail if the watchdog aborted the communicator.
     fn check(&self, op: &'static str) -> CommResult<()> {
-        if let Some(why) = self.watch.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(why) = lock(&self.watch.failure).clone() {
             return Err(CommError::Stalled { op, detail: why });
         }
         if self.handle.aborted.load(Ordering::SeqCst) {
@@ -256,11 +299,7 @@ impl NcclComm {
     /// Hand an enqueued collective to the watchdog.
     fn track(&self, op: &'static str) -> CommResult<()> {
         let done = self.stream.record_event(None).map_err(|e| cuda_err(op, e))?;
-        self.watch.pending.lock().unwrap_or_else(|p| p.into_inner()).push_back(Pending {
-            op,
-            since: Instant::now(),
-            done,
-        });
+        lock(&self.watch.pending).push_back(Pending { op, since: Instant::now(), done });
         Ok(())
     }
 
@@ -374,19 +413,18 @@ impl NcclComm {
         Ok(())
     }
 
-    /// Wait until every enqueued collective finished, or fail once the watchdog aborted the
-    /// communicator (the host never blocks inside CUDA, so a stall cannot hang this call).
+    /// Wait until every enqueued collective finished, or fail once the watchdog saw a stall (the host
+    /// never blocks inside CUDA, so a stall cannot hang this call; the abort is the watchdog's).
     pub fn wait(&mut self, op: &'static str) -> CommResult<()> {
-        let deadline = Instant::now() + self.timeout + 4 * WATCH_PERIOD;
+        let deadline = Instant::now() + self.timeout + Duration::from_secs(1);
         let idle = self.stream.record_event(None).map_err(|e| cuda_err(op, e))?;
         loop {
             self.check(op)?;
-            let empty = self.watch.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            let empty = lock(&self.watch.pending).is_empty();
             if empty || idle.try_is_complete().map_err(|e| cuda_err(op, e))? {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                self.handle.abort();
                 return Err(CommError::Stalled { op, detail: format!("no progress for {:?}", self.timeout) });
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -411,7 +449,7 @@ impl Drop for NcclComm {
             let _ = t.join();
         }
         // a collective still in flight would make ncclCommDestroy wait for it: abort instead
-        let pending = self.watch.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = lock(&self.watch.pending);
         if pending.iter().any(|p| !p.done.try_is_complete().unwrap_or(false)) {
             self.handle.abort();
         }

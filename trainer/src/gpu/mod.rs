@@ -162,6 +162,8 @@ impl GpuModel {
     ) -> Result<BitwiseCe> {
         let (b, d) = (inp.b, self.cfg.d);
         let &(hh, ww) = inp.scales.last().context("empty schedule")?;
+        // the teacher-forcing inputs are [B, L − 1, d]: the schedule starts with one token
+        anyhow::ensure!(inp.scales[0] == (1, 1), "schedules start with a 1×1 scale, found {:?}", inp.scales[0]);
         anyhow::ensure!(latents.len() == b * d * hh * ww && keys.len() == b, "latents are not [B, d, H, W]");
         let s = &self.dev.stream;
         let (lat, k) = (s.clone_htod(latents)?, s.clone_htod(keys)?);

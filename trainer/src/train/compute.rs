@@ -97,10 +97,11 @@ impl Compute {
             }
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, fresh } => {
-                if !model.has_optimizer() {
-                    // the host updated the parameters after this step's upload
+                // without the device optimizer the host updated the parameters after this step's
+                // upload; with it, the device holds them once uploaded
+                if !model.has_optimizer() || !*fresh {
                     model.upload_params(params)?;
-                    *fresh = false;
+                    *fresh = model.has_optimizer();
                 }
                 model.step(inp, false)
             }
