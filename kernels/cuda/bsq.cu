@@ -12,19 +12,24 @@ __device__ __forceinline__ int2 area_window(int o, int src, int dst) {
     return make_int2((o * src) / dst, ((o + 1) * src + dst - 1) / dst);
 }
 
+// Output (y, x) of the area resize of one channel `a` [sh, sw] (minus `b` element by element when
+// given: the residual is formed per element, then summed in the same row-major order) to [dh, dw].
+__device__ __forceinline__ float area_at(const float* a, const float* b, int sh, int sw, int dh, int dw, int y,
+                                         int x) {
+    const int2 wy = area_window(y, sh, dh), wx = area_window(x, sw, dw);
+    float sum = 0.0f;
+    for (int r = wy.x; r < wy.y; ++r)
+        for (int c = wx.x; c < wx.y; ++c) sum += b ? a[r * sw + c] - b[r * sw + c] : a[r * sw + c];
+    return sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+}
+
 // Area resize src [B, C, sh, sw] -> dst [B, C, dh, dw]; one thread per output value.
 extern "C" __global__ void area_resize_f32(const float* __restrict__ src, float* __restrict__ dst,
                                            int bc, int sh, int sw, int dh, int dw) {
     const long total = (long)bc * dh * dw;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const int x = i % dw, y = (i / dw) % dh;
         const long ch = i / ((long)dw * dh);
-        const int2 wy = area_window(y, sh, dh), wx = area_window(x, sw, dw);
-        const float* s = src + ch * sh * sw;
-        float sum = 0.0f;
-        for (int r = wy.x; r < wy.y; ++r)
-            for (int c = wx.x; c < wx.y; ++c) sum += s[r * sw + c];
-        dst[i] = sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+        dst[i] = area_at(src + ch * sh * sw, nullptr, sh, sw, dh, dw, (i / dw) % dh, i % dw);
     }
 }
 
@@ -108,15 +113,8 @@ extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const 
                                              float* __restrict__ r, int bd, int H, int W, int h, int w) {
     const long total = (long)bd * h * w;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const int x = i % w, y = (i / w) % h;
         const long ch = i / ((long)w * h);
-        const int2 wy = area_window(y, H, h), wx = area_window(x, W, w);
-        const float* fc = f + ch * H * W;
-        const float* sc = sum + ch * H * W;
-        float acc = 0.0f;
-        for (int yy = wy.x; yy < wy.y; ++yy)
-            for (int xx = wx.x; xx < wx.y; ++xx) acc += fc[yy * W + xx] - sc[yy * W + xx];
-        r[i] = acc / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+        r[i] = area_at(f + ch * H * W, sum + ch * H * W, H, W, h, w, (i / w) % h, i % w);
     }
 }
 

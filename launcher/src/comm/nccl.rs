@@ -303,27 +303,26 @@ impl NcclComm {
         Ok(())
     }
 
+    /// Make an NCCL call `op` under the communicator's protocol: held against aborts and timed while
+    /// inside NCCL, then handed to the watchdog once enqueued.
+    fn enqueue(
+        &self,
+        op: &'static str,
+        call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<result::NcclStatus, result::NcclError>,
+    ) -> CommResult<()> {
+        let _held = self.hold(op)?;
+        call(self.handle.comm, self.stream.cu_stream() as _).map_err(|e| nccl_err(op, e))?;
+        self.track(op)
+    }
+
     /// Element-wise sum over ranks, in place, enqueued on the stream.
     pub fn all_reduce_sum_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
-        const OP: &str = "all_reduce";
-        let _held = self.hold(OP)?;
         let n = buf.len();
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: in-place all-reduce of `n` elements of a live device buffer on our stream.
-        unsafe {
-            result::all_reduce(
-                p as *const _,
-                p as *mut _,
-                n,
-                T::as_nccl_type(),
-                sys::ncclRedOp_t::ncclSum,
-                self.handle.comm,
-                self.stream.cu_stream() as _,
-            )
-        }
-        .map_err(|e| nccl_err(OP, e))?;
-        drop(_sync);
-        self.track(OP)
+        self.enqueue("all_reduce", |comm, st| unsafe {
+            result::all_reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
+        })
     }
 
     /// `root`'s buffer to every rank, in place, enqueued on the stream.
@@ -332,25 +331,12 @@ impl NcclComm {
         buf: &mut CudaSlice<T>,
         root: usize,
     ) -> CommResult<()> {
-        const OP: &str = "broadcast";
-        let _held = self.hold(OP)?;
         let n = buf.len();
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: in-place broadcast of `n` elements of a live device buffer on our stream.
-        unsafe {
-            result::broadcast(
-                p as *const _,
-                p as *mut _,
-                n,
-                T::as_nccl_type(),
-                root as i32,
-                self.handle.comm,
-                self.stream.cu_stream() as _,
-            )
-        }
-        .map_err(|e| nccl_err(OP, e))?;
-        drop(_sync);
-        self.track(OP)
+        self.enqueue("broadcast", |comm, st| unsafe {
+            result::broadcast(p as *const _, p as *mut _, n, T::as_nccl_type(), root as i32, comm, st)
+        })
     }
 
     /// Rank r's `send` lands at `recv[r·n ..]`, enqueued on the stream.
@@ -359,19 +345,14 @@ impl NcclComm {
         send: &CudaSlice<T>,
         recv: &mut CudaSlice<T>,
     ) -> CommResult<()> {
-        const OP: &str = "all_gather";
-        let _held = self.hold(OP)?;
-        self.sizes(OP, send.len(), recv.len())?;
+        self.sizes("all_gather", send.len(), recv.len())?;
         let n = send.len();
         let (s, _s) = send.device_ptr(&self.stream);
         let (r, _r) = recv.device_ptr_mut(&self.stream);
         // SAFETY: sizes checked above; both buffers live on our stream's device.
-        unsafe {
-            result::all_gather(s as _, r as _, n, T::as_nccl_type(), self.handle.comm, self.stream.cu_stream() as _)
-        }
-        .map_err(|e| nccl_err(OP, e))?;
-        drop((_s, _r));
-        self.track(OP)
+        self.enqueue("all_gather", |comm, st| unsafe {
+            result::all_gather(s as _, r as _, n, T::as_nccl_type(), comm, st)
+        })
     }
 
     /// Sum over ranks of `send`; rank r keeps part r in `recv`, enqueued on the stream.
@@ -380,27 +361,14 @@ impl NcclComm {
         send: &CudaSlice<T>,
         recv: &mut CudaSlice<T>,
     ) -> CommResult<()> {
-        const OP: &str = "reduce_scatter";
-        let _held = self.hold(OP)?;
-        self.sizes(OP, recv.len(), send.len())?;
+        self.sizes("reduce_scatter", recv.len(), send.len())?;
         let n = recv.len();
         let (s, _s) = send.device_ptr(&self.stream);
         let (r, _r) = recv.device_ptr_mut(&self.stream);
         // SAFETY: sizes checked above; both buffers live on our stream's device.
-        unsafe {
-            result::reduce_scatter(
-                s as _,
-                r as _,
-                n,
-                T::as_nccl_type(),
-                sys::ncclRedOp_t::ncclSum,
-                self.handle.comm,
-                self.stream.cu_stream() as _,
-            )
-        }
-        .map_err(|e| nccl_err(OP, e))?;
-        drop((_s, _r));
-        self.track(OP)
+        self.enqueue("reduce_scatter", |comm, st| unsafe {
+            result::reduce_scatter(s as _, r as _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
+        })
     }
 
     fn sizes(&self, op: &'static str, part: usize, whole: usize) -> CommResult<()> {
