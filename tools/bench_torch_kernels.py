@@ -8,8 +8,9 @@ prints one JSON line {"case": ..., "ms": median milliseconds per call, "device":
   bsq      multi-scale BSQ with bitwise self-correction for a batch (area down, sign, random flips,
            bilinear up and accumulate, next-scale inputs)
 
-f32 throughout with TF32 off, as our kernels compute in f32. Runs on the CPU too (for checking the
-script); the figures that matter come from a GPU.
+f32 throughout with TF32 off, as our f32 kernels compute; `--bf16` runs head_ce under bf16 autocast,
+beside our tensor-core kernel. Runs on the CPU too (for checking the script); the figures that matter
+come from a GPU.
 """
 import argparse
 import json
@@ -53,7 +54,8 @@ def head_ce(args, dev):
     def step():
         for p in (h, w, b):
             p.grad = None
-        logits = F.linear(h, w, b).view(n, d, 2)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = F.linear(h, w, b).view(n, d, 2).float()
         token_loss = -(target * logits.log_softmax(-1)).sum(-1).mean(-1)
         (token_loss * weights).sum().backward()
         # the bit accuracy our kernel also returns
@@ -104,6 +106,7 @@ def main():
     ap.add_argument("--scales", default="1x1,2x2,4x4,8x8,16x16", help="bsq: schedule, HxW,...")
     ap.add_argument("--p-max", type=float, default=0.3)
     ap.add_argument("--apply-layers", type=int, default=13)
+    ap.add_argument("--bf16", action="store_true", help="head_ce: under bf16 autocast")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

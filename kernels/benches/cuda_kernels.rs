@@ -15,13 +15,13 @@ use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::{block_causal_segments, AttnDims};
 use infinity_kernels::cuda::attention::{attention_backward_dev, attention_forward_dev, AttnRanges};
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
-use infinity_kernels::cuda::device::device_present;
+use infinity_kernels::cuda::device::{device_present, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::layernorm_dev;
 use infinity_kernels::cuda::linear::{bias_grad, weight_grad};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::ops::adamw_dev;
-use infinity_kernels::cuda::Device;
+use infinity_kernels::cuda::{Device, Math};
 use rand::{Rng, SeedableRng};
 
 const NOMINAL_GBS: f64 = 4300.0;
@@ -98,9 +98,10 @@ fn main() {
     );
     drop((src, dst));
 
-    // head + bitwise CE, forward and backward: 256 px schedule (646 tokens) × 16 samples, d = 32
-    let gemm = infinity_kernels::cuda::linear::Gemm::new(&dev, false).unwrap();
-    for c in [768usize, 2048] {
+    // head + bitwise CE, forward and backward: 256 px schedule (646 tokens) × 16 samples, d = 32; f32
+    // (head_ce.cu, PyTorch f32) and bf16 tensor cores (head_ce_bf16.cu, PyTorch under bf16 autocast)
+    for (c, math) in [(768usize, Math::F32), (2048, Math::F32), (768, Math::Bf16), (2048, Math::Bf16)] {
+        let gemm = infinity_kernels::cuda::linear::Gemm::new(&dev, math == Math::Bf16).unwrap();
         let (n, d) = (16 * 646, 32);
         let h = upload(&dev, &(0..n * c).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
         let w = upload(&dev, &(0..2 * d * c).map(|_| rng.random_range(-0.02f32..0.02)).collect::<Vec<_>>());
@@ -111,20 +112,24 @@ fn main() {
         let (mut dw, mut db) =
             (dev.stream.alloc_zeros::<f32>(2 * d * c).unwrap(), dev.stream.alloc_zeros::<f32>(2 * d).unwrap());
         let ms = time_ms(&dev, 20, || {
-            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
+            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
             let g = out.dlogits.as_ref().unwrap();
             weight_grad(&gemm, &dev, g, &h, &mut dw, (n, c, 2 * d)).unwrap();
             bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
         });
         let kernel_ms = time_ms(&dev, 20, || {
-            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out).unwrap();
+            head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
         });
         // bytes: h read, dh written (kernel); h read again for dW (GEMM); dlogits out and back
         let (hb, gb) = ((n * c * 4) as f64, (n * 2 * d * 4 * 2) as f64);
         let flops = 2.0 * (n * c * 2 * d) as f64 * 3.0;
-        let args: Vec<String> =
+        let mut args: Vec<String> =
             ["head_ce", "--n", &n.to_string(), "--c", &c.to_string(), "--d", &d.to_string()].map(String::from).to_vec();
-        row(&format!("head+CE fwd+bwd N={n} C={c} d={d}"), ms, 3.0 * hb + gb, flops, copy_gbs, torch_ms(&args));
+        let kind = if math == Math::Bf16 { "bf16" } else { "f32" };
+        if math == Math::Bf16 {
+            args.push("--bf16".into());
+        }
+        row(&format!("head+CE {kind} fwd+bwd N={n} C={c} d={d}"), ms, 3.0 * hb + gb, flops, copy_gbs, torch_ms(&args));
         row(
             "  fused kernel only (loss, dlogits, dh)",
             kernel_ms,
@@ -204,26 +209,23 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
             .sum::<usize>()
             * b
     };
-    let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o, &mut lse, &r, dims).unwrap());
-    row(
-        "attention forward, 16 × 646 tokens, 16 × 128",
-        ms,
-        4.0 * 4.0 * (n * c) as f64,
-        4.0 * (pairs * c) as f64,
-        copy_gbs,
-        None,
-    );
     let (mut dq, mut dk, mut dv, mut delta) = (
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * 16).unwrap(),
     );
-    let ms = time_ms(dev, 10, || {
-        attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, (&mut dq, &mut dk, &mut dv), &mut delta)
-            .unwrap()
-    });
-    row("attention backward (dq; dk, dv)", ms, 8.0 * 4.0 * (n * c) as f64, 10.0 * (pairs * c) as f64, copy_gbs, None);
+    for (math, label) in [(Math::F32, "f32"), (Math::Bf16, "bf16 tensor cores")] {
+        let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o, &mut lse, &r, dims, math).unwrap());
+        let name = format!("attention forward {label}, 16 × 646 tokens, 16 × 128");
+        row(&name, ms, 4.0 * 4.0 * (n * c) as f64, 4.0 * (pairs * c) as f64, copy_gbs, None);
+        let ms = time_ms(dev, 10, || {
+            let grads: (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut) = (&mut dq, &mut dk, &mut dv);
+            attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, grads, &mut delta, math).unwrap()
+        });
+        let name = format!("attention backward {label} (dq; dk, dv)");
+        row(&name, ms, 8.0 * 4.0 * (n * c) as f64, 10.0 * (pairs * c) as f64, copy_gbs, None);
+    }
     drop((q, k, v, o, lse, dq, dk, dv, delta));
 
     // LayerNorm forward over the residual stream

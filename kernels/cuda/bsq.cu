@@ -5,6 +5,7 @@
 // Resampling has PyTorch's exact semantics (area = adaptive average pooling, summed in row-major order
 // in f32 then divided by the window height and width; bilinear with align_corners=False, the width axis
 // interpolated first), so bits agree with the CPU twin except where a residual is within rounding of 0.
+#include "common.cuh"
 
 // Source window [lo, hi) of output index o when resizing `src` values to `dst` by area (PyTorch's
 // adaptive average pooling).
@@ -115,6 +116,46 @@ extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const 
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const long ch = i / ((long)w * h);
         r[i] = area_at(f + ch * H * W, sum + ch * H * W, H, W, h, w, (i / w) % h, i % w);
+    }
+}
+
+// The same for large windows (coarse scales), where one thread per output would sum thousands of values
+// alone: a warp (`residual_area_warp_f32`) or a block (`residual_area_block_f32`) per output value, its
+// threads striding over the window in row-major order, then a fixed reduction tree (bitwise
+// reproducible; the order differs from the serial sum, so a bit may differ from the CPU twin's where
+// the residual is within rounding of zero).
+__device__ __forceinline__ float residual_window_part(const float* a, const float* b, int W, int2 wy, int2 wx,
+                                                      int first, int stride) {
+    const int ww = wx.y - wx.x, cnt = (wy.y - wy.x) * ww;
+    float s = 0.0f;
+    for (int e = first; e < cnt; e += stride) {
+        const int at = (wy.x + e / ww) * W + wx.x + e % ww;
+        s += a[at] - b[at];
+    }
+    return s;
+}
+
+extern "C" __global__ void residual_area_warp_f32(const float* __restrict__ f, const float* __restrict__ sum,
+                                                  float* __restrict__ r, int bd, int H, int W, int h, int w) {
+    const long total = (long)bd * h * w, warps = ((long)gridDim.x * blockDim.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    for (long i = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; i < total; i += warps) {
+        const long ch = i / ((long)w * h);
+        const int2 wy = area_window((i / w) % h, H, h), wx = area_window(i % w, W, w);
+        float s = residual_window_part(f + ch * H * W, sum + ch * H * W, W, wy, wx, lane, 32);
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) r[i] = s / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+    }
+}
+
+extern "C" __global__ void residual_area_block_f32(const float* __restrict__ f, const float* __restrict__ sum,
+                                                   float* __restrict__ r, int bd, int H, int W, int h, int w) {
+    const long total = (long)bd * h * w;
+    for (long i = blockIdx.x; i < total; i += gridDim.x) {
+        const long ch = i / ((long)w * h);
+        const int2 wy = area_window((i / w) % h, H, h), wx = area_window(i % w, W, w);
+        const float s = block_sum(residual_window_part(f + ch * H * W, sum + ch * H * W, W, wy, wx, threadIdx.x, blockDim.x));
+        if (threadIdx.x == 0) r[i] = s / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Every `.cu` source compiles with NVRTC (no GPU needed); a broken source names its file and shows the
 //! compiler log. CI installs NVRTC from the `nvidia-cuda-nvrtc` wheel and runs this with `--features
 //! cuda` (scripts/test.sh); without NVRTC it fails under CI and says it skipped elsewhere.
+//! `INFINITY_PTX_DIR=dir` keeps every PTX as `dir/{file}.{arch}.ptx`.
 #![cfg(feature = "cuda")]
 
 use infinity_kernels::cuda::compile::{compile_ptx, compile_source, nvrtc_present, CompileError, SOURCES};
@@ -24,6 +25,10 @@ fn every_kernel_source_compiles() {
             let t0 = std::time::Instant::now();
             let ptx = compile_ptx(file, arch).unwrap_or_else(|e| panic!("{e}"));
             assert!(ptx.to_src().contains(".entry"), "{file}: no kernel entry in the PTX");
+            // INFINITY_PTX_DIR keeps the PTX, e.g. for `ptxas -v` (registers, spills)
+            if let Some(dir) = std::env::var_os("INFINITY_PTX_DIR") {
+                std::fs::write(std::path::Path::new(&dir).join(format!("{file}.{arch}.ptx")), ptx.to_src()).unwrap();
+            }
             println!("{file} for {arch}: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
     }

@@ -5,6 +5,7 @@
 #![cfg(feature = "cuda")]
 
 use infinity_kernels::cuda::device::device_present;
+use infinity_kernels::cuda::Math::{Bf16, F32};
 use infinity_kernels::cuda::{attention as cuda_attention, layers, linear as cuda_linear, ops, Device};
 use infinity_kernels::{act, adaln, adamw, attention, bitwise_ce, bsq, embedding, linear, norm, resample, rope};
 use rand::{Rng, SeedableRng};
@@ -66,8 +67,9 @@ fn fused_head_and_loss_match_their_cpu_twins() {
         let cpu = bitwise_ce::bitwise_ce(&logits, &labels, &w64, 0.05, d, Some(&mut dz));
         let (mut dh, mut dw, mut db) = (vec![0.0f32; n * c], vec![0.0f32; 2 * d * c], vec![0.0f32; 2 * d]);
         linear::linear_backward(&dz, &h, &w, Some(&mut dh), &mut dw, Some(&mut db), n, c, 2 * d);
-        let gpu = infinity_kernels::cuda::head_ce::head_bitwise_ce(&dev, &h, &w, &b, &labels, &weights, 0.05, d, true)
-            .unwrap();
+        let gpu =
+            infinity_kernels::cuda::head_ce::head_bitwise_ce(&dev, &h, &w, &b, &labels, &weights, 0.05, d, true, F32)
+                .unwrap();
         let tag = format!("n={n} c={c} d={d}");
         let cpu_loss: Vec<f32> = cpu.token_loss.iter().map(|&v| v as f32).collect();
         close(&format!("head+CE loss {tag}"), &gpu.token_loss, &cpu_loss, 1e-5);
@@ -78,6 +80,45 @@ fn fused_head_and_loss_match_their_cpu_twins() {
         // a logit within rounding of its twin may flip an argmax: allow a handful
         let off = gpu.correct_bits.iter().zip(&cpu.correct_bits).filter(|(a, b)| a != b).count();
         assert!(off <= n / 100 + 1, "{tag}: {off} tokens count different correct bits");
+    }
+}
+
+/// The tensor-core head + loss (head_ce_bf16.cu) against the CPU twin run on the same bf16-rounded h
+/// and W: logits, loss and dlogits then differ by summation order only (1e-5); dh also rounds dlogits
+/// to bf16 before its product (2e-2 of the largest value). Widths a multiple of 64, d = 8 … 64.
+#[test]
+fn bf16_head_and_loss_on_tensor_cores_match_their_cpu_twins() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    for (n, c, d) in [(1, 64, 8), (45, 128, 16), (517, 256, 32), (100, 768, 64)] {
+        let h = bf16_round(&rand_vec(&mut rng, n * c, 1.0));
+        let w = bf16_round(&rand_vec(&mut rng, 2 * d * c, 0.2));
+        let b = rand_vec(&mut rng, 2 * d, 0.5);
+        let labels: Vec<u8> = (0..n * d).map(|_| rng.random_range(0..2)).collect();
+        let weights: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
+        let w64: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
+        let mut logits = vec![0.0f32; n * 2 * d];
+        linear::linear_forward(&h, &w, Some(&b), &mut logits, n, c, 2 * d);
+        let mut dz = vec![0.0f32; n * 2 * d];
+        let cpu = bitwise_ce::bitwise_ce(&logits, &labels, &w64, 0.05, d, Some(&mut dz));
+        let (mut dh, mut dw, mut db) = (vec![0.0f32; n * c], vec![0.0f32; 2 * d * c], vec![0.0f32; 2 * d]);
+        linear::linear_backward(&dz, &h, &w, Some(&mut dh), &mut dw, Some(&mut db), n, c, 2 * d);
+        let gpu =
+            infinity_kernels::cuda::head_ce::head_bitwise_ce(&dev, &h, &w, &b, &labels, &weights, 0.05, d, true, Bf16)
+                .unwrap();
+        let tag = format!("bf16 n={n} c={c} d={d}");
+        let cpu_loss: Vec<f32> = cpu.token_loss.iter().map(|&v| v as f32).collect();
+        close(&format!("head+CE loss {tag}"), &gpu.token_loss, &cpu_loss, 1e-5);
+        let (gdh, gdw, gdb) = gpu.grads.unwrap();
+        close(&format!("head+CE dh {tag}"), &gdh, &dh, 2e-2);
+        close(&format!("head+CE dW {tag}"), &gdw, &dw, 1e-5);
+        close(&format!("head+CE db {tag}"), &gdb, &db, 1e-5);
+        let off = gpu.correct_bits.iter().zip(&cpu.correct_bits).filter(|(a, b)| a != b).count();
+        assert!(off <= n / 100 + 1, "{tag}: {off} tokens count different correct bits");
+        let again =
+            infinity_kernels::cuda::head_ce::head_bitwise_ce(&dev, &h, &w, &b, &labels, &weights, 0.05, d, true, Bf16)
+                .unwrap();
+        assert!(again.token_loss == gpu.token_loss && again.grads.unwrap().0 == gdh, "{tag}: two runs differ");
     }
 }
 
@@ -346,17 +387,66 @@ fn attention_matches_its_cpu_twin() {
             let (k, v) = (rand_vec(&mut rng, nk * w, 1.0), rand_vec(&mut rng, nk * w, 1.0));
             let (mut o, mut lse) = (vec![0.0f32; nq * w], vec![0.0f32; nq * heads]);
             attention::attention_forward(&q, &k, &v, &mut o, &mut lse, &segs, dims);
-            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims).unwrap();
+            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, F32).unwrap();
             close(&format!("{tag} out"), &go, &o, 1e-5);
             close(&format!("{tag} lse"), &glse, &lse, 1e-5);
             let d_o = rand_vec(&mut rng, nq * w, 1.0);
             let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
             attention::attention_backward(&d_o, &q, &k, &v, &o, &lse, &mut dq, &mut dk, &mut dv, &segs, dims);
-            let grads = cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims).unwrap();
+            let grads = cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims, F32).unwrap();
             close(&format!("{tag} dq"), &grads.0, &dq, 1e-4);
             close(&format!("{tag} dk"), &grads.1, &dk, 1e-4);
             close(&format!("{tag} dv"), &grads.2, &dv, 1e-4);
-            let again = cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims).unwrap();
+            let again = cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims, F32).unwrap();
+            assert!(again == grads, "{tag}: two backward runs differ (the kernels must be deterministic)");
+        }
+    }
+}
+
+/// The tensor-core attention (attention_bf16.cu) against the CPU twin run on the same bf16-rounded
+/// q, k, v and dO: what remains is the rounding of the probabilities (and of dS in the backward) to
+/// bf16 before their products, within 1e-2 (outputs) and 2e-2 (gradients) of the largest value;
+/// lse only differs by summation order. Head dims 32, 64, 128; schedules longer than one 64-row tile;
+/// two runs give the same bytes.
+#[test]
+fn bf16_attention_on_tensor_cores_matches_its_cpu_twin() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let demo5 = [1usize, 4, 16, 36, 64];
+    let longer = [1usize, 4, 16, 36, 64, 100, 169, 256];
+    for (per_scale, heads, c) in [(&demo5[..], 4, 32), (&longer[..], 2, 64), (&longer[..], 2, 128)] {
+        let dims = attention::AttnDims { heads, head_dim: c, scale: 1.0 / (c as f64).sqrt() };
+        assert!(cuda_attention::runs_on_tensor_cores(&dev, dims, Bf16).unwrap(), "c={c}: no tensor-core kernel");
+        let l: usize = per_scale.iter().sum();
+        let w = heads * c;
+        let text = [5usize, 70];
+        let cross_segs = vec![
+            attention::Segment { q0: 0, nq: l, k0: 0, nk: text[0] },
+            attention::Segment { q0: l, nq: l, k0: text[0], nk: text[1] },
+        ];
+        let nt = text[0] + text[1];
+        for (name, segs, nq, nk) in
+            [("self", attention::block_causal_segments(2, per_scale), 2 * l, 2 * l), ("cross", cross_segs, 2 * l, nt)]
+        {
+            let tag = format!("bf16 {name} attention L={l} H={heads} c={c}");
+            let q = bf16_round(&rand_vec(&mut rng, nq * w, 2.0));
+            let k = bf16_round(&rand_vec(&mut rng, nk * w, 2.0));
+            let v = bf16_round(&rand_vec(&mut rng, nk * w, 1.0));
+            let (mut o, mut lse) = (vec![0.0f32; nq * w], vec![0.0f32; nq * heads]);
+            attention::attention_forward(&q, &k, &v, &mut o, &mut lse, &segs, dims);
+            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, Bf16).unwrap();
+            close(&format!("{tag} out"), &go, &o, 1e-2);
+            close(&format!("{tag} lse"), &glse, &lse, 1e-4);
+            let d_o = bf16_round(&rand_vec(&mut rng, nq * w, 1.0));
+            let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
+            attention::attention_backward(&d_o, &q, &k, &v, &o, &lse, &mut dq, &mut dk, &mut dv, &segs, dims);
+            let grads =
+                cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims, Bf16).unwrap();
+            close(&format!("{tag} dq"), &grads.0, &dq, 2e-2);
+            close(&format!("{tag} dk"), &grads.1, &dk, 2e-2);
+            close(&format!("{tag} dv"), &grads.2, &dv, 2e-2);
+            let again =
+                cuda_attention::attention_backward(&dev, &d_o, &q, &k, &v, &o, &lse, &segs, dims, Bf16).unwrap();
             assert!(again == grads, "{tag}: two backward runs differ (the kernels must be deterministic)");
         }
     }

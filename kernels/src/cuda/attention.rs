@@ -1,16 +1,61 @@
-//! Attention over segments on the device (twin of `attention`), flash-style (attention.cu): the host
-//! expands the segments into a key range per query row and a query range per key row once per
-//! schedule ([`AttnRanges`]); forward, dq and dk/dv kernels stream tiles through shared memory.
+//! Attention over segments on the device (twin of `attention`), flash-style: the host expands the
+//! segments into a key range per query row and a query range per key row once per schedule
+//! ([`AttnRanges`]); forward, dq and dk/dv kernels stream tiles through shared memory, in f32 on CUDA
+//! cores (attention.cu) or on tensor cores with bf16 inputs (attention_bf16.cu), see [`Math`].
 //! Also the cosine-attention normalisation of q and k (twin of `normalize_heads_*`).
 
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
 use super::device::{Arg, Buf, BufMut, CudaError, Device};
+use super::Math;
 use crate::attention::{AttnDims, Segment};
 
 /// Largest head dim of attention.cu (the `_wide_f32` kernels: a lane owns 8 dims).
 pub const MAX_HEAD_DIM: usize = 256;
+
+/// Static shared memory of the attention kernels (`union_range`'s, rounded up): dynamic shared memory
+/// beyond 48 KiB minus this needs the opt-in.
+const STATIC_SMEM: usize = 64;
+
+/// Dynamic shared memory of attention_bf16.cu's (forward, dq, dk/dv) kernels for head dim `c`.
+fn bf16_smem(c: usize) -> [usize; 3] {
+    let rows = 64 * (c + 8) * 2; // a row-major bf16 tile [64][c + 8]
+    let cols = c * 72 * 2; // a transposed one [c][64 + 8]
+    let dkdv = 4 * 64 * 4 + 4 * rows + 2 * cols;
+    [2 * rows + cols, 4 * rows + cols, dkdv]
+}
+
+/// `Some(c)` when attention_bf16.cu's kernels (head dims 32, 64 and 128, sm_80 or later with the shared
+/// memory, 16-byte-aligned buffers) for head dim `c` can run on `dev` with buffers at `addrs`.
+fn tensor_core_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<Option<usize>, CudaError> {
+    let c = dims.head_dim;
+    if math == Math::F32 || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0) {
+        return Ok(None);
+    }
+    let sm: u32 = dev.arch.trim_start_matches("compute_").parse().unwrap_or(0);
+    let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+    Ok((sm >= 80 && bf16_smem(c).iter().all(|&b| b + STATIC_SMEM <= optin)).then_some(c))
+}
+
+/// Whether `math` runs on attention_bf16.cu's tensor-core kernels for `dims` on `dev` (given
+/// 16-byte-aligned buffers, as every allocation is).
+pub fn runs_on_tensor_cores(dev: &Device, dims: AttnDims, math: Math) -> Result<bool, CudaError> {
+    Ok(tensor_core_dim(dev, dims, math, &[])?.is_some())
+}
+
+/// 128 threads over blocks of 64 rows, `bytes` of shared memory (opted into above 48 KiB).
+fn bf16_config(f: &CudaFunction, rows: usize, heads: usize, bytes: usize) -> Result<LaunchConfig, CudaError> {
+    if bytes + STATIC_SMEM > 48 * 1024 {
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
+    }
+    Ok(LaunchConfig {
+        grid_dim: (rows.div_ceil(64).max(1) as u32, heads as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: bytes as u32,
+    })
+}
 
 /// One instantiation of attention.cu's kernels: name suffix and tiles (query rows per forward/dq
 /// block, key rows per tile; key rows per dk/dv block, query rows per tile).
@@ -106,7 +151,7 @@ fn config(
     smem_rows: usize,
 ) -> Result<LaunchConfig, CudaError> {
     let bytes = (smem_rows * (dims.head_dim + 1) * 4) as u32;
-    if bytes > 48 * 1024 {
+    if bytes as usize + STATIC_SMEM > 48 * 1024 {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
     }
     Ok(LaunchConfig {
@@ -127,16 +172,13 @@ pub fn attention_forward_dev(
     lse: &mut dyn BufMut,
     r: &AttnRanges,
     dims: AttnDims,
+    math: Math,
 ) -> Result<(), CudaError> {
     let w = dims.heads * dims.head_dim;
     assert!(
         q.count() >= r.nq * w && o.count() >= r.nq * w && k.count() >= r.nkeys * w && v.count() >= r.nkeys * w,
         "attention: q, o [Nq, H·c], k, v [Nk, H·c]"
     );
-    let t = tiles(dims)?;
-    let name = format!("attention_forward_{}", t.suffix);
-    let f = dev.function("attention.cu", &name)?;
-    let cfg = config(&f, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
     let s = &dev.stream;
     let args = [
         Arg::Ptr(q.addr(s)),
@@ -147,9 +189,28 @@ pub fn attention_forward_dev(
         Arg::Ptr(ranges_addr(dev, &r.k0)),
         Arg::Ptr(ranges_addr(dev, &r.nk)),
     ];
+    let (file, name, cfg) = match tensor_core_dim(dev, dims, math, &ptrs(&args[..4]))? {
+        Some(c) => {
+            let name = format!("attention_forward_bf16_c{c}");
+            let f = dev.function("attention_bf16.cu", &name)?;
+            ("attention_bf16.cu", name, bf16_config(&f, r.nq, dims.heads, bf16_smem(c)[0])?)
+        }
+        None => {
+            let t = tiles(dims)?;
+            let name = format!("attention_forward_{}", t.suffix);
+            let f = dev.function("attention.cu", &name)?;
+            ("attention.cu", name, config(&f, r.nq, t.fq, dims, 2 * t.fk + t.fq)?)
+        }
+    };
     let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
-    unsafe { dev.launch("attention.cu", &name, cfg, &args) }
+    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu; ranges lie inside K and
+    // V (checked on the host); the bf16 kernels' vector loads are aligned (checked above).
+    unsafe { dev.launch(file, &name, cfg, &args) }
+}
+
+/// The addresses among `args`.
+fn ptrs(args: &[Arg]) -> Vec<u64> {
+    args.iter().filter_map(|a| if let Arg::Ptr(p) = a { Some(*p) } else { None }).collect()
 }
 
 /// Gradients `dq, dk, dv` (all written) from `d_o`; `delta [Nq, H]` is scratch.
@@ -164,6 +225,7 @@ pub fn attention_backward_dev(
     dims: AttnDims,
     (dq, dk, dv): (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut),
     delta: &mut dyn BufMut,
+    math: Math,
 ) -> Result<(), CudaError> {
     let w = dims.heads * dims.head_dim;
     assert!(
@@ -175,45 +237,71 @@ pub fn attention_backward_dev(
     );
     let s = &dev.stream;
     let (k0, nk) = (Arg::Ptr(ranges_addr(dev, &r.k0)), Arg::Ptr(ranges_addr(dev, &r.nk)));
-    let t = tiles(dims)?;
-    let name = format!("attention_backward_dq_{}", t.suffix);
-    let f = dev.function("attention.cu", &name)?;
-    let cfg = config(&f, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
+    let (qa, ka, va, oa, doa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s), d_o.addr(s));
+    let (dqa, dka, dva) = (dq.addr_mut(s), dk.addr_mut(s), dv.addr_mut(s));
+    let tc = tensor_core_dim(dev, dims, math, &[qa, ka, va, oa, doa, dqa, dka, dva])?;
+    let (file, dq_name, dkdv_name) = match tc {
+        Some(c) => (
+            "attention_bf16.cu",
+            format!("attention_backward_dq_bf16_c{c}"),
+            format!("attention_backward_dkdv_bf16_c{c}"),
+        ),
+        None => {
+            let t = tiles(dims)?;
+            (
+                "attention.cu",
+                format!("attention_backward_dq_{}", t.suffix),
+                format!("attention_backward_dkdv_{}", t.suffix),
+            )
+        }
+    };
+    let launch = |name: &str, rows: usize, bf16_bytes: usize, f32_rows: fn(&Tiles) -> (usize, usize)| {
+        let f = dev.function(file, name)?;
+        match tc {
+            Some(_) => bf16_config(&f, rows, dims.heads, bf16_bytes),
+            None => {
+                let t = tiles(dims)?;
+                let (per_block, smem_rows) = f32_rows(&t);
+                config(&f, rows, per_block, dims, smem_rows)
+            }
+        }
+    };
+    let bytes = tc.map_or([0; 3], bf16_smem);
+    let cfg = launch(&dq_name, r.nq, bytes[1], |t| (t.fq, 2 * t.fk + 2 * t.fq))?;
     let args = [
-        Arg::Ptr(q.addr(s)),
-        Arg::Ptr(k.addr(s)),
-        Arg::Ptr(v.addr(s)),
-        Arg::Ptr(o.addr(s)),
-        Arg::Ptr(d_o.addr(s)),
+        Arg::Ptr(qa),
+        Arg::Ptr(ka),
+        Arg::Ptr(va),
+        Arg::Ptr(oa),
+        Arg::Ptr(doa),
         Arg::Ptr(lse.addr(s)),
         k0,
         nk,
-        Arg::Ptr(dq.addr_mut(s)),
+        Arg::Ptr(dqa),
         Arg::Ptr(delta.addr_mut(s)),
     ];
     let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu.
-    unsafe { dev.launch("attention.cu", &name, cfg, &args) }?;
-    let name = format!("attention_backward_dkdv_{}", t.suffix);
-    let f = dev.function("attention.cu", &name)?;
-    let cfg = config(&f, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?;
+    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu (alignment checked above).
+    unsafe { dev.launch(file, &dq_name, cfg, &args) }?;
+    let cfg = launch(&dkdv_name, r.nkeys, bytes[2], |t| (t.bk, 2 * t.bk + 2 * t.bq))?;
     let args = [
-        Arg::Ptr(q.addr(s)),
-        Arg::Ptr(k.addr(s)),
-        Arg::Ptr(v.addr(s)),
-        Arg::Ptr(d_o.addr(s)),
+        Arg::Ptr(qa),
+        Arg::Ptr(ka),
+        Arg::Ptr(va),
+        Arg::Ptr(doa),
         Arg::Ptr(lse.addr(s)),
         Arg::Ptr(delta.addr_mut(s)),
         k0,
         nk,
         Arg::Ptr(ranges_addr(dev, &r.q0)),
         Arg::Ptr(ranges_addr(dev, &r.nqk)),
-        Arg::Ptr(dk.addr_mut(s)),
-        Arg::Ptr(dv.addr_mut(s)),
+        Arg::Ptr(dka),
+        Arg::Ptr(dva),
     ];
     let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
-    unsafe { dev.launch("attention.cu", &name, cfg, &args) }
+    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu; delta was written by the
+    // dq kernel above.
+    unsafe { dev.launch(file, &dkdv_name, cfg, &args) }
 }
 
 fn scalars(r: &AttnRanges, dims: AttnDims) -> [Arg; 5] {
@@ -276,6 +364,7 @@ pub fn attention_forward(
     v: &[f32],
     segs: &[Segment],
     dims: AttnDims,
+    math: Math,
 ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
     let w = dims.heads * dims.head_dim;
     let (nq, nkeys) = (q.len() / w, k.len() / w);
@@ -283,7 +372,7 @@ pub fn attention_forward(
     let r = AttnRanges::new(dev, segs, nq, nkeys)?;
     let (qd, kd, vd) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
     let (mut o, mut lse) = (s.alloc_zeros::<f32>(q.len())?, s.alloc_zeros::<f32>(nq * dims.heads)?);
-    attention_forward_dev(dev, &qd, &kd, &vd, &mut o, &mut lse, &r, dims)?;
+    attention_forward_dev(dev, &qd, &kd, &vd, &mut o, &mut lse, &r, dims, math)?;
     Ok((s.clone_dtoh(&o)?, s.clone_dtoh(&lse)?))
 }
 
@@ -299,6 +388,7 @@ pub fn attention_backward(
     lse: &[f32],
     segs: &[Segment],
     dims: AttnDims,
+    math: Math,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), CudaError> {
     let w = dims.heads * dims.head_dim;
     let (nq, nkeys) = (q.len() / w, k.len() / w);
@@ -309,7 +399,18 @@ pub fn attention_backward(
     let (mut dq, mut dk, mut dv) =
         (s.alloc_zeros::<f32>(q.len())?, s.alloc_zeros::<f32>(k.len())?, s.alloc_zeros::<f32>(v.len())?);
     let mut delta = s.alloc_zeros::<f32>(nq * dims.heads)?;
-    attention_backward_dev(dev, &dod, (&qd, &kd, &vd), &od, &ld, &r, dims, (&mut dq, &mut dk, &mut dv), &mut delta)?;
+    attention_backward_dev(
+        dev,
+        &dod,
+        (&qd, &kd, &vd),
+        &od,
+        &ld,
+        &r,
+        dims,
+        (&mut dq, &mut dk, &mut dv),
+        &mut delta,
+        math,
+    )?;
     Ok((s.clone_dtoh(&dq)?, s.clone_dtoh(&dk)?, s.clone_dtoh(&dv)?))
 }
 

@@ -11,10 +11,12 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("adamw.cu", include_str!("../../cuda/adamw.cu")),
     ("adaln.cu", include_str!("../../cuda/adaln.cu")),
     ("attention.cu", include_str!("../../cuda/attention.cu")),
+    ("attention_bf16.cu", include_str!("../../cuda/attention_bf16.cu")),
     ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
     ("bsq.cu", include_str!("../../cuda/bsq.cu")),
     ("embedding.cu", include_str!("../../cuda/embedding.cu")),
     ("head_ce.cu", include_str!("../../cuda/head_ce.cu")),
+    ("head_ce_bf16.cu", include_str!("../../cuda/head_ce_bf16.cu")),
     ("linear.cu", include_str!("../../cuda/linear.cu")),
     ("norm.cu", include_str!("../../cuda/norm.cu")),
     ("rope.cu", include_str!("../../cuda/rope.cu")),
@@ -22,7 +24,8 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Headers the sources include by name.
-const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../cuda/common.cuh"))];
+const HEADERS: &[(&str, &str)] =
+    &[("common.cuh", include_str!("../../cuda/common.cuh")), ("mma.cuh", include_str!("../../cuda/mma.cuh"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {

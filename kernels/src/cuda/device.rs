@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
     PushKernelArg,
 };
 
@@ -33,6 +34,16 @@ pub struct Device {
     pub arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// While profiling: a pair of CUDA events around each launch and GEMM, by name (see [`Device::timed`]).
+    profile: Mutex<Option<Vec<(String, CudaEvent, CudaEvent)>>>,
+}
+
+/// GPU time of one kernel (or GEMM kind) over a profiled stretch.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub name: String,
+    pub calls: usize,
+    pub ms: f64,
 }
 
 /// Whether a CUDA driver and at least one device are present (never panics).
@@ -53,7 +64,45 @@ impl Device {
         // NVRTC wants a 'static arch string; the few real ones are spelled out
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let stream = ctx.default_stream();
-        Ok(Device { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
+        let (modules, functions, profile) = (Mutex::default(), Mutex::default(), Mutex::default());
+        Ok(Device { ctx, stream, arch, modules, functions, profile })
+    }
+
+    /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,
+    /// but add a little host time per launch). [`Device::profile_report`] ends the stretch.
+    pub fn start_profile(&self) {
+        *self.profile.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Stop profiling and return the time per kernel name, largest first (waits for the stream).
+    pub fn profile_report(&self) -> Result<Vec<KernelTime>, CudaError> {
+        let Some(events) = self.profile.lock().unwrap().take() else { return Ok(Vec::new()) };
+        self.stream.synchronize()?;
+        let mut by_name: HashMap<String, KernelTime> = HashMap::new();
+        for (name, a, b) in events {
+            let ms = a.elapsed_ms(&b)? as f64;
+            let e = by_name.entry(name.clone()).or_insert(KernelTime { name, calls: 0, ms: 0.0 });
+            e.calls += 1;
+            e.ms += ms;
+        }
+        let mut out: Vec<KernelTime> = by_name.into_values().collect();
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(out)
+    }
+
+    /// Run `f` (work queued on the stream) under `name` when profiling.
+    pub fn timed<R>(&self, name: &str, f: impl FnOnce() -> Result<R, CudaError>) -> Result<R, CudaError> {
+        if self.profile.lock().unwrap().is_none() {
+            return f();
+        }
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.stream.record_event(flags)?;
+        let r = f()?;
+        let b = self.stream.record_event(flags)?;
+        if let Some(v) = self.profile.lock().unwrap().as_mut() {
+            v.push((name.to_string(), a, b));
+        }
+        Ok(r)
     }
 
     /// Kernel `name` of source `file`, compiling and loading the source on first use (both cached).
@@ -98,6 +147,31 @@ pub fn per_row(n: usize, c: usize) -> LaunchConfig {
 pub trait Buf {
     fn addr(&self, s: &CudaStream) -> u64;
     fn count(&self) -> usize;
+    /// The address of a bf16 copy of the same values, when one is kept (bf16 GEMMs read it instead
+    /// of rounding again).
+    fn bf16_addr(&self, _s: &CudaStream) -> Option<u64> {
+        None
+    }
+}
+
+/// An f32 buffer together with a bf16 copy of its values kept on the device (the model's weights,
+/// rounded once per optimizer step rather than at every GEMM).
+pub struct WithBf16<'a> {
+    pub values: &'a dyn Buf,
+    /// Address of `values.count()` bf16 values.
+    pub bf16: u64,
+}
+
+impl Buf for WithBf16<'_> {
+    fn addr(&self, s: &CudaStream) -> u64 {
+        self.values.addr(s)
+    }
+    fn count(&self) -> usize {
+        self.values.count()
+    }
+    fn bf16_addr(&self, _s: &CudaStream) -> Option<u64> {
+        Some(self.bf16)
+    }
 }
 
 /// An f32 device buffer the kernels write.
@@ -184,7 +258,6 @@ impl Device {
             };
         }
         // SAFETY: the caller's contract.
-        unsafe { lb.launch(cfg) }?;
-        Ok(())
+        self.timed(name, || unsafe { lb.launch(cfg) }.map(|_| ()).map_err(CudaError::from))
     }
 }

@@ -1,13 +1,17 @@
-//! The head fused with the bitwise cross-entropy (head_ce.cu): loss, correct bits, `dh` and the
-//! head's weight gradients without materialising the logits. Twin: `linear::linear_forward` →
-//! `bitwise_ce::bitwise_ce` → `linear::linear_backward`.
+//! The head fused with the bitwise cross-entropy: loss, correct bits, `dh` and the head's weight
+//! gradients without materialising the logits, in f32 (head_ce.cu) or on tensor cores with bf16
+//! inputs (head_ce_bf16.cu, [`Math::Bf16`]). Twin: `linear::linear_forward` → `bitwise_ce::bitwise_ce`
+//! → `linear::linear_backward`.
 //!
 //! Dims: `N` tokens, `C` width, `d` bits (`2d ≤ 128`).
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::device::{Arg, Buf, BufMut, CudaError, Device};
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+
+use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
 use super::linear::{bias_grad, weight_grad, Gemm};
+use super::Math;
 
 /// Tokens per block and K tile of head_ce.cu.
 const TOK: usize = 8;
@@ -60,6 +64,7 @@ pub fn head_bitwise_ce_device(
     label_smoothing: f32,
     (n, c, d): (usize, usize, usize),
     out: &mut HeadCeDevice,
+    math: Math,
 ) -> Result<(), CudaError> {
     if d > MAX_BITS {
         return Err(CudaError::Driver(format!("head_bitwise_ce: d = {d} > {MAX_BITS} bits is not supported")));
@@ -83,6 +88,9 @@ pub fn head_bitwise_ce_device(
         (Some(g), Some(dh)) => [g.addr_mut(s), dh.addr_mut(s)],
         _ => [0, 0],
     };
+    if math == Math::Bf16 && [8, 16, 32, 64].contains(&d) && c % 64 == 0 && h.addr(s).is_multiple_of(16) {
+        return head_bf16(dev, (h, w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
+    }
     let i = |v: usize| Arg::I32(v as i32);
     let args = [
         Arg::Ptr(h.addr(s)),
@@ -104,6 +112,58 @@ pub fn head_bitwise_ce_device(
 }
 
 /// Host results: per-token loss and correct bits, and with `grad` `(dh, dW, db)`.
+/// head_ce_bf16.cu: W in bf16 (both orientations), then 32 tokens per block of 128 threads.
+fn head_bf16(
+    dev: &Device,
+    (h, w, b, labels, weights): (&dyn Buf, &dyn Buf, &dyn Buf, &CudaSlice<u8>, &dyn Buf),
+    label_smoothing: f32,
+    (n, c, d): (usize, usize, usize),
+    [dlogits, dh]: [u64; 2],
+    out: &mut HeadCeDevice,
+) -> Result<(), CudaError> {
+    let (s, td) = (&dev.stream, 2 * d);
+    // SAFETY: head_weight_bf16 writes every element of both before the head kernel reads them.
+    let (mut w16, mut w16t) = unsafe { (s.alloc::<u16>(td * c)?, s.alloc::<u16>(td * c)?) };
+    let args = [
+        Arg::Ptr(w.addr(s)),
+        Arg::Ptr(w16.device_ptr_mut(s).0),
+        Arg::Ptr(w16t.device_ptr_mut(s).0),
+        Arg::int(td),
+        Arg::int(c),
+    ];
+    // SAFETY: head_weight_bf16(w [2d, C], w16 [2d, C], w16t [C, 2d], 2d, C).
+    unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c), &args) }?;
+    let name = format!("head_bitwise_ce_bf16_td{td}");
+    let bytes = 4 * 32 * (td + 4) * 4 + 32 * (td + 8) * 2;
+    let f = dev.function("head_ce_bf16.cu", &name)?;
+    if bytes > 48 * 1024 {
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(32) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: bytes as u32,
+    };
+    let args = [
+        Arg::Ptr(h.addr(s)),
+        Arg::Ptr(w16.device_ptr(s).0),
+        Arg::Ptr(w16t.device_ptr(s).0),
+        Arg::Ptr(b.addr(s)),
+        Arg::Ptr(labels.device_ptr(s).0),
+        Arg::Ptr(weights.addr(s)),
+        Arg::F32(label_smoothing),
+        Arg::int(n),
+        Arg::int(c),
+        Arg::Ptr(out.token_loss.addr_mut(s)),
+        Arg::Ptr(out.correct.device_ptr_mut(s).0),
+        Arg::Ptr(dlogits),
+        Arg::Ptr(dh),
+    ];
+    // SAFETY: argument list as declared in head_ce_bf16.cu; sizes checked by the caller, C a multiple
+    // of 64 and h 16-byte aligned (its float2 loads).
+    unsafe { dev.launch("head_ce_bf16.cu", &name, cfg, &args) }
+}
+
 pub struct HeadCeOut {
     pub token_loss: Vec<f32>,
     pub correct_bits: Vec<u32>,
@@ -123,6 +183,7 @@ pub fn head_bitwise_ce(
     label_smoothing: f32,
     d: usize,
     grad: bool,
+    math: Math,
 ) -> Result<HeadCeOut, CudaError> {
     let (n, c) = (weights.len(), w.len() / (2 * d).max(1));
     assert!(h.len() == n * c && w.len() == 2 * d * c, "head_bitwise_ce: h [N, C] and w [2d, C]");
@@ -130,7 +191,7 @@ pub fn head_bitwise_ce(
     let (hd, wd, bd) = (s.clone_htod(h)?, s.clone_htod(w)?, s.clone_htod(b)?);
     let (yd, wtd) = (s.clone_htod(labels)?, s.clone_htod(weights)?);
     let mut out = HeadCeDevice::new(dev, (n, c, d), grad)?;
-    head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out)?;
+    head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out, math)?;
     let grads = match (&out.dlogits, &out.dh) {
         (Some(g), Some(dh)) => {
             let gemm = Gemm::new(dev, false)?;

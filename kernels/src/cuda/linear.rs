@@ -36,16 +36,25 @@ impl Gemm {
     }
 }
 
-/// A bf16 copy of `x` (uninitialised storage, every element written by `to_bf16`).
-fn bf16_copy(dev: &Device, x: &dyn Buf) -> Result<CudaSlice<u16>, CudaError> {
-    let n = x.count();
-    // SAFETY: to_bf16 writes all n elements before anything reads them (same stream).
-    let mut y = unsafe { dev.stream.alloc::<u16>(n.max(1)) }?;
-    let s = &dev.stream;
+/// `x` rounded to bf16 into `y` (`x.count()` values).
+pub fn to_bf16_dev(dev: &Device, x: &dyn Buf, y: &mut CudaSlice<u16>) -> Result<(), CudaError> {
+    let (n, s) = (x.count(), &dev.stream);
+    assert!(y.len() >= n, "to_bf16: y holds fewer values than x");
     let args = [Arg::Ptr(x.addr(s)), Arg::Ptr(y.device_ptr_mut(s).0), Arg::I64(n as i64)];
-    // SAFETY: to_bf16(x, y, n).
-    unsafe { dev.launch("util.cu", "to_bf16", elementwise(n), &args) }?;
-    Ok(y)
+    // SAFETY: to_bf16(x, y, n); both hold n values. Four per thread (util.cu).
+    unsafe { dev.launch("util.cu", "to_bf16", elementwise(n.div_ceil(4)), &args) }
+}
+
+/// The bf16 values of `x`: its kept copy, or a fresh one (`None` then; the slice owns it).
+fn bf16_of(dev: &Device, x: &dyn Buf) -> Result<(u64, Option<CudaSlice<u16>>), CudaError> {
+    if let Some(p) = x.bf16_addr(&dev.stream) {
+        return Ok((p, None));
+    }
+    // SAFETY: to_bf16 writes all n elements before anything reads them (same stream).
+    let mut y = unsafe { dev.stream.alloc::<u16>(x.count().max(1)) }?;
+    to_bf16_dev(dev, x, &mut y)?;
+    let p = y.device_ptr_mut(&dev.stream).0;
+    Ok((p, Some(y)))
 }
 
 /// Column-major `C (m × n) = op(A)·op(B) + β·C` with f32 `C`; `A` and `B` in f32, or rounded to bf16
@@ -67,7 +76,7 @@ fn product(
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     if !gemm.bf16 {
         // SAFETY: callers check that the buffers hold the matrices the sizes describe.
-        return unsafe {
+        return dev.timed("cublas sgemm", || unsafe {
             cudarc::cublas::result::sgemm(
                 h,
                 ta,
@@ -84,13 +93,13 @@ fn product(
                 c.addr_mut(s) as *mut f32,
                 ldc as i32,
             )
-        }
-        .map_err(blas_err);
+            .map_err(blas_err)
+        });
     }
-    let (mut a16, mut b16) = (bf16_copy(dev, a)?, bf16_copy(dev, b)?);
-    let (pa, pb) = (a16.device_ptr_mut(s).0, b16.device_ptr_mut(s).0);
+    // the copies (when made here) live until the GEMM is queued; the pool frees them in stream order
+    let ((pa, _a16), (pb, _b16)) = (bf16_of(dev, a)?, bf16_of(dev, b)?);
     // SAFETY: the bf16 copies have the f32 buffers' shapes; C is f32 as declared.
-    unsafe {
+    dev.timed("cublas gemm bf16", || unsafe {
         cudarc::cublas::result::gemm_ex(
             h,
             ta,
@@ -112,8 +121,8 @@ fn product(
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
-    }
-    .map_err(blas_err)
+        .map_err(blas_err)
+    })
 }
 
 /// `y = x·Wᵀ (+ b)`, `y` written.

@@ -18,4 +18,17 @@ pub mod ops;
 pub mod util;
 
 pub use compile::{compile_ptx, CompileError, SOURCES};
+
+/// The arithmetic of the kernels that have a tensor-core variant (attention, the fused head + loss).
+///
+/// `F32`: CUDA cores, the CPU twin's arithmetic (within 1e-5 of the CPU). `Bf16`: tensor cores
+/// (`*_bf16.cu`): the inputs of each product are rounded to bf16 and accumulate in f32, as upstream
+/// under bf16 autocast; softmax statistics, losses, outputs and gradients stay f32. `Bf16` falls back to
+/// the f32 kernels where a shape, device or buffer alignment has no tensor-core kernel (each entry
+/// point says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Math {
+    F32,
+    Bf16,
+}
 pub use device::{CudaError, Device};

@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// On the GPU, bf16 matmul inputs with f32 accumulation (run.precision = "bf16").
     #[arg(long)]
     bf16: bool,
+    /// On the GPU, after the timed steps, one more step with the GPU time of every kernel recorded:
+    /// prints where the step's time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
@@ -110,6 +114,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 peak_tflops: a.peak_tflops,
                 recompute: a.recompute,
                 bf16: a.bf16,
+                profile: a.profile,
             };
             println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | MFU | peak MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");

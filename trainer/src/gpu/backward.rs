@@ -36,7 +36,7 @@ fn linear_bwd(
 ) -> Result<()> {
     let (dev, gemm) = (net.dev, net.gemm);
     if let Some(dx) = dx {
-        input_grad(gemm, dev, dy, &net.w(&format!("{prefix}.weight")), dx, (n, fin, fout))?;
+        net.with_weight(&format!("{prefix}.weight"), |w| Ok(input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?))?;
     }
     weight_grad(gemm, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
     if bias {
@@ -141,6 +141,7 @@ pub fn backward(
                 pdims,
                 (&mut dq, &mut dk, &mut dv),
                 &mut delta,
+                net.math(),
             )?;
             util::col_sum(dev, &dq, &mut g(net, grads, "text_proj_for_sos.ca.mat_q"), b, c)?;
             util::col_sum(dev, &dv, &mut g(net, grads, "text_proj_for_sos.ca.v_bias"), nt, c)?;
@@ -255,6 +256,7 @@ fn block_backward(
             dims,
             (&mut dq, &mut dk, &mut dv),
             &mut delta,
+            net.math(),
         )?;
         util::col_sum(dev, &dv, &mut g(net, grads, &name("ca.v_bias")), nt, c)?;
         let mut dckv = net.buf(nt * 2 * c)?;
@@ -305,6 +307,7 @@ fn block_backward(
         dims,
         (&mut dq, &mut dk, &mut dv),
         &mut delta,
+        net.math(),
     )?;
     rope_dev(dev, &mut dq, rope, (l, h), 0, true)?;
     rope_dev(dev, &mut dk, rope, (l, h), 0, true)?;

@@ -170,6 +170,7 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
         inp.label_smoothing,
         (n, c, d),
         &mut ce,
+        net.math(),
     )?;
     Ok(GpuActs { text, cond, cond_silu, shared_gss, head_ss, blocks, x_out: x, lnh: [mean, rstd], xhat_h, h_head, ce })
 }
@@ -208,7 +209,17 @@ fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, 
             util::add_row(dev, &zeros, &net.w("text_proj_for_sos.ca.mat_q"), &mut pool_q)?;
             let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
             let (mut pool_attn, mut pool_lse) = (net.buf(b * c)?, net.buf(b * hp)?);
-            attention_forward_dev(dev, &pool_q, &pool_k, &pool_v, &mut pool_attn, &mut pool_lse, pool, pdims)?;
+            attention_forward_dev(
+                dev,
+                &pool_q,
+                &pool_k,
+                &pool_v,
+                &mut pool_attn,
+                &mut pool_lse,
+                pool,
+                pdims,
+                net.math(),
+            )?;
             net.linear(&pool_attn, "text_proj_for_sos.ca.proj", true, &mut cond, (b, c, c))?;
             // cross-attention context
             let (mut t1, mut t1g, mut kv_ca) = (net.buf(nt * c)?, net.buf(nt * c)?, net.buf(nt * c)?);
@@ -266,7 +277,7 @@ pub(super) fn block_forward(
     rope_dev(dev, &mut k, rope, (l, h), 0, false)?;
     let (mut attn, mut lse) = (net.buf(n * c)?, net.buf(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
-    attention_forward_dev(dev, &q, &k, &v, &mut attn, &mut lse, &inp.sa, dims)?;
+    attention_forward_dev(dev, &q, &k, &v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
     let mut sa_out = net.buf(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
     let mut x_sa = net.buf(n * c)?;
@@ -290,7 +301,7 @@ pub(super) fn block_forward(
         util::take_part(dev, &ckv, Some(&w("ca.v_bias")), &mut ca_v, (nt, 2, 1, c))?;
         let (mut ca_attn, mut ca_lse) = (net.buf(n * c)?, net.buf(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
-        attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims)?;
+        attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims, net.math())?;
         let mut ca_out = net.buf(n * c)?;
         net.linear(&ca_attn, &name("ca.proj"), true, &mut ca_out, (n, c, c))?;
         util::add(dev, &mut x_ca, &ca_out)?;

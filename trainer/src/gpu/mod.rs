@@ -16,15 +16,17 @@ pub mod optim;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
 use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
+use infinity_kernels::cuda::device::WithBf16;
 use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
 use infinity_kernels::cuda::layers::DeviceRope;
-use infinity_kernels::cuda::linear::{linear_dev, Gemm};
+use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
 use infinity_kernels::cuda::Device;
+use infinity_kernels::cuda::Math;
 use infinity_kernels::rope::RopeTable;
 
 use crate::model::forward::scale_index;
@@ -39,9 +41,21 @@ pub struct Net<'a> {
     pub cfg: &'a ModelConfig,
     pub lay: &'a Layout,
     params: &'a CudaSlice<f32>,
+    /// The parameters rounded to bf16 (bf16 matmuls only), current for `params`.
+    params16: Option<&'a CudaSlice<u16>>,
 }
 
 impl<'a> Net<'a> {
+    /// The arithmetic of attention and the fused head: tensor cores with bf16 inputs when the matmuls
+    /// take bf16.
+    pub fn math(&self) -> Math {
+        if self.gemm.bf16 {
+            Math::Bf16
+        } else {
+            Math::F32
+        }
+    }
+
     /// Parameter `name` (a view into the flat buffer).
     pub fn w(&self, name: &str) -> CudaView<'a, f32> {
         self.params.slice(self.lay.range(name))
@@ -56,6 +70,19 @@ impl<'a> Net<'a> {
         Ok(self.dev.stream.clone_htod(&vec![1.0f32; n])?)
     }
 
+    /// Weight `name` as a GEMM operand: with its bf16 copy when the matmuls take bf16.
+    pub fn with_weight<R>(&self, name: &str, f: impl FnOnce(&dyn Buf) -> Result<R>) -> Result<R> {
+        let w = self.w(name);
+        match self.params16 {
+            Some(p16) => {
+                let r = self.lay.range(name);
+                let bf16 = p16.slice(r).device_ptr(&self.dev.stream).0;
+                f(&WithBf16 { values: &w, bf16 })
+            }
+            None => f(&w),
+        }
+    }
+
     /// `y = x·Wᵀ (+ b)` with the parameters `{prefix}.weight` (and `{prefix}.bias`).
     pub fn linear(
         &self,
@@ -65,20 +92,24 @@ impl<'a> Net<'a> {
         y: &mut dyn BufMut,
         dims: (usize, usize, usize),
     ) -> Result<()> {
-        let w = self.w(&format!("{prefix}.weight"));
         let b = bias.then(|| self.w(&format!("{prefix}.bias")));
-        linear_dev(self.dev, self.gemm, x, &w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?;
-        Ok(())
+        self.with_weight(&format!("{prefix}.weight"), |w| {
+            Ok(linear_dev(self.dev, self.gemm, x, w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?)
+        })
     }
 }
 
 /// The model's parameters and accumulated gradients on one GPU.
 pub struct GpuModel {
-    dev: Device,
+    pub dev: Device,
     gemm: Gemm,
     cfg: ModelConfig,
     lay: Layout,
     params: CudaSlice<f32>,
+    /// bf16 matmuls: the parameters rounded to bf16 once per change (rather than at every GEMM), and
+    /// whether `params` changed since (set by every write to `params`).
+    params16: Option<CudaSlice<u16>>,
+    params16_stale: bool,
     grads: CudaSlice<f32>,
     /// RoPE tables on the device by schedule, with the host table they were made from (two templates
     /// can share a schedule but not a frame).
@@ -105,6 +136,7 @@ impl GpuModel {
         let dev = Device::open(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
         let gemm = Gemm::new(&dev, bf16)?;
         let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
+        let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel)?) } else { None };
         let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;
         Ok(GpuModel {
             dev,
@@ -112,6 +144,8 @@ impl GpuModel {
             cfg: cfg.clone(),
             lay: lay.clone(),
             params,
+            params16,
+            params16_stale: true,
             grads,
             ropes: HashMap::new(),
             recompute: false,
@@ -126,6 +160,7 @@ impl GpuModel {
 
     pub fn upload_params(&mut self, p: &Params<f32>) -> Result<()> {
         self.dev.stream.memcpy_htod(&p.data, &mut self.params)?;
+        self.params16_stale = true;
         Ok(())
     }
 
@@ -180,8 +215,19 @@ impl GpuModel {
             let table = DeviceRope::new(&self.dev, inp.rope)?;
             self.ropes.insert(key.clone(), (inp.rope.clone(), table));
         }
+        if let (Some(p16), true) = (&mut self.params16, self.params16_stale) {
+            to_bf16_dev(&self.dev, &self.params, p16)?;
+            self.params16_stale = false;
+        }
         let rope = &self.ropes[&key].1;
-        let net = Net { dev: &self.dev, gemm: &self.gemm, cfg: &self.cfg, lay: &self.lay, params: &self.params };
+        let net = Net {
+            dev: &self.dev,
+            gemm: &self.gemm,
+            cfg: &self.cfg,
+            lay: &self.lay,
+            params: &self.params,
+            params16: self.params16.as_ref(),
+        };
         let acts = forward::forward(&net, &dinp, rope, grad, self.recompute)?;
         if grad {
             backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;

@@ -68,6 +68,7 @@ impl GpuModel {
         let o = self.optim.as_mut().expect("attach_optimizer first");
         let scalars = opt.next_step_scalars(lr);
         adamw_dev(&self.dev, &mut self.params, &self.grads, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+        self.params16_stale = true;
         Ok(())
     }
 

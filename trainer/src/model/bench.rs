@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use infinity_data::Catalog;
+use infinity_kernels::bsq::keyed_uniform;
 use infinity_kernels::gradcheck::noise;
 use infinity_kernels::rope::RopeTable;
 
@@ -33,6 +34,8 @@ pub struct BenchOptions {
     pub recompute: bool,
     /// GPU: bf16 matmul inputs.
     pub bf16: bool,
+    /// GPU: profile one extra step per kernel (appended to the output).
+    pub profile: bool,
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -67,7 +70,7 @@ pub fn run(o: &BenchOptions) -> Result<String> {
     let cfg = &o.config;
     cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
     let lay = Layout::new(cfg);
-    let p: Params<f32> = init_params(cfg, &lay, &InitConfig::default(), 0);
+    let p = bench_params(cfg, &lay);
     let sched = Catalog::upstream().schedule(&o.template, &o.budget)?;
     let scales = sched.hw();
     let l = sched.num_tokens();
@@ -89,7 +92,8 @@ pub fn run(o: &BenchOptions) -> Result<String> {
         token_weights: &w,
         label_smoothing: 0.0,
     };
-    let (secs, mem) = if o.cuda { time_cuda(o, cfg, &lay, &p, &inp)? } else { time_cpu(o, cfg, &lay, &p, &inp) };
+    let (secs, mem, profile) =
+        if o.cuda { time_cuda(o, cfg, &lay, &p, &inp)? } else { time_cpu(o, cfg, &lay, &p, &inp) };
     let tps = (b * l) as f64 / secs;
     let flops = train_flops_per_token(cfg, &scales, o.text_tokens);
     let threads = rayon_threads();
@@ -128,7 +132,29 @@ pub fn run(o: &BenchOptions) -> Result<String> {
         row(&mut out, who, ptps, &format!("{pmem:.0}"));
         let _ = writeln!(out, "\nrust / pytorch tokens/s: {:.2}×", tps / ptps);
     }
+    out.push_str(&profile.unwrap_or_default());
     Ok(out)
+}
+
+/// Parameters to time with: `init_params` up to 100 M parameters; above that, where its single stream
+/// of truncated normals takes minutes on the host, uniform noise in ±0.02 (norm weights too: the step's
+/// cost does not depend on the values), filled by every core.
+fn bench_params(cfg: &ModelConfig, lay: &Layout) -> Params<f32> {
+    if lay.numel < 100_000_000 {
+        return init_params(cfg, lay, &InitConfig::default(), 0);
+    }
+    let mut p = Params::zeros(lay);
+    let chunk = p.data.len().div_ceil(rayon_threads());
+    std::thread::scope(|s| {
+        for (i, part) in p.data.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                for (j, v) in part.iter_mut().enumerate() {
+                    *v = ((keyed_uniform(0xbe7c, i, j as u64) - 0.5) * 0.04) as f32;
+                }
+            });
+        }
+    });
+    p
 }
 
 /// Seconds per forward+backward on the CPU, and peak RSS.
@@ -138,7 +164,7 @@ fn time_cpu(
     lay: &Layout,
     p: &Params<f32>,
     inp: &ModelInput<f32>,
-) -> (f64, Option<f64>) {
+) -> (f64, Option<f64>, Option<String>) {
     let mut grads = Params::zeros(lay);
     let mut acts = Default::default();
     let mut step = |grads: &mut Params<f32>| {
@@ -152,11 +178,11 @@ fn time_cpu(
     for _ in 0..o.steps {
         std::hint::black_box(step(&mut grads));
     }
-    (t.elapsed().as_secs_f64() / o.steps as f64, peak_rss_mib())
+    (t.elapsed().as_secs_f64() / o.steps as f64, peak_rss_mib(), None)
 }
 
-/// Seconds per forward+backward on GPU 0 (each step ends with the loss on the host), and the device
-/// memory in use after the steps.
+/// Seconds per forward+backward on GPU 0 (each step ends with the loss on the host), the device
+/// memory in use after the steps, and with `o.profile` the GPU time per kernel of one more step.
 #[cfg(feature = "cuda")]
 fn time_cuda(
     o: &BenchOptions,
@@ -164,7 +190,7 @@ fn time_cuda(
     lay: &Layout,
     p: &Params<f32>,
     inp: &ModelInput<f32>,
-) -> Result<(f64, Option<f64>)> {
+) -> Result<(f64, Option<f64>, Option<String>)> {
     let mut m = crate::gpu::GpuModel::new(cfg, lay, 0, o.bf16)?;
     m.recompute = o.recompute;
     m.upload_params(p)?;
@@ -176,7 +202,29 @@ fn time_cuda(
     }
     let secs = t.elapsed().as_secs_f64() / o.steps as f64;
     let used = cudarc::driver::result::mem_get_info().ok().map(|(free, total)| (total - free) as f64 / 1048576.0);
-    Ok((secs, used))
+    let profile = match o.profile {
+        true => {
+            m.dev.start_profile();
+            m.step(inp, true)?;
+            Some(profile_table(&m.dev.profile_report()?, secs))
+        }
+        false => None,
+    };
+    Ok((secs, used, profile))
+}
+
+/// Where a step's GPU time goes: the kernels (and GEMM kinds) taking 0.5 % or more, largest first.
+#[cfg(feature = "cuda")]
+fn profile_table(times: &[infinity_kernels::cuda::device::KernelTime], step_secs: f64) -> String {
+    let total: f64 = times.iter().map(|t| t.ms).sum();
+    let mut out = format!(
+        "\nGPU time of one step: {total:.1} ms in kernels ({:.1} ms wall per timed step)\n| kernel | calls | ms | % |\n|---|---|---|---|\n",
+        step_secs * 1e3
+    );
+    for t in times.iter().filter(|t| t.ms >= 0.005 * total) {
+        let _ = writeln!(out, "| {} | {} | {:.2} | {:.1} |", t.name, t.calls, t.ms, 100.0 * t.ms / total);
+    }
+    out
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -186,7 +234,7 @@ fn time_cuda(
     _: &Layout,
     _: &Params<f32>,
     _: &ModelInput<f32>,
-) -> Result<(f64, Option<f64>)> {
+) -> Result<(f64, Option<f64>, Option<String>)> {
     anyhow::bail!("--device cuda needs a build with the `cuda` feature (cargo build --release --features cuda)")
 }
 

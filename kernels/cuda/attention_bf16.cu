@@ -1,0 +1,419 @@
+// Attention over segments on tensor cores: the `Math::Bf16` twin of attention.cu (same inputs,
+// outputs and row ranges), flash-attention-2 style. q, k, v (and dO, and the probabilities and dS
+// fed back into products) are rounded to bf16 for `mma.sync.m16n8k16` with f32 accumulation, as
+// upstream's flash attention under bf16 autocast; the softmax statistics (max, sum, lse, delta),
+// O and every gradient stay f32. No atomics: bitwise reproducible.
+//
+// Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C] in f32. Blocks
+// of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
+// tiles of the other side stream through shared memory as bf16, row-major [64][C + 8] or transposed
+// [C][64 + 8] where a product needs the other operand order (the pads keep fragment loads free of
+// bank conflicts). The f32 scores of two adjacent 8-key tiles are, packed in pairs, the A fragment of the next product
+// (mma.cuh's fragment layouts).
+#include "common.cuh"
+#include "mma.cuh"
+
+#define FULL 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+#define T64 64         // rows per block (4 warps × 16) and per streamed tile
+#define TP (T64 + 8)   // row stride of a transposed tile [C][TP]
+
+// The A fragment of keys (or queries) 16·kk … 16·kk + 15 from f32 accumulators of 8-wide tiles.
+__device__ __forceinline__ void pack_a(unsigned (&a)[4], const float (&s)[T64 / 8][4], int kk) {
+    a[0] = pack2(s[2 * kk][0], s[2 * kk][1]);
+    a[1] = pack2(s[2 * kk][2], s[2 * kk][3]);
+    a[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    a[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Rows [first, first + 64) of one head (row stride w, column offset hc) as bf16 into dst [64][C + 8];
+// rows at or beyond `end` become zeros.
+template <int C>
+__device__ __forceinline__ void load_rows(bf16* dst, const float* src, long first, long end, int w, int hc) {
+    constexpr int V4 = C / 4;
+    for (int i = threadIdx.x; i < T64 * V4; i += blockDim.x) {
+        const int r = i / V4, col = (i % V4) * 4;
+        const long gr = first + r;
+        const float4 x = gr < end ? *reinterpret_cast<const float4*>(src + gr * w + hc + col) : make_float4(0, 0, 0, 0);
+        unsigned* d = reinterpret_cast<unsigned*>(dst + r * (C + 8) + col);
+        d[0] = pack2(x.x, x.y);
+        d[1] = pack2(x.z, x.w);
+    }
+}
+
+// The same rows transposed: dst [C][64 + 8].
+template <int C>
+__device__ __forceinline__ void load_cols(bf16* dst, const float* src, long first, long end, int w, int hc) {
+    constexpr int V4 = C / 4;
+    for (int i = threadIdx.x; i < T64 * V4; i += blockDim.x) {
+        const int r = i % T64, col = (i / T64) * 4;  // consecutive threads: consecutive rows
+        const long gr = first + r;
+        const float4 x = gr < end ? *reinterpret_cast<const float4*>(src + gr * w + hc + col) : make_float4(0, 0, 0, 0);
+        dst[(col + 0) * TP + r] = to_bf16(x.x);
+        dst[(col + 1) * TP + r] = to_bf16(x.y);
+        dst[(col + 2) * TP + r] = to_bf16(x.z);
+        dst[(col + 3) * TP + r] = to_bf16(x.w);
+    }
+}
+
+// The union [lo, hi) of `ranges` (start, count) over rows [r0, r0 + 64) ∩ [0, n).
+__device__ __forceinline__ int2 union_range(const int* start, const int* count, int r0, int n) {
+    __shared__ int2 range;
+    if (threadIdx.x == 0) {
+        int lo = 0x7fffffff, hi = 0;
+        for (int r = r0; r < min(r0 + T64, n); ++r) {
+            if (count[r] == 0) continue;
+            lo = min(lo, start[r]);
+            hi = max(hi, start[r] + count[r]);
+        }
+        range = make_int2(lo, hi);
+    }
+    __syncthreads();
+    const int2 out = range;
+    return out;
+}
+
+// ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
+template <int C>
+__device__ __forceinline__ void forward(const float* __restrict__ q, const float* __restrict__ k,
+                                        const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse,
+                                        const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,
+                                        int heads, float scale) {
+    constexpr int CP = C + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
+    bf16* ks = qs + T64 * CP;                  // [64][CP]
+    bf16* vt = ks + T64 * CP;                  // [C][TP]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
+    const int2 span = union_range(k0, nk, r0, nq);
+    load_rows<C>(qs, q, r0, nq, w, hc);
+    __syncthreads();
+    unsigned qa[C / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) load_a(qa[kk], qs, CP, warp * 16, kk * 16);
+
+    const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
+    int lo[2], hi[2];
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        lo[h] = rows[h] < nq ? k0[rows[h]] : 0;
+        hi[h] = rows[h] < nq ? k0[rows[h]] + nk[rows[h]] : 0;
+    }
+    float acc[C / 8][4];
+#pragma unroll
+    for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    for (int t0 = span.x; t0 < span.y; t0 += T64) {
+        __syncthreads();  // the previous tile is consumed
+        load_rows<C>(ks, k, t0, min(span.y, nkeys), w, hc);
+        load_cols<C>(vt, v, t0, min(span.y, nkeys), w, hc);
+        __syncthreads();
+        const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
+        if (!__any_sync(FULL, mine)) continue;  // none of this warp's rows sees this tile
+
+        float s[T64 / 8][4];
+#pragma unroll
+        for (int j = 0; j < T64 / 8; ++j) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < C / 16; ++kk) {
+                unsigned b0, b1;
+                load_bt(b0, b1, ks, CP, j * 8, kk * 16);
+                mma(s[j], qa[kk], b0, b1);
+            }
+        }
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < T64 / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
+                s[j][e] = key >= lo[h] && key < hi[h] ? s[j][e] * scale : NEG_INF;
+                mx[h] = fmaxf(mx[h], s[j][e]);
+            }
+        float alpha[2], base[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 2));
+            const float m_new = fmaxf(m[h], mx[h]);
+            alpha[h] = m_new == NEG_INF ? 1.0f : expf(m[h] - m_new);
+            base[h] = m_new == NEG_INF ? 0.0f : m_new;
+            m[h] = m_new;
+            l[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int j = 0; j < T64 / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[j][e] = expf(s[j][e] - base[e >> 1]);  // masked: exp(−∞) = 0
+                l[e >> 1] += s[j][e];
+            }
+#pragma unroll
+        for (int n = 0; n < C / 8; ++n) {
+            acc[n][0] *= alpha[0];
+            acc[n][1] *= alpha[0];
+            acc[n][2] *= alpha[1];
+            acc[n][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < T64 / 16; ++kk) {
+            unsigned pa[4];
+            pack_a(pa, s, kk);
+#pragma unroll
+            for (int n = 0; n < C / 8; ++n) {
+                unsigned b0, b1;
+                load_bt(b0, b1, vt, TP, n * 8, kk * 16);
+                mma(acc[n], pa, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(FULL, l[h], 1);
+        l[h] += __shfl_xor_sync(FULL, l[h], 2);
+        if (rows[h] >= nq) continue;
+        const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+#pragma unroll
+        for (int n = 0; n < C / 8; ++n)
+            *reinterpret_cast<float2*>(o + (long)rows[h] * w + hc + n * 8 + 2 * t) =
+                make_float2(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+        if (t == 0) lse[(long)rows[h] * heads + blockIdx.y] = l[h] > 0.0f ? m[h] + logf(l[h]) : NEG_INF;
+    }
+}
+
+// ---- backward, part 1: dq and delta = Σ dO·O per (row, head), both written; the forward's grid ----
+template <int C>
+__device__ __forceinline__ void backward_dq(const float* __restrict__ q, const float* __restrict__ k,
+                                            const float* __restrict__ v, const float* __restrict__ o,
+                                            const float* __restrict__ d_o, const float* __restrict__ lse,
+                                            const int* __restrict__ k0, const int* __restrict__ nk,
+                                            float* __restrict__ dq, float* __restrict__ delta, int nq, int nkeys,
+                                            int heads, float scale) {
+    constexpr int CP = C + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
+    bf16* dos = qs + T64 * CP;                 // [64][CP]
+    bf16* ks = dos + T64 * CP;                 // [64][CP]
+    bf16* vs = ks + T64 * CP;                  // [64][CP]
+    bf16* kt = vs + T64 * CP;                  // [C][TP]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
+    const int2 span = union_range(k0, nk, r0, nq);
+    load_rows<C>(qs, q, r0, nq, w, hc);
+    load_rows<C>(dos, d_o, r0, nq, w, hc);
+
+    const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
+    int lo[2], hi[2];
+    float lr[2], dl[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = rows[h];
+        float part = 0.0f;  // this lane's columns n·8 + 2t, + 1 of dO·O, in f32
+        if (r < nq)
+#pragma unroll
+            for (int n = 0; n < C / 8; ++n) {
+                const float2 a = *reinterpret_cast<const float2*>(d_o + (long)r * w + hc + n * 8 + 2 * t);
+                const float2 b = *reinterpret_cast<const float2*>(o + (long)r * w + hc + n * 8 + 2 * t);
+                part = fmaf(a.x, b.x, fmaf(a.y, b.y, part));
+            }
+        part += __shfl_xor_sync(FULL, part, 1);
+        part += __shfl_xor_sync(FULL, part, 2);
+        dl[h] = part;
+        if (r < nq && t == 0) delta[(long)r * heads + blockIdx.y] = part;
+        lr[h] = r < nq ? lse[(long)r * heads + blockIdx.y] : 0.0f;
+        lo[h] = r < nq ? k0[r] : 0;
+        hi[h] = r < nq ? k0[r] + nk[r] : 0;
+    }
+    float acc[C / 8][4];
+#pragma unroll
+    for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    for (int t0 = span.x; t0 < span.y; t0 += T64) {
+        __syncthreads();
+        const int end = min(span.y, nkeys);
+        load_rows<C>(ks, k, t0, end, w, hc);
+        load_rows<C>(vs, v, t0, end, w, hc);
+        load_cols<C>(kt, k, t0, end, w, hc);
+        __syncthreads();
+        const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
+        if (!__any_sync(FULL, mine)) continue;
+
+        float p[T64 / 8][4], dp[T64 / 8][4];
+#pragma unroll
+        for (int j = 0; j < T64 / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < C / 16; ++kk) {
+                unsigned a[4], b0, b1;
+                load_a(a, qs, CP, warp * 16, kk * 16);
+                load_bt(b0, b1, ks, CP, j * 8, kk * 16);
+                mma(p[j], a, b0, b1);
+                load_a(a, dos, CP, warp * 16, kk * 16);
+                load_bt(b0, b1, vs, CP, j * 8, kk * 16);
+                mma(dp[j], a, b0, b1);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
+                const float pr = key >= lo[h] && key < hi[h] ? expf(p[j][e] * scale - lr[h]) : 0.0f;
+                p[j][e] = pr * (dp[j][e] - dl[h]) * scale;  // dS
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < T64 / 16; ++kk) {
+            unsigned a[4];
+            pack_a(a, p, kk);
+#pragma unroll
+            for (int n = 0; n < C / 8; ++n) {
+                unsigned b0, b1;
+                load_bt(b0, b1, kt, TP, n * 8, kk * 16);
+                mma(acc[n], a, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (rows[h] >= nq) continue;
+#pragma unroll
+        for (int n = 0; n < C / 8; ++n)
+            *reinterpret_cast<float2*>(dq + (long)rows[h] * w + hc + n * 8 + 2 * t) =
+                make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    }
+}
+
+// ---- backward, part 2: dk, dv (written). Grid (ceil(Nk / 64), H); a warp owns 16 keys and keeps
+// their dk, dv accumulators in registers; query tiles stream through shared memory. ----
+template <int C>
+__device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const float* __restrict__ k,
+                                              const float* __restrict__ v, const float* __restrict__ d_o,
+                                              const float* __restrict__ lse, const float* __restrict__ delta,
+                                              const int* __restrict__ k0, const int* __restrict__ nk,
+                                              const int* __restrict__ q0, const int* __restrict__ nqk,
+                                              float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys,
+                                              int heads, float scale) {
+    constexpr int CP = C + 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    float* lse_s = reinterpret_cast<float*>(smem);      // [64] per query of the tile
+    float* delta_s = lse_s + T64;                       // [64]
+    int* lo_s = reinterpret_cast<int*>(delta_s + T64);  // [64] first key the query sees
+    int* hi_s = lo_s + T64;                             // [64] one past its last key
+    bf16* ks = reinterpret_cast<bf16*>(hi_s + T64);     // [64][CP]
+    bf16* vs = ks + T64 * CP;                           // [64][CP]
+    bf16* qs = vs + T64 * CP;                           // [64][CP]
+    bf16* dos = qs + T64 * CP;                          // [64][CP]
+    bf16* qt = dos + T64 * CP;                          // [C][TP]
+    bf16* dot = qt + C * TP;                            // [C][TP]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * T64;
+    const int2 span = union_range(q0, nqk, j0, nkeys);
+    load_rows<C>(ks, k, j0, nkeys, w, hc);
+    load_rows<C>(vs, v, j0, nkeys, w, hc);
+    const int keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};  // this lane's key rows
+    float gk[C / 8][4], gv[C / 8][4];
+#pragma unroll
+    for (int n = 0; n < C / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) gk[n][e] = gv[n][e] = 0.0f;
+
+    for (int i0 = span.x; i0 < span.y; i0 += T64) {
+        __syncthreads();
+        const int end = min(span.y, nq);
+        load_rows<C>(qs, q, i0, end, w, hc);
+        load_rows<C>(dos, d_o, i0, end, w, hc);
+        load_cols<C>(qt, q, i0, end, w, hc);
+        load_cols<C>(dot, d_o, i0, end, w, hc);
+        for (int i = threadIdx.x; i < T64; i += blockDim.x) {
+            const int r = i0 + i;
+            const bool ok = r < end;
+            lse_s[i] = ok ? lse[(long)r * heads + blockIdx.y] : 0.0f;
+            delta_s[i] = ok ? delta[(long)r * heads + blockIdx.y] : 0.0f;
+            lo_s[i] = ok ? k0[r] : 0;
+            hi_s[i] = ok ? k0[r] + nk[r] : 0;
+        }
+        __syncthreads();
+
+        float p[T64 / 8][4], dp[T64 / 8][4];  // Pᵀ, then dSᵀ: [this warp's keys][the tile's queries]
+        bool any = false;
+#pragma unroll
+        for (int j = 0; j < T64 / 8; ++j) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < C / 16; ++kk) {
+                unsigned a[4], b0, b1;
+                load_a(a, ks, CP, warp * 16, kk * 16);
+                load_bt(b0, b1, qs, CP, j * 8, kk * 16);
+                mma(p[j], a, b0, b1);
+                load_a(a, vs, CP, warp * 16, kk * 16);
+                load_bt(b0, b1, dos, CP, j * 8, kk * 16);
+                mma(dp[j], a, b0, b1);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
+                const bool valid = key < nkeys && key >= lo_s[qi] && key < hi_s[qi];
+                any |= valid;
+                const float pr = valid ? expf(p[j][e] * scale - lse_s[qi]) : 0.0f;
+                p[j][e] = pr;
+                dp[j][e] = pr * (dp[j][e] - delta_s[qi]) * scale;
+            }
+        }
+        if (!__any_sync(FULL, any)) continue;
+#pragma unroll
+        for (int kk = 0; kk < T64 / 16; ++kk) {
+            unsigned pa[4], da[4];
+            pack_a(pa, p, kk);
+            pack_a(da, dp, kk);
+#pragma unroll
+            for (int n = 0; n < C / 8; ++n) {
+                unsigned b0, b1;
+                load_bt(b0, b1, dot, TP, n * 8, kk * 16);
+                mma(gv[n], pa, b0, b1);
+                load_bt(b0, b1, qt, TP, n * 8, kk * 16);
+                mma(gk[n], da, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (keys[h] >= nkeys) continue;
+#pragma unroll
+        for (int n = 0; n < C / 8; ++n) {
+            const long out = (long)keys[h] * w + hc + n * 8 + 2 * t;
+            *reinterpret_cast<float2*>(dk + out) = make_float2(gk[n][2 * h], gk[n][2 * h + 1]);
+            *reinterpret_cast<float2*>(dv + out) = make_float2(gv[n][2 * h], gv[n][2 * h + 1]);
+        }
+    }
+}
+
+// ---- entry points: attention_{forward,backward_dq,backward_dkdv}_bf16_c{32,64,128} ----
+#define ENTRY_POINTS(C)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_forward_bf16_c##C(                              \
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o, \
+        float* __restrict__ lse, const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,      \
+        int heads, int c, float scale) {                                                                         \
+        forward<C>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, scale);                                            \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_c##C(                          \
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,                    \
+        const float* __restrict__ o, const float* __restrict__ d_o, const float* __restrict__ lse,               \
+        const int* __restrict__ k0, const int* __restrict__ nk, float* __restrict__ dq, float* __restrict__ delta, \
+        int nq, int nkeys, int heads, int c, float scale) {                                                      \
+        backward_dq<C>(q, k, v, o, d_o, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                        \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_c##C(                        \
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,                    \
+        const float* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,           \
+        const int* __restrict__ k0, const int* __restrict__ nk, const int* __restrict__ q0,                      \
+        const int* __restrict__ nqk, float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, \
+        int c, float scale) {                                                                                    \
+        backward_dkdv<C>(q, k, v, d_o, lse, delta, k0, nk, q0, nqk, dk, dv, nq, nkeys, heads, scale);            \
+    }
+
+ENTRY_POINTS(32)
+ENTRY_POINTS(64)
+ENTRY_POINTS(128)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build every GPU test, the CUDA kernel benchmark and the CLI with the `cuda` feature, and pack the
+# executables for a GPU machine that has CUDA but no Rust toolchain (the lent device machine has no
+# cargo and no registry). scripts/gpu-check.sh runs from the pack when it finds one.
+#
+#   bash scripts/gpu-pack.sh            # -> target/gpu-pack/pack.tar.xz (+ manifest inside)
+#   bash scripts/gpu-pack.sh --no-pack  # build and write target/gpu-pack/manifest only (cargo present)
+#
+# The manifest has one line per executable: kind name package-dir path. Test binaries find their
+# fixtures through paths baked in at build time (CARGO_MANIFEST_DIR = this checkout), so the pack
+# records this checkout's path; gpu-check.sh links it to wherever the copy lands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+out=target/gpu-pack
+rm -rf "$out"
+mkdir -p "$out/bin"
+
+tests=(--test cuda_twins --test cuda_compile --test gpu_model --test nccl --test distributed)
+cargo test -p infinity-trainer -p infinity-kernels -p infinity-launcher \
+    --features infinity-trainer/cuda,infinity-kernels/cuda,infinity-launcher/cuda \
+    "${tests[@]}" --bench cuda_kernels --bin infinity --no-run --message-format=json 2>"$out/build.log" \
+    | python3 -c '
+import json, os, sys
+root = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    t = m["target"]
+    kind = "bin" if t["kind"] == ["bin"] and not m["profile"]["test"] else t["kind"][0]
+    if kind == "bin" and m["profile"]["test"]:
+        continue  # the CLI unit tests run in CI
+    pkg = os.path.relpath(os.path.dirname(m["manifest_path"]), root)
+    print(kind, t["name"], pkg, os.path.relpath(m["executable"], root))
+' "$root" >"$out/manifest.built" || { tail -30 "$out/build.log"; echo "gpu-pack: the build failed"; exit 1; }
+
+if [ "${1:-}" = "--no-pack" ]; then
+    mv "$out/manifest.built" "$out/manifest"
+    echo "root $root" >>"$out/manifest"
+    exit 0
+fi
+
+# packed: binaries stripped of debug info, placed under bin/, paths rewritten
+while read -r kind name pkg exe; do
+    objcopy --strip-debug "$exe" "$out/bin/$name"
+    echo "$kind $name $pkg target/gpu-pack/bin/$name"
+done <"$out/manifest.built" >"$out/manifest"
+rm "$out/manifest.built"
+echo "root $root" >>"$out/manifest"
+tar -C target -cJf target/gpu-pack.tar.xz gpu-pack
+rm -rf "$out"
+mkdir -p "$out" && mv target/gpu-pack.tar.xz "$out/pack.tar.xz"
+ls -l "$out/pack.tar.xz"
