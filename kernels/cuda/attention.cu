@@ -13,9 +13,7 @@
 //
 // Also here: the cosine-attention normalisation of q and k per head (twin of normalize_heads_*).
 #include "common.cuh"
-
-#define FULL 0xffffffffu
-#define NEG_INF __int_as_float(0xff800000)
+#include "attention.cuh"
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
@@ -45,22 +43,6 @@ __device__ __forceinline__ void load_rows(float* dst, const float* src, long fir
     }
 }
 
-// The union [lo, hi) of `ranges` (start, count) over rows [r0, r0 + rows) ∩ [0, n).
-__device__ __forceinline__ int2 union_range(const int* start, const int* count, int r0, int rows, int n) {
-    __shared__ int2 range;
-    if (threadIdx.x == 0) {
-        int lo = 0x7fffffff, hi = 0;
-        for (int r = r0; r < min(r0 + rows, n); ++r) {
-            if (count[r] == 0) continue;
-            lo = min(lo, start[r]);
-            hi = max(hi, start[r] + count[r]);
-        }
-        range = make_int2(lo, hi);
-    }
-    __syncthreads();
-    const int2 out = range;
-    return out;
-}
 
 // ---- forward: grid (ceil(Nq / FQ), H), 128 threads; warp w owns query rows w·RPW … (w+1)·RPW − 1 ----
 #define FK 32

@@ -11,10 +11,9 @@
 // bank conflicts). The f32 scores of two adjacent 8-key tiles are, packed in pairs, the A fragment of the next product
 // (mma.cuh's fragment layouts).
 #include "common.cuh"
+#include "attention.cuh"
 #include "mma.cuh"
 
-#define FULL 0xffffffffu
-#define NEG_INF __int_as_float(0xff800000)
 #define T64 64         // rows per block (4 warps × 16) and per streamed tile
 #define TP (T64 + 8)   // row stride of a transposed tile [C][TP]
 
@@ -56,22 +55,6 @@ __device__ __forceinline__ void load_cols(bf16* dst, const float* src, long firs
     }
 }
 
-// The union [lo, hi) of `ranges` (start, count) over rows [r0, r0 + 64) ∩ [0, n).
-__device__ __forceinline__ int2 union_range(const int* start, const int* count, int r0, int n) {
-    __shared__ int2 range;
-    if (threadIdx.x == 0) {
-        int lo = 0x7fffffff, hi = 0;
-        for (int r = r0; r < min(r0 + T64, n); ++r) {
-            if (count[r] == 0) continue;
-            lo = min(lo, start[r]);
-            hi = max(hi, start[r] + count[r]);
-        }
-        range = make_int2(lo, hi);
-    }
-    __syncthreads();
-    const int2 out = range;
-    return out;
-}
 
 // ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
 template <int C>
@@ -86,7 +69,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
     bf16* vt = ks + T64 * CP;                  // [C][TP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
-    const int2 span = union_range(k0, nk, r0, nq);
+    const int2 span = union_range(k0, nk, r0, T64, nq);
     load_rows<C>(qs, q, r0, nq, w, hc);
     __syncthreads();
     unsigned qa[C / 16][4];
@@ -201,7 +184,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
     bf16* kt = vs + T64 * CP;                  // [C][TP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
-    const int2 span = union_range(k0, nk, r0, nq);
+    const int2 span = union_range(k0, nk, r0, T64, nq);
     load_rows<C>(qs, q, r0, nq, w, hc);
     load_rows<C>(dos, d_o, r0, nq, w, hc);
 
@@ -309,7 +292,7 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
     bf16* dot = qt + C * TP;                            // [C][TP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * T64;
-    const int2 span = union_range(q0, nqk, j0, nkeys);
+    const int2 span = union_range(q0, nqk, j0, T64, nkeys);
     load_rows<C>(ks, k, j0, nkeys, w, hc);
     load_rows<C>(vs, v, j0, nkeys, w, hc);
     const int keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};  // this lane's key rows

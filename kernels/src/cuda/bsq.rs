@@ -6,9 +6,9 @@
 //! Dims: `B` samples, `d` bits, `(H, W)` the last scale, `L` tokens of the schedule, `n0` tokens of the
 //! first scale.
 
-use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::device::{elementwise, CudaError, Device};
+use super::device::{elementwise, Arg, CudaError, Device};
 use crate::bsq::num_tokens;
 
 /// Device outputs of [`self_correct_batch`], allocated once and overwritten by every call.
@@ -69,61 +69,42 @@ pub fn self_correct_batch(
     );
     let s = &dev.stream;
     s.memset_zeros(&mut scratch.sum)?;
-    let (quant, up, tokens) = (
-        dev.function("bsq.cu", "quantize_keyed_f32")?,
-        dev.function("bsq.cu", "bilinear_resize_f32")?,
-        dev.function("bsq.cu", "to_tokens_f32")?,
-    );
     let kmax_all = (100.0 * p_max).round() as i32;
-    let i = |v: usize| v as i32;
+    let i = Arg::int;
     let (bi, di, hi, wi, bd) = (i(b), i(d), i(hh), i(ww), i(b * d));
-    let (li, lx, one) = (i(l), i(l - n0), 1i32);
+    let (li, lx) = (i(l), i(l - n0));
     let mut tok0 = 0usize;
     for (si, &(h, w)) in scales.iter().enumerate() {
         let n = h * w;
-        let (h32, w32, n32, s32, t32) = (i(h), i(w), i(n), i(si), i(tok0));
-        let kmax = if si < apply_layers { kmax_all } else { 0 };
+        let (hs, ws) = (i(h), i(w));
+        let kmax = Arg::I32(if si < apply_layers { kmax_all } else { 0 });
         // a thread, a warp or a block per output value, by the size of its window
-        let window = hh.div_ceil(h) * ww.div_ceil(w);
-        let (name, cfg) = match window {
+        let (name, cfg) = match hh.div_ceil(h) * ww.div_ceil(w) {
             0..16 => ("residual_area_f32", elementwise(b * d * n)),
             16..1024 => ("residual_area_warp_f32", elementwise(32 * b * d * n)),
             _ => ("residual_area_block_f32", per_block(b * d * n)),
         };
-        let area = dev.function("bsq.cu", name)?;
-        let mut a = s.launch_builder(&area);
-        a.arg(latent).arg(&scratch.sum).arg(&mut scratch.r).arg(&bd).arg(&hi).arg(&wi).arg(&h32).arg(&w32);
+        let args = [dev.arg(latent), dev.arg(&scratch.sum), dev.arg_mut(&mut scratch.r), bd, hi, wi, hs, ws];
         // SAFETY: residual_area_*(f, sum, r, bd, H, W, h, w); r holds B·d·h·w ≤ B·d·H·W values.
-        unsafe { launch(dev, name, a, cfg) }?;
-        let mut q = s.launch_builder(&quant);
-        q.arg(&scratch.r).arg(keys).arg(&s32).arg(&kmax).arg(&mut out.gt_bits).arg(&li).arg(&t32);
-        q.arg(&mut scratch.q).arg(&bi).arg(&di).arg(&n32);
-        // SAFETY: quantize_keyed_f32 as declared; gt is [B, L, d] and tok0 + n ≤ L.
-        unsafe { launch(dev, "quantize_keyed_f32", q, elementwise(b * d * n)) }?;
-        let mut u = s.launch_builder(&up);
-        u.arg(&scratch.q).arg(&mut scratch.sum).arg(&bd).arg(&h32).arg(&w32).arg(&hi).arg(&wi).arg(&one);
+        unsafe { dev.launch("bsq.cu", name, cfg, &args) }?;
+        let (keys, gt) = (Arg::Ptr(keys.device_ptr(s).0), Arg::Ptr(out.gt_bits.device_ptr_mut(s).0));
+        let args = [dev.arg(&scratch.r), keys, i(si), kmax, gt, li, i(tok0), dev.arg_mut(&mut scratch.q), bi, di, i(n)];
+        // SAFETY: quantize_keyed_f32(r, keys, scale, kmax, gt, l, tok0, q, b, d, n); gt is [B, L, d] and
+        // tok0 + n ≤ L.
+        unsafe { dev.launch("bsq.cu", "quantize_keyed_f32", elementwise(b * d * n), &args) }?;
+        let args = [dev.arg(&scratch.q), dev.arg_mut(&mut scratch.sum), bd, hs, ws, hi, wi, Arg::I32(1)];
         // SAFETY: bilinear_resize_f32(src, dst, bc, sh, sw, dh, dw, accumulate) into the [B·d, H, W] sum.
-        unsafe { launch(dev, "bilinear_resize_f32", u, elementwise(full)) }?;
+        unsafe { dev.launch("bsq.cu", "bilinear_resize_f32", elementwise(full), &args) }?;
         if let Some(&(nh, nw)) = scales.get(si + 1) {
-            let (nh32, nw32, x0) = (i(nh), i(nw), i(tok0 + n - n0));
-            let mut t = s.launch_builder(&tokens);
-            t.arg(&scratch.sum).arg(&mut out.x_wo_prefix).arg(&bi).arg(&di).arg(&hi).arg(&wi);
-            t.arg(&nh32).arg(&nw32).arg(&lx).arg(&x0);
-            // SAFETY: to_tokens_f32 as declared; x is [B, L − n0, d] and the scale's tokens fit.
-            unsafe { launch(dev, "to_tokens_f32", t, elementwise(b * nh * nw * d)) }?;
+            let x = dev.arg_mut(&mut out.x_wo_prefix);
+            let args = [dev.arg(&scratch.sum), x, bi, di, hi, wi, i(nh), i(nw), lx, i(tok0 + n - n0)];
+            // SAFETY: to_tokens_f32(sum, x, b, d, H, W, h, w, lx, tok0); x is [B, L − n0, d] and the
+            // scale's tokens fit.
+            unsafe { dev.launch("bsq.cu", "to_tokens_f32", elementwise(b * nh * nw * d), &args) }?;
         }
         tok0 += n;
     }
     Ok(())
-}
-
-/// Launch a built call (timed under `name` while profiling).
-///
-/// # Safety
-/// `call` must carry the kernel's argument list, for buffers large enough for `cfg`.
-unsafe fn launch(dev: &Device, name: &str, mut call: LaunchArgs, cfg: LaunchConfig) -> Result<(), CudaError> {
-    // SAFETY: the caller's contract.
-    dev.timed(name, || unsafe { call.launch(cfg) }.map(|_| ()).map_err(CudaError::from))
 }
 
 /// One 256-thread block per item (grid-stride beyond 65 535 blocks).

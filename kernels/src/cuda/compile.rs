@@ -24,8 +24,11 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Headers the sources include by name.
-const HEADERS: &[(&str, &str)] =
-    &[("common.cuh", include_str!("../../cuda/common.cuh")), ("mma.cuh", include_str!("../../cuda/mma.cuh"))];
+const HEADERS: &[(&str, &str)] = &[
+    ("attention.cuh", include_str!("../../cuda/attention.cuh")),
+    ("common.cuh", include_str!("../../cuda/common.cuh")),
+    ("mma.cuh", include_str!("../../cuda/mma.cuh")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
