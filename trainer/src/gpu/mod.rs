@@ -21,12 +21,10 @@ use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
-use infinity_kernels::cuda::device::WithBf16;
-use infinity_kernels::cuda::device::{device_present, Buf, BufMut};
+use infinity_kernels::cuda::device::{device_present, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
-use infinity_kernels::cuda::Device;
-use infinity_kernels::cuda::Math;
+use infinity_kernels::cuda::{Device, Math};
 use infinity_kernels::rope::RopeTable;
 
 use crate::model::forward::scale_index;
@@ -101,7 +99,7 @@ impl<'a> Net<'a> {
 
 /// The model's parameters and accumulated gradients on one GPU.
 pub struct GpuModel {
-    pub dev: Device,
+    dev: Device,
     gemm: Gemm,
     cfg: ModelConfig,
     lay: Layout,
@@ -151,6 +149,11 @@ impl GpuModel {
             recompute: false,
             optim: None,
         })
+    }
+
+    /// The device (its stream, kernels and profiler).
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     /// The device's name for logs (`compute_XY`).

@@ -204,9 +204,9 @@ fn time_cuda(
     let used = cudarc::driver::result::mem_get_info().ok().map(|(free, total)| (total - free) as f64 / 1048576.0);
     let profile = match o.profile {
         true => {
-            m.dev.start_profile();
+            m.device().start_profile();
             m.step(inp, true)?;
-            Some(profile_table(&m.dev.profile_report()?, secs))
+            Some(profile_table(&m.device().profile_report()?, secs))
         }
         false => None,
     };
