@@ -52,7 +52,8 @@ fn launch_config(n: usize, d: usize) -> LaunchConfig {
 }
 
 /// Loss (and `dlogits`, `dh` when `out` has them) of `h [N, C]` through the head `w [2d, C]`, `b [2d]`.
-/// Every element of `out` is written.
+/// Every element of `out` is written. `Math::Bf16` runs head_ce_bf16.cu where it applies (d of 8, 16, 32
+/// or 64, C a multiple of 64, h 16-byte aligned), head_ce.cu otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn head_bitwise_ce_device(
     dev: &Device,
