@@ -25,6 +25,46 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[4], const float (&s)[T64 / 
     a[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
+// The backward's two score products for 8 columns (rows j·8 … j·8 + 7 of the streamed tiles) of this
+// warp's 16 rows: p = x1·y1ᵀ and dp = x2·y2ᵀ, C deep, all tiles bf16 [64][C + 8] (S and dP for dq; Sᵀ
+// and dPᵀ for dk, dv).
+template <int C>
+__device__ __forceinline__ void score_pair(float (&p)[4], float (&dp)[4], const bf16* x1, const bf16* y1,
+                                           const bf16* x2, const bf16* y2, int j) {
+    constexpr int CP = C + 8;
+    const int r0 = (threadIdx.x >> 5) * 16;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p[e] = dp[e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {
+        unsigned a[4], b0, b1;
+        load_a(a, x1, CP, r0, kk * 16);
+        load_bt(b0, b1, y1, CP, j * 8, kk * 16);
+        mma(p, a, b0, b1);
+        load_a(a, x2, CP, r0, kk * 16);
+        load_bt(b0, b1, y2, CP, j * 8, kk * 16);
+        mma(dp, a, b0, b1);
+    }
+}
+
+// acc [16 × C] += s · y over the 64-wide tile: s the f32 accumulators of this warp's 16 rows × 64
+// columns (packed to bf16 A fragments), y given transposed, yt [C][64 + 8] bf16.
+template <int C>
+__device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const float (&s)[T64 / 8][4],
+                                                   const bf16* yt) {
+#pragma unroll
+    for (int kk = 0; kk < T64 / 16; ++kk) {
+        unsigned a[4];
+        pack_a(a, s, kk);
+#pragma unroll
+        for (int n = 0; n < C / 8; ++n) {
+            unsigned b0, b1;
+            load_bt(b0, b1, yt, TP, n * 8, kk * 16);
+            mma(acc[n], a, b0, b1);
+        }
+    }
+}
+
 // Rows [first, first + 64) of one head (row stride w, column offset hc) as bf16 into dst [64][C + 8];
 // rows at or beyond `end` become zeros.
 template <int C>
@@ -141,17 +181,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
             acc[n][2] *= alpha[1];
             acc[n][3] *= alpha[1];
         }
-#pragma unroll
-        for (int kk = 0; kk < T64 / 16; ++kk) {
-            unsigned pa[4];
-            pack_a(pa, s, kk);
-#pragma unroll
-            for (int n = 0; n < C / 8; ++n) {
-                unsigned b0, b1;
-                load_bt(b0, b1, vt, TP, n * 8, kk * 16);
-                mma(acc[n], pa, b0, b1);
-            }
-        }
+        accumulate_product<C>(acc, s, vt);  // O += P·V
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -227,18 +257,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
         float p[T64 / 8][4], dp[T64 / 8][4];
 #pragma unroll
         for (int j = 0; j < T64 / 8; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < C / 16; ++kk) {
-                unsigned a[4], b0, b1;
-                load_a(a, qs, CP, warp * 16, kk * 16);
-                load_bt(b0, b1, ks, CP, j * 8, kk * 16);
-                mma(p[j], a, b0, b1);
-                load_a(a, dos, CP, warp * 16, kk * 16);
-                load_bt(b0, b1, vs, CP, j * 8, kk * 16);
-                mma(dp[j], a, b0, b1);
-            }
+            score_pair<C>(p[j], dp[j], qs, ks, dos, vs, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
@@ -246,17 +265,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
                 p[j][e] = pr * (dp[j][e] - dl[h]) * scale;  // dS
             }
         }
-#pragma unroll
-        for (int kk = 0; kk < T64 / 16; ++kk) {
-            unsigned a[4];
-            pack_a(a, p, kk);
-#pragma unroll
-            for (int n = 0; n < C / 8; ++n) {
-                unsigned b0, b1;
-                load_bt(b0, b1, kt, TP, n * 8, kk * 16);
-                mma(acc[n], a, b0, b1);
-            }
-        }
+        accumulate_product<C>(acc, p, kt);  // dQ += dS·K
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -323,18 +332,7 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
         bool any = false;
 #pragma unroll
         for (int j = 0; j < T64 / 8; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) p[j][e] = dp[j][e] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < C / 16; ++kk) {
-                unsigned a[4], b0, b1;
-                load_a(a, ks, CP, warp * 16, kk * 16);
-                load_bt(b0, b1, qs, CP, j * 8, kk * 16);
-                mma(p[j], a, b0, b1);
-                load_a(a, vs, CP, warp * 16, kk * 16);
-                load_bt(b0, b1, dos, CP, j * 8, kk * 16);
-                mma(dp[j], a, b0, b1);
-            }
+            score_pair<C>(p[j], dp[j], ks, qs, vs, dos, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
@@ -346,6 +344,8 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
             }
         }
         if (!__any_sync(FULL, any)) continue;
+        // dV += Pᵀ·dO and dK += dSᵀ·Q: accumulate_product's loop for both at once (two calls schedule
+        // worse at 255 registers: more spills at C = 128)
 #pragma unroll
         for (int kk = 0; kk < T64 / 16; ++kk) {
             unsigned pa[4], da[4];

@@ -92,3 +92,30 @@ __device__ __forceinline__ BitCe bit_ce(float z0, float z1, int label, float q_h
     r.hit = ((z1 > z0) == (label == 1)) ? 1u : 0u;
     return r;
 }
+
+// One token's bitwise CE by one warp (the fused head kernels): lanes stride over its d bits of logits
+// z [2d] and labels y [d]; `put(j, g0, g1)` takes bit j's dlogits scaled by weight / d; lane 0 writes
+// the token's mean loss and its correct bits (sums in a fixed shuffle order).
+template <typename Put>
+__device__ __forceinline__ void warp_token_ce(const float* z, const unsigned char* y, int d, float weight,
+                                              float label_smoothing, float* loss, unsigned int* correct, Put put) {
+    const float q_hit = 1.0f - 0.5f * label_smoothing, q_miss = 0.5f * label_smoothing;
+    const float scale = weight / (float)d;
+    const int lane = threadIdx.x & 31;
+    float sum = 0.0f;
+    unsigned int hits = 0;
+    for (int j = lane; j < d; j += 32) {
+        const BitCe b = bit_ce(z[2 * j], z[2 * j + 1], y[j], q_hit, q_miss);
+        sum += b.loss;
+        hits += b.hit;
+        put(j, scale * b.g0, scale * b.g1);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        sum += __shfl_down_sync(0xffffffffu, sum, o);
+        hits += __shfl_down_sync(0xffffffffu, hits, o);
+    }
+    if (lane == 0) {
+        *loss = sum / (float)d;
+        *correct = hits;
+    }
+}

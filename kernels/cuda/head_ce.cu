@@ -69,30 +69,14 @@ extern "C" __global__ void head_bitwise_ce_f32(
 
     // ---- bitwise CE: warp t owns token t; lanes stride over bits --------------------------------
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float q_hit = 1.0f - 0.5f * label_smoothing, q_miss = 0.5f * label_smoothing;
     if (warp < ntok) {
         const int t = t0 + warp;
-        const float scale = weights[t] / (float)d;
-        const float* z = zs + warp * two_d;
         float* g = gs + warp * two_d;
-        const unsigned char* y = labels + (size_t)t * d;
-        float sum = 0.0f;
-        unsigned int hits = 0;
-        for (int j = lane; j < d; j += 32) {
-            const BitCe b = bit_ce(z[2 * j], z[2 * j + 1], y[j], q_hit, q_miss);
-            sum += b.loss;
-            hits += b.hit;
-            g[2 * j] = scale * b.g0;
-            g[2 * j + 1] = scale * b.g1;
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            sum += __shfl_down_sync(0xffffffffu, sum, o);
-            hits += __shfl_down_sync(0xffffffffu, hits, o);
-        }
-        if (lane == 0) {
-            token_loss[t] = sum / (float)d;
-            correct[t] = hits;
-        }
+        warp_token_ce(zs + warp * two_d, labels + (size_t)t * d, d, weights[t], label_smoothing, token_loss + t,
+                      correct + t, [&](int j, float g0, float g1) {
+                          g[2 * j] = g0;
+                          g[2 * j + 1] = g1;
+                      });
         __syncwarp();  // lanes read each other's dlogits from shared memory
         if (dlogits)
             for (int j = lane; j < two_d; j += 32) dlogits[(size_t)t * two_d + j] = g[j];

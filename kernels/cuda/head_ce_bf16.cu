@@ -86,34 +86,17 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const bf16*
     __syncthreads();
 
     // ---- bitwise CE: warp w takes tokens w, w + 4, …; lanes stride over bits (head_ce.cu's math) ----
-    const float q_hit = 1.0f - 0.5f * label_smoothing, q_miss = 0.5f * label_smoothing;
     for (int r = warp; r < TOK; r += 4) {
         const int tok = t0 + r;
         if (tok >= n) {  // padding rows: zero dlogits, so dh's products see zeros
             for (int j = lane; j < TD; j += 32) gs[r * GP + j] = 0;
             continue;
         }
-        const float scale = weights[tok] / (float)D;
-        const float* z = zs + r * ZP;
-        const unsigned char* y = labels + (long)tok * D;
-        float sum = 0.0f;
-        unsigned int hits = 0;
-        for (int j = lane; j < D; j += 32) {
-            const BitCe b = bit_ce(z[2 * j], z[2 * j + 1], y[j], q_hit, q_miss);
-            sum += b.loss;
-            hits += b.hit;
-            const float g0 = scale * b.g0, g1 = scale * b.g1;
-            *reinterpret_cast<unsigned*>(gs + r * GP + 2 * j) = pack2(g0, g1);
-            if (dlogits) *reinterpret_cast<float2*>(dlogits + (long)tok * TD + 2 * j) = make_float2(g0, g1);
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            sum += __shfl_down_sync(0xffffffffu, sum, o);
-            hits += __shfl_down_sync(0xffffffffu, hits, o);
-        }
-        if (lane == 0) {
-            token_loss[tok] = sum / (float)D;
-            correct[tok] = hits;
-        }
+        warp_token_ce(zs + r * ZP, labels + (long)tok * D, D, weights[tok], label_smoothing, token_loss + tok,
+                      correct + tok, [&](int j, float g0, float g1) {
+                          *reinterpret_cast<unsigned*>(gs + r * GP + 2 * j) = pack2(g0, g1);
+                          if (dlogits) *reinterpret_cast<float2*>(dlogits + (long)tok * TD + 2 * j) = make_float2(g0, g1);
+                      });
     }
     if (!dh) return;
     __syncthreads();
