@@ -6,16 +6,17 @@
 //
 // Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C] in f32. Blocks
 // of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
-// tiles of the other side stream through shared memory as bf16, row-major [64][C + 8] or transposed
-// [C][64 + 8] where a product needs the other operand order (the pads keep fragment loads free of
-// bank conflicts). The f32 scores of two adjacent 8-key tiles are, packed in pairs, the A fragment of the next product
-// (mma.cuh's fragment layouts).
+// tiles of the other side stream through shared memory as row-major bf16 [64][C + 8] (the pad keeps
+// ldmatrix free of bank conflicts). Fragments come from shared memory through ldmatrix, the
+// transposed one for products with a tile (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), so every tile is loaded once.
+// The f32 scores of two adjacent 8-column tiles are, packed in pairs, the A fragment of the next
+// product (mma.cuh's fragment layouts).
 #include "common.cuh"
 #include "attention.cuh"
 #include "mma.cuh"
 
-#define T64 64         // rows per block (4 warps × 16) and per streamed tile
-#define TP (T64 + 8)   // row stride of a transposed tile [C][TP]
+#define T64 64   // rows per block (4 warps × 16) and per streamed tile
+#define NT 128   // threads per block
 
 // The A fragment of keys (or queries) 16·kk … 16·kk + 15 from f32 accumulators of 8-wide tiles.
 __device__ __forceinline__ void pack_a(unsigned (&a)[4], const float (&s)[T64 / 8][4], int kk) {
@@ -25,76 +26,74 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[4], const float (&s)[T64 / 
     a[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-// The backward's two score products for 8 columns (rows j·8 … j·8 + 7 of the streamed tiles) of this
-// warp's 16 rows: p = x1·y1ᵀ and dp = x2·y2ᵀ, C deep, all tiles bf16 [64][C + 8] (S and dP for dq; Sᵀ
-// and dPᵀ for dk, dv).
+// One 16-deep step (columns 16·kk …) of s [16 × 64] += x · yᵀ for this warp's 16 rows (their A
+// fragment `a`) against all 64 rows of the tile y [64][C + 8].
 template <int C>
-__device__ __forceinline__ void score_pair(float (&p)[4], float (&dp)[4], const bf16* x1, const bf16* y1,
-                                           const bf16* x2, const bf16* y2, int j) {
-    constexpr int CP = C + 8;
-    const int r0 = (threadIdx.x >> 5) * 16;
+__device__ __forceinline__ void score_step(float (&s)[T64 / 8][4], const unsigned (&a)[4], const bf16* y, int kk) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) p[e] = dp[e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < C / 16; ++kk) {
-        unsigned a[4], b0, b1;
-        load_a(a, x1, CP, r0, kk * 16);
-        load_bt(b0, b1, y1, CP, j * 8, kk * 16);
-        mma(p, a, b0, b1);
-        load_a(a, x2, CP, r0, kk * 16);
-        load_bt(b0, b1, y2, CP, j * 8, kk * 16);
-        mma(dp, a, b0, b1);
+    for (int jp = 0; jp < T64 / 16; ++jp) {
+        unsigned b[4];
+        ldsm_bt2(b, y, C + 8, jp * 16, kk * 16);
+        mma(s[2 * jp], a, b[0], b[1]);
+        mma(s[2 * jp + 1], a, b[2], b[3]);
     }
 }
 
-// acc [16 × C] += s · y over the 64-wide tile: s the f32 accumulators of this warp's 16 rows × 64
-// columns (packed to bf16 A fragments), y given transposed, yt [C][64 + 8] bf16.
+__device__ __forceinline__ void zero_tile(float (&s)[T64 / 8][4]) {
+#pragma unroll
+    for (int j = 0; j < T64 / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+}
+
+// The backward's two score products for this warp's 16 rows against a 64-row tile: p = x1·y1ᵀ and
+// dp = x2·y2ᵀ, C deep, all tiles bf16 [64][C + 8] (S and dP for dq; Sᵀ and dPᵀ for dk, dv).
+template <int C>
+__device__ __forceinline__ void score_pair(float (&p)[T64 / 8][4], float (&dp)[T64 / 8][4], const bf16* x1,
+                                           const bf16* y1, const bf16* x2, const bf16* y2) {
+    const int r0 = (threadIdx.x >> 5) * 16;
+    zero_tile(p);
+    zero_tile(dp);
+#pragma unroll
+    for (int kk = 0; kk < C / 16; ++kk) {
+        unsigned a[4];
+        ldsm_a(a, x1, C + 8, r0, kk * 16);
+        score_step<C>(p, a, y1, kk);
+        ldsm_a(a, x2, C + 8, r0, kk * 16);
+        score_step<C>(dp, a, y2, kk);
+    }
+}
+
+// acc [16 × C] += s · y over the 64-row tile: s the f32 accumulators of this warp's 16 rows × 64
+// columns (packed to bf16 A fragments), y [64][C + 8] bf16 row-major.
 template <int C>
 __device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const float (&s)[T64 / 8][4],
-                                                   const bf16* yt) {
+                                                   const bf16* y) {
 #pragma unroll
     for (int kk = 0; kk < T64 / 16; ++kk) {
         unsigned a[4];
         pack_a(a, s, kk);
 #pragma unroll
-        for (int n = 0; n < C / 8; ++n) {
-            unsigned b0, b1;
-            load_bt(b0, b1, yt, TP, n * 8, kk * 16);
-            mma(acc[n], a, b0, b1);
+        for (int np = 0; np < C / 16; ++np) {
+            unsigned b[4];
+            ldsm_b2(b, y, C + 8, kk * 16, np * 16);
+            mma(acc[2 * np], a, b[0], b[1]);
+            mma(acc[2 * np + 1], a, b[2], b[3]);
         }
     }
 }
 
 // Rows [first, first + 64) of one head (row stride w, column offset hc) as bf16 into dst [64][C + 8];
-// rows at or beyond `end` become zeros.
+// rows at or beyond `end` become zeros. Unrolled by 4: four 16-byte loads in flight per thread.
 template <int C>
 __device__ __forceinline__ void load_rows(bf16* dst, const float* src, long first, long end, int w, int hc) {
     constexpr int V4 = C / 4;
-    for (int i = threadIdx.x; i < T64 * V4; i += blockDim.x) {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < T64 * V4; i += NT) {
         const int r = i / V4, col = (i % V4) * 4;
         const long gr = first + r;
         const float4 x = gr < end ? *reinterpret_cast<const float4*>(src + gr * w + hc + col) : make_float4(0, 0, 0, 0);
-        unsigned* d = reinterpret_cast<unsigned*>(dst + r * (C + 8) + col);
-        d[0] = pack2(x.x, x.y);
-        d[1] = pack2(x.z, x.w);
+        *reinterpret_cast<uint2*>(dst + r * (C + 8) + col) = make_uint2(pack2(x.x, x.y), pack2(x.z, x.w));
     }
 }
-
-// The same rows transposed: dst [C][64 + 8].
-template <int C>
-__device__ __forceinline__ void load_cols(bf16* dst, const float* src, long first, long end, int w, int hc) {
-    constexpr int V4 = C / 4;
-    for (int i = threadIdx.x; i < T64 * V4; i += blockDim.x) {
-        const int r = i % T64, col = (i / T64) * 4;  // consecutive threads: consecutive rows
-        const long gr = first + r;
-        const float4 x = gr < end ? *reinterpret_cast<const float4*>(src + gr * w + hc + col) : make_float4(0, 0, 0, 0);
-        dst[(col + 0) * TP + r] = to_bf16(x.x);
-        dst[(col + 1) * TP + r] = to_bf16(x.y);
-        dst[(col + 2) * TP + r] = to_bf16(x.z);
-        dst[(col + 3) * TP + r] = to_bf16(x.w);
-    }
-}
-
 
 // ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
 template <int C>
@@ -106,7 +105,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
     bf16* ks = qs + T64 * CP;                  // [64][CP]
-    bf16* vt = ks + T64 * CP;                  // [C][TP]
+    bf16* vs = ks + T64 * CP;                  // [64][CP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
@@ -114,7 +113,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
     __syncthreads();
     unsigned qa[C / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < C / 16; ++kk) load_a(qa[kk], qs, CP, warp * 16, kk * 16);
+    for (int kk = 0; kk < C / 16; ++kk) ldsm_a(qa[kk], qs, CP, warp * 16, kk * 16);
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
     int lo[2], hi[2];
@@ -131,22 +130,15 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
     for (int t0 = span.x; t0 < span.y; t0 += T64) {
         __syncthreads();  // the previous tile is consumed
         load_rows<C>(ks, k, t0, min(span.y, nkeys), w, hc);
-        load_cols<C>(vt, v, t0, min(span.y, nkeys), w, hc);
+        load_rows<C>(vs, v, t0, min(span.y, nkeys), w, hc);
         __syncthreads();
         const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
         if (!__any_sync(FULL, mine)) continue;  // none of this warp's rows sees this tile
 
-        float s[T64 / 8][4];
+        float s[T64 / 8][4];  // S = Q·Kᵀ
+        zero_tile(s);
 #pragma unroll
-        for (int j = 0; j < T64 / 8; ++j) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < C / 16; ++kk) {
-                unsigned b0, b1;
-                load_bt(b0, b1, ks, CP, j * 8, kk * 16);
-                mma(s[j], qa[kk], b0, b1);
-            }
-        }
+        for (int kk = 0; kk < C / 16; ++kk) score_step<C>(s, qa[kk], ks, kk);
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
         for (int j = 0; j < T64 / 8; ++j)
@@ -181,7 +173,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
             acc[n][2] *= alpha[1];
             acc[n][3] *= alpha[1];
         }
-        accumulate_product<C>(acc, s, vt);  // O += P·V
+        accumulate_product<C>(acc, s, vs);  // O += P·V
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -211,7 +203,6 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
     bf16* dos = qs + T64 * CP;                 // [64][CP]
     bf16* ks = dos + T64 * CP;                 // [64][CP]
     bf16* vs = ks + T64 * CP;                  // [64][CP]
-    bf16* kt = vs + T64 * CP;                  // [C][TP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
@@ -249,15 +240,14 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
         const int end = min(span.y, nkeys);
         load_rows<C>(ks, k, t0, end, w, hc);
         load_rows<C>(vs, v, t0, end, w, hc);
-        load_cols<C>(kt, k, t0, end, w, hc);
         __syncthreads();
         const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
         if (!__any_sync(FULL, mine)) continue;
 
-        float p[T64 / 8][4], dp[T64 / 8][4];
+        float p[T64 / 8][4], dp[T64 / 8][4];  // S, dP
+        score_pair<C>(p, dp, qs, ks, dos, vs);
 #pragma unroll
         for (int j = 0; j < T64 / 8; ++j) {
-            score_pair<C>(p[j], dp[j], qs, ks, dos, vs, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
@@ -265,7 +255,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
                 p[j][e] = pr * (dp[j][e] - dl[h]) * scale;  // dS
             }
         }
-        accumulate_product<C>(acc, p, kt);  // dQ += dS·K
+        accumulate_product<C>(acc, p, ks);  // dQ += dS·K
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -297,8 +287,6 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
     bf16* vs = ks + T64 * CP;                           // [64][CP]
     bf16* qs = vs + T64 * CP;                           // [64][CP]
     bf16* dos = qs + T64 * CP;                          // [64][CP]
-    bf16* qt = dos + T64 * CP;                          // [C][TP]
-    bf16* dot = qt + C * TP;                            // [C][TP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * T64;
     const int2 span = union_range(q0, nqk, j0, T64, nkeys);
@@ -316,9 +304,7 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
         const int end = min(span.y, nq);
         load_rows<C>(qs, q, i0, end, w, hc);
         load_rows<C>(dos, d_o, i0, end, w, hc);
-        load_cols<C>(qt, q, i0, end, w, hc);
-        load_cols<C>(dot, d_o, i0, end, w, hc);
-        for (int i = threadIdx.x; i < T64; i += blockDim.x) {
+        for (int i = threadIdx.x; i < T64; i += NT) {
             const int r = i0 + i;
             const bool ok = r < end;
             lse_s[i] = ok ? lse[(long)r * heads + blockIdx.y] : 0.0f;
@@ -328,22 +314,25 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
         }
         __syncthreads();
 
-        float p[T64 / 8][4], dp[T64 / 8][4];  // Pᵀ, then dSᵀ: [this warp's keys][the tile's queries]
-        bool any = false;
+        // skip a tile none of whose queries sees this warp's keys
+        const int kl = j0 + warp * 16, kh = min(kl + 16, nkeys);
+        bool sees = false;
+        for (int i = lane; i < T64; i += 32) sees |= lo_s[i] < kh && hi_s[i] > kl;
+        if (!__any_sync(FULL, sees)) continue;
+
+        float p[T64 / 8][4], dp[T64 / 8][4];  // Sᵀ and dPᵀ, then Pᵀ and dSᵀ: [this warp's keys][the tile's queries]
+        score_pair<C>(p, dp, ks, qs, vs, dos);
 #pragma unroll
         for (int j = 0; j < T64 / 8; ++j) {
-            score_pair<C>(p[j], dp[j], ks, qs, vs, dos, j);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
                 const bool valid = key < nkeys && key >= lo_s[qi] && key < hi_s[qi];
-                any |= valid;
                 const float pr = valid ? expf(p[j][e] * scale - lse_s[qi]) : 0.0f;
                 p[j][e] = pr;
                 dp[j][e] = pr * (dp[j][e] - delta_s[qi]) * scale;
             }
         }
-        if (!__any_sync(FULL, any)) continue;
         // dV += Pᵀ·dO and dK += dSᵀ·Q: accumulate_product's loop for both at once (two calls schedule
         // worse at 255 registers: more spills at C = 128)
 #pragma unroll
@@ -352,12 +341,14 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
             pack_a(pa, p, kk);
             pack_a(da, dp, kk);
 #pragma unroll
-            for (int n = 0; n < C / 8; ++n) {
-                unsigned b0, b1;
-                load_bt(b0, b1, dot, TP, n * 8, kk * 16);
-                mma(gv[n], pa, b0, b1);
-                load_bt(b0, b1, qt, TP, n * 8, kk * 16);
-                mma(gk[n], da, b0, b1);
+            for (int np = 0; np < C / 16; ++np) {
+                unsigned b[4];
+                ldsm_b2(b, dos, CP, kk * 16, np * 16);
+                mma(gv[2 * np], pa, b[0], b[1]);
+                mma(gv[2 * np + 1], pa, b[2], b[3]);
+                ldsm_b2(b, qs, CP, kk * 16, np * 16);
+                mma(gk[2 * np], da, b[0], b[1]);
+                mma(gk[2 * np + 1], da, b[2], b[3]);
             }
         }
     }

@@ -4,10 +4,17 @@
 // Fragments of m16n8k16 (g = lane / 4, t = lane % 4): A (16×16, row) holds (g, 2t..2t+1),
 // (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..); B (16×8, col) holds (k = 2t..2t+1, n = g) and
 // (k = 2t + 8.., n = g); C/D (16×8) holds (g, 2t..2t+1) and (g + 8, 2t..2t+1).
+//
+// load_a and load_bt read fragments from any memory, two bf16 per load; the ldsm_* helpers read them
+// from shared memory with ldmatrix (four 8×8 matrices per instruction; each lane gives the address of
+// one 16-byte matrix row, so tiles need 16-byte-aligned rows: strides and column offsets multiples of
+// 8), and with .trans they read the B fragments of a product with a row-major tile directly.
 #pragma once
 
 typedef unsigned short bf16;  // bf16 bits
 
+// The PTX primitives (kernels/emulator/cuda_emulator.h defines them on the CPU for tests).
+#ifndef KERNEL_EMULATOR
 // Two floats as bf16 (round to nearest even) in one register, `lo` in the low half.
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     unsigned r;
@@ -21,8 +28,6 @@ __device__ __forceinline__ bf16 to_bf16(float x) {
     return r;
 }
 
-__device__ __forceinline__ unsigned ld32(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
-
 // d += a·b on tensor cores (m16n8k16, bf16 inputs, f32 accumulation).
 __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(
@@ -31,6 +36,23 @@ __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsig
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// Four 8×8 bf16 matrices from shared memory: lanes 8i … 8i + 7 give the row addresses of matrix i, and
+// r[i] receives row g, columns 2t, 2t + 1 of matrix i (`trans`: rows 2t, 2t + 1 of column g).
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const bf16* row) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const bf16* row) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+#endif
+
+__device__ __forceinline__ unsigned ld32(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
 // A fragment of rows r0.., cols k0.. of a row-major bf16 tile with row stride `ld`.
 __device__ __forceinline__ void load_a(unsigned (&a)[4], const bf16* x, int ld, int r0, int k0) {
@@ -48,3 +70,22 @@ __device__ __forceinline__ void load_bt(unsigned& b0, unsigned& b1, const bf16* 
     b1 = ld32(y + (n0 + g) * ld + k0 + 8 + 2 * t);
 }
 
+// load_a's fragment from a shared tile: matrices (r0, k0), (r0 + 8, k0), (r0, k0 + 8), (r0 + 8, k0 + 8).
+__device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const bf16* x, int ld, int r0, int k0) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4(a, x + (r0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
+}
+
+// load_bt's fragments of two n-tiles from a shared tile y (B[k][n] = y[n][k]): b[0], b[1] for columns
+// n0 … n0 + 7 and b[2], b[3] for n0 + 8 … n0 + 15.
+__device__ __forceinline__ void ldsm_bt2(unsigned (&b)[4], const bf16* y, int ld, int n0, int k0) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4(b, y + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// The B fragments of two n-tiles of a product with a row-major shared tile y (B[k][n] = y[k][n]):
+// b[0], b[1] for columns n0 … n0 + 7 and b[2], b[3] for n0 + 8 … n0 + 15, rows k0 … k0 + 15.
+__device__ __forceinline__ void ldsm_b2(unsigned (&b)[4], const bf16* y, int ld, int k0, int n0) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4_trans(b, y + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8);
+}

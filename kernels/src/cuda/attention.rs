@@ -22,9 +22,7 @@ const STATIC_SMEM: usize = 64;
 /// Dynamic shared memory of attention_bf16.cu's (forward, dq, dk/dv) kernels for head dim `c`.
 fn bf16_smem(c: usize) -> [usize; 3] {
     let rows = 64 * (c + 8) * 2; // a row-major bf16 tile [64][c + 8]
-    let cols = c * 72 * 2; // a transposed one [c][64 + 8]
-    let dkdv = 4 * 64 * 4 + 4 * rows + 2 * cols;
-    [2 * rows + cols, 4 * rows + cols, dkdv]
+    [3 * rows, 4 * rows, 4 * 64 * 4 + 4 * rows]
 }
 
 /// `Some(c)` when attention_bf16.cu's kernels (head dims 32, 64 and 128, sm_80 or later with the shared

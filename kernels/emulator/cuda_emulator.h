@@ -1,0 +1,297 @@
+// Runs the CUDA kernels' own source on the CPU, for tests on machines without a GPU
+// (kernels/tests/emulated_kernels.rs). Each thread of a block is a fiber (ucontext) on one OS thread;
+// blocks run one after another. __syncthreads and the warp collectives (shuffles, votes, ldmatrix,
+// mma.sync) are barriers over the block or the warp, with their data exchanged through per-warp
+// slots, so the fragment layouts, masks and index arithmetic of a kernel run exactly as written.
+// Emulated: bf16 rounding (round to nearest even), m16n8k16 bf16 mma with f32 accumulation (products
+// summed in f64, then added: a tensor core's wide accumulation, not its exact order), ldmatrix .x4
+// with and without .trans. Not emulated: timing, memory models beyond barriers, atomics.
+//
+// The kernel file is compiled as C++ after this header, with mma.cuh's PTX primitives left out
+// (KERNEL_EMULATOR) and `extern __shared__ … smem[]` replaced by `emu::dynamic_smem()` (the test does
+// that textual substitution).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#define KERNEL_EMULATOR 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct int2 { int x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline long max(long a, long b) { return a > b ? a : b; }
+
+// The running fiber's coordinates (set by the scheduler before every switch into a fiber).
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+
+struct Barrier {
+    int expected = 0, arrived = 0;
+    unsigned generation = 0;
+};
+
+struct Warp {
+    Barrier bar;
+    uint64_t slot[32][8];  // each lane's operands of the collective in progress
+};
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    dim3 tid;
+    bool done = false;
+};
+
+struct Block {
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    Barrier sync;
+    ucontext_t scheduler;
+    int current = 0;
+    std::vector<unsigned char> smem;
+    std::function<void()> body;
+};
+
+inline Block* block = nullptr;
+inline unsigned long events = 0;  // arrivals and exits: no change over a whole round is a deadlock
+
+inline unsigned char* dynamic_smem() { return block->smem.data(); }
+
+inline void yield() { swapcontext(&block->fibers[block->current].ctx, &block->scheduler); }
+
+inline void release_if_complete(Barrier& b) {
+    if (b.arrived > 0 && b.arrived == b.expected) {
+        b.arrived = 0;
+        ++b.generation;
+    }
+}
+
+inline void wait(Barrier& b) {
+    const unsigned gen = b.generation;
+    ++b.arrived;
+    ++events;
+    release_if_complete(b);
+    while (b.generation == gen) yield();
+}
+
+inline int lane() { return threadIdx.x & 31; }
+inline Warp& warp() { return block->warps[threadIdx.x >> 5]; }
+
+inline void fiber_main() {
+    block->body();
+    Fiber& f = block->fibers[block->current];
+    f.done = true;
+    ++events;
+    // an exited thread no longer takes part in barriers
+    Barrier& wb = warp().bar;
+    --wb.expected;
+    release_if_complete(wb);
+    --block->sync.expected;
+    release_if_complete(block->sync);
+}
+
+// Run `body` as every thread of every block of `grid` × `block_dim` (1-D blocks of whole warps), with
+// `smem_bytes` of dynamic shared memory per block.
+inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<void()> body) {
+    const int n = block_dim.x * block_dim.y * block_dim.z;
+    if (n % 32 != 0 || block_dim.y != 1 || block_dim.z != 1) {
+        fprintf(stderr, "emulator: 1-D blocks of whole warps only\n");
+        exit(2);
+    }
+    gridDim = grid;
+    blockDim = block_dim;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                Block b;
+                block = &b;
+                b.body = body;
+                b.smem.assign(smem_bytes, 0xcd);  // garbage, as on a GPU
+                b.fibers.resize(n);
+                b.warps.resize(n / 32);
+                for (auto& w : b.warps) w.bar.expected = 32;
+                b.sync.expected = n;
+                for (int i = 0; i < n; ++i) {
+                    Fiber& f = b.fibers[i];
+                    f.stack.resize(256 * 1024);
+                    f.tid.x = i;
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.data();
+                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_link = &b.scheduler;
+                    makecontext(&f.ctx, fiber_main, 0);
+                }
+                blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
+                for (int live = n; live > 0;) {
+                    const unsigned long before = events;
+                    live = 0;
+                    for (int i = 0; i < n; ++i) {
+                        if (b.fibers[i].done) continue;
+                        b.current = i;
+                        threadIdx = b.fibers[i].tid;
+                        swapcontext(&b.scheduler, &b.fibers[i].ctx);
+                        live += !b.fibers[i].done;
+                    }
+                    if (live > 0 && events == before) {
+                        fprintf(stderr, "emulator: block (%u, %u, %u) deadlocked: %d threads wait at a barrier others never reach\n",
+                                bx, by, bz, live);
+                        exit(4);
+                    }
+                }
+                block = nullptr;
+            }
+}
+
+// Every lane posts `words` words into its slot; after the barrier all slots are readable, and `read`
+// runs; a second barrier keeps the slots until every lane has read.
+template <class Read>
+inline void exchange(const uint64_t* words, int count, Read read) {
+    Warp& w = warp();
+    memcpy(w.slot[lane()], words, count * sizeof(uint64_t));
+    wait(w.bar);
+    read(w.slot);
+    wait(w.bar);
+}
+
+template <class T>
+inline uint64_t bits_of(T v) {
+    static_assert(sizeof(T) <= 8, "collective value of at most 8 bytes");
+    uint64_t u = 0;
+    memcpy(&u, &v, sizeof(T));
+    return u;
+}
+
+template <class T>
+inline T from_bits(uint64_t u) {
+    T v;
+    memcpy(&v, &u, sizeof(T));
+    return v;
+}
+
+inline float bf16_to_float(unsigned short h) { return __int_as_float((int)((unsigned)h << 16)); }
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::wait(emu::block->sync); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int o) {
+    const uint64_t mine = emu::bits_of(v);
+    T r;
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) { r = emu::from_bits<T>(s[emu::lane() ^ o][0]); });
+    return r;
+}
+
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, int o) {
+    const uint64_t mine = emu::bits_of(v);
+    T r;
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) {
+        const int src = emu::lane() + o;
+        r = src < 32 ? emu::from_bits<T>(s[src][0]) : v;
+    });
+    return r;
+}
+
+inline int __any_sync(unsigned, int pred) {
+    const uint64_t mine = pred != 0;
+    int any = 0;
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) {
+        for (int l = 0; l < 32; ++l) any |= (int)s[l][0];
+    });
+    return any;
+}
+
+// ---- mma.cuh's PTX primitives ----
+typedef unsigned short bf16;
+
+inline bf16 to_bf16(float x) {  // cvt.rn.bf16.f32: round to nearest even; NaN stays a (quiet) NaN
+    unsigned u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+    return (bf16)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+inline unsigned pack2(float lo, float hi) { return (unsigned)to_bf16(lo) | ((unsigned)to_bf16(hi) << 16); }
+
+inline void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const uint64_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    float out[4];
+    emu::exchange(mine, 6, [&](uint64_t (*s)[8]) {
+        // A[r][k] (16×16) and B[k][n] (16×8) from every lane's fragment (mma.cuh's layouts)
+        float A[16][16], B[16][8];
+        for (int l = 0; l < 32; ++l) {
+            const int g = l >> 2, t = l & 3;
+            for (int half = 0; half < 2; ++half) {
+                const int k = 2 * t + half, sh = 16 * half;
+                A[g][k] = emu::bf16_to_float((bf16)(s[l][0] >> sh));
+                A[g + 8][k] = emu::bf16_to_float((bf16)(s[l][1] >> sh));
+                A[g][k + 8] = emu::bf16_to_float((bf16)(s[l][2] >> sh));
+                A[g + 8][k + 8] = emu::bf16_to_float((bf16)(s[l][3] >> sh));
+                B[k][g] = emu::bf16_to_float((bf16)(s[l][4] >> sh));
+                B[k + 8][g] = emu::bf16_to_float((bf16)(s[l][5] >> sh));
+            }
+        }
+        const int g = emu::lane() >> 2, t = emu::lane() & 3;
+        for (int e = 0; e < 4; ++e) {
+            const int r = g + 8 * (e >> 1), n = 2 * t + (e & 1);
+            double acc = 0.0;
+            for (int k = 0; k < 16; ++k) acc += (double)A[r][k] * (double)B[k][n];
+            out[e] = d[e] + (float)acc;
+        }
+    });
+    for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+
+// ldmatrix .x4: lanes 8i … 8i + 7 give the rows of matrix i; r[i] gets row g, columns 2t, 2t + 1
+// (trans: rows 2t, 2t + 1 of column g).
+inline void ldsm_emulated(unsigned (&r)[4], const bf16* row, bool trans) {
+    const uint64_t mine = (uint64_t)(uintptr_t)row;
+    if (mine % 16 != 0) {
+        fprintf(stderr, "emulator: ldmatrix row address %p is not 16-byte aligned\n", (const void*)row);
+        exit(3);
+    }
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) {
+        const int g = emu::lane() >> 2, t = emu::lane() & 3;
+        for (int i = 0; i < 4; ++i) {
+            const bf16* m[8];
+            for (int j = 0; j < 8; ++j) m[j] = (const bf16*)(uintptr_t)s[8 * i + j][0];
+            r[i] = trans ? (unsigned)m[2 * t][g] | ((unsigned)m[2 * t + 1][g] << 16)
+                         : (unsigned)m[g][2 * t] | ((unsigned)m[g][2 * t + 1] << 16);
+        }
+    });
+}
+
+inline void ldsm_x4(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, false); }
+inline void ldsm_x4_trans(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, true); }

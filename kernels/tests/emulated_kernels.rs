@@ -1,0 +1,178 @@
+//! The tensor-core kernels' CUDA source run on the CPU through kernels/emulator (every thread a fiber;
+//! warp collectives, ldmatrix and mma.sync emulated), against their CPU twins with the GPU tests'
+//! tolerances (docs/numerics.md). No GPU needed: this runs in CI, so a wrong fragment index, mask or
+//! tail in attention_bf16.cu or head_ce_bf16.cu fails here, not first on a GPU. Needs a C++17 compiler (`c++`, or `CXX`);
+//! says it skipped without one, except under CI.
+#![cfg(feature = "cuda")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use infinity_kernels::attention::{self, AttnDims, Segment};
+use infinity_kernels::cuda::attention::expand_segments;
+use infinity_kernels::cuda::compile::source;
+use infinity_kernels::{bitwise_ce, linear};
+use rand::{Rng, SeedableRng};
+
+const EMULATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator");
+
+/// The dynamic shared memory declaration every emulated kernel uses, and its emulator replacement.
+const SMEM_DECL: &str = "extern __shared__ __align__(16) unsigned char smem[];";
+const SMEM_EMULATED: &str = "unsigned char* smem = emu::dynamic_smem();";
+
+/// Builds the emulator driver `driver`.cpp over kernels/cuda/`file` (our headers inlined), or None
+/// (skipped) without a C++ compiler outside CI.
+fn build(file: &str, driver: &str) -> Option<PathBuf> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    if Command::new(&cxx).arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the emulated kernels, but `{cxx}` was not found");
+        println!("skipped: no C++ compiler (`{cxx}`; set CXX)");
+        return None;
+    }
+    let src = source(file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        src.matches("extern __shared__").count() == src.matches(SMEM_DECL).count(),
+        "{file}: the emulator handles dynamic shared memory declared as `{SMEM_DECL}` only"
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emulated-{driver}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kernel.cu"), src.replace(SMEM_DECL, SMEM_EMULATED)).unwrap();
+    let exe = dir.join(driver);
+    let out = Command::new(&cxx)
+        .args(["-std=c++17", "-O1", "-w", "-ffp-contract=off", "-I", EMULATOR, "-I"])
+        .arg(&dir)
+        .arg(format!("{EMULATOR}/{driver}.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building the {driver} emulator failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    Some(exe)
+}
+
+fn write<T: Copy>(dir: &Path, name: &str, v: &[T]) {
+    // SAFETY: plain f32 / i32 values viewed as their bytes
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) };
+    std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+}
+
+fn read_bytes(dir: &Path, name: &str) -> Vec<[u8; 4]> {
+    let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+    bytes.chunks_exact(4).map(|b| b.try_into().unwrap()).collect()
+}
+
+fn read(dir: &Path, name: &str) -> Vec<f32> {
+    read_bytes(dir, name).into_iter().map(f32::from_le_bytes).collect()
+}
+
+/// Runs `exe` on the inputs in `dir` with `args`; panics with the emulator's message when it fails.
+fn run(exe: &Path, dir: &Path, args: &[String], tag: &str) {
+    let t0 = std::time::Instant::now();
+    let out = Command::new(exe).arg(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "{tag}: the emulator failed: {}", String::from_utf8_lossy(&out.stderr));
+    println!("{tag}: emulated in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+fn rand_bf16(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u = rng.random_range(-scale..scale).to_bits();
+            f32::from_bits((u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000)
+        })
+        .collect()
+}
+
+fn close(name: &str, a: &[f32], b: &[f32], rtol: f32) {
+    assert_eq!(a.len(), b.len(), "{name}: lengths");
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
+    assert!(worst <= rtol, "{name}: max relative error {worst:e} > {rtol:e}");
+    println!("{name}: max relative error {worst:.2e}");
+}
+
+/// attention_bf16.cu (forward, dq, dk/dv) on block-causal self-attention over two samples and on
+/// cross-attention to ragged text, head dims 32, 64 and 128; rows not multiples of the 64-row tiles.
+#[test]
+fn bf16_attention_kernels_match_their_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("attention_bf16.cu", "attention_bf16") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let per_scale = [1usize, 4, 16, 36, 64];
+    let l: usize = per_scale.iter().sum();
+    for (heads, c) in [(3, 32), (2, 64), (1, 128)] {
+        let dims = AttnDims { heads, head_dim: c, scale: 1.0 / (c as f64).sqrt() };
+        let w = heads * c;
+        let text = [5usize, 70];
+        let cross =
+            vec![Segment { q0: 0, nq: l, k0: 0, nk: text[0] }, Segment { q0: l, nq: l, k0: text[0], nk: text[1] }];
+        let cases =
+            [("self", attention::block_causal_segments(2, &per_scale), 2 * l), ("cross", cross, text[0] + text[1])];
+        for (name, segs, nk) in cases {
+            let (nq, tag) = (2 * l, format!("emulated bf16 {name} attention L={l} H={heads} c={c}"));
+            let q = rand_bf16(&mut rng, nq * w, 2.0);
+            let k = rand_bf16(&mut rng, nk * w, 2.0);
+            let v = rand_bf16(&mut rng, nk * w, 1.0);
+            let d_o = rand_bf16(&mut rng, nq * w, 1.0);
+            let (mut o, mut lse) = (vec![0.0f32; nq * w], vec![0.0f32; nq * heads]);
+            attention::attention_forward(&q, &k, &v, &mut o, &mut lse, &segs, dims);
+            let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
+            attention::attention_backward(&d_o, &q, &k, &v, &o, &lse, &mut dq, &mut dk, &mut dv, &segs, dims);
+
+            let dir = exe.with_file_name(format!("case-{name}-c{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (n, x) in [("q", &q), ("k", &k), ("v", &v), ("do", &d_o), ("o", &o), ("lse", &lse)] {
+                write(&dir, n, x);
+            }
+            let [k0, nkr, q0, nqk] = expand_segments(&segs, nq, nk).unwrap();
+            for (n, x) in [("k0", &k0), ("nk", &nkr), ("q0", &q0), ("nqk", &nqk)] {
+                write(&dir, n, x);
+            }
+            let mut args = [nq, nk, heads, c].map(|x| x.to_string()).to_vec();
+            args.push(format!("{:e}", dims.scale as f32));
+            run(&exe, &dir, &args, &tag);
+            // the GPU test's tolerances (bf16 products, f32 accumulation and statistics)
+            close(&format!("{tag} out"), &read(&dir, "o_out"), &o, 1e-2);
+            close(&format!("{tag} lse"), &read(&dir, "lse_out"), &lse, 1e-4);
+            close(&format!("{tag} dq"), &read(&dir, "dq"), &dq, 2e-2);
+            close(&format!("{tag} dk"), &read(&dir, "dk"), &dk, 2e-2);
+            close(&format!("{tag} dv"), &read(&dir, "dv"), &dv, 2e-2);
+        }
+    }
+}
+
+/// head_ce_bf16.cu (W's bf16 copies, the fused head + bitwise CE) on the GPU test's shapes: every
+/// 2d the kernels take, tokens not multiples of the 32-token blocks.
+#[test]
+fn bf16_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
+    let Some(exe) = build("head_ce_bf16.cu", "head_ce_bf16") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    for (n, c, d) in [(1, 64, 8), (45, 128, 16), (517, 256, 32), (100, 768, 64)] {
+        let tag = format!("emulated bf16 head+CE n={n} c={c} d={d}");
+        let h = rand_bf16(&mut rng, n * c, 1.0);
+        let w = rand_bf16(&mut rng, 2 * d * c, 0.2);
+        let b: Vec<f32> = (0..2 * d).map(|_| rng.random_range(-0.5..0.5)).collect();
+        let labels: Vec<u8> = (0..n * d).map(|_| rng.random_range(0..2)).collect();
+        let weights: Vec<f32> = (0..n).map(|_| rng.random_range(0.0..1.0)).collect();
+        let mut logits = vec![0.0f32; n * 2 * d];
+        linear::linear_forward(&h, &w, Some(&b), &mut logits, n, c, 2 * d);
+        let mut dz = vec![0.0f32; n * 2 * d];
+        let w64: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
+        let cpu = bitwise_ce::bitwise_ce(&logits, &labels, &w64, 0.05, d, Some(&mut dz));
+        let (mut dh, mut dw) = (vec![0.0f32; n * c], vec![0.0f32; 2 * d * c]);
+        linear::linear_backward(&dz, &h, &w, Some(&mut dh), &mut dw, None, n, c, 2 * d);
+
+        let dir = exe.with_file_name(format!("case-n{n}-c{c}-d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, x) in [("h", &h), ("w", &w), ("b", &b), ("weights", &weights)] {
+            write(&dir, name, x);
+        }
+        write(&dir, "labels", &labels);
+        run(&exe, &dir, &[n, c, d].map(|x| x.to_string()).into_iter().chain(["0.05".into()]).collect::<Vec<_>>(), &tag);
+        let cpu_loss: Vec<f32> = cpu.token_loss.iter().map(|&v| v as f32).collect();
+        close(&format!("{tag} loss"), &read(&dir, "loss"), &cpu_loss, 1e-5);
+        close(&format!("{tag} dlogits"), &read(&dir, "dlogits"), &dz, 1e-5);
+        close(&format!("{tag} dh"), &read(&dir, "dh"), &dh, 2e-2);
+        let correct: Vec<u32> = read_bytes(&dir, "correct").into_iter().map(u32::from_le_bytes).collect();
+        let off = correct.iter().zip(&cpu.correct_bits).filter(|(a, b)| a != b).count();
+        assert!(off <= n / 100 + 1, "{tag}: {off} tokens count different correct bits");
+    }
+}
