@@ -1,10 +1,11 @@
-// Attention over segments on tensor cores: the `Math::Bf16` twin of attention.cu (same inputs,
-// outputs and row ranges), flash-attention-2 style. q, k, v (and dO, and the probabilities and dS
-// fed back into products) are rounded to bf16 for `mma.sync.m16n8k16` with f32 accumulation, as
-// upstream's flash attention under bf16 autocast; the softmax statistics (max, sum, lse, delta),
-// O and every gradient stay f32. No atomics: bitwise reproducible.
+// Attention over segments on tensor cores: the `Math::Bf16` twin of attention.cu (same outputs and
+// row ranges), flash-attention-2 style. q, k, v and dO come in bf16 (attention.rs rounds them once
+// per call), and the probabilities and dS fed back into products are rounded to bf16, for
+// `mma.sync.m16n8k16` with f32 accumulation, as upstream's flash attention under bf16 autocast; the
+// softmax statistics (max, sum, lse, delta = Σ dO·O from the f32 dO and O), O and every gradient stay
+// f32. No atomics: bitwise reproducible.
 //
-// Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C] in f32. Blocks
+// Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C]. Blocks
 // of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
 // tiles of the other side stream through shared memory as row-major bf16 [64][C + 8] (the pad keeps
 // ldmatrix free of bank conflicts). Fragments come from shared memory through ldmatrix, the
@@ -81,24 +82,24 @@ __device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const
     }
 }
 
-// Rows [first, first + 64) of one head (row stride w, column offset hc) as bf16 into dst [64][C + 8];
-// rows at or beyond `end` become zeros. Unrolled by 4: four 16-byte loads in flight per thread.
+// Rows [first, first + 64) of one head (row stride w, column offset hc) into dst [64][C + 8]; rows at
+// or beyond `end` become zeros. Unrolled by 4: four 16-byte loads in flight per thread.
 template <int C>
-__device__ __forceinline__ void load_rows(bf16* dst, const float* src, long first, long end, int w, int hc) {
-    constexpr int V4 = C / 4;
+__device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, long first, long end, int w, int hc) {
+    constexpr int V8 = C / 8;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < T64 * V4; i += NT) {
-        const int r = i / V4, col = (i % V4) * 4;
+    for (int i = threadIdx.x; i < T64 * V8; i += NT) {
+        const int r = i / V8, col = (i % V8) * 8;
         const long gr = first + r;
-        const float4 x = gr < end ? *reinterpret_cast<const float4*>(src + gr * w + hc + col) : make_float4(0, 0, 0, 0);
-        *reinterpret_cast<uint2*>(dst + r * (C + 8) + col) = make_uint2(pack2(x.x, x.y), pack2(x.z, x.w));
+        const uint4 x = gr < end ? *reinterpret_cast<const uint4*>(src + gr * w + hc + col) : make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + r * (C + 8) + col) = x;
     }
 }
 
 // ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
 template <int C>
-__device__ __forceinline__ void forward(const float* __restrict__ q, const float* __restrict__ k,
-                                        const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse,
+__device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                        const bf16* __restrict__ v, float* __restrict__ o, float* __restrict__ lse,
                                         const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,
                                         int heads, float scale) {
     constexpr int CP = C + 8;
@@ -191,9 +192,10 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
 
 // ---- backward, part 1: dq and delta = Σ dO·O per (row, head), both written; the forward's grid ----
 template <int C>
-__device__ __forceinline__ void backward_dq(const float* __restrict__ q, const float* __restrict__ k,
-                                            const float* __restrict__ v, const float* __restrict__ o,
-                                            const float* __restrict__ d_o, const float* __restrict__ lse,
+__device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                            const bf16* __restrict__ v, const float* __restrict__ o,
+                                            const float* __restrict__ d_o, const bf16* __restrict__ do16,
+                                            const float* __restrict__ lse,
                                             const int* __restrict__ k0, const int* __restrict__ nk,
                                             float* __restrict__ dq, float* __restrict__ delta, int nq, int nkeys,
                                             int heads, float scale) {
@@ -207,7 +209,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
     load_rows<C>(qs, q, r0, nq, w, hc);
-    load_rows<C>(dos, d_o, r0, nq, w, hc);
+    load_rows<C>(dos, do16, r0, nq, w, hc);
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
     int lo[2], hi[2];
@@ -270,8 +272,8 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
 // ---- backward, part 2: dk, dv (written). Grid (ceil(Nk / 64), H); a warp owns 16 keys and keeps
 // their dk, dv accumulators in registers; query tiles stream through shared memory. ----
 template <int C>
-__device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const float* __restrict__ k,
-                                              const float* __restrict__ v, const float* __restrict__ d_o,
+__device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                              const bf16* __restrict__ v, const bf16* __restrict__ d_o,
                                               const float* __restrict__ lse, const float* __restrict__ delta,
                                               const int* __restrict__ k0, const int* __restrict__ nk,
                                               const int* __restrict__ q0, const int* __restrict__ nqk,
@@ -367,21 +369,22 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
 // ---- entry points: attention_{forward,backward_dq,backward_dkdv}_bf16_c{32,64,128} ----
 #define ENTRY_POINTS(C)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_forward_bf16_c##C(                              \
-        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o, \
+        const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, float* __restrict__ o,    \
         float* __restrict__ lse, const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,      \
         int heads, int c, float scale) {                                                                         \
         forward<C>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, scale);                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_c##C(                          \
-        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,                    \
-        const float* __restrict__ o, const float* __restrict__ d_o, const float* __restrict__ lse,               \
+        const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \
+        const float* __restrict__ o, const float* __restrict__ d_o, const bf16* __restrict__ do16,               \
+        const float* __restrict__ lse,                                                                           \
         const int* __restrict__ k0, const int* __restrict__ nk, float* __restrict__ dq, float* __restrict__ delta, \
         int nq, int nkeys, int heads, int c, float scale) {                                                      \
-        backward_dq<C>(q, k, v, o, d_o, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                        \
+        backward_dq<C>(q, k, v, o, d_o, do16, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                  \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_c##C(                        \
-        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,                    \
-        const float* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,           \
+        const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \
+        const bf16* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,            \
         const int* __restrict__ k0, const int* __restrict__ nk, const int* __restrict__ q0,                      \
         const int* __restrict__ nqk, float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, \
         int c, float scale) {                                                                                    \

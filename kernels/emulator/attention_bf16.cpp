@@ -2,11 +2,18 @@
 // kernels/src/cuda/attention.rs launches them.
 //   attention_bf16 DIR NQ NK HEADS C SCALE
 // reads DIR/{q,k,v,do,o,lse}.bin (f32) and DIR/{k0,nk,q0,nqk}.bin (i32: attention::expand_segments),
-// writes DIR/{o_out,lse_out,dq,delta,dk,dv}.bin. The backward reads the given o and lse (the CPU
-// twin's), so it is checked on its own.
+// writes DIR/{o_out,lse_out,dq,delta,dk,dv}.bin. q, k, v and dO go in as bf16 (attention.rs rounds
+// them the same way); the backward reads the given o and lse (the CPU twin's), so it is checked on its
+// own.
 #include "cuda_emulator.h"
 #include "io.h"
 #include "kernel.cu"
+
+static std::vector<bf16> rounded(const std::vector<float>& x) {
+    std::vector<bf16> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = to_bf16(x[i]);
+    return y;
+}
 
 int main(int argc, char** argv) {
     if (argc != 7) {
@@ -20,6 +27,7 @@ int main(int argc, char** argv) {
     auto d_o = read_array<float>(dir, "do"), o = read_array<float>(dir, "o"), lse = read_array<float>(dir, "lse");
     auto k0 = read_array<int>(dir, "k0"), nkr = read_array<int>(dir, "nk");
     auto q0 = read_array<int>(dir, "q0"), nqk = read_array<int>(dir, "nqk");
+    const auto q16 = rounded(q), k16 = rounded(k), v16 = rounded(v), do16 = rounded(d_o);
     std::vector<float> o_out(q.size()), lse_out(lse.size()), dq(q.size()), delta(lse.size()), dk(k.size()), dv(v.size());
     // dynamic shared memory as attention.rs's bf16_smem: row-major bf16 tiles [64][c + 8] (3 for the
     // forward, 4 for dq; dk/dv adds 4 × 64 f32/i32 per-query values)
@@ -29,16 +37,17 @@ int main(int argc, char** argv) {
 #define RUN(C)                                                                                                   \
     case C:                                                                                                      \
         emu::launch(qgrid, block, 3 * tile, [&] {                                                                \
-            attention_forward_bf16_c##C(q.data(), k.data(), v.data(), o_out.data(), lse_out.data(), k0.data(),   \
+            attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), o_out.data(), lse_out.data(), k0.data(),   \
                                         nkr.data(), nq, nk, heads, c, scale);                                    \
         });                                                                                                      \
         emu::launch(qgrid, block, 4 * tile + 2 * 1024 * 18, [&] {                                                             \
-            attention_backward_dq_bf16_c##C(q.data(), k.data(), v.data(), o.data(), d_o.data(), lse.data(),      \
-                                            k0.data(), nkr.data(), dq.data(), delta.data(), nq, nk, heads, c,   \
-                                            scale);                                                              \
+            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o.data(), d_o.data(),           \
+                                            do16.data(), lse.data(), k0.data(), nkr.data(), dq.data(),          \
+                                            delta.data(), nq, nk, heads, c, scale);                              \
         });                                                                                                      \
         emu::launch(kgrid, block, 4 * 64 * 4 + 4 * tile + 2 * 1024 * 18, [&] {                                                \
-            attention_backward_dkdv_bf16_c##C(q.data(), k.data(), v.data(), d_o.data(), lse.data(), delta.data(), \
+            attention_backward_dkdv_bf16_c##C(q16.data(), k16.data(), v16.data(), do16.data(), lse.data(),         \
+                                              delta.data(),                                                      \
                                               k0.data(), nkr.data(), q0.data(), nqk.data(), dk.data(), dv.data(), \
                                               nq, nk, heads, c, scale);                                          \
         });                                                                                                      \

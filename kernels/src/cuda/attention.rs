@@ -9,6 +9,7 @@ use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMI
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
 use super::device::{Arg, Buf, BufMut, CudaError, Device};
+use super::linear::bf16_of;
 use super::Math;
 use crate::attention::{AttnDims, Segment};
 
@@ -178,37 +179,26 @@ pub fn attention_forward_dev(
         "attention: q, o [Nq, H·c], k, v [Nk, H·c]"
     );
     let s = &dev.stream;
-    let args = [
-        Arg::Ptr(q.addr(s)),
-        Arg::Ptr(k.addr(s)),
-        Arg::Ptr(v.addr(s)),
-        Arg::Ptr(o.addr_mut(s)),
-        Arg::Ptr(lse.addr_mut(s)),
-        Arg::Ptr(ranges_addr(dev, &r.k0)),
-        Arg::Ptr(ranges_addr(dev, &r.nk)),
-    ];
-    let (file, name, cfg) = match tensor_core_dim(dev, dims, math, &ptrs(&args[..4]))? {
-        Some(c) => {
-            let name = format!("attention_forward_bf16_c{c}");
-            let f = dev.function("attention_bf16.cu", &name)?;
-            ("attention_bf16.cu", name, bf16_config(&f, r.nq, dims.heads, bf16_smem(c)[0])?)
-        }
-        None => {
-            let t = tiles(dims)?;
-            let name = format!("attention_forward_{}", t.suffix);
-            let f = dev.function("attention.cu", &name)?;
-            ("attention.cu", name, config(&f, r.nq, t.fq, dims, 2 * t.fk + t.fq)?)
-        }
-    };
-    let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu; ranges lie inside K and
-    // V (checked on the host); the bf16 kernels' vector loads are aligned (checked above).
-    unsafe { dev.launch(file, &name, cfg, &args) }
-}
-
-/// The addresses among `args`.
-fn ptrs(args: &[Arg]) -> Vec<u64> {
-    args.iter().filter_map(|a| if let Arg::Ptr(p) = a { Some(*p) } else { None }).collect()
+    let p = Arg::Ptr;
+    let (oa, la) = (o.addr_mut(s), lse.addr_mut(s));
+    let (k0, nk) = (p(ranges_addr(dev, &r.k0)), p(ranges_addr(dev, &r.nk)));
+    if let Some(c) = tensor_core_dim(dev, dims, math, &[oa])? {
+        // q, k, v rounded to bf16 once: the kernel streams them as bf16 tiles (the copies are freed in
+        // stream order after the launch)
+        let ((q16, _q), (k16, _k), (v16, _v)) = (bf16_of(dev, q)?, bf16_of(dev, k)?, bf16_of(dev, v)?);
+        let name = format!("attention_forward_bf16_c{c}");
+        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
+        let args = [p(q16), p(k16), p(v16), p(oa), p(la), k0, nk];
+        // SAFETY: argument list as declared in attention_bf16.cu; ranges lie inside K and V (checked on
+        // the host); the bf16 copies are fresh allocations and o is 16-byte aligned (checked above).
+        return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
+    }
+    let t = tiles(dims)?;
+    let name = format!("attention_forward_{}", t.suffix);
+    let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
+    let args = [p(q.addr(s)), p(k.addr(s)), p(v.addr(s)), p(oa), p(la), k0, nk];
+    // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
+    unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
 }
 
 /// Gradients `dq, dk, dv` (all written) from `d_o`; `delta [Nq, H]` is scratch.
@@ -234,72 +224,40 @@ pub fn attention_backward_dev(
         "attention backward: dq [Nq, H·c], dk, dv [Nk, H·c], delta [Nq, H]"
     );
     let s = &dev.stream;
-    let (k0, nk) = (Arg::Ptr(ranges_addr(dev, &r.k0)), Arg::Ptr(ranges_addr(dev, &r.nk)));
-    let (qa, ka, va, oa, doa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s), d_o.addr(s));
-    let (dqa, dka, dva) = (dq.addr_mut(s), dk.addr_mut(s), dv.addr_mut(s));
-    let tc = tensor_core_dim(dev, dims, math, &[qa, ka, va, oa, doa, dqa, dka, dva])?;
-    let (file, dq_name, dkdv_name) = match tc {
-        Some(c) => (
-            "attention_bf16.cu",
-            format!("attention_backward_dq_bf16_c{c}"),
-            format!("attention_backward_dkdv_bf16_c{c}"),
-        ),
-        None => {
-            let t = tiles(dims)?;
-            (
-                "attention.cu",
-                format!("attention_backward_dq_{}", t.suffix),
-                format!("attention_backward_dkdv_{}", t.suffix),
-            )
-        }
-    };
-    let launch = |name: &str, rows: usize, bf16_bytes: usize, f32_rows: fn(&Tiles) -> (usize, usize)| {
-        let f = dev.function(file, name)?;
-        match tc {
-            Some(_) => bf16_config(&f, rows, dims.heads, bf16_bytes),
-            None => {
-                let t = tiles(dims)?;
-                let (per_block, smem_rows) = f32_rows(&t);
-                config(&f, rows, per_block, dims, smem_rows)
-            }
-        }
-    };
-    let bytes = tc.map_or([0; 3], bf16_smem);
-    let cfg = launch(&dq_name, r.nq, bytes[1], |t| (t.fq, 2 * t.fk + 2 * t.fq))?;
-    let args = [
-        Arg::Ptr(qa),
-        Arg::Ptr(ka),
-        Arg::Ptr(va),
-        Arg::Ptr(oa),
-        Arg::Ptr(doa),
-        Arg::Ptr(lse.addr(s)),
-        k0,
-        nk,
-        Arg::Ptr(dqa),
-        Arg::Ptr(delta.addr_mut(s)),
-    ];
-    let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu (alignment checked above).
-    unsafe { dev.launch(file, &dq_name, cfg, &args) }?;
-    let cfg = launch(&dkdv_name, r.nkeys, bytes[2], |t| (t.bk, 2 * t.bk + 2 * t.bq))?;
-    let args = [
-        Arg::Ptr(qa),
-        Arg::Ptr(ka),
-        Arg::Ptr(va),
-        Arg::Ptr(doa),
-        Arg::Ptr(lse.addr(s)),
-        Arg::Ptr(delta.addr_mut(s)),
-        k0,
-        nk,
-        Arg::Ptr(ranges_addr(dev, &r.q0)),
-        Arg::Ptr(ranges_addr(dev, &r.nqk)),
-        Arg::Ptr(dka),
-        Arg::Ptr(dva),
-    ];
-    let args = [&args[..], &scalars(r, dims)].concat();
-    // SAFETY: argument list as declared in attention.cu and attention_bf16.cu; delta was written by the
-    // dq kernel above.
-    unsafe { dev.launch(file, &dkdv_name, cfg, &args) }
+    let p = Arg::Ptr;
+    let (k0, nk) = (p(ranges_addr(dev, &r.k0)), p(ranges_addr(dev, &r.nk)));
+    let (q0, nqk) = (p(ranges_addr(dev, &r.q0)), p(ranges_addr(dev, &r.nqk)));
+    let (oa, doa, la) = (o.addr(s), d_o.addr(s), lse.addr(s));
+    let (dqa, dka, dva, da) = (dq.addr_mut(s), dk.addr_mut(s), dv.addr_mut(s), delta.addr_mut(s));
+    if let Some(c) = tensor_core_dim(dev, dims, math, &[oa, doa, dqa, dka, dva])? {
+        // q, k, v and dO rounded to bf16 once for both kernels' tiles; delta reads the f32 dO and O
+        let ((q16, _q), (k16, _k)) = (bf16_of(dev, q)?, bf16_of(dev, k)?);
+        let ((v16, _v), (do16, _do)) = (bf16_of(dev, v)?, bf16_of(dev, d_o)?);
+        let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
+        let name = format!("attention_backward_dq_bf16_c{c}");
+        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
+        let args = [p(q16), p(k16), p(v16), p(oa), p(doa), p(do16), p(la), k0, nk, p(dqa), p(da)];
+        // SAFETY: argument list as declared in attention_bf16.cu; the bf16 copies are fresh
+        // allocations and the f32 buffers 16-byte aligned (checked above).
+        unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
+        let name = format!("attention_backward_dkdv_bf16_c{c}");
+        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nkeys, dims.heads, dkdv_bytes)?;
+        let args = [p(q16), p(k16), p(v16), p(do16), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
+        // SAFETY: as above; delta was written by the dq kernel.
+        return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
+    }
+    let t = tiles(dims)?;
+    let (qa, ka, va) = (q.addr(s), k.addr(s), v.addr(s));
+    let name = format!("attention_backward_dq_{}", t.suffix);
+    let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
+    let args = [p(qa), p(ka), p(va), p(oa), p(doa), p(la), k0, nk, p(dqa), p(da)];
+    // SAFETY: argument list as declared in attention.cu.
+    unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
+    let name = format!("attention_backward_dkdv_{}", t.suffix);
+    let cfg = config(&dev.function("attention.cu", &name)?, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?;
+    let args = [p(qa), p(ka), p(va), p(doa), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
+    // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
+    unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
 }
 
 fn scalars(r: &AttnRanges, dims: AttnDims) -> [Arg; 5] {

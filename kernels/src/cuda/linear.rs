@@ -46,7 +46,7 @@ pub fn to_bf16_dev(dev: &Device, x: &dyn Buf, y: &mut CudaSlice<u16>) -> Result<
 }
 
 /// The bf16 values of `x`: its kept copy, or a fresh one (`None` then; the slice owns it).
-fn bf16_of(dev: &Device, x: &dyn Buf) -> Result<(u64, Option<CudaSlice<u16>>), CudaError> {
+pub(crate) fn bf16_of(dev: &Device, x: &dyn Buf) -> Result<(u64, Option<CudaSlice<u16>>), CudaError> {
     if let Some(p) = x.bf16_addr(&dev.stream) {
         return Ok((p, None));
     }
