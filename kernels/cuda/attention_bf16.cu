@@ -8,7 +8,8 @@
 // Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C]. Blocks
 // of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
 // tiles of the other side stream through shared memory as row-major bf16 [64][C + 8] (the pad keeps
-// ldmatrix free of bank conflicts). Fragments come from shared memory through ldmatrix, the
+// ldmatrix free of bank conflicts), double-buffered: cp.async copies tile i + 1 while tile i is
+// used (`stream_tiles`). Fragments come from shared memory through ldmatrix, the
 // transposed one for products with a tile (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), so every tile is loaded once.
 // The f32 scores of two adjacent 8-column tiles are, packed in pairs, the A fragment of the next
 // product (mma.cuh's fragment layouts).
@@ -82,19 +83,39 @@ __device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const
     }
 }
 
-// Rows [first, first + 64) of one head (row stride w, column offset hc) into dst [64][C + 8]; rows at
-// or beyond `end` become zeros. Unrolled by 4: four 16-byte loads in flight per thread.
+// Starts copying rows [first, first + 64) of one head (row stride w, column offset hc) into
+// dst [64][C + 8]; rows at or beyond `end` become zeros. The copies land at a later cp_async_wait.
 template <int C>
 __device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, long first, long end, int w, int hc) {
     constexpr int V8 = C / 8;
-#pragma unroll 4
+#pragma unroll
     for (int i = threadIdx.x; i < T64 * V8; i += NT) {
         const int r = i / V8, col = (i % V8) * 8;
         const long gr = first + r;
-        const uint4 x = gr < end ? *reinterpret_cast<const uint4*>(src + gr * w + hc + col) : make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(dst + r * (C + 8) + col) = x;
+        const bool valid = gr < end;
+        cp_async16(dst + r * (C + 8) + col, src + (valid ? gr : 0) * w + hc + col, valid);
     }
 }
+
+// Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (load_rows) into
+// `stage` = i & 1, use(i, stage) runs once they have landed, while tile i + 1 is in flight. Copies
+// committed before the call land by the first use. Every thread of the block calls this.
+template <class Issue, class Use>
+__device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
+    if (n > 0) issue(0, 0);
+    cp_async_commit();
+    for (int i = 0; i < n; ++i) {
+        if (i + 1 < n) issue(i + 1, (i + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>();  // everything but tile i + 1
+        __syncthreads();
+        use(i, i & 1);
+        __syncthreads();  // stage i & 1 is consumed before tile i + 2 is issued into it
+    }
+}
+
+// Tiles of 64 rows covering [span.x, span.y).
+__device__ __forceinline__ int tile_count(int2 span) { return span.y > span.x ? (span.y - span.x + T64 - 1) / T64 : 0; }
 
 // ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
 template <int C>
@@ -104,17 +125,19 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
                                         int heads, float scale) {
     constexpr int CP = C + 8;
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
-    bf16* ks = qs + T64 * CP;                  // [64][CP]
-    bf16* vs = ks + T64 * CP;                  // [64][CP]
+    bf16* kv = reinterpret_cast<bf16*>(smem);  // [2 stages][K, V][64][CP]
+    bf16* qs = kv + 2 * T64 * CP;              // [64][CP]: stage 1's K, free until tile 1 is issued
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
     load_rows<C>(qs, q, r0, nq, w, hc);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     unsigned qa[C / 16][4];
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) ldsm_a(qa[kk], qs, CP, warp * 16, kk * 16);
+    __syncthreads();  // every warp holds its Q fragments: qs may be overwritten
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
     int lo[2], hi[2];
@@ -128,13 +151,16 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
 #pragma unroll
     for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    for (int t0 = span.x; t0 < span.y; t0 += T64) {
-        __syncthreads();  // the previous tile is consumed
-        load_rows<C>(ks, k, t0, min(span.y, nkeys), w, hc);
-        load_rows<C>(vs, v, t0, min(span.y, nkeys), w, hc);
-        __syncthreads();
+    const int end = min(span.y, nkeys);
+    auto issue = [&](int i, int st) {
+        load_rows<C>(kv + (2 * st) * T64 * CP, k, span.x + i * T64, end, w, hc);
+        load_rows<C>(kv + (2 * st + 1) * T64 * CP, v, span.x + i * T64, end, w, hc);
+    };
+    stream_tiles(tile_count(span), issue, [&](int i, int st) {
+        const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
+        const int t0 = span.x + i * T64;
         const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
-        if (!__any_sync(FULL, mine)) continue;  // none of this warp's rows sees this tile
+        if (!__any_sync(FULL, mine)) return;  // none of this warp's rows sees this tile
 
         float s[T64 / 8][4];  // S = Q·Kᵀ
         zero_tile(s);
@@ -175,7 +201,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
             acc[n][3] *= alpha[1];
         }
         accumulate_product<C>(acc, s, vs);  // O += P·V
-    }
+    });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         l[h] += __shfl_xor_sync(FULL, l[h], 1);
@@ -203,13 +229,13 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
     bf16* dos = qs + T64 * CP;                 // [64][CP]
-    bf16* ks = dos + T64 * CP;                 // [64][CP]
-    bf16* vs = ks + T64 * CP;                  // [64][CP]
+    bf16* kv = dos + T64 * CP;                 // [2 stages][K, V][64][CP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
-    load_rows<C>(qs, q, r0, nq, w, hc);
+    load_rows<C>(qs, q, r0, nq, w, hc);  // lands with the first key tile
     load_rows<C>(dos, do16, r0, nq, w, hc);
+    cp_async_commit();
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
     int lo[2], hi[2];
@@ -237,14 +263,16 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
 #pragma unroll
     for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
-    for (int t0 = span.x; t0 < span.y; t0 += T64) {
-        __syncthreads();
-        const int end = min(span.y, nkeys);
-        load_rows<C>(ks, k, t0, end, w, hc);
-        load_rows<C>(vs, v, t0, end, w, hc);
-        __syncthreads();
+    const int end = min(span.y, nkeys);
+    auto issue = [&](int i, int st) {
+        load_rows<C>(kv + (2 * st) * T64 * CP, k, span.x + i * T64, end, w, hc);
+        load_rows<C>(kv + (2 * st + 1) * T64 * CP, v, span.x + i * T64, end, w, hc);
+    };
+    stream_tiles(tile_count(span), issue, [&](int i, int st) {
+        const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
+        const int t0 = span.x + i * T64;
         const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
-        if (!__any_sync(FULL, mine)) continue;
+        if (!__any_sync(FULL, mine)) return;
 
         float p[T64 / 8][4], dp[T64 / 8][4];  // S, dP
         score_pair<C>(p, dp, qs, ks, dos, vs);
@@ -258,7 +286,7 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
             }
         }
         accumulate_product<C>(acc, p, ks);  // dQ += dS·K
-    }
+    });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (rows[h] >= nq) continue;
@@ -281,19 +309,18 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
                                               int heads, float scale) {
     constexpr int CP = C + 8;
     extern __shared__ __align__(16) unsigned char smem[];
-    float* lse_s = reinterpret_cast<float*>(smem);      // [64] per query of the tile
-    float* delta_s = lse_s + T64;                       // [64]
-    int* lo_s = reinterpret_cast<int*>(delta_s + T64);  // [64] first key the query sees
-    int* hi_s = lo_s + T64;                             // [64] one past its last key
-    bf16* ks = reinterpret_cast<bf16*>(hi_s + T64);     // [64][CP]
-    bf16* vs = ks + T64 * CP;                           // [64][CP]
-    bf16* qs = vs + T64 * CP;                           // [64][CP]
-    bf16* dos = qs + T64 * CP;                          // [64][CP]
+    // per stage, per query of its tile: lse, delta, and the first and one-past-last key it sees
+    float* stats = reinterpret_cast<float*>(smem);               // [2 stages][lse, delta][64]
+    int* bounds = reinterpret_cast<int*>(stats + 2 * 2 * T64);  // [2 stages][lo, hi][64]
+    bf16* ks = reinterpret_cast<bf16*>(bounds + 2 * 2 * T64);   // [64][CP]
+    bf16* vs = ks + T64 * CP;                                    // [64][CP]
+    bf16* qdo = vs + T64 * CP;                                   // [2 stages][Q, dO][64][CP]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * T64;
     const int2 span = union_range(q0, nqk, j0, T64, nkeys);
-    load_rows<C>(ks, k, j0, nkeys, w, hc);
+    load_rows<C>(ks, k, j0, nkeys, w, hc);  // lands with the first query tile
     load_rows<C>(vs, v, j0, nkeys, w, hc);
+    cp_async_commit();
     const int keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};  // this lane's key rows
     float gk[C / 8][4], gv[C / 8][4];
 #pragma unroll
@@ -301,26 +328,30 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) gk[n][e] = gv[n][e] = 0.0f;
 
-    for (int i0 = span.x; i0 < span.y; i0 += T64) {
-        __syncthreads();
-        const int end = min(span.y, nq);
-        load_rows<C>(qs, q, i0, end, w, hc);
-        load_rows<C>(dos, d_o, i0, end, w, hc);
-        for (int i = threadIdx.x; i < T64; i += NT) {
-            const int r = i0 + i;
+    const int end = min(span.y, nq);
+    auto issue = [&](int i, int st) {
+        const int i0 = span.x + i * T64;
+        load_rows<C>(qdo + (2 * st) * T64 * CP, q, i0, end, w, hc);
+        load_rows<C>(qdo + (2 * st + 1) * T64 * CP, d_o, i0, end, w, hc);
+        // plain loads and stores: visible after stream_tiles' barrier, like the copies
+        for (int j = threadIdx.x; j < T64; j += NT) {
+            const int r = i0 + j;
             const bool ok = r < end;
-            lse_s[i] = ok ? lse[(long)r * heads + blockIdx.y] : 0.0f;
-            delta_s[i] = ok ? delta[(long)r * heads + blockIdx.y] : 0.0f;
-            lo_s[i] = ok ? k0[r] : 0;
-            hi_s[i] = ok ? k0[r] + nk[r] : 0;
+            stats[(2 * st) * T64 + j] = ok ? lse[(long)r * heads + blockIdx.y] : 0.0f;
+            stats[(2 * st + 1) * T64 + j] = ok ? delta[(long)r * heads + blockIdx.y] : 0.0f;
+            bounds[(2 * st) * T64 + j] = ok ? k0[r] : 0;
+            bounds[(2 * st + 1) * T64 + j] = ok ? k0[r] + nk[r] : 0;
         }
-        __syncthreads();
-
+    };
+    stream_tiles(tile_count(span), issue, [&](int, int st) {
+        const bf16 *qs = qdo + (2 * st) * T64 * CP, *dos = qs + T64 * CP;
+        const float *lse_s = stats + (2 * st) * T64, *delta_s = lse_s + T64;
+        const int *lo_s = bounds + (2 * st) * T64, *hi_s = lo_s + T64;
         // skip a tile none of whose queries sees this warp's keys
         const int kl = j0 + warp * 16, kh = min(kl + 16, nkeys);
         bool sees = false;
         for (int i = lane; i < T64; i += 32) sees |= lo_s[i] < kh && hi_s[i] > kl;
-        if (!__any_sync(FULL, sees)) continue;
+        if (!__any_sync(FULL, sees)) return;
 
         float p[T64 / 8][4], dp[T64 / 8][4];  // Sᵀ and dPᵀ, then Pᵀ and dSᵀ: [this warp's keys][the tile's queries]
         score_pair<C>(p, dp, ks, qs, vs, dos);
@@ -353,7 +384,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
                 mma(gk[2 * np + 1], da, b[2], b[3]);
             }
         }
-    }
+    });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (keys[h] >= nkeys) continue;

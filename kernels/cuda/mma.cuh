@@ -1,5 +1,5 @@
-// Tensor-core helpers of the `*_bf16.cu` kernels: bf16 rounding, m16n8k16 mma.sync and its fragments
-// (sm_80+). Included through NVRTC's include path, like common.cuh.
+// Tensor-core helpers of the `*_bf16.cu` kernels: bf16 rounding, m16n8k16 mma.sync and its fragments,
+// ldmatrix, cp.async (sm_80+). Included through NVRTC's include path, like common.cuh.
 //
 // Fragments of m16n8k16 (g = lane / 4, t = lane % 4): A (16×16, row) holds (g, 2t..2t+1),
 // (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..); B (16×8, col) holds (k = 2t..2t+1, n = g) and
@@ -49,6 +49,22 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const bf16* row)
     const unsigned a = (unsigned)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// Starts a 16-byte copy global → shared that bypasses registers (cp.async, sm_80+; `valid` false:
+// the 16 bytes become zeros and nothing is read). Copies issued since the last cp_async_commit form a
+// group; cp_async_wait<N> waits until at most the N newest groups are still in flight (the copies are
+// visible to other threads after a __syncthreads that follows).
+__device__ __forceinline__ void cp_async16(bf16* dst, const bf16* src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif
 

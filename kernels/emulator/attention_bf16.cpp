@@ -29,28 +29,28 @@ int main(int argc, char** argv) {
     auto q0 = read_array<int>(dir, "q0"), nqk = read_array<int>(dir, "nqk");
     const auto q16 = rounded(q), k16 = rounded(k), v16 = rounded(v), do16 = rounded(d_o);
     std::vector<float> o_out(q.size()), lse_out(lse.size()), dq(q.size()), delta(lse.size()), dk(k.size()), dv(v.size());
-    // dynamic shared memory as attention.rs's bf16_smem: row-major bf16 tiles [64][c + 8] (3 for the
-    // forward, 4 for dq; dk/dv adds 4 × 64 f32/i32 per-query values)
+    // dynamic shared memory as attention.rs's bf16_smem: row-major bf16 tiles [64][c + 8] (4 for the
+    // forward, 6 for dq; dk/dv adds two stages of 4 × 64 f32/i32 per-query values)
     const size_t tile = (size_t)64 * (c + 8) * 2;
     const dim3 block{128, 1, 1};
     const dim3 qgrid{(unsigned)((nq + 63) / 64), (unsigned)heads, 1}, kgrid{(unsigned)((nk + 63) / 64), (unsigned)heads, 1};
-#define RUN(C)                                                                                                   \
-    case C:                                                                                                      \
-        emu::launch(qgrid, block, 3 * tile, [&] {                                                                \
-            attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), o_out.data(), lse_out.data(), k0.data(),   \
-                                        nkr.data(), nq, nk, heads, c, scale);                                    \
-        });                                                                                                      \
-        emu::launch(qgrid, block, 4 * tile + 2 * 1024 * 18, [&] {                                                             \
-            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o.data(), d_o.data(),           \
-                                            do16.data(), lse.data(), k0.data(), nkr.data(), dq.data(),          \
-                                            delta.data(), nq, nk, heads, c, scale);                              \
-        });                                                                                                      \
-        emu::launch(kgrid, block, 4 * 64 * 4 + 4 * tile + 2 * 1024 * 18, [&] {                                                \
-            attention_backward_dkdv_bf16_c##C(q16.data(), k16.data(), v16.data(), do16.data(), lse.data(),         \
-                                              delta.data(),                                                      \
-                                              k0.data(), nkr.data(), q0.data(), nqk.data(), dk.data(), dv.data(), \
-                                              nq, nk, heads, c, scale);                                          \
-        });                                                                                                      \
+#define RUN(C)                                                                                                       \
+    case C:                                                                                                          \
+        emu::launch(qgrid, block, 4 * tile, [&] {                                                                    \
+            attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), o_out.data(), lse_out.data(), k0.data(), \
+                                        nkr.data(), nq, nk, heads, c, scale);                                        \
+        });                                                                                                          \
+        emu::launch(qgrid, block, 6 * tile, [&] {                                                                    \
+            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o.data(), d_o.data(),                \
+                                            do16.data(), lse.data(), k0.data(), nkr.data(), dq.data(),               \
+                                            delta.data(), nq, nk, heads, c, scale);                                  \
+        });                                                                                                          \
+        emu::launch(kgrid, block, 6 * tile + 2 * 4 * 64 * 4, [&] {                                                   \
+            attention_backward_dkdv_bf16_c##C(q16.data(), k16.data(), v16.data(), do16.data(), lse.data(),           \
+                                              delta.data(),                                                          \
+                                              k0.data(), nkr.data(), q0.data(), nqk.data(), dk.data(), dv.data(),    \
+                                              nq, nk, heads, c, scale);                                              \
+        });                                                                                                          \
         break;
     switch (c) {
         RUN(32)

@@ -5,7 +5,9 @@
 // slots, so the fragment layouts, masks and index arithmetic of a kernel run exactly as written.
 // Emulated: bf16 rounding (round to nearest even), m16n8k16 bf16 mma with f32 accumulation (products
 // summed in f64, then added: a tensor core's wide accumulation, not its exact order), ldmatrix .x4
-// with and without .trans. Not emulated: timing, memory models beyond barriers, atomics.
+// with and without .trans, and cp.async: a copy lands only at the issuing thread's wait_group that
+// covers its group, so a missing wait reads stale shared memory here too. Not emulated: timing,
+// memory models beyond barriers and cp.async groups, atomics.
 //
 // The kernel file is compiled as C++ after this header, with mma.cuh's PTX primitives left out
 // (KERNEL_EMULATOR) and `extern __shared__ … smem[]` replaced by `emu::dynamic_smem()` (the test does
@@ -68,11 +70,20 @@ struct Warp {
     uint64_t slot[32][8];  // each lane's operands of the collective in progress
 };
 
+// One cp.async: 16 bytes from `src` (zeros when !valid) into `dst`.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+
 struct Fiber {
     ucontext_t ctx;
     std::vector<char> stack;
     dim3 tid;
     bool done = false;
+    std::vector<std::vector<AsyncCopy>> committed;  // oldest first
+    std::vector<AsyncCopy> open;                     // issued since the last commit
 };
 
 struct Block {
@@ -296,4 +307,34 @@ inline void ldsm_emulated(unsigned (&r)[4], const bf16* row, bool trans) {
 }
 
 inline void ldsm_x4(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, false); }
+
+inline emu::Fiber& me() { return emu::block->fibers[emu::block->current]; }
+
+inline void cp_async16(bf16* dst, const bf16* src, bool valid) {
+    if ((uintptr_t)dst % 16 != 0 || (valid && (uintptr_t)src % 16 != 0)) {
+        fprintf(stderr, "emulator: cp.async of 16 bytes needs 16-byte-aligned addresses (%p <- %p)\n", (void*)dst,
+                (const void*)src);
+        exit(3);
+    }
+    me().open.push_back({dst, src, valid});
+}
+
+inline void cp_async_commit() {
+    me().committed.push_back(std::move(me().open));
+    me().open.clear();
+}
+
+template <int N>
+inline void cp_async_wait() {
+    auto& groups = me().committed;
+    while ((int)groups.size() > N) {
+        for (const auto& c : groups.front()) {
+            if (c.valid)
+                memcpy(c.dst, c.src, 16);
+            else
+                memset(c.dst, 0, 16);
+        }
+        groups.erase(groups.begin());
+    }
+}
 inline void ldsm_x4_trans(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, true); }

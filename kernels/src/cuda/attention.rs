@@ -23,7 +23,9 @@ const STATIC_SMEM: usize = 64;
 /// Dynamic shared memory of attention_bf16.cu's (forward, dq, dk/dv) kernels for head dim `c`.
 fn bf16_smem(c: usize) -> [usize; 3] {
     let rows = 64 * (c + 8) * 2; // a row-major bf16 tile [64][c + 8]
-    [3 * rows, 4 * rows, 4 * 64 * 4 + 4 * rows]
+                                 // two stages of K, V (Q in the second stage's K slot); Q, dO and two stages of K, V; K, V, two
+                                 // stages of Q, dO and of four f32/i32 values per query
+    [4 * rows, 6 * rows, 6 * rows + 2 * 4 * 64 * 4]
 }
 
 /// `Some(c)` when attention_bf16.cu's kernels (head dims 32, 64 and 128, sm_80 or later with the shared
