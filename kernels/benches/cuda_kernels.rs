@@ -162,9 +162,25 @@ fn main() {
                 .map(String::from)
                 .to_vec();
         row(&format!("BSQ self-correction B={b} d={d} 13 scales→64²"), ms, bytes, 0.0, copy_gbs, torch_ms(&args));
+        profile(&dev, ms, || {
+            self_correct_batch(&dev, &lat, &keys, b, d, &scales, 0.3, 13, &mut out, &mut scratch).unwrap();
+        });
     }
 
     other_kernels(&dev, &mut rng, copy_gbs);
+}
+
+/// One more run of `f` with every launch timed (CUDA events): GPU time per kernel, largest first, and
+/// what the kernels add up to against the `total_ms` timed without events (the rest: launch gaps).
+fn profile(dev: &Device, total_ms: f64, f: impl FnOnce()) {
+    dev.start_profile();
+    f();
+    let kernels = dev.profile_report().unwrap();
+    let sum: f64 = kernels.iter().map(|k| k.ms).sum();
+    for k in &kernels {
+        println!("    {:<40} {:4} calls {:8.3} ms", k.name, k.calls, k.ms);
+    }
+    println!("    kernels add up to {sum:.3} ms of {total_ms:.3} ms (event-timed, one run)");
 }
 
 /// The families the model spends its time in, at the sizes of a width-2048 model at 256 px.
@@ -225,6 +241,10 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
         });
         let name = format!("attention backward {label} (dq; dk, dv)");
         row(&name, ms, 8.0 * 4.0 * (n * c) as f64, 10.0 * (pairs * c) as f64, copy_gbs, None);
+        profile(dev, ms, || {
+            let grads: (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut) = (&mut dq, &mut dk, &mut dv);
+            attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, grads, &mut delta, math).unwrap()
+        });
     }
     drop((q, k, v, o, lse, dq, dk, dv, delta));
 
