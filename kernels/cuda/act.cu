@@ -17,6 +17,19 @@ extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* 
     }
 }
 
+// The FFN's first layer after its bias-free GEMM: f [n, cols] += b [cols] (kept for the backward),
+// g = gelu(f). One pass instead of writing the bias rows before the GEMM and reading f again.
+extern "C" __global__ void bias_gelu_forward_f32(float* __restrict__ f, const float* __restrict__ b,
+                                                 float* __restrict__ g, long n, int cols) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const float x = f[i] + b[i % cols];
+        float v, dv;
+        gelu_parts(x, &v, &dv);
+        f[i] = x;
+        g[i] = v;
+    }
+}
+
 extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                              float* __restrict__ dx, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {

@@ -22,11 +22,12 @@ extern "C" __global__ void modulate_backward_f32(const float* __restrict__ dy, c
     }
 }
 
-extern "C" __global__ void gated_residual_forward_f32(float* __restrict__ res, const float* __restrict__ y,
-                                                      const float* __restrict__ gamma, int b, int l, int c, int ps) {
+extern "C" __global__ void gated_residual_forward_f32(const float* __restrict__ x, const float* __restrict__ y,
+                                                      const float* __restrict__ gamma, float* __restrict__ out, int b,
+                                                      int l, int c, int ps) {
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        res[i] += y[i] * gamma[(i / ((long)l * c)) * ps + i % c];
+        out[i] = x[i] + y[i] * gamma[(i / ((long)l * c)) * ps + i % c];
     }
 }
 

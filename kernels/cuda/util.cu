@@ -32,6 +32,12 @@ extern "C" __global__ void add_f32(float* __restrict__ dst, const float* __restr
     GRID_STRIDE(i, n) { dst[i] += src[i]; }
 }
 
+// out = a + b (a residual and a branch's gradient: one pass instead of a copy and an add).
+extern "C" __global__ void sum_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+                                   long n) {
+    GRID_STRIDE(i, n) { out[i] = a[i] + b[i]; }
+}
+
 // dst [R, W] = src [R, W] + row [W].
 extern "C" __global__ void add_row_f32(const float* __restrict__ src, const float* __restrict__ row,
                                        float* __restrict__ dst, long rows, int w) {

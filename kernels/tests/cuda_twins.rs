@@ -126,6 +126,16 @@ fn activations_match_their_cpu_twins() {
         close("silu", &ops::activation(&dev, "silu_forward_f32", &x).unwrap(), &y, 1e-5);
         close("silu backward", &ops::activation_backward(&dev, "silu_backward_f32", &dy, &x).unwrap(), &dx, 1e-5);
     }
+    // the FFN's bias folded into its GELU: (f + b, gelu(f + b)) over rows of 96 columns
+    let (rows, cols) = (37, 96);
+    let f = rand_vec(&mut rng, rows * cols, 4.0);
+    let b = rand_vec(&mut rng, cols, 1.0);
+    let fb: Vec<f32> = f.iter().enumerate().map(|(i, v)| v + b[i % cols]).collect();
+    let mut g = vec![0.0f32; fb.len()];
+    act::gelu_forward(&fb, &mut g);
+    let (gf, gg) = ops::bias_gelu(&dev, &f, &b).unwrap();
+    close("bias + gelu: f + b", &gf, &fb, 1e-6);
+    close("bias + gelu: gelu", &gg, &g, 1e-5);
 }
 
 #[test]

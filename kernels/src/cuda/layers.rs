@@ -152,16 +152,17 @@ pub fn modulate_backward_dev(
     util::group_dot(dev, dy, None, dshift, gsh)
 }
 
-/// `res += y·gamma`.
+/// `out = x + y·gamma` (the residual stream after a gated branch; `out` written).
 pub fn gated_residual_dev(
     dev: &Device,
-    res: &mut dyn BufMut,
+    x: &dyn Buf,
     y: &dyn Buf,
     gamma: &dyn Buf,
+    out: &mut dyn BufMut,
     sh: AdaShape,
 ) -> Result<(), CudaError> {
-    let args = [&[dev.arg_mut(res), dev.arg(y), dev.arg(gamma)][..], &sh.args()].concat();
-    // SAFETY: gated_residual_forward_f32(res, y, gamma, b, l, c, ps).
+    let args = [&[dev.arg(x), dev.arg(y), dev.arg(gamma), dev.arg_mut(out)][..], &sh.args()].concat();
+    // SAFETY: gated_residual_forward_f32(x, y, gamma, out, b, l, c, ps); all [B, L, C].
     unsafe { dev.launch("adaln.cu", "gated_residual_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
@@ -390,9 +391,10 @@ pub fn gated_residual(
     l: usize,
     c: usize,
 ) -> Result<Vec<f32>, CudaError> {
-    let (mut rd, yd, gd) = (up(dev, res)?, up(dev, y)?, up(dev, gamma)?);
-    gated_residual_dev(dev, &mut rd, &yd, &gd, shape(gamma, l, c))?;
-    down(dev, &rd, res.len())
+    let (rd, yd, gd) = (up(dev, res)?, up(dev, y)?, up(dev, gamma)?);
+    let mut out = zeros(dev, res.len())?;
+    gated_residual_dev(dev, &rd, &yd, &gd, &mut out, shape(gamma, l, c))?;
+    down(dev, &out, res.len())
 }
 
 /// `[dy, dgamma]` of [`gated_residual`].

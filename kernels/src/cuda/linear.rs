@@ -45,6 +45,35 @@ pub fn to_bf16_dev(dev: &Device, x: &dyn Buf, y: &mut CudaSlice<u16>) -> Result<
     unsafe { dev.launch("util.cu", "to_bf16", elementwise(n.div_ceil(4)), &args) }
 }
 
+/// `x` for several bf16 products: its bf16 copy is made once, here (freed in stream order with this
+/// value), instead of once per product. Just `x` when the products run in f32.
+pub struct Rounded<'a> {
+    values: &'a dyn Buf,
+    bf16: Option<u64>,
+    _copy: Option<CudaSlice<u16>>,
+}
+
+/// [`Rounded`] `x` for `gemm`'s products.
+pub fn rounded<'a>(gemm: &Gemm, dev: &Device, x: &'a dyn Buf) -> Result<Rounded<'a>, CudaError> {
+    if !gemm.bf16 {
+        return Ok(Rounded { values: x, bf16: None, _copy: None });
+    }
+    let (p, copy) = bf16_of(dev, x)?;
+    Ok(Rounded { values: x, bf16: Some(p), _copy: copy })
+}
+
+impl Buf for Rounded<'_> {
+    fn addr(&self, s: &cudarc::driver::CudaStream) -> u64 {
+        self.values.addr(s)
+    }
+    fn count(&self) -> usize {
+        self.values.count()
+    }
+    fn bf16_addr(&self, s: &cudarc::driver::CudaStream) -> Option<u64> {
+        self.bf16.or_else(|| self.values.bf16_addr(s))
+    }
+}
+
 /// The bf16 values of `x`: its kept copy, or a fresh one (`None` then; the slice owns it).
 pub(crate) fn bf16_of(dev: &Device, x: &dyn Buf) -> Result<(u64, Option<CudaSlice<u16>>), CudaError> {
     if let Some(p) = x.bf16_addr(&dev.stream) {
@@ -167,6 +196,7 @@ pub fn linear_backward_dev(
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && x.count() >= n * fin && w.count() >= fout * fin, "linear_backward: shapes");
+    let dy = &rounded(gemm, dev, dy)?; // one bf16 copy for both products
     if let Some(dx) = dx {
         input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?;
     }

@@ -56,6 +56,16 @@ pub fn activation_dev(dev: &Device, kernel: &str, x: &dyn Buf, y: &mut dyn BufMu
     unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
 
+/// `f [N, cols] += b [cols]` then `g = gelu(f)` (act.cu's `bias_gelu_forward_f32`; both written).
+pub fn bias_gelu_dev(dev: &Device, f: &mut dyn BufMut, b: &dyn Buf, g: &mut dyn BufMut) -> Result<(), CudaError> {
+    let (n, cols) = (f.count(), b.count());
+    assert!(g.count() >= n && cols > 0 && n % cols == 0, "bias_gelu: f, g [N, cols], b [cols]");
+    let s = &dev.stream;
+    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g.addr_mut(s)), Arg::long(n), Arg::int(cols)];
+    // SAFETY: bias_gelu_forward_f32(f, b, g, n, cols); f and g hold n values, b cols.
+    unsafe { dev.launch("act.cu", "bias_gelu_forward_f32", elementwise(n), &args) }
+}
+
 /// `dx = dy · f'(x)` for `kernel` in act.cu (`gelu_backward_f32`, `silu_backward_f32`), `dx` written.
 pub fn activation_backward_dev(
     dev: &Device,
@@ -78,6 +88,15 @@ pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, Cud
     let mut y = s.alloc_zeros::<f32>(x.len())?;
     activation_dev(dev, kernel, &xd, &mut y)?;
     Ok(s.clone_dtoh(&y)?)
+}
+
+/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`.
+pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+    let s = &dev.stream;
+    let (mut fd, bd) = (s.clone_htod(f)?, s.clone_htod(b)?);
+    let mut g = s.alloc_zeros::<f32>(f.len())?;
+    bias_gelu_dev(dev, &mut fd, &bd, &mut g)?;
+    Ok((s.clone_dtoh(&fd)?, s.clone_dtoh(&g)?))
 }
 
 /// Host-slice [`activation_backward_dev`].

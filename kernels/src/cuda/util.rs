@@ -42,6 +42,15 @@ pub fn add(dev: &Device, dst: &mut dyn BufMut, src: &dyn Buf) -> Result<(), Cuda
     unsafe { dev.launch("util.cu", "add_f32", elementwise(n), &args) }
 }
 
+/// `out = a + b` over `out`'s length.
+pub fn sum(dev: &Device, a: &dyn Buf, b: &dyn Buf, out: &mut dyn BufMut) -> Result<(), CudaError> {
+    let n = out.count();
+    assert!(a.count() >= n && b.count() >= n, "util::sum: a source shorter than the output");
+    let args = [dev.arg(a), dev.arg(b), dev.arg_mut(out), Arg::long(n)];
+    // SAFETY: sum_f32(a, b, out, n); all hold n values.
+    unsafe { dev.launch("util.cu", "sum_f32", elementwise(n), &args) }
+}
+
 /// `dst [R, W] = src [R, W] + row [W]`.
 pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut) -> Result<(), CudaError> {
     let w = row.count();

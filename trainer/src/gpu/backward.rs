@@ -10,7 +10,7 @@ use infinity_kernels::cuda::layers::{
     embedding_backward_dev, gated_residual_backward_dev, layernorm_backward_dev, modulate_backward_dev,
     rmsnorm_backward_dev, rope_dev, AdaShape, DeviceRope,
 };
-use infinity_kernels::cuda::linear::{bias_grad, input_grad, weight_grad};
+use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
 use infinity_kernels::cuda::ops::activation_backward_dev;
 use infinity_kernels::cuda::util;
 
@@ -35,6 +35,7 @@ fn linear_bwd(
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<()> {
     let (dev, gemm) = (net.dev, net.gemm);
+    let dy = &rounded(gemm, dev, dy)?; // one bf16 copy for both products
     if let Some(dx) = dx {
         net.with_weight(&format!("{prefix}.weight"), |w| Ok(input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?))?;
     }
@@ -217,8 +218,6 @@ fn block_backward(
     let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
 
     // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
-    let mut dx_ca = net.buf(n * c)?;
-    util::copy(dev, &dx_out, &mut dx_ca)?;
     let mut df2 = net.buf(n * c)?;
     gated_residual_backward_dev(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
     let (mut dg, mut df1, mut dh2) = (net.buf(n * hf)?, net.buf(n * hf)?, net.buf(n * c)?);
@@ -233,12 +232,12 @@ fn block_backward(
     let mut tmp = net.buf(n * c)?;
     let [m2, r2] = &s.ln2;
     layernorm_backward_dev(dev, &dxhat2, saved(&s.x_ca), None, saved(m2), saved(r2), &mut tmp, None, (n, c))?;
-    util::add(dev, &mut dx_ca, &tmp)?;
+    let mut dx_ca = net.buf(n * c)?;
+    util::sum(dev, &dx_out, &tmp, &mut dx_ca)?;
+    drop(dx_out);
 
-    // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca))
-    let mut dx_sa = net.buf(n * c)?;
-    util::copy(dev, &dx_ca, &mut dx_sa)?;
-    if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
+    // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca)); without text x_ca = x_sa
+    let dx_sa = if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
         let nt = cu[b];
         let mut dattn = net.buf(n * c)?;
         linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
@@ -285,12 +284,14 @@ fn block_backward(
             params,
             (n, c),
         )?;
-        util::add(dev, &mut dx_sa, &tmp)?;
-    }
+        let mut dx_sa = net.buf(n * c)?;
+        util::sum(dev, &dx_ca, &tmp, &mut dx_sa)?;
+        dx_sa
+    } else {
+        dx_ca
+    };
 
     // self-attention: x_sa = x_in + proj(attn(rope(norm(q)), rope(norm(k)), v)) · γ1
-    let mut dx_in = net.buf(n * c)?;
-    util::copy(dev, &dx_sa, &mut dx_in)?;
     let mut dsa_out = net.buf(n * c)?;
     gated_residual_backward_dev(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
     let mut dattn = net.buf(n * c)?;
@@ -353,7 +354,8 @@ fn block_backward(
     }
     let [m1, r1] = &s.ln1;
     layernorm_backward_dev(dev, &dxhat1, saved(&s.x_in), None, saved(m1), saved(r1), &mut tmp, None, (n, c))?;
-    util::add(dev, &mut dx_in, &tmp)?;
+    let mut dx_in = net.buf(n * c)?;
+    util::sum(dev, &dx_sa, &tmp, &mut dx_in)?;
 
     // gss = ada_gss + shared_gss
     let mut dgss = net.buf(b * 6 * c)?;

@@ -11,7 +11,7 @@ use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
     embedding_dev, gated_residual_dev, layernorm_dev, modulate_dev, rmsnorm_dev, rope_dev, AdaShape, DeviceRope,
 };
-use infinity_kernels::cuda::ops::activation_dev;
+use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::util;
 
 use super::Net;
@@ -59,6 +59,7 @@ pub struct BlockBufs {
     pub attn: Option<CudaSlice<f32>>,
     pub lse: Option<CudaSlice<f32>>,
     pub sa_out: Option<CudaSlice<f32>>,
+    /// The residual after self-attention, kept only with text (without cross-attention it is `x_ca`).
     pub x_sa: Option<CudaSlice<f32>>,
     pub ca_ln: [Option<CudaSlice<f32>>; 2],
     pub ca_in: Option<CudaSlice<f32>>,
@@ -281,13 +282,11 @@ pub(super) fn block_forward(
     let mut sa_out = net.buf(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
     let mut x_sa = net.buf(n * c)?;
-    util::copy(dev, &x_in, &mut x_sa)?;
-    gated_residual_dev(dev, &mut x_sa, &sa_out, &part(0), sh)?;
+    gated_residual_dev(dev, &x_in, &sa_out, &part(0), &mut x_sa, sh)?;
 
-    // cross-attention: x + CA(ca_norm(x), kv_ca), no gate
-    let mut x_ca = net.buf(n * c)?;
-    util::copy(dev, &x_sa, &mut x_ca)?;
-    if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
+    // cross-attention: x + CA(ca_norm(x), kv_ca), no gate; without text x_ca is x_sa itself (the
+    // backward then finds it under x_ca only)
+    let x_ca = if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
         let nt = cu[b];
         let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
         let (nw, nb) = (w("ca_norm.weight"), w("ca_norm.bias"));
@@ -304,11 +303,15 @@ pub(super) fn block_forward(
         attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims, net.math())?;
         let mut ca_out = net.buf(n * c)?;
         net.linear(&ca_attn, &name("ca.proj"), true, &mut ca_out, (n, c, c))?;
-        util::add(dev, &mut x_ca, &ca_out)?;
+        let mut x_ca = net.buf(n * c)?;
+        util::sum(dev, &x_sa, &ca_out, &mut x_ca)?;
         (s.ca_ln, s.ca_in, s.ca_q, s.ca_k, s.ca_v) =
             ([Some(ca_mean), Some(ca_rstd)], Some(ca_in), Some(ca_q), Some(ca_k), Some(ca_v));
-        (s.ca_attn, s.ca_lse) = (Some(ca_attn), Some(ca_lse));
-    }
+        (s.ca_attn, s.ca_lse, s.x_sa) = (Some(ca_attn), Some(ca_lse), Some(x_sa));
+        x_ca
+    } else {
+        x_sa
+    };
 
     // feed-forward
     let (mut xhat2, mut mean2, mut rstd2) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
@@ -316,19 +319,18 @@ pub(super) fn block_forward(
     let mut h2 = net.buf(n * c)?;
     modulate_dev(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
     let (mut f1, mut g) = (net.buf(n * hf)?, net.buf(n * hf)?);
-    net.linear(&h2, &name("ffn.fc1"), true, &mut f1, (n, c, hf))?;
-    activation_dev(dev, "gelu_forward_f32", &f1, &mut g)?;
+    net.linear(&h2, &name("ffn.fc1"), false, &mut f1, (n, c, hf))?;
+    bias_gelu_dev(dev, &mut f1, &w("ffn.fc1.bias"), &mut g)?; // f1 = x·Wᵀ + b, g = gelu(f1)
     let mut f2 = net.buf(n * c)?;
     net.linear(&g, &name("ffn.fc2"), true, &mut f2, (n, hf, c))?;
     let mut x_out = net.buf(n * c)?;
-    util::copy(dev, &x_ca, &mut x_out)?;
-    gated_residual_dev(dev, &mut x_out, &f2, &part(1), sh)?;
+    gated_residual_dev(dev, &x_ca, &f2, &part(1), &mut x_out, sh)?;
 
     (s.x_in, s.gain, s.ln1, s.xhat1, s.h1) =
         (Some(x_in), Some(gain), [Some(mean1), Some(rstd1)], Some(xhat1), Some(h1));
     (s.q_raw, s.k_raw, s.v, s.q_norm, s.k_norm, s.q, s.k) =
         (Some(q_raw), Some(k_raw), Some(v), Some(q_norm), Some(k_norm), Some(q), Some(k));
-    (s.attn, s.lse, s.sa_out, s.x_sa, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_sa), Some(x_ca));
+    (s.attn, s.lse, s.sa_out, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_ca));
     (s.ln2, s.xhat2, s.h2, s.f1, s.g, s.f2) =
         ([Some(mean2), Some(rstd2)], Some(xhat2), Some(h2), Some(f1), Some(g), Some(f2));
     s.gss = Some(gss);
