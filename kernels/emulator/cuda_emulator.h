@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #define KERNEL_EMULATOR 1
@@ -79,7 +80,6 @@ struct AsyncCopy {
 
 struct Fiber {
     ucontext_t ctx;
-    std::vector<char> stack;
     dim3 tid;
     bool done = false;
     std::vector<std::vector<AsyncCopy>> committed;  // oldest first
@@ -97,6 +97,11 @@ struct Block {
 };
 
 inline Block* block = nullptr;
+
+// Fiber stacks, allocated once and reused by every block (uninitialised: a kernel's locals start as
+// garbage, as on a GPU).
+constexpr size_t STACK_BYTES = 64 * 1024;
+inline std::vector<std::unique_ptr<char[]>> stacks;
 inline unsigned long events = 0;  // arrivals and exits: no change over a whole round is a deadlock
 
 inline unsigned char* dynamic_smem() { return block->smem.data(); }
@@ -144,6 +149,7 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
     }
     gridDim = grid;
     blockDim = block_dim;
+    while ((int)stacks.size() < n) stacks.emplace_back(new char[STACK_BYTES]);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -157,11 +163,10 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                 b.sync.expected = n;
                 for (int i = 0; i < n; ++i) {
                     Fiber& f = b.fibers[i];
-                    f.stack.resize(256 * 1024);
                     f.tid.x = i;
                     getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack.data();
-                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_stack.ss_sp = stacks[i].get();
+                    f.ctx.uc_stack.ss_size = STACK_BYTES;
                     f.ctx.uc_link = &b.scheduler;
                     makecontext(&f.ctx, fiber_main, 0);
                 }

@@ -1,7 +1,8 @@
 //! The tensor-core kernels' CUDA source run on the CPU through kernels/emulator (every thread a fiber;
 //! warp collectives, ldmatrix and mma.sync emulated), against their CPU twins with the GPU tests'
 //! tolerances (docs/numerics.md). No GPU needed: this runs in CI, so a wrong fragment index, mask or
-//! tail in attention_bf16.cu or head_ce_bf16.cu fails here, not first on a GPU. Needs a C++17 compiler (`c++`, or `CXX`);
+//! tail in attention_bf16.cu or head_ce_bf16.cu, or a wrong window in bsq.cu, fails here, not first
+//! on a GPU. Needs a C++17 compiler (`c++`, or `CXX`);
 //! says it skipped without one, except under CI.
 #![cfg(feature = "cuda")]
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use infinity_kernels::attention::{self, AttnDims, Segment};
 use infinity_kernels::cuda::attention::expand_segments;
 use infinity_kernels::cuda::compile::source;
-use infinity_kernels::{bitwise_ce, linear};
+use infinity_kernels::{bitwise_ce, bsq, linear};
 use rand::{Rng, SeedableRng};
 
 const EMULATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator");
@@ -174,5 +175,52 @@ fn bf16_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
         let correct: Vec<u32> = read_bytes(&dir, "correct").into_iter().map(u32::from_le_bytes).collect();
         let off = correct.iter().zip(&cpu.correct_bits).filter(|(a, b)| a != b).count();
         assert!(off <= n / 100 + 1, "{tag}: {off} tokens count different correct bits");
+    }
+}
+
+/// bsq.cu (residual area pooling by thread, warp and block, keyed flips, bilinear accumulation, the
+/// next scale's inputs) on the GPU test's schedules, against `bsq::self_correct` with
+/// `bsq::keyed_flips` per sample: labels equal except where a residual is within rounding of zero
+/// (the warp and block sums add in another order), inputs within 1e-5 when all labels agree.
+#[test]
+fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("bsq.cu", "bsq") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let square: Vec<(usize, usize)> = vec![(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)];
+    let wide: Vec<(usize, usize)> = vec![(1, 1), (1, 2), (2, 3), (3, 5), (6, 10), (9, 15)];
+    let big: Vec<(usize, usize)> = vec![(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (48, 48)];
+    for (scales, b, d, p_max, layers) in
+        [(&square, 5, 32, 0.3, 5), (&wide, 5, 16, 0.0, 13), (&wide, 5, 32, 0.1, 13), (&big, 1, 4, 0.2, 13)]
+    {
+        let (hh, ww) = *scales.last().unwrap();
+        let tag = format!("emulated self-correction {hh}x{ww} d={d} p_max={p_max}");
+        let latent: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
+        let (l, n0) = (bsq::num_tokens(scales), scales[0].0 * scales[0].1);
+        let (mut cpu_bits, mut cpu_x, mut near_zero) = (Vec::new(), Vec::new(), 0usize);
+        for (s, &key) in keys.iter().enumerate() {
+            let flips = bsq::keyed_flips(key, scales, d, p_max, layers);
+            let one = bsq::self_correct(&latent[s * d * hh * ww..(s + 1) * d * hh * ww], d, scales, Some(&flips));
+            near_zero += one.residual.iter().filter(|r| r.abs() < 1e-6).count();
+            cpu_bits.extend(one.bits);
+            cpu_x.extend(one.x_wo_prefix);
+        }
+
+        let dir = exe.with_file_name(format!("case-{hh}x{ww}-d{d}-p{p_max}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write(&dir, "latent", &latent);
+        write(&dir, "keys", &keys);
+        let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
+        let args = [b.to_string(), d.to_string(), p_max.to_string(), layers.to_string(), sched];
+        run(&exe, &dir, &args, &tag);
+        let bits = std::fs::read(dir.join("gt_bits.bin")).unwrap();
+        let x = read(&dir, "x_wo_prefix");
+        assert_eq!((bits.len(), x.len()), (b * l * d, b * (l - n0) * d), "{tag}: output sizes");
+        let wrong = bits.iter().zip(&cpu_bits).filter(|(a, c)| a != c).count();
+        assert!(wrong <= 4 * near_zero, "{tag}: {wrong} labels differ ({near_zero} residuals within 1e-6 of 0)");
+        if wrong == 0 {
+            close(&format!("{tag} inputs"), &x, &cpu_x, 1e-5);
+        }
+        println!("{tag}: {wrong} of {} labels differ", bits.len());
     }
 }

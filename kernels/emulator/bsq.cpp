@@ -1,0 +1,83 @@
+// bsq.cu's multi-scale BSQ with keyed self-correction for a batch on the emulator, launched as
+// kernels/src/cuda/bsq.rs's self_correct_batch launches it (same kernels, order and launch shapes).
+//   bsq DIR B D P_MAX APPLY_LAYERS SCALES        (SCALES like 1x1,2x2,4x4)
+// reads DIR/latent.bin (f32 [B, d, H, W]) and DIR/keys.bin (u64 [B]); writes DIR/gt_bits.bin
+// (u8 [B, L, d]) and DIR/x_wo_prefix.bin (f32 [B, L − n0, d]).
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "cuda_emulator.h"
+#include "io.h"
+#include "kernel.cu"
+
+// device.rs's elementwise(): 256-thread blocks covering n, at most 65 535 of them (grid-stride).
+static dim3 elementwise(long n) { return {(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}; }
+
+int main(int argc, char** argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s DIR B D P_MAX APPLY_LAYERS SCALES\n", argv[0]);
+        return 2;
+    }
+    const std::string dir = argv[1];
+    const int b = atoi(argv[2]), d = atoi(argv[3]), layers = atoi(argv[5]);
+    const double p_max = atof(argv[4]);
+    std::vector<std::pair<int, int>> scales;
+    for (const char* p = argv[6]; *p;) {
+        int h = 0, w = 0, used = 0;
+        if (sscanf(p, "%dx%d%n", &h, &w, &used) != 2) {
+            fprintf(stderr, "scales: expected HxW,HxW,… at `%s`\n", p);
+            return 2;
+        }
+        scales.push_back({h, w});
+        p += used;
+        if (*p == ',') ++p;
+    }
+    const auto [hh, ww] = scales.back();
+    const int n0 = scales[0].first * scales[0].second;
+    int l = 0;
+    for (auto [h, w] : scales) l += h * w;
+    const long full = (long)b * d * hh * ww;
+    auto latent = read_array<float>(dir, "latent");
+    auto keys = read_array<unsigned long long>(dir, "keys");
+    std::vector<float> sum(full, 0.0f), r(full), q(full), x((size_t)b * (l - n0) * d);
+    std::vector<unsigned char> gt((size_t)b * l * d);
+    const int kmax_all = (int)std::lround(100.0 * p_max);
+    const dim3 block{256, 1, 1};
+    int tok0 = 0;
+    for (int si = 0; si < (int)scales.size(); ++si) {
+        const auto [h, w] = scales[si];
+        const int n = h * w, kmax = si < layers ? kmax_all : 0;
+        const long outs = (long)b * d * n;
+        // a thread, a warp or a block per output value, by the size of its window
+        const int window = ((hh + h - 1) / h) * ((ww + w - 1) / w);
+        if (window < 16)
+            emu::launch(elementwise(outs), block, 0, [&] {
+                residual_area_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+            });
+        else if (window < 1024)
+            emu::launch(elementwise(32 * outs), block, 0, [&] {
+                residual_area_warp_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+            });
+        else
+            emu::launch({(unsigned)std::min(outs, 65535L), 1, 1}, block, 0, [&] {
+                residual_area_block_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+            });
+        emu::launch(elementwise(outs), block, 0, [&] {
+            quantize_keyed_f32(r.data(), keys.data(), si, kmax, gt.data(), l, tok0, q.data(), b, d, n);
+        });
+        emu::launch(elementwise(full), block, 0, [&] {
+            bilinear_resize_f32(q.data(), sum.data(), b * d, h, w, hh, ww, 1);
+        });
+        if (si + 1 < (int)scales.size()) {
+            const auto [nh, nw] = scales[si + 1];
+            emu::launch(elementwise((long)b * nh * nw * d), block, 0, [&] {
+                to_tokens_f32(sum.data(), x.data(), b, d, hh, ww, nh, nw, l - n0, tok0 + n - n0);
+            });
+        }
+        tok0 += n;
+    }
+    write_array(dir, "gt_bits", gt);
+    write_array(dir, "x_wo_prefix", x);
+    return 0;
+}
