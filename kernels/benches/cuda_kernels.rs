@@ -152,10 +152,11 @@ fn main() {
         let ms = time_ms(&dev, 20, || {
             self_correct_batch(&dev, &lat, &keys, b, d, &scales, 0.3, 13, &mut out, &mut scratch).unwrap();
         });
-        // bytes per scale: latent and sum read (residual), sum read and written (accumulate); plus the
-        // sum's reset and the labels and inputs written once
+        // bytes (bsq.cu's algorithm): the latent read at every scale; the running sum written from the
+        // second scale on and read from the third; the labels (1 byte) and inputs (4) written once
         let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
-        let bytes = (scales.len() * 4 + 1) as f64 * (full * 4) as f64 + (b * l * d * 5) as f64;
+        let passes = 3 * scales.len() - 3;
+        let bytes = passes as f64 * (full * 4) as f64 + (b * l * d * 5) as f64;
         let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
         let args: Vec<String> =
             ["bsq", "--b", &b.to_string(), "--d", &d.to_string(), "--scales", &sched, "--p-max", "0.3"]

@@ -13,14 +13,13 @@ __device__ __forceinline__ int2 area_window(int o, int src, int dst) {
     return make_int2((o * src) / dst, ((o + 1) * src + dst - 1) / dst);
 }
 
-// Output (y, x) of the area resize of one channel `a` [sh, sw] (minus `b` element by element when
-// given: the residual is formed per element, then summed in the same row-major order) to [dh, dw].
-__device__ __forceinline__ float area_at(const float* a, const float* b, int sh, int sw, int dh, int dw, int y,
-                                         int x) {
+// Output (y, x) of the area resize of one channel `a` [sh, sw] to [dh, dw]: the window summed in
+// row-major order, then divided by its height and width.
+__device__ __forceinline__ float area_at(const float* a, int sh, int sw, int dh, int dw, int y, int x) {
     const int2 wy = area_window(y, sh, dh), wx = area_window(x, sw, dw);
     float sum = 0.0f;
     for (int r = wy.x; r < wy.y; ++r)
-        for (int c = wx.x; c < wx.y; ++c) sum += b ? a[r * sw + c] - b[r * sw + c] : a[r * sw + c];
+        for (int c = wx.x; c < wx.y; ++c) sum += a[r * sw + c];
     return sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
 }
 
@@ -30,7 +29,7 @@ extern "C" __global__ void area_resize_f32(const float* __restrict__ src, float*
     const long total = (long)bc * dh * dw;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const long ch = i / ((long)dw * dh);
-        dst[i] = area_at(src + ch * sh * sw, nullptr, sh, sw, dh, dw, (i / dw) % dh, i % dw);
+        dst[i] = area_at(src + ch * sh * sw, sh, sw, dh, dw, (i / dw) % dh, i % dw);
     }
 }
 
@@ -89,14 +88,15 @@ extern "C" __global__ void quantize_f32(const float* __restrict__ r, const unsig
 }
 
 // ---- bitwise self-correction for a whole batch ---------------------------------------------------
-// Per scale s of (h, w), n = h·w, with latent f [B, d, H, W] and the running sum of codes S (same
-// shape, starts at 0):
-//   residual_area:   r = area(f − S) at (h, w)                                      [B, d, n]
-//   quantize_keyed:  labels = sign bits of r (into gt [B, L, d]); codes of the flipped bits   [B, d, n]
-//   bilinear_resize (accumulate): S += up(codes)
-//   to_tokens:       next scale's teacher-forcing input = bilinear(S) at (h', w'), token-major
-// The flips come from a counter-based generator keyed per sample, the twin of bsq::keyed_uniform.
-
+// Latent f [B, d, H, W]; S_s = Σ_{j<s} up(q_j), the running sum of the codes of the scales before s
+// (same shape). One kernel per scale s of (h, w), n = h·w (`residual_codes_*`): it forms S_s element
+// by element as S_{s−1} + bilinear(q_{s−1}) (the CPU twin's order), writes it (each element once,
+// by the window that owns it), and pools r = area(f − S_s) at (h, w); from r at once the labels
+// (sign bits, into gt [B, L, d]) and the codes of the flipped bits, q_s [B, d, n]. Then `to_tokens`
+// samples S_s at (h, w): scale s's teacher-forcing input. So a scale reads f and S_{s−1} and writes
+// S_s once, S and q ping-pong between two buffers, and neither r nor S_K (after the last scale) is
+// ever stored. The flips come from a counter-based generator keyed per sample, the twin of
+// bsq::keyed_uniform.
 __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -108,82 +108,136 @@ __device__ __forceinline__ double keyed_uniform(unsigned long long key, int scal
     return (double)(mix64(base ^ mix64(index)) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// r [B, d, h, w] = area((f − S) [B, d, H, W]); the difference is formed per element, then summed in
-// area_resize's order, so the result equals resizing the materialised residual.
-extern "C" __global__ void residual_area_f32(const float* __restrict__ f, const float* __restrict__ sum,
-                                             float* __restrict__ r, int bd, int H, int W, int h, int w) {
+// Where scale `scale`'s labels and codes go: keys [B] (one per sample), kmax = round(100·p_max) (0:
+// no flips), gt [B, L, d] at tokens tok0 … tok0 + n, q [B, d, n].
+struct Codes {
+    const unsigned long long* keys;
+    int scale, kmax;
+    unsigned char* gt;
+    int l, tok0;
+    float* q;
+    int d, n;
+};
+
+// Output i of r [B, d, n] (value r): its clean bit into gt, ±1/√d of the (possibly flipped) bit into q.
+__device__ __forceinline__ void emit_code(float r, long i, const Codes& o) {
+    const float m = 1.0f / sqrtf((float)o.d);  // IEEE sqrt and division: the CPU twin's value exactly
+    const int t = i % o.n, c = (i / o.n) % o.d;
+    const long s = i / ((long)o.n * o.d);
+    const int bit = r > 0.0f ? 1 : 0;
+    o.gt[(s * o.l + o.tok0 + t) * o.d + c] = (unsigned char)bit;
+    int used = bit;
+    if (o.kmax > 0) {
+        const unsigned long long key = o.keys[s];
+        int k = (int)(keyed_uniform(key, o.scale, ~0ull) * (double)(o.kmax + 1));
+        k = min(k, o.kmax);
+        const double p = (double)k * 0.01;
+        used ^= keyed_uniform(key, o.scale, (unsigned long long)t * o.d + c) < p ? 1 : 0;
+    }
+    o.q[i] = used ? m : -m;
+}
+
+// S_s of one channel, formed while pooling: `old` S_{s−1} [H, W] (null before the second scale: zeros),
+// `prev` q_{s−1} [ph, pw] (null at the first scale: S_0 = 0), `out` S_s [H, W].
+struct RunningSum {
+    const float* old;
+    const float* prev;
+    float* out;
+    int ph, pw;
+};
+
+__device__ __forceinline__ RunningSum channel(const float* old, const float* prev, float* out, int ph, int pw,
+                                              long ch, int H, int W) {
+    const long at = ch * H * W;
+    return RunningSum{old ? old + at : nullptr, prev ? prev + ch * ph * pw : nullptr, prev ? out + at : nullptr, ph, pw};
+}
+
+// f − S_s at element (r, c) of a channel (f [H, W]); stores S_s there when `own`.
+__device__ __forceinline__ float residual_at(const float* f, const RunningSum& s, int H, int W, int r, int c,
+                                             bool own) {
+    if (!s.prev) return f[r * W + c];
+    float v = bilinear_at(s.prev, s.ph, s.pw, H, W, r, c);
+    if (s.old) v = s.old[r * W + c] + v;
+    if (own) s.out[r * W + c] = v;
+    return f[r * W + c] - v;
+}
+
+// Whether window (y, x) of an (h, w) pooling owns element (r, c) of [H, W]: the first window holding it.
+__device__ __forceinline__ bool owns(int y, int x, int r, int c, int H, int W, int h, int w) {
+    return (r * h) / H == y && (c * w) / W == x;
+}
+
+// The residual kernels' arguments: latent, S_{s−1}, q_{s−1}, S_s, q_{s−1}'s size, the pooling, then
+// the Codes fields.
+#define RESIDUAL_PARAMS                                                                                        \
+    const float *__restrict__ f, const float *__restrict__ old, const float *__restrict__ prev,                \
+        float *__restrict__ out, int ph, int pw, int bd, int H, int W, int h, int w,                            \
+        const unsigned long long *__restrict__ keys, int scale, int kmax, unsigned char *__restrict__ gt, int l, \
+        int tok0, float *__restrict__ q, int d
+#define CODES Codes{keys, scale, kmax, gt, l, tok0, q, d, h * w}
+
+// One thread per output: the window summed in row-major order, as the CPU twin's area pooling.
+extern "C" __global__ void residual_codes_f32(RESIDUAL_PARAMS) {
     const long total = (long)bd * h * w;
+    const Codes o = CODES;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const long ch = i / ((long)w * h);
-        r[i] = area_at(f + ch * H * W, sum + ch * H * W, H, W, h, w, (i / w) % h, i % w);
+        const int y = (i / w) % h, x = i % w;
+        const RunningSum s = channel(old, prev, out, ph, pw, ch, H, W);
+        const int2 wy = area_window(y, H, h), wx = area_window(x, W, w);
+        float sum = 0.0f;
+        for (int r = wy.x; r < wy.y; ++r)
+            for (int c = wx.x; c < wx.y; ++c)
+                sum += residual_at(f + ch * H * W, s, H, W, r, c, owns(y, x, r, c, H, W, h, w));
+        emit_code(sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x), i, o);
     }
 }
 
-// The same for large windows (coarse scales), where one thread per output would sum thousands of values
-// alone: a warp (`residual_area_warp_f32`) or a block (`residual_area_block_f32`) per output value, its
+// For large windows (coarse scales), where one thread per output would sum thousands of values alone:
+// a warp (`residual_codes_warp_f32`) or a block (`residual_codes_block_f32`) per output value, its
 // threads striding over the window in row-major order, then a fixed reduction tree (bitwise
 // reproducible; the order differs from the serial sum, so a bit may differ from the CPU twin's where
 // the residual is within rounding of zero).
-__device__ __forceinline__ float residual_window_part(const float* a, const float* b, int W, int2 wy, int2 wx,
-                                                      int first, int stride) {
+__device__ __forceinline__ float window_part(const float* f, const RunningSum& s, int H, int W, int h, int w, int y,
+                                             int x, int2 wy, int2 wx, int first, int stride) {
     const int ww = wx.y - wx.x, cnt = (wy.y - wy.x) * ww;
-    float s = 0.0f;
+    float sum = 0.0f;
     for (int e = first; e < cnt; e += stride) {
-        const int at = (wy.x + e / ww) * W + wx.x + e % ww;
-        s += a[at] - b[at];
+        const int r = wy.x + e / ww, c = wx.x + e % ww;
+        sum += residual_at(f, s, H, W, r, c, owns(y, x, r, c, H, W, h, w));
     }
-    return s;
+    return sum;
 }
 
-extern "C" __global__ void residual_area_warp_f32(const float* __restrict__ f, const float* __restrict__ sum,
-                                                  float* __restrict__ r, int bd, int H, int W, int h, int w) {
+extern "C" __global__ void residual_codes_warp_f32(RESIDUAL_PARAMS) {
     const long total = (long)bd * h * w, warps = ((long)gridDim.x * blockDim.x) >> 5;
     const int lane = threadIdx.x & 31;
+    const Codes o = CODES;
     for (long i = (blockIdx.x * (long)blockDim.x + threadIdx.x) >> 5; i < total; i += warps) {
         const long ch = i / ((long)w * h);
-        const int2 wy = area_window((i / w) % h, H, h), wx = area_window(i % w, W, w);
-        float s = residual_window_part(f + ch * H * W, sum + ch * H * W, W, wy, wx, lane, 32);
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) r[i] = s / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+        const int y = (i / w) % h, x = i % w;
+        const RunningSum s = channel(old, prev, out, ph, pw, ch, H, W);
+        const int2 wy = area_window(y, H, h), wx = area_window(x, W, w);
+        float sum = window_part(f + ch * H * W, s, H, W, h, w, y, x, wy, wx, lane, 32);
+        for (int k = 16; k > 0; k >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, k);
+        if (lane == 0) emit_code(sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x), i, o);
     }
 }
 
-extern "C" __global__ void residual_area_block_f32(const float* __restrict__ f, const float* __restrict__ sum,
-                                                   float* __restrict__ r, int bd, int H, int W, int h, int w) {
+extern "C" __global__ void residual_codes_block_f32(RESIDUAL_PARAMS) {
     const long total = (long)bd * h * w;
+    const Codes o = CODES;
     for (long i = blockIdx.x; i < total; i += gridDim.x) {
         const long ch = i / ((long)w * h);
-        const int2 wy = area_window((i / w) % h, H, h), wx = area_window(i % w, W, w);
-        const float s = block_sum(residual_window_part(f + ch * H * W, sum + ch * H * W, W, wy, wx, threadIdx.x, blockDim.x));
-        if (threadIdx.x == 0) r[i] = s / (float)(wy.y - wy.x) / (float)(wx.y - wx.x);
+        const int y = (i / w) % h, x = i % w;
+        const RunningSum s = channel(old, prev, out, ph, pw, ch, H, W);
+        const int2 wy = area_window(y, H, h), wx = area_window(x, W, w);
+        const float sum = block_sum(window_part(f + ch * H * W, s, H, W, h, w, y, x, wy, wx, threadIdx.x, blockDim.x));
+        if (threadIdx.x == 0) emit_code(sum / (float)(wy.y - wy.x) / (float)(wx.y - wx.x), i, o);
     }
 }
 
-// Labels and codes of scale `scale`: r [B, d, n] -> gt [B, L, d] at tokens tok0..tok0+n (clean bits)
-// and q [B, d, n] = ±1/√d of the bits after the keyed flips (kmax = round(100·p_max), 0: no flips).
-extern "C" __global__ void quantize_keyed_f32(const float* __restrict__ r, const unsigned long long* __restrict__ keys,
-                                              int scale, int kmax, unsigned char* __restrict__ gt, int l, int tok0,
-                                              float* __restrict__ q, int b, int d, int n) {
-    const float m = 1.0f / sqrtf((float)d);  // IEEE sqrt and division: the CPU twin's value exactly
-    const long total = (long)b * d * n;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const int t = i % n, c = (i / n) % d;
-        const long s = i / ((long)n * d);
-        const int bit = r[i] > 0.0f ? 1 : 0;
-        gt[(s * l + tok0 + t) * d + c] = (unsigned char)bit;
-        int used = bit;
-        if (kmax > 0) {
-            const unsigned long long key = keys[s];
-            int k = (int)(keyed_uniform(key, scale, ~0ull) * (double)(kmax + 1));
-            k = min(k, kmax);
-            const double p = (double)k * 0.01;
-            used ^= keyed_uniform(key, scale, (unsigned long long)t * d + c) < p ? 1 : 0;
-        }
-        q[i] = used ? m : -m;
-    }
-}
-
-// The next scale's teacher-forcing input: bilinear(S [B, d, H, W]) at (h, w), written token-major into
+// A scale's teacher-forcing input: bilinear(S_s [B, d, H, W]) at its (h, w), written token-major into
 // x [B, L − n0, d] at tokens tok0..tok0+h·w.
 extern "C" __global__ void to_tokens_f32(const float* __restrict__ sum, float* __restrict__ x, int b, int d,
                                          int H, int W, int h, int w, int lx, int tok0) {

@@ -40,7 +40,9 @@ int main(int argc, char** argv) {
     const long full = (long)b * d * hh * ww;
     auto latent = read_array<float>(dir, "latent");
     auto keys = read_array<unsigned long long>(dir, "keys");
-    std::vector<float> sum(full, 0.0f), r(full), q(full), x((size_t)b * (l - n0) * d);
+    std::vector<float> sums[2] = {std::vector<float>(full), std::vector<float>(full)};
+    std::vector<float> codes[2] = {std::vector<float>(full), std::vector<float>(full)};
+    std::vector<float> x((size_t)b * (l - n0) * d);
     std::vector<unsigned char> gt((size_t)b * l * d);
     const int kmax_all = (int)std::lround(100.0 * p_max);
     const dim3 block{256, 1, 1};
@@ -49,32 +51,34 @@ int main(int argc, char** argv) {
         const auto [h, w] = scales[si];
         const int n = h * w, kmax = si < layers ? kmax_all : 0;
         const long outs = (long)b * d * n;
+        // S_s and q_s into slot `cur`, S_{s−1} and q_{s−1} from the other (none before scales 2 and 1)
+        const int cur = si % 2, prev = (si + 1) % 2;
+        const auto [ph, pw] = si > 0 ? scales[si - 1] : std::pair<int, int>{1, 1};
+        const float* old = si >= 2 ? sums[prev].data() : nullptr;
+        const float* prev_codes = si >= 1 ? codes[prev].data() : nullptr;
+        float *out = sums[cur].data(), *q = codes[cur].data();
+        const auto* k = keys.data();
         // a thread, a warp or a block per output value, by the size of its window
         const int window = ((hh + h - 1) / h) * ((ww + w - 1) / w);
         if (window < 16)
             emu::launch(elementwise(outs), block, 0, [&] {
-                residual_area_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+                residual_codes_f32(latent.data(), old, prev_codes, out, ph, pw, b * d, hh, ww, h, w, k, si, kmax,
+                                   gt.data(), l, tok0, q, d);
             });
         else if (window < 1024)
             emu::launch(elementwise(32 * outs), block, 0, [&] {
-                residual_area_warp_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+                residual_codes_warp_f32(latent.data(), old, prev_codes, out, ph, pw, b * d, hh, ww, h, w, k, si,
+                                        kmax, gt.data(), l, tok0, q, d);
             });
         else
             emu::launch({(unsigned)std::min(outs, 65535L), 1, 1}, block, 0, [&] {
-                residual_area_block_f32(latent.data(), sum.data(), r.data(), b * d, hh, ww, h, w);
+                residual_codes_block_f32(latent.data(), old, prev_codes, out, ph, pw, b * d, hh, ww, h, w, k, si,
+                                         kmax, gt.data(), l, tok0, q, d);
             });
-        emu::launch(elementwise(outs), block, 0, [&] {
-            quantize_keyed_f32(r.data(), keys.data(), si, kmax, gt.data(), l, tok0, q.data(), b, d, n);
-        });
-        emu::launch(elementwise(full), block, 0, [&] {
-            bilinear_resize_f32(q.data(), sum.data(), b * d, h, w, hh, ww, 1);
-        });
-        if (si + 1 < (int)scales.size()) {
-            const auto [nh, nw] = scales[si + 1];
-            emu::launch(elementwise((long)b * nh * nw * d), block, 0, [&] {
-                to_tokens_f32(sum.data(), x.data(), b, d, hh, ww, nh, nw, l - n0, tok0 + n - n0);
+        if (si > 0)
+            emu::launch(elementwise((long)b * n * d), block, 0, [&] {
+                to_tokens_f32(out, x.data(), b, d, hh, ww, h, w, l - n0, tok0 - n0);
             });
-        }
         tok0 += n;
     }
     write_array(dir, "gt_bits", gt);

@@ -1,7 +1,8 @@
 //! Multi-scale BSQ with bitwise self-correction for a whole batch on the device (twin of
 //! `bsq::self_correct` with `bsq::keyed_flips`): labels and teacher-forcing inputs of every sample
-//! without a host round trip. Four launches per scale (bsq.cu): residual area-pooling, keyed
-//! quantisation, bilinear accumulation of the codes, and the next scale's token-major input.
+//! without a host round trip. Two launches per scale (bsq.cu): one forms the running sum of the
+//! earlier scales' codes while it area-pools the residual and quantises it (labels and codes), the
+//! other samples the running sum as the scale's token-major input.
 //!
 //! Dims: `B` samples, `d` bits, `(H, W)` the last scale, `L` tokens of the schedule, `n0` tokens of the
 //! first scale.
@@ -27,18 +28,21 @@ impl BsqBatch {
     }
 }
 
-/// Reused device scratch: the running sum of codes `[B, d, H, W]`, a scale's residual and codes.
+/// Reused device scratch, two of each (a scale reads the previous scale's and writes its own): the
+/// running sum of codes `[B, d, H, W]` and a scale's codes `[B, d, h, w]`.
 pub struct BsqScratch {
-    sum: CudaSlice<f32>,
-    r: CudaSlice<f32>,
-    q: CudaSlice<f32>,
+    sums: [CudaSlice<f32>; 2],
+    codes: [CudaSlice<f32>; 2],
 }
 
 impl BsqScratch {
     pub fn new(dev: &Device, b: usize, d: usize, (hh, ww): (usize, usize)) -> Result<BsqScratch, CudaError> {
         let full = b * d * hh * ww;
         let s = &dev.stream;
-        Ok(BsqScratch { sum: s.alloc_zeros(full)?, r: s.alloc_zeros(full)?, q: s.alloc_zeros(full)? })
+        Ok(BsqScratch {
+            sums: [s.alloc_zeros(full)?, s.alloc_zeros(full)?],
+            codes: [s.alloc_zeros(full)?, s.alloc_zeros(full)?],
+        })
     }
 }
 
@@ -61,46 +65,50 @@ pub fn self_correct_batch(
     let (hh, ww) = *scales.last().expect("self_correct_batch: empty schedule");
     let full = b * d * hh * ww;
     assert!(latent.len() == full && keys.len() == b, "self_correct_batch: latent [B, d, H, W], keys [B]");
-    assert!(scratch.sum.len() >= full, "self_correct_batch: scratch made for a smaller batch or schedule");
+    assert!(scratch.sums[0].len() >= full, "self_correct_batch: scratch made for a smaller batch or schedule");
     let (l, n0) = (num_tokens(scales), scales[0].0 * scales[0].1);
     assert!(
         out.gt_bits.len() >= b * l * d && out.x_wo_prefix.len() >= b * (l - n0) * d,
         "self_correct_batch: outputs made for a smaller batch or schedule"
     );
     let s = &dev.stream;
-    s.memset_zeros(&mut scratch.sum)?;
     let kmax_all = (100.0 * p_max).round() as i32;
     let i = Arg::int;
     let (bi, di, hi, wi, bd) = (i(b), i(d), i(hh), i(ww), i(b * d));
     let (li, lx) = (i(l), i(l - n0));
+    let null = Arg::Ptr(0);
     let mut tok0 = 0usize;
     for (si, &(h, w)) in scales.iter().enumerate() {
         let n = h * w;
         let (hs, ws) = (i(h), i(w));
         let kmax = Arg::I32(if si < apply_layers { kmax_all } else { 0 });
+        // this scale writes S_s and q_s into slot `cur`, reading S_{s−1} and q_{s−1} from the other:
+        // S_0 = 0 is never stored, S_1 = up(q_0) has no S_0 to read
+        let (cur, prev) = (si % 2, (si + 1) % 2);
+        let (ph, pw) = if si > 0 { scales[si - 1] } else { (1, 1) };
+        let old = if si >= 2 { dev.arg(&scratch.sums[prev]) } else { null };
+        let prev_codes = if si >= 1 { dev.arg(&scratch.codes[prev]) } else { null };
+        let sum_out = dev.arg_mut(&mut scratch.sums[cur]);
         // a thread, a warp or a block per output value, by the size of its window
         let (name, cfg) = match hh.div_ceil(h) * ww.div_ceil(w) {
-            0..16 => ("residual_area_f32", elementwise(b * d * n)),
-            16..1024 => ("residual_area_warp_f32", elementwise(32 * b * d * n)),
-            _ => ("residual_area_block_f32", per_block(b * d * n)),
+            0..16 => ("residual_codes_f32", elementwise(b * d * n)),
+            16..1024 => ("residual_codes_warp_f32", elementwise(32 * b * d * n)),
+            _ => ("residual_codes_block_f32", per_block(b * d * n)),
         };
-        let args = [dev.arg(latent), dev.arg(&scratch.sum), dev.arg_mut(&mut scratch.r), bd, hi, wi, hs, ws];
-        // SAFETY: residual_area_*(f, sum, r, bd, H, W, h, w); r holds B·d·h·w ≤ B·d·H·W values.
-        unsafe { dev.launch("bsq.cu", name, cfg, &args) }?;
         let (keys, gt) = (Arg::Ptr(keys.device_ptr(s).0), Arg::Ptr(out.gt_bits.device_ptr_mut(s).0));
-        let args = [dev.arg(&scratch.r), keys, i(si), kmax, gt, li, i(tok0), dev.arg_mut(&mut scratch.q), bi, di, i(n)];
-        // SAFETY: quantize_keyed_f32(r, keys, scale, kmax, gt, l, tok0, q, b, d, n); gt is [B, L, d] and
+        let q = dev.arg_mut(&mut scratch.codes[cur]);
+        let pooling = [dev.arg(latent), old, prev_codes, sum_out, i(ph), i(pw), bd, hi, wi, hs, ws];
+        let codes = [keys, i(si), kmax, gt, li, i(tok0), q, di];
+        // SAFETY: residual_codes_*(f, old, prev, out, ph, pw, bd, H, W, h, w, keys, scale, kmax, gt, l,
+        // tok0, q, d): sums are [B·d, H, W], codes hold B·d·h·w ≤ B·d·H·W values, gt is [B, L, d] with
         // tok0 + n ≤ L.
-        unsafe { dev.launch("bsq.cu", "quantize_keyed_f32", elementwise(b * d * n), &args) }?;
-        let args = [dev.arg(&scratch.q), dev.arg_mut(&mut scratch.sum), bd, hs, ws, hi, wi, Arg::I32(1)];
-        // SAFETY: bilinear_resize_f32(src, dst, bc, sh, sw, dh, dw, accumulate) into the [B·d, H, W] sum.
-        unsafe { dev.launch("bsq.cu", "bilinear_resize_f32", elementwise(full), &args) }?;
-        if let Some(&(nh, nw)) = scales.get(si + 1) {
+        unsafe { dev.launch("bsq.cu", name, cfg, &[&pooling[..], &codes[..]].concat()) }?;
+        if si > 0 {
             let x = dev.arg_mut(&mut out.x_wo_prefix);
-            let args = [dev.arg(&scratch.sum), x, bi, di, hi, wi, i(nh), i(nw), lx, i(tok0 + n - n0)];
+            let args = [dev.arg(&scratch.sums[cur]), x, bi, di, hi, wi, hs, ws, lx, i(tok0 - n0)];
             // SAFETY: to_tokens_f32(sum, x, b, d, H, W, h, w, lx, tok0); x is [B, L − n0, d] and the
             // scale's tokens fit.
-            unsafe { dev.launch("bsq.cu", "to_tokens_f32", elementwise(b * nh * nw * d), &args) }?;
+            unsafe { dev.launch("bsq.cu", "to_tokens_f32", elementwise(b * n * d), &args) }?;
         }
         tok0 += n;
     }
