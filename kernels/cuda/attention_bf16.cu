@@ -8,11 +8,11 @@
 // Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C]. Blocks
 // of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
 // tiles of the other side stream through shared memory as row-major bf16 [64][C + 8] (the pad keeps
-// ldmatrix free of bank conflicts), double-buffered: cp.async copies tile i + 1 while tile i is
-// used (`stream_tiles`). Fragments come from shared memory through ldmatrix, the
-// transposed one for products with a tile (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), so every tile is loaded once.
-// The f32 scores of two adjacent 8-column tiles are, packed in pairs, the A fragment of the next
-// product (mma.cuh's fragment layouts).
+// ldmatrix free of bank conflicts), double-buffered: cp.async copies tile i + 1 while tile i is used
+// (`stream_tiles`). Fragments come from shared memory through ldmatrix, the transposed one for
+// products with a tile (P·V, dS·K, Pᵀ·dO, dSᵀ·Q), so every tile is loaded once. The f32 scores of
+// two adjacent 8-column tiles are, packed in pairs, the A fragment of the next product (mma.cuh's
+// fragment layouts).
 #include "common.cuh"
 #include "attention.cuh"
 #include "mma.cuh"
