@@ -4,8 +4,9 @@
 // loss, the correct bits and the dlogits written for the weight gradient are f32.
 //
 // Dims: N tokens, C width (a multiple of 64), TD = 2d logits (16, 32, 64 or 128: a template
-// parameter). h [N, C] f32, w16 [TD, C] and w16t [C, TD]: W in bf16 and transposed (made by
-// head_weight_bf16, so both products read their B fragments as pairs). A block of 4 warps takes 32
+// parameter). h [N, C] f32; W in bf16, packed by head_weight_bf16 as the two products' B fragments in
+// the order the warps read them (`wl` for the logits, `wd` for dh: one 8-byte load per lane and
+// fragment pair, a warp's loads contiguous, so every L2 sector is used whole). A block of 4 warps takes 32
 // tokens (two 16-row m-tiles); warp w takes the quarter [w·C/4, (w+1)·C/4) of the width, reading h
 // straight from global memory into A fragments (each element read once). The partial logits of the
 // four quarters are summed in shared memory in a fixed order: runs are bitwise reproducible.
@@ -14,20 +15,32 @@
 
 #define TOK 32
 
-// W [TD, C] f32 as bf16 twice: w16 [TD, C] and w16t [C, TD].
-extern "C" __global__ void head_weight_bf16(const float* __restrict__ w, bf16* __restrict__ w16,
-                                            bf16* __restrict__ w16t, int td, int c) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (long)td * c; i += (long)gridDim.x * blockDim.x) {
-        const int j = i / c, k = i % c;
-        const bf16 v = to_bf16(w[i]);
-        w16[i] = v;
-        w16t[(long)k * td + j] = v;
+// The B fragment pair {b0, b1} of lane (g, t) for B[k][n] = at(k0 + k, n0 + n) (mma.cuh's layout).
+template <class At>
+__device__ __forceinline__ uint2 fragment_pair(At at, int k0, int n0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    return make_uint2(pack2(at(k0 + 2 * t, n0 + g), at(k0 + 2 * t + 1, n0 + g)),
+                      pack2(at(k0 + 8 + 2 * t, n0 + g), at(k0 + 9 + 2 * t, n0 + g)));
+}
+
+// W [TD, C] f32 packed as bf16 B fragments, C·TD/4 pairs each:
+//   wl [C/16 k-steps][TD/8 logit tiles][32 lanes]: B[k][n] = W[n][k] (logits = h · Wᵀ)
+//   wd [C/8 width tiles][TD/16 k-steps][32 lanes]: B[k][n] = W[k][n] (dh = dlogits · W)
+extern "C" __global__ void head_weight_bf16(const float* __restrict__ w, uint2* __restrict__ wl,
+                                            uint2* __restrict__ wd, int td, int c) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (long)td * c / 4; i += (long)gridDim.x * blockDim.x) {
+        const int lane = i % 32;
+        const long f = i / 32;
+        const auto wt = [&](int k, int n) { return w[(long)n * c + k]; };  // Wᵀ
+        const auto wn = [&](int k, int n) { return w[(long)k * c + n]; };  // W
+        wl[i] = fragment_pair(wt, (int)(f / (td / 8)) * 16, (int)(f % (td / 8)) * 8, lane);
+        wd[i] = fragment_pair(wn, (int)(f % (td / 16)) * 16, (int)(f / (td / 16)) * 8, lane);
     }
 }
 
 template <int TD>
-__device__ __forceinline__ void head_ce(const float* __restrict__ h, const bf16* __restrict__ w16,
-                                        const bf16* __restrict__ w16t, const float* __restrict__ bias,
+__device__ __forceinline__ void head_ce(const float* __restrict__ h, const uint2* __restrict__ wl,
+                                        const uint2* __restrict__ wd, const float* __restrict__ bias,
                                         const unsigned char* __restrict__ labels, const float* __restrict__ weights,
                                         float label_smoothing, int n, int c, float* __restrict__ token_loss,
                                         unsigned int* __restrict__ correct, float* __restrict__ dlogits,
@@ -57,12 +70,12 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const bf16*
                     row < n ? *reinterpret_cast<const float2*>(h + (long)row * c + col) : make_float2(0.0f, 0.0f);
                 a[mt][e] = pack2(x.x, x.y);
             }
+        const uint2* wk = wl + (long)(k0 / 16) * (TD / 8) * 32 + lane;
 #pragma unroll
         for (int nt = 0; nt < TD / 8; ++nt) {
-            unsigned b0, b1;
-            load_bt(b0, b1, w16, c, nt * 8, k0);
-            mma(acc[0][nt], a[0], b0, b1);
-            mma(acc[1][nt], a[1], b0, b1);
+            const uint2 b = wk[nt * 32];
+            mma(acc[0][nt], a[0], b.x, b.y);
+            mma(acc[1][nt], a[1], b.x, b.y);
         }
     }
     float* mine = zs + warp * TOK * ZP;
@@ -109,12 +122,12 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const bf16*
         for (int ks = 0; ks < TD / 16; ++ks) load_a(ga[mt][ks], gs, GP, mt * 16, ks * 16);
     for (int n0 = kbeg; n0 < kbeg + quarter; n0 += 8) {
         float o[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        const uint2* wn = wd + (long)(n0 / 8) * (TD / 16) * 32 + lane;
 #pragma unroll
         for (int ks = 0; ks < TD / 16; ++ks) {
-            unsigned b0, b1;
-            load_bt(b0, b1, w16t, TD, n0, ks * 16);
-            mma(o[0], ga[0][ks], b0, b1);
-            mma(o[1], ga[1][ks], b0, b1);
+            const uint2 b = wn[ks * 32];
+            mma(o[0], ga[0][ks], b.x, b.y);
+            mma(o[1], ga[1][ks], b.x, b.y);
         }
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -131,11 +144,11 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const bf16*
 // ---- entry points: head_bitwise_ce_bf16_td{16,32,64,128}; grid ceil(N / 32), 128 threads ----
 #define ENTRY_POINT(TD)                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) head_bitwise_ce_bf16_td##TD(                               \
-        const float* __restrict__ h, const bf16* __restrict__ w16, const bf16* __restrict__ w16t,                \
+        const float* __restrict__ h, const uint2* __restrict__ wl, const uint2* __restrict__ wd,                 \
         const float* __restrict__ bias, const unsigned char* __restrict__ labels, const float* __restrict__ weights, \
         float label_smoothing, int n, int c, float* __restrict__ token_loss, unsigned int* __restrict__ correct,  \
         float* __restrict__ dlogits, float* __restrict__ dh) {                                                   \
-        head_ce<TD>(h, w16, w16t, bias, labels, weights, label_smoothing, n, c, token_loss, correct, dlogits, dh); \
+        head_ce<TD>(h, wl, wd, bias, labels, weights, label_smoothing, n, c, token_loss, correct, dlogits, dh);   \
     }
 
 ENTRY_POINT(16)

@@ -5,7 +5,7 @@
 // (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..); B (16×8, col) holds (k = 2t..2t+1, n = g) and
 // (k = 2t + 8.., n = g); C/D (16×8) holds (g, 2t..2t+1) and (g + 8, 2t..2t+1).
 //
-// load_a and load_bt read fragments from any memory, two bf16 per load; the ldsm_* helpers read them
+// load_a reads an A fragment from any memory, two bf16 per load; the ldsm_* helpers read fragments
 // from shared memory with ldmatrix (four 8×8 matrices per instruction; each lane gives the address of
 // one 16-byte matrix row, so tiles need 16-byte-aligned rows: strides and column offsets multiples of
 // 8), and with .trans they read the B fragments of a product with a row-major tile directly.
@@ -79,21 +79,14 @@ __device__ __forceinline__ void load_a(unsigned (&a)[4], const bf16* x, int ld, 
     a[3] = ld32(x + (r0 + g + 8) * ld + k0 + 8 + 2 * t);
 }
 
-// B fragment with B[k][n] = y[n0 + n][k0 + k] (y row-major, stride `ld`): a product with yᵀ.
-__device__ __forceinline__ void load_bt(unsigned& b0, unsigned& b1, const bf16* y, int ld, int n0, int k0) {
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    b0 = ld32(y + (n0 + g) * ld + k0 + 2 * t);
-    b1 = ld32(y + (n0 + g) * ld + k0 + 8 + 2 * t);
-}
-
 // load_a's fragment from a shared tile: matrices (r0, k0), (r0 + 8, k0), (r0, k0 + 8), (r0 + 8, k0 + 8).
 __device__ __forceinline__ void ldsm_a(unsigned (&a)[4], const bf16* x, int ld, int r0, int k0) {
     const int lane = threadIdx.x & 31;
     ldsm_x4(a, x + (r0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
 }
 
-// load_bt's fragments of two n-tiles from a shared tile y (B[k][n] = y[n][k]): b[0], b[1] for columns
-// n0 … n0 + 7 and b[2], b[3] for n0 + 8 … n0 + 15.
+// The B fragments of two n-tiles of a product with yᵀ, from a shared tile y (B[k][n] = y[n][k]):
+// b[0], b[1] for columns n0 … n0 + 7 and b[2], b[3] for n0 + 8 … n0 + 15.
 __device__ __forceinline__ void ldsm_bt2(unsigned (&b)[4], const bf16* y, int ld, int n0, int k0) {
     const int lane = threadIdx.x & 31;
     ldsm_x4(b, y + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8);

@@ -1,4 +1,4 @@
-// head_ce_bf16.cu (W's bf16 copies, then the fused head + bitwise CE) on the emulator, launched as
+// head_ce_bf16.cu (W's bf16 fragment packings, then the fused head + bitwise CE) on the emulator, launched as
 // kernels/src/cuda/head_ce.rs launches it.
 //   head_ce_bf16 DIR N C D LABEL_SMOOTHING
 // reads DIR/{h,w,b,weights}.bin (f32) and DIR/labels.bin (u8 [N, D]); writes DIR/{loss,dlogits,dh}.bin
@@ -18,16 +18,16 @@ int main(int argc, char** argv) {
     auto h = read_array<float>(dir, "h"), w = read_array<float>(dir, "w"), b = read_array<float>(dir, "b");
     auto weights = read_array<float>(dir, "weights");
     auto labels = read_array<unsigned char>(dir, "labels");
-    std::vector<bf16> w16(td * c), w16t(td * c);
+    std::vector<uint2> wl(td * c / 4), wd(td * c / 4);  // W's fragment packings
     std::vector<float> loss(n), dlogits((size_t)n * td), dh((size_t)n * c);
     std::vector<unsigned> correct(n);
-    emu::launch({1, 1, 1}, {256, 1, 1}, 0, [&] { head_weight_bf16(w.data(), w16.data(), w16t.data(), td, c); });
+    emu::launch({1, 1, 1}, {256, 1, 1}, 0, [&] { head_weight_bf16(w.data(), wl.data(), wd.data(), td, c); });
     const size_t bytes = (size_t)4 * 32 * (td + 4) * 4 + (size_t)32 * (td + 8) * 2;  // as head_ce.rs
     const dim3 grid{(unsigned)((n + 31) / 32), 1, 1}, block{128, 1, 1};
 #define RUN(TD)                                                                                                 \
     case TD:                                                                                                    \
         emu::launch(grid, block, bytes, [&] {                                                                   \
-            head_bitwise_ce_bf16_td##TD(h.data(), w16.data(), w16t.data(), b.data(), labels.data(), weights.data(), \
+            head_bitwise_ce_bf16_td##TD(h.data(), wl.data(), wd.data(), b.data(), labels.data(), weights.data(),   \
                                         smoothing, n, c, loss.data(), correct.data(), dlogits.data(), dh.data()); \
         });                                                                                                     \
         break;

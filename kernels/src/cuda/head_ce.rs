@@ -112,8 +112,8 @@ pub fn head_bitwise_ce_device(
     unsafe { dev.launch("head_ce.cu", "head_bitwise_ce_f32", launch_config(n, d), &args) }
 }
 
-/// Host results: per-token loss and correct bits, and with `grad` `(dh, dW, db)`.
-/// head_ce_bf16.cu: W in bf16 (both orientations), then 32 tokens per block of 128 threads.
+/// head_ce_bf16.cu: W packed as bf16 fragments for both products, then 32 tokens per block of 128
+/// threads.
 fn head_bf16(
     dev: &Device,
     (h, w, b, labels, weights): (&dyn Buf, &dyn Buf, &dyn Buf, &CudaSlice<u8>, &dyn Buf),
@@ -123,17 +123,19 @@ fn head_bf16(
     out: &mut HeadCeDevice,
 ) -> Result<(), CudaError> {
     let (s, td) = (&dev.stream, 2 * d);
+    // W's two fragment packings, C·2d/4 pairs of bf16 pairs (8 bytes) each
     // SAFETY: head_weight_bf16 writes every element of both before the head kernel reads them.
-    let (mut w16, mut w16t) = unsafe { (s.alloc::<u16>(td * c)?, s.alloc::<u16>(td * c)?) };
+    let (mut wl, mut wd) = unsafe { (s.alloc::<u16>(td * c)?, s.alloc::<u16>(td * c)?) };
     let args = [
         Arg::Ptr(w.addr(s)),
-        Arg::Ptr(w16.device_ptr_mut(s).0),
-        Arg::Ptr(w16t.device_ptr_mut(s).0),
+        Arg::Ptr(wl.device_ptr_mut(s).0),
+        Arg::Ptr(wd.device_ptr_mut(s).0),
         Arg::int(td),
         Arg::int(c),
     ];
-    // SAFETY: head_weight_bf16(w [2d, C], w16 [2d, C], w16t [C, 2d], 2d, C).
-    unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c), &args) }?;
+    // SAFETY: head_weight_bf16(w [2d, C], wl, wd, 2d, C): one thread per pair (C·2d/4), fresh 8-byte
+    // aligned allocations.
+    unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c / 4), &args) }?;
     let name = format!("head_bitwise_ce_bf16_td{td}");
     let bytes = 4 * 32 * (td + 4) * 4 + 32 * (td + 8) * 2;
     let f = dev.function("head_ce_bf16.cu", &name)?;
@@ -147,8 +149,8 @@ fn head_bf16(
     };
     let args = [
         Arg::Ptr(h.addr(s)),
-        Arg::Ptr(w16.device_ptr(s).0),
-        Arg::Ptr(w16t.device_ptr(s).0),
+        Arg::Ptr(wl.device_ptr(s).0),
+        Arg::Ptr(wd.device_ptr(s).0),
         Arg::Ptr(b.addr(s)),
         Arg::Ptr(labels.device_ptr(s).0),
         Arg::Ptr(weights.addr(s)),
@@ -165,6 +167,7 @@ fn head_bf16(
     unsafe { dev.launch("head_ce_bf16.cu", &name, cfg, &args) }
 }
 
+/// Host results: per-token loss and correct bits, and with `grad` `(dh, dW, db)`.
 pub struct HeadCeOut {
     pub token_loss: Vec<f32>,
     pub correct_bits: Vec<u32>,
