@@ -223,11 +223,21 @@ inline float bf16_to_float(unsigned short h) { return __int_as_float((int)((unsi
 
 inline void __syncthreads() { emu::wait(emu::block->sync); }
 
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::warp().bar); }
+
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int o) {
     const uint64_t mine = emu::bits_of(v);
     T r;
     emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) { r = emu::from_bits<T>(s[emu::lane() ^ o][0]); });
+    return r;
+}
+
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src) {
+    const uint64_t mine = emu::bits_of(v);
+    T r;
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) { r = emu::from_bits<T>(s[src & 31][0]); });
     return r;
 }
 

@@ -16,9 +16,9 @@ use crate::attention::{AttnDims, Segment};
 /// Largest head dim of attention.cu (the `_wide_f32` kernels: a lane owns 8 dims).
 pub const MAX_HEAD_DIM: usize = 256;
 
-/// Static shared memory of the attention kernels (`union_range`'s, rounded up): dynamic shared memory
-/// beyond 48 KiB minus this needs the opt-in.
-const STATIC_SMEM: usize = 64;
+/// Static shared memory of the attention kernels (`union_range`'s 33 int2, rounded up): dynamic shared
+/// memory beyond 48 KiB minus this needs the opt-in.
+const STATIC_SMEM: usize = 320;
 
 /// Dynamic shared memory of attention_bf16.cu's (forward, dq, dk/dv) kernels for head dim `c`.
 fn bf16_smem(c: usize) -> [usize; 3] {
