@@ -97,21 +97,23 @@ __device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, long first
     }
 }
 
-// Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (load_rows) into
+// Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (cp.async only) into
 // `stage` = i & 1, use(i, stage) runs once they have landed, while tile i + 1 is in flight. Copies
-// committed before the call land by the first use. Every thread of the block calls this.
+// committed before the call land by the first use. One barrier per tile: after it, tile i is visible
+// to every thread and every warp is done with tile i − 1, so tile i + 1 may overwrite its stage.
+// Every thread of the block calls this.
 template <class Issue, class Use>
 __device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
     if (n > 0) issue(0, 0);
     cp_async_commit();
     for (int i = 0; i < n; ++i) {
+        cp_async_wait<0>();  // tile i (nothing newer is in flight yet)
+        __syncthreads();
         if (i + 1 < n) issue(i + 1, (i + 1) & 1);
         cp_async_commit();
-        cp_async_wait<1>();  // everything but tile i + 1
-        __syncthreads();
         use(i, i & 1);
-        __syncthreads();  // stage i & 1 is consumed before tile i + 2 is issued into it
     }
+    cp_async_wait<0>();  // nothing in flight when the block exits (copies issued before a 0-tile stream)
 }
 
 // Tiles of 64 rows covering [span.x, span.y).
@@ -137,7 +139,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     unsigned qa[C / 16][4];
 #pragma unroll
     for (int kk = 0; kk < C / 16; ++kk) ldsm_a(qa[kk], qs, CP, warp * 16, kk * 16);
-    __syncthreads();  // every warp holds its Q fragments: qs may be overwritten
+    // tile 1 (into qs) is issued after stream_tiles' first barrier: every warp holds its Q fragments
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
     int lo[2], hi[2];
@@ -309,9 +311,9 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
                                               int heads, float scale) {
     constexpr int CP = C + 8;
     extern __shared__ __align__(16) unsigned char smem[];
-    // per stage, per query of its tile: lse, delta, and the first and one-past-last key it sees
+    // per stage, per query of its tile: lse, delta, and the first key it sees and how many
     float* stats = reinterpret_cast<float*>(smem);               // [2 stages][lse, delta][64]
-    int* bounds = reinterpret_cast<int*>(stats + 2 * 2 * T64);  // [2 stages][lo, hi][64]
+    int* bounds = reinterpret_cast<int*>(stats + 2 * 2 * T64);  // [2 stages][k0, nk][64]
     bf16* ks = reinterpret_cast<bf16*>(bounds + 2 * 2 * T64);   // [64][CP]
     bf16* vs = ks + T64 * CP;                                    // [64][CP]
     bf16* qdo = vs + T64 * CP;                                   // [2 stages][Q, dO][64][CP]
@@ -333,24 +335,25 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
         const int i0 = span.x + i * T64;
         load_rows<C>(qdo + (2 * st) * T64 * CP, q, i0, end, w, hc);
         load_rows<C>(qdo + (2 * st + 1) * T64 * CP, d_o, i0, end, w, hc);
-        // plain loads and stores: visible after stream_tiles' barrier, like the copies
-        for (int j = threadIdx.x; j < T64; j += NT) {
-            const int r = i0 + j;
+        // the per-query values as 4-byte copies too (zeros past the end: no keys seen)
+        if (threadIdx.x < T64) {
+            const int j = threadIdx.x, r = i0 + j;
             const bool ok = r < end;
-            stats[(2 * st) * T64 + j] = ok ? lse[(long)r * heads + blockIdx.y] : 0.0f;
-            stats[(2 * st + 1) * T64 + j] = ok ? delta[(long)r * heads + blockIdx.y] : 0.0f;
-            bounds[(2 * st) * T64 + j] = ok ? k0[r] : 0;
-            bounds[(2 * st + 1) * T64 + j] = ok ? k0[r] + nk[r] : 0;
+            const long at = ok ? (long)r * heads + blockIdx.y : 0;
+            cp_async4(stats + (2 * st) * T64 + j, lse + at, ok);
+            cp_async4(stats + (2 * st + 1) * T64 + j, delta + at, ok);
+            cp_async4(bounds + (2 * st) * T64 + j, k0 + (ok ? r : 0), ok);
+            cp_async4(bounds + (2 * st + 1) * T64 + j, nk + (ok ? r : 0), ok);
         }
     };
     stream_tiles(tile_count(span), issue, [&](int, int st) {
         const bf16 *qs = qdo + (2 * st) * T64 * CP, *dos = qs + T64 * CP;
         const float *lse_s = stats + (2 * st) * T64, *delta_s = lse_s + T64;
-        const int *lo_s = bounds + (2 * st) * T64, *hi_s = lo_s + T64;
+        const int *lo_s = bounds + (2 * st) * T64, *n_s = lo_s + T64;
         // skip a tile none of whose queries sees this warp's keys
         const int kl = j0 + warp * 16, kh = min(kl + 16, nkeys);
         bool sees = false;
-        for (int i = lane; i < T64; i += 32) sees |= lo_s[i] < kh && hi_s[i] > kl;
+        for (int i = lane; i < T64; i += 32) sees |= lo_s[i] < kh && lo_s[i] + n_s[i] > kl;
         if (!__any_sync(FULL, sees)) return;
 
         float p[T64 / 8][4], dp[T64 / 8][4];  // Sᵀ and dPᵀ, then Pᵀ and dSᵀ: [this warp's keys][the tile's queries]
@@ -360,7 +363,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
-                const bool valid = key < nkeys && key >= lo_s[qi] && key < hi_s[qi];
+                const bool valid = key < nkeys && key >= lo_s[qi] && key < lo_s[qi] + n_s[qi];
                 const float pr = valid ? expf(p[j][e] * scale - lse_s[qi]) : 0.0f;
                 p[j][e] = pr;
                 dp[j][e] = pr * (dp[j][e] - delta_s[qi]) * scale;

@@ -40,8 +40,10 @@ int main(int argc, char** argv) {
     const long full = (long)b * d * hh * ww;
     auto latent = read_array<float>(dir, "latent");
     auto keys = read_array<unsigned long long>(dir, "keys");
-    std::vector<float> sums[2] = {std::vector<float>(full), std::vector<float>(full)};
-    std::vector<float> codes[2] = {std::vector<float>(full), std::vector<float>(full)};
+    // scratch starts as NaN (as stale device memory may be): a read of a sum or code never written shows
+    const float nan = std::nanf("");
+    std::vector<float> sums[2] = {std::vector<float>(full, nan), std::vector<float>(full, nan)};
+    std::vector<float> codes[2] = {std::vector<float>(full, nan), std::vector<float>(full, nan)};
     std::vector<float> x((size_t)b * (l - n0) * d);
     std::vector<unsigned char> gt((size_t)b * l * d);
     const int kmax_all = (int)std::lround(100.0 * p_max);

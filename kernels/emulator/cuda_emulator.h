@@ -5,9 +5,13 @@
 // slots, so the fragment layouts, masks and index arithmetic of a kernel run exactly as written.
 // Emulated: bf16 rounding (round to nearest even), m16n8k16 bf16 mma with f32 accumulation (products
 // summed in f64, then added: a tensor core's wide accumulation, not its exact order), ldmatrix .x4
-// with and without .trans, and cp.async: a copy lands only at the issuing thread's wait_group that
-// covers its group, so a missing wait reads stale shared memory here too. Not emulated: timing,
-// memory models beyond barriers and cp.async groups, atomics.
+// with and without .trans, and cp.async at its latest: a copy completes at the issuing thread's
+// wait_group that covers its group and becomes visible (is written) when that thread next arrives at
+// __syncthreads, so a missing wait or barrier reads stale shared memory here too (a thread reading
+// its own copies right after the wait, legal on a GPU, would also see them late: our kernels don't).
+// Shared memory starts as NaN bytes (0xff), so a read of something never written shows. Warp
+// collectives need all 32 lanes; ldmatrix and cp.async must stay inside the block's dynamic shared
+// memory. Not emulated: timing, memory models beyond barriers and cp.async groups, atomics.
 //
 // The kernel file is compiled as C++ after this header, with mma.cuh's PTX primitives left out
 // (KERNEL_EMULATOR) and `extern __shared__ … smem[]` replaced by `emu::dynamic_smem()` (the test does
@@ -71,10 +75,11 @@ struct Warp {
     uint64_t slot[32][8];  // each lane's operands of the collective in progress
 };
 
-// One cp.async: 16 bytes from `src` (zeros when !valid) into `dst`.
+// One cp.async: `bytes` from `src` (zeros when !valid) into `dst`.
 struct AsyncCopy {
     void* dst;
     const void* src;
+    int bytes;
     bool valid;
 };
 
@@ -84,6 +89,7 @@ struct Fiber {
     bool done = false;
     std::vector<std::vector<AsyncCopy>> committed;  // oldest first
     std::vector<AsyncCopy> open;                     // issued since the last commit
+    std::vector<AsyncCopy> landed;                   // waited for, written at the next __syncthreads
 };
 
 struct Block {
@@ -156,7 +162,7 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                 Block b;
                 block = &b;
                 b.body = body;
-                b.smem.assign(smem_bytes, 0xcd);  // garbage, as on a GPU
+                b.smem.assign(smem_bytes, 0xff);  // NaN in f32 and bf16: unwritten reads show
                 b.fibers.resize(n);
                 b.warps.resize(n / 32);
                 for (auto& w : b.warps) w.bar.expected = 32;
@@ -196,6 +202,11 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
 template <class Read>
 inline void exchange(const uint64_t* words, int count, Read read) {
     Warp& w = warp();
+    if (w.bar.expected != 32) {
+        fprintf(stderr, "emulator: a warp collective in block (%u, %u) after some of the warp's lanes exited\n",
+                blockIdx.x, blockIdx.y);
+        exit(5);
+    }
     memcpy(w.slot[lane()], words, count * sizeof(uint64_t));
     wait(w.bar);
     read(w.slot);
@@ -221,7 +232,17 @@ inline float bf16_to_float(unsigned short h) { return __int_as_float((int)((unsi
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::wait(emu::block->sync); }
+inline void __syncthreads() {
+    // this thread's completed cp.async copies become visible to the block here
+    for (const auto& c : emu::block->fibers[emu::block->current].landed) {
+        if (c.valid)
+            memcpy(c.dst, c.src, c.bytes);
+        else
+            memset(c.dst, 0, c.bytes);
+    }
+    emu::block->fibers[emu::block->current].landed.clear();
+    emu::wait(emu::block->sync);
+}
 
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::warp().bar); }
 
@@ -302,6 +323,19 @@ inline void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
     for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
 
+inline emu::Fiber& me() { return emu::block->fibers[emu::block->current]; }
+
+// [p, p + bytes) inside the block's dynamic shared memory, or the emulator stops naming `what`.
+inline void check_shared(const void* p, int bytes, const char* what) {
+    const auto* base = emu::block->smem.data();
+    const auto* q = static_cast<const unsigned char*>(p);
+    if (q < base || q + bytes > base + emu::block->smem.size()) {
+        fprintf(stderr, "emulator: %s at %p is outside the block's %zu bytes of dynamic shared memory\n", what, p,
+                emu::block->smem.size());
+        exit(3);
+    }
+}
+
 // ldmatrix .x4: lanes 8i … 8i + 7 give the rows of matrix i; r[i] gets row g, columns 2t, 2t + 1
 // (trans: rows 2t, 2t + 1 of column g).
 inline void ldsm_emulated(unsigned (&r)[4], const bf16* row, bool trans) {
@@ -310,6 +344,7 @@ inline void ldsm_emulated(unsigned (&r)[4], const bf16* row, bool trans) {
         fprintf(stderr, "emulator: ldmatrix row address %p is not 16-byte aligned\n", (const void*)row);
         exit(3);
     }
+    check_shared(row, 16, "an ldmatrix row");
     emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) {
         const int g = emu::lane() >> 2, t = emu::lane() & 3;
         for (int i = 0; i < 4; ++i) {
@@ -322,17 +357,20 @@ inline void ldsm_emulated(unsigned (&r)[4], const bf16* row, bool trans) {
 }
 
 inline void ldsm_x4(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, false); }
+inline void ldsm_x4_trans(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, true); }
 
-inline emu::Fiber& me() { return emu::block->fibers[emu::block->current]; }
-
-inline void cp_async16(bf16* dst, const bf16* src, bool valid) {
-    if ((uintptr_t)dst % 16 != 0 || (valid && (uintptr_t)src % 16 != 0)) {
-        fprintf(stderr, "emulator: cp.async of 16 bytes needs 16-byte-aligned addresses (%p <- %p)\n", (void*)dst,
-                (const void*)src);
+inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
+    if ((uintptr_t)dst % bytes != 0 || (valid && (uintptr_t)src % bytes != 0)) {
+        fprintf(stderr, "emulator: cp.async of %d bytes needs %d-byte-aligned addresses (%p <- %p)\n", bytes, bytes,
+                dst, src);
         exit(3);
     }
-    me().open.push_back({dst, src, valid});
+    check_shared(dst, bytes, "a cp.async destination");
+    me().open.push_back({dst, src, bytes, valid});
 }
+
+inline void cp_async16(bf16* dst, const bf16* src, bool valid) { cp_async(dst, src, 16, valid); }
+inline void cp_async4(void* dst, const void* src, bool valid) { cp_async(dst, src, 4, valid); }
 
 inline void cp_async_commit() {
     me().committed.push_back(std::move(me().open));
@@ -343,13 +381,7 @@ template <int N>
 inline void cp_async_wait() {
     auto& groups = me().committed;
     while ((int)groups.size() > N) {
-        for (const auto& c : groups.front()) {
-            if (c.valid)
-                memcpy(c.dst, c.src, 16);
-            else
-                memset(c.dst, 0, 16);
-        }
+        me().landed.insert(me().landed.end(), groups.front().begin(), groups.front().end());
         groups.erase(groups.begin());
     }
 }
-inline void ldsm_x4_trans(unsigned (&r)[4], const bf16* row) { ldsm_emulated(r, row, true); }

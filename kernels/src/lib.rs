@@ -19,6 +19,7 @@ pub mod adamw;
 pub mod attention;
 pub mod bitwise_ce;
 pub mod bsq;
+pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod embedding;

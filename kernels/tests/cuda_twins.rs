@@ -24,8 +24,7 @@ fn rand_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
 
 fn close(name: &str, a: &[f32], b: &[f32], rtol: f32) {
     assert_eq!(a.len(), b.len(), "{name}: lengths");
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
+    let worst = infinity_kernels::compare::max_rel_diff(a, b, 1e-30) as f32; // a NaN fails
     assert!(worst <= rtol, "{name}: max relative error {worst:e} > {rtol:e}");
     println!("{name}: max relative error {worst:.2e}");
 }

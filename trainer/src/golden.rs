@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::Catalog;
-use infinity_kernels::bsq;
 use infinity_kernels::rope::RopeTable;
+use infinity_kernels::{bsq, compare};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -60,9 +60,9 @@ impl GoldenReport {
             self.failures.push(format!("{name}: {} values, expected {}", ours.len(), expected.len()));
             return;
         }
-        let max_abs = ours.iter().zip(expected).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max);
-        let scale = expected.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max).max(1e-12);
-        self.comparisons.push(Comparison { name: name.into(), max_abs, rel: max_abs / scale, tol });
+        // a NaN in ours (or in the reference alone) is an infinite difference, so it fails
+        let (max_abs, rel) = (compare::max_abs_diff(ours, expected), compare::max_rel_diff(ours, expected, 1e-12));
+        self.comparisons.push(Comparison { name: name.into(), max_abs, rel, tol });
     }
 }
 
@@ -336,4 +336,19 @@ fn check_model(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GoldenReport;
+
+    #[test]
+    fn a_nan_in_our_tensor_fails_the_comparison() {
+        let mut report = GoldenReport::default();
+        report.compare("loss", &[0.5, f32::NAN], &[0.5, 0.25], 1e-4);
+        assert!(!report.ok(), "a NaN passed the golden check");
+        let mut report = GoldenReport::default();
+        report.compare("loss", &[0.5, 0.25], &[0.5, 0.25], 1e-4);
+        assert!(report.ok());
+    }
 }

@@ -28,8 +28,7 @@ fn worst_rel(lay: &Layout, a: &[f32], b: &[f32]) -> (f32, String) {
     let mut worst = (0.0f32, String::new());
     for spec in &lay.specs {
         let r = spec.offset..spec.offset + spec.numel();
-        let scale = b[r.clone()].iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-8);
-        let diff = a[r.clone()].iter().zip(&b[r]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale;
+        let diff = infinity_kernels::compare::max_rel_diff(&a[r.clone()], &b[r], 1e-8) as f32;
         if diff > worst.0 {
             worst = (diff, spec.name.clone());
         }

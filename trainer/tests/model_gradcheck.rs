@@ -135,7 +135,7 @@ fn cached_sampling_matches_the_training_forward() {
         };
         let acts = forward(&cfg, &lay, &p, &inp);
         let sampled: Vec<f32> = out.cond_logits.concat();
-        let worst = acts.logits.iter().zip(&sampled).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = infinity_kernels::compare::max_abs_diff(&acts.logits, &sampled);
         assert!(worst < 1e-4, "{conditioning:?}: sampler logits differ from the training forward by {worst}");
         assert_eq!(acts.logits.len(), sampled.len());
     }
