@@ -188,11 +188,12 @@ pub fn attention_forward_dev(
         // q, k, v rounded to bf16 once: the kernel streams them as bf16 tiles (the copies are freed in
         // stream order after the launch)
         let ((q16, _q), (k16, _k), (v16, _v)) = (bf16_of(dev, q)?, bf16_of(dev, k)?, bf16_of(dev, v)?);
+        tile_aligned(&[q16, k16, v16]);
         let name = format!("attention_forward_bf16_c{c}");
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
         let args = [p(q16), p(k16), p(v16), p(oa), p(la), k0, nk];
         // SAFETY: argument list as declared in attention_bf16.cu; ranges lie inside K and V (checked on
-        // the host); the bf16 copies are fresh allocations and o is 16-byte aligned (checked above).
+        // the host); the bf16 inputs and o are 16-byte aligned (checked above).
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
     }
     let t = tiles(dims)?;
@@ -235,12 +236,13 @@ pub fn attention_backward_dev(
         // q, k, v and dO rounded to bf16 once for both kernels' tiles; delta reads the f32 dO and O
         let ((q16, _q), (k16, _k)) = (bf16_of(dev, q)?, bf16_of(dev, k)?);
         let ((v16, _v), (do16, _do)) = (bf16_of(dev, v)?, bf16_of(dev, d_o)?);
+        tile_aligned(&[q16, k16, v16, do16]);
         let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
         let name = format!("attention_backward_dq_bf16_c{c}");
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
         let args = [p(q16), p(k16), p(v16), p(oa), p(doa), p(do16), p(la), k0, nk, p(dqa), p(da)];
-        // SAFETY: argument list as declared in attention_bf16.cu; the bf16 copies are fresh
-        // allocations and the f32 buffers 16-byte aligned (checked above).
+        // SAFETY: argument list as declared in attention_bf16.cu; the bf16 inputs and the f32 buffers
+        // are 16-byte aligned (checked above).
         unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
         let name = format!("attention_backward_dkdv_bf16_c{c}");
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nkeys, dims.heads, dkdv_bytes)?;
@@ -260,6 +262,12 @@ pub fn attention_backward_dev(
     let args = [p(qa), p(ka), p(va), p(doa), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
     // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
     unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
+}
+
+/// The bf16 inputs are copied to shared memory 16 bytes at a time (cp.async): fresh copies are
+/// aligned, and a kept copy (`Buf::bf16_addr`) must be too.
+fn tile_aligned(addrs: &[u64]) {
+    assert!(addrs.iter().all(|a| a % 16 == 0), "attention: a bf16 input is not 16-byte aligned");
 }
 
 fn scalars(r: &AttnRanges, dims: AttnDims) -> [Arg; 5] {
