@@ -1,5 +1,6 @@
 // Twins of kernels/src/act.rs: GELU (tanh form through x·σ(2z)) and SiLU, forward and backward.
 // Elementwise over n values; a grid-stride loop.
+#include "common.cuh"
 
 __device__ __forceinline__ void gelu_parts(float x, float* y, float* dy) {
     const float k = 0.7978845608028654f, a = 0.044715f;
@@ -19,15 +20,26 @@ extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* 
 
 // The FFN's first layer after its bias-free GEMM: f [n, cols] += b [cols] (kept for the backward),
 // g = gelu(f). One pass instead of writing the bias rows before the GEMM and reading f again.
+__device__ __forceinline__ float bias_gelu(float* f, const float* b, long i, int cols) {
+    const float x = f[i] + b[i % cols];
+    float v, dv;
+    gelu_parts(x, &v, &dv);
+    f[i] = x;
+    return v;
+}
+
 extern "C" __global__ void bias_gelu_forward_f32(float* __restrict__ f, const float* __restrict__ b,
                                                  float* __restrict__ g, long n, int cols) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const float x = f[i] + b[i % cols];
-        float v, dv;
-        gelu_parts(x, &v, &dv);
-        f[i] = x;
-        g[i] = v;
-    }
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        g[i] = bias_gelu(f, b, i, cols);
+}
+
+// The same, g stored only in bf16: the input of the second FFN GEMM and nothing else (the GELU's
+// backward reads f).
+extern "C" __global__ void bias_gelu_forward_bf16(float* __restrict__ f, const float* __restrict__ b,
+                                                  unsigned short* __restrict__ g, long n, int cols) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        g[i] = bf16_bits(bias_gelu(f, b, i, cols));
 }
 
 extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,

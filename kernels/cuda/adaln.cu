@@ -2,15 +2,29 @@
 // res += y·gamma, forward and backward. x, y, res: [B, L, C]; scale, shift, gamma: rows of C values per
 // sample, `ps` floats apart (C for a [B, C] buffer, 6C for a part of the blocks' [B, 6C] AdaLN output).
 // Elementwise grid-stride loops; the per-sample parameter gradients are util.cu's group_dot.
+#include "common.cuh"
+
+__device__ __forceinline__ float modulated(const float* x, const float* scale, const float* shift, long i, int l,
+                                           int c, int ps) {
+    const long p = (i / ((long)l * c)) * ps + i % c;
+    return x[i] * (1.0f + scale[p]) + shift[p];
+}
 
 extern "C" __global__ void modulate_forward_f32(const float* __restrict__ x, const float* __restrict__ scale,
                                                 const float* __restrict__ shift, float* __restrict__ y,
                                                 int b, int l, int c, int ps) {
     const long total = (long)b * l * c;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        const long p = (i / ((long)l * c)) * ps + i % c;
-        y[i] = x[i] * (1.0f + scale[p]) + shift[p];
-    }
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
+        y[i] = modulated(x, scale, shift, i, l, c, ps);
+}
+
+// The same, y stored only in bf16: the input of a bf16 GEMM and nothing else (run.precision = bf16).
+extern "C" __global__ void modulate_forward_bf16(const float* __restrict__ x, const float* __restrict__ scale,
+                                                 const float* __restrict__ shift, unsigned short* __restrict__ y,
+                                                 int b, int l, int c, int ps) {
+    const long total = (long)b * l * c;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
+        y[i] = bf16_bits(modulated(x, scale, shift, i, l, c, ps));
 }
 
 // dx written.

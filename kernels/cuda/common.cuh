@@ -1,6 +1,15 @@
 // Shared helpers of the CUDA twins (included by every .cu through NVRTC's include path).
 #pragma once
 
+// x rounded to bf16 (round to nearest even; NaN stays a quiet NaN), as its bits: util.cu's casts and
+// the kernels that write bf16 activations, without cuda_bf16.h so sources compile with NVRTC alone.
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
 // Sum of `v` over the block; every thread gets the result. blockDim.x must be a multiple of 32, ≤ 1024.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {

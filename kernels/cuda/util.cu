@@ -127,15 +127,8 @@ extern "C" __global__ void add_rows_at_f32(const float* __restrict__ src, float*
     GRID_STRIDE(i, count * c) { dst[i] += src[first * c + i]; }
 }
 
-// bf16 copy of x (round to nearest even, NaN kept a quiet NaN): the inputs of bf16 GEMMs. Written
-// without cuda_bf16.h so the source compiles with NVRTC alone. Four values per thread (one 16-byte
-// load, one 8-byte store) where x and y are aligned for it, one at a time otherwise.
-__device__ __forceinline__ unsigned short bf16_bits(float x) {
-    unsigned int u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
+// bf16 copy of x (common.cuh's bf16_bits): the inputs of bf16 GEMMs. Four values per thread (one
+// 16-byte load, one 8-byte store) where x and y are aligned for it, one at a time otherwise.
 
 extern "C" __global__ void to_bf16(const float* __restrict__ x, unsigned short* __restrict__ y, long n) {
     const bool vec = ((unsigned long long)x & 15) == 0 && ((unsigned long long)y & 7) == 0;

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice,
+    LaunchConfig, PushKernelArg,
 };
 
 use super::compile::{compile_ptx, CompileError};
@@ -171,6 +171,37 @@ impl Buf for WithBf16<'_> {
     }
     fn bf16_addr(&self, _s: &CudaStream) -> Option<u64> {
         Some(self.bf16)
+    }
+}
+
+/// An activation kept in the precision its readers take: f32, or bf16 alone when every reader is a
+/// bf16 product (with `run.precision = "bf16"`, the blocks' GEMM inputs h1, h2 and g: the forward's
+/// product and the backward's weight gradient are all that read them). Half the bytes to write and
+/// keep, and no rounding before each product.
+pub enum Act {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<u16>),
+}
+
+impl Buf for Act {
+    fn addr(&self, s: &CudaStream) -> u64 {
+        match self {
+            Act::F32(v) => v.device_ptr(s).0,
+            // an internal invariant, not an input: only bf16 products take a bf16 activation
+            Act::Bf16(_) => panic!("a bf16-only activation was read as f32"),
+        }
+    }
+    fn count(&self) -> usize {
+        match self {
+            Act::F32(v) => v.len(),
+            Act::Bf16(v) => v.len(),
+        }
+    }
+    fn bf16_addr(&self, s: &CudaStream) -> Option<u64> {
+        match self {
+            Act::F32(_) => None,
+            Act::Bf16(v) => Some(v.device_ptr(s).0),
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 //! are what the GPU model calls; the host-slice wrappers below them copy in and out for the
 //! equivalence tests. Parameter gradients are added (`+=`), input gradients written.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtrMut};
 
-use super::device::{addr_or_null, elementwise, per_row, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{addr_or_null, elementwise, per_row, Act, Arg, Buf, BufMut, CudaError, Device};
 use super::util;
 use crate::rope::RopeTable;
 
@@ -128,6 +128,24 @@ pub fn modulate_dev(
     let args = [&[dev.arg(x), dev.arg(scale), dev.arg(shift), dev.arg_mut(y)][..], &sh.args()].concat();
     // SAFETY: modulate_forward_f32(x, scale, shift, y, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
+}
+
+/// [`modulate_dev`] into an activation: f32, or rounded to bf16 on the way out (`Act::Bf16`).
+pub fn modulate_act(
+    dev: &Device,
+    x: &dyn Buf,
+    scale: &dyn Buf,
+    shift: &dyn Buf,
+    y: &mut Act,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let y16 = match y {
+        Act::F32(v) => return modulate_dev(dev, x, scale, shift, v, sh),
+        Act::Bf16(v) => Arg::Ptr(v.device_ptr_mut(&dev.stream).0),
+    };
+    let args = [&[dev.arg(x), dev.arg(scale), dev.arg(shift), y16][..], &sh.args()].concat();
+    // SAFETY: modulate_forward_bf16(x, scale, shift, y16, b, l, c, ps); y16 holds B·L·C values.
+    unsafe { dev.launch("adaln.cu", "modulate_forward_bf16", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
 /// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (their rows `grad_stride`
@@ -354,6 +372,8 @@ fn shape(params: &[f32], l: usize, c: usize) -> AdaShape {
     AdaShape { b: params.len() / c, l, c, ps: c }
 }
 
+/// Host-slice [`modulate_act`]: rounded to bf16 when `bf16` (returned as the f32 values of those
+/// bf16).
 pub fn modulate(
     dev: &Device,
     x: &[f32],
@@ -361,11 +381,12 @@ pub fn modulate(
     shift: &[f32],
     l: usize,
     c: usize,
+    bf16: bool,
 ) -> Result<Vec<f32>, CudaError> {
     let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
-    let mut y = zeros(dev, x.len())?;
-    modulate_dev(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
-    down(dev, &y, x.len())
+    let mut y = if bf16 { Act::Bf16(dev.stream.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
+    modulate_act(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
+    super::ops::act_to_host(dev, &y)
 }
 
 /// `[dx, dscale, dshift]` of [`modulate`].

@@ -4,7 +4,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::device::{elementwise, per_row, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, per_row, Act, Arg, Buf, BufMut, CudaError, Device};
 
 /// What [`bitwise_ce`] returns: per-token loss `[N]`, correct bits `[N]`, `dlogits [N, 2d]` if asked.
 pub struct BitwiseCeOut {
@@ -56,14 +56,19 @@ pub fn activation_dev(dev: &Device, kernel: &str, x: &dyn Buf, y: &mut dyn BufMu
     unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
 
-/// `f [N, cols] += b [cols]` then `g = gelu(f)` (act.cu's `bias_gelu_forward_f32`; both written).
-pub fn bias_gelu_dev(dev: &Device, f: &mut dyn BufMut, b: &dyn Buf, g: &mut dyn BufMut) -> Result<(), CudaError> {
+/// `f [N, cols] += b [cols]` then `g = gelu(f)` (act.cu's `bias_gelu_forward_*`; both written, g in
+/// f32 or rounded to bf16 on the way out).
+pub fn bias_gelu_dev(dev: &Device, f: &mut dyn BufMut, b: &dyn Buf, g: &mut Act) -> Result<(), CudaError> {
     let (n, cols) = (f.count(), b.count());
     assert!(g.count() >= n && cols > 0 && n % cols == 0, "bias_gelu: f, g [N, cols], b [cols]");
     let s = &dev.stream;
-    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g.addr_mut(s)), Arg::long(n), Arg::int(cols)];
-    // SAFETY: bias_gelu_forward_f32(f, b, g, n, cols); f and g hold n values, b cols.
-    unsafe { dev.launch("act.cu", "bias_gelu_forward_f32", elementwise(n), &args) }
+    let (kernel, g) = match g {
+        Act::F32(v) => ("bias_gelu_forward_f32", v.device_ptr_mut(s).0),
+        Act::Bf16(v) => ("bias_gelu_forward_bf16", v.device_ptr_mut(s).0),
+    };
+    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g), Arg::long(n), Arg::int(cols)];
+    // SAFETY: bias_gelu_forward_{f32,bf16}(f, b, g, n, cols); f and g hold n values, b cols.
+    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
 
 /// `dx = dy · f'(x)` for `kernel` in act.cu (`gelu_backward_f32`, `silu_backward_f32`), `dx` written.
@@ -90,13 +95,22 @@ pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, Cud
     Ok(s.clone_dtoh(&y)?)
 }
 
-/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`.
-pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`; the GELU
+/// rounded to bf16 when `bf16` (returned as the f32 values of those bf16).
+pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
     let s = &dev.stream;
     let (mut fd, bd) = (s.clone_htod(f)?, s.clone_htod(b)?);
-    let mut g = s.alloc_zeros::<f32>(f.len())?;
+    let mut g = if bf16 { Act::Bf16(s.alloc_zeros(f.len())?) } else { Act::F32(s.alloc_zeros(f.len())?) };
     bias_gelu_dev(dev, &mut fd, &bd, &mut g)?;
-    Ok((s.clone_dtoh(&fd)?, s.clone_dtoh(&g)?))
+    Ok((s.clone_dtoh(&fd)?, act_to_host(dev, &g)?))
+}
+
+/// The values of an activation, bf16 ones widened to f32.
+pub fn act_to_host(dev: &Device, a: &Act) -> Result<Vec<f32>, CudaError> {
+    Ok(match a {
+        Act::F32(v) => dev.stream.clone_dtoh(v)?,
+        Act::Bf16(v) => dev.stream.clone_dtoh(v)?.into_iter().map(|h| f32::from_bits((h as u32) << 16)).collect(),
+    })
 }
 
 /// Host-slice [`activation_backward_dev`].

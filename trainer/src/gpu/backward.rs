@@ -14,7 +14,7 @@ use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad
 use infinity_kernels::cuda::ops::activation_backward_dev;
 use infinity_kernels::cuda::util;
 
-use super::forward::{block_forward, saved, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
+use super::forward::{block_forward, saved, saved_act, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
 use super::Net;
 
 /// The gradient view of parameter `name`.
@@ -221,9 +221,9 @@ fn block_backward(
     let mut df2 = net.buf(n * c)?;
     gated_residual_backward_dev(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
     let (mut dg, mut df1, mut dh2) = (net.buf(n * hf)?, net.buf(n * hf)?, net.buf(n * c)?);
-    linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved(&s.g), Some(&mut dg), (n, hf, c))?;
+    linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
     activation_backward_dev(dev, "gelu_backward_f32", &dg, saved(&s.f1), &mut df1)?;
-    linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved(&s.h2), Some(&mut dh2), (n, c, hf))?;
+    linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
     let mut dxhat2 = net.buf(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(5);
@@ -346,7 +346,7 @@ fn block_backward(
         util::put_part(dev, part, &mut dqkv, (n, 3, j, c))?;
     }
     let mut dh1 = net.buf(n * c)?;
-    linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
+    linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
     let mut dxhat1 = net.buf(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(4);

@@ -7,9 +7,11 @@ use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::{attention_forward_dev, normalize_heads_dev, AttnRanges};
+use infinity_kernels::cuda::device::Act;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_dev, modulate_dev, rmsnorm_dev, rope_dev, AdaShape, DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_dev, modulate_act, modulate_dev, rmsnorm_dev, rope_dev, AdaShape,
+    DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::util;
@@ -48,7 +50,8 @@ pub struct BlockBufs {
     pub gain: Option<CudaSlice<f32>>,
     pub ln1: [Option<CudaSlice<f32>>; 2],
     pub xhat1: Option<CudaSlice<f32>>,
-    pub h1: Option<CudaSlice<f32>>,
+    /// The blocks' matmul inputs (bf16 alone with bf16 matmuls: `Net::act`).
+    pub h1: Option<Act>,
     pub q_raw: Option<CudaSlice<f32>>,
     pub k_raw: Option<CudaSlice<f32>>,
     pub v: Option<CudaSlice<f32>>,
@@ -71,9 +74,9 @@ pub struct BlockBufs {
     pub x_ca: Option<CudaSlice<f32>>,
     pub ln2: [Option<CudaSlice<f32>>; 2],
     pub xhat2: Option<CudaSlice<f32>>,
-    pub h2: Option<CudaSlice<f32>>,
+    pub h2: Option<Act>,
     pub f1: Option<CudaSlice<f32>>,
-    pub g: Option<CudaSlice<f32>>,
+    pub g: Option<Act>,
     pub f2: Option<CudaSlice<f32>>,
 }
 
@@ -112,6 +115,11 @@ pub struct GpuActs {
 
 /// Take a saved buffer (the backward reads each once; a missing one is a bug, not an input error).
 pub(super) fn saved(b: &Option<CudaSlice<f32>>) -> &CudaSlice<f32> {
+    b.as_ref().expect("forward saved this activation")
+}
+
+/// The same for a matmul input ([`Act`]).
+pub(super) fn saved_act(b: &Option<Act>) -> &Act {
     b.as_ref().expect("forward saved this activation")
 }
 
@@ -260,8 +268,8 @@ pub(super) fn block_forward(
     // self-attention
     let (mut xhat1, mut mean1, mut rstd1) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
     layernorm_dev(dev, &x_in, None, None, &mut xhat1, &mut mean1, &mut rstd1, (n, c), eps)?;
-    let mut h1 = net.buf(n * c)?;
-    modulate_dev(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
+    let mut h1 = net.act(n * c)?;
+    modulate_act(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
     let mut qkv = net.buf(n * 3 * c)?;
     net.linear(&h1, &name("sa.mat_qkv"), false, &mut qkv, (n, c, 3 * c))?;
     let (mut q_raw, mut k_raw, mut v) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * c)?);
@@ -316,9 +324,9 @@ pub(super) fn block_forward(
     // feed-forward
     let (mut xhat2, mut mean2, mut rstd2) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
     layernorm_dev(dev, &x_ca, None, None, &mut xhat2, &mut mean2, &mut rstd2, (n, c), eps)?;
-    let mut h2 = net.buf(n * c)?;
-    modulate_dev(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
-    let (mut f1, mut g) = (net.buf(n * hf)?, net.buf(n * hf)?);
+    let mut h2 = net.act(n * c)?;
+    modulate_act(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
+    let (mut f1, mut g) = (net.buf(n * hf)?, net.act(n * hf)?);
     net.linear(&h2, &name("ffn.fc1"), false, &mut f1, (n, c, hf))?;
     bias_gelu_dev(dev, &mut f1, &w("ffn.fc1.bias"), &mut g)?; // f1 = x·Wᵀ + b, g = gelu(f1)
     let mut f2 = net.buf(n * c)?;

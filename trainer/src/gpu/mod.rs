@@ -21,7 +21,7 @@ use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
-use infinity_kernels::cuda::device::{device_present, Buf, BufMut, WithBf16};
+use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
 use infinity_kernels::cuda::{Device, Math};
@@ -62,6 +62,17 @@ impl<'a> Net<'a> {
     /// A zeroed device buffer of `n` values.
     pub fn buf(&self, n: usize) -> Result<CudaSlice<f32>> {
         Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    /// An activation of `n` values that only matmuls read: bf16 alone when the matmuls take bf16 (its
+    /// producer writes every value), a zeroed f32 buffer otherwise.
+    pub fn act(&self, n: usize) -> Result<Act> {
+        Ok(if self.gemm.bf16 {
+            // SAFETY: the producing kernel (modulate, bias + GELU) writes all n values before any read.
+            Act::Bf16(unsafe { self.dev.stream.alloc::<u16>(n.max(1)) }?)
+        } else {
+            Act::F32(self.buf(n)?)
+        })
     }
 
     pub fn ones(&self, n: usize) -> Result<CudaSlice<f32>> {
