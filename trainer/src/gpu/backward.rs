@@ -218,31 +218,31 @@ fn block_backward(
     let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
 
     // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
-    let mut df2 = net.buf(n * c)?;
+    let mut df2 = net.out(n * c)?;
     gated_residual_backward_dev(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
-    let (mut dg, mut df1, mut dh2) = (net.buf(n * hf)?, net.buf(n * hf)?, net.buf(n * c)?);
+    let (mut dg, mut df1, mut dh2) = (net.out(n * hf)?, net.out(n * hf)?, net.out(n * c)?);
     linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
     activation_backward_dev(dev, "gelu_backward_f32", &dg, saved(&s.f1), &mut df1)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
-    let mut dxhat2 = net.buf(n * c)?;
+    let mut dxhat2 = net.out(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(5);
         modulate_backward_dev(dev, &dh2, saved(&s.xhat2), &part(3), &mut dxhat2, &mut lo[3], &mut hi[0], sh, c)?;
     }
-    let mut tmp = net.buf(n * c)?;
+    let mut tmp = net.out(n * c)?;
     let [m2, r2] = &s.ln2;
     layernorm_backward_dev(dev, &dxhat2, saved(&s.x_ca), None, saved(m2), saved(r2), &mut tmp, None, (n, c))?;
-    let mut dx_ca = net.buf(n * c)?;
+    let mut dx_ca = net.out(n * c)?;
     util::sum(dev, &dx_out, &tmp, &mut dx_ca)?;
     drop(dx_out);
 
     // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca)); without text x_ca = x_sa
     let dx_sa = if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
         let nt = cu[b];
-        let mut dattn = net.buf(n * c)?;
+        let mut dattn = net.out(n * c)?;
         linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
         let (mut dq, mut dk, mut dv, mut delta) =
-            (net.buf(n * c)?, net.buf(nt * c)?, net.buf(nt * c)?, net.buf(n * h)?);
+            (net.out(n * c)?, net.out(nt * c)?, net.out(nt * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
         let (ca_q, ca_k, ca_v) = (saved(&s.ca_q), saved(&s.ca_k), saved(&s.ca_v));
         attention_backward_dev(
@@ -258,13 +258,13 @@ fn block_backward(
             net.math(),
         )?;
         util::col_sum(dev, &dv, &mut g(net, grads, &name("ca.v_bias")), nt, c)?;
-        let mut dckv = net.buf(nt * 2 * c)?;
+        let mut dckv = net.out(nt * 2 * c)?;
         util::put_part(dev, &dk, &mut dckv, (nt, 2, 0, c))?;
         util::put_part(dev, &dv, &mut dckv, (nt, 2, 1, c))?;
-        let mut dctx = net.buf(nt * c)?;
+        let mut dctx = net.out(nt * c)?;
         linear_bwd(net, grads, &name("ca.mat_kv"), false, &dckv, &t.kv_ca, Some(&mut dctx), (nt, c, 2 * c))?;
         util::add(dev, dkv_ca, &dctx)?;
-        let mut dca_in = net.buf(n * c)?;
+        let mut dca_in = net.out(n * c)?;
         linear_bwd(net, grads, &name("ca.mat_q"), true, &dq, saved(&s.ca_in), Some(&mut dca_in), (n, c, c))?;
         let nw = net.w(&name("ca_norm.weight"));
         let (ra, rb) = (net.lay.range(&name("ca_norm.weight")), net.lay.range(&name("ca_norm.bias")));
@@ -284,7 +284,7 @@ fn block_backward(
             params,
             (n, c),
         )?;
-        let mut dx_sa = net.buf(n * c)?;
+        let mut dx_sa = net.out(n * c)?;
         util::sum(dev, &dx_ca, &tmp, &mut dx_sa)?;
         dx_sa
     } else {
@@ -292,11 +292,11 @@ fn block_backward(
     };
 
     // self-attention: x_sa = x_in + proj(attn(rope(norm(q)), rope(norm(k)), v)) · γ1
-    let mut dsa_out = net.buf(n * c)?;
+    let mut dsa_out = net.out(n * c)?;
     gated_residual_backward_dev(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
-    let mut dattn = net.buf(n * c)?;
+    let mut dattn = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved(&s.attn), Some(&mut dattn), (n, c, c))?;
-    let (mut dq, mut dk, mut dv, mut delta) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?);
+    let (mut dq, mut dk, mut dv, mut delta) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?, net.out(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
     attention_backward_dev(
         dev,
@@ -313,7 +313,8 @@ fn block_backward(
     rope_dev(dev, &mut dq, rope, (l, h), 0, true)?;
     rope_dev(dev, &mut dk, rope, (l, h), 0, true)?;
     let gain = saved(&s.gain);
-    let (mut dq_raw, mut dk_raw, mut udy, mut dgain) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?, net.buf(h)?);
+    let (mut dq_raw, mut dk_raw) = (net.out(n * c)?, net.out(n * c)?);
+    let (mut udy, mut dgain) = (net.buf(n * h)?, net.buf(h)?); // dgain is added into
     normalize_heads_backward_dev(
         dev,
         &dq,
@@ -341,24 +342,24 @@ fn block_backward(
     util::attn_gain_backward(dev, &sm, gain, &dgain, &mut g(net, grads, &name("sa.scale_mul_1H11")))?;
     util::col_sum(dev, &dq_raw, &mut g(net, grads, &name("sa.q_bias")), n, c)?;
     util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
-    let mut dqkv = net.buf(n * 3 * c)?;
+    let mut dqkv = net.out(n * 3 * c)?;
     for (j, part) in [&dq_raw, &dk_raw, &dv].into_iter().enumerate() {
         util::put_part(dev, part, &mut dqkv, (n, 3, j, c))?;
     }
-    let mut dh1 = net.buf(n * c)?;
+    let mut dh1 = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
-    let mut dxhat1 = net.buf(n * c)?;
+    let mut dxhat1 = net.out(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(4);
         modulate_backward_dev(dev, &dh1, saved(&s.xhat1), &part(2), &mut dxhat1, &mut lo[2], &mut hi[0], sh, c)?;
     }
     let [m1, r1] = &s.ln1;
     layernorm_backward_dev(dev, &dxhat1, saved(&s.x_in), None, saved(m1), saved(r1), &mut tmp, None, (n, c))?;
-    let mut dx_in = net.buf(n * c)?;
+    let mut dx_in = net.out(n * c)?;
     util::sum(dev, &dx_sa, &tmp, &mut dx_in)?;
 
     // gss = ada_gss + shared_gss
-    let mut dgss = net.buf(b * 6 * c)?;
+    let mut dgss = net.out(b * 6 * c)?;
     for (j, p) in dparts.iter().enumerate() {
         util::put_part(dev, p, &mut dgss, (b, 6, j, c))?;
     }

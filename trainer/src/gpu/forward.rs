@@ -260,58 +260,58 @@ pub(super) fn block_forward(
     let w = |x: &str| net.w(&name(x));
     let mut s = BlockBufs::default();
     // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2 — parts read in place (rows 6C apart)
-    let mut gss = net.buf(b * 6 * c)?;
+    let mut gss = net.out(b * 6 * c)?;
     util::add_row(dev, shared_gss, &w("ada_gss"), &mut gss)?;
     let sh = AdaShape { b, l, c, ps: 6 * c };
     let part = |j: usize| gss.slice(j * c..);
 
     // self-attention
-    let (mut xhat1, mut mean1, mut rstd1) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+    let (mut xhat1, mut mean1, mut rstd1) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
     layernorm_dev(dev, &x_in, None, None, &mut xhat1, &mut mean1, &mut rstd1, (n, c), eps)?;
     let mut h1 = net.act(n * c)?;
     modulate_act(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
-    let mut qkv = net.buf(n * 3 * c)?;
+    let mut qkv = net.out(n * 3 * c)?;
     net.linear(&h1, &name("sa.mat_qkv"), false, &mut qkv, (n, c, 3 * c))?;
-    let (mut q_raw, mut k_raw, mut v) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * c)?);
+    let (mut q_raw, mut k_raw, mut v) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?);
     util::take_part(dev, &qkv, Some(&w("sa.q_bias")), &mut q_raw, (n, 3, 0, c))?;
     util::take_part(dev, &qkv, None, &mut k_raw, (n, 3, 1, c))?;
     util::take_part(dev, &qkv, Some(&w("sa.v_bias")), &mut v, (n, 3, 2, c))?;
     drop(qkv);
     let mut gain = net.buf(h)?;
     util::attn_gain(dev, &w("sa.scale_mul_1H11"), &mut gain)?;
-    let (mut q, mut k, mut q_norm, mut k_norm) = (net.buf(n * c)?, net.buf(n * c)?, net.buf(n * h)?, net.buf(n * h)?);
+    let (mut q, mut k, mut q_norm, mut k_norm) = (net.out(n * c)?, net.out(n * c)?, net.out(n * h)?, net.out(n * h)?);
     normalize_heads_dev(dev, &q_raw, &gain, &mut q, &mut q_norm, (h, hd))?;
     normalize_heads_dev(dev, &k_raw, &net.ones(h)?, &mut k, &mut k_norm, (h, hd))?;
     rope_dev(dev, &mut q, rope, (l, h), 0, false)?;
     rope_dev(dev, &mut k, rope, (l, h), 0, false)?;
-    let (mut attn, mut lse) = (net.buf(n * c)?, net.buf(n * h)?);
+    let (mut attn, mut lse) = (net.out(n * c)?, net.out(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
     attention_forward_dev(dev, &q, &k, &v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
-    let mut sa_out = net.buf(n * c)?;
+    let mut sa_out = net.out(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
-    let mut x_sa = net.buf(n * c)?;
+    let mut x_sa = net.out(n * c)?;
     gated_residual_dev(dev, &x_in, &sa_out, &part(0), &mut x_sa, sh)?;
 
     // cross-attention: x + CA(ca_norm(x), kv_ca), no gate; without text x_ca is x_sa itself (the
     // backward then finds it under x_ca only)
     let x_ca = if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
         let nt = cu[b];
-        let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+        let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
         let (nw, nb) = (w("ca_norm.weight"), w("ca_norm.bias"));
         layernorm_dev(dev, &x_sa, Some(&nw), Some(&nb), &mut ca_in, &mut ca_mean, &mut ca_rstd, (n, c), eps)?;
-        let mut ca_q = net.buf(n * c)?;
+        let mut ca_q = net.out(n * c)?;
         net.linear(&ca_in, &name("ca.mat_q"), true, &mut ca_q, (n, c, c))?;
-        let mut ckv = net.buf(nt * 2 * c)?;
+        let mut ckv = net.out(nt * 2 * c)?;
         net.linear(&t.kv_ca, &name("ca.mat_kv"), false, &mut ckv, (nt, c, 2 * c))?;
-        let (mut ca_k, mut ca_v) = (net.buf(nt * c)?, net.buf(nt * c)?);
+        let (mut ca_k, mut ca_v) = (net.out(nt * c)?, net.out(nt * c)?);
         util::take_part(dev, &ckv, None, &mut ca_k, (nt, 2, 0, c))?;
         util::take_part(dev, &ckv, Some(&w("ca.v_bias")), &mut ca_v, (nt, 2, 1, c))?;
-        let (mut ca_attn, mut ca_lse) = (net.buf(n * c)?, net.buf(n * h)?);
+        let (mut ca_attn, mut ca_lse) = (net.out(n * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
         attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims, net.math())?;
-        let mut ca_out = net.buf(n * c)?;
+        let mut ca_out = net.out(n * c)?;
         net.linear(&ca_attn, &name("ca.proj"), true, &mut ca_out, (n, c, c))?;
-        let mut x_ca = net.buf(n * c)?;
+        let mut x_ca = net.out(n * c)?;
         util::sum(dev, &x_sa, &ca_out, &mut x_ca)?;
         (s.ca_ln, s.ca_in, s.ca_q, s.ca_k, s.ca_v) =
             ([Some(ca_mean), Some(ca_rstd)], Some(ca_in), Some(ca_q), Some(ca_k), Some(ca_v));
@@ -322,16 +322,16 @@ pub(super) fn block_forward(
     };
 
     // feed-forward
-    let (mut xhat2, mut mean2, mut rstd2) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
+    let (mut xhat2, mut mean2, mut rstd2) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
     layernorm_dev(dev, &x_ca, None, None, &mut xhat2, &mut mean2, &mut rstd2, (n, c), eps)?;
     let mut h2 = net.act(n * c)?;
     modulate_act(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
-    let (mut f1, mut g) = (net.buf(n * hf)?, net.act(n * hf)?);
+    let (mut f1, mut g) = (net.out(n * hf)?, net.act(n * hf)?);
     net.linear(&h2, &name("ffn.fc1"), false, &mut f1, (n, c, hf))?;
     bias_gelu_dev(dev, &mut f1, &w("ffn.fc1.bias"), &mut g)?; // f1 = x·Wᵀ + b, g = gelu(f1)
-    let mut f2 = net.buf(n * c)?;
+    let mut f2 = net.out(n * c)?;
     net.linear(&g, &name("ffn.fc2"), true, &mut f2, (n, hf, c))?;
-    let mut x_out = net.buf(n * c)?;
+    let mut x_out = net.out(n * c)?;
     gated_residual_dev(dev, &x_ca, &f2, &part(1), &mut x_out, sh)?;
 
     (s.x_in, s.gain, s.ln1, s.xhat1, s.h1) =

@@ -59,9 +59,18 @@ impl<'a> Net<'a> {
         self.params.slice(self.lay.range(name))
     }
 
-    /// A zeroed device buffer of `n` values.
+    /// A zeroed device buffer of `n` values (for outputs that kernels add into).
     pub fn buf(&self, n: usize) -> Result<CudaSlice<f32>> {
         Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1))?)
+    }
+
+    /// A device buffer of `n` values for a kernel that writes every one of them (its `///` says
+    /// "written"): not zeroed first, which would cost a pass over it. The blocks' activations and
+    /// gradients use it; accumulators use [`Net::buf`].
+    pub fn out(&self, n: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: every caller hands the buffer to a kernel (or GEMM with β = 0, or the bias rows then
+        // GEMM) that writes all n values before anything reads them.
+        Ok(unsafe { self.dev.stream.alloc::<f32>(n.max(1)) }?)
     }
 
     /// An activation of `n` values that only matmuls read: bf16 alone when the matmuls take bf16 (its
