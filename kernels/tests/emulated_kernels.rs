@@ -12,7 +12,7 @@ use std::process::Command;
 use infinity_kernels::attention::{self, AttnDims, Segment};
 use infinity_kernels::cuda::attention::expand_segments;
 use infinity_kernels::cuda::compile::source;
-use infinity_kernels::{bitwise_ce, bsq, linear};
+use infinity_kernels::{act, adaln, bitwise_ce, bsq, linear};
 use rand::{Rng, SeedableRng};
 
 const EMULATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator");
@@ -310,4 +310,60 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
         }
         println!("{tag}: {wrong} of {} labels differ", bits.len());
     }
+}
+
+/// `x` rounded to bf16, as bits (round to nearest even; the inputs here are finite).
+fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+fn read_u16(dir: &Path, name: &str) -> Vec<u16> {
+    let bytes = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+    bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// The kernels that write the GPU model's bf16-only matmul inputs (adaln.cu's modulation and act.cu's
+/// bias + GELU, f32 and bf16 out) and the out-of-place gated residual: the f32 results against the
+/// CPU twins, and every bf16 value exactly the f32 result rounded (what a bf16 GEMM read before).
+#[test]
+fn modulation_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
+    let (Some(adaln_exe), Some(act_exe)) = (build("adaln.cu", "adaln"), build("act.cu", "act")) else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut uniform = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+
+    let (b, l, c) = (3, 57, 96);
+    let (x, y) = (uniform(b * l * c, 2.0), uniform(b * l * c, 1.0));
+    let (scale, shift, gamma) = (uniform(b * c, 0.5), uniform(b * c, 0.5), uniform(b * c, 1.0));
+    let mut modulated = vec![0.0f32; x.len()];
+    adaln::modulate_forward(&x, &scale, &shift, &mut modulated, l, c);
+    let mut res = x.clone();
+    adaln::gated_residual_forward(&mut res, &y, &gamma, l, c);
+    let dir = adaln_exe.with_file_name("case");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, v) in [("x", &x), ("scale", &scale), ("shift", &shift), ("y", &y), ("gamma", &gamma)] {
+        write(&dir, name, v);
+    }
+    run(&adaln_exe, &dir, &[b, l, c].map(|v| v.to_string()), "emulated modulation and gated residual");
+    let emulated = read(&dir, "mod");
+    close("emulated modulate", &emulated, &modulated, 1e-6);
+    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+    assert!(read_u16(&dir, "mod16") == rounded, "modulate_forward_bf16 is not modulate_forward_f32 rounded");
+    close("emulated gated residual", &read(&dir, "res"), &res, 1e-6);
+
+    let (rows, cols) = (37, 96);
+    let (f, bias) = (uniform(rows * cols, 4.0), uniform(cols, 1.0));
+    let fb: Vec<f32> = f.iter().enumerate().map(|(i, v)| v + bias[i % cols]).collect();
+    let mut g = vec![0.0f32; fb.len()];
+    act::gelu_forward(&fb, &mut g);
+    let dir = act_exe.with_file_name("case");
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir, "f", &f);
+    write(&dir, "b", &bias);
+    run(&act_exe, &dir, &[(rows * cols).to_string(), cols.to_string()], "emulated bias + GELU");
+    close("emulated bias + gelu: f + b", &read(&dir, "f_out"), &fb, 1e-6);
+    let emulated = read(&dir, "g");
+    close("emulated bias + gelu: gelu", &emulated, &g, 1e-5);
+    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+    assert!(read_u16(&dir, "g16") == rounded, "bias_gelu_forward_bf16 is not bias_gelu_forward_f32 rounded");
 }

@@ -1,0 +1,32 @@
+// adaln.cu's modulation (f32 and bf16 out) and gated residual on the emulator, with device.rs's
+// elementwise launch shape.
+//   adaln DIR B L C
+// reads DIR/{x,scale,shift,y,gamma}.bin (f32; x, y [B, L, C], the rest [B, C]); writes DIR/mod.bin
+// (f32), DIR/mod16.bin (bf16 bits) and DIR/res.bin (f32: x + y·gamma).
+#include <algorithm>
+
+#include "cuda_emulator.h"
+#include "io.h"
+#include "kernel.cu"
+
+int main(int argc, char** argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s DIR B L C\n", argv[0]);
+        return 2;
+    }
+    const std::string dir = argv[1];
+    const int b = atoi(argv[2]), l = atoi(argv[3]), c = atoi(argv[4]);
+    auto x = read_array<float>(dir, "x"), scale = read_array<float>(dir, "scale"), shift = read_array<float>(dir, "shift");
+    auto y = read_array<float>(dir, "y"), gamma = read_array<float>(dir, "gamma");
+    const long n = (long)b * l * c;
+    std::vector<float> mod(n), res(n);
+    std::vector<unsigned short> mod16(n);
+    const dim3 grid{(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}, block{256, 1, 1};
+    emu::launch(grid, block, 0, [&] { modulate_forward_f32(x.data(), scale.data(), shift.data(), mod.data(), b, l, c, c); });
+    emu::launch(grid, block, 0, [&] { modulate_forward_bf16(x.data(), scale.data(), shift.data(), mod16.data(), b, l, c, c); });
+    emu::launch(grid, block, 0, [&] { gated_residual_forward_f32(x.data(), y.data(), gamma.data(), res.data(), b, l, c, c); });
+    write_array(dir, "mod", mod);
+    write_array(dir, "mod16", mod16);
+    write_array(dir, "res", res);
+    return 0;
+}
