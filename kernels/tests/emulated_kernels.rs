@@ -90,13 +90,15 @@ fn run(exe: &Path, dir: &Path, args: &[String], tag: &str) {
     println!("{tag}: emulated in {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// `x` rounded to bf16, as bits (round to nearest even; the inputs here are finite).
+fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// Uniform values in (−scale, scale) that are exact bf16 numbers.
 fn rand_bf16(rng: &mut dyn rand::RngCore, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u = rng.random_range(-scale..scale).to_bits();
-            f32::from_bits((u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000)
-        })
-        .collect()
+    (0..n).map(|_| f32::from_bits((bf16_bits(rng.random_range(-scale..scale)) as u32) << 16)).collect()
 }
 
 fn close(name: &str, a: &[f32], b: &[f32], rtol: f32) {
@@ -310,12 +312,6 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
         }
         println!("{tag}: {wrong} of {} labels differ", bits.len());
     }
-}
-
-/// `x` rounded to bf16, as bits (round to nearest even; the inputs here are finite).
-fn bf16_bits(x: f32) -> u16 {
-    let u = x.to_bits();
-    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
 fn read_u16(dir: &Path, name: &str) -> Vec<u16> {
