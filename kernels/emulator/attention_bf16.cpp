@@ -1,12 +1,8 @@
 // attention_bf16.cu's forward, dq and dk/dv kernels on the emulator, launched as
-// kernels/src/cuda/attention.rs launches them.
-//   attention_bf16 DIR NQ NK HEADS C SCALE
-// reads DIR/{q,k,v,do,o,lse}.bin (f32) and DIR/{k0,nk,q0,nqk}.bin (i32: attention::expand_segments),
-// writes DIR/{o_out,lse_out,dq,delta,dk,dv}.bin. q, k, v and dO go in as bf16 (attention.rs rounds
-// them the same way); the backward reads the given o and lse (the CPU twin's), so it is checked on its
-// own.
+// kernels/src/cuda/attention.rs launches them; arguments and files as attention_case.h says. q, k, v
+// and dO go in as bf16 (attention.rs rounds them the same way).
 #include "cuda_emulator.h"
-#include "io.h"
+#include "attention_case.h"
 #include "kernel.cu"
 
 static std::vector<bf16> rounded(const std::vector<float>& x) {
@@ -16,19 +12,9 @@ static std::vector<bf16> rounded(const std::vector<float>& x) {
 }
 
 int main(int argc, char** argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s DIR NQ NK HEADS C SCALE\n", argv[0]);
-        return 2;
-    }
-    const std::string dir = argv[1];
-    const int nq = atoi(argv[2]), nk = atoi(argv[3]), heads = atoi(argv[4]), c = atoi(argv[5]);
-    const float scale = (float)atof(argv[6]);
-    auto q = read_array<float>(dir, "q"), k = read_array<float>(dir, "k"), v = read_array<float>(dir, "v");
-    auto d_o = read_array<float>(dir, "do"), o = read_array<float>(dir, "o"), lse = read_array<float>(dir, "lse");
-    auto k0 = read_array<int>(dir, "k0"), nkr = read_array<int>(dir, "nk");
-    auto q0 = read_array<int>(dir, "q0"), nqk = read_array<int>(dir, "nqk");
-    const auto q16 = rounded(q), k16 = rounded(k), v16 = rounded(v), do16 = rounded(d_o);
-    std::vector<float> o_out(q.size()), lse_out(lse.size()), dq(q.size()), delta(lse.size()), dk(k.size()), dv(v.size());
+    AttentionCase a = AttentionCase::from_args(argc, argv);
+    const int nq = a.nq, nk = a.nk, heads = a.heads, c = a.c;
+    const auto q16 = rounded(a.q), k16 = rounded(a.k), v16 = rounded(a.v), do16 = rounded(a.d_o);
     // dynamic shared memory as attention.rs's bf16_smem: row-major bf16 tiles [64][c + 8] (4 for the
     // forward, 6 for dq; dk/dv adds two stages of 4 × 64 f32/i32 per-query values)
     const size_t tile = (size_t)64 * (c + 8) * 2;
@@ -37,19 +23,18 @@ int main(int argc, char** argv) {
 #define RUN(C)                                                                                                       \
     case C:                                                                                                          \
         emu::launch(qgrid, block, 4 * tile, [&] {                                                                    \
-            attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), o_out.data(), lse_out.data(), k0.data(), \
-                                        nkr.data(), nq, nk, heads, c, scale);                                        \
+            attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), a.o_out.data(), a.lse_out.data(),        \
+                                        a.k0.data(), a.nkr.data(), nq, nk, heads, c, a.scale);                       \
         });                                                                                                          \
         emu::launch(qgrid, block, 6 * tile, [&] {                                                                    \
-            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o.data(), d_o.data(),                \
-                                            do16.data(), lse.data(), k0.data(), nkr.data(), dq.data(),               \
-                                            delta.data(), nq, nk, heads, c, scale);                                  \
+            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), a.o.data(), a.d_o.data(),            \
+                                            do16.data(), a.lse.data(), a.k0.data(), a.nkr.data(), a.dq.data(),       \
+                                            a.delta.data(), nq, nk, heads, c, a.scale);                              \
         });                                                                                                          \
         emu::launch(kgrid, block, 6 * tile + 2 * 4 * 64 * 4, [&] {                                                   \
-            attention_backward_dkdv_bf16_c##C(q16.data(), k16.data(), v16.data(), do16.data(), lse.data(),           \
-                                              delta.data(),                                                          \
-                                              k0.data(), nkr.data(), q0.data(), nqk.data(), dk.data(), dv.data(),    \
-                                              nq, nk, heads, c, scale);                                              \
+            attention_backward_dkdv_bf16_c##C(q16.data(), k16.data(), v16.data(), do16.data(), a.lse.data(),         \
+                                              a.delta.data(), a.k0.data(), a.nkr.data(), a.q0.data(), a.nqk.data(),  \
+                                              a.dk.data(), a.dv.data(), nq, nk, heads, c, a.scale);                  \
         });                                                                                                          \
         break;
     switch (c) {
@@ -60,11 +45,6 @@ int main(int argc, char** argv) {
             fprintf(stderr, "head dim %d: the kernels take 32, 64 or 128\n", c);
             return 2;
     }
-    write_array(dir, "o_out", o_out);
-    write_array(dir, "lse_out", lse_out);
-    write_array(dir, "dq", dq);
-    write_array(dir, "delta", delta);
-    write_array(dir, "dk", dk);
-    write_array(dir, "dv", dv);
+    a.write();
     return 0;
 }
