@@ -116,6 +116,19 @@ __device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
     cp_async_wait<0>();  // nothing in flight when the block exits (copies issued before a 0-tile stream)
 }
 
+// Starts copying key rows [first, first + 64) of K and V into stage `st` of kv [2][K, V][64][C + 8].
+template <int C>
+__device__ __forceinline__ void load_kv(bf16* kv, const bf16* k, const bf16* v, long first, long end, int st, int w,
+                                        int hc) {
+    load_rows<C>(kv + (2 * st) * T64 * (C + 8), k, first, end, w, hc);
+    load_rows<C>(kv + (2 * st + 1) * T64 * (C + 8), v, first, end, w, hc);
+}
+
+// Whether any of this warp's query rows (a lane's two: keys [lo, hi) each) sees keys [t0, t0 + 64).
+__device__ __forceinline__ bool warp_sees(const int (&lo)[2], const int (&hi)[2], int t0) {
+    return __any_sync(FULL, (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0));
+}
+
 // Tiles of 64 rows covering [span.x, span.y).
 __device__ __forceinline__ int tile_count(int2 span) { return span.y > span.x ? (span.y - span.x + T64 - 1) / T64 : 0; }
 
@@ -154,15 +167,11 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
     const int end = min(span.y, nkeys);
-    auto issue = [&](int i, int st) {
-        load_rows<C>(kv + (2 * st) * T64 * CP, k, span.x + i * T64, end, w, hc);
-        load_rows<C>(kv + (2 * st + 1) * T64 * CP, v, span.x + i * T64, end, w, hc);
-    };
+    auto issue = [&](int i, int st) { load_kv<C>(kv, k, v, span.x + i * T64, end, st, w, hc); };
     stream_tiles(tile_count(span), issue, [&](int i, int st) {
         const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
         const int t0 = span.x + i * T64;
-        const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
-        if (!__any_sync(FULL, mine)) return;  // none of this warp's rows sees this tile
+        if (!warp_sees(lo, hi, t0)) return;  // none of this warp's rows sees this tile
 
         float s[T64 / 8][4];  // S = Q·Kᵀ
         zero_tile(s);
@@ -266,15 +275,11 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
     for (int n = 0; n < C / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 
     const int end = min(span.y, nkeys);
-    auto issue = [&](int i, int st) {
-        load_rows<C>(kv + (2 * st) * T64 * CP, k, span.x + i * T64, end, w, hc);
-        load_rows<C>(kv + (2 * st + 1) * T64 * CP, v, span.x + i * T64, end, w, hc);
-    };
+    auto issue = [&](int i, int st) { load_kv<C>(kv, k, v, span.x + i * T64, end, st, w, hc); };
     stream_tiles(tile_count(span), issue, [&](int i, int st) {
         const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
         const int t0 = span.x + i * T64;
-        const bool mine = (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0);
-        if (!__any_sync(FULL, mine)) return;
+        if (!warp_sees(lo, hi, t0)) return;
 
         float p[T64 / 8][4], dp[T64 / 8][4];  // S, dP
         score_pair<C>(p, dp, qs, ks, dos, vs);
