@@ -182,6 +182,29 @@ pub fn keyed_flips(key: u64, scales: &[(usize, usize)], d: usize, p_max: f64, ap
     mask
 }
 
+/// Self-correction of a batch `latents [B, d, H, W]`, each sample with the [`keyed_flips`] of its key
+/// in `keys [B]`: the CPU twin of the device's whole-batch kernels (`cuda::bsq::self_correct_batch`),
+/// one [`MultiScaleCodes`] per sample.
+pub fn self_correct_keyed(
+    latents: &[f32],
+    keys: &[u64],
+    d: usize,
+    scales: &[(usize, usize)],
+    p_max: f64,
+    apply_layers: usize,
+) -> Vec<MultiScaleCodes> {
+    let (hh, ww) = *scales.last().expect("bsq::self_correct_keyed: empty schedule");
+    let per = d * hh * ww;
+    assert_eq!(latents.len(), keys.len() * per, "bsq::self_correct_keyed: latents are not [B, d={d}, {hh}, {ww}]");
+    keys.iter()
+        .enumerate()
+        .map(|(s, &key)| {
+            let flips = keyed_flips(key, scales, d, p_max, apply_layers);
+            self_correct(&latents[s * per..(s + 1) * per], d, scales, Some(&flips))
+        })
+        .collect()
+}
+
 /// Sum of the up-sampled codes of token-major bits `[L, d]`: `[d, H, W]`, the decoder's input.
 pub fn decode_multiscale(bits: &[u8], d: usize, scales: &[(usize, usize)]) -> Vec<f32> {
     let (hh, ww) = *scales.last().expect("bsq::decode_multiscale: empty schedule");

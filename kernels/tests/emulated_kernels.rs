@@ -286,14 +286,10 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
         let latent: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
         let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
         let (l, n0) = (bsq::num_tokens(scales), scales[0].0 * scales[0].1);
-        let (mut cpu_bits, mut cpu_x, mut near_zero) = (Vec::new(), Vec::new(), 0usize);
-        for (s, &key) in keys.iter().enumerate() {
-            let flips = bsq::keyed_flips(key, scales, d, p_max, layers);
-            let one = bsq::self_correct(&latent[s * d * hh * ww..(s + 1) * d * hh * ww], d, scales, Some(&flips));
-            near_zero += one.residual.iter().filter(|r| r.abs() < 1e-6).count();
-            cpu_bits.extend(one.bits);
-            cpu_x.extend(one.x_wo_prefix);
-        }
+        let cpu = bsq::self_correct_keyed(&latent, &keys, d, scales, p_max, layers);
+        let near_zero: usize = cpu.iter().map(|c| c.residual.iter().filter(|r| r.abs() < 1e-6).count()).sum();
+        let cpu_bits: Vec<u8> = cpu.iter().flat_map(|c| c.bits.iter().copied()).collect();
+        let cpu_x: Vec<f32> = cpu.iter().flat_map(|c| c.x_wo_prefix.iter().copied()).collect();
 
         let dir = exe.with_file_name(format!("case-{hh}x{ww}-d{d}-p{p_max}"));
         std::fs::create_dir_all(&dir).unwrap();

@@ -197,13 +197,9 @@ fn device_self_correction_matches_the_host_one() {
     let (b, d, (hh, ww)) = (4, mc.d, (8, 8));
     let latents: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
     let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
-    let (mut x, mut gt) = (Vec::new(), Vec::new());
-    for (i, &key) in keys.iter().enumerate() {
-        let flips = bsq::keyed_flips(key, &scales, d, 0.3, 13);
-        let sc = bsq::self_correct(&latents[i * d * hh * ww..(i + 1) * d * hh * ww], d, &scales, Some(&flips));
-        x.extend(sc.x_wo_prefix);
-        gt.extend(sc.bits);
-    }
+    let cpu = bsq::self_correct_keyed(&latents, &keys, d, &scales, 0.3, 13);
+    let x: Vec<f32> = cpu.iter().flat_map(|c| c.x_wo_prefix.iter().copied()).collect();
+    let gt: Vec<u8> = cpu.iter().flat_map(|c| c.bits.iter().copied()).collect();
     let labels = vec![0usize, 3, 5, 1];
     let rope = RopeTable::new(mc.head_dim(), &scales, (8, 8));
     let weights = token_weights(b, &scales, true);
