@@ -3,7 +3,9 @@
 // per call), and the probabilities and dS fed back into products are rounded to bf16, for
 // `mma.sync.m16n8k16` with f32 accumulation, as upstream's flash attention under bf16 autocast; the
 // softmax statistics (max, sum, lse, delta = Σ dO·O from the f32 dO and O), O and every gradient stay
-// f32. No atomics: bitwise reproducible.
+// f32. Exponentials are 2^x on the special-function unit (mma.cuh's ex2) of scores scaled by
+// scale·log2(e): one FFMA and one MUFU per score; lse stays a natural logarithm. Keys are masked
+// only in tiles that some row of the warp does not see whole. No atomics: bitwise reproducible.
 //
 // Dims: C head dim (a template parameter: 32, 64 or 128), Q [Nq, H·C], K, V [Nk, H·C]. Blocks
 // of 4 warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in dk/dv) and 64-row
@@ -19,6 +21,8 @@
 
 #define T64 64   // rows per block (4 warps × 16) and per streamed tile
 #define NT 128   // threads per block
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
 
 // The A fragment of keys (or queries) 16·kk … 16·kk + 15 from f32 accumulators of 8-wide tiles.
 __device__ __forceinline__ void pack_a(unsigned (&a)[4], const float (&s)[T64 / 8][4], int kk) {
@@ -83,18 +87,24 @@ __device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const
     }
 }
 
-// Starts copying rows [first, first + 64) of one head (row stride w, column offset hc) into
-// dst [64][C + 8]; rows at or beyond `end` become zeros. The copies land at a later cp_async_wait.
-template <int C>
-__device__ __forceinline__ void load_rows(bf16* dst, const bf16* src, long first, long end, int w, int hc) {
-    constexpr int V8 = C / 8;
+// Starts copying rows [first, first + 64) of one head (row stride w, column offset hc) of N
+// matrices src[0 … N−1] into consecutive tiles dst [N][64][C + 8]; rows at or beyond `end` become
+// zeros. The copies land at a later cp_async_wait. Thread i copies the 16 bytes at column
+// (i mod C/8)·8 of rows i / (C/8) + k·STEP of each matrix: the same pieces as a loop over all
+// 64·C/8 of them, with one offset step per row (a rolled loop: few registers).
+template <int C, int N>
+__device__ __forceinline__ void load_rows(bf16* dst, const bf16* const (&src)[N], long first, long end, int w,
+                                          int hc) {
+    constexpr int V8 = C / 8, STEP = NT / V8;  // 16-byte pieces per row; rows per pass of the block
+    const int r0 = threadIdx.x / V8, col = threadIdx.x % V8 * 8;
+    const long step = (long)STEP * w;
+    long from = (first + r0) * w + hc + col;  // element offset, read only while rows are left
+    bf16* to = dst + r0 * (C + 8) + col;
+    int left = (int)max(min(end - first, (long)T64), 0L) - r0;  // rows from this thread's next row to `end`
+#pragma unroll 1
+    for (int r = r0; r < T64; r += STEP, from += step, to += STEP * (C + 8), left -= STEP)
 #pragma unroll
-    for (int i = threadIdx.x; i < T64 * V8; i += NT) {
-        const int r = i / V8, col = (i % V8) * 8;
-        const long gr = first + r;
-        const bool valid = gr < end;
-        cp_async16(dst + r * (C + 8) + col, src + (valid ? gr : 0) * w + hc + col, valid);
-    }
+        for (int m = 0; m < N; ++m) cp_async16(to + m * T64 * (C + 8), src[m] + (left > 0 ? from : 0), left > 0);
 }
 
 // Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (cp.async only) into
@@ -120,13 +130,30 @@ __device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
 template <int C>
 __device__ __forceinline__ void load_kv(bf16* kv, const bf16* k, const bf16* v, long first, long end, int st, int w,
                                         int hc) {
-    load_rows<C>(kv + (2 * st) * T64 * (C + 8), k, first, end, w, hc);
-    load_rows<C>(kv + (2 * st + 1) * T64 * (C + 8), v, first, end, w, hc);
+    load_rows<C, 2>(kv + (2 * st) * T64 * (C + 8), {k, v}, first, end, w, hc);
 }
 
 // Whether any of this warp's query rows (a lane's two: keys [lo, hi) each) sees keys [t0, t0 + 64).
 __device__ __forceinline__ bool warp_sees(const int (&lo)[2], const int (&hi)[2], int t0) {
     return __any_sync(FULL, (lo[0] < t0 + T64 && hi[0] > t0) || (lo[1] < t0 + T64 && hi[1] > t0));
+}
+
+// Whether every one of this warp's query rows sees all of keys [t0, t0 + 64): no masking needed.
+__device__ __forceinline__ bool warp_sees_all(const int (&lo)[2], const int (&hi)[2], int t0) {
+    return __all_sync(FULL, lo[0] <= t0 && hi[0] >= t0 + T64 && lo[1] <= t0 && hi[1] >= t0 + T64);
+}
+
+// Scores of keys outside a row's range [lo, hi) become −∞ (a lane's rows h = 0, 1 and keys
+// t0 + 8j + 2t + (e & 1): the C fragment layout).
+__device__ __forceinline__ void mask_keys(float (&s)[T64 / 8][4], const int (&lo)[2], const int (&hi)[2], int t0) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < T64 / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
+            if (key < lo[h] || key >= hi[h]) s[j][e] = NEG_INF;
+        }
 }
 
 // Tiles of 64 rows covering [span.x, span.y).
@@ -145,7 +172,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
-    load_rows<C>(qs, q, r0, nq, w, hc);
+    load_rows<C, 1>(qs, {q}, r0, nq, w, hc);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -155,8 +182,10 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     // tile 1 (into qs) is issued after stream_tiles' first barrier: every warp holds its Q fragments
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
+    const float scale2 = scale * LOG2E;  // exp(x·scale) = 2^(x·scale2)
     int lo[2], hi[2];
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};  // l: this lane's part of the row sum
+    // m: the row max of x·scale2 so far; l: this lane's part of the row sum of 2^(x·scale2 − m)
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         lo[h] = rows[h] < nq ? k0[rows[h]] : 0;
@@ -172,46 +201,46 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
         const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
         const int t0 = span.x + i * T64;
         if (!warp_sees(lo, hi, t0)) return;  // none of this warp's rows sees this tile
-
-        float s[T64 / 8][4];  // S = Q·Kᵀ
-        zero_tile(s);
+        auto tile = [&](bool masked) {  // inlined twice: the flag is a constant in each copy
+            float s[T64 / 8][4];  // S = Q·Kᵀ
+            zero_tile(s);
 #pragma unroll
-        for (int kk = 0; kk < C / 16; ++kk) score_step<C>(s, qa[kk], ks, kk);
-        float mx[2] = {NEG_INF, NEG_INF};
+            for (int kk = 0; kk < C / 16; ++kk) score_step<C>(s, qa[kk], ks, kk);
+            if (masked) mask_keys(s, lo, hi, t0);
+            float mx[2] = {NEG_INF, NEG_INF};  // of the raw scores: scale2 > 0 keeps the order
 #pragma unroll
-        for (int j = 0; j < T64 / 8; ++j)
+            for (int j = 0; j < T64 / 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
-                s[j][e] = key >= lo[h] && key < hi[h] ? s[j][e] * scale : NEG_INF;
-                mx[h] = fmaxf(mx[h], s[j][e]);
-            }
-        float alpha[2], base[2];
+                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+            float alpha[2], base[2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 2));
-            const float m_new = fmaxf(m[h], mx[h]);
-            alpha[h] = m_new == NEG_INF ? 1.0f : expf(m[h] - m_new);
-            base[h] = m_new == NEG_INF ? 0.0f : m_new;
-            m[h] = m_new;
-            l[h] *= alpha[h];
-        }
-#pragma unroll
-        for (int j = 0; j < T64 / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[j][e] = expf(s[j][e] - base[e >> 1]);  // masked: exp(−∞) = 0
-                l[e >> 1] += s[j][e];
+            for (int h = 0; h < 2; ++h) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], 2));
+                const float m_new = fmaxf(m[h], mx[h] * scale2);
+                alpha[h] = m_new == NEG_INF ? 1.0f : ex2(m[h] - m_new);
+                base[h] = m_new == NEG_INF ? 0.0f : m_new;
+                m[h] = m_new;
+                l[h] *= alpha[h];
             }
 #pragma unroll
-        for (int n = 0; n < C / 8; ++n) {
-            acc[n][0] *= alpha[0];
-            acc[n][1] *= alpha[0];
-            acc[n][2] *= alpha[1];
-            acc[n][3] *= alpha[1];
-        }
-        accumulate_product<C>(acc, s, vs);  // O += P·V
+            for (int j = 0; j < T64 / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[j][e] = ex2(fmaf(s[j][e], scale2, -base[e >> 1]));  // masked: 2^−∞ = 0
+                    l[e >> 1] += s[j][e];
+                }
+            if (__any_sync(FULL, alpha[0] != 1.0f || alpha[1] != 1.0f))  // a row max moved: rescale O
+#pragma unroll
+                for (int n = 0; n < C / 8; ++n) {
+                    acc[n][0] *= alpha[0];
+                    acc[n][1] *= alpha[0];
+                    acc[n][2] *= alpha[1];
+                    acc[n][3] *= alpha[1];
+                }
+            accumulate_product<C>(acc, s, vs);  // O += P·V
+        };
+        if (warp_sees_all(lo, hi, t0)) tile(false); else tile(true);
     });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -223,7 +252,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
         for (int n = 0; n < C / 8; ++n)
             *reinterpret_cast<float2*>(o + (long)rows[h] * w + hc + n * 8 + 2 * t) =
                 make_float2(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
-        if (t == 0) lse[(long)rows[h] * heads + blockIdx.y] = l[h] > 0.0f ? m[h] + logf(l[h]) : NEG_INF;
+        if (t == 0) lse[(long)rows[h] * heads + blockIdx.y] = l[h] > 0.0f ? fmaf(m[h], LN2, logf(l[h])) : NEG_INF;
     }
 }
 
@@ -244,13 +273,13 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * T64;
     const int2 span = union_range(k0, nk, r0, T64, nq);
-    load_rows<C>(qs, q, r0, nq, w, hc);  // lands with the first key tile
-    load_rows<C>(dos, do16, r0, nq, w, hc);
+    load_rows<C, 2>(qs, {q, do16}, r0, nq, w, hc);  // Q and dO (dos follows qs); land with the first key tile
     cp_async_commit();
 
     const int ra = r0 + warp * 16 + g, rows[2] = {ra, ra + 8};
+    const float scale2 = scale * LOG2E;
     int lo[2], hi[2];
-    float lr[2], dl[2];
+    float lr2[2], dl[2];  // lse·log2(e) (0 for a row that sees no key: all its keys are masked), delta
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int r = rows[h];
@@ -266,7 +295,8 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
         part += __shfl_xor_sync(FULL, part, 2);
         dl[h] = part;
         if (r < nq && t == 0) delta[(long)r * heads + blockIdx.y] = part;
-        lr[h] = r < nq ? lse[(long)r * heads + blockIdx.y] : 0.0f;
+        const float lse_r = r < nq ? lse[(long)r * heads + blockIdx.y] : NEG_INF;
+        lr2[h] = lse_r > NEG_INF ? lse_r * LOG2E : 0.0f;
         lo[h] = r < nq ? k0[r] : 0;
         hi[h] = r < nq ? k0[r] + nk[r] : 0;
     }
@@ -281,18 +311,22 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
         const int t0 = span.x + i * T64;
         if (!warp_sees(lo, hi, t0)) return;
 
-        float p[T64 / 8][4], dp[T64 / 8][4];  // S, dP
-        score_pair<C>(p, dp, qs, ks, dos, vs);
+        auto tile = [&](bool masked) {  // inlined twice: the flag is a constant in each copy
+            float p[T64 / 8][4], dp[T64 / 8][4];  // S, dP
+            score_pair<C>(p, dp, qs, ks, dos, vs);
+            if (masked) mask_keys(p, lo, hi, t0);
 #pragma unroll
-        for (int j = 0; j < T64 / 8; ++j) {
+            for (int j = 0; j < T64 / 8; ++j) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = t0 + j * 8 + 2 * t + (e & 1), h = e >> 1;
-                const float pr = key >= lo[h] && key < hi[h] ? expf(p[j][e] * scale - lr[h]) : 0.0f;
-                p[j][e] = pr * (dp[j][e] - dl[h]) * scale;  // dS
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e >> 1;
+                    const float pr = ex2(fmaf(p[j][e], scale2, -lr2[h]));  // masked: 0
+                    p[j][e] = pr * (dp[j][e] - dl[h]) * scale;           // dS
+                }
             }
-        }
-        accumulate_product<C>(acc, p, ks);  // dQ += dS·K
+            accumulate_product<C>(acc, p, ks);  // dQ += dS·K
+        };
+        if (warp_sees_all(lo, hi, t0)) tile(false); else tile(true);
     });
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -301,6 +335,29 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
         for (int n = 0; n < C / 8; ++n)
             *reinterpret_cast<float2*>(dq + (long)rows[h] * w + hc + n * 8 + 2 * t) =
                 make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+    }
+}
+
+// dk/dv's Pᵀ and dSᵀ in place of Sᵀ and dPᵀ (this warp's keys × a query tile): P = exp(S·scale − lse),
+// dS = P·(dP − delta)·scale, from the tile's per-query lse and delta in shared memory; `Masked`: a
+// key outside the query's range [lo_s, lo_s + n_s) gets P = dS = 0 (a query that sees no key has
+// lse = −∞: its 2^∞ is selected away).
+template <bool Masked>
+__device__ __forceinline__ void key_grads(float (&p)[T64 / 8][4], float (&dp)[T64 / 8][4], const float* lse_s,
+                                          const float* delta_s, const int* lo_s, const int* n_s, const int (&keys)[2],
+                                          float scale) {
+    const int t = threadIdx.x & 3;
+    const float scale2 = scale * LOG2E;
+#pragma unroll
+    for (int j = 0; j < T64 / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
+            float pr = ex2(fmaf(p[j][e], scale2, -lse_s[qi] * LOG2E));
+            if (Masked) pr = key >= lo_s[qi] && key < lo_s[qi] + n_s[qi] ? pr : 0.0f;
+            p[j][e] = pr;
+            dp[j][e] = pr * (dp[j][e] - delta_s[qi]) * scale;
+        }
     }
 }
 
@@ -325,8 +382,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * T64;
     const int2 span = union_range(q0, nqk, j0, T64, nkeys);
-    load_rows<C>(ks, k, j0, nkeys, w, hc);  // lands with the first query tile
-    load_rows<C>(vs, v, j0, nkeys, w, hc);
+    load_rows<C, 2>(ks, {k, v}, j0, nkeys, w, hc);  // K and V (vs follows ks); land with the first query tile
     cp_async_commit();
     const int keys[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};  // this lane's key rows
     float gk[C / 8][4], gv[C / 8][4];
@@ -338,8 +394,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
     const int end = min(span.y, nq);
     auto issue = [&](int i, int st) {
         const int i0 = span.x + i * T64;
-        load_rows<C>(qdo + (2 * st) * T64 * CP, q, i0, end, w, hc);
-        load_rows<C>(qdo + (2 * st + 1) * T64 * CP, d_o, i0, end, w, hc);
+        load_rows<C, 2>(qdo + (2 * st) * T64 * CP, {q, d_o}, i0, end, w, hc);
         // the per-query values as 4-byte copies too (zeros past the end: no keys seen)
         if (threadIdx.x < T64) {
             const int j = threadIdx.x, r = i0 + j;
@@ -355,25 +410,22 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
         const bf16 *qs = qdo + (2 * st) * T64 * CP, *dos = qs + T64 * CP;
         const float *lse_s = stats + (2 * st) * T64, *delta_s = lse_s + T64;
         const int *lo_s = bounds + (2 * st) * T64, *n_s = lo_s + T64;
-        // skip a tile none of whose queries sees this warp's keys
+        // skip a tile none of whose queries sees this warp's keys; mask only one that some query
+        // does not see whole
         const int kl = j0 + warp * 16, kh = min(kl + 16, nkeys);
-        bool sees = false;
-        for (int i = lane; i < T64; i += 32) sees |= lo_s[i] < kh && lo_s[i] + n_s[i] > kl;
+        bool sees = false, whole = kl + 16 <= nkeys;
+        for (int i = lane; i < T64; i += 32) {
+            sees |= lo_s[i] < kh && lo_s[i] + n_s[i] > kl;
+            whole &= lo_s[i] <= kl && lo_s[i] + n_s[i] >= kl + 16;
+        }
         if (!__any_sync(FULL, sees)) return;
 
         float p[T64 / 8][4], dp[T64 / 8][4];  // Sᵀ and dPᵀ, then Pᵀ and dSᵀ: [this warp's keys][the tile's queries]
         score_pair<C>(p, dp, ks, qs, vs, dos);
-#pragma unroll
-        for (int j = 0; j < T64 / 8; ++j) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qi = j * 8 + 2 * t + (e & 1), key = keys[e >> 1];
-                const bool valid = key < nkeys && key >= lo_s[qi] && key < lo_s[qi] + n_s[qi];
-                const float pr = valid ? expf(p[j][e] * scale - lse_s[qi]) : 0.0f;
-                p[j][e] = pr;
-                dp[j][e] = pr * (dp[j][e] - delta_s[qi]) * scale;
-            }
-        }
+        if (__all_sync(FULL, whole))
+            key_grads<false>(p, dp, lse_s, delta_s, lo_s, n_s, keys, scale);
+        else
+            key_grads<true>(p, dp, lse_s, delta_s, lo_s, n_s, keys, scale);
         // dV += Pᵀ·dO and dK += dSᵀ·Q: accumulate_product's loop for both at once (two calls schedule
         // worse at 255 registers: more spills at C = 128)
 #pragma unroll
@@ -406,8 +458,12 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
 }
 
 // ---- entry points: attention_{forward,backward_dq,backward_dkdv}_bf16_c{32,64,128} ----
+// The forward's blocks per SM, as many as shared memory allows at C = 128 (3 × 68 KiB) and as
+// registers allowed before the masked and unmasked tile copies (4 at C ≤ 64): ptxas keeps the
+// registers under the bound (C = 128: 168, with a few bytes spilled outside the products).
+#define FWD_BLOCKS(C) ((C) == 128 ? 3 : 4)
 #define ENTRY_POINTS(C)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_forward_bf16_c##C(                              \
+    extern "C" __global__ void __launch_bounds__(128, FWD_BLOCKS(C)) attention_forward_bf16_c##C(                            \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, float* __restrict__ o,    \
         float* __restrict__ lse, const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,      \
         int heads, int c, float scale) {                                                                         \

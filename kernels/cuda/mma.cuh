@@ -22,6 +22,14 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return r;
 }
 
+// 2^x on the special-function unit (ex2.approx.ftz: within 2 ulp, subnormal results flushed to 0,
+// 2^−∞ = 0): the softmax exponentials, which feed bf16 products, need no more.
+__device__ __forceinline__ float ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
 __device__ __forceinline__ bf16 to_bf16(float x) {
     bf16 r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));

@@ -17,6 +17,7 @@
 // (KERNEL_EMULATOR) and `extern __shared__ … smem[]` replaced by `emu::dynamic_smem()` (the test does
 // that textual substitution).
 #pragma once
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -287,6 +288,15 @@ inline int __any_sync(unsigned, int pred) {
     return any;
 }
 
+inline int __all_sync(unsigned, int pred) {
+    const uint64_t mine = pred != 0;
+    int all = 1;
+    emu::exchange(&mine, 1, [&](uint64_t (*s)[8]) {
+        for (int l = 0; l < 32; ++l) all &= (int)s[l][0];
+    });
+    return all;
+}
+
 // ---- mma.cuh's PTX primitives ----
 typedef unsigned short bf16;
 
@@ -295,6 +305,11 @@ inline bf16 to_bf16(float x) {  // cvt.rn.bf16.f32: round to nearest even; NaN s
     memcpy(&u, &x, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
     return (bf16)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+inline float ex2(float x) {  // ex2.approx.ftz.f32, as exact 2^x with subnormal results flushed
+    const float r = exp2f(x);
+    return fabsf(r) < FLT_MIN ? 0.0f : r;
 }
 
 inline unsigned pack2(float lo, float hi) { return (unsigned)to_bf16(lo) | ((unsigned)to_bf16(hi) << 16); }
