@@ -9,7 +9,8 @@
 //! - [`linear`] (over [`matmul`], the `gemm` crate), [`norm`] (LayerNorm, RMSNorm), [`adaln`]
 //!   (modulation, gated residual), [`act`] (GELU-tanh, SiLU), [`rope`] (2-D RoPE, mode 2),
 //!   [`attention`] (block-causal self-attention, varlen cross-attention, attention pool, cosine
-//!   normalisation), [`embedding`] (lookups), [`bitwise_ce`] (the bitwise loss);
+//!   normalisation), [`qkv`] (the self-attention heads from the qkv projection: split, biases,
+//!   normalisation and RoPE in one op), [`embedding`] (lookups), [`bitwise_ce`] (the bitwise loss);
 //! - [`resample`] and [`bsq`]: area/bilinear resizing with PyTorch's index math, BSQ, multi-scale
 //!   residual BSQ and bitwise self-correction (no gradients: they act on the frozen tokenizer's latents).
 
@@ -27,6 +28,7 @@ pub mod gradcheck;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
+pub mod qkv;
 mod real;
 pub mod resample;
 pub mod rope;

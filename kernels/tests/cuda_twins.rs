@@ -6,7 +6,10 @@
 
 use infinity_kernels::cuda::device::device_present;
 use infinity_kernels::cuda::Math::{self, Bf16, F32};
-use infinity_kernels::cuda::{attention as cuda_attention, layers, linear as cuda_linear, ops, Device};
+use infinity_kernels::cuda::{
+    attention as cuda_attention, layers, linear as cuda_linear, ops, qkv as cuda_qkv, Device,
+};
+use infinity_kernels::qkv::{qkv_heads_backward, qkv_heads_forward, QkvHeads};
 use infinity_kernels::{act, adaln, adamw, attention, bitwise_ce, bsq, embedding, linear, norm, resample, rope};
 use rand::{Rng, SeedableRng};
 
@@ -467,5 +470,51 @@ fn cosine_normalisation_matches_its_cpu_twin() {
         let (gdx, gdg) = cuda_attention::normalize_heads_backward(&dev, &dy, &x, &norms, &gain, heads, c).unwrap();
         close("normalize heads dx", &gdx, &dx, 1e-5);
         close("normalize heads dgain", &gdg, &dg, 1e-5);
+    }
+}
+
+/// qkv.cu against the CPU twins: the biased parts exact, q, k, the norms and the backward's dqkv and
+/// gain gradient within 1e-5 (summation order), and with bf16 outputs (the tensor-core attention's
+/// inputs, the bf16 GEMMs' dqkv) the twin's values rounded, up to a rounding-boundary tie. Head dims
+/// 20 to 256, two samples (RoPE token = row mod L).
+#[test]
+fn qkv_heads_match_their_cpu_twin() {
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(44);
+    let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
+    let l: usize = scales.iter().map(|(h, w)| h * w).sum();
+    for (heads, c) in [(3, 20), (4, 64), (2, 128), (1, 256)] {
+        let (n, w) = (2 * l, heads * c);
+        let table = rope::RopeTable::new(c, &scales, (8, 8));
+        let (qkv, qb, vb) =
+            (rand_vec(&mut rng, n * 3 * w, 2.0), rand_vec(&mut rng, w, 0.5), rand_vec(&mut rng, w, 0.5));
+        let gain: Vec<f32> = (0..heads).map(|_| rng.random_range(0.5..2.0)).collect();
+        let p = QkvHeads { q_bias: &qb, v_bias: &vb, gain: &gain, rope: &table, l, heads };
+        let cpu = qkv_heads_forward(&qkv, &p);
+        let (dq, dk, dv) =
+            (rand_vec(&mut rng, n * w, 1.0), rand_vec(&mut rng, n * w, 1.0), rand_vec(&mut rng, n * w, 1.0));
+        let (mut cdq, mut cdk, mut dqkv, mut dgain) =
+            (dq.clone(), dk.clone(), vec![0.0f32; 3 * n * w], vec![0.0f32; heads]);
+        qkv_heads_backward(&mut cdq, &mut cdk, &dv, &cpu, &p, &mut dqkv, &mut dgain);
+        for bf16 in [false, true] {
+            let gpu = cuda_qkv::qkv_heads(&dev, &qkv, &qb, &vb, &gain, &table, (l, heads), bf16).unwrap();
+            let tag = format!("qkv heads H={heads} c={c}{}", if bf16 { " bf16" } else { "" });
+            close(&format!("{tag} q_raw"), &gpu.q_raw, &cpu.q_raw, 0.0);
+            close(&format!("{tag} k_raw"), &gpu.k_raw, &cpu.k_raw, 0.0);
+            close(&format!("{tag} q norms"), &gpu.q_norm, &cpu.q_norm, 1e-6);
+            close(&format!("{tag} k norms"), &gpu.k_norm, &cpu.k_norm, 1e-6);
+            let want = |v: &[f32]| if bf16 { bf16_round(v) } else { v.to_vec() };
+            let tol = if bf16 { 1e-2 } else { 1e-5 };
+            close(&format!("{tag} q"), &gpu.q, &want(&cpu.q), tol);
+            close(&format!("{tag} k"), &gpu.k, &want(&cpu.k), tol);
+            close(&format!("{tag} v"), &gpu.v, &want(&cpu.v), if bf16 { 1e-2 } else { 0.0 });
+            let (gdqkv, gdq_raw, udy) =
+                cuda_qkv::qkv_heads_backward(&dev, (&dq, &dk, &dv), &cpu, &gain, &table, (l, heads), bf16).unwrap();
+            close(&format!("{tag} dqkv"), &gdqkv, &want(&dqkv), tol);
+            let part0: Vec<f32> = dqkv.chunks_exact(3 * w).flat_map(|r| r[..w].to_vec()).collect();
+            close(&format!("{tag} dq_raw"), &gdq_raw, &part0, 1e-5);
+            let gain_grad: Vec<f32> = (0..heads).map(|h| udy.iter().skip(h).step_by(heads).sum()).collect();
+            close(&format!("{tag} dgain"), &gain_grad, &dgain, 1e-5);
+        }
     }
 }

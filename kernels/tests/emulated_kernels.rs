@@ -12,6 +12,8 @@ use std::process::Command;
 use infinity_kernels::attention::{self, AttnDims, Segment};
 use infinity_kernels::cuda::attention::expand_segments;
 use infinity_kernels::cuda::compile::source;
+use infinity_kernels::qkv::{qkv_heads_backward, qkv_heads_forward, QkvHeads};
+use infinity_kernels::rope::RopeTable;
 use infinity_kernels::{act, adaln, bitwise_ce, bsq, linear};
 use rand::{Rng, SeedableRng};
 
@@ -358,4 +360,72 @@ fn modulation_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
     close("emulated bias + gelu: gelu", &emulated, &g, 1e-5);
     let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
     assert!(read_u16(&dir, "g16") == rounded, "bias_gelu_forward_bf16 is not bias_gelu_forward_f32 rounded");
+}
+
+/// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)
+/// against the CPU twins: q_raw, k_raw and v are sums (exact), q, k, the norms and the gradients
+/// within 1e-5 (summation order), and every bf16 value exactly the f32 kernel's rounded. Head dims 20
+/// (lanes idle), 64, 128 and 256 (four pairs per lane), rows from two samples (RoPE token = row mod L).
+#[test]
+fn qkv_heads_match_their_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("qkv.cu", "qkv") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+    let scales = [(1, 1), (2, 2), (3, 3), (4, 4)];
+    let l: usize = scales.iter().map(|(h, w)| h * w).sum();
+    for (heads, c) in [(3, 20), (2, 64), (1, 128), (2, 256)] {
+        let (n, w) = (2 * l, heads * c);
+        let rope = RopeTable::new(c, &scales, (4, 4));
+        let (qkv, qb, vb, gain) =
+            (uniform(n * 3 * w, -2.0, 2.0), uniform(w, -0.5, 0.5), uniform(w, -0.5, 0.5), uniform(heads, 0.5, 2.0));
+        let p = QkvHeads { q_bias: &qb, v_bias: &vb, gain: &gain, rope: &rope, l, heads };
+        let cpu = qkv_heads_forward(&qkv, &p);
+        let tag = format!("emulated qkv heads H={heads} c={c}");
+        let dir = exe.with_file_name(format!("case-{heads}-{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (dq, dk, dv) = (uniform(n * w, -1.0, 1.0), uniform(n * w, -1.0, 1.0), uniform(n * w, -1.0, 1.0));
+        let inputs = [("qkv", &qkv), ("qb", &qb), ("vb", &vb), ("gain", &gain), ("cos", &rope.cos), ("sin", &rope.sin)];
+        for (name, v) in inputs.into_iter().chain([("dq", &dq), ("dk", &dk), ("dv", &dv)]) {
+            write(&dir, name, v);
+        }
+        run(&exe, &dir, &[n, l, heads, c].map(|v| v.to_string()), &tag);
+        for (name, want, tol) in [
+            ("q_raw", &cpu.q_raw, 0.0),
+            ("k_raw", &cpu.k_raw, 0.0),
+            ("v", &cpu.v, 0.0),
+            ("q", &cpu.q, 1e-5),
+            ("k", &cpu.k, 1e-5),
+            ("qn", &cpu.q_norm, 1e-6),
+            ("kn", &cpu.k_norm, 1e-6),
+        ] {
+            close(&format!("{tag} {name}"), &read(&dir, name), want, tol);
+        }
+        for name in ["q", "k", "v"] {
+            let rounded: Vec<u16> = read(&dir, name).iter().map(|&v| bf16_bits(v)).collect();
+            assert!(
+                read_u16(&dir, &format!("{name}16")) == rounded,
+                "{tag}: bf16 {name} is not the f32 {name} rounded"
+            );
+        }
+        // the backward, from the emulated forward's outputs (so only the backward's arithmetic differs)
+        let fwd = infinity_kernels::qkv::QkvHeadsOut {
+            q_raw: read(&dir, "q_raw"),
+            k_raw: read(&dir, "k_raw"),
+            q_norm: read(&dir, "qn"),
+            k_norm: read(&dir, "kn"),
+            ..cpu
+        };
+        let (mut cdq, mut cdk, mut dqkv, mut dgain) =
+            (dq.clone(), dk.clone(), vec![0.0f32; 3 * n * w], vec![0.0f32; heads]);
+        qkv_heads_backward(&mut cdq, &mut cdk, &dv, &fwd, &p, &mut dqkv, &mut dgain);
+        let emulated = read(&dir, "dqkv");
+        close(&format!("{tag} dqkv"), &emulated, &dqkv, 1e-5);
+        let dq_raw: Vec<f32> = emulated.chunks_exact(3 * w).flat_map(|r| r[..w].to_vec()).collect();
+        assert!(read(&dir, "dq_raw") == dq_raw, "{tag}: dq_raw is not part 0 of dqkv");
+        let udy = read(&dir, "udy");
+        let gain_grad: Vec<f32> = (0..heads).map(|h| udy.iter().skip(h).step_by(heads).sum()).collect();
+        close(&format!("{tag} dgain"), &gain_grad, &dgain, 1e-5);
+        let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+        assert!(read_u16(&dir, "dqkv16") == rounded, "{tag}: bf16 dqkv is not the f32 dqkv rounded");
+    }
 }

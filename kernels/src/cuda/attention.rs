@@ -414,7 +414,7 @@ pub fn normalize_heads_backward(
 }
 
 /// One warp per item, 8 warps per block.
-fn per_warp(items: usize) -> LaunchConfig {
+pub(crate) fn per_warp(items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (items.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 

@@ -19,6 +19,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("head_ce_bf16.cu", include_str!("../../cuda/head_ce_bf16.cu")),
     ("linear.cu", include_str!("../../cuda/linear.cu")),
     ("norm.cu", include_str!("../../cuda/norm.cu")),
+    ("qkv.cu", include_str!("../../cuda/qkv.cu")),
     ("rope.cu", include_str!("../../cuda/rope.cu")),
     ("util.cu", include_str!("../../cuda/util.cu")),
 ];

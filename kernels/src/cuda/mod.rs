@@ -15,6 +15,7 @@ pub mod head_ce;
 pub mod layers;
 pub mod linear;
 pub mod ops;
+pub mod qkv;
 pub mod util;
 
 pub use compile::{compile_ptx, CompileError, SOURCES};

@@ -4,14 +4,15 @@
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaViewMut};
 use infinity_kernels::attention::AttnDims;
-use infinity_kernels::cuda::attention::{attention_backward_dev, normalize_heads_backward_dev};
+use infinity_kernels::cuda::attention::attention_backward_dev;
 use infinity_kernels::cuda::device::{Buf, BufMut};
 use infinity_kernels::cuda::layers::{
     embedding_backward_dev, gated_residual_backward_dev, layernorm_backward_dev, modulate_backward_dev,
-    rmsnorm_backward_dev, rope_dev, AdaShape, DeviceRope,
+    rmsnorm_backward_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
 use infinity_kernels::cuda::ops::activation_backward_dev;
+use infinity_kernels::cuda::qkv::qkv_heads_backward_dev;
 use infinity_kernels::cuda::util;
 
 use super::forward::{block_forward, saved, saved_act, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
@@ -301,7 +302,7 @@ fn block_backward(
     attention_backward_dev(
         dev,
         &dattn,
-        (saved(&s.q), saved(&s.k), saved(&s.v)),
+        (saved_act(&s.q), saved_act(&s.k), saved_act(&s.v)),
         saved(&s.attn),
         saved(&s.lse),
         &inp.sa,
@@ -310,42 +311,18 @@ fn block_backward(
         &mut delta,
         net.math(),
     )?;
-    rope_dev(dev, &mut dq, rope, (l, h), 0, true)?;
-    rope_dev(dev, &mut dk, rope, (l, h), 0, true)?;
+    // back through RoPE, the normalisations and the split in one pass: dqkv (bf16 alone for bf16
+    // GEMMs), dq_raw for the q bias, udy for the gain
     let gain = saved(&s.gain);
-    let (mut dq_raw, mut dk_raw) = (net.out(n * c)?, net.out(n * c)?);
-    let (mut udy, mut dgain) = (net.buf(n * h)?, net.buf(h)?); // dgain is added into
-    normalize_heads_backward_dev(
-        dev,
-        &dq,
-        saved(&s.q_raw),
-        saved(&s.q_norm),
-        gain,
-        &mut dq_raw,
-        &mut udy,
-        Some(&mut dgain),
-        (h, hd),
-    )?;
-    let ones = net.ones(h)?;
-    normalize_heads_backward_dev(
-        dev,
-        &dk,
-        saved(&s.k_raw),
-        saved(&s.k_norm),
-        &ones,
-        &mut dk_raw,
-        &mut udy,
-        None,
-        (h, hd),
-    )?;
+    let (mut dqkv, mut dq_raw, mut udy) = (net.act(n * 3 * c)?, net.out(n * c)?, net.out(n * h)?);
+    let fwd = (saved(&s.q_raw), saved(&s.k_raw), saved(&s.q_norm), saved(&s.k_norm));
+    qkv_heads_backward_dev(dev, (&dq, &dk, &dv), fwd, gain, rope, (l, h), &mut dqkv, &mut dq_raw, &mut udy)?;
+    let mut dgain = net.buf(h)?; // added into
+    bias_grad(dev, &udy, &mut dgain, n, h)?;
     let sm = net.w(&name("sa.scale_mul_1H11"));
     util::attn_gain_backward(dev, &sm, gain, &dgain, &mut g(net, grads, &name("sa.scale_mul_1H11")))?;
     util::col_sum(dev, &dq_raw, &mut g(net, grads, &name("sa.q_bias")), n, c)?;
     util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
-    let mut dqkv = net.out(n * 3 * c)?;
-    for (j, part) in [&dq_raw, &dk_raw, &dv].into_iter().enumerate() {
-        util::put_part(dev, part, &mut dqkv, (n, 3, j, c))?;
-    }
     let mut dh1 = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
     let mut dxhat1 = net.out(n * c)?;

@@ -6,14 +6,14 @@
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::AttnDims;
-use infinity_kernels::cuda::attention::{attention_forward_dev, normalize_heads_dev, AttnRanges};
+use infinity_kernels::cuda::attention::{attention_forward_dev, runs_on_tensor_cores, AttnRanges};
 use infinity_kernels::cuda::device::Act;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_dev, modulate_act, modulate_dev, rmsnorm_dev, rope_dev, AdaShape,
-    DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_dev, modulate_act, modulate_dev, rmsnorm_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
+use infinity_kernels::cuda::qkv::qkv_heads_dev;
 use infinity_kernels::cuda::util;
 
 use super::Net;
@@ -54,11 +54,12 @@ pub struct BlockBufs {
     pub h1: Option<Act>,
     pub q_raw: Option<CudaSlice<f32>>,
     pub k_raw: Option<CudaSlice<f32>>,
-    pub v: Option<CudaSlice<f32>>,
     pub q_norm: Option<CudaSlice<f32>>,
     pub k_norm: Option<CudaSlice<f32>>,
-    pub q: Option<CudaSlice<f32>>,
-    pub k: Option<CudaSlice<f32>>,
+    /// The attention's inputs (bf16 alone for the tensor-core kernels).
+    pub q: Option<Act>,
+    pub k: Option<Act>,
+    pub v: Option<Act>,
     pub attn: Option<CudaSlice<f32>>,
     pub lse: Option<CudaSlice<f32>>,
     pub sa_out: Option<CudaSlice<f32>>,
@@ -272,21 +273,16 @@ pub(super) fn block_forward(
     modulate_act(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
     let mut qkv = net.out(n * 3 * c)?;
     net.linear(&h1, &name("sa.mat_qkv"), false, &mut qkv, (n, c, 3 * c))?;
-    let (mut q_raw, mut k_raw, mut v) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?);
-    util::take_part(dev, &qkv, Some(&w("sa.q_bias")), &mut q_raw, (n, 3, 0, c))?;
-    util::take_part(dev, &qkv, None, &mut k_raw, (n, 3, 1, c))?;
-    util::take_part(dev, &qkv, Some(&w("sa.v_bias")), &mut v, (n, 3, 2, c))?;
-    drop(qkv);
     let mut gain = net.buf(h)?;
     util::attn_gain(dev, &w("sa.scale_mul_1H11"), &mut gain)?;
-    let (mut q, mut k, mut q_norm, mut k_norm) = (net.out(n * c)?, net.out(n * c)?, net.out(n * h)?, net.out(n * h)?);
-    normalize_heads_dev(dev, &q_raw, &gain, &mut q, &mut q_norm, (h, hd))?;
-    normalize_heads_dev(dev, &k_raw, &net.ones(h)?, &mut k, &mut k_norm, (h, hd))?;
-    rope_dev(dev, &mut q, rope, (l, h), 0, false)?;
-    rope_dev(dev, &mut k, rope, (l, h), 0, false)?;
-    let (mut attn, mut lse) = (net.out(n * c)?, net.out(n * h)?);
+    // q, k, v split, biased, normalised and rotated in one pass, in bf16 alone when the attention
+    // runs on tensor cores (which read nothing else)
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
-    attention_forward_dev(dev, &q, &k, &v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
+    let bf16 = runs_on_tensor_cores(dev, dims, net.math())?;
+    let heads = qkv_heads_dev(dev, &qkv, &w("sa.q_bias"), &w("sa.v_bias"), &gain, rope, (l, h), bf16)?;
+    drop(qkv);
+    let (mut attn, mut lse) = (net.out(n * c)?, net.out(n * h)?);
+    attention_forward_dev(dev, &heads.q, &heads.k, &heads.v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
     let mut sa_out = net.out(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
     let mut x_sa = net.out(n * c)?;
@@ -336,8 +332,9 @@ pub(super) fn block_forward(
 
     (s.x_in, s.gain, s.ln1, s.xhat1, s.h1) =
         (Some(x_in), Some(gain), [Some(mean1), Some(rstd1)], Some(xhat1), Some(h1));
-    (s.q_raw, s.k_raw, s.v, s.q_norm, s.k_norm, s.q, s.k) =
-        (Some(q_raw), Some(k_raw), Some(v), Some(q_norm), Some(k_norm), Some(q), Some(k));
+    (s.q_raw, s.k_raw, s.q_norm, s.k_norm) =
+        (Some(heads.q_raw), Some(heads.k_raw), Some(heads.q_norm), Some(heads.k_norm));
+    (s.q, s.k, s.v) = (Some(heads.q), Some(heads.k), Some(heads.v));
     (s.attn, s.lse, s.sa_out, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_ca));
     (s.ln2, s.xhat2, s.h2, s.f1, s.g, s.f2) =
         ([Some(mean2), Some(rstd2)], Some(xhat2), Some(h2), Some(f1), Some(g), Some(f2));
