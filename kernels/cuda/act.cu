@@ -51,6 +51,17 @@ extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const
     }
 }
 
+// The same, dx stored only in bf16: the FFN's first layer's output gradient, which its bf16 GEMMs and
+// the bias's column sum read (as under autocast, where that gradient is bf16).
+extern "C" __global__ void gelu_backward_bf16(const float* __restrict__ dy, const float* __restrict__ x,
+                                              unsigned short* __restrict__ dx, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float v, dv;
+        gelu_parts(x[i], &v, &dv);
+        dx[i] = bf16_bits(dy[i] * dv);
+    }
+}
+
 extern "C" __global__ void silu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         y[i] = x[i] / (1.0f + expf(-x[i]));

@@ -53,3 +53,14 @@ extern "C" __global__ void gated_residual_backward_f32(const float* __restrict__
         dy[i] = dres[i] * gamma[(i / ((long)l * c)) * ps + i % c];
     }
 }
+
+// The same, dy stored only in bf16: the gated branch's output gradient, which only its projection's
+// bf16 GEMMs and bias sum read.
+extern "C" __global__ void gated_residual_backward_bf16(const float* __restrict__ dres,
+                                                        const float* __restrict__ gamma,
+                                                        unsigned short* __restrict__ dy, int b, int l, int c, int ps) {
+    const long total = (long)b * l * c;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        dy[i] = bf16_bits(dres[i] * gamma[(i / ((long)l * c)) * ps + i % c]);
+    }
+}

@@ -50,6 +50,13 @@ extern "C" __global__ void col_partials_f32(const float* __restrict__ src, long 
     column_partials([=](long r, int col) { return src[r * stride + col]; }, rows, c, partial);
 }
 
+// The same over bf16 values (a bf16-only activation's gradient), summed in f32.
+extern "C" __global__ void col_partials_bf16(const unsigned short* __restrict__ src, long rows, int c, long stride,
+                                             float* __restrict__ partial) {
+    column_partials([=](long r, int col) { return __uint_as_float((unsigned)src[r * stride + col] << 16); }, rows, c,
+                    partial);
+}
+
 // Stage 2 of every column reduction: out[col] += Σ_k partial[k·C + col], chunks in order.
 extern "C" __global__ void finish_columns_f32(const float* __restrict__ partial, int chunks, int c,
                                               float* __restrict__ out) {

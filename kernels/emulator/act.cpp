@@ -1,8 +1,9 @@
-// act.cu's fused bias + GELU (f32 and bf16 out) on the emulator, with device.rs's elementwise launch
-// shape.
+// act.cu's fused bias + GELU and the GELU's backward (f32 and bf16 out) on the emulator, with
+// device.rs's elementwise launch shape.
 //   act DIR N COLS
-// reads DIR/{f,b}.bin (f32: f [N·COLS], b [COLS]); writes DIR/f_out.bin (f + b), DIR/g.bin (f32 GELU)
-// and DIR/g16.bin (its bf16 bits).
+// reads DIR/{f,b,dy}.bin (f32: f, dy [N·COLS], b [COLS]); writes DIR/f_out.bin (f + b), DIR/g.bin
+// (f32 GELU) and DIR/g16.bin (its bf16 bits), DIR/dx.bin (dy · gelu'(f + b), f32) and DIR/dx16.bin
+// (the bf16 variant's bits).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -28,6 +29,13 @@ int main(int argc, char** argv) {
         fprintf(stderr, "bias_gelu_forward_bf16 left f different from bias_gelu_forward_f32\n");
         return 1;
     }
+    auto dy = read_array<float>(dir, "dy");
+    std::vector<float> dx(n);
+    std::vector<unsigned short> dx16(n);
+    emu::launch(grid, block, 0, [&] { gelu_backward_f32(dy.data(), f.data(), dx.data(), n); });
+    emu::launch(grid, block, 0, [&] { gelu_backward_bf16(dy.data(), f.data(), dx16.data(), n); });
+    write_array(dir, "dx", dx);
+    write_array(dir, "dx16", dx16);
     write_array(dir, "f_out", f);
     write_array(dir, "g", g);
     write_array(dir, "g16", g16);

@@ -2,7 +2,8 @@
 // elementwise launch shape.
 //   adaln DIR B L C
 // reads DIR/{x,scale,shift,y,gamma}.bin (f32; x, y [B, L, C], the rest [B, C]); writes DIR/mod.bin
-// (f32), DIR/mod16.bin (bf16 bits) and DIR/res.bin (f32: x + y·gamma).
+// (f32), DIR/mod16.bin (bf16 bits), DIR/res.bin (f32: x + y·gamma), and the gated residual's dy from
+// dres = x: DIR/dy.bin (f32) and DIR/dy16.bin (bf16 bits).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -25,6 +26,12 @@ int main(int argc, char** argv) {
     emu::launch(grid, block, 0, [&] { modulate_forward_f32(x.data(), scale.data(), shift.data(), mod.data(), b, l, c, c); });
     emu::launch(grid, block, 0, [&] { modulate_forward_bf16(x.data(), scale.data(), shift.data(), mod16.data(), b, l, c, c); });
     emu::launch(grid, block, 0, [&] { gated_residual_forward_f32(x.data(), y.data(), gamma.data(), res.data(), b, l, c, c); });
+    std::vector<float> dy(n);
+    std::vector<unsigned short> dy16(n);
+    emu::launch(grid, block, 0, [&] { gated_residual_backward_f32(x.data(), gamma.data(), dy.data(), b, l, c, c); });
+    emu::launch(grid, block, 0, [&] { gated_residual_backward_bf16(x.data(), gamma.data(), dy16.data(), b, l, c, c); });
+    write_array(dir, "dy", dy);
+    write_array(dir, "dy16", dy16);
     write_array(dir, "mod", mod);
     write_array(dir, "mod16", mod16);
     write_array(dir, "res", res);

@@ -123,6 +123,8 @@ fn activations_match_their_cpu_twins() {
         act::gelu_backward(&dy, &x, &mut dx);
         close("gelu", &ops::activation(&dev, "gelu_forward_f32", &x).unwrap(), &y, 1e-5);
         close("gelu backward", &ops::activation_backward(&dev, "gelu_backward_f32", &dy, &x).unwrap(), &dx, 1e-5);
+        // stored in bf16 alone (the FFN's dfc1 for its bf16 GEMMs): the twin's values rounded
+        close("gelu backward, bf16", &ops::gelu_backward(&dev, &dy, &x, true).unwrap(), &bf16_round(&dx), 1e-2);
         act::silu_forward(&x, &mut y);
         act::silu_backward(&dy, &x, &mut dx);
         close("silu", &ops::activation(&dev, "silu_forward_f32", &x).unwrap(), &y, 1e-5);
@@ -140,6 +142,14 @@ fn activations_match_their_cpu_twins() {
     close("bias + gelu: gelu", &gg, &g, 1e-5);
     let (_, gg16) = ops::bias_gelu(&dev, &f, &b, true).unwrap();
     close("bias + gelu: gelu in bf16", &gg16, &bf16_round(&g), 1e-2);
+    // column sums (bias gradients) of f32 and of bf16-only values, summed in f32, against f64 sums
+    for bf16 in [false, true] {
+        let vals = if bf16 { bf16_round(&f) } else { f.clone() };
+        let want: Vec<f32> =
+            (0..cols).map(|j| vals.iter().skip(j).step_by(cols).map(|&v| v as f64).sum::<f64>() as f32).collect();
+        let got = infinity_kernels::cuda::util::column_sums(&dev, &f, rows, bf16).unwrap();
+        close(&format!("column sums{}", if bf16 { ", bf16 source" } else { "" }), &got, &want, 1e-5);
+    }
 }
 
 #[test]
@@ -262,9 +272,12 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
     close("gated residual", &layers::gated_residual(&dev, &x, &dy, &scale, l, c).unwrap(), &res, 1e-6);
     let (mut gy, mut gg) = (vec![0.0f32; b * l * c], vec![0.0f32; b * c]);
     adaln::gated_residual_backward(&dy, &x, &scale, &mut gy, &mut gg, l, c);
-    let g = layers::gated_residual_backward(&dev, &dy, &x, &scale, l, c).unwrap();
+    let g = layers::gated_residual_backward(&dev, &dy, &x, &scale, l, c, false).unwrap();
     close("gated residual dy", &g[0], &gy, 1e-6);
     close("gated residual dgamma", &g[1], &gg, 1e-5);
+    let g = layers::gated_residual_backward(&dev, &dy, &x, &scale, l, c, true).unwrap();
+    close("gated residual dy, bf16", &g[0], &bf16_round(&gy), 1e-2);
+    close("gated residual dgamma, bf16 dy", &g[1], &gg, 1e-5);
 
     // RoPE on the 1.000/demo5 schedule in its 1M frame, with an offset (the KV-cache path) and inverse
     let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];

@@ -317,9 +317,10 @@ fn read_u16(dir: &Path, name: &str) -> Vec<u16> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
 }
 
-/// The kernels that write the GPU model's bf16-only matmul inputs (adaln.cu's modulation and act.cu's
-/// bias + GELU, f32 and bf16 out) and the out-of-place gated residual: the f32 results against the
-/// CPU twins, and every bf16 value exactly the f32 result rounded (what a bf16 GEMM read before).
+/// The kernels that write the GPU model's bf16-only matmul operands (adaln.cu's modulation, act.cu's
+/// bias + GELU and the GELU's backward, f32 and bf16 out) and the out-of-place gated residual: the f32
+/// results against the CPU twins, and every bf16 value exactly the f32 result rounded (what a bf16
+/// GEMM read before).
 #[test]
 fn modulation_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
     let (Some(adaln_exe), Some(act_exe)) = (build("adaln.cu", "adaln"), build("act.cu", "act")) else { return };
@@ -344,22 +345,39 @@ fn modulation_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
     let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
     assert!(read_u16(&dir, "mod16") == rounded, "modulate_forward_bf16 is not modulate_forward_f32 rounded");
     close("emulated gated residual", &read(&dir, "res"), &res, 1e-6);
+    let (mut dy, mut dgamma) = (vec![0.0f32; x.len()], vec![0.0f32; gamma.len()]);
+    adaln::gated_residual_backward(&x, &y, &gamma, &mut dy, &mut dgamma, l, c);
+    let emulated = read(&dir, "dy");
+    close("emulated gated residual dy", &emulated, &dy, 1e-6);
+    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+    assert!(
+        read_u16(&dir, "dy16") == rounded,
+        "gated_residual_backward_bf16 is not gated_residual_backward_f32 rounded"
+    );
 
     let (rows, cols) = (37, 96);
     let (f, bias) = (uniform(rows * cols, 4.0), uniform(cols, 1.0));
     let fb: Vec<f32> = f.iter().enumerate().map(|(i, v)| v + bias[i % cols]).collect();
     let mut g = vec![0.0f32; fb.len()];
     act::gelu_forward(&fb, &mut g);
+    let dy = uniform(rows * cols, 1.0);
+    let mut dx = vec![0.0f32; fb.len()];
+    act::gelu_backward(&dy, &fb, &mut dx);
     let dir = act_exe.with_file_name("case");
     std::fs::create_dir_all(&dir).unwrap();
     write(&dir, "f", &f);
     write(&dir, "b", &bias);
+    write(&dir, "dy", &dy);
     run(&act_exe, &dir, &[(rows * cols).to_string(), cols.to_string()], "emulated bias + GELU");
     close("emulated bias + gelu: f + b", &read(&dir, "f_out"), &fb, 1e-6);
     let emulated = read(&dir, "g");
     close("emulated bias + gelu: gelu", &emulated, &g, 1e-5);
     let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
     assert!(read_u16(&dir, "g16") == rounded, "bias_gelu_forward_bf16 is not bias_gelu_forward_f32 rounded");
+    let emulated = read(&dir, "dx");
+    close("emulated gelu backward", &emulated, &dx, 1e-5);
+    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+    assert!(read_u16(&dir, "dx16") == rounded, "gelu_backward_bf16 is not gelu_backward_f32 rounded");
 }
 
 /// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)

@@ -152,6 +152,10 @@ pub trait Buf {
     fn bf16_addr(&self, _s: &CudaStream) -> Option<u64> {
         None
     }
+    /// Whether the values exist only in bf16 ([`Act::Bf16`]): readers take `bf16_addr`, never `addr`.
+    fn bf16_only(&self) -> bool {
+        false
+    }
 }
 
 /// An f32 buffer together with a bf16 copy of its values kept on the device (the model's weights,
@@ -201,6 +205,19 @@ impl Buf for Act {
         match self {
             Act::F32(_) => None,
             Act::Bf16(v) => Some(v.device_ptr(s).0),
+        }
+    }
+    fn bf16_only(&self) -> bool {
+        matches!(self, Act::Bf16(_))
+    }
+}
+
+impl Act {
+    /// The address a kernel writes the values to (f32 or bf16, by the kernel's variant).
+    pub fn out_addr(&mut self, s: &CudaStream) -> u64 {
+        match self {
+            Act::F32(v) => v.device_ptr_mut(s).0,
+            Act::Bf16(v) => v.device_ptr_mut(s).0,
         }
     }
 }

@@ -203,6 +203,29 @@ pub fn gated_residual_backward_dev(
     util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
 }
 
+/// [`gated_residual_backward_dev`] with `dy` an activation: f32, or bf16 alone (the branch's output
+/// gradient when only its projection's bf16 GEMMs and bias sum read it).
+#[allow(clippy::too_many_arguments)]
+pub fn gated_residual_backward_act(
+    dev: &Device,
+    dres: &dyn Buf,
+    y: &dyn Buf,
+    gamma: &dyn Buf,
+    dy: &mut Act,
+    dgamma: &mut dyn BufMut,
+    sh: AdaShape,
+    grad_stride: usize,
+) -> Result<(), CudaError> {
+    let dy16 = match dy {
+        Act::F32(v) => return gated_residual_backward_dev(dev, dres, y, gamma, v, dgamma, sh, grad_stride),
+        Act::Bf16(v) => Arg::Ptr(v.device_ptr_mut(&dev.stream).0),
+    };
+    let args = [&[dev.arg(dres), dev.arg(gamma), dy16][..], &sh.args()].concat();
+    // SAFETY: gated_residual_backward_bf16(dres, gamma, dy16, b, l, c, ps); dy16 holds B·L·C values.
+    unsafe { dev.launch("adaln.cu", "gated_residual_backward_bf16", elementwise(sh.b * sh.l * sh.c), &args) }?;
+    util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
+}
+
 /// A RoPE table on the device: `cos`, `sin` `[T, P]`.
 pub struct DeviceRope {
     pub cos: CudaSlice<f32>,
@@ -419,6 +442,7 @@ pub fn gated_residual(
 }
 
 /// `[dy, dgamma]` of [`gated_residual`].
+/// `[dy, dgamma]`; dy stored in bf16 alone when `bf16` (returned widened).
 pub fn gated_residual_backward(
     dev: &Device,
     dres: &[f32],
@@ -426,11 +450,14 @@ pub fn gated_residual_backward(
     gamma: &[f32],
     l: usize,
     c: usize,
+    bf16: bool,
 ) -> Result<Vec<Vec<f32>>, CudaError> {
     let (dd, yd, gd) = (up(dev, dres)?, up(dev, y)?, up(dev, gamma)?);
-    let (mut dy, mut dg) = (zeros(dev, y.len())?, zeros(dev, gamma.len())?);
-    gated_residual_backward_dev(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c), c)?;
-    Ok(vec![down(dev, &dy, y.len())?, down(dev, &dg, gamma.len())?])
+    let s = &dev.stream;
+    let mut dy = if bf16 { Act::Bf16(s.alloc_zeros(y.len())?) } else { Act::F32(zeros(dev, y.len())?) };
+    let mut dg = zeros(dev, gamma.len())?;
+    gated_residual_backward_act(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c), c)?;
+    Ok(vec![super::ops::act_to_host(dev, &dy)?, down(dev, &dg, gamma.len())?])
 }
 
 pub fn rope(

@@ -72,6 +72,9 @@ impl Buf for Rounded<'_> {
     fn bf16_addr(&self, s: &cudarc::driver::CudaStream) -> Option<u64> {
         self.bf16.or_else(|| self.values.bf16_addr(s))
     }
+    fn bf16_only(&self) -> bool {
+        self.values.bf16_only()
+    }
 }
 
 /// The bf16 values of `x`: its kept copy, or a fresh one (`None` then; the slice owns it).

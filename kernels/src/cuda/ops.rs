@@ -62,12 +62,20 @@ pub fn bias_gelu_dev(dev: &Device, f: &mut dyn BufMut, b: &dyn Buf, g: &mut Act)
     let (n, cols) = (f.count(), b.count());
     assert!(g.count() >= n && cols > 0 && n % cols == 0, "bias_gelu: f, g [N, cols], b [cols]");
     let s = &dev.stream;
-    let (kernel, g) = match g {
-        Act::F32(v) => ("bias_gelu_forward_f32", v.device_ptr_mut(s).0),
-        Act::Bf16(v) => ("bias_gelu_forward_bf16", v.device_ptr_mut(s).0),
-    };
-    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g), Arg::long(n), Arg::int(cols)];
+    let kernel = if g.bf16_only() { "bias_gelu_forward_bf16" } else { "bias_gelu_forward_f32" };
+    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g.out_addr(s)), Arg::long(n), Arg::int(cols)];
     // SAFETY: bias_gelu_forward_{f32,bf16}(f, b, g, n, cols); f and g hold n values, b cols.
+    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
+}
+
+/// `dx = dy · gelu'(x)` into an activation: f32, or bf16 alone (act.cu's `gelu_backward_*`).
+pub fn gelu_backward_act(dev: &Device, dy: &dyn Buf, x: &dyn Buf, dx: &mut Act) -> Result<(), CudaError> {
+    let n = x.count();
+    assert!(dy.count() >= n && dx.count() >= n, "gelu_backward: dy, x, dx [n]");
+    let s = &dev.stream;
+    let kernel = if dx.bf16_only() { "gelu_backward_bf16" } else { "gelu_backward_f32" };
+    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(x.addr(s)), Arg::Ptr(dx.out_addr(s)), Arg::long(n)];
+    // SAFETY: gelu_backward_{f32,bf16}(dy, x, dx, n); all hold n values.
     unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
 
@@ -120,6 +128,15 @@ pub fn activation_backward(dev: &Device, kernel: &str, dy: &[f32], x: &[f32]) ->
     let mut dx = s.alloc_zeros::<f32>(x.len())?;
     activation_backward_dev(dev, kernel, &dyd, &xd, &mut dx)?;
     Ok(s.clone_dtoh(&dx)?)
+}
+
+/// Host-slice [`gelu_backward_act`]: `dy · gelu'(x)`, rounded to bf16 when `bf16` (returned widened).
+pub fn gelu_backward(dev: &Device, dy: &[f32], x: &[f32], bf16: bool) -> Result<Vec<f32>, CudaError> {
+    let s = &dev.stream;
+    let (dyd, xd) = (s.clone_htod(dy)?, s.clone_htod(x)?);
+    let mut dx = if bf16 { Act::Bf16(s.alloc_zeros(x.len())?) } else { Act::F32(s.alloc_zeros(x.len())?) };
+    gelu_backward_act(dev, &dyd, &xd, &mut dx)?;
+    act_to_host(dev, &dx)
 }
 
 /// Area or bilinear resize of `[bc, sh, sw]` maps to `[bc, dh, dw]` (twins of `resample::*`).

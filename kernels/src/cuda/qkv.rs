@@ -8,15 +8,8 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use super::attention::per_warp;
 use super::device::{Act, Arg, Buf, CudaError, Device};
 use super::layers::DeviceRope;
+use super::ops::act_to_host;
 use crate::qkv::QkvHeadsOut;
-
-/// The address of an [`Act`] a kernel writes (f32 or bf16 by the kernel's variant).
-fn act_out(a: &mut Act, dev: &Device) -> Arg {
-    Arg::Ptr(match a {
-        Act::F32(v) => v.device_ptr_mut(&dev.stream).0,
-        Act::Bf16(v) => v.device_ptr_mut(&dev.stream).0,
-    })
-}
 
 /// The forward's outputs (`[N, C]` and `[N, H]`).
 pub struct QkvHeadsDev {
@@ -72,7 +65,7 @@ pub fn qkv_heads_dev(
     };
     let ins = [dev.arg(qkv), dev.arg(q_bias), dev.arg(v_bias), dev.arg(gain), dev.arg(&rope.cos), dev.arg(&rope.sin)];
     let raw = [Arg::Ptr(o.q_raw.device_ptr_mut(s).0), Arg::Ptr(o.k_raw.device_ptr_mut(s).0)];
-    let qkv_out = [act_out(&mut o.q, dev), act_out(&mut o.k, dev), act_out(&mut o.v, dev)];
+    let qkv_out = [Arg::Ptr(o.q.out_addr(s)), Arg::Ptr(o.k.out_addr(s)), Arg::Ptr(o.v.out_addr(s))];
     let norms = [Arg::Ptr(o.q_norm.device_ptr_mut(s).0), Arg::Ptr(o.k_norm.device_ptr_mut(s).0)];
     let shape = [Arg::long(rows), Arg::int(l), Arg::int(heads), Arg::int(c)];
     let args = [&ins[..], &raw, &qkv_out, &norms, &shape].concat();
@@ -113,7 +106,7 @@ pub fn qkv_heads_backward_dev(
     let ins = [dev.arg(dq), dev.arg(dk), dev.arg(dv)];
     let saved = [q_raw, k_raw, q_norm, k_norm].map(|b| Arg::Ptr(b.device_ptr(s).0));
     let table = [dev.arg(gain), dev.arg(&rope.cos), dev.arg(&rope.sin)];
-    let outs = [act_out(dqkv, dev), Arg::Ptr(dq_raw.device_ptr_mut(s).0), Arg::Ptr(udy.device_ptr_mut(s).0)];
+    let outs = [Arg::Ptr(dqkv.out_addr(s)), Arg::Ptr(dq_raw.device_ptr_mut(s).0), Arg::Ptr(udy.device_ptr_mut(s).0)];
     let shape = [Arg::long(rows), Arg::int(l), Arg::int(heads), Arg::int(c)];
     let args = [&ins[..], &saved, &table, &outs, &shape].concat();
     let name = if matches!(dqkv, Act::Bf16(_)) { "qkv_heads_backward_bf16" } else { "qkv_heads_backward_f32" };
@@ -138,7 +131,7 @@ pub fn qkv_heads(
     let rope = DeviceRope::new(dev, table)?;
     let (x, qb, vb, g) = (s.clone_htod(qkv)?, s.clone_htod(q_bias)?, s.clone_htod(v_bias)?, s.clone_htod(gain)?);
     let o = qkv_heads_dev(dev, &x, &qb, &vb, &g, &rope, (l, heads), bf16)?;
-    let host = |a: &Act| widened(dev, a);
+    let host = |a: &Act| act_to_host(dev, a);
     Ok(QkvHeadsOut {
         q_raw: s.clone_dtoh(&o.q_raw)?,
         k_raw: s.clone_dtoh(&o.k_raw)?,
@@ -172,13 +165,5 @@ pub fn qkv_heads_backward(
     let (mut dq_raw, mut udy) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(fwd.q_norm.len())?);
     let fwd = (&saved.0, &saved.1, &saved.2, &saved.3);
     qkv_heads_backward_dev(dev, (&dq, &dk, &dv), fwd, &g, &rope, (l, heads), &mut dqkv, &mut dq_raw, &mut udy)?;
-    Ok((widened(dev, &dqkv)?, s.clone_dtoh(&dq_raw)?, s.clone_dtoh(&udy)?))
-}
-
-/// An activation's values on the host, bf16 ones widened to f32 (exactly).
-fn widened(dev: &Device, a: &Act) -> Result<Vec<f32>, CudaError> {
-    Ok(match a {
-        Act::F32(v) => dev.stream.clone_dtoh(v)?,
-        Act::Bf16(v) => dev.stream.clone_dtoh(v)?.into_iter().map(|b| f32::from_bits((b as u32) << 16)).collect(),
-    })
+    Ok((act_to_host(dev, &dqkv)?, s.clone_dtoh(&dq_raw)?, s.clone_dtoh(&udy)?))
 }

@@ -4,7 +4,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, per_column, Act, Arg, Buf, BufMut, CudaError, Device};
 use super::layers::AdaShape;
 
 /// `dst [N, C]` = part `j` of `src [N, k·C]` (+ `bias [C]`).
@@ -60,13 +60,34 @@ pub fn add_row(dev: &Device, src: &dyn Buf, row: &dyn Buf, dst: &mut dyn BufMut)
     unsafe { dev.launch("util.cu", "add_row_f32", elementwise(rows * w), &args) }
 }
 
-/// `out [C] += Σ_r src[r·stride + ·]` over `rows` rows.
+/// `out [C] += Σ_r src[r·stride + ·]` over `rows` rows (a bf16-only source's bf16 values, summed in f32).
 pub fn col_sum(dev: &Device, src: &dyn Buf, out: &mut dyn BufMut, rows: usize, stride: usize) -> Result<(), CudaError> {
     let c = out.count();
     assert!(rows == 0 || src.count() >= (rows - 1) * stride + c, "col_sum: source shorter than rows × stride");
-    let prefix = [dev.arg(src), Arg::long(rows), Arg::int(c), Arg::long(stride)];
-    // SAFETY: col_partials_f32(src, rows, c, stride, partial); src holds (rows − 1)·stride + c values.
-    unsafe { column_reduce(dev, ("util.cu", "col_partials_f32"), &prefix, (rows, c), out) }
+    let (kernel, values) = match src.bf16_addr(&dev.stream) {
+        Some(p) if src.bf16_only() => ("col_partials_bf16", p),
+        _ => ("col_partials_f32", src.addr(&dev.stream)),
+    };
+    let prefix = [Arg::Ptr(values), Arg::long(rows), Arg::int(c), Arg::long(stride)];
+    // SAFETY: col_partials_{f32,bf16}(src, rows, c, stride, partial); src holds (rows − 1)·stride + c values.
+    unsafe { column_reduce(dev, ("util.cu", kernel), &prefix, (rows, c), out) }
+}
+
+/// Host-slice [`col_sum`] of `x [rows, c]` from zero; with `bf16`, of `x` stored as a bf16-only
+/// activation (its values rounded).
+pub fn column_sums(dev: &Device, x: &[f32], rows: usize, bf16: bool) -> Result<Vec<f32>, CudaError> {
+    let s = &dev.stream;
+    let src = if bf16 {
+        let mut y = s.alloc_zeros::<u16>(x.len())?;
+        super::linear::to_bf16_dev(dev, &s.clone_htod(x)?, &mut y)?;
+        Act::Bf16(y)
+    } else {
+        Act::F32(s.clone_htod(x)?)
+    };
+    let mut out = s.alloc_zeros::<f32>(x.len() / rows.max(1))?;
+    let c = out.len();
+    col_sum(dev, &src, &mut out, rows, c)?;
+    Ok(s.clone_dtoh(&out)?)
 }
 
 /// A column reduction in a fixed order: stage 1 `kernel` (common.cuh's `column_partials`, called with

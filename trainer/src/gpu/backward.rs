@@ -7,11 +7,11 @@ use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::attention_backward_dev;
 use infinity_kernels::cuda::device::{Buf, BufMut};
 use infinity_kernels::cuda::layers::{
-    embedding_backward_dev, gated_residual_backward_dev, layernorm_backward_dev, modulate_backward_dev,
+    embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_backward_dev,
     rmsnorm_backward_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
-use infinity_kernels::cuda::ops::activation_backward_dev;
+use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_backward_act};
 use infinity_kernels::cuda::qkv::qkv_heads_backward_dev;
 use infinity_kernels::cuda::util;
 
@@ -219,11 +219,14 @@ fn block_backward(
     let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
 
     // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
-    let mut df2 = net.out(n * c)?;
-    gated_residual_backward_dev(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
-    let (mut dg, mut df1, mut dh2) = (net.out(n * hf)?, net.out(n * hf)?, net.out(n * c)?);
+    // the branches' output gradients (df2, dsa_out) in bf16 alone with bf16 GEMMs: only their
+    // projection's products and bias sum read them
+    let mut df2 = net.act(n * c)?;
+    gated_residual_backward_act(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
+    let (mut dg, mut df1, mut dh2) = (net.out(n * hf)?, net.act(n * hf)?, net.out(n * c)?);
     linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
-    activation_backward_dev(dev, "gelu_backward_f32", &dg, saved(&s.f1), &mut df1)?;
+    // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
+    gelu_backward_act(dev, &dg, saved(&s.f1), &mut df1)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
     let mut dxhat2 = net.out(n * c)?;
     {
@@ -293,8 +296,8 @@ fn block_backward(
     };
 
     // self-attention: x_sa = x_in + proj(attn(rope(norm(q)), rope(norm(k)), v)) · γ1
-    let mut dsa_out = net.out(n * c)?;
-    gated_residual_backward_dev(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
+    let mut dsa_out = net.act(n * c)?;
+    gated_residual_backward_act(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
     let mut dattn = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved(&s.attn), Some(&mut dattn), (n, c, c))?;
     let (mut dq, mut dk, mut dv, mut delta) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?, net.out(n * h)?);
