@@ -55,6 +55,37 @@ extern "C" __global__ void layernorm_backward_f32(const float* __restrict__ dy, 
     }
 }
 
+// Backward of a LayerNorm without affine followed by AdaLN modulation, into x, plus a residual's
+// gradient: g = dy·(1 + scale) is the LayerNorm's output gradient, dx = rstd·(g − mean(g) − x̂·mean(g·x̂))
+// + dres (dres may be null). One pass in place of the modulation's dx, layernorm_backward_f32 and the
+// residual sum. Row r is a token of sample r / l; scale rows are `ps` floats apart.
+extern "C" __global__ void modulated_layernorm_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                            const float* __restrict__ scale,
+                                                            const float* __restrict__ mean,
+                                                            const float* __restrict__ rstd,
+                                                            const float* __restrict__ dres, float* __restrict__ dx,
+                                                            int n, int l, int c, int ps) {
+    const int r = blockIdx.x;
+    if (r >= n) return;
+    const size_t o = (size_t)r * c;
+    const float* sc = scale + (size_t)(r / l) * ps;
+    const float mu = mean[r], rs = rstd[r];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        const float xh = (x[o + i] - mu) * rs;
+        const float g = dy[o + i] * (1.0f + sc[i]);
+        sg += g;
+        sgx += g * xh;
+    }
+    const float mg = block_sum(sg) / (float)c, mgx = block_sum(sgx) / (float)c;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        const float xh = (x[o + i] - mu) * rs;
+        const float g = dy[o + i] * (1.0f + sc[i]);
+        const float d = rs * (g - mg - xh * mgx);
+        dx[o + i] = dres ? dres[o + i] + d : d;
+    }
+}
+
 // Stage 1 of LayerNorm's dw = Σ_r dy·x̂ (db is util.cu's column sum of dy).
 extern "C" __global__ void layernorm_dw_partials_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                                      const float* __restrict__ mean, const float* __restrict__ rstd,

@@ -47,6 +47,34 @@ pub fn modulate_backward<T: Real>(
     }
 }
 
+/// The backward of `modulate(LayerNorm(x))` (a LayerNorm without affine, then `·(1 + scale) + shift`)
+/// into `x`, plus a residual's gradient: `dx = dres + layernorm_backward(dy·(1 + scale))` (written). The
+/// blocks' pre-norm branches end here; the device does it in one pass (norm.cu's
+/// `modulated_layernorm_backward_f32`). `scale`'s and `shift`'s gradients are [`modulate_backward`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn modulated_layernorm_backward<T: Real>(
+    dy: &[T],
+    x: &[T],
+    scale: &[T],
+    mean: &[T],
+    rstd: &[T],
+    dres: Option<&[T]>,
+    dx: &mut [T],
+    l: usize,
+    c: usize,
+) {
+    let mut dxhat = vec![T::zero(); dy.len()];
+    for (i, (o, &g)) in dxhat.iter_mut().zip(dy).enumerate() {
+        *o = g * (T::one() + scale[(i / (l * c)) * c + i % c]);
+    }
+    crate::norm::layernorm_backward(&dxhat, x, None, mean, rstd, dx, None, None, c);
+    if let Some(r) = dres {
+        for (o, &v) in dx.iter_mut().zip(r) {
+            *o = v + *o;
+        }
+    }
+}
+
 /// `res += y·gamma`. res, y: `[B, L, C]`; gamma: `[B, C]`.
 pub fn gated_residual_forward<T: Real>(res: &mut [T], y: &[T], gamma: &[T], l: usize, c: usize) {
     let b = gamma.len() / c;
@@ -114,5 +142,25 @@ mod tests {
         gated_residual_backward(&r, &x, &sc, &mut dy, &mut dg, l, c);
         check("gate dy", &x, &dy, |v| gl(v, &sc), 1e-6, 1e-9);
         check("gate dgamma", &sc, &dg, |v| gl(&x, v), 1e-6, 1e-9);
+    }
+
+    /// The pre-norm branch's backward: x → LayerNorm → modulate, loss `Σ y·r + Σ x·dres` (the residual
+    /// passes x through), against finite differences in x.
+    #[test]
+    fn modulated_layernorm_gradient() {
+        let (b, l, c) = (2, 3, 8);
+        let (x, sc, sh, r, dres) =
+            (noise(b * l * c, 6), noise(b * c, 7), noise(b * c, 8), noise(b * l * c, 9), noise(b * l * c, 10));
+        let forward = |x: &[f64]| {
+            let (mut xh, mut mean, mut rstd, mut y) =
+                (vec![0.0; x.len()], vec![0.0; b * l], vec![0.0; b * l], vec![0.0; x.len()]);
+            crate::norm::layernorm_forward(x, None, None, &mut xh, &mut mean, &mut rstd, c, 1e-6);
+            modulate_forward(&xh, &sc, &sh, &mut y, l, c);
+            (y, mean, rstd)
+        };
+        let (_, mean, rstd) = forward(&x);
+        let mut dx = vec![0.0; x.len()];
+        modulated_layernorm_backward(&r, &x, &sc, &mean, &rstd, Some(&dres), &mut dx, l, c);
+        check("modulated layernorm dx", &x, &dx, |v| dot(&forward(v).0, &r) + dot(v, &dres), 1e-6, 1e-9);
     }
 }

@@ -247,6 +247,22 @@ fn norms_match_their_cpu_twins() {
         close("rmsnorm dx", &gdx, &dx, 1e-5);
         close("rmsnorm dw", &gdw, &dw, 1e-4);
     }
+    // the blocks' pre-norm branches: LayerNorm (no affine) + modulation backward into x, with and
+    // without the residual's gradient (rows of 2 samples)
+    for (l, c) in [(4, 64), (150, 1536), (3, 2050)] {
+        let n = 2 * l;
+        let (x, dy, dres) =
+            (rand_vec(&mut rng, n * c, 2.0), rand_vec(&mut rng, n * c, 1.0), rand_vec(&mut rng, n * c, 1.0));
+        let scale = rand_vec(&mut rng, 2 * c, 0.5);
+        let (mut y, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        norm::layernorm_forward(&x, None, None, &mut y, &mut mean, &mut rstd, c, 1e-6);
+        for dres in [None, Some(&dres[..])] {
+            let mut dx = vec![0.0f32; n * c];
+            adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, dres, &mut dx, l, c);
+            let gdx = layers::modulated_layernorm_backward(&dev, &dy, &x, &scale, (&mean, &rstd), dres, l, c).unwrap();
+            close(&format!("modulated layernorm dx L={l} C={c} residual={}", dres.is_some()), &gdx, &dx, 1e-5);
+        }
+    }
 }
 
 #[test]

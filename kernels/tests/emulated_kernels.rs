@@ -447,3 +447,32 @@ fn qkv_heads_match_their_cpu_twin_on_the_emulator() {
         assert!(read_u16(&dir, "dqkv16") == rounded, "{tag}: bf16 dqkv is not the f32 dqkv rounded");
     }
 }
+
+/// norm.cu's backward of LayerNorm + modulation into x (the blocks' pre-norm branches), with and
+/// without the residual's gradient, against the CPU twin: 1e-5 (block sums in another order). Widths
+/// 96 (a partial warp) and 1040 (more columns than threads).
+#[test]
+fn modulated_layernorm_backward_matches_its_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("norm.cu", "norm") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+    let mut uniform = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+    for (b, l, c) in [(2, 5, 96), (2, 3, 1040)] {
+        let n = b * l;
+        let (x, dy, dres, scale) = (uniform(n * c, 2.0), uniform(n * c, 1.0), uniform(n * c, 1.0), uniform(b * c, 0.5));
+        let (mut xh, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        infinity_kernels::norm::layernorm_forward(&x, None, None, &mut xh, &mut mean, &mut rstd, c, 1e-6);
+        let (mut dx, mut dx0) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
+        adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, Some(&dres), &mut dx, l, c);
+        adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, None, &mut dx0, l, c);
+        let dir = exe.with_file_name(format!("case-{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, v) in [("dy", &dy), ("x", &x), ("scale", &scale), ("mean", &mean), ("rstd", &rstd), ("dres", &dres)]
+        {
+            write(&dir, name, v);
+        }
+        let tag = format!("emulated modulated layernorm backward B={b} L={l} C={c}");
+        run(&exe, &dir, &[b, l, c].map(|v| v.to_string()), &tag);
+        close(&format!("{tag} dx"), &read(&dir, "dx"), &dx, 1e-5);
+        close(&format!("{tag} dx, no residual"), &read(&dir, "dx0"), &dx0, 1e-5);
+    }
+}

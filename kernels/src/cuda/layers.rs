@@ -165,9 +165,48 @@ pub fn modulate_backward_dev(
     let args = [&[dev.arg(dy), dev.arg(scale), dev.arg_mut(dx)][..], &sh.args()].concat();
     // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
+    modulate_param_grads(dev, dy, x, (dscale, dshift), sh, grad_stride)
+}
+
+/// The per-sample gradients of [`modulate_dev`]'s scale and shift (added): `Σ_t dy·x` and `Σ_t dy`.
+pub fn modulate_param_grads(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    (dscale, dshift): (&mut dyn BufMut, &mut dyn BufMut),
+    sh: AdaShape,
+    grad_stride: usize,
+) -> Result<(), CudaError> {
     let gsh = AdaShape { ps: grad_stride, ..sh };
     util::group_dot(dev, dy, Some(x), dscale, gsh)?;
     util::group_dot(dev, dy, None, dshift, gsh)
+}
+
+/// Backward of `modulate(LayerNorm(x))` (no affine) into `x`, plus a residual's gradient `dres`: `dx`
+/// written (twin of `adaln::modulated_layernorm_backward`). The scale's and shift's gradients are
+/// [`modulate_param_grads`].
+#[allow(clippy::too_many_arguments)]
+pub fn modulated_layernorm_backward_dev(
+    dev: &Device,
+    dy: &dyn Buf,
+    x: &dyn Buf,
+    scale: &dyn Buf,
+    (mean, rstd): (&dyn Buf, &dyn Buf),
+    dres: Option<&dyn Buf>,
+    dx: &mut dyn BufMut,
+    sh: AdaShape,
+) -> Result<(), CudaError> {
+    let n = sh.b * sh.l;
+    assert!(
+        dy.count() >= n * sh.c && x.count() >= n * sh.c && dx.count() >= n * sh.c && mean.count() >= n,
+        "modulated_layernorm_backward: dy, x, dx [B·L, C], mean, rstd [B·L]"
+    );
+    let s = &dev.stream;
+    let args = [dev.arg(dy), dev.arg(x), dev.arg(scale), dev.arg(mean), dev.arg(rstd), Arg::Ptr(addr_or_null(dres, s))];
+    let args = [&args[..], &[dev.arg_mut(dx), Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)]].concat();
+    // SAFETY: modulated_layernorm_backward_f32(dy, x, scale, mean, rstd, dres, dx, n, l, c, ps) over
+    // [n, c] rows; scale holds B rows ps apart.
+    unsafe { dev.launch("norm.cu", "modulated_layernorm_backward_f32", per_row(n, sh.c), &args) }
 }
 
 /// `out = x + y·gamma` (the residual stream after a gated branch; `out` written).
@@ -393,6 +432,26 @@ pub fn rmsnorm_backward(
 
 fn shape(params: &[f32], l: usize, c: usize) -> AdaShape {
     AdaShape { b: params.len() / c, l, c, ps: c }
+}
+
+/// Host-slice [`modulated_layernorm_backward_dev`]: `dx` (with `dres` added when given).
+#[allow(clippy::too_many_arguments)]
+pub fn modulated_layernorm_backward(
+    dev: &Device,
+    dy: &[f32],
+    x: &[f32],
+    scale: &[f32],
+    (mean, rstd): (&[f32], &[f32]),
+    dres: Option<&[f32]>,
+    l: usize,
+    c: usize,
+) -> Result<Vec<f32>, CudaError> {
+    let (dyd, xd, sd, md, rd) = (up(dev, dy)?, up(dev, x)?, up(dev, scale)?, up(dev, mean)?, up(dev, rstd)?);
+    let dresd = up_opt(dev, dres)?;
+    let mut dx = zeros(dev, x.len())?;
+    let dres = dresd.as_ref().map(|v| v as &dyn Buf);
+    modulated_layernorm_backward_dev(dev, &dyd, &xd, &sd, (&md, &rd), dres, &mut dx, shape(scale, l, c))?;
+    down(dev, &dx, x.len())
 }
 
 /// Host-slice [`modulate_act`]: rounded to bf16 when `bf16` (returned as the f32 values of those

@@ -7,8 +7,8 @@ use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::attention_backward_dev;
 use infinity_kernels::cuda::device::{Buf, BufMut};
 use infinity_kernels::cuda::layers::{
-    embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_backward_dev,
-    rmsnorm_backward_dev, AdaShape, DeviceRope,
+    embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_param_grads,
+    modulated_layernorm_backward_dev, rmsnorm_backward_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
 use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_backward_act};
@@ -65,14 +65,15 @@ pub fn backward(
     let dh = a.ce.dh.as_ref().expect("forward ran with grad");
     weight_grad(net.gemm, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
     bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
-    let (mut dxhat, mut dhs, mut dhb) = (net.buf(n * c)?, net.buf(b * c)?, net.buf(b * c)?);
+    let (mut dhs, mut dhb) = (net.buf(b * c)?, net.buf(b * c)?);
     let hs = AdaShape { b, l, c, ps: 2 * c };
-    modulate_backward_dev(dev, dh, &a.xhat_h, &a.head_ss.slice(..), &mut dxhat, &mut dhs, &mut dhb, hs, c)?;
+    modulate_param_grads(dev, dh, &a.xhat_h, (&mut dhs, &mut dhb), hs, c)?;
     let mut dhead_ss = net.buf(b * 2 * c)?;
     util::put_part(dev, &dhs, &mut dhead_ss, (b, 2, 0, c))?;
     util::put_part(dev, &dhb, &mut dhead_ss, (b, 2, 1, c))?;
-    let mut dx = net.buf(n * c)?;
-    layernorm_backward_dev(dev, &dxhat, &a.x_out, None, &a.lnh[0], &a.lnh[1], &mut dx, None, (n, c))?;
+    let mut dx = net.out(n * c)?;
+    let stats = (&a.lnh[0] as &dyn Buf, &a.lnh[1] as &dyn Buf);
+    modulated_layernorm_backward_dev(dev, dh, &a.x_out, &a.head_ss.slice(..), stats, None, &mut dx, hs)?;
 
     // ---- blocks, last to first ------------------------------------------------------------------------
     let mut dshared_gss = net.buf(b * 6 * c)?;
@@ -228,16 +229,14 @@ fn block_backward(
     // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
     gelu_backward_act(dev, &dg, saved(&s.f1), &mut df1)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
-    let mut dxhat2 = net.out(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(5);
-        modulate_backward_dev(dev, &dh2, saved(&s.xhat2), &part(3), &mut dxhat2, &mut lo[3], &mut hi[0], sh, c)?;
+        modulate_param_grads(dev, &dh2, saved(&s.xhat2), (&mut lo[3], &mut hi[0]), sh, c)?;
     }
-    let mut tmp = net.out(n * c)?;
-    let [m2, r2] = &s.ln2;
-    layernorm_backward_dev(dev, &dxhat2, saved(&s.x_ca), None, saved(m2), saved(r2), &mut tmp, None, (n, c))?;
-    let mut dx_ca = net.out(n * c)?;
-    util::sum(dev, &dx_out, &tmp, &mut dx_ca)?;
+    // back through the modulation and the LayerNorm, plus the residual's gradient, in one pass
+    let ([m2, r2], mut dx_ca) = (&s.ln2, net.out(n * c)?);
+    let stats = (saved(m2) as &dyn Buf, saved(r2) as &dyn Buf);
+    modulated_layernorm_backward_dev(dev, &dh2, saved(&s.x_ca), &part(3), stats, Some(&dx_out), &mut dx_ca, sh)?;
     drop(dx_out);
 
     // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca)); without text x_ca = x_sa
@@ -277,6 +276,7 @@ fn block_backward(
         let (mut dnw, mut dnb) = (lo.slice_mut(ra), hi.slice_mut(..rb.len()));
         let [cm, cr] = &s.ca_ln;
         let params: Option<(&mut dyn BufMut, &mut dyn BufMut)> = Some((&mut dnw, &mut dnb));
+        let mut tmp = net.out(n * c)?;
         layernorm_backward_dev(
             dev,
             &dca_in,
@@ -328,15 +328,13 @@ fn block_backward(
     util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
     let mut dh1 = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
-    let mut dxhat1 = net.out(n * c)?;
     {
         let (lo, hi) = dparts.split_at_mut(4);
-        modulate_backward_dev(dev, &dh1, saved(&s.xhat1), &part(2), &mut dxhat1, &mut lo[2], &mut hi[0], sh, c)?;
+        modulate_param_grads(dev, &dh1, saved(&s.xhat1), (&mut lo[2], &mut hi[0]), sh, c)?;
     }
-    let [m1, r1] = &s.ln1;
-    layernorm_backward_dev(dev, &dxhat1, saved(&s.x_in), None, saved(m1), saved(r1), &mut tmp, None, (n, c))?;
-    let mut dx_in = net.out(n * c)?;
-    util::sum(dev, &dx_sa, &tmp, &mut dx_in)?;
+    let ([m1, r1], mut dx_in) = (&s.ln1, net.out(n * c)?);
+    let stats = (saved(m1) as &dyn Buf, saved(r1) as &dyn Buf);
+    modulated_layernorm_backward_dev(dev, &dh1, saved(&s.x_in), &part(2), stats, Some(&dx_sa), &mut dx_in, sh)?;
 
     // gss = ada_gss + shared_gss
     let mut dgss = net.out(b * 6 * c)?;

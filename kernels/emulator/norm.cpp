@@ -1,0 +1,33 @@
+// norm.cu's modulated LayerNorm backward on the emulator, with device.rs's per_row launch shape.
+//   norm DIR B L C
+// reads DIR/{dy,x,scale,mean,rstd,dres}.bin (f32; dy, x, dres [B·L, C], scale [B, C], mean, rstd
+// [B·L]); writes DIR/dx.bin (with the residual's gradient) and DIR/dx0.bin (dres null).
+#include <algorithm>
+
+#include "cuda_emulator.h"
+#include "io.h"
+#include "kernel.cu"
+
+int main(int argc, char** argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s DIR B L C\n", argv[0]);
+        return 2;
+    }
+    const std::string dir = argv[1];
+    const int b = atoi(argv[2]), l = atoi(argv[3]), c = atoi(argv[4]), n = b * l;
+    auto dy = read_array<float>(dir, "dy"), x = read_array<float>(dir, "x"), scale = read_array<float>(dir, "scale");
+    auto mean = read_array<float>(dir, "mean"), rstd = read_array<float>(dir, "rstd"), dres = read_array<float>(dir, "dres");
+    std::vector<float> dx((size_t)n * c), dx0((size_t)n * c);
+    const dim3 grid{(unsigned)n, 1, 1}, block{(unsigned)std::clamp((c + 31) / 32 * 32, 32, 1024), 1, 1};
+    emu::launch(grid, block, 0, [&] {
+        modulated_layernorm_backward_f32(dy.data(), x.data(), scale.data(), mean.data(), rstd.data(), dres.data(),
+                                         dx.data(), n, l, c, c);
+    });
+    emu::launch(grid, block, 0, [&] {
+        modulated_layernorm_backward_f32(dy.data(), x.data(), scale.data(), mean.data(), rstd.data(), nullptr,
+                                         dx0.data(), n, l, c, c);
+    });
+    write_array(dir, "dx", dx);
+    write_array(dir, "dx0", dx0);
+    return 0;
+}
