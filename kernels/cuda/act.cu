@@ -34,12 +34,19 @@ extern "C" __global__ void bias_gelu_forward_f32(float* __restrict__ f, const fl
         g[i] = bias_gelu(f, b, i, cols);
 }
 
-// The same, g stored only in bf16: the input of the second FFN GEMM and nothing else (the GELU's
-// backward reads f).
-extern "C" __global__ void bias_gelu_forward_bf16(float* __restrict__ f, const float* __restrict__ b,
-                                                  unsigned short* __restrict__ g, long n, int cols) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-        g[i] = bf16_bits(bias_gelu(f, b, i, cols));
+// The same in bf16 alone, as under autocast (the first layer's output is bf16): x = f + b rounded to
+// bf16 (the GELU's input, kept for its backward) and g = gelu(x) rounded (the second FFN GEMM's
+// input). f is only read.
+extern "C" __global__ void bias_gelu_forward_bf16(const float* __restrict__ f, const float* __restrict__ b,
+                                                  unsigned short* __restrict__ x16, unsigned short* __restrict__ g,
+                                                  long n, int cols) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const unsigned short x = bf16_bits(f[i] + b[i % cols]);
+        float v, dv;
+        gelu_parts(__uint_as_float((unsigned)x << 16), &v, &dv);
+        x16[i] = x;
+        g[i] = bf16_bits(v);
+    }
 }
 
 extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
@@ -51,13 +58,14 @@ extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const
     }
 }
 
-// The same, dx stored only in bf16: the FFN's first layer's output gradient, which its bf16 GEMMs and
-// the bias's column sum read (as under autocast, where that gradient is bf16).
-extern "C" __global__ void gelu_backward_bf16(const float* __restrict__ dy, const float* __restrict__ x,
+// The same from bias_gelu_forward_bf16's x, dx stored only in bf16: the FFN's first layer's output
+// gradient, which its bf16 GEMMs and the bias's column sum read (as under autocast, where that
+// gradient is bf16).
+extern "C" __global__ void gelu_backward_bf16(const float* __restrict__ dy, const unsigned short* __restrict__ x,
                                               unsigned short* __restrict__ dx, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float v, dv;
-        gelu_parts(x[i], &v, &dv);
+        gelu_parts(__uint_as_float((unsigned)x[i] << 16), &v, &dv);
         dx[i] = bf16_bits(dy[i] * dv);
     }
 }

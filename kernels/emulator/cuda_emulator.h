@@ -56,6 +56,12 @@ inline float __int_as_float(int i) {
     memcpy(&f, &i, 4);
     return f;
 }
+
+inline float __uint_as_float(unsigned i) {
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
 inline unsigned __float_as_uint(float f) {
     unsigned u;
     memcpy(&u, &f, 4);

@@ -369,15 +369,15 @@ fn modulation_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
     write(&dir, "b", &bias);
     write(&dir, "dy", &dy);
     run(&act_exe, &dir, &[(rows * cols).to_string(), cols.to_string()], "emulated bias + GELU");
-    close("emulated bias + gelu: f + b", &read(&dir, "f_out"), &fb, 1e-6);
-    let emulated = read(&dir, "g");
-    close("emulated bias + gelu: gelu", &emulated, &g, 1e-5);
-    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
-    assert!(read_u16(&dir, "g16") == rounded, "bias_gelu_forward_bf16 is not bias_gelu_forward_f32 rounded");
-    let emulated = read(&dir, "dx");
-    close("emulated gelu backward", &emulated, &dx, 1e-5);
-    let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
-    assert!(read_u16(&dir, "dx16") == rounded, "gelu_backward_bf16 is not gelu_backward_f32 rounded");
+    let f_out = read(&dir, "f_out");
+    close("emulated bias + gelu: f + b", &f_out, &fb, 1e-6);
+    close("emulated bias + gelu: gelu", &read(&dir, "g"), &g, 1e-5);
+    close("emulated gelu backward", &read(&dir, "dx"), &dx, 1e-5);
+    // bf16 alone: x = f + b rounded, g and dx the f32 kernels' results on that x, rounded
+    let rounded = |v: &[f32]| -> Vec<u16> { v.iter().map(|&v| bf16_bits(v)).collect() };
+    assert!(read_u16(&dir, "x16") == rounded(&f_out), "bias_gelu_forward_bf16's x is not f + b rounded");
+    assert!(read_u16(&dir, "g16") == rounded(&read(&dir, "gw")), "bias_gelu_forward_bf16's g is not gelu(x) rounded");
+    assert!(read_u16(&dir, "dx16") == rounded(&read(&dir, "dxw")), "gelu_backward_bf16 is not the f32 one rounded");
 }
 
 /// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)

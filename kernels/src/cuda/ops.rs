@@ -56,25 +56,42 @@ pub fn activation_dev(dev: &Device, kernel: &str, x: &dyn Buf, y: &mut dyn BufMu
     unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
 
-/// `f [N, cols] += b [cols]` then `g = gelu(f)` (act.cu's `bias_gelu_forward_*`; both written, g in
-/// f32 or rounded to bf16 on the way out).
-pub fn bias_gelu_dev(dev: &Device, f: &mut dyn BufMut, b: &dyn Buf, g: &mut Act) -> Result<(), CudaError> {
-    let (n, cols) = (f.count(), b.count());
-    assert!(g.count() >= n && cols > 0 && n % cols == 0, "bias_gelu: f, g [N, cols], b [cols]");
+/// The FFN's first layer after its bias-free GEMM `f [N, cols]`: `(x, g)` with x = f + b (the GELU's
+/// input, kept for its backward) and g = gelu(x). In f32, x is f itself (the bias added in place);
+/// with `bf16`, both are bf16 alone, g the GELU of the rounded x (as under autocast), and f is freed
+/// after the launch (in stream order).
+pub fn bias_gelu_dev(dev: &Device, mut f: CudaSlice<f32>, b: &dyn Buf, bf16: bool) -> Result<(Act, Act), CudaError> {
+    let (n, cols) = (f.len(), b.count());
+    assert!(cols > 0 && n % cols == 0, "bias_gelu: f [N, cols], b [cols]");
     let s = &dev.stream;
-    let kernel = if g.bf16_only() { "bias_gelu_forward_bf16" } else { "bias_gelu_forward_f32" };
-    let args = [Arg::Ptr(f.addr_mut(s)), Arg::Ptr(b.addr(s)), Arg::Ptr(g.out_addr(s)), Arg::long(n), Arg::int(cols)];
-    // SAFETY: bias_gelu_forward_{f32,bf16}(f, b, g, n, cols); f and g hold n values, b cols.
-    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
+    let (fa, ba, shape) = (Arg::Ptr(f.device_ptr_mut(s).0), Arg::Ptr(b.addr(s)), [Arg::long(n), Arg::int(cols)]);
+    // SAFETY (allocations): the kernel writes all n values before anything reads them.
+    if bf16 {
+        let (mut x, mut g) = unsafe { (Act::Bf16(s.alloc::<u16>(n.max(1))?), Act::Bf16(s.alloc::<u16>(n.max(1))?)) };
+        let args = [fa, ba, Arg::Ptr(x.out_addr(s)), Arg::Ptr(g.out_addr(s)), shape[0], shape[1]];
+        // SAFETY: bias_gelu_forward_bf16(f, b, x16, g16, n, cols); f, x16, g16 hold n values, b cols.
+        unsafe { dev.launch("act.cu", "bias_gelu_forward_bf16", elementwise(n), &args) }?;
+        return Ok((x, g));
+    }
+    let mut g = unsafe { s.alloc::<f32>(n.max(1)) }?;
+    let args = [fa, ba, Arg::Ptr(g.device_ptr_mut(s).0), shape[0], shape[1]];
+    // SAFETY: bias_gelu_forward_f32(f, b, g, n, cols); f and g hold n values, b cols.
+    unsafe { dev.launch("act.cu", "bias_gelu_forward_f32", elementwise(n), &args) }?;
+    Ok((Act::F32(f), Act::F32(g)))
 }
 
-/// `dx = dy · gelu'(x)` into an activation: f32, or bf16 alone (act.cu's `gelu_backward_*`).
-pub fn gelu_backward_act(dev: &Device, dy: &dyn Buf, x: &dyn Buf, dx: &mut Act) -> Result<(), CudaError> {
+/// `dx = dy · gelu'(x)` from [`bias_gelu_dev`]'s x: f32 in and out, or bf16 x and dx alone
+/// (act.cu's `gelu_backward_*`).
+pub fn gelu_backward_act(dev: &Device, dy: &dyn Buf, x: &Act, dx: &mut Act) -> Result<(), CudaError> {
     let n = x.count();
     assert!(dy.count() >= n && dx.count() >= n, "gelu_backward: dy, x, dx [n]");
+    assert_eq!(x.bf16_only(), dx.bf16_only(), "gelu_backward: x and dx are both bf16 or both f32");
     let s = &dev.stream;
-    let kernel = if dx.bf16_only() { "gelu_backward_bf16" } else { "gelu_backward_f32" };
-    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(x.addr(s)), Arg::Ptr(dx.out_addr(s)), Arg::long(n)];
+    let (kernel, xa) = match x {
+        Act::F32(v) => ("gelu_backward_f32", v.device_ptr(s).0),
+        Act::Bf16(v) => ("gelu_backward_bf16", v.device_ptr(s).0),
+    };
+    let args = [Arg::Ptr(dy.addr(s)), Arg::Ptr(xa), Arg::Ptr(dx.out_addr(s)), Arg::long(n)];
     // SAFETY: gelu_backward_{f32,bf16}(dy, x, dx, n); all hold n values.
     unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }
 }
@@ -103,14 +120,12 @@ pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, Cud
     Ok(s.clone_dtoh(&y)?)
 }
 
-/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`; the GELU
-/// rounded to bf16 when `bf16` (returned as the f32 values of those bf16).
+/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`; with `bf16`
+/// the bf16 outputs, widened.
 pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
     let s = &dev.stream;
-    let (mut fd, bd) = (s.clone_htod(f)?, s.clone_htod(b)?);
-    let mut g = if bf16 { Act::Bf16(s.alloc_zeros(f.len())?) } else { Act::F32(s.alloc_zeros(f.len())?) };
-    bias_gelu_dev(dev, &mut fd, &bd, &mut g)?;
-    Ok((s.clone_dtoh(&fd)?, act_to_host(dev, &g)?))
+    let (x, g) = bias_gelu_dev(dev, s.clone_htod(f)?, &s.clone_htod(b)?, bf16)?;
+    Ok((act_to_host(dev, &x)?, act_to_host(dev, &g)?))
 }
 
 /// The values of an activation, bf16 ones widened to f32.
@@ -130,12 +145,19 @@ pub fn activation_backward(dev: &Device, kernel: &str, dy: &[f32], x: &[f32]) ->
     Ok(s.clone_dtoh(&dx)?)
 }
 
-/// Host-slice [`gelu_backward_act`]: `dy · gelu'(x)`, rounded to bf16 when `bf16` (returned widened).
+/// Host-slice [`gelu_backward_act`]: `dy · gelu'(x)`; with `bf16`, of x rounded to bf16 and rounded
+/// itself (returned widened).
 pub fn gelu_backward(dev: &Device, dy: &[f32], x: &[f32], bf16: bool) -> Result<Vec<f32>, CudaError> {
     let s = &dev.stream;
     let (dyd, xd) = (s.clone_htod(dy)?, s.clone_htod(x)?);
-    let mut dx = if bf16 { Act::Bf16(s.alloc_zeros(x.len())?) } else { Act::F32(s.alloc_zeros(x.len())?) };
-    gelu_backward_act(dev, &dyd, &xd, &mut dx)?;
+    let (x, mut dx) = if bf16 {
+        let mut x16 = s.alloc_zeros::<u16>(x.len())?;
+        super::linear::to_bf16_dev(dev, &xd, &mut x16)?;
+        (Act::Bf16(x16), Act::Bf16(s.alloc_zeros(x.len())?))
+    } else {
+        (Act::F32(xd), Act::F32(s.alloc_zeros(x.len())?))
+    };
+    gelu_backward_act(dev, &dyd, &x, &mut dx)?;
     act_to_host(dev, &dx)
 }
 

@@ -227,7 +227,7 @@ fn block_backward(
     let (mut dg, mut df1, mut dh2) = (net.out(n * hf)?, net.act(n * hf)?, net.out(n * c)?);
     linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
     // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
-    gelu_backward_act(dev, &dg, saved(&s.f1), &mut df1)?;
+    gelu_backward_act(dev, &dg, saved_act(&s.f1), &mut df1)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
     {
         let (lo, hi) = dparts.split_at_mut(5);

@@ -76,7 +76,8 @@ pub struct BlockBufs {
     pub ln2: [Option<CudaSlice<f32>>; 2],
     pub xhat2: Option<CudaSlice<f32>>,
     pub h2: Option<Act>,
-    pub f1: Option<CudaSlice<f32>>,
+    /// The GELU's input (bf16 alone with bf16 matmuls, as under autocast).
+    pub f1: Option<Act>,
     pub g: Option<Act>,
     pub f2: Option<CudaSlice<f32>>,
 }
@@ -322,9 +323,9 @@ pub(super) fn block_forward(
     layernorm_dev(dev, &x_ca, None, None, &mut xhat2, &mut mean2, &mut rstd2, (n, c), eps)?;
     let mut h2 = net.act(n * c)?;
     modulate_act(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
-    let (mut f1, mut g) = (net.out(n * hf)?, net.act(n * hf)?);
+    let mut f1 = net.out(n * hf)?;
     net.linear(&h2, &name("ffn.fc1"), false, &mut f1, (n, c, hf))?;
-    bias_gelu_dev(dev, &mut f1, &w("ffn.fc1.bias"), &mut g)?; // f1 = x·Wᵀ + b, g = gelu(f1)
+    let (f1, g) = bias_gelu_dev(dev, f1, &w("ffn.fc1.bias"), net.gemm.bf16)?; // f1 = x·Wᵀ + b, g = gelu(f1)
     let mut f2 = net.out(n * c)?;
     net.linear(&g, &name("ffn.fc2"), true, &mut f2, (n, hf, c))?;
     let mut x_out = net.out(n * c)?;
