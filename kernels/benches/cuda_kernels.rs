@@ -15,7 +15,7 @@ use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::{block_causal_segments, AttnDims};
 use infinity_kernels::cuda::attention::{attention_backward_dev, attention_forward_dev, AttnRanges};
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
-use infinity_kernels::cuda::device::{device_present, BufMut};
+use infinity_kernels::cuda::device::{device_present, Act, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::layernorm_dev;
 use infinity_kernels::cuda::linear::{bias_grad, weight_grad};
@@ -213,8 +213,13 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
     let r = AttnRanges::new(dev, &block_causal_segments(b, &per_scale), n, n).unwrap();
     let (q, k, v) =
         (upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)));
-    let (mut o, mut lse) =
-        (dev.stream.alloc_zeros::<f32>(n * c).unwrap(), dev.stream.alloc_zeros::<f32>(n * 16).unwrap());
+    // O as training keeps it: f32, or bf16 alone with the tensor-core kernels; dO in f32
+    let (mut o32, mut o16) = (
+        Act::F32(dev.stream.alloc_zeros::<f32>(n * c).unwrap()),
+        Act::Bf16(dev.stream.alloc_zeros::<u16>(n * c).unwrap()),
+    );
+    let d_o = upload(dev, &rand(rng, n * c, 1.0));
+    let mut lse = dev.stream.alloc_zeros::<f32>(n * 16).unwrap();
     let pairs: usize = {
         let mut end = 0;
         per_scale
@@ -233,21 +238,22 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
         dev.stream.alloc_zeros::<f32>(n * 16).unwrap(),
     );
     for (math, label) in [(Math::F32, "f32"), (Math::Bf16, "bf16 tensor cores")] {
-        let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o, &mut lse, &r, dims, math).unwrap());
+        let o = if math == Math::Bf16 { &mut o16 } else { &mut o32 };
+        let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, o, &mut lse, &r, dims, math).unwrap());
         let name = format!("attention forward {label}, 16 × 646 tokens, 16 × 128");
         row(&name, ms, 4.0 * 4.0 * (n * c) as f64, 4.0 * (pairs * c) as f64, copy_gbs, None);
         let ms = time_ms(dev, 10, || {
             let grads: (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut) = (&mut dq, &mut dk, &mut dv);
-            attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, grads, &mut delta, math).unwrap()
+            attention_backward_dev(dev, &d_o, (&q, &k, &v), o, &lse, &r, dims, grads, &mut delta, math).unwrap()
         });
         let name = format!("attention backward {label} (dq; dk, dv)");
         row(&name, ms, 8.0 * 4.0 * (n * c) as f64, 10.0 * (pairs * c) as f64, copy_gbs, None);
         profile(dev, ms, || {
             let grads: (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut) = (&mut dq, &mut dk, &mut dv);
-            attention_backward_dev(dev, &o, (&q, &k, &v), &o, &lse, &r, dims, grads, &mut delta, math).unwrap()
+            attention_backward_dev(dev, &d_o, (&q, &k, &v), o, &lse, &r, dims, grads, &mut delta, math).unwrap()
         });
     }
-    drop((q, k, v, o, lse, dq, dk, dv, delta));
+    drop((q, k, v, o32, o16, d_o, lse, dq, dk, dv, delta));
 
     // LayerNorm forward over the residual stream
     let (mut xh, mut mean, mut rstd) = (

@@ -156,13 +156,17 @@ __device__ __forceinline__ void mask_keys(float (&s)[T64 / 8][4], const int (&lo
         }
 }
 
+// Two adjacent output values: f32, or bf16 (the output only a bf16 product reads).
+__device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store_pair(bf16* p, float a, float b) { *reinterpret_cast<unsigned*>(p) = pack2(a, b); }
+
 // Tiles of 64 rows covering [span.x, span.y).
 __device__ __forceinline__ int tile_count(int2 span) { return span.y > span.x ? (span.y - span.x + T64 - 1) / T64 : 0; }
 
-// ---- forward: grid (ceil(Nq / 64), H); o, lse written ----
-template <int C>
+// ---- forward: grid (ceil(Nq / 64), H); o (f32 or bf16: Out), lse written ----
+template <int C, class Out>
 __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                        const bf16* __restrict__ v, float* __restrict__ o, float* __restrict__ lse,
+                                        const bf16* __restrict__ v, Out* __restrict__ o, float* __restrict__ lse,
                                         const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,
                                         int heads, float scale) {
     constexpr int CP = C + 8;
@@ -250,16 +254,16 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
         const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
 #pragma unroll
         for (int n = 0; n < C / 8; ++n)
-            *reinterpret_cast<float2*>(o + (long)rows[h] * w + hc + n * 8 + 2 * t) =
-                make_float2(acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+            store_pair(o + (long)rows[h] * w + hc + n * 8 + 2 * t, acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
         if (t == 0) lse[(long)rows[h] * heads + blockIdx.y] = l[h] > 0.0f ? fmaf(m[h], LN2, logf(l[h])) : NEG_INF;
     }
 }
 
-// ---- backward, part 1: dq and delta = Σ dO·O per (row, head), both written; the forward's grid ----
+// ---- backward, part 1: dq and delta = Σ dO·O per (row, head) (f32 dO, bf16 O), both written; the
+// forward's grid ----
 template <int C>
 __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                            const bf16* __restrict__ v, const float* __restrict__ o,
+                                            const bf16* __restrict__ v, const bf16* __restrict__ o16,
                                             const float* __restrict__ d_o, const bf16* __restrict__ do16,
                                             const float* __restrict__ lse,
                                             const int* __restrict__ k0, const int* __restrict__ nk,
@@ -288,7 +292,7 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
 #pragma unroll
             for (int n = 0; n < C / 8; ++n) {
                 const float2 a = *reinterpret_cast<const float2*>(d_o + (long)r * w + hc + n * 8 + 2 * t);
-                const float2 b = *reinterpret_cast<const float2*>(o + (long)r * w + hc + n * 8 + 2 * t);
+                const float2 b = unpack2(ld32(o16 + (long)r * w + hc + n * 8 + 2 * t));
                 part = fmaf(a.x, b.x, fmaf(a.y, b.y, part));
             }
         part += __shfl_xor_sync(FULL, part, 1);
@@ -467,15 +471,21 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, float* __restrict__ o,    \
         float* __restrict__ lse, const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,      \
         int heads, int c, float scale) {                                                                         \
-        forward<C>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, scale);                                            \
+        forward<C, float>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, scale);                                     \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128, FWD_BLOCKS(C)) attention_forward_bf16_o16_c##C(            \
+        const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, bf16* __restrict__ o,     \
+        float* __restrict__ lse, const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,      \
+        int heads, int c, float scale) {                                                                         \
+        forward<C, bf16>(q, k, v, o, lse, k0, nk, nq, nkeys, heads, scale);                                      \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_c##C(                          \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \
-        const float* __restrict__ o, const float* __restrict__ d_o, const bf16* __restrict__ do16,               \
+        const bf16* __restrict__ o16, const float* __restrict__ d_o, const bf16* __restrict__ do16,              \
         const float* __restrict__ lse,                                                                           \
         const int* __restrict__ k0, const int* __restrict__ nk, float* __restrict__ dq, float* __restrict__ delta, \
         int nq, int nkeys, int heads, int c, float scale) {                                                      \
-        backward_dq<C>(q, k, v, o, d_o, do16, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                  \
+        backward_dq<C>(q, k, v, o16, d_o, do16, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_c##C(                        \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \

@@ -84,6 +84,11 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ unsigned ld32(const bf16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
+// The two values of a pack2 register (x from the low half), widened exactly.
+__device__ __forceinline__ float2 unpack2(unsigned r) {
+    return make_float2(__uint_as_float(r << 16), __uint_as_float(r & 0xffff0000u));
+}
+
 // A fragment of rows r0.., cols k0.. of a row-major bf16 tile with row stride `ld`.
 __device__ __forceinline__ void load_a(unsigned (&a)[4], const bf16* x, int ld, int r0, int k0) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;

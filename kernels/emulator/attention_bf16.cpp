@@ -1,6 +1,7 @@
-// attention_bf16.cu's forward, dq and dk/dv kernels on the emulator, launched as
-// kernels/src/cuda/attention.rs launches them; arguments and files as attention_case.h says. q, k, v
-// and dO go in as bf16 (attention.rs rounds them the same way).
+// attention_bf16.cu's forward (f32 and bf16 O), dq and dk/dv kernels on the emulator, launched as
+// kernels/src/cuda/attention.rs launches them; arguments and files as attention_case.h says, plus
+// DIR/o16_out.bin (the bf16-O forward's bits). q, k, v, dO and the backward's O go in as bf16
+// (attention.rs rounds them the same way).
 #include "cuda_emulator.h"
 #include "attention_case.h"
 #include "kernel.cu"
@@ -14,7 +15,9 @@ static std::vector<bf16> rounded(const std::vector<float>& x) {
 int main(int argc, char** argv) {
     AttentionCase a = AttentionCase::from_args(argc, argv);
     const int nq = a.nq, nk = a.nk, heads = a.heads, c = a.c;
-    const auto q16 = rounded(a.q), k16 = rounded(a.k), v16 = rounded(a.v), do16 = rounded(a.d_o);
+    const auto q16 = rounded(a.q), k16 = rounded(a.k), v16 = rounded(a.v), do16 = rounded(a.d_o), o16 = rounded(a.o);
+    std::vector<bf16> o16_out(a.o.size());
+    std::vector<float> lse16(a.lse.size());
     // dynamic shared memory as attention.rs's bf16_smem: row-major bf16 tiles [64][c + 8] (4 for the
     // forward, 6 for dq; dk/dv adds two stages of 4 × 64 f32/i32 per-query values)
     const size_t tile = (size_t)64 * (c + 8) * 2;
@@ -26,8 +29,12 @@ int main(int argc, char** argv) {
             attention_forward_bf16_c##C(q16.data(), k16.data(), v16.data(), a.o_out.data(), a.lse_out.data(),        \
                                         a.k0.data(), a.nkr.data(), nq, nk, heads, c, a.scale);                       \
         });                                                                                                          \
+        emu::launch(qgrid, block, 4 * tile, [&] {                                                                    \
+            attention_forward_bf16_o16_c##C(q16.data(), k16.data(), v16.data(), o16_out.data(), lse16.data(),        \
+                                            a.k0.data(), a.nkr.data(), nq, nk, heads, c, a.scale);                   \
+        });                                                                                                          \
         emu::launch(qgrid, block, 6 * tile, [&] {                                                                    \
-            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), a.o.data(), a.d_o.data(),            \
+            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o16.data(), a.d_o.data(),            \
                                             do16.data(), a.lse.data(), a.k0.data(), a.nkr.data(), a.dq.data(),       \
                                             a.delta.data(), nq, nk, heads, c, a.scale);                              \
         });                                                                                                          \
@@ -45,6 +52,11 @@ int main(int argc, char** argv) {
             fprintf(stderr, "head dim %d: the kernels take 32, 64 or 128\n", c);
             return 2;
     }
+    if (lse16 != a.lse_out) {
+        fprintf(stderr, "the bf16-O forward's lse differs from the f32-O forward's\n");
+        return 1;
+    }
     a.write();
+    write_array(a.dir, "o16_out", o16_out);
     return 0;
 }

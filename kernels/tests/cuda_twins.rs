@@ -420,7 +420,7 @@ fn attention_matches_its_cpu_twin() {
             let (k, v) = (rand_vec(&mut rng, nk * w, 1.0), rand_vec(&mut rng, nk * w, 1.0));
             let (mut o, mut lse) = (vec![0.0f32; nq * w], vec![0.0f32; nq * heads]);
             attention::attention_forward(&q, &k, &v, &mut o, &mut lse, &segs, dims);
-            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, F32).unwrap();
+            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, F32, false).unwrap();
             close(&format!("{tag} out"), &go, &o, 1e-5);
             close(&format!("{tag} lse"), &glse, &lse, 1e-5);
             let d_o = rand_vec(&mut rng, nq * w, 1.0);
@@ -467,9 +467,12 @@ fn bf16_attention_on_tensor_cores_matches_its_cpu_twin() {
             let v = bf16_round(&rand_vec(&mut rng, nk * w, 1.0));
             let (mut o, mut lse) = (vec![0.0f32; nq * w], vec![0.0f32; nq * heads]);
             attention::attention_forward(&q, &k, &v, &mut o, &mut lse, &segs, dims);
-            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, Bf16).unwrap();
+            let (go, glse) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, Bf16, false).unwrap();
             close(&format!("{tag} out"), &go, &o, 1e-2);
             close(&format!("{tag} lse"), &glse, &lse, 1e-4);
+            // O in bf16 alone (what the model keeps): the f32 output rounded, the same lse
+            let (go16, glse16) = cuda_attention::attention_forward(&dev, &q, &k, &v, &segs, dims, Bf16, true).unwrap();
+            assert!(go16 == bf16_round(&go) && glse16 == glse, "{tag}: the bf16 output is not the f32 one rounded");
             let d_o = bf16_round(&rand_vec(&mut rng, nq * w, 1.0));
             let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.len()], vec![0.0f32; k.len()], vec![0.0f32; v.len()]);
             attention::attention_backward(&d_o, &q, &k, &v, &o, &lse, &mut dq, &mut dk, &mut dv, &segs, dims);

@@ -112,6 +112,7 @@ fn close(name: &str, a: &[f32], b: &[f32], rtol: f32) {
 
 /// One attention case through an emulated attention driver (`exe`) against the CPU twin: the forward's
 /// out and lse, and the backward (from the twin's out and lse) within `tol` = (out, lse, grads).
+/// Returns the case's folder (the driver's outputs).
 #[allow(clippy::too_many_arguments)]
 fn attention_case(
     exe: &Path,
@@ -122,7 +123,7 @@ fn attention_case(
     dims: AttnDims,
     inputs: impl Fn(&mut dyn rand::RngCore, usize, f32) -> Vec<f32>,
     (t_out, t_lse, t_grad): (f32, f32, f32),
-) {
+) -> PathBuf {
     let w = dims.heads * dims.head_dim;
     let q = inputs(rng, nq * w, 2.0);
     let k = inputs(rng, nk * w, 2.0);
@@ -150,6 +151,7 @@ fn attention_case(
     close(&format!("{tag} dq"), &read(&dir, "dq"), &dq, t_grad);
     close(&format!("{tag} dk"), &read(&dir, "dk"), &dk, t_grad);
     close(&format!("{tag} dv"), &read(&dir, "dv"), &dv, t_grad);
+    dir
 }
 
 /// Block-causal self-attention over two samples of `per_scale`, and cross-attention of the same queries
@@ -173,7 +175,10 @@ fn bf16_attention_kernels_match_their_cpu_twin_on_the_emulator() {
         let dims = AttnDims { heads, head_dim: c, scale: 1.0 / (c as f64).sqrt() };
         for (name, segs, nk) in self_and_cross(&per_scale, [5, 70]) {
             let tag = format!("emulated bf16 {name} attention L={l} H={heads} c={c}");
-            attention_case(&exe, &mut rng, &tag, &segs, (2 * l, nk), dims, rand_bf16, (1e-2, 1e-4, 2e-2));
+            let dir = attention_case(&exe, &mut rng, &tag, &segs, (2 * l, nk), dims, rand_bf16, (1e-2, 1e-4, 2e-2));
+            // the bf16-O forward (what the model keeps): exactly the f32 output rounded
+            let rounded: Vec<u16> = read(&dir, "o_out").iter().map(|&v| bf16_bits(v)).collect();
+            assert!(read_u16(&dir, "o16_out") == rounded, "{tag}: the bf16 output is not the f32 one rounded");
         }
     }
 }

@@ -8,7 +8,7 @@ use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMO
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
-use super::device::{Arg, Buf, BufMut, CudaError, Device};
+use super::device::{Act, Arg, Buf, BufMut, CudaError, Device};
 use super::linear::bf16_of;
 use super::Math;
 use crate::attention::{AttnDims, Segment};
@@ -162,14 +162,16 @@ fn config(
     })
 }
 
-/// `o [Nq, H·c]` and `lse [Nq, H]` of `q [Nq, H·c]` against `k, v [Nk, H·c]`.
+/// `o [Nq, H·c]` and `lse [Nq, H]` of `q [Nq, H·c]` against `k, v [Nk, H·c]`; `o` in f32, or in bf16
+/// alone (the tensor-core kernels only: an error otherwise) when only bf16 products and the backward
+/// read it.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_dev(
     dev: &Device,
     q: &dyn Buf,
     k: &dyn Buf,
     v: &dyn Buf,
-    o: &mut dyn BufMut,
+    o: &mut Act,
     lse: &mut dyn BufMut,
     r: &AttnRanges,
     dims: AttnDims,
@@ -182,19 +184,22 @@ pub fn attention_forward_dev(
     );
     let s = &dev.stream;
     let p = Arg::Ptr;
-    let (oa, la) = (o.addr_mut(s), lse.addr_mut(s));
+    let (o16, oa, la) = (o.bf16_only(), o.out_addr(s), lse.addr_mut(s));
     let (k0, nk) = (p(ranges_addr(dev, &r.k0)), p(ranges_addr(dev, &r.nk)));
     if let Some(c) = tensor_core_dim(dev, dims, math, &[oa])? {
         // q, k, v rounded to bf16 once: the kernel streams them as bf16 tiles (the copies are freed in
         // stream order after the launch)
         let ((q16, _q), (k16, _k), (v16, _v)) = (bf16_of(dev, q)?, bf16_of(dev, k)?, bf16_of(dev, v)?);
         tile_aligned(&[q16, k16, v16]);
-        let name = format!("attention_forward_bf16_c{c}");
+        let name = format!("attention_forward_bf16_{}c{c}", if o16 { "o16_" } else { "" });
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
         let args = [p(q16), p(k16), p(v16), p(oa), p(la), k0, nk];
         // SAFETY: argument list as declared in attention_bf16.cu; ranges lie inside K and V (checked on
         // the host); the bf16 inputs and o are 16-byte aligned (checked above).
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
+    }
+    if o16 {
+        return Err(bf16_needs_tensor_cores(dims));
     }
     let t = tiles(dims)?;
     let name = format!("attention_forward_{}", t.suffix);
@@ -230,17 +235,19 @@ pub fn attention_backward_dev(
     let p = Arg::Ptr;
     let (k0, nk) = (p(ranges_addr(dev, &r.k0)), p(ranges_addr(dev, &r.nk)));
     let (q0, nqk) = (p(ranges_addr(dev, &r.q0)), p(ranges_addr(dev, &r.nqk)));
-    let (oa, doa, la) = (o.addr(s), d_o.addr(s), lse.addr(s));
+    let (doa, la) = (d_o.addr(s), lse.addr(s));
     let (dqa, dka, dva, da) = (dq.addr_mut(s), dk.addr_mut(s), dv.addr_mut(s), delta.addr_mut(s));
-    if let Some(c) = tensor_core_dim(dev, dims, math, &[oa, doa, dqa, dka, dva])? {
-        // q, k, v and dO rounded to bf16 once for both kernels' tiles; delta reads the f32 dO and O
+    if let Some(c) = tensor_core_dim(dev, dims, math, &[doa, dqa, dka, dva])? {
+        // q, k, v and dO rounded to bf16 once for both kernels' tiles (O too, unless the forward wrote
+        // it in bf16 alone); delta reads the f32 dO and the bf16 O
         let ((q16, _q), (k16, _k)) = (bf16_of(dev, q)?, bf16_of(dev, k)?);
-        let ((v16, _v), (do16, _do)) = (bf16_of(dev, v)?, bf16_of(dev, d_o)?);
+        let ((v16, _v), (do16, _do), (o16, _o)) = (bf16_of(dev, v)?, bf16_of(dev, d_o)?, bf16_of(dev, o)?);
         tile_aligned(&[q16, k16, v16, do16]);
+        assert!(o16 % 4 == 0, "attention: O's bf16 values are read in pairs");
         let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
         let name = format!("attention_backward_dq_bf16_c{c}");
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
-        let args = [p(q16), p(k16), p(v16), p(oa), p(doa), p(do16), p(la), k0, nk, p(dqa), p(da)];
+        let args = [p(q16), p(k16), p(v16), p(o16), p(doa), p(do16), p(la), k0, nk, p(dqa), p(da)];
         // SAFETY: argument list as declared in attention_bf16.cu; the bf16 inputs and the f32 buffers
         // are 16-byte aligned (checked above).
         unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
@@ -250,8 +257,11 @@ pub fn attention_backward_dev(
         // SAFETY: as above; delta was written by the dq kernel.
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
     }
+    if o.bf16_only() {
+        return Err(bf16_needs_tensor_cores(dims));
+    }
     let t = tiles(dims)?;
-    let (qa, ka, va) = (q.addr(s), k.addr(s), v.addr(s));
+    let (qa, ka, va, oa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s));
     let name = format!("attention_backward_dq_{}", t.suffix);
     let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
     let args = [p(qa), p(ka), p(va), p(oa), p(doa), p(la), k0, nk, p(dqa), p(da)];
@@ -262,6 +272,13 @@ pub fn attention_backward_dev(
     let args = [p(qa), p(ka), p(va), p(doa), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
     // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
     unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
+}
+
+fn bf16_needs_tensor_cores(dims: AttnDims) -> CudaError {
+    CudaError::Driver(format!(
+        "attention: a bf16-only output needs the tensor-core kernels (head dim 32, 64 or 128 on sm_80+; got {})",
+        dims.head_dim
+    ))
 }
 
 /// The bf16 inputs are copied to shared memory 16 bytes at a time (cp.async): fresh copies are
@@ -322,7 +339,9 @@ pub fn normalize_heads_backward_dev(
     }
 }
 
-/// Host-buffer forward for the equivalence test: `(o, lse)`.
+/// Host-buffer forward for the equivalence test: `(o, lse)`; `o` written in bf16 alone when
+/// `bf16_out` (returned widened).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     dev: &Device,
     q: &[f32],
@@ -331,15 +350,17 @@ pub fn attention_forward(
     segs: &[Segment],
     dims: AttnDims,
     math: Math,
+    bf16_out: bool,
 ) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
     let w = dims.heads * dims.head_dim;
     let (nq, nkeys) = (q.len() / w, k.len() / w);
     let s = &dev.stream;
     let r = AttnRanges::new(dev, segs, nq, nkeys)?;
     let (qd, kd, vd) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-    let (mut o, mut lse) = (s.alloc_zeros::<f32>(q.len())?, s.alloc_zeros::<f32>(nq * dims.heads)?);
+    let mut o = if bf16_out { Act::Bf16(s.alloc_zeros(q.len())?) } else { Act::F32(s.alloc_zeros(q.len())?) };
+    let mut lse = s.alloc_zeros::<f32>(nq * dims.heads)?;
     attention_forward_dev(dev, &qd, &kd, &vd, &mut o, &mut lse, &r, dims, math)?;
-    Ok((s.clone_dtoh(&o)?, s.clone_dtoh(&lse)?))
+    Ok((super::ops::act_to_host(dev, &o)?, s.clone_dtoh(&lse)?))
 }
 
 /// Host-buffer backward for the equivalence test: `(dq, dk, dv)`.

@@ -243,7 +243,7 @@ fn block_backward(
     let dx_sa = if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
         let nt = cu[b];
         let mut dattn = net.out(n * c)?;
-        linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
+        linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved_act(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
         let (mut dq, mut dk, mut dv, mut delta) =
             (net.out(n * c)?, net.out(nt * c)?, net.out(nt * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
@@ -252,7 +252,7 @@ fn block_backward(
             dev,
             &dattn,
             (ca_q, ca_k, ca_v),
-            saved(&s.ca_attn),
+            saved_act(&s.ca_attn),
             saved(&s.ca_lse),
             ca,
             dims,
@@ -299,14 +299,14 @@ fn block_backward(
     let mut dsa_out = net.act(n * c)?;
     gated_residual_backward_act(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
     let mut dattn = net.out(n * c)?;
-    linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved(&s.attn), Some(&mut dattn), (n, c, c))?;
+    linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved_act(&s.attn), Some(&mut dattn), (n, c, c))?;
     let (mut dq, mut dk, mut dv, mut delta) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?, net.out(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
     attention_backward_dev(
         dev,
         &dattn,
         (saved_act(&s.q), saved_act(&s.k), saved_act(&s.v)),
-        saved(&s.attn),
+        saved_act(&s.attn),
         saved(&s.lse),
         &inp.sa,
         dims,

@@ -60,7 +60,9 @@ pub struct BlockBufs {
     pub q: Option<Act>,
     pub k: Option<Act>,
     pub v: Option<Act>,
-    pub attn: Option<CudaSlice<f32>>,
+    /// The attentions' outputs (bf16 alone from the tensor-core kernels: only bf16 products and the
+    /// attention backward read them).
+    pub attn: Option<Act>,
     pub lse: Option<CudaSlice<f32>>,
     pub sa_out: Option<CudaSlice<f32>>,
     /// The residual after self-attention, kept only with text (without cross-attention it is `x_ca`).
@@ -70,7 +72,7 @@ pub struct BlockBufs {
     pub ca_q: Option<CudaSlice<f32>>,
     pub ca_k: Option<CudaSlice<f32>>,
     pub ca_v: Option<CudaSlice<f32>>,
-    pub ca_attn: Option<CudaSlice<f32>>,
+    pub ca_attn: Option<Act>,
     pub ca_lse: Option<CudaSlice<f32>>,
     pub x_ca: Option<CudaSlice<f32>>,
     pub ln2: [Option<CudaSlice<f32>>; 2],
@@ -90,7 +92,7 @@ pub struct TextBufs {
     pub pool_q: CudaSlice<f32>,
     pub pool_k: CudaSlice<f32>,
     pub pool_v: CudaSlice<f32>,
-    pub pool_attn: CudaSlice<f32>,
+    pub pool_attn: Act,
     pub pool_lse: CudaSlice<f32>,
     pub t1: CudaSlice<f32>,
     pub t1g: CudaSlice<f32>,
@@ -219,7 +221,7 @@ fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, 
             let mut pool_q = net.buf(b * c)?;
             util::add_row(dev, &zeros, &net.w("text_proj_for_sos.ca.mat_q"), &mut pool_q)?;
             let pdims = AttnDims { heads: hp, head_dim: c / hp, scale: 1.0 / ((c / hp) as f64).sqrt() };
-            let (mut pool_attn, mut pool_lse) = (net.buf(b * c)?, net.buf(b * hp)?);
+            let (mut pool_attn, mut pool_lse) = (Act::F32(net.buf(b * c)?), net.buf(b * hp)?);
             attention_forward_dev(
                 dev,
                 &pool_q,
@@ -282,7 +284,7 @@ pub(super) fn block_forward(
     let bf16 = runs_on_tensor_cores(dev, dims, net.math())?;
     let heads = qkv_heads_dev(dev, &qkv, &w("sa.q_bias"), &w("sa.v_bias"), &gain, rope, (l, h), bf16)?;
     drop(qkv);
-    let (mut attn, mut lse) = (net.out(n * c)?, net.out(n * h)?);
+    let (mut attn, mut lse) = (net.act_in(bf16, n * c)?, net.out(n * h)?);
     attention_forward_dev(dev, &heads.q, &heads.k, &heads.v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
     let mut sa_out = net.out(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
@@ -303,8 +305,9 @@ pub(super) fn block_forward(
         let (mut ca_k, mut ca_v) = (net.out(nt * c)?, net.out(nt * c)?);
         util::take_part(dev, &ckv, None, &mut ca_k, (nt, 2, 0, c))?;
         util::take_part(dev, &ckv, Some(&w("ca.v_bias")), &mut ca_v, (nt, 2, 1, c))?;
-        let (mut ca_attn, mut ca_lse) = (net.out(n * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
+        let ca_bf16 = runs_on_tensor_cores(dev, dims, net.math())?;
+        let (mut ca_attn, mut ca_lse) = (net.act_in(ca_bf16, n * c)?, net.out(n * h)?);
         attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims, net.math())?;
         let mut ca_out = net.out(n * c)?;
         net.linear(&ca_attn, &name("ca.proj"), true, &mut ca_out, (n, c, c))?;

@@ -76,8 +76,15 @@ impl<'a> Net<'a> {
     /// An activation of `n` values that only matmuls read: bf16 alone when the matmuls take bf16 (its
     /// producer writes every value), a zeroed f32 buffer otherwise.
     pub fn act(&self, n: usize) -> Result<Act> {
-        Ok(if self.gemm.bf16 {
-            // SAFETY: the producing kernel (modulate, bias + GELU) writes all n values before any read.
+        self.act_in(self.gemm.bf16, n)
+    }
+
+    /// [`Net::act`] in bf16 alone when `bf16` (a value whose producer and readers all take bf16, such
+    /// as the tensor-core attention's output), f32 otherwise.
+    pub fn act_in(&self, bf16: bool, n: usize) -> Result<Act> {
+        Ok(if bf16 {
+            // SAFETY: the producing kernel (modulate, bias + GELU, attention, …) writes all n values
+            // before any read.
             Act::Bf16(unsafe { self.dev.stream.alloc::<u16>(n.max(1)) }?)
         } else {
             Act::F32(self.buf(n)?)
