@@ -29,6 +29,44 @@ extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, co
     }
 }
 
+// A LayerNorm without affine followed by AdaLN modulation: y = x̂·(1 + scale) + shift, x̂ = (x − μ)·rstd,
+// in f32 or in bf16 alone (Out); mean and rstd [N] kept, x̂ not (the backward recomputes it). One
+// pass in place of writing x̂ and reading it again. Row r is a token of sample r / l; scale and shift
+// rows are `ps` floats apart.
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(unsigned short* p, float v) { *p = bf16_bits(v); }
+
+template <class Out>
+__device__ __forceinline__ void modulated_layernorm(const float* __restrict__ x, const float* __restrict__ scale,
+                                                    const float* __restrict__ shift, Out* __restrict__ y,
+                                                    float* __restrict__ mean, float* __restrict__ rstd, int n, int l,
+                                                    int c, int ps, float eps) {
+    const int r = blockIdx.x;
+    if (r >= n) return;
+    const float* xr = x + (size_t)r * c;
+    const float *sc = scale + (size_t)(r / l) * ps, *sh = shift + (size_t)(r / l) * ps;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) s += xr[i];
+    const float mu = block_sum(s) / (float)c;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
+    const float rs = 1.0f / sqrtf(block_sum(v) / (float)c + eps);
+    if (threadIdx.x == 0) {
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+    for (int i = threadIdx.x; i < c; i += blockDim.x) store_value(y + (size_t)r * c + i, (xr[i] - mu) * rs * (1.0f + sc[i]) + sh[i]);
+}
+
+#define MODULATED_LAYERNORM(NAME, OUT)                                                                         \
+    extern "C" __global__ void NAME(const float* __restrict__ x, const float* __restrict__ scale,                \
+                                    const float* __restrict__ shift, OUT* __restrict__ y, float* __restrict__ mean, \
+                                    float* __restrict__ rstd, int n, int l, int c, int ps, float eps) {         \
+        modulated_layernorm<OUT>(x, scale, shift, y, mean, rstd, n, l, c, ps, eps);                            \
+    }
+MODULATED_LAYERNORM(modulated_layernorm_forward_f32, float)
+MODULATED_LAYERNORM(modulated_layernorm_forward_bf16, unsigned short)
+
 // dx written (w may be null).
 extern "C" __global__ void layernorm_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                                   const float* __restrict__ w, const float* __restrict__ mean,

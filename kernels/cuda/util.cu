@@ -70,13 +70,21 @@ extern "C" __global__ void finish_columns_f32(const float* __restrict__ partial,
 // Per-sample parameter gradients of the AdaLN ops, out[g·ostride + col] += Σ_{t<L} a[g, t, col]·b[g, t, col]
 // (b null: Σ a) for a, b [G, L, C], in common.cuh's two fixed-order stages: stage 1 here, grid
 // (ceil(C / 32), G·chunks) with `chunks` 64-row chunks per sample; stage 2 finish_groups_f32.
-extern "C" __global__ void group_dot_partials_f32(const float* __restrict__ a, const float* __restrict__ b, int l,
-                                                  int c, int chunks, float* __restrict__ partial) {
+// With mean and rstd (a LayerNorm's statistics, [rows]), b is that LayerNorm's input and the factor is
+// its output x̂ = (b − mean)·rstd, recomputed as the forward computed it instead of kept.
+extern "C" __global__ void group_dot_partials_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                  int l, int c, int chunks, float* __restrict__ partial) {
     const long g = blockIdx.y / chunks, k = blockIdx.y % chunks;
     const long r0 = g * l + k * COL_CHUNK;
     const long r1 = r0 + COL_CHUNK < (g + 1) * l ? r0 + COL_CHUNK : (g + 1) * l;
-    column_partials_range([=](long r, int col) { return b ? a[r * c + col] * b[r * c + col] : a[r * c + col]; }, r0,
-                          r1, c, partial + (long)blockIdx.y * c);
+    column_partials_range(
+        [=](long r, int col) {
+            if (!b) return a[r * c + col];
+            const float f = mean ? (b[r * c + col] - mean[r]) * rstd[r] : b[r * c + col];
+            return a[r * c + col] * f;
+        },
+        r0, r1, c, partial + (long)blockIdx.y * c);
 }
 
 // Stage 2: out[g·ostride + col] += Σ_k partial[(g·chunks + k)·C + col]; grid (ceil(C / 256), G).

@@ -1,7 +1,10 @@
-// norm.cu's modulated LayerNorm backward on the emulator, with device.rs's per_row launch shape.
+// norm.cu's modulated LayerNorm, forward (f32 and bf16 out) and backward, on the emulator, with
+// device.rs's per_row launch shape.
 //   norm DIR B L C
-// reads DIR/{dy,x,scale,mean,rstd,dres}.bin (f32; dy, x, dres [B·L, C], scale [B, C], mean, rstd
-// [B·L]); writes DIR/dx.bin (with the residual's gradient) and DIR/dx0.bin (dres null).
+// reads DIR/{dy,x,scale,shift,mean,rstd,dres}.bin (f32; dy, x, dres [B·L, C], scale, shift [B, C],
+// mean, rstd [B·L]); writes DIR/{y,mean_out,rstd_out}.bin (f32 forward, eps 1e-6) and DIR/y16.bin
+// (the bf16 forward's bits), DIR/dx.bin (backward with the residual's gradient) and DIR/dx0.bin
+// (dres null).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -17,6 +20,9 @@ int main(int argc, char** argv) {
     const int b = atoi(argv[2]), l = atoi(argv[3]), c = atoi(argv[4]), n = b * l;
     auto dy = read_array<float>(dir, "dy"), x = read_array<float>(dir, "x"), scale = read_array<float>(dir, "scale");
     auto mean = read_array<float>(dir, "mean"), rstd = read_array<float>(dir, "rstd"), dres = read_array<float>(dir, "dres");
+    auto shift = read_array<float>(dir, "shift");
+    std::vector<float> y((size_t)n * c), mean_out(n), rstd_out(n), mean16(n), rstd16(n);
+    std::vector<unsigned short> y16((size_t)n * c);
     std::vector<float> dx((size_t)n * c), dx0((size_t)n * c);
     const dim3 grid{(unsigned)n, 1, 1}, block{(unsigned)std::clamp((c + 31) / 32 * 32, 32, 1024), 1, 1};
     emu::launch(grid, block, 0, [&] {
@@ -27,6 +33,22 @@ int main(int argc, char** argv) {
         modulated_layernorm_backward_f32(dy.data(), x.data(), scale.data(), mean.data(), rstd.data(), nullptr,
                                          dx0.data(), n, l, c, c);
     });
+    emu::launch(grid, block, 0, [&] {
+        modulated_layernorm_forward_f32(x.data(), scale.data(), shift.data(), y.data(), mean_out.data(), rstd_out.data(),
+                                        n, l, c, c, 1e-6f);
+    });
+    emu::launch(grid, block, 0, [&] {
+        modulated_layernorm_forward_bf16(x.data(), scale.data(), shift.data(), y16.data(), mean16.data(),
+                                         rstd16.data(), n, l, c, c, 1e-6f);
+    });
+    if (mean16 != mean_out || rstd16 != rstd_out) {
+        fprintf(stderr, "the bf16 forward's statistics differ from the f32 forward's\n");
+        return 1;
+    }
+    write_array(dir, "y", y);
+    write_array(dir, "y16", y16);
+    write_array(dir, "mean_out", mean_out);
+    write_array(dir, "rstd_out", rstd_out);
     write_array(dir, "dx", dx);
     write_array(dir, "dx0", dx0);
     return 0;

@@ -47,6 +47,27 @@ pub fn modulate_backward<T: Real>(
     }
 }
 
+/// `y = modulate(LayerNorm(x))` with a LayerNorm without affine (the blocks' pre-norm branches):
+/// `y` and the statistics `mean`, `rstd` `[B·L]` written; the device does it in one pass (norm.cu's
+/// `modulated_layernorm_forward_*`) and keeps no x̂ (its backward recomputes x̂ from x and the
+/// statistics).
+#[allow(clippy::too_many_arguments)]
+pub fn modulated_layernorm_forward<T: Real>(
+    x: &[T],
+    scale: &[T],
+    shift: &[T],
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    l: usize,
+    c: usize,
+    eps: f64,
+) {
+    let mut xhat = vec![T::zero(); x.len()];
+    crate::norm::layernorm_forward(x, None, None, &mut xhat, mean, rstd, c, eps);
+    modulate_forward(&xhat, scale, shift, y, l, c);
+}
+
 /// The backward of `modulate(LayerNorm(x))` (a LayerNorm without affine, then `·(1 + scale) + shift`)
 /// into `x`, plus a residual's gradient: `dx = dres + layernorm_backward(dy·(1 + scale))` (written). The
 /// blocks' pre-norm branches end here; the device does it in one pass (norm.cu's

@@ -252,15 +252,30 @@ fn norms_match_their_cpu_twins() {
         close("rmsnorm dx", &gdx, &dx, 1e-5);
         close("rmsnorm dw", &gdw, &dw, 1e-4);
     }
-    // the blocks' pre-norm branches: LayerNorm (no affine) + modulation backward into x, with and
-    // without the residual's gradient (rows of 2 samples)
+    // the blocks' pre-norm branches: LayerNorm (no affine) + modulation forward (f32, bf16 alone) and
+    // backward into x, with and without the residual's gradient, and the modulation's parameter
+    // gradients from x̂ recomputed (rows of 2 samples)
     for (l, c) in [(4, 64), (150, 1536), (3, 2050)] {
         let n = 2 * l;
         let (x, dy, dres) =
             (rand_vec(&mut rng, n * c, 2.0), rand_vec(&mut rng, n * c, 1.0), rand_vec(&mut rng, n * c, 1.0));
-        let scale = rand_vec(&mut rng, 2 * c, 0.5);
+        let (scale, shift) = (rand_vec(&mut rng, 2 * c, 0.5), rand_vec(&mut rng, 2 * c, 0.5));
         let (mut y, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
-        norm::layernorm_forward(&x, None, None, &mut y, &mut mean, &mut rstd, c, 1e-6);
+        adaln::modulated_layernorm_forward(&x, &scale, &shift, &mut y, &mut mean, &mut rstd, l, c, 1e-6);
+        for bf16 in [false, true] {
+            let tag = format!("modulated layernorm L={l} C={c}{}", if bf16 { " bf16" } else { "" });
+            let (gy, gmean, grstd) = layers::modulated_layernorm(&dev, &x, &scale, &shift, l, c, 1e-6, bf16).unwrap();
+            close(&tag, &gy, &if bf16 { bf16_round(&y) } else { y.clone() }, if bf16 { 1e-2 } else { 1e-5 });
+            close(&format!("{tag} mean"), &gmean, &mean, 1e-5);
+            close(&format!("{tag} rstd"), &grstd, &rstd, 1e-5);
+        }
+        let mut xhat = vec![0.0f32; n * c];
+        norm::layernorm_forward(&x, None, None, &mut xhat, &mut mean, &mut rstd, c, 1e-6);
+        let (mut dx_mod, mut dsc, mut dsh) = (vec![0.0f32; n * c], vec![0.0f32; 2 * c], vec![0.0f32; 2 * c]);
+        adaln::modulate_backward(&dy, &xhat, &scale, &mut dx_mod, &mut dsc, &mut dsh, l, c);
+        let (gds, gdh) = layers::modulate_param_grads_host(&dev, &dy, &x, Some((&mean, &rstd)), (2, l, c)).unwrap();
+        close(&format!("modulation dscale from x̂ recomputed L={l} C={c}"), &gds, &dsc, 1e-5);
+        close(&format!("modulation dshift L={l} C={c}"), &gdh, &dsh, 1e-5);
         for dres in [None, Some(&dres[..])] {
             let mut dx = vec![0.0f32; n * c];
             adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, dres, &mut dx, l, c);

@@ -453,17 +453,22 @@ fn qkv_heads_match_their_cpu_twin_on_the_emulator() {
     }
 }
 
-/// norm.cu's backward of LayerNorm + modulation into x (the blocks' pre-norm branches), with and
-/// without the residual's gradient, against the CPU twin: 1e-5 (block sums in another order). Widths
-/// 96 (a partial warp) and 1040 (more columns than threads).
+/// norm.cu's LayerNorm + modulation (the blocks' pre-norm branches): the forward (f32, and bf16 alone:
+/// exactly the f32 values rounded) and the backward into x with and without the residual's gradient,
+/// against the CPU twins: 1e-5 (block sums in another order). Widths 96 (a partial warp) and 1040
+/// (more columns than threads).
 #[test]
-fn modulated_layernorm_backward_matches_its_cpu_twin_on_the_emulator() {
+fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
     let Some(exe) = build("norm.cu", "norm") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(47);
     let mut uniform = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
     for (b, l, c) in [(2, 5, 96), (2, 3, 1040)] {
         let n = b * l;
         let (x, dy, dres, scale) = (uniform(n * c, 2.0), uniform(n * c, 1.0), uniform(n * c, 1.0), uniform(b * c, 0.5));
+        let shift = uniform(b * c, 0.5);
+        let mut y = vec![0.0f32; n * c];
+        let (mut mean_y, mut rstd_y) = (vec![0.0f32; n], vec![0.0f32; n]);
+        adaln::modulated_layernorm_forward(&x, &scale, &shift, &mut y, &mut mean_y, &mut rstd_y, l, c, 1e-6);
         let (mut xh, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
         infinity_kernels::norm::layernorm_forward(&x, None, None, &mut xh, &mut mean, &mut rstd, c, 1e-6);
         let (mut dx, mut dx0) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
@@ -471,13 +476,19 @@ fn modulated_layernorm_backward_matches_its_cpu_twin_on_the_emulator() {
         adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, None, &mut dx0, l, c);
         let dir = exe.with_file_name(format!("case-{c}"));
         std::fs::create_dir_all(&dir).unwrap();
-        for (name, v) in [("dy", &dy), ("x", &x), ("scale", &scale), ("mean", &mean), ("rstd", &rstd), ("dres", &dres)]
-        {
+        let inputs = [("dy", &dy), ("x", &x), ("scale", &scale), ("shift", &shift), ("mean", &mean), ("rstd", &rstd)];
+        for (name, v) in inputs.into_iter().chain([("dres", &dres)]) {
             write(&dir, name, v);
         }
-        let tag = format!("emulated modulated layernorm backward B={b} L={l} C={c}");
+        let tag = format!("emulated modulated layernorm B={b} L={l} C={c}");
         run(&exe, &dir, &[b, l, c].map(|v| v.to_string()), &tag);
         close(&format!("{tag} dx"), &read(&dir, "dx"), &dx, 1e-5);
         close(&format!("{tag} dx, no residual"), &read(&dir, "dx0"), &dx0, 1e-5);
+        let emulated = read(&dir, "y");
+        close(&format!("{tag}: forward"), &emulated, &y, 1e-5);
+        close(&format!("{tag}: forward mean"), &read(&dir, "mean_out"), &mean_y, 1e-5);
+        close(&format!("{tag}: forward rstd"), &read(&dir, "rstd_out"), &rstd_y, 1e-5);
+        let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+        assert!(read_u16(&dir, "y16") == rounded, "{tag}: the bf16 forward is not the f32 one rounded");
     }
 }

@@ -6,7 +6,7 @@
 use cudarc::driver::{CudaSlice, DevicePtrMut};
 
 use super::device::{addr_or_null, elementwise, per_row, Act, Arg, Buf, BufMut, CudaError, Device};
-use super::util;
+use super::util::{self, Factor};
 use crate::rope::RopeTable;
 
 /// LayerNorm of `x [N, C]` (affine when `w`, `b` are given): `y`, `mean [N]`, `rstd [N]`.
@@ -165,21 +165,51 @@ pub fn modulate_backward_dev(
     let args = [&[dev.arg(dy), dev.arg(scale), dev.arg_mut(dx)][..], &sh.args()].concat();
     // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    modulate_param_grads(dev, dy, x, (dscale, dshift), sh, grad_stride)
+    modulate_param_grads(dev, dy, Factor::Values(x), (dscale, dshift), sh, grad_stride)
 }
 
-/// The per-sample gradients of [`modulate_dev`]'s scale and shift (added): `Σ_t dy·x` and `Σ_t dy`.
+/// The per-sample gradients of [`modulate_dev`]'s scale and shift (added): `Σ_t dy·x` and `Σ_t dy`,
+/// `x` the modulation's input (kept, or a LayerNorm's output recomputed: [`Factor::Normalized`]).
 pub fn modulate_param_grads(
     dev: &Device,
     dy: &dyn Buf,
-    x: &dyn Buf,
+    x: Factor,
     (dscale, dshift): (&mut dyn BufMut, &mut dyn BufMut),
     sh: AdaShape,
     grad_stride: usize,
 ) -> Result<(), CudaError> {
     let gsh = AdaShape { ps: grad_stride, ..sh };
-    util::group_dot(dev, dy, Some(x), dscale, gsh)?;
-    util::group_dot(dev, dy, None, dshift, gsh)
+    util::group_dot(dev, dy, x, dscale, gsh)?;
+    util::group_dot(dev, dy, Factor::One, dshift, gsh)
+}
+
+/// `y = modulate(LayerNorm(x))` (no affine; twin of `adaln::modulated_layernorm_forward`): `y` in f32
+/// or bf16 alone, `mean` and `rstd` `[B·L]` written. x̂ is not kept: the backward recomputes it
+/// ([`Factor::Normalized`], [`modulated_layernorm_backward_dev`]).
+#[allow(clippy::too_many_arguments)]
+pub fn modulated_layernorm_dev(
+    dev: &Device,
+    x: &dyn Buf,
+    scale: &dyn Buf,
+    shift: &dyn Buf,
+    y: &mut Act,
+    (mean, rstd): (&mut dyn BufMut, &mut dyn BufMut),
+    sh: AdaShape,
+    eps: f32,
+) -> Result<(), CudaError> {
+    let n = sh.b * sh.l;
+    assert!(
+        x.count() >= n * sh.c && y.count() >= n * sh.c && mean.count() >= n && rstd.count() >= n,
+        "modulated_layernorm: x, y [B·L, C], mean, rstd [B·L]"
+    );
+    let s = &dev.stream;
+    let kernel = if y.bf16_only() { "modulated_layernorm_forward_bf16" } else { "modulated_layernorm_forward_f32" };
+    let args =
+        [dev.arg(x), dev.arg(scale), dev.arg(shift), Arg::Ptr(y.out_addr(s)), dev.arg_mut(mean), dev.arg_mut(rstd)];
+    let shape = [Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps), Arg::F32(eps)];
+    // SAFETY: modulated_layernorm_forward_{f32,bf16}(x, scale, shift, y, mean, rstd, n, l, c, ps, eps)
+    // over [n, c] rows; scale and shift hold B rows ps apart.
+    unsafe { dev.launch("norm.cu", kernel, per_row(n, sh.c), &[&args[..], &shape].concat()) }
 }
 
 /// Backward of `modulate(LayerNorm(x))` (no affine) into `x`, plus a residual's gradient `dres`: `dx`
@@ -239,7 +269,7 @@ pub fn gated_residual_backward_dev(
     let args = [&[dev.arg(dres), dev.arg(gamma), dev.arg_mut(dy)][..], &sh.args()].concat();
     // SAFETY: gated_residual_backward_f32(dres, gamma, dy, b, l, c, ps).
     unsafe { dev.launch("adaln.cu", "gated_residual_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
+    util::group_dot(dev, dres, Factor::Values(y), dgamma, AdaShape { ps: grad_stride, ..sh })
 }
 
 /// [`gated_residual_backward_dev`] with `dy` an activation: f32, or bf16 alone (the branch's output
@@ -262,7 +292,7 @@ pub fn gated_residual_backward_act(
     let args = [&[dev.arg(dres), dev.arg(gamma), dy16][..], &sh.args()].concat();
     // SAFETY: gated_residual_backward_bf16(dres, gamma, dy16, b, l, c, ps); dy16 holds B·L·C values.
     unsafe { dev.launch("adaln.cu", "gated_residual_backward_bf16", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    util::group_dot(dev, dres, Some(y), dgamma, AdaShape { ps: grad_stride, ..sh })
+    util::group_dot(dev, dres, Factor::Values(y), dgamma, AdaShape { ps: grad_stride, ..sh })
 }
 
 /// A RoPE table on the device: `cos`, `sin` `[T, P]`.
@@ -432,6 +462,47 @@ pub fn rmsnorm_backward(
 
 fn shape(params: &[f32], l: usize, c: usize) -> AdaShape {
     AdaShape { b: params.len() / c, l, c, ps: c }
+}
+
+/// Host-slice [`modulated_layernorm_dev`]: `(y, mean, rstd)`, y in bf16 alone when `bf16` (widened).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn modulated_layernorm(
+    dev: &Device,
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    l: usize,
+    c: usize,
+    eps: f32,
+    bf16: bool,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), CudaError> {
+    let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
+    let s = &dev.stream;
+    let mut y = if bf16 { Act::Bf16(s.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
+    let rows = x.len() / c;
+    let (mut mean, mut rstd) = (zeros(dev, rows)?, zeros(dev, rows)?);
+    modulated_layernorm_dev(dev, &xd, &sd, &hd, &mut y, (&mut mean, &mut rstd), shape(scale, l, c), eps)?;
+    Ok((super::ops::act_to_host(dev, &y)?, down(dev, &mean, rows)?, down(dev, &rstd, rows)?))
+}
+
+/// Host-slice [`modulate_param_grads`] from zero: `(dscale, dshift)`; with `stats` (mean, rstd), `x`
+/// is a LayerNorm's input and its output is recomputed.
+pub fn modulate_param_grads_host(
+    dev: &Device,
+    dy: &[f32],
+    x: &[f32],
+    stats: Option<(&[f32], &[f32])>,
+    (b, l, c): (usize, usize, usize),
+) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+    let (dyd, xd) = (up(dev, dy)?, up(dev, x)?);
+    let stats = stats.map(|(m, r)| Ok::<_, CudaError>((up(dev, m)?, up(dev, r)?))).transpose()?;
+    let factor = match &stats {
+        Some((mean, rstd)) => Factor::Normalized { x: &xd, mean, rstd },
+        None => Factor::Values(&xd),
+    };
+    let (mut ds, mut dh) = (zeros(dev, b * c)?, zeros(dev, b * c)?);
+    modulate_param_grads(dev, &dyd, factor, (&mut ds, &mut dh), AdaShape { b, l, c, ps: c }, c)?;
+    Ok((down(dev, &ds, b * c)?, down(dev, &dh, b * c)?))
 }
 
 /// Host-slice [`modulated_layernorm_backward_dev`]: `dx` (with `dres` added when given).

@@ -125,15 +125,34 @@ pub unsafe fn column_reduce(
     unsafe { dev.launch("util.cu", "finish_columns_f32", per_column(c), &args) }
 }
 
+/// The second factor of a [`group_dot`].
+#[derive(Clone, Copy)]
+pub enum Factor<'a> {
+    /// None: a plain sum of `a`.
+    One,
+    Values(&'a dyn Buf),
+    /// A LayerNorm's output x̂ = (x − mean)·rstd recomputed from its input `x` and statistics `[rows]`
+    /// (the values its forward computed, without keeping them).
+    Normalized {
+        x: &'a dyn Buf,
+        mean: &'a dyn Buf,
+        rstd: &'a dyn Buf,
+    },
+}
+
 /// Per-sample parameter gradient of an AdaLN op: `out[g·ps + col] += Σ_t a[g, t, col]·b[g, t, col]`.
-pub fn group_dot(
-    dev: &Device,
-    a: &dyn Buf,
-    b: Option<&dyn Buf>,
-    out: &mut dyn BufMut,
-    sh: AdaShape,
-) -> Result<(), CudaError> {
-    let bp = Arg::Ptr(super::device::addr_or_null(b, &dev.stream));
+pub fn group_dot(dev: &Device, a: &dyn Buf, b: Factor, out: &mut dyn BufMut, sh: AdaShape) -> Result<(), CudaError> {
+    let s = &dev.stream;
+    let ptr = |x: &dyn Buf| Arg::Ptr(x.addr(s));
+    let null = Arg::Ptr(0);
+    let factor = match b {
+        Factor::One => [null; 3],
+        Factor::Values(x) => [ptr(x), null, null],
+        Factor::Normalized { x, mean, rstd } => {
+            assert!(mean.count() >= sh.b * sh.l && rstd.count() >= sh.b * sh.l, "group_dot: statistics [B·L]");
+            [ptr(x), ptr(mean), ptr(rstd)]
+        }
+    };
     let chunks = sh.l.div_ceil(64).max(1);
     if sh.b * chunks > 65_535 {
         return Err(CudaError::Driver(format!("AdaLN gradient over {} × {} rows: too many 64-row chunks", sh.b, sh.l)));
@@ -144,8 +163,10 @@ pub fn group_dot(
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
-    let args = [dev.arg(a), bp, Arg::int(sh.l), Arg::int(sh.c), Arg::int(chunks), dev.arg_mut(&mut partial)];
-    // SAFETY: group_dot_partials_f32(a, b, l, c, chunks, partial); a, b hold B·L·C values.
+    let args = [&[dev.arg(a)][..], &factor, &[Arg::int(sh.l), Arg::int(sh.c), Arg::int(chunks)]].concat();
+    let args = [&args[..], &[dev.arg_mut(&mut partial)]].concat();
+    // SAFETY: group_dot_partials_f32(a, b, mean, rstd, l, c, chunks, partial); a, b hold B·L·C values,
+    // mean and rstd B·L.
     unsafe { dev.launch("util.cu", "group_dot_partials_f32", stage1, &args) }?;
     let stage2 = LaunchConfig {
         grid_dim: (sh.c.div_ceil(256) as u32, sh.b as u32, 1),

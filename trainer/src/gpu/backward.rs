@@ -13,7 +13,7 @@ use infinity_kernels::cuda::layers::{
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
 use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_backward_act};
 use infinity_kernels::cuda::qkv::qkv_heads_backward_dev;
-use infinity_kernels::cuda::util;
+use infinity_kernels::cuda::util::{self, Factor};
 
 use super::forward::{block_forward, saved, saved_act, BlockBufs, DeviceCondition, DeviceInput, GpuActs};
 use super::Net;
@@ -67,7 +67,7 @@ pub fn backward(
     bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
     let (mut dhs, mut dhb) = (net.buf(b * c)?, net.buf(b * c)?);
     let hs = AdaShape { b, l, c, ps: 2 * c };
-    modulate_param_grads(dev, dh, &a.xhat_h, (&mut dhs, &mut dhb), hs, c)?;
+    modulate_param_grads(dev, dh, Factor::Values(&a.xhat_h), (&mut dhs, &mut dhb), hs, c)?;
     let mut dhead_ss = net.buf(b * 2 * c)?;
     util::put_part(dev, &dhs, &mut dhead_ss, (b, 2, 0, c))?;
     util::put_part(dev, &dhb, &mut dhead_ss, (b, 2, 1, c))?;
@@ -229,13 +229,15 @@ fn block_backward(
     // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
     gelu_backward_act(dev, &dg, saved_act(&s.f1), &mut df1)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
-    {
-        let (lo, hi) = dparts.split_at_mut(5);
-        modulate_param_grads(dev, &dh2, saved(&s.xhat2), (&mut lo[3], &mut hi[0]), sh, c)?;
-    }
-    // back through the modulation and the LayerNorm, plus the residual's gradient, in one pass
+    // the modulation's scale and shift from x̂ recomputed; back through the modulation and the
+    // LayerNorm, plus the residual's gradient, in one pass
     let ([m2, r2], mut dx_ca) = (&s.ln2, net.out(n * c)?);
     let stats = (saved(m2) as &dyn Buf, saved(r2) as &dyn Buf);
+    {
+        let (lo, hi) = dparts.split_at_mut(5);
+        let xhat2 = Factor::Normalized { x: saved(&s.x_ca), mean: stats.0, rstd: stats.1 };
+        modulate_param_grads(dev, &dh2, xhat2, (&mut lo[3], &mut hi[0]), sh, c)?;
+    }
     modulated_layernorm_backward_dev(dev, &dh2, saved(&s.x_ca), &part(3), stats, Some(&dx_out), &mut dx_ca, sh)?;
     drop(dx_out);
 
@@ -328,12 +330,13 @@ fn block_backward(
     util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
     let mut dh1 = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
-    {
-        let (lo, hi) = dparts.split_at_mut(4);
-        modulate_param_grads(dev, &dh1, saved(&s.xhat1), (&mut lo[2], &mut hi[0]), sh, c)?;
-    }
     let ([m1, r1], mut dx_in) = (&s.ln1, net.out(n * c)?);
     let stats = (saved(m1) as &dyn Buf, saved(r1) as &dyn Buf);
+    {
+        let (lo, hi) = dparts.split_at_mut(4);
+        let xhat1 = Factor::Normalized { x: saved(&s.x_in), mean: stats.0, rstd: stats.1 };
+        modulate_param_grads(dev, &dh1, xhat1, (&mut lo[2], &mut hi[0]), sh, c)?;
+    }
     modulated_layernorm_backward_dev(dev, &dh1, saved(&s.x_in), &part(2), stats, Some(&dx_sa), &mut dx_in, sh)?;
 
     // gss = ada_gss + shared_gss

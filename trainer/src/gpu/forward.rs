@@ -10,7 +10,8 @@ use infinity_kernels::cuda::attention::{attention_forward_dev, runs_on_tensor_co
 use infinity_kernels::cuda::device::Act;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_dev, modulate_act, modulate_dev, rmsnorm_dev, AdaShape, DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_dev, modulate_dev, modulated_layernorm_dev, rmsnorm_dev, AdaShape,
+    DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::qkv::qkv_heads_dev;
@@ -48,8 +49,8 @@ pub struct BlockBufs {
     pub x_in: Option<CudaSlice<f32>>,
     pub gss: Option<CudaSlice<f32>>,
     pub gain: Option<CudaSlice<f32>>,
+    /// The pre-norm LayerNorms' statistics (their outputs x̂ are recomputed from the input, not kept).
     pub ln1: [Option<CudaSlice<f32>>; 2],
-    pub xhat1: Option<CudaSlice<f32>>,
     /// The blocks' matmul inputs (bf16 alone with bf16 matmuls: `Net::act`).
     pub h1: Option<Act>,
     pub q_raw: Option<CudaSlice<f32>>,
@@ -76,7 +77,6 @@ pub struct BlockBufs {
     pub ca_lse: Option<CudaSlice<f32>>,
     pub x_ca: Option<CudaSlice<f32>>,
     pub ln2: [Option<CudaSlice<f32>>; 2],
-    pub xhat2: Option<CudaSlice<f32>>,
     pub h2: Option<Act>,
     /// The GELU's input (bf16 alone with bf16 matmuls, as under autocast).
     pub f1: Option<Act>,
@@ -270,10 +270,9 @@ pub(super) fn block_forward(
     let part = |j: usize| gss.slice(j * c..);
 
     // self-attention
-    let (mut xhat1, mut mean1, mut rstd1) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
-    layernorm_dev(dev, &x_in, None, None, &mut xhat1, &mut mean1, &mut rstd1, (n, c), eps)?;
-    let mut h1 = net.act(n * c)?;
-    modulate_act(dev, &xhat1, &part(2), &part(4), &mut h1, sh)?;
+    // h1 = modulate(LN(x_in)) in one pass (x̂ not kept)
+    let (mut h1, mut mean1, mut rstd1) = (net.act(n * c)?, net.out(n)?, net.out(n)?);
+    modulated_layernorm_dev(dev, &x_in, &part(2), &part(4), &mut h1, (&mut mean1, &mut rstd1), sh, eps)?;
     let mut qkv = net.out(n * 3 * c)?;
     net.linear(&h1, &name("sa.mat_qkv"), false, &mut qkv, (n, c, 3 * c))?;
     let mut gain = net.buf(h)?;
@@ -322,10 +321,8 @@ pub(super) fn block_forward(
     };
 
     // feed-forward
-    let (mut xhat2, mut mean2, mut rstd2) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
-    layernorm_dev(dev, &x_ca, None, None, &mut xhat2, &mut mean2, &mut rstd2, (n, c), eps)?;
-    let mut h2 = net.act(n * c)?;
-    modulate_act(dev, &xhat2, &part(3), &part(5), &mut h2, sh)?;
+    let (mut h2, mut mean2, mut rstd2) = (net.act(n * c)?, net.out(n)?, net.out(n)?);
+    modulated_layernorm_dev(dev, &x_ca, &part(3), &part(5), &mut h2, (&mut mean2, &mut rstd2), sh, eps)?;
     let mut f1 = net.out(n * hf)?;
     net.linear(&h2, &name("ffn.fc1"), false, &mut f1, (n, c, hf))?;
     let (f1, g) = bias_gelu_dev(dev, f1, &w("ffn.fc1.bias"), net.gemm.bf16)?; // f1 = x·Wᵀ + b, g = gelu(f1)
@@ -334,14 +331,12 @@ pub(super) fn block_forward(
     let mut x_out = net.out(n * c)?;
     gated_residual_dev(dev, &x_ca, &f2, &part(1), &mut x_out, sh)?;
 
-    (s.x_in, s.gain, s.ln1, s.xhat1, s.h1) =
-        (Some(x_in), Some(gain), [Some(mean1), Some(rstd1)], Some(xhat1), Some(h1));
+    (s.x_in, s.gain, s.ln1, s.h1) = (Some(x_in), Some(gain), [Some(mean1), Some(rstd1)], Some(h1));
     (s.q_raw, s.k_raw, s.q_norm, s.k_norm) =
         (Some(heads.q_raw), Some(heads.k_raw), Some(heads.q_norm), Some(heads.k_norm));
     (s.q, s.k, s.v) = (Some(heads.q), Some(heads.k), Some(heads.v));
     (s.attn, s.lse, s.sa_out, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_ca));
-    (s.ln2, s.xhat2, s.h2, s.f1, s.g, s.f2) =
-        ([Some(mean2), Some(rstd2)], Some(xhat2), Some(h2), Some(f1), Some(g), Some(f2));
+    (s.ln2, s.h2, s.f1, s.g, s.f2) = ([Some(mean2), Some(rstd2)], Some(h2), Some(f1), Some(g), Some(f2));
     s.gss = Some(gss);
     Ok((s, x_out))
 }
