@@ -4,11 +4,16 @@
 // bitwise reproducible).
 #include "common.cuh"
 
-// y = (x − μ)·rstd·w + b; w, b may be null (no affine). mean, rstd: [N].
-extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                                 const float* __restrict__ b, float* __restrict__ y,
-                                                 float* __restrict__ mean, float* __restrict__ rstd,
-                                                 int n, int c, float eps) {
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(unsigned short* p, float v) { *p = bf16_bits(v); }
+
+// y = (x − μ)·rstd·w + b in f32 or in bf16 alone (Out: a bf16 product's input); w, b may be null (no
+// affine). mean, rstd: [N].
+template <class Out>
+__device__ __forceinline__ void layernorm_forward(const float* __restrict__ x, const float* __restrict__ w,
+                                                  const float* __restrict__ b, Out* __restrict__ y,
+                                                  float* __restrict__ mean, float* __restrict__ rstd, int n, int c,
+                                                  float eps) {
     const int r = blockIdx.x;
     if (r >= n) return;
     const float* xr = x + (size_t)r * c;
@@ -22,19 +27,26 @@ extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, co
         mean[r] = mu;
         rstd[r] = rs;
     }
-    float* yr = y + (size_t)r * c;
+    Out* yr = y + (size_t)r * c;
     for (int i = threadIdx.x; i < c; i += blockDim.x) {
         const float xh = (xr[i] - mu) * rs;
-        yr[i] = w ? (b ? xh * w[i] + b[i] : xh * w[i]) : xh;
+        store_value(yr + i, w ? (b ? xh * w[i] + b[i] : xh * w[i]) : xh);
     }
 }
+
+#define LAYERNORM_FORWARD(NAME, OUT)                                                                            \
+    extern "C" __global__ void NAME(const float* __restrict__ x, const float* __restrict__ w,                    \
+                                    const float* __restrict__ b, OUT* __restrict__ y, float* __restrict__ mean,  \
+                                    float* __restrict__ rstd, int n, int c, float eps) {                         \
+        layernorm_forward<OUT>(x, w, b, y, mean, rstd, n, c, eps);                                              \
+    }
+LAYERNORM_FORWARD(layernorm_forward_f32, float)
+LAYERNORM_FORWARD(layernorm_forward_bf16, unsigned short)
 
 // A LayerNorm without affine followed by AdaLN modulation: y = x̂·(1 + scale) + shift, x̂ = (x − μ)·rstd,
 // in f32 or in bf16 alone (Out); mean and rstd [N] kept, x̂ not (the backward recomputes it). One
 // pass in place of writing x̂ and reading it again. Row r is a token of sample r / l; scale and shift
 // rows are `ps` floats apart.
-__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_value(unsigned short* p, float v) { *p = bf16_bits(v); }
 
 template <class Out>
 __device__ __forceinline__ void modulated_layernorm(const float* __restrict__ x, const float* __restrict__ scale,

@@ -4,7 +4,8 @@
 // reads DIR/{dy,x,scale,shift,mean,rstd,dres}.bin (f32; dy, x, dres [B·L, C], scale, shift [B, C],
 // mean, rstd [B·L]); writes DIR/{y,mean_out,rstd_out}.bin (f32 forward, eps 1e-6) and DIR/y16.bin
 // (the bf16 forward's bits), DIR/dx.bin (backward with the residual's gradient) and DIR/dx0.bin
-// (dres null).
+// (dres null); and the affine LayerNorm of x with DIR/{lw,lb}.bin ([C]): DIR/ln.bin (f32) and
+// DIR/ln16.bin (the bf16 variant's bits).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -45,6 +46,17 @@ int main(int argc, char** argv) {
         fprintf(stderr, "the bf16 forward's statistics differ from the f32 forward's\n");
         return 1;
     }
+    auto lw = read_array<float>(dir, "lw"), lb = read_array<float>(dir, "lb");
+    std::vector<float> ln((size_t)n * c), ln_mean(n), ln_rstd(n);
+    std::vector<unsigned short> ln16((size_t)n * c);
+    emu::launch(grid, block, 0, [&] {
+        layernorm_forward_f32(x.data(), lw.data(), lb.data(), ln.data(), ln_mean.data(), ln_rstd.data(), n, c, 1e-6f);
+    });
+    emu::launch(grid, block, 0, [&] {
+        layernorm_forward_bf16(x.data(), lw.data(), lb.data(), ln16.data(), ln_mean.data(), ln_rstd.data(), n, c, 1e-6f);
+    });
+    write_array(dir, "ln", ln);
+    write_array(dir, "ln16", ln16);
     write_array(dir, "y", y);
     write_array(dir, "y16", y16);
     write_array(dir, "mean_out", mean_out);

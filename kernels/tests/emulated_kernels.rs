@@ -476,8 +476,20 @@ fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
         adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, None, &mut dx0, l, c);
         let dir = exe.with_file_name(format!("case-{c}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let (lw, lb) = (uniform(c, 1.0), uniform(c, 1.0));
+        let (mut ln, mut ln_mean, mut ln_rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        infinity_kernels::norm::layernorm_forward(
+            &x,
+            Some(&lw),
+            Some(&lb),
+            &mut ln,
+            &mut ln_mean,
+            &mut ln_rstd,
+            c,
+            1e-6,
+        );
         let inputs = [("dy", &dy), ("x", &x), ("scale", &scale), ("shift", &shift), ("mean", &mean), ("rstd", &rstd)];
-        for (name, v) in inputs.into_iter().chain([("dres", &dres)]) {
+        for (name, v) in inputs.into_iter().chain([("dres", &dres), ("lw", &lw), ("lb", &lb)]) {
             write(&dir, name, v);
         }
         let tag = format!("emulated modulated layernorm B={b} L={l} C={c}");
@@ -490,5 +502,9 @@ fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
         close(&format!("{tag}: forward rstd"), &read(&dir, "rstd_out"), &rstd_y, 1e-5);
         let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
         assert!(read_u16(&dir, "y16") == rounded, "{tag}: the bf16 forward is not the f32 one rounded");
+        let emulated = read(&dir, "ln");
+        close(&format!("{tag}: affine layernorm"), &emulated, &ln, 1e-5);
+        let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+        assert!(read_u16(&dir, "ln16") == rounded, "{tag}: the bf16 layernorm is not the f32 one rounded");
     }
 }

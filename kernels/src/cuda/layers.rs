@@ -30,6 +30,29 @@ pub fn layernorm_dev(
     unsafe { dev.launch("norm.cu", "layernorm_forward_f32", per_row(n, c), &args) }
 }
 
+/// [`layernorm_dev`] into an activation: f32, or bf16 alone (a bf16 product's input).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_act(
+    dev: &Device,
+    x: &dyn Buf,
+    w: Option<&dyn Buf>,
+    b: Option<&dyn Buf>,
+    y: &mut Act,
+    (mean, rstd): (&mut dyn BufMut, &mut dyn BufMut),
+    (n, c): (usize, usize),
+    eps: f32,
+) -> Result<(), CudaError> {
+    let y16 = match y {
+        Act::F32(v) => return layernorm_dev(dev, x, w, b, v, mean, rstd, (n, c), eps),
+        Act::Bf16(v) => Arg::Ptr(v.device_ptr_mut(&dev.stream).0),
+    };
+    let s = &dev.stream;
+    let args = [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), y16, dev.arg_mut(mean)];
+    let args = [&args[..], &[dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
+    // SAFETY: layernorm_forward_bf16(x, w, b, y16, mean, rstd, n, c, eps) over [n, c] rows.
+    unsafe { dev.launch("norm.cu", "layernorm_forward_bf16", per_row(n, c), &args) }
+}
+
 /// LayerNorm backward: `dx` written; with `params`, `(dw, db)` added.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward_dev(

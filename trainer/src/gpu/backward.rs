@@ -249,7 +249,7 @@ fn block_backward(
         let (mut dq, mut dk, mut dv, mut delta) =
             (net.out(n * c)?, net.out(nt * c)?, net.out(nt * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
-        let (ca_q, ca_k, ca_v) = (saved(&s.ca_q), saved(&s.ca_k), saved(&s.ca_v));
+        let (ca_q, ca_k, ca_v) = (saved_act(&s.ca_q), saved(&s.ca_k), saved(&s.ca_v));
         attention_backward_dev(
             dev,
             &dattn,
@@ -270,7 +270,7 @@ fn block_backward(
         linear_bwd(net, grads, &name("ca.mat_kv"), false, &dckv, &t.kv_ca, Some(&mut dctx), (nt, c, 2 * c))?;
         util::add(dev, dkv_ca, &dctx)?;
         let mut dca_in = net.out(n * c)?;
-        linear_bwd(net, grads, &name("ca.mat_q"), true, &dq, saved(&s.ca_in), Some(&mut dca_in), (n, c, c))?;
+        linear_bwd(net, grads, &name("ca.mat_q"), true, &dq, saved_act(&s.ca_in), Some(&mut dca_in), (n, c, c))?;
         let nw = net.w(&name("ca_norm.weight"));
         let (ra, rb) = (net.lay.range(&name("ca_norm.weight")), net.lay.range(&name("ca_norm.bias")));
         assert!(ra.end <= rb.start, "ca_norm.weight precedes ca_norm.bias in the layout");

@@ -10,8 +10,8 @@ use infinity_kernels::cuda::attention::{attention_forward_dev, runs_on_tensor_co
 use infinity_kernels::cuda::device::Act;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_dev, modulate_dev, modulated_layernorm_dev, rmsnorm_dev, AdaShape,
-    DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_act, layernorm_dev, modulate_dev, modulated_layernorm_dev,
+    rmsnorm_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::qkv::qkv_heads_dev;
@@ -69,8 +69,9 @@ pub struct BlockBufs {
     /// The residual after self-attention, kept only with text (without cross-attention it is `x_ca`).
     pub x_sa: Option<CudaSlice<f32>>,
     pub ca_ln: [Option<CudaSlice<f32>>; 2],
-    pub ca_in: Option<CudaSlice<f32>>,
-    pub ca_q: Option<CudaSlice<f32>>,
+    /// ca_norm's output and the cross-attention's q (bf16 alone with bf16 GEMMs and tensor cores).
+    pub ca_in: Option<Act>,
+    pub ca_q: Option<Act>,
     pub ca_k: Option<CudaSlice<f32>>,
     pub ca_v: Option<CudaSlice<f32>>,
     pub ca_attn: Option<Act>,
@@ -294,18 +295,21 @@ pub(super) fn block_forward(
     // backward then finds it under x_ca only)
     let x_ca = if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
         let nt = cu[b];
-        let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.out(n * c)?, net.out(n)?, net.out(n)?);
+        // ca_norm's output is only mat_q's input (bf16 alone with bf16 GEMMs)
+        let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.act(n * c)?, net.out(n)?, net.out(n)?);
         let (nw, nb) = (w("ca_norm.weight"), w("ca_norm.bias"));
-        layernorm_dev(dev, &x_sa, Some(&nw), Some(&nb), &mut ca_in, &mut ca_mean, &mut ca_rstd, (n, c), eps)?;
+        layernorm_act(dev, &x_sa, Some(&nw), Some(&nb), &mut ca_in, (&mut ca_mean, &mut ca_rstd), (n, c), eps)?;
+        let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
+        let ca_bf16 = runs_on_tensor_cores(dev, dims, net.math())?;
         let mut ca_q = net.out(n * c)?;
         net.linear(&ca_in, &name("ca.mat_q"), true, &mut ca_q, (n, c, c))?;
+        // q kept as the tensor-core attention reads it, forward and backward (one cast, not two)
+        let ca_q = net.kept(ca_q, ca_bf16)?;
         let mut ckv = net.out(nt * 2 * c)?;
         net.linear(&t.kv_ca, &name("ca.mat_kv"), false, &mut ckv, (nt, c, 2 * c))?;
         let (mut ca_k, mut ca_v) = (net.out(nt * c)?, net.out(nt * c)?);
         util::take_part(dev, &ckv, None, &mut ca_k, (nt, 2, 0, c))?;
         util::take_part(dev, &ckv, Some(&w("ca.v_bias")), &mut ca_v, (nt, 2, 1, c))?;
-        let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
-        let ca_bf16 = runs_on_tensor_cores(dev, dims, net.math())?;
         let (mut ca_attn, mut ca_lse) = (net.act_in(ca_bf16, n * c)?, net.out(n * h)?);
         attention_forward_dev(dev, &ca_q, &ca_k, &ca_v, &mut ca_attn, &mut ca_lse, ca, dims, net.math())?;
         let mut ca_out = net.out(n * c)?;

@@ -91,6 +91,17 @@ impl<'a> Net<'a> {
         })
     }
 
+    /// `x` kept as an activation: its bf16 values alone when `bf16` (x is freed in stream order after
+    /// the cast), x itself otherwise.
+    pub fn kept(&self, x: CudaSlice<f32>, bf16: bool) -> Result<Act> {
+        if !bf16 {
+            return Ok(Act::F32(x));
+        }
+        let mut y = self.dev.stream.alloc_zeros::<u16>(x.len())?;
+        infinity_kernels::cuda::linear::to_bf16_dev(self.dev, &x, &mut y)?;
+        Ok(Act::Bf16(y))
+    }
+
     pub fn ones(&self, n: usize) -> Result<CudaSlice<f32>> {
         Ok(self.dev.stream.clone_htod(&vec![1.0f32; n])?)
     }
