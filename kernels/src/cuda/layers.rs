@@ -594,8 +594,7 @@ pub fn gated_residual(
     down(dev, &out, res.len())
 }
 
-/// `[dy, dgamma]` of [`gated_residual`].
-/// `[dy, dgamma]`; dy stored in bf16 alone when `bf16` (returned widened).
+/// `[dy, dgamma]` of [`gated_residual`]; dy stored in bf16 alone when `bf16` (returned widened).
 pub fn gated_residual_backward(
     dev: &Device,
     dres: &[f32],

@@ -80,7 +80,15 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
     let mut p = Params::zeros(lay);
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();
     let mut problems = Vec::new();
-    for (name, t) in st.tensors() {
+    // in the model's parameter order (unknown names last, by name): the same error every time, and
+    // the first problems shown are the model's first parameters (a safetensors header has no order)
+    let mut tensors = st.tensors();
+    let order = |name: &str| {
+        let offset = canonical_name(name, cfg.depth, cfg.block_chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
+        (offset.unwrap_or(usize::MAX), name.to_string())
+    };
+    tensors.sort_by_cached_key(|(name, _)| order(name));
+    for (name, t) in tensors {
         let Some(canon) = canonical_name(&name, cfg.depth, cfg.block_chunks) else {
             problems.push(format!("`{name}`: malformed block key"));
             continue;
