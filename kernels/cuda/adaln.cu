@@ -18,15 +18,6 @@ extern "C" __global__ void modulate_forward_f32(const float* __restrict__ x, con
         y[i] = modulated(x, scale, shift, i, l, c, ps);
 }
 
-// The same, y stored only in bf16: the input of a bf16 GEMM and nothing else (run.precision = bf16).
-extern "C" __global__ void modulate_forward_bf16(const float* __restrict__ x, const float* __restrict__ scale,
-                                                 const float* __restrict__ shift, unsigned short* __restrict__ y,
-                                                 int b, int l, int c, int ps) {
-    const long total = (long)b * l * c;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
-        y[i] = bf16_bits(modulated(x, scale, shift, i, l, c, ps));
-}
-
 // dx written.
 extern "C" __global__ void modulate_backward_f32(const float* __restrict__ dy, const float* __restrict__ scale,
                                                  float* __restrict__ dx, int b, int l, int c, int ps) {

@@ -1,9 +1,9 @@
-// adaln.cu's modulation (f32 and bf16 out) and gated residual on the emulator, with device.rs's
-// elementwise launch shape.
+// adaln.cu's modulation and gated residual (its backward f32 and bf16 out) on the emulator, with
+// device.rs's elementwise launch shape.
 //   adaln DIR B L C
 // reads DIR/{x,scale,shift,y,gamma}.bin (f32; x, y [B, L, C], the rest [B, C]); writes DIR/mod.bin
-// (f32), DIR/mod16.bin (bf16 bits), DIR/res.bin (f32: x + y·gamma), and the gated residual's dy from
-// dres = x: DIR/dy.bin (f32) and DIR/dy16.bin (bf16 bits).
+// (f32), DIR/res.bin (f32: x + y·gamma), and the gated residual's dy from dres = x: DIR/dy.bin (f32)
+// and DIR/dy16.bin (bf16 bits).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -21,10 +21,8 @@ int main(int argc, char** argv) {
     auto y = read_array<float>(dir, "y"), gamma = read_array<float>(dir, "gamma");
     const long n = (long)b * l * c;
     std::vector<float> mod(n), res(n);
-    std::vector<unsigned short> mod16(n);
     const dim3 grid{(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}, block{256, 1, 1};
     emu::launch(grid, block, 0, [&] { modulate_forward_f32(x.data(), scale.data(), shift.data(), mod.data(), b, l, c, c); });
-    emu::launch(grid, block, 0, [&] { modulate_forward_bf16(x.data(), scale.data(), shift.data(), mod16.data(), b, l, c, c); });
     emu::launch(grid, block, 0, [&] { gated_residual_forward_f32(x.data(), y.data(), gamma.data(), res.data(), b, l, c, c); });
     std::vector<float> dy(n);
     std::vector<unsigned short> dy16(n);
@@ -33,7 +31,6 @@ int main(int argc, char** argv) {
     write_array(dir, "dy", dy);
     write_array(dir, "dy16", dy16);
     write_array(dir, "mod", mod);
-    write_array(dir, "mod16", mod16);
     write_array(dir, "res", res);
     return 0;
 }

@@ -294,9 +294,7 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
     let (scale, shift) = (rand_vec(&mut rng, b * c, 0.5), rand_vec(&mut rng, b * c, 0.5));
     let mut y = vec![0.0f32; b * l * c];
     adaln::modulate_forward(&x, &scale, &shift, &mut y, l, c);
-    close("modulate", &layers::modulate(&dev, &x, &scale, &shift, l, c, false).unwrap(), &y, 1e-6);
-    // stored in bf16 (a bf16 GEMM's input): the twin's values rounded, up to a rounding-boundary tie
-    close("modulate, bf16", &layers::modulate(&dev, &x, &scale, &shift, l, c, true).unwrap(), &bf16_round(&y), 1e-2);
+    close("modulate", &layers::modulate(&dev, &x, &scale, &shift, l, c).unwrap(), &y, 1e-6);
     let (mut dx, mut ds, mut dh) = (vec![0.0f32; b * l * c], vec![0.0f32; b * c], vec![0.0f32; b * c]);
     adaln::modulate_backward(&dy, &x, &scale, &mut dx, &mut ds, &mut dh, l, c);
     let g = layers::modulate_backward(&dev, &dy, &x, &scale, l, c).unwrap();

@@ -153,24 +153,6 @@ pub fn modulate_dev(
     unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
-/// [`modulate_dev`] into an activation: f32, or rounded to bf16 on the way out (`Act::Bf16`).
-pub fn modulate_act(
-    dev: &Device,
-    x: &dyn Buf,
-    scale: &dyn Buf,
-    shift: &dyn Buf,
-    y: &mut Act,
-    sh: AdaShape,
-) -> Result<(), CudaError> {
-    let y16 = match y {
-        Act::F32(v) => return modulate_dev(dev, x, scale, shift, v, sh),
-        Act::Bf16(v) => Arg::Ptr(v.device_ptr_mut(&dev.stream).0),
-    };
-    let args = [&[dev.arg(x), dev.arg(scale), dev.arg(shift), y16][..], &sh.args()].concat();
-    // SAFETY: modulate_forward_bf16(x, scale, shift, y16, b, l, c, ps); y16 holds B·L·C values.
-    unsafe { dev.launch("adaln.cu", "modulate_forward_bf16", elementwise(sh.b * sh.l * sh.c), &args) }
-}
-
 /// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (their rows `grad_stride`
 /// floats apart: the parameters may be read from a wider buffer than their gradients go to).
 #[allow(clippy::too_many_arguments)]
@@ -548,8 +530,7 @@ pub fn modulated_layernorm_backward(
     down(dev, &dx, x.len())
 }
 
-/// Host-slice [`modulate_act`]: rounded to bf16 when `bf16` (returned as the f32 values of those
-/// bf16).
+/// Host-slice [`modulate_dev`].
 pub fn modulate(
     dev: &Device,
     x: &[f32],
@@ -557,12 +538,11 @@ pub fn modulate(
     shift: &[f32],
     l: usize,
     c: usize,
-    bf16: bool,
 ) -> Result<Vec<f32>, CudaError> {
     let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
-    let mut y = if bf16 { Act::Bf16(dev.stream.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
-    modulate_act(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
-    super::ops::act_to_host(dev, &y)
+    let mut y = zeros(dev, x.len())?;
+    modulate_dev(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
+    down(dev, &y, x.len())
 }
 
 /// `[dx, dscale, dshift]` of [`modulate`].

@@ -102,10 +102,6 @@ impl<'a> Net<'a> {
         Ok(Act::Bf16(y))
     }
 
-    pub fn ones(&self, n: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.dev.stream.clone_htod(&vec![1.0f32; n])?)
-    }
-
     /// Weight `name` as a GEMM operand: with its bf16 copy when the matmuls take bf16.
     pub fn with_weight<R>(&self, name: &str, f: impl FnOnce(&dyn Buf) -> Result<R>) -> Result<R> {
         let w = self.w(name);
