@@ -231,8 +231,12 @@ fn norms_match_their_cpu_twins() {
             let (wo, bo) = if affine { (Some(&w[..]), Some(&b[..])) } else { (None, None) };
             let (mut y, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
             norm::layernorm_forward(&x, wo, bo, &mut y, &mut mean, &mut rstd, c, 1e-6);
-            let gpu = layers::layernorm(&dev, &x, wo, bo, c, 1e-6).unwrap();
+            let gpu = layers::layernorm(&dev, &x, wo, bo, c, 1e-6, false).unwrap();
             close("layernorm", &gpu.y, &y, 1e-5);
+            // in bf16 alone (a bf16 product's input): the twin's values rounded, the same statistics
+            let gpu16 = layers::layernorm(&dev, &x, wo, bo, c, 1e-6, true).unwrap();
+            close("layernorm, bf16", &gpu16.y, &bf16_round(&y), 1e-2);
+            assert!(gpu16.mean == gpu.mean && gpu16.rstd == gpu.rstd, "layernorm bf16: statistics differ");
             let (mut dx, mut dw, mut db) = (vec![0.0f32; n * c], vec![0.0f32; c], vec![0.0f32; c]);
             let (dwo, dbo) = if affine { (Some(&mut dw[..]), Some(&mut db[..])) } else { (None, None) };
             norm::layernorm_backward(&dy, &x, wo, &mean, &rstd, &mut dx, dwo, dbo, c);

@@ -407,6 +407,7 @@ pub struct NormOut {
     pub rstd: Vec<f32>,
 }
 
+/// Host-slice [`layernorm_act`]: y in bf16 alone when `bf16` (returned widened).
 pub fn layernorm(
     dev: &Device,
     x: &[f32],
@@ -414,13 +415,15 @@ pub fn layernorm(
     b: Option<&[f32]>,
     c: usize,
     eps: f32,
+    bf16: bool,
 ) -> Result<NormOut, CudaError> {
     let n = x.len() / c;
     let (xd, wd, bd) = (up(dev, x)?, up_opt(dev, w)?, up_opt(dev, b)?);
-    let (mut y, mut mean, mut rstd) = (zeros(dev, x.len())?, zeros(dev, n)?, zeros(dev, n)?);
+    let mut y = if bf16 { Act::Bf16(dev.stream.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
+    let (mut mean, mut rstd) = (zeros(dev, n)?, zeros(dev, n)?);
     let (wr, br) = (wd.as_ref().map(|v| v as &dyn Buf), bd.as_ref().map(|v| v as &dyn Buf));
-    layernorm_dev(dev, &xd, wr, br, &mut y, &mut mean, &mut rstd, (n, c), eps)?;
-    Ok(NormOut { y: down(dev, &y, x.len())?, mean: down(dev, &mean, n)?, rstd: down(dev, &rstd, n)? })
+    layernorm_act(dev, &xd, wr, br, &mut y, (&mut mean, &mut rstd), (n, c), eps)?;
+    Ok(NormOut { y: super::ops::act_to_host(dev, &y)?, mean: down(dev, &mean, n)?, rstd: down(dev, &rstd, n)? })
 }
 
 #[allow(clippy::type_complexity)]
