@@ -4,6 +4,38 @@
 // bitwise reproducible).
 #include "common.cuh"
 
+// A row's mean and 1/√(variance + eps) (two block sums), written to *mean and *rstd by thread 0.
+__device__ __forceinline__ float2 row_stats(const float* xr, int c, float eps, float* mean, float* rstd) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) s += xr[i];
+    const float mu = block_sum(s) / (float)c;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
+    const float rs = 1.0f / sqrtf(block_sum(v) / (float)c + eps);
+    if (threadIdx.x == 0) {
+        *mean = mu;
+        *rstd = rs;
+    }
+    return make_float2(mu, rs);
+}
+
+// A row's LayerNorm input gradient from its output gradient g(i) (x̂ recomputed from x, μ, rstd):
+// out(i, rstd·(g − mean(g) − x̂·mean(g·x̂))).
+template <class G, class Out>
+__device__ __forceinline__ void layernorm_row_backward(const float* xr, float mu, float rs, int c, G g, Out out) {
+    float sg = 0.0f, sgx = 0.0f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        const float xh = (xr[i] - mu) * rs, gi = g(i);
+        sg += gi;
+        sgx += gi * xh;
+    }
+    const float mg = block_sum(sg) / (float)c, mgx = block_sum(sgx) / (float)c;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        const float xh = (xr[i] - mu) * rs;
+        out(i, rs * (g(i) - mg - xh * mgx));
+    }
+}
+
 __device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_value(unsigned short* p, float v) { *p = bf16_bits(v); }
 
@@ -17,16 +49,8 @@ __device__ __forceinline__ void layernorm_forward(const float* __restrict__ x, c
     const int r = blockIdx.x;
     if (r >= n) return;
     const float* xr = x + (size_t)r * c;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) s += xr[i];
-    const float mu = block_sum(s) / (float)c;
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
-    const float rs = 1.0f / sqrtf(block_sum(v) / (float)c + eps);
-    if (threadIdx.x == 0) {
-        mean[r] = mu;
-        rstd[r] = rs;
-    }
+    const float2 st = row_stats(xr, c, eps, mean + r, rstd + r);
+    const float mu = st.x, rs = st.y;
     Out* yr = y + (size_t)r * c;
     for (int i = threadIdx.x; i < c; i += blockDim.x) {
         const float xh = (xr[i] - mu) * rs;
@@ -47,7 +71,6 @@ LAYERNORM_FORWARD(layernorm_forward_bf16, unsigned short)
 // in f32 or in bf16 alone (Out); mean and rstd [N] kept, x̂ not (the backward recomputes it). One
 // pass in place of writing x̂ and reading it again. Row r is a token of sample r / l; scale and shift
 // rows are `ps` floats apart.
-
 template <class Out>
 __device__ __forceinline__ void modulated_layernorm(const float* __restrict__ x, const float* __restrict__ scale,
                                                     const float* __restrict__ shift, Out* __restrict__ y,
@@ -57,16 +80,8 @@ __device__ __forceinline__ void modulated_layernorm(const float* __restrict__ x,
     if (r >= n) return;
     const float* xr = x + (size_t)r * c;
     const float *sc = scale + (size_t)(r / l) * ps, *sh = shift + (size_t)(r / l) * ps;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) s += xr[i];
-    const float mu = block_sum(s) / (float)c;
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) v += (xr[i] - mu) * (xr[i] - mu);
-    const float rs = 1.0f / sqrtf(block_sum(v) / (float)c + eps);
-    if (threadIdx.x == 0) {
-        mean[r] = mu;
-        rstd[r] = rs;
-    }
+    const float2 st = row_stats(xr, c, eps, mean + r, rstd + r);
+    const float mu = st.x, rs = st.y;
     for (int i = threadIdx.x; i < c; i += blockDim.x) store_value(y + (size_t)r * c + i, (xr[i] - mu) * rs * (1.0f + sc[i]) + sh[i]);
 }
 
@@ -86,23 +101,11 @@ extern "C" __global__ void layernorm_backward_f32(const float* __restrict__ dy, 
                                                   int c) {
     const int r = blockIdx.x;
     if (r >= n) return;
-    const float* xr = x + (size_t)r * c;
     const float* dyr = dy + (size_t)r * c;
-    const float mu = mean[r], rs = rstd[r];
-    float sg = 0.0f, sgx = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        const float xh = (xr[i] - mu) * rs;
-        const float g = dyr[i] * (w ? w[i] : 1.0f);
-        sg += g;
-        sgx += g * xh;
-    }
-    const float mg = block_sum(sg) / (float)c, mgx = block_sum(sgx) / (float)c;
     float* dxr = dx + (size_t)r * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        const float xh = (xr[i] - mu) * rs;
-        const float g = dyr[i] * (w ? w[i] : 1.0f);
-        dxr[i] = rs * (g - mg - xh * mgx);
-    }
+    layernorm_row_backward(
+        x + (size_t)r * c, mean[r], rstd[r], c, [=](int i) { return dyr[i] * (w ? w[i] : 1.0f); },
+        [=](int i, float d) { dxr[i] = d; });
 }
 
 // Backward of a LayerNorm without affine followed by AdaLN modulation, into x, plus a residual's
@@ -119,21 +122,9 @@ extern "C" __global__ void modulated_layernorm_backward_f32(const float* __restr
     if (r >= n) return;
     const size_t o = (size_t)r * c;
     const float* sc = scale + (size_t)(r / l) * ps;
-    const float mu = mean[r], rs = rstd[r];
-    float sg = 0.0f, sgx = 0.0f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        const float xh = (x[o + i] - mu) * rs;
-        const float g = dy[o + i] * (1.0f + sc[i]);
-        sg += g;
-        sgx += g * xh;
-    }
-    const float mg = block_sum(sg) / (float)c, mgx = block_sum(sgx) / (float)c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        const float xh = (x[o + i] - mu) * rs;
-        const float g = dy[o + i] * (1.0f + sc[i]);
-        const float d = rs * (g - mg - xh * mgx);
-        dx[o + i] = dres ? dres[o + i] + d : d;
-    }
+    layernorm_row_backward(
+        x + o, mean[r], rstd[r], c, [=](int i) { return dy[o + i] * (1.0f + sc[i]); },
+        [=](int i, float d) { dx[o + i] = dres ? dres[o + i] + d : d; });
 }
 
 // Stage 1 of LayerNorm's dw = Σ_r dy·x̂ (db is util.cu's column sum of dy).
