@@ -10,6 +10,12 @@ __device__ __forceinline__ unsigned short bf16_bits(float x) {
     return (unsigned short)(u >> 16);
 }
 
+// Sum of `v` over the warp by a butterfly (every lane gets the same, bitwise reproducible total).
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // Sum of `v` over the block; every thread gets the result. blockDim.x must be a multiple of 32, ≤ 1024.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {

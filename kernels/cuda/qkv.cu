@@ -13,11 +13,6 @@
 
 #define MAX_PAIRS_PER_LANE 4  // c ≤ 256
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ __forceinline__ void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 
 __device__ __forceinline__ void store2(unsigned short* p, float a, float b) {

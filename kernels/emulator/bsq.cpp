@@ -1,6 +1,7 @@
 // bsq.cu's multi-scale BSQ with keyed self-correction for a batch on the emulator, launched as
-// kernels/src/cuda/bsq.rs's self_correct_batch launches it (same kernels, order and launch shapes).
-//   bsq DIR B D P_MAX APPLY_LAYERS SCALES        (SCALES like 1x1,2x2,4x4)
+// kernels/src/cuda/bsq.rs's self_correct_batch launches it (same kernels, order and launch shapes):
+// PATH `planes` is the one-launch kernel, `scales` the two launches per scale.
+//   bsq DIR B D P_MAX APPLY_LAYERS SCALES PATH        (SCALES like 1x1,2x2,4x4)
 // reads DIR/latent.bin (f32 [B, d, H, W]) and DIR/keys.bin (u64 [B]); writes DIR/gt_bits.bin
 // (u8 [B, L, d]) and DIR/x_wo_prefix.bin (f32 [B, L − n0, d]).
 #include <algorithm>
@@ -15,8 +16,8 @@
 static dim3 elementwise(long n) { return {(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}; }
 
 int main(int argc, char** argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: %s DIR B D P_MAX APPLY_LAYERS SCALES\n", argv[0]);
+    if (argc != 8) {
+        fprintf(stderr, "usage: %s DIR B D P_MAX APPLY_LAYERS SCALES planes|scales\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
@@ -48,6 +49,26 @@ int main(int argc, char** argv) {
     std::vector<unsigned char> gt((size_t)b * l * d);
     const int kmax_all = (int)std::lround(100.0 * p_max);
     const dim3 block{256, 1, 1};
+    if (std::string(argv[7]) == "planes") {  // bsq.rs planes(): shared memory as planes_smem_bytes
+        std::vector<int> sched;
+        int qmax = 0, umax = 0;
+        for (size_t i = 0; i < scales.size(); ++i) {
+            sched.push_back(scales[i].first);
+            sched.push_back(scales[i].second);
+            if (i + 1 < scales.size()) {
+                qmax = std::max(qmax, scales[i].first * scales[i].second);
+                umax = std::max(umax, scales[i].first);
+            }
+        }
+        const size_t smem = 40 * (hh + ww) + 4 * (2 * hh * ww + qmax + umax * ww);
+        emu::launch({(unsigned)std::min(b * d, 65535), 1, 1}, block, smem, [&] {
+            self_correct_planes_f32(latent.data(), sched.data(), (int)scales.size(), b * d, hh, ww, qmax, umax, keys.data(),
+                                    kmax_all, layers, gt.data(), l, x.data(), d);
+        });
+        write_array(dir, "gt_bits", gt);
+        write_array(dir, "x_wo_prefix", x);
+        return 0;
+    }
     int tok0 = 0;
     for (int si = 0; si < (int)scales.size(); ++si) {
         const auto [h, w] = scales[si];

@@ -189,21 +189,26 @@ fn resampling_and_quantisation_match_their_cpu_twins() {
 
 /// The whole batch's self-correction on the device against the CPU twin with the same keyed flips:
 /// labels exact except where a residual is within 1e-6 of zero (a later scale may then differ too, so
-/// the mismatch budget is small but not zero); teacher-forcing inputs within 1e-5.
+/// the mismatch budget is small but not zero); teacher-forcing inputs within 1e-5. Both paths (one
+/// launch per batch, two per scale) run the same windows in the same orders: their outputs are equal.
 #[test]
 fn batch_self_correction_matches_its_cpu_twin() {
+    use infinity_kernels::cuda::bsq::{self_correct_batch_host, BsqPath};
     let Some(dev) = device() else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let square: Vec<(usize, usize)> = vec![(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)];
     let wide: Vec<(usize, usize)> = vec![(1, 1), (1, 2), (2, 3), (3, 5), (6, 10), (9, 15)];
-    for (scales, d, p_max, layers) in [(&square, 32, 0.3, 5), (&wide, 16, 0.0, 13), (&wide, 32, 0.1, 13)] {
+    let big: Vec<(usize, usize)> = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64].map(|s| (s, s)).to_vec();
+    for (scales, b, d, p_max, layers) in
+        [(&square, 5, 32, 0.3, 5), (&wide, 5, 16, 0.0, 13), (&wide, 5, 32, 0.1, 13), (&big, 3, 8, 0.3, 13)]
+    {
         let (hh, ww) = *scales.last().unwrap();
-        let b = 5;
         let latent = rand_vec(&mut rng, b * d * hh * ww, 1.0);
         let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
-        let (bits, x) =
-            infinity_kernels::cuda::bsq::self_correct_batch_host(&dev, &latent, &keys, d, scales, p_max, layers)
-                .unwrap();
+        let run = |path| self_correct_batch_host(&dev, &latent, &keys, d, scales, p_max, layers, path).unwrap();
+        let (bits, x) = run(BsqPath::Planes);
+        let (scale_bits, scale_x) = run(BsqPath::PerScale);
+        assert!(bits == scale_bits && x == scale_x, "{hh}x{ww}: the one-launch and per-scale paths differ");
         let (l, n0) = (bsq::num_tokens(scales), scales[0].0 * scales[0].1);
         let cpu = bsq::self_correct_keyed(&latent, &keys, d, scales, p_max, layers);
         let near_zero: usize = cpu.iter().map(|c| c.residual.iter().filter(|r| r.abs() < 1e-6).count()).sum();
@@ -216,7 +221,7 @@ fn batch_self_correction_matches_its_cpu_twin() {
             // a differing label changes the history, so inputs are compared when all labels agree
             close(&format!("self-correction inputs d={d} p_max={p_max}"), &x, &cpu_x, 1e-5);
         }
-        println!("self-correction d={d} p_max={p_max}: {wrong} of {} labels differ", bits.len());
+        println!("self-correction {hh}x{ww} d={d} p_max={p_max}: {wrong} of {} labels differ", bits.len());
     }
 }
 

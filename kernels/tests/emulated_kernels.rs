@@ -275,9 +275,10 @@ fn f32_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
 }
 
 /// bsq.cu (residual area pooling by thread, warp and block, keyed flips, bilinear accumulation, the
-/// next scale's inputs) on the GPU test's schedules, against `bsq::self_correct` with
-/// `bsq::keyed_flips` per sample: labels equal except where a residual is within rounding of zero
-/// (the warp and block sums add in another order), inputs within 1e-5 when all labels agree.
+/// next scale's inputs), by both paths (one launch for all scales, two per scale) on the GPU test's
+/// schedules: the two give the same labels and inputs bit for bit, and against `bsq::self_correct`
+/// with `bsq::keyed_flips` per sample labels are equal except where a residual is within rounding of
+/// zero (the warp and block sums add in another order), inputs within 1e-5 when all labels agree.
 #[test]
 fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
     let Some(exe) = build("bsq.cu", "bsq") else { return };
@@ -285,9 +286,17 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
     let square: Vec<(usize, usize)> = vec![(1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16)];
     let wide: Vec<(usize, usize)> = vec![(1, 1), (1, 2), (2, 3), (3, 5), (6, 10), (9, 15)];
     let big: Vec<(usize, usize)> = vec![(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32), (48, 48)];
-    for (scales, b, d, p_max, layers) in
-        [(&square, 5, 32, 0.3, 5), (&wide, 5, 16, 0.0, 13), (&wide, 5, 32, 0.1, 13), (&big, 1, 4, 0.2, 13)]
-    {
+    // the full-size scale second, or alone (no inputs at all)
+    let two: Vec<(usize, usize)> = vec![(1, 1), (3, 4)];
+    let one: Vec<(usize, usize)> = vec![(2, 3)];
+    for (scales, b, d, p_max, layers) in [
+        (&square, 5, 32, 0.3, 5),
+        (&wide, 5, 16, 0.0, 13),
+        (&wide, 5, 32, 0.1, 13),
+        (&big, 1, 4, 0.2, 13),
+        (&two, 3, 8, 0.5, 13),
+        (&one, 2, 8, 0.0, 13),
+    ] {
         let (hh, ww) = *scales.last().unwrap();
         let tag = format!("emulated self-correction {hh}x{ww} d={d} p_max={p_max}");
         let latent: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -298,20 +307,27 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
         let cpu_bits: Vec<u8> = cpu.iter().flat_map(|c| c.bits.iter().copied()).collect();
         let cpu_x: Vec<f32> = cpu.iter().flat_map(|c| c.x_wo_prefix.iter().copied()).collect();
 
-        let dir = exe.with_file_name(format!("case-{hh}x{ww}-d{d}-p{p_max}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, "latent", &latent);
-        write(&dir, "keys", &keys);
-        let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
-        let args = [b.to_string(), d.to_string(), p_max.to_string(), layers.to_string(), sched];
-        run(&exe, &dir, &args, &tag);
-        let bits = std::fs::read(dir.join("gt_bits.bin")).unwrap();
-        let x = read(&dir, "x_wo_prefix");
+        let outputs: Vec<(Vec<u8>, Vec<f32>)> = ["planes", "scales"]
+            .iter()
+            .map(|path| {
+                let dir = exe.with_file_name(format!("case-{hh}x{ww}-d{d}-p{p_max}-{path}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                write(&dir, "latent", &latent);
+                write(&dir, "keys", &keys);
+                let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
+                let args =
+                    [b.to_string(), d.to_string(), p_max.to_string(), layers.to_string(), sched, path.to_string()];
+                run(&exe, &dir, &args, &format!("{tag} ({path})"));
+                (std::fs::read(dir.join("gt_bits.bin")).unwrap(), read(&dir, "x_wo_prefix"))
+            })
+            .collect();
+        let (bits, x) = &outputs[0];
+        assert!(outputs[0] == outputs[1], "{tag}: the one-launch and per-scale paths differ");
         assert_eq!((bits.len(), x.len()), (b * l * d, b * (l - n0) * d), "{tag}: output sizes");
         let wrong = bits.iter().zip(&cpu_bits).filter(|(a, c)| a != c).count();
         assert!(wrong <= 4 * near_zero, "{tag}: {wrong} labels differ ({near_zero} residuals within 1e-6 of 0)");
         if wrong == 0 {
-            close(&format!("{tag} inputs"), &x, &cpu_x, 1e-5);
+            close(&format!("{tag} inputs"), x, &cpu_x, 1e-5);
         }
         println!("{tag}: {wrong} of {} labels differ", bits.len());
     }

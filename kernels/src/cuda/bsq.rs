@@ -1,12 +1,17 @@
 //! Multi-scale BSQ with bitwise self-correction for a whole batch on the device (twin of
 //! `bsq::self_correct` with `bsq::keyed_flips`): labels and teacher-forcing inputs of every sample
-//! without a host round trip. Two launches per scale (bsq.cu): one forms the running sum of the
+//! without a host round trip. Where a latent plane fits in shared memory (up to about 128 × 128 on
+//! sm_90), one launch does every scale: a block per (sample, channel) plane (bsq.cu
+//! `self_correct_planes_f32`). Otherwise two launches per scale: one forms the running sum of the
 //! earlier scales' codes while it area-pools the residual and quantises it (labels and codes), the
-//! other samples the running sum as the scale's token-major input.
+//! other samples the running sum as the scale's token-major input. Both give the same labels and
+//! inputs bit for bit (same windows, same summation orders).
 //!
 //! Dims: `B` samples, `d` bits, `(H, W)` the last scale, `L` tokens of the schedule, `n0` tokens of the
 //! first scale.
 
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{elementwise, Arg, CudaError, Device};
@@ -28,27 +33,72 @@ impl BsqBatch {
     }
 }
 
-/// Reused device scratch, two of each (a scale reads the previous scale's and writes its own): the
-/// running sum of codes `[B, d, H, W]` and a scale's codes `[B, d, h, w]`.
+/// Which kernels [`self_correct_batch`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BsqPath {
+    /// One launch when a plane fits in shared memory, per scale otherwise.
+    Auto,
+    /// `self_correct_planes_f32` (an error when a plane does not fit).
+    Planes,
+    /// Two launches per scale through global scratch.
+    PerScale,
+}
+
+/// Reused device state: the schedule as the one-launch kernel reads it, and the per-scale path's
+/// running sums `[B, d, H, W]` and codes (two of each: a scale reads the previous scale's and writes
+/// its own), allocated when that path first runs.
 pub struct BsqScratch {
+    pub path: BsqPath,
+    full: usize,
+    /// The scales last uploaded and their `[K][2]` device copy.
+    schedule: Option<(Schedule, CudaSlice<i32>)>,
+    per_scale: Option<PerScaleBuffers>,
+}
+
+type Schedule = Vec<(usize, usize)>;
+
+/// The per-scale path's `[B, d, H, W]` buffers.
+struct PerScaleBuffers {
     sums: [CudaSlice<f32>; 2],
     codes: [CudaSlice<f32>; 2],
 }
 
 impl BsqScratch {
-    pub fn new(dev: &Device, b: usize, d: usize, (hh, ww): (usize, usize)) -> Result<BsqScratch, CudaError> {
-        let full = b * d * hh * ww;
-        let s = &dev.stream;
-        Ok(BsqScratch {
-            sums: [s.alloc_zeros(full)?, s.alloc_zeros(full)?],
-            codes: [s.alloc_zeros(full)?, s.alloc_zeros(full)?],
-        })
+    /// Scratch for `b` latents of `d` channels up to `(hh, ww)`; nothing is allocated yet.
+    pub fn new(b: usize, d: usize, (hh, ww): (usize, usize)) -> BsqScratch {
+        BsqScratch { path: BsqPath::Auto, full: b * d * hh * ww, schedule: None, per_scale: None }
     }
+
+    /// `scales` as `[K][2]` device ints, uploaded when the schedule changes.
+    fn schedule(&mut self, dev: &Device, scales: &[(usize, usize)]) -> Result<&CudaSlice<i32>, CudaError> {
+        if self.schedule.as_ref().is_none_or(|(s, _)| s != scales) {
+            let flat: Vec<i32> = scales.iter().flat_map(|&(h, w)| [h as i32, w as i32]).collect();
+            self.schedule = Some((scales.to_vec(), dev.stream.clone_htod(&flat)?));
+        }
+        Ok(&self.schedule.as_ref().expect("uploaded above").1)
+    }
+}
+
+/// The sizes `self_correct_planes_f32` keeps for all but the last scale: the most codes (`qmax`) and
+/// the most rows (`umax`).
+fn earlier_scales(scales: &[(usize, usize)]) -> (usize, usize) {
+    let earlier = &scales[..scales.len() - 1];
+    (earlier.iter().map(|&(h, w)| h * w).max().unwrap_or(0), earlier.iter().map(|&(h, _)| h).max().unwrap_or(0))
+}
+
+/// Dynamic shared memory of `self_correct_planes_f32` for `scales` (the last one `(H, W)`), as the
+/// kernel lays it out: four tables of 16-byte taps and two of 8-byte windows over H rows and W
+/// columns, the latent plane and the running sum (H·W floats each), the codes of a scale (`qmax`)
+/// and its rows interpolated to width W (`umax`·W).
+pub fn planes_smem_bytes(scales: &[(usize, usize)]) -> usize {
+    let (hh, ww) = *scales.last().expect("non-empty schedule");
+    let (qmax, umax) = earlier_scales(scales);
+    40 * (hh + ww) + 4 * (2 * hh * ww + qmax + umax * ww)
 }
 
 /// Self-correct `latent [B, d, H, W]` (`(H, W)` = the last scale) with the flips of `keys [B]` (one per
 /// sample, `bsq::keyed_flips`' key), `p_max` and `apply_layers` as in upstream's
-/// `BitwiseSelfCorrection`. `p_max = 0` is plain multi-scale BSQ.
+/// `BitwiseSelfCorrection`. `p_max = 0` is plain multi-scale BSQ. `scratch.path` picks the kernels.
 #[allow(clippy::too_many_arguments)]
 pub fn self_correct_batch(
     dev: &Device,
@@ -65,14 +115,96 @@ pub fn self_correct_batch(
     let (hh, ww) = *scales.last().expect("self_correct_batch: empty schedule");
     let full = b * d * hh * ww;
     assert!(latent.len() == full && keys.len() == b, "self_correct_batch: latent [B, d, H, W], keys [B]");
-    assert!(scratch.sums[0].len() >= full, "self_correct_batch: scratch made for a smaller batch or schedule");
+    assert!(scratch.full >= full, "self_correct_batch: scratch made for a smaller batch or schedule");
     let (l, n0) = (num_tokens(scales), scales[0].0 * scales[0].1);
     assert!(
         out.gt_bits.len() >= b * l * d && out.x_wo_prefix.len() >= b * (l - n0) * d,
         "self_correct_batch: outputs made for a smaller batch or schedule"
     );
+    let kmax = (100.0 * p_max).round() as usize;
+    let bytes = planes_smem_bytes(scales);
+    // the kernel's tables are sized by the last scale: every scale must be at most as large
+    let fits = bytes <= dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize
+        && scales.iter().all(|&(h, w)| h <= hh && w <= ww);
+    match scratch.path {
+        BsqPath::Auto | BsqPath::Planes if fits => {
+            planes(dev, (latent, keys), (b, d, scales), (kmax, apply_layers), out, scratch, bytes)
+        }
+        BsqPath::Planes => Err(CudaError::Driver(format!(
+            "self_correct_planes_f32: schedule {scales:?} does not fit: it needs every scale within the last \
+             and {bytes} bytes of shared memory per block"
+        ))),
+        BsqPath::Auto | BsqPath::PerScale => {
+            per_scale(dev, (latent, keys), (b, d, scales), (kmax, apply_layers), out, scratch)
+        }
+    }
+}
+
+/// Every scale in one launch: a block of 256 threads per (sample, channel) plane.
+fn planes(
+    dev: &Device,
+    (latent, keys): (&CudaSlice<f32>, &CudaSlice<u64>),
+    (b, d, scales): (usize, usize, &[(usize, usize)]),
+    (kmax, apply_layers): (usize, usize),
+    out: &mut BsqBatch,
+    scratch: &mut BsqScratch,
+    bytes: usize,
+) -> Result<(), CudaError> {
+    let (hh, ww) = *scales.last().expect("checked by the caller");
+    let (qmax, umax) = earlier_scales(scales);
+    let f = dev.function("bsq.cu", "self_correct_planes_f32")?;
+    if bytes > 48 * 1024 {
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
+    }
     let s = &dev.stream;
-    let kmax_all = (100.0 * p_max).round() as i32;
+    let i = Arg::int;
+    let args = [
+        dev.arg(latent),
+        Arg::Ptr(scratch.schedule(dev, scales)?.device_ptr(s).0),
+        i(scales.len()),
+        i(b * d),
+        i(hh),
+        i(ww),
+        i(qmax),
+        i(umax),
+        Arg::Ptr(keys.device_ptr(s).0),
+        i(kmax),
+        i(apply_layers),
+        Arg::Ptr(out.gt_bits.device_ptr_mut(s).0),
+        i(num_tokens(scales)),
+        dev.arg_mut(&mut out.x_wo_prefix),
+        i(d),
+    ];
+    let cfg = LaunchConfig {
+        grid_dim: ((b * d).clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: bytes as u32,
+    };
+    // SAFETY: self_correct_planes_f32(f, sched, K, planes, H, W, qmax, umax, keys, kmax, apply_layers, gt,
+    // L, x, d): latent [B·d, H, W], sched [K][2], gt [B, L, d] and x [B, L − n0, d] (sizes checked by the
+    // caller); shared memory as planes_smem_bytes lays it out.
+    unsafe { dev.launch("bsq.cu", "self_correct_planes_f32", cfg, &args) }
+}
+
+/// Two launches per scale through the scratch's running sums and codes.
+fn per_scale(
+    dev: &Device,
+    (latent, keys): (&CudaSlice<f32>, &CudaSlice<u64>),
+    (b, d, scales): (usize, usize, &[(usize, usize)]),
+    (kmax_all, apply_layers): (usize, usize),
+    out: &mut BsqBatch,
+    scratch: &mut BsqScratch,
+) -> Result<(), CudaError> {
+    let (hh, ww) = *scales.last().expect("checked by the caller");
+    let s = &dev.stream;
+    if scratch.per_scale.is_none() {
+        let full = scratch.full;
+        let (sums, codes) =
+            ([s.alloc_zeros(full)?, s.alloc_zeros(full)?], [s.alloc_zeros(full)?, s.alloc_zeros(full)?]);
+        scratch.per_scale = Some(PerScaleBuffers { sums, codes });
+    }
+    let PerScaleBuffers { sums, codes } = scratch.per_scale.as_mut().expect("allocated above");
+    let (l, n0) = (num_tokens(scales), scales[0].0 * scales[0].1);
     let i = Arg::int;
     let (bi, di, hi, wi, bd) = (i(b), i(d), i(hh), i(ww), i(b * d));
     let (li, lx) = (i(l), i(l - n0));
@@ -81,14 +213,14 @@ pub fn self_correct_batch(
     for (si, &(h, w)) in scales.iter().enumerate() {
         let n = h * w;
         let (hs, ws) = (i(h), i(w));
-        let kmax = Arg::I32(if si < apply_layers { kmax_all } else { 0 });
+        let kmax = i(if si < apply_layers { kmax_all } else { 0 });
         // this scale writes S_s and q_s into slot `cur`, reading S_{s−1} and q_{s−1} from the other:
         // S_0 = 0 is never stored, S_1 = up(q_0) has no S_0 to read
         let (cur, prev) = (si % 2, (si + 1) % 2);
         let (ph, pw) = if si > 0 { scales[si - 1] } else { (1, 1) };
-        let old = if si >= 2 { dev.arg(&scratch.sums[prev]) } else { null };
-        let prev_codes = if si >= 1 { dev.arg(&scratch.codes[prev]) } else { null };
-        let sum_out = dev.arg_mut(&mut scratch.sums[cur]);
+        let old = if si >= 2 { dev.arg(&sums[prev]) } else { null };
+        let prev_codes = if si >= 1 { dev.arg(&codes[prev]) } else { null };
+        let sum_out = dev.arg_mut(&mut sums[cur]);
         // a thread, a warp or a block per output value, by the size of its window
         let (name, cfg) = match hh.div_ceil(h) * ww.div_ceil(w) {
             0..16 => ("residual_codes_f32", elementwise(b * d * n)),
@@ -96,16 +228,16 @@ pub fn self_correct_batch(
             _ => ("residual_codes_block_f32", per_block(b * d * n)),
         };
         let (keys, gt) = (Arg::Ptr(keys.device_ptr(s).0), Arg::Ptr(out.gt_bits.device_ptr_mut(s).0));
-        let q = dev.arg_mut(&mut scratch.codes[cur]);
+        let q = dev.arg_mut(&mut codes[cur]);
         let pooling = [dev.arg(latent), old, prev_codes, sum_out, i(ph), i(pw), bd, hi, wi, hs, ws];
-        let codes = [keys, i(si), kmax, gt, li, i(tok0), q, di];
+        let labels = [keys, i(si), kmax, gt, li, i(tok0), q, di];
         // SAFETY: residual_codes_*(f, old, prev, out, ph, pw, bd, H, W, h, w, keys, scale, kmax, gt, l,
         // tok0, q, d): sums are [B·d, H, W], codes hold B·d·h·w ≤ B·d·H·W values, gt is [B, L, d] with
         // tok0 + n ≤ L.
-        unsafe { dev.launch("bsq.cu", name, cfg, &[&pooling[..], &codes[..]].concat()) }?;
+        unsafe { dev.launch("bsq.cu", name, cfg, &[&pooling[..], &labels[..]].concat()) }?;
         if si > 0 {
             let x = dev.arg_mut(&mut out.x_wo_prefix);
-            let args = [dev.arg(&scratch.sums[cur]), x, bi, di, hi, wi, hs, ws, lx, i(tok0 - n0)];
+            let args = [dev.arg(&sums[cur]), x, bi, di, hi, wi, hs, ws, lx, i(tok0 - n0)];
             // SAFETY: to_tokens_f32(sum, x, b, d, H, W, h, w, lx, tok0); x is [B, L − n0, d] and the
             // scale's tokens fit.
             unsafe { dev.launch("bsq.cu", "to_tokens_f32", elementwise(b * n * d), &args) }?;
@@ -122,6 +254,7 @@ fn per_block(items: usize) -> LaunchConfig {
 
 /// Host-buffer entry point for the equivalence test and benchmarks: `(gt_bits [B, L, d],
 /// x_wo_prefix [B, L − n0, d])`.
+#[allow(clippy::too_many_arguments)]
 pub fn self_correct_batch_host(
     dev: &Device,
     latent: &[f32],
@@ -130,11 +263,13 @@ pub fn self_correct_batch_host(
     scales: &[(usize, usize)],
     p_max: f64,
     apply_layers: usize,
+    path: BsqPath,
 ) -> Result<(Vec<u8>, Vec<f32>), CudaError> {
     let b = keys.len();
     let s = &dev.stream;
     let (lat, k) = (s.clone_htod(latent)?, s.clone_htod(keys)?);
-    let mut scratch = BsqScratch::new(dev, b, d, *scales.last().expect("non-empty schedule"))?;
+    let mut scratch = BsqScratch::new(b, d, *scales.last().expect("non-empty schedule"));
+    scratch.path = path;
     let mut out = BsqBatch::new(dev, b, d, scales)?;
     self_correct_batch(dev, &lat, &k, b, d, scales, p_max, apply_layers, &mut out, &mut scratch)?;
     let n0 = scales[0].0 * scales[0].1;

@@ -240,7 +240,7 @@ impl GpuModel {
         let s = &self.dev.stream;
         let (lat, k) = (s.clone_htod(latents)?, s.clone_htod(keys)?);
         let mut out = BsqBatch::new(&self.dev, b, d, inp.scales)?;
-        let mut scratch = BsqScratch::new(&self.dev, b, d, (hh, ww))?;
+        let mut scratch = BsqScratch::new(b, d, (hh, ww));
         self_correct_batch(&self.dev, &lat, &k, b, d, inp.scales, p_max, apply_layers, &mut out, &mut scratch)?;
         let dinp = self.upload_input(inp, (out.x_wo_prefix, out.gt_bits))?;
         self.run(inp, dinp, grad)
