@@ -18,7 +18,7 @@ use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqPath, BsqScra
 use infinity_kernels::cuda::device::{device_present, Act, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::layernorm_dev;
-use infinity_kernels::cuda::linear::{bias_grad, weight_grad};
+use infinity_kernels::cuda::linear::{bias_grad, to_bf16_dev, weight_grad};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::ops::adamw_dev;
 use infinity_kernels::cuda::{Device, Math};
@@ -138,6 +138,20 @@ fn main() {
             copy_gbs,
             None,
         );
+        if math == Math::Bf16 {
+            // h kept in bf16 alone, as the GPU model keeps the head's input: h read at 2 bytes by the
+            // kernel and by the dW GEMM (no cast before it), dh written in f32
+            let mut h16 = dev.stream.alloc_zeros::<u16>(n * c).unwrap();
+            to_bf16_dev(&dev, &h, &mut h16).unwrap();
+            let h16 = Act::Bf16(h16);
+            let ms = time_ms(&dev, 20, || {
+                head_bitwise_ce_device(&dev, &h16, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
+                let g = out.dlogits.as_ref().unwrap();
+                weight_grad(&gemm, &dev, g, &h16, &mut dw, (n, c, 2 * d)).unwrap();
+                bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
+            });
+            row("  h in bf16 (as training keeps it), fwd+bwd", ms, 2.0 * hb + gb, flops, copy_gbs, None);
+        }
     }
 
     // BSQ with self-correction: the 1M square schedule up to 64×64 (1024 px), 13 scales

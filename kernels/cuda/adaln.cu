@@ -1,31 +1,8 @@
-// Twins of kernels/src/adaln.rs: AdaLN modulation y = x·(1 + scale) + shift and the gated residual
-// res += y·gamma, forward and backward. x, y, res: [B, L, C]; scale, shift, gamma: rows of C values per
+// Twins of kernels/src/adaln.rs: the gated residual res += y·gamma, forward and backward (the AdaLN
+// modulation runs fused with its LayerNorm: norm.cu). x, y, res: [B, L, C]; gamma: rows of C values per
 // sample, `ps` floats apart (C for a [B, C] buffer, 6C for a part of the blocks' [B, 6C] AdaLN output).
 // Elementwise grid-stride loops; the per-sample parameter gradients are util.cu's group_dot.
 #include "common.cuh"
-
-__device__ __forceinline__ float modulated(const float* x, const float* scale, const float* shift, long i, int l,
-                                           int c, int ps) {
-    const long p = (i / ((long)l * c)) * ps + i % c;
-    return x[i] * (1.0f + scale[p]) + shift[p];
-}
-
-extern "C" __global__ void modulate_forward_f32(const float* __restrict__ x, const float* __restrict__ scale,
-                                                const float* __restrict__ shift, float* __restrict__ y,
-                                                int b, int l, int c, int ps) {
-    const long total = (long)b * l * c;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
-        y[i] = modulated(x, scale, shift, i, l, c, ps);
-}
-
-// dx written.
-extern "C" __global__ void modulate_backward_f32(const float* __restrict__ dy, const float* __restrict__ scale,
-                                                 float* __restrict__ dx, int b, int l, int c, int ps) {
-    const long total = (long)b * l * c;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
-        dx[i] = dy[i] * (1.0f + scale[(i / ((long)l * c)) * ps + i % c]);
-    }
-}
 
 extern "C" __global__ void gated_residual_forward_f32(const float* __restrict__ x, const float* __restrict__ y,
                                                       const float* __restrict__ gamma, float* __restrict__ out, int b,

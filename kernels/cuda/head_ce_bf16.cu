@@ -4,7 +4,8 @@
 // loss, the correct bits and the dlogits written for the weight gradient are f32.
 //
 // Dims: N tokens, C width (a multiple of 64), TD = 2d logits (16, 32, 64 or 128: a template
-// parameter). h [N, C] f32; W in bf16, packed by head_weight_bf16 as the two products' B fragments in
+// parameter). h [N, C] f32, or bf16 (the `_h16` entry points: the values the f32 variant rounds, so
+// the same results bit for bit, from half the bytes); W in bf16, packed by head_weight_bf16 as the two products' B fragments in
 // the order the warps read them (`wl` for the logits, `wd` for dh: one 8-byte load per lane and
 // fragment pair, a warp's loads contiguous, so every L2 sector is used whole). A block of 4 warps takes 32
 // tokens (two 16-row m-tiles); warp w takes the quarter [w·C/4, (w+1)·C/4) of the width, reading h
@@ -38,8 +39,19 @@ extern "C" __global__ void head_weight_bf16(const float* __restrict__ w, uint2* 
     }
 }
 
-template <int TD>
-__device__ __forceinline__ void head_ce(const float* __restrict__ h, const uint2* __restrict__ wl,
+// Columns col, col + 1 of h's row `row` as a bf16 pair (an A fragment register; 0 past the last row).
+__device__ __forceinline__ unsigned h_pair(const float* h, long row, int col, int n, int c) {
+    if (row >= n) return 0u;
+    const float2 x = *reinterpret_cast<const float2*>(h + row * c + col);
+    return pack2(x.x, x.y);
+}
+
+__device__ __forceinline__ unsigned h_pair(const bf16* h, long row, int col, int n, int c) {
+    return row < n ? *reinterpret_cast<const unsigned*>(h + row * c + col) : 0u;
+}
+
+template <int TD, class H>
+__device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __restrict__ wl,
                                         const uint2* __restrict__ wd, const float* __restrict__ bias,
                                         const unsigned char* __restrict__ labels, const float* __restrict__ weights,
                                         float label_smoothing, int n, int c, float* __restrict__ token_loss,
@@ -64,12 +76,8 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const uint2
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = t0 + mt * 16 + g + (e & 1) * 8, col = k0 + 2 * t + (e >> 1) * 8;
-                const float2 x =
-                    row < n ? *reinterpret_cast<const float2*>(h + (long)row * c + col) : make_float2(0.0f, 0.0f);
-                a[mt][e] = pack2(x.x, x.y);
-            }
+            for (int e = 0; e < 4; ++e)
+                a[mt][e] = h_pair(h, t0 + mt * 16 + g + (e & 1) * 8, k0 + 2 * t + (e >> 1) * 8, n, c);
         const uint2* wk = wl + (long)(k0 / 16) * (TD / 8) * 32 + lane;
 #pragma unroll
         for (int nt = 0; nt < TD / 8; ++nt) {
@@ -141,17 +149,21 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const uint2
     }
 }
 
-// ---- entry points: head_bitwise_ce_bf16_td{16,32,64,128}; grid ceil(N / 32), 128 threads ----
-#define ENTRY_POINT(TD)                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) head_bitwise_ce_bf16_td##TD(                               \
-        const float* __restrict__ h, const uint2* __restrict__ wl, const uint2* __restrict__ wd,                 \
+// ---- entry points: head_bitwise_ce_bf16_td{16,32,64,128} (h f32) and head_bitwise_ce_bf16_h16_td*
+// (h bf16); grid ceil(N / 32), 128 threads ----
+#define ENTRY_POINT(NAME, H, TD)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME##TD(                                                    \
+        const H* __restrict__ h, const uint2* __restrict__ wl, const uint2* __restrict__ wd,                       \
         const float* __restrict__ bias, const unsigned char* __restrict__ labels, const float* __restrict__ weights, \
-        float label_smoothing, int n, int c, float* __restrict__ token_loss, unsigned int* __restrict__ correct,  \
-        float* __restrict__ dlogits, float* __restrict__ dh) {                                                   \
-        head_ce<TD>(h, wl, wd, bias, labels, weights, label_smoothing, n, c, token_loss, correct, dlogits, dh);   \
+        float label_smoothing, int n, int c, float* __restrict__ token_loss, unsigned int* __restrict__ correct,    \
+        float* __restrict__ dlogits, float* __restrict__ dh) {                                                     \
+        head_ce<TD>(h, wl, wd, bias, labels, weights, label_smoothing, n, c, token_loss, correct, dlogits, dh);     \
     }
+#define ENTRY_POINTS(TD)                                   \
+    ENTRY_POINT(head_bitwise_ce_bf16_td, float, TD)        \
+    ENTRY_POINT(head_bitwise_ce_bf16_h16_td, bf16, TD)
 
-ENTRY_POINT(16)
-ENTRY_POINT(32)
-ENTRY_POINT(64)
-ENTRY_POINT(128)
+ENTRY_POINTS(16)
+ENTRY_POINTS(32)
+ENTRY_POINTS(64)
+ENTRY_POINTS(128)

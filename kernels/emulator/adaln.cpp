@@ -1,9 +1,8 @@
-// adaln.cu's modulation and gated residual (its backward f32 and bf16 out) on the emulator, with
-// device.rs's elementwise launch shape.
+// adaln.cu's gated residual (its backward f32 and bf16 out) on the emulator, with device.rs's
+// elementwise launch shape.
 //   adaln DIR B L C
-// reads DIR/{x,scale,shift,y,gamma}.bin (f32; x, y [B, L, C], the rest [B, C]); writes DIR/mod.bin
-// (f32), DIR/res.bin (f32: x + y·gamma), and the gated residual's dy from dres = x: DIR/dy.bin (f32)
-// and DIR/dy16.bin (bf16 bits).
+// reads DIR/{x,y,gamma}.bin (f32; x, y [B, L, C], gamma [B, C]); writes DIR/res.bin (f32:
+// x + y·gamma), and the gated residual's dy from dres = x: DIR/dy.bin (f32) and DIR/dy16.bin (bf16 bits).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -17,12 +16,10 @@ int main(int argc, char** argv) {
     }
     const std::string dir = argv[1];
     const int b = atoi(argv[2]), l = atoi(argv[3]), c = atoi(argv[4]);
-    auto x = read_array<float>(dir, "x"), scale = read_array<float>(dir, "scale"), shift = read_array<float>(dir, "shift");
-    auto y = read_array<float>(dir, "y"), gamma = read_array<float>(dir, "gamma");
+    auto x = read_array<float>(dir, "x"), y = read_array<float>(dir, "y"), gamma = read_array<float>(dir, "gamma");
     const long n = (long)b * l * c;
-    std::vector<float> mod(n), res(n);
+    std::vector<float> res(n);
     const dim3 grid{(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}, block{256, 1, 1};
-    emu::launch(grid, block, 0, [&] { modulate_forward_f32(x.data(), scale.data(), shift.data(), mod.data(), b, l, c, c); });
     emu::launch(grid, block, 0, [&] { gated_residual_forward_f32(x.data(), y.data(), gamma.data(), res.data(), b, l, c, c); });
     std::vector<float> dy(n);
     std::vector<unsigned short> dy16(n);
@@ -30,7 +27,6 @@ int main(int argc, char** argv) {
     emu::launch(grid, block, 0, [&] { gated_residual_backward_bf16(x.data(), gamma.data(), dy16.data(), b, l, c, c); });
     write_array(dir, "dy", dy);
     write_array(dir, "dy16", dy16);
-    write_array(dir, "mod", mod);
     write_array(dir, "res", res);
     return 0;
 }

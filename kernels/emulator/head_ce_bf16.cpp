@@ -1,15 +1,15 @@
 // head_ce_bf16.cu (W's bf16 fragment packings, then the fused head + bitwise CE) on the emulator, launched as
 // kernels/src/cuda/head_ce.rs launches it.
-//   head_ce_bf16 DIR N C D LABEL_SMOOTHING
-// reads DIR/{h,w,b,weights}.bin (f32) and DIR/labels.bin (u8 [N, D]); writes DIR/{loss,dlogits,dh}.bin
+//   head_ce_bf16 DIR N C D LABEL_SMOOTHING [h16]
+// (h16: h rounded to bf16 here and read by the `_h16` entry point) reads DIR/{h,w,b,weights}.bin (f32) and DIR/labels.bin (u8 [N, D]); writes DIR/{loss,dlogits,dh}.bin
 // (f32) and DIR/correct.bin (u32).
 #include "cuda_emulator.h"
 #include "io.h"
 #include "kernel.cu"
 
 int main(int argc, char** argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s DIR N C D LABEL_SMOOTHING\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s DIR N C D LABEL_SMOOTHING [h16]\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
     auto h = read_array<float>(dir, "h"), w = read_array<float>(dir, "w"), b = read_array<float>(dir, "b");
     auto weights = read_array<float>(dir, "weights");
     auto labels = read_array<unsigned char>(dir, "labels");
+    const bool h16 = argc == 7 && std::string(argv[6]) == "h16";
+    std::vector<bf16> h_bf16(h.size());
+    for (size_t i = 0; i < h.size(); ++i) h_bf16[i] = to_bf16(h[i]);
     std::vector<uint2> wl(td * c / 4), wd(td * c / 4);  // W's fragment packings
     std::vector<float> loss(n), dlogits((size_t)n * td), dh((size_t)n * c);
     std::vector<unsigned> correct(n);
@@ -27,8 +30,14 @@ int main(int argc, char** argv) {
 #define RUN(TD)                                                                                                 \
     case TD:                                                                                                    \
         emu::launch(grid, block, bytes, [&] {                                                                   \
-            head_bitwise_ce_bf16_td##TD(h.data(), wl.data(), wd.data(), b.data(), labels.data(), weights.data(),   \
-                                        smoothing, n, c, loss.data(), correct.data(), dlogits.data(), dh.data()); \
+            if (h16)                                                                                            \
+                head_bitwise_ce_bf16_h16_td##TD(h_bf16.data(), wl.data(), wd.data(), b.data(), labels.data(),  \
+                                                weights.data(), smoothing, n, c, loss.data(), correct.data(),  \
+                                                dlogits.data(), dh.data());                                    \
+            else                                                                                                \
+                head_bitwise_ce_bf16_td##TD(h.data(), wl.data(), wd.data(), b.data(), labels.data(),           \
+                                            weights.data(), smoothing, n, c, loss.data(), correct.data(),      \
+                                            dlogits.data(), dh.data());                                        \
         });                                                                                                     \
         break;
     switch (td) {

@@ -9,8 +9,8 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 
-use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
-use super::linear::{bias_grad, weight_grad, Gemm};
+use super::device::{elementwise, Act, Arg, Buf, BufMut, CudaError, Device};
+use super::linear::{bias_grad, to_bf16_dev, weight_grad, Gemm};
 use super::Math;
 
 /// Tokens per block and K tile of head_ce.cu.
@@ -51,9 +51,16 @@ fn launch_config(n: usize, d: usize) -> LaunchConfig {
     }
 }
 
+/// Whether `Math::Bf16` runs the head on tensor cores (head_ce_bf16.cu) for width `c` and `d` bits: d of
+/// 8, 16, 32 or 64 and C a multiple of 64. Only then may `h` be bf16 alone ([`super::device::Act::Bf16`]).
+pub fn head_on_tensor_cores(math: Math, c: usize, d: usize) -> bool {
+    math == Math::Bf16 && [8, 16, 32, 64].contains(&d) && c.is_multiple_of(64)
+}
+
 /// Loss (and `dlogits`, `dh` when `out` has them) of `h [N, C]` through the head `w [2d, C]`, `b [2d]`.
-/// Every element of `out` is written. `Math::Bf16` runs head_ce_bf16.cu where it applies (d of 8, 16, 32
-/// or 64, C a multiple of 64, h 16-byte aligned), head_ce.cu otherwise.
+/// Every element of `out` is written. `Math::Bf16` runs head_ce_bf16.cu where it applies
+/// ([`head_on_tensor_cores`], h 16-byte aligned), head_ce.cu otherwise; `h` in bf16 alone takes the
+/// tensor-core kernel (an error where it does not apply).
 #[allow(clippy::too_many_arguments)]
 pub fn head_bitwise_ce_device(
     dev: &Device,
@@ -89,8 +96,19 @@ pub fn head_bitwise_ce_device(
         (Some(g), Some(dh)) => [g.addr_mut(s), dh.addr_mut(s)],
         _ => [0, 0],
     };
-    if math == Math::Bf16 && [8, 16, 32, 64].contains(&d) && c % 64 == 0 && h.addr(s).is_multiple_of(16) {
-        return head_bf16(dev, (h, w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
+    let tensor_cores = head_on_tensor_cores(math, c, d);
+    if h.bf16_only() {
+        if !tensor_cores {
+            return Err(CudaError::Driver(format!(
+                "head_bitwise_ce: h in bf16 needs the tensor-core head (bf16 math, d of 8–64, C a multiple of 64; \
+                 got {math:?}, d = {d}, C = {c})"
+            )));
+        }
+        let h16 = h.bf16_addr(s).expect("a bf16-only buffer has a bf16 address");
+        return head_bf16(dev, (h16, true), (w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
+    }
+    if tensor_cores && h.addr(s).is_multiple_of(16) {
+        return head_bf16(dev, (h.addr(s), false), (w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
     }
     let i = |v: usize| Arg::I32(v as i32);
     let args = [
@@ -113,10 +131,12 @@ pub fn head_bitwise_ce_device(
 }
 
 /// head_ce_bf16.cu: W packed as bf16 fragments for both products, then 32 tokens per block of 128
-/// threads.
+/// threads; `h` at address `h_addr`, bf16 when `h16`.
+#[allow(clippy::too_many_arguments)]
 fn head_bf16(
     dev: &Device,
-    (h, w, b, labels, weights): (&dyn Buf, &dyn Buf, &dyn Buf, &CudaSlice<u8>, &dyn Buf),
+    (h_addr, h16): (u64, bool),
+    (w, b, labels, weights): (&dyn Buf, &dyn Buf, &CudaSlice<u8>, &dyn Buf),
     label_smoothing: f32,
     (n, c, d): (usize, usize, usize),
     [dlogits, dh]: [u64; 2],
@@ -136,7 +156,7 @@ fn head_bf16(
     // SAFETY: head_weight_bf16(w [2d, C], wl, wd, 2d, C): one thread per pair (C·2d/4), fresh 8-byte
     // aligned allocations.
     unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c / 4), &args) }?;
-    let name = format!("head_bitwise_ce_bf16_td{td}");
+    let name = format!("head_bitwise_ce_bf16_{}td{td}", if h16 { "h16_" } else { "" });
     let bytes = 4 * 32 * (td + 4) * 4 + 32 * (td + 8) * 2;
     let f = dev.function("head_ce_bf16.cu", &name)?;
     if bytes > 48 * 1024 {
@@ -148,7 +168,7 @@ fn head_bf16(
         shared_mem_bytes: bytes as u32,
     };
     let args = [
-        Arg::Ptr(h.addr(s)),
+        Arg::Ptr(h_addr),
         Arg::Ptr(wl.device_ptr(s).0),
         Arg::Ptr(wd.device_ptr(s).0),
         Arg::Ptr(b.addr(s)),
@@ -175,7 +195,8 @@ pub struct HeadCeOut {
 }
 
 /// Host-buffer entry point for the equivalence test and benchmarks; the weight gradients go through
-/// cuBLAS from the kernel's `dlogits`.
+/// cuBLAS from the kernel's `dlogits`. `h_bf16`: h is rounded to bf16 on the device and kept in bf16
+/// alone, as the GPU model keeps it for the tensor-core head (the weight gradient then runs in bf16).
 #[allow(clippy::too_many_arguments)]
 pub fn head_bitwise_ce(
     dev: &Device,
@@ -188,17 +209,25 @@ pub fn head_bitwise_ce(
     d: usize,
     grad: bool,
     math: Math,
+    h_bf16: bool,
 ) -> Result<HeadCeOut, CudaError> {
     let (n, c) = (weights.len(), w.len() / (2 * d).max(1));
     assert!(h.len() == n * c && w.len() == 2 * d * c, "head_bitwise_ce: h [N, C] and w [2d, C]");
     let s = &dev.stream;
     let (hd, wd, bd) = (s.clone_htod(h)?, s.clone_htod(w)?, s.clone_htod(b)?);
+    let hd = if h_bf16 {
+        let mut h16 = s.alloc_zeros::<u16>(n * c)?;
+        to_bf16_dev(dev, &hd, &mut h16)?;
+        Act::Bf16(h16)
+    } else {
+        Act::F32(hd)
+    };
     let (yd, wtd) = (s.clone_htod(labels)?, s.clone_htod(weights)?);
     let mut out = HeadCeDevice::new(dev, (n, c, d), grad)?;
     head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out, math)?;
     let grads = match (&out.dlogits, &out.dh) {
         (Some(g), Some(dh)) => {
-            let gemm = Gemm::new(dev, false)?;
+            let gemm = Gemm::new(dev, h_bf16)?;
             let (mut dw, mut db) = (s.alloc_zeros::<f32>(2 * d * c)?, s.alloc_zeros::<f32>(2 * d)?);
             weight_grad(&gemm, dev, g, &hd, &mut dw, (n, c, 2 * d))?;
             bias_grad(dev, g, &mut db, n, 2 * d)?;

@@ -139,42 +139,9 @@ impl AdaShape {
     }
 }
 
-/// `y = x·(1 + scale) + shift`.
-pub fn modulate_dev(
-    dev: &Device,
-    x: &dyn Buf,
-    scale: &dyn Buf,
-    shift: &dyn Buf,
-    y: &mut dyn BufMut,
-    sh: AdaShape,
-) -> Result<(), CudaError> {
-    let args = [&[dev.arg(x), dev.arg(scale), dev.arg(shift), dev.arg_mut(y)][..], &sh.args()].concat();
-    // SAFETY: modulate_forward_f32(x, scale, shift, y, b, l, c, ps).
-    unsafe { dev.launch("adaln.cu", "modulate_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
-}
-
-/// Backward of [`modulate_dev`]: `dx` written, `dscale`, `dshift` added (their rows `grad_stride`
-/// floats apart: the parameters may be read from a wider buffer than their gradients go to).
-#[allow(clippy::too_many_arguments)]
-pub fn modulate_backward_dev(
-    dev: &Device,
-    dy: &dyn Buf,
-    x: &dyn Buf,
-    scale: &dyn Buf,
-    dx: &mut dyn BufMut,
-    dscale: &mut dyn BufMut,
-    dshift: &mut dyn BufMut,
-    sh: AdaShape,
-    grad_stride: usize,
-) -> Result<(), CudaError> {
-    let args = [&[dev.arg(dy), dev.arg(scale), dev.arg_mut(dx)][..], &sh.args()].concat();
-    // SAFETY: modulate_backward_f32(dy, scale, dx, b, l, c, ps).
-    unsafe { dev.launch("adaln.cu", "modulate_backward_f32", elementwise(sh.b * sh.l * sh.c), &args) }?;
-    modulate_param_grads(dev, dy, Factor::Values(x), (dscale, dshift), sh, grad_stride)
-}
-
-/// The per-sample gradients of [`modulate_dev`]'s scale and shift (added): `Σ_t dy·x` and `Σ_t dy`,
-/// `x` the modulation's input (kept, or a LayerNorm's output recomputed: [`Factor::Normalized`]).
+/// The per-sample gradients of a modulation `y = x·(1 + scale) + shift`'s scale and shift (added):
+/// `Σ_t dy·x` and `Σ_t dy`, `x` the modulation's input (kept, or a LayerNorm's output recomputed:
+/// [`Factor::Normalized`]).
 pub fn modulate_param_grads(
     dev: &Device,
     dy: &dyn Buf,
@@ -531,36 +498,6 @@ pub fn modulated_layernorm_backward(
     let dres = dresd.as_ref().map(|v| v as &dyn Buf);
     modulated_layernorm_backward_dev(dev, &dyd, &xd, &sd, (&md, &rd), dres, &mut dx, shape(scale, l, c))?;
     down(dev, &dx, x.len())
-}
-
-/// Host-slice [`modulate_dev`].
-pub fn modulate(
-    dev: &Device,
-    x: &[f32],
-    scale: &[f32],
-    shift: &[f32],
-    l: usize,
-    c: usize,
-) -> Result<Vec<f32>, CudaError> {
-    let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
-    let mut y = zeros(dev, x.len())?;
-    modulate_dev(dev, &xd, &sd, &hd, &mut y, shape(scale, l, c))?;
-    down(dev, &y, x.len())
-}
-
-/// `[dx, dscale, dshift]` of [`modulate`].
-pub fn modulate_backward(
-    dev: &Device,
-    dy: &[f32],
-    x: &[f32],
-    scale: &[f32],
-    l: usize,
-    c: usize,
-) -> Result<Vec<Vec<f32>>, CudaError> {
-    let (dyd, xd, sd) = (up(dev, dy)?, up(dev, x)?, up(dev, scale)?);
-    let (mut dx, mut ds, mut dh) = (zeros(dev, x.len())?, zeros(dev, scale.len())?, zeros(dev, scale.len())?);
-    modulate_backward_dev(dev, &dyd, &xd, &sd, &mut dx, &mut ds, &mut dh, shape(scale, l, c), c)?;
-    Ok(vec![down(dev, &dx, x.len())?, down(dev, &ds, scale.len())?, down(dev, &dh, scale.len())?])
 }
 
 pub fn gated_residual(

@@ -67,7 +67,8 @@ pub fn backward(
     bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
     let (mut dhs, mut dhb) = (net.buf(b * c)?, net.buf(b * c)?);
     let hs = AdaShape { b, l, c, ps: 2 * c };
-    modulate_param_grads(dev, dh, Factor::Values(&a.xhat_h), (&mut dhs, &mut dhb), hs, c)?;
+    let xhat = Factor::Normalized { x: &a.x_out, mean: &a.lnh[0], rstd: &a.lnh[1] };
+    modulate_param_grads(dev, dh, xhat, (&mut dhs, &mut dhb), hs, c)?;
     let mut dhead_ss = net.buf(b * 2 * c)?;
     util::put_part(dev, &dhs, &mut dhead_ss, (b, 2, 0, c))?;
     util::put_part(dev, &dhb, &mut dhead_ss, (b, 2, 1, c))?;

@@ -8,10 +8,9 @@ use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::{attention_forward_dev, runs_on_tensor_cores, AttnRanges};
 use infinity_kernels::cuda::device::Act;
-use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
+use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, head_on_tensor_cores, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_act, layernorm_dev, modulate_dev, modulated_layernorm_dev,
-    rmsnorm_dev, AdaShape, DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_act, modulated_layernorm_dev, rmsnorm_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::qkv::qkv_heads_dev;
@@ -109,11 +108,12 @@ pub struct GpuActs {
     pub shared_gss: CudaSlice<f32>,
     pub head_ss: CudaSlice<f32>,
     pub blocks: Vec<BlockBufs>,
-    /// `[N, C]` final residual, its LN (`[N]` statistics) and modulation.
+    /// `[N, C]` final residual, its LN's `[N]` statistics and the modulated LN (the head's input: bf16
+    /// alone when the head runs on tensor cores, which with the dW GEMM is all that reads it; x̂ is
+    /// recomputed for the scale's gradient).
     pub x_out: CudaSlice<f32>,
     pub lnh: [CudaSlice<f32>; 2],
-    pub xhat_h: CudaSlice<f32>,
-    pub h_head: CudaSlice<f32>,
+    pub h_head: Act,
     /// Per-token loss, correct bits, dlogits and `dh` of the fused head + loss.
     pub ce: HeadCeDevice,
 }
@@ -167,11 +167,11 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     }
 
     // ---- head and loss ----------------------------------------------------------------------------
-    let (mut xhat_h, mut mean, mut rstd) = (net.buf(n * c)?, net.buf(n)?, net.buf(n)?);
-    layernorm_dev(dev, &x, None, None, &mut xhat_h, &mut mean, &mut rstd, (n, c), cfg.norm_eps as f32)?;
-    let mut h_head = net.buf(n * c)?;
-    let hs = AdaShape { b, l, c, ps: 2 * c };
-    modulate_dev(dev, &xhat_h, &head_ss.slice(..), &head_ss.slice(c..), &mut h_head, hs)?;
+    let (mut mean, mut rstd) = (net.out(n)?, net.out(n)?);
+    let mut h_head = net.act_in(head_on_tensor_cores(net.math(), c, d), n * c)?;
+    let (hs, eps) = (AdaShape { b, l, c, ps: 2 * c }, cfg.norm_eps as f32);
+    let (scale, shift) = (head_ss.slice(..), head_ss.slice(c..));
+    modulated_layernorm_dev(dev, &x, &scale, &shift, &mut h_head, (&mut mean, &mut rstd), hs, eps)?;
     let mut ce = HeadCeDevice::new(dev, (n, c, d), grad)?;
     let (hw, hb) = (net.w("head.weight"), net.w("head.bias"));
     head_bitwise_ce_device(
@@ -186,7 +186,7 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
         &mut ce,
         net.math(),
     )?;
-    Ok(GpuActs { text, cond, cond_silu, shared_gss, head_ss, blocks, x_out: x, lnh: [mean, rstd], xhat_h, h_head, ce })
+    Ok(GpuActs { text, cond, cond_silu, shared_gss, head_ss, blocks, x_out: x, lnh: [mean, rstd], h_head, ce })
 }
 
 /// The condition `[B, C]` and, for text, the saved text path (text_norm, attention pool, context).
