@@ -2,7 +2,8 @@
 # On a machine with an NVIDIA GPU and CUDA 13: run every GPU test (each kernel against its CPU twin,
 # the model on the GPU against the CPU model and the golden folders, the NCCL communicator, NCCL data
 # parallelism when there are 2+ GPUs), the kernel benchmarks and the training-step benchmark side by
-# side with PyTorch eager, and print a summary. Meant to fit one device run.
+# side with PyTorch eager, Nsight Compute counters of the headline and attention kernels when ncu is
+# there and budget is left, and print a summary. Meant to fit one device run.
 #
 #   bash scripts/gpu-check.sh                 # builds with cargo when it is there
 #   bash scripts/gpu-pack.sh   (elsewhere)    # no cargo on the GPU machine: build here, carry
@@ -143,6 +144,26 @@ for shape in "--preset layer12 --batch 16 --python python3" "--preset 2b --batch
     step 90 "model-bench-$i" "$bin" model bench $shape --template 1.000 --budget 0.06M --steps 3 --device cuda \
         --peak-tflops 790
 done
+
+# Hardware counters of the headline and attention kernels, when Nsight Compute is installed and its
+# counters are permitted (a failure here is reported, not counted): achieved DRAM and L2 throughput,
+# occupancy and warp stall reasons, one launch per launch configuration after the warm-up calls. The
+# kernel bench runs once more under it, without PyTorch.
+ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+if [ -n "$ncu_bin" ] && [ "$(left)" -gt 120 ]; then
+    echo "== ncu"
+    kernels='regex:^(head_bitwise_ce_bf16_(h16_)?td64|self_correct_planes_f32|residual_codes_.*|attention_.*bf16.*c128)$'
+    (cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=none timeout $(($(left) - 30)) "$ncu_bin" \
+        --target-processes application-only --kernel-name "$kernels" --filter-mode per-launch-config \
+        --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section Occupancy --section WarpStateStats --section LaunchStats "$bench" --bench) >"$out/ncu.log" 2>&1
+    rc=$?
+    grep -E "^  [a-z_0-9]+|Duration|DRAM Throughput|L2 Cache Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Stall" \
+        "$out/ncu.log" | head -120
+    if [ $rc -eq 0 ]; then note "ok    ncu (counters in $out/ncu.log)"; else note "skip  ncu (rc $rc: $(grep -m1 -iE 'error|ERR_' "$out/ncu.log"))"; fi
+else
+    note "skip  ncu (not installed, or under 120 s of budget left)"
+fi
 
 echo "== summary"
 cat "$summary"
