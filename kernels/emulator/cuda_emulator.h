@@ -141,8 +141,10 @@ inline void wait(Barrier& b) {
     while (b.generation == gen) yield();
 }
 
-inline int lane() { return threadIdx.x & 31; }
-inline Warp& warp() { return block->warps[threadIdx.x >> 5]; }
+// The thread's index in its block, x fastest (CUDA's order, which groups threads into warps).
+inline int linear_tid() { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+inline int lane() { return linear_tid() & 31; }
+inline Warp& warp() { return block->warps[linear_tid() >> 5]; }
 
 inline void fiber_main() {
     block->body();
@@ -157,12 +159,14 @@ inline void fiber_main() {
     release_if_complete(block->sync);
 }
 
-// Run `body` as every thread of every block of `grid` × `block_dim` (1-D blocks of whole warps), with
-// `smem_bytes` of dynamic shared memory per block.
+// Run `body` as every thread of every block of `grid` × `block_dim` (blocks of whole warps, warps
+// made of consecutive linear thread indices as on a GPU), with `smem_bytes` of dynamic shared memory
+// per block.
 inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<void()> body) {
     const int n = block_dim.x * block_dim.y * block_dim.z;
-    if (n % 32 != 0 || block_dim.y != 1 || block_dim.z != 1) {
-        fprintf(stderr, "emulator: 1-D blocks of whole warps only\n");
+    if (n % 32 != 0) {
+        fprintf(stderr, "emulator: blocks of whole warps only (%u × %u × %u threads)\n", block_dim.x, block_dim.y,
+                block_dim.z);
         exit(2);
     }
     gridDim = grid;
@@ -181,7 +185,9 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                 b.sync.expected = n;
                 for (int i = 0; i < n; ++i) {
                     Fiber& f = b.fibers[i];
-                    f.tid.x = i;
+                    f.tid.x = i % block_dim.x;
+                    f.tid.y = (i / block_dim.x) % block_dim.y;
+                    f.tid.z = i / (block_dim.x * block_dim.y);
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = stacks[i].get();
                     f.ctx.uc_stack.ss_size = STACK_BYTES;

@@ -406,6 +406,50 @@ fn gated_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
     assert!(read_u16(&dir, "dx16") == rounded(&read(&dir, "dxw")), "gelu_backward_bf16 is not the f32 one rounded");
 }
 
+/// util.cu's column reductions (32 × 8 thread blocks: the emulator's 2-D blocks), as util.rs launches
+/// them: bias sums over f32 and over bf16-only values, a strided column sum, and the AdaLN parameter
+/// gradients Σ dy, Σ dy·x and Σ dy·x̂ with x̂ recomputed from the LayerNorm's input and statistics
+/// (`Factor::Normalized`, what the blocks and the head use), against f64 sums within 1e-5. Rows not
+/// multiples of the 64-row chunks, columns not multiples of the 32-column tiles.
+#[test]
+fn column_reductions_match_f64_sums_on_the_emulator() {
+    let Some(exe) = build("util.cu", "util") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(44);
+    for (g, l, c) in [(1, 1, 32), (3, 57, 100), (2, 130, 40)] {
+        let (rows, cs) = (g * l, c - 7);
+        let tag = format!("emulated column reductions {g}×{l} rows, {c} columns");
+        let uniform = |rng: &mut rand::rngs::StdRng, n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let (a, b) = (uniform(&mut rng, rows * c, -1.0, 1.0), uniform(&mut rng, rows * c, -2.0, 2.0));
+        let (mean, rstd) = (uniform(&mut rng, rows, -0.5, 0.5), uniform(&mut rng, rows, 0.5, 2.0));
+        let dir = exe.with_file_name(format!("case-{g}x{l}x{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, v) in [("a", &a), ("b", &b), ("mean", &mean), ("rstd", &rstd)] {
+            write(&dir, name, v);
+        }
+        run(&exe, &dir, &[rows, c, l, cs].map(|v| v.to_string()), &tag);
+        let a16: Vec<f32> = a.iter().map(|&v| f32::from_bits((bf16_bits(v) as u32) << 16)).collect();
+        let col = |x: &[f32], width: usize| -> Vec<f32> {
+            (0..width).map(|j| (0..rows).map(|r| x[r * c + j] as f64).sum::<f64>() as f32).collect()
+        };
+        let dot = |f: &dyn Fn(usize) -> f64| -> Vec<f32> {
+            (0..g * c)
+                .map(|i| {
+                    (0..l).map(|t| ((i / c) * l + t) * c + i % c).map(|at| a[at] as f64 * f(at)).sum::<f64>() as f32
+                })
+                .collect()
+        };
+        close(&format!("{tag}: col_sum"), &read(&dir, "colsum"), &col(&a, c), 1e-5);
+        close(&format!("{tag}: col_sum of bf16 values"), &read(&dir, "colsum16"), &col(&a16, c), 1e-5);
+        close(&format!("{tag}: strided col_sum"), &read(&dir, "colsum_strided"), &col(&a, cs), 1e-5);
+        close(&format!("{tag}: group_dot"), &read(&dir, "dot_one"), &dot(&|_| 1.0), 1e-5);
+        close(&format!("{tag}: group_dot, values"), &read(&dir, "dot_values"), &dot(&|at| b[at] as f64), 1e-5);
+        let xhat = |at: usize| (b[at] - mean[at / c]) as f64 * rstd[at / c] as f64;
+        close(&format!("{tag}: group_dot, recomputed x̂"), &read(&dir, "dot_norm"), &dot(&xhat), 1e-5);
+    }
+}
+
 /// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)
 /// against the CPU twins: q_raw, k_raw and v are sums (exact), q, k, the norms and the gradients
 /// within 1e-5 (summation order), and every bf16 value exactly the f32 kernel's rounded. Head dims 20
