@@ -79,6 +79,10 @@ impl BsqScratch {
     }
 }
 
+/// Static shared memory of `self_correct_planes_f32` (common.cuh's `block_sum`: 33 floats), rounded
+/// up: the dynamic part must leave room for it.
+const STATIC_SMEM: usize = 256;
+
 /// The sizes `self_correct_planes_f32` keeps for all but the last scale: the most codes (`qmax`) and
 /// the most rows (`umax`).
 fn earlier_scales(scales: &[(usize, usize)]) -> (usize, usize) {
@@ -124,8 +128,8 @@ pub fn self_correct_batch(
     let kmax = (100.0 * p_max).round() as usize;
     let bytes = planes_smem_bytes(scales);
     // the kernel's tables are sized by the last scale: every scale must be at most as large
-    let fits = bytes <= dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize
-        && scales.iter().all(|&(h, w)| h <= hh && w <= ww);
+    let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+    let fits = bytes + STATIC_SMEM <= optin && scales.iter().all(|&(h, w)| h <= hh && w <= ww);
     match scratch.path {
         BsqPath::Auto | BsqPath::Planes if fits => {
             planes(dev, (latent, keys), (b, d, scales), (kmax, apply_layers), out, scratch, bytes)
@@ -153,7 +157,7 @@ fn planes(
     let (hh, ww) = *scales.last().expect("checked by the caller");
     let (qmax, umax) = earlier_scales(scales);
     let f = dev.function("bsq.cu", "self_correct_planes_f32")?;
-    if bytes > 48 * 1024 {
+    if bytes + STATIC_SMEM > 48 * 1024 {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
     }
     let s = &dev.stream;
@@ -169,7 +173,7 @@ fn planes(
         i(umax),
         Arg::Ptr(keys.device_ptr(s).0),
         i(kmax),
-        i(apply_layers),
+        i(apply_layers.min(scales.len())), // only whether a scale is below it matters
         Arg::Ptr(out.gt_bits.device_ptr_mut(s).0),
         i(num_tokens(scales)),
         dev.arg_mut(&mut out.x_wo_prefix),
