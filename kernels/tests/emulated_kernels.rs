@@ -14,7 +14,7 @@ use infinity_kernels::cuda::attention::expand_segments;
 use infinity_kernels::cuda::compile::source;
 use infinity_kernels::qkv::{qkv_heads_backward, qkv_heads_forward, QkvHeads};
 use infinity_kernels::rope::RopeTable;
-use infinity_kernels::{act, adaln, bitwise_ce, bsq, linear};
+use infinity_kernels::{act, adaln, adamw, bitwise_ce, bsq, linear};
 use rand::{Rng, SeedableRng};
 
 const EMULATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator");
@@ -448,6 +448,43 @@ fn column_reductions_match_f64_sums_on_the_emulator() {
         let xhat = |at: usize| (b[at] - mean[at / c]) as f64 * rstd[at / c] as f64;
         close(&format!("{tag}: group_dot, recomputed x̂"), &read(&dir, "dot_norm"), &dot(&xhat), 1e-5);
     }
+}
+
+/// adamw.cu (the fused AdamW step, the squared global norm, the clipping scale) as ops.rs launches it,
+/// over more elements than one grid-stride pass: parameters and moments bit for bit the CPU twin's
+/// (the same f32 operations in the same order, no contraction), Σ g² within 1e-12 (f64 partials summed
+/// in a tree), the scaled gradient exactly g·coef through f64.
+#[test]
+fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
+    let Some(exe) = build("adamw.cu", "adamw") else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(45);
+    let n = 70_001;
+    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+    let (mut p, g) = (uniform(n, -1.0, 1.0), uniform(n, -0.1, 0.1));
+    let (mut m, mut v) = (uniform(n, -0.01, 0.01), uniform(n, 0.0, 0.001));
+    let decay: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+    let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7);
+    let dir = exe.with_file_name("case");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, x) in [("p", &p), ("g", &g), ("m", &m), ("v", &v)] {
+        write(&dir, name, x);
+    }
+    write(&dir, "decay", &decay.iter().map(|&d| d as u8).collect::<Vec<_>>());
+    write(&dir, "scalars", &[s.step_size, s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
+    let coef = 0.37;
+    run(&exe, &dir, &[n.to_string(), coef.to_string()], "emulated adamw");
+    let sumsq = adamw::sum_squares(&g);
+    adamw::adamw_update(&mut p, &g, &mut m, &mut v, &decay, &s);
+    for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
+        let emulated = read(&dir, &format!("{name}_out"));
+        let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(off, 0, "emulated adamw: {off} of {n} values of {name} differ from the CPU twin's");
+    }
+    let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
+    let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
+    assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");
+    let scaled: Vec<f32> = g.iter().map(|&x| (x as f64 * coef) as f32).collect();
+    assert!(read(&dir, "scaled") == scaled, "emulated scale_f32 is not g·coef through f64");
 }
 
 /// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)
