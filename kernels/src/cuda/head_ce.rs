@@ -105,6 +105,9 @@ pub fn head_bitwise_ce_device(
             )));
         }
         let h16 = h.bf16_addr(s).expect("a bf16-only buffer has a bf16 address");
+        if !h16.is_multiple_of(4) {
+            return Err(CudaError::Driver("head_bitwise_ce: h in bf16 must start 4-byte aligned (pairs)".into()));
+        }
         return head_bf16(dev, (h16, true), (w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
     }
     if tensor_cores && h.addr(s).is_multiple_of(16) {
