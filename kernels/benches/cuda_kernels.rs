@@ -18,9 +18,9 @@ use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqPath, BsqScra
 use infinity_kernels::cuda::device::{device_present, Act, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::layernorm_dev;
-use infinity_kernels::cuda::linear::{bias_grad, to_bf16_dev, weight_grad};
+use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, to_bf16_dev, weight_grad};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
-use infinity_kernels::cuda::ops::adamw_dev;
+use infinity_kernels::cuda::ops::{adamw_dev, bitwise_ce_dev};
 use infinity_kernels::cuda::{Device, Math};
 use rand::{Rng, SeedableRng};
 
@@ -151,6 +151,23 @@ fn main() {
                 bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
             });
             row("  h in bf16 (as training keeps it), fwd+bwd", ms, 2.0 * hb + gb, flops, copy_gbs, None);
+            // the same math unfused: cuBLAS logits and dh around bitwise_ce.cu (what the fusion gains
+            // over the plain composition on this GPU; the logits' round trip is N·2d values)
+            let s = &dev.stream;
+            let (mut logits, mut dlog) =
+                (s.alloc_zeros::<f32>(n * 2 * d).unwrap(), s.alloc_zeros::<f32>(n * 2 * d).unwrap());
+            let (mut loss, mut correct) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<u32>(n).unwrap());
+            let mut dh = s.alloc_zeros::<f32>(n * c).unwrap();
+            let ms = time_ms(&dev, 20, || {
+                linear_dev(&dev, &gemm, &h16, &w, Some(&b), &mut logits, (n, c, 2 * d)).unwrap();
+                let ce_out = (&mut loss, &mut correct);
+                bitwise_ce_dev(&dev, &logits, &y, &wt, 0.0, (n, d), ce_out, Some(&mut dlog)).unwrap();
+                let g = rounded(&gemm, &dev, &dlog).unwrap();
+                input_grad(&gemm, &dev, &g, &w, &mut dh, (n, c, 2 * d)).unwrap();
+                weight_grad(&gemm, &dev, &g, &h16, &mut dw, (n, c, 2 * d)).unwrap();
+                bias_grad(&dev, &dlog, &mut db, n, 2 * d).unwrap();
+            });
+            row("  unfused: cuBLAS GEMMs + bitwise_ce.cu, h bf16", ms, 2.0 * hb + gb, flops, copy_gbs, None);
         }
     }
 

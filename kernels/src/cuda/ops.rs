@@ -26,26 +26,52 @@ pub fn bitwise_ce(
     let n = weights.len();
     assert!(logits.len() == n * 2 * d && labels.len() == n * d, "bitwise_ce: logits [N, 2d] and labels [N, d]");
     let s = &dev.stream;
-    let f = dev.function("bitwise_ce.cu", "bitwise_ce_f32")?;
     let (z, y, w) = (s.clone_htod(logits)?, s.clone_htod(labels)?, s.clone_htod(weights)?);
-    let mut loss = s.alloc_zeros::<f32>(n)?;
-    let mut correct = s.alloc_zeros::<u32>(n)?;
-    let mut dz = s.alloc_zeros::<f32>(if grad { n * 2 * d } else { 1 })?;
-    let (n_i, d_i) = (n as i32, d as i32);
-    // one block per token; bits per thread beyond 256 loop
-    let cfg = per_row(n, d.min(256));
-    let null = 0u64;
-    let mut b = s.launch_builder(&f);
-    b.arg(&z).arg(&y).arg(&w).arg(&label_smoothing).arg(&n_i).arg(&d_i).arg(&mut loss).arg(&mut correct);
-    if grad {
-        b.arg(&mut dz);
-    } else {
-        b.arg(&null);
-    }
-    // SAFETY: argument types and buffer sizes match the kernel's signature (checked above).
-    unsafe { b.launch(cfg) }?;
-    let dlogits = if grad { Some(s.clone_dtoh(&dz)?) } else { None };
+    let (mut loss, mut correct) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<u32>(n)?);
+    let mut dz = if grad { Some(s.alloc_zeros::<f32>(n * 2 * d)?) } else { None };
+    let dz_out = dz.as_mut().map(|g| g as &mut dyn BufMut);
+    bitwise_ce_dev(dev, &z, &y, &w, label_smoothing, (n, d), (&mut loss, &mut correct), dz_out)?;
+    let dlogits = dz.map(|g| s.clone_dtoh(&g)).transpose()?;
     Ok(BitwiseCeOut { token_loss: s.clone_dtoh(&loss)?, correct_bits: s.clone_dtoh(&correct)?, dlogits })
+}
+
+/// The bitwise CE of device `logits [N, 2d]` (bitwise_ce.cu): per-token loss and correct bits written,
+/// and `dlogits [N, 2d]` when given.
+#[allow(clippy::too_many_arguments)]
+pub fn bitwise_ce_dev(
+    dev: &Device,
+    logits: &dyn Buf,
+    labels: &CudaSlice<u8>,
+    weights: &dyn Buf,
+    label_smoothing: f32,
+    (n, d): (usize, usize),
+    (token_loss, correct): (&mut CudaSlice<f32>, &mut CudaSlice<u32>),
+    dlogits: Option<&mut dyn BufMut>,
+) -> Result<(), CudaError> {
+    assert!(
+        logits.count() >= n * 2 * d
+            && labels.len() >= n * d
+            && weights.count() >= n
+            && token_loss.len() >= n
+            && correct.len() >= n
+            && dlogits.as_ref().is_none_or(|g| g.count() >= n * 2 * d),
+        "bitwise_ce: logits, dlogits [N, 2d], labels [N, d], weights, token_loss, correct [N]"
+    );
+    let s = &dev.stream;
+    let args = [
+        dev.arg(logits),
+        Arg::Ptr(labels.device_ptr(s).0),
+        dev.arg(weights),
+        Arg::F32(label_smoothing),
+        Arg::int(n),
+        Arg::int(d),
+        dev.arg_mut(token_loss),
+        Arg::Ptr(correct.device_ptr_mut(s).0),
+        Arg::Ptr(dlogits.map_or(0, |g| g.addr_mut(s))),
+    ];
+    // SAFETY: bitwise_ce_f32(logits, labels, weights, ls, n, d, token_loss, correct, dlogits or null):
+    // sizes asserted above; one block per token, bits per thread beyond 256 loop.
+    unsafe { dev.launch("bitwise_ce.cu", "bitwise_ce_f32", per_row(n, d.min(256)), &args) }
 }
 
 /// `y = f(x)` for `kernel` in act.cu (`gelu_forward_f32`, `silu_forward_f32`) on device buffers.
