@@ -286,6 +286,14 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
             attention_backward_dev(dev, &d_o, (&q, &k, &v), o, &lse, &r, dims, grads, &mut delta, math).unwrap()
         });
     }
+    // a tuning knob: the C = 128 forward held to 3 blocks per SM (168 registers, a few bytes spilled,
+    // the default) or allowed 2 (211 registers, none spilled)
+    dev.set_defines("attention_bf16.cu", &["FWD_BLOCKS_128=2"]);
+    let ms =
+        time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o16, &mut lse, &r, dims, Math::Bf16).unwrap());
+    let name = "attention forward bf16 tensor cores, FWD_BLOCKS_128=2 (2 blocks per SM)";
+    row(name, ms, 4.0 * 4.0 * (n * c) as f64, 4.0 * (pairs * c) as f64, copy_gbs, None);
+    dev.set_defines("attention_bf16.cu", &[]);
     drop((q, k, v, o32, o16, d_o, lse, dq, dk, dv, delta));
 
     // LayerNorm forward over the residual stream

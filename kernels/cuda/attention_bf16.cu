@@ -464,8 +464,12 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
 // ---- entry points: attention_{forward,backward_dq,backward_dkdv}_bf16_c{32,64,128} ----
 // The forward's blocks per SM, as many as shared memory allows at C = 128 (3 × 68 KiB) and as
 // registers allowed before the masked and unmasked tile copies (4 at C ≤ 64): ptxas keeps the
-// registers under the bound (C = 128: 168, with a few bytes spilled outside the products).
-#define FWD_BLOCKS(C) ((C) == 128 ? 3 : 4)
+// registers under the bound (C = 128: 168, with a few bytes spilled outside the products). A tuning
+// knob (Device::set_defines): FWD_BLOCKS_128=2 lets ptxas use more registers instead (no spills).
+#ifndef FWD_BLOCKS_128
+#define FWD_BLOCKS_128 3
+#endif
+#define FWD_BLOCKS(C) ((C) == 128 ? FWD_BLOCKS_128 : 4)
 #define ENTRY_POINTS(C)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128, FWD_BLOCKS(C)) attention_forward_bf16_c##C(                            \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v, float* __restrict__ o,    \

@@ -4,7 +4,9 @@
 //! `INFINITY_PTX_DIR=dir` keeps every PTX as `dir/{file}.{arch}.ptx`.
 #![cfg(feature = "cuda")]
 
-use infinity_kernels::cuda::compile::{compile_ptx, compile_source, nvrtc_present, CompileError, SOURCES};
+use infinity_kernels::cuda::compile::{
+    compile_ptx, compile_ptx_with, compile_source, nvrtc_present, CompileError, SOURCES,
+};
 
 fn nvrtc_or_skip() -> bool {
     if nvrtc_present() {
@@ -31,6 +33,21 @@ fn every_kernel_source_compiles() {
             }
             println!("{file} for {arch}: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
+    }
+}
+
+/// The tuning knobs the kernel bench compares (Device::set_defines) compile too, and change the code.
+#[test]
+fn tuning_knobs_compile() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (file, knob) = ("attention_bf16.cu", "FWD_BLOCKS_128=2");
+    let ptx = compile_ptx_with(file, "compute_90", &[knob.to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let default = compile_ptx(file, "compute_90").unwrap();
+    assert!(ptx.to_src() != default.to_src(), "{file}: {knob} changes nothing");
+    if let Some(dir) = std::env::var_os("INFINITY_PTX_DIR") {
+        std::fs::write(std::path::Path::new(&dir).join(format!("{file}.{knob}.compute_90.ptx")), ptx.to_src()).unwrap();
     }
 }
 

@@ -78,11 +78,21 @@ pub fn include_paths() -> Vec<String> {
 
 /// Compile `file` to PTX for `arch` (e.g. `compute_90`).
 pub fn compile_ptx(file: &str, arch: &'static str) -> Result<Ptx, CompileError> {
-    compile_source(file, &source(file)?, arch)
+    compile_ptx_with(file, arch, &[])
+}
+
+/// [`compile_ptx`] with preprocessor definitions (`NAME=VALUE`, as `-D`): the tuning knobs a source
+/// declares with `#ifndef` defaults, for benchmarks that compare settings.
+pub fn compile_ptx_with(file: &str, arch: &'static str, defines: &[String]) -> Result<Ptx, CompileError> {
+    compile_source_with(file, &source(file)?, arch, defines)
 }
 
 /// Compile CUDA source `src` (named `file` in errors) to PTX for `arch`.
 pub fn compile_source(file: &str, src: &str, arch: &'static str) -> Result<Ptx, CompileError> {
+    compile_source_with(file, src, arch, &[])
+}
+
+fn compile_source_with(file: &str, src: &str, arch: &'static str, defines: &[String]) -> Result<Ptx, CompileError> {
     if !nvrtc_present() {
         return Err(CompileError::Unavailable("libnvrtc not found".into()));
     }
@@ -90,7 +100,10 @@ pub fn compile_source(file: &str, src: &str, arch: &'static str) -> Result<Ptx, 
         arch: Some(arch),
         include_paths: include_paths(),
         // no contracted multiply-adds: kernels follow their CPU twins' rounding
-        options: vec!["--std=c++17".into(), "--fmad=false".into()],
+        options: ["--std=c++17".to_string(), "--fmad=false".into()]
+            .into_iter()
+            .chain(defines.iter().map(|d| format!("-D{d}")))
+            .collect(),
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(src, opts)

@@ -9,7 +9,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 
-use super::compile::{compile_ptx, CompileError};
+use super::compile::{compile_ptx_with, CompileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -34,6 +34,8 @@ pub struct Device {
     pub arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    /// Preprocessor definitions per source (see [`Device::set_defines`]).
+    defines: Mutex<HashMap<&'static str, Vec<String>>>,
     /// While profiling: a pair of CUDA events around each launch and GEMM, by name (see [`Device::timed`]).
     profile: Mutex<Option<Vec<(String, CudaEvent, CudaEvent)>>>,
 }
@@ -65,7 +67,7 @@ impl Device {
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         let stream = ctx.default_stream();
         let (modules, functions, profile) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Ok(Device { ctx, stream, arch, modules, functions, profile })
+        Ok(Device { ctx, stream, arch, modules, functions, defines: Mutex::default(), profile })
     }
 
     /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,
@@ -105,6 +107,15 @@ impl Device {
         Ok(r)
     }
 
+    /// Compile `file` with these preprocessor definitions (`NAME=VALUE`) from now on: its tuning knobs,
+    /// for benchmarks comparing settings (`&[]` restores the source's defaults). Kernels of `file`
+    /// already loaded are dropped, so the next launch compiles it again.
+    pub fn set_defines(&self, file: &'static str, defines: &[&str]) {
+        self.defines.lock().unwrap().insert(file, defines.iter().map(|d| d.to_string()).collect());
+        self.modules.lock().unwrap().remove(file);
+        self.functions.lock().unwrap().retain(|(f, _), _| *f != file);
+    }
+
     /// Kernel `name` of source `file`, compiling and loading the source on first use (both cached).
     pub fn function(&self, file: &'static str, name: &str) -> Result<CudaFunction, CudaError> {
         if let Some(f) = self.functions.lock().unwrap().get(&(file, name.to_string())) {
@@ -115,7 +126,8 @@ impl Device {
             match m.get(file) {
                 Some(module) => module.clone(),
                 None => {
-                    let ptx = compile_ptx(file, self.arch)?;
+                    let defines = self.defines.lock().unwrap().get(file).cloned().unwrap_or_default();
+                    let ptx = compile_ptx_with(file, self.arch, &defines)?;
                     let module = self.ctx.load_module(ptx)?;
                     m.insert(file, module.clone());
                     module
