@@ -294,7 +294,8 @@ impl Device {
         Arg::Ptr(x.addr_mut(&self.stream))
     }
 
-    /// Launch kernel `name` of `file` with `args` in the order of its declaration.
+    /// Launch kernel `name` of `file` with `args` in the order of its declaration. A grid with no
+    /// blocks (no rows, no columns) launches nothing: CUDA would reject it.
     ///
     /// # Safety
     /// `args` must match the kernel's parameter list, and every address must point at a live buffer
@@ -306,6 +307,10 @@ impl Device {
         cfg: LaunchConfig,
         args: &[Arg],
     ) -> Result<(), CudaError> {
+        let (gx, gy, gz) = cfg.grid_dim;
+        if gx == 0 || gy == 0 || gz == 0 {
+            return Ok(());
+        }
         let f = self.function(file, name)?;
         let mut lb = self.stream.launch_builder(&f);
         for a in args {
