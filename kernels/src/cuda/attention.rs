@@ -198,7 +198,7 @@ pub fn attention_forward_dev(
         // the host); the bf16 inputs and o are 16-byte aligned (checked above).
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
     }
-    if o16 {
+    if o16 || [q, k, v].iter().any(|x| x.bf16_only()) {
         return Err(bf16_needs_tensor_cores(dims));
     }
     let t = tiles(dims)?;
@@ -257,7 +257,7 @@ pub fn attention_backward_dev(
         // SAFETY: as above; delta was written by the dq kernel.
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
     }
-    if o.bf16_only() {
+    if [q, k, v, o].iter().any(|x| x.bf16_only()) {
         return Err(bf16_needs_tensor_cores(dims));
     }
     let t = tiles(dims)?;
@@ -276,7 +276,7 @@ pub fn attention_backward_dev(
 
 fn bf16_needs_tensor_cores(dims: AttnDims) -> CudaError {
     CudaError::Driver(format!(
-        "attention: a bf16-only output needs the tensor-core kernels (head dim 32, 64 or 128 on sm_80+; got {})",
+        "attention: bf16-only inputs or outputs need the tensor-core kernels (head dim 32, 64 or 128 on sm_80+; got {})",
         dims.head_dim
     ))
 }
