@@ -111,12 +111,13 @@ fn head_ce_case(dev: &Device, rng: &mut impl Rng, (n, c, d): (usize, usize, usiz
         let again = run(false);
         assert!(again.token_loss == gpu.token_loss && again.grads.unwrap().0 == gdh, "{tag}: two runs differ");
         // h kept in bf16 alone (the GPU model's head input): the values the f32 entry point rounds, so
-        // the same loss, correct bits and dh bit for bit; dW from the bf16 GEMM on the same values
+        // the same loss, correct bits and dh bit for bit; dW from the bf16 GEMM, which rounds dlogits
+        // to bf16 too (as dh's product does: the same 2e-2)
         let h16 = run(true);
         assert!(h16.token_loss == gpu.token_loss && h16.correct_bits == gpu.correct_bits, "{tag}: h in bf16");
         let (dh16, dw16, _) = h16.grads.unwrap();
         assert!(dh16 == gdh, "{tag}: dh from h in bf16 differs");
-        close(&format!("head+CE dW, h in bf16, {tag}"), &dw16, &dw, 1e-5);
+        close(&format!("head+CE dW, h in bf16, {tag}"), &dw16, &dw, 2e-2);
     }
 }
 
