@@ -133,7 +133,7 @@ step() { # seconds, name, command...: a bounded step, output kept and shown
 
 step 60 golden-cuda "$bin" golden check tests/golden --device cuda
 bench=$PWD/$(exe bench cuda_kernels)
-(cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} step 120 kernel-bench "$bench" --bench) \
+(cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} step 150 kernel-bench "$bench" --bench) \
     || status=1
 # training step at 256 px: PyTorch eager beside ours, MFU against 790 TFLOP/s bf16
 i=0
