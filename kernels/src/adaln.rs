@@ -173,10 +173,8 @@ mod tests {
         let (x, sc, sh, r, dres) =
             (noise(b * l * c, 6), noise(b * c, 7), noise(b * c, 8), noise(b * l * c, 9), noise(b * l * c, 10));
         let forward = |x: &[f64]| {
-            let (mut xh, mut mean, mut rstd, mut y) =
-                (vec![0.0; x.len()], vec![0.0; b * l], vec![0.0; b * l], vec![0.0; x.len()]);
-            crate::norm::layernorm_forward(x, None, None, &mut xh, &mut mean, &mut rstd, c, 1e-6);
-            modulate_forward(&xh, &sc, &sh, &mut y, l, c);
+            let (mut y, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; b * l], vec![0.0; b * l]);
+            modulated_layernorm_forward(x, &sc, &sh, &mut y, &mut mean, &mut rstd, l, c, 1e-6);
             (y, mean, rstd)
         };
         let (_, mean, rstd) = forward(&x);

@@ -415,14 +415,12 @@ fn gated_residual_and_bias_gelu_match_their_cpu_twins_on_the_emulator() {
 fn column_reductions_match_f64_sums_on_the_emulator() {
     let Some(exe) = build("util.cu", "util") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(44);
+    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
     for (g, l, c) in [(1, 1, 32), (3, 57, 100), (2, 130, 40)] {
         let (rows, cs) = (g * l, c - 7);
         let tag = format!("emulated column reductions {g}×{l} rows, {c} columns");
-        let uniform = |rng: &mut rand::rngs::StdRng, n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(lo..hi)).collect()
-        };
-        let (a, b) = (uniform(&mut rng, rows * c, -1.0, 1.0), uniform(&mut rng, rows * c, -2.0, 2.0));
-        let (mean, rstd) = (uniform(&mut rng, rows, -0.5, 0.5), uniform(&mut rng, rows, 0.5, 2.0));
+        let (a, b) = (uniform(rows * c, -1.0, 1.0), uniform(rows * c, -2.0, 2.0));
+        let (mean, rstd) = (uniform(rows, -0.5, 0.5), uniform(rows, 0.5, 2.0));
         let dir = exe.with_file_name(format!("case-{g}x{l}x{c}"));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, v) in [("a", &a), ("b", &b), ("mean", &mean), ("rstd", &rstd)] {

@@ -357,7 +357,7 @@ pub fn attention_forward(
     let s = &dev.stream;
     let r = AttnRanges::new(dev, segs, nq, nkeys)?;
     let (qd, kd, vd) = (s.clone_htod(q)?, s.clone_htod(k)?, s.clone_htod(v)?);
-    let mut o = if bf16_out { Act::Bf16(s.alloc_zeros(q.len())?) } else { Act::F32(s.alloc_zeros(q.len())?) };
+    let mut o = super::ops::act_zeros(dev, q.len(), bf16_out)?;
     let mut lse = s.alloc_zeros::<f32>(nq * dims.heads)?;
     attention_forward_dev(dev, &qd, &kd, &vd, &mut o, &mut lse, &r, dims, math)?;
     Ok((super::ops::act_to_host(dev, &o)?, s.clone_dtoh(&lse)?))

@@ -9,8 +9,9 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 
-use super::device::{elementwise, Act, Arg, Buf, BufMut, CudaError, Device};
-use super::linear::{bias_grad, to_bf16_dev, weight_grad, Gemm};
+use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
+use super::linear::{bias_grad, weight_grad, Gemm};
+use super::ops::act_upload;
 use super::Math;
 
 /// Tokens per block and K tile of head_ce.cu.
@@ -217,14 +218,7 @@ pub fn head_bitwise_ce(
     let (n, c) = (weights.len(), w.len() / (2 * d).max(1));
     assert!(h.len() == n * c && w.len() == 2 * d * c, "head_bitwise_ce: h [N, C] and w [2d, C]");
     let s = &dev.stream;
-    let (hd, wd, bd) = (s.clone_htod(h)?, s.clone_htod(w)?, s.clone_htod(b)?);
-    let hd = if h_bf16 {
-        let mut h16 = s.alloc_zeros::<u16>(n * c)?;
-        to_bf16_dev(dev, &hd, &mut h16)?;
-        Act::Bf16(h16)
-    } else {
-        Act::F32(hd)
-    };
+    let (hd, wd, bd) = (act_upload(dev, h, h_bf16)?, s.clone_htod(w)?, s.clone_htod(b)?);
     let (yd, wtd) = (s.clone_htod(labels)?, s.clone_htod(weights)?);
     let mut out = HeadCeDevice::new(dev, (n, c, d), grad)?;
     head_bitwise_ce_device(dev, &hd, &wd, &bd, &yd, &wtd, label_smoothing, (n, c, d), &mut out, math)?;

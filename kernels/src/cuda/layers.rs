@@ -22,12 +22,8 @@ pub fn layernorm_dev(
     (n, c): (usize, usize),
     eps: f32,
 ) -> Result<(), CudaError> {
-    let s = &dev.stream;
-    let args =
-        [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), dev.arg_mut(y), dev.arg_mut(mean)];
-    let args = [&args[..], &[dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
-    // SAFETY: layernorm_forward_f32(x, w, b, y, mean, rstd, n, c, eps) over [n, c] buffers.
-    unsafe { dev.launch("norm.cu", "layernorm_forward_f32", per_row(n, c), &args) }
+    let ya = y.addr_mut(&dev.stream);
+    layernorm_launch(dev, "layernorm_forward_f32", (x, w, b), ya, (mean, rstd), (n, c), eps)
 }
 
 /// [`layernorm_dev`] into an activation: f32, or bf16 alone (a bf16 product's input).
@@ -42,15 +38,26 @@ pub fn layernorm_act(
     (n, c): (usize, usize),
     eps: f32,
 ) -> Result<(), CudaError> {
-    let y16 = match y {
-        Act::F32(v) => return layernorm_dev(dev, x, w, b, v, mean, rstd, (n, c), eps),
-        Act::Bf16(v) => Arg::Ptr(v.device_ptr_mut(&dev.stream).0),
-    };
+    let kernel = if y.bf16_only() { "layernorm_forward_bf16" } else { "layernorm_forward_f32" };
+    let ya = y.out_addr(&dev.stream);
+    layernorm_launch(dev, kernel, (x, w, b), ya, (mean, rstd), (n, c), eps)
+}
+
+/// norm.cu's `layernorm_forward_{f32,bf16}` (`kernel`) with `y` at `y_addr`.
+fn layernorm_launch(
+    dev: &Device,
+    kernel: &str,
+    (x, w, b): (&dyn Buf, Option<&dyn Buf>, Option<&dyn Buf>),
+    y_addr: u64,
+    (mean, rstd): (&mut dyn BufMut, &mut dyn BufMut),
+    (n, c): (usize, usize),
+    eps: f32,
+) -> Result<(), CudaError> {
     let s = &dev.stream;
-    let args = [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), y16, dev.arg_mut(mean)];
-    let args = [&args[..], &[dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
-    // SAFETY: layernorm_forward_bf16(x, w, b, y16, mean, rstd, n, c, eps) over [n, c] rows.
-    unsafe { dev.launch("norm.cu", "layernorm_forward_bf16", per_row(n, c), &args) }
+    let args = [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), Arg::Ptr(y_addr)];
+    let args = [&args[..], &[dev.arg_mut(mean), dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
+    // SAFETY: layernorm_forward_{f32,bf16}(x, w, b, y, mean, rstd, n, c, eps) over [n, c] rows.
+    unsafe { dev.launch("norm.cu", kernel, per_row(n, c), &args) }
 }
 
 /// LayerNorm backward: `dx` written; with `params`, `(dw, db)` added.
@@ -386,7 +393,7 @@ pub fn layernorm(
 ) -> Result<NormOut, CudaError> {
     let n = x.len() / c;
     let (xd, wd, bd) = (up(dev, x)?, up_opt(dev, w)?, up_opt(dev, b)?);
-    let mut y = if bf16 { Act::Bf16(dev.stream.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
+    let mut y = super::ops::act_zeros(dev, x.len(), bf16)?;
     let (mut mean, mut rstd) = (zeros(dev, n)?, zeros(dev, n)?);
     let (wr, br) = (wd.as_ref().map(|v| v as &dyn Buf), bd.as_ref().map(|v| v as &dyn Buf));
     layernorm_act(dev, &xd, wr, br, &mut y, (&mut mean, &mut rstd), (n, c), eps)?;
@@ -452,8 +459,7 @@ pub fn modulated_layernorm(
     bf16: bool,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), CudaError> {
     let (xd, sd, hd) = (up(dev, x)?, up(dev, scale)?, up(dev, shift)?);
-    let s = &dev.stream;
-    let mut y = if bf16 { Act::Bf16(s.alloc_zeros(x.len())?) } else { Act::F32(zeros(dev, x.len())?) };
+    let mut y = super::ops::act_zeros(dev, x.len(), bf16)?;
     let rows = x.len() / c;
     let (mut mean, mut rstd) = (zeros(dev, rows)?, zeros(dev, rows)?);
     modulated_layernorm_dev(dev, &xd, &sd, &hd, &mut y, (&mut mean, &mut rstd), shape(scale, l, c), eps)?;
@@ -525,8 +531,7 @@ pub fn gated_residual_backward(
     bf16: bool,
 ) -> Result<Vec<Vec<f32>>, CudaError> {
     let (dd, yd, gd) = (up(dev, dres)?, up(dev, y)?, up(dev, gamma)?);
-    let s = &dev.stream;
-    let mut dy = if bf16 { Act::Bf16(s.alloc_zeros(y.len())?) } else { Act::F32(zeros(dev, y.len())?) };
+    let mut dy = super::ops::act_zeros(dev, y.len(), bf16)?;
     let mut dg = zeros(dev, gamma.len())?;
     gated_residual_backward_act(dev, &dd, &yd, &gd, &mut dy, &mut dg, shape(gamma, l, c), c)?;
     Ok(vec![super::ops::act_to_host(dev, &dy)?, down(dev, &dg, gamma.len())?])

@@ -154,6 +154,28 @@ pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<(Vec<
     Ok((act_to_host(dev, &x)?, act_to_host(dev, &g)?))
 }
 
+/// `n` zeros as an activation: f32, or bf16 alone when `bf16` (host wrappers' outputs).
+pub fn act_zeros(dev: &Device, n: usize, bf16: bool) -> Result<Act, CudaError> {
+    let s = &dev.stream;
+    Ok(if bf16 { Act::Bf16(s.alloc_zeros(n)?) } else { Act::F32(s.alloc_zeros(n)?) })
+}
+
+/// `x` kept as an activation: its values rounded to bf16 alone when `bf16` (x is freed in stream
+/// order after the cast), x itself otherwise.
+pub fn act_from(dev: &Device, x: CudaSlice<f32>, bf16: bool) -> Result<Act, CudaError> {
+    if !bf16 {
+        return Ok(Act::F32(x));
+    }
+    let mut y = dev.stream.alloc_zeros::<u16>(x.len())?;
+    super::linear::to_bf16_dev(dev, &x, &mut y)?;
+    Ok(Act::Bf16(y))
+}
+
+/// Host values as an activation ([`act_from`] of their upload).
+pub fn act_upload(dev: &Device, x: &[f32], bf16: bool) -> Result<Act, CudaError> {
+    act_from(dev, dev.stream.clone_htod(x)?, bf16)
+}
+
 /// The values of an activation, bf16 ones widened to f32.
 pub fn act_to_host(dev: &Device, a: &Act) -> Result<Vec<f32>, CudaError> {
     Ok(match a {
@@ -174,16 +196,8 @@ pub fn activation_backward(dev: &Device, kernel: &str, dy: &[f32], x: &[f32]) ->
 /// Host-slice [`gelu_backward_act`]: `dy · gelu'(x)`; with `bf16`, of x rounded to bf16 and rounded
 /// itself (returned widened).
 pub fn gelu_backward(dev: &Device, dy: &[f32], x: &[f32], bf16: bool) -> Result<Vec<f32>, CudaError> {
-    let s = &dev.stream;
-    let (dyd, xd) = (s.clone_htod(dy)?, s.clone_htod(x)?);
-    let (x, mut dx) = if bf16 {
-        let mut x16 = s.alloc_zeros::<u16>(x.len())?;
-        super::linear::to_bf16_dev(dev, &xd, &mut x16)?;
-        (Act::Bf16(x16), Act::Bf16(s.alloc_zeros(x.len())?))
-    } else {
-        (Act::F32(xd), Act::F32(s.alloc_zeros(x.len())?))
-    };
-    gelu_backward_act(dev, &dyd, &x, &mut dx)?;
+    let (dyd, mut dx) = (dev.stream.clone_htod(dy)?, act_zeros(dev, x.len(), bf16)?);
+    gelu_backward_act(dev, &dyd, &act_upload(dev, x, bf16)?, &mut dx)?;
     act_to_host(dev, &dx)
 }
 

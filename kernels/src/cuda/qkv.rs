@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use super::attention::per_warp;
 use super::device::{Act, Arg, Buf, CudaError, Device};
 use super::layers::DeviceRope;
-use super::ops::act_to_host;
+use super::ops::{act_to_host, act_zeros};
 use crate::qkv::QkvHeadsOut;
 
 /// The forward's outputs (`[N, C]` and `[N, H]`).
@@ -161,7 +161,7 @@ pub fn qkv_heads_backward(
     let (dq, dk, dv, g) = (up(dq)?, up(dk)?, up(dv)?, up(gain)?);
     let saved = (up(&fwd.q_raw)?, up(&fwd.k_raw)?, up(&fwd.q_norm)?, up(&fwd.k_norm)?);
     let n = fwd.q_raw.len();
-    let mut dqkv = if bf16 { Act::Bf16(s.alloc_zeros::<u16>(3 * n)?) } else { Act::F32(s.alloc_zeros::<f32>(3 * n)?) };
+    let mut dqkv = act_zeros(dev, 3 * n, bf16)?;
     let (mut dq_raw, mut udy) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(fwd.q_norm.len())?);
     let fwd = (&saved.0, &saved.1, &saved.2, &saved.3);
     qkv_heads_backward_dev(dev, (&dq, &dk, &dv), fwd, &g, &rope, (l, heads), &mut dqkv, &mut dq_raw, &mut udy)?;

@@ -4,7 +4,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::device::{elementwise, per_column, Act, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
 use super::layers::AdaShape;
 
 /// `dst [N, C]` = part `j` of `src [N, k·C]` (+ `bias [C]`).
@@ -77,13 +77,7 @@ pub fn col_sum(dev: &Device, src: &dyn Buf, out: &mut dyn BufMut, rows: usize, s
 /// activation (its values rounded).
 pub fn column_sums(dev: &Device, x: &[f32], rows: usize, bf16: bool) -> Result<Vec<f32>, CudaError> {
     let s = &dev.stream;
-    let src = if bf16 {
-        let mut y = s.alloc_zeros::<u16>(x.len())?;
-        super::linear::to_bf16_dev(dev, &s.clone_htod(x)?, &mut y)?;
-        Act::Bf16(y)
-    } else {
-        Act::F32(s.clone_htod(x)?)
-    };
+    let src = super::ops::act_upload(dev, x, bf16)?;
     let mut out = s.alloc_zeros::<f32>(x.len() / rows.max(1))?;
     let c = out.len();
     col_sum(dev, &src, &mut out, rows, c)?;

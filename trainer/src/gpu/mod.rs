@@ -94,12 +94,7 @@ impl<'a> Net<'a> {
     /// `x` kept as an activation: its bf16 values alone when `bf16` (x is freed in stream order after
     /// the cast), x itself otherwise.
     pub fn kept(&self, x: CudaSlice<f32>, bf16: bool) -> Result<Act> {
-        if !bf16 {
-            return Ok(Act::F32(x));
-        }
-        let mut y = self.dev.stream.alloc_zeros::<u16>(x.len())?;
-        infinity_kernels::cuda::linear::to_bf16_dev(self.dev, &x, &mut y)?;
-        Ok(Act::Bf16(y))
+        Ok(infinity_kernels::cuda::ops::act_from(self.dev, x, bf16)?)
     }
 
     /// Weight `name` as a GEMM operand: with its bf16 copy when the matmuls take bf16.
