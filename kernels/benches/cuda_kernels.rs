@@ -83,7 +83,7 @@ fn main() {
     }
     let dev = Device::open(0).expect("opening CUDA device 0");
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    println!("device arch {}; PyTorch eager side by side (ratio = torch time / ours)", dev.arch);
+    println!("device {} ({}); PyTorch eager side by side (ratio = torch time / ours)", dev.name, dev.arch);
 
     // the bandwidth reference: a 1 GiB device-to-device copy (read + write)
     let n = 1 << 28;

@@ -1,5 +1,5 @@
 // Runs the CUDA kernels' own source on the CPU, for tests on machines without a GPU
-// (kernels/tests/emulated_kernels.rs). Each thread of a block is a fiber (ucontext) on one OS thread;
+// (kernels/tests/emulated_kernels.rs). Each thread of a block is a fiber (fiber_switch.h) on one OS thread;
 // blocks run one after another. __syncthreads and the warp collectives (shuffles, votes, ldmatrix,
 // mma.sync) are barriers over the block or the warp, with their data exchanged through per-warp
 // slots, so the fragment layouts, masks and index arithmetic of a kernel run exactly as written.
@@ -21,13 +21,14 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#include <ucontext.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <memory>
 #include <vector>
+
+#include "fiber_switch.h"
 
 #define KERNEL_EMULATOR 1
 #define __global__
@@ -85,6 +86,9 @@ struct Barrier {
 struct Warp {
     Barrier bar;
     uint64_t slot[32][8];  // each lane's operands of the collective in progress
+    // an mma's products for every lane, made by the first lane to read them (at generation `made_at`)
+    unsigned made_at = ~0u;
+    float products[32][4];
 };
 
 // One cp.async: `bytes` from `src` (zeros when !valid) into `dst`.
@@ -96,7 +100,7 @@ struct AsyncCopy {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     dim3 tid;
     bool done = false;
     std::vector<std::vector<AsyncCopy>> committed;  // oldest first
@@ -108,7 +112,7 @@ struct Block {
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     Barrier sync;
-    ucontext_t scheduler;
+    Context scheduler;
     int current = 0;
     std::vector<unsigned char> smem;
     std::function<void()> body;
@@ -124,7 +128,7 @@ inline unsigned long events = 0;  // arrivals and exits: no change over a whole 
 
 inline unsigned char* dynamic_smem() { return block->smem.data(); }
 
-inline void yield() { swapcontext(&block->fibers[block->current].ctx, &block->scheduler); }
+inline void yield() { switch_to(block->fibers[block->current].ctx, block->scheduler); }
 
 inline void release_if_complete(Barrier& b) {
     if (b.arrived > 0 && b.arrived == b.expected) {
@@ -159,6 +163,11 @@ inline void fiber_main() {
     release_if_complete(block->sync);
 }
 
+inline void fiber_entry() {
+    fiber_main();
+    yield();  // to the scheduler, which never switches back to a finished fiber
+}
+
 // Run `body` as every thread of every block of `grid` × `block_dim` (blocks of whole warps, warps
 // made of consecutive linear thread indices as on a GPU), with `smem_bytes` of dynamic shared memory
 // per block.
@@ -188,11 +197,7 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                     f.tid.x = i % block_dim.x;
                     f.tid.y = (i / block_dim.x) % block_dim.y;
                     f.tid.z = i / (block_dim.x * block_dim.y);
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = stacks[i].get();
-                    f.ctx.uc_stack.ss_size = STACK_BYTES;
-                    f.ctx.uc_link = &b.scheduler;
-                    makecontext(&f.ctx, fiber_main, 0);
+                    prepare(f.ctx, stacks[i].get(), STACK_BYTES, fiber_entry);
                 }
                 blockIdx.x = bx, blockIdx.y = by, blockIdx.z = bz;
                 for (int live = n; live > 0;) {
@@ -202,7 +207,7 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                         if (b.fibers[i].done) continue;
                         b.current = i;
                         threadIdx = b.fibers[i].tid;
-                        swapcontext(&b.scheduler, &b.fibers[i].ctx);
+                        switch_to(b.scheduler, b.fibers[i].ctx);
                         live += !b.fibers[i].done;
                     }
                     if (live > 0 && events == before) {
@@ -330,27 +335,34 @@ inline void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
     const uint64_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
     float out[4];
     emu::exchange(mine, 6, [&](uint64_t (*s)[8]) {
-        // A[r][k] (16×16) and B[k][n] (16×8) from every lane's fragment (mma.cuh's layouts)
-        float A[16][16], B[16][8];
-        for (int l = 0; l < 32; ++l) {
-            const int g = l >> 2, t = l & 3;
-            for (int half = 0; half < 2; ++half) {
-                const int k = 2 * t + half, sh = 16 * half;
-                A[g][k] = emu::bf16_to_float((bf16)(s[l][0] >> sh));
-                A[g + 8][k] = emu::bf16_to_float((bf16)(s[l][1] >> sh));
-                A[g][k + 8] = emu::bf16_to_float((bf16)(s[l][2] >> sh));
-                A[g + 8][k + 8] = emu::bf16_to_float((bf16)(s[l][3] >> sh));
-                B[k][g] = emu::bf16_to_float((bf16)(s[l][4] >> sh));
-                B[k + 8][g] = emu::bf16_to_float((bf16)(s[l][5] >> sh));
+        emu::Warp& w = emu::warp();
+        if (w.made_at != w.bar.generation) {
+            // A[r][k] (16×16) and B[k][n] (16×8) from every lane's fragment (mma.cuh's layouts)
+            float A[16][16], B[16][8];
+            for (int l = 0; l < 32; ++l) {
+                const int g = l >> 2, t = l & 3;
+                for (int half = 0; half < 2; ++half) {
+                    const int k = 2 * t + half, sh = 16 * half;
+                    A[g][k] = emu::bf16_to_float((bf16)(s[l][0] >> sh));
+                    A[g + 8][k] = emu::bf16_to_float((bf16)(s[l][1] >> sh));
+                    A[g][k + 8] = emu::bf16_to_float((bf16)(s[l][2] >> sh));
+                    A[g + 8][k + 8] = emu::bf16_to_float((bf16)(s[l][3] >> sh));
+                    B[k][g] = emu::bf16_to_float((bf16)(s[l][4] >> sh));
+                    B[k + 8][g] = emu::bf16_to_float((bf16)(s[l][5] >> sh));
+                }
             }
+            for (int l = 0; l < 32; ++l) {
+                const int g = l >> 2, t = l & 3;
+                for (int e = 0; e < 4; ++e) {
+                    const int r = g + 8 * (e >> 1), n = 2 * t + (e & 1);
+                    double acc = 0.0;
+                    for (int k = 0; k < 16; ++k) acc += (double)A[r][k] * (double)B[k][n];
+                    w.products[l][e] = (float)acc;
+                }
+            }
+            w.made_at = w.bar.generation;
         }
-        const int g = emu::lane() >> 2, t = emu::lane() & 3;
-        for (int e = 0; e < 4; ++e) {
-            const int r = g + 8 * (e >> 1), n = 2 * t + (e & 1);
-            double acc = 0.0;
-            for (int k = 0; k < 16; ++k) acc += (double)A[r][k] * (double)B[k][n];
-            out[e] = d[e] + (float)acc;
-        }
+        for (int e = 0; e < 4; ++e) out[e] = d[e] + w.products[emu::lane()][e];
     });
     for (int e = 0; e < 4; ++e) d[e] = out[e];
 }

@@ -1,5 +1,6 @@
-//! Each CUDA kernel against its CPU twin on random and ragged shapes. Needs feature `cuda` and a device;
-//! says it skipped otherwise. Tolerances (docs/numerics.md, "CUDA twins"): f32 kernels within 1e-5
+//! Each CUDA kernel against its CPU twin on random and ragged shapes. Needs feature `cuda` and a device:
+//! a GPU, or the emulated one (kernels/emulator/device, on the library path in scripts/test.sh, which
+//! runs these in CI); says it skipped otherwise. Tolerances (docs/numerics.md, "CUDA twins"): f32 kernels within 1e-5
 //! relative of the CPU twin (different `exp`/`log` implementations and summation order); bits exact
 //! except where the residual is within 1e-6 of zero.
 #![cfg(feature = "cuda")]
@@ -15,10 +16,12 @@ use rand::{Rng, SeedableRng};
 
 fn device() -> Option<Device> {
     if !device_present() {
-        println!("skipped: no CUDA device (build with --features cuda on a GPU machine)");
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
         return None;
     }
-    Some(Device::open(0).expect("opening CUDA device 0"))
+    let dev = Device::open(0).expect("opening CUDA device 0");
+    println!("on {} ({})", dev.name, dev.arch);
+    Some(dev)
 }
 
 fn rand_vec(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {

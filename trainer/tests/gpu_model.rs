@@ -1,7 +1,8 @@
 //! The model on the GPU (feature `cuda`, gated on a device): the golden folders pass on CUDA; forward
 //! and backward equal the CPU model's within docs/numerics.md's tolerances for the class and text
 //! paths; two runs give the same bytes, with or without block recomputation; and a short training run with `run.device = "cuda"` stays
-//! close to the same run on the CPU. Prints what it skipped on machines without a GPU.
+//! close to the same run on the CPU. Runs on a GPU or on the emulated device (kernels/emulator/device,
+//! as scripts/test.sh does in CI); prints what it skipped without either.
 #![cfg(feature = "cuda")]
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use rand::{Rng, SeedableRng};
 
 fn gpu_or_skip() -> bool {
     if !cuda_available() {
-        println!("skipped: no CUDA device (build with --features cuda on a GPU machine)");
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
         return false;
     }
     true

@@ -32,6 +32,8 @@ pub struct Device {
     pub stream: Arc<CudaStream>,
     /// `compute_XY` of the device, for NVRTC.
     pub arch: &'static str,
+    /// The driver's name for the device ("NVIDIA H200"; "Emulated CUDA device …" for kernels/emulator/device).
+    pub name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     /// Preprocessor definitions per source (see [`Device::set_defines`]).
@@ -65,9 +67,10 @@ impl Device {
         let (major, minor) = ctx.compute_capability()?;
         // NVRTC wants a 'static arch string; the few real ones are spelled out
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let name = ctx.name()?;
         let stream = ctx.default_stream();
         let (modules, functions, profile) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Ok(Device { ctx, stream, arch, modules, functions, defines: Mutex::default(), profile })
+        Ok(Device { ctx, stream, arch, name, modules, functions, defines: Mutex::default(), profile })
     }
 
     /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,

@@ -185,9 +185,14 @@ impl GpuModel {
         &self.dev
     }
 
-    /// The device's name for logs (`compute_XY`).
+    /// The device's architecture (`compute_XY`).
     pub fn arch(&self) -> &str {
         self.dev.arch
+    }
+
+    /// The driver's name for the device.
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
     }
 
     pub fn upload_params(&mut self, p: &Params<f32>) -> Result<()> {

@@ -39,7 +39,7 @@ impl Compute {
                 m.recompute = run.recompute;
                 let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
                 let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
-                println!("device: cuda:{ordinal} ({}{notes})", m.arch());
+                println!("device: cuda:{ordinal} {} ({}{notes})", m.device_name(), m.arch());
                 Ok(Compute::Cuda { model: Box::new(m), fresh: false })
             }
             #[cfg(not(feature = "cuda"))]

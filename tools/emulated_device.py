@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Build the emulated CUDA device: libcuda.so and libcublas.so that run our host code's CUDA calls
+on the CPU (kernels/emulator/device), with every kernel of kernels/cuda compiled for the emulator.
+
+    python3 tools/emulated_device.py [--out target/emulated-device]
+
+Put OUT first on LD_LIBRARY_PATH (beside NVRTC, which stays real) and the gated GPU tests run on it:
+scripts/test.sh does. Needs a C++17 compiler (CXX, default c++).
+"""
+import argparse
+import concurrent.futures
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CUDA = ROOT / "kernels" / "cuda"
+EMULATOR = ROOT / "kernels" / "emulator"
+FLAGS = ["-std=c++17", "-O1", "-fPIC", "-w", "-ffp-contract=off", "-fno-strict-aliasing"]
+
+
+def emulate_dynamic_smem(src: str) -> str:
+    """`extern __shared__ [__align__(n)] T name[]` -> a pointer to the emulated block's buffer (as
+    kernels/tests/emulated_kernels.rs does for its drivers)."""
+
+    def pointer(m):
+        decl = re.sub(r"^__align__\(\d+\)\s*", "", m.group(1).strip())
+        ty, name = decl[: -len("[]")].rsplit(" ", 1)
+        return f"{ty}* {name} = ({ty}*)emu::dynamic_smem()"
+
+    return re.sub(r"extern __shared__([^;]*)", pointer, src)
+
+
+def kernel_names(cxx: str, source: pathlib.Path) -> list:
+    """The `extern "C"` kernels `source` defines, macro-made ones included (from its preprocessed text;
+    the kernel sources include only our own headers)."""
+    defines = ["-DKERNEL_EMULATOR", "-D__global__=", "-D__launch_bounds__(...)=", "-D__restrict__=",
+               "-D__device__=", "-D__forceinline__=", "-D__shared__=static", "-D__align__(n)="]
+    out = subprocess.run([cxx, "-E", "-P", "-x", "c++", *defines, "-I", str(CUDA), str(source)],
+                         check=True, capture_output=True, text=True).stdout
+    return sorted(set(re.findall(r'extern\s+"C"\s+void\s+(\w+)\s*\(', out)))
+
+
+def build_unit(cxx: str, out: pathlib.Path, cu: pathlib.Path) -> pathlib.Path:
+    src_dir = out / "src"
+    kernel = src_dir / cu.name
+    kernel.write_text(emulate_dynamic_smem(cu.read_text()))
+    names = kernel_names(cxx, kernel)
+    if not names:
+        sys.exit(f"{cu}: no extern \"C\" kernels found")
+    unit = src_dir / f"{cu.stem}_unit.cpp"
+    registrations = "\n".join(f'static emu::Register reg_{n}("{n}", &{n});' for n in names)
+    unit.write_text(f'#include "cuda_emulator.h"\n#include "registry.h"\n#include "{cu.name}"\n{registrations}\n')
+    obj = src_dir / f"{cu.stem}.o"
+    subprocess.run([cxx, *FLAGS, "-I", str(EMULATOR), "-I", str(EMULATOR / "device"), "-I", str(CUDA),
+                    "-I", str(src_dir), "-c", str(unit), "-o", str(obj)], check=True)
+    return obj
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "target" / "emulated-device"))
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    cxx = os.environ.get("CXX", "c++")
+    out = pathlib.Path(args.out)
+    (out / "src").mkdir(parents=True, exist_ok=True)
+    sources = sorted(CUDA.glob("*.cu"))
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        objects = list(pool.map(lambda cu: build_unit(cxx, out, cu), sources))
+    driver = out / "src" / "driver.o"
+    subprocess.run([cxx, *FLAGS, "-I", str(EMULATOR), "-I", str(EMULATOR / "device"), "-c",
+                    str(EMULATOR / "device" / "driver.cpp"), "-o", str(driver)], check=True)
+    subprocess.run([cxx, "-shared", "-o", str(out / "libcuda.so"), str(driver), *map(str, objects)], check=True)
+    subprocess.run([cxx, *FLAGS, "-shared", "-o", str(out / "libcublas.so"),
+                    str(EMULATOR / "device" / "cublas.cpp")], check=True)
+    print(f"emulated CUDA device: {out}/libcuda.so ({len(sources)} kernel files), {out}/libcublas.so")
+
+
+if __name__ == "__main__":
+    main()
