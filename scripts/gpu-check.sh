@@ -13,6 +13,8 @@
 # not hide the others) under a timeout; a test that fails with a CUDA error is run once more under
 # compute-sanitizer when it is installed. GPU_CHECK_OUT (default /tmp/gpu-check) gets every log;
 # GPU_CHECK_BUDGET_S (default 480) bounds the whole run: steps that would start after it are skipped.
+# GPU_CHECK_SMOKE=1 runs the benchmarks at small shapes: the script itself checked end to end in a
+# few minutes, e.g. on the emulated CUDA device (docs/debugging.md), whose figures mean nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -20,6 +22,8 @@ budget=${GPU_CHECK_BUDGET_S:-480}
 out=${GPU_CHECK_OUT:-/tmp/gpu-check}
 mkdir -p "$out"
 summary=$out/summary.txt
+smoke=${GPU_CHECK_SMOKE:-0}
+[ "$smoke" = 1 ] && export INFINITY_BENCH_SMOKE=1
 : >"$summary"
 left() { echo $((budget - ($(date +%s) - start))); }
 note() { echo "$*" | tee -a "$summary"; }
@@ -136,13 +140,18 @@ bench=$PWD/$(exe bench cuda_kernels)
 (cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=${INFINITY_BENCH_PYTHON:-python3} step 150 kernel-bench "$bench" --bench) \
     || status=1
 # training step at 256 px: PyTorch eager beside ours, MFU against 790 TFLOP/s bf16
+shapes=("--preset layer12 --batch 16 --python python3" "--preset 2b --batch 8 --bf16 --python python3 --profile"
+    "--preset 2b --batch 8 --bf16 --recompute")
+schedule="--budget 0.06M --steps 3"
+if [ "$smoke" = 1 ]; then
+    shapes=("--preset tiny --batch 2" "--preset tiny --batch 2 --bf16 --profile" "--preset tiny --batch 2 --bf16 --recompute")
+    schedule="--budget demo5 --steps 1"
+fi
 i=0
-for shape in "--preset layer12 --batch 16 --python python3" "--preset 2b --batch 8 --bf16 --python python3 --profile" \
-    "--preset 2b --batch 8 --bf16 --recompute"; do
+for shape in "${shapes[@]}"; do
     i=$((i + 1))
     # shellcheck disable=SC2086
-    step 90 "model-bench-$i" "$bin" model bench $shape --template 1.000 --budget 0.06M --steps 3 --device cuda \
-        --peak-tflops 790
+    step 90 "model-bench-$i" "$bin" model bench $shape --template 1.000 $schedule --device cuda --peak-tflops 790
 done
 
 # Hardware counters of the headline and attention kernels, when Nsight Compute is installed and its

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Build the emulated CUDA device: libcuda.so and libcublas.so that run our host code's CUDA calls
-on the CPU (kernels/emulator/device), with every kernel of kernels/cuda compiled for the emulator.
+"""Build the emulated CUDA device: one library, named libcuda.so, libcublas.so and libnccl.so (links),
+that runs our host code's CUDA, cuBLAS and NCCL calls on the CPU (kernels/emulator/device), with every
+kernel of kernels/cuda compiled for the emulator.
 
     python3 tools/emulated_device.py [--out target/emulated-device]
 
@@ -70,14 +71,22 @@ def main():
     sources = sorted(CUDA.glob("*.cu"))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         objects = list(pool.map(lambda cu: build_unit(cxx, out, cu), sources))
-    driver = out / "src" / "driver.o"
-    subprocess.run([cxx, *FLAGS, "-I", str(EMULATOR), "-I", str(EMULATOR / "device"), "-c",
-                    str(EMULATOR / "device" / "driver.cpp"), "-o", str(driver)], check=True)
-    subprocess.run([cxx, "-shared", "-o", str(out / "libcuda.so"), str(driver), *map(str, objects)], check=True)
-    subprocess.run([cxx, *FLAGS, "-shared", "-o", str(out / "libcublas.so"),
-                    str(EMULATOR / "device" / "cublas.cpp")], check=True)
-    print(f"emulated CUDA device: {out}/libcuda.so ({len(sources)} kernel files), {out}/libcublas.so")
+    def stand_in(name):
+        obj = out / "src" / f"{name}.o"
+        subprocess.run([cxx, *FLAGS, "-I", str(EMULATOR), "-I", str(EMULATOR / "device"), "-c",
+                        str(EMULATOR / "device" / f"{name}.cpp"), "-o", str(obj)], check=True)
+        return obj
 
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        objects += list(pool.map(stand_in, ["driver", "cublas", "nccl"]))
+    library = out / "libemulated-cuda.so"
+    subprocess.run([cxx, "-shared", "-pthread", "-o", str(library), *map(str, objects)], check=True)
+    for name in ["libcuda.so", "libcublas.so", "libnccl.so"]:
+        link = out / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(library.name)
+    print(f"emulated CUDA device: {library} ({len(sources)} kernel files) as libcuda.so, libcublas.so, libnccl.so")
 
 if __name__ == "__main__":
     main()

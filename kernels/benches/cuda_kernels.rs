@@ -5,6 +5,8 @@
 //!   cargo bench -p infinity-kernels --features cuda --bench cuda_kernels
 //!
 //! `INFINITY_BENCH_PYTHON` names the Python with PyTorch (default `python3`; `none` skips it).
+//! `INFINITY_BENCH_SMOKE=1` runs every row once at small shapes: scripts/test.sh does so on the emulated
+//! CUDA device to check the bench's own code in CI (the figures mean nothing there).
 //! Bandwidth figures use a byte model stated per case (bytes the math must move at least once), and
 //! are given against the nominal H200 peak (4.3 TB/s) and the copy measured here.
 
@@ -26,9 +28,66 @@ use rand::{Rng, SeedableRng};
 
 const NOMINAL_GBS: f64 = 4300.0;
 
-/// Median milliseconds of `f` over `iters` calls timed with CUDA events.
+/// The shapes timed: the head at widths 768 and 2048 over 16 samples of the 256 px schedule (646
+/// tokens), BSQ on the 1024 px latent schedule (13 scales to 64²), the other families at a width-2048
+/// model's 256 px sizes; or, for a smoke run, small ones.
+struct Shapes {
+    smoke: bool,
+    copy_values: usize,
+    head_tokens: usize,
+    head_widths: [usize; 2],
+    bsq_batches: [usize; 2],
+    bsq_scales: &'static [usize],
+    samples: usize,
+    per_scale: &'static [usize],
+    width: usize,
+    adamw_params: usize,
+}
+
+impl Shapes {
+    fn from_env() -> Shapes {
+        match std::env::var("INFINITY_BENCH_SMOKE").is_ok_and(|v| v == "1") {
+            false => Shapes {
+                smoke: false,
+                copy_values: 1 << 28,
+                head_tokens: 16 * 646,
+                head_widths: [768, 2048],
+                bsq_batches: [16, 64],
+                bsq_scales: &[1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64],
+                samples: 16,
+                per_scale: &[1, 4, 16, 36, 64, 100, 169, 256],
+                width: 2048,
+                adamw_params: 1 << 28,
+            },
+            true => Shapes {
+                smoke: true,
+                copy_values: 1 << 16,
+                head_tokens: 70,
+                head_widths: [64, 128],
+                bsq_batches: [1, 2],
+                bsq_scales: &[1, 2, 3, 5],
+                samples: 1,
+                per_scale: &[1, 4, 16, 36],
+                width: 256,
+                adamw_params: 1 << 12,
+            },
+        }
+    }
+
+    /// Timed calls per row (after the warm-ups): one in a smoke run.
+    fn iters(&self, n: usize) -> usize {
+        if self.smoke {
+            1
+        } else {
+            n
+        }
+    }
+}
+
+/// Median milliseconds of `f` over `iters` calls timed with CUDA events (after 3 warm-up calls, 1 if
+/// `iters` is 1).
 fn time_ms(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
+    for _ in 0..iters.min(3) {
         f();
     }
     dev.stream.synchronize().unwrap();
@@ -82,27 +141,29 @@ fn main() {
         return;
     }
     let dev = Device::open(0).expect("opening CUDA device 0");
+    let sh = Shapes::from_env();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     println!("device {} ({}); PyTorch eager side by side (ratio = torch time / ours)", dev.name, dev.arch);
 
     // the bandwidth reference: a 1 GiB device-to-device copy (read + write)
-    let n = 1 << 28;
+    let n = sh.copy_values;
     let src = dev.stream.alloc_zeros::<f32>(n).unwrap();
     let mut dst = dev.stream.alloc_zeros::<f32>(n).unwrap();
-    let copy_ms = time_ms(&dev, 10, || dev.stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let copy_ms = time_ms(&dev, sh.iters(10), || dev.stream.memcpy_dtod(&src, &mut dst).unwrap());
     let copy_gbs = 8.0 * n as f64 / copy_ms / 1e6;
     println!(
         "{:<44} {copy_ms:8.3} ms {copy_gbs:8.0} GB/s {:5.1}% nominal",
-        "device copy 1 GiB",
+        format!("device copy {} MiB", n * 4 >> 20),
         100.0 * copy_gbs / NOMINAL_GBS
     );
     drop((src, dst));
 
     // head + bitwise CE, forward and backward: 256 px schedule (646 tokens) × 16 samples, d = 32; f32
     // (head_ce.cu, PyTorch f32) and bf16 tensor cores (head_ce_bf16.cu, PyTorch under bf16 autocast)
-    for (c, math) in [(768usize, Math::F32), (2048, Math::F32), (768, Math::Bf16), (2048, Math::Bf16)] {
+    let [c0, c1] = sh.head_widths;
+    for (c, math) in [(c0, Math::F32), (c1, Math::F32), (c0, Math::Bf16), (c1, Math::Bf16)] {
         let gemm = infinity_kernels::cuda::linear::Gemm::new(&dev, math == Math::Bf16).unwrap();
-        let (n, d) = (16 * 646, 32);
+        let (n, d) = (sh.head_tokens, 32);
         let h = upload(&dev, &(0..n * c).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
         let w = upload(&dev, &(0..2 * d * c).map(|_| rng.random_range(-0.02f32..0.02)).collect::<Vec<_>>());
         let b = upload(&dev, &vec![0.0f32; 2 * d]);
@@ -111,13 +172,13 @@ fn main() {
         let mut out = HeadCeDevice::new(&dev, (n, c, d), true).unwrap();
         let (mut dw, mut db) =
             (dev.stream.alloc_zeros::<f32>(2 * d * c).unwrap(), dev.stream.alloc_zeros::<f32>(2 * d).unwrap());
-        let ms = time_ms(&dev, 20, || {
+        let ms = time_ms(&dev, sh.iters(20), || {
             head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
             let g = out.dlogits.as_ref().unwrap();
             weight_grad(&gemm, &dev, g, &h, &mut dw, (n, c, 2 * d)).unwrap();
             bias_grad(&dev, g, &mut db, n, 2 * d).unwrap();
         });
-        let kernel_ms = time_ms(&dev, 20, || {
+        let kernel_ms = time_ms(&dev, sh.iters(20), || {
             head_bitwise_ce_device(&dev, &h, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
         });
         // bytes: h read, dh written (kernel); h read again for dW (GEMM); dlogits out and back
@@ -144,7 +205,7 @@ fn main() {
             let mut h16 = dev.stream.alloc_zeros::<u16>(n * c).unwrap();
             to_bf16_dev(&dev, &h, &mut h16).unwrap();
             let h16 = Act::Bf16(h16);
-            let ms = time_ms(&dev, 20, || {
+            let ms = time_ms(&dev, sh.iters(20), || {
                 head_bitwise_ce_device(&dev, &h16, &w, &b, &y, &wt, 0.0, (n, c, d), &mut out, math).unwrap();
                 let g = out.dlogits.as_ref().unwrap();
                 weight_grad(&gemm, &dev, g, &h16, &mut dw, (n, c, 2 * d)).unwrap();
@@ -158,7 +219,7 @@ fn main() {
                 (s.alloc_zeros::<f32>(n * 2 * d).unwrap(), s.alloc_zeros::<f32>(n * 2 * d).unwrap());
             let (mut loss, mut correct) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<u32>(n).unwrap());
             let mut dh = s.alloc_zeros::<f32>(n * c).unwrap();
-            let ms = time_ms(&dev, 20, || {
+            let ms = time_ms(&dev, sh.iters(20), || {
                 linear_dev(&dev, &gemm, &h16, &w, Some(&b), &mut logits, (n, c, 2 * d)).unwrap();
                 let ce_out = (&mut loss, &mut correct);
                 bitwise_ce_dev(&dev, &logits, &y, &wt, 0.0, (n, d), ce_out, Some(&mut dlog)).unwrap();
@@ -172,10 +233,11 @@ fn main() {
     }
 
     // BSQ with self-correction: the 1M square schedule up to 64×64 (1024 px), 13 scales
-    let scales: Vec<(usize, usize)> = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64].iter().map(|&s| (s, s)).collect();
-    for b in [16usize, 64] {
+    let scales: Vec<(usize, usize)> = sh.bsq_scales.iter().map(|&s| (s, s)).collect();
+    let (side, ns) = (scales[scales.len() - 1].0, scales.len());
+    for b in sh.bsq_batches {
         let d = 32;
-        let full = b * d * 64 * 64;
+        let full = b * d * side * side;
         let lat = upload(&dev, &(0..full).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
         let keys = upload(&dev, &(0..b).map(|_| rng.random::<u64>()).collect::<Vec<_>>());
         let mut out = BsqBatch::new(&dev, b, d, &scales).unwrap();
@@ -190,18 +252,19 @@ fn main() {
         // passes), but the row states the same minimum for both, so their GB/s compare as times do
         let bytes = (full * 4) as f64 + (b * l * d * 5) as f64;
         for (path, label) in [(BsqPath::Planes, "one launch"), (BsqPath::PerScale, "two launches per scale")] {
-            let mut scratch = BsqScratch::new(b, d, (64, 64));
+            let mut scratch = BsqScratch::new(b, d, (side, side));
             scratch.path = path;
             let mut call =
-                || self_correct_batch(&dev, &lat, &keys, b, d, &scales, 0.3, 13, &mut out, &mut scratch).unwrap();
-            let ms = time_ms(&dev, 20, &mut call);
+                || self_correct_batch(&dev, &lat, &keys, b, d, &scales, 0.3, ns, &mut out, &mut scratch).unwrap();
+            let ms = time_ms(&dev, sh.iters(20), &mut call);
             let torch = if path == BsqPath::Planes { torch_ms(&args) } else { None };
-            row(&format!("BSQ self-correction B={b} d={d} 13 scales→64², {label}"), ms, bytes, 0.0, copy_gbs, torch);
+            let name = format!("BSQ self-correction B={b} d={d} {ns} scales→{side}², {label}");
+            row(&name, ms, bytes, 0.0, copy_gbs, torch);
             profile(&dev, ms, call);
         }
     }
 
-    other_kernels(&dev, &mut rng, copy_gbs);
+    other_kernels(&dev, &sh, &mut rng, copy_gbs);
 }
 
 /// One more run of `f` with every launch timed (CUDA events): GPU time per kernel, largest first, and
@@ -218,9 +281,8 @@ fn profile(dev: &Device, total_ms: f64, f: impl FnOnce()) {
 }
 
 /// The families the model spends its time in, at the sizes of a width-2048 model at 256 px.
-fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
-    let per_scale = [1usize, 4, 16, 36, 64, 100, 169, 256];
-    let (b, c) = (16usize, 2048usize);
+fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
+    let (per_scale, b, c) = (sh.per_scale, sh.samples, sh.width);
     let l: usize = per_scale.iter().sum();
     let n = b * l;
     let rand = |rng: &mut dyn rand::RngCore, len: usize, scale: f32| -> Vec<f32> {
@@ -233,16 +295,16 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
     let mut y = dev.stream.alloc_zeros::<f32>(n * 4 * c).unwrap();
     for bf16 in [false, true] {
         let gemm = Gemm::new(dev, bf16).unwrap();
-        let ms = time_ms(dev, 10, || linear_dev(dev, &gemm, &x, &w, None, &mut y, (n, c, 4 * c)).unwrap());
+        let ms = time_ms(dev, sh.iters(10), || linear_dev(dev, &gemm, &x, &w, None, &mut y, (n, c, 4 * c)).unwrap());
         let flops = 2.0 * (n * c * 4 * c) as f64;
         let bytes = 4.0 * (n * c + 4 * c * c + n * 4 * c) as f64;
-        let label = if bf16 { "linear N×2048→8192, bf16 inputs" } else { "linear N×2048→8192, f32" };
-        row(&format!("{label} (N={n})"), ms, bytes, flops, copy_gbs, None);
+        let label = if bf16 { "bf16 inputs" } else { "f32" };
+        row(&format!("linear N×{c}→{}, {label} (N={n})", 4 * c), ms, bytes, flops, copy_gbs, None);
     }
     drop((w, y));
 
     // flash attention, block-causal over the 256 px schedule, 16 heads of 128
-    let dims = AttnDims { heads: 16, head_dim: 128, scale: 1.0 };
+    let dims = AttnDims { heads: c / 128, head_dim: 128, scale: 1.0 };
     let r = AttnRanges::new(dev, &block_causal_segments(b, &per_scale), n, n).unwrap();
     let (q, k, v) =
         (upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)));
@@ -252,7 +314,7 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
         Act::Bf16(dev.stream.alloc_zeros::<u16>(n * c).unwrap()),
     );
     let d_o = upload(dev, &rand(rng, n * c, 1.0));
-    let mut lse = dev.stream.alloc_zeros::<f32>(n * 16).unwrap();
+    let mut lse = dev.stream.alloc_zeros::<f32>(n * dims.heads).unwrap();
     let pairs: usize = {
         let mut end = 0;
         per_scale
@@ -268,14 +330,15 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
-        dev.stream.alloc_zeros::<f32>(n * 16).unwrap(),
+        dev.stream.alloc_zeros::<f32>(n * dims.heads).unwrap(),
     );
     for (math, label) in [(Math::F32, "f32"), (Math::Bf16, "bf16 tensor cores")] {
         let o = if math == Math::Bf16 { &mut o16 } else { &mut o32 };
-        let ms = time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, o, &mut lse, &r, dims, math).unwrap());
-        let name = format!("attention forward {label}, 16 × 646 tokens, 16 × 128");
+        let ms =
+            time_ms(dev, sh.iters(10), || attention_forward_dev(dev, &q, &k, &v, o, &mut lse, &r, dims, math).unwrap());
+        let name = format!("attention forward {label}, {b} × {l} tokens, {} × 128", dims.heads);
         row(&name, ms, 4.0 * 4.0 * (n * c) as f64, 4.0 * (pairs * c) as f64, copy_gbs, None);
-        let ms = time_ms(dev, 10, || {
+        let ms = time_ms(dev, sh.iters(10), || {
             let grads: (&mut dyn BufMut, &mut dyn BufMut, &mut dyn BufMut) = (&mut dq, &mut dk, &mut dv);
             attention_backward_dev(dev, &d_o, (&q, &k, &v), o, &lse, &r, dims, grads, &mut delta, math).unwrap()
         });
@@ -289,8 +352,9 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
     // a tuning knob: the C = 128 forward held to 3 blocks per SM (168 registers, a few bytes spilled,
     // the default) or allowed 2 (211 registers, none spilled)
     dev.set_defines("attention_bf16.cu", &["FWD_BLOCKS_128=2"]);
-    let ms =
-        time_ms(dev, 10, || attention_forward_dev(dev, &q, &k, &v, &mut o16, &mut lse, &r, dims, Math::Bf16).unwrap());
+    let ms = time_ms(dev, sh.iters(10), || {
+        attention_forward_dev(dev, &q, &k, &v, &mut o16, &mut lse, &r, dims, Math::Bf16).unwrap()
+    });
     let name = "attention forward bf16 tensor cores, FWD_BLOCKS_128=2 (2 blocks per SM)";
     row(name, ms, 4.0 * 4.0 * (n * c) as f64, 4.0 * (pairs * c) as f64, copy_gbs, None);
     dev.set_defines("attention_bf16.cu", &[]);
@@ -302,17 +366,18 @@ fn other_kernels(dev: &Device, rng: &mut impl Rng, copy_gbs: f64) {
         dev.stream.alloc_zeros::<f32>(n).unwrap(),
         dev.stream.alloc_zeros::<f32>(n).unwrap(),
     );
-    let ms =
-        time_ms(dev, 10, || layernorm_dev(dev, &x, None, None, &mut xh, &mut mean, &mut rstd, (n, c), 1e-6).unwrap());
-    row("LayerNorm forward N × 2048", ms, 2.0 * 4.0 * (n * c) as f64, 0.0, copy_gbs, None);
+    let ms = time_ms(dev, sh.iters(10), || {
+        layernorm_dev(dev, &x, None, None, &mut xh, &mut mean, &mut rstd, (n, c), 1e-6).unwrap()
+    });
+    row(&format!("LayerNorm forward N × {c}"), ms, 2.0 * 4.0 * (n * c) as f64, 0.0, copy_gbs, None);
     drop((x, xh, mean, rstd));
 
     // fused AdamW over 256 M parameters: reads p, g, m, v, the decay mask; writes p, m, v
-    let np = 1usize << 28;
+    let np = sh.adamw_params;
     let (mut p, g) = (dev.stream.alloc_zeros::<f32>(np).unwrap(), dev.stream.alloc_zeros::<f32>(np).unwrap());
     let (mut m, mut vv) = (dev.stream.alloc_zeros::<f32>(np).unwrap(), dev.stream.alloc_zeros::<f32>(np).unwrap());
     let decay = dev.stream.alloc_zeros::<u8>(np).unwrap();
     let sc = infinity_kernels::adamw::AdamWScalars::new(1e-4, 0.9, 0.97, 1e-8, 0.005, 10);
-    let ms = time_ms(dev, 10, || adamw_dev(dev, &mut p, &g, &mut m, &mut vv, &decay, &sc).unwrap());
-    row("fused AdamW, 256 M parameters", ms, (np * (7 * 4 + 1)) as f64, 0.0, copy_gbs, None);
+    let ms = time_ms(dev, sh.iters(10), || adamw_dev(dev, &mut p, &g, &mut m, &mut vv, &decay, &sc).unwrap());
+    row(&format!("fused AdamW, {} M parameters", np >> 20), ms, (np * (7 * 4 + 1)) as f64, 0.0, copy_gbs, None);
 }

@@ -110,6 +110,12 @@ fn watchdog_aborts_a_collective_stuck_behind_the_stream() {
     }
     let timeout = Duration::from_secs(1);
     let ctx = CudaContext::new(0).unwrap();
+    if ctx.name().is_ok_and(|n| n.starts_with("Emulated")) {
+        eprintln!(
+            "skipped: the drill needs a GPU's asynchronous stream (the emulated device runs a kernel at its launch)"
+        );
+        return;
+    }
     let stream = ctx.default_stream();
     let module = ctx.load_module(cudarc::nvrtc::compile_ptx(SPIN).unwrap()).unwrap();
     let spin = module.load_function("spin").unwrap();

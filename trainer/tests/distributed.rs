@@ -246,8 +246,9 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
     assert!(weights(&run, steps) == weights(&clean, steps), "resumed after SIGTERM at {stopped}: weights differ");
 }
 
-/// With the `cuda` feature and at least 2 GPUs: the same run over NCCL (`dist.backend = "nccl"`, one
-/// GPU per rank through the agent's CUDA_VISIBLE_DEVICES) matches 1 rank.
+/// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
+/// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"`, one GPU per rank through the agent's
+/// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch.
 #[cfg(feature = "cuda")]
 #[test]
 fn nccl_data_parallel_matches_one_rank() {
@@ -265,10 +266,10 @@ fn nccl_data_parallel_matches_one_rank() {
     dataset(&data);
     let cfg = config(tmp.path(), &data, 4);
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
-    ok(launch(1, &cfg, &one, &[], &[]).output().unwrap());
+    ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
     let mut c = launch(2, &cfg, &two, &[], &[]);
-    ok(c.args(["--set", "dist.backend=nccl"]).output().unwrap());
+    ok(c.args(["--set", "run.device=cuda", "--set", "dist.backend=nccl"]).output().unwrap());
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));
-    println!("NCCL on 2 ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    println!("NCCL on 2 GPUs vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "NCCL: max |Δw| {diff:e} at {name}");
 }

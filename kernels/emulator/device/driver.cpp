@@ -1,8 +1,9 @@
 // An emulated CUDA device behind the driver API (libcuda.so): the subset cudarc calls for our host
 // code, so the GPU path (kernels/src/cuda, trainer/src/gpu) and its tests run on a machine without a
-// GPU. Device memory is host memory; streams and events are synchronous; modules are the PTX NVRTC
-// made (checked for the kernel's entry) paired with the kernel's own source compiled for the CPU
-// emulator (cuda_emulator.h, registry.h). Built by tools/emulated_device.py.
+// GPU. Device memory is host memory; streams run their work in order (streams.h: kernels and copies
+// at once, collectives when their peers are there); modules are the PTX NVRTC made (checked for the
+// kernel's entry) paired with the kernel's own source compiled for the CPU emulator (cuda_emulator.h,
+// registry.h). Built by tools/emulated_device.py with cublas.cpp and nccl.cpp into one library.
 //
 // What a real device would refuse is refused here too, with the reason on stderr: a block over 1024
 // threads or not whole warps, a grid beyond 2^31 − 1 × 65535 × 65535, dynamic shared memory above
@@ -25,6 +26,7 @@
 
 #include "cuda_emulator.h"
 #include "registry.h"
+#include "streams.h"
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -41,6 +43,7 @@ enum : CUresult {
     INVALID_DEVICE = 101,
     INVALID_IMAGE = 200,
     NOT_FOUND = 500,
+    NOT_READY = 600,
     LAUNCH_OUT_OF_RESOURCES = 701,
     NOT_SUPPORTED = 801,
 };
@@ -60,16 +63,14 @@ struct Function {
     int static_smem;       // bytes of the module's `.shared` variables the kernel's body names
     int max_dynamic_smem;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB − static until raised
 };
-struct Event {
-    std::chrono::steady_clock::time_point at;
-};
+using emu_device::Event;
+using emu_device::Stream;
 
 std::mutex device_lock;  // one launch at a time: the emulator's block state is global
 std::map<uintptr_t, std::pair<void*, size_t>> allocations;  // user pointer → (mapping, its length)
 size_t bytes_in_use = 0;
 const char* running_kernel = nullptr;
 struct sigaction previous_segv;
-int context_token, stream_token;
 
 CUresult fail(CUresult code, const std::string& why) {
     fprintf(stderr, "emulated CUDA device: %s\n", why.c_str());
@@ -147,8 +148,10 @@ extern "C" {
 
 CUresult cuInit(unsigned) { return SUCCESS; }
 CUresult cuDriverGetVersion(int* v) { return *v = 13000, SUCCESS; }
-CUresult cuDeviceGetCount(int* n) { return *n = 1, SUCCESS; }
-CUresult cuDeviceGet(CUdevice* d, int ordinal) { return ordinal == 0 ? (*d = 0, SUCCESS) : INVALID_DEVICE; }
+CUresult cuDeviceGetCount(int* n) { return *n = emu_device::device_count(), SUCCESS; }
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    return ordinal >= 0 && ordinal < emu_device::device_count() ? (*d = ordinal, SUCCESS) : INVALID_DEVICE;
+}
 CUresult cuDeviceGetName(char* name, int len, CUdevice) {
     snprintf(name, len, "Emulated CUDA device (kernels/emulator)");
     return SUCCESS;
@@ -175,11 +178,19 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
     }
     return SUCCESS;
 }
-CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) { return *c = &context_token, SUCCESS; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) {
+    if (d < 0 || d >= emu_device::device_count()) return INVALID_DEVICE;
+    return *c = emu_device::contexts()[d].get(), SUCCESS;
+}
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return SUCCESS; }
-CUresult cuCtxGetCurrent(CUcontext* c) { return *c = &context_token, SUCCESS; }
-CUresult cuCtxSetCurrent(CUcontext) { return SUCCESS; }
-CUresult cuCtxSynchronize() { return SUCCESS; }
+CUresult cuCtxGetCurrent(CUcontext* c) { return *c = emu_device::current, SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext c) { return emu_device::current = (emu_device::Context*)c, SUCCESS; }
+CUresult cuCtxSynchronize() {
+    auto* ctx = emu_device::current ? emu_device::current : emu_device::contexts()[0].get();
+    emu_device::drain(&ctx->default_stream);
+    for (Stream* s : ctx->streams) emu_device::drain(s);
+    return SUCCESS;
+}
 CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
     if (greatest) *greatest = -5;
@@ -199,6 +210,7 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
         case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
         case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
         case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
         case LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         default: *s = "CUDA_ERROR_UNKNOWN";
     }
@@ -206,38 +218,78 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
 }
 CUresult cuGetErrorString(CUresult e, const char** s) { return cuGetErrorName(e, s); }
 
-// ---- streams and events: everything has finished when its call returns ----
-CUresult cuStreamCreate(CUstream* s, unsigned) { return *s = &stream_token, SUCCESS; }
-CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) { return *s = &stream_token, SUCCESS; }
-CUresult cuStreamDestroy_v2(CUstream) { return SUCCESS; }
-CUresult cuStreamSynchronize(CUstream) { return SUCCESS; }
-CUresult cuStreamQuery(CUstream) { return SUCCESS; }
-CUresult cuStreamWaitEvent(CUstream, void*, unsigned) { return SUCCESS; }
-CUresult cuLaunchHostFunc(CUstream, CUhostFn f, void* user) { return f(user), SUCCESS; }
-CUresult cuEventCreate(void** e, unsigned) { return *e = new Event{std::chrono::steady_clock::now()}, SUCCESS; }
+// ---- streams and events (streams.h) ----
+CUresult cuStreamCreate(CUstream* s, unsigned) {
+    auto* ctx = emu_device::current ? emu_device::current : emu_device::contexts()[0].get();
+    std::lock_guard<std::recursive_mutex> g(emu_device::queue_lock);
+    ctx->streams.push_back(new Stream);
+    return *s = ctx->streams.back(), SUCCESS;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned flags, int) { return cuStreamCreate(s, flags); }
+CUresult cuStreamDestroy_v2(CUstream) { return SUCCESS; }  // kept: queued work may still name it
+CUresult cuStreamSynchronize(CUstream s) { return emu_device::drain(emu_device::resolve(s)), SUCCESS; }
+CUresult cuStreamQuery(CUstream s) {
+    emu_device::progress(emu_device::resolve(s));
+    return emu_device::idle(emu_device::resolve(s)) ? SUCCESS : NOT_READY;
+}
+CUresult cuStreamWaitEvent(CUstream s, void* e, unsigned) {
+    const Event mark = *(Event*)e;  // the event as recorded now
+    emu_device::enqueue(emu_device::resolve(s), [mark] { return emu_device::reached(mark); });
+    return SUCCESS;
+}
+CUresult cuLaunchHostFunc(CUstream s, CUhostFn f, void* user) {
+    emu_device::enqueue(emu_device::resolve(s), [f, user] { return f(user), true; });
+    return SUCCESS;
+}
+CUresult cuEventCreate(void** e, unsigned) { return *e = new Event, SUCCESS; }
 CUresult cuEventDestroy_v2(void* e) { return delete (Event*)e, SUCCESS; }
-CUresult cuEventRecord(void* e, CUstream) { return ((Event*)e)->at = std::chrono::steady_clock::now(), SUCCESS; }
-CUresult cuEventQuery(void*) { return SUCCESS; }
-CUresult cuEventSynchronize(void*) { return SUCCESS; }
+CUresult cuEventRecord(void* e, CUstream s) {
+    Event& ev = *(Event*)e;
+    ev.stream = emu_device::resolve(s);
+    std::lock_guard<std::recursive_mutex> g(emu_device::queue_lock);
+    ev.position = ev.stream->issued;
+    ev.at = std::chrono::steady_clock::now();
+    return SUCCESS;
+}
+CUresult cuEventQuery(void* e) { return emu_device::reached(*(Event*)e) ? SUCCESS : NOT_READY; }
+CUresult cuEventSynchronize(void* e) {
+    while (!emu_device::reached(*(Event*)e)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    return SUCCESS;
+}
 CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) {
     *ms = std::chrono::duration<float, std::milli>(((Event*)b)->at - ((Event*)a)->at).count();
     return SUCCESS;
 }
 CUresult cuEventElapsedTime(float* ms, void* a, void* b) { return cuEventElapsedTime_v2(ms, a, b); }
 
-// ---- memory ----
+// ---- memory: copies and sets wait for the stream's queued work, then run ----
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return allocate(p, bytes); }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return allocate(p, bytes); }
-CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
-CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return release(p); }
-CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { return memset((void*)p, v, n), SUCCESS; }
-CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(p, v, n); }
-CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return memcpy((void*)d, h, n), SUCCESS; }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, CUstream) { return cuMemcpyHtoD_v2(d, h, n); }
-CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return memcpy(h, (const void*)d, n), SUCCESS; }
-CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, CUstream) { return cuMemcpyDtoH_v2(h, d, n); }
-CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { return memmove((void*)d, (const void*)s, n), SUCCESS; }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream) { return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return cuCtxSynchronize(), release(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {  // in stream order: not under queued work
+    emu_device::enqueue(emu_device::resolve(s), [p] { return release(p), true; });
+    return SUCCESS;
+}
+CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
+    emu_device::drain(emu_device::resolve(s));
+    return memset((void*)p, v, n), SUCCESS;
+}
+CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) { return cuMemsetD8Async(p, v, n, nullptr); }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, CUstream s) {
+    emu_device::drain(emu_device::resolve(s));
+    return memcpy((void*)d, h, n), SUCCESS;
+}
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return cuMemcpyHtoDAsync_v2(d, h, n, nullptr); }
+CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, CUstream s) {
+    emu_device::drain(emu_device::resolve(s));
+    return memcpy(h, (const void*)d, n), SUCCESS;
+}
+CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return cuMemcpyDtoHAsync_v2(h, d, n, nullptr); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s) {
+    emu_device::drain(emu_device::resolve(s));
+    return memmove((void*)d, (const void*)src, n), SUCCESS;
+}
+CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { return cuMemcpyDtoDAsync_v2(d, s, n, nullptr); }
 
 // ---- modules and launches ----
 CUresult cuModuleLoadData(CUmodule* m, const void* image) {
@@ -271,7 +323,7 @@ CUresult cuFuncGetAttribute(int* v, int attribute, void* f) {
     return SUCCESS;
 }
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, CUstream, void** params, void** extra) {
+                        unsigned smem, CUstream stream, void** params, void** extra) {
     const Function& fn = *(const Function*)f;
     const std::string& name = fn.name;
     const unsigned long threads = (unsigned long)bx * by * bz;
@@ -285,6 +337,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if ((int)smem > fn.max_dynamic_smem)
         return fail(INVALID_VALUE, name + ": " + std::to_string(smem) +
                                        " bytes of dynamic shared memory, above the kernel's limit (cuFuncSetAttribute)");
+    emu_device::drain(emu_device::resolve(stream));
     std::lock_guard<std::mutex> g(device_lock);
     static bool handler = false;
     if (!handler) {

@@ -1,0 +1,219 @@
+// The emulated device's NCCL (libnccl.so): the communicator calls launcher/src/comm/nccl.rs makes,
+// between ranks that are threads of one process or separate processes on this machine. A
+// communicator is a folder (named in its unique id, under /dev/shm or TMPDIR); collective number k
+// is one file per rank, `k.RANK`, written whole and renamed into place. A collective is queued on its
+// stream (streams.h): it posts this rank's file when it reaches the front, and finishes once every
+// rank's file is there, reducing in rank order (a fixed order: runs repeat bit for bit). A rank
+// deletes its file of collective k − 2 when it posts k: every peer is past k − 1 by then, so done
+// reading k − 2. ncclCommAbort cancels the queued collectives (the watchdog's way out of a stall).
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "streams.h"
+
+namespace fs = std::filesystem;
+
+typedef int ncclResult_t;
+enum : ncclResult_t { ncclSuccess = 0, ncclSystemError = 2, ncclInvalidArgument = 4, ncclInvalidUsage = 5 };
+enum { ncclInt8, ncclUint8, ncclInt32, ncclUint32, ncclInt64, ncclUint64, ncclFloat16, ncclFloat32, ncclFloat64 };
+constexpr int ID_BYTES = 128;
+struct ncclUniqueId {
+    char internal[ID_BYTES];
+};
+
+namespace {
+
+constexpr char ID_TAG[] = "emulated-nccl:";
+
+struct Comm {
+    fs::path dir;
+    int rank, ranks, device;
+    unsigned long long next = 0;  // the number of the next collective
+    std::atomic<bool> aborted{false};
+};
+
+enum class Kind { AllReduce, Broadcast, AllGather, ReduceScatter };
+
+ncclResult_t fail(ncclResult_t code, const std::string& why) {
+    fprintf(stderr, "emulated NCCL: %s\n", why.c_str());
+    return code;
+}
+
+size_t width(int type) {
+    switch (type) {
+        case ncclInt8: case ncclUint8: return 1;
+        case ncclFloat16: return 2;
+        case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
+        default: return 8;
+    }
+}
+
+template <class T>
+void add(void* into, const void* from, size_t n) {
+    for (size_t i = 0; i < n; ++i) ((T*)into)[i] += ((const T*)from)[i];
+}
+
+// into[i] += from[i] for `n` values of `type` (sum is the only operation our code uses).
+bool accumulate(int type, void* into, const void* from, size_t n) {
+    switch (type) {
+        case ncclInt8: add<int8_t>(into, from, n); return true;
+        case ncclUint8: add<uint8_t>(into, from, n); return true;
+        case ncclInt32: add<int32_t>(into, from, n); return true;
+        case ncclUint32: add<uint32_t>(into, from, n); return true;
+        case ncclInt64: add<int64_t>(into, from, n); return true;
+        case ncclUint64: add<uint64_t>(into, from, n); return true;
+        case ncclFloat32: add<float>(into, from, n); return true;
+        case ncclFloat64: add<double>(into, from, n); return true;
+        default: return false;
+    }
+}
+
+fs::path part(const Comm& c, unsigned long long k, int rank) { return c.dir / (std::to_string(k) + "." + std::to_string(rank)); }
+
+void post(const Comm& c, unsigned long long k, const void* data, size_t bytes) {
+    const fs::path file = part(c, k, c.rank), tmp = file.string() + ".tmp";
+    std::ofstream(tmp, std::ios::binary).write((const char*)data, (std::streamsize)bytes);
+    fs::rename(tmp, file);
+    if (k >= 2) fs::remove(part(c, k - 2, c.rank));
+}
+
+std::vector<char> read(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+}
+
+// Queues collective `kind` on `stream`: `count` values per rank's part (the whole buffer for
+// all-reduce and broadcast).
+ncclResult_t collective(Kind kind, const void* send, void* recv, size_t count, int type, int root, Comm* c,
+                        void* stream) {
+    if (!c) return fail(ncclInvalidArgument, "a null communicator");
+    if (c->aborted) return fail(ncclInvalidUsage, "a collective on an aborted communicator");
+    if (type == ncclFloat16 || type > ncclFloat64) return fail(ncclInvalidArgument, "this data type is not emulated");
+    const size_t bytes = count * width(type);
+    const unsigned long long k = c->next++;
+    auto posted = std::make_shared<bool>(false);
+    emu_device::enqueue(emu_device::resolve(stream), [=] {
+        if (c->aborted) return true;  // cancelled: recv is left as it was
+        if (!*posted) {
+            const bool sends = kind != Kind::Broadcast || c->rank == root;
+            post(*c, k, send, !sends ? 0 : kind == Kind::ReduceScatter ? bytes * c->ranks : bytes);
+            *posted = true;
+        }
+        for (int r = 0; r < c->ranks; ++r)
+            if (!fs::exists(part(*c, k, r))) return false;
+        switch (kind) {
+            case Kind::Broadcast: {
+                const auto data = read(part(*c, k, root));
+                memcpy(recv, data.data(), bytes);
+                break;
+            }
+            case Kind::AllGather:
+                for (int r = 0; r < c->ranks; ++r) {
+                    const auto data = read(part(*c, k, r));
+                    memcpy((char*)recv + r * bytes, data.data(), bytes);
+                }
+                break;
+            case Kind::AllReduce:
+            case Kind::ReduceScatter: {
+                const size_t offset = kind == Kind::ReduceScatter ? c->rank * bytes : 0;
+                std::vector<char> sum(bytes, 0);
+                for (int r = 0; r < c->ranks; ++r) {
+                    const auto data = read(part(*c, k, r));
+                    accumulate(type, sum.data(), data.data() + offset, count);
+                }
+                memcpy(recv, sum.data(), bytes);
+                break;
+            }
+        }
+        return true;
+    });
+    return ncclSuccess;
+}
+
+}  // namespace
+
+extern "C" {
+
+ncclResult_t ncclGetVersion(int* v) { return *v = 22800, ncclSuccess; }
+const char* ncclGetErrorString(ncclResult_t r) { return r == ncclSuccess ? "no error" : "emulated NCCL error"; }
+const char* ncclGetLastError(void*) { return "see stderr (emulated NCCL)"; }
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
+    const char* shm = "/dev/shm";
+    const char* tmp = getenv("TMPDIR");
+    const fs::path base = fs::is_directory(shm) ? shm : tmp ? tmp : "/tmp";
+    std::random_device rd;
+    const std::string name = "emulated-nccl-" + std::to_string(getpid()) + "-" + std::to_string(rd()) + std::to_string(rd());
+    const std::string text = ID_TAG + (base / name).string();
+    if (text.size() >= ID_BYTES) return fail(ncclSystemError, "the folder name does not fit the unique id");
+    memset(id->internal, 0, ID_BYTES);
+    memcpy(id->internal, text.data(), text.size());
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRank(Comm** out, int ranks, ncclUniqueId id, int rank) {
+    std::string text(id.internal, strnlen(id.internal, ID_BYTES));
+    if (text.rfind(ID_TAG, 0) != 0) return fail(ncclInvalidArgument, "the unique id is not an emulated NCCL id");
+    if (ranks < 1 || rank < 0 || rank >= ranks) return fail(ncclInvalidArgument, "rank outside the world");
+    auto* c = new Comm{text.substr(sizeof ID_TAG - 1), rank, ranks, 0};
+    c->device = emu_device::current ? emu_device::current->ordinal : 0;
+    std::error_code ignored;
+    fs::create_directories(c->dir, ignored);
+    // every rank is there before anyone goes on (as ncclCommInitRank waits for its peers)
+    std::ofstream(c->dir / ("joined." + std::to_string(rank))).put('1');
+    for (int r = 0; r < ranks;)
+        if (fs::exists(c->dir / ("joined." + std::to_string(r))))
+            ++r;
+        else
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    *out = c;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommCount(const Comm* c, int* n) { return *n = c->ranks, ncclSuccess; }
+ncclResult_t ncclCommUserRank(const Comm* c, int* r) { return *r = c->rank, ncclSuccess; }
+ncclResult_t ncclCommCuDevice(const Comm* c, int* d) { return *d = c->device, ncclSuccess; }
+ncclResult_t ncclCommGetAsyncError(Comm*, ncclResult_t* state) { return *state = ncclSuccess, ncclSuccess; }
+ncclResult_t ncclGroupStart() { return ncclSuccess; }
+ncclResult_t ncclGroupEnd() { return ncclSuccess; }
+
+// Queued collectives may still name the communicator: it is marked, never freed. The last rank to
+// leave removes the folder.
+ncclResult_t ncclCommAbort(Comm* c) { return c->aborted = true, ncclSuccess; }
+ncclResult_t ncclCommDestroy(Comm* c) {
+    std::ofstream(c->dir / ("left." + std::to_string(c->rank))).put('1');
+    bool last = true;
+    for (int r = 0; r < c->ranks; ++r) last &= fs::exists(c->dir / ("left." + std::to_string(r)));
+    std::error_code ignored;
+    if (last) fs::remove_all(c->dir, ignored);
+    return ncclSuccess;
+}
+ncclResult_t ncclCommFinalize(Comm*) { return ncclSuccess; }
+
+ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* c, void* stream) {
+    if (op != 0) return fail(ncclInvalidArgument, "reductions other than sum are not emulated");
+    return collective(Kind::AllReduce, send, recv, count, type, 0, c, stream);
+}
+ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Comm* c, void* stream) {
+    if (root < 0 || root >= c->ranks) return fail(ncclInvalidArgument, "broadcast root outside the world");
+    return collective(Kind::Broadcast, send, recv, count, type, root, c, stream);
+}
+ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, int type, Comm* c, void* stream) {
+    return collective(Kind::AllGather, send, recv, count, type, 0, c, stream);
+}
+ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, int type, int op, Comm* c,
+                               void* stream) {
+    if (op != 0) return fail(ncclInvalidArgument, "reductions other than sum are not emulated");
+    return collective(Kind::ReduceScatter, send, recv, count, type, 0, c, stream);
+}
+
+}  // extern "C"
