@@ -305,7 +305,7 @@ fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
 
     // flash attention, block-causal over the 256 px schedule, 16 heads of 128
     let dims = AttnDims { heads: c / 128, head_dim: 128, scale: 1.0 };
-    let r = AttnRanges::new(dev, &block_causal_segments(b, &per_scale), n, n).unwrap();
+    let r = AttnRanges::new(dev, &block_causal_segments(b, per_scale), n, n).unwrap();
     let (q, k, v) =
         (upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)), upload(dev, &rand(rng, n * c, 1.0)));
     // O as training keeps it: f32, or bf16 alone with the tensor-core kernels; dO in f32
