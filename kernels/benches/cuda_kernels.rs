@@ -153,7 +153,7 @@ fn main() {
     let copy_gbs = 8.0 * n as f64 / copy_ms / 1e6;
     println!(
         "{:<44} {copy_ms:8.3} ms {copy_gbs:8.0} GB/s {:5.1}% nominal",
-        format!("device copy {} MiB", n * 4 >> 20),
+        format!("device copy {} MiB", (n * 4) >> 20),
         100.0 * copy_gbs / NOMINAL_GBS
     );
     drop((src, dst));
