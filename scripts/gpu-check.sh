@@ -25,6 +25,7 @@ summary=$out/summary.txt
 smoke=${GPU_CHECK_SMOKE:-0}
 [ "$smoke" = 1 ] && export INFINITY_BENCH_SMOKE=1
 : >"$summary"
+status=0
 left() { echo $((budget - ($(date +%s) - start))); }
 note() { echo "$*" | tee -a "$summary"; }
 
@@ -46,8 +47,20 @@ fi
 
 echo "== build"
 manifest=target/gpu-pack/manifest
-if [ -f target/gpu-pack/pack.tar.xz ]; then
-    tar -C target -xJf target/gpu-pack/pack.tar.xz && echo "unpacked $(wc -l <"$manifest") executables"
+pack=target/gpu-pack/pack.tar.xz
+here=$(bash scripts/gpu-pack.sh --hash)
+packed=""
+[ -f "$pack" ] && packed=$(tar -xJOf "$pack" gpu-pack/manifest | awk '$1 == "sources" { print $2 }')
+if [ -f "$pack" ] && [ "$packed" != "$here" ] && command -v cargo >/dev/null; then
+    echo "the pack was built from other sources (${packed:-unrecorded}, this checkout: $here): building afresh"
+    rm -f "$pack"
+fi
+if [ -f "$pack" ]; then
+    tar -C target -xJf "$pack" && echo "unpacked $(wc -l <"$manifest") executables"
+    if [ "$packed" != "$here" ]; then
+        note "WARN  the pack was built from other sources (${packed:-unrecorded}) than this checkout ($here)"
+        status=1
+    fi
 elif command -v cargo >/dev/null; then
     bash scripts/gpu-pack.sh --no-pack || { echo "build failed"; exit 1; }
 else
@@ -64,7 +77,6 @@ pkg() { awk -v n="$2" -v k="$1" '$1 == k && $2 == n { print $3 }' "$manifest"; }
 bin=$PWD/$(exe bin infinity)
 mkdir -p target/debug && [ -e target/debug/infinity ] || ln -sf "$bin" target/debug/infinity
 
-status=0
 passed=0
 failed=0
 skipped=0
@@ -96,7 +108,7 @@ run_tests() { # test-binary name, [filter]: each test alone, from its package fo
             passed=$((passed + 1))
         else
             note "FAIL  $name::$t (rc $rc, ${took}s)"
-            grep -E "panicked|error|Error|assert|left|right|differ|rel" "$log" | head -12 | sed 's/^/      /' | tee -a "$summary"
+            grep -E "panicked|error|Error|assert|left|right|differ|rel|emulated" "$log" | head -12 | sed 's/^/      /' | tee -a "$summary"
             failed=$((failed + 1))
             status=1
             if grep -qE "CUDA_ERROR|ILLEGAL|misaligned|DriverError" "$log" && command -v compute-sanitizer >/dev/null \

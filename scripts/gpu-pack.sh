@@ -5,12 +5,25 @@
 #
 #   bash scripts/gpu-pack.sh            # -> target/gpu-pack/pack.tar.xz (+ manifest inside)
 #   bash scripts/gpu-pack.sh --no-pack  # build and write target/gpu-pack/manifest only (cargo present)
+#   bash scripts/gpu-pack.sh --hash     # print the hash of the sources a pack is built from
 #
 # The manifest has one line per executable: kind name package-dir path. Test binaries find their
 # fixtures through paths baked in at build time (CARGO_MANIFEST_DIR = this checkout), so the pack
 # records this checkout's path; gpu-check.sh links it to wherever the copy lands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The Rust, CUDA and Cargo files of the checkout, hashed: the manifest records it, and gpu-check.sh
+# compares it with the checkout it runs in, so a pack left from other sources is never used unawares.
+source_hash() {
+    find Cargo.toml Cargo.lock kernels data trainer launcher tests -type f \
+        \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' -o -name Cargo.toml -o -name Cargo.lock \) \
+        -not -path '*/target/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+if [ "${1:-}" = "--hash" ]; then
+    source_hash
+    exit 0
+fi
 root=$PWD
 out=target/gpu-pack
 rm -rf "$out"
@@ -37,7 +50,7 @@ for line in sys.stdin:
 
 if [ "${1:-}" = "--no-pack" ]; then
     mv "$out/manifest.built" "$out/manifest"
-    echo "root $root" >>"$out/manifest"
+    printf 'root %s\nsources %s\n' "$root" "$(source_hash)" >>"$out/manifest"
     exit 0
 fi
 
@@ -47,7 +60,7 @@ while read -r kind name pkg exe; do
     echo "$kind $name $pkg target/gpu-pack/bin/$name"
 done <"$out/manifest.built" >"$out/manifest"
 rm "$out/manifest.built"
-echo "root $root" >>"$out/manifest"
+printf 'root %s\nsources %s\n' "$root" "$(source_hash)" >>"$out/manifest"
 tar -C target -cJf target/gpu-pack.tar.xz gpu-pack
 rm -rf "$out"
 mkdir -p "$out" && mv target/gpu-pack.tar.xz "$out/pack.tar.xz"

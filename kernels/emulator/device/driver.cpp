@@ -6,8 +6,9 @@
 // registry.h). Built by tools/emulated_device.py with cublas.cpp and nccl.cpp into one library.
 //
 // What a real device would refuse is refused here too, with the reason on stderr: a block over 1024
-// threads or not whole warps, a grid beyond 2^31 − 1 × 65535 × 65535, dynamic shared memory above
-// 48 KiB without cuFuncSetAttribute, a kernel missing from the loaded PTX. Every allocation ends at
+// threads or not whole warps, a grid beyond 2^31 − 1 × 65535 × 65535, dynamic plus static shared
+// memory above 48 KiB without cuFuncSetAttribute, a kernel missing from the loaded PTX (registers per
+// thread are ptxas's business: not checked). Every allocation ends at
 // a guard page (an access past its last 256-byte unit faults, and the fault names the kernel) and
 // starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows.
 #include <signal.h>
@@ -44,7 +45,6 @@ enum : CUresult {
     INVALID_IMAGE = 200,
     NOT_FOUND = 500,
     NOT_READY = 600,
-    LAUNCH_OUT_OF_RESOURCES = 701,
     NOT_SUPPORTED = 801,
 };
 
@@ -211,7 +211,6 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
         case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
         case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
         case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
-        case LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         default: *s = "CUDA_ERROR_UNKNOWN";
     }
     return SUCCESS;
