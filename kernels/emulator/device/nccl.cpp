@@ -186,9 +186,8 @@ ncclResult_t ncclCommGetAsyncError(Comm*, ncclResult_t* state) { return *state =
 ncclResult_t ncclGroupStart() { return ncclSuccess; }
 ncclResult_t ncclGroupEnd() { return ncclSuccess; }
 
-// Queued collectives may still name the communicator: it is marked, never freed. The last rank to
-// leave removes the folder.
-ncclResult_t ncclCommAbort(Comm* c) { return c->aborted = true, ncclSuccess; }
+// Queued collectives may still name the communicator: it is marked, never freed. A rank leaves by
+// destroying or aborting its communicator; the last to leave removes the folder.
 ncclResult_t ncclCommDestroy(Comm* c) {
     std::ofstream(c->dir / ("left." + std::to_string(c->rank))).put('1');
     bool last = true;
@@ -197,6 +196,7 @@ ncclResult_t ncclCommDestroy(Comm* c) {
     if (last) fs::remove_all(c->dir, ignored);
     return ncclSuccess;
 }
+ncclResult_t ncclCommAbort(Comm* c) { return c->aborted = true, ncclCommDestroy(c); }
 ncclResult_t ncclCommFinalize(Comm*) { return ncclSuccess; }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* c, void* stream) {
