@@ -1,0 +1,99 @@
+//! The emulated CUDA device's own checks (kernels/emulator/device), which CI relies on to catch host
+//! bugs a GPU would: a launch a GPU refuses is refused, fresh memory reads as NaN, and a kernel writing
+//! past its buffer stops the process naming the kernel. Runs only on the emulated device (scripts/test.sh
+//! puts it on the library path); says it skipped on a GPU or without a device.
+#![cfg(feature = "cuda")]
+
+use std::process::Command;
+
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use infinity_kernels::cuda::device::{device_present, Arg};
+use infinity_kernels::cuda::Device;
+
+/// The device address of `b`.
+fn ptr<T>(dev: &Device, b: &CudaSlice<T>) -> u64 {
+    b.device_ptr(&dev.stream).0
+}
+
+/// Set in the child process that makes the out-of-bounds write.
+const FAULT_CHILD: &str = "INFINITY_EMULATED_FAULT_CHILD";
+
+fn emulated() -> Option<Device> {
+    if !device_present() {
+        println!("skipped: no CUDA device (the emulated one: tools/emulated_device.py)");
+        return None;
+    }
+    let dev = Device::open(0).expect("opening CUDA device 0");
+    if !dev.name.starts_with("Emulated") {
+        println!("skipped: {} is not the emulated device", dev.name);
+        return None;
+    }
+    Some(dev)
+}
+
+#[test]
+fn launches_a_gpu_refuses_are_refused() {
+    let Some(dev) = emulated() else { return };
+    let s = &dev.stream;
+    let (x, y) = (s.alloc_zeros::<f32>(64).unwrap(), s.alloc_zeros::<u16>(64).unwrap());
+    let args = |x: u64, y: u64| [Arg::Ptr(x), Arg::Ptr(y), Arg::I64(64)];
+    let (px, py) = (ptr(&dev, &x), ptr(&dev, &y));
+    let ok = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (64, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: to_bf16(x, y, n) over 64 values of live buffers; the refused launches run nothing.
+    unsafe {
+        dev.launch("util.cu", "to_bf16", ok, &args(px, py)).expect("a valid launch");
+        let refused = [
+            ("over 1024 threads", LaunchConfig { block_dim: (2048, 1, 1), ..ok }),
+            ("grid y over 65535", LaunchConfig { grid_dim: (1, 65536, 1), ..ok }),
+            ("64 KiB of dynamic shared memory without the opt-in", LaunchConfig { shared_mem_bytes: 65536, ..ok }),
+        ];
+        for (what, cfg) in refused {
+            assert!(dev.launch("util.cu", "to_bf16", cfg, &args(px, py)).is_err(), "{what}: launched");
+        }
+        assert!(dev.launch("util.cu", "no_such_kernel", ok, &args(px, py)).is_err(), "a kernel not in the PTX");
+    }
+}
+
+#[test]
+fn fresh_memory_reads_as_nan() {
+    let Some(dev) = emulated() else { return };
+    // SAFETY: read back without writing, on purpose: what an unzeroed accumulator would start from.
+    let fresh = unsafe { dev.stream.alloc::<f32>(100) }.unwrap();
+    let host = dev.stream.clone_dtoh(&fresh).unwrap();
+    assert!(host.iter().all(|v| v.is_nan()), "fresh memory holds numbers: {:?}", &host[..4]);
+}
+
+/// Not a test on its own: the child process of `a_write_past_a_buffer_stops_naming_the_kernel`.
+#[test]
+#[ignore]
+fn write_past_a_buffer() {
+    if std::env::var_os(FAULT_CHILD).is_none() {
+        return;
+    }
+    let dev = emulated().expect("the emulated device");
+    // y is 128 values (256 bytes, the allocation unit) short: the last writes land just past its end,
+    // in the guard page, where nothing else would notice them
+    let n = 4096;
+    let (x, y) = (dev.stream.alloc_zeros::<f32>(n).unwrap(), dev.stream.alloc_zeros::<u16>(n - 128).unwrap());
+    let cfg = LaunchConfig { grid_dim: (4, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: none, on purpose: to_bf16 writes n values into a buffer of n − 128 (host memory here).
+    let _ = unsafe {
+        dev.launch("util.cu", "to_bf16", cfg, &[Arg::Ptr(ptr(&dev, &x)), Arg::Ptr(ptr(&dev, &y)), Arg::I64(n as i64)])
+    };
+    println!("the write past the buffer did not fault");
+}
+
+#[test]
+fn a_write_past_a_buffer_stops_naming_the_kernel() {
+    if emulated().is_none() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "write_past_a_buffer", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(FAULT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child finished: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("kernel to_bf16 touched"), "the fault does not name the kernel: {stderr}");
+}
