@@ -128,7 +128,7 @@ run_tests nccl
 if [ "$gpus" -ge 2 ]; then
     run_tests distributed nccl
 else
-    note "skip  distributed::nccl_data_parallel_matches_one_rank ($gpus GPU; NCCL needs one device per rank)"
+    note "skip  distributed::nccl_data_parallel_matches_one_rank_and_restarts_exactly ($gpus GPU; NCCL needs one device per rank)"
 fi
 
 step() { # seconds, name, command...: a bounded step, output kept and shown

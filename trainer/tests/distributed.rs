@@ -248,10 +248,12 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
 
 /// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
 /// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"`, one GPU per rank through the agent's
-/// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch.
+/// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch; a rank killed mid-run
+/// restarts the group from the last checkpoint (a fresh NCCL communicator per attempt) and the run ends
+/// with the uninterrupted run's bytes.
 #[cfg(feature = "cuda")]
 #[test]
-fn nccl_data_parallel_matches_one_rank() {
+fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     let gpus = if infinity_launcher::comm::nccl_available() {
         cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize
     } else {
@@ -265,11 +267,19 @@ fn nccl_data_parallel_matches_one_rank() {
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(tmp.path(), &data, 4);
+    let on_gpus = ["--set", "run.device=cuda", "--set", "dist.backend=nccl"];
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
     ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
-    let mut c = launch(2, &cfg, &two, &[], &[]);
-    ok(c.args(["--set", "run.device=cuda", "--set", "dist.backend=nccl"]).output().unwrap());
+    ok(launch(2, &cfg, &two, &[], &[]).args(on_gpus).output().unwrap());
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));
     println!("NCCL on 2 GPUs vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "NCCL: max |Δw| {diff:e} at {name}");
+
+    // rank 1 killed after step 3 (checkpoints every 2 steps): the group restarts from step 2
+    let faulty = tmp.path().join("nccl-killed");
+    let kill = [("INFINITY_FAULT_KILL", "1:3")];
+    let out = ok(launch(2, &cfg, &faulty, &["--max-restarts", "1"], &kill).args(on_gpus).output().unwrap());
+    assert!(out.contains("restarting the group"), "{out}");
+    assert!(weights(&faulty, 4) == weights(&two, 4), "NCCL, rank 1 killed at step 3: final weights differ");
+    println!("NCCL on 2 GPUs, rank 1 killed at step 3 and the group restarted: the same bytes at step 4");
 }

@@ -6,6 +6,9 @@
 // rank's file is there, reducing in rank order (a fixed order: runs repeat bit for bit). A rank
 // deletes its file of collective k − 2 when it posts k: every peer is past k − 1 by then, so done
 // reading k − 2. ncclCommAbort cancels the queued collectives (the watchdog's way out of a stall).
+// The last rank to leave removes the folder; ncclGetUniqueId sweeps folders whose maker has died.
+#include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
@@ -151,6 +154,14 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
     const char* shm = "/dev/shm";
     const char* tmp = getenv("TMPDIR");
     const fs::path base = fs::is_directory(shm) ? shm : tmp ? tmp : "/tmp";
+    // folders whose maker is gone (a killed rank 0 never removes its own): swept here
+    std::error_code ignored;
+    for (const auto& entry : fs::directory_iterator(base, ignored)) {
+        const std::string name = entry.path().filename().string();
+        if (name.rfind("emulated-nccl-", 0) != 0) continue;
+        const int maker = atoi(name.c_str() + strlen("emulated-nccl-"));
+        if (maker > 0 && kill(maker, 0) != 0 && errno == ESRCH) fs::remove_all(entry.path(), ignored);
+    }
     std::random_device rd;
     const std::string name = "emulated-nccl-" + std::to_string(getpid()) + "-" + std::to_string(rd()) + std::to_string(rd());
     const std::string text = ID_TAG + (base / name).string();
