@@ -65,18 +65,18 @@ void add(void* into, const void* from, size_t n) {
     for (size_t i = 0; i < n; ++i) ((T*)into)[i] += ((const T*)from)[i];
 }
 
-// into[i] += from[i] for `n` values of `type` (sum is the only operation our code uses).
-bool accumulate(int type, void* into, const void* from, size_t n) {
+// into[i] += from[i] for `n` values of `type` (sum is the only operation our code uses; the types
+// were checked when the collective was queued).
+void accumulate(int type, void* into, const void* from, size_t n) {
     switch (type) {
-        case ncclInt8: add<int8_t>(into, from, n); return true;
-        case ncclUint8: add<uint8_t>(into, from, n); return true;
-        case ncclInt32: add<int32_t>(into, from, n); return true;
-        case ncclUint32: add<uint32_t>(into, from, n); return true;
-        case ncclInt64: add<int64_t>(into, from, n); return true;
-        case ncclUint64: add<uint64_t>(into, from, n); return true;
-        case ncclFloat32: add<float>(into, from, n); return true;
-        case ncclFloat64: add<double>(into, from, n); return true;
-        default: return false;
+        case ncclInt8: add<int8_t>(into, from, n); break;
+        case ncclUint8: add<uint8_t>(into, from, n); break;
+        case ncclInt32: add<int32_t>(into, from, n); break;
+        case ncclUint32: add<uint32_t>(into, from, n); break;
+        case ncclInt64: add<int64_t>(into, from, n); break;
+        case ncclUint64: add<uint64_t>(into, from, n); break;
+        case ncclFloat32: add<float>(into, from, n); break;
+        case ncclFloat64: add<double>(into, from, n); break;
     }
 }
 
@@ -89,9 +89,17 @@ void post(const Comm& c, unsigned long long k, const void* data, size_t bytes) {
     if (k >= 2) fs::remove(part(c, k - 2, c.rank));
 }
 
-std::vector<char> read(const fs::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+// Rank `rank`'s part of collective `k`, which must hold at least `bytes` (a peer that called the
+// collective with fewer values stops the process, named: a queued operation cannot return an error).
+std::vector<char> read(const Comm& c, unsigned long long k, int rank, size_t bytes) {
+    std::ifstream in(part(c, k, rank), std::ios::binary);
+    std::vector<char> data(std::istreambuf_iterator<char>(in), {});
+    if (data.size() < bytes) {
+        fprintf(stderr, "emulated NCCL: rank %d's part of collective %llu has %zu bytes, rank %d expected %zu\n", rank,
+                k, data.size(), c.rank, bytes);
+        abort();
+    }
+    return data;
 }
 
 // Queues collective `kind` on `stream`: `count` values per rank's part (the whole buffer for
@@ -115,24 +123,18 @@ ncclResult_t collective(Kind kind, const void* send, void* recv, size_t count, i
             if (!fs::exists(part(*c, k, r))) return false;
         switch (kind) {
             case Kind::Broadcast: {
-                const auto data = read(part(*c, k, root));
-                memcpy(recv, data.data(), bytes);
+                memcpy(recv, read(*c, k, root, bytes).data(), bytes);
                 break;
             }
             case Kind::AllGather:
-                for (int r = 0; r < c->ranks; ++r) {
-                    const auto data = read(part(*c, k, r));
-                    memcpy((char*)recv + r * bytes, data.data(), bytes);
-                }
+                for (int r = 0; r < c->ranks; ++r) memcpy((char*)recv + r * bytes, read(*c, k, r, bytes).data(), bytes);
                 break;
             case Kind::AllReduce:
             case Kind::ReduceScatter: {
                 const size_t offset = kind == Kind::ReduceScatter ? c->rank * bytes : 0;
                 std::vector<char> sum(bytes, 0);
-                for (int r = 0; r < c->ranks; ++r) {
-                    const auto data = read(part(*c, k, r));
-                    accumulate(type, sum.data(), data.data() + offset, count);
-                }
+                for (int r = 0; r < c->ranks; ++r)
+                    accumulate(type, sum.data(), read(*c, k, r, offset + bytes).data() + offset, count);
                 memcpy(recv, sum.data(), bytes);
                 break;
             }
