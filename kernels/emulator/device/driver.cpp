@@ -82,8 +82,8 @@ void on_segv(int sig, siginfo_t* info, void* uc) {
         char msg[256];
         const int n = snprintf(msg, sizeof msg, "emulated CUDA device: kernel %s touched %p, outside its buffers\n",
                                running_kernel, info->si_addr);
-        if (write(2, msg, n) < 0) {
-        }
+        const ssize_t written = write(2, msg, n);  // async-signal-safe, unlike fprintf
+        (void)written;
     }
     sigaction(SIGSEGV, &previous_segv, nullptr);  // the runtime's own handler, or the default, next
     raise(sig);
