@@ -1,7 +1,8 @@
 //! The NCCL communicator (feature `cuda`, gated on a device): every collective against its definition,
 //! one rank per visible GPU (NCCL refuses two ranks on one device), and the watchdog turning a stall
 //! into an abort: on one GPU (a collective queued behind a kernel that holds the stream) and on two (a
-//! rank that never joins). Prints what it skipped on machines without NCCL or without enough GPUs.
+//! rank that never joins); and unique ids that never repeat. Prints what it skipped on machines
+//! without NCCL or without enough GPUs.
 #![cfg(feature = "cuda")]
 
 use std::time::{Duration, Instant};
@@ -58,6 +59,47 @@ fn collectives_match_their_definitions() {
         let results = group(world, Duration::from_secs(30), move |mut c| common::run_collectives(&mut c, n));
         common::check_collectives(world, n, &results);
         eprintln!("NCCL world {world}: all-reduce, broadcast, all-gather, reduce-scatter ok");
+    }
+}
+
+/// Communicators made at once, on many threads of one process, get distinct unique ids: two that
+/// shared one would meet in one group (on the emulated device, one folder) and mix their collectives.
+#[test]
+fn unique_ids_are_distinct_across_threads() {
+    if devices() == 0 {
+        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+        return;
+    }
+    let ids: Vec<Vec<u8>> = (0..8)
+        .map(|_| {
+            std::thread::spawn(|| {
+                (0..64)
+                    .map(|_| cudarc::nccl::result::get_uniqueid().unwrap().internal.iter().map(|&c| c as u8).collect())
+                    .collect::<Vec<Vec<u8>>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{} of {} unique ids repeat", ids.len() - distinct.len(), ids.len());
+
+    // the emulated NCCL refuses a second rank 0 on one id instead of merging the two groups
+    let ctx = CudaContext::new(0).unwrap();
+    if !ctx.name().is_ok_and(|n| n.starts_with("Emulated")) {
+        return;
+    }
+    ctx.bind_to_thread().unwrap();
+    use cudarc::nccl::result::{comm_abort, comm_init_rank, get_uniqueid};
+    let id = get_uniqueid().unwrap();
+    let mut first = std::mem::MaybeUninit::uninit();
+    let mut second = std::mem::MaybeUninit::uninit();
+    // SAFETY: valid out pointers; a world of one rank, so neither call waits for a peer.
+    unsafe {
+        comm_init_rank(first.as_mut_ptr(), 1, id, 0).unwrap();
+        assert!(comm_init_rank(second.as_mut_ptr(), 1, id, 0).is_err(), "a second rank 0 joined the same id");
+        comm_abort(first.assume_init()).unwrap();
     }
 }
 

@@ -8,6 +8,7 @@
 // reading k − 2. ncclCommAbort cancels the queued collectives (the watchdog's way out of a stall).
 // The last rank to leave removes the folder; ncclGetUniqueId sweeps folders whose maker has died.
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -17,7 +18,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -163,8 +163,14 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
         const int maker = atoi(name.c_str() + strlen("emulated-nccl-"));
         if (maker > 0 && kill(maker, 0) != 0 && errno == ESRCH) fs::remove_all(entry.path(), ignored);
     }
-    std::random_device rd;
-    const std::string name = "emulated-nccl-" + std::to_string(getpid()) + "-" + std::to_string(rd()) + std::to_string(rd());
+    // The name is unique by construction, not by chance: the pid tells live processes apart, a
+    // process-wide count this process's communicators, and the clock a reused pid from a stale
+    // folder. (std::random_device is not enough: libstdc++ draws it from RDSEED first, whose 32-bit
+    // form returns 0 far too often on some AMD CPUs, and a shared name would merge two groups.)
+    static std::atomic<unsigned long long> made{0};
+    const auto ns = std::chrono::steady_clock::now().time_since_epoch().count();
+    const std::string name =
+        "emulated-nccl-" + std::to_string(getpid()) + "-" + std::to_string(made++) + "-" + std::to_string(ns);
     const std::string text = ID_TAG + (base / name).string();
     if (text.size() >= ID_BYTES) return fail(ncclSystemError, "the folder name does not fit the unique id");
     memset(id->internal, 0, ID_BYTES);
@@ -180,8 +186,18 @@ ncclResult_t ncclCommInitRank(Comm** out, int ranks, ncclUniqueId id, int rank) 
     c->device = emu_device::current ? emu_device::current->ordinal : 0;
     std::error_code ignored;
     fs::create_directories(c->dir, ignored);
-    // every rank is there before anyone goes on (as ncclCommInitRank waits for its peers)
-    std::ofstream(c->dir / ("joined." + std::to_string(rank))).put('1');
+    // every rank is there before anyone goes on (as ncclCommInitRank waits for its peers); a rank
+    // that joined already means two communicators share the id: refused, never merged
+    const fs::path joined = c->dir / ("joined." + std::to_string(rank));
+    const int fd = open(joined.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    if (fd < 0) {
+        const int why = errno;
+        const std::string dir = c->dir.string();
+        delete c;
+        return fail(why == EEXIST ? ncclInvalidUsage : ncclSystemError,
+                    "rank " + std::to_string(rank) + " cannot join " + dir + ": " + strerror(why));
+    }
+    close(fd);
     for (int r = 0; r < ranks;)
         if (fs::exists(c->dir / ("joined." + std::to_string(r))))
             ++r;

@@ -390,6 +390,10 @@ impl NcclComm {
             self.check(op)?;
             let empty = lock(&self.watch.pending).is_empty();
             if empty || idle.try_is_complete().map_err(|e| cuda_err(op, e))? {
+                // the watchdog's abort completes the stream too (the cancelled collective ends): it
+                // records why before it aborts, so a second look tells a cancelled collective from
+                // a finished one
+                self.check(op)?;
                 return Ok(());
             }
             if Instant::now() > deadline {
