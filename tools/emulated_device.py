@@ -22,18 +22,6 @@ EMULATOR = ROOT / "kernels" / "emulator"
 FLAGS = ["-std=c++17", "-O1", "-fPIC", "-w", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
-def emulate_dynamic_smem(src: str) -> str:
-    """`extern __shared__ [__align__(n)] T name[]` -> a pointer to the emulated block's buffer (as
-    kernels/tests/emulated_kernels.rs does for its drivers)."""
-
-    def pointer(m):
-        decl = re.sub(r"^__align__\(\d+\)\s*", "", m.group(1).strip())
-        ty, name = decl[: -len("[]")].rsplit(" ", 1)
-        return f"{ty}* {name} = ({ty}*)emu::dynamic_smem()"
-
-    return re.sub(r"extern __shared__([^;]*)", pointer, src)
-
-
 def kernel_names(cxx: str, source: pathlib.Path) -> list:
     """The `extern "C"` kernels `source` defines, macro-made ones included (from its preprocessed text;
     the kernel sources include only our own headers)."""
@@ -46,17 +34,17 @@ def kernel_names(cxx: str, source: pathlib.Path) -> list:
 
 def build_unit(cxx: str, out: pathlib.Path, cu: pathlib.Path) -> pathlib.Path:
     src_dir = out / "src"
-    kernel = src_dir / cu.name
-    kernel.write_text(emulate_dynamic_smem(cu.read_text()))
-    names = kernel_names(cxx, kernel)
+    names = kernel_names(cxx, cu)
     if not names:
         sys.exit(f"{cu}: no extern \"C\" kernels found")
     unit = src_dir / f"{cu.stem}_unit.cpp"
     registrations = "\n".join(f'static emu::Register reg_{n}("{n}", &{n});' for n in names)
-    unit.write_text(f'#include "cuda_emulator.h"\n#include "registry.h"\n#include "{cu.name}"\n{registrations}\n')
+    # the kernel by its full path: a same-named file beside the unit (older builds left copies there)
+    # must not shadow it
+    unit.write_text(f'#include "cuda_emulator.h"\n#include "registry.h"\n#include "{cu.resolve()}"\n{registrations}\n')
     obj = src_dir / f"{cu.stem}.o"
     subprocess.run([cxx, *FLAGS, "-I", str(EMULATOR), "-I", str(EMULATOR / "device"), "-I", str(CUDA),
-                    "-I", str(src_dir), "-c", str(unit), "-o", str(obj)], check=True)
+                    "-c", str(unit), "-o", str(obj)], check=True)
     return obj
 
 

@@ -4,10 +4,12 @@
 // of sqrtf and division.
 #include "common.cuh"
 
-extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                                     float* __restrict__ v, const unsigned char* __restrict__ decay, long n,
-                                     float step_size, float beta1, float beta2, float eps, float bc2_sqrt,
-                                     float shrink) {
+// p16, when not null, receives the updated parameters rounded to bf16 (util.cu's to_bf16 of p): the
+// bf16 GEMMs' weights, written here instead of by a pass of their own that reads p again.
+extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __restrict__ p16,
+                                     const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
+                                     const unsigned char* __restrict__ decay, long n, float step_size,
+                                     float beta1, float beta2, float eps, float bc2_sqrt, float shrink) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         const float gi = g[i];
         float pi = p[i];
@@ -15,7 +17,9 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, const float* __restr
         const float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
         const float vi = v[i] * beta2 + gi * gi * (1.0f - beta2);
         const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = pi - step_size * mi / denom;
+        const float pn = pi - step_size * mi / denom;
+        p[i] = pn;
+        if (p16) p16[i] = bf16_bits(pn);
         m[i] = mi;
         v[i] = vi;
     }

@@ -50,7 +50,7 @@ __device__ __forceinline__ void attention_forward(const float* __restrict__ q, c
                                                  float scale) {
     constexpr int FQ = 4 * RPW;
 
-    extern __shared__ float sm[];
+    DYNAMIC_SMEM(float, sm);
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;            // [FK][cp]
     float* vs = ks + FK * cp;  // [FK][cp]
@@ -124,7 +124,7 @@ __device__ __forceinline__ void attention_backward_dq(const float* __restrict__ 
                                                      int nkeys, int heads, int c, float scale) {
     constexpr int FQ = 4 * RPW;
 
-    extern __shared__ float sm[];
+    DYNAMIC_SMEM(float, sm);
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;             // [FK][cp]
     float* vs = ks + FK * cp;   // [FK][cp]
@@ -207,7 +207,7 @@ __device__ __forceinline__ void attention_backward_dkdv(
     float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys, int heads, int c, float scale) {
     constexpr int BK = 4 * KPW;
 
-    extern __shared__ float sm[];
+    DYNAMIC_SMEM(float, sm);
     const int cp = c + 1, w = heads * c, hc = blockIdx.y * c;
     float* ks = sm;             // [BK][cp]
     float* vs = ks + BK * cp;   // [BK][cp]

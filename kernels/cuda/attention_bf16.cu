@@ -170,7 +170,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
                                         const int* __restrict__ k0, const int* __restrict__ nk, int nq, int nkeys,
                                         int heads, float scale) {
     constexpr int CP = C + 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(unsigned char, smem);
     bf16* kv = reinterpret_cast<bf16*>(smem);  // [2 stages][K, V][64][CP]
     bf16* qs = kv + 2 * T64 * CP;              // [64][CP]: stage 1's K, free until tile 1 is issued
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -270,7 +270,7 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
                                             float* __restrict__ dq, float* __restrict__ delta, int nq, int nkeys,
                                             int heads, float scale) {
     constexpr int CP = C + 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(unsigned char, smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][CP]
     bf16* dos = qs + T64 * CP;                 // [64][CP]
     bf16* kv = dos + T64 * CP;                 // [2 stages][K, V][64][CP]
@@ -376,7 +376,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
                                               float* __restrict__ dk, float* __restrict__ dv, int nq, int nkeys,
                                               int heads, float scale) {
     constexpr int CP = C + 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(unsigned char, smem);
     // per stage, per query of its tile: lse, delta, and the first key it sees and how many
     float* stats = reinterpret_cast<float*>(smem);               // [2 stages][lse, delta][64]
     int* bounds = reinterpret_cast<int*>(stats + 2 * 2 * T64);  // [2 stages][k0, nk][64]

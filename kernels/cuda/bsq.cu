@@ -315,7 +315,7 @@ extern "C" __global__ void __launch_bounds__(256) self_correct_planes_f32(
     const float* __restrict__ f, const int* __restrict__ sched, int scales, int planes, int H, int W, int qmax,
     int umax, const unsigned long long* __restrict__ keys, int kmax, int apply_layers,
     unsigned char* __restrict__ gt, int l, float* __restrict__ x, int d) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(unsigned char, smem);
     Tap* up_cols = reinterpret_cast<Tap*>(smem);   // [W] up(q_{s−1}) from width pw
     Tap* up_rows = up_cols + W;                    // [H] from height ph
     Tap* down_cols = up_rows + H;                  // [w ≤ W] S_s sampled at width w

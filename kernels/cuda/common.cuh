@@ -1,6 +1,14 @@
 // Shared helpers of the CUDA twins (included by every .cu through NVRTC's include path).
 #pragma once
 
+// The block's dynamic shared memory as `T name[]` (`T* name` on the CPU emulator, which gives each
+// emulated block its own buffer): one spelling, so no tool rewrites kernel sources.
+#ifdef KERNEL_EMULATOR
+#define DYNAMIC_SMEM(T, name) T* name = (T*)emu::dynamic_smem()
+#else
+#define DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 // x rounded to bf16 (round to nearest even; NaN stays a quiet NaN), as its bits: util.cu's casts and
 // the kernels that write bf16 activations, without cuda_bf16.h so sources compile with NVRTC alone.
 __device__ __forceinline__ unsigned short bf16_bits(float x) {

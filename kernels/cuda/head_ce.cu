@@ -25,7 +25,7 @@ extern "C" __global__ void head_bitwise_ce_f32(
     float* __restrict__ dlogits,              // [N, 2d] or null (no gradient)
     float* __restrict__ dh)                   // [N, C] or null
 {
-    extern __shared__ float smem[];
+    DYNAMIC_SMEM(float, smem);
     const int two_d = 2 * d;
     float* ws = smem;                          // [2d][KT+1] (padded: no bank conflicts on the j axis)
     float* hs = ws + two_d * (KT + 1);         // [TOK][KT]

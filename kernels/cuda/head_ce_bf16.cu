@@ -58,7 +58,7 @@ __device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __
                                         unsigned int* __restrict__ correct, float* __restrict__ dlogits,
                                         float* __restrict__ dh) {
     constexpr int ZP = TD + 4, GP = TD + 8, D = TD / 2;
-    extern __shared__ __align__(16) unsigned char smem[];
+    DYNAMIC_SMEM(unsigned char, smem);
     float* zs = reinterpret_cast<float*>(smem);         // [4 quarters][TOK][ZP]: partial logits
     bf16* gs = reinterpret_cast<bf16*>(zs + 4 * TOK * ZP);  // [TOK][GP]: dlogits as bf16
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;

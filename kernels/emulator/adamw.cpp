@@ -2,7 +2,8 @@
 // squared global norm (f64 block partials, then one block summing them in order) and the clipping scale.
 //   adamw DIR N COEF
 // reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/decay.bin (u8 [N]) and DIR/scalars.bin (f32: step_size, beta1,
-// beta2, eps, bc2_sqrt, shrink); writes DIR/{p,m,v}_out.bin (after one step), DIR/sumsq.bin (f64 [1]:
+// beta2, eps, bc2_sqrt, shrink); writes DIR/{p,m,v}_out.bin (after one step), DIR/p16_out.bin (u16
+// [N]: the updated parameters' bf16 bits, written by the same step), DIR/sumsq.bin (f64 [1]:
 // Σ g²) and DIR/scaled.bin (g·COEF through f64).
 #include <algorithm>
 
@@ -24,14 +25,17 @@ int main(int argc, char** argv) {
     auto s = read_array<float>(dir, "scalars");
     // device.rs elementwise(n): 256-thread blocks, at most 65 535 (grid-stride beyond)
     const unsigned blocks = (unsigned)std::clamp((n + 255) / 256, 1L, 65535L);
+    std::vector<unsigned short> p16(n, 0xffff);
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] {
-        adamw_f32(p.data(), g.data(), m.data(), v.data(), decay.data(), n, s[0], s[1], s[2], s[3], s[4], s[5]);
+        adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), decay.data(), n, s[0], s[1], s[2], s[3], s[4],
+                  s[5]);
     });
     std::vector<double> partial(blocks, std::nan("")), total(1, std::nan(""));
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { sum_squares_f32(g.data(), n, partial.data()); });
     emu::launch({1, 1, 1}, {256, 1, 1}, 0, [&] { sum_partials_f64(partial.data(), (int)blocks, total.data()); });
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { scale_f32(g.data(), n, coef); });
     write_array(dir, "p_out", p);
+    write_array(dir, "p16_out", p16);
     write_array(dir, "m_out", m);
     write_array(dir, "v_out", v);
     write_array(dir, "sumsq", total);

@@ -14,8 +14,7 @@
 // memory. Not emulated: timing, memory models beyond barriers and cp.async groups, atomics.
 //
 // The kernel file is compiled as C++ after this header, with mma.cuh's PTX primitives left out
-// (KERNEL_EMULATOR) and `extern __shared__ … smem[]` replaced by `emu::dynamic_smem()` (the test does
-// that textual substitution).
+// (KERNEL_EMULATOR) and common.cuh's DYNAMIC_SMEM declaring a pointer to `emu::dynamic_smem()`.
 #pragma once
 #include <float.h>
 #include <math.h>

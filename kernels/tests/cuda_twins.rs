@@ -366,6 +366,9 @@ fn adamw_and_the_global_norm_match_their_cpu_twins() {
     close("adamw params", &gpu.params, &p, 1e-6);
     close("adamw m", &gpu.m, &m, 1e-6);
     close("adamw v", &gpu.v, &v, 1e-6);
+    // the bf16 copy is the kernel's own f32 result rounded to nearest even, bit for bit
+    let rounded: Vec<f32> = gpu.params16.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+    assert!(rounded == bf16_round(&gpu.params), "adamw's bf16 weights are not its f32 weights rounded");
     let (cpu, gpu) = (adamw::sum_squares(&g), ops::sum_squares(&dev, &g).unwrap());
     assert!((cpu - gpu).abs() <= 1e-12 * cpu, "sum of squares {gpu} vs {cpu}");
 }

@@ -19,30 +19,6 @@ use rand::{Rng, SeedableRng};
 
 const EMULATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/emulator");
 
-/// `src` with every dynamic shared memory declaration (`extern __shared__ [__align__(n)] T name[];`)
-/// turned into a pointer to the emulated block's buffer (`T* name = (T*)emu::dynamic_smem();`).
-fn emulate_dynamic_smem(file: &str, src: &str) -> String {
-    let mut out = String::with_capacity(src.len());
-    let mut rest = src;
-    while let Some(at) = rest.find("extern __shared__") {
-        let end = at + rest[at..].find(';').unwrap_or_else(|| panic!("{file}: unterminated `extern __shared__`"));
-        let decl = rest[at + "extern __shared__".len()..end].trim();
-        let decl = match decl.strip_prefix("__align__(") {
-            Some(aligned) => aligned.split_once(')').map_or(decl, |(_, d)| d.trim()),
-            None => decl,
-        };
-        let (ty, name) = decl
-            .strip_suffix("[]")
-            .and_then(|d| d.rsplit_once(' '))
-            .unwrap_or_else(|| panic!("{file}: expected `extern __shared__ T name[]`, found `{decl}`"));
-        out.push_str(&rest[..at]);
-        out.push_str(&format!("{ty}* {name} = ({ty}*)emu::dynamic_smem()"));
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Builds the emulator driver `driver`.cpp over kernels/cuda/`file` (our headers inlined), or None
 /// (skipped) without a C++ compiler outside CI.
 fn build(file: &str, driver: &str) -> Option<PathBuf> {
@@ -55,7 +31,7 @@ fn build(file: &str, driver: &str) -> Option<PathBuf> {
     let src = source(file).unwrap_or_else(|e| panic!("{e}"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("emulated-{driver}"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("kernel.cu"), emulate_dynamic_smem(file, &src)).unwrap();
+    std::fs::write(dir.join("kernel.cu"), src).unwrap();
     let exe = dir.join(driver);
     let out = Command::new(&cxx)
         .args(["-std=c++17", "-O1", "-w", "-ffp-contract=off", "-fno-strict-aliasing", "-I", EMULATOR, "-I"])
@@ -450,7 +426,8 @@ fn column_reductions_match_f64_sums_on_the_emulator() {
 
 /// adamw.cu (the fused AdamW step, the squared global norm, the clipping scale) as ops.rs launches it,
 /// over more elements than one grid-stride pass: parameters and moments bit for bit the CPU twin's
-/// (the same f32 operations in the same order, no contraction), Σ g² within 1e-12 (f64 partials summed
+/// (the same f32 operations in the same order, no contraction) and the bf16 weights written by the
+/// same step its parameters rounded, Σ g² within 1e-12 (f64 partials summed
 /// in a tree), the scaled gradient exactly g·coef through f64.
 #[test]
 fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
@@ -478,6 +455,9 @@ fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
         let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(off, 0, "emulated adamw: {off} of {n} values of {name} differ from the CPU twin's");
     }
+    let p16 = read_u16(&dir, "p16_out");
+    let off = p16.iter().zip(&p).filter(|&(&b, &x)| b != bf16_bits(x)).count();
+    assert_eq!(off, 0, "emulated adamw: {off} of {n} bf16 weights are not the CPU twin's rounded");
     let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
     let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
     assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");

@@ -135,9 +135,15 @@ fn forward_and_backward_match_the_cpu_model() {
     }
 }
 
-fn train_config(tmp: &Path, name: &str, device: &str, every: u64) -> infinity_trainer::train::config::TrainConfig {
+fn train_config(
+    tmp: &Path,
+    name: &str,
+    (device, precision): (&str, &str),
+    every: u64,
+) -> infinity_trainer::train::config::TrainConfig {
     let text = format!(
         "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{device}\"\n\
+         precision = \"{precision}\"\n\
          [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
          [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
          [optim]\nlr = 1e-3\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
@@ -155,7 +161,9 @@ fn small_data(tmp: &Path) {
 }
 
 /// The device optimizer (AdamW and clipping on the GPU) against the CPU run, and a resumed GPU run
-/// against an uninterrupted one (its moments go through the checkpoint).
+/// against an uninterrupted one (its moments go through the checkpoint), in f32 and with bf16 matmuls
+/// (there the uninterrupted run's bf16 weights come from the AdamW kernel, the resumed run's from
+/// rounding the loaded weights: the two must agree bit for bit).
 #[test]
 fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     if !gpu_or_skip() {
@@ -166,19 +174,32 @@ fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     small_data(tmp.path());
     let mut losses = Vec::new();
     for device in ["cpu", "cuda"] {
-        losses.push(train(&train_config(tmp.path(), device, device, 2), &TrainOptions::default()).unwrap().last_loss);
+        let cfg = train_config(tmp.path(), device, (device, "f32"), 2);
+        losses.push(train(&cfg, &TrainOptions::default()).unwrap().last_loss);
     }
     println!("4 steps: loss {:.6} on the CPU, {:.6} on CUDA", losses[0], losses[1]);
     assert!((losses[0] - losses[1]).abs() <= 1e-3 * losses[0], "losses {losses:?}");
 
-    let split = train_config(tmp.path(), "cuda-split", "cuda", 2);
-    train(&split, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
-    let resume = latest_checkpoint(&split.run.dir);
-    assert!(resume.as_ref().is_some_and(|p| p.ends_with("step-00000002")), "{resume:?}");
-    train(&split, &TrainOptions { resume, ..Default::default() }).unwrap();
     let file =
         |run: &str| std::fs::read(tmp.path().join(run).join("checkpoints/step-00000004/model.safetensors")).unwrap();
-    assert!(file("cuda") == file("cuda-split"), "a resumed GPU run differs from an uninterrupted one");
+    for precision in ["f32", "bf16"] {
+        // the uninterrupted run: in f32, the one compared with the CPU above
+        let whole = match precision {
+            "f32" => "cuda".to_string(),
+            _ => {
+                let name = format!("cuda-{precision}");
+                train(&train_config(tmp.path(), &name, ("cuda", precision), 2), &TrainOptions::default()).unwrap();
+                name
+            }
+        };
+        let split = train_config(tmp.path(), &format!("cuda-{precision}-split"), ("cuda", precision), 2);
+        train(&split, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+        let resume = latest_checkpoint(&split.run.dir);
+        assert!(resume.as_ref().is_some_and(|p| p.ends_with("step-00000002")), "{resume:?}");
+        train(&split, &TrainOptions { resume, ..Default::default() }).unwrap();
+        let resumed = format!("cuda-{precision}-split");
+        assert!(file(&whole) == file(&resumed), "a resumed GPU run ({precision}) differs from an uninterrupted one");
+    }
 }
 
 /// Self-correction on the device (`step_latents`) gives the loss and gradients of the host's

@@ -265,11 +265,13 @@ pub fn quantize(
 }
 
 /// One AdamW step on device buffers (twin of `adamw::adamw_update`): `params`, `m`, `v` updated in
-/// place from `grads`; `decay[i]` (0/1) says whether weight decay applies to element `i`.
+/// place from `grads`; `decay[i]` (0/1) says whether weight decay applies to element `i`. `params16`,
+/// when given, receives the updated parameters rounded to bf16 (as `linear::to_bf16_dev` would).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_dev(
     dev: &Device,
     params: &mut dyn BufMut,
+    params16: Option<&mut CudaSlice<u16>>,
     grads: &dyn Buf,
     m: &mut dyn BufMut,
     v: &mut dyn BufMut,
@@ -278,9 +280,11 @@ pub fn adamw_dev(
 ) -> Result<(), CudaError> {
     let n = params.count();
     assert!(grads.count() >= n && m.count() >= n && v.count() >= n && decay.len() >= n, "adamw: lengths");
+    assert!(params16.as_ref().is_none_or(|p16| p16.len() >= n), "adamw: params16 holds fewer values than params");
     let st = &dev.stream;
     let args = [
         Arg::Ptr(params.addr_mut(st)),
+        Arg::Ptr(params16.map_or(0, |p16| p16.device_ptr_mut(st).0)),
         Arg::Ptr(grads.addr(st)),
         Arg::Ptr(m.addr_mut(st)),
         Arg::Ptr(v.addr_mut(st)),
@@ -324,6 +328,8 @@ pub fn scale_dev(dev: &Device, x: &mut dyn BufMut, coef: f64) -> Result<(), Cuda
 /// Parameters and moments after an AdamW step.
 pub struct AdamWOut {
     pub params: Vec<f32>,
+    /// The updated parameters' bf16 copy, as the kernel wrote it.
+    pub params16: Vec<u16>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
 }
@@ -343,8 +349,14 @@ pub fn adamw(
         (st.clone_htod(params)?, st.clone_htod(grads)?, st.clone_htod(m)?, st.clone_htod(v)?);
     let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
     let dd = st.clone_htod(&mask)?;
-    adamw_dev(dev, &mut p, &g, &mut md, &mut vd, &dd, s)?;
-    Ok(AdamWOut { params: st.clone_dtoh(&p)?, m: st.clone_dtoh(&md)?, v: st.clone_dtoh(&vd)? })
+    let mut p16 = st.alloc_zeros::<u16>(params.len())?;
+    adamw_dev(dev, &mut p, Some(&mut p16), &g, &mut md, &mut vd, &dd, s)?;
+    Ok(AdamWOut {
+        params: st.clone_dtoh(&p)?,
+        params16: st.clone_dtoh(&p16)?,
+        m: st.clone_dtoh(&md)?,
+        v: st.clone_dtoh(&vd)?,
+    })
 }
 
 /// `Σ x²` of a host buffer on the device.

@@ -67,8 +67,18 @@ impl GpuModel {
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f64) -> Result<()> {
         let o = self.optim.as_mut().expect("attach_optimizer first");
         let scalars = opt.next_step_scalars(lr);
-        adamw_dev(&self.dev, &mut self.params, &self.grads, &mut o.m, &mut o.v, &o.decay, &scalars)?;
-        self.params16_stale = true;
+        // the bf16 GEMMs' copy of the weights is written by the same pass
+        adamw_dev(
+            &self.dev,
+            &mut self.params,
+            self.params16.as_mut(),
+            &self.grads,
+            &mut o.m,
+            &mut o.v,
+            &o.decay,
+            &scalars,
+        )?;
+        self.params16_stale = false;
         Ok(())
     }
 

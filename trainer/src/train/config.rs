@@ -106,8 +106,9 @@ pub struct RunConfig {
     /// backward (activation memory of one block instead of all, for one more block forward each).
     #[serde(default)]
     pub recompute: bool,
-    /// The GPU's matmuls: `f32`, or `bf16` inputs with f32 accumulation (tensor cores; master weights,
-    /// activations and everything else stay f32).
+    /// The GPU's matmuls: `f32`, or `bf16` inputs with f32 accumulation (tensor cores, with bf16
+    /// activations where upstream's autocast has them; f32 master weights and f32 islands:
+    /// docs/numerics.md).
     #[serde(default)]
     pub precision: Precision,
 }
