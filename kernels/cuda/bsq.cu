@@ -310,8 +310,9 @@ extern "C" __global__ void to_tokens_f32(const float* __restrict__ sum, float* _
 //      emitted, S_s sampled at (h, w) as the scale's input.
 // Taps and windows come from per-scale tables, made a step before they are read. Global memory sees
 // the latent read once and the labels and inputs written once. sched [K][2] holds the scales (h, w).
-// Launch: grid min(B·d, 65 535) (plane-stride), 256 threads, shared memory as planes_smem_bytes.
-extern "C" __global__ void __launch_bounds__(256) self_correct_planes_f32(
+// Launch: grid min(B·d, 65 535) (plane-stride), 256 threads, shared memory as planes_smem_bytes;
+// at most 64 registers, so four blocks fit an SM's registers as they fit its shared memory.
+extern "C" __global__ void __launch_bounds__(256, 4) self_correct_planes_f32(
     const float* __restrict__ f, const int* __restrict__ sched, int scales, int planes, int H, int W, int qmax,
     int umax, const unsigned long long* __restrict__ keys, int kmax, int apply_layers,
     unsigned char* __restrict__ gt, int l, float* __restrict__ x, int d) {
@@ -324,8 +325,10 @@ extern "C" __global__ void __launch_bounds__(256) self_correct_planes_f32(
     int2* win_rows = win_cols + W;                             // [h]
     float* fs = reinterpret_cast<float*>(win_rows + H);        // [H·W] the latent plane
     float* sum = fs + H * W;                                   // [H·W] S_s
-    float* q = sum + H * W;                                    // [qmax] q_{s−1}, then q_s
-    float* u = q + qmax;                                       // [umax·W] step 1's rows
+    float* u = sum + H * W;                                    // [umax·W] step 1's rows
+    // [qmax] q_{s−1}, then q_s, as its bits (1: +m, 0: −m): a byte each instead of a float keeps the
+    // block at 51 KiB for 64 × 64 latents, so four blocks share an SM (at 58 KiB, three did)
+    unsigned char* q = reinterpret_cast<unsigned char*>(u + umax * W);
     const int hw = H * W, n0 = sched[0] * sched[1], lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const float m = code_of(1, d);
@@ -348,7 +351,8 @@ extern "C" __global__ void __launch_bounds__(256) self_correct_planes_f32(
             if (si > 0) {
                 for_grid(ph, W, threadIdx.x, blockDim.x, [&](int e, int r, int cc) {
                     const Tap tx = up_cols[cc];
-                    u[e] = q[r * pw + tx.i0] * tx.w0 + q[r * pw + tx.i1] * tx.w1;
+                    const float q0 = q[r * pw + tx.i0] ? m : -m, q1 = q[r * pw + tx.i1] ? m : -m;
+                    u[e] = q0 * tx.w0 + q1 * tx.w1;
                 });
                 __syncthreads();  // u whole
                 for_grid(H, W, threadIdx.x, blockDim.x, [&](int e, int r, int cc) {
@@ -363,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(256) self_correct_planes_f32(
             const auto residual = [&](int r, int cc) { return si > 0 ? fs[r * W + cc] - sum[r * W + cc] : fs[r * W + cc]; };
             const auto emit = [&](int t, float mean) {
                 const int bit = emit_label(mean, smp, t, c, fl, o);
-                if (si + 1 < scales) q[t] = bit ? m : -m;
+                if (si + 1 < scales) q[t] = (unsigned char)bit;
             };
             const int window = ((H + h - 1) / h) * ((W + w - 1) / w);  // as bsq.rs picks the kernel
             if (n == hw) {  // windows of one element: mean = 0 + r (the sign of r)

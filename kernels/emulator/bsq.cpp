@@ -1,7 +1,8 @@
 // bsq.cu's multi-scale BSQ with keyed self-correction for a batch on the emulator, launched as
 // kernels/src/cuda/bsq.rs's self_correct_batch launches it (same kernels, order and launch shapes):
-// PATH `planes` is the one-launch kernel, `scales` the two launches per scale.
-//   bsq DIR B D P_MAX APPLY_LAYERS SCALES PATH        (SCALES like 1x1,2x2,4x4)
+// PATH `planes` is the one-launch kernel with SMEM bytes of dynamic shared memory (bsq.rs's
+// planes_smem_bytes, passed in so the host's formula is what runs), `scales` the two launches per scale.
+//   bsq DIR B D P_MAX APPLY_LAYERS SCALES planes SMEM | scales      (SCALES like 1x1,2x2,4x4)
 // reads DIR/latent.bin (f32 [B, d, H, W]) and DIR/keys.bin (u64 [B]); writes DIR/gt_bits.bin
 // (u8 [B, L, d]) and DIR/x_wo_prefix.bin (f32 [B, L − n0, d]).
 #include <algorithm>
@@ -16,8 +17,9 @@
 static dim3 elementwise(long n) { return {(unsigned)std::clamp((n + 255) / 256, 1L, 65535L), 1, 1}; }
 
 int main(int argc, char** argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: %s DIR B D P_MAX APPLY_LAYERS SCALES planes|scales\n", argv[0]);
+    const bool planes = argc == 9 && std::string(argv[7]) == "planes";
+    if (!planes && !(argc == 8 && std::string(argv[7]) == "scales")) {
+        fprintf(stderr, "usage: %s DIR B D P_MAX APPLY_LAYERS SCALES planes SMEM | scales\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
@@ -49,7 +51,7 @@ int main(int argc, char** argv) {
     std::vector<unsigned char> gt((size_t)b * l * d);
     const int kmax_all = (int)std::lround(100.0 * p_max);
     const dim3 block{256, 1, 1};
-    if (std::string(argv[7]) == "planes") {  // bsq.rs planes(): shared memory as planes_smem_bytes
+    if (planes) {  // bsq.rs planes()
         std::vector<int> sched;
         int qmax = 0, umax = 0;
         for (size_t i = 0; i < scales.size(); ++i) {
@@ -60,7 +62,7 @@ int main(int argc, char** argv) {
                 umax = std::max(umax, scales[i].first);
             }
         }
-        const size_t smem = 40 * (hh + ww) + 4 * (2 * hh * ww + qmax + umax * ww);
+        const size_t smem = (size_t)atol(argv[8]);
         emu::launch({(unsigned)std::min(b * d, 65535), 1, 1}, block, smem, [&] {
             self_correct_planes_f32(latent.data(), sched.data(), (int)scales.size(), b * d, hh, ww, qmax, umax, keys.data(),
                                     kmax_all, layers, gt.data(), l, x.data(), d);

@@ -9,7 +9,8 @@
 // wait_group that covers its group and becomes visible (is written) when that thread next arrives at
 // __syncthreads, so a missing wait or barrier reads stale shared memory here too (a thread reading
 // its own copies right after the wait, legal on a GPU, would also see them late: our kernels don't).
-// Shared memory starts as NaN bytes (0xff), so a read of something never written shows. Warp
+// Shared memory starts as NaN bytes (0xff), so a read of something never written shows, and ends at
+// an inaccessible page, so a read or write past the launch's dynamic shared memory faults. Warp
 // collectives need all 32 lanes; ldmatrix and cp.async must stay inside the block's dynamic shared
 // memory. Not emulated: timing, memory models beyond barriers and cp.async groups, atomics.
 //
@@ -20,6 +21,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -113,9 +116,33 @@ struct Block {
     Barrier sync;
     Context scheduler;
     int current = 0;
-    std::vector<unsigned char> smem;
+    unsigned char* smem = nullptr;  // the launch's dynamic shared memory (shared_arena)
+    size_t smem_bytes = 0;
     std::function<void()> body;
 };
+
+// Dynamic shared memory, ending at an inaccessible page: a kernel that reaches past what its launch
+// gave (or a host formula that gives too little) faults at once instead of reading other bytes. The
+// end is rounded up to 16 bytes (kernels take the base as 16-byte aligned), so an overrun within that
+// rounding goes unseen. One arena, grown as launches need: blocks run one at a time.
+inline unsigned char* shared_arena(size_t bytes) {
+    static unsigned char* base = nullptr;
+    static size_t span = 0;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), body = (bytes + 15) / 16 * 16;
+    const size_t need = (body + page - 1) / page * page + page;
+    if (need > span) {
+        if (base) munmap(base, span);
+        void* p = mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+            fprintf(stderr, "emulator: cannot map %zu bytes of shared memory\n", need);
+            exit(2);
+        }
+        base = (unsigned char*)p;
+        span = need;
+        mprotect(base + span - page, page, PROT_NONE);
+    }
+    return base + span - page - body;
+}
 
 inline Block* block = nullptr;
 
@@ -125,7 +152,7 @@ constexpr size_t STACK_BYTES = 64 * 1024;
 inline std::vector<std::unique_ptr<char[]>> stacks;
 inline unsigned long events = 0;  // arrivals and exits: no change over a whole round is a deadlock
 
-inline unsigned char* dynamic_smem() { return block->smem.data(); }
+inline unsigned char* dynamic_smem() { return block->smem; }
 
 inline void yield() { switch_to(block->fibers[block->current].ctx, block->scheduler); }
 
@@ -186,7 +213,9 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                 Block b;
                 block = &b;
                 b.body = body;
-                b.smem.assign(smem_bytes, 0xff);  // NaN in f32 and bf16: unwritten reads show
+                b.smem = shared_arena(smem_bytes);
+                b.smem_bytes = smem_bytes;
+                memset(b.smem, 0xff, smem_bytes);  // NaN in f32 and bf16: unwritten reads show
                 b.fibers.resize(n);
                 b.warps.resize(n / 32);
                 for (auto& w : b.warps) w.bar.expected = 32;
@@ -370,11 +399,11 @@ inline emu::Fiber& me() { return emu::block->fibers[emu::block->current]; }
 
 // [p, p + bytes) inside the block's dynamic shared memory, or the emulator stops naming `what`.
 inline void check_shared(const void* p, int bytes, const char* what) {
-    const auto* base = emu::block->smem.data();
+    const auto* base = emu::block->smem;
     const auto* q = static_cast<const unsigned char*>(p);
-    if (q < base || q + bytes > base + emu::block->smem.size()) {
+    if (q < base || q + bytes > base + emu::block->smem_bytes) {
         fprintf(stderr, "emulator: %s at %p is outside the block's %zu bytes of dynamic shared memory\n", what, p,
-                emu::block->smem.size());
+                emu::block->smem_bytes);
         exit(3);
     }
 }

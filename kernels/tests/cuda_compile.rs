@@ -29,7 +29,7 @@ fn every_kernel_source_compiles() {
             assert!(ptx.to_src().contains(".entry"), "{file}: no kernel entry in the PTX");
             // INFINITY_PTX_DIR keeps the PTX, e.g. for `ptxas -v` (registers, spills)
             if let Some(dir) = std::env::var_os("INFINITY_PTX_DIR") {
-                std::fs::write(std::path::Path::new(&dir).join(format!("{file}.{arch}.ptx")), ptx.to_src()).unwrap();
+                keep_ptx(std::path::Path::new(&dir), &format!("{file}.{arch}.ptx"), &ptx.to_src());
             }
             println!("{file} for {arch}: {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -47,8 +47,15 @@ fn tuning_knobs_compile() {
     let default = compile_ptx(file, "compute_90").unwrap();
     assert!(ptx.to_src() != default.to_src(), "{file}: {knob} changes nothing");
     if let Some(dir) = std::env::var_os("INFINITY_PTX_DIR") {
-        std::fs::write(std::path::Path::new(&dir).join(format!("{file}.{knob}.compute_90.ptx")), ptx.to_src()).unwrap();
+        keep_ptx(std::path::Path::new(&dir), &format!("{file}.{knob}.compute_90.ptx"), &ptx.to_src());
     }
+}
+
+/// Writes `ptx` to `dir/name`, making `dir` when it is not there.
+fn keep_ptx(dir: &std::path::Path, name: &str, ptx: &str) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("INFINITY_PTX_DIR {}: {e}", dir.display()));
+    let path = dir.join(name);
+    std::fs::write(&path, ptx).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 #[test]

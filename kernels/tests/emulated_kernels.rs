@@ -64,7 +64,13 @@ fn read(dir: &Path, name: &str) -> Vec<f32> {
 fn run(exe: &Path, dir: &Path, args: &[String], tag: &str) {
     let t0 = std::time::Instant::now();
     let out = Command::new(exe).arg(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "{tag}: the emulator failed: {}", String::from_utf8_lossy(&out.stderr));
+    // a status by signal (SIGSEGV: past a buffer or the launch's shared memory) says so
+    assert!(
+        out.status.success(),
+        "{tag}: the emulator failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("{tag}: emulated in {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -303,8 +309,11 @@ fn batch_self_correction_matches_its_cpu_twin_on_the_emulator() {
                 write(&dir, "latent", &latent);
                 write(&dir, "keys", &keys);
                 let sched = scales.iter().map(|&(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",");
-                let args =
-                    [b.to_string(), d.to_string(), p_max.to_string(), layers.to_string(), sched, path.to_string()];
+                let mut args =
+                    vec![b.to_string(), d.to_string(), p_max.to_string(), layers.to_string(), sched, path.to_string()];
+                if *path == "planes" {
+                    args.push(infinity_kernels::cuda::bsq::planes_smem_bytes(scales).to_string());
+                }
                 run(&exe, &dir, &args, &format!("{tag} ({path})"));
                 (std::fs::read(dir.join("gt_bits.bin")).unwrap(), read(&dir, "x_wo_prefix"))
             })

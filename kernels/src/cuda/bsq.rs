@@ -92,12 +92,12 @@ fn earlier_scales(scales: &[(usize, usize)]) -> (usize, usize) {
 
 /// Dynamic shared memory of `self_correct_planes_f32` for `scales` (the last one `(H, W)`), as the
 /// kernel lays it out: four tables of 16-byte taps and two of 8-byte windows over H rows and W
-/// columns, the latent plane and the running sum (H·W floats each), the codes of a scale (`qmax`)
-/// and its rows interpolated to width W (`umax`·W).
+/// columns, the latent plane and the running sum (H·W floats each), a scale's rows interpolated to
+/// width W (`umax`·W floats) and its codes (`qmax` bytes).
 pub fn planes_smem_bytes(scales: &[(usize, usize)]) -> usize {
     let (hh, ww) = *scales.last().expect("non-empty schedule");
     let (qmax, umax) = earlier_scales(scales);
-    40 * (hh + ww) + 4 * (2 * hh * ww + qmax + umax * ww)
+    40 * (hh + ww) + 4 * (2 * hh * ww + umax * ww) + qmax
 }
 
 /// Self-correct `latent [B, d, H, W]` (`(H, W)` = the last scale) with the flips of `keys [B]` (one per
