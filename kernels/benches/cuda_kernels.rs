@@ -17,9 +17,11 @@ use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::{block_causal_segments, AttnDims};
 use infinity_kernels::cuda::attention::{attention_backward_dev, attention_forward_dev, AttnRanges};
 use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqPath, BsqScratch};
-use infinity_kernels::cuda::device::{device_present, Act, BufMut};
+use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
-use infinity_kernels::cuda::layers::layernorm_dev;
+use infinity_kernels::cuda::layers::{
+    layernorm_dev, modulated_layernorm_backward_dev, modulated_layernorm_dev, AdaShape,
+};
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, to_bf16_dev, weight_grad};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::ops::{adamw_dev, bitwise_ce_dev};
@@ -370,7 +372,30 @@ fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
         layernorm_dev(dev, &x, None, None, &mut xh, &mut mean, &mut rstd, (n, c), 1e-6).unwrap()
     });
     row(&format!("LayerNorm forward N × {c}"), ms, 2.0 * 4.0 * (n * c) as f64, 0.0, copy_gbs, None);
-    drop((x, xh, mean, rstd));
+
+    // the blocks' pre-norm branch as training runs it: LayerNorm + modulation into bf16, and its
+    // backward with the residual's gradient; through the row-in-registers kernels (layers.rs rows4)
+    // and, reading x one float past 16-byte alignment, through the per_row ones they replace
+    let ada = AdaShape { b, l, c, ps: 6 * c };
+    let (gss, dy) = (upload(dev, &rand(rng, b * 6 * c, 0.5)), upload(dev, &rand(rng, n * c, 1.0)));
+    let x_off = upload(dev, &rand(rng, n * c + 1, 1.0));
+    let mut h16 = Act::Bf16(dev.stream.alloc_zeros::<u16>(n * c).unwrap());
+    let mut dx = dev.stream.alloc_zeros::<f32>(n * c).unwrap();
+    for (path, xs) in [("rows4", x.slice(..)), ("per_row", x_off.slice(1..))] {
+        let ms = time_ms(dev, sh.iters(10), || {
+            let (scale, shift) = (gss.slice(2 * c..), gss.slice(4 * c..));
+            modulated_layernorm_dev(dev, &xs, &scale, &shift, &mut h16, (&mut mean, &mut rstd), ada, 1e-6).unwrap()
+        });
+        let bytes = (4 + 2) as f64 * (n * c) as f64;
+        row(&format!("LN + modulation → bf16, N × {c} ({path})"), ms, bytes, 0.0, copy_gbs, None);
+        let ms = time_ms(dev, sh.iters(10), || {
+            let stats = (&mean as &dyn Buf, &rstd as &dyn Buf);
+            let scale = gss.slice(2 * c..);
+            modulated_layernorm_backward_dev(dev, &dy, &xs, &scale, stats, Some(&dy), &mut dx, ada).unwrap()
+        });
+        row(&format!("LN + modulation backward, N × {c} ({path})"), ms, 16.0 * (n * c) as f64, 0.0, copy_gbs, None);
+    }
+    drop((x, x_off, xh, mean, rstd, gss, dy, h16, dx));
 
     // fused AdamW over 256 M parameters: reads p, g, m, v, the decay mask; writes p, m, v
     let np = sh.adamw_params;

@@ -545,13 +545,14 @@ fn qkv_heads_match_their_cpu_twin_on_the_emulator() {
 /// norm.cu's LayerNorm + modulation (the blocks' pre-norm branches): the forward (f32, and bf16 alone:
 /// exactly the f32 values rounded) and the backward into x with and without the residual's gradient,
 /// against the CPU twins: 1e-5 (block sums in another order). Widths 96 (a partial warp) and 1040
-/// (more columns than threads).
+/// (more columns than threads), through the per_row kernels and the row-in-registers ones as
+/// layers.rs's rows4 launches them (and 4616: two float4 per thread).
 #[test]
 fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
     let Some(exe) = build("norm.cu", "norm") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(47);
     let mut uniform = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
-    for (b, l, c) in [(2, 5, 96), (2, 3, 1040)] {
+    for (b, l, c) in [(2, 5, 96), (2, 3, 1040), (1, 2, 4616)] {
         let n = b * l;
         let (x, dy, dres, scale) = (uniform(n * c, 2.0), uniform(n * c, 1.0), uniform(n * c, 1.0), uniform(b * c, 0.5));
         let shift = uniform(b * c, 0.5);
@@ -563,8 +564,6 @@ fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
         let (mut dx, mut dx0) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
         adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, Some(&dres), &mut dx, l, c);
         adaln::modulated_layernorm_backward(&dy, &x, &scale, &mean, &rstd, None, &mut dx0, l, c);
-        let dir = exe.with_file_name(format!("case-{c}"));
-        std::fs::create_dir_all(&dir).unwrap();
         let (lw, lb) = (uniform(c, 1.0), uniform(c, 1.0));
         let (mut ln, mut ln_mean, mut ln_rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
         infinity_kernels::norm::layernorm_forward(
@@ -577,23 +576,30 @@ fn modulated_layernorm_matches_its_cpu_twin_on_the_emulator() {
             c,
             1e-6,
         );
-        let inputs = [("dy", &dy), ("x", &x), ("scale", &scale), ("shift", &shift), ("mean", &mean), ("rstd", &rstd)];
-        for (name, v) in inputs.into_iter().chain([("dres", &dres), ("lw", &lw), ("lb", &lb)]) {
-            write(&dir, name, v);
+        let (k, cfg) = infinity_kernels::cuda::layers::rows4(b * l, c, &[]).expect("widths the rows4 kernels take");
+        let shapes = [vec!["rows".to_string()], vec!["rows4".into(), k[1..].to_string(), cfg.block_dim.0.to_string()]];
+        for shape in shapes {
+            let dir = exe.with_file_name(format!("case-{c}-{}", shape[0]));
+            std::fs::create_dir_all(&dir).unwrap();
+            let inputs = [("dy", &dy), ("x", &x), ("scale", &scale), ("shift", &shift), ("mean", &mean)];
+            for (name, v) in inputs.into_iter().chain([("rstd", &rstd), ("dres", &dres), ("lw", &lw), ("lb", &lb)]) {
+                write(&dir, name, v);
+            }
+            let tag = format!("emulated modulated layernorm B={b} L={l} C={c} ({})", shape.join(" "));
+            let args: Vec<String> = [b, l, c].map(|v| v.to_string()).into_iter().chain(shape.iter().cloned()).collect();
+            run(&exe, &dir, &args, &tag);
+            close(&format!("{tag} dx"), &read(&dir, "dx"), &dx, 1e-5);
+            close(&format!("{tag} dx, no residual"), &read(&dir, "dx0"), &dx0, 1e-5);
+            let emulated = read(&dir, "y");
+            close(&format!("{tag}: forward"), &emulated, &y, 1e-5);
+            close(&format!("{tag}: forward mean"), &read(&dir, "mean_out"), &mean_y, 1e-5);
+            close(&format!("{tag}: forward rstd"), &read(&dir, "rstd_out"), &rstd_y, 1e-5);
+            let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+            assert!(read_u16(&dir, "y16") == rounded, "{tag}: the bf16 forward is not the f32 one rounded");
+            let emulated = read(&dir, "ln");
+            close(&format!("{tag}: affine layernorm"), &emulated, &ln, 1e-5);
+            let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
+            assert!(read_u16(&dir, "ln16") == rounded, "{tag}: the bf16 layernorm is not the f32 one rounded");
         }
-        let tag = format!("emulated modulated layernorm B={b} L={l} C={c}");
-        run(&exe, &dir, &[b, l, c].map(|v| v.to_string()), &tag);
-        close(&format!("{tag} dx"), &read(&dir, "dx"), &dx, 1e-5);
-        close(&format!("{tag} dx, no residual"), &read(&dir, "dx0"), &dx0, 1e-5);
-        let emulated = read(&dir, "y");
-        close(&format!("{tag}: forward"), &emulated, &y, 1e-5);
-        close(&format!("{tag}: forward mean"), &read(&dir, "mean_out"), &mean_y, 1e-5);
-        close(&format!("{tag}: forward rstd"), &read(&dir, "rstd_out"), &rstd_y, 1e-5);
-        let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
-        assert!(read_u16(&dir, "y16") == rounded, "{tag}: the bf16 forward is not the f32 one rounded");
-        let emulated = read(&dir, "ln");
-        close(&format!("{tag}: affine layernorm"), &emulated, &ln, 1e-5);
-        let rounded: Vec<u16> = emulated.iter().map(|&v| bf16_bits(v)).collect();
-        assert!(read_u16(&dir, "ln16") == rounded, "{tag}: the bf16 layernorm is not the f32 one rounded");
     }
 }

@@ -3,7 +3,7 @@
 //! are what the GPU model calls; the host-slice wrappers below them copy in and out for the
 //! equivalence tests. Parameter gradients are added (`+=`), input gradients written.
 
-use cudarc::driver::{CudaSlice, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig};
 
 use super::device::{addr_or_null, elementwise, per_row, Act, Arg, Buf, BufMut, CudaError, Device};
 use super::util::{self, Factor};
@@ -54,10 +54,16 @@ fn layernorm_launch(
     eps: f32,
 ) -> Result<(), CudaError> {
     let s = &dev.stream;
-    let args = [dev.arg(x), Arg::Ptr(addr_or_null(w, s)), Arg::Ptr(addr_or_null(b, s)), Arg::Ptr(y_addr)];
+    let (xa, wa, ba) = (x.addr(s), addr_or_null(w, s), addr_or_null(b, s));
+    let args = [Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba), Arg::Ptr(y_addr)];
     let args = [&args[..], &[dev.arg_mut(mean), dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
-    // SAFETY: layernorm_forward_{f32,bf16}(x, w, b, y, mean, rstd, n, c, eps) over [n, c] rows.
-    unsafe { dev.launch("norm.cu", kernel, per_row(n, c), &args) }
+    let (kernel, cfg) = match rows4(n, c, &[xa, wa, ba, y_addr]) {
+        Some((k, cfg)) => (kernel.replacen("_forward_", "_forward4_", 1) + "_" + k, cfg),
+        None => (kernel.to_string(), per_row(n, c)),
+    };
+    // SAFETY: layernorm_forward{,4}_{f32,bf16}[_kK](x, w, b, y, mean, rstd, n, c, eps) over [n, c] rows;
+    // rows4 checked the alignment.
+    unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
 }
 
 /// LayerNorm backward: `dx` written; with `params`, `(dw, db)` added.
@@ -74,18 +80,16 @@ pub fn layernorm_backward_dev(
     (n, c): (usize, usize),
 ) -> Result<(), CudaError> {
     let s = &dev.stream;
-    let args = [
-        dev.arg(dy),
-        dev.arg(x),
-        Arg::Ptr(addr_or_null(w, s)),
-        dev.arg(mean),
-        dev.arg(rstd),
-        dev.arg_mut(dx),
-        Arg::int(n),
-        Arg::int(c),
-    ];
-    // SAFETY: layernorm_backward_f32(dy, x, w, mean, rstd, dx, n, c).
-    unsafe { dev.launch("norm.cu", "layernorm_backward_f32", per_row(n, c), &args) }?;
+    let (dya, xa, wa, dxa) = (dy.addr(s), x.addr(s), addr_or_null(w, s), dx.addr_mut(s));
+    let args = [Arg::Ptr(dya), Arg::Ptr(xa), Arg::Ptr(wa), dev.arg(mean), dev.arg(rstd), Arg::Ptr(dxa)];
+    let args = [&args[..], &[Arg::int(n), Arg::int(c)]].concat();
+    let (kernel, cfg) = match rows4(n, c, &[dya, xa, wa, dxa]) {
+        Some((k, cfg)) => (format!("layernorm_backward4_f32_{k}"), cfg),
+        None => ("layernorm_backward_f32".to_string(), per_row(n, c)),
+    };
+    // SAFETY: layernorm_backward{,4}_f32[_kK](dy, x, w, mean, rstd, dx, n, c); rows4 checked the
+    // alignment.
+    unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }?;
     if let Some((dw, db)) = params {
         let prefix = [dev.arg(dy), dev.arg(x), dev.arg(mean), dev.arg(rstd), Arg::I64(n as i64), Arg::int(c)];
         // SAFETY: layernorm_dw_partials_f32(dy, x, mean, rstd, n, c, partial) over [n, c] buffers.
@@ -182,13 +186,35 @@ pub fn modulated_layernorm_dev(
         "modulated_layernorm: x, y [B·L, C], mean, rstd [B·L]"
     );
     let s = &dev.stream;
-    let kernel = if y.bf16_only() { "modulated_layernorm_forward_bf16" } else { "modulated_layernorm_forward_f32" };
-    let args =
-        [dev.arg(x), dev.arg(scale), dev.arg(shift), Arg::Ptr(y.out_addr(s)), dev.arg_mut(mean), dev.arg_mut(rstd)];
-    let shape = [Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps), Arg::F32(eps)];
-    // SAFETY: modulated_layernorm_forward_{f32,bf16}(x, scale, shift, y, mean, rstd, n, l, c, ps, eps)
-    // over [n, c] rows; scale and shift hold B rows ps apart.
-    unsafe { dev.launch("norm.cu", kernel, per_row(n, sh.c), &[&args[..], &shape].concat()) }
+    let out = if y.bf16_only() { "bf16" } else { "f32" };
+    let (xa, sca, sha, ya) = (x.addr(s), scale.addr(s), shift.addr(s), y.out_addr(s));
+    let args = [Arg::Ptr(xa), Arg::Ptr(sca), Arg::Ptr(sha), Arg::Ptr(ya), dev.arg_mut(mean), dev.arg_mut(rstd)];
+    let args = [&args[..], &[Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps), Arg::F32(eps)]].concat();
+    let (kernel, cfg) = match rows4(n, sh.c, &[xa, sca, sha, ya]).filter(|_| sh.ps.is_multiple_of(4)) {
+        Some((k, cfg)) => (format!("modulated_layernorm_forward4_{out}_{k}"), cfg),
+        None => (format!("modulated_layernorm_forward_{out}"), per_row(n, sh.c)),
+    };
+    // SAFETY: modulated_layernorm_forward{,4}_{f32,bf16}[_kK](x, scale, shift, y, mean, rstd, n, l, c, ps,
+    // eps) over [n, c] rows; scale and shift hold B rows ps apart; rows4 checked the alignment.
+    unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
+}
+
+/// norm.cu's row-in-registers kernels (`*4_kK`) for `n` rows of width `c`: the name's `kK` and the
+/// launch (a row per block of ⌈C/4/K⌉ threads, whole warps), or None where they do not apply (C not a
+/// multiple of 4 or over 16 384, an operand not 16-byte aligned; null ones are): the per_row kernels
+/// run then.
+pub fn rows4(n: usize, c: usize, addrs: &[u64]) -> Option<(&'static str, LaunchConfig)> {
+    let c4 = c / 4;
+    if !c.is_multiple_of(4) || c4 > 4 * 1024 || addrs.iter().any(|a| !a.is_multiple_of(16)) {
+        return None;
+    }
+    let (k, name) = match c4.div_ceil(1024) {
+        1 => (1, "k1"),
+        2 => (2, "k2"),
+        _ => (4, "k4"),
+    };
+    let block = (c4.div_ceil(k).div_ceil(32) * 32) as u32;
+    Some((name, LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }))
 }
 
 /// Backward of `modulate(LayerNorm(x))` (no affine) into `x`, plus a residual's gradient `dres`: `dx`
@@ -211,11 +237,16 @@ pub fn modulated_layernorm_backward_dev(
         "modulated_layernorm_backward: dy, x, dx [B·L, C], mean, rstd [B·L]"
     );
     let s = &dev.stream;
-    let args = [dev.arg(dy), dev.arg(x), dev.arg(scale), dev.arg(mean), dev.arg(rstd), Arg::Ptr(addr_or_null(dres, s))];
-    let args = [&args[..], &[dev.arg_mut(dx), Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)]].concat();
-    // SAFETY: modulated_layernorm_backward_f32(dy, x, scale, mean, rstd, dres, dx, n, l, c, ps) over
-    // [n, c] rows; scale holds B rows ps apart.
-    unsafe { dev.launch("norm.cu", "modulated_layernorm_backward_f32", per_row(n, sh.c), &args) }
+    let (dya, xa, sca, dra, dxa) = (dy.addr(s), x.addr(s), scale.addr(s), addr_or_null(dres, s), dx.addr_mut(s));
+    let args = [Arg::Ptr(dya), Arg::Ptr(xa), Arg::Ptr(sca), dev.arg(mean), dev.arg(rstd), Arg::Ptr(dra)];
+    let args = [&args[..], &[Arg::Ptr(dxa), Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)]].concat();
+    let (kernel, cfg) = match rows4(n, sh.c, &[dya, xa, sca, dra, dxa]).filter(|_| sh.ps.is_multiple_of(4)) {
+        Some((k, cfg)) => (format!("modulated_layernorm_backward4_f32_{k}"), cfg),
+        None => ("modulated_layernorm_backward_f32".to_string(), per_row(n, sh.c)),
+    };
+    // SAFETY: modulated_layernorm_backward{,4}_f32[_kK](dy, x, scale, mean, rstd, dres, dx, n, l, c, ps)
+    // over [n, c] rows; scale holds B rows ps apart; rows4 checked the alignment (dres null: 0).
+    unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
 }
 
 /// `out = x + y·gamma` (the residual stream after a gated branch; `out` written).
