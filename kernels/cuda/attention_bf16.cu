@@ -2,8 +2,8 @@
 // row ranges), flash-attention-2 style. q, k, v and dO come in bf16 (attention.rs rounds them once
 // per call), and the probabilities and dS fed back into products are rounded to bf16, for
 // `mma.sync.m16n8k16` with f32 accumulation, as upstream's flash attention under bf16 autocast; the
-// softmax statistics (max, sum, lse, delta = Σ dO·O from the f32 dO and O), O and every gradient stay
-// f32. Exponentials are 2^x on the special-function unit (mma.cuh's ex2) of scores scaled by
+// softmax statistics (max, sum, lse, delta = Σ dO·O from the bf16 dO and O, summed in f32), O and
+// every gradient stay f32. Exponentials are 2^x on the special-function unit (mma.cuh's ex2) of scores scaled by
 // scale·log2(e): one FFMA and one MUFU per score; lse stays a natural logarithm. Keys are masked
 // only in tiles that some row of the warp does not see whole. No atomics: bitwise reproducible.
 //
@@ -259,12 +259,12 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
     }
 }
 
-// ---- backward, part 1: dq and delta = Σ dO·O per (row, head) (f32 dO, bf16 O), both written; the
-// forward's grid ----
+// ---- backward, part 1: dq and delta = Σ dO·O per (row, head) (bf16 dO and O: the dO of the dP
+// product, as flash attention's bf16 backward), both written; the forward's grid ----
 template <int C>
 __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                             const bf16* __restrict__ v, const bf16* __restrict__ o16,
-                                            const float* __restrict__ d_o, const bf16* __restrict__ do16,
+                                            const bf16* __restrict__ do16,
                                             const float* __restrict__ lse,
                                             const int* __restrict__ k0, const int* __restrict__ nk,
                                             float* __restrict__ dq, float* __restrict__ delta, int nq, int nkeys,
@@ -291,7 +291,7 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
         if (r < nq)
 #pragma unroll
             for (int n = 0; n < C / 8; ++n) {
-                const float2 a = *reinterpret_cast<const float2*>(d_o + (long)r * w + hc + n * 8 + 2 * t);
+                const float2 a = unpack2(ld32(do16 + (long)r * w + hc + n * 8 + 2 * t));
                 const float2 b = unpack2(ld32(o16 + (long)r * w + hc + n * 8 + 2 * t));
                 part = fmaf(a.x, b.x, fmaf(a.y, b.y, part));
             }
@@ -485,11 +485,11 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_c##C(                          \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \
-        const bf16* __restrict__ o16, const float* __restrict__ d_o, const bf16* __restrict__ do16,              \
+        const bf16* __restrict__ o16, const bf16* __restrict__ do16,                                             \
         const float* __restrict__ lse,                                                                           \
         const int* __restrict__ k0, const int* __restrict__ nk, float* __restrict__ dq, float* __restrict__ delta, \
         int nq, int nkeys, int heads, int c, float scale) {                                                      \
-        backward_dq<C>(q, k, v, o16, d_o, do16, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                \
+        backward_dq<C>(q, k, v, o16, do16, lse, k0, nk, dq, delta, nq, nkeys, heads, scale);                     \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_c##C(                        \
         const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,                       \

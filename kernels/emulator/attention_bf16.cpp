@@ -34,8 +34,8 @@ int main(int argc, char** argv) {
                                             a.k0.data(), a.nkr.data(), nq, nk, heads, c, a.scale);                   \
         });                                                                                                          \
         emu::launch(qgrid, block, 6 * tile, [&] {                                                                    \
-            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o16.data(), a.d_o.data(),            \
-                                            do16.data(), a.lse.data(), a.k0.data(), a.nkr.data(), a.dq.data(),       \
+            attention_backward_dq_bf16_c##C(q16.data(), k16.data(), v16.data(), o16.data(), do16.data(),             \
+                                            a.lse.data(), a.k0.data(), a.nkr.data(), a.dq.data(),                    \
                                             a.delta.data(), nq, nk, heads, c, a.scale);                              \
         });                                                                                                          \
         emu::launch(kgrid, block, 6 * tile + 2 * 4 * 64 * 4, [&] {                                                   \

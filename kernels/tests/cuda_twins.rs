@@ -408,6 +408,13 @@ fn linear_through_cublas_matches_its_cpu_twin() {
             close(&format!("{tag} dx"), &gdx, &dx, 1e-5);
             close(&format!("{tag} dW"), &gdw, &dw, 1e-5);
             close(&format!("{tag} db"), &gdb, &db, 1e-5);
+            if bf16 {
+                // dx written by the GEMM in bf16 alone (an attention's dO): the f32 product rounded,
+                // within a bf16 rounding (cuBLAS may pick another kernel, so another summation order)
+                let bits = cuda_linear::input_grad_bf16(&dev, &dy, &w, (n, fin, fout)).unwrap();
+                let gdx16: Vec<f32> = bits.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+                close("linear bf16 dx written in bf16", &gdx16, &bf16_round(&dx), 1e-2);
+            }
         }
     }
 }

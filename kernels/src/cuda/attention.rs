@@ -235,11 +235,11 @@ pub fn attention_backward_dev(
     let p = Arg::Ptr;
     let (k0, nk) = (p(ranges_addr(dev, &r.k0)), p(ranges_addr(dev, &r.nk)));
     let (q0, nqk) = (p(ranges_addr(dev, &r.q0)), p(ranges_addr(dev, &r.nqk)));
-    let (doa, la) = (d_o.addr(s), lse.addr(s));
+    let la = lse.addr(s);
     let (dqa, dka, dva, da) = (dq.addr_mut(s), dk.addr_mut(s), dv.addr_mut(s), delta.addr_mut(s));
-    if let Some(c) = tensor_core_dim(dev, dims, math, &[doa, dqa, dka, dva])? {
-        // q, k, v and dO rounded to bf16 once for both kernels' tiles (O too, unless the forward wrote
-        // it in bf16 alone); delta reads the f32 dO and the bf16 O
+    if let Some(c) = tensor_core_dim(dev, dims, math, &[dqa, dka, dva])? {
+        // q, k, v and dO rounded to bf16 once for both kernels' tiles (none of them when they come in
+        // bf16 alone, as O and dO do from the GPU model); delta reads the bf16 dO and O
         let ((q16, _q), (k16, _k)) = (bf16_of(dev, q)?, bf16_of(dev, k)?);
         let ((v16, _v), (do16, _do), (o16, _o)) = (bf16_of(dev, v)?, bf16_of(dev, d_o)?, bf16_of(dev, o)?);
         tile_aligned(&[q16, k16, v16, do16]);
@@ -247,7 +247,7 @@ pub fn attention_backward_dev(
         let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
         let name = format!("attention_backward_dq_bf16_c{c}");
         let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
-        let args = [p(q16), p(k16), p(v16), p(o16), p(doa), p(do16), p(la), k0, nk, p(dqa), p(da)];
+        let args = [p(q16), p(k16), p(v16), p(o16), p(do16), p(la), k0, nk, p(dqa), p(da)];
         // SAFETY: argument list as declared in attention_bf16.cu; the bf16 inputs and the f32 buffers
         // are 16-byte aligned (checked above).
         unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
@@ -257,11 +257,11 @@ pub fn attention_backward_dev(
         // SAFETY: as above; delta was written by the dq kernel.
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
     }
-    if [q, k, v, o].iter().any(|x| x.bf16_only()) {
+    if [q, k, v, o, d_o].iter().any(|x| x.bf16_only()) {
         return Err(bf16_needs_tensor_cores(dims));
     }
     let t = tiles(dims)?;
-    let (qa, ka, va, oa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s));
+    let (qa, ka, va, oa, doa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s), d_o.addr(s));
     let name = format!("attention_backward_dq_{}", t.suffix);
     let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
     let args = [p(qa), p(ka), p(va), p(oa), p(doa), p(la), k0, nk, p(dqa), p(da)];

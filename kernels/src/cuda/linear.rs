@@ -9,7 +9,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaSlice, DevicePtrMut};
 
-use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, Act, Arg, Buf, BufMut, CudaError, Device};
 
 pub(crate) fn blas_err(e: cudarc::cublas::result::CublasError) -> CudaError {
     CudaError::Driver(format!("cuBLAS: {e:?}"))
@@ -89,8 +89,9 @@ pub(crate) fn bf16_of(dev: &Device, x: &dyn Buf) -> Result<(u64, Option<CudaSlic
     Ok((p, Some(y)))
 }
 
-/// Column-major `C (m × n) = op(A)·op(B) + β·C` with f32 `C`; `A` and `B` in f32, or rounded to bf16
-/// first when `gemm.bf16`.
+/// Column-major `C (m × n) = op(A)·op(B) + β·C`; `A` and `B` in f32, or rounded to bf16 first when
+/// `gemm.bf16`; `C` at `c` in f32, or in bf16 when `c_bf16` (only with bf16 inputs and β = 0: the
+/// f32 accumulation rounded as it is stored).
 #[allow(clippy::too_many_arguments)]
 fn product(
     gemm: &Gemm,
@@ -100,9 +101,10 @@ fn product(
     (a, lda): (&dyn Buf, usize),
     (b, ldb): (&dyn Buf, usize),
     beta: f32,
-    c: &mut dyn BufMut,
+    (c, c_bf16): (u64, bool),
     ldc: usize,
 ) -> Result<(), CudaError> {
+    assert!(!c_bf16 || (gemm.bf16 && beta == 0.0), "a bf16 product output needs bf16 inputs and β = 0");
     let (alpha, s) = (1.0f32, &dev.stream);
     let h = *gemm.blas.handle();
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
@@ -122,7 +124,7 @@ fn product(
                 b.addr(s) as *const f32,
                 ldb as i32,
                 &beta,
-                c.addr_mut(s) as *mut f32,
+                c as *mut f32,
                 ldc as i32,
             )
             .map_err(blas_err)
@@ -130,7 +132,8 @@ fn product(
     }
     // the copies (when made here) live until the GEMM is queued; the pool frees them in stream order
     let ((pa, _a16), (pb, _b16)) = (bf16_of(dev, a)?, bf16_of(dev, b)?);
-    // SAFETY: the bf16 copies have the f32 buffers' shapes; C is f32 as declared.
+    let c_type = if c_bf16 { cudaDataType::CUDA_R_16BF } else { cudaDataType::CUDA_R_32F };
+    // SAFETY: the bf16 copies have the f32 buffers' shapes; C's type is as declared.
     dev.timed("cublas gemm bf16", || unsafe {
         cudarc::cublas::result::gemm_ex(
             h,
@@ -147,8 +150,8 @@ fn product(
             cudaDataType::CUDA_R_16BF,
             ldb as i32,
             &beta as *const f32 as *const _,
-            c.addr_mut(s) as *mut _,
-            cudaDataType::CUDA_R_32F,
+            c as *mut _,
+            c_type,
             ldc as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -182,6 +185,7 @@ pub fn linear_dev(
         None => 0.0,
     };
     // column-major: yᵀ (fout × n) = W (fout × fin, stored as its transpose) · xᵀ (fin × n)
+    let y = (y.addr_mut(s), false);
     product(gemm, dev, (CUBLAS_OP_T, CUBLAS_OP_N), (fout, n, fin), (w, fin), (x, fin), beta, y, fout)
 }
 
@@ -221,6 +225,26 @@ pub fn input_grad(
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && w.count() >= fout * fin && dx.count() >= n * fin, "input_grad: shapes");
     // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
+    let dx = (dx.addr_mut(&dev.stream), false);
+    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, dx, fin)
+}
+
+/// [`input_grad`] into an activation: in bf16 alone, written by the GEMM itself (the f32 accumulation
+/// rounded as it is stored, no f32 copy and no cast) when `dx` is, else in f32.
+pub fn input_grad_act(
+    gemm: &Gemm,
+    dev: &Device,
+    dy: &dyn Buf,
+    w: &dyn Buf,
+    dx: &mut Act,
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let v = match dx {
+        Act::F32(v) => return input_grad(gemm, dev, dy, w, v, (n, fin, fout)),
+        Act::Bf16(v) => v,
+    };
+    assert!(dy.count() >= n * fout && w.count() >= fout * fin && v.len() >= n * fin, "input_grad: shapes");
+    let dx = (v.device_ptr_mut(&dev.stream).0, true);
     product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, dx, fin)
 }
 
@@ -235,6 +259,7 @@ pub fn weight_grad(
 ) -> Result<(), CudaError> {
     assert!(dy.count() >= n * fout && x.count() >= n * fin && dw.count() >= fout * fin, "weight_grad: shapes");
     // column-major: dWᵀ (fin × fout) += xᵀ (fin × n) · dy (n × fout, dy's storage transposed)
+    let dw = (dw.addr_mut(&dev.stream), false);
     product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_T), (fin, fout, n), (x, fin), (dy, fout), 1.0, dw, fin)
 }
 
@@ -304,4 +329,22 @@ pub fn linear_backward(
         (s.alloc_zeros::<f32>(n * fin)?, s.alloc_zeros::<f32>(fout * fin)?, s.alloc_zeros::<f32>(fout)?);
     linear_backward_dev(dev, &gemm, &dyd, &xd, &wd, Some(&mut dx), &mut dw, Some(&mut db), (n, fin, fout))?;
     Ok((s.clone_dtoh(&dx)?, s.clone_dtoh(&dw)?, s.clone_dtoh(&db)?))
+}
+
+/// `dy · W` in bf16 alone as [`input_grad_act`] writes it (bf16 inputs), as bits.
+pub fn input_grad_bf16(
+    dev: &Device,
+    dy: &[f32],
+    w: &[f32],
+    (n, fin, fout): (usize, usize, usize),
+) -> Result<Vec<u16>, CudaError> {
+    let s = &dev.stream;
+    let gemm = Gemm::new(dev, true)?;
+    let (dyd, wd) = (s.clone_htod(dy)?, s.clone_htod(w)?);
+    let mut dx = Act::Bf16(s.alloc_zeros::<u16>(n * fin)?);
+    input_grad_act(&gemm, dev, &dyd, &wd, &mut dx, (n, fin, fout))?;
+    match dx {
+        Act::Bf16(v) => Ok(s.clone_dtoh(&v)?),
+        Act::F32(_) => unreachable!("made bf16 above"),
+    }
 }

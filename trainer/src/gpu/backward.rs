@@ -5,12 +5,12 @@ use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaViewMut};
 use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::attention_backward_dev;
-use infinity_kernels::cuda::device::{Buf, BufMut};
+use infinity_kernels::cuda::device::{Act, Buf, BufMut};
 use infinity_kernels::cuda::layers::{
     embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_param_grads,
     modulated_layernorm_backward_dev, rmsnorm_backward_dev, AdaShape, DeviceRope,
 };
-use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, weight_grad};
+use infinity_kernels::cuda::linear::{bias_grad, input_grad, input_grad_act, rounded, weight_grad};
 use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_backward_act};
 use infinity_kernels::cuda::qkv::qkv_heads_backward_dev;
 use infinity_kernels::cuda::util::{self, Factor};
@@ -23,22 +23,45 @@ fn g<'a>(net: &Net, grads: &'a mut CudaSlice<f32>, name: &str) -> CudaViewMut<'a
     grads.slice_mut(net.lay.range(name))
 }
 
-/// Gradients of a linear layer `prefix`: `dx` written when given, `dW` (and `db` when `bias`) added.
+/// Where a linear backward's input gradient goes: nowhere, an f32 buffer, or an activation (f32, or
+/// bf16 alone written by the GEMM itself: an attention's dO, which only bf16 tiles read).
+enum Dx<'a> {
+    No,
+    F32(&'a mut CudaSlice<f32>),
+    Act(&'a mut Act),
+}
+
+impl<'a> From<Option<&'a mut CudaSlice<f32>>> for Dx<'a> {
+    fn from(dx: Option<&'a mut CudaSlice<f32>>) -> Self {
+        dx.map_or(Dx::No, Dx::F32)
+    }
+}
+
+impl<'a> From<&'a mut Act> for Dx<'a> {
+    fn from(dx: &'a mut Act) -> Self {
+        Dx::Act(dx)
+    }
+}
+
+/// Gradients of a linear layer `prefix`: `dx` written when wanted, `dW` (and `db` when `bias`) added.
 #[allow(clippy::too_many_arguments)]
-fn linear_bwd(
+fn linear_bwd<'a>(
     net: &Net,
     grads: &mut CudaSlice<f32>,
     prefix: &str,
     bias: bool,
     dy: &dyn Buf,
     x: &dyn Buf,
-    dx: Option<&mut CudaSlice<f32>>,
+    dx: impl Into<Dx<'a>>,
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<()> {
     let (dev, gemm) = (net.dev, net.gemm);
     let dy = &rounded(gemm, dev, dy)?; // one bf16 copy for both products
-    if let Some(dx) = dx {
-        net.with_weight(&format!("{prefix}.weight"), |w| Ok(input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?))?;
+    let weight = format!("{prefix}.weight");
+    match dx.into() {
+        Dx::No => {}
+        Dx::F32(dx) => net.with_weight(&weight, |w| Ok(input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?))?,
+        Dx::Act(dx) => net.with_weight(&weight, |w| Ok(input_grad_act(gemm, dev, dy, w, dx, (n, fin, fout))?))?,
     }
     weight_grad(gemm, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
     if bias {
@@ -103,7 +126,7 @@ pub fn backward(
     let (mut dcond, mut dwe) = (net.buf(b * c)?, net.buf(b * (l - 1) * c)?);
     util::split_tokens(dev, &dx, &mut dcond, &mut dwe, (b, l, c))?;
     util::col_sum(dev, &dx, &mut g(net, grads, "pos_start"), b, l * c)?;
-    linear_bwd(net, grads, "word_embed", true, &dwe, &inp.x_wo_prefix, None, (b * (l - 1), d, c))?;
+    linear_bwd(net, grads, "word_embed", true, &dwe, &inp.x_wo_prefix, Dx::No, (b * (l - 1), d, c))?;
 
     // ---- condition: AdaLN MLPs, then its source -----------------------------------------------------
     let (mut dsilu, mut tmp) = (net.buf(b * c)?, net.buf(b * c)?);
@@ -245,8 +268,9 @@ fn block_backward(
     // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca)); without text x_ca = x_sa
     let dx_sa = if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
         let nt = cu[b];
-        let mut dattn = net.out(n * c)?;
-        linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved_act(&s.ca_attn), Some(&mut dattn), (n, c, c))?;
+        // the attention's dO, in bf16 alone when its backward runs on tensor cores (as its O is)
+        let mut dattn = net.act_in(saved_act(&s.ca_attn).bf16_only(), n * c)?;
+        linear_bwd(net, grads, &name("ca.proj"), true, &dx_ca, saved_act(&s.ca_attn), &mut dattn, (n, c, c))?;
         let (mut dq, mut dk, mut dv, mut delta) =
             (net.out(n * c)?, net.out(nt * c)?, net.out(nt * c)?, net.out(n * h)?);
         let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 / (hd as f64).sqrt() };
@@ -301,8 +325,8 @@ fn block_backward(
     // self-attention: x_sa = x_in + proj(attn(rope(norm(q)), rope(norm(k)), v)) · γ1
     let mut dsa_out = net.act(n * c)?;
     gated_residual_backward_act(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
-    let mut dattn = net.out(n * c)?;
-    linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved_act(&s.attn), Some(&mut dattn), (n, c, c))?;
+    let mut dattn = net.act_in(saved_act(&s.attn).bf16_only(), n * c)?;
+    linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved_act(&s.attn), &mut dattn, (n, c, c))?;
     let (mut dq, mut dk, mut dv, mut delta) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?, net.out(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
     attention_backward_dev(
