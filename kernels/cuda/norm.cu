@@ -231,20 +231,21 @@ __device__ __forceinline__ void layernorm_backward_row4(const float* __restrict_
 }
 
 // Entry points, K float4 per thread (arguments as the per_row kernels of the same name without `4`;
-// grid N, block ⌈C/4/K⌉ rounded up to whole warps, at most 1024):
+// grid N, block ⌈C/4/K⌉ rounded up to whole warps, at most 1024: the bounds keep every variant
+// within the registers a 1024-thread block has):
 //   layernorm_forward4_{f32,bf16}_kK, modulated_layernorm_forward4_{f32,bf16}_kK,
 //   layernorm_backward4_f32_kK, modulated_layernorm_backward4_f32_kK
 #define ROWS4_FORWARD(K, OUT, NAME)                                                                               \
-    extern "C" __global__ void layernorm_forward4_##NAME##_k##K(                                                 \
+    extern "C" __global__ void __launch_bounds__(1024, 1) layernorm_forward4_##NAME##_k##K(                                                 \
         const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,                   \
         OUT* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int n, int c, float eps) {       \
         if (blockIdx.x >= n) return;                                                                              \
         layernorm_row4<K>(x, y, mean, rstd, blockIdx.x, c, eps, [=](int j, float4& a, float4& bb) {              \
             a = col4(w, j, 1.0f);                                                                                 \
-            bb = col4(b, j, 0.0f);                                                                                \
+            bb = col4(w ? b : nullptr, j, 0.0f); /* as layernorm_forward: no weight, no bias */                   \
         });                                                                                                       \
     }                                                                                                             \
-    extern "C" __global__ void modulated_layernorm_forward4_##NAME##_k##K(                                       \
+    extern "C" __global__ void __launch_bounds__(1024, 1) modulated_layernorm_forward4_##NAME##_k##K(                                       \
         const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ shift,           \
         OUT* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int n, int l, int c, int ps,    \
         float eps) {                                                                                              \
@@ -260,7 +261,7 @@ __device__ __forceinline__ void layernorm_backward_row4(const float* __restrict_
 #define ROWS4(K)                                                                                                  \
     ROWS4_FORWARD(K, float, f32)                                                                                  \
     ROWS4_FORWARD(K, unsigned short, bf16)                                                                        \
-    extern "C" __global__ void layernorm_backward4_f32_k##K(                                                     \
+    extern "C" __global__ void __launch_bounds__(1024, 1) layernorm_backward4_f32_k##K(                                                     \
         const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ w,                  \
         const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ dx, int n, int c) {  \
         const int r = blockIdx.x;                                                                                 \
@@ -268,7 +269,7 @@ __device__ __forceinline__ void layernorm_backward_row4(const float* __restrict_
         layernorm_backward_row4<K>(dy, x, mean[r], rstd[r], nullptr, dx, r, c,                                  \
                                    [=](int j) { return col4(w, j, 1.0f); });                                      \
     }                                                                                                             \
-    extern "C" __global__ void modulated_layernorm_backward4_f32_k##K(                                           \
+    extern "C" __global__ void __launch_bounds__(1024, 1) modulated_layernorm_backward4_f32_k##K(                                           \
         const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,              \
         const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dres,          \
         float* __restrict__ dx, int n, int l, int c, int ps) {                                                    \

@@ -121,10 +121,11 @@ struct Block {
     std::function<void()> body;
 };
 
-// Dynamic shared memory, ending at an inaccessible page: a kernel that reaches past what its launch
-// gave (or a host formula that gives too little) faults at once instead of reading other bytes. The
-// end is rounded up to 16 bytes (kernels take the base as 16-byte aligned), so an overrun within that
-// rounding goes unseen. One arena, grown as launches need: blocks run one at a time.
+// Dynamic shared memory, ending at an inaccessible page and filled with 0xff (NaN in f32 and bf16,
+// so unwritten reads show): a kernel that reaches past what its launch gave (or a host formula that
+// gives too little) faults at once instead of reading other bytes. The end is rounded up to 16 bytes
+// (kernels take the base as 16-byte aligned), so an overrun within that rounding reads NaN bytes
+// instead of faulting. One arena, grown as launches need: blocks run one at a time.
 inline unsigned char* shared_arena(size_t bytes) {
     static unsigned char* base = nullptr;
     static size_t span = 0;
@@ -139,9 +140,14 @@ inline unsigned char* shared_arena(size_t bytes) {
         }
         base = (unsigned char*)p;
         span = need;
-        mprotect(base + span - page, page, PROT_NONE);
+        if (mprotect(base + span - page, page, PROT_NONE) != 0) {
+            fprintf(stderr, "emulator: cannot protect the page after shared memory\n");
+            exit(2);
+        }
     }
-    return base + span - page - body;
+    unsigned char* smem = base + span - page - body;
+    memset(smem, 0xff, body);
+    return smem;
 }
 
 inline Block* block = nullptr;
@@ -215,7 +221,6 @@ inline void launch(dim3 grid, dim3 block_dim, size_t smem_bytes, std::function<v
                 b.body = body;
                 b.smem = shared_arena(smem_bytes);
                 b.smem_bytes = smem_bytes;
-                memset(b.smem, 0xff, smem_bytes);  // NaN in f32 and bf16: unwritten reads show
                 b.fibers.resize(n);
                 b.warps.resize(n / 32);
                 for (auto& w : b.warps) w.bar.expected = 32;

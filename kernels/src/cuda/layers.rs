@@ -200,12 +200,12 @@ pub fn modulated_layernorm_dev(
 }
 
 /// norm.cu's row-in-registers kernels (`*4_kK`) for `n` rows of width `c`: the name's `kK` and the
-/// launch (a row per block of ⌈C/4/K⌉ threads, whole warps), or None where they do not apply (C not a
-/// multiple of 4 or over 16 384, an operand not 16-byte aligned; null ones are): the per_row kernels
-/// run then.
+/// launch (a row per block of ⌈C/4/K⌉ threads, whole warps), or None where they do not apply (C zero,
+/// not a multiple of 4 or over 16 384, an operand not 16-byte aligned; null ones are): the per_row
+/// kernels run then.
 pub fn rows4(n: usize, c: usize, addrs: &[u64]) -> Option<(&'static str, LaunchConfig)> {
     let c4 = c / 4;
-    if !c.is_multiple_of(4) || c4 > 4 * 1024 || addrs.iter().any(|a| !a.is_multiple_of(16)) {
+    if c4 == 0 || !c.is_multiple_of(4) || c4 > 4 * 1024 || addrs.iter().any(|a| !a.is_multiple_of(16)) {
         return None;
     }
     let (k, name) = match c4.div_ceil(1024) {

@@ -392,8 +392,12 @@ impl NcclComm {
             if empty || idle.try_is_complete().map_err(|e| cuda_err(op, e))? {
                 // the watchdog's abort completes the stream too (the cancelled collective ends): it
                 // records why before it aborts, so a second look tells a cancelled collective from
-                // a finished one
+                // a finished one; an asynchronous error NCCL met since the watchdog's last tick
+                // fails the call here rather than at the next one
                 self.check(op)?;
+                if let Some(e) = self.handle.async_error() {
+                    return Err(CommError::Stalled { op, detail: format!("NCCL reported an asynchronous error: {e}") });
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {
