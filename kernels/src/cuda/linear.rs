@@ -221,12 +221,10 @@ pub fn input_grad(
     dy: &dyn Buf,
     w: &dyn Buf,
     dx: &mut dyn BufMut,
-    (n, fin, fout): (usize, usize, usize),
+    shape: (usize, usize, usize),
 ) -> Result<(), CudaError> {
-    assert!(dy.count() >= n * fout && w.count() >= fout * fin && dx.count() >= n * fin, "input_grad: shapes");
-    // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
-    let dx = (dx.addr_mut(&dev.stream), false);
-    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, dx, fin)
+    let out = (dx.count(), dx.addr_mut(&dev.stream), false);
+    input_product(gemm, dev, dy, w, out, shape)
 }
 
 /// [`input_grad`] into an activation: in bf16 alone, written by the GEMM itself (the f32 accumulation
@@ -237,15 +235,24 @@ pub fn input_grad_act(
     dy: &dyn Buf,
     w: &dyn Buf,
     dx: &mut Act,
+    shape: (usize, usize, usize),
+) -> Result<(), CudaError> {
+    let out = (dx.count(), dx.out_addr(&dev.stream), dx.bf16_only());
+    input_product(gemm, dev, dy, w, out, shape)
+}
+
+/// `dy · W` into `count` values at `addr`, in bf16 when `bf16`.
+fn input_product(
+    gemm: &Gemm,
+    dev: &Device,
+    dy: &dyn Buf,
+    w: &dyn Buf,
+    (count, addr, bf16): (usize, u64, bool),
     (n, fin, fout): (usize, usize, usize),
 ) -> Result<(), CudaError> {
-    let v = match dx {
-        Act::F32(v) => return input_grad(gemm, dev, dy, w, v, (n, fin, fout)),
-        Act::Bf16(v) => v,
-    };
-    assert!(dy.count() >= n * fout && w.count() >= fout * fin && v.len() >= n * fin, "input_grad: shapes");
-    let dx = (v.device_ptr_mut(&dev.stream).0, true);
-    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, dx, fin)
+    assert!(dy.count() >= n * fout && w.count() >= fout * fin && count >= n * fin, "input_grad: shapes");
+    // dxᵀ (fin × n) = Wᵀ (fin × fout, W's storage read as is) · dyᵀ (fout × n)
+    product(gemm, dev, (CUBLAS_OP_N, CUBLAS_OP_N), (fin, n, fout), (w, fin), (dy, fout), 0.0, (addr, bf16), fin)
 }
 
 /// `dW [fout, fin] += dyᵀ · x` (`dy [n, fout]`, `x [n, fin]`).
