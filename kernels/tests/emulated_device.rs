@@ -19,6 +19,11 @@ fn ptr<T>(dev: &Device, b: &CudaSlice<T>) -> u64 {
 /// Set in the child process that makes the out-of-bounds write.
 const FAULT_CHILD: &str = "INFINITY_EMULATED_FAULT_CHILD";
 
+/// The emulated device, in the child process a fault drill runs in (none in the parent test run).
+fn fault_child() -> Option<Device> {
+    std::env::var_os(FAULT_CHILD).map(|_| emulated().expect("the emulated device"))
+}
+
 fn emulated() -> Option<Device> {
     if !device_present() {
         println!("skipped: no CUDA device (the emulated one: tools/emulated_device.py)");
@@ -68,10 +73,7 @@ fn fresh_memory_reads_as_nan() {
 #[test]
 #[ignore]
 fn write_past_a_buffer() {
-    if std::env::var_os(FAULT_CHILD).is_none() {
-        return;
-    }
-    let dev = emulated().expect("the emulated device");
+    let Some(dev) = fault_child() else { return };
     // y is 128 values (256 bytes, the allocation unit) short: the last writes land just past its end,
     // in the guard page, where nothing else would notice them
     let n = 4096;
@@ -88,10 +90,7 @@ fn write_past_a_buffer() {
 #[test]
 #[ignore]
 fn shared_memory_past_the_launch() {
-    if std::env::var_os(FAULT_CHILD).is_none() {
-        return;
-    }
-    let dev = emulated().expect("the emulated device");
+    let Some(dev) = fault_child() else { return };
     let s = &dev.stream;
     // one plane through scales 1×1, 8×8, 16×16: its last region, the 8×8 scale's 64 codes, is left out
     // of the launch's shared memory, as a host formula that forgot it would
