@@ -446,7 +446,7 @@ inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
     me().open.push_back({dst, src, bytes, valid});
 }
 
-inline void cp_async16(bf16* dst, const bf16* src, bool valid) { cp_async(dst, src, 16, valid); }
+inline void cp_async16(void* dst, const void* src, bool valid) { cp_async(dst, src, 16, valid); }
 inline void cp_async4(void* dst, const void* src, bool valid) { cp_async(dst, src, 4, valid); }
 
 inline void cp_async_commit() {

@@ -1,15 +1,16 @@
 // head_ce_bf16.cu (W's bf16 fragment packings, then the fused head + bitwise CE) on the emulator, launched as
 // kernels/src/cuda/head_ce.rs launches it.
-//   head_ce_bf16 DIR N C D LABEL_SMOOTHING [h16]
-// (h16: h rounded to bf16 here and read by the `_h16` entry point) reads DIR/{h,w,b,weights}.bin (f32) and DIR/labels.bin (u8 [N, D]); writes DIR/{loss,dlogits,dh}.bin
+//   head_ce_bf16 DIR N C D LABEL_SMOOTHING SMEM [h16]
+// (SMEM: the kernel's shared memory bytes from head_ce.rs's head_bf16_smem_bytes, passed in so the
+// host's formula is what runs; h16: h rounded to bf16 here and read by the `_h16` entry point) reads DIR/{h,w,b,weights}.bin (f32) and DIR/labels.bin (u8 [N, D]); writes DIR/{loss,dlogits,dh}.bin
 // (f32) and DIR/correct.bin (u32).
 #include "cuda_emulator.h"
 #include "io.h"
 #include "kernel.cu"
 
 int main(int argc, char** argv) {
-    if (argc != 6 && argc != 7) {
-        fprintf(stderr, "usage: %s DIR N C D LABEL_SMOOTHING [h16]\n", argv[0]);
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: %s DIR N C D LABEL_SMOOTHING SMEM [h16]\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
@@ -18,14 +19,14 @@ int main(int argc, char** argv) {
     auto h = read_array<float>(dir, "h"), w = read_array<float>(dir, "w"), b = read_array<float>(dir, "b");
     auto weights = read_array<float>(dir, "weights");
     auto labels = read_array<unsigned char>(dir, "labels");
-    const bool h16 = argc == 7 && std::string(argv[6]) == "h16";
+    const bool h16 = argc == 8 && std::string(argv[7]) == "h16";
     std::vector<bf16> h_bf16(h.size());
     for (size_t i = 0; i < h.size(); ++i) h_bf16[i] = to_bf16(h[i]);
     std::vector<uint2> wl(td * c / 4), wd(td * c / 4);  // W's fragment packings
     std::vector<float> loss(n), dlogits((size_t)n * td), dh((size_t)n * c);
     std::vector<unsigned> correct(n);
     emu::launch({1, 1, 1}, {256, 1, 1}, 0, [&] { head_weight_bf16(w.data(), wl.data(), wd.data(), td, c); });
-    const size_t bytes = (size_t)4 * 32 * (td + 4) * 4 + (size_t)32 * (td + 8) * 2;  // as head_ce.rs
+    const size_t bytes = (size_t)atol(argv[6]);
     const dim3 grid{(unsigned)((n + 31) / 32), 1, 1}, block{128, 1, 1};
 #define RUN(TD)                                                                                                 \
     case TD:                                                                                                    \

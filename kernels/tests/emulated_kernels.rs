@@ -224,7 +224,13 @@ fn head_case(exe: &Path, rng: &mut impl Rng, (n, c, d): (usize, usize, usize), b
         write(&dir, name, x);
     }
     write(&dir, "labels", &labels);
-    let args: Vec<String> = [n, c, d].map(|x| x.to_string()).into_iter().chain(["0.05".into()]).collect();
+    let mut args: Vec<String> = [n, c, d].map(|x| x.to_string()).into_iter().chain(["0.05".into()]).collect();
+    // the bf16 kernel's shared memory as the host sizes it, for h in f32 and in bf16
+    let smem = |h16| infinity_kernels::cuda::head_ce::head_bf16_smem_bytes(2 * d, h16).to_string();
+    let args16 = [&args[..], &[smem(true), "h16".to_string()]].concat();
+    if bf16 {
+        args.push(smem(false));
+    }
     run(exe, &dir, &args, &tag);
     let cpu_loss: Vec<f32> = cpu.token_loss.iter().map(|&v| v as f32).collect();
     let outputs = ["loss", "dlogits", "dh"].map(|name| read(&dir, name));
@@ -240,7 +246,7 @@ fn head_case(exe: &Path, rng: &mut impl Rng, (n, c, d): (usize, usize, usize), b
         write(&dir, "h", &h);
         run(exe, &dir, &args, &format!("{tag}, h f32"));
         let f32_in = (["loss", "dlogits", "dh"].map(|name| read(&dir, name)), read_bytes(&dir, "correct"));
-        run(exe, &dir, &[&args[..], &["h16".to_string()]].concat(), &format!("{tag}, h bf16"));
+        run(exe, &dir, &args16, &format!("{tag}, h bf16"));
         let bf16_in = (["loss", "dlogits", "dh"].map(|name| read(&dir, name)), read_bytes(&dir, "correct"));
         assert!(f32_in == bf16_in, "{tag}: h in bf16 gives other results than h in f32");
     }

@@ -106,8 +106,8 @@ pub fn head_bitwise_ce_device(
             )));
         }
         let h16 = h.bf16_addr(s).expect("a bf16-only buffer has a bf16 address");
-        if !h16.is_multiple_of(4) {
-            return Err(CudaError::Driver("head_bitwise_ce: h in bf16 must start 4-byte aligned (pairs)".into()));
+        if !h16.is_multiple_of(16) {
+            return Err(CudaError::Driver("head_bitwise_ce: h in bf16 must start 16-byte aligned (cp.async)".into()));
         }
         return head_bf16(dev, (h16, true), (w, b, labels, weights), label_smoothing, (n, c, d), grads, out);
     }
@@ -132,6 +132,17 @@ pub fn head_bitwise_ce_device(
     ];
     // SAFETY: argument list as declared in head_ce.cu; sizes asserted above; shared memory sized for d.
     unsafe { dev.launch("head_ce.cu", "head_bitwise_ce_f32", launch_config(n, d), &args) }
+}
+
+/// Dynamic shared memory of head_ce_bf16.cu's kernel for `td` = 2d logits, h in bf16 when `h16`: its
+/// STAGES buffers (8, or as many as fit in 64 KiB) of KC = 32 columns of the block's 32 rows of h and
+/// of W's logit fragments, which after the logits also hold the logits [32][2d + 4] (f32) and dlogits
+/// [32][2d + 8] (bf16).
+pub fn head_bf16_smem_bytes(td: usize, h16: bool) -> usize {
+    let (kc, tok) = (32, 32);
+    let stage = tok * kc * if h16 { 2 } else { 4 } + kc * td * 2;
+    let stages = if stage <= 8192 { 8 } else { 65536 / stage };
+    (stages * stage).max(tok * (td + 4) * 4 + tok * (td + 8) * 2)
 }
 
 /// head_ce_bf16.cu: W packed as bf16 fragments for both products, then 32 tokens per block of 128
@@ -161,7 +172,7 @@ fn head_bf16(
     // aligned allocations.
     unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c / 4), &args) }?;
     let name = format!("head_bitwise_ce_bf16_{}td{td}", if h16 { "h16_" } else { "" });
-    let bytes = 4 * 32 * (td + 4) * 4 + 32 * (td + 8) * 2;
+    let bytes = head_bf16_smem_bytes(td, h16);
     let f = dev.function("head_ce_bf16.cu", &name)?;
     if bytes > 48 * 1024 {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
@@ -187,7 +198,7 @@ fn head_bf16(
         Arg::Ptr(dh),
     ];
     // SAFETY: argument list as declared in head_ce_bf16.cu; sizes checked by the caller, C a multiple
-    // of 64 and h 16-byte aligned (its float2 loads).
+    // of 64 and h 16-byte aligned (its cp.async copies).
     unsafe { dev.launch("head_ce_bf16.cu", &name, cfg, &args) }
 }
 
