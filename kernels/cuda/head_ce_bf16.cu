@@ -17,7 +17,8 @@
 //     Each warp owns a fixed set of logit tiles over the whole width: no partial sums cross warps.
 //  2. the bitwise CE, a warp per token: loss, correct bits, dlogits (f32 out, bf16 kept in shared memory).
 //  3. dh [TOK, C] = dlogits · W: warp w takes the quarter [w·C/4, (w+1)·C/4) of the width, 16 columns at
-//     a time, each lane storing 16 bytes per row.
+//     a time, streaming W's fragments through a cp.async ring of its own (up to 8 deep) in the shared
+//     memory the stages left, each lane storing 16 bytes per row.
 //
 // Column orders: within a k-step of the logits and a pair of n-tiles of dh, both products permute the
 // 16 indices (perm16) so that each lane's four values are adjacent columns. Lane t's A elements (k =
@@ -202,6 +203,24 @@ __device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int ks = 0; ks < TD / 16; ++ks) load_a(ga[mt][ks], gs, GP, mt * 16, ks * 16);
+    __syncthreads();  // every warp holds its dlogits: the shared memory is free again
+    // Each warp streams its quarter's W fragments through a ring of its own in a quarter of the shared
+    // memory (cp.async, RING − 1 column pairs ahead; a warp barrier per pair, no block barrier).
+    constexpr int PAIR = TD * 32 / 16, SLICE = STAGES * SB / 4;  // 16-byte pieces per pair; bytes per warp
+    constexpr int RING = SLICE / (PAIR * 16) < 8 ? SLICE / (PAIR * 16) : 8;
+    static_assert(RING >= 2 && PAIR % 32 == 0, "dh's ring holds two pairs, whole pieces per lane");
+    uint4* ring = reinterpret_cast<uint4*>(smem + warp * SLICE);  // [RING][PAIR]
+    const int pairs = c / 64, p0 = warp * pairs;  // column pairs per quarter, this warp's first
+    const uint4* wsrc = reinterpret_cast<const uint4*>(wd) + (long)p0 * PAIR;
+    const auto issue = [&](int i, int slot) {  // pair p0 + i into ring slot `slot`
+#pragma unroll
+        for (int k = lane; k < PAIR; k += 32) cp_async16(ring + slot * PAIR + k, wsrc + (long)i * PAIR + k, true);
+    };
+#pragma unroll
+    for (int i = 0; i < RING - 1; ++i) {
+        if (i < pairs) issue(i, i);
+        cp_async_commit();
+    }
     float* out[2][2];  // [m-tile][half]: this lane's row of dh at column 4t, or null past N
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -210,11 +229,13 @@ __device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __
             const long row = t0 + mt * 16 + g + half * 8;
             out[mt][half] = row < n ? dh + row * c + 4 * t : nullptr;
         }
-    const int pairs = c / 64;  // column pairs per quarter
-#pragma unroll(TD > 64 ? 1 : 2)  // two pairs' W loads in flight, where registers allow
-    for (int p = warp * pairs; p < (warp + 1) * pairs; ++p) {
+    for (int i = 0, slot = 0, free = RING - 1; i < pairs; ++i, free = slot, slot = slot + 1 < RING ? slot + 1 : 0) {
+        cp_async_wait<RING - 2>();  // this lane's pieces of pair i have landed …
+        __syncwarp();               // … and the warp's; pair i − 1's slot is free again
+        if (i + RING - 1 < pairs) issue(i + RING - 1, free);
+        cp_async_commit();
+        const uint2* wp = reinterpret_cast<const uint2*>(ring + slot * PAIR) + lane;
         float o[2][2][4] = {};  // [m-tile][n-tile]
-        const uint2* wp = wd + (long)p * (TD / 16) * 64 + lane;
 #pragma unroll
         for (int ks = 0; ks < TD / 16; ++ks)
 #pragma unroll
@@ -223,14 +244,16 @@ __device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __
                 mma(o[0][j], ga[0][ks], b.x, b.y);
                 mma(o[1][j], ga[1][ks], b.x, b.y);
             }
+        const int col = (p0 + i) * 16;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int half = 0; half < 2; ++half)
                 if (out[mt][half])
-                    *reinterpret_cast<float4*>(out[mt][half] + p * 16) =
+                    *reinterpret_cast<float4*>(out[mt][half] + col) =
                         make_float4(o[mt][0][2 * half], o[mt][0][2 * half + 1], o[mt][1][2 * half], o[mt][1][2 * half + 1]);
     }
+    cp_async_wait<0>();  // nothing in flight when the warp exits
 }
 
 // ---- entry points: head_bitwise_ce_bf16_td{16,32,64,128} (h f32) and head_bitwise_ce_bf16_h16_td*

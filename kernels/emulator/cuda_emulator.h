@@ -288,19 +288,29 @@ inline float bf16_to_float(unsigned short h) { return __int_as_float((int)((unsi
 
 }  // namespace emu
 
-inline void __syncthreads() {
-    // this thread's completed cp.async copies become visible to the block here
-    for (const auto& c : emu::block->fibers[emu::block->current].landed) {
+namespace emu {
+// This thread's cp.async copies that a wait completed, written where the barrier that follows makes
+// them visible to the other threads (of the block, or of the warp for __syncwarp).
+inline void land_copies() {
+    for (const auto& c : block->fibers[block->current].landed) {
         if (c.valid)
             memcpy(c.dst, c.src, c.bytes);
         else
             memset(c.dst, 0, c.bytes);
     }
-    emu::block->fibers[emu::block->current].landed.clear();
+    block->fibers[block->current].landed.clear();
+}
+}  // namespace emu
+
+inline void __syncthreads() {
+    emu::land_copies();
     emu::wait(emu::block->sync);
 }
 
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::warp().bar); }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+    emu::land_copies();
+    emu::wait(emu::warp().bar);
+}
 
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int o) {
