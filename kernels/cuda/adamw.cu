@@ -5,13 +5,16 @@
 #include "common.cuh"
 
 // p16, when not null, receives the updated parameters rounded to bf16 (util.cu's to_bf16 of p): the
-// bf16 GEMMs' weights, written here instead of by a pass of their own that reads p again.
+// bf16 GEMMs' weights, written here instead of by a pass of their own that reads p again. The
+// gradients are read times grad_scale (through f64: 1/world, the clipping coefficient), so neither
+// factor takes a pass of its own.
 extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __restrict__ p16,
                                      const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
                                      const unsigned char* __restrict__ decay, long n, float step_size,
-                                     float beta1, float beta2, float eps, float bc2_sqrt, float shrink) {
+                                     float beta1, float beta2, float eps, float bc2_sqrt, float shrink,
+                                     double grad_scale) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const float gi = g[i];
+        const float gi = grad_scale == 1.0 ? g[i] : (float)((double)g[i] * grad_scale);
         float pi = p[i];
         if (decay[i]) pi *= shrink;
         const float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
@@ -44,11 +47,4 @@ extern "C" __global__ void sum_partials_f64(const double* __restrict__ partial, 
     for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
     s = block_sum(s);
     if (threadIdx.x == 0) out[0] = s;
-}
-
-// x *= coef (gradient clipping), through f64 as the CPU twin does.
-extern "C" __global__ void scale_f32(float* __restrict__ x, long n, double coef) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        x[i] = (float)((double)x[i] * coef);
-    }
 }

@@ -1,10 +1,9 @@
 // adamw.cu on the emulator, launched as kernels/src/cuda/ops.rs launches it: the fused AdamW step, the
-// squared global norm (f64 block partials, then one block summing them in order) and the clipping scale.
-//   adamw DIR N COEF
+// squared global norm (f64 block partials, then one block summing them in order).
+//   adamw DIR N GRAD_SCALE
 // reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/decay.bin (u8 [N]) and DIR/scalars.bin (f32: step_size, beta1,
-// beta2, eps, bc2_sqrt, shrink); writes DIR/{p,m,v}_out.bin (after one step), DIR/p16_out.bin (u16
-// [N]: the updated parameters' bf16 bits, written by the same step), DIR/sumsq.bin (f64 [1]:
-// Σ g²) and DIR/scaled.bin (g·COEF through f64).
+// beta2, eps, bc2_sqrt, shrink; GRAD_SCALE the step's factor on g); writes DIR/{p,m,v}_out.bin (after one step), DIR/p16_out.bin (u16
+// [N]: the updated parameters' bf16 bits, written by the same step) and DIR/sumsq.bin (f64 [1]: Σ g²).
 #include <algorithm>
 
 #include "cuda_emulator.h"
@@ -13,12 +12,12 @@
 
 int main(int argc, char** argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: %s DIR N COEF\n", argv[0]);
+        fprintf(stderr, "usage: %s DIR N GRAD_SCALE\n", argv[0]);
         return 2;
     }
     const std::string dir = argv[1];
     const long n = atol(argv[2]);
-    const double coef = atof(argv[3]);
+    const double grad_scale = atof(argv[3]);
     auto p = read_array<float>(dir, "p"), g = read_array<float>(dir, "g");
     auto m = read_array<float>(dir, "m"), v = read_array<float>(dir, "v");
     auto decay = read_array<unsigned char>(dir, "decay");
@@ -28,17 +27,15 @@ int main(int argc, char** argv) {
     std::vector<unsigned short> p16(n, 0xffff);
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] {
         adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), decay.data(), n, s[0], s[1], s[2], s[3], s[4],
-                  s[5]);
+                  s[5], grad_scale);
     });
     std::vector<double> partial(blocks, std::nan("")), total(1, std::nan(""));
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { sum_squares_f32(g.data(), n, partial.data()); });
     emu::launch({1, 1, 1}, {256, 1, 1}, 0, [&] { sum_partials_f64(partial.data(), (int)blocks, total.data()); });
-    emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { scale_f32(g.data(), n, coef); });
     write_array(dir, "p_out", p);
     write_array(dir, "p16_out", p16);
     write_array(dir, "m_out", m);
     write_array(dir, "v_out", v);
     write_array(dir, "sumsq", total);
-    write_array(dir, "scaled", g);
     return 0;
 }

@@ -14,6 +14,11 @@ pub struct AdamWScalars {
     pub bc2_sqrt: f32,
     /// `1 − lr·wd` (decoupled weight decay, decay group only).
     pub shrink: f32,
+    /// The factor the gradients still need, applied as the update reads them (through f64, as a
+    /// scaling pass over them would): `1/world` after a summing all-reduce, times the clipping
+    /// coefficient. 1 (exactly the gradients) unless [`AdamWScalars::with_grad_scale`] says otherwise;
+    /// folding it here saves the device one pass over the gradients per factor.
+    pub grad_scale: f64,
 }
 
 impl AdamWScalars {
@@ -27,7 +32,13 @@ impl AdamWScalars {
             eps: eps as f32,
             bc2_sqrt: (1.0 - beta2.powi(t as i32)).sqrt() as f32,
             shrink: (1.0 - lr * weight_decay) as f32,
+            grad_scale: 1.0,
         }
+    }
+
+    /// The same scalars for gradients that still need the factor `grad_scale`.
+    pub fn with_grad_scale(self, grad_scale: f64) -> AdamWScalars {
+        AdamWScalars { grad_scale, ..self }
     }
 }
 
@@ -37,7 +48,7 @@ pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f
     let n = params.len();
     assert!(grads.len() == n && m.len() == n && v.len() == n && decay.len() == n, "adamw_update: lengths differ");
     for i in 0..n {
-        let g = grads[i];
+        let g = if s.grad_scale == 1.0 { grads[i] } else { (grads[i] as f64 * s.grad_scale) as f32 };
         if decay[i] {
             params[i] *= s.shrink;
         }

@@ -296,6 +296,7 @@ pub fn adamw_dev(
         Arg::F32(s.eps),
         Arg::F32(s.bc2_sqrt),
         Arg::F32(s.shrink),
+        Arg::F64(s.grad_scale),
     ];
     // SAFETY: argument list as declared in adamw.cu; lengths asserted above.
     unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
@@ -315,14 +316,6 @@ pub fn sum_squares_dev(dev: &Device, x: &dyn Buf) -> Result<f64, CudaError> {
     // SAFETY: sum_partials_f64(partial, count, out), one block of 256 threads.
     unsafe { dev.launch("adamw.cu", "sum_partials_f64", per_row(1, 256), &args) }?;
     Ok(st.clone_dtoh(&out)?[0])
-}
-
-/// `x *= coef` through f64, as gradient clipping on the CPU does.
-pub fn scale_dev(dev: &Device, x: &mut dyn BufMut, coef: f64) -> Result<(), CudaError> {
-    let n = x.count();
-    let args = [Arg::Ptr(x.addr_mut(&dev.stream)), Arg::I64(n as i64), Arg::F64(coef)];
-    // SAFETY: scale_f32(x, n, coef).
-    unsafe { dev.launch("adamw.cu", "scale_f32", elementwise(n), &args) }
 }
 
 /// Parameters and moments after an AdamW step.

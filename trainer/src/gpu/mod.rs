@@ -138,6 +138,10 @@ pub struct GpuModel {
     params16: Option<CudaSlice<u16>>,
     params16_stale: bool,
     grads: CudaSlice<f32>,
+    /// The factor `grads` still needs before the update: `1/world` after an NCCL sum, times the
+    /// clipping coefficient. The device AdamW applies it as it reads them (no pass per factor); 1
+    /// otherwise.
+    grad_scale: f64,
     /// RoPE tables on the device by schedule, with the host table they were made from (two templates
     /// can share a schedule but not a frame).
     ropes: HashMap<Vec<(usize, usize)>, (RopeTable, DeviceRope)>,
@@ -173,6 +177,7 @@ impl GpuModel {
             params,
             params16,
             params16_stale: true,
+            grad_scale: 1.0,
             grads,
             ropes: HashMap::new(),
             recompute: false,
@@ -203,11 +208,13 @@ impl GpuModel {
 
     pub fn zero_grads(&mut self) -> Result<()> {
         self.dev.stream.memset_zeros(&mut self.grads)?;
+        self.grad_scale = 1.0; // a skipped update leaves no factor behind
         Ok(())
     }
 
     /// Add the accumulated device gradients into `host` (same layout).
     pub fn add_grads_into(&mut self, host: &mut [f32]) -> Result<()> {
+        debug_assert_eq!(self.grad_scale, 1.0, "the host optimizer takes the gradients as they are");
         let g = self.dev.stream.clone_dtoh(&self.grads)?;
         host.iter_mut().zip(&g).for_each(|(h, d)| *h += d);
         Ok(())

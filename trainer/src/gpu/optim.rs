@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
-use infinity_kernels::cuda::ops::{adamw_dev, scale_dev, sum_squares_dev};
+use infinity_kernels::cuda::ops::{adamw_dev, sum_squares_dev};
 
 use super::GpuModel;
 use crate::model::Params;
@@ -35,6 +35,7 @@ impl GpuModel {
     /// Replace the device gradients by `reduce` of them on the host (data-parallel averaging through a
     /// host communicator).
     pub fn reduce_grads_on_host(&mut self, reduce: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+        ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
         let s = &self.dev.stream;
         let mut g = s.clone_dtoh(&self.grads)?;
         reduce(&mut g)?;
@@ -42,23 +43,26 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Average the device gradients over the ranks of `comm` in place (NCCL all-reduce, then `1/world`).
+    /// Average the device gradients over the ranks of `comm`: an NCCL all-reduce sums them in place,
+    /// and the `1/world` is left to the update (`grad_scale`), which reads them anyway.
     pub fn reduce_grads_nccl(&mut self, comm: &mut infinity_launcher::comm::NcclComm) -> Result<()> {
         use infinity_launcher::comm::Communicator;
-        let world = comm.world();
+        ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
         comm.all_reduce_sum_device(&mut self.grads)?;
         comm.wait("all_reduce")?;
-        scale_dev(&self.dev, &mut self.grads, 1.0 / world as f64)?;
+        self.grad_scale = 1.0 / comm.world() as f64;
         Ok(())
     }
 
-    /// Scale the gradients so their global norm is at most `max_norm`; returns the norm before
-    /// (the CPU's arithmetic: f64 sum of squares, coefficient `max_norm / (norm + 1e-6)`).
+    /// Clip the gradients' global norm to at most `max_norm`; returns the norm before (the CPU's
+    /// arithmetic: f64 sum of squares, coefficient `max_norm / (norm + 1e-6)`). Of the gradients as
+    /// the update will see them (times `grad_scale`), and the coefficient joins `grad_scale`: no pass
+    /// over the gradients but the sum of squares.
     pub fn clip_grads(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = sum_squares_dev(&self.dev, &self.grads)?.sqrt();
+        let norm = sum_squares_dev(&self.dev, &self.grads)?.sqrt() * self.grad_scale;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            scale_dev(&self.dev, &mut self.grads, coef)?;
+            self.grad_scale *= coef;
         }
         Ok(norm)
     }
@@ -66,7 +70,7 @@ impl GpuModel {
     /// One AdamW step on the device (`opt` counts the step and supplies the scalars).
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f64) -> Result<()> {
         let o = self.optim.as_mut().expect("attach_optimizer first");
-        let scalars = opt.next_step_scalars(lr);
+        let scalars = opt.next_step_scalars(lr).with_grad_scale(self.grad_scale);
         // the bf16 GEMMs' copy of the weights is written by the same pass
         adamw_dev(
             &self.dev,
@@ -78,7 +82,7 @@ impl GpuModel {
             &o.decay,
             &scalars,
         )?;
-        self.params16_stale = false;
+        (self.params16_stale, self.grad_scale) = (false, 1.0);
         Ok(())
     }
 
