@@ -304,7 +304,8 @@ extern "C" __global__ void to_tokens_f32(const float* __restrict__ sum, float* _
 // scale at most H × W). Per scale s of (h, w), after s − 1 of (ph, pw):
 //   1. up(q_{s−1}) along the width: u [ph, W], each value q_{s−1}'s two taps of its row (bilinear_at
 //      interpolates the width first, so u holds its `top` and `bottom` values exactly);
-//   2. S_s = S_{s−1} + the height interpolation of u (S_1 = up(q_0); S_0 = 0 is never formed);
+//   2. S_s = S_{s−1} + the height interpolation of u (S_1 = up(q_0); S_0 = 0 is never formed), four
+//      columns per thread where rows allow;
 //   3. f − S_s pooled by thread, warp or block per output as the window size picks residual_codes_*
 //      (same windows and summation orders: the same labels and inputs bit for bit), labels and codes
 //      emitted, S_s sampled at (h, w) as the scale's input.
@@ -330,6 +331,9 @@ extern "C" __global__ void __launch_bounds__(256, 4) self_correct_planes_f32(
     // block at 51 KiB for 64 × 64 latents, so four blocks share an SM (at 58 KiB, three did)
     unsigned char* q = reinterpret_cast<unsigned char*>(u + umax * W);
     const int hw = H * W, n0 = sched[0] * sched[1], lane = threadIdx.x & 31;
+    // rows of S and u as 16-byte quads where they are aligned: W % 4 == 0, and the tables before them
+    // (40·(H + W) bytes) end at a multiple of 16
+    const bool quads = W % 4 == 0 && (H + W) % 2 == 0;
     const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const float m = code_of(1, d);
     for (long plane = blockIdx.x; plane < planes; plane += gridDim.x) {
@@ -355,11 +359,26 @@ extern "C" __global__ void __launch_bounds__(256, 4) self_correct_planes_f32(
                     u[e] = q0 * tx.w0 + q1 * tx.w1;
                 });
                 __syncthreads();  // u whole
-                for_grid(H, W, threadIdx.x, blockDim.x, [&](int e, int r, int cc) {
-                    const Tap ty = up_rows[r];
-                    const float v = u[ty.i0 * W + cc] * ty.w0 + u[ty.i1 * W + cc] * ty.w1;
-                    sum[e] = si >= 2 ? sum[e] + v : v;
-                });
+                if (quads)  // four columns per thread: one row tap and 16-byte loads for four sums
+                    for_grid(H, W / 4, threadIdx.x, blockDim.x, [&](int, int r, int c4) {
+                        const Tap ty = up_rows[r];
+                        const float4 a = reinterpret_cast<const float4*>(u + ty.i0 * W)[c4];
+                        const float4 b = reinterpret_cast<const float4*>(u + ty.i1 * W)[c4];
+                        float4 v = make_float4(a.x * ty.w0 + b.x * ty.w1, a.y * ty.w0 + b.y * ty.w1,
+                                               a.z * ty.w0 + b.z * ty.w1, a.w * ty.w0 + b.w * ty.w1);
+                        float4* at = reinterpret_cast<float4*>(sum + r * W) + c4;
+                        if (si >= 2) {
+                            const float4 old = *at;
+                            v = make_float4(old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w);
+                        }
+                        *at = v;
+                    });
+                else
+                    for_grid(H, W, threadIdx.x, blockDim.x, [&](int e, int r, int cc) {
+                        const Tap ty = up_rows[r];
+                        const float v = u[ty.i0 * W + cc] * ty.w0 + u[ty.i1 * W + cc] * ty.w1;
+                        sum[e] = si >= 2 ? sum[e] + v : v;
+                    });
             }
             __syncthreads();  // S_s, the tables (and, at the first scale, f) whole; q_{s−1} read
             const Codes o{keys, si, 0, gt, l, tok0, nullptr, d, n};
