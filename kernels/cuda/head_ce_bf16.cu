@@ -11,7 +11,7 @@
 // A block of 4 warps takes TOK = 32 tokens (two 16-row m-tiles) through three phases:
 //  1. logits [TOK, TD] = h · Wᵀ + b. The width goes in chunks of KC = 32 columns; cp.async copies each
 //     chunk of h and of W's fragments into a ring of STAGES shared buffers (8, or as many as fit in
-//     64 KiB: three blocks per SM), STAGES − 1 chunks ahead of the tensor cores. The kernel moves
+//     64 KiB: at least three blocks per SM), STAGES − 1 chunks ahead of the tensor cores. The kernel moves
 //     bytes and does little arithmetic, so its speed is the loads it keeps in flight: up to 56 KiB per
 //     block at every step, whatever the occupancy (at 2b training shapes, about one block per SM).
 //     Each warp owns a fixed set of logit tiles over the whole width: no partial sums cross warps.
@@ -122,6 +122,7 @@ __device__ __forceinline__ void head_ce(const H* __restrict__ h, const uint2* __
     // a stage: h's chunk [TOK][KC] (HB bytes), then wl's [KC/16][TD/8][32] pairs; head_ce.rs's
     // head_bf16_smem_bytes sizes the block's shared memory as STAGES of these
     constexpr int HB = TOK * KC * (int)sizeof(H), SB = HB + KC * TD * 2, STAGES = SB <= 8192 ? 8 : 65536 / SB;
+    static_assert(TOK * ZP * 4 + TOK * GP * 2 <= STAGES * SB, "the logits and dlogits fit where the stages were");
     DYNAMIC_SMEM(unsigned char, smem);  // [STAGES][SB]; after phase 1, zs and gs
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const long t0 = (long)blockIdx.x * TOK;

@@ -62,7 +62,8 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned (&r)[4], const bf16* row)
 // Starts a 16-byte copy global → shared that bypasses registers (cp.async, sm_80+; `valid` false:
 // the 16 bytes become zeros and nothing is read). Copies issued since the last cp_async_commit form a
 // group; cp_async_wait<N> waits until at most the N newest groups are still in flight (the copies are
-// visible to other threads after a __syncthreads that follows).
+// visible to the block's other threads after a __syncthreads that follows, to the warp's other lanes
+// after a __syncwarp).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));

@@ -253,12 +253,13 @@ fn head_case(exe: &Path, rng: &mut impl Rng, (n, c, d): (usize, usize, usize), b
 }
 
 /// head_ce_bf16.cu (W's fragment packings, the fused head + bitwise CE) on the GPU test's shapes:
-/// every 2d the kernels take, tokens not multiples of the 32-token blocks.
+/// every 2d the kernels take, tokens not multiples of the 32-token blocks, and widths that go round
+/// the logits' stages and dh's rings several times.
 #[test]
 fn bf16_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
     let Some(exe) = build("head_ce_bf16.cu", "head_ce_bf16") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    for shape in [(1, 64, 8), (45, 128, 16), (517, 256, 32), (100, 768, 64)] {
+    for shape in [(1, 64, 8), (45, 128, 16), (517, 256, 32), (100, 768, 64), (33, 1024, 16), (70, 2048, 32)] {
         head_case(&exe, &mut rng, shape, true);
     }
 }

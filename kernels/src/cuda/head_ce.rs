@@ -168,7 +168,7 @@ fn head_bf16(
         Arg::int(td),
         Arg::int(c),
     ];
-    // SAFETY: head_weight_bf16(w [2d, C], wl, wd, 2d, C): one thread per pair (C·2d/4), fresh 8-byte
+    // SAFETY: head_weight_bf16(w [2d, C], wl, wd, 2d, C): one thread per pair (C·2d/4), fresh 16-byte
     // aligned allocations.
     unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c / 4), &args) }?;
     let name = format!("head_bitwise_ce_bf16_{}td{td}", if h16 { "h16_" } else { "" });

@@ -214,7 +214,10 @@ impl GpuModel {
 
     /// Add the accumulated device gradients into `host` (same layout).
     pub fn add_grads_into(&mut self, host: &mut [f32]) -> Result<()> {
-        debug_assert_eq!(self.grad_scale, 1.0, "the host optimizer takes the gradients as they are");
+        anyhow::ensure!(
+            self.grad_scale == 1.0,
+            "the host optimizer takes the gradients as they are, not clipped on the device"
+        );
         let g = self.dev.stream.clone_dtoh(&self.grads)?;
         host.iter_mut().zip(&g).for_each(|(h, d)| *h += d);
         Ok(())
