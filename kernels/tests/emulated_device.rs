@@ -150,3 +150,72 @@ fn a_kernel_past_its_shared_memory_stops_naming_it() {
         child_stops_naming("shared_memory_past_the_launch", "self_correct_planes_f32");
     }
 }
+
+/// Set in the child process that plays an older or newer GPU: its compute capability.
+const COMPUTE_CHILD: &str = "INFINITY_EMULATED_COMPUTE";
+
+/// Not a test on its own: the child process of `older_and_newer_gpus_get_an_error_or_compatible_ptx`,
+/// on an emulated device of compute capability $INFINITY_EMULATED_COMPUTE. Prints what it saw.
+#[test]
+#[ignore]
+fn gpu_of_another_generation() {
+    if std::env::var_os(COMPUTE_CHILD).is_none() || !device_present() {
+        return;
+    }
+    let dev = match Device::open(0) {
+        Ok(dev) => dev,
+        Err(e) => return println!("OPEN FAILED: {e}"),
+    };
+    println!("OPENED {:?} targeting {}", dev.compute, dev.arch);
+    let s = &dev.stream;
+    let (x, mut y) = (s.clone_htod(&[1.5f32; 64]).unwrap(), s.alloc_zeros::<u16>(64).unwrap());
+    match infinity_kernels::cuda::linear::to_bf16_dev(&dev, &x, &mut y) {
+        Ok(()) => println!("KERNEL RAN: {:#06x}", s.clone_dtoh(&y).unwrap()[0]),
+        Err(e) => println!("KERNEL FAILED: {e}"),
+    }
+    for bf16 in [false, true] {
+        match infinity_kernels::cuda::linear::Gemm::new(&dev, bf16) {
+            Ok(_) => println!("GEMM bf16={bf16}: ok"),
+            Err(e) => println!("GEMM bf16={bf16}: {e}"),
+        }
+    }
+}
+
+/// A GPU newer than NVRTC gets NVRTC's newest target (forward-compatible PTX the driver compiles for
+/// it) and runs; one older than every target is a clear error when opened, naming both; bf16 matmuls
+/// on a GPU before compute capability 8.0 are refused, naming the GPU.
+#[test]
+fn older_and_newer_gpus_get_an_error_or_compatible_ptx() {
+    let Some(_) = emulated() else { return };
+    let Some((targets, _)) = infinity_kernels::cuda::compile::nvrtc_targets() else {
+        return println!("skipped: NVRTC does not list its targets");
+    };
+    let (oldest, newest) = (targets[0], targets[targets.len() - 1]);
+    let play = |cc: u32| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "gpu_of_another_generation", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(COMPUTE_CHILD, format!("{}.{}", cc / 10, cc % 10))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // newer than NVRTC: its newest target, and kernels run
+    let future = play(newest + 10);
+    assert!(future.contains(&format!("targeting compute_{newest}")), "a newer GPU: {future}");
+    assert!(future.contains("KERNEL RAN: 0x3fc0"), "a newer GPU runs the kernels: {future}");
+    // older than every target: refused when opened, with both named
+    let old = play(oldest - 5);
+    let want = format!("compute capability {}.{}", (oldest - 5) / 10, (oldest - 5) % 10);
+    assert!(old.contains("OPEN FAILED") && old.contains(&want), "an older GPU: {old}");
+    assert!(old.contains(&format!("compute_{oldest}")), "the error names NVRTC's oldest target: {old}");
+    // a GPU NVRTC targets but without bf16 tensor cores: f32 matmuls only
+    if oldest < 80 {
+        let turing = play(75);
+        assert!(turing.contains("GEMM bf16=false: ok"), "f32 matmuls before 8.0: {turing}");
+        assert!(
+            turing.contains("GEMM bf16=true: not supported on this GPU: bf16 matmuls need")
+                && turing.contains("is 7.5"),
+            "bf16 matmuls before 8.0: {turing}"
+        );
+    }
+}

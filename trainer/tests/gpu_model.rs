@@ -254,3 +254,43 @@ fn device_self_correction_matches_the_host_one() {
     let (rel, name) = worst_rel(&lay, &out[1].1, &out[0].1);
     assert!(rel <= 1e-5, "gradient of {name} differs by {rel:e}");
 }
+
+/// A GPU without bf16 tensor cores (compute capability 7.5, played by the emulated device): with
+/// `precision = "bf16"`, `device = "auto"` trains on the CPU and says why, and `device = "cuda"` stops
+/// with the reason and the way out. On a real GPU this says it skipped (it cannot play another one).
+#[test]
+fn a_gpu_without_bf16_tensor_cores_is_named_or_passed_over() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
+    if !name.starts_with("Emulated") {
+        return println!("skipped: {name} is not the emulated device");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    small_data(tmp.path());
+    let run = |device: &str| {
+        train_config(tmp.path(), device, (device, "bf16"), 100); // writes {device}.toml
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", tmp.path().join(format!("{device}.toml")).to_str().unwrap()])
+            .env("INFINITY_EMULATED_COMPUTE", "7.5")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, stdout, stderr) = run("auto");
+    assert!(ok, "device = auto on a 7.5 GPU with bf16 must train on the CPU: {stderr}");
+    assert!(
+        stdout.contains("device: cpu (run.device = \"auto\": cuda:0 cannot run it:") && stdout.contains("8.0 or newer"),
+        "the fallback names its reason: {stdout}"
+    );
+    let (ok, _, stderr) = run("cuda");
+    assert!(!ok, "device = cuda with bf16 on a 7.5 GPU must stop");
+    assert!(
+        stderr.contains("run.precision = \"bf16\"")
+            && stderr.contains("compute capability 8.0")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -10,7 +10,9 @@
 // memory above 48 KiB without cuFuncSetAttribute, a kernel missing from the loaded PTX (registers per
 // thread are ptxas's business: not checked). Every allocation ends at
 // a guard page (an access past its last 256-byte unit faults, and the fault names the kernel) and
-// starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows.
+// starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows. The
+// device says it is compute capability 9.0, or what INFINITY_EMULATED_COMPUTE says ("7.5"), so the host's
+// handling of older and newer GPUs can be tried.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -18,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -169,8 +172,12 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
         case 12: *v = 65536; break;                 // registers per block
         case 13: *v = 1980000; break;               // clock (kHz)
         case 16: *v = SMS; break;
-        case 75: *v = 9; break;                     // compute capability 9.0
-        case 76: *v = 0; break;
+        case 75: case 76: {  // compute capability: 9.0, or INFINITY_EMULATED_COMPUTE ("7.5", "10.0", …)
+            int major = 9, minor = 0;
+            if (const char* cc = getenv("INFINITY_EMULATED_COMPUTE")) sscanf(cc, "%d.%d", &major, &minor);
+            *v = attribute == 75 ? major : minor;
+            break;
+        }
         case 81: *v = SMEM_PER_SM; break;
         case 97: *v = OPTIN_SMEM; break;
         case 115: *v = 1; break;                    // memory pools (cuMemAllocAsync)

@@ -35,9 +35,8 @@ fn tensor_core_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> R
     if math == Math::F32 || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0) {
         return Ok(None);
     }
-    let sm: u32 = dev.arch.trim_start_matches("compute_").parse().unwrap_or(0);
     let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
-    Ok((sm >= 80 && bf16_smem(c).iter().all(|&b| b + STATIC_SMEM <= optin)).then_some(c))
+    Ok((dev.compute >= (8, 0) && bf16_smem(c).iter().all(|&b| b + STATIC_SMEM <= optin)).then_some(c))
 }
 
 /// Whether `math` runs on attention_bf16.cu's tensor-core kernels for `dims` on `dev` (given

@@ -39,6 +39,14 @@ pub enum CompileError {
     Unknown(String),
     #[error("NVRTC is not available: {0} (install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`, and put its lib folder on LD_LIBRARY_PATH)")]
     Unavailable(String),
+    #[error(
+        "this GPU is compute capability {}.{}, older than anything NVRTC {nvrtc} compiles for (compute_{oldest} \
+         to compute_{newest}): use an NVRTC that still targets it, e.g. CUDA 12's (`pip install \
+         nvidia-cuda-nvrtc-cu12`, its lib folder first on LD_LIBRARY_PATH)",
+        cc / 10,
+        cc % 10
+    )]
+    GpuTooOld { cc: u32, nvrtc: String, oldest: u32, newest: u32 },
 }
 
 /// The source of `file` with our headers inlined.
@@ -108,6 +116,62 @@ fn compile_source_with(file: &str, src: &str, arch: &'static str, defines: &[Str
     };
     cudarc::nvrtc::compile_ptx_with_opts(src, opts)
         .map_err(|e| CompileError::Nvrtc { file: file.into(), log: format!("{e:?}") })
+}
+
+/// The compute capabilities (10·major + minor) this NVRTC compiles for, oldest first, and its version;
+/// `None` when NVRTC is absent or cannot say.
+pub fn nvrtc_targets() -> Option<&'static (Vec<u32>, String)> {
+    static TARGETS: std::sync::OnceLock<Option<(Vec<u32>, String)>> = std::sync::OnceLock::new();
+    TARGETS
+        .get_or_init(|| {
+            use cudarc::nvrtc::sys::{self, nvrtcResult::NVRTC_SUCCESS};
+            if !nvrtc_present() {
+                return None;
+            }
+            let (mut n, mut major, mut minor) = (0, 0, 0);
+            // SAFETY: NVRTC fills `n`, then `n` ints; the version is two ints.
+            unsafe {
+                if sys::nvrtcGetNumSupportedArchs(&mut n) != NVRTC_SUCCESS || n <= 0 {
+                    return None;
+                }
+                let mut archs = vec![0i32; n as usize];
+                if sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) != NVRTC_SUCCESS
+                    || sys::nvrtcVersion(&mut major, &mut minor) != NVRTC_SUCCESS
+                {
+                    return None;
+                }
+                let mut archs: Vec<u32> = archs.into_iter().map(|a| a as u32).collect();
+                archs.sort_unstable();
+                Some((archs, format!("{major}.{minor}")))
+            }
+        })
+        .as_ref()
+}
+
+/// The NVRTC target (`compute_XY`) for a GPU of compute capability `cc` (10·major + minor): its own, or,
+/// where the GPU is newer than this NVRTC, the newest target it has (PTX is forward-compatible: the
+/// driver compiles it for the newer GPU). An error when the GPU is older than every target; the GPU's
+/// own when NVRTC cannot say (compiling then reports what is wrong).
+pub fn target_arch(cc: u32) -> Result<&'static str, CompileError> {
+    let target = match nvrtc_targets() {
+        Some((archs, nvrtc)) if !archs.contains(&cc) => match archs.iter().rev().find(|&&a| a < cc) {
+            Some(&newest_below) => newest_below,
+            None => {
+                let (oldest, newest) = (archs[0], archs[archs.len() - 1]);
+                return Err(CompileError::GpuTooOld { cc, nvrtc: nvrtc.clone(), oldest, newest });
+            }
+        },
+        _ => cc,
+    };
+    // NVRTC wants a 'static arch string: one per target, kept for the process
+    static NAMES: std::sync::Mutex<Vec<(u32, &'static str)>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap();
+    if let Some(&(_, name)) = names.iter().find(|(t, _)| *t == target) {
+        return Ok(name);
+    }
+    let name: &'static str = Box::leak(format!("compute_{target}").into_boxed_str());
+    names.push((target, name));
+    Ok(name)
 }
 
 /// Whether libnvrtc can be loaded (never panics).

@@ -9,7 +9,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 
-use super::compile::{compile_ptx_with, CompileError};
+use super::compile::{compile_ptx_with, target_arch, CompileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -19,6 +19,8 @@ pub enum CudaError {
     Compile(#[from] CompileError),
     #[error("CUDA driver: {0}")]
     Driver(String),
+    #[error("not supported on this GPU: {0}")]
+    Unsupported(String),
 }
 
 impl From<cudarc::driver::DriverError> for CudaError {
@@ -30,7 +32,10 @@ impl From<cudarc::driver::DriverError> for CudaError {
 pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    /// `compute_XY` of the device, for NVRTC.
+    /// The device's compute capability (major, minor).
+    pub compute: (u32, u32),
+    /// The NVRTC target, `compute_XY`: the device's own, or the newest this NVRTC knows when the device
+    /// is newer (forward-compatible PTX; see [`target_arch`]).
     pub arch: &'static str,
     /// The driver's name for the device ("NVIDIA H200"; "Emulated CUDA device …" for kernels/emulator/device).
     pub name: String,
@@ -65,12 +70,12 @@ impl Device {
         }
         let ctx = CudaContext::new(ordinal)?;
         let (major, minor) = ctx.compute_capability()?;
-        // NVRTC wants a 'static arch string; the few real ones are spelled out
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let compute = (major as u32, minor as u32);
+        let arch = target_arch(10 * compute.0 + compute.1)?;
         let name = ctx.name()?;
         let stream = ctx.default_stream();
         let (modules, functions, profile) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Ok(Device { ctx, stream, arch, name, modules, functions, defines: Mutex::default(), profile })
+        Ok(Device { ctx, stream, compute, arch, name, modules, functions, defines: Mutex::default(), profile })
     }
 
     /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,

@@ -32,6 +32,14 @@ impl Gemm {
                     .into(),
             ));
         }
+        if bf16 && dev.compute < (8, 0) {
+            let (major, minor) = dev.compute;
+            return Err(CudaError::Unsupported(format!(
+                "bf16 matmuls need an NVIDIA GPU of compute capability 8.0 or newer (Ampere, Hopper, Blackwell); \
+                 {} is {major}.{minor}",
+                dev.name
+            )));
+        }
         Ok(Gemm { blas: CudaBlas::new(dev.stream.clone()).map_err(blas_err)?, bf16 })
     }
 }

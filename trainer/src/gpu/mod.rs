@@ -165,7 +165,10 @@ impl GpuModel {
             cfg.d
         );
         let dev = Device::open(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
-        let gemm = Gemm::new(&dev, bf16)?;
+        let gemm = Gemm::new(&dev, bf16).with_context(|| match bf16 {
+            true => "bf16 matmuls (run.precision = \"bf16\"; \"f32\" does without them)",
+            false => "cuBLAS",
+        })?;
         let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
         let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel)?) } else { None };
         let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;

@@ -35,7 +35,15 @@ impl Compute {
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
                 let bf16 = run.precision == super::config::Precision::Bf16;
-                let mut m = crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16)?;
+                let mut m = match crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16) {
+                    Ok(m) => m,
+                    // a GPU that cannot run this configuration is, for `auto`, no GPU
+                    Err(e) if run.device == DeviceChoice::Auto && gpu_unsupported(&e) => {
+                        println!("device: cpu (run.device = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
+                        return Ok(Compute::Cpu);
+                    }
+                    Err(e) => return Err(e),
+                };
                 m.recompute = run.recompute;
                 let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
                 let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
@@ -212,6 +220,19 @@ fn gpu_ordinal() -> Result<Option<usize>> {
     }
     #[cfg(not(feature = "cuda"))]
     Ok(None)
+}
+
+/// Whether `e` says the GPU itself cannot run the run (too old for NVRTC, no bf16 tensor cores), rather
+/// than that something failed.
+#[cfg(feature = "cuda")]
+fn gpu_unsupported(e: &anyhow::Error) -> bool {
+    use infinity_kernels::cuda::{compile::CompileError, CudaError};
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<CudaError>(),
+            Some(CudaError::Unsupported(_) | CudaError::Compile(CompileError::GpuTooOld { .. }))
+        )
+    })
 }
 
 fn why_no_gpu() -> &'static str {
