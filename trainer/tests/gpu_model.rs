@@ -294,3 +294,38 @@ fn a_gpu_without_bf16_tensor_cores_is_named_or_passed_over() {
         "{stderr}"
     );
 }
+
+/// Running out of GPU memory (the emulated device with a few MiB) stops training with what ran out and
+/// what to change: holding the model, or a step's activations. On a real GPU this says it skipped.
+#[test]
+fn running_out_of_gpu_memory_says_what_to_change() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
+    if !name.starts_with("Emulated") {
+        return println!("skipped: {name} is not the emulated device");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    small_data(tmp.path());
+    train_config(tmp.path(), "oom", ("cuda", "f32"), 100); // writes oom.toml
+    let path = tmp.path().join("oom.toml");
+    // one micro-batch of 32 rows: the tiny model (about 2.3 MiB with AdamW's moments) fits in
+    // 8 MiB, its activations do not
+    let text = std::fs::read_to_string(&path).unwrap().replace("micro_batch = 4", "micro_batch = 32");
+    std::fs::write(&path, text.replace("global_batch = 8", "global_batch = 32")).unwrap();
+    for (memory, advice) in [("1M", "need a GPU with more memory"), ("8M", "a smaller data.micro_batch")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", path.to_str().unwrap()])
+            .env("INFINITY_EMULATED_MEMORY", memory)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{memory}: training must stop");
+        assert!(
+            stderr.contains("the GPU ran out of memory") && stderr.contains(advice) && stderr.contains("MiB in use"),
+            "{memory}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

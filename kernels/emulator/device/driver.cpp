@@ -12,7 +12,8 @@
 // a guard page (an access past its last 256-byte unit faults, and the fault names the kernel) and
 // starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows. The
 // device says it is compute capability 9.0, or what INFINITY_EMULATED_COMPUTE says ("7.5"), so the host's
-// handling of older and newer GPUs can be tried.
+// handling of older and newer GPUs can be tried; it has 16 GiB, or INFINITY_EMULATED_MEMORY ("64M"),
+// beyond which allocations fail as on a full GPU.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -55,7 +56,19 @@ namespace {
 
 // H200-like figures (sm_90), so the host code takes the tensor-core paths it takes there.
 constexpr int SMS = 132, OPTIN_SMEM = 232448, SMEM_PER_SM = 233472, DEFAULT_SMEM = 48 * 1024;
-constexpr size_t TOTAL_MEMORY = 16ull << 30;
+
+// Device memory: 16 GiB, or INFINITY_EMULATED_MEMORY ("64M", "2G", bytes), so running out can be tried.
+size_t total_memory() {
+    static const size_t total = [] {
+        const char* s = getenv("INFINITY_EMULATED_MEMORY");
+        if (!s) return (size_t)16 << 30;
+        char* unit = nullptr;
+        const double n = strtod(s, &unit);
+        const int shift = *unit == 'G' ? 30 : *unit == 'M' ? 20 : *unit == 'K' ? 10 : 0;
+        return (size_t)(n * (double)((size_t)1 << shift));
+    }();
+    return total;
+}
 
 struct Module {
     std::string ptx;
@@ -122,6 +135,10 @@ CUresult allocate(CUdeviceptr* out, size_t bytes) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const size_t body = (bytes + 255) / 256 * 256 + (bytes == 0 ? 256 : 0);
     const size_t span = (body + page - 1) / page * page + page;
+    {
+        std::lock_guard<std::mutex> g(device_lock);
+        if (bytes_in_use + span > total_memory()) return OUT_OF_MEMORY;  // as a full GPU says
+    }
     void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return OUT_OF_MEMORY;
     char* guard = (char*)base + span - page;
@@ -159,7 +176,7 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice) {
     snprintf(name, len, "Emulated CUDA device (kernels/emulator)");
     return SUCCESS;
 }
-CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) { return *bytes = TOTAL_MEMORY, SUCCESS; }
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) { return *bytes = total_memory(), SUCCESS; }
 CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
     switch (attribute) {
         case 1: *v = 1024; break;                   // max threads per block
@@ -205,8 +222,8 @@ CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
 }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(device_lock);
-    *total = TOTAL_MEMORY;
-    *free_bytes = TOTAL_MEMORY > bytes_in_use ? TOTAL_MEMORY - bytes_in_use : 0;
+    *total = total_memory();
+    *free_bytes = *total > bytes_in_use ? *total - bytes_in_use : 0;
     return SUCCESS;
 }
 

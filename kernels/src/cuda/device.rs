@@ -21,12 +21,35 @@ pub enum CudaError {
     Driver(String),
     #[error("not supported on this GPU: {0}")]
     Unsupported(String),
+    #[error("out of GPU memory ({0})")]
+    OutOfMemory(String),
 }
 
 impl From<cudarc::driver::DriverError> for CudaError {
     fn from(e: cudarc::driver::DriverError) -> Self {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return CudaError::OutOfMemory(memory_in_use());
+        }
         CudaError::Driver(format!("{e:?}"))
     }
+}
+
+/// "X of Y GiB in use" (MiB below 1 GiB) on the current device, as the driver says, or that it cannot say.
+pub fn memory_in_use() -> String {
+    match cudarc::driver::result::mem_get_info() {
+        Ok((free, total)) => {
+            let (unit, scale) = if total >= 1 << 30 { ("GiB", (1u64 << 30) as f64) } else { ("MiB", 1048576.0) };
+            format!("{:.2} of {:.2} {unit} in use", (total - free) as f64 / scale, total as f64 / scale)
+        }
+        Err(_) => "the driver does not say how much is in use".into(),
+    }
+}
+
+/// Whether `e` is the device running out of memory (as a [`CudaError`] or as cudarc's own error).
+pub fn out_of_memory(e: &(dyn std::error::Error + 'static)) -> bool {
+    use cudarc::driver::{sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY, DriverError};
+    matches!(e.downcast_ref::<CudaError>(), Some(CudaError::OutOfMemory(_)))
+        || e.downcast_ref::<DriverError>().is_some_and(|d| d.0 == CUDA_ERROR_OUT_OF_MEMORY)
 }
 
 pub struct Device {

@@ -24,7 +24,7 @@ use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
 use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
-use infinity_kernels::cuda::{Device, Math};
+use infinity_kernels::cuda::{CudaError, Device, Math};
 use infinity_kernels::rope::RopeTable;
 
 use crate::model::forward::scale_index;
@@ -61,7 +61,7 @@ impl<'a> Net<'a> {
 
     /// A zeroed device buffer of `n` values (for outputs that kernels add into).
     pub fn buf(&self, n: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1))?)
+        Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1)).map_err(CudaError::from)?)
     }
 
     /// A device buffer of `n` values for a kernel that writes every one of them (its `///` says
@@ -70,7 +70,7 @@ impl<'a> Net<'a> {
     pub fn out(&self, n: usize) -> Result<CudaSlice<f32>> {
         // SAFETY: every caller hands the buffer to a kernel (or GEMM with β = 0, or the bias rows then
         // GEMM) that writes all n values before anything reads them.
-        Ok(unsafe { self.dev.stream.alloc::<f32>(n.max(1)) }?)
+        Ok(unsafe { self.dev.stream.alloc::<f32>(n.max(1)) }.map_err(CudaError::from)?)
     }
 
     /// An activation of `n` values that only matmuls read: bf16 alone when the matmuls take bf16 (its
@@ -85,7 +85,7 @@ impl<'a> Net<'a> {
         Ok(if bf16 {
             // SAFETY: the producing kernel (modulate, bias + GELU, attention, …) writes all n values
             // before any read.
-            Act::Bf16(unsafe { self.dev.stream.alloc::<u16>(n.max(1)) }?)
+            Act::Bf16(unsafe { self.dev.stream.alloc::<u16>(n.max(1)) }.map_err(CudaError::from)?)
         } else {
             Act::F32(self.buf(n)?)
         })
@@ -169,9 +169,11 @@ impl GpuModel {
             true => "bf16 matmuls (run.precision = \"bf16\"; \"f32\" does without them)",
             false => "cuBLAS",
         })?;
-        let params = dev.stream.alloc_zeros::<f32>(lay.numel)?;
-        let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel)?) } else { None };
-        let grads = dev.stream.alloc_zeros::<f32>(lay.numel)?;
+        // (CudaError: an out-of-memory error says then how much was in use)
+        let params = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
+        let params16 =
+            if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel).map_err(CudaError::from)?) } else { None };
+        let grads = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
         Ok(GpuModel {
             dev,
             gemm,

@@ -42,7 +42,11 @@ impl Compute {
                         println!("device: cpu (run.device = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
                         return Ok(Compute::Cpu);
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        let advice = "the parameters, their gradients and AdamW's moments need a GPU with more \
+                                      memory, or a smaller model";
+                        return Err(out_of_memory_context(e, advice));
+                    }
                 };
                 m.recompute = run.recompute;
                 let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
@@ -61,7 +65,9 @@ impl Compute {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } => model.attach_optimizer(_opt),
+            Compute::Cuda { model, .. } => model.attach_optimizer(_opt).map_err(|e| {
+                out_of_memory_context(e, "AdamW's moments on the device need a GPU with more memory, or dist.zero1 = true (on the host, sharded)")
+            }),
         }
     }
 
@@ -111,7 +117,7 @@ impl Compute {
                     model.upload_params(params)?;
                     *fresh = model.has_optimizer();
                 }
-                model.step(inp, false)
+                model.step(inp, false).map_err(out_of_memory_hint)
             }
         }
     }
@@ -143,9 +149,11 @@ impl Compute {
             }
             (Compute::Cpu, Some(_)) => bail!("the CPU model self-corrects on the host"),
             #[cfg(feature = "cuda")]
-            (Compute::Cuda { model, .. }, Some((latents, bsc))) => model.step_latents(inp, latents, bsc, true),
+            (Compute::Cuda { model, .. }, Some((latents, bsc))) => {
+                model.step_latents(inp, latents, bsc, true).map_err(out_of_memory_hint)
+            }
             #[cfg(feature = "cuda")]
-            (Compute::Cuda { model, .. }, None) => model.step(inp, true),
+            (Compute::Cuda { model, .. }, None) => model.step(inp, true).map_err(out_of_memory_hint),
         }
     }
 
@@ -220,6 +228,26 @@ fn gpu_ordinal() -> Result<Option<usize>> {
     }
     #[cfg(not(feature = "cuda"))]
     Ok(None)
+}
+
+/// `e` from a step, with what to change when the GPU ran out of memory.
+#[cfg(feature = "cuda")]
+fn out_of_memory_hint(e: anyhow::Error) -> anyhow::Error {
+    out_of_memory_context(
+        e,
+        "a smaller data.micro_batch needs less (gradient accumulation keeps data.global_batch), and so does \
+         run.recompute = true (each block's activations recomputed in the backward)",
+    )
+}
+
+/// `e`, saying the GPU ran out of memory and `advice`, when it did (the error itself says how much was
+/// in use when the allocation failed).
+#[cfg(feature = "cuda")]
+fn out_of_memory_context(e: anyhow::Error, advice: &str) -> anyhow::Error {
+    if !e.chain().any(infinity_kernels::cuda::device::out_of_memory) {
+        return e;
+    }
+    e.context(format!("the GPU ran out of memory: {advice}"))
 }
 
 /// Whether `e` says the GPU itself cannot run the run (too old for NVRTC, no bf16 tensor cores), rather
