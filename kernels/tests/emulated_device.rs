@@ -154,8 +154,9 @@ fn a_kernel_past_its_shared_memory_stops_naming_it() {
 /// Set in the child process that plays an older or newer GPU: its compute capability.
 const COMPUTE_CHILD: &str = "INFINITY_EMULATED_COMPUTE";
 
-/// Not a test on its own: the child process of `older_and_newer_gpus_get_an_error_or_compatible_ptx`,
-/// on an emulated device of compute capability $INFINITY_EMULATED_COMPUTE. Prints what it saw.
+/// Not a test on its own: the child process of `older_and_newer_gpus_get_an_error_or_compatible_ptx`
+/// and `a_driver_older_than_nvrtc_is_named`, on an emulated device of compute capability
+/// $INFINITY_EMULATED_COMPUTE. Prints what it saw.
 #[test]
 #[ignore]
 fn gpu_of_another_generation() {
@@ -191,14 +192,7 @@ fn older_and_newer_gpus_get_an_error_or_compatible_ptx() {
         return println!("skipped: NVRTC does not list its targets");
     };
     let (oldest, newest) = (targets[0], targets[targets.len() - 1]);
-    let play = |cc: u32| {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "gpu_of_another_generation", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env(COMPUTE_CHILD, format!("{}.{}", cc / 10, cc % 10))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let play = |cc: u32| play_gpu(&[(COMPUTE_CHILD, format!("{}.{}", cc / 10, cc % 10))]);
     // newer than NVRTC: its newest target, and kernels run
     let future = play(newest + 10);
     assert!(future.contains(&format!("targeting compute_{newest}")), "a newer GPU: {future}");
@@ -213,9 +207,41 @@ fn older_and_newer_gpus_get_an_error_or_compatible_ptx() {
         let turing = play(75);
         assert!(turing.contains("GEMM bf16=false: ok"), "f32 matmuls before 8.0: {turing}");
         assert!(
-            turing.contains("GEMM bf16=true: not supported on this GPU: bf16 matmuls need")
-                && turing.contains("is 7.5"),
+            turing.contains("GEMM bf16=true: not supported here: bf16 matmuls need") && turing.contains("is 7.5"),
             "bf16 matmuls before 8.0: {turing}"
         );
     }
+}
+
+/// The stdout of `gpu_of_another_generation` run with `env`.
+fn play_gpu(env: &[(&str, String)]) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "gpu_of_another_generation", "--ignored", "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A driver older than NVRTC (pip's wheels follow the newest CUDA, cluster drivers lag) cannot load
+/// its PTX: the first kernel says so, naming both versions and what to install.
+#[test]
+fn a_driver_older_than_nvrtc_is_named() {
+    let Some(_) = emulated() else { return };
+    let Some((_, nvrtc)) = infinity_kernels::cuda::compile::nvrtc_targets() else {
+        return println!("skipped: NVRTC does not say its version");
+    };
+    if !nvrtc.starts_with("13.") {
+        return println!("skipped: the check is written for NVRTC 13 (here {nvrtc})");
+    }
+    let seen = play_gpu(&[(COMPUTE_CHILD, "9.0".into()), ("INFINITY_EMULATED_DRIVER", "12.2".into())]);
+    assert!(
+        seen.contains("KERNEL FAILED")
+            && seen.contains("CUDA 12.2")
+            && seen.contains(&format!("NVRTC {nvrtc}"))
+            && seen.contains("nvidia-cuda-nvrtc-cu12==12.2.*"),
+        "{seen}"
+    );
+    let current = play_gpu(&[(COMPUTE_CHILD, "9.0".into()), ("INFINITY_EMULATED_DRIVER", "13.0".into())]);
+    assert!(current.contains("KERNEL RAN"), "a driver as new as NVRTC loads its PTX: {current}");
 }

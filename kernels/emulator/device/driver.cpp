@@ -47,6 +47,7 @@ enum : CUresult {
     OUT_OF_MEMORY = 2,
     INVALID_DEVICE = 101,
     INVALID_IMAGE = 200,
+    UNSUPPORTED_PTX_VERSION = 222,
     NOT_FOUND = 500,
     NOT_READY = 600,
     NOT_SUPPORTED = 801,
@@ -167,7 +168,17 @@ CUresult release(CUdeviceptr p) {
 extern "C" {
 
 CUresult cuInit(unsigned) { return SUCCESS; }
-CUresult cuDriverGetVersion(int* v) { return *v = 13000, SUCCESS; }
+// The driver's CUDA version: 13.0, or INFINITY_EMULATED_DRIVER ("12.2"), so a driver older than NVRTC
+// can be tried (cuModuleLoadData then refuses PTX of a newer ISA, as a real one does).
+int driver_version() {
+    static const int version = [] {
+        int major = 13, minor = 0;
+        if (const char* v = getenv("INFINITY_EMULATED_DRIVER")) sscanf(v, "%d.%d", &major, &minor);
+        return 1000 * major + 10 * minor;
+    }();
+    return version;
+}
+CUresult cuDriverGetVersion(int* v) { return *v = driver_version(), SUCCESS; }
 CUresult cuDeviceGetCount(int* n) { return *n = emu_device::device_count(), SUCCESS; }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
     return ordinal >= 0 && ordinal < emu_device::device_count() ? (*d = ordinal, SUCCESS) : INVALID_DEVICE;
@@ -233,6 +244,7 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
         case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
         case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
         case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
+        case UNSUPPORTED_PTX_VERSION: *s = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"; break;
         case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
         case NOT_READY: *s = "CUDA_ERROR_NOT_READY"; break;
         default: *s = "CUDA_ERROR_UNKNOWN";
@@ -318,6 +330,13 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { return cuMemc
 CUresult cuModuleLoadData(CUmodule* m, const void* image) {
     const char* ptx = (const char*)image;
     if (!strstr(ptx, ".entry")) return fail(INVALID_IMAGE, "cuModuleLoadData: not PTX with kernels");
+    // PTX ISA x.y by CUDA version: 12.y writes 8.y, 13.y writes 9.y (close enough for the check)
+    int isa_major = 0, isa_minor = 0;
+    if (const char* v = strstr(ptx, ".version ")) sscanf(v + 9, "%d.%d", &isa_major, &isa_minor);
+    const int driver = driver_version(), newest = 10 * (driver / 1000 - 4) + driver % 1000 / 10;
+    if (10 * isa_major + isa_minor > newest)
+        return fail(UNSUPPORTED_PTX_VERSION, "cuModuleLoadData: PTX ISA " + std::to_string(isa_major) + "." +
+                                                 std::to_string(isa_minor) + " is newer than this driver's");
     return *m = new Module{ptx}, SUCCESS;
 }
 CUresult cuModuleUnload(CUmodule m) { return delete (Module*)m, SUCCESS; }

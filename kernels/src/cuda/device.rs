@@ -19,7 +19,7 @@ pub enum CudaError {
     Compile(#[from] CompileError),
     #[error("CUDA driver: {0}")]
     Driver(String),
-    #[error("not supported on this GPU: {0}")]
+    #[error("not supported here: {0}")]
     Unsupported(String),
     #[error("out of GPU memory ({0})")]
     OutOfMemory(String),
@@ -159,7 +159,7 @@ impl Device {
                 None => {
                     let defines = self.defines.lock().unwrap().get(file).cloned().unwrap_or_default();
                     let ptx = compile_ptx_with(file, self.arch, &defines)?;
-                    let module = self.ctx.load_module(ptx)?;
+                    let module = self.ctx.load_module(ptx).map_err(|e| module_error(file, e))?;
                     m.insert(file, module.clone());
                     module
                 }
@@ -169,6 +169,31 @@ impl Device {
         self.functions.lock().unwrap().insert((file, name.to_string()), f.clone());
         Ok(f)
     }
+}
+
+/// Why the driver would not load `file`'s PTX: a driver older than NVRTC is the usual reason (pip's
+/// NVRTC wheels follow the newest CUDA; cluster drivers lag), and says what to do.
+fn module_error(file: &str, e: cudarc::driver::DriverError) -> CudaError {
+    use cudarc::driver::sys::{cuDriverGetVersion, CUresult};
+    if e.0 != CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
+        return e.into();
+    }
+    let mut v = 0;
+    // SAFETY: the driver writes one int.
+    let driver = match unsafe { cuDriverGetVersion(&mut v) } {
+        CUresult::CUDA_SUCCESS => format!("{}.{}", v / 1000, v % 1000 / 10),
+        _ => "?".into(),
+    };
+    let nvrtc = super::compile::nvrtc_targets().map_or("?", |(_, version)| version.as_str());
+    let wheel = match driver.starts_with("12.") {
+        true => format!(" (`pip install \"nvidia-cuda-nvrtc-cu12=={driver}.*\"`)"),
+        false => String::new(),
+    };
+    CudaError::Unsupported(format!(
+        "the CUDA driver (CUDA {driver}) cannot load the PTX that NVRTC {nvrtc} made of kernels/cuda/{file}: \
+         the driver is older than NVRTC. Update the driver, or put an NVRTC of CUDA {driver} or older first \
+         on LD_LIBRARY_PATH{wheel}"
+    ))
 }
 
 /// 256-thread blocks covering `n` elements (capped: the kernels loop with a grid stride).
