@@ -168,17 +168,18 @@ CUresult release(CUdeviceptr p) {
 extern "C" {
 
 CUresult cuInit(unsigned) { return SUCCESS; }
-// The driver's CUDA version: 13.0, or INFINITY_EMULATED_DRIVER ("12.2"), so a driver older than NVRTC
-// can be tried (cuModuleLoadData then refuses PTX of a newer ISA, as a real one does).
+// The driver's CUDA version as INFINITY_EMULATED_DRIVER says ("12.2"), so a driver older than NVRTC can
+// be tried (cuModuleLoadData then refuses PTX of a newer ISA, as a real one does); 0 without it: a
+// driver as new as any NVRTC, which says 13.0.
 int driver_version() {
     static const int version = [] {
-        int major = 13, minor = 0;
+        int major = 0, minor = 0;
         if (const char* v = getenv("INFINITY_EMULATED_DRIVER")) sscanf(v, "%d.%d", &major, &minor);
         return 1000 * major + 10 * minor;
     }();
     return version;
 }
-CUresult cuDriverGetVersion(int* v) { return *v = driver_version(), SUCCESS; }
+CUresult cuDriverGetVersion(int* v) { return *v = driver_version() ? driver_version() : 13000, SUCCESS; }
 CUresult cuDeviceGetCount(int* n) { return *n = emu_device::device_count(), SUCCESS; }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
     return ordinal >= 0 && ordinal < emu_device::device_count() ? (*d = ordinal, SUCCESS) : INVALID_DEVICE;
@@ -334,7 +335,7 @@ CUresult cuModuleLoadData(CUmodule* m, const void* image) {
     int isa_major = 0, isa_minor = 0;
     if (const char* v = strstr(ptx, ".version ")) sscanf(v + 9, "%d.%d", &isa_major, &isa_minor);
     const int driver = driver_version(), newest = 10 * (driver / 1000 - 4) + driver % 1000 / 10;
-    if (10 * isa_major + isa_minor > newest)
+    if (driver && 10 * isa_major + isa_minor > newest)
         return fail(UNSUPPORTED_PTX_VERSION, "cuModuleLoadData: PTX ISA " + std::to_string(isa_major) + "." +
                                                  std::to_string(isa_minor) + " is newer than this driver's");
     return *m = new Module{ptx}, SUCCESS;
