@@ -20,7 +20,9 @@ fn devices() -> usize {
     CudaContext::device_count().map(|n| n as usize).unwrap_or(0)
 }
 
-/// Run `f` on `world` ranks, rank r on device r, each in its own thread.
+/// Run `f` on `world` ranks, rank r on device r, each in its own thread and on a stream of its own:
+/// tests run at once, and two groups whose collectives met on one device's default stream in opposite
+/// orders on two devices would wait on each other (a deadlock a GPU would have too).
 fn group<F, R>(world: usize, timeout: Duration, f: F) -> Vec<R>
 where
     F: Fn(NcclComm) -> R + Send + Sync + Copy + 'static,
@@ -34,7 +36,7 @@ where
             std::thread::spawn(move || {
                 let ctx = CudaContext::new(rank).unwrap();
                 let mut c = StoreClient::connect(&addr, "t", &format!("r{rank}"), Duration::from_secs(10)).unwrap();
-                f(NcclComm::connect(&mut c, "test", rank, world, ctx.default_stream(), timeout, false).unwrap())
+                f(NcclComm::connect(&mut c, "test", rank, world, ctx.new_stream().unwrap(), timeout, false).unwrap())
             })
         })
         .collect();

@@ -103,11 +103,18 @@ inline void enqueue(Stream* s, Step step) {
     s->queue.push_back(std::move(step));
 }
 
+// Whether `e`'s stream has finished the work queued before `e` was recorded, moving it on only that
+// far: work queued later is not waited for, and may itself wait on the caller's stream (a step of one
+// stream waiting on another that waits back would recurse without end).
 inline bool reached(const Event& e) {
     if (!e.stream) return true;
-    progress(e.stream);
     std::lock_guard<std::recursive_mutex> g(queue_lock);
-    return e.stream->finished >= e.position;
+    Stream* s = e.stream;
+    while (s->finished < e.position && !s->queue.empty() && s->queue.front()()) {
+        s->queue.pop_front();
+        ++s->finished;
+    }
+    return s->finished >= e.position;
 }
 
 }  // namespace emu_device
