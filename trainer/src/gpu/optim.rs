@@ -4,6 +4,7 @@
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
+use infinity_kernels::adamw::AdamWScalars;
 use infinity_kernels::cuda::ops::{adamw_dev, sum_squares_dev};
 
 use super::GpuModel;
@@ -25,6 +26,17 @@ impl GpuModel {
         let mask: Vec<u8> = opt.decay_mask().iter().map(|&d| d as u8).collect();
         self.optim =
             Some(DeviceAdamW { m: s.clone_htod(&opt.m)?, v: s.clone_htod(&opt.v)?, decay: s.clone_htod(&mask)? });
+        Ok(())
+    }
+
+    /// A fresh AdamW state (zero moments, made on the device) with `decay[i]` for parameter i: what a
+    /// benchmark times the update with, without a host copy of the moments.
+    pub fn attach_fresh_optimizer(&mut self, decay: &[bool]) -> Result<()> {
+        ensure!(decay.len() == self.lay.numel, "one decay flag per parameter");
+        let s = &self.dev.stream;
+        let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
+        let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
+        self.optim = Some(DeviceAdamW { m, v, decay: s.clone_htod(&mask)? });
         Ok(())
     }
 
@@ -69,8 +81,14 @@ impl GpuModel {
 
     /// One AdamW step on the device (`opt` counts the step and supplies the scalars).
     pub fn adamw_step(&mut self, opt: &mut AdamW, lr: f64) -> Result<()> {
+        self.adamw_update(opt.next_step_scalars(lr))
+    }
+
+    /// One AdamW update on the device with this step's `scalars` (the gradients' pending scale joins
+    /// them).
+    pub fn adamw_update(&mut self, scalars: AdamWScalars) -> Result<()> {
         let o = self.optim.as_mut().expect("attach_optimizer first");
-        let scalars = opt.next_step_scalars(lr).with_grad_scale(self.grad_scale);
+        let scalars = scalars.with_grad_scale(self.grad_scale);
         // the bf16 GEMMs' copy of the weights is written by the same pass
         adamw_dev(
             &self.dev,

@@ -203,15 +203,47 @@ fn time_cuda(
     }
     let secs = t.elapsed().as_secs_f64() / o.steps as f64;
     let used = cudarc::driver::result::mem_get_info().ok().map(|(free, total)| (total - free) as f64 / 1048576.0);
-    let profile = match o.profile {
-        true => {
-            m.device().start_profile();
-            m.step(inp, true)?;
-            Some(profile_table(&m.device().profile_report()?, secs))
-        }
-        false => None,
+    let mut extra = optimizer_line(&mut m, lay, o)?;
+    if o.profile {
+        m.device().start_profile();
+        m.step(inp, true)?;
+        extra.push_str(&profile_table(&m.device().profile_report()?, secs));
+    }
+    Ok((secs, used, Some(extra)))
+}
+
+/// The device optimizer's step after the timed ones (not in tokens/s or MFU, which count forward and
+/// backward): the gradients' global norm and the fused AdamW over every parameter, from fresh moments,
+/// with the bytes they move and the rate.
+#[cfg(feature = "cuda")]
+fn optimizer_line(m: &mut crate::gpu::GpuModel, lay: &Layout, o: &BenchOptions) -> Result<String> {
+    use infinity_kernels::adamw::AdamWScalars;
+    let mut decay = vec![false; lay.numel];
+    for s in &lay.specs {
+        decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
+    }
+    m.attach_fresh_optimizer(&decay)?;
+    let mut update = |t: u64| -> Result<()> {
+        m.clip_grads(1.0)?; // the norm comes back to the host: the stream is idle after it
+        m.adamw_update(AdamWScalars::new(1e-4, 0.9, 0.97, 1e-8, 0.05, t))?;
+        Ok(m.device().stream.synchronize()?)
     };
-    Ok((secs, used, profile))
+    update(1)?; // warm-up: compiles adamw.cu
+    let t = Instant::now();
+    for step in 0..o.steps {
+        update(2 + step as u64)?;
+    }
+    let secs = t.elapsed().as_secs_f64() / o.steps as f64;
+    // per parameter: the norm reads g; AdamW reads p, g, m, v and the decay flag, writes p, m, v (and
+    // the bf16 weights with bf16 matmuls)
+    let bytes = lay.numel as f64 * (4.0 + 16.0 + 1.0 + 12.0 + if o.bf16 { 2.0 } else { 0.0 });
+    Ok(format!(
+        "\ndevice optimizer step (global norm, clipping and fused AdamW over {} parameters; not in tokens/s): \
+         {:.3} ms, {:.0} GB/s\n",
+        lay.numel,
+        secs * 1e3,
+        bytes / secs / 1e9
+    ))
 }
 
 /// Where a step's GPU time goes: the kernels (and GEMM kinds) taking 0.5 % or more, largest first.
