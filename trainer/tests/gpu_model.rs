@@ -255,20 +255,28 @@ fn device_self_correction_matches_the_host_one() {
     assert!(rel <= 1e-5, "gradient of {name} differs by {rel:e}");
 }
 
+/// A folder with `small_data` in it, on the emulated device only (the tests that make it play another
+/// GPU through its environment variables); None, saying why, on a real GPU or without a device.
+fn emulated_with_data() -> Option<tempfile::TempDir> {
+    if !gpu_or_skip() {
+        return None;
+    }
+    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
+    if !name.starts_with("Emulated") {
+        println!("skipped: {name} is not the emulated device");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    small_data(tmp.path());
+    Some(tmp)
+}
+
 /// A GPU without bf16 tensor cores (compute capability 7.5, played by the emulated device): with
 /// `precision = "bf16"`, `device = "auto"` trains on the CPU and says why, and `device = "cuda"` stops
 /// with the reason and the way out. On a real GPU this says it skipped (it cannot play another one).
 #[test]
 fn a_gpu_without_bf16_tensor_cores_is_named_or_passed_over() {
-    if !gpu_or_skip() {
-        return;
-    }
-    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
-    if !name.starts_with("Emulated") {
-        return println!("skipped: {name} is not the emulated device");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    small_data(tmp.path());
+    let Some(tmp) = emulated_with_data() else { return };
     let run = |device: &str| {
         train_config(tmp.path(), device, (device, "bf16"), 100); // writes {device}.toml
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
@@ -299,15 +307,7 @@ fn a_gpu_without_bf16_tensor_cores_is_named_or_passed_over() {
 /// what to change: holding the model, or a step's activations. On a real GPU this says it skipped.
 #[test]
 fn running_out_of_gpu_memory_says_what_to_change() {
-    if !gpu_or_skip() {
-        return;
-    }
-    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
-    if !name.starts_with("Emulated") {
-        return println!("skipped: {name} is not the emulated device");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    small_data(tmp.path());
+    let Some(tmp) = emulated_with_data() else { return };
     train_config(tmp.path(), "oom", ("cuda", "f32"), 100); // writes oom.toml
     let path = tmp.path().join("oom.toml");
     // one micro-batch of 32 rows: the tiny model (about 2.3 MiB with AdamW's moments) fits in
