@@ -1,9 +1,10 @@
 // adamw.cu on the emulator, launched as kernels/src/cuda/ops.rs launches it: the fused AdamW step, the
 // squared global norm (f64 block partials, then one block summing them in order).
 //   adamw DIR N GRAD_SCALE
-// reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/decay.bin (u8 [N]) and DIR/scalars.bin (f32: step_size, beta1,
-// beta2, eps, bc2_sqrt, shrink; GRAD_SCALE the step's factor on g); writes DIR/{p,m,v}_out.bin (after one step), DIR/p16_out.bin (u16
-// [N]: the updated parameters' bf16 bits, written by the same step) and DIR/sumsq.bin (f64 [1]: Σ g²).
+// (GRAD_SCALE: the step's factor on g) reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/decay.bin (u8 [N]) and
+// DIR/scalars.bin (f32: step_size, beta1, beta2, eps, bc2_sqrt, shrink); writes DIR/{p,m,v}_out.bin
+// (after one step), DIR/p16_out.bin (u16 [N]: the updated parameters' bf16 bits, written by the same
+// step) and DIR/sumsq.bin (f64 [1]: Σ g²).
 #include <algorithm>
 
 #include "cuda_emulator.h"

@@ -13,7 +13,8 @@
 // starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows. The
 // device says it is compute capability 9.0, or what INFINITY_EMULATED_COMPUTE says ("7.5"), so the host's
 // handling of older and newer GPUs can be tried; it has 16 GiB, or INFINITY_EMULATED_MEMORY ("64M"),
-// beyond which allocations fail as on a full GPU.
+// beyond which allocations fail as on a full GPU; and INFINITY_EMULATED_DRIVER ("12.2") makes its
+// driver older than NVRTC, refusing PTX of a newer ISA.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
