@@ -23,7 +23,7 @@ pub fn layernorm_dev(
     eps: f32,
 ) -> Result<(), CudaError> {
     let ya = y.addr_mut(&dev.stream);
-    layernorm_launch(dev, "layernorm_forward_f32", (x, w, b), ya, (mean, rstd), (n, c), eps)
+    layernorm_launch(dev, "f32", (x, w, b), ya, (mean, rstd), (n, c), eps)
 }
 
 /// [`layernorm_dev`] into an activation: f32, or bf16 alone (a bf16 product's input).
@@ -38,15 +38,15 @@ pub fn layernorm_act(
     (n, c): (usize, usize),
     eps: f32,
 ) -> Result<(), CudaError> {
-    let kernel = if y.bf16_only() { "layernorm_forward_bf16" } else { "layernorm_forward_f32" };
+    let out = if y.bf16_only() { "bf16" } else { "f32" };
     let ya = y.out_addr(&dev.stream);
-    layernorm_launch(dev, kernel, (x, w, b), ya, (mean, rstd), (n, c), eps)
+    layernorm_launch(dev, out, (x, w, b), ya, (mean, rstd), (n, c), eps)
 }
 
-/// norm.cu's `layernorm_forward_{f32,bf16}` (`kernel`) with `y` at `y_addr`.
+/// norm.cu's `layernorm_forward{,4}_{out}` with `y` (in `out`: f32 or bf16) at `y_addr`.
 fn layernorm_launch(
     dev: &Device,
-    kernel: &str,
+    out: &str,
     (x, w, b): (&dyn Buf, Option<&dyn Buf>, Option<&dyn Buf>),
     y_addr: u64,
     (mean, rstd): (&mut dyn BufMut, &mut dyn BufMut),
@@ -57,10 +57,7 @@ fn layernorm_launch(
     let (xa, wa, ba) = (x.addr(s), addr_or_null(w, s), addr_or_null(b, s));
     let args = [Arg::Ptr(xa), Arg::Ptr(wa), Arg::Ptr(ba), Arg::Ptr(y_addr)];
     let args = [&args[..], &[dev.arg_mut(mean), dev.arg_mut(rstd), Arg::int(n), Arg::int(c), Arg::F32(eps)]].concat();
-    let (kernel, cfg) = match rows4(n, c, &[xa, wa, ba, y_addr]) {
-        Some((k, cfg)) => (kernel.replacen("_forward_", "_forward4_", 1) + "_" + k, cfg),
-        None => (kernel.to_string(), per_row(n, c)),
-    };
+    let (kernel, cfg) = norm_kernel("layernorm_forward", out, (n, c), &[xa, wa, ba, y_addr], true);
     // SAFETY: layernorm_forward{,4}_{f32,bf16}[_kK](x, w, b, y, mean, rstd, n, c, eps) over [n, c] rows;
     // rows4 checked the alignment.
     unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
@@ -83,10 +80,7 @@ pub fn layernorm_backward_dev(
     let (dya, xa, wa, dxa) = (dy.addr(s), x.addr(s), addr_or_null(w, s), dx.addr_mut(s));
     let args = [Arg::Ptr(dya), Arg::Ptr(xa), Arg::Ptr(wa), dev.arg(mean), dev.arg(rstd), Arg::Ptr(dxa)];
     let args = [&args[..], &[Arg::int(n), Arg::int(c)]].concat();
-    let (kernel, cfg) = match rows4(n, c, &[dya, xa, wa, dxa]) {
-        Some((k, cfg)) => (format!("layernorm_backward4_f32_{k}"), cfg),
-        None => ("layernorm_backward_f32".to_string(), per_row(n, c)),
-    };
+    let (kernel, cfg) = norm_kernel("layernorm_backward", "f32", (n, c), &[dya, xa, wa, dxa], true);
     // SAFETY: layernorm_backward{,4}_f32[_kK](dy, x, w, mean, rstd, dx, n, c); rows4 checked the
     // alignment.
     unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }?;
@@ -190,13 +184,21 @@ pub fn modulated_layernorm_dev(
     let (xa, sca, sha, ya) = (x.addr(s), scale.addr(s), shift.addr(s), y.out_addr(s));
     let args = [Arg::Ptr(xa), Arg::Ptr(sca), Arg::Ptr(sha), Arg::Ptr(ya), dev.arg_mut(mean), dev.arg_mut(rstd)];
     let args = [&args[..], &[Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps), Arg::F32(eps)]].concat();
-    let (kernel, cfg) = match rows4(n, sh.c, &[xa, sca, sha, ya]).filter(|_| sh.ps.is_multiple_of(4)) {
-        Some((k, cfg)) => (format!("modulated_layernorm_forward4_{out}_{k}"), cfg),
-        None => (format!("modulated_layernorm_forward_{out}"), per_row(n, sh.c)),
-    };
+    let addrs = [xa, sca, sha, ya];
+    let (kernel, cfg) = norm_kernel("modulated_layernorm_forward", out, (n, sh.c), &addrs, sh.ps.is_multiple_of(4));
     // SAFETY: modulated_layernorm_forward{,4}_{f32,bf16}[_kK](x, scale, shift, y, mean, rstd, n, l, c, ps,
     // eps) over [n, c] rows; scale and shift hold B rows ps apart; rows4 checked the alignment.
     unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
+}
+
+/// norm.cu's kernel `{stem}4_{out}_kK` with its launch where [`rows4`] applies (and `fits`: what else
+/// the caller's operands need, such as 16-byte-aligned modulation rows), else `{stem}_{out}`, a row
+/// per block ([`per_row`]).
+fn norm_kernel(stem: &str, out: &str, (n, c): (usize, usize), addrs: &[u64], fits: bool) -> (String, LaunchConfig) {
+    match rows4(n, c, addrs).filter(|_| fits) {
+        Some((k, cfg)) => (format!("{stem}4_{out}_{k}"), cfg),
+        None => (format!("{stem}_{out}"), per_row(n, c)),
+    }
 }
 
 /// norm.cu's row-in-registers kernels (`*4_kK`) for `n` rows of width `c`: the name's `kK` and the
@@ -240,10 +242,8 @@ pub fn modulated_layernorm_backward_dev(
     let (dya, xa, sca, dra, dxa) = (dy.addr(s), x.addr(s), scale.addr(s), addr_or_null(dres, s), dx.addr_mut(s));
     let args = [Arg::Ptr(dya), Arg::Ptr(xa), Arg::Ptr(sca), dev.arg(mean), dev.arg(rstd), Arg::Ptr(dra)];
     let args = [&args[..], &[Arg::Ptr(dxa), Arg::int(n), Arg::int(sh.l), Arg::int(sh.c), Arg::int(sh.ps)]].concat();
-    let (kernel, cfg) = match rows4(n, sh.c, &[dya, xa, sca, dra, dxa]).filter(|_| sh.ps.is_multiple_of(4)) {
-        Some((k, cfg)) => (format!("modulated_layernorm_backward4_f32_{k}"), cfg),
-        None => ("modulated_layernorm_backward_f32".to_string(), per_row(n, sh.c)),
-    };
+    let addrs = [dya, xa, sca, dra, dxa];
+    let (kernel, cfg) = norm_kernel("modulated_layernorm_backward", "f32", (n, sh.c), &addrs, sh.ps.is_multiple_of(4));
     // SAFETY: modulated_layernorm_backward{,4}_f32[_kK](dy, x, scale, mean, rstd, dres, dx, n, l, c, ps)
     // over [n, c] rows; scale holds B rows ps apart; rows4 checked the alignment (dres null: 0).
     unsafe { dev.launch("norm.cu", &kernel, cfg, &args) }
