@@ -63,7 +63,7 @@ fn linear_bwd<'a>(
         Dx::F32(dx) => net.with_weight(&weight, |w| Ok(input_grad(gemm, dev, dy, w, dx, (n, fin, fout))?))?,
         Dx::Act(dx) => net.with_weight(&weight, |w| Ok(input_grad_act(gemm, dev, dy, w, dx, (n, fin, fout))?))?,
     }
-    weight_grad(gemm, dev, dy, x, &mut g(net, grads, &format!("{prefix}.weight")), (n, fin, fout))?;
+    weight_grad(gemm, dev, dy, x, &mut g(net, grads, &weight), (n, fin, fout))?;
     if bias {
         bias_grad(dev, dy, &mut g(net, grads, &format!("{prefix}.bias")), n, fout)?;
     }
