@@ -334,7 +334,13 @@ fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
         dev.stream.alloc_zeros::<f32>(n * c).unwrap(),
         dev.stream.alloc_zeros::<f32>(n * dims.heads).unwrap(),
     );
-    for (math, label) in [(Math::F32, "f32"), (Math::Bf16, "bf16 tensor cores")] {
+    let runs = [
+        (Math::F32, "f32 register tiles", false),
+        (Math::F32, "f32 attention.cu", true),
+        (Math::Bf16, "bf16 tensor cores", false),
+    ];
+    for (math, label, untiled) in runs {
+        dev.set_untiled_attention(untiled);
         let o = if math == Math::Bf16 { &mut o16 } else { &mut o32 };
         let ms =
             time_ms(dev, sh.iters(10), || attention_forward_dev(dev, &q, &k, &v, o, &mut lse, &r, dims, math).unwrap());

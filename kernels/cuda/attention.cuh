@@ -33,3 +33,6 @@ __device__ __forceinline__ int2 union_range(const int* start, const int* count, 
     const int2 out = range;
     return out;
 }
+
+// Tiles of `rows` rows covering [span.x, span.y).
+__device__ __forceinline__ int tile_count(int2 span, int rows) { return span.y > span.x ? (span.y - span.x + rows - 1) / rows : 0; }

@@ -107,25 +107,6 @@ __device__ __forceinline__ void load_rows(bf16* dst, const bf16* const (&src)[N]
         for (int m = 0; m < N; ++m) cp_async16(to + m * T64 * (C + 8), src[m] + (left > 0 ? from : 0), left > 0);
 }
 
-// Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (cp.async only) into
-// `stage` = i & 1, use(i, stage) runs once they have landed, while tile i + 1 is in flight. Copies
-// committed before the call land by the first use. One barrier per tile: after it, tile i is visible
-// to every thread and every warp is done with tile i − 1, so tile i + 1 may overwrite its stage.
-// Every thread of the block calls this.
-template <class Issue, class Use>
-__device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
-    if (n > 0) issue(0, 0);
-    cp_async_commit();
-    for (int i = 0; i < n; ++i) {
-        cp_async_wait<0>();  // tile i (nothing newer is in flight yet)
-        __syncthreads();
-        if (i + 1 < n) issue(i + 1, (i + 1) & 1);
-        cp_async_commit();
-        use(i, i & 1);
-    }
-    cp_async_wait<0>();  // nothing in flight when the block exits (copies issued before a 0-tile stream)
-}
-
 // Starts copying key rows [first, first + 64) of K and V into stage `st` of kv [2][K, V][64][C + 8].
 template <int C>
 __device__ __forceinline__ void load_kv(bf16* kv, const bf16* k, const bf16* v, long first, long end, int st, int w,
@@ -160,8 +141,6 @@ __device__ __forceinline__ void mask_keys(float (&s)[T64 / 8][4], const int (&lo
 __device__ __forceinline__ void store_pair(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 __device__ __forceinline__ void store_pair(bf16* p, float a, float b) { *reinterpret_cast<unsigned*>(p) = pack2(a, b); }
 
-// Tiles of 64 rows covering [span.x, span.y).
-__device__ __forceinline__ int tile_count(int2 span) { return span.y > span.x ? (span.y - span.x + T64 - 1) / T64 : 0; }
 
 // ---- forward: grid (ceil(Nq / 64), H); o (f32 or bf16: Out), lse written ----
 template <int C, class Out>
@@ -201,7 +180,7 @@ __device__ __forceinline__ void forward(const bf16* __restrict__ q, const bf16* 
 
     const int end = min(span.y, nkeys);
     auto issue = [&](int i, int st) { load_kv<C>(kv, k, v, span.x + i * T64, end, st, w, hc); };
-    stream_tiles(tile_count(span), issue, [&](int i, int st) {
+    stream_tiles(tile_count(span, T64), issue, [&](int i, int st) {
         const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
         const int t0 = span.x + i * T64;
         if (!warp_sees(lo, hi, t0)) return;  // none of this warp's rows sees this tile
@@ -310,7 +289,7 @@ __device__ __forceinline__ void backward_dq(const bf16* __restrict__ q, const bf
 
     const int end = min(span.y, nkeys);
     auto issue = [&](int i, int st) { load_kv<C>(kv, k, v, span.x + i * T64, end, st, w, hc); };
-    stream_tiles(tile_count(span), issue, [&](int i, int st) {
+    stream_tiles(tile_count(span, T64), issue, [&](int i, int st) {
         const bf16 *ks = kv + (2 * st) * T64 * CP, *vs = ks + T64 * CP;
         const int t0 = span.x + i * T64;
         if (!warp_sees(lo, hi, t0)) return;
@@ -410,7 +389,7 @@ __device__ __forceinline__ void backward_dkdv(const bf16* __restrict__ q, const 
             cp_async4(bounds + (2 * st + 1) * T64 + j, nk + (ok ? r : 0), ok);
         }
     };
-    stream_tiles(tile_count(span), issue, [&](int, int st) {
+    stream_tiles(tile_count(span, T64), issue, [&](int, int st) {
         const bf16 *qs = qdo + (2 * st) * T64 * CP, *dos = qs + T64 * CP;
         const float *lse_s = stats + (2 * st) * T64, *delta_s = lse_s + T64;
         const int *lo_s = bounds + (2 * st) * T64, *n_s = lo_s + T64;

@@ -1,5 +1,6 @@
 // Tensor-core helpers of the `*_bf16.cu` kernels: bf16 rounding, m16n8k16 mma.sync and its fragments,
-// ldmatrix, cp.async (sm_80+). Included through NVRTC's include path, like common.cuh.
+// ldmatrix; and cp.async with its two-stage tile stream (sm_80+; attention_tiled.cu's f32 kernels use
+// those and ex2). Included through NVRTC's include path, like common.cuh.
 //
 // Fragments of m16n8k16 (g = lane / 4, t = lane % 4): A (16×16, row) holds (g, 2t..2t+1),
 // (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..); B (16×8, col) holds (k = 2t..2t+1, n = g) and
@@ -117,4 +118,23 @@ __device__ __forceinline__ void ldsm_bt2(unsigned (&b)[4], const bf16* y, int ld
 __device__ __forceinline__ void ldsm_b2(unsigned (&b)[4], const bf16* y, int ld, int k0, int n0) {
     const int lane = threadIdx.x & 31;
     ldsm_x4_trans(b, y + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8);
+}
+
+// Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (cp.async only) into
+// `stage` = i & 1, use(i, stage) runs once they have landed, while tile i + 1 is in flight. Copies
+// committed before the call land by the first use. One barrier per tile: after it, tile i is visible
+// to every thread and every warp is done with tile i − 1, so tile i + 1 may overwrite its stage.
+// Every thread of the block calls this.
+template <class Issue, class Use>
+__device__ __forceinline__ void stream_tiles(int n, Issue issue, Use use) {
+    if (n > 0) issue(0, 0);
+    cp_async_commit();
+    for (int i = 0; i < n; ++i) {
+        cp_async_wait<0>();  // tile i (nothing newer is in flight yet)
+        __syncthreads();
+        if (i + 1 < n) issue(i + 1, (i + 1) & 1);
+        cp_async_commit();
+        use(i, i & 1);
+    }
+    cp_async_wait<0>();  // nothing in flight when the block exits (copies issued before a 0-tile stream)
 }

@@ -1,4 +1,5 @@
-// One attention case for the attention drivers (attention_bf16.cpp, attention_f32.cpp):
+// One attention case for the attention drivers (attention_bf16.cpp, attention_f32.cpp,
+// attention_tiled.cpp):
 //   DRIVER DIR NQ NK HEADS C SCALE
 // reads DIR/{q,k,v,do,o,lse}.bin (f32) and DIR/{k0,nk,q0,nqk}.bin (i32: attention::expand_segments);
 // `write` stores DIR/{o_out,lse_out,dq,delta,dk,dv}.bin. The backward reads the given o and lse (the

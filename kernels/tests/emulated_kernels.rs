@@ -165,31 +165,44 @@ fn bf16_attention_kernels_match_their_cpu_twin_on_the_emulator() {
     }
 }
 
-/// attention.cu (the f32 kernels: head dims up to 128 and the wide ones up to 256) on the same kinds of
-/// segments plus the attention pool (one query per sample), with the GPU test's 1e-5 / 1e-4 bounds.
-#[test]
-fn f32_attention_kernels_match_their_cpu_twin_on_the_emulator() {
-    let Some(exe) = build("attention.cu", "attention_f32") else { return };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(32);
-    let per_scale = [1usize, 4, 16, 36];
+/// The f32 attention driver `exe` on block-causal self-attention over two samples of `per_scale`,
+/// cross-attention to ragged text and the attention pool (one query per sample), head dims `dims`,
+/// with the GPU test's 1e-5 / 1e-4 bounds.
+fn f32_attention_cases(exe: &Path, seed: u64, kernels: &str, per_scale: &[usize], dims: &[(usize, usize)]) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let l: usize = per_scale.iter().sum();
     let uniform = |rng: &mut dyn rand::RngCore, n: usize, scale: f32| -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-scale..scale)).collect()
     };
-    for (heads, c) in [(3, 32), (1, 128), (1, 224)] {
+    for &(heads, c) in dims {
         let cross = 1.0 / (c as f64).sqrt();
         let pool = vec![Segment { q0: 0, nq: 1, k0: 0, nk: 5 }, Segment { q0: 1, nq: 1, k0: 5, nk: 9 }];
-        let [(_, self_segs, _), (_, cross_segs, nt)] = self_and_cross(&per_scale, [5, 9]);
+        let [(_, self_segs, _), (_, cross_segs, nt)] = self_and_cross(per_scale, [5, 9]);
         for (name, segs, nq, nk, scale) in [
             ("self", self_segs, 2 * l, 2 * l, 1.0),
             ("cross", cross_segs, 2 * l, nt, cross),
             ("pool", pool, 2, nt, cross),
         ] {
             let dims = AttnDims { heads, head_dim: c, scale };
-            let tag = format!("emulated f32 {name} attention L={l} H={heads} c={c}");
-            attention_case(&exe, &mut rng, &tag, &segs, (nq, nk), dims, uniform, (1e-5, 1e-5, 1e-4));
+            let tag = format!("emulated {kernels} {name} attention L={l} H={heads} c={c}");
+            attention_case(exe, &mut rng, &tag, &segs, (nq, nk), dims, uniform, (1e-5, 1e-5, 1e-4));
         }
     }
+}
+
+/// attention.cu (the f32 kernels of any head dim up to 128, and the wide ones up to 256).
+#[test]
+fn f32_attention_kernels_match_their_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("attention.cu", "attention_f32") else { return };
+    f32_attention_cases(&exe, 32, "f32", &[1, 4, 16, 36], &[(3, 32), (1, 128), (1, 224)]);
+}
+
+/// attention_tiled.cu (the register-tiled f32 kernels, head dims 32, 64 and 128): 242 rows, so four
+/// 64-row blocks (the last one partial) and eight 32-row tiles, with rows that see some of a tile.
+#[test]
+fn tiled_f32_attention_kernels_match_their_cpu_twin_on_the_emulator() {
+    let Some(exe) = build("attention_tiled.cu", "attention_tiled") else { return };
+    f32_attention_cases(&exe, 33, "tiled f32", &[1, 4, 16, 36, 64], &[(3, 32), (2, 64), (1, 128)]);
 }
 
 /// One shape of a fused head + bitwise CE driver (`exe`) against the CPU twin (linear, bitwise CE,

@@ -1,7 +1,9 @@
 //! Attention over segments on the device (twin of `attention`), flash-style: the host expands the
 //! segments into a key range per query row and a query range per key row once per schedule
 //! ([`AttnRanges`]); forward, dq and dk/dv kernels stream tiles through shared memory, in f32 on CUDA
-//! cores (attention.cu) or on tensor cores with bf16 inputs (attention_bf16.cu), see [`Math`].
+//! cores or on tensor cores with bf16 inputs (attention_bf16.cu), see [`Math`]. The f32 kernels are
+//! register-tiled (attention_tiled.cu) for head dims 32, 64 and 128 on sm_80+, and attention.cu's
+//! (any head dim up to 256, any GPU) otherwise.
 //! Also the cosine-attention normalisation of q and k (twin of `normalize_heads_*`).
 
 use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
@@ -28,6 +30,32 @@ fn bf16_smem(c: usize) -> [usize; 3] {
     [4 * rows, 6 * rows, 6 * rows + 2 * 4 * 64 * 4]
 }
 
+/// Dynamic shared memory of attention_tiled.cu's (forward, dq, dk/dv) kernels for head dim `c`.
+fn tiled_smem(c: usize) -> [usize; 3] {
+    let row = (c + 4) * 4; // an f32 row padded to c + 4
+                           // Q and two stages of K, V (32 rows); Q, dO and two stages of K, V; K, V, two stages of Q, dO and
+                           // of four f32/i32 values per query
+    [(64 + 4 * 32) * row, (2 * 64 + 4 * 32) * row, (2 * 64 + 4 * 32) * row + 2 * 4 * 32 * 4]
+}
+
+/// Whether the device can run a family of 64-row attention kernels with `smem` bytes of dynamic
+/// shared memory: sm_80 or later (cp.async) and the shared memory within the opt-in limit.
+fn tile_kernels_fit(dev: &Device, smem: [usize; 3]) -> Result<bool, CudaError> {
+    let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+    Ok(dev.compute >= (8, 0) && smem.iter().all(|&b| b + STATIC_SMEM <= optin))
+}
+
+/// `Some(c)` when attention_tiled.cu's f32 kernels for head dim `c` (32, 64 or 128) can run on `dev`
+/// with buffers at `addrs` (16-byte aligned: they are copied and read 16 bytes at a time).
+fn tiled_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<Option<usize>, CudaError> {
+    let c = dims.head_dim;
+    if math != Math::F32 || dev.untiled_attention() || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0)
+    {
+        return Ok(None);
+    }
+    Ok(tile_kernels_fit(dev, tiled_smem(c))?.then_some(c))
+}
+
 /// `Some(c)` when attention_bf16.cu's kernels (head dims 32, 64 and 128, sm_80 or later with the shared
 /// memory, 16-byte-aligned buffers) for head dim `c` can run on `dev` with buffers at `addrs`.
 fn tensor_core_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<Option<usize>, CudaError> {
@@ -35,8 +63,7 @@ fn tensor_core_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> R
     if math == Math::F32 || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0) {
         return Ok(None);
     }
-    let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
-    Ok((dev.compute >= (8, 0) && bf16_smem(c).iter().all(|&b| b + STATIC_SMEM <= optin)).then_some(c))
+    Ok(tile_kernels_fit(dev, bf16_smem(c))?.then_some(c))
 }
 
 /// Whether `math` runs on attention_bf16.cu's tensor-core kernels for `dims` on `dev` (given
@@ -45,8 +72,9 @@ pub fn runs_on_tensor_cores(dev: &Device, dims: AttnDims, math: Math) -> Result<
     Ok(tensor_core_dim(dev, dims, math, &[])?.is_some())
 }
 
-/// 128 threads over blocks of 64 rows, `bytes` of shared memory (opted into above 48 KiB).
-fn bf16_config(f: &CudaFunction, rows: usize, heads: usize, bytes: usize) -> Result<LaunchConfig, CudaError> {
+/// 128 threads over blocks of 64 rows (attention_bf16.cu and attention_tiled.cu), `bytes` of shared
+/// memory (opted into above 48 KiB).
+fn tile_config(f: &CudaFunction, rows: usize, heads: usize, bytes: usize) -> Result<LaunchConfig, CudaError> {
     if bytes + STATIC_SMEM > 48 * 1024 {
         f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
     }
@@ -191,7 +219,7 @@ pub fn attention_forward_dev(
         let ((q16, _q), (k16, _k), (v16, _v)) = (bf16_of(dev, q)?, bf16_of(dev, k)?, bf16_of(dev, v)?);
         tile_aligned(&[q16, k16, v16]);
         let name = format!("attention_forward_bf16_{}c{c}", if o16 { "o16_" } else { "" });
-        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
+        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
         let args = [p(q16), p(k16), p(v16), p(oa), p(la), k0, nk];
         // SAFETY: argument list as declared in attention_bf16.cu; ranges lie inside K and V (checked on
         // the host); the bf16 inputs and o are 16-byte aligned (checked above).
@@ -200,10 +228,19 @@ pub fn attention_forward_dev(
     if o16 || [q, k, v].iter().any(|x| x.bf16_only()) {
         return Err(bf16_needs_tensor_cores(dims));
     }
+    let (qa, ka, va) = (q.addr(s), k.addr(s), v.addr(s));
+    if let Some(c) = tiled_dim(dev, dims, math, &[qa, ka, va, oa])? {
+        let name = format!("attention_forward_tiled_c{c}");
+        let cfg = tile_config(&dev.function("attention_tiled.cu", &name)?, r.nq, dims.heads, tiled_smem(c)[0])?;
+        let args = [p(qa), p(ka), p(va), p(oa), p(la), k0, nk];
+        // SAFETY: argument list as declared in attention_tiled.cu; ranges lie inside K and V (checked on
+        // the host); q, k, v and o are 16-byte aligned (checked above).
+        return unsafe { dev.launch("attention_tiled.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
+    }
     let t = tiles(dims)?;
     let name = format!("attention_forward_{}", t.suffix);
     let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
-    let args = [p(q.addr(s)), p(k.addr(s)), p(v.addr(s)), p(oa), p(la), k0, nk];
+    let args = [p(qa), p(ka), p(va), p(oa), p(la), k0, nk];
     // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
     unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
 }
@@ -245,13 +282,13 @@ pub fn attention_backward_dev(
         assert!(o16 % 4 == 0, "attention: O's bf16 values are read in pairs");
         let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
         let name = format!("attention_backward_dq_bf16_c{c}");
-        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
+        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
         let args = [p(q16), p(k16), p(v16), p(o16), p(do16), p(la), k0, nk, p(dqa), p(da)];
         // SAFETY: argument list as declared in attention_bf16.cu; the bf16 inputs and the f32 buffers
         // are 16-byte aligned (checked above).
         unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
         let name = format!("attention_backward_dkdv_bf16_c{c}");
-        let cfg = bf16_config(&dev.function("attention_bf16.cu", &name)?, r.nkeys, dims.heads, dkdv_bytes)?;
+        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nkeys, dims.heads, dkdv_bytes)?;
         let args = [p(q16), p(k16), p(v16), p(do16), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
         // SAFETY: as above; delta was written by the dq kernel.
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
@@ -259,18 +296,37 @@ pub fn attention_backward_dev(
     if [q, k, v, o, d_o].iter().any(|x| x.bf16_only()) {
         return Err(bf16_needs_tensor_cores(dims));
     }
-    let t = tiles(dims)?;
     let (qa, ka, va, oa, doa) = (q.addr(s), k.addr(s), v.addr(s), o.addr(s), d_o.addr(s));
-    let name = format!("attention_backward_dq_{}", t.suffix);
-    let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?;
+    let (file, [dq_name, dkdv_name], [dq_cfg, dkdv_cfg]) =
+        match tiled_dim(dev, dims, math, &[qa, ka, va, oa, doa, dqa, dka, dva])? {
+            Some(c) => {
+                let names = ["dq", "dkdv"].map(|part| format!("attention_backward_{part}_tiled_c{c}"));
+                let [_, dq_bytes, dkdv_bytes] = tiled_smem(c);
+                let f = |name: &str| dev.function("attention_tiled.cu", name);
+                let cfgs = [
+                    tile_config(&f(&names[0])?, r.nq, dims.heads, dq_bytes)?,
+                    tile_config(&f(&names[1])?, r.nkeys, dims.heads, dkdv_bytes)?,
+                ];
+                ("attention_tiled.cu", names, cfgs)
+            }
+            None => {
+                let t = tiles(dims)?;
+                let names = ["dq", "dkdv"].map(|part| format!("attention_backward_{part}_{}", t.suffix));
+                let f = |name: &str| dev.function("attention.cu", name);
+                let cfgs = [
+                    config(&f(&names[0])?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?,
+                    config(&f(&names[1])?, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?,
+                ];
+                ("attention.cu", names, cfgs)
+            }
+        };
     let args = [p(qa), p(ka), p(va), p(oa), p(doa), p(la), k0, nk, p(dqa), p(da)];
-    // SAFETY: argument list as declared in attention.cu.
-    unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
-    let name = format!("attention_backward_dkdv_{}", t.suffix);
-    let cfg = config(&dev.function("attention.cu", &name)?, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?;
+    // SAFETY: argument list as declared in attention.cu and attention_tiled.cu (the tiled kernels' buffers
+    // are 16-byte aligned, checked above).
+    unsafe { dev.launch(file, &dq_name, dq_cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
     let args = [p(qa), p(ka), p(va), p(doa), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
-    // SAFETY: argument list as declared in attention.cu; delta was written by the dq kernel above.
-    unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
+    // SAFETY: as above; delta was written by the dq kernel.
+    unsafe { dev.launch(file, &dkdv_name, dkdv_cfg, &[&args[..], &scalars(r, dims)].concat()) }
 }
 
 fn bf16_needs_tensor_cores(dims: AttnDims) -> CudaError {

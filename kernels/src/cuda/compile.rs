@@ -12,6 +12,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("adaln.cu", include_str!("../../cuda/adaln.cu")),
     ("attention.cu", include_str!("../../cuda/attention.cu")),
     ("attention_bf16.cu", include_str!("../../cuda/attention_bf16.cu")),
+    ("attention_tiled.cu", include_str!("../../cuda/attention_tiled.cu")),
     ("bitwise_ce.cu", include_str!("../../cuda/bitwise_ce.cu")),
     ("bsq.cu", include_str!("../../cuda/bsq.cu")),
     ("embedding.cu", include_str!("../../cuda/embedding.cu")),

@@ -68,6 +68,8 @@ pub struct Device {
     defines: Mutex<HashMap<&'static str, Vec<String>>>,
     /// While profiling: a pair of CUDA events around each launch and GEMM, by name (see [`Device::timed`]).
     profile: Mutex<Option<Vec<(String, CudaEvent, CudaEvent)>>>,
+    /// f32 attention on attention.cu's kernels for every head dim (see [`Device::set_untiled_attention`]).
+    untiled_attention: std::sync::atomic::AtomicBool,
 }
 
 /// GPU time of one kernel (or GEMM kind) over a profiled stretch.
@@ -98,7 +100,8 @@ impl Device {
         let name = ctx.name()?;
         let stream = ctx.default_stream();
         let (modules, functions, profile) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Ok(Device { ctx, stream, compute, arch, name, modules, functions, defines: Mutex::default(), profile })
+        let (defines, untiled_attention) = (Mutex::default(), Default::default());
+        Ok(Device { ctx, stream, compute, arch, name, modules, functions, defines, profile, untiled_attention })
     }
 
     /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,
@@ -136,6 +139,17 @@ impl Device {
             v.push((name.to_string(), a, b));
         }
         Ok(r)
+    }
+
+    /// f32 attention on attention.cu's kernels (any head dim) instead of attention_tiled.cu's register-tiled
+    /// ones where those apply: for benchmarks comparing the two, and for debugging.
+    pub fn set_untiled_attention(&self, on: bool) {
+        self.untiled_attention.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Device::set_untiled_attention`] is on.
+    pub fn untiled_attention(&self) -> bool {
+        self.untiled_attention.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Compile `file` with these preprocessor definitions (`NAME=VALUE`) from now on: its tuning knobs,

@@ -29,7 +29,7 @@ enum Command {
     /// Compare the model or bitwise self-correction with reference golden folders.
     #[command(subcommand)]
     Golden(golden::GoldenCommand),
-    /// Train a model (CPU for now) from a TOML config.
+    /// Train a model from a TOML config (on the CPU, or a CUDA GPU with `run.device`).
     Train(train::TrainArgs),
     /// Start and supervise data-parallel ranks on this node (torchrun-like): `launch -- train CONFIG`.
     Launch(infinity_launcher::agent::LaunchArgs),
@@ -44,7 +44,7 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Fit scaling laws over a folder of runs; write tables and plots.
     Scaling(sweep::ScalingArgs),
-    /// Model sizes, FLOPs and CPU throughput.
+    /// Model sizes, FLOPs and training throughput (CPU, or GPU with `--device cuda`).
     #[command(subcommand)]
     Model(model::ModelCommand),
 }
