@@ -137,3 +137,70 @@ fn sample_a_class_model_by_name() {
     assert!(err(&["sample", path_str(&ckpt), "--class", "99"]).contains("classes 0..23"));
     assert!(err(&["sample", path_str(&ckpt), "--caption", "a red circle"]).contains("class-conditioned"));
 }
+
+/// The run folder across sessions: a fresh start refuses a folder that holds a run; a finished run
+/// resubmitted with `--resume auto` keeps its summary; a resume after a crash drops what the crashed
+/// session logged past its checkpoint (metrics.jsonl, and TensorBoard through a session restart), so
+/// every step appears once, with the uninterrupted run's values.
+#[test]
+fn a_run_folder_across_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&synth));
+    write_config(&cfg, &data, &run, "class");
+    let four = ["--set", "run.steps=4", "--set", "checkpoint.every=2", "--set", "checkpoint.keep_last=2"];
+    assert!(infinity(&[&["train", path_str(&cfg)][..], &four[..]].concat()));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+
+    let again = err(&[&["train", path_str(&cfg)][..], &four[..]].concat());
+    assert!(
+        again.contains("already holds a run (checkpoints up to step 4)") && again.contains("--resume auto"),
+        "{again}"
+    );
+
+    // resubmitted after it finished: nothing to train, the summary stays
+    assert!(infinity(&[&["train", path_str(&cfg), "--resume", "auto"][..], &four[..]].concat()));
+    assert_eq!(std::fs::read_to_string(run.join("summary.json")).unwrap(), summary);
+
+    // a crash after step 4 but before its checkpoint landed: resume from step 2
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000004")).unwrap();
+    assert!(infinity(&[&["train", path_str(&cfg), "--resume", "auto"][..], &four[..]].concat()));
+    let resumed = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let losses = |text: &str| -> Vec<(u64, f64)> {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    assert_eq!(losses(&resumed), losses(&metrics), "each step once, as the uninterrupted run logged it");
+    let out = python(&[&"tools/read_tensorboard.py", &run.join("tb")]);
+    // (TensorBoard reports the purge on stderr)
+    let tb: serde_json::Value = serde_json::from_str(out.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    let steps: Vec<u64> =
+        tb["scalars"]["train/loss"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4], "TensorBoard drops the first session's steps 3 and 4: {out}");
+}
+
+/// Settings out of range are refused naming the key; a single AdamW field can be set alone.
+#[test]
+fn out_of_range_settings_are_named() {
+    use infinity_trainer::train::config::TrainConfig;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("train.toml");
+    write_config(&cfg, &tmp.path().join("data"), &tmp.path().join("run"), "class");
+    let load = |set: &[&str]| TrainConfig::load(&cfg, &set.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for (set, key) in [
+        (&["optim.clip=-1"][..], "optim.clip"),
+        (&["optim.adamw.beta1=1.5"], "optim.adamw.beta1"),
+        (&["optim.adamw.weight_decay=-5"], "weight_decay"),
+        (&["loss.label_smoothing=2"], "loss.label_smoothing"),
+        (&["optim.decay.kind=cosine", "optim.decay.min_ratio=2"], "min_ratio"),
+    ] {
+        let e = format!("{:#}", load(set).unwrap_err());
+        assert!(e.contains(key), "{set:?}: {e}");
+    }
+    let c = load(&["optim.adamw.beta1=0.95", "optim.clip=0"]).unwrap();
+    assert_eq!((c.optim.adamw.beta1, c.optim.adamw.beta2, c.optim.clip), (0.95, 0.97, 0.0));
+}

@@ -1,12 +1,17 @@
 //! `infinity data inspect | verify | stats`: look at a dataset, check all of it, and measure its bits.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
+
+use infinity_kernels::bsq;
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::format;
 use crate::manifest::Manifest;
-use crate::reader::{Checksums, Shard};
+use crate::reader::{Checksums, RowRef, Shard};
+use crate::schedule::ScaleSchedule;
 use crate::tokenizer::{Image, PatchTokenizer};
 use crate::Dataset;
 
@@ -72,8 +77,25 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
-/// Check everything: manifest, every shard's size, checksum, schema and row count, every row, and the
-/// tokenizer file. Keeps going after a problem so one run lists them all (at most 20 rows per shard).
+/// Where a row's bits disagree with the multi-scale BSQ of its stored latent by more than rounding:
+/// `(token, bit, residual)` of the first such bit and how many there are. A bit whose residual is
+/// within `1e-4 · max(1, max |latent|)` of zero may differ between two faithful implementations
+/// (another tokenizer's float order) and is not counted.
+pub fn bsq_mismatch(row: &RowRef, sched: &ScaleSchedule, d: usize) -> Option<((usize, usize, f32), usize)> {
+    let latent: Vec<f32> =
+        row.latent?.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    let enc = bsq::encode_multiscale(&latent, d, &sched.hw());
+    let mut stored = vec![0u8; enc.bits.len()];
+    format::unpack_bits(row.bits, d, &mut stored);
+    let tol = 1e-4 * latent.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    let mut wrong = (0..stored.len()).filter(|&i| stored[i] != enc.bits[i] && enc.residual[i].abs() > tol);
+    let first = wrong.next()?;
+    Some(((first / d, first % d, enc.residual[first]), 1 + wrong.count()))
+}
+
+/// Check everything: manifest, every shard's size, checksum, schema and row count, every row (its bits
+/// against the BSQ of its latent too), that ids are unique, and the tokenizer file. Keeps going after a
+/// problem so one run lists them all (at most 20 rows per shard and 20 repeated ids).
 pub fn verify(dir: &Path) -> VerifyReport {
     let mut r = VerifyReport::default();
     let m = match Manifest::load(dir) {
@@ -83,6 +105,8 @@ pub fn verify(dir: &Path) -> VerifyReport {
             return r;
         }
     };
+    let mut ids: HashMap<u64, (usize, usize)> = HashMap::with_capacity(m.total_rows as usize);
+    let mut repeated = 0usize;
     for (i, entry) in m.shards.iter().enumerate() {
         let path = dir.join(&entry.file);
         let shard = match Shard::open(&path, Some(entry), m.columns(), Checksums::Verify) {
@@ -103,10 +127,22 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
         let mut counts = vec![0u64; m.schedules.len()];
         let mut bad = 0;
+        let mut sound = Vec::new();
         for row in 0..shard.num_rows() {
             r.rows_checked += 1;
+            let id = shard.row(row).id;
+            if let Some(earlier) = ids.insert(id, (i, row)) {
+                repeated += 1;
+                if repeated <= 20 {
+                    let at = |(s, r): (usize, usize)| format!("{} row {r}", m.shards[s].file);
+                    r.problems.push(format!("id {id} appears twice: {} and {}", at(earlier), at((i, row))));
+                }
+            }
             match shard.validate_row(row, &m) {
-                Ok(()) => counts[shard.row(row).bucket as usize] += 1,
+                Ok(()) => {
+                    counts[shard.row(row).bucket as usize] += 1;
+                    sound.push(row);
+                }
                 Err(e) => {
                     bad += 1;
                     if bad <= 20 {
@@ -115,6 +151,28 @@ pub fn verify(dir: &Path) -> VerifyReport {
                 }
             }
         }
+        // the bits must be the BSQ of the stored latent (what training re-quantises with flips)
+        let mismatched: Vec<String> = sound
+            .par_iter()
+            .filter_map(|&row| {
+                let rr = shard.row(row);
+                let ((t, b, res), n) = bsq_mismatch(&rr, &m.schedules[rr.bucket as usize], m.d as usize)?;
+                Some(format!(
+                    "{} row {row} (id {}): {n} bits differ from the multi-scale BSQ of the stored latent (first: \
+                     token {t}, bit {b}, residual {res:e})",
+                    path.display(),
+                    rr.id
+                ))
+            })
+            .collect();
+        if mismatched.len() > 20 {
+            r.problems.push(format!(
+                "{}: {} rows' bits differ from their latent's BSQ",
+                path.display(),
+                mismatched.len()
+            ));
+        }
+        r.problems.extend(mismatched.into_iter().take(20));
         if bad > 20 {
             r.problems.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));
         }
@@ -125,6 +183,9 @@ pub fn verify(dir: &Path) -> VerifyReport {
                 entry.bucket_rows
             ));
         }
+    }
+    if repeated > 20 {
+        r.problems.push(format!("{} more repeated ids not listed", repeated - 20));
     }
     if let Some(f) = &m.tokenizer.file {
         if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {

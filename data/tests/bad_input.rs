@@ -227,3 +227,34 @@ fn verify_lists_every_problem() {
     assert_eq!(r.shards, m.shards.len() - 2);
     let _ = DataType::Null;
 }
+
+/// What the checksums cannot see: a NaN in a latent is a row error (the loader stops on it), and
+/// verify names bits that are not the BSQ of their row's latent and ids used twice.
+#[test]
+fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
+    let (dir, mut m) = dataset(12);
+    let l = m.schedules[0].num_tokens();
+    let (h, w) = m.schedules[0].latent_hw();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
+    let square = Manifest { schedules: m.schedules[..1].to_vec(), ..m.clone() }; // rows of bucket 0
+    let mut rows: Vec<_> = (0..4).map(|i| common::random_row(&square, i, &mut rng)).collect();
+    rows[1].latent.as_mut().unwrap()[2 * 5..2 * 6].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    rows[2].bits[0] ^= 1; // token 0, bit 0: the coarsest scale, far from rounding
+    let mut cols = basic_columns(rows.iter().map(|r| r.bits.as_slice()).collect());
+    cols[0] = ("id", Arc::new(UInt64Array::from(vec![7u64, 8, 9, 7])));
+    cols[3] =
+        ("latent", Arc::new(BinaryArray::from(rows.iter().map(|r| r.latent.as_deref().unwrap()).collect::<Vec<_>>())));
+    assert_eq!(rows[0].bits.len(), l * 2);
+    assert_eq!(rows[0].latent.as_ref().unwrap().len(), common::D * h * w * 2);
+    replace_shard0(dir.path(), &mut m, cols);
+
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    let e = ds.validate_row(1).unwrap_err().to_string();
+    assert!(e.contains("row 1 (id 8), column `latent`") && e.contains("finite values") && e.contains("value 5"), "{e}");
+    let r = infinity_data::inspect::verify(dir.path());
+    let all = r.problems.join("\n");
+    assert_eq!(r.problems.len(), 3, "{all}");
+    assert!(all.contains("id 7 appears twice: shard-00000.arrow row 0 and shard-00000.arrow row 3"), "{all}");
+    assert!(all.contains("row 2 (id 9): 1 bits differ from the multi-scale BSQ of the stored latent"), "{all}");
+    assert!(all.contains("token 0, bit 0"), "{all}");
+}

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Layout;
 
+/// `[optim.adamw]`: any field left out takes its default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
@@ -86,12 +87,18 @@ pub fn global_norm(grads: &[f32]) -> f64 {
     sum_squares(grads).sqrt()
 }
 
-/// Scale gradients so their global norm is at most `max_norm` (PyTorch: coefficient
-/// `max_norm / (norm + 1e-6)`, applied when below 1). Returns the norm before clipping.
+/// The factor that clips gradients of global norm `norm` to `max_norm` (PyTorch: `max_norm / (norm +
+/// 1e-6)`), when it is below 1; `max_norm = 0` turns clipping off (upstream's `tclip = 0`).
+pub fn clip_coef(norm: f64, max_norm: f64) -> Option<f64> {
+    let coef = max_norm / (norm + 1e-6);
+    (max_norm > 0.0 && coef < 1.0).then_some(coef)
+}
+
+/// Scale gradients so their global norm is at most `max_norm` ([`clip_coef`]). Returns the norm before
+/// clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
+    if let Some(coef) = clip_coef(norm, max_norm) {
         grads.iter_mut().for_each(|g| *g = (*g as f64 * coef) as f32);
     }
     norm
@@ -192,6 +199,9 @@ mod tests {
         let mut small = vec![0.3f32, 0.4];
         clip_grad_norm(&mut small, 1.0);
         assert_eq!(small, vec![0.3, 0.4]);
+        let mut off = vec![3.0f32, 4.0];
+        assert_eq!(clip_grad_norm(&mut off, 0.0), 5.0);
+        assert_eq!(off, vec![3.0, 4.0], "max_norm 0 turns clipping off");
 
         let s = |decay| LrSchedule { peak: 1.0, warmup_steps: 10, warmup_start_ratio: 0.005, decay };
         assert!((s(Decay::Constant).lr(0, 100) - 0.005).abs() < 1e-12);

@@ -21,7 +21,7 @@ struct Event {
     wall_time: f64,
     #[prost(int64, tag = "2")]
     step: i64,
-    #[prost(oneof = "EventWhat", tags = "3, 5")]
+    #[prost(oneof = "EventWhat", tags = "3, 5, 7")]
     what: Option<EventWhat>,
 }
 
@@ -31,7 +31,20 @@ enum EventWhat {
     FileVersion(String),
     #[prost(message, tag = "5")]
     Summary(Summary),
+    #[prost(message, tag = "7")]
+    SessionLog(SessionLog),
 }
+
+/// `SessionLog` (tensorflow/core/util/event.proto): a `START` at step N tells TensorBoard that a
+/// restarted run continues there, so it drops the earlier session's events from step N on.
+#[derive(Clone, PartialEq, Message)]
+struct SessionLog {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// `SessionLog.START`.
+const SESSION_START: i32 = 1;
 
 #[derive(Clone, PartialEq, Message)]
 struct Summary {
@@ -173,8 +186,13 @@ impl EventWriter {
         std::fs::create_dir_all(dir)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id()));
-        let mut w = EventWriter { out: BufWriter::new(File::create(&path)?), path };
+        // a writer per session: the counter keeps two sessions of one process in one second (a resume in
+        // tests) from sharing a file name, and `create_new` from ever truncating an earlier session's file
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n}", now.as_secs(), std::process::id()));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut w = EventWriter { out: BufWriter::new(file), path };
         w.write_event(0, Some(EventWhat::FileVersion("brain.Event:2".into())))?;
         Ok(w)
     }
@@ -195,6 +213,12 @@ impl EventWriter {
 
     fn summary(&mut self, step: u64, value: SummaryValue) -> std::io::Result<()> {
         self.write_event(step as i64, Some(EventWhat::Summary(Summary { value: vec![value] })))
+    }
+
+    /// Marks a restart at `step` (a resumed run): TensorBoard discards what earlier sessions logged from
+    /// `step` on, as PyTorch's `SummaryWriter(purge_step=…)` asks it to.
+    pub fn session_start(&mut self, step: u64) -> std::io::Result<()> {
+        self.write_event(step as i64, Some(EventWhat::SessionLog(SessionLog { status: SESSION_START })))
     }
 
     /// A scalar, e.g. `train/loss`.

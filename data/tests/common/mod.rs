@@ -40,16 +40,18 @@ pub fn manifest() -> Manifest {
     }
 }
 
-/// A valid random row for `m`.
+/// A valid random row for `m`: a random latent and its multi-scale BSQ bits.
 pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
     let bucket = rng.random_range(0..m.schedules.len()) as u16;
     let s = &m.schedules[bucket as usize];
     let d = m.d as usize;
-    let bits: Vec<u8> = (0..s.num_tokens() * d).map(|_| rng.random::<bool>() as u8).collect();
+    let (h, w) = s.latent_hw();
+    let values: Vec<f16> = (0..d * h * w).map(|_| f16::from_f32(rng.random_range(-2.0..2.0))).collect();
+    let stored: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    let bits = infinity_kernels::bsq::encode_multiscale(&stored, d, &s.hw()).bits;
     let mut packed = Vec::new();
     format::pack_bits(&bits, d, &mut packed);
-    let (h, w) = s.latent_hw();
-    let latent = (0..d * h * w).flat_map(|_| f16::from_f32(rng.random_range(-2.0..2.0)).to_le_bytes()).collect();
+    let latent = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let n_text = rng.random_range(1..=5);
     let text = (0..n_text * TEXT_WIDTH)
         .flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())

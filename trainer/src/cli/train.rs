@@ -28,7 +28,10 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::load(&a.config, &a.set)?;
     let resume = match a.resume.or_else(|| std::env::var(vars::RESUME).ok()).as_deref() {
-        None => None,
+        None => {
+            train::rundir::check_fresh(&cfg.run.dir)?;
+            None
+        }
         Some("auto") => train::latest_checkpoint(&cfg.run.dir),
         Some(p) => Some(PathBuf::from(p)),
     };

@@ -67,13 +67,12 @@ impl GpuModel {
     }
 
     /// Clip the gradients' global norm to at most `max_norm`; returns the norm before (the CPU's
-    /// arithmetic: f64 sum of squares, coefficient `max_norm / (norm + 1e-6)`). Of the gradients as
+    /// arithmetic: f64 sum of squares, `optim::clip_coef`). Of the gradients as
     /// the update will see them (times `grad_scale`), and the coefficient joins `grad_scale`: no pass
     /// over the gradients but the sum of squares.
     pub fn clip_grads(&mut self, max_norm: f64) -> Result<f64> {
         let norm = sum_squares_dev(&self.dev, &self.grads)?.sqrt() * self.grad_scale;
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
+        if let Some(coef) = crate::optim::clip_coef(norm, max_norm) {
             self.grad_scale *= coef;
         }
         Ok(norm)

@@ -180,7 +180,7 @@ pub struct OptimSection {
     pub decay: Decay,
     #[serde(default)]
     pub adamw: AdamWConfig,
-    /// Global-norm clip (upstream `tclip`).
+    /// Global-norm clip (upstream `tclip`); 0 turns clipping off.
     #[serde(default = "default_clip")]
     pub clip: f64,
     /// Stop after this many consecutive steps with a non-finite loss or gradient norm.
@@ -260,6 +260,28 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
 }
 
+/// A `--set` value as TOML reads it (`2` a number, `true` a boolean, `[1, 2]` an array, `{ kind =
+/// "cosine" }` a table), so it deserialises where a plain string would not (inside tagged enums such as
+/// `optim.decay`); anything else (`runs/x`) stays a string.
+fn override_value(text: &str) -> config::Value {
+    fn convert(v: toml::Value) -> config::Value {
+        match v {
+            toml::Value::Integer(i) => i.into(),
+            toml::Value::Float(f) => f.into(),
+            toml::Value::Boolean(b) => b.into(),
+            toml::Value::Array(a) => a.into_iter().map(convert).collect::<Vec<_>>().into(),
+            toml::Value::Table(t) => {
+                t.into_iter().map(|(k, v)| (k, convert(v))).collect::<std::collections::HashMap<_, _>>().into()
+            }
+            v => v.to_string().trim_matches('"').to_string().into(),
+        }
+    }
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) => convert(t.remove("v").expect("the key just parsed")),
+        Err(_) => text.into(),
+    }
+}
+
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
@@ -305,7 +327,7 @@ impl TrainConfig {
             );
         for o in overrides {
             let (k, v) = o.split_once('=').with_context(|| format!("--set {o}: expected key.path=value"))?;
-            b = b.set_override(k.trim(), v.trim())?;
+            b = b.set_override(k.trim(), override_value(v.trim()))?;
         }
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built)
@@ -329,6 +351,37 @@ impl TrainConfig {
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             bail!("optim.lr must be a positive number, found {}", self.optim.lr);
+        }
+        let o = &self.optim;
+        if !(o.clip >= 0.0 && o.clip.is_finite()) {
+            bail!("optim.clip must be a finite number ≥ 0 (0 turns clipping off), found {}", o.clip);
+        }
+        let a = &o.adamw;
+        for (key, v) in [("beta1", a.beta1), ("beta2", a.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("optim.adamw.{key} must be in [0, 1), found {v}");
+            }
+        }
+        if !(a.eps > 0.0 && a.eps.is_finite() && a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+            bail!("optim.adamw.eps must be positive and weight_decay ≥ 0, found {} and {}", a.eps, a.weight_decay);
+        }
+        let (min_ratio, fraction) = match o.decay {
+            Decay::Constant => (0.0, 1.0),
+            Decay::Cosine { min_ratio } | Decay::Linear { min_ratio } => (min_ratio, 1.0),
+            Decay::Wsd { decay_fraction, min_ratio } => (min_ratio, decay_fraction),
+        };
+        if !((0.0..=1.0).contains(&min_ratio) && fraction > 0.0 && fraction <= 1.0) {
+            bail!("optim.decay: min_ratio must be in [0, 1] and decay_fraction in (0, 1], found {min_ratio} and {fraction}");
+        }
+        if o.warmup_steps > self.run.steps {
+            tracing::warn!(
+                "optim.warmup_steps ({}) exceeds run.steps ({}): the learning rate never reaches optim.lr",
+                o.warmup_steps,
+                self.run.steps
+            );
+        }
+        if !(0.0..1.0).contains(&self.loss.label_smoothing) {
+            bail!("loss.label_smoothing must be in [0, 1), found {}", self.loss.label_smoothing);
         }
         if !(0.0..1.0).contains(&self.bsc.p_max) {
             bail!("bsc.p_max must be in [0, 1), found {}", self.bsc.p_max);

@@ -202,8 +202,7 @@ impl Zero1 {
         let mut total = [local as f32];
         dist.all_reduce_sum(&mut total)?;
         let norm = (total[0] as f64).sqrt();
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
+        if let Some(coef) = crate::optim::clip_coef(norm, max_norm) {
             self.shard.iter_mut().for_each(|g| *g = (*g as f64 * coef) as f32);
         }
         Ok(norm)

@@ -48,8 +48,12 @@ pub struct Logger {
 }
 
 impl Logger {
-    /// Open the run's logs, continuing them when resuming at `step`.
+    /// Open the run's logs, continuing them when resuming at `step`: what an interrupted session logged
+    /// after that step is dropped (from the JSON-lines files, and by TensorBoard on reading).
     pub fn open(run: &Path, config_toml: &str, step: u64, total: u64, log_every: u64) -> Result<Logger> {
+        for log in ["metrics.jsonl", "val.jsonl"] {
+            super::rundir::truncate_log(&run.join(log), step)?;
+        }
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,6 +61,9 @@ impl Logger {
             .with_context(|| format!("opening {}", run.join("metrics.jsonl").display()))?;
         let tb = match EventWriter::create(&run.join("tb")) {
             Ok(mut w) => {
+                if step > 0 {
+                    let _ = w.session_start(step + 1);
+                }
                 let _ = w.text("config", &format!("```toml\n{config_toml}\n```"), step);
                 Some(w)
             }

@@ -9,6 +9,7 @@ pub mod compute;
 pub mod config;
 pub mod dist;
 pub mod log;
+pub mod rundir;
 pub mod val;
 
 use std::collections::HashMap;
@@ -240,6 +241,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let (p, o, s) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
                 .with_context(|| format!("resuming from {}", dir.display()))?;
             println!("resumed from {} at step {}", dir.display(), s.step);
+            let changes = rundir::resume_changes(dir, &config_toml)?;
+            if leader && !changes.is_empty() {
+                tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
+            }
             (p, o, Some(s))
         }
         None => (
@@ -248,6 +253,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             None,
         ),
     };
+    if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
+        // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps
+        // the summary it finished with
+        println!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
+        let (last_loss, last_bit_acc) = rundir::finished_metrics(run, s.step).unwrap_or((f64::NAN, f64::NAN));
+        let summary = TrainSummary {
+            steps: s.step,
+            last_loss,
+            last_bit_acc,
+            skipped_steps: s.skipped_steps,
+            last_checkpoint: opts.resume.clone(),
+            ..TrainSummary::default()
+        };
+        if leader && rundir::summary_step(run) != Some(s.step) {
+            write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
+        }
+        return Ok(summary);
+    }
     let lo = LoaderOptions {
         global_batch: cfg.data.global_batch,
         seed: cfg.run.seed,
@@ -445,16 +468,20 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.steps = st.step;
     summary.skipped_steps = st.skipped_steps;
     summary.seconds = started.elapsed().as_secs_f64();
-    let record = json!({
+    if leader {
+        write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
+    }
+    Ok(summary)
+}
+
+/// `summary.json`: where the run stands after this session.
+fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> serde_json::Value {
+    json!({
         "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
         "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
-        "preempted": summary.preempted, "world_size": dist.world, "val_loss": summary.last_val_loss,
-    });
-    if leader {
-        write("summary.json", &serde_json::to_string_pretty(&record)?)?;
-    }
-    Ok(summary)
+        "preempted": summary.preempted, "world_size": world, "val_loss": summary.last_val_loss,
+    })
 }
 
 fn keyed_seed(seed: u64, stream: u64) -> u64 {

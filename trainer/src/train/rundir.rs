@@ -1,0 +1,144 @@
+//! The run folder across sessions: a fresh start refuses a folder that holds a run, a resume says
+//! which settings differ from the checkpoint's, drops the logs a crash left past the checkpoint, and a
+//! run resumed after its last step keeps the summary it finished with.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::checkpoint;
+
+/// Files that only a run that trained leaves behind (config.toml and derived.json are written before
+/// the first step, so a group restarted before its first checkpoint may leave them too).
+const RUN_FILES: [&str; 2] = ["metrics.jsonl", "summary.json"];
+
+/// For a fresh start (no `--resume`): an error when `run` already holds a run, naming what it holds.
+pub fn check_fresh(run: &Path) -> Result<()> {
+    let newest = checkpoint::complete(run).pop();
+    let files: Vec<&str> = RUN_FILES.into_iter().filter(|f| run.join(f).is_file()).collect();
+    if newest.is_none() && files.is_empty() {
+        return Ok(());
+    }
+    let held = match newest {
+        Some((step, _)) => format!("checkpoints up to step {step}"),
+        None => files.join(", "),
+    };
+    bail!(
+        "run.dir {} already holds a run ({held}): `--resume auto` continues it; to start afresh, remove the \
+         folder or set another run.dir",
+        run.display()
+    )
+}
+
+/// `a.b.c = value` for every leaf of a TOML document.
+fn leaves(text: &str) -> Result<BTreeMap<String, String>> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            v => {
+                out.insert(prefix.to_string(), v.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", &toml::Value::Table(toml::from_str::<toml::Table>(text)?), &mut out);
+    Ok(out)
+}
+
+/// The settings (other than `run.dir`) that differ between the checkpoint's config and this session's,
+/// as `key: old → new` lines.
+pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<String>> {
+    let (old, new) = (leaves(checkpoint_toml)?, leaves(config_toml)?);
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let missing = "(unset)".to_string();
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.as_str() != "run.dir" && old.get(*k) != new.get(*k))
+        .map(|k| format!("{k}: {} → {}", old.get(k).unwrap_or(&missing), new.get(k).unwrap_or(&missing)))
+        .collect())
+}
+
+/// The changed settings of a resume from `ckpt`, for the console and train.log (empty when the
+/// checkpoint keeps no config).
+pub fn resume_changes(ckpt: &Path, config_toml: &str) -> Result<Vec<String>> {
+    let p = ckpt.join("config.toml");
+    match std::fs::read_to_string(&p) {
+        Ok(old) => config_changes(&old, config_toml).with_context(|| format!("reading {}", p.display())),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// Keeps the lines of a JSON-lines log (`metrics.jsonl`, `val.jsonl`) whose `step` is at most `step`:
+/// what a crash wrote after the checkpoint a run resumes from would otherwise appear twice.
+pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let keep = |line: &&str| {
+        serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+    };
+    let kept: Vec<&str> = text.lines().filter(keep).collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+    infinity_data::manifest::write_atomic(path, body.as_bytes())
+        .with_context(|| format!("rewriting {}", path.display()))
+}
+
+/// The step `summary.json` records, if it can be read.
+pub fn summary_step(run: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(run.join("summary.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+/// What a run resumed at its last step reports: its `summary.json` when that records this step, else
+/// the last `metrics.jsonl` line up to it (`(loss, bit_acc)`; `None` without either).
+pub fn finished_metrics(run: &Path, step: u64) -> Option<(f64, f64)> {
+    let read = |name: &str| std::fs::read_to_string(run.join(name)).ok();
+    let pair = |v: &serde_json::Value| Some((v["loss"].as_f64()?, v["bit_acc"].as_f64()?));
+    if summary_step(run) == Some(step) {
+        let s = serde_json::from_str::<serde_json::Value>(&read("summary.json")?).ok()?;
+        return pair(&s);
+    }
+    read("metrics.jsonl")?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["step"].as_u64().is_some_and(|s| s <= step))
+        .and_then(|v| pair(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_changes_name_each_key_but_the_run_folder() {
+        let old = "[run]\ndir = \"a\"\nsteps = 20\n[optim]\nlr = 0.003\n";
+        let new = "[run]\ndir = \"b\"\nsteps = 40\n[optim]\nlr = 0.003\nclip = 1.0\n";
+        assert_eq!(config_changes(old, new).unwrap(), ["optim.clip: (unset) → 1.0", "run.steps: 20 → 40"]);
+        assert!(config_changes(old, old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn logs_keep_the_steps_up_to_the_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("rundir-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.jsonl");
+        let lines: String = (1..=6).map(|s| format!("{{\"step\":{s},\"loss\":{}.5,\"bit_acc\":0.5}}\n", s)).collect();
+        std::fs::write(&p, &lines).unwrap();
+        truncate_log(&p, 4).unwrap();
+        let kept = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(kept.lines().count(), 4);
+        assert_eq!(finished_metrics(&dir, 4), Some((4.5, 0.5)));
+        assert_eq!(finished_metrics(&dir, 9), Some((4.5, 0.5)));
+
+        assert!(check_fresh(&dir).unwrap_err().to_string().contains("metrics.jsonl"), "a run's log is a run");
+        std::fs::remove_file(&p).unwrap();
+        check_fresh(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
