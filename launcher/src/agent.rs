@@ -19,11 +19,11 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{parse_nodelist, vars};
+use crate::env::{job_port, parse_nodelist, vars};
 use crate::store::{StoreClient, StoreServer};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
-const OWN_SUBCOMMANDS: [&str; 6] = ["train", "data", "sample", "export", "golden", "model"];
+const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
 /// Lines of each rank's output kept for the failure report.
 const TAIL_LINES: usize = 20;
 
@@ -38,7 +38,8 @@ pub struct LaunchArgs {
     /// This node's index (default 0, or SLURM_NODEID).
     #[arg(long)]
     pub node_rank: Option<usize>,
-    /// HOST:PORT of node 0's store (default: a free local port on one node; SLURM's first node:29400).
+    /// HOST:PORT of node 0's store (default: a free local port on one node; in SLURM, the step's first
+    /// node at 30000 + SLURM_JOB_ID mod 10000).
     #[arg(long)]
     pub rdzv: Option<String>,
     /// Names the run in store keys and log folders (default SLURM_JOB_ID or `run`).
@@ -56,7 +57,7 @@ pub struct LaunchArgs {
     /// Seconds between forwarding a signal (or stopping a failed group) and SIGKILL.
     #[arg(long, default_value_t = 30.0)]
     pub grace_s: f64,
-    /// Seconds to wait for all agents (and ranks) to arrive.
+    /// Seconds to wait for all agents to arrive (the ranks wait their config's `dist.rdzv_timeout_s`).
     #[arg(long, default_value_t = 300.0)]
     pub rdzv_timeout_s: f64,
     /// What each rank runs: an `infinity` subcommand (`train CONFIG …`) or any program.
@@ -75,7 +76,10 @@ enum Outcome {
 /// Run the agent; returns the process exit code.
 pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run(a, exe))
+    let code = rt.block_on(run(a, exe));
+    // a store wait a signal cut short may still be blocking a thread: leave it behind
+    rt.shutdown_background();
+    code
 }
 
 struct Plan {
@@ -92,6 +96,11 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
     let slurm_num = |k: &str| env(k).and_then(|v| v.parse::<usize>().ok());
     let nnodes = a.nnodes.or(slurm_num("SLURM_NNODES")).unwrap_or(1);
     let node_rank = a.node_rank.or(slurm_num("SLURM_NODEID")).unwrap_or(0);
+    for (flag, v) in [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s)] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{flag} {v}: expected a number of seconds ≥ 0");
+        }
+    }
     if a.nproc_per_node == 0 || nnodes == 0 || node_rank >= nnodes {
         bail!(
             "--nproc-per-node and --nnodes must be positive and --node-rank below --nnodes ({node_rank} of {nnodes})"
@@ -104,9 +113,12 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
         }
         None if nnodes == 1 => ("127.0.0.1".to_string(), 0),
         None => {
-            let list = env("SLURM_JOB_NODELIST").context("--rdzv HOST:PORT is needed with several nodes")?;
-            let first = parse_nodelist(&list)?.into_iter().next().context("empty SLURM_JOB_NODELIST")?;
-            (first, 29400)
+            // the job step's nodes (an srun over part of the allocation), else the job's
+            let list = env("SLURM_STEP_NODELIST")
+                .or(env("SLURM_JOB_NODELIST"))
+                .context("--rdzv HOST:PORT is needed with several nodes")?;
+            let first = parse_nodelist(&list)?.into_iter().next().context("empty SLURM node list")?;
+            (first, job_port(30000, env("SLURM_JOB_ID").as_deref()).unwrap_or(29400))
         }
     };
     let token = match a.token.clone().or(env(vars::TOKEN)) {
@@ -135,27 +147,36 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let port = server.as_ref().map_or(p.port, |s| s.addr.port());
     let store_addr = format!("{}:{port}", p.host);
     let who = format!("agent {}", p.node_rank);
+    let mut signals = Signals::new()?;
     let (addr2, token2, who2) = (store_addr.clone(), p.token.clone(), who.clone());
-    let mut client =
-        tokio::task::spawn_blocking(move || StoreClient::connect(&addr2, &token2, &who2, timeout)).await??;
+    let connect = tokio::task::spawn_blocking(move || StoreClient::connect(&addr2, &token2, &who2, timeout));
+    let mut client = match until_signal(&mut signals, connect, "connecting to the store").await {
+        Ok(c) => c?,
+        Err(code) => return Ok(code),
+    };
     let world = p.nnodes * a.nproc_per_node;
     eprintln!(
         "[launch] node {}/{}: {} local ranks of {world}, store {store_addr}, run {}",
         p.node_rank, p.nnodes, a.nproc_per_node, p.run_id
     );
 
-    let mut signals = Signals::new()?;
     for attempt in 0..=a.max_restarts {
         let prefix = format!("{}/attempt-{attempt}", p.run_id);
         // all agents meet before spawning, so a restart starts every node together
         let (pre, node, nnodes) = (format!("{prefix}/agents"), p.node_rank, p.nnodes);
-        client = tokio::task::spawn_blocking(move || -> Result<StoreClient> {
+        let meet = tokio::task::spawn_blocking(move || -> Result<StoreClient> {
             client.rendezvous(&pre, node, nnodes, timeout).map_err(|e| {
                 anyhow::anyhow!("{e:#} (the missing numbers are node ranks: start `infinity launch` there)")
             })?;
             Ok(client)
-        })
-        .await??;
+        });
+        client = match until_signal(&mut signals, meet, "waiting for the other agents").await {
+            Ok(c) => c?,
+            Err(code) => return Ok(code),
+        };
+        if attempt == 0 {
+            client = agree_on_settings(client, &a, &p, timeout).await?;
+        }
         let ranks = spawn_group(&a, &p, &exe, port, attempt, world).await?;
         let outcome = watch(ranks, &a, &p, &store_addr, &prefix, &mut signals).await?;
         match outcome {
@@ -181,13 +202,80 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     unreachable!("the loop returns on its last attempt")
 }
 
-/// One local rank: the process, its pid, and the tail of its output.
+/// After the first meeting, every agent checks that all nodes launch the same group: the same ranks per
+/// node and restarts (a node that differs would otherwise surface later as ranks joining twice or a
+/// restart that one node never joins). An error on every node names the nodes and values that differ.
+async fn agree_on_settings(
+    mut client: StoreClient,
+    a: &LaunchArgs,
+    p: &Plan,
+    timeout: Duration,
+) -> Result<StoreClient> {
+    let mine = format!("--nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
+    let prefix = format!("{}/settings", p.run_id);
+    let (node, nnodes) = (p.node_rank, p.nnodes);
+    tokio::task::spawn_blocking(move || -> Result<StoreClient> {
+        client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
+        let mut differ = Vec::new();
+        for n in 0..nnodes {
+            let theirs = String::from_utf8_lossy(&client.get(&format!("{prefix}/{n}"), timeout)?).to_string();
+            if theirs != mine {
+                differ.push(format!("node {n} has {theirs}"));
+            }
+        }
+        if !differ.is_empty() {
+            // node 0 hosts the store: it stays until every node has read the settings (or 5 s), so each
+            // reports the disagreement rather than a vanished store
+            client.add(&format!("{prefix}/read"), 1)?;
+            let t0 = std::time::Instant::now();
+            while node == 0 && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t0.elapsed().as_secs() < 5 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bail!("the agents disagree: node {node} has {mine}, {}; start every node with the same", differ.join(", "));
+        }
+        Ok(client)
+    })
+    .await?
+}
+
+/// Exit code of an agent (or rank) stopped by a signal before its group started: 128 + the signal, as a
+/// shell reports a process the signal ended.
+fn stopped_before_start(sig: i32) -> i32 {
+    128 + sig
+}
+
+/// `task`'s result, or `Err(exit code)` when a signal arrives first (nothing has started: the agent
+/// stops there, saying so).
+async fn until_signal<T>(signals: &mut Signals, task: tokio::task::JoinHandle<T>, what: &str) -> Result<T, i32> {
+    tokio::select! {
+        r = task => Ok(r.expect("the blocking task does not panic")),
+        sig = signals.next() => {
+            let code = stopped_before_start(sig);
+            eprintln!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+            Err(code)
+        }
+    }
+}
+
+/// One local rank: the process, its pid, the tail of its output and the tasks that copy that output
+/// (joined before a report or exit, so no last line is lost).
 struct Rank {
     global: usize,
     child: Child,
     pid: i32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
+}
+
+impl Rank {
+    /// Waits (up to 5 s: a grandchild may hold the pipes open) until the output of the exited process
+    /// has been copied to the console, its log and its tail.
+    async fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+    }
 }
 
 async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u32, world: usize) -> Result<Vec<Rank>> {
@@ -227,6 +315,18 @@ async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u
         if attempt > 0 {
             cmd.env(vars::RESUME, "auto");
         }
+        // a rank outlives no agent: if the agent dies (SIGKILL, a lost node), the kernel sends the rank
+        // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
             cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
         }
@@ -238,9 +338,10 @@ async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stdout.take().unwrap());
         let err: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stderr.take().unwrap());
+        let mut readers = Vec::new();
         for stream in [out, err] {
             let (log, tail) = (log.clone(), tail.clone());
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("[rank {global}] {line}");
@@ -251,17 +352,20 @@ async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u
                     }
                     t.push_back(line);
                 }
-            });
+            }));
         }
-        ranks.push(Rank { global, child, pid, tail, started: Instant::now() });
+        ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now() });
     }
     Ok(ranks)
 }
 
+/// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) is forwarded
+/// as SIGTERM: the ranks checkpoint and exit rather than die at their next line of output.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -270,6 +374,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -278,6 +383,7 @@ impl Signals {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
+            _ = self.hup.recv() => libc::SIGTERM,
         }
     }
 }
@@ -322,6 +428,7 @@ async fn watch(
             .await??;
     let keys = [format!("{prefix}/failed"), format!("{prefix}/signal")];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut store_lost: Option<Instant> = None;
     loop {
         let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
         if running.is_empty() {
@@ -339,6 +446,7 @@ async fn watch(
             (i, status) = wait_any => {
                 let status = status?;
                 exited[i] = Some(status);
+                ranks[i].drain().await;
                 if !status.success() {
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
@@ -347,7 +455,9 @@ async fn watch(
                         r.global, p.node_rank, r.pid, describe(&status), r.started.elapsed().as_secs_f64(),
                         lines.join("\n    ")
                     );
-                    post(&mut poller, &keys[0], &report).await;
+                    // the group's first failure is its root cause (a rank on another node may fail
+                    // later, of the broken connection): the first report posted stays
+                    let report = post_first(&mut poller, &keys[0], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed(report));
                 }
@@ -365,7 +475,25 @@ async fn watch(
                 })
                 .await?;
                 poller = pl2;
-                let present = present.unwrap_or_default();
+                // node 0's agent hosts the store: losing it for good means that node is gone
+                let present = match present {
+                    Ok(p) => {
+                        store_lost = None;
+                        p
+                    }
+                    Err(e) => {
+                        let since = *store_lost.get_or_insert_with(Instant::now);
+                        if since.elapsed() < STORE_LOSS {
+                            continue;
+                        }
+                        let report = format!(
+                            "the store at {store_addr} (node 0's agent) stopped answering for {} s: {e:#}",
+                            STORE_LOSS.as_secs()
+                        );
+                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                        return Ok(Outcome::Failed(report));
+                    }
+                };
                 if present.first() == Some(&true) {
                     let report = match poller.get(&keys[0], Duration::from_secs(1)) {
                         Ok(v) => String::from_utf8_lossy(&v).to_string(),
@@ -379,6 +507,28 @@ async fn watch(
                     return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
                 }
             }
+        }
+    }
+}
+
+/// How long the store may not answer before an agent gives its group up.
+const STORE_LOSS: Duration = Duration::from_secs(10);
+
+/// Posts `report` as the group's failure unless another agent posted one first; returns the report
+/// that stands (`another node: …` when it is not ours).
+async fn post_first(client: &mut StoreClient, key: &str, report: String) -> String {
+    match client.add(&format!("{key}/claims"), 1) {
+        Ok(1) => {
+            post(client, key, &report).await;
+            report
+        }
+        Ok(_) => match client.get(key, Duration::from_secs(5)) {
+            Ok(first) => format!("another node: {}\n  (then here: {report})", String::from_utf8_lossy(&first)),
+            Err(_) => report,
+        },
+        Err(e) => {
+            tracing::warn!("store: posting {key}: {e:#}");
+            report
         }
     }
 }
@@ -410,6 +560,9 @@ async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace
                 exited[i] = ranks[i].child.wait().await.ok();
             }
         }
+    }
+    for r in ranks.iter_mut() {
+        r.drain().await;
     }
     if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
         0

@@ -46,6 +46,13 @@ impl DistEnv {
                 .map(|v| v.trim().parse::<usize>().with_context(|| format!("{k}={v:?}: expected a number")))
                 .transpose()
         };
+        // half a description is a mistake, not a single process: each pod or task would train alone as rank 0
+        for (part, whole) in [("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")] {
+            if get(part).is_some() && get(whole).is_none() && get("WORLD_SIZE").is_none() {
+                bail!("{part} is set but {whole} is not: set both (or neither, for a single process)");
+            }
+        }
+        let names = if get("WORLD_SIZE").is_some() { ("RANK", "WORLD_SIZE") } else { ("SLURM_PROCID", "SLURM_NTASKS") };
         let (rank, world, local_rank, local_world, node_rank, master_addr) = if get("WORLD_SIZE").is_some() {
             let world = num("WORLD_SIZE")?.unwrap();
             let rank = num("RANK")?.context("WORLD_SIZE is set but RANK is not")?;
@@ -67,15 +74,19 @@ impl DistEnv {
         } else {
             return Ok(None);
         };
-        if world <= 1 {
-            return Ok(None);
+        let (rank_var, world_var) = names;
+        if world == 0 {
+            bail!("{world_var}=0: expected at least 1");
         }
         if rank >= world {
-            bail!("RANK {rank} is outside WORLD_SIZE {world}");
+            bail!("{rank_var} {rank} is outside {world_var} {world} (ranks are 0..{})", world - 1);
+        }
+        if world == 1 {
+            return Ok(None);
         }
         let master_port = match get("MASTER_PORT") {
             Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
-            None => 29500,
+            None => job_port(20000, get("SLURM_JOB_ID").as_deref()).unwrap_or(29500),
         };
         let run_id = get(vars::RUN_ID).or_else(|| get("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
         Ok(Some(DistEnv {
@@ -105,6 +116,12 @@ impl DistEnv {
     pub fn prefix(&self) -> String {
         format!("{}/attempt-{}", self.run_id, self.attempt)
     }
+}
+
+/// A store port of its own for SLURM job `job_id`: `base + job_id mod 10000`, so two jobs sharing a node
+/// do not meet at one fixed default port (`None` outside SLURM).
+pub fn job_port(base: u16, job_id: Option<&str>) -> Option<u16> {
+    job_id?.trim().parse::<u64>().ok().map(|id| base + (id % 10_000) as u16)
 }
 
 /// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5.
@@ -203,5 +220,16 @@ mod tests {
         assert!(format!("{:#}", env(&[("WORLD_SIZE", "2")]).unwrap_err()).contains("RANK"));
         assert!(format!("{:#}", env(&[("WORLD_SIZE", "2"), ("RANK", "x")]).unwrap_err()).contains("RANK=\"x\""));
         assert!(format!("{:#}", env(&[("WORLD_SIZE", "2"), ("RANK", "2")]).unwrap_err()).contains("outside"));
+        assert_eq!(slurm.master_port, 20991, "a SLURM job's own default port");
+
+        // half or inconsistent descriptions are errors, not a silent single process
+        let err = |pairs: &[(&str, &str)]| format!("{:#}", env(pairs).unwrap_err());
+        assert!(err(&[("RANK", "1")]).contains("RANK is set but WORLD_SIZE is not"));
+        assert!(err(&[("SLURM_PROCID", "1")]).contains("SLURM_PROCID is set but SLURM_NTASKS is not"));
+        assert!(err(&[("WORLD_SIZE", "1"), ("RANK", "3")]).contains("RANK 3 is outside WORLD_SIZE 1"));
+        assert!(err(&[("WORLD_SIZE", "0"), ("RANK", "0")]).contains("WORLD_SIZE=0"));
+        assert!(
+            err(&[("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4")]).contains("SLURM_PROCID 4 is outside SLURM_NTASKS 4")
+        );
     }
 }

@@ -54,8 +54,21 @@ pub struct SlurmSection {
     pub time: Option<String>,
     pub gpus_per_node: Option<usize>,
     pub nodes: Option<usize>,
+    /// CPU cores per node for the ranks (`--cpus-per-task`; SLURM's default is 1: every rank's data
+    /// workers would share one core).
+    pub cpus_per_node: Option<usize>,
     /// Runs of the array at once (`--array=0-N%K`).
     pub max_parallel: Option<usize>,
+}
+
+/// `text` as one shell word: unchanged when it is plain, else single-quoted.
+pub fn sh_quote(text: &str) -> String {
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_./=:,@%+-".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// One expanded run.
@@ -232,11 +245,15 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<Vec<St
     Ok(failed)
 }
 
-/// A SLURM job-array script: one array task per run.
+/// A SLURM job-array script: one array task per run, with absolute, quoted paths (it may be submitted
+/// from anywhere). A task the time-limit warning (`--signal=USR1@300`) or preemption stopped has
+/// checkpointed and exited 0 with `"finished": false` in its summary: the script requeues it, and the
+/// requeued task resumes its run.
 pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result<String> {
     if runs.is_empty() {
         bail!("no runs");
     }
+    let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
     let s = &sweep.slurm;
     let mut out = String::from("#!/bin/bash\n#SBATCH --job-name=infinity-sweep\n");
     let max = s.max_parallel.map_or(String::new(), |k| format!("%{k}"));
@@ -251,20 +268,28 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
     if let Some(g) = s.gpus_per_node {
         out.push_str(&format!("#SBATCH --gpus-per-node={g}\n"));
     }
-    out.push_str(&format!(
-        "#SBATCH --output={}/slurm-%A_%a.log\n#SBATCH --signal=USR1@300\n#SBATCH --requeue\n\n",
-        sweep.out.display()
-    ));
+    if let Some(c) = s.cpus_per_node {
+        out.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
+    }
+    let log = abs(&sweep.out)?.join("slurm-%A_%a.log").display().to_string();
+    out.push_str(&format!("#SBATCH --output={}\n#SBATCH --signal=USR1@300\n#SBATCH --requeue\n\n", sh_quote(&log)));
     out.push_str("# one run per array task; a requeued or re-submitted task resumes its run\nRUNS=(\n");
     for r in runs {
-        out.push_str(&format!("  {}\n", r.dir.join("config.toml").display()));
+        out.push_str(&format!("  {}\n", sh_quote(&abs(&r.dir)?.display().to_string())));
     }
-    out.push_str(")\nCONFIG=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
+    out.push_str(")\nRUN=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
     out.push_str("export INFINITY_RDZV_TOKEN=$(echo \"$SLURM_JOB_ID-$RANDOM$RANDOM\" | sha256sum | cut -c1-32)\n");
     out.push_str(&format!(
-        "srun --kill-on-bad-exit=1 {exe} launch --nproc-per-node {} --max-restarts 3 -- train \"$CONFIG\" --resume auto\n",
+        "srun --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --log-dir \"$RUN/logs\" \\\n  -- train \
+         \"$RUN/config.toml\" --resume auto\nrc=$?\n",
+        sh_quote(exe),
         sweep.nproc_per_node
     ));
+    out.push_str(
+        "# stopped before its last step (time-limit warning, preemption): checkpointed, so requeue to resume\n\
+         if [ $rc -eq 0 ] && grep -q '\"finished\": false' \"$RUN/summary.json\" 2>/dev/null; then\n  \
+         scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\nfi\nexit $rc\n",
+    );
     Ok(out)
 }
 
@@ -280,5 +305,7 @@ mod tests {
         assert_eq!(name_part("optim.lr", &toml::Value::Float(3e-4)), "lr-3e-4");
         assert_eq!(name_part("model.preset", &toml::Value::String("layer 12".into())), "preset-layer-12");
         assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");
+        assert_eq!(sh_quote("runs/a-1/config.toml"), "runs/a-1/config.toml");
+        assert_eq!(sh_quote("my sweep/it's"), "'my sweep/it'\\''s'");
     }
 }

@@ -1,9 +1,10 @@
 //! Data parallelism through `infinity launch` on this machine's CPU: 2 and 4 ranks match 1 rank with
 //! the same global batch; a rank killed with SIGKILL is restarted and the run ends bit-identical to an
-//! uninterrupted one; SIGTERM checkpoints, exits 0, and the relaunch resumes exactly.
+//! uninterrupted one; SIGTERM checkpoints, exits 0, and the relaunch resumes exactly; the agent reports
+//! a rank's last lines, agents that disagree, and a signal before its group starts.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use infinity_data::synth::{synth, SynthOptions};
@@ -207,6 +208,18 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
             && faulty.join("logs/run/attempt_1/rank_1.log").is_file()
     );
 
+    // a run started from another run's checkpoint (`--resume PATH`) restarts from its own newest one,
+    // not from PATH again: killed after step 5, it resumes at step 4 and still ends identical
+    let from = tmp.path().join("from-clean");
+    let start = clean.join("checkpoints/step-00000002");
+    let mut c = launch(2, &cfg, &from, &["--max-restarts", "1"], &[("INFINITY_FAULT_KILL", "0:5")]);
+    let out = ok(c.arg("--resume").arg(&start).output().unwrap());
+    assert!(
+        out.contains(&format!("resumed from {} at step 4", from.join("checkpoints/step-00000004").display())),
+        "{out}"
+    );
+    assert!(weights(&from, 8) == weights(&clean, 8), "restarted from its own checkpoint: final weights differ");
+
     // without restarts the failure is reported with the root cause and a non-zero exit
     let out = launch(2, &cfg, &tmp.path().join("no-restart"), &[], &[("INFINITY_FAULT_KILL", &spec)]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
@@ -282,4 +295,56 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     assert!(out.contains("restarting the group"), "{out}");
     assert!(weights(&faulty, 4) == weights(&two, 4), "NCCL, rank 1 killed at step 3: final weights differ");
     println!("NCCL on 2 GPUs, rank 1 killed at step 3 and the group restarted: the same bytes at step 4");
+}
+
+/// The agent's own failure paths, with plain programs as ranks: a rank's last line reaches the root
+/// cause; agents started with different settings both say so; an agent signalled while it waits for
+/// another node stops at once with 128 + the signal.
+#[test]
+fn agents_report_last_lines_disagreements_and_signals_before_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = |args: &[&str], program: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("launch").args(args).arg("--log-dir").arg(tmp.path()).arg("--").args(program);
+        c.env("INFINITY_RDZV_TOKEN", "test-token");
+        c
+    };
+    for i in 0..4 {
+        let run_id = format!("last-{i}");
+        let out = agent(&["--run-id", &run_id], &["bash", "-c", "sleep 0.2; echo 'the last words' >&2; exit 3"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        let report = text.split("Root cause").nth(1).unwrap_or_default();
+        assert!(report.contains("exit code 3") && report.contains("the last words"), "{text}");
+    }
+
+    let port = 29400 + (std::process::id() % 500) as u16;
+    let rdzv = format!("127.0.0.1:{port}");
+    let two = |node: &str, nproc: &str| {
+        agent(
+            &["--nnodes", "2", "--node-rank", node, "--rdzv", &rdzv, "--nproc-per-node", nproc, "--run-id", "dis"],
+            &["true"],
+        )
+    };
+    let node0 = two("0", "2").stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let node1 = two("1", "1").output().unwrap();
+    let node0 = node0.wait_with_output().unwrap();
+    for (n, out) in [node0, node1].iter().enumerate() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains("the agents disagree"), "node {n}: {text}");
+    }
+
+    let mut waiting = agent(&["--nnodes", "2", "--node-rank", "0", "--rdzv", &rdzv, "--run-id", "alone"], &["true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGTERM) };
+    let status = waiting.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "the signal took {:?}", t0.elapsed());
 }

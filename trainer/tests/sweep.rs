@@ -117,6 +117,27 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     ok(infinity(&["sweep", "bad.toml", "--slurm", "bad.sbatch"], t));
     let script = std::fs::read_to_string(t.join("bad.sbatch")).unwrap();
     assert!(script.contains("#SBATCH --array=0-0%4") && script.contains("--partition=gpu"), "{script}");
+    assert!(script.contains("scontrol requeue") && script.contains("--log-dir \"$RUN/logs\""), "{script}");
+
+    // paths with spaces stay one word: the array task finds its run's config (bash reads the script)
+    std::fs::write(
+        t.join("spaced.toml"),
+        "base = \"base.toml\"\nout = \"my sweep\"\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]\n",
+    )
+    .unwrap();
+    ok(infinity(&["sweep", "spaced.toml", "--slurm", "spaced.sbatch"], t));
+    let script = std::fs::read_to_string(t.join("spaced.sbatch")).unwrap();
+    let runs = script.split("RUNS=(").nth(1).unwrap().split("\nRUN=").next().unwrap();
+    for task in 0..2 {
+        let line =
+            format!("RUNS=({runs}\nSLURM_ARRAY_TASK_ID={task}\nRUN=${{RUNS[$SLURM_ARRAY_TASK_ID]}}\necho \"$RUN\"");
+        let out = Command::new("bash").args(["-c", &line]).output().unwrap();
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            Path::new(&dir).join("config.toml").is_file() && dir.contains("my sweep/lr-"),
+            "task {task}: {dir:?}\n{script}"
+        );
+    }
     let out = infinity(&["sweep", "bad.toml"], t);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("1 of 1 runs failed: lr-1e30"), "{text}");

@@ -25,7 +25,12 @@ pub struct SweepArgs {
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     let (file, runs) = sweep::plan(&a.file)?;
-    print!("{}", sweep::table(&runs));
+    // with --print, stdout is the command lines alone (for a scheduler to read)
+    if a.print {
+        eprint!("{}", sweep::table(&runs));
+    } else {
+        print!("{}", sweep::table(&runs));
+    }
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -34,14 +39,17 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the infinity binary")?;
     if a.print {
         for r in &todo {
-            println!("{} {}", exe.display(), sweep::command(r, file.nproc_per_node).join(" "));
+            let words: Vec<String> =
+                sweep::command(r, file.nproc_per_node).iter().map(|w| sweep::sh_quote(w)).collect();
+            println!("{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
         }
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(path) = &a.slurm {
         let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
         std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {} ({} array tasks): sbatch {}", path.display(), todo.len(), path.display());
+        let shown = path.display().to_string();
+        println!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
         return Ok(ExitCode::SUCCESS);
     }
     let failed = sweep::run_local(&runs, file.nproc_per_node, &exe)?;

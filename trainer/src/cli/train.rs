@@ -20,19 +20,26 @@ pub struct TrainArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// `auto` continues from the newest complete checkpoint of run.dir (if any); or a checkpoint folder.
-    /// Default: `auto` when the launcher restarts a failed group, else a fresh start.
+    /// Default: a fresh start, which refuses a run.dir that holds a run. A group the launcher restarts
+    /// continues from run.dir's newest checkpoint.
     #[arg(long)]
     resume: Option<String>,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::load(&a.config, &a.set)?;
-    let resume = match a.resume.or_else(|| std::env::var(vars::RESUME).ok()).as_deref() {
+    // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
+    // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
+    let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");
+    let newest = || train::latest_checkpoint(&cfg.run.dir);
+    let resume = match a.resume.as_deref() {
+        _ if restarted && newest().is_some() => newest(),
+        None if restarted => None,
         None => {
             train::rundir::check_fresh(&cfg.run.dir)?;
             None
         }
-        Some("auto") => train::latest_checkpoint(&cfg.run.dir),
+        Some("auto") => newest(),
         Some(p) => Some(PathBuf::from(p)),
     };
     let opts = TrainOptions { resume, stop_after: None, stop: Some(dist::preemption_flag()?) };
@@ -46,7 +53,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    println!(
+    train::log::console(&format!(
         "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; last checkpoint {}",
         if s.preempted { "stopped by a signal at" } else { "trained to" },
         s.steps,
@@ -55,6 +62,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         100.0 * s.last_bit_acc,
         s.skipped_steps,
         s.last_checkpoint.map_or("none".into(), |p| p.display().to_string())
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -248,6 +248,33 @@ pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// Exit code of a rank stopped by a signal before its group formed: 128 + SIGTERM, as the signal's
+/// default action reports (the agent uses 128 + the signal it got).
+pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
+
+/// A stop signal while this rank waits for its group (the rendezvous may take `dist.rdzv_timeout_s`)
+/// ends the process at once: nothing has trained, so there is nothing to checkpoint. Returns the flag
+/// to set once the group has formed.
+pub fn stop_while_joining(flag: &Option<Arc<AtomicBool>>) -> Arc<AtomicBool> {
+    let joined = Arc::new(AtomicBool::new(false));
+    if let Some(stop) = flag.clone() {
+        let joined = joined.clone();
+        std::thread::spawn(move || {
+            while !joined.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    eprintln!(
+                        "stopped by a signal while waiting for the other ranks: nothing trained (exit code \
+                         {EXIT_STOPPED_BEFORE_START})"
+                    );
+                    std::process::exit(EXIT_STOPPED_BEFORE_START);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+    }
+    joined
+}
+
 pub fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
     flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
 }

@@ -183,7 +183,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
     let mc = cfg.model_config(m.d as usize, num_classes, text)?;
     let lay = Layout::new(&mc);
+    let joined = dist::stop_while_joining(&opts.stop);
     let mut dist = Dist::join(&cfg.dist)?;
+    joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
     let per_rank = cfg.data.global_batch / dist.world;
     if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
