@@ -133,10 +133,12 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
-        let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| DataError::Manifest {
+        let m: Manifest = serde_path_to_error::deserialize(&mut *de).map_err(|e| DataError::Manifest {
             path: path.clone(),
             detail: format!("at `{}`: {}", e.path(), e.inner()),
         })?;
+        // nothing may follow the object (a truncated rewrite or two concatenated manifests)
+        de.end().map_err(|e| DataError::Manifest { path: path.clone(), detail: format!("after the manifest: {e}") })?;
         m.check(&path)?;
         Ok(m)
     }

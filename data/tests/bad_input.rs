@@ -207,6 +207,12 @@ fn manifest_unknown_key_wrong_type_and_version_are_named() {
     let e = open_err(dir.path());
     assert!(e.contains("format_version") && e.contains("found 9"), "{e}");
 
+    let mut text = serde_json::to_string(&m).unwrap();
+    text.push_str("}}");
+    std::fs::write(&path, text).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("manifest.json") && e.contains("after the manifest: trailing characters"), "{e}");
+
     std::fs::remove_file(&path).unwrap();
     let e = open_err(dir.path());
     assert!(e.contains("manifest.json") && e.contains("No such file"), "{e}");

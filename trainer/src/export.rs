@@ -68,7 +68,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, dtype: SaveDtype, chunked: bool)
         "d": mc.d,
         "conditioning": conditioning,
         "dtype": match dtype { SaveDtype::F32 => "float32", SaveDtype::Bf16 => "bfloat16" },
-        "key_layout": if chunked { "block_chunks.C.module.J" } else { "blocks.N" },
+        // upstream keeps `blocks.N` for a model of one chunk, and so does chunked_name
+        "key_layout": if chunked && mc.block_chunks > 1 { "block_chunks.C.module.J" } else { "blocks.N" },
         "parameters": lay.numel,
         "source": { "checkpoint": ck.dir, "step": ck.step },
         "data": data,

@@ -141,4 +141,17 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let out = infinity(&["sweep", "bad.toml"], t);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("1 of 1 runs failed: lr-1e30"), "{text}");
+
+    // a run whose loss ended NaN (JSON null) is listed and left out of the fits, not an error
+    let diverged = t.join("sweep/zz-diverged");
+    let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-192_num-heads-2")).arg(&diverged).status();
+    assert!(copy.unwrap().success());
+    let summary = std::fs::read_to_string(diverged.join("summary.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    v["loss"] = serde_json::Value::Null;
+    std::fs::write(diverged.join("summary.json"), v.to_string()).unwrap();
+    std::fs::remove_file(diverged.join("val.jsonl")).unwrap();
+    let report = ok(infinity(&["scaling", "sweep"], t));
+    let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
+    assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
 }

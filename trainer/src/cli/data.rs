@@ -38,8 +38,8 @@ pub struct Common {
     /// Tokenizer patch side in pixels.
     #[arg(long, default_value_t = 4)]
     patch: usize,
-    /// Target shard size in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Target shard size in MiB (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     shard_mib: u64,
     /// Replace a dataset already in --out.
     #[arg(long)]

@@ -35,6 +35,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         DtypeArg::F32 => SaveDtype::F32,
         DtypeArg::Bf16 => SaveDtype::Bf16,
     };
+    if a.chunked && ck.model.block_chunks <= 1 {
+        eprintln!("--chunked: this model has block_chunks = 1, so its keys stay blocks.N (as upstream names them)");
+    }
     let (weights, config) = crate::export::export(&ck, &a.out, dtype, a.chunked)?;
     let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
     println!(

@@ -39,8 +39,12 @@ pub struct ModelConfig {
 /// Number of `lvl_embed` rows (upstream `Embedding(15, C)`).
 pub const LVL_EMBED_ROWS: usize = 15;
 
+/// Names [`ModelConfig::preset`] knows.
+pub const PRESETS: [&str; 10] =
+    ["tiny", "small", "layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b"];
+
 impl ModelConfig {
-    /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests.
+    /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests ([`PRESETS`]).
     pub fn preset(name: &str) -> Option<ModelConfig> {
         let (depth, c, h) = match name {
             "tiny" => (2, 64, 2),

@@ -91,7 +91,11 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         flops_per_step,
         compute: flops_per_step * steps as f64,
         finished: summary["finished"].as_bool().unwrap_or(false),
-        final_train: num(&summary, "loss", "summary.json")?,
+        // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
+        final_train: match &summary["loss"] {
+            Value::Null if summary.get("loss").is_some() => f64::NAN,
+            _ => num(&summary, "loss", "summary.json")?,
+        },
         final_val: val_curve.last().map(|p| p.1),
         smoothed_val: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
         val_curve,
@@ -129,8 +133,14 @@ pub struct Report {
 pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
     let runs = gather(root)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (c, l): (Vec<f64>, Vec<f64>) = runs.iter().map(|r| (r.compute, r.loss())).unzip();
+    // the fits take the runs with a finite loss; the tables list every run
+    let fitted: Vec<&RunRecord> = runs.iter().filter(|r| r.loss().is_finite()).collect();
+    let (c, l): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute, r.loss())).unzip();
     let mut notes = Vec::new();
+    let diverged: Vec<&str> = runs.iter().filter(|r| !r.loss().is_finite()).map(|r| r.name.as_str()).collect();
+    if !diverged.is_empty() {
+        notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));
+    }
     if runs.iter().any(|r| r.smoothed_val.is_none()) {
         notes.push("runs without validation are fitted on their final training loss".to_string());
     }
@@ -143,10 +153,10 @@ pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
     };
     let power = attempt("L(C) = a·C^(−b)", fit::power_law(&c, &l));
     let power_floor = attempt("L(C) = E + a·C^(−b)", fit::power_law_with_floor(&c, &l));
-    let (n, d): (Vec<f64>, Vec<f64>) = runs.iter().map(|r| (r.params, r.tokens)).unzip();
+    let (n, d): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.params, r.tokens)).unzip();
     let chinchilla = attempt("L(N, D)", fit::chinchilla(&n, &d, &l));
     let logs: (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
-    let pearson_r = if runs.len() >= 2 { pearson(&logs.0, &logs.1) } else { f64::NAN };
+    let pearson_r = if fitted.len() >= 2 { pearson(&logs.0, &logs.1) } else { f64::NAN };
 
     let mut files = vec![out.join("runs.csv"), out.join("runs.md"), out.join("fits.md"), out.join("fits.json")];
     write_atomic(&files[0], runs_csv(&runs).as_bytes())?;

@@ -260,6 +260,31 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
 }
 
+/// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
+/// or the config file.
+fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
+    let from_set = overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    let var = format!("INF__{}", key.to_uppercase().replace('.', "__"));
+    if from_set {
+        format!("--set {key}")
+    } else if std::env::var_os(&var).is_some() {
+        format!("{var} (in the environment)")
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The values an enumerated key takes, for its error (serde's own message names the Rust type).
+fn allowed_values(key: &str) -> &'static str {
+    match key {
+        "run.precision" => " (expected \"f32\" or \"bf16\")",
+        "run.device" => " (expected \"cpu\", \"cuda\" or \"auto\")",
+        "dist.backend" => " (expected \"auto\", \"ring\" or \"nccl\")",
+        "optim.decay" | "optim.decay.kind" => " (expected kind = \"constant\", \"cosine\", \"linear\" or \"wsd\")",
+        _ => "",
+    }
+}
+
 /// A `--set` value as TOML reads it (`2` a number, `true` a boolean, `[1, 2]` an array, `{ kind =
 /// "cosine" }` a table), so it deserialises where a plain string would not (inside tagged enums such as
 /// `optim.decay`); anything else (`runs/x`) stays a string.
@@ -330,8 +355,10 @@ impl TrainConfig {
             b = b.set_override(k.trim(), override_value(v.trim()))?;
         }
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
-        let cfg: TrainConfig = serde_path_to_error::deserialize(built)
-            .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
+        let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
+            let key = e.path().to_string();
+            anyhow::anyhow!("{}: at `{key}`: {}{}", source_of(&key, path, overrides), e.inner(), allowed_values(&key))
+        })?;
         cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
     }
@@ -425,8 +452,9 @@ impl TrainConfig {
         text: Option<(usize, usize)>,
     ) -> Result<ModelConfig> {
         let m = &self.model;
-        let mut c =
-            ModelConfig::preset(&m.preset).with_context(|| format!("model.preset: unknown preset `{}`", m.preset))?;
+        let mut c = ModelConfig::preset(&m.preset).with_context(|| {
+            format!("model.preset: unknown preset `{}` (one of {})", m.preset, crate::model::config::PRESETS.join(", "))
+        })?;
         c.depth = m.depth.unwrap_or(c.depth);
         c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
         c.num_heads = m.num_heads.unwrap_or(c.num_heads);
