@@ -97,6 +97,7 @@ fn train_sample_and_export_a_text_model() {
     for dtype in ["f32", "bf16"] {
         let out = tmp.path().join(format!("export-{dtype}/model.safetensors"));
         assert!(infinity(&["export", run_s, "-o", path_str(&out), "--dtype", dtype]));
+        assert!(out.with_file_name("tokenizer.safetensors").is_file(), "the tokenizer travels with the export");
         let report = python(&[&"tools/check_export.py", &out, &"--expect", &expect]);
         assert!(report.contains("names and shapes equal the reference"), "{report}");
         println!("{report}");

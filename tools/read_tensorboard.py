@@ -3,8 +3,8 @@
 found as JSON: {"scalars": {tag: [[step, value], ...]}, "images": {tag: [[step, w, h], ...]},
 "text": {tag: [[step, text], ...]}, "hparams": {name: value}}. Used by the tests to prove TensorBoard
 reads what we write (hparams through the HParams plugin's own protobuf)."""
+import argparse
 import json
-import sys
 
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -41,4 +41,6 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("logdir", help="a folder of events.out.tfevents.* files (a run's tb/)")
+    main(ap.parse_args().logdir)

@@ -160,7 +160,58 @@ def to_half_bytes(x: np.ndarray, dtype: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# demo: random rows + expected.json (for the Rust interop test)
+# multi-scale BSQ in numpy (no torch): PyTorch's `area` and `trilinear` (align_corners=False) resizes
+# in f32, as kernels/src/resample.rs documents them; other sums may round a near-zero residual the
+# other way, which `infinity data verify` tolerates
+# ---------------------------------------------------------------------------------------------------
+def area_resize(x, h, w):
+    """adaptive_avg_pool over (H, W) of x (d, H, W) to (d, h, w)."""
+    d, H, W = x.shape
+    out = np.empty((d, h, w), np.float32)
+    for i in range(h):
+        r0, r1 = (i * H) // h, -((-(i + 1) * H) // h)
+        for j in range(w):
+            c0, c1 = (j * W) // w, -((-(j + 1) * W) // w)
+            out[:, i, j] = x[:, r0:r1, c0:c1].sum(axis=(1, 2), dtype=np.float32) / np.float32(r1 - r0) / np.float32(c1 - c0)
+    return out
+
+
+def linear_taps(src, dst):
+    scale = np.float32(src) / np.float32(dst)
+    pos = np.maximum(scale * (np.arange(dst, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(pos).astype(np.int64), src - 1)
+    lam = np.clip(pos - i0.astype(np.float32), 0, 1).astype(np.float32)
+    i1 = i0 + (i0 < src - 1)
+    return i0, i1, np.float32(1) - lam, lam
+
+
+def bilinear_resize(x, H, W):
+    """x (d, h, w) up-sampled to (d, H, W): the width axis first, then the height."""
+    _, h, w = x.shape
+    h0, h1, l0, l1 = linear_taps(h, H)
+    w0, w1, m0, m1 = linear_taps(w, W)
+    rows = x[:, :, w0] * m0 + x[:, :, w1] * m1
+    return (rows[:, h0, :] * l0[:, None] + rows[:, h1, :] * l1[:, None]).astype(np.float32)
+
+
+def multiscale_bits_np(latent, scales):
+    """Bits (L, d) of the multi-scale residual BSQ of latent (d, H, W) (f32), scales [(1, h, w)…]."""
+    d, H, W = latent.shape
+    cum = np.zeros_like(latent, dtype=np.float32)
+    out = []
+    for si, (_, h, w) in enumerate(scales):
+        r = latent - cum
+        if si != len(scales) - 1:
+            r = area_resize(r, h, w)
+        pos = r > 0
+        out.append(pos.reshape(d, -1).T)
+        q = np.where(pos, np.float32(1), np.float32(-1)) / np.float32(math.sqrt(d))
+        cum = cum + (bilinear_resize(q.astype(np.float32), H, W) if (h, w) != (H, W) else q.astype(np.float32))
+    return np.concatenate(out).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo: random latents, their bits, random conditions + expected.json (for the Rust interop test)
 # ---------------------------------------------------------------------------------------------------
 def demo(out, rows, d, seed):
     rng = np.random.default_rng(seed)
@@ -174,8 +225,9 @@ def demo(out, rows, d, seed):
         s = schedules[b]
         L = sum(t * h * ww for t, h, ww in s["scales"])
         _, H, W = s["scales"][-1]
-        bits = rng.integers(0, 2, size=(L, d), dtype=np.uint8)
         latent = rng.uniform(-2, 2, size=(d, H, W)).astype(np.float16)
+        bits = multiscale_bits_np(latent.astype(np.float32), s["scales"])
+        assert bits.shape == (L, d)
         n_text = int(rng.integers(1, 5))
         text = rng.uniform(-1, 1, size=(n_text, 5)).astype(np.float32)
         caption = None if i % 4 == 0 else f"row {i}: ünïcode ✓"

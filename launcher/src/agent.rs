@@ -333,7 +333,18 @@ async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u
         let mut child = cmd.spawn().with_context(|| format!("starting rank {global}: {}", prog.display()))?;
         let pid = child.id().map_or(0, |p| p as i32);
         let log_path = dir.join(format!("rank_{global}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        // appended: a relaunch with the same run id (a requeued job) keeps the earlier sessions' logs
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = writeln!(
+            log,
+            "==== rank {global}, attempt {attempt}, pid {pid}, started at unix time {}",
+            since_epoch.as_secs()
+        );
         let log = Arc::new(Mutex::new(log));
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stdout.take().unwrap());

@@ -51,11 +51,22 @@ pub fn export(ck: &CheckpointModel, out: &Path, dtype: SaveDtype, chunked: bool)
         Conditioning::Text => json!({ "kind": "text" }),
         Conditioning::Class { num_classes } => json!({ "kind": "class", "num_classes": num_classes }),
     };
-    // The dataset, when still where training found it, tells a decoder which schedules and tokenizer fit.
-    let data = Manifest::load(&ck.train.data.dir).ok().map(|m| {
+    // The dataset, when still where training found it, tells a decoder which schedules and tokenizer fit;
+    // its tokenizer file is copied beside the weights, so the export decodes without the dataset.
+    let manifest = Manifest::load(&ck.train.data.dir).ok();
+    let mut tokenizer_copy = None;
+    if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
+        let (from, to) = (ck.train.data.dir.join(&file), out.with_file_name(&file));
+        if from.is_file() {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            tokenizer_copy = Some(file);
+        }
+    }
+    let data = manifest.map(|m| {
         json!({
             "dir": ck.train.data.dir,
             "tokenizer": m.tokenizer,
+            "tokenizer_file_beside": tokenizer_copy,
             "schedules": m.schedules,
             "conditions": m.conditions,
         })

@@ -61,7 +61,7 @@ pub struct SampleArgs {
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
     ensure!(a.tau > 0.0, "--tau must be positive");
-    ensure!((0.0..1.0).contains(&a.top_p), "--top-p must be in [0, 1)");
+    ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     let ck = checkpoint::load_model(&a.ckpt)?;
     let data_dir = a.data.clone().unwrap_or_else(|| ck.train.data.dir.clone());
     let m = Manifest::load(&data_dir)
@@ -93,7 +93,10 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         let meta: HashMap<String, String> = [
             ("schedule".to_string(), serde_json::to_string(&sched)?),
             ("conditions".to_string(), serde_json::to_string(&rows)?),
-            ("bit_order".to_string(), "bits[i, l, c] is bit c of token l of sample i; code = 2·bit − 1".into()),
+            (
+                "bit_order".to_string(),
+                "bits[i, l, c] is bit c of token l of sample i; 1 is the code +1/√d, 0 is −1/√d".into(),
+            ),
         ]
         .into();
         let bytes = safetensors::serialize([("bits", TensorView::new(Dtype::U8, vec![n, l, d], &flat)?)], Some(meta))?;

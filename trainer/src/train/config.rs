@@ -425,8 +425,8 @@ impl TrainConfig {
         if self.sample.every > 0 && (self.sample.n == 0 || self.sample.per_condition == 0) {
             bail!("sample.n and sample.per_condition must be positive when sample.every > 0");
         }
-        if self.sample.tau.is_nan() || self.sample.tau <= 0.0 || !(0.0..1.0).contains(&self.sample.top_p) {
-            bail!("sample.tau must be positive and sample.top_p in [0, 1)");
+        if self.sample.tau.is_nan() || self.sample.tau <= 0.0 || !(0.0..=1.0).contains(&self.sample.top_p) {
+            bail!("sample.tau must be positive and sample.top_p in [0, 1]");
         }
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");
