@@ -220,6 +220,31 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     );
     assert!(weights(&from, 8) == weights(&clean, 8), "restarted from its own checkpoint: final weights differ");
 
+    // ranks that see different checkpoints (a run.dir that is not shared) stop together, saying so
+    let port = (29700 + std::process::id() % 200).to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let dir = tmp.path().join(format!("unshared-{r}"));
+            let copy = Command::new("cp").arg("-r").arg(&clean).arg(&dir).status().unwrap();
+            assert!(copy.success());
+            if r == 1 {
+                std::fs::remove_dir_all(dir.join("checkpoints/step-00000008")).unwrap();
+            }
+            let mut c = Command::new(BIN);
+            c.args(["train"]).arg(&cfg).args(["--set", &format!("run.dir={}", dir.display()), "--resume", "auto"]);
+            c.envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_PORT", &port)]);
+            c.stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && text.contains("run.dir must be one folder every rank sees"),
+            "rank {r}: {text}"
+        );
+    }
+
     // without restarts the failure is reported with the root cause and a non-zero exit
     let out = launch(2, &cfg, &tmp.path().join("no-restart"), &[], &[("INFINITY_FAULT_KILL", &spec)]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);

@@ -126,6 +126,26 @@ impl Dist {
         Ok(self.comm.barrier()?)
     }
 
+    /// Every rank continues from rank 0's step, or every rank stops with an error naming both steps: a
+    /// run.dir that is not one shared folder (or a file system that shows ranks different checkpoints)
+    /// would otherwise fail later in a collective, or silently mix two states.
+    pub fn agree_on_step(&mut self, step: u64) -> Result<()> {
+        // two f32 halves carry the step exactly
+        let mut at = [(step >> 24) as f32, (step & 0xff_ffff) as f32];
+        self.broadcast(&mut at)?;
+        let leader = ((at[0] as u64) << 24) | at[1] as u64;
+        if self.any(leader != step)? {
+            let what = match leader == step {
+                true => format!("another rank starts from a different step than rank 0's {leader}"),
+                false => format!("rank {} starts from step {step}, rank 0 from step {leader}", self.rank),
+            };
+            bail!(
+                "{what}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
+            );
+        }
+        Ok(())
+    }
+
     /// Whether any rank saw `flag` set: all ranks agree on the step at which to stop.
     pub fn any(&mut self, flag: bool) -> Result<bool> {
         let mut v = [flag as u8 as f32];

@@ -255,6 +255,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             None,
         ),
     };
+    dist.agree_on_step(state.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
         // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps
         // the summary it finished with
