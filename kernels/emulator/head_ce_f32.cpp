@@ -17,12 +17,27 @@ int main(int argc, char** argv) {
     auto labels = read_array<unsigned char>(dir, "labels");
     std::vector<float> loss(n), dlogits((size_t)n * 2 * d), dh((size_t)n * c);
     std::vector<unsigned> correct(n);
-    // head_ce.rs's launch_config: TOK tokens per 256-thread block; W, h and logit tiles in shared memory
-    const size_t floats = (size_t)2 * d * (KT + 1) + TOK * KT + 2 * TOK * 2 * d;
-    emu::launch({(unsigned)((n + TOK - 1) / TOK), 1, 1}, {256, 1, 1}, floats * 4, [&] {
-        head_bitwise_ce_f32(h.data(), w.data(), b.data(), labels.data(), weights.data(), smoothing, n, c, d, loss.data(),
-                            correct.data(), dlogits.data(), dh.data());
-    });
+    // head_ce.rs's launch: TOK tokens per 256-thread block, the kernel for 2d rounded up to 32 logits,
+    // its work area and the dlogits [lp][TOK + 4] in shared memory
+    const int lp = (2 * d + 31) / 32 * 32;
+    const size_t bytes = 4 * ((size_t)work_floats(lp) + (size_t)lp * (TOK + 4));
+    const dim3 grid{(unsigned)((n + TOK - 1) / TOK), 1, 1};
+#define RUN(LP)                                                                                                   \
+    case LP:                                                                                                      \
+        emu::launch(grid, {256, 1, 1}, bytes, [&] {                                                               \
+            head_bitwise_ce_f32_l##LP(h.data(), w.data(), b.data(), labels.data(), weights.data(), smoothing, n, c, d, \
+                                      loss.data(), correct.data(), dlogits.data(), dh.data());                    \
+        });                                                                                                       \
+        break;
+    switch (lp) {
+        RUN(32)
+        RUN(64)
+        RUN(96)
+        RUN(128)
+        default:
+            fprintf(stderr, "d = %d: the kernels take 2d ≤ 128 logits\n", d);
+            return 2;
+    }
     write_array(dir, "loss", loss);
     write_array(dir, "correct", correct);
     write_array(dir, "dlogits", dlogits);

@@ -277,13 +277,14 @@ fn bf16_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
     }
 }
 
-/// head_ce.cu (the f32 fused head + bitwise CE): widths not multiples of its 64-column tiles, d up to
-/// the 64 bits it takes, tokens not multiples of its 8-token blocks.
+/// head_ce.cu (the f32 fused head + bitwise CE): every padded logit count (d of 1, 16, 24, 32, 64),
+/// widths not multiples of its 32-column tiles or 64-column dh chunks (odd ones: scalar stores), tokens
+/// not multiples of its 64-token blocks.
 #[test]
 fn f32_fused_head_and_loss_match_their_cpu_twins_on_the_emulator() {
     let Some(exe) = build("head_ce.cu", "head_ce_f32") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(24);
-    for shape in [(1, 8, 1), (37, 100, 16), (131, 256, 32), (20, 200, 64)] {
+    for shape in [(1, 8, 1), (37, 100, 16), (131, 256, 32), (20, 200, 64), (70, 97, 24), (130, 2048, 32)] {
         head_case(&exe, &mut rng, shape, false);
     }
 }

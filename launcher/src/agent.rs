@@ -184,7 +184,10 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 eprintln!("[launch] all {} local ranks finished", a.nproc_per_node);
                 return Ok(0);
             }
-            Outcome::Stopped(code) => return Ok(code),
+            Outcome::Stopped(code) => {
+                eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
+                return Ok(code);
+            }
             Outcome::Failed(report) => {
                 eprintln!("[launch] attempt {attempt} failed. Root cause: {report}");
                 if attempt == a.max_restarts {

@@ -14,9 +14,10 @@ use super::linear::{bias_grad, weight_grad, Gemm};
 use super::ops::act_upload;
 use super::Math;
 
-/// Tokens per block and K tile of head_ce.cu.
-const TOK: usize = 8;
-const KT: usize = 64;
+/// Tokens per block, K tile and dh chunk of head_ce.cu.
+const TOK: usize = 64;
+const KT: usize = 32;
+const CW: usize = 64;
 /// The kernel keeps a block's logits in shared memory: at most 128 (`d ≤ 64`, upstream uses 32).
 pub const MAX_BITS: usize = 64;
 
@@ -43,13 +44,16 @@ impl HeadCeDevice {
     }
 }
 
-fn launch_config(n: usize, d: usize) -> LaunchConfig {
-    let floats = 2 * d * (KT + 1) + TOK * KT + 2 * TOK * 2 * d;
-    LaunchConfig {
-        grid_dim: (n.div_ceil(TOK) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: (floats * 4) as u32,
-    }
+/// Logits per token as head_ce.cu's tiles hold them: 2d rounded up to 32 (its kernel name's `l…`).
+fn padded_logits(d: usize) -> usize {
+    (2 * d).div_ceil(32) * 32
+}
+
+/// Dynamic shared memory of head_ce.cu's kernel for `lp` padded logits (its `work_floats` area, then
+/// the dlogits [lp][64 + 4]).
+pub fn head_f32_smem_bytes(lp: usize) -> usize {
+    let work = ((TOK + lp) * (KT + 4)).max(TOK * (lp + 1)).max(lp * (CW + 4));
+    4 * (work + lp * (TOK + 4))
 }
 
 /// Whether `Math::Bf16` runs the head on tensor cores (head_ce_bf16.cu) for width `c` and `d` bits: d of
@@ -130,8 +134,20 @@ pub fn head_bitwise_ce_device(
         Arg::Ptr(grads[0]),
         Arg::Ptr(grads[1]),
     ];
+    let lp = padded_logits(d);
+    let name = format!("head_bitwise_ce_f32_l{lp}");
+    let bytes = head_f32_smem_bytes(lp);
+    let f = dev.function("head_ce.cu", &name)?;
+    if bytes > 48 * 1024 {
+        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(TOK) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: bytes as u32,
+    };
     // SAFETY: argument list as declared in head_ce.cu; sizes asserted above; shared memory sized for d.
-    unsafe { dev.launch("head_ce.cu", "head_bitwise_ce_f32", launch_config(n, d), &args) }
+    unsafe { dev.launch("head_ce.cu", &name, cfg, &args) }
 }
 
 /// Dynamic shared memory of head_ce_bf16.cu's kernel for `td` = 2d logits, h in bf16 when `h16`: its

@@ -64,13 +64,13 @@ impl Dist {
             }
             CommBackend::Nccl => nccl(&mut store, &prefix, env, comm_timeout)?,
         };
+        let kind = if cfg.backend == CommBackend::Nccl { "NCCL" } else { "TCP ring" };
         tracing::info!(
-            "rank {} of {} joined run {} (attempt {}, {:?} communicator)",
+            "rank {} of {} joined run {} (attempt {}, {kind})",
             env.rank,
             env.world,
             env.run_id,
-            env.attempt,
-            cfg.backend
+            env.attempt
         );
         Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm, _server: server })
     }
