@@ -87,24 +87,12 @@ __device__ __forceinline__ void accumulate_product(float (&acc)[C / 8][4], const
     }
 }
 
-// Starts copying rows [first, first + 64) of one head (row stride w, column offset hc) of N
-// matrices src[0 … N−1] into consecutive tiles dst [N][64][C + 8]; rows at or beyond `end` become
-// zeros. The copies land at a later cp_async_wait. Thread i copies the 16 bytes at column
-// (i mod C/8)·8 of rows i / (C/8) + k·STEP of each matrix: the same pieces as a loop over all
-// 64·C/8 of them, with one offset step per row (a rolled loop: few registers).
+// Starts copying rows [first, first + 64) of one head of N matrices into consecutive tiles dst
+// [N][64][C + 8] (mma.cuh's cp_async_rows).
 template <int C, int N>
 __device__ __forceinline__ void load_rows(bf16* dst, const bf16* const (&src)[N], long first, long end, int w,
                                           int hc) {
-    constexpr int V8 = C / 8, STEP = NT / V8;  // 16-byte pieces per row; rows per pass of the block
-    const int r0 = threadIdx.x / V8, col = threadIdx.x % V8 * 8;
-    const long step = (long)STEP * w;
-    long from = (first + r0) * w + hc + col;  // element offset, read only while rows are left
-    bf16* to = dst + r0 * (C + 8) + col;
-    int left = (int)max(min(end - first, (long)T64), 0L) - r0;  // rows from this thread's next row to `end`
-#pragma unroll 1
-    for (int r = r0; r < T64; r += STEP, from += step, to += STEP * (C + 8), left -= STEP)
-#pragma unroll
-        for (int m = 0; m < N; ++m) cp_async16(to + m * T64 * (C + 8), src[m] + (left > 0 ? from : 0), left > 0);
+    cp_async_rows<bf16, C, 8, T64, N>(dst, src, first, end, w, hc);
 }
 
 // Starts copying key rows [first, first + 64) of K and V into stage `st` of kv [2][K, V][64][C + 8].

@@ -27,22 +27,12 @@
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
-// Starts copying rows [first, first + ROWS) of one head (row stride w, column offset hc) of N
-// matrices src[0 … N−1] into consecutive shared tiles dst [N][ROWS][C + 4]; rows at or beyond `end`
-// become zeros. Thread i copies the 16 bytes at column (i mod C/4)·4 of rows i / (C/4) + k·STEP.
+// Starts copying rows [first, first + ROWS) of one head of N matrices into consecutive shared tiles
+// dst [N][ROWS][C + 4] (mma.cuh's cp_async_rows).
 template <int C, int ROWS, int N>
 __device__ __forceinline__ void load_rows(float* dst, const float* const (&src)[N], long first, long end, int w,
                                           int hc) {
-    constexpr int V4 = C / 4, STEP = NT / V4;  // 16-byte pieces per row; rows per pass of the block
-    const int r0 = threadIdx.x / V4, col = threadIdx.x % V4 * 4;
-    const long step = (long)STEP * w;
-    long from = (first + r0) * w + hc + col;  // element offset, read only while rows are left
-    float* to = dst + r0 * (C + 4) + col;
-    int left = (int)max(min(end - first, (long)ROWS), 0L) - r0;  // rows from this thread's next row to `end`
-#pragma unroll 1
-    for (int r = r0; r < ROWS; r += STEP, from += step, to += STEP * (C + 4), left -= STEP)
-#pragma unroll
-        for (int m = 0; m < N; ++m) cp_async16(to + m * ROWS * (C + 4), src[m] + (left > 0 ? from : 0), left > 0);
+    cp_async_rows<float, C, 4, ROWS, N>(dst, src, first, end, w, hc);
 }
 
 // s[i][j] = a[y + 16i] · b[x + 8j], C deep: rows of two shared tiles with row stride C + 4, summed in

@@ -120,6 +120,26 @@ __device__ __forceinline__ void ldsm_b2(unsigned (&b)[4], const bf16* y, int ld,
     ldsm_x4_trans(b, y + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8);
 }
 
+// Starts copying rows [first, first + ROWS) of one head (row stride w elements, column offset hc) of N
+// row-major matrices src[0 … N−1] of element type T into consecutive shared tiles dst [N][ROWS][C +
+// PAD]; rows at or beyond `end` become zeros. For blocks of 128 threads: thread i copies the 16 bytes
+// at piece i mod P of rows i / P + k·STEP (P = 16-byte pieces per row), the pieces of a loop over all
+// of them, with one offset step per row (a rolled loop: few registers). The copies land at a later
+// cp_async_wait.
+template <class T, int C, int PAD, int ROWS, int N>
+__device__ __forceinline__ void cp_async_rows(T* dst, const T* const (&src)[N], long first, long end, int w, int hc) {
+    constexpr int E = 16 / sizeof(T), P = C / E, STEP = 128 / P;  // elements per piece; pieces per row
+    const int r0 = threadIdx.x / P, col = threadIdx.x % P * E;
+    const long step = (long)STEP * w;
+    long from = (first + r0) * w + hc + col;  // element offset, read only while rows are left
+    T* to = dst + r0 * (C + PAD) + col;
+    int left = (int)max(min(end - first, (long)ROWS), 0L) - r0;  // rows from this thread's next row to `end`
+#pragma unroll 1
+    for (int r = r0; r < ROWS; r += STEP, from += step, to += STEP * (C + PAD), left -= STEP)
+#pragma unroll
+        for (int m = 0; m < N; ++m) cp_async16(to + m * ROWS * (C + PAD), src[m] + (left > 0 ? from : 0), left > 0);
+}
+
 // Streams `n` tiles through two stages: issue(i, stage) starts tile i's copies (cp.async only) into
 // `stage` = i & 1, use(i, stage) runs once they have landed, while tile i + 1 is in flight. Copies
 // committed before the call land by the first use. One barrier per tile: after it, tile i is visible
