@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{job_port, parse_nodelist, vars};
+use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_INVOCATION};
 use crate::store::{StoreClient, StoreServer};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
@@ -70,7 +70,12 @@ enum Outcome {
     Succeeded,
     /// A signal was forwarded and the ranks stopped; the exit code to return.
     Stopped(i32),
-    Failed(String),
+    /// The root cause; `permanent` when a rank exited with `EXIT_BAD_INVOCATION` (its command line or
+    /// config is wrong): a restart would fail the same way.
+    Failed {
+        report: String,
+        permanent: bool,
+    },
 }
 
 /// Run the agent; returns the process exit code.
@@ -188,8 +193,15 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
                 return Ok(code);
             }
-            Outcome::Failed(report) => {
+            Outcome::Failed { report, permanent } => {
                 eprintln!("[launch] attempt {attempt} failed. Root cause: {report}");
+                if permanent {
+                    eprintln!(
+                        "[launch] not restarting: exit code {EXIT_BAD_INVOCATION} means the command or its config is \
+                         wrong, and a restart would fail the same way"
+                    );
+                    return Ok(EXIT_BAD_INVOCATION);
+                }
                 if attempt == a.max_restarts {
                     eprintln!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
                     return Ok(1);
@@ -440,7 +452,7 @@ async fn watch(
     let mut poller =
         tokio::task::spawn_blocking(move || StoreClient::connect(&addr, &token, &who, Duration::from_secs(30)))
             .await??;
-    let keys = [format!("{prefix}/failed"), format!("{prefix}/signal")];
+    let keys = [format!("{prefix}/failed"), format!("{prefix}/signal"), format!("{prefix}/failed-permanently")];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut store_lost: Option<Instant> = None;
     loop {
@@ -472,8 +484,12 @@ async fn watch(
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
                     let report = post_first(&mut poller, &keys[0], report).await;
+                    let permanent = status.code() == Some(EXIT_BAD_INVOCATION);
+                    if permanent {
+                        post(&mut poller, &keys[2], "1").await;
+                    }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed(report));
+                    return Ok(Outcome::Failed { report, permanent });
                 }
             }
             sig = signals.next() => {
@@ -505,7 +521,7 @@ async fn watch(
                             STORE_LOSS.as_secs()
                         );
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Failed(report));
+                        return Ok(Outcome::Failed { report, permanent: false });
                     }
                 };
                 if present.first() == Some(&true) {
@@ -514,7 +530,8 @@ async fn watch(
                         Err(e) => format!("(unreadable: {e})"),
                     };
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed(format!("another node: {report}")));
+                    let permanent = poller.check(&keys[2..]).is_ok_and(|p| p == [true]);
+                    return Ok(Outcome::Failed { report: format!("another node: {report}"), permanent });
                 }
                 if present.get(1) == Some(&true) {
                     eprintln!("[launch] another node was signalled; forwarding SIGTERM");

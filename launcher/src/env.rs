@@ -16,6 +16,10 @@ pub mod vars {
     pub const RESUME: &str = "INFINITY_RESUME";
 }
 
+/// Exit code of a training process whose command line or config is wrong (as clap's usage errors): a
+/// restart would fail the same way, so the agent does not restart its group.
+pub const EXIT_BAD_INVOCATION: i32 = 2;
+
 /// One process's place in a distributed run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistEnv {

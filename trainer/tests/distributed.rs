@@ -323,8 +323,8 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
 }
 
 /// The agent's own failure paths, with plain programs as ranks: a rank's last line reaches the root
-/// cause; agents started with different settings both say so; an agent signalled while it waits for
-/// another node stops at once with 128 + the signal.
+/// cause; a rank with a bad config is not restarted; agents started with different settings both say
+/// so; an agent signalled while it waits for another node stops at once with 128 + the signal.
 #[test]
 fn agents_report_last_lines_disagreements_and_signals_before_start() {
     let tmp = tempfile::tempdir().unwrap();
@@ -343,6 +343,14 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
         let report = text.split("Root cause").nth(1).unwrap_or_default();
         assert!(report.contains("exit code 3") && report.contains("the last words"), "{text}");
     }
+
+    // a rank whose command or config is wrong (exit code 2) is not restarted: it would fail the same way
+    let out = agent(&["--run-id", "bad-config", "--max-restarts", "2"], &[BIN, "train", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not restarting") && !text.contains("attempt 1"), "{text}");
 
     let port = 29400 + (std::process::id() % 500) as u16;
     let rdzv = format!("127.0.0.1:{port}");

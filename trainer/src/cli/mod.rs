@@ -76,6 +76,19 @@ where
     }
 }
 
+/// An error in the command line or the config (not in the data, the run or the machine): the process
+/// exits with `EXIT_BAD_INVOCATION`, which `infinity launch` does not restart.
+#[derive(Debug)]
+pub struct BadInvocation(pub anyhow::Error);
+
+impl std::fmt::Display for BadInvocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for BadInvocation {}
+
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
@@ -89,7 +102,10 @@ pub fn main() -> ExitCode {
             }
             None => {
                 eprintln!("error: {e:#}");
-                ExitCode::FAILURE
+                match e.downcast_ref::<BadInvocation>() {
+                    Some(_) => ExitCode::from(infinity_launcher::env::EXIT_BAD_INVOCATION as u8),
+                    None => ExitCode::FAILURE,
+                }
             }
         },
     }

@@ -27,7 +27,8 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = TrainConfig::load(&a.config, &a.set)?;
+    let bad = |e: anyhow::Error| anyhow::Error::from(super::BadInvocation(e));
+    let cfg = TrainConfig::load(&a.config, &a.set).map_err(bad)?;
     // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
     // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
     let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");
@@ -36,7 +37,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         _ if restarted && newest().is_some() => newest(),
         None if restarted => None,
         None => {
-            train::rundir::check_fresh(&cfg.run.dir)?;
+            train::rundir::check_fresh(&cfg.run.dir).map_err(bad)?;
             None
         }
         Some("auto") => newest(),
