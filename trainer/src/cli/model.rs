@@ -22,7 +22,8 @@ pub struct Shape {
     /// tiny, small, layer12 … layer48, 2b, 8b.
     #[arg(long, default_value = "layer12")]
     preset: String,
-    /// Override the width (and heads, keeping the head dim) for width-reduced variants.
+    /// Override the width for width-reduced variants: heads = width / the preset's head dim (rounded
+    /// down, at least 1), so the head dim stays the preset's where the width is a multiple of it.
     #[arg(long)]
     width: Option<usize>,
     #[arg(long, default_value = "1.000")]
