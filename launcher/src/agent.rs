@@ -483,11 +483,12 @@ async fn watch(
                     );
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
-                    let report = post_first(&mut poller, &keys[0], report).await;
+                    // (a permanent failure is marked first: an agent that sees the report sees the mark)
                     let permanent = status.code() == Some(EXIT_BAD_INVOCATION);
                     if permanent {
                         post(&mut poller, &keys[2], "1").await;
                     }
+                    let report = post_first(&mut poller, &keys[0], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent });
                 }

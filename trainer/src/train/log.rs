@@ -67,9 +67,8 @@ impl Logger {
             .with_context(|| format!("opening {}", run.join("metrics.jsonl").display()))?;
         let tb = match EventWriter::create(&run.join("tb")) {
             Ok(mut w) => {
-                if step > 0 {
-                    let _ = w.session_start(step + 1);
-                }
+                // (also at step 0: a session that crashed before its first checkpoint left points)
+                let _ = w.session_start(step + 1);
                 let _ = w.text("config", &format!("```toml\n{config_toml}\n```"), step);
                 Some(w)
             }
