@@ -123,7 +123,12 @@ fn condition(a: &SampleArgs, kind: &Conditioning, m: &Manifest) -> Result<(Sampl
         Conditioning::Class { .. } => {
             ensure!(!text_given, "this model is class-conditioned: use --class");
             let info = m.conditions.class.as_ref().context("the dataset has no class condition")?;
-            let specs = if a.class.is_empty() { vec!["all".to_string()] } else { a.class.clone() };
+            let specs = if a.class.is_empty() {
+                eprintln!("no --class given: sampling every class ({}), {} each", info.num_classes, a.n);
+                vec!["all".to_string()]
+            } else {
+                a.class.clone()
+            };
             let ids = infer::resolve_classes(&specs, info)?;
             let rows = ids.iter().map(|&i| info.names.get(i).cloned().unwrap_or(i.to_string())).collect();
             Ok((SampleCondition::Class(ids).repeat(a.n, 0), rows))

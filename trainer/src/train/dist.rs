@@ -57,7 +57,13 @@ impl Dist {
         store.rendezvous(&format!("{prefix}/ranks"), env.rank, env.world, rdzv_timeout)?;
         let comm: Box<dyn Communicator> = match cfg.backend {
             CommBackend::Auto | CommBackend::Ring => {
-                let host = store.local_ip()?.to_string();
+                // the address this rank's ring listener is reached at: the one its store connection left
+                // from, unless INFINITY_RING_HOST names another (a master pod whose MASTER_ADDR is
+                // localhost would otherwise advertise 127.0.0.1 to other hosts)
+                let host = match std::env::var("INFINITY_RING_HOST") {
+                    Ok(h) if !h.is_empty() => h,
+                    _ => store.local_ip()?.to_string(),
+                };
                 let ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &host, comm_timeout)
                     .with_context(|| format!("rank {}: building the ring", env.rank))?;
                 Box::new(ring)
