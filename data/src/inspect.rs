@@ -151,11 +151,20 @@ pub fn verify(dir: &Path) -> VerifyReport {
                 }
             }
         }
-        // the bits must be the BSQ of the stored latent (what training re-quantises with flips)
+        // values must be finite, and the bits the BSQ of the stored latent (what training re-quantises
+        // with flips)
         let mismatched: Vec<String> = sound
             .par_iter()
             .filter_map(|&row| {
                 let rr = shard.row(row);
+                if let Some((column, i)) = crate::reader::non_finite(&rr, &m) {
+                    return Some(format!(
+                        "{}: row {row} (id {}), column `{column}`: expected finite values, found a NaN or an \
+                         infinity at value {i}",
+                        path.display(),
+                        rr.id
+                    ));
+                }
                 let ((t, b, res), n) = bsq_mismatch(&rr, &m.schedules[rr.bucket as usize], m.d as usize)?;
                 Some(format!(
                     "{} row {row} (id {}): {n} bits differ from the multi-scale BSQ of the stored latent (first: \
@@ -167,7 +176,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
             .collect();
         if mismatched.len() > 20 {
             r.problems.push(format!(
-                "{}: {} rows' bits differ from their latent's BSQ",
+                "{}: {} rows with non-finite values or bits that differ from their latent's BSQ",
                 path.display(),
                 mismatched.len()
             ));

@@ -189,9 +189,6 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
                 format!("{} bytes", lat.len()),
             );
         }
-        if let Some(i) = first_non_finite_f16(lat) {
-            return fail(format::COL_LATENT, "finite values".into(), format!("{} at value {i}", f16_bits(lat, i)));
-        }
     }
     if let (Some(c), Some(info)) = (row.class_label, &m.conditions.class) {
         if c < 0 || c as u32 >= info.num_classes {
@@ -208,27 +205,23 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
                 format!("{} bytes", t.len()),
             );
         }
-        // f16 and bf16 mark infinities and NaN with an all-ones exponent, at different bits
-        let exponent = if info.dtype == crate::manifest::TextDtype::Bf16 { 0x7f80 } else { 0x7c00 };
-        if let Some(i) = t.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & exponent == exponent) {
-            return fail(format::COL_TEXT, "finite values".into(), format!("a NaN or infinity at value {i}"));
-        }
     }
     Ok(())
 }
 
-/// The index of the first f16 (little-endian) in `bytes` that is a NaN or an infinity.
-fn first_non_finite_f16(bytes: &[u8]) -> Option<usize> {
-    bytes.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00)
-}
-
-fn f16_bits(bytes: &[u8], i: usize) -> String {
-    let v = half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
-    if v.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{v}")
+/// The first value of a row's latent or text embedding that is a NaN or an infinity: `(column, index)`.
+/// Not part of [`check_row`] (the loader's per-row check stays a length check): `verify` looks, and
+/// training stops on the decoded value.
+pub fn non_finite(row: &RowRef, m: &Manifest) -> Option<(&'static str, usize)> {
+    // f16 and bf16 mark infinities and NaN with an all-ones exponent, at different bits
+    let first = |bytes: &[u8], exponent: u16| {
+        bytes.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & exponent == exponent)
+    };
+    if let Some(i) = row.latent.and_then(|l| first(l, 0x7c00)) {
+        return Some((format::COL_LATENT, i));
     }
+    let bf16 = m.conditions.text.as_ref().is_some_and(|t| t.dtype == crate::manifest::TextDtype::Bf16);
+    row.text_emb.and_then(|t| first(t, if bf16 { 0x7f80 } else { 0x7c00 })).map(|i| (format::COL_TEXT, i))
 }
 
 /// Decode footer and record batches of an IPC file held in `mmap`, without copying column data.

@@ -234,8 +234,8 @@ fn verify_lists_every_problem() {
     let _ = DataType::Null;
 }
 
-/// What the checksums cannot see: a NaN in a latent is a row error (the loader stops on it), and
-/// verify names bits that are not the BSQ of their row's latent and ids used twice.
+/// What the checksums and the loader's length checks cannot see, named by verify: a NaN in a latent,
+/// bits that are not the BSQ of their row's latent, and ids used twice.
 #[test]
 fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     let (dir, mut m) = dataset(12);
@@ -254,13 +254,14 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     assert_eq!(rows[0].latent.as_ref().unwrap().len(), common::D * h * w * 2);
     replace_shard0(dir.path(), &mut m, cols);
 
-    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
-    let e = ds.validate_row(1).unwrap_err().to_string();
-    assert!(e.contains("row 1 (id 8), column `latent`") && e.contains("finite values") && e.contains("value 5"), "{e}");
     let r = infinity_data::inspect::verify(dir.path());
     let all = r.problems.join("\n");
     assert_eq!(r.problems.len(), 3, "{all}");
     assert!(all.contains("id 7 appears twice: shard-00000.arrow row 0 and shard-00000.arrow row 3"), "{all}");
     assert!(all.contains("row 2 (id 9): 1 bits differ from the multi-scale BSQ of the stored latent"), "{all}");
     assert!(all.contains("token 0, bit 0"), "{all}");
+    assert!(
+        all.contains("row 1 (id 8), column `latent`: expected finite values, found a NaN or an infinity at value 5"),
+        "{all}"
+    );
 }

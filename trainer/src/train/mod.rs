@@ -126,7 +126,7 @@ fn prepare(
     (seed, step): (u64, u64),
     cond_drop: f64,
     on_device: bool,
-) -> MicroBatch {
+) -> Result<MicroBatch> {
     let d = mc.d;
     let mut mb = MicroBatch {
         b: rows.len(),
@@ -143,6 +143,13 @@ fn prepare(
         let id = batch.ids[i];
         let latent =
             batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
+        // (the loader checks lengths, not values: a NaN here would quietly become labels)
+        if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "sample id {id}: its latent holds {} at value {j} (`infinity data verify` lists every such row)",
+                latent[j]
+            );
+        }
         let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
         if on_device {
             mb.latents.extend_from_slice(&latent);
@@ -162,13 +169,16 @@ fn prepare(
             Conditioning::Text => {
                 let info = m.conditions.text.as_ref().expect("text datasets declare their width");
                 let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
+                if let Some(j) = t.iter().position(|x| !x.is_finite()) {
+                    bail!("sample id {id}: its text embedding holds {} at value {j} (`infinity data verify` lists every such row)", t[j]);
+                }
                 mb.kv.extend_from_slice(&t);
                 mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
                 mb.dropped.push(drop);
             }
         }
     }
-    mb
+    Ok(mb)
 }
 
 /// Run (or resume) training as `cfg` says.
@@ -336,7 +346,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
             let on_device = compute.self_corrects();
             let mb =
-                prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device);
+                prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device)?;
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
