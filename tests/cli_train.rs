@@ -205,3 +205,39 @@ fn out_of_range_settings_are_named() {
     let c = load(&["optim.adamw.beta1=0.95", "optim.clip=0"]).unwrap();
     assert_eq!((c.optim.adamw.beta1, c.optim.adamw.beta2, c.optim.clip), (0.95, 0.97, 0.0));
 }
+
+/// A latent value that is not finite (which checksums and the loader's length checks let through)
+/// stops training at the step that reads it, naming the sample, and `data verify` lists the rows.
+#[test]
+fn a_non_finite_latent_stops_training_naming_the_sample() {
+    use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, bad, run) = (tmp.path().join("data"), tmp.path().join("bad"), tmp.path().join("run"));
+    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "16", "--fit-rows", "16", "--budget", "demo4"];
+    assert!(infinity(&synth));
+    let ds = infinity_data::Dataset::open(&data, infinity_data::Checksums::Verify).unwrap();
+    let header = infinity_data::manifest::Manifest { shards: vec![], total_rows: 0, ..ds.manifest.clone() };
+    let mut w = DatasetWriter::create(&bad, header, WriterOptions::default()).unwrap();
+    for g in 0..ds.num_rows() {
+        let r = ds.row(g);
+        let mut latent = r.latent.unwrap().to_vec();
+        latent[10..12].copy_from_slice(&half::f16::NAN.to_le_bytes()); // value 5 of every row
+        let (bits, class_label, caption) = (r.bits.to_vec(), r.class_label, r.caption.map(str::to_string));
+        let text_emb = r.text_emb.map(<[u8]>::to_vec);
+        let row = RowData { id: r.id, bucket: r.bucket, bits, latent: Some(latent), class_label, text_emb, caption };
+        w.push(row).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::copy(data.join("tokenizer.safetensors"), bad.join("tokenizer.safetensors")).unwrap();
+
+    let cfg = tmp.path().join("train.toml");
+    write_config(&cfg, &bad, &run, "class");
+    let e = err(&["train", path_str(&cfg)]);
+    assert!(e.contains("its latent holds NaN at value 5") && e.contains("sample id"), "{e}");
+    let report = infinity_data::inspect::verify(&bad);
+    assert!(
+        report.problems.iter().any(|p| p.contains("column `latent`: expected finite values")),
+        "{:?}",
+        report.problems
+    );
+}

@@ -140,7 +140,13 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let timeout = Duration::from_secs_f64(a.rdzv_timeout_s);
     // node 0 hosts the store; the others (and the ranks) connect to it
     let server = if p.node_rank == 0 {
-        let bind_host = if p.nnodes == 1 { p.host.clone() } else { "0.0.0.0".into() };
+        // every interface of the host's address family (an IPv6 --rdzv is written [addr]:port)
+        let inner = p.host.trim_start_matches('[').trim_end_matches(']');
+        let bind_host = match (p.nnodes, inner.contains(':')) {
+            (1, _) => inner.to_string(),
+            (_, true) => "::".into(),
+            (_, false) => "0.0.0.0".into(),
+        };
         let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
             .await?
             .next()

@@ -41,8 +41,9 @@ impl TcpRing {
         timeout: Duration,
     ) -> Result<TcpRing> {
         let listener = TcpListener::bind((host, 0)).with_context(|| format!("ring: binding {host}:0"))?;
-        let port = listener.local_addr()?.port();
-        store.set(&format!("{prefix}/ring/{rank}"), format!("{host}:{port}").as_bytes())?;
+        // the listener's own address: an IPv6 one is published as [addr]:port
+        let advertised = std::net::SocketAddr::new(listener.local_addr()?.ip(), listener.local_addr()?.port());
+        store.set(&format!("{prefix}/ring/{rank}"), advertised.to_string().as_bytes())?;
         let next = (rank + 1) % world;
         let prev = (rank + world - 1) % world;
         let addr = String::from_utf8(store.get(&format!("{prefix}/ring/{next}"), timeout)?)
