@@ -12,9 +12,12 @@
 // Dims: C head dim (a template parameter), Q [Nq, H·C], K, V [Nk, H·C], lse and delta [Nq, H].
 // A block of 128 threads owns 64 rows (queries in the forward and dq kernels, keys in dk/dv); tiles of
 // 32 rows of the other side stream through shared memory as f32 [32][C + 4] (the pad puts the 8 rows
-// a quarter warp reads in distinct banks), two stages deep (mma.cuh's stream_tiles). Thread layout:
-// lane group y = tid / 8 (16 groups of 8 lanes, 4 per warp) and x = tid % 8; the thread's rows are
-// y + 16i, its tile columns x + 8j (i, j < 4), its output columns 4x + 32m … 4x + 32m + 3 (m < C/32).
+// a quarter warp reads in distinct banks), two stages deep (mma.cuh's stream_tiles). Thread layout
+// (`own_row`, `lane_x`): lane bits 1–3 are the column x, lane bits 0 and 4 with the warp pick the
+// thread's 4 rows 16·warp + 4·ry + i (i < 4: each warp owns 16 consecutive rows, so a warp whose rows
+// see none of a tile skips it); its tile columns are x + 8j (j < 4), its output columns 4x + 32m …
+// 4x + 32m + 3 (m < C/32). The 8 lanes that share rows differ in lane bits 1–3. Lanes n and n ^ 1 read
+// the same tile row and n, n ^ 2 the same own row, so each 16-byte shared load takes 2 wavefronts, not 4.
 #include "common.cuh"
 #include "attention.cuh"
 #include "mma.cuh"
@@ -27,6 +30,13 @@
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
+// This thread's column x (lane bits 1–3) and its i-th row within the block's 64 (see the layout above).
+__device__ __forceinline__ int lane_x() { return (threadIdx.x >> 1) & 7; }
+__device__ __forceinline__ int own_row(int i) {
+    const int lane = threadIdx.x & 31;
+    return ((threadIdx.x >> 5) << 4) | (((lane & 1) | ((lane >> 3) & 2)) << 2) | i;
+}
+
 // Starts copying rows [first, first + ROWS) of one head of N matrices into consecutive shared tiles
 // dst [N][ROWS][C + 4] (mma.cuh's cp_async_rows).
 template <int C, int ROWS, int N>
@@ -35,11 +45,11 @@ __device__ __forceinline__ void load_rows(float* dst, const float* const (&src)[
     cp_async_rows<float, C, 4, ROWS, N>(dst, src, first, end, w, hc);
 }
 
-// s[i][j] = a[y + 16i] · b[x + 8j], C deep: rows of two shared tiles with row stride C + 4, summed in
+// s[i][j] = a[own_row(i)] · b[x + 8j], C deep: rows of two shared tiles with row stride C + 4, summed in
 // column order.
 template <int C>
 __device__ __forceinline__ void scores(float (&s)[4][4], const float* a, const float* b) {
-    const int y = threadIdx.x >> 3, x = threadIdx.x & 7;
+    const int x = lane_x();
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -48,7 +58,7 @@ __device__ __forceinline__ void scores(float (&s)[4][4], const float* a, const f
     for (int d = 0; d < C; d += 4) {
         float4 av[4], bv[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) av[i] = ld4(a + (y + 16 * i) * (C + 4) + d);
+        for (int i = 0; i < 4; ++i) av[i] = ld4(a + own_row(i) * (C + 4) + d);
 #pragma unroll
         for (int j = 0; j < 4; ++j) bv[j] = ld4(b + (x + 8 * j) * (C + 4) + d);
 #pragma unroll
@@ -63,17 +73,17 @@ __device__ __forceinline__ void scores(float (&s)[4][4], const float* a, const f
     }
 }
 
-// acc[i][m] (rows y + 16i, columns 4x + 32m …) += Σ_t p[row][t] · yt[t], t over the tile's TS rows in
+// acc[i][m] (rows own_row(i), columns 4x + 32m …) += Σ_t p[row][t] · yt[t], t over the tile's TS rows in
 // order: p[i][j] is this thread's block of the row-by-tile matrix (tile row x + 8j), so the group's 8
 // lanes hold their rows' whole tile and each value comes by a shuffle from the lane that has it.
 template <int C>
 __device__ __forceinline__ void accumulate(float (&acc)[4][C / 32][4], const float (&p)[4][4], const float* yt) {
-    const int lane = threadIdx.x & 31, x = lane & 7, group = lane & ~7;
+    const int lane = threadIdx.x & 31, x = lane_x(), rows = lane & 0x11;  // the lanes that share rows: rows | x << 1
 #pragma unroll
     for (int t = 0; t < TS; ++t) {
         float pt[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) pt[i] = __shfl_sync(FULL, p[i][t >> 3], group | (t & 7));
+        for (int i = 0; i < 4; ++i) pt[i] = __shfl_sync(FULL, p[i][t >> 3], rows | (t & 7) << 1);
 #pragma unroll
         for (int m = 0; m < C / 32; ++m) {
             const float4 r = ld4(yt + t * (C + 4) + 4 * x + 32 * m);
@@ -96,15 +106,15 @@ __device__ __forceinline__ void zero_rows(float (&acc)[4][C / 32][4]) {
         for (int m = 0; m < C / 32; ++m) acc[i][m][0] = acc[i][m][1] = acc[i][m][2] = acc[i][m][3] = 0.0f;
 }
 
-// Writes this thread's rows (row0 + y + 16i, those below `rows`) of acc into out [rows, w] at column
+// Writes this thread's rows (row0 + own_row(i), those below `rows`) of acc into out [rows, w] at column
 // offset hc, times f[i].
 template <int C>
 __device__ __forceinline__ void store_rows(float* out, const float (&acc)[4][C / 32][4], const float (&f)[4], int row0,
                                            int rows, int w, int hc) {
-    const int y = threadIdx.x >> 3, x = threadIdx.x & 7;
+    const int x = lane_x();
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int r = row0 + y + 16 * i;
+        const int r = row0 + own_row(i);
         if (r >= rows) continue;
 #pragma unroll
         for (int m = 0; m < C / 32; ++m)
@@ -113,25 +123,24 @@ __device__ __forceinline__ void store_rows(float* out, const float (&acc)[4][C /
     }
 }
 
-// v over the 8 lanes of the group (butterfly: every lane gets the same total).
+// v over the 8 lanes that share rows (lane bits 1–3; butterfly: every lane gets the same total).
 __device__ __forceinline__ float group_sum(float v) {
-    v += __shfl_xor_sync(FULL, v, 1);
     v += __shfl_xor_sync(FULL, v, 2);
-    return v + __shfl_xor_sync(FULL, v, 4);
+    v += __shfl_xor_sync(FULL, v, 4);
+    return v + __shfl_xor_sync(FULL, v, 8);
 }
 
 __device__ __forceinline__ float group_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
     v = fmaxf(v, __shfl_xor_sync(FULL, v, 2));
-    return fmaxf(v, __shfl_xor_sync(FULL, v, 4));
+    v = fmaxf(v, __shfl_xor_sync(FULL, v, 4));
+    return fmaxf(v, __shfl_xor_sync(FULL, v, 8));
 }
 
-// This thread's query rows (r0 + y + 16i): the keys [lo, hi) each sees (none past nq).
+// This thread's query rows (r0 + own_row(i)): the keys [lo, hi) each sees (none past nq).
 __device__ __forceinline__ void key_ranges(int (&lo)[4], int (&hi)[4], const int* k0, const int* nk, int r0, int nq) {
-    const int y = threadIdx.x >> 3;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int r = r0 + y + 16 * i;
+        const int r = r0 + own_row(i);
         lo[i] = r < nq ? k0[r] : 0;
         hi[i] = r < nq ? k0[r] + nk[r] : 0;
     }
@@ -148,7 +157,7 @@ __device__ __forceinline__ bool warp_sees(const int (&lo)[4], const int (&hi)[4]
 
 // Scores of keys (tile columns t0 + x + 8j) outside their row's [lo, hi) become −∞.
 __device__ __forceinline__ void mask_keys(float (&s)[4][4], const int (&lo)[4], const int (&hi)[4], int t0) {
-    const int x = threadIdx.x & 7;
+    const int x = lane_x();
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -212,12 +221,12 @@ __device__ __forceinline__ void forward(const float* __restrict__ q, const float
         accumulate<C>(acc, s, vs);  // O += P·V
     });
     float inv[4];
-    const int y = threadIdx.x >> 3, x = threadIdx.x & 7;
+    const int x = lane_x();
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         l[i] = group_sum(l[i]);
         inv[i] = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        const int r = r0 + y + 16 * i;
+        const int r = r0 + own_row(i);
         if (x == 0 && r < nq) lse[(long)r * heads + blockIdx.y] = l[i] > 0.0f ? fmaf(m[i], LN2, logf(l[i])) : NEG_INF;
     }
     store_rows<C>(o, acc, inv, r0, nq, w, hc);
@@ -236,7 +245,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
     float* qs = smem;             // [64][CP]
     float* dos = qs + TR * CP;    // [64][CP]
     float* kv = dos + TR * CP;    // [2 stages][K, V][32][CP]
-    const int y = threadIdx.x >> 3, x = threadIdx.x & 7;
+    const int x = lane_x();
     const int w = heads * C, hc = blockIdx.y * C, r0 = blockIdx.x * TR;
     const int2 span = union_range(k0, nk, r0, TR, nq);
     load_rows<C, TR, 2>(qs, {q, d_o}, r0, nq, w, hc);  // Q and dO (dos follows qs); land with the first key tile
@@ -247,7 +256,7 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ q, const f
     float lr2[4], dl[4];  // lse·log2(e) (0 for a row that sees no key: all its keys are masked), delta
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int r = r0 + y + 16 * i;
+        const int r = r0 + own_row(i);
         float part = 0.0f;  // this lane's columns 4x + 32m … of dO·O
         if (r < nq)
 #pragma unroll
@@ -304,7 +313,7 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
     float* ks = reinterpret_cast<float*>(bounds + 2 * 2 * TS);  // [64][CP]
     float* vs = ks + TR * CP;                                  // [64][CP]
     float* qdo = vs + TR * CP;                                 // [2 stages][Q, dO][32][CP]
-    const int y = threadIdx.x >> 3, x = threadIdx.x & 7;
+    const int x = lane_x();
     const int w = heads * C, hc = blockIdx.y * C, j0 = blockIdx.x * TR;
     const int2 span = union_range(q0, nqk, j0, TR, nkeys);
     load_rows<C, TR, 2>(ks, {k, v}, j0, nkeys, w, hc);  // K and V (vs follows ks); land with the first query tile
@@ -331,13 +340,13 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
         const float *qs = qdo + 2 * st * TS * CP, *dos = qs + TS * CP;
         const float *lse_s = stats + 2 * st * TS, *delta_s = lse_s + TS;
         const int *lo_s = bounds + 2 * st * TS, *n_s = lo_s + TS;
-        bool seen[4][4], any = false;  // key y + 16i seen by the tile's query x + 8j
+        bool seen[4][4], any = false;  // key own_row(i) seen by the tile's query x + 8j
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int lo = lo_s[x + 8 * j], hi = lo + n_s[x + 8 * j];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const int key = j0 + y + 16 * i;
+                const int key = j0 + own_row(i);
                 seen[i][j] = key >= lo && key < hi;
                 any |= seen[i][j];
             }
@@ -354,7 +363,7 @@ __device__ __forceinline__ void backward_dkdv(const float* __restrict__ q, const
                 // a query that sees no key has lse = −∞: its 2^∞ is selected away
                 const float pr = seen[i][j] ? ex2(fmaf(p[i][j], scale2, -lr2)) : 0.0f;
                 p[i][j] = pr;
-                dp[i][j] = pr * (dp[i][j] - dl) * scale;
+                dp[i][j] = seen[i][j] ? pr * (dp[i][j] - dl) * scale : 0.0f;  // (a NaN dP of an unseen key stays out)
             }
         }
         accumulate<C>(gv, p, dos);  // dV += Pᵀ·dO

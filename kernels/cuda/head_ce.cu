@@ -8,9 +8,11 @@
 //
 // Dims: N tokens, C width (any), d bits (2d ≤ 128 logits, padded to LP, a multiple of 32, in the
 // tiles). h [N, C], W [2d, C] (PyTorch layout), b [2d], labels [N, d], weights [N]. Launch: grid
-// ceil(N / 64), 256 threads, head_ce.rs's shared memory. Thread layout: group y = tid / 16, x = tid % 16;
-// logits: tokens y + 16i (i < 4), logits x + 16j (j < LP/16); dh: tokens 4y … 4y + 3, columns
-// 4x … 4x + 3 of each 64-column chunk. Every sum runs in a fixed order: bitwise reproducible.
+// ceil(N / 64), 256 threads, head_ce.rs's shared memory. Thread layout: x = lane bits 1–4 (16 values),
+// y = 2·warp + lane bit 0; logits: tokens y + 16i (i < 4), logits x + 16j (j < LP/16); dh: tokens
+// 4y … 4y + 3, columns 4x … 4x + 3 of each 64-column chunk. Lanes n and n ^ 1 read the same W row (or
+// W chunk columns) and n, n ^ 2 the same h row (or dlogits), so a 16-byte shared load takes 2
+// wavefronts, not 4. Every sum runs in a fixed order: bitwise reproducible.
 #include "common.cuh"
 
 #define TOK 64  // tokens per block
@@ -50,7 +52,7 @@ __device__ __forceinline__ void head_ce(const float* __restrict__ h, const float
     // wc [LP][CW+4]; all in `work`. gt [LP][64+4]: dlogits, logit-major (4 tokens are one 16-byte load)
     float* work = smem;
     float* gt = smem + work_floats(LP);
-    const int two_d = 2 * d, y = threadIdx.x >> 4, x = threadIdx.x & 15;
+    const int two_d = 2 * d, y = (threadIdx.x >> 4 & ~1) | (threadIdx.x & 1), x = threadIdx.x >> 1 & 15;
     const long t0 = (long)blockIdx.x * TOK;
     const int ntok = (int)min((long)TOK, n - t0);
 

@@ -83,7 +83,8 @@ pub fn attention_forward<T: Real>(
     let per_head: Vec<(Vec<T>, Vec<T>)> = (0..heads)
         .into_par_iter()
         .map(|h| {
-            let (mut oh, mut lh, mut s) = (vec![T::zero(); nq * c], vec![T::zero(); nq], Vec::new());
+            // a row in no segment attends to nothing, as one whose segment has no keys: O = 0, lse = −∞
+            let (mut oh, mut lh, mut s) = (vec![T::zero(); nq * c], vec![T::neg_infinity(); nq], Vec::new());
             for seg in segs {
                 s.resize(seg.nq * seg.nk, T::zero());
                 scores(q, k, seg, h, dims, &mut s);

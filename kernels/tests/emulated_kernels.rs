@@ -166,8 +166,8 @@ fn bf16_attention_kernels_match_their_cpu_twin_on_the_emulator() {
 }
 
 /// The f32 attention driver `exe` on block-causal self-attention over two samples of `per_scale`,
-/// cross-attention to ragged text and the attention pool (one query per sample), head dims `dims`,
-/// with the GPU test's 1e-5 / 1e-4 bounds.
+/// cross-attention to ragged text, the attention pool (one query per sample) and cross-attention with
+/// an empty caption and queries in no segment, head dims `dims`, with the GPU test's 1e-5 / 1e-4 bounds.
 fn f32_attention_cases(exe: &Path, seed: u64, kernels: &str, per_scale: &[usize], dims: &[(usize, usize)]) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let l: usize = per_scale.iter().sum();
@@ -178,10 +178,13 @@ fn f32_attention_cases(exe: &Path, seed: u64, kernels: &str, per_scale: &[usize]
         let cross = 1.0 / (c as f64).sqrt();
         let pool = vec![Segment { q0: 0, nq: 1, k0: 0, nk: 5 }, Segment { q0: 1, nq: 1, k0: 5, nk: 9 }];
         let [(_, self_segs, _), (_, cross_segs, nt)] = self_and_cross(per_scale, [5, 9]);
+        // an empty caption (a segment with no keys) and queries in no segment: lse = −∞, out and grads 0
+        let gaps = vec![Segment { q0: 0, nq: l - 3, k0: 0, nk: 5 }, Segment { q0: l, nq: l, k0: 5, nk: 0 }];
         for (name, segs, nq, nk, scale) in [
             ("self", self_segs, 2 * l, 2 * l, 1.0),
             ("cross", cross_segs, 2 * l, nt, cross),
             ("pool", pool, 2, nt, cross),
+            ("gaps", gaps, 2 * l, nt, cross),
         ] {
             let dims = AttnDims { heads, head_dim: c, scale };
             let tag = format!("emulated {kernels} {name} attention L={l} H={heads} c={c}");

@@ -46,11 +46,12 @@ fn tile_kernels_fit(dev: &Device, smem: [usize; 3]) -> Result<bool, CudaError> {
 }
 
 /// `Some(c)` when attention_tiled.cu's f32 kernels for head dim `c` (32, 64 or 128) can run on `dev`
-/// with buffers at `addrs` (16-byte aligned: they are copied and read 16 bytes at a time).
+/// with buffers at `addrs` (16-byte aligned: they are copied and read 16 bytes at a time) and a
+/// positive logit scale (they mask scores with −∞ before scaling).
 fn tiled_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<Option<usize>, CudaError> {
     let c = dims.head_dim;
-    if math != Math::F32 || dev.untiled_attention() || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0)
-    {
+    let usable = math == Math::F32 && !dev.untiled_attention() && dims.scale > 0.0 && dims.scale.is_finite();
+    if !usable || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0) {
         return Ok(None);
     }
     Ok(tile_kernels_fit(dev, tiled_smem(c))?.then_some(c))

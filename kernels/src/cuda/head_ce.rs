@@ -134,6 +134,9 @@ pub fn head_bitwise_ce_device(
         Arg::Ptr(grads[0]),
         Arg::Ptr(grads[1]),
     ];
+    if n == 0 {
+        return Ok(()); // (an empty grid is not a launch)
+    }
     let lp = padded_logits(d);
     let name = format!("head_bitwise_ce_f32_l{lp}");
     let bytes = head_f32_smem_bytes(lp);
