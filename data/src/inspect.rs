@@ -82,8 +82,7 @@ pub struct VerifyReport {
 /// within `1e-4 · max(1, max |latent|)` of zero may differ between two faithful implementations
 /// (another tokenizer's float order) and is not counted.
 pub fn bsq_mismatch(row: &RowRef, sched: &ScaleSchedule, d: usize) -> Option<((usize, usize, f32), usize)> {
-    let latent: Vec<f32> =
-        row.latent?.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+    let latent = crate::manifest::TextDtype::F16.to_f32(row.latent?); // the stored f16 values, widened
     let enc = bsq::encode_multiscale(&latent, d, &sched.hw());
     let mut stored = vec![0u8; enc.bits.len()];
     format::unpack_bits(row.bits, d, &mut stored);

@@ -22,13 +22,11 @@
 #include "attention.cuh"
 #include "mma.cuh"
 
-#define TR 64   // rows a block owns: 16 lane groups × 4
+#define TR 64   // rows a block owns: 4 warps × 16
 #define TS 32   // rows per streamed tile: 8 lanes × 4
 #define NT 128  // threads per block
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
-
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
 // This thread's column x (lane bits 1–3) and its i-th row within the block's 64 (see the layout above).
 __device__ __forceinline__ int lane_x() { return (threadIdx.x >> 1) & 7; }

@@ -18,6 +18,9 @@ __device__ __forceinline__ unsigned short bf16_bits(float x) {
     return (unsigned short)(u >> 16);
 }
 
+// Four floats from 16-byte-aligned memory in one load.
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
 // Sum of `v` over the warp by a butterfly (every lane gets the same, bitwise reproducible total).
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

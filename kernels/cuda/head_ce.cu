@@ -20,8 +20,6 @@
 #define CW 64   // columns of dh (and of the W chunk) per step
 #define NT 256
 
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-
 // Copies rows [0, rows) × columns [c0, c0 + cols) of a row-major [rows_total, c] matrix (rows at or
 // beyond `valid_rows`, columns at or beyond c, read as 0) into shared dst [rows][ld], coalesced.
 __device__ __forceinline__ void load_tile(float* dst, int ld, const float* src, long row0, int rows, int valid_rows,
@@ -34,10 +32,9 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const float* src, 
 
 // Floats of the shared `work` area for LP logits (the largest of its three uses) and of the whole
 // dynamic shared memory (work, then gt); head_ce.rs's head_f32_smem_bytes computes the same.
+__device__ constexpr int imax(int a, int b) { return a > b ? a : b; }
 __device__ constexpr int work_floats(int lp) {
-    return (TOK + lp) * (KT + 4) > TOK * (lp + 1)
-               ? ((TOK + lp) * (KT + 4) > lp * (CW + 4) ? (TOK + lp) * (KT + 4) : lp * (CW + 4))
-               : (TOK * (lp + 1) > lp * (CW + 4) ? TOK * (lp + 1) : lp * (CW + 4));
+    return imax(imax((TOK + lp) * (KT + 4), TOK * (lp + 1)), lp * (CW + 4));
 }
 
 template <int LP>

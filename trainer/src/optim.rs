@@ -38,12 +38,18 @@ pub struct AdamW {
     decay: Vec<bool>,
 }
 
+/// `[numel]`: whether weight decay applies to each parameter of `lay` (upstream's no-decay groups).
+pub fn decay_mask(lay: &Layout) -> Vec<bool> {
+    let mut decay = vec![false; lay.numel];
+    for s in &lay.specs {
+        decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
+    }
+    decay
+}
+
 impl AdamW {
     pub fn new(cfg: AdamWConfig, lay: &Layout) -> AdamW {
-        let mut decay = vec![false; lay.numel];
-        for s in &lay.specs {
-            decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
-        }
+        let decay = decay_mask(lay);
         AdamW { cfg, step: 0, range: 0..lay.numel, m: vec![0.0; lay.numel], v: vec![0.0; lay.numel], decay }
     }
 

@@ -29,12 +29,11 @@ impl GpuModel {
         Ok(())
     }
 
-    /// A fresh AdamW state (zero moments, made on the device) with `decay[i]` for parameter i: what a
+    /// A fresh AdamW state (zero moments, made on the device; the layout's weight-decay groups): what a
     /// benchmark times the update with, without a host copy of the moments.
-    pub fn attach_fresh_optimizer(&mut self, decay: &[bool]) -> Result<()> {
-        ensure!(decay.len() == self.lay.numel, "one decay flag per parameter");
+    pub fn attach_fresh_optimizer(&mut self) -> Result<()> {
         let s = &self.dev.stream;
-        let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
+        let mask: Vec<u8> = crate::optim::decay_mask(&self.lay).iter().map(|&d| d as u8).collect();
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
         self.optim = Some(DeviceAdamW { m, v, decay: s.clone_htod(&mask)? });
         Ok(())

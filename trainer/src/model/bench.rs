@@ -218,11 +218,7 @@ fn time_cuda(
 #[cfg(feature = "cuda")]
 fn optimizer_line(m: &mut crate::gpu::GpuModel, lay: &Layout, o: &BenchOptions) -> Result<String> {
     use infinity_kernels::adamw::AdamWScalars;
-    let mut decay = vec![false; lay.numel];
-    for s in &lay.specs {
-        decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
-    }
-    m.attach_fresh_optimizer(&decay)?;
+    m.attach_fresh_optimizer()?;
     let mut update = |t: u64| -> Result<()> {
         m.clip_grads(1.0)?; // the norm comes back to the host: the stream is idle after it
         m.adamw_update(AdamWScalars::new(1e-4, 0.9, 0.97, 1e-8, 0.05, t))?;

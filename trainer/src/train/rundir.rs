@@ -89,22 +89,25 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
         .with_context(|| format!("rewriting {}", path.display()))
 }
 
+/// `summary.json`, if it can be read.
+fn read_summary(run: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).ok()?).ok()
+}
+
 /// The step `summary.json` records, if it can be read.
 pub fn summary_step(run: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(run.join("summary.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+    read_summary(run)?["step"].as_u64()
 }
 
 /// What a run resumed at its last step reports: its `summary.json` when that records this step, else
 /// the last `metrics.jsonl` line up to it (`(loss, bit_acc)`; `None` without either).
 pub fn finished_metrics(run: &Path, step: u64) -> Option<(f64, f64)> {
-    let read = |name: &str| std::fs::read_to_string(run.join(name)).ok();
     let pair = |v: &serde_json::Value| Some((v["loss"].as_f64()?, v["bit_acc"].as_f64()?));
-    if summary_step(run) == Some(step) {
-        let s = serde_json::from_str::<serde_json::Value>(&read("summary.json")?).ok()?;
+    if let Some(s) = read_summary(run).filter(|s| s["step"].as_u64() == Some(step)) {
         return pair(&s);
     }
-    read("metrics.jsonl")?
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .ok()?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .rfind(|v| v["step"].as_u64().is_some_and(|s| s <= step))
