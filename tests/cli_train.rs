@@ -6,11 +6,16 @@ use std::path::Path;
 
 use crate::{infinity, path_str, python, repo};
 
-fn err(args: &[&str]) -> String {
+/// The error of a command that must fail, and the exit code `infinity` would give it.
+fn fails(args: &[&str]) -> (String, u8) {
     match infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())) {
         Ok(code) => panic!("infinity {args:?} succeeded ({code:?}); expected an error"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => (format!("{e:#}"), infinity_trainer::cli::exit_code(&e)),
     }
+}
+
+fn err(args: &[&str]) -> String {
+    fails(args).0
 }
 
 fn write_config(path: &Path, data: &Path, run: &Path, conditioning: &str) {
@@ -155,7 +160,8 @@ fn a_run_folder_across_sessions() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
 
-    let again = err(&[&["train", path_str(&cfg)][..], &four[..]].concat());
+    let (again, code) = fails(&[&["train", path_str(&cfg)][..], &four[..]].concat());
+    assert_eq!(code, 2, "a run folder that holds a run is a bad invocation (not restarted)");
     assert!(
         again.contains("already holds a run (checkpoints up to step 4)") && again.contains("--resume auto"),
         "{again}"
@@ -232,12 +238,26 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
 
     let cfg = tmp.path().join("train.toml");
     write_config(&cfg, &bad, &run, "class");
-    let e = err(&["train", path_str(&cfg)]);
+    // exit code 65 (bad data): `infinity launch` does not restart a group that would read the same row
+    let (e, code) = fails(&["train", path_str(&cfg)]);
     assert!(e.contains("its latent holds NaN at value 5") && e.contains("sample id"), "{e}");
+    assert_eq!(code, 65, "{e}");
     let report = infinity_data::inspect::verify(&bad);
     assert!(
         report.problems.iter().any(|p| p.contains("column `latent`: expected finite values")),
         "{:?}",
         report.problems
     );
+
+    // a shard whose bytes changed fails its checksum when training opens it: bad data too
+    let shard = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path());
+    let shard = shard.filter(|p| p.extension().is_some_and(|x| x == "arrow")).min().unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    write_config(&cfg, &data, &tmp.path().join("run2"), "class");
+    let (e, code) = fails(&["train", path_str(&cfg)]);
+    assert!(e.contains("crc32c") && e.contains(&shard.display().to_string()), "{e}");
+    assert_eq!(code, 65, "{e}");
 }

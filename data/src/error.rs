@@ -42,6 +42,10 @@ pub enum DataError {
 
     #[error("{path}: {detail}")]
     Image { path: PathBuf, detail: String },
+
+    /// A decoded sample's values are unusable (found by the consumer, which knows the id, not the file).
+    #[error("sample id {id}: {detail} (`infinity data verify` lists every such row)")]
+    Sample { id: u64, detail: String },
 }
 
 impl DataError {
@@ -51,5 +55,12 @@ impl DataError {
 
     pub fn corrupt(path: impl Into<PathBuf>, detail: impl std::fmt::Display) -> Self {
         DataError::Corrupt { path: path.into(), detail: detail.to_string() }
+    }
+
+    /// Whether reading again would meet the same error: the files' contents are wrong, not the
+    /// moment (an I/O error may pass, e.g. a network file system remounting; a reader thread may
+    /// have died of something else). A launcher does not restart a group for a permanent one.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DataError::Io { .. } | DataError::Loader(_))
     }
 }

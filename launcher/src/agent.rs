@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_INVOCATION};
+use crate::env::{is_permanent_failure, job_port, parse_nodelist, vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
 use crate::store::{StoreClient, StoreServer};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
@@ -70,11 +70,11 @@ enum Outcome {
     Succeeded,
     /// A signal was forwarded and the ranks stopped; the exit code to return.
     Stopped(i32),
-    /// The root cause; `permanent` when a rank exited with `EXIT_BAD_INVOCATION` (its command line or
-    /// config is wrong): a restart would fail the same way.
+    /// The root cause; `permanent` holds the exit code of a rank whose failure a restart would repeat
+    /// (`EXIT_BAD_INVOCATION`: its command line or config is wrong; `EXIT_BAD_DATA`: its dataset is).
     Failed {
         report: String,
-        permanent: bool,
+        permanent: Option<i32>,
     },
 }
 
@@ -201,12 +201,13 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             }
             Outcome::Failed { report, permanent } => {
                 eprintln!("[launch] attempt {attempt} failed. Root cause: {report}");
-                if permanent {
+                if let Some(code) = permanent {
+                    let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
                     eprintln!(
-                        "[launch] not restarting: exit code {EXIT_BAD_INVOCATION} means the command or its config is \
-                         wrong, and a restart would fail the same way"
+                        "[launch] not restarting: exit code {code} means {what} is wrong, and a restart would fail \
+                         the same way"
                     );
-                    return Ok(EXIT_BAD_INVOCATION);
+                    return Ok(code);
                 }
                 if attempt == a.max_restarts {
                     eprintln!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
@@ -424,6 +425,8 @@ fn describe(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) if c == EXIT_COMM_TIMEOUT => format!("exit code {c} (a collective timed out)"),
+        (Some(c), _) if c == EXIT_BAD_DATA => format!("exit code {c} (bad data)"),
+        (Some(c), _) if c == EXIT_BAD_INVOCATION => format!("exit code {c} (bad command line or config)"),
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("signal {s} ({})", signal_name(s)),
         _ => "an unknown status".into(),
@@ -490,9 +493,9 @@ async fn watch(
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
                     // (a permanent failure is marked first: an agent that sees the report sees the mark)
-                    let permanent = status.code() == Some(EXIT_BAD_INVOCATION);
-                    if permanent {
-                        post(&mut poller, &keys[2], "1").await;
+                    let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
+                    if let Some(code) = permanent {
+                        post(&mut poller, &keys[2], &code.to_string()).await;
                     }
                     let report = post_first(&mut poller, &keys[0], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
@@ -528,7 +531,7 @@ async fn watch(
                             STORE_LOSS.as_secs()
                         );
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Failed { report, permanent: false });
+                        return Ok(Outcome::Failed { report, permanent: None });
                     }
                 };
                 if present.first() == Some(&true) {
@@ -537,7 +540,14 @@ async fn watch(
                         Err(e) => format!("(unreadable: {e})"),
                     };
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    let permanent = poller.check(&keys[2..]).is_ok_and(|p| p == [true]);
+                    let permanent = match poller.check(&keys[2..]) {
+                        Ok(p) if p == [true] => poller
+                            .get(&keys[2], Duration::from_secs(1))
+                            .ok()
+                            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+                            .filter(|&c| is_permanent_failure(Some(c))),
+                        _ => None,
+                    };
                     return Ok(Outcome::Failed { report: format!("another node: {report}"), permanent });
                 }
                 if present.get(1) == Some(&true) {

@@ -20,6 +20,17 @@ pub mod vars {
 /// restart would fail the same way, so the agent does not restart its group.
 pub const EXIT_BAD_INVOCATION: i32 = 2;
 
+/// Exit code of a training process that met a problem in its dataset's contents (a corrupt shard, a
+/// row that fails its checks, a sample with non-finite values): a restarted group would read the same
+/// rows in the same order and fail the same way, so the agent does not restart it. (EX_DATAERR of
+/// sysexits.h.)
+pub const EXIT_BAD_DATA: i32 = 65;
+
+/// Whether a rank's exit code says that a restart would fail the same way.
+pub fn is_permanent_failure(code: Option<i32>) -> bool {
+    matches!(code, Some(EXIT_BAD_INVOCATION | EXIT_BAD_DATA))
+}
+
 /// One process's place in a distributed run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DistEnv {

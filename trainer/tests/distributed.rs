@@ -351,6 +351,14 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("not restarting") && !text.contains("attempt 1"), "{text}");
+    // nor is one that found its dataset broken (exit code 65): a restart reads the same rows
+    let out = agent(&["--run-id", "bad-data", "--max-restarts", "2"], &["bash", "-c", "exit 65"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{text}");
+    assert!(
+        text.contains("(bad data)") && text.contains("the dataset is wrong") && !text.contains("attempt 1"),
+        "{text}"
+    );
 
     let port = 29400 + (std::process::id() % 500) as u16;
     let rdzv = format!("127.0.0.1:{port}");

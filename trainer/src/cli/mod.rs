@@ -76,18 +76,35 @@ where
     }
 }
 
-/// An error in the command line or the config (not in the data, the run or the machine): the process
-/// exits with `EXIT_BAD_INVOCATION`, which `infinity launch` does not restart.
+/// An error that a restart would repeat: the process exits with a code `infinity launch` does not
+/// restart (`exit_code`).
 #[derive(Debug)]
-pub struct BadInvocation(pub anyhow::Error);
+pub enum Permanent {
+    /// The command line or the config is wrong (not the data, the run or the machine).
+    Invocation(anyhow::Error),
+    /// The dataset's contents are: a corrupt shard, a row that fails its checks, a non-finite sample.
+    Data(anyhow::Error),
+}
 
-impl std::fmt::Display for BadInvocation {
+impl std::fmt::Display for Permanent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
+        let (Permanent::Invocation(e) | Permanent::Data(e)) = self;
+        write!(f, "{e:#}")
     }
 }
 
-impl std::error::Error for BadInvocation {}
+impl std::error::Error for Permanent {}
+
+/// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION` or `EXIT_BAD_DATA` for a
+/// `Permanent` one, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use infinity_launcher::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+    match e.downcast_ref::<Permanent>() {
+        Some(Permanent::Invocation(_)) => EXIT_BAD_INVOCATION as u8,
+        Some(Permanent::Data(_)) => EXIT_BAD_DATA as u8,
+        None => 1,
+    }
+}
 
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
@@ -102,10 +119,7 @@ pub fn main() -> ExitCode {
             }
             None => {
                 eprintln!("error: {e:#}");
-                match e.downcast_ref::<BadInvocation>() {
-                    Some(_) => ExitCode::from(infinity_launcher::env::EXIT_BAD_INVOCATION as u8),
-                    None => ExitCode::FAILURE,
-                }
+                ExitCode::from(exit_code(&e))
             }
         },
     }

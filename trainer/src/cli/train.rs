@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use infinity_data::DataError;
 use infinity_launcher::comm::{CommError, EXIT_COMM_TIMEOUT};
 use infinity_launcher::env::vars;
 
+use super::Permanent;
 use crate::train::{self, config::TrainConfig, dist, TrainOptions};
 
 #[derive(Args, Debug)]
@@ -27,7 +29,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
-    let bad = |e: anyhow::Error| anyhow::Error::from(super::BadInvocation(e));
+    let bad = |e: anyhow::Error| anyhow::Error::from(Permanent::Invocation(e));
     let cfg = TrainConfig::load(&a.config, &a.set).map_err(bad)?;
     // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
     // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
@@ -51,7 +53,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }
-            return Err(e);
+            return Err(match e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent)) {
+                true => Permanent::Data(e).into(),
+                false => e,
+            });
         }
     };
     train::log::console(&format!(

@@ -145,10 +145,8 @@ fn prepare(
             batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
         // (the loader checks lengths, not values: a NaN here would quietly become labels)
         if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
-            bail!(
-                "sample id {id}: its latent holds {} at value {j} (`infinity data verify` lists every such row)",
-                latent[j]
-            );
+            let detail = format!("its latent holds {} at value {j}", latent[j]);
+            bail!(infinity_data::DataError::Sample { id, detail });
         }
         let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
         if on_device {
@@ -170,7 +168,8 @@ fn prepare(
                 let info = m.conditions.text.as_ref().expect("text datasets declare their width");
                 let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
                 if let Some(j) = t.iter().position(|x| !x.is_finite()) {
-                    bail!("sample id {id}: its text embedding holds {} at value {j} (`infinity data verify` lists every such row)", t[j]);
+                    let detail = format!("its text embedding holds {} at value {j}", t[j]);
+                    bail!(infinity_data::DataError::Sample { id, detail });
                 }
                 mb.kv.extend_from_slice(&t);
                 mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
