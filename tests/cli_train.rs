@@ -144,6 +144,38 @@ fn sample_a_class_model_by_name() {
     assert!(err(&["sample", path_str(&ckpt), "--caption", "a red circle"]).contains("class-conditioned"));
 }
 
+/// `model.init_from` starts a fresh run from another run's weights (its folder or its export): with a
+/// learning rate too small to move them, the new run's first checkpoint holds the old run's weights.
+#[test]
+fn a_fresh_run_starts_from_another_runs_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&synth));
+    write_config(&cfg, &data, &run, "class");
+    assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=3"]));
+    let exported = tmp.path().join("export.safetensors");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&exported)]));
+    let weights = |dir: &Path| infinity_trainer::train::checkpoint::load_model(dir).unwrap().params.data;
+    let trained = weights(&run);
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    for (i, from) in [None, Some(&run), Some(&exported)].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("next-{i}"));
+        let mut args = vec!["train".to_string(), path_str(&cfg).into()];
+        for set in [format!("run.dir={}", path_str(&dir)), "run.steps=1".into(), "optim.lr=1e-30".into()] {
+            args.extend(["--set".into(), set]);
+        }
+        if let Some(from) = from {
+            args.extend(["--set".into(), format!("model.init_from={}", path_str(from))]);
+        }
+        assert!(infinity(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+        let d = max_diff(&weights(&dir), &trained);
+        assert!(if from.is_some() { d < 1e-12 } else { d > 1e-3 }, "init_from {from:?}: weights differ by {d}");
+    }
+    let (e, _) = fails(&["train", path_str(&cfg), "--set", "model.init_from=/nowhere/at-all"]);
+    assert!(e.contains("model.init_from") && e.contains("/nowhere/at-all"), "{e}");
+}
+
 /// The run folder across sessions: a fresh start refuses a folder that holds a run; a finished run
 /// resubmitted with `--resume auto` keeps its summary; a resume after a crash drops what the crashed
 /// session logged past its checkpoint (metrics.jsonl, and TensorBoard through a session restart), so

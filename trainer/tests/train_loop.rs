@@ -42,6 +42,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             mlp_ratio: None,
             conditioning: conditioning.into(),
             cond_drop_rate: 0.25,
+            init_from: None,
         },
         data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: 4, workers: 1 },
         optim: OptimSection {

@@ -74,12 +74,47 @@ pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
 /// Load upstream-named weights (either block layout; `*.zero_k_bias` must be zero). Every unknown
 /// name, shape mismatch and missing parameter is listed in one error.
 pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
+    let mut p = Params::zeros(lay);
+    fill_weights(path, cfg, lay, &mut p, |_| false)?;
+    Ok(p)
+}
+
+/// Start from `path`'s weights (upstream's `--rush_resume`): `p` holds a fresh initialisation, and
+/// every parameter is replaced by the file's tensor of the same name and shape. The transformer body
+/// must match; the layers tied to the tokenizer's bits or to the conditioning (`word_embed`, `head`,
+/// `class_emb`, the text layers, the blocks' cross-attention) keep their fresh values where the file
+/// lacks them or has another shape, and the file's tensors of such layers that this model has not are
+/// left out. Returns one line per tensor kept fresh or left out.
+pub fn init_from_weights(path: &Path, cfg: &ModelConfig, lay: &Layout, p: &mut Params<f32>) -> Result<Vec<String>> {
+    fill_weights(path, cfg, lay, p, reinitialisable)
+}
+
+/// Parameters a fine-tune may change the shape of: what depends on the bits per token (d), the
+/// number of classes, or the conditioning (class or text).
+fn reinitialisable(canonical: &str) -> bool {
+    const TOP: [&str; 7] =
+        ["word_embed.", "head.", "class_emb.", "cfg_uncond", "text_norm.", "text_proj_for_sos.", "text_proj_for_ca."];
+    let block_part = canonical.strip_prefix("blocks.").and_then(|r| r.split_once('.')).map(|(_, part)| part);
+    TOP.iter().any(|t| canonical.starts_with(t))
+        || block_part.is_some_and(|part| part.starts_with("ca.") || part.starts_with("ca_norm."))
+}
+
+/// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
+/// (the parameter keeps `p`'s value), every other problem is listed in one error.
+fn fill_weights(
+    path: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &mut Params<f32>,
+    lenient: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
-    let mut p = Params::zeros(lay);
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();
-    let mut problems = Vec::new();
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
+    // (the empty name is never lenient)
+    let mut report = |canon: &str, what: String| if lenient(canon) { notes.push(what) } else { problems.push(what) };
     // in the model's parameter order (unknown names last, by name): the same error every time, and
     // the first problems shown are the model's first parameters (a safetensors header has no order)
     let mut tensors = st.tensors();
@@ -90,33 +125,31 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
     tensors.sort_by_cached_key(|(name, _)| order(name));
     for (name, t) in tensors {
         let Some(canon) = canonical_name(&name, cfg.depth, cfg.block_chunks) else {
-            problems.push(format!("`{name}`: malformed block key"));
+            report("", format!("`{name}`: malformed block key"));
             continue;
         };
-        let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
         if canon.ends_with("zero_k_bias") {
+            let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
             if v.iter().any(|&x| x != 0.0) {
-                problems.push(format!("`{name}`: buffer must be all zeros"));
+                report("", format!("`{name}`: buffer must be all zeros"));
             }
             continue;
         }
         match lay.spec(&canon) {
-            None => problems.push(format!("`{name}`: not a parameter of this model")),
+            None => report(&canon, format!("`{name}`: not a parameter of this model")),
             Some(spec) if t.shape() != spec.shape.as_slice() => {
-                problems.push(format!("`{name}`: shape {:?}, the model expects {:?}", t.shape(), spec.shape))
+                report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape(), spec.shape))
             }
             Some(spec) => {
+                let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
                 p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
                 seen.insert(spec.name.as_str(), true);
             }
         }
     }
-    problems.extend(
-        lay.specs
-            .iter()
-            .filter(|s| !seen[s.name.as_str()])
-            .map(|s| format!("`{}`: missing (shape {:?})", s.name, s.shape)),
-    );
+    for s in lay.specs.iter().filter(|s| !seen[s.name.as_str()]) {
+        report(&s.name, format!("`{}`: missing (shape {:?})", s.name, s.shape));
+    }
     if !problems.is_empty() {
         let shown: Vec<_> = problems.iter().take(20).cloned().collect();
         let more =
@@ -128,5 +161,66 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
             shown.join("\n  ")
         );
     }
-    Ok(p)
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::{init_params, InitConfig};
+    use crate::model::Conditioning;
+
+    fn model(d: usize, conditioning: Conditioning, depth: usize) -> (ModelConfig, Layout, Params<f32>) {
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        (cfg.d, cfg.conditioning, cfg.depth) = (d, conditioning, depth);
+        let lay = Layout::new(&cfg);
+        let p = init_params(&cfg, &lay, &InitConfig::default(), (d * 100 + depth) as u64);
+        (cfg, lay, p)
+    }
+
+    fn save(dir: &Path, cfg: &ModelConfig, lay: &Layout, p: &Params<f32>) -> std::path::PathBuf {
+        let file = dir.join(format!("d{}-depth{}.safetensors", cfg.d, cfg.depth));
+        std::fs::write(&file, weights_bytes(cfg, lay, p, SaveDtype::F32, false, None).unwrap()).unwrap();
+        file
+    }
+
+    /// A text model with 32 bits per token starts from a class model with 16: the transformer body
+    /// comes from the file, the layers tied to the bits and the conditioning keep their fresh values.
+    #[test]
+    fn init_from_takes_the_body_and_keeps_the_bits_and_condition_layers_fresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src_cfg, src_lay, src) = model(16, Conditioning::Class { num_classes: 10 }, 2);
+        let file = save(tmp.path(), &src_cfg, &src_lay, &src);
+        let (cfg, lay, fresh) = model(32, Conditioning::Text, 2);
+        let mut p = fresh.clone();
+        let notes = init_from_weights(&file, &cfg, &lay, &mut p).unwrap();
+        for s in &lay.specs {
+            let (got, new) = (p.get(&lay, &s.name), fresh.get(&lay, &s.name));
+            if reinitialisable(&s.name) {
+                assert_eq!(got, new, "{} should keep its fresh values", s.name);
+            } else {
+                assert_eq!(got, src.get(&src_lay, &s.name), "{} should come from the file", s.name);
+            }
+        }
+        let said = |what: &str| notes.iter().any(|n| n.contains(what));
+        assert!(said("`word_embed.weight`: shape [64, 16], the model expects [64, 32]"), "{notes:#?}");
+        assert!(said("`class_emb.weight`: not a parameter") && said("`blocks.1.ca.mat_q.weight`: missing"));
+        assert!(said("`text_norm.weight`: missing") && said("`head.bias`: shape [32]"), "{notes:#?}");
+
+        // a load for sampling or resuming takes no such liberties
+        let e = format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err());
+        assert!(e.contains("word_embed.weight") && e.contains("problems"), "{e}");
+    }
+
+    /// The body must match: another depth is an error naming the blocks that do not fit.
+    #[test]
+    fn init_from_refuses_another_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src_cfg, src_lay, src) = model(16, Conditioning::Class { num_classes: 10 }, 3);
+        let file = save(tmp.path(), &src_cfg, &src_lay, &src);
+        let (cfg, lay, mut p) = model(16, Conditioning::Class { num_classes: 10 }, 2);
+        let e = format!("{:#}", init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err());
+        assert!(e.contains("`blocks.2.ffn.fc1.weight`: not a parameter of this model"), "{e}");
+        assert!(!e.contains("word_embed"), "{e}");
+    }
 }

@@ -153,6 +153,18 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The weights file of `path`: a safetensors file as it is, or the checksum-verified
+/// `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = resolve(path)?;
+    let file = dir.join("model.safetensors");
+    verify_crc(&file, &read_state(&dir)?.model_crc32c)?;
+    Ok(file)
+}
+
 /// The model of a checkpoint, for sampling and export: its shape, training config, weights and step.
 pub struct CheckpointModel {
     pub dir: PathBuf,

@@ -148,6 +148,14 @@ pub struct ModelSection {
     /// Probability of dropping a sample's condition (classifier-free guidance).
     #[serde(default = "default_cond_drop")]
     pub cond_drop_rate: f64,
+    /// Start a fresh run from these weights instead of a random initialisation (upstream's
+    /// `--rush_resume`: fine-tuning, or the next resolution of a progressive recipe): a checkpoint or
+    /// run folder (its newest checkpoint) or a safetensors file with upstream names (an export). The
+    /// transformer body must match; `word_embed`, `head` and the conditioning layers keep their fresh
+    /// values where the file has another shape or none. Optimiser, schedule and data start afresh;
+    /// a resumed run takes its weights from its own checkpoint instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 fn default_cond_drop() -> f64 {
@@ -415,6 +423,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
             bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
+        }
+        if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
+            bail!("model.init_from: {} does not exist", p.display());
         }
         if !matches!(self.model.conditioning.as_str(), "class" | "text") {
             bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);

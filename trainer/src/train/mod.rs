@@ -258,11 +258,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             (p, o, Some(s))
         }
-        None => (
-            init_params(&mc, &lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT)),
-            AdamW::new(cfg.optim.adamw.clone(), &lay),
-            None,
-        ),
+        None => {
+            let mut p = init_params(&mc, &lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
+            if let Some(from) = &cfg.model.init_from {
+                let file = checkpoint::weights_file(from).context("model.init_from")?;
+                let fresh = crate::model::io::init_from_weights(&file, &mc, &lay, &mut p)
+                    .with_context(|| format!("model.init_from {}", from.display()))?;
+                println!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
+                if leader && !fresh.is_empty() {
+                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
+                }
+            }
+            (p, AdamW::new(cfg.optim.adamw.clone(), &lay), None)
+        }
     };
     dist.agree_on_step(state.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
