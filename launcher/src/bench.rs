@@ -120,7 +120,8 @@ pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
             let addr = addr.clone();
             std::thread::spawn(move || -> Result<Vec<f64>> {
                 let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(10))?;
-                let mut ring = TcpRing::connect(&mut c, "bench", rank, world, "127.0.0.1", Duration::from_secs(60))?;
+                let mut ring =
+                    TcpRing::connect(&mut c, "bench", rank, world, "127.0.0.1", false, Duration::from_secs(60))?;
                 let mut buf = vec![1.0f32; n];
                 ring.all_reduce_sum(&mut buf)?; // warm-up
                 let mut times = Vec::new();

@@ -20,7 +20,7 @@ where
             let addr = addr.clone();
             std::thread::spawn(move || {
                 let mut c = StoreClient::connect(&addr, "t", &format!("r{rank}"), Duration::from_secs(5)).unwrap();
-                f(TcpRing::connect(&mut c, "test", rank, world, "127.0.0.1", timeout).unwrap())
+                f(TcpRing::connect(&mut c, "test", rank, world, "127.0.0.1", false, timeout).unwrap())
             })
         })
         .collect();

@@ -18,17 +18,19 @@ fn ip(args: &[&str]) -> bool {
 struct Net {
     a: String,
     b: String,
+    /// Names this test's interfaces (tests run in parallel in one process).
+    tag: String,
 }
 
 impl Net {
-    fn create() -> Option<Net> {
+    fn create(test: char) -> Option<Net> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return None;
         }
-        let id = std::process::id() % 100_000;
-        let net = Net { a: format!("inf{id}a"), b: format!("inf{id}b") };
-        let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
+        let tag = format!("{}{test}", std::process::id() % 100_000);
+        let net = Net { a: format!("inf{tag}a"), b: format!("inf{tag}b"), tag: tag.clone() };
+        let (va, vb) = (format!("v{tag}a"), format!("v{tag}b"));
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", &net.a],
             vec!["netns", "add", &net.b],
@@ -51,8 +53,7 @@ impl Net {
     }
 
     fn cut_b(&self) {
-        let id = std::process::id() % 100_000;
-        assert!(ip(&["-n", &self.b, "link", "set", &format!("v{id}b"), "down"]), "cutting the link failed");
+        assert!(ip(&["-n", &self.b, "link", "set", &format!("v{}b", self.tag), "down"]), "cutting the link failed");
     }
 }
 
@@ -63,10 +64,10 @@ impl Drop for Net {
     }
 }
 
-fn node(net_ns: &str, node_rank: usize, cfg: &Path, run: &Path) -> Child {
+fn node(net_ns: &str, node_rank: usize, rdzv: &str, cfg: &Path, run: &Path) -> Child {
     Command::new("ip")
         .args(["netns", "exec", net_ns, BIN, "launch", "--nnodes", "2", "--nproc-per-node", "2"])
-        .args(["--node-rank", &node_rank.to_string(), "--rdzv", "10.231.0.1:29555", "--token", "netns-test"])
+        .args(["--node-rank", &node_rank.to_string(), "--rdzv", rdzv, "--token", "netns-test"])
         .args(["--run-id", "netns", "--grace-s", "5", "--rdzv-timeout-s", "30", "--log-dir"])
         .arg(run.join(format!("logs-node{node_rank}")))
         .args(["--", "train"])
@@ -79,26 +80,53 @@ fn node(net_ns: &str, node_rank: usize, cfg: &Path, run: &Path) -> Child {
         .unwrap()
 }
 
-#[test]
-fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
-    let Some(net) = Net::create() else {
-        println!("skipped: needs root and `ip netns` (network namespaces)");
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+/// A small dataset and a tiny class model's config in `dir`, training `steps` steps.
+fn config(dir: &Path, steps: u64) -> std::path::PathBuf {
+    let data = dir.join("data");
     common::small_dataset(&data);
-    let cfg = tmp.path().join("train.toml");
+    let cfg = dir.join("train.toml");
     let text = format!(
-        "[run]\ndir = \"x\"\nseed = 1\nsteps = 100000\nlog_every = 100000\n[model]\npreset = \"tiny\"\n\
+        "[run]\ndir = \"x\"\nseed = 1\nsteps = {steps}\nlog_every = 100000\n[model]\npreset = \"tiny\"\n\
          conditioning = \"class\"\n[data]\ndir = \"{}\"\nglobal_batch = 16\nmicro_batch = 4\n[optim]\nlr = 1e-3\n\
          [checkpoint]\nevery = 2\nkeep_last = 2\n[dist]\ntimeout_s = 3\nrdzv_timeout_s = 30\n",
         data.display()
     );
     std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Node 0 reaches its own store at localhost (as a Kubeflow master pod's MASTER_ADDR says): its ranks
+/// know only a loopback address for themselves, yet node 1's last rank must connect to rank 0 for the
+/// ring. Rank 0 listens on every interface and rank 3 reaches it at the store's address.
+#[test]
+fn a_master_node_that_reaches_its_store_at_localhost_still_forms_the_ring() {
+    let Some(net) = Net::create('l') else {
+        println!("skipped: needs root and `ip netns` (network namespaces)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 4);
     let run = tmp.path().join("run");
-    let mut n0 = node(&net.a, 0, &cfg, &run);
-    let mut n1 = node(&net.b, 1, &cfg, &run);
+    let n0 = node(&net.a, 0, "localhost:29556", &cfg, &run);
+    let n1 = node(&net.b, 1, "10.231.0.1:29556", &cfg, &run);
+    for (i, n) in [n0, n1].into_iter().enumerate() {
+        let out = n.wait_with_output().unwrap();
+        assert!(out.status.success(), "node {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(run.join("checkpoints/step-00000004/DONE").exists());
+}
+
+#[test]
+fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
+    let Some(net) = Net::create('c') else {
+        println!("skipped: needs root and `ip netns` (network namespaces)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 100_000);
+    let run = tmp.path().join("run");
+    let mut n0 = node(&net.a, 0, "10.231.0.1:29555", &cfg, &run);
+    let mut n1 = node(&net.b, 1, "10.231.0.1:29555", &cfg, &run);
 
     let t0 = Instant::now();
     while !run.join("checkpoints/step-00000004/DONE").exists() {

@@ -8,7 +8,7 @@
 //! Values travel as little-endian f32 (all supported hosts are little-endian).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -31,27 +31,46 @@ pub struct TcpRing {
 
 impl TcpRing {
     /// Build the ring: listen, publish the address under `prefix/ring/{rank}`, connect to the next rank
-    /// and accept the previous one. `host` is the address other ranks reach this one at.
+    /// and accept the previous one. `host` is the address other ranks reach this one at; with
+    /// `listen_all` the listener takes every interface of its family, for a rank that only knows a
+    /// loopback address for itself while ranks on other hosts must reach it (they substitute the
+    /// store's address, which is then this host's: see below).
     pub fn connect(
         store: &mut StoreClient,
         prefix: &str,
         rank: usize,
         world: usize,
         host: &str,
+        listen_all: bool,
         timeout: Duration,
     ) -> Result<TcpRing> {
         let listener = TcpListener::bind((host, 0)).with_context(|| format!("ring: binding {host}:0"))?;
-        // the listener's own address: an IPv6 one is published as [addr]:port
-        let advertised = std::net::SocketAddr::new(listener.local_addr()?.ip(), listener.local_addr()?.port());
+        let ip = listener.local_addr()?.ip();
+        let listener = match ip {
+            IpAddr::V4(_) if listen_all => TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?,
+            IpAddr::V6(_) if listen_all => TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))?,
+            _ => listener,
+        };
+        // published: `host`'s address (an IPv6 one as [addr]:port) and the listener's port
+        let advertised = SocketAddr::new(ip, listener.local_addr()?.port());
         store.set(&format!("{prefix}/ring/{rank}"), advertised.to_string().as_bytes())?;
         let next = (rank + 1) % world;
         let prev = (rank + world - 1) % world;
-        let addr = String::from_utf8(store.get(&format!("{prefix}/ring/{next}"), timeout)?)
+        let published = String::from_utf8(store.get(&format!("{prefix}/ring/{next}"), timeout)?)
             .context("ring: a rank published a non-UTF-8 address")?;
+        let mut addr: SocketAddr =
+            published.parse().with_context(|| format!("ring: rank {next} published {published:?}, not an address"))?;
+        // a loopback address published by a rank on another host (one that reached the store over
+        // loopback: it runs on the store's host, e.g. MASTER_ADDR=localhost in a master pod) is reached
+        // at the store's address from here
+        if addr.ip().is_loopback() && !store.local_ip()?.is_loopback() {
+            addr.set_ip(store.peer_ip()?);
+            tracing::debug!("ring: rank {next} published {published}, reached at {addr} (the store's host)");
+        }
 
         let deadline = Instant::now() + timeout;
         let mut out = loop {
-            match TcpStream::connect(&addr) {
+            match TcpStream::connect(addr) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!("ring: connecting to rank {next} at {addr}: {e}");

@@ -43,6 +43,11 @@ impl StoreClient {
         Ok(self.sock.local_addr()?.ip())
     }
 
+    /// The store's address as this side reaches it.
+    pub fn peer_ip(&self) -> Result<std::net::IpAddr> {
+        Ok(self.sock.peer_addr()?.ip())
+    }
+
     fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         let ctx = || format!("store {}", self.addr);
         self.sock.set_read_timeout(Some(timeout + Duration::from_secs(5))).with_context(ctx)?;

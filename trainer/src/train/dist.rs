@@ -58,13 +58,18 @@ impl Dist {
         let comm: Box<dyn Communicator> = match cfg.backend {
             CommBackend::Auto | CommBackend::Ring => {
                 // the address this rank's ring listener is reached at: the one its store connection left
-                // from, unless INFINITY_RING_HOST names another (a master pod whose MASTER_ADDR is
-                // localhost would otherwise advertise 127.0.0.1 to other hosts)
-                let host = match std::env::var("INFINITY_RING_HOST") {
-                    Ok(h) if !h.is_empty() => h,
-                    _ => store.local_ip()?.to_string(),
+                // from, unless INFINITY_RING_HOST names another. A rank that reached the store over
+                // loopback (a master pod whose MASTER_ADDR is localhost) listens on every interface when
+                // the group spans nodes: ranks elsewhere reach it at the store's address
+                let (host, listen_all) = match std::env::var("INFINITY_RING_HOST") {
+                    Ok(h) if !h.is_empty() => (h, false),
+                    _ => {
+                        let ip = store.local_ip()?;
+                        (ip.to_string(), ip.is_loopback() && env.world > env.local_world)
+                    }
                 };
-                let ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &host, comm_timeout)
+                let (rank, world) = (env.rank, env.world);
+                let ring = TcpRing::connect(&mut store, &prefix, rank, world, &host, listen_all, comm_timeout)
                     .with_context(|| format!("rank {}: building the ring", env.rank))?;
                 Box::new(ring)
             }
