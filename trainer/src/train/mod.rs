@@ -9,6 +9,7 @@ pub mod compute;
 pub mod config;
 pub mod dist;
 pub mod log;
+mod micro_batch;
 pub mod rundir;
 pub mod val;
 
@@ -20,10 +21,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use infinity_data::loader::plan::keyed_rng;
-use infinity_data::loader::{BadRows, Batch, Loader, LoaderOptions};
-use infinity_data::manifest::Manifest;
+use infinity_data::loader::{BadRows, Loader, LoaderOptions};
 use infinity_data::{Checksums, Dataset};
-use infinity_kernels::bsq;
 use infinity_kernels::rope::RopeTable;
 use rand::Rng;
 use serde_json::json;
@@ -32,18 +31,17 @@ use self::checkpoint::TrainState;
 use self::config::TrainConfig;
 use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
+use self::micro_batch::prepare;
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
-use crate::model::{
-    rope_for, scale_metrics, token_weights, Acts, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
-};
+use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelConfig, Params};
 use crate::optim::{clip_grad_norm, AdamW};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
-const STREAM_FLIPS: u64 = 2;
-const STREAM_DROP: u64 = 3;
+pub(crate) const STREAM_FLIPS: u64 = 2;
+pub(crate) const STREAM_DROP: u64 = 3;
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
@@ -67,117 +65,6 @@ pub struct TrainSummary {
     pub preempted: bool,
     /// The last held-out validation loss, when validation is configured.
     pub last_val_loss: Option<f64>,
-}
-
-/// One micro-batch in model form (owned buffers the `ModelInput` borrows).
-struct MicroBatch {
-    b: usize,
-    x_wo_prefix: Vec<f32>,
-    gt_bits: Vec<u8>,
-    /// When self-correction runs on the device: `[B, d, H, W]` latents and each sample's flip key
-    /// (then `x_wo_prefix` and `gt_bits` stay empty).
-    latents: Vec<f32>,
-    keys: Vec<u64>,
-    labels: Vec<usize>,
-    kv: Vec<f32>,
-    cu: Vec<usize>,
-    dropped: Vec<bool>,
-}
-
-impl MicroBatch {
-    fn input<'a>(
-        &'a self,
-        mc: &ModelConfig,
-        scales: &'a [(usize, usize)],
-        rope: &'a RopeTable,
-        token_weights: &'a [f64],
-        label_smoothing: f64,
-    ) -> ModelInput<'a, f32> {
-        let cond = match mc.conditioning {
-            Conditioning::Class { .. } => Condition::Class { labels: &self.labels },
-            Conditioning::Text => {
-                Condition::Text { kv_compact: &self.kv, cu_seqlens: &self.cu, dropped: &self.dropped }
-            }
-        };
-        ModelInput {
-            b: self.b,
-            scales,
-            rope,
-            x_wo_prefix: &self.x_wo_prefix,
-            cond,
-            gt_bits: &self.gt_bits,
-            token_weights,
-            label_smoothing,
-        }
-    }
-}
-
-/// Bitwise self-correction and condition dropout (probability `cond_drop`) for rows `rows` of `batch`,
-/// with random streams keyed by (`seed`, `step`, sample id). With `on_device`, the latents and flip keys
-/// are gathered for the device to self-correct instead.
-#[allow(clippy::too_many_arguments)]
-fn prepare(
-    cfg: &TrainConfig,
-    mc: &ModelConfig,
-    m: &Manifest,
-    batch: &Batch,
-    rows: std::ops::Range<usize>,
-    scales: &[(usize, usize)],
-    (seed, step): (u64, u64),
-    cond_drop: f64,
-    on_device: bool,
-) -> Result<MicroBatch> {
-    let d = mc.d;
-    let mut mb = MicroBatch {
-        b: rows.len(),
-        x_wo_prefix: vec![],
-        gt_bits: vec![],
-        latents: vec![],
-        keys: vec![],
-        labels: vec![],
-        kv: vec![],
-        cu: vec![0],
-        dropped: vec![],
-    };
-    for i in rows {
-        let id = batch.ids[i];
-        let latent =
-            batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
-        // (the loader checks lengths, not values: a NaN here would quietly become labels)
-        if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
-            let detail = format!("its latent holds {} at value {j}", latent[j]);
-            bail!(infinity_data::DataError::Sample { id, detail });
-        }
-        let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
-        if on_device {
-            mb.latents.extend_from_slice(&latent);
-            mb.keys.push(key);
-        } else {
-            let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
-            let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
-            mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
-            mb.gt_bits.extend_from_slice(&sc.bits);
-        }
-        let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
-        match &mc.conditioning {
-            Conditioning::Class { num_classes } => {
-                let label = batch.class_label.as_ref().expect("class datasets carry labels")[i] as usize;
-                mb.labels.push(if drop { *num_classes } else { label });
-            }
-            Conditioning::Text => {
-                let info = m.conditions.text.as_ref().expect("text datasets declare their width");
-                let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
-                if let Some(j) = t.iter().position(|x| !x.is_finite()) {
-                    let detail = format!("its text embedding holds {} at value {j}", t[j]);
-                    bail!(infinity_data::DataError::Sample { id, detail });
-                }
-                mb.kv.extend_from_slice(&t);
-                mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
-                mb.dropped.push(drop);
-            }
-        }
-    }
-    Ok(mb)
 }
 
 /// Run (or resume) training as `cfg` says.

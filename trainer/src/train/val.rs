@@ -15,7 +15,7 @@ use infinity_kernels::rope::RopeTable;
 use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::Dist;
-use super::prepare;
+use super::micro_batch::prepare;
 use crate::model::{rope_for, token_weights, Acts, Layout, ModelConfig, Params};
 
 /// Loss and bit accuracy over the validation rows.

@@ -1,0 +1,126 @@
+//! One micro-batch of a loader batch in model form: bitwise self-correction (on the host, or the
+//! latents and flip keys for the device to self-correct) and condition dropout, each drawn from a
+//! stream keyed by (seed, step, sample id).
+
+use anyhow::{bail, Result};
+use infinity_data::loader::plan::keyed_rng;
+use infinity_data::loader::Batch;
+use infinity_data::manifest::Manifest;
+use infinity_kernels::bsq;
+use infinity_kernels::rope::RopeTable;
+use rand::Rng;
+
+use super::config::TrainConfig;
+use super::{STREAM_DROP, STREAM_FLIPS};
+use crate::model::{Condition, Conditioning, ModelConfig, ModelInput};
+
+/// One micro-batch in model form (owned buffers the `ModelInput` borrows).
+pub(super) struct MicroBatch {
+    pub(super) b: usize,
+    pub(super) x_wo_prefix: Vec<f32>,
+    pub(super) gt_bits: Vec<u8>,
+    /// When self-correction runs on the device: `[B, d, H, W]` latents and each sample's flip key
+    /// (then `x_wo_prefix` and `gt_bits` stay empty).
+    pub(super) latents: Vec<f32>,
+    pub(super) keys: Vec<u64>,
+    pub(super) labels: Vec<usize>,
+    pub(super) kv: Vec<f32>,
+    pub(super) cu: Vec<usize>,
+    pub(super) dropped: Vec<bool>,
+}
+
+impl MicroBatch {
+    pub(super) fn input<'a>(
+        &'a self,
+        mc: &ModelConfig,
+        scales: &'a [(usize, usize)],
+        rope: &'a RopeTable,
+        token_weights: &'a [f64],
+        label_smoothing: f64,
+    ) -> ModelInput<'a, f32> {
+        let cond = match mc.conditioning {
+            Conditioning::Class { .. } => Condition::Class { labels: &self.labels },
+            Conditioning::Text => {
+                Condition::Text { kv_compact: &self.kv, cu_seqlens: &self.cu, dropped: &self.dropped }
+            }
+        };
+        ModelInput {
+            b: self.b,
+            scales,
+            rope,
+            x_wo_prefix: &self.x_wo_prefix,
+            cond,
+            gt_bits: &self.gt_bits,
+            token_weights,
+            label_smoothing,
+        }
+    }
+}
+
+/// Bitwise self-correction and condition dropout (probability `cond_drop`) for rows `rows` of `batch`,
+/// with random streams keyed by (`seed`, `step`, sample id). With `on_device`, the latents and flip keys
+/// are gathered for the device to self-correct instead.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    m: &Manifest,
+    batch: &Batch,
+    rows: std::ops::Range<usize>,
+    scales: &[(usize, usize)],
+    (seed, step): (u64, u64),
+    cond_drop: f64,
+    on_device: bool,
+) -> Result<MicroBatch> {
+    let d = mc.d;
+    let mut mb = MicroBatch {
+        b: rows.len(),
+        x_wo_prefix: vec![],
+        gt_bits: vec![],
+        latents: vec![],
+        keys: vec![],
+        labels: vec![],
+        kv: vec![],
+        cu: vec![0],
+        dropped: vec![],
+    };
+    for i in rows {
+        let id = batch.ids[i];
+        let latent =
+            batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
+        // (the loader checks lengths, not values: a NaN here would quietly become labels)
+        if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
+            let detail = format!("its latent holds {} at value {j}", latent[j]);
+            bail!(infinity_data::DataError::Sample { id, detail });
+        }
+        let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
+        if on_device {
+            mb.latents.extend_from_slice(&latent);
+            mb.keys.push(key);
+        } else {
+            let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
+            let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
+            mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
+            mb.gt_bits.extend_from_slice(&sc.bits);
+        }
+        let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
+        match &mc.conditioning {
+            Conditioning::Class { num_classes } => {
+                let label = batch.class_label.as_ref().expect("class datasets carry labels")[i] as usize;
+                mb.labels.push(if drop { *num_classes } else { label });
+            }
+            Conditioning::Text => {
+                let info = m.conditions.text.as_ref().expect("text datasets declare their width");
+                let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
+                if let Some(j) = t.iter().position(|x| !x.is_finite()) {
+                    let detail = format!("its text embedding holds {} at value {j}", t[j]);
+                    bail!(infinity_data::DataError::Sample { id, detail });
+                }
+                mb.kv.extend_from_slice(&t);
+                mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
+                mb.dropped.push(drop);
+            }
+        }
+    }
+    Ok(mb)
+}
