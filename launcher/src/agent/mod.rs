@@ -5,27 +5,20 @@
 //! SIGINT and SIGUSR1 are forwarded to the ranks (they checkpoint and exit); SIGKILL follows after the
 //! grace period.
 
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::signal::unix::{signal, SignalKind};
-
-use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{is_permanent_failure, job_port, parse_nodelist, vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+use crate::env::{is_permanent_failure, job_port, parse_nodelist, vars, EXIT_BAD_DATA};
 use crate::store::{StoreClient, StoreServer};
 
-/// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
-const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
-/// Lines of each rank's output kept for the failure report.
-const TAIL_LINES: usize = 20;
+mod ranks;
+mod signals;
+
+use ranks::{describe, futures_select_all, spawn_group, stop_group, Rank};
+use signals::{signal_name, until_signal, Signals};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LaunchArgs {
@@ -260,192 +253,6 @@ async fn agree_on_settings(
     .await?
 }
 
-/// Exit code of an agent (or rank) stopped by a signal before its group started: 128 + the signal, as a
-/// shell reports a process the signal ended.
-fn stopped_before_start(sig: i32) -> i32 {
-    128 + sig
-}
-
-/// `task`'s result, or `Err(exit code)` when a signal arrives first (nothing has started: the agent
-/// stops there, saying so).
-async fn until_signal<T>(signals: &mut Signals, task: tokio::task::JoinHandle<T>, what: &str) -> Result<T, i32> {
-    tokio::select! {
-        r = task => Ok(r.expect("the blocking task does not panic")),
-        sig = signals.next() => {
-            let code = stopped_before_start(sig);
-            eprintln!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
-            Err(code)
-        }
-    }
-}
-
-/// One local rank: the process, its pid, the tail of its output and the tasks that copy that output
-/// (joined before a report or exit, so no last line is lost).
-struct Rank {
-    global: usize,
-    child: Child,
-    pid: i32,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    readers: Vec<tokio::task::JoinHandle<()>>,
-    started: Instant,
-}
-
-impl Rank {
-    /// Waits (up to 5 s: a grandchild may hold the pipes open) until the output of the exited process
-    /// has been copied to the console, its log and its tail.
-    async fn drain(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
-        }
-    }
-}
-
-async fn spawn_group(a: &LaunchArgs, p: &Plan, exe: &Path, port: u16, attempt: u32, world: usize) -> Result<Vec<Rank>> {
-    let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
-    let devices: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
-        .map(|v| v.split(',').map(str::to_string).collect())
-        .unwrap_or_else(|_| (0..a.nproc_per_node).map(|i| i.to_string()).collect());
-    let mut ranks = Vec::new();
-    for local in 0..a.nproc_per_node {
-        let global = p.node_rank * a.nproc_per_node + local;
-        let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
-            (exe.to_path_buf(), &a.cmd[..])
-        } else {
-            (PathBuf::from(&a.cmd[0]), &a.cmd[1..])
-        };
-        let mut cmd = Command::new(&prog);
-        cmd.args(args)
-            .env("RANK", global.to_string())
-            .env("LOCAL_RANK", local.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
-            .env("NODE_RANK", p.node_rank.to_string())
-            .env("GROUP_RANK", p.node_rank.to_string())
-            .env("MASTER_ADDR", &p.host)
-            .env("MASTER_PORT", port.to_string())
-            .env(vars::TOKEN, &p.token)
-            .env(vars::RUN_ID, &p.run_id)
-            .env(vars::RESTART_COUNT, attempt.to_string())
-            .env(vars::AGENT_STORE, "1")
-            .env("CUDA_VISIBLE_DEVICES", devices.get(local).cloned().unwrap_or_else(|| local.to_string()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if attempt > 0 {
-            cmd.env(vars::RESUME, "auto");
-        }
-        // a rank outlives no agent: if the agent dies (SIGKILL, a lost node), the kernel sends the rank
-        // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
-        }
-        let mut child = cmd.spawn().with_context(|| format!("starting rank {global}: {}", prog.display()))?;
-        let pid = child.id().map_or(0, |p| p as i32);
-        let log_path = dir.join(format!("rank_{global}.log"));
-        // appended: a relaunch with the same run id (a requeued job) keeps the earlier sessions' logs
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let _ = writeln!(
-            log,
-            "==== rank {global}, attempt {attempt}, pid {pid}, started at unix time {}",
-            since_epoch.as_secs()
-        );
-        let log = Arc::new(Mutex::new(log));
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stdout.take().unwrap());
-        let err: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stderr.take().unwrap());
-        let mut readers = Vec::new();
-        for stream in [out, err] {
-            let (log, tail) = (log.clone(), tail.clone());
-            readers.push(tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[rank {global}] {line}");
-                    let _ = writeln!(log.lock().unwrap(), "{line}");
-                    let mut t = tail.lock().unwrap();
-                    if t.len() == TAIL_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
-                }
-            }));
-        }
-        ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now() });
-    }
-    Ok(ranks)
-}
-
-/// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) is forwarded
-/// as SIGTERM: the ranks checkpoint and exit rather than die at their next line of output.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            usr1: signal(SignalKind::user_defined1())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.usr1.recv() => libc::SIGUSR1,
-            _ = self.hup.recv() => libc::SIGTERM,
-        }
-    }
-}
-
-fn describe(status: &ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) if c == EXIT_COMM_TIMEOUT => format!("exit code {c} (a collective timed out)"),
-        (Some(c), _) if c == EXIT_BAD_DATA => format!("exit code {c} (bad data)"),
-        (Some(c), _) if c == EXIT_BAD_INVOCATION => format!("exit code {c} (bad command line or config)"),
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("signal {s} ({})", signal_name(s)),
-        _ => "an unknown status".into(),
-    }
-}
-
-fn signal_name(s: i32) -> &'static str {
-    match s {
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGUSR1 => "SIGUSR1",
-        _ => "signal",
-    }
-}
-
 /// Watch the group until it succeeds, fails, or a signal stops it.
 async fn watch(
     mut ranks: Vec<Rank>,
@@ -585,53 +392,4 @@ async fn post(client: &mut StoreClient, key: &str, value: &str) {
     if let Err(e) = client.set(key, value.as_bytes()) {
         tracing::warn!("store: posting {key}: {e:#}");
     }
-}
-
-/// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns 0 when every
-/// rank exited successfully, else 1.
-async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
-    let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
-    let targets: Vec<&Rank> = running.iter().map(|&i| &ranks[i]).collect();
-    for r in &targets {
-        if r.pid > 0 {
-            // SAFETY: kill(2) on a pid we spawned; one that already exited makes it fail harmlessly.
-            unsafe { libc::kill(r.pid, sig) };
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
-    for i in running {
-        match tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
-            Ok(Ok(s)) => exited[i] = Some(s),
-            _ => {
-                eprintln!("[launch] rank {} did not exit within {grace_s} s; SIGKILL", ranks[i].global);
-                let _ = ranks[i].child.kill().await;
-                exited[i] = ranks[i].child.wait().await.ok();
-            }
-        }
-    }
-    for r in ranks.iter_mut() {
-        r.drain().await;
-    }
-    if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
-        0
-    } else {
-        1
-    }
-}
-
-/// The first of several futures to finish, with its index among them.
-async fn futures_select_all<F, T>(futs: Vec<std::pin::Pin<Box<F>>>) -> T
-where
-    F: std::future::Future<Output = T>,
-{
-    let mut futs = futs;
-    std::future::poll_fn(move |cx| {
-        for f in futs.iter_mut() {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(v);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }

@@ -1,0 +1,206 @@
+//! The local ranks of one attempt: spawned with torchrun-style variables, their output teed to the
+//! console, a log file and a tail for the failure report; stopped with a signal, then SIGKILL.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::signals::signal_name;
+use super::{LaunchArgs, Plan};
+use crate::comm::EXIT_COMM_TIMEOUT;
+use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+
+/// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
+const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
+
+/// Lines of each rank's output kept for the failure report.
+const TAIL_LINES: usize = 20;
+
+/// One local rank: the process, its pid, the tail of its output and the tasks that copy that output
+/// (joined before a report or exit, so no last line is lost).
+pub(super) struct Rank {
+    pub(super) global: usize,
+    pub(super) child: Child,
+    pub(super) pid: i32,
+    pub(super) tail: Arc<Mutex<VecDeque<String>>>,
+    pub(super) readers: Vec<tokio::task::JoinHandle<()>>,
+    pub(super) started: Instant,
+}
+
+impl Rank {
+    /// Waits (up to 5 s: a grandchild may hold the pipes open) until the output of the exited process
+    /// has been copied to the console, its log and its tail.
+    pub(super) async fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+    }
+}
+
+/// Start this node's ranks of attempt `attempt` (global ranks node_rank · nproc_per_node + local).
+pub(super) async fn spawn_group(
+    a: &LaunchArgs,
+    p: &Plan,
+    exe: &Path,
+    port: u16,
+    attempt: u32,
+    world: usize,
+) -> Result<Vec<Rank>> {
+    let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
+    let devices: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| (0..a.nproc_per_node).map(|i| i.to_string()).collect());
+    let mut ranks = Vec::new();
+    for local in 0..a.nproc_per_node {
+        let global = p.node_rank * a.nproc_per_node + local;
+        let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
+            (exe.to_path_buf(), &a.cmd[..])
+        } else {
+            (PathBuf::from(&a.cmd[0]), &a.cmd[1..])
+        };
+        let mut cmd = Command::new(&prog);
+        cmd.args(args)
+            .env("RANK", global.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
+            .env("NODE_RANK", p.node_rank.to_string())
+            .env("GROUP_RANK", p.node_rank.to_string())
+            .env("MASTER_ADDR", &p.host)
+            .env("MASTER_PORT", port.to_string())
+            .env(vars::TOKEN, &p.token)
+            .env(vars::RUN_ID, &p.run_id)
+            .env(vars::RESTART_COUNT, attempt.to_string())
+            .env(vars::AGENT_STORE, "1")
+            .env("CUDA_VISIBLE_DEVICES", devices.get(local).cloned().unwrap_or_else(|| local.to_string()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if attempt > 0 {
+            cmd.env(vars::RESUME, "auto");
+        }
+        // a rank outlives no agent: if the agent dies (SIGKILL, a lost node), the kernel sends the rank
+        // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting rank {global}: {}", prog.display()))?;
+        let pid = child.id().map_or(0, |p| p as i32);
+        let log_path = dir.join(format!("rank_{global}.log"));
+        // appended: a relaunch with the same run id (a requeued job) keeps the earlier sessions' logs
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let _ = writeln!(
+            log,
+            "==== rank {global}, attempt {attempt}, pid {pid}, started at unix time {}",
+            since_epoch.as_secs()
+        );
+        let log = Arc::new(Mutex::new(log));
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stderr.take().unwrap());
+        let mut readers = Vec::new();
+        for stream in [out, err] {
+            let (log, tail) = (log.clone(), tail.clone());
+            readers.push(tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[rank {global}] {line}");
+                    let _ = writeln!(log.lock().unwrap(), "{line}");
+                    let mut t = tail.lock().unwrap();
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            }));
+        }
+        ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now() });
+    }
+    Ok(ranks)
+}
+
+pub(super) fn describe(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) if c == EXIT_COMM_TIMEOUT => format!("exit code {c} (a collective timed out)"),
+        (Some(c), _) if c == EXIT_BAD_DATA => format!("exit code {c} (bad data)"),
+        (Some(c), _) if c == EXIT_BAD_INVOCATION => format!("exit code {c} (bad command line or config)"),
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s} ({})", signal_name(s)),
+        _ => "an unknown status".into(),
+    }
+}
+
+/// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns 0 when every
+/// rank exited successfully, else 1.
+pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
+    let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
+    let targets: Vec<&Rank> = running.iter().map(|&i| &ranks[i]).collect();
+    for r in &targets {
+        if r.pid > 0 {
+            // SAFETY: kill(2) on a pid we spawned; one that already exited makes it fail harmlessly.
+            unsafe { libc::kill(r.pid, sig) };
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
+    for i in running {
+        match tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
+            Ok(Ok(s)) => exited[i] = Some(s),
+            _ => {
+                eprintln!("[launch] rank {} did not exit within {grace_s} s; SIGKILL", ranks[i].global);
+                let _ = ranks[i].child.kill().await;
+                exited[i] = ranks[i].child.wait().await.ok();
+            }
+        }
+    }
+    for r in ranks.iter_mut() {
+        r.drain().await;
+    }
+    if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
+        0
+    } else {
+        1
+    }
+}
+
+/// The first of several futures to finish, with its index among them.
+pub(super) async fn futures_select_all<F, T>(futs: Vec<std::pin::Pin<Box<F>>>) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let mut futs = futs;
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,69 @@
+//! The signals an agent forwards to its ranks, and how it stops when one arrives before they start.
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Exit code of an agent (or rank) stopped by a signal before its group started: 128 + the signal, as a
+/// shell reports a process the signal ended.
+pub(super) fn stopped_before_start(sig: i32) -> i32 {
+    128 + sig
+}
+
+/// `task`'s result, or `Err(exit code)` when a signal arrives first (nothing has started: the agent
+/// stops there, saying so).
+pub(super) async fn until_signal<T>(
+    signals: &mut Signals,
+    task: tokio::task::JoinHandle<T>,
+    what: &str,
+) -> Result<T, i32> {
+    tokio::select! {
+        r = task => Ok(r.expect("the blocking task does not panic")),
+        sig = signals.next() => {
+            let code = stopped_before_start(sig);
+            eprintln!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+            Err(code)
+        }
+    }
+}
+
+/// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) is forwarded
+/// as SIGTERM: the ranks checkpoint and exit rather than die at their next line of output.
+pub(super) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(super) fn new() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    pub(super) async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.usr1.recv() => libc::SIGUSR1,
+            _ = self.hup.recv() => libc::SIGTERM,
+        }
+    }
+}
+
+pub(super) fn signal_name(s: i32) -> &'static str {
+    match s {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGUSR1 => "SIGUSR1",
+        _ => "signal",
+    }
+}
