@@ -130,6 +130,10 @@ fn two_and_four_ranks_match_one_rank() {
         // docs/numerics.md: summation order differs, AdamW amplifies it on near-zero moments
         assert!(diff <= 1e-5, "{n} ranks: max |Δw| {diff:e} at {name}");
     }
+    // every step's metrics carry the ranks' timings when there is more than one
+    let metrics = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(!metrics(&runs[0]).contains("\"ranks\""));
+    assert_eq!(metrics(&runs[2]).lines().filter(|l| l.contains("\"work_s_max\"")).count(), 4);
     // validation (rows split over ranks) agrees too
     let val = |run: &Path| -> Vec<f64> {
         let text = std::fs::read_to_string(run.join("val.jsonl")).unwrap();
@@ -146,6 +150,26 @@ fn two_and_four_ranks_match_one_rank() {
     let again = tmp.path().join("ranks-2-again");
     ok(launch(2, &cfg, &again, &[], &[]).output().unwrap());
     assert!(weights(&again, 4) == weights(&runs[1], 4), "2-rank runs are not bitwise reproducible");
+}
+
+/// A rank slowed down in every step (the straggler drill) is named in the log and in metrics.jsonl.
+#[test]
+fn a_slow_rank_is_named_as_the_straggler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), &data, 3);
+    let run = tmp.path().join("slow");
+    let mut c = launch(2, &cfg, &run, &[], &[("INFINITY_FAULT_SLOW", "1:0.3")]);
+    let out = ok(c.args(["--set", "run.log_every=1", "--set", "val.every=0"]).output().unwrap());
+    assert!(out.contains("straggler at step 1: rank 1's own work took"), "{out}");
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in text.lines() {
+        let ranks = &serde_json::from_str::<serde_json::Value>(line).unwrap()["ranks"];
+        assert_eq!(ranks["slowest_rank"], 1, "{line}");
+        let (max, median) = (ranks["work_s_max"].as_f64().unwrap(), ranks["work_s_median"].as_f64().unwrap());
+        assert!(max >= 0.3 && max - median >= 0.25, "{line}");
+    }
 }
 
 #[test]

@@ -322,6 +322,16 @@ pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
     }
 }
 
+/// Straggler drill: `INFINITY_FAULT_SLOW=RANK:SECONDS` makes that rank sleep so long in every step
+/// of its first attempt, inside the work the straggler report measures.
+pub fn slow_drill(rank: usize, attempt: u32) {
+    let Ok(spec) = std::env::var("INFINITY_FAULT_SLOW") else { return };
+    let Some((r, s)) = spec.split_once(':') else { return };
+    if let (0, Ok(true), Ok(secs)) = (attempt, r.parse().map(|r: usize| r == rank), s.parse::<f64>()) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

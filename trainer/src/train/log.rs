@@ -38,6 +38,9 @@ pub struct StepMetrics {
     pub scale_loss: Vec<f64>,
     pub scale_bit_acc: Vec<f64>,
     pub skipped_steps: u64,
+    /// The spread of the ranks' own work and data waits (with more than one rank).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<super::rank_times::RankTimes>,
 }
 
 pub struct Logger {
@@ -117,6 +120,11 @@ impl Logger {
             if let Some(mfu) = m.mfu {
                 w.scalar("perf/mfu", mfu, m.step)?;
             }
+            if let Some(r) = &m.ranks {
+                w.scalar("ranks/work_s_max", r.work_s_max, m.step)?;
+                w.scalar("ranks/work_s_median", r.work_s_median, m.step)?;
+                w.scalar("ranks/data_s_max", r.data_s_max, m.step)?;
+            }
             for (s, (l, a)) in m.scale_loss.iter().zip(&m.scale_bit_acc).enumerate() {
                 w.scalar(&format!("scale/loss_s{s:02}"), *l, m.step)?;
                 w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
@@ -149,6 +157,9 @@ impl Logger {
                 console(&format!("{line} | ETA {}", fmt_secs(eta)));
             }
             None => {}
+        }
+        if let Some(line) = m.ranks.as_ref().filter(|_| logged).and_then(|r| r.straggler(m.step)) {
+            tracing::warn!("{line}");
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dist;
 pub mod log;
 mod micro_batch;
+pub mod rank_times;
 pub mod rundir;
 pub mod val;
 
@@ -32,6 +33,7 @@ use self::config::TrainConfig;
 use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
+use self::rank_times::RankTimes;
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
@@ -230,6 +232,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     while st.step < cfg.run.steps {
         let t0 = Instant::now();
         let batch = loader.next_batch()?;
+        let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &m.schedules[batch.bucket as usize];
         let scales = sched.hw();
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
@@ -239,8 +242,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         for micro in 0..accum {
             let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
             let on_device = compute.self_corrects();
+            let tp = Instant::now();
             let mb =
                 prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device)?;
+            data_s += tp.elapsed().as_secs_f64();
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
@@ -260,7 +265,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>()));
         metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>()));
         metrics[2..].iter_mut().for_each(|v| *v /= accum as f64);
+        dist::slow_drill(dist.rank, dist.attempt);
+        // each rank's own work so far rides on the metrics' all-reduce (see rank_times.rs)
+        let nm = metrics.len();
+        if dist.world > 1 {
+            metrics.extend(RankTimes::slots(dist.rank, dist.world, t0.elapsed().as_secs_f64(), data_s));
+        }
         dist.mean_metrics(&mut metrics)?;
+        let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&metrics[nm..], dist.world, true));
+        metrics.truncate(nm);
         let (loss, correct_bits, token_acc) = (metrics[0], metrics[1], metrics[2]);
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
         let grad_norm = match zero1.as_mut() {
@@ -320,6 +333,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             scale_loss: metrics[3..3 + ns].to_vec(),
             scale_bit_acc: metrics[3 + ns..].to_vec(),
             skipped_steps: st.skipped_steps,
+            ranks: rank_times,
         };
         if let Some(log) = logger.as_mut() {
             log.step(&metrics)?;

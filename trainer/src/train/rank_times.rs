@@ -1,0 +1,102 @@
+//! Where each rank's time goes, to spot stragglers: every rank measures its own work in a step (the
+//! batch, forward and backward: everything before the step's first collective) and, within it, its
+//! wait for the batch. The values travel in the step's metrics all-reduce (each rank fills its own
+//! slots of a zeroed vector, so the sum is every rank's value), and the leader logs the spread.
+
+use serde::Serialize;
+
+/// A step's per-rank timings, reduced to what the logs show.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankTimes {
+    /// Own work (data, forward, backward), the slowest rank's and the median rank's, in seconds.
+    pub work_s_max: f64,
+    pub work_s_median: f64,
+    pub slowest_rank: usize,
+    /// Waiting for the batch (loader and self-correction on the host), the longest, in seconds.
+    pub data_s_max: f64,
+    pub data_slowest_rank: usize,
+}
+
+/// A straggler is reported when the slowest rank's work takes this much longer than the median's …
+const STRAGGLER_RATIO: f64 = 1.25;
+/// … and at least this many seconds longer (short steps jitter by a few milliseconds).
+const STRAGGLER_MIN_S: f64 = 0.05;
+
+impl RankTimes {
+    /// This rank's slots: `[work of each rank…, data wait of each rank…]`, zero but its own.
+    pub fn slots(rank: usize, world: usize, work_s: f64, data_s: f64) -> Vec<f64> {
+        let mut v = vec![0.0; 2 * world];
+        (v[rank], v[world + rank]) = (work_s, data_s);
+        v
+    }
+
+    /// From the slots summed over ranks (`sum`) or averaged (`mean`: multiplied back by the world).
+    pub fn from_slots(slots: &[f64], world: usize, averaged: bool) -> RankTimes {
+        assert_eq!(slots.len(), 2 * world, "rank time slots");
+        let k = if averaged { world as f64 } else { 1.0 };
+        let (work, data): (Vec<f64>, Vec<f64>) =
+            (slots[..world].iter().map(|v| v * k).collect(), slots[world..].iter().map(|v| v * k).collect());
+        let argmax = |v: &[f64]| (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best });
+        let mut sorted = work.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (slowest, data_slowest) = (argmax(&work), argmax(&data));
+        RankTimes {
+            work_s_max: work[slowest],
+            // the lower middle: with two ranks the faster one, which the slower is compared against
+            work_s_median: sorted[(world - 1) / 2],
+            slowest_rank: slowest,
+            data_s_max: data[data_slowest],
+            data_slowest_rank: data_slowest,
+        }
+    }
+
+    /// A line naming the straggler, when one rank's work stands out from the median's.
+    pub fn straggler(&self, step: u64) -> Option<String> {
+        let (max, median) = (self.work_s_max, self.work_s_median);
+        (max > STRAGGLER_RATIO * median && max - median >= STRAGGLER_MIN_S).then(|| {
+            format!(
+                "straggler at step {step}: rank {}'s own work took {max:.3} s, the median rank's {median:.3} s \
+                 (the longest wait for data: {:.3} s, rank {}); the others wait for it in every all-reduce",
+                self.slowest_rank, self.data_s_max, self.data_slowest_rank
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_summed_over_ranks_name_the_slowest() {
+        let world = 4;
+        let (work, data) = ([0.30, 0.31, 0.52, 0.29], [0.01, 0.20, 0.02, 0.0]);
+        let mut sum = vec![0.0; 2 * world];
+        for r in 0..world {
+            let s = RankTimes::slots(r, world, work[r], data[r]);
+            assert_eq!(s.iter().filter(|v| **v != 0.0).count(), 2 - usize::from(data[r] == 0.0));
+            sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        }
+        let t = RankTimes::from_slots(&sum, world, false);
+        assert_eq!((t.slowest_rank, t.work_s_max, t.work_s_median), (2, 0.52, 0.30));
+        assert_eq!((t.data_slowest_rank, t.data_s_max), (1, 0.20));
+        let line = t.straggler(7).unwrap();
+        assert!(line.contains("rank 2's own work took 0.520 s") && line.contains("0.300 s"), "{line}");
+
+        let mean: Vec<f64> = sum.iter().map(|v| v / world as f64).collect();
+        let m = RankTimes::from_slots(&mean, world, true);
+        assert_eq!(m.slowest_rank, 2);
+        assert!((m.work_s_max - 0.52).abs() < 1e-12);
+    }
+
+    #[test]
+    fn even_ranks_and_jitter_are_not_stragglers() {
+        let t = RankTimes::from_slots(&[0.100, 0.104, 0.0, 0.0], 2, false);
+        assert_eq!((t.work_s_median, t.slowest_rank), (0.100, 1));
+        assert!(t.straggler(1).is_none(), "4 ms apart is jitter");
+        let t = RankTimes::from_slots(&[0.010, 0.030, 0.0, 0.0], 2, false);
+        assert!(t.straggler(1).is_none(), "3× slower but only 20 ms: too short to matter");
+        let t = RankTimes::from_slots(&[0.10, 0.40, 0.0, 0.0], 2, false);
+        assert!(t.straggler(1).unwrap().contains("rank 1's"));
+    }
+}
