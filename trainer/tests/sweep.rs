@@ -79,10 +79,18 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let val_lines = std::fs::read_to_string(t.join("sweep/embed-dim-128_num-heads-2/val.jsonl")).unwrap();
     assert_eq!(val_lines.lines().count(), 3, "{val_lines}");
 
-    let report = ok(infinity(&["scaling", "sweep"], t));
+    let report = ok(infinity(&["scaling", "sweep", "--budget", "1e13,1e15"], t));
     println!("{report}");
     assert!(report.contains("L = a·C^(−b)") && report.contains("Pearson r"), "{report}");
     let dir = t.join("sweep/scaling");
+    // the budgets: L(C) predicts a loss at each; 3 runs cannot fit L(N, D), so no N* and D*
+    let fits: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fits.json")).unwrap()).unwrap();
+    let budgets = fits["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 2, "{fits}");
+    assert!(budgets.iter().all(|b| b["loss_power"].as_f64().is_some_and(|l| l > 0.0) && b["optimal"].is_null()));
+    assert!(budgets[1]["loss_power"].as_f64() < budgets[0]["loss_power"].as_f64(), "more compute, lower loss");
+    assert!(report.contains("## Budgets") && report.contains("L(N, D) was not fitted"), "{report}");
     for f in [
         "runs.csv",
         "runs.md",

@@ -70,11 +70,22 @@ pub struct ScalingArgs {
     /// Where the table, fits and figures go (default RUNS/scaling).
     #[arg(short, long)]
     out: Option<PathBuf>,
+    /// Training budgets in FLOPs (e.g. `1e20,1e21`): the loss each fit predicts there, and the
+    /// compute-optimal parameters and tokens from L(N, D), with the nearest preset.
+    #[arg(long, value_delimiter = ',', value_parser = positive_flops)]
+    budget: Vec<f64>,
+}
+
+fn positive_flops(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number of FLOPs such as 1e21, found {s:?}")),
+    }
 }
 
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let out = a.out.unwrap_or_else(|| a.runs.join("scaling"));
-    let r = scaling::analyse(&a.runs, &out)?;
+    let r = scaling::analyse(&a.runs, &out, &a.budget)?;
     println!("{} runs; Pearson r of ln(loss) vs ln(compute): {:.4}", r.runs.len(), r.pearson_r);
     for f in [&r.power, &r.power_floor, &r.chinchilla].into_iter().flatten() {
         let coefs: Vec<String> = f
@@ -87,6 +98,7 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
             .collect();
         println!("{}: {}", f.formula, coefs.join(", "));
     }
+    print!("{}", scaling::budgets_markdown(&r.budgets));
     for n in &r.notes {
         println!("note: {n}");
     }

@@ -2,6 +2,7 @@
 //! final and smoothed validation loss, fit scaling laws (`fit`), and write a table (CSV, Markdown), the
 //! fits (Markdown, JSON) and the figures (`plot`: PNG and SVG) into `RUNS_DIR/scaling/`.
 
+pub mod budget;
 pub mod fit;
 pub mod plot;
 
@@ -38,6 +39,8 @@ pub struct RunRecord {
     pub smoothed_val: Option<f64>,
     pub val_curve: Vec<(u64, f64)>,
     pub train_curve: Vec<(u64, f64)>,
+    /// The model's shape as `derived.json` records it (absent in folders of older builds).
+    pub model: Option<crate::model::ModelConfig>,
 }
 
 impl RunRecord {
@@ -100,6 +103,7 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         smoothed_val: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
         val_curve,
         train_curve,
+        model: serde_json::from_value(derived["model"].clone()).ok(),
     })
 }
 
@@ -125,12 +129,14 @@ pub struct Report {
     pub power_floor: Option<Fit>,
     pub chinchilla: Option<Fit>,
     pub pearson_r: f64,
+    /// The fits' predictions at the budgets asked for.
+    pub budgets: Vec<budget::BudgetPlan>,
     pub notes: Vec<String>,
     pub files: Vec<PathBuf>,
 }
 
-/// Gather, fit, and write tables and figures into `out`.
-pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
+/// Gather, fit (and predict at each of `budgets`, in FLOPs), and write tables and figures into `out`.
+pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     let runs = gather(root)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // the fits take the runs with a finite loss; the tables list every run
@@ -157,13 +163,22 @@ pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
     let chinchilla = attempt("L(N, D)", fit::chinchilla(&n, &d, &l));
     let logs: (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
     let pearson_r = if fitted.len() >= 2 { pearson(&logs.0, &logs.1) } else { f64::NAN };
+    let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
+    let like = fitted.iter().find_map(|r| r.model.as_ref());
+    let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
+    let budgets = budget::plans(budgets, &fitted_runs, laws, like);
+    if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {
+        notes.push("no compute-optimal N and D at the budgets: L(N, D) was not fitted".to_string());
+    }
 
     let mut files = vec![out.join("runs.csv"), out.join("runs.md"), out.join("fits.md"), out.join("fits.json")];
     write_atomic(&files[0], runs_csv(&runs).as_bytes())?;
     write_atomic(&files[1], runs_markdown(&runs).as_bytes())?;
     let fits: Vec<&Fit> = [&power, &power_floor, &chinchilla].into_iter().flatten().collect();
-    write_atomic(&files[2], fits_markdown(&fits, pearson_r, &notes).as_bytes())?;
-    let json = serde_json::json!({ "pearson_r_log_loss_log_compute": pearson_r, "fits": fits, "notes": notes });
+    write_atomic(&files[2], (fits_markdown(&fits, pearson_r, &notes) + &budgets_markdown(&budgets)).as_bytes())?;
+    let json = serde_json::json!({
+        "pearson_r_log_loss_log_compute": pearson_r, "fits": fits, "budgets": budgets, "notes": notes,
+    });
     write_atomic(&files[3], serde_json::to_string_pretty(&json)?.as_bytes())?;
 
     let mut curves: Vec<plot::Curve> = Vec::new();
@@ -183,7 +198,7 @@ pub fn analyse(root: &Path, out: &Path) -> Result<Report> {
         files.push(out.join(format!("{stem}.svg")));
     }
     drop(curves);
-    Ok(Report { runs, power, power_floor, chinchilla, pearson_r, notes, files })
+    Ok(Report { runs, power, power_floor, chinchilla, pearson_r, budgets, notes, files })
 }
 
 const COLUMNS: [&str; 9] = [
@@ -244,6 +259,34 @@ fn fits_markdown(fits: &[&Fit], r: f64, notes: &[String]) -> String {
     }
     for n in notes {
         let _ = writeln!(s, "- {n}");
+    }
+    s
+}
+
+/// The budgets' table (empty without budgets).
+pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
+    if plans.is_empty() {
+        return String::new();
+    }
+    let mut s = "\n## Budgets\n\nk = training FLOPs per parameter and token, the runs' median; N* and D* minimise \
+                 L(N, D) under C = k·N·D.\n\n| C (FLOPs) | × largest run | L(C) power | L(C) with floor | N* | D* (tokens) | \
+                 L(N*, D*) | nearest preset |\n|---|---|---|---|---|---|---|---|\n"
+        .to_string();
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+    for b in plans {
+        let o = b.optimal.as_ref();
+        let _ = writeln!(
+            s,
+            "| {:.3e} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            b.compute,
+            b.times_largest_run,
+            opt(b.loss_power, &|v| format!("{v:.4}")),
+            opt(b.loss_power_floor, &|v| format!("{v:.4}")),
+            opt(o.map(|o| o.params), &|v| format!("{v:.3e}")),
+            opt(o.map(|o| o.tokens), &|v| format!("{v:.3e}")),
+            opt(o.map(|o| o.loss), &|v| format!("{v:.4}")),
+            o.and_then(|o| o.nearest_preset.as_ref()).map_or("–".into(), |(p, n)| format!("{p} ({:.3e})", *n as f64)),
+        );
     }
     s
 }
