@@ -172,6 +172,32 @@ fn a_slow_rank_is_named_as_the_straggler() {
     }
 }
 
+/// A checkpoint write slower than the collective timeout (the slow-disk drill): written in the
+/// background, the other rank never waits on it and the run ends with every checkpoint complete; written
+/// in the step loop, the other rank's barrier times out.
+#[test]
+fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), &data, 4);
+    let slow = [("INFINITY_FAULT_SLOW_SAVE", "2")];
+    let quick = ["--set", "dist.timeout_s=1", "--set", "val.every=0"];
+    let run = tmp.path().join("background");
+    ok(launch(2, &cfg, &run, &[], &slow).args(quick).output().unwrap());
+    for step in [2, 4] {
+        assert!(run.join(format!("checkpoints/step-{step:08}/DONE")).is_file(), "step {step}");
+    }
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert!(summary.contains("\"finished\": true") && summary.contains("step-00000004"), "{summary}");
+
+    let run = tmp.path().join("in-the-loop");
+    let out = launch(2, &cfg, &run, &[], &slow).args(quick).args(["--set", "checkpoint.background=false"]).output();
+    let out = out.unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("a collective timed out"), "{text}");
+}
+
 #[test]
 fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
     let tmp = tempfile::tempdir().unwrap();

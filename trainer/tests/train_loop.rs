@@ -55,7 +55,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
         },
         bsc: BscSection { p_max: 0.3, apply_layers: 13 },
         loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
-        checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0 },
+        checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0, background: true },
         // grids at steps 3 and 6 exercise sampling inside the loop (and must not disturb resumption)
         sample: SampleSection { every: 3, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
         dist: Default::default(),

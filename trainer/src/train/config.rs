@@ -239,11 +239,15 @@ pub struct CheckpointSection {
     pub keep_last: usize,
     /// Also keep every checkpoint whose step is a multiple of this (0 = none).
     pub keep_every: u64,
+    /// Write checkpoints on a thread of their own while training goes on (rank 0 keeps a copy of the
+    /// weights and optimiser state until the write ends); false writes them in the step loop, every
+    /// rank waiting at a barrier until the files are on disk.
+    pub background: bool,
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every: 100, keep_last: 2, keep_every: 0 }
+        CheckpointSection { every: 100, keep_last: 2, keep_every: 0, background: true }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod log;
 mod micro_batch;
 pub mod rank_times;
 pub mod rundir;
+mod saver;
 pub mod val;
 
 use std::collections::HashMap;
@@ -214,6 +215,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
         false => None,
     };
+    let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
+    let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
     let validator = val::Validator::new(cfg, &mc, &ds)?;
     // hyperparameters once per run, when it starts from step 0
@@ -363,12 +366,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
                 None => None,
             };
-            if leader {
-                checkpoint::save(run, &mc, &lay, &params, whole.as_ref().unwrap_or(&opt), st.clone(), &config_toml)?;
-                checkpoint::prune(run, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)?;
+            if let Some(saver) = saver.as_mut() {
+                let snap = saver::Snapshot {
+                    params: params.clone(),
+                    opt: whole.unwrap_or_else(|| opt.clone()),
+                    state: st.clone(),
+                };
+                saver.save(snap, cfg.checkpoint.background)?;
             }
-            // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
-            dist.barrier()?;
+            if !cfg.checkpoint.background {
+                // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
+                dist.barrier()?;
+            }
             summary.last_checkpoint = Some(checkpoint::step_dir(run, st.step));
         }
         dist::fault_drill(dist.rank, st.step, dist.attempt);
@@ -385,6 +394,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     if let Some(l) = logger.as_mut() {
         l.finish();
+    }
+    if let Some(saver) = saver.as_mut() {
+        saver.wait()?; // the last checkpoint is on disk before the summary says so
     }
     summary.steps = st.step;
     summary.skipped_steps = st.skipped_steps;

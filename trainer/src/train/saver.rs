@@ -1,0 +1,92 @@
+//! Checkpoint writes, in the step loop or on a thread of their own (`checkpoint.background`).
+//!
+//! In the background, rank 0 hands a copy of the weights and the optimiser state to a writer thread
+//! and trains on; the other ranks never wait on its disk. Writing a large model to a slow file
+//! system inside the step loop would hold every other rank in its next collective for as long, past
+//! `dist.timeout_s` on a slow enough disk. One write is in flight at a time: the next checkpoint
+//! waits for the previous one, an error surfaces there (or at the end), and the run's last checkpoint
+//! is complete before the process exits, also when training stops with an error.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::checkpoint::{self, TrainState};
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::AdamW;
+
+/// What one checkpoint holds (owned: the step loop goes on changing its own copies).
+pub struct Snapshot {
+    pub params: Params<f32>,
+    pub opt: AdamW,
+    pub state: TrainState,
+}
+
+pub struct Saver {
+    run: PathBuf,
+    model: ModelConfig,
+    lay: Layout,
+    config_toml: String,
+    keep: (usize, u64),
+    in_flight: Option<(u64, JoinHandle<Result<PathBuf>>)>,
+}
+
+impl Saver {
+    pub fn new(run: &Path, model: &ModelConfig, lay: &Layout, config_toml: &str, keep: (usize, u64)) -> Saver {
+        let (run, model, lay, config_toml) = (run.to_path_buf(), model.clone(), lay.clone(), config_toml.to_string());
+        Saver { run, model, lay, config_toml, keep, in_flight: None }
+    }
+
+    /// Write `snap` as the checkpoint of its step, then prune: on a writer thread when `background`,
+    /// here otherwise. Waits for the previous write first and returns its error, if it failed.
+    pub fn save(&mut self, snap: Snapshot, background: bool) -> Result<()> {
+        self.wait()?;
+        let step = snap.state.step;
+        // (the thread owns its inputs; the layout and config are small next to the snapshot)
+        let job = (self.run.clone(), self.model.clone(), self.lay.clone(), self.config_toml.clone(), self.keep);
+        let write = move || -> Result<PathBuf> {
+            let (run, model, lay, config_toml, (keep_last, keep_every)) = job;
+            save_drill();
+            let dir = checkpoint::save(&run, &model, &lay, &snap.params, &snap.opt, snap.state, &config_toml)?;
+            checkpoint::prune(&run, keep_last, keep_every)?;
+            Ok(dir)
+        };
+        if !background {
+            return write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
+        }
+        let handle = std::thread::Builder::new().name("checkpoint writer".into()).spawn(write)?;
+        self.in_flight = Some((step, handle));
+        Ok(())
+    }
+
+    /// Wait for the write in flight (if any); its error, naming the step, if it failed.
+    pub fn wait(&mut self) -> Result<()> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some((step, h)) => match h.join() {
+                Ok(r) => {
+                    r.map(|_| ()).with_context(|| format!("writing the checkpoint of step {step} (in the background)"))
+                }
+                Err(_) => Err(anyhow!("the checkpoint writer thread panicked writing step {step}")),
+            },
+        }
+    }
+}
+
+impl Drop for Saver {
+    /// A run that stops with an error still completes the checkpoint in flight (a restart resumes
+    /// from it); a failure of that write is only logged, the error that stopped the run stands.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            tracing::error!("{e:#}");
+        }
+    }
+}
+
+/// Slow-disk drill: `INFINITY_FAULT_SLOW_SAVE=SECONDS` delays every checkpoint write so long.
+fn save_drill() {
+    if let Some(secs) = std::env::var("INFINITY_FAULT_SLOW_SAVE").ok().and_then(|s| s.parse::<f64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}
