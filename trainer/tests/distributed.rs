@@ -393,6 +393,15 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
         let report = text.split("Root cause").nth(1).unwrap_or_default();
         assert!(report.contains("exit code 3") && report.contains("the last words"), "{text}");
     }
+    // the same as a record beside the ranks' logs
+    let record = |run_id: &str| -> serde_json::Value {
+        let p = tmp.path().join(run_id).join("attempt_0/failure.json");
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    };
+    let r = record("last-0");
+    assert_eq!((r["rank"]["exit_code"].as_i64(), r["rank"]["rank"].as_i64()), (Some(3), Some(0)), "{r}");
+    assert_eq!((r["next"].as_str(), r["root_cause_here"].as_bool()), (Some("stop: no restarts left"), Some(true)));
+    assert!(r["rank"]["last_lines"].as_array().unwrap().iter().any(|l| l == "the last words"), "{r}");
 
     // a rank whose command or config is wrong (exit code 2) is not restarted: it would fail the same way
     let out = agent(&["--run-id", "bad-config", "--max-restarts", "2"], &[BIN, "train", "/nonexistent.toml"])
@@ -409,6 +418,7 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
         text.contains("(bad data)") && text.contains("the dataset is wrong") && !text.contains("attempt 1"),
         "{text}"
     );
+    assert_eq!(record("bad-data")["next"], "stop: permanent");
 
     let port = 29400 + (std::process::id() % 500) as u16;
     let rdzv = format!("127.0.0.1:{port}");

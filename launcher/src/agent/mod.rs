@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use crate::env::{is_permanent_failure, job_port, parse_nodelist, vars, EXIT_BAD_DATA};
 use crate::store::{StoreClient, StoreServer};
 
+mod failure;
 mod ranks;
 mod signals;
 
@@ -68,6 +69,8 @@ enum Outcome {
     Failed {
         report: String,
         permanent: Option<i32>,
+        /// This node's failed rank, when one failed.
+        local: Option<failure::RankFailure>,
     },
 }
 
@@ -192,8 +195,15 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
                 return Ok(code);
             }
-            Outcome::Failed { report, permanent } => {
+            Outcome::Failed { report, permanent, local } => {
                 eprintln!("[launch] attempt {attempt} failed. Root cause: {report}");
+                let next = match (permanent, attempt == a.max_restarts) {
+                    (Some(_), _) => "stop: permanent",
+                    (None, true) => "stop: no restarts left",
+                    (None, false) => "restart",
+                };
+                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
+                failure::write(&dir, attempt, p.node_rank, &report, local.as_ref(), next);
                 if let Some(code) = permanent {
                     let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
                     eprintln!(
@@ -292,11 +302,12 @@ async fn watch(
                 if !status.success() {
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
+                    let seconds = r.started.elapsed().as_secs_f64();
                     let report = format!(
-                        "rank {} (node {}, pid {}) exited with {} after {:.1} s; its last lines:\n    {}",
-                        r.global, p.node_rank, r.pid, describe(&status), r.started.elapsed().as_secs_f64(),
-                        lines.join("\n    ")
+                        "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s; its last lines:\n    {}",
+                        r.global, p.node_rank, r.pid, describe(&status), lines.join("\n    ")
                     );
+                    let local = Some(failure::RankFailure::new(r.global, r.pid, &status, seconds, lines));
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
                     // (a permanent failure is marked first: an agent that sees the report sees the mark)
@@ -306,7 +317,7 @@ async fn watch(
                     }
                     let report = post_first(&mut poller, &keys[0], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed { report, permanent });
+                    return Ok(Outcome::Failed { report, permanent, local });
                 }
             }
             sig = signals.next() => {
@@ -338,7 +349,7 @@ async fn watch(
                             STORE_LOSS.as_secs()
                         );
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Failed { report, permanent: None });
+                        return Ok(Outcome::Failed { report, permanent: None, local: None });
                     }
                 };
                 if present.first() == Some(&true) {
@@ -355,7 +366,8 @@ async fn watch(
                             .filter(|&c| is_permanent_failure(Some(c))),
                         _ => None,
                     };
-                    return Ok(Outcome::Failed { report: format!("another node: {report}"), permanent });
+                    let report = format!("another node: {report}");
+                    return Ok(Outcome::Failed { report, permanent, local: None });
                 }
                 if present.get(1) == Some(&true) {
                     eprintln!("[launch] another node was signalled; forwarding SIGTERM");
