@@ -2,7 +2,7 @@
 //! trained, sampled to a PNG grid and to bits, exported in f32 and bf16, and the export is checked by
 //! tools/check_export.py against the reference PyTorch model's state_dict names and shapes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{infinity, path_str, python, repo};
 
@@ -16,6 +16,17 @@ fn fails(args: &[&str]) -> (String, u8) {
 
 fn err(args: &[&str]) -> String {
     fails(args).0
+}
+
+/// A temporary folder with 48 synthetic rows (`data`) and a class model's config (`cfg`) training into
+/// `run`.
+fn class_run() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&synth));
+    write_config(&cfg, &data, &run, "class");
+    (tmp, data, run, cfg)
 }
 
 fn write_config(path: &Path, data: &Path, run: &Path, conditioning: &str) {
@@ -119,21 +130,7 @@ fn train_sample_and_export_a_text_model() {
 
 #[test]
 fn sample_a_class_model_by_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
-    assert!(infinity(&[
-        "data",
-        "synth",
-        "--out",
-        path_str(&data),
-        "--rows",
-        "48",
-        "--fit-rows",
-        "32",
-        "--budget",
-        "demo4"
-    ]));
-    write_config(&cfg, &data, &run, "class");
+    let (tmp, _data, run, cfg) = class_run();
     assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=1"]));
     let png = tmp.path().join("g.png");
     let ckpt = run.join("checkpoints/step-00000001");
@@ -148,11 +145,7 @@ fn sample_a_class_model_by_name() {
 /// learning rate too small to move them, the new run's first checkpoint holds the old run's weights.
 #[test]
 fn a_fresh_run_starts_from_another_runs_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
-    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
-    assert!(infinity(&synth));
-    write_config(&cfg, &data, &run, "class");
+    let (tmp, _data, run, cfg) = class_run();
     assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=3"]));
     let exported = tmp.path().join("export.safetensors");
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&exported)]));
@@ -182,11 +175,7 @@ fn a_fresh_run_starts_from_another_runs_weights() {
 /// every step appears once, with the uninterrupted run's values.
 #[test]
 fn a_run_folder_across_sessions() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
-    let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
-    assert!(infinity(&synth));
-    write_config(&cfg, &data, &run, "class");
+    let (_tmp, _data, run, cfg) = class_run();
     let four = ["--set", "run.steps=4", "--set", "checkpoint.every=2", "--set", "checkpoint.keep_last=2"];
     assert!(infinity(&[&["train", path_str(&cfg)][..], &four[..]].concat()));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

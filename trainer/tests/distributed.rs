@@ -65,6 +65,15 @@ max_rows = 40
     p
 }
 
+/// A temporary folder with the datasets and a config of `steps` steps.
+fn setup(steps: u64) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(tmp.path(), &data, steps);
+    (tmp, cfg)
+}
+
 fn launch(nproc: usize, cfg: &Path, run: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["launch", "--nproc-per-node", &nproc.to_string(), "--grace-s", "20"])
@@ -115,10 +124,7 @@ fn max_abs_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f32, Str
 
 #[test]
 fn two_and_four_ranks_match_one_rank() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 4);
+    let (tmp, cfg) = setup(4);
     let runs: Vec<PathBuf> = [1, 2, 4].iter().map(|n| tmp.path().join(format!("ranks-{n}"))).collect();
     for (n, run) in [1, 2, 4].iter().zip(&runs) {
         ok(launch(*n, &cfg, run, &[], &[]).output().unwrap());
@@ -155,10 +161,7 @@ fn two_and_four_ranks_match_one_rank() {
 /// A rank slowed down in every step (the straggler drill) is named in the log and in metrics.jsonl.
 #[test]
 fn a_slow_rank_is_named_as_the_straggler() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 3);
+    let (tmp, cfg) = setup(3);
     let run = tmp.path().join("slow");
     let mut c = launch(2, &cfg, &run, &[], &[("INFINITY_FAULT_SLOW", "1:0.3")]);
     let out = ok(c.args(["--set", "run.log_every=1", "--set", "val.every=0"]).output().unwrap());
@@ -177,10 +180,7 @@ fn a_slow_rank_is_named_as_the_straggler() {
 /// in the step loop, the other rank's barrier times out.
 #[test]
 fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 4);
+    let (tmp, cfg) = setup(4);
     let slow = [("INFINITY_FAULT_SLOW_SAVE", "2")];
     let quick = ["--set", "dist.timeout_s=1", "--set", "val.every=0"];
     let run = tmp.path().join("background");
@@ -200,10 +200,7 @@ fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
 
 #[test]
 fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 4);
+    let (tmp, cfg) = setup(4);
     let one = tmp.path().join("one");
     ok(launch(1, &cfg, &one, &[], &[]).output().unwrap());
     let z2 = tmp.path().join("zero1-2");
@@ -233,10 +230,7 @@ fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
 
 #[test]
 fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 8);
+    let (tmp, cfg) = setup(8);
     let clean = tmp.path().join("clean");
     ok(launch(2, &cfg, &clean, &[], &[]).output().unwrap());
 
@@ -351,10 +345,7 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
         eprintln!("skipped: NCCL data parallelism needs 2 GPUs (found {gpus}; NCCL wants one device per rank)");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(tmp.path(), &data, 4);
+    let (tmp, cfg) = setup(4);
     let on_gpus = ["--set", "run.device=cuda", "--set", "dist.backend=nccl"];
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
     ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
