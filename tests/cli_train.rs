@@ -141,6 +141,28 @@ fn sample_a_class_model_by_name() {
     assert!(err(&["sample", path_str(&ckpt), "--caption", "a red circle"]).contains("class-conditioned"));
 }
 
+/// `train --check` reports what a run would do, and the first error it would stop with, without
+/// training or writing anything.
+#[test]
+fn check_reports_a_run_without_starting_it() {
+    let (tmp, _data, run, cfg) = class_run();
+    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 2, None).unwrap().join("\n");
+    for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
+        assert!(lines.contains(want), "{want}:\n{lines}");
+    }
+    assert!(lines.contains("start: a fresh initialisation") && lines.contains("GB of weights"), "{lines}");
+    assert!(infinity(&["train", path_str(&cfg), "--check"]));
+    assert!(!run.exists(), "--check wrote {}", run.display());
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
+    assert!(e.contains("must split into 3 ranks"), "{e}");
+    assert_eq!(code, 1);
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not weights").unwrap();
+    let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&junk))]);
+    assert!(e.contains("model.init_from") && e.contains("not a safetensors file"), "{e}");
+}
+
 /// `model.init_from` starts a fresh run from another run's weights (its folder or its export): with a
 /// learning rate too small to move them, the new run's first checkpoint holds the old run's weights.
 #[test]

@@ -7,8 +7,9 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (`error` is in the message and deliberately not the `source`: `{:#}` would print it twice)
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: not a valid manifest: {detail}")]
     Manifest { path: PathBuf, detail: String },
@@ -50,7 +51,7 @@ pub enum DataError {
 
 impl DataError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io { path: path.into(), error: source }
     }
 
     pub fn corrupt(path: impl Into<PathBuf>, detail: impl std::fmt::Display) -> Self {

@@ -26,6 +26,14 @@ pub struct TrainArgs {
     /// continues from run.dir's newest checkpoint.
     #[arg(long)]
     resume: Option<String>,
+    /// Check everything a run checks before its first step (config, dataset checksums, model, batch
+    /// split, validation data, device, the weights it starts from), print the run's size, and exit
+    /// without training or writing (0, or the code the run would fail with).
+    #[arg(long)]
+    check: bool,
+    /// The number of ranks `--check` splits the batch for (default: WORLD_SIZE, else 1).
+    #[arg(long, requires = "check")]
+    world: Option<usize>,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -45,9 +53,21 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some("auto") => newest(),
         Some(p) => Some(PathBuf::from(p)),
     };
-    let opts = TrainOptions { resume, stop_after: None, stop: Some(dist::preemption_flag()?) };
-    let s = match train::train(&cfg, &opts) {
-        Ok(s) => s,
+    let world = a.world.or_else(|| std::env::var("WORLD_SIZE").ok()?.parse().ok()).unwrap_or(1).max(1);
+    let result = match a.check {
+        true => train::check::check(&cfg, world, resume.as_deref()).map(|lines| {
+            lines.iter().for_each(|l| println!("{l}"));
+            println!("check passed: {} is ready to train", a.config.display());
+            None
+        }),
+        false => {
+            let opts = TrainOptions { resume, stop_after: None, stop: Some(dist::preemption_flag()?) };
+            train::train(&cfg, &opts).map(Some)
+        }
+    };
+    let s = match result {
+        Ok(None) => return Ok(ExitCode::SUCCESS),
+        Ok(Some(s)) => s,
         Err(e) => {
             if let Some(c @ (CommError::Timeout { .. } | CommError::Stalled { .. })) = e.downcast_ref::<CommError>() {
                 eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");

@@ -4,6 +4,7 @@
 //! from a stream keyed by (seed, step, sample id), so a run is a pure function of its config and
 //! a resumed run continues bit for bit: a checkpoint needs no RNG state beyond the step.
 
+pub mod check;
 pub mod checkpoint;
 pub mod compute;
 pub mod config;
@@ -70,6 +71,19 @@ pub struct TrainSummary {
     pub last_val_loss: Option<f64>,
 }
 
+/// Micro-steps per rank and step: the global batch split over `world` ranks in whole micro-batches.
+pub fn micro_steps(cfg: &TrainConfig, world: usize) -> Result<usize> {
+    let per_rank = cfg.data.global_batch / world;
+    if !cfg.data.global_batch.is_multiple_of(world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
+        bail!(
+            "data.global_batch {} must split into {world} ranks × whole micro-batches of {}",
+            cfg.data.global_batch,
+            cfg.data.micro_batch
+        );
+    }
+    Ok(per_rank / cfg.data.micro_batch)
+}
+
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
@@ -86,16 +100,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut dist = Dist::join(&cfg.dist)?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
-    let per_rank = cfg.data.global_batch / dist.world;
-    if !cfg.data.global_batch.is_multiple_of(dist.world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
-        bail!(
-            "data.global_batch {} must split into {} ranks × whole micro-batches of {}",
-            cfg.data.global_batch,
-            dist.world,
-            cfg.data.micro_batch
-        );
-    }
-    let accum = per_rank / cfg.data.micro_batch;
+    let accum = micro_steps(cfg, dist.world)?;
     let leader = dist.is_leader();
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
@@ -428,7 +433,7 @@ pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
 
 /// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
 /// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
-struct Preview {
+pub(crate) struct Preview {
     every: u64,
     last: u64,
     cond: Option<crate::model::sample::SampleCondition>,
@@ -440,7 +445,7 @@ struct Preview {
 }
 
 impl Preview {
-    fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
+    pub(crate) fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
         let s = &cfg.sample;
         let tokenizer = if s.every > 0 { crate::infer::tokenizer(ds.dir(), &ds.manifest)? } else { None };
         if s.every > 0 && tokenizer.is_none() {

@@ -37,6 +37,11 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// Rows evaluated each time.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|(_, rows)| rows.len()).sum()
+    }
+
     /// The validator of `cfg.val`, if a validation dataset is configured.
     pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset) -> Result<Option<Validator>> {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
