@@ -156,7 +156,7 @@ fn check_reports_a_run_without_starting_it() {
     assert!(!run.exists(), "--check wrote {}", run.display());
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
     assert!(e.contains("must split into 3 ranks"), "{e}");
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");
     let junk = tmp.path().join("junk.safetensors");
     std::fs::write(&junk, b"not weights").unwrap();
     let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&junk))]);

@@ -31,7 +31,7 @@ pub struct TrainArgs {
     /// without training or writing (0, or the code the run would fail with).
     #[arg(long)]
     check: bool,
-    /// The number of ranks `--check` splits the batch for (default: WORLD_SIZE, else 1).
+    /// The number of ranks `--check` splits the batch for (default: the environment's world size, else 1).
     #[arg(long, requires = "check")]
     world: Option<usize>,
 }
@@ -39,6 +39,12 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let bad = |e: anyhow::Error| anyhow::Error::from(Permanent::Invocation(e));
     let cfg = TrainConfig::load(&a.config, &a.set).map_err(bad)?;
+    // the ranks this run splits its batch over (torchrun-style variables or SLURM's, as `Dist::join`
+    // reads them; their errors are left to it)
+    let env_world = || infinity_launcher::env::DistEnv::from_env().ok().flatten().map(|e| e.world);
+    let world = a.world.or_else(env_world).unwrap_or(1).max(1);
+    // a batch that does not split over the ranks is a config error (no restart would help)
+    train::micro_steps(&cfg, world).map_err(bad)?;
     // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
     // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
     let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");
@@ -53,7 +59,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some("auto") => newest(),
         Some(p) => Some(PathBuf::from(p)),
     };
-    let world = a.world.or_else(|| std::env::var("WORLD_SIZE").ok()?.parse().ok()).unwrap_or(1).max(1);
     let result = match a.check {
         true => train::check::check(&cfg, world, resume.as_deref()).map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
