@@ -84,18 +84,53 @@ pub fn micro_steps(cfg: &TrainConfig, world: usize) -> Result<usize> {
     Ok(per_rank / cfg.data.micro_batch)
 }
 
+/// The training data (checksums verified) and the model it implies, with the run's sizes per token.
+pub(crate) struct Setup {
+    pub ds: Dataset,
+    pub mc: ModelConfig,
+    pub lay: Layout,
+    /// Tokens per sample, the mean over the dataset's schedules.
+    pub mean_tokens: f64,
+    /// Training FLOPs per token (of the first schedule, attention included).
+    pub flops_per_token: f64,
+}
+
+impl Setup {
+    pub fn open(cfg: &TrainConfig) -> Result<Setup> {
+        let ds = Dataset::open(&cfg.data.dir, Checksums::Verify)
+            .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+        let m = &ds.manifest;
+        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+        let mc = cfg.model_config(m.d as usize, num_classes, text)?;
+        let lay = Layout::new(&mc);
+        let mean_tokens = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
+        let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
+        Ok(Setup { ds, mc, lay, mean_tokens, flops_per_token })
+    }
+}
+
+/// `model.init_from`'s weights over the fresh ones in `p` (nothing without it): the file they came
+/// from and the tensors kept fresh or left out.
+pub(crate) fn init_from(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &mut Params<f32>,
+) -> Result<Option<(PathBuf, Vec<String>)>> {
+    let Some(from) = &cfg.model.init_from else { return Ok(None) };
+    let file = checkpoint::weights_file(from).context("model.init_from")?;
+    let fresh = crate::model::io::init_from_weights(&file, mc, lay, p)
+        .with_context(|| format!("model.init_from {}", from.display()))?;
+    Ok(Some((file, fresh)))
+}
+
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
-    let ds = Arc::new(
-        Dataset::open(&cfg.data.dir, Checksums::Verify)
-            .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?,
-    );
+    let Setup { ds, mc, lay, mean_tokens: mean_l, flops_per_token } = Setup::open(cfg)?;
+    let ds = Arc::new(ds);
     let m = ds.manifest.clone();
-    let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
-    let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
-    let mc = cfg.model_config(m.d as usize, num_classes, text)?;
-    let lay = Layout::new(&mc);
     let joined = dist::stop_while_joining(&opts.stop);
     let mut dist = Dist::join(&cfg.dist)?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -106,8 +141,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     std::fs::create_dir_all(run)
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
     let config_toml = toml::to_string(cfg).context("serialising the config")?;
-    let mean_l = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
-    let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
     let derived = json!({
         "parameters": lay.numel,
         "model": mc,
@@ -155,10 +188,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         None => {
             let mut p = init_params(&mc, &lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
-            if let Some(from) = &cfg.model.init_from {
-                let file = checkpoint::weights_file(from).context("model.init_from")?;
-                let fresh = crate::model::io::init_from_weights(&file, &mc, &lay, &mut p)
-                    .with_context(|| format!("model.init_from {}", from.display()))?;
+            if let Some((file, fresh)) = init_from(cfg, &mc, &lay, &mut p)? {
                 println!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
                 if leader && !fresh.is_empty() {
                     tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
