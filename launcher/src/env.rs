@@ -20,6 +20,10 @@ pub mod vars {
 /// restart would fail the same way, so the agent does not restart its group.
 pub const EXIT_BAD_INVOCATION: i32 = 2;
 
+/// Store key (under an attempt's prefix) the ranks set when a stop signal ended them before the run's
+/// end, so their agents tell a checkpoint-and-stop from a finished run (both exit 0).
+pub const STOPPED_EARLY: &str = "stopped-early";
+
 /// Exit code of a training process that met a problem in its dataset's contents (a corrupt shard, a
 /// row that fails its checks, a sample with non-finite values): a restarted group would read the same
 /// rows in the same order and fail the same way, so the agent does not restart it. (EX_DATAERR of

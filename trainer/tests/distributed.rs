@@ -328,6 +328,73 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
     assert!(weights(&run, steps) == weights(&clean, steps), "resumed after SIGTERM at {stopped}: weights differ");
 }
 
+/// An elastic group (`--nnodes 2:3`, one rank per agent): three agents start together; one is killed
+/// (its rank checkpoints on the way out, which the other agents must not take for the run's end) and
+/// the other two go on from that checkpoint; a fourth agent arriving later makes the group regroup to
+/// three without spending a restart. The run ends like one rank with the same global batch.
+#[test]
+fn an_elastic_group_loses_a_node_gains_one_and_ends_like_one_rank() {
+    let steps = 200;
+    let (tmp, cfg) = setup(steps);
+    // a batch that splits over 1, 2 and 3 ranks; validation now and then
+    let sets = ["--set", "data.global_batch=24", "--set", "val.every=100", "--set", "checkpoint.every=10"];
+    let one = tmp.path().join("one");
+    ok(launch(1, &cfg, &one, &[], &[]).args(sets).output().unwrap());
+
+    let run = tmp.path().join("elastic");
+    std::fs::create_dir_all(&run).unwrap();
+    let rdzv = format!("127.0.0.1:{}", 29000 + std::process::id() % 400);
+    let agent = |name: &str| {
+        let flags =
+            ["--nnodes", "2:3", "--rdzv", &rdzv, "--run-id", "el", "--rdzv-last-call-s", "1", "--max-restarts", "1"];
+        let mut c = launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")]);
+        let log = std::fs::File::create(run.join(format!("agent-{name}.log"))).unwrap();
+        c.args(sets).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    };
+    let read = |name: &str| std::fs::read_to_string(run.join(format!("agent-{name}.log"))).unwrap();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(t0.elapsed() < Duration::from_secs(120), "waited 120 s for {what}\n{}", read("a"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let checkpoints = || std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| d.count());
+    // a hosts the store (it binds the port first); b and c connect to it
+    let mut a = agent("a");
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut b, mut c) = (agent("b"), agent("c"));
+    wait_for("the first checkpoint", &|| run.join("checkpoints/step-00000010/DONE").exists());
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    c.wait().unwrap();
+    wait_for("round 1", &|| run.join("logs/el/attempt_1/rank_1.log").exists());
+    let before = checkpoints();
+    wait_for("round 1 to train", &|| checkpoints() > before + 1);
+    let mut d = agent("d");
+    for (name, child) in [("a", &mut a), ("b", &mut b), ("d", &mut d)] {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "agent {name} exited with {status:?}:\n{}", read(name));
+    }
+    let log = read("a");
+    // (node ranks follow the order in which the agents joined each round)
+    for said in [
+        "round 0: node 0 of 3",
+        "no agent was signalled",
+        "restarting the group from its newest checkpoint (1 of 1)",
+        "round 1: node ? of 2",
+        "regrouping (not a restart)",
+        "round 2: node ? of 3",
+    ] {
+        let (head, tail) = said.split_once('?').unwrap_or((said, ""));
+        assert!(log.lines().any(|l| l.contains(head) && l.contains(tail)), "agent a did not say {said:?}:\n{log}");
+    }
+    assert!(run.join("logs/el/attempt_2/rank_2.log").exists(), "d ran no rank in round 2");
+    let (diff, name) = max_abs_diff(&weights(&one, steps), &weights(&run, steps));
+    println!("elastic 3 → 2 → 3 ranks vs 1 rank after {steps} steps: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "elastic: max |Δw| {diff:e} at {name}");
+}
+
 /// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
 /// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"`, one GPU per rank through the agent's
 /// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch; a rank killed mid-run

@@ -3,33 +3,39 @@
 //! per rank per attempt), and watches them. Any rank failing, here or on another node, stops the whole
 //! group, which restarts from its newest complete checkpoint up to `--max-restarts` times. SIGTERM,
 //! SIGINT and SIGUSR1 are forwarded to the ranks (they checkpoint and exit); SIGKILL follows after the
-//! grace period.
+//! grace period. With `--nnodes MIN:MAX` the group is elastic (elastic.rs): nodes join and leave
+//! between attempts.
 
 use std::path::PathBuf;
-use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::env::{is_permanent_failure, job_port, parse_nodelist, vars, EXIT_BAD_DATA};
+use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_DATA};
 use crate::store::{StoreClient, StoreServer};
 
+mod elastic;
 mod failure;
 mod ranks;
 mod signals;
+mod watch;
 
-use ranks::{describe, futures_select_all, spawn_group, stop_group, Rank};
-use signals::{signal_name, until_signal, Signals};
+pub use elastic::Nodes;
+use elastic::{Group, Rounds};
+use ranks::spawn_group;
+use signals::{until_signal, Signals};
+use watch::{post, watch};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LaunchArgs {
     /// Ranks on this node.
     #[arg(long, default_value_t = 1)]
     pub nproc_per_node: usize,
-    /// Nodes in the job (default 1, or SLURM_NNODES inside srun).
+    /// Nodes in the job: N, or MIN:MAX for an elastic group that goes on with whichever nodes are up
+    /// (default 1, or SLURM_NNODES inside srun).
     #[arg(long)]
-    pub nnodes: Option<usize>,
-    /// This node's index (default 0, or SLURM_NODEID).
+    pub nnodes: Option<Nodes>,
+    /// This node's index (default 0, or SLURM_NODEID); an elastic group numbers its nodes as they join.
     #[arg(long)]
     pub node_rank: Option<usize>,
     /// HOST:PORT of node 0's store (default: a free local port on one node; in SLURM, the step's first
@@ -54,6 +60,9 @@ pub struct LaunchArgs {
     /// Seconds to wait for all agents to arrive (the ranks wait their config's `dist.rdzv_timeout_s`).
     #[arg(long, default_value_t = 300.0)]
     pub rdzv_timeout_s: f64,
+    /// Elastic groups: seconds without a new agent after which a round of at least MIN nodes starts.
+    #[arg(long, default_value_t = 30.0)]
+    pub rdzv_last_call_s: f64,
     /// What each rank runs: an `infinity` subcommand (`train CONFIG …`) or any program.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -72,6 +81,8 @@ enum Outcome {
         /// This node's failed rank, when one failed.
         local: Option<failure::RankFailure>,
     },
+    /// An agent waits to join this elastic group: the ranks checkpointed and stopped to regroup.
+    Regroup,
 }
 
 /// Run the agent; returns the process exit code.
@@ -84,7 +95,10 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 }
 
 struct Plan {
+    /// The number of nodes (the most, for an elastic group).
     nnodes: usize,
+    /// `--nnodes MIN:MAX`.
+    elastic: Option<(usize, usize)>,
     node_rank: usize,
     host: String,
     port: u16,
@@ -95,17 +109,27 @@ struct Plan {
 fn plan(a: &LaunchArgs) -> Result<Plan> {
     let env = |k: &str| std::env::var(k).ok();
     let slurm_num = |k: &str| env(k).and_then(|v| v.parse::<usize>().ok());
-    let nnodes = a.nnodes.or(slurm_num("SLURM_NNODES")).unwrap_or(1);
-    let node_rank = a.node_rank.or(slurm_num("SLURM_NODEID")).unwrap_or(0);
-    for (flag, v) in [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s)] {
+    let nodes = a.nnodes.or(slurm_num("SLURM_NNODES").map(Nodes::Fixed)).unwrap_or(Nodes::Fixed(1));
+    let (nnodes, elastic) = match nodes {
+        Nodes::Fixed(n) => (n, None),
+        Nodes::Elastic { min, max } => (max, Some((min, max))),
+    };
+    let node_rank = match elastic {
+        Some(_) if a.node_rank.is_some() => {
+            bail!("--node-rank: an elastic group (--nnodes MIN:MAX) numbers its nodes in the order they join")
+        }
+        Some(_) => 0,
+        None => a.node_rank.or(slurm_num("SLURM_NODEID")).unwrap_or(0),
+    };
+    let secs =
+        [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s), ("--rdzv-last-call-s", a.rdzv_last_call_s)];
+    for (flag, v) in secs {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} {v}: expected a number of seconds ≥ 0");
         }
     }
-    if a.nproc_per_node == 0 || nnodes == 0 || node_rank >= nnodes {
-        bail!(
-            "--nproc-per-node and --nnodes must be positive and --node-rank below --nnodes ({node_rank} of {nnodes})"
-        );
+    if a.nproc_per_node == 0 || node_rank >= nnodes {
+        bail!("--nproc-per-node must be positive and --node-rank below --nnodes ({node_rank} of {nnodes})");
     }
     let (host, port) = match &a.rdzv {
         Some(r) => {
@@ -128,32 +152,23 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
         None => bail!("several nodes need a shared token: --token or {} on every node", vars::TOKEN),
     };
     let run_id = a.run_id.clone().or(env("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
-    Ok(Plan { nnodes, node_rank, host, port, run_id, token })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token })
 }
 
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let p = plan(&a)?;
     let timeout = Duration::from_secs_f64(a.rdzv_timeout_s);
-    // node 0 hosts the store; the others (and the ranks) connect to it
-    let server = if p.node_rank == 0 {
-        // every interface of the host's address family (an IPv6 --rdzv is written [addr]:port)
-        let inner = p.host.trim_start_matches('[').trim_end_matches(']');
-        let bind_host = match (p.nnodes, inner.contains(':')) {
-            (1, _) => inner.to_string(),
-            (_, true) => "::".into(),
-            (_, false) => "0.0.0.0".into(),
-        };
-        let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
-            .await?
-            .next()
-            .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
-        Some(StoreServer::spawn(addr, p.token.clone())?)
-    } else {
-        None
-    };
+    let server = host_store(&p).await?;
     let port = server.as_ref().map_or(p.port, |s| s.addr.port());
     let store_addr = format!("{}:{port}", p.host);
-    let who = format!("agent {}", p.node_rank);
+    let rounds = p.elastic.map(|(min, max)| {
+        let last_call = Duration::from_secs_f64(a.rdzv_last_call_s);
+        Rounds::new(&p.run_id, min, max, last_call, timeout)
+    });
+    let who = match &rounds {
+        None => format!("agent {}", p.node_rank),
+        Some(r) => format!("agent {}", r.me),
+    };
     let mut signals = Signals::new()?;
     let (addr2, token2, who2) = (store_addr.clone(), p.token.clone(), who.clone());
     let connect = tokio::task::spawn_blocking(move || StoreClient::connect(&addr2, &token2, &who2, timeout));
@@ -161,49 +176,115 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         Ok(c) => c?,
         Err(code) => return Ok(code),
     };
-    let world = p.nnodes * a.nproc_per_node;
-    eprintln!(
-        "[launch] node {}/{}: {} local ranks of {world}, store {store_addr}, run {}",
-        p.node_rank, p.nnodes, a.nproc_per_node, p.run_id
-    );
+    match &rounds {
+        None => eprintln!(
+            "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {}",
+            p.node_rank,
+            p.nnodes,
+            a.nproc_per_node,
+            p.nnodes * a.nproc_per_node,
+            p.run_id
+        ),
+        Some(r) => {
+            eprintln!(
+                "[launch] agent {} of an elastic group of {}:{} nodes: {} local ranks each, store {store_addr}, run {}",
+                r.me, r.min, r.max, a.nproc_per_node, p.run_id
+            );
+            r.beat(&store_addr, &p.token);
+        }
+    }
 
-    for attempt in 0..=a.max_restarts {
-        let prefix = format!("{}/attempt-{attempt}", p.run_id);
+    for attempt in 0u32.. {
         // all agents meet before spawning, so a restart starts every node together
-        let (pre, node, nnodes) = (format!("{prefix}/agents"), p.node_rank, p.nnodes);
-        let meet = tokio::task::spawn_blocking(move || -> Result<StoreClient> {
-            client.rendezvous(&pre, node, nnodes, timeout).map_err(|e| {
-                anyhow::anyhow!("{e:#} (the missing numbers are node ranks: start `infinity launch` there)")
-            })?;
-            Ok(client)
-        });
-        client = match until_signal(&mut signals, meet, "waiting for the other agents").await {
-            Ok(c) => c?,
+        let (meet, what) = match rounds.clone() {
+            None => {
+                let (pre, node, nnodes) = (format!("{}/attempt-{attempt}/agents", p.run_id), p.node_rank, p.nnodes);
+                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Option<Group>)> {
+                    client.rendezvous(&pre, node, nnodes, timeout).map_err(|e| {
+                        anyhow::anyhow!("{e:#} (the missing numbers are node ranks: start `infinity launch` there)")
+                    })?;
+                    Ok((client, Some(Group { round: attempt, node_rank: node, nnodes })))
+                });
+                (meet, "waiting for the other agents")
+            }
+            Some(r) => {
+                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Option<Group>)> {
+                    let g = r.join(&mut client)?;
+                    Ok((client, g))
+                });
+                (meet, "waiting for a round of the elastic group")
+            }
+        };
+        let g = match until_signal(&mut signals, meet, what).await {
+            Ok(met) => {
+                let (c, g) = met?;
+                client = c;
+                match g {
+                    Some(g) => g,
+                    None => {
+                        eprintln!("[launch] the group finished the run without this node");
+                        return Ok(0);
+                    }
+                }
+            }
             Err(code) => return Ok(code),
         };
-        if attempt == 0 {
-            client = agree_on_settings(client, &a, &p, timeout).await?;
+        if rounds.is_some() {
+            eprintln!(
+                "[launch] round {}: node {} of {}, ranks {}..{} of {}",
+                g.round,
+                g.node_rank,
+                g.nnodes,
+                g.node_rank * a.nproc_per_node,
+                (g.node_rank + 1) * a.nproc_per_node,
+                g.nnodes * a.nproc_per_node
+            );
         }
-        let ranks = spawn_group(&a, &p, &exe, port, attempt, world).await?;
-        let outcome = watch(ranks, &a, &p, &store_addr, &prefix, &mut signals).await?;
+        // every node of the group launches the same ranks (an elastic group checks each round's members)
+        if attempt == 0 || rounds.is_some() {
+            let settings = match rounds.is_some() {
+                true => format!("{}/settings/{}", p.run_id, g.round),
+                false => format!("{}/settings", p.run_id),
+            };
+            client = agree_on_settings(client, &a, &settings, g, timeout).await?;
+        }
+        let prefix = format!("{}/attempt-{}", p.run_id, g.round);
+        let ranks = spawn_group(&a, &p, g, &exe, port).await?;
+        let grow = rounds.as_ref().filter(|r| g.nnodes < r.max).map(|r| r.waiting_key(g.round));
+        let outcome = watch(ranks, &a, &p, g, &store_addr, &prefix, grow, &mut signals).await?;
         match outcome {
             Outcome::Succeeded => {
                 eprintln!("[launch] all {} local ranks finished", a.nproc_per_node);
+                if let Some(r) = &rounds {
+                    post(&mut client, &r.finished_key(), "1").await;
+                    if server.is_some() {
+                        // agents waiting for the next round read `finished` before the store goes
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
                 return Ok(0);
             }
             Outcome::Stopped(code) => {
                 eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
                 return Ok(code);
             }
+            Outcome::Regroup => {
+                eprintln!("[launch] an agent waits to join: the ranks checkpointed; regrouping (not a restart)");
+            }
             Outcome::Failed { report, permanent, local } => {
-                eprintln!("[launch] attempt {attempt} failed. Root cause: {report}");
-                let next = match (permanent, attempt == a.max_restarts) {
+                eprintln!("[launch] attempt {} failed. Root cause: {report}", g.round);
+                // restarts used: failed attempts so far (an elastic group's regroups are not failures)
+                let used = match rounds {
+                    None => attempt + 1,
+                    Some(_) => failed_attempts(&mut client, &p.run_id, g.round)?,
+                };
+                let next = match (permanent, used > a.max_restarts) {
                     (Some(_), _) => "stop: permanent",
                     (None, true) => "stop: no restarts left",
                     (None, false) => "restart",
                 };
-                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
-                failure::write(&dir, attempt, p.node_rank, &report, local.as_ref(), next);
+                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
+                failure::write(&dir, g.round, g.node_rank, &report, local.as_ref(), next);
                 if let Some(code) = permanent {
                     let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
                     eprintln!(
@@ -212,19 +293,60 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     );
                     return Ok(code);
                 }
-                if attempt == a.max_restarts {
+                if used > a.max_restarts {
                     eprintln!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
                     return Ok(1);
                 }
-                eprintln!(
-                    "[launch] restarting the group from its newest checkpoint ({} of {})",
-                    attempt + 1,
-                    a.max_restarts
-                );
+                eprintln!("[launch] restarting the group from its newest checkpoint ({used} of {})", a.max_restarts);
             }
         }
     }
-    unreachable!("the loop returns on its last attempt")
+    unreachable!("the loop returns")
+}
+
+/// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
+/// on the machine `--rdzv` names (the others find the port taken and connect to it).
+async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
+    if p.elastic.is_none() && p.node_rank != 0 {
+        return Ok(None);
+    }
+    // every interface of the host's address family (an IPv6 --rdzv is written [addr]:port)
+    let inner = p.host.trim_start_matches('[').trim_end_matches(']');
+    let bind_host = match (p.nnodes, inner.contains(':')) {
+        (1, _) => inner.to_string(),
+        (_, true) => "::".into(),
+        (_, false) => "0.0.0.0".into(),
+    };
+    let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
+        .await?
+        .next()
+        .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
+    if p.elastic.is_none() {
+        return Ok(Some(StoreServer::spawn(addr, p.token.clone())?));
+    }
+    // is --rdzv's host this machine? (one of its addresses binds here)
+    let here = tokio::net::lookup_host((inner, p.port))
+        .await
+        .with_context(|| format!("--rdzv host {inner}"))?
+        .any(|a| std::net::TcpListener::bind((a.ip(), 0)).is_ok());
+    if !here {
+        return Ok(None);
+    }
+    match StoreServer::spawn(addr, p.token.clone()) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.root_cause().downcast_ref::<std::io::Error>().map(|e| e.kind())
+            == Some(std::io::ErrorKind::AddrInUse) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Attempts up to `round` of the run that failed (each posted its root cause in the store).
+fn failed_attempts(client: &mut StoreClient, run_id: &str, round: u32) -> Result<u32> {
+    let keys: Vec<String> = (0..=round).map(|r| format!("{run_id}/attempt-{r}/failed")).collect();
+    Ok(client.check(&keys)?.iter().filter(|&&p| p).count() as u32)
 }
 
 /// After the first meeting, every agent checks that all nodes launch the same group: the same ranks per
@@ -233,12 +355,15 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 async fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
-    p: &Plan,
+    prefix: &str,
+    g: Group,
     timeout: Duration,
 ) -> Result<StoreClient> {
-    let mine = format!("--nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
-    let prefix = format!("{}/settings", p.run_id);
-    let (node, nnodes) = (p.node_rank, p.nnodes);
+    let mut mine = format!("--nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
+    if let Some(Nodes::Elastic { min, max }) = a.nnodes {
+        mine = format!("--nnodes {min}:{max} {mine}");
+    }
+    let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
     tokio::task::spawn_blocking(move || -> Result<StoreClient> {
         client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
         let mut differ = Vec::new();
@@ -261,147 +386,4 @@ async fn agree_on_settings(
         Ok(client)
     })
     .await?
-}
-
-/// Watch the group until it succeeds, fails, or a signal stops it.
-async fn watch(
-    mut ranks: Vec<Rank>,
-    a: &LaunchArgs,
-    p: &Plan,
-    store_addr: &str,
-    prefix: &str,
-    signals: &mut Signals,
-) -> Result<Outcome> {
-    let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
-    // another node's failure or signal is posted in the store; a separate connection polls for it
-    let (addr, token, who) = (store_addr.to_string(), p.token.clone(), format!("agent {} watch", p.node_rank));
-    let mut poller =
-        tokio::task::spawn_blocking(move || StoreClient::connect(&addr, &token, &who, Duration::from_secs(30)))
-            .await??;
-    let keys = [format!("{prefix}/failed"), format!("{prefix}/signal"), format!("{prefix}/failed-permanently")];
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut store_lost: Option<Instant> = None;
-    loop {
-        let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
-        if running.is_empty() {
-            return Ok(Outcome::Succeeded);
-        }
-        let wait_any = async {
-            let futs = ranks
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| exited[*i].is_none())
-                .map(|(i, r)| Box::pin(async move { (i, r.child.wait().await) }));
-            futures_select_all(futs.collect()).await
-        };
-        tokio::select! {
-            (i, status) = wait_any => {
-                let status = status?;
-                exited[i] = Some(status);
-                ranks[i].drain().await;
-                if !status.success() {
-                    let r = &ranks[i];
-                    let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
-                    let seconds = r.started.elapsed().as_secs_f64();
-                    let report = format!(
-                        "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s; its last lines:\n    {}",
-                        r.global, p.node_rank, r.pid, describe(&status), lines.join("\n    ")
-                    );
-                    let local = Some(failure::RankFailure::new(r.global, r.pid, &status, seconds, lines));
-                    // the group's first failure is its root cause (a rank on another node may fail
-                    // later, of the broken connection): the first report posted stays
-                    // (a permanent failure is marked first: an agent that sees the report sees the mark)
-                    let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
-                    if let Some(code) = permanent {
-                        post(&mut poller, &keys[2], &code.to_string()).await;
-                    }
-                    let report = post_first(&mut poller, &keys[0], report).await;
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed { report, permanent, local });
-                }
-            }
-            sig = signals.next() => {
-                eprintln!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
-                post(&mut poller, &keys[1], &sig.to_string()).await;
-                return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, sig).await));
-            }
-            _ = tick.tick() => {
-                let (k, mut pl) = (keys.clone(), poller);
-                let (pl2, present) = tokio::task::spawn_blocking(move || {
-                    let r = pl.check(&k);
-                    (pl, r)
-                })
-                .await?;
-                poller = pl2;
-                // node 0's agent hosts the store: losing it for good means that node is gone
-                let present = match present {
-                    Ok(p) => {
-                        store_lost = None;
-                        p
-                    }
-                    Err(e) => {
-                        let since = *store_lost.get_or_insert_with(Instant::now);
-                        if since.elapsed() < STORE_LOSS {
-                            continue;
-                        }
-                        let report = format!(
-                            "the store at {store_addr} (node 0's agent) stopped answering for {} s: {e:#}",
-                            STORE_LOSS.as_secs()
-                        );
-                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Failed { report, permanent: None, local: None });
-                    }
-                };
-                if present.first() == Some(&true) {
-                    let report = match poller.get(&keys[0], Duration::from_secs(1)) {
-                        Ok(v) => String::from_utf8_lossy(&v).to_string(),
-                        Err(e) => format!("(unreadable: {e})"),
-                    };
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    let permanent = match poller.check(&keys[2..]) {
-                        Ok(p) if p == [true] => poller
-                            .get(&keys[2], Duration::from_secs(1))
-                            .ok()
-                            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
-                            .filter(|&c| is_permanent_failure(Some(c))),
-                        _ => None,
-                    };
-                    let report = format!("another node: {report}");
-                    return Ok(Outcome::Failed { report, permanent, local: None });
-                }
-                if present.get(1) == Some(&true) {
-                    eprintln!("[launch] another node was signalled; forwarding SIGTERM");
-                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
-                }
-            }
-        }
-    }
-}
-
-/// How long the store may not answer before an agent gives its group up.
-const STORE_LOSS: Duration = Duration::from_secs(10);
-
-/// Posts `report` as the group's failure unless another agent posted one first; returns the report
-/// that stands (`another node: …` when it is not ours).
-async fn post_first(client: &mut StoreClient, key: &str, report: String) -> String {
-    match client.add(&format!("{key}/claims"), 1) {
-        Ok(1) => {
-            post(client, key, &report).await;
-            report
-        }
-        Ok(_) => match client.get(key, Duration::from_secs(5)) {
-            Ok(first) => format!("another node: {}\n  (then here: {report})", String::from_utf8_lossy(&first)),
-            Err(_) => report,
-        },
-        Err(e) => {
-            tracing::warn!("store: posting {key}: {e:#}");
-            report
-        }
-    }
-}
-
-async fn post(client: &mut StoreClient, key: &str, value: &str) {
-    if let Err(e) = client.set(key, value.as_bytes()) {
-        tracing::warn!("store: posting {key}: {e:#}");
-    }
 }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::signals::signal_name;
-use super::{LaunchArgs, Plan};
+use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
 
@@ -44,15 +44,9 @@ impl Rank {
     }
 }
 
-/// Start this node's ranks of attempt `attempt` (global ranks node_rank · nproc_per_node + local).
-pub(super) async fn spawn_group(
-    a: &LaunchArgs,
-    p: &Plan,
-    exe: &Path,
-    port: u16,
-    attempt: u32,
-    world: usize,
-) -> Result<Vec<Rank>> {
+/// Start this node's ranks of attempt `g.round` (global ranks node_rank · nproc_per_node + local).
+pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, port: u16) -> Result<Vec<Rank>> {
+    let (attempt, world) = (g.round, g.nnodes * a.nproc_per_node);
     let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
@@ -61,7 +55,7 @@ pub(super) async fn spawn_group(
         .unwrap_or_else(|_| (0..a.nproc_per_node).map(|i| i.to_string()).collect());
     let mut ranks = Vec::new();
     for local in 0..a.nproc_per_node {
-        let global = p.node_rank * a.nproc_per_node + local;
+        let global = g.node_rank * a.nproc_per_node + local;
         let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
             (exe.to_path_buf(), &a.cmd[..])
         } else {
@@ -73,8 +67,8 @@ pub(super) async fn spawn_group(
             .env("LOCAL_RANK", local.to_string())
             .env("WORLD_SIZE", world.to_string())
             .env("LOCAL_WORLD_SIZE", a.nproc_per_node.to_string())
-            .env("NODE_RANK", p.node_rank.to_string())
-            .env("GROUP_RANK", p.node_rank.to_string())
+            .env("NODE_RANK", g.node_rank.to_string())
+            .env("GROUP_RANK", g.node_rank.to_string())
             .env("MASTER_ADDR", &p.host)
             .env("MASTER_PORT", port.to_string())
             .env(vars::TOKEN, &p.token)

@@ -21,13 +21,15 @@ pub struct Dist {
     /// Restart attempt of the launcher (0 outside one).
     pub attempt: u32,
     comm: Box<dyn Communicator>,
+    /// The group's store and this attempt's key prefix (none alone).
+    store: Option<(StoreClient, String)>,
     /// The store, when this process hosts it (rank 0 without an agent).
     _server: Option<StoreServer>,
 }
 
 impl Dist {
     pub fn solo() -> Dist {
-        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), _server: None }
+        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None }
     }
 
     /// Join the group of the process environment (or stay alone).
@@ -83,7 +85,19 @@ impl Dist {
             env.run_id,
             env.attempt
         );
-        Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm, _server: server })
+        let store = Some((store, prefix));
+        Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm, store, _server: server })
+    }
+
+    /// Tells the launcher that this group stopped on a signal before the run's end (every rank does:
+    /// its agent sees its own ranks exit 0 and must not take that for a finished run).
+    pub fn mark_stopped_early(&mut self, step: u64) {
+        if let Some((store, prefix)) = self.store.as_mut() {
+            let key = format!("{prefix}/{}", infinity_launcher::env::STOPPED_EARLY);
+            if let Err(e) = store.set(&key, step.to_string().as_bytes()) {
+                tracing::warn!("store: marking the stop: {e:#}");
+            }
+        }
     }
 
     pub fn is_leader(&self) -> bool {

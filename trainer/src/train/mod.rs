@@ -418,6 +418,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         dist::fault_drill(dist.rank, st.step, dist.attempt);
         if preempt {
             summary.preempted = true;
+            dist.mark_stopped_early(st.step);
             if let Some(l) = logger.as_ref() {
                 l.println(&format!("stopped by a signal after step {}: checkpoint saved", st.step));
             }
