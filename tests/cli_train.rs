@@ -171,7 +171,7 @@ fn a_fresh_run_starts_from_another_runs_weights() {
     assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=3"]));
     let exported = tmp.path().join("export.safetensors");
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&exported)]));
-    let weights = |dir: &Path| infinity_trainer::train::checkpoint::load_model(dir).unwrap().params.data;
+    let weights = |dir: &Path| infinity_trainer::train::checkpoint::load_model(dir, false).unwrap().params.data;
     let trained = weights(&run);
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     for (i, from) in [None, Some(&run), Some(&exported)].into_iter().enumerate() {
@@ -189,6 +189,61 @@ fn a_fresh_run_starts_from_another_runs_weights() {
     }
     let (e, _) = fails(&["train", path_str(&cfg), "--set", "model.init_from=/nowhere/at-all"]);
     assert!(e.contains("model.init_from") && e.contains("/nowhere/at-all"), "{e}");
+}
+
+/// `optim.ema_decay` keeps a moving average of the weights in every checkpoint (`ema.safetensors`):
+/// each checkpoint's average is the previous one pulled towards that step's weights, a resumed run
+/// continues it bit for bit, and `export --ema` and `sample --ema` use it.
+#[test]
+fn a_moving_average_of_the_weights_rides_along() {
+    use infinity_trainer::train::checkpoint::load_model;
+    let (tmp, _data, run, cfg) = class_run();
+    let sets = ["--set", "run.steps=4", "--set", "checkpoint.every=1", "--set", "checkpoint.keep_last=4"];
+    let sets = [&sets[..], &["--set", "optim.ema_decay=0.75"]].concat();
+    let train = |extra: &[&str]| assert!(infinity(&[&["train", path_str(&cfg)][..], &sets[..], extra].concat()));
+    train(&[]);
+    let ckpt = |run: &Path, step: u64| run.join(format!("checkpoints/step-{step:08}"));
+    let load = |step: u64, ema: bool| load_model(&ckpt(&run, step), ema).unwrap().params.data;
+    for step in 2..=4 {
+        let mut expect = load(step - 1, true);
+        infinity_kernels::adamw::ema_update(&mut expect, &load(step, false), 0.75);
+        assert!(expect == load(step, true), "step {step}: not the previous average moved towards the weights");
+    }
+    assert!(load(4, true) != load(4, false), "the average is the weights");
+
+    // resumed from step 2 (a copy of that checkpoint): the same average at step 4, byte for byte
+    let again = tmp.path().join("again");
+    std::fs::create_dir_all(ckpt(&again, 2)).unwrap();
+    for f in std::fs::read_dir(ckpt(&run, 2)).unwrap().flatten() {
+        std::fs::copy(f.path(), ckpt(&again, 2).join(f.file_name())).unwrap();
+    }
+    train(&["--set", &format!("run.dir={}", path_str(&again)), "--resume", "auto"]);
+    let bytes = |run: &Path| std::fs::read(ckpt(run, 4).join("ema.safetensors")).unwrap();
+    assert!(bytes(&again) == bytes(&run), "a resumed run's moving average differs");
+
+    // export and sample with it
+    let out = tmp.path().join("ema-export.safetensors");
+    assert!(infinity(&["export", path_str(&run), "--ema", "-o", path_str(&out)]));
+    let ck = load_model(&run, false).unwrap();
+    let lay = infinity_trainer::model::Layout::new(&ck.model);
+    let exported = infinity_trainer::model::io::load_weights(&out, &ck.model, &lay).unwrap();
+    assert!(exported.data == load(4, true), "export --ema did not write the moving average");
+    let grid = tmp.path().join("ema.png");
+    assert!(infinity(&["sample", path_str(&run), "--ema", "--n", "1", "--class", "0", "-o", path_str(&grid)]));
+    assert!(grid.is_file());
+    // a run without one says so
+    let plain = tmp.path().join("plain");
+    assert!(infinity(&[
+        "train",
+        path_str(&cfg),
+        "--set",
+        "run.steps=1",
+        "--set",
+        &format!("run.dir={}", path_str(&plain))
+    ]));
+    let (e, _) = fails(&["export", path_str(&plain), "--ema", "-o", path_str(&out)]);
+    assert!(e.contains("no moving average of the weights"), "{e}");
+    assert!(!plain.join("checkpoints/step-00000001/ema.safetensors").exists());
 }
 
 /// The run folder across sessions: a fresh start refuses a folder that holds a run; a finished run

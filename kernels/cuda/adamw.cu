@@ -1,4 +1,5 @@
-// Twins of kernels/src/adamw.rs: the fused AdamW update and the squared global norm (for clipping).
+// Twins of kernels/src/adamw.rs: the fused AdamW update, the weights' moving average (EMA) and the
+// squared global norm (for clipping).
 // Scalars are precomputed per step on the host (AdamWScalars). Arithmetic in the CPU twin's order;
 // compiled with --fmad=false so no multiply-add is contracted and results follow the twin to the ulp
 // of sqrtf and division.
@@ -25,6 +26,15 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __re
         if (p16) p16[i] = bf16_bits(pn);
         m[i] = mi;
         v[i] = vi;
+    }
+}
+
+// Twin of adamw::ema_update: the weights' moving average, ema = ema·decay + p·rest (rest = 1 − decay,
+// rounded once on the host).
+extern "C" __global__ void ema_f32(float* __restrict__ ema, const float* __restrict__ p, long n, float decay,
+                                   float rest) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        ema[i] = ema[i] * decay + p[i] * rest;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The AdamW step and the squared gradient norm, element by element: the CPU twins of `adamw.cu`.
+//! The AdamW step, the weights' moving average and the squared gradient norm, element by element: the
+//! CPU twins of `adamw.cu`.
 //! The optimiser state and schedules live in the trainer (`optim.rs`); this is only the arithmetic,
 //! PyTorch's `_single_tensor_adamw` in f32 with the scalars precomputed in f64.
 
@@ -56,6 +57,16 @@ pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f
         v[i] = v[i] * s.beta2 + g * g * (1.0 - s.beta2);
         let denom = v[i].sqrt() / s.bc2_sqrt + s.eps;
         params[i] -= s.step_size * m[i] / denom;
+    }
+}
+
+/// One step of an exponential moving average of the weights, `ema ← ema·decay + params·(1 − decay)`
+/// (upstream's `update_ema`), each product rounded to f32 and `1 − decay` rounded once.
+pub fn ema_update(ema: &mut [f32], params: &[f32], decay: f64) {
+    assert_eq!(ema.len(), params.len(), "ema_update: lengths differ");
+    let (d, rest) = (decay as f32, (1.0 - decay) as f32);
+    for (e, &p) in ema.iter_mut().zip(params) {
+        *e = *e * d + p * rest;
     }
 }
 

@@ -352,7 +352,7 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
 }
 
 #[test]
-fn adamw_and_the_global_norm_match_their_cpu_twins() {
+fn adamw_the_moving_average_and_the_global_norm_match_their_cpu_twins() {
     let Some(dev) = device() else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let n = 100_003;
@@ -372,6 +372,11 @@ fn adamw_and_the_global_norm_match_their_cpu_twins() {
     assert!(rounded == bf16_round(&gpu.params), "adamw's bf16 weights are not its f32 weights rounded");
     let (cpu, gpu) = (adamw::sum_squares(&g), ops::sum_squares(&dev, &g).unwrap());
     assert!((cpu - gpu).abs() <= 1e-12 * cpu, "sum of squares {gpu} vs {cpu}");
+    // the weights' moving average: the same products and sum (no contraction), bit for bit
+    let mut ema = rand_vec(&mut rng, n, 1.0);
+    let gpu = ops::ema(&dev, &ema, &p, 0.9999).unwrap();
+    adamw::ema_update(&mut ema, &p, 0.9999);
+    assert!(gpu == ema, "the moving average differs from its CPU twin");
 }
 
 /// bf16 rounding, round to nearest even (what util.cu's `to_bf16` does), back in f32.

@@ -1,10 +1,10 @@
 //! AdamW with decoupled weight decay and upstream's no-decay groups, global-norm gradient clipping, and
 //! the learning-rate schedules. Matches `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
-use infinity_kernels::adamw::{adamw_update, sum_squares, AdamWScalars};
+use infinity_kernels::adamw::{adamw_update, ema_update, sum_squares, AdamWScalars};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Layout;
+use crate::model::{Layout, Params};
 
 /// `[optim.adamw]`: any field left out takes its default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +85,20 @@ impl AdamW {
         assert!(params.len() == self.m.len() && grads.len() == self.m.len(), "AdamW: layout mismatch");
         let scalars = self.next_step_scalars(lr);
         adamw_update(params, grads, &mut self.m, &mut self.v, &self.decay, &scalars);
+    }
+}
+
+/// A moving average of the weights (`optim.ema_decay`, upstream's `update_ema`): rank 0 keeps it and
+/// pulls it towards the weights after every update.
+#[derive(Clone)]
+pub struct Ema {
+    pub decay: f64,
+    pub weights: Params<f32>,
+}
+
+impl Ema {
+    pub fn update(&mut self, params: &[f32]) {
+        ema_update(&mut self.weights.data, params, self.decay);
     }
 }
 

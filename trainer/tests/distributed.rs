@@ -330,11 +330,12 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
 
 /// An elastic group (`--nnodes 2:3`, one rank per agent): three agents start together; one is killed
 /// (its rank checkpoints on the way out, which the other agents must not take for the run's end) and
-/// the other two go on from that checkpoint; a fourth agent arriving later makes the group regroup to
-/// three without spending a restart. The run ends like one rank with the same global batch.
+/// the other two go on from that checkpoint, spending the one restart; a fourth agent arriving later
+/// makes the group regroup to three, and leaves again on SIGTERM, neither spending a restart. The run
+/// ends like one rank with the same global batch.
 #[test]
-fn an_elastic_group_loses_a_node_gains_one_and_ends_like_one_rank() {
-    let steps = 200;
+fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
+    let steps = 300;
     let (tmp, cfg) = setup(steps);
     // a batch that splits over 1, 2 and 3 ranks; validation now and then
     let sets = ["--set", "data.global_batch=24", "--set", "val.every=100", "--set", "checkpoint.every=10"];
@@ -372,10 +373,16 @@ fn an_elastic_group_loses_a_node_gains_one_and_ends_like_one_rank() {
     let before = checkpoints();
     wait_for("round 1 to train", &|| checkpoints() > before + 1);
     let mut d = agent("d");
+    wait_for("round 2", &|| run.join("logs/el/attempt_2/rank_2.log").exists());
+    let before = checkpoints();
+    wait_for("round 2 to train", &|| checkpoints() > before + 1);
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     for (name, child) in [("a", &mut a), ("b", &mut b), ("d", &mut d)] {
         let status = child.wait().unwrap();
         assert!(status.success(), "agent {name} exited with {status:?}:\n{}", read(name));
     }
+    assert!(read("d").contains("the ranks stopped after the signal"), "{}", read("d"));
     let log = read("a");
     // (node ranks follow the order in which the agents joined each round)
     for said in [
@@ -383,15 +390,18 @@ fn an_elastic_group_loses_a_node_gains_one_and_ends_like_one_rank() {
         "no agent was signalled",
         "restarting the group from its newest checkpoint (1 of 1)",
         "round 1: node ? of 2",
+        "an agent waits to join the group",
         "regrouping (not a restart)",
         "round 2: node ? of 3",
+        "a node leaves the group",
+        "round 3: node ? of 2",
     ] {
         let (head, tail) = said.split_once('?').unwrap_or((said, ""));
         assert!(log.lines().any(|l| l.contains(head) && l.contains(tail)), "agent a did not say {said:?}:\n{log}");
     }
-    assert!(run.join("logs/el/attempt_2/rank_2.log").exists(), "d ran no rank in round 2");
+    assert!(!log.contains("no restarts left"), "a regroup spent a restart:\n{log}");
     let (diff, name) = max_abs_diff(&weights(&one, steps), &weights(&run, steps));
-    println!("elastic 3 → 2 → 3 ranks vs 1 rank after {steps} steps: max |Δw| = {diff:.3e} ({name})");
+    println!("elastic 3 → 2 → 3 → 2 ranks vs 1 rank after {steps} steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "elastic: max |Δw| {diff:e} at {name}");
 }
 

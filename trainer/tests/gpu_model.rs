@@ -146,7 +146,7 @@ fn train_config(
          precision = \"{precision}\"\n\
          [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
          [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
-         [optim]\nlr = 1e-3\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
+         [optim]\nlr = 1e-3\nema_decay = 0.9\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
         tmp.join(name).display(),
         tmp.join("data").display()
     );
@@ -180,8 +180,23 @@ fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     println!("4 steps: loss {:.6} on the CPU, {:.6} on CUDA", losses[0], losses[1]);
     assert!((losses[0] - losses[1]).abs() <= 1e-3 * losses[0], "losses {losses:?}");
 
-    let file =
-        |run: &str| std::fs::read(tmp.path().join(run).join("checkpoints/step-00000004/model.safetensors")).unwrap();
+    // the moving average of the weights (on the device with its optimizer) follows the CPU's
+    let load = |run: &str, file: &str| {
+        let dir = tmp.path().join(run).join("checkpoints/step-00000004");
+        let ck = infinity_trainer::train::checkpoint::load_model(&dir, false).unwrap();
+        let lay = Layout::new(&ck.model);
+        infinity_trainer::model::io::load_weights(&dir.join(file), &ck.model, &lay).unwrap().data
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let (cpu_ema, cuda_ema) = (load("cpu", "ema.safetensors"), load("cuda", "ema.safetensors"));
+    let (apart, lag) = (max_diff(&cpu_ema, &cuda_ema), max_diff(&cpu_ema, &load("cpu", "model.safetensors")));
+    println!("moving average: CPU vs CUDA max |Δ| {apart:.3e}; behind the weights by up to {lag:.3e}");
+    assert!(apart <= 0.01 * lag, "the device's moving average is {apart} from the CPU's (it lags by {lag})");
+
+    let file = |run: &str| {
+        let dir = tmp.path().join(run).join("checkpoints/step-00000004");
+        [std::fs::read(dir.join("model.safetensors")).unwrap(), std::fs::read(dir.join("ema.safetensors")).unwrap()]
+    };
     for precision in ["f32", "bf16"] {
         // the uninterrupted run: in f32, the one compared with the CPU above
         let whole = match precision {

@@ -52,6 +52,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             adamw: Default::default(),
             clip: 1.0,
             max_nonfinite: 3,
+            ema_decay: 0.0,
         },
         bsc: BscSection { p_max: 0.3, apply_layers: 13 },
         loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },

@@ -302,6 +302,31 @@ pub fn adamw_dev(
     unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
 }
 
+/// The weights' moving average on device buffers (twin of `adamw::ema_update`): `ema` updated in place
+/// towards `params`.
+pub fn ema_dev(dev: &Device, ema: &mut dyn BufMut, params: &dyn Buf, decay: f64) -> Result<(), CudaError> {
+    let n = ema.count();
+    assert!(params.count() >= n, "ema: params holds fewer values than the average");
+    let st = &dev.stream;
+    let args = [
+        Arg::Ptr(ema.addr_mut(st)),
+        Arg::Ptr(params.addr(st)),
+        Arg::I64(n as i64),
+        Arg::F32(decay as f32),
+        Arg::F32((1.0 - decay) as f32),
+    ];
+    // SAFETY: argument list as declared in adamw.cu; lengths asserted above.
+    unsafe { dev.launch("adamw.cu", "ema_f32", elementwise(n), &args) }
+}
+
+/// The moving average of host values through the device (tests).
+pub fn ema(dev: &Device, ema: &[f32], params: &[f32], decay: f64) -> Result<Vec<f32>, CudaError> {
+    let st = &dev.stream;
+    let (mut e, p) = (st.clone_htod(ema)?, st.clone_htod(params)?);
+    ema_dev(dev, &mut e, &p, decay)?;
+    Ok(st.clone_dtoh(&e)?)
+}
+
 /// `Σ x²` of a device buffer, accumulated in f64 (twin of `adamw::sum_squares`).
 pub fn sum_squares_dev(dev: &Device, x: &dyn Buf) -> Result<f64, CudaError> {
     let st = &dev.stream;

@@ -8,18 +8,20 @@
 //! the new world size (the data order and checkpoints do not depend on it).
 //!
 //! Store keys, under `RUN_ID/elastic`:
-//!   round            the open round (`add` reads it; the agent that closes a round moves it on)
-//!   R/joined         agents that joined round R; closing adds [`CLOSED`], so the sum fixes the members
+//!   round            the open round (`add` reads it; moved on once per round, after it closed)
+//!   R/joined         agents that joined round R; closing adds [`CLOSED`], so later joiners know
 //!   R/who/K          the id of round R's K-th agent (1-based)
-//!   R/closed         the number of members, once round R closed
+//!   R/members        the ids of round R's members, one per line, in the order they joined, once closed:
+//!                    only agents whose beat was seen moving (one that joined and died is left out)
 //!   beat/ID          a counter each agent bumps every [`BEAT_EVERY`] while it lives
-//!   finished         set when a group finished the run: waiting agents exit 0
+//!   ended            the exit code every waiting agent takes when the group ended (finished the run,
+//!                    or stopped for good): they exit rather than form a group of their own
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::store::StoreClient;
 
@@ -28,6 +30,8 @@ const CLOSED: i64 = 1 << 40;
 /// How often an agent bumps its beat, and how long a silent one counts as alive.
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 const BEAT_STALE: Duration = Duration::from_secs(6);
+/// How long a joiner's id or a closing round's member list may take to appear.
+const SLOW_WRITE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 
 /// `--nnodes`: a fixed number of nodes (`N`, each started with its `--node-rank`) or an elastic range.
@@ -63,11 +67,19 @@ pub(super) struct Group {
     pub nnodes: usize,
 }
 
+/// What [`Rounds::join`] came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Joined {
+    Member(Group),
+    /// The group ended meanwhile (finished, or stopped for good) with this exit code.
+    Ended(i32),
+}
+
 /// One agent's view of the rounds of an elastic run.
 #[derive(Clone)]
 pub(super) struct Rounds {
     base: String,
-    /// This agent's id: `host:pid`.
+    /// This agent's id: `host:pid:nonce`.
     pub me: String,
     pub min: usize,
     pub max: usize,
@@ -78,7 +90,7 @@ pub(super) struct Rounds {
 
 impl Rounds {
     pub fn new(run_id: &str, min: usize, max: usize, last_call: Duration, timeout: Duration) -> Rounds {
-        let me = format!("{}:{}", hostname(), std::process::id());
+        let me = format!("{}:{}:{:04x}", hostname(), std::process::id(), rand::random::<u16>());
         Rounds { base: format!("{run_id}/elastic"), me, min, max, last_call, timeout }
     }
 
@@ -86,39 +98,49 @@ impl Rounds {
         format!("{}/{round}/{what}", self.base)
     }
 
+    fn round_key(&self) -> String {
+        format!("{}/round", self.base)
+    }
+
     /// Present once an agent waits to join the round after `round`.
     pub fn waiting_key(&self, round: u32) -> String {
         self.key(round + 1, "joined")
     }
 
-    pub fn finished_key(&self) -> String {
-        format!("{}/finished", self.base)
+    pub fn ended_key(&self) -> String {
+        format!("{}/ended", self.base)
     }
 
     /// Bumps this agent's beat every second on a connection of its own, for as long as the process
-    /// lives (or the store answers): the next round knows it is still coming.
+    /// lives (reconnecting when the store does not answer): the next round knows it is alive.
     pub fn beat(&self, addr: &str, token: &str) {
         let (key, addr, token, who) =
             (format!("{}/beat/{}", self.base, self.me), addr.to_string(), token.to_string(), self.me.clone());
-        std::thread::spawn(move || {
-            let Ok(mut c) = StoreClient::connect(&addr, &token, &format!("agent {who} beat"), Duration::from_secs(30))
-            else {
-                return;
-            };
-            while c.add(&key, 1).is_ok() {
-                std::thread::sleep(BEAT_EVERY);
+        std::thread::spawn(move || loop {
+            if let Ok(mut c) = StoreClient::connect(&addr, &token, &format!("agent {who} beat"), BEAT_STALE) {
+                while c.add(&key, 1).is_ok() {
+                    std::thread::sleep(BEAT_EVERY);
+                }
             }
+            std::thread::sleep(BEAT_EVERY);
         });
     }
 
-    /// Blocks until this agent is a member of a closed round, or returns `None` when a group finished
-    /// the run meanwhile.
-    pub fn join(&self, c: &mut StoreClient) -> Result<Option<Group>> {
+    fn ended(&self, c: &mut StoreClient) -> Result<Option<i32>> {
+        if !c.check(&[self.ended_key()])?[0] {
+            return Ok(None);
+        }
+        let v = c.get(&self.ended_key(), SLOW_WRITE)?;
+        Ok(Some(String::from_utf8_lossy(&v).parse().unwrap_or(1)))
+    }
+
+    /// Blocks until this agent is a member of a closed round, or the group ended.
+    pub fn join(&self, c: &mut StoreClient) -> Result<Joined> {
         loop {
-            if c.check(&[self.finished_key()])?[0] {
-                return Ok(None);
+            if let Some(code) = self.ended(c)? {
+                return Ok(Joined::Ended(code));
             }
-            let round = c.add(&format!("{}/round", self.base), 0)? as u32;
+            let round = c.add(&self.round_key(), 0)? as u32;
             let order = c.add(&self.key(round, "joined"), 1)?;
             if order > CLOSED {
                 self.wait_past(c, round)?;
@@ -126,45 +148,51 @@ impl Rounds {
             }
             c.set(&self.key(round, &format!("who/{order}")), self.me.as_bytes())?;
             match self.until_closed(c, round)? {
-                None => return Ok(None),
-                Some(n) if order as usize <= n => {
-                    return Ok(Some(Group { round, node_rank: order as usize - 1, nnodes: n }));
-                }
-                Some(n) => {
-                    eprintln!(
-                        "[launch] round {round} closed with {n} nodes (the most, --nnodes); waiting for the next"
-                    );
-                    self.wait_past(c, round)?;
-                }
+                None => continue, // ended: the loop's first check says how
+                Some(ids) => match ids.iter().position(|id| *id == self.me) {
+                    Some(k) => return Ok(Joined::Member(Group { round, node_rank: k, nnodes: ids.len() })),
+                    None => {
+                        eprintln!(
+                            "[launch] round {round} started with {} nodes without this one (at most {}); waiting for the next",
+                            ids.len(),
+                            self.max
+                        );
+                        self.wait_past(c, round)?;
+                    }
+                },
             }
         }
     }
 
-    /// Waits for round `round` to close and returns its member count (`None`: the run finished). This
-    /// agent closes it when the rule in the module comment says so.
-    fn until_closed(&self, c: &mut StoreClient, round: u32) -> Result<Option<usize>> {
+    /// Waits for round `round` to close and returns its members (`None`: the group ended). This agent
+    /// closes it when the rule in the module comment says so.
+    fn until_closed(&self, c: &mut StoreClient, round: u32) -> Result<Option<Vec<String>>> {
         let previous = match round {
             0 => Vec::new(),
             r => self.members(c, r - 1)?,
         };
         let mut beats = Beats::default();
-        let mut here: Vec<String> = Vec::new();
+        // the joiners' ids, and when each was first missed (an agent adds itself, then writes its id)
+        let mut here: Vec<(Option<String>, Instant)> = Vec::new();
         let (mut last_n, mut changed) = (0usize, Instant::now());
-        let mut short_since: Option<Instant> = None;
-        let keys = [self.key(round, "closed"), self.finished_key()];
+        let (mut short_since, mut closing_since): (Option<Instant>, Option<Instant>) = (None, None);
+        let keys = [self.key(round, "members"), self.ended_key()];
         loop {
             let present = c.check(&keys)?;
             if present[1] {
                 return Ok(None);
             }
             if present[0] {
-                let v = c.get(&keys[0], Duration::from_secs(5))?;
-                let n = String::from_utf8_lossy(&v).parse().with_context(|| format!("store key {}", keys[0]))?;
-                return Ok(Some(n));
+                self.advance(c, round)?;
+                return Ok(Some(self.members(c, round)?));
             }
             let joined = c.add(&self.key(round, "joined"), 0)?;
             if joined > CLOSED {
-                // another agent is closing the round: its `closed` follows
+                // another agent is closing the round: its member list follows at once
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > SLOW_WRITE {
+                    bail!("round {round}: the agent that closed it never wrote its members (it died?); restart the agents");
+                }
                 std::thread::sleep(POLL);
                 continue;
             }
@@ -172,27 +200,44 @@ impl Rounds {
             if n != last_n {
                 (last_n, changed) = (n, Instant::now());
             }
-            for k in here.len() + 1..=n {
-                let who = c.get(&self.key(round, &format!("who/{k}")), Duration::from_secs(10))?;
-                here.push(String::from_utf8_lossy(&who).into_owned());
-            }
-            // the previous round's members that are still alive and have not joined yet
-            let mut coming = Vec::new();
-            for id in previous.iter().filter(|id| !here.contains(id)) {
-                if beats.alive(c, &format!("{}/beat/{id}", self.base))? {
-                    coming.push(id.as_str());
+            here.resize_with(n.max(here.len()), || (None, Instant::now()));
+            for (k, (id, _)) in here.iter_mut().enumerate().filter(|(_, h)| h.0.is_none()) {
+                let key = self.key(round, &format!("who/{}", k + 1));
+                if c.check(std::slice::from_ref(&key))?[0] {
+                    *id = Some(String::from_utf8_lossy(&c.get(&key, SLOW_WRITE)?).into_owned());
                 }
             }
-            if n >= self.min && coming.is_empty() && (n >= self.max || changed.elapsed() >= self.last_call) {
-                self.close(c, round)?;
+            // who is alive among the joiners, and who of the previous round may still come
+            let (mut live, mut pending) = (Vec::new(), 0usize);
+            for (id, since) in &here {
+                match id {
+                    None if since.elapsed() < SLOW_WRITE => pending += 1,
+                    None => {}
+                    Some(id) => match beats.life(c, &format!("{}/beat/{id}", self.base))? {
+                        Life::Alive => live.push(id.clone()),
+                        Life::Unknown => pending += 1,
+                        Life::Gone => {}
+                    },
+                }
+            }
+            let mut coming = 0;
+            for id in previous.iter().filter(|id| !here.iter().any(|h| h.0.as_ref() == Some(*id))) {
+                if beats.life(c, &format!("{}/beat/{id}", self.base))? != Life::Gone {
+                    coming += 1;
+                }
+            }
+            let settled = pending == 0 && coming == 0;
+            if settled && live.len() >= self.min && (live.len() >= self.max || changed.elapsed() >= self.last_call) {
+                self.close(c, round, &live)?;
                 continue;
             }
-            if n < self.min && coming.is_empty() {
+            if live.len() + pending < self.min && coming == 0 {
                 let since = *short_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.timeout {
                     bail!(
-                        "round {round}: {n} of at least {} nodes joined within {:.0} s (--nnodes {}:{}); start \
+                        "round {round}: {} of at least {} nodes joined within {:.0} s (--nnodes {}:{}); start \
                          `infinity launch` on more nodes",
+                        live.len() + pending,
                         self.min,
                         self.timeout.as_secs_f64(),
                         self.min,
@@ -206,50 +251,71 @@ impl Rounds {
         }
     }
 
-    /// Closes `round` with the agents that joined it so far (at most MAX); the first to close wins.
-    fn close(&self, c: &mut StoreClient, round: u32) -> Result<()> {
+    /// Closes `round` with `live` (at most MAX of them); the first agent to close it wins.
+    fn close(&self, c: &mut StoreClient, round: u32, live: &[String]) -> Result<()> {
         let total = c.add(&self.key(round, "joined"), CLOSED)?;
         if total < 2 * CLOSED {
-            let n = ((total - CLOSED) as usize).min(self.max);
-            c.set(&self.key(round, "closed"), n.to_string().as_bytes())?;
-            c.add(&format!("{}/round", self.base), 1)?;
+            let members = live[..live.len().min(self.max)].join("\n");
+            c.set(&self.key(round, "members"), members.as_bytes())?;
+            self.advance(c, round)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the open round past `round` (closed), once whoever does it first.
+    fn advance(&self, c: &mut StoreClient, round: u32) -> Result<()> {
+        if c.add(&self.key(round, "advanced"), 1)? == 1 {
+            c.add(&self.round_key(), 1)?;
         }
         Ok(())
     }
 
     /// The ids of a closed round's members.
     fn members(&self, c: &mut StoreClient, round: u32) -> Result<Vec<String>> {
-        let n = c.get(&self.key(round, "closed"), Duration::from_secs(10))?;
-        let n: usize = String::from_utf8_lossy(&n).parse().context("store: a round's member count")?;
-        (1..=n)
-            .map(|k| {
-                let who = c.get(&self.key(round, &format!("who/{k}")), Duration::from_secs(10))?;
-                Ok(String::from_utf8_lossy(&who).into_owned())
-            })
-            .collect()
+        let v = c.get(&self.key(round, "members"), SLOW_WRITE)?;
+        Ok(String::from_utf8_lossy(&v).lines().map(str::to_string).collect())
     }
 
-    /// Waits until the open round is past `round` (its closer moves it on right after closing).
+    /// Waits until the open round is past `round` (or the group ended).
     fn wait_past(&self, c: &mut StoreClient, round: u32) -> Result<()> {
-        while c.add(&format!("{}/round", self.base), 0)? <= round as i64 {
-            std::thread::sleep(POLL);
+        let keys = [self.key(round, "members"), self.ended_key()];
+        while c.add(&self.round_key(), 0)? <= round as i64 {
+            match c.check(&keys)?[..] {
+                [_, true] => return Ok(()),
+                [true, _] => self.advance(c, round)?,
+                _ => std::thread::sleep(POLL),
+            }
         }
         Ok(())
     }
 }
 
-/// The beats seen so far: an agent whose counter stood still for [`BEAT_STALE`] is gone.
+#[derive(Debug, PartialEq, Eq)]
+enum Life {
+    /// Its beat moved within [`BEAT_STALE`].
+    Alive,
+    /// Not seen moving yet (watched for less than [`BEAT_STALE`]).
+    Unknown,
+    /// Still for [`BEAT_STALE`].
+    Gone,
+}
+
+/// The beats seen so far: when each last moved, and whether it was seen moving at all.
 #[derive(Default)]
-struct Beats(HashMap<String, (i64, Instant)>);
+struct Beats(HashMap<String, (i64, Instant, bool)>);
 
 impl Beats {
-    fn alive(&mut self, c: &mut StoreClient, key: &str) -> Result<bool> {
+    fn life(&mut self, c: &mut StoreClient, key: &str) -> Result<Life> {
         let v = c.add(key, 0)?;
-        let e = self.0.entry(key.to_string()).or_insert((v, Instant::now()));
+        let e = self.0.entry(key.to_string()).or_insert((v, Instant::now(), false));
         if e.0 != v {
-            *e = (v, Instant::now());
+            *e = (v, Instant::now(), true);
         }
-        Ok(e.1.elapsed() < BEAT_STALE)
+        Ok(match (e.1.elapsed() < BEAT_STALE, e.2) {
+            (false, _) => Life::Gone,
+            (true, true) => Life::Alive,
+            (true, false) => Life::Unknown,
+        })
     }
 }
 
@@ -282,46 +348,71 @@ mod tests {
         StoreClient::connect(addr, "t", "test", Duration::from_secs(5)).unwrap()
     }
 
-    /// Three agents of a 2:3 group form round 0 at once (MAX reached); when one is gone, the other
-    /// two form round 1 once its beat stops, taking node ranks in the order they joined; an agent
-    /// arriving at a full round waits for the next one.
+    /// Bumps `id`'s beat twice a second until `alive` is cleared.
+    fn beating(addr: &str, id: &str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let alive = std::sync::Arc::new(AtomicBool::new(true));
+        let (flag, mut c, key) = (alive.clone(), client(addr), format!("run/elastic/beat/{id}"));
+        std::thread::spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                c.add(&key, 1).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        alive
+    }
+
+    /// Three agents of a 2:3 group form round 0 at once (MAX reached). A fourth cannot close round 1
+    /// while round 0's agents live; once two come back and the third stops beating, round 1 forms
+    /// without it. An agent that joins round 2 and dies is left out of it. Node ranks follow the
+    /// order of joining; an agent arriving after the group ended learns it.
     #[test]
-    fn rounds_close_at_max_and_without_the_agents_that_are_gone() {
+    fn rounds_form_from_the_agents_that_are_alive() {
+        use std::sync::atomic::Ordering;
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
         let addr = server.addr.to_string();
         let rounds = |id: &str| Rounds {
             me: id.to_string(),
-            ..Rounds::new("run", 2, 3, Duration::from_millis(300), Duration::from_secs(20))
+            ..Rounds::new("run", 2, 3, Duration::from_millis(300), Duration::from_secs(30))
         };
         let join = |id: &'static str| {
             let addr = addr.clone();
-            std::thread::spawn(move || rounds(id).join(&mut client(&addr)).unwrap().unwrap())
+            std::thread::spawn(move || match rounds(id).join(&mut client(&addr)).unwrap() {
+                Joined::Member(g) => g,
+                ended => panic!("{id}: {ended:?}"),
+            })
         };
+        let flags: Vec<_> = ["a", "b", "c", "d"].iter().map(|id| beating(&addr, id)).collect();
         let mut round0: Vec<Group> = ["a", "b", "c"].map(join).into_iter().map(|h| h.join().unwrap()).collect();
         round0.sort_by_key(|g| g.node_rank);
-        assert_eq!(
-            round0.iter().map(|g| (g.round, g.node_rank, g.nnodes)).collect::<Vec<_>>(),
-            [(0, 0, 3), (0, 1, 3), (0, 2, 3)]
-        );
-        // a fourth agent finds round 1 open but cannot close it while a, b and c beat
-        let mut c = client(&addr);
-        let beat = |id: &str, c: &mut StoreClient| c.add(&format!("run/elastic/beat/{id}"), 1).unwrap();
+        let shape: Vec<(u32, usize, usize)> = round0.iter().map(|g| (g.round, g.node_rank, g.nnodes)).collect();
+        assert_eq!(shape, [(0, 0, 3), (0, 1, 3), (0, 2, 3)]);
+
         let spare = join("d");
-        for _ in 0..10 {
-            ["a", "b", "c"].iter().for_each(|id| _ = beat(id, &mut c));
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        std::thread::sleep(Duration::from_millis(1500));
         assert!(!spare.is_finished(), "round 1 closed while round 0's agents were alive");
-        // a and b come back; c stays silent and is left out once its beat is stale
         let t0 = Instant::now();
+        flags[2].store(false, Ordering::Relaxed);
         let (a, b) = (join("a"), join("b"));
-        let mut round1 = [spare.join().unwrap(), a.join().unwrap(), b.join().unwrap()];
-        round1.sort_by_key(|g| g.node_rank);
+        let round1 = [spare.join().unwrap(), a.join().unwrap(), b.join().unwrap()];
         assert!(round1.iter().all(|g| g.round == 1 && g.nnodes == 3), "{round1:?}");
-        assert!(t0.elapsed() >= BEAT_STALE - Duration::from_secs(2), "closed before c's beat went stale");
-        // the run finishes: an agent waiting for the next round learns it
-        c.set("run/elastic/finished", b"1").unwrap();
-        assert_eq!(rounds("e").join(&mut client(&addr)).unwrap(), None);
+        assert_eq!(round1[0].node_rank, 0, "d joined round 1 first");
+        assert!(t0.elapsed() >= BEAT_STALE - Duration::from_secs(1), "closed before c's beat went stale");
+
+        // round 2: a ghost joins first (its id written, no beat), then the three living agents
+        let mut c = client(&addr);
+        assert_eq!(c.add("run/elastic/2/joined", 1).unwrap(), 1);
+        c.set("run/elastic/2/who/1", b"ghost").unwrap();
+        let round2 = ["d", "a", "b"].map(join).map(|h| h.join().unwrap());
+        assert!(round2.iter().all(|g| g.round == 2 && g.nnodes == 3), "{round2:?}");
+        let mut ranks: Vec<usize> = round2.iter().map(|g| g.node_rank).collect();
+        ranks.sort();
+        assert_eq!(ranks, [0, 1, 2], "the ghost took a node rank");
+
+        // the group ended: an agent arriving now exits with its code
+        c.set("run/elastic/ended", b"0").unwrap();
+        assert_eq!(rounds("e").join(&mut client(&addr)).unwrap(), Joined::Ended(0));
+        flags.iter().for_each(|f| f.store(false, Ordering::Relaxed));
     }
 
     #[test]

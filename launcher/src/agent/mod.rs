@@ -12,19 +12,21 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_DATA};
-use crate::store::{StoreClient, StoreServer};
+use crate::store::StoreClient;
 
 mod elastic;
 mod failure;
+mod group;
 mod ranks;
 mod signals;
 mod watch;
 
 pub use elastic::Nodes;
-use elastic::{Group, Rounds};
+use elastic::{Group, Joined, Rounds};
+use group::{agree_on_settings, failed_attempts, host_store, Ending};
 use ranks::spawn_group;
 use signals::{until_signal, Signals};
-use watch::{post, watch};
+use watch::{watch, Membership};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LaunchArgs {
@@ -199,35 +201,39 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         let (meet, what) = match rounds.clone() {
             None => {
                 let (pre, node, nnodes) = (format!("{}/attempt-{attempt}/agents", p.run_id), p.node_rank, p.nnodes);
-                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Option<Group>)> {
+                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Joined)> {
                     client.rendezvous(&pre, node, nnodes, timeout).map_err(|e| {
                         anyhow::anyhow!("{e:#} (the missing numbers are node ranks: start `infinity launch` there)")
                     })?;
-                    Ok((client, Some(Group { round: attempt, node_rank: node, nnodes })))
+                    Ok((client, Joined::Member(Group { round: attempt, node_rank: node, nnodes })))
                 });
                 (meet, "waiting for the other agents")
             }
             Some(r) => {
-                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Option<Group>)> {
-                    let g = r.join(&mut client)?;
-                    Ok((client, g))
+                let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Joined)> {
+                    let joined = r.join(&mut client)?;
+                    Ok((client, joined))
                 });
                 (meet, "waiting for a round of the elastic group")
             }
         };
         let g = match until_signal(&mut signals, meet, what).await {
+            Err(code) => return Ok(code),
             Ok(met) => {
-                let (c, g) = met?;
+                let (c, joined) = met?;
                 client = c;
-                match g {
-                    Some(g) => g,
-                    None => {
-                        eprintln!("[launch] the group finished the run without this node");
-                        return Ok(0);
+                match joined {
+                    Joined::Member(g) => g,
+                    Joined::Ended(code) => {
+                        eprintln!("[launch] the group ended (exit code {code}) without this node");
+                        if server.is_some() {
+                            // other waiting agents read `ended` before the store goes
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        return Ok(code);
                     }
                 }
             }
-            Err(code) => return Ok(code),
         };
         if rounds.is_some() {
             eprintln!(
@@ -240,36 +246,48 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 g.nnodes * a.nproc_per_node
             );
         }
-        // every node of the group launches the same ranks (an elastic group checks each round's members)
+        let prefix = format!("{}/attempt-{}", p.run_id, g.round);
+        let end = Ending { prefix: &prefix, g, hosting: server.is_some(), rounds: rounds.as_ref() };
+        // every node of the group launches the same ranks (an elastic group checks each round's members;
+        // one that vanished since the round closed fails the round, which the others restart without it)
+        let mut outcome = None;
         if attempt == 0 || rounds.is_some() {
             let settings = match rounds.is_some() {
                 true => format!("{}/settings/{}", p.run_id, g.round),
                 false => format!("{}/settings", p.run_id),
             };
-            client = agree_on_settings(client, &a, &settings, g, timeout).await?;
+            let (c, agreed) = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout).await?;
+            client = c;
+            match agreed {
+                Ok(()) => {}
+                Err(missing) if rounds.is_some() => {
+                    let report = watch::post_first(&mut client, &format!("{prefix}/failed"), missing).await;
+                    outcome = Some(Outcome::Failed { report, permanent: None, local: None });
+                }
+                Err(missing) => bail!("{missing}"),
+            }
         }
-        let prefix = format!("{}/attempt-{}", p.run_id, g.round);
-        let ranks = spawn_group(&a, &p, g, &exe, port).await?;
-        let grow = rounds.as_ref().filter(|r| g.nnodes < r.max).map(|r| r.waiting_key(g.round));
-        let outcome = watch(ranks, &a, &p, g, &store_addr, &prefix, grow, &mut signals).await?;
+        let outcome = match outcome {
+            Some(o) => o,
+            None => {
+                let ranks = spawn_group(&a, &p, g, &exe, port).await?;
+                let elastic =
+                    rounds.as_ref().map(|r| Membership { grow: (g.nnodes < r.max).then(|| r.waiting_key(g.round)) });
+                watch(ranks, &a, &p, g, &store_addr, &prefix, elastic, &mut signals).await?
+            }
+        };
         match outcome {
             Outcome::Succeeded => {
                 eprintln!("[launch] all {} local ranks finished", a.nproc_per_node);
-                if let Some(r) = &rounds {
-                    post(&mut client, &r.finished_key(), "1").await;
-                    if server.is_some() {
-                        // agents waiting for the next round read `finished` before the store goes
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                return Ok(0);
+                return Ok(end.finish(&mut client, 0, true).await);
             }
             Outcome::Stopped(code) => {
                 eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
-                return Ok(code);
+                // (a node that leaves an elastic group ends only its own part)
+                return Ok(end.finish(&mut client, code, false).await);
             }
             Outcome::Regroup => {
-                eprintln!("[launch] an agent waits to join: the ranks checkpointed; regrouping (not a restart)");
+                eprintln!("[launch] the group's nodes change: the ranks checkpointed; regrouping (not a restart)");
             }
             Outcome::Failed { report, permanent, local } => {
                 eprintln!("[launch] attempt {} failed. Root cause: {report}", g.round);
@@ -291,99 +309,15 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                         "[launch] not restarting: exit code {code} means {what} is wrong, and a restart would fail \
                          the same way"
                     );
-                    return Ok(code);
+                    return Ok(end.finish(&mut client, code, true).await);
                 }
                 if used > a.max_restarts {
                     eprintln!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
-                    return Ok(1);
+                    return Ok(end.finish(&mut client, 1, true).await);
                 }
                 eprintln!("[launch] restarting the group from its newest checkpoint ({used} of {})", a.max_restarts);
             }
         }
     }
     unreachable!("the loop returns")
-}
-
-/// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
-/// on the machine `--rdzv` names (the others find the port taken and connect to it).
-async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
-    if p.elastic.is_none() && p.node_rank != 0 {
-        return Ok(None);
-    }
-    // every interface of the host's address family (an IPv6 --rdzv is written [addr]:port)
-    let inner = p.host.trim_start_matches('[').trim_end_matches(']');
-    let bind_host = match (p.nnodes, inner.contains(':')) {
-        (1, _) => inner.to_string(),
-        (_, true) => "::".into(),
-        (_, false) => "0.0.0.0".into(),
-    };
-    let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
-        .await?
-        .next()
-        .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
-    if p.elastic.is_none() {
-        return Ok(Some(StoreServer::spawn(addr, p.token.clone())?));
-    }
-    // is --rdzv's host this machine? (one of its addresses binds here)
-    let here = tokio::net::lookup_host((inner, p.port))
-        .await
-        .with_context(|| format!("--rdzv host {inner}"))?
-        .any(|a| std::net::TcpListener::bind((a.ip(), 0)).is_ok());
-    if !here {
-        return Ok(None);
-    }
-    match StoreServer::spawn(addr, p.token.clone()) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.root_cause().downcast_ref::<std::io::Error>().map(|e| e.kind())
-            == Some(std::io::ErrorKind::AddrInUse) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Attempts up to `round` of the run that failed (each posted its root cause in the store).
-fn failed_attempts(client: &mut StoreClient, run_id: &str, round: u32) -> Result<u32> {
-    let keys: Vec<String> = (0..=round).map(|r| format!("{run_id}/attempt-{r}/failed")).collect();
-    Ok(client.check(&keys)?.iter().filter(|&&p| p).count() as u32)
-}
-
-/// After the first meeting, every agent checks that all nodes launch the same group: the same ranks per
-/// node and restarts (a node that differs would otherwise surface later as ranks joining twice or a
-/// restart that one node never joins). An error on every node names the nodes and values that differ.
-async fn agree_on_settings(
-    mut client: StoreClient,
-    a: &LaunchArgs,
-    prefix: &str,
-    g: Group,
-    timeout: Duration,
-) -> Result<StoreClient> {
-    let mut mine = format!("--nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
-    if let Some(Nodes::Elastic { min, max }) = a.nnodes {
-        mine = format!("--nnodes {min}:{max} {mine}");
-    }
-    let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
-    tokio::task::spawn_blocking(move || -> Result<StoreClient> {
-        client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
-        let mut differ = Vec::new();
-        for n in 0..nnodes {
-            let theirs = String::from_utf8_lossy(&client.get(&format!("{prefix}/{n}"), timeout)?).to_string();
-            if theirs != mine {
-                differ.push(format!("node {n} has {theirs}"));
-            }
-        }
-        if !differ.is_empty() {
-            // node 0 hosts the store: it stays until every node has read the settings (or 5 s), so each
-            // reports the disagreement rather than a vanished store
-            client.add(&format!("{prefix}/read"), 1)?;
-            let t0 = std::time::Instant::now();
-            while node == 0 && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t0.elapsed().as_secs() < 5 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            bail!("the agents disagree: node {node} has {mine}, {}; start every node with the same", differ.join(", "));
-        }
-        Ok(client)
-    })
-    .await?
 }

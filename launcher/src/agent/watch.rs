@@ -14,8 +14,21 @@ use super::{LaunchArgs, Outcome, Plan};
 use crate::env::{is_permanent_failure, STOPPED_EARLY};
 use crate::store::StoreClient;
 
-/// Watch the group until it succeeds, fails, or a signal stops it; an elastic group below its most
-/// nodes also stops to regroup once `grow` (the next round's `joined`) appears.
+/// How an elastic group's membership changes while it runs: a node leaves (its agent got a stop
+/// signal: only that node stops) or, below MAX nodes, an agent waits to join (`grow`, the next
+/// round's `joined`). Either makes the others checkpoint, stop and regroup, spending no restart.
+pub(super) struct Membership {
+    pub grow: Option<String>,
+}
+
+// Indices into the keys an agent polls.
+const FAILED: usize = 0;
+const SIGNAL: usize = 1;
+const PERMANENT: usize = 2;
+const LEFT: usize = 3;
+const GROW: usize = 4;
+
+/// Watch the group until it succeeds, fails, or a signal stops it (`elastic`: see [`Membership`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn watch(
     mut ranks: Vec<Rank>,
@@ -24,7 +37,7 @@ pub(super) async fn watch(
     g: Group,
     store_addr: &str,
     prefix: &str,
-    grow: Option<String>,
+    elastic: Option<Membership>,
     signals: &mut Signals,
 ) -> Result<Outcome> {
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
@@ -33,8 +46,9 @@ pub(super) async fn watch(
     let mut poller =
         tokio::task::spawn_blocking(move || StoreClient::connect(&addr, &token, &who, Duration::from_secs(30)))
             .await??;
-    let mut keys = vec![format!("{prefix}/failed"), format!("{prefix}/signal"), format!("{prefix}/failed-permanently")];
-    keys.extend(grow);
+    let mut keys: Vec<String> =
+        ["failed", "signal", "failed-permanently", "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
+    keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut store_lost: Option<Instant> = None;
     loop {
@@ -56,6 +70,13 @@ pub(super) async fn watch(
                 exited[i] = Some(status);
                 ranks[i].drain().await;
                 if !status.success() {
+                    // a node leaving or joining may break the ranks' connections before this agent
+                    // polled the news: that is a regroup, not a failure
+                    if elastic.is_some() && changing(&mut poller, &keys) {
+                        eprintln!("[launch] the group is changing its nodes; the ranks stop to regroup");
+                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                        return Ok(Outcome::Regroup);
+                    }
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
                     let seconds = r.started.elapsed().as_secs_f64();
@@ -69,16 +90,21 @@ pub(super) async fn watch(
                     // (a permanent failure is marked first: an agent that sees the report sees the mark)
                     let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
                     if let Some(code) = permanent {
-                        post(&mut poller, &keys[2], &code.to_string()).await;
+                        post(&mut poller, &keys[PERMANENT], &code.to_string()).await;
                     }
-                    let report = post_first(&mut poller, &keys[0], report).await;
+                    let report = post_first(&mut poller, &keys[FAILED], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local });
                 }
             }
             sig = signals.next() => {
                 eprintln!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
-                post(&mut poller, &keys[1], &sig.to_string()).await;
+                // a fixed group stops on every node; from an elastic one only this node leaves
+                let (key, what) = match elastic {
+                    None => (SIGNAL, sig.to_string()),
+                    Some(_) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(sig))),
+                };
+                post(&mut poller, &keys[key], &what).await;
                 return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, sig).await));
             }
             _ = tick.tick() => {
@@ -108,15 +134,15 @@ pub(super) async fn watch(
                         return Ok(Outcome::Failed { report, permanent: None, local: None });
                     }
                 };
-                if present.first() == Some(&true) {
-                    let report = match poller.get(&keys[0], Duration::from_secs(1)) {
+                if present[FAILED] {
+                    let report = match poller.get(&keys[FAILED], Duration::from_secs(1)) {
                         Ok(v) => String::from_utf8_lossy(&v).to_string(),
                         Err(e) => format!("(unreadable: {e})"),
                     };
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    let permanent = match poller.check(&keys[2..]) {
+                    let permanent = match poller.check(&keys[PERMANENT..=PERMANENT]) {
                         Ok(p) if p == [true] => poller
-                            .get(&keys[2], Duration::from_secs(1))
+                            .get(&keys[PERMANENT], Duration::from_secs(1))
                             .ok()
                             .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
                             .filter(|&c| is_permanent_failure(Some(c))),
@@ -125,12 +151,13 @@ pub(super) async fn watch(
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None });
                 }
-                if present.get(1) == Some(&true) {
+                if present[SIGNAL] {
                     eprintln!("[launch] another node was signalled; forwarding SIGTERM");
                     return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
                 }
-                if present.get(3) == Some(&true) {
-                    eprintln!("[launch] an agent waits to join the group; the ranks checkpoint and stop to regroup");
+                if present[LEFT] || present.get(GROW) == Some(&true) {
+                    let why = if present[LEFT] { "a node leaves the group" } else { "an agent waits to join the group" };
+                    eprintln!("[launch] {why}; the ranks checkpoint and stop to regroup");
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Regroup);
                 }
@@ -139,22 +166,32 @@ pub(super) async fn watch(
     }
 }
 
+/// Whether an elastic group's nodes are changing (a node left, or an agent waits to join).
+fn changing(poller: &mut StoreClient, keys: &[String]) -> bool {
+    poller.check(&keys[LEFT..]).is_ok_and(|p| p.iter().any(|&x| x))
+}
+
 /// How a group whose local ranks all exited 0 ended. Ranks also exit 0 after a stop signal (they
-/// checkpoint first, marking `STOPPED_EARLY`): that is the group's end when an agent was signalled,
-/// a regroup when an agent waits to join, and otherwise a failure (an agent or its node was lost, or a
-/// rank was signalled directly), which restarts from the checkpoint.
+/// checkpoint first, marking `STOPPED_EARLY`): that is the group's end when an agent was signalled, a
+/// regroup when an elastic group's nodes change, and otherwise a failure (an agent or its node was
+/// lost, or a rank was signalled directly), which restarts from the checkpoint. So is a store that
+/// no longer answers: its host (node 0's agent) waits for every agent before it exits.
 async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) -> Outcome {
     let marker = format!("{prefix}/{STOPPED_EARLY}");
-    let mut ask = vec![marker.clone(), keys[1].clone()];
-    ask.extend(keys.get(3).cloned());
+    let mut ask = vec![marker.clone()];
+    ask.extend(keys[SIGNAL..].iter().cloned());
     let present = match poller.check(&ask) {
         Ok(p) => p,
-        Err(_) => return Outcome::Succeeded,
+        Err(e) => {
+            let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
+            return Outcome::Failed { report, permanent: None, local: None };
+        }
     };
+    // [marker, signal, failed-permanently, left, grow?]
     match present[..] {
         [false, ..] => Outcome::Succeeded,
         [true, true, ..] => Outcome::Stopped(0),
-        [true, false, true] => Outcome::Regroup,
+        [true, false, _, left, ..] if left || present.get(4) == Some(&true) => Outcome::Regroup,
         _ => {
             let step = poller.get(&marker, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
             let report = format!(
@@ -162,7 +199,7 @@ async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) 
                  signalled: an agent or its node was lost, or a rank was signalled directly",
                 step.unwrap_or_else(|_| "?".into())
             );
-            Outcome::Failed { report: post_first(poller, &keys[0], report).await, permanent: None, local: None }
+            Outcome::Failed { report: post_first(poller, &keys[FAILED], report).await, permanent: None, local: None }
         }
     }
 }
@@ -172,7 +209,7 @@ const STORE_LOSS: Duration = Duration::from_secs(10);
 
 /// Posts `report` as the group's failure unless another agent posted one first; returns the report
 /// that stands (`another node: …` when it is not ours).
-async fn post_first(client: &mut StoreClient, key: &str, report: String) -> String {
+pub(super) async fn post_first(client: &mut StoreClient, key: &str, report: String) -> String {
     match client.add(&format!("{key}/claims"), 1) {
         Ok(1) => {
             post(client, key, &report).await;

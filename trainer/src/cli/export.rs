@@ -27,10 +27,13 @@ pub struct ExportArgs {
     /// `block_chunks.C.module.J` keys, as upstream's loader expects for models built with block_chunks > 1.
     #[arg(long)]
     chunked: bool,
+    /// Export the moving average of the weights (`optim.ema_decay`) instead of the weights.
+    #[arg(long)]
+    ema: bool,
 }
 
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    let ck = checkpoint::load_model(&a.ckpt)?;
+    let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
     let dtype = match a.dtype {
         DtypeArg::F32 => SaveDtype::F32,
         DtypeArg::Bf16 => SaveDtype::Bf16,
@@ -41,8 +44,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let (weights, config) = crate::export::export(&ck, &a.out, dtype, a.chunked)?;
     let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
     println!(
-        "exported {} (step {}): {} ({:.1} MB) and {}",
+        "exported {}{} (step {}): {} ({:.1} MB) and {}",
         ck.dir.display(),
+        if a.ema { "'s moving average" } else { "" },
         ck.step,
         weights.display(),
         size as f64 / 1e6,

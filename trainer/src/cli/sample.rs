@@ -56,13 +56,16 @@ pub struct SampleArgs {
     /// Also write the sampled bits `[N, L, d]` (u8) and the schedule for an external decoder.
     #[arg(long, value_name = "FILE")]
     bits: Option<PathBuf>,
+    /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights.
+    #[arg(long)]
+    ema: bool,
 }
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
     ensure!(a.tau > 0.0, "--tau must be positive");
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
-    let ck = checkpoint::load_model(&a.ckpt)?;
+    let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
     let data_dir = a.data.clone().unwrap_or_else(|| ck.train.data.dir.clone());
     let m = Manifest::load(&data_dir)
         .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;

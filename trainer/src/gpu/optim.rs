@@ -5,17 +5,19 @@
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
 use infinity_kernels::adamw::AdamWScalars;
-use infinity_kernels::cuda::ops::{adamw_dev, sum_squares_dev};
+use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev};
 
 use super::GpuModel;
 use crate::model::Params;
 use crate::optim::AdamW;
 
-/// The moments and the weight-decay mask on the device.
+/// The moments and the weight-decay mask on the device, and the weights' moving average when the run
+/// keeps one here.
 pub struct DeviceAdamW {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     decay: CudaSlice<u8>,
+    ema: Option<CudaSlice<f32>>,
 }
 
 impl GpuModel {
@@ -24,8 +26,8 @@ impl GpuModel {
         ensure!(opt.range == (0..self.lay.numel), "the device optimizer needs the whole AdamW state");
         let s = &self.dev.stream;
         let mask: Vec<u8> = opt.decay_mask().iter().map(|&d| d as u8).collect();
-        self.optim =
-            Some(DeviceAdamW { m: s.clone_htod(&opt.m)?, v: s.clone_htod(&opt.v)?, decay: s.clone_htod(&mask)? });
+        let (m, v, decay) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?, s.clone_htod(&mask)?);
+        self.optim = Some(DeviceAdamW { m, v, decay, ema: None });
         Ok(())
     }
 
@@ -35,7 +37,7 @@ impl GpuModel {
         let s = &self.dev.stream;
         let mask: Vec<u8> = crate::optim::decay_mask(&self.lay).iter().map(|&d| d as u8).collect();
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
-        self.optim = Some(DeviceAdamW { m, v, decay: s.clone_htod(&mask)? });
+        self.optim = Some(DeviceAdamW { m, v, decay: s.clone_htod(&mask)?, ema: None });
         Ok(())
     }
 
@@ -102,13 +104,48 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The device parameters (and with `opt`, the moments) into the host copies.
-    pub fn download_state(&mut self, params: &mut Params<f32>, opt: Option<&mut AdamW>) -> Result<()> {
+    /// Keep the weights' moving average on the device from now on, starting from `ema` (after
+    /// [`GpuModel::attach_optimizer`]).
+    pub fn attach_ema(&mut self, ema: &[f32]) -> Result<()> {
+        ensure!(
+            ema.len() == self.lay.numel,
+            "the moving average has {} values, the model {}",
+            ema.len(),
+            self.lay.numel
+        );
+        let s = self.dev.stream.clone();
+        let o = self.optim.as_mut().expect("attach_optimizer first");
+        o.ema = Some(s.clone_htod(ema)?);
+        Ok(())
+    }
+
+    pub fn has_ema(&self) -> bool {
+        self.optim.as_ref().is_some_and(|o| o.ema.is_some())
+    }
+
+    /// Pull the device's moving average towards the device's weights.
+    pub fn ema_update(&mut self, decay: f64) -> Result<()> {
+        let ema = self.optim.as_mut().and_then(|o| o.ema.as_mut()).expect("attach_ema first");
+        ema_dev(&self.dev, ema, &self.params, decay)?;
+        Ok(())
+    }
+
+    /// The device parameters (with `opt`, the moments; with `ema`, the moving average) into the host
+    /// copies.
+    pub fn download_state(
+        &mut self,
+        params: &mut Params<f32>,
+        opt: Option<&mut AdamW>,
+        ema: Option<&mut [f32]>,
+    ) -> Result<()> {
         let s = &self.dev.stream;
         s.memcpy_dtoh(&self.params, &mut params.data)?;
         if let (Some(opt), Some(o)) = (opt, self.optim.as_ref()) {
             s.memcpy_dtoh(&o.m, &mut opt.m)?;
             s.memcpy_dtoh(&o.v, &mut opt.v)?;
+        }
+        if let (Some(ema), Some(e)) = (ema, self.optim.as_ref().and_then(|o| o.ema.as_ref())) {
+            s.memcpy_dtoh(e, ema)?;
         }
         Ok(())
     }

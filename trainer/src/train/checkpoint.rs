@@ -1,5 +1,6 @@
 //! Checkpoints: `RUN/checkpoints/step-00000100/` holding `model.safetensors` (upstream names),
-//! `optim.safetensors` (AdamW moments), `state.json` (step, loader position, counters, checksums),
+//! `optim.safetensors` (AdamW moments), `ema.safetensors` (the weights' moving average, upstream
+//! names, when `optim.ema_decay` keeps one), `state.json` (step, loader position, counters, checksums),
 //! `config.toml` and `model.json` (the resolved model shape, so sampling and export need no dataset). Written into a temporary folder, each file fsynced, the folder renamed into place, and
 //! a `DONE` marker written last: a folder without `DONE` is incomplete and ignored, so a crash or a
 //! full disk mid-save never loses the previous checkpoint.
@@ -20,6 +21,7 @@ use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
 
 pub const DONE: &str = "DONE";
+pub const EMA_FILE: &str = "ema.safetensors";
 const MODEL_JSON: &str = "model.json";
 const STATE_VERSION: u32 = 1;
 
@@ -36,6 +38,9 @@ pub struct TrainState {
     pub nonfinite_run: u64,
     pub model_crc32c: String,
     pub optim_crc32c: String,
+    /// Of `ema.safetensors`, when the checkpoint holds a moving average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_crc32c: Option<String>,
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -53,17 +58,23 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
 
+/// The tensors of one checkpoint: the weights, the whole optimiser state, the weights' moving average.
+pub struct Tensors<'a> {
+    pub params: &'a Params<f32>,
+    pub opt: &'a AdamW,
+    pub ema: Option<&'a Params<f32>>,
+}
+
 /// Write a complete checkpoint for `state.step`; returns its folder.
-#[allow(clippy::too_many_arguments)]
 pub fn save(
     run: &Path,
     cfg: &ModelConfig,
     lay: &Layout,
-    params: &Params<f32>,
-    opt: &AdamW,
+    t: Tensors,
     mut state: TrainState,
     config_toml: &str,
 ) -> Result<PathBuf> {
+    let Tensors { params, opt, ema } = t;
     let root = run.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let final_dir = step_dir(run, state.step);
@@ -91,6 +102,12 @@ pub fn save(
     state.optim_crc32c = format!("{:08x}", crc32c::crc32c(&optim));
     write_synced(&tmp.join("model.safetensors"), &model)?;
     write_synced(&tmp.join("optim.safetensors"), &optim)?;
+    state.ema_crc32c = None;
+    if let Some(ema) = ema {
+        let bytes = weights_bytes(cfg, lay, ema, SaveDtype::F32, false, None)?;
+        state.ema_crc32c = Some(format!("{:08x}", crc32c::crc32c(&bytes)));
+        write_synced(&tmp.join(EMA_FILE), &bytes)?;
+    }
     write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
     write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
     write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
@@ -165,6 +182,32 @@ pub fn weights_file(path: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
+/// The moving average of a checkpoint or run folder (see [`resolve`]), checksum-verified; an error
+/// says so when it keeps none.
+pub fn ema_file(path: &Path) -> Result<PathBuf> {
+    let dir = resolve(path)?;
+    match read_state(&dir)?.ema_crc32c {
+        Some(crc) => {
+            let file = dir.join(EMA_FILE);
+            verify_crc(&file, &crc)?;
+            Ok(file)
+        }
+        None => bail!("{}: no moving average of the weights (the run had optim.ema_decay = 0)", dir.display()),
+    }
+}
+
+/// The checkpoint's moving average of the weights, if it keeps one (checksum, names and shapes checked).
+pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Option<Params<f32>>> {
+    match read_state(dir)?.ema_crc32c {
+        None => Ok(None),
+        Some(crc) => {
+            let file = dir.join(EMA_FILE);
+            verify_crc(&file, &crc)?;
+            Ok(Some(load_weights(&file, cfg, lay)?))
+        }
+    }
+}
+
 /// The model of a checkpoint, for sampling and export: its shape, training config, weights and step.
 pub struct CheckpointModel {
     pub dir: PathBuf,
@@ -174,11 +217,18 @@ pub struct CheckpointModel {
     pub step: u64,
 }
 
-/// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes.
-pub fn load_model(path: &Path) -> Result<CheckpointModel> {
+/// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes; with `ema`,
+/// the weights are the checkpoint's moving average (an error if it keeps none).
+pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
     let dir = resolve(path)?;
     let state = read_state(&dir)?;
-    verify_crc(&dir.join("model.safetensors"), &state.model_crc32c)?;
+    let weights = match ema {
+        true => ema_file(&dir)?,
+        false => dir.join("model.safetensors"),
+    };
+    if !ema {
+        verify_crc(&weights, &state.model_crc32c)?;
+    }
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display())).map(|t| (p, t))
@@ -191,7 +241,7 @@ pub fn load_model(path: &Path) -> Result<CheckpointModel> {
     let (p, text) = read("config.toml")?;
     let train: TrainConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     let lay = Layout::new(&model);
-    let params = load_weights(&dir.join("model.safetensors"), &model, &lay)?;
+    let params = load_weights(&weights, &model, &lay)?;
     Ok(CheckpointModel { dir, model, train, params, step: state.step })
 }
 

@@ -9,7 +9,7 @@ use infinity_kernels::bitwise_ce::BitwiseCe;
 use super::config::{DeviceChoice, RunConfig};
 use super::dist::Dist;
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Ema};
 
 pub enum Compute {
     Cpu,
@@ -196,13 +196,45 @@ impl Compute {
         }
     }
 
-    /// Device optimizer: copy the device's parameters (and with `opt`, AdamW's moments) to the host,
-    /// for checkpoints, sample grids and validation. A no-op otherwise (the host copy is current).
-    pub fn sync_host(&mut self, _params: &mut Params<f32>, _opt: Option<&mut AdamW>) -> Result<()> {
+    /// Keep `ema` where the parameters are updated: with the device optimizer, on the device (from
+    /// `ema`'s current values). A no-op otherwise.
+    pub fn attach_ema(&mut self, _ema: &Ema) -> Result<()> {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } if model.has_optimizer() => model.download_state(_params, _opt),
+            Compute::Cuda { model, .. } if model.has_optimizer() => model.attach_ema(&_ema.weights.data),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { .. } => Ok(()),
+        }
+    }
+
+    /// After an update: pull the moving average towards the new parameters, where they are.
+    pub fn update_ema(&mut self, ema: &mut Ema, params: &Params<f32>) -> Result<()> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } if model.has_ema() => model.ema_update(ema.decay),
+            _ => {
+                ema.update(&params.data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Device optimizer: copy the device's parameters (with `opt`, AdamW's moments; with `ema`, the
+    /// moving average) to the host, for checkpoints, sample grids and validation. A no-op otherwise
+    /// (the host copies are current).
+    pub fn sync_host(
+        &mut self,
+        _params: &mut Params<f32>,
+        _opt: Option<&mut AdamW>,
+        _ema: Option<&mut Ema>,
+    ) -> Result<()> {
+        match self {
+            Compute::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } if model.has_optimizer() => {
+                model.download_state(_params, _opt, _ema.map(|e| &mut e.weights.data[..]))
+            }
             #[cfg(feature = "cuda")]
             Compute::Cuda { .. } => Ok(()),
         }

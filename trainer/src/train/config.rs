@@ -194,6 +194,15 @@ pub struct OptimSection {
     /// Stop after this many consecutive steps with a non-finite loss or gradient norm.
     #[serde(default = "default_max_nonfinite")]
     pub max_nonfinite: u64,
+    /// Decay of a moving average of the weights kept beside them (upstream `--use_fsdp_model_ema`,
+    /// 0.9999 there), updated after every step and saved as each checkpoint's `ema.safetensors`; 0
+    /// (the default, as upstream's train.sh) keeps none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ema_decay: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_constant() -> Decay {
@@ -394,6 +403,9 @@ impl TrainConfig {
         let o = &self.optim;
         if !(o.clip >= 0.0 && o.clip.is_finite()) {
             bail!("optim.clip must be a finite number ≥ 0 (0 turns clipping off), found {}", o.clip);
+        }
+        if !(0.0..1.0).contains(&o.ema_decay) {
+            bail!("optim.ema_decay must be in [0, 1) (0 keeps no moving average), found {}", o.ema_decay);
         }
         let a = &o.adamw;
         for (key, v) in [("beta1", a.beta1), ("beta2", a.beta2)] {

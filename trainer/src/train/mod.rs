@@ -40,7 +40,7 @@ use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelConfig, Params};
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_grad_norm, AdamW, Ema};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -234,6 +234,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         nonfinite_run: 0,
         model_crc32c: String::new(),
         optim_crc32c: String::new(),
+        ema_crc32c: None,
     });
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
@@ -245,6 +246,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // on a GPU, clipping and AdamW run on the device (the parameters stay there)
         compute.attach_optimizer(&opt)?;
     }
+    // rank 0 keeps the weights' moving average, beside the weights (on the device with its optimizer)
+    let mut ema = match (leader, cfg.optim.ema_decay) {
+        (true, decay) if decay > 0.0 => {
+            let e = Ema { decay, weights: start_ema(opts.resume.as_deref(), &mc, &lay, &params)? };
+            compute.attach_ema(&e)?;
+            Some(e)
+        }
+        _ => None,
+    };
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
@@ -333,6 +343,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 Some(z) => z.update(&mut dist, &mut opt, &mut params.data, lr)?,
                 None => opt.update(&mut params.data, &grads.data, lr),
             }
+            if let Some(e) = ema.as_mut() {
+                compute.update_ema(e, &params)?;
+            }
         } else {
             st.skipped_steps += 1;
             st.nonfinite_run += 1;
@@ -376,7 +389,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some(log) = logger.as_mut() {
             log.step(&metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(st.step)) {
-                compute.sync_host(&mut params, None)?;
+                compute.sync_host(&mut params, None, None)?;
                 p.log(&mc, &lay, &params, st.step, log)?;
             }
         }
@@ -395,7 +408,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         let every = cfg.checkpoint.every;
         if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
-            compute.sync_host(&mut params, Some(&mut opt))?;
+            compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state
             let whole = match zero1.as_mut() {
                 Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
@@ -405,6 +418,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 let snap = saver::Snapshot {
                     params: params.clone(),
                     opt: whole.unwrap_or_else(|| opt.clone()),
+                    ema: ema.as_ref().map(|e| e.weights.clone()),
                     state: st.clone(),
                 };
                 saver.save(snap, cfg.checkpoint.background)?;
@@ -418,7 +432,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         dist::fault_drill(dist.rank, st.step, dist.attempt);
         if preempt {
             summary.preempted = true;
-            dist.mark_stopped_early(st.step);
+            if st.step < cfg.run.steps {
+                dist.mark_stopped_early(st.step);
+            }
             if let Some(l) = logger.as_ref() {
                 l.println(&format!("stopped by a signal after step {}: checkpoint saved", st.step));
             }
@@ -451,6 +467,19 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
         "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
         "preempted": summary.preempted, "world_size": world, "val_loss": summary.last_val_loss,
     })
+}
+
+/// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from
+/// (a run that turns `optim.ema_decay` on mid-way says so).
+fn start_ema(resume: Option<&Path>, mc: &ModelConfig, lay: &Layout, params: &Params<f32>) -> Result<Params<f32>> {
+    let Some(dir) = resume else { return Ok(params.clone()) };
+    match checkpoint::load_ema(dir, mc, lay).with_context(|| format!("resuming from {}", dir.display()))? {
+        Some(ema) => Ok(ema),
+        None => {
+            tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
+            Ok(params.clone())
+        }
+    }
 }
 
 fn keyed_seed(seed: u64, stream: u64) -> u64 {

@@ -20,6 +20,7 @@ use crate::optim::AdamW;
 pub struct Snapshot {
     pub params: Params<f32>,
     pub opt: AdamW,
+    pub ema: Option<Params<f32>>,
     pub state: TrainState,
 }
 
@@ -48,7 +49,8 @@ impl Saver {
         let write = move || -> Result<PathBuf> {
             let (run, model, lay, config_toml, (keep_last, keep_every)) = job;
             save_drill();
-            let dir = checkpoint::save(&run, &model, &lay, &snap.params, &snap.opt, snap.state, &config_toml)?;
+            let tensors = checkpoint::Tensors { params: &snap.params, opt: &snap.opt, ema: snap.ema.as_ref() };
+            let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
             checkpoint::prune(&run, keep_last, keep_every)?;
             Ok(dir)
         };
