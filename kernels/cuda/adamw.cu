@@ -29,8 +29,8 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __re
     }
 }
 
-// Twin of adamw::ema_update: the weights' moving average, ema = ema·decay + p·rest (rest = 1 − decay,
-// rounded once on the host).
+// Twin of adamw::ema_update: the weights' moving average, ema = ema·decay + p·rest (rest = 1 − decay
+// of the f32 decay, taken on the host).
 extern "C" __global__ void ema_f32(float* __restrict__ ema, const float* __restrict__ p, long n, float decay,
                                    float rest) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {

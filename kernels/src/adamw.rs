@@ -61,10 +61,12 @@ pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f
 }
 
 /// One step of an exponential moving average of the weights, `ema ← ema·decay + params·(1 − decay)`
-/// (upstream's `update_ema`), each product rounded to f32 and `1 − decay` rounded once.
+/// (upstream's `update_ema`), each product rounded to f32. `1 − decay` is taken of the f32 decay
+/// (exact for decay ≥ 0.5), so the two weights sum to 1 and a constant weight stays put.
 pub fn ema_update(ema: &mut [f32], params: &[f32], decay: f64) {
     assert_eq!(ema.len(), params.len(), "ema_update: lengths differ");
-    let (d, rest) = (decay as f32, (1.0 - decay) as f32);
+    let d = decay as f32;
+    let rest = 1.0 - d;
     for (e, &p) in ema.iter_mut().zip(params) {
         *e = *e * d + p * rest;
     }

@@ -313,7 +313,7 @@ pub fn ema_dev(dev: &Device, ema: &mut dyn BufMut, params: &dyn Buf, decay: f64)
         Arg::Ptr(params.addr(st)),
         Arg::I64(n as i64),
         Arg::F32(decay as f32),
-        Arg::F32((1.0 - decay) as f32),
+        Arg::F32(1.0 - decay as f32), // (as the twin: of the f32 decay)
     ];
     // SAFETY: argument list as declared in adamw.cu; lengths asserted above.
     unsafe { dev.launch("adamw.cu", "ema_f32", elementwise(n), &args) }

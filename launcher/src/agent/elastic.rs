@@ -278,15 +278,26 @@ impl Rounds {
 
     /// Waits until the open round is past `round` (or the group ended).
     fn wait_past(&self, c: &mut StoreClient, round: u32) -> Result<()> {
-        let keys = [self.key(round, "members"), self.ended_key()];
+        let (keys, t0) = ([self.key(round, "members"), self.ended_key()], Instant::now());
         while c.add(&self.round_key(), 0)? <= round as i64 {
             match c.check(&keys)?[..] {
                 [_, true] => return Ok(()),
                 [true, _] => self.advance(c, round)?,
+                _ if t0.elapsed() > SLOW_WRITE => {
+                    bail!("round {round}: the agent that closed it never wrote its members (it died?); restart the agents")
+                }
                 _ => std::thread::sleep(POLL),
             }
         }
         Ok(())
+    }
+
+    /// The newest closed round and its number of members, if any round closed.
+    pub fn last_group(&self, c: &mut StoreClient) -> Result<Option<(u32, usize)>> {
+        match c.add(&self.round_key(), 0)? {
+            0 => Ok(None),
+            open => Ok(Some((open as u32 - 1, self.members(c, open as u32 - 1)?.len()))),
+        }
     }
 }
 

@@ -67,19 +67,24 @@ impl Ending<'_> {
         if let Some(r) = self.rounds.filter(|_| for_all) {
             post(client, &r.ended_key(), &code.to_string()).await;
         }
-        let key = format!("{}/exited", self.prefix);
-        let _ = client.add(&key, 1);
+        let _ = client.add(&format!("{}/exited", self.prefix), 1);
         if self.hosting {
-            let t0 = Instant::now();
-            while client.add(&key, 0).is_ok_and(|n| (n as usize) < self.g.nnodes) && t0.elapsed() < EXIT_WAIT {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_for_agents(client, self.prefix, self.g.nnodes).await;
             if self.rounds.is_some() {
                 // agents waiting for a round read `ended` before the store goes
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         code
+    }
+}
+
+/// Waits (up to [`EXIT_WAIT`]) until the `nnodes` agents of the attempt `prefix` have counted
+/// themselves out.
+pub(super) async fn wait_for_agents(client: &mut StoreClient, prefix: &str, nnodes: usize) {
+    let (key, t0) = (format!("{prefix}/exited"), Instant::now());
+    while client.add(&key, 0).is_ok_and(|n| (n as usize) < nnodes) && t0.elapsed() < EXIT_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

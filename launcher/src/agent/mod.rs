@@ -23,7 +23,7 @@ mod watch;
 
 pub use elastic::Nodes;
 use elastic::{Group, Joined, Rounds};
-use group::{agree_on_settings, failed_attempts, host_store, Ending};
+use group::{agree_on_settings, failed_attempts, host_store, wait_for_agents, Ending};
 use ranks::spawn_group;
 use signals::{until_signal, Signals};
 use watch::{watch, Membership};
@@ -226,8 +226,11 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     Joined::Member(g) => g,
                     Joined::Ended(code) => {
                         eprintln!("[launch] the group ended (exit code {code}) without this node");
-                        if server.is_some() {
-                            // other waiting agents read `ended` before the store goes
+                        if let (Some(r), Some(_)) = (&rounds, &server) {
+                            // the group's agents (and other waiting ones) finish before the store goes
+                            if let Ok(Some((round, nnodes))) = r.last_group(&mut client) {
+                                wait_for_agents(&mut client, &format!("{}/attempt-{round}", p.run_id), nnodes).await;
+                            }
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                         return Ok(code);
@@ -256,7 +259,9 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 true => format!("{}/settings/{}", p.run_id, g.round),
                 false => format!("{}/settings", p.run_id),
             };
-            let (c, agreed) = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout).await?;
+            // (an elastic round's members are alive and post theirs at once)
+            let wait = if rounds.is_some() { timeout.min(Duration::from_secs(30)) } else { timeout };
+            let (c, agreed) = agree_on_settings(client, &a, &settings, g, server.is_some(), wait).await?;
             client = c;
             match agreed {
                 Ok(()) => {}
@@ -271,8 +276,10 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             Some(o) => o,
             None => {
                 let ranks = spawn_group(&a, &p, g, &exe, port).await?;
-                let elastic =
-                    rounds.as_ref().map(|r| Membership { grow: (g.nnodes < r.max).then(|| r.waiting_key(g.round)) });
+                let elastic = rounds.as_ref().map(|r| Membership {
+                    grow: (g.nnodes < r.max).then(|| r.waiting_key(g.round)),
+                    hosting: server.is_some(),
+                });
                 watch(ranks, &a, &p, g, &store_addr, &prefix, elastic, &mut signals).await?
             }
         };
@@ -283,8 +290,8 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             }
             Outcome::Stopped(code) => {
                 eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
-                // (a node that leaves an elastic group ends only its own part)
-                return Ok(end.finish(&mut client, code, false).await);
+                // (a node that leaves an elastic group ends only its own part, unless it hosts the store)
+                return Ok(end.finish(&mut client, code, end.hosting).await);
             }
             Outcome::Regroup => {
                 eprintln!("[launch] the group's nodes change: the ranks checkpointed; regrouping (not a restart)");

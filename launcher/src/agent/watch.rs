@@ -15,10 +15,12 @@ use crate::env::{is_permanent_failure, STOPPED_EARLY};
 use crate::store::StoreClient;
 
 /// How an elastic group's membership changes while it runs: a node leaves (its agent got a stop
-/// signal: only that node stops) or, below MAX nodes, an agent waits to join (`grow`, the next
-/// round's `joined`). Either makes the others checkpoint, stop and regroup, spending no restart.
+/// signal: only that node stops, unless it hosts the store, which would go with it) or, below MAX
+/// nodes, an agent waits to join (`grow`, the next round's `joined`). Either makes the others
+/// checkpoint, stop and regroup, spending no restart.
 pub(super) struct Membership {
     pub grow: Option<String>,
+    pub hosting: bool,
 }
 
 // Indices into the keys an agent polls.
@@ -101,8 +103,8 @@ pub(super) async fn watch(
                 eprintln!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
                 // a fixed group stops on every node; from an elastic one only this node leaves
                 let (key, what) = match elastic {
-                    None => (SIGNAL, sig.to_string()),
-                    Some(_) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(sig))),
+                    Some(Membership { hosting: false, .. }) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(sig))),
+                    _ => (SIGNAL, sig.to_string()),
                 };
                 post(&mut poller, &keys[key], &what).await;
                 return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, sig).await));

@@ -202,7 +202,9 @@ impl Compute {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } if model.has_optimizer() => model.attach_ema(&_ema.weights.data),
+            Compute::Cuda { model, .. } if model.has_optimizer() => model.attach_ema(&_ema.weights.data).map_err(|e| {
+                out_of_memory_context(e, "the moving average needs a GPU with more memory, or optim.ema_decay = 0")
+            }),
             #[cfg(feature = "cuda")]
             Compute::Cuda { .. } => Ok(()),
         }

@@ -253,6 +253,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             compute.attach_ema(&e)?;
             Some(e)
         }
+        (true, _) => {
+            if let Some(dir) = opts.resume.as_deref().filter(|d| d.join(checkpoint::EMA_FILE).is_file()) {
+                tracing::warn!(
+                    "optim.ema_decay = 0: the moving average of the weights in {} is dropped",
+                    dir.display()
+                );
+            }
+            None
+        }
         _ => None,
     };
     // only rank 0 writes logs, sample grids and checkpoints
