@@ -83,8 +83,9 @@ enum Outcome {
         /// This node's failed rank, when one failed.
         local: Option<failure::RankFailure>,
     },
-    /// An agent waits to join this elastic group: the ranks checkpointed and stopped to regroup.
-    Regroup,
+    /// An elastic group's nodes change (the reason: a node left, or an agent waits to join): the ranks
+    /// checkpointed and stopped to regroup.
+    Regroup(&'static str),
 }
 
 /// Run the agent; returns the process exit code.
@@ -293,8 +294,8 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 // (a node that leaves an elastic group ends only its own part, unless it hosts the store)
                 return Ok(end.finish(&mut client, code, end.hosting).await);
             }
-            Outcome::Regroup => {
-                eprintln!("[launch] the group's nodes change: the ranks checkpointed; regrouping (not a restart)");
+            Outcome::Regroup(why) => {
+                eprintln!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
             }
             Outcome::Failed { report, permanent, local } => {
                 eprintln!("[launch] attempt {} failed. Root cause: {report}", g.round);

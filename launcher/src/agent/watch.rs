@@ -23,12 +23,11 @@ pub(super) struct Membership {
     pub hosting: bool,
 }
 
-// Indices into the keys an agent polls.
+// Indices into the keys an agent polls (an elastic group below MAX nodes adds `grow` after `left`).
 const FAILED: usize = 0;
 const SIGNAL: usize = 1;
 const PERMANENT: usize = 2;
 const LEFT: usize = 3;
-const GROW: usize = 4;
 
 /// Watch the group until it succeeds, fails, or a signal stops it (`elastic`: see [`Membership`]).
 #[allow(clippy::too_many_arguments)]
@@ -74,10 +73,10 @@ pub(super) async fn watch(
                 if !status.success() {
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
-                    if elastic.is_some() && changing(&mut poller, &keys) {
-                        eprintln!("[launch] the group is changing its nodes; the ranks stop to regroup");
+                    if let Some(why) = elastic.as_ref().and_then(|_| changing(&mut poller, &keys)) {
+                        eprintln!("[launch] {why}; the ranks stop to regroup");
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Regroup);
+                        return Ok(Outcome::Regroup(why));
                     }
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
@@ -157,20 +156,28 @@ pub(super) async fn watch(
                     eprintln!("[launch] another node was signalled; forwarding SIGTERM");
                     return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
                 }
-                if present[LEFT] || present.get(GROW) == Some(&true) {
-                    let why = if present[LEFT] { "a node leaves the group" } else { "an agent waits to join the group" };
+                if let Some(why) = change(&present[LEFT..]) {
                     eprintln!("[launch] {why}; the ranks checkpoint and stop to regroup");
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Regroup);
+                    return Ok(Outcome::Regroup(why));
                 }
             }
         }
     }
 }
 
-/// Whether an elastic group's nodes are changing (a node left, or an agent waits to join).
-fn changing(poller: &mut StoreClient, keys: &[String]) -> bool {
-    poller.check(&keys[LEFT..]).is_ok_and(|p| p.iter().any(|&x| x))
+/// How an elastic group's nodes are changing, if they are: a node left, or an agent waits to join.
+fn changing(poller: &mut StoreClient, keys: &[String]) -> Option<&'static str> {
+    poller.check(&keys[LEFT..]).ok().and_then(|p| change(&p))
+}
+
+/// The change that `[left, grow?]` (present or not) names.
+fn change(left_grow: &[bool]) -> Option<&'static str> {
+    match left_grow {
+        [true, ..] => Some("a node leaves the group"),
+        [false, true] => Some("an agent waits to join the group"),
+        _ => None,
+    }
 }
 
 /// How a group whose local ranks all exited 0 ended. Ranks also exit 0 after a stop signal (they
@@ -189,12 +196,13 @@ async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) 
             return Outcome::Failed { report, permanent: None, local: None };
         }
     };
-    // [marker, signal, failed-permanently, left, grow?]
-    match present[..] {
-        [false, ..] => Outcome::Succeeded,
-        [true, true, ..] => Outcome::Stopped(0),
-        [true, false, _, left, ..] if left || present.get(4) == Some(&true) => Outcome::Regroup,
-        _ => {
+    // [marker, signal, failed-permanently, left, grow?]: the ranks may stop for a change before this
+    // agent's poll saw it, so the reason is read here too
+    match (present[0], present[1], change(&present[3..])) {
+        (false, ..) => Outcome::Succeeded,
+        (true, true, _) => Outcome::Stopped(0),
+        (true, false, Some(why)) => Outcome::Regroup(why),
+        (true, false, None) => {
             let step = poller.get(&marker, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
             let report = format!(
                 "the ranks checkpointed and stopped after step {} before the run's end, though no agent was \
