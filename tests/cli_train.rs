@@ -302,6 +302,9 @@ fn out_of_range_settings_are_named() {
         (&["optim.adamw.weight_decay=-5"], "weight_decay"),
         (&["loss.label_smoothing=2"], "loss.label_smoothing"),
         (&["optim.decay.kind=cosine", "optim.decay.min_ratio=2"], "min_ratio"),
+        (&["optim.skip_grad_z=-3"], "optim.skip_grad_z"),
+        (&["optim.skip_loss_z=inf"], "optim.skip_loss_z"),
+        (&["optim.spike_window=1"], "optim.spike_window"),
     ] {
         let e = format!("{:#}", load(set).unwrap_err());
         assert!(e.contains(key), "{set:?}: {e}");

@@ -347,7 +347,7 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
     let rdzv = format!("127.0.0.1:{}", 29000 + std::process::id() % 400);
     let agent = |name: &str| {
         let flags =
-            ["--nnodes", "2:3", "--rdzv", &rdzv, "--run-id", "el", "--rdzv-last-call-s", "1", "--max-restarts", "1"];
+            ["--nnodes", "2:3", "--rdzv", &rdzv, "--run-id", "el", "--rdzv-last-call-s", "2", "--max-restarts", "1"];
         let mut c = launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")]);
         let log = std::fs::File::create(run.join(format!("agent-{name}.log"))).unwrap();
         c.args(sets).stdout(Stdio::null()).stderr(log).spawn().unwrap()

@@ -53,6 +53,9 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             clip: 1.0,
             max_nonfinite: 3,
             ema_decay: 0.0,
+            skip_loss_z: 0.0,
+            skip_grad_z: 0.0,
+            spike_window: 128,
         },
         bsc: BscSection { p_max: 0.3, apply_layers: 13 },
         loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
@@ -111,6 +114,54 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
         };
         assert_eq!(loss_of(lines(&whole), 6), loss_of(lines(&split), 6));
     }
+}
+
+/// The spike guard (`optim.skip_grad_z`, here so low that ordinary steps trip it): a skipped step
+/// leaves the weights and optimiser state as they were, an applied one moves them; the z-scores are
+/// logged once the window is full; a run resumed mid-way judges as the uninterrupted one (the window
+/// rides in state.json) and ends with the same bytes.
+#[test]
+fn a_step_whose_gradient_norm_spikes_is_skipped_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let guarded = |name: &str| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        c.run.steps = 14;
+        (c.optim.skip_grad_z, c.optim.spike_window) = (0.5, 4);
+        (c.checkpoint.every, c.checkpoint.keep_last) = (1, 20);
+        c.sample.every = 0;
+        c
+    };
+    let whole = guarded("whole");
+    let s = train(&whole, &TrainOptions::default()).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(whole.run.dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let skipped_by = |step: u64| lines[step as usize - 1]["skipped_steps"].as_u64().unwrap();
+    assert!(s.skipped_steps > 0 && s.skipped_steps < 10, "{} of 14 steps skipped", s.skipped_steps);
+    for v in &lines {
+        let step = v["step"].as_u64().unwrap();
+        assert_eq!(v.get("grad_z").is_some(), step > 4, "step {step}: a z-score only once the window is full: {v}");
+    }
+    let ckpt = |c: &TrainConfig, step: u64, f: &str| read(c.run.dir.join(format!("checkpoints/step-{step:08}/{f}")));
+    for step in 2..=14 {
+        let skipped = skipped_by(step) > skipped_by(step - 1);
+        for f in ["model.safetensors", "optim.safetensors"] {
+            let same = ckpt(&whole, step, f) == ckpt(&whole, step - 1, f);
+            assert_eq!(same, skipped, "step {step} (skipped: {skipped}): {f} unchanged: {same}");
+        }
+    }
+
+    let split = guarded("split");
+    train(&split, &TrainOptions { stop_after: Some(7), ..Default::default() }).unwrap();
+    let resume = latest_checkpoint(&split.run.dir).unwrap();
+    let s2 = train(&split, &TrainOptions { resume: Some(resume), ..Default::default() }).unwrap();
+    assert_eq!(s2.skipped_steps, s.skipped_steps);
+    assert!(ckpt(&whole, 14, "model.safetensors") == ckpt(&split, 14, "model.safetensors"), "resumed: weights differ");
+    assert!(ckpt(&whole, 14, "state.json") == ckpt(&split, 14, "state.json"), "resumed: the state differs");
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct TrainState {
     /// Of `ema.safetensors`, when the checkpoint holds a moving average.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_crc32c: Option<String>,
+    /// The losses and gradient norms the spike guard judges against (`optim.skip_loss_z`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_window: Option<super::spike::SpikeWindow>,
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

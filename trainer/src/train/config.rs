@@ -199,6 +199,23 @@ pub struct OptimSection {
     /// (the default, as upstream's train.sh) keeps none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ema_decay: f64,
+    /// Skip the update of a step whose loss is more than this many standard deviations above the
+    /// mean of the last `spike_window` steps (llm.c's `-sl`); 0 (the default) judges no loss.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip_loss_z: f64,
+    /// The same for the gradient norm (llm.c's `-sg`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip_grad_z: f64,
+    /// How many steps the z-scores look back over (they judge nothing until as many have passed).
+    #[serde(default = "default_spike_window", skip_serializing_if = "is_default_spike_window")]
+    pub spike_window: usize,
+}
+
+fn default_spike_window() -> usize {
+    128
+}
+fn is_default_spike_window(w: &usize) -> bool {
+    *w == default_spike_window()
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -406,6 +423,14 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&o.ema_decay) {
             bail!("optim.ema_decay must be in [0, 1) (0 keeps no moving average), found {}", o.ema_decay);
+        }
+        for (key, z) in [("skip_loss_z", o.skip_loss_z), ("skip_grad_z", o.skip_grad_z)] {
+            if !(z >= 0.0 && z.is_finite()) {
+                bail!("optim.{key} must be a finite number of standard deviations ≥ 0 (0 turns it off), found {z}");
+            }
+        }
+        if o.spike_window < 2 {
+            bail!("optim.spike_window must be at least 2 steps, found {}", o.spike_window);
         }
         let a = &o.adamw;
         for (key, v) in [("beta1", a.beta1), ("beta2", a.beta2)] {

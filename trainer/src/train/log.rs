@@ -38,6 +38,11 @@ pub struct StepMetrics {
     pub scale_loss: Vec<f64>,
     pub scale_bit_acc: Vec<f64>,
     pub skipped_steps: u64,
+    /// The loss's and gradient norm's z-scores over the spike guard's window, once it is full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_z: Option<f64>,
     /// The spread of the ranks' own work and data waits (with more than one rank).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ranks: Option<super::rank_times::RankTimes>,
@@ -119,6 +124,11 @@ impl Logger {
             }
             if let Some(mfu) = m.mfu {
                 w.scalar("perf/mfu", mfu, m.step)?;
+            }
+            for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_z)] {
+                if let Some(z) = z {
+                    w.scalar(tag, z, m.step)?;
+                }
             }
             if let Some(r) = &m.ranks {
                 w.scalar("ranks/work_s_max", r.work_s_max, m.step)?;

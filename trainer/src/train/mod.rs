@@ -14,6 +14,7 @@ mod micro_batch;
 pub mod rank_times;
 pub mod rundir;
 mod saver;
+pub mod spike;
 pub mod val;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
 use self::rank_times::RankTimes;
+use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::sample::SampleOptions;
@@ -235,7 +237,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         model_crc32c: String::new(),
         optim_crc32c: String::new(),
         ema_crc32c: None,
+        spike_window: None,
     });
+    // the spike guard's window continues from the checkpoint's (and is dropped when the guard is off)
+    let spike_limits = SpikeLimits::of(&cfg.optim);
+    st.spike_window = spike_limits.map(|l| SpikeWindow::resumed(st.spike_window.take(), l.window));
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
     // ZeRO-1: keep only this rank's shard of the optimiser state
@@ -345,7 +351,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
         };
         let lr = schedule.lr(st.step, cfg.run.steps);
-        if loss.is_finite() && grad_norm.is_finite() {
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let spike = match (spike_limits, st.spike_window.as_mut()) {
+            (Some(l), Some(w)) if finite => w.judge(&l, loss, grad_norm),
+            _ => Verdict::default(),
+        };
+        if let Some(why) = &spike.skip {
+            st.skipped_steps += 1;
+            st.nonfinite_run = 0;
+            tracing::warn!("step {}: {why}; update skipped", st.step + 1);
+        } else if finite {
             st.nonfinite_run = 0;
             match zero1.as_mut() {
                 _ if compute.device_optimizer() => compute.update(&mut opt, lr)?,
@@ -393,6 +408,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             scale_loss: metrics[3..3 + ns].to_vec(),
             scale_bit_acc: metrics[3 + ns..].to_vec(),
             skipped_steps: st.skipped_steps,
+            loss_z: spike.loss_z,
+            grad_z: spike.grad_z,
             ranks: rank_times,
         };
         if let Some(log) = logger.as_mut() {
