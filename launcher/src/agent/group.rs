@@ -80,10 +80,21 @@ impl Ending<'_> {
 }
 
 /// Waits (up to [`EXIT_WAIT`]) until the `nnodes` agents of the attempt `prefix` have counted
-/// themselves out.
+/// themselves out (saying so when that takes a while: an agent cut off from the store never does).
 pub(super) async fn wait_for_agents(client: &mut StoreClient, prefix: &str, nnodes: usize) {
-    let (key, t0) = (format!("{prefix}/exited"), Instant::now());
-    while client.add(&key, 0).is_ok_and(|n| (n as usize) < nnodes) && t0.elapsed() < EXIT_WAIT {
+    let (key, t0, mut said) = (format!("{prefix}/exited"), Instant::now(), false);
+    while let Ok(n) = client.add(&key, 0) {
+        if n as usize >= nnodes || t0.elapsed() >= EXIT_WAIT {
+            break;
+        }
+        if !said && t0.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "[launch] this agent hosts the store: waiting up to {} s for the other agents to read how the \
+                 run ended ({n} of {nnodes} out)",
+                EXIT_WAIT.as_secs()
+            );
+            said = true;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
