@@ -57,11 +57,9 @@ impl SpikeWindow {
             (None, Some(z)) => Some(format!("gradient norm {grad_norm:.4} is {z:.1} standard deviations above the last {} steps' mean (optim.skip_grad_z = {})", limits.window, limits.grad_z)),
             (None, None) => None,
         };
-        for (values, v) in [(&mut self.losses, loss), (&mut self.grad_norms, grad_norm)] {
-            values.push(v);
-            let excess = values.len().saturating_sub(limits.window);
-            values.drain(..excess);
-        }
+        self.losses.push(loss);
+        self.grad_norms.push(grad_norm);
+        self.keep_newest(limits.window);
         Verdict { loss_z, grad_z, skip }
     }
 
@@ -69,11 +67,14 @@ impl SpikeWindow {
     /// it kept none).
     pub fn resumed(saved: Option<SpikeWindow>, window: usize) -> SpikeWindow {
         let mut w = saved.unwrap_or_default();
-        for values in [&mut w.losses, &mut w.grad_norms] {
-            let excess = values.len().saturating_sub(window);
-            values.drain(..excess);
-        }
+        w.keep_newest(window);
         w
+    }
+
+    fn keep_newest(&mut self, window: usize) {
+        for values in [&mut self.losses, &mut self.grad_norms] {
+            values.drain(..values.len().saturating_sub(window));
+        }
     }
 }
 
