@@ -51,12 +51,19 @@ impl SpikeWindow {
     pub fn judge(&mut self, limits: &SpikeLimits, loss: f64, grad_norm: f64) -> Verdict {
         let loss_z = zscore(&self.losses, limits.window, loss);
         let grad_z = zscore(&self.grad_norms, limits.window, grad_norm);
-        let over = |z: Option<f64>, limit: f64| z.filter(|&z| limit > 0.0 && z > limit);
-        let skip = match (over(loss_z, limits.loss_z), over(grad_z, limits.grad_z)) {
-            (Some(z), _) => Some(format!("loss {loss:.4} is {z:.1} standard deviations above the last {} steps' mean (optim.skip_loss_z = {})", limits.window, limits.loss_z)),
-            (None, Some(z)) => Some(format!("gradient norm {grad_norm:.4} is {z:.1} standard deviations above the last {} steps' mean (optim.skip_grad_z = {})", limits.window, limits.grad_z)),
-            (None, None) => None,
-        };
+        let judged = [
+            ("loss", "skip_loss_z", loss, loss_z, limits.loss_z),
+            ("gradient norm", "skip_grad_z", grad_norm, grad_z, limits.grad_z),
+        ];
+        // (the loss is named first when both spike)
+        let skip = judged.iter().find_map(|&(what, key, x, z, limit)| {
+            z.filter(|&z| limit > 0.0 && z > limit).map(|z| {
+                format!(
+                    "{what} {x:.4} is {z:.1} standard deviations above the last {} steps' mean (optim.{key} = {limit})",
+                    limits.window
+                )
+            })
+        });
         self.losses.push(loss);
         self.grad_norms.push(grad_norm);
         self.keep_newest(limits.window);
