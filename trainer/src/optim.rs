@@ -1,10 +1,12 @@
 //! AdamW with decoupled weight decay and upstream's no-decay groups, global-norm gradient clipping, and
 //! the learning-rate schedules. Matches `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
+use std::ops::Range;
+
 use infinity_kernels::adamw::{adamw_update, ema_update, sum_squares, AdamWScalars};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Layout, Params};
+use crate::model::Layout;
 
 /// `[optim.adamw]`: any field left out takes its default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,7 +69,7 @@ impl AdamW {
     }
 
     /// The part of this (full) state that covers `range` (a ZeRO-1 shard).
-    pub fn shard(&self, range: std::ops::Range<usize>) -> AdamW {
+    pub fn shard(&self, range: Range<usize>) -> AdamW {
         assert_eq!(self.range, 0..self.m.len(), "shard of a shard");
         AdamW {
             cfg: self.cfg.clone(),
@@ -88,17 +90,25 @@ impl AdamW {
     }
 }
 
-/// A moving average of the weights (`optim.ema_decay`, upstream's `update_ema`): rank 0 keeps it and
-/// pulls it towards the weights after every update.
+/// A moving average of the weights (`optim.ema_decay`, upstream's `update_ema`), pulled towards the
+/// weights after every update. It covers `range` of the flat parameters: all of them on rank 0, or
+/// each rank's own shard when several ranks update on the host (gathered for checkpoints).
 #[derive(Clone)]
 pub struct Ema {
     pub decay: f64,
-    pub weights: Params<f32>,
+    /// The average of `params[range]`.
+    pub weights: Vec<f32>,
+    pub range: Range<usize>,
 }
 
 impl Ema {
+    /// The average of `whole[range]` (a checkpoint's average, or the weights it starts from).
+    pub fn new(decay: f64, whole: &[f32], range: Range<usize>) -> Ema {
+        Ema { decay, weights: whole[range.clone()].to_vec(), range }
+    }
+
     pub fn update(&mut self, params: &[f32]) {
-        ema_update(&mut self.weights.data, params, self.decay);
+        ema_update(&mut self.weights, &params[self.range.clone()], self.decay);
     }
 }
 

@@ -46,6 +46,7 @@ micro_batch = 4
 lr = 2e-3
 decay = {{ kind = "cosine", min_ratio = 0.1 }}
 clip = 1.0
+ema_decay = 0.75
 [checkpoint]
 every = 2
 keep_last = 20
@@ -96,15 +97,21 @@ fn ok(out: Output) -> String {
     text
 }
 
+/// The weights of a run's checkpoint and, named `ema/…`, their moving average (each rank keeps a shard
+/// of it on the host, so comparing it checks the shards are gathered right).
 fn weights(run: &Path, step: u64) -> Vec<(String, Vec<f32>)> {
-    let p = run.join(format!("checkpoints/step-{step:08}/model.safetensors"));
-    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
-        .collect();
+    let mut out = Vec::new();
+    for (file, prefix) in [("model.safetensors", ""), ("ema.safetensors", "ema/")] {
+        let p = run.join(format!("checkpoints/step-{step:08}/{file}"));
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        out.extend(st.tensors().into_iter().map(|(n, t)| {
+            (
+                format!("{prefix}{n}"),
+                t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            )
+        }));
+    }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -130,6 +137,11 @@ fn two_and_four_ranks_match_one_rank() {
         ok(launch(*n, &cfg, run, &[], &[]).output().unwrap());
     }
     let one = weights(&runs[0], 4);
+    // the moving average (compared with the weights below) is not the weights
+    let (ema, model): (Vec<_>, Vec<_>) = one.iter().cloned().partition(|(n, _)| n.starts_with("ema/"));
+    let ema: Vec<_> = ema.into_iter().map(|(n, v)| (n["ema/".len()..].to_string(), v)).collect();
+    let (lag, _) = max_abs_diff(&ema, &model);
+    assert!(lag > 1e-4, "the moving average is the weights (max |Δ| {lag:e})");
     for (n, run) in [2, 4].iter().zip(&runs[1..]) {
         let (diff, name) = max_abs_diff(&one, &weights(run, 4));
         println!("{n} ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");

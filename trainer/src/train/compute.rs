@@ -202,7 +202,7 @@ impl Compute {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } if model.has_optimizer() => model.attach_ema(&_ema.weights.data).map_err(|e| {
+            Compute::Cuda { model, .. } if model.has_optimizer() => model.attach_ema(&_ema.weights).map_err(|e| {
                 out_of_memory_context(e, "the moving average needs a GPU with more memory, or optim.ema_decay = 0")
             }),
             #[cfg(feature = "cuda")]
@@ -235,7 +235,7 @@ impl Compute {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } if model.has_optimizer() => {
-                model.download_state(_params, _opt, _ema.map(|e| &mut e.weights.data[..]))
+                model.download_state(_params, _opt, _ema.map(|e| &mut e.weights[..]))
             }
             #[cfg(feature = "cuda")]
             Compute::Cuda { .. } => Ok(()),

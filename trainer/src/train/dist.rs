@@ -2,6 +2,7 @@
 //! torchrun-style schedulers, SLURM), and the collectives the loop needs. A single process gets the
 //! identity communicator, so the loop has one code path.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,9 +226,11 @@ pub struct Zero1 {
 impl Zero1 {
     pub fn new(numel: usize, rank: usize, world: usize) -> Zero1 {
         let shard_len = numel.div_ceil(world);
-        let start = (rank * shard_len).min(numel);
-        let end = ((rank + 1) * shard_len).min(numel);
-        Zero1 { range: start..end, padded: vec![0.0; shard_len * world], shard: vec![0.0; shard_len] }
+        Zero1 {
+            range: shard_range(numel, rank, world),
+            padded: vec![0.0; shard_len * world],
+            shard: vec![0.0; shard_len],
+        }
     }
 
     /// This rank's shard of the rank-mean of `grads`, kept for [`Zero1::clip`] and [`Zero1::update`].
@@ -266,10 +269,8 @@ impl Zero1 {
     pub fn gather_state(&mut self, dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<AdamW> {
         let mut full = AdamW::new(opt.cfg.clone(), lay);
         full.step = opt.step;
-        self.gather(dist, &opt.m)?;
-        full.m.copy_from_slice(&self.padded[..lay.numel]);
-        self.gather(dist, &opt.v)?;
-        full.v.copy_from_slice(&self.padded[..lay.numel]);
+        full.m = gather_shards(dist, &opt.m, lay.numel)?;
+        full.v = gather_shards(dist, &opt.v, lay.numel)?;
         Ok(full)
     }
 
@@ -282,6 +283,25 @@ impl Zero1 {
         self.shard = send;
         r
     }
+}
+
+/// Rank `rank`'s contiguous shard of `numel` flat values split `world` ways: `numel.div_ceil(world)`
+/// values each, the last shards shorter (or empty) where the split is uneven.
+pub fn shard_range(numel: usize, rank: usize, world: usize) -> Range<usize> {
+    let shard_len = numel.div_ceil(world);
+    (rank * shard_len).min(numel)..((rank + 1) * shard_len).min(numel)
+}
+
+/// The whole of `numel` values from every rank's shard of them (`part`: this rank's
+/// [`shard_range`]); a collective, so every rank calls it.
+pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<f32>> {
+    let shard_len = numel.div_ceil(dist.world);
+    let mut send = part.to_vec();
+    send.resize(shard_len, 0.0);
+    let mut whole = vec![0.0; shard_len * dist.world];
+    dist.all_gather(&send, &mut whole)?;
+    whole.truncate(numel);
+    Ok(whole)
 }
 
 /// A flag set by SIGTERM, SIGINT or SIGUSR1 (preemption): the loop checkpoints and exits cleanly.

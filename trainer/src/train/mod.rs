@@ -252,15 +252,24 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // on a GPU, clipping and AdamW run on the device (the parameters stay there)
         compute.attach_optimizer(&opt)?;
     }
-    // rank 0 keeps the weights' moving average, beside the weights (on the device with its optimizer)
-    let mut ema = match (leader, cfg.optim.ema_decay) {
-        (true, decay) if decay > 0.0 => {
-            let e = Ema { decay, weights: start_ema(opts.resume.as_deref(), &mc, &lay, &params)? };
+    // the weights' moving average: beside a device optimizer on rank 0's GPU; on the host, split over
+    // the ranks when there are several (each pulls its shard, checkpoints gather them), else rank 0's
+    let ema_sharded = dist.world > 1 && !compute.device_optimizer();
+    let ema_range = match (ema_sharded, leader) {
+        (true, _) => Some(dist::shard_range(lay.numel, dist.rank, dist.world)),
+        (false, true) => Some(0..lay.numel),
+        (false, false) => None,
+    };
+    let mut ema = match ema_range.filter(|_| cfg.optim.ema_decay > 0.0) {
+        Some(range) => {
+            let start = start_ema(opts.resume.as_deref(), &mc, &lay, &params, leader)?;
+            let e = Ema::new(cfg.optim.ema_decay, &start.data, range);
             compute.attach_ema(&e)?;
             Some(e)
         }
-        (true, _) => {
-            if let Some(dir) = opts.resume.as_deref().filter(|d| d.join(checkpoint::EMA_FILE).is_file()) {
+        None => {
+            let dropped = opts.resume.as_deref().filter(|d| leader && d.join(checkpoint::EMA_FILE).is_file());
+            if let Some(dir) = dropped {
                 tracing::warn!(
                     "optim.ema_decay = 0: the moving average of the weights in {} is dropped",
                     dir.display()
@@ -268,7 +277,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             None
         }
-        _ => None,
     };
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
@@ -440,11 +448,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
                 None => None,
             };
+            let ema_whole = match ema.as_ref() {
+                Some(e) if ema_sharded => Some(dist::gather_shards(&mut dist, &e.weights, lay.numel)?),
+                Some(e) => Some(e.weights.clone()),
+                None => None,
+            };
             if let Some(saver) = saver.as_mut() {
                 let snap = saver::Snapshot {
                     params: params.clone(),
                     opt: whole.unwrap_or_else(|| opt.clone()),
-                    ema: ema.as_ref().map(|e| e.weights.clone()),
+                    ema: ema_whole.map(|data| Params { data }),
                     state: st.clone(),
                 };
                 saver.save(snap, cfg.checkpoint.background)?;
@@ -496,13 +509,21 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
 }
 
 /// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from
-/// (a run that turns `optim.ema_decay` on mid-way says so).
-fn start_ema(resume: Option<&Path>, mc: &ModelConfig, lay: &Layout, params: &Params<f32>) -> Result<Params<f32>> {
+/// (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
+fn start_ema(
+    resume: Option<&Path>,
+    mc: &ModelConfig,
+    lay: &Layout,
+    params: &Params<f32>,
+    leader: bool,
+) -> Result<Params<f32>> {
     let Some(dir) = resume else { return Ok(params.clone()) };
     match checkpoint::load_ema(dir, mc, lay).with_context(|| format!("resuming from {}", dir.display()))? {
         Some(ema) => Ok(ema),
         None => {
-            tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
+            if leader {
+                tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
+            }
             Ok(params.clone())
         }
     }
