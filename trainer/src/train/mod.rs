@@ -9,8 +9,10 @@ pub mod checkpoint;
 pub mod compute;
 pub mod config;
 pub mod dist;
+mod ema;
 pub mod log;
 mod micro_batch;
+mod preview;
 pub mod rank_times;
 pub mod rundir;
 mod saver;
@@ -36,13 +38,13 @@ use self::config::TrainConfig;
 use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
+pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
-use crate::model::sample::SampleOptions;
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelConfig, Params};
-use crate::optim::{clip_grad_norm, AdamW, Ema};
+use crate::optim::{clip_grad_norm, AdamW};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -252,32 +254,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // on a GPU, clipping and AdamW run on the device (the parameters stay there)
         compute.attach_optimizer(&opt)?;
     }
-    // the weights' moving average: beside a device optimizer on rank 0's GPU; on the host, split over
-    // the ranks when there are several (each pulls its shard, checkpoints gather them), else rank 0's
-    let ema_sharded = dist.world > 1 && !compute.device_optimizer();
-    let ema_range = match (ema_sharded, leader) {
-        (true, _) => Some(dist::shard_range(lay.numel, dist.rank, dist.world)),
-        (false, true) => Some(0..lay.numel),
-        (false, false) => None,
-    };
-    let mut ema = match ema_range.filter(|_| cfg.optim.ema_decay > 0.0) {
-        Some(range) => {
-            let start = start_ema(opts.resume.as_deref(), &mc, &lay, &params, leader)?;
-            let e = Ema::new(cfg.optim.ema_decay, &start.data, range);
-            compute.attach_ema(&e)?;
-            Some(e)
-        }
-        None => {
-            let dropped = opts.resume.as_deref().filter(|d| leader && d.join(checkpoint::EMA_FILE).is_file());
-            if let Some(dir) = dropped {
-                tracing::warn!(
-                    "optim.ema_decay = 0: the moving average of the weights in {} is dropped",
-                    dir.display()
-                );
-            }
-            None
-        }
-    };
+    let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
@@ -448,16 +425,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
                 None => None,
             };
-            let ema_whole = match ema.as_ref() {
-                Some(e) if ema_sharded => Some(dist::gather_shards(&mut dist, &e.weights, lay.numel)?),
-                Some(e) => Some(e.weights.clone()),
-                None => None,
-            };
+            let ema_whole = ema::whole(ema.as_ref(), ema_sharded, &mut dist, lay.numel)?;
             if let Some(saver) = saver.as_mut() {
                 let snap = saver::Snapshot {
                     params: params.clone(),
                     opt: whole.unwrap_or_else(|| opt.clone()),
-                    ema: ema_whole.map(|data| Params { data }),
+                    ema: ema_whole,
                     state: st.clone(),
                 };
                 saver.save(snap, cfg.checkpoint.background)?;
@@ -508,27 +481,6 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
     })
 }
 
-/// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from
-/// (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
-fn start_ema(
-    resume: Option<&Path>,
-    mc: &ModelConfig,
-    lay: &Layout,
-    params: &Params<f32>,
-    leader: bool,
-) -> Result<Params<f32>> {
-    let Some(dir) = resume else { return Ok(params.clone()) };
-    match checkpoint::load_ema(dir, mc, lay).with_context(|| format!("resuming from {}", dir.display()))? {
-        Some(ema) => Ok(ema),
-        None => {
-            if leader {
-                tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
-            }
-            Ok(params.clone())
-        }
-    }
-}
-
 fn keyed_seed(seed: u64, stream: u64) -> u64 {
     keyed_rng(seed, &[stream]).random()
 }
@@ -536,60 +488,4 @@ fn keyed_seed(seed: u64, stream: u64) -> u64 {
 /// `--resume auto`: the newest complete checkpoint of the run, if any.
 pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
     checkpoint::complete(run).pop().map(|c| c.1)
-}
-
-/// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
-/// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
-pub(crate) struct Preview {
-    every: u64,
-    last: u64,
-    cond: Option<crate::model::sample::SampleCondition>,
-    sched: infinity_data::ScaleSchedule,
-    tokenizer: Option<infinity_data::tokenizer::PatchTokenizer>,
-    opts: SampleOptions,
-    per_condition: usize,
-    dir: PathBuf,
-}
-
-impl Preview {
-    pub(crate) fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
-        let s = &cfg.sample;
-        let tokenizer = if s.every > 0 { crate::infer::tokenizer(ds.dir(), &ds.manifest)? } else { None };
-        if s.every > 0 && tokenizer.is_none() {
-            tracing::warn!("sample grids disabled: the dataset's tokenizer is not built in");
-        }
-        let cond = match tokenizer {
-            Some(_) => Some(crate::infer::preview_condition(mc, ds, s.n)?.repeat(s.per_condition, mc.text_channels)),
-            None => None,
-        };
-        Ok(Preview {
-            every: s.every,
-            last: cfg.run.steps,
-            cond,
-            sched: crate::infer::pick_schedule(&ds.manifest, None)?.clone(),
-            tokenizer,
-            opts: SampleOptions { cfg: s.cfg, tau: s.tau, top_p: s.top_p, seed: s.seed },
-            per_condition: s.per_condition,
-            dir: cfg.run.dir.join("samples"),
-        })
-    }
-
-    fn due(&self, step: u64) -> bool {
-        self.cond.is_some() && self.every > 0 && (step.is_multiple_of(self.every) || step == self.last)
-    }
-
-    fn log(&self, mc: &ModelConfig, lay: &Layout, p: &Params<f32>, step: u64, logger: &mut Logger) -> Result<()> {
-        let (Some(cond), Some(tok)) = (&self.cond, &self.tokenizer) else { return Ok(()) };
-        let sampled = crate::infer::sample_schedule(mc, lay, p, cond, &self.sched, &self.opts);
-        let grid = infinity_data::inspect::grid_image(
-            &crate::infer::decode(tok, &sampled, &self.sched),
-            self.per_condition * 4,
-        );
-        logger.image("samples", grid.as_raw(), grid.height(), grid.width(), step);
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let path = self.dir.join(format!("step-{step:08}.png"));
-        grid.save(&path).with_context(|| format!("writing {}", path.display()))?;
-        logger.println(&format!("sample grid: {}", path.display()));
-        Ok(())
-    }
 }

@@ -1,0 +1,82 @@
+//! Where the weights' moving average (`optim.ema_decay`) lives and where it starts.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::checkpoint;
+use super::compute::Compute;
+use super::config::TrainConfig;
+use super::dist::{self, Dist};
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::Ema;
+
+/// This rank's part of the moving average (none when `optim.ema_decay = 0`), and whether the ranks
+/// share it out (then checkpoints gather it: [`dist::gather_shards`]). Beside a device optimizer it is
+/// rank 0's, on its GPU; on the host with several ranks (the CPU, or ZeRO-1) each rank keeps its
+/// shard, so no rank makes a pass over all the weights that the others wait for; alone, rank 0's.
+pub fn start(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    (mc, lay): (&ModelConfig, &Layout),
+    params: &Params<f32>,
+    dist: &Dist,
+    compute: &mut Compute,
+) -> Result<(Option<Ema>, bool)> {
+    let leader = dist.is_leader();
+    let sharded = dist.world > 1 && !compute.device_optimizer();
+    let range = match (sharded, leader) {
+        (true, _) => Some(dist::shard_range(lay.numel, dist.rank, dist.world)),
+        (false, true) => Some(0..lay.numel),
+        (false, false) => None,
+    };
+    let ema = match range.filter(|_| cfg.optim.ema_decay > 0.0) {
+        Some(range) => {
+            let whole = start_values(resume, mc, lay, params, leader)?;
+            let e = Ema::new(cfg.optim.ema_decay, &whole.data, range);
+            compute.attach_ema(&e)?;
+            Some(e)
+        }
+        None => {
+            if let Some(dir) = resume.filter(|d| leader && d.join(checkpoint::EMA_FILE).is_file()) {
+                tracing::warn!(
+                    "optim.ema_decay = 0: the moving average of the weights in {} is dropped",
+                    dir.display()
+                );
+            }
+            None
+        }
+    };
+    Ok((ema, sharded))
+}
+
+/// All of the moving average, for a checkpoint: gathered from the ranks' shards when `sharded` (a
+/// collective: every rank calls it), else this rank's.
+pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) -> Result<Option<Params<f32>>> {
+    Ok(match ema {
+        Some(e) if sharded => Some(Params { data: dist::gather_shards(dist, &e.weights, numel)? }),
+        Some(e) => Some(Params { data: e.weights.clone() }),
+        None => None,
+    })
+}
+
+/// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from
+/// (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
+fn start_values(
+    resume: Option<&Path>,
+    mc: &ModelConfig,
+    lay: &Layout,
+    params: &Params<f32>,
+    leader: bool,
+) -> Result<Params<f32>> {
+    let Some(dir) = resume else { return Ok(params.clone()) };
+    match checkpoint::load_ema(dir, mc, lay).with_context(|| format!("resuming from {}", dir.display()))? {
+        Some(ema) => Ok(ema),
+        None => {
+            if leader {
+                tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
+            }
+            Ok(params.clone())
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The sample grid logged during training every `sample.every` steps (and at the last step).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use infinity_data::Dataset;
+
+use super::config::TrainConfig;
+use super::log::Logger;
+use crate::model::sample::SampleOptions;
+use crate::model::{Layout, ModelConfig, Params};
+
+/// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
+/// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
+pub(crate) struct Preview {
+    every: u64,
+    last: u64,
+    cond: Option<crate::model::sample::SampleCondition>,
+    sched: infinity_data::ScaleSchedule,
+    tokenizer: Option<infinity_data::tokenizer::PatchTokenizer>,
+    opts: SampleOptions,
+    per_condition: usize,
+    dir: PathBuf,
+}
+
+impl Preview {
+    pub(crate) fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
+        let s = &cfg.sample;
+        let tokenizer = if s.every > 0 { crate::infer::tokenizer(ds.dir(), &ds.manifest)? } else { None };
+        if s.every > 0 && tokenizer.is_none() {
+            tracing::warn!("sample grids disabled: the dataset's tokenizer is not built in");
+        }
+        let cond = match tokenizer {
+            Some(_) => Some(crate::infer::preview_condition(mc, ds, s.n)?.repeat(s.per_condition, mc.text_channels)),
+            None => None,
+        };
+        Ok(Preview {
+            every: s.every,
+            last: cfg.run.steps,
+            cond,
+            sched: crate::infer::pick_schedule(&ds.manifest, None)?.clone(),
+            tokenizer,
+            opts: SampleOptions { cfg: s.cfg, tau: s.tau, top_p: s.top_p, seed: s.seed },
+            per_condition: s.per_condition,
+            dir: cfg.run.dir.join("samples"),
+        })
+    }
+
+    pub(crate) fn due(&self, step: u64) -> bool {
+        self.cond.is_some() && self.every > 0 && (step.is_multiple_of(self.every) || step == self.last)
+    }
+
+    pub(crate) fn log(
+        &self,
+        mc: &ModelConfig,
+        lay: &Layout,
+        p: &Params<f32>,
+        step: u64,
+        logger: &mut Logger,
+    ) -> Result<()> {
+        let (Some(cond), Some(tok)) = (&self.cond, &self.tokenizer) else { return Ok(()) };
+        let sampled = crate::infer::sample_schedule(mc, lay, p, cond, &self.sched, &self.opts);
+        let grid = infinity_data::inspect::grid_image(
+            &crate::infer::decode(tok, &sampled, &self.sched),
+            self.per_condition * 4,
+        );
+        logger.image("samples", grid.as_raw(), grid.height(), grid.width(), step);
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join(format!("step-{step:08}.png"));
+        grid.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        logger.println(&format!("sample grid: {}", path.display()));
+        Ok(())
+    }
+}
