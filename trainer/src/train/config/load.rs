@@ -1,0 +1,111 @@
+//! Reading a [`TrainConfig`]: the TOML file with the files it `extends` merged underneath, then
+//! `INF__SECTION__KEY` environment variables, then `--set` overrides; an error names the key and where
+//! its value came from.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::TrainConfig;
+
+impl TrainConfig {
+    /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
+    /// `key.path=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        let merged = toml::to_string(&load_table(path, 0)?).context("re-serialising the merged config")?;
+        let mut b =
+            config::Config::builder().add_source(config::File::from_str(&merged, config::FileFormat::Toml)).add_source(
+                config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true),
+            );
+        for o in overrides {
+            let (k, v) = o.split_once('=').with_context(|| format!("--set {o}: expected key.path=value"))?;
+            b = b.set_override(k.trim(), override_value(v.trim()))?;
+        }
+        let built = b.build().with_context(|| format!("reading {}", path.display()))?;
+        let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
+            let key = e.path().to_string();
+            anyhow::anyhow!("{}: at `{key}`: {}{}", source_of(&key, path, overrides), e.inner(), allowed_values(&key))
+        })?;
+        cfg.validate().with_context(|| path.display().to_string())?;
+        Ok(cfg)
+    }
+}
+
+/// A TOML file as a table, with `extends = "base.toml"` (relative to the file) merged underneath it:
+/// tables merge key by key, the extending file wins.
+fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
+    if depth > 8 {
+        bail!("{}: `extends` nests deeper than 8 files (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    match table.remove("extends") {
+        None => Ok(table),
+        Some(toml::Value::String(base)) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+            let mut merged =
+                load_table(&base_path, depth + 1).with_context(|| format!("{}: extends {base}", path.display()))?;
+            merge(&mut merged, table);
+            Ok(merged)
+        }
+        Some(v) => bail!("{}: `extends` must be a file name, found {v}", path.display()),
+    }
+}
+
+/// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
+/// or the config file.
+fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
+    let from_set = overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    let var = format!("INF__{}", key.to_uppercase().replace('.', "__"));
+    if from_set {
+        format!("--set {key}")
+    } else if std::env::var_os(&var).is_some() {
+        format!("{var} (in the environment)")
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The values an enumerated key takes, for its error (serde's own message names the Rust type).
+fn allowed_values(key: &str) -> &'static str {
+    match key {
+        "run.precision" => " (expected \"f32\" or \"bf16\")",
+        "run.device" => " (expected \"cpu\", \"cuda\" or \"auto\")",
+        "dist.backend" => " (expected \"auto\", \"ring\" or \"nccl\")",
+        "optim.decay" | "optim.decay.kind" => " (expected kind = \"constant\", \"cosine\", \"linear\" or \"wsd\")",
+        _ => "",
+    }
+}
+
+/// A `--set` value as TOML reads it (`2` a number, `true` a boolean, `[1, 2]` an array, `{ kind =
+/// "cosine" }` a table), so it deserialises where a plain string would not (inside tagged enums such as
+/// `optim.decay`); anything else (`runs/x`) stays a string.
+fn override_value(text: &str) -> config::Value {
+    fn convert(v: toml::Value) -> config::Value {
+        match v {
+            toml::Value::Integer(i) => i.into(),
+            toml::Value::Float(f) => f.into(),
+            toml::Value::Boolean(b) => b.into(),
+            toml::Value::Array(a) => a.into_iter().map(convert).collect::<Vec<_>>().into(),
+            toml::Value::Table(t) => {
+                t.into_iter().map(|(k, v)| (k, convert(v))).collect::<std::collections::HashMap<_, _>>().into()
+            }
+            v => v.to_string().trim_matches('"').to_string().into(),
+        }
+    }
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) => convert(t.remove("v").expect("the key just parsed")),
+        Err(_) => text.into(),
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
