@@ -1,6 +1,7 @@
 //! The Infinity transformer on the CPU: explicit parameter and activation tables, a forward that saves
 //! what it needs and a hand-written backward. Generic over f32 (training) and f64 (gradient checks).
 
+pub mod acts;
 pub mod backward;
 pub mod bench;
 pub mod config;
