@@ -18,169 +18,19 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
 use cudarc::nccl::{result, sys, NcclType};
 
-use super::{CommError, CommResult, Communicator, EXIT_COMM_TIMEOUT};
+use super::{CommError, CommResult, Communicator};
 use crate::store::StoreClient;
 
-/// How often the watchdog looks at the pending collectives.
-const WATCH_PERIOD: Duration = Duration::from_millis(20);
+mod watchdog;
+use watchdog::{lock, watchdog, Handle, Held, Pending, Watch};
 
 /// Whether the CUDA driver and NCCL libraries can be loaded (never panics).
 pub fn nccl_available() -> bool {
     // SAFETY: both only try to open the shared libraries.
     unsafe { cudarc::driver::sys::is_culib_present() && sys::is_culib_present() }
-}
-
-/// The raw communicator, shared with the watchdog. Calls that use `comm` hold `use_lock` for reading
-/// and check `aborted`; an abort takes it for writing, so no call runs on an aborted (freed)
-/// communicator.
-struct Handle {
-    comm: sys::ncclComm_t,
-    aborted: AtomicBool,
-    use_lock: RwLock<()>,
-}
-
-// SAFETY: NCCL allows ncclCommAbort and ncclCommGetAsyncError from any thread; collectives are only
-// enqueued by the owning `NcclComm` (one thread at a time through `&mut self`).
-unsafe impl Send for Handle {}
-unsafe impl Sync for Handle {}
-
-impl Handle {
-    /// Abort the communicator (once). Returns false when a call is inside NCCL and does not return
-    /// (an enqueue can block while connections are set up): the caller then exits without aborting.
-    fn abort(&self) -> bool {
-        let Ok(_guard) = self.use_lock.try_write() else { return false };
-        if !self.aborted.swap(true, Ordering::SeqCst) {
-            // SAFETY: valid until aborted; no other call holds the handle (write lock).
-            let _ = unsafe { result::comm_abort(self.comm) };
-        }
-        true
-    }
-
-    /// An asynchronous error NCCL recorded (a broken connection, a remote abort), if any.
-    fn async_error(&self) -> Option<String> {
-        let _guard = self.use_lock.try_read().ok()?;
-        if self.aborted.load(Ordering::SeqCst) {
-            return None;
-        }
-        let mut state = sys::ncclResult_t::ncclSuccess;
-        // SAFETY: valid handle, valid out pointer.
-        let rc = unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) };
-        match (rc, state) {
-            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess)
-            | (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => None,
-            (sys::ncclResult_t::ncclSuccess, e) => Some(format!("{e:?}")),
-            (e, _) => Some(format!("ncclCommGetAsyncError failed: {e:?}")),
-        }
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if !self.aborted.load(Ordering::SeqCst) {
-            // SAFETY: last owner of a valid handle; errors at teardown are not actionable.
-            let _ = unsafe { result::comm_destroy(self.comm) };
-        }
-    }
-}
-
-/// A collective in flight: its event completes when the collective does.
-struct Pending {
-    op: &'static str,
-    since: Instant,
-    done: CudaEvent,
-}
-
-/// State shared between the communicator and its watchdog thread.
-struct Watch {
-    pending: Mutex<VecDeque<Pending>>,
-    /// A call inside NCCL right now (an enqueue can block, e.g. while connections are set up).
-    in_call: Mutex<Option<(&'static str, Instant)>>,
-    failure: Mutex<Option<String>>,
-    stop: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Watch the pending collectives until told to stop; on a stall or an asynchronous error, abort the
-/// communicator, record why, and exit the process when `exit` is set.
-fn watchdog(
-    handle: Arc<Handle>,
-    watch: Arc<Watch>,
-    stream: Arc<CudaStream>,
-    rank: usize,
-    timeout: Duration,
-    exit: bool,
-) {
-    if let Err(e) = stream.context().bind_to_thread() {
-        // without the context the watchdog cannot see the device: fail every later call loudly
-        handle.abort();
-        *lock(&watch.failure) = Some(format!("the watchdog cannot bind the CUDA context: {e:?}"));
-        return;
-    }
-    while !watch.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(WATCH_PERIOD);
-        let mut why = handle.async_error().map(|e| format!("NCCL reported an asynchronous error: {e}"));
-        let stuck_in_call = lock(&watch.in_call).filter(|(_, since)| since.elapsed() > timeout);
-        if let (None, Some((op, since))) = (&why, stuck_in_call) {
-            why = Some(format!(
-                "NCCL call `{op}` has not returned for {:.0} s (a peer is gone or its link is cut)",
-                since.elapsed().as_secs_f64()
-            ));
-        }
-        {
-            let mut q = lock(&watch.pending);
-            while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
-                q.pop_front();
-            }
-            if let Some(p) = q.front() {
-                if why.is_none() && p.since.elapsed() > timeout {
-                    why = Some(format!(
-                        "collective `{}` made no progress for {:.0} s (a peer is gone or its link is cut)",
-                        p.op,
-                        p.since.elapsed().as_secs_f64()
-                    ));
-                }
-            }
-        }
-        if let Some(why) = why {
-            lock(&watch.failure).get_or_insert(why.clone());
-            // the abort waits for a normal call to leave NCCL (a tick or two); a call stuck inside it
-            // keeps the lock: then the process exits without the abort, or later ticks retry
-            let mut aborted = false;
-            for _ in 0..50 {
-                aborted = handle.abort();
-                if aborted {
-                    break;
-                }
-                std::thread::sleep(WATCH_PERIOD / 4);
-            }
-            if exit {
-                let what = if aborted { "NCCL communicator aborted" } else { "a call is stuck inside NCCL" };
-                eprintln!("rank {rank}: {why}; {what}, exiting with code {EXIT_COMM_TIMEOUT}");
-                std::process::exit(EXIT_COMM_TIMEOUT);
-            }
-            if aborted {
-                return;
-            }
-        }
-    }
-}
-
-/// A call inside NCCL: holds the communicator (no abort meanwhile) and is timed by the watchdog.
-struct Held<'a> {
-    _guard: std::sync::RwLockReadGuard<'a, ()>,
-    watch: &'a Watch,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        *lock(&self.watch.in_call) = None;
-    }
 }
 
 /// One rank's NCCL communicator.
