@@ -64,6 +64,35 @@ fn collectives_match_their_definitions() {
     }
 }
 
+/// The in-place all-gather (ZeRO-1's parameters): each rank's part, written where it lands, reaches
+/// every rank; the other parts' old values are overwritten.
+#[test]
+fn in_place_all_gather_matches_its_definition() {
+    let count = devices();
+    if count == 0 {
+        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+        return;
+    }
+    for world in [1, 2, 4].into_iter().filter(|&w| w <= count) {
+        let n = 257;
+        let results = group(world, Duration::from_secs(30), move |mut c| {
+            let r = c.rank();
+            let host: Vec<f32> =
+                (0..n * world).map(|i| if i / n == r { (r * 1000 + i % n) as f32 } else { -1.0 }).collect();
+            let stream = c.stream().clone();
+            let mut buf = stream.clone_htod(&host).unwrap();
+            c.all_gather_in_place_device(&mut buf).unwrap();
+            c.wait("all_gather").unwrap();
+            stream.clone_dtoh(&buf).unwrap()
+        });
+        let expect: Vec<f32> = (0..n * world).map(|i| ((i / n) * 1000 + i % n) as f32).collect();
+        for (r, got) in results.iter().enumerate() {
+            assert!(*got == expect, "world {world}, rank {r}: in-place all-gather differs");
+        }
+        eprintln!("NCCL world {world}: in-place all-gather ok");
+    }
+}
+
 /// Communicators made at once, on many threads of one process, get distinct unique ids: two that
 /// shared one would meet in one group (on the emulated device, one folder) and mix their collectives.
 #[test]

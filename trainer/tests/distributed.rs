@@ -450,6 +450,27 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     assert!(out.contains("restarting the group"), "{out}");
     assert!(weights(&faulty, 4) == weights(&two, 4), "NCCL, rank 1 killed at step 3: final weights differ");
     println!("NCCL on 2 GPUs, rank 1 killed at step 3 and the group restarted: the same bytes at step 4");
+
+    // ZeRO-1 on the devices: each GPU keeps the moments and moving average of its shard, the
+    // gradients are reduce-scattered and the parameters all-gathered in place; its checkpoint (the
+    // shards gathered) continues on one GPU without ZeRO-1
+    let z = tmp.path().join("nccl-zero1");
+    let out = ok(launch(2, &cfg, &z, &[], &[]).args(on_gpus).args(["--set", "dist.zero1=true"]).output().unwrap());
+    assert!(out.contains("ZeRO-1: this GPU updates parameters"), "{out}");
+    let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&z, 4));
+    println!("ZeRO-1 over NCCL on 2 GPUs vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "ZeRO-1 over NCCL: max |Δw| {diff:e} at {name}");
+    let resumed = tmp.path().join("nccl-zero1-resumed");
+    let (src, dst) = (z.join("checkpoints/step-00000002"), resumed.join("checkpoints/step-00000002"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(&src).unwrap().flatten() {
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+    let mut c = launch(1, &cfg, &resumed, &[], &[]);
+    ok(c.args(["--set", "run.device=cuda", "--resume", "auto"]).output().unwrap());
+    let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&resumed, 4));
+    println!("its step-2 checkpoint resumed on 1 GPU: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "ZeRO-1 checkpoint resumed on 1 GPU: max |Δw| {diff:e} at {name}");
 }
 
 /// The agent's own failure paths, with plain programs as ranks: a rank's last line reaches the root

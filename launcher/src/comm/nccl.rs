@@ -205,6 +205,20 @@ impl NcclComm {
         })
     }
 
+    /// In place: `buf` holds `world` equal parts and rank r's part r goes to every rank, enqueued on
+    /// the stream (ZeRO-1's parameters, with no second buffer of their size).
+    pub fn all_gather_in_place_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
+        let n = buf.len() / self.world;
+        self.sizes("all_gather", n, buf.len())?;
+        let offset = (self.rank * n * std::mem::size_of::<T>()) as u64;
+        let (p, _sync) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: sizes checked above; NCCL's in-place all-gather reads rank r's part where it lands
+        // (send = recv + r·n).
+        self.enqueue("all_gather", |comm, st| unsafe {
+            result::all_gather((p + offset) as _, p as _, n, T::as_nccl_type(), comm, st)
+        })
+    }
+
     /// Sum over ranks of `send`; rank r keeps part r in `recv`, enqueued on the stream.
     pub fn reduce_scatter_sum_device<T: NcclType + DeviceRepr>(
         &mut self,

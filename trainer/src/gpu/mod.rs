@@ -223,7 +223,7 @@ impl GpuModel {
             self.grad_scale == 1.0,
             "the host optimizer takes the gradients as they are, not clipped on the device"
         );
-        let g = self.dev.stream.clone_dtoh(&self.grads)?;
+        let g = self.dev.stream.clone_dtoh(&self.grads.slice(0..self.lay.numel))?;
         host.iter_mut().zip(&g).for_each(|(h, d)| *h += d);
         Ok(())
     }
@@ -268,7 +268,7 @@ impl GpuModel {
             self.ropes.insert(key.clone(), (inp.rope.clone(), table));
         }
         if let (Some(p16), true) = (&mut self.params16, self.params16_stale) {
-            to_bf16_dev(&self.dev, &self.params, p16)?;
+            to_bf16_dev(&self.dev, &self.params.slice(0..self.lay.numel), p16)?;
             self.params16_stale = false;
         }
         let rope = &self.ropes[&key].1;

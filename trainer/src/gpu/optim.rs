@@ -1,34 +1,74 @@
 //! AdamW and global-norm clipping on the device (adamw.cu), the twins of `optim::AdamW::update` and
 //! `optim::clip_grad_norm`: with them the parameters and moments stay on the GPU between steps and come
 //! back only for checkpoints, sample grids and validation.
+//!
+//! With ZeRO-1 over NCCL each rank's device holds the moments of its shard of the flat parameters
+//! only: the gradients are reduce-scattered, the rank updates its shard, and the parameters are
+//! all-gathered in place, as `train::dist::Zero1` does on the host.
+
+use std::ops::Range;
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
 use infinity_kernels::adamw::AdamWScalars;
 use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev};
+use infinity_launcher::comm::{Communicator, NcclComm};
 
 use super::GpuModel;
 use crate::model::Params;
 use crate::optim::AdamW;
 
-/// The moments and the weight-decay mask on the device, and the weights' moving average when the run
-/// keeps one here.
+/// The moments and the weight-decay mask on the device (of the parameters in `range`: all of them,
+/// or this rank's ZeRO-1 shard), and the weights' moving average of the same range when the run keeps
+/// one here.
 pub struct DeviceAdamW {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     decay: CudaSlice<u8>,
     ema: Option<CudaSlice<f32>>,
+    range: Range<usize>,
+    /// ZeRO-1: `[numel / world, rounded up]` this rank's part of the reduce-scattered gradients (the
+    /// values past `range` are the flat buffers' padding).
+    shard_grads: Option<CudaSlice<f32>>,
 }
 
 impl GpuModel {
-    /// Move AdamW's state (a whole one, not a ZeRO-1 shard) onto the device.
-    pub fn attach_optimizer(&mut self, opt: &AdamW) -> Result<()> {
-        ensure!(opt.range == (0..self.lay.numel), "the device optimizer needs the whole AdamW state");
-        let s = &self.dev.stream;
+    /// Move AdamW's state onto the device: a whole one, or (ZeRO-1, `world` > 1) this rank's shard,
+    /// `opt.range` being `train::dist::shard_range` of the rank. With a shard, the flat parameters and
+    /// gradients are padded to `world` equal parts (NCCL moves equal parts) and lose their values:
+    /// upload the parameters after this.
+    pub fn attach_optimizer(&mut self, opt: &AdamW, world: usize) -> Result<()> {
+        let numel = self.lay.numel;
+        let part = numel.div_ceil(world);
+        let sharded = opt.range != (0..numel);
+        ensure!(
+            !sharded || (world > 1 && opt.range.start.is_multiple_of(part) && opt.range.len() <= part),
+            "AdamW's state covers parameters {:?}: not a shard of {numel} over {world} ranks",
+            opt.range
+        );
+        let s = self.dev.stream.clone();
+        let shard_grads = match sharded {
+            true => {
+                // (the old buffers go before the new ones come: no moment holds both)
+                self.grads = s.alloc_zeros(1)?;
+                self.params = s.alloc_zeros(1)?;
+                self.grads = s.alloc_zeros(part * world)?;
+                self.params = s.alloc_zeros(part * world)?;
+                self.params16_stale = true;
+                Some(s.alloc_zeros(part)?)
+            }
+            false => None,
+        };
         let mask: Vec<u8> = opt.decay_mask().iter().map(|&d| d as u8).collect();
         let (m, v, decay) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?, s.clone_htod(&mask)?);
-        self.optim = Some(DeviceAdamW { m, v, decay, ema: None });
+        self.optim = Some(DeviceAdamW { m, v, decay, ema: None, range: opt.range.clone(), shard_grads });
         Ok(())
+    }
+
+    /// Whether the device optimizer updates a ZeRO-1 shard ([`GpuModel::reduce_scatter_grads`],
+    /// [`GpuModel::all_gather_params`]).
+    pub fn is_sharded(&self) -> bool {
+        self.optim.as_ref().is_some_and(|o| o.shard_grads.is_some())
     }
 
     /// A fresh AdamW state (zero moments, made on the device; the layout's weight-decay groups): what a
@@ -37,7 +77,8 @@ impl GpuModel {
         let s = &self.dev.stream;
         let mask: Vec<u8> = crate::optim::decay_mask(&self.lay).iter().map(|&d| d as u8).collect();
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
-        self.optim = Some(DeviceAdamW { m, v, decay: s.clone_htod(&mask)?, ema: None });
+        let decay = s.clone_htod(&mask)?;
+        self.optim = Some(DeviceAdamW { m, v, decay, ema: None, range: 0..self.lay.numel, shard_grads: None });
         Ok(())
     }
 
@@ -67,12 +108,33 @@ impl GpuModel {
         Ok(())
     }
 
+    /// ZeRO-1: sum the device gradients over the ranks of `comm`, each rank keeping its shard's part;
+    /// the `1/world` is left to the update (`grad_scale`), as in [`GpuModel::reduce_grads_nccl`].
+    pub fn reduce_scatter_grads(&mut self, comm: &mut NcclComm) -> Result<()> {
+        ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
+        let shard = self.optim.as_mut().and_then(|o| o.shard_grads.as_mut()).expect("a sharded optimizer");
+        comm.reduce_scatter_sum_device(&self.grads, shard)?;
+        comm.wait("reduce_scatter")?;
+        self.grad_scale = 1.0 / comm.world() as f64;
+        Ok(())
+    }
+
     /// Clip the gradients' global norm to at most `max_norm`; returns the norm before (the CPU's
     /// arithmetic: f64 sum of squares, `optim::clip_coef`). Of the gradients as
     /// the update will see them (times `grad_scale`), and the coefficient joins `grad_scale`: no pass
-    /// over the gradients but the sum of squares.
-    pub fn clip_grads(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = sum_squares_dev(&self.dev, &self.grads)?.sqrt() * self.grad_scale;
+    /// over the gradients but the sum of squares. With a ZeRO-1 shard, `sum` adds the ranks' sums of
+    /// squares of their shards (as the host's ZeRO-1, in f32).
+    pub fn clip_grads(&mut self, max_norm: f64, sum: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<f64> {
+        let sum_sq = match self.optim.as_ref().filter(|_| self.is_sharded()) {
+            Some(o) => {
+                let shard = o.shard_grads.as_ref().expect("sharded");
+                let mut total = [sum_squares_dev(&self.dev, &shard.slice(0..o.range.len()))? as f32];
+                sum(&mut total)?;
+                total[0] as f64
+            }
+            None => sum_squares_dev(&self.dev, &self.grads)?,
+        };
+        let norm = sum_sq.sqrt() * self.grad_scale;
         if let Some(coef) = crate::optim::clip_coef(norm, max_norm) {
             self.grad_scale *= coef;
         }
@@ -89,32 +151,43 @@ impl GpuModel {
     pub fn adamw_update(&mut self, scalars: AdamWScalars) -> Result<()> {
         let o = self.optim.as_mut().expect("attach_optimizer first");
         let scalars = scalars.with_grad_scale(self.grad_scale);
-        // the bf16 GEMMs' copy of the weights is written by the same pass
-        adamw_dev(
-            &self.dev,
-            &mut self.params,
-            self.params16.as_mut(),
-            &self.grads,
-            &mut o.m,
-            &mut o.v,
-            &o.decay,
-            &scalars,
-        )?;
-        (self.params16_stale, self.grad_scale) = (false, 1.0);
+        match o.shard_grads.as_ref() {
+            // ZeRO-1: this rank's shard (the bf16 copy is remade from all of them after the gather)
+            Some(shard) => {
+                let (mut p, g) = (self.params.slice_mut(o.range.clone()), shard.slice(0..o.range.len()));
+                adamw_dev(&self.dev, &mut p, None, &g, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+                self.params16_stale = true;
+            }
+            // the bf16 GEMMs' copy of the weights is written by the same pass
+            None => {
+                let (p, p16) = (&mut self.params, self.params16.as_mut());
+                adamw_dev(&self.dev, p, p16, &self.grads, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+                self.params16_stale = false;
+            }
+        }
+        self.grad_scale = 1.0;
+        Ok(())
+    }
+
+    /// ZeRO-1, after the update: every rank's shard of the parameters to every rank, in place.
+    pub fn all_gather_params(&mut self, comm: &mut NcclComm) -> Result<()> {
+        comm.all_gather_in_place_device(&mut self.params)?;
+        comm.wait("all_gather")?;
         Ok(())
     }
 
     /// Keep the weights' moving average on the device from now on, starting from `ema` (after
     /// [`GpuModel::attach_optimizer`]).
+    /// `ema` covers the optimizer's parameters (all of them, or the rank's ZeRO-1 shard).
     pub fn attach_ema(&mut self, ema: &[f32]) -> Result<()> {
-        ensure!(
-            ema.len() == self.lay.numel,
-            "the moving average has {} values, the model {}",
-            ema.len(),
-            self.lay.numel
-        );
         let s = self.dev.stream.clone();
         let o = self.optim.as_mut().expect("attach_optimizer first");
+        ensure!(
+            ema.len() == o.range.len(),
+            "the moving average has {} values, the optimizer updates {}",
+            ema.len(),
+            o.range.len()
+        );
         o.ema = Some(s.clone_htod(ema)?);
         Ok(())
     }
@@ -125,13 +198,14 @@ impl GpuModel {
 
     /// Pull the device's moving average towards the device's weights.
     pub fn ema_update(&mut self, decay: f64) -> Result<()> {
-        let ema = self.optim.as_mut().and_then(|o| o.ema.as_mut()).expect("attach_ema first");
-        ema_dev(&self.dev, ema, &self.params, decay)?;
+        let o = self.optim.as_mut().expect("attach_optimizer first");
+        let ema = o.ema.as_mut().expect("attach_ema first");
+        ema_dev(&self.dev, ema, &self.params.slice(o.range.clone()), decay)?;
         Ok(())
     }
 
     /// The device parameters (with `opt`, the moments; with `ema`, the moving average) into the host
-    /// copies.
+    /// copies (the moments and the average of the optimizer's range: a ZeRO-1 shard's alone).
     pub fn download_state(
         &mut self,
         params: &mut Params<f32>,
@@ -139,7 +213,7 @@ impl GpuModel {
         ema: Option<&mut [f32]>,
     ) -> Result<()> {
         let s = &self.dev.stream;
-        s.memcpy_dtoh(&self.params, &mut params.data)?;
+        s.memcpy_dtoh(&self.params.slice(0..self.lay.numel), &mut params.data)?;
         if let (Some(opt), Some(o)) = (opt, self.optim.as_ref()) {
             s.memcpy_dtoh(&o.m, &mut opt.m)?;
             s.memcpy_dtoh(&o.v, &mut opt.v)?;

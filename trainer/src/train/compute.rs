@@ -59,15 +59,22 @@ impl Compute {
         }
     }
 
-    /// Run AdamW on the device from now on (GPU only; `opt` must be the whole state, not a ZeRO-1
-    /// shard). A no-op on the CPU.
-    pub fn attach_optimizer(&mut self, _opt: &AdamW) -> Result<()> {
+    /// Run clipping and AdamW on the device from now on (GPU only; a no-op on the CPU). `opt` is the
+    /// whole state, or with `zero1 = Some(world)` this rank's ZeRO-1 shard, which the device updates
+    /// only when the gradients travel by NCCL (`nccl`); otherwise the host's ZeRO-1 does.
+    pub fn attach_optimizer(&mut self, _opt: &AdamW, _zero1: Option<usize>, _nccl: bool) -> Result<()> {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } => model.attach_optimizer(_opt).map_err(|e| {
-                out_of_memory_context(e, "AdamW's moments on the device need a GPU with more memory, or dist.zero1 = true (on the host, sharded)")
-            }),
+            Compute::Cuda { .. } if _zero1.is_some() && !_nccl => Ok(()),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, fresh } => {
+                model.attach_optimizer(_opt, _zero1.unwrap_or(1)).map_err(|e| {
+                    out_of_memory_context(e, "AdamW's moments on the device need a GPU with more memory, or dist.zero1 = true (sharded over the ranks)")
+                })?;
+                *fresh = false; // (a shard's padded buffers start empty)
+                Ok(())
+            }
         }
     }
 
@@ -77,6 +84,15 @@ impl Compute {
             Compute::Cpu => false,
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } => model.has_optimizer(),
+        }
+    }
+
+    /// Whether the device optimizer updates this rank's ZeRO-1 shard alone.
+    pub fn device_zero1(&self) -> bool {
+        match self {
+            Compute::Cpu => false,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.is_sharded(),
         }
     }
 
@@ -178,21 +194,30 @@ impl Compute {
             Compute::Cuda { model, .. } => {
                 if _dist.world > 1 {
                     match _dist.nccl() {
+                        Some(comm) if model.is_sharded() => model.reduce_scatter_grads(comm)?,
                         Some(comm) => model.reduce_grads_nccl(comm)?,
                         None => model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?,
                     }
                 }
-                model.clip_grads(_max_norm)
+                model.clip_grads(_max_norm, |sums| _dist.all_reduce_sum(sums))
             }
         }
     }
 
-    /// Device optimizer: one AdamW step on the device.
-    pub fn update(&mut self, _opt: &mut AdamW, _lr: f64) -> Result<()> {
+    /// Device optimizer: one AdamW step on the device (with ZeRO-1, of this rank's shard, then the
+    /// parameters gathered from every rank).
+    pub fn update(&mut self, _dist: &mut Dist, _opt: &mut AdamW, _lr: f64) -> Result<()> {
         match self {
             Compute::Cpu => bail!("update: the CPU path updates on the host"),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } => model.adamw_step(_opt, _lr),
+            Compute::Cuda { model, .. } => {
+                model.adamw_step(_opt, _lr)?;
+                match (model.is_sharded(), _dist.nccl()) {
+                    (false, _) => Ok(()),
+                    (true, Some(comm)) => model.all_gather_params(comm),
+                    (true, None) => bail!("a ZeRO-1 shard on the device needs the NCCL communicator"),
+                }
+            }
         }
     }
 

@@ -148,6 +148,14 @@ impl Dist {
         self.comm.nccl()
     }
 
+    /// Whether this group runs over NCCL.
+    pub fn has_nccl(&mut self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.nccl().is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
     pub fn barrier(&mut self) -> Result<()> {
         Ok(self.comm.barrier()?)
     }
@@ -265,15 +273,6 @@ impl Zero1 {
         Ok(())
     }
 
-    /// The whole optimiser state (for a checkpoint), gathered from the shards.
-    pub fn gather_state(&mut self, dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<AdamW> {
-        let mut full = AdamW::new(opt.cfg.clone(), lay);
-        full.step = opt.step;
-        full.m = gather_shards(dist, &opt.m, lay.numel)?;
-        full.v = gather_shards(dist, &opt.v, lay.numel)?;
-        Ok(full)
-    }
-
     /// All-gather `part` (this rank's values, padded to the shard length) into `self.padded`.
     fn gather(&mut self, dist: &mut Dist, part: &[f32]) -> Result<()> {
         self.shard[..part.len()].copy_from_slice(part);
@@ -302,6 +301,16 @@ pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<
     dist.all_gather(&send, &mut whole)?;
     whole.truncate(numel);
     Ok(whole)
+}
+
+/// The whole optimiser state (for a checkpoint), gathered from the ranks' ZeRO-1 shards (`opt`: this
+/// rank's); a collective.
+pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<AdamW> {
+    let mut full = AdamW::new(opt.cfg.clone(), lay);
+    full.step = opt.step;
+    full.m = gather_shards(dist, &opt.m, lay.numel)?;
+    full.v = gather_shards(dist, &opt.v, lay.numel)?;
+    Ok(full)
 }
 
 /// A flag set by SIGTERM, SIGINT or SIGUSR1 (preemption): the loop checkpoints and exits cleanly.

@@ -13,8 +13,9 @@ use crate::optim::Ema;
 
 /// This rank's part of the moving average (none when `optim.ema_decay = 0`), and whether the ranks
 /// share it out (then checkpoints gather it: [`dist::gather_shards`]). Beside a device optimizer it is
-/// rank 0's, on its GPU; on the host with several ranks (the CPU, or ZeRO-1) each rank keeps its
-/// shard, so no rank makes a pass over all the weights that the others wait for; alone, rank 0's.
+/// rank 0's, on its GPU, or with ZeRO-1 each rank's shard on its own GPU; on the host with several
+/// ranks (the CPU, or ZeRO-1) each rank keeps its shard, so no rank makes a pass over all the weights
+/// that the others wait for; alone, rank 0's.
 pub fn start(
     cfg: &TrainConfig,
     resume: Option<&Path>,
@@ -24,7 +25,7 @@ pub fn start(
     compute: &mut Compute,
 ) -> Result<(Option<Ema>, bool)> {
     let leader = dist.is_leader();
-    let sharded = dist.world > 1 && !compute.device_optimizer();
+    let sharded = dist.world > 1 && (!compute.device_optimizer() || compute.device_zero1());
     let range = match (sharded, leader) {
         (true, _) => Some(dist::shard_range(lay.numel, dist.rank, dist.world)),
         (false, true) => Some(0..lay.numel),

@@ -247,12 +247,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
     // ZeRO-1: keep only this rank's shard of the optimiser state
-    let mut zero1 = (cfg.dist.zero1 && dist.world > 1).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
-    if let Some(z) = &zero1 {
-        opt = opt.shard(z.range.clone());
-    } else {
-        // on a GPU, clipping and AdamW run on the device (the parameters stay there)
-        compute.attach_optimizer(&opt)?;
+    let sharded = cfg.dist.zero1 && dist.world > 1;
+    if sharded {
+        opt = opt.shard(dist::shard_range(lay.numel, dist.rank, dist.world));
+    }
+    // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
+    // there too when the gradients travel by NCCL, else on the host
+    let nccl = dist.has_nccl();
+    compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
+    let mut zero1 = (sharded && !compute.device_optimizer()).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
+    if sharded {
+        let place = if compute.device_zero1() { "this GPU" } else { "the host" };
+        println!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, lay.numel);
     }
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     // only rank 0 writes logs, sample grids and checkpoints
@@ -348,7 +354,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         } else if finite {
             st.nonfinite_run = 0;
             match zero1.as_mut() {
-                _ if compute.device_optimizer() => compute.update(&mut opt, lr)?,
+                _ if compute.device_optimizer() => compute.update(&mut dist, &mut opt, lr)?,
                 Some(z) => z.update(&mut dist, &mut opt, &mut params.data, lr)?,
                 None => opt.update(&mut params.data, &grads.data, lr),
             }
@@ -421,9 +427,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state
-            let whole = match zero1.as_mut() {
-                Some(z) => Some(z.gather_state(&mut dist, &opt, &lay)?),
-                None => None,
+            let whole = match sharded {
+                true => Some(dist::gather_optimizer(&mut dist, &opt, &lay)?),
+                false => None,
             };
             let ema_whole = ema::whole(ema.as_ref(), ema_sharded, &mut dist, lay.numel)?;
             if let Some(saver) = saver.as_mut() {
