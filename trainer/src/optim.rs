@@ -92,7 +92,8 @@ impl AdamW {
 
 /// A moving average of the weights (`optim.ema_decay`, upstream's `update_ema`), pulled towards the
 /// weights after every update. It covers `range` of the flat parameters: all of them on rank 0, or
-/// each rank's own shard when several ranks update on the host (gathered for checkpoints).
+/// each rank's own shard when several ranks update on the host or ZeRO-1 runs on the GPUs (gathered
+/// for checkpoints: `train::ema`).
 #[derive(Clone)]
 pub struct Ema {
     pub decay: f64,

@@ -3,11 +3,12 @@
 //!
 //! The training loop keeps its shape: per micro-batch the host gathers the latents, flip keys and
 //! conditions (condition dropout included) as for the CPU model; [`GpuModel::step_latents`] runs
-//! self-correction, forward and backward on the device and accumulates gradients there. Without ZeRO-1, clipping and AdamW run on the device too
-//! (`optim.rs`) and the parameters stay there, coming back only for checkpoints, grids and validation;
-//! with ZeRO-1 the gradients come back to the host once per step and the sharded host optimizer runs
-//! as on the CPU. Data-parallel averaging runs through NCCL on the device when the group has an NCCL
-//! communicator, otherwise through the host communicator.
+//! self-correction, forward and backward on the device and accumulates gradients there. Clipping and
+//! AdamW run on the device too (`optim.rs`) and the parameters stay there, coming back only for
+//! checkpoints, grids and validation. Data-parallel averaging runs through NCCL on the device when the
+//! group has an NCCL communicator (with ZeRO-1: a reduce-scatter, each GPU's shard updated, an
+//! all-gather), otherwise through the host communicator; ZeRO-1 through the host communicator brings
+//! the gradients to the host once per step and the sharded host optimizer runs as on the CPU.
 
 pub mod backward;
 pub mod forward;

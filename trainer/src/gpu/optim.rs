@@ -33,19 +33,19 @@ pub struct DeviceAdamW {
 }
 
 impl GpuModel {
-    /// Move AdamW's state onto the device: a whole one, or (ZeRO-1, `world` > 1) this rank's shard,
-    /// `opt.range` being `train::dist::shard_range` of the rank. With a shard, the flat parameters and
-    /// gradients are padded to `world` equal parts (NCCL moves equal parts) and lose their values:
-    /// upload the parameters after this.
+    /// Move AdamW's state onto the device: a whole one (`world` = 1), or (ZeRO-1, `world` > 1) this
+    /// rank's shard, `opt.range` being `train::dist::shard_range` of the rank, which must not be empty.
+    /// With a shard, the flat parameters and gradients are padded to `world` equal parts (NCCL moves
+    /// equal parts) and lose their values: upload the parameters after this.
     pub fn attach_optimizer(&mut self, opt: &AdamW, world: usize) -> Result<()> {
         let numel = self.lay.numel;
         let part = numel.div_ceil(world);
-        let sharded = opt.range != (0..numel);
-        ensure!(
-            !sharded || (world > 1 && opt.range.start.is_multiple_of(part) && opt.range.len() <= part),
-            "AdamW's state covers parameters {:?}: not a shard of {numel} over {world} ranks",
-            opt.range
-        );
+        let sharded = world > 1;
+        let fits = match sharded {
+            true => !opt.range.is_empty() && opt.range.start.is_multiple_of(part) && opt.range.len() <= part,
+            false => opt.range == (0..numel),
+        };
+        ensure!(fits, "AdamW's state covers parameters {:?}: not a shard of {numel} over {world} ranks", opt.range);
         let s = self.dev.stream.clone();
         let shard_grads = match sharded {
             true => {
@@ -99,8 +99,7 @@ impl GpuModel {
 
     /// Average the device gradients over the ranks of `comm`: an NCCL all-reduce sums them in place,
     /// and the `1/world` is left to the update (`grad_scale`), which reads them anyway.
-    pub fn reduce_grads_nccl(&mut self, comm: &mut infinity_launcher::comm::NcclComm) -> Result<()> {
-        use infinity_launcher::comm::Communicator;
+    pub fn reduce_grads_nccl(&mut self, comm: &mut NcclComm) -> Result<()> {
         ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
         comm.all_reduce_sum_device(&mut self.grads)?;
         comm.wait("all_reduce")?;

@@ -1,7 +1,8 @@
-//! Where a step's compute runs: the CPU model, or the model on a GPU (`run.device`). On the GPU
-//! without ZeRO-1, clipping and AdamW run there too and the parameters stay on the device; the loop
-//! asks for a host copy ([`Compute::sync_host`]) before checkpoints, grids and validation. Data,
-//! self-correction, data-parallel averaging, the schedule and checkpoints are the same code for both.
+//! Where a step's compute runs: the CPU model, or the model on a GPU (`run.device`). On the GPU,
+//! clipping and AdamW run there too (with ZeRO-1, when the gradients travel by NCCL) and the
+//! parameters stay on the device; the loop asks for a host copy ([`Compute::sync_host`]) before
+//! checkpoints, grids and validation. Data, self-correction, data-parallel averaging, the schedule and
+//! checkpoints are the same code for both.
 
 use anyhow::{bail, Result};
 use infinity_kernels::bitwise_ce::BitwiseCe;
@@ -16,8 +17,8 @@ pub enum Compute {
     #[cfg(feature = "cuda")]
     Cuda {
         model: Box<crate::gpu::GpuModel>,
-        /// Whether the device holds the current parameters (false until the first upload, and after
-        /// every host-side update).
+        /// Whether the device holds the current parameters (false until the first upload, after
+        /// every host-side update, and after a ZeRO-1 shard's optimizer re-made the buffers).
         fresh: bool,
     },
 }
@@ -193,10 +194,11 @@ impl Compute {
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } => {
                 if _dist.world > 1 {
-                    match _dist.nccl() {
-                        Some(comm) if model.is_sharded() => model.reduce_scatter_grads(comm)?,
-                        Some(comm) => model.reduce_grads_nccl(comm)?,
-                        None => model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?,
+                    match (_dist.nccl(), model.is_sharded()) {
+                        (Some(comm), true) => model.reduce_scatter_grads(comm)?,
+                        (Some(comm), false) => model.reduce_grads_nccl(comm)?,
+                        (None, false) => model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?,
+                        (None, true) => bail!("a ZeRO-1 shard on the device needs the NCCL communicator"),
                     }
                 }
                 model.clip_grads(_max_norm, |sums| _dist.all_reduce_sum(sums))

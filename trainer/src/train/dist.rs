@@ -304,13 +304,15 @@ pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<
 }
 
 /// The whole optimiser state (for a checkpoint), gathered from the ranks' ZeRO-1 shards (`opt`: this
-/// rank's); a collective.
-pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<AdamW> {
-    let mut full = AdamW::new(opt.cfg.clone(), lay);
-    full.step = opt.step;
-    full.m = gather_shards(dist, &opt.m, lay.numel)?;
-    full.v = gather_shards(dist, &opt.v, lay.numel)?;
-    Ok(full)
+/// rank's): a collective, whose result rank 0 keeps (the others drop each gathered moment at once).
+pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<Option<AdamW>> {
+    let m = Some(gather_shards(dist, &opt.m, lay.numel)?).filter(|_| dist.is_leader());
+    let v = gather_shards(dist, &opt.v, lay.numel)?;
+    Ok(m.map(|m| {
+        let mut full = AdamW::new(opt.cfg.clone(), lay);
+        (full.step, full.m, full.v) = (opt.step, m, v);
+        full
+    }))
 }
 
 /// A flag set by SIGTERM, SIGINT or SIGUSR1 (preemption): the loop checkpoints and exits cleanly.

@@ -51,14 +51,15 @@ pub fn start(
     Ok((ema, sharded))
 }
 
-/// All of the moving average, for a checkpoint: gathered from the ranks' shards when `sharded` (a
-/// collective: every rank calls it), else this rank's.
+/// All of the moving average, for rank 0's checkpoint: gathered from the ranks' shards when `sharded`
+/// (a collective: every rank calls it; the others drop the result), else rank 0's own.
 pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) -> Result<Option<Params<f32>>> {
-    Ok(match ema {
-        Some(e) if sharded => Some(Params { data: dist::gather_shards(dist, &e.weights, numel)? }),
-        Some(e) => Some(Params { data: e.weights.clone() }),
+    let data = match ema {
+        Some(e) if sharded => Some(dist::gather_shards(dist, &e.weights, numel)?),
+        Some(e) => Some(e.weights.clone()),
         None => None,
-    })
+    };
+    Ok(data.filter(|_| dist.is_leader()).map(|data| Params { data }))
 }
 
 /// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from

@@ -253,7 +253,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
     // there too when the gradients travel by NCCL, else on the host
-    let nccl = dist.has_nccl();
+    // (every rank decides alike: a model too small for every rank to own a part stays on the host)
+    let nccl = dist.has_nccl() && !dist::shard_range(lay.numel, dist.world - 1, dist.world).is_empty();
     compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
     let mut zero1 = (sharded && !compute.device_optimizer()).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
     if sharded {
@@ -426,9 +427,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let every = cfg.checkpoint.every;
         if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
-            // under ZeRO-1 every rank sends its moments to form the whole state
+            // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {
-                true => Some(dist::gather_optimizer(&mut dist, &opt, &lay)?),
+                true => dist::gather_optimizer(&mut dist, &opt, &lay)?,
                 false => None,
             };
             let ema_whole = ema::whole(ema.as_ref(), ema_sharded, &mut dist, lay.numel)?;
