@@ -124,10 +124,10 @@ impl GpuModel {
     /// over the gradients but the sum of squares. With a ZeRO-1 shard, `sum` adds the ranks' sums of
     /// squares of their shards (as the host's ZeRO-1, in f32).
     pub fn clip_grads(&mut self, max_norm: f64, sum: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<f64> {
-        let sum_sq = match self.optim.as_ref().filter(|_| self.is_sharded()) {
-            Some(o) => {
-                let shard = o.shard_grads.as_ref().expect("sharded");
-                let mut total = [sum_squares_dev(&self.dev, &shard.slice(0..o.range.len()))? as f32];
+        let shard = self.optim.as_ref().and_then(|o| Some((o.shard_grads.as_ref()?, o.range.len())));
+        let sum_sq = match shard {
+            Some((shard, len)) => {
+                let mut total = [sum_squares_dev(&self.dev, &shard.slice(0..len))? as f32];
                 sum(&mut total)?;
                 total[0] as f64
             }
@@ -176,8 +176,8 @@ impl GpuModel {
     }
 
     /// Keep the weights' moving average on the device from now on, starting from `ema` (after
-    /// [`GpuModel::attach_optimizer`]).
-    /// `ema` covers the optimizer's parameters (all of them, or the rank's ZeRO-1 shard).
+    /// [`GpuModel::attach_optimizer`]), which covers the optimizer's parameters (all of them, or the
+    /// rank's ZeRO-1 shard).
     pub fn attach_ema(&mut self, ema: &[f32]) -> Result<()> {
         let s = self.dev.stream.clone();
         let o = self.optim.as_mut().expect("attach_optimizer first");
