@@ -305,6 +305,7 @@ fn out_of_range_settings_are_named() {
         (&["optim.skip_grad_z=-3"], "optim.skip_grad_z"),
         (&["optim.skip_loss_z=inf"], "optim.skip_loss_z"),
         (&["optim.spike_window=1"], "optim.spike_window"),
+        (&["dist.bucket_mib=-1"], "dist.bucket_mib"),
     ] {
         let e = format!("{:#}", load(set).unwrap_err());
         assert!(e.contains(key), "{set:?}: {e}");

@@ -93,6 +93,44 @@ fn in_place_all_gather_matches_its_definition() {
     }
 }
 
+/// A part of a buffer that another stream wrote is summed in place, ordered after that stream's work
+/// (`after`) and before its next (`before`); the rest stays as it was; a part past the end is refused.
+#[test]
+fn a_part_of_another_streams_buffer_is_summed_alone() {
+    let count = devices();
+    if count == 0 {
+        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+        return;
+    }
+    for world in [1, 2, 4].into_iter().filter(|&w| w <= count) {
+        let n = 301;
+        let results = group(world, Duration::from_secs(30), move |mut c| {
+            let r = c.rank();
+            let compute = c.stream().context().new_stream().unwrap();
+            let host: Vec<f32> = (0..3 * n).map(|i| (r * 10_000 + i) as f32).collect();
+            let mut buf = compute.clone_htod(&host).unwrap();
+            c.after(&compute).unwrap();
+            c.all_reduce_sum_part(&mut buf, n..2 * n).unwrap();
+            let past = c.all_reduce_sum_part(&mut buf, 2 * n..3 * n + 1);
+            assert!(matches!(past, Err(CommError::Usage { .. })), "{past:?}");
+            c.wait("all_reduce").unwrap();
+            c.before(&compute).unwrap();
+            compute.clone_dtoh(&buf).unwrap()
+        });
+        let ranks: f32 = (0..world).map(|r| (r * 10_000) as f32).sum();
+        for (r, got) in results.iter().enumerate() {
+            for (i, &v) in got.iter().enumerate() {
+                let expect = match i {
+                    i if (n..2 * n).contains(&i) => ranks + (world * i) as f32,
+                    i => (r * 10_000 + i) as f32,
+                };
+                assert_eq!(v, expect, "world {world}, rank {r}, element {i}");
+            }
+        }
+        eprintln!("NCCL world {world}: all-reduce of a part ok");
+    }
+}
+
 /// Communicators made at once, on many threads of one process, get distinct unique ids: two that
 /// shared one would meet in one group (on the emulated device, one folder) and mix their collectives.
 #[test]

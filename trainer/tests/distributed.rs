@@ -419,9 +419,10 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
 
 /// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
 /// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"`, one GPU per rank through the agent's
-/// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch; a rank killed mid-run
-/// restarts the group from the last checkpoint (a fresh NCCL communicator per attempt) and the run ends
-/// with the uninterrupted run's bytes.
+/// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch, whether the gradients
+/// are summed bucket by bucket during the backward (a bucket per block, or the default size) or after
+/// it; a rank killed mid-run restarts the group from the last checkpoint (a fresh NCCL communicator per
+/// attempt) and the run ends with the uninterrupted run's bytes.
 #[cfg(feature = "cuda")]
 #[test]
 fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
@@ -438,22 +439,31 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     let on_gpus = ["--set", "run.device=cuda", "--set", "dist.backend=nccl"];
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
     ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
-    ok(launch(2, &cfg, &two, &[], &[]).args(on_gpus).output().unwrap());
+    let out = ok(launch(2, &cfg, &two, &[], &[]).args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
+    // a bucket per block (2), then the parameters before and after the blocks
+    assert!(out.contains("during the backward: 4 collectives a step"), "{out}");
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));
-    println!("NCCL on 2 GPUs vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    println!("NCCL on 2 GPUs (a bucket per block during the backward) vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "NCCL: max |Δw| {diff:e} at {name}");
+    let after = tmp.path().join("nccl-after-backward");
+    let out = launch(2, &cfg, &after, &[], &[]).args(on_gpus).args(["--set", "dist.overlap_grads=false"]).output();
+    assert!(!ok(out.unwrap()).contains("during the backward"));
+    let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&after, 4));
+    println!("NCCL on 2 GPUs (summed after the backward) vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
+    assert!(diff <= 1e-5, "NCCL after the backward: max |Δw| {diff:e} at {name}");
 
     // rank 1 killed after step 3 (checkpoints every 2 steps): the group restarts from step 2
     let faulty = tmp.path().join("nccl-killed");
     let kill = [("INFINITY_FAULT_KILL", "1:3")];
-    let out = ok(launch(2, &cfg, &faulty, &["--max-restarts", "1"], &kill).args(on_gpus).output().unwrap());
+    let mut c = launch(2, &cfg, &faulty, &["--max-restarts", "1"], &kill);
+    let out = ok(c.args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
     assert!(out.contains("restarting the group"), "{out}");
     assert!(weights(&faulty, 4) == weights(&two, 4), "NCCL, rank 1 killed at step 3: final weights differ");
     println!("NCCL on 2 GPUs, rank 1 killed at step 3 and the group restarted: the same bytes at step 4");
 
-    // ZeRO-1 on the devices: each GPU keeps the moments and moving average of its shard, the
-    // gradients are reduce-scattered and the parameters all-gathered in place; its checkpoint (the
-    // shards gathered) continues on one GPU without ZeRO-1
+    // ZeRO-1 on the devices: each GPU keeps the moments and moving average of its shard, takes its
+    // part of the gradients the backward all-reduced, and the parameters are all-gathered in place;
+    // its checkpoint (the shards gathered) continues on one GPU without ZeRO-1
     let z = tmp.path().join("nccl-zero1");
     let out = ok(launch(2, &cfg, &z, &[], &[]).args(on_gpus).args(["--set", "dist.zero1=true"]).output().unwrap());
     assert!(out.contains("ZeRO-1: this GPU updates parameters"), "{out}");

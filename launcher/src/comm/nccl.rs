@@ -165,11 +165,39 @@ impl NcclComm {
         self.track(op)
     }
 
+    /// The collectives enqueued from now on start after the work queued on `other` so far (the
+    /// communicator has a stream of its own: a buffer another stream writes must be ordered by hand).
+    pub fn after(&self, other: &CudaStream) -> CommResult<()> {
+        self.stream.join(other).map_err(|e| cuda_err("ordering after a stream", e))
+    }
+
+    /// The work queued on `other` from now on starts after the collectives enqueued so far.
+    pub fn before(&self, other: &CudaStream) -> CommResult<()> {
+        other.join(&self.stream).map_err(|e| cuda_err("ordering before a stream", e))
+    }
+
     /// Element-wise sum over ranks, in place, enqueued on the stream.
     pub fn all_reduce_sum_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
         let n = buf.len();
+        self.all_reduce_sum_part(buf, 0..n)
+    }
+
+    /// Element-wise sum over ranks of `buf[part]`, in place, enqueued on the stream (one bucket of the
+    /// gradients while the backward goes on).
+    pub fn all_reduce_sum_part<T: NcclType + DeviceRepr>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        part: std::ops::Range<usize>,
+    ) -> CommResult<()> {
+        if part.start > part.end || part.end > buf.len() {
+            let detail = format!("part {part:?} of a buffer of {} elements", buf.len());
+            return Err(CommError::Usage { op: "all_reduce", detail });
+        }
+        let (n, offset) = (part.len(), (part.start * std::mem::size_of::<T>()) as u64);
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
-        // SAFETY: in-place all-reduce of `n` elements of a live device buffer on our stream.
+        let p = p + offset;
+        // SAFETY: in-place all-reduce of `n` elements inside a live device buffer (checked above), on
+        // our stream.
         self.enqueue("all_reduce", |comm, st| unsafe {
             result::all_reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
         })

@@ -70,13 +70,15 @@ fn linear_bwd<'a>(
     Ok(())
 }
 
-/// Parameter gradients of the loss the forward computed, added into `grads`.
+/// Parameter gradients of the loss the forward computed, added into `grads`. `block_done(blk, grads)`
+/// runs after each block's backward is enqueued (its gradients complete from then on, in stream order).
 pub fn backward(
     net: &Net,
     inp: &DeviceInput,
     a: &GpuActs,
     rope: &DeviceRope,
     grads: &mut CudaSlice<f32>,
+    block_done: &mut dyn FnMut(usize, &mut CudaSlice<f32>) -> Result<()>,
 ) -> Result<()> {
     let cfg = net.cfg;
     let (b, l, c, d) = (inp.b, inp.l, cfg.embed_dim, cfg.d);
@@ -119,6 +121,7 @@ pub fn backward(
         };
         let s = recomputed.as_ref().unwrap_or(saved_block);
         dx = block_backward(net, blk, inp, a, s, rope, dx, &mut dshared_gss, dkv_ca.as_mut(), grads)?;
+        block_done(blk, grads)?;
     }
 
     // ---- input tokens ---------------------------------------------------------------------------------

@@ -6,8 +6,9 @@
 //! self-correction, forward and backward on the device and accumulates gradients there. Clipping and
 //! AdamW run on the device too (`optim.rs`) and the parameters stay there, coming back only for
 //! checkpoints, grids and validation. Data-parallel averaging runs through NCCL on the device when the
-//! group has an NCCL communicator (with ZeRO-1: a reduce-scatter, each GPU's shard updated, an
-//! all-gather), otherwise through the host communicator; ZeRO-1 through the host communicator brings
+//! group has an NCCL communicator, bucket by bucket during the last micro-batch's backward
+//! (`model::buckets`; with ZeRO-1 each GPU's shard is then updated and the parameters all-gathered),
+//! otherwise through the host communicator; ZeRO-1 through the host communicator brings
 //! the gradients to the host once per step and the sharded host optimizer runs as on the CPU.
 
 pub mod backward;
@@ -28,9 +29,12 @@ use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
 use infinity_kernels::cuda::{CudaError, Device, Math};
 use infinity_kernels::rope::RopeTable;
 
+use crate::model::buckets::GradBuckets;
 use crate::model::forward::scale_index;
 use crate::model::{Condition, Layout, ModelConfig, ModelInput, Params};
 use forward::{DeviceCondition, DeviceInput};
+use infinity_launcher::comm::NcclComm;
+use optim::reduce_part;
 
 /// What the kernels need to run the model: the device, cuBLAS (and its precision), the config and the
 /// parameters.
@@ -150,6 +154,30 @@ pub struct GpuModel {
     pub recompute: bool,
     /// AdamW's state, when the optimizer runs on the device.
     optim: Option<optim::DeviceAdamW>,
+    /// The buckets the backward sums over the ranks as it goes ([`Grad::AccumulateAndReduce`]), and
+    /// whether this step's gradients were (until [`GpuModel::zero_grads`]).
+    buckets: Option<GradBuckets>,
+    grads_reduced: bool,
+}
+
+/// What a step does besides the forward and loss.
+pub enum Grad<'c> {
+    No,
+    /// Backward, gradients added into the accumulated ones.
+    Accumulate,
+    /// Backward, and each bucket of the accumulated gradients summed over the ranks of the
+    /// communicator as soon as it is complete (the step's last micro-batch; [`GpuModel::overlap_grads`]).
+    AccumulateAndReduce(&'c mut NcclComm),
+}
+
+impl From<bool> for Grad<'_> {
+    fn from(grad: bool) -> Self {
+        if grad {
+            Grad::Accumulate
+        } else {
+            Grad::No
+        }
+    }
 }
 
 impl GpuModel {
@@ -188,6 +216,8 @@ impl GpuModel {
             ropes: HashMap::new(),
             recompute: false,
             optim: None,
+            buckets: None,
+            grads_reduced: false,
         })
     }
 
@@ -215,14 +245,15 @@ impl GpuModel {
     pub fn zero_grads(&mut self) -> Result<()> {
         self.dev.stream.memset_zeros(&mut self.grads)?;
         self.grad_scale = 1.0; // a skipped update leaves no factor behind
+        self.grads_reduced = false;
         Ok(())
     }
 
     /// Add the accumulated device gradients into `host` (same layout).
     pub fn add_grads_into(&mut self, host: &mut [f32]) -> Result<()> {
         anyhow::ensure!(
-            self.grad_scale == 1.0,
-            "the host optimizer takes the gradients as they are, not clipped on the device"
+            self.grad_scale == 1.0 && !self.grads_reduced,
+            "the host optimizer takes the gradients as they are, not clipped or reduced on the device"
         );
         let g = self.dev.stream.clone_dtoh(&self.grads.slice(0..self.lay.numel))?;
         host.iter_mut().zip(&g).for_each(|(h, d)| *h += d);
@@ -231,22 +262,22 @@ impl GpuModel {
 
     /// Forward (and with `grad`, backward into the accumulated gradients) of one micro-batch.
     /// Returns the loss statistics the CPU model's `acts.ce` holds.
-    pub fn step(&mut self, inp: &ModelInput<f32>, grad: bool) -> Result<BitwiseCe> {
+    pub fn step<'c>(&mut self, inp: &ModelInput<f32>, grad: impl Into<Grad<'c>>) -> Result<BitwiseCe> {
         let s = &self.dev.stream;
         let bits = (s.clone_htod(inp.x_wo_prefix)?, s.clone_htod(inp.gt_bits)?);
         let dinp = self.upload_input(inp, bits)?;
-        self.run(inp, dinp, grad)
+        self.run(inp, dinp, grad.into())
     }
 
     /// [`GpuModel::step`] with bitwise self-correction on the device: `latents [B, d, H, W]` and one flip
     /// key per sample replace `inp`'s teacher-forcing inputs and labels (which are ignored), computed
     /// by bsq.cu with the same keyed flips as `bsq::keyed_flips` on the host.
-    pub fn step_latents(
+    pub fn step_latents<'c>(
         &mut self,
         inp: &ModelInput<f32>,
         (latents, keys): (&[f32], &[u64]),
         (p_max, apply_layers): (f64, usize),
-        grad: bool,
+        grad: impl Into<Grad<'c>>,
     ) -> Result<BitwiseCe> {
         let (b, d) = (inp.b, self.cfg.d);
         let &(hh, ww) = inp.scales.last().context("empty schedule")?;
@@ -259,10 +290,10 @@ impl GpuModel {
         let mut scratch = BsqScratch::new(b, d, (hh, ww));
         self_correct_batch(&self.dev, &lat, &k, b, d, inp.scales, p_max, apply_layers, &mut out, &mut scratch)?;
         let dinp = self.upload_input(inp, (out.x_wo_prefix, out.gt_bits))?;
-        self.run(inp, dinp, grad)
+        self.run(inp, dinp, grad.into())
     }
 
-    fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: bool) -> Result<BitwiseCe> {
+    fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: Grad) -> Result<BitwiseCe> {
         let key = inp.scales.to_vec();
         if self.ropes.get(&key).is_none_or(|(host, _)| host != inp.rope) {
             let table = DeviceRope::new(&self.dev, inp.rope)?;
@@ -281,9 +312,26 @@ impl GpuModel {
             params: &self.params,
             params16: self.params16.as_ref(),
         };
-        let acts = forward::forward(&net, &dinp, rope, grad, self.recompute)?;
-        if grad {
-            backward::backward(&net, &dinp, &acts, rope, &mut self.grads)?;
+        let acts = forward::forward(&net, &dinp, rope, !matches!(grad, Grad::No), self.recompute)?;
+        match grad {
+            Grad::No => {}
+            Grad::Accumulate => backward::backward(&net, &dinp, &acts, rope, &mut self.grads, &mut |_, _| Ok(()))?,
+            Grad::AccumulateAndReduce(comm) => {
+                // each bucket summed over the ranks as soon as the backward has written it
+                let plan = self.buckets.as_ref().context("the model reduces no gradients in the backward")?;
+                let stream = &self.dev.stream;
+                let mut block_done = |blk, grads: &mut CudaSlice<f32>| -> Result<()> {
+                    match plan.after_block(blk) {
+                        Some(range) => reduce_part(grads, range, comm, stream),
+                        None => Ok(()),
+                    }
+                };
+                backward::backward(&net, &dinp, &acts, rope, &mut self.grads, &mut block_done)?;
+                for range in plan.rest() {
+                    reduce_part(&mut self.grads, range, comm, stream)?;
+                }
+                self.grads_reduced = true;
+            }
         }
         let s = &self.dev.stream;
         let token_loss: Vec<f64> = s.clone_dtoh(&acts.ce.token_loss)?.into_iter().map(f64::from).collect();

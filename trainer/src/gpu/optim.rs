@@ -3,18 +3,24 @@
 //! back only for checkpoints, sample grids and validation.
 //!
 //! With ZeRO-1 over NCCL each rank's device holds the moments of its shard of the flat parameters
-//! only: the gradients are reduce-scattered, the rank updates its shard, and the parameters are
-//! all-gathered in place, as `train::dist::Zero1` does on the host.
+//! only: the gradients are reduce-scattered (or were all-reduced bucket by bucket during the backward),
+//! the rank updates its shard, and the parameters are all-gathered in place, as `train::dist::Zero1`
+//! does on the host.
+//!
+//! NCCL runs on the communicator's own stream: every collective on the model's buffers starts after
+//! the work queued on the model's stream (`NcclComm::after`), and the model's stream goes on after it
+//! (`NcclComm::before`, besides the host's wait that lets the watchdog judge a stall).
 
 use std::ops::Range;
 
 use anyhow::{ensure, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 use infinity_kernels::adamw::AdamWScalars;
 use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev};
 use infinity_launcher::comm::{Communicator, NcclComm};
 
 use super::GpuModel;
+use crate::model::buckets::GradBuckets;
 use crate::model::Params;
 use crate::optim::AdamW;
 
@@ -97,23 +103,51 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Average the device gradients over the ranks of `comm`: an NCCL all-reduce sums them in place,
-    /// and the `1/world` is left to the update (`grad_scale`), which reads them anyway.
+    /// From now on, the backward of a step's last micro-batch sums the gradients over the ranks bucket
+    /// by bucket (`Grad::AccumulateAndReduce`), each bucket of at least `bucket_bytes` (0: a block).
+    /// Returns the number of collectives that makes per step.
+    pub fn overlap_grads(&mut self, bucket_bytes: usize) -> usize {
+        let plan = GradBuckets::new(&self.lay, self.cfg.depth, bucket_bytes);
+        let n = plan.ranges().count();
+        self.buckets = Some(plan);
+        n
+    }
+
+    /// Whether the backward can sum the gradients over the ranks ([`GpuModel::overlap_grads`]).
+    pub fn overlaps_grads(&self) -> bool {
+        self.buckets.is_some()
+    }
+
+    /// Average the device gradients over the ranks of `comm`: an NCCL all-reduce sums them in place
+    /// (unless the backward did, bucket by bucket), and the `1/world` is left to the update
+    /// (`grad_scale`), which reads them anyway.
     pub fn reduce_grads_nccl(&mut self, comm: &mut NcclComm) -> Result<()> {
         ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
-        comm.all_reduce_sum_device(&mut self.grads)?;
-        comm.wait("all_reduce")?;
+        if !self.grads_reduced {
+            comm.after(&self.dev.stream)?;
+            comm.all_reduce_sum_device(&mut self.grads)?;
+        }
+        collectives_done(comm, &self.dev.stream, "all_reduce")?;
         self.grad_scale = 1.0 / comm.world() as f64;
         Ok(())
     }
 
-    /// ZeRO-1: sum the device gradients over the ranks of `comm`, each rank keeping its shard's part;
-    /// the `1/world` is left to the update (`grad_scale`), as in [`GpuModel::reduce_grads_nccl`].
+    /// ZeRO-1: sum the device gradients over the ranks of `comm`, each rank keeping its shard's part
+    /// (a reduce-scatter, or the shard's part of what the backward all-reduced); the `1/world` is left
+    /// to the update (`grad_scale`), as in [`GpuModel::reduce_grads_nccl`].
     pub fn reduce_scatter_grads(&mut self, comm: &mut NcclComm) -> Result<()> {
         ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
-        let shard = self.optim.as_mut().and_then(|o| o.shard_grads.as_mut()).expect("a sharded optimizer");
-        comm.reduce_scatter_sum_device(&self.grads, shard)?;
-        comm.wait("reduce_scatter")?;
+        let o = self.optim.as_mut().expect("a sharded optimizer");
+        let shard = o.shard_grads.as_mut().expect("a sharded optimizer");
+        if self.grads_reduced {
+            collectives_done(comm, &self.dev.stream, "all_reduce")?;
+            let part = self.grads.slice(o.range.clone());
+            self.dev.stream.memcpy_dtod(&part, &mut shard.slice_mut(0..o.range.len()))?;
+        } else {
+            comm.after(&self.dev.stream)?;
+            comm.reduce_scatter_sum_device(&self.grads, shard)?;
+            collectives_done(comm, &self.dev.stream, "reduce_scatter")?;
+        }
         self.grad_scale = 1.0 / comm.world() as f64;
         Ok(())
     }
@@ -170,9 +204,9 @@ impl GpuModel {
 
     /// ZeRO-1, after the update: every rank's shard of the parameters to every rank, in place.
     pub fn all_gather_params(&mut self, comm: &mut NcclComm) -> Result<()> {
+        comm.after(&self.dev.stream)?;
         comm.all_gather_in_place_device(&mut self.params)?;
-        comm.wait("all_gather")?;
-        Ok(())
+        collectives_done(comm, &self.dev.stream, "all_gather")
     }
 
     /// Keep the weights' moving average on the device from now on, starting from `ema` (after
@@ -222,4 +256,25 @@ impl GpuModel {
         }
         Ok(())
     }
+}
+
+/// Sum `grads[range]` over the ranks of `comm` once `compute` has written it: the communicator's
+/// stream waits for the work queued on `compute` so far; the host does not.
+pub(super) fn reduce_part(
+    grads: &mut CudaSlice<f32>,
+    range: Range<usize>,
+    comm: &mut NcclComm,
+    compute: &CudaStream,
+) -> Result<()> {
+    comm.after(compute)?;
+    comm.all_reduce_sum_part(grads, range)?;
+    Ok(())
+}
+
+/// Wait (on the host, under the watchdog) for the collectives enqueued on `comm`, and order `compute`'s
+/// next work after them.
+fn collectives_done(comm: &mut NcclComm, compute: &CudaStream, op: &'static str) -> Result<()> {
+    comm.wait(op)?;
+    comm.before(compute)?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod acts;
 pub mod backward;
 pub mod bench;
+pub mod buckets;
 pub mod config;
 pub mod forward;
 pub mod init;

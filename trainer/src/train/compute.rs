@@ -88,6 +88,20 @@ impl Compute {
         }
     }
 
+    /// Over NCCL with the device optimizer: sum the gradients over the ranks bucket by bucket during
+    /// the backward of each step's last micro-batch (buckets of at least `bucket_bytes`; 0: a block
+    /// each). Returns the number of collectives a step then makes, or none (on the CPU, without NCCL or
+    /// without the device optimizer the gradients are reduced after the backward).
+    pub fn overlap_grads(&mut self, _dist: &mut Dist, _bucket_bytes: usize) -> Option<usize> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } if model.has_optimizer() && _dist.world > 1 && _dist.has_nccl() => {
+                Some(model.overlap_grads(_bucket_bytes))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the device optimizer updates this rank's ZeRO-1 shard alone.
     pub fn device_zero1(&self) -> bool {
         match self {
@@ -147,8 +161,10 @@ impl Compute {
 
     /// Forward and backward of one micro-batch: gradients added into `grads` (CPU) or into the device's
     /// accumulator (GPU); returns the loss statistics. `device_bsc` (latents and flip keys, `p_max` and
-    /// `apply_layers`) replaces `inp`'s inputs and labels when [`Compute::self_corrects`].
-    #[allow(clippy::type_complexity)]
+    /// `apply_layers`) replaces `inp`'s inputs and labels when [`Compute::self_corrects`]. `last`, on a
+    /// step's last micro-batch, is the group whose ranks the backward sums the gradients over as it goes
+    /// ([`Compute::overlap_grads`]; [`Compute::clip`] then finds them summed).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     pub fn micro_step(
         &mut self,
         (mc, lay): (&ModelConfig, &Layout),
@@ -157,7 +173,15 @@ impl Compute {
         device_bsc: Option<((&[f32], &[u64]), (f64, usize))>,
         acts: &mut Acts<f32>,
         grads: &mut Params<f32>,
+        _last: Option<&mut Dist>,
     ) -> Result<BitwiseCe> {
+        #[cfg(feature = "cuda")]
+        let grad = match (&*self, _last.and_then(|d| d.nccl())) {
+            (Compute::Cuda { model, .. }, Some(comm)) if model.overlaps_grads() => {
+                crate::gpu::Grad::AccumulateAndReduce(comm)
+            }
+            _ => crate::gpu::Grad::Accumulate,
+        };
         match (self, device_bsc) {
             (Compute::Cpu, None) => {
                 forward_into(mc, lay, params, inp, acts);
@@ -167,10 +191,10 @@ impl Compute {
             (Compute::Cpu, Some(_)) => bail!("the CPU model self-corrects on the host"),
             #[cfg(feature = "cuda")]
             (Compute::Cuda { model, .. }, Some((latents, bsc))) => {
-                model.step_latents(inp, latents, bsc, true).map_err(out_of_memory_hint)
+                model.step_latents(inp, latents, bsc, grad).map_err(out_of_memory_hint)
             }
             #[cfg(feature = "cuda")]
-            (Compute::Cuda { model, .. }, None) => model.step(inp, true).map_err(out_of_memory_hint),
+            (Compute::Cuda { model, .. }, None) => model.step(inp, grad).map_err(out_of_memory_hint),
         }
     }
 

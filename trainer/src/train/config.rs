@@ -68,6 +68,11 @@ pub struct DistSection {
     /// The communicator: `ring` (TCP, any machine), `nccl` (GPUs; needs a build with feature `cuda`)
     /// or `auto` (the ring while the model runs on the CPU).
     pub backend: CommBackend,
+    /// Over NCCL: sum each bucket of gradients over the ranks as soon as the backward has written it,
+    /// while the backward goes on (the step's last micro-batch); otherwise after the whole backward.
+    pub overlap_grads: bool,
+    /// The gradients of at least this many MiB make a bucket (consecutive blocks; 0: one per block).
+    pub bucket_mib: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +86,14 @@ pub enum CommBackend {
 
 impl Default for DistSection {
     fn default() -> Self {
-        DistSection { timeout_s: 300.0, rdzv_timeout_s: 300.0, zero1: false, backend: CommBackend::Auto }
+        DistSection {
+            timeout_s: 300.0,
+            rdzv_timeout_s: 300.0,
+            zero1: false,
+            backend: CommBackend::Auto,
+            overlap_grads: true,
+            bucket_mib: 25.0,
+        }
     }
 }
 
@@ -381,6 +393,12 @@ impl TrainConfig {
         }
         if self.sample.tau.is_nan() || self.sample.tau <= 0.0 || !(0.0..=1.0).contains(&self.sample.top_p) {
             bail!("sample.tau must be positive and sample.top_p in [0, 1]");
+        }
+        if !(self.dist.bucket_mib.is_finite() && self.dist.bucket_mib >= 0.0) {
+            bail!(
+                "dist.bucket_mib must be a finite number ≥ 0 (0: a bucket per block), found {}",
+                self.dist.bucket_mib
+            );
         }
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");

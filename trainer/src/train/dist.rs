@@ -202,7 +202,10 @@ fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration)
         bail!("rank {}: LOCAL_RANK {} but only {count} CUDA devices are visible", env.rank, env.local_rank);
     }
     let ctx = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
-    let comm = NcclComm::connect(store, prefix, env.rank, env.world, ctx.default_stream(), timeout, true)
+    // a stream of its own, so that collectives run beside the model's kernels (the gradients' buckets
+    // during the backward); whoever hands it a device buffer orders the two streams (NcclComm::after)
+    let stream = ctx.new_stream().with_context(|| format!("a stream for NCCL on CUDA device {ordinal}"))?;
+    let comm = NcclComm::connect(store, prefix, env.rank, env.world, stream, timeout, true)
         .with_context(|| format!("rank {}: building the NCCL communicator", env.rank))?;
     Ok(Box::new(comm))
 }

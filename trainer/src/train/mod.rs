@@ -261,6 +261,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let place = if compute.device_zero1() { "this GPU" } else { "the host" };
         println!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, lay.numel);
     }
+    // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
+    let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
+    if let Some(n) = cfg.dist.overlap_grads.then(|| compute.overlap_grads(&mut dist, bucket_bytes)).flatten() {
+        println!("gradients summed over the ranks during the backward: {n} collectives a step");
+    }
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
@@ -306,7 +311,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
             let device_bsc =
                 on_device.then_some(((&mb.latents[..], &mb.keys[..]), (cfg.bsc.p_max, cfg.bsc.apply_layers)));
-            let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads)?;
+            let last = (micro + 1 == accum).then_some(&mut dist);
+            let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads, last)?;
             loss += ce.loss;
             correct_bits += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
                 / (ce.correct_bits.len() * mc.d) as f64
