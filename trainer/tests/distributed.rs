@@ -437,16 +437,20 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     }
     let (tmp, cfg) = setup(4);
     let on_gpus = ["--set", "run.device=cuda", "--set", "dist.backend=nccl"];
+    // the emulated device then leaves kernels queued until something needs them, so a collective that
+    // does not wait for the backward's kernels reads stale gradients (a GPU ignores the variable)
+    let lazy = ("INFINITY_EMULATED_LAZY", "1");
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
     ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
-    let out = ok(launch(2, &cfg, &two, &[], &[]).args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
+    let out =
+        ok(launch(2, &cfg, &two, &[], &[lazy]).args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
     // a bucket per block (2), then the parameters before and after the blocks
     assert!(out.contains("during the backward: 4 collectives a step"), "{out}");
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));
     println!("NCCL on 2 GPUs (a bucket per block during the backward) vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "NCCL: max |Δw| {diff:e} at {name}");
     let after = tmp.path().join("nccl-after-backward");
-    let out = launch(2, &cfg, &after, &[], &[]).args(on_gpus).args(["--set", "dist.overlap_grads=false"]).output();
+    let out = launch(2, &cfg, &after, &[], &[lazy]).args(on_gpus).args(["--set", "dist.overlap_grads=false"]).output();
     assert!(!ok(out.unwrap()).contains("during the backward"));
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&after, 4));
     println!("NCCL on 2 GPUs (summed after the backward) vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");
@@ -454,7 +458,7 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
 
     // rank 1 killed after step 3 (checkpoints every 2 steps): the group restarts from step 2
     let faulty = tmp.path().join("nccl-killed");
-    let kill = [("INFINITY_FAULT_KILL", "1:3")];
+    let kill = [("INFINITY_FAULT_KILL", "1:3"), lazy];
     let mut c = launch(2, &cfg, &faulty, &["--max-restarts", "1"], &kill);
     let out = ok(c.args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
     assert!(out.contains("restarting the group"), "{out}");
@@ -465,7 +469,7 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     // part of the gradients the backward all-reduced, and the parameters are all-gathered in place;
     // its checkpoint (the shards gathered) continues on one GPU without ZeRO-1
     let z = tmp.path().join("nccl-zero1");
-    let out = ok(launch(2, &cfg, &z, &[], &[]).args(on_gpus).args(["--set", "dist.zero1=true"]).output().unwrap());
+    let out = ok(launch(2, &cfg, &z, &[], &[lazy]).args(on_gpus).args(["--set", "dist.zero1=true"]).output().unwrap());
     assert!(out.contains("ZeRO-1: this GPU updates parameters"), "{out}");
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&z, 4));
     println!("ZeRO-1 over NCCL on 2 GPUs vs 1 GPU after 4 steps: max |Δw| = {diff:.3e} ({name})");

@@ -3,12 +3,16 @@
 // with op(A) m×k, op(B) k×n. Products are summed in f64 and rounded once to the output type: the
 // result a tensor core's wide accumulation approaches, not its order. bf16 or f16 inputs are read as
 // stored (already rounded by whoever wrote them). Anything else is refused with the reason on stderr.
+// A GEMM runs in its handle's stream order (streams.h): after the work queued there, or queued itself
+// with INFINITY_EMULATED_LAZY=1.
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <cstdio>
 #include <vector>
+
+#include "streams.h"
 
 typedef int cublasStatus_t;
 enum : cublasStatus_t { OK = 0, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
@@ -60,14 +64,8 @@ void store(void* p, int type, size_t i, float v) {
 
 bool known(int type) { return type == R_32F || type == R_16BF || type == R_16F; }
 
-cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void* a, int atype, int lda,
-                    const void* b, int btype, int ldb, float beta, void* c, int ctype, int ldc) {
-    if (m < 0 || n < 0 || k < 0) return fail(INVALID_VALUE, "negative GEMM size");
-    if (ta > 1 || tb > 1) return fail(NOT_SUPPORTED, "conjugate transposes are not emulated");
-    if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1 || ldb < 1 || ldc < 1)
-        return fail(INVALID_VALUE, "a leading dimension smaller than its matrix's rows");
-    if (!known(atype) || !known(btype) || (ctype != R_32F && ctype != R_16BF))
-        return fail(NOT_SUPPORTED, "GEMM data types other than f32, bf16 and f16 inputs with f32 or bf16 output");
+void compute(int ta, int tb, int m, int n, int k, float alpha, const void* a, int atype, int lda, const void* b,
+             int btype, int ldb, float beta, void* c, int ctype, int ldc) {
     std::vector<double> row(k);
     for (int i = 0; i < m; ++i) {
         for (int l = 0; l < k; ++l) row[l] = load(a, atype, ta ? (size_t)i * lda + l : (size_t)l * lda + i);
@@ -80,6 +78,22 @@ cublasStatus_t gemm(int ta, int tb, int m, int n, int k, float alpha, const void
             store(c, ctype, at, (float)((double)alpha * acc + prior));
         }
     }
+}
+
+// Checks the call at once (as cuBLAS does), then computes it in `handle`'s stream order.
+cublasStatus_t gemm(void* handle, int ta, int tb, int m, int n, int k, float alpha, const void* a, int atype,
+                    int lda, const void* b, int btype, int ldb, float beta, void* c, int ctype, int ldc) {
+    if (m < 0 || n < 0 || k < 0) return fail(INVALID_VALUE, "negative GEMM size");
+    if (ta > 1 || tb > 1) return fail(NOT_SUPPORTED, "conjugate transposes are not emulated");
+    if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1 || ldb < 1 || ldc < 1)
+        return fail(INVALID_VALUE, "a leading dimension smaller than its matrix's rows");
+    if (!known(atype) || !known(btype) || (ctype != R_32F && ctype != R_16BF))
+        return fail(NOT_SUPPORTED, "GEMM data types other than f32, bf16 and f16 inputs with f32 or bf16 output");
+    auto run = [=] { return compute(ta, tb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc), true; };
+    emu_device::Stream* s = emu_device::resolve(((Handle*)handle)->stream);
+    if (emu_device::lazy()) return emu_device::defer(s, run), OK;
+    emu_device::drain(s);
+    run();
     return OK;
 }
 
@@ -94,17 +108,17 @@ cublasStatus_t cublasGetStream_v2(void* h, void** s) { return *s = ((Handle*)h)-
 cublasStatus_t cublasSetMathMode(void*, int) { return OK; }
 cublasStatus_t cublasSetWorkspace_v2(void*, void*, size_t) { return OK; }
 
-cublasStatus_t cublasSgemm_v2(void*, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
+cublasStatus_t cublasSgemm_v2(void* h, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
                               int lda, const float* b, int ldb, const float* beta, float* c, int ldc) {
-    return gemm(ta, tb, m, n, k, *alpha, a, R_32F, lda, b, R_32F, ldb, *beta, c, R_32F, ldc);
+    return gemm(h, ta, tb, m, n, k, *alpha, a, R_32F, lda, b, R_32F, ldb, *beta, c, R_32F, ldc);
 }
 
-cublasStatus_t cublasGemmEx(void*, int ta, int tb, int m, int n, int k, const void* alpha, const void* a, int atype,
+cublasStatus_t cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* a, int atype,
                             int lda, const void* b, int btype, int ldb, const void* beta, void* c, int ctype, int ldc,
                             int compute, int /*algo*/) {
     if (compute != COMPUTE_32F && compute != COMPUTE_32F_PEDANTIC)
         return fail(NOT_SUPPORTED, "compute types other than CUBLAS_COMPUTE_32F (α and β as f32)");
-    return gemm(ta, tb, m, n, k, *(const float*)alpha, a, atype, lda, b, btype, ldb, *(const float*)beta, c, ctype,
+    return gemm(h, ta, tb, m, n, k, *(const float*)alpha, a, atype, lda, b, btype, ldb, *(const float*)beta, c, ctype,
                 ldc);
 }
 

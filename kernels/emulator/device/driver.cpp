@@ -77,7 +77,7 @@ struct Module {
 };
 struct Function {
     std::string name;
-    const emu::KernelCall* call;
+    const emu::KernelBind* bind;
     int static_smem;       // bytes of the module's `.shared` variables the kernel's body names
     int max_dynamic_smem;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: 48 KiB − static until raised
 };
@@ -381,19 +381,27 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     if ((int)smem > fn.max_dynamic_smem)
         return fail(INVALID_VALUE, name + ": " + std::to_string(smem) +
                                        " bytes of dynamic shared memory, above the kernel's limit (cuFuncSetAttribute)");
-    emu_device::drain(emu_device::resolve(stream));
-    std::lock_guard<std::mutex> g(device_lock);
-    static bool handler = false;
-    if (!handler) {
-        struct sigaction sa = {};
-        sa.sa_sigaction = on_segv;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-        sigaction(SIGSEGV, &sa, &previous_segv);
-        handler = true;
-    }
-    running_kernel = name.c_str();
-    emu::launch({gx, gy, gz}, {bx, by, bz}, smem, [&] { (*fn.call)(params); });
-    running_kernel = nullptr;
+    const std::function<void()> body = (*fn.bind)(params);  // the arguments copied now, as the driver does
+    const dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    auto run = [name, grid, block, smem, body] {
+        std::lock_guard<std::mutex> g(device_lock);
+        static bool handler = false;
+        if (!handler) {
+            struct sigaction sa = {};
+            sa.sa_sigaction = on_segv;
+            sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+            sigaction(SIGSEGV, &sa, &previous_segv);
+            handler = true;
+        }
+        running_kernel = name.c_str();
+        emu::launch(grid, block, smem, body);
+        running_kernel = nullptr;
+        return true;
+    };
+    Stream* s = emu_device::resolve(stream);
+    if (emu_device::lazy()) return emu_device::defer(s, run), SUCCESS;
+    emu_device::drain(s);
+    run();
     return SUCCESS;
 }
 

@@ -5,6 +5,12 @@
 // own work synchronously). What cannot finish at once, a collective waiting for its peers (nccl.cpp)
 // and whatever is queued behind it, waits in the stream's queue and moves on whenever the stream is
 // used, queried or synchronised, so events and the NCCL watchdog see work in flight as on a GPU.
+//
+// With INFINITY_EMULATED_LAZY=1 kernels and GEMMs wait in their stream's queue until something needs
+// them: a copy, set or synchronisation of their stream, or another stream waiting for an event behind
+// them; collectives and event waits still start at once. A collective that reads what another
+// stream's kernels write, without waiting for them, then reads it stale, as a GPU running the two
+// streams at once may: a missing cross-stream wait fails a test instead of passing by luck.
 #pragma once
 #include <chrono>
 #include <cstdlib>
@@ -67,6 +73,15 @@ inline std::vector<std::unique_ptr<Context>>& contexts() {
 
 inline thread_local Context* current = nullptr;
 
+// INFINITY_EMULATED_LAZY=1: nothing runs at its launch (above).
+inline bool lazy() {
+    static const bool on = [] {
+        const char* v = getenv("INFINITY_EMULATED_LAZY");
+        return v && *v && *v != '0';
+    }();
+    return on;
+}
+
 // The stream a handle names: the current context's own for the null (legacy default) handle.
 inline Stream* resolve(void* handle) {
     if (handle) return (Stream*)handle;
@@ -100,6 +115,13 @@ inline void enqueue(Stream* s, Step step) {
         ++s->finished;
         return;
     }
+    s->queue.push_back(std::move(step));
+}
+
+// Queues `step` on `s` to run when something needs it (a kernel or GEMM under lazy()).
+inline void defer(Stream* s, Step step) {
+    std::lock_guard<std::recursive_mutex> g(queue_lock);
+    ++s->issued;
     s->queue.push_back(std::move(step));
 }
 
