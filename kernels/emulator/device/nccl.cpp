@@ -44,7 +44,7 @@ struct Comm {
     std::atomic<bool> aborted{false};
 };
 
-enum class Kind { AllReduce, Broadcast, AllGather, ReduceScatter };
+enum class Kind { AllReduce, Broadcast, AllGather, ReduceScatter, Reduce };
 
 ncclResult_t fail(ncclResult_t code, const std::string& why) {
     fprintf(stderr, "emulated NCCL: %s\n", why.c_str());
@@ -103,7 +103,7 @@ std::vector<char> read(const Comm& c, unsigned long long k, int rank, size_t byt
 }
 
 // Queues collective `kind` on `stream`: `count` values per rank's part (the whole buffer for
-// all-reduce and broadcast).
+// all-reduce, reduce and broadcast; a reduce writes `recv` at `root` only).
 ncclResult_t collective(Kind kind, const void* send, void* recv, size_t count, int type, int root, Comm* c,
                         void* stream) {
     if (!c) return fail(ncclInvalidArgument, "a null communicator");
@@ -129,6 +129,9 @@ ncclResult_t collective(Kind kind, const void* send, void* recv, size_t count, i
             case Kind::AllGather:
                 for (int r = 0; r < c->ranks; ++r) memcpy((char*)recv + r * bytes, read(*c, k, r, bytes).data(), bytes);
                 break;
+            case Kind::Reduce:
+                if (c->rank != root) break;
+                [[fallthrough]];
             case Kind::AllReduce:
             case Kind::ReduceScatter: {
                 const size_t offset = kind == Kind::ReduceScatter ? c->rank * bytes : 0;
@@ -230,6 +233,12 @@ ncclResult_t ncclCommFinalize(Comm*) { return ncclSuccess; }
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, Comm* c, void* stream) {
     if (op != 0) return fail(ncclInvalidArgument, "reductions other than sum are not emulated");
     return collective(Kind::AllReduce, send, recv, count, type, 0, c, stream);
+}
+ncclResult_t ncclReduce(const void* send, void* recv, size_t count, int type, int op, int root, Comm* c,
+                        void* stream) {
+    if (op != 0) return fail(ncclInvalidArgument, "reductions other than sum are not emulated");
+    if (root < 0 || root >= c->ranks) return fail(ncclInvalidArgument, "reduce root outside the world");
+    return collective(Kind::Reduce, send, recv, count, type, root, c, stream);
 }
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, Comm* c, void* stream) {
     if (root < 0 || root >= c->ranks) return fail(ncclInvalidArgument, "broadcast root outside the world");

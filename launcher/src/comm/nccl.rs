@@ -13,12 +13,13 @@
 //! communicator from its own thread, and `Comm`'s drop panics when an abort fails.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
 use cudarc::nccl::{result, sys, NcclType};
 
 use super::{CommError, CommResult, Communicator};
@@ -187,19 +188,33 @@ impl NcclComm {
     pub fn all_reduce_sum_part<T: NcclType + DeviceRepr>(
         &mut self,
         buf: &mut CudaSlice<T>,
-        part: std::ops::Range<usize>,
+        part: Range<usize>,
     ) -> CommResult<()> {
-        if part.start > part.end || part.end > buf.len() {
-            let detail = format!("part {part:?} of a buffer of {} elements", buf.len());
-            return Err(CommError::Usage { op: "all_reduce", detail });
-        }
-        let (n, offset) = (part.len(), (part.start * std::mem::size_of::<T>()) as u64);
-        let (p, _sync) = buf.device_ptr_mut(&self.stream);
-        let p = p + offset;
-        // SAFETY: in-place all-reduce of `n` elements inside a live device buffer (checked above), on
-        // our stream.
+        let (p, n, _sync) = self.part_ptr("all_reduce", buf, part)?;
+        // SAFETY: in-place all-reduce of `n` elements inside a live device buffer (part_ptr), on our
+        // stream.
         self.enqueue("all_reduce", |comm, st| unsafe {
             result::all_reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
+        })
+    }
+
+    /// Element-wise sum over ranks of `buf[part]`, in place at `root` alone (the other ranks' buffers
+    /// keep their values), enqueued on the stream: a bucket's piece of a ZeRO-1 shard, to its owner.
+    pub fn reduce_sum_part<T: NcclType + DeviceRepr>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        part: Range<usize>,
+        root: usize,
+    ) -> CommResult<()> {
+        if root >= self.world {
+            let detail = format!("root {root} in a world of {}", self.world);
+            return Err(CommError::Usage { op: "reduce", detail });
+        }
+        let (p, n, _sync) = self.part_ptr("reduce", buf, part)?;
+        // SAFETY: in-place reduce of `n` elements inside a live device buffer (part_ptr), on our stream.
+        self.enqueue("reduce", |comm, st| unsafe {
+            let sum = sys::ncclRedOp_t::ncclSum;
+            result::reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sum, root as i32, comm, st)
         })
     }
 
@@ -261,6 +276,24 @@ impl NcclComm {
         self.enqueue("reduce_scatter", |comm, st| unsafe {
             result::reduce_scatter(s as _, r as _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
         })
+    }
+
+    /// The device address and length of `buf[part]`, checked to lie inside `buf`, with the guard that
+    /// keeps `buf` borrowed while a call uses it.
+    fn part_ptr<'b, T: DeviceRepr>(
+        &'b self,
+        op: &'static str,
+        buf: &'b mut CudaSlice<T>,
+        part: Range<usize>,
+    ) -> CommResult<(u64, usize, SyncOnDrop<'b>)> {
+        if part.start > part.end || part.end > buf.len() {
+            return Err(CommError::Usage {
+                op,
+                detail: format!("part {part:?} of a buffer of {} elements", buf.len()),
+            });
+        }
+        let (p, sync) = buf.device_ptr_mut(&self.stream);
+        Ok((p + (part.start * std::mem::size_of::<T>()) as u64, part.len(), sync))
     }
 
     fn sizes(&self, op: &'static str, part: usize, whole: usize) -> CommResult<()> {

@@ -318,17 +318,19 @@ impl GpuModel {
             Grad::Accumulate => backward::backward(&net, &dinp, &acts, rope, &mut self.grads, &mut |_, _| Ok(()))?,
             Grad::AccumulateAndReduce(comm) => {
                 // each bucket summed over the ranks as soon as the backward has written it
+                // (with ZeRO-1, each shard's piece to its owner)
+                let shard = self.shard_part();
                 let plan = self.buckets.as_ref().context("the model reduces no gradients in the backward")?;
                 let stream = &self.dev.stream;
                 let mut block_done = |blk, grads: &mut CudaSlice<f32>| -> Result<()> {
                     match plan.after_block(blk) {
-                        Some(range) => reduce_part(grads, range, comm, stream),
+                        Some(range) => reduce_part(grads, range, shard, comm, stream),
                         None => Ok(()),
                     }
                 };
                 backward::backward(&net, &dinp, &acts, rope, &mut self.grads, &mut block_done)?;
                 for range in plan.rest() {
-                    reduce_part(&mut self.grads, range, comm, stream)?;
+                    reduce_part(&mut self.grads, range, shard, comm, stream)?;
                 }
                 self.grads_reduced = true;
             }

@@ -3,7 +3,8 @@
 //! back only for checkpoints, sample grids and validation.
 //!
 //! With ZeRO-1 over NCCL each rank's device holds the moments of its shard of the flat parameters
-//! only: the gradients are reduce-scattered (or were all-reduced bucket by bucket during the backward),
+//! only: the gradients are reduce-scattered (or were reduced to their shards' owners bucket by bucket
+//! during the backward),
 //! the rank updates its shard, and the parameters are all-gathered in place, as `train::dist::Zero1`
 //! does on the host.
 //!
@@ -77,6 +78,11 @@ impl GpuModel {
         self.optim.as_ref().is_some_and(|o| o.shard_grads.is_some())
     }
 
+    /// ZeRO-1: the values each rank's shard spans (the last one's padded).
+    pub(super) fn shard_part(&self) -> Option<usize> {
+        self.optim.as_ref().and_then(|o| o.shard_grads.as_ref()).map(|g| g.len())
+    }
+
     /// A fresh AdamW state (zero moments, made on the device; the layout's weight-decay groups): what a
     /// benchmark times the update with, without a host copy of the moments.
     pub fn attach_fresh_optimizer(&mut self) -> Result<()> {
@@ -105,7 +111,7 @@ impl GpuModel {
 
     /// From now on, the backward of a step's last micro-batch sums the gradients over the ranks bucket
     /// by bucket (`Grad::AccumulateAndReduce`), each bucket of at least `bucket_bytes` (0: a block).
-    /// Returns the number of collectives that makes per step.
+    /// Returns the number of buckets (the blocks' and the rest).
     pub fn overlap_grads(&mut self, bucket_bytes: usize) -> usize {
         let plan = GradBuckets::new(&self.lay, self.cfg.depth, bucket_bytes);
         let n = plan.ranges().count();
@@ -133,14 +139,14 @@ impl GpuModel {
     }
 
     /// ZeRO-1: sum the device gradients over the ranks of `comm`, each rank keeping its shard's part
-    /// (a reduce-scatter, or the shard's part of what the backward all-reduced); the `1/world` is left
-    /// to the update (`grad_scale`), as in [`GpuModel::reduce_grads_nccl`].
+    /// (a reduce-scatter, or what the backward's bucket reduces summed into this rank's shard); the
+    /// `1/world` is left to the update (`grad_scale`), as in [`GpuModel::reduce_grads_nccl`].
     pub fn reduce_scatter_grads(&mut self, comm: &mut NcclComm) -> Result<()> {
         ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
         let o = self.optim.as_mut().expect("a sharded optimizer");
         let shard = o.shard_grads.as_mut().expect("a sharded optimizer");
         if self.grads_reduced {
-            collectives_done(comm, &self.dev.stream, "all_reduce")?;
+            collectives_done(comm, &self.dev.stream, "reduce")?;
             let part = self.grads.slice(o.range.clone());
             self.dev.stream.memcpy_dtod(&part, &mut shard.slice_mut(0..o.range.len()))?;
         } else {
@@ -258,16 +264,27 @@ impl GpuModel {
     }
 }
 
-/// Sum `grads[range]` over the ranks of `comm` once `compute` has written it: the communicator's
-/// stream waits for the work queued on `compute` so far; the host does not.
+/// Sum `grads[range]` over the ranks of `comm` once `compute` has written it (the communicator's
+/// stream waits for the work queued on `compute` so far; the host does not): to every rank, or with
+/// ZeRO-1 shards of `shard_part` values each shard's piece to the rank that owns it (a reduce-scatter's
+/// bytes, not an all-reduce's).
 pub(super) fn reduce_part(
     grads: &mut CudaSlice<f32>,
     range: Range<usize>,
+    shard_part: Option<usize>,
     comm: &mut NcclComm,
     compute: &CudaStream,
 ) -> Result<()> {
     comm.after(compute)?;
-    comm.all_reduce_sum_part(grads, range)?;
+    match shard_part {
+        None => comm.all_reduce_sum_part(grads, range)?,
+        Some(part) => {
+            for owner in range.start / part..range.end.div_ceil(part) {
+                let piece = range.start.max(owner * part)..range.end.min((owner + 1) * part);
+                comm.reduce_sum_part(grads, piece, owner)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -88,18 +88,21 @@ impl Compute {
         }
     }
 
-    /// Over NCCL with the device optimizer: sum the gradients over the ranks bucket by bucket during
-    /// the backward of each step's last micro-batch (buckets of at least `bucket_bytes`; 0: a block
-    /// each). Returns the number of collectives a step then makes, or none (on the CPU, without NCCL or
-    /// without the device optimizer the gradients are reduced after the backward).
-    pub fn overlap_grads(&mut self, _dist: &mut Dist, _bucket_bytes: usize) -> Option<usize> {
-        match self {
-            #[cfg(feature = "cuda")]
-            Compute::Cuda { model, .. } if model.has_optimizer() && _dist.world > 1 && _dist.has_nccl() => {
-                Some(model.overlap_grads(_bucket_bytes))
-            }
-            _ => None,
+    /// Over NCCL with the device optimizer, when `wanted`: sum the gradients over the ranks bucket by
+    /// bucket during the backward of each step's last micro-batch (buckets of at least `bucket_bytes`;
+    /// 0: a block each). Every rank of a group calls it: they agree, so that all of them or none do
+    /// (a rank that fell back to the CPU under `run.device = "auto"` cannot). Returns the number of
+    /// buckets (the blocks' and the rest), or none (the gradients are reduced after the backward).
+    pub fn overlap_grads(&mut self, dist: &mut Dist, wanted: bool, _bucket_bytes: usize) -> Result<Option<usize>> {
+        let can = wanted && self.device_optimizer() && dist.has_nccl();
+        if dist.world == 1 || dist.any(!can)? {
+            return Ok(None);
         }
+        #[cfg(feature = "cuda")]
+        if let Compute::Cuda { model, .. } = self {
+            return Ok(Some(model.overlap_grads(_bucket_bytes)));
+        }
+        unreachable!("only a rank with the device optimizer can overlap")
     }
 
     /// Whether the device optimizer updates this rank's ZeRO-1 shard alone.

@@ -204,6 +204,9 @@ fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration)
     let ctx = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
     // a stream of its own, so that collectives run beside the model's kernels (the gradients' buckets
     // during the backward); whoever hands it a device buffer orders the two streams (NcclComm::after)
+    // SAFETY: cudarc's own ordering of buffers between streams is not relied on (it would order whole
+    // buffers, making the backward wait for every bucket in flight); each use orders them by hand
+    unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().with_context(|| format!("a stream for NCCL on CUDA device {ordinal}"))?;
     let comm = NcclComm::connect(store, prefix, env.rank, env.world, stream, timeout, true)
         .with_context(|| format!("rank {}: building the NCCL communicator", env.rank))?;

@@ -263,8 +263,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
     let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
-    if let Some(n) = cfg.dist.overlap_grads.then(|| compute.overlap_grads(&mut dist, bucket_bytes)).flatten() {
-        println!("gradients summed over the ranks during the backward: {n} collectives a step");
+    if let Some(n) = compute.overlap_grads(&mut dist, cfg.dist.overlap_grads, bucket_bytes)? {
+        println!("gradients summed over the ranks during the backward: {n} buckets a step");
     }
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     // only rank 0 writes logs, sample grids and checkpoints
