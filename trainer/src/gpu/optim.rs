@@ -4,9 +4,8 @@
 //!
 //! With ZeRO-1 over NCCL each rank's device holds the moments of its shard of the flat parameters
 //! only: the gradients are reduce-scattered (or were reduced to their shards' owners bucket by bucket
-//! during the backward),
-//! the rank updates its shard, and the parameters are all-gathered in place, as `train::dist::Zero1`
-//! does on the host.
+//! during the backward), the rank updates its shard, and the parameters are all-gathered in place, as
+//! `train::dist::Zero1` does on the host.
 //!
 //! NCCL runs on the communicator's own stream: every collective on the model's buffers starts after
 //! the work queued on the model's stream (`NcclComm::after`), and the model's stream goes on after it
