@@ -20,6 +20,15 @@ fn devices() -> usize {
     CudaContext::device_count().map(|n| n as usize).unwrap_or(0)
 }
 
+/// The number of GPUs, or none after saying the test is skipped.
+fn devices_or_skip() -> Option<usize> {
+    let count = devices();
+    if count == 0 {
+        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+    }
+    (count > 0).then_some(count)
+}
+
 /// Run `f` on `world` ranks, rank r on device r, each in its own thread and on a stream of its own:
 /// tests run at once, and two groups whose collectives met on one device's default stream in opposite
 /// orders on two devices would wait on each other (a deadlock a GPU would have too).
@@ -47,11 +56,7 @@ where
 
 #[test]
 fn collectives_match_their_definitions() {
-    let count = devices();
-    if count == 0 {
-        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
-        return;
-    }
+    let Some(count) = devices_or_skip() else { return };
     let worlds: Vec<usize> = [1, 2, 4].into_iter().filter(|&w| w <= count).collect();
     if count < 2 {
         eprintln!("partly skipped: world 1 only, {count} GPU (multi-rank NCCL needs one device per rank)");
@@ -68,11 +73,7 @@ fn collectives_match_their_definitions() {
 /// every rank; the other parts' old values are overwritten.
 #[test]
 fn in_place_all_gather_matches_its_definition() {
-    let count = devices();
-    if count == 0 {
-        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
-        return;
-    }
+    let Some(count) = devices_or_skip() else { return };
     for world in [1, 2, 4].into_iter().filter(|&w| w <= count) {
         let n = 257;
         let results = group(world, Duration::from_secs(30), move |mut c| {
@@ -98,11 +99,7 @@ fn in_place_all_gather_matches_its_definition() {
 /// is summed at the last rank alone; the rest stays as it was; a part past the end is refused.
 #[test]
 fn parts_of_another_streams_buffer_are_summed_alone() {
-    let count = devices();
-    if count == 0 {
-        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
-        return;
-    }
+    let Some(count) = devices_or_skip() else { return };
     for world in [1, 2, 4].into_iter().filter(|&w| w <= count) {
         let n = 301;
         let results = group(world, Duration::from_secs(30), move |mut c| {
@@ -135,8 +132,7 @@ fn parts_of_another_streams_buffer_are_summed_alone() {
 /// shared one would meet in one group (on the emulated device, one folder) and mix their collectives.
 #[test]
 fn unique_ids_are_distinct_across_threads() {
-    if devices() == 0 {
-        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+    if devices_or_skip().is_none() {
         return;
     }
     let ids: Vec<Vec<u8>> = (0..8)
@@ -210,8 +206,7 @@ extern "C" __global__ void spin(unsigned long long ns) {
 #[test]
 fn watchdog_aborts_a_collective_stuck_behind_the_stream() {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
-    if devices() < 1 {
-        eprintln!("skipped: no CUDA driver, NCCL library or GPU");
+    if devices_or_skip().is_none() {
         return;
     }
     // SAFETY: only tries to open the library.

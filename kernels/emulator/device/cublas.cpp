@@ -89,11 +89,9 @@ cublasStatus_t gemm(void* handle, int ta, int tb, int m, int n, int k, float alp
         return fail(INVALID_VALUE, "a leading dimension smaller than its matrix's rows");
     if (!known(atype) || !known(btype) || (ctype != R_32F && ctype != R_16BF))
         return fail(NOT_SUPPORTED, "GEMM data types other than f32, bf16 and f16 inputs with f32 or bf16 output");
-    auto run = [=] { return compute(ta, tb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc), true; };
-    emu_device::Stream* s = emu_device::resolve(((Handle*)handle)->stream);
-    if (emu_device::lazy()) return emu_device::defer(s, run), OK;
-    emu_device::drain(s);
-    run();
+    emu_device::run_in_order(emu_device::resolve(((Handle*)handle)->stream), [=] {
+        return compute(ta, tb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc), true;
+    });
     return OK;
 }
 

@@ -398,10 +398,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
         running_kernel = nullptr;
         return true;
     };
-    Stream* s = emu_device::resolve(stream);
-    if (emu_device::lazy()) return emu_device::defer(s, run), SUCCESS;
-    emu_device::drain(s);
-    run();
+    emu_device::run_in_order(emu_device::resolve(stream), run);
     return SUCCESS;
 }
 

@@ -118,11 +118,17 @@ inline void enqueue(Stream* s, Step step) {
     s->queue.push_back(std::move(step));
 }
 
-// Queues `step` on `s` to run when something needs it (a kernel or GEMM under lazy()).
-inline void defer(Stream* s, Step step) {
+// Runs `work` (a kernel or GEMM) in `s`'s order: at once after the work queued before it, or under
+// lazy() queued until something needs it.
+inline void run_in_order(Stream* s, Step work) {
+    if (!lazy()) {
+        drain(s);
+        work();
+        return;
+    }
     std::lock_guard<std::recursive_mutex> g(queue_lock);
     ++s->issued;
-    s->queue.push_back(std::move(step));
+    s->queue.push_back(std::move(work));
 }
 
 // Whether `e`'s stream has finished the work queued before `e` was recorded, moving it on only that

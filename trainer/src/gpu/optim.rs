@@ -74,7 +74,7 @@ impl GpuModel {
     /// Whether the device optimizer updates a ZeRO-1 shard ([`GpuModel::reduce_scatter_grads`],
     /// [`GpuModel::all_gather_params`]).
     pub fn is_sharded(&self) -> bool {
-        self.optim.as_ref().is_some_and(|o| o.shard_grads.is_some())
+        self.shard_part().is_some()
     }
 
     /// ZeRO-1: the values each rank's shard spans (the last one's padded).
