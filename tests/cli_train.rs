@@ -161,6 +161,18 @@ fn check_reports_a_run_without_starting_it() {
     std::fs::write(&junk, b"not weights").unwrap();
     let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&junk))]);
     assert!(e.contains("model.init_from") && e.contains("not a safetensors file"), "{e}");
+    // μP's base model must exist: at width 32 the tiny preset's FFN rounds to nothing
+    let e = err(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=32"]);
+    assert!(e.contains("model.mup_base_width = 32") && e.contains("FFN"), "{e}");
+    assert!(infinity(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=48"]));
+}
+
+/// `infinity model coord-check` prints both parametrizations' tables.
+#[test]
+fn the_coordinate_check_runs_from_the_command_line() {
+    assert!(infinity(&["model", "coord-check", "--widths", "64,96", "--steps", "1", "--batch", "1"]));
+    let e = err(&["model", "coord-check", "--widths", "64", "--base-width", "32"]);
+    assert!(e.contains("model.mup_base_width = 32"), "{e}");
 }
 
 /// `model.init_from` starts a fresh run from another run's weights (its folder or its export): with a
@@ -306,6 +318,9 @@ fn out_of_range_settings_are_named() {
         (&["optim.skip_loss_z=inf"], "optim.skip_loss_z"),
         (&["optim.spike_window=1"], "optim.spike_window"),
         (&["dist.bucket_mib=-1"], "dist.bucket_mib"),
+        (&["model.mup_base_width=0"], "model.mup_base_width"),
+        (&["model.mup_base_heads=2"], "model.mup_base_heads needs model.mup_base_width"),
+        (&["model.mup_base_width=64", "model.mup_base_heads=0"], "model.mup_base_heads"),
     ] {
         let e = format!("{:#}", load(set).unwrap_err());
         assert!(e.contains(key), "{set:?}: {e}");

@@ -8,20 +8,23 @@
 // p16, when not null, receives the updated parameters rounded to bf16 (util.cu's to_bf16 of p): the
 // bf16 GEMMs' weights, written here instead of by a pass of their own that reads p again. The
 // gradients are read times grad_scale (through f64: 1/world, the clipping coefficient), so neither
-// factor takes a pass of its own.
+// factor takes a pass of its own. group[i]: bit 0 = weight decay applies, the bits above index
+// lr_mult, the learning-rate multipliers (μP's width groups; one multiplier, 1, without μP); each
+// group's step size is taken in f64 and rounded once, as AdamWScalars::group_step_size does.
 extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __restrict__ p16,
                                      const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
-                                     const unsigned char* __restrict__ decay, long n, float step_size,
-                                     float beta1, float beta2, float eps, float bc2_sqrt, float shrink,
-                                     double grad_scale) {
+                                     const unsigned char* __restrict__ group, const double* __restrict__ lr_mult,
+                                     long n, double step_size, float beta1, float beta2, float eps,
+                                     float bc2_sqrt, float shrink, double grad_scale) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         const float gi = grad_scale == 1.0 ? g[i] : (float)((double)g[i] * grad_scale);
+        const unsigned char gr = group[i];
         float pi = p[i];
-        if (decay[i]) pi *= shrink;
+        if (gr & 1) pi *= shrink;
         const float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
         const float vi = v[i] * beta2 + gi * gi * (1.0f - beta2);
         const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        const float pn = pi - step_size * mi / denom;
+        const float pn = pi - (float)(step_size * lr_mult[gr >> 1]) * mi / denom;
         p[i] = pn;
         if (p16) p16[i] = bf16_bits(pn);
         m[i] = mi;

@@ -1,8 +1,9 @@
 // adamw.cu on the emulator, launched as kernels/src/cuda/ops.rs launches it: the fused AdamW step, the
 // squared global norm (f64 block partials, then one block summing them in order).
 //   adamw DIR N GRAD_SCALE
-// (GRAD_SCALE: the step's factor on g) reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/decay.bin (u8 [N]) and
-// DIR/scalars.bin (f32: step_size, beta1, beta2, eps, bc2_sqrt, shrink); writes DIR/{p,m,v}_out.bin
+// (GRAD_SCALE: the step's factor on g) reads DIR/{p,g,m,v}.bin (f32 [N]), DIR/groups.bin (u8 [N]: group
+// bytes), DIR/lr_mult.bin (f64: the multipliers they index), DIR/scalars.bin (f32: beta1, beta2, eps,
+// bc2_sqrt, shrink) and DIR/lr.bin (f64: step_size); writes DIR/{p,m,v}_out.bin
 // (after one step), DIR/p16_out.bin (u16 [N]: the updated parameters' bf16 bits, written by the same
 // step) and DIR/sumsq.bin (f64 [1]: Σ g²).
 #include <algorithm>
@@ -21,14 +22,15 @@ int main(int argc, char** argv) {
     const double grad_scale = atof(argv[3]);
     auto p = read_array<float>(dir, "p"), g = read_array<float>(dir, "g");
     auto m = read_array<float>(dir, "m"), v = read_array<float>(dir, "v");
-    auto decay = read_array<unsigned char>(dir, "decay");
+    auto groups = read_array<unsigned char>(dir, "groups");
+    auto lr_mult = read_array<double>(dir, "lr_mult"), lr = read_array<double>(dir, "lr");
     auto s = read_array<float>(dir, "scalars");
     // device.rs elementwise(n): 256-thread blocks, at most 65 535 (grid-stride beyond)
     const unsigned blocks = (unsigned)std::clamp((n + 255) / 256, 1L, 65535L);
     std::vector<unsigned short> p16(n, 0xffff);
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] {
-        adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), decay.data(), n, s[0], s[1], s[2], s[3], s[4],
-                  s[5], grad_scale);
+        adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), groups.data(), lr_mult.data(), n, lr[0], s[0],
+                  s[1], s[2], s[3], s[4], grad_scale);
     });
     std::vector<double> partial(blocks, std::nan("")), total(1, std::nan(""));
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { sum_squares_f32(g.data(), n, partial.data()); });

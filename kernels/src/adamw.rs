@@ -3,17 +3,19 @@
 //! The optimiser state and schedules live in the trainer (`optim.rs`); this is only the arithmetic,
 //! PyTorch's `_single_tensor_adamw` in f32 with the scalars precomputed in f64.
 
-/// Per-step scalars of AdamW, derived once per step from the hyperparameters.
+/// Per-step scalars of AdamW, derived once per step from the hyperparameters. The step size stays in
+/// f64 so that each parameter group (below) takes its own multiple of it before rounding.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWScalars {
     /// `lr / (1 − β1^t)`.
-    pub step_size: f32,
+    pub step_size: f64,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
     /// `√(1 − β2^t)`.
     pub bc2_sqrt: f32,
-    /// `1 − lr·wd` (decoupled weight decay, decay group only).
+    /// `1 − lr·wd` (decoupled weight decay, decay group only). The same at every learning-rate
+    /// multiplier: μP's tensors shrink by it at any width, as microsoft/mup's `MuAdamW` has them.
     pub shrink: f32,
     /// The factor the gradients still need, applied as the update reads them (through f64, as a
     /// scaling pass over them would): `1/world` after a summing all-reduce, times the clipping
@@ -27,7 +29,7 @@ impl AdamWScalars {
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: u64) -> AdamWScalars {
         let bc1 = 1.0 - beta1.powi(t as i32);
         AdamWScalars {
-            step_size: (lr / bc1) as f32,
+            step_size: lr / bc1,
             beta1: beta1 as f32,
             beta2: beta2 as f32,
             eps: eps as f32,
@@ -41,22 +43,49 @@ impl AdamWScalars {
     pub fn with_grad_scale(self, grad_scale: f64) -> AdamWScalars {
         AdamWScalars { grad_scale, ..self }
     }
+
+    /// The step size of a group whose learning rate is `lr_mult · lr`: `lr_mult·lr/(1 − β1^t)`, rounded
+    /// to f32 once (adamw.cu does the same).
+    pub fn group_step_size(&self, lr_mult: f64) -> f32 {
+        (self.step_size * lr_mult) as f32
+    }
 }
 
-/// One AdamW update of `params` with `grads`; `m`, `v` the moments, `decay[i]` whether weight decay
-/// applies to element `i`.
-pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], decay: &[bool], s: &AdamWScalars) {
+/// A parameter's group byte: bit 0 says whether weight decay applies, the bits above index the
+/// learning-rate multipliers (`lr_mult`, at most [`MAX_LR_GROUPS`] of them; μP scales hidden and output
+/// weights' rates by width, everything else uses multiplier 1).
+pub fn group_byte(decay: bool, lr_group: usize) -> u8 {
+    assert!(lr_group < MAX_LR_GROUPS, "at most {MAX_LR_GROUPS} learning-rate groups");
+    (lr_group << 1) as u8 | decay as u8
+}
+
+/// How many learning-rate multipliers a group byte can index.
+pub const MAX_LR_GROUPS: usize = 128;
+
+/// One AdamW update of `params` with `grads`; `m`, `v` the moments, `groups[i]` element `i`'s group
+/// byte ([`group_byte`]) and `lr_mult` the learning-rate multipliers it indexes.
+pub fn adamw_update(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    groups: &[u8],
+    lr_mult: &[f64],
+    s: &AdamWScalars,
+) {
     let n = params.len();
-    assert!(grads.len() == n && m.len() == n && v.len() == n && decay.len() == n, "adamw_update: lengths differ");
+    assert!(grads.len() == n && m.len() == n && v.len() == n && groups.len() == n, "adamw_update: lengths differ");
+    let step_sizes: Vec<f32> = lr_mult.iter().map(|&k| s.group_step_size(k)).collect();
     for i in 0..n {
         let g = if s.grad_scale == 1.0 { grads[i] } else { (grads[i] as f64 * s.grad_scale) as f32 };
-        if decay[i] {
+        let step_size = step_sizes[(groups[i] >> 1) as usize];
+        if groups[i] & 1 != 0 {
             params[i] *= s.shrink;
         }
         m[i] += (g - m[i]) * (1.0 - s.beta1);
         v[i] = v[i] * s.beta2 + g * g * (1.0 - s.beta2);
         let denom = v[i].sqrt() / s.bc2_sqrt + s.eps;
-        params[i] -= s.step_size * m[i] / denom;
+        params[i] -= step_size * m[i] / denom;
     }
 }
 

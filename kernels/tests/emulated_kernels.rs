@@ -469,7 +469,9 @@ fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
     let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
     let (mut p, g) = (uniform(n, -1.0, 1.0), uniform(n, -0.1, 0.1));
     let (mut m, mut v) = (uniform(n, -0.01, 0.01), uniform(n, 0.0, 0.001));
-    let decay: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
+    // weight decay on two elements of three; three learning-rate groups (μP's: 1, hidden, output)
+    let groups: Vec<u8> = (0..n).map(|i| adamw::group_byte(i % 3 != 0, (i / 7) % 3)).collect();
+    let lr_mult = [1.0, 0.25, 1.0 / 48.0];
     // the gradients still to be averaged over 3 ranks and clipped: read times that factor
     let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7).with_grad_scale(0.81 / 3.0);
     let dir = exe.with_file_name("case");
@@ -477,11 +479,13 @@ fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
     for (name, x) in [("p", &p), ("g", &g), ("m", &m), ("v", &v)] {
         write(&dir, name, x);
     }
-    write(&dir, "decay", &decay.iter().map(|&d| d as u8).collect::<Vec<_>>());
-    write(&dir, "scalars", &[s.step_size, s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
+    write(&dir, "groups", &groups);
+    write(&dir, "lr_mult", &lr_mult);
+    write(&dir, "scalars", &[s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
+    write(&dir, "lr", &[s.step_size]);
     run(&exe, &dir, &[n.to_string(), format!("{:e}", s.grad_scale)], "emulated adamw");
     let sumsq = adamw::sum_squares(&g);
-    adamw::adamw_update(&mut p, &g, &mut m, &mut v, &decay, &s);
+    adamw::adamw_update(&mut p, &g, &mut m, &mut v, &groups, &lr_mult, &s);
     for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
         let emulated = read(&dir, &format!("{name}_out"));
         let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();

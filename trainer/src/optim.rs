@@ -1,9 +1,10 @@
-//! AdamW with decoupled weight decay and upstream's no-decay groups, global-norm gradient clipping, and
-//! the learning-rate schedules. Matches `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
+//! AdamW with decoupled weight decay, upstream's no-decay groups and per-tensor learning-rate
+//! multipliers (μP), global-norm gradient clipping, and the learning-rate schedules. Matches
+//! `torch.optim.AdamW` and `torch.nn.utils.clip_grad_norm_`.
 
 use std::ops::Range;
 
-use infinity_kernels::adamw::{adamw_update, ema_update, sum_squares, AdamWScalars};
+use infinity_kernels::adamw::{adamw_update, ema_update, group_byte, sum_squares, AdamWScalars};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Layout;
@@ -36,28 +37,46 @@ pub struct AdamW {
     pub range: std::ops::Range<usize>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
-    /// `[range.len()]` true where weight decay applies.
-    decay: Vec<bool>,
+    /// `[range.len()]` each parameter's group byte (`adamw::group_byte`: weight decay, and an index
+    /// into `lr_mult`).
+    groups: Vec<u8>,
+    /// The learning-rate multipliers the groups index (`[0]` = 1).
+    lr_mult: Vec<f64>,
 }
 
-/// `[numel]`: whether weight decay applies to each parameter of `lay` (upstream's no-decay groups).
-pub fn decay_mask(lay: &Layout) -> Vec<bool> {
-    let mut decay = vec![false; lay.numel];
+/// The optimizer groups of `lay`: `[numel]` each parameter's group byte (upstream's no-decay groups,
+/// the tensor's learning-rate multiplier) and the distinct multipliers they index, 1 first.
+pub fn param_groups(lay: &Layout) -> (Vec<u8>, Vec<f64>) {
+    let mut lr_mult = vec![1.0];
+    let mut groups = vec![0u8; lay.numel];
     for s in &lay.specs {
-        decay[s.offset..s.offset + s.numel()].iter_mut().for_each(|d| *d = s.decay);
+        let k = match lr_mult.iter().position(|&k| k == s.lr_mult) {
+            Some(k) => k,
+            None => {
+                lr_mult.push(s.lr_mult);
+                lr_mult.len() - 1
+            }
+        };
+        groups[s.offset..s.offset + s.numel()].fill(group_byte(s.decay, k));
     }
-    decay
+    (groups, lr_mult)
 }
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, lay: &Layout) -> AdamW {
-        let decay = decay_mask(lay);
-        AdamW { cfg, step: 0, range: 0..lay.numel, m: vec![0.0; lay.numel], v: vec![0.0; lay.numel], decay }
+        let (groups, lr_mult) = param_groups(lay);
+        let n = lay.numel;
+        AdamW { cfg, step: 0, range: 0..n, m: vec![0.0; n], v: vec![0.0; n], groups, lr_mult }
     }
 
-    /// `[range.len()]`: whether weight decay applies to each parameter.
-    pub fn decay_mask(&self) -> &[bool] {
-        &self.decay
+    /// `[range.len()]`: each parameter's group byte ([`param_groups`]).
+    pub fn groups(&self) -> &[u8] {
+        &self.groups
+    }
+
+    /// The learning-rate multipliers [`AdamW::groups`] index.
+    pub fn lr_mult(&self) -> &[f64] {
+        &self.lr_mult
     }
 
     /// The AdamW scalars of the next step, which it counts (for an update that runs elsewhere: the
@@ -76,7 +95,8 @@ impl AdamW {
             step: self.step,
             m: self.m[range.clone()].to_vec(),
             v: self.v[range.clone()].to_vec(),
-            decay: self.decay[range.clone()].to_vec(),
+            groups: self.groups[range.clone()].to_vec(),
+            lr_mult: self.lr_mult.clone(),
             range,
         }
     }
@@ -86,7 +106,7 @@ impl AdamW {
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
         assert!(params.len() == self.m.len() && grads.len() == self.m.len(), "AdamW: layout mismatch");
         let scalars = self.next_step_scalars(lr);
-        adamw_update(params, grads, &mut self.m, &mut self.v, &self.decay, &scalars);
+        adamw_update(params, grads, &mut self.m, &mut self.v, &self.groups, &self.lr_mult, &scalars);
     }
 }
 
@@ -194,8 +214,16 @@ mod tests {
     use crate::model::ModelConfig;
 
     #[test]
-    fn adamw_matches_the_pytorch_formula_and_skips_decay_groups() {
-        let lay = Layout::new(&ModelConfig::preset("tiny").unwrap());
+    fn adamw_matches_the_pytorch_formula_with_decay_and_learning_rate_groups() {
+        let mut lay = Layout::new(&ModelConfig::preset("tiny").unwrap());
+        // μP-style multipliers: a hidden weight's learning rate × 0.25, the decay unscaled
+        let fc2 = lay.specs.iter().position(|s| s.name == "blocks.0.ffn.fc2.weight").unwrap();
+        lay.specs[fc2].lr_mult = 0.25;
+        let (groups, lr_mult) = param_groups(&lay);
+        assert_eq!(lr_mult, [1.0, 0.25]);
+        let at = |name: &str| lay.spec(name).unwrap().offset;
+        assert_eq!((groups[at("blocks.0.ffn.fc2.weight")], groups[at("blocks.0.ffn.fc1.weight")]), (3, 1));
+        assert_eq!(groups[at("blocks.0.ffn.fc2.bias")], 0);
         let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &lay);
         let mut p = vec![0.5f32; lay.numel];
         let g: Vec<f32> = (0..lay.numel).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
@@ -203,7 +231,7 @@ mod tests {
             opt.update(&mut p, &g, 1e-2);
         }
         // reference in f64 for one decayed and one non-decayed coordinate after two identical steps
-        let reference = |decay: bool, g: f64| {
+        let reference = |decay: bool, k: f64, g: f64| {
             let (mut x, mut m, mut v) = (0.5f64, 0.0, 0.0);
             for t in 1..=2 {
                 if decay {
@@ -212,14 +240,17 @@ mod tests {
                 m = 0.9 * m + 0.1 * g;
                 v = 0.95 * v + 0.05 * g * g;
                 let (mh, vh) = (m / (1.0 - 0.9f64.powi(t)), v / (1.0 - 0.95f64.powi(t)));
-                x -= 1e-2 * mh / (vh.sqrt() + 1e-8);
+                x -= k * 1e-2 * mh / (vh.sqrt() + 1e-8);
             }
             x
         };
         let w = lay.spec("blocks.0.ffn.fc1.weight").unwrap().offset + 1;
         let b = lay.spec("blocks.0.ffn.fc1.bias").unwrap().offset + 2;
-        assert!((p[w] as f64 - reference(true, g[w] as f64)).abs() < 1e-6);
-        assert!((p[b] as f64 - reference(false, g[b] as f64)).abs() < 1e-6);
+        let h = lay.spec("blocks.0.ffn.fc2.weight").unwrap().offset + 3;
+        assert!((p[w] as f64 - reference(true, 1.0, g[w] as f64)).abs() < 1e-6);
+        assert!((p[b] as f64 - reference(false, 1.0, g[b] as f64)).abs() < 1e-6);
+        assert!((p[h] as f64 - reference(true, 0.25, g[h] as f64)).abs() < 1e-6);
+        assert!((reference(true, 1.0, g[h] as f64) - reference(true, 0.25, g[h] as f64)).abs() > 1e-3);
     }
 
     #[test]

@@ -302,6 +302,17 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps/demo.toml");
         let s: SweepFile = toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
         assert_eq!(s.axes.values().map(Vec::len).product::<usize>(), 8);
+        // the learning-rate pair shares a folder: the μP file names its runs by its base width
+        let read = |f: &str| -> SweepFile {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps").join(f);
+            toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let (mu, sp) = (read("mup-lr.toml"), read("sp-lr.toml"));
+        assert_eq!(mu.out, sp.out);
+        assert!(mu.axes.contains_key("model.mup_base_width") && !sp.axes.contains_key("model.mup_base_width"));
+        let rest: Vec<_> = mu.axes.iter().filter(|(k, _)| *k != "model.mup_base_width").collect();
+        assert_eq!(rest, sp.axes.iter().collect::<Vec<_>>(), "the same runs otherwise");
+        assert_eq!(mu.set, sp.set);
         assert_eq!(name_part("optim.lr", &toml::Value::Float(3e-4)), "lr-3e-4");
         assert_eq!(name_part("model.preset", &toml::Value::String("layer 12".into())), "preset-layer-12");
         assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");

@@ -144,7 +144,7 @@ fn train_config(
     let text = format!(
         "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{device}\"\n\
          precision = \"{precision}\"\n\
-         [model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+         [model]\npreset = \"tiny\"\nconditioning = \"class\"\nmup_base_width = 48\n\
          [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
          [optim]\nlr = 1e-3\nema_decay = 0.9\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
         tmp.join(name).display(),
@@ -160,8 +160,8 @@ fn small_data(tmp: &Path) {
     synth(&tmp.join("data"), &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
 }
 
-/// The device optimizer (AdamW and clipping on the GPU) against the CPU run, and a resumed GPU run
-/// against an uninterrupted one (its moments go through the checkpoint), in f32 and with bf16 matmuls
+/// The device optimizer (AdamW and clipping on the GPU; μP at base width 48, so learning-rate
+/// multipliers 1 and 0.75, the hidden and output weights') against the CPU run, and a resumed GPU run against an uninterrupted one (its moments go through the checkpoint), in f32 and with bf16 matmuls
 /// (there the uninterrupted run's bf16 weights come from the AdamW kernel, the resumed run's from
 /// rounding the loaded weights: the two must agree bit for bit).
 #[test]

@@ -162,4 +162,17 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let report = ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
+    assert!(!dir.join("lr_sweep.md").exists(), "no run differs in its learning rate yet");
+
+    // a run of width 64 at another learning rate (its config says so) makes a learning-rate sweep
+    let other = t.join("sweep/zz-lr");
+    let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-64_num-heads-2")).arg(&other).status();
+    assert!(copy.unwrap().success());
+    let config = std::fs::read_to_string(other.join("config.toml")).unwrap();
+    assert!(config.contains("lr = 0.003\n"), "{config}");
+    std::fs::write(other.join("config.toml"), config.replace("lr = 0.003\n", "lr = 0.01\n")).unwrap();
+    ok(infinity(&["scaling", "sweep"], t));
+    let table = std::fs::read_to_string(dir.join("lr_sweep.md")).unwrap();
+    assert!(table.contains("| width 64, depth 2, standard, 30 steps | ") && table.contains("| lr 0.01 |"), "{table}");
+    assert!(image::open(dir.join("loss_vs_lr.png")).is_ok());
 }

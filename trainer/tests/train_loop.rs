@@ -43,6 +43,8 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             conditioning: conditioning.into(),
             cond_drop_rate: 0.25,
             init_from: None,
+            mup_base_width: None,
+            mup_base_heads: None,
         },
         data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: 4, workers: 1 },
         optim: OptimSection {
@@ -114,6 +116,34 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
         };
         assert_eq!(loss_of(lines(&whole), 6), loss_of(lines(&split), 6));
     }
+}
+
+/// μP (`model.mup_base_width`): at its base width the run is the standard one byte for byte; a run
+/// twice as wide (its hidden and output learning rates halved through the optimizer's groups) differs
+/// from the standard one and resumes to the uninterrupted run's bytes.
+#[test]
+fn mup_at_its_base_width_is_the_standard_run_and_a_wider_one_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, width: usize, mup: Option<usize>, opts: TrainOptions| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        (c.model.embed_dim, c.model.mup_base_width) = (Some(width), mup);
+        train(&c, &opts).unwrap();
+        c
+    };
+    let weights = |c: &TrainConfig| read(c.run.dir.join("checkpoints/step-00000006/model.safetensors"));
+    let sp = run("sp", 64, None, TrainOptions::default());
+    let base = run("mup-base", 64, Some(64), TrainOptions::default());
+    assert!(weights(&sp) == weights(&base), "μP at its base width differs from the standard run");
+
+    let sp_wide = run("sp-wide", 128, None, TrainOptions::default());
+    let whole = run("mup-wide", 128, Some(64), TrainOptions::default());
+    assert!(weights(&sp_wide) != weights(&whole), "μP at twice its base width is the standard run");
+    let split = run("mup-split", 128, Some(64), TrainOptions { stop_after: Some(4), ..Default::default() });
+    let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+    train(&split, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
+    assert!(weights(&whole) == weights(&split), "μP: weights differ after resume");
 }
 
 /// The spike guard (`optim.skip_grad_z`, here so low that ordinary steps trip it): a skipped step

@@ -265,8 +265,9 @@ pub fn quantize(
 }
 
 /// One AdamW step on device buffers (twin of `adamw::adamw_update`): `params`, `m`, `v` updated in
-/// place from `grads`; `decay[i]` (0/1) says whether weight decay applies to element `i`. `params16`,
-/// when given, receives the updated parameters rounded to bf16 (as `linear::to_bf16_dev` would).
+/// place from `grads`; `groups[i]` is element `i`'s group byte (`adamw::group_byte`: weight decay and
+/// an index into `lr_mult`, the learning-rate multipliers). `params16`, when given, receives the
+/// updated parameters rounded to bf16 (as `linear::to_bf16_dev` would).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_dev(
     dev: &Device,
@@ -275,11 +276,12 @@ pub fn adamw_dev(
     grads: &dyn Buf,
     m: &mut dyn BufMut,
     v: &mut dyn BufMut,
-    decay: &CudaSlice<u8>,
+    groups: &CudaSlice<u8>,
+    lr_mult: &CudaSlice<f64>,
     s: &crate::adamw::AdamWScalars,
 ) -> Result<(), CudaError> {
     let n = params.count();
-    assert!(grads.count() >= n && m.count() >= n && v.count() >= n && decay.len() >= n, "adamw: lengths");
+    assert!(grads.count() >= n && m.count() >= n && v.count() >= n && groups.len() >= n, "adamw: lengths");
     assert!(params16.as_ref().is_none_or(|p16| p16.len() >= n), "adamw: params16 holds fewer values than params");
     let st = &dev.stream;
     let args = [
@@ -288,9 +290,10 @@ pub fn adamw_dev(
         Arg::Ptr(grads.addr(st)),
         Arg::Ptr(m.addr_mut(st)),
         Arg::Ptr(v.addr_mut(st)),
-        Arg::Ptr(decay.device_ptr(st).0),
+        Arg::Ptr(groups.device_ptr(st).0),
+        Arg::Ptr(lr_mult.device_ptr(st).0),
         Arg::I64(n as i64),
-        Arg::F32(s.step_size),
+        Arg::F64(s.step_size),
         Arg::F32(s.beta1),
         Arg::F32(s.beta2),
         Arg::F32(s.eps),
@@ -298,7 +301,8 @@ pub fn adamw_dev(
         Arg::F32(s.shrink),
         Arg::F64(s.grad_scale),
     ];
-    // SAFETY: argument list as declared in adamw.cu; lengths asserted above.
+    // SAFETY: argument list as declared in adamw.cu; lengths asserted above, and every group byte
+    // indexes `lr_mult` (the caller's groups come from the same table).
     unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
 }
 
@@ -352,23 +356,24 @@ pub struct AdamWOut {
     pub v: Vec<f32>,
 }
 
-/// One AdamW step on host buffers (the equivalence test's entry point to [`adamw_dev`]).
+/// One AdamW step on host buffers (the equivalence test's entry point to [`adamw_dev`]); the
+/// parameters' group bytes and the learning-rate multipliers they index come as a pair.
 pub fn adamw(
     dev: &Device,
     params: &[f32],
     grads: &[f32],
     m: &[f32],
     v: &[f32],
-    decay: &[bool],
+    (groups, lr_mult): (&[u8], &[f64]),
     s: &crate::adamw::AdamWScalars,
 ) -> Result<AdamWOut, CudaError> {
+    assert!(groups.iter().all(|&g| ((g >> 1) as usize) < lr_mult.len()), "adamw: a group byte past lr_mult");
     let st = &dev.stream;
     let (mut p, g, mut md, mut vd) =
         (st.clone_htod(params)?, st.clone_htod(grads)?, st.clone_htod(m)?, st.clone_htod(v)?);
-    let mask: Vec<u8> = decay.iter().map(|&d| d as u8).collect();
-    let dd = st.clone_htod(&mask)?;
+    let (gd, kd) = (st.clone_htod(groups)?, st.clone_htod(lr_mult)?);
     let mut p16 = st.alloc_zeros::<u16>(params.len())?;
-    adamw_dev(dev, &mut p, Some(&mut p16), &g, &mut md, &mut vd, &dd, s)?;
+    adamw_dev(dev, &mut p, Some(&mut p16), &g, &mut md, &mut vd, &gd, &kd, s)?;
     Ok(AdamWOut {
         params: st.clone_dtoh(&p)?,
         params16: st.clone_dtoh(&p16)?,

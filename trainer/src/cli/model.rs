@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use infinity_data::Catalog;
 
 use crate::model::bench::{self, train_flops_per_token, BenchOptions};
-use crate::model::{Layout, ModelConfig};
+use crate::model::coord_check::{self, CoordOptions};
+use crate::model::{Conditioning, Layout, ModelConfig};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
@@ -15,6 +16,40 @@ pub enum ModelCommand {
     Info(Shape),
     /// Forward+backward tokens/s and peak memory on the CPU (optionally beside PyTorch).
     Bench(BenchArgs),
+    /// μP's coordinate check: activation sizes over a few AdamW steps at several widths, in the
+    /// standard parametrization and then in μP (`model.mup_base_width`).
+    CoordCheck(CoordArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CoordArgs {
+    /// The model whose width varies (class-conditioned, 16 classes, unless --text).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Text conditioning (random text features): checks the cross-attention and the text pool too.
+    #[arg(long)]
+    text: bool,
+    /// Widths to compare.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    widths: Vec<usize>,
+    /// Heads at every width (and in μP's base model); default: the preset's head dimension kept.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// μP's base width (default: the first width).
+    #[arg(long)]
+    base_width: Option<usize>,
+    /// AdamW steps (weight decay 0).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Scale schedule (pixel budget at template 1.000).
+    #[arg(long, default_value = "demo5")]
+    budget: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -68,9 +103,7 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
     let mut c = ModelConfig::preset(&s.preset).with_context(|| format!("unknown preset `{}`", s.preset))?;
     let mut label = s.preset.clone();
     if let Some(w) = s.width {
-        let hd = c.head_dim();
-        c.embed_dim = w;
-        c.num_heads = (w / hd).max(1);
+        c = c.with_width(w);
         label = format!("{}-w{w}", s.preset);
     }
     c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
@@ -121,6 +154,32 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
             print!("{}", bench::run(&o)?);
         }
+        ModelCommand::CoordCheck(a) => coord_check(a)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn coord_check(a: CoordArgs) -> anyhow::Result<()> {
+    let preset = ModelConfig::preset(&a.preset).with_context(|| format!("unknown preset `{}`", a.preset))?;
+    let conditioning = if a.text { Conditioning::Text } else { Conditioning::Class { num_classes: 16 } };
+    let config = ModelConfig { conditioning, ..preset };
+    let base = a.base_width.or(a.widths.first().copied()).context("--widths: give at least one")?;
+    let mut o = CoordOptions {
+        config,
+        widths: a.widths,
+        heads: a.heads,
+        mup_base_width: None,
+        steps: a.steps,
+        lr: a.lr,
+        batch: a.batch,
+        budget: a.budget,
+        seed: a.seed,
+    };
+    for (name, mup) in [("standard parametrization", None), ("μP", Some(base))] {
+        o.mup_base_width = mup;
+        let base = mup.map_or(String::new(), |b| format!(", base width {b}"));
+        println!("\n{name} ({}, {} AdamW steps, lr {}{base}):\n", a.preset, o.steps, o.lr);
+        print!("{}", coord_check::table(&coord_check::run(&o)?));
+    }
+    Ok(())
 }

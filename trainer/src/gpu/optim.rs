@@ -24,13 +24,15 @@ use crate::model::buckets::GradBuckets;
 use crate::model::Params;
 use crate::optim::AdamW;
 
-/// The moments and the weight-decay mask on the device (of the parameters in `range`: all of them,
-/// or this rank's ZeRO-1 shard), and the weights' moving average of the same range when the run keeps
-/// one here.
+/// The moments and the parameters' optimizer groups on the device (of the parameters in `range`: all
+/// of them, or this rank's ZeRO-1 shard), and the weights' moving average of the same range when the
+/// run keeps one here.
 pub struct DeviceAdamW {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
-    decay: CudaSlice<u8>,
+    /// `[range.len()]` group bytes and the learning-rate multipliers they index (`optim::param_groups`).
+    groups: CudaSlice<u8>,
+    lr_mult: CudaSlice<f64>,
     ema: Option<CudaSlice<f32>>,
     range: Range<usize>,
     /// ZeRO-1: `[numel / world, rounded up]` this rank's part of the reduce-scattered gradients (the
@@ -65,9 +67,10 @@ impl GpuModel {
             }
             false => None,
         };
-        let mask: Vec<u8> = opt.decay_mask().iter().map(|&d| d as u8).collect();
-        let (m, v, decay) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?, s.clone_htod(&mask)?);
-        self.optim = Some(DeviceAdamW { m, v, decay, ema: None, range: opt.range.clone(), shard_grads });
+        let (m, v) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?);
+        let (groups, lr_mult) = (s.clone_htod(opt.groups())?, s.clone_htod(opt.lr_mult())?);
+        let range = opt.range.clone();
+        self.optim = Some(DeviceAdamW { m, v, groups, lr_mult, ema: None, range, shard_grads });
         Ok(())
     }
 
@@ -82,14 +85,15 @@ impl GpuModel {
         self.optim.as_ref().and_then(|o| o.shard_grads.as_ref()).map(|g| g.len())
     }
 
-    /// A fresh AdamW state (zero moments, made on the device; the layout's weight-decay groups): what a
+    /// A fresh AdamW state (zero moments, made on the device; the layout's optimizer groups): what a
     /// benchmark times the update with, without a host copy of the moments.
     pub fn attach_fresh_optimizer(&mut self) -> Result<()> {
         let s = &self.dev.stream;
-        let mask: Vec<u8> = crate::optim::decay_mask(&self.lay).iter().map(|&d| d as u8).collect();
+        let (groups, lr_mult) = crate::optim::param_groups(&self.lay);
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
-        let decay = s.clone_htod(&mask)?;
-        self.optim = Some(DeviceAdamW { m, v, decay, ema: None, range: 0..self.lay.numel, shard_grads: None });
+        let (groups, lr_mult) = (s.clone_htod(&groups)?, s.clone_htod(&lr_mult)?);
+        let range = 0..self.lay.numel;
+        self.optim = Some(DeviceAdamW { m, v, groups, lr_mult, ema: None, range, shard_grads: None });
         Ok(())
     }
 
@@ -193,13 +197,13 @@ impl GpuModel {
             // ZeRO-1: this rank's shard (the bf16 copy is remade from all of them after the gather)
             Some(shard) => {
                 let (mut p, g) = (self.params.slice_mut(o.range.clone()), shard.slice(0..o.range.len()));
-                adamw_dev(&self.dev, &mut p, None, &g, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+                adamw_dev(&self.dev, &mut p, None, &g, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
                 self.params16_stale = true;
             }
             // the bf16 GEMMs' copy of the weights is written by the same pass
             None => {
                 let (p, p16) = (&mut self.params, self.params16.as_mut());
-                adamw_dev(&self.dev, p, p16, &self.grads, &mut o.m, &mut o.v, &o.decay, &scalars)?;
+                adamw_dev(&self.dev, p, p16, &self.grads, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
                 self.params16_stale = false;
             }
         }

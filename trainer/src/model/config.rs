@@ -80,6 +80,13 @@ impl ModelConfig {
         })
     }
 
+    /// This model at another width, the head dimension kept where the width allows (heads = width /
+    /// head dim, at least 1): the width-reduced variants of `infinity model`, and width sweeps.
+    pub fn with_width(&self, width: usize) -> ModelConfig {
+        let hd = self.head_dim();
+        ModelConfig { embed_dim: width, num_heads: (width / hd).max(1), ..self.clone() }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.embed_dim / self.num_heads
     }

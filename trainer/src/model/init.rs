@@ -39,31 +39,68 @@ fn trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f32 {
     }
 }
 
+/// How upstream's `init_weights` fills a tensor, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Linear biases and the qkv/kv extra biases.
+    Zero,
+    /// `text_norm` and `ca_norm` weights.
+    One,
+    /// Truncated normal, std 1.2 / √Ct5.
+    CfgUncond,
+    /// Truncated normal, std 1 / √C (then `special_init`'s factors).
+    AdaGss,
+    /// ln 4, the attention temperatures.
+    ScaleMul,
+    /// Truncated normal, std √(1/(3C)) (the attention pool's query).
+    PoolQuery,
+    /// Truncated normal, std `tini`: every Linear weight, Embedding, pos_start and lvl_embed.
+    Tini,
+}
+
+fn fill_of(name: &str) -> Fill {
+    if name.ends_with(".bias") || name.ends_with("q_bias") || name.ends_with("v_bias") {
+        Fill::Zero
+    } else if name == "text_norm.weight" || name.ends_with("ca_norm.weight") {
+        Fill::One
+    } else if name == "cfg_uncond" {
+        Fill::CfgUncond
+    } else if name.ends_with("ada_gss") {
+        Fill::AdaGss
+    } else if name.ends_with("scale_mul_1H11") {
+        Fill::ScaleMul
+    } else if name == "text_proj_for_sos.ca.mat_q" {
+        Fill::PoolQuery
+    } else {
+        Fill::Tini
+    }
+}
+
+/// Whether upstream draws `name` with a std that shrinks as `1/√C` with the width (`tini`'s default
+/// and the other `1/√C` draws): μP keeps those of vector-like tensors at the base width's.
+pub fn std_follows_width(name: &str) -> bool {
+    matches!(fill_of(name), Fill::AdaGss | Fill::PoolQuery | Fill::Tini)
+}
+
 pub fn init_params(cfg: &ModelConfig, lay: &Layout, init: &InitConfig, seed: u64) -> Params<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let c = cfg.embed_dim as f64;
     let tini = init.tini.unwrap_or((1.0 / (3.0 * c)).sqrt());
     let mut p = Params::zeros(lay);
     for spec in &lay.specs {
-        let name = spec.name.as_str();
         let v = &mut p.data[spec.offset..spec.offset + spec.numel()];
         let mut fill = |f: &mut dyn FnMut() -> f32| v.iter_mut().for_each(|x| *x = f());
-        if name.ends_with(".bias") || name.ends_with("q_bias") || name.ends_with("v_bias") {
-            // Linear biases and the qkv/kv extra biases start at 0
-        } else if name == "text_norm.weight" || name.ends_with("ca_norm.weight") {
-            fill(&mut || 1.0);
-        } else if name == "cfg_uncond" {
-            let s = (cfg.text_channels as f64).sqrt();
-            fill(&mut || (trunc_normal(&mut rng, 1.2) as f64 / s) as f32);
-        } else if name.ends_with("ada_gss") {
-            fill(&mut || (trunc_normal(&mut rng, 1.0) as f64 / c.sqrt()) as f32);
-        } else if name.ends_with("scale_mul_1H11") {
-            fill(&mut || 4f32.ln());
-        } else if name == "text_proj_for_sos.ca.mat_q" {
-            fill(&mut || trunc_normal(&mut rng, (1.0 / c / 3.0).sqrt()));
-        } else {
-            // every Linear weight, Embedding, pos_start and lvl_embed
-            fill(&mut || trunc_normal(&mut rng, tini));
+        match fill_of(&spec.name) {
+            Fill::Zero => {}
+            Fill::One => fill(&mut || 1.0),
+            Fill::CfgUncond => {
+                let s = (cfg.text_channels as f64).sqrt();
+                fill(&mut || (trunc_normal(&mut rng, 1.2) as f64 / s) as f32);
+            }
+            Fill::AdaGss => fill(&mut || (trunc_normal(&mut rng, 1.0) as f64 / c.sqrt()) as f32),
+            Fill::ScaleMul => fill(&mut || 4f32.ln()),
+            Fill::PoolQuery => fill(&mut || trunc_normal(&mut rng, (1.0 / c / 3.0).sqrt())),
+            Fill::Tini => fill(&mut || trunc_normal(&mut rng, tini)),
         }
     }
     // special_init

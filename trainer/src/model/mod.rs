@@ -6,9 +6,11 @@ pub mod backward;
 pub mod bench;
 pub mod buckets;
 pub mod config;
+pub mod coord_check;
 pub mod forward;
 pub mod init;
 pub mod io;
+pub mod mup;
 pub mod params;
 pub mod sample;
 

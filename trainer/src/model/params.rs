@@ -17,6 +17,9 @@ pub struct ParamSpec {
     pub offset: usize,
     /// Whether AdamW applies weight decay (upstream's no-decay groups: 1-D tensors and named ones).
     pub decay: bool,
+    /// The tensor's learning rate as a multiple of the schedule's: 1, except for μP's hidden and output
+    /// weights (`model::mup`).
+    pub lr_mult: f64,
 }
 
 impl ParamSpec {
@@ -118,7 +121,7 @@ impl Layout {
         for (name, shape) in t {
             let decay = shape.len() > 1 && !name.ends_with(".bias") && !NO_DECAY.iter().any(|k| name.contains(k));
             let n: usize = shape.iter().product();
-            specs.push(ParamSpec { name, shape, offset, decay });
+            specs.push(ParamSpec { name, shape, offset, decay, lr_mult: 1.0 });
             offset += n;
         }
         let index = specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();

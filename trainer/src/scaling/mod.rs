@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod fit;
+pub mod lr;
 pub mod plot;
 
 use std::fmt::Write as _;
@@ -193,7 +194,16 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     let points: Vec<(f64, f64)> = c.iter().copied().zip(l.iter().copied()).collect();
     plot::loss_vs_compute(out, &points, &curves, pearson_r)?;
     plot::curves(out, &runs)?;
-    for stem in ["loss_vs_compute", "loss_curves"] {
+    let mut stems = vec!["loss_vs_compute", "loss_curves"];
+    let lr_groups = lr::groups(&lr::read_runs(root, &runs)?);
+    if !lr_groups.is_empty() {
+        files.push(out.join("lr_sweep.md"));
+        write_atomic(&files[files.len() - 1], lr::markdown(&lr_groups).as_bytes())?;
+        if plot::loss_vs_lr(out, &lr_groups)? {
+            stems.push("loss_vs_lr");
+        }
+    }
+    for stem in stems {
         files.push(out.join(format!("{stem}.png")));
         files.push(out.join(format!("{stem}.svg")));
     }

@@ -1,6 +1,6 @@
 //! The scaling figures, each as PNG and SVG (plotters): loss against compute (log x, linear y: losses
-//! span too little for log ticks) with the fitted laws, and the validation-loss curve of every run
-//! against the compute it had used.
+//! span too little for log ticks) with the fitted laws, the validation-loss curve of every run
+//! against the compute it had used, and (learning-rate sweeps) loss against the learning rate.
 //!
 //! Text needs a TrueType font: `INFINITY_FONT=path.ttf`, else DejaVu Sans or Liberation Sans from the
 //! usual system folders (Debian/Ubuntu: `apt-get install fonts-dejavu-core`).
@@ -14,6 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::fit::Fit;
+use super::lr::LrGroup;
 use super::RunRecord;
 
 const SIZE: (u32, u32) = (960, 640);
@@ -173,42 +174,99 @@ pub fn loss_vs_compute(dir: &Path, points: &[(f64, f64)], fits: &[Curve], r: f64
     both(dir, "loss_vs_compute", &LossVsCompute { points, fits, r, xr, yr })
 }
 
+/// Named lines over a log x axis.
 struct Curves {
-    series: Vec<(String, Vec<(f64, f64)>)>,
+    caption: &'static str,
+    axes: (&'static str, &'static str),
+    series: Series,
+    /// Mark each point too (few points per line), and put the legend top left (lines of losses
+    /// against learning rates rise to the right).
+    dots: bool,
     xr: std::ops::Range<f64>,
     yr: std::ops::Range<f64>,
 }
 
+/// A line: its legend, its points, and its look (palette index, dashed).
+type Series = Vec<(String, Vec<(f64, f64)>, (usize, bool))>;
+
+impl Curves {
+    fn new(caption: &'static str, axes: (&'static str, &'static str), series: Series, dots: bool) -> Result<Curves> {
+        let xr = range_log(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)))?;
+        let yr = range_lin(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)))?;
+        Ok(Curves { caption, axes, series, dots, xr, yr })
+    }
+}
+
 impl Figure for Curves {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let axes = ("compute used (FLOPs)", "validation loss (training loss for runs without validation)");
-        let mut chart = chart(root, "loss curves per run", axes, &self.xr, &self.yr)?;
-        for (i, (name, pts)) in self.series.iter().enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
-                .map_err(e)?
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        let mut chart = chart(root, self.caption, self.axes, &self.xr, &self.yr)?;
+        for (name, pts, (colour, dashed)) in &self.series {
+            let colour = Palette99::pick(*colour).to_rgba();
+            // the legend's sample: one stroke, or two for a dashed line
+            let gap = if *dashed { (8, 13) } else { (10, 10) };
+            let legend = move |(x, y): (i32, i32)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, 0), (gap.0, 0)], colour.stroke_width(2))
+                    + PathElement::new(vec![(gap.1, 0), (20, 0)], colour.stroke_width(2))
+            };
+            let drawn = match dashed {
+                true => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2))),
+                false => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
+            };
+            drawn.map_err(e)?.label(name.as_str()).legend(legend);
+            if self.dots {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(e)?;
+            }
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(e)?;
+        let legend = if self.dots { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::MiddleRight };
+        chart
+            .configure_series_labels()
+            .position(legend)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
         Ok(())
     }
 }
 
 /// The loss curve of every run against the compute it had used.
 pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<()> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = runs
+    let series: Series = runs
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
             let pts: Vec<(f64, f64)> =
                 curve.iter().filter(|(s, _)| *s > 0).map(|(s, l)| (*s as f64 * r.flops_per_step, *l)).collect();
-            (r.name.clone(), pts)
+            (r.name.clone(), pts, (i, false))
         })
-        .filter(|(_, p)| !p.is_empty())
+        .filter(|(_, p, _)| !p.is_empty())
         .collect();
-    let xr = range_log(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)))?;
-    let yr = range_lin(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)))?;
-    both(dir, "loss_curves", &Curves { series, xr, yr })
+    let axes = ("compute used (FLOPs)", "validation loss (training loss for runs without validation)");
+    both(dir, "loss_curves", &Curves::new("loss curves per run", axes, series, false)?)
+}
+
+/// Loss against the learning rate, a line per group of a learning-rate sweep (runs without a finite
+/// loss left out): a colour per model shape, μP dashed. False, and nothing written, when no run has
+/// a finite loss.
+pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
+    let mut shapes: Vec<(usize, usize)> = groups.iter().map(|g| (g.order.1, g.order.2)).collect();
+    shapes.sort();
+    shapes.dedup();
+    let series: Series = groups
+        .iter()
+        .map(|g| {
+            let colour = shapes.iter().position(|s| *s == (g.order.1, g.order.2)).unwrap_or(0);
+            let pts: Vec<(f64, f64)> = g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect();
+            (g.label.clone(), pts, (colour, g.order.0))
+        })
+        .filter(|(_, p, _)| !p.is_empty())
+        .collect();
+    if series.is_empty() {
+        return Ok(false);
+    }
+    let axes = ("learning rate", "validation loss (training loss for runs without validation)");
+    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate", axes, series, true)?)?;
+    Ok(true)
 }

@@ -170,6 +170,22 @@ pub struct ModelSection {
     /// a resumed run takes its weights from its own checkpoint instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// μP (`model::mup`): initialise and scale the learning rates as for a model of this width, so
+    /// that `optim.lr` tuned at this width carries over to the others of a width sweep. Unset: the
+    /// standard parametrization (upstream's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mup_base_width: Option<usize>,
+    /// μP's base model's heads (only with `mup_base_width`; by default this model's head dimension
+    /// kept): sets the cross-attention's and text pool's base head dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mup_base_heads: Option<usize>,
+}
+
+impl ModelSection {
+    /// μP's base model, when the run uses μP.
+    pub fn mup(&self) -> Option<crate::model::mup::MupBase> {
+        self.mup_base_width.map(|width| crate::model::mup::MupBase { width, heads: self.mup_base_heads })
+    }
 }
 
 fn default_cond_drop() -> f64 {
@@ -403,6 +419,14 @@ impl TrainConfig {
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");
         }
+        if self.model.mup_base_width == Some(0) {
+            bail!("model.mup_base_width must be a width (≥ 1); leave it out for the standard parametrization");
+        }
+        match (self.model.mup_base_heads, self.model.mup_base_width) {
+            (Some(0), _) => bail!("model.mup_base_heads must be at least 1"),
+            (Some(_), None) => bail!("model.mup_base_heads needs model.mup_base_width (μP's base model)"),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -444,6 +468,9 @@ impl TrainConfig {
             (kind, _, _) => bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition"),
         };
         c.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        if let Some(base) = m.mup() {
+            base.validate(&c).map_err(|e| anyhow::anyhow!(e))?;
+        }
         Ok(c)
     }
 }

@@ -107,7 +107,10 @@ impl Setup {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = cfg.model_config(m.d as usize, num_classes, text)?;
-        let lay = Layout::new(&mc);
+        let mut lay = Layout::new(&mc);
+        if let Some(base) = cfg.model.mup() {
+            crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
+        }
         let mean_tokens = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
         let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
         Ok(Setup { ds, mc, lay, mean_tokens, flops_per_token })
@@ -192,6 +195,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         None => {
             let mut p = init_params(&mc, &lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
+            if let Some(base) = cfg.model.mup() {
+                crate::model::mup::rescale_init(&mut p, &lay, &mc, &base);
+            }
             if let Some((file, fresh)) = init_from(cfg, &mc, &lay, &mut p)? {
                 println!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
                 if leader && !fresh.is_empty() {

@@ -1,0 +1,211 @@
+//! Learning-rate sweeps in `infinity scaling`: run folders whose configs differ only in `optim.lr`
+//! (and `run.dir`) form a group, and each group's loss against the learning rate goes to
+//! `lr_sweep.md` and `loss_vs_lr.{png,svg}`. Under μP the best rate should stay put as the width
+//! grows (what μP is for); in the standard parametrization it falls. Runs that stopped without a
+//! summary (diverged, failed) stay in the table as such.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::RunRecord;
+
+/// One run of a learning-rate sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrRun {
+    /// The run's config without `optim.lr` and `run.dir`: runs with equal keys form a group.
+    pub key: String,
+    pub label: String,
+    /// Where its group goes in the table: standard before μP, then by depth and width.
+    pub order: (bool, usize, usize),
+    pub lr: f64,
+    /// The run's loss ([`RunRecord::loss`]); `None` when it left no summary or ended non-finite.
+    pub loss: Option<f64>,
+    /// Whether it reached `run.steps`.
+    pub finished: bool,
+}
+
+/// The runs of one config, by rising learning rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrGroup {
+    pub label: String,
+    /// μP or not, depth, width ([`LrRun::order`]).
+    pub order: (bool, usize, usize),
+    pub points: Vec<LrRun>,
+}
+
+impl LrGroup {
+    /// The learning rate with the lowest finite loss, and that loss.
+    pub fn best(&self) -> Option<(f64, f64)> {
+        self.points.iter().filter_map(|p| Some((p.lr, p.loss?))).min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+/// `width W, depth D, standard | μP base B, S steps` from a run's config and `derived.json` model.
+fn label(config: &toml::Value, model: &crate::model::ModelConfig) -> String {
+    let get = |s: &str, k: &str| config.get(s).and_then(|t| t.get(k)).and_then(|v| v.as_integer());
+    let param = get("model", "mup_base_width").map_or("standard".into(), |b| format!("μP base {b}"));
+    let steps = get("run", "steps").map_or(String::new(), |s| format!(", {s} steps"));
+    format!("width {}, depth {}, {param}{steps}", model.embed_dim, model.depth)
+}
+
+/// Every run folder under `root` with a `config.toml` and a `derived.json` (written before training
+/// starts, so failed runs have them too), its loss taken from `runs` (the folders with a summary).
+pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<Vec<LrRun>> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.toml").is_file() && p.join("derived.json").is_file())
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let text = std::fs::read_to_string(dir.join("config.toml"))?;
+        let mut config: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: not TOML", dir.join("config.toml").display()))?;
+        let derived = super::read_json(&dir.join("derived.json"))?;
+        let (Some(lr), Ok(model)) = (
+            config.get("optim").and_then(|o| o.get("lr")).and_then(|v| v.as_float()),
+            serde_json::from_value::<crate::model::ModelConfig>(derived["model"].clone()),
+        ) else {
+            continue;
+        };
+        let label = label(&config, &model);
+        let mup = config.get("model").and_then(|m| m.get("mup_base_width")).is_some();
+        let order = (mup, model.depth, model.embed_dim);
+        for (section, key) in [("optim", "lr"), ("run", "dir")] {
+            if let Some(t) = config.get_mut(section).and_then(|t| t.as_table_mut()) {
+                t.remove(key);
+            }
+        }
+        let record = runs.iter().find(|r| r.dir == dir);
+        out.push(LrRun {
+            key: toml::to_string(&config)?,
+            label,
+            order,
+            lr,
+            loss: record.map(|r| r.loss()).filter(|l| l.is_finite()),
+            finished: record.is_some_and(|r| r.finished),
+        });
+    }
+    Ok(out)
+}
+
+/// The groups of at least two learning rates (none: no learning-rate sweep among the runs), standard
+/// before μP, then by depth and width. Labels that two groups share get their row's number.
+pub fn groups(runs: &[LrRun]) -> Vec<LrGroup> {
+    let mut keys: Vec<&str> = Vec::new();
+    let mut out: Vec<LrGroup> = Vec::new();
+    for r in runs {
+        match keys.iter().position(|k| *k == r.key) {
+            Some(i) => out[i].points.push(r.clone()),
+            None => {
+                keys.push(&r.key);
+                out.push(LrGroup { label: r.label.clone(), order: r.order, points: vec![r.clone()] });
+            }
+        }
+    }
+    for g in &mut out {
+        g.points.sort_by(|a, b| a.lr.total_cmp(&b.lr));
+    }
+    out.retain(|g| {
+        let mut lrs: Vec<f64> = g.points.iter().map(|p| p.lr).collect();
+        lrs.dedup();
+        lrs.len() >= 2
+    });
+    out.sort_by_key(|g| g.order); // stable: folder order within equal keys
+    let shared: Vec<bool> = out.iter().map(|g| out.iter().filter(|h| h.label == g.label).count() > 1).collect();
+    for (i, g) in out.iter_mut().enumerate().filter(|(i, _)| shared[*i]) {
+        g.label = format!("{} (#{})", g.label, i + 1);
+    }
+    out
+}
+
+/// Loss per group (rows) and learning rate (columns), each group's best in bold. A cell with several
+/// runs (the same config twice) lists each.
+pub fn markdown(groups: &[LrGroup]) -> String {
+    let mut lrs: Vec<f64> = groups.iter().flat_map(|g| g.points.iter().map(|p| p.lr)).collect();
+    lrs.sort_by(f64::total_cmp);
+    lrs.dedup();
+    let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the final training loss) per learning \
+                 rate of runs whose configs differ only in `optim.lr`; each row's lowest in bold, * = stopped \
+                 before `run.steps`, – = no run. Under μP the best rate should not move with the width.\n\n"
+        .to_string();
+    let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
+    let _ = writeln!(s, "| runs | {} | best lr |\n|---|{}---|", head.join(" | "), "---|".repeat(lrs.len()));
+    for g in groups {
+        let best = g.best();
+        let cells: Vec<String> = lrs
+            .iter()
+            .map(|lr| {
+                let at: Vec<String> = g
+                    .points
+                    .iter()
+                    .filter(|p| p.lr == *lr)
+                    .map(|p| {
+                        let star = if p.finished { "" } else { "*" };
+                        match p.loss {
+                            None => format!("diverged or failed{star}"),
+                            Some(l) if best == Some((p.lr, l)) => format!("**{l:.4}**{star}"),
+                            Some(l) => format!("{l:.4}{star}"),
+                        }
+                    })
+                    .collect();
+                if at.is_empty() {
+                    "–".into()
+                } else {
+                    at.join(", ")
+                }
+            })
+            .collect();
+        let best = best.map_or("–".into(), |b| b.0.to_string());
+        let _ = writeln!(s, "| {} | {} | {best} |", g.label, cells.join(" | "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(key: &str, lr: f64, loss: Option<f64>, finished: bool) -> LrRun {
+        let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0));
+        LrRun { key: key.into(), label: format!("width {key}"), order, lr, loss, finished }
+    }
+
+    #[test]
+    fn runs_group_by_config_and_the_best_rate_is_marked() {
+        let runs = vec![
+            run("128 μP", 1e-2, Some(0.48), true),
+            run("128 μP", 3e-3, Some(0.51), true),
+            run("128", 1e-2, None, false), // diverged: no summary
+            run("128", 3e-3, Some(0.53), true),
+            run("128", 2.5e-3, Some(0.54), false),
+            run("256", 3e-3, Some(0.55), true), // one rate only: no group
+        ];
+        let g = groups(&runs);
+        assert_eq!(g.len(), 2, "{g:?}");
+        assert_eq!(g[1].best(), Some((1e-2, 0.48)), "μP's rows after the standard ones");
+        assert_eq!(g[0].best(), Some((3e-3, 0.53)), "the diverged run is not the best");
+        let lrs: Vec<f64> = g[0].points.iter().map(|p| p.lr).collect();
+        assert_eq!(lrs, [2.5e-3, 3e-3, 1e-2]);
+        let md = markdown(&g);
+        assert!(md.contains("| runs | lr 0.0025 | lr 0.003 | lr 0.01 | best lr |"), "{md}");
+        assert!(md.contains("| width 128 μP | – | 0.5100 | **0.4800** | 0.01 |"), "{md}");
+        assert!(md.contains("| width 128 | 0.5400* | **0.5300** | diverged or failed* | 0.003 |"), "{md}");
+        assert!(groups(&runs[5..]).is_empty());
+    }
+
+    #[test]
+    fn groups_sharing_a_label_are_numbered() {
+        let mut a = run("a", 1e-3, Some(1.0), true);
+        let mut b = run("b", 1e-3, Some(1.0), true);
+        a.label = "same".into();
+        b.label = "same".into();
+        let runs = vec![a.clone(), LrRun { lr: 2e-3, ..a }, b.clone(), LrRun { lr: 2e-3, ..b }];
+        let labels: Vec<String> = groups(&runs).into_iter().map(|g| g.label).collect();
+        assert_eq!(labels, ["same (#1)", "same (#2)"]);
+    }
+}
