@@ -14,7 +14,7 @@
 extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __restrict__ p16,
                                      const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
                                      const unsigned char* __restrict__ group, const double* __restrict__ lr_mult,
-                                     long n, double step_size, float beta1, float beta2, float eps,
+                                     int n_lr, long n, double step_size, float beta1, float beta2, float eps,
                                      float bc2_sqrt, float shrink, double grad_scale) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         const float gi = grad_scale == 1.0 ? g[i] : (float)((double)g[i] * grad_scale);
@@ -24,7 +24,8 @@ extern "C" __global__ void adamw_f32(float* __restrict__ p, unsigned short* __re
         const float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
         const float vi = v[i] * beta2 + gi * gi * (1.0f - beta2);
         const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        const float pn = pi - (float)(step_size * lr_mult[gr >> 1]) * mi / denom;
+        const int j = gr >> 1;  // (never past the table from optim::param_groups; clamped all the same)
+        const float pn = pi - (float)(step_size * lr_mult[j < n_lr ? j : n_lr - 1]) * mi / denom;
         p[i] = pn;
         if (p16) p16[i] = bf16_bits(pn);
         m[i] = mi;

@@ -29,8 +29,8 @@ int main(int argc, char** argv) {
     const unsigned blocks = (unsigned)std::clamp((n + 255) / 256, 1L, 65535L);
     std::vector<unsigned short> p16(n, 0xffff);
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] {
-        adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), groups.data(), lr_mult.data(), n, lr[0], s[0],
-                  s[1], s[2], s[3], s[4], grad_scale);
+        adamw_f32(p.data(), p16.data(), g.data(), m.data(), v.data(), groups.data(), lr_mult.data(),
+                  (int)lr_mult.size(), n, lr[0], s[0], s[1], s[2], s[3], s[4], grad_scale);
     });
     std::vector<double> partial(blocks, std::nan("")), total(1, std::nan(""));
     emu::launch({blocks, 1, 1}, {256, 1, 1}, 0, [&] { sum_squares_f32(g.data(), n, partial.data()); });

@@ -52,8 +52,8 @@ impl AdamWScalars {
 }
 
 /// A parameter's group byte: bit 0 says whether weight decay applies, the bits above index the
-/// learning-rate multipliers (`lr_mult`, at most [`MAX_LR_GROUPS`] of them; μP scales hidden and output
-/// weights' rates by width, everything else uses multiplier 1).
+/// learning-rate multipliers (`lr_mult`, at most [`MAX_LR_GROUPS`] of them: 1 alone without μP, a few
+/// per-width factors with it).
 pub fn group_byte(decay: bool, lr_group: usize) -> u8 {
     assert!(lr_group < MAX_LR_GROUPS, "at most {MAX_LR_GROUPS} learning-rate groups");
     (lr_group << 1) as u8 | decay as u8

@@ -312,7 +312,9 @@ mod tests {
         assert!(mu.axes.contains_key("model.mup_base_width") && !sp.axes.contains_key("model.mup_base_width"));
         let rest: Vec<_> = mu.axes.iter().filter(|(k, _)| *k != "model.mup_base_width").collect();
         assert_eq!(rest, sp.axes.iter().collect::<Vec<_>>(), "the same runs otherwise");
-        assert_eq!(mu.set, sp.set);
+        let mut mu_set = mu.set.clone();
+        assert!(mu_set.remove("model.mup_base_heads").is_some());
+        assert_eq!(mu_set, sp.set);
         assert_eq!(name_part("optim.lr", &toml::Value::Float(3e-4)), "lr-3e-4");
         assert_eq!(name_part("model.preset", &toml::Value::String("layer 12".into())), "preset-layer-12");
         assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");

@@ -161,9 +161,10 @@ fn small_data(tmp: &Path) {
 }
 
 /// The device optimizer (AdamW and clipping on the GPU; μP at base width 48, so learning-rate
-/// multipliers 1 and 0.75, the hidden and output weights') against the CPU run, and a resumed GPU run against an uninterrupted one (its moments go through the checkpoint), in f32 and with bf16 matmuls
-/// (there the uninterrupted run's bf16 weights come from the AdamW kernel, the resumed run's from
-/// rounding the loaded weights: the two must agree bit for bit).
+/// multipliers 1 and 0.75, the hidden and output weights') against the CPU run, and a resumed GPU
+/// run against an uninterrupted one (its moments go through the checkpoint), in f32 and with bf16
+/// matmuls (there the uninterrupted run's bf16 weights come from the AdamW kernel, the resumed run's
+/// from rounding the loaded weights: the two must agree bit for bit).
 #[test]
 fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     if !gpu_or_skip() {

@@ -120,30 +120,36 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
 
 /// μP (`model.mup_base_width`): at its base width the run is the standard one byte for byte; a run
 /// twice as wide (its hidden and output learning rates halved through the optimizer's groups) differs
-/// from the standard one and resumes to the uninterrupted run's bytes.
+/// from the standard one and resumes to the uninterrupted run's bytes, class- and text-conditioned
+/// (the text model's base has its 2 heads: `model.mup_base_heads`).
 #[test]
 fn mup_at_its_base_width_is_the_standard_run_and_a_wider_one_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
-    let run = |name: &str, width: usize, mup: Option<usize>, opts: TrainOptions| {
-        let mut c = config(&data, tmp.path().join(name), "class");
-        (c.model.embed_dim, c.model.mup_base_width) = (Some(width), mup);
+    let run = |name: &str, conditioning: &str, width: usize, mup: Option<usize>, opts: TrainOptions| {
+        let mut c = config(&data, tmp.path().join(format!("{name}-{conditioning}")), conditioning);
+        (c.model.embed_dim, c.model.num_heads, c.model.mup_base_width) = (Some(width), Some(2), mup);
+        c.model.mup_base_heads = mup.map(|_| 2);
         train(&c, &opts).unwrap();
         c
     };
     let weights = |c: &TrainConfig| read(c.run.dir.join("checkpoints/step-00000006/model.safetensors"));
-    let sp = run("sp", 64, None, TrainOptions::default());
-    let base = run("mup-base", 64, Some(64), TrainOptions::default());
-    assert!(weights(&sp) == weights(&base), "μP at its base width differs from the standard run");
+    let plain = TrainOptions::default;
+    for conditioning in ["class", "text"] {
+        let sp = run("sp", conditioning, 64, None, plain());
+        let base = run("mup-base", conditioning, 64, Some(64), plain());
+        assert!(weights(&sp) == weights(&base), "{conditioning}: μP at its base width is not the standard run");
 
-    let sp_wide = run("sp-wide", 128, None, TrainOptions::default());
-    let whole = run("mup-wide", 128, Some(64), TrainOptions::default());
-    assert!(weights(&sp_wide) != weights(&whole), "μP at twice its base width is the standard run");
-    let split = run("mup-split", 128, Some(64), TrainOptions { stop_after: Some(4), ..Default::default() });
-    let ckpt = latest_checkpoint(&split.run.dir).unwrap();
-    train(&split, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
-    assert!(weights(&whole) == weights(&split), "μP: weights differ after resume");
+        let sp_wide = run("sp-wide", conditioning, 128, None, plain());
+        let whole = run("mup-wide", conditioning, 128, Some(64), plain());
+        assert!(weights(&sp_wide) != weights(&whole), "{conditioning}: μP at twice its base is the standard run");
+        let stop = TrainOptions { stop_after: Some(4), ..Default::default() };
+        let split = run("mup-split", conditioning, 128, Some(64), stop);
+        let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+        train(&split, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
+        assert!(weights(&whole) == weights(&split), "{conditioning}: μP weights differ after resume");
+    }
 }
 
 /// The spike guard (`optim.skip_grad_z`, here so low that ordinary steps trip it): a skipped step

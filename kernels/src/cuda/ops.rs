@@ -282,6 +282,7 @@ pub fn adamw_dev(
 ) -> Result<(), CudaError> {
     let n = params.count();
     assert!(grads.count() >= n && m.count() >= n && v.count() >= n && groups.len() >= n, "adamw: lengths");
+    assert!(!lr_mult.is_empty(), "adamw: no learning-rate multipliers");
     assert!(params16.as_ref().is_none_or(|p16| p16.len() >= n), "adamw: params16 holds fewer values than params");
     let st = &dev.stream;
     let args = [
@@ -292,6 +293,7 @@ pub fn adamw_dev(
         Arg::Ptr(v.addr_mut(st)),
         Arg::Ptr(groups.device_ptr(st).0),
         Arg::Ptr(lr_mult.device_ptr(st).0),
+        Arg::int(lr_mult.len()),
         Arg::I64(n as i64),
         Arg::F64(s.step_size),
         Arg::F32(s.beta1),
@@ -301,8 +303,8 @@ pub fn adamw_dev(
         Arg::F32(s.shrink),
         Arg::F64(s.grad_scale),
     ];
-    // SAFETY: argument list as declared in adamw.cu; lengths asserted above, and every group byte
-    // indexes `lr_mult` (the caller's groups come from the same table).
+    // SAFETY: argument list as declared in adamw.cu; lengths asserted above (the kernel clamps a group
+    // byte's index to `lr_mult`).
     unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
 }
 

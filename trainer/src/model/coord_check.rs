@@ -20,7 +20,8 @@ pub struct CoordOptions {
     /// The model at every width but the width itself (class ids or random text features per sample).
     pub config: ModelConfig,
     pub widths: Vec<usize>,
-    /// The head count at every width (and in μP's base model); `None` keeps the head dimension.
+    /// The head count at every width (and in μP's base model); `None` keeps the head dimension
+    /// (in the base model too).
     pub heads: Option<usize>,
     /// μP's base width; `None` checks the standard parametrization.
     pub mup_base_width: Option<usize>,
@@ -87,7 +88,8 @@ pub fn run(o: &CoordOptions) -> Result<Vec<CoordRow>> {
         let mut lay = Layout::new(&cfg);
         let mut p: Params<f32> = init_params(&cfg, &lay, &InitConfig::default(), o.seed);
         if let Some(width) = o.mup_base_width {
-            let base = MupBase { width, heads: o.heads };
+            let heads = o.heads.unwrap_or(o.config.with_width(width).num_heads);
+            let base = MupBase { width, heads: Some(heads) };
             base.validate(&cfg).map_err(|e| anyhow::anyhow!(e))?;
             mup::set_lr_mults(&mut lay, &cfg, &base);
             mup::rescale_init(&mut p, &lay, &cfg, &base);

@@ -22,9 +22,10 @@
 //! logits do not grow with the head dimension. The cross-attention and the text pool scale q·k by
 //! 1/√d; μP wants 1/d, which is the same multiplier trick on q: `ca.mat_q` (weight and bias) and the
 //! pool's query take init × √(d_B/d) and learning rate × √(d_B/d), d_B being the head dimension of
-//! the base model (`model.mup_base_heads` heads, by default the head dimension of this model where the
-//! base width allows it). In the base model every factor is 1: the run is the
-//! standard-parametrization run, bit for bit.
+//! the base model. Its head count (`model.mup_base_heads`) is therefore required with text
+//! conditioning: a default would be each run's own guess, and the runs of a sweep could guess different
+//! bases. In the base model every factor is 1: the run is the standard-parametrization run, bit for
+//! bit.
 
 use super::config::ModelConfig;
 use super::init::std_follows_width;
@@ -46,7 +47,8 @@ const OUTPUT: &str = "head.weight";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MupBase {
     pub width: usize,
-    /// Heads of the base model; `None`: this model's head dimension kept (`ModelConfig::with_width`).
+    /// Heads of the base model (required with text conditioning); `None`: this model's head
+    /// dimension kept (`ModelConfig::with_width`), which only the temperatures' shapes see.
     pub heads: Option<usize>,
 }
 
@@ -59,7 +61,8 @@ impl MupBase {
         }
     }
 
-    /// Checks the base model of `cfg`; the error names the keys.
+    /// Checks the base model of `cfg`; the error names the keys. Its heads matter (and are checked)
+    /// only with text conditioning, where they set the cross-attention's base head dimension.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<(), String> {
         let base = self.config(cfg);
         let keys = format!(
@@ -72,6 +75,17 @@ impl MupBase {
                 "{keys}: the base model needs a positive width whose FFN width (round(width · mlp_ratio / 256) · \
                  256, mlp_ratio {}) is not 0",
                 cfg.mlp_ratio
+            ));
+        }
+        if !cfg.has_cross_attention() {
+            return Ok(());
+        }
+        if self.heads.is_none() {
+            return Err(format!(
+                "{keys}: text-conditioned μP needs model.mup_base_heads, the base model's head count (it sets the \
+                 cross-attention's base head dimension; {} keeps this model's head dimension {})",
+                (self.width / cfg.head_dim()).max(1),
+                cfg.head_dim()
             ));
         }
         base.validate().map_err(|e| format!("{keys}: the base model ({} heads) is not valid: {e}", base.num_heads))
@@ -234,7 +248,7 @@ mod tests {
 
         let same_head_dim = small.with_width(4 * small.embed_dim); // 8 heads of 32
         let mut lay = Layout::new(&same_head_dim);
-        set_lr_mults(&mut lay, &same_head_dim, &MupBase { width: small.embed_dim, heads: None });
+        set_lr_mults(&mut lay, &same_head_dim, &MupBase { width: small.embed_dim, heads: Some(small.num_heads) });
         assert_eq!(mult(&lay, "blocks.0.ca.mat_q.weight"), 0.25);
         assert_eq!(mult(&lay, "blocks.0.ca.mat_q.bias"), 1.0);
     }
@@ -242,7 +256,7 @@ mod tests {
     #[test]
     fn in_the_base_model_nothing_changes() {
         let cfg = tiny(Conditioning::Text);
-        let base = MupBase { width: cfg.embed_dim, heads: None };
+        let base = MupBase { width: cfg.embed_dim, heads: Some(cfg.num_heads) };
         let mut lay = Layout::new(&cfg);
         set_lr_mults(&mut lay, &cfg, &base);
         assert!(lay.specs.iter().all(|s| s.lr_mult == 1.0));
@@ -251,9 +265,12 @@ mod tests {
         rescale_init(&mut mu, &lay, &cfg, &base);
         assert_eq!(mu.data, sp.data);
         let check = |width, heads| MupBase { width, heads }.validate(&cfg);
-        assert!(check(0, None).is_err());
-        assert!(check(32, None).unwrap_err().contains("FFN"), "the FFN rounds to 0 at width 32");
-        assert!(check(48, None).is_ok());
+        assert!(check(0, Some(2)).is_err());
+        assert!(check(32, Some(1)).unwrap_err().contains("FFN"), "the FFN rounds to 0 at width 32");
+        assert!(check(48, Some(1)).is_ok());
         assert!(check(64, Some(3)).unwrap_err().contains("model.mup_base_heads = 3"));
+        assert!(check(64, None).unwrap_err().contains("needs model.mup_base_heads"), "text: the heads are required");
+        let class = tiny(Conditioning::Class { num_classes: 4 });
+        assert!(MupBase { width: 50, heads: None }.validate(&class).is_ok(), "class: the heads are not used");
     }
 }

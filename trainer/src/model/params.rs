@@ -17,8 +17,8 @@ pub struct ParamSpec {
     pub offset: usize,
     /// Whether AdamW applies weight decay (upstream's no-decay groups: 1-D tensors and named ones).
     pub decay: bool,
-    /// The tensor's learning rate as a multiple of the schedule's: 1, except for μP's hidden and output
-    /// weights (`model::mup`).
+    /// The tensor's learning rate as a multiple of the schedule's: 1, except under μP (`model::mup`:
+    /// hidden and output weights, and the queries of the text attentions).
     pub lr_mult: f64,
 }
 

@@ -22,6 +22,8 @@ pub struct LrRun {
     pub lr: f64,
     /// The run's loss ([`RunRecord::loss`]); `None` when it left no summary or ended non-finite.
     pub loss: Option<f64>,
+    /// Whether it left a `summary.json` (a run that diverged, failed or still trains has none).
+    pub summary: bool,
     /// Whether it reached `run.steps`.
     pub finished: bool,
 }
@@ -45,14 +47,16 @@ impl LrGroup {
 /// `width W, depth D, standard | μP base B, S steps` from a run's config and `derived.json` model.
 fn label(config: &toml::Value, model: &crate::model::ModelConfig) -> String {
     let get = |s: &str, k: &str| config.get(s).and_then(|t| t.get(k)).and_then(|v| v.as_integer());
-    let param = get("model", "mup_base_width").map_or("standard".into(), |b| format!("μP base {b}"));
+    let heads = get("model", "mup_base_heads").map_or(String::new(), |h| format!(" × {h} heads"));
+    let param = get("model", "mup_base_width").map_or("standard".into(), |b| format!("μP base {b}{heads}"));
     let steps = get("run", "steps").map_or(String::new(), |s| format!(", {s} steps"));
     format!("width {}, depth {}, {param}{steps}", model.embed_dim, model.depth)
 }
 
 /// Every run folder under `root` with a `config.toml` and a `derived.json` (written before training
-/// starts, so failed runs have them too), its loss taken from `runs` (the folders with a summary).
-pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<Vec<LrRun>> {
+/// starts, so failed runs have them too), its loss taken from `runs` (the folders with a summary);
+/// and the folders whose files could not be read (listed, not fatal: the fits do not need them).
+pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<String>)> {
     let mut dirs: Vec<_> = std::fs::read_dir(root)
         .with_context(|| format!("reading {}", root.display()))?
         .flatten()
@@ -60,12 +64,21 @@ pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<Vec<LrRun>> {
         .filter(|p| p.join("config.toml").is_file() && p.join("derived.json").is_file())
         .collect();
     dirs.sort();
-    let mut out = Vec::new();
+    let (mut out, mut unreadable) = (Vec::new(), Vec::new());
     for dir in dirs {
-        let text = std::fs::read_to_string(dir.join("config.toml"))?;
-        let mut config: toml::Value =
-            toml::from_str(&text).with_context(|| format!("{}: not TOML", dir.join("config.toml").display()))?;
-        let derived = super::read_json(&dir.join("derived.json"))?;
+        let read = || -> Result<(toml::Value, serde_json::Value)> {
+            let p = dir.join("config.toml");
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let config = toml::from_str(&text).with_context(|| format!("{}: not TOML", p.display()))?;
+            Ok((config, super::read_json(&dir.join("derived.json"))?))
+        };
+        let (mut config, derived) = match read() {
+            Ok(files) => files,
+            Err(e) => {
+                unreadable.push(format!("{e:#}"));
+                continue;
+            }
+        };
         let (Some(lr), Ok(model)) = (
             config.get("optim").and_then(|o| o.get("lr")).and_then(|v| v.as_float()),
             serde_json::from_value::<crate::model::ModelConfig>(derived["model"].clone()),
@@ -87,10 +100,11 @@ pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<Vec<LrRun>> {
             order,
             lr,
             loss: record.map(|r| r.loss()).filter(|l| l.is_finite()),
+            summary: record.is_some(),
             finished: record.is_some_and(|r| r.finished),
         });
     }
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 /// The groups of at least two learning rates (none: no learning-rate sweep among the runs), standard
@@ -124,14 +138,15 @@ pub fn groups(runs: &[LrRun]) -> Vec<LrGroup> {
 }
 
 /// Loss per group (rows) and learning rate (columns), each group's best in bold. A cell with several
-/// runs (the same config twice) lists each.
-pub fn markdown(groups: &[LrGroup]) -> String {
+/// runs (the same config twice) lists each. `unreadable`: folders left out, listed below the table.
+pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
     let mut lrs: Vec<f64> = groups.iter().flat_map(|g| g.points.iter().map(|p| p.lr)).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
     let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the final training loss) per learning \
                  rate of runs whose configs differ only in `optim.lr`; each row's lowest in bold, * = stopped \
-                 before `run.steps`, – = no run. Under μP the best rate should not move with the width.\n\n"
+                 before `run.steps`, no summary = diverged, failed or still running, – = no run. Under μP the \
+                 best rate should not move with the width.\n\n"
         .to_string();
     let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
     let _ = writeln!(s, "| runs | {} | best lr |\n|---|{}---|", head.join(" | "), "---|".repeat(lrs.len()));
@@ -147,7 +162,8 @@ pub fn markdown(groups: &[LrGroup]) -> String {
                     .map(|p| {
                         let star = if p.finished { "" } else { "*" };
                         match p.loss {
-                            None => format!("diverged or failed{star}"),
+                            None if !p.summary => "no summary".to_string(),
+                            None => format!("diverged{star}"),
                             Some(l) if best == Some((p.lr, l)) => format!("**{l:.4}**{star}"),
                             Some(l) => format!("{l:.4}{star}"),
                         }
@@ -163,6 +179,12 @@ pub fn markdown(groups: &[LrGroup]) -> String {
         let best = best.map_or("–".into(), |b| b.0.to_string());
         let _ = writeln!(s, "| {} | {} | {best} |", g.label, cells.join(" | "));
     }
+    if !unreadable.is_empty() {
+        s.push_str("\nLeft out (unreadable):\n\n");
+        for u in unreadable {
+            let _ = writeln!(s, "- {u}");
+        }
+    }
     s
 }
 
@@ -172,7 +194,7 @@ mod tests {
 
     fn run(key: &str, lr: f64, loss: Option<f64>, finished: bool) -> LrRun {
         let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0));
-        LrRun { key: key.into(), label: format!("width {key}"), order, lr, loss, finished }
+        LrRun { key: key.into(), label: format!("width {key}"), order, lr, loss, summary: finished, finished }
     }
 
     #[test]
@@ -180,22 +202,24 @@ mod tests {
         let runs = vec![
             run("128 μP", 1e-2, Some(0.48), true),
             run("128 μP", 3e-3, Some(0.51), true),
-            run("128", 1e-2, None, false), // diverged: no summary
+            run("128", 1e-2, None, false), // failed: no summary
             run("128", 3e-3, Some(0.53), true),
-            run("128", 2.5e-3, Some(0.54), false),
-            run("256", 3e-3, Some(0.55), true), // one rate only: no group
+            LrRun { summary: true, ..run("128", 2.5e-3, Some(0.54), false) }, // stopped early
+            LrRun { summary: true, ..run("128", 3e-2, None, true) },          // ended NaN
+            run("256", 3e-3, Some(0.55), true),                               // one rate only: no group
         ];
         let g = groups(&runs);
         assert_eq!(g.len(), 2, "{g:?}");
         assert_eq!(g[1].best(), Some((1e-2, 0.48)), "μP's rows after the standard ones");
         assert_eq!(g[0].best(), Some((3e-3, 0.53)), "the diverged run is not the best");
         let lrs: Vec<f64> = g[0].points.iter().map(|p| p.lr).collect();
-        assert_eq!(lrs, [2.5e-3, 3e-3, 1e-2]);
-        let md = markdown(&g);
-        assert!(md.contains("| runs | lr 0.0025 | lr 0.003 | lr 0.01 | best lr |"), "{md}");
-        assert!(md.contains("| width 128 μP | – | 0.5100 | **0.4800** | 0.01 |"), "{md}");
-        assert!(md.contains("| width 128 | 0.5400* | **0.5300** | diverged or failed* | 0.003 |"), "{md}");
-        assert!(groups(&runs[5..]).is_empty());
+        assert_eq!(lrs, [2.5e-3, 3e-3, 1e-2, 3e-2]);
+        let md = markdown(&g, &["x: not TOML".into()]);
+        assert!(md.contains("| runs | lr 0.0025 | lr 0.003 | lr 0.01 | lr 0.03 | best lr |"), "{md}");
+        assert!(md.contains("| width 128 μP | – | 0.5100 | **0.4800** | – | 0.01 |"), "{md}");
+        assert!(md.contains("| width 128 | 0.5400* | **0.5300** | no summary | diverged | 0.003 |"), "{md}");
+        assert!(md.contains("- x: not TOML"), "{md}");
+        assert!(groups(&runs[6..]).is_empty());
     }
 
     #[test]

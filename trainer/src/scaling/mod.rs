@@ -195,10 +195,15 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     plot::loss_vs_compute(out, &points, &curves, pearson_r)?;
     plot::curves(out, &runs)?;
     let mut stems = vec!["loss_vs_compute", "loss_curves"];
-    let lr_groups = lr::groups(&lr::read_runs(root, &runs)?);
+    let (lr_runs, unreadable) = lr::read_runs(root, &runs)?;
+    let lr_groups = lr::groups(&lr_runs);
+    // (an earlier analysis's learning-rate files go when this one has none)
+    for f in ["lr_sweep.md", "loss_vs_lr.png", "loss_vs_lr.svg"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
     if !lr_groups.is_empty() {
         files.push(out.join("lr_sweep.md"));
-        write_atomic(&files[files.len() - 1], lr::markdown(&lr_groups).as_bytes())?;
+        write_atomic(&files[files.len() - 1], lr::markdown(&lr_groups, &unreadable).as_bytes())?;
         if plot::loss_vs_lr(out, &lr_groups)? {
             stems.push("loss_vs_lr");
         }

@@ -167,6 +167,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         write("config.toml", &config_toml)?;
         write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
+    if let Some(base) = cfg.model.mup() {
+        let b = base.config(&mc);
+        println!(
+            "μP: base model of width {} with {} heads (head dimension {})",
+            b.embed_dim,
+            b.num_heads,
+            b.head_dim()
+        );
+    }
     println!(
         "model: {} parameters ({:.2} M), {} ranks × {} micro-steps of {} per step",
         lay.numel,
