@@ -1,8 +1,8 @@
 //! Learning-rate sweeps in `infinity scaling`: run folders whose configs differ only in `optim.lr`
 //! (and `run.dir`) form a group, and each group's loss against the learning rate goes to
 //! `lr_sweep.md` and `loss_vs_lr.{png,svg}`. Under μP the best rate should stay put as the width
-//! grows (what μP is for); in the standard parametrization it falls. Runs that stopped without a
-//! summary (diverged, failed) stay in the table as such.
+//! grows (what μP is for); in the standard parametrization it falls. Runs that diverged, failed or
+//! still train stay in the table as such.
 
 use std::fmt::Write as _;
 use std::path::Path;
