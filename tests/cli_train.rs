@@ -165,6 +165,10 @@ fn check_reports_a_run_without_starting_it() {
     let e = err(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=32"]);
     assert!(e.contains("model.mup_base_width = 32") && e.contains("FFN"), "{e}");
     assert!(infinity(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=48"]));
+    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["model.mup_base_width=48".into()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None).unwrap().join("\n");
+    let want = "μP: base model of width 48 with 1 head (head dimension 48); learning-rate multipliers 1.0000, 0.7500";
+    assert!(lines.contains(want), "{lines}");
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

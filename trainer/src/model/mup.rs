@@ -61,6 +61,21 @@ impl MupBase {
         }
     }
 
+    /// One line for the run's log and `infinity train --check`: the base model and the learning-rate
+    /// multipliers `lay` (the layout of `cfg`, multipliers set) carries.
+    pub fn describe(&self, cfg: &ModelConfig, lay: &Layout) -> String {
+        let b = self.config(cfg);
+        let (_, mults) = crate::optim::param_groups(lay);
+        let mults: Vec<String> = mults.iter().map(|k| format!("{k:.4}")).collect();
+        let heads = if b.num_heads == 1 { "1 head".to_string() } else { format!("{} heads", b.num_heads) };
+        format!(
+            "μP: base model of width {} with {heads} (head dimension {}); learning-rate multipliers {}",
+            b.embed_dim,
+            b.head_dim(),
+            mults.join(", ")
+        )
+    }
+
     /// Checks the base model of `cfg`; the error names the keys. Its heads matter (and are checked)
     /// only with text conditioning, where they set the cross-attention's base head dimension.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<(), String> {

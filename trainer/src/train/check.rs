@@ -36,6 +36,9 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
         mc.num_heads,
         n / 1e6
     ));
+    if let Some(base) = cfg.model.mup() {
+        out.push(base.describe(&mc, &lay));
+    }
     let accum = micro_steps(cfg, world)?;
     let (b, steps) = (cfg.data.global_batch as f64, cfg.run.steps as f64);
     out.push(format!(

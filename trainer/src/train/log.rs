@@ -217,6 +217,7 @@ impl Logger {
             ("optim.lr".into(), n(cfg.optim.lr)),
             // 0: the standard parametrization
             ("model.mup_base_width".into(), n(cfg.model.mup_base_width.unwrap_or(0) as f64)),
+            ("model.mup_base_heads".into(), n(cfg.model.mup_base_heads.unwrap_or(0) as f64)),
             ("data.global_batch".into(), n(cfg.data.global_batch as f64)),
             ("run.steps".into(), n(cfg.run.steps as f64)),
             ("run.seed".into(), n(cfg.run.seed as f64)),

@@ -168,13 +168,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     if let Some(base) = cfg.model.mup() {
-        let b = base.config(&mc);
-        println!(
-            "μP: base model of width {} with {} heads (head dimension {})",
-            b.embed_dim,
-            b.num_heads,
-            b.head_dim()
-        );
+        println!("{}", base.describe(&mc, &lay));
     }
     println!(
         "model: {} parameters ({:.2} M), {} ranks × {} micro-steps of {} per step",
