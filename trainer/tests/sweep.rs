@@ -175,4 +175,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let table = std::fs::read_to_string(dir.join("lr_sweep.md")).unwrap();
     assert!(table.contains("| width 64, depth 2, standard, 30 steps | ") && table.contains("| lr 0.01 |"), "{table}");
     assert!(image::open(dir.join("loss_vs_lr.png")).is_ok());
+    // the fits take each group's best rate (equal losses: the first, lr 0.003)
+    let fits = std::fs::read_to_string(dir.join("fits.md")).unwrap();
+    assert!(fits.contains("learning-rate groups (lr_sweep.md); left out at other rates: zz-lr"), "{fits}");
 }

@@ -5,7 +5,7 @@
 //! still train stay in the table as such.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -14,6 +14,7 @@ use super::RunRecord;
 /// One run of a learning-rate sweep.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LrRun {
+    pub dir: PathBuf,
     /// The run's config without `optim.lr` and `run.dir`: runs with equal keys form a group.
     pub key: String,
     pub label: String,
@@ -40,8 +41,24 @@ pub struct LrGroup {
 impl LrGroup {
     /// The learning rate with the lowest finite loss, and that loss.
     pub fn best(&self) -> Option<(f64, f64)> {
-        self.points.iter().filter_map(|p| Some((p.lr, p.loss?))).min_by(|a, b| a.1.total_cmp(&b.1))
+        self.best_run().map(|p| (p.lr, p.loss.unwrap_or(f64::NAN)))
     }
+
+    /// The run with the lowest finite loss (the first of equals).
+    fn best_run(&self) -> Option<&LrRun> {
+        self.points.iter().filter(|p| p.loss.is_some()).min_by(|a, b| a.loss.unwrap().total_cmp(&b.loss.unwrap()))
+    }
+}
+
+/// The runs of the groups that are not their group's best: a scaling fit over a learning-rate sweep
+/// takes each group's best rate, as compute-optimal fits assume tuned runs.
+pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for g in groups {
+        let Some(best) = g.best_run() else { continue };
+        out.extend(g.points.iter().filter(|p| p.dir != best.dir).map(|p| p.dir.clone()));
+    }
+    out
 }
 
 /// `width W, depth D, standard | μP base B, S steps` from a run's config and `derived.json` model.
@@ -95,6 +112,7 @@ pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<Str
         }
         let record = runs.iter().find(|r| r.dir == dir);
         out.push(LrRun {
+            dir: dir.clone(),
             key: toml::to_string(&config)?,
             label,
             order,
@@ -194,7 +212,8 @@ mod tests {
 
     fn run(key: &str, lr: f64, loss: Option<f64>, finished: bool) -> LrRun {
         let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0));
-        LrRun { key: key.into(), label: format!("width {key}"), order, lr, loss, summary: finished, finished }
+        let dir = PathBuf::from(format!("{key}-{lr}"));
+        LrRun { dir, key: key.into(), label: format!("width {key}"), order, lr, loss, summary: finished, finished }
     }
 
     #[test]
@@ -220,6 +239,8 @@ mod tests {
         assert!(md.contains("| width 128 | 0.5400* | **0.5300** | no summary | diverged | 0.003 |"), "{md}");
         assert!(md.contains("- x: not TOML"), "{md}");
         assert!(groups(&runs[6..]).is_empty());
+        let left_out: Vec<String> = not_best(&g).iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(left_out, ["128-0.0025", "128-0.01", "128-0.03", "128 μP-0.003"], "all but each group's best");
     }
 
     #[test]

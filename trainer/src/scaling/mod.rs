@@ -140,13 +140,27 @@ pub struct Report {
 pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     let runs = gather(root)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    // the fits take the runs with a finite loss; the tables list every run
-    let fitted: Vec<&RunRecord> = runs.iter().filter(|r| r.loss().is_finite()).collect();
+    let (lr_runs, unreadable) = lr::read_runs(root, &runs)?;
+    let lr_groups = lr::groups(&lr_runs);
+    // the fits take the runs with a finite loss, of a learning-rate sweep the best rate of each
+    // group; the tables list every run
+    let not_best = lr::not_best(&lr_groups);
+    let fitted: Vec<&RunRecord> = runs.iter().filter(|r| r.loss().is_finite() && !not_best.contains(&r.dir)).collect();
     let (c, l): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute, r.loss())).unzip();
     let mut notes = Vec::new();
     let diverged: Vec<&str> = runs.iter().filter(|r| !r.loss().is_finite()).map(|r| r.name.as_str()).collect();
     if !diverged.is_empty() {
         notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));
+    }
+    let other_rates: Vec<&str> =
+        runs.iter().filter(|r| r.loss().is_finite() && not_best.contains(&r.dir)).map(|r| r.name.as_str()).collect();
+    if !other_rates.is_empty() {
+        notes.push(format!(
+            "the fits take the best learning rate of each of the {} learning-rate groups (lr_sweep.md); left out at \
+             other rates: {}",
+            lr_groups.len(),
+            other_rates.join(", ")
+        ));
     }
     if runs.iter().any(|r| r.smoothed_val.is_none()) {
         notes.push("runs without validation are fitted on their final training loss".to_string());
@@ -195,8 +209,6 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     plot::loss_vs_compute(out, &points, &curves, pearson_r)?;
     plot::curves(out, &runs)?;
     let mut stems = vec!["loss_vs_compute", "loss_curves"];
-    let (lr_runs, unreadable) = lr::read_runs(root, &runs)?;
-    let lr_groups = lr::groups(&lr_runs);
     // (an earlier analysis's learning-rate files go when this one has none)
     for f in ["lr_sweep.md", "loss_vs_lr.png", "loss_vs_lr.svg"] {
         let _ = std::fs::remove_file(out.join(f));
