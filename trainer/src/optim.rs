@@ -44,19 +44,24 @@ pub struct AdamW {
     lr_mult: Vec<f64>,
 }
 
-/// The optimizer groups of `lay`: `[numel]` each parameter's group byte (upstream's no-decay groups,
-/// the tensor's learning-rate multiplier) and the distinct multipliers they index, 1 first.
-pub fn param_groups(lay: &Layout) -> (Vec<u8>, Vec<f64>) {
+/// The distinct learning-rate multipliers of `lay`'s tensors, 1 first, then in layout order.
+pub fn lr_mults(lay: &Layout) -> Vec<f64> {
     let mut lr_mult = vec![1.0];
+    for s in &lay.specs {
+        if !lr_mult.contains(&s.lr_mult) {
+            lr_mult.push(s.lr_mult);
+        }
+    }
+    lr_mult
+}
+
+/// The optimizer groups of `lay`: `[numel]` each parameter's group byte (upstream's no-decay groups,
+/// the tensor's learning-rate multiplier) and the distinct multipliers they index ([`lr_mults`]).
+pub fn param_groups(lay: &Layout) -> (Vec<u8>, Vec<f64>) {
+    let lr_mult = lr_mults(lay);
     let mut groups = vec![0u8; lay.numel];
     for s in &lay.specs {
-        let k = match lr_mult.iter().position(|&k| k == s.lr_mult) {
-            Some(k) => k,
-            None => {
-                lr_mult.push(s.lr_mult);
-                lr_mult.len() - 1
-            }
-        };
+        let k = lr_mult.iter().position(|&k| k == s.lr_mult).expect("lr_mults lists every multiplier");
         groups[s.offset..s.offset + s.numel()].fill(group_byte(s.decay, k));
     }
     (groups, lr_mult)

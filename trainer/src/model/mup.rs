@@ -65,8 +65,7 @@ impl MupBase {
     /// multipliers `lay` (the layout of `cfg`, multipliers set) carries.
     pub fn describe(&self, cfg: &ModelConfig, lay: &Layout) -> String {
         let b = self.config(cfg);
-        let (_, mults) = crate::optim::param_groups(lay);
-        let mults: Vec<String> = mults.iter().map(|k| format!("{k:.4}")).collect();
+        let mults: Vec<String> = crate::optim::lr_mults(lay).iter().map(|k| format!("{k:.4}")).collect();
         let heads = if b.num_heads == 1 { "1 head".to_string() } else { format!("{} heads", b.num_heads) };
         format!(
             "μP: base model of width {} with {heads} (head dimension {}); learning-rate multipliers {}",

@@ -145,21 +145,21 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     // the fits take the runs with a finite loss, of a learning-rate sweep the best rate of each
     // group; the tables list every run
     let not_best = lr::not_best(&lr_groups);
-    let fitted: Vec<&RunRecord> = runs.iter().filter(|r| r.loss().is_finite() && !not_best.contains(&r.dir)).collect();
+    let (fitted, other_rates): (Vec<&RunRecord>, Vec<&RunRecord>) =
+        runs.iter().filter(|r| r.loss().is_finite()).partition(|r| !not_best.contains(&r.dir));
     let (c, l): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute, r.loss())).unzip();
     let mut notes = Vec::new();
     let diverged: Vec<&str> = runs.iter().filter(|r| !r.loss().is_finite()).map(|r| r.name.as_str()).collect();
     if !diverged.is_empty() {
         notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));
     }
-    let other_rates: Vec<&str> =
-        runs.iter().filter(|r| r.loss().is_finite() && not_best.contains(&r.dir)).map(|r| r.name.as_str()).collect();
     if !other_rates.is_empty() {
+        let names: Vec<&str> = other_rates.iter().map(|r| r.name.as_str()).collect();
         notes.push(format!(
             "the fits take the best learning rate of each of the {} learning-rate groups (lr_sweep.md); left out at \
              other rates: {}",
             lr_groups.len(),
-            other_rates.join(", ")
+            names.join(", ")
         ));
     }
     if runs.iter().any(|r| r.smoothed_val.is_none()) {

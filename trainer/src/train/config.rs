@@ -175,8 +175,8 @@ pub struct ModelSection {
     /// standard parametrization (upstream's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mup_base_width: Option<usize>,
-    /// μP's base model's heads (only with `mup_base_width`; by default this model's head dimension
-    /// kept): sets the cross-attention's and text pool's base head dimension.
+    /// μP's base model's heads (only with `mup_base_width`; required with text conditioning, unused
+    /// by class-conditioned models): sets the cross-attention's base head dimension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mup_base_heads: Option<usize>,
 }
