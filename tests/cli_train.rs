@@ -169,6 +169,13 @@ fn check_reports_a_run_without_starting_it() {
     let lines = infinity_trainer::train::check::check(&c, 1, None).unwrap().join("\n");
     let want = "μP: base model of width 48 with 1 head (head dimension 48); learning-rate multipliers 1.0000, 0.7500";
     assert!(lines.contains(want), "{lines}");
+    // a run that may take a GPU is told what one needs (here none is found: the estimate alone)
+    assert!(!lines.contains("GPU memory"), "a CPU run has no GPU estimate: {lines}");
+    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["run.device=auto".into()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None).unwrap().join("\n");
+    let line =
+        lines.lines().find(|l| l.starts_with("GPU memory per rank (estimate): ")).unwrap_or_else(|| panic!("{lines}"));
+    assert!(line.contains("(micro-batch 4 × ") && line.contains("with run.recompute = true"), "{line}");
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

@@ -13,8 +13,9 @@
 // starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows. The
 // device says it is compute capability 9.0, or what INFINITY_EMULATED_COMPUTE says ("7.5"), so the host's
 // handling of older and newer GPUs can be tried; it has 16 GiB, or INFINITY_EMULATED_MEMORY ("64M"),
-// beyond which allocations fail as on a full GPU; and INFINITY_EMULATED_DRIVER ("12.2") makes its
-// driver older than NVRTC, refusing PTX of a newer ISA.
+// beyond which allocations fail as on a full GPU; INFINITY_EMULATED_DRIVER ("12.2") makes its
+// driver older than NVRTC, refusing PTX of a newer ISA; and INFINITY_EMULATED_ALLOC_LOG=1 logs every
+// allocation and free.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -85,8 +86,17 @@ using emu_device::Event;
 using emu_device::Stream;
 
 std::mutex device_lock;  // one launch at a time: the emulator's block state is global
-std::map<uintptr_t, std::pair<void*, size_t>> allocations;  // user pointer → (mapping, its length)
-size_t bytes_in_use = 0;
+struct Allocation {
+    void* mapping;
+    size_t span;   // the mapping's length: the body, rounded to pages, and the guard page
+    size_t bytes;  // what was asked for, in 256-byte units: what a memory pool counts as used
+};
+std::map<uintptr_t, Allocation> allocations;  // user pointer → its mapping
+size_t bytes_in_use = 0;  // spans: what cuMemGetInfo reports and the limit applies to
+// The default memory pool's figures (CU_MEMPOOL_ATTR_USED_MEM_CURRENT and _HIGH), so the host's peak
+// memory accounting reads what it reads on a GPU: bytes the program holds, and their high-water mark
+// since the last reset.
+size_t pool_used = 0, pool_used_high = 0;
 const char* running_kernel = nullptr;
 struct sigaction previous_segv;
 
@@ -133,6 +143,13 @@ int static_shared_bytes(const std::string& ptx, const std::string& name) {
     return bytes;
 }
 
+// INFINITY_EMULATED_ALLOC_LOG=1: every allocation and free on stderr with the bytes then in use, to
+// find what a step holds at its peak.
+bool log_allocations() {
+    static const bool on = getenv("INFINITY_EMULATED_ALLOC_LOG") != nullptr;
+    return on;
+}
+
 CUresult allocate(CUdeviceptr* out, size_t bytes) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const size_t body = (bytes + 255) / 256 * 256 + (bytes == 0 ? 256 : 0);
@@ -148,8 +165,11 @@ CUresult allocate(CUdeviceptr* out, size_t bytes) {
     char* p = guard - body;
     memset(p, 0xff, body);
     std::lock_guard<std::mutex> g(device_lock);
-    allocations[(uintptr_t)p] = {base, span};
+    allocations[(uintptr_t)p] = {base, span, body};
     bytes_in_use += span;
+    pool_used += body;
+    pool_used_high = std::max(pool_used_high, pool_used);
+    if (log_allocations()) fprintf(stderr, "emulated CUDA device: +%zu bytes at %p, %zu in use\n", body, (void*)p, pool_used);
     *out = (CUdeviceptr)(uintptr_t)p;
     return SUCCESS;
 }
@@ -158,8 +178,11 @@ CUresult release(CUdeviceptr p) {
     std::lock_guard<std::mutex> g(device_lock);
     auto it = allocations.find((uintptr_t)p);
     if (it == allocations.end()) return fail(INVALID_VALUE, "cuMemFree of " + std::to_string(p) + ", not an allocation");
-    munmap(it->second.first, it->second.second);
-    bytes_in_use -= it->second.second;
+    munmap(it->second.mapping, it->second.span);
+    bytes_in_use -= it->second.span;
+    pool_used -= it->second.bytes;
+    if (log_allocations())
+        fprintf(stderr, "emulated CUDA device: -%zu bytes at %p, %zu in use\n", it->second.bytes, (void*)p, pool_used);
     allocations.erase(it);
     return SUCCESS;
 }
@@ -238,6 +261,37 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     *total = total_memory();
     *free_bytes = *total > bytes_in_use ? *total - bytes_in_use : 0;
     return SUCCESS;
+}
+
+// The default memory pool (what cuMemAllocAsync draws from): one per device, whose used bytes and their
+// high-water mark are the allocations' (all devices of the process share the count, as they share
+// bytes_in_use). Setting USED_MEM_HIGH (to 0, the only value a driver accepts) restarts the mark at
+// the bytes in use; the release threshold is taken and ignored (memory is returned at once).
+enum : int { RELEASE_THRESHOLD = 4, RESERVED_MEM_CURRENT = 5, RESERVED_MEM_HIGH = 6, USED_MEM_CURRENT = 7, USED_MEM_HIGH = 8 };
+CUresult cuDeviceGetDefaultMemPool(void** pool, CUdevice d) {
+    if (d < 0 || d >= emu_device::device_count()) return INVALID_DEVICE;
+    return *pool = (void*)(uintptr_t)(0x9001 + d), SUCCESS;
+}
+CUresult cuMemPoolGetAttribute(void*, int attr, void* value) {
+    std::lock_guard<std::mutex> g(device_lock);
+    switch (attr) {
+        case RELEASE_THRESHOLD: *(uint64_t*)value = 0; break;
+        case RESERVED_MEM_CURRENT: case USED_MEM_CURRENT: *(uint64_t*)value = pool_used; break;
+        case RESERVED_MEM_HIGH: case USED_MEM_HIGH: *(uint64_t*)value = pool_used_high; break;
+        default: return fail(INVALID_VALUE, "cuMemPoolGetAttribute: attribute " + std::to_string(attr) + " not emulated");
+    }
+    return SUCCESS;
+}
+CUresult cuMemPoolSetAttribute(void*, int attr, void* value) {
+    std::lock_guard<std::mutex> g(device_lock);
+    switch (attr) {
+        case RELEASE_THRESHOLD: return SUCCESS;
+        case RESERVED_MEM_HIGH: case USED_MEM_HIGH:
+            if (*(uint64_t*)value != 0) return fail(INVALID_VALUE, "a pool's high-water mark can only be reset (to 0)");
+            pool_used_high = pool_used;
+            return SUCCESS;
+        default: return fail(INVALID_VALUE, "cuMemPoolSetAttribute: attribute " + std::to_string(attr) + " not emulated");
+    }
 }
 
 CUresult cuGetErrorName(CUresult e, const char** s) {

@@ -14,6 +14,7 @@ pub mod device;
 pub mod head_ce;
 pub mod layers;
 pub mod linear;
+pub mod memory;
 pub mod ops;
 pub mod qkv;
 pub mod util;

@@ -12,8 +12,8 @@ use crate::model::{Conditioning, Layout, ModelConfig};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
-    /// Parameter count and training FLOPs per token of a preset at a schedule.
-    Info(Shape),
+    /// Parameter count, training FLOPs per token and GPU memory of a preset at a schedule.
+    Info(InfoArgs),
     /// Forward+backward tokens/s and peak memory on the CPU (optionally beside PyTorch).
     Bench(BenchArgs),
     /// μP's coordinate check: activation sizes over a few AdamW steps at several widths, in the
@@ -71,6 +71,21 @@ pub struct Shape {
 }
 
 #[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    shape: Shape,
+    /// Samples per micro-batch, for the GPU memory table.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Data-parallel ranks: above 1, AdamW's state is ZeRO-1 sharded over them (dist.zero1 over NCCL).
+    #[arg(long, default_value_t = 1)]
+    world: usize,
+    /// Memory of the GPU (GiB): adds the largest micro-batch that fits to the table (H100: 80, H200: 141).
+    #[arg(long)]
+    gpu_gib: Option<f64>,
+}
+
+#[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     shape: Shape,
@@ -112,8 +127,9 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ModelCommand::Info(s) => {
-            let (c, label) = config(&s)?;
+        ModelCommand::Info(a) => {
+            let s = &a.shape;
+            let (c, label) = config(s)?;
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
@@ -132,6 +148,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 "training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}",
                 f * sched.num_tokens() as f64
             );
+            print!("{}", memory_table(&c, lay.numel, &sched, &a));
         }
         ModelCommand::Bench(a) => {
             let (config, label) = config(&a.shape)?;
@@ -157,6 +174,48 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::CoordCheck(a) => coord_check(a)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// GPU memory per rank of a training step at each precision, with and without recomputation.
+fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
+    use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep};
+    let (b, l, t) = (a.batch, sched.num_tokens(), a.shape.text_tokens);
+    let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
+    let mut out = format!(
+        "\nGPU memory per rank of a training step (micro-batch {b} × {l} tokens, {t} text tokens per sample; \
+         AdamW on the GPU{zero1}; the CUDA context and libraries add some 0.5–1 GiB):\n\n"
+    );
+    let fit_col = a.gpu_gib.map(|g| format!(" largest micro-batch in {g} GiB |")).unwrap_or_default();
+    out += &format!("| precision | recompute | weights + gradients | optimizer | activations | total |{fit_col}\n");
+    out += &format!("|---|---|---|---|---|---|{}\n", if fit_col.is_empty() { "" } else { "---|" });
+    for (bf16, recompute) in [(false, false), (false, true), (true, false), (true, true)] {
+        let step = GpuStep {
+            micro_batch: b,
+            tokens: l,
+            text_tokens: if c.has_cross_attention() { t } else { 0 },
+            latent_hw: *sched.hw().last().expect("a schedule has scales"),
+            bf16,
+            recompute,
+            device_optimizer: Some(a.world),
+            ema: false,
+        };
+        let m = device_memory(c, numel, &step);
+        let fit = a.gpu_gib.map(|g| {
+            let fits = largest_micro_batch(c, numel, &step, (g * (1u64 << 30) as f64) as u64, 1 << 16);
+            format!(" {} |", fits.map_or("none".to_string(), |b| b.to_string()))
+        });
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} |{}\n",
+            if bf16 { "bf16" } else { "f32" },
+            if recompute { "yes" } else { "no" },
+            gib(m.model),
+            gib(m.optimizer),
+            gib(m.activations()),
+            gib(m.total()),
+            fit.unwrap_or_default()
+        );
+    }
+    out
 }
 
 fn coord_check(a: CoordArgs) -> anyhow::Result<()> {

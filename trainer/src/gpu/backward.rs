@@ -246,16 +246,24 @@ fn block_backward(
     // per-part gradients of gss (γ1, γ2, s1, s2, b1, b2), joined into [B, 6C] at the end
     let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
 
+    // Each gradient buffer is dropped (freed in stream order) once its last reader is queued, so the
+    // block holds at most dx_out, dg and df1 at a time (model::memory counts these stages).
+
     // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
     // the branches' output gradients (df2, dsa_out) in bf16 alone with bf16 GEMMs: only their
     // projection's products and bias sum read them
     let mut df2 = net.act(n * c)?;
     gated_residual_backward_act(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
-    let (mut dg, mut df1, mut dh2) = (net.out(n * hf)?, net.act(n * hf)?, net.out(n * c)?);
+    let mut dg = net.out(n * hf)?;
     linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
+    drop(df2);
     // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
+    let mut df1 = net.act(n * hf)?;
     gelu_backward_act(dev, &dg, saved_act(&s.f1), &mut df1)?;
+    drop(dg);
+    let mut dh2 = net.out(n * c)?;
     linear_bwd(net, grads, &name("ffn.fc1"), true, &df1, saved_act(&s.h2), Some(&mut dh2), (n, c, hf))?;
+    drop(df1);
     // the modulation's scale and shift from x̂ recomputed; back through the modulation and the
     // LayerNorm, plus the residual's gradient, in one pass
     let ([m2, r2], mut dx_ca) = (&s.ln2, net.out(n * c)?);
@@ -266,7 +274,7 @@ fn block_backward(
         modulate_param_grads(dev, &dh2, xhat2, (&mut lo[3], &mut hi[0]), sh, c)?;
     }
     modulated_layernorm_backward_dev(dev, &dh2, saved(&s.x_ca), &part(3), stats, Some(&dx_out), &mut dx_ca, sh)?;
-    drop(dx_out);
+    drop((dx_out, dh2));
 
     // cross-attention: x_ca = x_sa + proj(attn(mat_q(ca_norm(x_sa)), kv_ca)); without text x_ca = x_sa
     let dx_sa = if let (Some(t), Some(dkv_ca), DeviceCondition::Text { cu, ca, .. }) = (&a.text, dkv_ca, &inp.cond) {
@@ -290,15 +298,19 @@ fn block_backward(
             &mut delta,
             net.math(),
         )?;
+        drop((dattn, delta));
         util::col_sum(dev, &dv, &mut g(net, grads, &name("ca.v_bias")), nt, c)?;
         let mut dckv = net.out(nt * 2 * c)?;
         util::put_part(dev, &dk, &mut dckv, (nt, 2, 0, c))?;
         util::put_part(dev, &dv, &mut dckv, (nt, 2, 1, c))?;
+        drop((dk, dv));
         let mut dctx = net.out(nt * c)?;
         linear_bwd(net, grads, &name("ca.mat_kv"), false, &dckv, &t.kv_ca, Some(&mut dctx), (nt, c, 2 * c))?;
         util::add(dev, dkv_ca, &dctx)?;
+        drop((dckv, dctx));
         let mut dca_in = net.out(n * c)?;
         linear_bwd(net, grads, &name("ca.mat_q"), true, &dq, saved_act(&s.ca_in), Some(&mut dca_in), (n, c, c))?;
+        drop(dq);
         let nw = net.w(&name("ca_norm.weight"));
         let (ra, rb) = (net.lay.range(&name("ca_norm.weight")), net.lay.range(&name("ca_norm.bias")));
         assert!(ra.end <= rb.start, "ca_norm.weight precedes ca_norm.bias in the layout");
@@ -318,8 +330,10 @@ fn block_backward(
             params,
             (n, c),
         )?;
+        drop(dca_in);
         let mut dx_sa = net.out(n * c)?;
         util::sum(dev, &dx_ca, &tmp, &mut dx_sa)?;
+        drop((dx_ca, tmp));
         dx_sa
     } else {
         dx_ca
@@ -330,6 +344,7 @@ fn block_backward(
     gated_residual_backward_act(dev, &dx_sa, saved(&s.sa_out), &part(0), &mut dsa_out, &mut dparts[0], sh, c)?;
     let mut dattn = net.act_in(saved_act(&s.attn).bf16_only(), n * c)?;
     linear_bwd(net, grads, &name("sa.proj"), true, &dsa_out, saved_act(&s.attn), &mut dattn, (n, c, c))?;
+    drop(dsa_out);
     let (mut dq, mut dk, mut dv, mut delta) = (net.out(n * c)?, net.out(n * c)?, net.out(n * c)?, net.out(n * h)?);
     let dims = AttnDims { heads: h, head_dim: hd, scale: 1.0 };
     attention_backward_dev(
@@ -344,20 +359,24 @@ fn block_backward(
         &mut delta,
         net.math(),
     )?;
+    drop((dattn, delta));
     // back through RoPE, the normalisations and the split in one pass: dqkv (bf16 alone for bf16
     // GEMMs), dq_raw for the q bias, udy for the gain
     let gain = saved(&s.gain);
     let (mut dqkv, mut dq_raw, mut udy) = (net.act(n * 3 * c)?, net.out(n * c)?, net.out(n * h)?);
     let fwd = (saved(&s.q_raw), saved(&s.k_raw), saved(&s.q_norm), saved(&s.k_norm));
     qkv_heads_backward_dev(dev, (&dq, &dk, &dv), fwd, gain, rope, (l, h), &mut dqkv, &mut dq_raw, &mut udy)?;
+    drop((dq, dk));
     let mut dgain = net.buf(h)?; // added into
     bias_grad(dev, &udy, &mut dgain, n, h)?;
     let sm = net.w(&name("sa.scale_mul_1H11"));
     util::attn_gain_backward(dev, &sm, gain, &dgain, &mut g(net, grads, &name("sa.scale_mul_1H11")))?;
     util::col_sum(dev, &dq_raw, &mut g(net, grads, &name("sa.q_bias")), n, c)?;
     util::col_sum(dev, &dv, &mut g(net, grads, &name("sa.v_bias")), n, c)?;
+    drop((dq_raw, udy, dv));
     let mut dh1 = net.out(n * c)?;
     linear_bwd(net, grads, &name("sa.mat_qkv"), false, &dqkv, saved_act(&s.h1), Some(&mut dh1), (n, c, 3 * c))?;
+    drop(dqkv);
     let ([m1, r1], mut dx_in) = (&s.ln1, net.out(n * c)?);
     let stats = (saved(m1) as &dyn Buf, saved(r1) as &dyn Buf);
     {
@@ -366,6 +385,7 @@ fn block_backward(
         modulate_param_grads(dev, &dh1, xhat1, (&mut lo[2], &mut hi[0]), sh, c)?;
     }
     modulated_layernorm_backward_dev(dev, &dh1, saved(&s.x_in), &part(2), stats, Some(&dx_sa), &mut dx_in, sh)?;
+    drop((dh1, dx_sa));
 
     // gss = ada_gss + shared_gss
     let mut dgss = net.out(b * 6 * c)?;

@@ -26,6 +26,7 @@ use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
 use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
+use infinity_kernels::cuda::memory::{self, PoolUsage};
 use infinity_kernels::cuda::{CudaError, Device, Math};
 use infinity_kernels::rope::RopeTable;
 
@@ -234,6 +235,17 @@ impl GpuModel {
     /// The driver's name for the device.
     pub fn device_name(&self) -> &str {
         &self.dev.name
+    }
+
+    /// The device memory the allocator's pool holds now and its high-water mark since
+    /// [`GpuModel::reset_peak_memory`].
+    pub fn memory(&self) -> Result<PoolUsage> {
+        Ok(memory::pool_usage(&self.dev)?)
+    }
+
+    /// Start the high-water mark of [`GpuModel::memory`] again from the bytes in use now.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        Ok(memory::reset_peak(&self.dev)?)
     }
 
     pub fn upload_params(&mut self, p: &Params<f32>) -> Result<()> {

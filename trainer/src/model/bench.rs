@@ -203,13 +203,40 @@ fn time_cuda(
     }
     let secs = t.elapsed().as_secs_f64() / o.steps as f64;
     let used = cudarc::driver::result::mem_get_info().ok().map(|(free, total)| (total - free) as f64 / 1048576.0);
-    let mut extra = optimizer_line(&mut m, lay, o)?;
+    let mut extra = memory_line(&m, cfg, lay, inp, o)?;
+    extra += &optimizer_line(&mut m, lay, o)?;
     if o.profile {
         m.device().start_profile();
         m.step(inp, true)?;
         extra.push_str(&profile_table(&m.device().profile_report()?, secs));
     }
     Ok((secs, used, Some(extra)))
+}
+
+/// The allocator's high-water mark over the steps so far (the parameters, their gradients and a step)
+/// beside `model::memory`'s estimate of the same (a training step also holds self-correction's
+/// latents, a few MiB).
+#[cfg(feature = "cuda")]
+fn memory_line(
+    m: &crate::gpu::GpuModel,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    inp: &ModelInput<f32>,
+    o: &BenchOptions,
+) -> Result<String> {
+    use super::memory::{device_memory, gib, GpuStep};
+    let step = GpuStep {
+        micro_batch: inp.b,
+        tokens: inp.scales.iter().map(|&(h, w)| h * w).sum(),
+        text_tokens: o.text_tokens,
+        latent_hw: *inp.scales.last().expect("a schedule has scales"),
+        bf16: o.bf16,
+        recompute: o.recompute,
+        device_optimizer: None,
+        ema: false,
+    };
+    let est = device_memory(cfg, lay.numel, &step);
+    Ok(format!("\ndevice memory: the allocator's peak {} (model::memory's estimate {est})\n", gib(m.memory()?.peak)))
 }
 
 /// The device optimizer's step after the timed ones (not in tokens/s or MFU, which count forward and

@@ -125,8 +125,28 @@ impl Compute {
                     model.upload_params(_params)?;
                     *fresh = model.has_optimizer();
                 }
+                model.reset_peak_memory()?;
                 model.zero_grads()
             }
+        }
+    }
+
+    /// The GPU's memory (bytes), when the model runs on one.
+    pub fn gpu_total_memory(&self) -> Option<u64> {
+        match self {
+            Compute::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.device().ctx.total_mem().ok().map(|b| b as u64),
+        }
+    }
+
+    /// On a GPU: the most device memory the allocator held since [`Compute::begin_step`] (bytes). None
+    /// on the CPU, or where the driver does not say.
+    pub fn gpu_memory_peak(&self) -> Option<u64> {
+        match self {
+            Compute::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.memory().ok().map(|m| m.peak),
         }
     }
 

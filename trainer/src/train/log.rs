@@ -46,6 +46,10 @@ pub struct StepMetrics {
     /// The spread of the ranks' own work and data waits (with more than one rank).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ranks: Option<super::rank_times::RankTimes>,
+    /// On a GPU: the most device memory this rank's allocator held during the step (GiB; what
+    /// `model::memory` estimates, without the CUDA context and libraries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_mem_peak_gib: Option<f64>,
 }
 
 pub struct Logger {
@@ -125,6 +129,9 @@ impl Logger {
             if let Some(mfu) = m.mfu {
                 w.scalar("perf/mfu", mfu, m.step)?;
             }
+            if let Some(gib) = m.gpu_mem_peak_gib {
+                w.scalar("perf/gpu_mem_peak_gib", gib, m.step)?;
+            }
             for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_z)] {
                 if let Some(z) = z {
                     w.scalar(tag, z, m.step)?;
@@ -142,7 +149,7 @@ impl Logger {
             w.flush()
         });
         let line = format!(
-            "step {:>6}/{} | loss {:.4} | bit acc {:5.1}% | lr {:.2e} | grad {:.3} | {:.0} tok/s{}",
+            "step {:>6}/{} | loss {:.4} | bit acc {:5.1}% | lr {:.2e} | grad {:.3} | {:.0} tok/s{}{}",
             m.step,
             self.total,
             m.loss,
@@ -151,6 +158,7 @@ impl Logger {
             m.grad_norm,
             m.tokens_per_s,
             m.mfu.map_or(String::new(), |u| format!(" | MFU {:.1}%", 100.0 * u)),
+            m.gpu_mem_peak_gib.map_or(String::new(), |g| format!(" | GPU mem {g:.2} GiB")),
         );
         let logged = m.step.is_multiple_of(self.log_every) || m.step == self.total;
         match &self.bar {

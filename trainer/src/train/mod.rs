@@ -418,6 +418,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             loss_z: spike.loss_z,
             grad_z: spike.grad_z,
             ranks: rank_times,
+            gpu_mem_peak_gib: compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
         if let Some(log) = logger.as_mut() {
             log.step(&metrics)?;

@@ -1,0 +1,413 @@
+//! Device memory of a training step on one GPU, counted from what `gpu::forward` and `gpu::backward`
+//! allocate: the parameters and their gradients, AdamW's state, the activations the forward keeps for
+//! the backward, and the most the backward holds besides at one time. For `infinity train --check` and
+//! `infinity model info` (no GPU needed), and checked against the allocator's own high-water mark on
+//! the emulated device (trainer/tests/gpu_model.rs), so a change to what the model keeps that is not
+//! counted here fails a test.
+//!
+//! Dims legend as in `model::forward`: `B` micro-batch, `L` tokens per sample, `N = B·L`, `C` width,
+//! `H` heads, `Hf` FFN width, `d` bits, `T` text tokens of the micro-batch, `Ct` text width, `Hp`
+//! pool heads. Sizes are bytes; each allocation is rounded up to 256 bytes as the allocator does.
+
+use super::ModelConfig;
+
+/// What one GPU rank runs: the micro-batch's shape and the options that change what it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuStep {
+    /// Samples per micro-batch, tokens per sample (the longest schedule) and text tokens per sample
+    /// (the longest caption; 0 for class conditioning).
+    pub micro_batch: usize,
+    pub tokens: usize,
+    pub text_tokens: usize,
+    /// Last scale's latent grid `(h, w)` (bitwise self-correction runs on the device from it).
+    pub latent_hw: (usize, usize),
+    /// bf16 matmuls, attention and head (`run.precision = "bf16"`).
+    pub bf16: bool,
+    /// `run.recompute`: each block keeps its input only and runs again in the backward.
+    pub recompute: bool,
+    /// AdamW on this GPU over `1/world` of the parameters (ZeRO-1 over NCCL when `world > 1`), or on
+    /// the host (`None`: the host's ZeRO-1, or a GPU without its optimizer, as `model bench` runs).
+    pub device_optimizer: Option<usize>,
+    /// The weights' moving average next to the optimizer (`optim.ema_decay`).
+    pub ema: bool,
+}
+
+/// A step's device memory by what holds it (bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceMemory {
+    /// Parameters (f32), their bf16 copy (bf16 matmuls) and gradients.
+    pub model: u64,
+    /// AdamW's moments and learning-rate groups, and the moving average: this rank's part.
+    pub optimizer: u64,
+    /// What the forward keeps for the backward: every block's activations (each block's input alone
+    /// with recomputation), the head's, the condition's and the micro-batch's inputs.
+    pub saved: u64,
+    /// The most the backward holds besides: one block's gradients, its recomputed activations, the
+    /// head's gradient.
+    pub transient: u64,
+}
+
+impl DeviceMemory {
+    /// The step's peak: what `infinity train` logs as `peak_gpu_mem` (the allocator's high-water mark).
+    pub fn total(&self) -> u64 {
+        self.model + self.optimizer + self.saved + self.transient
+    }
+
+    /// The part that grows with the micro-batch.
+    pub fn activations(&self) -> u64 {
+        self.saved + self.transient
+    }
+}
+
+/// What a GPU holds besides the allocator's pool: the CUDA context, cuBLAS's workspace, NCCL's buffers
+/// and the compiled kernels. A margin for [`largest_micro_batch`] (these take some 0.5–1 GiB on an H200),
+/// not a measurement.
+pub const RUNTIME_MARGIN: u64 = 1 << 30;
+
+/// Bytes as GiB with two decimals (MiB with one below a GiB).
+pub fn gib(bytes: u64) -> String {
+    match bytes >= 1 << 30 {
+        true => format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64),
+        false => format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64),
+    }
+}
+
+impl std::fmt::Display for DeviceMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = weights and gradients {} + optimizer {} + activations {}",
+            gib(self.total()),
+            gib(self.model),
+            gib(self.optimizer),
+            gib(self.activations())
+        )
+    }
+}
+
+/// The largest micro-batch up to `up_to` whose step fits in `device` bytes with [`RUNTIME_MARGIN`]
+/// left, or None when not even one sample does.
+pub fn largest_micro_batch(
+    cfg: &ModelConfig,
+    numel: usize,
+    step: &GpuStep,
+    device: u64,
+    up_to: usize,
+) -> Option<usize> {
+    let fits = |b: usize| {
+        device_memory(cfg, numel, &GpuStep { micro_batch: b, ..step.clone() }).total() + RUNTIME_MARGIN <= device
+    };
+    // the total grows with the micro-batch: bisect
+    let (mut lo, mut hi) = (0, up_to);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    (lo > 0).then_some(lo)
+}
+
+/// A tally of allocations, each rounded up to the allocator's 256 bytes.
+#[derive(Clone, Copy, Default)]
+struct Tally(u64);
+
+impl Tally {
+    fn add(&mut self, count: usize, bytes_each: usize) -> &mut Self {
+        self.0 += ((count.max(1) * bytes_each) as u64).div_ceil(256) * 256;
+        self
+    }
+    fn f32(&mut self, count: usize) -> &mut Self {
+        self.add(count, 4)
+    }
+}
+
+/// The widths (bytes per value) of the buffers whose type follows the precision.
+struct Widths {
+    /// Matmul-only activations (LayerNorm outputs) and the branches' gradients: bf16 with bf16 GEMMs.
+    mat: usize,
+    /// The attentions' q, k, v, output and dO: bf16 on the tensor-core kernels.
+    attn: usize,
+    /// The head's input: bf16 on the tensor-core head.
+    head: usize,
+}
+
+impl Widths {
+    fn of(cfg: &ModelConfig, bf16: bool) -> Widths {
+        let w = |tc: bool| if tc { 2 } else { 4 };
+        // as kernels::cuda::attention::runs_on_tensor_cores (on sm_80+) and head_on_tensor_cores
+        let attn_tc = bf16 && [32, 64, 128].contains(&cfg.head_dim());
+        let head_tc = bf16 && [8, 16, 32, 64].contains(&cfg.d) && cfg.embed_dim.is_multiple_of(64);
+        Widths { mat: w(bf16), attn: w(attn_tc), head: w(head_tc) }
+    }
+}
+
+/// Device memory of a training step of `cfg` (`numel` parameters) as `step` runs it.
+pub fn device_memory(cfg: &ModelConfig, numel: usize, step: &GpuStep) -> DeviceMemory {
+    let p = numel as u64;
+    let model = 4 * p + if step.bf16 { 2 * p } else { 0 } + 4 * p;
+    let optimizer = match step.device_optimizer {
+        None => 0,
+        Some(world) => {
+            let part = numel.div_ceil(world.max(1)) as u64;
+            // m and v (f32), a group byte per parameter, the moving average; a shard's padding of the
+            // parameters and gradients to world equal parts, and its reduced gradients
+            let shard = if world > 1 { 8 * (part * world as u64 - p) + 4 * part } else { 0 };
+            9 * part + if step.ema { 4 * part } else { 0 } + shard
+        }
+    };
+    let w = Widths::of(cfg, step.bf16);
+    let block = block_saved(cfg, step, &w);
+    let kept = if step.recompute { Tally::default().f32(tokens(step) * cfg.embed_dim).0 } else { block };
+    let saved = cfg.depth as u64 * kept + head_and_inputs(cfg, step, &w);
+    // the backward of the first block it reaches: its gradients, plus (recomputing) the block's
+    // activations again, a copy of its input and its forward's own peak
+    let mut transient = block_backward_peak(cfg, step, &w) + held_through_backward(cfg, step);
+    if step.recompute {
+        transient += block; // (its input a copy of the kept one)
+    }
+    DeviceMemory { model, optimizer, saved, transient: transient.max(forward_peak(cfg, step)) }
+}
+
+fn tokens(step: &GpuStep) -> usize {
+    step.micro_batch * step.tokens
+}
+
+/// One block's `BlockBufs` with a gradient (gpu::forward::block_forward).
+fn block_saved(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
+    let (b, n, c, h, hf) = (step.micro_batch, tokens(step), cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden());
+    let mut t = Tally::default();
+    t.f32(n * c) // x_in
+        .f32(b * 6 * c) // gss
+        .f32(h) // gain
+        .f32(n)
+        .f32(n) // ln1 mean, rstd
+        .add(n * c, w.mat) // h1
+        .f32(n * c)
+        .f32(n * c) // q_raw, k_raw
+        .f32(n * h)
+        .f32(n * h) // q_norm, k_norm
+        .add(n * c, w.attn)
+        .add(n * c, w.attn)
+        .add(n * c, w.attn) // q, k, v
+        .add(n * c, w.attn) // attn
+        .f32(n * h) // lse
+        .f32(n * c) // sa_out
+        .f32(n * c) // x_ca (x_sa without text)
+        .f32(n)
+        .f32(n) // ln2
+        .add(n * c, w.mat) // h2
+        .add(n * hf, w.mat)
+        .add(n * hf, w.mat) // f1, g (bf16 with bf16 GEMMs, as the GELU's input under autocast)
+        .f32(n * c); // f2
+    if cfg.has_cross_attention() {
+        let nt = b * step.text_tokens;
+        t.f32(n * c) // x_sa
+            .f32(n)
+            .f32(n) // ca_ln
+            .add(n * c, w.mat) // ca_in
+            .add(n * c, w.attn) // ca_q
+            .f32(nt * c)
+            .f32(nt * c) // ca_k, ca_v
+            .add(n * c, w.attn) // ca_attn
+            .f32(n * h); // ca_lse
+    }
+    t.0
+}
+
+/// The head's, the condition's and the micro-batch's buffers (held from the forward to the end of
+/// the backward), with the RoPE table and self-correction's latents.
+fn head_and_inputs(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
+    let (b, l, n, c, d) = (step.micro_batch, step.tokens, tokens(step), cfg.embed_dim, cfg.d);
+    let (hh, ww) = step.latent_hw;
+    let mut t = Tally::default();
+    t.f32(b * c).f32(b * c).f32(b * 6 * c).f32(b * 2 * c); // cond, its SiLU, shared_gss, head_ss
+    t.f32(n * c).f32(n).f32(n).add(n * c, w.head); // x_out, the head LN's statistics, h_head
+    t.f32(n).f32(n).f32(n * 2 * d).f32(n * c); // token loss, correct bits, dlogits, dh
+    t.f32(b * d * hh * ww).add(b, 8).add(2 * 16, 4); // latents, flip keys, the schedule (≤ 16 scales)
+    t.f32(b * (l - 1) * d).add(n * d, 1).f32(n).f32(n); // teacher-forcing inputs, labels, weights, scale index
+    t.f32(n).f32(n).f32(n).f32(n); // self-attention ranges
+    t.f32(l * cfg.head_dim() / 2).f32(l * cfg.head_dim() / 2); // RoPE cos, sin
+    if cfg.has_cross_attention() {
+        let (nt, ct, hp) = (b * step.text_tokens, cfg.text_channels, cfg.pool_heads());
+        t.f32(nt * ct).f32(nt * ct).f32(nt).f32(nt * ct); // the features as uploaded, kv_in, kv_rstd, kv
+        t.f32(b * c).f32(nt * c).f32(nt * c).f32(b * c).f32(b * hp); // pool q, k, v, output, lse
+        t.f32(nt * c).f32(nt * c).f32(nt * c); // t1, t1g, kv_ca
+        t.f32(n).f32(n).f32(nt).f32(nt).f32(b).f32(b).f32(nt).f32(nt); // cross-attention and pool ranges
+    }
+    t.0
+}
+
+/// What the backward holds from its start to its end besides the blocks' own buffers: the condition's
+/// gradients, the text context's.
+fn held_through_backward(cfg: &ModelConfig, step: &GpuStep) -> u64 {
+    let (b, c) = (step.micro_batch, cfg.embed_dim);
+    let mut t = Tally::default();
+    t.f32(b * c).f32(b * c).f32(b * 2 * c).f32(b * 6 * c); // dhs, dhb, dhead_ss, dshared_gss
+    if cfg.has_cross_attention() {
+        t.f32(b * step.text_tokens * c); // dkv_ca
+    }
+    t.0
+}
+
+/// The most one block's backward (gpu::backward::block_backward) holds at once, by stage: the
+/// residual's gradient (dx_out in the feed-forward's stages, then dx_ca, dx_sa) and the stage's own.
+fn block_backward_peak(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
+    let (b, n, c, h, hf) = (step.micro_batch, tokens(step), cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden());
+    let sz = |f: &dyn Fn(&mut Tally)| {
+        let mut t = Tally::default();
+        f(&mut t);
+        t.0
+    };
+    let parts = sz(&|t| {
+        (0..6).for_each(|_| {
+            t.f32(b * c);
+        })
+    });
+    let nc = sz(&|t| {
+        t.f32(n * c);
+    });
+    // every stage holds the residual's gradient (nc) besides
+    let mut stages = vec![
+        nc + sz(&|t| {
+            t.add(n * c, w.mat).f32(n * hf); // fc2: df2, dg
+        }),
+        nc + sz(&|t| {
+            t.f32(n * hf).add(n * hf, w.mat); // GELU: dg, df1
+        }),
+        nc + sz(&|t| {
+            t.add(n * hf, w.mat).f32(n * c); // fc1: df1, dh2
+        }),
+        nc + sz(&|t| {
+            t.f32(n * c).f32(n * c); // LayerNorm: dh2, dx_ca
+        }),
+        nc + sz(&|t| {
+            t.add(n * c, w.mat).add(n * c, w.attn); // proj: dsa_out, dattn
+        }),
+        nc + sz(&|t| {
+            t.add(n * c, w.attn).f32(n * c).f32(n * c).f32(n * c).f32(n * h); // dattn, dq, dk, dv, delta
+        }),
+        nc + sz(&|t| {
+            t.f32(n * c).f32(n * c).f32(n * c).add(3 * n * c, w.mat).f32(n * c).f32(n * h);
+            // dq, dk, dv, dqkv, dq_raw, udy
+        }),
+        nc + sz(&|t| {
+            t.add(3 * n * c, w.mat).f32(n * c); // mat_qkv: dqkv, dh1
+        }),
+        nc + sz(&|t| {
+            t.f32(n * c).f32(n * c); // LayerNorm: dh1, dx_in
+        }),
+    ];
+    if cfg.has_cross_attention() {
+        let nt = b * step.text_tokens;
+        // dx_ca held; an f32 operand of a bf16 GEMM takes a bf16 copy for the call
+        let copy = |count: usize| if step.bf16 { count * 2 } else { 0 };
+        stages.push(
+            nc + sz(&|t| {
+                t.add(n * c, w.attn).add(copy(n * c), 1); // ca.proj: dattn, dx_ca's copy
+            }),
+        );
+        stages.push(
+            nc + sz(&|t| {
+                t.add(n * c, w.attn).f32(n * c).f32(nt * c).f32(nt * c).f32(n * h);
+                // dattn, dq, dk, dv, delta
+            }),
+        );
+        stages.push(
+            nc + sz(&|t| {
+                t.f32(n * c).f32(nt * 2 * c).f32(nt * c).add(copy(nt * 2 * c), 1).add(copy(nt * c), 1);
+                // dq, dckv, dctx
+            }),
+        );
+        stages.push(
+            nc + sz(&|t| {
+                t.f32(n * c).f32(n * c).add(copy(n * c), 1); // mat_q: dq, dca_in, dq's copy
+            }),
+        );
+        stages.push(
+            nc + sz(&|t| {
+                t.f32(n * c).f32(n * c).f32(n * c); // dca_in, tmp, dx_sa
+            }),
+        );
+    }
+    parts + stages.into_iter().max().unwrap_or(0)
+}
+
+/// The forward's own peak over what it keeps: the qkv projection's `[N, 3C]` and the FFN's f32
+/// `[N, Hf]` before its bias and GELU (bf16 matmuls), beside the block's kept buffers.
+fn forward_peak(cfg: &ModelConfig, step: &GpuStep) -> u64 {
+    let (n, c, hf) = (tokens(step), cfg.embed_dim, cfg.ffn_hidden());
+    let mut t = Tally::default();
+    t.f32(n * c); // the block's output
+    let qkv = Tally::default().f32(3 * n * c).0;
+    let f1 = if step.bf16 { Tally::default().f32(n * hf).0 } else { 0 };
+    t.0 + qkv.max(f1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Conditioning, Layout, ModelConfig};
+
+    fn layer12() -> (ModelConfig, usize) {
+        let cfg = ModelConfig {
+            conditioning: Conditioning::Class { num_classes: 1000 },
+            ..ModelConfig::preset("layer12").unwrap()
+        };
+        let n = Layout::new(&cfg).numel;
+        (cfg, n)
+    }
+
+    fn step(b: usize, bf16: bool, recompute: bool) -> GpuStep {
+        GpuStep {
+            micro_batch: b,
+            tokens: 521,
+            text_tokens: 0,
+            latent_hw: (16, 16),
+            bf16,
+            recompute,
+            device_optimizer: Some(1),
+            ema: false,
+        }
+    }
+
+    #[test]
+    fn activations_grow_with_the_batch_and_recomputation_keeps_less() {
+        let (cfg, n) = layer12();
+        let (one, two) = (device_memory(&cfg, n, &step(1, true, false)), device_memory(&cfg, n, &step(2, true, false)));
+        let ratio = two.activations() as f64 / one.activations() as f64;
+        assert!((1.95..=2.05).contains(&ratio), "activations ×{ratio} for twice the batch");
+        assert_eq!(one.model, two.model);
+        let re = device_memory(&cfg, n, &step(2, true, true));
+        assert!(re.activations() * 3 < two.activations(), "recomputation keeps {re:?} against {two:?}");
+        let f32 = device_memory(&cfg, n, &step(2, false, false));
+        assert!(f32.activations() > two.activations() && f32.model < two.model);
+    }
+
+    #[test]
+    fn the_largest_micro_batch_is_the_last_that_fits() {
+        let (cfg, n) = layer12();
+        let s = step(1, true, false);
+        let total = |b| device_memory(&cfg, n, &GpuStep { micro_batch: b, ..s.clone() }).total();
+        let device = total(37) + RUNTIME_MARGIN; // exactly 37 fit
+        assert_eq!(largest_micro_batch(&cfg, n, &s, device, 1000), Some(37));
+        assert_eq!(largest_micro_batch(&cfg, n, &s, device - 1, 1000), Some(36));
+        assert_eq!(largest_micro_batch(&cfg, n, &s, device, 8), Some(8));
+        assert_eq!(largest_micro_batch(&cfg, n, &s, total(1), 8), None);
+    }
+
+    #[test]
+    fn zero1_divides_the_optimizer_state() {
+        let (cfg, n) = layer12();
+        let whole = device_memory(&cfg, n, &GpuStep { ema: true, ..step(1, true, false) });
+        let shard = device_memory(&cfg, n, &GpuStep { ema: true, device_optimizer: Some(8), ..step(1, true, false) });
+        // m, v, groups and the average (13 bytes a parameter) over 8, plus the shard's gradients
+        let want = 13.0 * n as f64 / 8.0 + 4.0 * n as f64 / 8.0;
+        assert!((shard.optimizer as f64 / want - 1.0).abs() < 1e-3, "{} against {want}", shard.optimizer);
+        assert_eq!(whole.optimizer, 13 * n as u64);
+        let host = device_memory(&cfg, n, &GpuStep { device_optimizer: None, ..step(1, true, false) });
+        assert_eq!(host.optimizer, 0);
+    }
+}

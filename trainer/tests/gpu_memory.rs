@@ -1,0 +1,164 @@
+//! The device memory estimate (`model::memory`, what `infinity train --check` prints) against the
+//! allocator's own high-water mark over a training step: class and text, f32 and bf16, with and without
+//! block recomputation. A buffer the model starts keeping (or stops freeing) without the estimate
+//! counting it fails here. Runs on a GPU or on the emulated device (kernels/emulator/device, whose pool
+//! counts what the program holds as a GPU's does); prints that it skipped without either. And
+//! `infinity model info`'s table of the same, which needs no GPU.
+
+/// `infinity model info` adds the GPU memory of a training step per precision and recomputation, and
+/// the largest micro-batch a GPU's memory holds.
+#[test]
+fn model_info_tells_the_gpu_memory_a_step_needs() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["model", "info", "--preset", "2b", "--batch", "8", "--gpu-gib", "80"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| f32 |") || l.starts_with("| bf16 |")).collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    // the f32 weights, gradients and moments of 2.2 B parameters: 16 bytes each, 32.9 GiB, plus a group
+    // byte per parameter
+    assert!(rows[0].starts_with("| f32 | no | 16.43 GiB | 18.48 GiB |"), "{}", rows[0]);
+    let largest = |row: &str| row.trim_end_matches(" |").rsplit("| ").next().unwrap().parse::<usize>().unwrap();
+    assert!(largest(rows[1]) > 4 * largest(rows[0]), "recomputation fits more: {text}");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn the_memory_estimate_matches_the_allocators_peak() {
+    use infinity_kernels::rope::RopeTable;
+    use infinity_trainer::gpu::{cuda_available, GpuModel};
+    use infinity_trainer::model::init::{init_params, InitConfig};
+    use infinity_trainer::model::memory::{device_memory, GpuStep};
+    use infinity_trainer::model::{token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params};
+    use rand::{Rng, SeedableRng};
+
+    if !cuda_available() {
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
+    let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
+    let class = Conditioning::Class { num_classes: 5 };
+    let cases = [
+        (class.clone(), false, false),
+        (class.clone(), true, false),
+        (class, true, true),
+        (Conditioning::Text, true, false),
+        (Conditioning::Text, false, true),
+    ];
+    for (conditioning, bf16, recompute) in cases {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        (mc.d, mc.conditioning) = (16, conditioning.clone());
+        let lay = Layout::new(&mc);
+        let p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 1);
+        let (b, d) = (3, mc.d);
+        let latents: Vec<f32> = (0..b * d * 8 * 8).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
+        // (the teacher-forcing inputs and labels come from the latents on the device)
+        let (x, gt) = (vec![0f32; b * (l - 1) * d], vec![0u8; b * l * d]);
+        let labels = vec![0usize, 3, 5];
+        // every caption at text_maxlen tokens, the length the estimate assumes
+        let m = mc.text_maxlen;
+        let cu: Vec<usize> = (0..=b).map(|i| i * m).collect();
+        let kv: Vec<f32> = (0..b * m * mc.text_channels).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dropped = vec![false, true, false];
+        let cond = match conditioning {
+            Conditioning::Class { .. } => Condition::Class { labels: &labels },
+            Conditioning::Text => Condition::Text { kv_compact: &kv, cu_seqlens: &cu, dropped: &dropped },
+        };
+        let rope = RopeTable::new(mc.head_dim(), &scales, (8, 8));
+        let weights = token_weights(b, &scales, false);
+        let inp = ModelInput {
+            b,
+            scales: &scales,
+            rope: &rope,
+            x_wo_prefix: &x,
+            cond,
+            gt_bits: &gt,
+            token_weights: &weights,
+            label_smoothing: 0.0,
+        };
+
+        let mut gpu = GpuModel::new(&mc, &lay, 0, bf16).unwrap();
+        gpu.recompute = recompute;
+        gpu.upload_params(&p).unwrap();
+        gpu.attach_fresh_optimizer().unwrap();
+        let held = gpu.memory().unwrap().used;
+        gpu.reset_peak_memory().unwrap();
+        gpu.step_latents(&inp, (&latents, &keys), (0.3, 13), true).unwrap();
+        let peak = gpu.memory().unwrap().peak - held;
+
+        let text_tokens = if mc.has_cross_attention() { m } else { 0 };
+        let step = GpuStep {
+            micro_batch: b,
+            tokens: l,
+            text_tokens,
+            latent_hw: (8, 8),
+            bf16,
+            recompute,
+            device_optimizer: Some(1),
+            ema: false,
+        };
+        let est = device_memory(&mc, lay.numel, &step);
+        let tag = format!("{conditioning:?}, bf16 {bf16}, recompute {recompute}");
+        println!(
+            "{tag}: parameters, gradients and AdamW {held} bytes (estimate {}); step {peak} bytes (estimate {}, {:+.1} %)",
+            est.model + est.optimizer,
+            est.activations(),
+            100.0 * (est.activations() as f64 / peak as f64 - 1.0)
+        );
+        // the model's buffers to the allocator's rounding (a few hundred bytes each)
+        assert!(held.abs_diff(est.model + est.optimizer) <= 4096, "{tag}: model state {held} bytes");
+        let ratio = est.activations() as f64 / peak as f64;
+        assert!((0.99..=1.01).contains(&ratio), "{tag}: estimate {} bytes, the step's peak {peak}", est.activations());
+    }
+}
+
+/// `infinity train --check` on a GPU too small for the micro-batch (the emulated device with 1 GiB and
+/// 40 MiB, of which the check keeps 1 GiB for the runtime) stops with the micro-batches that fit; with
+/// one that fits it passes and says how far it could go. On a real GPU this says it skipped.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_check_names_the_micro_batch_a_gpu_holds() {
+    use infinity_data::synth::{synth, SynthOptions};
+    if !infinity_trainer::gpu::cuda_available() {
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
+        return;
+    }
+    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
+    if !name.starts_with("Emulated") {
+        println!("skipped: {name} is not the emulated device");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    synth(&tmp.path().join("data"), &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
+    let cfg = tmp.path().join("check.toml");
+    let text = format!(
+        "[run]\ndir = \"{}\"\nseed = 1\nsteps = 10\ndevice = \"cuda\"\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+         [data]\ndir = \"{}\"\nglobal_batch = 64\nmicro_batch = 64\n[optim]\nlr = 1e-3\n[checkpoint]\nevery = 100\n",
+        tmp.path().join("run").display(),
+        tmp.path().join("data").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let check = |micro: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", cfg.to_str().unwrap(), "--check"])
+            .args(["--set", &format!("data.micro_batch={micro}"), "--set", &format!("data.global_batch={micro}")])
+            .env("INFINITY_EMULATED_MEMORY", "1064M")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, _, stderr) = check(64);
+    assert!(!ok, "64 samples a micro-batch do not fit in 40 MiB");
+    assert!(stderr.contains("more than the GPU's 1.04 GiB") && stderr.contains("Micro-batches: up to "), "{stderr}");
+    let most: usize = stderr.split("Micro-batches: up to ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((4..64).contains(&most), "{stderr}");
+    let (ok, stdout, stderr) = check(most);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("(micro-batches up to {most} fit)")), "{stdout}");
+}
