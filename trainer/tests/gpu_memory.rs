@@ -38,6 +38,10 @@ fn the_memory_estimate_matches_the_allocators_peak() {
         println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
         return;
     }
+    // the emulated pool rounds each allocation to 256 bytes as the estimate does; a GPU's own
+    // granularity may add a little to this test's many small buffers
+    let emulated = infinity_kernels::cuda::Device::open(0).is_ok_and(|d| d.name.starts_with("Emulated"));
+    let tolerance = if emulated { 0.01 } else { 0.05 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
     let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
@@ -111,9 +115,14 @@ fn the_memory_estimate_matches_the_allocators_peak() {
             100.0 * (est.activations() as f64 / peak as f64 - 1.0)
         );
         // the model's buffers to the allocator's rounding (a few hundred bytes each)
-        assert!(held.abs_diff(est.model + est.optimizer) <= 4096, "{tag}: model state {held} bytes");
+        let model = (est.model + est.optimizer) as f64;
+        assert!((held as f64 / model - 1.0).abs() <= tolerance, "{tag}: model state {held} bytes");
         let ratio = est.activations() as f64 / peak as f64;
-        assert!((0.99..=1.01).contains(&ratio), "{tag}: estimate {} bytes, the step's peak {peak}", est.activations());
+        assert!(
+            (ratio - 1.0).abs() <= tolerance,
+            "{tag}: estimate {} bytes, the step's peak {peak}",
+            est.activations()
+        );
     }
 }
 
