@@ -130,6 +130,7 @@ pub fn backward(
     util::split_tokens(dev, &dx, &mut dcond, &mut dwe, (b, l, c))?;
     util::col_sum(dev, &dx, &mut g(net, grads, "pos_start"), b, l * c)?;
     linear_bwd(net, grads, "word_embed", true, &dwe, &inp.x_wo_prefix, Dx::No, (b * (l - 1), d, c))?;
+    drop((dx, dwe));
 
     // ---- condition: AdaLN MLPs, then its source -----------------------------------------------------
     let (mut dsilu, mut tmp) = (net.buf(b * c)?, net.buf(b * c)?);
@@ -138,6 +139,7 @@ pub fn backward(
     util::add(dev, &mut dsilu, &tmp)?;
     activation_backward_dev(dev, "silu_backward_f32", &dsilu, &a.cond, &mut tmp)?;
     util::add(dev, &mut dcond, &tmp)?;
+    drop((dsilu, tmp, dshared_gss, dhead_ss));
 
     match &inp.cond {
         DeviceCondition::Class { labels } => {
@@ -173,11 +175,13 @@ pub fn backward(
                 &mut delta,
                 net.math(),
             )?;
+            drop((dpool, delta));
             util::col_sum(dev, &dq, &mut g(net, grads, "text_proj_for_sos.ca.mat_q"), b, c)?;
             util::col_sum(dev, &dv, &mut g(net, grads, "text_proj_for_sos.ca.v_bias"), nt, c)?;
             let mut dpkv = net.buf(nt * 2 * c)?;
             util::put_part(dev, &dk, &mut dpkv, (nt, 2, 0, c))?;
             util::put_part(dev, &dv, &mut dpkv, (nt, 2, 1, c))?;
+            drop((dq, dk, dv));
             let mut dkv = net.buf(nt * ct)?;
             linear_bwd(
                 net,
@@ -189,14 +193,19 @@ pub fn backward(
                 Some(&mut dkv),
                 (nt, ct, 2 * c),
             )?;
+            drop(dpkv);
             // cross-attention context
             let dkv_ca = dkv_ca.expect("text path has a context gradient");
-            let (mut dt1g, mut dt1) = (net.buf(nt * c)?, net.buf(nt * c)?);
+            let mut dt1g = net.buf(nt * c)?;
             linear_bwd(net, grads, "text_proj_for_ca.2", true, &dkv_ca, &t.t1g, Some(&mut dt1g), (nt, c, c))?;
+            drop(dkv_ca);
+            let mut dt1 = net.buf(nt * c)?;
             activation_backward_dev(dev, "gelu_backward_f32", &dt1g, &t.t1, &mut dt1)?;
+            drop(dt1g);
             let mut dkv2 = net.buf(nt * ct)?;
             linear_bwd(net, grads, "text_proj_for_ca.0", true, &dt1, &t.kv, Some(&mut dkv2), (nt, ct, c))?;
             util::add(dev, &mut dkv, &dkv2)?;
+            drop((dt1, dkv2));
             // text_norm, then the dropped samples' rows reach cfg_uncond
             let mut dkv_in = net.buf(nt * ct)?;
             let tw = net.w("text_norm.weight");
@@ -210,6 +219,7 @@ pub fn backward(
                 &mut g(net, grads, "text_norm.weight"),
                 (nt, ct),
             )?;
+            drop(dkv);
             for (bi, &drop) in dropped.iter().enumerate() {
                 if drop {
                     let (s, e) = (cu[bi], cu[bi + 1]);

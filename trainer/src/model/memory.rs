@@ -1,9 +1,9 @@
 //! Device memory of a training step on one GPU, counted from what `gpu::forward` and `gpu::backward`
 //! allocate: the parameters and their gradients, AdamW's state, the activations the forward keeps for
-//! the backward, and the most the backward holds besides at one time. For `infinity train --check` and
-//! `infinity model info` (no GPU needed), and checked against the allocator's own high-water mark on
-//! the emulated device (trainer/tests/gpu_model.rs), so a change to what the model keeps that is not
-//! counted here fails a test.
+//! the backward, and the most the forward or backward holds besides at one time. For `infinity train
+//! --check` and `infinity model info` (no GPU needed), and checked against the allocator's own
+//! high-water mark on the emulated device (trainer/tests/gpu_memory.rs), so a change to what the model
+//! keeps or frees that is not counted here fails a test.
 //!
 //! Dims legend as in `model::forward`: `B` micro-batch, `L` tokens per sample, `N = B·L`, `C` width,
 //! `H` heads, `Hf` FFN width, `d` bits, `T` text tokens of the micro-batch, `Ct` text width, `Hp`
@@ -42,13 +42,14 @@ pub struct DeviceMemory {
     /// What the forward keeps for the backward: every block's activations (each block's input alone
     /// with recomputation), the head's, the condition's and the micro-batch's inputs.
     pub saved: u64,
-    /// The most the backward holds besides: one block's gradients, its recomputed activations, the
-    /// head's gradient.
+    /// The most a step holds besides at one time: a block's gradients (and its activations again when
+    /// recomputing), the text path's gradients, or the forward's f32 intermediates.
     pub transient: u64,
 }
 
 impl DeviceMemory {
-    /// The step's peak: what `infinity train` logs as `peak_gpu_mem` (the allocator's high-water mark).
+    /// The step's peak: what `infinity train` logs as `gpu_mem_peak_gib` (the allocator's high-water
+    /// mark).
     pub fn total(&self) -> u64 {
         self.model + self.optimizer + self.saved + self.transient
     }
@@ -162,13 +163,14 @@ pub fn device_memory(cfg: &ModelConfig, numel: usize, step: &GpuStep) -> DeviceM
     let block = block_saved(cfg, step, &w);
     let kept = if step.recompute { Tally::default().f32(tokens(step) * cfg.embed_dim).0 } else { block };
     let saved = cfg.depth as u64 * kept + head_and_inputs(cfg, step, &w);
-    // the backward of the first block it reaches: its gradients, plus (recomputing) the block's
-    // activations again, a copy of its input and its forward's own peak
-    let mut transient = block_backward_peak(cfg, step, &w) + held_through_backward(cfg, step);
+    // the backward of the first block it reaches holds all of that and its own gradients, plus
+    // (recomputing) the block's activations again
+    let mut blocks = block_backward_peak(cfg, step, &w) + held_through_backward(cfg, step);
     if step.recompute {
-        transient += block; // (its input a copy of the kept one)
+        blocks += block; // (its input a copy of the kept one)
     }
-    DeviceMemory { model, optimizer, saved, transient: transient.max(forward_peak(cfg, step)) }
+    let transient = blocks.max(tail_peak(cfg, step)).max(forward_peak(cfg, step));
+    DeviceMemory { model, optimizer, saved, transient }
 }
 
 fn tokens(step: &GpuStep) -> usize {
@@ -256,94 +258,90 @@ fn held_through_backward(cfg: &ModelConfig, step: &GpuStep) -> u64 {
 /// residual's gradient (dx_out in the feed-forward's stages, then dx_ca, dx_sa) and the stage's own.
 fn block_backward_peak(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
     let (b, n, c, h, hf) = (step.micro_batch, tokens(step), cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden());
-    let sz = |f: &dyn Fn(&mut Tally)| {
-        let mut t = Tally::default();
-        f(&mut t);
-        t.0
-    };
-    let parts = sz(&|t| {
-        (0..6).for_each(|_| {
-            t.f32(b * c);
-        })
-    });
-    let nc = sz(&|t| {
-        t.f32(n * c);
-    });
-    // every stage holds the residual's gradient (nc) besides
+    let parts = (0..6).fold(Tally::default(), |mut t, _| *t.f32(b * c)).0; // dγ1 … db2
+    let nc = Tally::default().f32(n * c).0; // the residual's gradient, held by every stage
     let mut stages = vec![
-        nc + sz(&|t| {
-            t.add(n * c, w.mat).f32(n * hf); // fc2: df2, dg
-        }),
-        nc + sz(&|t| {
-            t.f32(n * hf).add(n * hf, w.mat); // GELU: dg, df1
-        }),
-        nc + sz(&|t| {
-            t.add(n * hf, w.mat).f32(n * c); // fc1: df1, dh2
-        }),
-        nc + sz(&|t| {
-            t.f32(n * c).f32(n * c); // LayerNorm: dh2, dx_ca
-        }),
-        nc + sz(&|t| {
-            t.add(n * c, w.mat).add(n * c, w.attn); // proj: dsa_out, dattn
-        }),
-        nc + sz(&|t| {
-            t.add(n * c, w.attn).f32(n * c).f32(n * c).f32(n * c).f32(n * h); // dattn, dq, dk, dv, delta
-        }),
-        nc + sz(&|t| {
-            t.f32(n * c).f32(n * c).f32(n * c).add(3 * n * c, w.mat).f32(n * c).f32(n * h);
-            // dq, dk, dv, dqkv, dq_raw, udy
-        }),
-        nc + sz(&|t| {
-            t.add(3 * n * c, w.mat).f32(n * c); // mat_qkv: dqkv, dh1
-        }),
-        nc + sz(&|t| {
-            t.f32(n * c).f32(n * c); // LayerNorm: dh1, dx_in
-        }),
+        Tally::default().add(n * c, w.mat).f32(n * hf).0,        // fc2: df2, dg
+        Tally::default().f32(n * hf).add(n * hf, w.mat).0,       // GELU: dg, df1
+        Tally::default().add(n * hf, w.mat).f32(n * c).0,        // fc1: df1, dh2
+        Tally::default().f32(n * c).f32(n * c).0,                // LayerNorm: dh2, dx_ca
+        Tally::default().add(n * c, w.mat).add(n * c, w.attn).0, // proj: dsa_out, dattn
+        Tally::default().add(n * c, w.attn).f32(3 * n * c).f32(n * c).f32(n * h).0, // dattn, dq, dk, dv, delta
+        Tally::default().f32(n * c).f32(n * c).f32(n * c).add(3 * n * c, w.mat).f32(n * c).f32(n * h).0, // dq, dk, dv, dqkv, dq_raw, udy
+        Tally::default().add(3 * n * c, w.mat).f32(n * c).0, // mat_qkv: dqkv, dh1
+        Tally::default().f32(n * c).f32(n * c).0,            // LayerNorm: dh1, dx_in
     ];
     if cfg.has_cross_attention() {
-        let nt = b * step.text_tokens;
-        // dx_ca held; an f32 operand of a bf16 GEMM takes a bf16 copy for the call
-        let copy = |count: usize| if step.bf16 { count * 2 } else { 0 };
-        stages.push(
-            nc + sz(&|t| {
-                t.add(n * c, w.attn).add(copy(n * c), 1); // ca.proj: dattn, dx_ca's copy
-            }),
-        );
-        stages.push(
-            nc + sz(&|t| {
-                t.add(n * c, w.attn).f32(n * c).f32(nt * c).f32(nt * c).f32(n * h);
-                // dattn, dq, dk, dv, delta
-            }),
-        );
-        stages.push(
-            nc + sz(&|t| {
-                t.f32(n * c).f32(nt * 2 * c).f32(nt * c).add(copy(nt * 2 * c), 1).add(copy(nt * c), 1);
-                // dq, dckv, dctx
-            }),
-        );
-        stages.push(
-            nc + sz(&|t| {
-                t.f32(n * c).f32(n * c).add(copy(n * c), 1); // mat_q: dq, dca_in, dq's copy
-            }),
-        );
-        stages.push(
-            nc + sz(&|t| {
-                t.f32(n * c).f32(n * c).f32(n * c); // dca_in, tmp, dx_sa
-            }),
-        );
+        let (nt, cp) = (b * step.text_tokens, copy(step));
+        stages.extend([
+            Tally::default().add(n * c, w.attn).add(n * c, cp).0, // ca.proj: dattn, dx_ca's bf16 copy
+            Tally::default().add(n * c, w.attn).f32(n * c).f32(nt * c).f32(nt * c).f32(n * h).0, // dattn, dq, dk, dv, delta
+            Tally::default().f32(n * c).f32(nt * c).f32(nt * c).f32(nt * 2 * c).0,               // dq, dk, dv into dckv
+            Tally::default().f32(n * c).f32(nt * 2 * c).f32(nt * c).add(nt * 2 * c, cp).add(nt * c, cp).0, // mat_kv: dq, dckv, dctx, copies
+            Tally::default().f32(n * c).f32(n * c).add(n * c, cp).0, // mat_q: dq, dca_in, dq's copy
+            Tally::default().f32(n * c).f32(n * c).f32(n * c).0,     // dca_in, tmp, dx_sa
+        ]);
     }
-    parts + stages.into_iter().max().unwrap_or(0)
+    parts + nc + stages.into_iter().max().unwrap_or(0)
 }
 
-/// The forward's own peak over what it keeps: the qkv projection's `[N, 3C]` and the FFN's f32
-/// `[N, Hf]` before its bias and GELU (bf16 matmuls), beside the block's kept buffers.
+/// Bytes per value of the bf16 copy a bf16 GEMM takes of an f32 operand for the call (0 in f32).
+fn copy(step: &GpuStep) -> usize {
+    if step.bf16 {
+        2
+    } else {
+        0
+    }
+}
+
+/// The most the backward holds after the blocks, by stage (gpu::backward::backward's tail): the
+/// input tokens' gradients, then the text path's (whose `T·Ct` buffers can outgrow a block's with long
+/// captions and a short schedule).
+fn tail_peak(cfg: &ModelConfig, step: &GpuStep) -> u64 {
+    let (b, l, n, c, d) = (step.micro_batch, step.tokens, tokens(step), cfg.embed_dim, cfg.d);
+    let cp = copy(step);
+    let small = Tally::default().f32(b * c).f32(b * c).f32(b * c).0; // dcond, dhs, dhb
+                                                                     // dshared_gss, dhead_ss, dx, dwe and the copies for word_embed's weight gradient (dwe, the inputs)
+    let mut stages = vec![
+        Tally::default()
+            .f32(b * 6 * c)
+            .f32(b * 2 * c)
+            .f32(n * c)
+            .f32(b * (l - 1) * c)
+            .add(b * (l - 1) * c, cp)
+            .add(b * (l - 1) * d, cp)
+            .0,
+    ];
+    if cfg.has_cross_attention() {
+        let (nt, ct, hp) = (b * step.text_tokens, cfg.text_channels, cfg.pool_heads());
+        let dkv_ca = Tally::default().f32(nt * c).0;
+        stages.extend([
+            dkv_ca + Tally::default().f32(b * c).f32(b * c).f32(2 * nt * c).f32(b * hp).0, // pool: dpool, dq, dk, dv, delta
+            dkv_ca + Tally::default().f32(b * c).f32(2 * nt * c).f32(nt * 2 * c).0,        // dq, dk, dv, dpkv
+            dkv_ca + Tally::default().f32(nt * 2 * c).f32(nt * ct).add(nt * 2 * c, cp).add(nt * ct, cp).0, // mat_kv: dpkv, dkv, copies
+            dkv_ca + Tally::default().f32(nt * ct).f32(nt * c).add(nt * c, cp).add(nt * c, cp).0, // ca.2: dkv, dt1g, copies
+            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * c).0, // GELU: dkv, dt1g, dt1
+            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * ct).add(nt * c, cp).add(nt * ct, cp).0, // ca.0: dkv, dt1, dkv2, copies
+            Tally::default().f32(nt * ct).f32(nt * ct).0, // text_norm: dkv, dkv_in
+        ]);
+    }
+    small + stages.into_iter().max().unwrap_or(0)
+}
+
+/// The forward's own peak over what it keeps: the qkv projection's `[N, 3C]`, the FFN's f32 `[N, Hf]`
+/// before its bias and GELU (bf16 matmuls), the cross-attention's f32 q before it is kept in bf16 and
+/// its `[T, 2C]` keys and values.
 fn forward_peak(cfg: &ModelConfig, step: &GpuStep) -> u64 {
     let (n, c, hf) = (tokens(step), cfg.embed_dim, cfg.ffn_hidden());
-    let mut t = Tally::default();
-    t.f32(n * c); // the block's output
-    let qkv = Tally::default().f32(3 * n * c).0;
-    let f1 = if step.bf16 { Tally::default().f32(n * hf).0 } else { 0 };
-    t.0 + qkv.max(f1)
+    let mut stages = vec![Tally::default().f32(3 * n * c).0];
+    if step.bf16 {
+        stages.push(Tally::default().f32(n * hf).0);
+    }
+    if cfg.has_cross_attention() {
+        let nt = step.micro_batch * step.text_tokens;
+        stages.push(Tally::default().f32(n * c).f32(nt * 2 * c).add(nt * c, copy(step)).0);
+    }
+    stages.into_iter().max().unwrap_or(0)
 }
 
 #[cfg(test)]
