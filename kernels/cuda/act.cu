@@ -18,6 +18,17 @@ extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* 
     }
 }
 
+// gelu_forward_f32 from bf16 x to bf16 y (rounded): the FFN's second GEMM's input again in the backward
+// from bias_gelu_forward_bf16's x, bit for bit the g that kernel wrote.
+extern "C" __global__ void gelu_forward_bf16(const unsigned short* __restrict__ x, unsigned short* __restrict__ y,
+                                             long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float v, dv;
+        gelu_parts(__uint_as_float((unsigned)x[i] << 16), &v, &dv);
+        y[i] = bf16_bits(v);
+    }
+}
+
 // The FFN's first layer after its bias-free GEMM: f [n, cols] += b [cols] (kept for the backward),
 // g = gelu(f). One pass instead of writing the bias rows before the GEMM and reading f again.
 __device__ __forceinline__ float bias_gelu(float* f, const float* b, long i, int cols) {

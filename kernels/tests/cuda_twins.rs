@@ -152,14 +152,17 @@ fn activations_match_their_cpu_twins() {
     let fb: Vec<f32> = f.iter().enumerate().map(|(i, v)| v + b[i % cols]).collect();
     let mut g = vec![0.0f32; fb.len()];
     act::gelu_forward(&fb, &mut g);
-    let (gf, gg) = ops::bias_gelu(&dev, &f, &b, false).unwrap();
+    let [gf, gg, again] = ops::bias_gelu(&dev, &f, &b, false).unwrap();
     close("bias + gelu: f + b", &gf, &fb, 1e-6);
     close("bias + gelu: gelu", &gg, &g, 1e-5);
+    // the backward's gelu_act remakes g from the kept x bit for bit
+    assert!(again == gg, "gelu_act(x) is not bias_gelu's g");
     // bf16 alone: x = f + b rounded, g = gelu(x) rounded (as under autocast)
-    let (gx16, gg16) = ops::bias_gelu(&dev, &f, &b, true).unwrap();
+    let [gx16, gg16, again16] = ops::bias_gelu(&dev, &f, &b, true).unwrap();
     close("bias + gelu: f + b in bf16", &gx16, &bf16_round(&fb), 1e-2);
     act::gelu_forward(&bf16_round(&fb), &mut g);
     close("bias + gelu: gelu in bf16", &gg16, &bf16_round(&g), 1e-2);
+    assert!(again16 == gg16, "gelu_act(x) in bf16 is not bias_gelu's g");
     // column sums (bias gradients) of f32 and of bf16-only values, summed in f32, against f64 sums
     for bf16 in [false, true] {
         let vals = if bf16 { bf16_round(&f) } else { f.clone() };

@@ -106,6 +106,22 @@ pub fn bias_gelu_dev(dev: &Device, mut f: CudaSlice<f32>, b: &dyn Buf, bf16: boo
     Ok((Act::F32(f), Act::F32(g)))
 }
 
+/// `g = gelu(x)` from [`bias_gelu_dev`]'s x, as that call computed it (bit for bit): f32, or bf16 alone
+/// (act.cu's `gelu_forward_*`). The backward remakes the FFN's second GEMM's input this way rather than
+/// keep it.
+pub fn gelu_act(dev: &Device, x: &Act) -> Result<Act, CudaError> {
+    let (n, s) = (x.count(), &dev.stream);
+    // SAFETY (allocations): the kernel writes all n values before anything reads them.
+    let (kernel, xa, mut g) = match x {
+        Act::F32(v) => ("gelu_forward_f32", v.device_ptr(s).0, Act::F32(unsafe { s.alloc::<f32>(n.max(1)) }?)),
+        Act::Bf16(v) => ("gelu_forward_bf16", v.device_ptr(s).0, Act::Bf16(unsafe { s.alloc::<u16>(n.max(1)) }?)),
+    };
+    let args = [Arg::Ptr(xa), Arg::Ptr(g.out_addr(s)), Arg::long(n)];
+    // SAFETY: gelu_forward_{f32,bf16}(x, y, n); both hold n values.
+    unsafe { dev.launch("act.cu", kernel, elementwise(n), &args) }?;
+    Ok(g)
+}
+
 /// `dx = dy · gelu'(x)` from [`bias_gelu_dev`]'s x: f32 in and out, or bf16 x and dx alone
 /// (act.cu's `gelu_backward_*`).
 pub fn gelu_backward_act(dev: &Device, dy: &dyn Buf, x: &Act, dx: &mut Act) -> Result<(), CudaError> {
@@ -148,10 +164,11 @@ pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, Cud
 
 /// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`; with `bf16`
 /// the bf16 outputs, widened.
-pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<(Vec<f32>, Vec<f32>), CudaError> {
+pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<[Vec<f32>; 3], CudaError> {
     let s = &dev.stream;
     let (x, g) = bias_gelu_dev(dev, s.clone_htod(f)?, &s.clone_htod(b)?, bf16)?;
-    Ok((act_to_host(dev, &x)?, act_to_host(dev, &g)?))
+    let again = gelu_act(dev, &x)?;
+    Ok([act_to_host(dev, &x)?, act_to_host(dev, &g)?, act_to_host(dev, &again)?])
 }
 
 /// `n` zeros as an activation: f32, or bf16 alone when `bf16` (host wrappers' outputs).

@@ -11,7 +11,7 @@ use infinity_kernels::cuda::layers::{
     modulated_layernorm_backward_dev, rmsnorm_backward_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, input_grad_act, rounded, weight_grad};
-use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_backward_act};
+use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_act, gelu_backward_act};
 use infinity_kernels::cuda::qkv::qkv_heads_backward_dev;
 use infinity_kernels::cuda::util::{self, Factor};
 
@@ -265,8 +265,9 @@ fn block_backward(
     let mut df2 = net.act(n * c)?;
     gated_residual_backward_act(dev, &dx_out, saved(&s.f2), &part(1), &mut df2, &mut dparts[1], sh, c)?;
     let mut dg = net.out(n * hf)?;
-    linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, saved_act(&s.g), Some(&mut dg), (n, hf, c))?;
-    drop(df2);
+    let gelu = gelu_act(dev, saved_act(&s.f1))?; // fc2's input again, bit for bit the forward's
+    linear_bwd(net, grads, &name("ffn.fc2"), true, &df2, &gelu, Some(&mut dg), (n, hf, c))?;
+    drop((df2, gelu));
     // dfc1 in bf16 alone with bf16 GEMMs: its two products and the bias's column sum read nothing else
     let mut df1 = net.act(n * hf)?;
     gelu_backward_act(dev, &dg, saved_act(&s.f1), &mut df1)?;

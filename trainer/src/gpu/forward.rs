@@ -78,9 +78,9 @@ pub struct BlockBufs {
     pub x_ca: Option<CudaSlice<f32>>,
     pub ln2: [Option<CudaSlice<f32>>; 2],
     pub h2: Option<Act>,
-    /// The GELU's input (bf16 alone with bf16 matmuls, as under autocast).
+    /// The GELU's input (bf16 alone with bf16 matmuls, as under autocast); its output, fc2's input,
+    /// is made again from it in the backward (`ops::gelu_act`) rather than kept.
     pub f1: Option<Act>,
-    pub g: Option<Act>,
     pub f2: Option<CudaSlice<f32>>,
 }
 
@@ -332,6 +332,7 @@ pub(super) fn block_forward(
     let (f1, g) = bias_gelu_dev(dev, f1, &w("ffn.fc1.bias"), net.gemm.bf16)?; // f1 = x·Wᵀ + b, g = gelu(f1)
     let mut f2 = net.out(n * c)?;
     net.linear(&g, &name("ffn.fc2"), true, &mut f2, (n, hf, c))?;
+    drop(g);
     let mut x_out = net.out(n * c)?;
     gated_residual_dev(dev, &x_ca, &f2, &part(1), &mut x_out, sh)?;
 
@@ -340,7 +341,7 @@ pub(super) fn block_forward(
         (Some(heads.q_raw), Some(heads.k_raw), Some(heads.q_norm), Some(heads.k_norm));
     (s.q, s.k, s.v) = (Some(heads.q), Some(heads.k), Some(heads.v));
     (s.attn, s.lse, s.sa_out, s.x_ca) = (Some(attn), Some(lse), Some(sa_out), Some(x_ca));
-    (s.ln2, s.h2, s.f1, s.g, s.f2) = ([Some(mean2), Some(rstd2)], Some(h2), Some(f1), Some(g), Some(f2));
+    (s.ln2, s.h2, s.f1, s.f2) = ([Some(mean2), Some(rstd2)], Some(h2), Some(f1), Some(f2));
     s.gss = Some(gss);
     Ok((s, x_out))
 }

@@ -201,8 +201,7 @@ fn block_saved(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
         .f32(n)
         .f32(n) // ln2
         .add(n * c, w.mat) // h2
-        .add(n * hf, w.mat)
-        .add(n * hf, w.mat) // f1, g (bf16 with bf16 GEMMs, as the GELU's input under autocast)
+        .add(n * hf, w.mat) // f1 (bf16 with bf16 GEMMs, as the GELU's input under autocast; gelu(f1) is made again)
         .f32(n * c); // f2
     if cfg.has_cross_attention() {
         let nt = b * step.text_tokens;
@@ -261,11 +260,11 @@ fn block_backward_peak(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
     let parts = (0..6).fold(Tally::default(), |mut t, _| *t.f32(b * c)).0; // dγ1 … db2
     let nc = Tally::default().f32(n * c).0; // the residual's gradient, held by every stage
     let mut stages = vec![
-        Tally::default().add(n * c, w.mat).f32(n * hf).0,        // fc2: df2, dg
-        Tally::default().f32(n * hf).add(n * hf, w.mat).0,       // GELU: dg, df1
-        Tally::default().add(n * hf, w.mat).f32(n * c).0,        // fc1: df1, dh2
-        Tally::default().f32(n * c).f32(n * c).0,                // LayerNorm: dh2, dx_ca
-        Tally::default().add(n * c, w.mat).add(n * c, w.attn).0, // proj: dsa_out, dattn
+        Tally::default().add(n * c, w.mat).f32(n * hf).add(n * hf, w.mat).0, // fc2: df2, dg, gelu(f1) again
+        Tally::default().f32(n * hf).add(n * hf, w.mat).0,                   // GELU: dg, df1
+        Tally::default().add(n * hf, w.mat).f32(n * c).0,                    // fc1: df1, dh2
+        Tally::default().f32(n * c).f32(n * c).0,                            // LayerNorm: dh2, dx_ca
+        Tally::default().add(n * c, w.mat).add(n * c, w.attn).0,             // proj: dsa_out, dattn
         Tally::default().add(n * c, w.attn).f32(3 * n * c).f32(n * c).f32(n * h).0, // dattn, dq, dk, dv, delta
         Tally::default().f32(n * c).f32(n * c).f32(n * c).add(3 * n * c, w.mat).f32(n * c).f32(n * h).0, // dq, dk, dv, dqkv, dq_raw, udy
         Tally::default().add(3 * n * c, w.mat).f32(n * c).0, // mat_qkv: dqkv, dh1
