@@ -136,7 +136,9 @@ fn the_memory_estimate_matches_the_allocators_peak() {
 
 /// `infinity train --check` on a GPU too small for the micro-batch (the emulated device with 1 GiB and
 /// 40 MiB, of which the check keeps 1 GiB for the runtime) stops with the micro-batches that fit; with
-/// one that fits it passes and says how far it could go. On a real GPU this says it skipped.
+/// one that fits it passes and says how far it could go. `infinity train` on a GPU whose memory the
+/// step exceeds (64 MiB) stops before its first step with exit code 2 (not restarted by the launcher)
+/// and the same advice. On a real GPU this says it skipped.
 #[cfg(feature = "cuda")]
 #[test]
 fn the_check_names_the_micro_batch_a_gpu_holds() {
@@ -178,4 +180,15 @@ fn the_check_names_the_micro_batch_a_gpu_holds() {
     let (ok, stdout, stderr) = check(most);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&format!("(micro-batches up to {most} fit)")), "{stdout}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", cfg.to_str().unwrap()])
+        .env("INFINITY_EMULATED_MEMORY", "64M")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("more than the GPU's 64.0 MiB. Micro-batches: up to "), "{stderr}");
+    assert!(!stderr.contains("ran out of memory") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!tmp.path().join("run").join("metrics.jsonl").exists(), "no step ran");
 }

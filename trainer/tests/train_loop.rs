@@ -33,6 +33,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             device: Default::default(),
             recompute: false,
             precision: Default::default(),
+            gpu_memory_check: true,
         },
         model: ModelSection {
             preset: "tiny".into(),

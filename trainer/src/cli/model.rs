@@ -178,12 +178,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 
 /// GPU memory per rank of a training step at each precision, with and without recomputation.
 fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
-    use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep};
+    use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
     let (b, l, t) = (a.batch, sched.num_tokens(), a.shape.text_tokens);
     let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
     let mut out = format!(
         "\nGPU memory per rank of a training step (micro-batch {b} × {l} tokens, {t} text tokens per sample; \
-         AdamW on the GPU{zero1}; the CUDA context and libraries add some 0.5–1 GiB):\n\n"
+         AdamW on the GPU{zero1}; the CUDA context and libraries add some 0.5–1 GiB, and the largest \
+         micro-batch leaves them 1 GiB):\n\n"
     );
     let fit_col = a.gpu_gib.map(|g| format!(" largest micro-batch in {g} GiB |")).unwrap_or_default();
     out += &format!("| precision | recompute | weights + gradients | optimizer | activations | total |{fit_col}\n");
@@ -201,7 +202,8 @@ fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSched
         };
         let m = device_memory(c, numel, &step);
         let fit = a.gpu_gib.map(|g| {
-            let fits = largest_micro_batch(c, numel, &step, (g * (1u64 << 30) as f64) as u64, 1 << 16);
+            let budget = ((g * (1u64 << 30) as f64) as u64).saturating_sub(RUNTIME_MARGIN);
+            let fits = largest_micro_batch(c, numel, &step, budget, 1 << 16);
             format!(" {} |", fits.map_or("none".to_string(), |b| b.to_string()))
         });
         out += &format!(

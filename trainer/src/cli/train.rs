@@ -78,10 +78,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }
-            return Err(match e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent)) {
-                true => Permanent::Data(e).into(),
-                false => e,
-            });
+            if e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent)) {
+                return Err(Permanent::Data(e).into());
+            }
+            // a step that cannot fit the GPU fails again after any restart: a config error
+            if e.chain().any(|c| c.downcast_ref::<train::gpu_fit::GpuTooSmall>().is_some()) {
+                return Err(Permanent::Invocation(e).into());
+            }
+            return Err(e);
         }
     };
     train::log::console(&format!(

@@ -61,8 +61,8 @@ impl DeviceMemory {
 }
 
 /// What a GPU holds besides the allocator's pool: the CUDA context, cuBLAS's workspace, NCCL's buffers
-/// and the compiled kernels. A margin for [`largest_micro_batch`] (these take some 0.5–1 GiB on an H200),
-/// not a measurement.
+/// and the compiled kernels. A margin to keep (these take some 0.5–1 GiB on an H200), not a
+/// measurement.
 pub const RUNTIME_MARGIN: u64 = 1 << 30;
 
 /// Bytes as GiB with two decimals (MiB with one below a GiB).
@@ -86,18 +86,16 @@ impl std::fmt::Display for DeviceMemory {
     }
 }
 
-/// The largest micro-batch up to `up_to` whose step fits in `device` bytes with [`RUNTIME_MARGIN`]
-/// left, or None when not even one sample does.
+/// The largest micro-batch up to `up_to` whose step fits in `budget` bytes, or None when not even one
+/// sample does.
 pub fn largest_micro_batch(
     cfg: &ModelConfig,
     numel: usize,
     step: &GpuStep,
-    device: u64,
+    budget: u64,
     up_to: usize,
 ) -> Option<usize> {
-    let fits = |b: usize| {
-        device_memory(cfg, numel, &GpuStep { micro_batch: b, ..step.clone() }).total() + RUNTIME_MARGIN <= device
-    };
+    let fits = |b: usize| device_memory(cfg, numel, &GpuStep { micro_batch: b, ..step.clone() }).total() <= budget;
     // the total grows with the micro-batch: bisect
     let (mut lo, mut hi) = (0, up_to);
     while lo < hi {
@@ -388,11 +386,12 @@ mod tests {
         let (cfg, n) = layer12();
         let s = step(1, true, false);
         let total = |b| device_memory(&cfg, n, &GpuStep { micro_batch: b, ..s.clone() }).total();
-        let device = total(37) + RUNTIME_MARGIN; // exactly 37 fit
+        let device = total(37); // exactly 37 fit
         assert_eq!(largest_micro_batch(&cfg, n, &s, device, 1000), Some(37));
         assert_eq!(largest_micro_batch(&cfg, n, &s, device - 1, 1000), Some(36));
         assert_eq!(largest_micro_batch(&cfg, n, &s, device, 8), Some(8));
-        assert_eq!(largest_micro_batch(&cfg, n, &s, total(1), 8), None);
+        assert_eq!(largest_micro_batch(&cfg, n, &s, total(1), 8), Some(1));
+        assert_eq!(largest_micro_batch(&cfg, n, &s, total(1) - 1, 8), None);
     }
 
     #[test]

@@ -7,68 +7,12 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use super::config::{CommBackend, DeviceChoice, Precision, TrainConfig};
-use super::{checkpoint, compute, init_from, micro_steps, val, Preview, Setup};
-use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
-use crate::model::{Layout, ModelConfig, Params};
-use infinity_data::Manifest;
-
-/// The GPU memory a rank needs (`model::memory`), and whether it fits the GPU this check opened (an
-/// error naming the micro-batch that fits when it does not: the run would stop at its first step).
-fn gpu_memory(
-    cfg: &TrainConfig,
-    mc: &ModelConfig,
-    lay: &Layout,
-    m: &Manifest,
-    world: usize,
-    device: Option<u64>,
-) -> Result<String> {
-    let longest = m.schedules.iter().max_by_key(|s| s.num_tokens()).context("the manifest lists no schedule")?;
-    let sharded = cfg.dist.zero1 && world > 1;
-    let step = GpuStep {
-        micro_batch: cfg.data.micro_batch,
-        tokens: longest.num_tokens(),
-        text_tokens: m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize),
-        latent_hw: *longest.hw().last().context("a schedule without scales")?,
-        bf16: cfg.run.precision == Precision::Bf16,
-        recompute: cfg.run.recompute,
-        // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring
-        device_optimizer: match (sharded, cfg.dist.backend) {
-            (false, _) => Some(1),
-            (true, CommBackend::Ring) => None,
-            (true, _) => Some(world),
-        },
-        ema: cfg.optim.ema_decay > 0.0,
-    };
-    let est = device_memory(mc, lay.numel, &step);
-    let mut line = format!(
-        "GPU memory per rank (estimate): {est} (micro-batch {} × {} tokens{})",
-        step.micro_batch,
-        step.tokens,
-        if step.recompute { ", recomputing blocks" } else { "" }
-    );
-    if !step.recompute {
-        let re = device_memory(mc, lay.numel, &GpuStep { recompute: true, ..step.clone() });
-        line += &format!("; {} with run.recompute = true", gib(re.total()));
-    }
-    let Some(total) = device else { return Ok(line) };
-    let most = largest_micro_batch(mc, lay.numel, &step, total, 1 << 16);
-    if most.is_some_and(|b| b >= step.micro_batch) {
-        return Ok(format!("{line}; the GPU has {} (micro-batches up to {} fit)", gib(total), most.unwrap_or(0)));
-    }
-    let recomputed = largest_micro_batch(mc, lay.numel, &GpuStep { recompute: true, ..step.clone() }, total, 1 << 16);
-    let fits = |b: Option<usize>| b.map_or("none fits".to_string(), |b| format!("up to {b} fit"));
-    bail!(
-        "{line}: more than the GPU's {} (less {} for the CUDA context and libraries). Micro-batches: {}; \
-         with run.recompute = true {} (data.micro_batch; data.global_batch stays, by gradient accumulation)",
-        gib(total),
-        gib(RUNTIME_MARGIN),
-        fits(most),
-        fits(recomputed)
-    )
-}
+use super::config::{DeviceChoice, TrainConfig};
+use super::{checkpoint, compute, gpu_fit, init_from, micro_steps, val, Preview, Setup};
+use crate::model::memory::RUNTIME_MARGIN;
+use crate::model::Params;
 
 /// Check everything `train` would for `world` ranks starting from `resume` (or fresh); one line per
 /// finding, or the first error a run would stop with.
@@ -127,7 +71,12 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
     let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
     out.push(format!("device: {:?} ({:?})", cfg.run.device, cfg.run.precision));
     if cfg.run.device != DeviceChoice::Cpu {
-        out.push(gpu_memory(cfg, &mc, &lay, &ds.manifest, world, device.gpu_total_memory())?);
+        // on the GPU this check opened, with 1 GiB left for the CUDA context and libraries
+        let step = gpu_fit::gpu_step(cfg, &ds.manifest, world)?;
+        out.push(match device.gpu_total_memory() {
+            Some(total) => gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN)?,
+            None => gpu_fit::describe(&mc, &lay, &step),
+        });
     }
     if let Some(dir) = resume {
         let (_, _, state) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)

@@ -125,6 +125,14 @@ pub struct RunConfig {
     /// docs/numerics.md).
     #[serde(default)]
     pub precision: Precision,
+    /// On the GPU, stop before the first step when `model::memory`'s count of a step exceeds the GPU's
+    /// memory (naming the micro-batches that fit). `false` lets the run try (and run out of memory).
+    #[serde(default = "yes")]
+    pub gpu_memory_check: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ pub mod compute;
 pub mod config;
 pub mod dist;
 mod ema;
+pub mod gpu_fit;
 pub mod log;
 mod micro_batch;
 mod preview;
@@ -43,6 +44,7 @@ use self::rank_times::RankTimes;
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
+use crate::model::memory::{device_memory, gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelConfig, Params};
 use crate::optim::{clip_grad_norm, AdamW};
 
@@ -142,6 +144,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut dist = Dist::join(&cfg.dist)?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
+    if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
+        // a step that exceeds the GPU would run out of memory at its first step, and again after
+        // every restart: stop now, naming what fits
+        let step = gpu_fit::gpu_step(cfg, &m, dist.world)?;
+        println!("{}", gpu_fit::fits(&mc, &lay, &step, total, 0)?);
+        if device_memory(&mc, lay.numel, &step).total() + RUNTIME_MARGIN > total {
+            tracing::warn!(
+                "the step leaves under {} of the GPU for the CUDA context and libraries",
+                gib(RUNTIME_MARGIN)
+            );
+        }
+    }
     let accum = micro_steps(cfg, dist.world)?;
     let leader = dist.is_leader();
     let run = &cfg.run.dir;

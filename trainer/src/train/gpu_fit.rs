@@ -1,0 +1,84 @@
+//! Whether a run's training step fits its GPU, from `model::memory`'s count: `train --check` prints it
+//! (keeping 1 GiB for the CUDA context and libraries), and `train` stops before its first step when the
+//! step alone exceeds the GPU's memory, naming the micro-batches that fit ([`GpuTooSmall`], an exit
+//! code `infinity launch` does not restart: the same step would run out of memory again).
+
+use anyhow::{Context, Result};
+use infinity_data::Manifest;
+
+use super::config::{CommBackend, Precision, TrainConfig};
+use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep};
+use crate::model::{Layout, ModelConfig};
+
+/// A step that cannot fit the GPU's memory, with the micro-batches that do.
+#[derive(Debug)]
+pub struct GpuTooSmall(pub String);
+
+impl std::fmt::Display for GpuTooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GpuTooSmall {}
+
+/// What a rank of `cfg` runs on its GPU among `world` ranks: the longest schedule of the dataset, its
+/// longest caption.
+pub fn gpu_step(cfg: &TrainConfig, m: &Manifest, world: usize) -> Result<GpuStep> {
+    let longest = m.schedules.iter().max_by_key(|s| s.num_tokens()).context("the manifest lists no schedule")?;
+    let sharded = cfg.dist.zero1 && world > 1;
+    Ok(GpuStep {
+        micro_batch: cfg.data.micro_batch,
+        tokens: longest.num_tokens(),
+        text_tokens: m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize),
+        latent_hw: *longest.hw().last().context("a schedule without scales")?,
+        bf16: cfg.run.precision == Precision::Bf16,
+        recompute: cfg.run.recompute,
+        // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring
+        device_optimizer: match (sharded, cfg.dist.backend) {
+            (false, _) => Some(1),
+            (true, CommBackend::Ring) => None,
+            (true, _) => Some(world),
+        },
+        ema: cfg.optim.ema_decay > 0.0,
+    })
+}
+
+/// "GPU memory per rank (estimate): …", with the figure under recomputation when the run does not
+/// recompute.
+pub fn describe(mc: &ModelConfig, lay: &Layout, step: &GpuStep) -> String {
+    let est = device_memory(mc, lay.numel, step);
+    let mut line = format!(
+        "GPU memory per rank (estimate): {est} (micro-batch {} × {} tokens{})",
+        step.micro_batch,
+        step.tokens,
+        if step.recompute { ", recomputing blocks" } else { "" }
+    );
+    if !step.recompute {
+        let re = device_memory(mc, lay.numel, &GpuStep { recompute: true, ..step.clone() });
+        line += &format!("; {} with run.recompute = true", gib(re.total()));
+    }
+    line
+}
+
+/// [`describe`] and the largest micro-batch that fits a GPU of `total` bytes with `margin` left, or
+/// the error naming the micro-batches that fit, with and without recomputation.
+pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: u64) -> Result<String, GpuTooSmall> {
+    let line = describe(mc, lay, step);
+    let usable = total.saturating_sub(margin);
+    let most = largest_micro_batch(mc, lay.numel, step, usable, 1 << 16);
+    if let Some(most) = most.filter(|&b| b >= step.micro_batch) {
+        return Ok(format!("{line}; the GPU has {} (micro-batches up to {most} fit)", gib(total)));
+    }
+    let recomputed = largest_micro_batch(mc, lay.numel, &GpuStep { recompute: true, ..step.clone() }, usable, 1 << 16);
+    let fit = |b: Option<usize>| b.map_or("none fits".to_string(), |b| format!("up to {b} fit"));
+    let kept =
+        if margin > 0 { format!(" (less {} for the CUDA context and libraries)", gib(margin)) } else { String::new() };
+    Err(GpuTooSmall(format!(
+        "{line}: more than the GPU's {}{kept}. Micro-batches: {}; with run.recompute = true {} \
+         (data.micro_batch; data.global_batch stays, by gradient accumulation)",
+        gib(total),
+        fit(most),
+        fit(recomputed)
+    )))
+}
