@@ -76,7 +76,8 @@ pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: 
         if margin > 0 { format!(" (less {} for the CUDA context and libraries)", gib(margin)) } else { String::new() };
     Err(GpuTooSmall(format!(
         "{line}: more than the GPU's {}{kept}. Micro-batches: {}; with run.recompute = true {} \
-         (data.micro_batch; data.global_batch stays, by gradient accumulation)",
+         (data.micro_batch; data.global_batch stays, by gradient accumulation). Captions count at the \
+         dataset's longest; run.gpu_memory_check = false runs it anyway",
         gib(total),
         fit(most),
         fit(recomputed)

@@ -148,12 +148,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // a step that exceeds the GPU would run out of memory at its first step, and again after
         // every restart: stop now, naming what fits
         let step = gpu_fit::gpu_step(cfg, &m, dist.world)?;
-        println!("{}", gpu_fit::fits(&mc, &lay, &step, total, 0)?);
-        if device_memory(&mc, lay.numel, &step).total() + RUNTIME_MARGIN > total {
-            tracing::warn!(
-                "the step leaves under {} of the GPU for the CUDA context and libraries",
-                gib(RUNTIME_MARGIN)
-            );
+        let line = gpu_fit::fits(&mc, &lay, &step, total, 0)?;
+        if dist.is_leader() {
+            println!("{line}");
+            if device_memory(&mc, lay.numel, &step).total() + RUNTIME_MARGIN > total {
+                let margin = gib(RUNTIME_MARGIN);
+                tracing::warn!("the step leaves under {margin} of the GPU for the CUDA context and libraries");
+            }
         }
     }
     let accum = micro_steps(cfg, dist.world)?;
