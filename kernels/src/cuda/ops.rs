@@ -162,8 +162,8 @@ pub fn activation(dev: &Device, kernel: &str, x: &[f32]) -> Result<Vec<f32>, Cud
     Ok(s.clone_dtoh(&y)?)
 }
 
-/// Host-slice [`bias_gelu_dev`]: `(f + b, gelu(f + b))` for `f [N, cols]`, `b [cols]`; with `bf16`
-/// the bf16 outputs, widened.
+/// Host-slice [`bias_gelu_dev`]: `[f + b, gelu(f + b), gelu_act(f + b)]` for `f [N, cols]`, `b [cols]`
+/// (the last what the backward remakes); with `bf16` the bf16 outputs, widened.
 pub fn bias_gelu(dev: &Device, f: &[f32], b: &[f32], bf16: bool) -> Result<[Vec<f32>; 3], CudaError> {
     let s = &dev.stream;
     let (x, g) = bias_gelu_dev(dev, s.clone_htod(f)?, &s.clone_htod(b)?, bf16)?;

@@ -257,7 +257,8 @@ fn block_backward(
     let mut dparts: Vec<CudaSlice<f32>> = (0..6).map(|_| net.buf(b * c)).collect::<Result<_>>()?;
 
     // Each gradient buffer is dropped (freed in stream order) once its last reader is queued, so the
-    // block holds at most dx_out, dg and df1 at a time (model::memory counts these stages).
+    // block holds one stage's buffers at a time, at most dx_out with dg and df1 or with df2, dg and
+    // gelu(f1) (model::memory counts every stage).
 
     // feed-forward: x_out = x_ca + fc2(gelu(fc1(mod(LN(x_ca))))) · γ2
     // the branches' output gradients (df2, dsa_out) in bf16 alone with bf16 GEMMs: only their

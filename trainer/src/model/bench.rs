@@ -214,8 +214,8 @@ fn time_cuda(
 }
 
 /// The allocator's high-water mark over the steps so far (the parameters, their gradients and a step)
-/// beside `model::memory`'s estimate of the same (a training step also holds self-correction's
-/// latents, a few MiB).
+/// beside `model::memory`'s estimate of a training step, which also counts self-correction's latents
+/// (a few MiB the bench's steps do not hold).
 #[cfg(feature = "cuda")]
 fn memory_line(
     m: &crate::gpu::GpuModel,
