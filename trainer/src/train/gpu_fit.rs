@@ -74,10 +74,11 @@ pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: 
     let fit = |b: Option<usize>| b.map_or("none fits".to_string(), |b| format!("up to {b} fit"));
     let kept =
         if margin > 0 { format!(" (less {} for the CUDA context and libraries)", gib(margin)) } else { String::new() };
+    let captions = if step.text_tokens > 0 { "captions count at the dataset's longest; " } else { "" };
     Err(GpuTooSmall(format!(
         "{line}: more than the GPU's {}{kept}. Micro-batches: {}; with run.recompute = true {} \
-         (data.micro_batch; data.global_batch stays, by gradient accumulation). Captions count at the \
-         dataset's longest; run.gpu_memory_check = false runs it anyway",
+         (data.micro_batch; data.global_batch stays, by gradient accumulation). The count is a step's \
+         peak ({captions}run.gpu_memory_check = false runs it anyway)",
         gib(total),
         fit(most),
         fit(recomputed)
