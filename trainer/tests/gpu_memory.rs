@@ -24,24 +24,31 @@ fn model_info_tells_the_gpu_memory_a_step_needs() {
     assert!(largest(rows[1]) > 4 * largest(rows[0]), "recomputation fits more: {text}");
 }
 
+/// The GPU's name (the emulated device's starts with "Emulated"), or None, saying the test skipped,
+/// without a device.
+#[cfg(feature = "cuda")]
+fn device_name() -> Option<String> {
+    if !infinity_trainer::gpu::cuda_available() {
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
+        return None;
+    }
+    Some(infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default())
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn the_memory_estimate_matches_the_allocators_peak() {
     use infinity_kernels::rope::RopeTable;
-    use infinity_trainer::gpu::{cuda_available, GpuModel};
+    use infinity_trainer::gpu::GpuModel;
     use infinity_trainer::model::init::{init_params, InitConfig};
     use infinity_trainer::model::memory::{device_memory, GpuStep};
     use infinity_trainer::model::{token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params};
     use rand::{Rng, SeedableRng};
 
-    if !cuda_available() {
-        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
-        return;
-    }
+    let Some(name) = device_name() else { return };
     // the emulated pool rounds each allocation to 256 bytes as the estimate does; a GPU's own
     // granularity may add a little to this test's many small buffers
-    let emulated = infinity_kernels::cuda::Device::open(0).is_ok_and(|d| d.name.starts_with("Emulated"));
-    let tolerance = if emulated { 0.01 } else { 0.05 };
+    let tolerance = if name.starts_with("Emulated") { 0.01 } else { 0.05 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let scales: &[(usize, usize)] = &[(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
     // 5 tokens a sample against 64 text tokens: the text path's gradients outgrow a block's
@@ -143,11 +150,7 @@ fn the_memory_estimate_matches_the_allocators_peak() {
 #[test]
 fn the_check_names_the_micro_batch_a_gpu_holds() {
     use infinity_data::synth::{synth, SynthOptions};
-    if !infinity_trainer::gpu::cuda_available() {
-        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
-        return;
-    }
-    let name = infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default();
+    let Some(name) = device_name() else { return };
     if !name.starts_with("Emulated") {
         println!("skipped: {name} is not the emulated device");
         return;

@@ -255,7 +255,7 @@ fn held_through_backward(cfg: &ModelConfig, step: &GpuStep) -> u64 {
 /// residual's gradient (dx_out in the feed-forward's stages, then dx_ca, dx_sa) and the stage's own.
 fn block_backward_peak(cfg: &ModelConfig, step: &GpuStep, w: &Widths) -> u64 {
     let (b, n, c, h, hf) = (step.micro_batch, tokens(step), cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden());
-    let parts = (0..6).fold(Tally::default(), |mut t, _| *t.f32(b * c)).0; // dγ1 … db2
+    let parts = 6 * Tally::default().f32(b * c).0; // dγ1 … db2, [B, C] each
     let nc = Tally::default().f32(n * c).0; // the residual's gradient, held by every stage
     let mut stages = vec![
         Tally::default().add(n * c, w.mat).f32(n * hf).add(n * hf, w.mat).0, // fc2: df2, dg, gelu(f1) again
