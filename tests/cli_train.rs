@@ -176,6 +176,12 @@ fn check_reports_a_run_without_starting_it() {
     let line =
         lines.lines().find(|l| l.starts_with("GPU memory per rank (estimate): ")).unwrap_or_else(|| panic!("{lines}"));
     assert!(line.contains("(micro-batch 4 × ") && line.contains("with run.recompute = true"), "{line}");
+    // data.micro_batch = "auto" without a GPU: a rank's share of the global batch, in one micro-step
+    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=auto".into()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 2, None).unwrap().join("\n");
+    for want in ["data.micro_batch = auto: 2, a rank's share", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
+        assert!(lines.contains(want), "{want}:\n{lines}");
+    }
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

@@ -465,6 +465,27 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     assert!(weights(&faulty, 4) == weights(&two, 4), "NCCL, rank 1 killed at step 3: final weights differ");
     println!("NCCL on 2 GPUs, rank 1 killed at step 3 and the group restarted: the same bytes at step 4");
 
+    // data.micro_batch = "auto" on GPUs of two sizes: rank 0's holds 4 of a rank's 8 samples a step,
+    // rank 1's all 8; both ranks take 4, the runs' micro-batch above, and train their bytes
+    let memory = {
+        use infinity_trainer::train::{config::TrainConfig, gpu_fit, Setup};
+        let c = TrainConfig::load(&cfg, &[]).unwrap();
+        let s = Setup::open(&c).unwrap();
+        let step = |b| gpu_fit::gpu_step(&c, &s.ds.manifest, 2, b).unwrap();
+        let bytes = |b| infinity_trainer::model::memory::device_memory(&s.mc, s.lay.numel, &step(b)).total();
+        format!("{},16G", (1u64 << 30) + (bytes(4) + bytes(5)) / 2)
+    };
+    let auto = tmp.path().join("nccl-auto");
+    let mut c = launch(2, &cfg, &auto, &[], &[lazy, ("INFINITY_EMULATED_MEMORY", &memory)]);
+    let out =
+        ok(c.args(on_gpus).args(["--set", "dist.bucket_mib=0", "--set", "data.micro_batch=auto"]).output().unwrap());
+    assert!(out.contains("the ranks' GPUs take [4, 8] (by rank); every rank takes 4"), "{out}");
+    assert!(
+        weights(&auto, 4) == weights(&two, 4),
+        "micro_batch = auto on 2 GPUs: final weights differ from micro_batch = 4"
+    );
+    println!("micro_batch = auto on GPUs holding 4 and 8 samples: both take 4, the same bytes at step 4");
+
     // ZeRO-1 on the devices: each GPU keeps the moments and moving average of its shard, the
     // backward's buckets reduce each shard's piece to its owner (the bucket of the two blocks spans
     // both shards), and the parameters are all-gathered in place;

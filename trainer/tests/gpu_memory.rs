@@ -141,6 +141,29 @@ fn the_memory_estimate_matches_the_allocators_peak() {
     }
 }
 
+/// The config of a tiny class run (10 steps, 64 samples a step) on the emulated device, written in `tmp`
+/// beside its dataset; None, saying the test skipped, on a real GPU (whose memory cannot be chosen) or
+/// without a device.
+#[cfg(feature = "cuda")]
+fn emulated_run_config(tmp: &std::path::Path) -> Option<std::path::PathBuf> {
+    use infinity_data::synth::{synth, SynthOptions};
+    let name = device_name()?;
+    if !name.starts_with("Emulated") {
+        println!("skipped: {name} is not the emulated device");
+        return None;
+    }
+    synth(&tmp.join("data"), &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
+    let cfg = tmp.join("check.toml");
+    let text = format!(
+        "[run]\ndir = \"{}\"\nseed = 1\nsteps = 10\ndevice = \"cuda\"\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+         [data]\ndir = \"{}\"\nglobal_batch = 64\nmicro_batch = 64\n[optim]\nlr = 1e-3\n[checkpoint]\nevery = 100\n",
+        tmp.join("run").display(),
+        tmp.join("data").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    Some(cfg)
+}
+
 /// `infinity train --check` on a GPU too small for the micro-batch (the emulated device with 1 GiB and
 /// 40 MiB, of which the check keeps 1 GiB for the runtime) stops with the micro-batches that fit; with
 /// one that fits it passes and says how far it could go. `infinity train` on a GPU whose memory the
@@ -149,22 +172,8 @@ fn the_memory_estimate_matches_the_allocators_peak() {
 #[cfg(feature = "cuda")]
 #[test]
 fn the_check_names_the_micro_batch_a_gpu_holds() {
-    use infinity_data::synth::{synth, SynthOptions};
-    let Some(name) = device_name() else { return };
-    if !name.starts_with("Emulated") {
-        println!("skipped: {name} is not the emulated device");
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    synth(&tmp.path().join("data"), &SynthOptions { rows: 64, fit_rows: 32, ..Default::default() }).unwrap();
-    let cfg = tmp.path().join("check.toml");
-    let text = format!(
-        "[run]\ndir = \"{}\"\nseed = 1\nsteps = 10\ndevice = \"cuda\"\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
-         [data]\ndir = \"{}\"\nglobal_batch = 64\nmicro_batch = 64\n[optim]\nlr = 1e-3\n[checkpoint]\nevery = 100\n",
-        tmp.path().join("run").display(),
-        tmp.path().join("data").display()
-    );
-    std::fs::write(&cfg, text).unwrap();
+    let Some(cfg) = emulated_run_config(tmp.path()) else { return };
     let check = |micro: usize| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
             .args(["train", cfg.to_str().unwrap(), "--check"])
@@ -194,4 +203,52 @@ fn the_check_names_the_micro_batch_a_gpu_holds() {
     assert!(stderr.contains("more than the GPU's 64.0 MiB. Micro-batches: up to "), "{stderr}");
     assert!(!stderr.contains("ran out of memory") && !stderr.contains("panicked"), "{stderr}");
     assert!(!tmp.path().join("run").join("metrics.jsonl").exists(), "no step ran");
+}
+
+/// `data.micro_batch = "auto"` on a GPU of 1 GiB and 40 MiB: `train --check` and `train` take the largest
+/// divisor of a rank's 40 samples whose step fits the 40 MiB left after the 1 GiB kept for the runtime,
+/// keep the global batch by accumulation, and the step's measured peak stays within those 40 MiB.
+#[cfg(feature = "cuda")]
+#[test]
+fn micro_batch_auto_takes_the_most_the_gpu_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(cfg) = emulated_run_config(tmp.path()) else { return };
+    let train = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", cfg.to_str().unwrap()])
+            .args(extra)
+            .args(["--set", "data.micro_batch=auto", "--set", "data.global_batch=40", "--set", "run.steps=1"])
+            .env("INFINITY_EMULATED_MEMORY", "1064M")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let stdout = train(&["--check"]);
+    let line =
+        stdout.lines().find(|l| l.starts_with("data.micro_batch = auto: ")).unwrap_or_else(|| panic!("{stdout}"));
+    let number =
+        |after: &str| -> usize { line.split(after).nth(1).unwrap().split([' ', ',']).next().unwrap().parse().unwrap() };
+    let (micro, most) = (number("auto: "), number("micro-steps; "));
+    assert!((4..40).contains(&most), "{line}");
+    assert_eq!(micro, (1..=most).rev().find(|b| 40 % b == 0).unwrap(), "{line}");
+    assert!(
+        stdout.contains(&format!("40 samples per step = 1 ranks × {} micro-steps × {micro};", 40 / micro)),
+        "{stdout}"
+    );
+
+    train(&[]);
+    let run = tmp.path().join("run");
+    let derived: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("derived.json")).unwrap()).unwrap();
+    assert_eq!(derived["micro_batch"].as_u64(), Some(micro as u64));
+    assert_eq!(derived["grad_accumulation"].as_u64(), Some(40 / micro as u64));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let peak = step["gpu_mem_peak_gib"].as_f64().unwrap() * (1u64 << 30) as f64;
+    println!(
+        "auto: micro-batch {micro} of 40 ({most} fit); the step's peak {:.1} MiB of 40 MiB",
+        peak / (1 << 20) as f64
+    );
+    assert!(peak <= (40 << 20) as f64, "peak {peak} bytes");
 }

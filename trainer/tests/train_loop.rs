@@ -7,8 +7,8 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::optim::Decay;
 use infinity_trainer::train::config::{
-    BscSection, CheckpointSection, DataSection, LossSection, ModelSection, OptimSection, RunConfig, SampleSection,
-    TrainConfig,
+    BscSection, CheckpointSection, DataSection, LossSection, MicroBatch, ModelSection, OptimSection, RunConfig,
+    SampleSection, TrainConfig,
 };
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
@@ -47,7 +47,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             mup_base_width: None,
             mup_base_heads: None,
         },
-        data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: 4, workers: 1 },
+        data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: MicroBatch::Samples(4), workers: 1 },
         optim: OptimSection {
             lr: 3e-3,
             warmup_steps: 2,
@@ -264,6 +264,36 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     std::fs::write(&path, &base).unwrap();
     let e = format!("{:#}", C::load(&path, &["data.micro_batch=5".into()]).unwrap_err());
     assert!(e.contains("multiple of data.micro_batch"), "{e}");
+    // "auto", chosen at start, goes back to the run folder's config.toml as "auto"
+    let c = C::load(&path, &["data.micro_batch=auto".into()]).unwrap();
+    assert_eq!(c.data.micro_batch, MicroBatch::Auto);
+    let text = toml::to_string(&c).unwrap();
+    assert!(text.contains("micro_batch = \"auto\""), "{text}");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(C::load(&path, &[]).unwrap(), c);
+    assert_eq!(C::load(&path, &["data.micro_batch=\"4\"".into()]).unwrap().data.micro_batch, MicroBatch::Samples(4));
+    for bad in ["most", "-2", "2.5"] {
+        let e = format!("{:#}", C::load(&path, &[format!("data.micro_batch={bad}")]).unwrap_err());
+        assert!(e.contains("at `data.micro_batch`") && e.contains("a number of samples or \"auto\""), "{bad}: {e}");
+    }
+}
+
+/// `data.micro_batch = "auto"` on the CPU takes a rank's whole share of the global batch (one
+/// micro-step), records it in derived.json, and trains the same bytes as that number written out.
+#[test]
+fn micro_batch_auto_on_the_cpu_is_a_ranks_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, micro: MicroBatch| {
+        let mut cfg = config(&data, tmp.path().join(name), "class");
+        (cfg.run.steps, cfg.sample.every, cfg.data.micro_batch) = (2, 0, micro);
+        train(&cfg, &TrainOptions::default()).unwrap();
+        let derived: serde_json::Value = serde_json::from_slice(&read(cfg.run.dir.join("derived.json"))).unwrap();
+        assert_eq!((derived["micro_batch"].as_u64(), derived["grad_accumulation"].as_u64()), (Some(8), Some(1)));
+        read(cfg.run.dir.join("checkpoints/step-00000002/model.safetensors"))
+    };
+    assert!(run("auto", MicroBatch::Auto) == run("eight", MicroBatch::Samples(8)), "auto trains as micro_batch = 8");
 }
 
 #[test]

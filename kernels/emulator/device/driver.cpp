@@ -12,8 +12,8 @@
 // a guard page (an access past its last 256-byte unit faults, and the fault names the kernel) and
 // starts filled with 0xff bytes (NaN in f32 and bf16), so a read of memory never written shows. The
 // device says it is compute capability 9.0, or what INFINITY_EMULATED_COMPUTE says ("7.5"), so the host's
-// handling of older and newer GPUs can be tried; it has 16 GiB, or INFINITY_EMULATED_MEMORY ("64M"),
-// beyond which allocations fail as on a full GPU; INFINITY_EMULATED_DRIVER ("12.2") makes its
+// handling of older and newer GPUs can be tried; it has 16 GiB, or INFINITY_EMULATED_MEMORY ("64M"; "1G,2G" per
+// device), beyond which allocations fail as on a full GPU; INFINITY_EMULATED_DRIVER ("12.2") makes its
 // driver older than NVRTC, refusing PTX of a newer ISA; and INFINITY_EMULATED_ALLOC_LOG=1 logs every
 // allocation and free.
 #include <signal.h>
@@ -21,12 +21,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <vector>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -60,18 +62,41 @@ namespace {
 // H200-like figures (sm_90), so the host code takes the tensor-core paths it takes there.
 constexpr int SMS = 132, OPTIN_SMEM = 232448, SMEM_PER_SM = 233472, DEFAULT_SMEM = 48 * 1024;
 
-// Device memory: 16 GiB, or INFINITY_EMULATED_MEMORY ("64M", "2G", bytes), so running out can be tried.
-size_t total_memory() {
-    static const size_t total = [] {
-        const char* s = getenv("INFINITY_EMULATED_MEMORY");
-        if (!s) return (size_t)16 << 30;
-        char* unit = nullptr;
-        const double n = strtod(s, &unit);
-        const int shift = *unit == 'G' ? 30 : *unit == 'M' ? 20 : *unit == 'K' ? 10 : 0;
-        return (size_t)(n * (double)((size_t)1 << shift));
-    }();
-    return total;
+// The physical device behind a visible ordinal: CUDA_VISIBLE_DEVICES's entry (the launcher's agent
+// gives each rank one), else the ordinal itself.
+int physical_device(int ordinal) {
+    const char* s = getenv("CUDA_VISIBLE_DEVICES");
+    for (int i = 0; s && *s; ++i) {
+        if (i == ordinal) return isdigit((unsigned char)*s) ? atoi(s) : ordinal;
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+    return ordinal;
 }
+
+// Device memory: 16 GiB, or INFINITY_EMULATED_MEMORY ("64M", "2G", bytes), so running out can be tried;
+// a list ("1064M,2G") gives physical device i the i-th size (the last one past its end), so the ranks
+// of a group can differ.
+size_t total_memory(int ordinal) {
+    static const std::vector<size_t> sizes = [] {
+        std::vector<size_t> out;
+        const char* s = getenv("INFINITY_EMULATED_MEMORY");
+        while (s && *s) {
+            char* unit = nullptr;
+            const double n = strtod(s, &unit);
+            const int shift = *unit == 'G' ? 30 : *unit == 'M' ? 20 : *unit == 'K' ? 10 : 0;
+            out.push_back((size_t)(n * (double)((size_t)1 << shift)));
+            s = strchr(unit, ',');
+            if (s) s++;
+        }
+        if (out.empty()) out.push_back((size_t)16 << 30);
+        return out;
+    }();
+    return sizes[std::min((size_t)std::max(physical_device(ordinal), 0), sizes.size() - 1)];
+}
+
+// The device of the calling thread's context (the first without one).
+int current_ordinal() { return emu_device::current ? emu_device::current->ordinal : 0; }
 
 struct Module {
     std::string ptx;
@@ -156,7 +181,7 @@ CUresult allocate(CUdeviceptr* out, size_t bytes) {
     const size_t span = (body + page - 1) / page * page + page;
     {
         std::lock_guard<std::mutex> g(device_lock);
-        if (bytes_in_use + span > total_memory()) return OUT_OF_MEMORY;  // as a full GPU says
+        if (bytes_in_use + span > total_memory(current_ordinal())) return OUT_OF_MEMORY;  // as a full GPU says
     }
     void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return OUT_OF_MEMORY;
@@ -212,7 +237,7 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice) {
     snprintf(name, len, "Emulated CUDA device (kernels/emulator)");
     return SUCCESS;
 }
-CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) { return *bytes = total_memory(), SUCCESS; }
+CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) { return *bytes = total_memory(d), SUCCESS; }
 CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
     switch (attribute) {
         case 1: *v = 1024; break;                   // max threads per block
@@ -258,7 +283,7 @@ CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
 }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(device_lock);
-    *total = total_memory();
+    *total = total_memory(current_ordinal());
     *free_bytes = *total > bytes_in_use ? *total - bytes_in_use : 0;
     return SUCCESS;
 }

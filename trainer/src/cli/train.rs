@@ -44,7 +44,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let env_world = || infinity_launcher::env::DistEnv::from_env().ok().flatten().map(|e| e.world);
     let world = a.world.or_else(env_world).unwrap_or(1).max(1);
     // a batch that does not split over the ranks is a config error (no restart would help)
-    train::micro_steps(&cfg, world).map_err(bad)?;
+    // ("auto" is chosen at start, from the GPU's memory)
+    train::micro_steps(&cfg, world, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(bad)?;
     // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
     // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
     let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");

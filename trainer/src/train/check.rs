@@ -40,12 +40,15 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
     if let Some(base) = cfg.model.mup() {
         out.push(base.describe(&mc, &lay));
     }
-    let accum = micro_steps(cfg, world)?;
+    // the device first: "auto" takes the micro-batch its memory holds
+    let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
+    let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, device.gpu_total_memory())?;
+    let accum = micro_steps(cfg, world, micro_batch)?;
     let (b, steps) = (cfg.data.global_batch as f64, cfg.run.steps as f64);
     out.push(format!(
         "batch: {} samples per step = {world} ranks × {accum} micro-steps × {}; {:.0} tokens and {:.3e} FLOPs per step",
         cfg.data.global_batch,
-        cfg.data.micro_batch,
+        micro_batch,
         b * mean_tokens,
         b * mean_tokens * flops_per_token
     ));
@@ -63,16 +66,16 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
         16.0 * n / 1e9,
         12.0 * n / 1e9
     ));
-    if let Some(v) = val::Validator::new(cfg, &mc, &ds)? {
+    if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());
         out.push(format!("validation: {} rows of {dir}", v.rows()));
     }
     let _preview = Preview::new(cfg, &mc, &ds)?;
-    let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
     out.push(format!("device: {:?} ({:?})", cfg.run.device, cfg.run.precision));
+    out.extend(chosen);
     if cfg.run.device != DeviceChoice::Cpu {
         // on the GPU this check opened, with 1 GiB left for the CUDA context and libraries
-        let step = gpu_fit::gpu_step(cfg, &ds.manifest, world)?;
+        let step = gpu_fit::gpu_step(cfg, &ds.manifest, world, micro_batch)?;
         out.push(match device.gpu_total_memory() {
             Some(total) => gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN)?,
             None => gpu_fit::describe(&mc, &lay, &step),

@@ -1,13 +1,14 @@
 //! Whether a run's training step fits its GPU, from `model::memory`'s count: `train --check` prints it
 //! (keeping 1 GiB for the CUDA context and libraries), and `train` stops before its first step when the
 //! step alone exceeds the GPU's memory, naming the micro-batches that fit ([`GpuTooSmall`], an exit
-//! code `infinity launch` does not restart: the same step would run out of memory again).
+//! code `infinity launch` does not restart: the same step would run out of memory again). With
+//! `data.micro_batch = "auto"` the run takes the largest micro-batch that fits ([`resolve_micro_batch`]).
 
 use anyhow::{Context, Result};
 use infinity_data::Manifest;
 
-use super::config::{CommBackend, Precision, TrainConfig};
-use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep};
+use super::config::{CommBackend, MicroBatch, Precision, TrainConfig};
+use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
 use crate::model::{Layout, ModelConfig};
 
 /// A step that cannot fit the GPU's memory, with the micro-batches that do.
@@ -22,13 +23,13 @@ impl std::fmt::Display for GpuTooSmall {
 
 impl std::error::Error for GpuTooSmall {}
 
-/// What a rank of `cfg` runs on its GPU among `world` ranks: the longest schedule of the dataset, its
-/// longest caption.
-pub fn gpu_step(cfg: &TrainConfig, m: &Manifest, world: usize) -> Result<GpuStep> {
+/// What a rank of `cfg` runs on its GPU among `world` ranks, `micro_batch` samples at a time: the longest
+/// schedule of the dataset, its longest caption.
+pub fn gpu_step(cfg: &TrainConfig, m: &Manifest, world: usize, micro_batch: usize) -> Result<GpuStep> {
     let longest = m.schedules.iter().max_by_key(|s| s.num_tokens()).context("the manifest lists no schedule")?;
     let sharded = cfg.dist.zero1 && world > 1;
     Ok(GpuStep {
-        micro_batch: cfg.data.micro_batch,
+        micro_batch,
         tokens: longest.num_tokens(),
         text_tokens: m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize),
         latent_hw: *longest.hw().last().context("a schedule without scales")?,
@@ -83,4 +84,46 @@ pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: 
         fit(most),
         fit(recomputed)
     )))
+}
+
+/// The run's micro-batch among `world` ranks: `data.micro_batch`, or for `"auto"` the largest divisor of
+/// a rank's share of `data.global_batch` whose step fits a GPU of `gpu` bytes with [`RUNTIME_MARGIN`]
+/// left (the whole share without a GPU: host memory is not counted), with a line saying how it was
+/// chosen. A GPU that holds no sample gets [`GpuTooSmall`].
+pub fn resolve_micro_batch(
+    cfg: &TrainConfig,
+    (mc, lay): (&ModelConfig, &Layout),
+    m: &Manifest,
+    world: usize,
+    gpu: Option<u64>,
+) -> Result<(usize, Option<String>)> {
+    let per_rank = cfg.data.global_batch / world;
+    if let MicroBatch::Samples(n) = cfg.data.micro_batch {
+        return Ok((n, None));
+    }
+    if per_rank == 0 || !cfg.data.global_batch.is_multiple_of(world) {
+        anyhow::bail!("data.global_batch {} must split evenly into {world} ranks", cfg.data.global_batch);
+    }
+    let Some(total) = gpu else {
+        let line = format!(
+            "data.micro_batch = auto: {per_rank}, a rank's share of data.global_batch (one micro-step; on the \
+             CPU host memory is not counted)"
+        );
+        return Ok((per_rank, Some(line)));
+    };
+    let step = gpu_step(cfg, m, world, 1)?;
+    let Some(most) = largest_micro_batch(mc, lay.numel, &step, total.saturating_sub(RUNTIME_MARGIN), per_rank) else {
+        // not one sample: the error names what recomputation would hold
+        fits(mc, lay, &step, total, RUNTIME_MARGIN)?;
+        anyhow::bail!("data.micro_batch = auto: not one sample fits the GPU's {}", gib(total));
+    };
+    let micro = (1..=most).rev().find(|&b| per_rank.is_multiple_of(b)).unwrap_or(1);
+    let line = format!(
+        "data.micro_batch = auto: {micro}, the largest divisor of the {per_rank} samples per rank whose step fits \
+         the GPU's {} less {} ({} micro-steps; {most} would fit)",
+        gib(total),
+        gib(RUNTIME_MARGIN),
+        per_rank / micro
+    );
+    Ok((micro, Some(line)))
 }

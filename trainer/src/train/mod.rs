@@ -29,13 +29,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::{BadRows, Loader, LoaderOptions};
-use infinity_data::{Checksums, Dataset};
+use infinity_data::{Checksums, Dataset, Manifest};
 use infinity_kernels::rope::RopeTable;
 use rand::Rng;
 use serde_json::json;
 
 use self::checkpoint::TrainState;
-use self::config::TrainConfig;
+use self::config::{MicroBatch, TrainConfig};
 use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
@@ -44,7 +44,7 @@ use self::rank_times::RankTimes;
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::bench::train_flops_per_token;
 use crate::model::init::{init_params, InitConfig};
-use crate::model::memory::{device_memory, gib, RUNTIME_MARGIN};
+use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelConfig, Params};
 use crate::optim::{clip_grad_norm, AdamW};
 
@@ -77,21 +77,21 @@ pub struct TrainSummary {
     pub last_val_loss: Option<f64>,
 }
 
-/// Micro-steps per rank and step: the global batch split over `world` ranks in whole micro-batches.
-pub fn micro_steps(cfg: &TrainConfig, world: usize) -> Result<usize> {
+/// Micro-steps per rank and step: the global batch split over `world` ranks in whole micro-batches of
+/// `micro_batch` samples.
+pub fn micro_steps(cfg: &TrainConfig, world: usize, micro_batch: usize) -> Result<usize> {
     let per_rank = cfg.data.global_batch / world;
-    if !cfg.data.global_batch.is_multiple_of(world) || !per_rank.is_multiple_of(cfg.data.micro_batch) {
+    if !cfg.data.global_batch.is_multiple_of(world) || !per_rank.is_multiple_of(micro_batch) || per_rank == 0 {
         bail!(
-            "data.global_batch {} must split into {world} ranks × whole micro-batches of {}",
-            cfg.data.global_batch,
-            cfg.data.micro_batch
+            "data.global_batch {} must split into {world} ranks × whole micro-batches of {micro_batch}",
+            cfg.data.global_batch
         );
     }
-    Ok(per_rank / cfg.data.micro_batch)
+    Ok(per_rank / micro_batch)
 }
 
 /// The training data (checksums verified) and the model it implies, with the run's sizes per token.
-pub(crate) struct Setup {
+pub struct Setup {
     pub ds: Dataset,
     pub mc: ModelConfig,
     pub lay: Layout,
@@ -134,6 +134,34 @@ pub(crate) fn init_from(
     Ok(Some((file, fresh)))
 }
 
+/// The run's micro-batch ([`gpu_fit::resolve_micro_batch`]), the same on every rank: with `"auto"` the
+/// smallest any rank's GPU holds, so that the ranks step together.
+fn agree_on_micro_batch(
+    cfg: &TrainConfig,
+    model: (&ModelConfig, &Layout),
+    m: &Manifest,
+    compute: &compute::Compute,
+    dist: &mut Dist,
+) -> Result<usize> {
+    let (mine, line) = gpu_fit::resolve_micro_batch(cfg, model, m, dist.world, compute.gpu_total_memory())?;
+    if let Some(line) = line.filter(|_| dist.is_leader()) {
+        println!("{line}");
+    }
+    if cfg.data.micro_batch != MicroBatch::Auto || dist.world == 1 {
+        return Ok(mine);
+    }
+    // every rank's choice in its own slot (exact in f32 below 2^24)
+    let mut all = vec![0f32; dist.world];
+    all[dist.rank] = mine as f32;
+    dist.all_reduce_sum(&mut all)?;
+    let all: Vec<usize> = all.iter().map(|&b| b as usize).collect();
+    let least = all.iter().copied().min().unwrap_or(mine);
+    if dist.is_leader() && all.iter().any(|&b| b != least) {
+        tracing::warn!("data.micro_batch = auto: the ranks' GPUs take {all:?} (by rank); every rank takes {least}");
+    }
+    Ok(least)
+}
+
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
@@ -144,20 +172,25 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut dist = Dist::join(&cfg.dist)?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
+    let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &m, &compute, &mut dist)?;
     if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
         // a step that exceeds the GPU would run out of memory at its first step, and again after
         // every restart: stop now, naming what fits
-        let step = gpu_fit::gpu_step(cfg, &m, dist.world)?;
-        let line = gpu_fit::fits(&mc, &lay, &step, total, 0)?;
-        if dist.is_leader() {
-            println!("{line}");
-            if device_memory(&mc, lay.numel, &step).total() + RUNTIME_MARGIN > total {
+        let step = gpu_fit::gpu_step(cfg, &m, dist.world, micro_batch)?;
+        let line = match gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN) {
+            Ok(line) => line,
+            Err(_) => {
+                let line = gpu_fit::fits(&mc, &lay, &step, total, 0)?;
                 let margin = gib(RUNTIME_MARGIN);
                 tracing::warn!("the step leaves under {margin} of the GPU for the CUDA context and libraries");
+                line
             }
+        };
+        if dist.is_leader() {
+            println!("{line}");
         }
     }
-    let accum = micro_steps(cfg, dist.world)?;
+    let accum = micro_steps(cfg, dist.world, micro_batch)?;
     let leader = dist.is_leader();
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
@@ -167,6 +200,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         "parameters": lay.numel,
         "model": mc,
         "grad_accumulation": accum,
+        "micro_batch": micro_batch,
         "world_size": dist.world,
         "tokens_per_step_mean": mean_l * cfg.data.global_batch as f64,
         "train_flops_per_token_bucket0": flops_per_token,
@@ -191,7 +225,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         lay.numel as f64 / 1e6,
         dist.world,
         accum,
-        cfg.data.micro_batch
+        micro_batch
     );
     println!(
         "tokens per step ≈ {:.0}, training FLOPs per step ≈ {:.3e}",
@@ -299,7 +333,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
-    let validator = val::Validator::new(cfg, &mc, &ds)?;
+    let validator = val::Validator::new(cfg, &mc, &ds, micro_batch)?;
     // hyperparameters once per run, when it starts from step 0
     if let Some(l) = logger.as_mut().filter(|_| st.step == 0) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
@@ -324,7 +358,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         compute.begin_step(&params)?;
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
-            let rows = micro * cfg.data.micro_batch..(micro + 1) * cfg.data.micro_batch;
+            let rows = micro * micro_batch..(micro + 1) * micro_batch;
             let on_device = compute.self_corrects();
             let tp = Instant::now();
             let mb =

@@ -42,8 +42,9 @@ impl Validator {
         self.batches.iter().map(|(_, rows)| rows.len()).sum()
     }
 
-    /// The validator of `cfg.val`, if a validation dataset is configured.
-    pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset) -> Result<Option<Validator>> {
+    /// The validator of `cfg.val`, if a validation dataset is configured, in micro-batches of
+    /// `micro_batch` rows.
+    pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset, micro_batch: usize) -> Result<Option<Validator>> {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
         compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
@@ -55,7 +56,7 @@ impl Validator {
         let batches = by_bucket
             .iter()
             .enumerate()
-            .flat_map(|(b, rows)| rows.chunks(cfg.data.micro_batch).map(move |c| (b as u16, c.to_vec())))
+            .flat_map(|(b, rows)| rows.chunks(micro_batch).map(move |c| (b as u16, c.to_vec())))
             .collect();
         let ropes = ds.manifest.schedules.iter().enumerate().map(|(b, s)| (b as u16, rope_for(mc, s))).collect();
         Ok(Some(Validator {
