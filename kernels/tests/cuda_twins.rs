@@ -362,8 +362,10 @@ fn adamw_the_moving_average_and_the_global_norm_match_their_cpu_twins() {
     let (mut p, g) = (rand_vec(&mut rng, n, 1.0), rand_vec(&mut rng, n, 0.1));
     let (mut m, mut v) = (rand_vec(&mut rng, n, 0.01), rand_vec(&mut rng, n, 0.001));
     v.iter_mut().for_each(|x| *x = x.abs());
-    // weight decay on two elements of three; three learning-rate groups (μP's: 1, hidden, output)
-    let groups: Vec<u8> = (0..n).map(|i| adamw::group_byte(i % 3 != 0, (i / 7) % 3)).collect();
+    // weight decay on runs of 5 elements, two of three; three learning-rate groups (μP's: 1, hidden,
+    // output) in runs of 4099 elements (across the kernel's 4096-element chunks)
+    let bytes: Vec<u8> = (0..n).map(|i| adamw::group_byte((i / 5) % 3 != 0, (i / 4099) % 3)).collect();
+    let groups = adamw::GroupRuns::from_bytes(&bytes);
     let lr_mult = [1.0, 0.25, 1.0 / 48.0];
     // gradients still to be averaged over 3 ranks and clipped: the step reads them times that factor
     let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7).with_grad_scale(0.81 / 3.0);

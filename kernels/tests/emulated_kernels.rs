@@ -460,43 +460,54 @@ fn column_reductions_match_f64_sums_on_the_emulator() {
 /// adamw.cu (the fused AdamW step on gradients still to be scaled, the squared global norm) as ops.rs
 /// launches it, over more elements than one grid-stride pass: parameters and moments bit for bit the
 /// CPU twin's (the same operations in the same order, no contraction) and the bf16 weights written by
-/// the same step its parameters rounded, Σ g² within 1e-12 (f64 partials summed in a tree).
+/// the same step its parameters rounded, Σ g² within 1e-12 (f64 partials summed in a tree). The groups
+/// come as runs of one element (tens of thousands of runs, many per chunk) and of up to 12,000 elements
+/// (runs across chunks, a chunk inside one run).
 #[test]
 fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
     let Some(exe) = build("adamw.cu", "adamw") else { return };
     let mut rng = rand::rngs::StdRng::seed_from_u64(45);
     let n = 70_001;
-    let mut uniform = |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
-    let (mut p, g) = (uniform(n, -1.0, 1.0), uniform(n, -0.1, 0.1));
-    let (mut m, mut v) = (uniform(n, -0.01, 0.01), uniform(n, 0.0, 0.001));
     // weight decay on two elements of three; three learning-rate groups (μP's: 1, hidden, output)
-    let groups: Vec<u8> = (0..n).map(|i| adamw::group_byte(i % 3 != 0, (i / 7) % 3)).collect();
-    let lr_mult = [1.0, 0.25, 1.0 / 48.0];
-    // the gradients still to be averaged over 3 ranks and clipped: read times that factor
-    let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7).with_grad_scale(0.81 / 3.0);
-    let dir = exe.with_file_name("case");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, x) in [("p", &p), ("g", &g), ("m", &m), ("v", &v)] {
-        write(&dir, name, x);
+    let short: Vec<u8> = (0..n).map(|i| adamw::group_byte(i % 3 != 0, (i / 7) % 3)).collect();
+    let mut long = adamw::GroupRuns::default();
+    while long.len() < n {
+        let count = rng.random_range(1..12_000).min(n - long.len());
+        long.push(count, adamw::group_byte(rng.random_bool(0.5), rng.random_range(0..3)));
     }
-    write(&dir, "groups", &groups);
-    write(&dir, "lr_mult", &lr_mult);
-    write(&dir, "scalars", &[s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
-    write(&dir, "lr", &[s.step_size]);
-    run(&exe, &dir, &[n.to_string(), format!("{:e}", s.grad_scale)], "emulated adamw");
-    let sumsq = adamw::sum_squares(&g);
-    adamw::adamw_update(&mut p, &g, &mut m, &mut v, &groups, &lr_mult, &s);
-    for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
-        let emulated = read(&dir, &format!("{name}_out"));
-        let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        assert_eq!(off, 0, "emulated adamw: {off} of {n} values of {name} differ from the CPU twin's");
+    for (case, groups) in [("runs of 1", adamw::GroupRuns::from_bytes(&short)), ("long runs", long)] {
+        let mut uniform =
+            |n: usize, lo: f32, hi: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(lo..hi)).collect() };
+        let (mut p, g) = (uniform(n, -1.0, 1.0), uniform(n, -0.1, 0.1));
+        let (mut m, mut v) = (uniform(n, -0.01, 0.01), uniform(n, 0.0, 0.001));
+        let lr_mult = [1.0, 0.25, 1.0 / 48.0];
+        // the gradients still to be averaged over 3 ranks and clipped: read times that factor
+        let s = adamw::AdamWScalars::new(3e-4, 0.9, 0.97, 1e-8, 0.05, 7).with_grad_scale(0.81 / 3.0);
+        let dir = exe.with_file_name("case");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, x) in [("p", &p), ("g", &g), ("m", &m), ("v", &v)] {
+            write(&dir, name, x);
+        }
+        write(&dir, "run_start", groups.starts());
+        write(&dir, "run_group", groups.bytes());
+        write(&dir, "lr_mult", &lr_mult);
+        write(&dir, "scalars", &[s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
+        write(&dir, "lr", &[s.step_size]);
+        run(&exe, &dir, &[n.to_string(), format!("{:e}", s.grad_scale)], "emulated adamw");
+        let sumsq = adamw::sum_squares(&g);
+        adamw::adamw_update(&mut p, &g, &mut m, &mut v, &groups, &lr_mult, &s);
+        for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
+            let emulated = read(&dir, &format!("{name}_out"));
+            let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} values of {name} differ from the CPU twin's");
+        }
+        let p16 = read_u16(&dir, "p16_out");
+        let off = p16.iter().zip(&p).filter(|&(&b, &x)| b != bf16_bits(x)).count();
+        assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} bf16 weights are not the CPU twin's rounded");
+        let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
+        let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");
     }
-    let p16 = read_u16(&dir, "p16_out");
-    let off = p16.iter().zip(&p).filter(|&(&b, &x)| b != bf16_bits(x)).count();
-    assert_eq!(off, 0, "emulated adamw: {off} of {n} bf16 weights are not the CPU twin's rounded");
-    let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
-    let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
-    assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");
 }
 
 /// qkv.cu (the self-attention heads from the qkv projection and their backward, f32 and bf16 out)

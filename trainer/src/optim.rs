@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use infinity_kernels::adamw::{adamw_update, ema_update, group_byte, sum_squares, AdamWScalars};
+use infinity_kernels::adamw::{adamw_update, ema_update, group_byte, sum_squares, AdamWScalars, GroupRuns};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Layout;
@@ -37,9 +37,9 @@ pub struct AdamW {
     pub range: std::ops::Range<usize>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
-    /// `[range.len()]` each parameter's group byte (`adamw::group_byte`: weight decay, and an index
-    /// into `lr_mult`).
-    groups: Vec<u8>,
+    /// The group bytes of the parameters in `range`, as runs (`adamw::group_byte`: weight decay, and an
+    /// index into `lr_mult`).
+    groups: GroupRuns,
     /// The learning-rate multipliers the groups index (`[0]` = 1).
     lr_mult: Vec<f64>,
 }
@@ -55,15 +55,20 @@ pub fn lr_mults(lay: &Layout) -> Vec<f64> {
     lr_mult
 }
 
-/// The optimizer groups of `lay`: `[numel]` each parameter's group byte (upstream's no-decay groups,
-/// the tensor's learning-rate multiplier) and the distinct multipliers they index ([`lr_mults`]).
-pub fn param_groups(lay: &Layout) -> (Vec<u8>, Vec<f64>) {
+/// The optimizer groups of `lay`: each parameter's group byte (upstream's no-decay groups, the tensor's
+/// learning-rate multiplier), as runs over the flat layout (elements no tensor holds: group 0), and the
+/// distinct multipliers they index ([`lr_mults`]).
+pub fn param_groups(lay: &Layout) -> (GroupRuns, Vec<f64>) {
     let lr_mult = lr_mults(lay);
-    let mut groups = vec![0u8; lay.numel];
-    for s in &lay.specs {
+    let mut specs: Vec<_> = lay.specs.iter().collect();
+    specs.sort_by_key(|s| s.offset);
+    let mut groups = GroupRuns::default();
+    for s in specs {
         let k = lr_mult.iter().position(|&k| k == s.lr_mult).expect("lr_mults lists every multiplier");
-        groups[s.offset..s.offset + s.numel()].fill(group_byte(s.decay, k));
+        groups.push(s.offset - groups.len(), 0);
+        groups.push(s.numel(), group_byte(s.decay, k));
     }
+    groups.push(lay.numel - groups.len(), 0);
     (groups, lr_mult)
 }
 
@@ -74,8 +79,8 @@ impl AdamW {
         AdamW { cfg, step: 0, range: 0..n, m: vec![0.0; n], v: vec![0.0; n], groups, lr_mult }
     }
 
-    /// `[range.len()]`: each parameter's group byte ([`param_groups`]).
-    pub fn groups(&self) -> &[u8] {
+    /// The group bytes of the parameters in `range` ([`param_groups`]).
+    pub fn groups(&self) -> &GroupRuns {
         &self.groups
     }
 
@@ -100,7 +105,7 @@ impl AdamW {
             step: self.step,
             m: self.m[range.clone()].to_vec(),
             v: self.v[range.clone()].to_vec(),
-            groups: self.groups[range.clone()].to_vec(),
+            groups: self.groups.slice(range.clone()),
             lr_mult: self.lr_mult.clone(),
             range,
         }
@@ -227,8 +232,15 @@ mod tests {
         let (groups, lr_mult) = param_groups(&lay);
         assert_eq!(lr_mult, [1.0, 0.25]);
         let at = |name: &str| lay.spec(name).unwrap().offset;
-        assert_eq!((groups[at("blocks.0.ffn.fc2.weight")], groups[at("blocks.0.ffn.fc1.weight")]), (3, 1));
-        assert_eq!(groups[at("blocks.0.ffn.fc2.bias")], 0);
+        let byte = |name: &str| groups.byte_of(at(name));
+        assert_eq!((byte("blocks.0.ffn.fc2.weight"), byte("blocks.0.ffn.fc1.weight")), (3, 1));
+        assert_eq!(byte("blocks.0.ffn.fc2.bias"), 0);
+        // every tensor's elements carry its group, in a run per tensor at most
+        for s in &lay.specs {
+            let want = group_byte(s.decay, (s.lr_mult != 1.0) as usize);
+            assert!((s.offset..s.offset + s.numel()).all(|i| groups.byte_of(i) == want), "{}", s.name);
+        }
+        assert!(groups.starts().len() <= lay.specs.len() && groups.len() == lay.numel);
         let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &lay);
         let mut p = vec![0.5f32; lay.numel];
         let g: Vec<f32> = (0..lay.numel).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();

@@ -281,10 +281,43 @@ pub fn quantize(
     Ok((s.clone_dtoh(&bits)?, s.clone_dtoh(&q)?))
 }
 
+/// A parameter range's group runs (`adamw::GroupRuns`) on the device, as `adamw_dev` reads them.
+pub struct DeviceGroupRuns {
+    /// `[runs]` each run's first element.
+    starts: CudaSlice<i64>,
+    /// `[runs]` each run's group byte.
+    bytes: CudaSlice<u8>,
+    len: usize,
+}
+
+impl DeviceGroupRuns {
+    pub fn upload(dev: &Device, runs: &crate::adamw::GroupRuns) -> Result<DeviceGroupRuns, CudaError> {
+        assert!(!runs.is_empty(), "adamw: no parameters grouped");
+        let s = &dev.stream;
+        Ok(DeviceGroupRuns {
+            starts: s.clone_htod(runs.starts())?,
+            bytes: s.clone_htod(runs.bytes())?,
+            len: runs.len(),
+        })
+    }
+
+    /// The elements covered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Elements a block of adamw.cu's `adamw_f32` takes at a time (`ADAMW_CHUNK`).
+const ADAMW_CHUNK: usize = 4096;
+
 /// One AdamW step on device buffers (twin of `adamw::adamw_update`): `params`, `m`, `v` updated in
-/// place from `grads`; `groups[i]` is element `i`'s group byte (`adamw::group_byte`: weight decay and
-/// an index into `lr_mult`, the learning-rate multipliers). `params16`, when given, receives the
-/// updated parameters rounded to bf16 (as `linear::to_bf16_dev` would).
+/// place from `grads`; `groups` the elements' group bytes (`adamw::group_byte`: weight decay and an
+/// index into `lr_mult`, the learning-rate multipliers). `params16`, when given, receives the updated
+/// parameters rounded to bf16 (as `linear::to_bf16_dev` would).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_dev(
     dev: &Device,
@@ -293,12 +326,12 @@ pub fn adamw_dev(
     grads: &dyn Buf,
     m: &mut dyn BufMut,
     v: &mut dyn BufMut,
-    groups: &CudaSlice<u8>,
+    groups: &DeviceGroupRuns,
     lr_mult: &CudaSlice<f64>,
     s: &crate::adamw::AdamWScalars,
 ) -> Result<(), CudaError> {
     let n = params.count();
-    assert!(grads.count() >= n && m.count() >= n && v.count() >= n && groups.len() >= n, "adamw: lengths");
+    assert!(grads.count() >= n && m.count() >= n && v.count() >= n && groups.len() == n, "adamw: lengths");
     assert!(!lr_mult.is_empty(), "adamw: no learning-rate multipliers");
     assert!(params16.as_ref().is_none_or(|p16| p16.len() >= n), "adamw: params16 holds fewer values than params");
     let st = &dev.stream;
@@ -308,7 +341,9 @@ pub fn adamw_dev(
         Arg::Ptr(grads.addr(st)),
         Arg::Ptr(m.addr_mut(st)),
         Arg::Ptr(v.addr_mut(st)),
-        Arg::Ptr(groups.device_ptr(st).0),
+        Arg::Ptr(groups.starts.device_ptr(st).0),
+        Arg::Ptr(groups.bytes.device_ptr(st).0),
+        Arg::int(groups.bytes.len()),
         Arg::Ptr(lr_mult.device_ptr(st).0),
         Arg::int(lr_mult.len()),
         Arg::I64(n as i64),
@@ -320,9 +355,12 @@ pub fn adamw_dev(
         Arg::F32(s.shrink),
         Arg::F64(s.grad_scale),
     ];
-    // SAFETY: argument list as declared in adamw.cu; lengths asserted above (the kernel clamps a group
-    // byte's index to `lr_mult`).
-    unsafe { dev.launch("adamw.cu", "adamw_f32", elementwise(n), &args) }
+    // 256 threads per block, a chunk of ADAMW_CHUNK elements at a time (grid-stride over chunks)
+    let blocks = n.div_ceil(ADAMW_CHUNK).clamp(1, 65_535) as u32;
+    let cfg = cudarc::driver::LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: argument list as declared in adamw.cu; lengths asserted above, the runs cover exactly n
+    // elements from 0 (GroupRuns' invariant; the kernel clamps a group byte's index to `lr_mult`).
+    unsafe { dev.launch("adamw.cu", "adamw_f32", cfg, &args) }
 }
 
 /// The weights' moving average on device buffers (twin of `adamw::ema_update`): `ema` updated in place
@@ -383,14 +421,14 @@ pub fn adamw(
     grads: &[f32],
     m: &[f32],
     v: &[f32],
-    (groups, lr_mult): (&[u8], &[f64]),
+    (groups, lr_mult): (&crate::adamw::GroupRuns, &[f64]),
     s: &crate::adamw::AdamWScalars,
 ) -> Result<AdamWOut, CudaError> {
-    assert!(groups.iter().all(|&g| ((g >> 1) as usize) < lr_mult.len()), "adamw: a group byte past lr_mult");
+    assert!(groups.bytes().iter().all(|&g| ((g >> 1) as usize) < lr_mult.len()), "adamw: a group byte past lr_mult");
     let st = &dev.stream;
     let (mut p, g, mut md, mut vd) =
         (st.clone_htod(params)?, st.clone_htod(grads)?, st.clone_htod(m)?, st.clone_htod(v)?);
-    let (gd, kd) = (st.clone_htod(groups)?, st.clone_htod(lr_mult)?);
+    let (gd, kd) = (DeviceGroupRuns::upload(dev, groups)?, st.clone_htod(lr_mult)?);
     let mut p16 = st.alloc_zeros::<u16>(params.len())?;
     adamw_dev(dev, &mut p, Some(&mut p16), &g, &mut md, &mut vd, &gd, &kd, s)?;
     Ok(AdamWOut {

@@ -16,7 +16,7 @@ use std::ops::Range;
 use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, CudaStream};
 use infinity_kernels::adamw::AdamWScalars;
-use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev};
+use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev, DeviceGroupRuns};
 use infinity_launcher::comm::{Communicator, NcclComm};
 
 use super::GpuModel;
@@ -30,8 +30,9 @@ use crate::optim::AdamW;
 pub struct DeviceAdamW {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
-    /// `[range.len()]` group bytes and the learning-rate multipliers they index (`optim::param_groups`).
-    groups: CudaSlice<u8>,
+    /// The group bytes of `range`, as runs, and the learning-rate multipliers they index
+    /// (`optim::param_groups`).
+    groups: DeviceGroupRuns,
     lr_mult: CudaSlice<f64>,
     ema: Option<CudaSlice<f32>>,
     range: Range<usize>,
@@ -68,7 +69,7 @@ impl GpuModel {
             false => None,
         };
         let (m, v) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?);
-        let (groups, lr_mult) = (s.clone_htod(opt.groups())?, s.clone_htod(opt.lr_mult())?);
+        let (groups, lr_mult) = (DeviceGroupRuns::upload(&self.dev, opt.groups())?, s.clone_htod(opt.lr_mult())?);
         let range = opt.range.clone();
         self.optim = Some(DeviceAdamW { m, v, groups, lr_mult, ema: None, range, shard_grads });
         Ok(())
@@ -91,7 +92,7 @@ impl GpuModel {
         let s = &self.dev.stream;
         let (groups, lr_mult) = crate::optim::param_groups(&self.lay);
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
-        let (groups, lr_mult) = (s.clone_htod(&groups)?, s.clone_htod(&lr_mult)?);
+        let (groups, lr_mult) = (DeviceGroupRuns::upload(&self.dev, &groups)?, s.clone_htod(&lr_mult)?);
         let range = 0..self.lay.numel;
         self.optim = Some(DeviceAdamW { m, v, groups, lr_mult, ema: None, range, shard_grads: None });
         Ok(())
