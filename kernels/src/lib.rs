@@ -32,5 +32,6 @@ pub mod qkv;
 mod real;
 pub mod resample;
 pub mod rope;
+pub mod tensor_cores;
 
 pub use real::Real;

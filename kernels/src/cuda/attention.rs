@@ -65,7 +65,7 @@ fn tiled_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<
 /// memory, 16-byte-aligned buffers) for head dim `c` can run on `dev` with buffers at `addrs`.
 fn tensor_core_dim(dev: &Device, dims: AttnDims, math: Math, addrs: &[u64]) -> Result<Option<usize>, CudaError> {
     let c = dims.head_dim;
-    if math == Math::F32 || ![32, 64, 128].contains(&c) || addrs.iter().any(|a| a % 16 != 0) {
+    if math == Math::F32 || !crate::tensor_cores::attention_takes(c) || addrs.iter().any(|a| a % 16 != 0) {
         return Ok(None);
     }
     Ok(tile_kernels_fit(dev, bf16_smem(c))?.then_some(c))

@@ -56,10 +56,10 @@ pub fn head_f32_smem_bytes(lp: usize) -> usize {
     4 * (work + lp * (TOK + 4))
 }
 
-/// Whether `Math::Bf16` runs the head on tensor cores (head_ce_bf16.cu) for width `c` and `d` bits: d of
-/// 8, 16, 32 or 64 and C a multiple of 64. Only then may `h` be bf16 alone ([`super::device::Act::Bf16`]).
+/// Whether `Math::Bf16` runs the head on tensor cores (head_ce_bf16.cu) for width `c` and `d` bits
+/// ([`crate::tensor_cores::head_takes`]). Only then may `h` be bf16 alone ([`super::device::Act::Bf16`]).
 pub fn head_on_tensor_cores(math: Math, c: usize, d: usize) -> bool {
-    math == Math::Bf16 && [8, 16, 32, 64].contains(&d) && c.is_multiple_of(64)
+    math == Math::Bf16 && crate::tensor_cores::head_takes(c, d)
 }
 
 /// Loss (and `dlogits`, `dh` when `out` has them) of `h [N, C]` through the head `w [2d, C]`, `b [2d]`.

@@ -9,6 +9,8 @@
 //! `H` heads, `Hf` FFN width, `d` bits, `T` text tokens of the micro-batch, `Ct` text width, `Hp`
 //! pool heads. Sizes are bytes; each allocation is rounded up to 256 bytes as the allocator does.
 
+use infinity_kernels::tensor_cores;
+
 use super::ModelConfig;
 
 /// What one GPU rank runs: the micro-batch's shape and the options that change what it holds.
@@ -136,9 +138,9 @@ struct Widths {
 impl Widths {
     fn of(cfg: &ModelConfig, bf16: bool) -> Widths {
         let w = |tc: bool| if tc { 2 } else { 4 };
-        // as kernels::cuda::attention::runs_on_tensor_cores (on sm_80+) and head_on_tensor_cores
-        let attn_tc = bf16 && [32, 64, 128].contains(&cfg.head_dim());
-        let head_tc = bf16 && [8, 16, 32, 64].contains(&cfg.d) && cfg.embed_dim.is_multiple_of(64);
+        // the kernels' own shape rules (bf16 needs sm_80+, whose shared memory holds every tile)
+        let attn_tc = bf16 && tensor_cores::attention_takes(cfg.head_dim());
+        let head_tc = bf16 && tensor_cores::head_takes(cfg.embed_dim, cfg.d);
         Widths { mat: w(bf16), attn: w(attn_tc), head: w(head_tc) }
     }
 }
