@@ -7,7 +7,7 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::optim::Decay;
 use infinity_trainer::train::config::{
-    BscSection, CheckpointSection, DataSection, LossSection, MicroBatch, ModelSection, OptimSection, RunConfig,
+    BscSection, CheckpointSection, DataSection, LossSection, MicroBatchSize, ModelSection, OptimSection, RunConfig,
     SampleSection, TrainConfig,
 };
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
@@ -47,7 +47,12 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             mup_base_width: None,
             mup_base_heads: None,
         },
-        data: DataSection { dir: data.to_path_buf(), global_batch: 8, micro_batch: MicroBatch::Samples(4), workers: 1 },
+        data: DataSection {
+            dir: data.to_path_buf(),
+            global_batch: 8,
+            micro_batch: MicroBatchSize::Samples(4),
+            workers: 1,
+        },
         optim: OptimSection {
             lr: 3e-3,
             warmup_steps: 2,
@@ -266,12 +271,15 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     assert!(e.contains("multiple of data.micro_batch"), "{e}");
     // "auto", chosen at start, goes back to the run folder's config.toml as "auto"
     let c = C::load(&path, &["data.micro_batch=auto".into()]).unwrap();
-    assert_eq!(c.data.micro_batch, MicroBatch::Auto);
+    assert_eq!(c.data.micro_batch, MicroBatchSize::Auto);
     let text = toml::to_string(&c).unwrap();
     assert!(text.contains("micro_batch = \"auto\""), "{text}");
     std::fs::write(&path, text).unwrap();
     assert_eq!(C::load(&path, &[]).unwrap(), c);
-    assert_eq!(C::load(&path, &["data.micro_batch=\"4\"".into()]).unwrap().data.micro_batch, MicroBatch::Samples(4));
+    assert_eq!(
+        C::load(&path, &["data.micro_batch=\"4\"".into()]).unwrap().data.micro_batch,
+        MicroBatchSize::Samples(4)
+    );
     for bad in ["most", "-2", "2.5"] {
         let e = format!("{:#}", C::load(&path, &[format!("data.micro_batch={bad}")]).unwrap_err());
         assert!(e.contains("at `data.micro_batch`") && e.contains("a number of samples or \"auto\""), "{bad}: {e}");
@@ -285,7 +293,7 @@ fn micro_batch_auto_on_the_cpu_is_a_ranks_share() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
-    let run = |name: &str, micro: MicroBatch| {
+    let run = |name: &str, micro: MicroBatchSize| {
         let mut cfg = config(&data, tmp.path().join(name), "class");
         (cfg.run.steps, cfg.sample.every, cfg.data.micro_batch) = (2, 0, micro);
         train(&cfg, &TrainOptions::default()).unwrap();
@@ -293,7 +301,10 @@ fn micro_batch_auto_on_the_cpu_is_a_ranks_share() {
         assert_eq!((derived["micro_batch"].as_u64(), derived["grad_accumulation"].as_u64()), (Some(8), Some(1)));
         read(cfg.run.dir.join("checkpoints/step-00000002/model.safetensors"))
     };
-    assert!(run("auto", MicroBatch::Auto) == run("eight", MicroBatch::Samples(8)), "auto trains as micro_batch = 8");
+    assert!(
+        run("auto", MicroBatchSize::Auto) == run("eight", MicroBatchSize::Samples(8)),
+        "auto trains as micro_batch = 8"
+    );
 }
 
 #[test]

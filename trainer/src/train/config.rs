@@ -12,6 +12,9 @@ use crate::model::{Conditioning, ModelConfig};
 use crate::optim::{AdamWConfig, Decay, LrSchedule};
 
 mod load;
+mod micro_batch_size;
+
+pub use micro_batch_size::MicroBatchSize;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,78 +211,13 @@ pub struct DataSection {
     pub global_batch: usize,
     /// Samples per forward/backward; `global_batch / micro_batch` micro-steps accumulate. `"auto"`:
     /// the most a rank's GPU holds (`train::gpu_fit::resolve_micro_batch`).
-    pub micro_batch: MicroBatch,
+    pub micro_batch: MicroBatchSize,
     #[serde(default = "default_workers")]
     pub workers: usize,
 }
 
 fn default_workers() -> usize {
     1
-}
-
-/// `data.micro_batch`: a number of samples, or `"auto"`, the largest divisor of a rank's share of the
-/// global batch whose training step fits the rank's GPU (the whole share on the CPU), chosen at start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MicroBatch {
-    Samples(usize),
-    Auto,
-}
-
-impl MicroBatch {
-    /// The number of samples, unless it is chosen at start.
-    pub fn samples(self) -> Option<usize> {
-        match self {
-            MicroBatch::Samples(n) => Some(n),
-            MicroBatch::Auto => None,
-        }
-    }
-}
-
-impl std::fmt::Display for MicroBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MicroBatch::Samples(n) => write!(f, "{n}"),
-            MicroBatch::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-impl Serialize for MicroBatch {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            MicroBatch::Samples(n) => s.serialize_u64(*n as u64),
-            MicroBatch::Auto => s.serialize_str("auto"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for MicroBatch {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = MicroBatch;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a number of samples or \"auto\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<MicroBatch, E> {
-                Ok(MicroBatch::Samples(n as usize))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<MicroBatch, E> {
-                let n = u64::try_from(n).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))?;
-                self.visit_u64(n)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<MicroBatch, E> {
-                match v.trim() {
-                    "auto" => Ok(MicroBatch::Auto),
-                    t => t
-                        .parse()
-                        .map(MicroBatch::Samples)
-                        .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self)),
-                }
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use infinity_data::Manifest;
 
-use super::config::{CommBackend, MicroBatch, Precision, TrainConfig};
+use super::config::{CommBackend, MicroBatchSize, Precision, TrainConfig};
 use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
 use crate::model::{Layout, ModelConfig};
 
@@ -98,7 +98,7 @@ pub fn resolve_micro_batch(
     gpu: Option<u64>,
 ) -> Result<(usize, Option<String>)> {
     let per_rank = cfg.data.global_batch / world;
-    if let MicroBatch::Samples(n) = cfg.data.micro_batch {
+    if let MicroBatchSize::Samples(n) = cfg.data.micro_batch {
         return Ok((n, None));
     }
     if per_rank == 0 || !cfg.data.global_batch.is_multiple_of(world) {

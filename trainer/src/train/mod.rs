@@ -35,7 +35,7 @@ use rand::Rng;
 use serde_json::json;
 
 use self::checkpoint::TrainState;
-use self::config::{MicroBatch, TrainConfig};
+use self::config::{MicroBatchSize, TrainConfig};
 use self::dist::{Dist, Zero1};
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
@@ -147,7 +147,7 @@ fn agree_on_micro_batch(
     if let Some(line) = line.filter(|_| dist.is_leader()) {
         println!("{line}");
     }
-    if cfg.data.micro_batch != MicroBatch::Auto || dist.world == 1 {
+    if cfg.data.micro_batch != MicroBatchSize::Auto || dist.world == 1 {
         return Ok(mine);
     }
     // every rank's choice in its own slot (exact in f32 below 2^24)
