@@ -147,7 +147,7 @@ fn sample_a_class_model_by_name() {
 fn check_reports_a_run_without_starting_it() {
     let (tmp, _data, run, cfg) = class_run();
     let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
-    let lines = infinity_trainer::train::check::check(&c, 2, None).unwrap().join("\n");
+    let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
     for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
@@ -166,22 +166,41 @@ fn check_reports_a_run_without_starting_it() {
     assert!(e.contains("model.mup_base_width = 32") && e.contains("FFN"), "{e}");
     assert!(infinity(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=48"]));
     let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["model.mup_base_width=48".into()]).unwrap();
-    let lines = infinity_trainer::train::check::check(&c, 1, None).unwrap().join("\n");
+    let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
     let want = "μP: base model of width 48 with 1 head (head dimension 48); learning-rate multipliers 1.0000, 0.7500";
     assert!(lines.contains(want), "{lines}");
     // a run that may take a GPU is told what one needs (here none is found: the estimate alone)
     assert!(!lines.contains("GPU memory"), "a CPU run has no GPU estimate: {lines}");
     let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["run.device=auto".into()]).unwrap();
-    let lines = infinity_trainer::train::check::check(&c, 1, None).unwrap().join("\n");
+    let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
     let line =
         lines.lines().find(|l| l.starts_with("GPU memory per rank (estimate): ")).unwrap_or_else(|| panic!("{lines}"));
     assert!(line.contains("(micro-batch 4 × ") && line.contains("with run.recompute = true"), "{line}");
     // data.micro_batch = "auto" without a GPU: a rank's share of the global batch, in one micro-step
     let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=auto".into()]).unwrap();
-    let lines = infinity_trainer::train::check::check(&c, 2, None).unwrap().join("\n");
+    let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
     for want in ["data.micro_batch = auto: 2, a rank's share", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
+    // a GPU run checked on a machine without one, against the GPU it will get (--gpu-gib)
+    let set = ["data.micro_batch=auto".to_string(), "run.device=cuda".into()];
+    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &set).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None, Some((1 << 30) + (64 << 20))).unwrap().join("\n");
+    for want in [
+        "device: Cuda (F32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
+        "data.micro_batch = auto: 4, the largest divisor of the 4 samples per rank whose step fits the GPU's 1.06 GiB",
+        "GPU memory per rank (estimate): ",
+    ] {
+        assert!(lines.contains(want), "{want}:\n{lines}");
+    }
+    let check = |gib: &str, device: &str| {
+        let args = ["train", path_str(&cfg), "--check", "--set", device, "--gpu-gib", gib];
+        fails(&args)
+    };
+    let (e, code) = check("1.0", "run.device=cuda");
+    assert!(e.contains("Micro-batches: none fits") && code == 2, "{code}: {e}");
+    assert!(check("80", "run.device=cpu").0.contains("but run.device = \"cpu\""));
+    assert!(check("0", "run.device=cuda").0.contains("--gpu-gib 0: expected a size in GiB"));
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

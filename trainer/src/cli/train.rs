@@ -34,6 +34,10 @@ pub struct TrainArgs {
     /// The number of ranks `--check` splits the batch for (default: the environment's world size, else 1).
     #[arg(long, requires = "check")]
     world: Option<usize>,
+    /// `--check` a GPU run against a GPU of this many GiB instead of this machine's (say, on a login
+    /// node without one): the memory per rank, whether the micro-batch fits, what "auto" takes.
+    #[arg(long, value_name = "GIB", requires = "check")]
+    gpu_gib: Option<f64>,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -60,8 +64,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some("auto") => newest(),
         Some(p) => Some(PathBuf::from(p)),
     };
+    let gpu = match a.gpu_gib {
+        Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),
+        g => g.map(|g| (g * (1u64 << 30) as f64) as u64),
+    };
     let result = match a.check {
-        true => train::check::check(&cfg, world, resume.as_deref()).map(|lines| {
+        true => train::check::check(&cfg, world, resume.as_deref(), gpu).map(|lines| {
             lines.iter().for_each(|l| println!("{l}"));
             println!("check passed: {} is ready to train", a.config.display());
             None

@@ -3,20 +3,22 @@
 //! split for a world size, the validation data, the sample preview's tokenizer, the device, and the
 //! weights the run would start from (a checkpoint to resume, `model.init_from`, or a fresh
 //! initialisation). Then the run's size: tokens, FLOPs, host memory for weights and optimiser state,
-//! checkpoint size. For a job about to wait in a queue for many nodes.
+//! checkpoint size. For a job about to wait in a queue for many nodes; `--gpu-gib` checks a GPU run
+//! from a machine without the GPU (a login node).
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::config::{DeviceChoice, TrainConfig};
 use super::{checkpoint, compute, gpu_fit, init_from, micro_steps, val, Preview, Setup};
-use crate::model::memory::RUNTIME_MARGIN;
+use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::Params;
 
 /// Check everything `train` would for `world` ranks starting from `resume` (or fresh); one line per
-/// finding, or the first error a run would stop with.
-pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<Vec<String>> {
+/// finding, or the first error a run would stop with. With `gpu` (bytes) a GPU run is checked against
+/// a GPU of that size and this machine's devices are not opened.
+pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Option<u64>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Setup { ds, mc, lay, mean_tokens, flops_per_token } = Setup::open(cfg)?;
     let m = &ds.manifest;
@@ -41,8 +43,23 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
         out.push(base.describe(&mc, &lay));
     }
     // the device first: "auto" takes the micro-batch its memory holds
-    let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
-    let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, device.gpu_total_memory())?;
+    let device = match gpu {
+        Some(bytes) if cfg.run.device == DeviceChoice::Cpu => {
+            bail!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes))
+        }
+        Some(bytes) => format!(
+            "device: {:?} ({:?}), checked against a GPU of {} (this machine's devices not opened)",
+            cfg.run.device,
+            cfg.run.precision,
+            gib(bytes)
+        ),
+        None => {
+            let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
+            gpu = device.gpu_total_memory();
+            format!("device: {:?} ({:?})", cfg.run.device, cfg.run.precision)
+        }
+    };
+    let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, gpu)?;
     let accum = micro_steps(cfg, world, micro_batch)?;
     let (b, steps) = (cfg.data.global_batch as f64, cfg.run.steps as f64);
     out.push(format!(
@@ -71,12 +88,13 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>) -> Result<V
         out.push(format!("validation: {} rows of {dir}", v.rows()));
     }
     let _preview = Preview::new(cfg, &mc, &ds)?;
-    out.push(format!("device: {:?} ({:?})", cfg.run.device, cfg.run.precision));
+    out.push(device);
     out.extend(chosen);
     if cfg.run.device != DeviceChoice::Cpu {
-        // on the GPU this check opened, with 1 GiB left for the CUDA context and libraries
+        // on the GPU this check opened (or --gpu-gib's), with 1 GiB left for the CUDA context and
+        // libraries
         let step = gpu_fit::gpu_step(cfg, &ds.manifest, world, micro_batch)?;
-        out.push(match device.gpu_total_memory() {
+        out.push(match gpu {
             Some(total) => gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN)?,
             None => gpu_fit::describe(&mc, &lay, &step),
         });
