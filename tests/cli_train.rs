@@ -183,11 +183,11 @@ fn check_reports_a_run_without_starting_it() {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     // a GPU run checked on a machine without one, against the GPU it will get (--gpu-gib)
-    let set = ["data.micro_batch=auto".to_string(), "run.device=cuda".into()];
+    let set = ["data.micro_batch=auto".to_string(), "run.device=auto".into()];
     let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &set).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, Some((1 << 30) + (64 << 20))).unwrap().join("\n");
     for want in [
-        "device: Cuda (F32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
+        "device: Auto (F32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
         "data.micro_batch = auto: 4, the largest divisor of the 4 samples per rank whose step fits the GPU's 1.06 GiB",
         "GPU memory per rank (estimate): ",
     ] {
@@ -197,10 +197,10 @@ fn check_reports_a_run_without_starting_it() {
         let args = ["train", path_str(&cfg), "--check", "--set", device, "--gpu-gib", gib];
         fails(&args)
     };
-    let (e, code) = check("1.0", "run.device=cuda");
+    let (e, code) = check("1.0", "run.device=auto");
     assert!(e.contains("Micro-batches: none fits") && code == 2, "{code}: {e}");
     assert!(check("80", "run.device=cpu").0.contains("but run.device = \"cpu\""));
-    assert!(check("0", "run.device=cuda").0.contains("--gpu-gib 0: expected a size in GiB"));
+    assert!(check("0", "run.device=auto").0.contains("--gpu-gib 0: expected a size in GiB"));
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

@@ -458,11 +458,12 @@ fn column_reductions_match_f64_sums_on_the_emulator() {
 }
 
 /// adamw.cu (the fused AdamW step on gradients still to be scaled, the squared global norm) as ops.rs
-/// launches it, over more elements than one grid-stride pass: parameters and moments bit for bit the
-/// CPU twin's (the same operations in the same order, no contraction) and the bf16 weights written by
-/// the same step its parameters rounded, Σ g² within 1e-12 (f64 partials summed in a tree). The groups
-/// come as runs of one element (tens of thousands of runs, many per chunk) and of up to 12,000 elements
-/// (runs across chunks, a chunk inside one run).
+/// launches it: parameters and moments bit for bit the CPU twin's (the same operations in the same
+/// order, no contraction) and the bf16 weights written by the same step its parameters rounded, Σ g²
+/// within 1e-12 (f64 partials summed in a tree). The groups come as runs of one element (tens of
+/// thousands of runs, many per chunk) and of up to 12,000 elements (runs across chunks, a chunk inside
+/// one run); each case also runs on a grid of 5 blocks, which stride over the 18 chunks as a GPU's
+/// 65,535 blocks do past 268 M parameters.
 #[test]
 fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
     let Some(exe) = build("adamw.cu", "adamw") else { return };
@@ -493,20 +494,23 @@ fn adamw_and_the_global_norm_match_their_cpu_twins_on_the_emulator() {
         write(&dir, "lr_mult", &lr_mult);
         write(&dir, "scalars", &[s.beta1, s.beta2, s.eps, s.bc2_sqrt, s.shrink]);
         write(&dir, "lr", &[s.step_size]);
-        run(&exe, &dir, &[n.to_string(), format!("{:e}", s.grad_scale)], "emulated adamw");
         let sumsq = adamw::sum_squares(&g);
         adamw::adamw_update(&mut p, &g, &mut m, &mut v, &groups, &lr_mult, &s);
-        for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
-            let emulated = read(&dir, &format!("{name}_out"));
-            let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} values of {name} differ from the CPU twin's");
+        for blocks in ["65535", "5"] {
+            let case = format!("{case}, at most {blocks} blocks");
+            run(&exe, &dir, &[n.to_string(), format!("{:e}", s.grad_scale), blocks.into()], "emulated adamw");
+            for (name, cpu) in [("p", &p), ("m", &m), ("v", &v)] {
+                let emulated = read(&dir, &format!("{name}_out"));
+                let off = emulated.iter().zip(cpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} values of {name} differ from the CPU twin's");
+            }
+            let p16 = read_u16(&dir, "p16_out");
+            let off = p16.iter().zip(&p).filter(|&(&b, &x)| b != bf16_bits(x)).count();
+            assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} bf16 weights are not the CPU twin's rounded");
+            let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
+            let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
+            assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");
         }
-        let p16 = read_u16(&dir, "p16_out");
-        let off = p16.iter().zip(&p).filter(|&(&b, &x)| b != bf16_bits(x)).count();
-        assert_eq!(off, 0, "emulated adamw, {case}: {off} of {n} bf16 weights are not the CPU twin's rounded");
-        let bytes = std::fs::read(dir.join("sumsq.bin")).unwrap();
-        let emulated = f64::from_le_bytes(bytes[..8].try_into().unwrap());
-        assert!((emulated - sumsq).abs() <= 1e-12 * sumsq, "emulated sum of squares {emulated} vs {sumsq}");
     }
 }
 

@@ -485,6 +485,13 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
         "micro_batch = auto on 2 GPUs: final weights differ from micro_batch = 4"
     );
     println!("micro_batch = auto on GPUs holding 4 and 8 samples: both take 4, the same bytes at step 4");
+    // a GPU that holds no sample (1 GiB, all of it the runtime's margin) stops both ranks, not restarted
+    let none = tmp.path().join("nccl-auto-none");
+    let mut c = launch(2, &cfg, &none, &["--max-restarts", "1"], &[lazy, ("INFINITY_EMULATED_MEMORY", "1G,16G")]);
+    let out = c.args(on_gpus).args(["--set", "data.micro_batch=auto"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && !text.contains("restarting the group"), "{text}");
+    assert!(text.contains("the GPU of rank(s) [0] holds no sample"), "{text}");
 
     // ZeRO-1 on the devices: each GPU keeps the moments and moving average of its shard, the
     // backward's buckets reduce each shard's piece to its owner (the bucket of the two blocks spans

@@ -76,7 +76,7 @@ int physical_device(int ordinal) {
 
 // Device memory: 16 GiB, or INFINITY_EMULATED_MEMORY ("64M", "2G", bytes), so running out can be tried;
 // a list ("1064M,2G") gives physical device i the i-th size (the last one past its end), so the ranks
-// of a group can differ.
+// of a group can differ (the bytes in use are one count per process: a rank uses one device).
 size_t total_memory(int ordinal) {
     static const std::vector<size_t> sizes = [] {
         std::vector<size_t> out;

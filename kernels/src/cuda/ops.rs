@@ -293,6 +293,7 @@ pub struct DeviceGroupRuns {
 impl DeviceGroupRuns {
     pub fn upload(dev: &Device, runs: &crate::adamw::GroupRuns) -> Result<DeviceGroupRuns, CudaError> {
         assert!(!runs.is_empty(), "adamw: no parameters grouped");
+        assert!(runs.bytes().len() <= i32::MAX as usize, "adamw: more group runs than adamw.cu counts");
         let s = &dev.stream;
         Ok(DeviceGroupRuns {
             starts: s.clone_htod(runs.starts())?,

@@ -47,6 +47,9 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         Some(bytes) if cfg.run.device == DeviceChoice::Cpu => {
             bail!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes))
         }
+        Some(_) if cfg.run.device == DeviceChoice::Cuda && !cfg!(feature = "cuda") => {
+            bail!("run.device = \"cuda\" but this build has no CUDA support (build with --features cuda)")
+        }
         Some(bytes) => format!(
             "device: {:?} ({:?}), checked against a GPU of {} (this machine's devices not opened)",
             cfg.run.device,

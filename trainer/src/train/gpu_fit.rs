@@ -89,7 +89,7 @@ pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: 
 /// The run's micro-batch among `world` ranks: `data.micro_batch`, or for `"auto"` the largest divisor of
 /// a rank's share of `data.global_batch` whose step fits a GPU of `gpu` bytes with [`RUNTIME_MARGIN`]
 /// left (the whole share without a GPU: host memory is not counted), with a line saying how it was
-/// chosen. A GPU that holds no sample gets [`GpuTooSmall`].
+/// chosen. A GPU that holds no sample gets [`GpuTooSmall`] (1 with `run.gpu_memory_check = false`).
 pub fn resolve_micro_batch(
     cfg: &TrainConfig,
     (mc, lay): (&ModelConfig, &Layout),
@@ -113,6 +113,11 @@ pub fn resolve_micro_batch(
     };
     let step = gpu_step(cfg, m, world, 1)?;
     let Some(most) = largest_micro_batch(mc, lay.numel, &step, total.saturating_sub(RUNTIME_MARGIN), per_rank) else {
+        if !cfg.run.gpu_memory_check {
+            let line = "data.micro_batch = auto: 1 (not one sample fits by the count; run.gpu_memory_check = \
+                        false tries it)";
+            return Ok((1, Some(line.into())));
+        }
         // not one sample: the error names what recomputation would hold
         fits(mc, lay, &step, total, RUNTIME_MARGIN)?;
         anyhow::bail!("data.micro_batch = auto: not one sample fits the GPU's {}", gib(total));

@@ -143,21 +143,35 @@ fn agree_on_micro_batch(
     compute: &compute::Compute,
     dist: &mut Dist,
 ) -> Result<usize> {
-    let (mine, line) = gpu_fit::resolve_micro_batch(cfg, model, m, dist.world, compute.gpu_total_memory())?;
-    if let Some(line) = line.filter(|_| dist.is_leader()) {
-        println!("{line}");
-    }
+    let resolved = gpu_fit::resolve_micro_batch(cfg, model, m, dist.world, compute.gpu_total_memory());
     if cfg.data.micro_batch != MicroBatchSize::Auto || dist.world == 1 {
-        return Ok(mine);
+        let (micro, line) = resolved?;
+        if let Some(line) = line.filter(|_| dist.is_leader()) {
+            println!("{line}");
+        }
+        return Ok(micro);
     }
-    // every rank's choice in its own slot (exact in f32 below 2^24)
+    // every rank's choice in its own slot (exact in f32 below 2^24), 0 from a rank whose GPU holds no
+    // sample: every rank reaches the collective, and every rank stops when one cannot train
     let mut all = vec![0f32; dist.world];
-    all[dist.rank] = mine as f32;
+    all[dist.rank] = resolved.as_ref().map_or(0.0, |(b, _)| *b as f32);
     dist.all_reduce_sum(&mut all)?;
+    let (mine, line) = resolved?;
     let all: Vec<usize> = all.iter().map(|&b| b as usize).collect();
     let least = all.iter().copied().min().unwrap_or(mine);
-    if dist.is_leader() && all.iter().any(|&b| b != least) {
-        tracing::warn!("data.micro_batch = auto: the ranks' GPUs take {all:?} (by rank); every rank takes {least}");
+    if least == 0 {
+        let ranks: Vec<usize> = (0..all.len()).filter(|&r| all[r] == 0).collect();
+        let text =
+            format!("data.micro_batch = auto: the GPU of rank(s) {ranks:?} holds no sample (its error says what fits)");
+        return Err(gpu_fit::GpuTooSmall(text).into());
+    }
+    if dist.is_leader() {
+        match all.iter().all(|&b| b == least) {
+            true => line.into_iter().for_each(|l| println!("{l}")),
+            false => tracing::warn!(
+                "data.micro_batch = auto: the ranks' GPUs take {all:?} (by rank); every rank takes {least}"
+            ),
+        }
     }
     Ok(least)
 }
