@@ -43,7 +43,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         out.push(base.describe(&mc, &lay));
     }
     // the device first: "auto" takes the micro-batch its memory holds
-    let device = match gpu {
+    let device_line = match gpu {
         Some(bytes) if cfg.run.device == DeviceChoice::Cpu => {
             bail!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes))
         }
@@ -91,7 +91,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         out.push(format!("validation: {} rows of {dir}", v.rows()));
     }
     let _preview = Preview::new(cfg, &mc, &ds)?;
-    out.push(device);
+    out.push(device_line);
     out.extend(chosen);
     if cfg.run.device != DeviceChoice::Cpu {
         // on the GPU this check opened (or --gpu-gib's), with 1 GiB left for the CUDA context and
