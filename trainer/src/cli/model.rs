@@ -178,7 +178,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 
 /// GPU memory per rank of a training step at each precision, with and without recomputation.
 fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
-    use crate::model::memory::{device_memory, gib, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
+    use crate::model::memory::{device_memory, gib, gib_to_bytes, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
     let (b, l, t) = (a.batch, sched.num_tokens(), a.shape.text_tokens);
     let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
     let mut out = format!(
@@ -202,7 +202,7 @@ fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSched
         };
         let m = device_memory(c, numel, &step);
         let fit = a.gpu_gib.map(|g| {
-            let budget = ((g * (1u64 << 30) as f64) as u64).saturating_sub(RUNTIME_MARGIN);
+            let budget = gib_to_bytes(g).saturating_sub(RUNTIME_MARGIN);
             let fits = largest_micro_batch(c, numel, &step, budget, 1 << 16);
             format!(" {} |", fits.map_or("none".to_string(), |b| b.to_string()))
         });

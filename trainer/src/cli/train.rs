@@ -66,7 +66,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let gpu = match a.gpu_gib {
         Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),
-        g => g.map(|g| (g * (1u64 << 30) as f64) as u64),
+        g => g.map(crate::model::memory::gib_to_bytes),
     };
     let result = match a.check {
         true => train::check::check(&cfg, world, resume.as_deref(), gpu).map(|lines| {

@@ -67,6 +67,11 @@ impl DeviceMemory {
 /// measurement.
 pub const RUNTIME_MARGIN: u64 = 1 << 30;
 
+/// `g` GiB in bytes (a GPU size given on the command line).
+pub fn gib_to_bytes(g: f64) -> u64 {
+    (g * (1u64 << 30) as f64) as u64
+}
+
 /// Bytes as GiB with two decimals (MiB with one below a GiB).
 pub fn gib(bytes: u64) -> String {
     match bytes >= 1 << 30 {

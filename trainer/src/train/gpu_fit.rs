@@ -97,13 +97,11 @@ pub fn resolve_micro_batch(
     world: usize,
     gpu: Option<u64>,
 ) -> Result<(usize, Option<String>)> {
-    let per_rank = cfg.data.global_batch / world;
     if let MicroBatchSize::Samples(n) = cfg.data.micro_batch {
         return Ok((n, None));
     }
-    if per_rank == 0 || !cfg.data.global_batch.is_multiple_of(world) {
-        anyhow::bail!("data.global_batch {} must split evenly into {world} ranks", cfg.data.global_batch);
-    }
+    // a rank's share: the batch split over the ranks (one sample divides any share)
+    let per_rank = super::micro_steps(cfg, world, 1)?;
     let Some(total) = gpu else {
         let line = format!(
             "data.micro_batch = auto: {per_rank}, a rank's share of data.global_batch (one micro-step; on the \
