@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use infinity_trainer::train::config::TrainConfig;
+
 use crate::{infinity, path_str, python, repo};
 
 /// The error of a command that must fail, and the exit code `infinity` would give it.
@@ -146,7 +148,7 @@ fn sample_a_class_model_by_name() {
 #[test]
 fn check_reports_a_run_without_starting_it() {
     let (tmp, _data, run, cfg) = class_run();
-    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
+    let c = TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
     for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
@@ -165,26 +167,31 @@ fn check_reports_a_run_without_starting_it() {
     let e = err(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=32"]);
     assert!(e.contains("model.mup_base_width = 32") && e.contains("FFN"), "{e}");
     assert!(infinity(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=48"]));
-    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["model.mup_base_width=48".into()]).unwrap();
+    let c = TrainConfig::load(&cfg, &["model.mup_base_width=48".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
     let want = "μP: base model of width 48 with 1 head (head dimension 48); learning-rate multipliers 1.0000, 0.7500";
     assert!(lines.contains(want), "{lines}");
     // a run that may take a GPU is told what one needs (here none is found: the estimate alone)
     assert!(!lines.contains("GPU memory"), "a CPU run has no GPU estimate: {lines}");
-    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["run.device=auto".into()]).unwrap();
+    let c = TrainConfig::load(&cfg, &["run.device=auto".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
     let line =
         lines.lines().find(|l| l.starts_with("GPU memory per rank (estimate): ")).unwrap_or_else(|| panic!("{lines}"));
     assert!(line.contains("(micro-batch 4 × ") && line.contains("with run.recompute = true"), "{line}");
+    assert!(!lines.contains("precision: f32"), "{lines}");
+    // a bf16 config (upstream's recipe) landing on the CPU is told it computes in f32 there
+    let c = TrainConfig::load(&cfg, &["run.device=auto".into(), "run.precision=bf16".into()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
+    assert!(lines.contains("precision: f32 (run.precision = \"bf16\" is the GPU's arithmetic"), "{lines}");
     // data.micro_batch = "auto" without a GPU: a rank's share of the global batch, in one micro-step
-    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &["data.micro_batch=auto".into()]).unwrap();
+    let c = TrainConfig::load(&cfg, &["data.micro_batch=auto".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
     for want in ["data.micro_batch = auto: 2, a rank's share", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     // a GPU run checked on a machine without one, against the GPU it will get (--gpu-gib)
     let set = ["data.micro_batch=auto".to_string(), "run.device=auto".into()];
-    let c = infinity_trainer::train::config::TrainConfig::load(&cfg, &set).unwrap();
+    let c = TrainConfig::load(&cfg, &set).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, Some((1 << 30) + (64 << 20))).unwrap().join("\n");
     for want in [
         "device: Auto (F32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
@@ -339,7 +346,6 @@ fn a_run_folder_across_sessions() {
 /// Settings out of range are refused naming the key; a single AdamW field can be set alone.
 #[test]
 fn out_of_range_settings_are_named() {
-    use infinity_trainer::train::config::TrainConfig;
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("train.toml");
     write_config(&cfg, &tmp.path().join("data"), &tmp.path().join("run"), "class");

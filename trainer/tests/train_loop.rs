@@ -326,6 +326,8 @@ fn every_preset_in_configs_loads_and_extends_merges() {
     }
     let c = TrainConfig::load(&root.join("upstream/2b-512.toml"), &[]).unwrap();
     assert_eq!((c.model.preset.as_str(), c.optim.clip, c.optim.adamw.beta2), ("2b", 5.0, 0.97), "base values merge");
+    // upstream trains with bf16 autocast (--fp16=2): its sizes take bf16 on a GPU
+    assert_eq!(c.run.precision, infinity_trainer::train::config::Precision::Bf16);
 
     // the extending file wins; a cycle is an error naming the files
     let tmp = tempfile::tempdir().unwrap();

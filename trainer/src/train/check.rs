@@ -59,7 +59,8 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         None => {
             let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
             gpu = device.gpu_total_memory();
-            format!("device: {:?} ({:?})", cfg.run.device, cfg.run.precision)
+            let note = device.precision_note(&cfg.run).map(|n| format!("; {n}")).unwrap_or_default();
+            format!("device: {:?} ({:?}){note}", cfg.run.device, cfg.run.precision)
         }
     };
     let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, gpu)?;

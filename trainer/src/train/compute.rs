@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 
-use super::config::{DeviceChoice, RunConfig};
+use super::config::{DeviceChoice, Precision, RunConfig};
 use super::dist::Dist;
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
 use crate::optim::{AdamW, Ema};
@@ -35,7 +35,7 @@ impl Compute {
             (DeviceChoice::Cuda, None) => bail!("run.device = \"cuda\" but {}", why_no_gpu()),
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
-                let bf16 = run.precision == super::config::Precision::Bf16;
+                let bf16 = run.precision == Precision::Bf16;
                 let mut m = match crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16) {
                     Ok(m) => m,
                     // a GPU that cannot run this configuration is, for `auto`, no GPU
@@ -58,6 +58,15 @@ impl Compute {
             #[cfg(not(feature = "cuda"))]
             (_, Some(_)) => unreachable!("no GPU ordinal without the cuda feature"),
         }
+    }
+
+    /// What `run.precision = "bf16"` becomes on the CPU (a config written for GPUs, as upstream's bf16
+    /// recipe is, may land there under `run.device = "auto"`): the line saying so, or none.
+    pub fn precision_note(&self, run: &RunConfig) -> Option<&'static str> {
+        let on_cpu = matches!(self, Compute::Cpu);
+        (on_cpu && run.precision == Precision::Bf16).then_some(
+            "precision: f32 (run.precision = \"bf16\" is the GPU's arithmetic; the CPU model computes in f32)",
+        )
     }
 
     /// Run clipping and AdamW on the device from now on (GPU only; a no-op on the CPU). `opt` is the

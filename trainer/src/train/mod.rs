@@ -186,6 +186,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut dist = Dist::join(&cfg.dist)?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
+    if let Some(note) = compute.precision_note(&cfg.run) {
+        println!("{note}");
+    }
     let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &m, &compute, &mut dist)?;
     if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
         // a step that exceeds the GPU would run out of memory at its first step, and again after
