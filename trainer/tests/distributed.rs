@@ -35,6 +35,8 @@ dir = "unused"
 seed = 11
 steps = {steps}
 log_every = 1000
+# MFU in metrics.jsonl, per rank (a CPU of 1 GFLOP/s)
+peak_tflops = 0.001
 [model]
 preset = "tiny"
 conditioning = "text"
@@ -152,6 +154,20 @@ fn two_and_four_ranks_match_one_rank() {
     let metrics = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(!metrics(&runs[0]).contains("\"ranks\""));
     assert_eq!(metrics(&runs[2]).lines().filter(|l| l.contains("\"work_s_max\"")).count(), 4);
+    // MFU is per device: the group's FLOP/s over the ranks, against one rank's peak
+    for (n, run) in [1, 2, 4].iter().zip(&runs) {
+        let derived: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("derived.json")).unwrap()).unwrap();
+        let flops_per_token = derived["train_flops_per_token_bucket0"].as_f64().unwrap();
+        let steps: Vec<serde_json::Value> = metrics(run).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let bucket0: Vec<_> = steps.iter().filter(|m| m["bucket"] == 0).collect();
+        assert!(!bucket0.is_empty(), "{n} ranks: no step of bucket 0");
+        for m in bucket0 {
+            let (mfu, tps) = (m["mfu"].as_f64().unwrap(), m["tokens_per_s"].as_f64().unwrap());
+            let want = tps * flops_per_token / *n as f64 / 1e9;
+            assert!((mfu - want).abs() <= 1e-9 * want, "{n} ranks: MFU {mfu} where {want} is per rank");
+        }
+    }
     // validation (rows split over ranks) agrees too
     let val = |run: &Path| -> Vec<f64> {
         let text = std::fs::read_to_string(run.join("val.jsonl")).unwrap();

@@ -7,8 +7,8 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::optim::Decay;
 use infinity_trainer::train::config::{
-    BscSection, CheckpointSection, DataSection, LossSection, MicroBatchSize, ModelSection, OptimSection, RunConfig,
-    SampleSection, TrainConfig,
+    BscSection, CheckpointSection, DataSection, LossSection, MicroBatchSize, ModelSection, OptimSection, PeakTflops,
+    RunConfig, SampleSection, TrainConfig,
 };
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
@@ -29,7 +29,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             seed: 7,
             steps: 6,
             log_every: 100,
-            peak_tflops: Some(1.0),
+            peak_tflops: PeakTflops::Tflops(1.0),
             device: Default::default(),
             recompute: false,
             precision: Default::default(),
@@ -283,6 +283,17 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     for bad in ["most", "-2", "2.5"] {
         let e = format!("{:#}", C::load(&path, &[format!("data.micro_batch={bad}")]).unwrap_err());
         assert!(e.contains("at `data.micro_batch`") && e.contains("a number of samples or \"auto\""), "{bad}: {e}");
+    }
+    // run.peak_tflops: "auto" by default and back from config.toml as "auto"; a number; nothing else
+    assert_eq!(c.run.peak_tflops, PeakTflops::Auto);
+    let c = C::load(&path, &["run.peak_tflops=790".into()]).unwrap();
+    assert_eq!(c.run.peak_tflops, PeakTflops::Tflops(790.0));
+    std::fs::write(&path, toml::to_string(&c).unwrap()).unwrap();
+    assert_eq!(C::load(&path, &[]).unwrap(), c);
+    assert_eq!(C::load(&path, &["run.peak_tflops=auto".into()]).unwrap().run.peak_tflops, PeakTflops::Auto);
+    for bad in ["fast", "0", "-1", "nan"] {
+        let e = format!("{:#}", C::load(&path, &[format!("run.peak_tflops={bad}")]).unwrap_err());
+        assert!(e.contains("run.peak_tflops") && e.contains("a positive number of TFLOP/s or \"auto\""), "{bad}: {e}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::config::{DeviceChoice, TrainConfig};
-use super::{checkpoint, compute, gpu_fit, init_from, micro_steps, val, Preview, Setup};
+use super::{checkpoint, compute, gpu_fit, init_from, mfu, micro_steps, val, Preview, Setup};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::Params;
 
@@ -60,7 +60,9 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
             gpu = device.gpu_total_memory();
             let note = device.precision_note(&cfg.run).map(|n| format!("; {n}")).unwrap_or_default();
-            format!("device: {:?} ({:?}){note}", cfg.run.device, cfg.run.precision)
+            let (_, peak) = mfu::resolve_peak(cfg.run.peak_tflops, device.gpu_name(), cfg.run.precision);
+            let peak = peak.map(|p| format!("; {p}")).unwrap_or_default();
+            format!("device: {:?} ({:?}){note}{peak}", cfg.run.device, cfg.run.precision)
         }
     };
     let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, gpu)?;

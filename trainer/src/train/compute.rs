@@ -140,6 +140,15 @@ impl Compute {
         }
     }
 
+    /// The GPU's name, when the model runs on one.
+    pub fn gpu_name(&self) -> Option<&str> {
+        match self {
+            Compute::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => Some(model.device_name()),
+        }
+    }
+
     /// The GPU's memory (bytes), when the model runs on one.
     pub fn gpu_total_memory(&self) -> Option<u64> {
         match self {

@@ -13,8 +13,10 @@ use crate::optim::{AdamWConfig, Decay, LrSchedule};
 
 mod load;
 mod micro_batch_size;
+mod peak_tflops;
 
 pub use micro_batch_size::MicroBatchSize;
+pub use peak_tflops::PeakTflops;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,9 +114,10 @@ pub struct RunConfig {
     /// Log every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
-    /// Peak dense FLOP/s of one device in TFLOP/s (e.g. 989 for an H100 in bf16): enables MFU logging.
+    /// One device's peak dense TFLOP/s, for MFU (e.g. 989.4 for an H100 SXM in bf16), or `"auto"` (the
+    /// default): a GPU's datasheet peak at `precision` (`train::mfu`), none on the CPU.
     #[serde(default)]
-    pub peak_tflops: Option<f64>,
+    pub peak_tflops: PeakTflops,
     /// Where forward and backward run: `cpu`, `cuda` (an error without a GPU or a build without the
     /// `cuda` feature) or `auto` (the GPU when there is one, else the CPU, saying so).
     #[serde(default)]
@@ -414,8 +417,8 @@ impl TrainConfig {
         if !matches!(self.model.conditioning.as_str(), "class" | "text") {
             bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);
         }
-        if self.run.peak_tflops.is_some_and(|p| p.is_nan() || p <= 0.0) {
-            bail!("run.peak_tflops must be positive");
+        if let Some(PeakTflops::Tflops(p)) = self.run.peak_tflops.filter_invalid() {
+            bail!("run.peak_tflops must be a positive number of TFLOP/s or \"auto\", found {p}");
         }
         if self.sample.every > 0 && (self.sample.n == 0 || self.sample.per_condition == 0) {
             bail!("sample.n and sample.per_condition must be positive when sample.every > 0");

@@ -12,6 +12,7 @@ pub mod dist;
 mod ema;
 pub mod gpu_fit;
 pub mod log;
+pub mod mfu;
 mod micro_batch;
 mod preview;
 pub mod rank_times;
@@ -209,6 +210,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let accum = micro_steps(cfg, dist.world, micro_batch)?;
     let leader = dist.is_leader();
+    // MFU against the leader's device (its GPU's datasheet peak under "auto"; none on the CPU)
+    let (peak_tflops, peak_line) = mfu::resolve_peak(cfg.run.peak_tflops, compute.gpu_name(), cfg.run.precision);
+    if let Some(line) = peak_line.filter(|_| leader) {
+        println!("{line}");
+    }
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
@@ -476,7 +482,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,
             step_time_s: secs,
-            mfu: cfg.run.peak_tflops.map(|p| flops / secs / (p * 1e12)),
+            mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
             bucket: batch.bucket,
             scale_loss: metrics[3..3 + ns].to_vec(),
             scale_bit_acc: metrics[3 + ns..].to_vec(),
