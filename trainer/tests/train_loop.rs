@@ -124,6 +124,38 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
     }
 }
 
+/// Resuming from an earlier checkpoint starts a new history: the later checkpoints are moved aside
+/// (not taken for the newest by `--resume auto`, nor kept by pruning in place of the new ones).
+#[test]
+fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    cfg.sample.every = 0;
+    train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at steps 3 and 6
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let mut again = cfg.clone();
+    (again.run.steps, again.checkpoint.every, again.checkpoint.keep_last) = (5, 1, 2);
+    let s = train(&again, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();
+    let names = |dir: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(cfg.run.dir.join("checkpoints")), ["step-00000004", "step-00000005"]);
+    assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003")), ["step-00000006"]);
+    let latest = latest_checkpoint(&cfg.run.dir).unwrap();
+    assert!(latest.ends_with("step-00000005") && s.last_checkpoint.as_ref() == Some(&latest), "{latest:?} {s:?}");
+    let metrics = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+}
+
 /// μP (`model.mup_base_width`): at its base width the run is the standard one byte for byte; a run
 /// twice as wide (its hidden and output learning rates halved through the optimizer's groups) differs
 /// from the standard one and resumes to the uninterrupted run's bytes, class- and text-conditioned

@@ -142,6 +142,37 @@ pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// Resuming at `step` starts a new history from there: the run's checkpoints after it (complete or
+/// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
+/// and pruning all go by the highest step. They are moved, not deleted, into
+/// `RUN/abandoned/after-step-N[-k]/`. Returns that folder and the steps moved (none: `None`).
+pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, Vec<u64>)>> {
+    let root = run.join("checkpoints");
+    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(None) };
+    let mut later: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let step: u64 = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .filter(|(s, _)| *s > step)
+        .collect();
+    if later.is_empty() {
+        return Ok(None);
+    }
+    later.sort();
+    let base = run.join("abandoned").join(format!("after-step-{step:08}"));
+    let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
+    let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+    for (_, dir) in &later {
+        let to = dest.join(dir.file_name().expect("a step folder has a name"));
+        std::fs::rename(dir, &to).with_context(|| format!("moving {} to {}", dir.display(), to.display()))?;
+    }
+    sync_dir(&root);
+    Ok(Some((dest, later.into_iter().map(|(s, _)| s).collect())))
+}
+
 /// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`.
 pub fn prune(run: &Path, keep_last: usize, keep_every: u64) -> Result<()> {
     let all = complete(run);

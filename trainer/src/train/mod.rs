@@ -301,6 +301,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         return Ok(summary);
     }
+    if let Some(s) = state.as_ref().filter(|_| leader) {
+        // a new history from an earlier checkpoint: the later ones would be taken for its newest
+        if let Some((dir, steps)) = checkpoint::set_aside_later(run, s.step)? {
+            tracing::warn!(
+                "resuming at step {} where this run folder has checkpoints up to step {}: those after step {} \
+                 (steps {steps:?}) are of the history this run replaces; moved to {}",
+                s.step,
+                steps.last().expect("set aside only when some are later"),
+                s.step,
+                dir.display()
+            );
+        }
+    }
     let lo = LoaderOptions {
         global_batch: cfg.data.global_batch,
         seed: cfg.run.seed,
