@@ -109,6 +109,28 @@ fn train_sample_and_export_a_text_model() {
     assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
     assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
     assert!(err(&["sample", path_str(&tmp.path().join("nowhere"))]).contains("no such checkpoint"));
+    // text features longer than the model's captions, or not finite, are named (not a panic)
+    let text = &manifest["conditions"]["text"];
+    let (width, max_tokens) = (text["width"].as_u64().unwrap() as usize, text["max_tokens"].as_u64().unwrap() as usize);
+    let features = |tokens: usize, value: f32| {
+        let path = tmp.path().join(format!("features-{tokens}-{value}.safetensors"));
+        let data: Vec<u8> = vec![value; tokens * width].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![tokens, width], &data).unwrap();
+        std::fs::write(&path, safetensors::serialize([("caption", view)], None).unwrap()).unwrap();
+        path
+    };
+    let sample_features = |f: PathBuf| err(&["sample", run_s, "--text-features", path_str(&f), "-o", path_str(&png)]);
+    let e = sample_features(features(max_tokens + 1, 0.5));
+    assert!(
+        e.contains(&format!(
+            "`caption` has {} tokens; the model takes captions of at most {max_tokens}",
+            max_tokens + 1
+        )),
+        "{e}"
+    );
+    let e = sample_features(features(2, f32::NAN));
+    assert!(e.contains("`caption` holds NaN at token 0, channel 0"), "{e}");
+    assert!(err(&["sample", run_s, "--caption", "a red circle", "--cfg", "nan"]).contains("--cfg"));
 
     // export in both dtypes; the checker compares with the reference model's names and shapes
     let expect = repo().join("tests/golden/export-state-dict.json");

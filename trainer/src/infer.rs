@@ -62,8 +62,8 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
 }
 
 /// Text features from a safetensors file: one f32/f16/bf16 tensor `[tokens, Ct]` per caption, taken in
-/// name order.
-pub fn text_features_file(path: &Path, width: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+/// name order, of at most `max_tokens` tokens (the model's `text_maxlen`) and finite values.
+pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Result<(Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut names = st.names();
@@ -77,7 +77,17 @@ pub fn text_features_file(path: &Path, width: usize) -> Result<(Vec<f32>, Vec<us
             path.display(),
             t.shape()
         );
-        kv.extend(crate::model::io::tensor_f32(name, t.dtype(), t.data())?);
+        ensure!(
+            t.shape()[0] <= max_tokens,
+            "{}: `{name}` has {} tokens; the model takes captions of at most {max_tokens} (its text_maxlen)",
+            path.display(),
+            t.shape()[0]
+        );
+        let values = crate::model::io::tensor_f32(name, t.dtype(), t.data())?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!("{}: `{name}` holds {} at token {}, channel {}", path.display(), values[i], i / width, i % width);
+        }
+        kv.extend(values);
         lens.push(t.shape()[0]);
     }
     ensure!(!lens.is_empty(), "{}: no tensors", path.display());

@@ -14,7 +14,7 @@ use safetensors::Dtype;
 
 use crate::infer;
 use crate::model::sample::{SampleCondition, SampleOptions};
-use crate::model::{Conditioning, Layout};
+use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint;
 
 #[derive(Args, Debug)]
@@ -64,6 +64,7 @@ pub struct SampleArgs {
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
     ensure!(a.tau > 0.0, "--tau must be positive");
+    ensure!(a.cfg.is_finite(), "--cfg must be a finite number (the guidance scale), found {}", a.cfg);
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
     let data_dir = a.data.clone().unwrap_or_else(|| ck.train.data.dir.clone());
@@ -72,7 +73,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(m.d as usize == ck.model.d, "{}: d = {}, the model has d = {}", data_dir.display(), m.d, ck.model.d);
     let sched = infer::pick_schedule(&m, a.template.as_deref())?;
 
-    let (cond, rows) = condition(&a, &ck.model.conditioning, &m)?;
+    let (cond, rows) = condition(&a, &ck.model, &m)?;
     let lay = Layout::new(&ck.model);
     let opts = SampleOptions { cfg: a.cfg, tau: a.tau, top_p: a.top_p, seed: a.seed };
     let t0 = std::time::Instant::now();
@@ -120,7 +121,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 }
 
 /// The condition of every sample (each given condition `n` times) and a label per grid row.
-fn condition(a: &SampleArgs, kind: &Conditioning, m: &Manifest) -> Result<(SampleCondition, Vec<String>)> {
+fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(SampleCondition, Vec<String>)> {
+    let (kind, text_maxlen) = (&model.conditioning, model.text_maxlen);
     let text_given = !a.caption.is_empty() || a.text_features.is_some();
     match kind {
         Conditioning::Class { .. } => {
@@ -141,11 +143,21 @@ fn condition(a: &SampleArgs, kind: &Conditioning, m: &Manifest) -> Result<(Sampl
             let info = m.conditions.text.as_ref().context("the dataset has no text condition")?;
             let ((kv, lens), rows) = match &a.text_features {
                 Some(f) => {
-                    let (kv, lens) = infer::text_features_file(f, info.width as usize)?;
+                    let (kv, lens) = infer::text_features_file(f, info.width as usize, text_maxlen)?;
                     let rows = (0..lens.len()).map(|i| format!("features #{i}")).collect();
                     ((kv, lens), rows)
                 }
-                None if !a.caption.is_empty() => (infer::caption_features(&a.caption, info)?, a.caption.clone()),
+                None if !a.caption.is_empty() => {
+                    let (kv, lens) = infer::caption_features(&a.caption, info)?;
+                    if let Some(i) = lens.iter().position(|&n| n > text_maxlen) {
+                        bail!(
+                            "--caption {:?} has {} words; the model takes captions of at most {text_maxlen} tokens",
+                            a.caption[i],
+                            lens[i]
+                        );
+                    }
+                    ((kv, lens), a.caption.clone())
+                }
                 None => bail!("a text-conditioned model needs --caption or --text-features"),
             };
             Ok((SampleCondition::Text { kv, lens }.repeat(a.n, info.width as usize), rows))
