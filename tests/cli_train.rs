@@ -183,8 +183,15 @@ fn check_reports_a_run_without_starting_it() {
     assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");
     let junk = tmp.path().join("junk.safetensors");
     std::fs::write(&junk, b"not weights").unwrap();
-    let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&junk))]);
-    assert!(e.contains("model.init_from") && e.contains("not a safetensors file"), "{e}");
+    let (e, code) =
+        fails(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&junk))]);
+    assert!(e.contains("model.init_from") && e.contains("not a safetensors file") && code == 2, "{code}: {e}");
+    // what a run finds before its first step, a restart would find again: the launcher's no-restart code
+    let (e, code) = fails(&["train", path_str(&cfg), "--set", &format!("model.init_from={}", path_str(&junk))]);
+    assert!(e.contains("model.init_from") && code == 2, "{code}: {e}");
+    let nowhere = format!("data.dir={}", path_str(&tmp.path().join("nowhere")));
+    let (e, code) = fails(&["train", path_str(&cfg), "--set", &nowhere]);
+    assert!(e.contains("data.dir") && e.contains("nowhere") && code == 2, "{code}: {e}");
     // μP's base model must exist: at width 32 the tiny preset's FFN rounds to nothing
     let e = err(&["train", path_str(&cfg), "--check", "--set", "model.mup_base_width=32"]);
     assert!(e.contains("model.mup_base_width = 32") && e.contains("FFN"), "{e}");

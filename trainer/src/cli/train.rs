@@ -87,7 +87,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }
-            if e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent)) {
+            let bad_data = |e: &anyhow::Error| {
+                e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent))
+            };
+            // found before the first step: a restart would find it again
+            if let Some(u) = e.chain().find_map(|c| c.downcast_ref::<train::Unrecoverable>()) {
+                return Err(match bad_data(&u.0) {
+                    true => Permanent::Data(e),
+                    false => Permanent::Invocation(e),
+                }
+                .into());
+            }
+            if bad_data(&e) {
                 return Err(Permanent::Data(e).into());
             }
             // a step that cannot fit the GPU fails again after any restart: a config error

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::config::{DeviceChoice, TrainConfig};
-use super::{checkpoint, compute, gpu_fit, init_from, mfu, micro_steps, val, Preview, Setup};
+use super::{checkpoint, compute, gpu_fit, init_from, mfu, micro_steps, unrecoverable, val, Preview, Setup};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::Params;
 
@@ -20,7 +20,7 @@ use crate::model::Params;
 /// a GPU of that size and this machine's devices are not opened.
 pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Option<u64>) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let Setup { ds, mc, lay, mean_tokens, flops_per_token } = Setup::open(cfg)?;
+    let Setup { ds, mc, lay, mean_tokens, flops_per_token } = Setup::open(cfg).map_err(unrecoverable)?;
     let m = &ds.manifest;
     out.push(format!(
         "dataset {}: {} rows in {} shards (checksums verified), d = {}, {} schedules, {mean_tokens:.0} tokens per sample",
@@ -89,7 +89,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         16.0 * n / 1e9,
         12.0 * n / 1e9
     ));
-    if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch)? {
+    if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());
         out.push(format!("validation: {} rows of {dir}", v.rows()));
     }
@@ -107,10 +107,11 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     }
     if let Some(dir) = resume {
         let (_, _, state) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
-            .with_context(|| format!("resuming from {}", dir.display()))?;
+            .with_context(|| format!("resuming from {}", dir.display()))
+            .map_err(unrecoverable)?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
     } else {
-        match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay))? {
+        match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
             Some((file, fresh)) => out.push(format!(
                 "start: weights from {} ({} tensors kept fresh or left out)",
                 file.display(),

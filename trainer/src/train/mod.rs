@@ -120,6 +120,24 @@ impl Setup {
     }
 }
 
+/// An error no restart can mend, found before the first step: the config, the dataset, the checkpoint
+/// or the weights it names disagree, or one of them is missing or corrupt. `infinity train` exits for
+/// it with a code `infinity launch` does not restart (bad data's, where a dataset's check failed).
+#[derive(Debug)]
+pub struct Unrecoverable(pub anyhow::Error);
+
+impl std::fmt::Display for Unrecoverable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Unrecoverable {}
+
+fn unrecoverable(e: anyhow::Error) -> anyhow::Error {
+    Unrecoverable(e).into()
+}
+
 /// `model.init_from`'s weights over the fresh ones in `p` (nothing without it): the file they came
 /// from and the tensors kept fresh or left out.
 pub(crate) fn init_from(
@@ -180,7 +198,7 @@ fn agree_on_micro_batch(
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
-    let Setup { ds, mc, lay, mean_tokens: mean_l, flops_per_token } = Setup::open(cfg)?;
+    let Setup { ds, mc, lay, mean_tokens: mean_l, flops_per_token } = Setup::open(cfg).map_err(unrecoverable)?;
     let ds = Arc::new(ds);
     let m = ds.manifest.clone();
     let joined = dist::stop_while_joining(&opts.stop);
@@ -260,7 +278,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (mut params, mut opt, mut state) = match &opts.resume {
         Some(dir) => {
             let (p, o, s) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
-                .with_context(|| format!("resuming from {}", dir.display()))?;
+                .with_context(|| format!("resuming from {}", dir.display()))
+                .map_err(unrecoverable)?;
             println!("resumed from {} at step {}", dir.display(), s.step);
             let changes = rundir::resume_changes(dir, &config_toml)?;
             if leader && !changes.is_empty() {
@@ -273,7 +292,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             if let Some(base) = cfg.model.mup() {
                 crate::model::mup::rescale_init(&mut p, &lay, &mc, &base);
             }
-            if let Some((file, fresh)) = init_from(cfg, &mc, &lay, &mut p)? {
+            if let Some((file, fresh)) = init_from(cfg, &mc, &lay, &mut p).map_err(unrecoverable)? {
                 println!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
                 if leader && !fresh.is_empty() {
                     tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
@@ -369,7 +388,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
-    let validator = val::Validator::new(cfg, &mc, &ds, micro_batch)?;
+    let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
     // hyperparameters once per run, when it starts from step 0
     if let Some(l) = logger.as_mut().filter(|_| st.step == 0) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
