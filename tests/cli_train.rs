@@ -395,7 +395,14 @@ fn out_of_range_settings_are_named() {
     ] {
         let e = format!("{:#}", load(set).unwrap_err());
         assert!(e.contains(key), "{set:?}: {e}");
+        // the error says where the value came from: the last override here
+        assert!(e.starts_with(&format!("--set {}: ", set[set.len() - 1].split('=').next().unwrap())), "{set:?}: {e}");
     }
+    // a range error about the file's own value names the file
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("lr = 1e-3", "lr = -1e-3")).unwrap();
+    let e = format!("{:#}", load(&[]).unwrap_err());
+    assert!(e.starts_with(&format!("{}: optim.lr must be", cfg.display())), "{e}");
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("lr = -1e-3", "lr = 1e-3")).unwrap();
     let c = load(&["optim.adamw.beta1=0.95", "optim.clip=0"]).unwrap();
     assert_eq!((c.optim.adamw.beta1, c.optim.adamw.beta2, c.optim.clip), (0.95, 0.97, 0.0));
 }

@@ -384,16 +384,22 @@ impl TrainConfig {
                 bail!("optim.adamw.{key} must be in [0, 1), found {v}");
             }
         }
-        if !(a.eps > 0.0 && a.eps.is_finite() && a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
-            bail!("optim.adamw.eps must be positive and weight_decay ≥ 0, found {} and {}", a.eps, a.weight_decay);
+        if !(a.eps > 0.0 && a.eps.is_finite()) {
+            bail!("optim.adamw.eps must be a positive number, found {}", a.eps);
+        }
+        if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+            bail!("optim.adamw.weight_decay must be a finite number ≥ 0, found {}", a.weight_decay);
         }
         let (min_ratio, fraction) = match o.decay {
             Decay::Constant => (0.0, 1.0),
             Decay::Cosine { min_ratio } | Decay::Linear { min_ratio } => (min_ratio, 1.0),
             Decay::Wsd { decay_fraction, min_ratio } => (min_ratio, decay_fraction),
         };
-        if !((0.0..=1.0).contains(&min_ratio) && fraction > 0.0 && fraction <= 1.0) {
-            bail!("optim.decay: min_ratio must be in [0, 1] and decay_fraction in (0, 1], found {min_ratio} and {fraction}");
+        if !(0.0..=1.0).contains(&min_ratio) {
+            bail!("optim.decay.min_ratio must be in [0, 1], found {min_ratio}");
+        }
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("optim.decay.decay_fraction must be in (0, 1], found {fraction}");
         }
         if o.warmup_steps > self.run.steps {
             tracing::warn!(

@@ -26,7 +26,14 @@ impl TrainConfig {
             let key = e.path().to_string();
             anyhow::anyhow!("{}: at `{key}`: {}{}", source_of(&key, path, overrides), e.inner(), allowed_values(&key))
         })?;
-        cfg.validate().with_context(|| path.display().to_string())?;
+        // each check's message starts with the key it is about: name where that key's value came from
+        cfg.validate().map_err(|e| {
+            let text = e.to_string();
+            let key = text.split_whitespace().next().unwrap_or("").trim_end_matches([':', ',']);
+            let is_key = key.contains('.') && key.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.".contains(c));
+            let source = if is_key { source_of(key, path, overrides) } else { path.display().to_string() };
+            e.context(source)
+        })?;
         Ok(cfg)
     }
 }
@@ -55,14 +62,17 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
 fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
-    let from_set = overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
-    let var = format!("INF__{}", key.to_uppercase().replace('.', "__"));
-    if from_set {
-        format!("--set {key}")
-    } else if std::env::var_os(&var).is_some() {
-        format!("{var} (in the environment)")
-    } else {
-        path.display().to_string()
+    // the key itself or a table around it (`optim.decay` holds `optim.decay.min_ratio`)
+    let related = |k: &str| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."));
+    if let Some(k) = overrides.iter().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim()).find(|k| related(k)) {
+        return format!("--set {k}");
+    }
+    let var = std::env::vars_os()
+        .filter_map(|(v, _)| v.into_string().ok())
+        .find(|v| v.strip_prefix("INF__").is_some_and(|k| related(&k.to_lowercase().replace("__", "."))));
+    match var {
+        Some(v) => format!("{v} (in the environment)"),
+        None => path.display().to_string(),
     }
 }
 
