@@ -15,7 +15,7 @@
 //! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -112,6 +112,19 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
     for (k, vals) in &sweep.axes {
         ensure!(!vals.is_empty(), "{}: axis `{k}` has no values", path.display());
     }
+    // what the sweep sets itself: each run's folder, and with a tokens axis its steps
+    for k in sweep.axes.keys().chain(sweep.set.keys()) {
+        ensure!(
+            k != "run.dir",
+            "{}: `{k}` is the sweep's to set (out/NAME for each run): set `out` instead",
+            path.display()
+        );
+        ensure!(
+            !(k == "run.steps" && sweep.axes.contains_key("tokens")),
+            "{}: `run.steps` beside a `tokens` axis: the token budget sets each run's steps",
+            path.display()
+        );
+    }
     let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
 
     // the product of the axes, in key order
@@ -120,9 +133,22 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
         combos =
             combos.into_iter().flat_map(|c| vals.iter().map(move |v| [c.clone(), vec![(k, v)]].concat())).collect();
     }
+    let name_of =
+        |combo: &[(&String, &toml::Value)]| combo.iter().map(|(k, v)| name_part(k, v)).collect::<Vec<_>>().join("_");
+    let mut named: HashMap<String, String> = HashMap::new();
+    for combo in &combos {
+        let values = combo.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
+        if let Some(first) = named.insert(name_of(combo), values.clone()) {
+            bail!(
+                "{}: the runs ({first}) and ({values}) would share the folder {}: make the axes' values distinct",
+                path.display(),
+                name_of(combo)
+            );
+        }
+    }
     let mut runs = Vec::new();
     for combo in combos {
-        let name = combo.iter().map(|(k, v)| name_part(k, v)).collect::<Vec<_>>().join("_");
+        let name = name_of(&combo);
         let dir = sweep.out.join(&name);
         let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
         let mut tokens_budget = None;

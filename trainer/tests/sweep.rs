@@ -68,6 +68,20 @@ fn a_mini_sweep_runs_resumes_and_fits() {
 
     let plan = ok(infinity(&["sweep", "sweep.toml", "--dry-run"], t));
     assert!(plan.contains("embed-dim-64_num-heads-2") && plan.contains("3 runs"), "{plan}");
+    // runs that would share a folder, and settings the sweep makes itself, are refused before any run
+    for (axes, want) in [
+        ("\"optim.lr\" = [1e-3, 0.001]", "would share the folder lr-0.001"),
+        ("\"data.dir\" = [\"data/x\", \"data-x\"]", "(data.dir = \"data/x\") and (data.dir = \"data-x\") would share"),
+        ("\"run.dir\" = [\"a\", \"b\"]", "`run.dir` is the sweep's to set"),
+        ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
+    ] {
+        std::fs::write(t.join("clash.toml"), format!("base = \"base.toml\"\nout = \"clash\"\n[axes]\n{axes}\n"))
+            .unwrap();
+        let out = infinity(&["sweep", "clash.toml", "--dry-run"], t);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains(want), "{axes}: {text}");
+    }
+    assert!(!t.join("clash").exists());
     let out = ok(infinity(&["sweep", "sweep.toml"], t));
     assert!(out.contains("sweep done: 3 runs"), "{out}");
     let again = ok(infinity(&["sweep", "sweep.toml"], t));
