@@ -143,6 +143,12 @@ fn train_sample_and_export_a_text_model() {
         println!("{report}");
     }
 
+    // -o a folder: the weights go inside it
+    let folder = tmp.path().join("export-folder");
+    std::fs::create_dir(&folder).unwrap();
+    assert!(infinity(&["export", run_s, "-o", path_str(&folder)]));
+    assert!(folder.join("model.safetensors").is_file() && folder.join("config.json").is_file());
+
     // a corrupt checkpoint is refused with its checksum
     let ckpt = run.join("checkpoints/step-00000002/model.safetensors");
     let mut b = std::fs::read(&ckpt).unwrap();
@@ -178,6 +184,9 @@ fn check_reports_a_run_without_starting_it() {
     assert!(lines.contains("start: a fresh initialisation") && lines.contains("GB of weights"), "{lines}");
     assert!(infinity(&["train", path_str(&cfg), "--check"]));
     assert!(!run.exists(), "--check wrote {}", run.display());
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", path_str(&tmp.path().join("nowhere"))]);
+    assert!(e.contains("no such checkpoint or run folder") && code == 2, "{code}: {e}");
+    assert!(err(&["train", path_str(&cfg), "--check", "--world", "0"]).contains("0 is not in 1.."));
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
     assert!(e.contains("must split into 3 ranks"), "{e}");
     assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");
@@ -223,7 +232,7 @@ fn check_reports_a_run_without_starting_it() {
     let c = TrainConfig::load(&cfg, &set).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, Some((1 << 30) + (64 << 20))).unwrap().join("\n");
     for want in [
-        "device: Auto (F32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
+        "device: auto (f32), checked against a GPU of 1.06 GiB (this machine's devices not opened)",
         "data.micro_batch = auto: 4, the largest divisor of the 4 samples per rank whose step fits the GPU's 1.06 GiB",
         "GPU memory per rank (estimate): ",
     ] {
@@ -403,6 +412,10 @@ fn out_of_range_settings_are_named() {
     let e = format!("{:#}", load(&[]).unwrap_err());
     assert!(e.starts_with(&format!("{}: optim.lr must be", cfg.display())), "{e}");
     std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("lr = -1e-3", "lr = 1e-3")).unwrap();
+    let e = format!("{:#}", load(&["=3"]).unwrap_err());
+    assert!(e.contains("--set =3: expected key.path=value"), "{e}");
+    let e = format!("{:#}", load(&["run.dir="]).unwrap_err());
+    assert!(e.contains("--set run.dir: run.dir must name a folder"), "{e}");
     let c = load(&["optim.adamw.beta1=0.95", "optim.clip=0"]).unwrap();
     assert_eq!((c.optim.adamw.beta1, c.optim.adamw.beta2, c.optim.clip), (0.95, 0.97, 0.0));
 }

@@ -114,3 +114,20 @@ fn garbage_never_brings_the_store_down() {
     let mut fresh = StoreClient::connect(&addr, "tok", "fresh", T).unwrap();
     assert_eq!(fresh.add("count", 1).unwrap(), 1);
 }
+
+/// A client that reaches another service (an HTTP server on the store's port) says so.
+#[test]
+fn a_peer_that_is_not_a_store_is_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _ = s.read(&mut [0u8; 256]);
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    });
+    let e = match StoreClient::connect(&addr, "tok", "x", T) {
+        Ok(_) => panic!("an HTTP server was taken for a store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("\"HTTP\"") && e.contains("is the peer an infinity rendezvous store?"), "{e}");
+}

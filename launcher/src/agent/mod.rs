@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_DATA};
 use crate::store::StoreClient;
@@ -137,6 +137,7 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
     let (host, port) = match &a.rdzv {
         Some(r) => {
             let (h, p) = r.rsplit_once(':').with_context(|| format!("--rdzv {r}: expected HOST:PORT"))?;
+            ensure!(!h.is_empty(), "--rdzv {r}: expected HOST:PORT (no host given)");
             (h.to_string(), p.parse().with_context(|| format!("--rdzv {r}: bad port"))?)
         }
         None if nnodes == 1 => ("127.0.0.1".to_string(), 0),

@@ -75,7 +75,11 @@ pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
 pub fn body_len(header: [u8; 4]) -> Result<usize, String> {
     let n = u32::from_le_bytes(header) as usize;
     if n == 0 || n > MAX_FRAME {
-        return Err(format!("frame of {n} bytes (expected 1..={MAX_FRAME})"));
+        let text: String = header.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+        return Err(format!(
+            "frame of {n} bytes (expected 1..={MAX_FRAME}; the first bytes read {text:?}: is the peer an infinity \
+             rendezvous store?)"
+        ));
     }
     Ok(n)
 }

@@ -19,7 +19,8 @@ enum DtypeArg {
 pub struct ExportArgs {
     /// A checkpoint folder, or a run folder (its newest complete checkpoint).
     ckpt: PathBuf,
-    /// Output weights; `config.json` is written beside it.
+    /// Output weights; `config.json` is written beside it. A folder (existing, or ending in `/`) gets
+    /// `model.safetensors` inside it.
     #[arg(short, long, default_value = "model.safetensors")]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -41,7 +42,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     if a.chunked && ck.model.block_chunks <= 1 {
         eprintln!("--chunked: this model has block_chunks = 1, so its keys stay blocks.N (as upstream names them)");
     }
-    let (weights, config) = crate::export::export(&ck, &a.out, dtype, a.chunked)?;
+    let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/');
+    let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
+    let (weights, config) = crate::export::export(&ck, &out, dtype, a.chunked)?;
     let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
     println!(
         "exported {}{} (step {}): {} ({:.1} MB) and {}",

@@ -39,11 +39,11 @@ pub struct CoordArgs {
     #[arg(long)]
     base_width: Option<usize>,
     /// AdamW steps (weight decay 0).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive())]
     steps: usize,
     #[arg(long, default_value_t = 1e-2)]
     lr: f64,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::positive())]
     batch: usize,
     /// Scale schedule (pixel budget at template 1.000).
     #[arg(long, default_value = "demo5")]
@@ -75,10 +75,10 @@ pub struct InfoArgs {
     #[command(flatten)]
     shape: Shape,
     /// Samples per micro-batch, for the GPU memory table.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive())]
     batch: usize,
     /// Data-parallel ranks: above 1, AdamW's state is ZeRO-1 sharded over them (dist.zero1 over NCCL).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::positive())]
     world: usize,
     /// Memory of the GPU (GiB): adds the largest micro-batch that fits to the table (H100: 80, H200: 141).
     #[arg(long)]
@@ -89,9 +89,9 @@ pub struct InfoArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     shape: Shape,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::positive())]
     batch: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::positive())]
     steps: usize,
     /// Also run the PyTorch reference (tests/reference/bench_model.py) with this Python.
     #[arg(long)]

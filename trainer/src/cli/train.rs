@@ -21,7 +21,8 @@ pub struct TrainArgs {
     /// Override a config value, e.g. `--set optim.lr=3e-4` (repeatable; wins over INF__… variables).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// `auto` continues from the newest complete checkpoint of run.dir (if any); or a checkpoint folder.
+    /// `auto` continues from the newest complete checkpoint of run.dir (if any); or a checkpoint folder,
+    /// or another run folder (its newest complete checkpoint).
     /// Default: a fresh start, which refuses a run.dir that holds a run. A group the launcher restarts
     /// continues from run.dir's newest checkpoint.
     #[arg(long)]
@@ -32,7 +33,7 @@ pub struct TrainArgs {
     #[arg(long)]
     check: bool,
     /// The number of ranks `--check` splits the batch for (default: the environment's world size, else 1).
-    #[arg(long, requires = "check")]
+    #[arg(long, requires = "check", value_parser = super::positive())]
     world: Option<usize>,
     /// `--check` a GPU run against a GPU of this many GiB instead of this machine's (say, on a login
     /// node without one): the memory per rank, whether the micro-batch fits, what "auto" takes.
@@ -62,7 +63,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             None
         }
         Some("auto") => newest(),
-        Some(p) => Some(PathBuf::from(p)),
+        // a checkpoint folder, or a run folder's newest complete checkpoint
+        Some(p) => Some(train::checkpoint::resolve(std::path::Path::new(p)).map_err(bad)?),
     };
     let gpu = match a.gpu_gib {
         Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),

@@ -51,7 +51,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             bail!("run.device = \"cuda\" but this build has no CUDA support (build with --features cuda)")
         }
         Some(bytes) => format!(
-            "device: {:?} ({:?}), checked against a GPU of {} (this machine's devices not opened)",
+            "device: {} ({}), checked against a GPU of {} (this machine's devices not opened)",
             cfg.run.device,
             cfg.run.precision,
             gib(bytes)
@@ -62,7 +62,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             let note = device.precision_note(&cfg.run).map(|n| format!("; {n}")).unwrap_or_default();
             let (_, peak) = mfu::resolve_peak(cfg.run.peak_tflops, device.gpu_name(), cfg.run.precision);
             let peak = peak.map(|p| format!("; {p}")).unwrap_or_default();
-            format!("device: {:?} ({:?}){note}{peak}", cfg.run.device, cfg.run.precision)
+            format!("device: {} ({}){note}{peak}", cfg.run.device, cfg.run.precision)
         }
     };
     let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, gpu)?;

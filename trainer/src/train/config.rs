@@ -158,6 +158,26 @@ pub enum DeviceChoice {
     Auto,
 }
 
+/// As the config writes them (`cpu`, `bf16`).
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+            DeviceChoice::Auto => "auto",
+        })
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 fn default_log_every() -> u64 {
     10
 }
@@ -359,6 +379,9 @@ impl TrainConfig {
         }
         if self.run.steps == 0 {
             bail!("run.steps must be positive");
+        }
+        if self.run.dir.as_os_str().is_empty() {
+            bail!("run.dir must name a folder, found \"\"");
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             bail!("optim.lr must be a positive number, found {}", self.optim.lr);

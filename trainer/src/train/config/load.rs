@@ -18,8 +18,10 @@ impl TrainConfig {
                 config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true),
             );
         for o in overrides {
-            let (k, v) = o.split_once('=').with_context(|| format!("--set {o}: expected key.path=value"))?;
-            b = b.set_override(k.trim(), override_value(v.trim()))?;
+            let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                bail!("--set {o}: expected key.path=value");
+            };
+            b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
         }
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
