@@ -246,6 +246,19 @@ fn check_reports_a_run_without_starting_it() {
     assert!(e.contains("Micro-batches: none fits") && code == 2, "{code}: {e}");
     assert!(check("80", "run.device=cpu").0.contains("but run.device = \"cpu\""));
     assert!(check("0", "run.device=auto").0.contains("--gpu-gib 0: expected a size in GiB"));
+    // the loader's checks, as the first step would make them: a bucket holding the global batch, and a
+    // saved position this config can continue
+    let (e, code) =
+        fails(&["train", path_str(&cfg), "--check", "--set", "data.global_batch=96", "--set", "data.micro_batch=96"]);
+    assert!(e.contains("no bucket has a full global batch of 96 rows") && code == 65, "{code}: {e}");
+    assert!(infinity(&["train", path_str(&cfg)]));
+    let c = TrainConfig::load(&cfg, &["optim.lr=2e-3".into()]).unwrap();
+    let lines =
+        infinity_trainer::train::check::check(&c, 1, Some(&run.join("checkpoints/step-00000002")), None).unwrap();
+    let want = "resume: settings that differ from the checkpoint's: optim.lr: 0.001 → 0.002";
+    assert!(lines.iter().any(|l| l == want), "{lines:?}");
+    let (e, _) = fails(&["train", path_str(&cfg), "--check", "--resume", "auto", "--set", "run.seed=5"]);
+    assert!(e.contains("cannot resume") && e.contains("seed"), "{e}");
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

@@ -7,11 +7,16 @@
 //! from a machine without the GPU (a login node).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use infinity_data::loader::{Loader, LoaderOptions};
 
 use super::config::{DeviceChoice, TrainConfig};
-use super::{checkpoint, compute, gpu_fit, init_from, mfu, micro_steps, unrecoverable, val, Preview, Setup};
+use super::{
+    checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, rundir, unrecoverable, val, Preview,
+    Setup,
+};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::Params;
 
@@ -105,11 +110,18 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             None => gpu_fit::describe(&mc, &lay, &step),
         });
     }
+    let mut position = None;
     if let Some(dir) = resume {
         let (_, _, state) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
             .with_context(|| format!("resuming from {}", dir.display()))
             .map_err(unrecoverable)?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
+        let config_toml = toml::to_string(cfg).context("serialising the config")?;
+        let changes = rundir::resume_changes(dir, &config_toml)?;
+        if !changes.is_empty() {
+            out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
+        }
+        position = Some(state.loader);
     } else {
         match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
             Some((file, fresh)) => out.push(format!(
@@ -120,5 +132,9 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             None => out.push("start: a fresh initialisation".into()),
         }
     }
+    // the loader's own checks, as the run's first step makes them: a bucket that holds a global batch,
+    // a saved position this config can continue (the same seed, batch and dataset)
+    let lo = LoaderOptions { workers: 0, ..loader_options(cfg, 0, world) };
+    Loader::new(Arc::new(ds), lo, position)?;
     Ok(out)
 }

@@ -120,6 +120,19 @@ impl Setup {
     }
 }
 
+/// What rank `rank` of `world` reads: its slice of each global batch, in the run's seeded order.
+fn loader_options(cfg: &TrainConfig, rank: usize, world: usize) -> LoaderOptions {
+    LoaderOptions {
+        global_batch: cfg.data.global_batch,
+        seed: cfg.run.seed,
+        rank,
+        world_size: world,
+        workers: cfg.data.workers,
+        prefetch: 2,
+        bad_rows: BadRows::Error,
+    }
+}
+
 /// An error no restart can mend, found before the first step: the config, the dataset, the checkpoint
 /// or the weights it names disagree, or one of them is missing or corrupt. `infinity train` exits for
 /// it with a code `infinity launch` does not restart (bad data's, where a dataset's check failed).
@@ -333,15 +346,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
         }
     }
-    let lo = LoaderOptions {
-        global_batch: cfg.data.global_batch,
-        seed: cfg.run.seed,
-        rank: dist.rank,
-        world_size: dist.world,
-        workers: cfg.data.workers,
-        prefetch: 2,
-        bad_rows: BadRows::Error,
-    };
+    let lo = loader_options(cfg, dist.rank, dist.world);
     let mut loader = Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone()))?;
     let mut st = state.take().unwrap_or(TrainState {
         version: 0,
