@@ -316,6 +316,17 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         let e = format!("{:#}", C::load(&path, &[format!("data.micro_batch={bad}")]).unwrap_err());
         assert!(e.contains("at `data.micro_batch`") && e.contains("a number of samples or \"auto\""), "{bad}: {e}");
     }
+    // the config crate would round 2.6 and read "3" as 3: refused, naming the key and its source
+    for (set, want) in [
+        ("run.steps=2.6", "--set run.steps: at `run.steps`: expected a whole number, found 2.6"),
+        ("data.global_batch=7.5", "at `data.global_batch`: expected a whole number, found 7.5"),
+        ("run.steps=\"3\"", "at `run.steps`: expected a number (without quotes), found \"3\""),
+        ("checkpoint.background=\"on\"", "expected true or false (without quotes), found \"on\""),
+    ] {
+        let e = format!("{:#}", C::load(&path, &[set.into()]).unwrap_err());
+        assert!(e.contains(want), "{set}: {e}");
+    }
+    assert_eq!(C::load(&path, &["run.steps=3.0".into()]).unwrap().run.steps, 3, "a whole number written as a float");
     // run.peak_tflops: "auto" by default and back from config.toml as "auto"; a number; nothing else
     assert_eq!(c.run.peak_tflops, PeakTflops::Auto);
     let c = C::load(&path, &["run.peak_tflops=790".into()]).unwrap();

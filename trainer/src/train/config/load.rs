@@ -24,10 +24,17 @@ impl TrainConfig {
             b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
         }
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
+        let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
             let key = e.path().to_string();
             anyhow::anyhow!("{}: at `{key}`: {}{}", source_of(&key, path, overrides), e.inner(), allowed_values(&key))
         })?;
+        // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what
+        // it changed
+        let typed = serde_json::to_value(&cfg).context("re-serialising the config")?;
+        if let Some((key, found, want)) = converted(&given, &typed, "") {
+            bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
+        }
         // each check's message starts with the key it is about: name where that key's value came from
         cfg.validate().map_err(|e| {
             let text = e.to_string();
@@ -37,6 +44,35 @@ impl TrainConfig {
             e.context(source)
         })?;
         Ok(cfg)
+    }
+}
+
+/// Keys whose values may be quoted numbers (`data.micro_batch = "4"`, as `"auto"` is).
+const QUOTED_NUMBERS: [&str; 2] = ["data.micro_batch", "run.peak_tflops"];
+
+/// The first value of `given` (the config as written) that deserialising changed in `typed` (the
+/// config read back): a fraction rounded to a whole number, or a quoted number or boolean taken as one.
+/// The key, what was found and what was expected.
+fn converted(
+    given: &serde_json::Value,
+    typed: &serde_json::Value,
+    key: &str,
+) -> Option<(String, String, &'static str)> {
+    use serde_json::Value as V;
+    let at = |k: &str| if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+    match (given, typed) {
+        (V::Object(g), V::Object(t)) => g.iter().find_map(|(k, v)| converted(v, t.get(k)?, &at(k))),
+        (V::Array(g), V::Array(t)) => {
+            g.iter().zip(t).enumerate().find_map(|(i, (g, t))| converted(g, t, &at(&i.to_string())))
+        }
+        (V::Number(n), V::Number(t)) if n.as_f64().is_some_and(|x| x.fract() != 0.0) && (t.is_i64() || t.is_u64()) => {
+            Some((key.to_string(), n.to_string(), "a whole number"))
+        }
+        (V::String(s), V::Number(_)) if !QUOTED_NUMBERS.contains(&key) => {
+            Some((key.to_string(), format!("{s:?}"), "a number (without quotes)"))
+        }
+        (V::String(s), V::Bool(_)) => Some((key.to_string(), format!("{s:?}"), "true or false (without quotes)")),
+        _ => None,
     }
 }
 
