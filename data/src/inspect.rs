@@ -74,7 +74,18 @@ pub fn inspect(dir: &Path) -> Result<String> {
 pub struct VerifyReport {
     pub shards: usize,
     pub rows_checked: u64,
+    /// The problems listed (at most 20 rows per shard and kind, 20 repeated ids).
     pub problems: Vec<String>,
+    /// The problems found beyond those listed, and what each note says of them.
+    pub unlisted: usize,
+    pub notes: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Every problem found, listed or not.
+    pub fn count(&self) -> usize {
+        self.problems.len() + self.unlisted
+    }
 }
 
 /// Where a row's bits disagree with the multi-scale BSQ of its stored latent by more than rounding:
@@ -174,15 +185,18 @@ pub fn verify(dir: &Path) -> VerifyReport {
             })
             .collect();
         if mismatched.len() > 20 {
-            r.problems.push(format!(
-                "{}: {} rows with non-finite values or bits that differ from their latent's BSQ",
+            r.unlisted += mismatched.len() - 20;
+            r.notes.push(format!(
+                "{}: {} rows with non-finite values or bits that differ from their latent's BSQ ({} not listed)",
                 path.display(),
-                mismatched.len()
+                mismatched.len(),
+                mismatched.len() - 20
             ));
         }
         r.problems.extend(mismatched.into_iter().take(20));
         if bad > 20 {
-            r.problems.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));
+            r.unlisted += bad - 20;
+            r.notes.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));
         }
         if bad == 0 && counts != entry.bucket_rows {
             r.problems.push(format!(
@@ -193,7 +207,8 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
     }
     if repeated > 20 {
-        r.problems.push(format!("{} more repeated ids not listed", repeated - 20));
+        r.unlisted += repeated - 20;
+        r.notes.push(format!("{} more repeated ids not listed", repeated - 20));
     }
     if let Some(f) = &m.tokenizer.file {
         if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {

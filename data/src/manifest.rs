@@ -181,6 +181,7 @@ impl Manifest {
             }
         }
         let mut total = 0u64;
+        let mut files: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             if s.bucket_rows.len() != self.schedules.len() || s.bucket_rows.iter().sum::<u64>() != s.rows {
                 return Err(bad(
@@ -191,6 +192,11 @@ impl Manifest {
             }
             if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
                 return Err(bad(&format!("shards[{i}].file"), "a plain file name".into(), format!("`{}`", s.file)));
+            }
+            // a shard listed twice would be read twice: every row of it seen twice per epoch
+            if let Some(j) = files.insert(&s.file, i) {
+                let found = format!("`{}`, also shards[{j}].file", s.file);
+                return Err(bad(&format!("shards[{i}].file"), "a file no other entry lists".into(), found));
             }
             total += s.rows;
         }

@@ -183,6 +183,20 @@ fn manifest_that_disagrees_with_the_files() {
     std::fs::write(dir.path().join(MANIFEST_FILE), text).unwrap();
     let e = open_err(dir.path());
     assert!(e.contains("manifest key `total_rows`: expected the sum of shard rows (30), found 31"), "{e}");
+
+    // a shard listed twice (its rows would be read twice)
+    let (dir, mut m) = dataset(30);
+    let again = m.shards[0].clone();
+    m.total_rows += again.rows;
+    m.shards.push(again);
+    let text = serde_json::to_string(&m).unwrap();
+    std::fs::write(dir.path().join(MANIFEST_FILE), text).unwrap();
+    let e = open_err(dir.path());
+    let last = m.shards.len() - 1;
+    assert!(
+        e.contains(&format!("`shards[{last}].file`: expected a file no other entry lists, found `shard-00000.arrow`, also shards[0].file")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -264,4 +278,21 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
         all.contains("row 1 (id 8), column `latent`: expected finite values, found a NaN or an infinity at value 5"),
         "{all}"
     );
+}
+
+/// Past 20 problems of a kind, verify lists 20, notes the rest and counts them all.
+#[test]
+fn verify_counts_the_problems_it_does_not_list() {
+    let (dir, mut m) = dataset(12);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let square = Manifest { schedules: m.schedules[..1].to_vec(), ..m.clone() };
+    let rows: Vec<_> = (0..30).map(|i| common::random_row(&square, i, &mut rng)).collect();
+    let mut cols = basic_columns(rows.iter().map(|r| r.bits.as_slice()).collect());
+    cols[0] = ("id", Arc::new(UInt64Array::from(vec![7u64; 30]))); // 29 repeats of id 7
+    cols[3] =
+        ("latent", Arc::new(BinaryArray::from(rows.iter().map(|r| r.latent.as_deref().unwrap()).collect::<Vec<_>>())));
+    replace_shard0(dir.path(), &mut m, cols);
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!((r.problems.len(), r.unlisted, r.count()), (20, 9, 29), "{:?}", r.problems);
+    assert_eq!(r.notes, ["9 more repeated ids not listed"]);
 }

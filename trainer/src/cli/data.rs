@@ -200,11 +200,15 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             for p in &r.problems {
                 println!("problem: {p}");
             }
+            for n in &r.notes {
+                println!("note: {n}");
+            }
             println!(
-                "{}: {} shards opened, {} rows checked, {} problems",
+                "{}: {} shards opened, {} rows checked, {} problems ({} listed)",
                 dir.display(),
                 r.shards,
                 r.rows_checked,
+                r.count(),
                 r.problems.len()
             );
             if !r.problems.is_empty() {
