@@ -100,9 +100,11 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
 fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
-    // the key itself or a table around it (`optim.decay` holds `optim.decay.min_ratio`)
+    // the key itself or a table around it (`optim.decay` holds `optim.decay.min_ratio`); the last
+    // override wins
     let related = |k: &str| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."));
-    if let Some(k) = overrides.iter().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim()).find(|k| related(k)) {
+    let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
+    if let Some(k) = set.find(|k| related(k)) {
         return format!("--set {k}");
     }
     let var = std::env::vars_os()
