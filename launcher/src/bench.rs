@@ -172,15 +172,15 @@ pub fn rendezvous_time(world: usize) -> Result<f64> {
 pub fn run(a: &CommBenchArgs) -> Result<()> {
     let bytes = a.mib << 20;
     let raw = raw_loopback(bytes.max(256 << 20))?;
-    println!("raw loopback TCP, one stream: {:.2} GB/s", raw / 1e9);
-    println!("| ranks | MiB | all-reduce ms | algbw GB/s | busbw GB/s | raw ring GB/s per stream | busbw / raw stream | busbw / raw ring |");
-    println!("|---|---|---|---|---|---|---|---|");
+    console!("raw loopback TCP, one stream: {:.2} GB/s", raw / 1e9);
+    console!("| ranks | MiB | all-reduce ms | algbw GB/s | busbw GB/s | raw ring GB/s per stream | busbw / raw stream | busbw / raw ring |");
+    console!("|---|---|---|---|---|---|---|---|");
     for &w in &a.ranks {
         let secs = ring_all_reduce(w, bytes / 4, a.iters)?;
         let ring_raw = raw_ring(w, bytes)?;
         let algbw = bytes as f64 / secs;
         let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
-        println!(
+        console!(
             "| {w} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} % | {:.0} % |",
             a.mib,
             secs * 1e3,
@@ -192,6 +192,6 @@ pub fn run(a: &CommBenchArgs) -> Result<()> {
         );
     }
     let t = rendezvous_time(a.rdzv_ranks)?;
-    println!("rendezvous of {} ranks (connect + token + world check + wait): {:.1} ms", a.rdzv_ranks, t * 1e3);
+    console!("rendezvous of {} ranks (connect + token + world check + wait): {:.1} ms", a.rdzv_ranks, t * 1e3);
     Ok(())
 }

@@ -2,6 +2,9 @@
 //! loop and checkpoints (`train`), sampling to images (`infer`), export, sweeps and scaling fits
 //! (`sweep`, `scaling`), TensorBoard logs and the `infinity` command line (`cli`).
 
+#[macro_use]
+extern crate infinity_launcher; // console!, console_err!, console_text!: printing that survives a closed pipe
+
 pub mod cli;
 pub mod export;
 pub mod golden;

@@ -248,12 +248,12 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<Vec<St
     let mut failed = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         if finished(&r.dir) {
-            println!("[{}/{}] {}: finished, skipped", i + 1, runs.len(), r.name);
+            console!("[{}/{}] {}: finished, skipped", i + 1, runs.len(), r.name);
             continue;
         }
         let log = r.dir.join("train.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        println!("[{}/{}] {}: running (log {})", i + 1, runs.len(), r.name, log.display());
+        console!("[{}/{}] {}: running (log {})", i + 1, runs.len(), r.name, log.display());
         let t0 = std::time::Instant::now();
         let status = Command::new(exe)
             .args(command(r, nproc))
@@ -262,9 +262,9 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<Vec<St
             .status()
             .with_context(|| format!("starting {}", exe.display()))?;
         if status.success() && finished(&r.dir) {
-            println!("    done in {:.1} s", t0.elapsed().as_secs_f64());
+            console!("    done in {:.1} s", t0.elapsed().as_secs_f64());
         } else {
-            println!("    FAILED ({status}); see {}", log.display());
+            console!("    FAILED ({status}); see {}", log.display());
             failed.push(r.name.clone());
         }
     }

@@ -398,6 +398,31 @@ fn every_preset_in_configs_loads_and_extends_merges() {
     assert!(e.contains("deeper than 8"), "{e}");
 }
 
+/// A closed stdout and stderr (a log pipe that died, the launcher killed) do not stop a run: it trains to
+/// its end, writes its summary and exits 0, where a print to the closed pipe panicked (exit 101).
+#[test]
+fn a_run_whose_output_pipes_close_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    (cfg.run.log_every, cfg.sample.every) = (1, 0);
+    let cfg_path = tmp.path().join("train.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", cfg_path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop((child.stdout.take(), child.stderr.take())); // both pipes closed before the first line
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let summary = std::fs::read_to_string(cfg.run.dir.join("summary.json")).unwrap();
+    assert!(summary.contains("\"finished\": true"), "{summary}");
+}
+
 /// A full disk, simulated with a file-size limit (`ulimit -f`, SIGXFSZ ignored so writes fail with
 /// EFBIG): the run stops with an error naming the file, and the checkpoint saved before is intact.
 #[test]

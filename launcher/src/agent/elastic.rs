@@ -152,7 +152,7 @@ impl Rounds {
                 Some(ids) => match ids.iter().position(|id| *id == self.me) {
                     Some(k) => return Ok(Joined::Member(Group { round, node_rank: k, nnodes: ids.len() })),
                     None => {
-                        eprintln!(
+                        console_err!(
                             "[launch] round {round} started with {} nodes without this one (at most {}); waiting for the next",
                             ids.len(),
                             self.max

@@ -88,7 +88,7 @@ pub(super) async fn wait_for_agents(client: &mut StoreClient, prefix: &str, nnod
             break;
         }
         if !said && t0.elapsed() >= Duration::from_secs(2) {
-            eprintln!(
+            console_err!(
                 "[launch] this agent hosts the store: waiting up to {} s for the other agents to read how the \
                  run ended ({n} of {nnodes} out)",
                 EXIT_WAIT.as_secs()

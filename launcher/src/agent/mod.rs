@@ -181,7 +181,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         Err(code) => return Ok(code),
     };
     match &rounds {
-        None => eprintln!(
+        None => console_err!(
             "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {}",
             p.node_rank,
             p.nnodes,
@@ -190,9 +190,13 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             p.run_id
         ),
         Some(r) => {
-            eprintln!(
+            console_err!(
                 "[launch] agent {} of an elastic group of {}:{} nodes: {} local ranks each, store {store_addr}, run {}",
-                r.me, r.min, r.max, a.nproc_per_node, p.run_id
+                r.me,
+                r.min,
+                r.max,
+                a.nproc_per_node,
+                p.run_id
             );
             r.beat(&store_addr, &p.token);
         }
@@ -227,7 +231,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 match joined {
                     Joined::Member(g) => g,
                     Joined::Ended(code) => {
-                        eprintln!("[launch] the group ended (exit code {code}) without this node");
+                        console_err!("[launch] the group ended (exit code {code}) without this node");
                         if let (Some(r), Some(_)) = (&rounds, &server) {
                             // the group's agents (and other waiting ones) finish before the store goes
                             if let Ok(Some((round, nnodes))) = r.last_group(&mut client) {
@@ -241,7 +245,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             }
         };
         if rounds.is_some() {
-            eprintln!(
+            console_err!(
                 "[launch] round {}: node {} of {}, ranks {}..{} of {}",
                 g.round,
                 g.node_rank,
@@ -287,19 +291,19 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         };
         match outcome {
             Outcome::Succeeded => {
-                eprintln!("[launch] all {} local ranks finished", a.nproc_per_node);
+                console_err!("[launch] all {} local ranks finished", a.nproc_per_node);
                 return Ok(end.finish(&mut client, 0, true).await);
             }
             Outcome::Stopped(code) => {
-                eprintln!("[launch] the ranks stopped after the signal; exiting with {code}");
+                console_err!("[launch] the ranks stopped after the signal; exiting with {code}");
                 // (a node that leaves an elastic group ends only its own part, unless it hosts the store)
                 return Ok(end.finish(&mut client, code, end.hosting).await);
             }
             Outcome::Regroup(why) => {
-                eprintln!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
+                console_err!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
             }
             Outcome::Failed { report, permanent, local } => {
-                eprintln!("[launch] attempt {} failed. Root cause: {report}", g.round);
+                console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
                 // restarts used: failed attempts so far (an elastic group's regroups are not failures)
                 let used = match rounds {
                     None => attempt + 1,
@@ -314,17 +318,17 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 failure::write(&dir, g.round, g.node_rank, &report, local.as_ref(), next);
                 if let Some(code) = permanent {
                     let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
-                    eprintln!(
+                    console_err!(
                         "[launch] not restarting: exit code {code} means {what} is wrong, and a restart would fail \
                          the same way"
                     );
                     return Ok(end.finish(&mut client, code, true).await);
                 }
                 if used > a.max_restarts {
-                    eprintln!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
+                    console_err!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
                     return Ok(end.finish(&mut client, 1, true).await);
                 }
-                eprintln!("[launch] restarting the group from its newest checkpoint ({used} of {})", a.max_restarts);
+                console_err!("[launch] restarting the group from its newest checkpoint ({used} of {})", a.max_restarts);
             }
         }
     }

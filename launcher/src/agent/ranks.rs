@@ -123,7 +123,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[rank {global}] {line}");
+                    console_err!("[rank {global}] {line}");
                     let _ = writeln!(log.lock().unwrap(), "{line}");
                     let mut t = tail.lock().unwrap();
                     if t.len() == TAIL_LINES {
@@ -166,7 +166,7 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         match tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
             Ok(Ok(s)) => exited[i] = Some(s),
             _ => {
-                eprintln!("[launch] rank {} did not exit within {grace_s} s; SIGKILL", ranks[i].global);
+                console_err!("[launch] rank {} did not exit within {grace_s} s; SIGKILL", ranks[i].global);
                 let _ = ranks[i].child.kill().await;
                 exited[i] = ranks[i].child.wait().await.ok();
             }

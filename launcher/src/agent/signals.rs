@@ -20,7 +20,7 @@ pub(super) async fn until_signal<T>(
         r = task => Ok(r.expect("the blocking task does not panic")),
         sig = signals.next() => {
             let code = stopped_before_start(sig);
-            eprintln!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+            console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
             Err(code)
         }
     }

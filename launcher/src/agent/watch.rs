@@ -74,7 +74,7 @@ pub(super) async fn watch(
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
                     if let Some(why) = elastic.as_ref().and_then(|_| changing(&mut poller, &keys)) {
-                        eprintln!("[launch] {why}; the ranks stop to regroup");
+                        console_err!("[launch] {why}; the ranks stop to regroup");
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                         return Ok(Outcome::Regroup(why));
                     }
@@ -99,7 +99,7 @@ pub(super) async fn watch(
                 }
             }
             sig = signals.next() => {
-                eprintln!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
+                console_err!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
                 // a fixed group stops on every node; from an elastic one only this node leaves
                 let (key, what) = match elastic {
                     Some(Membership { hosting: false, .. }) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(sig))),
@@ -153,11 +153,11 @@ pub(super) async fn watch(
                     return Ok(Outcome::Failed { report, permanent, local: None });
                 }
                 if present[SIGNAL] {
-                    eprintln!("[launch] another node was signalled; forwarding SIGTERM");
+                    console_err!("[launch] another node was signalled; forwarding SIGTERM");
                     return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
                 }
                 if let Some(why) = change(&present[LEFT..]) {
-                    eprintln!("[launch] {why}; the ranks checkpoint and stop to regroup");
+                    console_err!("[launch] {why}; the ranks checkpoint and stop to regroup");
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Regroup(why));
                 }

@@ -162,18 +162,20 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             };
             let t = Instant::now();
             let (m, fit) = synth::synth(&a.common.out, &opts)?;
-            println!(
+            console!(
                 "wrote {} rows in {} shards to {} in {:.1} s",
                 m.total_rows,
                 m.shards.len(),
                 a.common.out.display(),
                 t.elapsed().as_secs_f64()
             );
-            println!(
+            console!(
                 "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ ({} fit images)",
-                fit.psnr_latent_db, fit.psnr_bsq_db, fit.images
+                fit.psnr_latent_db,
+                fit.psnr_bsq_db,
+                fit.images
             );
-            print!("{}", inspect::inspect(&a.common.out)?);
+            console_text!("{}", inspect::inspect(&a.common.out)?);
         }
         DataCommand::Pack(a) => {
             let opts = pack::PackOptions {
@@ -186,24 +188,25 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 created_by: command_line(),
             };
             let (m, fit) = pack::pack(&a.images, &a.common.out, &opts)?;
-            println!("packed {} images into {}", m.total_rows, a.common.out.display());
+            console!("packed {} images into {}", m.total_rows, a.common.out.display());
             if let Some(f) = fit {
-                println!(
+                console!(
                     "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ",
-                    f.psnr_latent_db, f.psnr_bsq_db
+                    f.psnr_latent_db,
+                    f.psnr_bsq_db
                 );
             }
         }
-        DataCommand::Inspect { dir } => print!("{}", inspect::inspect(&dir)?),
+        DataCommand::Inspect { dir } => console_text!("{}", inspect::inspect(&dir)?),
         DataCommand::Verify { dir } => {
             let r = inspect::verify(&dir);
             for p in &r.problems {
-                println!("problem: {p}");
+                console!("problem: {p}");
             }
             for n in &r.notes {
-                println!("note: {n}");
+                console!("note: {n}");
             }
-            println!(
+            console!(
                 "{}: {} shards opened, {} rows checked, {} problems ({} listed)",
                 dir.display(),
                 r.shards,
@@ -217,10 +220,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         }
         DataCommand::Stats(a) => {
             let ds = Dataset::open(&a.dir, Checksums::Verify)?;
-            print!("{}", inspect::stats(&ds, a.rows)?);
+            console_text!("{}", inspect::stats(&ds, a.rows)?);
             if let Some(png) = a.png {
                 inspect::sample_grid(&ds, a.n, &png)?;
-                println!("wrote {} decoded samples to {}", a.n.min(ds.num_rows() as usize), png.display());
+                console!("wrote {} decoded samples to {}", a.n.min(ds.num_rows() as usize), png.display());
             }
         }
         DataCommand::Bench(a) => {
@@ -238,8 +241,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             };
             let table = bench::run(&scratch, &opts);
             let _ = std::fs::remove_dir_all(&scratch);
-            println!("loader throughput, d = {}, global batch {}, from the page cache:", a.d, a.global_batch);
-            print!("{}", table?);
+            console!("loader throughput, d = {}, global batch {}, from the page cache:", a.d, a.global_batch);
+            console_text!("{}", table?);
         }
     }
     Ok(ExitCode::SUCCESS)

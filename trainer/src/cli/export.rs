@@ -40,13 +40,13 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         DtypeArg::Bf16 => SaveDtype::Bf16,
     };
     if a.chunked && ck.model.block_chunks <= 1 {
-        eprintln!("--chunked: this model has block_chunks = 1, so its keys stay blocks.N (as upstream names them)");
+        console_err!("--chunked: this model has block_chunks = 1, so its keys stay blocks.N (as upstream names them)");
     }
     let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/');
     let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
     let (weights, config) = crate::export::export(&ck, &out, dtype, a.chunked)?;
     let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
-    println!(
+    console!(
         "exported {}{} (step {}): {} ({:.1} MB) and {}",
         ck.dir.display(),
         if a.ema { "'s moving average" } else { "" },

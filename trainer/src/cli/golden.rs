@@ -55,22 +55,22 @@ pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
         let r = golden::check_on(dir, device == "cuda")?;
         let mut rows = r.comparisons.clone();
         rows.sort_by(|a, b| (b.rel / b.tol).total_cmp(&(a.rel / a.tol)));
-        println!("{} ({}): {} tensors", dir.display(), r.mode, rows.len());
-        println!("  {:<48} {:>11} {:>11} {:>9}", "tensor", "max abs", "rel", "tol");
+        console!("{} ({}): {} tensors", dir.display(), r.mode, rows.len());
+        console!("  {:<48} {:>11} {:>11} {:>9}", "tensor", "max abs", "rel", "tol");
         for c in rows.iter().take(if all { usize::MAX } else { 10 }) {
             let flag = if c.ok() { "" } else { "  FAIL" };
-            println!("  {:<48} {:>11.3e} {:>11.3e} {:>9.0e}{flag}", c.name, c.max_abs, c.rel, c.tol);
+            console!("  {:<48} {:>11.3e} {:>11.3e} {:>9.0e}{flag}", c.name, c.max_abs, c.rel, c.tol);
         }
         for n in r.notes.iter().take(20) {
-            println!("  note: {n}");
+            console!("  note: {n}");
         }
         for f in &r.failures {
-            println!("  FAIL: {f}");
+            console!("  FAIL: {f}");
         }
         if !r.ok() {
             failed += 1;
         }
     }
-    println!("{} golden folders, {} failed", dirs.len(), failed);
+    console!("{} golden folders, {} failed", dirs.len(), failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -111,10 +111,26 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// stderr for log events, a closed one taken as written: tracing reports a failed write with
+/// `eprintln!`, which panics on the same closed pipe.
+struct ClosedPipeOk;
+
+impl std::io::Write for ClosedPipeOk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_target(false).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_target(false).with_ansi(ansi).with_writer(|| ClosedPipeOk).init();
     match run(std::env::args_os()) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<clap::Error>() {
@@ -123,7 +139,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(if c.use_stderr() { 2 } else { 0 })
             }
             None => {
-                eprintln!("error: {e:#}");
+                console_err!("error: {e:#}");
                 ExitCode::from(exit_code(&e))
             }
         },

@@ -133,7 +133,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
-            println!(
+            console!(
                 "{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}",
                 c.depth,
                 c.embed_dim,
@@ -142,13 +142,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 c.ffn_hidden(),
                 c.d
             );
-            println!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
-            println!("schedule {}: L = {}", sched.name, sched.num_tokens());
-            println!(
+            console!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
+            console!("schedule {}: L = {}", sched.name, sched.num_tokens());
+            console!(
                 "training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}",
                 f * sched.num_tokens() as f64
             );
-            print!("{}", memory_table(&c, lay.numel, &sched, &a));
+            console_text!("{}", memory_table(&c, lay.numel, &sched, &a));
         }
         ModelCommand::Bench(a) => {
             let (config, label) = config(&a.shape)?;
@@ -167,9 +167,9 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 bf16: a.bf16,
                 profile: a.profile,
             };
-            println!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | MFU | peak MiB |");
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
-            print!("{}", bench::run(&o)?);
+            console!("| model | params | L | batch | train FLOPs/token | implementation | threads | tokens/s | GFLOP/s | MFU | peak MiB |");
+            console!("|---|---|---|---|---|---|---|---|---|---|---|");
+            console_text!("{}", bench::run(&o)?);
         }
         ModelCommand::CoordCheck(a) => coord_check(a)?,
     }
@@ -239,8 +239,8 @@ fn coord_check(a: CoordArgs) -> anyhow::Result<()> {
     for (name, mup) in [("standard parametrization", None), ("μP", Some(base))] {
         o.mup_base_width = mup;
         let base = mup.map_or(String::new(), |b| format!(", base width {b}"));
-        println!("\n{name} ({}, {} AdamW steps, lr {}{base}):\n", a.preset, o.steps, o.lr);
-        print!("{}", coord_check::table(&coord_check::run(&o)?));
+        console!("\n{name} ({}, {} AdamW steps, lr {}{base}):\n", a.preset, o.steps, o.lr);
+        console_text!("{}", coord_check::table(&coord_check::run(&o)?));
     }
     Ok(())
 }

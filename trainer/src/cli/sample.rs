@@ -78,7 +78,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let opts = SampleOptions { cfg: a.cfg, tau: a.tau, top_p: a.top_p, seed: a.seed };
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, &ck.params, &cond, sched, &opts);
-    println!(
+    console!(
         "sampled {} images ({} per condition) on the {} schedule ({} scales, {} tokens) from {} (step {}) in {:.1} s",
         s.bits.len(),
         a.n,
@@ -89,7 +89,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         ck.step,
         t0.elapsed().as_secs_f64()
     );
-    println!("rows: {}", rows.join(" | "));
+    console!("rows: {}", rows.join(" | "));
 
     if let Some(path) = &a.bits {
         let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d);
@@ -105,15 +105,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         .into();
         let bytes = safetensors::serialize([("bits", TensorView::new(Dtype::U8, vec![n, l, d], &flat)?)], Some(meta))?;
         write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        console!("wrote {}", path.display());
     }
     match infer::tokenizer(&data_dir, &m)? {
         Some(tok) => {
             save_grid(&infer::decode(&tok, &s, sched), a.n, &a.out)?;
-            println!("wrote {}", a.out.display());
+            console!("wrote {}", a.out.display());
         }
         None if a.bits.is_some() => {
-            println!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)
+            console!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)
         }
         None => bail!("the dataset's tokenizer `{}` is not built in; write the bits with --bits", m.tokenizer.name),
     }
@@ -129,7 +129,7 @@ fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(Sampl
             ensure!(!text_given, "this model is class-conditioned: use --class");
             let info = m.conditions.class.as_ref().context("the dataset has no class condition")?;
             let specs = if a.class.is_empty() {
-                eprintln!("no --class given: sampling every class ({}), {} each", info.num_classes, a.n);
+                console_err!("no --class given: sampling every class ({}), {} each", info.num_classes, a.n);
                 vec!["all".to_string()]
             } else {
                 a.class.clone()

@@ -29,7 +29,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     if a.print {
         eprint!("{}", sweep::table(&runs));
     } else {
-        print!("{}", sweep::table(&runs));
+        console_text!("{}", sweep::table(&runs));
     }
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
@@ -41,7 +41,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         for r in &todo {
             let words: Vec<String> =
                 sweep::command(r, file.nproc_per_node).iter().map(|w| sweep::sh_quote(w)).collect();
-            println!("{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
+            console!("{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -49,16 +49,16 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
         std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
         let shown = path.display().to_string();
-        println!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
+        console!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
         return Ok(ExitCode::SUCCESS);
     }
     let failed = sweep::run_local(&runs, file.nproc_per_node, &exe)?;
     if failed.is_empty() {
-        println!("sweep done: {} runs in {}", runs.len(), file.out.display());
+        console!("sweep done: {} runs in {}", runs.len(), file.out.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} of {} runs failed: {}", failed.len(), runs.len(), failed.join(", "));
-        println!("run the sweep again to retry them (finished runs are skipped)");
+        console!("{} of {} runs failed: {}", failed.len(), runs.len(), failed.join(", "));
+        console!("run the sweep again to retry them (finished runs are skipped)");
         Ok(ExitCode::FAILURE)
     }
 }
@@ -86,7 +86,7 @@ fn positive_flops(s: &str) -> Result<f64, String> {
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let out = a.out.unwrap_or_else(|| a.runs.join("scaling"));
     let r = scaling::analyse(&a.runs, &out, &a.budget)?;
-    println!("{} runs; Pearson r of ln(loss) vs ln(compute): {:.4}", r.runs.len(), r.pearson_r);
+    console!("{} runs; Pearson r of ln(loss) vs ln(compute): {:.4}", r.runs.len(), r.pearson_r);
     for f in [&r.power, &r.power_floor, &r.chinchilla].into_iter().flatten() {
         let coefs: Vec<String> = f
             .coefs
@@ -96,14 +96,14 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
                 None => format!("{} = {:.5}", c.name, c.value),
             })
             .collect();
-        println!("{}: {}", f.formula, coefs.join(", "));
+        console!("{}: {}", f.formula, coefs.join(", "));
     }
-    print!("{}", scaling::budgets_markdown(&r.budgets));
+    console_text!("{}", scaling::budgets_markdown(&r.budgets));
     for n in &r.notes {
-        println!("note: {n}");
+        console!("note: {n}");
     }
     for f in &r.files {
-        println!("wrote {}", f.display());
+        console!("wrote {}", f.display());
     }
     Ok(ExitCode::SUCCESS)
 }

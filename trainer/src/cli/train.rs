@@ -72,8 +72,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let result = match a.check {
         true => train::check::check(&cfg, world, resume.as_deref(), gpu).map(|lines| {
-            lines.iter().for_each(|l| println!("{l}"));
-            println!("check passed: {} is ready to train", a.config.display());
+            lines.iter().for_each(|l| console!("{l}"));
+            console!("check passed: {} is ready to train", a.config.display());
             None
         }),
         false => {
@@ -86,7 +86,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Ok(Some(s)) => s,
         Err(e) => {
             if let Some(c @ (CommError::Timeout { .. } | CommError::Stalled { .. })) = e.downcast_ref::<CommError>() {
-                eprintln!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
+                console_err!("error: {c}; aborting (exit code {EXIT_COMM_TIMEOUT})");
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }
             let bad_data = |e: &anyhow::Error| {

@@ -192,7 +192,7 @@ fn time_cuda(
     inp: &ModelInput<f32>,
 ) -> Result<(f64, Option<f64>, Option<String>)> {
     let mut m = crate::gpu::GpuModel::new(cfg, lay, 0, o.bf16)?;
-    println!("device: cuda:0 {} ({})", m.device_name(), m.arch());
+    console!("device: cuda:0 {} ({})", m.device_name(), m.arch());
     m.recompute = o.recompute;
     m.upload_params(p)?;
     m.zero_grads()?;

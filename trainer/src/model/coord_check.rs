@@ -188,7 +188,7 @@ mod tests {
         let (sp_h, sp_z) = growth(&sp);
         let (mu_h, mu_z) = growth(&mu);
         let tag = format!("{:?}", o.config.conditioning);
-        println!("{tag}: Δ hidden ×{sp_h:.2} standard, ×{mu_h:.2} μP; Δ logits ×{sp_z:.2} standard, ×{mu_z:.2} μP");
+        console!("{tag}: Δ hidden ×{sp_h:.2} standard, ×{mu_h:.2} μP; Δ logits ×{sp_z:.2} standard, ×{mu_z:.2} μP");
         assert!(sp_h > 2.0, "{tag}, standard: Δ hidden grew {sp_h:.2}× over 4× the width");
         assert!((1.0 / 1.5..1.5).contains(&mu_h), "{tag}, μP: Δ hidden grew {mu_h:.2}×");
         assert!((1.0 / 1.5..1.5).contains(&mu_z), "{tag}, μP: Δ logits grew {mu_z:.2}× (standard: {sp_z:.2}×)");

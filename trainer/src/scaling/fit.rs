@@ -314,7 +314,7 @@ mod tests {
         let exact = power_law(&c, &l).unwrap();
         assert!((exact.get("b") - 0.048).abs() < 1e-12 && (exact.get("a") / 12.0 - 1.0).abs() < 1e-9);
         let f = power_law(&c, &noisy(&l, 0.002, 1)).unwrap();
-        println!("power law, 0.2 % noise: a = {:.4} (12), b = {:.5} (0.048)", f.get("a"), f.get("b"));
+        console!("power law, 0.2 % noise: a = {:.4} (12), b = {:.5} (0.048)", f.get("a"), f.get("b"));
         assert!((f.get("b") - 0.048).abs() < 0.002, "{f:?}");
         assert!((f.get("a") / 12.0 - 1.0).abs() < 0.1, "{f:?}");
         let (lo, hi) = f.coefs[1].ci95.unwrap();
@@ -328,7 +328,7 @@ mod tests {
         let c = logspace(15.0, 20.0, 12);
         let l: Vec<f64> = c.iter().map(|c| 1.5 + 2000.0 * c.powf(-0.2)).collect();
         let f = power_law_with_floor(&c, &noisy(&l, 0.001, 2)).unwrap();
-        println!("with floor, 0.1 % noise: E = {:.4} (1.5), b = {:.4} (0.2)", f.get("E"), f.get("b"));
+        console!("with floor, 0.1 % noise: E = {:.4} (1.5), b = {:.4} (0.2)", f.get("E"), f.get("b"));
         assert!((f.get("E") - 1.5).abs() < 0.05, "{f:?}");
         assert!((f.get("b") - 0.2).abs() < 0.01, "{f:?}");
     }
@@ -347,7 +347,7 @@ mod tests {
         }
         let f = chinchilla(&n, &d, &noisy(&l, 0.001, 3)).unwrap();
         let g = |k: &str| f.get(k);
-        println!(
+        console!(
             "L(N, D), 0.1 % noise: E = {:.4} (1.69), A = {:.1} (406.4), B = {:.1} (410.7), α = {:.4} (0.34), β = {:.4} (0.28)",
             g("E"), g("A"), g("B"), g("alpha"), g("beta")
         );

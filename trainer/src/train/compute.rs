@@ -29,7 +29,7 @@ impl Compute {
         match (run.device, gpu_ordinal()?) {
             (DeviceChoice::Cpu, _) => Ok(Compute::Cpu),
             (DeviceChoice::Auto, None) => {
-                println!("device: cpu (run.device = \"auto\": {})", why_no_gpu());
+                console!("device: cpu (run.device = \"auto\": {})", why_no_gpu());
                 Ok(Compute::Cpu)
             }
             (DeviceChoice::Cuda, None) => bail!("run.device = \"cuda\" but {}", why_no_gpu()),
@@ -40,7 +40,7 @@ impl Compute {
                     Ok(m) => m,
                     // a GPU that cannot run this configuration is, for `auto`, no GPU
                     Err(e) if run.device == DeviceChoice::Auto && gpu_unsupported(&e) => {
-                        println!("device: cpu (run.device = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
+                        console!("device: cpu (run.device = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
                         return Ok(Compute::Cpu);
                     }
                     Err(e) => {
@@ -52,7 +52,7 @@ impl Compute {
                 m.recompute = run.recompute;
                 let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
                 let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
-                println!("device: cuda:{ordinal} {} ({}{notes})", m.device_name(), m.arch());
+                console!("device: cuda:{ordinal} {} ({}{notes})", m.device_name(), m.arch());
                 Ok(Compute::Cuda { model: Box::new(m), fresh: false })
             }
             #[cfg(not(feature = "cuda"))]

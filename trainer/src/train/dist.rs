@@ -344,7 +344,7 @@ pub fn stop_while_joining(flag: &Option<Arc<AtomicBool>>) -> Arc<AtomicBool> {
         std::thread::spawn(move || {
             while !joined.load(Ordering::Relaxed) {
                 if stop.load(Ordering::Relaxed) {
-                    eprintln!(
+                    console_err!(
                         "stopped by a signal while waiting for the other ranks: nothing trained (exit code \
                          {EXIT_STOPPED_BEFORE_START})"
                     );

@@ -179,7 +179,7 @@ fn agree_on_micro_batch(
     if cfg.data.micro_batch != MicroBatchSize::Auto || dist.world == 1 {
         let (micro, line) = resolved?;
         if let Some(line) = line.filter(|_| dist.is_leader()) {
-            println!("{line}");
+            console!("{line}");
         }
         return Ok(micro);
     }
@@ -199,7 +199,7 @@ fn agree_on_micro_batch(
     }
     if dist.is_leader() {
         match all.iter().all(|&b| b == least) {
-            true => line.into_iter().for_each(|l| println!("{l}")),
+            true => line.into_iter().for_each(|l| console!("{l}")),
             false => tracing::warn!(
                 "data.micro_batch = auto: the ranks' GPUs take {all:?} (by rank); every rank takes {least}"
             ),
@@ -219,7 +219,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
     if let Some(note) = compute.precision_note(&cfg.run) {
-        println!("{note}");
+        console!("{note}");
     }
     let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &m, &compute, &mut dist)?;
     if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
@@ -236,7 +236,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
         };
         if dist.is_leader() {
-            println!("{line}");
+            console!("{line}");
         }
     }
     let accum = micro_steps(cfg, dist.world, micro_batch)?;
@@ -244,7 +244,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // MFU against the leader's device (its GPU's datasheet peak under "auto"; none on the CPU)
     let (peak_tflops, peak_line) = mfu::resolve_peak(cfg.run.peak_tflops, compute.gpu_name(), cfg.run.precision);
     if let Some(line) = peak_line.filter(|_| leader) {
-        println!("{line}");
+        console!("{line}");
     }
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
@@ -271,9 +271,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     if let Some(base) = cfg.model.mup() {
-        println!("{}", base.describe(&mc, &lay));
+        console!("{}", base.describe(&mc, &lay));
     }
-    println!(
+    console!(
         "model: {} parameters ({:.2} M), {} ranks × {} micro-steps of {} per step",
         lay.numel,
         lay.numel as f64 / 1e6,
@@ -281,7 +281,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         accum,
         micro_batch
     );
-    println!(
+    console!(
         "tokens per step ≈ {:.0}, training FLOPs per step ≈ {:.3e}",
         mean_l * cfg.data.global_batch as f64,
         flops_per_token * mean_l * cfg.data.global_batch as f64
@@ -293,7 +293,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let (p, o, s) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
                 .with_context(|| format!("resuming from {}", dir.display()))
                 .map_err(unrecoverable)?;
-            println!("resumed from {} at step {}", dir.display(), s.step);
+            console!("resumed from {} at step {}", dir.display(), s.step);
             let changes = rundir::resume_changes(dir, &config_toml)?;
             if leader && !changes.is_empty() {
                 tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
@@ -306,7 +306,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 crate::model::mup::rescale_init(&mut p, &lay, &mc, &base);
             }
             if let Some((file, fresh)) = init_from(cfg, &mc, &lay, &mut p).map_err(unrecoverable)? {
-                println!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
+                console!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
                 if leader && !fresh.is_empty() {
                     tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
                 }
@@ -318,7 +318,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
         // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps
         // the summary it finished with
-        println!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
+        console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
         let (last_loss, last_bit_acc) = rundir::finished_metrics(run, s.step).unwrap_or((f64::NAN, f64::NAN));
         let summary = TrainSummary {
             steps: s.step,
@@ -377,12 +377,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut zero1 = (sharded && !compute.device_optimizer()).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
     if sharded {
         let place = if compute.device_zero1() { "this GPU" } else { "the host" };
-        println!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, lay.numel);
+        console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, lay.numel);
     }
     // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
     let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
     if let Some(n) = compute.overlap_grads(&mut dist, cfg.dist.overlap_grads, bucket_bytes)? {
-        println!("gradients summed over the ranks during the backward: {n} buckets a step");
+        console!("gradients summed over the ranks during the backward: {n} buckets a step");
     }
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     // only rank 0 writes logs, sample grids and checkpoints

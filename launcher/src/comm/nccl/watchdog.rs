@@ -143,7 +143,7 @@ pub(super) fn watchdog(
             }
             if exit {
                 let what = if aborted { "NCCL communicator aborted" } else { "a call is stuck inside NCCL" };
-                eprintln!("rank {rank}: {why}; {what}, exiting with code {EXIT_COMM_TIMEOUT}");
+                console_err!("rank {rank}: {why}; {what}, exiting with code {EXIT_COMM_TIMEOUT}");
                 std::process::exit(EXIT_COMM_TIMEOUT);
             }
             if aborted {
