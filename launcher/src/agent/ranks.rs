@@ -50,9 +50,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
-    let devices: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
-        .map(|v| v.split(',').map(str::to_string).collect())
-        .unwrap_or_else(|_| (0..a.nproc_per_node).map(|i| i.to_string()).collect());
+    let devices = local_devices(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), a.nproc_per_node);
     let mut ranks = Vec::new();
     for local in 0..a.nproc_per_node {
         let global = g.node_rank * a.nproc_per_node + local;
@@ -75,7 +73,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .env(vars::RUN_ID, &p.run_id)
             .env(vars::RESTART_COUNT, attempt.to_string())
             .env(vars::AGENT_STORE, "1")
-            .env("CUDA_VISIBLE_DEVICES", devices.get(local).cloned().unwrap_or_else(|| local.to_string()))
+            .env("CUDA_VISIBLE_DEVICES", &devices[local])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -138,6 +136,23 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     Ok(ranks)
 }
 
+/// Each local rank's `CUDA_VISIBLE_DEVICES`: its entry of the inherited list (a scheduler's allocation),
+/// or GPU `LOCAL_RANK` without one. Ranks beyond a shorter list see no GPU ("") rather than one the job
+/// was not given; an empty list (GPUs hidden on purpose) hides them from every rank.
+fn local_devices(inherited: Option<&str>, nproc: usize) -> Vec<String> {
+    let Some(list) = inherited else { return (0..nproc).map(|i| i.to_string()).collect() };
+    let mut devices: Vec<String> = list.split(',').map(str::trim).filter(|d| !d.is_empty()).map(String::from).collect();
+    if !devices.is_empty() && devices.len() < nproc {
+        tracing::warn!(
+            "CUDA_VISIBLE_DEVICES={list} lists {} GPUs for {nproc} local ranks: local ranks {}..{nproc} see no GPU",
+            devices.len(),
+            devices.len()
+        );
+    }
+    devices.resize(nproc, String::new());
+    devices
+}
+
 pub(super) fn describe(status: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -197,4 +212,18 @@ where
         std::task::Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_devices;
+
+    #[test]
+    fn each_local_rank_takes_its_entry_of_the_allocation_and_no_other_gpu() {
+        assert_eq!(local_devices(None, 2), ["0", "1"]);
+        assert_eq!(local_devices(Some("3,5"), 2), ["3", "5"]);
+        assert_eq!(local_devices(Some("GPU-aa, GPU-bb,"), 2), ["GPU-aa", "GPU-bb"]);
+        assert_eq!(local_devices(Some("3"), 2), ["3", ""], "GPU 1 was not allocated");
+        assert_eq!(local_devices(Some(""), 2), ["", ""], "hidden GPUs stay hidden");
+    }
 }
