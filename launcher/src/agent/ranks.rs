@@ -52,7 +52,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
     let devices = local_devices(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), a.nproc_per_node);
     let mut ranks = Vec::new();
-    for local in 0..a.nproc_per_node {
+    for (local, device) in devices.iter().enumerate() {
         let global = g.node_rank * a.nproc_per_node + local;
         let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
             (exe.to_path_buf(), &a.cmd[..])
@@ -73,7 +73,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .env(vars::RUN_ID, &p.run_id)
             .env(vars::RESTART_COUNT, attempt.to_string())
             .env(vars::AGENT_STORE, "1")
-            .env("CUDA_VISIBLE_DEVICES", &devices[local])
+            .env("CUDA_VISIBLE_DEVICES", device)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
