@@ -246,6 +246,19 @@ fn check_reports_a_run_without_starting_it() {
     assert!(e.contains("Micro-batches: none fits") && code == 2, "{code}: {e}");
     assert!(check("80", "run.device=cpu").0.contains("but run.device = \"cpu\""));
     assert!(check("0", "run.device=auto").0.contains("--gpu-gib 0: expected a size in GiB"));
+    // validation data whose class ids name other classes
+    let val = tmp.path().join("val");
+    std::fs::create_dir(&val).unwrap();
+    for e in std::fs::read_dir(tmp.path().join("data")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, val.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(val.join("manifest.json")).unwrap()).unwrap();
+    m["conditions"]["class"]["names"][0] = "zebra".into();
+    std::fs::write(val.join("manifest.json"), m.to_string()).unwrap();
+    let val_dir = format!("val.dir={}", path_str(&val));
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--set", &val_dir, "--set", "val.every=1"]);
+    assert!(e.contains("class 0 is `zebra` there and") && code == 2, "{code}: {e}");
     // the loader's checks, as the first step would make them: a bucket holding the global batch, and a
     // saved position this config can continue
     let (e, code) =

@@ -1,7 +1,8 @@
 //! `infinity data pack --images DIR`: a folder of PNG/JPEG images → shards, with the built-in tokenizer.
 //!
 //! Labels come from sub-folder names (sorted; images directly in DIR get no label and make the dataset
-//! unconditional). An optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
+//! unconditional; hidden folders are not classes, and a class folder without images is an error). An
+//! optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
 //! aspect-ratio template nearest to its h/w, resized to cover that template's pixel size and centre
 //! cropped (upstream's transform), then tokenized.
 
@@ -57,18 +58,25 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
+/// What a folder holds for packing: the images with their labels and captions, the class names, and
+/// the files left out (not .png/.jpg/.jpeg, or in a folder below a class folder). Hidden entries
+/// (`.ipynb_checkpoints`, `.DS_Store`) are not looked at; `NAME.txt` files are captions.
+fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>, Vec<PathBuf>)> {
     let read = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
         v.sort();
         Ok(v)
     };
+    let is_caption = |p: &Path| p.extension().is_some_and(|e| e == "txt");
+    let mut skipped = Vec::new();
     let top = read(root)?;
     let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
-    let loose: Vec<PathBuf> = top.into_iter().filter(|p| is_image(p)).collect();
+    let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
+    skipped.extend(top.into_iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)));
     if !classes.is_empty() && !loose.is_empty() {
         return Err(DataError::Config(format!(
             "{}: holds both class sub-folders and loose images ({}); put every image in a class folder, or use no folders",
@@ -76,23 +84,52 @@ fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>)> {
             loose[0].display()
         )));
     }
-    let caption = |p: &Path| std::fs::read_to_string(p.with_extension("txt")).ok().map(|s| s.trim().to_string());
+    let caption = |p: &Path| -> Result<Option<String>> {
+        let txt = p.with_extension("txt");
+        match std::fs::read_to_string(&txt) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DataError::io(txt, e)),
+        }
+    };
     let mut entries = Vec::new();
     let mut names = Vec::new();
     if classes.is_empty() {
-        entries.extend(loose.into_iter().map(|p| Entry { caption: caption(&p), path: p, label: None }));
+        for p in loose {
+            entries.push(Entry { caption: caption(&p)?, path: p, label: None });
+        }
     } else {
         for (k, dir) in classes.iter().enumerate() {
-            names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
-            for p in read(dir)?.into_iter().filter(|p| is_image(p)) {
-                entries.push(Entry { caption: caption(&p), path: p, label: Some(k as i32) });
+            names.push(dir.file_name().expect("a listed folder has a name").to_string_lossy().into_owned());
+            let inside = read(dir)?;
+            let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
+            if images.is_empty() {
+                // a class id with no sample would shift nothing here but mean nothing to the model
+                return Err(DataError::Config(format!(
+                    "{}: a class folder without .png/.jpg/.jpeg images (class ids are the sorted folder \
+                     names: remove it, or add images)",
+                    dir.display()
+                )));
+            }
+            skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
+            for p in images {
+                entries.push(Entry { caption: caption(&p)?, path: p, label: Some(k as i32) });
             }
         }
     }
     if entries.is_empty() {
         return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
     }
-    Ok((entries, names))
+    Ok((entries, names, skipped))
+}
+
+/// What packing left out or found missing, for the user to see.
+#[derive(Debug, Default)]
+pub struct PackNotes {
+    /// Files not packed: other formats, or below a class folder.
+    pub skipped: Vec<PathBuf>,
+    /// Images without a `NAME.txt` caption, when some have one.
+    pub uncaptioned: usize,
 }
 
 /// Load `path`, pick its template, resize to cover and centre-crop to the schedule's pixel size.
@@ -111,8 +148,8 @@ fn load_image(path: &Path, budget: &str, patch: usize) -> Result<(Image, ScaleSc
 }
 
 /// Pack `images` into a dataset at `out`.
-pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>)> {
-    let (entries, class_names) = list_images(images)?;
+pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
+    let (entries, class_names, skipped) = list_images(images)?;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -138,6 +175,8 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         )));
     }
     let has_caption = entries.iter().any(|e| e.caption.is_some());
+    let uncaptioned = if has_caption { entries.iter().filter(|e| e.caption.is_none()).count() } else { 0 };
+    let notes = PackNotes { skipped, uncaptioned };
     let header = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
@@ -178,5 +217,5 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         })
     };
     write_parallel(&mut writer, entries.len() as u64, make, |_| {})?;
-    Ok((writer.finish()?, fit))
+    Ok((writer.finish()?, fit, notes))
 }

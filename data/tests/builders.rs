@@ -97,8 +97,15 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         std::fs::write(dir.join("notes.md"), "not an image").unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    let (m, fit) =
+    // what is not a class or an image: a hidden folder, a file of another format, a nested folder
+    std::fs::create_dir_all(src.path().join(".ipynb_checkpoints")).unwrap();
+    std::fs::create_dir_all(src.path().join("cats").join("nested")).unwrap();
+    let (m, fit, notes) =
         pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
+    let skipped: Vec<String> =
+        notes.skipped.iter().map(|p| p.strip_prefix(src.path()).unwrap().display().to_string()).collect();
+    assert_eq!(skipped, ["cats/nested", "cats/notes.md", "dogs/notes.md"]);
+    assert_eq!(notes.uncaptioned, 10);
     assert_eq!(m.total_rows, 12);
     assert_eq!(m.conditions.class.as_ref().unwrap().names, vec!["cats", "dogs"]);
     assert!(m.conditions.caption);
@@ -125,4 +132,12 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("9.png"), "{e}");
+    std::fs::remove_file(src.path().join("dogs").join("9.png")).unwrap();
+
+    // a class folder without images would be a class no sample has: named
+    std::fs::create_dir(src.path().join("emptyclass")).unwrap();
+    let overwrite =
+        pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() };
+    let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
+    assert!(e.contains("emptyclass: a class folder without .png/.jpg/.jpeg images"), "{e}");
 }

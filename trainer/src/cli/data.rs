@@ -78,7 +78,9 @@ pub struct SynthArgs {
 pub struct PackArgs {
     #[command(flatten)]
     common: Common,
-    /// Folder of images, one sub-folder per class (or none for unlabelled images).
+    /// Folder of .png/.jpg/.jpeg images, one sub-folder per class (class ids: the sorted folder names;
+    /// hidden folders are not classes), or none for unlabelled images; `NAME.txt` beside `NAME.png` is
+    /// its caption.
     #[arg(long)]
     images: PathBuf,
     /// Reuse a tokenizer (tokenizer.safetensors) instead of fitting one.
@@ -187,8 +189,21 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 writer: a.common.writer(),
                 created_by: command_line(),
             };
-            let (m, fit) = pack::pack(&a.images, &a.common.out, &opts)?;
+            let (m, fit, notes) = pack::pack(&a.images, &a.common.out, &opts)?;
             console!("packed {} images into {}", m.total_rows, a.common.out.display());
+            if !notes.skipped.is_empty() {
+                let shown: Vec<String> = notes.skipped.iter().take(5).map(|p| p.display().to_string()).collect();
+                let more = notes.skipped.len().saturating_sub(5);
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                console!(
+                    "left out {} files (not .png/.jpg/.jpeg, or in a folder below a class folder): {}{more}",
+                    notes.skipped.len(),
+                    shown.join(", ")
+                );
+            }
+            if notes.uncaptioned > 0 {
+                console!("{} of {} images have no caption (NAME.txt beside NAME.png)", notes.uncaptioned, m.total_rows);
+            }
             if let Some(f) = fit {
                 console!(
                     "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ",

@@ -118,6 +118,19 @@ fn compatible(train: &Manifest, train_dir: &std::path::Path, val: &Manifest, val
     {
         bail!("val.dir {}: its conditions differ from the training data's", name(val_dir));
     }
+    // class ids mean the same classes where both datasets name them (pack: sorted folder names)
+    if let (Some(t), Some(v)) = (&train.conditions.class, &val.conditions.class) {
+        let named = !t.names.is_empty() && !v.names.is_empty();
+        if let Some(i) = (0..t.names.len().min(v.names.len())).find(|&i| named && t.names[i] != v.names[i]) {
+            bail!(
+                "val.dir {}: class {i} is `{}` there and `{}` in the training data (class ids must name the same \
+                 classes)",
+                name(val_dir),
+                v.names[i],
+                t.names[i]
+            );
+        }
+    }
     if train.tokenizer.name != val.tokenizer.name {
         bail!(
             "val.dir {}: tokenizer `{}`, the training data's is `{}`",
