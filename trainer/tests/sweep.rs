@@ -176,6 +176,18 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let report = ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
+    // so is a run stopped before its end (its loss is of a schedule it did not finish)
+    let stopped = t.join("sweep/zz-stopped");
+    let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-128_num-heads-2")).arg(&stopped).status();
+    assert!(copy.unwrap().success());
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped.join("summary.json")).unwrap()).unwrap();
+    v["finished"] = false.into();
+    std::fs::write(stopped.join("summary.json"), v.to_string()).unwrap();
+    ok(infinity(&["scaling", "sweep"], t));
+    let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
+    assert!(fits.contains("left out of the fits (not finished") && fits.contains("zz-stopped"), "{fits}");
+    std::fs::remove_dir_all(&stopped).unwrap();
     assert!(!dir.join("lr_sweep.md").exists(), "no run differs in its learning rate yet");
 
     // a run of width 64 at another learning rate (its config says so) makes a learning-rate sweep

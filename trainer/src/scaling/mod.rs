@@ -142,16 +142,26 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (lr_runs, unreadable) = lr::read_runs(root, &runs)?;
     let lr_groups = lr::groups(&lr_runs);
-    // the fits take the runs with a finite loss, of a learning-rate sweep the best rate of each
+    // the fits take the finished runs with a finite loss, of a learning-rate sweep the best rate of each
     // group; the tables list every run
     let not_best = lr::not_best(&lr_groups);
     let (fitted, other_rates): (Vec<&RunRecord>, Vec<&RunRecord>) =
-        runs.iter().filter(|r| r.loss().is_finite()).partition(|r| !not_best.contains(&r.dir));
+        runs.iter().filter(|r| r.finished && r.loss().is_finite()).partition(|r| !not_best.contains(&r.dir));
     let (c, l): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute, r.loss())).unzip();
     let mut notes = Vec::new();
     let diverged: Vec<&str> = runs.iter().filter(|r| !r.loss().is_finite()).map(|r| r.name.as_str()).collect();
     if !diverged.is_empty() {
         notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));
+    }
+    // a stopped run's loss is of a schedule it did not finish, at less compute than planned
+    let unfinished: Vec<&str> =
+        runs.iter().filter(|r| !r.finished && r.loss().is_finite()).map(|r| r.name.as_str()).collect();
+    if !unfinished.is_empty() {
+        notes.push(format!(
+            "left out of the fits (not finished: stopped by a signal or still running; the same `infinity sweep` \
+             resumes them): {}",
+            unfinished.join(", ")
+        ));
     }
     if !other_rates.is_empty() {
         let names: Vec<&str> = other_rates.iter().map(|r| r.name.as_str()).collect();
