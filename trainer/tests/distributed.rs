@@ -610,3 +610,19 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(5), "the signal took {:?}", t0.elapsed());
 }
+
+/// The agent's own command-line errors exit 2 (a bad invocation, which a scheduler should not retry)
+/// and name the option, before anything starts.
+#[test]
+fn a_bad_launch_command_line_exits_2_naming_the_option() {
+    for (args, want) in [
+        (&["--run-id", "../escape"][..], "--run-id \"../escape\": expected letters"),
+        (&["--rdzv", ":29500"], "--rdzv :29500: expected HOST:PORT (no host given)"),
+        (&["--node-rank", "3"], "--node-rank below --nnodes (3 of 1)"),
+    ] {
+        let out = Command::new(BIN).arg("launch").args(args).args(["--", "train", "none.toml"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

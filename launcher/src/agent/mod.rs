@@ -89,6 +89,12 @@ enum Outcome {
 }
 
 /// Run the agent; returns the process exit code.
+/// The command line's own errors (node counts and ranks, the rendezvous address, the run id, …), before
+/// anything starts: a bad invocation, which no retry mends.
+pub fn check_args(a: &LaunchArgs) -> Result<()> {
+    plan(a).map(|_| ())
+}
+
 pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let code = rt.block_on(run(a, exe));
@@ -156,6 +162,13 @@ fn plan(a: &LaunchArgs) -> Result<Plan> {
         None => bail!("several nodes need a shared token: --token or {} on every node", vars::TOKEN),
     };
     let run_id = a.run_id.clone().or(env("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
+    // a folder name under --log-dir and a prefix of store keys
+    ensure!(
+        !run_id.is_empty()
+            && !run_id.starts_with('.')
+            && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "--run-id {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
+    );
     Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token })
 }
 
