@@ -92,7 +92,8 @@ fn make_dataset(dir: &Path, budget: &str, d: usize, rows: u64) -> Result<()> {
 fn measure(ds: &Arc<Dataset>, opts: &BenchOptions, samples: u64, workers: usize) -> Result<(f64, f64, f64)> {
     let lo = LoaderOptions { global_batch: opts.global_batch, workers, prefetch: 4, ..Default::default() };
     let mut loader = Loader::new(ds.clone(), lo, None)?;
-    let batches = (samples / opts.global_batch as u64).max(1);
+    // more batches than the workers keep ready (4 each), or the timing reads a full queue
+    let batches = (samples / opts.global_batch as u64).max(4 * workers as u64 + 8);
     let _ = loader.next_batch()?; // first batch pays for thread start-up and the epoch plan
     let t = Instant::now();
     let mut bytes = 0usize;

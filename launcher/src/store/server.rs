@@ -32,7 +32,9 @@ impl StoreServer {
     /// Bind `addr` (port 0 picks a free one) and serve on a background thread with its own runtime, so
     /// synchronous code (a training process) can host the store too.
     pub fn spawn(addr: SocketAddr, token: String) -> Result<StoreServer> {
-        let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("store: binding {addr}"))?;
+        let std_listener = std::net::TcpListener::bind(addr).with_context(|| {
+            format!("store: binding {addr} (is another agent with node rank 0, the store's host, using this port?)")
+        })?;
         std_listener.set_nonblocking(true)?;
         let local = std_listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -95,7 +95,7 @@ pub struct PackArgs {
 pub struct StatsArgs {
     dir: PathBuf,
     /// Rows per bucket to measure.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     rows: u64,
     /// Write a grid of decoded samples to this PNG.
     #[arg(long)]
@@ -107,17 +107,17 @@ pub struct StatsArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Dataset sizes (rows at 256 px; 1024 px uses a sixteenth).
-    #[arg(long, value_delimiter = ',', default_value = "16384,131072")]
+    /// Dataset sizes (rows at 256 px; 1024 px uses a sixteenth, at least two global batches).
+    #[arg(long, value_delimiter = ',', default_value = "16384,131072", value_parser = clap::value_parser!(u64).range(1..))]
     rows: Vec<u64>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::positive())]
     d: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::positive())]
     global_batch: usize,
     /// Prefetch threads for the second measurement.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Samples read per measurement.
+    /// Samples read per measurement (at least enough batches that the read-ahead queue cannot serve them).
     #[arg(long, default_value_t = 200_000)]
     samples: u64,
     /// Scratch folder for the generated datasets (default: the system temp folder).
