@@ -59,20 +59,20 @@ pub fn encode_row(tok: &PatchTokenizer, img: &Image, sched: &ScaleSchedule) -> R
     Ok((latent_bytes, packed))
 }
 
-/// Make rows `0..n` with `make` on all cores, chunk by chunk, and write them in id order.
-/// `progress` is called after each chunk with the rows written so far.
+/// Make rows `0..n` with `make` on all cores, chunk by chunk, and write them in id order (`None`: no
+/// row for that id). `progress` is called after each chunk with the ids done so far.
 pub fn write_parallel(
     writer: &mut DatasetWriter,
     n: u64,
-    make: impl Fn(u64) -> Result<RowData> + Sync,
+    make: impl Fn(u64) -> Result<Option<RowData>> + Sync,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     const CHUNK: u64 = 2048;
     let mut start = 0;
     while start < n {
         let end = (start + CHUNK).min(n);
-        let rows: Vec<RowData> = (start..end).into_par_iter().map(&make).collect::<Result<_>>()?;
-        for row in rows {
+        let rows: Vec<Option<RowData>> = (start..end).into_par_iter().map(&make).collect::<Result<_>>()?;
+        for row in rows.into_iter().flatten() {
             writer.push(row)?;
         }
         progress(end);

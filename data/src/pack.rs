@@ -27,6 +27,9 @@ pub struct PackOptions {
     pub tokenizer: Option<PathBuf>,
     /// Images the tokenizer is fitted on.
     pub fit_images: usize,
+    /// Leave out images that cannot be read or decoded (listed in [`PackNotes::bad`]) instead of
+    /// stopping at the first.
+    pub skip_bad: bool,
     pub writer: WriterOptions,
     pub created_by: String,
 }
@@ -39,6 +42,7 @@ impl Default for PackOptions {
             patch: 4,
             tokenizer: None,
             fit_images: 512,
+            skip_bad: false,
             writer: WriterOptions::default(),
             created_by: "infinity data pack".into(),
         }
@@ -130,6 +134,8 @@ pub struct PackNotes {
     pub skipped: Vec<PathBuf>,
     /// Images without a `NAME.txt` caption, when some have one.
     pub uncaptioned: usize,
+    /// With `skip_bad`: the images left out, and why.
+    pub bad: Vec<String>,
 }
 
 /// Load `path`, pick its template, resize to cover and centre-crop to the schedule's pixel size.
@@ -158,12 +164,17 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
             let step = (entries.len() / opts.fit_images.max(1)).max(1);
-            let sample: Vec<_> = entries
-                .iter()
-                .step_by(step)
-                .take(opts.fit_images)
-                .map(|e| load_image(&e.path, &opts.budget, opts.patch))
-                .collect::<Result<_>>()?;
+            let mut sample = Vec::new();
+            for e in entries.iter().step_by(step) {
+                match load_image(&e.path, &opts.budget, opts.patch) {
+                    Ok(img) => sample.push(img),
+                    Err(DataError::Image { .. }) if opts.skip_bad => continue, // listed when its row is made
+                    Err(err) => return Err(err),
+                }
+                if sample.len() == opts.fit_images {
+                    break;
+                }
+            }
             let (t, f) = fit_tokenizer(&sample, opts.patch, opts.d)?;
             (t, Some(f))
         }
@@ -176,7 +187,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     }
     let has_caption = entries.iter().any(|e| e.caption.is_some());
     let uncaptioned = if has_caption { entries.iter().filter(|e| e.caption.is_none()).count() } else { 0 };
-    let notes = PackNotes { skipped, uncaptioned };
+    let notes = PackNotes { skipped, uncaptioned, bad: Vec::new() };
     let header = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
@@ -201,12 +212,20 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     };
     let mut writer = DatasetWriter::create(out, header, opts.writer.clone())?;
     tok.save(&out.join(TOKENIZER_FILE))?;
-    let make = |id: u64| -> Result<RowData> {
+    let bad = std::sync::Mutex::new(Vec::new());
+    let make = |id: u64| -> Result<Option<RowData>> {
         let e = &entries[id as usize];
-        let (img, sched) = load_image(&e.path, &opts.budget, opts.patch)?;
+        let (img, sched) = match load_image(&e.path, &opts.budget, opts.patch) {
+            Ok(loaded) => loaded,
+            Err(err @ DataError::Image { .. }) if opts.skip_bad => {
+                bad.lock().expect("no panics while held").push((id, err.to_string()));
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
         let bucket = schedules.iter().position(|s| s.name == sched.name).expect("schedules cover every template");
         let (latent, bits) = encode_row(&tok, &img, &sched)?;
-        Ok(RowData {
+        Ok(Some(RowData {
             id,
             bucket: bucket as u16,
             bits,
@@ -214,8 +233,14 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
             class_label: e.label,
             text_emb: None,
             caption: if has_caption { e.caption.clone() } else { None },
-        })
+        }))
     };
     write_parallel(&mut writer, entries.len() as u64, make, |_| {})?;
+    let mut bad = bad.into_inner().expect("no panics while held");
+    if bad.len() == entries.len() {
+        return Err(DataError::Config(format!("{}: no image could be read ({})", images.display(), bad[0].1)));
+    }
+    bad.sort();
+    let notes = PackNotes { bad: bad.into_iter().map(|(_, e)| e).collect(), ..notes };
     Ok((writer.finish()?, fit, notes))
 }

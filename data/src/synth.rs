@@ -296,12 +296,12 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
     };
     let mut writer = DatasetWriter::create(dir, header, opts.writer.clone())?;
     tok.save(&dir.join(TOKENIZER_FILE))?;
-    let make = |id: u64| -> Result<RowData> {
+    let make = |id: u64| -> Result<Option<RowData>> {
         let s = Sample::draw(opts.seed, id, &opts.templates);
         let sched = &schedules[s.template];
         let (h, w) = pixels(sched);
         let (latent, bits) = encode_row(&tok, &s.render(h, w), sched)?;
-        Ok(RowData {
+        Ok(Some(RowData {
             id,
             bucket: s.template as u16,
             bits,
@@ -309,7 +309,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
             class_label: Some(s.class_label()),
             text_emb: Some(embed_caption(&s.words, opts.text_width)),
             caption: Some(s.caption()),
-        })
+        }))
     };
     let started = std::time::Instant::now();
     write_parallel(&mut writer, opts.rows, make, |done| {

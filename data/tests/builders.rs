@@ -132,6 +132,16 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("9.png"), "{e}");
+    // --skip-bad packs the others and lists it
+    let skip = pack::PackOptions {
+        skip_bad: true,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    let (m, _, notes) = pack::pack(src.path(), out.path(), &skip).unwrap();
+    assert_eq!((m.total_rows, notes.bad.len()), (12, 1), "{:?}", notes.bad);
+    assert!(notes.bad[0].contains("9.png"), "{:?}", notes.bad);
+    assert!(inspect::verify(out.path()).problems.is_empty());
     std::fs::remove_file(src.path().join("dogs").join("9.png")).unwrap();
 
     // a class folder without images would be a class no sample has: named

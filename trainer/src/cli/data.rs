@@ -89,6 +89,9 @@ pub struct PackArgs {
     /// Images the tokenizer is fitted on.
     #[arg(long, default_value_t = 512)]
     fit_images: usize,
+    /// Leave out images that cannot be read or decoded, listing them, instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +189,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 patch: a.common.patch,
                 tokenizer: a.tokenizer,
                 fit_images: a.fit_images,
+                skip_bad: a.skip_bad,
                 writer: a.common.writer(),
                 created_by: command_line(),
             };
@@ -200,6 +204,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     notes.skipped.len(),
                     shown.join(", ")
                 );
+            }
+            if !notes.bad.is_empty() {
+                console!("left out {} images that could not be read (--skip-bad):", notes.bad.len());
+                for b in &notes.bad {
+                    console!("  {b}");
+                }
             }
             if notes.uncaptioned > 0 {
                 console!("{} of {} images have no caption (NAME.txt beside NAME.png)", notes.uncaptioned, m.total_rows);
