@@ -108,7 +108,7 @@ fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>, Vec<PathBuf>)> {
             let inside = read(dir)?;
             let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
             if images.is_empty() {
-                // a class id with no sample would shift nothing here but mean nothing to the model
+                // an empty folder would be a class that no sample has
                 return Err(DataError::Config(format!(
                     "{}: a class folder without .png/.jpg/.jpeg images (class ids are the sorted folder \
                      names: remove it, or add images)",
