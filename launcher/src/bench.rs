@@ -14,22 +14,17 @@ use crate::store::{StoreClient, StoreServer};
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommBenchArgs {
     /// Ring sizes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "2,4", value_parser = at_least_one())]
+    #[arg(long, value_delimiter = ',', default_value = "2,4", value_parser = crate::positive())]
     pub ranks: Vec<usize>,
     /// All-reduce buffer size in MiB (f32).
-    #[arg(long, default_value_t = 64, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 64, value_parser = crate::positive())]
     pub mib: usize,
     /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 5, value_parser = crate::positive())]
     pub iters: usize,
     /// Ranks for the rendezvous timing.
-    #[arg(long, default_value_t = 32, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 32, value_parser = crate::positive())]
     pub rdzv_ranks: usize,
-}
-
-/// A count that must be positive, refused by the command line otherwise.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// The writes and reads of the raw baselines: 1 MiB at a time.

@@ -30,6 +30,12 @@ macro_rules! console_text {
     }};
 }
 
+/// A count a command line takes that must be at least 1 (ranks, iterations, a batch, a world size), for
+/// clap's `value_parser`.
+pub fn positive() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 pub mod agent;
 pub mod bench;
 pub mod comm;

@@ -88,13 +88,13 @@ enum Outcome {
     Regroup(&'static str),
 }
 
-/// Run the agent; returns the process exit code.
 /// The command line's own errors (node counts and ranks, the rendezvous address, the run id, …), before
 /// anything starts: a bad invocation, which no retry mends.
 pub fn check_args(a: &LaunchArgs) -> Result<()> {
     plan(a).map(|_| ())
 }
 
+/// Run the agent; returns the process exit code.
 pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let code = rt.block_on(run(a, exe));

@@ -95,10 +95,7 @@ impl std::fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {}
 
-/// A count the command line takes that must be at least 1 (a batch, a world size, steps).
-pub(crate) fn positive() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
-}
+pub(crate) use infinity_launcher::positive;
 
 /// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION` or `EXIT_BAD_DATA` for a
 /// `Permanent` one, 1 otherwise.

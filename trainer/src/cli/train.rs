@@ -110,7 +110,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    train::log::console(&format!(
+    console!(
         "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; last checkpoint {}",
         if s.preempted { "stopped by a signal at" } else { "trained to" },
         s.steps,
@@ -119,6 +119,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         100.0 * s.last_bit_acc,
         s.skipped_steps,
         s.last_checkpoint.map_or("none".into(), |p| p.display().to_string())
-    ));
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -125,16 +125,12 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Complete checkpoints of a run, oldest first.
-pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
+/// A run's `checkpoints/step-N` folders, complete or not, oldest first.
+fn step_folders(run: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let step = name.strip_prefix("step-")?.parse().ok()?;
-                    e.path().join(DONE).is_file().then(|| (step, e.path()))
-                })
+                .filter_map(|e| Some((e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?, e.path())))
                 .collect()
         })
         .unwrap_or_default();
@@ -142,25 +138,20 @@ pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// Complete checkpoints of a run, oldest first.
+pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
+    step_folders(run).into_iter().filter(|(_, dir)| dir.join(DONE).is_file()).collect()
+}
+
 /// Resuming at `step` starts a new history from there: the run's checkpoints after it (complete or
 /// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
 /// and pruning all go by the highest step. They are moved, not deleted, into
-/// `RUN/abandoned/after-step-N[-k]/`. Returns that folder and the steps moved (none: `None`).
+/// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken). Returns that folder and the steps moved (none: `None`).
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, Vec<u64>)>> {
-    let root = run.join("checkpoints");
-    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(None) };
-    let mut later: Vec<(u64, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| {
-            let step: u64 = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
-            Some((step, e.path()))
-        })
-        .filter(|(s, _)| *s > step)
-        .collect();
+    let later: Vec<(u64, PathBuf)> = step_folders(run).into_iter().filter(|(s, _)| *s > step).collect();
     if later.is_empty() {
         return Ok(None);
     }
-    later.sort();
     let base = run.join("abandoned").join(format!("after-step-{step:08}"));
     let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
     let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
@@ -169,7 +160,7 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, Vec<u64
         let to = dest.join(dir.file_name().expect("a step folder has a name"));
         std::fs::rename(dir, &to).with_context(|| format!("moving {} to {}", dir.display(), to.display()))?;
     }
-    sync_dir(&root);
+    sync_dir(&run.join("checkpoints"));
     Ok(Some((dest, later.into_iter().map(|(s, _)| s).collect())))
 }
 

@@ -446,8 +446,8 @@ impl TrainConfig {
         if !matches!(self.model.conditioning.as_str(), "class" | "text") {
             bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);
         }
-        if let Some(PeakTflops::Tflops(p)) = self.run.peak_tflops.filter_invalid() {
-            bail!("run.peak_tflops must be a positive number of TFLOP/s or \"auto\", found {p}");
+        if matches!(self.run.peak_tflops, PeakTflops::Tflops(p) if !(p.is_finite() && p > 0.0)) {
+            bail!("run.peak_tflops must be a positive number of TFLOP/s or \"auto\", found {}", self.run.peak_tflops);
         }
         if self.sample.every > 0 && (self.sample.n == 0 || self.sample.per_condition == 0) {
             bail!("sample.n and sample.per_condition must be positive when sample.every > 0");

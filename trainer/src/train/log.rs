@@ -14,12 +14,6 @@ use serde::Serialize;
 
 use crate::tensorboard::EventWriter;
 
-/// A line on stdout. A closed stdout (its agent gone) is ignored rather than a panic, so a rank that
-/// lost its launcher still checkpoints, writes its summary and exits cleanly.
-pub fn console(line: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
-
 /// Metrics of one optimiser step (averaged over its micro-batches).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepMetrics {
@@ -172,7 +166,7 @@ impl Logger {
             None if logged => {
                 let done = (m.step - self.start_step) as f64;
                 let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * (self.total - m.step) as f64;
-                console(&format!("{line} | ETA {}", fmt_secs(eta)));
+                console!("{line} | ETA {}", fmt_secs(eta));
             }
             None => {}
         }
@@ -245,7 +239,7 @@ impl Logger {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => console(line),
+            None => console!("{line}"),
         }
     }
 

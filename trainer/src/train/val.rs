@@ -120,8 +120,8 @@ fn compatible(train: &Manifest, train_dir: &std::path::Path, val: &Manifest, val
     }
     // class ids mean the same classes where both datasets name them (pack: sorted folder names)
     if let (Some(t), Some(v)) = (&train.conditions.class, &val.conditions.class) {
-        let named = !t.names.is_empty() && !v.names.is_empty();
-        if let Some(i) = (0..t.names.len().min(v.names.len())).find(|&i| named && t.names[i] != v.names[i]) {
+        // (an unnamed side has no names to zip)
+        if let Some(i) = t.names.iter().zip(&v.names).position(|(a, b)| a != b) {
             bail!(
                 "val.dir {}: class {i} is `{}` there and `{}` in the training data (class ids must name the same \
                  classes)",

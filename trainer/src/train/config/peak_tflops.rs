@@ -11,13 +11,6 @@ pub enum PeakTflops {
     Tflops(f64),
 }
 
-impl PeakTflops {
-    /// The setting, if it is a number that is not a peak (a value made in code: TOML's are checked).
-    pub fn filter_invalid(self) -> Option<PeakTflops> {
-        matches!(self, PeakTflops::Tflops(p) if !(p.is_finite() && p > 0.0)).then_some(self)
-    }
-}
-
 impl std::fmt::Display for PeakTflops {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
