@@ -1,0 +1,185 @@
+//! What a run is set up from before its first step: the dataset and the model it implies, each rank's
+//! share of the batch, the micro-batch every rank agrees on, and the state it starts from (a checkpoint,
+//! or fresh weights and those `model.init_from` names).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use infinity_data::loader::{BadRows, LoaderOptions};
+use infinity_data::{Checksums, Dataset, Manifest};
+
+use super::checkpoint::TrainState;
+use super::config::{MicroBatchSize, TrainConfig};
+use super::dist::Dist;
+use super::{checkpoint, compute, gpu_fit, keyed_seed, rundir, STREAM_INIT};
+use crate::model::bench::train_flops_per_token;
+use crate::model::init::{init_params, InitConfig};
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::AdamW;
+
+/// Micro-steps per rank and step: the global batch split over `world` ranks in whole micro-batches of
+/// `micro_batch` samples.
+pub fn micro_steps(cfg: &TrainConfig, world: usize, micro_batch: usize) -> Result<usize> {
+    let per_rank = cfg.data.global_batch / world;
+    if !cfg.data.global_batch.is_multiple_of(world) || !per_rank.is_multiple_of(micro_batch) || per_rank == 0 {
+        bail!(
+            "data.global_batch {} must split into {world} ranks × whole micro-batches of {micro_batch}",
+            cfg.data.global_batch
+        );
+    }
+    Ok(per_rank / micro_batch)
+}
+
+/// The training data (checksums verified) and the model it implies, with the run's sizes per token.
+pub struct Setup {
+    pub ds: Dataset,
+    pub mc: ModelConfig,
+    pub lay: Layout,
+    /// Tokens per sample, the mean over the dataset's schedules.
+    pub mean_tokens: f64,
+    /// Training FLOPs per token (of the first schedule, attention included).
+    pub flops_per_token: f64,
+}
+
+impl Setup {
+    pub fn open(cfg: &TrainConfig) -> Result<Setup> {
+        let ds = Dataset::open(&cfg.data.dir, Checksums::Verify)
+            .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+        let m = &ds.manifest;
+        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+        let mc = cfg.model_config(m.d as usize, num_classes, text)?;
+        let mut lay = Layout::new(&mc);
+        if let Some(base) = cfg.model.mup() {
+            crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
+        }
+        let mean_tokens = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
+        let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
+        Ok(Setup { ds, mc, lay, mean_tokens, flops_per_token })
+    }
+}
+
+/// What rank `rank` of `world` reads: its slice of each global batch, in the run's seeded order.
+pub(crate) fn loader_options(cfg: &TrainConfig, rank: usize, world: usize) -> LoaderOptions {
+    LoaderOptions {
+        global_batch: cfg.data.global_batch,
+        seed: cfg.run.seed,
+        rank,
+        world_size: world,
+        workers: cfg.data.workers,
+        prefetch: 2,
+        bad_rows: BadRows::Error,
+    }
+}
+
+/// An error no restart can mend, found before the first step: the config, the dataset, the checkpoint
+/// or the weights it names disagree, or one of them is missing or corrupt. `infinity train` exits for
+/// it with a code `infinity launch` does not restart (bad data's, where a dataset's check failed).
+#[derive(Debug)]
+pub struct Unrecoverable(pub anyhow::Error);
+
+impl std::fmt::Display for Unrecoverable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Unrecoverable {}
+
+pub(crate) fn unrecoverable(e: anyhow::Error) -> anyhow::Error {
+    Unrecoverable(e).into()
+}
+
+/// `model.init_from`'s weights over the fresh ones in `p` (nothing without it): the file they came
+/// from and the tensors kept fresh or left out.
+pub(crate) fn init_from(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &mut Params<f32>,
+) -> Result<Option<(PathBuf, Vec<String>)>> {
+    let Some(from) = &cfg.model.init_from else { return Ok(None) };
+    let file = checkpoint::weights_file(from).context("model.init_from")?;
+    let fresh = crate::model::io::init_from_weights(&file, mc, lay, p)
+        .with_context(|| format!("model.init_from {}", from.display()))?;
+    Ok(Some((file, fresh)))
+}
+
+/// The run's micro-batch ([`gpu_fit::resolve_micro_batch`]), the same on every rank: with `"auto"` the
+/// smallest any rank's GPU holds, so that the ranks step together.
+pub(crate) fn agree_on_micro_batch(
+    cfg: &TrainConfig,
+    model: (&ModelConfig, &Layout),
+    m: &Manifest,
+    compute: &compute::Compute,
+    dist: &mut Dist,
+) -> Result<usize> {
+    let resolved = gpu_fit::resolve_micro_batch(cfg, model, m, dist.world, compute.gpu_total_memory());
+    if cfg.data.micro_batch != MicroBatchSize::Auto || dist.world == 1 {
+        let (micro, line) = resolved?;
+        if let Some(line) = line.filter(|_| dist.is_leader()) {
+            console!("{line}");
+        }
+        return Ok(micro);
+    }
+    // every rank's choice in its own slot (exact in f32 below 2^24), 0 from a rank whose GPU holds no
+    // sample: every rank reaches the collective, and every rank stops when one cannot train
+    let mut all = vec![0f32; dist.world];
+    all[dist.rank] = resolved.as_ref().map_or(0.0, |(b, _)| *b as f32);
+    dist.all_reduce_sum(&mut all)?;
+    let (mine, line) = resolved?;
+    let all: Vec<usize> = all.iter().map(|&b| b as usize).collect();
+    let least = all.iter().copied().min().unwrap_or(mine);
+    if least == 0 {
+        let ranks: Vec<usize> = (0..all.len()).filter(|&r| all[r] == 0).collect();
+        let text =
+            format!("data.micro_batch = auto: the GPU of rank(s) {ranks:?} holds no sample (its error says what fits)");
+        return Err(gpu_fit::GpuTooSmall(text).into());
+    }
+    if dist.is_leader() {
+        match all.iter().all(|&b| b == least) {
+            true => line.into_iter().for_each(|l| console!("{l}")),
+            false => tracing::warn!(
+                "data.micro_batch = auto: the ranks' GPUs take {all:?} (by rank); every rank takes {least}"
+            ),
+        }
+    }
+    Ok(least)
+}
+
+/// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
+/// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
+pub(crate) fn starting_state(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    (mc, lay): (&ModelConfig, &Layout),
+    config_toml: &str,
+    leader: bool,
+) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
+    Ok(match resume {
+        Some(dir) => {
+            let (p, o, s) = checkpoint::load(dir, mc, lay, &cfg.optim.adamw)
+                .with_context(|| format!("resuming from {}", dir.display()))
+                .map_err(unrecoverable)?;
+            console!("resumed from {} at step {}", dir.display(), s.step);
+            let changes = rundir::resume_changes(dir, config_toml)?;
+            if leader && !changes.is_empty() {
+                tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
+            }
+            (p, o, Some(s))
+        }
+        None => {
+            let mut p = init_params(mc, lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
+            if let Some(base) = cfg.model.mup() {
+                crate::model::mup::rescale_init(&mut p, lay, mc, &base);
+            }
+            if let Some((file, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
+                console!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
+                if leader && !fresh.is_empty() {
+                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
+                }
+            }
+            (p, AdamW::new(cfg.optim.adamw.clone(), lay), None)
+        }
+    })
+}
