@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use infinity_trainer::train::config::TrainConfig;
 
-use crate::{infinity, path_str, python, repo};
+use crate::{infinity, path_str, python, python_fails, repo};
 
 /// The error of a command that must fail, and the exit code `infinity` would give it.
 fn fails(args: &[&str]) -> (String, u8) {
@@ -148,6 +148,53 @@ fn train_sample_and_export_a_text_model() {
     std::fs::create_dir(&folder).unwrap();
     assert!(infinity(&["export", run_s, "-o", path_str(&folder)]));
     assert!(folder.join("model.safetensors").is_file() && folder.join("config.json").is_file());
+
+    // the blocks in 2 chunks: upstream's `block_chunks.C.module.J` keys, and config.json says so
+    let chunked = tmp.path().join("export-chunked/model.safetensors");
+    assert!(infinity(&["export", run_s, "-o", path_str(&chunked), "--block-chunks", "2"]));
+    let config = |out: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.with_file_name("config.json")).unwrap()).unwrap()
+    };
+    let c = config(&chunked);
+    assert_eq!(
+        (c["constructor_kwargs"]["block_chunks"].as_u64(), c["key_layout"].as_str()),
+        (Some(2), Some("block_chunks.C.module.J"))
+    );
+    assert_eq!(c["source"]["weights"], "trained");
+    let report = python(&[&"tools/check_export.py", &chunked, &"--expect", &expect]);
+    assert!(
+        report.contains("block keys as Infinity(block_chunks=2)") && report.contains("names and shapes equal"),
+        "{report}"
+    );
+    // the checker refuses keys that disagree with config.json's block_chunks (what upstream's strict load does)
+    let flat = tmp.path().join("export-f32/model.safetensors");
+    let mut c = config(&flat);
+    c["constructor_kwargs"]["block_chunks"] = 2.into();
+    std::fs::write(flat.with_file_name("config.json"), c.to_string()).unwrap();
+    let report = python_fails(&[&"tools/check_export.py", &flat]);
+    assert!(report.contains("`blocks.0.") && report.contains("block_chunks = 2"), "{report}");
+    let e = err(&["export", run_s, "-o", path_str(&chunked), "--block-chunks", "3"]);
+    assert!(e.contains("--block-chunks 3: must divide the model's depth 2 (one of [1, 2])"), "{e}");
+
+    // exports never overwrite their sources: a checkpoint folder is refused, and one into the dataset's
+    // folder leaves its tokenizer whole (it was copied onto itself, emptied)
+    let step2 = run.join("checkpoints/step-00000002");
+    let e = err(&["export", run_s, "-o", path_str(&step2.join("model.safetensors"))]);
+    assert!(e.contains("a checkpoint folder; export beside it"), "{e}");
+    let tokenizer = std::fs::read(data.join("tokenizer.safetensors")).unwrap();
+    assert!(infinity(&["export", run_s, "-o", &format!("{}/", path_str(&data))]));
+    assert_eq!(std::fs::read(data.join("tokenizer.safetensors")).unwrap(), tokenizer);
+    assert!(infinity(&["data", "verify", data_s]));
+
+    // a dataset moved since training: the export says so (no schedules) and takes --data
+    let moved = tmp.path().join("data-moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let out = tmp.path().join("export-moved/model.safetensors");
+    assert!(infinity(&["export", run_s, "-o", path_str(&out)]));
+    assert!(config(&out)["data"].is_null());
+    assert!(infinity(&["export", run_s, "-o", path_str(&out), "--data", path_str(&moved)]));
+    assert!(config(&out)["data"]["schedules"].is_array() && out.with_file_name("tokenizer.safetensors").is_file());
+    std::fs::rename(&moved, &data).unwrap();
 
     // a corrupt checkpoint is refused with its checksum
     let ckpt = run.join("checkpoints/step-00000002/model.safetensors");

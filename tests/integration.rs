@@ -18,16 +18,27 @@ pub fn repo() -> PathBuf {
 /// Run a Python tool from tools/ and fail with its output if it fails. Python with pyarrow, numpy and
 /// crc32c is a test dependency (tools/requirements.txt; .ci/run installs it).
 pub fn python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    run_python(args, true)
+}
+
+/// Run a Python tool that must fail (a checker finding a fault); returns its output.
+pub fn python_fails(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    run_python(args, false)
+}
+
+fn run_python(args: &[&dyn AsRef<std::ffi::OsStr>], succeed: bool) -> String {
     let py = std::env::var("INFINITY_PYTHON").unwrap_or_else(|_| "python3".into());
     let out =
         Command::new(&py).args(args.iter().map(|a| a.as_ref())).current_dir(repo()).output().unwrap_or_else(|e| {
             panic!("cannot run `{py}`: {e}; install Python 3 with `pip install -r tools/requirements.txt`")
         });
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
+    assert_eq!(
         out.status.success(),
-        "`{py} {:?}` failed:\n{text}",
-        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+        succeed,
+        "`{py} {:?}` {}:\n{text}",
+        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>(),
+        if succeed { "failed" } else { "succeeded where it must fail" }
     );
     text
 }

@@ -6,10 +6,15 @@
 1. Reads config.json beside the weights and the safetensors file with the `safetensors` package
    (numpy for f32; bf16 has no numpy type, so its header is read directly) and checks every tensor's
    dtype against config.json.
-2. --expect: compares names and shapes with a state_dict listing of the reference PyTorch model
+2. Checks that the block keys are laid out as `constructor_kwargs.block_chunks` makes upstream's
+   `Infinity` register them: `block_chunks.C.module.J` (C < block_chunks, J < depth / block_chunks)
+   for more than one chunk, `blocks.N` for one.
+3. --expect: compares names and shapes with a state_dict listing of the reference PyTorch model
    (tests/reference/infinity_ref.py --state-dict), for the constructor arguments in config.json.
-3. With PyTorch installed: builds tests/reference's `Infinity` from config.json's constructor
+4. With PyTorch installed: builds tests/reference's `Infinity` from config.json's constructor
    arguments and loads the file with `safetensors.torch.load_file` and `load_state_dict(strict=True)`.
+   (The reference registers its blocks as `blocks.N`; 2. stands for upstream's chunked names, so
+   3. and 4. compare the names with the chunks spelled out as `blocks.N`.)
 
 Prints one line per check and exits non-zero on the first mismatch.
 """
@@ -28,6 +33,30 @@ def header(path):
         h = json.loads(f.read(n))
     h.pop("__metadata__", None)
     return {k: (v["dtype"], v["shape"]) for k, v in h.items()}
+
+
+def canonical(name, per_chunk):
+    """`block_chunks.C.module.J.rest` -> `blocks.N.rest` (N = C * per_chunk + J); other names as they are."""
+    parts = name.split(".")
+    if parts[0] != "block_chunks":
+        return name
+    return ".".join(["blocks", str(int(parts[1]) * per_chunk + int(parts[3]))] + parts[4:])
+
+
+def check_block_layout(names, kwargs):
+    chunks, depth = kwargs.get("block_chunks", 1), kwargs["depth"]
+    per = depth // chunks
+    for n in names:
+        parts = n.split(".")
+        if chunks > 1:
+            ok = (parts[0] != "blocks" and (parts[0] != "block_chunks" or (
+                len(parts) > 4 and parts[2] == "module" and int(parts[1]) < chunks and int(parts[3]) < per)))
+        else:
+            ok = parts[0] != "block_chunks" and (parts[0] != "blocks" or int(parts[1]) < depth)
+        if not ok:
+            want = f"block_chunks.C.module.J (C < {chunks}, J < {per})" if chunks > 1 else "blocks.N"
+            fail(f"`{n}`: config.json says block_chunks = {chunks}, so upstream's Infinity registers {want} keys; "
+                 "load_state_dict(strict=True) would reject this file")
 
 
 def fail(msg):
@@ -59,6 +88,9 @@ def main():
         if nonfinite:
             fail(f"non-finite values in {nonfinite[:5]}")
     print(f"ok: {len(tensors)} tensors, {cfg['parameters']} parameters, dtype {cfg['dtype']}, keys {cfg['key_layout']}")
+    check_block_layout(tensors, kwargs)
+    per_chunk = kwargs["depth"] // kwargs.get("block_chunks", 1)
+    print(f"ok: block keys as Infinity(block_chunks={kwargs.get('block_chunks', 1)}) registers them")
 
     if a.expect:
         ref = json.load(open(a.expect))
@@ -67,7 +99,7 @@ def main():
         if not match:
             fail(f"{a.expect} lists no reference model with constructor_kwargs {kwargs} and d {cfg['d']}")
         expected = {k: v for k, v in match[0]["state_dict"].items()}
-        ours = {k: shape for k, (_, shape) in tensors.items()}
+        ours = {canonical(k, per_chunk): shape for k, (_, shape) in tensors.items()}
         missing, extra = sorted(set(expected) - set(ours)), sorted(set(ours) - set(expected))
         shapes = sorted(k for k in set(expected) & set(ours) if list(expected[k]) != list(ours[k]))
         if missing or extra or shapes:
@@ -89,11 +121,8 @@ def main():
     if cfg["conditioning"]["kind"] != "text":
         print("skipped: PyTorch load (the reference model is text-conditioned)")
         return
-    if cfg["key_layout"] != "blocks.N":
-        print("skipped: PyTorch load (the reference model uses blocks.N keys)")
-        return
     model = Infinity(d=cfg["d"], **kwargs)
-    sd = torch_load(a.weights)
+    sd = {canonical(k, per_chunk): v for k, v in torch_load(a.weights).items()}
     buffers = [k for k in sd if k.endswith("zero_k_bias")]
     if any(sd[k].abs().max() != 0 for k in buffers):
         fail("zero_k_bias buffers are not zero")

@@ -1,18 +1,19 @@
-//! `infinity export`: inference weights under upstream state_dict names (f32 or bf16, `blocks.N` or
-//! `block_chunks.C.module.J` keys) and a `config.json` with upstream's constructor arguments, the bit
-//! width and, when the training dataset is at hand, its schedules and tokenizer.
+//! `infinity export`: inference weights under upstream state_dict names (f32 or bf16, the model's
+//! `block_chunks.C.module.J` keys or another chunking of its blocks) and a `config.json` with upstream's
+//! constructor arguments (`block_chunks` as the keys have it), the bit width and, when the training
+//! dataset is at hand, its schedules and tokenizer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use infinity_data::manifest::write_atomic;
 use infinity_data::Manifest;
 use serde_json::{json, Value};
 
 use crate::model::io::{weights_bytes, SaveDtype};
 use crate::model::{Conditioning, Layout, ModelConfig};
-use crate::train::checkpoint::CheckpointModel;
+use crate::train::checkpoint::{CheckpointModel, DONE};
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
 /// written out too, so a loader can check them).
@@ -36,57 +37,114 @@ pub fn constructor_kwargs(mc: &ModelConfig) -> Value {
     })
 }
 
-/// Write `out` (safetensors) and `config.json` beside it; returns both paths.
-pub fn export(ck: &CheckpointModel, out: &Path, dtype: SaveDtype, chunked: bool) -> Result<(PathBuf, PathBuf)> {
-    let mc = &ck.model;
-    let lay = Layout::new(mc);
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let bytes = weights_bytes(mc, &lay, &ck.params, dtype, chunked, Some(meta))?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+/// What `infinity export` writes: the element type, the block layout of the keys, the dataset whose
+/// schedules and tokenizer go beside the weights, and whether the weights are the moving average.
+pub struct ExportOptions {
+    pub dtype: SaveDtype,
+    /// Block chunks in the keys and in `constructor_kwargs` (1: `blocks.N` keys).
+    pub block_chunks: usize,
+    /// The training dataset, where the checkpoint's `data.dir` does not lead to it from here.
+    pub data: Option<PathBuf>,
+    pub ema: bool,
+}
+
+/// The files written, and what a user should know about them (a dataset not found, one chunk).
+pub struct Exported {
+    pub weights: PathBuf,
+    pub config: PathBuf,
+    pub warnings: Vec<String>,
+}
+
+/// Write `out` (safetensors) and `config.json` beside it (and the dataset's tokenizer, when found).
+pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<Exported> {
+    let mc = ModelConfig { block_chunks: opts.block_chunks, ..ck.model.clone() };
+    let mut warnings = Vec::new();
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // a checkpoint's own files (or the run's abandoned history) must not be overwritten by its export
+    if folder.join(DONE).is_file() || folder.join("state.json").is_file() {
+        bail!("{}: a checkpoint folder; export beside it, not into it", folder.display());
     }
+    let lay = Layout::new(&mc);
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let bytes = weights_bytes(&mc, &lay, &ck.params, opts.dtype, opts.block_chunks, Some(meta))?;
+    std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
     write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
 
     let conditioning = match &mc.conditioning {
         Conditioning::Text => json!({ "kind": "text" }),
         Conditioning::Class { num_classes } => json!({ "kind": "class", "num_classes": num_classes }),
     };
-    // The dataset, when still where training found it, tells a decoder which schedules and tokenizer fit;
-    // its tokenizer file is copied beside the weights, so the export decodes without the dataset.
-    let manifest = Manifest::load(&ck.train.data.dir).ok();
+    // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
+    // the weights, so the export decodes without the dataset.
+    let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
+    let manifest = match Manifest::load(&data_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            warnings.push(format!(
+                "the training dataset is not at hand ({e:#}): config.json has no schedules and no tokenizer is \
+                 copied; pass --data DIR"
+            ));
+            None
+        }
+    };
     let mut tokenizer_copy = None;
     if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
-        let (from, to) = (ck.train.data.dir.join(&file), out.with_file_name(&file));
-        if from.is_file() {
+        let (from, to) = (data_dir.join(&file), out.with_file_name(&file));
+        // exporting into the dataset's own folder: the tokenizer is already beside the weights
+        let same = to.exists() && same_file(&from, &to);
+        if from.is_file() && !same {
             std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+        if from.is_file() {
             tokenizer_copy = Some(file);
         }
     }
     let data = manifest.map(|m| {
         json!({
-            "dir": ck.train.data.dir,
+            "dir": absolute(&data_dir),
             "tokenizer": m.tokenizer,
             "tokenizer_file_beside": tokenizer_copy,
             "schedules": m.schedules,
             "conditions": m.conditions,
         })
     });
+    if mc.block_chunks == 1 {
+        warnings.push(format!(
+            "block_chunks = 1 (`blocks.N` keys): upstream's autoregressive_infer_cfg iterates the block chunks and \
+             needs more than one; --block-chunks K (K of {:?}) exports that layout",
+            divisors(mc.depth).into_iter().filter(|&k| k > 1).collect::<Vec<_>>()
+        ));
+    }
     let config = json!({
         "format": "infinity-export",
         "version": 1,
         "architecture": if mc.has_cross_attention() { "Infinity" } else { "Infinity (class-conditioned, VAR-style)" },
-        "constructor_kwargs": constructor_kwargs(mc),
+        "constructor_kwargs": constructor_kwargs(&mc),
         "d": mc.d,
         "conditioning": conditioning,
-        "dtype": match dtype { SaveDtype::F32 => "float32", SaveDtype::Bf16 => "bfloat16" },
+        "dtype": match opts.dtype { SaveDtype::F32 => "float32", SaveDtype::Bf16 => "bfloat16" },
         // upstream keeps `blocks.N` for a model of one chunk, and so does chunked_name
-        "key_layout": if chunked && mc.block_chunks > 1 { "block_chunks.C.module.J" } else { "blocks.N" },
+        "key_layout": if mc.block_chunks > 1 { "block_chunks.C.module.J" } else { "blocks.N" },
         "parameters": lay.numel,
-        "source": { "checkpoint": ck.dir, "step": ck.step },
+        "source": { "checkpoint": absolute(&ck.dir), "step": ck.step, "weights": if opts.ema { "ema" } else { "trained" } },
         "data": data,
     });
     let cfg_path = out.with_file_name("config.json");
     write_atomic(&cfg_path, serde_json::to_string_pretty(&config)?.as_bytes())
         .with_context(|| format!("writing {}", cfg_path.display()))?;
-    Ok((out.to_path_buf(), cfg_path))
+    Ok(Exported { weights: out.to_path_buf(), config: cfg_path, warnings })
+}
+
+/// The block-chunk counts a model of `depth` blocks can be exported with.
+pub fn divisors(depth: usize) -> Vec<usize> {
+    (1..=depth).filter(|k| depth.is_multiple_of(*k)).collect()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// `p` from the file-system root (as given when it cannot be resolved), for a config read elsewhere.
+fn absolute(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }

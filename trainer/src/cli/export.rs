@@ -1,11 +1,12 @@
-//! `infinity export CKPT -o model.safetensors [--dtype bf16] [--chunked]`.
+//! `infinity export CKPT -o model.safetensors [--dtype bf16] [--block-chunks K] [--data DIR] [--ema]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use clap::{Args, ValueEnum};
 
+use crate::export::ExportOptions;
 use crate::model::io::SaveDtype;
 use crate::train::checkpoint;
 
@@ -25,9 +26,14 @@ pub struct ExportArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     dtype: DtypeArg,
-    /// `block_chunks.C.module.J` keys, as upstream's loader expects for models built with block_chunks > 1.
-    #[arg(long)]
-    chunked: bool,
+    /// The blocks in K chunks: `block_chunks.C.module.J` keys and `block_chunks = K` in config.json, as
+    /// upstream's `Infinity(block_chunks=K)` registers them (1: `blocks.N` keys). Default: the model's.
+    #[arg(long, value_name = "K", value_parser = infinity_launcher::positive())]
+    block_chunks: Option<usize>,
+    /// The training dataset (schedules and tokenizer for config.json), where the checkpoint's `data.dir`
+    /// does not lead from here.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// Export the moving average of the weights (`optim.ema_decay`) instead of the weights.
     #[arg(long)]
     ema: bool,
@@ -39,21 +45,29 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         DtypeArg::F32 => SaveDtype::F32,
         DtypeArg::Bf16 => SaveDtype::Bf16,
     };
-    if a.chunked && ck.model.block_chunks <= 1 {
-        console_err!("--chunked: this model has block_chunks = 1, so its keys stay blocks.N (as upstream names them)");
-    }
+    let depth = ck.model.depth;
+    let block_chunks = a.block_chunks.unwrap_or(ck.model.block_chunks);
+    ensure!(
+        depth.is_multiple_of(block_chunks),
+        "--block-chunks {block_chunks}: must divide the model's depth {depth} (one of {:?})",
+        crate::export::divisors(depth)
+    );
     let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/');
     let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
-    let (weights, config) = crate::export::export(&ck, &out, dtype, a.chunked)?;
-    let size = std::fs::metadata(&weights).map(|m| m.len()).unwrap_or(0);
+    let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema: a.ema };
+    let done = crate::export::export(&ck, &out, &opts)?;
+    for w in &done.warnings {
+        console_err!("warning: {w}");
+    }
+    let size = std::fs::metadata(&done.weights).map(|m| m.len()).unwrap_or(0);
     console!(
-        "exported {}{} (step {}): {} ({:.1} MB) and {}",
+        "exported {}{} (step {}): {} ({:.1} MB, block_chunks {block_chunks}) and {}",
         ck.dir.display(),
         if a.ema { "'s moving average" } else { "" },
         ck.step,
-        weights.display(),
+        done.weights.display(),
         size as f64 / 1e6,
-        config.display()
+        done.config.display()
     );
     Ok(ExitCode::SUCCESS)
 }

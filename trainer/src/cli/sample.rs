@@ -67,7 +67,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.cfg.is_finite(), "--cfg must be a finite number (the guidance scale), found {}", a.cfg);
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
-    let data_dir = a.data.clone().unwrap_or_else(|| ck.train.data.dir.clone());
+    let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let m = Manifest::load(&data_dir)
         .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;
     ensure!(m.d as usize == ck.model.d, "{}: d = {}, the model has d = {}", data_dir.display(), m.d, ck.model.d);

@@ -19,18 +19,22 @@ pub enum SaveDtype {
     Bf16,
 }
 
-/// safetensors bytes of `p` (f32 or bf16) under upstream names; `chunked` uses `block_chunks.C.module.J`
-/// keys (what upstream's inference loader expects for `block_chunks > 1`). `zero_k_bias` buffers are
-/// included so the file loads into upstream's module with `strict=True`.
+/// safetensors bytes of `p` (f32 or bf16) under upstream names, the blocks in `chunks` chunks:
+/// `blocks.N` keys for 1, `block_chunks.C.module.J` for more (upstream's `Infinity(block_chunks=…)`
+/// registers those). `zero_k_bias` buffers are included so the file loads into upstream's module with
+/// `strict=True`.
 pub fn weights_bytes(
     cfg: &ModelConfig,
     lay: &Layout,
     p: &Params<f32>,
     dtype: SaveDtype,
-    chunked: bool,
+    chunks: usize,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
-    let name = |n: &str| if chunked { chunked_name(n, cfg.depth, cfg.block_chunks) } else { n.to_string() };
+    if chunks == 0 || !cfg.depth.is_multiple_of(chunks) {
+        bail!("{chunks} block chunks do not divide the model's depth {}", cfg.depth);
+    }
+    let name = |n: &str| chunked_name(n, cfg.depth, chunks);
     let encode = |v: &[f32]| -> Vec<u8> {
         match dtype {
             SaveDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -99,6 +103,17 @@ fn reinitialisable(canonical: &str) -> bool {
         || block_part.is_some_and(|part| part.starts_with("ca.") || part.starts_with("ca_norm."))
 }
 
+/// Buffers of older upstream checkpoints that upstream's `load_state_dict` drops.
+const LEGACY_BUFFERS: [&str; 4] =
+    ["lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"];
+
+/// The number of block chunks a file's keys name: 1 for `blocks.N` keys, C + 1 for the highest
+/// `block_chunks.C.…`.
+fn file_block_chunks<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    let chunk = |n: &str| n.strip_prefix("block_chunks.")?.split_once('.')?.0.parse::<usize>().ok();
+    names.filter_map(chunk).max().map_or(1, |c| c + 1)
+}
+
 /// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
 /// (the parameter keeps `p`'s value), every other problem is listed in one error.
 fn fill_weights(
@@ -118,13 +133,23 @@ fn fill_weights(
     // in the model's parameter order (unknown names last, by name): the same error every time, and
     // the first problems shown are the model's first parameters (a safetensors header has no order)
     let mut tensors = st.tensors();
+    // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
+    let chunks = file_block_chunks(tensors.iter().map(|(n, _)| n.as_str()));
+    if !cfg.depth.is_multiple_of(chunks) {
+        bail!(
+            "{}: its keys name {chunks} block chunks, which do not divide the model's depth {}",
+            path.display(),
+            cfg.depth
+        );
+    }
+    tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
     let order = |name: &str| {
-        let offset = canonical_name(name, cfg.depth, cfg.block_chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
+        let offset = canonical_name(name, cfg.depth, chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
         (offset.unwrap_or(usize::MAX), name.to_string())
     };
     tensors.sort_by_cached_key(|(name, _)| order(name));
     for (name, t) in tensors {
-        let Some(canon) = canonical_name(&name, cfg.depth, cfg.block_chunks) else {
+        let Some(canon) = canonical_name(&name, cfg.depth, chunks) else {
             report("", format!("`{name}`: malformed block key"));
             continue;
         };
@@ -135,15 +160,41 @@ fn fill_weights(
             }
             continue;
         }
-        match lay.spec(&canon) {
-            None => report(&canon, format!("`{name}`: not a parameter of this model")),
-            Some(spec) if t.shape() != spec.shape.as_slice() => {
+        let Some(spec) = lay.spec(&canon) else {
+            report(&canon, format!("`{name}`: not a parameter of this model"));
+            continue;
+        };
+        seen.insert(spec.name.as_str(), true);
+        match spec {
+            // upstream's load_state_dict: the file's rows of the unconditional text embedding, cut to
+            // this model's text_maxlen or completed by its fresh rows
+            spec if canon == "cfg_uncond"
+                && lenient(&canon)
+                && t.shape().len() == 2
+                && t.shape()[1] == spec.shape[1]
+                && t.shape()[0] != spec.shape[0] =>
+            {
+                let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+                let n = v.len().min(spec.numel());
+                p.data[spec.offset..spec.offset + n].copy_from_slice(&v[..n]);
+                let (rows, kept) = (t.shape()[0], spec.shape[0]);
+                report(
+                    &canon,
+                    match rows > kept {
+                        true => format!("`{name}`: the file's first {kept} of {rows} rows (text_maxlen {kept})"),
+                        false => format!(
+                            "`{name}`: the file's {rows} rows, then {} fresh ones (text_maxlen {kept})",
+                            kept - rows
+                        ),
+                    },
+                );
+            }
+            spec if t.shape() != spec.shape.as_slice() => {
                 report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape(), spec.shape))
             }
-            Some(spec) => {
+            spec => {
                 let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
                 p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
-                seen.insert(spec.name.as_str(), true);
             }
         }
     }
@@ -180,7 +231,7 @@ mod tests {
 
     fn save(dir: &Path, cfg: &ModelConfig, lay: &Layout, p: &Params<f32>) -> std::path::PathBuf {
         let file = dir.join(format!("d{}-depth{}.safetensors", cfg.d, cfg.depth));
-        std::fs::write(&file, weights_bytes(cfg, lay, p, SaveDtype::F32, false, None).unwrap()).unwrap();
+        std::fs::write(&file, weights_bytes(cfg, lay, p, SaveDtype::F32, 1, None).unwrap()).unwrap();
         file
     }
 
@@ -222,5 +273,74 @@ mod tests {
         let e = format!("{:#}", init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err());
         assert!(e.contains("`blocks.2.ffn.fc1.weight`: not a parameter of this model"), "{e}");
         assert!(!e.contains("word_embed"), "{e}");
+    }
+
+    /// A file of `tensors` (f32) beside `dir`.
+    fn write_tensors(dir: &Path, name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> std::path::PathBuf {
+        let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.2.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| (t.0.clone(), TensorView::new(Dtype::F32, t.1.clone(), b).unwrap()))
+            .collect();
+        let file = dir.join(name);
+        std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+        file
+    }
+
+    /// The file's keys say how its blocks are chunked: a file of 2 chunks loads into a model of 1 or 4
+    /// (what upstream's `Infinity(block_chunks=…)` and our exports write), upstream's legacy buffers are
+    /// dropped as its `load_state_dict` drops them, and `model.init_from` cuts or completes a
+    /// `cfg_uncond` of another text_maxlen as upstream does.
+    #[test]
+    fn loading_follows_the_files_block_chunks_and_upstreams_load_state_dict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut cfg, lay, src) = model(16, Conditioning::Text, 4);
+        let chunked = weights_bytes(&cfg, &lay, &src, SaveDtype::F32, 2, None).unwrap();
+        let st = SafeTensors::deserialize(&chunked).unwrap();
+        assert!(st.names().iter().any(|n| n.starts_with("block_chunks.1.module.1.")));
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec(), tensor_f32(&n, t.dtype(), t.data()).unwrap()))
+            .collect();
+        tensors.push(("attn_bias_for_masking".into(), vec![1, 1, 4, 4], vec![0.0; 16]));
+        tensors.push(("lvl_1L".into(), vec![1, 4], vec![1.0; 4]));
+        let file = write_tensors(tmp.path(), "chunked.safetensors", &tensors);
+        for chunks in [1, 4] {
+            cfg.block_chunks = chunks;
+            assert_eq!(load_weights(&file, &cfg, &lay).unwrap().data, src.data, "into block_chunks {chunks}");
+        }
+        let (three, _, _) = model(16, Conditioning::Text, 3);
+        let e = format!("{:#}", load_weights(&file, &three, &Layout::new(&three)).unwrap_err());
+        assert!(e.contains("name 2 block chunks, which do not divide the model's depth 3"), "{e}");
+
+        // cfg_uncond [text_maxlen 16, Ct]: a file of 20 rows gives its first 16; one of 8 its 8 and 8 fresh
+        let spec = lay.spec("cfg_uncond").unwrap().clone();
+        let ct = spec.shape[1];
+        for rows in [20, 8] {
+            let file_rows: Vec<f32> = (0..rows * ct).map(|i| i as f32).collect();
+            let mut t = tensors.clone();
+            let entry = t.iter_mut().find(|t| t.0 == "cfg_uncond").unwrap();
+            (entry.1, entry.2) = (vec![rows, ct], file_rows.clone());
+            let file = write_tensors(tmp.path(), &format!("rows{rows}.safetensors"), &t);
+            let fresh = init_params(&cfg, &lay, &InitConfig::default(), 9);
+            let mut p = fresh.clone();
+            let notes = init_from_weights(&file, &cfg, &lay, &mut p).unwrap();
+            let got = p.get(&lay, "cfg_uncond");
+            let n = rows.min(16) * ct;
+            assert_eq!(&got[..n], &file_rows[..n], "{rows} rows");
+            assert_eq!(&got[n..], &fresh.get(&lay, "cfg_uncond")[n..], "{rows} rows: the rest stays fresh");
+            assert_eq!(notes.len(), 1, "{notes:?}");
+            assert!(
+                notes[0].contains(&format!(
+                    "`cfg_uncond`: the file's {}",
+                    if rows > 16 { "first 16 of 20" } else { "8 rows, then 8 fresh" }
+                )),
+                "{notes:?}"
+            );
+            // a load for sampling or resuming wants the model's shape
+            assert!(format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err()).contains("cfg_uncond"));
+        }
     }
 }

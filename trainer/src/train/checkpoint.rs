@@ -15,7 +15,6 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use super::config::TrainConfig;
 use crate::model::io::{load_weights, weights_bytes, SaveDtype};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
@@ -86,7 +85,7 @@ pub fn save(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
     ensure!(opt.range == (0..lay.numel), "checkpoint: the optimiser state must be whole (gather ZeRO-1 shards first)");
-    let model = weights_bytes(cfg, lay, params, SaveDtype::F32, false, None)?;
+    let model = weights_bytes(cfg, lay, params, SaveDtype::F32, 1, None)?;
     let m: Vec<u8> = opt.m.iter().flat_map(|x| x.to_le_bytes()).collect();
     let v: Vec<u8> = opt.v.iter().flat_map(|x| x.to_le_bytes()).collect();
     // One metadata key: safetensors writes its metadata map in hash order, so several keys would make
@@ -107,7 +106,7 @@ pub fn save(
     write_synced(&tmp.join("optim.safetensors"), &optim)?;
     state.ema_crc32c = None;
     if let Some(ema) = ema {
-        let bytes = weights_bytes(cfg, lay, ema, SaveDtype::F32, false, None)?;
+        let bytes = weights_bytes(cfg, lay, ema, SaveDtype::F32, 1, None)?;
         state.ema_crc32c = Some(format!("{:08x}", crc32c::crc32c(&bytes)));
         write_synced(&tmp.join(EMA_FILE), &bytes)?;
     }
@@ -233,11 +232,13 @@ pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Option<Pa
     }
 }
 
-/// The model of a checkpoint, for sampling and export: its shape, training config, weights and step.
+/// The model of a checkpoint, for sampling and export: its shape, weights and step, and the dataset it
+/// trained on.
 pub struct CheckpointModel {
     pub dir: PathBuf,
     pub model: ModelConfig,
-    pub train: TrainConfig,
+    /// `data.dir` of the run's config (as written there: relative to where the run was started).
+    pub data_dir: PathBuf,
     pub params: Params<f32>,
     pub step: u64,
 }
@@ -263,11 +264,17 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
     let model: ModelConfig = serde_path_to_error::deserialize(de)
         .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", p.display(), e.path(), e.inner()))?;
     model.validate().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    // only the dataset is read from the run's config: settings a later build adds or drops must not
+    // make older checkpoints unusable for sampling and export
     let (p, text) = read("config.toml")?;
-    let train: TrainConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let config: toml::Table = text.parse().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let data_dir = match config.get("data").and_then(|d| d.get("dir")) {
+        Some(toml::Value::String(dir)) => PathBuf::from(dir),
+        _ => bail!("{}: no `data.dir` string", p.display()),
+    };
     let lay = Layout::new(&model);
     let params = load_weights(&weights, &model, &lay)?;
-    Ok(CheckpointModel { dir, model, train, params, step: state.step })
+    Ok(CheckpointModel { dir, model, data_dir, params, step: state.step })
 }
 
 fn read_state(dir: &Path) -> Result<TrainState> {

@@ -502,7 +502,8 @@ impl TrainConfig {
         c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
         c.d = d;
         c.cond_drop_rate = m.cond_drop_rate;
-        c.block_chunks = if c.depth % c.block_chunks == 0 { c.block_chunks } else { 1 };
+        // the preset's key layout, or the nearest that divides an overridden depth
+        c.block_chunks = (1..=c.block_chunks).rev().find(|&k| c.depth.is_multiple_of(k)).unwrap_or(1);
         c.conditioning = match (m.conditioning.as_str(), num_classes, text) {
             ("class", Some(n), _) => Conditioning::Class { num_classes: n },
             ("text", _, Some((width, max_tokens))) => {
