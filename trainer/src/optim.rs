@@ -191,13 +191,15 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
-    /// Learning rate of optimiser step `step` (0-based) of `total` steps.
+    /// Learning rate of optimiser step `step` (0-based) of `total` steps: the decay runs from the peak
+    /// at step `warmup_steps` to its end value at the last step, `total - 1` (upstream's
+    /// `lr_wd_annealing` divides by `max_it - 1 - wp_it` alike).
     pub fn lr(&self, step: u64, total: u64) -> f64 {
         if step < self.warmup_steps {
             let t = step as f64 / self.warmup_steps as f64;
             return self.peak * (self.warmup_start_ratio + (1.0 - self.warmup_start_ratio) * t);
         }
-        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let span = total.saturating_sub(1).saturating_sub(self.warmup_steps).max(1) as f64;
         let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
         let f = match self.decay {
             Decay::Constant => 1.0,
@@ -282,18 +284,27 @@ mod tests {
         assert_eq!(clip_grad_norm(&mut off, 0.0), 5.0);
         assert_eq!(off, vec![3.0, 4.0], "max_norm 0 turns clipping off");
 
+        // 101 steps (0..=100), 10 of warm-up: the decay spans steps 10..=100
         let s = |decay| LrSchedule { peak: 1.0, warmup_steps: 10, warmup_start_ratio: 0.005, decay };
-        assert!((s(Decay::Constant).lr(0, 100) - 0.005).abs() < 1e-12);
-        assert!((s(Decay::Constant).lr(5, 100) - (0.005 + 0.995 * 0.5)).abs() < 1e-12);
-        assert_eq!(s(Decay::Constant).lr(99, 100), 1.0);
+        assert!((s(Decay::Constant).lr(0, 101) - 0.005).abs() < 1e-12);
+        assert!((s(Decay::Constant).lr(5, 101) - (0.005 + 0.995 * 0.5)).abs() < 1e-12);
+        assert_eq!(s(Decay::Constant).lr(100, 101), 1.0);
         let cos = s(Decay::Cosine { min_ratio: 0.1 });
-        assert!((cos.lr(10, 100) - 1.0).abs() < 1e-12 && (cos.lr(100, 100) - 0.1).abs() < 1e-12);
-        assert!((cos.lr(55, 100) - 0.55).abs() < 1e-12);
+        assert!((cos.lr(10, 101) - 1.0).abs() < 1e-12 && (cos.lr(100, 101) - 0.1).abs() < 1e-12);
+        assert!((cos.lr(55, 101) - 0.55).abs() < 1e-12);
         let lin = s(Decay::Linear { min_ratio: 0.0 });
-        assert!((lin.lr(55, 100) - 0.5).abs() < 1e-12);
+        assert!((lin.lr(55, 101) - 0.5).abs() < 1e-12 && lin.lr(100, 101).abs() < 1e-12);
         let wsd = s(Decay::Wsd { decay_fraction: 0.2, min_ratio: 0.0 });
-        assert_eq!(wsd.lr(80, 100), 1.0);
-        assert!((wsd.lr(91, 100) - 0.5).abs() < 1e-9);
-        assert!(wsd.lr(100, 100).abs() < 1e-12);
+        assert_eq!(wsd.lr(82, 101), 1.0);
+        assert!((wsd.lr(91, 101) - 0.5).abs() < 1e-9);
+        assert!(wsd.lr(100, 101).abs() < 1e-12);
+        // the last step the loop runs (total - 1) is the decay's end, and a WSD cool-down takes its
+        // fraction of the steps: 20 steps, 0.2 → the last 4 decay (the old span ended one step late)
+        let wsd = LrSchedule { warmup_steps: 0, ..wsd };
+        let lrs: Vec<f64> = (0..20).map(|k| wsd.lr(k, 20)).collect();
+        assert_eq!(lrs.iter().filter(|&&lr| lr < 1.0).count(), 4, "{lrs:?}");
+        assert!(lrs[19].abs() < 1e-12, "{lrs:?}");
+        // a run of one step without warm-up trains at the peak
+        assert_eq!(LrSchedule { warmup_steps: 0, ..s(Decay::Cosine { min_ratio: 0.0 }) }.lr(0, 1), 1.0);
     }
 }

@@ -24,9 +24,10 @@ use infinity_data::manifest::write_atomic;
 use infinity_data::Manifest;
 use serde::Deserialize;
 
-use crate::model::bench::train_flops_per_token;
 use crate::model::Layout;
 use crate::train::config::TrainConfig;
+use crate::train::rundir::config_changes;
+use crate::train::TokenMix;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,10 +147,13 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
             );
         }
     }
+    // absolute paths in every run's config: a SLURM task or a later `train RUN/config.toml` finds the
+    // run folder and the datasets from any working folder
+    let out = std::path::absolute(&sweep.out).with_context(|| format!("resolving out = {}", sweep.out.display()))?;
     let mut runs = Vec::new();
     for combo in combos {
         let name = name_of(&combo);
-        let dir = sweep.out.join(&name);
+        let dir = out.join(&name);
         let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
         let mut tokens_budget = None;
         for (k, v) in &combo {
@@ -165,24 +169,34 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
         }
         overrides.push(format!("run.dir={}", dir.display()));
         let mut config = TrainConfig::load(&base, &overrides).with_context(|| format!("run {name}"))?;
+        let absolute =
+            |p: &Path| std::path::absolute(p).with_context(|| format!("run {name}: resolving {}", p.display()));
+        config.data.dir = absolute(&config.data.dir)?;
+        config.val.dir = config.val.dir.as_deref().map(absolute).transpose()?;
+        config.model.init_from = config.model.init_from.as_deref().map(absolute).transpose()?;
         let m = Manifest::load(&config.data.dir)
             .with_context(|| format!("run {name}: the dataset {} (make it first)", config.data.dir.display()))?;
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
-        let mean_l = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
-        let tokens_per_step = mean_l * config.data.global_batch as f64;
+        let mix = TokenMix::of(&mc, &m, config.data.global_batch);
+        let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         if let Some(budget) = tokens_budget {
-            config.run.steps = ((budget / tokens_per_step).ceil() as u64).max(1);
+            let steps = (budget / tokens_per_step).ceil();
+            ensure!(
+                budget > 0.0 && steps <= 1e12,
+                "run {name}: a token budget of {budget:e} is {steps:e} steps of {tokens_per_step:.0} tokens; expected a \
+                 positive budget of at most 1e12 steps"
+            );
+            config.run.steps = steps as u64;
         }
-        let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
-        let tokens = tokens_per_step * config.run.steps as f64;
+        let steps = config.run.steps as f64;
         runs.push(PlannedRun {
             name,
             dir,
             parameters: Layout::new(&mc).numel,
-            tokens,
-            compute: flops_per_token * tokens,
+            tokens: tokens_per_step * steps,
+            compute: mix.mean_flops * config.data.global_batch as f64 * steps,
             config,
         });
     }
@@ -211,11 +225,37 @@ pub fn finished(dir: &Path) -> bool {
         .is_some_and(|v| v["finished"] == true)
 }
 
-/// Write each run's resolved config to `RUN/config.toml`.
+/// Write each run's resolved config to `RUN/config.toml`. A run that has trained (it has a checkpoint)
+/// keeps the config it trained with, which its logs and `infinity scaling` describe: a sweep file that
+/// now gives it other settings is refused, naming the runs and settings, before anything is written.
 pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
+    let mut texts = Vec::new();
+    let mut changed = Vec::new();
     for r in runs {
+        let text = toml::to_string(&r.config)?;
+        let path = r.dir.join("config.toml");
+        let trained = crate::train::latest_checkpoint(&r.dir).is_some();
+        match std::fs::read_to_string(&path) {
+            Ok(old) if trained => {
+                let diff = config_changes(&old, &text).with_context(|| format!("reading {}", path.display()))?;
+                if !diff.is_empty() {
+                    changed.push(format!("{}: {}", r.name, diff.join(", ")));
+                }
+            }
+            _ => texts.push((r, text)),
+        }
+    }
+    if !changed.is_empty() {
+        bail!(
+            "{} runs trained with other settings than the sweep file gives them now:\n  {}\nfor a changed sweep set \
+             another `out` (or remove those run folders to train them afresh)",
+            changed.len(),
+            changed.join("\n  ")
+        );
+    }
+    for (r, text) in texts {
         std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
-        write_atomic(&r.dir.join("config.toml"), toml::to_string(&r.config)?.as_bytes())?;
+        write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
     }
     Ok(())
 }

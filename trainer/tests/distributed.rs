@@ -158,7 +158,7 @@ fn two_and_four_ranks_match_one_rank() {
     for (n, run) in [1, 2, 4].iter().zip(&runs) {
         let derived: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("derived.json")).unwrap()).unwrap();
-        let flops_per_token = derived["train_flops_per_token_bucket0"].as_f64().unwrap();
+        let flops_per_token = derived["train_flops_per_token"][0].as_f64().unwrap();
         let steps: Vec<serde_json::Value> = metrics(run).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let bucket0: Vec<_> = steps.iter().filter(|m| m["bucket"] == 0).collect();
         assert!(!bucket0.is_empty(), "{n} ranks: no step of bucket 0");

@@ -74,6 +74,8 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ("\"data.dir\" = [\"data/x\", \"data-x\"]", "(data.dir = \"data/x\") and (data.dir = \"data-x\") would share"),
         ("\"run.dir\" = [\"a\", \"b\"]", "`run.dir` is the sweep's to set"),
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
+        ("tokens = [-5]", "a token budget of -5e0 is"),
+        ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
     ] {
         std::fs::write(t.join("clash.toml"), format!("base = \"base.toml\"\nout = \"clash\"\n[axes]\n{axes}\n"))
             .unwrap();
@@ -88,6 +90,26 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
     let printed = ok(infinity(&["sweep", "sweep.toml", "--print"], t));
     assert!(!printed.contains(" train "), "finished runs are not printed:\n{printed}");
+    // the sweep file changed since: the runs keep the configs they trained with, and it is refused
+    let axes = "[axes]\n\"model.embed_dim\" = [64, 128, 192]\n\"model.num_heads\" = [2]\n";
+    std::fs::write(
+        t.join("changed.toml"),
+        format!("base = \"base.toml\"\nout = \"sweep\"\n[set]\n\"optim.lr\" = 0.01\n{axes}"),
+    )
+    .unwrap();
+    let out = infinity(&["sweep", "changed.toml"], t);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("3 runs trained with other settings") && text.contains("optim.lr"),
+        "{text}"
+    );
+    let run64 = t.join("sweep/embed-dim-64_num-heads-2");
+    assert!(std::fs::read_to_string(run64.join("config.toml")).unwrap().contains("lr = 0.003"));
+    // a run's config holds absolute paths: it trains (here: checks) from any working folder
+    ok(infinity(
+        &["train", run64.join("config.toml").to_str().unwrap(), "--check", "--resume", "auto"],
+        Path::new("/"),
+    ));
 
     // validation ran every 10 steps on every run
     let val_lines = std::fs::read_to_string(t.join("sweep/embed-dim-128_num-heads-2/val.jsonl")).unwrap();
@@ -163,6 +185,10 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let out = infinity(&["sweep", "bad.toml"], t);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("1 of 1 runs failed: lr-1e30"), "{text}");
+    // the diverged run says so in its summary (it had none, and `infinity scaling` did not see it)
+    let summary = std::fs::read_to_string(t.join("bad/lr-1e30/summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert!(v["diverged"] == true && v["finished"] == false && v["loss"].is_null(), "{summary}");
 
     // a run whose loss ended NaN (JSON null) is listed and left out of the fits, not an error
     let diverged = t.join("sweep/zz-diverged");
@@ -173,9 +199,14 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     v["loss"] = serde_json::Value::Null;
     std::fs::write(diverged.join("summary.json"), v.to_string()).unwrap();
     std::fs::remove_file(diverged.join("val.jsonl")).unwrap();
+    // and a run folder that never wrote a summary (it failed before its first step) is named
+    std::fs::create_dir(t.join("sweep/zz-silent")).unwrap();
+    std::fs::copy(diverged.join("config.toml"), t.join("sweep/zz-silent/config.toml")).unwrap();
     let report = ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
+    assert!(fits.contains("no summary.json") && fits.contains("zz-silent"), "{report}\n{fits}");
+    std::fs::remove_dir_all(t.join("sweep/zz-silent")).unwrap();
     // so is a run stopped before its end (its loss is of a schedule it did not finish)
     let stopped = t.join("sweep/zz-stopped");
     let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-128_num-heads-2")).arg(&stopped).status();

@@ -135,6 +135,22 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     cfg.sample.every = 0;
     train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at steps 3 and 6
     let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    // a resume that is refused (another seed: the saved data position; another width: the weights)
+    // leaves the run folder as it was: its config and sizes, which `infinity scaling` reads, and the
+    // checkpoints after the one named
+    let folder = |name: &str| std::fs::read(cfg.run.dir.join(name)).unwrap();
+    let before = (folder("config.toml"), folder("derived.json"));
+    for refused in ["seed", "width"] {
+        let mut other = cfg.clone();
+        match refused {
+            "seed" => other.run.seed += 1,
+            _ => other.model.embed_dim = Some(96),
+        }
+        let e = train(&other, &TrainOptions { resume: Some(step3.clone()), ..Default::default() }).unwrap_err();
+        assert!(format!("{e:#}").contains(if refused == "seed" { "cannot resume" } else { "shape" }), "{e:#}");
+        assert!(before == (folder("config.toml"), folder("derived.json")), "{refused}: the run folder was rewritten");
+        assert!(cfg.run.dir.join("checkpoints/step-00000006").is_dir(), "{refused}: step 6 was set aside");
+    }
     let mut again = cfg.clone();
     (again.run.steps, again.checkpoint.every, again.checkpoint.keep_last) = (5, 1, 2);
     let s = train(&again, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();

@@ -123,6 +123,19 @@ pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
     Ok(runs)
 }
 
+/// Run folders under `root` (a `config.toml`, as `infinity sweep` writes) that have no `summary.json`.
+fn unsummarised(root: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.toml").is_file() && !p.join("summary.json").is_file())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The fits and where the files went.
 pub struct Report {
     pub runs: Vec<RunRecord>,
@@ -149,6 +162,13 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
         runs.iter().filter(|r| r.finished && r.loss().is_finite()).partition(|r| !not_best.contains(&r.dir));
     let (c, l): (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute, r.loss())).unzip();
     let mut notes = Vec::new();
+    let silent = unsummarised(root);
+    if !silent.is_empty() {
+        notes.push(format!(
+            "left out (no summary.json: failed before their first step, or not started; their logs say why): {}",
+            silent.join(", ")
+        ));
+    }
     let diverged: Vec<&str> = runs.iter().filter(|r| !r.loss().is_finite()).map(|r| r.name.as_str()).collect();
     if !diverged.is_empty() {
         notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));

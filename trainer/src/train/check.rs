@@ -25,7 +25,8 @@ use crate::model::Params;
 /// a GPU of that size and this machine's devices are not opened.
 pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Option<u64>) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let Setup { ds, mc, lay, mean_tokens, flops_per_token } = Setup::open(cfg).map_err(unrecoverable)?;
+    let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
+    let mean_tokens = mix.mean_tokens;
     let m = &ds.manifest;
     out.push(format!(
         "dataset {}: {} rows in {} shards (checksums verified), d = {}, {} schedules, {mean_tokens:.0} tokens per sample",
@@ -78,13 +79,13 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         cfg.data.global_batch,
         micro_batch,
         b * mean_tokens,
-        b * mean_tokens * flops_per_token
+        b * mix.mean_flops
     ));
     out.push(format!(
         "run: {} steps, {:.3e} tokens, {:.3e} training FLOPs, {:.2} epochs of the dataset",
         cfg.run.steps,
         steps * b * mean_tokens,
-        steps * b * mean_tokens * flops_per_token,
+        steps * b * mix.mean_flops,
         steps * b / ds.num_rows() as f64
     ));
     // f32 weights, gradients and the two AdamW moments; a checkpoint holds all but the gradients

@@ -43,7 +43,7 @@ use self::micro_batch::prepare;
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
-pub use self::setup::{micro_steps, Setup, Unrecoverable};
+pub use self::setup::{micro_steps, Setup, TokenMix, Unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
@@ -76,12 +76,14 @@ pub struct TrainSummary {
     pub preempted: bool,
     /// The last held-out validation loss, when validation is configured.
     pub last_val_loss: Option<f64>,
+    /// Stopped by `optim.max_nonfinite` consecutive non-finite steps.
+    pub diverged: bool,
 }
 
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
-    let Setup { ds, mc, lay, mean_tokens: mean_l, flops_per_token } = Setup::open(cfg).map_err(unrecoverable)?;
+    let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let ds = Arc::new(ds);
     let m = ds.manifest.clone();
     let joined = dist::stop_while_joining(&opts.stop);
@@ -120,26 +122,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     std::fs::create_dir_all(run)
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
     let config_toml = toml::to_string(cfg).context("serialising the config")?;
-    let derived = json!({
-        "parameters": lay.numel,
-        "model": mc,
-        "grad_accumulation": accum,
-        "micro_batch": micro_batch,
-        "world_size": dist.world,
-        "tokens_per_step_mean": mean_l * cfg.data.global_batch as f64,
-        "train_flops_per_token_bucket0": flops_per_token,
-        "train_flops_per_step_mean": flops_per_token * mean_l * cfg.data.global_batch as f64,
-        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
-    });
     let write = |name: &str, text: &str| -> Result<()> {
         let p = run.join(name);
         infinity_data::manifest::write_atomic(&p, text.as_bytes())
             .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
     };
-    if leader {
-        write("config.toml", &config_toml)?;
-        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
-    }
     if let Some(base) = cfg.model.mup() {
         console!("{}", base.describe(&mc, &lay));
     }
@@ -153,8 +140,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     );
     console!(
         "tokens per step ≈ {:.0}, training FLOPs per step ≈ {:.3e}",
-        mean_l * cfg.data.global_batch as f64,
-        flops_per_token * mean_l * cfg.data.global_batch as f64
+        mix.mean_tokens * cfg.data.global_batch as f64,
+        mix.mean_flops * cfg.data.global_batch as f64
     );
 
     // ---- state: fresh or resumed -------------------------------------------------------------
@@ -179,6 +166,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         return Ok(summary);
     }
+    let lo = loader_options(cfg, dist.rank, dist.world);
+    let mut loader = Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone()))?;
+    // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
+    // model, seed or dataset) leaves its config, its derived sizes and its later checkpoints as they were
     if let Some(s) = state.as_ref().filter(|_| leader) {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, steps)) = checkpoint::set_aside_later(run, s.step)? {
@@ -192,8 +183,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
         }
     }
-    let lo = loader_options(cfg, dist.rank, dist.world);
-    let mut loader = Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone()))?;
+    let derived = json!({
+        "parameters": lay.numel,
+        "model": mc,
+        "grad_accumulation": accum,
+        "micro_batch": micro_batch,
+        "world_size": dist.world,
+        // over the batches the run draws (each schedule by its batches per epoch)
+        "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
+        "train_flops_per_token": mix.flops_per_token,
+        "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
+        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
+    });
+    if leader {
+        write("config.toml", &config_toml)?;
+        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+    }
     let mut st = state.take().unwrap_or(TrainState {
         version: 0,
         step: 0,
@@ -338,6 +343,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tracing::warn!("step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped", st.step + 1);
             if st.nonfinite_run >= cfg.optim.max_nonfinite {
                 let last = checkpoint::complete(run).pop().map(|c| c.1.display().to_string()).unwrap_or("none".into());
+                if leader {
+                    // `infinity scaling` and sweeps see the run as diverged, not as one that never ran
+                    summary.steps = st.step + 1;
+                    (summary.last_loss, summary.diverged) = (loss, true);
+                    (summary.skipped_steps, summary.seconds) = (st.skipped_steps, started.elapsed().as_secs_f64());
+                    write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
+                }
                 bail!(
                     "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
                     st.nonfinite_run
@@ -354,7 +366,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let secs = t0.elapsed().as_secs_f64();
         let samples = (batch.len() * dist.world) as f64;
         let tokens = samples * sched.num_tokens() as f64;
-        let flops = flops_per_token * tokens;
+        let flops = mix.flops_per_token[batch.bucket as usize] * tokens;
         let metrics = StepMetrics {
             step: st.step,
             loss,
@@ -454,8 +466,9 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
     json!({
         "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
-        "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps,
-        "preempted": summary.preempted, "world_size": world, "val_loss": summary.last_val_loss,
+        "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
+        "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
+        "val_loss": summary.last_val_loss,
     })
 }
 

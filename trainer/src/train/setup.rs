@@ -35,10 +35,7 @@ pub struct Setup {
     pub ds: Dataset,
     pub mc: ModelConfig,
     pub lay: Layout,
-    /// Tokens per sample, the mean over the dataset's schedules.
-    pub mean_tokens: f64,
-    /// Training FLOPs per token (of the first schedule, attention included).
-    pub flops_per_token: f64,
+    pub mix: TokenMix,
 }
 
 impl Setup {
@@ -53,9 +50,45 @@ impl Setup {
         if let Some(base) = cfg.model.mup() {
             crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
         }
-        let mean_tokens = m.schedules.iter().map(|s| s.num_tokens()).sum::<usize>() as f64 / m.schedules.len() as f64;
-        let flops_per_token = train_flops_per_token(&mc, &m.schedules[0].hw(), text.map_or(0, |t| t.1));
-        Ok(Setup { ds, mc, lay, mean_tokens, flops_per_token })
+        let mix = TokenMix::of(&mc, m, cfg.data.global_batch);
+        Ok(Setup { ds, mc, lay, mix })
+    }
+}
+
+/// Tokens and training FLOPs per sample of a dataset's schedules, and their mean over the batches a
+/// run draws: each schedule weighted by its whole global batches per epoch (the loader's plan; the
+/// rows left over are not drawn), or by its rows where no bucket holds a batch.
+#[derive(Clone, Debug)]
+pub struct TokenMix {
+    /// Training FLOPs per token of each schedule (the attention context differs between them).
+    pub flops_per_token: Vec<f64>,
+    /// Tokens per sample, the mean over the drawn batches.
+    pub mean_tokens: f64,
+    /// Training FLOPs per sample, the mean over the drawn batches.
+    pub mean_flops: f64,
+}
+
+impl TokenMix {
+    pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
+        let text_tokens = m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize);
+        let flops_per_token: Vec<f64> =
+            m.schedules.iter().map(|s| train_flops_per_token(mc, &s.hw(), text_tokens)).collect();
+        let rows: Vec<u64> = (0..m.schedules.len())
+            .map(|b| m.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum())
+            .collect();
+        let batches: Vec<u64> = rows.iter().map(|r| r / global_batch.max(1) as u64).collect();
+        let weights = if batches.iter().any(|&b| b > 0) { batches } else { rows };
+        let total = weights.iter().sum::<u64>().max(1) as f64;
+        let mean = |per_sample: &dyn Fn(usize) -> f64| {
+            (0..weights.len()).map(|b| weights[b] as f64 * per_sample(b)).sum::<f64>() / total
+        };
+        let tokens = |b: usize| m.schedules[b].num_tokens() as f64;
+        TokenMix { mean_tokens: mean(&tokens), mean_flops: mean(&|b| tokens(b) * flops_per_token[b]), flops_per_token }
+    }
+
+    /// Training FLOPs per token, the mean over the drawn batches.
+    pub fn mean_flops_per_token(&self) -> f64 {
+        self.mean_flops / self.mean_tokens.max(1.0)
     }
 }
 
