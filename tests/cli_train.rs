@@ -104,6 +104,24 @@ fn train_sample_and_export_a_text_model() {
         .sum();
     assert_eq!(t.shape(), [6, l as usize, 16]);
     assert!(t.data().iter().all(|&b| b <= 1));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let about: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["infinity_sample"]).unwrap();
+    assert_eq!(about["conditions"][1], "a large blue square top left");
+    assert_eq!(about["schedule"]["scales"], manifest["schedules"][0]["scales"]);
+    // the same seed, the same file, byte for byte
+    let again = tmp.path().join("bits-again.safetensors");
+    let more = ["--n", "3", "--cfg", "2", "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
+    assert!(infinity(&[&args[..], &more[..]].concat()));
+    assert!(std::fs::read(&again).unwrap() == bytes, "the bits file differs between two runs of one seed");
+    // a dataset of another text width is not the model's (it panicked sampling)
+    let other = tmp.path().join("data-wide");
+    std::fs::create_dir(&other).unwrap();
+    let mut wide = manifest.clone();
+    wide["conditions"]["text"]["width"] = 48.into();
+    std::fs::write(other.join("manifest.json"), wide.to_string()).unwrap();
+    let e = err(&["sample", run_s, "--caption", "a red circle", "--data", path_str(&other)]);
+    assert!(e.contains("text features of width 48, the model's are 32: not the model's dataset"), "{e}");
 
     // wrong conditions are named
     assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
@@ -216,6 +234,14 @@ fn sample_a_class_model_by_name() {
     assert!(err(&["sample", path_str(&ckpt), "--class", "purple dragon"]).contains("not a class id or name"));
     assert!(err(&["sample", path_str(&ckpt), "--class", "99"]).contains("classes 0..23"));
     assert!(err(&["sample", path_str(&ckpt), "--caption", "a red circle"]).contains("class-conditioned"));
+    // a dataset of more classes is not the model's: class 29 panicked, class 24 sampled the null class
+    let (data, other) = (tmp.path().join("data"), tmp.path().join("data-30"));
+    std::fs::create_dir(&other).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("manifest.json")).unwrap()).unwrap();
+    m["conditions"]["class"]["num_classes"] = 30.into();
+    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+    let e = err(&["sample", path_str(&ckpt), "--class", "24", "--data", path_str(&other)]);
+    assert!(e.contains("30 classes, the model has 24: not the model's dataset"), "{e}");
 }
 
 /// `train --check` reports what a run would do, and the first error it would stop with, without

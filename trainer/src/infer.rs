@@ -62,14 +62,15 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
 }
 
 /// Text features from a safetensors file: one f32/f16/bf16 tensor `[tokens, Ct]` per caption, taken in
-/// name order, of at most `max_tokens` tokens (the model's `text_maxlen`) and finite values.
-pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+/// name order (numbers by value: `2` before `10`), of at most `max_tokens` tokens (the model's
+/// `text_maxlen`) and finite values. Returns the features, their lengths and the tensors' names.
+pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Result<(Vec<f32>, Vec<usize>, Vec<String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut names = st.names();
-    names.sort();
+    names.sort_by_key(|n| (n.parse::<u64>().ok(), n.to_string()));
     let (mut kv, mut lens) = (Vec::new(), Vec::new());
-    for name in names {
+    for &name in &names {
         let t = st.tensor(name)?;
         ensure!(
             t.shape().len() == 2 && t.shape()[1] == width && t.shape()[0] > 0,
@@ -83,7 +84,8 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
             path.display(),
             t.shape()[0]
         );
-        let values = crate::model::io::tensor_f32(name, t.dtype(), t.data())?;
+        let values =
+            crate::model::io::tensor_f32(name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             bail!("{}: `{name}` holds {} at token {}, channel {}", path.display(), values[i], i / width, i % width);
         }
@@ -91,7 +93,7 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
         lens.push(t.shape()[0]);
     }
     ensure!(!lens.is_empty(), "{}: no tensors", path.display());
-    Ok((kv, lens))
+    Ok((kv, lens, names.iter().map(|n| n.to_string()).collect()))
 }
 
 /// The dataset schedule of `template` (default: the square one if present, else the first).

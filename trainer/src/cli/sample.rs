@@ -1,7 +1,7 @@
 //! `infinity sample CKPT --class … | --caption … | --text-features … -o grid.png [--bits bits.safetensors]`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -28,7 +28,7 @@ pub struct SampleArgs {
     #[arg(long)]
     caption: Vec<String>,
     /// Text features from your encoder: a safetensors file, one `[tokens, Ct]` tensor per caption.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "caption")]
     text_features: Option<PathBuf>,
     /// Samples per condition (one grid row per condition).
     #[arg(long, default_value_t = 4)]
@@ -73,7 +73,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(m.d as usize == ck.model.d, "{}: d = {}, the model has d = {}", data_dir.display(), m.d, ck.model.d);
     let sched = infer::pick_schedule(&m, a.template.as_deref())?;
 
-    let (cond, rows) = condition(&a, &ck.model, &m)?;
+    let (cond, rows) = condition(&a, &ck.model, &m, &data_dir)?;
     let lay = Layout::new(&ck.model);
     let opts = SampleOptions { cfg: a.cfg, tau: a.tau, top_p: a.top_p, seed: a.seed };
     let t0 = std::time::Instant::now();
@@ -94,15 +94,14 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     if let Some(path) = &a.bits {
         let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d);
         let flat: Vec<u8> = s.bits.concat();
-        let meta: HashMap<String, String> = [
-            ("schedule".to_string(), serde_json::to_string(&sched)?),
-            ("conditions".to_string(), serde_json::to_string(&rows)?),
-            (
-                "bit_order".to_string(),
-                "bits[i, l, c] is bit c of token l of sample i; 1 is the code +1/√d, 0 is −1/√d".into(),
-            ),
-        ]
-        .into();
+        // one metadata key (a JSON object): safetensors writes several in hash order, and the same seed
+        // must give the same file
+        let about = serde_json::json!({
+            "schedule": sched,
+            "conditions": rows,
+            "bit_order": "bits[i, l, c] is bit c of token l of sample i; 1 is the code +1/√d, 0 is −1/√d",
+        });
+        let meta: HashMap<String, String> = [("infinity_sample".to_string(), about.to_string())].into();
         let bytes = safetensors::serialize([("bits", TensorView::new(Dtype::U8, vec![n, l, d], &flat)?)], Some(meta))?;
         write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         console!("wrote {}", path.display());
@@ -120,14 +119,26 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The condition of every sample (each given condition `n` times) and a label per grid row.
-fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(SampleCondition, Vec<String>)> {
+/// The condition of every sample (each given condition `n` times) and a label per grid row. The dataset
+/// (`data_dir`'s manifest `m`) names the classes and embeds captions: it must be one of the model's.
+fn condition(
+    a: &SampleArgs,
+    model: &ModelConfig,
+    m: &Manifest,
+    data_dir: &Path,
+) -> Result<(SampleCondition, Vec<String>)> {
     let (kind, text_maxlen) = (&model.conditioning, model.text_maxlen);
     let text_given = !a.caption.is_empty() || a.text_features.is_some();
+    let not_its = |what: String| {
+        anyhow::anyhow!("{}: {what}: not the model's dataset (pass --data with its own)", data_dir.display())
+    };
     match kind {
-        Conditioning::Class { .. } => {
+        Conditioning::Class { num_classes } => {
             ensure!(!text_given, "this model is class-conditioned: use --class");
             let info = m.conditions.class.as_ref().context("the dataset has no class condition")?;
+            if info.num_classes as usize != *num_classes {
+                return Err(not_its(format!("{} classes, the model has {num_classes}", info.num_classes)));
+            }
             let specs = if a.class.is_empty() {
                 console_err!("no --class given: sampling every class ({}), {} each", info.num_classes, a.n);
                 vec!["all".to_string()]
@@ -141,11 +152,14 @@ fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(Sampl
         Conditioning::Text => {
             ensure!(a.class.is_empty(), "this model is text-conditioned: use --caption or --text-features");
             let info = m.conditions.text.as_ref().context("the dataset has no text condition")?;
+            if info.width as usize != model.text_channels {
+                let what = format!("text features of width {}, the model's are {}", info.width, model.text_channels);
+                return Err(not_its(what));
+            }
             let ((kv, lens), rows) = match &a.text_features {
                 Some(f) => {
-                    let (kv, lens) = infer::text_features_file(f, info.width as usize, text_maxlen)?;
-                    let rows = (0..lens.len()).map(|i| format!("features #{i}")).collect();
-                    ((kv, lens), rows)
+                    let (kv, lens, names) = infer::text_features_file(f, model.text_channels, text_maxlen)?;
+                    ((kv, lens), names)
                 }
                 None if !a.caption.is_empty() => {
                     let (kv, lens) = infer::caption_features(&a.caption, info)?;
