@@ -498,4 +498,36 @@ fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_is_named() {
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     assert!(e.contains("run.device = \"cuda\""), "{e}");
     assert!(e.contains("no CUDA") || e.contains("--features cuda"), "{e}");
+    // no restart helps: exit 2, which `infinity launch` does not restart (it exited 1 and was restarted
+    // to fail again), and `--check` says so too; as for a backend this build lacks and rank variables
+    // that contradict each other
+    let cfg_path = tmp.path().join("cuda.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let cpu = "run.device=cpu";
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str); // arguments, environment, message
+    let cases: [Case; 5] = [
+        (&[], &[], "run.device = \"cuda\""),
+        (&["--check"], &[], "run.device = \"cuda\""),
+        (
+            &["--check", "--set", cpu, "--set", "dist.backend=nccl"],
+            &[("RANK", "0"), ("WORLD_SIZE", "2")],
+            "`cuda` feature",
+        ),
+        (&["--check", "--set", cpu], &[("RANK", "5"), ("WORLD_SIZE", "2")], "RANK"),
+        (&["--check", "--set", cpu], &[("RANK", "0")], "WORLD_SIZE"),
+    ];
+    for (args, env, want) in cases {
+        if want == "`cuda` feature" && cfg!(feature = "cuda") {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", cfg_path.to_str().unwrap()])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?} {env:?}: {stderr}");
+    }
 }

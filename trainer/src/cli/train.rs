@@ -12,7 +12,8 @@ use infinity_launcher::comm::{CommError, EXIT_COMM_TIMEOUT};
 use infinity_launcher::env::vars;
 
 use super::Permanent;
-use crate::train::{self, config::TrainConfig, dist, TrainOptions};
+use crate::train::config::{CommBackend, TrainConfig};
+use crate::train::{self, dist, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -45,9 +46,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let bad = |e: anyhow::Error| anyhow::Error::from(Permanent::Invocation(e));
     let cfg = TrainConfig::load(&a.config, &a.set).map_err(bad)?;
     // the ranks this run splits its batch over (torchrun-style variables or SLURM's, as `Dist::join`
-    // reads them; their errors are left to it)
-    let env_world = || infinity_launcher::env::DistEnv::from_env().ok().flatten().map(|e| e.world);
-    let world = a.world.or_else(env_world).unwrap_or(1).max(1);
+    // reads them): variables that contradict each other are wrong at every restart
+    let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
+    let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
+    if world > 1 && cfg.dist.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
+        return Err(bad(anyhow::anyhow!(
+            "dist.backend = \"nccl\" needs a build with the `cuda` feature (cargo build --release --features cuda); \
+             use dist.backend = \"ring\" otherwise"
+        )));
+    }
     // a batch that does not split over the ranks is a config error (no restart would help)
     // ("auto" is chosen at start, from the GPU's memory)
     train::micro_steps(&cfg, world, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(bad)?;

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use infinity_data::loader::{Loader, LoaderOptions};
 
 use super::config::{DeviceChoice, TrainConfig};
@@ -51,10 +51,14 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     // the device first: "auto" takes the micro-batch its memory holds
     let device_line = match gpu {
         Some(bytes) if cfg.run.device == DeviceChoice::Cpu => {
-            bail!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes))
+            let e = anyhow::anyhow!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes));
+            return Err(unrecoverable(e));
         }
         Some(_) if cfg.run.device == DeviceChoice::Cuda && !cfg!(feature = "cuda") => {
-            bail!("run.device = \"cuda\" but this build has no CUDA support (build with --features cuda)")
+            let e = anyhow::anyhow!(
+                "run.device = \"cuda\" but this build has no CUDA support (build with --features cuda)"
+            );
+            return Err(unrecoverable(e));
         }
         Some(bytes) => format!(
             "device: {} ({}), checked against a GPU of {} (this machine's devices not opened)",

@@ -32,7 +32,10 @@ impl Compute {
                 console!("device: cpu (run.device = \"auto\": {})", why_no_gpu());
                 Ok(Compute::Cpu)
             }
-            (DeviceChoice::Cuda, None) => bail!("run.device = \"cuda\" but {}", why_no_gpu()),
+            // no restart finds a GPU this build or machine does not have
+            (DeviceChoice::Cuda, None) => {
+                Err(super::unrecoverable(anyhow::anyhow!("run.device = \"cuda\" but {}", why_no_gpu())))
+            }
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
                 let bf16 = run.precision == Precision::Bf16;
@@ -349,7 +352,7 @@ fn gpu_ordinal() -> Result<Option<usize>> {
             0 => Ok(None),
             1 => Ok(Some(0)),
             n if local < n => Ok(Some(local)),
-            n => bail!("LOCAL_RANK {local} but only {n} CUDA devices are visible"),
+            n => Err(super::unrecoverable(anyhow::anyhow!("LOCAL_RANK {local} but only {n} CUDA devices are visible"))),
         }
     }
     #[cfg(not(feature = "cuda"))]
