@@ -80,6 +80,18 @@ fn train_sample_and_export_a_text_model() {
         assert_eq!(tb["scalars"][tag].as_array().map(|a| a.len()), Some(2), "{tag}: {out}");
     }
     assert!(tb["scalars"]["scale/bit_acc_s00"].is_array() && tb["scalars"]["scale/loss_s03"].is_array(), "{out}");
+    assert!(tb["scalars"]["scale/token_acc_s03"].is_array() && tb["scalars"]["train/skipped_steps"].is_array());
+    // the token accuracy is over all tokens (as the bit accuracy): the scales' weighted by their tokens
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("manifest.json")).unwrap()).unwrap();
+    for line in std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let scales = manifest["schedules"][m["bucket"].as_u64().unwrap() as usize]["scales"].as_array().unwrap();
+        let n: Vec<f64> = scales.iter().map(|s| (s[1].as_u64().unwrap() * s[2].as_u64().unwrap()) as f64).collect();
+        let per_scale = m["scale_token_acc"].as_array().unwrap();
+        let want = n.iter().zip(per_scale).map(|(n, a)| n * a.as_f64().unwrap()).sum::<f64>() / n.iter().sum::<f64>();
+        assert!((m["token_acc"].as_f64().unwrap() - want).abs() < 1e-12, "{line}");
+    }
     assert_eq!(tb["images"]["samples"][0][0], 2, "{out}");
     assert!(tb["text"]["config"][0][1].as_str().unwrap().contains("[optim]"), "{out}");
 
@@ -94,8 +106,6 @@ fn train_sample_and_export_a_text_model() {
     let bytes = std::fs::read(&bits).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("bits").unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("manifest.json")).unwrap()).unwrap();
     let l: u64 = manifest["schedules"][0]["scales"]
         .as_array()
         .unwrap()

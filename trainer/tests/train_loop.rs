@@ -343,6 +343,17 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         assert!(e.contains(want), "{set}: {e}");
     }
     assert_eq!(C::load(&path, &["run.steps=3.0".into()]).unwrap().run.steps, 3, "a whole number written as a float");
+    // values a run only trips over later (a panic on a multi-rank run, an error at the first validation)
+    for (set, want) in [
+        ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
+        ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
+        ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
+    ] {
+        let e = format!("{:#}", C::load(&path, &[set.into()]).unwrap_err());
+        assert!(e.contains(want), "{set}: {e}");
+    }
+    let e = format!("{:#}", C::load(&path, &["val.dir=x".into(), "val.max_rows=0".into()]).unwrap_err());
+    assert!(e.contains("val.max_rows must be at least 1"), "{e}");
     // run.peak_tflops: "auto" by default and back from config.toml as "auto"; a number; nothing else
     assert_eq!(c.run.peak_tflops, PeakTflops::Auto);
     let c = C::load(&path, &["run.peak_tflops=790".into()]).unwrap();

@@ -424,9 +424,12 @@ impl TrainConfig {
         if !(fraction > 0.0 && fraction <= 1.0) {
             bail!("optim.decay.decay_fraction must be in (0, 1], found {fraction}");
         }
-        if o.warmup_steps > self.run.steps {
+        if o.max_nonfinite == 0 {
+            bail!("optim.max_nonfinite must be at least 1 (the consecutive non-finite steps that stop a run)");
+        }
+        if o.warmup_steps >= self.run.steps {
             tracing::warn!(
-                "optim.warmup_steps ({}) exceeds run.steps ({}): the learning rate never reaches optim.lr",
+                "optim.warmup_steps ({}) is not below run.steps ({}): the learning rate never reaches optim.lr",
                 o.warmup_steps,
                 self.run.steps
             );
@@ -460,6 +463,14 @@ impl TrainConfig {
                 "dist.bucket_mib must be a finite number ≥ 0 (0: a bucket per block), found {}",
                 self.dist.bucket_mib
             );
+        }
+        for (key, secs) in [("timeout_s", self.dist.timeout_s), ("rdzv_timeout_s", self.dist.rdzv_timeout_s)] {
+            if !(secs.is_finite() && secs > 0.0) {
+                bail!("dist.{key} must be a positive number of seconds, found {secs}");
+            }
+        }
+        if self.val.dir.is_some() && self.val.max_rows == 0 {
+            bail!("val.max_rows must be at least 1 (the first rows of val.dir that are evaluated)");
         }
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");

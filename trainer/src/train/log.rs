@@ -31,6 +31,9 @@ pub struct StepMetrics {
     pub bucket: u16,
     pub scale_loss: Vec<f64>,
     pub scale_bit_acc: Vec<f64>,
+    /// Fraction of each scale's tokens with all bits right (upstream's `Acc_token_sXX`).
+    pub scale_token_acc: Vec<f64>,
+    /// Updates skipped so far (non-finite or spiking steps).
     pub skipped_steps: u64,
     /// The loss's and gradient norm's z-scores over the spike guard's window, once it is full.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,7 @@ impl Logger {
                 ("perf/tokens_per_s", m.tokens_per_s),
                 ("perf/samples_per_s", m.samples_per_s),
                 ("perf/step_time_s", m.step_time_s),
+                ("train/skipped_steps", m.skipped_steps as f64),
             ] {
                 w.scalar(tag, v, m.step)?;
             }
@@ -136,9 +140,10 @@ impl Logger {
                 w.scalar("ranks/work_s_median", r.work_s_median, m.step)?;
                 w.scalar("ranks/data_s_max", r.data_s_max, m.step)?;
             }
-            for (s, (l, a)) in m.scale_loss.iter().zip(&m.scale_bit_acc).enumerate() {
+            for (s, ((l, a), t)) in m.scale_loss.iter().zip(&m.scale_bit_acc).zip(&m.scale_token_acc).enumerate() {
                 w.scalar(&format!("scale/loss_s{s:02}"), *l, m.step)?;
                 w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
+                w.scalar(&format!("scale/token_acc_s{s:02}"), *t, m.step)?;
             }
             w.flush()
         });

@@ -290,10 +290,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         compute.end_step(&mut grads)?;
         let ns = scales.len();
+        // [loss, bit acc, token acc (over all tokens, as the bit accuracy), per-scale loss, bit acc, token acc]
+        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / sched.num_tokens() as f64;
         let mut metrics = vec![loss, correct_bits, 0.0];
-        metrics[2] = per_scale.iter().map(|p| p.token_acc.iter().sum::<f64>() / p.token_acc.len() as f64).sum::<f64>();
+        metrics[2] = per_scale.iter().map(|p| (0..ns).map(|s| p.token_acc[s] * tokens_of(s)).sum::<f64>()).sum();
         metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>()));
         metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>()));
+        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.token_acc[s]).sum::<f64>()));
         metrics[2..].iter_mut().for_each(|v| *v /= accum as f64);
         dist::slow_drill(dist.rank, dist.attempt);
         // each rank's own work so far rides on the metrics' all-reduce (see rank_times.rs)
@@ -380,7 +383,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
             bucket: batch.bucket,
             scale_loss: metrics[3..3 + ns].to_vec(),
-            scale_bit_acc: metrics[3 + ns..].to_vec(),
+            scale_bit_acc: metrics[3 + ns..3 + 2 * ns].to_vec(),
+            scale_token_acc: metrics[3 + 2 * ns..].to_vec(),
             skipped_steps: st.skipped_steps,
             loss_z: spike.loss_z,
             grad_z: spike.grad_z,
