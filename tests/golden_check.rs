@@ -101,3 +101,74 @@ fn block_chunk_key_layout_loads_the_same_model() {
     let r = golden::check(tmp.path()).unwrap();
     assert!(r.ok(), "{:?}", r.failures);
 }
+
+/// `tensor`'s first dimension halved (its values cut to match): a golden folder out of shape.
+fn halve_tensor(path: &std::path::Path, tensor: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let (mut shape, mut data) = (t.shape().to_vec(), t.data().to_vec());
+            if n == tensor {
+                data.truncate(data.len() / shape[0] * (shape[0] / 2));
+                shape[0] /= 2;
+            }
+            (n, t.dtype(), shape, data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Folders that are incomplete or out of shape fail, naming the file and tensor, without a panic (a
+/// tensor of the wrong length panicked; one without gradients passed, checking nothing), and one
+/// bad folder does not stop the command checking the others.
+#[test]
+fn an_incomplete_or_malformed_folder_fails_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |name: &str, to: &str| {
+        let (src, dst) = (repo().join("tests/golden").join(name), tmp.path().join(to));
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+        dst
+    };
+    let no_grads = copy("model-tiny-square", "a-no-grads");
+    let expected = no_grads.join("expected.safetensors");
+    let bytes = std::fs::read(&expected).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| !n.starts_with("grad.")).collect();
+    std::fs::write(&expected, safetensors::serialize(kept, None).unwrap()).unwrap();
+    let r = golden::check(&no_grads).unwrap();
+    assert!(
+        !r.ok() && r.failures.iter().any(|f| f == "grad.head.weight: missing from expected.safetensors"),
+        "{:?}",
+        r.failures
+    );
+
+    let short_x = copy("model-tiny-square", "b-short-inputs");
+    halve_tensor(&short_x.join("inputs.safetensors"), "x_blc_wo_prefix");
+    let e = format!("{:#}", golden::check(&short_x).unwrap_err());
+    assert!(
+        e.contains("inputs.safetensors: tensor `x_blc_wo_prefix` has shape") && e.contains("expected [B, L − 1, d]"),
+        "{e}"
+    );
+
+    let short_mask = copy("bsq-square-0.06M", "c-short-mask");
+    halve_tensor(&short_mask.join("bsq.safetensors"), "flip_mask");
+    let e = format!("{:#}", golden::check(&short_mask).unwrap_err());
+    assert!(e.contains("bsq.safetensors: tensor `flip_mask` has shape") && e.contains("expected [B, L, d]"), "{e}");
+
+    // the command checks every folder and fails at the end
+    let good = copy("model-tiny-square", "d-good");
+    assert!(golden::check(&good).unwrap().ok());
+    assert!(!crate::infinity(&["golden", "check", crate::path_str(tmp.path())]));
+}

@@ -1,7 +1,7 @@
 //! `infinity golden check DIR`: run a golden folder (docs/golden-format.md) through our model or our
 //! bitwise self-correction and compare with what the reference produced, tensor by tensor.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::Catalog;
@@ -66,41 +66,73 @@ impl GoldenReport {
     }
 }
 
-/// The tensors of a safetensors file as f32 (or u8/i32 converted), by name.
+/// The tensors of a safetensors file as f32 (or u8/i32 converted), by name; errors name the file.
 struct Tensors {
+    path: PathBuf,
     bytes: Vec<u8>,
 }
 
 impl Tensors {
     fn open(path: &Path) -> Result<Tensors> {
-        Ok(Tensors { bytes: std::fs::read(path).with_context(|| format!("reading {}", path.display()))? })
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let t = Tensors { path: path.to_path_buf(), bytes };
+        t.view()?;
+        Ok(t)
     }
 
     fn view(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.bytes).map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))
+        SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", self.path.display()))
+    }
+
+    fn tensor(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+        let st = self.view()?;
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
+        Ok((t.dtype(), t.shape().to_vec(), t.data().to_vec()))
     }
 
     fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let st = self.view()?;
-        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
-        let v = match t.dtype() {
-            Dtype::F32 => t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::BF16 => t.data().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::F16 => t.data().chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => bail!("tensor `{name}`: expected a float tensor, found {other:?}"),
+        let (dtype, shape, data) = self.tensor(name)?;
+        let v = match dtype {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            other => bail!("{}: tensor `{name}`: expected a float tensor, found {other:?}", self.path.display()),
         };
-        Ok((t.shape().to_vec(), v))
+        Ok((shape, v))
+    }
+
+    /// A float tensor of `len` values (`shape` says which, for the error).
+    fn f32_sized(&self, name: &str, len: usize, shape: &str) -> Result<Vec<f32>> {
+        let (found, v) = self.f32(name)?;
+        self.sized(name, v, len, shape, &found)
     }
 
     fn ints(&self, name: &str) -> Result<Vec<i64>> {
-        let st = self.view()?;
-        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
-        Ok(match t.dtype() {
-            Dtype::U8 => t.data().iter().map(|&v| v as i64).collect(),
-            Dtype::I32 => t.data().chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-            Dtype::I64 => t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-            other => bail!("tensor `{name}`: expected an integer tensor, found {other:?}"),
+        let (dtype, _, data) = self.tensor(name)?;
+        Ok(match dtype {
+            Dtype::U8 => data.iter().map(|&v| v as i64).collect(),
+            Dtype::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            other => bail!("{}: tensor `{name}`: expected an integer tensor, found {other:?}", self.path.display()),
         })
+    }
+
+    /// An integer tensor of `len` values (`shape` says which, for the error).
+    fn ints_sized(&self, name: &str, len: usize, shape: &str) -> Result<Vec<i64>> {
+        let found = self.tensor(name)?.1;
+        let v = self.ints(name)?;
+        self.sized(name, v, len, shape, &found)
+    }
+
+    fn sized<T>(&self, name: &str, v: Vec<T>, len: usize, shape: &str, found: &[usize]) -> Result<Vec<T>> {
+        ensure!(
+            v.len() == len,
+            "{}: tensor `{name}` has shape {found:?} ({} values), expected {shape} ({len} values)",
+            self.path.display(),
+            v.len()
+        );
+        Ok(v)
     }
 
     fn names(&self) -> Result<Vec<String>> {
@@ -194,9 +226,11 @@ fn check_bsq(
     let (shape, latent) = t.f32("latent")?;
     let (hh, ww) = *schedule.last().unwrap();
     ensure!(shape == [b, d, 1, hh, ww], "latent has shape {shape:?}, expected [{b}, {d}, 1, {hh}, {ww}]");
-    let flips = t.ints("flip_mask")?;
+    let bld = format!("[B, L, d] = [{b}, {l}, {d}]");
+    let flips = t.ints_sized("flip_mask", b * l * d, &bld)?;
+    let pred = t.ints_sized("pred_bits", b * l * d, &bld)?;
     for (prefix, with_flips) in [("", true), ("noflip.", false)] {
-        let gt = t.ints(&format!("{prefix}gt_bits"))?;
+        let gt = t.ints_sized(&format!("{prefix}gt_bits"), b * l * d, &bld)?;
         let (_, x) = t.f32(&format!("{prefix}x_blc_wo_prefix"))?;
         let mut ours_x = Vec::new();
         let mut tolerated = 0;
@@ -221,7 +255,6 @@ fn check_bsq(
                 }
             }
             if with_flips {
-                let pred = t.ints("pred_bits")?;
                 for (i, (&g, &m)) in gt[bi * l * d..(bi + 1) * l * d].iter().zip(&mask).enumerate() {
                     if pred[bi * l * d + i] != g ^ m as i64 {
                         r.failures.push(format!("pred_bits[{bi}, {}, {}] is not gt_bits xor flip_mask", i / d, i % d));
@@ -295,8 +328,14 @@ fn check_model(
         cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels,
         "text_kv_compact / text_cu_seqlens disagree with B = {b}"
     );
-    let (_, x_wo_prefix) = inputs.f32("x_blc_wo_prefix")?;
-    let gt: Vec<u8> = inputs.ints("gt_bits")?.iter().map(|&v| v as u8).collect();
+    let l: usize = schedule.iter().map(|&(h, w)| h * w).sum();
+    let x_shape = format!("[B, L − 1, d] = [{b}, {}, {d}]", l - 1);
+    let x_wo_prefix = inputs.f32_sized("x_blc_wo_prefix", b * (l - 1) * d, &x_shape)?;
+    let gt: Vec<u8> = inputs
+        .ints_sized("gt_bits", b * l * d, &format!("[B, L, d] = [{b}, {l}, {d}]"))?
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
     let template =
         cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
     let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
@@ -326,14 +365,20 @@ fn check_model(
     let rw = token_weights(b, schedule, true);
     let loss_rw: f64 = rw.iter().zip(&ce.token_loss).map(|(w, t)| w * t).sum();
     r.compare("loss_reweighted", &[loss_rw as f32], &exp.f32("loss_reweighted")?.1, TOL_FORWARD);
+    let mut compared = std::collections::HashSet::new();
     for name in exp.names()?.into_iter().filter(|n| n.starts_with("grad.")) {
         let canon = canonical_name(&name["grad.".len()..], mc.depth, mc.block_chunks).unwrap_or_default();
         match lay.spec(&canon) {
             Some(spec) => {
-                r.compare(&name, &grads.data[spec.offset..spec.offset + spec.numel()], &exp.f32(&name)?.1, TOL_GRAD)
+                r.compare(&name, &grads.data[spec.offset..spec.offset + spec.numel()], &exp.f32(&name)?.1, TOL_GRAD);
+                compared.insert(spec.name.clone());
             }
             None => r.failures.push(format!("{name}: not a parameter of this model")),
         }
+    }
+    // docs/golden-format.md: a gradient for every parameter (a folder without them checks nothing)
+    for s in lay.specs.iter().filter(|s| !compared.contains(&s.name)) {
+        r.failures.push(format!("grad.{}: missing from expected.safetensors", s.name));
     }
     Ok(())
 }

@@ -52,7 +52,15 @@ pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
     }
     let mut failed = 0;
     for dir in &dirs {
-        let r = golden::check_on(dir, device == "cuda")?;
+        // a folder that cannot be checked (missing or malformed files) fails alone: the others are checked
+        let r = match golden::check_on(dir, device == "cuda") {
+            Ok(r) => r,
+            Err(e) => {
+                console!("{}: FAIL: {e:#}", dir.display());
+                failed += 1;
+                continue;
+            }
+        };
         let mut rows = r.comparisons.clone();
         rows.sort_by(|a, b| (b.rel / b.tol).total_cmp(&(a.rel / a.tol)));
         console!("{} ({}): {} tensors", dir.display(), r.mode, rows.len());
