@@ -32,9 +32,6 @@ note() { echo "$*" | tee -a "$summary"; }
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi not found"
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-if [ -z "${INFINITY_CUDA_INCLUDE:-}" ] && [ -d /usr/local/cuda/include ]; then
-    export INFINITY_CUDA_INCLUDE=/usr/local/cuda/include # headers for NVRTC
-fi
 if [ -d /usr/local/cuda/lib64 ]; then
     export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" # cuBLAS, NVRTC
 fi

@@ -1,4 +1,4 @@
-// Shared by attention.cu and attention_bf16.cu (included through NVRTC's include path).
+// Shared by attention.cu, attention_bf16.cu and attention_tiled.cu (inlined by compile.rs before NVRTC).
 #pragma once
 
 #define FULL 0xffffffffu

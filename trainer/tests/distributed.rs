@@ -199,7 +199,8 @@ fn a_slow_rank_is_named_as_the_straggler() {
         let ranks = &serde_json::from_str::<serde_json::Value>(line).unwrap()["ranks"];
         assert_eq!(ranks["slowest_rank"], 1, "{line}");
         let (max, median) = (ranks["work_s_max"].as_f64().unwrap(), ranks["work_s_median"].as_f64().unwrap());
-        assert!(max >= 0.3 && max - median >= 0.25, "{line}");
+        // rank 1 waits 0.3 s more; rank 0's own work varies with the machine's load (2 cores, 2 ranks)
+        assert!(max >= 0.3 && max - median >= 0.15, "{line}");
     }
 }
 
@@ -434,7 +435,7 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
 }
 
 /// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
-/// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"`, one GPU per rank through the agent's
+/// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"` or `"auto"`, one GPU per rank through the agent's
 /// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch, whether the gradients
 /// are summed bucket by bucket during the backward (a bucket per block, or the default size) or after
 /// it; a rank killed mid-run restarts the group from the last checkpoint (a fresh NCCL communicator per
@@ -458,8 +459,9 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     let lazy = ("INFINITY_EMULATED_LAZY", "1");
     let (one, two) = (tmp.path().join("one"), tmp.path().join("nccl-2"));
     ok(launch(1, &cfg, &one, &[], &[]).args(["--set", "run.device=cuda"]).output().unwrap());
-    let out =
-        ok(launch(2, &cfg, &two, &[], &[lazy]).args(on_gpus).args(["--set", "dist.bucket_mib=0"]).output().unwrap());
+    // dist.backend left at "auto": every rank on a GPU, so NCCL (the buckets during the backward are its)
+    let mut c = launch(2, &cfg, &two, &[], &[lazy]);
+    let out = ok(c.args(["--set", "run.device=cuda", "--set", "dist.bucket_mib=0"]).output().unwrap());
     // a bucket per block (2), then the parameters before and after the blocks
     assert!(out.contains("during the backward: 4 buckets a step"), "{out}");
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&two, 4));

@@ -143,6 +143,8 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert!(image::open(dir.join("loss_vs_compute.png")).is_ok());
     let csv = std::fs::read_to_string(dir.join("runs.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
+    let order: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(order, ["embed-dim-64_num-heads-2", "embed-dim-128_num-heads-2", "embed-dim-192_num-heads-2"]);
 
     // TensorBoard's HParams plugin reads the run's hyperparameters
     let tb = python(&["tools/read_tensorboard.py", t.join("sweep/embed-dim-192_num-heads-2/tb").to_str().unwrap()]);

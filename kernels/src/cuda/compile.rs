@@ -1,7 +1,8 @@
 //! NVRTC compilation of the embedded `.cu` sources. Our own headers (`#include "common.cuh"`) are
-//! inlined before compiling; CUDA's headers come from an include path (NVRTC 13 has no built-in
-//! `cuda_fp16.h`): `INFINITY_CUDA_INCLUDE`, `$CUDA_HOME/include`, `/usr/local/cuda/include`, or the
-//! `nvidia/cu13/include` folder of the `nvidia-cuda-runtime` wheel found through `INFINITY_CUDA_WHEELS`.
+//! inlined before compiling, and the sources include no CUDA header (bf16 and f16 are handled as raw
+//! bits in common.cuh), so NVRTC alone compiles them. The folders that exist of `INFINITY_CUDA_INCLUDE`,
+//! `$CUDA_HOME/include`, the `nvidia/cu13/include` of the wheels under `INFINITY_CUDA_WHEELS` and
+//! `/usr/local/cuda/include` are still passed as include paths, for a kernel that someday needs one.
 
 use cudarc::nvrtc::{CompileOptions, Ptx};
 

@@ -108,12 +108,13 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
     })
 }
 
-/// Every run folder directly under `root` (sorted by name); folders without a summary are skipped.
+/// Every run folder directly under `root` (sorted by name, numbers by value: `embed-dim-64` before
+/// `embed-dim-128`); folders without a summary are skipped.
 pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
     let mut runs = Vec::new();
     let rd = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
     let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
-    dirs.sort();
+    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
     for d in dirs {
         runs.push(read_run(&d)?);
     }
@@ -121,6 +122,25 @@ pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
         bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display());
     }
     Ok(runs)
+}
+
+/// `name` in runs of digits (compared as numbers) and of other characters (compared as text).
+fn natural_key(name: &str) -> Vec<(String, u128)> {
+    let mut key: Vec<(String, u128)> = Vec::new();
+    let mut chars = name.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        let digit = c.is_ascii_digit();
+        let mut run = String::new();
+        while let Some(&c) = chars.peek().filter(|c| c.is_ascii_digit() == digit) {
+            run.push(c);
+            chars.next();
+        }
+        key.push(match digit {
+            true => (String::new(), run.parse().unwrap_or(u128::MAX)),
+            false => (run, 0),
+        });
+    }
+    key
 }
 
 /// Run folders under `root` (a `config.toml`, as `infinity sweep` writes) that have no `summary.json`.

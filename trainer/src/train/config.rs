@@ -83,6 +83,7 @@ pub struct DistSection {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CommBackend {
+    /// NCCL when every rank computes on a GPU (a `cuda` build), else the TCP ring.
     #[default]
     Auto,
     Ring,

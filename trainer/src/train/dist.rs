@@ -33,15 +33,16 @@ impl Dist {
         Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None }
     }
 
-    /// Join the group of the process environment (or stay alone).
-    pub fn join(cfg: &DistSection) -> Result<Dist> {
+    /// Join the group of the process environment (or stay alone). `gpu`: this rank computes on a GPU
+    /// (with `dist.backend = "auto"`, NCCL when every rank does).
+    pub fn join(cfg: &DistSection, gpu: bool) -> Result<Dist> {
         match DistEnv::from_env()? {
             None => Ok(Dist::solo()),
-            Some(env) => Self::join_env(&env, cfg),
+            Some(env) => Self::join_env(&env, cfg, gpu),
         }
     }
 
-    pub fn join_env(env: &DistEnv, cfg: &DistSection) -> Result<Dist> {
+    pub fn join_env(env: &DistEnv, cfg: &DistSection, gpu: bool) -> Result<Dist> {
         if cfg.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
             // before any rendezvous: every rank fails the same way, at once
             return nccl_unavailable(env.rank);
@@ -58,7 +59,11 @@ impl Dist {
         let mut store = StoreClient::connect(&env.store_addr(), &env.token, &who, rdzv_timeout)?;
         let prefix = env.prefix();
         store.rendezvous(&format!("{prefix}/ranks"), env.rank, env.world, rdzv_timeout)?;
-        let comm: Box<dyn Communicator> = match cfg.backend {
+        let backend = match cfg.backend {
+            CommBackend::Auto => auto_backend(&mut store, &prefix, env, gpu, rdzv_timeout)?,
+            chosen => chosen,
+        };
+        let comm: Box<dyn Communicator> = match backend {
             CommBackend::Auto | CommBackend::Ring => {
                 // the address this rank's ring listener is reached at: the one its store connection left
                 // from, unless INFINITY_RING_HOST names another. A rank that reached the store over
@@ -78,7 +83,7 @@ impl Dist {
             }
             CommBackend::Nccl => nccl(&mut store, &prefix, env, comm_timeout)?,
         };
-        let kind = if cfg.backend == CommBackend::Nccl { "NCCL" } else { "TCP ring" };
+        let kind = if backend == CommBackend::Nccl { "NCCL" } else { "TCP ring" };
         tracing::info!(
             "rank {} of {} joined run {} (attempt {}, {kind})",
             env.rank,
@@ -186,6 +191,36 @@ impl Dist {
         self.all_reduce_sum(&mut v)?;
         Ok(v[0] > 0.0)
     }
+}
+
+/// `dist.backend = "auto"`: NCCL when every rank computes on a GPU (in a build with CUDA), else the TCP
+/// ring. Every rank counts itself in the store and reads the same total, so all choose alike.
+fn auto_backend(
+    store: &mut StoreClient,
+    prefix: &str,
+    env: &DistEnv,
+    gpu: bool,
+    timeout: Duration,
+) -> Result<CommBackend> {
+    let on_gpu = gpu && cfg!(feature = "cuda");
+    store.add(&format!("{prefix}/backend/gpu_ranks"), on_gpu as i64)?;
+    store.set(&format!("{prefix}/backend/voted/{}", env.rank), b"1")?;
+    let keys: Vec<String> = (0..env.world).map(|r| format!("{prefix}/backend/voted/{r}")).collect();
+    if let Err(missing) = store.wait(&keys, timeout)? {
+        bail!("rank {}: choosing dist.backend = \"auto\": {} ranks never answered", env.rank, missing.len());
+    }
+    let gpus = store.add(&format!("{prefix}/backend/gpu_ranks"), 0)? as usize;
+    if gpus == env.world {
+        return Ok(CommBackend::Nccl);
+    }
+    if gpus > 0 && env.rank == 0 {
+        tracing::warn!(
+            "dist.backend = \"auto\": {gpus} of {} ranks compute on a GPU, the others on the CPU; the TCP ring \
+             sums their gradients (through the host)",
+            env.world
+        );
+    }
+    Ok(CommBackend::Ring)
 }
 
 /// The NCCL communicator on this rank's GPU: the only visible device (our agent sets
@@ -404,7 +439,7 @@ mod tests {
             agent_store: true,
         };
         let cfg = DistSection { backend: CommBackend::Nccl, ..Default::default() };
-        let e = Dist::join_env(&env, &cfg).err().expect("must fail").to_string();
+        let e = Dist::join_env(&env, &cfg, true).err().expect("must fail").to_string();
         assert!(e.contains("rank 1") && e.contains("`cuda` feature"), "{e}");
     }
 

@@ -86,10 +86,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let ds = Arc::new(ds);
     let m = ds.manifest.clone();
-    let joined = dist::stop_while_joining(&opts.stop);
-    let mut dist = Dist::join(&cfg.dist)?;
-    joined.store(true, std::sync::atomic::Ordering::Relaxed);
+    // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
+    let joined = dist::stop_while_joining(&opts.stop);
+    let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some())?;
+    joined.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(note) = compute.precision_note(&cfg.run) {
         console!("{note}");
     }
