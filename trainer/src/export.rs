@@ -108,7 +108,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             "conditions": m.conditions,
         })
     });
-    if mc.block_chunks == 1 {
+    // (a class-conditioned model is not upstream's Infinity: its inference code does not apply)
+    if mc.block_chunks == 1 && mc.has_cross_attention() {
         warnings.push(format!(
             "block_chunks = 1 (`blocks.N` keys): upstream's autoregressive_infer_cfg iterates the block chunks and \
              needs more than one; --block-chunks K (K of {:?}) exports that layout",
