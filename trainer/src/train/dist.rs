@@ -193,8 +193,9 @@ impl Dist {
     }
 }
 
-/// `dist.backend = "auto"`: NCCL when every rank computes on a GPU (in a build with CUDA), else the TCP
-/// ring. Every rank counts itself in the store and reads the same total, so all choose alike.
+/// `dist.backend = "auto"`: NCCL when every rank computes on a GPU and finds the NCCL library (in a
+/// build with CUDA), else the TCP ring. Every rank counts itself in the store and reads the same total,
+/// so all choose alike.
 fn auto_backend(
     store: &mut StoreClient,
     prefix: &str,
@@ -202,7 +203,7 @@ fn auto_backend(
     gpu: bool,
     timeout: Duration,
 ) -> Result<CommBackend> {
-    let on_gpu = gpu && cfg!(feature = "cuda");
+    let on_gpu = gpu && nccl_at_hand();
     store.add(&format!("{prefix}/backend/gpu_ranks"), on_gpu as i64)?;
     store.set(&format!("{prefix}/backend/voted/{}", env.rank), b"1")?;
     let keys: Vec<String> = (0..env.world).map(|r| format!("{prefix}/backend/voted/{r}")).collect();
@@ -215,12 +216,20 @@ fn auto_backend(
     }
     if gpus > 0 && env.rank == 0 {
         tracing::warn!(
-            "dist.backend = \"auto\": {gpus} of {} ranks compute on a GPU, the others on the CPU; the TCP ring \
-             sums their gradients (through the host)",
+            "dist.backend = \"auto\": {gpus} of {} ranks compute on a GPU with NCCL at hand, the others do not; \
+             the TCP ring sums their gradients (through the host)",
             env.world
         );
     }
     Ok(CommBackend::Ring)
+}
+
+/// Whether this build and machine can build an NCCL communicator (the libraries load).
+fn nccl_at_hand() -> bool {
+    #[cfg(feature = "cuda")]
+    return infinity_launcher::comm::nccl_available();
+    #[cfg(not(feature = "cuda"))]
+    false
 }
 
 /// The NCCL communicator on this rank's GPU: the only visible device (our agent sets
