@@ -348,6 +348,8 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
         ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
+        // a message about two keys names the source of the one overridden
+        ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) must be a positive multiple"),
     ] {
         let e = format!("{:#}", C::load(&path, &[set.into()]).unwrap_err());
         assert!(e.contains(want), "{set}: {e}");

@@ -35,12 +35,24 @@ impl TrainConfig {
         if let Some((key, found, want)) = converted(&given, &typed, "") {
             bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
         }
-        // each check's message starts with the key it is about: name where that key's value came from
+        // each check's message names the keys it is about (the first foremost): name where their values
+        // came from, an override or variable before the file (`global_batch … of data.micro_batch (3)`
+        // is about the --set micro-batch)
         cfg.validate().map_err(|e| {
             let text = e.to_string();
-            let key = text.split_whitespace().next().unwrap_or("").trim_end_matches([':', ',']);
-            let is_key = key.contains('.') && key.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.".contains(c));
-            let source = if is_key { source_of(key, path, overrides) } else { path.display().to_string() };
+            let is_key = |w: &&str| {
+                w.starts_with(|c: char| c.is_ascii_lowercase())
+                    && w.contains('.')
+                    && w.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.".contains(c))
+            };
+            let keys: Vec<&str> = text
+                .split(|c: char| c.is_whitespace() || "()`,:".contains(c))
+                .map(|w| w.trim_end_matches('.'))
+                .filter(is_key)
+                .collect();
+            let file = path.display().to_string();
+            let sources: Vec<String> = keys.iter().map(|k| source_of(k, path, overrides)).collect();
+            let source = sources.iter().find(|s| **s != file).cloned().unwrap_or(file);
             e.context(source)
         })?;
         Ok(cfg)
