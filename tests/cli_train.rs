@@ -222,6 +222,8 @@ fn train_sample_and_export_a_text_model() {
     assert!(config(&out)["data"].is_null());
     assert!(infinity(&["export", run_s, "-o", path_str(&out), "--data", path_str(&moved)]));
     assert!(config(&out)["data"]["schedules"].is_array() && out.with_file_name("tokenizer.safetensors").is_file());
+    let e = err(&["export", run_s, "-o", path_str(&out), "--data", path_str(&tmp.path().join("typo"))]);
+    assert!(e.contains("--data") && e.contains("typo"), "{e}");
     std::fs::rename(&moved, &data).unwrap();
 
     // a corrupt checkpoint is refused with its checksum

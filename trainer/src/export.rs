@@ -79,6 +79,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let manifest = match Manifest::load(&data_dir) {
         Ok(m) => Some(m),
+        Err(e) if opts.data.is_some() => return Err(e).with_context(|| format!("--data {}", data_dir.display())),
         Err(e) => {
             warnings.push(format!(
                 "the training dataset is not at hand ({e:#}): config.json has no schedules and no tokenizer is \

@@ -200,6 +200,7 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
             Ok((a[1] as usize, a[2] as usize))
         })
         .collect::<Result<_>>()?;
+    ensure!(!schedule.is_empty(), "config.json: `schedule` lists no scale");
     let (b, l, d) = (usize_of(&cfg, "B")?, usize_of(&cfg, "L")?, usize_of(&cfg, "d")?);
     ensure!(
         schedule.iter().map(|&(h, w)| h * w).sum::<usize>() == l,

@@ -237,9 +237,12 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
         let trained = crate::train::latest_checkpoint(&r.dir).is_some();
         match std::fs::read_to_string(&path) {
             Ok(old) if trained => {
+                let old = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
                 let diff = config_changes(&old, &text).with_context(|| format!("reading {}", path.display()))?;
-                if !diff.is_empty() {
-                    changed.push(format!("{}: {}", r.name, diff.join(", ")));
+                match diff.is_empty() {
+                    // the same settings (paths written relative by an earlier build become absolute)
+                    true => texts.push((r, text)),
+                    false => changed.push(format!("{}: {}", r.name, diff.join(", "))),
                 }
             }
             _ => texts.push((r, text)),
@@ -258,6 +261,18 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
         write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
     }
     Ok(())
+}
+
+/// A config's text with its paths (`run.dir`, `data.dir`, `val.dir`, `model.init_from`) made absolute
+/// against the working folder, as [`plan`] writes them.
+fn with_absolute_paths(text: &str) -> Result<String> {
+    let mut t: toml::Table = text.parse()?;
+    for (section, key) in [("run", "dir"), ("data", "dir"), ("val", "dir"), ("model", "init_from")] {
+        if let Some(toml::Value::String(p)) = t.get_mut(section).and_then(|s| s.get_mut(key)) {
+            *p = std::path::absolute(&*p)?.display().to_string();
+        }
+    }
+    Ok(toml::to_string(&t)?)
 }
 
 /// The arguments after `infinity` that run one run (resuming if it was interrupted).

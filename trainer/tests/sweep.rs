@@ -90,6 +90,16 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
     let printed = ok(infinity(&["sweep", "sweep.toml", "--print"], t));
     assert!(!printed.contains(" train "), "finished runs are not printed:\n{printed}");
+    // a run whose config an earlier build wrote with relative paths has the same settings: it is kept,
+    // its paths made absolute
+    let run64 = t.join("sweep/embed-dim-64_num-heads-2");
+    let cfg64 = std::fs::read_to_string(run64.join("config.toml")).unwrap();
+    let relative = cfg64.replace(&format!("\"{}/", t.display()), "\"");
+    assert!(relative.contains("dir = \"data\"") && relative.contains("dir = \"val\""), "{relative}");
+    std::fs::write(run64.join("config.toml"), &relative).unwrap();
+    let again = ok(infinity(&["sweep", "sweep.toml"], t));
+    assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
+    assert_eq!(std::fs::read_to_string(run64.join("config.toml")).unwrap(), cfg64);
     // the sweep file changed since: the runs keep the configs they trained with, and it is refused
     let axes = "[axes]\n\"model.embed_dim\" = [64, 128, 192]\n\"model.num_heads\" = [2]\n";
     std::fs::write(
@@ -103,7 +113,6 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         !out.status.success() && text.contains("3 runs trained with other settings") && text.contains("optim.lr"),
         "{text}"
     );
-    let run64 = t.join("sweep/embed-dim-64_num-heads-2");
     assert!(std::fs::read_to_string(run64.join("config.toml")).unwrap().contains("lr = 0.003"));
     // a run's config holds absolute paths: it trains (here: checks) from any working folder
     ok(infinity(

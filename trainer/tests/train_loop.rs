@@ -140,14 +140,26 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     // checkpoints after the one named
     let folder = |name: &str| std::fs::read(cfg.run.dir.join(name)).unwrap();
     let before = (folder("config.toml"), folder("derived.json"));
-    for refused in ["seed", "width"] {
+    let metrics_before = folder("metrics.jsonl");
+    for refused in ["seed", "width", "validation"] {
         let mut other = cfg.clone();
-        match refused {
-            "seed" => other.run.seed += 1,
-            _ => other.model.embed_dim = Some(96),
-        }
+        let want = match refused {
+            "seed" => {
+                other.run.seed += 1;
+                "cannot resume"
+            }
+            "width" => {
+                other.model.embed_dim = Some(96);
+                "shape"
+            }
+            _ => {
+                other.val.dir = Some(tmp.path().join("no-such-validation-set"));
+                "no-such-validation-set"
+            }
+        };
         let e = train(&other, &TrainOptions { resume: Some(step3.clone()), ..Default::default() }).unwrap_err();
-        assert!(format!("{e:#}").contains(if refused == "seed" { "cannot resume" } else { "shape" }), "{e:#}");
+        assert!(format!("{e:#}").contains(want), "{refused}: {e:#}");
+        assert!(folder("metrics.jsonl") == metrics_before, "{refused}: the log was cut to step 3");
         assert!(before == (folder("config.toml"), folder("derived.json")), "{refused}: the run folder was rewritten");
         assert!(cfg.run.dir.join("checkpoints/step-00000006").is_dir(), "{refused}: step 6 was set aside");
     }
@@ -316,7 +328,7 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     assert!(e.contains("optim") && e.contains("clipp"), "{e}");
     std::fs::write(&path, &base).unwrap();
     let e = format!("{:#}", C::load(&path, &["data.micro_batch=5".into()]).unwrap_err());
-    assert!(e.contains("multiple of data.micro_batch"), "{e}");
+    assert!(e.contains("the global batch must be a positive multiple of the micro-batch"), "{e}");
     // "auto", chosen at start, goes back to the run folder's config.toml as "auto"
     let c = C::load(&path, &["data.micro_batch=auto".into()]).unwrap();
     assert_eq!(c.data.micro_batch, MicroBatchSize::Auto);
@@ -349,13 +361,18 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
         // a message about two keys names the source of the one overridden
-        ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) must be a positive multiple"),
+        ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) and data.micro_batch (3): the global"),
     ] {
         let e = format!("{:#}", C::load(&path, &[set.into()]).unwrap_err());
         assert!(e.contains(want), "{set}: {e}");
     }
     let e = format!("{:#}", C::load(&path, &["val.dir=x".into(), "val.max_rows=0".into()]).unwrap_err());
-    assert!(e.contains("val.max_rows must be at least 1"), "{e}");
+    assert!(e.starts_with("--set val.max_rows: val.max_rows must be at least 1"), "{e}");
+    // the key a check is about names the source, not a key its message mentions as context
+    let other = tmp.path().join("max-rows-0.toml");
+    std::fs::write(&other, format!("{base}\n[val]\nmax_rows = 0\n")).unwrap();
+    let e = format!("{:#}", C::load(&other, &["val.dir=x".into()]).unwrap_err());
+    assert!(e.starts_with(&format!("{}: val.max_rows must be", other.display())), "{e}");
     // run.peak_tflops: "auto" by default and back from config.toml as "auto"; a number; nothing else
     assert_eq!(c.run.peak_tflops, PeakTflops::Auto);
     let c = C::load(&path, &["run.peak_tflops=790".into()]).unwrap();

@@ -107,11 +107,18 @@ fn reinitialisable(canonical: &str) -> bool {
 const LEGACY_BUFFERS: [&str; 4] =
     ["lvl_1L", "attn_bias_for_masking", "Infinity_visible_kvlen", "Infinity_invisible_qlen"];
 
-/// The number of block chunks a file's keys name: 1 for `blocks.N` keys, C + 1 for the highest
-/// `block_chunks.C.…`.
-fn file_block_chunks<'a>(names: impl Iterator<Item = &'a str>) -> usize {
-    let chunk = |n: &str| n.strip_prefix("block_chunks.")?.split_once('.')?.0.parse::<usize>().ok();
-    names.filter_map(chunk).max().map_or(1, |c| c + 1)
+/// The block chunks a file's keys name and the blocks in each: `None` for `blocks.N` keys, else
+/// (C + 1, J + 1) for the highest `block_chunks.C.module.J.…`.
+fn file_block_chunks<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, usize)> {
+    let index = |n: &str| -> Option<(usize, usize)> {
+        let (c, rest) = n.strip_prefix("block_chunks.")?.split_once('.')?;
+        let (j, _) = rest.strip_prefix("module.")?.split_once('.')?;
+        Some((c.parse().ok()?, j.parse().ok()?))
+    };
+    names.filter_map(index).fold(None, |most, (c, j)| {
+        let (mc, mj) = most.unwrap_or((0, 0));
+        Some((mc.max(c + 1), mj.max(j + 1)))
+    })
 }
 
 /// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
@@ -134,14 +141,16 @@ fn fill_weights(
     // the first problems shown are the model's first parameters (a safetensors header has no order)
     let mut tensors = st.tensors();
     // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
-    let chunks = file_block_chunks(tensors.iter().map(|(n, _)| n.as_str()));
-    if !cfg.depth.is_multiple_of(chunks) {
-        bail!(
-            "{}: its keys name {chunks} block chunks, which do not divide the model's depth {}",
+    let chunks = match file_block_chunks(tensors.iter().map(|(n, _)| n.as_str())) {
+        None => 1,
+        Some((chunks, per)) if chunks * per == cfg.depth => chunks,
+        Some((chunks, per)) => bail!(
+            "{}: its keys name {chunks} block chunks of {per} blocks ({} blocks), the model has depth {}",
             path.display(),
+            chunks * per,
             cfg.depth
-        );
-    }
+        ),
+    };
     tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
     let order = |name: &str| {
         let offset = canonical_name(name, cfg.depth, chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
@@ -313,7 +322,7 @@ mod tests {
         }
         let (three, _, _) = model(16, Conditioning::Text, 3);
         let e = format!("{:#}", load_weights(&file, &three, &Layout::new(&three)).unwrap_err());
-        assert!(e.contains("name 2 block chunks, which do not divide the model's depth 3"), "{e}");
+        assert!(e.contains("name 2 block chunks of 2 blocks (4 blocks), the model has depth 3"), "{e}");
 
         // cfg_uncond [text_maxlen 16, Ct]: a file of 20 rows gives its first 16; one of 8 its 8 and 8 fresh
         let spec = lay.spec("cfg_uncond").unwrap().clone();

@@ -124,21 +124,41 @@ pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
     Ok(runs)
 }
 
-/// `name` in runs of digits (compared as numbers) and of other characters (compared as text).
-fn natural_key(name: &str) -> Vec<(String, u128)> {
-    let mut key: Vec<(String, u128)> = Vec::new();
-    let mut chars = name.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        let digit = c.is_ascii_digit();
-        let mut run = String::new();
-        while let Some(&c) = chars.peek().filter(|c| c.is_ascii_digit() == digit) {
-            run.push(c);
-            chars.next();
+/// `name` in runs of numbers (`64`, `0.05`, `3e-4`, compared by value) and of other characters
+/// (compared as text). Sweep names hold no negative numbers (`-` separates), so the bits of the
+/// non-negative f64 order like their values.
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let bytes = name.as_bytes();
+    let digits = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
         }
-        key.push(match digit {
-            true => (String::new(), run.parse().unwrap_or(u128::MAX)),
-            false => (run, 0),
-        });
+        i
+    };
+    let mut key = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        if bytes[i].is_ascii_digit() {
+            i = digits(i);
+            if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
+                i = digits(i + 1);
+            }
+            // an exponent (`3e-4`), when digits follow it
+            if i + 1 < bytes.len() && matches!(bytes[i], b'e' | b'E') {
+                let sign = usize::from(matches!(bytes[i + 1], b'-' | b'+'));
+                if bytes.get(i + 1 + sign).is_some_and(u8::is_ascii_digit) {
+                    i = digits(i + 1 + sign);
+                }
+            }
+            let value: f64 = name[start..i].parse().unwrap_or(f64::MAX);
+            key.push((String::new(), value.to_bits()));
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            key.push((name[start..i].to_string(), 0));
+        }
     }
     key
 }
@@ -366,4 +386,14 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_names_sort_by_their_numbers() {
+        let mut names = ["lr-3e-3", "lr-1e-4", "drop-0.1", "drop-0.05", "dim-128", "dim-64", "lr-0.001"];
+        names.sort_by_cached_key(|n| super::natural_key(n));
+        assert_eq!(names, ["dim-64", "dim-128", "drop-0.05", "drop-0.1", "lr-1e-4", "lr-0.001", "lr-3e-3"]);
+    }
 }

@@ -373,7 +373,8 @@ impl TrainConfig {
         let micro = d.micro_batch.samples().unwrap_or(1);
         if d.global_batch == 0 || micro == 0 || !d.global_batch.is_multiple_of(micro) {
             bail!(
-                "data.global_batch ({}) must be a positive multiple of data.micro_batch ({})",
+                "data.global_batch ({}) and data.micro_batch ({}): the global batch must be a positive multiple of \
+                 the micro-batch",
                 d.global_batch,
                 d.micro_batch
             );
@@ -457,7 +458,7 @@ impl TrainConfig {
             bail!("sample.n and sample.per_condition must be positive when sample.every > 0");
         }
         if self.sample.tau.is_nan() || self.sample.tau <= 0.0 || !(0.0..=1.0).contains(&self.sample.top_p) {
-            bail!("sample.tau must be positive and sample.top_p in [0, 1]");
+            bail!("sample.tau and sample.top_p: tau must be positive and top_p in [0, 1]");
         }
         if !(self.dist.bucket_mib.is_finite() && self.dist.bucket_mib >= 0.0) {
             bail!(

@@ -168,38 +168,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         return Ok(summary);
     }
     let lo = loader_options(cfg, dist.rank, dist.world);
-    let mut loader = Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone()))?;
-    // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
-    // model, seed or dataset) leaves its config, its derived sizes and its later checkpoints as they were
-    if let Some(s) = state.as_ref().filter(|_| leader) {
-        // a new history from an earlier checkpoint: the later ones would be taken for its newest
-        if let Some((dir, steps)) = checkpoint::set_aside_later(run, s.step)? {
-            tracing::warn!(
-                "resuming at step {} where this run folder has checkpoints up to step {}: those after step {} \
-                 (steps {steps:?}) are of the history this run replaces; moved to {}",
-                s.step,
-                steps.last().expect("set aside only when some are later"),
-                s.step,
-                dir.display()
-            );
-        }
-    }
-    let derived = json!({
-        "parameters": lay.numel,
-        "model": mc,
-        "grad_accumulation": accum,
-        "micro_batch": micro_batch,
-        "world_size": dist.world,
-        // over the batches the run draws (each schedule by its batches per epoch)
-        "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
-        "train_flops_per_token": mix.flops_per_token,
-        "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
-        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
-    });
-    if leader {
-        write("config.toml", &config_toml)?;
-        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
-    }
+    // a saved position this config cannot continue (another seed, batch or dataset) stays refused
+    let mut loader =
+        Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
+    let resumed = state.is_some();
     let mut st = state.take().unwrap_or(TrainState {
         version: 0,
         step: 0,
@@ -237,6 +209,40 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         console!("gradients summed over the ranks during the backward: {n} buckets a step");
     }
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
+    let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
+    let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
+    // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
+    // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
+    // checkpoints as they were
+    if leader && resumed {
+        // a new history from an earlier checkpoint: the later ones would be taken for its newest
+        if let Some((dir, steps)) = checkpoint::set_aside_later(run, st.step)? {
+            tracing::warn!(
+                "resuming at step {} where this run folder has checkpoints up to step {}: those after step {} \
+                 (steps {steps:?}) are of the history this run replaces; moved to {}",
+                st.step,
+                steps.last().expect("set aside only when some are later"),
+                st.step,
+                dir.display()
+            );
+        }
+    }
+    let derived = json!({
+        "parameters": lay.numel,
+        "model": mc,
+        "grad_accumulation": accum,
+        "micro_batch": micro_batch,
+        "world_size": dist.world,
+        // over the batches the run draws (each schedule by its batches per epoch)
+        "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
+        "train_flops_per_token": mix.flops_per_token,
+        "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
+        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
+    });
+    if leader {
+        write("config.toml", &config_toml)?;
+        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+    }
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
@@ -244,8 +250,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
-    let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
-    let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
     // hyperparameters once per run, when it starts from step 0
     if let Some(l) = logger.as_mut().filter(|_| st.step == 0) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
@@ -346,9 +350,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             st.nonfinite_run += 1;
             tracing::warn!("step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped", st.step + 1);
             if st.nonfinite_run >= cfg.optim.max_nonfinite {
-                let last = checkpoint::complete(run).pop().map(|c| c.1.display().to_string()).unwrap_or("none".into());
+                if let Some(saver) = saver.as_mut() {
+                    saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
+                }
+                let newest = checkpoint::complete(run).pop().map(|c| c.1);
+                let last = newest.as_ref().map_or("none".into(), |p| p.display().to_string());
                 if leader {
                     // `infinity scaling` and sweeps see the run as diverged, not as one that never ran
+                    summary.last_checkpoint = newest;
                     summary.steps = st.step + 1;
                     (summary.last_loss, summary.diverged) = (loss, true);
                     (summary.skipped_steps, summary.seconds) = (st.skipped_steps, started.elapsed().as_secs_f64());

@@ -85,11 +85,6 @@ impl TokenMix {
         let tokens = |b: usize| m.schedules[b].num_tokens() as f64;
         TokenMix { mean_tokens: mean(&tokens), mean_flops: mean(&|b| tokens(b) * flops_per_token[b]), flops_per_token }
     }
-
-    /// Training FLOPs per token, the mean over the drawn batches.
-    pub fn mean_flops_per_token(&self) -> f64 {
-        self.mean_flops / self.mean_tokens.max(1.0)
-    }
 }
 
 /// What rank `rank` of `world` reads: its slice of each global batch, in the run's seeded order.

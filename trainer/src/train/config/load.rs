@@ -35,17 +35,18 @@ impl TrainConfig {
         if let Some((key, found, want)) = converted(&given, &typed, "") {
             bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
         }
-        // each check's message names the keys it is about (the first foremost): name where their values
-        // came from, an override or variable before the file (`global_batch … of data.micro_batch (3)`
-        // is about the --set micro-batch)
+        // each check's message starts with the keys it is about (before its `must` or `:`; what follows
+        // is context): name where their values came from, an override or variable before the file
         cfg.validate().map_err(|e| {
             let text = e.to_string();
+            let subject =
+                [" must ", ": "].iter().filter_map(|sep| text.find(sep)).min().map_or(&text[..], |i| &text[..i]);
             let is_key = |w: &&str| {
                 w.starts_with(|c: char| c.is_ascii_lowercase())
                     && w.contains('.')
                     && w.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.".contains(c))
             };
-            let keys: Vec<&str> = text
+            let keys: Vec<&str> = subject
                 .split(|c: char| c.is_whitespace() || "()`,:".contains(c))
                 .map(|w| w.trim_end_matches('.'))
                 .filter(is_key)
