@@ -7,6 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use infinity_data::Catalog;
 use infinity_kernels::rope::RopeTable;
 use infinity_kernels::{bsq, compare};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -85,21 +86,20 @@ impl Tensors {
             .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", self.path.display()))
     }
 
-    fn tensor(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
-        let st = self.view()?;
-        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))?;
-        Ok((t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+    fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
+        self.view()?.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor `{name}` is missing", self.path.display()))
     }
 
     fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let (dtype, shape, data) = self.tensor(name)?;
-        let v = match dtype {
+        let t = self.tensor(name)?;
+        let data = t.data();
+        let v = match t.dtype() {
             Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             other => bail!("{}: tensor `{name}`: expected a float tensor, found {other:?}", self.path.display()),
         };
-        Ok((shape, v))
+        Ok((t.shape().to_vec(), v))
     }
 
     /// A float tensor of `len` values (`shape` says which, for the error).
@@ -108,20 +108,21 @@ impl Tensors {
         self.sized(name, v, len, shape, &found)
     }
 
-    fn ints(&self, name: &str) -> Result<Vec<i64>> {
-        let (dtype, _, data) = self.tensor(name)?;
-        Ok(match dtype {
+    fn ints(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let t = self.tensor(name)?;
+        let data = t.data();
+        let v = match t.dtype() {
             Dtype::U8 => data.iter().map(|&v| v as i64).collect(),
             Dtype::I32 => data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
             Dtype::I64 => data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             other => bail!("{}: tensor `{name}`: expected an integer tensor, found {other:?}", self.path.display()),
-        })
+        };
+        Ok((t.shape().to_vec(), v))
     }
 
     /// An integer tensor of `len` values (`shape` says which, for the error).
     fn ints_sized(&self, name: &str, len: usize, shape: &str) -> Result<Vec<i64>> {
-        let found = self.tensor(name)?.1;
-        let v = self.ints(name)?;
+        let (found, v) = self.ints(name)?;
         self.sized(name, v, len, shape, &found)
     }
 
@@ -324,7 +325,7 @@ fn check_model(
     let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
     let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
     let (_, kv) = inputs.f32("text_kv_compact")?;
-    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.iter().map(|&v| v as usize).collect();
+    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.1.iter().map(|&v| v as usize).collect();
     ensure!(
         cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels,
         "text_kv_compact / text_cu_seqlens disagree with B = {b}"

@@ -12,7 +12,7 @@ use infinity_launcher::comm::{CommError, EXIT_COMM_TIMEOUT};
 use infinity_launcher::env::vars;
 
 use super::Permanent;
-use crate::train::config::{CommBackend, TrainConfig};
+use crate::train::config::TrainConfig;
 use crate::train::{self, dist, TrainOptions};
 
 #[derive(Args, Debug)]
@@ -49,11 +49,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // reads them): variables that contradict each other are wrong at every restart
     let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
-    if world > 1 && cfg.dist.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
-        return Err(bad(anyhow::anyhow!(
-            "dist.backend = \"nccl\" needs a build with the `cuda` feature (cargo build --release --features cuda); \
-             use dist.backend = \"ring\" otherwise"
-        )));
+    if world > 1 {
+        dist::backend_available(&cfg.dist).map_err(bad)?;
     }
     // a batch that does not split over the ranks is a config error (no restart would help)
     // ("auto" is chosen at start, from the GPU's memory)

@@ -172,7 +172,7 @@ fn unsummarised(root: &Path) -> Vec<String> {
         .filter(|p| p.join("config.toml").is_file() && !p.join("summary.json").is_file())
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    names.sort();
+    names.sort_by_cached_key(|n| natural_key(n));
     names
 }
 

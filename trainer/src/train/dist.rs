@@ -43,10 +43,8 @@ impl Dist {
     }
 
     pub fn join_env(env: &DistEnv, cfg: &DistSection, gpu: bool) -> Result<Dist> {
-        if cfg.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
-            // before any rendezvous: every rank fails the same way, at once
-            return nccl_unavailable(env.rank);
-        }
+        // before any rendezvous: every rank fails the same way, at once
+        backend_available(cfg).map_err(|e| anyhow::anyhow!("rank {}: {e}", env.rank))?;
         let rdzv_timeout = Duration::from_secs_f64(cfg.rdzv_timeout_s);
         let comm_timeout = Duration::from_secs_f64(cfg.timeout_s);
         let server = if env.rank == 0 && !env.agent_store {
@@ -259,14 +257,20 @@ fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration)
 
 #[cfg(not(feature = "cuda"))]
 fn nccl(_: &mut StoreClient, _: &str, env: &DistEnv, _: Duration) -> Result<Box<dyn Communicator>> {
-    nccl_unavailable(env.rank)
+    // (join_env refuses dist.backend = "nccl" in this build, and "auto" never chooses it)
+    bail!("rank {}: this build has no NCCL (the `cuda` feature)", env.rank)
 }
 
-fn nccl_unavailable<T>(rank: usize) -> Result<T> {
-    bail!(
-        "rank {rank}: dist.backend = \"nccl\" needs a build with the `cuda` feature \
-         (cargo build --release --features cuda); use dist.backend = \"ring\" otherwise"
-    )
+/// `dist.backend = "nccl"` needs a build with the `cuda` feature (checked by the command line before a
+/// run, and by every rank before it joins its group).
+pub fn backend_available(cfg: &DistSection) -> Result<()> {
+    if cfg.backend == CommBackend::Nccl && !cfg!(feature = "cuda") {
+        bail!(
+            "dist.backend = \"nccl\" needs a build with the `cuda` feature (cargo build --release --features \
+             cuda); use dist.backend = \"ring\" otherwise"
+        );
+    }
+    Ok(())
 }
 
 /// ZeRO-1: each rank owns the optimiser state of one contiguous shard of the flat parameters.
