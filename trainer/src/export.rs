@@ -91,12 +91,11 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let mut tokenizer_copy = None;
     if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
         let (from, to) = (data_dir.join(&file), out.with_file_name(&file));
-        // exporting into the dataset's own folder: the tokenizer is already beside the weights
-        let same = to.exists() && same_file(&from, &to);
-        if from.is_file() && !same {
-            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-        }
         if from.is_file() {
+            // exporting into the dataset's own folder: the tokenizer is already beside the weights
+            if !(to.exists() && same_file(&from, &to)) {
+                std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
             tokenizer_copy = Some(file);
         }
     }
