@@ -176,6 +176,10 @@ fn train_sample_and_export_a_text_model() {
     std::fs::create_dir(&folder).unwrap();
     assert!(infinity(&["export", run_s, "-o", path_str(&folder)]));
     assert!(folder.join("model.safetensors").is_file() && folder.join("config.json").is_file());
+    // as is any name but a .safetensors file's, made when missing
+    let named = tmp.path().join("export-new");
+    assert!(infinity(&["export", run_s, "-o", path_str(&named)]));
+    assert!(named.join("model.safetensors").is_file() && named.join("tokenizer.safetensors").is_file());
 
     // the blocks in 2 chunks: upstream's `block_chunks.C.module.J` keys, and config.json says so
     let chunked = tmp.path().join("export-chunked/model.safetensors");

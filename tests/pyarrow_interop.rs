@@ -75,3 +75,36 @@ fn pyarrow_reads_what_rust_wrote() {
         assert_eq!(py["caption"].as_str(), row.caption);
     }
 }
+
+/// Extra columns the shard format does not read are ignored, also of types pyarrow writes with other
+/// buffer layouts: a decimal (16-byte values, 8-byte aligned in the file) and an all-null column (what
+/// pandas makes of a column of None).
+#[test]
+fn extra_decimal_and_null_columns_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py");
+    python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"12", &"--d", &"20"]);
+    let add_columns = r#"
+import decimal, json, sys
+import crc32c, pyarrow as pa
+out = sys.argv[1]
+m = json.load(open(f"{out}/manifest.json"))
+s = m["shards"][0]
+path = f"{out}/{s['file']}"
+t = pa.ipc.open_file(path).read_all()
+t = t.append_column("price", pa.array([decimal.Decimal("1.25")] * t.num_rows, pa.decimal128(10, 2)))
+t = t.append_column("note", pa.nulls(t.num_rows))
+with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+    w.write_table(t)
+data = open(path, "rb").read()
+s["crc32c"], s["bytes"] = f"{crc32c.crc32c(data):08x}", len(data)
+json.dump(m, open(f"{out}/manifest.json", "w"))
+"#;
+    python(&[&"-c", &add_columns, &out]);
+    let ds = Dataset::open(&out, Checksums::Verify).unwrap();
+    for g in 0..ds.num_rows() {
+        ds.validate_row(g).unwrap();
+    }
+    let report = infinity_data::inspect::verify(&out);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -115,7 +115,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
             return r;
         }
     };
-    let mut ids: HashMap<u64, (usize, usize)> = HashMap::with_capacity(m.total_rows as usize);
+    let mut ids: HashMap<u64, (usize, usize)> = HashMap::new(); // sized by the rows read, not the manifest
     let mut repeated = 0usize;
     for (i, entry) in m.shards.iter().enumerate() {
         let path = dir.join(&entry.file);
@@ -209,6 +209,20 @@ pub fn verify(dir: &Path) -> VerifyReport {
     if repeated > 20 {
         r.unlisted += repeated - 20;
         r.notes.push(format!("{} more repeated ids not listed", repeated - 20));
+    }
+    // a shard the manifest does not list is never read: its rows would be lost without a word
+    let listed: std::collections::HashSet<&str> = m.shards.iter().map(|s| s.file.as_str()).collect();
+    let mut stray: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|f| f.ends_with(".arrow") && !listed.contains(f.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    stray.sort();
+    for f in stray {
+        r.problems.push(format!("{}: a shard file manifest.json does not list (never read)", dir.join(f).display()));
     }
     if let Some(f) = &m.tokenizer.file {
         if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {

@@ -193,6 +193,11 @@ impl Manifest {
             if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
                 return Err(bad(&format!("shards[{i}].file"), "a plain file name".into(), format!("`{}`", s.file)));
             }
+            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+            if s.crc32c.len() != 8 || !s.crc32c.chars().all(hex) {
+                let found = format!("`{}`", s.crc32c);
+                return Err(bad(&format!("shards[{i}].crc32c"), "8 lowercase hex digits".into(), found));
+            }
             // a shard listed twice would be read twice: every row of it seen twice per epoch
             if let Some(j) = files.insert(&s.file, i) {
                 let found = format!("`{}`, also shards[{j}].file", s.file);
@@ -214,8 +219,9 @@ impl Manifest {
         Ok(path)
     }
 
-    /// A short fingerprint of the dataset contents (shard checksums and row counts): resuming a loader
-    /// on a different dataset is refused by comparing it.
+    /// A short fingerprint of the dataset: its contents (shard checksums and row counts), then its
+    /// bits per token and scale schedules (which the rows are read by): resuming a loader on a
+    /// different dataset is refused by comparing it ([`Manifest::fingerprint_matches`]).
     pub fn fingerprint(&self) -> String {
         let mut h = 0u32;
         for s in &self.shards {
@@ -223,7 +229,18 @@ impl Manifest {
             h = crc32c::crc32c_append(h, s.crc32c.as_bytes());
             h = crc32c::crc32c_append(h, &s.rows.to_le_bytes());
         }
-        format!("{:08x}-{}", h, self.total_rows)
+        let layout = serde_json::to_vec(&(self.d, &self.schedules)).expect("schedules serialize");
+        format!("{:08x}-{}-s{:08x}", h, self.total_rows, crc32c::crc32c(&layout))
+    }
+
+    /// Whether a saved [`Manifest::fingerprint`] is this dataset's. One saved by an earlier build
+    /// (without the schedules' part) is compared on the contents alone.
+    pub fn fingerprint_matches(&self, saved: &str) -> bool {
+        let now = self.fingerprint();
+        match saved.matches('-').count() {
+            1 => now.rsplit_once('-').is_some_and(|(contents, _)| contents == saved),
+            _ => now == saved,
+        }
     }
 }
 

@@ -186,8 +186,6 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         )));
     }
     let has_caption = entries.iter().any(|e| e.caption.is_some());
-    let uncaptioned = if has_caption { entries.iter().filter(|e| e.caption.is_none()).count() } else { 0 };
-    let notes = PackNotes { skipped, uncaptioned, bad: Vec::new() };
     let header = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
@@ -241,6 +239,12 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         return Err(DataError::Config(format!("{}: no image could be read ({})", images.display(), bad[0].1)));
     }
     bad.sort();
-    let notes = PackNotes { bad: bad.into_iter().map(|(_, e)| e).collect(), ..notes };
+    // of the images packed (an unreadable one is left out, captioned or not)
+    let is_bad = |id: usize| bad.binary_search_by_key(&(id as u64), |(b, _)| *b).is_ok();
+    let uncaptioned = match has_caption {
+        true => entries.iter().enumerate().filter(|(id, e)| e.caption.is_none() && !is_bad(*id)).count(),
+        false => 0,
+    };
+    let notes = PackNotes { skipped, uncaptioned, bad: bad.into_iter().map(|(_, e)| e).collect() };
     Ok((writer.finish()?, fit, notes))
 }

@@ -34,7 +34,7 @@ impl ScaleSchedule {
 
     /// `L`: tokens over all scales, including the 1×1 first scale.
     pub fn num_tokens(&self) -> usize {
-        self.scales.iter().map(|s| (s[0] * s[1] * s[2]) as usize).sum()
+        self.scales.iter().map(|s| s[0] as usize * s[1] as usize * s[2] as usize).sum()
     }
 
     /// The latent size `(H, W)`: the last scale.
@@ -45,6 +45,8 @@ impl ScaleSchedule {
 
     /// Checks the invariants every consumer relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // a latent side in tokens (upstream's largest, 1M pixels, is 64; 4096 is 65k pixels at stride 16)
+        const MAX_SIDE: u32 = 4096;
         if self.scales.is_empty() {
             return Err(format!("schedule `{}` has no scales", self.name));
         }
@@ -52,8 +54,11 @@ impl ScaleSchedule {
             return Err(format!("schedule `{}` must start with [1, 1, 1], found {:?}", self.name, self.scales[0]));
         }
         for (i, s) in self.scales.iter().enumerate() {
-            if s[0] != 1 || s[1] == 0 || s[2] == 0 {
-                return Err(format!("schedule `{}` scale {i}: expected [1, h>0, w>0], found {s:?}", self.name));
+            if s[0] != 1 || !(1..=MAX_SIDE).contains(&s[1]) || !(1..=MAX_SIDE).contains(&s[2]) {
+                return Err(format!(
+                    "schedule `{}` scale {i}: expected [1, h, w] with h and w in 1..={MAX_SIDE}, found {s:?}",
+                    self.name
+                ));
             }
         }
         let (hh, ww) = self.latent_hw();

@@ -272,7 +272,7 @@ impl PatchTokenizer {
         ]
         .into();
         let bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| DataError::corrupt(path, e))?;
-        crate::manifest::write_atomic(path, &bytes)
+        crate::manifest::write_atomic(path, &sorted_header(bytes))
     }
 
     pub fn load(path: &Path) -> Result<PatchTokenizer> {
@@ -334,6 +334,25 @@ fn extract_patch(img: &Image, p: usize, py: usize, px: usize, out: &mut [f32]) {
     }
 }
 
+/// A safetensors file with its header's keys in sorted order: `safetensors::serialize` writes the
+/// metadata from a `HashMap`, whose order changes from run to run, so the same tokenizer was written
+/// as other bytes each time. The tensors' offsets are relative to the data, so only the header moves.
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    use std::collections::BTreeMap;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte header length")) as usize;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote a JSON header");
+    if let Some(serde_json::Value::Object(meta)) = header.get("__metadata__") {
+        let sorted: BTreeMap<String, serde_json::Value> = meta.clone().into_iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(sorted).expect("strings serialize"));
+    }
+    let mut text = serde_json::to_string(&header).expect("the header serializes");
+    while !text.len().is_multiple_of(8) {
+        text.push(' '); // the data starts 8-byte aligned, as safetensors pads it
+    }
+    [&(text.len() as u64).to_le_bytes()[..], text.as_bytes(), &bytes[8 + n..]].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +393,12 @@ mod tests {
         let path = dir.path().join(TOKENIZER_FILE);
         tok.save(&path).unwrap();
         assert_eq!(PatchTokenizer::load(&path).unwrap(), tok);
+        // the same bytes every time (the metadata's order no longer follows a HashMap's)
+        let first = std::fs::read(&path).unwrap();
+        for _ in 0..4 {
+            tok.save(&path).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), first);
+        }
         std::fs::write(&path, b"garbage").unwrap();
         let e = PatchTokenizer::load(&path).unwrap_err().to_string();
         assert!(e.contains("tokenizer.safetensors") && e.contains("not a patch-pca-bsq tokenizer"), "{e}");

@@ -245,6 +245,11 @@ fn verify_lists_every_problem() {
     assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
     assert!(r.problems[0].contains("shard-00000") && r.problems[1].contains("shard-00002"));
     assert_eq!(r.shards, m.shards.len() - 2);
+    // a copy of a shard under a name the manifest does not list is never read: named
+    std::fs::copy(dir.path().join(&m.shards[1].file), dir.path().join("shard-extra.arrow")).unwrap();
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+    assert!(r.problems[2].contains("shard-extra.arrow") && r.problems[2].contains("does not list"));
     let _ = DataType::Null;
 }
 

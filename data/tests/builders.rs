@@ -140,6 +140,7 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     };
     let (m, _, notes) = pack::pack(src.path(), out.path(), &skip).unwrap();
     assert_eq!((m.total_rows, notes.bad.len()), (12, 1), "{:?}", notes.bad);
+    assert_eq!(notes.uncaptioned, 10, "of the images packed (the broken one had no caption either)");
     assert!(notes.bad[0].contains("9.png"), "{:?}", notes.bad);
     assert!(inspect::verify(out.path()).problems.is_empty());
     std::fs::remove_file(src.path().join("dogs").join("9.png")).unwrap();

@@ -106,6 +106,13 @@ fn resume_refuses_a_different_global_batch_seed_or_dataset() {
         .unwrap()
         .to_string();
     assert!(e.contains("seed"), "{e}");
+    // an earlier build saved the contents' part alone: still this dataset
+    let contents = ds.manifest.fingerprint().rsplit_once('-').unwrap().0.to_string();
+    Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { dataset: contents, ..s.clone() })).unwrap();
+    // the same shards read by another scale schedule are another dataset
+    let mut other = ds.manifest.clone();
+    other.schedules[0].scales.pop();
+    assert!(!other.fingerprint_matches(&ds.manifest.fingerprint()));
     let e = Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { dataset: "x".into(), ..s }))
         .err()
         .unwrap()

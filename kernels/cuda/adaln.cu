@@ -1,7 +1,8 @@
 // Twins of kernels/src/adaln.rs: the gated residual res += y·gamma, forward and backward (the AdaLN
 // modulation runs fused with its LayerNorm: norm.cu). x, y, res: [B, L, C]; gamma: rows of C values per
 // sample, `ps` floats apart (C for a [B, C] buffer, 6C for a part of the blocks' [B, 6C] AdaLN output).
-// Elementwise grid-stride loops; the per-sample parameter gradients are util.cu's group_dot.
+// Elementwise grid-stride loops; the per-sample parameter gradients are util.cu's group_dot. scale_gates:
+// stochastic depth folded into the gates, in the forward and on their gradient in the backward.
 #include "common.cuh"
 
 extern "C" __global__ void gated_residual_forward_f32(const float* __restrict__ x, const float* __restrict__ y,
@@ -30,5 +31,15 @@ extern "C" __global__ void gated_residual_backward_bf16(const float* __restrict_
     const long total = (long)b * l * c;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         dy[i] = bf16_bits(dres[i] * gamma[(i / ((long)l * c)) * ps + i % c]);
+    }
+}
+
+// x[r·stride + j·c + i] *= factors[r·parts + j] for the first `parts` gates of each of the b rows.
+extern "C" __global__ void scale_gates_f32(float* __restrict__ x, const float* __restrict__ factors, int b, int parts,
+                                           int c, long stride) {
+    const long width = (long)parts * c, total = (long)b * width;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / width, k = i % width;
+        x[r * stride + k] *= factors[r * parts + k / c];
     }
 }

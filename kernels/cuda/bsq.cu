@@ -135,7 +135,7 @@ __device__ __forceinline__ double uniform_at(unsigned long long base, unsigned l
 }
 
 // The flips of one scale of one sample: each bit flips with probability p = k·0.01, k drawn uniform in
-// {0, …, kmax} (kmax = round(100·p_max); 0: no flips), as bsq::keyed_flips.
+// {0, …, kmax} (kmax = bsq::flip_kmax(p_max): numpy's bound; 0: no flips), as bsq::keyed_flips.
 struct Flips {
     unsigned long long base;
     double p;

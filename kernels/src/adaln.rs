@@ -2,7 +2,8 @@
 //!
 //! Dims: `B` batch, `L` tokens, `C` channels. Conditions are per sample: `[B, C]`, broadcast over `L`.
 //! - modulate: `y = x·(1 + scale) + shift` (upstream `LN(x)·(1+scale1) + shift1`)
-//! - gated residual: `res += y·gamma` (upstream `x + drop_path(SA(...)·gamma1)`)
+//! - gated residual: `res += y·gamma` (upstream `x + drop_path(SA(...)·gamma1)`; the drop path is
+//!   [`scale_gates`] on gamma)
 
 use crate::Real;
 
@@ -133,6 +134,19 @@ pub fn gated_residual_backward<T: Real>(
     }
 }
 
+/// Stochastic depth (upstream's `drop_path` on the gated branches, timm's `DropPath`) folded into the
+/// gates: part `j < parts` of sample `b`'s row is scaled by `factors[b, j]` (`keep / (1 − p)`: 0 for a
+/// dropped branch). x: `[B, stride]` rows whose first `parts · C` values are the gates; factors:
+/// `[B, parts]`. The backward is the same call on the gates' gradient (∂gate = ∂gate_eff · factor).
+pub fn scale_gates<T: Real>(x: &mut [T], factors: &[T], parts: usize, c: usize, stride: usize) {
+    assert!(parts * c <= stride && x.len() == factors.len() / parts * stride, "scale_gates: shapes");
+    for (row, f) in x.chunks_exact_mut(stride).zip(factors.chunks_exact(parts)) {
+        for (part, &fj) in row[..parts * c].chunks_exact_mut(c).zip(f) {
+            part.iter_mut().for_each(|v| *v *= fj);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +177,19 @@ mod tests {
         gated_residual_backward(&r, &x, &sc, &mut dy, &mut dg, l, c);
         check("gate dy", &x, &dy, |v| gl(v, &sc), 1e-6, 1e-9);
         check("gate dgamma", &sc, &dg, |v| gl(&x, v), 1e-6, 1e-9);
+
+        // drop path on 2 of 3 parts per row: its backward is itself, applied to the gradient
+        let (parts, stride) = (2, 3 * c);
+        let (gates, rg, factors) = (noise(b * stride, 6), noise(b * stride, 7), [1.0 / 0.9, 0.0, 1.0, 1.0 / 0.8]);
+        let sl = |g: &[f64]| {
+            let mut g = g.to_vec();
+            scale_gates(&mut g, &factors, parts, c, stride);
+            dot(&g, &rg)
+        };
+        let mut dgates = rg.clone();
+        scale_gates(&mut dgates, &factors, parts, c, stride);
+        check("drop-path gates", &gates, &dgates, sl, 1e-6, 1e-9);
+        assert!(dgates[c..2 * c].iter().all(|&v| v == 0.0) && dgates[2 * c..3 * c] == rg[2 * c..3 * c]);
     }
 
     /// The pre-norm branch's backward: x → LayerNorm → modulate, loss `Σ y·r + Σ x·dres` (the residual

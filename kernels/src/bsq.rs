@@ -88,6 +88,24 @@ pub fn encode_multiscale(latent: &[f32], d: usize, scales: &[(usize, usize)]) ->
 /// (corrupted-history) residual, so later scales learn to correct earlier mistakes; the teacher-forcing
 /// inputs follow the corrupted sum. `flips = None` is plain multi-scale BSQ.
 pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: Option<&[u8]>) -> MultiScaleCodes {
+    self_correct_with(latent, d, scales, flips, None)
+}
+
+/// [`self_correct`] for a sample stored as bits alone (`[L, d]`, no latent): the latent is rebuilt
+/// from them ([`latent_from_bits`]) and the stored bits are the labels of every scale up to the first
+/// flipped one, so without flips the labels and teacher-forcing inputs are exactly the stored ones;
+/// after a flip the labels are the rebuilt latent's residual's (the stored latent's is not there).
+pub fn self_correct_stored(bits: &[u8], d: usize, scales: &[(usize, usize)], flips: Option<&[u8]>) -> MultiScaleCodes {
+    self_correct_with(&latent_from_bits(bits, d, scales), d, scales, flips, Some(bits))
+}
+
+fn self_correct_with(
+    latent: &[f32],
+    d: usize,
+    scales: &[(usize, usize)],
+    flips: Option<&[u8]>,
+    stored: Option<&[u8]>,
+) -> MultiScaleCodes {
     let (hh, ww) = *scales.last().expect("bsq::encode_multiscale: empty schedule");
     assert_eq!(latent.len(), d * hh * ww, "bsq::encode_multiscale: latent is not [d={d}, {hh}, {ww}]");
     let l = num_tokens(scales);
@@ -107,6 +125,7 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
     let mut up = vec![0.0f32; full];
     let mut bit_off = 0;
     let mut inp_off = 0;
+    let mut flipped_before = false; // whether an earlier scale had a bit flipped
     for (s, &(h, w)) in scales.iter().enumerate() {
         let n = h * w;
         for ((r, f), c) in residual.iter_mut().zip(latent).zip(&out.summed_codes) {
@@ -118,12 +137,20 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
         } else {
             &residual
         };
-        quantize(r_s, d, &mut out.bits[bit_off..bit_off + n * d], &mut q[..d * n]);
-        transpose_into(&r_s[..d * n], d, &mut out.residual[bit_off..bit_off + n * d]);
+        let labels = bit_off..bit_off + n * d;
+        match stored {
+            Some(st) if !flipped_before => {
+                out.bits[labels.clone()].copy_from_slice(&st[labels.clone()]);
+                bits_to_codes(&st[labels.clone()], d, &mut q[..d * n]);
+            }
+            _ => quantize(r_s, d, &mut out.bits[labels.clone()], &mut q[..d * n]),
+        }
+        transpose_into(&r_s[..d * n], d, &mut out.residual[labels.clone()]);
         if let Some(f) = flips {
-            let bits = &out.bits[bit_off..bit_off + n * d];
-            let flipped: Vec<u8> = bits.iter().zip(&f[bit_off..bit_off + n * d]).map(|(b, m)| b ^ (m & 1)).collect();
+            let bits = &out.bits[labels.clone()];
+            let flipped: Vec<u8> = bits.iter().zip(&f[labels.clone()]).map(|(b, m)| b ^ (m & 1)).collect();
             bits_to_codes(&flipped, d, &mut q[..d * n]);
+            flipped_before |= f[labels].iter().any(|&m| m & 1 != 0);
         }
         bit_off += n * d;
         bilinear_resize(&q[..d * n], d, (h, w), &mut up, (hh, ww));
@@ -160,14 +187,21 @@ pub fn keyed_uniform(key: u64, scale: usize, index: u64) -> f64 {
     (mix64(base ^ mix64(index)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
+/// The largest `k` of a flip probability `k·0.01`: upstream draws `np.random.randint(0, 100·p_max + 1)`,
+/// whose float bound numpy truncates, so 0.3 gives 30 (100·0.3 + 1 = 31.000000000000004) and 0.29
+/// gives 28 (29.999999999999996).
+pub fn flip_kmax(p_max: f64) -> usize {
+    ((100.0 * p_max + 1.0) as usize).saturating_sub(1)
+}
+
 /// Upstream's random flips for self-correction (`noise_apply_strength = p_max`,
 /// `noise_apply_layers = apply_layers`): each scale `s < apply_layers` draws one probability
-/// `p_s = k·0.01`, `k` uniform in `{0, …, round(100·p_max)}`, and flips each of its bits with probability
+/// `p_s = k·0.01`, `k` uniform in `{0, …, `[`flip_kmax`]`}`, and flips each of its bits with probability
 /// `p_s`. Returns the mask `[L, d]` for [`self_correct`]. The draws are counter-based
 /// ([`keyed_uniform`]): `p_s` from index `u64::MAX`, bit `(t, c)` of the scale from index `t·d + c`, so
 /// the device twin (bsq.cu) draws the same mask for the same `key`.
 pub fn keyed_flips(key: u64, scales: &[(usize, usize)], d: usize, p_max: f64, apply_layers: usize) -> Vec<u8> {
-    let kmax = (100.0 * p_max).round() as usize;
+    let kmax = flip_kmax(p_max);
     let mut mask = Vec::with_capacity(num_tokens(scales) * d);
     for (s, &(h, w)) in scales.iter().enumerate() {
         let n = (h * w * d) as u64;
@@ -317,6 +351,20 @@ mod tests {
         let again = encode_multiscale(&rebuilt, d, &SQUARE);
         let same = again.bits.iter().zip(&enc.bits).filter(|(a, b)| a == b).count() as f64 / enc.bits.len() as f64;
         assert!(same > 0.7, "only {same:.2} of the bits survive a re-encode");
+
+        // self-correcting the stored bits keeps them as labels, and the inputs, where nothing flipped
+        let clean = self_correct_stored(&enc.bits, d, &SQUARE, None);
+        assert_eq!((clean.bits == enc.bits, clean.x_wo_prefix == enc.x_wo_prefix), (true, true));
+        // flips from scale 2 on: scales 0..=2 keep the stored labels, the inputs to scale 2 too
+        let l: usize = SQUARE.iter().map(|&(h, w)| h * w).sum();
+        let first2 = SQUARE[..2].iter().map(|&(h, w)| h * w).sum::<usize>();
+        let upto2 = first2 + SQUARE[2].0 * SQUARE[2].1;
+        let mut flips = vec![0u8; l * d];
+        flips[first2 * d..].iter_mut().step_by(3).for_each(|m| *m = 1);
+        let sc = self_correct_stored(&enc.bits, d, &SQUARE, Some(&flips));
+        assert_eq!(sc.bits[..upto2 * d], enc.bits[..upto2 * d]);
+        assert_eq!(sc.x_wo_prefix[..(upto2 - 1) * d], enc.x_wo_prefix[..(upto2 - 1) * d]);
+        assert_ne!(sc.x_wo_prefix, enc.x_wo_prefix, "the flipped codes reach the inputs");
     }
 
     #[test]
@@ -343,6 +391,8 @@ mod tests {
             assert!((r - 0.05).abs() < 0.01, "mean flip rate {r} (expected 0.05)");
         }
         assert!(keyed_flips(3, &scales, d, 0.0, 13).iter().all(|&b| b == 0), "p_max 0 never flips");
+        let kmax: Vec<usize> = [0.0, 0.001, 0.1, 0.29, 0.3, 0.57, 0.999].map(flip_kmax).to_vec();
+        assert_eq!(kmax, [0, 0, 10, 28, 30, 56, 99], "numpy's randint(0, 100·p + 1) bounds");
         // the same key gives the same mask; another key another one
         assert_eq!(keyed_flips(7, &scales, d, 0.1, 3), keyed_flips(7, &scales, d, 0.1, 3));
         assert_ne!(keyed_flips(7, &scales, d, 0.1, 3), keyed_flips(8, &scales, d, 0.1, 3));

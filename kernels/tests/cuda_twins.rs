@@ -328,6 +328,14 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
     let g = layers::gated_residual_backward(&dev, &dy, &x, &scale, l, c, true).unwrap();
     close("gated residual dy, bf16", &g[0], &bf16_round(&gy), 1e-2);
     close("gated residual dgamma, bf16 dy", &g[1], &gg, 1e-5);
+    // drop path on γ1, γ2 of a [B, 6C] AdaLN output: kept (1/(1−p)), dropped (0) and unscaled rows
+    let gss = rand_vec(&mut rng, b * 6 * c, 1.0);
+    let factors = [1.0 / 0.9, 0.0, 0.0, 1.0, 1.0, 1.0 / 0.9];
+    let mut want = gss.clone();
+    adaln::scale_gates(&mut want, &factors, 2, c, 6 * c);
+    close("drop-path gates", &layers::scale_gates(&dev, &gss, &factors, 2, c, 6 * c).unwrap(), &want, 1e-7);
+    assert_eq!(want[6 * c..7 * c], vec![0.0; c][..], "a dropped branch's gate is zero");
+    assert_eq!(want[2 * c..6 * c], gss[2 * c..6 * c], "the shifts and scales are untouched");
 
     // RoPE on the 1.000/demo5 schedule in its 1M frame, with an offset (the KV-cache path) and inverse
     let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];

@@ -18,7 +18,7 @@ use crate::train::checkpoint::{CheckpointModel, DONE};
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
 /// written out too, so a loader can check them).
 pub fn constructor_kwargs(mc: &ModelConfig) -> Value {
-    json!({
+    let mut kwargs = json!({
         "embed_dim": mc.embed_dim,
         "depth": mc.depth,
         "num_heads": mc.num_heads,
@@ -27,6 +27,7 @@ pub fn constructor_kwargs(mc: &ModelConfig) -> Value {
         "text_channels": mc.text_channels,
         "text_maxlen": mc.text_maxlen,
         "cond_drop_rate": mc.cond_drop_rate,
+        "drop_path_rate": mc.drop_path_rate,
         "block_chunks": mc.block_chunks,
         "cos_attn": true,
         "shared_aln": true,
@@ -34,7 +35,14 @@ pub fn constructor_kwargs(mc: &ModelConfig) -> Value {
         "rope2d_normalized_by_hw": 2,
         "add_lvl_embeding_only_first_block": 1,
         "use_bit_label": 1,
-    })
+    });
+    if !mc.has_cross_attention() {
+        // a class-conditioned model has no text path: its preset's text sizes would only mislead
+        for key in ["text_channels", "text_maxlen"] {
+            kwargs.as_object_mut().expect("an object").remove(key);
+        }
+    }
+    kwargs
 }
 
 /// What `infinity export` writes: the element type, the block layout of the keys, the dataset whose
@@ -148,4 +156,20 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// `p` from the file-system root (as given when it cannot be resolved), for a config read elsewhere.
 fn absolute(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Conditioning, ModelConfig};
+
+    #[test]
+    fn class_models_export_no_text_sizes() {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        let text = super::constructor_kwargs(&mc);
+        assert_eq!((text["text_channels"].as_u64(), text["text_maxlen"].as_u64()), (Some(128), Some(16)));
+        mc.conditioning = Conditioning::Class { num_classes: 24 };
+        let class = super::constructor_kwargs(&mc);
+        assert!(class.get("text_channels").is_none() && class.get("text_maxlen").is_none(), "{class}");
+        assert_eq!(class["drop_path_rate"], 0.0);
+    }
 }

@@ -303,6 +303,7 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         text_maxlen: usize_of(k, "text_maxlen")?,
         norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         cond_drop_rate: 0.0,
+        drop_path_rate: 0.0,
         conditioning: Conditioning::Text,
         block_chunks: k.get("block_chunks").and_then(Value::as_u64).unwrap_or(1) as usize,
     };
@@ -352,6 +353,7 @@ fn check_model(
         gt_bits: &gt,
         token_weights: &weights,
         label_smoothing: 0.0,
+        drop_path: &[],
     };
     let mut grads = Params::zeros(&lay);
     let exp = Tensors::open(&dir.join("expected.safetensors"))?;

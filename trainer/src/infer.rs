@@ -135,14 +135,18 @@ pub fn decode(tok: &PatchTokenizer, s: &Sampled, sched: &ScaleSchedule) -> Vec<I
     s.summed_codes.iter().map(|c| tok.decode(c, hh, ww)).collect()
 }
 
-/// A fixed preview condition for the sample grids logged during training: up to `n` classes spread
-/// over the label range, or the captions of the dataset's first rows.
+/// Up to `n` of `num_classes` classes spread evenly over the label range, first and last included
+/// (`round(i·(N−1)/(k−1))`): for 8 of the demo's 24 classes, every colour and every shape.
+fn preview_classes(num_classes: usize, n: usize) -> Vec<usize> {
+    let k = n.min(num_classes);
+    (0..k).map(|i| ((i * (num_classes - 1)) as f64 / (k - 1).max(1) as f64).round() as usize).collect()
+}
+
+/// A fixed preview condition for the sample grids logged during training: [`preview_classes`], or the
+/// captions of the dataset's first rows.
 pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<SampleCondition> {
     Ok(match &mc.conditioning {
-        Conditioning::Class { num_classes } => {
-            let k = n.min(*num_classes);
-            SampleCondition::Class((0..k).map(|i| i * num_classes / k).collect())
-        }
+        Conditioning::Class { num_classes } => SampleCondition::Class(preview_classes(*num_classes, n)),
         Conditioning::Text => {
             let info = ds.manifest.conditions.text.as_ref().context("text model on a dataset without text")?;
             let (mut kv, mut lens) = (Vec::new(), Vec::new());
@@ -155,4 +159,18 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
             SampleCondition::Text { kv, lens }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn preview_classes_span_the_labels() {
+        // the demo's names run colour fastest (6 colours × 4 shapes): i·N/k gave only red and yellow
+        let ids = super::preview_classes(24, 8);
+        assert_eq!(ids, [0, 3, 7, 10, 13, 16, 20, 23]);
+        let colours: std::collections::BTreeSet<usize> = ids.iter().map(|i| i % 6).collect();
+        assert_eq!(colours.len(), 6);
+        assert_eq!(super::preview_classes(5, 8), [0, 1, 2, 3, 4]);
+        assert_eq!(super::preview_classes(10, 1), [0]);
+    }
 }

@@ -99,6 +99,7 @@ fn the_memory_estimate_matches_the_allocators_peak() {
             gt_bits: &gt,
             token_weights: &weights,
             label_smoothing: 0.0,
+            drop_path: &[],
         };
 
         let mut gpu = GpuModel::new(&mc, &lay, 0, bf16).unwrap();

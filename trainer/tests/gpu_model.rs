@@ -78,6 +78,9 @@ fn forward_and_backward_match_the_cpu_model() {
         };
         let rope = RopeTable::new(mc.head_dim(), &scales, (6, 6));
         let weights = token_weights(b, &scales, true);
+        // text: with drop path ([depth, B, 2]; block 1 drops two of its six gated branches)
+        let drop_path = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.25, 0.0, 1.25, 1.25, 0.0, 1.25];
+        let drop_path: &[f32] = if mc.has_cross_attention() { &drop_path } else { &[] };
         let inp = ModelInput {
             b,
             scales: &scales,
@@ -87,6 +90,7 @@ fn forward_and_backward_match_the_cpu_model() {
             gt_bits: &gt,
             token_weights: &weights,
             label_smoothing: 0.05,
+            drop_path,
         };
         let acts = forward(&mc, &lay, &p, &inp);
         let mut cpu = Params::zeros(&lay);
@@ -144,7 +148,7 @@ fn train_config(
     let text = format!(
         "[run]\ndir = \"{}\"\nseed = 3\nsteps = 4\nlog_every = 100\ndevice = \"{device}\"\n\
          precision = \"{precision}\"\n\
-         [model]\npreset = \"tiny\"\nconditioning = \"class\"\nmup_base_width = 48\n\
+         [model]\npreset = \"tiny\"\nconditioning = \"class\"\nmup_base_width = 48\ndrop_path_rate = 0.2\n\
          [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
          [optim]\nlr = 1e-3\nema_decay = 0.9\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
         tmp.join(name).display(),
@@ -250,6 +254,7 @@ fn device_self_correction_matches_the_host_one() {
         gt_bits: &gt,
         token_weights: &weights,
         label_smoothing: 0.0,
+        drop_path: &[],
     };
     let mut m = GpuModel::new(&mc, &lay, 0, false).unwrap();
     m.upload_params(&p).unwrap();

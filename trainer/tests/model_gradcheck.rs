@@ -1,5 +1,6 @@
 //! The whole model's hand-written backward against f64 finite differences: every parameter tensor,
-//! text and class conditioning, a non-square schedule, CFG dropout, uniform and reweighted loss.
+//! text and class conditioning, a non-square schedule, CFG dropout, drop path, uniform and reweighted
+//! loss.
 
 use infinity_kernels::gradcheck::{check, noise};
 use infinity_kernels::rope::RopeTable;
@@ -18,6 +19,7 @@ fn tiny(conditioning: Conditioning) -> ModelConfig {
         text_maxlen: 6,
         norm_eps: 1e-6,
         cond_drop_rate: 0.1,
+        drop_path_rate: 0.0,
         conditioning,
         block_chunks: 1,
     }
@@ -64,6 +66,18 @@ fn run(conditioning: Conditioning, reweight: bool) {
         gt_bits: &gt_bits,
         token_weights: &weights,
         label_smoothing: if reweight { 0.1 } else { 0.0 },
+        drop_path: &[],
+    };
+    // text: with drop path ([depth, B, 2]: block 1 drops sample 0's FFN and sample 1's self-attention)
+    let drop_path = [1.0, 1.0, 1.0, 1.0, 1.0 / 0.9, 0.0, 0.0, 1.0 / 0.9];
+    let inp = match cfg.conditioning {
+        Conditioning::Text => {
+            let with = ModelInput { drop_path: &drop_path, ..inp };
+            let (a, b) = (forward(&cfg, &lay, &p, &inp).ce.loss, forward(&cfg, &lay, &p, &with).ce.loss);
+            assert!((a - b).abs() > 1e-6, "drop path changes the loss ({a} vs {b})");
+            with
+        }
+        Conditioning::Class { .. } => inp,
     };
     let acts = forward(&cfg, &lay, &p, &inp);
     let mut grads = Params::zeros(&lay);
@@ -132,6 +146,7 @@ fn cached_sampling_matches_the_training_forward() {
             gt_bits: &bits,
             token_weights: &weights,
             label_smoothing: 0.0,
+            drop_path: &[],
         };
         let acts = forward(&cfg, &lay, &p, &inp);
         let sampled: Vec<f32> = out.cond_logits.concat();

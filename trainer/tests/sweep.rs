@@ -90,6 +90,10 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
     let printed = ok(infinity(&["sweep", "sweep.toml", "--print"], t));
     assert!(!printed.contains(" train "), "finished runs are not printed:\n{printed}");
+    let out = infinity(&["sweep", "sweep.toml", "--slurm", "done.sbatch"], t);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("all 3 runs of the sweep have finished"), "{said}");
+    assert!(!t.join("done.sbatch").exists(), "no script for no runs");
     // a run whose config an earlier build wrote with relative paths has the same settings: it is kept,
     // its paths made absolute
     let run64 = t.join("sweep/embed-dim-64_num-heads-2");

@@ -37,12 +37,13 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
         },
         model: ModelSection {
             preset: "tiny".into(),
-            depth: Some(1),
+            depth: Some(2), // two blocks: the second one's branches are dropped (drop_path_rate)
             embed_dim: None,
             num_heads: None,
             mlp_ratio: None,
             conditioning: conditioning.into(),
             cond_drop_rate: 0.25,
+            drop_path_rate: Some(0.2),
             init_from: None,
             mup_base_width: None,
             mup_base_heads: None,
@@ -248,6 +249,13 @@ fn a_step_whose_gradient_norm_spikes_is_skipped_and_resumes_exactly() {
         let step = v["step"].as_u64().unwrap();
         assert_eq!(v.get("grad_z").is_some(), step > 4, "step {step}: a z-score only once the window is full: {v}");
     }
+    // with no limit set nothing is skipped, but the z-scores are logged all the same (to choose one)
+    let mut open = guarded("open");
+    (open.optim.skip_grad_z, open.checkpoint.every) = (0.0, 100);
+    assert_eq!(train(&open, &TrainOptions::default()).unwrap().skipped_steps, 0);
+    let log = std::fs::read_to_string(open.run.dir.join("metrics.jsonl")).unwrap();
+    let scored = log.lines().filter(|l| l.contains("\"grad_z\"") && l.contains("\"loss_z\"")).count();
+    assert_eq!(scored, 10, "steps 5 to 14 have z-scores:\n{log}");
     let ckpt = |c: &TrainConfig, step: u64, f: &str| read(c.run.dir.join(format!("checkpoints/step-{step:08}/{f}")));
     for step in 2..=14 {
         let skipped = skipped_by(step) > skipped_by(step - 1);
@@ -555,4 +563,44 @@ fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_is_named() {
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?} {env:?}: {stderr}");
     }
+}
+
+/// A bucket with fewer rows than a global batch is never drawn: `--check` and the run name it, and
+/// the epochs count the rows an epoch draws.
+#[test]
+fn buckets_smaller_than_a_global_batch_are_named_as_never_trained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data); // 96 rows, about a quarter of them in the 0.666 template's bucket
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    cfg.data.global_batch = 32;
+    let lines = infinity_trainer::train::check::check(&cfg, 1, None, None).unwrap();
+    let warning = lines.iter().find(|l| l.contains("never trained on")).expect("a warning line");
+    assert!(warning.contains("0.666") && warning.contains("global batch of 32"), "{warning}");
+    let run = lines.iter().find(|l| l.starts_with("run:")).unwrap();
+    assert!(run.contains("epochs of the 64 rows an epoch draws"), "{run}");
+    cfg.data.global_batch = 8;
+    let lines = infinity_trainer::train::check::check(&cfg, 1, None, None).unwrap();
+    assert!(!lines.iter().any(|l| l.contains("never trained on")), "{lines:?}");
+}
+
+/// A shard copied under another name (and listed) repeats its rows' ids: `--check` says so.
+#[test]
+fn repeated_ids_are_named_by_the_check() {
+    use infinity_data::manifest::Manifest;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut m = Manifest::load(&data).unwrap();
+    let mut copy = m.shards[0].clone();
+    copy.file = "shard-copy.arrow".into();
+    std::fs::copy(data.join(&m.shards[0].file), data.join(&copy.file)).unwrap();
+    m.total_rows += copy.rows;
+    let (rows, first) = (copy.rows, m.shards[0].file.clone());
+    m.shards.push(copy);
+    m.save(&data).unwrap();
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    let lines = infinity_trainer::train::check::check(&cfg, 1, None, None).unwrap();
+    let warning = lines.iter().find(|l| l.contains("repeat an earlier row's id")).expect("a warning");
+    assert!(warning.starts_with(&format!("warning: {rows} rows")), "{warning} ({first})");
 }

@@ -156,15 +156,16 @@ impl Loader {
         let fingerprint = ds.manifest.fingerprint();
         let state = match resume {
             None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset: fingerprint },
-            Some(s) => {
+            Some(mut s) => {
                 let mismatch = |what: &str, saved: String, now: String| {
                     Err(DataError::Config(format!(
                         "loader: cannot resume: the saved position has {what} {saved}, this run has {now}"
                     )))
                 };
-                if s.dataset != fingerprint {
+                if !ds.manifest.fingerprint_matches(&s.dataset) {
                     return mismatch("dataset fingerprint", s.dataset, fingerprint);
                 }
+                s.dataset = fingerprint; // (an earlier build's form, from now on this one's)
                 if s.global_batch != g {
                     return mismatch("global batch", s.global_batch.to_string(), g.to_string());
                 }

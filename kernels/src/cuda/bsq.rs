@@ -125,7 +125,7 @@ pub fn self_correct_batch(
         out.gt_bits.len() >= b * l * d && out.x_wo_prefix.len() >= b * (l - n0) * d,
         "self_correct_batch: outputs made for a smaller batch or schedule"
     );
-    let kmax = (100.0 * p_max).round() as usize;
+    let kmax = crate::bsq::flip_kmax(p_max);
     let bytes = planes_smem_bytes(scales);
     // the kernel's tables are sized by the last scale: every scale must be at most as large
     let optin = dev.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;

@@ -266,6 +266,23 @@ pub fn gated_residual_dev(
     unsafe { dev.launch("adaln.cu", "gated_residual_forward_f32", elementwise(sh.b * sh.l * sh.c), &args) }
 }
 
+/// Twin of [`crate::adaln::scale_gates`]: the first `parts` `[C]` gates of each `[stride]` row of `x`
+/// scaled in place by `factors [B, parts]`.
+pub fn scale_gates_dev(
+    dev: &Device,
+    x: &mut dyn BufMut,
+    factors: &dyn Buf,
+    parts: usize,
+    c: usize,
+    stride: usize,
+) -> Result<(), CudaError> {
+    let b = factors.count() / parts;
+    assert!(parts * c <= stride && x.count() >= b * stride, "scale_gates: x [B, stride], factors [B, parts]");
+    let args = [dev.arg_mut(x), dev.arg(factors), Arg::int(b), Arg::int(parts), Arg::int(c), Arg::long(stride)];
+    // SAFETY: scale_gates_f32(x, factors, b, parts, c, stride); x holds b rows of stride values.
+    unsafe { dev.launch("adaln.cu", "scale_gates_f32", elementwise(b * parts * c), &args) }
+}
+
 /// Backward of [`gated_residual_dev`] for the branch: `dy` written, `dgamma` added (rows
 /// `grad_stride` apart).
 #[allow(clippy::too_many_arguments)]

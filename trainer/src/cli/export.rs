@@ -20,8 +20,8 @@ enum DtypeArg {
 pub struct ExportArgs {
     /// A checkpoint folder, or a run folder (its newest complete checkpoint).
     ckpt: PathBuf,
-    /// Output weights; `config.json` is written beside it. A folder (existing, or ending in `/`) gets
-    /// `model.safetensors` inside it.
+    /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Any other
+    /// name is a folder (made if missing) that gets `model.safetensors` inside it.
     #[arg(short, long, default_value = "model.safetensors")]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -52,7 +52,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         "--block-chunks {block_chunks}: must divide the model's depth {depth} (one of {:?})",
         crate::export::divisors(depth)
     );
-    let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/');
+    // (`-o exp5` once wrote a file named exp5, its config.json and tokenizer into the working folder)
+    let weights_file = a.out.extension().is_some_and(|e| e == "safetensors");
+    let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/') || !weights_file;
     let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
     let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema: a.ema };
     let done = crate::export::export(&ck, &out, &opts)?;

@@ -83,6 +83,13 @@ pub struct InfoArgs {
     /// Memory of the GPU (GiB): adds the largest micro-batch that fits to the table (H100: 80, H200: 141).
     #[arg(long)]
     gpu_gib: Option<f64>,
+    /// A class-conditioned model of N classes (VAR-style, as `model.conditioning = "class"` trains on
+    /// such a dataset) instead of upstream's text conditioning.
+    #[arg(long, value_name = "N", value_parser = super::positive())]
+    classes: Option<usize>,
+    /// Bits per token (a run takes the dataset's); default the preset's.
+    #[arg(long, value_parser = super::positive())]
+    d: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -125,11 +132,21 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
     Ok((c, label))
 }
 
+/// `model info`'s model: the shape's, with `--classes` and `--d` as a run's dataset would set them.
+fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String)> {
+    let (mut c, label) = config(&a.shape)?;
+    if let Some(n) = a.classes {
+        c.conditioning = crate::model::Conditioning::Class { num_classes: n };
+    }
+    c.d = a.d.unwrap_or(c.d);
+    Ok((c, label))
+}
+
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Info(a) => {
             let s = &a.shape;
-            let (c, label) = config(s)?;
+            let (c, label) = info_config(&a)?;
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
@@ -243,4 +260,32 @@ fn coord_check(a: CoordArgs) -> anyhow::Result<()> {
         console_text!("{}", coord_check::table(&coord_check::run(&o)?));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        info: super::InfoArgs,
+    }
+
+    /// `model info --classes N --d D` counts the parameters a class-conditioned run of that dataset has.
+    #[test]
+    fn model_info_counts_a_class_models_parameters_as_a_run_does() {
+        let a = Cli::parse_from(["info", "--preset", "tiny", "--classes", "24", "--d", "16"]).info;
+        let (info, _) = super::info_config(&a).unwrap();
+        // the CPU demo: the tiny preset, class-conditioned
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml");
+        let cfg = crate::train::config::TrainConfig::load(&demo, &[]).unwrap();
+        let run = cfg.model_config(16, Some(24), None).unwrap();
+        let count = |c| crate::model::Layout::new(c).numel;
+        assert_eq!(count(&info), count(&run));
+        assert_ne!(
+            count(&info),
+            count(&super::info_config(&Cli::parse_from(["info", "--preset", "tiny"]).info).unwrap().0)
+        );
+    }
 }

@@ -33,14 +33,14 @@ pub struct SampleArgs {
     /// Samples per condition (one grid row per condition).
     #[arg(long, default_value_t = 4)]
     n: usize,
-    /// Classifier-free guidance scale (1 = none).
+    /// Classifier-free guidance scale (1 = none); upstream's notebook uses 3, scripts/infer.sh 4.
     #[arg(long, default_value_t = 3.0)]
     cfg: f64,
-    /// Temperature.
-    #[arg(long, default_value_t = 1.0)]
+    /// Temperature (upstream's inference scripts: 0.5).
+    #[arg(long, default_value_t = 0.5)]
     tau: f64,
-    /// Per-bit top-p (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    /// Per-bit top-p (0 = off; upstream's `gen_one_img` default 0.97).
+    #[arg(long, default_value_t = 0.97)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -37,6 +37,10 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     sweep::write_configs(&runs)?;
     let todo: Vec<sweep::PlannedRun> = runs.iter().filter(|r| !sweep::finished(&r.dir)).cloned().collect();
     let exe = std::env::current_exe().context("locating the infinity binary")?;
+    if todo.is_empty() && (a.print || a.slurm.is_some()) {
+        eprintln!("all {} runs of the sweep have finished: nothing to submit", runs.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.print {
         for r in &todo {
             let words: Vec<String> =

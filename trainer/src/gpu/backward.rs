@@ -8,7 +8,7 @@ use infinity_kernels::cuda::attention::attention_backward_dev;
 use infinity_kernels::cuda::device::{Act, Buf, BufMut};
 use infinity_kernels::cuda::layers::{
     embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_param_grads,
-    modulated_layernorm_backward_dev, rmsnorm_backward_dev, AdaShape, DeviceRope,
+    modulated_layernorm_backward_dev, rmsnorm_backward_dev, scale_gates_dev, AdaShape, DeviceRope,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, input_grad_act, rounded, weight_grad};
 use infinity_kernels::cuda::ops::{activation_backward_dev, gelu_act, gelu_backward_act};
@@ -124,7 +124,8 @@ pub fn backward(
         block_done(blk, grads)?;
     }
 
-    // ---- input tokens ---------------------------------------------------------------------------------
+    // ---- input tokens and condition: f32 (the forward's island) ---------------------------------------
+    let net = &net.f32_island();
     embedding_backward_dev(dev, &dx, &inp.scale_idx, &mut g(net, grads, "lvl_embed.weight"), c)?;
     let (mut dcond, mut dwe) = (net.buf(b * c)?, net.buf(b * (l - 1) * c)?);
     util::split_tokens(dev, &dx, &mut dcond, &mut dwe, (b, l, c))?;
@@ -399,10 +400,13 @@ fn block_backward(
     modulated_layernorm_backward_dev(dev, &dh1, saved(&s.x_in), &part(2), stats, Some(&dx_sa), &mut dx_in, sh)?;
     drop((dh1, dx_sa));
 
-    // gss = ada_gss + shared_gss
+    // gss = (ada_gss + shared_gss), its gates scaled by the drop path's factors
     let mut dgss = net.out(b * 6 * c)?;
     for (j, p) in dparts.iter().enumerate() {
         util::put_part(dev, p, &mut dgss, (b, 6, j, c))?;
+    }
+    if let Some(f) = &inp.drop_path {
+        scale_gates_dev(dev, &mut dgss, &f.slice(blk * 2 * b..(blk + 1) * 2 * b), 2, c, 6 * c)?;
     }
     util::col_sum(dev, &dgss, &mut g(net, grads, &name("ada_gss")), b, 6 * c)?;
     util::add(dev, dshared_gss, &dgss)?;

@@ -10,7 +10,8 @@ use infinity_kernels::cuda::attention::{attention_forward_dev, runs_on_tensor_co
 use infinity_kernels::cuda::device::Act;
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, head_on_tensor_cores, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    embedding_dev, gated_residual_dev, layernorm_act, modulated_layernorm_dev, rmsnorm_dev, AdaShape, DeviceRope,
+    embedding_dev, gated_residual_dev, layernorm_act, modulated_layernorm_dev, rmsnorm_dev, scale_gates_dev, AdaShape,
+    DeviceRope,
 };
 use infinity_kernels::cuda::ops::{activation_dev, bias_gelu_dev};
 use infinity_kernels::cuda::qkv::qkv_heads_dev;
@@ -32,6 +33,8 @@ pub struct DeviceInput {
     pub cond: DeviceCondition,
     /// Block-causal self-attention ranges.
     pub sa: AttnRanges,
+    /// `[depth, B, 2]` drop-path factors of the blocks' gated branches (`ModelInput::drop_path`).
+    pub drop_path: Option<CudaSlice<f32>>,
 }
 
 pub enum DeviceCondition {
@@ -137,18 +140,19 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     let n = b * l;
     let dev = net.dev;
 
-    // ---- condition -------------------------------------------------------------------------------
-    let (text, cond) = condition_forward(net, inp)?;
+    // ---- condition (in f32, as upstream's autocast-disabled region) -------------------------------
+    let island = net.f32_island();
+    let (text, cond) = condition_forward(&island, inp)?;
     let mut cond_silu = net.buf(b * c)?;
     activation_dev(dev, "silu_forward_f32", &cond, &mut cond_silu)?;
     let mut shared_gss = net.buf(b * 6 * c)?;
-    net.linear(&cond_silu, "shared_ada_lin.1", true, &mut shared_gss, (b, c, 6 * c))?;
+    island.linear(&cond_silu, "shared_ada_lin.1", true, &mut shared_gss, (b, c, 6 * c))?;
     let mut head_ss = net.buf(b * 2 * c)?;
-    net.linear(&cond_silu, "head_nm.ada_lin.1", true, &mut head_ss, (b, c, 2 * c))?;
+    island.linear(&cond_silu, "head_nm.ada_lin.1", true, &mut head_ss, (b, c, 2 * c))?;
 
-    // ---- input tokens ------------------------------------------------------------------------------
+    // ---- input tokens (f32 too) ----------------------------------------------------------------------
     let mut we = net.buf(b * (l - 1) * c)?;
-    net.linear(&inp.x_wo_prefix, "word_embed", true, &mut we, (b * (l - 1), d, c))?;
+    island.linear(&inp.x_wo_prefix, "word_embed", true, &mut we, (b * (l - 1), d, c))?;
     let mut x = net.buf(n * c)?;
     util::assemble_tokens(dev, &cond, &net.w("pos_start"), &we, &mut x, (b, l, c))?;
     embedding_dev(dev, &net.w("lvl_embed.weight"), &inp.scale_idx, &mut x, c, true)?;
@@ -267,6 +271,10 @@ pub(super) fn block_forward(
     // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2 — parts read in place (rows 6C apart)
     let mut gss = net.out(b * 6 * c)?;
     util::add_row(dev, shared_gss, &w("ada_gss"), &mut gss)?;
+    if let Some(f) = &inp.drop_path {
+        scale_gates_dev(dev, &mut gss, &f.slice(blk * 2 * b..(blk + 1) * 2 * b), 2, c, 6 * c)?;
+        // γ1, γ2
+    }
     let sh = AdaShape { b, l, c, ps: 6 * c };
     let part = |j: usize| gss.slice(j * c..);
 

@@ -39,9 +39,12 @@ use optim::reduce_part;
 
 /// What the kernels need to run the model: the device, cuBLAS (and its precision), the config and the
 /// parameters.
+#[derive(Clone, Copy)]
 pub struct Net<'a> {
     pub dev: &'a Device,
     pub gemm: &'a Gemm,
+    /// f32 GEMMs (`gemm` itself when the matmuls are f32) for [`Net::f32_island`].
+    gemm32: &'a Gemm,
     pub cfg: &'a ModelConfig,
     pub lay: &'a Layout,
     params: &'a CudaSlice<f32>,
@@ -58,6 +61,13 @@ impl<'a> Net<'a> {
         } else {
             Math::F32
         }
+    }
+
+    /// The same model computing in f32 throughout: upstream's fp32 islands under bf16 autocast
+    /// (infinity-reference.md §4.3: the text conditioning, the AdaLN parameters and `word_embed` run
+    /// with autocast disabled), which take this for their matmuls and attention, forward and backward.
+    pub fn f32_island(&self) -> Net<'a> {
+        Net { gemm: self.gemm32, params16: None, ..*self }
     }
 
     /// Parameter `name` (a view into the flat buffer).
@@ -136,6 +146,8 @@ impl<'a> Net<'a> {
 pub struct GpuModel {
     dev: Device,
     gemm: Gemm,
+    /// f32 GEMMs for the fp32 islands when `gemm` takes bf16.
+    gemm32: Option<Gemm>,
     cfg: ModelConfig,
     lay: Layout,
     params: CudaSlice<f32>,
@@ -199,6 +211,7 @@ impl GpuModel {
             true => "bf16 matmuls (run.precision = \"bf16\"; \"f32\" does without them)",
             false => "cuBLAS",
         })?;
+        let gemm32 = if bf16 { Some(Gemm::new(&dev, false).context("cuBLAS")?) } else { None };
         // (CudaError: an out-of-memory error says then how much was in use)
         let params = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
         let params16 =
@@ -207,6 +220,7 @@ impl GpuModel {
         Ok(GpuModel {
             dev,
             gemm,
+            gemm32,
             cfg: cfg.clone(),
             lay: lay.clone(),
             params,
@@ -319,6 +333,7 @@ impl GpuModel {
         let net = Net {
             dev: &self.dev,
             gemm: &self.gemm,
+            gemm32: self.gemm32.as_ref().unwrap_or(&self.gemm),
             cfg: &self.cfg,
             lay: &self.lay,
             params: &self.params,
@@ -389,6 +404,10 @@ impl GpuModel {
             label_smoothing: inp.label_smoothing as f32,
             cond,
             sa,
+            drop_path: match inp.drop_path.is_empty() {
+                true => None,
+                false => Some(s.clone_htod(inp.drop_path)?),
+            },
         })
     }
 }

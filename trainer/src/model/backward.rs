@@ -2,7 +2,7 @@
 //! added into `grads` (so micro-batches accumulate). Reads top to bottom as the forward in reverse.
 
 use infinity_kernels::act::{gelu_backward, silu_backward};
-use infinity_kernels::adaln::{gated_residual_backward, modulate_backward};
+use infinity_kernels::adaln::{gated_residual_backward, modulate_backward, scale_gates};
 use infinity_kernels::attention::{attention_backward, normalize_heads_backward, AttnDims};
 use infinity_kernels::embedding::embedding_backward;
 use infinity_kernels::linear::linear_backward;
@@ -399,7 +399,11 @@ fn block_backward<T: Real>(
     dpart(2, &ds1);
     dpart(4, &db1);
 
-    // gss = ada_gss + shared_gss
+    // gss = (ada_gss + shared_gss), its gates scaled by the drop path's factors
+    let drop_path = inp.block_drop_path(blk);
+    if !drop_path.is_empty() {
+        scale_gates(&mut dgss, drop_path, 2, c, 6 * c);
+    }
     add_row_sum(grads.get_mut(lay, &name("ada_gss")), &dgss);
     add_into(dshared_gss, &dgss);
     dx_in

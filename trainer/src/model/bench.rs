@@ -91,6 +91,7 @@ pub fn run(o: &BenchOptions) -> Result<String> {
         gt_bits: &gt,
         token_weights: &w,
         label_smoothing: 0.0,
+        drop_path: &[],
     };
     let (secs, mem, profile) =
         if o.cuda { time_cuda(o, cfg, &lay, &p, &inp)? } else { time_cpu(o, cfg, &lay, &p, &inp) };

@@ -31,6 +31,10 @@ pub struct ModelConfig {
     pub norm_eps: f64,
     /// Probability of replacing a sample's condition by the unconditional one in training.
     pub cond_drop_rate: f64,
+    /// Stochastic depth of the gated branches at the last block (upstream `drop_path_rate`; the rate
+    /// grows linearly from 0 at the first block). Training only.
+    #[serde(default)]
+    pub drop_path_rate: f64,
     pub conditioning: Conditioning,
     /// Key layout of checkpoints: 1 → `blocks.{n}`, k > 1 → `block_chunks.{c}.module.{j}`.
     pub block_chunks: usize,
@@ -75,6 +79,8 @@ impl ModelConfig {
             text_maxlen: if matches!(name, "tiny" | "small") { 16 } else { 512 },
             norm_eps: 1e-6,
             cond_drop_rate: 0.1,
+            // upstream's presets (infinity.py); none for the tiny CPU ones
+            drop_path_rate: if matches!(name, "tiny" | "small") { 0.0 } else { 0.1 },
             conditioning: Conditioning::Text,
             block_chunks: chunks,
         })
@@ -138,6 +144,9 @@ impl ModelConfig {
         }
         if !(0.0..1.0).contains(&self.cond_drop_rate) {
             return Err(format!("cond_drop_rate {} must be in [0, 1)", self.cond_drop_rate));
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return Err(format!("drop_path_rate {} must be in [0, 1)", self.drop_path_rate));
         }
         Ok(())
     }

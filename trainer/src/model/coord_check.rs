@@ -107,6 +107,7 @@ pub fn run(o: &CoordOptions) -> Result<Vec<CoordRow>> {
             gt_bits: &gt,
             token_weights: &w,
             label_smoothing: 0.0,
+            drop_path: &[],
         };
         let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() }, &lay);
         let (mut acts, mut grads): (Acts<f32>, _) = (Default::default(), Params::zeros(&lay));

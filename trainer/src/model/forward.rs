@@ -4,7 +4,7 @@
 //! `c = C/H`, `Hf` FFN width, `d` bits, `T` text tokens of the batch, `Ct` text width, `Hp` pool heads.
 
 use infinity_kernels::act::{gelu_forward, silu_forward};
-use infinity_kernels::adaln::{gated_residual_forward, modulate_forward};
+use infinity_kernels::adaln::{gated_residual_forward, modulate_forward, scale_gates};
 use infinity_kernels::attention::{
     attention_forward, block_causal_segments, cross_segments, normalize_heads_forward, AttnDims,
 };
@@ -46,6 +46,36 @@ pub struct ModelInput<'a, T> {
     pub token_weights: &'a [f64],
     /// Label smoothing of the bitwise cross-entropy (upstream `--ls`, default 0).
     pub label_smoothing: f64,
+    /// `[depth, B, 2]` stochastic-depth factors of each block's two gated branches (self-attention,
+    /// FFN) per sample: `keep / (1 − p)` ([`drop_path_factors`]); empty: no drop path (evaluation).
+    pub drop_path: &'a [T],
+}
+
+impl<T> ModelInput<'_, T> {
+    /// Block `blk`'s `[B, 2]` drop-path factors (empty without drop path).
+    pub fn block_drop_path(&self, blk: usize) -> &[T] {
+        match self.drop_path.is_empty() {
+            true => &[],
+            false => &self.drop_path[blk * 2 * self.b..(blk + 1) * 2 * self.b],
+        }
+    }
+}
+
+/// Upstream's stochastic depth (`drop_path_rate`, timm's `DropPath` on the self-attention and FFN
+/// branches, not the cross-attention) for one sample: the block's rate grows linearly from 0 at the
+/// first block to `rate` at the last (`torch.linspace(0, rate, depth)`), each branch is kept with
+/// probability `1 − p` and then scaled by `1 / (1 − p)`. Returns `[depth, 2]` factors drawn from `u`
+/// (uniform in `[0, 1)`, two per block); all ones when `rate` is 0.
+pub fn drop_path_factors(rate: f64, depth: usize, mut u: impl FnMut() -> f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(2 * depth);
+    for blk in 0..depth {
+        let p = if depth > 1 { rate * blk as f64 / (depth - 1) as f64 } else { 0.0 };
+        for _ in 0..2 {
+            let keep = u() >= p;
+            out.push(if keep { (1.0 / (1.0 - p)) as f32 } else { 0.0 });
+        }
+    }
+    out
 }
 
 /// Split `[B, k·C]` rows into the `j`-th `[B, C]` part.
@@ -247,7 +277,7 @@ pub fn forward_into<T: Real>(cfg: &ModelConfig, lay: &Layout, p: &Params<T>, inp
             Some(next) => std::mem::take(&mut next.x_in),
             None => std::mem::take(&mut a.x_out),
         };
-        block_forward(cfg, lay, p, blk, a, &mut s, &mut x_next, inp.rope);
+        block_forward(cfg, lay, p, blk, a, &mut s, &mut x_next, inp);
         a.blocks[blk] = s;
         match a.blocks.get_mut(blk + 1) {
             Some(next) => next.x_in = x_next,
@@ -290,8 +320,9 @@ fn block_forward<T: Real>(
     a: &Acts<T>,
     s: &mut BlockActs<T>,
     x_out: &mut Vec<T>,
-    rope: &RopeTable,
+    inp: &ModelInput<T>,
 ) {
+    let rope = inp.rope;
     let (b, l, c, h) = (a.b, a.l, cfg.embed_dim, cfg.num_heads);
     let n = b * l;
     let w = |s: &str| p.get(lay, &format!("blocks.{blk}.{s}"));
@@ -302,6 +333,10 @@ fn block_forward<T: Real>(
         for (v, g) in row.iter_mut().zip(ada) {
             *v += *g;
         }
+    }
+    let drop_path = inp.block_drop_path(blk);
+    if !drop_path.is_empty() {
+        scale_gates(&mut s.gss, drop_path, 2, c, 6 * c); // γ1, γ2 of each sample: kept/(1−p) or 0
     }
     let g = |j: usize| part(&s.gss, b, 6, j, c);
     let (gamma1, gamma2, scale1, scale2, shift1, shift2) = (g(0), g(1), g(2), g(3), g(4), g(5));
@@ -394,4 +429,38 @@ fn block_forward<T: Real>(
     linear_forward(&s.g, w("ffn.fc2.weight"), Some(w("ffn.fc2.bias")), &mut s.f2, n, hf, c);
     copy_into(x_out, &s.x_ca);
     gated_residual_forward(x_out, &s.f2, &gamma2, l, c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_path_factors;
+    use rand::{Rng, SeedableRng};
+
+    /// Rates linear in depth from 0, each branch dropped with its block's rate, kept ones scaled so
+    /// that the expected factor is 1 (timm's `DropPath` with `scale_by_keep`).
+    #[test]
+    fn drop_path_rates_grow_with_depth_and_keep_the_mean() {
+        let (rate, depth, draws) = (0.3, 4, 40_000);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let mut dropped = vec![0usize; depth];
+        let mut sum = vec![0.0f64; depth];
+        for _ in 0..draws {
+            let f = drop_path_factors(rate, depth, || rng.random::<f64>());
+            for blk in 0..depth {
+                for &v in &f[2 * blk..2 * blk + 2] {
+                    dropped[blk] += (v == 0.0) as usize;
+                    sum[blk] += v as f64;
+                }
+            }
+        }
+        for blk in 0..depth {
+            let p = rate * blk as f64 / (depth - 1) as f64;
+            let freq = dropped[blk] as f64 / (2 * draws) as f64;
+            assert!((freq - p).abs() < 0.01, "block {blk}: dropped {freq}, rate {p}");
+            assert!((sum[blk] / (2 * draws) as f64 - 1.0).abs() < 0.02, "block {blk}: mean factor");
+        }
+        assert_eq!(dropped[0], 0, "the first block is never dropped");
+        assert!(drop_path_factors(0.0, 3, || 0.0).iter().all(|&v| v == 1.0));
+        assert_eq!(drop_path_factors(0.5, 1, || 0.0), [1.0, 1.0], "one block: rate 0 (linspace(0, r, 1))");
+    }
 }

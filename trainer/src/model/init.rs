@@ -31,12 +31,17 @@ impl Default for InitConfig {
 /// bounds do not scale with std), then scaled.
 fn trunc_normal(rng: &mut ChaCha8Rng, std: f64) -> f32 {
     loop {
-        let (u1, u2): (f64, f64) = (rng.random_range(f64::MIN_POSITIVE..1.0), rng.random());
-        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std;
+        let z = standard_normal(rng) * std;
         if (-2.0..=2.0).contains(&z) {
             return z as f32;
         }
     }
+}
+
+/// A standard normal draw (Box–Muller), as `torch.randn`'s values: not truncated.
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.random_range(f64::MIN_POSITIVE..1.0), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// How upstream's `init_weights` fills a tensor, by name.
@@ -48,7 +53,7 @@ enum Fill {
     One,
     /// Truncated normal, std 1.2 / √Ct5.
     CfgUncond,
-    /// Truncated normal, std 1 / √C (then `special_init`'s factors).
+    /// Normal (`torch.randn`, not truncated), std 1 / √C (then `special_init`'s factors).
     AdaGss,
     /// ln 4, the attention temperatures.
     ScaleMul,
@@ -97,7 +102,7 @@ pub fn init_params(cfg: &ModelConfig, lay: &Layout, init: &InitConfig, seed: u64
                 let s = (cfg.text_channels as f64).sqrt();
                 fill(&mut || (trunc_normal(&mut rng, 1.2) as f64 / s) as f32);
             }
-            Fill::AdaGss => fill(&mut || (trunc_normal(&mut rng, 1.0) as f64 / c.sqrt()) as f32),
+            Fill::AdaGss => fill(&mut || (standard_normal(&mut rng) / c.sqrt()) as f32),
             Fill::ScaleMul => fill(&mut || 4f32.ln()),
             Fill::PoolQuery => fill(&mut || trunc_normal(&mut rng, (1.0 / c / 3.0).sqrt())),
             Fill::Tini => fill(&mut || trunc_normal(&mut rng, tini)),
@@ -152,6 +157,12 @@ mod tests {
             std(gamma) < 1e-5 * 2.0 / 128f64.sqrt() && std(rest) < 2e-3 / 128f64.sqrt(),
             "ada_gss gammas ×alng, the rest ×aln"
         );
+        // randn, not truncated at 2σ: about 4.6 % of the 4 × 6 × 128 values lie beyond
+        let aln = InitConfig::default().aln / 128f64.sqrt();
+        let all: Vec<f32> =
+            (0..4).flat_map(|b| p.get(&lay, &format!("blocks.{b}.ada_gss"))[2 * 128..].to_vec()).collect();
+        let beyond = all.iter().filter(|&&x| (x as f64).abs() > 2.0 * aln).count() as f64 / all.len() as f64;
+        assert!((0.02..0.08).contains(&beyond), "ada_gss beyond 2σ: {beyond}");
         assert!(p.get(&lay, "text_norm.weight").iter().all(|&x| x == 1.0));
         let a = init_params(&cfg, &lay, &InitConfig::default(), 3);
         assert_eq!(a.data, p.data, "same seed, same weights");

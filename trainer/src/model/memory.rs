@@ -301,35 +301,26 @@ fn copy(step: &GpuStep) -> usize {
     }
 }
 
-/// The most the backward holds after the blocks, by stage (gpu::backward::backward's tail): the
-/// input tokens' gradients, then the text path's (whose `T·Ct` buffers can outgrow a block's with long
-/// captions and a short schedule).
+/// The most the backward holds after the blocks, by stage (gpu::backward::backward's tail, in f32
+/// throughout: upstream's fp32 island, so its GEMMs take no bf16 copies): the input tokens' gradients,
+/// then the text path's (whose `T·Ct` buffers can outgrow a block's with long captions and a short
+/// schedule).
 fn tail_peak(cfg: &ModelConfig, step: &GpuStep) -> u64 {
-    let (b, l, n, c, d) = (step.micro_batch, step.tokens, tokens(step), cfg.embed_dim, cfg.d);
-    let cp = copy(step);
+    let (b, l, n, c) = (step.micro_batch, step.tokens, tokens(step), cfg.embed_dim);
     let small = Tally::default().f32(b * c).f32(b * c).f32(b * c).0; // dcond, dhs, dhb
-                                                                     // dshared_gss, dhead_ss, dx, dwe and the copies for word_embed's weight gradient (dwe, the inputs)
-    let mut stages = vec![
-        Tally::default()
-            .f32(b * 6 * c)
-            .f32(b * 2 * c)
-            .f32(n * c)
-            .f32(b * (l - 1) * c)
-            .add(b * (l - 1) * c, cp)
-            .add(b * (l - 1) * d, cp)
-            .0,
-    ];
+                                                                     // dshared_gss, dhead_ss, dx, dwe
+    let mut stages = vec![Tally::default().f32(b * 6 * c).f32(b * 2 * c).f32(n * c).f32(b * (l - 1) * c).0];
     if cfg.has_cross_attention() {
         let (nt, ct, hp) = (b * step.text_tokens, cfg.text_channels, cfg.pool_heads());
         let dkv_ca = Tally::default().f32(nt * c).0;
         stages.extend([
             dkv_ca + Tally::default().f32(b * c).f32(b * c).f32(2 * nt * c).f32(b * hp).0, // pool: dpool, dq, dk, dv, delta
             dkv_ca + Tally::default().f32(b * c).f32(2 * nt * c).f32(nt * 2 * c).0,        // dq, dk, dv, dpkv
-            dkv_ca + Tally::default().f32(nt * 2 * c).f32(nt * ct).add(nt * 2 * c, cp).add(nt * ct, cp).0, // mat_kv: dpkv, dkv, copies
-            dkv_ca + Tally::default().f32(nt * ct).f32(nt * c).add(nt * c, cp).add(nt * c, cp).0, // ca.2: dkv, dt1g, copies
-            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * c).0, // GELU: dkv, dt1g, dt1
-            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * ct).add(nt * c, cp).add(nt * ct, cp).0, // ca.0: dkv, dt1, dkv2, copies
-            Tally::default().f32(nt * ct).f32(nt * ct).0, // text_norm: dkv, dkv_in
+            dkv_ca + Tally::default().f32(nt * 2 * c).f32(nt * ct).0,                      // mat_kv: dpkv, dkv
+            dkv_ca + Tally::default().f32(nt * ct).f32(nt * c).0,                          // ca.2: dkv, dt1g
+            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * c).0,                       // GELU: dkv, dt1g, dt1
+            Tally::default().f32(nt * ct).f32(nt * c).f32(nt * ct).0,                      // ca.0: dkv, dt1, dkv2
+            Tally::default().f32(nt * ct).f32(nt * ct).0,                                  // text_norm: dkv, dkv_in
         ]);
     }
     small + stages.into_iter().max().unwrap_or(0)

@@ -348,8 +348,14 @@ fn fits_markdown(fits: &[&Fit], r: f64, notes: &[String]) -> String {
     for f in fits {
         let _ = writeln!(s, "## {}\n\n{} runs, RMS of the log residuals {:.4}\n", f.formula, f.n, f.rmse_log);
         s.push_str("| coefficient | value | 95 % interval |\n|---|---|---|\n");
+        // no interval: too few runs for the coefficients, or a covariance the runs leave singular (a
+        // coefficient at its bound, such as E at 0, or two that the runs do not separate)
+        let why = match f.n <= f.coefs.len() {
+            true => "– (no degrees of freedom)",
+            false => "– (not determined: the fit's covariance is singular)",
+        };
         for c in &f.coefs {
-            let ci = c.ci95.map_or("– (no degrees of freedom)".into(), |(lo, hi)| format!("[{lo:.5}, {hi:.5}]"));
+            let ci = c.ci95.map_or(why.into(), |(lo, hi)| format!("[{lo:.5}, {hi:.5}]"));
             let _ = writeln!(s, "| {} | {:.5} | {} |", c.name, c.value, ci);
         }
         s.push('\n');
@@ -390,6 +396,16 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_missing_interval_gives_its_reason() {
+        use super::fit::{Coef, Fit};
+        let coefs = |k: usize| (0..k).map(|_| Coef { name: "E", value: 0.0, ci95: None }).collect::<Vec<_>>();
+        let fit = |n: usize| Fit { formula: "L = E + A/N^α + B/D^β", coefs: coefs(5), n, rmse_log: 0.0 };
+        let (nine, five) = (fit(9), fit(5));
+        assert!(super::fits_markdown(&[&nine], 0.9, &[]).contains("covariance is singular"));
+        assert!(super::fits_markdown(&[&five], 0.9, &[]).contains("no degrees of freedom"));
+    }
+
     #[test]
     fn run_names_sort_by_their_numbers() {
         let mut names = ["lr-3e-3", "lr-1e-4", "drop-0.1", "drop-0.05", "dim-128", "dim-64", "lr-0.001"];

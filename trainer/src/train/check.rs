@@ -36,6 +36,16 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         m.d,
         m.schedules.len()
     ));
+    // a repeated id (a shard copied under another name) trains twice, with the same flips and drops
+    let mut ids = std::collections::HashSet::new();
+    let repeated: Vec<u64> = (0..ds.num_rows()).map(|g| ds.row(g).id).filter(|&id| !ids.insert(id)).collect();
+    if let Some(first) = repeated.first() {
+        out.push(format!(
+            "warning: {} rows repeat an earlier row's id (first: id {first}); they are drawn as often as the \
+             others, with the same self-correction flips and condition drops (`infinity data verify` names them)",
+            repeated.len()
+        ));
+    }
     let n = lay.numel as f64;
     out.push(format!(
         "model {}: depth {}, width {}, {} heads, {:.1} M parameters",
@@ -86,12 +96,14 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         b * mix.mean_flops
     ));
     out.push(format!(
-        "run: {} steps, {:.3e} tokens, {:.3e} training FLOPs, {:.2} epochs of the dataset",
+        "run: {} steps, {:.3e} tokens, {:.3e} training FLOPs, {:.2} epochs of the {} rows an epoch draws",
         cfg.run.steps,
         steps * b * mean_tokens,
         steps * b * mix.mean_flops,
-        steps * b / ds.num_rows() as f64
+        steps * b / mix.rows_per_epoch.max(1) as f64,
+        mix.rows_per_epoch
     ));
+    out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()));
     // f32 weights, gradients and the two AdamW moments; a checkpoint holds all but the gradients
     out.push(format!(
         "memory: {:.2} GB of weights, gradients and AdamW moments (f32) per rank without ZeRO-1; checkpoints \

@@ -197,6 +197,11 @@ pub struct ModelSection {
     /// Probability of dropping a sample's condition (classifier-free guidance).
     #[serde(default = "default_cond_drop")]
     pub cond_drop_rate: f64,
+    /// Stochastic depth at the last block (upstream `drop_path_rate`, 0 at the first block, linear in
+    /// between), on the self-attention and FFN branches in training. Unset: the preset's (0.1 for
+    /// upstream's presets, as their `--dp -1` default; 0 for tiny and small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_path_rate: Option<f64>,
     /// Start a fresh run from these weights instead of a random initialisation (upstream's
     /// `--rush_resume`: fine-tuning, or the next resolution of a progressive recipe): a checkpoint or
     /// run folder (its newest checkpoint) or a safetensors file with upstream names (an export). The
@@ -354,7 +359,8 @@ pub struct SampleSection {
     /// Samples per condition.
     pub per_condition: usize,
     pub cfg: f64,
-    /// Temperature and per-bit top-p (0 = off), as `infinity sample --tau --top-p`.
+    /// Temperature and per-bit top-p (0 = off), as `infinity sample --tau --top-p` (and their defaults,
+    /// upstream's: 0.5 and 0.97).
     pub tau: f64,
     pub top_p: f64,
     pub seed: u64,
@@ -362,7 +368,7 @@ pub struct SampleSection {
 
 impl Default for SampleSection {
     fn default() -> Self {
-        SampleSection { every: 0, n: 8, per_condition: 2, cfg: 3.0, tau: 1.0, top_p: 0.0, seed: 0 }
+        SampleSection { every: 0, n: 8, per_condition: 2, cfg: 3.0, tau: 0.5, top_p: 0.97, seed: 0 }
     }
 }
 
@@ -436,6 +442,9 @@ impl TrainConfig {
                 self.run.steps
             );
         }
+        if self.val.every > 0 && self.val.dir.is_none() {
+            tracing::warn!("val.every = {} without val.dir: no validation runs", self.val.every);
+        }
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
             bail!("loss.label_smoothing must be in [0, 1), found {}", self.loss.label_smoothing);
         }
@@ -444,6 +453,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
             bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
+        }
+        if let Some(r) = self.model.drop_path_rate.filter(|r| !(0.0..1.0).contains(r)) {
+            bail!("model.drop_path_rate must be in [0, 1), found {r}");
         }
         if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
             bail!("model.init_from: {} does not exist", p.display());
@@ -515,6 +527,7 @@ impl TrainConfig {
         c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
         c.d = d;
         c.cond_drop_rate = m.cond_drop_rate;
+        c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
         // the preset's key layout, or the nearest that divides an overridden depth
         c.block_chunks = (1..=c.block_chunks).rev().find(|&k| c.depth.is_multiple_of(k)).unwrap_or(1);
         c.conditioning = match (m.conditioning.as_str(), num_classes, text) {

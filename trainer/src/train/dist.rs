@@ -369,10 +369,13 @@ pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<Op
     }))
 }
 
-/// A flag set by SIGTERM, SIGINT or SIGUSR1 (preemption): the loop checkpoints and exits cleanly.
+/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption) or SIGHUP (a closed terminal or ssh session,
+/// which reaches the whole process group, the ranks with their agent): the loop checkpoints and exits
+/// cleanly.
 pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR1] {
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)

@@ -1,6 +1,6 @@
 //! One micro-batch of a loader batch in model form: bitwise self-correction (on the host, or the
-//! latents and flip keys for the device to self-correct) and condition dropout, each drawn from a
-//! stream keyed by (seed, step, sample id).
+//! latents and flip keys for the device to self-correct), condition dropout and the blocks' drop path,
+//! each drawn from a stream keyed by (seed, step, sample id).
 
 use anyhow::{bail, Result};
 use infinity_data::loader::plan::keyed_rng;
@@ -11,7 +11,8 @@ use infinity_kernels::rope::RopeTable;
 use rand::Rng;
 
 use super::config::TrainConfig;
-use super::{STREAM_DROP, STREAM_FLIPS};
+use super::{STREAM_DROP, STREAM_DROP_PATH, STREAM_FLIPS};
+use crate::model::forward::drop_path_factors;
 use crate::model::{Condition, Conditioning, ModelConfig, ModelInput};
 
 /// One micro-batch in model form (owned buffers the `ModelInput` borrows).
@@ -27,6 +28,8 @@ pub(super) struct MicroBatch {
     pub(super) kv: Vec<f32>,
     pub(super) cu: Vec<usize>,
     pub(super) dropped: Vec<bool>,
+    /// `[depth, B, 2]` drop-path factors of the blocks' gated branches (empty at rate 0).
+    pub(super) drop_path: Vec<f32>,
 }
 
 impl MicroBatch {
@@ -53,12 +56,14 @@ impl MicroBatch {
             gt_bits: &self.gt_bits,
             token_weights,
             label_smoothing,
+            drop_path: &self.drop_path,
         }
     }
 }
 
-/// Bitwise self-correction and condition dropout (probability `cond_drop`) for rows `rows` of `batch`,
-/// with random streams keyed by (`seed`, `step`, sample id). With `on_device`, the latents and flip keys
+/// Bitwise self-correction, condition dropout (probability `cond_drop`) and drop path (the model's
+/// `drop_path_rate`) for rows `rows` of `batch`, with random streams keyed by (`seed`, `step`, sample
+/// id), so that a sample draws alike whatever the world size and micro-batch. With `on_device`, the latents and flip keys
 /// are gathered for the device to self-correct instead.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
@@ -83,11 +88,16 @@ pub(super) fn prepare(
         kv: vec![],
         cu: vec![0],
         dropped: vec![],
+        drop_path: vec![],
     };
+    let mut per_sample = Vec::new(); // [B, depth, 2] drop-path factors
     for i in rows {
         let id = batch.ids[i];
-        let latent =
-            batch.latent_f32(i).unwrap_or_else(|| bsq::latent_from_bits(&batch.unpacked_bits(i, d), d, scales));
+        let stored = batch.latent_f32(i).is_none().then(|| batch.unpacked_bits(i, d));
+        let latent = match &stored {
+            Some(bits) => bsq::latent_from_bits(bits, d, scales),
+            None => batch.latent_f32(i).expect("a latent"),
+        };
         // (the loader checks lengths, not values: a NaN here would quietly become labels)
         if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
             let detail = format!("its latent holds {} at value {j}", latent[j]);
@@ -99,9 +109,16 @@ pub(super) fn prepare(
             mb.keys.push(key);
         } else {
             let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
-            let sc = bsq::self_correct(&latent, d, scales, Some(&flips));
+            let sc = match &stored {
+                Some(bits) => bsq::self_correct_stored(bits, d, scales, Some(&flips)),
+                None => bsq::self_correct(&latent, d, scales, Some(&flips)),
+            };
             mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
             mb.gt_bits.extend_from_slice(&sc.bits);
+        }
+        if mc.drop_path_rate > 0.0 {
+            let mut rng = keyed_rng(seed, &[STREAM_DROP_PATH, step, id]);
+            per_sample.extend(drop_path_factors(mc.drop_path_rate, mc.depth, || rng.random::<f64>()));
         }
         let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
         match &mc.conditioning {
@@ -119,6 +136,15 @@ pub(super) fn prepare(
                 mb.kv.extend_from_slice(&t);
                 mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
                 mb.dropped.push(drop);
+            }
+        }
+    }
+    // [B, depth, 2] → [depth, B, 2]: each block reads its factors as one slice
+    if !per_sample.is_empty() {
+        let (b, depth) = (mb.b, mc.depth);
+        for blk in 0..depth {
+            for bi in 0..b {
+                mb.drop_path.extend_from_slice(&per_sample[(bi * depth + blk) * 2..][..2]);
             }
         }
     }

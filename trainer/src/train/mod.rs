@@ -1,8 +1,8 @@
 //! `infinity train`: the training loop, in one readable function (what it starts from: `setup.rs`).
 //!
-//! Every random choice (initial weights, data order, self-correction flips, condition dropout) comes
-//! from a stream keyed by (seed, step, sample id), so a run is a pure function of its config and
-//! a resumed run continues bit for bit: a checkpoint needs no RNG state beyond the step.
+//! Every random choice (initial weights, data order, self-correction flips, condition dropout, drop
+//! path) comes from a stream keyed by (seed, step, sample id), so a run is a pure function of its
+//! config and a resumed run continues bit for bit: a checkpoint needs no RNG state beyond the step.
 
 pub mod check;
 pub mod checkpoint;
@@ -53,6 +53,7 @@ use crate::optim::clip_grad_norm;
 const STREAM_INIT: u64 = 1;
 pub(crate) const STREAM_FLIPS: u64 = 2;
 pub(crate) const STREAM_DROP: u64 = 3;
+pub(crate) const STREAM_DROP_PATH: u64 = 4;
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
@@ -144,6 +145,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         mix.mean_tokens * cfg.data.global_batch as f64,
         mix.mean_flops * cfg.data.global_batch as f64
     );
+    if let Some(w) = mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()) {
+        console!("{w}");
+    }
+    if cfg.model.preset == "8b" {
+        console!(
+            "warning: the 8b preset trains its tokens' {} bits at the schedule's resolution; upstream's 8B tokens \
+             (apply_spatial_patchify: d = 14 at twice the resolution, 2×2 unshuffled) self-correct otherwise \
+             (docs/training.md)",
+            mc.d
+        );
+    }
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     let (mut params, mut opt, mut state) =
@@ -183,9 +195,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         ema_crc32c: None,
         spike_window: None,
     });
-    // the spike guard's window continues from the checkpoint's (and is dropped when the guard is off)
+    // the spike guard's window continues from the checkpoint's (kept with the guard off too: its
+    // z-scores are logged)
     let spike_limits = SpikeLimits::of(&cfg.optim);
-    st.spike_window = spike_limits.map(|l| SpikeWindow::resumed(st.spike_window.take(), l.window));
+    st.spike_window = Some(SpikeWindow::resumed(st.spike_window.take(), spike_limits.window));
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
     // ZeRO-1: keep only this rank's shard of the optimiser state
@@ -275,7 +288,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * micro_batch..(micro + 1) * micro_batch;
-            let on_device = compute.self_corrects();
+            // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
+            let on_device = compute.self_corrects() && m.latent.is_some();
             let tp = Instant::now();
             let mb =
                 prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device)?;
@@ -327,8 +341,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         };
         let lr = schedule.lr(st.step, cfg.run.steps);
         let finite = loss.is_finite() && grad_norm.is_finite();
-        let spike = match (spike_limits, st.spike_window.as_mut()) {
-            (Some(l), Some(w)) if finite => w.judge(&l, loss, grad_norm),
+        let spike = match st.spike_window.as_mut() {
+            Some(w) if finite => w.judge(&spike_limits, loss, grad_norm),
             _ => Verdict::default(),
         };
         if let Some(why) = &spike.skip {

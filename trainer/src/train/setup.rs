@@ -66,6 +66,10 @@ pub struct TokenMix {
     pub mean_tokens: f64,
     /// Training FLOPs per sample, the mean over the drawn batches.
     pub mean_flops: f64,
+    /// Rows an epoch draws: each bucket's whole global batches.
+    pub rows_per_epoch: u64,
+    /// `(schedule, rows)` of the buckets holding fewer rows than a global batch, which no epoch draws.
+    pub undrawn: Vec<(String, u64)>,
 }
 
 impl TokenMix {
@@ -76,14 +80,36 @@ impl TokenMix {
         let rows: Vec<u64> = (0..m.schedules.len())
             .map(|b| m.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum())
             .collect();
-        let batches: Vec<u64> = rows.iter().map(|r| r / global_batch.max(1) as u64).collect();
+        let g = global_batch.max(1) as u64;
+        let batches: Vec<u64> = rows.iter().map(|r| r / g).collect();
+        let rows_per_epoch = batches.iter().sum::<u64>() * g;
+        let undrawn = (0..rows.len())
+            .filter(|&b| rows[b] > 0 && batches[b] == 0)
+            .map(|b| (m.schedules[b].name.clone(), rows[b]))
+            .collect();
         let weights = if batches.iter().any(|&b| b > 0) { batches } else { rows };
         let total = weights.iter().sum::<u64>().max(1) as f64;
         let mean = |per_sample: &dyn Fn(usize) -> f64| {
             (0..weights.len()).map(|b| weights[b] as f64 * per_sample(b)).sum::<f64>() / total
         };
         let tokens = |b: usize| m.schedules[b].num_tokens() as f64;
-        TokenMix { mean_tokens: mean(&tokens), mean_flops: mean(&|b| tokens(b) * flops_per_token[b]), flops_per_token }
+        let mean_flops = mean(&|b| tokens(b) * flops_per_token[b]);
+        TokenMix { mean_tokens: mean(&tokens), mean_flops, flops_per_token, rows_per_epoch, undrawn }
+    }
+
+    /// A warning naming the buckets no epoch draws (fewer rows than a global batch), if any.
+    pub fn undrawn_warning(&self, global_batch: usize, total_rows: u64) -> Option<String> {
+        let never: u64 = self.undrawn.iter().map(|(_, r)| r).sum();
+        let list: Vec<String> = self.undrawn.iter().map(|(name, rows)| format!("{name} ({rows} rows)")).collect();
+        (!self.undrawn.is_empty()).then(|| {
+            format!(
+                "warning: {never} of {total_rows} rows ({:.1} %) are never trained on: their buckets hold fewer \
+                 rows than a global batch of {global_batch}: {} (a smaller data.global_batch, or more data of \
+                 those schedules, draws them)",
+                100.0 * never as f64 / total_rows.max(1) as f64,
+                list.join(", ")
+            )
+        })
     }
 }
 

@@ -27,13 +27,11 @@ pub struct SpikeLimits {
 }
 
 impl SpikeLimits {
-    /// The limits `optim` sets, or `None` when it judges neither value.
-    pub fn of(optim: &OptimSection) -> Option<SpikeLimits> {
-        (optim.skip_loss_z > 0.0 || optim.skip_grad_z > 0.0).then_some(SpikeLimits {
-            loss_z: optim.skip_loss_z,
-            grad_z: optim.skip_grad_z,
-            window: optim.spike_window,
-        })
+    /// The limits `optim` sets. With both at 0 nothing is skipped, but the window is kept all the same:
+    /// every step's z-scores are logged, so a run shows how far its ordinary steps stray before a
+    /// limit is chosen.
+    pub fn of(optim: &OptimSection) -> SpikeLimits {
+        SpikeLimits { loss_z: optim.skip_loss_z, grad_z: optim.skip_grad_z, window: optim.spike_window }
     }
 }
 

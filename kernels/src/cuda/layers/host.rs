@@ -171,6 +171,20 @@ pub fn gated_residual(
     down(dev, &out, res.len())
 }
 
+/// [`scale_gates_dev`] on host slices.
+pub fn scale_gates(
+    dev: &Device,
+    x: &[f32],
+    factors: &[f32],
+    parts: usize,
+    c: usize,
+    stride: usize,
+) -> Result<Vec<f32>, CudaError> {
+    let (mut xd, fd) = (up(dev, x)?, up(dev, factors)?);
+    scale_gates_dev(dev, &mut xd, &fd, parts, c, stride)?;
+    down(dev, &xd, x.len())
+}
+
 /// `[dy, dgamma]` of [`gated_residual`]; dy stored in bf16 alone when `bf16` (returned widened).
 pub fn gated_residual_backward(
     dev: &Device,
