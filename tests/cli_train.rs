@@ -345,6 +345,10 @@ fn check_reports_a_run_without_starting_it() {
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(val.join("manifest.json")).unwrap()).unwrap();
     m["conditions"]["class"]["names"][0] = "zebra".into();
     std::fs::write(val.join("manifest.json"), m.to_string()).unwrap();
+    // an enumerated key's unknown value is named with the values it takes (not the Rust enum)
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--set", "run.device=gpu"]);
+    assert!(e.contains("unknown value `gpu` (expected \"cpu\", \"cuda\" or \"auto\")") && code == 2, "{code}: {e}");
+    assert!(!e.contains("DeviceChoice"), "{e}");
     let val_dir = format!("val.dir={}", path_str(&val));
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--set", &val_dir, "--set", "val.every=1"]);
     assert!(e.contains("class 0 is `zebra` there and") && code == 2, "{code}: {e}");

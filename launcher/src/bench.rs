@@ -19,7 +19,7 @@ pub struct CommBenchArgs {
     /// All-reduce buffer size in MiB (f32).
     #[arg(long, default_value_t = 64, value_parser = crate::positive())]
     pub mib: usize,
-    /// Timed repetitions (after one warm-up).
+    /// Timed repetitions (after one warm-up), of the all-reduce and of the raw ring alike.
     #[arg(long, default_value_t = 5, value_parser = crate::positive())]
     pub iters: usize,
     /// Ranks for the rendezvous timing.
@@ -78,8 +78,15 @@ pub fn raw_loopback(bytes: usize) -> Result<f64> {
 
 /// Per-stream throughput of `world` loopback TCP streams running at once in a ring (each thread sends
 /// `bytes` to the next while receiving as much from the previous): the raw transport a ring of that
-/// size can use on this machine, bytes per second.
-pub fn raw_ring(world: usize, bytes: usize) -> Result<f64> {
+/// size can use on this machine, bytes per second. Measured as the all-reduce is, so the two compare:
+/// one warm-up pass, then the median of `iters` passes, each as long as its slowest stream.
+pub fn raw_ring(world: usize, bytes: usize, iters: usize) -> Result<f64> {
+    let passes = raw_ring_passes(world, bytes, iters)?;
+    Ok(bytes as f64 / passes[iters / 2])
+}
+
+/// The seconds of each timed pass of [`raw_ring`] (after the warm-up), sorted.
+fn raw_ring_passes(world: usize, bytes: usize, iters: usize) -> Result<Vec<f64>> {
     let listeners: Vec<TcpListener> =
         (0..world).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
     let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr()).collect::<std::io::Result<_>>()?;
@@ -87,28 +94,31 @@ pub fn raw_ring(world: usize, bytes: usize) -> Result<f64> {
         (0..world).map(|r| TcpStream::connect(addrs[(r + 1) % world])).collect::<std::io::Result<_>>()?;
     let ins: Vec<TcpStream> = listeners.iter().map(|l| l.accept().map(|(s, _)| s)).collect::<std::io::Result<_>>()?;
     let barrier = std::sync::Barrier::new(world);
-    let t0 = std::sync::Mutex::new(None::<Instant>);
-    std::thread::scope(|sc| -> Result<()> {
+    let times = std::thread::scope(|sc| -> Result<Vec<Vec<f64>>> {
         let mut hs = Vec::new();
         for (mut out, mut inp) in outs.into_iter().zip(ins) {
-            let (barrier, t0) = (&barrier, &t0);
-            hs.push(sc.spawn(move || -> std::io::Result<()> {
-                barrier.wait();
-                t0.lock().unwrap().get_or_insert_with(Instant::now);
-                std::thread::scope(|inner| {
-                    let w = inner.spawn(move || send_bytes(&mut out, bytes));
-                    recv_bytes(&mut inp, bytes)?;
-                    w.join().expect("writer")
-                })
+            let barrier = &barrier;
+            hs.push(sc.spawn(move || -> std::io::Result<Vec<f64>> {
+                let mut times = Vec::new();
+                for _ in 0..=iters {
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    std::thread::scope(|inner| {
+                        let w = inner.spawn(|| send_bytes(&mut out, bytes));
+                        recv_bytes(&mut inp, bytes)?;
+                        w.join().expect("writer")
+                    })?;
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+                Ok(times)
             }));
         }
-        for h in hs {
-            h.join().expect("ring thread")?;
-        }
-        Ok(())
+        hs.into_iter().map(|h| Ok(h.join().expect("ring thread")?)).collect()
     })?;
-    let secs = t0.lock().unwrap().expect("started").elapsed().as_secs_f64();
-    Ok(bytes as f64 / secs)
+    // each pass as long as its slowest stream; the first is the warm-up
+    let mut passes: Vec<f64> = (1..=iters).map(|i| times.iter().map(|t| t[i]).fold(0.0, f64::max)).collect();
+    passes.sort_by(f64::total_cmp);
+    Ok(passes)
 }
 
 /// Median all-reduce time of `n` f32 over a `world`-rank ring, seconds.
@@ -165,6 +175,10 @@ pub fn rendezvous_time(world: usize) -> Result<f64> {
 }
 
 pub fn run(a: &CommBenchArgs) -> Result<()> {
+    // one rank moves no bytes: its all-reduce is a copy, with no bus bandwidth to compare
+    if a.ranks.contains(&1) {
+        anyhow::bail!("--ranks 1: a ring of one rank sends nothing, so it has no bandwidth; measure 2 ranks or more");
+    }
     let bytes = a.mib << 20;
     let raw = raw_loopback(bytes.max(256 << 20))?;
     console!("raw loopback TCP, one stream: {:.2} GB/s", raw / 1e9);
@@ -172,7 +186,7 @@ pub fn run(a: &CommBenchArgs) -> Result<()> {
     console!("|---|---|---|---|---|---|---|---|");
     for &w in &a.ranks {
         let secs = ring_all_reduce(w, bytes / 4, a.iters)?;
-        let ring_raw = raw_ring(w, bytes)?;
+        let ring_raw = raw_ring(w, bytes, a.iters)?;
         let algbw = bytes as f64 / secs;
         let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
         console!(
@@ -189,4 +203,26 @@ pub fn run(a: &CommBenchArgs) -> Result<()> {
     let t = rendezvous_time(a.rdzv_ranks)?;
     console!("rendezvous of {} ranks (connect + token + world check + wait): {:.1} ms", a.rdzv_ranks, t * 1e3);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rank_is_refused_before_anything_is_measured() {
+        let a = CommBenchArgs { ranks: vec![2, 1], mib: 1 << 20, iters: 5, rdzv_ranks: 2 };
+        let e = format!("{:#}", run(&a).unwrap_err());
+        assert!(e.contains("--ranks 1") && e.contains("2 ranks or more"), "{e}");
+    }
+
+    /// The raw ring is measured as the all-reduce is (one cold pass made `busbw / raw ring` 409 %):
+    /// a warm-up, then the median of the timed passes.
+    #[test]
+    fn the_raw_ring_is_warmed_up_and_timed_over_several_passes() {
+        let passes = raw_ring_passes(3, 1 << 20, 4).unwrap();
+        assert_eq!(passes.len(), 4);
+        assert!(passes.windows(2).all(|w| w[0] <= w[1]) && passes[0] > 0.0, "{passes:?}");
+        assert!(raw_ring(2, 1 << 20, 3).unwrap() > 0.0);
+    }
 }

@@ -143,12 +143,15 @@ pub fn job_port(base: u16, job_id: Option<&str>) -> Option<u16> {
     job_id?.trim().parse::<u64>().ok().map(|id| base + (id % 10_000) as u16)
 }
 
-/// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5.
+/// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5; a host
+/// with several bracket groups takes every combination, the first group outermost (as `scontrol show
+/// hostnames`): `r[1-2]-g[3-4]` → r1-g3, r1-g4, r2-g3, r2-g4.
 pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut rest = list.trim();
     while !rest.is_empty() {
-        // one item: a prefix, optionally one bracketed range list, up to the next top-level comma
+        // one item: a host expression with any number of bracketed range lists, up to the next
+        // top-level comma
         let end = {
             let mut depth = 0;
             let mut end = rest.len();
@@ -162,6 +165,9 @@ pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
                     }
                     _ => {}
                 }
+                if !(0..=1).contains(&depth) {
+                    bail!("node list {list:?}: unbalanced brackets");
+                }
             }
             if depth != 0 {
                 bail!("node list {list:?}: unbalanced brackets");
@@ -170,24 +176,34 @@ pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
         };
         let item = &rest[..end];
         rest = rest[end..].trim_start_matches(',');
-        match item.find('[') {
-            None => out.push(item.to_string()),
-            Some(open) => {
-                let close = item.rfind(']').with_context(|| format!("node list {list:?}: `{item}`"))?;
-                let (prefix, suffix) = (&item[..open], &item[close + 1..]);
-                for range in item[open + 1..close].split(',') {
-                    let (a, b) = range.split_once('-').unwrap_or((range, range));
-                    let width = a.len();
-                    let (lo, hi): (u64, u64) = (
-                        a.parse().with_context(|| format!("node list {list:?}: range `{range}`"))?,
-                        b.parse().with_context(|| format!("node list {list:?}: range `{range}`"))?,
-                    );
-                    if hi < lo || hi - lo > 100_000 {
-                        bail!("node list {list:?}: range `{range}`");
-                    }
-                    out.extend((lo..=hi).map(|i| format!("{prefix}{i:0width$}{suffix}")));
-                }
-            }
+        out.extend(expand_host(list, item)?);
+        if out.len() > MAX_NODES {
+            bail!("node list {list:?}: more than {MAX_NODES} hosts");
+        }
+    }
+    Ok(out)
+}
+
+/// The most hosts a node list may expand to (a typo's range would otherwise allocate without bound).
+const MAX_NODES: usize = 100_000;
+
+/// Every host one expression of a node list names (`list` for errors); brackets are balanced.
+fn expand_host(list: &str, item: &str) -> Result<Vec<String>> {
+    let Some(open) = item.find('[') else { return Ok(vec![item.to_string()]) };
+    let close = open + item[open..].find(']').with_context(|| format!("node list {list:?}: `{item}`"))?;
+    let (prefix, ranges) = (&item[..open], &item[open + 1..close]);
+    let suffixes = expand_host(list, &item[close + 1..])?;
+    let mut out = Vec::new();
+    for range in ranges.split(',') {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        let width = a.len();
+        let bad = || format!("node list {list:?}: range `{range}` in `{item}` (expected N or N-M, digits)");
+        let (lo, hi): (u64, u64) = (a.parse().with_context(bad)?, b.parse().with_context(bad)?);
+        if hi < lo || (hi - lo) as usize * suffixes.len() > MAX_NODES {
+            bail!("{}", bad());
+        }
+        for i in lo..=hi {
+            out.extend(suffixes.iter().map(|s| format!("{prefix}{i:0width$}{s}")));
         }
     }
     Ok(out)
@@ -205,6 +221,15 @@ mod tests {
         assert_eq!(parse_nodelist("x[8-10]").unwrap(), ["x8", "x9", "x10"]);
         assert!(parse_nodelist("n[1-2").is_err());
         assert!(parse_nodelist("n[3-1]").is_err());
+        // several bracket groups in one host: every combination, zero padding kept (scontrol's order)
+        assert_eq!(
+            parse_nodelist("rack1-[01-02]-gpu[3-4]").unwrap(),
+            ["rack1-01-gpu3", "rack1-01-gpu4", "rack1-02-gpu3", "rack1-02-gpu4"]
+        );
+        assert_eq!(parse_nodelist("a[1,3]b[08-09],c").unwrap(), ["a1b08", "a1b09", "a3b08", "a3b09", "c"]);
+        assert!(parse_nodelist("n[[1-2]]").is_err());
+        assert!(parse_nodelist("n[1-2]x[a]").is_err());
+        assert!(parse_nodelist("n[0-99999]m[0-99999]").is_err());
     }
 
     fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {

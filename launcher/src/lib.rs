@@ -4,30 +4,41 @@
 
 /// `println!` that ignores a closed stdout: a log pipe that died (a launcher killed, `| head`) must
 /// not stop a run mid-way, nor turn its exit code into a panic's. (The trainer's `#[macro_use]`s them.)
+/// The line goes out in one write, so a process stopped mid-way leaves no half line.
 #[macro_export]
 macro_rules! console {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::write_whole(&mut std::io::stdout().lock(), format_args!($($arg)*), true)
+    };
 }
 
-/// `eprintln!` that ignores a closed stderr (as [`console!`]).
+/// `eprintln!` that ignores a closed stderr (as [`console!`]). stderr is unbuffered: `writeln!` would
+/// write each piece of the format on its own, and a rank the agent stops between two of them would
+/// leave `error: ` with no message.
 #[macro_export]
 macro_rules! console_err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::write_whole(&mut std::io::stderr().lock(), format_args!($($arg)*), true)
+    };
 }
 
 /// `print!` that ignores a closed stdout (as [`console!`]).
 #[macro_export]
 macro_rules! console_text {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::write_whole(&mut std::io::stdout().lock(), format_args!($($arg)*), false)
+    };
+}
+
+/// Formats `args` (and a newline if `line`) into one buffer and writes it in one call, ignoring errors:
+/// the console macros' body.
+#[doc(hidden)]
+pub fn write_whole(w: &mut impl std::io::Write, args: std::fmt::Arguments, line: bool) {
+    let mut text = std::fmt::format(args);
+    if line {
+        text.push('\n');
+    }
+    let _ = w.write_all(text.as_bytes());
 }
 
 /// A count a command line takes that must be at least 1 (ranks, iterations, a batch, a world size), for
@@ -41,3 +52,27 @@ pub mod bench;
 pub mod comm;
 pub mod env;
 pub mod store;
+
+#[cfg(test)]
+mod tests {
+    /// Counts the writes it is given.
+    struct Writes(Vec<Vec<u8>>);
+
+    impl std::io::Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_console_line_is_one_write() {
+        let mut w = Writes(Vec::new());
+        let e = "the dataset is missing";
+        super::write_whole(&mut w, format_args!("[rank {}] error: {e}", 1), true);
+        assert_eq!(w.0, [b"[rank 1] error: the dataset is missing\n".to_vec()]);
+    }
+}

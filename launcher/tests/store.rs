@@ -131,3 +131,75 @@ fn a_peer_that_is_not_a_store_is_named() {
     };
     assert!(e.contains("\"HTTP\"") && e.contains("is the peer an infinity rendezvous store?"), "{e}");
 }
+
+/// A host that does not resolve (yet: a Kubernetes Service appears with its pod) is retried until the
+/// timeout, then named with it.
+#[test]
+fn an_unresolvable_host_is_retried_until_the_timeout() {
+    let t0 = Instant::now();
+    let e = match StoreClient::connect("no-such-host.invalid:29400", "tok", "x", Duration::from_millis(1500)) {
+        Ok(_) => panic!("connected to a host that does not exist"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(t0.elapsed() >= Duration::from_millis(1400), "gave up after {:?}: {e}", t0.elapsed());
+    assert!(e.contains("no-such-host.invalid:29400 not reachable within 2 s") && e.contains("resolve"), "{e}");
+}
+
+/// A silent peer on the store's port (another service, or a frozen host) fails the connect within its
+/// timeout, saying so.
+#[test]
+fn a_silent_peer_fails_within_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let t0 = Instant::now();
+    let e = match StoreClient::connect(&addr, "tok", "x", Duration::from_secs(2)) {
+        Ok(_) => panic!("a silent listener was taken for a store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    assert!(e.contains(&format!("no answer from {addr} within 2 s (is it an infinity store?)")), "{e}");
+    drop(listener);
+}
+
+/// A store that stops answering fails a call within the reply timeout, and the connection is not used
+/// again (a late reply would be taken for the next call's).
+#[test]
+fn an_unanswered_call_fails_within_the_reply_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // answers the hello, then nothing
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).unwrap();
+        let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+        s.read_exact(&mut body).unwrap();
+        s.write_all(&frame(&infinity_launcher::store::wire::Response::Ok)).unwrap();
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let mut c = StoreClient::connect(&addr, "tok", "x", T).unwrap();
+    c.set_reply_timeout(Duration::from_secs(1));
+    let t0 = Instant::now();
+    let e = format!("{:#}", c.check(&["k".into()]).unwrap_err());
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    assert!(e.contains("no answer from store") && e.contains("within 1 s"), "{e}");
+    assert!(c.is_broken());
+    assert!(format!("{:#}", c.check(&["k".into()]).unwrap_err()).contains("no longer used"));
+}
+
+/// Agents meeting: their errors name node ranks and `--nnodes`, and only missing nodes get the hint.
+#[test]
+fn agents_meeting_name_node_ranks() {
+    use infinity_launcher::store::{JoinedTwice, Members};
+    let (_s, addr) = server("t");
+    let mut n0 = StoreClient::connect(&addr, "t", "n0", T).unwrap();
+    let e = format!("{:#}", n0.meet("run/agents", 0, 2, Duration::from_millis(300), Members::Nodes).unwrap_err());
+    assert!(e.contains("node ranks [1] of 2 never arrived within 0 s (start `infinity launch` there)"), "{e}");
+    let mut dup = StoreClient::connect(&addr, "t", "dup", T).unwrap();
+    let e = dup.meet("run/agents", 0, 2, T, Members::Nodes).unwrap_err();
+    assert!(e.downcast_ref::<JoinedTwice>().is_some());
+    let e = format!("{e:#}");
+    assert!(e.contains("node rank 0 joined twice (two agents with --node-rank 0?)") && !e.contains("start"), "{e}");
+    let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes).unwrap_err());
+    assert!(e.contains("node rank 1 has --nnodes 3, node rank 0 has 2") && !e.contains("start"), "{e}");
+}

@@ -1,6 +1,7 @@
-//! `failure.json`: a failed attempt as a record for schedulers and dashboards, written into the
-//! attempt's log folder (`LOG_DIR/RUN_ID/attempt_K/failure.json`), beside the ranks' logs. The console
-//! says the same in words.
+//! `failure-nodeN.json`: a failed attempt as a record for schedulers and dashboards, written into the
+//! attempt's log folder (`LOG_DIR/RUN_ID/attempt_K/failure-nodeN.json`), beside the ranks' logs, one
+//! file per node (a `--log-dir` shared by the nodes keeps every node's). The console says the same in
+//! words.
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -47,9 +48,35 @@ pub(super) fn write(dir: &Path, attempt: u32, node: usize, root_cause: &str, ran
     let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let root_cause_here = !root_cause.starts_with("another node");
     let rec = Record { attempt, node, root_cause, root_cause_here, rank, next, unix_time };
-    let path = dir.join("failure.json");
+    let path = dir.join(format!("failure-node{node}.json"));
     let text = serde_json::to_string_pretty(&rec).expect("a record of strings and numbers");
-    if let Err(e) = std::fs::write(&path, text + "\n") {
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text + "\n")) {
         tracing::warn!("writing {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_writes_its_own_record_into_a_shared_log_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = {
+            use std::os::unix::process::ExitStatusExt;
+            ExitStatus::from_raw(3 << 8)
+        };
+        let rank = RankFailure::new(1, 42, &status, 2.5, vec!["boom".into()]);
+        write(dir.path(), 0, 0, "rank 1 (node 0, pid 42) exited with exit code 3", Some(&rank), "restart");
+        write(dir.path(), 0, 1, "another node: rank 1 (node 0, …)", None, "restart");
+        let read = |n: usize| -> serde_json::Value {
+            let text = std::fs::read_to_string(dir.path().join(format!("failure-node{n}.json"))).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let (node0, node1) = (read(0), read(1));
+        assert_eq!((node0["node"].as_u64(), node0["root_cause_here"].as_bool()), (Some(0), Some(true)));
+        assert_eq!(node0["rank"]["exit_code"].as_i64(), Some(3));
+        assert_eq!((node1["node"].as_u64(), node1["root_cause_here"].as_bool()), (Some(1), Some(false)));
+        assert!(!dir.path().join("failure.json").exists());
     }
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use tokio::task::JoinHandle;
 
 use super::elastic::{Group, Nodes, Rounds};
 use super::watch::post;
@@ -108,53 +109,132 @@ pub(super) fn failed_attempts(client: &mut StoreClient, run_id: &str, round: u32
     Ok(client.check(&keys)?.iter().filter(|&&p| p).count() as u32)
 }
 
-/// After the first meeting, every agent checks that all nodes launch the same group: the same ranks per
-/// node and restarts (a node that differs would otherwise surface later as ranks joining twice or a
-/// restart that one node never joins). An error on every node names the nodes and values that differ.
-/// `Err(report)` inside: a node never posted its settings within `timeout`.
-pub(super) async fn agree_on_settings(
+/// Store key (under the run id) of a fixed group's current attempt, which every agent sets as it meets
+/// the others for it.
+pub(super) const CURRENT_ATTEMPT: &str = "current-attempt";
+
+/// The attempt a fixed group's agent meets the others for first: the group's current one (0 for a new
+/// group). An agent that replaces a lost node's (a restarted pod or node) finds the lost agent's claim
+/// on that attempt: it waits (up to `timeout`) for the attempt to fail and joins the restart. A group
+/// that stops instead (a permanent failure, no restarts left, a signal) is an error.
+pub(super) fn first_attempt(
+    c: &mut StoreClient,
+    run_id: &str,
+    node: usize,
+    max_restarts: u32,
+    timeout: Duration,
+) -> Result<u32> {
+    let current = format!("{run_id}/{CURRENT_ATTEMPT}");
+    let (t0, mut said) = (Instant::now(), false);
+    loop {
+        let k: u32 = match c.check(std::slice::from_ref(&current))?[0] {
+            false => 0,
+            true => {
+                let v = String::from_utf8_lossy(&c.get(&current, timeout)?).into_owned();
+                v.parse().with_context(|| format!("store key {current} holds {v:?}: expected an attempt number"))?
+            }
+        };
+        let pre = format!("{run_id}/attempt-{k}");
+        // (this node's claim on the attempt's meeting, and how the attempt ended)
+        let keys = [format!("{pre}/agents/claims/{node}"), format!("{pre}/failed")]
+            .into_iter()
+            .chain(["failed-permanently", "signal"].map(|k| format!("{pre}/{k}")))
+            .collect::<Vec<_>>();
+        match c.check(&keys)?[..] {
+            [false, false, ..] => return Ok(k),
+            [_, true, true, _] => bail!("{run_id}: attempt {k} failed for good (a permanent failure): not joining"),
+            [_, true, false, _] if k >= max_restarts => {
+                bail!("{run_id}: attempt {k} failed with no restarts left (--max-restarts {max_restarts}): not joining")
+            }
+            [_, true, false, _] => return Ok(k + 1),
+            [_, _, _, true] => bail!("{run_id}: the group was stopped by a signal (attempt {k}): not joining"),
+            _ => {}
+        }
+        if !said {
+            console_err!(
+                "[launch] node {node} already joined attempt {k} (this node's previous agent, lost, or another \
+                 agent with --node-rank {node}): waiting for that attempt to end to join the restart"
+            );
+            said = true;
+        }
+        if t0.elapsed() >= timeout {
+            bail!(
+                "{run_id}: node rank {node} is taken in attempt {k}, which has not ended within {:.0} s: is \
+                 another agent running with --node-rank {node}?",
+                timeout.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Before a fixed group's first meeting (and after each elastic round's), every agent checks that all
+/// nodes launch the same group: the same number of nodes, ranks per node and restarts (a node that
+/// differs would otherwise surface later as a rendezvous that waits for a node that never comes, ranks
+/// joining twice or a restart that one node never joins). Each agent posts its settings and reads the
+/// others' as they come: the first that differs stops it with [`Misconfigured`] naming the nodes and
+/// values, on every node. `Err(nodes)` inside: those nodes never posted their settings within `timeout`.
+pub(super) fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
     prefix: &str,
     g: Group,
     hosting: bool,
     timeout: Duration,
-) -> Result<(StoreClient, Result<(), String>)> {
-    let mut mine = format!("--nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
-    if let Some(Nodes::Elastic { min, max }) = a.nnodes {
-        mine = format!("--nnodes {min}:{max} {mine}");
-    }
+) -> JoinHandle<Result<(StoreClient, Agreed)>> {
+    let nodes = match a.nnodes {
+        Some(Nodes::Elastic { min, max }) => format!("{min}:{max}"),
+        _ => g.nnodes.to_string(),
+    };
+    let mine = format!("--nnodes {nodes} --nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
     let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
-    tokio::task::spawn_blocking(move || -> Result<(StoreClient, Result<(), String>)> {
+    tokio::task::spawn_blocking(move || {
         client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
         let keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
-        if let Err(missing) = client.wait(&keys, timeout)? {
-            let nodes: Vec<&str> = missing.iter().filter_map(|k| k.rsplit('/').next()).collect();
-            let report = format!(
-                "nodes [{}] of {nnodes} never started their ranks (no settings within {:.0} s: gone?)",
-                nodes.join(", "),
-                timeout.as_secs_f64()
-            );
-            return Ok((client, Err(report)));
-        }
-        let mut differ = Vec::new();
-        for k in &keys {
-            let theirs = String::from_utf8_lossy(&client.get(k, timeout)?).to_string();
-            if theirs != mine {
-                differ.push(format!("node {} has {theirs}", k.rsplit('/').next().unwrap_or("?")));
+        let mut theirs: Vec<Option<String>> = vec![None; nnodes];
+        let t0 = Instant::now();
+        loop {
+            let present = client.check(&keys)?;
+            for (n, k) in keys.iter().enumerate() {
+                if present[n] && theirs[n].is_none() {
+                    theirs[n] = Some(String::from_utf8_lossy(&client.get(k, timeout)?).into_owned());
+                }
             }
-        }
-        if !differ.is_empty() {
-            // the agent hosting the store stays until every node has read the settings (or 5 s), so
-            // each reports the disagreement rather than a vanished store
-            client.add(&format!("{prefix}/read"), 1)?;
-            let t0 = Instant::now();
-            while hosting && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t0.elapsed().as_secs() < 5 {
-                std::thread::sleep(Duration::from_millis(50));
+            let differ: Vec<String> = (theirs.iter().enumerate())
+                .filter_map(|(n, t)| t.as_ref().filter(|t| **t != mine).map(|t| format!("node {n} has {t}")))
+                .collect();
+            if !differ.is_empty() {
+                // the agent hosting the store stays until every node has read the settings (or 5 s), so
+                // each reports the disagreement rather than a vanished store
+                client.add(&format!("{prefix}/read"), 1)?;
+                let t1 = Instant::now();
+                while hosting && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t1.elapsed().as_secs() < 5
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let msg = format!(
+                    "the agents disagree: node {node} has {mine}, {}; start every node with the same",
+                    differ.join(", ")
+                );
+                return Err(Misconfigured(msg).into());
             }
-            bail!("the agents disagree: node {node} has {mine}, {}; start every node with the same", differ.join(", "));
+            if theirs.iter().all(Option::is_some) {
+                return Ok((client, Ok(())));
+            }
+            if t0.elapsed() >= timeout {
+                let missing = (0..nnodes).filter(|&n| theirs[n].is_none()).collect();
+                return Ok((client, Err(missing)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Ok((client, Ok(())))
     })
-    .await?
 }
+
+/// What [`agree_on_settings`] came to: `Err(nodes)`, the nodes that never posted their settings.
+pub(super) type Agreed = Result<(), Vec<usize>>;
+
+/// The agents' command lines do not fit together (nodes that disagree on the group, two agents with
+/// one node rank): like a bad command line, the agent exits 2, which no retry mends.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Misconfigured(pub String);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_DATA};
-use crate::store::StoreClient;
+use crate::env::{job_port, parse_nodelist, vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+use crate::store::{JoinedTwice, Members, StoreClient};
 
 mod elastic;
 mod failure;
@@ -23,7 +23,10 @@ mod watch;
 
 pub use elastic::Nodes;
 use elastic::{Group, Joined, Rounds};
-use group::{agree_on_settings, failed_attempts, host_store, wait_for_agents, Ending};
+use group::{
+    agree_on_settings, failed_attempts, first_attempt, host_store, wait_for_agents, Ending, Misconfigured,
+    CURRENT_ATTEMPT,
+};
 use ranks::spawn_group;
 use signals::{until_signal, Signals};
 use watch::{watch, Membership};
@@ -34,10 +37,11 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 1)]
     pub nproc_per_node: usize,
     /// Nodes in the job: N, or MIN:MAX for an elastic group that goes on with whichever nodes are up
-    /// (default 1, or SLURM_NNODES inside srun).
+    /// (default 1, or SLURM_NNODES inside srun: a job step, not the batch script or salloc shell).
     #[arg(long)]
     pub nnodes: Option<Nodes>,
-    /// This node's index (default 0, or SLURM_NODEID); an elastic group numbers its nodes as they join.
+    /// This node's index (default 0, or SLURM_NODEID inside srun); an elastic group numbers its nodes as
+    /// they join.
     #[arg(long)]
     pub node_rank: Option<usize>,
     /// HOST:PORT of node 0's store (default: a free local port on one node; in SLURM, the step's first
@@ -100,7 +104,14 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let code = rt.block_on(run(a, exe));
     // a store wait a signal cut short may still be blocking a thread: leave it behind
     rt.shutdown_background();
-    code
+    match code {
+        // the agents' command lines do not fit together: a bad invocation, as a scheduler must see it
+        Err(e) if e.downcast_ref::<Misconfigured>().is_some() || e.downcast_ref::<JoinedTwice>().is_some() => {
+            console_err!("error: {e:#}");
+            Ok(EXIT_BAD_INVOCATION)
+        }
+        code => code,
+    }
 }
 
 struct Plan {
@@ -116,8 +127,15 @@ struct Plan {
 }
 
 fn plan(a: &LaunchArgs) -> Result<Plan> {
-    let env = |k: &str| std::env::var(k).ok();
-    let slurm_num = |k: &str| env(k).and_then(|v| v.parse::<usize>().ok());
+    plan_with(a, |k| std::env::var(k).ok())
+}
+
+/// [`plan`] with the environment looked up by `env` (tests pass a map).
+fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Plan> {
+    // SLURM's node count and index describe the job step an srun started, one agent per node; the batch
+    // script and an salloc shell see them too, but run on one node, where no other agent comes
+    let in_step = env("SLURM_STEP_ID").is_some();
+    let slurm_num = |k: &str| env(k).filter(|_| in_step).and_then(|v| v.parse::<usize>().ok());
     let nodes = a.nnodes.or(slurm_num("SLURM_NNODES").map(Nodes::Fixed)).unwrap_or(Nodes::Fixed(1));
     let (nnodes, elastic) = match nodes {
         Nodes::Fixed(n) => (n, None),
@@ -193,6 +211,9 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         Ok(c) => c?,
         Err(code) => return Ok(code),
     };
+    // the store answers at once: one that does not within seconds is frozen or gone, and an agent
+    // leaving (finish) must not wait long on it
+    client.set_reply_timeout(Duration::from_secs(5));
     match &rounds {
         None => console_err!(
             "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {}",
@@ -215,15 +236,59 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         }
     }
 
-    for attempt in 0u32.. {
+    // a fixed group's agent may replace a lost node's (a restarted pod or node): it joins the group's
+    // current attempt, or the next one when the lost agent had joined the current
+    let first = match rounds {
+        Some(_) => 0,
+        None => {
+            let (run_id, node, max_restarts) = (p.run_id.clone(), p.node_rank, a.max_restarts);
+            let find = tokio::task::spawn_blocking(move || {
+                let k = first_attempt(&mut client, &run_id, node, max_restarts, timeout);
+                (client, k)
+            });
+            match until_signal(&mut signals, find, "waiting for the group's attempt to end").await {
+                Err(code) => return Ok(code),
+                Ok((c, k)) => {
+                    client = c;
+                    k?
+                }
+            }
+        }
+    };
+    for attempt in first.. {
+        // a fixed group's agents check on their first meeting that they launch the same group (before
+        // they meet: agents that disagree on --nnodes would wait for different nodes)
+        if attempt == first && rounds.is_none() {
+            let settings = format!("{}/settings", p.run_id);
+            let g = Group { round: attempt, node_rank: p.node_rank, nnodes: p.nnodes };
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout);
+            match until_signal(&mut signals, agree, "waiting for the other agents").await {
+                Err(code) => return Ok(code),
+                Ok(agreed) => {
+                    let (c, agreed) = agreed?;
+                    client = c;
+                    if let Err(missing) = agreed {
+                        let nodes: Vec<String> = missing.iter().map(usize::to_string).collect();
+                        bail!(
+                            "rendezvous {settings}: node ranks [{}] of {} never arrived within {:.0} s (start \
+                             `infinity launch` there)",
+                            nodes.join(", "),
+                            p.nnodes,
+                            timeout.as_secs_f64()
+                        );
+                    }
+                }
+            }
+        }
         // all agents meet before spawning, so a restart starts every node together
         let (meet, what) = match rounds.clone() {
             None => {
-                let (pre, node, nnodes) = (format!("{}/attempt-{attempt}/agents", p.run_id), p.node_rank, p.nnodes);
+                let (run_id, node, nnodes) = (p.run_id.clone(), p.node_rank, p.nnodes);
                 let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Joined)> {
-                    client.rendezvous(&pre, node, nnodes, timeout).map_err(|e| {
-                        anyhow::anyhow!("{e:#} (the missing numbers are node ranks: start `infinity launch` there)")
-                    })?;
+                    // where an agent that replaces a lost node joins
+                    client.set(&format!("{run_id}/{CURRENT_ATTEMPT}"), attempt.to_string().as_bytes())?;
+                    let pre = format!("{run_id}/attempt-{attempt}/agents");
+                    client.meet(&pre, node, nnodes, timeout, Members::Nodes)?;
                     Ok((client, Joined::Member(Group { round: attempt, node_rank: node, nnodes })))
                 });
                 (meet, "waiting for the other agents")
@@ -270,25 +335,29 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         }
         let prefix = format!("{}/attempt-{}", p.run_id, g.round);
         let end = Ending { prefix: &prefix, g, hosting: server.is_some(), rounds: rounds.as_ref() };
-        // every node of the group launches the same ranks (an elastic group checks each round's members;
-        // one that vanished since the round closed fails the round, which the others restart without it)
+        // every member of an elastic round launches the same ranks (one that vanished since the round
+        // closed fails the round, which the others restart without it)
         let mut outcome = None;
-        if attempt == 0 || rounds.is_some() {
-            let settings = match rounds.is_some() {
-                true => format!("{}/settings/{}", p.run_id, g.round),
-                false => format!("{}/settings", p.run_id),
-            };
+        if rounds.is_some() {
+            let settings = format!("{}/settings/{}", p.run_id, g.round);
             // (an elastic round's members are alive and post theirs at once)
-            let wait = if rounds.is_some() { timeout.min(Duration::from_secs(30)) } else { timeout };
-            let (c, agreed) = agree_on_settings(client, &a, &settings, g, server.is_some(), wait).await?;
+            let wait = timeout.min(Duration::from_secs(30));
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), wait);
+            let (c, agreed) = match until_signal(&mut signals, agree, "checking the round's settings").await {
+                Err(code) => return Ok(code),
+                Ok(agreed) => agreed?,
+            };
             client = c;
-            match agreed {
-                Ok(()) => {}
-                Err(missing) if rounds.is_some() => {
-                    let report = watch::post_first(&mut client, &format!("{prefix}/failed"), missing).await;
-                    outcome = Some(Outcome::Failed { report, permanent: None, local: None });
-                }
-                Err(missing) => bail!("{missing}"),
+            if let Err(missing) = agreed {
+                let nodes: Vec<String> = missing.iter().map(usize::to_string).collect();
+                let missing = format!(
+                    "nodes [{}] of {} never started their ranks (no settings within {:.0} s: gone?)",
+                    nodes.join(", "),
+                    g.nnodes,
+                    wait.as_secs_f64()
+                );
+                let report = watch::post_first(&mut client, &format!("{prefix}/failed"), missing).await;
+                outcome = Some(Outcome::Failed { report, permanent: None, local: None });
             }
         }
         let outcome = match outcome {
@@ -346,4 +415,33 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         }
     }
     unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: LaunchArgs,
+    }
+
+    #[test]
+    fn slurm_node_counts_apply_inside_a_job_step_only() {
+        let a = Cli::parse_from(["launch", "--nproc-per-node", "1", "--", "true"]).a;
+        let batch =
+            [("SLURM_NNODES", "2"), ("SLURM_NODEID", "0"), ("SLURM_JOB_NODELIST", "n[1-2]"), ("SLURM_JOB_ID", "7")];
+        let with = |extra: &[(&str, &str)]| {
+            let vars: Vec<(&str, &str)> = batch.iter().chain(extra).copied().collect();
+            plan_with(&a, |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        };
+        // an sbatch script or an salloc shell: one node, this one
+        let p = with(&[]).unwrap();
+        assert_eq!((p.nnodes, p.node_rank, p.host.as_str()), (1, 0, "127.0.0.1"));
+        // an srun task: the step's nodes
+        let p = with(&[("SLURM_STEP_ID", "0"), ("INFINITY_RDZV_TOKEN", "t")]).unwrap();
+        assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port), (2, 0, "n1", 30007));
+    }
 }

@@ -165,8 +165,10 @@ pub(super) fn describe(status: &ExitStatus) -> String {
     }
 }
 
-/// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns 0 when every
-/// rank exited successfully, else 1.
+/// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns the exit code
+/// of an agent that stopped them for signal `sig`: 0 when every rank exited successfully (they
+/// checkpointed), else 128 + `sig` (a rank died of it, before it could checkpoint: the agent reports the
+/// signal as a shell would, so a scheduler sees a preemption, never a failure's 1).
 pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
     let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
     let targets: Vec<&Rank> = running.iter().map(|&i| &ranks[i]).collect();
@@ -193,7 +195,7 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
     if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
         0
     } else {
-        1
+        128 + sig
     }
 }
 

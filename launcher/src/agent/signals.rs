@@ -27,7 +27,7 @@ pub(super) async fn until_signal<T>(
 }
 
 /// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) is forwarded
-/// as SIGTERM: the ranks checkpoint and exit rather than die at their next line of output.
+/// as SIGTERM ([`forwarded`]): the ranks checkpoint and exit rather than die at their next line of output.
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -45,13 +45,22 @@ impl Signals {
         })
     }
 
+    /// The next signal received (as received: the log names it; [`forwarded`] says what the ranks get).
     pub(super) async fn next(&mut self) -> i32 {
         tokio::select! {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
-            _ = self.hup.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
         }
+    }
+}
+
+/// The signal the ranks get for one the agent received.
+pub(super) fn forwarded(received: i32) -> i32 {
+    match received {
+        libc::SIGHUP => libc::SIGTERM,
+        s => s,
     }
 }
 
@@ -64,6 +73,7 @@ pub(super) fn signal_name(s: i32) -> &'static str {
         libc::SIGABRT => "SIGABRT",
         libc::SIGBUS => "SIGBUS",
         libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGHUP => "SIGHUP",
         _ => "signal",
     }
 }

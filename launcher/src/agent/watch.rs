@@ -5,11 +5,12 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use tokio::task::JoinHandle;
 
 use super::elastic::Group;
 use super::failure;
 use super::ranks::{describe, futures_select_all, stop_group, Rank};
-use super::signals::{signal_name, Signals};
+use super::signals::{forwarded, signal_name, Signals};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::env::{is_permanent_failure, STOPPED_EARLY};
 use crate::store::StoreClient;
@@ -43,19 +44,23 @@ pub(super) async fn watch(
 ) -> Result<Outcome> {
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
     // another node's failure or signal is posted in the store; a separate connection polls for it
-    let (addr, token, who) = (store_addr.to_string(), p.token.clone(), format!("agent {} watch", g.node_rank));
-    let mut poller =
-        tokio::task::spawn_blocking(move || StoreClient::connect(&addr, &token, &who, Duration::from_secs(30)))
-            .await??;
+    let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
     let mut keys: Vec<String> =
         ["failed", "signal", "failed-permanently", "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut store_lost: Option<Instant> = None;
+    // node 0's agent hosts the store: no answer for STORE_LOSS means that node is gone (or frozen)
+    let (mut answered, mut store_err) = (Instant::now(), None::<anyhow::Error>);
     loop {
         let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
         if running.is_empty() {
-            return Ok(ended_cleanly(&mut poller, &keys, prefix).await);
+            return Ok(match poller.client().await {
+                Ok(c) => ended_cleanly(c, &keys, prefix).await,
+                Err(e) => {
+                    let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
+                    Outcome::Failed { report, permanent: None, local: None }
+                }
+            });
         }
         let wait_any = async {
             let futs = ranks
@@ -71,9 +76,12 @@ pub(super) async fn watch(
                 exited[i] = Some(status);
                 ranks[i].drain().await;
                 if !status.success() {
+                    // (a store that does not answer leaves the report this node's)
+                    let mut store = poller.client().await.ok();
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
-                    if let Some(why) = elastic.as_ref().and_then(|_| changing(&mut poller, &keys)) {
+                    let regroup = elastic.as_ref().and(store.as_mut()).and_then(|c| changing(c, &keys));
+                    if let Some(why) = regroup {
                         console_err!("[launch] {why}; the ranks stop to regroup");
                         stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                         return Ok(Outcome::Regroup(why));
@@ -81,7 +89,7 @@ pub(super) async fn watch(
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
                     let seconds = r.started.elapsed().as_secs_f64();
-                    let report = format!(
+                    let mut report = format!(
                         "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s; its last lines:\n    {}",
                         r.global, g.node_rank, r.pid, describe(&status), lines.join("\n    ")
                     );
@@ -90,65 +98,48 @@ pub(super) async fn watch(
                     // later, of the broken connection): the first report posted stays
                     // (a permanent failure is marked first: an agent that sees the report sees the mark)
                     let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
-                    if let Some(code) = permanent {
-                        post(&mut poller, &keys[PERMANENT], &code.to_string()).await;
+                    if let Some(c) = store {
+                        if let Some(code) = permanent {
+                            post(c, &keys[PERMANENT], &code.to_string()).await;
+                        }
+                        report = post_first(c, &keys[FAILED], report).await;
                     }
-                    let report = post_first(&mut poller, &keys[FAILED], report).await;
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local });
                 }
             }
-            sig = signals.next() => {
-                console_err!("[launch] got {}; forwarding to the ranks (they checkpoint and exit)", signal_name(sig));
+            got = signals.next() => {
+                let sig = forwarded(got);
+                console_err!("[launch] got {}; forwarding {} to the ranks (they checkpoint and exit)", signal_name(got), signal_name(sig));
                 // a fixed group stops on every node; from an elastic one only this node leaves
                 let (key, what) = match elastic {
-                    Some(Membership { hosting: false, .. }) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(sig))),
+                    Some(Membership { hosting: false, .. }) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(got))),
                     _ => (SIGNAL, sig.to_string()),
                 };
-                post(&mut poller, &keys[key], &what).await;
-                return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, sig).await));
+                // the ranks hear of it at once, the other nodes as soon as the store answers
+                let (code, ()) = tokio::join!(
+                    stop_group(&mut ranks, &mut exited, a.grace_s, sig),
+                    poller.post(&keys[key], &what),
+                );
+                return Ok(Outcome::Stopped(code));
             }
-            _ = tick.tick() => {
-                let (k, mut pl) = (keys.clone(), poller);
-                let (pl2, present) = tokio::task::spawn_blocking(move || {
-                    let r = pl.check(&k);
-                    (pl, r)
-                })
-                .await?;
-                poller = pl2;
-                // node 0's agent hosts the store: losing it for good means that node is gone
+            present = poller.answer() => {
                 let present = match present {
                     Ok(p) => {
-                        store_lost = None;
+                        (answered, store_err) = (Instant::now(), None);
                         p
                     }
                     Err(e) => {
-                        let since = *store_lost.get_or_insert_with(Instant::now);
-                        if since.elapsed() < STORE_LOSS {
-                            continue;
-                        }
-                        let report = format!(
-                            "the store at {store_addr} (node 0's agent) stopped answering for {} s: {e:#}",
-                            STORE_LOSS.as_secs()
-                        );
-                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                        return Ok(Outcome::Failed { report, permanent: None, local: None });
+                        store_err = Some(e);
+                        continue;
                     }
                 };
                 if present[FAILED] {
-                    let report = match poller.get(&keys[FAILED], Duration::from_secs(1)) {
-                        Ok(v) => String::from_utf8_lossy(&v).to_string(),
-                        Err(e) => format!("(unreadable: {e})"),
+                    let (report, permanent) = match poller.client().await {
+                        Ok(c) => other_failure(c, &keys),
+                        Err(e) => (format!("(unreadable: {e:#})"), None),
                     };
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    let permanent = match poller.check(&keys[PERMANENT..=PERMANENT]) {
-                        Ok(p) if p == [true] => poller
-                            .get(&keys[PERMANENT], Duration::from_secs(1))
-                            .ok()
-                            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
-                            .filter(|&c| is_permanent_failure(Some(c))),
-                        _ => None,
-                    };
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None });
                 }
@@ -161,6 +152,126 @@ pub(super) async fn watch(
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Regroup(why));
                 }
+            }
+            _ = tick.tick() => {
+                if answered.elapsed() >= STORE_LOSS {
+                    let why = store_err.as_ref().map_or_else(|| "no answer".to_string(), |e| format!("{e:#}"));
+                    let report = format!(
+                        "the store at {store_addr} (node 0's agent) stopped answering for {} s: {why}",
+                        STORE_LOSS.as_secs()
+                    );
+                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                    return Ok(Outcome::Failed { report, permanent: None, local: None });
+                }
+                poller.start(&keys);
+            }
+        }
+    }
+}
+
+/// Another node's failure posted in the store: its report, and its exit code if a restart would repeat it.
+fn other_failure(c: &mut StoreClient, keys: &[String]) -> (String, Option<i32>) {
+    let report = match c.get(&keys[FAILED], Duration::from_secs(1)) {
+        Ok(v) => String::from_utf8_lossy(&v).to_string(),
+        Err(e) => format!("(unreadable: {e:#})"),
+    };
+    let permanent = match c.check(&keys[PERMANENT..=PERMANENT]) {
+        Ok(p) if p == [true] => c
+            .get(&keys[PERMANENT], Duration::from_secs(1))
+            .ok()
+            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+            .filter(|&c| is_permanent_failure(Some(c))),
+        _ => None,
+    };
+    (report, permanent)
+}
+
+/// The connection that polls the store for the other nodes' news. Each poll runs on a blocking thread
+/// while the agent goes on watching its ranks and signals, and each call is answered within
+/// [`POLL_REPLY`] or fails: a store whose host froze (its connection open, silent) holds up nothing,
+/// and is found lost after [`STORE_LOSS`]. A connection a call failed on is replaced by a new one.
+struct Poller {
+    client: Option<StoreClient>,
+    /// The check under way: it hands the connection back (none if it could not connect).
+    polling: Option<JoinHandle<Checked>>,
+    addr: String,
+    token: String,
+    who: String,
+}
+
+type Checked = (Option<StoreClient>, Result<Vec<bool>>);
+
+/// How long the watching agent's calls may wait for the store's answer.
+const POLL_REPLY: Duration = Duration::from_secs(2);
+
+impl Poller {
+    fn new(addr: &str, token: &str, who: &str) -> Poller {
+        Poller { client: None, polling: None, addr: addr.into(), token: token.into(), who: who.into() }
+    }
+
+    /// A connection to the store: the poller's own unless a call failed on it, else a new one.
+    fn connected(c: Option<StoreClient>, addr: &str, token: &str, who: &str) -> Result<StoreClient> {
+        match c {
+            Some(c) if !c.is_broken() => Ok(c),
+            _ => {
+                let mut c = StoreClient::connect(addr, token, who, POLL_REPLY)?;
+                c.set_reply_timeout(POLL_REPLY);
+                Ok(c)
+            }
+        }
+    }
+
+    /// Starts a check of `keys`, unless one is under way.
+    fn start(&mut self, keys: &[String]) {
+        if self.polling.is_some() {
+            return;
+        }
+        let (c, keys) = (self.client.take(), keys.to_vec());
+        let (addr, token, who) = (self.addr.clone(), self.token.clone(), self.who.clone());
+        self.polling = Some(tokio::task::spawn_blocking(move || match Self::connected(c, &addr, &token, &who) {
+            Ok(mut c) => {
+                let present = c.check(&keys);
+                (Some(c), present)
+            }
+            Err(e) => (None, Err(e)),
+        }));
+    }
+
+    /// The answer of the check under way (pending while there is none). Cancel-safe: a check that a
+    /// `select!` left unfinished stays under way.
+    async fn answer(&mut self) -> Result<Vec<bool>> {
+        let Some(h) = self.polling.as_mut() else { return std::future::pending().await };
+        let (c, present) = h.await.unwrap_or_else(|e| (None, Err(e.into())));
+        (self.polling, self.client) = (None, c);
+        present
+    }
+
+    /// The connection, for a call of the agent's own, once the check under way has answered.
+    async fn client(&mut self) -> Result<&mut StoreClient> {
+        if self.polling.is_some() {
+            let _ = self.answer().await;
+        }
+        let (c, addr, token, who) = (self.client.take(), self.addr.clone(), self.token.clone(), self.who.clone());
+        let c = tokio::task::spawn_blocking(move || Self::connected(c, &addr, &token, &who)).await??;
+        Ok(self.client.insert(c))
+    }
+
+    /// Posts `value` at `key` (on a blocking thread: the caller's other work goes on meanwhile).
+    async fn post(&mut self, key: &str, value: &str) {
+        if let Err(e) = self.client().await {
+            tracing::warn!("store: posting {key}: {e:#}");
+            return;
+        }
+        let (mut c, k, v) = (self.client.take().expect("connected"), key.to_string(), value.to_string());
+        if let Ok((c, r)) = tokio::task::spawn_blocking(move || {
+            let r = c.set(&k, v.as_bytes());
+            (c, r)
+        })
+        .await
+        {
+            self.client = Some(c);
+            if let Err(e) = r {
+                tracing::warn!("store: posting {key}: {e:#}");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! A blocking store client (training processes are synchronous; agents call it from blocking tasks).
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -11,31 +11,72 @@ use super::wire::{body_len, frame, Request, Response};
 pub struct StoreClient {
     sock: TcpStream,
     addr: String,
+    /// How long a reply to a call that does not wait (set, add, check) may take, and the slack given to
+    /// one that does (get, wait): a frozen store host must not hold a caller much longer.
+    reply_timeout: Duration,
+    /// A call went unanswered or its connection broke: a late reply would be taken for the next call's,
+    /// so every later call fails (reconnect for a fresh one).
+    broken: bool,
 }
 
+/// The reply timeout of a new client.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl StoreClient {
-    /// Connect to `addr` and authenticate, retrying until `timeout` (the store may still be starting).
+    /// Connect to `addr` and authenticate, retrying until `timeout` (the store may still be starting, and
+    /// its host's name may not resolve yet: a Kubernetes Service appears with its pod).
     pub fn connect(addr: &str, token: &str, who: &str, timeout: Duration) -> Result<StoreClient> {
         let deadline = Instant::now() + timeout;
-        let mut last_err = String::new();
-        while Instant::now() < deadline {
-            let target = addr.to_socket_addrs().with_context(|| format!("store address {addr}"))?.next();
-            let target = target.with_context(|| format!("store address {addr} resolves to nothing"))?;
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(sock) => {
-                    sock.set_nodelay(true).ok();
-                    let mut c = StoreClient { sock, addr: addr.to_string() };
-                    match c.call(&Request::Hello { token: token.into(), who: who.into() }, Duration::from_secs(30))? {
-                        Response::Ok => return Ok(c),
-                        Response::Error { message } => bail!("store {addr} refused {who}: {message}"),
-                        other => bail!("store {addr}: unexpected reply to hello: {other:?}"),
-                    }
-                }
-                Err(e) => last_err = e.to_string(),
+        let secs = timeout.as_secs_f64();
+        loop {
+            let resolved = match addr.to_socket_addrs() {
+                Ok(mut targets) => targets.next().ok_or_else(|| "it resolves to no address".to_string()),
+                Err(e) => Err(format!("cannot resolve its host: {e}")),
+            };
+            let last_err = match resolved {
+                Err(e) => e,
+                Ok(target) => match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                    Ok(sock) => return Self::hello(sock, addr, token, who, deadline, secs),
+                    Err(e) => e.to_string(),
+                },
+            };
+            if Instant::now() >= deadline {
+                bail!("store {addr} not reachable within {secs:.0} s: {last_err}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("store {addr} not reachable within {:.0} s: {last_err}", timeout.as_secs_f64())
+    }
+
+    /// Authenticates on a fresh connection; the store answers at once, so a peer silent until
+    /// `deadline` is not one (or its host is frozen).
+    fn hello(sock: TcpStream, addr: &str, token: &str, who: &str, deadline: Instant, secs: f64) -> Result<StoreClient> {
+        sock.set_nodelay(true).ok();
+        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let mut c = StoreClient { sock, addr: addr.to_string(), reply_timeout: wait, broken: false };
+        let hello = Request::Hello { token: token.into(), who: who.into() };
+        let reply = c.call(&hello, Duration::ZERO).map_err(|e| match is_timeout(&e) {
+            true => anyhow::anyhow!(
+                "no answer from {addr} within {:.0} s (is it an infinity store?)",
+                secs.max(wait.as_secs_f64())
+            ),
+            false => e,
+        })?;
+        c.reply_timeout = REPLY_TIMEOUT;
+        match reply {
+            Response::Ok => Ok(c),
+            Response::Error { message } => bail!("store {addr} refused {who}: {message}"),
+            other => bail!("store {addr}: unexpected reply to hello: {other:?}"),
+        }
+    }
+
+    /// Bounds how long a reply may take (default 30 s): see `reply_timeout`.
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.reply_timeout = timeout;
+    }
+
+    /// Whether an earlier call failed, so that every later one does: reconnect.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// This side's address of the store connection: an address the store's network reaches us at.
@@ -48,12 +89,36 @@ impl StoreClient {
         Ok(self.sock.peer_addr()?.ip())
     }
 
-    fn call(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
+    /// One request and its reply, which may take `wait` (how long the request itself waits) and then
+    /// the reply timeout.
+    fn call(&mut self, req: &Request, wait: Duration) -> Result<Response> {
+        if self.broken {
+            bail!("store {}: an earlier request went unanswered; this connection is no longer used", self.addr);
+        }
+        // a request that waits itself gets a few seconds' slack for its reply (at most the reply timeout)
+        let timeout = match wait.is_zero() {
+            true => self.reply_timeout,
+            false => wait + self.reply_timeout.min(Duration::from_secs(5)),
+        };
+        let r = self.exchange(req, timeout);
+        self.broken = r.is_err();
+        r
+    }
+
+    fn exchange(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         let ctx = || format!("store {}", self.addr);
-        self.sock.set_read_timeout(Some(timeout + Duration::from_secs(5))).with_context(ctx)?;
+        self.sock.set_read_timeout(Some(timeout)).with_context(ctx)?;
         self.sock.write_all(&frame(req)).with_context(ctx)?;
         let mut header = [0u8; 4];
-        self.sock.read_exact(&mut header).with_context(|| format!("store {}: no reply", self.addr))?;
+        if let Err(e) = self.sock.read_exact(&mut header) {
+            let secs = timeout.as_secs_f64();
+            return Err(match e.kind() {
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                    anyhow::Error::new(e).context(format!("no answer from store {} within {secs:.0} s", self.addr))
+                }
+                _ => anyhow::Error::new(e).context(format!("store {}: no reply", self.addr)),
+            });
+        }
         let n = body_len(header).map_err(|e| anyhow::anyhow!("store {}: {e}", self.addr))?;
         let mut body = vec![0u8; n];
         self.sock.read_exact(&mut body).with_context(ctx)?;
@@ -68,7 +133,7 @@ impl StoreClient {
     }
 
     pub fn set(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        self.expect_ok(Request::Set { key: key.into(), value: value.to_vec() }, Duration::from_secs(30))?;
+        self.expect_ok(Request::Set { key: key.into(), value: value.to_vec() }, Duration::ZERO)?;
         Ok(())
     }
 
@@ -84,7 +149,7 @@ impl StoreClient {
     }
 
     pub fn add(&mut self, key: &str, delta: i64) -> Result<i64> {
-        match self.expect_ok(Request::Add { key: key.into(), delta }, Duration::from_secs(30))? {
+        match self.expect_ok(Request::Add { key: key.into(), delta }, Duration::ZERO)? {
             Response::Int { value } => Ok(value),
             r => bail!("store {}: unexpected reply {r:?}", self.addr),
         }
@@ -101,29 +166,42 @@ impl StoreClient {
     }
 
     pub fn check(&mut self, keys: &[String]) -> Result<Vec<bool>> {
-        match self.expect_ok(Request::Check { keys: keys.to_vec() }, Duration::from_secs(30))? {
+        match self.expect_ok(Request::Check { keys: keys.to_vec() }, Duration::ZERO)? {
             Response::Present { present } => Ok(present),
             r => bail!("store {}: unexpected reply {r:?}", self.addr),
         }
     }
 
     /// Every rank announces itself under `prefix/rank/{r}` and waits for the others. Refused: a rank
-    /// outside the world, a rank that joins twice, a world size that differs from rank 0's; a timeout
-    /// names the ranks that never arrived.
+    /// outside the world, a rank that joins twice ([`JoinedTwice`]), a world size that differs from
+    /// rank 0's; a timeout names the ranks that never arrived.
     pub fn rendezvous(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration) -> Result<()> {
+        self.meet(prefix, rank, world, timeout, Members::Ranks)
+    }
+
+    /// [`rendezvous`](Self::rendezvous), its errors naming `members` (training ranks, or agents).
+    pub fn meet(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration, members: Members) -> Result<()> {
+        let (name, world_flag, hint) = match members {
+            Members::Ranks => ("rank", "WORLD_SIZE", ""),
+            Members::Nodes => ("node rank", "--nnodes", " (start `infinity launch` there)"),
+        };
         if rank >= world {
-            bail!("rendezvous {prefix}: rank {rank} is outside a world of {world}");
+            bail!("rendezvous {prefix}: {name} {rank} is outside a world of {world}");
         }
         if self.add(&format!("{prefix}/claims/{rank}"), 1)? > 1 {
-            bail!("rendezvous {prefix}: rank {rank} joined twice (two processes with the same RANK?)");
+            let why = match members {
+                Members::Ranks => "two processes with the same RANK?".to_string(),
+                Members::Nodes => format!("two agents with --node-rank {rank}?"),
+            };
+            return Err(JoinedTwice(format!("rendezvous {prefix}: {name} {rank} joined twice ({why})")).into());
         }
         if rank == 0 {
             self.set(&format!("{prefix}/world"), world.to_string().as_bytes())?;
         } else {
-            let w = self.get(&format!("{prefix}/world"), timeout).context("waiting for rank 0")?;
+            let w = self.get(&format!("{prefix}/world"), timeout).with_context(|| format!("waiting for {name} 0"))?;
             let w0 = String::from_utf8_lossy(&w).to_string();
             if w0 != world.to_string() {
-                bail!("rendezvous {prefix}: rank {rank} has WORLD_SIZE {world}, rank 0 has {w0}");
+                bail!("rendezvous {prefix}: {name} {rank} has {world_flag} {world}, {name} 0 has {w0}");
             }
         }
         self.set(&format!("{prefix}/rank/{rank}"), b"1")?;
@@ -131,11 +209,30 @@ impl StoreClient {
         if let Err(missing) = self.wait(&keys, timeout)? {
             let ranks: Vec<&str> = missing.iter().filter_map(|k| k.rsplit('/').next()).collect();
             bail!(
-                "rendezvous {prefix}: ranks [{}] of {world} never arrived within {:.0} s",
+                "rendezvous {prefix}: {name}s [{}] of {world} never arrived within {:.0} s{hint}",
                 ranks.join(", "),
                 timeout.as_secs_f64()
             );
         }
         Ok(())
     }
+}
+
+/// Who meets in a rendezvous, for its errors: training ranks (`RANK`) or agents (`--node-rank`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Members {
+    Ranks,
+    Nodes,
+}
+
+/// A rendezvous refused a rank (or node rank) that had joined already: two processes were given one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JoinedTwice(pub String);
+
+/// Whether a call failed for want of an answer in time.
+fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
 }

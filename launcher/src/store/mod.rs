@@ -5,5 +5,5 @@ pub mod client;
 pub mod server;
 pub mod wire;
 
-pub use client::StoreClient;
+pub use client::{JoinedTwice, Members, StoreClient};
 pub use server::StoreServer;

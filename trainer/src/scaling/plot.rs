@@ -153,7 +153,8 @@ impl Figure for LossVsCompute<'_> {
             let line: Vec<(f64, f64)> = (0..=64)
                 .map(|k| (lo + (hi - lo) * k as f64 / 64.0).exp())
                 .map(|x| (x, f(x)))
-                .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                // (a point beyond the frame is drawn at its edge: the part of the law outside is left out)
+                .filter(|(_, y)| y.is_finite() && *y > 0.0 && self.yr.contains(y))
                 .collect();
             let coefs: Vec<String> = fit.coefs.iter().map(|c| format!("{}={:.4}", c.name, c.value)).collect();
             chart

@@ -27,7 +27,14 @@ impl TrainConfig {
         let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
             let key = e.path().to_string();
-            anyhow::anyhow!("{}: at `{key}`: {}{}", source_of(&key, path, overrides), e.inner(), allowed_values(&key))
+            // (the config crate's message names the Rust enum: "enum DeviceChoice does not have variant
+            // constructor gpu for key …")
+            let inner = e.inner().to_string();
+            let what = match inner.split_once("does not have variant constructor ") {
+                Some((_, rest)) => format!("unknown value `{}`", rest.split(" for key").next().unwrap_or(rest)),
+                None => inner,
+            };
+            anyhow::anyhow!("{}: at `{key}`: {what}{}", source_of(&key, path, overrides), allowed_values(&key))
         })?;
         // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what
         // it changed
