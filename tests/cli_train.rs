@@ -363,6 +363,14 @@ fn check_reports_a_run_without_starting_it() {
         infinity_trainer::train::check::check(&c, 1, Some(&run.join("checkpoints/step-00000002")), None).unwrap();
     let want = "resume: settings that differ from the checkpoint's: optim.lr: 0.001 → 0.002";
     assert!(lines.iter().any(|l| l == want), "{lines:?}");
+    // the drop-path rate an unset key takes from the preset, against the checkpoint's model's
+    let ckpt = run.join("checkpoints/step-00000002");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("model.json")).unwrap()).unwrap();
+    m["drop_path_rate"] = 0.1.into();
+    std::fs::write(ckpt.join("model.json"), m.to_string()).unwrap();
+    let c = TrainConfig::load(&cfg, &[]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, Some(&ckpt), None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("model.drop_path_rate (resolved): 0.1 → 0")), "{lines:?}");
     let (e, _) = fails(&["train", path_str(&cfg), "--check", "--resume", "auto", "--set", "run.seed=5"]);
     assert!(e.contains("cannot resume") && e.contains("seed"), "{e}");
 }

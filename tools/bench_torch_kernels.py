@@ -68,7 +68,7 @@ def bsq(args, dev):
     b, d = args.b, args.d
     scales = [tuple(map(int, s.split("x"))) for s in args.scales.split(",")]
     hh, ww = scales[-1]
-    kmax = round(100 * args.p_max)
+    kmax = int(100 * args.p_max + 1) - 1  # numpy's randint(0, 100·p_max + 1) bound, as bsq::flip_kmax
     g = torch.Generator(device=dev).manual_seed(0)
     f = torch.randn(b, d, hh, ww, device=dev, generator=g)
     m = 1.0 / math.sqrt(d)

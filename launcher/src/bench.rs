@@ -219,7 +219,7 @@ mod tests {
     /// The raw ring is measured as the all-reduce is (one cold pass made `busbw / raw ring` 409 %):
     /// a warm-up, then the median of the timed passes.
     #[test]
-    fn the_raw_ring_is_warmed_up_and_timed_over_several_passes() {
+    fn the_raw_ring_is_timed_over_several_passes_sorted_for_the_median() {
         let passes = raw_ring_passes(3, 1 << 20, 4).unwrap();
         assert_eq!(passes.len(), 4);
         assert!(passes.windows(2).all(|w| w[0] <= w[1]) && passes[0] > 0.0, "{passes:?}");

@@ -199,8 +199,13 @@ fn expand_host(list: &str, item: &str) -> Result<Vec<String>> {
         let width = a.len();
         let bad = || format!("node list {list:?}: range `{range}` in `{item}` (expected N or N-M, digits)");
         let (lo, hi): (u64, u64) = (a.parse().with_context(bad)?, b.parse().with_context(bad)?);
-        if hi < lo || (hi - lo) as usize * suffixes.len() > MAX_NODES {
+        if hi < lo {
             bail!("{}", bad());
+        }
+        // (counted before any host is made, the ranges of this group together)
+        let hosts = (hi - lo).checked_add(1).and_then(|n| n.checked_mul(suffixes.len() as u64));
+        if hosts.is_none_or(|n| n + out.len() as u64 > MAX_NODES as u64) {
+            bail!("node list {list:?}: more than {MAX_NODES} hosts");
         }
         for i in lo..=hi {
             out.extend(suffixes.iter().map(|s| format!("{prefix}{i:0width$}{s}")));
@@ -230,6 +235,10 @@ mod tests {
         assert!(parse_nodelist("n[[1-2]]").is_err());
         assert!(parse_nodelist("n[1-2]x[a]").is_err());
         assert!(parse_nodelist("n[0-99999]m[0-99999]").is_err());
+        // many ranges in one group, each within the bound, and a range at u64's end: refused, not made
+        let many = format!("a[1-2]b[{}]", ["0-99999"; 8].join(","));
+        assert!(parse_nodelist(&many).unwrap_err().to_string().contains("more than 100000 hosts"));
+        assert!(parse_nodelist("n[0-18446744073709551615]").is_err());
     }
 
     fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {

@@ -150,6 +150,23 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
     assert!(agent.text().contains("got SIGHUP; forwarding SIGTERM"), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
+
+    // SIGHUP to ranks that die of the forwarded signal: 128 + 1, as before the ranks start
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let mut agent = Agent::start(tmp.path(), "hup-dies", &args(d, &["--nproc-per-node", "2"], FRAGILE_RANK));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    agent.signal(libc::SIGHUP);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(129), "{}", agent.text());
+
+    // a rank that fails on its own after the signal (exit 3): its code, not a preemption's
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let failing = r#"trap 'exit 3' TERM; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
+    let mut agent = Agent::start(tmp.path(), "fails", &args(d, &["--nproc-per-node", "2"], failing));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(3), "{}", agent.text());
 }
 
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends

@@ -604,3 +604,26 @@ fn repeated_ids_are_named_by_the_check() {
     let warning = lines.iter().find(|l| l.contains("repeat an earlier row's id")).expect("a warning");
     assert!(warning.starts_with(&format!("warning: {rows} rows")), "{warning} ({first})");
 }
+
+/// Validation evaluates the whole model, as upstream's `eval()`: no drop path, whatever the rate.
+#[test]
+fn validation_is_not_subject_to_drop_path() {
+    use infinity_trainer::model::init::{init_params, InitConfig};
+    use infinity_trainer::train::{compute::Compute, dist::Dist, val::Validator, Setup};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    (cfg.val.dir, cfg.val.max_rows) = (Some(data.clone()), 16);
+    let Setup { ds, mut mc, lay, .. } = Setup::open(&cfg).unwrap();
+    let params = init_params(&mc, &lay, &InitConfig::default(), 3);
+    let mut losses = Vec::new();
+    for rate in [0.0, 0.5] {
+        mc.drop_path_rate = rate; // depth 2: the second block's branches at 0.5
+        let v = Validator::new(&cfg, &mc, &ds, 4).unwrap().expect("a validation set");
+        let mut compute = Compute::open(&cfg.run, &mc, &lay).unwrap();
+        let m = v.run(&cfg, (&mc, &lay), &params, &mut Dist::solo(), &mut compute, &mut Default::default()).unwrap();
+        losses.push(m.loss);
+    }
+    assert_eq!(losses[0], losses[1], "validation loss moved with drop_path_rate");
+}

@@ -141,13 +141,14 @@ pub(super) fn first_attempt(
             .chain(["failed-permanently", "signal"].map(|k| format!("{pre}/{k}")))
             .collect::<Vec<_>>();
         match c.check(&keys)?[..] {
+            // (a stopped group is not joined, whether or not this node's claim is there)
+            [_, _, _, true] => bail!("{run_id}: the group was stopped by a signal (attempt {k}): not joining"),
             [false, false, ..] => return Ok(k),
             [_, true, true, _] => bail!("{run_id}: attempt {k} failed for good (a permanent failure): not joining"),
             [_, true, false, _] if k >= max_restarts => {
                 bail!("{run_id}: attempt {k} failed with no restarts left (--max-restarts {max_restarts}): not joining")
             }
             [_, true, false, _] => return Ok(k + 1),
-            [_, _, _, true] => bail!("{run_id}: the group was stopped by a signal (attempt {k}): not joining"),
             _ => {}
         }
         if !said {
@@ -159,8 +160,9 @@ pub(super) fn first_attempt(
         }
         if t0.elapsed() >= timeout {
             bail!(
-                "{run_id}: node rank {node} is taken in attempt {k}, which has not ended within {:.0} s: is \
-                 another agent running with --node-rank {node}?",
+                "{run_id}: node rank {node} is taken in attempt {k}, which has not ended within {:.0} s: another \
+                 agent runs with --node-rank {node}, or the lost one's attempt has not failed yet (its ranks \
+                 may wait up to dist.rdzv_timeout_s for their group)",
                 timeout.as_secs_f64()
             );
         }

@@ -167,8 +167,9 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 
 /// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns the exit code
 /// of an agent that stopped them for signal `sig`: 0 when every rank exited successfully (they
-/// checkpointed), else 128 + `sig` (a rank died of it, before it could checkpoint: the agent reports the
-/// signal as a shell would, so a scheduler sees a preemption, never a failure's 1).
+/// checkpointed), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank died of
+/// it, before it could checkpoint: the agent reports the signal as a shell would, so a scheduler sees a
+/// preemption).
 pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
     let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
     let targets: Vec<&Rank> = running.iter().map(|&i| &ranks[i]).collect();
@@ -193,10 +194,11 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         r.drain().await;
     }
     if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
-        0
-    } else {
-        128 + sig
+        return 0;
     }
+    // a rank that failed otherwise after the signal (a checkpoint it could not write, bad data) gives its
+    // own code: it is not a preemption to requeue
+    exited.iter().flatten().filter_map(|s| s.code()).find(|&c| c != 0 && c < 128).unwrap_or(128 + sig)
 }
 
 /// The first of several futures to finish, with its index among them.

@@ -121,7 +121,8 @@ pub(super) async fn watch(
                     stop_group(&mut ranks, &mut exited, a.grace_s, sig),
                     poller.post(&keys[key], &what),
                 );
-                return Ok(Outcome::Stopped(code));
+                // (128 + the signal the agent got, as before the ranks start: SIGHUP is 129 either way)
+                return Ok(Outcome::Stopped(if code == 128 + sig { 128 + got } else { code }));
             }
             present = poller.answer() => {
                 let present = match present {

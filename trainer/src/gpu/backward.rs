@@ -405,8 +405,8 @@ fn block_backward(
     for (j, p) in dparts.iter().enumerate() {
         util::put_part(dev, p, &mut dgss, (b, 6, j, c))?;
     }
-    if let Some(f) = &inp.drop_path {
-        scale_gates_dev(dev, &mut dgss, &f.slice(blk * 2 * b..(blk + 1) * 2 * b), 2, c, 6 * c)?;
+    if let Some(f) = inp.block_drop_path(blk) {
+        scale_gates_dev(dev, &mut dgss, &f, 2, c, 6 * c)?;
     }
     util::col_sum(dev, &dgss, &mut g(net, grads, &name("ada_gss")), b, 6 * c)?;
     util::add(dev, dshared_gss, &dgss)?;

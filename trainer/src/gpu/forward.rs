@@ -37,6 +37,13 @@ pub struct DeviceInput {
     pub drop_path: Option<CudaSlice<f32>>,
 }
 
+impl DeviceInput {
+    /// Block `blk`'s `[B, 2]` drop-path factors (`ModelInput::block_drop_path` on the device).
+    pub fn block_drop_path(&self, blk: usize) -> Option<cudarc::driver::CudaView<'_, f32>> {
+        self.drop_path.as_ref().map(|f| f.slice(blk * 2 * self.b..(blk + 1) * 2 * self.b))
+    }
+}
+
 pub enum DeviceCondition {
     /// `[B]` class ids (`num_classes` = the null class).
     Class { labels: CudaSlice<i32> },
@@ -271,9 +278,8 @@ pub(super) fn block_forward(
     // gss = ada_gss + shared_ada_lin(cond): γ1, γ2, s1, s2, b1, b2 — parts read in place (rows 6C apart)
     let mut gss = net.out(b * 6 * c)?;
     util::add_row(dev, shared_gss, &w("ada_gss"), &mut gss)?;
-    if let Some(f) = &inp.drop_path {
-        scale_gates_dev(dev, &mut gss, &f.slice(blk * 2 * b..(blk + 1) * 2 * b), 2, c, 6 * c)?;
-        // γ1, γ2
+    if let Some(f) = inp.block_drop_path(blk) {
+        scale_gates_dev(dev, &mut gss, &f, 2, c, 6 * c)?; // γ1, γ2
     }
     let sh = AdaShape { b, l, c, ps: 6 * c };
     let part = |j: usize| gss.slice(j * c..);

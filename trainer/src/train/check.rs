@@ -134,7 +134,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             .map_err(unrecoverable)?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
         let config_toml = toml::to_string(cfg).context("serialising the config")?;
-        let changes = rundir::resume_changes(dir, &config_toml)?;
+        let changes = rundir::resume_changes(dir, &config_toml, &mc)?;
         if !changes.is_empty() {
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
         }

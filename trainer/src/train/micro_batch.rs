@@ -61,9 +61,10 @@ impl MicroBatch {
     }
 }
 
-/// Bitwise self-correction, condition dropout (probability `cond_drop`) and drop path (the model's
-/// `drop_path_rate`) for rows `rows` of `batch`, with random streams keyed by (`seed`, `step`, sample
-/// id), so that a sample draws alike whatever the world size and micro-batch. With `on_device`, the latents and flip keys
+/// Bitwise self-correction, condition dropout (probability `cond_drop`) and drop path (at
+/// `drop_path_rate`, the model's in training, 0 in evaluation) for rows `rows` of `batch`, with random
+/// streams keyed by (`seed`, `step`, sample id), so that a sample draws alike whatever the world size
+/// and micro-batch. With `on_device`, the latents and flip keys
 /// are gathered for the device to self-correct instead.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
@@ -74,7 +75,7 @@ pub(super) fn prepare(
     rows: std::ops::Range<usize>,
     scales: &[(usize, usize)],
     (seed, step): (u64, u64),
-    cond_drop: f64,
+    (cond_drop, drop_path_rate): (f64, f64),
     on_device: bool,
 ) -> Result<MicroBatch> {
     let d = mc.d;
@@ -93,10 +94,12 @@ pub(super) fn prepare(
     let mut per_sample = Vec::new(); // [B, depth, 2] drop-path factors
     for i in rows {
         let id = batch.ids[i];
-        let stored = batch.latent_f32(i).is_none().then(|| batch.unpacked_bits(i, d));
-        let latent = match &stored {
-            Some(bits) => bsq::latent_from_bits(bits, d, scales),
-            None => batch.latent_f32(i).expect("a latent"),
+        let (latent, stored) = match batch.latent_f32(i) {
+            Some(latent) => (latent, None),
+            None => {
+                let bits = batch.unpacked_bits(i, d);
+                (bsq::latent_from_bits(&bits, d, scales), Some(bits))
+            }
         };
         // (the loader checks lengths, not values: a NaN here would quietly become labels)
         if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
@@ -116,9 +119,9 @@ pub(super) fn prepare(
             mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
             mb.gt_bits.extend_from_slice(&sc.bits);
         }
-        if mc.drop_path_rate > 0.0 {
+        if drop_path_rate > 0.0 {
             let mut rng = keyed_rng(seed, &[STREAM_DROP_PATH, step, id]);
-            per_sample.extend(drop_path_factors(mc.drop_path_rate, mc.depth, || rng.random::<f64>()));
+            per_sample.extend(drop_path_factors(drop_path_rate, mc.depth, || rng.random::<f64>()));
         }
         let drop = cond_drop > 0.0 && keyed_rng(seed, &[STREAM_DROP, step, id]).random::<f64>() < cond_drop;
         match &mc.conditioning {

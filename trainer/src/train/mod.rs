@@ -291,8 +291,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
             let on_device = compute.self_corrects() && m.latent.is_some();
             let tp = Instant::now();
-            let mb =
-                prepare(cfg, &mc, &m, &batch, rows, &scales, (cfg.run.seed, st.step), mc.cond_drop_rate, on_device)?;
+            let mb = prepare(
+                cfg,
+                &mc,
+                &m,
+                &batch,
+                rows,
+                &scales,
+                (cfg.run.seed, st.step),
+                (mc.cond_drop_rate, mc.drop_path_rate),
+                on_device,
+            )?;
             data_s += tp.elapsed().as_secs_f64();
             let weights: Vec<f64> =
                 token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();

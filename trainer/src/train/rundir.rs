@@ -64,13 +64,24 @@ pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<St
 }
 
 /// The changed settings of a resume from `ckpt`, for the console and train.log (empty when the
-/// checkpoint keeps no config).
-pub fn resume_changes(ckpt: &Path, config_toml: &str) -> Result<Vec<String>> {
+/// checkpoint keeps no config), and a drop-path rate other than the checkpoint's model trained with:
+/// `model.drop_path_rate` unset takes the preset's, which a checkpoint of an earlier build (without
+/// drop path) does not share.
+pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelConfig) -> Result<Vec<String>> {
     let p = ckpt.join("config.toml");
-    match std::fs::read_to_string(&p) {
-        Ok(old) => config_changes(&old, config_toml).with_context(|| format!("reading {}", p.display())),
-        Err(_) => Ok(Vec::new()),
+    let mut changes = match std::fs::read_to_string(&p) {
+        Ok(old) => config_changes(&old, config_toml).with_context(|| format!("reading {}", p.display()))?,
+        Err(_) => Vec::new(),
+    };
+    let model: Option<serde_json::Value> =
+        std::fs::read_to_string(ckpt.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(m) = model {
+        let before = m.get("drop_path_rate").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        if before != mc.drop_path_rate && !changes.iter().any(|c| c.starts_with("model.drop_path_rate:")) {
+            changes.push(format!("model.drop_path_rate (resolved): {before} → {}", mc.drop_path_rate));
+        }
     }
+    Ok(changes)
 }
 
 /// Keeps the lines of a JSON-lines log (`metrics.jsonl`, `val.jsonl`) whose `step` is at most `step`:

@@ -216,7 +216,7 @@ pub(crate) fn starting_state(
                 .with_context(|| format!("resuming from {}", dir.display()))
                 .map_err(unrecoverable)?;
             console!("resumed from {} at step {}", dir.display(), s.step);
-            let changes = rundir::resume_changes(dir, config_toml)?;
+            let changes = rundir::resume_changes(dir, config_toml, mc)?;
             if leader && !changes.is_empty() {
                 tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
             }

@@ -89,7 +89,8 @@ impl Validator {
         for (bucket, rows) in self.batches.iter().skip(dist.rank).step_by(dist.world) {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let scales = m.schedules[*bucket as usize].hw();
-            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), 0.0, false)?;
+            // no condition dropout and no drop path: the model evaluated whole (upstream's `eval()`)
+            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), (0.0, 0.0), false)?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
