@@ -400,9 +400,8 @@ fn block_backward<T: Real>(
     dpart(4, &db1);
 
     // gss = (ada_gss + shared_gss), its gates scaled by the drop path's factors
-    let drop_path = inp.block_drop_path(blk);
-    if !drop_path.is_empty() {
-        scale_gates(&mut dgss, drop_path, 2, c, 6 * c);
+    if let Some(f) = inp.block_drop_path(blk) {
+        scale_gates(&mut dgss, f, 2, c, 6 * c);
     }
     add_row_sum(grads.get_mut(lay, &name("ada_gss")), &dgss);
     add_into(dshared_gss, &dgss);

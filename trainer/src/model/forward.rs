@@ -52,12 +52,9 @@ pub struct ModelInput<'a, T> {
 }
 
 impl<T> ModelInput<'_, T> {
-    /// Block `blk`'s `[B, 2]` drop-path factors (empty without drop path).
-    pub fn block_drop_path(&self, blk: usize) -> &[T] {
-        match self.drop_path.is_empty() {
-            true => &[],
-            false => &self.drop_path[blk * 2 * self.b..(blk + 1) * 2 * self.b],
-        }
+    /// Block `blk`'s `[B, 2]` drop-path factors (none without drop path).
+    pub fn block_drop_path(&self, blk: usize) -> Option<&[T]> {
+        (!self.drop_path.is_empty()).then(|| &self.drop_path[blk * 2 * self.b..(blk + 1) * 2 * self.b])
     }
 }
 
@@ -334,9 +331,8 @@ fn block_forward<T: Real>(
             *v += *g;
         }
     }
-    let drop_path = inp.block_drop_path(blk);
-    if !drop_path.is_empty() {
-        scale_gates(&mut s.gss, drop_path, 2, c, 6 * c); // γ1, γ2 of each sample: kept/(1−p) or 0
+    if let Some(f) = inp.block_drop_path(blk) {
+        scale_gates(&mut s.gss, f, 2, c, 6 * c); // γ1, γ2 of each sample: kept/(1−p) or 0
     }
     let g = |j: usize| part(&s.gss, b, 6, j, c);
     let (gamma1, gamma2, scale1, scale2, shift1, shift2) = (g(0), g(1), g(2), g(3), g(4), g(5));

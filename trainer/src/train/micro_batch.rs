@@ -94,30 +94,28 @@ pub(super) fn prepare(
     let mut per_sample = Vec::new(); // [B, depth, 2] drop-path factors
     for i in rows {
         let id = batch.ids[i];
-        let (latent, stored) = match batch.latent_f32(i) {
-            Some(latent) => (latent, None),
-            None => {
-                let bits = batch.unpacked_bits(i, d);
-                (bsq::latent_from_bits(&bits, d, scales), Some(bits))
-            }
-        };
-        // (the loader checks lengths, not values: a NaN here would quietly become labels)
-        if let Some(j) = latent.iter().position(|x| !x.is_finite()) {
-            let detail = format!("its latent holds {} at value {j}", latent[j]);
+        let latent = batch.latent_f32(i); // none: a dataset of bits alone
+                                          // (the loader checks lengths, not values: a NaN here would quietly become labels)
+        if let Some((j, x)) = latent.iter().flatten().enumerate().find(|(_, x)| !x.is_finite()) {
+            let detail = format!("its latent holds {x} at value {j}");
             bail!(infinity_data::DataError::Sample { id, detail });
         }
         let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
-        if on_device {
-            mb.latents.extend_from_slice(&latent);
-            mb.keys.push(key);
-        } else {
-            let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
-            let sc = match &stored {
-                Some(bits) => bsq::self_correct_stored(bits, d, scales, Some(&flips)),
-                None => bsq::self_correct(&latent, d, scales, Some(&flips)),
-            };
-            mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
-            mb.gt_bits.extend_from_slice(&sc.bits);
+        match latent {
+            // (the device self-corrects latents: train asks it to only for datasets that store them)
+            Some(latent) if on_device => {
+                mb.latents.extend_from_slice(&latent);
+                mb.keys.push(key);
+            }
+            latent => {
+                let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
+                let sc = match latent {
+                    Some(latent) => bsq::self_correct(&latent, d, scales, Some(&flips)),
+                    None => bsq::self_correct_stored(&batch.unpacked_bits(i, d), d, scales, Some(&flips)),
+                };
+                mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
+                mb.gt_bits.extend_from_slice(&sc.bits);
+            }
         }
         if drop_path_rate > 0.0 {
             let mut rng = keyed_rng(seed, &[STREAM_DROP_PATH, step, id]);
