@@ -124,6 +124,14 @@ fn train_sample_and_export_a_text_model() {
     let more = ["--n", "3", "--cfg", "2", "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
     assert!(infinity(&[&args[..], &more[..]].concat()));
     assert!(std::fs::read(&again).unwrap() == bytes, "the bits file differs between two runs of one seed");
+    // a value per scale (upstream's cfg_list, tau_list): the same values at every scale, the same bits
+    let k = manifest["schedules"][0]["scales"].as_array().unwrap().len();
+    let per_scale = vec!["2"; k].join(",");
+    let more = ["--n", "3", "--cfg", &per_scale, "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
+    assert!(infinity(&[&args[..], &more[..]].concat()));
+    assert!(std::fs::read(&again).unwrap() == bytes, "--cfg 2,2,… differs from --cfg 2");
+    let e = err(&["sample", run_s, "--caption", "a red circle", "--tau", "1,0.5"]);
+    assert!(e.contains(&format!("--tau: 2 values for a schedule of {k} scales")), "{e}");
     // a dataset of another text width is not the model's (it panicked sampling)
     let other = tmp.path().join("data-wide");
     std::fs::create_dir(&other).unwrap();
@@ -198,6 +206,21 @@ fn train_sample_and_export_a_text_model() {
         report.contains("block keys as Infinity(block_chunks=2)") && report.contains("names and shapes equal"),
         "{report}"
     );
+    // transformers' load_sharded_checkpoint (run_infinity.py --checkpoint_type torch_shard) reads the index
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(chunked.with_file_name("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let weights = std::fs::read(&chunked).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let mut names: Vec<&str> = index["weight_map"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut want: Vec<&str> = st.names();
+    names.sort();
+    want.sort();
+    assert!(names == want && index["weight_map"]["head.weight"] == "model.safetensors", "{index}");
+    // a tiny model is none of run_infinity.py's --model_type shapes; its 32 text channels no upstream pool
+    assert!(c["upstream_loader"]["model_type"].is_null() && c["inference_kwargs"]["fused_norm"] == true, "{c}");
+    let e = err(&["export", run_s, "-o", path_str(&tmp.path().join("slim.pth"))]);
+    assert!(e.contains("--checkpoint_type torch_shard") && e.contains("torch.save"), "{e}");
     // the checker refuses keys that disagree with config.json's block_chunks (what upstream's strict load does)
     let flat = tmp.path().join("export-f32/model.safetensors");
     let mut c = config(&flat);

@@ -8,11 +8,29 @@ use crate::{path_str, python};
 
 #[test]
 fn rust_reads_what_pyarrow_wrote() {
+    rust_reads_pyarrow_demo(false);
+}
+
+/// Schedules stored for spatial patchify (twice the sides, `spatial_patchify` in the manifest).
+#[test]
+fn rust_reads_what_pyarrow_wrote_for_spatial_patchify() {
+    rust_reads_pyarrow_demo(true);
+}
+
+fn rust_reads_pyarrow_demo(patchify: bool) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("py");
-    python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"40", &"--d", &"20"]);
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"40", &"--d", &"20"];
+    if patchify {
+        args.push(&"--spatial-patchify");
+    }
+    python(&args);
     let ds = Dataset::open(&out, Checksums::Verify).unwrap();
     assert!(ds.manifest.shards.len() > 2, "pyarrow demo should roll several shards");
+    for s in &ds.manifest.schedules {
+        assert_eq!((s.spatial_patchify, s.scales[0][1]), (patchify, 1 + patchify as u32), "{}", s.name);
+    }
     let expected: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("expected.json")).unwrap()).unwrap();
     assert_eq!(ds.num_rows(), expected.len() as u64);

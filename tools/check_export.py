@@ -4,8 +4,10 @@
     python tools/check_export.py EXPORT/model.safetensors --expect tests/golden/export-state-dict.json
 
 1. Reads config.json beside the weights and the safetensors file with the `safetensors` package
-   (numpy for f32; bf16 has no numpy type, so its header is read directly) and checks every tensor's
-   dtype against config.json.
+   (numpy for f32; bf16 has no numpy type, so its bytes are read directly and widened) and checks every
+   tensor's dtype against config.json and every value for being finite; and the shard index beside it
+   (model.safetensors.index.json, what upstream's `--checkpoint_type torch_shard` loads) names every
+   tensor.
 2. Checks that the block keys are laid out as `constructor_kwargs.block_chunks` makes upstream's
    `Infinity` register them: `block_chunks.C.module.J` (C < block_chunks, J < depth / block_chunks)
    for more than one chunk, `blocks.N` for one.
@@ -33,6 +35,19 @@ def header(path):
         h = json.loads(f.read(n))
     h.pop("__metadata__", None)
     return {k: (v["dtype"], v["shape"]) for k, v in h.items()}
+
+
+def bf16_arrays(path):
+    """{name: float32 array} of a bf16 safetensors file (bf16 is the high half of an f32)."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        h = json.loads(f.read(n))
+        data = f.read()
+    h.pop("__metadata__", None)
+    return {k: (np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype="<u2").astype(np.uint32) << 16)
+            .view(np.float32) for k, v in h.items()}
 
 
 def canonical(name, per_chunk):
@@ -84,9 +99,15 @@ def main():
         arrays = load_file(a.weights)
         if sorted(arrays) != sorted(tensors):
             fail("safetensors.numpy sees different names than the header")
-        nonfinite = [k for k, v in arrays.items() if not (abs(v) < float("inf")).all()]
-        if nonfinite:
-            fail(f"non-finite values in {nonfinite[:5]}")
+    else:
+        arrays = bf16_arrays(a.weights)
+    nonfinite = [k for k, v in arrays.items() if not (abs(v) < float("inf")).all()]
+    if nonfinite:
+        fail(f"non-finite values in {nonfinite[:5]}")
+    index_path = os.path.join(os.path.dirname(a.weights) or ".", "model.safetensors.index.json")
+    weight_map = json.load(open(index_path))["weight_map"] if os.path.exists(index_path) else {}
+    if sorted(weight_map) != sorted(tensors) or set(weight_map.values()) != {os.path.basename(a.weights)}:
+        fail(f"{index_path} does not map every tensor to {os.path.basename(a.weights)}")
     print(f"ok: {len(tensors)} tensors, {cfg['parameters']} parameters, dtype {cfg['dtype']}, keys {cfg['key_layout']}")
     check_block_layout(tensors, kwargs)
     per_chunk = kwargs["depth"] // kwargs.get("block_chunks", 1)

@@ -4,11 +4,13 @@
 Two entry points:
 
   python tools/write_shards.py upstream --images DIR --out DIR --vae-ckpt CKPT --t5 PATH [--pn 0.06M]
+                                       [--d 32 | --d 14 --spatial-patchify]
       Tokenize images with upstream's BSQ-VAE and flan-t5-xl (needs torch and the upstream Infinity
       repo on PYTHONPATH; run it from the upstream checkout). Bits are made exactly as upstream's
-      bitwise self-correction makes its labels with zero flips.
+      bitwise self-correction makes its labels with zero flips. --spatial-patchify: the 8B's VAE,
+      latents and bits at twice the schedule's sides (model.apply_spatial_patchify).
 
-  python tools/write_shards.py demo --out DIR [--rows N] [--d D]
+  python tools/write_shards.py demo --out DIR [--rows N] [--d D] [--spatial-patchify]
       Random but valid rows with every optional column, plus expected.json holding what was written.
       The Rust test suite uses it to prove that Rust reads what pyarrow wrote.
 
@@ -40,6 +42,13 @@ def upstream_schedule(template: str, budget: str) -> dict:
     hws = next(t["scales"] for t in cat["templates"] if t["h_div_w"] == template)
     return {"name": f"{template}/{budget}", "h_div_w_template": template, "pixel_budget": budget,
             "scales": [[1, h, w] for h, w in hws[:n]]}
+
+
+def patchified(sched: dict) -> dict:
+    """The schedule a spatially patchified tokenizer stores (upstream's 8B VAE, apply_spatial_patchify):
+    every side doubled, a transformer token being a 2×2 patch of it."""
+    return {**sched, "name": sched["name"] + "/patchify", "spatial_patchify": True,
+            "scales": [[t, 2 * h, 2 * w] for t, h, w in sched["scales"]]}
 
 
 def pack_bits(bits: np.ndarray) -> bytes:
@@ -213,9 +222,11 @@ def multiscale_bits_np(latent, scales):
 # ---------------------------------------------------------------------------------------------------
 # demo: random latents, their bits, random conditions + expected.json (for the Rust interop test)
 # ---------------------------------------------------------------------------------------------------
-def demo(out, rows, d, seed):
+def demo(out, rows, d, seed, spatial_patchify=False):
     rng = np.random.default_rng(seed)
     schedules = [upstream_schedule("1.000", "demo4"), upstream_schedule("0.500", "demo4")]
+    if spatial_patchify:
+        schedules = [patchified(s) for s in schedules]
     w = ShardWriter(out, d, schedules, latent=True, num_classes=7, text_width=5, text_dtype="bf16",
                     text_max_tokens=4, text_encoder="random", caption=True, tokenizer="demo-random",
                     shard_bytes=4096, batch_rows=5, created_by="tools/write_shards.py demo")
@@ -271,11 +282,15 @@ def upstream(args):
     # Upstream's own loaders (tools/run_infinity.py in the Infinity repo).
     from tools.run_infinity import load_tokenizer, load_visual_tokenizer, transform
     vae = load_visual_tokenizer(argparse.Namespace(
-        vae_type=args.d, vae_path=args.vae_ckpt, apply_spatial_patchify=0))
+        vae_type=args.d, vae_path=args.vae_ckpt, apply_spatial_patchify=int(args.spatial_patchify)))
     text_tokenizer, text_encoder = load_tokenizer(t5_path=args.t5)
     with open(UPSTREAM_SCHEDULES) as f:
         templates = [t["h_div_w"] for t in json.load(f)["templates"]]
     schedules = [upstream_schedule(t, args.pn) for t in templates]
+    # the 8B's VAE (stride 8) encodes at twice the transformer's sides; the others at stride 16
+    stride = 16
+    if args.spatial_patchify:
+        schedules, stride = [patchified(s) for s in schedules], 8
     files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
     w = ShardWriter(args.out, args.d, schedules, latent=True, text_width=2048, text_dtype="bf16",
                     text_max_tokens=512, text_encoder="flan-t5-xl", caption=True,
@@ -285,7 +300,7 @@ def upstream(args):
         img = Image.open(os.path.join(args.images, name)).convert("RGB")
         b = int(np.argmin([abs(img.height / img.width - float(t)) for t in templates]))
         _, H, W = schedules[b]["scales"][-1]
-        x = transform(img, H * 16, W * 16).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
+        x = transform(img, H * stride, W * stride).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
         caption_path = os.path.join(args.images, os.path.splitext(name)[0] + ".txt")
         caption = open(caption_path).read().strip() if os.path.exists(caption_path) else ""
         with torch.no_grad():
@@ -311,6 +326,7 @@ def main():
     d.add_argument("--rows", type=int, default=40)
     d.add_argument("--d", type=int, default=20)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--spatial-patchify", action="store_true")
     u = sub.add_parser("upstream")
     u.add_argument("--images", required=True)
     u.add_argument("--out", required=True)
@@ -318,9 +334,11 @@ def main():
     u.add_argument("--t5", required=True)
     u.add_argument("--d", type=int, default=32)
     u.add_argument("--pn", default="0.06M")
+    u.add_argument("--spatial-patchify", action="store_true",
+                   help="the 8B's VAE (use with --d 14): latents at twice the schedule's sides")
     a = p.parse_args()
     if a.cmd == "demo":
-        demo(a.out, a.rows, a.d, a.seed)
+        demo(a.out, a.rows, a.d, a.seed, a.spatial_patchify)
     else:
         upstream(a)
 

@@ -47,9 +47,13 @@ pub fn inspect(dir: &Path) -> Result<String> {
     for (b, sch) in m.schedules.iter().enumerate() {
         let rows: u64 = m.shards.iter().map(|s| s.bucket_rows[b]).sum();
         let (h, w) = sch.latent_hw();
+        let patches = match sch.spatial_patchify {
+            true => format!(" (spatial patchify: {} tokens of 2×2)", sch.num_tokens() / 4),
+            false => String::new(),
+        };
         let _ = writeln!(
             s,
-            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows",
+            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows{patches}",
             sch.name,
             sch.scales.len(),
             sch.num_tokens()

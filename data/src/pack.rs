@@ -23,6 +23,9 @@ pub struct PackOptions {
     pub d: usize,
     pub budget: String,
     pub patch: usize,
+    /// Store latents and bits at twice the schedule's sides, for a model with spatial patchify
+    /// ([`ScaleSchedule::patchified`]).
+    pub spatial_patchify: bool,
     /// Use this tokenizer instead of fitting one.
     pub tokenizer: Option<PathBuf>,
     /// Images the tokenizer is fitted on.
@@ -40,6 +43,7 @@ impl Default for PackOptions {
             d: 16,
             budget: "demo5".into(),
             patch: 4,
+            spatial_patchify: false,
             tokenizer: None,
             fit_images: 512,
             skip_bad: false,
@@ -139,7 +143,8 @@ pub struct PackNotes {
 }
 
 /// Load `path`, pick its template, resize to cover and centre-crop to the schedule's pixel size.
-fn load_image(path: &Path, budget: &str, patch: usize) -> Result<(Image, ScaleSchedule)> {
+fn load_image(path: &Path, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
+    let (budget, patch) = (opts.budget.as_str(), opts.patch);
     let img = image::open(path).map_err(|e| DataError::Image { path: path.into(), detail: e.to_string() })?;
     let (w0, h0) = (img.width(), img.height());
     if w0 == 0 || h0 == 0 {
@@ -147,6 +152,7 @@ fn load_image(path: &Path, budget: &str, patch: usize) -> Result<(Image, ScaleSc
     }
     let catalog = Catalog::upstream();
     let sched = catalog.schedule(catalog.nearest_template(h0 as f64 / w0 as f64), budget)?;
+    let sched = if opts.spatial_patchify { sched.patchified() } else { sched };
     let (hh, ww) = sched.latent_hw();
     let (h, w) = ((hh * patch) as u32, (ww * patch) as u32);
     let rgb = img.resize_to_fill(w, h, FilterType::Lanczos3).to_rgb8();
@@ -160,13 +166,15 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
         catalog.template_names().map(|t| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;
+    let schedules: Vec<ScaleSchedule> =
+        schedules.into_iter().map(|s| if opts.spatial_patchify { s.patchified() } else { s }).collect();
     let (tok, fit) = match &opts.tokenizer {
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
             let step = (entries.len() / opts.fit_images.max(1)).max(1);
             let mut sample = Vec::new();
             for e in entries.iter().step_by(step) {
-                match load_image(&e.path, &opts.budget, opts.patch) {
+                match load_image(&e.path, opts) {
                     Ok(img) => sample.push(img),
                     Err(DataError::Image { .. }) if opts.skip_bad => continue, // listed when its row is made
                     Err(err) => return Err(err),
@@ -213,7 +221,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     let bad = std::sync::Mutex::new(Vec::new());
     let make = |id: u64| -> Result<Option<RowData>> {
         let e = &entries[id as usize];
-        let (img, sched) = match load_image(&e.path, &opts.budget, opts.patch) {
+        let (img, sched) = match load_image(&e.path, opts) {
             Ok(loaded) => loaded,
             Err(err @ DataError::Image { .. }) if opts.skip_bad => {
                 bad.lock().expect("no panics while held").push((id, err.to_string()));

@@ -24,6 +24,11 @@ pub struct ScaleSchedule {
     pub pixel_budget: String,
     /// `[t, h, w]` per scale; `t` is 1 for images.
     pub scales: Vec<[u32; 3]>,
+    /// The tokenizer's scales at twice the transformer's sides, a token being a 2×2 patch of them
+    /// (upstream's `apply_spatial_patchify`, its 8B model): the scales start at 2×2 and every side is
+    /// even. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spatial_patchify: bool,
 }
 
 impl ScaleSchedule {
@@ -43,6 +48,17 @@ impl ScaleSchedule {
         (s[1] as usize, s[2] as usize)
     }
 
+    /// This schedule with every side doubled, for a tokenizer whose tokens are 2×2 patched
+    /// ([`ScaleSchedule::spatial_patchify`]).
+    pub fn patchified(&self) -> ScaleSchedule {
+        ScaleSchedule {
+            name: format!("{}/patchify", self.name),
+            scales: self.scales.iter().map(|&[t, h, w]| [t, 2 * h, 2 * w]).collect(),
+            spatial_patchify: true,
+            ..self.clone()
+        }
+    }
+
     /// Checks the invariants every consumer relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
         // a latent side in tokens (upstream's largest, 1M pixels, is 64; 4096 is 65k pixels at stride 16)
@@ -50,8 +66,12 @@ impl ScaleSchedule {
         if self.scales.is_empty() {
             return Err(format!("schedule `{}` has no scales", self.name));
         }
-        if self.scales[0] != [1, 1, 1] {
-            return Err(format!("schedule `{}` must start with [1, 1, 1], found {:?}", self.name, self.scales[0]));
+        let first = if self.spatial_patchify { [1, 2, 2] } else { [1, 1, 1] };
+        if self.scales[0] != first {
+            return Err(format!("schedule `{}` must start with {first:?}, found {:?}", self.name, self.scales[0]));
+        }
+        if let Some(s) = self.scales.iter().find(|s| self.spatial_patchify && (s[1] % 2 == 1 || s[2] % 2 == 1)) {
+            return Err(format!("schedule `{}` (spatial_patchify) has a scale {s:?} of an odd side", self.name));
         }
         for (i, s) in self.scales.iter().enumerate() {
             if s[0] != 1 || !(1..=MAX_SIDE).contains(&s[1]) || !(1..=MAX_SIDE).contains(&s[2]) {
@@ -147,6 +167,7 @@ impl Catalog {
             h_div_w_template: template.to_string(),
             pixel_budget: budget.to_string(),
             scales: t.2[..n].iter().map(|&[h, w]| [1, h, w]).collect(),
+            spatial_patchify: false,
         })
     }
 
@@ -195,6 +216,19 @@ mod tests {
                 assert!((h as f64 / w as f64 - ratio).abs() < 0.01, "{t}/{b}: {h}×{w}");
             }
         }
+    }
+
+    #[test]
+    fn patchified_schedules_double_every_side() {
+        let s = Catalog::upstream().schedule("0.666", "demo5").unwrap().patchified();
+        s.validate().unwrap();
+        assert_eq!((s.scales[0], s.name.as_str()), ([1, 2, 2], "0.666/demo5/patchify"));
+        let base = Catalog::upstream().schedule("0.666", "demo5").unwrap();
+        assert_eq!(s.num_tokens(), 4 * base.num_tokens());
+        let odd = ScaleSchedule { scales: vec![[1, 2, 2], [1, 3, 4]], ..s.clone() };
+        assert!(odd.validate().unwrap_err().contains("odd side"));
+        let plain = ScaleSchedule { spatial_patchify: false, ..s };
+        assert!(plain.validate().unwrap_err().contains("must start with [1, 1, 1]"));
     }
 
     #[test]

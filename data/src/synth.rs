@@ -48,6 +48,9 @@ pub struct SynthOptions {
     pub budget: String,
     /// Tokenizer patch side in pixels.
     pub patch: usize,
+    /// Store latents and bits at twice the schedule's sides, for a model with spatial patchify
+    /// ([`ScaleSchedule::patchified`]).
+    pub spatial_patchify: bool,
     /// Aspect-ratio templates and their share of rows.
     pub templates: Vec<(String, f64)>,
     /// Text embedding width (upstream `Ct5`).
@@ -70,6 +73,7 @@ impl Default for SynthOptions {
             d: 16,
             budget: "demo5".into(),
             patch: 4,
+            spatial_patchify: false,
             templates: vec![("1.000".into(), 0.75), ("0.666".into(), 0.25)],
             text_width: 32,
             fit_rows: 512,
@@ -229,6 +233,8 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
     let catalog = Catalog::upstream();
     let schedules: Vec<ScaleSchedule> =
         opts.templates.iter().map(|(t, _)| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;
+    let schedules: Vec<ScaleSchedule> =
+        schedules.into_iter().map(|s| if opts.spatial_patchify { s.patchified() } else { s }).collect();
     let pixels = |s: &ScaleSchedule| {
         let (h, w) = s.latent_hw();
         (h * opts.patch, w * opts.patch)

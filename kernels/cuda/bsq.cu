@@ -425,3 +425,33 @@ extern "C" __global__ void __launch_bounds__(256, 4) self_correct_planes_f32(
         }
     }
 }
+
+// ---- spatial patchify (twin of kernels/src/patchify.rs) -----------------------------------------
+// One transformer scale (h, w) of a batch: src holds the tokenizer's [2h·2w, d] values of each sample
+// and dst its [h·w, 4d] tokens, both at element `off` of a sample's `per` values (a scale holds as many
+// values in either layout). Token (y, x) channel c·4 + i·2 + j is position (2y + i, 2x + j) channel c,
+// as PyTorch's pixel_unshuffle(2). One thread per output value.
+template <typename T>
+__device__ __forceinline__ void unshuffle_scale(const T* __restrict__ src, T* __restrict__ dst, int b, long per,
+                                                long off, int h, int w, int d) {
+    const long n = 4L * h * w * d;
+    const long total = (long)b * n;
+    for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < total; e += (long)gridDim.x * blockDim.x) {
+        const long s = e / n, k = e % n;
+        const int ch = k % (4 * d), t = k / (4 * d);
+        const int c = ch / 4, i = (ch / 2) % 2, j = ch % 2;
+        const int y = t / w, x = t % w;
+        const long from = ((long)(2 * y + i) * 2 * w + 2 * x + j) * d + c;
+        dst[s * per + off + k] = src[s * per + off + from];
+    }
+}
+
+extern "C" __global__ void unshuffle_scale_f32(const float* __restrict__ src, float* __restrict__ dst, int b,
+                                               long per, long off, int h, int w, int d) {
+    unshuffle_scale(src, dst, b, per, off, h, w, d);
+}
+
+extern "C" __global__ void unshuffle_scale_u8(const unsigned char* __restrict__ src, unsigned char* __restrict__ dst,
+                                              int b, long per, long off, int h, int w, int d) {
+    unshuffle_scale(src, dst, b, per, off, h, w, d);
+}

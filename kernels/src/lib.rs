@@ -12,7 +12,8 @@
 //!   normalisation), [`qkv`] (the self-attention heads from the qkv projection: split, biases,
 //!   normalisation and RoPE in one op), [`embedding`] (lookups), [`bitwise_ce`] (the bitwise loss);
 //! - [`resample`] and [`bsq`]: area/bilinear resizing with PyTorch's index math, BSQ, multi-scale
-//!   residual BSQ and bitwise self-correction (no gradients: they act on the frozen tokenizer's latents).
+//!   residual BSQ and bitwise self-correction (no gradients: they act on the frozen tokenizer's latents);
+//!   [`patchify`]: the 8B model's 2×2 unshuffle of the tokenizer's scales into tokens.
 
 pub mod act;
 pub mod adaln;
@@ -28,6 +29,7 @@ pub mod gradcheck;
 pub mod linear;
 pub mod matmul;
 pub mod norm;
+pub mod patchify;
 pub mod qkv;
 mod real;
 pub mod resample;

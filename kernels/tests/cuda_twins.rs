@@ -241,6 +241,27 @@ fn batch_self_correction_matches_its_cpu_twin() {
     }
 }
 
+/// The 8B model's 2×2 unshuffle of self-correction outputs into transformer tokens: exact, labels
+/// (`u8`, every scale) and inputs (`f32`, from the second scale), on square and wide schedules.
+#[test]
+fn patchify_unshuffle_matches_its_cpu_twin() {
+    use infinity_kernels::cuda::bsq::unshuffle_tokens;
+    use infinity_kernels::patchify;
+    let Some(dev) = device() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let s = &dev.stream;
+    for (scales, b, d) in [(vec![(1, 1), (2, 2), (3, 3)], 3, 14), (vec![(1, 1), (1, 2), (2, 3), (3, 5)], 2, 5)] {
+        let rows = |first: usize| b * scales[first..].iter().map(|&(h, w)| 4 * h * w * d).sum::<usize>();
+        let bits: Vec<u8> = (0..rows(0)).map(|_| rng.random_range(0..2)).collect();
+        let x = rand_vec(&mut rng, rows(1), 1.0);
+        let (mut dbits, mut dx) = (s.alloc_zeros::<u8>(bits.len()).unwrap(), s.alloc_zeros::<f32>(x.len()).unwrap());
+        unshuffle_tokens(&dev, &s.clone_htod(&bits).unwrap(), &mut dbits, (b, d), &scales, 0).unwrap();
+        unshuffle_tokens(&dev, &s.clone_htod(&x).unwrap(), &mut dx, (b, d), &scales, 1).unwrap();
+        assert_eq!(s.clone_dtoh(&dbits).unwrap(), patchify::unshuffle_tokens(&bits, b, d, &scales, 0));
+        assert_eq!(s.clone_dtoh(&dx).unwrap(), patchify::unshuffle_tokens(&x, b, d, &scales, 1));
+    }
+}
+
 #[test]
 fn norms_match_their_cpu_twins() {
     let Some(dev) = device() else { return };

@@ -60,6 +60,11 @@ impl DistEnv {
 
     /// From any variable lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
+        // SLURM's task variables describe a job step that srun started (SLURM_STEP_ID set), one task per
+        // rank; the batch script and an salloc shell see SLURM_PROCID and SLURM_NTASKS too (the job's),
+        // but run once, on one node: there they describe no rank (as the agent's SLURM_NNODES, mod.rs)
+        let in_step = get("SLURM_STEP_ID").is_some();
+        let get = |k: &str| if k.starts_with("SLURM_") && k != "SLURM_JOB_ID" && !in_step { None } else { get(k) };
         let num = |k: &str| -> Result<Option<usize>> {
             get(k)
                 .map(|v| v.trim().parse::<usize>().with_context(|| format!("{k}={v:?}: expected a number")))
@@ -265,6 +270,7 @@ mod tests {
             ("SLURM_JOB_NODELIST", "gpu[10-13]"),
             ("SLURM_TASKS_PER_NODE", "2(x4)"),
             ("SLURM_JOB_ID", "991"),
+            ("SLURM_STEP_ID", "0"),
         ])
         .unwrap()
         .unwrap();
@@ -278,11 +284,31 @@ mod tests {
         // half or inconsistent descriptions are errors, not a silent single process
         let err = |pairs: &[(&str, &str)]| format!("{:#}", env(pairs).unwrap_err());
         assert!(err(&[("RANK", "1")]).contains("RANK is set but WORLD_SIZE is not"));
-        assert!(err(&[("SLURM_PROCID", "1")]).contains("SLURM_PROCID is set but SLURM_NTASKS is not"));
+        let step = ("SLURM_STEP_ID", "0");
+        assert!(err(&[("SLURM_PROCID", "1"), step]).contains("SLURM_PROCID is set but SLURM_NTASKS is not"));
         assert!(err(&[("WORLD_SIZE", "1"), ("RANK", "3")]).contains("RANK 3 is outside WORLD_SIZE 1"));
         assert!(err(&[("WORLD_SIZE", "0"), ("RANK", "0")]).contains("WORLD_SIZE=0"));
-        assert!(
-            err(&[("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4")]).contains("SLURM_PROCID 4 is outside SLURM_NTASKS 4")
+        assert!(err(&[("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4"), step])
+            .contains("SLURM_PROCID 4 is outside SLURM_NTASKS 4"));
+    }
+
+    /// An sbatch script (or an salloc shell) sees the job's SLURM_PROCID and SLURM_NTASKS outside any
+    /// job step: `infinity train` there is one process, not rank 0 of 4 waiting for three others.
+    #[test]
+    fn slurm_task_variables_count_inside_a_job_step_only() {
+        let batch =
+            [("SLURM_JOB_ID", "77"), ("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "localhost")];
+        assert_eq!(env(&batch).unwrap(), None);
+        // (nor is half a description there an error)
+        assert_eq!(env(&[("SLURM_PROCID", "1")]).unwrap(), None);
+        let step: Vec<_> = batch.iter().copied().chain([("SLURM_STEP_ID", "0")]).collect();
+        let e = env(&step).unwrap().unwrap();
+        assert_eq!(
+            (e.rank, e.world, e.master_addr.as_str(), e.master_port, e.run_id.as_str()),
+            (0, 4, "localhost", 20077, "77")
         );
+        // torchrun-style variables need no job step
+        let torchrun = env(&[("SLURM_JOB_ID", "77"), ("WORLD_SIZE", "2"), ("RANK", "1")]).unwrap().unwrap();
+        assert_eq!((torchrun.rank, torchrun.master_port, torchrun.run_id.as_str()), (1, 20077, "77"));
     }
 }

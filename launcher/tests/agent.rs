@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use infinity_launcher::agent::{launch, LaunchArgs};
+use infinity_launcher::store::StoreClient;
 
 #[derive(Parser)]
 struct Cli {
@@ -261,4 +262,213 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
         );
         assert!(!text.contains("missing numbers"), "{text}");
     }
+}
+
+/// Whether `pid` is a living process (a zombie is not: PID 1 in a container may never reap one).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// The pids that each of `n` ranks wrote to `child.RANK` (the child its wrapper started); waits (up to
+/// 3 s) until none is alive any more, and says which one is.
+fn assert_children_gone(dir: &Path, n: usize) {
+    let pids: Vec<i32> = (0..n)
+        .map(|r| std::fs::read_to_string(dir.join(format!("child.{r}"))).unwrap().trim().parse().unwrap())
+        .collect();
+    let t0 = Instant::now();
+    while let Some(p) = pids.iter().find(|&&p| alive(p)) {
+        if t0.elapsed() > Duration::from_secs(3) {
+            // SAFETY: killing the orphan this test made, so it does not outlive the test.
+            for &p in &pids {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            panic!("process {p}, a rank's child, outlived the agent");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ranks behind a wrapper (`sh -c`) that ignores SIGTERM, its child too: the SIGKILL after the grace
+/// goes to each rank's process group, so no child outlives the agent holding the ranks' pipes, and
+/// the agent exits soon after the grace (it took 20 s more, waiting on pipes one by one).
+#[test]
+fn a_wrappers_children_go_with_their_rank_and_the_agent_exits_after_the_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"trap "" TERM; sleep 100 & echo $! > "$TEST_DIR/child.$RANK"; touch "$TEST_DIR/started.$RANK"; wait"#;
+    let args = ["--log-dir", d, "--grace-s", "1", "--nproc-per-node", "2", "--", "sh", "-c", rank];
+    let mut agent = Agent::start(tmp.path(), "wrapper", &args);
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let t0 = Instant::now();
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.exit(Duration::from_secs(8)).code(), Some(143), "{}", agent.text());
+    assert!(t0.elapsed() < Duration::from_secs(5), "exited {:?} after the signal:\n{}", t0.elapsed(), agent.text());
+    assert!(agent.text().contains("SIGKILL to its process group"), "{}", agent.text());
+    assert_children_gone(tmp.path(), 2);
+}
+
+/// A rank that exits 3 at once, leaving a child that holds its pipes: the report comes at once, with
+/// the rank's own run time (not the agent's wait for its output), says it printed nothing, and no
+/// child of any rank outlives the agent.
+#[test]
+fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"sleep 60 & echo $! > "$TEST_DIR/child.$RANK"; touch "$TEST_DIR/started.$RANK"; [ "$RANK" = 1 ] && exit 3; wait"#;
+    let args =
+        ["--log-dir", d, "--grace-s", "5", "--run-id", "orphans", "--nproc-per-node", "2", "--", "sh", "-c", rank];
+    let t0 = Instant::now();
+    let mut agent = Agent::start(tmp.path(), "orphans", &args);
+    assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(1), "{}", agent.text());
+    assert!(t0.elapsed() < Duration::from_secs(6), "exited after {:?}:\n{}", t0.elapsed(), agent.text());
+    let text = agent.text();
+    assert!(text.contains("exited with exit code 3 after 0.") && text.contains("(it printed nothing)"), "{text}");
+    let rec = std::fs::read_to_string(tmp.path().join("orphans/attempt_0/failure-node0.json")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert!(rec["rank"]["seconds"].as_f64().unwrap() < 2.0, "{rec}");
+    assert_children_gone(tmp.path(), 2);
+}
+
+/// Each rank leads its own process group, so a terminal's Ctrl-C no longer reaches it directly: the
+/// agent forwards SIGINT and SIGUSR1 (as SIGTERM and SIGHUP above) to the group, the wrapper's trap
+/// included.
+#[test]
+fn sigint_and_sigusr1_reach_ranks_in_their_own_process_groups() {
+    for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGUSR1, "USR1")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_str().unwrap();
+        let rank = format!(
+            r#"trap 'touch "$TEST_DIR/got.$RANK"; exit 0' {name}; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#
+        );
+        let mut agent = Agent::start(tmp.path(), name, &args(d, &["--nproc-per-node", "2"], &rank));
+        wait_started(tmp.path(), 2, Duration::from_secs(15));
+        agent.signal(sig);
+        assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
+        assert!(tmp.path().join("got.0").exists() && tmp.path().join("got.1").exists(), "{}", agent.text());
+    }
+}
+
+/// A node whose ranks all succeeded while the group then fails (rank 0 on node 0 exits 1 after 2 s)
+/// joins the group's restart and exits with the group's code: it exited 0 at once, and node 0 waited
+/// for it in vain ("node ranks [1] never arrived").
+#[test]
+fn a_node_whose_ranks_finished_joins_the_groups_restart_and_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let rank =
+        r#"touch "$TEST_DIR/started.$RANK.$INFINITY_RESTART_COUNT"; if [ "$RANK" = 0 ]; then sleep 2; exit 1; fi"#;
+    let node = |n: &'static str| {
+        let extra = [
+            "--nnodes",
+            "2",
+            "--node-rank",
+            n,
+            "--rdzv",
+            &rdzv,
+            "--token",
+            "t",
+            "--run-id",
+            "g",
+            "--max-restarts",
+            "1",
+        ];
+        Agent::start(tmp.path(), &format!("node{n}"), &args(d, &extra, rank))
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    assert_eq!(node1.exit(Duration::from_secs(30)).code(), Some(1), "{}", node1.text());
+    assert_eq!(node0.exit(Duration::from_secs(30)).code(), Some(1), "{}", node0.text());
+    let (t0, t1) = (node0.text(), node1.text());
+    assert!(t1.contains("restarting the group from its newest checkpoint (1 of 1)"), "{t1}");
+    assert!(t1.contains("another node: rank 0 (node 0"), "{t1}");
+    assert!(!t0.contains("never arrived"), "{t0}");
+    assert!(tmp.path().join("started.1.1").exists(), "node 1's rank did not run attempt 1");
+    let rec = std::fs::read_to_string(tmp.path().join("g/attempt_1/failure-node1.json")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(0), Some(false)), "{rec}");
+    assert_eq!(rec["next"], "stop: no restarts left");
+}
+
+/// Not a test of its own: a rank that a test below starts, standing in for a trainer: it waits; on
+/// SIGTERM (its agent's death, `PR_SET_PDEATHSIG`), or once another rank marked the attempt
+/// `stopped-early` (the trainers' all-reduce of the flag), it marks that, as after a checkpoint, and
+/// exits 0.
+#[test]
+fn rank_process() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if std::env::var_os("LAUNCH_TEST_RANK").is_none() {
+        return;
+    }
+    static TERM: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_term(_: libc::c_int) {
+        TERM.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    let env = |k: &str| std::env::var(k).unwrap();
+    let addr = format!("{}:{}", env("MASTER_ADDR"), env("MASTER_PORT"));
+    let mut c = StoreClient::connect(&addr, &env("INFINITY_RDZV_TOKEN"), "rank", Duration::from_secs(5)).unwrap();
+    let key = format!("{}/attempt-{}/stopped-early", env("INFINITY_RUN_ID"), env("INFINITY_RESTART_COUNT"));
+    std::fs::write(Path::new(&env("TEST_DIR")).join(format!("started.{}", env("RANK"))), "").unwrap();
+    loop {
+        if TERM.load(Ordering::SeqCst) || c.check(std::slice::from_ref(&key)).unwrap()[0] {
+            c.set(&key, b"7").unwrap();
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Node 1's agent killed: its rank checkpoints and stops, and so (told by it) does node 0's. Node 0's
+/// report names node 1 as the node lost (it said "an agent or its node was lost"), and its record does
+/// not claim the root cause (it had `root_cause_here: true` with `rank: null`).
+#[test]
+fn a_lost_agent_is_named_in_the_other_nodes_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let node = |n: &'static str| {
+        let args = [
+            "--log-dir",
+            d,
+            "--grace-s",
+            "5",
+            "--rdzv-timeout-s",
+            "15",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            n,
+            "--rdzv",
+            &rdzv,
+            "--token",
+            "t",
+            "--run-id",
+            "lost",
+            "--",
+            "env",
+            "LAUNCH_TEST_RANK=1",
+            exe,
+            "rank_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ];
+        Agent::start(tmp.path(), &format!("node{n}"), &args)
+    };
+    let (node0, mut node1) = (node("0"), node("1"));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let _ = node1.child.kill();
+    let _ = node1.child.wait();
+    node0.wait_for("attempt 0 failed", Duration::from_secs(15));
+    let text = node0.text();
+    assert!(text.contains("node 1's agent or the node was lost"), "{text}");
+    let rec = std::fs::read_to_string(tmp.path().join("lost/attempt_0/failure-node0.json")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(1), Some(false)), "{rec}");
+    assert!(rec["rank"].is_null(), "{rec}");
 }

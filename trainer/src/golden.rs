@@ -304,6 +304,7 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         cond_drop_rate: 0.0,
         drop_path_rate: 0.0,
+        apply_spatial_patchify: k.get("apply_spatial_patchify").and_then(Value::as_u64).unwrap_or(0) == 1,
         conditioning: Conditioning::Text,
         block_chunks: k.get("block_chunks").and_then(Value::as_u64).unwrap_or(1) as usize,
     };

@@ -515,7 +515,7 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
         use infinity_trainer::train::{config::TrainConfig, gpu_fit, Setup};
         let c = TrainConfig::load(&cfg, &[]).unwrap();
         let s = Setup::open(&c).unwrap();
-        let step = |b| gpu_fit::gpu_step(&c, &s.ds.manifest, 2, b).unwrap();
+        let step = |b| gpu_fit::gpu_step(&c, &s.mc, &s.ds.manifest, 2, b).unwrap();
         let bytes = |b| infinity_trainer::model::memory::device_memory(&s.mc, s.lay.numel, &step(b)).total();
         format!("{},16G", (1u64 << 30) + (bytes(4) + bytes(5)) / 2)
     };
@@ -654,4 +654,36 @@ fn a_bad_launch_command_line_exits_2_naming_the_option() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// Ranks started with different settings stop before their first step (exit 2, not restarted), the
+/// rank that differs naming each setting (rank 0's value → its own); a setting a node may choose for
+/// itself (`data.workers`) is not one of them.
+#[test]
+fn ranks_whose_configs_differ_stop_naming_the_settings() {
+    let (tmp, cfg) = setup(2);
+    let run = tmp.path().join("run");
+    let script = format!(
+        "extra=; if [ \"$RANK\" = 1 ]; then extra='--set optim.lr=1e-3 --set data.workers=3'; fi; \
+         exec {BIN} train {} --set run.dir={} $extra",
+        cfg.display(),
+        run.display()
+    );
+    let out = Command::new(BIN)
+        .args(["launch", "--nproc-per-node", "2", "--grace-s", "20", "--max-restarts", "2"])
+        .arg("--log-dir")
+        .arg(run.join("logs"))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("config differs from rank 0's") && !text.contains("attempt 1"), "{text}");
+    let rank1 = std::fs::read_to_string(run.join("logs/run/attempt_0/rank_1.log")).unwrap();
+    assert!(
+        rank1.contains("rank 1's config differs from rank 0's: optim.lr: 0.002 → 0.001")
+            && !rank1.contains("data.workers"),
+        "{rank1}"
+    );
+    assert!(!run.join("metrics.jsonl").exists(), "a step was trained");
 }

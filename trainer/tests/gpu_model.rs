@@ -223,57 +223,65 @@ fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
 }
 
 /// Self-correction on the device (`step_latents`) gives the loss and gradients of the host's
-/// self-correction fed through `step`: the flips are the same keyed draws.
+/// self-correction fed through `step`: the flips are the same keyed draws. With spatial patchify too
+/// (latents at twice the sides, unshuffled into tokens on the device and on the host).
 #[test]
 fn device_self_correction_matches_the_host_one() {
     if !gpu_or_skip() {
         return;
     }
-    use infinity_kernels::bsq;
+    use infinity_kernels::{bsq, patchify};
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let scales = [(1, 1), (2, 2), (4, 4), (6, 6), (8, 8)];
-    let mut mc = ModelConfig::preset("tiny").unwrap();
-    (mc.d, mc.conditioning) = (16, Conditioning::Class { num_classes: 5 });
-    let lay = Layout::new(&mc);
-    let p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 2);
-    let (b, d, (hh, ww)) = (4, mc.d, (8, 8));
-    let latents: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
-    let cpu = bsq::self_correct_keyed(&latents, &keys, d, &scales, 0.3, 13);
-    let x: Vec<f32> = cpu.iter().flat_map(|c| c.x_wo_prefix.iter().copied()).collect();
-    let gt: Vec<u8> = cpu.iter().flat_map(|c| c.bits.iter().copied()).collect();
-    let labels = vec![0usize, 3, 5, 1];
-    let rope = RopeTable::new(mc.head_dim(), &scales, (8, 8));
-    let weights = token_weights(b, &scales, true);
-    let inp = ModelInput {
-        b,
-        scales: &scales,
-        rope: &rope,
-        x_wo_prefix: &x,
-        cond: Condition::Class { labels: &labels },
-        gt_bits: &gt,
-        token_weights: &weights,
-        label_smoothing: 0.0,
-        drop_path: &[],
-    };
-    let mut m = GpuModel::new(&mc, &lay, 0, false).unwrap();
-    m.upload_params(&p).unwrap();
-    let mut out = Vec::new();
-    for device in [false, true] {
-        m.zero_grads().unwrap();
-        let ce = if device {
-            m.step_latents(&inp, (&latents, &keys), (0.3, 13), true).unwrap()
-        } else {
-            m.step(&inp, true).unwrap()
+    for patchify in [false, true] {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        (mc.d, mc.conditioning, mc.apply_spatial_patchify) = (16, Conditioning::Class { num_classes: 5 }, patchify);
+        let lay = Layout::new(&mc);
+        let p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 2);
+        let tokenizer = if patchify { patchify::tokenizer_scales(&scales) } else { scales.to_vec() };
+        let (b, d, (hh, ww)) = (4, mc.d_vae(), *tokenizer.last().unwrap());
+        let latents: Vec<f32> = (0..b * d * hh * ww).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let keys: Vec<u64> = (0..b).map(|_| rng.random()).collect();
+        let cpu = bsq::self_correct_keyed(&latents, &keys, d, &tokenizer, 0.3, 13);
+        let mut x: Vec<f32> = cpu.iter().flat_map(|c| c.x_wo_prefix.iter().copied()).collect();
+        let mut gt: Vec<u8> = cpu.iter().flat_map(|c| c.bits.iter().copied()).collect();
+        if patchify {
+            (x, gt) =
+                (patchify::unshuffle_tokens(&x, b, d, &scales, 1), patchify::unshuffle_tokens(&gt, b, d, &scales, 0));
+        }
+        let labels = vec![0usize, 3, 5, 1];
+        let rope = RopeTable::new(mc.head_dim(), &scales, (8, 8));
+        let weights = token_weights(b, &scales, true);
+        let inp = ModelInput {
+            b,
+            scales: &scales,
+            rope: &rope,
+            x_wo_prefix: &x,
+            cond: Condition::Class { labels: &labels },
+            gt_bits: &gt,
+            token_weights: &weights,
+            label_smoothing: 0.0,
+            drop_path: &[],
         };
-        let mut g = Params::zeros(&lay);
-        m.add_grads_into(&mut g.data).unwrap();
-        out.push((ce.loss, g.data));
+        let mut m = GpuModel::new(&mc, &lay, 0, false).unwrap();
+        m.upload_params(&p).unwrap();
+        let mut out = Vec::new();
+        for device in [false, true] {
+            m.zero_grads().unwrap();
+            let ce = if device {
+                m.step_latents(&inp, (&latents, &keys), (0.3, 13), true).unwrap()
+            } else {
+                m.step(&inp, true).unwrap()
+            };
+            let mut g = Params::zeros(&lay);
+            m.add_grads_into(&mut g.data).unwrap();
+            out.push((ce.loss, g.data));
+        }
+        println!("patchify {patchify}: loss with host self-correction {:.7}, on the device {:.7}", out[0].0, out[1].0);
+        assert!((out[0].0 - out[1].0).abs() <= 1e-6 * out[0].0, "losses {} vs {}", out[0].0, out[1].0);
+        let (rel, name) = worst_rel(&lay, &out[1].1, &out[0].1);
+        assert!(rel <= 1e-5, "patchify {patchify}: gradient of {name} differs by {rel:e}");
     }
-    println!("loss with host self-correction {:.7}, on the device {:.7}", out[0].0, out[1].0);
-    assert!((out[0].0 - out[1].0).abs() <= 1e-6 * out[0].0, "losses {} vs {}", out[0].0, out[1].0);
-    let (rel, name) = worst_rel(&lay, &out[1].1, &out[0].1);
-    assert!(rel <= 1e-5, "gradient of {name} differs by {rel:e}");
 }
 
 /// A folder with `small_data` in it, on the emulated device only (the tests that make it play another

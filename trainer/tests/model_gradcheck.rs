@@ -20,6 +20,7 @@ fn tiny(conditioning: Conditioning) -> ModelConfig {
         norm_eps: 1e-6,
         cond_drop_rate: 0.1,
         drop_path_rate: 0.0,
+        apply_spatial_patchify: false,
         conditioning,
         block_chunks: 1,
     }
@@ -127,8 +128,7 @@ fn cached_sampling_matches_the_training_forward() {
             Conditioning::Class { .. } => SampleCondition::Class(vec![1, 4]),
             Conditioning::Text => SampleCondition::Text { kv: kv.clone(), lens: vec![3, 2] },
         };
-        let out =
-            sample(&cfg, &lay, &p, &cond, &scales, &rope, &SampleOptions { cfg: 1.0, tau: 1.0, top_p: 0.0, seed: 3 });
+        let out = sample(&cfg, &lay, &p, &cond, &scales, &rope, &SampleOptions::uniform(1.0, 1.0, 0.0, 3));
         let x: Vec<f32> = out.x_wo_prefix.concat();
         let bits: Vec<u8> = out.bits.concat();
         let weights = token_weights(2, &scales, false);
@@ -154,4 +154,57 @@ fn cached_sampling_matches_the_training_forward() {
         assert!(worst < 1e-4, "{conditioning:?}: sampler logits differ from the training forward by {worst}");
         assert_eq!(acts.logits.len(), sampled.len());
     }
+}
+
+/// Spatial patchify (upstream's 8B): the sampler shuffles each sampled scale back to the tokenizer's
+/// twice-as-large grid and unshuffles its inputs from it, exactly as training unshuffles
+/// self-correction's: the sampled bits, shuffled back and self-corrected as stored bits (no flips),
+/// give the inputs the sampler fed; and the training forward on them gives the sampler's logits.
+#[test]
+fn patchified_sampling_matches_the_training_inputs() {
+    use infinity_kernels::{bsq, patchify};
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = ModelConfig { d: 16, apply_spatial_patchify: true, ..tiny(Conditioning::Class { num_classes: 5 }) };
+    cfg.validate().unwrap();
+    let lay = Layout::new(&cfg);
+    let p: Params<f32> = random_params(&lay, 10).cast();
+    let tokenizer = [(2usize, 2usize), (4, 4), (4, 6)];
+    let scales = cfg.token_scales(&tokenizer);
+    assert_eq!(scales, [(1, 1), (2, 2), (2, 3)]);
+    let rope = RopeTable::new(8, &scales, (52, 78));
+    let o = SampleOptions::uniform(1.0, 1.0, 0.0, 5);
+    let out = sample(&cfg, &lay, &p, &SampleCondition::Class(vec![2, 3]), &tokenizer, &rope, &o);
+    assert_eq!(out.summed_codes[0].len(), 4 * 4 * 6, "summed codes are the tokenizer's [d/4, 2H, 2W]");
+    for ((bits, x), tokenizer_bits) in out.bits.iter().zip(&out.x_wo_prefix).zip(&out.tokenizer_bits) {
+        // token bits [L, 16] → the tokenizer's [4L, 4], scale by scale
+        let mut stored = vec![0u8; bits.len()];
+        let mut at = 0;
+        for &(h, w) in &scales {
+            let n = h * w * cfg.d;
+            patchify::shuffle_scale(&bits[at..at + n], (h, w), cfg.d_vae(), &mut stored[at..at + n]);
+            at += n;
+        }
+        assert_eq!(stored, *tokenizer_bits, "the bits in the tokenizer's layout");
+        let sc = bsq::self_correct_stored(&stored, cfg.d_vae(), &tokenizer, None);
+        assert_eq!(patchify::unshuffle_tokens(&sc.bits, 1, cfg.d_vae(), &scales, 0), *bits, "labels");
+        let want = patchify::unshuffle_tokens(&sc.x_wo_prefix, 1, cfg.d_vae(), &scales, 1);
+        let worst = infinity_kernels::compare::max_abs_diff(&want, x);
+        assert!(worst < 1e-6, "the sampler's inputs differ from training's by {worst}");
+    }
+    let (x, bits): (Vec<f32>, Vec<u8>) = (out.x_wo_prefix.concat(), out.bits.concat());
+    let weights = token_weights(2, &scales, false);
+    let inp = ModelInput {
+        b: 2,
+        scales: &scales,
+        rope: &rope,
+        x_wo_prefix: &x,
+        cond: Condition::Class { labels: &[2, 3] },
+        gt_bits: &bits,
+        token_weights: &weights,
+        label_smoothing: 0.0,
+        drop_path: &[],
+    };
+    let acts = forward(&cfg, &lay, &p, &inp);
+    let worst = infinity_kernels::compare::max_abs_diff(&acts.logits, &out.cond_logits.concat());
+    assert!(worst < 1e-4, "sampler logits differ from the training forward by {worst}");
 }

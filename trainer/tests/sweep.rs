@@ -11,6 +11,17 @@ fn infinity(args: &[&str], cwd: &Path) -> Output {
     Command::new(BIN).args(args).current_dir(cwd).output().unwrap()
 }
 
+/// `infinity` with `INF__…` variables in its environment.
+fn infinity_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    Command::new(BIN).args(args).current_dir(cwd).envs(env.iter().copied()).output().unwrap()
+}
+
+fn refused(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "expected a refusal:\n{text}");
+    text
+}
+
 fn ok(out: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "failed ({:?}):\n{text}", out.status);
@@ -76,6 +87,12 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
         ("tokens = [-5]", "a token budget of -5e0 is"),
         ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
+        // under one step (it rounded up to 1 step), and budgets that come to the same whole steps
+        ("tokens = [100]", "run tokens-100: a token budget of 1e2 is less than one step of"),
+        ("tokens = [1e5, 1.00001e5]", "the runs tokens-1e5 and tokens-1.00001e5 would train the same config"),
+        ("\"model.mlp_ratio\" = [4, 4.0]", "mlp-ratio-4 and mlp-ratio-4.0 would train the same config; their axis"),
+        // a validation set that is not there fails at plan time, not in every run
+        ("\"val.dir\" = [\"no-such-val\"]", "run dir-no-such-val: val.dir"),
     ] {
         std::fs::write(t.join("clash.toml"), format!("base = \"base.toml\"\nout = \"clash\"\n[axes]\n{axes}\n"))
             .unwrap();
@@ -83,6 +100,25 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && text.contains(want), "{axes}: {text}");
     }
+    assert!(!t.join("clash").exists());
+    let clash = |axes: &str, set: &str| {
+        let text = format!("base = \"base.toml\"\nout = \"clash\"\n[set]\n{set}\n[axes]\n{axes}\n");
+        std::fs::write(t.join("clash.toml"), text).unwrap();
+    };
+    // the missing validation set's message says what to do
+    clash("\"model.num_heads\" = [2]", "\"val.dir\" = \"no-such-val\"");
+    let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    assert!(text.contains("no-such-val") && text.contains("make it with `infinity data synth --tokenizer"), "{text}");
+    // a budget of 1.5 steps: 2 whole steps, 33 % over it, and fewer steps than the warm-up (3)
+    clash("tokens = [1e6]", "");
+    let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    let row: Vec<&str> = plan.lines().find(|l| l.starts_with("tokens-1e6")).unwrap().split_whitespace().collect();
+    let per_step = row[3].parse::<f64>().unwrap() / row[2].parse::<f64>().unwrap();
+    assert!(!plan.contains("warning:"), "a budget of many steps is met within 5 %:\n{plan}");
+    clash(&format!("tokens = [{}]", (per_step * 1.5).round()), "");
+    let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    assert!(plan.contains("warning: run tokens-") && plan.contains("% over its budget"), "{plan}");
+    assert!(plan.contains("optim.warmup_steps (3) is not below run.steps (2, from its token budget"), "{plan}");
     assert!(!t.join("clash").exists());
     let out = ok(infinity(&["sweep", "sweep.toml"], t));
     assert!(out.contains("sweep done: 3 runs"), "{out}");
@@ -197,9 +233,77 @@ fn a_mini_sweep_runs_resumes_and_fits() {
             "task {task}: {dir:?}\n{script}"
         );
     }
-    let out = infinity(&["sweep", "bad.toml"], t);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success() && text.contains("1 of 1 runs failed: lr-1e30"), "{text}");
+    // a run that a job trains now (its folder's lock is held) is left to that job: not printed, not in a
+    // script, and its config not rewritten
+    let busy = t.join("my sweep/lr-0.001");
+    let lock = infinity_trainer::train::run_lock::RunLock::acquire(&busy).unwrap();
+    let out = infinity(&["sweep", "spaced.toml", "--print"], t);
+    let (said, printed) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success() && said.contains("run lr-0.001 is training now (its lock is held): left to that job"));
+    assert!(printed.lines().count() == 1 && printed.contains("lr-0.002"), "{printed}\n{said}");
+    ok(infinity(&["sweep", "spaced.toml", "--slurm", "busy.sbatch"], t));
+    let script = std::fs::read_to_string(t.join("busy.sbatch")).unwrap();
+    assert!(script.contains("--array=0-0\n") && !script.contains("lr-0.001"), "{script}");
+    // a run that has written metrics (no checkpoint yet) keeps its config too, as does the busy one
+    std::fs::write(t.join("my sweep/lr-0.002/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\n").unwrap();
+    std::fs::write(
+        t.join("spaced2.toml"),
+        "base = \"base.toml\"\nout = \"my sweep\"\n[set]\n\"optim.clip\" = 0.5\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]\n",
+    )
+    .unwrap();
+    let text = refused(infinity(&["sweep", "spaced2.toml", "--print"], t));
+    assert!(text.contains("2 runs trained with other settings") && text.contains("lr-0.002: optim.clip"), "{text}");
+    drop(lock);
+    std::fs::remove_file(t.join("my sweep/lr-0.002/metrics.jsonl")).unwrap();
+    ok(infinity(&["sweep", "spaced2.toml", "--print"], t));
+
+    // INF__ variables go into every run's config at plan time, under the sweep's own settings, and are
+    // not applied again by the runs it starts (here, the commands it prints, or the SLURM tasks)
+    std::fs::write(
+        t.join("env.toml"),
+        "base = \"base.toml\"\nout = \"env\"\n[set]\n\"run.steps\" = 2\n\"run.log_every\" = 1\n\"val.every\" = 0\n\
+         \"optim.warmup_steps\" = 0\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]\n",
+    )
+    .unwrap();
+    let env = [("INF__RUN__STEPS", "1"), ("INF__OPTIM__LR", "0.5"), ("INF__OPTIM__CLIP", "0.25")];
+    let out = infinity_env(&["sweep", "env.toml", "--print"], t, &env);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.lines().all(|l| l.starts_with("env -u INF__OPTIM__CLIP -u INF__OPTIM__LR -u INF__RUN__STEPS ")));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("INF__OPTIM__LR=0.5: ignored, the sweep sets `optim.lr` itself"), "{said}");
+    assert!(said.contains("INF__RUN__STEPS=1: ignored, the sweep sets `run.steps` itself"), "{said}");
+    assert!(said.contains("INF__OPTIM__CLIP=0.25: written into every run's config.toml"), "{said}");
+    ok(infinity_env(&["sweep", "env.toml"], t, &env));
+    for (run, lr) in [("lr-0.001", 1e-3), ("lr-0.002", 2e-3)] {
+        let dir = t.join("env").join(run);
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(config.contains("clip = 0.25\n") && config.contains(&format!("lr = {lr}\n")), "{config}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(v["step"], 2, "{run}: trained the steps of its config, not INF__RUN__STEPS");
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        for line in metrics.lines() {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(m["lr"].as_f64().is_some_and(|l| l <= lr * 1.0001), "{run}: {line}");
+        }
+    }
+    ok(infinity_env(&["sweep", "env.toml", "--slurm", "env.sbatch"], t, &[("INF__OPTIM__CLIP", "0.25")]));
+    // (both finished: no script) a fresh one's tasks unset the submitting shell's INF__ variables
+    assert!(!t.join("env.sbatch").exists());
+    let script = std::fs::read_to_string(t.join("spaced.sbatch")).unwrap();
+    let unset = script.lines().find(|l| l.contains("compgen -e")).expect("the unset line");
+    let out = Command::new("bash").args(["-c", &format!("{unset}\nenv")]).env("INF__OPTIM__LR", "0.5").output();
+    let out = String::from_utf8_lossy(&out.unwrap().stdout).to_string();
+    assert!(!out.contains("INF__") && out.contains("PATH="), "{out}");
+
+    // a run that diverges is a result, not a failure: listed, and skipped by the next invocation
+    let text = ok(infinity(&["sweep", "bad.toml"], t));
+    assert!(text.contains("1 runs diverged (final results") && text.contains("lr-1e30"), "{text}");
+    let again = ok(infinity(&["sweep", "bad.toml"], t));
+    assert!(again.contains("lr-1e30: diverged (summary.json), skipped"), "{again}");
+    let out = infinity(&["sweep", "bad.toml", "--print"], t);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && out.stdout.is_empty() && said.contains("run lr-1e30 diverged"), "{said}");
     // the diverged run says so in its summary (it had none, and `infinity scaling` did not see it)
     let summary = std::fs::read_to_string(t.join("bad/lr-1e30/summary.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&summary).unwrap();

@@ -44,6 +44,7 @@ fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
             conditioning: conditioning.into(),
             cond_drop_rate: 0.25,
             drop_path_rate: Some(0.2),
+            apply_spatial_patchify: None,
             init_from: None,
             mup_base_width: None,
             mup_base_heads: None,
@@ -626,4 +627,70 @@ fn validation_is_not_subject_to_drop_path() {
         losses.push(m.loss);
     }
     assert_eq!(losses[0], losses[1], "validation loss moved with drop_path_rate");
+}
+
+/// Spatial patchify (upstream's 8B tokens): a dataset stored at twice the schedule's sides trains a
+/// model of 4·d bits per token on the transformer's schedule (as many tokens as the plain dataset),
+/// samples its preview grids and resumes exactly; a model and a dataset that disagree are named
+/// before the first step.
+#[test]
+fn spatial_patchify_trains_on_a_patchified_dataset_and_mismatches_are_named() {
+    use infinity_trainer::train::Setup;
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, patched) = (tmp.path().join("plain"), tmp.path().join("patched"));
+    dataset(&plain);
+    let opts = SynthOptions {
+        rows: 96,
+        fit_rows: 48,
+        d: 4,
+        patch: 2, // the images of the plain dataset's (twice the latent sides, half the patch)
+        spatial_patchify: true,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(&patched, &opts).unwrap();
+    let patchify = |data: &Path, run: &str, on: Option<bool>| {
+        let mut c = config(data, tmp.path().join(run), "class");
+        c.model.apply_spatial_patchify = on;
+        c
+    };
+    let setup = Setup::open(&patchify(&patched, "x", Some(true))).unwrap();
+    assert_eq!((setup.mc.d, setup.mc.d_vae()), (16, 4));
+    let plain_mix = Setup::open(&config(&plain, tmp.path().join("y"), "class")).unwrap().mix;
+    assert_eq!(setup.mix.mean_tokens, plain_mix.mean_tokens, "the transformer's tokens are the plain schedule's");
+
+    let whole = patchify(&patched, "whole", Some(true));
+    let s = train(&whole, &TrainOptions::default()).unwrap();
+    assert!(s.last_loss.is_finite() && s.last_loss < 0.75, "loss {}", s.last_loss);
+    assert!(read(whole.run.dir.join("samples/step-00000006.png")).len() > 100, "no preview grid");
+    let split = patchify(&patched, "split", Some(true));
+    train(&split, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+    train(&split, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
+    let end = |c: &TrainConfig| read(c.run.dir.join("checkpoints/step-00000006/model.safetensors"));
+    assert!(end(&whole) == end(&split), "weights differ after resume");
+
+    let err = |c: TrainConfig| format!("{:#}", Setup::open(&c).err().expect("a mismatch"));
+    let e = err(patchify(&patched, "a", None));
+    assert!(e.contains("stored for spatial patchify") && e.contains("apply_spatial_patchify = true"), "{e}");
+    let e = err(patchify(&plain, "b", Some(true)));
+    assert!(e.contains("--spatial-patchify") && e.contains("1.000/demo5"), "{e}");
+}
+
+/// One job per run folder: while another holds the folder's lock, a run (fresh or resumed) stops
+/// before it writes anything.
+#[test]
+fn a_second_job_on_a_run_folder_is_refused() {
+    use infinity_trainer::train::run_lock::RunLock;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    std::fs::create_dir_all(&cfg.run.dir).unwrap();
+    let held = RunLock::acquire(&cfg.run.dir).unwrap();
+    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).expect_err("refused"));
+    assert!(e.contains("is in use by another training job (pid "), "{e}");
+    assert!(!cfg.run.dir.join("config.toml").exists(), "the refused job wrote into the folder");
+    drop(held);
+    assert_eq!(train(&cfg, &TrainOptions::default()).unwrap().steps, 6);
 }

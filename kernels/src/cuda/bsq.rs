@@ -251,6 +251,54 @@ fn per_scale(
     Ok(())
 }
 
+/// Twin of [`crate::patchify::unshuffle_tokens`]: `src [B, rows, d]` on the tokenizer's schedule (the
+/// labels or teacher-forcing inputs of [`self_correct_batch`]) → `dst [B, rows/4, 4d]` transformer
+/// tokens of the transformer scales `scales[first..]`, a launch per scale. `f32` or `u8` values.
+pub fn unshuffle_tokens<T: Unshuffled>(
+    dev: &Device,
+    src: &CudaSlice<T>,
+    dst: &mut CudaSlice<T>,
+    (b, d): (usize, usize),
+    scales: &[(usize, usize)],
+    first: usize,
+) -> Result<(), CudaError> {
+    let per: usize = scales[first..].iter().map(|&(h, w)| 4 * h * w * d).sum();
+    assert!(src.len() >= b * per && dst.len() >= b * per, "unshuffle_tokens: src and dst are [B, rows, d]");
+    let s = &dev.stream;
+    let mut off = 0;
+    for &(h, w) in &scales[first..] {
+        let n = 4 * h * w * d;
+        let args = [
+            Arg::Ptr(src.device_ptr(s).0),
+            Arg::Ptr(dst.device_ptr_mut(s).0),
+            Arg::int(b),
+            Arg::long(per),
+            Arg::long(off),
+            Arg::int(h),
+            Arg::int(w),
+            Arg::int(d),
+        ];
+        // SAFETY: unshuffle_scale_*(src, dst, b, per, off, h, w, d): both hold b·per values (checked
+        // above) and the scale's off + n ≤ per.
+        unsafe { dev.launch("bsq.cu", T::KERNEL, elementwise(b * n), &args) }?;
+        off += n;
+    }
+    Ok(())
+}
+
+/// The element types [`unshuffle_tokens`] has a kernel for.
+pub trait Unshuffled: cudarc::driver::DeviceRepr {
+    const KERNEL: &'static str;
+}
+
+impl Unshuffled for f32 {
+    const KERNEL: &'static str = "unshuffle_scale_f32";
+}
+
+impl Unshuffled for u8 {
+    const KERNEL: &'static str = "unshuffle_scale_u8";
+}
+
 /// One 256-thread block per item (grid-stride beyond 65 535 blocks).
 fn per_block(items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (items.clamp(1, 65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 
 use super::elastic::{Group, Nodes, Rounds};
-use super::watch::post;
-use super::{LaunchArgs, Plan};
+use super::signals::{forwarded, signal_name, Signals};
+use super::watch::{self, other_failure, post};
+use super::{LaunchArgs, Outcome, Plan};
 use crate::store::{StoreClient, StoreServer};
 
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
@@ -68,6 +69,8 @@ impl Ending<'_> {
         if let Some(r) = self.rounds.filter(|_| for_all) {
             post(client, &r.ended_key(), &code.to_string()).await;
         }
+        // (which node left with which code: a rendezvous for a restart it never joins names it)
+        post(client, &format!("{}/out/{}", self.prefix, self.g.node_rank), &code.to_string()).await;
         let _ = client.add(&format!("{}/exited", self.prefix), 1);
         if self.hosting {
             wait_for_agents(client, self.prefix, self.g.nnodes).await;
@@ -240,3 +243,151 @@ pub(super) type Agreed = Result<(), Vec<usize>>;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(super) struct Misconfigured(pub String);
+
+/// How long a node whose agent neither watches its ranks (its counter still) nor said how they ended
+/// may stay silent before an agent whose ranks finished takes it for lost.
+const NODE_SILENCE: Duration = Duration::from_secs(10);
+
+/// For an agent whose ranks all succeeded: how the group's attempt ended. The agent marks its node
+/// (`PREFIX/succeeded/NODE`) and waits until every node's ranks succeeded (or their agent left:
+/// `PREFIX/out/NODE`), or the group failed (it then joins the restart, or stops with the group's code),
+/// or was signalled. A node that is still running keeps this agent waiting as long as its agent
+/// watches (its counter moves); one silent for [`NODE_SILENCE`] is lost, which fails the attempt. A
+/// signal meanwhile stops the group (through the store) and this agent with 0: its ranks finished.
+pub(super) async fn group_outcome(
+    client: &mut StoreClient,
+    prefix: &str,
+    g: Group,
+    elastic_member: bool,
+    signals: &mut Signals,
+) -> Outcome {
+    let node = g.node_rank;
+    post(client, &format!("{prefix}/succeeded/{node}"), "1").await;
+    let (failed, signal, permanent) =
+        (format!("{prefix}/failed"), format!("{prefix}/signal"), format!("{prefix}/failed-permanently"));
+    let mut keys = vec![failed.clone(), signal.clone()];
+    keys.extend((0..g.nnodes).flat_map(|n| [format!("{prefix}/succeeded/{n}"), format!("{prefix}/out/{n}")]));
+    // each node's counter, and when it last moved
+    let mut beats: Vec<(i64, Instant)> = vec![(-1, Instant::now()); g.nnodes];
+    let (t0, mut said) = (Instant::now(), false);
+    loop {
+        let present = match client.check(&keys) {
+            Ok(p) => p,
+            Err(e) => {
+                let report = format!(
+                    "the store (node 0's agent) stopped answering while this node waited for the others' ranks \
+                     to end: {e:#}"
+                );
+                return Outcome::Failed { report, permanent: None, local: None, node: (!elastic_member).then_some(0) };
+            }
+        };
+        if present[0] {
+            let (report, permanent, node) = other_failure(client, &failed, &permanent);
+            let report = format!("another node: {report}");
+            return Outcome::Failed { report, permanent, local: None, node };
+        }
+        if present[1] {
+            console_err!("[launch] another node was signalled; the group stops (this node's ranks had finished)");
+            return Outcome::Stopped(0);
+        }
+        let pending: Vec<usize> = (0..g.nnodes).filter(|n| !present[2 + 2 * n] && !present[3 + 2 * n]).collect();
+        if pending.is_empty() {
+            if said {
+                console_err!("[launch] every node's ranks finished");
+            }
+            return Outcome::Succeeded;
+        }
+        let mut lost = Vec::new();
+        for &n in &pending {
+            let Ok(v) = client.add(&watch::beat_key(prefix, n), 0) else { continue };
+            if v != beats[n].0 {
+                beats[n] = (v, Instant::now());
+            } else if beats[n].1.elapsed() >= NODE_SILENCE {
+                lost.push(n);
+            }
+        }
+        if !lost.is_empty() {
+            let nodes: Vec<String> = lost.iter().map(usize::to_string).collect();
+            let report = format!(
+                "nodes [{}]: their agents were lost (no sign of them for {} s) while their ranks ran; this \
+                 node's ranks had finished",
+                nodes.join(", "),
+                NODE_SILENCE.as_secs()
+            );
+            let (report, node) = watch::post_first(client, &failed, report, (lost.len() == 1).then(|| lost[0])).await;
+            return Outcome::Failed { report, permanent: None, local: None, node };
+        }
+        if !said && t0.elapsed() >= Duration::from_secs(1) {
+            let nodes: Vec<String> = pending.iter().map(usize::to_string).collect();
+            console_err!(
+                "[launch] this node's ranks finished; waiting for the ranks of nodes [{}] (the group may yet fail \
+                 and restart)",
+                nodes.join(", ")
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            got = signals.next() => {
+                console_err!(
+                    "[launch] got {} while waiting for the other nodes' ranks (this node's finished); stopping the group",
+                    signal_name(got)
+                );
+                // (as a signal to a watching agent: an elastic group's member leaves alone)
+                let (key, what) = match elastic_member {
+                    true => (format!("{prefix}/left"), format!("node {node} ({})", signal_name(got))),
+                    false => (signal, forwarded(got).to_string()),
+                };
+                post(client, &key, &what).await;
+                return Outcome::Stopped(0);
+            }
+        }
+    }
+}
+
+/// Nodes among `0..nnodes` that never arrived at attempt `attempt`'s meeting but had ended an earlier
+/// attempt (their agent exited): `node 1 had ended: its agent exited with code 0 after attempt 0 (its
+/// ranks had finished)`, for the rendezvous timeout.
+pub(super) fn ended_nodes(c: &mut StoreClient, run_id: &str, attempt: u32, nnodes: usize) -> Vec<String> {
+    let pre = format!("{run_id}/attempt-{attempt}/agents");
+    let arrived = c.check(&(0..nnodes).map(|n| format!("{pre}/rank/{n}")).collect::<Vec<_>>()).unwrap_or_default();
+    let mut out = Vec::new();
+    for n in (0..nnodes).filter(|&n| !arrived.get(n).copied().unwrap_or(true)) {
+        for k in (0..attempt).rev() {
+            let key = format!("{run_id}/attempt-{k}/out/{n}");
+            if c.check(std::slice::from_ref(&key)).ok() != Some(vec![true]) {
+                continue;
+            }
+            let code = c.get(&key, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
+            let done = c.check(&[format!("{run_id}/attempt-{k}/succeeded/{n}")]).ok() == Some(vec![true]);
+            out.push(format!(
+                "node {n} had ended: its agent exited with code {} after attempt {k}{}",
+                code.unwrap_or_else(|_| "?".into()),
+                if done { " (its ranks had finished)" } else { "" }
+            ));
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreServer;
+
+    /// A restart's rendezvous that times out names a missing node that had ended an earlier attempt
+    /// (its ranks finished, its agent exited 0) rather than only `start infinity launch there`.
+    #[test]
+    fn a_node_that_ended_an_earlier_attempt_is_named_as_such() {
+        let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
+        let mut c = StoreClient::connect(&server.addr.to_string(), "t", "test", Duration::from_secs(5)).unwrap();
+        // attempt 1's meeting: node 0 arrived, nodes 1 and 2 did not; node 1 had left after attempt 0
+        c.set("run/attempt-1/agents/rank/0", b"1").unwrap();
+        c.set("run/attempt-0/succeeded/1", b"1").unwrap();
+        c.set("run/attempt-0/out/1", b"0").unwrap();
+        let ended = ended_nodes(&mut c, "run", 1, 3);
+        assert_eq!(ended, ["node 1 had ended: its agent exited with code 0 after attempt 0 (its ranks had finished)"]);
+        assert!(ended_nodes(&mut c, "run", 0, 3).is_empty());
+    }
+}

@@ -24,8 +24,8 @@ mod watch;
 pub use elastic::Nodes;
 use elastic::{Group, Joined, Rounds};
 use group::{
-    agree_on_settings, failed_attempts, first_attempt, host_store, wait_for_agents, Ending, Misconfigured,
-    CURRENT_ATTEMPT,
+    agree_on_settings, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store, wait_for_agents, Ending,
+    Misconfigured, CURRENT_ATTEMPT,
 };
 use ranks::spawn_group;
 use signals::{until_signal, Signals};
@@ -86,6 +86,8 @@ enum Outcome {
         permanent: Option<i32>,
         /// This node's failed rank, when one failed.
         local: Option<failure::RankFailure>,
+        /// The node of the root cause, where it is known.
+        node: Option<usize>,
     },
     /// An elastic group's nodes change (the reason: a node left, or an agent waits to join): the ranks
     /// checkpointed and stopped to regroup.
@@ -288,7 +290,15 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     // where an agent that replaces a lost node joins
                     client.set(&format!("{run_id}/{CURRENT_ATTEMPT}"), attempt.to_string().as_bytes())?;
                     let pre = format!("{run_id}/attempt-{attempt}/agents");
-                    client.meet(&pre, node, nnodes, timeout, Members::Nodes)?;
+                    if let Err(e) = client.meet(&pre, node, nnodes, timeout, Members::Nodes) {
+                        // a node that is missing because it ended an earlier attempt (its agent exited) is
+                        // named so: no `infinity launch` to start there, its agent is gone
+                        let ended = ended_nodes(&mut client, &run_id, attempt, nnodes);
+                        if ended.is_empty() {
+                            return Err(e);
+                        }
+                        bail!("{e:#}; {}", ended.join("; "));
+                    }
                     Ok((client, Joined::Member(Group { round: attempt, node_rank: node, nnodes })))
                 });
                 (meet, "waiting for the other agents")
@@ -350,14 +360,16 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             client = c;
             if let Err(missing) = agreed {
                 let nodes: Vec<String> = missing.iter().map(usize::to_string).collect();
-                let missing = format!(
+                let missing_text = format!(
                     "nodes [{}] of {} never started their ranks (no settings within {:.0} s: gone?)",
                     nodes.join(", "),
                     g.nnodes,
                     wait.as_secs_f64()
                 );
-                let report = watch::post_first(&mut client, &format!("{prefix}/failed"), missing).await;
-                outcome = Some(Outcome::Failed { report, permanent: None, local: None });
+                let one = (missing.len() == 1).then(|| missing[0]);
+                let (report, node) =
+                    watch::post_first(&mut client, &format!("{prefix}/failed"), missing_text, one).await;
+                outcome = Some(Outcome::Failed { report, permanent: None, local: None, node });
             }
         }
         let outcome = match outcome {
@@ -371,9 +383,18 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 watch(ranks, &a, &p, g, &store_addr, &prefix, elastic, &mut signals).await?
             }
         };
-        match outcome {
+        // ranks that succeeded here end the run only when every node's did: a group that fails meanwhile
+        // is joined (its restart, or its exit code)
+        let outcome = match outcome {
             Outcome::Succeeded => {
                 console_err!("[launch] all {} local ranks finished", a.nproc_per_node);
+                let elastic_member = rounds.is_some() && server.is_none();
+                group_outcome(&mut client, &prefix, g, elastic_member, &mut signals).await
+            }
+            o => o,
+        };
+        match outcome {
+            Outcome::Succeeded => {
                 return Ok(end.finish(&mut client, 0, true).await);
             }
             Outcome::Stopped(code) => {
@@ -384,7 +405,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             Outcome::Regroup(why) => {
                 console_err!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
             }
-            Outcome::Failed { report, permanent, local } => {
+            Outcome::Failed { report, permanent, local, node } => {
                 console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
                 // restarts used: failed attempts so far (an elastic group's regroups are not failures)
                 let used = match rounds {
@@ -397,7 +418,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     (None, false) => "restart",
                 };
                 let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
-                failure::write(&dir, g.round, g.node_rank, &report, local.as_ref(), next);
+                failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next);
                 if let Some(code) = permanent {
                     let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
                     console_err!(

@@ -23,8 +23,9 @@ const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden
 /// Lines of each rank's output kept for the failure report.
 const TAIL_LINES: usize = 20;
 
-/// One local rank: the process, its pid, the tail of its output and the tasks that copy that output
-/// (joined before a report or exit, so no last line is lost).
+/// One local rank: the process, its pid (also its process group's id: each rank leads its own group,
+/// so a stop signal reaches whatever a wrapper script started too), the tail of its output and the
+/// tasks that copy that output (joined before a report or exit, so no last line is lost).
 pub(super) struct Rank {
     pub(super) global: usize,
     pub(super) child: Child,
@@ -34,12 +35,44 @@ pub(super) struct Rank {
     pub(super) started: Instant,
 }
 
+/// How long the agent waits, all ranks' pipes together, for output still to be read once the processes
+/// are gone or stopped (a process that escaped its group may hold a pipe open for ever).
+const DRAIN: Duration = Duration::from_secs(3);
+
 impl Rank {
-    /// Waits (up to 5 s: a grandchild may hold the pipes open) until the output of the exited process
-    /// has been copied to the console, its log and its tail.
-    pub(super) async fn drain(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    /// Sends `sig` to the rank's process group; whether any process was left in it to take it.
+    pub(super) fn signal_group(&self, sig: i32) -> bool {
+        // SAFETY: kill(2) on a process group we created (the rank is its leader; the id stays reserved
+        // while any member lives); an empty group makes it fail harmlessly with ESRCH.
+        self.pid > 0 && unsafe { libc::kill(-self.pid, sig) } == 0
+    }
+
+    /// Whether a process of the rank's group is still alive (the rank itself until it is reaped).
+    pub(super) fn group_alive(&self) -> bool {
+        self.signal_group(0)
+    }
+}
+
+impl Drop for Rank {
+    fn drop(&mut self) {
+        // an agent leaving early (an error) takes the rank's whole group with it, not only the rank
+        // (`kill_on_drop` reaches the rank alone)
+        if self.child.id().is_some() {
+            self.signal_group(libc::SIGKILL);
+        }
+    }
+}
+
+/// Waits until the output of the given ranks has been copied to the console, their logs and tails, all
+/// pipes together under one deadline ([`DRAIN`] or `within`); readers still blocked then (a pipe held
+/// open by a process outside the group) are given up.
+pub(super) async fn drain(ranks: &mut [Rank], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    for r in ranks.iter_mut() {
+        for mut h in r.readers.drain(..) {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                h.abort();
+            }
         }
     }
 }
@@ -77,7 +110,12 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // its own process group: a stop signal and the final SIGKILL reach the processes a wrapper
+            // (`sh -c`, a script) started too, and none outlives the attempt holding its pipes. A
+            // terminal's signals (Ctrl-C, a closed session's SIGHUP) then reach the agent only, which
+            // forwards them (signals.rs)
+            .process_group(0);
         if attempt > 0 {
             cmd.env(vars::RESUME, "auto");
         }
@@ -165,34 +203,43 @@ pub(super) fn describe(status: &ExitStatus) -> String {
     }
 }
 
-/// Send `sig` to the running ranks, wait up to `grace_s`, then SIGKILL the rest. Returns the exit code
-/// of an agent that stopped them for signal `sig`: 0 when every rank exited successfully (they
-/// checkpointed), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank died of
-/// it, before it could checkpoint: the agent reports the signal as a shell would, so a scheduler sees a
-/// preemption).
+/// Send `sig` to every rank's process group (running ranks, and whatever an exited one left behind),
+/// wait up to `grace_s`, then SIGKILL the groups still alive; read the ranks' last output. Returns the
+/// exit code of an agent that stopped them for signal `sig`: 0 when every rank exited successfully
+/// (they checkpointed), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank
+/// died of it, before it could checkpoint: the agent reports the signal as a shell would, so a
+/// scheduler sees a preemption).
 pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
     let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
-    let targets: Vec<&Rank> = running.iter().map(|&i| &ranks[i]).collect();
-    for r in &targets {
-        if r.pid > 0 {
-            // SAFETY: kill(2) on a pid we spawned; one that already exited makes it fail harmlessly.
-            unsafe { libc::kill(r.pid, sig) };
-        }
+    // (only groups that still hold a process: an empty one's id may be another's by now)
+    let signalled: Vec<usize> = (0..ranks.len()).filter(|&i| ranks[i].group_alive()).collect();
+    for &i in &signalled {
+        ranks[i].signal_group(sig);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
-    for i in running {
-        match tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
-            Ok(Ok(s)) => exited[i] = Some(s),
-            _ => {
-                console_err!("[launch] rank {} did not exit within {grace_s} s; SIGKILL", ranks[i].global);
-                let _ = ranks[i].child.kill().await;
-                exited[i] = ranks[i].child.wait().await.ok();
-            }
+    for &i in &running {
+        if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
+            exited[i] = Some(s);
         }
     }
-    for r in ranks.iter_mut() {
-        r.drain().await;
+    // what the ranks started goes too (a wrapper's child that ignores the signal holds the pipes)
+    while signalled.iter().any(|&i| ranks[i].group_alive()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    for &i in &signalled {
+        if !ranks[i].group_alive() {
+            continue;
+        }
+        let what = if exited[i].is_none() { "did not exit" } else { "left processes that did not exit" };
+        console_err!("[launch] rank {} {what} within {grace_s} s; SIGKILL to its process group", ranks[i].global);
+        ranks[i].signal_group(libc::SIGKILL);
+    }
+    for &i in &running {
+        if exited[i].is_none() {
+            exited[i] = ranks[i].child.wait().await.ok();
+        }
+    }
+    drain(ranks, DRAIN).await;
     if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
         return 0;
     }

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::elastic::Group;
 use super::failure;
-use super::ranks::{describe, futures_select_all, stop_group, Rank};
+use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::env::{is_permanent_failure, STOPPED_EARLY};
@@ -45,20 +45,27 @@ pub(super) async fn watch(
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
     // another node's failure or signal is posted in the store; a separate connection polls for it
     let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
+    // each poll bumps this node's counter: an agent whose ranks finished first tells a node still
+    // running (beating) from a lost one (group.rs, group_outcome)
+    poller.beat = Some(beat_key(prefix, g.node_rank));
     let mut keys: Vec<String> =
         ["failed", "signal", "failed-permanently", "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     // node 0's agent hosts the store: no answer for STORE_LOSS means that node is gone (or frozen)
     let (mut answered, mut store_err) = (Instant::now(), None::<anyhow::Error>);
+    // the node whose loss a silent store means (an elastic group's host has no fixed node rank)
+    let store_node = elastic.is_none().then_some(0);
     loop {
         let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
         if running.is_empty() {
+            // (whatever the ranks left running goes with the attempt; their last output is read)
+            stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
             return Ok(match poller.client().await {
-                Ok(c) => ended_cleanly(c, &keys, prefix).await,
+                Ok(c) => ended_cleanly(c, &keys, prefix, g, store_node).await,
                 Err(e) => {
                     let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
-                    Outcome::Failed { report, permanent: None, local: None }
+                    Outcome::Failed { report, permanent: None, local: None, node: store_node }
                 }
             });
         }
@@ -73,9 +80,14 @@ pub(super) async fn watch(
         tokio::select! {
             (i, status) = wait_any => {
                 let status = status?;
+                // (its run time ends here, not once its output has been read)
+                let seconds = ranks[i].started.elapsed().as_secs_f64();
                 exited[i] = Some(status);
-                ranks[i].drain().await;
                 if !status.success() {
+                    // what the failed rank left running (a wrapper's children) stops with it, so its
+                    // pipes close and its last lines are read at once
+                    ranks[i].signal_group(libc::SIGTERM);
+                    drain(std::slice::from_mut(&mut ranks[i]), Duration::from_secs(1)).await;
                     // (a store that does not answer leaves the report this node's)
                     let mut store = poller.client().await.ok();
                     // a node leaving or joining may break the ranks' connections before this agent
@@ -88,24 +100,28 @@ pub(super) async fn watch(
                     }
                     let r = &ranks[i];
                     let lines: Vec<String> = r.tail.lock().unwrap().iter().cloned().collect();
-                    let seconds = r.started.elapsed().as_secs_f64();
+                    let last = match lines.is_empty() {
+                        true => " (it printed nothing)".to_string(),
+                        false => format!("; its last lines:\n    {}", lines.join("\n    ")),
+                    };
                     let mut report = format!(
-                        "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s; its last lines:\n    {}",
-                        r.global, g.node_rank, r.pid, describe(&status), lines.join("\n    ")
+                        "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s{last}",
+                        r.global, g.node_rank, r.pid, describe(&status)
                     );
                     let local = Some(failure::RankFailure::new(r.global, r.pid, &status, seconds, lines));
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
                     // (a permanent failure is marked first: an agent that sees the report sees the mark)
                     let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
+                    let mut node = Some(g.node_rank);
                     if let Some(c) = store {
                         if let Some(code) = permanent {
                             post(c, &keys[PERMANENT], &code.to_string()).await;
                         }
-                        report = post_first(c, &keys[FAILED], report).await;
+                        (report, node) = post_first(c, &keys[FAILED], report, node).await;
                     }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed { report, permanent, local });
+                    return Ok(Outcome::Failed { report, permanent, local, node });
                 }
             }
             got = signals.next() => {
@@ -136,13 +152,13 @@ pub(super) async fn watch(
                     }
                 };
                 if present[FAILED] {
-                    let (report, permanent) = match poller.client().await {
-                        Ok(c) => other_failure(c, &keys),
-                        Err(e) => (format!("(unreadable: {e:#})"), None),
+                    let (report, permanent, node) = match poller.client().await {
+                        Ok(c) => other_failure(c, &keys[FAILED], &keys[PERMANENT]),
+                        Err(e) => (format!("(unreadable: {e:#})"), None, None),
                     };
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     let report = format!("another node: {report}");
-                    return Ok(Outcome::Failed { report, permanent, local: None });
+                    return Ok(Outcome::Failed { report, permanent, local: None, node });
                 }
                 if present[SIGNAL] {
                     console_err!("[launch] another node was signalled; forwarding SIGTERM");
@@ -162,7 +178,7 @@ pub(super) async fn watch(
                         STORE_LOSS.as_secs()
                     );
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
-                    return Ok(Outcome::Failed { report, permanent: None, local: None });
+                    return Ok(Outcome::Failed { report, permanent: None, local: None, node: store_node });
                 }
                 poller.start(&keys);
             }
@@ -170,21 +186,38 @@ pub(super) async fn watch(
     }
 }
 
-/// Another node's failure posted in the store: its report, and its exit code if a restart would repeat it.
-fn other_failure(c: &mut StoreClient, keys: &[String]) -> (String, Option<i32>) {
-    let report = match c.get(&keys[FAILED], Duration::from_secs(1)) {
+/// Another node's failure posted in the store (at `failed`; `permanent`: its mark): its report, its exit
+/// code if a restart would repeat it, and the node it names (where known).
+pub(super) fn other_failure(
+    c: &mut StoreClient,
+    failed: &str,
+    permanent: &str,
+) -> (String, Option<i32>, Option<usize>) {
+    let report = match c.get(failed, Duration::from_secs(1)) {
         Ok(v) => String::from_utf8_lossy(&v).to_string(),
         Err(e) => format!("(unreadable: {e:#})"),
     };
-    let permanent = match c.check(&keys[PERMANENT..=PERMANENT]) {
+    let node = failed_node(c, failed);
+    let permanent = match c.check(&[permanent.to_string()]) {
         Ok(p) if p == [true] => c
-            .get(&keys[PERMANENT], Duration::from_secs(1))
+            .get(permanent, Duration::from_secs(1))
             .ok()
             .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
             .filter(|&c| is_permanent_failure(Some(c))),
         _ => None,
     };
-    (report, permanent)
+    (report, permanent, node)
+}
+
+/// The node of the failure posted at `failed`, where its poster knew it.
+fn failed_node(c: &mut StoreClient, failed: &str) -> Option<usize> {
+    let key = format!("{failed}/node");
+    match c.check(std::slice::from_ref(&key)) {
+        Ok(p) if p == [true] => {
+            c.get(&key, Duration::from_secs(1)).ok().and_then(|v| String::from_utf8_lossy(&v).parse().ok())
+        }
+        _ => None,
+    }
 }
 
 /// The connection that polls the store for the other nodes' news. Each poll runs on a blocking thread
@@ -198,6 +231,13 @@ struct Poller {
     addr: String,
     token: String,
     who: String,
+    /// Bumped with each poll: this agent watches its ranks.
+    beat: Option<String>,
+}
+
+/// Store key of the counter node `node`'s agent bumps as it watches its ranks of attempt `prefix`.
+pub(super) fn beat_key(prefix: &str, node: usize) -> String {
+    format!("{prefix}/watching/{node}")
 }
 
 type Checked = (Option<StoreClient>, Result<Vec<bool>>);
@@ -207,7 +247,7 @@ const POLL_REPLY: Duration = Duration::from_secs(2);
 
 impl Poller {
     fn new(addr: &str, token: &str, who: &str) -> Poller {
-        Poller { client: None, polling: None, addr: addr.into(), token: token.into(), who: who.into() }
+        Poller { client: None, polling: None, addr: addr.into(), token: token.into(), who: who.into(), beat: None }
     }
 
     /// A connection to the store: the poller's own unless a call failed on it, else a new one.
@@ -227,11 +267,14 @@ impl Poller {
         if self.polling.is_some() {
             return;
         }
-        let (c, keys) = (self.client.take(), keys.to_vec());
+        let (c, keys, beat) = (self.client.take(), keys.to_vec(), self.beat.clone());
         let (addr, token, who) = (self.addr.clone(), self.token.clone(), self.who.clone());
         self.polling = Some(tokio::task::spawn_blocking(move || match Self::connected(c, &addr, &token, &who) {
             Ok(mut c) => {
-                let present = c.check(&keys);
+                let present = match beat.map(|k| c.add(&k, 1)) {
+                    Some(Err(e)) => Err(e),
+                    _ => c.check(&keys),
+                };
                 (Some(c), present)
             }
             Err(e) => (None, Err(e)),
@@ -297,7 +340,13 @@ fn change(left_grow: &[bool]) -> Option<&'static str> {
 /// regroup when an elastic group's nodes change, and otherwise a failure (an agent or its node was
 /// lost, or a rank was signalled directly), which restarts from the checkpoint. So is a store that
 /// no longer answers: its host (node 0's agent) waits for every agent before it exits.
-async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) -> Outcome {
+async fn ended_cleanly(
+    poller: &mut StoreClient,
+    keys: &[String],
+    prefix: &str,
+    g: Group,
+    store_node: Option<usize>,
+) -> Outcome {
     let marker = format!("{prefix}/{STOPPED_EARLY}");
     let mut ask = vec![marker.clone()];
     ask.extend(keys[SIGNAL..].iter().cloned());
@@ -305,7 +354,7 @@ async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) 
         Ok(p) => p,
         Err(e) => {
             let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
-            return Outcome::Failed { report, permanent: None, local: None };
+            return Outcome::Failed { report, permanent: None, local: None, node: store_node };
         }
     };
     // [marker, signal, failed-permanently, left, grow?]: the ranks may stop for a change before this
@@ -316,35 +365,96 @@ async fn ended_cleanly(poller: &mut StoreClient, keys: &[String], prefix: &str) 
         (true, false, Some(why)) => Outcome::Regroup(why),
         (true, false, None) => {
             let step = poller.get(&marker, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
+            let lost = lost_nodes(poller, prefix, g).await;
+            let nodes: Vec<String> = lost.iter().map(usize::to_string).collect();
+            let who = match lost.len() {
+                0 => "an agent or its node was lost, or a rank was signalled directly".to_string(),
+                1 => format!("node {}'s agent or the node was lost (it stopped watching its ranks)", lost[0]),
+                _ => format!("the agents of nodes [{}] or the nodes were lost", nodes.join(", ")),
+            };
             let report = format!(
                 "the ranks checkpointed and stopped after step {} before the run's end, though no agent was \
-                 signalled: an agent or its node was lost, or a rank was signalled directly",
+                 signalled: {who}",
                 step.unwrap_or_else(|_| "?".into())
             );
-            Outcome::Failed { report: post_first(poller, &keys[FAILED], report).await, permanent: None, local: None }
+            let (report, node) = post_first(poller, &keys[FAILED], report, (lost.len() == 1).then(|| lost[0])).await;
+            Outcome::Failed { report, permanent: None, local: None, node }
         }
+    }
+}
+
+/// How long an agent whose ranks checkpointed and stopped with no agent signalled looks for the node
+/// that was lost.
+const LOST_WAIT: Duration = Duration::from_secs(3);
+
+/// The nodes of the attempt whose agents are gone, for an agent whose ranks stopped early with no agent
+/// signalled: it marks its own node (`PREFIX/stopped/NODE`), then, for up to [`LOST_WAIT`], counts a
+/// node alive once it marks itself so (or its ranks succeeded, or its agent exited) or its watch counter
+/// moves (its ranks are still stopping). The others are lost (or cut off from the store). None when
+/// another agent posted the failure first (its report stands).
+async fn lost_nodes(c: &mut StoreClient, prefix: &str, g: Group) -> Vec<usize> {
+    post(c, &format!("{prefix}/stopped/{}", g.node_rank), "1").await;
+    if c.check(&[format!("{prefix}/failed")]).ok() == Some(vec![true]) {
+        return Vec::new();
+    }
+    let kinds = ["stopped", "succeeded", "out"];
+    let marks: Vec<String> = (0..g.nnodes).flat_map(|n| kinds.map(|k| format!("{prefix}/{k}/{n}"))).collect();
+    let (mut alive, mut first) = (vec![false; g.nnodes], vec![None::<i64>; g.nnodes]);
+    alive[g.node_rank] = true;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(p) = c.check(&marks) {
+            (0..g.nnodes).filter(|n| p[3 * n..3 * n + 3].contains(&true)).for_each(|n| alive[n] = true);
+        }
+        for n in 0..g.nnodes {
+            if alive[n] {
+                continue;
+            }
+            match (c.add(&beat_key(prefix, n), 0), first[n]) {
+                (Ok(v), None) => first[n] = Some(v),
+                (Ok(v), Some(f)) if v != f => alive[n] = true,
+                _ => {}
+            }
+        }
+        if alive.iter().all(|&a| a) || t0.elapsed() >= LOST_WAIT {
+            return (0..g.nnodes).filter(|&n| !alive[n]).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// How long the store may not answer before an agent gives its group up.
 const STORE_LOSS: Duration = Duration::from_secs(10);
 
-/// Posts `report` as the group's failure unless another agent posted one first; returns the report
-/// that stands (`another node: …` when it is not ours).
-pub(super) async fn post_first(client: &mut StoreClient, key: &str, report: String) -> String {
+/// Posts `report` as the group's failure (with `node`, the node it names, where known) unless another
+/// agent posted one first; returns the report that stands (`another node: …` when it is not ours) and
+/// its node.
+pub(super) async fn post_first(
+    client: &mut StoreClient,
+    key: &str,
+    report: String,
+    node: Option<usize>,
+) -> (String, Option<usize>) {
     match client.add(&format!("{key}/claims"), 1) {
         Ok(1) => {
+            // (the node first: an agent that reads the report finds it)
+            if let Some(n) = node {
+                post(client, &format!("{key}/node"), &n.to_string()).await;
+            }
             post(client, key, &report).await;
-            report
+            (report, node)
         }
         Ok(_) => match client.get(key, Duration::from_secs(5)) {
-            Ok(first) if first == report.as_bytes() => format!("another node and this one: {report}"),
-            Ok(first) => format!("another node: {}\n  (then here: {report})", String::from_utf8_lossy(&first)),
-            Err(_) => report,
+            Ok(first) if first == report.as_bytes() => (format!("another node and this one: {report}"), node),
+            Ok(first) => (
+                format!("another node: {}\n  (then here: {report})", String::from_utf8_lossy(&first)),
+                failed_node(client, key),
+            ),
+            Err(_) => (report, node),
         },
         Err(e) => {
             tracing::warn!("store: posting {key}: {e:#}");
-            report
+            (report, node)
         }
     }
 }

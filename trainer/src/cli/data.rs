@@ -38,6 +38,10 @@ pub struct Common {
     /// Tokenizer patch side in pixels.
     #[arg(long, default_value_t = 4)]
     patch: usize,
+    /// Store latents and bits at twice each scale's sides, the transformer's tokens being their 2×2
+    /// patches (upstream's apply_spatial_patchify, its 8B model): for model.apply_spatial_patchify.
+    #[arg(long)]
+    spatial_patchify: bool,
     /// Target shard size in MiB (at least 1).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     shard_mib: u64,
@@ -158,6 +162,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 d: a.common.d,
                 budget: a.common.budget.clone(),
                 patch: a.common.patch,
+                spatial_patchify: a.common.spatial_patchify,
                 templates: parse_templates(&a.templates)?,
                 text_width: a.text_width,
                 fit_rows: a.fit_rows,
@@ -187,6 +192,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 d: a.common.d,
                 budget: a.common.budget.clone(),
                 patch: a.common.patch,
+                spatial_patchify: a.common.spatial_patchify,
                 tokenizer: a.tokenizer,
                 fit_images: a.fit_images,
                 skip_bad: a.skip_bad,

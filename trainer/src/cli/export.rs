@@ -52,6 +52,15 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         "--block-chunks {block_chunks}: must divide the model's depth {depth} (one of {:?})",
         crate::export::divisors(depth)
     );
+    // a pickle is what upstream's `--checkpoint_type torch` loads; this writes safetensors only
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    ensure!(
+        !matches!(ext.as_str(), "pth" | "pt" | "bin" | "ckpt"),
+        "-o {}: the export is safetensors. Upstream's run_infinity.py loads the export folder with \
+         `--checkpoint_type torch_shard` (its model.safetensors.index.json is written beside the weights), or a \
+         .pth made from it: python -c \"import torch, safetensors.torch as st; torch.save(st.load_file('DIR/model.safetensors'), 'model.pth')\"",
+        a.out.display()
+    );
     // (`-o exp5` once wrote a file named exp5, its config.json and tokenizer into the working folder)
     let weights_file = a.out.extension().is_some_and(|e| e == "safetensors");
     let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/') || !weights_file;

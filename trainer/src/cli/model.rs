@@ -150,8 +150,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
+            let patches = match c.apply_spatial_patchify {
+                true => format!(" (spatial patchify: 2×2 × {} of the tokenizer's)", c.d_vae()),
+                false => String::new(),
+            };
             console!(
-                "{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}",
+                "{label}: depth {}, width {}, heads {} (head dim {}), FFN {}, d {}{patches}",
                 c.depth,
                 c.embed_dim,
                 c.num_heads,

@@ -33,12 +33,13 @@ pub struct SampleArgs {
     /// Samples per condition (one grid row per condition).
     #[arg(long, default_value_t = 4)]
     n: usize,
-    /// Classifier-free guidance scale (1 = none); upstream's notebook uses 3, scripts/infer.sh 4.
-    #[arg(long, default_value_t = 3.0)]
-    cfg: f64,
-    /// Temperature (upstream's inference scripts: 0.5).
-    #[arg(long, default_value_t = 0.5)]
-    tau: f64,
+    /// Classifier-free guidance scale (1 = none); upstream's notebook uses 3, scripts/infer.sh 4. One
+    /// value, or one per scale (comma-separated, upstream's `cfg_list`).
+    #[arg(long, value_delimiter = ',', default_value = "3")]
+    cfg: Vec<f64>,
+    /// Temperature (upstream's inference scripts: 0.5; its 8B: 1.0). One value, or one per scale.
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    tau: Vec<f64>,
     /// Per-bit top-p (0 = off; upstream's `gen_one_img` default 0.97).
     #[arg(long, default_value_t = 0.97)]
     top_p: f64,
@@ -53,7 +54,8 @@ pub struct SampleArgs {
     /// Image grid (PNG), decoded with the dataset's built-in tokenizer.
     #[arg(short, long, default_value = "samples.png")]
     out: PathBuf,
-    /// Also write the sampled bits `[N, L, d]` (u8) and the schedule for an external decoder.
+    /// Also write the sampled bits `[N, L, d]` (u8) and the schedule for an external decoder, in the
+    /// tokenizer's layout (the dataset's schedule and `d`; with spatial patchify, not the model's tokens).
     #[arg(long, value_name = "FILE")]
     bits: Option<PathBuf>,
     /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights.
@@ -63,19 +65,32 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
-    ensure!(a.tau > 0.0, "--tau must be positive");
-    ensure!(a.cfg.is_finite(), "--cfg must be a finite number (the guidance scale), found {}", a.cfg);
+    ensure!(a.tau.iter().all(|&t| t > 0.0), "--tau must be positive, found {:?}", a.tau);
+    ensure!(
+        a.cfg.iter().all(|c| c.is_finite()),
+        "--cfg must be finite numbers (the guidance scale), found {:?}",
+        a.cfg
+    );
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
     let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let m = Manifest::load(&data_dir)
         .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;
-    ensure!(m.d as usize == ck.model.d, "{}: d = {}, the model has d = {}", data_dir.display(), m.d, ck.model.d);
+    ensure!(
+        m.d as usize == ck.model.d_vae(),
+        "{}: d = {}, the model's tokenizer has d = {}",
+        data_dir.display(),
+        m.d,
+        ck.model.d_vae()
+    );
     let sched = infer::pick_schedule(&m, a.template.as_deref())?;
+    crate::train::check_tokenizer_layout(&ck.model, &m)
+        .with_context(|| format!("the dataset {}", data_dir.display()))?;
 
     let (cond, rows) = condition(&a, &ck.model, &m, &data_dir)?;
     let lay = Layout::new(&ck.model);
-    let opts = SampleOptions { cfg: a.cfg, tau: a.tau, top_p: a.top_p, seed: a.seed };
+    let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed };
+    opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, &ck.params, &cond, sched, &opts);
     console!(
@@ -84,7 +99,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         a.n,
         sched.h_div_w_template,
         sched.scales.len(),
-        sched.num_tokens(),
+        infinity_kernels::bsq::num_tokens(&ck.model.token_scales(&sched.hw())),
         ck.dir.display(),
         ck.step,
         t0.elapsed().as_secs_f64()
@@ -92,8 +107,9 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     console!("rows: {}", rows.join(" | "));
 
     if let Some(path) = &a.bits {
-        let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d);
-        let flat: Vec<u8> = s.bits.concat();
+        // the tokenizer's layout: its schedule's tokens (with spatial patchify, twice the sides)
+        let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d_vae());
+        let flat: Vec<u8> = s.tokenizer_bits.concat();
         // one metadata key (a JSON object): safetensors writes several in hash order, and the same seed
         // must give the same file
         let about = serde_json::json!({

@@ -24,45 +24,88 @@ pub struct SweepArgs {
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
-    let (file, runs) = sweep::plan(&a.file)?;
+    let sweep::Plan { sweep: file, runs, warnings, env } = sweep::plan(&a.file)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)
     if a.print {
         eprint!("{}", sweep::table(&runs));
     } else {
         console_text!("{}", sweep::table(&runs));
     }
+    for v in &env {
+        console_err!("environment: {v} (the runs the sweep starts do not see it again)");
+    }
+    for w in &warnings {
+        console_err!("warning: {w}");
+    }
     if a.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
     sweep::write_configs(&runs)?;
-    let todo: Vec<sweep::PlannedRun> = runs.iter().filter(|r| !sweep::finished(&r.dir)).cloned().collect();
     let exe = std::env::current_exe().context("locating the infinity binary")?;
-    if todo.is_empty() && (a.print || a.slurm.is_some()) {
-        eprintln!("all {} runs of the sweep have finished: nothing to submit", runs.len());
-        return Ok(ExitCode::SUCCESS);
-    }
-    if a.print {
-        for r in &todo {
-            let words: Vec<String> =
-                sweep::command(r, file.nproc_per_node).iter().map(|w| sweep::sh_quote(w)).collect();
-            console!("{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
+    if a.print || a.slurm.is_some() {
+        let mut todo: Vec<sweep::PlannedRun> = Vec::new();
+        let mut finished = 0;
+        for r in &runs {
+            match sweep::skipped(r) {
+                None => todo.push(r.clone()),
+                Some(_) if sweep::state(&r.dir) == sweep::RunState::Finished => finished += 1,
+                Some(why) => console_err!("{why}"),
+            }
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(path) = &a.slurm {
+        if todo.is_empty() {
+            match finished == runs.len() {
+                true => console_err!("all {} runs of the sweep have finished: nothing to submit", runs.len()),
+                false => console_err!(
+                    "nothing to submit: {finished} of the sweep's {} runs have finished, the others diverged or are \
+                     training now (named above)",
+                    runs.len()
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if a.print {
+            // the commands run in the caller's environment: keep its INF__ variables off them too
+            let unset: Vec<String> =
+                sweep::env_overrides().into_iter().flat_map(|(v, _)| ["-u".to_string(), v]).collect();
+            let prefix = match unset.is_empty() {
+                true => String::new(),
+                false => format!("env {} ", unset.iter().map(|w| sweep::sh_quote(w)).collect::<Vec<_>>().join(" ")),
+            };
+            for r in &todo {
+                let words: Vec<String> =
+                    sweep::command(r, file.nproc_per_node).iter().map(|w| sweep::sh_quote(w)).collect();
+                console!("{prefix}{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let path = a.slurm.as_ref().expect("--slurm");
         let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
         std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
         let shown = path.display().to_string();
         console!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
         return Ok(ExitCode::SUCCESS);
     }
-    let failed = sweep::run_local(&runs, file.nproc_per_node, &exe)?;
-    if failed.is_empty() {
+    let done = sweep::run_local(&runs, file.nproc_per_node, &exe)?;
+    if !done.diverged.is_empty() {
+        console!(
+            "{} runs diverged (final results, skipped by later sweeps; `infinity scaling` lists them): {}",
+            done.diverged.len(),
+            done.diverged.join(", ")
+        );
+    }
+    if !done.training_elsewhere.is_empty() {
+        console!(
+            "{} runs are training in other jobs (left to them; run the sweep again once they end): {}",
+            done.training_elsewhere.len(),
+            done.training_elsewhere.join(", ")
+        );
+    }
+    if done.failed.is_empty() {
         console!("sweep done: {} runs in {}", runs.len(), file.out.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        console!("{} of {} runs failed: {}", failed.len(), runs.len(), failed.join(", "));
-        console!("run the sweep again to retry them (finished runs are skipped)");
+        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
+        console!("run the sweep again to retry them (finished and diverged runs are skipped)");
         Ok(ExitCode::FAILURE)
     }
 }
@@ -105,6 +148,9 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     console_text!("{}", scaling::budgets_markdown(&r.budgets));
     for n in &r.notes {
         console!("note: {n}");
+    }
+    for w in &r.warnings {
+        console!("warning: {w}");
     }
     for f in &r.files {
         console!("wrote {}", f.display());

@@ -22,12 +22,13 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
 use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
-use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqScratch};
+use infinity_kernels::cuda::bsq::{self_correct_batch, unshuffle_tokens, BsqBatch, BsqScratch};
 use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::layers::DeviceRope;
 use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
 use infinity_kernels::cuda::memory::{self, PoolUsage};
 use infinity_kernels::cuda::{CudaError, Device, Math};
+use infinity_kernels::patchify;
 use infinity_kernels::rope::RopeTable;
 
 use crate::model::buckets::GradBuckets;
@@ -297,7 +298,9 @@ impl GpuModel {
 
     /// [`GpuModel::step`] with bitwise self-correction on the device: `latents [B, d, H, W]` and one flip
     /// key per sample replace `inp`'s teacher-forcing inputs and labels (which are ignored), computed
-    /// by bsq.cu with the same keyed flips as `bsq::keyed_flips` on the host.
+    /// by bsq.cu with the same keyed flips as `bsq::keyed_flips` on the host. With spatial patchify the
+    /// latents are the tokenizer's `[B, d/4, 2H, 2W]`, self-corrected on the doubled schedule and
+    /// unshuffled into tokens.
     pub fn step_latents<'c>(
         &mut self,
         inp: &ModelInput<f32>,
@@ -305,17 +308,29 @@ impl GpuModel {
         (p_max, apply_layers): (f64, usize),
         grad: impl Into<Grad<'c>>,
     ) -> Result<BitwiseCe> {
-        let (b, d) = (inp.b, self.cfg.d);
-        let &(hh, ww) = inp.scales.last().context("empty schedule")?;
+        let (b, d, patchify) = (inp.b, self.cfg.d_vae(), self.cfg.apply_spatial_patchify);
         // the teacher-forcing inputs are [B, L − 1, d]: the schedule starts with one token
         anyhow::ensure!(inp.scales[0] == (1, 1), "schedules start with a 1×1 scale, found {:?}", inp.scales[0]);
+        let scales = if patchify { patchify::tokenizer_scales(inp.scales) } else { inp.scales.to_vec() };
+        let &(hh, ww) = scales.last().context("empty schedule")?;
         anyhow::ensure!(latents.len() == b * d * hh * ww && keys.len() == b, "latents are not [B, d, H, W]");
         let s = &self.dev.stream;
-        let (lat, k) = (s.clone_htod(latents)?, s.clone_htod(keys)?);
-        let mut out = BsqBatch::new(&self.dev, b, d, inp.scales)?;
-        let mut scratch = BsqScratch::new(b, d, (hh, ww));
-        self_correct_batch(&self.dev, &lat, &k, b, d, inp.scales, p_max, apply_layers, &mut out, &mut scratch)?;
-        let dinp = self.upload_input(inp, (out.x_wo_prefix, out.gt_bits))?;
+        let bits = {
+            let (lat, k) = (s.clone_htod(latents)?, s.clone_htod(keys)?);
+            let mut out = BsqBatch::new(&self.dev, b, d, &scales)?;
+            let mut scratch = BsqScratch::new(b, d, (hh, ww));
+            self_correct_batch(&self.dev, &lat, &k, b, d, &scales, p_max, apply_layers, &mut out, &mut scratch)?;
+            match patchify {
+                false => (out.x_wo_prefix, out.gt_bits),
+                true => {
+                    let (mut x, mut gt) = (s.alloc_zeros(out.x_wo_prefix.len())?, s.alloc_zeros(out.gt_bits.len())?);
+                    unshuffle_tokens(&self.dev, &out.x_wo_prefix, &mut x, (b, d), inp.scales, 1)?;
+                    unshuffle_tokens(&self.dev, &out.gt_bits, &mut gt, (b, d), inp.scales, 0)?;
+                    (x, gt)
+                }
+            }
+        };
+        let dinp = self.upload_input(inp, bits)?;
         self.run(inp, dinp, grad.into())
     }
 

@@ -22,7 +22,7 @@ pub struct ModelConfig {
     pub embed_dim: usize,
     pub num_heads: usize,
     pub mlp_ratio: f64,
-    /// Bits per token (`d_vae`).
+    /// Bits per token: the tokenizer's latent channels `d_vae`, or `4·d_vae` with spatial patchify.
     pub d: usize,
     /// Text feature width `Ct5` (text conditioning only).
     pub text_channels: usize,
@@ -35,6 +35,10 @@ pub struct ModelConfig {
     /// grows linearly from 0 at the first block). Training only.
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// Upstream `apply_spatial_patchify` (its 8B model): a token is the 2×2 `pixel_unshuffle` of the
+    /// tokenizer's latent, whose schedule has twice the transformer's sides (kernels/src/patchify.rs).
+    #[serde(default)]
+    pub apply_spatial_patchify: bool,
     pub conditioning: Conditioning,
     /// Key layout of checkpoints: 1 → `blocks.{n}`, k > 1 → `block_chunks.{c}.module.{j}`.
     pub block_chunks: usize,
@@ -81,6 +85,8 @@ impl ModelConfig {
             cond_drop_rate: 0.1,
             // upstream's presets (infinity.py); none for the tiny CPU ones
             drop_path_rate: if matches!(name, "tiny" | "small") { 0.0 } else { 0.1 },
+            // upstream's 8B: d_vae = 14 tokens unshuffled into 56 bits
+            apply_spatial_patchify: name == "8b",
             conditioning: Conditioning::Text,
             block_chunks: chunks,
         })
@@ -107,6 +113,35 @@ impl ModelConfig {
     pub fn pool_heads(&self) -> usize {
         let hd = if self.embed_dim > 4096 { 64 } else { 128 };
         (self.text_channels / hd).max(1)
+    }
+
+    /// Channels of the tokenizer's latent (the dataset's `d`): `d`, or `d/4` with spatial patchify.
+    pub fn d_vae(&self) -> usize {
+        if self.apply_spatial_patchify {
+            self.d / 4
+        } else {
+            self.d
+        }
+    }
+
+    /// The token bits of a tokenizer of `d_vae` channels (the inverse of [`ModelConfig::d_vae`]).
+    pub fn token_bits(&self, d_vae: usize) -> usize {
+        if self.apply_spatial_patchify {
+            4 * d_vae
+        } else {
+            d_vae
+        }
+    }
+
+    /// The transformer's scales of a tokenizer schedule (a dataset's): halved with spatial patchify.
+    /// Panics on an odd side there (a dataset's schedule for spatial patchify has none: its
+    /// `validate`, and `train::check_tokenizer_layout` that the model and the dataset agree).
+    pub fn token_scales(&self, tokenizer: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        match self.apply_spatial_patchify {
+            false => tokenizer.to_vec(),
+            true => infinity_kernels::patchify::transformer_scales(tokenizer)
+                .unwrap_or_else(|odd| panic!("spatial patchify: the tokenizer's scale {odd:?} has an odd side")),
+        }
     }
 
     pub fn has_cross_attention(&self) -> bool {
@@ -138,6 +173,9 @@ impl ModelConfig {
             if !c.is_multiple_of(self.pool_heads()) {
                 return Err(format!("embed_dim {c} must divide into {} attention-pool heads", self.pool_heads()));
             }
+        }
+        if self.apply_spatial_patchify && !self.d.is_multiple_of(4) {
+            return Err(format!("apply_spatial_patchify: d = {} must be 4·d_vae (a multiple of 4)", self.d));
         }
         if self.block_chunks == 0 || !self.depth.is_multiple_of(self.block_chunks) {
             return Err(format!("block_chunks {} must divide depth {}", self.block_chunks, self.depth));

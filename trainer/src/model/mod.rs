@@ -20,11 +20,14 @@ pub use config::{Conditioning, ModelConfig};
 pub use forward::{forward, forward_into, Acts, Condition, ModelInput};
 pub use params::{Layout, Params};
 
-/// The RoPE table of a dataset schedule: coordinates in the 1M frame of its aspect-ratio template
-/// (a custom template without one uses its own last scale).
+/// The RoPE table of a dataset schedule's tokens ([`ModelConfig::token_scales`]): coordinates in the
+/// 1M frame of its aspect-ratio template (upstream's tables are the transformer's), or a custom
+/// template's own last scale.
 pub fn rope_for(cfg: &ModelConfig, sched: &infinity_data::ScaleSchedule) -> infinity_kernels::rope::RopeTable {
-    let frame = infinity_data::Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(sched.latent_hw());
-    infinity_kernels::rope::RopeTable::new(cfg.head_dim(), &sched.hw(), frame)
+    let scales = cfg.token_scales(&sched.hw());
+    let last = *scales.last().expect("validated schedule is non-empty");
+    let frame = infinity_data::Catalog::upstream().rope_frame(&sched.h_div_w_template).unwrap_or(last);
+    infinity_kernels::rope::RopeTable::new(cfg.head_dim(), &scales, frame)
 }
 
 /// Per-token loss weights `[B·L]`: upstream's `lw` divided by `B` (the loss is a mean over samples).

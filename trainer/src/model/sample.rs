@@ -2,18 +2,20 @@
 //! per-bit top-p, a self-attention KV cache across scales with the RoPE offset of each scale (upstream's
 //! non-fused path drops it, §9; here it is always applied), bilinear accumulation of the sampled codes.
 //!
-//! Dims: `B` samples, `2B` rows with the unconditional copy, `n` tokens of the current scale, `Lmax`
-//! tokens of the schedule, `C` width, `d` bits.
+//! Dims: `B` samples, `2B` rows with the unconditional copy (`B` without guidance at every scale), `n` tokens of the current scale, `Lmax`
+//! tokens of the schedule, `C` width, `d` bits per token, `dv` the tokenizer's channels (`d`, or `d/4`
+//! with spatial patchify, where each sampled scale is shuffled back to the tokenizer's twice-as-large
+//! grid before its codes accumulate, and each input unshuffled from it: upstream's `pixel_shuffle`).
 
 use infinity_data::loader::plan::keyed_rng;
 use infinity_kernels::act::gelu_forward;
 use infinity_kernels::adaln::{gated_residual_forward, modulate_forward};
 use infinity_kernels::attention::{attention_forward, normalize_heads_forward, AttnDims, Segment};
-use infinity_kernels::bsq;
 use infinity_kernels::linear::linear_forward;
 use infinity_kernels::norm::layernorm_forward;
 use infinity_kernels::resample::bilinear_resize;
 use infinity_kernels::rope::{rope_apply, RopeTable};
+use infinity_kernels::{bsq, patchify};
 use rand::Rng;
 
 use super::config::{Conditioning, ModelConfig};
@@ -22,13 +24,40 @@ use super::params::{Layout, Params};
 
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
-    /// Guidance: `logits = cfg·cond + (1 − cfg)·uncond` (1 = no guidance).
-    pub cfg: f64,
-    /// Temperature: logits are divided by it.
-    pub tau: f64,
+    /// Guidance: `logits = cfg·cond + (1 − cfg)·uncond` (1 = no guidance); one value, or one per scale
+    /// (upstream's `cfg_list`).
+    pub cfg: Vec<f64>,
+    /// Temperature: logits are divided by it; one value, or one per scale (upstream's `tau_list`).
+    pub tau: Vec<f64>,
     /// Per-bit top-p: the minority class is dropped when its probability is ≤ `1 − top_p` (0 = off).
     pub top_p: f64,
     pub seed: u64,
+}
+
+impl SampleOptions {
+    /// The same guidance and temperature at every scale.
+    pub fn uniform(cfg: f64, tau: f64, top_p: f64, seed: u64) -> SampleOptions {
+        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed }
+    }
+
+    /// Guidance and temperature at scale `si`.
+    fn at(&self, si: usize) -> (f64, f64) {
+        let pick = |v: &[f64]| if v.len() == 1 { v[0] } else { v[si] };
+        (pick(&self.cfg), pick(&self.tau))
+    }
+
+    /// An error unless `cfg` and `tau` each hold one value or one per scale of a schedule of `scales`.
+    pub fn check(&self, scales: usize) -> Result<(), String> {
+        for (name, v) in [("cfg", &self.cfg), ("tau", &self.tau)] {
+            if v.len() != 1 && v.len() != scales {
+                return Err(format!(
+                    "--{name}: {} values for a schedule of {scales} scales (give one, or one per scale)",
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What to condition on, per sample.
@@ -64,17 +93,20 @@ impl SampleCondition {
     }
 }
 
-/// Result per sample: bits `[L, d]`, the summed codes `[d, H, W]` for the decoder, and for checking
-/// against the training forward the inputs `[L−1, d]` each scale was fed and the conditional logits
-/// `[L, 2d]`.
+/// Result per sample: bits `[L, d]`, the same bits in the tokenizer's layout `[Lv, dv]` (its
+/// schedule's tokens: with spatial patchify each scale shuffled back to twice the sides), the summed
+/// codes `[dv, H, W]` for the decoder (`(H, W)` the tokenizer's last scale), and for checking against
+/// the training forward the inputs `[L−1, d]` each scale was fed and the conditional logits `[L, 2d]`.
 pub struct Sampled {
     pub bits: Vec<Vec<u8>>,
+    pub tokenizer_bits: Vec<Vec<u8>>,
     pub summed_codes: Vec<Vec<f32>>,
     pub x_wo_prefix: Vec<Vec<f32>>,
     pub cond_logits: Vec<Vec<f32>>,
 }
 
-/// Sample `B` images over `scales` (RoPE table of that schedule).
+/// Sample `B` images over the tokenizer's schedule `scales` (a dataset's; the transformer's are
+/// [`ModelConfig::token_scales`], which `rope` is the table of).
 pub fn sample(
     cfg: &ModelConfig,
     lay: &Layout,
@@ -84,38 +116,44 @@ pub fn sample(
     rope: &RopeTable,
     o: &SampleOptions,
 ) -> Sampled {
-    let (c, d, h) = (cfg.embed_dim, cfg.d, cfg.num_heads);
+    o.check(scales.len()).unwrap_or_else(|e| panic!("sample: {e}"));
+    let (c, d, dv, h) = (cfg.embed_dim, cfg.d, cfg.d_vae(), cfg.num_heads);
     let hd = c / h;
     let w = |name: &str| p.get(lay, name);
+    let (tokenizer_scales, scales) = (scales, &cfg.token_scales(scales)[..]);
     let lmax: usize = scales.iter().map(|&(a, b)| a * b).sum();
-    let (hh, ww) = *scales.last().expect("non-empty schedule");
+    let (hh, ww) = *tokenizer_scales.last().expect("non-empty schedule");
 
     // ---- conditional and unconditional rows --------------------------------------------------
+    // (without guidance at any scale the unconditional rows would be weighted 0: none are run)
+    let guided = o.cfg.iter().any(|&g| g != 1.0);
+    let copies = 1 + guided as usize;
     let mut acts: Acts<f32> = Acts::default();
     let (b, rows) = match (cond, &cfg.conditioning) {
         (SampleCondition::Class(labels), Conditioning::Class { num_classes }) => {
-            let all: Vec<usize> = labels.iter().copied().chain(labels.iter().map(|_| *num_classes)).collect();
+            let uncond = labels.iter().map(|_| *num_classes).take(if guided { labels.len() } else { 0 });
+            let all: Vec<usize> = labels.iter().copied().chain(uncond).collect();
             condition_forward(cfg, lay, p, Condition::Class { labels: &all }, all.len(), &mut acts);
             (labels.len(), all.len())
         }
         (SampleCondition::Text { kv, lens }, Conditioning::Text) => {
             let ct = cfg.text_channels;
-            let kv2: Vec<f32> = kv.iter().chain(kv.iter()).copied().collect();
+            let kv2: Vec<f32> = (0..copies).flat_map(|_| kv.iter().copied()).collect();
             let mut cu = vec![0usize];
-            for &n in lens.iter().chain(lens.iter()) {
+            for &n in (0..copies).flat_map(|_| lens.iter()) {
                 cu.push(cu.last().unwrap() + n);
             }
             assert_eq!(kv.len(), cu[lens.len()] * ct, "sample: text features are not [Σ lens, Ct]");
-            let dropped: Vec<bool> = (0..2 * lens.len()).map(|i| i >= lens.len()).collect();
+            let dropped: Vec<bool> = (0..copies * lens.len()).map(|i| i >= lens.len()).collect();
             condition_forward(
                 cfg,
                 lay,
                 p,
                 Condition::Text { kv_compact: &kv2, cu_seqlens: &cu, dropped: &dropped },
-                2 * lens.len(),
+                copies * lens.len(),
                 &mut acts,
             );
-            (lens.len(), 2 * lens.len())
+            (lens.len(), copies * lens.len())
         }
         _ => panic!("sample: the condition does not match the model's conditioning"),
     };
@@ -140,8 +178,9 @@ pub fn sample(
     let head_scale = part(&acts.head_ss, rows, 2, 0, c);
     let head_shift = part(&acts.head_ss, rows, 2, 1, c);
 
-    let mut cum = vec![vec![0.0f32; d * hh * ww]; b];
+    let mut cum = vec![vec![0.0f32; dv * hh * ww]; b];
     let mut bits_out = vec![Vec::with_capacity(lmax * d); b];
+    let mut tokenizer_bits_out = vec![Vec::with_capacity(lmax * d); b];
     let mut inputs_out = vec![Vec::with_capacity(lmax * d); b];
     let mut logits_out = vec![Vec::with_capacity(lmax * 2 * d); b];
     let mut next_input: Vec<f32> = Vec::new(); // [B, n, d] input of the next scale
@@ -158,7 +197,8 @@ pub fn sample(
                 }
             }
         } else {
-            let inp: Vec<f32> = next_input.iter().chain(next_input.iter()).copied().collect(); // same input for the uncond half
+            // the same input for the unconditional half
+            let inp: Vec<f32> = (0..copies).flat_map(|_| next_input.iter().copied()).collect();
             linear_forward(&inp, w("word_embed.weight"), Some(w("word_embed.bias")), &mut x, rows * n, d, c);
         }
         add_rows(&mut x, &w("lvl_embed.weight")[si * c..(si + 1) * c]);
@@ -250,6 +290,7 @@ pub fn sample(
         let mut logits = vec![0.0f32; m * 2 * d];
         linear_forward(&hm, w("head.weight"), Some(w("head.bias")), &mut logits, m, c, 2 * d);
         next_input.clear();
+        let (guidance, tau) = o.at(si);
         for bi in 0..b {
             logits_out[bi].extend_from_slice(&logits[bi * n * 2 * d..(bi + 1) * n * 2 * d]);
             let mut rng = keyed_rng(o.seed, &[bi as u64, si as u64]);
@@ -257,7 +298,10 @@ pub fn sample(
             for t in 0..n {
                 for j in 0..d {
                     let at = |row: usize, k: usize| logits[((row * n + t) * 2 * d) + 2 * j + k] as f64;
-                    let mix = |k: usize| (o.cfg * at(bi, k) + (1.0 - o.cfg) * at(b + bi, k)) / o.tau;
+                    let mix = |k: usize| match guided {
+                        true => (guidance * at(bi, k) + (1.0 - guidance) * at(b + bi, k)) / tau,
+                        false => at(bi, k) / tau,
+                    };
                     let p1 = 1.0 / (1.0 + (mix(0) - mix(1)).exp());
                     let p1 =
                         if o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p { (p1 > 0.5) as u8 as f64 } else { p1 };
@@ -265,22 +309,41 @@ pub fn sample(
                 }
             }
             // accumulate the codes at full resolution, then the next scale's input
-            let mut q = vec![0.0f32; d * n];
-            bsq::bits_to_codes(&bits, d, &mut q);
-            let mut up = vec![0.0f32; d * hh * ww];
-            bilinear_resize(&q, d, (sh, sw), &mut up, (hh, ww));
+            let (vh, vw) = tokenizer_scales[si];
+            let mut vbits = bits.clone(); // [vh·vw, dv]
+            if cfg.apply_spatial_patchify {
+                patchify::shuffle_scale(&bits, (sh, sw), dv, &mut vbits);
+            }
+            let mut q = vec![0.0f32; dv * vh * vw];
+            bsq::bits_to_codes(&vbits, dv, &mut q);
+            let mut up = vec![0.0f32; dv * hh * ww];
+            bilinear_resize(&q, dv, (vh, vw), &mut up, (hh, ww));
             cum[bi].iter_mut().zip(&up).for_each(|(a, u)| *a += *u);
             bits_out[bi].extend_from_slice(&bits);
-            if let Some(&(nh, nw)) = scales.get(si + 1) {
-                let mut nxt = vec![0.0f32; d * nh * nw];
-                bilinear_resize(&cum[bi], d, (hh, ww), &mut nxt, (nh, nw));
-                for tok in 0..nh * nw {
-                    next_input.extend((0..d).map(|ch| nxt[ch * nh * nw + tok]));
+            tokenizer_bits_out[bi].extend_from_slice(&vbits);
+            if let (Some(&(nh, nw)), Some(&next)) = (tokenizer_scales.get(si + 1), scales.get(si + 1)) {
+                let mut nxt = vec![0.0f32; dv * nh * nw];
+                bilinear_resize(&cum[bi], dv, (hh, ww), &mut nxt, (nh, nw));
+                let mut tokens: Vec<f32> = (0..nh * nw)
+                    .flat_map(|t| (0..dv).map(move |ch| (t, ch)))
+                    .map(|(t, ch)| nxt[ch * nh * nw + t])
+                    .collect();
+                if cfg.apply_spatial_patchify {
+                    let mut unshuffled = vec![0.0f32; tokens.len()];
+                    patchify::unshuffle_scale(&tokens, next, dv, &mut unshuffled);
+                    tokens = unshuffled;
                 }
-                inputs_out[bi].extend_from_slice(&next_input[next_input.len() - nh * nw * d..]);
+                next_input.extend_from_slice(&tokens);
+                inputs_out[bi].extend_from_slice(&tokens);
             }
         }
         start += n;
     }
-    Sampled { bits: bits_out, summed_codes: cum, x_wo_prefix: inputs_out, cond_logits: logits_out }
+    Sampled {
+        bits: bits_out,
+        tokenizer_bits: tokenizer_bits_out,
+        summed_codes: cum,
+        x_wo_prefix: inputs_out,
+        cond_logits: logits_out,
+    }
 }

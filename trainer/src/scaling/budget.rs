@@ -34,13 +34,64 @@ pub struct Optimal {
     pub loss: f64,
     /// The preset (with the runs' bits per token and conditioning) nearest N* in log size.
     pub nearest_preset: Option<(String, usize)>,
+    /// Where N* or D* lies outside the range of N or D the runs cover (an extrapolation of L(N, D)).
+    pub extrapolation: Option<String>,
+}
+
+/// k over the runs: the median, the smallest and largest (with their runs), and the spread max/min − 1.
+#[derive(Clone, Debug, Serialize)]
+pub struct KSpread {
+    pub median: f64,
+    pub min: (f64, String),
+    pub max: (f64, String),
+    pub spread: f64,
+}
+
+/// How far k may vary over the runs before N* and D* are flagged as rough.
+pub const K_SPREAD_WARN: f64 = 0.2;
+
+/// k = C/(N·D) of each run: its median, extremes and spread (`None` without runs).
+pub fn k_spread(runs: &[RunRecord]) -> Option<KSpread> {
+    let mut k: Vec<(f64, &str)> = runs
+        .iter()
+        .map(|r| (r.compute / (r.params * r.tokens), r.name.as_str()))
+        .filter(|v| v.0.is_finite() && v.0 > 0.0)
+        .collect();
+    k.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (k.first()?, k.last()?);
+    Some(KSpread {
+        median: k[k.len() / 2].0,
+        min: (first.0, first.1.to_string()),
+        max: (last.0, last.1.to_string()),
+        spread: last.0 / first.0 - 1.0,
+    })
+}
+
+/// Why an `L(N, D)` fit cannot place a compute-optimal model (`None`: it can): E run to 0 (as
+/// `fit::power_law_with_floor` refuses for L(C)), or a covariance the runs leave singular (some
+/// coefficient is not determined by them). `lmin`: the smallest loss fitted.
+pub fn degenerate(chinchilla: &Fit, lmin: f64) -> Option<String> {
+    let e = chinchilla.get("E");
+    let singular = chinchilla.n > chinchilla.coefs.len() && chinchilla.coefs.iter().any(|c| c.ci95.is_none());
+    let mut why = Vec::new();
+    if e < 1e-4 * lmin {
+        why.push(format!("E ran to {e:.2e} (no irreducible loss: the runs do not bend towards a floor)"));
+    }
+    if singular {
+        why.push("its covariance is singular (the runs do not determine every coefficient)".to_string());
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "N* and D* withheld: the L(N, D) fit is degenerate: {}; runs over a wider range of sizes and token counts \
+             may determine it",
+            why.join(", and ")
+        )
+    })
 }
 
 /// k in `C = k·N·D`: the median over the runs of compute / (parameters · tokens).
 pub fn flops_per_param_token(runs: &[RunRecord]) -> f64 {
-    let mut k: Vec<f64> = runs.iter().map(|r| r.compute / (r.params * r.tokens)).filter(|v| v.is_finite()).collect();
-    k.sort_by(f64::total_cmp);
-    k.get(k.len() / 2).copied().unwrap_or(f64::NAN)
+    k_spread(runs).map_or(f64::NAN, |k| k.median)
 }
 
 /// The minimum of `E + A/N^α + B/D^β` subject to `k·N·D = compute`:
@@ -66,28 +117,87 @@ pub fn nearest_preset(like: &ModelConfig, n: f64) -> Option<(String, usize)> {
     sized.min_by(|x, y| (x.1 as f64 / n).ln().abs().total_cmp(&(y.1 as f64 / n).ln().abs()))
 }
 
-/// The plan for each budget.
+/// The plan for each budget, and what to say about it: notes (k and its spread) and warnings (a
+/// degenerate L(N, D), a k that varies over the runs, N* or D* outside the runs' range).
 pub fn plans(
     budgets: &[f64],
     runs: &[RunRecord],
     (power, floor, chinchilla): (Option<&Fit>, Option<&Fit>, Option<&Fit>),
     like: Option<&ModelConfig>,
-) -> Vec<BudgetPlan> {
+) -> (Vec<BudgetPlan>, Vec<String>, Vec<String>) {
+    let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let largest = runs.iter().map(|r| r.compute).fold(0.0, f64::max);
-    let k = flops_per_param_token(runs);
-    budgets
+    let spread = k_spread(runs);
+    let lmin = runs.iter().map(|r| r.loss()).fold(f64::INFINITY, f64::min);
+    let withheld = chinchilla.and_then(|f| degenerate(f, lmin));
+    let chinchilla = chinchilla.filter(|_| withheld.is_none() && spread.is_some());
+    if !budgets.is_empty() {
+        warnings.extend(withheld);
+        if let (Some(k), Some(_)) = (&spread, chinchilla) {
+            notes.push(format!(
+                "k = C/(N·D), the training FLOPs per parameter and token: median {:.2} over the {} runs fitted, from \
+                 {:.2} ({}) to {:.2} ({}); N* and D* use the median",
+                k.median,
+                runs.len(),
+                k.min.0,
+                k.min.1,
+                k.max.0,
+                k.max.1
+            ));
+            if k.spread > K_SPREAD_WARN {
+                warnings.push(format!(
+                    "k varies by {:.0} % over the runs (attention and the embeddings weigh more in small models): \
+                     C = k·N·D with one k is rough, and so are N* and D*, the more so the further N* lies from the \
+                     runs' sizes",
+                    k.spread * 100.0
+                ));
+            }
+        }
+    }
+    let range = |v: &dyn Fn(&RunRecord) -> f64| {
+        runs.iter().map(v).fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)))
+    };
+    let (n_range, d_range) = (range(&|r| r.params), range(&|r| r.tokens));
+    let outside = |what: &str, v: f64, (lo, hi): (f64, f64)| {
+        (v < lo || v > hi).then(|| {
+            let by = if v > hi {
+                format!("{:.1}× the largest", v / hi)
+            } else {
+                format!("1/{:.1} of the smallest", lo / v)
+            };
+            format!("{what} = {v:.3e} is {by} of the runs ({lo:.3e} to {hi:.3e})")
+        })
+    };
+    let plans: Vec<BudgetPlan> = budgets
         .iter()
         .map(|&c| BudgetPlan {
             compute: c,
             times_largest_run: c / largest,
             loss_power: power.map(|f| f.get("a") * c.powf(-f.get("b"))),
             loss_power_floor: floor.map(|f| f.get("E") + f.get("a") * c.powf(-f.get("b"))),
-            optimal: chinchilla.filter(|_| k.is_finite()).map(|f| {
-                let (params, tokens, loss) = compute_optimal(f, c, k);
-                Optimal { params, tokens, loss, nearest_preset: like.and_then(|m| nearest_preset(m, params)) }
+            optimal: chinchilla.zip(spread.as_ref()).map(|(f, k)| {
+                let (params, tokens, loss) = compute_optimal(f, c, k.median);
+                let out: Vec<String> =
+                    [outside("N*", params, n_range), outside("D*", tokens, d_range)].into_iter().flatten().collect();
+                Optimal {
+                    params,
+                    tokens,
+                    loss,
+                    nearest_preset: like.and_then(|m| nearest_preset(m, params)),
+                    extrapolation: (!out.is_empty()).then(|| out.join("; ")),
+                }
             }),
         })
-        .collect()
+        .collect();
+    for p in &plans {
+        if let Some(x) = p.optimal.as_ref().and_then(|o| o.extrapolation.as_ref()) {
+            warnings.push(format!(
+                "at C = {:.3e}: {x}: an extrapolation of L(N, D) beyond the sizes and token counts it was fitted on",
+                p.compute
+            ));
+        }
+    }
+    (plans, notes, warnings)
 }
 
 #[cfg(test)]
@@ -163,6 +273,67 @@ mod tests {
         assert_eq!(o.nearest_preset.as_ref().unwrap().0, nearest_preset(&like, n).unwrap().0);
         let md = std::fs::read_to_string(tmp.path().join("scaling/fits.md")).unwrap();
         assert!(md.contains("## Budgets") && md.contains("1.000e20"), "{md}");
+        // k is the same for every run here: stated, no warning about its spread
+        let notes = r.notes.join("\n");
+        assert!(notes.contains("median 6.50 over the 9 runs fitted, from 6.50"), "{notes}");
+        let warnings = r.warnings.join("\n");
+        assert!(!warnings.contains("k varies"), "{warnings}");
+        // N* at 1e20 FLOPs lies far beyond the runs' 5e6 parameters: flagged, in the table too
+        assert!(o.extrapolation.as_ref().is_some_and(|x| x.contains("N* = ") && x.contains("× the largest")), "{o:?}");
+        assert!(warnings.contains("an extrapolation of L(N, D)") && md.contains("†"), "{warnings}\n{md}");
+        // N* within the runs' sizes is not flagged (D* lies beyond their token counts: it is)
+        let (n, _, _) = compute_optimal(&truth, 4.0e17, k);
+        assert!((2.0e5..5.0e6).contains(&n), "{n:e}");
+        let r = crate::scaling::analyse(tmp.path(), &tmp.path().join("scaling"), &[4.0e17]).unwrap();
+        let o = r.budgets[0].optimal.as_ref().unwrap();
+        assert!(o.extrapolation.as_ref().is_some_and(|x| !x.contains("N*") && x.contains("D* = ")), "{o:?}");
+    }
+
+    fn record(name: &str, params: f64, tokens: f64, k: f64) -> RunRecord {
+        RunRecord {
+            name: name.into(),
+            dir: name.into(),
+            params,
+            steps: 1,
+            tokens,
+            flops_per_step: k * params * tokens,
+            compute: k * params * tokens,
+            finished: true,
+            final_train: 1.0,
+            final_val: Some(1.0),
+            smoothed_val: Some(1.0),
+            val_curve: vec![],
+            train_curve: vec![],
+            model: None,
+            data: String::new(),
+        }
+    }
+
+    /// FLOPs per parameter and token vary with the model's size: the spread is stated and, past 20 %,
+    /// warned about; a degenerate L(N, D) places no model.
+    #[test]
+    fn k_spread_and_degenerate_fits_are_reported() {
+        let runs = [record("tiny", 1e6, 1e8, 15.5), record("mid", 1e7, 1e8, 8.0), record("big", 1e8, 1e8, 5.7)];
+        let mut good = law(0.3, 40.0, 600.0, 0.45, 0.35);
+        for c in &mut good.coefs {
+            c.ci95 = Some((c.value * 0.9, c.value * 1.1));
+        }
+        let (planned, notes, warnings) = plans(&[1e18], &runs, (None, None, Some(&good)), None);
+        assert!(planned[0].optimal.is_some());
+        assert!(notes[0].contains("median 8.00") && notes[0].contains("5.70 (big) to 15.50 (tiny)"), "{notes:?}");
+        assert!(warnings.iter().any(|w| w.contains("k varies by 172 %")), "{warnings:?}");
+        let same = [record("a", 1e6, 1e8, 6.0), record("b", 1e7, 1e8, 6.3)];
+        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), None);
+        assert!(!warnings.iter().any(|w| w.contains("k varies")), "{warnings:?}");
+        // E run to 0, with a singular covariance
+        let mut flat = law(1e-9, 40.0, 600.0, 0.45, 0.35);
+        flat.coefs[0].ci95 = None;
+        let why = degenerate(&flat, 1.0).expect("degenerate");
+        assert!(why.contains("E ran to 1.00e-9") && why.contains("covariance is singular"), "{why}");
+        let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), None);
+        assert!(planned[0].optimal.is_none(), "no N* from a degenerate fit");
+        assert!(warnings.iter().any(|w| w.starts_with("N* and D* withheld: the L(N, D) fit is degenerate")));
+        assert!(degenerate(&good, 1.0).is_none());
     }
 
     #[test]

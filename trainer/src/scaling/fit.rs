@@ -177,6 +177,33 @@ pub fn chinchilla(nparams: &[f64], tokens: &[f64], l: &[f64]) -> Result<Fit> {
     })
 }
 
+/// A warning when a fit's loss does not fall with compute (or with N and D): an exponent (`b`, `alpha`,
+/// `beta`) at or below 0, or one whose 95 % interval reaches 0. Such a fit describes no scaling law,
+/// and what it predicts at other budgets means nothing.
+pub fn not_a_scaling_law(f: &Fit) -> Option<String> {
+    let bad: Vec<String> = f
+        .coefs
+        .iter()
+        .filter(|c| matches!(c.name, "b" | "alpha" | "beta"))
+        .filter_map(|c| match c.ci95 {
+            _ if c.value <= 0.0 => Some(format!("{} = {:.4} ≤ 0 (the loss rises with it)", c.name, c.value)),
+            Some((lo, hi)) if lo <= 0.0 => {
+                Some(format!("{} = {:.4}, whose 95 % interval [{lo:.4}, {hi:.4}] includes 0", c.name, c.value))
+            }
+            _ => None,
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "{}: {}: the loss does not fall measurably with compute over these runs, so this fit does not describe \
+             a scaling law and its predictions at the budgets are not meaningful (check the runs' losses; a wider \
+             range of compute, or more runs, may settle it)",
+            f.formula,
+            bad.join("; ")
+        )
+    })
+}
+
 fn check(cols: &[&[f64]]) -> Result<()> {
     let n = cols[0].len();
     if cols.iter().any(|c| c.len() != n) {
@@ -331,6 +358,21 @@ mod tests {
         console!("with floor, 0.1 % noise: E = {:.4} (1.5), b = {:.4} (0.2)", f.get("E"), f.get("b"));
         assert!((f.get("E") - 1.5).abs() < 0.05, "{f:?}");
         assert!((f.get("b") - 0.2).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn a_loss_that_rises_with_compute_is_no_scaling_law() {
+        let c = logspace(15.0, 19.0, 6);
+        let rising: Vec<f64> = c.iter().map(|c| 0.5 * c.powf(0.01)).collect();
+        let f = power_law(&c, &noisy(&rising, 0.001, 4)).unwrap();
+        let w = not_a_scaling_law(&f).expect("b < 0 is flagged");
+        assert!(w.contains("b = -0.01") && w.contains("not meaningful"), "{w}");
+        // a slope lost in the noise: its interval includes 0
+        let mut f = power_law(&c, &rising).unwrap();
+        f.coefs[1] = Coef { name: "b", value: 0.01, ci95: Some((-0.002, 0.022)) };
+        assert!(not_a_scaling_law(&f).is_some_and(|w| w.contains("[-0.0020, 0.0220] includes 0")));
+        let falling: Vec<f64> = c.iter().map(|c| 12.0 * c.powf(-0.048)).collect();
+        assert!(not_a_scaling_law(&power_law(&c, &noisy(&falling, 0.002, 1)).unwrap()).is_none());
     }
 
     #[test]

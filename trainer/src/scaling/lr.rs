@@ -23,7 +23,8 @@ pub struct LrRun {
     pub lr: f64,
     /// The run's loss ([`RunRecord::loss`]); `None` when it left no summary or ended non-finite.
     pub loss: Option<f64>,
-    /// Whether it left a `summary.json` (a run that diverged, failed or still trains has none).
+    /// Whether it left a `summary.json` (a run that failed before its first step, or is still on it, has
+    /// none; one that diverged has one, saying so).
     pub summary: bool,
     /// Whether it reached `run.steps`.
     pub finished: bool,
@@ -163,7 +164,8 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
     lrs.dedup();
     let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the final training loss) per learning \
                  rate of runs whose configs differ only in `optim.lr`; each row's lowest in bold, * = stopped \
-                 before `run.steps`, no summary = diverged, failed or still running, – = no run. Under μP the \
+                 before `run.steps`, diverged = ended on a non-finite loss, no summary = failed before its first step \
+                 or still on it, – = no run. Under μP the \
                  best rate should not move with the width.\n\n"
         .to_string();
     let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
@@ -238,6 +240,7 @@ mod tests {
         assert!(md.contains("| width 128 μP | – | 0.5100 | **0.4800** | – | 0.01 |"), "{md}");
         assert!(md.contains("| width 128 | 0.5400* | **0.5300** | no summary | diverged | 0.003 |"), "{md}");
         assert!(md.contains("- x: not TOML"), "{md}");
+        assert!(md.contains("diverged = ended on a non-finite loss") && !md.contains("no summary = diverged"), "{md}");
         assert!(groups(&runs[6..]).is_empty());
         let left_out: Vec<String> = not_best(&g).iter().map(|d| d.display().to_string()).collect();
         assert_eq!(left_out, ["128-0.0025", "128-0.01", "128-0.03", "128 μP-0.003"], "all but each group's best");

@@ -130,7 +130,7 @@ where
 pub type Curve<'a> = (&'a Fit, Box<dyn Fn(f64) -> f64 + 'a>);
 
 struct LossVsCompute<'a> {
-    points: &'a [(f64, f64)],
+    points: &'a [(f64, f64, bool)],
     fits: &'a [Curve<'a>],
     r: f64,
     xr: std::ops::Range<f64>,
@@ -142,11 +142,22 @@ impl Figure for LossVsCompute<'_> {
         let caption = format!("loss vs training compute (Pearson r of the logs = {:.3})", self.r);
         let axes = ("compute C (FLOPs: 6·N·D + attention)", "loss");
         let mut chart = chart(root, &caption, axes, &self.xr, &self.yr)?;
+        let frontier = self.points.iter().filter(|p| p.2).map(|&(x, y, _)| Circle::new((x, y), 5, BLUE.filled()));
         chart
-            .draw_series(self.points.iter().map(|&(x, y)| Circle::new((x, y), 5, BLUE.filled())))
+            .draw_series(frontier)
             .map_err(e)?
-            .label("runs")
+            .label("runs on the compute frontier (fitted)")
             .legend(|(x, y)| Circle::new((x + 10, y), 5, BLUE.filled()));
+        if self.points.iter().any(|p| !p.2) {
+            let grey = RGBColor(120, 120, 120);
+            let above =
+                self.points.iter().filter(|p| !p.2).map(move |&(x, y, _)| Circle::new((x, y), 5, grey.stroke_width(2)));
+            chart
+                .draw_series(above)
+                .map_err(e)?
+                .label("runs above the frontier (not fitted)")
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
+        }
         for (i, (fit, f)) in self.fits.iter().enumerate() {
             let colour = Palette99::pick(i + 1).to_rgba();
             let (lo, hi) = (self.xr.start.ln(), self.xr.end.ln());
@@ -168,8 +179,9 @@ impl Figure for LossVsCompute<'_> {
     }
 }
 
-/// Loss against compute (log-log): the runs as points (`(C, L)`) and the fitted laws as lines.
-pub fn loss_vs_compute(dir: &Path, points: &[(f64, f64)], fits: &[Curve], r: f64) -> Result<()> {
+/// Loss against compute (log-log): the runs as points (`(C, L, on the compute frontier)`: filled where
+/// the `L(C)` laws were fitted to it, hollow above it) and the fitted laws as lines.
+pub fn loss_vs_compute(dir: &Path, points: &[(f64, f64, bool)], fits: &[Curve], r: f64) -> Result<()> {
     let xr = range_log(points.iter().map(|p| p.0))?;
     let yr = range_lin(points.iter().map(|p| p.1))?;
     both(dir, "loss_vs_compute", &LossVsCompute { points, fits, r, xr, yr })
@@ -231,21 +243,29 @@ impl Figure for Curves {
     }
 }
 
-/// The loss curve of every run against the compute it had used.
-pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<()> {
+/// The loss curve of every run against the compute it had used. False, and nothing written, when no
+/// run has logged a finite loss yet.
+pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
     let series: Series = runs
         .iter()
         .enumerate()
         .map(|(i, r)| {
             let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
-            let pts: Vec<(f64, f64)> =
-                curve.iter().filter(|(s, _)| *s > 0).map(|(s, l)| (*s as f64 * r.flops_per_step, *l)).collect();
+            let pts: Vec<(f64, f64)> = curve
+                .iter()
+                .filter(|(s, l)| *s > 0 && l.is_finite())
+                .map(|(s, l)| (*s as f64 * r.flops_per_step, *l))
+                .collect();
             (r.name.clone(), pts, (i, false))
         })
         .filter(|(_, p, _)| !p.is_empty())
         .collect();
+    if series.is_empty() {
+        return Ok(false);
+    }
     let axes = ("compute used (FLOPs)", "validation loss (training loss for runs without validation)");
-    both(dir, "loss_curves", &Curves::new("loss curves per run", axes, series, false)?)
+    both(dir, "loss_curves", &Curves::new("loss curves per run", axes, series, false)?)?;
+    Ok(true)
 }
 
 /// Loss against the learning rate, a line per group of a learning-rate sweep (runs without a finite

@@ -28,8 +28,13 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let mean_tokens = mix.mean_tokens;
     let m = &ds.manifest;
+    let patches = match mc.apply_spatial_patchify {
+        true => format!(" (spatial patchify: tokens of 2×2 × {} = {} bits)", m.d, mc.d),
+        false => String::new(),
+    };
     out.push(format!(
-        "dataset {}: {} rows in {} shards (checksums verified), d = {}, {} schedules, {mean_tokens:.0} tokens per sample",
+        "dataset {}: {} rows in {} shards (checksums verified), d = {}{patches}, {} schedules, {mean_tokens:.0} tokens \
+         per sample",
         cfg.data.dir.display(),
         ds.num_rows(),
         m.shards.len(),
@@ -121,7 +126,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     if cfg.run.device != DeviceChoice::Cpu {
         // on the GPU this check opened (or --gpu-gib's), with 1 GiB left for the CUDA context and
         // libraries
-        let step = gpu_fit::gpu_step(cfg, &ds.manifest, world, micro_batch)?;
+        let step = gpu_fit::gpu_step(cfg, &mc, &ds.manifest, world, micro_batch)?;
         out.push(match gpu {
             Some(total) => gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN)?,
             None => gpu_fit::describe(&mc, &lay, &step),

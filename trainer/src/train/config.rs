@@ -202,6 +202,11 @@ pub struct ModelSection {
     /// upstream's presets, as their `--dp -1` default; 0 for tiny and small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_path_rate: Option<f64>,
+    /// Upstream `apply_spatial_patchify`: tokens of `4·d` bits, each the 2×2 unshuffle of a dataset
+    /// whose schedules have twice the transformer's sides (made with `--spatial-patchify`). Unset: the
+    /// preset's (true for 8b, as upstream's 8B).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_spatial_patchify: Option<bool>,
     /// Start a fresh run from these weights instead of a random initialisation (upstream's
     /// `--rush_resume`: fine-tuning, or the next resolution of a progressive recipe): a checkpoint or
     /// run folder (its newest checkpoint) or a safetensors file with upstream names (an export). The
@@ -525,7 +530,8 @@ impl TrainConfig {
         c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
         c.num_heads = m.num_heads.unwrap_or(c.num_heads);
         c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
-        c.d = d;
+        c.apply_spatial_patchify = m.apply_spatial_patchify.unwrap_or(c.apply_spatial_patchify);
+        c.d = c.token_bits(d);
         c.cond_drop_rate = m.cond_drop_rate;
         c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
         // the preset's key layout, or the nearest that divides an overridden depth

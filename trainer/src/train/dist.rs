@@ -183,6 +183,42 @@ impl Dist {
         Ok(())
     }
 
+    /// Every rank trains rank 0's config ([`PER_NODE`] keys aside) on the same data: nodes started with
+    /// different files or `--set`s would otherwise train on apart (each rank its own learning rate, the
+    /// logged loss their mean) or stop at different steps. A rank whose settings differ names them (rank
+    /// 0's value → its own); every rank stops.
+    pub fn agree_on_config(&mut self, config_toml: &str, dataset_fingerprint: &str) -> Result<()> {
+        if self.world == 1 {
+            return Ok(());
+        }
+        let mine = format!("{config_toml}\n[dataset]\nfingerprint = {dataset_fingerprint:?}\n");
+        // rank 0's text, a byte per f32 (exact), its length first
+        let mut len = [mine.len() as f32];
+        self.broadcast(&mut len)?;
+        let mut text: Vec<f32> = match self.is_leader() {
+            true => mine.bytes().map(f32::from).collect(),
+            false => vec![0.0; len[0] as usize],
+        };
+        self.broadcast(&mut text)?;
+        let leader = String::from_utf8(text.iter().map(|&b| b as u8).collect()).context("rank 0's config")?;
+        let differ: Vec<String> = super::rundir::config_changes(&leader, &mine)?
+            .into_iter()
+            .filter(|c| !PER_NODE.iter().any(|k| c.starts_with(&format!("{k}:"))))
+            .collect();
+        if self.any(!differ.is_empty())? {
+            match differ.is_empty() {
+                true => bail!("another rank's config differs from rank 0's (its log names the settings)"),
+                false => bail!(
+                    "rank {}'s config differs from rank 0's: {} (rank 0's → this rank's); every rank must train one \
+                     config (the same file and --set overrides on every node) on the same dataset",
+                    self.rank,
+                    differ.join("; ")
+                ),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any rank saw `flag` set: all ranks agree on the step at which to stop.
     pub fn any(&mut self, flag: bool) -> Result<bool> {
         let mut v = [flag as u8 as f32];
@@ -190,6 +226,10 @@ impl Dist {
         Ok(v[0] > 0.0)
     }
 }
+
+/// Settings a node may choose for itself: where it finds the run folder and the data (mount points
+/// differ; the data's contents are compared by fingerprint), and its loader threads.
+pub const PER_NODE: [&str; 5] = ["run.dir", "data.dir", "val.dir", "model.init_from", "data.workers"];
 
 /// `dist.backend = "auto"`: NCCL when every rank computes on a GPU and finds the NCCL library (in a
 /// build with CUDA), else the TCP ring. Every rank counts itself in the store and reads the same total,

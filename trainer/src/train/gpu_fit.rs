@@ -25,14 +25,22 @@ impl std::error::Error for GpuTooSmall {}
 
 /// What a rank of `cfg` runs on its GPU among `world` ranks, `micro_batch` samples at a time: the longest
 /// schedule of the dataset, its longest caption.
-pub fn gpu_step(cfg: &TrainConfig, m: &Manifest, world: usize, micro_batch: usize) -> Result<GpuStep> {
+pub fn gpu_step(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    m: &Manifest,
+    world: usize,
+    micro_batch: usize,
+) -> Result<GpuStep> {
     let longest = m.schedules.iter().max_by_key(|s| s.num_tokens()).context("the manifest lists no schedule")?;
+    // the transformer's tokens (with spatial patchify the latents [d/4, 2H, 2W] hold as many values)
+    let scales = mc.token_scales(&longest.hw());
     let sharded = cfg.dist.zero1 && world > 1;
     Ok(GpuStep {
         micro_batch,
-        tokens: longest.num_tokens(),
+        tokens: infinity_kernels::bsq::num_tokens(&scales),
         text_tokens: m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize),
-        latent_hw: *longest.hw().last().context("a schedule without scales")?,
+        latent_hw: *scales.last().context("a schedule without scales")?,
         bf16: cfg.run.precision == Precision::Bf16,
         recompute: cfg.run.recompute,
         // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring
@@ -109,7 +117,7 @@ pub fn resolve_micro_batch(
         );
         return Ok((per_rank, Some(line)));
     };
-    let step = gpu_step(cfg, m, world, 1)?;
+    let step = gpu_step(cfg, mc, m, world, 1)?;
     let Some(most) = largest_micro_batch(mc, lay.numel, &step, total.saturating_sub(RUNTIME_MARGIN), per_rank) else {
         if !cfg.run.gpu_memory_check {
             let line = "data.micro_batch = auto: 1 (not one sample fits by the count; run.gpu_memory_check = \

@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Batch;
 use infinity_data::manifest::Manifest;
-use infinity_kernels::bsq;
 use infinity_kernels::rope::RopeTable;
+use infinity_kernels::{bsq, patchify};
 use rand::Rng;
 
 use super::config::TrainConfig;
@@ -64,8 +64,9 @@ impl MicroBatch {
 /// Bitwise self-correction, condition dropout (probability `cond_drop`) and drop path (at
 /// `drop_path_rate`, the model's in training, 0 in evaluation) for rows `rows` of `batch`, with random
 /// streams keyed by (`seed`, `step`, sample id), so that a sample draws alike whatever the world size
-/// and micro-batch. With `on_device`, the latents and flip keys
-/// are gathered for the device to self-correct instead.
+/// and micro-batch. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial
+/// patchify, twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the
+/// latents and flip keys are gathered for the device to self-correct instead.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     cfg: &TrainConfig,
@@ -73,12 +74,13 @@ pub(super) fn prepare(
     m: &Manifest,
     batch: &Batch,
     rows: std::ops::Range<usize>,
-    scales: &[(usize, usize)],
+    tokenizer_scales: &[(usize, usize)],
     (seed, step): (u64, u64),
     (cond_drop, drop_path_rate): (f64, f64),
     on_device: bool,
 ) -> Result<MicroBatch> {
-    let d = mc.d;
+    let (d, scales) = (mc.d_vae(), tokenizer_scales);
+    let tokens = mc.apply_spatial_patchify.then(|| mc.token_scales(scales));
     let mut mb = MicroBatch {
         b: rows.len(),
         x_wo_prefix: vec![],
@@ -113,8 +115,16 @@ pub(super) fn prepare(
                     Some(latent) => bsq::self_correct(&latent, d, scales, Some(&flips)),
                     None => bsq::self_correct_stored(&batch.unpacked_bits(i, d), d, scales, Some(&flips)),
                 };
-                mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
-                mb.gt_bits.extend_from_slice(&sc.bits);
+                match &tokens {
+                    None => {
+                        mb.x_wo_prefix.extend_from_slice(&sc.x_wo_prefix);
+                        mb.gt_bits.extend_from_slice(&sc.bits);
+                    }
+                    Some(tokens) => {
+                        mb.x_wo_prefix.extend(patchify::unshuffle_tokens(&sc.x_wo_prefix, 1, d, tokens, 1));
+                        mb.gt_bits.extend(patchify::unshuffle_tokens(&sc.bits, 1, d, tokens, 0));
+                    }
+                }
             }
         }
         if drop_path_rate > 0.0 {

@@ -16,6 +16,7 @@ pub mod mfu;
 mod micro_batch;
 mod preview;
 pub mod rank_times;
+pub mod run_lock;
 pub mod rundir;
 mod saver;
 mod setup;
@@ -43,7 +44,7 @@ use self::micro_batch::prepare;
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
-pub use self::setup::{micro_steps, Setup, TokenMix, Unrecoverable};
+pub use self::setup::{check_tokenizer_layout, micro_steps, Setup, TokenMix, Unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
@@ -92,6 +93,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let joined = dist::stop_while_joining(&opts.stop);
     let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some())?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
+    // the first collective: every later one assumes the ranks train one config
+    let config_toml = toml::to_string(cfg).context("serialising the config")?;
+    dist.agree_on_config(&config_toml, &m.fingerprint()).map_err(unrecoverable)?;
     if let Some(note) = compute.precision_note(&cfg.run) {
         console!("{note}");
     }
@@ -99,7 +103,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
         // a step that exceeds the GPU would run out of memory at its first step, and again after
         // every restart: stop now, naming what fits
-        let step = gpu_fit::gpu_step(cfg, &m, dist.world, micro_batch)?;
+        let step = gpu_fit::gpu_step(cfg, &mc, &m, dist.world, micro_batch)?;
         let line = match gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN) {
             Ok(line) => line,
             Err(_) => {
@@ -123,7 +127,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let run = &cfg.run.dir;
     std::fs::create_dir_all(run)
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
-    let config_toml = toml::to_string(cfg).context("serialising the config")?;
+    // one job per run folder (released however this process ends)
+    let _lock = leader.then(|| run_lock::RunLock::acquire(run)).transpose().map_err(unrecoverable)?;
     let write = |name: &str, text: &str| -> Result<()> {
         let p = run.join(name);
         infinity_data::manifest::write_atomic(&p, text.as_bytes())
@@ -147,14 +152,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     );
     if let Some(w) = mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()) {
         console!("{w}");
-    }
-    if cfg.model.preset == "8b" {
-        console!(
-            "warning: the 8b preset trains its tokens' {} bits at the schedule's resolution; upstream's 8B tokens \
-             (apply_spatial_patchify: d = 14 at twice the resolution, 2×2 unshuffled) self-correct otherwise \
-             (docs/training.md)",
-            mc.d
-        );
     }
 
     // ---- state: fresh or resumed -------------------------------------------------------------
@@ -281,7 +278,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let batch = loader.next_batch()?;
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &m.schedules[batch.bucket as usize];
-        let scales = sched.hw();
+        let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.iter_mut().for_each(|g| *g = 0.0);
         compute.begin_step(&params)?;
@@ -297,7 +294,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 &m,
                 &batch,
                 rows,
-                &scales,
+                &sched.hw(),
                 (cfg.run.seed, st.step),
                 (mc.cond_drop_rate, mc.drop_path_rate),
                 on_device,

@@ -40,7 +40,7 @@ impl Preview {
             cond,
             sched: crate::infer::pick_schedule(&ds.manifest, None)?.clone(),
             tokenizer,
-            opts: SampleOptions { cfg: s.cfg, tau: s.tau, top_p: s.top_p, seed: s.seed },
+            opts: SampleOptions::uniform(s.cfg, s.tau, s.top_p, s.seed),
             per_condition: s.per_condition,
             dir: cfg.run.dir.join("samples"),
         })

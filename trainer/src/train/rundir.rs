@@ -11,7 +11,7 @@ use super::checkpoint;
 
 /// Files that only a run that trained leaves behind (config.toml and derived.json are written before
 /// the first step, so a group restarted before its first checkpoint may leave them too).
-const RUN_FILES: [&str; 2] = ["metrics.jsonl", "summary.json"];
+pub(crate) const RUN_FILES: [&str; 2] = ["metrics.jsonl", "summary.json"];
 
 /// For a fresh start (no `--resume`): an error when `run` already holds a run, naming what it holds.
 pub fn check_fresh(run: &Path) -> Result<()> {

@@ -46,6 +46,7 @@ impl Setup {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = cfg.model_config(m.d as usize, num_classes, text)?;
+        check_tokenizer_layout(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
         let mut lay = Layout::new(&mc);
         if let Some(base) = cfg.model.mup() {
             crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
@@ -53,6 +54,29 @@ impl Setup {
         let mix = TokenMix::of(&mc, m, cfg.data.global_batch);
         Ok(Setup { ds, mc, lay, mix })
     }
+}
+
+/// Whether a dataset's schedules are stored for the model's spatial patchify: at twice the
+/// transformer's sides (`data synth|pack --spatial-patchify`, tools/write_shards.py) for a model with
+/// it, as the transformer's otherwise.
+pub fn check_tokenizer_layout(mc: &ModelConfig, m: &Manifest) -> Result<()> {
+    if let Some(s) = m.schedules.iter().find(|s| s.spatial_patchify != mc.apply_spatial_patchify) {
+        match mc.apply_spatial_patchify {
+            true => bail!(
+                "model.apply_spatial_patchify = true (the 8b preset's default), but schedule `{}` is stored at the \
+                 transformer's sides: make the dataset with --spatial-patchify (twice the sides, d = {}), or set \
+                 model.apply_spatial_patchify = false",
+                s.name,
+                mc.d_vae()
+            ),
+            false => bail!(
+                "schedule `{}` is stored for spatial patchify (twice the transformer's sides): set \
+                 model.apply_spatial_patchify = true",
+                s.name
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Tokens and training FLOPs per sample of a dataset's schedules, and their mean over the batches a
@@ -75,8 +99,8 @@ pub struct TokenMix {
 impl TokenMix {
     pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
         let text_tokens = m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize);
-        let flops_per_token: Vec<f64> =
-            m.schedules.iter().map(|s| train_flops_per_token(mc, &s.hw(), text_tokens)).collect();
+        let scales: Vec<Vec<(usize, usize)>> = m.schedules.iter().map(|s| mc.token_scales(&s.hw())).collect();
+        let flops_per_token: Vec<f64> = scales.iter().map(|s| train_flops_per_token(mc, s, text_tokens)).collect();
         let rows: Vec<u64> = (0..m.schedules.len())
             .map(|b| m.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum())
             .collect();
@@ -92,7 +116,7 @@ impl TokenMix {
         let mean = |per_sample: &dyn Fn(usize) -> f64| {
             (0..weights.len()).map(|b| weights[b] as f64 * per_sample(b)).sum::<f64>() / total
         };
-        let tokens = |b: usize| m.schedules[b].num_tokens() as f64;
+        let tokens = |b: usize| infinity_kernels::bsq::num_tokens(&scales[b]) as f64;
         let mean_flops = mean(&|b| tokens(b) * flops_per_token[b]);
         TokenMix { mean_tokens: mean(&tokens), mean_flops, flops_per_token, rows_per_epoch, undrawn }
     }

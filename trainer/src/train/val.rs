@@ -48,6 +48,7 @@ impl Validator {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
         compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
+        super::setup::check_tokenizer_layout(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
         // the first `max_rows` rows, grouped by bucket, in micro-batches
         let mut by_bucket: Vec<Vec<u64>> = vec![Vec::new(); ds.manifest.schedules.len()];
         for g in 0..(cfg.val.max_rows as u64).min(ds.num_rows()) {
@@ -88,9 +89,10 @@ impl Validator {
         let mut sums = [0.0f64; 3];
         for (bucket, rows) in self.batches.iter().skip(dist.rank).step_by(dist.world) {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
-            let scales = m.schedules[*bucket as usize].hw();
+            let sched = m.schedules[*bucket as usize].hw();
+            let scales = mc.token_scales(&sched);
             // no condition dropout and no drop path: the model evaluated whole (upstream's `eval()`)
-            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &scales, (self.seed, 0), (0.0, 0.0), false)?;
+            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &sched, (self.seed, 0), (0.0, 0.0), false)?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
@@ -109,7 +111,12 @@ impl Validator {
 }
 
 /// The validation dataset must carry the same bits (d, tokenizer) and conditions as the training one.
-fn compatible(train: &Manifest, train_dir: &std::path::Path, val: &Manifest, val_dir: &std::path::Path) -> Result<()> {
+pub(crate) fn compatible(
+    train: &Manifest,
+    train_dir: &std::path::Path,
+    val: &Manifest,
+    val_dir: &std::path::Path,
+) -> Result<()> {
     let name = |p: &std::path::Path| p.display().to_string();
     if train.d != val.d {
         bail!("val.dir {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);

@@ -14,20 +14,27 @@
 //! "model.preset" = ["tiny", "small"]
 //! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
 //! ```
+//!
+//! This module holds the sweep file's format and its expansion into a plan (runs, warnings, the table
+//! printed first); `run` holds where each run stands and their execution here, `slurm` the job-array
+//! script.
+
+mod run;
+mod slurm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use infinity_data::manifest::write_atomic;
 use infinity_data::Manifest;
 use serde::Deserialize;
 
 use crate::model::Layout;
 use crate::train::config::TrainConfig;
-use crate::train::rundir::config_changes;
 use crate::train::TokenMix;
+
+pub use self::run::{command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState};
+pub use self::slurm::slurm_script;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +89,38 @@ pub struct PlannedRun {
     pub tokens: f64,
     /// Training FLOPs: 6·N·D plus the attention term.
     pub compute: f64,
+    /// The run's token budget (a `tokens` axis), which set `run.steps`.
+    pub budget: Option<f64>,
+}
+
+/// A sweep file expanded: its runs, and what the planner found worth a warning.
+pub struct Plan {
+    pub sweep: SweepFile,
+    pub runs: Vec<PlannedRun>,
+    /// Warnings naming a run (budgets missed by whole steps, warm-up past the last step), printed before
+    /// anything starts.
+    pub warnings: Vec<String>,
+    /// `INF__…` variables of this environment, each with what became of it (written into every run's
+    /// config, or replaced by the sweep's own value for that key).
+    pub env: Vec<String>,
+}
+
+/// The `INF__SECTION__KEY` variables set in this process's environment, as (variable, value).
+/// `infinity train` applies them over its config file: a sweep bakes them into each run's
+/// `config.toml` at plan time and keeps them away from the runs it starts, so that a run trains the
+/// config its folder holds.
+pub fn env_overrides() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| k.starts_with("INF__"))
+        .collect();
+    vars.sort();
+    vars
+}
+
+/// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`).
+fn env_key(var: &str) -> String {
+    var.trim_start_matches("INF__").to_lowercase().replace("__", ".")
 }
 
 fn value_text(v: &toml::Value) -> String {
@@ -104,7 +143,7 @@ fn name_part(key: &str, v: &toml::Value) -> String {
 }
 
 /// Read `path` and expand it into runs (configs validated, compute computed from each run's dataset).
-pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
+pub fn plan(path: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let de = toml::Deserializer::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let sweep: SweepFile = serde_path_to_error::deserialize(de)
@@ -150,6 +189,22 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
     // absolute paths in every run's config: a SLURM task or a later `train RUN/config.toml` finds the
     // run folder and the datasets from any working folder
     let out = std::path::absolute(&sweep.out).with_context(|| format!("resolving out = {}", sweep.out.display()))?;
+    // the environment's `INF__…` variables go into every run's config (TrainConfig::load applies them
+    // under the sweep's own settings); the runs the sweep starts do not see them again
+    let sets = |key: &str| {
+        let related = |k: &str| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."));
+        let steps = key == "run.steps" && sweep.axes.contains_key("tokens");
+        key == "run.dir" || steps || sweep.set.keys().chain(sweep.axes.keys()).any(|k| related(k))
+    };
+    let env: Vec<String> = env_overrides()
+        .into_iter()
+        .map(|(var, value)| match sets(&env_key(&var)) {
+            true => format!("{var}={value}: ignored, the sweep sets `{}` itself", env_key(&var)),
+            false => format!("{var}={value}: written into every run's config.toml"),
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    let mut checked_val: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut runs = Vec::new();
     for combo in combos {
         let name = name_of(&combo);
@@ -168,6 +223,11 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
             }
         }
         overrides.push(format!("run.dir={}", dir.display()));
+        if tokens_budget.is_some() {
+            // a placeholder the budget replaces below, so that the base config's steps do not take part
+            // in the warm-up check (which runs again, with the budget's steps, once they are known)
+            overrides.push(format!("run.steps={}", 1_000_000_000_000u64));
+        }
         let mut config = TrainConfig::load(&base, &overrides).with_context(|| format!("run {name}"))?;
         let absolute =
             |p: &Path| std::path::absolute(p).with_context(|| format!("run {name}: resolving {}", p.display()));
@@ -179,6 +239,25 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
+        crate::train::check_tokenizer_layout(&mc, &m).with_context(|| format!("run {name}"))?;
+        // the validation set, as `infinity train` checks it before its first step (once per pair of
+        // datasets): a missing or mismatched one would fail every run after it started
+        if let Some(val) = &config.val.dir {
+            if !checked_val.contains(&(config.data.dir.clone(), val.clone())) {
+                let vm = Manifest::load(val).with_context(|| {
+                    format!(
+                        "run {name}: val.dir {} (the validation dataset: make it with `infinity data synth --tokenizer \
+                         {}` or `infinity data pack --tokenizer …`, or set val.dir to an existing one)",
+                        val.display(),
+                        config.data.dir.join("tokenizer.safetensors").display()
+                    )
+                })?;
+                crate::train::val::compatible(&m, &config.data.dir, &vm, val).with_context(|| format!("run {name}"))?;
+                crate::train::check_tokenizer_layout(&mc, &vm)
+                    .with_context(|| format!("run {name}: val.dir {}", val.display()))?;
+                checked_val.push((config.data.dir.clone(), val.clone()));
+            }
+        }
         let mix = TokenMix::of(&mc, &m, config.data.global_batch);
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         if let Some(budget) = tokens_budget {
@@ -188,7 +267,34 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
                 "run {name}: a token budget of {budget:e} is {steps:e} steps of {tokens_per_step:.0} tokens; expected a \
                  positive budget of at most 1e12 steps"
             );
+            ensure!(
+                budget >= tokens_per_step,
+                "run {name}: a token budget of {budget:e} is less than one step of {tokens_per_step:.0} tokens \
+                 (data.global_batch {} × {:.1} tokens per sample): raise the budget to at least {tokens_per_step:.0}, or \
+                 lower data.global_batch",
+                config.data.global_batch,
+                mix.mean_tokens
+            );
             config.run.steps = steps as u64;
+            let realised = steps * tokens_per_step;
+            if realised > budget * 1.05 {
+                warnings.push(format!(
+                    "run {name}: {steps} whole steps of {tokens_per_step:.0} tokens are {realised:.3e} tokens, {:.0} % \
+                     over its budget of {budget:.3e} (its compute and `infinity scaling` count the realised tokens); \
+                     budgets that are multiples of {tokens_per_step:.0} tokens are met exactly",
+                    (realised / budget - 1.0) * 100.0
+                ));
+            }
+            // `TrainConfig::validate`'s step check again, now with the budget's steps (as `infinity
+            // train` warns, so does the plan, naming the run)
+            if config.optim.warmup_steps >= config.run.steps {
+                warnings.push(format!(
+                    "run {name}: optim.warmup_steps ({}) is not below run.steps ({}, from its token budget of \
+                     {budget:.3e}): the learning rate never reaches optim.lr; lower optim.warmup_steps or raise the \
+                     budget",
+                    config.optim.warmup_steps, config.run.steps
+                ));
+            }
         }
         let steps = config.run.steps as f64;
         runs.push(PlannedRun {
@@ -197,10 +303,33 @@ pub fn plan(path: &Path) -> Result<(SweepFile, Vec<PlannedRun>)> {
             parameters: Layout::new(&mc).numel,
             tokens: tokens_per_step * steps,
             compute: mix.mean_flops * config.data.global_batch as f64 * steps,
+            budget: tokens_budget,
             config,
         });
     }
-    Ok((sweep, runs))
+    // two folders that would train the same thing: token budgets that round to the same whole steps, or
+    // axis values that resolve alike (a value equal to the base's)
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, r) in runs.iter().enumerate() {
+        let mut c = r.config.clone();
+        c.run.dir = PathBuf::new();
+        let key = toml::to_string(&c)?;
+        if let Some(&j) = seen.get(&key) {
+            let first = &runs[j];
+            let why = match (first.budget, r.budget) {
+                (Some(a), Some(b)) => format!(
+                    "their token budgets {a:.3e} and {b:.3e} both come to {} whole steps of {:.0} tokens: make the \
+                     budgets differ by at least one step",
+                    r.config.run.steps,
+                    r.tokens / r.config.run.steps as f64
+                ),
+                _ => "their axis values resolve to the same settings: drop one of the values".to_string(),
+            };
+            bail!("{}: the runs {} and {} would train the same config; {why}", path.display(), first.name, r.name);
+        }
+        seen.insert(key, i);
+    }
+    Ok(Plan { sweep, runs, warnings, env })
 }
 
 /// The table printed before anything starts.
@@ -215,163 +344,6 @@ pub fn table(runs: &[PlannedRun]) -> String {
     let total: f64 = runs.iter().map(|r| r.compute).sum();
     s.push_str(&format!("{} runs, {total:.3e} training FLOPs in total\n", runs.len()));
     s
-}
-
-/// Whether a run folder holds a finished run.
-pub fn finished(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["finished"] == true)
-}
-
-/// Write each run's resolved config to `RUN/config.toml`. A run that has trained (it has a checkpoint)
-/// keeps the config it trained with, which its logs and `infinity scaling` describe: a sweep file that
-/// now gives it other settings is refused, naming the runs and settings, before anything is written.
-pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
-    let mut texts = Vec::new();
-    let mut changed = Vec::new();
-    for r in runs {
-        let text = toml::to_string(&r.config)?;
-        let path = r.dir.join("config.toml");
-        let trained = crate::train::latest_checkpoint(&r.dir).is_some();
-        match std::fs::read_to_string(&path) {
-            Ok(old) if trained => {
-                let old = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
-                let diff = config_changes(&old, &text).with_context(|| format!("reading {}", path.display()))?;
-                match diff.is_empty() {
-                    // the same settings (paths written relative by an earlier build become absolute)
-                    true => texts.push((r, text)),
-                    false => changed.push(format!("{}: {}", r.name, diff.join(", "))),
-                }
-            }
-            _ => texts.push((r, text)),
-        }
-    }
-    if !changed.is_empty() {
-        bail!(
-            "{} runs trained with other settings than the sweep file gives them now:\n  {}\nfor a changed sweep set \
-             another `out` (or remove those run folders to train them afresh)",
-            changed.len(),
-            changed.join("\n  ")
-        );
-    }
-    for (r, text) in texts {
-        std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
-        write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// A config's text with its paths (`run.dir`, `data.dir`, `val.dir`, `model.init_from`) made absolute
-/// against the working folder, as [`plan`] writes them.
-fn with_absolute_paths(text: &str) -> Result<String> {
-    let mut t: toml::Table = text.parse()?;
-    for (section, key) in [("run", "dir"), ("data", "dir"), ("val", "dir"), ("model", "init_from")] {
-        if let Some(toml::Value::String(p)) = t.get_mut(section).and_then(|s| s.get_mut(key)) {
-            *p = std::path::absolute(&*p)?.display().to_string();
-        }
-    }
-    Ok(toml::to_string(&t)?)
-}
-
-/// The arguments after `infinity` that run one run (resuming if it was interrupted).
-pub fn command(r: &PlannedRun, nproc: usize) -> Vec<String> {
-    let cfg = r.dir.join("config.toml").display().to_string();
-    let train = ["train".to_string(), cfg, "--resume".into(), "auto".into()];
-    if nproc > 1 {
-        let log_dir = r.dir.join("logs").display().to_string();
-        [
-            vec![
-                "launch".into(),
-                "--nproc-per-node".into(),
-                nproc.to_string(),
-                "--log-dir".into(),
-                log_dir,
-                "--".into(),
-            ],
-            train.to_vec(),
-        ]
-        .concat()
-    } else {
-        train.to_vec()
-    }
-}
-
-/// Run every unfinished run here, one after another; returns the names of the failed ones.
-pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<Vec<String>> {
-    let mut failed = Vec::new();
-    for (i, r) in runs.iter().enumerate() {
-        if finished(&r.dir) {
-            console!("[{}/{}] {}: finished, skipped", i + 1, runs.len(), r.name);
-            continue;
-        }
-        let log = r.dir.join("train.log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        console!("[{}/{}] {}: running (log {})", i + 1, runs.len(), r.name, log.display());
-        let t0 = std::time::Instant::now();
-        let status = Command::new(exe)
-            .args(command(r, nproc))
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        if status.success() && finished(&r.dir) {
-            console!("    done in {:.1} s", t0.elapsed().as_secs_f64());
-        } else {
-            console!("    FAILED ({status}); see {}", log.display());
-            failed.push(r.name.clone());
-        }
-    }
-    Ok(failed)
-}
-
-/// A SLURM job-array script: one array task per run, with absolute, quoted paths (it may be submitted
-/// from anywhere). A task the time-limit warning (`--signal=USR1@300`) or preemption stopped has
-/// checkpointed and exited 0 with `"finished": false` in its summary: the script requeues it, and the
-/// requeued task resumes its run.
-pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result<String> {
-    if runs.is_empty() {
-        bail!("no runs");
-    }
-    let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
-    let s = &sweep.slurm;
-    let mut out = String::from("#!/bin/bash\n#SBATCH --job-name=infinity-sweep\n");
-    let max = s.max_parallel.map_or(String::new(), |k| format!("%{k}"));
-    out.push_str(&format!("#SBATCH --array=0-{}{max}\n", runs.len() - 1));
-    if let Some(p) = &s.partition {
-        out.push_str(&format!("#SBATCH --partition={p}\n"));
-    }
-    if let Some(t) = &s.time {
-        out.push_str(&format!("#SBATCH --time={t}\n"));
-    }
-    out.push_str(&format!("#SBATCH --nodes={}\n#SBATCH --ntasks-per-node=1\n", s.nodes.unwrap_or(1)));
-    if let Some(g) = s.gpus_per_node {
-        out.push_str(&format!("#SBATCH --gpus-per-node={g}\n"));
-    }
-    if let Some(c) = s.cpus_per_node {
-        out.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
-    }
-    let log = abs(&sweep.out)?.join("slurm-%A_%a.log").display().to_string();
-    out.push_str(&format!("#SBATCH --output={}\n#SBATCH --signal=USR1@300\n#SBATCH --requeue\n\n", sh_quote(&log)));
-    out.push_str("# one run per array task; a requeued or re-submitted task resumes its run\nRUNS=(\n");
-    for r in runs {
-        out.push_str(&format!("  {}\n", sh_quote(&abs(&r.dir)?.display().to_string())));
-    }
-    out.push_str(")\nRUN=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
-    out.push_str("export INFINITY_RDZV_TOKEN=$(echo \"$SLURM_JOB_ID-$RANDOM$RANDOM\" | sha256sum | cut -c1-32)\n");
-    out.push_str(&format!(
-        "srun --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --log-dir \"$RUN/logs\" \\\n  -- train \
-         \"$RUN/config.toml\" --resume auto\nrc=$?\n",
-        sh_quote(exe),
-        sweep.nproc_per_node
-    ));
-    out.push_str(
-        "# stopped before its last step (time-limit warning, preemption): checkpointed, so requeue to resume\n\
-         if [ $rc -eq 0 ] && grep -q '\"finished\": false' \"$RUN/summary.json\" 2>/dev/null; then\n  \
-         scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\nfi\nexit $rc\n",
-    );
-    Ok(out)
 }
 
 #[cfg(test)]
