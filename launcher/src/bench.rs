@@ -13,16 +13,17 @@ use crate::store::{StoreClient, StoreServer};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommBenchArgs {
-    /// Ring sizes to measure.
+    /// Ring sizes to measure (each at most 256 ranks, and ranks × --mib at most 4096 MiB).
     #[arg(long, value_delimiter = ',', default_value = "2,4", value_parser = crate::positive())]
     pub ranks: Vec<usize>,
-    /// All-reduce buffer size in MiB (f32), at most 1024 (every rank of a ring holds one).
+    /// All-reduce buffer size in MiB (f32), at most 1024 (every rank of a ring holds one; a ring's ranks
+    /// together at most 4096 MiB).
     #[arg(long, default_value_t = 64, value_parser = crate::positive())]
     pub mib: usize,
     /// Timed repetitions (after one warm-up), of the all-reduce and of the raw ring alike.
     #[arg(long, default_value_t = 5, value_parser = crate::positive())]
     pub iters: usize,
-    /// Ranks for the rendezvous timing.
+    /// Ranks for the rendezvous timing, at most 1024 (each a thread of this process).
     #[arg(long, default_value_t = 32, value_parser = crate::positive())]
     pub rdzv_ranks: usize,
 }
@@ -69,14 +70,14 @@ pub fn raw_loopback(bytes: usize, iters: usize) -> Result<f64> {
 fn raw_loopback_passes(bytes: usize, iters: usize) -> Result<Vec<f64>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+    let reader = spawn("raw reader".into(), move || -> std::io::Result<()> {
         let (mut s, _) = listener.accept()?;
         for _ in 0..=iters {
             recv_bytes(&mut s, bytes)?;
             s.write_all(&[1])?;
         }
         Ok(())
-    });
+    })?;
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     let mut passes = Vec::new();
@@ -97,6 +98,49 @@ fn raw_loopback_passes(bytes: usize, iters: usize) -> Result<Vec<f64>> {
 /// The largest `--mib`: every rank of a ring holds a buffer of that size (and the raw ring as much
 /// again), all in this one process.
 pub const MAX_MIB: usize = 1024;
+
+/// The most MiB the ranks of one ring hold together (ranks × `--mib`): the rings are measured one at a
+/// time, all their buffers in this one process.
+pub const MAX_TOTAL_MIB: usize = 4096;
+
+/// The largest ring measured (each rank a thread, and one more per pass for its raw stream's writes).
+pub const MAX_RANKS: usize = 256;
+
+/// The most ranks the rendezvous is timed for (each a thread with a connection of its own).
+pub const MAX_RDZV_RANKS: usize = 1024;
+
+/// The rank counts and buffer size of `a`, refused before anything is allocated or started when one
+/// would take this process more threads or memory than the bench needs to be meaningful.
+fn check_bounds(a: &CommBenchArgs) -> Result<()> {
+    for &w in &a.ranks {
+        if w > MAX_RANKS {
+            anyhow::bail!("--ranks {w}: at most {MAX_RANKS} (each rank of the ring is a thread of this process)");
+        }
+        match w.checked_mul(a.mib) {
+            Some(total) if total <= MAX_TOTAL_MIB => {}
+            _ => anyhow::bail!(
+                "--ranks {w} with --mib {}: a ring's ranks hold at most {MAX_TOTAL_MIB} MiB together, all in this \
+                 process (ranks × mib); use a smaller --mib",
+                a.mib
+            ),
+        }
+    }
+    if a.rdzv_ranks > MAX_RDZV_RANKS {
+        anyhow::bail!(
+            "--rdzv-ranks {}: at most {MAX_RDZV_RANKS} (each rank is a thread of this process with its own connection)",
+            a.rdzv_ranks
+        );
+    }
+    Ok(())
+}
+
+/// A thread named `name` running `f`; a thread the system cannot start is an error, not a panic.
+fn spawn<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new().name(name.clone()).spawn(f).map_err(|e| anyhow::anyhow!("starting thread {name}: {e}"))
+}
 
 /// `--mib` in bytes, refused beyond [`MAX_MIB`] (a shift that wrapped timed a buffer of a few bytes,
 /// and a huge one allocated until the machine ran out of memory).
@@ -127,25 +171,42 @@ fn raw_ring_passes(world: usize, bytes: usize, iters: usize) -> Result<Vec<f64>>
         (0..world).map(|r| TcpStream::connect(addrs[(r + 1) % world])).collect::<std::io::Result<_>>()?;
     let ins: Vec<TcpStream> = listeners.iter().map(|l| l.accept().map(|(s, _)| s)).collect::<std::io::Result<_>>()?;
     let barrier = std::sync::Barrier::new(world);
+    // the threads start timing once all are running (`true`); if one cannot start, the others end at
+    // once rather than wait at the barrier for it
+    let gate = std::sync::RwLock::new(false);
     let times = std::thread::scope(|sc| -> Result<Vec<Vec<f64>>> {
+        let mut open = gate.write().unwrap();
         let mut hs = Vec::new();
-        for (mut out, mut inp) in outs.into_iter().zip(ins) {
-            let barrier = &barrier;
-            hs.push(sc.spawn(move || -> std::io::Result<Vec<f64>> {
-                let mut times = Vec::new();
-                for _ in 0..=iters {
-                    barrier.wait();
-                    let t0 = Instant::now();
-                    std::thread::scope(|inner| {
-                        let w = inner.spawn(|| send_bytes(&mut out, bytes));
-                        recv_bytes(&mut inp, bytes)?;
-                        w.join().expect("writer")
-                    })?;
-                    times.push(t0.elapsed().as_secs_f64());
-                }
-                Ok(times)
-            }));
+        for (r, (mut out, mut inp)) in outs.into_iter().zip(ins).enumerate() {
+            let (barrier, gate) = (&barrier, &gate);
+            let h = std::thread::Builder::new().name(format!("raw ring {r}")).spawn_scoped(
+                sc,
+                move || -> std::io::Result<Vec<f64>> {
+                    if !*gate.read().unwrap() {
+                        return Ok(Vec::new());
+                    }
+                    let mut times = Vec::new();
+                    for _ in 0..=iters {
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        std::thread::scope(|inner| {
+                            let w = std::thread::Builder::new().spawn_scoped(inner, || send_bytes(&mut out, bytes))?;
+                            recv_bytes(&mut inp, bytes)?;
+                            w.join().expect("writer")
+                        })?;
+                        times.push(t0.elapsed().as_secs_f64());
+                    }
+                    Ok(times)
+                },
+            );
+            match h {
+                Ok(h) => hs.push(h),
+                // (the gate stays shut: the threads started end at once)
+                Err(e) => anyhow::bail!("starting thread raw ring {r} of {world}: {e}"),
+            }
         }
+        *open = true;
+        drop(open);
         hs.into_iter().map(|h| Ok(h.join().expect("ring thread")?)).collect()
     })?;
     // each pass as long as its slowest stream; the first is the warm-up
@@ -161,7 +222,7 @@ pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             let addr = addr.clone();
-            std::thread::spawn(move || -> Result<Vec<f64>> {
+            spawn(format!("ring rank {rank}"), move || -> Result<Vec<f64>> {
                 let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(10))?;
                 let mut ring =
                     TcpRing::connect(&mut c, "bench", rank, world, "127.0.0.1", false, Duration::from_secs(60))?;
@@ -177,7 +238,7 @@ pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
                 Ok(times)
             })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut worst: Vec<f64> = vec![0.0; iters];
     for h in handles {
         let t = h.join().expect("rank thread")?;
@@ -195,12 +256,12 @@ pub fn rendezvous_time(world: usize) -> Result<f64> {
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             let addr = addr.clone();
-            std::thread::spawn(move || -> Result<()> {
+            spawn(format!("rendezvous rank {rank}"), move || -> Result<()> {
                 let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(30))?;
                 c.rendezvous("rdzv-bench", rank, world, Duration::from_secs(30))
             })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for h in handles {
         h.join().expect("rank thread")?;
     }
@@ -213,6 +274,7 @@ pub fn run(a: &CommBenchArgs) -> Result<()> {
         anyhow::bail!("--ranks 1: a ring of one rank sends nothing, so it has no bandwidth; measure 2 ranks or more");
     }
     let bytes = buffer_bytes(a.mib)?;
+    check_bounds(a)?;
     let raw_bytes = bytes.max(256 << 20);
     let passes = raw_loopback_passes(raw_bytes, a.iters)?;
     let raw = raw_bytes as f64 / passes[a.iters / 2];
@@ -268,6 +330,27 @@ mod tests {
             assert!(e.contains(&format!("--mib {mib}: at most {MAX_MIB}")), "{e}");
         }
         assert_eq!(buffer_bytes(MAX_MIB).unwrap(), MAX_MIB << 20);
+    }
+
+    /// Rings whose buffers together exceed the cap (`--ranks 64 --mib 1024` allocated 64 GiB), rings
+    /// of more ranks than the cap and a rendezvous of unbounded ranks are refused before anything is
+    /// measured.
+    #[test]
+    fn ranks_times_mib_and_rank_counts_beyond_the_caps_are_refused() {
+        let bench = |ranks: Vec<usize>, mib: usize, rdzv_ranks: usize| {
+            let a = CommBenchArgs { ranks, mib, iters: 1, rdzv_ranks };
+            format!("{:#}", run(&a).unwrap_err())
+        };
+        let e = bench(vec![2, 64], 1024, 2);
+        assert!(e.contains("--ranks 64 with --mib 1024") && e.contains("4096 MiB"), "{e}");
+        let e = bench(vec![2, 5], 1024, 2);
+        assert!(e.contains("--ranks 5 with --mib 1024"), "{e}");
+        let e = bench(vec![MAX_RANKS + 1], 1, 2);
+        assert!(e.contains(&format!("--ranks {}: at most {MAX_RANKS}", MAX_RANKS + 1)), "{e}");
+        let e = bench(vec![2], 1, usize::MAX);
+        assert!(e.contains(&format!("--rdzv-ranks {}: at most {MAX_RDZV_RANKS}", usize::MAX)), "{e}");
+        let a = CommBenchArgs { ranks: vec![4, MAX_RANKS], mib: 16, iters: 1, rdzv_ranks: MAX_RDZV_RANKS };
+        check_bounds(&a).unwrap();
     }
 
     /// The single-stream baseline is timed as the rings are: a warm-up, then sorted passes for the

@@ -337,6 +337,13 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits (not finished") && fits.contains("zz-stopped"), "{fits}");
+    // one that diverged after finite validation losses is a final result, not a run to resume
+    v["diverged"] = true.into();
+    std::fs::write(stopped.join("summary.json"), v.to_string()).unwrap();
+    ok(infinity(&["scaling", "sweep"], t));
+    let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
+    let line = fits.lines().find(|l| l.contains("zz-stopped")).unwrap_or_default();
+    assert!(line.contains("(diverged: a final result"), "{fits}");
     std::fs::remove_dir_all(&stopped).unwrap();
     assert!(!dir.join("lr_sweep.md").exists(), "no run differs in its learning rate yet");
 

@@ -244,16 +244,18 @@ pub(super) type Agreed = Result<(), Vec<usize>>;
 #[error("{0}")]
 pub(super) struct Misconfigured(pub String);
 
-/// How long a node whose agent neither watches its ranks (its counter still) nor said how they ended
-/// may stay silent before an agent whose ranks finished takes it for lost.
+/// How long a node whose agent neither watches nor stops its ranks (its counter still: it moves all
+/// through `watch`, a stop's grace included) nor said how they ended may stay silent before an agent
+/// whose ranks finished takes it for lost.
 const NODE_SILENCE: Duration = Duration::from_secs(10);
 
 /// For an agent whose ranks all succeeded: how the group's attempt ended. The agent marks its node
 /// (`PREFIX/succeeded/NODE`) and waits until every node's ranks succeeded (or their agent left:
 /// `PREFIX/out/NODE`), or the group failed (it then joins the restart, or stops with the group's code),
 /// or was signalled. A node that is still running keeps this agent waiting as long as its agent
-/// watches (its counter moves); one silent for [`NODE_SILENCE`] is lost, which fails the attempt. A
-/// signal meanwhile stops the group (through the store) and this agent with 0: its ranks finished.
+/// watches or stops its ranks (its counter moves); one silent for [`NODE_SILENCE`] is lost, which
+/// fails the attempt. A signal meanwhile stops the group (through the store) and this agent with 0:
+/// its ranks finished.
 pub(super) async fn group_outcome(
     client: &mut StoreClient,
     prefix: &str,

@@ -33,6 +33,9 @@ pub(super) struct Rank {
     pub(super) tail: Arc<Mutex<VecDeque<String>>>,
     pub(super) readers: Vec<tokio::task::JoinHandle<()>>,
     pub(super) started: Instant,
+    /// Its process group was found empty (kill(2) said ESRCH) once the rank had been reaped: the id is
+    /// free for another group leader, which no signal of the agent's may reach any more.
+    pub(super) group_gone: bool,
 }
 
 /// How long the agent waits, all ranks' pipes together, for output still to be read once the processes
@@ -40,15 +43,28 @@ pub(super) struct Rank {
 const DRAIN: Duration = Duration::from_secs(3);
 
 impl Rank {
-    /// Sends `sig` to the rank's process group; whether any process was left in it to take it.
-    pub(super) fn signal_group(&self, sig: i32) -> bool {
+    /// Sends `sig` to the rank's process group; whether any process was left in it to take it. A group
+    /// recorded gone is not signalled: its id may be another's by now.
+    pub(super) fn signal_group(&mut self, sig: i32) -> bool {
+        if self.pid <= 0 || self.group_gone {
+            return false;
+        }
         // SAFETY: kill(2) on a process group we created (the rank is its leader; the id stays reserved
-        // while any member lives); an empty group makes it fail harmlessly with ESRCH.
-        self.pid > 0 && unsafe { libc::kill(-self.pid, sig) } == 0
+        // while any member lives, the unreaped rank included); an empty group makes it fail with ESRCH,
+        // which records it gone before its id can be reused.
+        if unsafe { libc::kill(-self.pid, sig) } == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            self.group_gone = true;
+        }
+        false
     }
 
-    /// Whether a process of the rank's group is still alive (the rank itself until it is reaped).
-    pub(super) fn group_alive(&self) -> bool {
+    /// Whether a process of the rank's group is still alive (the rank itself until it is reaped); the
+    /// first time none is, the group is recorded gone (call it as soon as the rank is reaped, and on each
+    /// tick, so that an empty group is seen before its id can be reused).
+    pub(super) fn group_alive(&mut self) -> bool {
         self.signal_group(0)
     }
 }
@@ -169,7 +185,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
                 }
             }));
         }
-        ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now() });
+        ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now(), group_gone: false });
     }
     Ok(ranks)
 }
@@ -211,7 +227,7 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 /// scheduler sees a preemption).
 pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
     let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
-    // (only groups that still hold a process: an empty one's id may be another's by now)
+    // (only groups that still hold a process: one recorded gone, or empty now, may be another's by now)
     let signalled: Vec<usize> = (0..ranks.len()).filter(|&i| ranks[i].group_alive()).collect();
     for &i in &signalled {
         ranks[i].signal_group(sig);
@@ -220,6 +236,8 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
     for &i in &running {
         if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
             exited[i] = Some(s);
+            // (reaped: its group's id is free once the group is empty)
+            ranks[i].group_alive();
         }
     }
     // what the ranks started goes too (a wrapper's child that ignores the signal holds the pipes)
@@ -235,9 +253,25 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         ranks[i].signal_group(libc::SIGKILL);
     }
     for &i in &running {
-        if exited[i].is_none() {
-            exited[i] = ranks[i].child.wait().await.ok();
+        if exited[i].is_some() {
+            continue;
         }
+        // a rank that left its group (setpgid) took no signal of the group's: it is killed itself (its
+        // pid is still ours: it is not reaped)
+        let r = &mut ranks[i];
+        let s = match tokio::time::timeout(Duration::from_secs(1), r.child.wait()).await {
+            Ok(s) => s,
+            Err(_) => {
+                console_err!(
+                    "[launch] rank {} did not exit within {grace_s} s (outside its process group); SIGKILL to it",
+                    r.global
+                );
+                let _ = r.child.start_kill();
+                r.child.wait().await
+            }
+        };
+        exited[i] = s.ok();
+        r.group_alive();
     }
     drain(ranks, DRAIN).await;
     if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
@@ -267,7 +301,34 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::local_devices;
+    use super::*;
+
+    /// A reaped rank's empty group is recorded gone at the first look, and a group recorded gone is
+    /// never signalled again, even once a live group holds its id (as a new group leader that reused
+    /// it would): the agent SIGTERMed or SIGKILLed such unrelated groups.
+    #[test]
+    fn a_group_found_empty_is_recorded_gone_and_never_signalled_again() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut child = Command::new("true").process_group(0).spawn().unwrap();
+            let pid = child.id().unwrap() as i32;
+            assert!(child.wait().await.unwrap().success());
+            let tail = Arc::new(Mutex::new(VecDeque::new()));
+            let readers = Vec::new();
+            let mut rank = Rank { global: 0, child, pid, tail, readers, started: Instant::now(), group_gone: false };
+            assert!(!rank.group_alive());
+            assert!(rank.group_gone, "ESRCH was not recorded");
+            // a live group under the id recorded gone (a reused one) takes no signal
+            use std::os::unix::process::CommandExt;
+            let mut other = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+            rank.pid = other.id() as i32;
+            assert!(!rank.signal_group(libc::SIGKILL) && !rank.group_alive());
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(other.try_wait().unwrap().is_none(), "the group recorded gone was signalled");
+            other.kill().unwrap();
+            other.wait().unwrap();
+        });
+    }
 
     #[test]
     fn each_local_rank_takes_its_entry_of_the_allocation_and_no_other_gpu() {

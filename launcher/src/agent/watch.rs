@@ -2,6 +2,8 @@
 //! the store, and (elastic groups) agents waiting to join. The first failure posted is the root cause.
 
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -45,9 +47,11 @@ pub(super) async fn watch(
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
     // another node's failure or signal is posted in the store; a separate connection polls for it
     let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
-    // each poll bumps this node's counter: an agent whose ranks finished first tells a node still
-    // running (beating) from a lost one (group.rs, group_outcome)
-    poller.beat = Some(beat_key(prefix, g.node_rank));
+    // this node's counter moves all through the watch, the ranks' stop (up to the grace and the drain)
+    // and the look for lost nodes included: an agent whose ranks finished first tells a node still
+    // running or stopping (beating) from a lost one (group.rs, group_outcome)
+    let _beat =
+        Heartbeat::start(store_addr, &p.token, &format!("agent {} beat", g.node_rank), beat_key(prefix, g.node_rank));
     let mut keys: Vec<String> =
         ["failed", "signal", "failed-permanently", "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
@@ -83,6 +87,8 @@ pub(super) async fn watch(
                 // (its run time ends here, not once its output has been read)
                 let seconds = ranks[i].started.elapsed().as_secs_f64();
                 exited[i] = Some(status);
+                // (reaped: its group's id is free once the group is empty, and recorded gone then)
+                ranks[i].group_alive();
                 if !status.success() {
                     // what the failed rank left running (a wrapper's children) stops with it, so its
                     // pipes close and its last lines are read at once
@@ -171,6 +177,10 @@ pub(super) async fn watch(
                 }
             }
             _ = tick.tick() => {
+                // an exited rank's group that emptied is recorded gone before its id can be reused
+                for i in (0..ranks.len()).filter(|&i| exited[i].is_some()) {
+                    ranks[i].group_alive();
+                }
                 if answered.elapsed() >= STORE_LOSS {
                     let why = store_err.as_ref().map_or_else(|| "no answer".to_string(), |e| format!("{e:#}"));
                     let report = format!(
@@ -231,8 +241,44 @@ struct Poller {
     addr: String,
     token: String,
     who: String,
-    /// Bumped with each poll: this agent watches its ranks.
-    beat: Option<String>,
+}
+
+/// Bumps this node's watch counter ([`beat_key`]) every [`BEAT_EVERY`] on a connection of its own (a
+/// thread: the agent's own calls, a stop's grace, never hold it up), from the start of [`watch`] until
+/// dropped, when the agent has said how its ranks ended (or is about to).
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+}
+
+/// How often a watching agent bumps its counter.
+const BEAT_EVERY: Duration = Duration::from_millis(200);
+
+impl Heartbeat {
+    fn start(addr: &str, token: &str, who: &str, key: String) -> Heartbeat {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, addr, token, who) = (stop.clone(), addr.to_string(), token.to_string(), who.to_string());
+        let beat = move || {
+            let mut client = None;
+            while !flag.load(Ordering::Relaxed) {
+                // (a failed call breaks the connection: the next beat connects anew)
+                if let Ok(mut c) = Poller::connected(client.take(), &addr, &token, &who) {
+                    let _ = c.add(&key, 1);
+                    client = Some(c);
+                }
+                std::thread::sleep(BEAT_EVERY);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("watch-beat".into()).spawn(beat) {
+            tracing::warn!("starting the watch counter's thread: {e}; the other nodes may take this one for lost");
+        }
+        Heartbeat { stop }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Store key of the counter node `node`'s agent bumps as it watches its ranks of attempt `prefix`.
@@ -247,7 +293,7 @@ const POLL_REPLY: Duration = Duration::from_secs(2);
 
 impl Poller {
     fn new(addr: &str, token: &str, who: &str) -> Poller {
-        Poller { client: None, polling: None, addr: addr.into(), token: token.into(), who: who.into(), beat: None }
+        Poller { client: None, polling: None, addr: addr.into(), token: token.into(), who: who.into() }
     }
 
     /// A connection to the store: the poller's own unless a call failed on it, else a new one.
@@ -267,14 +313,11 @@ impl Poller {
         if self.polling.is_some() {
             return;
         }
-        let (c, keys, beat) = (self.client.take(), keys.to_vec(), self.beat.clone());
+        let (c, keys) = (self.client.take(), keys.to_vec());
         let (addr, token, who) = (self.addr.clone(), self.token.clone(), self.who.clone());
         self.polling = Some(tokio::task::spawn_blocking(move || match Self::connected(c, &addr, &token, &who) {
             Ok(mut c) => {
-                let present = match beat.map(|k| c.add(&k, 1)) {
-                    Some(Err(e)) => Err(e),
-                    _ => c.check(&keys),
-                };
+                let present = c.check(&keys);
                 (Some(c), present)
             }
             Err(e) => (None, Err(e)),

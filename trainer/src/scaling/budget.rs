@@ -299,6 +299,7 @@ mod tests {
             flops_per_step: k * params * tokens,
             compute: k * params * tokens,
             finished: true,
+            diverged: false,
             final_train: 1.0,
             final_val: Some(1.0),
             smoothed_val: Some(1.0),

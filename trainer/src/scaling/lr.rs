@@ -40,14 +40,16 @@ pub struct LrGroup {
 }
 
 impl LrGroup {
-    /// The learning rate with the lowest finite loss, and that loss.
+    /// The learning rate of the finished run with the lowest finite loss, and that loss.
     pub fn best(&self) -> Option<(f64, f64)> {
         self.best_run().map(|p| (p.lr, p.loss.unwrap_or(f64::NAN)))
     }
 
-    /// The run with the lowest finite loss (the first of equals).
+    /// The finished run with the lowest finite loss (the first of equals): a run stopped early (or
+    /// diverged after a good start) reports a loss of a schedule it did not finish.
     fn best_run(&self) -> Option<&LrRun> {
-        self.points.iter().filter(|p| p.loss.is_some()).min_by(|a, b| a.loss.unwrap().total_cmp(&b.loss.unwrap()))
+        let done = self.points.iter().filter(|p| p.finished && p.loss.is_some());
+        done.min_by(|a, b| a.loss.unwrap().total_cmp(&b.loss.unwrap()))
     }
 }
 
@@ -225,7 +227,7 @@ mod tests {
             run("128 μP", 3e-3, Some(0.51), true),
             run("128", 1e-2, None, false), // failed: no summary
             run("128", 3e-3, Some(0.53), true),
-            LrRun { summary: true, ..run("128", 2.5e-3, Some(0.54), false) }, // stopped early
+            LrRun { summary: true, ..run("128", 2.5e-3, Some(0.52), false) }, // stopped early: not the best
             LrRun { summary: true, ..run("128", 3e-2, None, true) },          // ended NaN
             run("256", 3e-3, Some(0.55), true),                               // one rate only: no group
         ];
@@ -238,7 +240,7 @@ mod tests {
         let md = markdown(&g, &["x: not TOML".into()]);
         assert!(md.contains("| runs | lr 0.0025 | lr 0.003 | lr 0.01 | lr 0.03 | best lr |"), "{md}");
         assert!(md.contains("| width 128 μP | – | 0.5100 | **0.4800** | – | 0.01 |"), "{md}");
-        assert!(md.contains("| width 128 | 0.5400* | **0.5300** | no summary | diverged | 0.003 |"), "{md}");
+        assert!(md.contains("| width 128 | 0.5200* | **0.5300** | no summary | diverged | 0.003 |"), "{md}");
         assert!(md.contains("- x: not TOML"), "{md}");
         assert!(md.contains("diverged = ended on a non-finite loss") && !md.contains("no summary = diverged"), "{md}");
         assert!(groups(&runs[6..]).is_empty());

@@ -70,15 +70,18 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     }
     let diverged: Vec<&str> = runs
         .iter()
-        .filter(|r| !r.loss().is_finite() && !r.final_val.is_some_and(f64::is_nan))
+        .filter(|r| (r.diverged || !r.loss().is_finite()) && !r.final_val.is_some_and(f64::is_nan))
         .map(|r| r.name.as_str())
         .collect();
     if !diverged.is_empty() {
-        notes.push(format!("left out of the fits (no finite loss: diverged?): {}", diverged.join(", ")));
+        notes.push(format!(
+            "left out of the fits (diverged: a final result, which `infinity sweep` does not train again): {}",
+            diverged.join(", ")
+        ));
     }
     // a stopped run's loss is of a schedule it did not finish, at less compute than planned
     let unfinished = |busy: bool| -> Vec<&str> {
-        let open = runs.iter().filter(|r| !r.finished && r.loss().is_finite() && training(r) == busy);
+        let open = runs.iter().filter(|r| !r.finished && !r.diverged && r.loss().is_finite() && training(r) == busy);
         open.map(|r| r.name.as_str()).collect()
     };
     if !unfinished(true).is_empty() {
@@ -171,6 +174,18 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     }
     let logs: (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
     let pearson_r = if frontier.len() >= 2 { pearson(&logs.0, &logs.1) } else { f64::NAN };
+    // the frontier falls with compute by construction: whether the runs do is asked of all of them
+    let all_logs: (Vec<f64>, Vec<f64>) = fitted.iter().map(|r| (r.compute.ln(), r.loss().ln())).unzip();
+    let all_r = if fitted.len() >= 2 { pearson(&all_logs.0, &all_logs.1) } else { f64::NAN };
+    if all_r >= 0.0 {
+        warnings.push(format!(
+            "the loss does not fall with compute over the {} fitted runs (Pearson r of log L on log C = {all_r:+.2}): \
+             no scaling law describes them, and predictions at other budgets are not meaningful",
+            fitted.len()
+        ));
+    } else if fitted.len() >= 2 && frontier.len() < 2 {
+        warnings.push("one run on the compute frontier: L(C) cannot be fitted".to_string());
+    }
     let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
     let like = fitted.iter().find_map(|r| r.model.as_ref());
     let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
@@ -349,7 +364,12 @@ mod tests {
             run(tmp.path(), &format!("u{i}"), (1e6, 1e6, c), &[Some(1.0 + 0.1 * i as f64)], "a");
         }
         let r = super::analyse(tmp.path(), &tmp.path().join("s"), &[]).unwrap();
-        // (a rising loss leaves one run on the frontier: nothing to fit L(C) to)
+        // (a rising loss leaves one run on the frontier: nothing to fit L(C) to, and a warning)
         assert!(r.power.is_none() && r.notes.join("\n").contains("not in L(C): u1, u2"), "{:?}", r.notes);
+        assert!(
+            r.warnings.join("\n").contains("does not fall with compute over the 3 fitted runs"),
+            "{:?}",
+            r.warnings
+        );
     }
 }

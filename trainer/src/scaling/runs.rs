@@ -27,6 +27,8 @@ pub struct RunRecord {
     /// C: training FLOPs spent.
     pub compute: f64,
     pub finished: bool,
+    /// Stopped by `optim.max_nonfinite` (summary.json's `diverged`): a final result, not resumed.
+    pub diverged: bool,
     pub final_train: f64,
     pub final_val: Option<f64>,
     /// Mean of the validation losses in the last [`SMOOTH_FRACTION`] of the steps (at least the last).
@@ -111,6 +113,7 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
         flops_per_step,
         compute: flops_per_step * steps as f64,
         finished: summary["finished"].as_bool().unwrap_or(false),
+        diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
         final_train: match &summary["loss"] {
             Value::Null if summary.get("loss").is_some() => f64::NAN,
@@ -194,9 +197,13 @@ pub(super) fn unsummarised(root: &Path) -> Vec<String> {
 }
 
 /// The runs not dominated in (compute, loss): none of the others reached a lower loss with no more
-/// compute. `L(C)` describes the best loss a compute budget buys, so it is fitted to these.
+/// compute, or the same loss with less. `L(C)` describes the best loss a compute budget buys, so it
+/// is fitted to these.
 pub fn compute_frontier(runs: &[&RunRecord]) -> Vec<bool> {
-    runs.iter().map(|r| !runs.iter().any(|o| o.compute <= r.compute && o.loss() < r.loss())).collect()
+    let dominates = |o: &RunRecord, r: &RunRecord| {
+        (o.compute <= r.compute && o.loss() < r.loss()) || (o.compute < r.compute && o.loss() <= r.loss())
+    };
+    runs.iter().map(|r| !runs.iter().any(|o| dominates(o, r))).collect()
 }
 
 #[cfg(test)]

@@ -183,15 +183,19 @@ impl Dist {
         Ok(())
     }
 
-    /// Every rank trains rank 0's config ([`PER_NODE`] keys aside) on the same data: nodes started with
+    /// Every rank trains rank 0's config ([`PER_NODE`] paths aside, where both are set) on the same data
+    /// (`data`'s and `val`'s fingerprints): nodes started with
     /// different files or `--set`s would otherwise train on apart (each rank its own learning rate, the
     /// logged loss their mean) or stop at different steps. A rank whose settings differ names them (rank
     /// 0's value → its own); every rank stops.
-    pub fn agree_on_config(&mut self, config_toml: &str, dataset_fingerprint: &str) -> Result<()> {
+    pub fn agree_on_config(&mut self, config_toml: &str, (data, val): (&str, Option<&str>)) -> Result<()> {
         if self.world == 1 {
             return Ok(());
         }
-        let mine = format!("{config_toml}\n[dataset]\nfingerprint = {dataset_fingerprint:?}\n");
+        let mut mine = format!("{config_toml}\n[dataset]\nfingerprint = {data:?}\n");
+        if let Some(val) = val {
+            mine += &format!("val_fingerprint = {val:?}\n");
+        }
         // rank 0's text, a byte per f32 (exact), its length first
         let mut len = [mine.len() as f32];
         self.broadcast(&mut len)?;
@@ -201,10 +205,7 @@ impl Dist {
         };
         self.broadcast(&mut text)?;
         let leader = String::from_utf8(text.iter().map(|&b| b as u8).collect()).context("rank 0's config")?;
-        let differ: Vec<String> = super::rundir::config_changes(&leader, &mine)?
-            .into_iter()
-            .filter(|c| !PER_NODE.iter().any(|k| c.starts_with(&format!("{k}:"))))
-            .collect();
+        let differ = differences(&leader, &mine)?;
         if self.any(!differ.is_empty())? {
             match differ.is_empty() {
                 true => bail!("another rank's config differs from rank 0's (its log names the settings)"),
@@ -228,8 +229,17 @@ impl Dist {
 }
 
 /// Settings a node may choose for itself: where it finds the run folder and the data (mount points
-/// differ; the data's contents are compared by fingerprint), and its loader threads.
+/// differ; the data's contents are compared by fingerprint), and its loader threads. Set on every node
+/// or on none.
 pub const PER_NODE: [&str; 5] = ["run.dir", "data.dir", "val.dir", "model.init_from", "data.workers"];
+
+/// The settings of `mine` that differ from rank 0's `leader` text, as `key: rank 0's → mine` lines:
+/// [`PER_NODE`] paths only where one side lacks them (validation runs collectives: one node cannot
+/// validate alone).
+fn differences(leader: &str, mine: &str) -> Result<Vec<String>> {
+    let per_node = |c: &String| PER_NODE.iter().any(|k| c.starts_with(&format!("{k}:"))) && !c.contains("(unset)");
+    Ok(super::rundir::config_changes(leader, mine)?.into_iter().filter(|c| !per_node(c)).collect())
+}
 
 /// `dist.backend = "auto"`: NCCL when every rank computes on a GPU and finds the NCCL library (in a
 /// build with CUDA), else the TCP ring. Every rank counts itself in the store and reads the same total,
@@ -476,6 +486,19 @@ pub fn slow_drill(rank: usize, attempt: u32) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nodes_may_differ_in_their_paths_but_not_in_having_them() {
+        let leader = "[data]\ndir = \"/a\"\nworkers = 2\n[optim]\nlr = 0.002\n[val]\ndir = \"/v\"\n";
+        let mounts = "[data]\ndir = \"/b\"\nworkers = 4\n[optim]\nlr = 0.002\n[val]\ndir = \"/w\"\n";
+        assert!(super::differences(leader, mounts).unwrap().is_empty());
+        let other = "[data]\ndir = \"/a\"\nworkers = 2\n[optim]\nlr = 0.001\n";
+        assert_eq!(
+            super::differences(leader, other).unwrap(),
+            ["optim.lr: 0.002 → 0.001", "val.dir: \"/v\" → (unset)"]
+        );
+    }
+
     use super::*;
 
     #[cfg(not(feature = "cuda"))]

@@ -95,7 +95,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     // the first collective: every later one assumes the ranks train one config
     let config_toml = toml::to_string(cfg).context("serialising the config")?;
-    dist.agree_on_config(&config_toml, &m.fingerprint()).map_err(unrecoverable)?;
+    let val_fingerprint = cfg.val.dir.as_ref().map(|d| match infinity_data::Manifest::load(d) {
+        Ok(v) => v.fingerprint(),
+        Err(_) => "unreadable".into(), // named by the validator below
+    });
+    dist.agree_on_config(&config_toml, (&m.fingerprint(), val_fingerprint.as_deref())).map_err(unrecoverable)?;
     if let Some(note) = compute.precision_note(&cfg.run) {
         console!("{note}");
     }

@@ -28,7 +28,27 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        if !try_lock(&file)? {
+        // a moment's patience: `in_use` (a sweep looking) holds the lock for as long as one call
+        let mut locked = try_lock(&file);
+        for _ in 0..20 {
+            match locked {
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                _ => break,
+            }
+            locked = try_lock(&file);
+        }
+        let locked = match locked {
+            Err(e) if unsupported(&e) => {
+                console_err!(
+                    "warning: {} cannot be locked here ({e:#}: a file system without flock, such as Lustre \
+                     mounted without it): nothing stops a second job on this run folder",
+                    path.display()
+                );
+                return Ok(RunLock { _file: file });
+            }
+            other => other?,
+        };
+        if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             bail!(
@@ -48,7 +68,8 @@ impl RunLock {
 
 /// Whether a training job holds `run`'s lock now (a sweep leaves such a run to it).
 pub fn in_use(run: &Path) -> bool {
-    match std::fs::File::open(run.join(LOCK_FILE)) {
+    // read-write: NFS emulates flock with fcntl locks, whose exclusive kind needs write access
+    match std::fs::OpenOptions::new().read(true).write(true).open(run.join(LOCK_FILE)) {
         Ok(file) => !try_lock(&file).unwrap_or(true),
         Err(_) => false,
     }
@@ -63,6 +84,12 @@ fn hostname() -> Option<String> {
     (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// A file system that does not lock at all (as opposed to a lock held elsewhere).
+fn unsupported(e: &anyhow::Error) -> bool {
+    let code = e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error());
+    matches!(code, Some(libc::ENOSYS | libc::ENOLCK | libc::EOPNOTSUPP))
+}
+
 /// An exclusive, non-blocking `flock`: false when another open file holds it. Released when `file`
 /// closes.
 fn try_lock(file: &std::fs::File) -> Result<bool> {
@@ -71,7 +98,7 @@ fn try_lock(file: &std::fs::File) -> Result<bool> {
         0 => Ok(true),
         _ => match std::io::Error::last_os_error() {
             e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-            e => Err(e).context("locking the run folder"),
+            e => Err(anyhow::Error::new(e).context("locking the run folder")),
         },
     }
 }
