@@ -310,17 +310,20 @@ pub fn sample(
             }
             // accumulate the codes at full resolution, then the next scale's input
             let (vh, vw) = tokenizer_scales[si];
-            let mut vbits = bits.clone(); // [vh·vw, dv]
-            if cfg.apply_spatial_patchify {
-                patchify::shuffle_scale(&bits, (sh, sw), dv, &mut vbits);
-            }
+            // [vh·vw, dv]: the sampled bits themselves, unless patchified
+            let shuffled = cfg.apply_spatial_patchify.then(|| {
+                let mut v = vec![0u8; bits.len()];
+                patchify::shuffle_scale(&bits, (sh, sw), dv, &mut v);
+                v
+            });
+            let vbits = shuffled.as_deref().unwrap_or(&bits);
             let mut q = vec![0.0f32; dv * vh * vw];
-            bsq::bits_to_codes(&vbits, dv, &mut q);
+            bsq::bits_to_codes(vbits, dv, &mut q);
             let mut up = vec![0.0f32; dv * hh * ww];
             bilinear_resize(&q, dv, (vh, vw), &mut up, (hh, ww));
             cum[bi].iter_mut().zip(&up).for_each(|(a, u)| *a += *u);
             bits_out[bi].extend_from_slice(&bits);
-            tokenizer_bits_out[bi].extend_from_slice(&vbits);
+            tokenizer_bits_out[bi].extend_from_slice(vbits);
             if let (Some(&(nh, nw)), Some(&next)) = (tokenizer_scales.get(si + 1), scales.get(si + 1)) {
                 let mut nxt = vec![0.0f32; dv * nh * nw];
                 bilinear_resize(&cum[bi], dv, (hh, ww), &mut nxt, (nh, nw));
