@@ -121,6 +121,7 @@ run_tests() { # test-binary name, [filter]: each test alone, from its package fo
 run_tests cuda_compile
 run_tests cuda_twins
 run_tests gpu_model
+run_tests gpu_sample
 run_tests gpu_memory
 run_tests nccl
 if [ "$gpus" -ge 2 ]; then

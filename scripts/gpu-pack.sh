@@ -29,7 +29,7 @@ out=target/gpu-pack
 rm -rf "$out"
 mkdir -p "$out/bin"
 
-tests=(--test cuda_twins --test cuda_compile --test gpu_model --test gpu_memory --test nccl --test distributed)
+tests=(--test cuda_twins --test cuda_compile --test gpu_model --test gpu_sample --test gpu_memory --test nccl --test distributed)
 cargo test -p infinity-trainer -p infinity-kernels -p infinity-launcher \
     --features infinity-trainer/cuda,infinity-kernels/cuda,infinity-launcher/cuda \
     "${tests[@]}" --bench cuda_kernels --bin infinity --no-run --message-format=json 2>"$out/build.log" \

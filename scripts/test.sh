@@ -24,7 +24,7 @@ on_device cargo test -p infinity-kernels --features cuda
 # the kernel benchmark's own code, every row once at small shapes (its figures mean nothing here)
 INFINITY_BENCH_SMOKE=1 INFINITY_BENCH_PYTHON=none on_device \
     cargo test -p infinity-kernels --features cuda --bench cuda_kernels
-on_device cargo test -p infinity-trainer --features cuda --test gpu_model --test gpu_memory
+on_device cargo test -p infinity-trainer --features cuda --test gpu_model --test gpu_sample --test gpu_memory
 # the training-step benchmark and its per-kernel profile on the device, one tiny step
 on_device cargo run -q -p infinity-trainer --features cuda -- model bench --preset tiny --batch 2 --bf16 \
     --profile --budget demo5 --steps 1 --device cuda --peak-tflops 790

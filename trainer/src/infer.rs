@@ -109,16 +109,29 @@ pub fn pick_schedule<'a>(m: &'a Manifest, template: Option<&str>) -> Result<&'a 
     }
 }
 
+/// Where sampling's transformer runs: the CPU model on host parameters, or a model on the GPU (its
+/// parameters there).
+pub enum Sampler<'a> {
+    Cpu(&'a Params<f32>),
+    #[cfg(feature = "cuda")]
+    Gpu(&'a mut crate::gpu::GpuModel),
+}
+
 /// Sample `cond` on `sched` (RoPE in the template's 1M frame, as in training).
 pub fn sample_schedule(
     mc: &ModelConfig,
     lay: &Layout,
-    p: &Params<f32>,
+    sampler: Sampler,
     cond: &SampleCondition,
     sched: &ScaleSchedule,
     o: &SampleOptions,
-) -> Sampled {
-    sample(mc, lay, p, cond, &sched.hw(), &rope_for(mc, sched), o)
+) -> Result<Sampled> {
+    let (scales, rope) = (sched.hw(), rope_for(mc, sched));
+    match sampler {
+        Sampler::Cpu(p) => sample(mc, lay, p, cond, &scales, &rope, o),
+        #[cfg(feature = "cuda")]
+        Sampler::Gpu(m) => m.sample(cond, &scales, &rope, o),
+    }
 }
 
 /// The dataset's built-in tokenizer, if it has one.

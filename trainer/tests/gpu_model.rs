@@ -150,7 +150,8 @@ fn train_config(
          precision = \"{precision}\"\n\
          [model]\npreset = \"tiny\"\nconditioning = \"class\"\nmup_base_width = 48\ndrop_path_rate = 0.2\n\
          [data]\ndir = \"{}\"\nglobal_batch = 8\nmicro_batch = 4\n\
-         [optim]\nlr = 1e-3\nema_decay = 0.9\n[checkpoint]\nevery = {every}\nkeep_last = 10\n",
+         [optim]\nlr = 1e-3\nema_decay = 0.9\n[checkpoint]\nevery = {every}\nkeep_last = 10\n\
+         [sample]\nevery = 4\nn = 2\nper_condition = 1\n",
         tmp.join(name).display(),
         tmp.join("data").display()
     );
@@ -184,6 +185,11 @@ fn training_on_cuda_stays_close_to_the_cpu_run_and_resumes_exactly() {
     }
     println!("4 steps: loss {:.6} on the CPU, {:.6} on CUDA", losses[0], losses[1]);
     assert!((losses[0] - losses[1]).abs() <= 1e-3 * losses[0], "losses {losses:?}");
+    // the last step's sample grid, drawn on the device in the CUDA run
+    for run in ["cpu", "cuda"] {
+        let grid = tmp.path().join(run).join("samples/step-00000004.png");
+        assert!(image::open(&grid).is_ok_and(|g| g.width() > 0), "{run}: no sample grid {}", grid.display());
+    }
 
     // the moving average of the weights (on the device with its optimizer) follows the CPU's
     let load = |run: &str, file: &str| {

@@ -128,7 +128,7 @@ fn cached_sampling_matches_the_training_forward() {
             Conditioning::Class { .. } => SampleCondition::Class(vec![1, 4]),
             Conditioning::Text => SampleCondition::Text { kv: kv.clone(), lens: vec![3, 2] },
         };
-        let out = sample(&cfg, &lay, &p, &cond, &scales, &rope, &SampleOptions::uniform(1.0, 1.0, 0.0, 3));
+        let out = sample(&cfg, &lay, &p, &cond, &scales, &rope, &SampleOptions::uniform(1.0, 1.0, 0.0, 3)).unwrap();
         let x: Vec<f32> = out.x_wo_prefix.concat();
         let bits: Vec<u8> = out.bits.concat();
         let weights = token_weights(2, &scales, false);
@@ -173,7 +173,7 @@ fn patchified_sampling_matches_the_training_inputs() {
     assert_eq!(scales, [(1, 1), (2, 2), (2, 3)]);
     let rope = RopeTable::new(8, &scales, (52, 78));
     let o = SampleOptions::uniform(1.0, 1.0, 0.0, 5);
-    let out = sample(&cfg, &lay, &p, &SampleCondition::Class(vec![2, 3]), &tokenizer, &rope, &o);
+    let out = sample(&cfg, &lay, &p, &SampleCondition::Class(vec![2, 3]), &tokenizer, &rope, &o).unwrap();
     assert_eq!(out.summed_codes[0].len(), 4 * 4 * 6, "summed codes are the tokenizer's [d/4, 2H, 2W]");
     for ((bits, x), tokenizer_bits) in out.bits.iter().zip(&out.x_wo_prefix).zip(&out.tokenizer_bits) {
         // token bits [L, 16] → the tokenizer's [4L, 4], scale by scale

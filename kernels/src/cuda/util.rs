@@ -4,7 +4,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::device::{elementwise, per_column, Arg, Buf, BufMut, CudaError, Device};
+use super::device::{elementwise, per_column, Act, Arg, Buf, BufMut, CudaError, Device};
 use super::layers::AdaShape;
 
 /// `dst [N, C]` = part `j` of `src [N, k·C]` (+ `bias [C]`).
@@ -241,6 +241,33 @@ pub fn copy(dev: &Device, src: &dyn Buf, dst: &mut dyn BufMut) -> Result<(), Cud
     let s = &dev.stream;
     // SAFETY: both addresses hold at least n f32 values on this stream's device.
     unsafe { cudarc::driver::result::memcpy_dtod_async(dst.addr_mut(s), src.addr(s), n * 4, s.cu_stream()) }?;
+    Ok(())
+}
+
+/// `dst[r·stride + at ..][..len] = src[r·len ..][..len]` for `rows` rows: a KV cache's append of a
+/// scale's keys or values. Both f32, or both bf16 alone.
+pub fn copy_rows(
+    dev: &Device,
+    src: &Act,
+    dst: &mut Act,
+    (rows, len): (usize, usize),
+    stride: usize,
+    at: usize,
+) -> Result<(), CudaError> {
+    assert!(
+        src.bf16_only() == dst.bf16_only() && src.count() >= rows * len && at + len <= stride,
+        "copy_rows: one dtype, rows of len values in src, each landing inside its row of dst"
+    );
+    assert!(rows == 0 || dst.count() >= (rows - 1) * stride + at + len, "copy_rows: dst shorter than rows × stride");
+    let s = &dev.stream;
+    let size = if src.bf16_only() { 2 } else { 4 };
+    let from = src.bf16_addr(s).unwrap_or_else(|| src.addr(s));
+    let to = dst.out_addr(s);
+    for r in 0..rows {
+        let (src_at, dst_at) = ((r * len * size) as u64, ((r * stride + at) * size) as u64);
+        // SAFETY: both ranges lie inside their buffers (asserted above), on this stream's device.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(to + dst_at, from + src_at, len * size, s.cu_stream()) }?;
+    }
     Ok(())
 }
 

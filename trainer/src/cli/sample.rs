@@ -16,6 +16,8 @@ use crate::infer;
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint;
+use crate::train::compute::Compute;
+use crate::train::config::{DeviceChoice, Precision};
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
@@ -61,6 +63,14 @@ pub struct SampleArgs {
     /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights.
     #[arg(long)]
     ema: bool,
+    /// Where the transformer runs: `auto` (a GPU when this build has CUDA and one is visible), `cpu`
+    /// or `cuda`. The bits are the same on both wherever the logits round alike.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// The GPU's matmul precision (`bf16`: upstream's autocast inference); default the run's
+    /// `run.precision`. The CPU computes in f32.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
@@ -91,8 +101,10 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let lay = Layout::new(&ck.model);
     let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed };
     opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
+    let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
+    let mut compute = Compute::open_as(("--device", a.device), bf16, false, &ck.model, &lay)?;
     let t0 = std::time::Instant::now();
-    let s = infer::sample_schedule(&ck.model, &lay, &ck.params, &cond, sched, &opts);
+    let s = infer::sample_schedule(&ck.model, &lay, compute.sampler(&ck.params)?, &cond, sched, &opts)?;
     console!(
         "sampled {} images ({} per condition) on the {} schedule ({} scales, {} tokens) from {} (step {}) in {:.1} s",
         s.bits.len(),

@@ -115,7 +115,7 @@ pub fn backward(
                 let x_in = saved(&saved_block.x_in);
                 let mut x = net.buf(x_in.len())?;
                 util::copy(dev, x_in, &mut x)?;
-                Some(block_forward(net, blk, inp, rope, &a.shared_gss, a.text.as_ref(), x)?.0)
+                Some(block_forward(net, blk, &inp.blocks(), rope, &a.shared_gss, a.text.as_ref(), x, None)?.0)
             }
             Some(_) => None,
         };
@@ -405,7 +405,7 @@ fn block_backward(
     for (j, p) in dparts.iter().enumerate() {
         util::put_part(dev, p, &mut dgss, (b, 6, j, c))?;
     }
-    if let Some(f) = inp.block_drop_path(blk) {
+    if let Some(f) = inp.blocks().block_drop_path(blk) {
         scale_gates_dev(dev, &mut dgss, &f, 2, c, 6 * c)?;
     }
     util::col_sum(dev, &dgss, &mut g(net, grads, &name("ada_gss")), b, 6 * c)?;

@@ -38,10 +38,39 @@ pub struct DeviceInput {
 }
 
 impl DeviceInput {
-    /// Block `blk`'s `[B, 2]` drop-path factors (`ModelInput::block_drop_path` on the device).
-    pub fn block_drop_path(&self, blk: usize) -> Option<cudarc::driver::CudaView<'_, f32>> {
-        self.drop_path.as_ref().map(|f| f.slice(blk * 2 * self.b..(blk + 1) * 2 * self.b))
+    /// What the blocks read of the batch.
+    pub fn blocks(&self) -> BlockInput<'_> {
+        BlockInput { b: self.b, l: self.l, sa: &self.sa, cond: &self.cond, drop_path: self.drop_path.as_ref() }
     }
+}
+
+/// What a block reads of its batch: `B` rows of `L` tokens, the self-attention's ranges, the condition
+/// (text: the cross-attention's ranges) and the drop-path factors.
+#[derive(Clone, Copy)]
+pub struct BlockInput<'a> {
+    pub b: usize,
+    pub l: usize,
+    pub sa: &'a AttnRanges,
+    pub cond: &'a DeviceCondition,
+    /// `[depth, B, 2]`.
+    pub drop_path: Option<&'a CudaSlice<f32>>,
+}
+
+impl<'a> BlockInput<'a> {
+    /// Block `blk`'s `[B, 2]` drop-path factors (`ModelInput::block_drop_path` on the device).
+    pub fn block_drop_path(&self, blk: usize) -> Option<cudarc::driver::CudaView<'a, f32>> {
+        self.drop_path.map(|f| f.slice(blk * 2 * self.b..(blk + 1) * 2 * self.b))
+    }
+}
+
+/// Sampling's self-attention keys and values (`gpu::sample`): per block `[R, Lmax, C]` of the scales
+/// so far; a block appends its scale's at `start` of each row and attends to the cache with the
+/// input's `sa` ranges (query row `r·n + t` sees keys `r·Lmax .. r·Lmax + start + n`).
+pub struct KvCache {
+    pub k: Vec<Act>,
+    pub v: Vec<Act>,
+    pub lmax: usize,
+    pub start: usize,
 }
 
 pub enum DeviceCondition {
@@ -147,17 +176,10 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     let n = b * l;
     let dev = net.dev;
 
-    // ---- condition (in f32, as upstream's autocast-disabled region) -------------------------------
-    let island = net.f32_island();
-    let (text, cond) = condition_forward(&island, inp)?;
-    let mut cond_silu = net.buf(b * c)?;
-    activation_dev(dev, "silu_forward_f32", &cond, &mut cond_silu)?;
-    let mut shared_gss = net.buf(b * 6 * c)?;
-    island.linear(&cond_silu, "shared_ada_lin.1", true, &mut shared_gss, (b, c, 6 * c))?;
-    let mut head_ss = net.buf(b * 2 * c)?;
-    island.linear(&cond_silu, "head_nm.ada_lin.1", true, &mut head_ss, (b, c, 2 * c))?;
+    let Conditioned { text, cond, cond_silu, shared_gss, head_ss } = conditioned(net, b, &inp.cond)?;
 
-    // ---- input tokens (f32 too) ----------------------------------------------------------------------
+    // ---- input tokens (in f32, as upstream's autocast-disabled region) ------------------------------
+    let island = net.f32_island();
     let mut we = net.buf(b * (l - 1) * c)?;
     island.linear(&inp.x_wo_prefix, "word_embed", true, &mut we, (b * (l - 1), d, c))?;
     let mut x = net.buf(n * c)?;
@@ -168,7 +190,7 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     // ---- blocks ------------------------------------------------------------------------------------
     let mut blocks = Vec::with_capacity(cfg.depth);
     for blk in 0..cfg.depth {
-        let (s, x_next) = block_forward(net, blk, inp, rope, &shared_gss, text.as_ref(), x)?;
+        let (s, x_next) = block_forward(net, blk, &inp.blocks(), rope, &shared_gss, text.as_ref(), x, None)?;
         blocks.push(match (grad, recompute) {
             (false, _) => BlockBufs::default(),
             (true, true) => BlockBufs { x_in: s.x_in, ..Default::default() },
@@ -200,11 +222,35 @@ pub fn forward(net: &Net, inp: &DeviceInput, rope: &DeviceRope, grad: bool, reco
     Ok(GpuActs { text, cond, cond_silu, shared_gss, head_ss, blocks, x_out: x, lnh: [mean, rstd], h_head, ce })
 }
 
+/// The condition and the AdaLN MLPs' outputs of `B` rows.
+pub struct Conditioned {
+    pub text: Option<TextBufs>,
+    /// `[B, C]` condition and its SiLU; `[B, 6C]`, `[B, 2C]` AdaLN MLP outputs.
+    pub cond: CudaSlice<f32>,
+    pub cond_silu: CudaSlice<f32>,
+    pub shared_gss: CudaSlice<f32>,
+    pub head_ss: CudaSlice<f32>,
+}
+
+/// The condition and the AdaLN MLPs (in f32, as upstream's autocast-disabled region).
+pub fn conditioned(net: &Net, b: usize, dc: &DeviceCondition) -> Result<Conditioned> {
+    let (dev, c) = (net.dev, net.cfg.embed_dim);
+    let island = net.f32_island();
+    let (text, cond) = condition_forward(&island, b, dc)?;
+    let mut cond_silu = net.buf(b * c)?;
+    activation_dev(dev, "silu_forward_f32", &cond, &mut cond_silu)?;
+    let mut shared_gss = net.buf(b * 6 * c)?;
+    island.linear(&cond_silu, "shared_ada_lin.1", true, &mut shared_gss, (b, c, 6 * c))?;
+    let mut head_ss = net.buf(b * 2 * c)?;
+    island.linear(&cond_silu, "head_nm.ada_lin.1", true, &mut head_ss, (b, c, 2 * c))?;
+    Ok(Conditioned { text, cond, cond_silu, shared_gss, head_ss })
+}
+
 /// The condition `[B, C]` and, for text, the saved text path (text_norm, attention pool, context).
-fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, CudaSlice<f32>)> {
-    let (cfg, dev, b, c) = (net.cfg, net.dev, inp.b, net.cfg.embed_dim);
+fn condition_forward(net: &Net, b: usize, dc: &DeviceCondition) -> Result<(Option<TextBufs>, CudaSlice<f32>)> {
+    let (cfg, dev, c) = (net.cfg, net.dev, net.cfg.embed_dim);
     let mut cond = net.buf(b * c)?;
-    match &inp.cond {
+    match dc {
         DeviceCondition::Class { labels } => {
             embedding_dev(dev, &net.w("class_emb.weight"), labels, &mut cond, c, false)?;
             Ok((None, cond))
@@ -257,15 +303,19 @@ fn condition_forward(net: &Net, inp: &DeviceInput) -> Result<(Option<TextBufs>, 
     }
 }
 
-/// One block: consumes its input residual, returns its saved activations and its output.
+/// One block: consumes its input residual, returns its saved activations and its output. With `cache`
+/// (sampling) the self-attention appends its keys and values there and attends to the cache; `rope` is
+/// then the table of the scale's tokens.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn block_forward(
     net: &Net,
     blk: usize,
-    inp: &DeviceInput,
+    inp: &BlockInput,
     rope: &DeviceRope,
     shared_gss: &CudaSlice<f32>,
     text: Option<&TextBufs>,
     x_in: CudaSlice<f32>,
+    cache: Option<&mut KvCache>,
 ) -> Result<(BlockBufs, CudaSlice<f32>)> {
     let cfg = net.cfg;
     let (b, l, c, h) = (inp.b, inp.l, cfg.embed_dim, cfg.num_heads);
@@ -299,7 +349,18 @@ pub(super) fn block_forward(
     let heads = qkv_heads_dev(dev, &qkv, &w("sa.q_bias"), &w("sa.v_bias"), &gain, rope, (l, h), bf16)?;
     drop(qkv);
     let (mut attn, mut lse) = (net.act_in(bf16, n * c)?, net.out(n * h)?);
-    attention_forward_dev(dev, &heads.q, &heads.k, &heads.v, &mut attn, &mut lse, &inp.sa, dims, net.math())?;
+    match cache {
+        None => {
+            attention_forward_dev(dev, &heads.q, &heads.k, &heads.v, &mut attn, &mut lse, inp.sa, dims, net.math())?
+        }
+        Some(kv) => {
+            let at = (kv.lmax, kv.start);
+            util::copy_rows(dev, &heads.k, &mut kv.k[blk], (b, l * c), at.0 * c, at.1 * c)?;
+            util::copy_rows(dev, &heads.v, &mut kv.v[blk], (b, l * c), at.0 * c, at.1 * c)?;
+            let (k, v) = (&kv.k[blk], &kv.v[blk]);
+            attention_forward_dev(dev, &heads.q, k, v, &mut attn, &mut lse, inp.sa, dims, net.math())?;
+        }
+    }
     let mut sa_out = net.out(n * c)?;
     net.linear(&attn, &name("sa.proj"), true, &mut sa_out, (n, c, c))?;
     let mut x_sa = net.out(n * c)?;
@@ -307,7 +368,7 @@ pub(super) fn block_forward(
 
     // cross-attention: x + CA(ca_norm(x), kv_ca), no gate; without text x_ca is x_sa itself (the
     // backward then finds it under x_ca only)
-    let x_ca = if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, &inp.cond) {
+    let x_ca = if let (Some(t), DeviceCondition::Text { cu, ca, .. }) = (text, inp.cond) {
         let nt = cu[b];
         // ca_norm's output is only mat_q's input (bf16 alone with bf16 GEMMs)
         let (mut ca_in, mut ca_mean, mut ca_rstd) = (net.act(n * c)?, net.out(n)?, net.out(n)?);

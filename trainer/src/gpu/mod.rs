@@ -14,6 +14,7 @@
 pub mod backward;
 pub mod forward;
 pub mod optim;
+pub mod sample;
 
 use std::collections::HashMap;
 
@@ -340,11 +341,9 @@ impl GpuModel {
             let table = DeviceRope::new(&self.dev, inp.rope)?;
             self.ropes.insert(key.clone(), (inp.rope.clone(), table));
         }
-        if let (Some(p16), true) = (&mut self.params16, self.params16_stale) {
-            to_bf16_dev(&self.dev, &self.params.slice(0..self.lay.numel), p16)?;
-            self.params16_stale = false;
-        }
+        self.refresh_bf16()?;
         let rope = &self.ropes[&key].1;
+        // (`GpuModel::net`'s fields, borrowed apart from the gradients the backward writes)
         let net = Net {
             dev: &self.dev,
             gemm: &self.gemm,
@@ -384,6 +383,28 @@ impl GpuModel {
         Ok(BitwiseCe { loss, token_loss, correct_bits })
     }
 
+    /// The bf16 copy of the parameters made current, if the matmuls take bf16.
+    fn refresh_bf16(&mut self) -> Result<()> {
+        if let (Some(p16), true) = (&mut self.params16, self.params16_stale) {
+            to_bf16_dev(&self.dev, &self.params.slice(0..self.lay.numel), p16)?;
+            self.params16_stale = false;
+        }
+        Ok(())
+    }
+
+    /// What the kernels need (after [`GpuModel::refresh_bf16`]).
+    fn net(&self) -> Net<'_> {
+        Net {
+            dev: &self.dev,
+            gemm: &self.gemm,
+            gemm32: self.gemm32.as_ref().unwrap_or(&self.gemm),
+            cfg: &self.cfg,
+            lay: &self.lay,
+            params: &self.params,
+            params16: self.params16.as_ref(),
+        }
+    }
+
     /// The batch on the device, with its teacher-forcing inputs and labels already there.
     fn upload_input(&self, inp: &ModelInput<f32>, (x, gt): (CudaSlice<f32>, CudaSlice<u8>)) -> Result<DeviceInput> {
         let (s, b) = (&self.dev.stream, inp.b);
@@ -392,23 +413,7 @@ impl GpuModel {
         let idx: Vec<i32> = scale_index(b, inp.scales).into_iter().map(|v| v as i32).collect();
         let weights: Vec<f32> = inp.token_weights.iter().map(|&w| w as f32).collect();
         let sa = AttnRanges::new(&self.dev, &block_causal_segments(b, &tokens), b * l, b * l)?;
-        let cond = match inp.cond {
-            Condition::Class { labels } => {
-                let labels: Vec<i32> = labels.iter().map(|&v| v as i32).collect();
-                DeviceCondition::Class { labels: s.clone_htod(&labels)? }
-            }
-            Condition::Text { kv_compact, cu_seqlens, dropped } => {
-                let nt = cu_seqlens[b];
-                let (ca, pool) = (cross_segments(l, &cu_seqlens[..=b]), cross_segments(1, &cu_seqlens[..=b]));
-                DeviceCondition::Text {
-                    kv_compact: s.clone_htod(kv_compact)?,
-                    cu: cu_seqlens.to_vec(),
-                    dropped: dropped.to_vec(),
-                    ca: Box::new(AttnRanges::new(&self.dev, &ca, b * l, nt)?),
-                    pool: Box::new(AttnRanges::new(&self.dev, &pool, b, nt)?),
-                }
-            }
-        };
+        let cond = device_condition(&self.dev, &inp.cond, b, l)?;
         Ok(DeviceInput {
             b,
             l,
@@ -425,6 +430,28 @@ impl GpuModel {
             },
         })
     }
+}
+
+/// The condition of `b` rows of `l` tokens on the device.
+fn device_condition(dev: &Device, cond: &Condition<f32>, b: usize, l: usize) -> Result<DeviceCondition> {
+    let s = &dev.stream;
+    Ok(match *cond {
+        Condition::Class { labels } => {
+            let labels: Vec<i32> = labels.iter().map(|&v| v as i32).collect();
+            DeviceCondition::Class { labels: s.clone_htod(&labels)? }
+        }
+        Condition::Text { kv_compact, cu_seqlens, dropped } => {
+            let nt = cu_seqlens[b];
+            let (ca, pool) = (cross_segments(l, &cu_seqlens[..=b]), cross_segments(1, &cu_seqlens[..=b]));
+            DeviceCondition::Text {
+                kv_compact: s.clone_htod(kv_compact)?,
+                cu: cu_seqlens.to_vec(),
+                dropped: dropped.to_vec(),
+                ca: Box::new(AttnRanges::new(dev, &ca, b * l, nt)?),
+                pool: Box::new(AttnRanges::new(dev, &pool, b, nt)?),
+            }
+        }
+    })
 }
 
 /// Whether a CUDA device can be used (driver and device present; never panics).

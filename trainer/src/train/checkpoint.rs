@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::io::{load_weights, weights_bytes, SaveDtype};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::train::config::Precision;
 
 pub const DONE: &str = "DONE";
 pub const EMA_FILE: &str = "ema.safetensors";
@@ -241,6 +242,8 @@ pub struct CheckpointModel {
     pub data_dir: PathBuf,
     pub params: Params<f32>,
     pub step: u64,
+    /// `run.precision` of the run's config (f32 where it has none).
+    pub precision: Precision,
 }
 
 /// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes; with `ema`,
@@ -272,9 +275,13 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
         Some(toml::Value::String(dir)) => PathBuf::from(dir),
         _ => bail!("{}: no `data.dir` string", p.display()),
     };
+    let precision = match config.get("run").and_then(|r| r.get("precision")).and_then(|v| v.as_str()) {
+        Some("bf16") => Precision::Bf16,
+        _ => Precision::F32,
+    };
     let lay = Layout::new(&model);
     let params = load_weights(&weights, &model, &lay)?;
-    Ok(CheckpointModel { dir, model, data_dir, params, step: state.step })
+    Ok(CheckpointModel { dir, model, data_dir, params, step: state.step, precision })
 }
 
 fn read_state(dir: &Path) -> Result<TrainState> {

@@ -9,6 +9,7 @@ use infinity_kernels::bitwise_ce::BitwiseCe;
 
 use super::config::{DeviceChoice, Precision, RunConfig};
 use super::dist::Dist;
+use crate::infer::Sampler;
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
 use crate::optim::{AdamW, Ema};
 
@@ -25,25 +26,38 @@ pub enum Compute {
 
 impl Compute {
     /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
-    pub fn open(run: &RunConfig, _mc: &ModelConfig, _lay: &Layout) -> Result<Compute> {
-        match (run.device, gpu_ordinal()?) {
+    pub fn open(run: &RunConfig, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
+        let bf16 = run.precision == Precision::Bf16;
+        Compute::open_as(("run.device", run.device), bf16, run.recompute, mc, lay)
+    }
+
+    /// [`Compute::open`] for a `device` choice made by `setting` (a config key or a flag), with bf16
+    /// matmuls when `bf16`.
+    pub fn open_as(
+        (setting, device): (&str, DeviceChoice),
+        _bf16: bool,
+        _recompute: bool,
+        _mc: &ModelConfig,
+        _lay: &Layout,
+    ) -> Result<Compute> {
+        match (device, gpu_ordinal()?) {
             (DeviceChoice::Cpu, _) => Ok(Compute::Cpu),
             (DeviceChoice::Auto, None) => {
-                console!("device: cpu (run.device = \"auto\": {})", why_no_gpu());
+                console!("device: cpu ({setting} = \"auto\": {})", why_no_gpu());
                 Ok(Compute::Cpu)
             }
             // no restart finds a GPU this build or machine does not have
             (DeviceChoice::Cuda, None) => {
-                Err(super::unrecoverable(anyhow::anyhow!("run.device = \"cuda\" but {}", why_no_gpu())))
+                Err(super::unrecoverable(anyhow::anyhow!("{setting} = \"cuda\" but {}", why_no_gpu())))
             }
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
-                let bf16 = run.precision == Precision::Bf16;
+                let (bf16, recompute) = (_bf16, _recompute);
                 let mut m = match crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16) {
                     Ok(m) => m,
                     // a GPU that cannot run this configuration is, for `auto`, no GPU
-                    Err(e) if run.device == DeviceChoice::Auto && gpu_unsupported(&e) => {
-                        console!("device: cpu (run.device = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
+                    Err(e) if device == DeviceChoice::Auto && gpu_unsupported(&e) => {
+                        console!("device: cpu ({setting} = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
                         return Ok(Compute::Cpu);
                     }
                     Err(e) => {
@@ -52,8 +66,8 @@ impl Compute {
                         return Err(out_of_memory_context(e, advice));
                     }
                 };
-                m.recompute = run.recompute;
-                let notes = [(bf16, ", bf16 matmuls"), (run.recompute, ", recomputing blocks")];
+                m.recompute = recompute;
+                let notes = [(bf16, ", bf16 matmuls"), (recompute, ", recomputing blocks")];
                 let notes: String = notes.iter().filter(|n| n.0).map(|n| n.1).collect();
                 console!("device: cuda:{ordinal} {} ({}{notes})", m.device_name(), m.arch());
                 Ok(Compute::Cuda { model: Box::new(m), fresh: false })
@@ -186,13 +200,21 @@ impl Compute {
             }
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, fresh } => {
-                // without the device optimizer the host updated the parameters after this step's
-                // upload; with it, the device holds them once uploaded
-                if !model.has_optimizer() || !*fresh {
-                    model.upload_params(params)?;
-                    *fresh = model.has_optimizer();
-                }
+                current_on_device(model, fresh, params)?;
                 model.step(inp, false).map_err(out_of_memory_hint)
+            }
+        }
+    }
+
+    /// Where sample grids are drawn: the model on the GPU (given the current parameters, as for
+    /// [`Compute::forward`]), or the CPU model.
+    pub fn sampler<'a>(&'a mut self, params: &'a Params<f32>) -> Result<Sampler<'a>> {
+        match self {
+            Compute::Cpu => Ok(Sampler::Cpu(params)),
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, fresh } => {
+                current_on_device(model, fresh, params)?;
+                Ok(Sampler::Gpu(model))
             }
         }
     }
@@ -336,6 +358,17 @@ impl Compute {
             Compute::Cuda { .. } => Ok(()),
         }
     }
+}
+
+/// The GPU given the current parameters: without the device optimizer the host updated them after
+/// this step's upload; with it, the device holds them once uploaded.
+#[cfg(feature = "cuda")]
+fn current_on_device(model: &mut crate::gpu::GpuModel, fresh: &mut bool, params: &Params<f32>) -> Result<()> {
+    if !model.has_optimizer() || !*fresh {
+        model.upload_params(params)?;
+        *fresh = model.has_optimizer();
+    }
+    Ok(())
 }
 
 /// The GPU this process would use, if any: the only visible one (our agent sets

@@ -429,7 +429,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             log.step(&metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(st.step)) {
                 compute.sync_host(&mut params, None, None)?;
-                p.log(&mc, &lay, &params, st.step, log)?;
+                p.log((&mc, &lay), compute.sampler(&params)?, st.step, log)?;
             }
         }
         summary.last_loss = loss;

@@ -7,8 +7,9 @@ use infinity_data::Dataset;
 
 use super::config::TrainConfig;
 use super::log::Logger;
+use crate::infer::Sampler;
 use crate::model::sample::SampleOptions;
-use crate::model::{Layout, ModelConfig, Params};
+use crate::model::{Layout, ModelConfig};
 
 /// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
 /// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
@@ -52,14 +53,14 @@ impl Preview {
 
     pub(crate) fn log(
         &self,
-        mc: &ModelConfig,
-        lay: &Layout,
-        p: &Params<f32>,
+        (mc, lay): (&ModelConfig, &Layout),
+        sampler: Sampler,
         step: u64,
         logger: &mut Logger,
     ) -> Result<()> {
         let (Some(cond), Some(tok)) = (&self.cond, &self.tokenizer) else { return Ok(()) };
-        let sampled = crate::infer::sample_schedule(mc, lay, p, cond, &self.sched, &self.opts);
+        let sampled = crate::infer::sample_schedule(mc, lay, sampler, cond, &self.sched, &self.opts)
+            .context("drawing the sample grid")?;
         let grid = infinity_data::inspect::grid_image(
             &crate::infer::decode(tok, &sampled, &self.sched),
             self.per_condition * 4,

@@ -1,0 +1,293 @@
+//! Next-scale sampling (upstream `autoregressive_infer_cfg`): classifier-free guidance on logits,
+//! per-bit top-p, a self-attention KV cache across scales with the RoPE offset of each scale (upstream's
+//! non-fused path drops it, §9; here it is always applied), bilinear accumulation of the sampled codes.
+//!
+//! The transformer runs one scale at a time behind [`ScaleLogits`] (the CPU model here, the GPU's in
+//! `gpu::sample`); guidance, sampling and the codes' accumulation are the host's, shared by both.
+//!
+//! Dims: `B` samples, `R` rows: `2B` with the unconditional copy (`B` without guidance at every scale),
+//! `n` tokens of the current scale, `Lmax` tokens of the schedule, `C` width, `d` bits per token, `dv` the tokenizer's channels (`d`, or `d/4`
+//! with spatial patchify, where each sampled scale is shuffled back to the tokenizer's twice-as-large
+//! grid before its codes accumulate, and each input unshuffled from it: upstream's `pixel_shuffle`).
+
+mod cpu;
+
+use anyhow::{Context, Result};
+use infinity_data::loader::plan::keyed_rng;
+use infinity_kernels::resample::bilinear_resize;
+use infinity_kernels::rope::RopeTable;
+use infinity_kernels::{bsq, patchify};
+use rand::Rng;
+
+pub use cpu::CpuScales;
+
+use super::config::{Conditioning, ModelConfig};
+use super::forward::Condition;
+use super::params::{Layout, Params};
+
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    /// Guidance: `logits = cfg·cond + (1 − cfg)·uncond` (1 = no guidance); one value, or one per scale
+    /// (upstream's `cfg_list`).
+    pub cfg: Vec<f64>,
+    /// Temperature: logits are divided by it; one value, or one per scale (upstream's `tau_list`).
+    pub tau: Vec<f64>,
+    /// Per-bit top-p: the minority class is dropped when its probability is ≤ `1 − top_p` (0 = off).
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl SampleOptions {
+    /// The same guidance and temperature at every scale.
+    pub fn uniform(cfg: f64, tau: f64, top_p: f64, seed: u64) -> SampleOptions {
+        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed }
+    }
+
+    /// Guidance and temperature at scale `si`.
+    fn at(&self, si: usize) -> (f64, f64) {
+        let pick = |v: &[f64]| if v.len() == 1 { v[0] } else { v[si] };
+        (pick(&self.cfg), pick(&self.tau))
+    }
+
+    /// An error unless `cfg` and `tau` each hold one value or one per scale of a schedule of `scales`.
+    pub fn check(&self, scales: usize) -> Result<(), String> {
+        for (name, v) in [("cfg", &self.cfg), ("tau", &self.tau)] {
+            if v.len() != 1 && v.len() != scales {
+                return Err(format!(
+                    "--{name}: {} values for a schedule of {scales} scales (give one, or one per scale)",
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to condition on, per sample.
+#[derive(Clone, Debug)]
+pub enum SampleCondition {
+    Class(Vec<usize>),
+    /// Text features `[Σ lens, Ct]` and tokens per sample.
+    Text {
+        kv: Vec<f32>,
+        lens: Vec<usize>,
+    },
+}
+
+impl SampleCondition {
+    /// Each condition `k` times in a row; `ct` is the text width.
+    pub fn repeat(self, k: usize, ct: usize) -> SampleCondition {
+        match self {
+            SampleCondition::Class(ids) => {
+                SampleCondition::Class(ids.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect())
+            }
+            SampleCondition::Text { kv, lens } => {
+                let (mut kv_k, mut lens_k, mut at) = (Vec::new(), Vec::new(), 0);
+                for &len in &lens {
+                    for _ in 0..k {
+                        kv_k.extend_from_slice(&kv[at * ct..(at + len) * ct]);
+                        lens_k.push(len);
+                    }
+                    at += len;
+                }
+                SampleCondition::Text { kv: kv_k, lens: lens_k }
+            }
+        }
+    }
+}
+
+/// Result per sample: bits `[L, d]`, the same bits in the tokenizer's layout `[Lv, dv]` (its
+/// schedule's tokens: with spatial patchify each scale shuffled back to twice the sides), the summed
+/// codes `[dv, H, W]` for the decoder (`(H, W)` the tokenizer's last scale), and for checking against
+/// the training forward the inputs `[L−1, d]` each scale was fed and the conditional logits `[L, 2d]`.
+pub struct Sampled {
+    pub bits: Vec<Vec<u8>>,
+    pub tokenizer_bits: Vec<Vec<u8>>,
+    pub summed_codes: Vec<Vec<f32>>,
+    pub x_wo_prefix: Vec<Vec<f32>>,
+    pub cond_logits: Vec<Vec<f32>>,
+}
+
+/// The rows the transformer runs for `B` samples: each sample's condition, then with guidance at any
+/// scale its unconditional copy (the null class, or the text replaced by `cfg_uncond`); without, the
+/// unconditional rows would be weighted 0 and none are run.
+pub struct GuidedRows {
+    /// Samples.
+    pub b: usize,
+    pub guided: bool,
+    cond: RowsCondition,
+}
+
+enum RowsCondition {
+    /// `[R]` class ids.
+    Class(Vec<usize>),
+    /// `[Σ lens, Ct]` features, `[R + 1]` offsets, and which rows are the unconditional copies.
+    Text { kv: Vec<f32>, cu: Vec<usize>, dropped: Vec<bool> },
+}
+
+impl GuidedRows {
+    /// An error when `cond` is not the model's kind of condition or its text features are not
+    /// `[Σ lens, Ct]`.
+    pub fn new(cfg: &ModelConfig, cond: &SampleCondition, o: &SampleOptions) -> Result<GuidedRows> {
+        let guided = o.cfg.iter().any(|&g| g != 1.0);
+        let copies = 1 + guided as usize;
+        let (b, cond) = match (cond, &cfg.conditioning) {
+            (SampleCondition::Class(labels), Conditioning::Class { num_classes }) => {
+                let uncond = labels.iter().map(|_| *num_classes).take(if guided { labels.len() } else { 0 });
+                (labels.len(), RowsCondition::Class(labels.iter().copied().chain(uncond).collect()))
+            }
+            (SampleCondition::Text { kv, lens }, Conditioning::Text) => {
+                let total: usize = lens.iter().sum();
+                anyhow::ensure!(
+                    kv.len() == total * cfg.text_channels,
+                    "sample: text features of {} values are not [{total}, {}]",
+                    kv.len(),
+                    cfg.text_channels
+                );
+                let mut cu = vec![0usize];
+                for &n in (0..copies).flat_map(|_| lens.iter()) {
+                    cu.push(cu.last().unwrap() + n);
+                }
+                let kv = (0..copies).flat_map(|_| kv.iter().copied()).collect();
+                let dropped = (0..copies * lens.len()).map(|i| i >= lens.len()).collect();
+                (lens.len(), RowsCondition::Text { kv, cu, dropped })
+            }
+            _ => anyhow::bail!("sample: the condition does not match the model's conditioning"),
+        };
+        Ok(GuidedRows { b, guided, cond })
+    }
+
+    /// Rows the transformer runs: `2B` with guidance, `B` without.
+    pub fn rows(&self) -> usize {
+        self.b * (1 + self.guided as usize)
+    }
+
+    /// The rows' condition, as the model's forward takes it.
+    pub fn condition(&self) -> Condition<'_, f32> {
+        match &self.cond {
+            RowsCondition::Class(labels) => Condition::Class { labels },
+            RowsCondition::Text { kv, cu, dropped } => Condition::Text { kv_compact: kv, cu_seqlens: cu, dropped },
+        }
+    }
+}
+
+/// The transformer of sampling, one scale at a time (the CPU model: [`CpuScales`]; the GPU's:
+/// `gpu::sample`).
+pub trait ScaleLogits {
+    /// The rows' logits `[R, n, 2d]` of scale `si`, whose `n` tokens start at token `start` of the
+    /// transformer's schedule; `input [R, n, d]` the scale's input tokens (none at scale 0: the start
+    /// token). Scales come in order; each one's keys and values are kept for the scales after it.
+    fn logits(&mut self, si: usize, start: usize, n: usize, input: Option<&[f32]>) -> Result<Vec<f32>>;
+}
+
+/// Sample `B` images over the tokenizer's schedule `scales` (a dataset's; the transformer's are
+/// [`ModelConfig::token_scales`], which `rope` is the table of) with the CPU model.
+pub fn sample(
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    cond: &SampleCondition,
+    scales: &[(usize, usize)],
+    rope: &RopeTable,
+    o: &SampleOptions,
+) -> Result<Sampled> {
+    let rows = GuidedRows::new(cfg, cond, o)?;
+    let lmax = bsq::num_tokens(&cfg.token_scales(scales));
+    anyhow::ensure!(rope.num_tokens() == lmax, "sample: a RoPE table of {} tokens for {lmax}", rope.num_tokens());
+    let mut net = CpuScales::new(cfg, lay, p, &rows, rope, lmax);
+    sample_with(cfg, &rows, scales, o, &mut net)
+}
+
+/// Next-scale sampling with the transformer `net`: guidance, per-bit sampling (keyed by sample and
+/// scale, so the CPU and the GPU draw the same numbers), accumulation of the codes and the next scale's
+/// input, on the host.
+pub fn sample_with(
+    cfg: &ModelConfig,
+    rows: &GuidedRows,
+    scales: &[(usize, usize)],
+    o: &SampleOptions,
+    net: &mut dyn ScaleLogits,
+) -> Result<Sampled> {
+    o.check(scales.len()).map_err(|e| anyhow::anyhow!("sample: {e}"))?;
+    let (d, dv, b, guided) = (cfg.d, cfg.d_vae(), rows.b, rows.guided);
+    let copies = 1 + guided as usize;
+    let (tokenizer_scales, scales) = (scales, &cfg.token_scales(scales)[..]);
+    let lmax = bsq::num_tokens(scales);
+    let (hh, ww) = *tokenizer_scales.last().context("sample: empty schedule")?;
+
+    let mut cum = vec![vec![0.0f32; dv * hh * ww]; b];
+    let mut bits_out = vec![Vec::with_capacity(lmax * d); b];
+    let mut tokenizer_bits_out = vec![Vec::with_capacity(lmax * d); b];
+    let mut inputs_out = vec![Vec::with_capacity(lmax * d); b];
+    let mut logits_out = vec![Vec::with_capacity(lmax * 2 * d); b];
+    let mut next_input: Vec<f32> = Vec::new(); // [B, n, d] input of the next scale
+    let mut start = 0;
+    for (si, &(sh, sw)) in scales.iter().enumerate() {
+        let n = sh * sw;
+        // the same input for the unconditional half
+        let input: Vec<f32> = (0..copies).flat_map(|_| next_input.iter().copied()).collect();
+        let logits = net.logits(si, start, n, (si > 0).then_some(&input[..]))?;
+        anyhow::ensure!(logits.len() == rows.rows() * n * 2 * d, "sample: logits of scale {si} are not [R, n, 2d]");
+
+        // ---- guidance, per-bit sampling ------------------------------------------------------------
+        next_input.clear();
+        let (guidance, tau) = o.at(si);
+        for bi in 0..b {
+            logits_out[bi].extend_from_slice(&logits[bi * n * 2 * d..(bi + 1) * n * 2 * d]);
+            let mut rng = keyed_rng(o.seed, &[bi as u64, si as u64]);
+            let mut bits = vec![0u8; n * d];
+            for t in 0..n {
+                for j in 0..d {
+                    let at = |row: usize, k: usize| logits[((row * n + t) * 2 * d) + 2 * j + k] as f64;
+                    let mix = |k: usize| match guided {
+                        true => (guidance * at(bi, k) + (1.0 - guidance) * at(b + bi, k)) / tau,
+                        false => at(bi, k) / tau,
+                    };
+                    let p1 = 1.0 / (1.0 + (mix(0) - mix(1)).exp());
+                    let p1 =
+                        if o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p { (p1 > 0.5) as u8 as f64 } else { p1 };
+                    bits[t * d + j] = (rng.random::<f64>() < p1) as u8;
+                }
+            }
+            // accumulate the codes at full resolution, then the next scale's input
+            let (vh, vw) = tokenizer_scales[si];
+            // [vh·vw, dv]: the sampled bits themselves, unless patchified
+            let shuffled = cfg.apply_spatial_patchify.then(|| {
+                let mut v = vec![0u8; bits.len()];
+                patchify::shuffle_scale(&bits, (sh, sw), dv, &mut v);
+                v
+            });
+            let vbits = shuffled.as_deref().unwrap_or(&bits);
+            let mut q = vec![0.0f32; dv * vh * vw];
+            bsq::bits_to_codes(vbits, dv, &mut q);
+            let mut up = vec![0.0f32; dv * hh * ww];
+            bilinear_resize(&q, dv, (vh, vw), &mut up, (hh, ww));
+            cum[bi].iter_mut().zip(&up).for_each(|(a, u)| *a += *u);
+            bits_out[bi].extend_from_slice(&bits);
+            tokenizer_bits_out[bi].extend_from_slice(vbits);
+            if let (Some(&(nh, nw)), Some(&next)) = (tokenizer_scales.get(si + 1), scales.get(si + 1)) {
+                let mut nxt = vec![0.0f32; dv * nh * nw];
+                bilinear_resize(&cum[bi], dv, (hh, ww), &mut nxt, (nh, nw));
+                let mut tokens: Vec<f32> = (0..nh * nw)
+                    .flat_map(|t| (0..dv).map(move |ch| (t, ch)))
+                    .map(|(t, ch)| nxt[ch * nh * nw + t])
+                    .collect();
+                if cfg.apply_spatial_patchify {
+                    let mut unshuffled = vec![0.0f32; tokens.len()];
+                    patchify::unshuffle_scale(&tokens, next, dv, &mut unshuffled);
+                    tokens = unshuffled;
+                }
+                next_input.extend_from_slice(&tokens);
+                inputs_out[bi].extend_from_slice(&tokens);
+            }
+        }
+        start += n;
+    }
+    Ok(Sampled {
+        bits: bits_out,
+        tokenizer_bits: tokenizer_bits_out,
+        summed_codes: cum,
+        x_wo_prefix: inputs_out,
+        cond_logits: logits_out,
+    })
+}
