@@ -79,6 +79,14 @@ fn setup(steps: u64) -> (tempfile::TempDir, PathBuf) {
     (tmp, cfg)
 }
 
+/// The log folder of the one launch under `log_dir` (a single node's run id is its own:
+/// `run-DATE-TIME-PID`).
+fn launch_logs(log_dir: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(log_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(dirs.len() == 1 && dirs[0].file_name().unwrap().to_string_lossy().starts_with("run-"), "{dirs:?}");
+    dirs[0].clone()
+}
+
 fn launch(nproc: usize, cfg: &Path, run: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["launch", "--nproc-per-node", &nproc.to_string(), "--grace-s", "20"])
@@ -277,11 +285,9 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     assert!(weights(&faulty, 8) == weights(&clean, 8), "killed at {spec}: final weights differ");
     let opt = |r: &Path| std::fs::read(r.join("checkpoints/step-00000008/optim.safetensors")).unwrap();
     assert!(opt(&faulty) == opt(&clean));
-    // per-rank logs per attempt
-    assert!(
-        faulty.join("logs/run/attempt_0/rank_0.log").is_file()
-            && faulty.join("logs/run/attempt_1/rank_1.log").is_file()
-    );
+    // per-rank logs per attempt, in the launch's own folder
+    let logs = launch_logs(&faulty.join("logs"));
+    assert!(logs.join("attempt_0/rank_0.log").is_file() && logs.join("attempt_1/rank_1.log").is_file());
 
     // a run started from another run's checkpoint (`--resume PATH`) restarts from its own newest one,
     // not from PATH again: killed after step 5, it resumes at step 4 and still ends identical
@@ -679,7 +685,7 @@ fn ranks_whose_configs_differ_stop_naming_the_settings() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("config differs from rank 0's") && !text.contains("attempt 1"), "{text}");
-    let rank1 = std::fs::read_to_string(run.join("logs/run/attempt_0/rank_1.log")).unwrap();
+    let rank1 = std::fs::read_to_string(launch_logs(&run.join("logs")).join("attempt_0/rank_1.log")).unwrap();
     assert!(
         rank1.contains("rank 1's config differs from rank 0's: optim.lr: 0.002 → 0.001")
             && !rank1.contains("data.workers"),

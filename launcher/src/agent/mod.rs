@@ -48,7 +48,8 @@ pub struct LaunchArgs {
     /// node at 30000 + SLURM_JOB_ID mod 10000).
     #[arg(long)]
     pub rdzv: Option<String>,
-    /// Names the run in store keys and log folders (default SLURM_JOB_ID or `run`).
+    /// Names the run in store keys and log folders (default SLURM_JOB_ID; on one node outside SLURM
+    /// `run-DATE-TIME-PID`, otherwise `run`).
     #[arg(long)]
     pub run_id: Option<String>,
     /// Shared secret to join the store (default INFINITY_RDZV_TOKEN; random on one node).
@@ -181,7 +182,15 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
         None if nnodes == 1 => format!("{:032x}", rand::random::<u128>()),
         None => bail!("several nodes need a shared token: --token or {} on every node", vars::TOKEN),
     };
-    let run_id = a.run_id.clone().or(env("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
+    let run_id = match a.run_id.clone().or(env("SLURM_JOB_ID")) {
+        Some(id) => id,
+        // one node on its own: a name of its own, so that two launches on a machine keep their logs
+        // and store keys apart (torchrun's standalone mode draws one too); nodes of a group must agree
+        None if nnodes == 1 && elastic.is_none() => {
+            format!("run-{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), std::process::id())
+        }
+        None => "run".into(),
+    };
     // a folder name under --log-dir and a prefix of store keys
     ensure!(
         !run_id.is_empty()
@@ -218,21 +227,23 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     client.set_reply_timeout(Duration::from_secs(5));
     match &rounds {
         None => console_err!(
-            "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {}",
+            "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {} (logs {})",
             p.node_rank,
             p.nnodes,
             a.nproc_per_node,
             p.nnodes * a.nproc_per_node,
-            p.run_id
+            p.run_id,
+            a.log_dir.join(&p.run_id).display()
         ),
         Some(r) => {
             console_err!(
-                "[launch] agent {} of an elastic group of {}:{} nodes: {} local ranks each, store {store_addr}, run {}",
+                "[launch] agent {} of an elastic group of {}:{} nodes: {} local ranks each, store {store_addr}, run {} (logs {})",
                 r.me,
                 r.min,
                 r.max,
                 a.nproc_per_node,
-                p.run_id
+                p.run_id,
+                a.log_dir.join(&p.run_id).display()
             );
             r.beat(&store_addr, &p.token);
         }
@@ -464,5 +475,25 @@ mod tests {
         // an srun task: the step's nodes
         let p = with(&[("SLURM_STEP_ID", "0"), ("INFINITY_RDZV_TOKEN", "t")]).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port), (2, 0, "n1", 30007));
+    }
+
+    #[test]
+    fn run_ids_default_to_the_job_or_a_name_of_their_own_on_one_node() {
+        let plan_of = |args: &[&str], vars: &[(&str, &str)]| {
+            let a = Cli::parse_from(["launch", "--nproc-per-node", "1"].iter().chain(args).chain(&["--", "true"])).a;
+            plan_with(&a, |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap().run_id
+        };
+        assert_eq!(plan_of(&[], &[("SLURM_JOB_ID", "7")]), "7");
+        assert_eq!(plan_of(&["--run-id", "sweep-3"], &[("SLURM_JOB_ID", "7")]), "sweep-3");
+        // two launches on one machine: their own log folders and store keys
+        let own = plan_of(&[], &[]);
+        let pid = format!("-{}", std::process::id());
+        assert!(
+            own.starts_with("run-20") && own.ends_with(&pid) && own.len() == "run-YYYYMMDD-HHMMSS".len() + pid.len()
+        );
+        // the nodes of a group must agree, with nothing to agree on but the default
+        let group = ["--nnodes", "2", "--node-rank", "1", "--rdzv", "n1:29400"];
+        assert_eq!(plan_of(&group, &[("INFINITY_RDZV_TOKEN", "t")]), "run");
+        assert_eq!(plan_of(&["--nnodes", "1:2", "--rdzv", "n1:29400"], &[("INFINITY_RDZV_TOKEN", "t")]), "run");
     }
 }
