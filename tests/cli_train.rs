@@ -130,6 +130,19 @@ fn train_sample_and_export_a_text_model() {
     let more = ["--n", "3", "--cfg", &per_scale, "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
     assert!(infinity(&[&args[..], &more[..]].concat()));
     assert!(std::fs::read(&again).unwrap() == bytes, "--cfg 2,2,… differs from --cfg 2");
+    // a negative prompt replaces the unconditional rows: other bits, named in the metadata; it needs
+    // guidance
+    let neg = ["--negative-caption", "a blue square", "--n", "3", "--cfg", "2", "--top-p", "0.9"];
+    let more = ["-o", path_str(&png), "--bits", path_str(&again)];
+    assert!(infinity(&[&args[..], &neg[..], &more[..]].concat()));
+    let negative = std::fs::read(&again).unwrap();
+    assert!(negative != bytes, "a negative prompt changed no bit");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&negative).unwrap();
+    let about: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["infinity_sample"]).unwrap();
+    assert_eq!(about["negative_prompt"], "a blue square");
+    let e = err(&["sample", run_s, "--caption", "a red circle", "--negative-caption", "a blue square", "--cfg", "1"]);
+    assert!(e.contains("a negative prompt takes effect through guidance"), "{e}");
     let e = err(&["sample", run_s, "--caption", "a red circle", "--tau", "1,0.5"]);
     assert!(e.contains(&format!("--tau: 2 values for a schedule of {k} scales")), "{e}");
     // a dataset of another text width is not the model's (it panicked sampling)
@@ -143,6 +156,17 @@ fn train_sample_and_export_a_text_model() {
 
     // wrong conditions are named
     assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
+    let e = err(&[
+        "sample",
+        run_s,
+        "--caption",
+        "a red circle",
+        "--negative-text-features",
+        "x",
+        "--negative-caption",
+        "a",
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
     assert!(err(&["sample", path_str(&tmp.path().join("nowhere"))]).contains("no such checkpoint"));
     // text features longer than the model's captions, or not finite, are named (not a panic)

@@ -169,7 +169,7 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
                 kv.extend(info.dtype.to_f32(emb));
                 lens.push(emb.len() / 2 / info.width as usize);
             }
-            SampleCondition::Text { kv, lens }
+            SampleCondition::Text { kv, lens, negative: None }
         }
     })
 }

@@ -1,6 +1,6 @@
 //! Sampling on the device (feature `cuda`, gated on a device): the KV-cached scale-by-scale transformer
 //! on the GPU gives the CPU sampler's logits and, drawing the same keyed numbers, its bits, for class
-//! and text conditions, with guidance per scale or none, and with spatial patchify; bf16 sampling moves
+//! and text conditions, with guidance per scale or none, a negative prompt, and with spatial patchify; bf16 sampling moves
 //! the logits by rounding only. Runs on a GPU or on the emulated device (tools/emulated_device.py, as
 //! scripts/test.sh does in CI); prints what it skipped without either.
 #![cfg(feature = "cuda")]
@@ -60,16 +60,25 @@ fn device_sampling_matches_the_cpu_sampler() {
     }
     let plain = [(1usize, 1usize), (2, 2), (3, 3), (4, 4), (4, 6)];
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let mut text = |mc: &ModelConfig| SampleCondition::Text {
-        kv: (0..7 * mc.text_channels).map(|_| rng.random_range(-1.0..1.0)).collect(),
+    let mut features = |tokens: usize, ct: usize| (0..tokens * ct).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut text = |mc: &ModelConfig, negative: bool| SampleCondition::Text {
+        kv: features(7, mc.text_channels),
         lens: vec![4, 3],
+        negative: negative.then(|| features(2, mc.text_channels)),
     };
     let class = Conditioning::Class { num_classes: 7 };
     let text_model = model(Conditioning::Text, false);
     let cases = [
         ("class, guided", model(class.clone(), false), SampleCondition::Class(vec![2, 6]), &plain[..], vec![3.0]),
-        ("text, guided per scale", text_model.clone(), text(&text_model.0), &plain[..], vec![1.0, 2.0, 3.0, 3.0, 4.0]),
-        ("text, unguided", text_model.clone(), text(&text_model.0), &plain[..], vec![1.0]),
+        (
+            "text, guided per scale",
+            text_model.clone(),
+            text(&text_model.0, false),
+            &plain[..],
+            vec![1.0, 2.0, 3.0, 3.0, 4.0],
+        ),
+        ("text, negative prompt", text_model.clone(), text(&text_model.0, true), &plain[..], vec![3.0]),
+        ("text, unguided", text_model.clone(), text(&text_model.0, false), &plain[..], vec![1.0]),
         (
             "class, patchify",
             model(class, true),
@@ -103,7 +112,7 @@ fn bf16_device_sampling_rounds_like_bf16() {
     let m = model(Conditioning::Text, false);
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let kv = (0..5 * m.0.text_channels).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let cond = SampleCondition::Text { kv, lens: vec![2, 3] };
+    let cond = SampleCondition::Text { kv, lens: vec![2, 3], negative: None };
     let o = SampleOptions::uniform(3.0, 1.0, 0.0, 1);
     let (cpu, gpu) = both(&m, &cond, &[(1, 1), (2, 2), (3, 3), (4, 4)], &o, true);
     let d2 = 2 * m.0.d;

@@ -126,7 +126,7 @@ fn cached_sampling_matches_the_training_forward() {
         let kv: Vec<f32> = noise(5 * cfg.text_channels, 4).iter().map(|&v| v as f32).collect();
         let cond = match conditioning {
             Conditioning::Class { .. } => SampleCondition::Class(vec![1, 4]),
-            Conditioning::Text => SampleCondition::Text { kv: kv.clone(), lens: vec![3, 2] },
+            Conditioning::Text => SampleCondition::Text { kv: kv.clone(), lens: vec![3, 2], negative: None },
         };
         let out = sample(&cfg, &lay, &p, &cond, &scales, &rope, &SampleOptions::uniform(1.0, 1.0, 0.0, 3)).unwrap();
         let x: Vec<f32> = out.x_wo_prefix.concat();
@@ -207,4 +207,42 @@ fn patchified_sampling_matches_the_training_inputs() {
     let acts = forward(&cfg, &lay, &p, &inp);
     let worst = infinity_kernels::compare::max_abs_diff(&acts.logits, &out.cond_logits.concat());
     assert!(worst < 1e-4, "sampler logits differ from the training forward by {worst}");
+}
+
+/// A negative prompt takes the unconditional rows: at cfg 0 (the unconditional logits alone) sampling
+/// with negative N draws the bits of sampling N itself without guidance. A negative prompt without
+/// guidance, or longer than `text_maxlen`, is refused.
+#[test]
+fn negative_prompts_replace_the_unconditional_rows() {
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = tiny(Conditioning::Text);
+    let lay = Layout::new(&cfg);
+    let p: Params<f32> = random_params(&lay, 11).cast();
+    let scales = [(1usize, 1usize), (2, 2), (3, 3)];
+    let rope = RopeTable::new(8, &scales, (3, 3));
+    let ct = cfg.text_channels;
+    let kv: Vec<f32> = noise(5 * ct, 5).iter().map(|&v| v as f32).collect();
+    let neg: Vec<f32> = noise(4 * ct, 6).iter().map(|&v| v as f32).collect();
+    let with_negative = SampleCondition::Text { kv, lens: vec![3, 2], negative: Some(neg.clone()) };
+    let o = |cfg_scale: f64| SampleOptions::uniform(cfg_scale, 0.8, 0.0, 7);
+    let guided = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &o(0.0)).unwrap();
+    let both_neg = [neg.clone(), neg.clone()].concat();
+    let plain = SampleCondition::Text { kv: both_neg, lens: vec![4, 4], negative: None };
+    let alone = sample(&cfg, &lay, &p, &plain, &scales, &rope, &o(1.0)).unwrap();
+    assert_eq!(guided.bits, alone.bits, "cfg 0 with a negative prompt samples the negative prompt");
+    // and it differs from cfg 0 without one (cfg_uncond's rows)
+    let SampleCondition::Text { kv, lens, .. } = with_negative.clone() else { unreachable!() };
+    let uncond = SampleCondition::Text { kv, lens, negative: None };
+    let dropped = sample(&cfg, &lay, &p, &uncond, &scales, &rope, &o(0.0)).unwrap();
+    assert_ne!(dropped.bits, guided.bits);
+
+    let err = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &o(1.0)).err().unwrap().to_string();
+    assert!(err.contains("negative prompt needs guidance"), "{err}");
+    let long = SampleCondition::Text {
+        kv: noise(5 * ct, 5).iter().map(|&v| v as f32).collect(),
+        lens: vec![3, 2],
+        negative: Some(vec![0.1; 7 * ct]),
+    };
+    let err = sample(&cfg, &lay, &p, &long, &scales, &rope, &o(3.0)).err().unwrap().to_string();
+    assert!(err.contains("negative prompt's 56 values are not [tokens ≤ 6, 8]"), "{err}");
 }

@@ -32,6 +32,13 @@ pub struct SampleArgs {
     /// Text features from your encoder: a safetensors file, one `[tokens, Ct]` tensor per caption.
     #[arg(long, value_name = "FILE", conflicts_with = "caption")]
     text_features: Option<PathBuf>,
+    /// A negative prompt (text models, with guidance): the unconditional rows take its features instead
+    /// of the learned `cfg_uncond`; embedded as `--caption` is.
+    #[arg(long, value_name = "TEXT")]
+    negative_caption: Option<String>,
+    /// A negative prompt's features from your encoder: a safetensors file of one `[tokens, Ct]` tensor.
+    #[arg(long, value_name = "FILE", conflicts_with = "negative_caption")]
+    negative_text_features: Option<PathBuf>,
     /// Samples per condition (one grid row per condition).
     #[arg(long, default_value_t = 4)]
     n: usize,
@@ -124,9 +131,12 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         let flat: Vec<u8> = s.tokenizer_bits.concat();
         // one metadata key (a JSON object): safetensors writes several in hash order, and the same seed
         // must give the same file
+        let negative =
+            a.negative_caption.clone().or(a.negative_text_features.as_ref().map(|f| f.display().to_string()));
         let about = serde_json::json!({
             "schedule": sched,
             "conditions": rows,
+            "negative_prompt": negative,
             "bit_order": "bits[i, l, c] is bit c of token l of sample i; 1 is the code +1/√d, 0 is −1/√d",
         });
         let meta: HashMap<String, String> = [("infinity_sample".to_string(), about.to_string())].into();
@@ -173,6 +183,10 @@ fn condition(
             } else {
                 a.class.clone()
             };
+            ensure!(
+                a.negative_caption.is_none() && a.negative_text_features.is_none(),
+                "negative prompts are for text-conditioned models; this one is class-conditioned"
+            );
             let ids = infer::resolve_classes(&specs, info)?;
             let rows = ids.iter().map(|&i| info.names.get(i).cloned().unwrap_or(i.to_string())).collect();
             Ok((SampleCondition::Class(ids).repeat(a.n, 0), rows))
@@ -202,7 +216,29 @@ fn condition(
                 }
                 None => bail!("a text-conditioned model needs --caption or --text-features"),
             };
-            Ok((SampleCondition::Text { kv, lens }.repeat(a.n, info.width as usize), rows))
+            let negative = match (&a.negative_caption, &a.negative_text_features) {
+                (Some(c), _) => {
+                    let (kv, lens) = infer::caption_features(std::slice::from_ref(c), info)?;
+                    ensure!(lens[0] <= text_maxlen, "--negative-caption {c:?}: more than {text_maxlen} tokens");
+                    Some(kv)
+                }
+                (None, Some(f)) => {
+                    let (kv, lens, _) = infer::text_features_file(f, model.text_channels, text_maxlen)?;
+                    ensure!(
+                        lens.len() == 1,
+                        "{}: one tensor for the negative prompt, found {}",
+                        f.display(),
+                        lens.len()
+                    );
+                    Some(kv)
+                }
+                (None, None) => None,
+            };
+            ensure!(
+                negative.is_none() || a.cfg.iter().any(|&g| g != 1.0),
+                "a negative prompt takes effect through guidance: give a --cfg other than 1"
+            );
+            Ok((SampleCondition::Text { kv, lens, negative }.repeat(a.n, info.width as usize), rows))
         }
     }
 }

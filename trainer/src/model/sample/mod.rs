@@ -67,10 +67,13 @@ impl SampleOptions {
 #[derive(Clone, Debug)]
 pub enum SampleCondition {
     Class(Vec<usize>),
-    /// Text features `[Σ lens, Ct]` and tokens per sample.
+    /// Text features `[Σ lens, Ct]` and tokens per sample; with guidance, the unconditional rows take
+    /// `negative`'s features `[tokens, Ct]` (a negative prompt, upstream's `negative_label_B_or_BLT`)
+    /// instead of `cfg_uncond[:len]`.
     Text {
         kv: Vec<f32>,
         lens: Vec<usize>,
+        negative: Option<Vec<f32>>,
     },
 }
 
@@ -81,7 +84,7 @@ impl SampleCondition {
             SampleCondition::Class(ids) => {
                 SampleCondition::Class(ids.iter().flat_map(|&i| std::iter::repeat_n(i, k)).collect())
             }
-            SampleCondition::Text { kv, lens } => {
+            SampleCondition::Text { kv, lens, negative } => {
                 let (mut kv_k, mut lens_k, mut at) = (Vec::new(), Vec::new(), 0);
                 for &len in &lens {
                     for _ in 0..k {
@@ -90,7 +93,7 @@ impl SampleCondition {
                     }
                     at += len;
                 }
-                SampleCondition::Text { kv: kv_k, lens: lens_k }
+                SampleCondition::Text { kv: kv_k, lens: lens_k, negative }
             }
         }
     }
@@ -126,31 +129,51 @@ enum RowsCondition {
 }
 
 impl GuidedRows {
-    /// An error when `cond` is not the model's kind of condition or its text features are not
-    /// `[Σ lens, Ct]`.
+    /// An error when `cond` is not the model's kind of condition, its text features are not
+    /// `[Σ lens, Ct]`, or it has a negative prompt without guidance or longer than `text_maxlen`.
     pub fn new(cfg: &ModelConfig, cond: &SampleCondition, o: &SampleOptions) -> Result<GuidedRows> {
         let guided = o.cfg.iter().any(|&g| g != 1.0);
-        let copies = 1 + guided as usize;
         let (b, cond) = match (cond, &cfg.conditioning) {
             (SampleCondition::Class(labels), Conditioning::Class { num_classes }) => {
                 let uncond = labels.iter().map(|_| *num_classes).take(if guided { labels.len() } else { 0 });
                 (labels.len(), RowsCondition::Class(labels.iter().copied().chain(uncond).collect()))
             }
-            (SampleCondition::Text { kv, lens }, Conditioning::Text) => {
-                let total: usize = lens.iter().sum();
+            (SampleCondition::Text { kv, lens, negative }, Conditioning::Text) => {
+                let (total, ct): (usize, _) = (lens.iter().sum(), cfg.text_channels);
                 anyhow::ensure!(
-                    kv.len() == total * cfg.text_channels,
-                    "sample: text features of {} values are not [{total}, {}]",
-                    kv.len(),
-                    cfg.text_channels
+                    kv.len() == total * ct,
+                    "sample: text features of {} values are not [{total}, {ct}]",
+                    kv.len()
                 );
+                let (b, mut kv_rows, mut lens_rows) = (lens.len(), kv.clone(), lens.clone());
+                let mut dropped = vec![false; b];
+                match (guided, negative) {
+                    (false, None) => {}
+                    (false, Some(_)) => anyhow::bail!("sample: a negative prompt needs guidance (a cfg other than 1)"),
+                    // the unconditional rows: each sample's features, replaced by cfg_uncond[:len]
+                    (true, None) => {
+                        kv_rows.extend_from_slice(kv);
+                        lens_rows.extend_from_slice(lens);
+                        dropped.resize(2 * b, true);
+                    }
+                    (true, Some(neg)) => {
+                        let n = neg.len() / ct;
+                        anyhow::ensure!(
+                            n > 0 && neg.len() == n * ct && n <= cfg.text_maxlen,
+                            "sample: the negative prompt's {} values are not [tokens ≤ {}, {ct}]",
+                            neg.len(),
+                            cfg.text_maxlen
+                        );
+                        (0..b).for_each(|_| kv_rows.extend_from_slice(neg));
+                        lens_rows.resize(2 * b, n);
+                        dropped.resize(2 * b, false);
+                    }
+                }
                 let mut cu = vec![0usize];
-                for &n in (0..copies).flat_map(|_| lens.iter()) {
+                for &n in &lens_rows {
                     cu.push(cu.last().unwrap() + n);
                 }
-                let kv = (0..copies).flat_map(|_| kv.iter().copied()).collect();
-                let dropped = (0..copies * lens.len()).map(|i| i >= lens.len()).collect();
-                (lens.len(), RowsCondition::Text { kv, cu, dropped })
+                (b, RowsCondition::Text { kv: kv_rows, cu, dropped })
             }
             _ => anyhow::bail!("sample: the condition does not match the model's conditioning"),
         };
