@@ -45,7 +45,7 @@ fn both(
     let scales = mc.token_scales(tokenizer);
     let rope = RopeTable::new(mc.head_dim(), &scales, *scales.last().unwrap());
     let cpu = sample(mc, lay, p, cond, tokenizer, &rope, o).unwrap();
-    let mut m = GpuModel::new(mc, lay, 0, bf16).unwrap();
+    let mut m = GpuModel::for_sampling(mc, lay, 0, bf16).unwrap();
     m.upload_params(p).unwrap();
     let gpu = m.sample(cond, tokenizer, &rope, o).unwrap();
     let again = m.sample(cond, tokenizer, &rope, o).unwrap();

@@ -16,7 +16,7 @@ use crate::infer;
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint;
-use crate::train::compute::Compute;
+use crate::train::compute::{Compute, DeviceRequest};
 use crate::train::config::{DeviceChoice, Precision};
 
 #[derive(Args, Debug)]
@@ -109,7 +109,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed };
     opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
-    let mut compute = Compute::open_as(("--device", a.device), bf16, false, &ck.model, &lay)?;
+    let want = DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false };
+    let mut compute = Compute::open_as(&want, &ck.model, &lay)?;
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, compute.sampler(&ck.params)?, &cond, sched, &opts)?;
     console!(

@@ -173,6 +173,8 @@ pub struct GpuModel {
     /// whether this step's gradients were (until [`GpuModel::zero_grads`]).
     buckets: Option<GradBuckets>,
     grads_reduced: bool,
+    /// Whether `grads` holds the gradients ([`GpuModel::new`]); false for [`GpuModel::for_sampling`].
+    trains: bool,
 }
 
 /// What a step does besides the forward and loss.
@@ -199,6 +201,16 @@ impl GpuModel {
     /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded). `bf16`:
     /// the matmuls take bf16 inputs (f32 accumulation and outputs; f32 master weights and activations).
     pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
+        GpuModel::open(cfg, lay, ordinal, bf16, true)
+    }
+
+    /// [`GpuModel::new`] for sampling and forward passes only: no gradient buffers (an 8B model's
+    /// 32 GB of f32 gradients would not leave its parameters room on an 80 GB GPU).
+    pub fn for_sampling(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
+        GpuModel::open(cfg, lay, ordinal, bf16, false)
+    }
+
+    fn open(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool, trains: bool) -> Result<GpuModel> {
         use infinity_kernels::cuda::{attention::MAX_HEAD_DIM, head_ce::MAX_BITS};
         let pool_dim = if cfg.has_cross_attention() { cfg.embed_dim / cfg.pool_heads() } else { 0 };
         anyhow::ensure!(
@@ -218,7 +230,7 @@ impl GpuModel {
         let params = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
         let params16 =
             if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel).map_err(CudaError::from)?) } else { None };
-        let grads = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
+        let grads = dev.stream.alloc_zeros::<f32>(if trains { lay.numel } else { 1 }).map_err(CudaError::from)?;
         Ok(GpuModel {
             dev,
             gemm,
@@ -235,6 +247,7 @@ impl GpuModel {
             optim: None,
             buckets: None,
             grads_reduced: false,
+            trains,
         })
     }
 
@@ -336,6 +349,10 @@ impl GpuModel {
     }
 
     fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: Grad) -> Result<BitwiseCe> {
+        anyhow::ensure!(
+            self.trains || matches!(grad, Grad::No),
+            "a model opened for sampling has no gradient buffers (GpuModel::new trains)"
+        );
         let key = inp.scales.to_vec();
         if self.ropes.get(&key).is_none_or(|(host, _)| host != inp.rope) {
             let table = DeviceRope::new(&self.dev, inp.rope)?;

@@ -47,6 +47,7 @@ impl GpuModel {
     /// With a shard, the flat parameters and gradients are padded to `world` equal parts (NCCL moves
     /// equal parts) and lose their values: upload the parameters after this.
     pub fn attach_optimizer(&mut self, opt: &AdamW, world: usize) -> Result<()> {
+        anyhow::ensure!(self.trains, "a model opened for sampling takes no optimizer");
         let numel = self.lay.numel;
         let part = numel.div_ceil(world);
         let sharded = world > 1;

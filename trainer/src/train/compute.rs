@@ -13,6 +13,18 @@ use crate::infer::Sampler;
 use crate::model::{backward, forward_into, Acts, Layout, ModelConfig, ModelInput, Params};
 use crate::optim::{AdamW, Ema};
 
+/// Which device to open, as a setting (`setting`: the config key or flag that chose it) asks.
+pub struct DeviceRequest<'s> {
+    pub setting: &'s str,
+    pub device: DeviceChoice,
+    /// bf16 matmuls on a GPU.
+    pub bf16: bool,
+    /// Recompute blocks in the backward.
+    pub recompute: bool,
+    /// Whether the model trains (gradient buffers on a GPU) or only samples.
+    pub trains: bool,
+}
+
 pub enum Compute {
     Cpu,
     #[cfg(feature = "cuda")]
@@ -28,18 +40,14 @@ impl Compute {
     /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
     pub fn open(run: &RunConfig, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
         let bf16 = run.precision == Precision::Bf16;
-        Compute::open_as(("run.device", run.device), bf16, run.recompute, mc, lay)
+        let want =
+            DeviceRequest { setting: "run.device", device: run.device, bf16, recompute: run.recompute, trains: true };
+        Compute::open_as(&want, mc, lay)
     }
 
-    /// [`Compute::open`] for a `device` choice made by `setting` (a config key or a flag), with bf16
-    /// matmuls when `bf16`.
-    pub fn open_as(
-        (setting, device): (&str, DeviceChoice),
-        _bf16: bool,
-        _recompute: bool,
-        _mc: &ModelConfig,
-        _lay: &Layout,
-    ) -> Result<Compute> {
+    /// [`Compute::open`] for a device chosen by `want.setting` (a config key or a flag).
+    pub fn open_as(want: &DeviceRequest, _mc: &ModelConfig, _lay: &Layout) -> Result<Compute> {
+        let (setting, device) = (want.setting, want.device);
         match (device, gpu_ordinal()?) {
             (DeviceChoice::Cpu, _) => Ok(Compute::Cpu),
             (DeviceChoice::Auto, None) => {
@@ -52,8 +60,12 @@ impl Compute {
             }
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
-                let (bf16, recompute) = (_bf16, _recompute);
-                let mut m = match crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16) {
+                let (bf16, recompute) = (want.bf16, want.recompute);
+                let opened = match want.trains {
+                    true => crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16),
+                    false => crate::gpu::GpuModel::for_sampling(_mc, _lay, ordinal, bf16),
+                };
+                let mut m = match opened {
                     Ok(m) => m,
                     // a GPU that cannot run this configuration is, for `auto`, no GPU
                     Err(e) if device == DeviceChoice::Auto && gpu_unsupported(&e) => {
@@ -61,8 +73,16 @@ impl Compute {
                         return Ok(Compute::Cpu);
                     }
                     Err(e) => {
-                        let advice = "the parameters, their gradients and AdamW's moments need a GPU with more \
-                                      memory, or a smaller model";
+                        let advice = match want.trains {
+                            true => {
+                                "the parameters, their gradients and AdamW's moments need a GPU with more \
+                                     memory, or a smaller model"
+                            }
+                            false => {
+                                "the parameters (f32, and a bf16 copy with bf16 matmuls) need a GPU with more \
+                                      memory, or --device cpu"
+                            }
+                        };
                         return Err(out_of_memory_context(e, advice));
                     }
                 };
