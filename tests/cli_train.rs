@@ -381,6 +381,10 @@ fn check_reports_a_run_without_starting_it() {
     let (e, code) = check("1.0", "run.device=auto");
     assert!(e.contains("Micro-batches: none fits") && code == 2, "{code}: {e}");
     assert!(check("80", "run.device=cpu").0.contains("but run.device = \"cpu\""));
+    // sizing a CUDA run takes any build (a login node's); it says what this one would do
+    let c = TrainConfig::load(&cfg, &["run.device=cuda".to_string()]).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None, Some(80 << 30)).unwrap().join("\n");
+    assert!(lines.contains("device: cuda (f32), checked against a GPU of 80.00 GiB"), "{lines}");
     assert!(check("0", "run.device=auto").0.contains("--gpu-gib 0: expected a size in GiB"));
     // validation data whose class ids name other classes
     let val = tmp.path().join("val");
@@ -403,7 +407,8 @@ fn check_reports_a_run_without_starting_it() {
     // saved position this config can continue
     let (e, code) =
         fails(&["train", path_str(&cfg), "--check", "--set", "data.global_batch=96", "--set", "data.micro_batch=96"]);
-    assert!(e.contains("no bucket has a full global batch of 96 rows") && code == 65, "{code}: {e}");
+    // (a configuration error, exit 2: the data are fine)
+    assert!(e.contains("no bucket has a full global batch of 96 rows") && code == 2, "{code}: {e}");
     assert!(infinity(&["train", path_str(&cfg)]));
     let c = TrainConfig::load(&cfg, &["optim.lr=2e-3".into()]).unwrap();
     let lines =
@@ -418,8 +423,14 @@ fn check_reports_a_run_without_starting_it() {
     let c = TrainConfig::load(&cfg, &[]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, Some(&ckpt), None).unwrap();
     assert!(lines.iter().any(|l| l.contains("model.drop_path_rate (resolved): 0.1 → 0")), "{lines:?}");
-    let (e, _) = fails(&["train", path_str(&cfg), "--check", "--resume", "auto", "--set", "run.seed=5"]);
-    assert!(e.contains("cannot resume") && e.contains("seed"), "{e}");
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", "auto", "--set", "run.seed=5"]);
+    assert!(
+        e.contains("cannot resume the data stream") && e.contains("run.seed 3, this run has 5") && code == 2,
+        "{code}: {e}"
+    );
+    let (e, code) =
+        fails(&["train", path_str(&cfg), "--resume", "auto", "--set", "data.global_batch=8", "--set", "run.steps=3"]);
+    assert!(e.contains("the saved position has data.global_batch 4, this run has 8") && code == 2, "{code}: {e}");
 }
 
 /// `infinity model coord-check` prints both parametrizations' tables.

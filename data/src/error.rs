@@ -64,4 +64,10 @@ impl DataError {
     pub fn is_permanent(&self) -> bool {
         !matches!(self, DataError::Io { .. } | DataError::Loader(_))
     }
+
+    /// Whether the data themselves are wrong (a permanent error other than a configuration's, such as
+    /// a batch no bucket can fill or a saved position another seed cannot continue).
+    pub fn is_bad_data(&self) -> bool {
+        self.is_permanent() && !matches!(self, DataError::Config(_))
+    }
 }

@@ -167,6 +167,15 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     }
     let mut again = cfg.clone();
     (again.run.steps, again.checkpoint.every, again.checkpoint.keep_last) = (5, 1, 2);
+    // sample grids of both histories (the later one's go with its checkpoints); `--check` says so
+    std::fs::create_dir_all(cfg.run.dir.join("samples")).unwrap();
+    for step in [2, 6] {
+        std::fs::write(cfg.run.dir.join(format!("samples/step-{step:08}.png")), b"png").unwrap();
+    }
+    let lines = infinity_trainer::train::check::check(&again, 1, Some(&step3), None).unwrap();
+    let want = "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
+                would move to";
+    assert!(lines.iter().any(|l| l.starts_with(want)), "{lines:?}");
     let s = train(&again, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();
     let names = |dir: PathBuf| -> Vec<String> {
         let mut v: Vec<String> =
@@ -175,7 +184,9 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         v
     };
     assert_eq!(names(cfg.run.dir.join("checkpoints")), ["step-00000004", "step-00000005"]);
-    assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003")), ["step-00000006"]);
+    assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003")), ["samples", "step-00000006"]);
+    assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003/samples")), ["step-00000006.png"]);
+    assert_eq!(names(cfg.run.dir.join("samples")), ["step-00000002.png"]);
     let latest = latest_checkpoint(&cfg.run.dir).unwrap();
     assert!(latest.ends_with("step-00000005") && s.last_checkpoint.as_ref() == Some(&latest), "{latest:?} {s:?}");
     let metrics = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();

@@ -71,6 +71,29 @@ pub struct LoaderState {
     pub dataset: String,
 }
 
+impl LoaderState {
+    /// An error unless a loader of `seed`, `global_batch` and the dataset of `manifest` continues this
+    /// position: each of them fixes the order of the samples (a configuration error, not bad data).
+    pub fn continues_with(&self, manifest: &crate::Manifest, seed: u64, global_batch: usize) -> Result<()> {
+        let mismatch = |what: &str, saved: String, now: String| {
+            Err(DataError::Config(format!(
+                "cannot resume the data stream: the saved position has {what} {saved}, this run has {now} \
+                 (it fixes the order of the samples: resume with the saved value, or start a new run)"
+            )))
+        };
+        if !manifest.fingerprint_matches(&self.dataset) {
+            return mismatch("the dataset fingerprint", self.dataset.clone(), manifest.fingerprint());
+        }
+        if self.global_batch != global_batch {
+            return mismatch("data.global_batch", self.global_batch.to_string(), global_batch.to_string());
+        }
+        if self.seed != seed {
+            return mismatch("run.seed", self.seed.to_string(), seed.to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
 struct Plans {
     rows_by_bucket: Vec<Vec<u64>>,
@@ -157,21 +180,8 @@ impl Loader {
         let state = match resume {
             None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset: fingerprint },
             Some(mut s) => {
-                let mismatch = |what: &str, saved: String, now: String| {
-                    Err(DataError::Config(format!(
-                        "loader: cannot resume: the saved position has {what} {saved}, this run has {now}"
-                    )))
-                };
-                if !ds.manifest.fingerprint_matches(&s.dataset) {
-                    return mismatch("dataset fingerprint", s.dataset, fingerprint);
-                }
+                s.continues_with(&ds.manifest, opts.seed, g)?;
                 s.dataset = fingerprint; // (an earlier build's form, from now on this one's)
-                if s.global_batch != g {
-                    return mismatch("global batch", s.global_batch.to_string(), g.to_string());
-                }
-                if s.seed != opts.seed {
-                    return mismatch("seed", s.seed.to_string(), opts.seed.to_string());
-                }
                 s
             }
         };

@@ -94,7 +94,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_COMM_TIMEOUT as u8));
             }
             let bad_data = |e: &anyhow::Error| {
-                e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_permanent))
+                e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_bad_data))
             };
             // found before the first step: a restart would find it again
             if let Some(u) = e.chain().find_map(|c| c.downcast_ref::<train::Unrecoverable>()) {

@@ -69,25 +69,33 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             let e = anyhow::anyhow!("a GPU of {} to check against, but run.device = \"cpu\"", gib(bytes));
             return Err(unrecoverable(e));
         }
-        Some(_) if cfg.run.device == DeviceChoice::Cuda && !cfg!(feature = "cuda") => {
-            let e = anyhow::anyhow!(
-                "run.device = \"cuda\" but this build has no CUDA support (build with --features cuda)"
-            );
-            return Err(unrecoverable(e));
+        Some(bytes) => {
+            // (sizing a GPU run on a login node may take any build; it says what this one would do)
+            let here = match (cfg!(feature = "cuda"), cfg.run.device) {
+                (true, _) => "",
+                (false, DeviceChoice::Cuda) => "; this build has no CUDA support and cannot train it (--features cuda)",
+                (false, _) => "; this build has no CUDA support: run.device = \"auto\" would train on the CPU with it",
+            };
+            format!(
+                "device: {} ({}), checked against a GPU of {} (this machine's devices not opened){here}",
+                cfg.run.device,
+                cfg.run.precision,
+                gib(bytes)
+            )
         }
-        Some(bytes) => format!(
-            "device: {} ({}), checked against a GPU of {} (this machine's devices not opened)",
-            cfg.run.device,
-            cfg.run.precision,
-            gib(bytes)
-        ),
         None => {
             let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
             gpu = device.gpu_total_memory();
+            let on_gpu = device.gpu_name().is_some();
             let note = device.precision_note(&cfg.run).map(|n| format!("; {n}")).unwrap_or_default();
             let (_, peak) = mfu::resolve_peak(cfg.run.peak_tflops, device.gpu_name(), cfg.run.precision);
             let peak = peak.map(|p| format!("; {p}")).unwrap_or_default();
-            format!("device: {} ({}){note}{peak}", cfg.run.device, cfg.run.precision)
+            match (on_gpu, cfg.run.device) {
+                (false, DeviceChoice::Auto) => {
+                    format!("device: cpu (run.device = \"auto\" and no GPU here: the GPU estimate below is for a GPU run; --gpu-gib G checks one){note}")
+                }
+                _ => format!("device: {} ({}){note}{peak}", cfg.run.device, cfg.run.precision),
+            }
         }
     };
     let (micro_batch, chosen) = gpu_fit::resolve_micro_batch(cfg, (&mc, &lay), m, world, gpu)?;
@@ -138,7 +146,17 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             .with_context(|| format!("resuming from {}", dir.display()))
             .map_err(unrecoverable)?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
-        let config_toml = toml::to_string(cfg).context("serialising the config")?;
+        let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);
+        if !later.is_empty() || !grids.is_empty() {
+            let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
+            out.push(format!(
+                "resume: a new history from step {}: the run's {} would move to {}",
+                state.step,
+                checkpoint::describe_later(state.step, &steps, grids.len()),
+                cfg.run.dir.join("abandoned").display()
+            ));
+        }
+        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
         let changes = rundir::resume_changes(dir, &config_toml, &mc)?;
         if !changes.is_empty() {
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
@@ -157,6 +175,6 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     // the loader's own checks, as the run's first step makes them: a bucket that holds a global batch,
     // a saved position this config can continue (the same seed, batch and dataset)
     let lo = LoaderOptions { workers: 0, ..loader_options(cfg, 0, world) };
-    Loader::new(Arc::new(ds), lo, position)?;
+    Loader::new(Arc::new(ds), lo, position).map_err(|e| super::unrecoverable(e.into()))?;
     Ok(out)
 }

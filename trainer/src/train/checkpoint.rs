@@ -143,25 +143,68 @@ pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
     step_folders(run).into_iter().filter(|(_, dir)| dir.join(DONE).is_file()).collect()
 }
 
+/// Files of a run folder by step.
+pub type StepFiles = Vec<(u64, PathBuf)>;
+
+/// What of a run folder's history comes after `step`: its checkpoints (complete or not) and sample
+/// grids (`samples/step-N.png`), each with its step.
+pub fn later_than(run: &Path, step: u64) -> (StepFiles, StepFiles) {
+    let checkpoints = step_folders(run).into_iter().filter(|(s, _)| *s > step).collect();
+    let mut grids: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("samples"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some((name.strip_prefix("step-")?.strip_suffix(".png")?.parse().ok()?, e.path()))
+                })
+                .filter(|(s, _)| *s > step)
+                .collect()
+        })
+        .unwrap_or_default();
+    grids.sort();
+    (checkpoints, grids)
+}
+
+/// "checkpoints after step N (steps [..]) and K sample grids": what [`later_than`] found, in words.
+pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
+    let ckpts = (!checkpoints.is_empty()).then(|| format!("checkpoints after step {step} (steps {checkpoints:?})"));
+    let grids = match grids {
+        0 => None,
+        1 => Some("1 sample grid".to_string()),
+        n => Some(format!("{n} sample grids")),
+    };
+    match (ckpts, grids) {
+        (Some(c), Some(g)) => format!("{c} and {g}"),
+        (Some(c), None) => c,
+        (None, Some(g)) => format!("{g} after step {step}"),
+        (None, None) => "nothing after step {step}".replace("{step}", &step.to_string()),
+    }
+}
+
 /// Resuming at `step` starts a new history from there: the run's checkpoints after it (complete or
 /// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
 /// and pruning all go by the highest step. They are moved, not deleted, into
-/// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken). Returns that folder and the steps moved (none: `None`).
-pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, Vec<u64>)>> {
-    let later: Vec<(u64, PathBuf)> = step_folders(run).into_iter().filter(|(s, _)| *s > step).collect();
-    if later.is_empty() {
+/// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken), with the sample grids
+/// drawn after `step` (in `samples/` there). Returns that folder and what moved, in words (nothing:
+/// `None`).
+pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
+    let (later, grids) = later_than(run, step);
+    if later.is_empty() && grids.is_empty() {
         return Ok(None);
     }
     let base = run.join("abandoned").join(format!("after-step-{step:08}"));
     let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
     let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
-    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
-    for (_, dir) in &later {
-        let to = dest.join(dir.file_name().expect("a step folder has a name"));
-        std::fs::rename(dir, &to).with_context(|| format!("moving {} to {}", dir.display(), to.display()))?;
+    let moves =
+        later.iter().map(|(_, dir)| (dir, dest.clone())).chain(grids.iter().map(|(_, f)| (f, dest.join("samples"))));
+    for (from, to_dir) in moves {
+        std::fs::create_dir_all(&to_dir).with_context(|| format!("creating {}", to_dir.display()))?;
+        let to = to_dir.join(from.file_name().expect("a step folder or grid has a name"));
+        std::fs::rename(from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
     }
     sync_dir(&run.join("checkpoints"));
-    Ok(Some((dest, later.into_iter().map(|(s, _)| s).collect())))
+    let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
+    Ok(Some((dest, describe_later(step, &steps, grids.len()))))
 }
 
 /// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`.

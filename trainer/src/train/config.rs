@@ -378,6 +378,18 @@ impl Default for SampleSection {
 }
 
 impl TrainConfig {
+    /// The config with its paths made absolute (from the working directory), as the run folder and its
+    /// checkpoints record it: sampling, export and a resume started from another folder find the same
+    /// files.
+    pub fn with_absolute_paths(&self) -> TrainConfig {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let mut c = self.clone();
+        (c.run.dir, c.data.dir) = (abs(&c.run.dir), abs(&c.data.dir));
+        c.val.dir = c.val.dir.as_ref().map(abs);
+        c.model.init_from = c.model.init_from.as_ref().map(abs);
+        c
+    }
+
     /// Checks that need no data: everything else is checked against the dataset in `model_config`.
     pub fn validate(&self) -> Result<()> {
         let d = &self.data;

@@ -94,7 +94,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some())?;
     joined.store(true, std::sync::atomic::Ordering::Relaxed);
     // the first collective: every later one assumes the ranks train one config
-    let config_toml = toml::to_string(cfg).context("serialising the config")?;
+    // (paths absolute: the run folder records where its data are, wherever it is read from)
+    let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
     let val_fingerprint = cfg.val.dir.as_ref().map(|d| match infinity_data::Manifest::load(d) {
         Ok(v) => v.fingerprint(),
         Err(_) => "unreadable".into(), // named by the validator below
@@ -160,7 +161,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     let (mut params, mut opt, mut state) =
-        starting_state(cfg, opts.resume.as_deref(), (&mc, &lay), &config_toml, leader)?;
+        starting_state(cfg, opts.resume.as_deref(), (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
     dist.agree_on_step(state.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
         // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps
@@ -230,12 +231,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // checkpoints as they were
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
-        if let Some((dir, steps)) = checkpoint::set_aside_later(run, st.step)? {
+        if let Some((dir, what)) = checkpoint::set_aside_later(run, st.step)? {
             tracing::warn!(
-                "resuming at step {} where this run folder has checkpoints up to step {}: those after step {} \
-                 (steps {steps:?}) are of the history this run replaces; moved to {}",
-                st.step,
-                steps.last().expect("set aside only when some are later"),
+                "resuming at step {} where this run folder has {what}: they are of the history this run \
+                 replaces; moved to {}",
                 st.step,
                 dir.display()
             );

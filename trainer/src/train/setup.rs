@@ -232,11 +232,16 @@ pub(crate) fn starting_state(
     resume: Option<&Path>,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
-    leader: bool,
+    (manifest, leader): (&Manifest, bool),
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match resume {
         Some(dir) => {
             let (p, o, s) = checkpoint::load(dir, mc, lay, &cfg.optim.adamw)
+                .and_then(|(p, o, s)| {
+                    // (the loader checks it again; here before the run says it resumed)
+                    s.loader.continues_with(manifest, cfg.run.seed, cfg.data.global_batch)?;
+                    Ok((p, o, s))
+                })
                 .with_context(|| format!("resuming from {}", dir.display()))
                 .map_err(unrecoverable)?;
             console!("resumed from {} at step {}", dir.display(), s.step);
