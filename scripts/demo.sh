@@ -3,7 +3,8 @@
 # the tiny class-conditioned demo model on it, and sample a grid of the classes it learned.
 #   runs/demo-data/        the dataset (20,000 synthetic shapes, Arrow shards + manifest)
 #   runs/demo/             the run: metrics.jsonl, tb/ (tensorboard --logdir runs/demo/tb), checkpoints/
-#   runs/demo/grid.png     one row per class: shapes and colours follow the condition
+#   runs/demo/grid.png     a row for each of six classes: the colours follow the condition (the shapes
+#                          not yet at this size and length)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }

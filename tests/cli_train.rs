@@ -322,7 +322,9 @@ fn check_reports_a_run_without_starting_it() {
     assert!(!run.exists(), "--check wrote {}", run.display());
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", path_str(&tmp.path().join("nowhere"))]);
     assert!(e.contains("no such checkpoint or run folder") && code == 2, "{code}: {e}");
-    assert!(err(&["train", path_str(&cfg), "--check", "--world", "0"]).contains("0 is not in 1.."));
+    assert!(
+        err(&["train", path_str(&cfg), "--check", "--world", "0"]).contains("expected a whole number ≥ 1, found `0`")
+    );
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
     assert!(e.contains("must split into 3 ranks"), "{e}");
     assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");
@@ -415,6 +417,12 @@ fn check_reports_a_run_without_starting_it() {
         infinity_trainer::train::check::check(&c, 1, Some(&run.join("checkpoints/step-00000002")), None).unwrap();
     let want = "resume: settings that differ from the checkpoint's: optim.lr: 0.001 → 0.002";
     assert!(lines.iter().any(|l| l == want), "{lines:?}");
+    // a longer run: its schedule is another one from here
+    let c = TrainConfig::load(&cfg, &["run.steps=4".into()]).unwrap();
+    let lines =
+        infinity_trainer::train::check::check(&c, 1, Some(&run.join("checkpoints/step-00000002")), None).unwrap();
+    let want = "run.steps: 2 → 4 (the learning-rate schedule is recomputed for the new length from this step)";
+    assert!(lines.iter().any(|l| l.ends_with(want)), "{lines:?}");
     // the drop-path rate an unset key takes from the preset, against the checkpoint's model's
     let ckpt = run.join("checkpoints/step-00000002");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("model.json")).unwrap()).unwrap();

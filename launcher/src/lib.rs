@@ -43,8 +43,13 @@ pub fn write_whole(w: &mut impl std::io::Write, args: std::fmt::Arguments, line:
 
 /// A count a command line takes that must be at least 1 (ranks, iterations, a batch, a world size), for
 /// clap's `value_parser`.
-pub fn positive() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+pub fn positive() -> impl clap::builder::TypedValueParser<Value = usize> {
+    use clap::builder::TypedValueParser;
+    // (clap's ranged parser says "0 is not in 1..18446744073709551615")
+    clap::builder::StringValueParser::new().try_map(|s| match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a whole number ≥ 1, found `{s}`")),
+    })
 }
 
 pub mod agent;

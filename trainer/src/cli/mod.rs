@@ -97,6 +97,15 @@ impl std::error::Error for Permanent {}
 
 pub(crate) use infinity_launcher::positive;
 
+/// `n` and the noun, `s`-plural unless `n` is 1 ("1 image", "4 images").
+pub(crate) fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION` or `EXIT_BAD_DATA` for a
 /// `Permanent` one, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {

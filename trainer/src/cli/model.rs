@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use infinity_data::Catalog;
 
@@ -172,6 +172,15 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             console_text!("{}", memory_table(&c, lay.numel, &sched, &a));
         }
         ModelCommand::Bench(a) => {
+            let cuda = a.device == "cuda";
+            if cuda && !cfg!(feature = "cuda") {
+                bail!("--device cuda needs a build with the `cuda` feature (cargo build --release --features cuda)");
+            }
+            let gpu_only = [("--bf16", a.bf16), ("--recompute", a.recompute), ("--profile", a.profile)];
+            let ignored: Vec<&str> = gpu_only.iter().filter(|f| f.1 && !cuda).map(|f| f.0).collect();
+            if !ignored.is_empty() {
+                console_err!("note: {} apply to --device cuda only; the CPU model runs f32", ignored.join(", "));
+            }
             let (config, label) = config(&a.shape)?;
             let o = BenchOptions {
                 config,
@@ -182,7 +191,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 text_tokens: a.shape.text_tokens,
                 steps: a.steps,
                 python: a.python,
-                cuda: a.device == "cuda",
+                cuda,
                 peak_tflops: a.peak_tflops,
                 recompute: a.recompute,
                 bf16: a.bf16,
@@ -200,10 +209,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 /// GPU memory per rank of a training step at each precision, with and without recomputation.
 fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
     use crate::model::memory::{device_memory, gib, gib_to_bytes, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
-    let (b, l, t) = (a.batch, sched.num_tokens(), a.shape.text_tokens);
+    let (b, l) = (a.batch, sched.num_tokens());
+    let t = if c.has_cross_attention() { a.shape.text_tokens } else { 0 };
+    let text = if t > 0 { format!(", {t} text tokens per sample") } else { String::new() };
     let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
     let mut out = format!(
-        "\nGPU memory per rank of a training step (micro-batch {b} × {l} tokens, {t} text tokens per sample; \
+        "\nGPU memory per rank of a training step (micro-batch {b} × {l} tokens{text}; \
          AdamW on the GPU{zero1}; the CUDA context and libraries add some 0.5–1 GiB, and the largest \
          micro-batch leaves them 1 GiB):\n\n"
     );
@@ -214,7 +225,7 @@ fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSched
         let step = GpuStep {
             micro_batch: b,
             tokens: l,
-            text_tokens: if c.has_cross_attention() { t } else { 0 },
+            text_tokens: t,
             latent_hw: *sched.hw().last().expect("a schedule has scales"),
             bf16,
             recompute,

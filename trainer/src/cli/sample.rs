@@ -12,6 +12,7 @@ use infinity_data::Manifest;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
+use super::plural;
 use crate::infer;
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
@@ -89,6 +90,12 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         a.cfg
     );
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
+    // the output folders first: a missing one fails before the sampling, not after
+    for path in std::iter::once(&a.out).chain(&a.bits) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
     let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
     let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let m = Manifest::load(&data_dir)
@@ -111,16 +118,20 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
     let want = DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false };
     let mut compute = Compute::open_as(&want, &ck.model, &lay)?;
+    if bf16 && compute.gpu_name().is_none() {
+        console!("precision: f32 (bf16 is the GPU's arithmetic; the CPU model computes in f32)");
+    }
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, compute.sampler(&ck.params)?, &cond, sched, &opts)?;
     console!(
-        "sampled {} images ({} per condition) on the {} schedule ({} scales, {} tokens) from {} (step {}) in {:.1} s",
-        s.bits.len(),
+        "sampled {} ({} per condition) on the {} schedule ({} scales, {} tokens) from {}{} (step {}) in {:.1} s",
+        plural(s.bits.len(), "image"),
         a.n,
         sched.h_div_w_template,
         sched.scales.len(),
         infinity_kernels::bsq::num_tokens(&ck.model.token_scales(&sched.hw())),
         ck.dir.display(),
+        if a.ema { "'s moving average" } else { "" },
         ck.step,
         t0.elapsed().as_secs_f64()
     );

@@ -47,17 +47,20 @@ impl Compute {
 
     /// [`Compute::open`] for a device chosen by `want.setting` (a config key or a flag).
     pub fn open_as(want: &DeviceRequest, _mc: &ModelConfig, _lay: &Layout) -> Result<Compute> {
-        let (setting, device) = (want.setting, want.device);
+        let device = want.device;
+        // `run.device = "auto"` for a config key, `--device auto` for a flag
+        let setting = match want.setting.starts_with("--") {
+            true => format!("{} {device}", want.setting),
+            false => format!("{} = \"{device}\"", want.setting),
+        };
         match (device, gpu_ordinal()?) {
             (DeviceChoice::Cpu, _) => Ok(Compute::Cpu),
             (DeviceChoice::Auto, None) => {
-                console!("device: cpu ({setting} = \"auto\": {})", why_no_gpu());
+                console!("device: cpu ({setting}: {})", why_no_gpu());
                 Ok(Compute::Cpu)
             }
             // no restart finds a GPU this build or machine does not have
-            (DeviceChoice::Cuda, None) => {
-                Err(super::unrecoverable(anyhow::anyhow!("{setting} = \"cuda\" but {}", why_no_gpu())))
-            }
+            (DeviceChoice::Cuda, None) => Err(super::unrecoverable(anyhow::anyhow!("{setting} but {}", why_no_gpu()))),
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
                 let (bf16, recompute) = (want.bf16, want.recompute);
@@ -69,7 +72,7 @@ impl Compute {
                     Ok(m) => m,
                     // a GPU that cannot run this configuration is, for `auto`, no GPU
                     Err(e) if device == DeviceChoice::Auto && gpu_unsupported(&e) => {
-                        console!("device: cpu ({setting} = \"auto\": cuda:{ordinal} cannot run it: {e:#})");
+                        console!("device: cpu ({setting}: cuda:{ordinal} cannot run it: {e:#})");
                         return Ok(Compute::Cpu);
                     }
                     Err(e) => {

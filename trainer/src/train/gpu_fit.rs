@@ -77,7 +77,13 @@ pub fn fits(mc: &ModelConfig, lay: &Layout, step: &GpuStep, total: u64, margin: 
     let usable = total.saturating_sub(margin);
     let most = largest_micro_batch(mc, lay.numel, step, usable, 1 << 16);
     if let Some(most) = most.filter(|&b| b >= step.micro_batch) {
-        return Ok(format!("{line}; the GPU has {} (micro-batches up to {most} fit)", gib(total)));
+        // (the search stops at 65536 samples: a bound, not a size)
+        let most = if most >= 1 << 16 {
+            "any micro-batch fits".to_string()
+        } else {
+            format!("micro-batches up to {most} fit")
+        };
+        return Ok(format!("{line}; the GPU has {} ({most})", gib(total)));
     }
     let recomputed = largest_micro_batch(mc, lay.numel, &GpuStep { recompute: true, ..step.clone() }, usable, 1 << 16);
     let fit = |b: Option<usize>| b.map_or("none fits".to_string(), |b| format!("up to {b} fit"));

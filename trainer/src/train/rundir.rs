@@ -75,6 +75,11 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     };
     let model: Option<serde_json::Value> =
         std::fs::read_to_string(ckpt.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    // the learning-rate schedule spans run.steps: the rate moves at once to where the new length puts
+    // the step (a longer run jumps back up the cosine)
+    for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
+        c.push_str(" (the learning-rate schedule is recomputed for the new length from this step)");
+    }
     if let Some(m) = model {
         let before = m.get("drop_path_rate").and_then(|v| v.as_f64()).unwrap_or(0.0);
         if before != mc.drop_path_rate && !changes.iter().any(|c| c.starts_with("model.drop_path_rate:")) {
