@@ -314,7 +314,7 @@ fn check_reports_a_run_without_starting_it() {
     let (tmp, _data, run, cfg) = class_run();
     let c = TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
-    for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
+    for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     assert!(lines.contains("start: a fresh initialisation") && lines.contains("GB of weights"), "{lines}");
@@ -362,7 +362,7 @@ fn check_reports_a_run_without_starting_it() {
     // data.micro_batch = "auto" without a GPU: a rank's share of the global batch, in one micro-step
     let c = TrainConfig::load(&cfg, &["data.micro_batch=auto".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
-    for want in ["data.micro_batch = auto: 2, a rank's share", "4 samples per step = 2 ranks × 1 micro-steps × 2"] {
+    for want in ["data.micro_batch = auto: 2, a rank's share", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     // a GPU run checked on a machine without one, against the GPU it will get (--gpu-gib)

@@ -235,7 +235,7 @@ fn micro_batch_auto_takes_the_most_the_gpu_holds() {
     assert!((4..40).contains(&most), "{line}");
     assert_eq!(micro, (1..=most).rev().find(|b| 40 % b == 0).unwrap(), "{line}");
     assert!(
-        stdout.contains(&format!("40 samples per step = 1 ranks × {} micro-steps × {micro};", 40 / micro)),
+        stdout.contains(&format!("40 samples per step = 1 rank × {} micro-steps × {micro};", 40 / micro)),
         "{stdout}"
     );
 

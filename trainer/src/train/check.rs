@@ -11,14 +11,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use infinity_data::loader::{Loader, LoaderOptions};
+use infinity_data::reader::{non_finite, RowRef};
+use infinity_data::{DataError, Dataset};
 
 use super::config::{DeviceChoice, TrainConfig};
 use super::{
     checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, rundir, unrecoverable, val, Preview,
     Setup,
 };
+use crate::cli::plural;
 use crate::model::memory::{gib, RUNTIME_MARGIN};
-use crate::model::Params;
+use crate::model::{Conditioning, ModelConfig, Params};
 
 /// Check everything `train` would for `world` ranks starting from `resume` (or fresh); one line per
 /// finding, or the first error a run would stop with. With `gpu` (bytes) a GPU run is checked against
@@ -41,9 +44,29 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         m.d,
         m.schedules.len()
     ));
+    // one pass over the rows: the ones the loader would refuse (or the step, for a non-finite value)
+    // stop the run at whatever step first draws them, so they fail the check as they would the run;
+    // a bucket smaller than a global batch is never drawn (warned of below), so its rows cannot
+    let mut bucket_rows = vec![0u64; m.schedules.len()];
+    for (b, n) in m.shards.iter().flat_map(|s| s.bucket_rows.iter().enumerate()) {
+        bucket_rows[b] += n;
+    }
+    let drawn: Vec<bool> = bucket_rows.iter().map(|&n| n >= cfg.data.global_batch as u64).collect();
+    let mut bad = BadRows::default();
     // a repeated id (a shard copied under another name) trains twice, with the same flips and drops
     let mut ids = std::collections::HashSet::new();
-    let repeated: Vec<u64> = (0..ds.num_rows()).map(|g| ds.row(g).id).filter(|&id| !ids.insert(id)).collect();
+    let mut repeated = Vec::new();
+    for g in 0..ds.num_rows() {
+        let row = ds.row(g);
+        if !ids.insert(row.id) {
+            repeated.push(row.id);
+        }
+        if drawn[row.bucket as usize] {
+            // (in range: `Dataset::open` refuses other buckets)
+            bad.note(row_as_read(&ds, g, &mc));
+        }
+    }
+    bad.finish("data.dir", &cfg.data.dir).map_err(unrecoverable)?;
     if let Some(first) = repeated.first() {
         out.push(format!(
             "warning: {} rows repeat an earlier row's id (first: id {first}); they are drawn as often as the \
@@ -102,8 +125,10 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     let accum = micro_steps(cfg, world, micro_batch)?;
     let (b, steps) = (cfg.data.global_batch as f64, cfg.run.steps as f64);
     out.push(format!(
-        "batch: {} samples per step = {world} ranks × {accum} micro-steps × {}; {:.0} tokens and {:.3e} FLOPs per step",
+        "batch: {} samples per step = {} × {} × {}; {:.0} tokens and {:.3e} FLOPs per step",
         cfg.data.global_batch,
+        plural(world, "rank"),
+        plural(accum, "micro-step"),
         micro_batch,
         b * mean_tokens,
         b * mix.mean_flops
@@ -177,4 +202,53 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     let lo = LoaderOptions { workers: 0, ..loader_options(cfg, 0, world) };
     Loader::new(Arc::new(ds), lo, position).map_err(|e| super::unrecoverable(e.into()))?;
     Ok(out)
+}
+
+/// Row `g` of `ds` checked as a run reads it: the loader's row check (bucket, lengths, padding bits,
+/// class range), then the values the step refuses (a NaN or an infinity in the latent, or in the text
+/// embedding of a text model: a class model never reads it). The error names file, row, id and column.
+pub(crate) fn row_as_read(ds: &Dataset, g: u64, mc: &ModelConfig) -> Result<(), DataError> {
+    ds.validate_row(g)?;
+    let row = ds.row(g);
+    let text = matches!(mc.conditioning, Conditioning::Text);
+    let read = RowRef { text_emb: row.text_emb.filter(|_| text), ..row };
+    let Some((column, i)) = non_finite(&read, &ds.manifest) else { return Ok(()) };
+    let (s, r) = ds.locate(g);
+    Err(DataError::Row {
+        path: ds.shards()[s].path().into(),
+        row: r as u64,
+        id: row.id,
+        column: column.into(),
+        expected: "finite values".into(),
+        found: format!("a NaN or an infinity at value {i}"),
+    })
+}
+
+/// The rows of one pass that fail [`row_as_read`]: the first one's error and how many.
+#[derive(Default)]
+pub(crate) struct BadRows {
+    first: Option<DataError>,
+    count: u64,
+}
+
+impl BadRows {
+    pub(crate) fn note(&mut self, checked: Result<(), DataError>) {
+        if let Err(e) = checked {
+            self.count += 1;
+            self.first.get_or_insert(e);
+        }
+    }
+
+    /// The first bad row's error (a `DataError` in the chain: exit 65), with how many there are, under
+    /// `key` (the config key that names `dir`).
+    pub(crate) fn finish(self, key: &str, dir: &Path) -> Result<()> {
+        let Some(first) = self.first else { return Ok(()) };
+        let rows = if self.count == 1 { "row" } else { "rows" };
+        Err(anyhow::Error::from(first).context(format!(
+            "{key} {}: {} bad {rows} (`infinity data verify {}` lists them); the first",
+            dir.display(),
+            self.count,
+            dir.display()
+        )))
+    }
 }

@@ -143,11 +143,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         console!("{}", base.describe(&mc, &lay));
     }
     console!(
-        "model: {} parameters ({:.2} M), {} ranks × {} micro-steps of {} per step",
+        "model: {} parameters ({:.2} M), {} × {} of {} per step",
         lay.numel,
         lay.numel as f64 / 1e6,
-        dist.world,
-        accum,
+        crate::cli::plural(dist.world, "rank"),
+        crate::cli::plural(accum, "micro-step"),
         micro_batch
     );
     console!(

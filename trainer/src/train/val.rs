@@ -12,6 +12,7 @@ use infinity_data::tokenizer::{PatchTokenizer, TOKENIZER_NAME};
 use infinity_data::{Checksums, Dataset, Manifest};
 use infinity_kernels::rope::RopeTable;
 
+use super::check::{row_as_read, BadRows};
 use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::Dist;
@@ -43,17 +44,28 @@ impl Validator {
     }
 
     /// The validator of `cfg.val`, if a validation dataset is configured, in micro-batches of
-    /// `micro_batch` rows.
+    /// `micro_batch` rows. Its rows are checked here: an empty set is a configuration error, a bad row
+    /// a data error naming its file, row and column.
     pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset, micro_batch: usize) -> Result<Option<Validator>> {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
         compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
         super::setup::check_tokenizer_layout(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
-        // the first `max_rows` rows, grouped by bucket, in micro-batches
+        // the first `max_rows` rows, grouped by bucket, in micro-batches; checked now, as the loader and
+        // the step would check them, since the first evaluation comes steps (and a checkpoint) later
+        let n = (cfg.val.max_rows as u64).min(ds.num_rows());
+        ensure!(
+            n > 0,
+            "val.dir {}: no rows to validate on (name a dataset with rows, or leave val.dir out)",
+            dir.display()
+        );
         let mut by_bucket: Vec<Vec<u64>> = vec![Vec::new(); ds.manifest.schedules.len()];
-        for g in 0..(cfg.val.max_rows as u64).min(ds.num_rows()) {
+        let mut bad = BadRows::default();
+        for g in 0..n {
+            bad.note(row_as_read(&ds, g, mc));
             by_bucket[ds.row(g).bucket as usize].push(g);
         }
+        bad.finish("val.dir", dir)?;
         let batches = by_bucket
             .iter()
             .enumerate()

@@ -1,0 +1,287 @@
+//! Bad rows, in the validation set or the training data, are found before the first step (and by
+//! `train --check`), named by file, row, id and column, with the exit code the run would stop with: 65
+//! for bad data, 2 for an empty validation set.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use infinity_data::manifest::Manifest;
+use infinity_data::synth::{synth, SynthOptions};
+use infinity_data::tokenizer::TOKENIZER_FILE;
+use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
+use infinity_data::{Checksums, Dataset};
+use infinity_trainer::train::check::check;
+use infinity_trainer::train::config::TrainConfig;
+use infinity_trainer::train::{train, TrainOptions};
+
+/// 32 synthetic rows (ids 0..32) on the `demo4` schedules, 8 of them at most in the `0.666` bucket.
+fn dataset(dir: &Path, templates: &[(&str, f64)]) {
+    let opts = SynthOptions {
+        rows: 32,
+        fit_rows: 32,
+        budget: "demo4".into(),
+        templates: templates.iter().map(|(t, w)| (t.to_string(), *w)).collect(),
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(dir, &opts).unwrap();
+}
+
+/// `src` written again to `dst`, its manifest header edited by `header` and each row by `row` (`None`
+/// drops it). The writer checks lengths and class ranges, not values.
+fn rewrite(src: &Path, dst: &Path, header: impl Fn(&mut Manifest), row: impl Fn(u64, &mut RowData) -> bool) {
+    let ds = Dataset::open(src, Checksums::Verify).unwrap();
+    let mut h = Manifest { shards: vec![], total_rows: 0, ..ds.manifest.clone() };
+    header(&mut h);
+    let mut w = DatasetWriter::create(dst, h, WriterOptions { overwrite: true, ..Default::default() }).unwrap();
+    for g in 0..ds.num_rows() {
+        let r = ds.row(g);
+        let mut data = RowData {
+            id: r.id,
+            bucket: r.bucket,
+            bits: r.bits.to_vec(),
+            latent: r.latent.map(<[u8]>::to_vec),
+            class_label: r.class_label,
+            text_emb: r.text_emb.map(<[u8]>::to_vec),
+            caption: r.caption.map(str::to_owned),
+        };
+        if row(g, &mut data) {
+            w.push(data).unwrap();
+        }
+    }
+    w.finish().unwrap();
+    std::fs::copy(src.join(TOKENIZER_FILE), dst.join(TOKENIZER_FILE)).unwrap();
+}
+
+/// `dir`'s manifest edited by `f` (the shards stay as they are).
+fn edit_manifest(dir: &Path, f: impl Fn(&mut Manifest)) {
+    let mut m = Manifest::load(dir).unwrap();
+    f(&mut m);
+    m.save(dir).unwrap();
+}
+
+/// f16 NaN (little-endian) at the first value of a latent or text embedding.
+fn nan_first(v: &mut Option<Vec<u8>>) {
+    v.as_mut().unwrap()[..2].copy_from_slice(&[0x00, 0x7e]);
+}
+
+/// A config file training on `data` (validating on `val`) into `dir/run`.
+fn config_file(dir: &Path, data: &Path, val: Option<&Path>, conditioning: &str) -> PathBuf {
+    let val = val.map_or(String::new(), |v| format!("[val]\ndir = \"{}\"\nevery = 2\n", v.display()));
+    let text = format!(
+        r#"[run]
+dir = "{}"
+seed = 0
+steps = 4
+log_every = 100
+device = "cpu"
+[model]
+preset = "tiny"
+depth = 1
+conditioning = "{conditioning}"
+[data]
+dir = "{}"
+global_batch = 8
+micro_batch = 4
+workers = 0
+[optim]
+lr = 1e-3
+warmup_steps = 1
+[checkpoint]
+every = 2
+[sample]
+every = 0
+{val}"#,
+        dir.join("run").display(),
+        data.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn load(path: &Path, sets: &[&str]) -> TrainConfig {
+    TrainConfig::load(path, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+}
+
+/// `infinity train CONFIG --check`'s exit code and stderr.
+fn check_exit(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_infinity")).args(["train"]).arg(config).arg("--check").output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_validation_set_stops_the_run_before_its_first_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    dataset(&data, &[("1.000", 1.0)]);
+    let num_classes = Manifest::load(&data).unwrap().conditions.class.unwrap().num_classes as i32;
+
+    let empty = t.join("val-empty");
+    rewrite(&data, &empty, |_| {}, |_, _| false);
+    let nan = t.join("val-nan");
+    rewrite(
+        &data,
+        &nan,
+        |_| {},
+        |g, r| {
+            if g == 3 {
+                nan_first(&mut r.latent);
+            }
+            true
+        },
+    );
+    // a class the training data has not: written under a wider header, then the header set back
+    let class = t.join("val-class");
+    let classes = Manifest::load(&data).unwrap().conditions.class;
+    rewrite(
+        &data,
+        &class,
+        |h| h.conditions.class = Some(infinity_data::manifest::ClassInfo { num_classes: 99, names: vec![] }),
+        |g, r| {
+            if g == 2 {
+                r.class_label = Some(num_classes + 5);
+            }
+            true
+        },
+    );
+    edit_manifest(&class, |m| m.conditions.class = classes.clone());
+
+    let shard = |dir: &Path| dir.join(&Manifest::load(dir).unwrap().shards[0].file).display().to_string();
+    for (val, want, code) in [
+        (&empty, vec![format!("val.dir {}: no rows to validate on", empty.display())], 2),
+        (
+            &nan,
+            vec![
+                format!("val.dir {}: 1 bad row", nan.display()),
+                format!("{}: row 3 (id 3), column `latent`: expected finite values", shard(&nan)),
+            ],
+            65,
+        ),
+        (
+            &class,
+            vec![format!(
+                "{}: row 2 (id 2), column `class_label`: expected a class in [0, {num_classes}), found {}",
+                shard(&class),
+                num_classes + 5
+            )],
+            65,
+        ),
+    ] {
+        let name = val.file_name().unwrap().to_string_lossy().into_owned();
+        let file = config_file(t, &data, Some(val), "class");
+        // `--check` names the file, row and column, and exits as the run would
+        let e = format!("{:#}", check(&load(&file, &[]), 1, None, None).unwrap_err());
+        for w in &want {
+            assert!(e.contains(w.as_str()), "{name}: {e}\nwants: {w}");
+        }
+        let (rc, stderr) = check_exit(&file);
+        assert_eq!(rc, Some(code), "{name}: {stderr}");
+        assert!(stderr.contains(want[0].as_str()), "{name}: {stderr}");
+        // the run stops before its first step, not at its first evaluation (after step 2's training
+        // and before its checkpoint)
+        let run = t.join(format!("run-{name}"));
+        let cfg = load(&file, &[&format!("run.dir={}", run.display())]);
+        let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+        assert!(e.contains(want[0].as_str()), "{name}: {e}");
+        assert!(!run.join("metrics.jsonl").exists() && !run.join("checkpoints").exists(), "{name}: steps ran");
+    }
+    // only the fixed set (the first `val.max_rows` rows) is read, so only it is checked
+    let file = config_file(t, &data, Some(&nan), "class");
+    check(&load(&file, &["val.max_rows=3"]), 1, None, None).unwrap();
+}
+
+#[test]
+fn check_refuses_training_rows_the_run_would_stop_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    dataset(&data, &[("1.000", 1.0)]);
+    let shard = |dir: &Path| dir.join(&Manifest::load(dir).unwrap().shards[0].file).display().to_string();
+    let copy = |name: &str, row: &dyn Fn(u64, &mut RowData)| {
+        let dir = t.join(name);
+        rewrite(
+            &data,
+            &dir,
+            |_| {},
+            |g, r| {
+                row(g, r);
+                true
+            },
+        );
+        dir
+    };
+
+    // tokens of 16 bits under a manifest that says 17 (3 bytes a token): every row
+    let d17 = copy("d17", &|_, _| {});
+    edit_manifest(&d17, |m| m.d = 17);
+    let lat = copy("nan-latent", &|g, r| {
+        if g == 5 || g == 9 {
+            nan_first(&mut r.latent)
+        }
+    });
+    let text = copy("nan-text", &|g, r| {
+        if g == 7 {
+            nan_first(&mut r.text_emb)
+        }
+    });
+    for (dir, conditioning, want) in [
+        (&d17, "class", format!("data.dir {}: 32 bad rows", d17.display())),
+        (&d17, "class", format!("{}: row 0 (id 0), column `bits`: expected", shard(&d17))),
+        (&lat, "class", format!("data.dir {}: 2 bad rows", lat.display())),
+        (&lat, "class", format!("{}: row 5 (id 5), column `latent`: expected finite values", shard(&lat))),
+        (&text, "text", format!("{}: row 7 (id 7), column `text_emb`: expected finite values", shard(&text))),
+    ] {
+        let file = config_file(t, dir, None, conditioning);
+        let e = format!("{:#}", check(&load(&file, &[]), 1, None, None).unwrap_err());
+        assert!(e.contains(want.as_str()), "{e}\nwants: {want}");
+        let (rc, stderr) = check_exit(&file);
+        assert_eq!(rc, Some(65), "{stderr}");
+        assert!(stderr.contains(want.as_str()), "{stderr}");
+    }
+    // a class model never reads the text embedding: the run would not stop at it, nor does the check
+    check(&load(&config_file(t, &text, None, "class"), &[]), 1, None, None).unwrap();
+}
+
+/// Rows of a bucket smaller than a global batch are never drawn: a bad one there stops no run.
+#[test]
+fn check_passes_bad_rows_the_run_never_draws() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    dataset(&data, &[("1.000", 0.8), ("0.666", 0.2)]);
+    let ds = Dataset::open(&data, Checksums::Verify).unwrap();
+    let small: Vec<u64> = (0..ds.num_rows()).filter(|&g| ds.row(g).bucket == 1).collect();
+    assert!(!small.is_empty() && small.len() < 8, "{} rows in the 0.666 bucket", small.len());
+    let bad = t.join("bad");
+    rewrite(
+        &data,
+        &bad,
+        |_| {},
+        |g, r| {
+            if g == small[0] {
+                nan_first(&mut r.latent);
+            }
+            true
+        },
+    );
+    let lines = check(&load(&config_file(t, &bad, None, "class"), &[]), 1, None, None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("never trained on")), "{lines:?}");
+}
+
+#[test]
+fn the_batch_line_counts_in_singular_and_plural() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data, &[("1.000", 1.0)]);
+    let file = config_file(tmp.path(), &data, None, "class");
+    for (world, micro, want) in [
+        (1, "4", "= 1 rank × 2 micro-steps × 4;"),
+        (2, "4", "= 2 ranks × 1 micro-step × 4;"),
+        (1, "8", "= 1 rank × 1 micro-step × 8;"),
+    ] {
+        let lines = check(&load(&file, &[&format!("data.micro_batch={micro}")]), world, None, None).unwrap();
+        assert!(lines.iter().any(|l| l.starts_with("batch: 8 samples per step ") && l.contains(want)), "{lines:?}");
+    }
+}
