@@ -302,6 +302,7 @@ fn sample_a_class_model_by_name() {
     std::fs::create_dir(&other).unwrap();
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("manifest.json")).unwrap()).unwrap();
     m["conditions"]["class"]["num_classes"] = 30.into();
+    m["conditions"]["class"]["names"] = serde_json::json!([]); // (a name per class, or none)
     std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
     let e = err(&["sample", path_str(&ckpt), "--class", "24", "--data", path_str(&other)]);
     assert!(e.contains("30 classes, the model has 24: not the model's dataset"), "{e}");
@@ -311,13 +312,22 @@ fn sample_a_class_model_by_name() {
 /// training or writing anything.
 #[test]
 fn check_reports_a_run_without_starting_it() {
-    let (tmp, _data, run, cfg) = class_run();
+    let (tmp, data, run, cfg) = class_run();
     let c = TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
     for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     assert!(lines.contains("start: a fresh initialisation") && lines.contains("GB of weights"), "{lines}");
+    // a shard copied in without being written into the dataset is named, not silently left out
+    let extra = data.join("more.arrow");
+    std::fs::copy(data.join("shard-00000.arrow"), &extra).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
+    assert!(
+        lines.contains("1 shard file(s) the manifest does not list, not read: ") && lines.contains("more.arrow"),
+        "{lines}"
+    );
+    std::fs::remove_file(&extra).unwrap();
     assert!(infinity(&["train", path_str(&cfg), "--check"]));
     assert!(!run.exists(), "--check wrote {}", run.display());
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", path_str(&tmp.path().join("nowhere"))]);

@@ -59,6 +59,12 @@ impl Dataset {
         &self.dir
     }
 
+    /// Shard files in the folder that the manifest does not list, which training never reads (see
+    /// [`Manifest::unlisted_shards`]): worth a warning before a run.
+    pub fn unlisted_shards(&self) -> Result<Vec<PathBuf>> {
+        self.manifest.unlisted_shards(&self.dir)
+    }
+
     pub fn shards(&self) -> &[Shard] {
         &self.shards
     }

@@ -66,11 +66,43 @@ pub fn inspect(dir: &Path) -> Result<String> {
     if m.shards.len() > 8 {
         let _ = writeln!(s, "  … {} more", m.shards.len() - 8);
     }
-    let _ = writeln!(s, "arrow schema");
-    for f in format::schema(m.columns()).fields() {
-        let _ = writeln!(s, "  {:<12} {}{}", f.name(), f.data_type(), if f.is_nullable() { " (nullable)" } else { "" });
-    }
+    write_schema(&mut s, dir, &m);
     Ok(s)
+}
+
+/// The Arrow schema of the first shard as the file declares it (a writer's mistake shows here), each
+/// column marked where the manifest expects another type or no such column.
+fn write_schema(s: &mut String, dir: &Path, m: &Manifest) {
+    let expected = format::schema(m.columns());
+    let all = format::schema(format::Columns { latent: true, class_label: true, text_emb: true, caption: true });
+    let Some(first) = m.shards.first() else {
+        let _ = writeln!(s, "arrow schema (no shards; the manifest's columns)");
+        for f in expected.fields() {
+            let _ = writeln!(s, "  {:<12} {}", f.name(), f.data_type());
+        }
+        return;
+    };
+    let _ = writeln!(s, "arrow schema of {}", first.file);
+    let schema = match crate::reader::file_schema(&dir.join(&first.file)) {
+        Ok(schema) => schema,
+        Err(e) => {
+            let _ = writeln!(s, "  unreadable: {e}");
+            return;
+        }
+    };
+    for f in schema.fields() {
+        let note = match expected.field_with_name(f.name()) {
+            Ok(want) if want.data_type() != f.data_type() => format!("  (the format expects {})", want.data_type()),
+            Ok(_) => String::new(),
+            Err(_) if all.field_with_name(f.name()).is_ok() => "  (the manifest does not declare it)".into(),
+            Err(_) => "  (not a format column: ignored)".into(),
+        };
+        let nullable = if f.is_nullable() { " (nullable)" } else { "" };
+        let _ = writeln!(s, "  {:<12} {}{nullable}{note}", f.name(), f.data_type());
+    }
+    for f in expected.fields().iter().filter(|f| schema.field_with_name(f.name()).is_err()) {
+        let _ = writeln!(s, "  {:<12} missing (the format expects {})", f.name(), f.data_type());
+    }
 }
 
 /// What `verify` found. `problems` is empty for a sound dataset.
@@ -215,18 +247,15 @@ pub fn verify(dir: &Path) -> VerifyReport {
         r.notes.push(format!("{} more repeated ids not listed", repeated - 20));
     }
     // a shard the manifest does not list is never read: its rows would be lost without a word
-    let listed: std::collections::HashSet<&str> = m.shards.iter().map(|s| s.file.as_str()).collect();
-    let mut stray: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|f| f.ends_with(".arrow") && !listed.contains(f.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    stray.sort();
-    for f in stray {
-        r.problems.push(format!("{}: a shard file manifest.json does not list (never read)", dir.join(f).display()));
+    match m.unlisted_shards(dir) {
+        Ok(stray) => r.problems.extend(
+            stray.iter().map(|p| format!("{}: a shard file manifest.json does not list (never read)", p.display())),
+        ),
+        Err(e) => r.problems.push(e.to_string()),
+    }
+    if m.total_rows == 0 {
+        r.problems
+            .push(format!("{}: the dataset has no rows (manifest total_rows = 0): nothing to train on", dir.display()));
     }
     if let Some(f) = &m.tokenizer.file {
         if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {

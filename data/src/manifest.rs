@@ -2,6 +2,7 @@
 //! manifest is a complete dataset; readers trust the shard files only as far as the manifest vouches
 //! for them (size, checksum, row counts).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 use crate::format::{self, Columns};
-use crate::schedule::ScaleSchedule;
+use crate::schedule::{Catalog, ScaleSchedule};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -132,7 +133,9 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        let de = &mut serde_json::Deserializer::from_str(&text);
+        // some Windows editors save UTF-8 with a byte-order mark, which JSON parsers reject
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let de = &mut serde_json::Deserializer::from_str(text);
         let m: Manifest = serde_path_to_error::deserialize(&mut *de).map_err(|e| DataError::Manifest {
             path: path.clone(),
             detail: format!("at `{}`: {}", e.path(), e.inner()),
@@ -164,24 +167,58 @@ impl Manifest {
         if self.d == 0 || self.d > 1024 {
             return Err(bad("d", "1..=1024 bits per token".into(), self.d.to_string()));
         }
+        // the format has one bit order; a writer that states another packs its bits some other way
+        if self.bit_order != format::BIT_ORDER {
+            return Err(bad("bit_order", format!("`{}`", format::BIT_ORDER), format!("`{}`", self.bit_order)));
+        }
         if self.schedules.is_empty() || self.schedules.len() > u16::MAX as usize {
             return Err(bad("schedules", "1..=65535 schedules".into(), self.schedules.len().to_string()));
         }
+        let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.schedules.iter().enumerate() {
             s.validate().map_err(|e| bad(&format!("schedules[{i}]"), "a valid schedule".into(), e))?;
+            // the RoPE frame is looked up by this key: another spelling would silently be a custom
+            // template, framed by its own last scale instead of upstream's 1M grid
+            if let Some(key) = Catalog::upstream().respelled_template(&s.h_div_w_template) {
+                return Err(bad(
+                    &format!("schedules[{i}].h_div_w_template"),
+                    format!("upstream's spelling `{key}` of that aspect-ratio template"),
+                    format!("`{}`", s.h_div_w_template),
+                ));
+            }
+            // logs, stats and sampling name a bucket by its schedule's name
+            if let Some(j) = names.insert(&s.name, i) {
+                let found = format!("`{}`, also schedules[{j}].name", s.name);
+                return Err(bad(&format!("schedules[{i}].name"), "a name no other schedule has".into(), found));
+            }
         }
         if let Some(l) = &self.latent {
             if l.dtype != "f16" || l.layout != "d,H,W" {
-                return Err(bad("latent", "dtype `f16`, layout `d,H,W`".into(), format!("{l:?}")));
+                let found = format!("dtype `{}`, layout `{}`", l.dtype, l.layout);
+                return Err(bad("latent", "dtype `f16`, layout `d,H,W`".into(), found));
+            }
+        }
+        if let Some(c) = &self.conditions.class {
+            if c.num_classes == 0 {
+                return Err(bad("conditions.class.num_classes", "at least 1 class".into(), "0".into()));
+            }
+            // names are indexed by class id: a list of another length names the wrong classes
+            if !c.names.is_empty() && c.names.len() != c.num_classes as usize {
+                return Err(bad(
+                    "conditions.class.names",
+                    format!("no names, or one per class (num_classes = {})", c.num_classes),
+                    format!("{} names", c.names.len()),
+                ));
             }
         }
         if let Some(t) = &self.conditions.text {
             if t.width == 0 || t.max_tokens == 0 {
-                return Err(bad("conditions.text", "width > 0 and max_tokens > 0".into(), format!("{t:?}")));
+                let found = format!("width {}, max_tokens {}", t.width, t.max_tokens);
+                return Err(bad("conditions.text", "width > 0 and max_tokens > 0".into(), found));
             }
         }
         let mut total = 0u64;
-        let mut files: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut files: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             if s.bucket_rows.len() != self.schedules.len() || s.bucket_rows.iter().sum::<u64>() != s.rows {
                 return Err(bad(
@@ -190,8 +227,9 @@ impl Manifest {
                     format!("{:?}", s.bucket_rows),
                 ));
             }
-            if s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
-                return Err(bad(&format!("shards[{i}].file"), "a plain file name".into(), format!("`{}`", s.file)));
+            if s.file.is_empty() || s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+                let found = if s.file.is_empty() { "an empty name".into() } else { format!("`{}`", s.file) };
+                return Err(bad(&format!("shards[{i}].file"), "a plain file name in the folder".into(), found));
             }
             let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
             if s.crc32c.len() != 8 || !s.crc32c.chars().all(hex) {
@@ -209,6 +247,23 @@ impl Manifest {
             return Err(bad("total_rows", format!("the sum of shard rows ({total})"), self.total_rows.to_string()));
         }
         Ok(())
+    }
+
+    /// The shard files (`*.arrow`) in `dir` that this manifest does not list, sorted: nothing reads
+    /// them, so their rows are silently not part of the dataset (a writer that was interrupted, or a
+    /// shard added by hand without a manifest entry).
+    pub fn unlisted_shards(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let listed: std::collections::HashSet<&str> = self.shards.iter().map(|s| s.file.as_str()).collect();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+            let name = entry.map_err(|e| DataError::io(dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".arrow") && !listed.contains(name.as_ref()) {
+                out.push(dir.join(name.as_ref()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Writes `dir/manifest.json` atomically: temporary file, fsync, rename, fsync of the folder.
@@ -231,6 +286,34 @@ impl Manifest {
         }
         let layout = serde_json::to_vec(&(self.d, &self.schedules)).expect("schedules serialize");
         format!("{:08x}-{}-s{:08x}", h, self.total_rows, crc32c::crc32c(&layout))
+    }
+
+    /// What changed between a saved [`Manifest::fingerprint`] and this dataset, as far as the
+    /// fingerprint tells: the row count, the shards (names, checksums, rows: one hash), `d` and the
+    /// schedules (another hash). Empty when nothing it covers changed.
+    pub fn fingerprint_changes(&self, saved: &str) -> Vec<String> {
+        let now = self.fingerprint();
+        let parse = |f: &str| -> Option<(String, u64, Option<String>)> {
+            let mut parts = f.split('-');
+            let contents = parts.next()?.to_string();
+            let rows = parts.next()?.parse().ok()?;
+            let layout = parts.next().map(str::to_string);
+            (contents.len() == 8 && parts.next().is_none()).then_some((contents, rows, layout))
+        };
+        let (Some(old), Some(new)) = (parse(saved), parse(&now)) else {
+            return vec![format!("the saved fingerprint `{saved}` is not one this build writes")];
+        };
+        let mut out = Vec::new();
+        if old.1 != new.1 {
+            out.push(format!("the row count changed: {} → {}", old.1, new.1));
+        } else if old.0 != new.0 {
+            out.push(format!("the shards changed (their names, checksums or row counts; still {} rows in all)", new.1));
+        }
+        // (an earlier build's fingerprint has no layout part: it cannot tell)
+        if old.2.is_some() && old.2 != new.2 {
+            out.push("`d` or the scale schedules changed".into());
+        }
+        out
     }
 
     /// Whether a saved [`Manifest::fingerprint`] is this dataset's. One saved by an earlier build

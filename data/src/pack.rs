@@ -1,8 +1,9 @@
 //! `infinity data pack --images DIR`: a folder of PNG/JPEG images → shards, with the built-in tokenizer.
 //!
-//! Labels come from sub-folder names (sorted; images directly in DIR get no label and make the dataset
-//! unconditional; hidden folders are not classes, and a class folder without images is an error). An
-//! optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
+//! Labels come from sub-folder names (sorted; hidden folders are not classes, and a class folder without
+//! images is an error). Images directly in DIR are one class named after DIR: a model needs a
+//! condition, and one class with the null class of classifier-free guidance is unconditional
+//! generation (upstream's recipe). An optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
 //! aspect-ratio template nearest to its h/w, resized to cover that template's pixel size and centre
 //! cropped (upstream's transform), then tokenized.
 
@@ -55,8 +56,19 @@ impl Default for PackOptions {
 
 struct Entry {
     path: PathBuf,
-    label: Option<i32>,
+    label: i32,
     caption: Option<String>,
+}
+
+/// What [`list_images`] found.
+struct Listing {
+    entries: Vec<Entry>,
+    /// Class names by id.
+    names: Vec<String>,
+    /// Files left out (not .png/.jpg/.jpeg, or in a folder below a class folder).
+    skipped: Vec<PathBuf>,
+    /// The images lie directly in the folder: one class, named after it.
+    loose: bool,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -66,10 +78,9 @@ fn is_image(p: &Path) -> bool {
     )
 }
 
-/// What a folder holds for packing: the images with their labels and captions, the class names, and
-/// the files left out (not .png/.jpg/.jpeg, or in a folder below a class folder). Hidden entries
-/// (`.ipynb_checkpoints`, `.DS_Store`) are not looked at; `NAME.txt` files are captions.
-fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>, Vec<PathBuf>)> {
+/// What a folder holds for packing. Hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are not looked
+/// at; `NAME.txt` files are captions.
+fn list_images(root: &Path) -> Result<Listing> {
     let read = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
@@ -103,8 +114,9 @@ fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>, Vec<PathBuf>)> {
     let mut entries = Vec::new();
     let mut names = Vec::new();
     if classes.is_empty() {
+        names.push(folder_name(root));
         for p in loose {
-            entries.push(Entry { caption: caption(&p)?, path: p, label: None });
+            entries.push(Entry { caption: caption(&p)?, path: p, label: 0 });
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
@@ -121,19 +133,27 @@ fn list_images(root: &Path) -> Result<(Vec<Entry>, Vec<String>, Vec<PathBuf>)> {
             }
             skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
             for p in images {
-                entries.push(Entry { caption: caption(&p)?, path: p, label: Some(k as i32) });
+                entries.push(Entry { caption: caption(&p)?, path: p, label: k as i32 });
             }
         }
     }
     if entries.is_empty() {
         return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
     }
-    Ok((entries, names, skipped))
+    Ok(Listing { entries, names, skipped, loose: classes.is_empty() })
+}
+
+/// The name of the one class of a folder without class sub-folders (`.` and `..` resolved).
+fn folder_name(root: &Path) -> String {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(root).or_else(|| root.canonicalize().ok().as_deref().and_then(named)).unwrap_or_else(|| "images".into())
 }
 
 /// What packing left out or found missing, for the user to see.
 #[derive(Debug, Default)]
 pub struct PackNotes {
+    /// The folder had no class sub-folders: every image is this one class.
+    pub single_class: Option<String>,
     /// Files not packed: other formats, or below a class folder.
     pub skipped: Vec<PathBuf>,
     /// Images without a `NAME.txt` caption, when some have one.
@@ -161,7 +181,10 @@ fn load_image(path: &Path, opts: &PackOptions) -> Result<(Image, ScaleSchedule)>
 
 /// Pack `images` into a dataset at `out`.
 pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    let (entries, class_names, skipped) = list_images(images)?;
+    if opts.patch == 0 {
+        return Err(DataError::Config("pack: the tokenizer's patch side must be at least 1 pixel, found 0".into()));
+    }
+    let Listing { entries, names: class_names, skipped, loose } = list_images(images)?;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -205,8 +228,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
             params: serde_json::json!({ "patch": opts.patch, "scale": tok.scale, "whiten": tok.whiten, "fit": fit }),
         },
         conditions: Conditions {
-            class: (!class_names.is_empty())
-                .then(|| ClassInfo { num_classes: class_names.len() as u32, names: class_names.clone() }),
+            class: Some(ClassInfo { num_classes: class_names.len() as u32, names: class_names.clone() }),
             text: None,
             caption: has_caption,
         },
@@ -236,7 +258,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
             bucket: bucket as u16,
             bits,
             latent: Some(latent),
-            class_label: e.label,
+            class_label: Some(e.label),
             text_emb: None,
             caption: if has_caption { e.caption.clone() } else { None },
         }))
@@ -253,6 +275,8 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         true => entries.iter().enumerate().filter(|(id, e)| e.caption.is_none() && !is_bad(*id)).count(),
         false => 0,
     };
-    let notes = PackNotes { skipped, uncaptioned, bad: bad.into_iter().map(|(_, e)| e).collect() };
+    let single_class = loose.then(|| class_names[0].clone());
+    let bad = bad.into_iter().map(|(_, e)| e).collect();
+    let notes = PackNotes { single_class, skipped, uncaptioned, bad };
     Ok((writer.finish()?, fit, notes))
 }

@@ -224,27 +224,55 @@ pub fn non_finite(row: &RowRef, m: &Manifest) -> Option<(&'static str, usize)> {
     row.text_emb.and_then(|t| first(t, if bf16 { 0x7f80 } else { 0x7c00 })).map(|i| (format::COL_TEXT, i))
 }
 
+/// The Arrow schema a shard file declares in its footer, as written (not checked against a manifest):
+/// what `infinity data inspect` shows.
+pub fn file_schema(path: &Path) -> Result<arrow_schema::Schema> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    // SAFETY: read-only mapping, dropped before returning; see `Shard::open` on files changed underneath.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
+    let range = footer_range(path, &map)?;
+    let footer = root_as_footer(&map[range]).map_err(|e| DataError::corrupt(path, e))?;
+    let fb_schema = footer.schema().ok_or_else(|| DataError::corrupt(path, "footer has no schema"))?;
+    try_fb_to_schema(fb_schema).map_err(|e| DataError::corrupt(path, e))
+}
+
+/// Where the footer of the IPC file in `bytes` lies, after checking the magic at both ends.
+fn footer_range(path: &Path, bytes: &[u8]) -> Result<Range<usize>> {
+    const MAGIC: &[u8] = b"ARROW1";
+    let len = bytes.len();
+    if len < 18 {
+        return Err(DataError::corrupt(path, format!("{len} bytes is too short for an Arrow IPC file")));
+    }
+    if &bytes[..6] != MAGIC || &bytes[len - 6..] != MAGIC {
+        // name the usual mistakes: the IPC stream format (it starts with a continuation marker) or Parquet
+        let what = if bytes[..4] == [0xff; 4] {
+            "it is an Arrow IPC *stream* (pa.ipc.new_stream), not the IPC *file* format shards use"
+        } else if &bytes[..4] == b"PAR1" {
+            "it is a Parquet file, not the Arrow IPC file format shards use"
+        } else {
+            "missing the ARROW1 magic at start or end (a truncated file, or another format)"
+        };
+        return Err(DataError::corrupt(path, format!("{what}; pyarrow writes shards with pa.ipc.new_file")));
+    }
+    let trailer = len - 10;
+    let footer_len =
+        read_footer_length(bytes[trailer..].try_into().unwrap()).map_err(|e| DataError::corrupt(path, e))?;
+    if footer_len > trailer {
+        return Err(DataError::corrupt(path, format!("footer length {footer_len} exceeds the file")));
+    }
+    Ok(trailer - footer_len..trailer)
+}
+
 /// Decode footer and record batches of an IPC file held in `mmap`, without copying column data.
 fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
-    const MAGIC: &[u8] = b"ARROW1";
     let len = mmap.len();
-    if &mmap[..6] != MAGIC || &mmap[len - 6..] != MAGIC {
-        return Err(DataError::corrupt(
-            path,
-            "missing the ARROW1 magic at start or end (not an IPC file-format shard)",
-        ));
-    }
+    let footer_at = footer_range(path, &mmap)?;
     let ptr = NonNull::new(mmap.as_ptr() as *mut u8).expect("mmap of a non-empty file is non-null");
     // SAFETY: `ptr` and `len` describe the mapping, which the Arc keeps alive as long as any Buffer does.
     let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(mmap)) };
     let corrupt = |e: &dyn std::fmt::Display| DataError::corrupt(path, e);
-    let trailer = len - 10;
-    let footer_len = read_footer_length(buffer[trailer..].try_into().unwrap()).map_err(|e| corrupt(&e))?;
-    if footer_len > trailer {
-        return Err(corrupt(&format!("footer length {footer_len} exceeds the file")));
-    }
-    let footer_bytes = &buffer[trailer - footer_len..trailer];
-    let footer = root_as_footer(footer_bytes).map_err(|e| corrupt(&e))?;
+    let footer_start = footer_at.start;
+    let footer = root_as_footer(&buffer[footer_at]).map_err(|e| corrupt(&e))?;
     let fb_schema = footer.schema().ok_or_else(|| corrupt(&"footer has no schema"))?;
     let schema = try_fb_to_schema(fb_schema).map_err(|e| corrupt(&e))?;
     let units = buffer_units(&schema).map_err(|e| corrupt(&e))?;
@@ -257,7 +285,7 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     let blocks = footer.recordBatches().ok_or_else(|| corrupt(&"footer lists no record batches"))?;
     let mut out = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
-        let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), trailer - footer_len)
+        let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), footer_start)
             .ok_or_else(|| corrupt(&format!("record batch {i} lies outside the file")))?;
         let meta_len = block.metaDataLength() as usize;
         check_block(&buffer[range.clone()], meta_len, &units)

@@ -152,6 +152,17 @@ impl Catalog {
         &best.0
     }
 
+    /// The upstream key `template` stands for when it is another spelling of one (`"1.0"`, `"0.50"`):
+    /// `None` for an upstream key itself and for a custom template equal to none. A schedule must use
+    /// the upstream spelling, since the RoPE frame is looked up by the key.
+    pub fn respelled_template(&self, template: &str) -> Option<&str> {
+        if self.templates.iter().any(|t| t.0 == template) {
+            return None;
+        }
+        let ratio = template.trim().parse::<f64>().ok()?;
+        self.templates.iter().find(|t| t.1 == ratio).map(|t| t.0.as_str())
+    }
+
     /// The schedule of `template` at `budget`.
     pub fn schedule(&self, template: &str, budget: &str) -> Result<ScaleSchedule> {
         let t = self.templates.iter().find(|t| t.0 == template).ok_or_else(|| {
@@ -241,5 +252,18 @@ mod tests {
         assert!(e.contains("unknown aspect-ratio template `1.1`"), "{e}");
         let e = c.schedule("1.000", "2M").unwrap_err().to_string();
         assert!(e.contains("unknown pixel budget `2M`"), "{e}");
+    }
+
+    #[test]
+    fn another_spelling_of_an_upstream_template_is_found() {
+        let c = Catalog::upstream();
+        for (t, want) in
+            [("1.0", Some("1.000")), ("0.5", Some("0.500")), (" 2 ", Some("2.000")), ("0.6660", Some("0.666"))]
+        {
+            assert_eq!(c.respelled_template(t), want, "{t:?}");
+        }
+        for t in ["1.000", "0.500", "0.667", "1.1", "square", ""] {
+            assert_eq!(c.respelled_template(t), None, "{t:?}");
+        }
     }
 }

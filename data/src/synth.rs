@@ -230,6 +230,16 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
     if opts.rows == 0 || opts.templates.is_empty() {
         return Err(DataError::Config("synth: need at least one row and one template".into()));
     }
+    // checked here, before the tokenizer or the manifest would report them less directly
+    for (what, value) in [
+        ("the tokenizer's patch side", opts.patch),
+        ("the text embedding width", opts.text_width),
+        ("the rows the tokenizer is fitted or measured on", opts.fit_rows),
+    ] {
+        if value == 0 {
+            return Err(DataError::Config(format!("synth: {what} must be at least 1, found 0")));
+        }
+    }
     let catalog = Catalog::upstream();
     let schedules: Vec<ScaleSchedule> =
         opts.templates.iter().map(|(t, _)| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;

@@ -101,6 +101,9 @@ impl PatchTokenizer {
     /// coordinate with no whitening, and is tuned by [`PatchTokenizer::calibrate`].
     pub fn fit(images: &[Image], patch: usize, d: usize) -> Result<PatchTokenizer> {
         let p_len = 3 * patch * patch;
+        if patch == 0 {
+            return Err(DataError::Config("tokenizer: the patch side must be at least 1 pixel, found 0".into()));
+        }
         if d == 0 || d > p_len {
             return Err(DataError::Config(format!(
                 "tokenizer: d = {d} must be in 1..={p_len} (3·patch²) for patch {patch}"

@@ -85,6 +85,7 @@ impl DatasetWriter {
         header.check(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
+        let mut old_files = Vec::new();
         if manifest_path.exists() {
             if !opts.overwrite {
                 return Err(DataError::Config(format!(
@@ -92,16 +93,11 @@ impl DatasetWriter {
                     dir.display()
                 )));
             }
+            old_files = listed_files(&manifest_path);
             // Remove the manifest first so the folder never claims shards that are being replaced.
             std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
-            if let Ok(old) = std::fs::read_dir(dir) {
-                for e in old.flatten() {
-                    if e.file_name().to_string_lossy().starts_with("shard-") {
-                        std::fs::remove_file(e.path()).map_err(|err| DataError::io(e.path(), err))?;
-                    }
-                }
-            }
         }
+        remove_stale_shards(dir, &old_files, opts.overwrite)?;
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
         let manifest = Manifest { shards: vec![], total_rows: 0, ..header };
@@ -221,6 +217,64 @@ impl DatasetWriter {
         });
         Ok(())
     }
+}
+
+/// The shard files a manifest lists, read leniently (it is about to be replaced, valid or not).
+fn listed_files(manifest: &Path) -> Vec<String> {
+    let json = std::fs::read(manifest).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let shards = json.as_ref().and_then(|v| v["shards"].as_array()).cloned().unwrap_or_default();
+    let plain = |f: &&str| !f.is_empty() && !f.contains(['/', '\\']) && !f.starts_with('.');
+    shards.iter().filter_map(|s| s["file"].as_str()).filter(plain).map(str::to_string).collect()
+}
+
+/// Whether `name` is what this writer (or tools/write_shards.py) names a shard: `shard-NNNNN.arrow`.
+fn is_writer_shard(name: &str) -> bool {
+    name.strip_prefix("shard-")
+        .and_then(|n| n.strip_suffix(".arrow"))
+        .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Clear the shards of an earlier dataset from `dir` before a new one is written: left there, shard
+/// files the new manifest does not list would be taken for lost rows (`verify` names them). Removed:
+/// the files `old_files` (the replaced manifest's), every `*.arrow` file with `overwrite`, and without
+/// it the `shard-NNNNN.arrow` files of a writer that was interrupted before its manifest. Another
+/// `*.arrow` file without `overwrite` is refused, named: it may be someone's data.
+fn remove_stale_shards(dir: &Path, old_files: &[String], overwrite: bool) -> Result<()> {
+    let mut remove = Vec::new();
+    let mut foreign = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let name = entry.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        if old_files.contains(&name) || (name.ends_with(".arrow") && (overwrite || is_writer_shard(&name))) {
+            remove.push(dir.join(&name));
+        } else if name.ends_with(".arrow") {
+            foreign.push(dir.join(&name));
+        }
+    }
+    if !foreign.is_empty() {
+        foreign.sort();
+        let names: Vec<String> = foreign.iter().take(5).map(|p| p.display().to_string()).collect();
+        let more = if foreign.len() > 5 { format!(" and {} more", foreign.len() - 5) } else { String::new() };
+        return Err(DataError::Config(format!(
+            "{}: holds shard files but no manifest.json ({}{more}); the new dataset would not list them: \
+             remove them, or pass --overwrite to delete them",
+            dir.display(),
+            names.join(", ")
+        )));
+    }
+    for p in &remove {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(p, e)),
+            _ => {}
+        }
+    }
+    if !remove.is_empty() && old_files.is_empty() && !overwrite {
+        tracing::info!(
+            "{}: removed {} shard files of an unfinished dataset (no manifest.json)",
+            dir.display(),
+            remove.len()
+        );
+    }
+    Ok(())
 }
 
 /// Size and crc32c of what is on disk (read back through a mapping, not from what we think we wrote).

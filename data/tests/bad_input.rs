@@ -301,3 +301,137 @@ fn verify_counts_the_problems_it_does_not_list() {
     assert_eq!((r.problems.len(), r.unlisted, r.count()), (20, 9, 29), "{:?}", r.problems);
     assert_eq!(r.notes, ["9 more repeated ids not listed"]);
 }
+
+/// What the manifest's fields allow (docs/data-format.md), refused when the manifest is read, each
+/// naming its key and what was expected.
+#[test]
+fn manifest_values_the_format_does_not_allow_are_named() {
+    let check = |m: &Manifest| m.check(Path::new("ds/manifest.json")).err().map(|e| e.to_string()).unwrap_or_default();
+    let base = common::manifest();
+    assert_eq!(check(&base), "");
+
+    // another spelling of an upstream template would be taken for a custom one (another RoPE frame)
+    for (b, spelling, upstream) in [(0, "1.0", "1.000"), (1, "0.6660", "0.666"), (0, "0.5", "0.500")] {
+        let mut m = base.clone();
+        m.schedules[b].h_div_w_template = spelling.into();
+        let e = check(&m);
+        let want = format!(
+            "manifest key `schedules[{b}].h_div_w_template`: expected upstream's spelling `{upstream}` of that \
+             aspect-ratio template, found `{spelling}`"
+        );
+        assert!(e.contains(&want), "{e}");
+    }
+    // a custom template that is no upstream one stays allowed
+    let mut m = base.clone();
+    m.schedules[1].h_div_w_template = "0.667".into();
+    assert_eq!(check(&m), "");
+
+    let mut m = base.clone();
+    m.schedules[1].name = m.schedules[0].name.clone();
+    let e = check(&m);
+    assert!(
+        e.contains(
+            "`schedules[1].name`: expected a name no other schedule has, found `1.000/demo4`, also schedules[0].name"
+        ),
+        "{e}"
+    );
+
+    let mut m = base.clone();
+    m.bit_order = "bit i at byte i/8, MSB first".into();
+    let e = check(&m);
+    assert!(
+        e.contains("`bit_order`: expected `token-major;") && e.contains("found `bit i at byte i/8, MSB first`"),
+        "{e}"
+    );
+
+    let mut m = base.clone();
+    m.conditions.class.as_mut().unwrap().names = vec!["cat".into(), "dog".into()];
+    let e = check(&m);
+    assert!(
+        e.contains("`conditions.class.names`: expected no names, or one per class (num_classes = 10), found 2 names"),
+        "{e}"
+    );
+    m.conditions.class.as_mut().unwrap().names = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(check(&m), "");
+    m.conditions.class.as_mut().unwrap().num_classes = 0;
+    assert!(check(&m).contains("`conditions.class.num_classes`: expected at least 1 class"));
+
+    // stated in the manifest's words, not as a Rust struct
+    let mut m = base.clone();
+    m.conditions.text.as_mut().unwrap().width = 0;
+    let e = check(&m);
+    assert!(e.contains("`conditions.text`: expected width > 0 and max_tokens > 0, found width 0, max_tokens 5"), "{e}");
+
+    let mut m = base.clone();
+    m.shards.push(infinity_data::manifest::ShardEntry {
+        file: String::new(),
+        rows: 0,
+        bytes: 0,
+        crc32c: "00000000".into(),
+        bucket_rows: vec![0, 0],
+    });
+    let e = check(&m);
+    assert!(e.contains("`shards[0].file`: expected a plain file name in the folder, found an empty name"), "{e}");
+}
+
+#[test]
+fn a_manifest_saved_with_a_byte_order_mark_is_read() {
+    let (dir, _) = dataset(10);
+    let path = dir.path().join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
+    assert_eq!(Dataset::open(dir.path(), Checksums::Verify).unwrap().num_rows(), 10);
+}
+
+#[test]
+fn an_ipc_stream_shard_is_named_with_the_fix() {
+    let (dir, mut m) = dataset(30);
+    let cols = basic_columns(vec![&[0u8; 4]; 3]);
+    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect()).unwrap();
+    let path = dir.path().join(&m.shards[0].file);
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    reseal(dir.path(), &mut m, 0);
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00000.arrow") && e.contains("Arrow IPC *stream*"), "{e}");
+    assert!(e.contains("pyarrow writes shards with pa.ipc.new_file"), "{e}");
+}
+
+/// inspect shows the shard's own schema, so a writer's wrong type is visible there.
+#[test]
+fn inspect_prints_the_schema_the_shard_declares() {
+    let (dir, mut m) = dataset(30);
+    let mut cols = basic_columns(vec![&[0u8; 4]; 3]);
+    cols[0] = ("id", Arc::new(arrow_array::Int64Array::from(vec![1i64, 2, 3])));
+    cols.push(("source", Arc::new(arrow_array::StringArray::from(vec!["a"; 3]))));
+    replace_shard0(dir.path(), &mut m, cols);
+    let s = infinity_data::inspect::inspect(dir.path()).unwrap();
+    assert!(s.contains("arrow schema of shard-00000.arrow"), "{s}");
+    assert!(s.contains("id           Int64 (nullable)  (the format expects UInt64)"), "{s}");
+    assert!(s.contains("source       Utf8 (nullable)  (not a format column: ignored)"), "{s}");
+    assert!(s.contains("bits         Binary (nullable)\n"), "{s}");
+}
+
+/// Shard files the manifest does not list are never read; the trainer can ask for them to warn.
+#[test]
+fn unlisted_shard_files_are_found() {
+    let (dir, m) = dataset(30);
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    assert_eq!(ds.unlisted_shards().unwrap(), Vec::<std::path::PathBuf>::new());
+    std::fs::copy(dir.path().join(&m.shards[1].file), dir.path().join("shard-extra.arrow")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a shard").unwrap();
+    assert_eq!(ds.unlisted_shards().unwrap(), [dir.path().join("shard-extra.arrow")]);
+}
+
+#[test]
+fn verify_fails_a_dataset_without_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), Default::default()).unwrap();
+    w.finish().unwrap();
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0].contains("the dataset has no rows (manifest total_rows = 0)"), "{:?}", r.problems);
+}

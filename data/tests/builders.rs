@@ -7,7 +7,7 @@ use infinity_data::loader::{Loader, LoaderOptions};
 use infinity_data::synth::{synth, Sample, SynthOptions};
 use infinity_data::tokenizer::PatchTokenizer;
 use infinity_data::writer::WriterOptions;
-use infinity_data::{format, inspect, pack, Checksums, Dataset};
+use infinity_data::{format, inspect, pack, Checksums, DataError, Dataset};
 use infinity_kernels::bsq;
 
 /// Floors for the demo tokenizer (d = 16, demo5 schedules, 4-px patches). Measured: 32.1 dB for the
@@ -151,4 +151,64 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() };
     let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
     assert!(e.contains("emptyclass: a class folder without .png/.jpg/.jpeg images"), "{e}");
+}
+
+/// Write `n` synth images of `h×w` pixels into `dir` as `0.png`, `1.png`, ...
+fn write_pngs(dir: &std::path::Path, n: u64, (h, w): (usize, usize)) {
+    let templates = SynthOptions::default().templates;
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = Sample::draw(0, i, &templates).render(h, w);
+        let path = dir.join(format!("{i}.png"));
+        image::save_buffer(path, &img.to_rgb8(), w as u32, h as u32, image::ColorType::Rgb8).unwrap();
+    }
+}
+
+/// Images directly in the folder are one class named after it (one class and the null class of
+/// classifier-free guidance: unconditional generation); a dataset without a condition trains no model.
+#[test]
+fn pack_a_folder_without_class_folders_as_one_class() {
+    let src = tempfile::tempdir().unwrap();
+    let images = src.path().join("flowers");
+    write_pngs(&images, 4, (32, 32));
+    let out = tempfile::tempdir().unwrap();
+    let (m, _, notes) =
+        pack::pack(&images, out.path(), &pack::PackOptions { fit_images: 4, ..Default::default() }).unwrap();
+    let class = m.conditions.class.as_ref().expect("a class condition");
+    assert_eq!((class.num_classes, class.names.as_slice()), (1, ["flowers".to_string()].as_slice()));
+    assert_eq!(notes.single_class.as_deref(), Some("flowers"));
+    let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
+    assert!((0..4).all(|g| ds.row(g).class_label == Some(0)));
+    assert!(inspect::verify(out.path()).problems.is_empty());
+
+    // one class folder is a class folder, not the folder's own class
+    let nested = tempfile::tempdir().unwrap();
+    write_pngs(&nested.path().join("roses"), 2, (32, 32));
+    let opts = pack::PackOptions {
+        fit_images: 2,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    let (m, _, notes) = pack::pack(nested.path(), out.path(), &opts).unwrap();
+    assert_eq!((m.conditions.class.unwrap().names, notes.single_class), (vec!["roses".to_string()], None));
+
+    // both layouts at once stay refused
+    write_pngs(&images.join("tulips"), 1, (32, 32));
+    let e = pack::pack(&images, out.path(), &opts).unwrap_err().to_string();
+    assert!(e.contains("holds both class sub-folders and loose images"), "{e}");
+}
+
+/// Sizes of zero are named as the option they are, before any tokenizer or manifest check.
+#[test]
+fn synth_names_options_of_size_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    for (opts, want) in [
+        (SynthOptions { patch: 0, ..small(10, 0) }, "synth: the tokenizer's patch side must be at least 1, found 0"),
+        (SynthOptions { text_width: 0, ..small(10, 0) }, "synth: the text embedding width must be at least 1, found 0"),
+    ] {
+        let e = synth(dir.path(), &opts).unwrap_err();
+        assert!(matches!(e, DataError::Config(_)) && e.to_string() == want, "{e}");
+    }
+    let e = pack::pack(dir.path(), dir.path(), &pack::PackOptions { patch: 0, ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("patch side must be at least 1 pixel"), "{e}");
 }

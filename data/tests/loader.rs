@@ -100,7 +100,7 @@ fn resume_refuses_a_different_global_batch_seed_or_dataset() {
     l.next_batch().unwrap();
     let s = l.state();
     let e = Loader::new(ds.clone(), opts(16, 0, 1, 0), Some(s.clone())).err().unwrap().to_string();
-    assert!(e.contains("global batch 8") && e.contains("16"), "{e}");
+    assert!(e.contains("data.global_batch 8, this run has 16"), "{e}");
     let e = Loader::new(ds.clone(), LoaderOptions { seed: 1, ..opts(8, 0, 1, 0) }, Some(s.clone()))
         .err()
         .unwrap()
@@ -122,6 +122,31 @@ fn resume_refuses_a_different_global_batch_seed_or_dataset() {
     assert!(e.contains("multiple of world size 4"), "{e}");
     let e = Loader::new(ds, opts(1000, 0, 1, 0), None).err().unwrap().to_string();
     assert!(e.contains("no bucket has a full global batch of 1000 rows"), "{e}");
+}
+
+/// A refused resume says what changed in the dataset, as far as its fingerprint tells.
+#[test]
+fn resume_on_a_changed_dataset_says_what_changed() {
+    let (_d, ds) = open(64);
+    let mut l = Loader::new(ds.clone(), opts(8, 0, 1, 0), None).unwrap();
+    l.next_batch().unwrap();
+    let s = l.state();
+    let (_d96, more) = open(96);
+    let e = Loader::new(more, opts(8, 0, 1, 0), Some(s.clone())).err().unwrap();
+    assert!(matches!(e, infinity_data::DataError::Config(_)), "a configuration error: {e:?}");
+    let e = e.to_string();
+    assert!(e.contains("the row count changed: 64 → 96") && e.contains("fixes the order of the samples"), "{e}");
+    // the same number of other rows
+    let other_dir = tempfile::tempdir().unwrap();
+    common::write_random(other_dir.path(), 64, 8);
+    let other = Arc::new(Dataset::open(other_dir.path(), Checksums::Verify).unwrap());
+    let e = Loader::new(other, opts(8, 0, 1, 0), Some(s.clone())).err().unwrap().to_string();
+    assert!(e.contains("the shards changed (their names, checksums or row counts; still 64 rows in all)"), "{e}");
+    assert!(!e.contains("schedules changed"), "{e}");
+    // the same shards read by other schedules
+    let mut m = ds.manifest.clone();
+    m.schedules[0].scales.pop();
+    assert_eq!(m.fingerprint_changes(&s.dataset), ["`d` or the scale schedules changed"]);
 }
 
 #[test]

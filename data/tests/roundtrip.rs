@@ -57,3 +57,46 @@ fn writer_refuses_to_overwrite_without_the_flag_and_rejects_bad_rows() {
     let e = w.push(row).unwrap_err().to_string();
     assert!(e.contains("row id 9") && e.contains("`bits`"), "{e}");
 }
+
+/// A writer interrupted before its manifest leaves shards behind; a new dataset in that folder must not
+/// keep the ones it does not list (verify would name them, training would never read them).
+#[test]
+fn a_new_dataset_clears_the_shards_of_an_unfinished_or_replaced_one() {
+    use infinity_data::manifest::MANIFEST_FILE;
+    use infinity_data::writer::{DatasetWriter, WriterOptions};
+    let write = |dir: &std::path::Path, n: u64, overwrite: bool| {
+        let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(n);
+        let m = common::manifest();
+        let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite };
+        let mut w = DatasetWriter::create(dir, m.clone(), opts)?;
+        for id in 0..n {
+            w.push(common::random_row(&m, id, &mut rng))?;
+        }
+        w.finish()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, m) = common::write_random(dir.path(), 300, 1);
+    assert!(m.shards.len() > 3);
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).unwrap(); // as if interrupted
+    let small = write(dir.path(), 5, false).unwrap();
+    assert_eq!(small.shards.len(), 1);
+    let r = infinity_data::inspect::verify(dir.path());
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+
+    // a shard file of another name may be someone's data: named, and removed only with overwrite
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).unwrap();
+    std::fs::write(dir.path().join("mine.arrow"), b"data").unwrap();
+    let e = write(dir.path(), 5, false).unwrap_err().to_string();
+    assert!(e.contains("mine.arrow") && e.contains("no manifest.json") && e.contains("--overwrite"), "{e}");
+    write(dir.path(), 5, true).unwrap();
+    assert!(!dir.path().join("mine.arrow").exists());
+
+    // replacing a dataset removes the shards its manifest listed, whatever their names
+    let mut m = infinity_data::Manifest::load(dir.path()).unwrap();
+    std::fs::rename(dir.path().join(&m.shards[0].file), dir.path().join("part-0.ipc")).unwrap();
+    m.shards[0].file = "part-0.ipc".into();
+    m.save(dir.path()).unwrap();
+    write(dir.path(), 5, true).unwrap();
+    assert!(!dir.path().join("part-0.ipc").exists());
+    assert!(infinity_data::inspect::verify(dir.path()).problems.is_empty());
+}

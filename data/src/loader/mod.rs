@@ -82,7 +82,15 @@ impl LoaderState {
             )))
         };
         if !manifest.fingerprint_matches(&self.dataset) {
-            return mismatch("the dataset fingerprint", self.dataset.clone(), manifest.fingerprint());
+            // the hashes alone say nothing to a user: spell out what the fingerprint tells
+            let changes = manifest.fingerprint_changes(&self.dataset).join("; ");
+            return Err(DataError::Config(format!(
+                "cannot resume the data stream: the dataset is not the one the saved position was read from: \
+                 {changes} (dataset fingerprint {} → {}); the dataset fixes the order of the samples: resume \
+                 on the dataset the run started with, or start a new run",
+                self.dataset,
+                manifest.fingerprint()
+            )));
         }
         if self.global_batch != global_batch {
             return mismatch("data.global_batch", self.global_batch.to_string(), global_batch.to_string());

@@ -12,7 +12,7 @@ use infinity_data::{bench, inspect, pack, synth, writer::WriterOptions, Checksum
 pub enum DataCommand {
     /// Generate the procedural shapes dataset (class + caption conditions) and tokenize it.
     Synth(SynthArgs),
-    /// Tokenize a folder of PNG/JPEG images (labels from sub-folder names) into shards.
+    /// Tokenize a folder of PNG/JPEG images (classes from sub-folder names, else one class) into shards.
     Pack(PackArgs),
     /// Print the manifest, schedules, shards and Arrow schema.
     Inspect { dir: PathBuf },
@@ -29,14 +29,14 @@ pub struct Common {
     /// Output dataset folder.
     #[arg(long)]
     out: PathBuf,
-    /// Bits per token (latent channels).
-    #[arg(long, default_value_t = 16)]
+    /// Bits per token (latent channels), at most 3·patch².
+    #[arg(long, default_value_t = 16, value_parser = super::positive())]
     d: usize,
     /// Pixel budget: demo4, demo5, 0.06M, 0.25M, 0.60M or 1M.
     #[arg(long, default_value = "demo5")]
     budget: String,
     /// Tokenizer patch side in pixels.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::positive())]
     patch: usize,
     /// Store latents and bits at twice each scale's sides, the transformer's tokens being their 2×2
     /// patches (upstream's apply_spatial_patchify, its 8B model): for model.apply_spatial_patchify.
@@ -60,18 +60,20 @@ impl Common {
 pub struct SynthArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value_t = 4096)]
+    /// Rows (images) to generate.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     rows: u64,
+    /// Seed of the images and captions: the same seed gives the same files, byte for byte.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Aspect-ratio templates with their share of rows, as TEMPLATE:WEIGHT,...
     #[arg(long, default_value = "1.000:0.75,0.666:0.25")]
     templates: String,
     /// Text embedding width.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::positive())]
     text_width: usize,
-    /// Rows the tokenizer is fitted on.
-    #[arg(long, default_value_t = 512)]
+    /// Rows the tokenizer is fitted on (with --tokenizer: its PSNR is measured on).
+    #[arg(long, default_value_t = 512, value_parser = super::positive())]
     fit_rows: usize,
     /// Reuse a tokenizer (e.g. the training dataset's tokenizer.safetensors, for a validation split).
     #[arg(long)]
@@ -83,8 +85,9 @@ pub struct PackArgs {
     #[command(flatten)]
     common: Common,
     /// Folder of .png/.jpg/.jpeg images, one sub-folder per class (class ids: the sorted folder names;
-    /// hidden folders are not classes), or none for unlabelled images; `NAME.txt` beside `NAME.png` is
-    /// its caption.
+    /// hidden folders are not classes), or the images directly in it: one class named after the folder
+    /// (with classifier-free guidance's null class, unconditional generation). Not both. `NAME.txt`
+    /// beside `NAME.png` is its caption.
     #[arg(long)]
     images: PathBuf,
     /// Reuse a tokenizer (tokenizer.safetensors) instead of fitting one.
@@ -179,8 +182,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 a.common.out.display(),
                 t.elapsed().as_secs_f64()
             );
+            let how = match &a.tokenizer {
+                Some(p) => format!("reused {}", p.display()),
+                None => "fitted".into(),
+            };
             console!(
-                "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ ({} fit images)",
+                "tokenizer: {how}; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured on {} \
+                 images)",
                 fit.psnr_latent_db,
                 fit.psnr_bsq_db,
                 fit.images
@@ -201,6 +209,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             };
             let (m, fit, notes) = pack::pack(&a.images, &a.common.out, &opts)?;
             console!("packed {} images into {}", m.total_rows, a.common.out.display());
+            if let Some(name) = &notes.single_class {
+                console!(
+                    "no class sub-folders in {}: every image is one class, `{name}` (with classifier-free \
+                     guidance's null class: unconditional generation)",
+                    a.images.display()
+                );
+            }
             if !notes.skipped.is_empty() {
                 let shown: Vec<String> = notes.skipped.iter().take(5).map(|p| p.display().to_string()).collect();
                 let more = notes.skipped.len().saturating_sub(5);
@@ -220,12 +235,16 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             if notes.uncaptioned > 0 {
                 console!("{} of {} images have no caption (NAME.txt beside NAME.png)", notes.uncaptioned, m.total_rows);
             }
-            if let Some(f) = fit {
-                console!(
-                    "tokenizer: PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ",
+            match (fit, &opts.tokenizer) {
+                (Some(f), _) => console!(
+                    "tokenizer: fitted; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured \
+                     on {} images)",
                     f.psnr_latent_db,
-                    f.psnr_bsq_db
-                );
+                    f.psnr_bsq_db,
+                    f.images
+                ),
+                (None, Some(p)) => console!("tokenizer: reused {}", p.display()),
+                (None, None) => {}
             }
         }
         DataCommand::Inspect { dir } => console_text!("{}", inspect::inspect(&dir)?),

@@ -29,6 +29,7 @@ use crate::model::{Conditioning, ModelConfig, Params};
 pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Option<u64>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
+    let unlisted = super::setup::unlisted_warning(cfg, &ds)?;
     let mean_tokens = mix.mean_tokens;
     let m = &ds.manifest;
     let patches = match mc.apply_spatial_patchify {
@@ -67,6 +68,7 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         }
     }
     bad.finish("data.dir", &cfg.data.dir).map_err(unrecoverable)?;
+    out.extend(unlisted.map(|w| format!("warning: {w}")));
     if let Some(first) = repeated.first() {
         out.push(format!(
             "warning: {} rows repeat an earlier row's id (first: id {first}); they are drawn as often as the \

@@ -86,6 +86,7 @@ pub struct TrainSummary {
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
+    let unlisted = setup::unlisted_warning(cfg, &ds)?;
     let ds = Arc::new(ds);
     let m = ds.manifest.clone();
     // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
@@ -124,6 +125,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let accum = micro_steps(cfg, dist.world, micro_batch)?;
     let leader = dist.is_leader();
+    if let Some(w) = unlisted.filter(|_| leader) {
+        tracing::warn!("{w}");
+    }
     // MFU against the leader's device (its GPU's datasheet peak under "auto"; none on the CPU)
     let (peak_tflops, peak_line) = mfu::resolve_peak(cfg.run.peak_tflops, compute.gpu_name(), cfg.run.precision);
     if let Some(line) = peak_line.filter(|_| leader) {

@@ -38,10 +38,27 @@ pub struct Setup {
     pub mix: TokenMix,
 }
 
+/// The warning for shard files in `data.dir` its manifest does not list (a batch of data copied in
+/// without being written into the dataset would otherwise be left out unsaid), if any.
+pub fn unlisted_warning(cfg: &TrainConfig, ds: &Dataset) -> Result<Option<String>> {
+    let unlisted = ds.unlisted_shards().with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+    let names: Vec<String> = unlisted.iter().map(|p| p.display().to_string()).collect();
+    Ok((!names.is_empty()).then(|| {
+        format!(
+            "data.dir {}: {} shard file(s) the manifest does not list, not read: {} (write them into the dataset, \
+             or move them away)",
+            cfg.data.dir.display(),
+            names.len(),
+            names.join(", ")
+        )
+    }))
+}
+
 impl Setup {
     pub fn open(cfg: &TrainConfig) -> Result<Setup> {
         let ds = Dataset::open(&cfg.data.dir, Checksums::Verify)
             .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+
         let m = &ds.manifest;
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
