@@ -315,10 +315,10 @@ fn check_reports_a_run_without_starting_it() {
     let (tmp, data, run, cfg) = class_run();
     let c = TrainConfig::load(&cfg, &["data.micro_batch=2".into()]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 2, None, None).unwrap().join("\n");
-    for want in ["48 rows in 1 shards (checksums verified)", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
+    for want in ["48 rows in 1 shard (checksums verified)", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
-    assert!(lines.contains("start: a fresh initialisation") && lines.contains("GB of weights"), "{lines}");
+    assert!(lines.contains("start: a fresh initialisation") && lines.contains("MB of weights"), "{lines}");
     // a shard copied in without being written into the dataset is named, not silently left out
     let extra = data.join("more.arrow");
     std::fs::copy(data.join("shard-00000.arrow"), &extra).unwrap();

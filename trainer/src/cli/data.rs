@@ -257,11 +257,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 console!("note: {n}");
             }
             console!(
-                "{}: {} shards opened, {} rows checked, {} problems ({} listed)",
+                "{}: {} opened, {} checked, {} ({} listed)",
                 dir.display(),
-                r.shards,
-                r.rows_checked,
-                r.count(),
+                super::plural(r.shards, "shard"),
+                super::plural(r.rows_checked as usize, "row"),
+                super::plural(r.count(), "problem"),
                 r.problems.len()
             );
             if !r.problems.is_empty() {

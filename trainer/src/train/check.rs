@@ -37,13 +37,12 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         false => String::new(),
     };
     out.push(format!(
-        "dataset {}: {} rows in {} shards (checksums verified), d = {}{patches}, {} schedules, {mean_tokens:.0} tokens \
-         per sample",
+        "dataset {}: {} in {} (checksums verified), d = {}{patches}, {}, {mean_tokens:.0} tokens per sample",
         cfg.data.dir.display(),
-        ds.num_rows(),
-        m.shards.len(),
+        plural(ds.num_rows() as usize, "row"),
+        plural(m.shards.len(), "shard"),
         m.d,
-        m.schedules.len()
+        plural(m.schedules.len(), "schedule")
     ));
     // one pass over the rows: the ones the loader would refuse (or the step, for a non-finite value)
     // stop the run at whatever step first draws them, so they fail the check as they would the run;
@@ -145,11 +144,13 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
     ));
     out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()));
     // f32 weights, gradients and the two AdamW moments; a checkpoint holds all but the gradients
+    // (in MB below a gigabyte: a tiny model's 0.00 GB said nothing)
+    let size =
+        |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };
     out.push(format!(
-        "memory: {:.2} GB of weights, gradients and AdamW moments (f32) per rank without ZeRO-1; checkpoints \
-         of {:.2} GB",
-        16.0 * n / 1e9,
-        12.0 * n / 1e9
+        "memory: {} of weights, gradients and AdamW moments (f32) per rank without ZeRO-1; checkpoints of {}",
+        size(16.0 * n),
+        size(12.0 * n)
     ));
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());

@@ -254,7 +254,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
         "train_flops_per_token": mix.flops_per_token,
         "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
-        "dataset": { "dir": cfg.data.dir, "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
+        "dataset": { "dir": std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone()), "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
     });
     if leader {
         write("config.toml", &config_toml)?;
