@@ -335,6 +335,10 @@ fn check_reports_a_run_without_starting_it() {
     assert!(
         err(&["train", path_str(&cfg), "--check", "--world", "0"]).contains("expected a whole number ≥ 1, found `0`")
     );
+    // u64 counts too (clap's own range check said "0 is not in 1..18446744073709551615")
+    let out = tmp.path().join("none");
+    assert!(err(&["data", "synth", "--out", path_str(&out), "--rows", "0"])
+        .contains("expected a whole number ≥ 1, found `0`"));
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
     assert!(e.contains("must split into 3 ranks"), "{e}");
     assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");

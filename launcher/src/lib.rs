@@ -44,10 +44,18 @@ pub fn write_whole(w: &mut impl std::io::Write, args: std::fmt::Arguments, line:
 /// A count a command line takes that must be at least 1 (ranks, iterations, a batch, a world size), for
 /// clap's `value_parser`.
 pub fn positive() -> impl clap::builder::TypedValueParser<Value = usize> {
+    positive_of::<usize>()
+}
+
+/// [`positive`] for another unsigned type (`u64` rows and budgets).
+pub fn positive_of<T>() -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + Clone + Send + Sync + 'static,
+{
     use clap::builder::TypedValueParser;
     // (clap's ranged parser says "0 is not in 1..18446744073709551615")
-    clap::builder::StringValueParser::new().try_map(|s| match s.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
+    clap::builder::StringValueParser::new().try_map(|s| match s.trim().parse::<T>() {
+        Ok(n) if n > T::from(0) => Ok(n),
         _ => Err(format!("expected a whole number ≥ 1, found `{s}`")),
     })
 }

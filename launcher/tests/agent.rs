@@ -124,11 +124,31 @@ const PATIENT_RANK: &str = r#"trap 'touch "$TEST_DIR/term.$RANK"; exit 0' TERM; 
 /// A rank that marks its start and dies of the first signal (a rank stopped before it could checkpoint).
 const FRAGILE_RANK: &str = r#"touch "$TEST_DIR/started.$RANK"; exec sleep 60"#;
 
-fn args<'a>(dir: &'a str, extra: &[&'a str], rank: &'a str) -> Vec<&'a str> {
-    let mut v = vec!["--log-dir", dir, "--grace-s", "5", "--rdzv-timeout-s", "15"];
+/// An agent's command line: logs under `dir`, `grace` seconds for its ranks to stop, 15 s for the
+/// rendezvous, the `extra` options, then the ranks' command.
+fn agent_args<'a>(dir: &'a str, grace: &'a str, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--log-dir", dir, "--grace-s", grace, "--rdzv-timeout-s", "15"];
     v.extend_from_slice(extra);
-    v.extend_from_slice(&["--", "sh", "-c", rank]);
+    v.push("--");
+    v.extend_from_slice(cmd);
     v
+}
+
+/// [`agent_args`] with a 5 s grace and a shell script for ranks.
+fn args<'a>(dir: &'a str, extra: &[&'a str], rank: &'a str) -> Vec<&'a str> {
+    agent_args(dir, "5", extra, &["sh", "-c", rank])
+}
+
+/// The options of node `n` in a group of two nodes meeting at `rdzv`, then `more`.
+fn node_of_two<'a>(n: &'a str, rdzv: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--nnodes", "2", "--node-rank", n, "--rdzv", rdzv, "--token", "t"];
+    v.extend_from_slice(more);
+    v
+}
+
+/// This test binary run as a rank: the test `name`, marked to act by the environment `flag`.
+fn test_rank<'a>(flag: &'a str, exe: &'a str, name: &'a str) -> [&'a str; 8] {
+    ["env", flag, exe, name, "--exact", "--nocapture", "--test-threads", "1"]
 }
 
 #[test]
@@ -178,7 +198,7 @@ fn frozen_store(case: &str) {
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
     let node = |n: &'static str| {
-        let extra = ["--nnodes", "2", "--node-rank", n, "--rdzv", &rdzv, "--token", "t", "--run-id", "frozen"];
+        let extra = node_of_two(n, &rdzv, &["--run-id", "frozen"]);
         Agent::start(tmp.path(), &format!("node{n}"), &args(d, &extra, PATIENT_RANK))
     };
     let (node0, mut node1) = (node("0"), node("1"));
@@ -226,7 +246,7 @@ fn a_replacement_agent_joins_the_restart() {
         [ "$RANK" = 1 ] && exec sleep 60
         while [ ! -e "$TEST_DIR/node1-killed" ]; do sleep 0.05; done; exit 3"#;
     let node = |n: &'static str, name: &str| {
-        let extra = ["--nnodes", "2", "--node-rank", n, "--rdzv", &rdzv, "--token", "t", "--max-restarts", "2"];
+        let extra = node_of_two(n, &rdzv, &["--max-restarts", "2"]);
         Agent::start(tmp.path(), name, &args(d, &extra, rank))
     };
     let (mut node0, mut node1) = (node("0", "node0"), node("1", "node1"));
@@ -362,20 +382,7 @@ fn a_node_whose_ranks_finished_joins_the_groups_restart_and_exit_code() {
     let rank =
         r#"touch "$TEST_DIR/started.$RANK.$INFINITY_RESTART_COUNT"; if [ "$RANK" = 0 ]; then sleep 2; exit 1; fi"#;
     let node = |n: &'static str| {
-        let extra = [
-            "--nnodes",
-            "2",
-            "--node-rank",
-            n,
-            "--rdzv",
-            &rdzv,
-            "--token",
-            "t",
-            "--run-id",
-            "g",
-            "--max-restarts",
-            "1",
-        ];
+        let extra = node_of_two(n, &rdzv, &["--run-id", "g", "--max-restarts", "1"]);
         Agent::start(tmp.path(), &format!("node{n}"), &args(d, &extra, rank))
     };
     let (mut node0, mut node1) = (node("0"), node("1"));
@@ -433,33 +440,8 @@ fn a_lost_agent_is_named_in_the_other_nodes_report() {
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap();
     let node = |n: &'static str| {
-        let args = [
-            "--log-dir",
-            d,
-            "--grace-s",
-            "5",
-            "--rdzv-timeout-s",
-            "15",
-            "--nnodes",
-            "2",
-            "--node-rank",
-            n,
-            "--rdzv",
-            &rdzv,
-            "--token",
-            "t",
-            "--run-id",
-            "lost",
-            "--",
-            "env",
-            "LAUNCH_TEST_RANK=1",
-            exe,
-            "rank_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ];
+        let extra = node_of_two(n, &rdzv, &["--run-id", "lost"]);
+        let args = agent_args(d, "5", &extra, &test_rank("LAUNCH_TEST_RANK=1", exe, "rank_process"));
         Agent::start(tmp.path(), &format!("node{n}"), &args)
     };
     let (node0, mut node1) = (node("0"), node("1"));
@@ -488,30 +470,8 @@ fn a_node_stopping_what_its_ranks_left_is_not_taken_for_lost() {
         if [ "$RANK" = 1 ]; then trap "" TERM; sleep 100 >/dev/null 2>&1 & echo $! > "$TEST_DIR/child.1"; fi
         exit 0"#;
     let node = |n: &'static str| {
-        let args = [
-            "--log-dir",
-            d,
-            "--grace-s",
-            "14",
-            "--rdzv-timeout-s",
-            "15",
-            "--nnodes",
-            "2",
-            "--node-rank",
-            n,
-            "--rdzv",
-            &rdzv,
-            "--token",
-            "t",
-            "--run-id",
-            "slow",
-            "--max-restarts",
-            "0",
-            "--",
-            "sh",
-            "-c",
-            rank,
-        ];
+        let extra = node_of_two(n, &rdzv, &["--run-id", "slow", "--max-restarts", "0"]);
+        let args = agent_args(d, "14", &extra, &["sh", "-c", rank]);
         Agent::start(tmp.path(), &format!("node{n}"), &args)
     };
     let (mut node0, mut node1) = (node("0"), node("1"));
@@ -548,21 +508,8 @@ fn a_rank_outside_its_process_group_is_killed_after_the_grace() {
     let d = tmp.path().to_str().unwrap();
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap();
-    let args = [
-        "--log-dir",
-        d,
-        "--grace-s",
-        "1",
-        "--",
-        "env",
-        "LAUNCH_TEST_ESCAPE=1",
-        exe,
-        "escaping_rank_process",
-        "--exact",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ];
+    let mut args = vec!["--log-dir", d, "--grace-s", "1", "--"];
+    args.extend(test_rank("LAUNCH_TEST_ESCAPE=1", exe, "escaping_rank_process"));
     let mut agent = Agent::start(tmp.path(), "escape", &args);
     wait_started(tmp.path(), 1, Duration::from_secs(15));
     agent.signal(libc::SIGTERM);

@@ -43,7 +43,7 @@ pub struct Common {
     #[arg(long)]
     spatial_patchify: bool,
     /// Target shard size in MiB (at least 1).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 256, value_parser = super::positive_of::<u64>())]
     shard_mib: u64,
     /// Replace a dataset already in --out.
     #[arg(long)]
@@ -61,7 +61,7 @@ pub struct SynthArgs {
     #[command(flatten)]
     common: Common,
     /// Rows (images) to generate.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 4096, value_parser = super::positive_of::<u64>())]
     rows: u64,
     /// Seed of the images and captions: the same seed gives the same files, byte for byte.
     #[arg(long, default_value_t = 0)]
@@ -105,7 +105,7 @@ pub struct PackArgs {
 pub struct StatsArgs {
     dir: PathBuf,
     /// Rows per bucket to measure.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive_of::<u64>())]
     rows: u64,
     /// Write a grid of decoded samples to this PNG.
     #[arg(long)]
@@ -118,7 +118,7 @@ pub struct StatsArgs {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Dataset sizes (rows at 256 px; 1024 px uses a sixteenth, at least two global batches).
-    #[arg(long, value_delimiter = ',', default_value = "16384,131072", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_delimiter = ',', default_value = "16384,131072", value_parser = super::positive_of::<u64>())]
     rows: Vec<u64>,
     #[arg(long, default_value_t = 32, value_parser = super::positive())]
     d: usize,

@@ -95,7 +95,7 @@ impl std::fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {}
 
-pub(crate) use infinity_launcher::positive;
+pub(crate) use infinity_launcher::{positive, positive_of};
 
 /// `n` and the noun, `s`-plural unless `n` is 1 ("1 image", "4 images").
 pub(crate) fn plural(n: usize, noun: &str) -> String {

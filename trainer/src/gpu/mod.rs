@@ -144,6 +144,22 @@ impl<'a> Net<'a> {
     }
 }
 
+/// A [`GpuModel`]'s [`Net`], borrowing the fields one by one (a method would borrow the whole model,
+/// which the backward cannot share while it writes the gradients).
+macro_rules! net_of {
+    ($model:expr) => {
+        Net {
+            dev: &$model.dev,
+            gemm: &$model.gemm,
+            gemm32: $model.gemm32.as_ref().unwrap_or(&$model.gemm),
+            cfg: &$model.cfg,
+            lay: &$model.lay,
+            params: &$model.params,
+            params16: $model.params16.as_ref(),
+        }
+    };
+}
+
 /// The model's parameters and accumulated gradients on one GPU.
 pub struct GpuModel {
     dev: Device,
@@ -360,16 +376,8 @@ impl GpuModel {
         }
         self.refresh_bf16()?;
         let rope = &self.ropes[&key].1;
-        // (`GpuModel::net`'s fields, borrowed apart from the gradients the backward writes)
-        let net = Net {
-            dev: &self.dev,
-            gemm: &self.gemm,
-            gemm32: self.gemm32.as_ref().unwrap_or(&self.gemm),
-            cfg: &self.cfg,
-            lay: &self.lay,
-            params: &self.params,
-            params16: self.params16.as_ref(),
-        };
+        // (field by field, so the backward can still write `self.grads`)
+        let net = net_of!(self);
         let acts = forward::forward(&net, &dinp, rope, !matches!(grad, Grad::No), self.recompute)?;
         match grad {
             Grad::No => {}
@@ -411,15 +419,7 @@ impl GpuModel {
 
     /// What the kernels need (after [`GpuModel::refresh_bf16`]).
     fn net(&self) -> Net<'_> {
-        Net {
-            dev: &self.dev,
-            gemm: &self.gemm,
-            gemm32: self.gemm32.as_ref().unwrap_or(&self.gemm),
-            cfg: &self.cfg,
-            lay: &self.lay,
-            params: &self.params,
-            params16: self.params16.as_ref(),
-        }
+        net_of!(self)
     }
 
     /// The batch on the device, with its teacher-forcing inputs and labels already there.

@@ -177,7 +177,7 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
         (Some(c), Some(g)) => format!("{c} and {g}"),
         (Some(c), None) => c,
         (None, Some(g)) => format!("{g} after step {step}"),
-        (None, None) => "nothing after step {step}".replace("{step}", &step.to_string()),
+        (None, None) => format!("nothing after step {step}"),
     }
 }
 
