@@ -6,19 +6,7 @@ use std::path::{Path, PathBuf};
 
 use infinity_trainer::train::config::TrainConfig;
 
-use crate::{infinity, path_str, python, python_fails, repo};
-
-/// The error of a command that must fail, and the exit code `infinity` would give it.
-fn fails(args: &[&str]) -> (String, u8) {
-    match infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())) {
-        Ok(code) => panic!("infinity {args:?} succeeded ({code:?}); expected an error"),
-        Err(e) => (format!("{e:#}"), infinity_trainer::cli::exit_code(&e)),
-    }
-}
-
-fn err(args: &[&str]) -> String {
-    fails(args).0
-}
+use crate::{err, fails, infinity, path_str, python, python_fails, repo};
 
 /// A temporary folder with 48 synthetic rows (`data`) and a class model's config (`cfg`) training into
 /// `run`.
@@ -31,7 +19,9 @@ fn class_run() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     (tmp, data, run, cfg)
 }
 
-fn write_config(path: &Path, data: &Path, run: &Path, conditioning: &str) {
+/// A tiny `conditioning` model's config at `path`: 2 steps of 4 samples on `data` into `run`, a checkpoint
+/// every step (the newest kept), a sample grid at step 2.
+pub fn write_config(path: &Path, data: &Path, run: &Path, conditioning: &str) {
     let text = format!(
         r#"
 [run]
@@ -154,6 +144,19 @@ fn train_sample_and_export_a_text_model() {
     let e = err(&["sample", run_s, "--caption", "a red circle", "--data", path_str(&other)]);
     assert!(e.contains("text features of width 48, the model's are 32: not the model's dataset"), "{e}");
 
+    // two schedules of one template (two pixel budgets): --template names them, --schedule picks one
+    let mut budgets = manifest.clone();
+    let mut other = budgets["schedules"][0].clone();
+    other["name"] = "1.000/other".into();
+    budgets["schedules"].as_array_mut().unwrap().push(other);
+    let m: infinity_data::Manifest = serde_json::from_value(budgets).unwrap();
+    let pick = |t: Option<&str>, n: Option<&str>| infinity_trainer::infer::pick_schedule(&m, t, n).map(|s| &s.name);
+    assert_eq!(pick(None, None).unwrap(), "1.000/demo4");
+    assert_eq!(pick(None, Some("1.000/other")).unwrap(), "1.000/other");
+    let e = format!("{:#}", pick(Some("1.000"), None).unwrap_err());
+    assert!(e.contains("2 schedules have it ([\"1.000/demo4\", \"1.000/other\"]); pick one with --schedule"), "{e}");
+    assert!(format!("{:#}", pick(None, Some("0.5/x")).unwrap_err()).contains("no schedule of that name"));
+
     // wrong conditions are named
     assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
     let e = err(&[
@@ -169,6 +172,22 @@ fn train_sample_and_export_a_text_model() {
     assert!(e.contains("cannot be used with"), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
     assert!(err(&["sample", path_str(&tmp.path().join("nowhere"))]).contains("no such checkpoint"));
+    // a grid name no encoder takes fails before the sampling, leaving no file (a .bmp was refused after
+    // it, an empty file and the bits written)
+    let (bmp, bits_bmp) = (tmp.path().join("grid.bmp"), tmp.path().join("bits-bmp.safetensors"));
+    let e = err(&["sample", run_s, "--caption", "a red circle", "-o", path_str(&bmp), "--bits", path_str(&bits_bmp)]);
+    assert!(e.contains("grid.bmp") && e.contains("written as .png or .jpg"), "{e}");
+    assert!(!bmp.exists() && !bits_bmp.exists(), "a refused sampling left files");
+    // another dataset's tokenizer decodes other images: said when --data's is not the run's
+    let (same, other) = (tmp.path().join("data-same-tok"), tmp.path().join("data-other-tok"));
+    let tok = data.join("tokenizer.safetensors");
+    let synth = ["data", "synth", "--rows", "8", "--fit-rows", "8", "--budget", "demo4", "--out"];
+    assert!(infinity(&[&synth[..], &[path_str(&same), "--tokenizer", path_str(&tok)]].concat()));
+    assert!(infinity(&[&synth[..], &[path_str(&other), "--seed", "1"]].concat()));
+    let m = |dir: &Path| infinity_data::Manifest::load(dir).unwrap();
+    assert_eq!(infinity_trainer::infer::other_tokenizer(&data, &same, &m(&same)), None);
+    let warning = infinity_trainer::infer::other_tokenizer(&data, &other, &m(&other)).unwrap();
+    assert!(warning.contains("data-other-tok: its tokenizer is not the one the run trained with"), "{warning}");
     // text features longer than the model's captions, or not finite, are named (not a panic)
     let text = &manifest["conditions"]["text"];
     let (width, max_tokens) = (text["width"].as_u64().unwrap() as usize, text["max_tokens"].as_u64().unwrap() as usize);
@@ -191,6 +210,8 @@ fn train_sample_and_export_a_text_model() {
     let e = sample_features(features(2, f32::NAN));
     assert!(e.contains("`caption` holds NaN at token 0, channel 0"), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a red circle", "--cfg", "nan"]).contains("--cfg"));
+    // a negative value reaches the checks (clap took it for an option: "unexpected argument '-1'")
+    assert!(err(&["sample", run_s, "--caption", "a red circle", "--tau", "-1"]).contains("--tau must be positive"));
 
     // export in both dtypes; the checker compares with the reference model's names and shapes
     let expect = repo().join("tests/golden/export-state-dict.json");
@@ -469,12 +490,16 @@ fn the_coordinate_check_runs_from_the_command_line() {
 fn a_fresh_run_starts_from_another_runs_weights() {
     let (tmp, _data, run, cfg) = class_run();
     assert!(infinity(&["train", path_str(&cfg), "--set", "run.steps=3"]));
-    let exported = tmp.path().join("export.safetensors");
+    let (exported, export_dir) = (tmp.path().join("export.safetensors"), tmp.path().join("export-dir"));
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&exported)]));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&export_dir)]));
     let weights = |dir: &Path| infinity_trainer::train::checkpoint::load_model(dir, false).unwrap().params.data;
     let trained = weights(&run);
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    for (i, from) in [None, Some(&run), Some(&exported)].into_iter().enumerate() {
+    // an export folder is no checkpoint: sampling from it names the one it came from
+    let e = err(&["sample", path_str(&export_dir), "--class", "0"]);
+    assert!(e.contains("an `infinity export` folder") && e.contains("step 3"), "{e}");
+    for (i, from) in [None, Some(&run), Some(&exported), Some(&export_dir)].into_iter().enumerate() {
         let dir = tmp.path().join(format!("next-{i}"));
         let mut args = vec!["train".to_string(), path_str(&cfg).into()];
         for set in [format!("run.dir={}", path_str(&dir)), "run.steps=1".into(), "optim.lr=1e-30".into()] {

@@ -2,6 +2,7 @@
 //! command line end to end. One test binary (as ripgrep does), modules by topic.
 
 mod cli_data;
+mod cli_export;
 mod cli_train;
 mod golden_check;
 mod pyarrow_interop;
@@ -48,6 +49,19 @@ pub fn infinity(args: &[&str]) -> bool {
     let code = infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("infinity {args:?}: {e:#}"));
     format!("{code:?}") == format!("{:?}", std::process::ExitCode::SUCCESS)
+}
+
+/// The error of an `infinity` command that must fail, and the exit code it would give.
+pub fn fails(args: &[&str]) -> (String, u8) {
+    match infinity_trainer::cli::run(std::iter::once("infinity").chain(args.iter().copied())) {
+        Ok(code) => panic!("infinity {args:?} succeeded ({code:?}); expected an error"),
+        Err(e) => (format!("{e:#}"), infinity_trainer::cli::exit_code(&e)),
+    }
+}
+
+/// [`fails`]'s error.
+pub fn err(args: &[&str]) -> String {
+    fails(args).0
 }
 
 pub fn path_str(p: &Path) -> &str {

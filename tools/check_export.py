@@ -7,12 +7,14 @@
    (numpy for f32; bf16 has no numpy type, so its bytes are read directly and widened) and checks every
    tensor's dtype against config.json and every value for being finite; and the shard index beside it
    (model.safetensors.index.json, what upstream's `--checkpoint_type torch_shard` loads) names every
-   tensor.
+   tensor; and that config.json describes this file (its `weights`: one export per folder).
 2. Checks that the block keys are laid out as `constructor_kwargs.block_chunks` makes upstream's
    `Infinity` register them: `block_chunks.C.module.J` (C < block_chunks, J < depth / block_chunks)
    for more than one chunk, `blocks.N` for one.
 3. --expect: compares names and shapes with a state_dict listing of the reference PyTorch model
-   (tests/reference/infinity_ref.py --state-dict), for the constructor arguments in config.json.
+   (tests/reference/infinity_ref.py --state-dict). The listing holds a few models (the golden one: the
+   tiny configs the tests export); for constructor arguments it does not list, --expect is skipped with
+   a line saying so and checks 1, 2 and 4 are what applies (4 builds the reference for any arguments).
 4. With PyTorch installed: builds tests/reference's `Infinity` from config.json's constructor
    arguments and loads the file with `safetensors.torch.load_file` and `load_state_dict(strict=True)`.
    (The reference registers its blocks as `blocks.N`; 2. stands for upstream's chunked names, so
@@ -74,6 +76,28 @@ def check_block_layout(names, kwargs):
                  "load_state_dict(strict=True) would reject this file")
 
 
+def check_expect(path, cfg, tensors, per_chunk):
+    """Names and shapes against the listed reference model of config.json's constructor arguments and d."""
+    kwargs, ref = cfg["constructor_kwargs"], json.load(open(path))
+    match = [e for e in ref["models"] if e["d"] == cfg["d"]
+             and all(e["constructor_kwargs"].get(k) == kwargs.get(k) for k in e["constructor_kwargs"])]
+    if not match:
+        # a listing holds the models it was made for: no verdict on any other (not a fault of the export)
+        print(f"skipped: --expect ({path} lists {len(ref['models'])} reference models, none with this export's "
+              f"constructor_kwargs and d {cfg['d']}; --expect compares against the models it lists only). The checks "
+              "above apply (dtypes, finite values, shard index and block keys against config.json), and with "
+              "PyTorch the load below compares every name and shape")
+        return
+    expected = match[0]["state_dict"]
+    ours = {canonical(k, per_chunk): shape for k, (_, shape) in tensors.items()}
+    missing, extra = sorted(set(expected) - set(ours)), sorted(set(ours) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(ours) if list(expected[k]) != list(ours[k]))
+    if missing or extra or shapes:
+        fail(f"missing {missing}, unexpected {extra}, shape mismatches "
+             f"{[(k, ours[k], expected[k]) for k in shapes]}")
+    print(f"ok: names and shapes equal the reference model's state_dict ({len(expected)} entries)")
+
+
 def fail(msg):
     print("FAIL:", msg)
     sys.exit(1)
@@ -82,12 +106,16 @@ def fail(msg):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("weights")
-    p.add_argument("--expect", help="JSON listing of the reference model's state_dict names and shapes")
+    p.add_argument("--expect", help="JSON listing of reference models' state_dict names and shapes (skipped for a "
+                   "model it does not list)")
     p.add_argument("--require-torch", action="store_true", help="fail instead of skipping the PyTorch load")
     a = p.parse_args()
 
     cfg = json.load(open(os.path.join(os.path.dirname(a.weights) or ".", "config.json")))
     kwargs = cfg["constructor_kwargs"]
+    # (older exports do not name their file; a folder holds one export)
+    if cfg.get("weights", os.path.basename(a.weights)) != os.path.basename(a.weights):
+        fail(f"config.json beside it describes {cfg['weights']}, not {os.path.basename(a.weights)}")
     want_dtype = {"float32": "F32", "bfloat16": "BF16"}[cfg["dtype"]]
     tensors = header(a.weights)
     bad = [k for k, (dt, _) in tensors.items() if dt != want_dtype]
@@ -117,19 +145,7 @@ def main():
         print("skipped: --expect (a class-conditioned model: upstream's Infinity and the reference are "
               "text-conditioned)")
     elif a.expect:
-        ref = json.load(open(a.expect))
-        match = [e for e in ref["models"] if all(e["constructor_kwargs"].get(k) == kwargs.get(k) for k in e["constructor_kwargs"])
-                 and e["d"] == cfg["d"]]
-        if not match:
-            fail(f"{a.expect} lists no reference model with constructor_kwargs {kwargs} and d {cfg['d']}")
-        expected = {k: v for k, v in match[0]["state_dict"].items()}
-        ours = {canonical(k, per_chunk): shape for k, (_, shape) in tensors.items()}
-        missing, extra = sorted(set(expected) - set(ours)), sorted(set(ours) - set(expected))
-        shapes = sorted(k for k in set(expected) & set(ours) if list(expected[k]) != list(ours[k]))
-        if missing or extra or shapes:
-            fail(f"missing {missing}, unexpected {extra}, shape mismatches "
-                 f"{[(k, ours[k], expected[k]) for k in shapes]}")
-        print(f"ok: names and shapes equal the reference model's state_dict ({len(expected)} entries)")
+        check_expect(a.expect, cfg, tensors, per_chunk)
 
     try:
         import torch

@@ -358,13 +358,30 @@ pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
     save_grid(&images, 8, path)
 }
 
-/// Tile images into a grid PNG, each cell enlarged by an integer factor to at least 96 px.
+/// Tile images into a grid (PNG or JPEG by `path`'s extension), each cell enlarged by an integer factor
+/// to at least 96 px; written atomically (an encoder's error leaves no empty or partial file).
 pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
     let err = |e: String| crate::DataError::Image { path: path.into(), detail: e };
+    let format = grid_format(path)?;
     if images.is_empty() {
         return Err(err("no images to write".into()));
     }
-    grid_image(images, cols).save(path).map_err(|e| err(e.to_string()))
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    grid_image(images, cols).write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
+    crate::manifest::write_atomic(path, bytes.get_ref())
+}
+
+/// The format [`save_grid`] writes `path` in: PNG or JPEG by its extension, else an error, so that a
+/// command can refuse the name before its work rather than after.
+pub fn grid_format(path: &Path) -> Result<image::ImageFormat> {
+    use image::ImageFormat::{Jpeg, Png};
+    match image::ImageFormat::from_path(path) {
+        Ok(f @ (Png | Jpeg)) => Ok(f),
+        _ => Err(crate::DataError::Image {
+            path: path.into(),
+            detail: "an image grid is written as .png or .jpg (by the file name's extension)".into(),
+        }),
+    }
 }
 
 /// The grid of [`save_grid`] as an RGB image (`images` must not be empty).

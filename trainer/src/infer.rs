@@ -96,15 +96,28 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
     Ok((kv, lens, names.iter().map(|n| n.to_string()).collect()))
 }
 
-/// The dataset schedule of `template` (default: the square one if present, else the first).
-pub fn pick_schedule<'a>(m: &'a Manifest, template: Option<&str>) -> Result<&'a ScaleSchedule> {
+/// The dataset schedule named `name`, or of the aspect-ratio `template` (default: the first square one if
+/// present, else the first). A template that several schedules share (one per pixel budget) is refused
+/// with their names rather than taking the first.
+pub fn pick_schedule<'a>(m: &'a Manifest, template: Option<&str>, name: Option<&str>) -> Result<&'a ScaleSchedule> {
+    let names = || m.schedules.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
+    if let Some(name) = name {
+        return m.schedules.iter().find(|s| s.name == name).with_context(|| {
+            format!("--schedule {name}: the dataset has no schedule of that name (it has {:?})", names())
+        });
+    }
     let want = template.unwrap_or("1.000");
-    match m.schedules.iter().find(|s| s.h_div_w_template == want) {
-        Some(s) => Ok(s),
-        None if template.is_none() => Ok(&m.schedules[0]),
-        None => {
+    let matching: Vec<&ScaleSchedule> = m.schedules.iter().filter(|s| s.h_div_w_template == want).collect();
+    match (matching.as_slice(), template) {
+        ([], None) => Ok(&m.schedules[0]),
+        ([], Some(_)) => {
             let have: Vec<&str> = m.schedules.iter().map(|s| s.h_div_w_template.as_str()).collect();
             bail!("--template {want}: the dataset has schedules for {have:?}")
+        }
+        ([one], _) | ([one, ..], None) => Ok(one),
+        (several, Some(_)) => {
+            let of: Vec<&str> = several.iter().map(|s| s.name.as_str()).collect();
+            bail!("--template {want}: {} schedules have it ({of:?}); pick one with --schedule NAME", several.len())
         }
     }
 }
@@ -171,6 +184,22 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
             }
             SampleCondition::Text { kv, lens, negative: None }
         }
+    })
+}
+
+/// A warning when `--data DIR`'s tokenizer (`m`'s) is not the one of the run's dataset `trained`: the bits
+/// would be decoded with another basis (compared by name and file bytes, when that dataset is at hand).
+pub fn other_tokenizer(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {
+    let run = Manifest::load(trained).ok()?;
+    let bytes = |dir: &Path, m: &Manifest| m.tokenizer.file.as_ref().and_then(|f| std::fs::read(dir.join(f)).ok());
+    let same = run.tokenizer.name == m.tokenizer.name && bytes(trained, &run) == bytes(given, m);
+    (!same).then(|| {
+        format!(
+            "--data {}: its tokenizer is not the one the run trained with ({}'s): the images are decoded with \
+             another tokenizer's basis and will not look like what the model learned",
+            given.display(),
+            trained.display()
+        )
     })
 }
 

@@ -6,7 +6,10 @@
 //! plus the record framing (length, masked crc32c of the length, data, masked crc32c of the data).
 //!
 //! A logging failure must never stop training: every method returns a `Result` the trainer may log and
-//! ignore, and the writer keeps no state that a failed write could corrupt beyond the current record.
+//! ignore. A failed write (a full disk) may leave a torn record, after which a reader of the file stops,
+//! so the writer never appends to a file after a failure: the next write first cuts that file back to
+//! its last flushed record and goes on in a new event file (TensorBoard reads a run's files in name
+//! order).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -174,41 +177,121 @@ fn masked_crc(data: &[u8]) -> u32 {
     c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
-/// Appends events to one `events.out.tfevents.*` file.
+/// The event file under its buffer, with the fault drill's budget: after `fail_after` more bytes,
+/// every write fails as on a full disk.
+struct Sink {
+    file: File,
+    fail_after: Option<usize>,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.fail_after {
+            None => self.file.write(buf),
+            Some(0) => Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device (drill)")),
+            Some(left) => {
+                let n = self.file.write(&buf[..left.min(buf.len())])?;
+                self.fail_after = Some(left - n);
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Appends events to an `events.out.tfevents.*` file (a new one after a failed write).
 pub struct EventWriter {
+    dir: PathBuf,
     path: PathBuf,
-    out: BufWriter<File>,
+    /// `None` once a failed write spent the file and no new one could be made yet.
+    out: Option<BufWriter<Sink>>,
+    /// Bytes handed to the buffer, and those a successful flush put in the file: its whole records.
+    written: u64,
+    committed: u64,
+    /// A write or flush failed: the file may end in a torn record, and takes no more.
+    broken: bool,
 }
 
 impl EventWriter {
     /// Create a new event file in `dir` (named as TensorBoard expects).
     pub fn create(dir: &Path) -> std::io::Result<EventWriter> {
-        std::fs::create_dir_all(dir)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        // a writer per session: the counter keeps two sessions of one process in one second (a resume in
-        // tests) from sharing a file name, and `create_new` from ever truncating an earlier session's file
-        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n}", now.as_secs(), std::process::id()));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        let mut w = EventWriter { out: BufWriter::new(file), path };
+        let (path, out) = new_file(dir)?;
+        let mut w =
+            EventWriter { dir: dir.to_path_buf(), path, out: Some(out), written: 0, committed: 0, broken: false };
         w.write_event(0, Some(EventWhat::FileVersion("brain.Event:2".into())))?;
         Ok(w)
     }
 
+    /// The file written now (or last).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a write failed since the file was opened (the next write reopens first).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// After a failed write: cut the spent file back to its last flushed record (remove it when it has
+    /// none) and go on in a new event file. The failed writes' events are lost, and nothing after them
+    /// is: a reader stops at a torn record.
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.close_spent();
+        let (path, out) = new_file(&self.dir)?;
+        (self.path, self.out, self.written, self.committed, self.broken) = (path, Some(out), 0, 0, false);
+        self.write_event(0, Some(EventWhat::FileVersion("brain.Event:2".into())))
+    }
+
+    /// Close the file a failure spent, cut back to its last flushed record (removed when it has none).
+    fn close_spent(&mut self) {
+        let Some(spent) = self.out.take() else { return };
+        // (the buffer's bytes, the failed events', are dropped unwritten)
+        let file = spent.into_parts().0.file;
+        let cut = match self.committed {
+            0 => std::fs::remove_file(&self.path),
+            n => file.set_len(n),
+        };
+        if let Err(e) = cut {
+            tracing::debug!("TensorBoard: cutting {} back to its whole records: {e}", self.path.display());
+        }
+    }
+
+    /// Fault drill: after `bytes` more bytes reach this file, its writes fail as on a full disk
+    /// (tearing the record they cut), until the next file.
+    pub fn fail_after(&mut self, bytes: usize) {
+        if let Some(out) = self.out.as_mut() {
+            out.get_mut().fail_after = Some(bytes);
+        }
+    }
+
+    /// Run `io` on the file's buffer; a failure spends the file.
+    fn on_file(&mut self, io: impl FnOnce(&mut BufWriter<Sink>) -> std::io::Result<()>) -> std::io::Result<()> {
+        if self.broken {
+            self.reopen()?;
+        }
+        let result = match self.out.as_mut() {
+            Some(out) => io(out),
+            None => Err(std::io::Error::other("no event file open")),
+        };
+        self.broken = result.is_err();
+        result
     }
 
     fn write_event(&mut self, step: i64, what: Option<EventWhat>) -> std::io::Result<()> {
         let wall_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let data = Event { wall_time, step, what }.encode_to_vec();
         let len = (data.len() as u64).to_le_bytes();
-        self.out.write_all(&len)?;
-        self.out.write_all(&masked_crc(&len).to_le_bytes())?;
-        self.out.write_all(&data)?;
-        self.out.write_all(&masked_crc(&data).to_le_bytes())
+        let mut record = Vec::with_capacity(data.len() + 16);
+        record.extend_from_slice(&len);
+        record.extend_from_slice(&masked_crc(&len).to_le_bytes());
+        record.extend_from_slice(&data);
+        record.extend_from_slice(&masked_crc(&data).to_le_bytes());
+        self.on_file(|out| out.write_all(&record))?;
+        self.written += record.len() as u64;
+        Ok(())
     }
 
     fn summary(&mut self, step: u64, value: SummaryValue) -> std::io::Result<()> {
@@ -292,8 +375,80 @@ impl EventWriter {
 
     /// Push buffered records to the file (TensorBoard reads complete records only).
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        self.on_file(|out| out.flush())?;
+        self.committed = self.written;
+        Ok(())
     }
+}
+
+impl Drop for EventWriter {
+    /// A spent file is cut back as on reopening (a plain drop would flush the failed events' bytes).
+    fn drop(&mut self) {
+        if self.broken {
+            self.close_spent();
+        }
+    }
+}
+
+/// A new event file in `dir`, named as TensorBoard expects, and its buffer.
+fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
+    std::fs::create_dir_all(dir)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    // a file per writer and reopening: the counter keeps two files of one process in one second (a resume
+    // in tests, a reopening) from sharing a name and, zero-padded, sorts them in the order TensorBoard
+    // must read them; `create_new` never truncates an earlier file
+    static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n:06}", now.as_secs(), std::process::id()));
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    Ok((path, BufWriter::new(Sink { file, fail_after: None })))
+}
+
+/// A scalar event, as [`read_scalars`] finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scalar {
+    pub tag: String,
+    pub step: i64,
+    pub value: f32,
+}
+
+/// The scalars of an event file, every record's framing checked as TensorBoard's reader checks it: an
+/// error names the offset of the first torn or corrupt record (after which TensorBoard reads nothing).
+pub fn read_scalars(path: &Path) -> std::io::Result<Vec<Scalar>> {
+    let bytes = std::fs::read(path)?;
+    let bad = |at: usize, what: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what} at byte {at}", path.display()))
+    };
+    let crc_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let mut scalars = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes.len() - at < 12 {
+            return Err(bad(at, "a torn record"));
+        }
+        let len_bytes = &bytes[at..at + 8];
+        if crc_at(at + 8) != masked_crc(len_bytes) {
+            return Err(bad(at, "a corrupt record length"));
+        }
+        let len = u64::from_le_bytes(len_bytes.try_into().map_err(|_| bad(at, "a short length"))?);
+        let end = usize::try_from(len).ok().and_then(|n| (at + 16).checked_add(n)).filter(|&e| e <= bytes.len());
+        let end = end.ok_or_else(|| bad(at, "a torn record"))?;
+        let data = &bytes[at + 12..end - 4];
+        if crc_at(end - 4) != masked_crc(data) {
+            return Err(bad(at, "a corrupt record"));
+        }
+        let event = Event::decode(data).map_err(|e| bad(at, &format!("an undecodable event ({e})")))?;
+        if let Some(EventWhat::Summary(summary)) = event.what {
+            for v in summary.value {
+                if let Some(ValueKind::SimpleValue(value)) = v.value {
+                    scalars.push(Scalar { tag: v.tag, step: event.step, value });
+                }
+            }
+        }
+        at = end;
+    }
+    Ok(scalars)
 }
 
 #[cfg(test)]
@@ -329,5 +484,91 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 2, "file version + one scalar");
+    }
+
+    /// The event files in `dir`, in the order TensorBoard reads them (by name).
+    fn event_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    }
+
+    fn steps(path: &Path) -> Vec<i64> {
+        read_scalars(path).unwrap().iter().map(|s| s.step).collect()
+    }
+
+    #[test]
+    fn a_failed_write_loses_its_events_and_the_next_goes_on_in_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        w.scalar("train/loss", 1.0, 1).unwrap();
+        w.flush().unwrap();
+        let first = w.path().to_path_buf();
+        // a full disk 60 bytes into step 2's events: a record torn in the file
+        w.fail_after(60);
+        for tag in ["train/loss", "train/lr", "train/grad_norm"] {
+            w.scalar(tag, 2.0, 2).unwrap(); // (buffered)
+        }
+        assert_eq!(w.flush().unwrap_err().kind(), std::io::ErrorKind::StorageFull);
+        assert!(w.is_broken());
+        let torn = read_scalars(&first).unwrap_err().to_string();
+        assert!(torn.contains("torn record"), "{torn}");
+        // the next write cuts that file back to step 1 and goes on in a new one, which sorts after it
+        w.scalar("train/loss", 3.0, 3).unwrap();
+        w.flush().unwrap();
+        assert_eq!(event_files(dir.path()), [first.clone(), w.path().to_path_buf()]);
+        assert_eq!(steps(&first), [1]);
+        assert_eq!(steps(w.path()), [3]);
+    }
+
+    #[test]
+    fn a_file_a_failure_leaves_empty_is_removed_and_a_dropped_one_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // the file's first flush fails: it holds nothing, and goes
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        w.fail_after(10);
+        w.scalar("train/loss", 1.0, 1).unwrap();
+        assert!(w.flush().is_err());
+        // so does every new file while the disk stays full
+        w.reopen().unwrap();
+        w.fail_after(0);
+        w.scalar("train/loss", 2.0, 2).unwrap();
+        assert!(w.flush().is_err());
+        w.scalar("train/loss", 3.0, 3).unwrap();
+        w.flush().unwrap();
+        assert_eq!(event_files(dir.path()), [w.path().to_path_buf()]);
+        assert_eq!(steps(w.path()), [3]);
+        // a writer dropped after a failure leaves its file's whole records alone
+        w.fail_after(30);
+        w.scalar("train/loss", 4.0, 4).unwrap();
+        assert!(w.flush().is_err());
+        let path = w.path().to_path_buf();
+        drop(w);
+        assert_eq!(steps(&path), [3]);
+    }
+
+    #[test]
+    fn hparams_record_the_wall_clock_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        w.hparams(&[("optim.lr".into(), HParam::Number(3e-3))], "run").unwrap();
+        w.flush().unwrap();
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let bytes = std::fs::read(w.path()).unwrap();
+        // the second record: the hparams summary
+        let first_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let at = 16 + first_len;
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let event = Event::decode(&bytes[at + 12..at + 12 + len]).unwrap();
+        let Some(EventWhat::Summary(summary)) = event.what else { panic!("not a summary: {event:?}") };
+        let content = summary.value[0].metadata.as_ref().unwrap().plugin_data.as_ref().unwrap().content.clone();
+        let info = HParamsPluginData::decode(&content[..]).unwrap().session_start_info.unwrap();
+        assert!(
+            (before..=after).contains(&info.start_time_secs),
+            "{} not in [{before}, {after}]",
+            info.start_time_secs
+        );
+        assert_eq!(info.group_name, "run");
     }
 }

@@ -88,7 +88,7 @@ fn device_sampling_matches_the_cpu_sampler() {
         ),
     ];
     for (tag, m, cond, tokenizer, cfg) in cases {
-        let o = SampleOptions { cfg, tau: vec![0.7], top_p: 0.9, seed: 4 };
+        let o = SampleOptions { cfg, tau: vec![0.7], top_p: 0.9, seed: 4, keys: Vec::new() };
         let (cpu, gpu) = both(&m, &cond, tokenizer, &o, false);
         let (lc, lg) = (cpu.cond_logits.concat(), gpu.cond_logits.concat());
         let worst = max_abs_diff(&lc, &lg);

@@ -246,3 +246,41 @@ fn negative_prompts_replace_the_unconditional_rows() {
     let err = sample(&cfg, &lay, &p, &long, &scales, &rope, &o(3.0)).err().unwrap().to_string();
     assert!(err.contains("negative prompt's 56 values are not [tokens ≤ 6, 8]"), "{err}");
 }
+
+/// Keyed by condition ([`SampleCondition::keys`]), a condition's samples do not depend on what is drawn
+/// beside them: class 3's two samples alone equal its two in a batch of classes 1 and 3, and the same
+/// caption at another place in the batch draws the same bits. Keyed by index (no keys), they do not.
+#[test]
+fn samples_keyed_by_condition_do_not_depend_on_the_batch() {
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = tiny(Conditioning::Class { num_classes: 5 });
+    let lay = Layout::new(&cfg);
+    let p: Params<f32> = random_params(&lay, 12).cast();
+    let scales = [(1usize, 1usize), (2, 2), (3, 3)];
+    let rope = RopeTable::new(8, &scales, (3, 3));
+    let draw = |ids: Vec<usize>, keyed: bool| {
+        let cond = SampleCondition::Class(ids).repeat(2, 0);
+        let keys = if keyed { cond.keys(0) } else { Vec::new() };
+        let o = SampleOptions { keys, ..SampleOptions::uniform(2.0, 1.0, 0.0, 9) };
+        sample(&cfg, &lay, &p, &cond, &scales, &rope, &o).unwrap().bits
+    };
+    let (alone, beside) = (draw(vec![3], true), draw(vec![1, 3], true));
+    assert_eq!(alone[..], beside[2..], "class 3 drew other bits beside class 1");
+    assert_ne!(beside[0], beside[1], "two copies of one class drew the same bits");
+    assert_ne!(draw(vec![3], false)[..], draw(vec![1, 3], false)[2..], "keyed by index the batch matters");
+    // `--class 3,3 --n 1` is `--class 3 --n 2`
+    let twice = SampleCondition::Class(vec![3, 3]);
+    assert_eq!(twice.keys(0), [[3, 0], [3, 1]]);
+
+    let text = tiny(Conditioning::Text);
+    let (lay, ct) = (Layout::new(&text), text.text_channels);
+    let p: Params<f32> = random_params(&lay, 13).cast();
+    let (a, b): (Vec<f32>, Vec<f32>) = (vec![0.25; 3 * ct], vec![-0.5; 2 * ct]);
+    let draw = |kv: Vec<f32>, lens: Vec<usize>| {
+        let cond = SampleCondition::Text { kv, lens, negative: None };
+        let o = SampleOptions { keys: cond.keys(ct), ..SampleOptions::uniform(1.0, 1.0, 0.0, 9) };
+        sample(&text, &lay, &p, &cond, &scales, &rope, &o).unwrap().bits
+    };
+    let (ab, ba) = (draw([a.clone(), b.clone()].concat(), vec![3, 2]), draw([b, a].concat(), vec![2, 3]));
+    assert_eq!((&ab[0], &ab[1]), (&ba[1], &ba[0]), "a caption's bits depend on its place in the batch");
+}

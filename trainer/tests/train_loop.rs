@@ -1,80 +1,26 @@
 //! The training loop: a resumed run is bitwise identical to an uninterrupted one; bad checkpoints,
 //! mismatched configs and unwritable run folders give clear errors and lose nothing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
-use infinity_trainer::optim::Decay;
-use infinity_trainer::train::config::{
-    BscSection, CheckpointSection, DataSection, LossSection, MicroBatchSize, ModelSection, OptimSection, PeakTflops,
-    RunConfig, SampleSection, TrainConfig,
-};
+use infinity_trainer::train::config::{MicroBatchSize, PeakTflops, TrainConfig};
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
 fn dataset(dir: &Path) {
-    let opts = SynthOptions {
-        rows: 96,
-        fit_rows: 48,
-        writer: WriterOptions { overwrite: true, ..Default::default() },
-        ..Default::default()
-    };
-    synth(dir, &opts).unwrap();
+    common::tiny_dataset(dir, 96);
 }
 
+/// [`common::tiny_config`] with two micro-batches a step, drop path in the second block, and sample grids
+/// at steps 3 and 6 (sampling inside the loop must not disturb resumption).
 fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
-    TrainConfig {
-        run: RunConfig {
-            dir: run,
-            seed: 7,
-            steps: 6,
-            log_every: 100,
-            peak_tflops: PeakTflops::Tflops(1.0),
-            device: Default::default(),
-            recompute: false,
-            precision: Default::default(),
-            gpu_memory_check: true,
-        },
-        model: ModelSection {
-            preset: "tiny".into(),
-            depth: Some(2), // two blocks: the second one's branches are dropped (drop_path_rate)
-            embed_dim: None,
-            num_heads: None,
-            mlp_ratio: None,
-            conditioning: conditioning.into(),
-            cond_drop_rate: 0.25,
-            drop_path_rate: Some(0.2),
-            apply_spatial_patchify: None,
-            init_from: None,
-            mup_base_width: None,
-            mup_base_heads: None,
-        },
-        data: DataSection {
-            dir: data.to_path_buf(),
-            global_batch: 8,
-            micro_batch: MicroBatchSize::Samples(4),
-            workers: 1,
-        },
-        optim: OptimSection {
-            lr: 3e-3,
-            warmup_steps: 2,
-            decay: Decay::Cosine { min_ratio: 0.1 },
-            adamw: Default::default(),
-            clip: 1.0,
-            max_nonfinite: 3,
-            ema_decay: 0.0,
-            skip_loss_z: 0.0,
-            skip_grad_z: 0.0,
-            spike_window: 128,
-        },
-        bsc: BscSection { p_max: 0.3, apply_layers: 13 },
-        loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
-        checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0, background: true },
-        // grids at steps 3 and 6 exercise sampling inside the loop (and must not disturb resumption)
-        sample: SampleSection { every: 3, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
-        dist: Default::default(),
-        val: Default::default(),
-    }
+    let mut c = common::tiny_config(data, run);
+    (c.model.conditioning, c.model.drop_path_rate) = (conditioning.into(), Some(0.2));
+    (c.data.micro_batch, c.sample.every) = (MicroBatchSize::Samples(4), 3);
+    c
 }
 
 fn read(p: PathBuf) -> Vec<u8> {
@@ -259,14 +205,18 @@ fn a_step_whose_gradient_norm_spikes_is_skipped_and_resumes_exactly() {
     assert!(s.skipped_steps > 0 && s.skipped_steps < 10, "{} of 14 steps skipped", s.skipped_steps);
     for v in &lines {
         let step = v["step"].as_u64().unwrap();
-        assert_eq!(v.get("grad_z").is_some(), step > 4, "step {step}: a z-score only once the window is full: {v}");
+        assert_eq!(
+            v.get("grad_norm_z").is_some(),
+            step > 4,
+            "step {step}: a z-score only once the window is full: {v}"
+        );
     }
     // with no limit set nothing is skipped, but the z-scores are logged all the same (to choose one)
     let mut open = guarded("open");
     (open.optim.skip_grad_z, open.checkpoint.every) = (0.0, 100);
     assert_eq!(train(&open, &TrainOptions::default()).unwrap().skipped_steps, 0);
     let log = std::fs::read_to_string(open.run.dir.join("metrics.jsonl")).unwrap();
-    let scored = log.lines().filter(|l| l.contains("\"grad_z\"") && l.contains("\"loss_z\"")).count();
+    let scored = log.lines().filter(|l| l.contains("\"grad_norm_z\"") && l.contains("\"loss_z\"")).count();
     assert_eq!(scored, 10, "steps 5 to 14 have z-scores:\n{log}");
     let ckpt = |c: &TrainConfig, step: u64, f: &str| read(c.run.dir.join(format!("checkpoints/step-{step:08}/{f}")));
     for step in 2..=14 {

@@ -269,6 +269,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DataCommand::Stats(a) => {
+            if let Some(png) = &a.png {
+                inspect::grid_format(png)?;
+            }
             let ds = Dataset::open(&a.dir, Checksums::Verify)?;
             console_text!("{}", inspect::stats(&ds, a.rows)?);
             if let Some(png) = a.png {

@@ -21,7 +21,8 @@ pub struct ExportArgs {
     /// A checkpoint folder, or a run folder (its newest complete checkpoint).
     ckpt: PathBuf,
     /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Any other
-    /// name is a folder (made if missing) that gets `model.safetensors` inside it.
+    /// name is a folder (made if missing) that gets `model.safetensors` inside it. One export per folder
+    /// (config.json describes one weights file), never inside a checkpoint folder.
     #[arg(short, long, default_value = "model.safetensors")]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -31,7 +32,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "K", value_parser = infinity_launcher::positive())]
     block_chunks: Option<usize>,
     /// The training dataset (schedules and tokenizer for config.json), where the checkpoint's `data.dir`
-    /// does not lead from here.
+    /// does not lead from here. It must be the model's (its `d`, layout and condition).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Export the moving average of the weights (`optim.ema_decay`) instead of the weights.

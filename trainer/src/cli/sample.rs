@@ -25,7 +25,7 @@ pub struct SampleArgs {
     /// A checkpoint folder, or a run folder (its newest complete checkpoint).
     ckpt: PathBuf,
     /// Class ids or names (comma-separated, or `all`) for class-conditioned models.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     class: Vec<String>,
     /// A caption (repeatable); embedded with the synthetic dataset's word table.
     #[arg(long)]
@@ -45,19 +45,23 @@ pub struct SampleArgs {
     n: usize,
     /// Classifier-free guidance scale (1 = none); upstream's notebook uses 3, scripts/infer.sh 4. One
     /// value, or one per scale (comma-separated, upstream's `cfg_list`).
-    #[arg(long, value_delimiter = ',', default_value = "3")]
+    #[arg(long, value_delimiter = ',', default_value = "3", allow_negative_numbers = true)]
     cfg: Vec<f64>,
     /// Temperature (upstream's inference scripts: 0.5; its 8B: 1.0). One value, or one per scale.
-    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    #[arg(long, value_delimiter = ',', default_value = "0.5", allow_negative_numbers = true)]
     tau: Vec<f64>,
     /// Per-bit top-p (0 = off; upstream's `gen_one_img` default 0.97).
-    #[arg(long, default_value_t = 0.97)]
+    #[arg(long, default_value_t = 0.97, allow_negative_numbers = true)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Aspect-ratio template of the schedule (`1.000`, `0.666`, …); default the square one.
     #[arg(long)]
     template: Option<String>,
+    /// The schedule by its name in the dataset's manifest (where several share a template: one per
+    /// pixel budget).
+    #[arg(long, value_name = "NAME", conflicts_with = "template")]
+    schedule: Option<String>,
     /// Dataset folder (schedules, tokenizer, class names); default the one the run trained on.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -90,7 +94,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         a.cfg
     );
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
-    // the output folders first: a missing one fails before the sampling, not after
+    // the output's format and folders first: a bad name fails before the sampling, not after
+    infinity_data::inspect::grid_format(&a.out)?;
     for path in std::iter::once(&a.out).chain(&a.bits) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -107,13 +112,19 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         m.d,
         ck.model.d_vae()
     );
-    let sched = infer::pick_schedule(&m, a.template.as_deref())?;
+    if let Some(warning) = a.data.as_ref().and_then(|given| infer::other_tokenizer(&ck.data_dir, given, &m)) {
+        console_err!("warning: {warning}");
+    }
+    let sched = infer::pick_schedule(&m, a.template.as_deref(), a.schedule.as_deref())?;
     crate::train::check_tokenizer_layout(&ck.model, &m)
         .with_context(|| format!("the dataset {}", data_dir.display()))?;
 
     let (cond, rows) = condition(&a, &ck.model, &m, &data_dir)?;
     let lay = Layout::new(&ck.model);
-    let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed };
+    // a condition's samples keyed by it, not by their place in the batch: `--class 5 --n 4` draws the
+    // class-5 row of `--class 0,5 --n 4`
+    let keys = cond.keys(ck.model.text_channels);
+    let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed, keys };
     opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
     let want = DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false };
@@ -124,10 +135,11 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, compute.sampler(&ck.params)?, &cond, sched, &opts)?;
     console!(
-        "sampled {} ({} per condition) on the {} schedule ({} scales, {} tokens) from {}{} (step {}) in {:.1} s",
+        "sampled {} ({} per condition) on the {} schedule `{}` ({} scales, {} tokens) from {}{} (step {}) in {:.1} s",
         plural(s.bits.len(), "image"),
         a.n,
         sched.h_div_w_template,
+        sched.name,
         sched.scales.len(),
         infinity_kernels::bsq::num_tokens(&ck.model.token_scales(&sched.hw())),
         ck.dir.display(),

@@ -121,6 +121,13 @@ fn file_block_chunks<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize,
     })
 }
 
+/// Whether a file's tensor of `shape` holds parameter `canon` (of shape `want`) value for value: the same
+/// shape, or the heads' scales as upstream registers them with `customized_flash_attn`, (1, 1, H, 1)
+/// for (1, H, 1, 1) (its issue #117).
+fn layout_fits(canon: &str, shape: &[usize], want: &[usize]) -> bool {
+    shape == want || (canon.ends_with("scale_mul_1H11") && shape == [1, 1, want[1], 1])
+}
+
 /// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
 /// (the parameter keeps `p`'s value), every other problem is listed in one error.
 fn fill_weights(
@@ -198,28 +205,40 @@ fn fill_weights(
                     },
                 );
             }
-            spec if t.shape() != spec.shape.as_slice() => {
+            spec if !layout_fits(&canon, t.shape(), &spec.shape) => {
                 report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape(), spec.shape))
             }
             spec => {
                 let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
-                p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v);
+                // a diverged run's weights would only train or sample NaN (never lenient: a fresh value
+                // would hide that the file is broken)
+                match v.iter().position(|x| !x.is_finite()) {
+                    None => p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v),
+                    Some(i) => {
+                        let bad = v.iter().filter(|x| !x.is_finite()).count();
+                        report(
+                            "",
+                            format!("`{name}`: {bad} of {} values not finite (the first: {} at {i})", v.len(), v[i]),
+                        )
+                    }
+                }
             }
         }
     }
     for s in lay.specs.iter().filter(|s| !seen[s.name.as_str()]) {
-        report(&s.name, format!("`{}`: missing (shape {:?})", s.name, s.shape));
+        // named as the file's keys are (`block_chunks.C.module.J.…` in a chunked file)
+        let name = chunked_name(&s.name, cfg.depth, chunks);
+        report(&s.name, format!("`{name}`: missing (shape {:?})", s.shape));
     }
     if !problems.is_empty() {
         let shown: Vec<_> = problems.iter().take(20).cloned().collect();
         let more =
             if problems.len() > 20 { format!("\n  … and {} more", problems.len() - 20) } else { String::new() };
-        bail!(
-            "{}: does not match the model config ({} problems):\n  {}{more}",
-            path.display(),
-            problems.len(),
-            shown.join("\n  ")
-        );
+        let count = match problems.len() {
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        };
+        bail!("{}: does not match the model config ({count}):\n  {}{more}", path.display(), shown.join("\n  "));
     }
     Ok(notes)
 }
@@ -351,5 +370,42 @@ mod tests {
             // a load for sampling or resuming wants the model's shape
             assert!(format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err()).contains("cfg_uncond"));
         }
+    }
+
+    /// A diverged run's weights are refused naming the tensor (`model.init_from` trained NaN from them,
+    /// exit 0), and a chunked file's missing tensor is named as its keys are (it was `blocks.N.…`).
+    #[test]
+    fn non_finite_and_missing_tensors_are_named_as_the_file_has_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, lay, src) = model(16, Conditioning::Text, 4);
+        let st_bytes = weights_bytes(&cfg, &lay, &src, SaveDtype::F32, 2, None).unwrap();
+        let st = SafeTensors::deserialize(&st_bytes).unwrap();
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec(), tensor_f32(&n, t.dtype(), t.data()).unwrap()))
+            .collect();
+        let mut nan = tensors.clone();
+        let head = nan.iter_mut().find(|t| t.0 == "head.weight").unwrap();
+        (head.2[3], head.2[5]) = (f32::NAN, f32::INFINITY);
+        let file = write_tensors(tmp.path(), "nan.safetensors", &nan);
+        let mut p = init_params(&cfg, &lay, &InitConfig::default(), 1);
+        for e in
+            [init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err(), load_weights(&file, &cfg, &lay).unwrap_err()]
+        {
+            let e = format!("{e:#}");
+            assert!(e.contains("(1 problem):") && e.contains("`head.weight`: 2 of ") && e.contains("NaN at 3"), "{e}");
+        }
+        // upstream's (1, 1, H, 1) layout of the heads' scales (its issue #117) loads as (1, H, 1, 1)
+        let mut flash = tensors.clone();
+        let scales = flash.iter_mut().find(|t| t.0.ends_with("sa.scale_mul_1H11")).unwrap();
+        scales.1 = vec![1, 1, scales.1[1], 1];
+        let file = write_tensors(tmp.path(), "flash.safetensors", &flash);
+        assert_eq!(load_weights(&file, &cfg, &lay).unwrap().data, src.data);
+        let fc2 = "block_chunks.1.module.1.ffn.fc2.bias";
+        let short: Vec<_> = tensors.into_iter().filter(|t| t.0 != fc2).collect();
+        let file = write_tensors(tmp.path(), "short.safetensors", &short);
+        let e = format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err());
+        assert!(e.contains(&format!("`{fc2}`: missing")), "{e}");
     }
 }

@@ -168,9 +168,11 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             None => gpu_fit::describe(&mc, &lay, &step),
         });
     }
+    // the run folder, as the run takes it before it loads the checkpoint
+    out.push(check_run_dir(&cfg.run.dir).map_err(unrecoverable)?);
     let mut position = None;
     if let Some(dir) = resume {
-        let (_, _, state) = checkpoint::load(dir, &mc, &lay, &cfg.optim.adamw)
+        let (_, _, state) = checkpoint::load(dir, &cfg.run.dir, &mc, &lay, &cfg.optim.adamw)
             .with_context(|| format!("resuming from {}", dir.display()))
             .map_err(unrecoverable)?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
@@ -199,12 +201,55 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
             )),
             None => out.push("start: a fresh initialisation".into()),
         }
+        out.extend(super::setup::fresh_start_note(&cfg.run.dir));
     }
     // the loader's own checks, as the run's first step makes them: a bucket that holds a global batch,
     // a saved position this config can continue (the same seed, batch and dataset)
     let lo = LoaderOptions { workers: 0, ..loader_options(cfg, 0, world) };
     Loader::new(Arc::new(ds), lo, position).map_err(|e| super::unrecoverable(e.into()))?;
     Ok(out)
+}
+
+/// What the run meets at `run.dir` before it writes: a folder it can create (the nearest existing
+/// ancestor a writable folder) or write, and a lock no live training job holds. Found without creating
+/// the folder or taking the lock; the errors are the run's.
+fn check_run_dir(run: &Path) -> Result<String> {
+    if run.is_dir() {
+        writable(run).with_context(|| format!("run.dir {} is not writable", run.display()))?;
+        let lock = run.join(super::run_lock::LOCK_FILE);
+        if lock.exists() {
+            // the run opens it to read and write
+            accessible(&lock, libc::R_OK | libc::W_OK)
+                .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), lock.display()))?;
+        }
+        super::run_lock::check_free(run)?;
+        return Ok(format!("run.dir {}: writable, no training job holds it", run.display()));
+    }
+    let cannot = || format!("run.dir {} cannot be created (not writable?)", run.display());
+    let absolute = std::path::absolute(run).with_context(cannot)?;
+    let ancestor = absolute.ancestors().find(|p| p.exists()).context("no existing ancestor").with_context(cannot)?;
+    if !ancestor.is_dir() {
+        let e = anyhow::anyhow!("{} is not a folder", ancestor.display());
+        return Err(e.context(cannot()));
+    }
+    writable(ancestor).with_context(|| ancestor.display().to_string()).with_context(cannot)?;
+    Ok(format!("run.dir {}: to be created in {}", run.display(), ancestor.display()))
+}
+
+/// A folder this process may create entries in.
+fn writable(dir: &Path) -> Result<()> {
+    accessible(dir, libc::W_OK | libc::X_OK)
+}
+
+/// `access(2)`: the error it names (a read-only file system, a permission) when `mode` is refused.
+fn accessible(path: &Path, mode: libc::c_int) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).context("a path with a NUL byte")?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    match unsafe { libc::access(c.as_ptr(), mode) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().into()),
+    }
 }
 
 /// Row `g` of `ds` checked as a run reads it: the loader's row check (bucket, lengths, padding bits,

@@ -3,7 +3,9 @@
 //! names, when `optim.ema_decay` keeps one), `state.json` (step, loader position, counters, checksums),
 //! `config.toml` and `model.json` (the resolved model shape, so sampling and export need no dataset). Written into a temporary folder, each file fsynced, the folder renamed into place, and
 //! a `DONE` marker written last: a folder without `DONE` is incomplete and ignored, so a crash or a
-//! full disk mid-save never loses the previous checkpoint.
+//! full disk mid-save never loses the previous checkpoint. A failed save removes what it wrote; pruning
+//! renames a folder out of sight (`.tmp-step-N`) before deleting it, and removes such leftovers of an
+//! interrupted save or prune.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,6 +26,8 @@ pub const DONE: &str = "DONE";
 pub const EMA_FILE: &str = "ema.safetensors";
 const MODEL_JSON: &str = "model.json";
 const STATE_VERSION: u32 = 1;
+/// The name of a checkpoint folder being written or deleted (`.tmp-step-00000100`).
+const TMP_PREFIX: &str = ".tmp-step-";
 
 /// Everything besides tensors that a resumed run needs to continue bit for bit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,16 +78,39 @@ pub fn save(
     cfg: &ModelConfig,
     lay: &Layout,
     t: Tensors,
-    mut state: TrainState,
+    state: TrainState,
     config_toml: &str,
 ) -> Result<PathBuf> {
-    let Tensors { params, opt, ema } = t;
     let root = run.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let final_dir = step_dir(run, state.step);
-    let tmp = root.join(format!(".tmp-step-{:08}", state.step));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = root.join(format!("{TMP_PREFIX}{:08}", state.step));
+    let written = write_folder(&tmp, &final_dir, cfg, lay, t, state, config_toml);
+    if written.is_err() {
+        // a partial checkpoint holds the space a full disk lacks (the next log write would fail too);
+        // a step folder without DONE is incomplete, also when this save failed after renaming it
+        for dir in [&tmp, &final_dir].into_iter().filter(|d| d.exists() && !d.join(DONE).is_file()) {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!("could not remove the partial checkpoint {}: {e}", dir.display());
+            }
+        }
+    }
+    written.map(|_| final_dir)
+}
+
+/// [`save`]'s files into `tmp`, then `tmp` renamed to `final_dir` and marked complete.
+fn write_folder(
+    tmp: &Path,
+    final_dir: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    t: Tensors,
+    mut state: TrainState,
+    config_toml: &str,
+) -> Result<()> {
+    let Tensors { params, opt, ema } = t;
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
     ensure!(opt.range == (0..lay.numel), "checkpoint: the optimiser state must be whole (gather ZeRO-1 shards first)");
     let model = weights_bytes(cfg, lay, params, SaveDtype::F32, 1, None)?;
@@ -114,15 +141,17 @@ pub fn save(
     write_synced(&tmp.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
     write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
     write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
-    sync_dir(&tmp);
+    sync_dir(tmp);
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+        // unmarked first: a kill mid-delete must not leave a folder marked complete with files missing
+        let _ = std::fs::remove_file(final_dir.join(DONE));
+        std::fs::remove_dir_all(final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
     }
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    sync_dir(&root);
+    std::fs::rename(tmp, final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(final_dir.parent().unwrap_or(final_dir));
     write_synced(&final_dir.join(DONE), b"")?;
-    sync_dir(&final_dir);
-    Ok(final_dir)
+    sync_dir(final_dir);
+    Ok(())
 }
 
 /// A run's `checkpoints/step-N` folders, complete or not, oldest first.
@@ -207,15 +236,41 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     Ok(Some((dest, describe_later(step, &steps, grids.len()))))
 }
 
-/// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`.
+/// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`, and the
+/// `.tmp-step-N` folders an interrupted save or prune left (the saver prunes after its save, with no
+/// other write in flight).
 pub fn prune(run: &Path, keep_last: usize, keep_every: u64) -> Result<()> {
+    prune_with(run, keep_last, keep_every, &|dir| std::fs::remove_dir_all(dir))
+}
+
+/// [`prune`], deleting folders with `delete` (a test's stands for a process killed midway).
+fn prune_with(
+    run: &Path,
+    keep_last: usize,
+    keep_every: u64,
+    delete: &dyn Fn(&Path) -> std::io::Result<()>,
+) -> Result<()> {
+    let root = run.join("checkpoints");
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX)).map(|e| e.path()).collect()
+        })
+        .unwrap_or_default();
+    for dir in leftovers {
+        delete(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
     let all = complete(run);
     let n = all.len();
     for (i, (step, dir)) in all.into_iter().enumerate() {
         let recent = i + keep_last >= n;
         let milestone = keep_every > 0 && step % keep_every == 0;
         if !recent && !milestone {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("pruning {}", dir.display()))?;
+            // out of sight first (a rename is atomic): deleted in place, a kill midway left a folder
+            // marked DONE with files missing, which `--resume auto`, sample and export then took
+            let doomed = root.join(format!("{TMP_PREFIX}{step:08}"));
+            std::fs::rename(&dir, &doomed).with_context(|| format!("pruning {}", dir.display()))?;
+            sync_dir(&root);
+            delete(&doomed).with_context(|| format!("pruning {} (renamed {})", dir.display(), doomed.display()))?;
         }
     }
     Ok(())
@@ -231,9 +286,14 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
     match complete(path).pop() {
         Some((_, dir)) => Ok(dir),
-        None if path.exists() => {
-            bail!("{}: neither a checkpoint nor a run folder with a complete checkpoint", path.display())
-        }
+        None if path.exists() => match exported_from(path) {
+            Some((_, source)) => bail!(
+                "{}: an `infinity export` folder, which holds no training state: sampling and resuming take the \
+                 checkpoint it came from ({source}); model.init_from takes the export as it is",
+                path.display()
+            ),
+            None => bail!("{}: neither a checkpoint nor a run folder with a complete checkpoint", path.display()),
+        },
         None => bail!("{}: no such checkpoint or run folder", path.display()),
     }
 }
@@ -244,10 +304,29 @@ pub fn weights_file(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
+    if let Some((weights, _)) = exported_from(path) {
+        return Ok(weights);
+    }
     let dir = resolve(path)?;
     let file = dir.join("model.safetensors");
     verify_crc(&file, &read_state(&dir)?.model_crc32c)?;
     Ok(file)
+}
+
+/// An `infinity export` folder's weights file (the one its shard index maps, when it exists) and the
+/// checkpoint its config.json says it came from; `None` for any other folder.
+fn exported_from(dir: &Path) -> Option<(PathBuf, String)> {
+    let read =
+        |f: &str| -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok() };
+    let config = read("config.json").filter(|c| c["format"] == "infinity-export")?;
+    let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64()) {
+        (Some(ck), Some(step)) => format!("{ck}, step {step}"),
+        _ => "not recorded in its config.json".to_string(),
+    };
+    let index = read(crate::export::SHARD_INDEX);
+    let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));
+    let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from("model.safetensors")));
+    weights.is_file().then_some((weights, source))
 }
 
 /// The moving average of a checkpoint or run folder (see [`resolve`]), checksum-verified; an error
@@ -328,19 +407,73 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
 }
 
 fn read_state(dir: &Path) -> Result<TrainState> {
+    let state = parse_state(dir)?;
+    check_version(dir, &state)?;
+    Ok(state)
+}
+
+/// `state.json` as it is (any version).
+fn parse_state(dir: &Path) -> Result<TrainState> {
     ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let de = &mut serde_json::Deserializer::from_str(&text);
-    let state: TrainState = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))?;
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))
+}
+
+fn check_version(dir: &Path, state: &TrainState) -> Result<()> {
     ensure!(
         state.version == STATE_VERSION,
         "{}: state version {}, this build reads {STATE_VERSION}",
-        state_path.display(),
+        dir.join("state.json").display(),
         state.version
     );
-    Ok(state)
+    Ok(())
+}
+
+/// The newest complete checkpoint before `dir` in its run folder, as a way on for `--resume` into
+/// `run` (which moves `dir` aside to `run`'s abandoned/ when it is its own).
+fn way_on(dir: &Path, run: &Path) -> Option<String> {
+    let step: u64 = dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
+    let checkpoints = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?;
+    let own_run = checkpoints.parent()?;
+    let (_, previous) = complete(own_run).into_iter().rfind(|(s, _)| *s < step)?;
+    let absolute = |p: &Path| std::fs::canonicalize(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok();
+    let moved = match absolute(own_run).is_some() && absolute(own_run) == absolute(run) {
+        true => format!("; this one is then moved to {}/", run.join("abandoned").display()),
+        false => String::new(),
+    };
+    Some(format!("resume from the previous checkpoint with --resume {}{moved}", previous.display()))
+}
+
+/// A checkpoint's `model.json` parses, and describes the tensors of the model trained (`cfg`).
+fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
+    let p = dir.join(MODEL_JSON);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let model: ModelConfig = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {} (damaged checkpoint)", p.display(), e.path(), e.inner()))?;
+    model.validate().map_err(|e| anyhow::anyhow!("{}: {e} (damaged checkpoint)", p.display()))?;
+    let tensors = |l: &Layout| l.specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect::<Vec<_>>();
+    if tensors(&Layout::new(&model)) == tensors(lay) {
+        return Ok(());
+    }
+    let (found, want) = (serde_json::to_value(&model)?, serde_json::to_value(cfg)?);
+    let differ: Vec<String> = want
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| found.get(k.as_str()) != Some(*v))
+        .map(|(k, v)| {
+            format!("{k} {} (the model trained: {v})", found.get(k.as_str()).unwrap_or(&serde_json::Value::Null))
+        })
+        .collect();
+    bail!(
+        "{}: describes another model than its model.safetensors holds: {} (damaged checkpoint)",
+        p.display(),
+        differ.join(", ")
+    )
 }
 
 fn verify_crc(p: &Path, want: &str) -> Result<()> {
@@ -350,18 +483,29 @@ fn verify_crc(p: &Path, want: &str) -> Result<()> {
     Ok(())
 }
 
-/// Load a checkpoint folder, verifying checksums, names and shapes against `cfg`.
+/// Load a checkpoint folder to resume `run` from, verifying checksums, names and shapes against `cfg`,
+/// and that its `model.json` (which sample and export read) describes that model. A damaged checkpoint's
+/// error names the newest complete one before it as a way on (not taken unasked: the steps after it
+/// would be trained again).
 pub fn load(
     dir: &Path,
+    run: &Path,
     cfg: &ModelConfig,
     lay: &Layout,
     adamw: &AdamWConfig,
 ) -> Result<(Params<f32>, AdamW, TrainState)> {
-    let state = read_state(dir)?;
+    let damaged = |e: anyhow::Error| match way_on(dir, run) {
+        Some(way) => anyhow::anyhow!("{e:#}; {way}"),
+        None => e,
+    };
+    let state = parse_state(dir).map_err(damaged)?;
+    check_version(dir, &state)?;
     for (file, want) in [("model.safetensors", &state.model_crc32c), ("optim.safetensors", &state.optim_crc32c)] {
-        verify_crc(&dir.join(file), want)?;
+        verify_crc(&dir.join(file), want).map_err(damaged)?;
     }
+    // (the weights first: a config of another model is named by its tensors, not as damage)
     let params = load_weights(&dir.join("model.safetensors"), cfg, lay)?;
+    check_model_json(dir, cfg, lay).map_err(damaged)?;
     let optim_path = dir.join("optim.safetensors");
     let bytes = std::fs::read(&optim_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", optim_path.display()))?;
@@ -388,4 +532,45 @@ pub fn load(
     opt.step =
         meta["step"].as_u64().with_context(|| format!("{}: metadata `adamw.step` missing", optim_path.display()))?;
     Ok((params, opt, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Complete checkpoint folders of `steps` (their files stand in for a real checkpoint's).
+    fn fake_run(steps: &[u64]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for &step in steps {
+            let dir = step_dir(tmp.path(), step);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["model.safetensors", "optim.safetensors", "state.json", DONE] {
+                std::fs::write(dir.join(f), b"x").unwrap();
+            }
+        }
+        tmp
+    }
+
+    #[test]
+    fn pruning_killed_midway_leaves_no_folder_marked_complete_with_files_missing() {
+        let run = fake_run(&[1, 2, 3]);
+        // a kill after the first file: what the deletion leaves is what a SIGKILL there left
+        let killed = |dir: &Path| -> std::io::Result<()> {
+            std::fs::remove_file(dir.join("model.safetensors"))?;
+            Err(std::io::Error::other("killed"))
+        };
+        assert!(prune_with(run.path(), 1, 0, &killed).is_err());
+        for (step, dir) in complete(run.path()) {
+            assert!(dir.join("model.safetensors").is_file(), "step {step}: marked complete, its weights gone");
+        }
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
+        // the next prune removes the half-deleted folder with the others
+        prune(run.path(), 1, 0).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(run.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-00000003"]);
+    }
 }

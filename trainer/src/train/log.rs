@@ -1,12 +1,13 @@
 //! What a training step reports, and where: `metrics.jsonl` (every step), TensorBoard (every step, plus
 //! sample grids and the config), and the console (a progress bar with ETA on a terminal, a plain line
-//! every `log_every` steps otherwise). Logging never stops training: a TensorBoard write error disables
-//! TensorBoard with a warning; only the JSONL file is required.
+//! every `log_every` steps otherwise). Logging never stops training: only the JSONL file is required.
+//! A failed TensorBoard write (a full disk) loses its events and is counted (`summary.json`); the next
+//! write goes on in a new event file, so a multi-day run's curves resume when the disk has room again.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -39,7 +40,7 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_z: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_z: Option<f64>,
+    pub grad_norm_z: Option<f64>,
     /// The spread of the ranks' own work and data waits (with more than one rank).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ranks: Option<super::rank_times::RankTimes>,
@@ -49,17 +50,137 @@ pub struct StepMetrics {
     pub gpu_mem_peak_gib: Option<f64>,
 }
 
+/// How often a TensorBoard failure that goes on is warned of again (with the count).
+const TB_WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// Fault drill: `INFINITY_FAULT_TB=STEP:COUNT` fails the TensorBoard writes of steps STEP to
+/// STEP + COUNT − 1 as a full disk would, this many bytes into the step's events (a torn record).
+const TB_DRILL_BYTES: usize = 100;
+
+/// TensorBoard's event file and how its writes fared.
+struct Tensorboard {
+    dir: PathBuf,
+    /// `None` until an event file could be made.
+    writer: Option<EventWriter>,
+    /// The session's start (a `SessionLog.START` at this step) and the config text, until they are written.
+    preamble: Option<(u64, String)>,
+    /// Writes that failed this session, and in a row.
+    failed: u64,
+    failed_in_a_row: u64,
+    /// When a failure was last warned of, and whether a success has been reported since.
+    warned_at: Option<Instant>,
+    warned_unresolved: bool,
+    /// The fault drill's steps.
+    drill: Option<std::ops::Range<u64>>,
+}
+
+impl Tensorboard {
+    /// Run `f` on the event file, then flush. A failure loses what `f` wrote, is counted and warned
+    /// of (at once, then at most every `TB_WARN_EVERY`), and the next call goes on in a new event file.
+    fn write(&mut self, step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
+        let drill = step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
+        match self.try_write(drill, f) {
+            Ok(()) => {
+                self.failed_in_a_row = 0;
+                if std::mem::take(&mut self.warned_unresolved) {
+                    let path = self.writer.as_ref().map_or(self.dir.clone(), |w| w.path().to_path_buf());
+                    tracing::warn!("TensorBoard writes go on in {} ({} failed so far)", path.display(), self.failed);
+                }
+            }
+            Err(e) => {
+                (self.failed, self.failed_in_a_row) = (self.failed + 1, self.failed_in_a_row + 1);
+                if self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
+                    tracing::warn!(
+                        "TensorBoard write failed: {e} ({} in a row, {} this session): its events are lost, and the \
+                         next write goes on in a new event file",
+                        self.failed_in_a_row,
+                        self.failed
+                    );
+                    (self.warned_at, self.warned_unresolved) = (Some(Instant::now()), true);
+                }
+            }
+        }
+    }
+
+    fn try_write(
+        &mut self,
+        drill: bool,
+        f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let w = match self.writer.as_mut() {
+            Some(w) => w,
+            None => self.writer.insert(EventWriter::create(&self.dir)?),
+        };
+        if w.is_broken() {
+            w.reopen()?;
+        }
+        if drill {
+            w.fail_after(TB_DRILL_BYTES);
+        }
+        if let Some((step, config)) = &self.preamble {
+            // (also at step 0: a session that crashed before its first checkpoint left points)
+            w.session_start(step + 1)?;
+            w.text("config", config, *step)?;
+        }
+        f(w)?;
+        w.flush()?;
+        self.preamble = None;
+        Ok(())
+    }
+}
+
+/// The `INFINITY_FAULT_TB` drill's steps, if set.
+fn tb_drill() -> Option<std::ops::Range<u64>> {
+    let spec = std::env::var("INFINITY_FAULT_TB").ok()?;
+    let (first, count) = spec.split_once(':')?;
+    let first: u64 = first.parse().ok()?;
+    Some(first..first + count.parse::<u64>().ok()?)
+}
+
+/// The steps since the previous console line, for its throughput: their tokens over the wall time
+/// since that line (data waits, validation, checkpoints and sample grids included, unlike a step's
+/// own `tokens_per_s`, which jumps with whatever the step shared its time with).
+struct Window {
+    since: Instant,
+    tokens: f64,
+    /// Σ MFU × step time: the window's MFU is this over its wall time.
+    mfu_seconds: Option<f64>,
+}
+
+impl Window {
+    fn new(since: Instant) -> Window {
+        Window { since, tokens: 0.0, mfu_seconds: None }
+    }
+
+    fn add(&mut self, m: &StepMetrics) {
+        // (a step's tokens: its rate times its time)
+        self.tokens += m.tokens_per_s * m.step_time_s;
+        if let Some(u) = m.mfu {
+            self.mfu_seconds = Some(self.mfu_seconds.unwrap_or(0.0) + u * m.step_time_s);
+        }
+    }
+
+    /// Tokens per second and MFU over the window, which starts anew at `now`.
+    fn take(&mut self, now: Instant) -> (f64, Option<f64>) {
+        let wall = now.saturating_duration_since(self.since).as_secs_f64().max(1e-9);
+        let rates = (self.tokens / wall, self.mfu_seconds.map(|s| s / wall));
+        *self = Window::new(now);
+        rates
+    }
+}
+
 pub struct Logger {
     jsonl: File,
     /// `val.jsonl`, opened at the first evaluation.
     val: Option<File>,
     dir: std::path::PathBuf,
-    tb: Option<EventWriter>,
+    tb: Tensorboard,
     bar: Option<ProgressBar>,
     log_every: u64,
     total: u64,
     started: Instant,
     start_step: u64,
+    window: Window,
 }
 
 impl Logger {
@@ -74,18 +195,17 @@ impl Logger {
             .append(true)
             .open(run.join("metrics.jsonl"))
             .with_context(|| format!("opening {}", run.join("metrics.jsonl").display()))?;
-        let tb = match EventWriter::create(&run.join("tb")) {
-            Ok(mut w) => {
-                // (also at step 0: a session that crashed before its first checkpoint left points)
-                let _ = w.session_start(step + 1);
-                let _ = w.text("config", &format!("```toml\n{config_toml}\n```"), step);
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!("TensorBoard logging disabled: {e}");
-                None
-            }
+        let mut tb = Tensorboard {
+            dir: run.join("tb"),
+            writer: None,
+            preamble: Some((step, format!("```toml\n{config_toml}\n```"))),
+            failed: 0,
+            failed_in_a_row: 0,
+            warned_at: None,
+            warned_unresolved: false,
+            drill: tb_drill(),
         };
+        tb.write(None, |_| Ok(()));
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -95,6 +215,7 @@ impl Logger {
             bar.set_position(step);
             bar
         });
+        let started = Instant::now();
         Ok(Logger {
             jsonl,
             val: None,
@@ -103,14 +224,20 @@ impl Logger {
             bar,
             log_every,
             total,
-            started: Instant::now(),
+            started,
             start_step: step,
+            window: Window::new(started),
         })
+    }
+
+    /// TensorBoard writes that failed this session (their events are lost).
+    pub fn tensorboard_failures(&self) -> u64 {
+        self.tb.failed
     }
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         writeln!(self.jsonl, "{}", serde_json::to_string(m)?).context("writing metrics.jsonl")?;
-        self.tensorboard(|w| {
+        self.tb.write(Some(m.step), |w| {
             for (tag, v) in [
                 ("train/loss", m.loss),
                 ("train/bit_acc", m.bit_acc),
@@ -130,7 +257,7 @@ impl Logger {
             if let Some(gib) = m.gpu_mem_peak_gib {
                 w.scalar("perf/gpu_mem_peak_gib", gib, m.step)?;
             }
-            for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_z)] {
+            for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_norm_z)] {
                 if let Some(z) = z {
                     w.scalar(tag, z, m.step)?;
                 }
@@ -145,9 +272,41 @@ impl Logger {
                 w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
                 w.scalar(&format!("scale/token_acc_s{s:02}"), *t, m.step)?;
             }
-            w.flush()
+            Ok(())
         });
-        let line = format!(
+        let line = self.progress(m, Instant::now());
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.step);
+                bar.set_message(format!("loss {:.4} bit acc {:.1}%", m.loss, 100.0 * m.bit_acc));
+                if let Some(line) = &line {
+                    bar.println(line);
+                }
+            }
+            None => {
+                if let Some(line) = &line {
+                    let done = (m.step - self.start_step) as f64;
+                    let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * (self.total - m.step) as f64;
+                    console!("{line} | ETA {}", fmt_secs(eta));
+                }
+            }
+        }
+        if let Some(line) = m.ranks.as_ref().filter(|_| line.is_some()).and_then(|r| r.straggler(m.step)) {
+            tracing::warn!("{line}");
+        }
+        Ok(())
+    }
+
+    /// The console line of step `m` when one is due (every `log_every` steps and the last), at `now`:
+    /// the step's loss, accuracy, learning rate and gradient norm, and the throughput (and MFU) of the
+    /// steps since the previous line.
+    fn progress(&mut self, m: &StepMetrics, now: Instant) -> Option<String> {
+        self.window.add(m);
+        if !(m.step.is_multiple_of(self.log_every) || m.step == self.total) {
+            return None;
+        }
+        let (tokens_per_s, mfu) = self.window.take(now);
+        Some(format!(
             "step {:>6}/{} | loss {:.4} | bit acc {:5.1}% | lr {:.2e} | grad {:.3} | {:.0} tok/s{}{}",
             m.step,
             self.total,
@@ -155,30 +314,10 @@ impl Logger {
             100.0 * m.bit_acc,
             m.lr,
             m.grad_norm,
-            m.tokens_per_s,
-            m.mfu.map_or(String::new(), |u| format!(" | MFU {:.1}%", 100.0 * u)),
+            tokens_per_s,
+            mfu.map_or(String::new(), |u| format!(" | MFU {:.1}%", 100.0 * u)),
             m.gpu_mem_peak_gib.map_or(String::new(), |g| format!(" | GPU mem {g:.2} GiB")),
-        );
-        let logged = m.step.is_multiple_of(self.log_every) || m.step == self.total;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(m.step);
-                bar.set_message(format!("loss {:.4} bit acc {:.1}%", m.loss, 100.0 * m.bit_acc));
-                if logged {
-                    bar.println(line);
-                }
-            }
-            None if logged => {
-                let done = (m.step - self.start_step) as f64;
-                let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * (self.total - m.step) as f64;
-                console!("{line} | ETA {}", fmt_secs(eta));
-            }
-            None => {}
-        }
-        if let Some(line) = m.ranks.as_ref().filter(|_| logged).and_then(|r| r.straggler(m.step)) {
-            tracing::warn!("{line}");
-        }
-        Ok(())
+        ))
     }
 
     /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line.
@@ -190,10 +329,9 @@ impl Logger {
         }
         let line = serde_json::json!({ "step": step, "loss": v.loss, "bit_acc": v.bit_acc, "rows": v.rows });
         writeln!(self.val.as_mut().unwrap(), "{line}").context("writing val.jsonl")?;
-        self.tensorboard(|w| {
+        self.tb.write(None, |w| {
             w.scalar("val/loss", v.loss, step)?;
-            w.scalar("val/bit_acc", v.bit_acc, step)?;
-            w.flush()
+            w.scalar("val/bit_acc", v.bit_acc, step)
         });
         self.println(&format!(
             "validation at step {step}: loss {:.4}, bit acc {:.1}% ({} rows)",
@@ -232,12 +370,12 @@ impl Logger {
             ("world_size".into(), n(world as f64)),
         ];
         let group = cfg.run.dir.file_name().map_or("run".into(), |f| f.to_string_lossy().to_string());
-        self.tensorboard(|w| w.hparams(&list, &group).and_then(|_| w.flush()));
+        self.tb.write(None, |w| w.hparams(&list, &group));
     }
 
     /// An RGB image (row-major, interleaved) in TensorBoard's Images tab.
     pub fn image(&mut self, tag: &str, rgb: &[u8], height: u32, width: u32, step: u64) {
-        self.tensorboard(|w| w.image(tag, rgb, height, width, step).and_then(|_| w.flush()));
+        self.tb.write(None, |w| w.image(tag, rgb, height, width, step));
     }
 
     /// A line on the console that does not tear the progress bar.
@@ -253,15 +391,6 @@ impl Logger {
             bar.finish_and_clear();
         }
     }
-
-    fn tensorboard(&mut self, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
-        if let Some(w) = self.tb.as_mut() {
-            if let Err(e) = f(w) {
-                tracing::warn!("TensorBoard write failed, logging disabled: {e}");
-                self.tb = None;
-            }
-        }
-    }
 }
 
 pub fn fmt_secs(s: f64) -> String {
@@ -270,5 +399,78 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{}h{:02}m", s / 3600, s % 3600 / 60)
     } else {
         format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
+        let mfu = Some(0.5);
+        StepMetrics { step, loss: 0.5, tokens_per_s, step_time_s, mfu, scale_loss: vec![0.5], ..Default::default() }
+    }
+
+    #[test]
+    fn console_throughput_is_the_windows_tokens_over_its_wall_time() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = Logger::open(run.path(), "", 0, 4, 2).unwrap();
+        let t0 = Instant::now();
+        log.window = Window::new(t0);
+        // steps of 100 and 600 tokens (at 100/s and 3000/s) over 4 s of wall time, data waits and
+        // checkpoints included: 175 tokens/s, and MFU 0.5 for (1 + 0.2) s of the 4
+        assert_eq!(log.progress(&step(1, 100.0, 1.0), t0 + Duration::from_secs(1)), None);
+        let line = log.progress(&step(2, 3000.0, 0.2), t0 + Duration::from_secs(4)).unwrap();
+        assert!(line.contains("| 175 tok/s | MFU 15.0%"), "{line}");
+        // the next line's window starts at this one
+        log.progress(&step(3, 50.0, 1.0), t0 + Duration::from_secs(5));
+        let line = log.progress(&step(4, 50.0, 1.0), t0 + Duration::from_secs(6)).unwrap();
+        assert!(line.starts_with("step      4/4 | loss 0.5000") && line.contains("| 50 tok/s |"), "{line}");
+    }
+
+    #[test]
+    fn tensorboard_goes_on_after_failed_writes_and_counts_them() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = Logger::open(run.path(), "seed = 1", 0, 6, 10).unwrap();
+        log.tb.drill = Some(3..5); // steps 3 and 4 fail part-way through a record
+        for s in 1..=6 {
+            log.step(&step(s, 100.0, 1.0)).unwrap();
+        }
+        assert_eq!(log.tensorboard_failures(), 2);
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(run.path().join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        // every file reads to its end: the first session's up to step 2, a new one from step 5
+        let steps: Vec<Vec<i64>> = files
+            .iter()
+            .map(|f| {
+                let scalars = crate::tensorboard::read_scalars(f).unwrap();
+                scalars.iter().filter(|s| s.tag == "train/loss").map(|s| s.step).collect()
+            })
+            .collect();
+        assert_eq!(steps, [vec![1, 2], vec![5, 6]]);
+        let jsonl = std::fs::read_to_string(run.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(jsonl.lines().count(), 6, "metrics.jsonl has every step");
+    }
+
+    #[test]
+    fn a_preamble_that_failed_is_written_with_the_next_events() {
+        let run = tempfile::tempdir().unwrap();
+        // the tb folder cannot be made (a file there) until it is removed
+        std::fs::write(run.path().join("tb"), b"").unwrap();
+        let mut log = Logger::open(run.path(), "seed = 1", 4, 6, 10).unwrap();
+        log.step(&step(5, 100.0, 1.0)).unwrap();
+        assert_eq!(log.tensorboard_failures(), 2, "the preamble's write and step 5's");
+        std::fs::remove_file(run.path().join("tb")).unwrap();
+        log.step(&step(6, 100.0, 1.0)).unwrap();
+        let files: Vec<PathBuf> =
+            std::fs::read_dir(run.path().join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+        let bytes = std::fs::read(&files[0]).unwrap();
+        // the resumed session's start (which drops the earlier session's later points) and the config
+        // come before step 6
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("seed = 1"), "no config text");
+        let scalars = crate::tensorboard::read_scalars(&files[0]).unwrap();
+        assert!(scalars.iter().all(|s| s.step == 6), "{scalars:?}");
     }
 }

@@ -76,10 +76,13 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// Stopped by `TrainOptions::stop` (preemption) after checkpointing.
     pub preempted: bool,
-    /// The last held-out validation loss, when validation is configured.
+    /// The last held-out validation loss, when validation is configured, and its step.
     pub last_val_loss: Option<f64>,
+    pub last_val_step: Option<u64>,
     /// Stopped by `optim.max_nonfinite` consecutive non-finite steps.
     pub diverged: bool,
+    /// TensorBoard writes that failed this session (their events are lost; later ones are retried).
+    pub tensorboard_failed_writes: u64,
 }
 
 /// Run (or resume) training as `cfg` says.
@@ -134,8 +137,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         console!("{line}");
     }
     let run = &cfg.run.dir;
+    // (a restart would meet it again: exit 2, as --check says)
     std::fs::create_dir_all(run)
-        .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
+        .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
+        .map_err(unrecoverable)?;
     // one job per run folder (released however this process ends)
     let _lock = leader.then(|| run_lock::RunLock::acquire(run)).transpose().map_err(unrecoverable)?;
     let write = |name: &str, text: &str| -> Result<()> {
@@ -143,6 +148,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         infinity_data::manifest::write_atomic(&p, text.as_bytes())
             .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
     };
+    let world = dist.world;
+    let write_summary =
+        |s: &TrainSummary| write("summary.json", &serde_json::to_string_pretty(&summary_record(s, cfg, world))?);
     if let Some(base) = cfg.model.mup() {
         console!("{}", base.describe(&mc, &lay));
     }
@@ -181,7 +189,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             ..TrainSummary::default()
         };
         if leader && rundir::summary_step(run) != Some(s.step) {
-            write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
+            write_summary(&summary)?;
         }
         return Ok(summary);
     }
@@ -265,6 +273,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
         false => None,
     };
+    let mut summary = TrainSummary::default();
+    if leader && resumed {
+        // summary.json says where the run stands at every moment: no longer where an earlier session
+        // stopped (preempted, say), but at the checkpoint this session starts from
+        (summary.steps, summary.skipped_steps, summary.last_checkpoint) =
+            (st.step, st.skipped_steps, opts.resume.clone());
+        (summary.last_loss, summary.last_bit_acc) =
+            rundir::finished_metrics(run, st.step).unwrap_or((f64::NAN, f64::NAN));
+        (summary.last_val_step, summary.last_val_loss) = rundir::last_val(run, st.step).unzip();
+        write_summary(&summary)?;
+    }
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
     // hyperparameters once per run, when it starts from step 0
@@ -277,7 +296,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut grads = Params::zeros(&lay);
     let mut acts: Acts<f32> = Acts::default();
     let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
-    let mut summary = TrainSummary::default();
+    // a checkpoint's summary.json, written once the checkpoint is complete (in the background: at a
+    // later step's end)
+    let mut summary_due: Option<TrainSummary> = None;
     let started = Instant::now();
     let first_step = st.step;
     while st.step < cfg.run.steps {
@@ -376,26 +397,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             st.skipped_steps += 1;
             st.nonfinite_run += 1;
             tracing::warn!("step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped", st.step + 1);
-            if st.nonfinite_run >= cfg.optim.max_nonfinite {
-                if let Some(saver) = saver.as_mut() {
-                    saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
-                }
-                let newest = checkpoint::complete(run).pop().map(|c| c.1);
-                let last = newest.as_ref().map_or("none".into(), |p| p.display().to_string());
-                if leader {
-                    // `infinity scaling` and sweeps see the run as diverged, not as one that never ran
-                    summary.last_checkpoint = newest;
-                    summary.steps = st.step + 1;
-                    (summary.last_loss, summary.diverged) = (loss, true);
-                    (summary.skipped_steps, summary.seconds) = (st.skipped_steps, started.elapsed().as_secs_f64());
-                    write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
-                }
-                bail!(
-                    "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
-                    st.nonfinite_run
-                );
-            }
         }
+        // this step stops the run, once it is logged
+        let diverged = st.nonfinite_run >= cfg.optim.max_nonfinite;
         st.step += 1;
         st.loader = loader.state();
         if st.step == first_step + 1 {
@@ -424,22 +428,41 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             scale_token_acc: metrics[3 + 2 * ns..].to_vec(),
             skipped_steps: st.skipped_steps,
             loss_z: spike.loss_z,
-            grad_z: spike.grad_z,
+            grad_norm_z: spike.grad_norm_z,
             ranks: rank_times,
             gpu_mem_peak_gib: compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
         if let Some(log) = logger.as_mut() {
             log.step(&metrics)?;
-            if let Some(p) = preview.as_ref().filter(|p| p.due(st.step)) {
+            if let Some(p) = preview.as_ref().filter(|p| p.due(st.step) && !diverged) {
                 compute.sync_host(&mut params, None, None)?;
                 p.log((&mc, &lay), compute.sampler(&params)?, st.step, log)?;
             }
         }
         summary.last_loss = loss;
         summary.last_bit_acc = correct_bits;
+        if diverged {
+            if let Some(saver) = saver.as_mut() {
+                saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
+            }
+            let newest = checkpoint::complete(run).pop().map(|c| c.1);
+            let last = newest.as_ref().map_or("none".into(), |p| p.display().to_string());
+            if let Some(l) = logger.as_mut() {
+                l.finish();
+                // `infinity scaling` and sweeps see the run as diverged, not as one that never ran
+                (summary.steps, summary.last_checkpoint, summary.diverged) = (st.step, newest, true);
+                (summary.skipped_steps, summary.seconds) = (st.skipped_steps, started.elapsed().as_secs_f64());
+                summary.tensorboard_failed_writes = l.tensorboard_failures();
+                write_summary(&summary)?;
+            }
+            bail!(
+                "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
+                st.nonfinite_run
+            );
+        }
         if let Some(v) = validator.as_ref().filter(|v| v.due(st.step)) {
             let vm = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
-            summary.last_val_loss = Some(vm.loss);
+            (summary.last_val_loss, summary.last_val_step) = (Some(vm.loss), Some(st.step));
             if let Some(log) = logger.as_mut() {
                 log.val(st.step, &vm)?;
             }
@@ -471,6 +494,20 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 dist.barrier()?;
             }
             summary.last_checkpoint = Some(checkpoint::step_dir(run, st.step));
+            if let Some(l) = logger.as_ref() {
+                // (replacing one still in flight: the newer checkpoint's will say more)
+                summary_due = Some(TrainSummary {
+                    steps: st.step,
+                    skipped_steps: st.skipped_steps,
+                    seconds: started.elapsed().as_secs_f64(),
+                    tensorboard_failed_writes: l.tensorboard_failures(),
+                    ..summary.clone()
+                });
+            }
+        }
+        let landed = |s: &TrainSummary| s.last_checkpoint.as_ref().is_some_and(|c| c.join(checkpoint::DONE).is_file());
+        if let Some(s) = summary_due.take_if(|s| landed(s)) {
+            write_summary(&s)?;
         }
         dist::fault_drill(dist.rank, st.step, dist.attempt);
         if preempt {
@@ -496,20 +533,26 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.steps = st.step;
     summary.skipped_steps = st.skipped_steps;
     summary.seconds = started.elapsed().as_secs_f64();
-    if leader {
-        write("summary.json", &serde_json::to_string_pretty(&summary_record(&summary, cfg, dist.world))?)?;
+    if let Some(l) = logger.as_ref() {
+        summary.tensorboard_failed_writes = l.tensorboard_failures();
+        write_summary(&summary)?;
     }
     Ok(summary)
 }
 
-/// `summary.json`: where the run stands after this session.
+/// `summary.json`: where the run stands (rewritten when a session resumes, at each complete checkpoint
+/// and when the session ends).
 fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> serde_json::Value {
+    // (absolute, as config.toml's paths: the summary is read from other folders)
+    let last_checkpoint =
+        summary.last_checkpoint.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
     json!({
         "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
-        "last_checkpoint": summary.last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
+        "last_checkpoint": last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
         "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
-        "val_loss": summary.last_val_loss,
+        "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
+        "tensorboard_failed_writes": summary.tensorboard_failed_writes,
     })
 }
 

@@ -8,9 +8,9 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Held for as long as it lives.
 pub struct RunLock {
@@ -27,7 +27,7 @@ impl RunLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+            .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), path.display()))?;
         // a moment's patience: `in_use` (a sweep looking) holds the lock for as long as one call
         let mut locked = try_lock(&file);
         for _ in 0..20 {
@@ -51,18 +51,77 @@ impl RunLock {
         if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            bail!(
-                "run.dir {} is in use by another training job ({}): one job trains a run folder at a time; wait \
-                 for it, or stop it, before resuming here",
-                run.display(),
-                holder.trim()
-            );
+            return Err(held_error(run, &holder));
         }
         let host = hostname().unwrap_or_else(|| "this host".into());
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let since = unix_now();
         file.set_len(0).and_then(|_| file.rewind())?;
-        write!(file, "pid {} on {host}, since unix time {since}", std::process::id())?;
+        // the unix time is what `describe_holder` reads (builds before this one wrote only that)
+        write!(file, "pid {} on {host}, since {} (unix time {since})", std::process::id(), utc(since))?;
         Ok(RunLock { _file: file })
+    }
+}
+
+/// For `train --check`: the error the run would stop with because a live training job holds `run`'s
+/// lock, found as [`in_use`] finds it (without keeping the lock).
+pub fn check_free(run: &Path) -> Result<()> {
+    if !in_use(run) {
+        return Ok(());
+    }
+    Err(held_error(run, &std::fs::read_to_string(run.join(LOCK_FILE)).unwrap_or_default()))
+}
+
+fn held_error(run: &Path, holder: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "run.dir {} is in use by another training job ({}): one job trains a run folder at a time; wait for it, \
+         or stop it, before resuming here",
+        run.display(),
+        describe_holder(holder, unix_now())
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A lock file's "pid N on HOST, since … (unix time T)" (or a build's before it: "…, since unix time
+/// T") as "pid N on HOST, since 2026-12-02 12:26:27 UTC (3 min ago)"; other text as it is.
+fn describe_holder(text: &str, now: u64) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "its lock file names no process".into();
+    }
+    let since = text.rsplit_once("unix time ").and_then(|(_, t)| t.trim_end_matches(')').trim().parse::<u64>().ok());
+    match (text.split_once(", since"), since) {
+        (Some((who, _)), Some(since)) => format!("{who}, since {} ({})", utc(since), ago(now.saturating_sub(since))),
+        _ => text.to_string(),
+    }
+}
+
+/// `secs` after the unix epoch as "2026-12-02 12:26:27 UTC" (civil from days: H. Hinnant's algorithm,
+/// to spare a date crate for one line).
+fn utc(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+}
+
+/// "42 s ago", "3 min ago", "5 h ago", "2 days ago".
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
     }
 }
 
@@ -118,8 +177,31 @@ mod tests {
             e.contains("in use by another training job (pid ") && e.contains(&std::process::id().to_string()),
             "{e}"
         );
+        // the holder's start as a date, not as unix seconds
+        assert!(e.contains(" UTC (") && e.contains(" s ago)") && !e.contains("unix time"), "{e}");
+        assert!(check_free(tmp.path()).is_err());
         drop(first);
         assert!(!in_use(tmp.path()));
+        check_free(tmp.path()).unwrap();
         RunLock::acquire(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn a_holders_start_reads_as_a_utc_date() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_215_044), "2026-12-02 12:37:24 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+        // the lock files of this build and of the ones before it
+        let now = 1_796_215_044 + 200;
+        let want = "pid 7 on node3, since 2026-12-02 12:37:24 UTC (3 min ago)";
+        assert_eq!(describe_holder("pid 7 on node3, since unix time 1796215044", now), want);
+        let written = format!("pid 7 on node3, since {} (unix time 1796215044)\n", utc(1_796_215_044));
+        assert_eq!(describe_holder(&written, now), want);
+        assert_eq!(describe_holder("", now), "its lock file names no process");
+        assert_eq!(describe_holder("garbled", now), "garbled");
+        assert_eq!(ago(59), "59 s ago");
+        assert_eq!(ago(7200), "2 h ago");
+        assert_eq!(ago(3 * 86_400), "3 days ago");
     }
 }

@@ -122,12 +122,22 @@ pub fn finished_metrics(run: &Path, step: u64) -> Option<(f64, f64)> {
     if let Some(s) = read_summary(run).filter(|s| s["step"].as_u64() == Some(step)) {
         return pair(&s);
     }
-    std::fs::read_to_string(run.join("metrics.jsonl"))
+    last_line_up_to(&run.join("metrics.jsonl"), step).and_then(|v| pair(&v))
+}
+
+/// The last validation up to `step` in `val.jsonl`: its step and loss.
+pub fn last_val(run: &Path, step: u64) -> Option<(u64, f64)> {
+    let v = last_line_up_to(&run.join("val.jsonl"), step)?;
+    Some((v["step"].as_u64()?, v["loss"].as_f64()?))
+}
+
+/// The last line of a JSON-lines log whose `step` is at most `step`.
+fn last_line_up_to(path: &Path, step: u64) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path)
         .ok()?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .rfind(|v| v["step"].as_u64().is_some_and(|s| s <= step))
-        .and_then(|v| pair(&v))
 }
 
 #[cfg(test)]

@@ -195,8 +195,7 @@ pub(crate) fn init_from(
 ) -> Result<Option<(PathBuf, Vec<String>)>> {
     let Some(from) = &cfg.model.init_from else { return Ok(None) };
     let file = checkpoint::weights_file(from).context("model.init_from")?;
-    let fresh = crate::model::io::init_from_weights(&file, mc, lay, p)
-        .with_context(|| format!("model.init_from {}", from.display()))?;
+    let fresh = crate::model::io::init_from_weights(&file, mc, lay, p).context("model.init_from")?;
     Ok(Some((file, fresh)))
 }
 
@@ -242,6 +241,16 @@ pub(crate) fn agree_on_micro_batch(
     Ok(least)
 }
 
+/// For a fresh start in a run folder that holds a run but no complete checkpoint (`--resume auto`, or a
+/// group restarted before its first checkpoint), a line saying so: its logs are then rewritten from
+/// step 0, which should not happen unsaid.
+pub(crate) fn fresh_start_note(run: &Path) -> Option<String> {
+    let logs = rundir::RUN_FILES.iter().any(|f| run.join(f).is_file());
+    let (incomplete, _) = checkpoint::later_than(run, 0);
+    let fresh = checkpoint::complete(run).is_empty() && (logs || !incomplete.is_empty());
+    fresh.then(|| format!("no complete checkpoint in {}: starting fresh", run.display()))
+}
+
 /// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
 /// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
 pub(crate) fn starting_state(
@@ -253,7 +262,7 @@ pub(crate) fn starting_state(
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match resume {
         Some(dir) => {
-            let (p, o, s) = checkpoint::load(dir, mc, lay, &cfg.optim.adamw)
+            let (p, o, s) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
                 .and_then(|(p, o, s)| {
                     // (the loader checks it again; here before the run says it resumed)
                     s.loader.continues_with(manifest, cfg.run.seed, cfg.data.global_batch)?;
@@ -269,6 +278,9 @@ pub(crate) fn starting_state(
             (p, o, Some(s))
         }
         None => {
+            if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
+                console!("{note}");
+            }
             let mut p = init_params(mc, lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
             if let Some(base) = cfg.model.mup() {
                 crate::model::mup::rescale_init(&mut p, lay, mc, &base);

@@ -40,7 +40,7 @@ impl SpikeLimits {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verdict {
     pub loss_z: Option<f64>,
-    pub grad_z: Option<f64>,
+    pub grad_norm_z: Option<f64>,
     pub skip: Option<String>,
 }
 
@@ -48,10 +48,10 @@ impl SpikeWindow {
     /// Judge a step against the window, then add it (dropping the oldest past `limits.window`).
     pub fn judge(&mut self, limits: &SpikeLimits, loss: f64, grad_norm: f64) -> Verdict {
         let loss_z = zscore(&self.losses, limits.window, loss);
-        let grad_z = zscore(&self.grad_norms, limits.window, grad_norm);
+        let grad_norm_z = zscore(&self.grad_norms, limits.window, grad_norm);
         let judged = [
             ("loss", "skip_loss_z", loss, loss_z, limits.loss_z),
-            ("gradient norm", "skip_grad_z", grad_norm, grad_z, limits.grad_z),
+            ("gradient norm", "skip_grad_z", grad_norm, grad_norm_z, limits.grad_z),
         ];
         // (the loss is named first when both spike)
         let skip = judged.iter().find_map(|&(what, key, x, z, limit)| {
@@ -65,7 +65,7 @@ impl SpikeWindow {
         self.losses.push(loss);
         self.grad_norms.push(grad_norm);
         self.keep_newest(limits.window);
-        Verdict { loss_z, grad_z, skip }
+        Verdict { loss_z, grad_norm_z, skip }
     }
 
     /// The window a run resumes with: the checkpoint's newest `window` steps (all of them, or none when
@@ -130,7 +130,7 @@ mod tests {
         let v = w.judge(&LIMITS, 1.45, 1.0);
         assert!((v.loss_z.unwrap() - 4.5).abs() < 1e-9 && v.skip.is_some(), "{v:?}");
         // a constant gradient norm has no spread: it is never judged; neither is a 0 limit
-        assert_eq!(v.grad_z, None);
+        assert_eq!(v.grad_norm_z, None);
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Shared by the tests that run the `infinity` binary on a small dataset.
+//! Shared by the tests that train on a small synthetic dataset (each test binary uses part of it).
+#![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
+use infinity_trainer::optim::Decay;
+use infinity_trainer::train::config::{
+    BscSection, CheckpointSection, DataSection, LossSection, MicroBatchSize, ModelSection, OptimSection, PeakTflops,
+    RunConfig, SampleSection, TrainConfig,
+};
 
 /// The small dataset of the multi-process tests: 128 synthetic rows on the `demo4` schedule (37 tokens).
 pub fn small_options() -> SynthOptions {
@@ -19,4 +25,72 @@ pub fn small_options() -> SynthOptions {
 /// [`small_options`] written to `dir`.
 pub fn small_dataset(dir: &Path) {
     synth(dir, &small_options()).unwrap();
+}
+
+/// `rows` synthetic rows (the default budget) written to `dir`, for runs trained in the test's process.
+pub fn tiny_dataset(dir: &Path, rows: u64) {
+    let opts = SynthOptions {
+        rows,
+        fit_rows: rows as usize / 2,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(dir, &opts).unwrap();
+}
+
+/// A tiny class-conditioned run on `data` into `run`: two blocks, 6 steps of 8 samples (one
+/// micro-batch), warm-up 2 then cosine, checkpoints every 3 steps (keeping 5), no sample grids (their
+/// settings ready for `sample.every`), no validation.
+pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
+    TrainConfig {
+        run: RunConfig {
+            dir: run,
+            seed: 7,
+            steps: 6,
+            log_every: 100,
+            peak_tflops: PeakTflops::Tflops(1.0),
+            device: Default::default(),
+            recompute: false,
+            precision: Default::default(),
+            gpu_memory_check: true,
+        },
+        model: ModelSection {
+            preset: "tiny".into(),
+            depth: Some(2),
+            embed_dim: None,
+            num_heads: None,
+            mlp_ratio: None,
+            conditioning: "class".into(),
+            cond_drop_rate: 0.25,
+            drop_path_rate: None,
+            apply_spatial_patchify: None,
+            init_from: None,
+            mup_base_width: None,
+            mup_base_heads: None,
+        },
+        data: DataSection {
+            dir: data.to_path_buf(),
+            global_batch: 8,
+            micro_batch: MicroBatchSize::Samples(8),
+            workers: 1,
+        },
+        optim: OptimSection {
+            lr: 3e-3,
+            warmup_steps: 2,
+            decay: Decay::Cosine { min_ratio: 0.1 },
+            adamw: Default::default(),
+            clip: 1.0,
+            max_nonfinite: 3,
+            ema_decay: 0.0,
+            skip_loss_z: 0.0,
+            skip_grad_z: 0.0,
+            spike_window: 128,
+        },
+        bsc: BscSection { p_max: 0.3, apply_layers: 13 },
+        loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
+        checkpoint: CheckpointSection { every: 3, keep_last: 5, keep_every: 0, background: true },
+        sample: SampleSection { every: 0, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
+        dist: Default::default(),
+        val: Default::default(),
+    }
 }

@@ -35,12 +35,16 @@ pub struct SampleOptions {
     /// Per-bit top-p: the minority class is dropped when its probability is ≤ `1 − top_p` (0 = off).
     pub top_p: f64,
     pub seed: u64,
+    /// What each sample's random numbers are keyed by, with the seed and the scale: a key of its
+    /// condition and its copy of it (`infinity sample`: a class's or caption's samples are the same
+    /// whatever else is drawn beside them); empty: the sample's index in the batch.
+    pub keys: Vec<[u64; 2]>,
 }
 
 impl SampleOptions {
     /// The same guidance and temperature at every scale.
     pub fn uniform(cfg: f64, tau: f64, top_p: f64, seed: u64) -> SampleOptions {
-        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed }
+        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed, keys: Vec::new() }
     }
 
     /// Guidance and temperature at scale `si`.
@@ -96,6 +100,35 @@ impl SampleCondition {
                 SampleCondition::Text { kv: kv_k, lens: lens_k, negative }
             }
         }
+    }
+}
+
+impl SampleCondition {
+    /// Per sample, [`SampleOptions::keys`]: its condition (the class id, or a hash of the caption's
+    /// features and length) and how many samples of that condition came before it. `ct` is the text
+    /// width.
+    pub fn keys(&self, ct: usize) -> Vec<[u64; 2]> {
+        let conditions: Vec<u64> = match self {
+            SampleCondition::Class(ids) => ids.iter().map(|&i| i as u64).collect(),
+            SampleCondition::Text { kv, lens, .. } => {
+                let mut at = 0;
+                let mut hash = |len: usize| {
+                    let bytes: Vec<u8> = kv[at * ct..(at + len) * ct].iter().flat_map(|v| v.to_le_bytes()).collect();
+                    at += len;
+                    (u64::from(crc32c::crc32c(&bytes)) << 32) | len as u64
+                };
+                lens.iter().map(|&len| hash(len)).collect()
+            }
+        };
+        let mut seen = std::collections::HashMap::new();
+        conditions
+            .into_iter()
+            .map(|c| {
+                let copy = seen.entry(c).or_insert(0u64);
+                *copy += 1;
+                [c, *copy - 1]
+            })
+            .collect()
     }
 }
 
@@ -233,6 +266,7 @@ pub fn sample_with(
 ) -> Result<Sampled> {
     o.check(scales.len()).map_err(|e| anyhow::anyhow!("sample: {e}"))?;
     let (d, dv, b, guided) = (cfg.d, cfg.d_vae(), rows.b, rows.guided);
+    anyhow::ensure!(o.keys.is_empty() || o.keys.len() == b, "sample: {} keys for {b} samples", o.keys.len());
     let copies = 1 + guided as usize;
     let (tokenizer_scales, scales) = (scales, &cfg.token_scales(scales)[..]);
     let lmax = bsq::num_tokens(scales);
@@ -257,7 +291,10 @@ pub fn sample_with(
         let (guidance, tau) = o.at(si);
         for bi in 0..b {
             logits_out[bi].extend_from_slice(&logits[bi * n * 2 * d..(bi + 1) * n * 2 * d]);
-            let mut rng = keyed_rng(o.seed, &[bi as u64, si as u64]);
+            let mut rng = match o.keys.get(bi) {
+                Some(&[condition, copy]) => keyed_rng(o.seed, &[condition, copy, si as u64]),
+                None => keyed_rng(o.seed, &[bi as u64, si as u64]),
+            };
             let mut bits = vec![0u8; n * d];
             for t in 0..n {
                 for j in 0..d {

@@ -1,0 +1,150 @@
+//! `infinity export` end to end on tiny runs: the folders and datasets it refuses (another model's
+//! dataset, a folder holding another export, a folder inside a checkpoint), what config.json says of
+//! the run (precision, the moving average's decay, no upstream loader for a class model), and
+//! tools/check_export.py's `--expect` on a model its listing lacks.
+
+use std::path::{Path, PathBuf};
+
+use crate::{err, infinity, path_str, python, python_fails};
+
+/// Synthetic data of `d` bits (demo4 schedules) in `dir`.
+fn synth(dir: &Path, d: &str) {
+    let args = ["data", "synth", "--out", path_str(dir), "--rows", "16", "--fit-rows", "16", "--budget", "demo4"];
+    assert!(infinity(&[&args[..], &["--d", d]].concat()));
+}
+
+/// A tiny `conditioning` model ([`crate::cli_train::write_config`]) trained for 2 steps on 16-bit
+/// synthetic data, with `sets` (`--set KEY=VALUE`): the temporary folder, the dataset and the run.
+fn tiny_run(conditioning: &str, sets: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
+    synth(&data, "16");
+    crate::cli_train::write_config(&cfg, &data, &run, conditioning);
+    let sets = sets.iter().flat_map(|s| ["--set", s]);
+    assert!(infinity(&["train", path_str(&cfg)].into_iter().chain(sets).collect::<Vec<_>>()));
+    (tmp, data, run)
+}
+
+fn config(folder: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap()
+}
+
+/// A dataset of another `d` is refused as `--data` (it exported: config.json said d 16 with the other
+/// dataset's schedules and tokenizer); the run's own data.dir replaced by one is left out, with a
+/// warning.
+#[test]
+fn another_datasets_bits_are_not_exported_as_the_models() {
+    let (tmp, data, run) = tiny_run("text", &[]);
+    let narrow = tmp.path().join("data-d8");
+    synth(&narrow, "8");
+    let out = tmp.path().join("export");
+    let e = err(&["export", path_str(&run), "-o", path_str(&out), "--data", path_str(&narrow)]);
+    let want = format!("--data {}: d = 8, the model's tokenizer has d = 16", narrow.display());
+    assert!(e.contains(&want), "{e}");
+    assert!(!out.exists(), "a refused export wrote {}", out.display());
+
+    // the run's data.dir now holds the d = 8 dataset
+    std::fs::rename(&data, tmp.path().join("data-d16")).unwrap();
+    std::fs::rename(&narrow, &data).unwrap();
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&out)]));
+    let c = config(&out);
+    assert!(c["data"].is_null() && c["d"] == 16, "{c}");
+    assert!(!out.join("tokenizer.safetensors").exists(), "the other dataset's tokenizer was copied");
+}
+
+/// Two exports into one folder: the second would rewrite config.json and the shard index for its own
+/// file (the first, bf16, then described as float32 and mapped nowhere), so it is refused; the same
+/// file again is fine, and so is a folder whose other weights are gone. A config.json that is no
+/// export's is not overwritten.
+#[test]
+fn one_export_per_folder() {
+    let (tmp, _data, run) = tiny_run("text", &[]);
+    let run_s = path_str(&run);
+    let multi = tmp.path().join("multi");
+    let bf16 = multi.join("model-bf16.safetensors");
+    assert!(infinity(&["export", run_s, "-o", path_str(&bf16), "--dtype", "bf16"]));
+    let e = err(&["export", run_s, "-o", path_str(&multi.join("model.safetensors"))]);
+    assert!(e.contains("holds the export model-bf16.safetensors") && e.contains("a folder of its own"), "{e}");
+    assert!(!multi.join("model.safetensors").exists());
+    let c = config(&multi);
+    assert_eq!((c["dtype"].as_str(), c["weights"].as_str()), (Some("bfloat16"), Some("model-bf16.safetensors")));
+    python(&[&"tools/check_export.py", &bf16]);
+
+    // the same file again (another dtype): its own config.json
+    assert!(infinity(&["export", run_s, "-o", path_str(&bf16)]));
+    assert_eq!(config(&multi)["dtype"], "float32");
+    python(&[&"tools/check_export.py", &bf16]);
+    // the other weights deleted: the folder is free
+    std::fs::remove_file(&bf16).unwrap();
+    assert!(infinity(&["export", run_s, "-o", path_str(&multi)]));
+    assert_eq!(config(&multi)["weights"], "model.safetensors");
+    // the checker reads config.json for the file it names only
+    let copy = multi.join("copy.safetensors");
+    std::fs::copy(multi.join("model.safetensors"), &copy).unwrap();
+    let report = python_fails(&[&"tools/check_export.py", &copy]);
+    assert!(report.contains("describes model.safetensors, not copy.safetensors"), "{report}");
+
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    let e = err(&["export", run_s, "-o", path_str(&foreign)]);
+    assert!(e.contains("not the config.json of an `infinity export`"), "{e}");
+    assert_eq!(std::fs::read_to_string(foreign.join("config.json")).unwrap(), r#"{"model_type": "bert"}"#);
+}
+
+/// A folder inside a checkpoint folder is refused (pruning deletes the checkpoint with all it holds),
+/// as the checkpoint folder itself is.
+#[test]
+fn no_export_inside_a_checkpoint() {
+    let (_tmp, _data, run) = tiny_run("text", &[]);
+    let step = run.join("checkpoints/step-00000002");
+    let nested = step.join("exports/sub");
+    let e = err(&["export", path_str(&run), "-o", path_str(&nested)]);
+    let want = format!("inside the checkpoint folder {}", step.canonicalize().unwrap().display());
+    assert!(e.contains(&want) && e.contains("pruning"), "{e}");
+    assert!(!step.join("exports").exists(), "a refused export made its folder");
+    let e = err(&["export", path_str(&run), "-o", path_str(&step)]);
+    assert!(e.contains("a checkpoint folder; export beside it"), "{e}");
+}
+
+/// `check_export.py --expect` on an export whose constructor arguments its listing lacks: the listing
+/// does not apply (skipped, said so), the file's own checks still run and pass.
+#[test]
+fn check_export_expect_lists_only_its_reference_models() {
+    let (tmp, _data, run) = tiny_run("text", &[]);
+    let out = tmp.path().join("export");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&out)]));
+    // the golden listing's models, none of them this one (another width)
+    let golden = crate::repo().join("tests/golden/export-state-dict.json");
+    let mut listing: serde_json::Value = serde_json::from_slice(&std::fs::read(golden).unwrap()).unwrap();
+    for m in listing["models"].as_array_mut().unwrap() {
+        m["constructor_kwargs"]["embed_dim"] = 96.into();
+    }
+    let expect = tmp.path().join("expect.json");
+    std::fs::write(&expect, listing.to_string()).unwrap();
+    let report = python(&[&"tools/check_export.py", &out.join("model.safetensors"), &"--expect", &expect]);
+    assert!(
+        report.contains("skipped: --expect") && report.contains("none with this export's constructor_kwargs"),
+        "{report}"
+    );
+    assert!(report.contains("ok: block keys"), "{report}");
+}
+
+/// config.json's `source` names the run's precision and, for `--ema`, the average's decay; a class
+/// model's `upstream_loader` says it has none (not the text model's constructor route).
+#[test]
+fn config_json_names_the_precision_the_decay_and_no_loader_for_a_class_model() {
+    let (tmp, _data, run) = tiny_run("class", &["optim.ema_decay=0.75"]);
+    let (ema, trained) = (tmp.path().join("ema"), tmp.path().join("trained"));
+    assert!(infinity(&["export", path_str(&run), "--ema", "-o", path_str(&ema)]));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&trained)]));
+    let source = &config(&ema)["source"];
+    assert_eq!((source["weights"].as_str(), source["ema_decay"].as_f64()), (Some("ema"), Some(0.75)), "{source}");
+    assert_eq!(source["precision"], "f32");
+    let c = config(&trained);
+    assert!(c["source"].get("ema_decay").is_none() && c["source"]["precision"] == "f32", "{c}");
+    let loader = &c["upstream_loader"];
+    let note = loader["note"].as_str().unwrap();
+    assert!(loader["model_type"].is_null() && note.contains("no upstream loader"), "{loader}");
+    assert!(note.contains("model.init_from") && !note.contains("load_state_dict"), "{note}");
+}

@@ -1,0 +1,369 @@
+//! `infinity export`: inference weights under upstream state_dict names (f32 or bf16, the model's
+//! `block_chunks.C.module.J` keys or another chunking of its blocks) and a `config.json` with upstream's
+//! constructor arguments (`block_chunks` as the keys have it), the bit width and, when the training
+//! dataset is at hand, its schedules and tokenizer.
+
+mod upstream;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::manifest::write_atomic;
+use infinity_data::Manifest;
+use serde_json::{json, Value};
+
+use crate::model::io::{weights_bytes, SaveDtype};
+use crate::model::{Conditioning, Layout, ModelConfig};
+use crate::train::checkpoint::{CheckpointModel, DONE};
+use upstream::run_infinity;
+
+/// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
+/// written out too, so a loader can check them).
+pub fn constructor_kwargs(mc: &ModelConfig) -> Value {
+    let mut kwargs = json!({
+        "embed_dim": mc.embed_dim,
+        "depth": mc.depth,
+        "num_heads": mc.num_heads,
+        "mlp_ratio": mc.mlp_ratio,
+        "norm_eps": mc.norm_eps,
+        "text_channels": mc.text_channels,
+        "text_maxlen": mc.text_maxlen,
+        "cond_drop_rate": mc.cond_drop_rate,
+        "drop_path_rate": mc.drop_path_rate,
+        "block_chunks": mc.block_chunks,
+        "cos_attn": true,
+        "shared_aln": true,
+        "rope2d_each_sa_layer": 1,
+        "rope2d_normalized_by_hw": 2,
+        "add_lvl_embeding_only_first_block": 1,
+        "use_bit_label": 1,
+        "apply_spatial_patchify": mc.apply_spatial_patchify as u8,
+    });
+    if !mc.has_cross_attention() {
+        // a class-conditioned model has no text path: its preset's text sizes would only mislead
+        for key in ["text_channels", "text_maxlen"] {
+            kwargs.as_object_mut().expect("an object").remove(key);
+        }
+    }
+    kwargs
+}
+
+/// What `infinity export` writes: the element type, the block layout of the keys, the dataset whose
+/// schedules and tokenizer go beside the weights, and whether the weights are the moving average.
+pub struct ExportOptions {
+    pub dtype: SaveDtype,
+    /// Block chunks in the keys and in `constructor_kwargs` (1: `blocks.N` keys).
+    pub block_chunks: usize,
+    /// The training dataset, where the checkpoint's `data.dir` does not lead to it from here.
+    pub data: Option<PathBuf>,
+    pub ema: bool,
+}
+
+/// The files written, and what a user should know about them (a dataset not found, one chunk).
+pub struct Exported {
+    pub weights: PathBuf,
+    pub config: PathBuf,
+    pub warnings: Vec<String>,
+}
+
+/// Write `out` (safetensors) and `config.json` beside it (and the dataset's tokenizer, when found).
+pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<Exported> {
+    let mc = ModelConfig { block_chunks: opts.block_chunks, ..ck.model.clone() };
+    let mut warnings = Vec::new();
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file = out.file_name().and_then(|f| f.to_str()).context("the weights need a file name")?;
+    // a checkpoint's own files (or the run's abandoned history) must not be overwritten by its export,
+    // and pruning deletes a checkpoint folder with whatever was exported into it
+    if let Some(ckpt) = enclosing_checkpoint(folder) {
+        if ckpt == absolute(folder) {
+            bail!("{}: a checkpoint folder; export beside it, not into it", folder.display());
+        }
+        bail!(
+            "{}: inside the checkpoint folder {}, which pruning old checkpoints (checkpoint.keep_last) deletes with \
+             all it holds; export outside it",
+            folder.display(),
+            ckpt.display()
+        );
+    }
+    refuse_another_export(folder, file)?;
+
+    // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
+    // the weights, so the export decodes without the dataset. Found before anything is written, so a
+    // refused --data leaves the folder as it was.
+    let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
+    let manifest = match Manifest::load(&data_dir) {
+        Ok(m) => match (not_the_models_dataset(&mc, &m), &opts.data) {
+            (None, _) => Some(m),
+            (Some(why), Some(_)) => bail!("--data {}: {why}: not the model's dataset", data_dir.display()),
+            // the run's data.dir now holds another dataset: its schedules and tokenizer are not this model's
+            (Some(why), None) => {
+                warnings.push(format!(
+                    "{} (the run's data.dir): {why}: not the dataset the model trained on (replaced since?), so \
+                     config.json has no data section and no tokenizer is copied; pass --data with the model's dataset",
+                    data_dir.display()
+                ));
+                None
+            }
+        },
+        Err(e) if opts.data.is_some() => return Err(e).with_context(|| format!("--data {}", data_dir.display())),
+        Err(e) => {
+            warnings.push(format!(
+                "the training dataset is not at hand ({e:#}): config.json has no schedules and no tokenizer is \
+                 copied; pass --data DIR"
+            ));
+            None
+        }
+    };
+    // the moving average's decay, for config.json: CheckpointModel does not carry it
+    let ema_decay = if opts.ema { checkpoint_ema_decay(&ck.dir)? } else { None };
+
+    let lay = Layout::new(&mc);
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let bytes = weights_bytes(&mc, &lay, &ck.params, opts.dtype, opts.block_chunks, Some(meta))?;
+    std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let index = folder.join(SHARD_INDEX);
+    write_atomic(&index, serde_json::to_string_pretty(&shard_index(&bytes, file)?)?.as_bytes())
+        .with_context(|| format!("writing {}", index.display()))?;
+
+    let conditioning = match &mc.conditioning {
+        Conditioning::Text => json!({ "kind": "text" }),
+        Conditioning::Class { num_classes } => json!({ "kind": "class", "num_classes": num_classes }),
+    };
+    let mut tokenizer_copy = None;
+    if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
+        let (from, to) = (data_dir.join(&file), out.with_file_name(&file));
+        if from.is_file() {
+            // exporting into the dataset's own folder: the tokenizer is already beside the weights
+            if !(to.exists() && same_file(&from, &to)) {
+                std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
+            tokenizer_copy = Some(file);
+        }
+    }
+    let (upstream_loader, loader_warnings) = run_infinity(&mc, folder, manifest.as_ref(), tokenizer_copy.as_deref());
+    warnings.extend(loader_warnings);
+    let data = manifest.map(|m| {
+        let mut data = json!({
+            "dir": absolute(&data_dir),
+            "tokenizer": m.tokenizer,
+            "tokenizer_file_beside": tokenizer_copy,
+            "schedules": m.schedules,
+            "conditions": m.conditions,
+        });
+        if mc.apply_spatial_patchify {
+            // the schedules above are the tokenizer's; upstream's inference takes the transformer's
+            let halved: Vec<_> =
+                m.schedules.iter().map(|s| json!({ "name": s.name, "scales": mc.token_scales(&s.hw()) })).collect();
+            data["transformer_schedules"] = json!(halved);
+        }
+        data
+    });
+    // (a class-conditioned model is not upstream's Infinity: its inference code does not apply)
+    if mc.block_chunks == 1 && mc.has_cross_attention() {
+        warnings.push(format!(
+            "block_chunks = 1 (`blocks.N` keys): upstream's autoregressive_infer_cfg iterates the block chunks and \
+             needs more than one; --block-chunks K (K of {:?}) exports that layout",
+            divisors(mc.depth).into_iter().filter(|&k| k > 1).collect::<Vec<_>>()
+        ));
+    }
+    if mc.has_cross_attention() && mc.text_channels < 128 {
+        warnings.push(format!(
+            "text_channels = {}: upstream's text_proj_for_sos takes text_channels // 128 attention heads (none \
+             here) and cannot be built; this model's pool has one head",
+            mc.text_channels
+        ));
+    }
+    let mut source = json!({
+        "checkpoint": absolute(&ck.dir),
+        "step": ck.step,
+        "weights": if opts.ema { "ema" } else { "trained" },
+        // the run's arithmetic (`run.precision`): what the weights were trained and sampled in
+        "precision": ck.precision,
+    });
+    if opts.ema {
+        source["ema_decay"] = json!(ema_decay);
+    }
+    let config = json!({
+        "format": "infinity-export",
+        "version": 1,
+        // the file this config.json describes (one export per folder: see refuse_another_export)
+        "weights": file,
+        "architecture": if mc.has_cross_attention() { "Infinity" } else { "Infinity (class-conditioned, VAR-style)" },
+        "constructor_kwargs": constructor_kwargs(&mc),
+        // what upstream's tools/run_infinity.py adds for inference (its non-fused norm path drops the
+        // RoPE offset of every scale after the first under the KV cache)
+        "inference_kwargs": { "fused_norm": true, "pad_to_multiplier": 128, "inference_mode": true, "customized_flash_attn": false },
+        "upstream_loader": upstream_loader,
+        "d": mc.d,
+        // the tokenizer's channels (upstream's `vae_type`): d, or d/4 with spatial patchify
+        "d_vae": mc.d_vae(),
+        "conditioning": conditioning,
+        "dtype": match opts.dtype { SaveDtype::F32 => "float32", SaveDtype::Bf16 => "bfloat16" },
+        // upstream keeps `blocks.N` for a model of one chunk, and so does chunked_name
+        "key_layout": if mc.block_chunks > 1 { "block_chunks.C.module.J" } else { "blocks.N" },
+        "parameters": lay.numel,
+        "source": source,
+        "data": data,
+    });
+    let cfg_path = out.with_file_name("config.json");
+    write_atomic(&cfg_path, serde_json::to_string_pretty(&config)?.as_bytes())
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
+    Ok(Exported { weights: out.to_path_buf(), config: cfg_path, warnings })
+}
+
+/// The checkpoint folder (one holding [`DONE`] or `state.json`) that `folder` is or lies inside, from
+/// the file-system root: a run prunes its old checkpoints whole.
+fn enclosing_checkpoint(folder: &Path) -> Option<PathBuf> {
+    // the part of the path that exists, resolved (`..`, links); folders still to be made hold nothing
+    let full = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+    let existing = full.ancestors().find(|p| p.exists())?.canonicalize().ok()?;
+    existing.ancestors().find(|p| p.join(DONE).is_file() || p.join("state.json").is_file()).map(Path::to_path_buf)
+}
+
+/// Refuse a `folder` whose config.json or shard index describes weights other than `file` that are
+/// still there: this export would rewrite both for `file`, leaving the other weights described by
+/// another file's dtype and names (re-exporting `file` itself is fine). A config.json that is not an
+/// export's is refused too, rather than overwritten.
+fn refuse_another_export(folder: &Path, file: &str) -> Result<()> {
+    let mut described = Vec::new();
+    let config = folder.join("config.json");
+    if config.is_file() {
+        let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        ensure!(
+            v["format"] == "infinity-export",
+            "{}: not the config.json of an `infinity export` (no \"format\": \"infinity-export\"), which this \
+             export would overwrite: export into a folder of its own",
+            config.display()
+        );
+        described.extend(v["weights"].as_str().map(str::to_string));
+    }
+    let index = folder.join(SHARD_INDEX);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let map = v["weight_map"].as_object();
+        described.extend(map.into_iter().flat_map(|m| m.values()).filter_map(|f| f.as_str().map(str::to_string)));
+    }
+    if let Some(other) = described.iter().find(|w| w.as_str() != file && folder.join(w).is_file()) {
+        bail!(
+            "{}: holds the export {other}, which its config.json and {SHARD_INDEX} describe; exporting {file} there \
+             would rewrite both for {file} (its dtype, its names), so loaders and tools/check_export.py would misread \
+             {other}: export into a folder of its own",
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// Why the dataset `m` is not one `mc` trained on (its bits, schedules or conditions differ), if so;
+/// worded as `infinity sample --data` words it.
+fn not_the_models_dataset(mc: &ModelConfig, m: &Manifest) -> Option<String> {
+    if m.d as usize != mc.d_vae() {
+        return Some(format!("d = {}, the model's tokenizer has d = {}", m.d, mc.d_vae()));
+    }
+    if let Err(e) = crate::train::check_tokenizer_layout(mc, m) {
+        return Some(format!("{e:#}"));
+    }
+    match (&mc.conditioning, &m.conditions.class, &m.conditions.text) {
+        (Conditioning::Class { num_classes }, Some(c), _) if c.num_classes as usize != *num_classes => {
+            Some(format!("{} classes, the model has {num_classes}", c.num_classes))
+        }
+        (Conditioning::Class { .. }, None, _) => Some("no class condition; the model is class-conditioned".into()),
+        (Conditioning::Text, _, Some(t)) if t.width as usize != mc.text_channels => {
+            Some(format!("text features of width {}, the model's are {}", t.width, mc.text_channels))
+        }
+        (Conditioning::Text, _, None) => Some("no text condition; the model is text-conditioned".into()),
+        _ => None,
+    }
+}
+
+/// `optim.ema_decay` of the checkpoint's own config.toml (none where it has none).
+fn checkpoint_ema_decay(ckpt: &Path) -> Result<Option<f64>> {
+    let path = ckpt.join("config.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: toml::Table = text.parse().with_context(|| format!("{}: not TOML", path.display()))?;
+    Ok(config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float()))
+}
+
+/// The index transformers' `load_sharded_checkpoint` reads (upstream's `--checkpoint_type torch_shard`).
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// [`SHARD_INDEX`] of the weights `bytes` written as `file`: one shard holding every tensor.
+fn shard_index(bytes: &[u8], file: &str) -> Result<Value> {
+    let st = safetensors::SafeTensors::deserialize(bytes).context("reading back the weights just encoded")?;
+    let total: usize = st.tensors().iter().map(|(_, t)| t.data().len()).sum();
+    let map: serde_json::Map<String, Value> = st.names().into_iter().map(|n| (n.to_string(), json!(file))).collect();
+    Ok(json!({ "metadata": { "total_size": total }, "weight_map": map }))
+}
+
+/// The block-chunk counts a model of `depth` blocks can be exported with.
+pub fn divisors(depth: usize) -> Vec<usize> {
+    (1..=depth).filter(|k| depth.is_multiple_of(*k)).collect()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// `p` from the file-system root (as given when it cannot be resolved), for a config read elsewhere.
+fn absolute(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use infinity_data::manifest::{Conditions, TextDtype, TextInfo, TokenizerInfo};
+    use infinity_data::{Catalog, Manifest};
+
+    use super::not_the_models_dataset;
+    use crate::model::{Conditioning, ModelConfig};
+
+    #[test]
+    fn class_models_export_no_text_sizes() {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        let text = super::constructor_kwargs(&mc);
+        assert_eq!((text["text_channels"].as_u64(), text["text_maxlen"].as_u64()), (Some(128), Some(16)));
+        mc.conditioning = Conditioning::Class { num_classes: 24 };
+        let class = super::constructor_kwargs(&mc);
+        assert!(class.get("text_channels").is_none() && class.get("text_maxlen").is_none(), "{class}");
+        assert_eq!(class["drop_path_rate"], 0.0);
+    }
+
+    /// A text dataset of `d` bits by `tokenizer`, at upstream's `budget` for each of `templates`.
+    pub(super) fn dataset(d: u32, tokenizer: &str, budget: &str, templates: &[&str]) -> Manifest {
+        let schedules = templates.iter().map(|t| Catalog::upstream().schedule(t, budget).unwrap()).collect();
+        let text = TextInfo { width: 2048, dtype: TextDtype::Bf16, max_tokens: 512, encoder: "flan-t5-xl".into() };
+        Manifest {
+            format: "infinity-bits".into(),
+            format_version: 1,
+            d,
+            bit_order: String::new(),
+            tokenizer: TokenizerInfo { name: tokenizer.into(), file: None, params: serde_json::Value::Null },
+            conditions: Conditions { class: None, text: Some(text), caption: false },
+            latent: None,
+            schedules,
+            shards: Vec::new(),
+            total_rows: 0,
+            created_by: String::new(),
+        }
+    }
+
+    /// A dataset of another `d`, tokenizer layout or condition is not the model's.
+    #[test]
+    fn another_models_dataset_is_named() {
+        let layer12 = ModelConfig::preset("layer12").unwrap();
+        assert_eq!(not_the_models_dataset(&layer12, &dataset(32, "bsq-vae-d32", "0.06M", &["1.000"])), None);
+        let why = not_the_models_dataset(&layer12, &dataset(16, "bsq-vae-d16", "0.06M", &["1.000"]));
+        assert_eq!(why.as_deref(), Some("d = 16, the model's tokenizer has d = 32"));
+        let mut narrow = dataset(32, "bsq-vae-d32", "0.06M", &["1.000"]);
+        narrow.conditions.text.as_mut().unwrap().width = 32;
+        let why = not_the_models_dataset(&layer12, &narrow).unwrap();
+        assert!(why.contains("text features of width 32, the model's are 2048"), "{why}");
+        let class = ModelConfig { conditioning: Conditioning::Class { num_classes: 10 }, ..layer12 };
+        let why = not_the_models_dataset(&class, &narrow).unwrap();
+        assert!(why.contains("no class condition"), "{why}");
+    }
+}

@@ -1,0 +1,177 @@
+//! What a run reports about itself over a long job: TensorBoard curves that survive failed writes,
+//! the step that stops a diverging run in every log, and a `summary.json` that says where the run
+//! stands after a preemption, a SIGKILL and a resume.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use infinity_trainer::tensorboard::read_scalars;
+use infinity_trainer::train::config::{TrainConfig, ValSection};
+use infinity_trainer::train::{train, TrainOptions};
+use serde_json::Value;
+
+fn dataset(dir: &Path) {
+    common::tiny_dataset(dir, 96);
+}
+
+/// A tiny class-conditioned run of 6 steps, checkpoints every 3, no sample grids.
+fn config(data: &Path, run: PathBuf) -> TrainConfig {
+    let mut c = common::tiny_config(data, run);
+    (c.model.cond_drop_rate, c.loss.label_smoothing) = (0.1, 0.0);
+    c
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn summary(run: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The steps of `tag` in each event file of `run/tb`, in the order TensorBoard reads the files; every
+/// file must read to its end (no torn or corrupt record).
+fn tensorboard_steps(run: &Path, tag: &str) -> Vec<Vec<i64>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let scalars = read_scalars(f).unwrap_or_else(|e| panic!("{e}"));
+            scalars.iter().filter(|s| s.tag == tag).map(|s| s.step).collect()
+        })
+        .collect()
+}
+
+/// `infinity train CONFIG ARGS` in `dir` with `env`.
+fn infinity_train(dir: &Path, cfg: &TrainConfig, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let cfg_path = dir.join("train.toml");
+    std::fs::write(&cfg_path, toml::to_string(cfg).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .current_dir(dir)
+        .arg("train")
+        .arg(&cfg_path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// TensorBoard writes that fail (the drill: a full disk part-way through a record, at steps 3 and 4)
+/// lose those steps' events only: the later steps go on in a new event file, every file reads to its
+/// end, a warning says so once (and once that the writes go on), and summary.json counts them.
+#[test]
+fn failed_tensorboard_writes_are_counted_and_the_curves_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    let out = infinity_train(tmp.path(), &cfg, &[], &[("INFINITY_FAULT_TB", "3:2")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("TensorBoard write failed").count(), 1, "{stderr}");
+    assert!(stderr.contains("1 in a row, 1 this session"), "{stderr}");
+    assert_eq!(stderr.matches("TensorBoard writes go on in").count(), 1, "{stderr}");
+    assert!(stderr.contains("(2 failed so far)"), "{stderr}");
+    assert_eq!(tensorboard_steps(&cfg.run.dir, "train/loss"), [vec![1, 2], vec![5, 6]]);
+    assert_eq!(summary(&cfg.run.dir)["tensorboard_failed_writes"], 2);
+    assert_eq!(json_lines(&cfg.run.dir.join("metrics.jsonl")).len(), 6, "metrics.jsonl keeps every step");
+}
+
+/// The step whose non-finite loss makes `optim.max_nonfinite` in a row is in metrics.jsonl and
+/// TensorBoard, as summary.json names it.
+#[test]
+fn the_step_that_stops_a_diverging_run_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
+    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+    assert!(e.contains("3 consecutive non-finite steps"), "{e}");
+    let s = summary(&cfg.run.dir);
+    assert_eq!((&s["diverged"], &s["finished"]), (&Value::Bool(true), &Value::Bool(false)), "{s}");
+    let stopped = s["step"].as_i64().unwrap();
+    let lines = json_lines(&cfg.run.dir.join("metrics.jsonl"));
+    let last = lines.last().unwrap();
+    assert_eq!(last["step"].as_i64(), Some(stopped), "metrics.jsonl ends before the step that stopped the run");
+    assert_eq!(last["skipped_steps"], s["skipped_steps"]);
+    assert!(last["loss"].is_null(), "a non-finite loss is null in JSON: {last}");
+    let tb = tensorboard_steps(&cfg.run.dir, "train/loss").concat();
+    assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
+}
+
+/// metrics.jsonl names the gradient norm's z-score as TensorBoard and the docs do.
+#[test]
+fn metrics_name_the_gradient_norm_z_score_as_tensorboard_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.run.steps, cfg.optim.spike_window) = (4, 2);
+    train(&cfg, &TrainOptions::default()).unwrap();
+    for v in json_lines(&cfg.run.dir.join("metrics.jsonl")) {
+        let scored = v["step"].as_u64().unwrap() > 2;
+        assert_eq!(v.get("grad_norm_z").is_some(), scored, "{v}");
+        assert_eq!(v.get("loss_z").is_some(), scored, "{v}");
+        assert!(v.get("grad_z").is_none(), "{v}");
+    }
+    assert_eq!(tensorboard_steps(&cfg.run.dir, "train/grad_norm_z").concat(), [3, 4]);
+}
+
+/// summary.json tells where the run stands at every moment: a session resumed after a preemption
+/// stops saying "preempted" at once, a SIGKILL leaves the summary of the last complete checkpoint
+/// (and its validation step), and its checkpoint path is absolute as config.toml's paths are, though
+/// `run.dir` is relative.
+#[test]
+fn summary_json_says_where_the_run_stands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = tmp.path().join("run");
+    let mut cfg = config(&data, run.clone());
+    cfg.val = ValSection { dir: Some(data.clone()), every: 3, max_rows: 16, seed: 0 };
+    let checkpoint = |step: u64| Value::from(run.join(format!("checkpoints/step-{step:08}")).to_str().unwrap());
+
+    // preempted after step 1 (a signal before it ended)
+    let stop = Some(Arc::new(AtomicBool::new(true)));
+    train(&cfg, &TrainOptions { stop, ..Default::default() }).unwrap();
+    let s = summary(&run);
+    assert_eq!((&s["step"], &s["preempted"]), (&Value::from(1), &Value::Bool(true)), "{s}");
+
+    // resumed from run.dir's parent with a relative run.dir, and killed (SIGKILL) after step 2, before
+    // any checkpoint: not preempted now, at step 1's checkpoint
+    cfg.run.dir = PathBuf::from("run");
+    let killed = |after: &str, args: &[&str]| {
+        let resume = [&["--resume", "auto"][..], args].concat();
+        let out = infinity_train(tmp.path(), &cfg, &resume, &[("INFINITY_FAULT_KILL", after)]);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{out:?}");
+        summary(&run)
+    };
+    let s = killed("0:2", &[]);
+    assert_eq!((&s["step"], &s["preempted"], &s["finished"]), (&Value::from(1), &false.into(), &false.into()), "{s}");
+    assert_eq!(s["last_checkpoint"], checkpoint(1), "{s}");
+
+    // killed after step 5: the summary of step 3's checkpoint, with that step's validation
+    let s = killed("0:5", &["--set", "checkpoint.background=false"]);
+    assert_eq!(
+        (&s["step"], &s["last_checkpoint"], &s["val_step"]),
+        (&Value::from(3), &checkpoint(3), &3.into()),
+        "{s}"
+    );
+    assert!(s["val_loss"].as_f64().is_some_and(f64::is_finite), "{s}");
+    let metrics = json_lines(&run.join("metrics.jsonl"));
+    assert_eq!(s["loss"], metrics[2]["loss"], "step 3's loss");
+
+    // to the end
+    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&run);
+    assert_eq!((&s["step"], &s["finished"], &s["preempted"]), (&Value::from(6), &true.into(), &false.into()), "{s}");
+    assert_eq!((&s["last_checkpoint"], &s["val_step"]), (&checkpoint(6), &6.into()), "{s}");
+}

@@ -1,0 +1,224 @@
+//! Recovery from what goes wrong in long runs: `train --check` finds the run folder's refusals (a folder
+//! it cannot write, one another job trains), a failed checkpoint write frees its space, a damaged newest
+//! checkpoint names the way on, a damaged `model.json` is refused on resume, and `--resume auto` says
+//! when it starts fresh.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use infinity_trainer::train::check::check;
+use infinity_trainer::train::config::TrainConfig;
+use infinity_trainer::train::run_lock::RunLock;
+use infinity_trainer::train::{latest_checkpoint, train, TrainOptions, Unrecoverable};
+
+fn dataset(dir: &Path) {
+    common::tiny_dataset(dir, 64);
+}
+
+/// A tiny class model, 6 steps with checkpoints at 3 and 6, no sample grids.
+fn config(data: &Path, run: PathBuf) -> TrainConfig {
+    let mut c = common::tiny_config(data, run);
+    c.run.log_every = 1;
+    c
+}
+
+/// `cfg` as a config file in `dir`, for the `infinity` binary.
+fn config_file(cfg: &TrainConfig, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("train-{}.toml", cfg.run.dir.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    path
+}
+
+fn infinity(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infinity")).args(args).output().unwrap()
+}
+
+/// The text of an error, and whether the run would exit with 2 for it (found before the first step).
+fn refusal(e: anyhow::Error) -> (String, bool) {
+    (format!("{e:#}"), e.chain().any(|c| c.downcast_ref::<Unrecoverable>().is_some()))
+}
+
+#[test]
+fn check_names_a_run_folder_that_cannot_be_created_or_is_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+
+    // a folder that cannot be made (a file where its parent should be)
+    let blocker = tmp.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let cfg = config(&data, blocker.join("run"));
+    let (e, exit_2) = refusal(check(&cfg, 1, None, None).expect_err("an uncreatable run.dir passed the check"));
+    assert!(e.contains("cannot be created (not writable?)") && e.contains("is not a folder"), "{e}");
+    assert!(exit_2, "{e}");
+
+    // a folder still to be made: the check passes and makes nothing
+    let cfg = config(&data, tmp.path().join("run"));
+    let lines = check(&cfg, 1, None, None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("to be created in")), "{lines:?}");
+    assert!(!cfg.run.dir.exists(), "the check created the run folder");
+
+    // a folder another job trains: refused as the run would be, the lock left to its holder
+    std::fs::create_dir_all(&cfg.run.dir).unwrap();
+    let held = RunLock::acquire(&cfg.run.dir).unwrap();
+    let (e, exit_2) = refusal(check(&cfg, 1, None, None).expect_err("a locked run.dir passed the check"));
+    assert!(e.contains("is in use by another training job (pid ") && e.contains(" UTC ("), "{e}");
+    assert!(exit_2, "{e}");
+    assert!(infinity_trainer::train::run_lock::in_use(&cfg.run.dir), "the check took the lock");
+    drop(held);
+    let lines = check(&cfg, 1, None, None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("writable, no training job holds it")), "{lines:?}");
+}
+
+/// A read-only file system (a bind mount in a mount namespace of its own: `unshare -rm`; skipped where
+/// this machine allows none): `--check` fails as the run does, with exit 2, for a run folder to be
+/// made there and for one already there, and the run names the folder as not writable.
+#[test]
+fn a_read_only_run_folder_fails_check_and_run_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir_all(ro.join("existing")).unwrap();
+    // mounts `ro` read-only for this command alone
+    let read_only = |program: &str, args: &[&str]| -> std::io::Result<Output> {
+        let script = "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"";
+        Command::new("unshare")
+            .args(["-rm", "sh", "-c", script, "sh", ro.to_str().unwrap(), program])
+            .args(args)
+            .output()
+    };
+    if !read_only("true", &[]).is_ok_and(|o| o.status.success()) {
+        println!("skipped: no read-only mount in a namespace of its own here (unshare -rm)");
+        return;
+    }
+    let read_only = |args: &[&str]| read_only(env!("CARGO_BIN_EXE_infinity"), args).unwrap();
+    for (name, want) in [("new", "cannot be created (not writable?)"), ("existing", "is not writable")] {
+        let cfg = config(&data, ro.join(name));
+        let file = config_file(&cfg, tmp.path());
+        let out = read_only(&["train", file.to_str().unwrap(), "--check", "--resume", "auto"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want) && stderr.contains("Read-only file system"), "{name}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+    }
+    for (name, want) in
+        [("new", "new cannot be created (not writable?)"), ("existing", "existing is not writable: opening")]
+    {
+        let file = config_file(&config(&data, ro.join(name)), tmp.path());
+        let out = read_only(&["train", file.to_str().unwrap(), "--resume", "auto"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+    }
+}
+
+/// A full disk, simulated with a file-size limit (`ulimit -f`, SIGXFSZ ignored so writes fail with
+/// EFBIG): the failed checkpoint's partial folder is removed, and the error still names the file.
+#[test]
+fn a_checkpoint_that_fails_to_write_leaves_no_partial_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    let file = config_file(&cfg, tmp.path());
+    // 64 KiB per file: logs fit, a model checkpoint (≈ 150 KB f32) does not
+    let out = Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "training must fail when the disk is full");
+    assert!(stderr.contains("model.safetensors") || stderr.contains("optim.safetensors"), "{stderr}");
+    let left: Vec<String> = std::fs::read_dir(cfg.run.dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "a failed checkpoint write left {left:?}");
+}
+
+/// A corrupt newest checkpoint stops `--resume auto` (and the check) with the previous complete one as
+/// the way on; no silent fallback.
+#[test]
+fn a_corrupt_newest_checkpoint_names_the_previous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at steps 3 and 6
+    let newest = latest_checkpoint(&cfg.run.dir).unwrap();
+    let model = newest.join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&model, &bytes).unwrap();
+
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let way_on = format!(
+        "resume from the previous checkpoint with --resume {}; this one is then moved to {}/",
+        step3.display(),
+        cfg.run.dir.join("abandoned").display()
+    );
+    let opts = TrainOptions { resume: Some(newest.clone()), ..Default::default() };
+    let (e, exit_2) = refusal(train(&cfg, &opts).expect_err("a corrupt checkpoint was resumed"));
+    assert!(e.contains("(corrupt checkpoint); ") && e.contains(&way_on), "{e}");
+    assert!(exit_2, "{e}");
+    let (e, _) = refusal(check(&cfg, 1, Some(&newest), None).expect_err("the check passed a corrupt checkpoint"));
+    assert!(e.contains(&way_on), "{e}");
+
+    // the way on works: step 6 goes to abandoned/
+    let s = train(&cfg, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();
+    assert_eq!(s.steps, 6);
+    assert!(cfg.run.dir.join("abandoned/after-step-00000003/step-00000006/model.safetensors").is_file());
+}
+
+/// `model.json` (which sample and export read, and which no checksum covers) is read on resume: empty,
+/// or describing another model, it is refused, naming the file.
+#[test]
+fn a_damaged_model_json_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let ckpt = latest_checkpoint(&cfg.run.dir).unwrap();
+    let model_json = ckpt.join("model.json");
+    let good = std::fs::read_to_string(&model_json).unwrap();
+    let deeper = good.replace("\"depth\": 2", "\"depth\": 3");
+    assert_ne!(deeper, good, "{good}");
+    for (damage, want) in [("", "EOF while parsing"), (deeper.as_str(), "depth 3 (the model trained: 2)")] {
+        std::fs::write(&model_json, damage).unwrap();
+        let opts = TrainOptions { resume: Some(ckpt.clone()), ..Default::default() };
+        let (e, exit_2) = refusal(train(&cfg, &opts).expect_err("a damaged model.json was resumed"));
+        assert!(e.contains(&model_json.display().to_string()) && e.contains(want), "{e}");
+        assert!(exit_2, "{e}");
+        let (e, _) = refusal(check(&cfg, 1, Some(&ckpt), None).expect_err("the check passed a damaged model.json"));
+        assert!(e.contains("model.json") && e.contains(want), "{e}");
+    }
+    std::fs::write(&model_json, good).unwrap();
+    assert_eq!(train(&cfg, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap().steps, 6);
+}
+
+/// `--resume auto` in a run folder with logs but no complete checkpoint starts fresh, and says so.
+#[test]
+fn resume_auto_without_a_complete_checkpoint_says_it_starts_fresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    assert!(cfg.run.dir.join("metrics.jsonl").is_file() && latest_checkpoint(&cfg.run.dir).is_none());
+    let note = format!("no complete checkpoint in {}: starting fresh", cfg.run.dir.display());
+    let lines = check(&cfg, 1, None, None).unwrap();
+    assert!(lines.contains(&note), "{lines:?}");
+
+    cfg.run.steps = 1;
+    let file = config_file(&cfg, tmp.path());
+    let out = infinity(&["train", file.to_str().unwrap(), "--resume", "auto"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches(&note).count(), 1, "{stdout}");
+}
