@@ -316,6 +316,13 @@ impl Manifest {
         out
     }
 
+    /// Whether a saved [`Manifest::fingerprint`] has this dataset's `d` and schedules (its contents may
+    /// differ). One saved by an earlier build, without that part, cannot tell: true.
+    pub fn same_layout(&self, saved: &str) -> bool {
+        let layout = |f: &str| f.splitn(3, '-').nth(2).map(str::to_string);
+        layout(saved).is_none_or(|l| Some(l) == layout(&self.fingerprint()))
+    }
+
     /// Whether a saved [`Manifest::fingerprint`] is this dataset's. One saved by an earlier build
     /// (without the schedules' part) is compared on the contents alone.
     pub fn fingerprint_matches(&self, saved: &str) -> bool {

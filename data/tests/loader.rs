@@ -132,7 +132,7 @@ fn resume_on_a_changed_dataset_says_what_changed() {
     l.next_batch().unwrap();
     let s = l.state();
     let (_d96, more) = open(96);
-    let e = Loader::new(more, opts(8, 0, 1, 0), Some(s.clone())).err().unwrap();
+    let e = Loader::new(more.clone(), opts(8, 0, 1, 0), Some(s.clone())).err().unwrap();
     assert!(matches!(e, infinity_data::DataError::Config(_)), "a configuration error: {e:?}");
     let e = e.to_string();
     assert!(e.contains("the row count changed: 64 → 96") && e.contains("fixes the order of the samples"), "{e}");
@@ -147,6 +147,16 @@ fn resume_on_a_changed_dataset_says_what_changed() {
     let mut m = ds.manifest.clone();
     m.schedules[0].scales.pop();
     assert_eq!(m.fingerprint_changes(&s.dataset), ["`d` or the scale schedules changed"]);
+
+    // `--accept-data-change`: the position moves to other contents of the same layout, not to others
+    let moved = s.moved_to(&more.manifest).unwrap();
+    assert_eq!((moved.batches_done, moved.dataset.clone()), (s.batches_done, more.manifest.fingerprint()));
+    Loader::new(more, opts(8, 0, 1, 0), Some(moved)).unwrap();
+    let e = s.moved_to(&m).unwrap_err().to_string();
+    assert!(e.contains("`d` or the scale schedules changed since the saved position"), "{e}");
+    // a saved fingerprint of an earlier build (no layout part) cannot tell: moved
+    let earlier = LoaderState { dataset: s.dataset.rsplit_once('-').unwrap().0.to_string(), ..s.clone() };
+    assert!(earlier.moved_to(&m).is_ok());
 }
 
 #[test]

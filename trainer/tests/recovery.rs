@@ -1,14 +1,14 @@
 //! Recovery from what goes wrong in long runs: `train --check` finds the run folder's refusals (a folder
 //! it cannot write, one another job trains), a failed checkpoint write frees its space, a damaged newest
-//! checkpoint names the way on, a damaged `model.json` is refused on resume, and `--resume auto` says
-//! when it starts fresh.
+//! checkpoint names the way on, a damaged `model.json` is refused on resume, `--resume auto` says
+//! when it starts fresh, and `--accept-data-change` resumes on a mended dataset.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use infinity_trainer::train::check::check;
+use infinity_trainer::train::check::{check, check_with};
 use infinity_trainer::train::config::TrainConfig;
 use infinity_trainer::train::run_lock::RunLock;
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions, Unrecoverable};
@@ -221,4 +221,43 @@ fn resume_auto_without_a_complete_checkpoint_says_it_starts_fresh() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.matches(&note).count(), 1, "{stdout}");
+}
+
+/// A dataset changed since the checkpoint (here its shard renamed, as a mended shard's checksum would
+/// change it: the same rows) is refused on resume; `--accept-data-change` resumes from the saved
+/// position, and with every bucket's rows as before the run ends where an uninterrupted one does, bit
+/// for bit.
+#[test]
+fn accept_data_change_resumes_on_a_mended_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let whole = config(&data, tmp.path().join("whole"));
+    train(&whole, &TrainOptions::default()).unwrap();
+    let cfg = config(&data, tmp.path().join("split"));
+    train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    // the mend: the shard under another name, the manifest saying so
+    let manifest_path = data.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::rename(data.join("shard-00000.arrow"), data.join("shard-00000-mended.arrow")).unwrap();
+    std::fs::write(&manifest_path, text.replace("shard-00000.arrow", "shard-00000-mended.arrow")).unwrap();
+
+    let step3 = latest_checkpoint(&cfg.run.dir).unwrap();
+    let (e, unrecoverable) =
+        refusal(train(&cfg, &TrainOptions { resume: Some(step3.clone()), ..Default::default() }).unwrap_err());
+    assert!(e.contains("the dataset is not the one the saved position was read from") && unrecoverable, "{e}");
+    let lines = check_with(&cfg, 1, Some(&step3), None, true).unwrap();
+    assert!(
+        lines.iter().any(|l| l.starts_with("resume: --accept-data-change: ") && l.contains("3 batches drawn")),
+        "{lines:?}"
+    );
+    let opts = TrainOptions { resume: Some(step3.clone()), accept_data_change: true, ..Default::default() };
+    assert_eq!(train(&cfg, &opts).unwrap().steps, 6);
+    let weights = |run: &Path| std::fs::read(latest_checkpoint(run).unwrap().join("model.safetensors")).unwrap();
+    assert!(weights(&cfg.run.dir) == weights(&whole.run.dir), "the same rows in the same order trained other weights");
+    // the checkpoints after it carry the mended dataset: a plain resume continues
+    let mut longer = cfg.clone();
+    longer.run.steps = 8;
+    let again = TrainOptions { resume: latest_checkpoint(&cfg.run.dir), ..Default::default() };
+    assert_eq!(train(&longer, &again).unwrap().steps, 8);
 }

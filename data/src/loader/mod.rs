@@ -100,6 +100,21 @@ impl LoaderState {
         }
         Ok(())
     }
+
+    /// This position moved to `manifest`'s dataset where that is not the one it was read from (a shard
+    /// mended since): the same batches done, under the dataset's own fingerprint. Refused where `d` or
+    /// the schedules changed: the model could not take the rows.
+    pub fn moved_to(&self, manifest: &crate::Manifest) -> Result<LoaderState> {
+        if !manifest.same_layout(&self.dataset) {
+            return Err(DataError::Config(format!(
+                "cannot move the data stream to this dataset: `d` or the scale schedules changed since the saved \
+                 position (dataset fingerprint {} → {})",
+                self.dataset,
+                manifest.fingerprint()
+            )));
+        }
+        Ok(LoaderState { dataset: manifest.fingerprint(), ..self.clone() })
+    }
 }
 
 /// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).

@@ -28,6 +28,11 @@ pub struct TrainArgs {
     /// continues from run.dir's newest checkpoint.
     #[arg(long)]
     resume: Option<String>,
+    /// Resume on a dataset that changed since the checkpoint (a shard mended after a bad row stopped the
+    /// run), from the saved position: the same order where every bucket holds the same rows, the new
+    /// dataset's order for the rest of the epoch otherwise. `d` and the schedules must not change.
+    #[arg(long, requires = "resume")]
+    accept_data_change: bool,
     /// Check everything a run checks before its first step (config, dataset checksums, model, batch
     /// split, validation data, device, the weights it starts from), print the run's size, and exit
     /// without training or writing (0, or the code the run would fail with).
@@ -75,13 +80,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         g => g.map(crate::model::memory::gib_to_bytes),
     };
     let result = match a.check {
-        true => train::check::check(&cfg, world, resume.as_deref(), gpu).map(|lines| {
+        true => train::check::check_with(&cfg, world, resume.as_deref(), gpu, a.accept_data_change).map(|lines| {
             lines.iter().for_each(|l| console!("{l}"));
             console!("check passed: {} is ready to train", a.config.display());
             None
         }),
         false => {
-            let opts = TrainOptions { resume, stop_after: None, stop: Some(dist::preemption_flag()?) };
+            let stop = Some(dist::preemption_flag()?);
+            let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change: a.accept_data_change };
             train::train(&cfg, &opts).map(Some)
         }
     };

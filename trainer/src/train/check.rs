@@ -26,7 +26,18 @@ use crate::model::{Conditioning, ModelConfig, Params};
 /// Check everything `train` would for `world` ranks starting from `resume` (or fresh); one line per
 /// finding, or the first error a run would stop with. With `gpu` (bytes) a GPU run is checked against
 /// a GPU of that size and this machine's devices are not opened.
-pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Option<u64>) -> Result<Vec<String>> {
+pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, gpu: Option<u64>) -> Result<Vec<String>> {
+    check_with(cfg, world, resume, gpu, false)
+}
+
+/// [`check`], resuming with `--accept-data-change` when `accept_data_change`.
+pub fn check_with(
+    cfg: &TrainConfig,
+    world: usize,
+    resume: Option<&Path>,
+    mut gpu: Option<u64>,
+    accept_data_change: bool,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let unlisted = super::setup::unlisted_warning(cfg, &ds)?;
@@ -191,7 +202,10 @@ pub fn check(cfg: &TrainConfig, world: usize, resume: Option<&Path>, mut gpu: Op
         if !changes.is_empty() {
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
         }
-        position = Some(state.loader);
+        let mut loader = state.loader;
+        let moved = super::setup::continue_position(&mut loader, m, cfg, accept_data_change).map_err(unrecoverable)?;
+        out.extend(moved.map(|w| format!("resume: {w}")));
+        position = Some(loader);
     } else {
         match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
             Some((file, fresh)) => out.push(format!(

@@ -64,6 +64,9 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Set asynchronously (SIGTERM, SIGINT, SIGUSR1): all ranks checkpoint at the same step and stop.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Resume on a dataset changed since the checkpoint (`--accept-data-change`: a mended shard), from
+    /// the saved position ([`setup::continue_position`]).
+    pub accept_data_change: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -173,7 +176,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     let (mut params, mut opt, mut state) =
-        starting_state(cfg, opts.resume.as_deref(), (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
+        starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
     dist.agree_on_step(state.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
         // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use infinity_data::loader::{BadRows, LoaderOptions};
+use infinity_data::loader::{BadRows, LoaderOptions, LoaderState};
 use infinity_data::{Checksums, Dataset, Manifest};
 
 use super::checkpoint::TrainState;
@@ -251,21 +251,50 @@ pub(crate) fn fresh_start_note(run: &Path) -> Option<String> {
     fresh.then(|| format!("no complete checkpoint in {}: starting fresh", run.display()))
 }
 
+/// Check that the saved loader `position` continues under `cfg` on `manifest`'s dataset; with
+/// `accept_data_change` (`--accept-data-change`) a dataset changed since the checkpoint (a mended shard)
+/// is taken, the position moved to it, and the warning that says so returned.
+pub(crate) fn continue_position(
+    position: &mut LoaderState,
+    manifest: &Manifest,
+    cfg: &TrainConfig,
+    accept_data_change: bool,
+) -> Result<Option<String>> {
+    let mut warning = None;
+    if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
+        let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
+        *position = position.moved_to(manifest)?;
+        warning = Some(format!(
+            "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
+             ({} batches drawn): where every bucket holds the same rows as before (a shard mended in place), in \
+             the order it would have drawn, the mended rows as they are now; otherwise the rest of this epoch \
+             follows the new dataset's order, which may draw some of its rows twice and others not at all",
+            cfg.data.dir.display(),
+            position.batches_done
+        ));
+    }
+    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch)?;
+    Ok(warning)
+}
+
 /// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
 /// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
 pub(crate) fn starting_state(
     cfg: &TrainConfig,
-    resume: Option<&Path>,
+    opts: &super::TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
     (manifest, leader): (&Manifest, bool),
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
-    Ok(match resume {
+    Ok(match opts.resume.as_deref() {
         Some(dir) => {
             let (p, o, s) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
-                .and_then(|(p, o, s)| {
+                .and_then(|(p, o, mut s)| {
                     // (the loader checks it again; here before the run says it resumed)
-                    s.loader.continues_with(manifest, cfg.run.seed, cfg.data.global_batch)?;
+                    let moved = continue_position(&mut s.loader, manifest, cfg, opts.accept_data_change)?;
+                    if let Some(warning) = moved.filter(|_| leader) {
+                        tracing::warn!("{warning}");
+                    }
                     Ok((p, o, s))
                 })
                 .with_context(|| format!("resuming from {}", dir.display()))
