@@ -150,12 +150,13 @@ fn train_sample_and_export_a_text_model() {
     other["name"] = "1.000/other".into();
     budgets["schedules"].as_array_mut().unwrap().push(other);
     let m: infinity_data::Manifest = serde_json::from_value(budgets).unwrap();
-    let pick = |t: Option<&str>, n: Option<&str>| infinity_trainer::infer::pick_schedule(&m, t, n).map(|s| &s.name);
-    assert_eq!(pick(None, None).unwrap(), "1.000/demo4");
-    assert_eq!(pick(None, Some("1.000/other")).unwrap(), "1.000/other");
-    let e = format!("{:#}", pick(Some("1.000"), None).unwrap_err());
+    use infinity_trainer::infer::SchedulePick;
+    let pick = |p| infinity_trainer::infer::pick_schedule(&m, p).map(|s| &s.name);
+    assert_eq!(pick(SchedulePick::Default).unwrap(), "1.000/demo4");
+    assert_eq!(pick(SchedulePick::Name("1.000/other")).unwrap(), "1.000/other");
+    let e = format!("{:#}", pick(SchedulePick::Template("1.000")).unwrap_err());
     assert!(e.contains("2 schedules have it ([\"1.000/demo4\", \"1.000/other\"]); pick one with --schedule"), "{e}");
-    assert!(format!("{:#}", pick(None, Some("0.5/x")).unwrap_err()).contains("no schedule of that name"));
+    assert!(format!("{:#}", pick(SchedulePick::Name("0.5/x")).unwrap_err()).contains("no schedule of that name"));
 
     // wrong conditions are named
     assert!(err(&["sample", run_s, "--class", "3"]).contains("text-conditioned"));
@@ -185,8 +186,8 @@ fn train_sample_and_export_a_text_model() {
     assert!(infinity(&[&synth[..], &[path_str(&same), "--tokenizer", path_str(&tok)]].concat()));
     assert!(infinity(&[&synth[..], &[path_str(&other), "--seed", "1"]].concat()));
     let m = |dir: &Path| infinity_data::Manifest::load(dir).unwrap();
-    assert_eq!(infinity_trainer::infer::other_tokenizer(&data, &same, &m(&same)), None);
-    let warning = infinity_trainer::infer::other_tokenizer(&data, &other, &m(&other)).unwrap();
+    assert_eq!(infinity_trainer::infer::tokenizer_mismatch_warning(&data, &same, &m(&same)), None);
+    let warning = infinity_trainer::infer::tokenizer_mismatch_warning(&data, &other, &m(&other)).unwrap();
     assert!(warning.contains("data-other-tok: its tokenizer is not the one the run trained with"), "{warning}");
     // text features longer than the model's captions, or not finite, are named (not a panic)
     let text = &manifest["conditions"]["text"];

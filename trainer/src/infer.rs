@@ -96,29 +96,38 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
     Ok((kv, lens, names.iter().map(|n| n.to_string()).collect()))
 }
 
-/// The dataset schedule named `name`, or of the aspect-ratio `template` (default: the first square one if
-/// present, else the first). A template that several schedules share (one per pixel budget) is refused
-/// with their names rather than taking the first.
-pub fn pick_schedule<'a>(m: &'a Manifest, template: Option<&str>, name: Option<&str>) -> Result<&'a ScaleSchedule> {
+/// Which of a dataset's schedules to sample on.
+#[derive(Clone, Copy, Debug)]
+pub enum SchedulePick<'a> {
+    /// The first square one if there is one, else the first.
+    Default,
+    /// The one of this aspect-ratio template (`1.000`, `0.666`, …): refused where several share it.
+    Template(&'a str),
+    /// The one of this name in the manifest.
+    Name(&'a str),
+}
+
+/// The dataset schedule `pick` names. A template that several schedules share (one per pixel budget)
+/// is refused with their names rather than taking the first.
+pub fn pick_schedule<'a>(m: &'a Manifest, pick: SchedulePick) -> Result<&'a ScaleSchedule> {
     let names = || m.schedules.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
-    if let Some(name) = name {
-        return m.schedules.iter().find(|s| s.name == name).with_context(|| {
+    let of_template = |t: &str| m.schedules.iter().filter(|s| s.h_div_w_template == t).collect::<Vec<_>>();
+    match pick {
+        SchedulePick::Name(name) => m.schedules.iter().find(|s| s.name == name).with_context(|| {
             format!("--schedule {name}: the dataset has no schedule of that name (it has {:?})", names())
-        });
-    }
-    let want = template.unwrap_or("1.000");
-    let matching: Vec<&ScaleSchedule> = m.schedules.iter().filter(|s| s.h_div_w_template == want).collect();
-    match (matching.as_slice(), template) {
-        ([], None) => Ok(&m.schedules[0]),
-        ([], Some(_)) => {
-            let have: Vec<&str> = m.schedules.iter().map(|s| s.h_div_w_template.as_str()).collect();
-            bail!("--template {want}: the dataset has schedules for {have:?}")
-        }
-        ([one], _) | ([one, ..], None) => Ok(one),
-        (several, Some(_)) => {
-            let of: Vec<&str> = several.iter().map(|s| s.name.as_str()).collect();
-            bail!("--template {want}: {} schedules have it ({of:?}); pick one with --schedule NAME", several.len())
-        }
+        }),
+        SchedulePick::Default => Ok(of_template("1.000").first().copied().unwrap_or(&m.schedules[0])),
+        SchedulePick::Template(t) => match of_template(t).as_slice() {
+            [one] => Ok(one),
+            [] => {
+                let have: Vec<&str> = m.schedules.iter().map(|s| s.h_div_w_template.as_str()).collect();
+                bail!("--template {t}: the dataset has schedules for {have:?}")
+            }
+            several => {
+                let of: Vec<&str> = several.iter().map(|s| s.name.as_str()).collect();
+                bail!("--template {t}: {} schedules have it ({of:?}); pick one with --schedule NAME", several.len())
+            }
+        },
     }
 }
 
@@ -189,7 +198,7 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
 
 /// A warning when `--data DIR`'s tokenizer (`m`'s) is not the one of the run's dataset `trained`: the bits
 /// would be decoded with another basis (compared by name and file bytes, when that dataset is at hand).
-pub fn other_tokenizer(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {
+pub fn tokenizer_mismatch_warning(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {
     let run = Manifest::load(trained).ok()?;
     let bytes = |dir: &Path, m: &Manifest| m.tokenizer.file.as_ref().and_then(|f| std::fs::read(dir.join(f)).ok());
     let same = run.tokenizer.name == m.tokenizer.name && bytes(trained, &run) == bytes(given, m);

@@ -324,6 +324,8 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
         ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
+        ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),
+        ("sample.top_p=1.5", "sample.top_p must be in [0, 1] (0 or 1: no filtering), found 1.5"),
         // a message about two keys names the source of the one overridden
         ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) and data.micro_batch (3): the global"),
     ] {

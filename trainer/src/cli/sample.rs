@@ -13,7 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::plural;
-use crate::infer;
+use crate::infer::{self, SchedulePick};
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint;
@@ -112,10 +112,16 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         m.d,
         ck.model.d_vae()
     );
-    if let Some(warning) = a.data.as_ref().and_then(|given| infer::other_tokenizer(&ck.data_dir, given, &m)) {
+    if let Some(warning) = a.data.as_ref().and_then(|given| infer::tokenizer_mismatch_warning(&ck.data_dir, given, &m))
+    {
         console_err!("warning: {warning}");
     }
-    let sched = infer::pick_schedule(&m, a.template.as_deref(), a.schedule.as_deref())?;
+    let pick = match (&a.schedule, &a.template) {
+        (Some(name), _) => SchedulePick::Name(name),
+        (None, Some(template)) => SchedulePick::Template(template),
+        (None, None) => SchedulePick::Default,
+    };
+    let sched = infer::pick_schedule(&m, pick)?;
     crate::train::check_tokenizer_layout(&ck.model, &m)
         .with_context(|| format!("the dataset {}", data_dir.display()))?;
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::model::io::{weights_bytes, SaveDtype};
 use crate::model::{Conditioning, Layout, ModelConfig};
-use crate::train::checkpoint::{CheckpointModel, DONE};
+use crate::train::checkpoint::{CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
 use upstream::run_infinity;
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
@@ -76,7 +76,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     // a checkpoint's own files (or the run's abandoned history) must not be overwritten by its export,
     // and pruning deletes a checkpoint folder with whatever was exported into it
     if let Some(ckpt) = enclosing_checkpoint(folder) {
-        if ckpt == absolute(folder) {
+        if ckpt == resolved(folder) {
             bail!("{}: a checkpoint folder; export beside it, not into it", folder.display());
         }
         bail!(
@@ -115,8 +115,6 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             None
         }
     };
-    // the moving average's decay, for config.json: CheckpointModel does not carry it
-    let ema_decay = if opts.ema { checkpoint_ema_decay(&ck.dir)? } else { None };
 
     let lay = Layout::new(&mc);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -146,7 +144,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     warnings.extend(loader_warnings);
     let data = manifest.map(|m| {
         let mut data = json!({
-            "dir": absolute(&data_dir),
+            "dir": resolved(&data_dir),
             "tokenizer": m.tokenizer,
             "tokenizer_file_beside": tokenizer_copy,
             "schedules": m.schedules,
@@ -176,17 +174,17 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         ));
     }
     let mut source = json!({
-        "checkpoint": absolute(&ck.dir),
+        "checkpoint": resolved(&ck.dir),
         "step": ck.step,
         "weights": if opts.ema { "ema" } else { "trained" },
         // the run's arithmetic (`run.precision`): what the weights were trained and sampled in
         "precision": ck.precision,
     });
     if opts.ema {
-        source["ema_decay"] = json!(ema_decay);
+        source["ema_decay"] = json!(ck.ema_decay);
     }
     let config = json!({
-        "format": "infinity-export",
+        "format": EXPORT_FORMAT,
         "version": 1,
         // the file this config.json describes (one export per folder: see refuse_another_export)
         "weights": file,
@@ -213,13 +211,13 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     Ok(Exported { weights: out.to_path_buf(), config: cfg_path, warnings })
 }
 
-/// The checkpoint folder (one holding [`DONE`] or `state.json`) that `folder` is or lies inside, from
+/// The checkpoint folder (one holding [`DONE`] or [`STATE_FILE`]) that `folder` is or lies inside, from
 /// the file-system root: a run prunes its old checkpoints whole.
 fn enclosing_checkpoint(folder: &Path) -> Option<PathBuf> {
     // the part of the path that exists, resolved (`..`, links); folders still to be made hold nothing
     let full = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
     let existing = full.ancestors().find(|p| p.exists())?.canonicalize().ok()?;
-    existing.ancestors().find(|p| p.join(DONE).is_file() || p.join("state.json").is_file()).map(Path::to_path_buf)
+    existing.ancestors().find(|p| p.join(DONE).is_file() || p.join(STATE_FILE).is_file()).map(Path::to_path_buf)
 }
 
 /// Refuse a `folder` whose config.json or shard index describes weights other than `file` that are
@@ -233,8 +231,8 @@ fn refuse_another_export(folder: &Path, file: &str) -> Result<()> {
         let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         ensure!(
-            v["format"] == "infinity-export",
-            "{}: not the config.json of an `infinity export` (no \"format\": \"infinity-export\"), which this \
+            v["format"] == EXPORT_FORMAT,
+            "{}: not the config.json of an `infinity export` (no \"format\": \"{EXPORT_FORMAT}\"), which this \
              export would overwrite: export into a folder of its own",
             config.display()
         );
@@ -280,16 +278,33 @@ fn not_the_models_dataset(mc: &ModelConfig, m: &Manifest) -> Option<String> {
     }
 }
 
-/// `optim.ema_decay` of the checkpoint's own config.toml (none where it has none).
-fn checkpoint_ema_decay(ckpt: &Path) -> Result<Option<f64>> {
-    let path = ckpt.join("config.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config: toml::Table = text.parse().with_context(|| format!("{}: not TOML", path.display()))?;
-    Ok(config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float()))
-}
-
 /// The index transformers' `load_sharded_checkpoint` reads (upstream's `--checkpoint_type torch_shard`).
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// `"format"` of an export's config.json.
+pub const EXPORT_FORMAT: &str = "infinity-export";
+
+/// What an `infinity export` folder holds, as its config.json and shard index say.
+pub struct ExportFolder {
+    /// The weights file (the one the shard index maps, when it exists).
+    pub weights: PathBuf,
+    /// The checkpoint and step it came from, in words.
+    pub source: String,
+}
+
+/// The export in `dir`; `None` for any other folder (or one whose weights are gone).
+pub fn read_export(dir: &Path) -> Option<ExportFolder> {
+    let read = |f: &str| -> Option<Value> { serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok() };
+    let config = read("config.json").filter(|c| c["format"] == EXPORT_FORMAT)?;
+    let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64()) {
+        (Some(ck), Some(step)) => format!("{ck}, step {step}"),
+        _ => "not recorded in its config.json".to_string(),
+    };
+    let index = read(SHARD_INDEX);
+    let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));
+    let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from(MODEL_FILE)));
+    weights.is_file().then_some(ExportFolder { weights, source })
+}
 
 /// [`SHARD_INDEX`] of the weights `bytes` written as `file`: one shard holding every tensor.
 fn shard_index(bytes: &[u8], file: &str) -> Result<Value> {
@@ -308,8 +323,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// `p` from the file-system root (as given when it cannot be resolved), for a config read elsewhere.
-fn absolute(p: &Path) -> PathBuf {
+/// `p` from the file-system root with links and `..` resolved (the empty path as `.`), as given when it
+/// cannot be resolved: for a config read elsewhere, or to tell whether two paths are one folder.
+/// (`std::path::absolute` resolves neither.)
+pub(crate) fn resolved(p: &Path) -> PathBuf {
+    let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -349,6 +367,25 @@ pub(crate) mod tests {
             total_rows: 0,
             created_by: String::new(),
         }
+    }
+
+    /// An export folder is known by its config.json's format; its weights are the file its shard index
+    /// maps, and it must still be there.
+    #[test]
+    fn an_export_folder_names_its_weights_and_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert!(super::read_export(dir).is_none());
+        let config = serde_json::json!({ "format": super::EXPORT_FORMAT, "source": { "checkpoint": "/c", "step": 3 } });
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let index = serde_json::json!({ "weight_map": { "head.weight": "w.safetensors" } });
+        std::fs::write(dir.join(super::SHARD_INDEX), index.to_string()).unwrap();
+        assert!(super::read_export(dir).is_none(), "its weights are missing");
+        std::fs::write(dir.join("w.safetensors"), b"x").unwrap();
+        let export = super::read_export(dir).unwrap();
+        assert_eq!((export.weights, export.source.as_str()), (dir.join("w.safetensors"), "/c, step 3"));
+        std::fs::write(dir.join("config.json"), r#"{ "format": "other" }"#).unwrap();
+        assert!(super::read_export(dir).is_none());
     }
 
     /// A dataset of another `d`, tokenizer layout or condition is not the model's.

@@ -7,7 +7,7 @@ use std::path::Path;
 use infinity_data::{Catalog, Manifest};
 use serde_json::{json, Value};
 
-use super::absolute;
+use super::resolved;
 use crate::model::config::PRESETS;
 use crate::model::ModelConfig;
 
@@ -70,7 +70,7 @@ pub(super) fn run_infinity(
         "--model_type {model_type} --checkpoint_type torch_shard --model_path {} --text_channels {} \
          --add_lvl_embeding_only_first_block 1 --rope2d_each_sa_layer 1 --rope2d_normalized_by_hw 2 \
          --use_bit_label 1 --apply_spatial_patchify {}",
-        absolute(folder).display(),
+        resolved(folder).display(),
         mc.text_channels,
         mc.apply_spatial_patchify as u8,
     );

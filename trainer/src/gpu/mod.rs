@@ -11,6 +11,9 @@
 //! otherwise through the host communicator; ZeRO-1 through the host communicator brings
 //! the gradients to the host once per step and the sharded host optimizer runs as on the CPU.
 
+// first: it defines `net_of!`, and a macro is in scope only after its definition
+#[macro_use]
+mod net;
 pub mod backward;
 pub mod forward;
 pub mod optim;
@@ -19,16 +22,16 @@ pub mod sample;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
+use cudarc::driver::CudaSlice;
 use infinity_kernels::attention::{block_causal_segments, cross_segments};
 use infinity_kernels::bitwise_ce::BitwiseCe;
 use infinity_kernels::cuda::attention::AttnRanges;
 use infinity_kernels::cuda::bsq::{self_correct_batch, unshuffle_tokens, BsqBatch, BsqScratch};
-use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut, WithBf16};
+use infinity_kernels::cuda::device::device_present;
 use infinity_kernels::cuda::layers::DeviceRope;
-use infinity_kernels::cuda::linear::{linear_dev, to_bf16_dev, Gemm};
+use infinity_kernels::cuda::linear::{to_bf16_dev, Gemm};
 use infinity_kernels::cuda::memory::{self, PoolUsage};
-use infinity_kernels::cuda::{CudaError, Device, Math};
+use infinity_kernels::cuda::{CudaError, Device};
 use infinity_kernels::patchify;
 use infinity_kernels::rope::RopeTable;
 
@@ -39,126 +42,7 @@ use forward::{DeviceCondition, DeviceInput};
 use infinity_launcher::comm::NcclComm;
 use optim::reduce_part;
 
-/// What the kernels need to run the model: the device, cuBLAS (and its precision), the config and the
-/// parameters.
-#[derive(Clone, Copy)]
-pub struct Net<'a> {
-    pub dev: &'a Device,
-    pub gemm: &'a Gemm,
-    /// f32 GEMMs (`gemm` itself when the matmuls are f32) for [`Net::f32_island`].
-    gemm32: &'a Gemm,
-    pub cfg: &'a ModelConfig,
-    pub lay: &'a Layout,
-    params: &'a CudaSlice<f32>,
-    /// The parameters rounded to bf16 (bf16 matmuls only), current for `params`.
-    params16: Option<&'a CudaSlice<u16>>,
-}
-
-impl<'a> Net<'a> {
-    /// The arithmetic of attention and the fused head: tensor cores with bf16 inputs when the matmuls
-    /// take bf16.
-    pub fn math(&self) -> Math {
-        if self.gemm.bf16 {
-            Math::Bf16
-        } else {
-            Math::F32
-        }
-    }
-
-    /// The same model computing in f32 throughout: upstream's fp32 islands under bf16 autocast
-    /// (infinity-reference.md §4.3: the text conditioning, the AdaLN parameters and `word_embed` run
-    /// with autocast disabled), which take this for their matmuls and attention, forward and backward.
-    pub fn f32_island(&self) -> Net<'a> {
-        Net { gemm: self.gemm32, params16: None, ..*self }
-    }
-
-    /// Parameter `name` (a view into the flat buffer).
-    pub fn w(&self, name: &str) -> CudaView<'a, f32> {
-        self.params.slice(self.lay.range(name))
-    }
-
-    /// A zeroed device buffer of `n` values (for outputs that kernels add into).
-    pub fn buf(&self, n: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.dev.stream.alloc_zeros::<f32>(n.max(1)).map_err(CudaError::from)?)
-    }
-
-    /// A device buffer of `n` values for a kernel that writes every one of them (its `///` says
-    /// "written"): not zeroed first, which would cost a pass over it. The blocks' activations and
-    /// gradients use it; accumulators use [`Net::buf`].
-    pub fn out(&self, n: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: every caller hands the buffer to a kernel (or GEMM with β = 0, or the bias rows then
-        // GEMM) that writes all n values before anything reads them.
-        Ok(unsafe { self.dev.stream.alloc::<f32>(n.max(1)) }.map_err(CudaError::from)?)
-    }
-
-    /// An activation of `n` values that only matmuls read: bf16 alone when the matmuls take bf16 (its
-    /// producer writes every value), a zeroed f32 buffer otherwise.
-    pub fn act(&self, n: usize) -> Result<Act> {
-        self.act_in(self.gemm.bf16, n)
-    }
-
-    /// [`Net::act`] in bf16 alone when `bf16` (a value whose producer and readers all take bf16, such
-    /// as the tensor-core attention's output), f32 otherwise.
-    pub fn act_in(&self, bf16: bool, n: usize) -> Result<Act> {
-        Ok(if bf16 {
-            // SAFETY: the producing kernel (modulate, bias + GELU, attention, …) writes all n values
-            // before any read.
-            Act::Bf16(unsafe { self.dev.stream.alloc::<u16>(n.max(1)) }.map_err(CudaError::from)?)
-        } else {
-            Act::F32(self.buf(n)?)
-        })
-    }
-
-    /// `x` kept as an activation: its bf16 values alone when `bf16` (x is freed in stream order after
-    /// the cast), x itself otherwise.
-    pub fn kept(&self, x: CudaSlice<f32>, bf16: bool) -> Result<Act> {
-        Ok(infinity_kernels::cuda::ops::act_from(self.dev, x, bf16)?)
-    }
-
-    /// Weight `name` as a GEMM operand: with its bf16 copy when the matmuls take bf16.
-    pub fn with_weight<R>(&self, name: &str, f: impl FnOnce(&dyn Buf) -> Result<R>) -> Result<R> {
-        let w = self.w(name);
-        match self.params16 {
-            Some(p16) => {
-                let r = self.lay.range(name);
-                let bf16 = p16.slice(r).device_ptr(&self.dev.stream).0;
-                f(&WithBf16 { values: &w, bf16 })
-            }
-            None => f(&w),
-        }
-    }
-
-    /// `y = x·Wᵀ (+ b)` with the parameters `{prefix}.weight` (and `{prefix}.bias`).
-    pub fn linear(
-        &self,
-        x: &dyn Buf,
-        prefix: &str,
-        bias: bool,
-        y: &mut dyn BufMut,
-        dims: (usize, usize, usize),
-    ) -> Result<()> {
-        let b = bias.then(|| self.w(&format!("{prefix}.bias")));
-        self.with_weight(&format!("{prefix}.weight"), |w| {
-            Ok(linear_dev(self.dev, self.gemm, x, w, b.as_ref().map(|v| v as &dyn Buf), y, dims)?)
-        })
-    }
-}
-
-/// A [`GpuModel`]'s [`Net`], borrowing the fields one by one (a method would borrow the whole model,
-/// which the backward cannot share while it writes the gradients).
-macro_rules! net_of {
-    ($model:expr) => {
-        Net {
-            dev: &$model.dev,
-            gemm: &$model.gemm,
-            gemm32: $model.gemm32.as_ref().unwrap_or(&$model.gemm),
-            cfg: &$model.cfg,
-            lay: &$model.lay,
-            params: &$model.params,
-            params16: $model.params16.as_ref(),
-        }
-    };
-}
+pub use net::Net;
 
 /// The model's parameters and accumulated gradients on one GPU.
 pub struct GpuModel {

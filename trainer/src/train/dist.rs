@@ -1,10 +1,11 @@
 //! Data parallelism for the training loop: join the group the environment describes (our agent,
 //! torchrun-style schedulers, SLURM), and the collectives the loop needs. A single process gets the
 //! identity communicator, so the loop has one code path.
+//!
+//! ZeRO-1's sharded optimiser and its gathers live in `zero1.rs`, stopping on a signal and the fault
+//! drills in `stop.rs`; both are re-exported here, so `dist::Zero1`, `dist::preemption_flag`, … still
+//! name them.
 
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +13,12 @@ use infinity_launcher::comm::{Communicator, Solo, TcpRing};
 use infinity_launcher::env::DistEnv;
 use infinity_launcher::store::{StoreClient, StoreServer};
 
+pub use super::stop::{
+    fault_drill, is_set, preemption_flag, slow_drill, stop_while_joining, EXIT_STOPPED_BEFORE_START,
+};
+pub use super::zero1::{gather_optimizer, gather_shards, shard_range, Zero1};
+
 use super::config::{CommBackend, DistSection};
-use crate::model::Layout;
-use crate::optim::AdamW;
 
 pub struct Dist {
     pub rank: usize,
@@ -323,183 +327,18 @@ pub fn backend_available(cfg: &DistSection) -> Result<()> {
     Ok(())
 }
 
-/// ZeRO-1: each rank owns the optimiser state of one contiguous shard of the flat parameters.
-/// Gradients are reduce-scattered (each rank gets the mean of its shard), the rank updates its shard,
-/// and the parameters are all-gathered. The flat layout is padded to a multiple of the world size so
-/// every shard has the same length. Checkpoints gather the moments, so they are the same files as
-/// without ZeRO-1 and restore on any world size.
-pub struct Zero1 {
-    /// This rank's parameters.
-    pub range: std::ops::Range<usize>,
-    padded: Vec<f32>,
-    shard: Vec<f32>,
-}
-
-impl Zero1 {
-    pub fn new(numel: usize, rank: usize, world: usize) -> Zero1 {
-        let shard_len = numel.div_ceil(world);
-        Zero1 {
-            range: shard_range(numel, rank, world),
-            padded: vec![0.0; shard_len * world],
-            shard: vec![0.0; shard_len],
-        }
-    }
-
-    /// This rank's shard of the rank-mean of `grads`, kept for [`Zero1::clip`] and [`Zero1::update`].
-    pub fn reduce_grads(&mut self, dist: &mut Dist, grads: &[f32]) -> Result<()> {
-        self.padded[..grads.len()].copy_from_slice(grads);
-        self.padded[grads.len()..].iter_mut().for_each(|x| *x = 0.0);
-        dist.reduce_scatter_sum(&self.padded, &mut self.shard)?;
-        let inv = 1.0 / dist.world as f32;
-        self.shard.iter_mut().for_each(|x| *x *= inv);
-        Ok(())
-    }
-
-    /// Global-norm clipping of the sharded gradient: the norm is summed over ranks.
-    pub fn clip(&mut self, dist: &mut Dist, max_norm: f64) -> Result<f64> {
-        let local: f64 = self.shard.iter().map(|&g| (g as f64) * (g as f64)).sum();
-        // a sum of squares travels as f32 (a few ulps of the norm; the same on every rank)
-        let mut total = [local as f32];
-        dist.all_reduce_sum(&mut total)?;
-        let norm = (total[0] as f64).sqrt();
-        if let Some(coef) = crate::optim::clip_coef(norm, max_norm) {
-            self.shard.iter_mut().for_each(|g| *g = (*g as f64 * coef) as f32);
-        }
-        Ok(norm)
-    }
-
-    /// AdamW on this rank's shard, then every rank's updated shard into `params` on every rank.
-    pub fn update(&mut self, dist: &mut Dist, opt: &mut AdamW, params: &mut [f32], lr: f64) -> Result<()> {
-        opt.update(&mut params[self.range.clone()], &self.shard[..self.range.len()], lr);
-        let mine = params[self.range.clone()].to_vec();
-        self.gather(dist, &mine)?;
-        params.copy_from_slice(&self.padded[..params.len()]);
-        Ok(())
-    }
-
-    /// All-gather `part` (this rank's values, padded to the shard length) into `self.padded`.
-    fn gather(&mut self, dist: &mut Dist, part: &[f32]) -> Result<()> {
-        self.shard[..part.len()].copy_from_slice(part);
-        self.shard[part.len()..].iter_mut().for_each(|x| *x = 0.0);
-        let send = std::mem::take(&mut self.shard);
-        let r = dist.all_gather(&send, &mut self.padded);
-        self.shard = send;
-        r
-    }
-}
-
-/// Rank `rank`'s contiguous shard of `numel` flat values split `world` ways: `numel.div_ceil(world)`
-/// values each, the last shards shorter (or empty) where the split is uneven.
-pub fn shard_range(numel: usize, rank: usize, world: usize) -> Range<usize> {
-    let shard_len = numel.div_ceil(world);
-    (rank * shard_len).min(numel)..((rank + 1) * shard_len).min(numel)
-}
-
-/// The whole of `numel` values from every rank's shard of them (`part`: this rank's
-/// [`shard_range`]); a collective, so every rank calls it.
-pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<f32>> {
-    let shard_len = numel.div_ceil(dist.world);
-    let mut send = part.to_vec();
-    send.resize(shard_len, 0.0);
-    let mut whole = vec![0.0; shard_len * dist.world];
-    dist.all_gather(&send, &mut whole)?;
-    whole.truncate(numel);
-    Ok(whole)
-}
-
-/// The whole optimiser state (for a checkpoint), gathered from the ranks' ZeRO-1 shards (`opt`: this
-/// rank's): a collective, whose result rank 0 keeps (the others drop each gathered moment at once).
-pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<Option<AdamW>> {
-    let m = Some(gather_shards(dist, &opt.m, lay.numel)?).filter(|_| dist.is_leader());
-    let v = gather_shards(dist, &opt.v, lay.numel)?;
-    Ok(m.map(|m| {
-        let mut full = AdamW::new(opt.cfg.clone(), lay);
-        (full.step, full.m, full.v) = (opt.step, m, v);
-        full
-    }))
-}
-
-/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption) or SIGHUP (a closed terminal or ssh session,
-/// which reaches the whole process group, the ranks with their agent): the loop checkpoints and exits
-/// cleanly.
-pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] {
-        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
-    }
-    Ok(flag)
-}
-
-/// Exit code of a rank stopped by a signal before its group formed: 128 + SIGTERM, as the signal's
-/// default action reports (the agent uses 128 + the signal it got).
-pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
-
-/// A stop signal while this rank waits for its group (the rendezvous may take `dist.rdzv_timeout_s`)
-/// ends the process at once: nothing has trained, so there is nothing to checkpoint. Returns the flag
-/// to set once the group has formed.
-pub fn stop_while_joining(flag: &Option<Arc<AtomicBool>>) -> Arc<AtomicBool> {
-    let joined = Arc::new(AtomicBool::new(false));
-    if let Some(stop) = flag.clone() {
-        let joined = joined.clone();
-        std::thread::spawn(move || {
-            while !joined.load(Ordering::Relaxed) {
-                if stop.load(Ordering::Relaxed) {
-                    console_err!(
-                        "stopped by a signal while waiting for the other ranks: nothing trained (exit code \
-                         {EXIT_STOPPED_BEFORE_START})"
-                    );
-                    std::process::exit(EXIT_STOPPED_BEFORE_START);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-    }
-    joined
-}
-
-pub fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
-}
-
-/// Test drill: `INFINITY_FAULT_KILL=RANK:STEP` makes that rank SIGKILL itself after that step, on the
-/// first attempt only (so the restarted group runs through).
-pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
-    let Ok(spec) = std::env::var("INFINITY_FAULT_KILL") else { return };
-    let Some((r, s)) = spec.split_once(':') else { return };
-    if attempt == 0 && r.parse() == Ok(rank) && s.parse() == Ok(step) {
-        tracing::warn!("fault drill: rank {rank} kills itself after step {step}");
-        // SAFETY: signalling our own pid.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
-}
-
-/// Straggler drill: `INFINITY_FAULT_SLOW=RANK:SECONDS` makes that rank sleep so long in every step
-/// of its first attempt, inside the work the straggler report measures.
-pub fn slow_drill(rank: usize, attempt: u32) {
-    let Ok(spec) = std::env::var("INFINITY_FAULT_SLOW") else { return };
-    let Some((r, s)) = spec.split_once(':') else { return };
-    if let (0, Ok(true), Ok(secs)) = (attempt, r.parse().map(|r: usize| r == rank), s.parse::<f64>()) {
-        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn nodes_may_differ_in_their_paths_but_not_in_having_them() {
         let leader = "[data]\ndir = \"/a\"\nworkers = 2\n[optim]\nlr = 0.002\n[val]\ndir = \"/v\"\n";
         let mounts = "[data]\ndir = \"/b\"\nworkers = 4\n[optim]\nlr = 0.002\n[val]\ndir = \"/w\"\n";
-        assert!(super::differences(leader, mounts).unwrap().is_empty());
+        assert!(differences(leader, mounts).unwrap().is_empty());
         let other = "[data]\ndir = \"/a\"\nworkers = 2\n[optim]\nlr = 0.001\n";
-        assert_eq!(
-            super::differences(leader, other).unwrap(),
-            ["optim.lr: 0.002 → 0.001", "val.dir: \"/v\" → (unset)"]
-        );
+        assert_eq!(differences(leader, other).unwrap(), ["optim.lr: 0.002 → 0.001", "val.dir: \"/v\" → (unset)"]);
     }
-
-    use super::*;
 
     #[cfg(not(feature = "cuda"))]
     #[test]
@@ -520,12 +359,5 @@ mod tests {
         let cfg = DistSection { backend: CommBackend::Nccl, ..Default::default() };
         let e = Dist::join_env(&env, &cfg, true).err().expect("must fail").to_string();
         assert!(e.contains("rank 1") && e.contains("`cuda` feature"), "{e}");
-    }
-
-    #[test]
-    fn zero1_shards_cover_the_parameters_once() {
-        let (numel, world) = (10, 4);
-        let ranges: Vec<_> = (0..world).map(|r| Zero1::new(numel, r, world).range).collect();
-        assert_eq!(ranges, vec![0..3, 3..6, 6..9, 9..10]);
     }
 }

@@ -13,7 +13,71 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::model::ScaleMetrics;
 use crate::tensorboard::EventWriter;
+
+/// A step's loss and accuracies: each rank's means over its micro-batches, then (all-reduced) the
+/// means over the ranks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepMeans {
+    pub loss: f64,
+    pub bit_acc: f64,
+    /// Over all tokens, as the bit accuracy.
+    pub token_acc: f64,
+    pub scale_loss: Vec<f64>,
+    pub scale_bit_acc: Vec<f64>,
+    pub scale_token_acc: Vec<f64>,
+}
+
+impl StepMeans {
+    /// The means over `accum` micro-batches of a schedule of `num_tokens` tokens at `scales`: `loss` and
+    /// `bit_acc` summed from each micro-batch's share (already divided by `accum`), and each
+    /// micro-batch's `per_scale` metrics.
+    pub fn over_micro_steps(
+        (loss, bit_acc): (f64, f64),
+        per_scale: &[ScaleMetrics],
+        scales: &[(usize, usize)],
+        num_tokens: usize,
+        accum: usize,
+    ) -> StepMeans {
+        let ns = scales.len();
+        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / num_tokens as f64;
+        let token_acc: f64 =
+            per_scale.iter().map(|p| (0..ns).map(|s| p.token_acc[s] * tokens_of(s)).sum::<f64>()).sum();
+        let mean_per_scale = |of: fn(&ScaleMetrics) -> &Vec<f64>| -> Vec<f64> {
+            (0..ns).map(|s| per_scale.iter().map(|p| of(p)[s]).sum::<f64>() / accum as f64).collect()
+        };
+        StepMeans {
+            loss,
+            bit_acc,
+            token_acc: token_acc / accum as f64,
+            scale_loss: mean_per_scale(|p| &p.loss),
+            scale_bit_acc: mean_per_scale(|p| &p.bit_acc),
+            scale_token_acc: mean_per_scale(|p| &p.token_acc),
+        }
+    }
+
+    /// The values in one vector, for the all-reduce: `[loss, bit_acc, token_acc, scale_loss…,
+    /// scale_bit_acc…, scale_token_acc…]`.
+    pub fn to_vec(&self) -> Vec<f64> {
+        let mut v = vec![self.loss, self.bit_acc, self.token_acc];
+        v.extend([&self.scale_loss, &self.scale_bit_acc, &self.scale_token_acc].into_iter().flatten());
+        v
+    }
+
+    /// The inverse of [`StepMeans::to_vec`], for `ns` scales.
+    pub fn from_vec(v: &[f64], ns: usize) -> StepMeans {
+        assert_eq!(v.len(), 3 + 3 * ns, "3 + 3 × {ns} values");
+        StepMeans {
+            loss: v[0],
+            bit_acc: v[1],
+            token_acc: v[2],
+            scale_loss: v[3..3 + ns].to_vec(),
+            scale_bit_acc: v[3 + ns..3 + 2 * ns].to_vec(),
+            scale_token_acc: v[3 + 2 * ns..].to_vec(),
+        }
+    }
+}
 
 /// Metrics of one optimiser step (averaged over its micro-batches).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -58,14 +122,14 @@ const TB_WARN_EVERY: Duration = Duration::from_secs(600);
 const TB_DRILL_BYTES: usize = 100;
 
 /// TensorBoard's event file and how its writes fared.
-struct Tensorboard {
+struct TbLog {
     dir: PathBuf,
     /// `None` until an event file could be made.
     writer: Option<EventWriter>,
     /// The session's start (a `SessionLog.START` at this step) and the config text, until they are written.
     preamble: Option<(u64, String)>,
     /// Writes that failed this session, and in a row.
-    failed: u64,
+    failed_writes: u64,
     failed_in_a_row: u64,
     /// When a failure was last warned of, and whether a success has been reported since.
     warned_at: Option<Instant>,
@@ -74,27 +138,32 @@ struct Tensorboard {
     drill: Option<std::ops::Range<u64>>,
 }
 
-impl Tensorboard {
+impl TbLog {
     /// Run `f` on the event file, then flush. A failure loses what `f` wrote, is counted and warned
     /// of (at once, then at most every `TB_WARN_EVERY`), and the next call goes on in a new event file.
-    fn write(&mut self, step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
-        let drill = step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
+    /// `drill_step`: the training step whose events these are, for the fault drill.
+    fn write(&mut self, drill_step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
+        let drill = drill_step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
         match self.try_write(drill, f) {
             Ok(()) => {
                 self.failed_in_a_row = 0;
                 if std::mem::take(&mut self.warned_unresolved) {
                     let path = self.writer.as_ref().map_or(self.dir.clone(), |w| w.path().to_path_buf());
-                    tracing::warn!("TensorBoard writes go on in {} ({} failed so far)", path.display(), self.failed);
+                    tracing::warn!(
+                        "TensorBoard writes go on in {} ({} failed so far)",
+                        path.display(),
+                        self.failed_writes
+                    );
                 }
             }
             Err(e) => {
-                (self.failed, self.failed_in_a_row) = (self.failed + 1, self.failed_in_a_row + 1);
+                (self.failed_writes, self.failed_in_a_row) = (self.failed_writes + 1, self.failed_in_a_row + 1);
                 if self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
                     tracing::warn!(
                         "TensorBoard write failed: {e} ({} in a row, {} this session): its events are lost, and the \
                          next write goes on in a new event file",
                         self.failed_in_a_row,
-                        self.failed
+                        self.failed_writes
                     );
                     (self.warned_at, self.warned_unresolved) = (Some(Instant::now()), true);
                 }
@@ -111,6 +180,8 @@ impl Tensorboard {
             Some(w) => w,
             None => self.writer.insert(EventWriter::create(&self.dir)?),
         };
+        // (the writer would reopen a spent file at its first write anyway, but the drill's budget must
+        // go to the file this step's events are written to, not to the spent one)
         if w.is_broken() {
             w.reopen()?;
         }
@@ -173,8 +244,9 @@ pub struct Logger {
     jsonl: File,
     /// `val.jsonl`, opened at the first evaluation.
     val: Option<File>,
-    dir: std::path::PathBuf,
-    tb: Tensorboard,
+    /// The run folder.
+    run: PathBuf,
+    tb: TbLog,
     bar: Option<ProgressBar>,
     log_every: u64,
     total: u64,
@@ -195,16 +267,17 @@ impl Logger {
             .append(true)
             .open(run.join("metrics.jsonl"))
             .with_context(|| format!("opening {}", run.join("metrics.jsonl").display()))?;
-        let mut tb = Tensorboard {
+        let mut tb = TbLog {
             dir: run.join("tb"),
             writer: None,
             preamble: Some((step, format!("```toml\n{config_toml}\n```"))),
-            failed: 0,
+            failed_writes: 0,
             failed_in_a_row: 0,
             warned_at: None,
             warned_unresolved: false,
             drill: tb_drill(),
         };
+        // the preamble at once: a session that stops before its first step still records its start and config
         tb.write(None, |_| Ok(()));
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -219,7 +292,7 @@ impl Logger {
         Ok(Logger {
             jsonl,
             val: None,
-            dir: run.to_path_buf(),
+            run: run.to_path_buf(),
             tb,
             bar,
             log_every,
@@ -232,7 +305,7 @@ impl Logger {
 
     /// TensorBoard writes that failed this session (their events are lost).
     pub fn tensorboard_failures(&self) -> u64 {
-        self.tb.failed
+        self.tb.failed_writes
     }
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
@@ -323,7 +396,7 @@ impl Logger {
     /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line.
     pub fn val(&mut self, step: u64, v: &super::val::ValMetrics) -> Result<()> {
         if self.val.is_none() {
-            let p = self.dir.join("val.jsonl");
+            let p = self.run.join("val.jsonl");
             let f = std::fs::OpenOptions::new().create(true).append(true).open(&p);
             self.val = Some(f.with_context(|| format!("opening {}", p.display()))?);
         }
@@ -409,6 +482,21 @@ mod tests {
     fn step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
         let mfu = Some(0.5);
         StepMetrics { step, loss: 0.5, tokens_per_s, step_time_s, mfu, scale_loss: vec![0.5], ..Default::default() }
+    }
+
+    #[test]
+    fn step_means_travel_as_one_vector() {
+        let p = |x: f64| ScaleMetrics { loss: vec![x, 2.0 * x], bit_acc: vec![0.5, 0.75], token_acc: vec![0.25, x] };
+        // two micro-batches over scales of 1 and 3 tokens
+        let means = StepMeans::over_micro_steps((0.5, 0.625), &[p(1.0), p(0.0)], &[(1, 1), (1, 3)], 4, 2);
+        assert_eq!(
+            (means.scale_loss.as_slice(), means.scale_token_acc.as_slice()),
+            (&[0.5, 1.0][..], &[0.25, 0.5][..])
+        );
+        assert_eq!(means.token_acc, (0.25 / 4.0 + 0.75 + 0.25 / 4.0) / 2.0);
+        let v = means.to_vec();
+        assert_eq!(v[..5], [0.5, 0.625, means.token_acc, 0.5, 1.0]);
+        assert_eq!(StepMeans::from_vec(&v, 2), means);
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub mod rundir;
 mod saver;
 mod setup;
 pub mod spike;
+pub mod stop;
+mod summary;
 pub mod val;
+pub mod zero1;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,21 +37,21 @@ use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use infinity_kernels::rope::RopeTable;
 use rand::Rng;
-use serde_json::json;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
 use self::dist::{Dist, Zero1};
-use self::log::{Logger, StepMetrics};
+use self::log::{Logger, StepMeans, StepMetrics};
 use self::micro_batch::prepare;
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
 pub use self::setup::{check_tokenizer_layout, micro_steps, Setup, TokenMix, Unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
+use self::summary::{derived_record, write_run_file, SummaryFile};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
-use crate::optim::clip_grad_norm;
+use crate::optim::{clip_grad_norm, AdamW};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -94,7 +97,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let unlisted = setup::unlisted_warning(cfg, &ds)?;
     let ds = Arc::new(ds);
-    let m = ds.manifest.clone();
+    let manifest = ds.manifest.clone();
     // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
     let joined = dist::stop_while_joining(&opts.stop);
@@ -107,15 +110,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         Ok(v) => v.fingerprint(),
         Err(_) => "unreadable".into(), // named by the validator below
     });
-    dist.agree_on_config(&config_toml, (&m.fingerprint(), val_fingerprint.as_deref())).map_err(unrecoverable)?;
+    dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref())).map_err(unrecoverable)?;
     if let Some(note) = compute.precision_note(&cfg.run) {
         console!("{note}");
     }
-    let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &m, &compute, &mut dist)?;
+    let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &manifest, &compute, &mut dist)?;
     if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
         // a step that exceeds the GPU would run out of memory at its first step, and again after
         // every restart: stop now, naming what fits
-        let step = gpu_fit::gpu_step(cfg, &mc, &m, dist.world, micro_batch)?;
+        let step = gpu_fit::gpu_step(cfg, &mc, &manifest, dist.world, micro_batch)?;
         let line = match gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN) {
             Ok(line) => line,
             Err(_) => {
@@ -146,14 +149,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .map_err(unrecoverable)?;
     // one job per run folder (released however this process ends)
     let _lock = leader.then(|| run_lock::RunLock::acquire(run)).transpose().map_err(unrecoverable)?;
-    let write = |name: &str, text: &str| -> Result<()> {
-        let p = run.join(name);
-        infinity_data::manifest::write_atomic(&p, text.as_bytes())
-            .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
-    };
-    let world = dist.world;
-    let write_summary =
-        |s: &TrainSummary| write("summary.json", &serde_json::to_string_pretty(&summary_record(s, cfg, world))?);
+    let mut summary = SummaryFile::new(run, cfg, dist.world, leader);
     if let Some(base) = cfg.model.mup() {
         console!("{}", base.describe(&mc, &lay));
     }
@@ -175,69 +171,27 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
 
     // ---- state: fresh or resumed -------------------------------------------------------------
-    let (mut params, mut opt, mut state) =
-        starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
-    dist.agree_on_step(state.as_ref().map_or(0, |s| s.step))?;
-    if let Some(s) = state.as_ref().filter(|s| s.step >= cfg.run.steps) {
-        // nothing to train: a finished run resubmitted (`--resume auto` in a sweep or SLURM array) keeps
-        // the summary it finished with
+    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
+    dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
+    if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
-        let (last_loss, last_bit_acc) = rundir::finished_metrics(run, s.step).unwrap_or((f64::NAN, f64::NAN));
-        let summary = TrainSummary {
-            steps: s.step,
-            last_loss,
-            last_bit_acc,
-            skipped_steps: s.skipped_steps,
-            last_checkpoint: opts.resume.clone(),
-            ..TrainSummary::default()
-        };
-        if leader && rundir::summary_step(run) != Some(s.step) {
-            write_summary(&summary)?;
-        }
-        return Ok(summary);
+        return summary.nothing_to_train(s, opts.resume.clone());
     }
     let lo = loader_options(cfg, dist.rank, dist.world);
     // a saved position this config cannot continue (another seed, batch or dataset) stays refused
     let mut loader =
-        Loader::new(ds.clone(), lo, state.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
-    let resumed = state.is_some();
-    let mut st = state.take().unwrap_or(TrainState {
-        version: 0,
-        step: 0,
-        loader: loader.state(),
-        skipped_steps: 0,
-        nonfinite_run: 0,
-        model_crc32c: String::new(),
-        optim_crc32c: String::new(),
-        ema_crc32c: None,
-        spike_window: None,
-    });
+        Loader::new(ds.clone(), lo, saved.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
+    let resumed = saved.is_some();
+    let mut state = saved.unwrap_or_else(|| TrainState::fresh(loader.state()));
     // the spike guard's window continues from the checkpoint's (kept with the guard off too: its
     // z-scores are logged)
     let spike_limits = SpikeLimits::of(&cfg.optim);
-    st.spike_window = Some(SpikeWindow::resumed(st.spike_window.take(), spike_limits.window));
+    state.spike_window = Some(SpikeWindow::resumed(state.spike_window.take(), spike_limits.window));
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
     dist.broadcast(&mut params.data)?;
-    // ZeRO-1: keep only this rank's shard of the optimiser state
+    // the optimiser on the device or the host, its whole state or (ZeRO-1) this rank's shard of it
     let sharded = cfg.dist.zero1 && dist.world > 1;
-    if sharded {
-        opt = opt.shard(dist::shard_range(lay.numel, dist.rank, dist.world));
-    }
-    // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
-    // there too when the gradients travel by NCCL, else on the host
-    // (every rank decides alike: a model too small for every rank to own a part stays on the host)
-    let nccl = dist.has_nccl() && !dist::shard_range(lay.numel, dist.world - 1, dist.world).is_empty();
-    compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
-    let mut zero1 = (sharded && !compute.device_optimizer()).then(|| Zero1::new(lay.numel, dist.rank, dist.world));
-    if sharded {
-        let place = if compute.device_zero1() { "this GPU" } else { "the host" };
-        console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, lay.numel);
-    }
-    // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
-    let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
-    if let Some(n) = compute.overlap_grads(&mut dist, cfg.dist.overlap_grads, bucket_bytes)? {
-        console!("gradients summed over the ranks during the backward: {n} buckets a step");
-    }
+    let (mut opt, mut updater) = Updater::place(cfg, sharded, lay.numel, opt, &mut compute, &mut dist)?;
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
     let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
@@ -246,51 +200,32 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // checkpoints as they were
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
-        if let Some((dir, what)) = checkpoint::set_aside_later(run, st.step)? {
+        if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
             tracing::warn!(
                 "resuming at step {} where this run folder has {what}: they are of the history this run \
                  replaces; moved to {}",
-                st.step,
+                state.step,
                 dir.display()
             );
         }
     }
-    let derived = json!({
-        "parameters": lay.numel,
-        "model": mc,
-        "grad_accumulation": accum,
-        "micro_batch": micro_batch,
-        "world_size": dist.world,
-        // over the batches the run draws (each schedule by its batches per epoch)
-        "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
-        "train_flops_per_token": mix.flops_per_token,
-        "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
-        "dataset": { "dir": std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone()), "rows": ds.num_rows(), "fingerprint": m.fingerprint() },
-    });
     if leader {
-        write("config.toml", &config_toml)?;
-        write("derived.json", &serde_json::to_string_pretty(&derived)?)?;
+        write_run_file(run, "config.toml", &config_toml)?;
+        let derived = derived_record(cfg, &ds, (&mc, lay.numel), &mix, (accum, micro_batch, dist.world));
+        write_run_file(run, "derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
-        true => Some(Logger::open(run, &config_toml, st.step, cfg.run.steps, cfg.run.log_every)?),
+        true => Some(Logger::open(run, &config_toml, state.step, cfg.run.steps, cfg.run.log_every)?),
         false => None,
     };
-    let mut summary = TrainSummary::default();
-    if leader && resumed {
-        // summary.json says where the run stands at every moment: no longer where an earlier session
-        // stopped (preempted, say), but at the checkpoint this session starts from
-        (summary.steps, summary.skipped_steps, summary.last_checkpoint) =
-            (st.step, st.skipped_steps, opts.resume.clone());
-        (summary.last_loss, summary.last_bit_acc) =
-            rundir::finished_metrics(run, st.step).unwrap_or((f64::NAN, f64::NAN));
-        (summary.last_val_step, summary.last_val_loss) = rundir::last_val(run, st.step).unzip();
-        write_summary(&summary)?;
+    if resumed {
+        summary.resumed(&state, opts.resume.clone())?;
     }
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
     // hyperparameters once per run, when it starts from step 0
-    if let Some(l) = logger.as_mut().filter(|_| st.step == 0) {
+    if let Some(l) = logger.as_mut().filter(|_| state.step == 0) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
     }
 
@@ -299,114 +234,95 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut grads = Params::zeros(&lay);
     let mut acts: Acts<f32> = Acts::default();
     let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
-    // a checkpoint's summary.json, written once the checkpoint is complete (in the background: at a
-    // later step's end)
-    let mut summary_due: Option<TrainSummary> = None;
-    let started = Instant::now();
-    let first_step = st.step;
-    while st.step < cfg.run.steps {
+    summary.start_clock();
+    let first_step = state.step;
+    while state.step < cfg.run.steps {
         let t0 = Instant::now();
         let batch = loader.next_batch()?;
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
-        let sched = &m.schedules[batch.bucket as usize];
+        let sched = &manifest.schedules[batch.bucket as usize];
         let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.iter_mut().for_each(|g| *g = 0.0);
         compute.begin_step(&params)?;
-        let (mut loss, mut correct_bits, mut per_scale) = (0.0, 0.0, Vec::new());
+        // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
+        let on_device = compute.self_corrects() && manifest.latent.is_some();
+        // (every micro-batch holds `micro_batch` samples)
+        let weights: Vec<f64> =
+            token_weights(micro_batch, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
+        let (mut loss, mut bit_acc, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * micro_batch..(micro + 1) * micro_batch;
-            // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
-            let on_device = compute.self_corrects() && m.latent.is_some();
             let tp = Instant::now();
             let mb = prepare(
                 cfg,
                 &mc,
-                &m,
+                &manifest,
                 &batch,
                 rows,
                 &sched.hw(),
-                (cfg.run.seed, st.step),
+                (cfg.run.seed, state.step),
                 (mc.cond_drop_rate, mc.drop_path_rate),
                 on_device,
             )?;
             data_s += tp.elapsed().as_secs_f64();
-            let weights: Vec<f64> =
-                token_weights(mb.b, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
             let device_bsc =
                 on_device.then_some(((&mb.latents[..], &mb.keys[..]), (cfg.bsc.p_max, cfg.bsc.apply_layers)));
             let last = (micro + 1 == accum).then_some(&mut dist);
             let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads, last)?;
             loss += ce.loss;
-            correct_bits += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
+            bit_acc += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
                 / (ce.correct_bits.len() * mc.d) as f64
                 / accum as f64;
             per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
         compute.end_step(&mut grads)?;
-        let ns = scales.len();
-        // [loss, bit acc, token acc (over all tokens, as the bit accuracy), per-scale loss, bit acc, token acc]
-        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / sched.num_tokens() as f64;
-        let mut metrics = vec![loss, correct_bits, 0.0];
-        metrics[2] = per_scale.iter().map(|p| (0..ns).map(|s| p.token_acc[s] * tokens_of(s)).sum::<f64>()).sum();
-        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.loss[s]).sum::<f64>()));
-        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.bit_acc[s]).sum::<f64>()));
-        metrics.extend((0..ns).map(|s| per_scale.iter().map(|p| p.token_acc[s]).sum::<f64>()));
-        metrics[2..].iter_mut().for_each(|v| *v /= accum as f64);
+        let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, sched.num_tokens(), accum);
         dist::slow_drill(dist.rank, dist.attempt);
-        // each rank's own work so far rides on the metrics' all-reduce (see rank_times.rs)
-        let nm = metrics.len();
+        // the means over the ranks; each rank's own work so far rides on their all-reduce (see
+        // rank_times.rs)
+        let mut reduced = this_rank.to_vec();
+        let n_metrics = reduced.len();
         if dist.world > 1 {
-            metrics.extend(RankTimes::slots(dist.rank, dist.world, t0.elapsed().as_secs_f64(), data_s));
+            reduced.extend(RankTimes::slots(dist.rank, dist.world, t0.elapsed().as_secs_f64(), data_s));
         }
-        dist.mean_metrics(&mut metrics)?;
-        let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&metrics[nm..], dist.world, true));
-        metrics.truncate(nm);
-        let (loss, correct_bits, token_acc) = (metrics[0], metrics[1], metrics[2]);
+        dist.mean_metrics(&mut reduced)?;
+        let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&reduced[n_metrics..], dist.world, true));
+        let means = StepMeans::from_vec(&reduced[..n_metrics], scales.len());
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
-        let grad_norm = match zero1.as_mut() {
-            _ if compute.device_optimizer() => compute.clip(&mut dist, cfg.optim.clip)?,
-            Some(z) => {
-                z.reduce_grads(&mut dist, &grads.data)?;
-                z.clip(&mut dist, cfg.optim.clip)?
-            }
-            None => {
-                dist.all_reduce_mean(&mut grads.data)?;
-                clip_grad_norm(&mut grads.data, cfg.optim.clip)
-            }
-        };
-        let lr = schedule.lr(st.step, cfg.run.steps);
-        let finite = loss.is_finite() && grad_norm.is_finite();
-        let spike = match st.spike_window.as_mut() {
-            Some(w) if finite => w.judge(&spike_limits, loss, grad_norm),
+        let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, cfg.optim.clip)?;
+        let lr = schedule.lr(state.step, cfg.run.steps);
+        let finite = means.loss.is_finite() && grad_norm.is_finite();
+        let spike = match state.spike_window.as_mut() {
+            Some(w) if finite => w.judge(&spike_limits, means.loss, grad_norm),
             _ => Verdict::default(),
         };
         if let Some(why) = &spike.skip {
-            st.skipped_steps += 1;
-            st.nonfinite_run = 0;
-            tracing::warn!("step {}: {why}; update skipped", st.step + 1);
+            state.skipped_steps += 1;
+            state.nonfinite_run = 0;
+            tracing::warn!("step {}: {why}; update skipped", state.step + 1);
         } else if finite {
-            st.nonfinite_run = 0;
-            match zero1.as_mut() {
-                _ if compute.device_optimizer() => compute.update(&mut dist, &mut opt, lr)?,
-                Some(z) => z.update(&mut dist, &mut opt, &mut params.data, lr)?,
-                None => opt.update(&mut params.data, &grads.data, lr),
-            }
+            state.nonfinite_run = 0;
+            updater.update(&mut compute, &mut dist, &mut opt, &mut params.data, &grads.data, lr)?;
             if let Some(e) = ema.as_mut() {
                 compute.update_ema(e, &params)?;
             }
         } else {
-            st.skipped_steps += 1;
-            st.nonfinite_run += 1;
-            tracing::warn!("step {}: non-finite loss {loss} or grad norm {grad_norm}; update skipped", st.step + 1);
+            state.skipped_steps += 1;
+            state.nonfinite_run += 1;
+            tracing::warn!(
+                "step {}: non-finite loss {} or grad norm {grad_norm}; update skipped",
+                state.step + 1,
+                means.loss
+            );
         }
         // this step stops the run, once it is logged
-        let diverged = st.nonfinite_run >= cfg.optim.max_nonfinite;
-        st.step += 1;
-        st.loader = loader.state();
-        if st.step == first_step + 1 {
-            tracing::info!("first step done, {:.2} s after start", started.elapsed().as_secs_f64());
+        let diverged = state.nonfinite_run >= cfg.optim.max_nonfinite;
+        state.step += 1;
+        state.loader = loader.state();
+        if state.step == first_step + 1 {
+            tracing::info!("first step done, {:.2} s after start", summary.seconds());
         }
 
         // ---- logging -----------------------------------------------------------------------------
@@ -414,11 +330,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let samples = (batch.len() * dist.world) as f64;
         let tokens = samples * sched.num_tokens() as f64;
         let flops = mix.flops_per_token[batch.bucket as usize] * tokens;
-        let metrics = StepMetrics {
-            step: st.step,
-            loss,
-            bit_acc: correct_bits,
-            token_acc,
+        summary.stepped(means.loss, means.bit_acc);
+        let step_metrics = StepMetrics {
+            step: state.step,
+            loss: means.loss,
+            bit_acc: means.bit_acc,
+            token_acc: means.token_acc,
             lr,
             grad_norm,
             tokens_per_s: tokens / secs,
@@ -426,24 +343,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             step_time_s: secs,
             mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
             bucket: batch.bucket,
-            scale_loss: metrics[3..3 + ns].to_vec(),
-            scale_bit_acc: metrics[3 + ns..3 + 2 * ns].to_vec(),
-            scale_token_acc: metrics[3 + 2 * ns..].to_vec(),
-            skipped_steps: st.skipped_steps,
+            scale_loss: means.scale_loss,
+            scale_bit_acc: means.scale_bit_acc,
+            scale_token_acc: means.scale_token_acc,
+            skipped_steps: state.skipped_steps,
             loss_z: spike.loss_z,
             grad_norm_z: spike.grad_norm_z,
             ranks: rank_times,
             gpu_mem_peak_gib: compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
         if let Some(log) = logger.as_mut() {
-            log.step(&metrics)?;
-            if let Some(p) = preview.as_ref().filter(|p| p.due(st.step) && !diverged) {
+            log.step(&step_metrics)?;
+            if let Some(p) = preview.as_ref().filter(|p| p.due(state.step) && !diverged) {
                 compute.sync_host(&mut params, None, None)?;
-                p.log((&mc, &lay), compute.sampler(&params)?, st.step, log)?;
+                p.log((&mc, &lay), compute.sampler(&params)?, state.step, log)?;
             }
         }
-        summary.last_loss = loss;
-        summary.last_bit_acc = correct_bits;
         if diverged {
             if let Some(saver) = saver.as_mut() {
                 saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
@@ -452,22 +367,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let last = newest.as_ref().map_or("none".into(), |p| p.display().to_string());
             if let Some(l) = logger.as_mut() {
                 l.finish();
-                // `infinity scaling` and sweeps see the run as diverged, not as one that never ran
-                (summary.steps, summary.last_checkpoint, summary.diverged) = (st.step, newest, true);
-                (summary.skipped_steps, summary.seconds) = (st.skipped_steps, started.elapsed().as_secs_f64());
-                summary.tensorboard_failed_writes = l.tensorboard_failures();
-                write_summary(&summary)?;
             }
+            summary.diverged(&state, newest, logger.as_ref().map_or(0, Logger::tensorboard_failures))?;
             bail!(
                 "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
-                st.nonfinite_run
+                state.nonfinite_run
             );
         }
-        if let Some(v) = validator.as_ref().filter(|v| v.due(st.step)) {
+        if let Some(v) = validator.as_ref().filter(|v| v.due(state.step)) {
             let vm = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
-            (summary.last_val_loss, summary.last_val_step) = (Some(vm.loss), Some(st.step));
+            summary.validated(state.step, vm.loss);
             if let Some(log) = logger.as_mut() {
-                log.val(st.step, &vm)?;
+                log.val(state.step, &vm)?;
             }
         }
 
@@ -475,7 +386,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // preemption: every rank learns whether any rank was signalled, so all stop at this step
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         let every = cfg.checkpoint.every;
-        if (every > 0 && st.step % every == 0) || st.step == cfg.run.steps || preempt {
+        if (every > 0 && state.step % every == 0) || state.step == cfg.run.steps || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {
@@ -488,7 +399,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                     params: params.clone(),
                     opt: whole.unwrap_or_else(|| opt.clone()),
                     ema: ema_whole,
-                    state: st.clone(),
+                    state: state.clone(),
                 };
                 saver.save(snap, cfg.checkpoint.background)?;
             }
@@ -496,34 +407,22 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
                 dist.barrier()?;
             }
-            summary.last_checkpoint = Some(checkpoint::step_dir(run, st.step));
-            if let Some(l) = logger.as_ref() {
-                // (replacing one still in flight: the newer checkpoint's will say more)
-                summary_due = Some(TrainSummary {
-                    steps: st.step,
-                    skipped_steps: st.skipped_steps,
-                    seconds: started.elapsed().as_secs_f64(),
-                    tensorboard_failed_writes: l.tensorboard_failures(),
-                    ..summary.clone()
-                });
-            }
+            let tb_failed = logger.as_ref().map_or(0, Logger::tensorboard_failures);
+            summary.checkpoint_saved(&state, checkpoint::step_dir(run, state.step), tb_failed);
         }
-        let landed = |s: &TrainSummary| s.last_checkpoint.as_ref().is_some_and(|c| c.join(checkpoint::DONE).is_file());
-        if let Some(s) = summary_due.take_if(|s| landed(s)) {
-            write_summary(&s)?;
-        }
-        dist::fault_drill(dist.rank, st.step, dist.attempt);
+        summary.write_if_landed()?;
+        dist::fault_drill(dist.rank, state.step, dist.attempt);
         if preempt {
-            summary.preempted = true;
-            if st.step < cfg.run.steps {
-                dist.mark_stopped_early(st.step);
+            summary.preempted();
+            if state.step < cfg.run.steps {
+                dist.mark_stopped_early(state.step);
             }
             if let Some(l) = logger.as_ref() {
-                l.println(&format!("stopped by a signal after step {}: checkpoint saved", st.step));
+                l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
             }
             break;
         }
-        if opts.stop_after == Some(st.step) {
+        if opts.stop_after == Some(state.step) {
             break;
         }
     }
@@ -533,30 +432,99 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(saver) = saver.as_mut() {
         saver.wait()?; // the last checkpoint is on disk before the summary says so
     }
-    summary.steps = st.step;
-    summary.skipped_steps = st.skipped_steps;
-    summary.seconds = started.elapsed().as_secs_f64();
-    if let Some(l) = logger.as_ref() {
-        summary.tensorboard_failed_writes = l.tensorboard_failures();
-        write_summary(&summary)?;
-    }
-    Ok(summary)
+    summary.finish(&state, logger.as_ref().map_or(0, Logger::tensorboard_failures))
 }
 
-/// `summary.json`: where the run stands (rewritten when a session resumes, at each complete checkpoint
-/// and when the session ends).
-fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> serde_json::Value {
-    // (absolute, as config.toml's paths: the summary is read from other folders)
-    let last_checkpoint =
-        summary.last_checkpoint.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-    json!({
-        "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
-        "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
-        "last_checkpoint": last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
-        "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
-        "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
-        "tensorboard_failed_writes": summary.tensorboard_failed_writes,
-    })
+/// Where a step's gradients are averaged over the ranks and clipped, and the optimiser updates the
+/// parameters (decided once, alike on every rank, when the optimiser is placed).
+enum Updater {
+    /// On the GPU ([`compute::Compute::device_optimizer`]), a ZeRO-1 shard or all of the parameters.
+    Device,
+    /// On the host, this rank's ZeRO-1 shard.
+    HostZero1(Zero1),
+    /// On the host, all of the parameters, alike on every rank.
+    Replicated,
+}
+
+impl Updater {
+    /// Place the optimiser `opt` of `numel` parameters, `sharded` (ZeRO-1) or not, and the gradients'
+    /// way to it (every rank alike): the optimiser as this rank keeps it, and where it updates.
+    fn place(
+        cfg: &TrainConfig,
+        sharded: bool,
+        numel: usize,
+        mut opt: AdamW,
+        compute: &mut compute::Compute,
+        dist: &mut Dist,
+    ) -> Result<(AdamW, Updater)> {
+        // ZeRO-1: keep only this rank's shard of the optimiser state
+        if sharded {
+            opt = opt.shard(dist::shard_range(numel, dist.rank, dist.world));
+        }
+        // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
+        // there too when the gradients travel by NCCL, else on the host
+        // (every rank decides alike: a model too small for every rank to own a part stays on the host)
+        let nccl = dist.has_nccl() && !dist::shard_range(numel, dist.world - 1, dist.world).is_empty();
+        compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
+        let updater = match (compute.device_optimizer(), sharded) {
+            (true, _) => Updater::Device,
+            (false, true) => Updater::HostZero1(Zero1::new(numel, dist.rank, dist.world)),
+            (false, false) => Updater::Replicated,
+        };
+        if sharded {
+            let place = if compute.device_zero1() { "this GPU" } else { "the host" };
+            console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, numel);
+        }
+        // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
+        let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
+        if let Some(n) = compute.overlap_grads(dist, cfg.dist.overlap_grads, bucket_bytes)? {
+            console!("gradients summed over the ranks during the backward: {n} buckets a step");
+        }
+        Ok((opt, updater))
+    }
+
+    /// Average the step's gradients (`grads`, on the host; the device's own on the GPU) over the
+    /// ranks and clip them to `max_norm`: their norm before clipping.
+    fn reduce_and_clip(
+        &mut self,
+        compute: &mut compute::Compute,
+        dist: &mut Dist,
+        grads: &mut [f32],
+        max_norm: f64,
+    ) -> Result<f64> {
+        match self {
+            Updater::Device => compute.clip(dist, max_norm),
+            Updater::HostZero1(z) => {
+                z.reduce_grads(dist, grads)?;
+                z.clip(dist, max_norm)
+            }
+            Updater::Replicated => {
+                dist.all_reduce_mean(grads)?;
+                Ok(clip_grad_norm(grads, max_norm))
+            }
+        }
+    }
+
+    /// One AdamW step of `params` at learning rate `lr` (with the gradients
+    /// [`Updater::reduce_and_clip`] left).
+    fn update(
+        &mut self,
+        compute: &mut compute::Compute,
+        dist: &mut Dist,
+        opt: &mut AdamW,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+    ) -> Result<()> {
+        match self {
+            Updater::Device => compute.update(dist, opt, lr),
+            Updater::HostZero1(z) => z.update(dist, opt, params, lr),
+            Updater::Replicated => {
+                opt.update(params, grads, lr);
+                Ok(())
+            }
+        }
+    }
 }
 
 fn keyed_seed(seed: u64, stream: u64) -> u64 {

@@ -98,21 +98,13 @@ fn describe_holder(text: &str, now: u64) -> String {
     }
 }
 
-/// `secs` after the unix epoch as "2026-12-02 12:26:27 UTC" (civil from days: H. Hinnant's algorithm,
-/// to spare a date crate for one line).
+/// `secs` after the unix epoch as "2026-12-02 12:26:27 UTC" (a time chrono cannot represent, past the
+/// year 262,000 or so, as "unix time SECS").
 fn utc(secs: u64) -> String {
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+    match i64::try_from(secs).ok().and_then(|s| chrono::DateTime::from_timestamp(s, 0)) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        None => format!("unix time {secs}"),
+    }
 }
 
 /// "42 s ago", "3 min ago", "5 h ago", "2 days ago".

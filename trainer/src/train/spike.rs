@@ -21,8 +21,10 @@ pub struct SpikeWindow {
 /// The z-score limits (0: that value is not judged) and the window's length.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpikeLimits {
-    pub loss_z: f64,
-    pub grad_z: f64,
+    /// The loss's z-score above which a step's update is skipped (`optim.skip_loss_z`).
+    pub max_loss_z: f64,
+    /// The gradient norm's z-score above which a step's update is skipped (`optim.skip_grad_z`).
+    pub max_grad_norm_z: f64,
     pub window: usize,
 }
 
@@ -31,7 +33,7 @@ impl SpikeLimits {
     /// every step's z-scores are logged, so a run shows how far its ordinary steps stray before a
     /// limit is chosen.
     pub fn of(optim: &OptimSection) -> SpikeLimits {
-        SpikeLimits { loss_z: optim.skip_loss_z, grad_z: optim.skip_grad_z, window: optim.spike_window }
+        SpikeLimits { max_loss_z: optim.skip_loss_z, max_grad_norm_z: optim.skip_grad_z, window: optim.spike_window }
     }
 }
 
@@ -50,8 +52,8 @@ impl SpikeWindow {
         let loss_z = zscore(&self.losses, limits.window, loss);
         let grad_norm_z = zscore(&self.grad_norms, limits.window, grad_norm);
         let judged = [
-            ("loss", "skip_loss_z", loss, loss_z, limits.loss_z),
-            ("gradient norm", "skip_grad_z", grad_norm, grad_norm_z, limits.grad_z),
+            ("loss", "skip_loss_z", loss, loss_z, limits.max_loss_z),
+            ("gradient norm", "skip_grad_z", grad_norm, grad_norm_z, limits.max_grad_norm_z),
         ];
         // (the loss is named first when both spike)
         let skip = judged.iter().find_map(|&(what, key, x, z, limit)| {
@@ -99,7 +101,7 @@ fn zscore(window: &[f64], full: usize, x: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const LIMITS: SpikeLimits = SpikeLimits { loss_z: 4.0, grad_z: 0.0, window: 8 };
+    const LIMITS: SpikeLimits = SpikeLimits { max_loss_z: 4.0, max_grad_norm_z: 0.0, window: 8 };
 
     /// A noisy history: 1 ± 0.1, alternating.
     fn noisy(n: usize) -> impl Iterator<Item = f64> {
@@ -135,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_gradient_norm_has_its_own_limit() {
-        let limits = SpikeLimits { loss_z: 0.0, grad_z: 3.0, window: 8 };
+        let limits = SpikeLimits { max_loss_z: 0.0, max_grad_norm_z: 3.0, window: 8 };
         let mut w = SpikeWindow::default();
         noisy(8).for_each(|x| _ = w.judge(&limits, 1.0, x));
         let v = w.judge(&limits, 50.0, 1.5);

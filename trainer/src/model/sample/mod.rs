@@ -101,9 +101,7 @@ impl SampleCondition {
             }
         }
     }
-}
 
-impl SampleCondition {
     /// Per sample, [`SampleOptions::keys`]: its condition (the class id, or a hash of the caption's
     /// features and length) and how many samples of that condition came before it. `ct` is the text
     /// width.

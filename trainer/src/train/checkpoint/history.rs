@@ -1,0 +1,172 @@
+//! A run's checkpoint history: its step folders (complete or not) and sample grids, those after a
+//! resumed step set aside, and old checkpoints pruned.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{sync_dir, DONE, TMP_PREFIX};
+
+/// A run's `checkpoints/step-N` folders, complete or not, oldest first.
+fn step_folders(run: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Some((e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?, e.path())))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn complete(run: &Path) -> Vec<(u64, PathBuf)> {
+    step_folders(run).into_iter().filter(|(_, dir)| dir.join(DONE).is_file()).collect()
+}
+
+/// Files of a run folder by step.
+pub type StepFiles = Vec<(u64, PathBuf)>;
+
+/// What of a run folder's history comes after `step`: its checkpoints (complete or not) and sample
+/// grids (`samples/step-N.png`), each with its step.
+pub fn later_than(run: &Path, step: u64) -> (StepFiles, StepFiles) {
+    let checkpoints = step_folders(run).into_iter().filter(|(s, _)| *s > step).collect();
+    let mut grids: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("samples"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some((name.strip_prefix("step-")?.strip_suffix(".png")?.parse().ok()?, e.path()))
+                })
+                .filter(|(s, _)| *s > step)
+                .collect()
+        })
+        .unwrap_or_default();
+    grids.sort();
+    (checkpoints, grids)
+}
+
+/// "checkpoints after step N (steps [..]) and K sample grids": what [`later_than`] found, in words.
+pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
+    let ckpts = (!checkpoints.is_empty()).then(|| format!("checkpoints after step {step} (steps {checkpoints:?})"));
+    let grids = match grids {
+        0 => None,
+        1 => Some("1 sample grid".to_string()),
+        n => Some(format!("{n} sample grids")),
+    };
+    match (ckpts, grids) {
+        (Some(c), Some(g)) => format!("{c} and {g}"),
+        (Some(c), None) => c,
+        (None, Some(g)) => format!("{g} after step {step}"),
+        (None, None) => format!("nothing after step {step}"),
+    }
+}
+
+/// Resuming at `step` starts a new history from there: the run's checkpoints after it (complete or
+/// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
+/// and pruning all go by the highest step. They are moved, not deleted, into
+/// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken), with the sample grids
+/// drawn after `step` (in `samples/` there). Returns that folder and what moved, in words (nothing:
+/// `None`).
+pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
+    let (later, grids) = later_than(run, step);
+    if later.is_empty() && grids.is_empty() {
+        return Ok(None);
+    }
+    let base = run.join("abandoned").join(format!("after-step-{step:08}"));
+    let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
+    let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
+    let moves =
+        later.iter().map(|(_, dir)| (dir, dest.clone())).chain(grids.iter().map(|(_, f)| (f, dest.join("samples"))));
+    for (from, to_dir) in moves {
+        std::fs::create_dir_all(&to_dir).with_context(|| format!("creating {}", to_dir.display()))?;
+        let to = to_dir.join(from.file_name().expect("a step folder or grid has a name"));
+        std::fs::rename(from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    }
+    sync_dir(&run.join("checkpoints"));
+    let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
+    Ok(Some((dest, describe_later(step, &steps, grids.len()))))
+}
+
+/// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`, and the
+/// `.tmp-step-N` folders an interrupted save or prune left (the saver prunes after its save, with no
+/// other write in flight).
+pub fn prune(run: &Path, keep_last: usize, keep_every: u64) -> Result<()> {
+    prune_with(run, keep_last, keep_every, &|dir| std::fs::remove_dir_all(dir))
+}
+
+/// [`prune`], deleting folders with `delete` (a test's stands for a process killed midway).
+fn prune_with(
+    run: &Path,
+    keep_last: usize,
+    keep_every: u64,
+    delete: &dyn Fn(&Path) -> std::io::Result<()>,
+) -> Result<()> {
+    let root = run.join("checkpoints");
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX)).map(|e| e.path()).collect()
+        })
+        .unwrap_or_default();
+    for dir in leftovers {
+        delete(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let all = complete(run);
+    let n = all.len();
+    for (i, (step, dir)) in all.into_iter().enumerate() {
+        let recent = i + keep_last >= n;
+        let milestone = keep_every > 0 && step % keep_every == 0;
+        if !recent && !milestone {
+            // out of sight first (a rename is atomic): deleted in place, a kill midway left a folder
+            // marked DONE with files missing, which `--resume auto`, sample and export then took
+            let doomed = root.join(format!("{TMP_PREFIX}{step:08}"));
+            std::fs::rename(&dir, &doomed).with_context(|| format!("pruning {}", dir.display()))?;
+            sync_dir(&root);
+            delete(&doomed).with_context(|| format!("pruning {} (renamed {})", dir.display(), doomed.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::checkpoint::{step_dir, MODEL_FILE, OPTIM_FILE, STATE_FILE};
+
+    /// Complete checkpoint folders of `steps` (their files stand in for a real checkpoint's).
+    fn fake_run(steps: &[u64]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for &step in steps {
+            let dir = step_dir(tmp.path(), step);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in [MODEL_FILE, OPTIM_FILE, STATE_FILE, DONE] {
+                std::fs::write(dir.join(f), b"x").unwrap();
+            }
+        }
+        tmp
+    }
+
+    #[test]
+    fn pruning_killed_midway_leaves_no_folder_marked_complete_with_files_missing() {
+        let run = fake_run(&[1, 2, 3]);
+        // a kill after the first file: what the deletion leaves is what a SIGKILL there left
+        let killed = |dir: &Path| -> std::io::Result<()> {
+            std::fs::remove_file(dir.join(MODEL_FILE))?;
+            Err(std::io::Error::other("killed"))
+        };
+        assert!(prune_with(run.path(), 1, 0, &killed).is_err());
+        for (step, dir) in complete(run.path()) {
+            assert!(dir.join(MODEL_FILE).is_file(), "step {step}: marked complete, its weights gone");
+        }
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
+        // the next prune removes the half-deleted folder with the others
+        prune(run.path(), 1, 0).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(run.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-00000003"]);
+    }
+}

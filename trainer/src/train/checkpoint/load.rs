@@ -1,0 +1,286 @@
+//! Reading checkpoints back: a checkpoint or run folder resolved to a complete checkpoint, its weights
+//! (checksum-verified) for sampling, export and `model.init_from`, and its whole training state for a
+//! resumed run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use safetensors::SafeTensors;
+
+use super::history::complete;
+use super::{TrainState, CONFIG_FILE, DONE, EMA_FILE, MODEL_FILE, MODEL_JSON, OPTIM_FILE, STATE_FILE, STATE_VERSION};
+use crate::export::{read_export, resolved};
+use crate::model::io::load_weights;
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::train::config::Precision;
+
+/// A checkpoint folder, or a run folder (its newest complete checkpoint).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(DONE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join(STATE_FILE).is_file() {
+        bail!("{}: incomplete checkpoint (no {DONE} marker)", path.display());
+    }
+    match complete(path).pop() {
+        Some((_, dir)) => Ok(dir),
+        None if path.exists() => match read_export(path) {
+            Some(export) => bail!(
+                "{}: an `infinity export` folder, which holds no training state: sampling and resuming take the \
+                 checkpoint it came from ({}); model.init_from takes the export as it is",
+                path.display(),
+                export.source
+            ),
+            None => bail!("{}: neither a checkpoint nor a run folder with a complete checkpoint", path.display()),
+        },
+        None => bail!("{}: no such checkpoint or run folder", path.display()),
+    }
+}
+
+/// The weights file of `path`: a safetensors file as it is, an `infinity export` folder's weights, or
+/// the checksum-verified `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
+pub fn weights_file(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(export) = read_export(path) {
+        return Ok(export.weights);
+    }
+    let dir = resolve(path)?;
+    let file = dir.join(MODEL_FILE);
+    verify_crc(&file, &read_state(&dir)?.model_crc32c)?;
+    Ok(file)
+}
+
+/// The moving average of a checkpoint or run folder (see [`resolve`]), checksum-verified; an error
+/// says so when it keeps none.
+pub fn ema_file(path: &Path) -> Result<PathBuf> {
+    let dir = resolve(path)?;
+    match read_state(&dir)?.ema_crc32c {
+        Some(crc) => {
+            let file = dir.join(EMA_FILE);
+            verify_crc(&file, &crc)?;
+            Ok(file)
+        }
+        None => bail!("{}: no moving average of the weights (the run had optim.ema_decay = 0)", dir.display()),
+    }
+}
+
+/// The checkpoint's moving average of the weights, if it keeps one (checksum, names and shapes checked).
+pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Option<Params<f32>>> {
+    match read_state(dir)?.ema_crc32c {
+        None => Ok(None),
+        Some(crc) => {
+            let file = dir.join(EMA_FILE);
+            verify_crc(&file, &crc)?;
+            Ok(Some(load_weights(&file, cfg, lay)?))
+        }
+    }
+}
+
+/// The model of a checkpoint, for sampling and export: its shape, weights and step, and the dataset it
+/// trained on.
+pub struct CheckpointModel {
+    pub dir: PathBuf,
+    pub model: ModelConfig,
+    /// `data.dir` of the run's config (as written there: relative to where the run was started).
+    pub data_dir: PathBuf,
+    pub params: Params<f32>,
+    pub step: u64,
+    /// `run.precision` of the run's config (f32 where it has none).
+    pub precision: Precision,
+    /// `optim.ema_decay` of the run's config (none where it has none).
+    pub ema_decay: Option<f64>,
+}
+
+/// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes; with `ema`,
+/// the weights are the checkpoint's moving average (an error if it keeps none).
+pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
+    let dir = resolve(path)?;
+    let state = read_state(&dir)?;
+    let weights = match ema {
+        true => ema_file(&dir)?,
+        false => dir.join(MODEL_FILE),
+    };
+    if !ema {
+        verify_crc(&weights, &state.model_crc32c)?;
+    }
+    let model = read_model_json(&dir)?;
+    // only the dataset, the arithmetic and the moving average's decay are read from the run's config:
+    // settings a later build adds or drops must not make older checkpoints unusable for sampling and export
+    let p = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let config: toml::Table = text.parse().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    let data_dir = match config.get("data").and_then(|d| d.get("dir")) {
+        Some(toml::Value::String(dir)) => PathBuf::from(dir),
+        _ => bail!("{}: no `data.dir` string", p.display()),
+    };
+    let precision = run_precision(&config).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    let ema_decay = config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float());
+    let lay = Layout::new(&model);
+    let params = load_weights(&weights, &model, &lay)?;
+    Ok(CheckpointModel { dir, model, data_dir, params, step: state.step, precision, ema_decay })
+}
+
+/// `run.precision` of a run's config: f32 where it has none, an error for a value this build lacks.
+fn run_precision(config: &toml::Table) -> Result<Precision> {
+    match config.get("run").and_then(|r| r.get("precision")) {
+        None => Ok(Precision::F32),
+        Some(toml::Value::String(s)) if s == "f32" => Ok(Precision::F32),
+        Some(toml::Value::String(s)) if s == "bf16" => Ok(Precision::Bf16),
+        Some(other) => bail!("run.precision = {other}: neither \"f32\" nor \"bf16\""),
+    }
+}
+
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let state = parse_state(dir)?;
+    check_version(dir, &state)?;
+    Ok(state)
+}
+
+/// `state.json` as it is (any version).
+fn parse_state(dir: &Path) -> Result<TrainState> {
+    ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))
+}
+
+fn check_version(dir: &Path, state: &TrainState) -> Result<()> {
+    ensure!(
+        state.version == STATE_VERSION,
+        "{}: state version {}, this build reads {STATE_VERSION}",
+        dir.join(STATE_FILE).display(),
+        state.version
+    );
+    Ok(())
+}
+
+/// The newest complete checkpoint before `dir` in its run folder, as a way on for `--resume` into
+/// `run` (which moves `dir` aside to `run`'s abandoned/ when it is its own).
+fn way_on(dir: &Path, run: &Path) -> Option<String> {
+    let step: u64 = dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
+    let checkpoints = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?;
+    let own_run = checkpoints.parent()?;
+    let (_, previous) = complete(own_run).into_iter().rfind(|(s, _)| *s < step)?;
+    let moved = match resolved(own_run) == resolved(run) {
+        true => format!("; this one is then moved to {}/", run.join("abandoned").display()),
+        false => String::new(),
+    };
+    Some(format!("resume from the previous checkpoint with --resume {}{moved}", previous.display()))
+}
+
+/// A checkpoint's `model.json`, parsed and checked (errors name the file).
+fn read_model_json(dir: &Path) -> Result<ModelConfig> {
+    let p = dir.join(MODEL_JSON);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let model: ModelConfig = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow!("{}: at `{}`: {}", p.display(), e.path(), e.inner()))?;
+    model.validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    Ok(model)
+}
+
+/// A checkpoint's `model.json` parses, and describes the tensors of the model trained (`cfg`).
+fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
+    let model = read_model_json(dir).map_err(|e| anyhow!("{e:#} (damaged checkpoint)"))?;
+    let tensors = |l: &Layout| l.specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect::<Vec<_>>();
+    if tensors(&Layout::new(&model)) == tensors(lay) {
+        return Ok(());
+    }
+    let (found, want) = (serde_json::to_value(&model)?, serde_json::to_value(cfg)?);
+    let differ: Vec<String> = want
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| found.get(k.as_str()) != Some(*v))
+        .map(|(k, v)| {
+            format!("{k} {} (the model trained: {v})", found.get(k.as_str()).unwrap_or(&serde_json::Value::Null))
+        })
+        .collect();
+    bail!(
+        "{}: describes another model than its {MODEL_FILE} holds: {} (damaged checkpoint)",
+        dir.join(MODEL_JSON).display(),
+        differ.join(", ")
+    )
+}
+
+fn verify_crc(p: &Path, want: &str) -> Result<()> {
+    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    let found = format!("{:08x}", crc32c::crc32c(&bytes));
+    ensure!(found == want, "{}: crc32c {found}, {STATE_FILE} expects {want} (corrupt checkpoint)", p.display());
+    Ok(())
+}
+
+/// Load a checkpoint folder to resume `run` from, verifying checksums, names and shapes against `cfg`,
+/// and that its `model.json` (which sample and export read) describes that model. A damaged checkpoint's
+/// error names the newest complete one before it as a way on (not taken unasked: the steps after it
+/// would be trained again).
+pub fn load(
+    dir: &Path,
+    run: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    adamw: &AdamWConfig,
+) -> Result<(Params<f32>, AdamW, TrainState)> {
+    let damaged = |e: anyhow::Error| match way_on(dir, run) {
+        Some(way) => anyhow!("{e:#}; {way}"),
+        None => e,
+    };
+    let state = parse_state(dir).map_err(damaged)?;
+    check_version(dir, &state)?;
+    for (file, want) in [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)] {
+        verify_crc(&dir.join(file), want).map_err(damaged)?;
+    }
+    // (the weights first: a config of another model is named by its tensors, not as damage)
+    let params = load_weights(&dir.join(MODEL_FILE), cfg, lay)?;
+    check_model_json(dir, cfg, lay).map_err(damaged)?;
+    let optim_path = dir.join(OPTIM_FILE);
+    let bytes = std::fs::read(&optim_path).with_context(|| format!("reading {}", optim_path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
+    let mut opt = AdamW::new(adamw.clone(), lay);
+    for (name, dst) in [("adamw.m", &mut opt.m), ("adamw.v", &mut opt.v)] {
+        let t = st.tensor(name).map_err(|_| anyhow!("{}: `{name}` missing", optim_path.display()))?;
+        if t.shape() != [lay.numel] {
+            bail!(
+                "{}: `{name}` has {:?} values, the model has {} parameters",
+                optim_path.display(),
+                t.shape(),
+                lay.numel
+            );
+        }
+        *dst = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    }
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: metadata: {e}", optim_path.display()))?;
+    let meta: serde_json::Value = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("adamw"))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .with_context(|| format!("{}: metadata `adamw` missing", optim_path.display()))?;
+    opt.step =
+        meta["step"].as_u64().with_context(|| format!("{}: metadata `adamw.step` missing", optim_path.display()))?;
+    Ok((params, opt, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_precision_is_f32_bf16_or_absent() {
+        let precision = |text: &str| run_precision(&text.parse::<toml::Table>().unwrap());
+        assert_eq!(precision("").unwrap(), Precision::F32);
+        assert_eq!(precision("[run]\nsteps = 3").unwrap(), Precision::F32);
+        assert_eq!(precision("[run]\nprecision = \"f32\"").unwrap(), Precision::F32);
+        assert_eq!(precision("[run]\nprecision = \"bf16\"").unwrap(), Precision::Bf16);
+        for bad in ["\"fp16\"", "\"BF16\"", "16"] {
+            let e = precision(&format!("[run]\nprecision = {bad}")).unwrap_err().to_string();
+            assert!(e.contains(&format!("run.precision = {bad}")), "{e}");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Checkpoints: `RUN/checkpoints/step-00000100/` holding
+//! - `model.safetensors`: the weights (upstream names);
+//! - `optim.safetensors`: the AdamW moments;
+//! - `ema.safetensors`: the weights' moving average (upstream names), when `optim.ema_decay` keeps one;
+//! - `state.json`: step, loader position, counters, checksums;
+//! - `config.toml` and `model.json`: the run's config and the resolved model shape, so sampling and
+//!   export need no dataset.
+//!
+//! Written into a temporary folder, each file fsynced, the folder renamed into place, and a `DONE`
+//! marker written last: a folder without `DONE` is incomplete and ignored, so a crash or a full disk
+//! mid-save never loses the previous checkpoint. A failed save removes what it wrote; pruning renames a
+//! folder out of sight (`.tmp-step-N`) before deleting it, and removes such leftovers of an interrupted
+//! save or prune.
+//!
+//! This module writes checkpoints; `history` finds, sets aside and prunes a run's checkpoints, and
+//! `load` reads them back.
+
+mod history;
+mod load;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use infinity_data::loader::LoaderState;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+
+use crate::model::io::{weights_bytes, SaveDtype};
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::AdamW;
+
+pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
+pub use load::{ema_file, load, load_ema, load_model, resolve, weights_file, CheckpointModel};
+
+/// The marker a complete checkpoint folder holds, written last.
+pub const DONE: &str = "DONE";
+/// The weights, under upstream names.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The optimiser state (AdamW's moments and step).
+pub const OPTIM_FILE: &str = "optim.safetensors";
+/// The weights' moving average, under upstream names.
+pub const EMA_FILE: &str = "ema.safetensors";
+/// [`TrainState`].
+pub const STATE_FILE: &str = "state.json";
+/// The run's config, as it was when the checkpoint was written.
+const CONFIG_FILE: &str = "config.toml";
+/// The resolved [`ModelConfig`].
+const MODEL_JSON: &str = "model.json";
+const STATE_VERSION: u32 = 1;
+/// The name of a checkpoint folder being written or deleted (`.tmp-step-00000100`).
+const TMP_PREFIX: &str = ".tmp-step-";
+
+/// Everything besides tensors that a resumed run needs to continue bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    pub version: u32,
+    /// Optimiser steps completed.
+    pub step: u64,
+    pub loader: LoaderState,
+    /// Steps skipped for a non-finite loss or gradient norm, in total and in a row.
+    pub skipped_steps: u64,
+    pub nonfinite_run: u64,
+    pub model_crc32c: String,
+    pub optim_crc32c: String,
+    /// Of `ema.safetensors`, when the checkpoint holds a moving average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_crc32c: Option<String>,
+    /// The losses and gradient norms the spike guard judges against (`optim.skip_loss_z`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike_window: Option<super::spike::SpikeWindow>,
+}
+
+impl TrainState {
+    /// The state of a run at step 0, its data stream at `loader`: no steps done or skipped, no
+    /// checksums (and version 0: [`save`] stamps the version and checksums it writes).
+    pub fn fresh(loader: LoaderState) -> TrainState {
+        TrainState {
+            version: 0,
+            step: 0,
+            loader,
+            skipped_steps: 0,
+            nonfinite_run: 0,
+            model_crc32c: String::new(),
+            optim_crc32c: String::new(),
+            ema_crc32c: None,
+            spike_window: None,
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+pub fn step_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// The tensors of one checkpoint: the weights, the whole optimiser state, the weights' moving average.
+pub struct Tensors<'a> {
+    pub params: &'a Params<f32>,
+    pub opt: &'a AdamW,
+    pub ema: Option<&'a Params<f32>>,
+}
+
+/// Write a complete checkpoint for `state.step`; returns its folder.
+pub fn save(
+    run: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    t: Tensors,
+    state: TrainState,
+    config_toml: &str,
+) -> Result<PathBuf> {
+    let root = run.join("checkpoints");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let final_dir = step_dir(run, state.step);
+    let tmp = root.join(format!("{TMP_PREFIX}{:08}", state.step));
+    let written = write_folder(&tmp, &final_dir, cfg, lay, t, state, config_toml);
+    if written.is_err() {
+        // a partial checkpoint holds the space a full disk lacks (the next log write would fail too);
+        // a step folder without DONE is incomplete, also when this save failed after renaming it
+        for dir in [&tmp, &final_dir].into_iter().filter(|d| d.exists() && !d.join(DONE).is_file()) {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                tracing::warn!("could not remove the partial checkpoint {}: {e}", dir.display());
+            }
+        }
+    }
+    written.map(|_| final_dir)
+}
+
+/// [`save`]'s files into `tmp`, then `tmp` renamed to `final_dir` and marked complete.
+fn write_folder(
+    tmp: &Path,
+    final_dir: &Path,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    t: Tensors,
+    mut state: TrainState,
+    config_toml: &str,
+) -> Result<()> {
+    let Tensors { params, opt, ema } = t;
+    let _ = std::fs::remove_dir_all(tmp);
+    std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+
+    ensure!(opt.range == (0..lay.numel), "checkpoint: the optimiser state must be whole (gather ZeRO-1 shards first)");
+    let model = weights_bytes(cfg, lay, params, SaveDtype::F32, 1, None)?;
+    let m: Vec<u8> = opt.m.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let v: Vec<u8> = opt.v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    // One metadata key: safetensors writes its metadata map in hash order, so several keys would make
+    // the bytes of identical checkpoints differ between processes.
+    let meta: HashMap<String, String> =
+        [("adamw".to_string(), serde_json::json!({ "step": opt.step, "config": opt.cfg }).to_string())].into();
+    let optim = safetensors::serialize(
+        [
+            ("adamw.m", TensorView::new(Dtype::F32, vec![opt.m.len()], &m)?),
+            ("adamw.v", TensorView::new(Dtype::F32, vec![opt.v.len()], &v)?),
+        ],
+        Some(meta),
+    )?;
+    state.version = STATE_VERSION;
+    state.model_crc32c = format!("{:08x}", crc32c::crc32c(&model));
+    state.optim_crc32c = format!("{:08x}", crc32c::crc32c(&optim));
+    write_synced(&tmp.join(MODEL_FILE), &model)?;
+    write_synced(&tmp.join(OPTIM_FILE), &optim)?;
+    state.ema_crc32c = None;
+    if let Some(ema) = ema {
+        let bytes = weights_bytes(cfg, lay, ema, SaveDtype::F32, 1, None)?;
+        state.ema_crc32c = Some(format!("{:08x}", crc32c::crc32c(&bytes)));
+        write_synced(&tmp.join(EMA_FILE), &bytes)?;
+    }
+    write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_synced(&tmp.join(CONFIG_FILE), config_toml.as_bytes())?;
+    write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    sync_dir(tmp);
+    if final_dir.exists() {
+        // unmarked first: a kill mid-delete must not leave a folder marked complete with files missing
+        let _ = std::fs::remove_file(final_dir.join(DONE));
+        std::fs::remove_dir_all(final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+    }
+    std::fs::rename(tmp, final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(final_dir.parent().unwrap_or(final_dir));
+    write_synced(&final_dir.join(DONE), b"")?;
+    sync_dir(final_dir);
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! [`TrainConfig::validate`]: the checks a config gets before any data is read (ranges, required
+//! pairings); what depends on the dataset is checked by `TrainConfig::model_config` and the run's start.
+
+use anyhow::{bail, Result};
+
+use super::{PeakTflops, TrainConfig};
+use crate::optim::Decay;
+
+impl TrainConfig {
+    /// Checks that need no data: everything else is checked against the dataset in `model_config`.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        let micro = d.micro_batch.samples().unwrap_or(1);
+        if d.global_batch == 0 || micro == 0 || !d.global_batch.is_multiple_of(micro) {
+            bail!(
+                "data.global_batch ({}) and data.micro_batch ({}): the global batch must be a positive multiple of \
+                 the micro-batch",
+                d.global_batch,
+                d.micro_batch
+            );
+        }
+        if self.run.steps == 0 {
+            bail!("run.steps must be positive");
+        }
+        if self.run.dir.as_os_str().is_empty() {
+            bail!("run.dir must name a folder, found \"\"");
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+            bail!("optim.lr must be a positive number, found {}", self.optim.lr);
+        }
+        let o = &self.optim;
+        if !(o.clip >= 0.0 && o.clip.is_finite()) {
+            bail!("optim.clip must be a finite number ≥ 0 (0 turns clipping off), found {}", o.clip);
+        }
+        if !(0.0..1.0).contains(&o.ema_decay) {
+            bail!("optim.ema_decay must be in [0, 1) (0 keeps no moving average), found {}", o.ema_decay);
+        }
+        for (key, z) in [("skip_loss_z", o.skip_loss_z), ("skip_grad_z", o.skip_grad_z)] {
+            if !(z >= 0.0 && z.is_finite()) {
+                bail!("optim.{key} must be a finite number of standard deviations ≥ 0 (0 turns it off), found {z}");
+            }
+        }
+        if o.spike_window < 2 {
+            bail!("optim.spike_window must be at least 2 steps, found {}", o.spike_window);
+        }
+        let a = &o.adamw;
+        for (key, v) in [("beta1", a.beta1), ("beta2", a.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("optim.adamw.{key} must be in [0, 1), found {v}");
+            }
+        }
+        if !(a.eps > 0.0 && a.eps.is_finite()) {
+            bail!("optim.adamw.eps must be a positive number, found {}", a.eps);
+        }
+        if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+            bail!("optim.adamw.weight_decay must be a finite number ≥ 0, found {}", a.weight_decay);
+        }
+        let (min_ratio, fraction) = match o.decay {
+            Decay::Constant => (0.0, 1.0),
+            Decay::Cosine { min_ratio } | Decay::Linear { min_ratio } => (min_ratio, 1.0),
+            Decay::Wsd { decay_fraction, min_ratio } => (min_ratio, decay_fraction),
+        };
+        if !(0.0..=1.0).contains(&min_ratio) {
+            bail!("optim.decay.min_ratio must be in [0, 1], found {min_ratio}");
+        }
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("optim.decay.decay_fraction must be in (0, 1], found {fraction}");
+        }
+        if o.max_nonfinite == 0 {
+            bail!("optim.max_nonfinite must be at least 1 (the consecutive non-finite steps that stop a run)");
+        }
+        if o.warmup_steps >= self.run.steps {
+            tracing::warn!(
+                "optim.warmup_steps ({}) is not below run.steps ({}): the learning rate never reaches optim.lr",
+                o.warmup_steps,
+                self.run.steps
+            );
+        }
+        if self.val.every > 0 && self.val.dir.is_none() {
+            tracing::warn!("val.every = {} without val.dir: no validation runs", self.val.every);
+        }
+        if !(0.0..1.0).contains(&self.loss.label_smoothing) {
+            bail!("loss.label_smoothing must be in [0, 1), found {}", self.loss.label_smoothing);
+        }
+        if !(0.0..1.0).contains(&self.bsc.p_max) {
+            bail!("bsc.p_max must be in [0, 1), found {}", self.bsc.p_max);
+        }
+        if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
+            bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
+        }
+        if let Some(r) = self.model.drop_path_rate.filter(|r| !(0.0..1.0).contains(r)) {
+            bail!("model.drop_path_rate must be in [0, 1), found {r}");
+        }
+        if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
+            bail!("model.init_from: {} does not exist", p.display());
+        }
+        if !matches!(self.model.conditioning.as_str(), "class" | "text") {
+            bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);
+        }
+        if matches!(self.run.peak_tflops, PeakTflops::Tflops(p) if !(p.is_finite() && p > 0.0)) {
+            bail!("run.peak_tflops must be a positive number of TFLOP/s or \"auto\", found {}", self.run.peak_tflops);
+        }
+        let sample = &self.sample;
+        if sample.every > 0 && (sample.n == 0 || sample.per_condition == 0) {
+            bail!(
+                "sample.n and sample.per_condition must be positive when sample.every > 0, found {} and {}",
+                sample.n,
+                sample.per_condition
+            );
+        }
+        if !(sample.tau > 0.0 && sample.tau.is_finite()) {
+            bail!("sample.tau must be a positive number (the temperature), found {}", sample.tau);
+        }
+        if !(0.0..=1.0).contains(&sample.top_p) {
+            bail!("sample.top_p must be in [0, 1] (0 or 1: no filtering), found {}", sample.top_p);
+        }
+        if !(self.dist.bucket_mib.is_finite() && self.dist.bucket_mib >= 0.0) {
+            bail!(
+                "dist.bucket_mib must be a finite number ≥ 0 (0: a bucket per block), found {}",
+                self.dist.bucket_mib
+            );
+        }
+        for (key, secs) in [("timeout_s", self.dist.timeout_s), ("rdzv_timeout_s", self.dist.rdzv_timeout_s)] {
+            if !(secs.is_finite() && secs > 0.0) {
+                bail!("dist.{key} must be a positive number of seconds, found {secs}");
+            }
+        }
+        if self.val.dir.is_some() && self.val.max_rows == 0 {
+            bail!("val.max_rows must be at least 1 (the first rows of val.dir that are evaluated)");
+        }
+        if self.checkpoint.keep_last == 0 {
+            bail!("checkpoint.keep_last must be at least 1");
+        }
+        if self.model.mup_base_width == Some(0) {
+            bail!("model.mup_base_width must be a width (≥ 1); leave it out for the standard parametrization");
+        }
+        match (self.model.mup_base_heads, self.model.mup_base_width) {
+            (Some(0), _) => bail!("model.mup_base_heads must be at least 1"),
+            (Some(_), None) => bail!("model.mup_base_heads needs model.mup_base_width (μP's base model)"),
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! Stopping the training loop: the signals that end a run cleanly (a checkpoint first), a stop while
+//! the group still forms, and the fault drills the tests use to kill or slow a rank.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption) or SIGHUP (a closed terminal or ssh session,
+/// which reaches the whole process group, the ranks with their agent): the loop checkpoints and exits
+/// cleanly.
+pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(flag)
+}
+
+/// Exit code of a rank stopped by a signal before its group formed: 128 + SIGTERM, as the signal's
+/// default action reports (the agent uses 128 + the signal it got).
+pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
+
+/// A stop signal while this rank waits for its group (the rendezvous may take `dist.rdzv_timeout_s`)
+/// ends the process at once: nothing has trained, so there is nothing to checkpoint. Returns the flag
+/// to set once the group has formed.
+pub fn stop_while_joining(flag: &Option<Arc<AtomicBool>>) -> Arc<AtomicBool> {
+    let joined = Arc::new(AtomicBool::new(false));
+    if let Some(stop) = flag.clone() {
+        let joined = joined.clone();
+        std::thread::spawn(move || {
+            while !joined.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    console_err!(
+                        "stopped by a signal while waiting for the other ranks: nothing trained (exit code \
+                         {EXIT_STOPPED_BEFORE_START})"
+                    );
+                    std::process::exit(EXIT_STOPPED_BEFORE_START);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+    }
+    joined
+}
+
+pub fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
+    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// Test drill: `INFINITY_FAULT_KILL=RANK:STEP` makes that rank SIGKILL itself after that step, on the
+/// first attempt only (so the restarted group runs through).
+pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
+    let Ok(spec) = std::env::var("INFINITY_FAULT_KILL") else { return };
+    let Some((r, s)) = spec.split_once(':') else { return };
+    if attempt == 0 && r.parse() == Ok(rank) && s.parse() == Ok(step) {
+        tracing::warn!("fault drill: rank {rank} kills itself after step {step}");
+        // SAFETY: signalling our own pid.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// Straggler drill: `INFINITY_FAULT_SLOW=RANK:SECONDS` makes that rank sleep so long in every step
+/// of its first attempt, inside the work the straggler report measures.
+pub fn slow_drill(rank: usize, attempt: u32) {
+    let Ok(spec) = std::env::var("INFINITY_FAULT_SLOW") else { return };
+    let Some((r, s)) = spec.split_once(':') else { return };
+    if let (0, Ok(true), Ok(secs)) = (attempt, r.parse().map(|r: usize| r == rank), s.parse::<f64>()) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}

@@ -1,0 +1,205 @@
+//! What the run folder records about the run besides its logs: `summary.json`, where the run stands
+//! (rewritten when a session resumes, at each complete checkpoint and when the session ends), and
+//! `derived.json`, the sizes its config implies.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use infinity_data::Dataset;
+use serde_json::json;
+
+use super::checkpoint::{self, TrainState};
+use super::config::TrainConfig;
+use super::setup::TokenMix;
+use super::{rundir, TrainSummary};
+use crate::model::ModelConfig;
+
+/// Write `name` into the run folder, atomically.
+pub(super) fn write_run_file(run: &Path, name: &str, text: &str) -> Result<()> {
+    let p = run.join(name);
+    infinity_data::manifest::write_atomic(&p, text.as_bytes())
+        .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
+}
+
+/// The session's [`TrainSummary`], which every rank keeps (`train` returns it) and rank 0 writes to
+/// `summary.json`.
+pub(super) struct SummaryFile<'a> {
+    summary: TrainSummary,
+    run: &'a Path,
+    cfg: &'a TrainConfig,
+    world: usize,
+    /// Rank 0: the one rank that writes `summary.json` (the others only keep the summary).
+    leader: bool,
+    /// A checkpoint's summary, written once the checkpoint is complete (in the background: at a later
+    /// step's end).
+    due: Option<TrainSummary>,
+    /// When the session's first step started (`seconds_this_session`).
+    started: Instant,
+}
+
+impl<'a> SummaryFile<'a> {
+    pub(super) fn new(run: &'a Path, cfg: &'a TrainConfig, world: usize, leader: bool) -> SummaryFile<'a> {
+        let summary = TrainSummary::default();
+        SummaryFile { summary, run, cfg, world, leader, due: None, started: Instant::now() }
+    }
+
+    /// A run already at its last step (a finished run resubmitted, by `--resume auto` in a sweep or a
+    /// SLURM array, from the checkpoint `resume`): nothing to train, and the summary it finished with,
+    /// which `summary.json` keeps (rewritten only when it records another step).
+    pub(super) fn nothing_to_train(self, state: &TrainState, resume: Option<PathBuf>) -> Result<TrainSummary> {
+        let (last_loss, last_bit_acc) = rundir::finished_metrics(self.run, state.step).unwrap_or((f64::NAN, f64::NAN));
+        let summary = TrainSummary {
+            steps: state.step,
+            last_loss,
+            last_bit_acc,
+            skipped_steps: state.skipped_steps,
+            last_checkpoint: resume,
+            ..TrainSummary::default()
+        };
+        if self.leader && rundir::summary_step(self.run) != Some(state.step) {
+            self.write(&summary)?;
+        }
+        Ok(summary)
+    }
+
+    /// A session resumed from the checkpoint `resume`, at `state`: `summary.json` says where the run
+    /// stands at every moment, so no longer where an earlier session stopped (preempted, say), but at
+    /// the checkpoint this session starts from.
+    pub(super) fn resumed(&mut self, state: &TrainState, resume: Option<PathBuf>) -> Result<()> {
+        if !self.leader {
+            return Ok(());
+        }
+        let s = &mut self.summary;
+        (s.steps, s.skipped_steps, s.last_checkpoint) = (state.step, state.skipped_steps, resume);
+        (s.last_loss, s.last_bit_acc) = rundir::finished_metrics(self.run, state.step).unwrap_or((f64::NAN, f64::NAN));
+        (s.last_val_step, s.last_val_loss) = rundir::last_val(self.run, state.step).unzip();
+        self.write(&self.summary)
+    }
+
+    /// The session's first step starts now (its `seconds_this_session` count from here).
+    pub(super) fn start_clock(&mut self) {
+        self.started = Instant::now();
+    }
+
+    /// Seconds since the session's first step started.
+    pub(super) fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// A step's loss and bit accuracy (over the ranks).
+    pub(super) fn stepped(&mut self, loss: f64, bit_acc: f64) {
+        (self.summary.last_loss, self.summary.last_bit_acc) = (loss, bit_acc);
+    }
+
+    /// A held-out validation's loss, at `step`.
+    pub(super) fn validated(&mut self, step: u64, loss: f64) {
+        (self.summary.last_val_loss, self.summary.last_val_step) = (Some(loss), Some(step));
+    }
+
+    /// A checkpoint of `state` saved (or saving, in the background) into `dir`; rank 0 writes its
+    /// summary once it is complete ([`SummaryFile::write_if_landed`]), replacing one still in flight:
+    /// the newer checkpoint's says more. `tensorboard_failed_writes`: rank 0's logger's count so far.
+    pub(super) fn checkpoint_saved(&mut self, state: &TrainState, dir: PathBuf, tensorboard_failed_writes: u64) {
+        self.summary.last_checkpoint = Some(dir);
+        if self.leader {
+            self.due = Some(TrainSummary {
+                steps: state.step,
+                skipped_steps: state.skipped_steps,
+                seconds: self.seconds(),
+                tensorboard_failed_writes,
+                ..self.summary.clone()
+            });
+        }
+    }
+
+    /// At each step's end: the summary of the last checkpoint, once that checkpoint is complete.
+    pub(super) fn write_if_landed(&mut self) -> Result<()> {
+        let landed = |s: &TrainSummary| s.last_checkpoint.as_ref().is_some_and(|c| c.join(checkpoint::DONE).is_file());
+        match self.due.take_if(|s| landed(s)) {
+            Some(s) => self.write(&s),
+            None => Ok(()),
+        }
+    }
+
+    /// Stopped by a signal (after checkpointing).
+    pub(super) fn preempted(&mut self) {
+        self.summary.preempted = true;
+    }
+
+    /// Stopped by `optim.max_nonfinite` non-finite steps at `state`, with `newest` the last complete
+    /// checkpoint: `infinity scaling` and sweeps see the run as diverged, not as one that never ran.
+    pub(super) fn diverged(
+        &mut self,
+        state: &TrainState,
+        newest: Option<PathBuf>,
+        tensorboard_failed_writes: u64,
+    ) -> Result<()> {
+        if !self.leader {
+            return Ok(());
+        }
+        let seconds = self.seconds();
+        let s = &mut self.summary;
+        (s.steps, s.last_checkpoint, s.diverged) = (state.step, newest, true);
+        (s.skipped_steps, s.seconds) = (state.skipped_steps, seconds);
+        s.tensorboard_failed_writes = tensorboard_failed_writes;
+        self.write(&self.summary)
+    }
+
+    /// The session's end at `state` (its last checkpoint on disk): the summary `train` returns, and
+    /// rank 0's last `summary.json`.
+    pub(super) fn finish(mut self, state: &TrainState, tensorboard_failed_writes: u64) -> Result<TrainSummary> {
+        let seconds = self.seconds();
+        let s = &mut self.summary;
+        (s.steps, s.skipped_steps, s.seconds) = (state.step, state.skipped_steps, seconds);
+        if self.leader {
+            s.tensorboard_failed_writes = tensorboard_failed_writes;
+            self.write(&self.summary)?;
+        }
+        Ok(self.summary)
+    }
+
+    fn write(&self, summary: &TrainSummary) -> Result<()> {
+        let record = summary_record(summary, self.cfg, self.world);
+        write_run_file(self.run, "summary.json", &serde_json::to_string_pretty(&record)?)
+    }
+}
+
+/// `summary.json`'s record of `summary`.
+fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> serde_json::Value {
+    // (absolute, as config.toml's paths: the summary is read from other folders)
+    let last_checkpoint =
+        summary.last_checkpoint.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    json!({
+        "step": summary.steps, "loss": summary.last_loss, "bit_acc": summary.last_bit_acc,
+        "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
+        "last_checkpoint": last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
+        "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
+        "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
+        "tensorboard_failed_writes": summary.tensorboard_failed_writes,
+    })
+}
+
+/// `derived.json`: the sizes the config implies for the model `mc` of `numel` parameters, trained by
+/// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`.
+pub(super) fn derived_record(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    (mc, numel): (&ModelConfig, usize),
+    mix: &TokenMix,
+    (accum, micro_batch, world): (usize, usize, usize),
+) -> serde_json::Value {
+    let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
+    json!({
+        "parameters": numel,
+        "model": mc,
+        "grad_accumulation": accum,
+        "micro_batch": micro_batch,
+        "world_size": world,
+        // over the batches the run draws (each schedule by its batches per epoch)
+        "tokens_per_step_mean": mix.mean_tokens * cfg.data.global_batch as f64,
+        "train_flops_per_token": mix.flops_per_token,
+        "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
+        "dataset": { "dir": data_dir, "rows": ds.num_rows(), "fingerprint": ds.manifest.fingerprint() },
+    })
+}
