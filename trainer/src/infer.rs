@@ -196,6 +196,28 @@ pub fn preview_condition(mc: &ModelConfig, ds: &Dataset, n: usize) -> Result<Sam
     })
 }
 
+/// Why the dataset `m` is not of the kind `mc` trained on (its bits, tokenizer layout or conditions
+/// differ), if so: `sample --data` and `export --data` refuse it.
+pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
+    if m.d as usize != mc.d_vae() {
+        return Some(format!("d = {}, the model's tokenizer has d = {}", m.d, mc.d_vae()));
+    }
+    if let Err(e) = crate::train::check_tokenizer_layout(mc, m) {
+        return Some(format!("{e:#}"));
+    }
+    match (&mc.conditioning, &m.conditions.class, &m.conditions.text) {
+        (Conditioning::Class { num_classes }, Some(c), _) if c.num_classes as usize != *num_classes => {
+            Some(format!("{} classes, the model has {num_classes}", c.num_classes))
+        }
+        (Conditioning::Class { .. }, None, _) => Some("no class condition; the model is class-conditioned".into()),
+        (Conditioning::Text, _, Some(t)) if t.width as usize != mc.text_channels => {
+            Some(format!("text features of width {}, the model's are {}", t.width, mc.text_channels))
+        }
+        (Conditioning::Text, _, None) => Some("no text condition; the model is text-conditioned".into()),
+        _ => None,
+    }
+}
+
 /// A warning when `--data DIR`'s tokenizer (`m`'s) is not the one of the run's dataset `trained`: the bits
 /// would be decoded with another basis (compared by name and file bytes, when that dataset is at hand).
 pub fn tokenizer_mismatch_warning(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {

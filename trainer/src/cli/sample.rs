@@ -1,7 +1,7 @@
 //! `infinity sample CKPT --class … | --caption … | --text-features … -o grid.png [--bits bits.safetensors]`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -105,13 +105,9 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let m = Manifest::load(&data_dir)
         .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;
-    ensure!(
-        m.d as usize == ck.model.d_vae(),
-        "{}: d = {}, the model's tokenizer has d = {}",
-        data_dir.display(),
-        m.d,
-        ck.model.d_vae()
-    );
+    if let Some(why) = infer::dataset_mismatch(&ck.model, &m) {
+        bail!("{}: {why}: not the model's dataset (pass --data with its own)", data_dir.display());
+    }
     if let Some(warning) = a.data.as_ref().and_then(|given| infer::tokenizer_mismatch_warning(&ck.data_dir, given, &m))
     {
         console_err!("warning: {warning}");
@@ -122,10 +118,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         (None, None) => SchedulePick::Default,
     };
     let sched = infer::pick_schedule(&m, pick)?;
-    crate::train::check_tokenizer_layout(&ck.model, &m)
-        .with_context(|| format!("the dataset {}", data_dir.display()))?;
 
-    let (cond, rows) = condition(&a, &ck.model, &m, &data_dir)?;
+    let (cond, rows) = condition(&a, &ck.model, &m)?;
     let lay = Layout::new(&ck.model);
     // a condition's samples keyed by it, not by their place in the batch: `--class 5 --n 4` draws the
     // class-5 row of `--class 0,5 --n 4`
@@ -187,26 +181,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The condition of every sample (each given condition `n` times) and a label per grid row. The dataset
-/// (`data_dir`'s manifest `m`) names the classes and embeds captions: it must be one of the model's.
-fn condition(
-    a: &SampleArgs,
-    model: &ModelConfig,
-    m: &Manifest,
-    data_dir: &Path,
-) -> Result<(SampleCondition, Vec<String>)> {
+/// The condition of every sample (each given condition `n` times) and a label per grid row. The dataset's
+/// manifest `m` names the classes and embeds captions (a dataset of the model's kind: checked before).
+fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(SampleCondition, Vec<String>)> {
     let (kind, text_maxlen) = (&model.conditioning, model.text_maxlen);
     let text_given = !a.caption.is_empty() || a.text_features.is_some();
-    let not_its = |what: String| {
-        anyhow::anyhow!("{}: {what}: not the model's dataset (pass --data with its own)", data_dir.display())
-    };
     match kind {
-        Conditioning::Class { num_classes } => {
+        Conditioning::Class { .. } => {
             ensure!(!text_given, "this model is class-conditioned: use --class");
             let info = m.conditions.class.as_ref().context("the dataset has no class condition")?;
-            if info.num_classes as usize != *num_classes {
-                return Err(not_its(format!("{} classes, the model has {num_classes}", info.num_classes)));
-            }
             let specs = if a.class.is_empty() {
                 console_err!("no --class given: sampling every class ({}), {} each", info.num_classes, a.n);
                 vec!["all".to_string()]
@@ -224,10 +207,6 @@ fn condition(
         Conditioning::Text => {
             ensure!(a.class.is_empty(), "this model is text-conditioned: use --caption or --text-features");
             let info = m.conditions.text.as_ref().context("the dataset has no text condition")?;
-            if info.width as usize != model.text_channels {
-                let what = format!("text features of width {}, the model's are {}", info.width, model.text_channels);
-                return Err(not_its(what));
-            }
             let ((kv, lens), rows) = match &a.text_features {
                 Some(f) => {
                     let (kv, lens, names) = infer::text_features_file(f, model.text_channels, text_maxlen)?;

@@ -93,7 +93,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     // refused --data leaves the folder as it was.
     let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let manifest = match Manifest::load(&data_dir) {
-        Ok(m) => match (not_the_models_dataset(&mc, &m), &opts.data) {
+        Ok(m) => match (crate::infer::dataset_mismatch(&mc, &m), &opts.data) {
             (None, _) => Some(m),
             (Some(why), Some(_)) => bail!("--data {}: {why}: not the model's dataset", data_dir.display()),
             // the run's data.dir now holds another dataset: its schedules and tokenizer are not this model's
@@ -256,28 +256,6 @@ fn refuse_another_export(folder: &Path, file: &str) -> Result<()> {
     Ok(())
 }
 
-/// Why the dataset `m` is not one `mc` trained on (its bits, schedules or conditions differ), if so;
-/// worded as `infinity sample --data` words it.
-fn not_the_models_dataset(mc: &ModelConfig, m: &Manifest) -> Option<String> {
-    if m.d as usize != mc.d_vae() {
-        return Some(format!("d = {}, the model's tokenizer has d = {}", m.d, mc.d_vae()));
-    }
-    if let Err(e) = crate::train::check_tokenizer_layout(mc, m) {
-        return Some(format!("{e:#}"));
-    }
-    match (&mc.conditioning, &m.conditions.class, &m.conditions.text) {
-        (Conditioning::Class { num_classes }, Some(c), _) if c.num_classes as usize != *num_classes => {
-            Some(format!("{} classes, the model has {num_classes}", c.num_classes))
-        }
-        (Conditioning::Class { .. }, None, _) => Some("no class condition; the model is class-conditioned".into()),
-        (Conditioning::Text, _, Some(t)) if t.width as usize != mc.text_channels => {
-            Some(format!("text features of width {}, the model's are {}", t.width, mc.text_channels))
-        }
-        (Conditioning::Text, _, None) => Some("no text condition; the model is text-conditioned".into()),
-        _ => None,
-    }
-}
-
 /// The index transformers' `load_sharded_checkpoint` reads (upstream's `--checkpoint_type torch_shard`).
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
@@ -336,7 +314,7 @@ pub(crate) mod tests {
     use infinity_data::manifest::{Conditions, TextDtype, TextInfo, TokenizerInfo};
     use infinity_data::{Catalog, Manifest};
 
-    use super::not_the_models_dataset;
+    use crate::infer::dataset_mismatch;
     use crate::model::{Conditioning, ModelConfig};
 
     #[test]
@@ -392,15 +370,15 @@ pub(crate) mod tests {
     #[test]
     fn another_models_dataset_is_named() {
         let layer12 = ModelConfig::preset("layer12").unwrap();
-        assert_eq!(not_the_models_dataset(&layer12, &dataset(32, "bsq-vae-d32", "0.06M", &["1.000"])), None);
-        let why = not_the_models_dataset(&layer12, &dataset(16, "bsq-vae-d16", "0.06M", &["1.000"]));
+        assert_eq!(dataset_mismatch(&layer12, &dataset(32, "bsq-vae-d32", "0.06M", &["1.000"])), None);
+        let why = dataset_mismatch(&layer12, &dataset(16, "bsq-vae-d16", "0.06M", &["1.000"]));
         assert_eq!(why.as_deref(), Some("d = 16, the model's tokenizer has d = 32"));
         let mut narrow = dataset(32, "bsq-vae-d32", "0.06M", &["1.000"]);
         narrow.conditions.text.as_mut().unwrap().width = 32;
-        let why = not_the_models_dataset(&layer12, &narrow).unwrap();
+        let why = dataset_mismatch(&layer12, &narrow).unwrap();
         assert!(why.contains("text features of width 32, the model's are 2048"), "{why}");
         let class = ModelConfig { conditioning: Conditioning::Class { num_classes: 10 }, ..layer12 };
-        let why = not_the_models_dataset(&class, &narrow).unwrap();
+        let why = dataset_mismatch(&class, &narrow).unwrap();
         assert!(why.contains("no class condition"), "{why}");
     }
 }
