@@ -218,10 +218,16 @@ pub struct EventWriter {
 impl EventWriter {
     /// Create a new event file in `dir` (named as TensorBoard expects).
     pub fn create(dir: &Path) -> std::io::Result<EventWriter> {
-        let (path, out) = new_file(dir)?;
-        let mut w =
-            EventWriter { dir: dir.to_path_buf(), path, out: Some(out), written: 0, committed: 0, broken: false };
-        w.write_event(0, Some(EventWhat::FileVersion("brain.Event:2".into())))?;
+        // (no file yet: `reopen` makes the first one as it makes every later one)
+        let mut w = EventWriter {
+            dir: dir.to_path_buf(),
+            path: PathBuf::new(),
+            out: None,
+            written: 0,
+            committed: 0,
+            broken: false,
+        };
+        w.reopen()?;
         Ok(w)
     }
 

@@ -50,8 +50,7 @@ fn tensorboard_steps(run: &Path, tag: &str) -> Vec<Vec<i64>> {
 
 /// `infinity train CONFIG ARGS` in `dir` with `env`.
 fn infinity_train(dir: &Path, cfg: &TrainConfig, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let cfg_path = dir.join("train.toml");
-    std::fs::write(&cfg_path, toml::to_string(cfg).unwrap()).unwrap();
+    let cfg_path = common::config_file(cfg, dir);
     Command::new(env!("CARGO_BIN_EXE_infinity"))
         .current_dir(dir)
         .arg("train")

@@ -24,13 +24,6 @@ fn config(data: &Path, run: PathBuf) -> TrainConfig {
     c
 }
 
-/// `cfg` as a config file in `dir`, for the `infinity` binary.
-fn config_file(cfg: &TrainConfig, dir: &Path) -> PathBuf {
-    let path = dir.join(format!("train-{}.toml", cfg.run.dir.file_name().unwrap().to_string_lossy()));
-    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
-    path
-}
-
 fn infinity(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_infinity")).args(args).output().unwrap()
 }
@@ -97,7 +90,7 @@ fn a_read_only_run_folder_fails_check_and_run_with_exit_2() {
     let read_only = |args: &[&str]| read_only(env!("CARGO_BIN_EXE_infinity"), args).unwrap();
     for (name, want) in [("new", "cannot be created (not writable?)"), ("existing", "is not writable")] {
         let cfg = config(&data, ro.join(name));
-        let file = config_file(&cfg, tmp.path());
+        let file = common::config_file(&cfg, tmp.path());
         let out = read_only(&["train", file.to_str().unwrap(), "--check", "--resume", "auto"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(want) && stderr.contains("Read-only file system"), "{name}: {stderr}");
@@ -106,7 +99,7 @@ fn a_read_only_run_folder_fails_check_and_run_with_exit_2() {
     for (name, want) in
         [("new", "new cannot be created (not writable?)"), ("existing", "existing is not writable: opening")]
     {
-        let file = config_file(&config(&data, ro.join(name)), tmp.path());
+        let file = common::config_file(&config(&data, ro.join(name)), tmp.path());
         let out = read_only(&["train", file.to_str().unwrap(), "--resume", "auto"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(want), "{name}: {stderr}");
@@ -122,7 +115,7 @@ fn a_checkpoint_that_fails_to_write_leaves_no_partial_folder() {
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(&data, tmp.path().join("run"));
-    let file = config_file(&cfg, tmp.path());
+    let file = common::config_file(&cfg, tmp.path());
     // 64 KiB per file: logs fit, a model checkpoint (≈ 150 KB f32) does not
     let out = Command::new("bash")
         .args(["-c", "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\""])
@@ -216,7 +209,7 @@ fn resume_auto_without_a_complete_checkpoint_says_it_starts_fresh() {
     assert!(lines.contains(&note), "{lines:?}");
 
     cfg.run.steps = 1;
-    let file = config_file(&cfg, tmp.path());
+    let file = common::config_file(&cfg, tmp.path());
     let out = infinity(&["train", file.to_str().unwrap(), "--resume", "auto"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

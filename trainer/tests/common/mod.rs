@@ -94,3 +94,10 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
         val: Default::default(),
     }
 }
+
+/// `cfg` as a config file in `dir` (named after its run folder), for the `infinity` binary.
+pub fn config_file(cfg: &TrainConfig, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("train-{}.toml", cfg.run.dir.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    path
+}
