@@ -1,7 +1,7 @@
 //! `infinity export` end to end on tiny runs: the folders and datasets it refuses (another model's
 //! dataset, a folder holding another export, a folder inside a checkpoint), what config.json says of
-//! the run (precision, the moving average's decay, no upstream loader for a class model), and
-//! tools/check_export.py's `--expect` on a model its listing lacks.
+//! the run (precision, the moving average's decay, no upstream loader for a class model),
+//! tools/check_export.py's `--expect` on a model its listing lacks, and `sample` of an export.
 
 use std::path::{Path, PathBuf};
 
@@ -147,4 +147,53 @@ fn config_json_names_the_precision_the_decay_and_no_loader_for_a_class_model() {
     let note = loader["note"].as_str().unwrap();
     assert!(loader["model_type"].is_null() && note.contains("no upstream loader"), "{loader}");
     assert!(note.contains("model.init_from") && !note.contains("load_state_dict"), "{note}");
+}
+
+/// `sample` takes an export folder as it is: the same samples as from the checkpoint it came from (f32:
+/// byte for byte; bf16 weights in another block chunking: sampled), with the schedules and tokenizer its
+/// config.json and folder hold, so it needs no dataset; `--ema` of an export without the average and an
+/// export of no dataset are refused, saying what to do.
+#[test]
+fn an_export_samples_without_its_dataset() {
+    let (tmp, data, run) = tiny_run("class", &["optim.ema_decay=0.75"]);
+    let (f32_dir, bf16_dir, ema_dir) = (tmp.path().join("f32"), tmp.path().join("bf16"), tmp.path().join("ema"));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&f32_dir)]));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&bf16_dir), "--dtype", "bf16", "--block-chunks", "2"]));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&ema_dir), "--ema"]));
+    let sample = |from: &Path, name: &str, extra: &[&str]| -> (Vec<u8>, Vec<u8>) {
+        let (png, bits) = (tmp.path().join(format!("{name}.png")), tmp.path().join(format!("{name}.bits")));
+        let args = ["sample", path_str(from), "--class", "0,2", "--n", "2", "-o", path_str(&png)];
+        assert!(infinity(&[&args[..], &["--bits", path_str(&bits), "--seed", "7"], extra].concat()), "{name}");
+        (std::fs::read(png).unwrap(), std::fs::read(bits).unwrap())
+    };
+    let from_run = sample(&run, "run", &[]);
+    let ema_from_run = sample(&run, "run-ema", &["--ema"]);
+    // the dataset gone: the run cannot sample, its exports can
+    std::fs::rename(&data, tmp.path().join("data-moved")).unwrap();
+    let e = err(&["sample", path_str(&run), "--class", "0", "-o", path_str(&tmp.path().join("x.png"))]);
+    assert!(e.contains("pass --data"), "{e}");
+    assert!(from_run == sample(&f32_dir, "f32", &[]), "the f32 export sampled other images or bits than its run");
+    assert!(ema_from_run == sample(&ema_dir, "ema", &[]), "the --ema export is not the run's moving average");
+    assert!(ema_from_run == sample(&ema_dir, "ema-flag", &["--ema"]));
+    let (png, bits) = sample(&bf16_dir, "bf16", &[]);
+    assert!(png.starts_with(b"\x89PNG") && bits.len() == from_run.1.len(), "bf16 export: {} bytes of bits", bits.len());
+
+    let e = err(&["sample", path_str(&f32_dir), "--ema", "-o", path_str(&tmp.path().join("y.png"))]);
+    assert!(e.contains("holds the trained weights") && e.contains("--ema"), "{e}");
+    // exported without its dataset: no schedules to sample on
+    let (bare, bare_png) = (tmp.path().join("bare"), tmp.path().join("bare.png"));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&bare)]));
+    let e = err(&["sample", path_str(&bare), "-o", path_str(&bare_png)]);
+    assert!(e.contains("no data section") && e.contains("--data"), "{e}");
+    let moved = tmp.path().join("data-moved");
+    assert!(infinity(&[
+        "sample",
+        path_str(&bare),
+        "--class",
+        "1",
+        "-o",
+        path_str(&bare_png),
+        "--data",
+        path_str(&moved)
+    ]));
 }

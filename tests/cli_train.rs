@@ -497,8 +497,8 @@ fn a_fresh_run_starts_from_another_runs_weights() {
     let weights = |dir: &Path| infinity_trainer::train::checkpoint::load_model(dir, false).unwrap().params.data;
     let trained = weights(&run);
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    // an export folder is no checkpoint: sampling from it names the one it came from
-    let e = err(&["sample", path_str(&export_dir), "--class", "0"]);
+    // an export folder is no checkpoint: resuming from it names the one it came from
+    let e = err(&["train", path_str(&cfg), "--resume", path_str(&export_dir)]);
     assert!(e.contains("an `infinity export` folder") && e.contains("step 3"), "{e}");
     for (i, from) in [None, Some(&run), Some(&exported), Some(&export_dir)].into_iter().enumerate() {
         let dir = tmp.path().join(format!("next-{i}"));

@@ -13,6 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::plural;
+use crate::export::{load_export, read_export};
 use crate::infer::{self, SchedulePick};
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
@@ -22,7 +23,8 @@ use crate::train::config::{DeviceChoice, Precision};
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A checkpoint folder, or a run folder (its newest complete checkpoint).
+    /// A checkpoint folder, a run folder (its newest complete checkpoint) or an `infinity export` folder
+    /// (its weights, with the schedules and tokenizer its config.json and folder hold).
     ckpt: PathBuf,
     /// Class ids or names (comma-separated, or `all`) for class-conditioned models.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -72,7 +74,8 @@ pub struct SampleArgs {
     /// tokenizer's layout (the dataset's schedule and `d`; with spatial patchify, not the model's tokens).
     #[arg(long, value_name = "FILE")]
     bits: Option<PathBuf>,
-    /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights.
+    /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights (an
+    /// export holds the one it was exported with).
     #[arg(long)]
     ema: bool,
     /// Where the transformer runs: `auto` (a GPU when this build has CUDA and one is visible), `cpu`
@@ -101,10 +104,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
-    let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
-    let m = Manifest::load(&data_dir)
-        .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", data_dir.display()))?;
+    let Opened { ck, ema, manifest: m, data_dir } = open(&a)?;
     if let Some(why) = infer::dataset_mismatch(&ck.model, &m) {
         bail!("{}: {why}: not the model's dataset (pass --data with its own)", data_dir.display());
     }
@@ -143,7 +143,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         sched.scales.len(),
         infinity_kernels::bsq::num_tokens(&ck.model.token_scales(&sched.hw())),
         ck.dir.display(),
-        if a.ema { "'s moving average" } else { "" },
+        if ema { "'s moving average" } else { "" },
         ck.step,
         t0.elapsed().as_secs_f64()
     );
@@ -179,6 +179,42 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         None => bail!("the dataset's tokenizer `{}` is not built in; write the bits with --bits", m.tokenizer.name),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model to sample and the dataset description that goes with it.
+struct Opened {
+    ck: checkpoint::CheckpointModel,
+    /// The weights are the moving average.
+    ema: bool,
+    manifest: Manifest,
+    /// The folder of the manifest's tokenizer file (and of the dataset, for the messages).
+    data_dir: PathBuf,
+}
+
+/// A checkpoint or run folder with its run's dataset (or `--data`), or an `infinity export` folder with
+/// the dataset description its config.json carries and the tokenizer copied beside it.
+fn open(a: &SampleArgs) -> Result<Opened> {
+    let load = |dir: &PathBuf| {
+        Manifest::load(dir)
+            .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", dir.display()))
+    };
+    if read_export(&a.ckpt).is_none() {
+        let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
+        let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
+        return Ok(Opened { manifest: load(&data_dir)?, ck, ema: a.ema, data_dir });
+    }
+    let export = load_export(&a.ckpt, a.ema)?;
+    console!("{}: an export of {}", a.ckpt.display(), export.source);
+    let (manifest, data_dir) = match (&a.data, export.dataset) {
+        (Some(dir), _) => (load(dir)?, dir.clone()),
+        (None, Some(dataset)) => dataset,
+        (None, None) => bail!(
+            "{}: its config.json has no data section (the dataset was not at hand at export): pass --data with \
+             the model's dataset",
+            a.ckpt.display()
+        ),
+    };
+    Ok(Opened { ck: export.model, ema: export.ema, manifest, data_dir })
 }
 
 /// The condition of every sample (each given condition `n` times) and a label per grid row. The dataset's

@@ -3,6 +3,7 @@
 //! constructor arguments (`block_chunks` as the keys have it), the bit width and, when the training
 //! dataset is at hand, its schedules and tokenizer.
 
+mod load;
 mod upstream;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::model::io::{weights_bytes, SaveDtype};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint::{CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
+pub use load::{load_export, LoadedExport};
 use upstream::run_infinity;
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
@@ -202,6 +204,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         // upstream keeps `blocks.N` for a model of one chunk, and so does chunked_name
         "key_layout": if mc.block_chunks > 1 { "block_chunks.C.module.J" } else { "blocks.N" },
         "parameters": lay.numel,
+        // this framework's own description of the model (its model.json), for `infinity sample`
+        "model": mc,
         "source": source,
         "data": data,
     });

@@ -27,8 +27,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         Some((_, dir)) => Ok(dir),
         None if path.exists() => match read_export(path) {
             Some(export) => bail!(
-                "{}: an `infinity export` folder, which holds no training state: sampling and resuming take the \
-                 checkpoint it came from ({}); model.init_from takes the export as it is",
+                "{}: an `infinity export` folder, which holds no training state: resuming and exporting take the \
+                 checkpoint it came from ({}); `infinity sample` and model.init_from take the export as it is",
                 path.display(),
                 export.source
             ),

@@ -1,0 +1,118 @@
+//! An export folder read back for `infinity sample`: the model its config.json describes, the weights
+//! it holds (trained or their moving average, f32 or bf16, any block chunking) and, from config.json's
+//! `data` section, the dataset's schedules, conditions and tokenizer, so an export samples without the
+//! dataset it was trained on.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use infinity_data::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
+use infinity_data::manifest::{Conditions, TokenizerInfo};
+use infinity_data::{Manifest, ScaleSchedule};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{read_export, EXPORT_FORMAT};
+use crate::model::io::load_weights;
+use crate::model::{Layout, ModelConfig};
+use crate::train::checkpoint::CheckpointModel;
+use crate::train::config::Precision;
+
+/// An export's model, and the dataset description it carries.
+pub struct LoadedExport {
+    /// `dir` is the export folder; `data_dir` the training dataset's folder as recorded at export (it
+    /// may since have moved: the samples need only [`LoadedExport::dataset`]).
+    pub model: CheckpointModel,
+    /// The weights are the moving average (`infinity export --ema`).
+    pub ema: bool,
+    /// The checkpoint and step it came from, in words.
+    pub source: String,
+    /// The dataset's manifest as config.json's `data` section records it (no shards), and the folder
+    /// that holds its tokenizer file: the export folder when the file was copied beside the weights.
+    /// `None` when the dataset was not at hand at export.
+    pub dataset: Option<(Manifest, PathBuf)>,
+}
+
+/// The `data` section `export` writes.
+#[derive(Deserialize)]
+struct DataSection {
+    dir: PathBuf,
+    tokenizer: TokenizerInfo,
+    tokenizer_file_beside: Option<String>,
+    schedules: Vec<ScaleSchedule>,
+    conditions: Conditions,
+}
+
+/// Read the export in `dir` for sampling; `want_ema` (`--ema`) asks for the moving average, which the
+/// export must hold (an export holds one set of weights).
+pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
+    let export = read_export(dir).with_context(|| format!("{}: not an `infinity export` folder", dir.display()))?;
+    let cfg_path = dir.join("config.json");
+    let config: Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)
+        .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
+    let field = |key: &str| -> Result<Value> {
+        config.pointer(key).cloned().ok_or_else(|| anyhow!("{}: no `{}`", cfg_path.display(), &key[1..]))
+    };
+    let model: ModelConfig = match config.get("model") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?,
+        None => bail!(
+            "{}: no `model` section (written by exports since 2026-12-02; this {EXPORT_FORMAT} is older): sample \
+             the checkpoint it came from ({}) or export it again",
+            cfg_path.display(),
+            export.source
+        ),
+    };
+    model.validate().map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?;
+    let ema = match field("/source/weights")?.as_str() {
+        Some("ema") => true,
+        Some("trained") => false,
+        other => bail!("{}: `source.weights` is {other:?}, expected \"trained\" or \"ema\"", cfg_path.display()),
+    };
+    if want_ema && !ema {
+        bail!(
+            "{}: holds the trained weights, not their moving average: export the checkpoint ({}) with --ema",
+            dir.display(),
+            export.source
+        );
+    }
+    let precision = match field("/source/precision")?.as_str() {
+        Some("f32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        other => bail!("{}: `source.precision` is {other:?}, expected \"f32\" or \"bf16\"", cfg_path.display()),
+    };
+    let step = config.pointer("/source/step").and_then(Value::as_u64).unwrap_or(0);
+    let ema_decay = config.pointer("/source/ema_decay").and_then(Value::as_f64);
+
+    let dataset = match config.get("data").filter(|d| !d.is_null()) {
+        None => None,
+        Some(d) => {
+            let data: DataSection =
+                serde_json::from_value(d.clone()).map_err(|e| anyhow!("{}: `data`: {e}", cfg_path.display()))?;
+            // the tokenizer beside the weights, else in the dataset's folder as it was at export
+            let tokenizer_dir = if data.tokenizer_file_beside.is_some() { dir.to_path_buf() } else { data.dir.clone() };
+            let manifest = Manifest {
+                format: FORMAT_NAME.into(),
+                format_version: FORMAT_VERSION,
+                d: model.d_vae() as u32,
+                bit_order: BIT_ORDER.into(),
+                tokenizer: data.tokenizer,
+                conditions: data.conditions,
+                latent: None,
+                schedules: data.schedules,
+                shards: Vec::new(),
+                total_rows: 0,
+                created_by: format!("the data section of {}", cfg_path.display()),
+            };
+            Some((manifest, tokenizer_dir, data.dir))
+        }
+    };
+    let lay = Layout::new(&model);
+    let params = load_weights(&export.weights, &model, &lay)?;
+    let data_dir = dataset.as_ref().map(|d| d.2.clone()).unwrap_or_else(|| dir.to_path_buf());
+    Ok(LoadedExport {
+        model: CheckpointModel { dir: dir.to_path_buf(), model, data_dir, params, step, precision, ema_decay },
+        ema,
+        source: export.source,
+        dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
+    })
+}
