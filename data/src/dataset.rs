@@ -102,3 +102,17 @@ impl Dataset {
         out
     }
 }
+
+/// A checksum of which rows each bucket holds (`rows_by_bucket`): with the seed and the global batch it
+/// fixes the order of the samples, so two datasets of one checksum are drawn in the same order.
+pub fn buckets_fingerprint(rows_by_bucket: &[Vec<u64>]) -> String {
+    let mut h = 0u32;
+    for (b, rows) in rows_by_bucket.iter().enumerate() {
+        h = crc32c::crc32c_append(h, &(b as u64).to_le_bytes());
+        h = crc32c::crc32c_append(h, &(rows.len() as u64).to_le_bytes());
+        for r in rows {
+            h = crc32c::crc32c_append(h, &r.to_le_bytes());
+        }
+    }
+    format!("{h:08x}")
+}

@@ -144,19 +144,26 @@ fn resume_on_a_changed_dataset_says_what_changed() {
     assert!(e.contains("the shards changed (their names, checksums or row counts; still 64 rows in all)"), "{e}");
     assert!(!e.contains("schedules changed"), "{e}");
     // the same shards read by other schedules
-    let mut m = ds.manifest.clone();
-    m.schedules[0].scales.pop();
-    assert_eq!(m.fingerprint_changes(&s.dataset), ["`d` or the scale schedules changed"]);
+    let mut relaid = Dataset::open(_d.path(), Checksums::Verify).unwrap();
+    relaid.manifest.schedules[0].scales.pop();
+    assert_eq!(relaid.manifest.fingerprint_changes(&s.dataset), ["`d` or the scale schedules changed"]);
 
     // `--accept-data-change`: the position moves to other contents of the same layout, not to others
-    let moved = s.moved_to(&more.manifest).unwrap();
+    let moved = s.moved_to(&more).unwrap();
     assert_eq!((moved.batches_done, moved.dataset.clone()), (s.batches_done, more.manifest.fingerprint()));
-    Loader::new(more, opts(8, 0, 1, 0), Some(moved)).unwrap();
-    let e = s.moved_to(&m).unwrap_err().to_string();
+    assert_eq!(moved.same_buckets(&more), Some(true));
+    Loader::new(more.clone(), opts(8, 0, 1, 0), Some(moved)).unwrap();
+    let e = s.moved_to(&relaid).unwrap_err().to_string();
     assert!(e.contains("`d` or the scale schedules changed since the saved position"), "{e}");
-    // a saved fingerprint of an earlier build (no layout part) cannot tell: moved
-    let earlier = LoaderState { dataset: s.dataset.rsplit_once('-').unwrap().0.to_string(), ..s.clone() };
-    assert!(earlier.moved_to(&m).is_ok());
+    // whether the rows of every bucket are the ones the position was drawn from (the same order)
+    assert_eq!((s.same_buckets(&ds), s.same_buckets(&more)), (Some(true), Some(false)));
+    // a position of an earlier build: no layout part in its fingerprint (moved), no buckets (cannot tell)
+    let earlier =
+        LoaderState { dataset: s.dataset.rsplit_once('-').unwrap().0.to_string(), buckets: None, ..s.clone() };
+    assert!(earlier.moved_to(&relaid).is_ok());
+    assert_eq!(earlier.same_buckets(&ds), None);
+    let json = serde_json::to_string(&earlier).unwrap();
+    assert!(!json.contains("buckets") && serde_json::from_str::<LoaderState>(&json).unwrap() == earlier, "{json}");
 }
 
 #[test]

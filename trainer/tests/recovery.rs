@@ -241,7 +241,9 @@ fn accept_data_change_resumes_on_a_mended_dataset() {
     assert!(e.contains("the dataset is not the one the saved position was read from") && unrecoverable, "{e}");
     let lines = check_with(&cfg, 1, Some(&step3), None, true).unwrap();
     assert!(
-        lines.iter().any(|l| l.starts_with("resume: --accept-data-change: ") && l.contains("3 batches drawn")),
+        lines.iter().any(|l| l.starts_with("resume: --accept-data-change: ")
+            && l.contains("3 batches drawn")
+            && l.contains("every bucket holds the same rows as before")),
         "{lines:?}"
     );
     let opts = TrainOptions { resume: Some(step3.clone()), accept_data_change: true, ..Default::default() };
@@ -253,4 +255,10 @@ fn accept_data_change_resumes_on_a_mended_dataset() {
     longer.run.steps = 8;
     let again = TrainOptions { resume: latest_checkpoint(&cfg.run.dir), ..Default::default() };
     assert_eq!(train(&longer, &again).unwrap().steps, 8);
+
+    // rows added: the saved position knows its buckets held others, so the order is a new one
+    common::tiny_dataset(&data, 80);
+    let lines = check_with(&cfg, 1, Some(&step3), None, true).unwrap();
+    let moved = lines.iter().find(|l| l.starts_with("resume: --accept-data-change: ")).expect("a warning");
+    assert!(moved.contains("64 → 80") && moved.contains("the rows in its buckets changed"), "{moved}");
 }

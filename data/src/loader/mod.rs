@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::Batch;
 pub use plan::EpochPlan;
 
-use crate::dataset::Dataset;
+use crate::dataset::{buckets_fingerprint, Dataset};
 use crate::error::{DataError, Result};
 
 /// What to do with a row that fails validation.
@@ -69,6 +69,11 @@ pub struct LoaderState {
     pub batches_done: u64,
     /// [`crate::manifest::Manifest::fingerprint`] of the dataset the position refers to.
     pub dataset: String,
+    /// [`crate::dataset::buckets_fingerprint`] of that dataset: which rows each bucket holds, so a resume
+    /// on a mended dataset can tell whether it is drawn in the same order (positions saved by earlier
+    /// builds have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<String>,
 }
 
 impl LoaderState {
@@ -101,10 +106,11 @@ impl LoaderState {
         Ok(())
     }
 
-    /// This position moved to `manifest`'s dataset where that is not the one it was read from (a shard
-    /// mended since): the same batches done, under the dataset's own fingerprint. Refused where `d` or
-    /// the schedules changed: the model could not take the rows.
-    pub fn moved_to(&self, manifest: &crate::Manifest) -> Result<LoaderState> {
+    /// This position moved to `ds` where that is not the dataset it was read from (a shard mended
+    /// since): the same batches done, under the dataset's own fingerprints. Refused where `d` or the
+    /// schedules changed: the model could not take the rows.
+    pub fn moved_to(&self, ds: &Dataset) -> Result<LoaderState> {
+        let manifest = &ds.manifest;
         if !manifest.same_layout(&self.dataset) {
             return Err(DataError::Config(format!(
                 "cannot move the data stream to this dataset: `d` or the scale schedules changed since the saved \
@@ -113,7 +119,16 @@ impl LoaderState {
                 manifest.fingerprint()
             )));
         }
-        Ok(LoaderState { dataset: manifest.fingerprint(), ..self.clone() })
+        let buckets = Some(buckets_fingerprint(&ds.rows_by_bucket()));
+        Ok(LoaderState { dataset: manifest.fingerprint(), buckets, ..self.clone() })
+    }
+
+    /// Whether `ds` holds the same rows in each bucket as the dataset of this position (then, with the
+    /// same seed and global batch, it is drawn in the same order); `None` for a position that does not
+    /// record it.
+    pub fn same_buckets(&self, ds: &Dataset) -> Option<bool> {
+        let saved = self.buckets.as_deref()?;
+        Some(saved == buckets_fingerprint(&ds.rows_by_bucket()))
     }
 }
 
@@ -199,12 +214,13 @@ impl Loader {
                 ds.dir().display()
             )));
         }
-        let fingerprint = ds.manifest.fingerprint();
+        let (dataset, buckets) = (ds.manifest.fingerprint(), Some(buckets_fingerprint(&rows_by_bucket)));
         let state = match resume {
-            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset: fingerprint },
+            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets },
             Some(mut s) => {
                 s.continues_with(&ds.manifest, opts.seed, g)?;
-                s.dataset = fingerprint; // (an earlier build's form, from now on this one's)
+                // (an earlier build's form, from now on this one's)
+                (s.dataset, s.buckets) = (dataset, buckets);
                 s
             }
         };

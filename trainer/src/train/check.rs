@@ -203,7 +203,8 @@ pub fn check_with(
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
         }
         let mut loader = state.loader;
-        let moved = super::setup::continue_position(&mut loader, m, cfg, accept_data_change).map_err(unrecoverable)?;
+        let moved =
+            super::setup::continue_position(&mut loader, &ds, cfg, accept_data_change).map_err(unrecoverable)?;
         out.extend(moved.map(|w| format!("resume: {w}")));
         position = Some(loader);
     } else {

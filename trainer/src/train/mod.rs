@@ -171,7 +171,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
 
     // ---- state: fresh or resumed -------------------------------------------------------------
-    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds.manifest, leader))?;
+    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, leader))?;
     dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);

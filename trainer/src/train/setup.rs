@@ -251,24 +251,37 @@ pub(crate) fn fresh_start_note(run: &Path) -> Option<String> {
     fresh.then(|| format!("no complete checkpoint in {}: starting fresh", run.display()))
 }
 
-/// Check that the saved loader `position` continues under `cfg` on `manifest`'s dataset; with
+/// Check that the saved loader `position` continues under `cfg` on the dataset `ds`; with
 /// `accept_data_change` (`--accept-data-change`) a dataset changed since the checkpoint (a mended shard)
 /// is taken, the position moved to it, and the warning that says so returned.
 pub(crate) fn continue_position(
     position: &mut LoaderState,
-    manifest: &Manifest,
+    ds: &Dataset,
     cfg: &TrainConfig,
     accept_data_change: bool,
 ) -> Result<Option<String>> {
+    let manifest = &ds.manifest;
     let mut warning = None;
     if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
         let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
-        *position = position.moved_to(manifest)?;
+        let order = match position.same_buckets(ds) {
+            Some(true) => "every bucket holds the same rows as before (a shard mended in place): it draws the \
+                           batches it would have drawn, the mended rows as they are now"
+                .to_string(),
+            Some(false) => "the rows in its buckets changed (rows added, removed or of another schedule): the \
+                            rest of this epoch follows the new dataset's order, which may draw some of its rows \
+                            twice and others not at all"
+                .to_string(),
+            // a position saved by an earlier build does not record its buckets
+            None => "where every bucket holds the same rows as before (a shard mended in place), in the order \
+                     it would have drawn, the mended rows as they are now; otherwise the rest of this epoch \
+                     follows the new dataset's order, which may draw some of its rows twice and others not at all"
+                .to_string(),
+        };
+        *position = position.moved_to(ds)?;
         warning = Some(format!(
             "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
-             ({} batches drawn): where every bucket holds the same rows as before (a shard mended in place), in \
-             the order it would have drawn, the mended rows as they are now; otherwise the rest of this epoch \
-             follows the new dataset's order, which may draw some of its rows twice and others not at all",
+             ({} batches drawn): {order}",
             cfg.data.dir.display(),
             position.batches_done
         ));
@@ -284,14 +297,14 @@ pub(crate) fn starting_state(
     opts: &super::TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
-    (manifest, leader): (&Manifest, bool),
+    (ds, leader): (&Dataset, bool),
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
             let (p, o, s) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
                 .and_then(|(p, o, mut s)| {
                     // (the loader checks it again; here before the run says it resumed)
-                    let moved = continue_position(&mut s.loader, manifest, cfg, opts.accept_data_change)?;
+                    let moved = continue_position(&mut s.loader, ds, cfg, opts.accept_data_change)?;
                     if let Some(warning) = moved.filter(|_| leader) {
                         tracing::warn!("{warning}");
                     }
