@@ -174,3 +174,44 @@ fn summary_json_says_where_the_run_stands() {
     assert_eq!((&s["step"], &s["finished"], &s["preempted"]), (&Value::from(6), &true.into(), &false.into()), "{s}");
     assert_eq!((&s["last_checkpoint"], &s["val_step"]), (&checkpoint(6), &6.into()), "{s}");
 }
+
+/// summary.json never names a checkpoint that is gone: with every step checkpointed in the background
+/// and only the newest kept, the writer puts down each checkpoint's summary before pruning the one the
+/// previous summary named (it was left to a later step's end, by which time pruning had removed it).
+#[test]
+fn summary_json_never_names_a_pruned_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = tmp.path().join("run");
+    let mut cfg = config(&data, run.clone());
+    (cfg.run.steps, cfg.run.log_every) = (40, 40);
+    (cfg.checkpoint.every, cfg.checkpoint.keep_last, cfg.checkpoint.background) = (1, 1, true);
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (run, done) = (run.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut named) = (0, std::collections::BTreeSet::new());
+            let read = || std::fs::read_to_string(run.join("summary.json")).ok();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                // (a summary replaced between the two reads may name a checkpoint pruned since)
+                let Some(before) = read() else { continue };
+                let s: Value = serde_json::from_str(&before).unwrap();
+                let Some(ckpt) = s["last_checkpoint"].as_str().map(PathBuf::from) else { continue };
+                let there = ckpt.join("DONE").is_file();
+                if read().as_deref() == Some(&before) {
+                    assert!(there, "summary.json (step {}) names {}, which is not there", s["step"], ckpt.display());
+                    reads += 1;
+                    named.insert(s["step"].as_u64().unwrap());
+                }
+            }
+            (reads, named.len())
+        })
+    };
+    let result = train(&cfg, &TrainOptions::default());
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, steps) = watcher.join().unwrap();
+    result.unwrap();
+    assert!(reads > 0 && steps > 1, "{reads} reads of summary.json, naming {steps} steps");
+    assert_eq!(summary(&run)["last_checkpoint"], Value::from(run.join("checkpoints/step-00000040").to_str().unwrap()));
+}

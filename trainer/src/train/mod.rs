@@ -394,12 +394,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 false => None,
             };
             let ema_whole = ema::whole(ema.as_ref(), ema_sharded, &mut dist, lay.numel)?;
+            let tb_failed = logger.as_ref().map_or(0, Logger::tensorboard_failures);
+            let summary_json = summary.checkpoint_saved(&state, checkpoint::step_dir(run, state.step), tb_failed)?;
             if let Some(saver) = saver.as_mut() {
                 let snap = saver::Snapshot {
                     params: params.clone(),
                     opt: whole.unwrap_or_else(|| opt.clone()),
                     ema: ema_whole,
                     state: state.clone(),
+                    summary_json,
                 };
                 saver.save(snap, cfg.checkpoint.background)?;
             }
@@ -407,10 +410,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
                 dist.barrier()?;
             }
-            let tb_failed = logger.as_ref().map_or(0, Logger::tensorboard_failures);
-            summary.checkpoint_saved(&state, checkpoint::step_dir(run, state.step), tb_failed);
         }
-        summary.write_if_landed()?;
         dist::fault_drill(dist.rank, state.step, dist.attempt);
         if preempt {
             summary.preempted();

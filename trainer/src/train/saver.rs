@@ -1,4 +1,5 @@
-//! Checkpoint writes, in the step loop or on a thread of their own (`checkpoint.background`).
+//! Checkpoint writes (then `summary.json`, then pruning), in the step loop or on a thread of their own
+//! (`checkpoint.background`).
 //!
 //! In the background, rank 0 hands a copy of the weights and the optimiser state to a writer thread
 //! and trains on; the other ranks never wait on its disk. Writing a large model to a slow file
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context, Result};
 
 use super::checkpoint::{self, TrainState};
+use super::summary::{write_run_file, SUMMARY_FILE};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
@@ -22,6 +24,8 @@ pub struct Snapshot {
     pub opt: AdamW,
     pub ema: Option<Params<f32>>,
     pub state: TrainState,
+    /// `summary.json` at this checkpoint (rank 0's), written once it is complete, before pruning.
+    pub summary_json: Option<String>,
 }
 
 pub struct Saver {
@@ -51,6 +55,10 @@ impl Saver {
             save_drill();
             let tensors = checkpoint::Tensors { params: &snap.params, opt: &snap.opt, ema: snap.ema.as_ref() };
             let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
+            // (before pruning: the summary must not name a checkpoint pruning has just removed)
+            if let Some(text) = &snap.summary_json {
+                write_run_file(&run, SUMMARY_FILE, text)?;
+            }
             checkpoint::prune(&run, keep_last, keep_every)?;
             Ok(dir)
         };

@@ -9,11 +9,14 @@ use anyhow::{Context, Result};
 use infinity_data::Dataset;
 use serde_json::json;
 
-use super::checkpoint::{self, TrainState};
+use super::checkpoint::TrainState;
 use super::config::TrainConfig;
 use super::setup::TokenMix;
 use super::{rundir, TrainSummary};
 use crate::model::ModelConfig;
+
+/// `summary.json`: where the run stands.
+pub(super) const SUMMARY_FILE: &str = "summary.json";
 
 /// Write `name` into the run folder, atomically.
 pub(super) fn write_run_file(run: &Path, name: &str, text: &str) -> Result<()> {
@@ -31,9 +34,6 @@ pub(super) struct SummaryFile<'a> {
     world: usize,
     /// Rank 0: the one rank that writes `summary.json` (the others only keep the summary).
     leader: bool,
-    /// A checkpoint's summary, written once the checkpoint is complete (in the background: at a later
-    /// step's end).
-    due: Option<TrainSummary>,
     /// When the session's first step started (`seconds_this_session`).
     started: Instant,
 }
@@ -41,7 +41,7 @@ pub(super) struct SummaryFile<'a> {
 impl<'a> SummaryFile<'a> {
     pub(super) fn new(run: &'a Path, cfg: &'a TrainConfig, world: usize, leader: bool) -> SummaryFile<'a> {
         let summary = TrainSummary::default();
-        SummaryFile { summary, run, cfg, world, leader, due: None, started: Instant::now() }
+        SummaryFile { summary, run, cfg, world, leader, started: Instant::now() }
     }
 
     /// A run already at its last step (a finished run resubmitted, by `--resume auto` in a sweep or a
@@ -97,29 +97,28 @@ impl<'a> SummaryFile<'a> {
         (self.summary.last_val_loss, self.summary.last_val_step) = (Some(loss), Some(step));
     }
 
-    /// A checkpoint of `state` saved (or saving, in the background) into `dir`; rank 0 writes its
-    /// summary once it is complete ([`SummaryFile::write_if_landed`]), replacing one still in flight:
-    /// the newer checkpoint's says more. `tensorboard_failed_writes`: rank 0's logger's count so far.
-    pub(super) fn checkpoint_saved(&mut self, state: &TrainState, dir: PathBuf, tensorboard_failed_writes: u64) {
+    /// A checkpoint of `state` about to be saved into `dir`: rank 0 gets the text of its `summary.json`,
+    /// which the checkpoint's writer puts down once the checkpoint is complete and before it prunes older
+    /// ones, so the file never names a checkpoint that is not there (nor one still being written).
+    /// `tensorboard_failed_writes`: rank 0's logger's count so far.
+    pub(super) fn checkpoint_saved(
+        &mut self,
+        state: &TrainState,
+        dir: PathBuf,
+        tensorboard_failed_writes: u64,
+    ) -> Result<Option<String>> {
         self.summary.last_checkpoint = Some(dir);
-        if self.leader {
-            self.due = Some(TrainSummary {
-                steps: state.step,
-                skipped_steps: state.skipped_steps,
-                seconds: self.seconds(),
-                tensorboard_failed_writes,
-                ..self.summary.clone()
-            });
+        if !self.leader {
+            return Ok(None);
         }
-    }
-
-    /// At each step's end: the summary of the last checkpoint, once that checkpoint is complete.
-    pub(super) fn write_if_landed(&mut self) -> Result<()> {
-        let landed = |s: &TrainSummary| s.last_checkpoint.as_ref().is_some_and(|c| c.join(checkpoint::DONE).is_file());
-        match self.due.take_if(|s| landed(s)) {
-            Some(s) => self.write(&s),
-            None => Ok(()),
-        }
+        let at_checkpoint = TrainSummary {
+            steps: state.step,
+            skipped_steps: state.skipped_steps,
+            seconds: self.seconds(),
+            tensorboard_failed_writes,
+            ..self.summary.clone()
+        };
+        Ok(Some(serde_json::to_string_pretty(&summary_record(&at_checkpoint, self.cfg, self.world))?))
     }
 
     /// Stopped by a signal (after checkpointing).
@@ -161,7 +160,7 @@ impl<'a> SummaryFile<'a> {
 
     fn write(&self, summary: &TrainSummary) -> Result<()> {
         let record = summary_record(summary, self.cfg, self.world);
-        write_run_file(self.run, "summary.json", &serde_json::to_string_pretty(&record)?)
+        write_run_file(self.run, SUMMARY_FILE, &serde_json::to_string_pretty(&record)?)
     }
 }
 
