@@ -30,9 +30,14 @@ pub const STOPPED_EARLY: &str = "stopped-early";
 /// sysexits.h.)
 pub const EXIT_BAD_DATA: i32 = 65;
 
+/// Exit code of a training process whose run diverged (`optim.max_nonfinite` non-finite steps in a
+/// row): a run is a pure function of its config, so a restarted group would resume from the last good
+/// checkpoint and diverge at the same step; the agent does not restart it.
+pub const EXIT_DIVERGED: i32 = 87;
+
 /// Whether a rank's exit code says that a restart would fail the same way.
 pub fn is_permanent_failure(code: Option<i32>) -> bool {
-    matches!(code, Some(EXIT_BAD_INVOCATION | EXIT_BAD_DATA))
+    matches!(code, Some(EXIT_BAD_INVOCATION | EXIT_BAD_DATA | EXIT_DIVERGED))
 }
 
 /// One process's place in a distributed run.

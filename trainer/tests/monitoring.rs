@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use infinity_trainer::tensorboard::read_scalars;
 use infinity_trainer::train::config::{TrainConfig, ValSection};
-use infinity_trainer::train::{train, TrainOptions};
+use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 use serde_json::Value;
 
 fn dataset(dir: &Path) {
@@ -103,6 +103,44 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     assert!(last["loss"].is_null(), "a non-finite loss is null in JSON: {last}");
     let tb = tensorboard_steps(&cfg.run.dir, "train/loss").concat();
     assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
+}
+
+/// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
+/// at the same step); resuming it with the settings it diverged with is refused (by `--check` too), and
+/// with a setting changed it goes on.
+#[test]
+fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
+    let cfg_path = common::config_file(&cfg, tmp.path());
+    let launch = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .current_dir(tmp.path())
+        .args(["launch", "--nproc-per-node", "1", "--max-restarts", "2", "--log-dir", "launch-logs", "--", "train"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&launch.stderr);
+    assert_eq!(launch.status.code(), Some(87), "{stderr}");
+    assert!(stderr.contains("(the run diverged)") && stderr.contains("not restarting"), "{stderr}");
+    assert!(!stderr.contains("restarting the group"), "{stderr}");
+    let stopped = summary(&cfg.run.dir)["step"].as_u64().unwrap();
+
+    for args in [&["--resume", "auto"][..], &["--resume", "auto", "--check"]] {
+        let out = infinity_train(tmp.path(), &cfg, args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(87), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("diverged at step {stopped}")) && stderr.contains("optim.lr"), "{stderr}");
+    }
+    // (not refused; its last checkpoint holds the weights the first step blew up, so it diverges again)
+    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--set", "optim.lr=1e-3"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("resumed from {}", latest_checkpoint(&cfg.run.dir).unwrap().display())),
+        "{stdout}"
+    );
 }
 
 /// metrics.jsonl names the gradient norm's z-score as TensorBoard and the docs do.

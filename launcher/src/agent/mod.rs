@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+use crate::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
 use crate::store::{JoinedTwice, Members, StoreClient};
 
 mod elastic;
@@ -83,7 +83,8 @@ enum Outcome {
     /// A signal was forwarded and the ranks stopped; the exit code to return.
     Stopped(i32),
     /// The root cause; `permanent` holds the exit code of a rank whose failure a restart would repeat
-    /// (`EXIT_BAD_INVOCATION`: its command line or config is wrong; `EXIT_BAD_DATA`: its dataset is).
+    /// (`EXIT_BAD_INVOCATION`: its command line or config is wrong; `EXIT_BAD_DATA`: its dataset is;
+    /// `EXIT_DIVERGED`: its run diverged).
     Failed {
         report: String,
         permanent: Option<i32>,
@@ -349,10 +350,13 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
                 failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next);
                 if let Some(code) = permanent {
-                    let what = if code == EXIT_BAD_DATA { "the dataset" } else { "the command or its config" };
+                    let what = match code {
+                        EXIT_BAD_DATA => "the dataset is wrong",
+                        EXIT_DIVERGED => "the run diverged (it would again from its last good checkpoint)",
+                        _ => "the command or its config is wrong",
+                    };
                     console_err!(
-                        "[launch] not restarting: exit code {code} means {what} is wrong, and a restart would fail \
-                         the same way"
+                        "[launch] not restarting: exit code {code} means {what}, and a restart would fail the same way"
                     );
                     return Ok(end.finish(&mut client, code, true).await);
                 }

@@ -84,11 +84,13 @@ pub enum Permanent {
     Invocation(anyhow::Error),
     /// The dataset's contents are: a corrupt shard, a row that fails its checks, a non-finite sample.
     Data(anyhow::Error),
+    /// The run diverged, or resuming it as it is would diverge again.
+    Diverged(anyhow::Error),
 }
 
 impl std::fmt::Display for Permanent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (Permanent::Invocation(e) | Permanent::Data(e)) = self;
+        let (Permanent::Invocation(e) | Permanent::Data(e) | Permanent::Diverged(e)) = self;
         write!(f, "{e:#}")
     }
 }
@@ -106,13 +108,14 @@ pub(crate) fn plural(n: usize, noun: &str) -> String {
     }
 }
 
-/// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION` or `EXIT_BAD_DATA` for a
-/// `Permanent` one, 1 otherwise.
+/// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION`, `EXIT_BAD_DATA` or
+/// `EXIT_DIVERGED` for a `Permanent` one, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    use infinity_launcher::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION};
+    use infinity_launcher::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
     match e.downcast_ref::<Permanent>() {
         Some(Permanent::Invocation(_)) => EXIT_BAD_INVOCATION as u8,
         Some(Permanent::Data(_)) => EXIT_BAD_DATA as u8,
+        Some(Permanent::Diverged(_)) => EXIT_DIVERGED as u8,
         None => 1,
     }
 }

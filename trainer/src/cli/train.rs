@@ -102,6 +102,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             let bad_data = |e: &anyhow::Error| {
                 e.chain().any(|c| c.downcast_ref::<DataError>().is_some_and(DataError::is_bad_data))
             };
+            if e.chain().any(|c| c.downcast_ref::<train::stop::Diverged>().is_some()) {
+                return Err(Permanent::Diverged(e).into());
+            }
             // found before the first step: a restart would find it again
             if let Some(u) = e.chain().find_map(|c| c.downcast_ref::<train::Unrecoverable>()) {
                 return Err(match bad_data(&u.0) {
@@ -113,6 +116,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             if bad_data(&e) {
                 return Err(Permanent::Data(e).into());
             }
+
             // a step that cannot fit the GPU fails again after any restart: a config error
             if e.chain().any(|c| c.downcast_ref::<train::gpu_fit::GpuTooSmall>().is_some()) {
                 return Err(Permanent::Invocation(e).into());

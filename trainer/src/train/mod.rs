@@ -32,7 +32,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use infinity_kernels::rope::RopeTable;
@@ -171,7 +171,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
 
     // ---- state: fresh or resumed -------------------------------------------------------------
-    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, leader))?;
+    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, leader, dist.world))?;
     dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
@@ -369,10 +369,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 l.finish();
             }
             summary.diverged(&state, newest, logger.as_ref().map_or(0, Logger::tensorboard_failures))?;
-            bail!(
-                "{} consecutive non-finite steps; stopping. The last good checkpoint is kept: {last}",
-                state.nonfinite_run
-            );
+            return Err(stop::Diverged(format!(
+                "{} consecutive non-finite steps; stopping (diverged at step {}). The last good checkpoint is kept: \
+                 {last}",
+                state.nonfinite_run, state.step
+            ))
+            .into());
         }
         if let Some(v) = validator.as_ref().filter(|v| v.due(state.step)) {
             let vm = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;

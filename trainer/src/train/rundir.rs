@@ -115,6 +115,24 @@ pub fn summary_step(run: &Path) -> Option<u64> {
     read_summary(run)?["step"].as_u64()
 }
 
+/// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with no setting changed since
+/// that checkpoint, repeats a divergence its `summary.json` records at a later step: a run is a pure
+/// function of its config, world size and data, so it would diverge at the same step. The message
+/// saying so, or `None`.
+pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String> {
+    let s = read_summary(run).filter(|s| s["diverged"] == true)?;
+    let at = s["step"].as_u64().filter(|&at| at > step)?;
+    (s["world_size"].as_u64() == Some(world as u64)).then(|| {
+        format!(
+            "{}: this run diverged at step {at} (its summary.json), and resuming from step {step} with the same \
+             settings and {world} ranks repeats it step for step; change what diverged (optim.lr, optim.clip, \
+             optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and resume, or train into a new \
+             run.dir",
+            run.display()
+        )
+    })
+}
+
 /// What a run resumed at its last step reports: its `summary.json` when that records this step, else
 /// the last `metrics.jsonl` line up to it (`(loss, bit_acc)`; `None` without either).
 pub fn finished_metrics(run: &Path, step: u64) -> Option<(f64, f64)> {

@@ -297,7 +297,7 @@ pub(crate) fn starting_state(
     opts: &super::TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
-    (ds, leader): (&Dataset, bool),
+    (ds, leader, world): (&Dataset, bool, usize),
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
@@ -312,8 +312,11 @@ pub(crate) fn starting_state(
                 })
                 .with_context(|| format!("resuming from {}", dir.display()))
                 .map_err(unrecoverable)?;
-            console!("resumed from {} at step {}", dir.display(), s.step);
             let changes = rundir::resume_changes(dir, config_toml, mc)?;
+            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, s.step, world).filter(|_| changes.is_empty()) {
+                return Err(super::stop::Diverged(why).into());
+            }
+            console!("resumed from {} at step {}", dir.display(), s.step);
             if leader && !changes.is_empty() {
                 tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
             }

@@ -18,6 +18,21 @@ pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// The run diverged: `optim.max_nonfinite` non-finite steps in a row (the message says where), or a
+/// resume that would repeat such a divergence. `infinity train` exits with `EXIT_DIVERGED` for it,
+/// which `infinity launch` does not restart: from the last good checkpoint, with the same settings,
+/// the run diverges at the same step.
+#[derive(Debug)]
+pub struct Diverged(pub String);
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Diverged {}
+
 /// Exit code of a rank stopped by a signal before its group formed: 128 + SIGTERM, as the signal's
 /// default action reports (the agent uses 128 + the signal it got).
 pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
