@@ -362,3 +362,190 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let fits = std::fs::read_to_string(dir.join("fits.md")).unwrap();
     assert!(fits.contains("learning-rate groups (lr_sweep.md); left out at other rates: zz-lr"), "{fits}");
 }
+
+/// A folder with a dataset and `base.toml` (BASE without validation, its `data.dir` absolute, so that
+/// the sweep plans from any working folder).
+fn plan_fixture() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    ok(infinity(
+        &["data", "synth", "--out", "data", "--seed", "1", "--rows", "64", "--fit-rows", "64", "--budget", "demo4"],
+        t,
+    ));
+    let base = BASE.split("[val]").next().unwrap().replace("dir = \"data\"", &format!("dir = {:?}", t.join("data")));
+    std::fs::write(t.join("base.toml"), base).unwrap();
+    tmp
+}
+
+/// The sweep file `name` in `t`: `base.toml`, `out`, then `rest` (sections and keys).
+fn sweep_file(t: &Path, name: &str, out: &str, rest: &str) {
+    std::fs::write(t.join(name), format!("base = \"base.toml\"\nout = \"{out}\"\n{rest}\n")).unwrap();
+}
+
+#[test]
+fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    // the batch must split over the ranks a run trains on (nproc_per_node × [slurm] nodes), as
+    // `infinity train` checks at start: every mode refuses before writing
+    let axes = "[axes]\n\"model.num_heads\" = [2]";
+    for (head, slurm) in [("nproc_per_node = 2\n", ""), ("", "[slurm]\nnodes = 2\n")] {
+        sweep_file(t, "ranks.toml", "ranks", &format!("{head}{axes}\n{slurm}"));
+        for mode in [&["--dry-run"][..], &["--print"], &["--slurm", "ranks.sbatch"]] {
+            let text = refused(infinity(&[&["sweep", "ranks.toml"][..], mode].concat(), t));
+            assert!(text.contains("data.global_batch 8 must split into 2 ranks × whole micro-batches of 8"), "{text}");
+        }
+    }
+    assert!(!t.join("ranks").exists() && !t.join("ranks.sbatch").exists());
+    sweep_file(t, "ranks.toml", "ranks", &format!("nproc_per_node = 2\n[set]\n\"data.micro_batch\" = 4\n{axes}"));
+    ok(infinity(&["sweep", "ranks.toml", "--dry-run"], t));
+
+    // a key the config does not have is named as the sweep file's section and key, with the valid keys
+    for (rest, want) in [
+        ("[axes]\n\"model.embed_dims\" = [64]", "[axes] model.embed_dims: unknown key `embed_dims`, expected one of"),
+        ("[set]\n\"val.evry\" = 3\n[axes]\n\"model.num_heads\" = [2]", "[set] val.evry: unknown key `evry`"),
+    ] {
+        sweep_file(t, "keys.toml", "keys", rest);
+        let text = refused(infinity(&["sweep", "keys.toml", "--dry-run"], t));
+        assert!(text.contains(want) && !text.contains("--set"), "{text}");
+    }
+
+    // the table's columns are as wide as their widest entry: every line of it as long
+    let long = "[axes]\n\"optim.max_nonfinite\" = [3]\n\"optim.spike_window\" = [50]\n\"run.seed\" = [5, 6]\n\
+                \"model.num_heads\" = [2]\n\"optim.lr\" = [1e-3]";
+    sweep_file(t, "long.toml", "long", long);
+    let plan = ok(infinity(&["sweep", "long.toml", "--dry-run"], t));
+    let table: Vec<&str> = plan.lines().take(3).collect();
+    assert!(table[1].starts_with("num-heads-2_lr-0.001_max-nonfinite-3_spike-window-50_seed-5 "), "{plan}");
+    assert!(table.iter().all(|l| l.chars().count() == table[0].chars().count()), "{plan}");
+    assert!(plan.contains(&format!("run folders: {}/NAME", t.join("long").display())), "{plan}");
+}
+
+#[test]
+fn the_plan_tells_of_runs_already_in_out() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "one.toml", "s", "[axes]\n\"model.num_heads\" = [2]");
+    ok(infinity(&["sweep", "one.toml", "--print"], t));
+    assert!(t.join("s/num-heads-2/config.toml").is_file());
+
+    // an axis added: every run is named anew, and the old folder trains the first one's config
+    sweep_file(t, "seeds.toml", "s", "[axes]\n\"model.num_heads\" = [2]\n\"run.seed\" = [5, 6]");
+    let plan = ok(infinity(&["sweep", "seeds.toml", "--dry-run"], t));
+    assert!(
+        plan.contains(
+            "warning: the folder num-heads-2 in out trains the same config as the planned run num-heads-2_seed-5"
+        ) && plan.contains("rename num-heads-2 to num-heads-2_seed-5"),
+        "{plan}"
+    );
+    assert_eq!(plan.matches("warning: the folder").count(), 1, "seed 6 is another config:\n{plan}");
+    // with both folders there, it says to drop one
+    ok(infinity(&["sweep", "seeds.toml", "--print"], t));
+    let plan = ok(infinity(&["sweep", "seeds.toml", "--dry-run"], t));
+    assert!(plan.contains("remove one of them or move num-heads-2 out of"), "{plan}");
+
+    // `out` is resolved from the current directory: from another one the plan says where the runs are
+    std::fs::create_dir(t.join("elsewhere")).unwrap();
+    let plan = ok(infinity(&["sweep", "../one.toml", "--dry-run"], &t.join("elsewhere")));
+    let (new, old) = (t.join("elsewhere/s"), t.join("s"));
+    assert!(plan.contains(&format!("run folders: {}/NAME", new.display())), "{plan}");
+    assert!(
+        plan.contains("out = \"s\" is resolved from the current directory")
+            && plan.contains(&format!("but {} holds 3 run folders", old.display())),
+        "{plan}"
+    );
+    assert!(!new.exists());
+
+    // a run that trained with other settings: --dry-run refuses it as the real run does
+    std::fs::write(t.join("s/num-heads-2/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\n").unwrap();
+    sweep_file(t, "lr.toml", "s", "[set]\n\"optim.lr\" = 0.01\n[axes]\n\"model.num_heads\" = [2]");
+    let text = refused(infinity(&["sweep", "lr.toml", "--dry-run"], t));
+    assert!(text.contains("1 runs trained with other settings") && text.contains("num-heads-2: optim.lr"), "{text}");
+    assert!(text.contains("num-heads-2 "), "the plan is printed first:\n{text}");
+}
+
+#[test]
+fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    // GPUs requested that the runs would not use
+    let axes = "[axes]\n\"model.num_heads\" = [2]\n[slurm]\ngpus_per_node = 4\n";
+    sweep_file(t, "gpu.toml", "gpu", axes);
+    let plan = ok(infinity(&["sweep", "gpu.toml", "--dry-run"], t));
+    assert!(plan.contains("gpus_per_node = 4, but every run trains with run.device = \"cpu\""), "{plan}");
+    sweep_file(t, "gpu.toml", "gpu", &format!("[set]\n\"run.device\" = \"cuda\"\n{axes}"));
+    let plan = ok(infinity(&["sweep", "gpu.toml", "--dry-run"], t));
+    assert!(plan.contains("nproc_per_node = 1: each rank uses one GPU, so 3 of each node's GPUs would sit idle"));
+    sweep_file(
+        t,
+        "gpu.toml",
+        "gpu",
+        &format!("nproc_per_node = 4\n[set]\n\"run.device\" = \"cuda\"\n\"data.micro_batch\" = 2\n{axes}"),
+    );
+    assert!(!ok(infinity(&["sweep", "gpu.toml", "--dry-run"], t)).contains("warning"));
+
+    // the time-limit warning's lead time is a setting, checked
+    sweep_file(t, "lead.toml", "lead", "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 0\n");
+    let text = refused(infinity(&["sweep", "lead.toml", "--dry-run"], t));
+    assert!(text.contains("[slurm] signal_s = 0: expected 1 to 65535 seconds"), "{text}");
+    sweep_file(
+        t,
+        "lead.toml",
+        "lead",
+        "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 900\ntime = \"2:00:00\"\n",
+    );
+    ok(infinity(&["sweep", "lead.toml", "--slurm", "lead.sbatch"], t));
+    let script = std::fs::read_to_string(t.join("lead.sbatch")).unwrap();
+    assert!(
+        script.contains("#SBATCH --signal=USR1@900\n") && script.contains("#SBATCH --open-mode=append\n"),
+        "{script}"
+    );
+
+    // a task whose run has finished since (its checkpoints deleted) does not train it again
+    let run = t.join("lead/num-heads-2");
+    std::fs::write(run.join("summary.json"), "{\n  \"finished\": true,\n  \"step\": 30\n}").unwrap();
+    let task = Command::new("bash").arg(t.join("lead.sbatch")).env("SLURM_ARRAY_TASK_ID", "0").output().unwrap();
+    let said = String::from_utf8_lossy(&task.stdout);
+    assert!(
+        task.status.success() && said.contains("num-heads-2: finished (its summary.json says so): skipped"),
+        "{said}"
+    );
+}
+
+/// A run folder for `infinity scaling` without training one: `derived.json`, `summary.json`,
+/// `val.jsonl` and a `config.toml` (the experiment: `tag`; `seed` does not change it).
+fn scaling_run(root: &Path, name: &str, compute: f64, loss: f64, tag: &str, seed: u64) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let derived = serde_json::json!({
+        "parameters": compute.sqrt() / 10.0, "tokens_per_step_mean": compute.sqrt() * 10.0 / 60.0,
+        "train_flops_per_step_mean": compute / 10.0, "dataset": { "fingerprint": "f" },
+    });
+    let summary = serde_json::json!({ "step": 10, "loss": loss, "finished": true });
+    std::fs::write(dir.join("derived.json"), derived.to_string()).unwrap();
+    std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+    std::fs::write(dir.join("val.jsonl"), format!("{{\"step\":10,\"loss\":{loss}}}\n")).unwrap();
+    let config = format!("[run]\nseed = {seed}\n[val]\ndir = \"/v\"\n[x]\ntag = \"{tag}\"\n");
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+/// The console says how many runs were read and fitted as how many points, and gives Pearson r over
+/// all fitted points and over the compute frontier, each with its count ("not enough points" for one).
+#[test]
+fn scaling_console_counts_points_and_both_correlations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // the loss rises with compute: one point on the frontier; the middle config run with two seeds
+    scaling_run(t, "u0", 1e15, 1.0, "a", 1);
+    scaling_run(t, "u1-s1", 1e16, 1.1, "b", 1);
+    scaling_run(t, "u1-s2", 1e16, 1.12, "b", 2);
+    scaling_run(t, "u2", 1e17, 1.2, "c", 1);
+    let out = ok(infinity(&["scaling", "."], t));
+    assert!(out.contains("4 runs read, 4 fitted as 3 points"), "{out}");
+    assert!(
+        out.contains("Pearson r of ln(loss) vs ln(compute): all fitted points 0.99")
+            && out.contains("over 3 points; compute frontier not enough points (1)"),
+        "{out}"
+    );
+    assert!(!out.contains("NaN"), "{out}");
+}

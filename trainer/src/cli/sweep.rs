@@ -12,7 +12,8 @@ use crate::{scaling, sweep};
 pub struct SweepArgs {
     /// The sweep file (see docs/scaling.md).
     file: PathBuf,
-    /// Only print the plan (runs, parameters, tokens, FLOPs).
+    /// Only print the plan (runs, parameters, tokens, FLOPs), with the checks a real run makes before
+    /// writing anything (exits non-zero where it would refuse).
     #[arg(long)]
     dry_run: bool,
     /// Print one `infinity launch`/`train` command line per unfinished run instead of running.
@@ -24,12 +25,12 @@ pub struct SweepArgs {
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
-    let sweep::Plan { sweep: file, runs, warnings, env } = sweep::plan(&a.file)?;
+    let sweep::Plan { sweep: file, out, runs, warnings, env } = sweep::plan(&a.file)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)
     if a.print {
-        eprint!("{}", sweep::table(&runs));
+        eprint!("{}", sweep::table(&runs, &out));
     } else {
-        console_text!("{}", sweep::table(&runs));
+        console_text!("{}", sweep::table(&runs, &out));
     }
     for v in &env {
         console_err!("environment: {v} (the runs the sweep starts do not see it again)");
@@ -38,6 +39,8 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console_err!("warning: {w}");
     }
     if a.dry_run {
+        // what the real run refuses before writing (settings changed for runs that have trained)
+        sweep::check_configs(&runs)?;
         return Ok(ExitCode::SUCCESS);
     }
     sweep::write_configs(&runs)?;
@@ -101,7 +104,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         );
     }
     if done.failed.is_empty() {
-        console!("sweep done: {} runs in {}", runs.len(), file.out.display());
+        console!("sweep done: {} runs in {}", runs.len(), out.display());
         Ok(ExitCode::SUCCESS)
     } else {
         console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
@@ -133,7 +136,17 @@ fn positive_flops(s: &str) -> Result<f64, String> {
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let out = a.out.unwrap_or_else(|| a.runs.join("scaling"));
     let r = scaling::analyse(&a.runs, &out, &a.budget)?;
-    console!("{} runs; Pearson r of ln(loss) vs ln(compute): {:.4}", r.runs.len(), r.pearson_r);
+    let fitted: usize = r.points.iter().map(|p| p.n()).sum();
+    console!(
+        "{} runs read, {fitted} fitted as {} points (one per distinct config; repeats averaged); losses in nats per bit",
+        r.runs.len(),
+        r.points.len()
+    );
+    console!(
+        "Pearson r of ln(loss) vs ln(compute): all fitted points {}; compute frontier {}",
+        scaling::pearson_text(r.pearson.all.0, r.pearson.all.1),
+        scaling::pearson_text(r.pearson.frontier.0, r.pearson.frontier.1)
+    );
     for f in [&r.power, &r.power_floor, &r.chinchilla].into_iter().flatten() {
         let coefs: Vec<String> = f
             .coefs
@@ -143,7 +156,8 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
                 None => format!("{} = {:.5}", c.name, c.value),
             })
             .collect();
-        console!("{}: {}", f.formula, coefs.join(", "));
+        let runs = if f.runs > f.n { format!(", from {} runs", f.runs) } else { String::new() };
+        console!("{} ({} points{runs}): {}", f.formula, f.n, coefs.join(", "));
     }
     console_text!("{}", scaling::budgets_markdown(&r.budgets));
     for n in &r.notes {

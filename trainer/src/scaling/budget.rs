@@ -17,9 +17,12 @@ pub struct BudgetPlan {
     pub compute: f64,
     /// C over the largest run's compute (above 1: an extrapolation).
     pub times_largest_run: f64,
-    /// `L(C) = a·C^(−b)` and `E + a·C^(−b)` at C, where fitted.
+    /// `L(C) = a·C^(−b)` and `E + a·C^(−b)` at C, where fitted, each with the 95 % interval of the law
+    /// there (from the fit's covariance; `None` where it has none).
     pub loss_power: Option<f64>,
+    pub loss_power_ci95: Option<(f64, f64)>,
     pub loss_power_floor: Option<f64>,
+    pub loss_power_floor_ci95: Option<(f64, f64)>,
     /// The compute-optimal model at C, where `L(N, D)` was fitted.
     pub optimal: Option<Optimal>,
 }
@@ -30,8 +33,9 @@ pub struct Optimal {
     pub params: f64,
     /// D*: training tokens.
     pub tokens: f64,
-    /// `L(N*, D*)`.
+    /// `L(N*, D*)`, and the 95 % interval of the law at (N*, D*) (N* and D* held fixed).
     pub loss: f64,
+    pub loss_ci95: Option<(f64, f64)>,
     /// The preset (with the runs' bits per token and conditioning) nearest N* in log size.
     pub nearest_preset: Option<(String, usize)>,
     /// Where N* or D* lies outside the range of N or D the runs cover (an extrapolation of L(N, D)).
@@ -46,6 +50,10 @@ pub struct KSpread {
     pub max: (f64, String),
     pub spread: f64,
 }
+
+/// A budget past this many times the largest run's compute is warned about (an extrapolation the runs
+/// do not support).
+pub const FAR_BEYOND: f64 = 10.0;
 
 /// How far k may vary over the runs before N* and D* are flagged as rough.
 pub const K_SPREAD_WARN: f64 = 0.2;
@@ -67,9 +75,10 @@ pub fn k_spread(runs: &[RunRecord]) -> Option<KSpread> {
     })
 }
 
-/// Why an `L(N, D)` fit cannot place a compute-optimal model (`None`: it can): E run to 0 (as
-/// `fit::power_law_with_floor` refuses for L(C)), or a covariance the runs leave singular (some
-/// coefficient is not determined by them). `lmin`: the smallest loss fitted.
+/// Why an `L(N, D)` fit is degenerate and places no compute-optimal model (`None`: it is not): E run
+/// to 0 (as `fit::power_law_with_floor` refuses for L(C)), or a covariance the runs leave singular
+/// (some coefficient is not determined by them). `lmin`: the smallest loss fitted. `analyse` warns of
+/// it with or without budgets.
 pub fn degenerate(chinchilla: &Fit, lmin: f64) -> Option<String> {
     let e = chinchilla.get("E");
     let singular = chinchilla.n > chinchilla.coefs.len() && chinchilla.coefs.iter().any(|c| c.ci95.is_none());
@@ -80,13 +89,7 @@ pub fn degenerate(chinchilla: &Fit, lmin: f64) -> Option<String> {
     if singular {
         why.push("its covariance is singular (the runs do not determine every coefficient)".to_string());
     }
-    (!why.is_empty()).then(|| {
-        format!(
-            "N* and D* withheld: the L(N, D) fit is degenerate: {}; runs over a wider range of sizes and token counts \
-             may determine it",
-            why.join(", and ")
-        )
-    })
+    (!why.is_empty()).then(|| why.join(", and "))
 }
 
 /// k in `C = k·N·D`: the median over the runs of compute / (parameters · tokens).
@@ -117,8 +120,9 @@ pub fn nearest_preset(like: &ModelConfig, n: f64) -> Option<(String, usize)> {
     sized.min_by(|x, y| (x.1 as f64 / n).ln().abs().total_cmp(&(y.1 as f64 / n).ln().abs()))
 }
 
-/// The plan for each budget, and what to say about it: notes (k and its spread) and warnings (a
-/// degenerate L(N, D), a k that varies over the runs, N* or D* outside the runs' range).
+/// The plan for each budget, and what to say about it: notes (k and its spread) and warnings (a budget
+/// far beyond the largest run, a k that varies over the runs, N* or D* outside the runs' range). A
+/// degenerate L(N, D) places no model (`analyse` says why).
 pub fn plans(
     budgets: &[f64],
     runs: &[RunRecord],
@@ -132,7 +136,6 @@ pub fn plans(
     let withheld = chinchilla.and_then(|f| degenerate(f, lmin));
     let chinchilla = chinchilla.filter(|_| withheld.is_none() && spread.is_some());
     if !budgets.is_empty() {
-        warnings.extend(withheld);
         if let (Some(k), Some(_)) = (&spread, chinchilla) {
             notes.push(format!(
                 "k = C/(N·D), the training FLOPs per parameter and token: median {:.2} over the {} runs fitted, from \
@@ -173,8 +176,10 @@ pub fn plans(
         .map(|&c| BudgetPlan {
             compute: c,
             times_largest_run: c / largest,
-            loss_power: power.map(|f| f.get("a") * c.powf(-f.get("b"))),
-            loss_power_floor: floor.map(|f| f.get("E") + f.get("a") * c.powf(-f.get("b"))),
+            loss_power: power.map(|f| f.predict((c, 0.0)).0),
+            loss_power_ci95: power.and_then(|f| f.predict((c, 0.0)).1),
+            loss_power_floor: floor.map(|f| f.predict((c, 0.0)).0),
+            loss_power_floor_ci95: floor.and_then(|f| f.predict((c, 0.0)).1),
             optimal: chinchilla.zip(spread.as_ref()).map(|(f, k)| {
                 let (params, tokens, loss) = compute_optimal(f, c, k.median);
                 let out: Vec<String> =
@@ -183,6 +188,7 @@ pub fn plans(
                     params,
                     tokens,
                     loss,
+                    loss_ci95: f.predict((params, tokens)).1,
                     nearest_preset: like.and_then(|m| nearest_preset(m, params)),
                     extrapolation: (!out.is_empty()).then(|| out.join("; ")),
                 }
@@ -190,6 +196,14 @@ pub fn plans(
         })
         .collect();
     for p in &plans {
+        if p.times_largest_run > FAR_BEYOND {
+            warnings.push(format!(
+                "at C = {:.3e}: {:.0}× the largest run's compute ({largest:.3e}): the predictions there extrapolate the \
+                 laws far beyond the runs (their intervals assume the law holds all the way; nothing the runs show \
+                 says it does)",
+                p.compute, p.times_largest_run
+            ));
+        }
         if let Some(x) = p.optimal.as_ref().and_then(|o| o.extrapolation.as_ref()) {
             warnings.push(format!(
                 "at C = {:.3e}: {x}: an extrapolation of L(N, D) beyond the sizes and token counts it was fitted on",
@@ -211,7 +225,11 @@ mod tests {
             formula: "L = E + A/N^α + B/D^β",
             coefs: vec![c("E", e), c("A", a), c("B", b), c("alpha", alpha), c("beta", beta)],
             n: 9,
+            runs: 9,
             rmse_log: 0.0,
+            law: crate::scaling::fit::Law::Chinchilla,
+            theta: vec![e.ln(), a.ln(), b.ln(), alpha, beta],
+            cov: None,
         }
     }
 
@@ -281,6 +299,11 @@ mod tests {
         // N* at 1e20 FLOPs lies far beyond the runs' 5e6 parameters: flagged, in the table too
         assert!(o.extrapolation.as_ref().is_some_and(|x| x.contains("N* = ") && x.contains("× the largest")), "{o:?}");
         assert!(warnings.contains("an extrapolation of L(N, D)") && md.contains("†"), "{warnings}\n{md}");
+        // 1e20 FLOPs is far beyond the largest run (6.5e15): warned; the predicted loss has an interval
+        assert!(warnings.contains("at C = 1.000e20: 15385× the largest run's compute (6.500e15)"), "{warnings}");
+        let (p, ci) = (r.budgets[0].loss_power.unwrap(), r.budgets[0].loss_power_ci95);
+        assert!(ci.is_some_and(|(lo, hi)| lo < p && p < hi), "{p} {ci:?}");
+        assert!(md.contains(&format!("| {p:.4} [")), "{md}");
         // N* within the runs' sizes is not flagged (D* lies beyond their token counts: it is)
         let (n, _, _) = compute_optimal(&truth, 4.0e17, k);
         assert!((2.0e5..5.0e6).contains(&n), "{n:e}");
@@ -306,7 +329,7 @@ mod tests {
             val_curve: vec![],
             train_curve: vec![],
             model: None,
-            data: String::new(),
+            settings: Default::default(),
         }
     }
 
@@ -333,7 +356,8 @@ mod tests {
         assert!(why.contains("E ran to 1.00e-9") && why.contains("covariance is singular"), "{why}");
         let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), None);
         assert!(planned[0].optimal.is_none(), "no N* from a degenerate fit");
-        assert!(warnings.iter().any(|w| w.starts_with("N* and D* withheld: the L(N, D) fit is degenerate")));
+        // (`analyse` warns of a degenerate fit, budgets or not: mod.rs's tests)
+        assert!(!warnings.iter().any(|w| w.contains("degenerate")), "{warnings:?}");
         assert!(degenerate(&good, 1.0).is_none());
     }
 

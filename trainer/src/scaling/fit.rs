@@ -2,17 +2,20 @@
 //!
 //! - `L(C) = a·C^(−b)`: ordinary least squares of ln L on ln C (exact, closed form).
 //! - `L(C) = E + a·C^(−b)` and `L(N, D) = E + A/N^α + B/D^β` (Hoffmann et al.'s parametric form):
-//!   Levenberg–Marquardt on the residuals `ln L − ln L̂`, started from a grid of exponents, with
-//!   `E`, `a`, `A`, `B` fitted through their logarithms so they stay positive.
+//!   Levenberg–Marquardt (`lm`) on the residuals `ln L − ln L̂`, started from a grid of exponents,
+//!   with `E`, `a`, `A`, `B` fitted through their logarithms so they stay positive.
 //!
 //! Intervals are 95 %: `estimate ± t(0.975, n − p)·se`, with `se` from `s²·(JᵀJ)⁻¹` at the optimum
 //! (exact for the linear fit). Parameters fitted through a logarithm get the interval of the logarithm,
-//! exponentiated (asymmetric).
+//! exponentiated (asymmetric). A prediction's interval comes from the same covariance (delta method on
+//! `ln L̂`). `n` counts distinct points: repeats of a config are one (`points`).
 
 use anyhow::{bail, Result};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use super::lm::best_of;
 
 /// One fitted coefficient with its 95 % interval (`None` without degrees of freedom left).
 #[derive(Clone, Debug, Serialize)]
@@ -22,19 +25,71 @@ pub struct Coef {
     pub ci95: Option<(f64, f64)>,
 }
 
+/// Which law a fit is, for evaluating it at new inputs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Law {
+    /// θ = (ln a, b).
+    Power,
+    /// θ = (ln E, ln a, b).
+    PowerFloor,
+    /// θ = (ln E, ln A, ln B, α, β).
+    Chinchilla,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Fit {
     pub formula: &'static str,
     pub coefs: Vec<Coef>,
-    /// Points fitted.
+    /// Distinct points fitted (one per config).
     pub n: usize,
+    /// Runs behind those points (more than `n` where configs were repeated).
+    pub runs: usize,
     /// Root mean square of `ln L − ln L̂`.
     pub rmse_log: f64,
+    #[serde(skip)]
+    pub law: Law,
+    /// The fitted parameters as fitted ([`Law`]) and their covariance (`None`: no degrees of freedom
+    /// left, or singular).
+    #[serde(skip)]
+    pub theta: Vec<f64>,
+    #[serde(skip)]
+    pub cov: Option<DMatrix<f64>>,
 }
 
 impl Fit {
     pub fn get(&self, name: &str) -> f64 {
         self.coefs.iter().find(|c| c.name == name).map_or(f64::NAN, |c| c.value)
+    }
+
+    /// `ln L̂` at `x` (C for L(C); (N, D) for L(N, D)) with parameters `th`.
+    fn ln_law(&self, th: &[f64], x: (f64, f64)) -> f64 {
+        match self.law {
+            Law::Power => th[0] - th[1] * x.0.ln(),
+            Law::PowerFloor => (th[0].exp() + (th[1] - th[2] * x.0.ln()).exp()).ln(),
+            Law::Chinchilla => (th[0].exp() + (th[1] - th[3] * x.0.ln()).exp() + (th[2] - th[4] * x.1.ln()).exp()).ln(),
+        }
+    }
+
+    /// The law at `x` (C, or (N, D): the second value is ignored by L(C)) and the 95 % interval of it
+    /// from the fit's covariance (`None` where the fit has none).
+    pub fn predict(&self, x: (f64, f64)) -> (f64, Option<(f64, f64)>) {
+        let y = self.ln_law(&self.theta, x);
+        let ci = self.cov.as_ref().zip(t975(self.n.saturating_sub(self.theta.len()))).and_then(|(cov, t)| {
+            // the gradient of ln L̂ in θ, by central differences
+            let g = DVector::from_iterator(
+                self.theta.len(),
+                (0..self.theta.len()).map(|k| {
+                    let h = 1e-6 * self.theta[k].abs().max(1e-3);
+                    let (mut up, mut dn) = (self.theta.clone(), self.theta.clone());
+                    up[k] += h;
+                    dn[k] -= h;
+                    (self.ln_law(&up, x) - self.ln_law(&dn, x)) / (2.0 * h)
+                }),
+            );
+            let var = (g.transpose() * cov * &g)[(0, 0)];
+            (var.is_finite() && var >= 0.0).then(|| ((y - t * var.sqrt()).exp(), (y + t * var.sqrt()).exp()))
+        });
+        (y.exp(), ci)
     }
 }
 
@@ -56,22 +111,25 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
 pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
     check(&[c, l])?;
     if c.len() < 2 {
-        bail!("a power law needs at least 2 runs, found {}", c.len());
+        bail!("a power law needs at least 2 points, found {}", c.len());
     }
     let (x, y): (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
     let n = x.len() as f64;
     let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
     let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
     if sxx <= 0.0 {
-        bail!("all runs have the same compute: nothing to fit");
+        bail!("all points have the same compute: nothing to fit");
     }
     let slope = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum::<f64>() / sxx;
     let icpt = my - slope * mx;
     let sse: f64 = x.iter().zip(&y).map(|(a, b)| (b - icpt - slope * a).powi(2)).sum();
     let t = t975(x.len() - 2);
-    let s = (sse / (n - 2.0)).sqrt();
-    let se_slope = s / sxx.sqrt();
-    let se_icpt = s * (1.0 / n + mx * mx / sxx).sqrt();
+    // the covariance of (ln a, b) = (intercept, −slope): s²·[[1/n + x̄²/Sxx, x̄/Sxx], [x̄/Sxx, 1/Sxx]]
+    let s2 = sse / (n - 2.0);
+    let cov = t.map(|_| {
+        DMatrix::from_row_slice(2, 2, &[s2 * (1.0 / n + mx * mx / sxx), s2 * mx / sxx, s2 * mx / sxx, s2 / sxx])
+    });
+    let (se_icpt, se_slope) = ((s2 * (1.0 / n + mx * mx / sxx)).sqrt(), (s2 / sxx).sqrt());
     Ok(Fit {
         formula: "L = a·C^(−b)",
         coefs: vec![
@@ -83,7 +141,11 @@ pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
             Coef { name: "b", value: -slope, ci95: t.map(|t| (-slope - t * se_slope, -slope + t * se_slope)) },
         ],
         n: x.len(),
+        runs: x.len(),
         rmse_log: (sse / n).sqrt(),
+        law: Law::Power,
+        theta: vec![icpt, -slope],
+        cov,
     })
 }
 
@@ -91,7 +153,7 @@ pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
 pub fn power_law_with_floor(c: &[f64], l: &[f64]) -> Result<Fit> {
     check(&[c, l])?;
     if c.len() < 4 {
-        bail!("a power law with an irreducible term needs at least 4 runs, found {}", c.len());
+        bail!("a power law with an irreducible term needs at least 4 points, found {}", c.len());
     }
     let lmin = l.iter().cloned().fold(f64::INFINITY, f64::min);
     let model = |th: &[f64], i: usize| th[0].exp() + (th[1] - th[2] * c[i].ln()).exp();
@@ -109,15 +171,20 @@ pub fn power_law_with_floor(c: &[f64], l: &[f64]) -> Result<Fit> {
         bail!("degenerate: the exponent ran to {:.3}", th[2]);
     }
     let n = c.len();
+    let var = |i: usize| cov.as_ref().map(|c| c[(i, i)]);
     Ok(Fit {
         formula: "L = E + a·C^(−b)",
         coefs: vec![
-            log_coef("E", th[0], cov.as_ref().map(|c| c[0]), n, 3),
-            log_coef("a", th[1], cov.as_ref().map(|c| c[1]), n, 3),
-            lin_coef("b", th[2], cov.as_ref().map(|c| c[2]), n, 3),
+            log_coef("E", th[0], var(0), n, 3),
+            log_coef("a", th[1], var(1), n, 3),
+            lin_coef("b", th[2], var(2), n, 3),
         ],
         n,
+        runs: n,
         rmse_log: (sse / n as f64).sqrt(),
+        law: Law::PowerFloor,
+        theta: th,
+        cov,
     })
 }
 
@@ -125,7 +192,7 @@ pub fn power_law_with_floor(c: &[f64], l: &[f64]) -> Result<Fit> {
 pub fn chinchilla(nparams: &[f64], tokens: &[f64], l: &[f64]) -> Result<Fit> {
     check(&[nparams, tokens, l])?;
     if l.len() < 6 {
-        bail!("L(N, D) has 5 parameters and needs at least 6 runs, found {}", l.len());
+        bail!("L(N, D) has 5 parameters and needs at least 6 points, found {}", l.len());
     }
     let distinct = |v: &[f64]| {
         let mut s: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
@@ -163,17 +230,22 @@ pub fn chinchilla(nparams: &[f64], tokens: &[f64], l: &[f64]) -> Result<Fit> {
         bail!("degenerate: the exponents ran to α = {:.3}, β = {:.3} (the runs do not determine them)", th[3], th[4]);
     }
     let n = l.len();
+    let var = |i: usize| cov.as_ref().map(|c| c[(i, i)]);
     Ok(Fit {
         formula: "L = E + A/N^α + B/D^β",
         coefs: vec![
-            log_coef("E", th[0], cov.as_ref().map(|c| c[0]), n, 5),
-            log_coef("A", th[1], cov.as_ref().map(|c| c[1]), n, 5),
-            log_coef("B", th[2], cov.as_ref().map(|c| c[2]), n, 5),
-            lin_coef("alpha", th[3], cov.as_ref().map(|c| c[3]), n, 5),
-            lin_coef("beta", th[4], cov.as_ref().map(|c| c[4]), n, 5),
+            log_coef("E", th[0], var(0), n, 5),
+            log_coef("A", th[1], var(1), n, 5),
+            log_coef("B", th[2], var(2), n, 5),
+            lin_coef("alpha", th[3], var(3), n, 5),
+            lin_coef("beta", th[4], var(4), n, 5),
         ],
         n,
+        runs: n,
         rmse_log: (sse / n as f64).sqrt(),
+        law: Law::Chinchilla,
+        theta: th,
+        cov,
     })
 }
 
@@ -204,6 +276,29 @@ pub fn not_a_scaling_law(f: &Fit) -> Option<String> {
     })
 }
 
+/// A warning when a fit states no uncertainty: no degrees of freedom left (as many coefficients as
+/// distinct points or more: it passes through every point, whatever law the runs follow), or an L(C)
+/// fit whose covariance the points leave singular (a degenerate L(N, D) has a warning of its own).
+pub fn no_uncertainty(f: &Fit) -> Option<String> {
+    if f.n <= f.coefs.len() {
+        return Some(format!(
+            "{}: {} distinct points for {} coefficients: the fit is exact (it passes through every point) and has no \
+             uncertainty: no intervals, no test of the law, and its predictions are not meaningful; runs of more \
+             distinct configs (not more seeds of the same ones) would give it some",
+            f.formula,
+            f.n,
+            f.coefs.len()
+        ));
+    }
+    (f.law != Law::Chinchilla && f.cov.is_none()).then(|| {
+        format!(
+            "{}: its covariance is singular (the points do not determine every coefficient): no intervals, and its \
+             predictions have none",
+            f.formula
+        )
+    })
+}
+
 fn check(cols: &[&[f64]]) -> Result<()> {
     let n = cols[0].len();
     if cols.iter().any(|c| c.len() != n) {
@@ -227,90 +322,6 @@ fn lin_coef(name: &'static str, v: f64, var: Option<f64>, n: usize, p: usize) ->
 fn log_coef(name: &'static str, lv: f64, var: Option<f64>, n: usize, p: usize) -> Coef {
     let c = lin_coef(name, lv, var, n, p);
     Coef { name, value: lv.exp(), ci95: c.ci95.map(|(lo, hi)| (lo.exp(), hi.exp())) }
-}
-
-/// Levenberg–Marquardt from each start; the best (parameters, diagonal of the covariance, SSE).
-#[allow(clippy::type_complexity)]
-fn best_of(
-    starts: &[Vec<f64>],
-    l: &[f64],
-    model: &dyn Fn(&[f64], usize) -> f64,
-) -> Result<(Vec<f64>, Option<Vec<f64>>, f64)> {
-    let mut best: Option<(Vec<f64>, f64)> = None;
-    for s in starts {
-        if let Some((th, sse)) = levenberg_marquardt(s.clone(), l, model) {
-            if best.as_ref().is_none_or(|b| sse < b.1) {
-                best = Some((th, sse));
-            }
-        }
-    }
-    let Some((th, sse)) = best else { bail!("the fit did not converge from any start") };
-    let (_, jac) = residuals_and_jacobian(&th, l, model);
-    let dof = l.len().saturating_sub(th.len());
-    let cov = (dof > 0)
-        .then(|| (jac.transpose() * &jac).try_inverse())
-        .flatten()
-        .map(|inv| (0..th.len()).map(|i| inv[(i, i)] * sse / dof as f64).collect());
-    Ok((th, cov, sse))
-}
-
-fn residuals_and_jacobian(th: &[f64], l: &[f64], model: &dyn Fn(&[f64], usize) -> f64) -> (DVector<f64>, DMatrix<f64>) {
-    let r = DVector::from_iterator(l.len(), (0..l.len()).map(|i| l[i].ln() - model(th, i).ln()));
-    let mut j = DMatrix::zeros(l.len(), th.len());
-    for k in 0..th.len() {
-        let h = 1e-6 * th[k].abs().max(1e-3);
-        let (mut up, mut dn) = (th.to_vec(), th.to_vec());
-        up[k] += h;
-        dn[k] -= h;
-        for i in 0..l.len() {
-            // d r / d θ = −d ln L̂ / d θ
-            j[(i, k)] = -(model(&up, i).ln() - model(&dn, i).ln()) / (2.0 * h);
-        }
-    }
-    (r, j)
-}
-
-fn levenberg_marquardt(mut th: Vec<f64>, l: &[f64], model: &dyn Fn(&[f64], usize) -> f64) -> Option<(Vec<f64>, f64)> {
-    let sse = |t: &[f64]| -> f64 { (0..l.len()).map(|i| (l[i].ln() - model(t, i).ln()).powi(2)).sum::<f64>() };
-    let mut cur = sse(&th);
-    if !cur.is_finite() {
-        return None;
-    }
-    let mut lambda = 1e-3;
-    for _ in 0..500 {
-        let (r, j) = residuals_and_jacobian(&th, l, model);
-        let jtj = j.transpose() * &j;
-        let g = j.transpose() * &r;
-        let mut improved = false;
-        for _ in 0..20 {
-            let mut a = jtj.clone();
-            for k in 0..th.len() {
-                a[(k, k)] += lambda * jtj[(k, k)].max(1e-12);
-            }
-            let Some(step) = a.lu().solve(&(-&g)) else {
-                lambda *= 10.0;
-                continue;
-            };
-            let cand: Vec<f64> = th.iter().zip(step.iter()).map(|(t, s)| t + s).collect();
-            let v = sse(&cand);
-            if v.is_finite() && v < cur {
-                let done = (cur - v) < 1e-15 * cur.max(1e-300) || step.norm() < 1e-12;
-                th = cand;
-                cur = v;
-                lambda = (lambda / 3.0).max(1e-12);
-                improved = true;
-                if done {
-                    return Some((th, cur));
-                }
-                break;
-            }
-            lambda *= 4.0;
-        }
-        if !improved {
-            break;
-        }
-    }
-    Some((th, cur))
 }
 
 #[cfg(test)]
@@ -397,5 +408,37 @@ mod tests {
         assert!((f.get("beta") - beta).abs() < 0.02, "{f:?}");
         assert!((f.get("E") - e).abs() < 0.05, "{f:?}");
         assert!(chinchilla(&n[..5], &d[..5], &l[..5]).is_err(), "5 points cannot fit 5 parameters");
+    }
+
+    /// A prediction's interval (delta method) is the textbook one for the linear fit, and a fit with no
+    /// degrees of freedom left has none, and is warned about.
+    #[test]
+    fn predictions_have_intervals_and_exact_fits_are_flagged() {
+        let c = logspace(15.0, 18.0, 6);
+        let l = noisy(&c.iter().map(|c| 12.0 * c.powf(-0.05)).collect::<Vec<_>>(), 0.01, 7);
+        let f = power_law(&c, &l).unwrap();
+        let c0 = 1e20;
+        let (p, ci) = f.predict((c0, 0.0));
+        assert!((p / (f.get("a") * c0.powf(-f.get("b"))) - 1.0).abs() < 1e-12);
+        // ŷ ± t·s·√(1/n + (x0 − x̄)²/Sxx) in log space
+        let x: Vec<f64> = c.iter().map(|v| v.ln()).collect();
+        let n = x.len() as f64;
+        let mx = x.iter().sum::<f64>() / n;
+        let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+        let sse: f64 = x.iter().zip(&l).map(|(a, y)| (y.ln() - f.theta[0] + f.get("b") * a).powi(2)).sum();
+        let se = (sse / (n - 2.0) * (1.0 / n + (c0.ln() - mx).powi(2) / sxx)).sqrt();
+        let hi = (p.ln() + t975(4).unwrap() * se).exp();
+        let (lo_ci, hi_ci) = ci.expect("4 degrees of freedom");
+        assert!((hi_ci / hi - 1.0).abs() < 1e-5 && lo_ci < p && p < hi_ci, "{ci:?} vs {hi}");
+        assert!(no_uncertainty(&f).is_none());
+        let two = power_law(&c[..2], &l[..2]).unwrap();
+        assert!(two.predict((c0, 0.0)).1.is_none() && two.coefs.iter().all(|c| c.ci95.is_none()));
+        let w = no_uncertainty(&two).expect("2 points, 2 coefficients");
+        assert!(w.contains("2 distinct points for 2 coefficients: the fit is exact"), "{w}");
+        // the nonlinear fits' intervals come from their covariance too
+        let floor: Vec<f64> = logspace(15.0, 20.0, 8).iter().map(|c| 1.5 + 2000.0 * c.powf(-0.2)).collect();
+        let f = power_law_with_floor(&logspace(15.0, 20.0, 8), &noisy(&floor, 0.002, 8)).unwrap();
+        let (p, ci) = f.predict((1e21, 0.0));
+        assert!(ci.is_some_and(|(lo, hi)| lo < p && p < hi), "{p} {ci:?}");
     }
 }

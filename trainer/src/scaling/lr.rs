@@ -1,21 +1,23 @@
 //! Learning-rate sweeps in `infinity scaling`: run folders whose configs differ only in `optim.lr`
-//! (and `run.dir`) form a group, and each group's loss against the learning rate goes to
-//! `lr_sweep.md` and `loss_vs_lr.{png,svg}`. Under μP the best rate should stay put as the width
-//! grows (what μP is for); in the standard parametrization it falls. Runs that diverged, failed or
-//! still train stay in the table as such.
+//! (and in what is not the experiment: `run.dir`, `run.seed`, logging, `settings`) form a group, and
+//! each group's loss against the learning rate goes to `lr_sweep.md` and `loss_vs_lr.{png,svg}`. Under
+//! μP the best rate should stay put as the width grows (what μP is for); in the standard
+//! parametrization it falls. Runs that diverged, failed or still train stay in the table as such;
+//! several seeds at a rate are judged by their mean.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::RunRecord;
+use super::{settings, RunRecord};
 
 /// One run of a learning-rate sweep.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LrRun {
     pub dir: PathBuf,
-    /// The run's config without `optim.lr` and `run.dir`: runs with equal keys form a group.
+    /// The run's experiment ([`super::settings::experiment`]) without `optim.lr`: runs with equal keys
+    /// form a group.
     pub key: String,
     pub label: String,
     /// Where its group goes in the table: standard before μP, then by depth and width.
@@ -26,6 +28,8 @@ pub struct LrRun {
     /// Whether it left a `summary.json` (a run that failed before its first step, or is still on it, has
     /// none; one that diverged has one, saying so).
     pub summary: bool,
+    /// Whether its folder could not be read (a malformed log line: the notes say which).
+    pub unreadable: bool,
     /// Whether it reached `run.steps`.
     pub finished: bool,
 }
@@ -40,26 +44,40 @@ pub struct LrGroup {
 }
 
 impl LrGroup {
-    /// The learning rate of the finished run with the lowest finite loss, and that loss.
-    pub fn best(&self) -> Option<(f64, f64)> {
-        self.best_run().map(|p| (p.lr, p.loss.unwrap_or(f64::NAN)))
+    /// The mean finite loss of the finished runs at each learning rate (rising), where there is one.
+    fn means(&self) -> Vec<(f64, f64)> {
+        let mut out: Vec<(f64, f64)> = Vec::new();
+        for p in &self.points {
+            if out.last().is_some_and(|o| o.0 == p.lr) {
+                continue;
+            }
+            let at: Vec<f64> =
+                self.points.iter().filter(|q| q.lr == p.lr && q.finished).filter_map(|q| q.loss).collect();
+            if !at.is_empty() {
+                out.push((p.lr, at.iter().sum::<f64>() / at.len() as f64));
+            }
+        }
+        out
     }
 
-    /// The finished run with the lowest finite loss (the first of equals): a run stopped early (or
-    /// diverged after a good start) reports a loss of a schedule it did not finish.
-    fn best_run(&self) -> Option<&LrRun> {
-        let done = self.points.iter().filter(|p| p.finished && p.loss.is_some());
-        done.min_by(|a, b| a.loss.unwrap().total_cmp(&b.loss.unwrap()))
+    /// The learning rate whose finished runs have the lowest mean finite loss (the lowest rate of
+    /// equals), and that mean: a run stopped early (or diverged after a good start) reports a loss of a
+    /// schedule it did not finish.
+    pub fn best(&self) -> Option<(f64, f64)> {
+        self.means().into_iter().fold(None, |best, m| match best {
+            Some(b) if b.1 <= m.1 => Some(b),
+            _ => Some(m),
+        })
     }
 }
 
-/// The runs of the groups that are not their group's best: a scaling fit over a learning-rate sweep
-/// takes each group's best rate, as compute-optimal fits assume tuned runs.
+/// The runs of the groups that are not at their group's best rate: a scaling fit over a learning-rate
+/// sweep takes each group's best rate (all its seeds), as compute-optimal fits assume tuned runs.
 pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for g in groups {
-        let Some(best) = g.best_run() else { continue };
-        out.extend(g.points.iter().filter(|p| p.dir != best.dir).map(|p| p.dir.clone()));
+        let Some((best, _)) = g.best() else { continue };
+        out.extend(g.points.iter().filter(|p| p.lr != best).map(|p| p.dir.clone()));
     }
     out
 }
@@ -92,7 +110,7 @@ pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<Str
             let config = toml::from_str(&text).with_context(|| format!("{}: not TOML", p.display()))?;
             Ok((config, super::read_json(&dir.join("derived.json"))?))
         };
-        let (mut config, derived) = match read() {
+        let (config, derived) = match read() {
             Ok(files) => files,
             Err(e) => {
                 unreadable.push(format!("{e:#}"));
@@ -108,20 +126,19 @@ pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<Str
         let label = label(&config, &model);
         let mup = config.get("model").and_then(|m| m.get("mup_base_width")).is_some();
         let order = (mup, model.depth, model.embed_dim);
-        for (section, key) in [("optim", "lr"), ("run", "dir")] {
-            if let Some(t) = config.get_mut(section).and_then(|t| t.as_table_mut()) {
-                t.remove(key);
-            }
-        }
+        let text = toml::to_string(&config)?;
+        let Some(table) = settings::normalised(&text) else { continue };
         let record = runs.iter().find(|r| r.dir == dir);
+        let summary = dir.join("summary.json").is_file();
         out.push(LrRun {
             dir: dir.clone(),
-            key: toml::to_string(&config)?,
+            key: settings::experiment(&table, &[("optim", "lr")]),
             label,
             order,
             lr,
             loss: record.map(|r| r.loss()).filter(|l| l.is_finite()),
-            summary: record.is_some(),
+            summary,
+            unreadable: summary && record.is_none(),
             finished: record.is_some_and(|r| r.finished),
         });
     }
@@ -159,16 +176,18 @@ pub fn groups(runs: &[LrRun]) -> Vec<LrGroup> {
 }
 
 /// Loss per group (rows) and learning rate (columns), each group's best in bold. A cell with several
-/// runs (the same config twice) lists each. `unreadable`: folders left out, listed below the table.
+/// runs (other seeds, or the same config twice) lists each, and their mean. `unreadable`: folders left
+/// out, listed below the table.
 pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
     let mut lrs: Vec<f64> = groups.iter().flat_map(|g| g.points.iter().map(|p| p.lr)).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
     let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the final training loss) per learning \
-                 rate of runs whose configs differ only in `optim.lr`; each row's lowest in bold, * = stopped \
-                 before `run.steps`, diverged = ended on a non-finite loss, no summary = failed before its first step \
-                 or still on it, – = no run. Under μP the \
-                 best rate should not move with the width.\n\n"
+                 rate of runs whose configs differ only in `optim.lr` (and their seeds), in nats per bit; each row's \
+                 best rate in bold (the lowest mean over its finished runs), * = stopped before `run.steps`, \
+                 diverged = ended on a non-finite loss, no summary = failed before its first step or still on it, \
+                 unreadable = left out (fits.md says why), – = no run. Under μP the best rate should not move with \
+                 the width.\n\n"
         .to_string();
     let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
     let _ = writeln!(s, "| runs | {} | best lr |\n|---|{}---|", head.join(" | "), "---|".repeat(lrs.len()));
@@ -184,17 +203,23 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                     .map(|p| {
                         let star = if p.finished { "" } else { "*" };
                         match p.loss {
+                            None if p.unreadable => "unreadable".to_string(),
                             None if !p.summary => "no summary".to_string(),
                             None => format!("diverged{star}"),
-                            Some(l) if best == Some((p.lr, l)) => format!("**{l:.4}**{star}"),
+                            Some(l) if best.is_some_and(|b| b.0 == p.lr) && p.finished => format!("**{l:.4}**"),
                             Some(l) => format!("{l:.4}{star}"),
                         }
                     })
                     .collect();
-                if at.is_empty() {
-                    "–".into()
-                } else {
-                    at.join(", ")
+                let done: Vec<f64> =
+                    g.points.iter().filter(|p| p.lr == *lr && p.finished).filter_map(|p| p.loss).collect();
+                match at.len() {
+                    0 => "–".into(),
+                    1 => at.join(", "),
+                    _ if done.len() > 1 => {
+                        format!("{} (mean {:.4})", at.join(", "), done.iter().sum::<f64>() / done.len() as f64)
+                    }
+                    _ => at.join(", "),
                 }
             })
             .collect();
@@ -217,7 +242,8 @@ mod tests {
     fn run(key: &str, lr: f64, loss: Option<f64>, finished: bool) -> LrRun {
         let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0));
         let dir = PathBuf::from(format!("{key}-{lr}"));
-        LrRun { dir, key: key.into(), label: format!("width {key}"), order, lr, loss, summary: finished, finished }
+        let label = format!("width {key}");
+        LrRun { dir, key: key.into(), label, order, lr, loss, summary: finished, unreadable: false, finished }
     }
 
     #[test]
@@ -257,5 +283,24 @@ mod tests {
         let runs = vec![a.clone(), LrRun { lr: 2e-3, ..a }, b.clone(), LrRun { lr: 2e-3, ..b }];
         let labels: Vec<String> = groups(&runs).into_iter().map(|g| g.label).collect();
         assert_eq!(labels, ["same (#1)", "same (#2)"]);
+    }
+
+    /// Seeds at one rate are judged by their mean, not by the luckiest: the best single run (0.50 at
+    /// 1e-3) is not the best rate.
+    #[test]
+    fn seeds_at_a_rate_are_judged_by_their_mean() {
+        let seeds = |lr: f64, losses: &[f64]| -> Vec<LrRun> {
+            let at =
+                |(i, l): (usize, &f64)| LrRun { dir: format!("{lr}-s{i}").into(), ..run("64", lr, Some(*l), true) };
+            losses.iter().enumerate().map(at).collect()
+        };
+        let runs = [seeds(1e-3, &[0.50, 0.60]), seeds(2e-3, &[0.52, 0.54])].concat();
+        let g = groups(&runs);
+        assert_eq!(g.len(), 1);
+        assert!(g[0].best().is_some_and(|(lr, l)| lr == 2e-3 && (l - 0.53).abs() < 1e-12), "{:?}", g[0].best());
+        let left_out: Vec<String> = not_best(&g).iter().map(|d| d.display().to_string()).collect();
+        assert_eq!(left_out, ["0.001-s0", "0.001-s1"]);
+        let md = markdown(&g, &[]);
+        assert!(md.contains("| 0.5000, 0.6000 (mean 0.5500) | **0.5200**, **0.5400** (mean 0.5300) | 0.002 |"), "{md}");
     }
 }

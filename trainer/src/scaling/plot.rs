@@ -1,6 +1,7 @@
 //! The scaling figures, each as PNG and SVG (plotters): loss against compute (log x, linear y: losses
 //! span too little for log ticks) with the fitted laws, the validation-loss curve of every run
-//! against the compute it had used, and (learning-rate sweeps) loss against the learning rate.
+//! against the compute it had used, and (learning-rate sweeps) loss against the learning rate. Ticks
+//! and their labels: `ticks`.
 //!
 //! Text needs a TrueType font: `INFINITY_FONT=path.ttf`, else DejaVu Sans or Liberation Sans from the
 //! usual system folders (Debian/Ubuntu: `apt-get install fonts-dejavu-core`).
@@ -9,13 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::fit::Fit;
 use super::lr::LrGroup;
-use super::RunRecord;
+use super::points::Point;
+use super::ticks::{decimals, log_ticks, sci};
+use super::{Correlations, RunRecord};
 
 const SIZE: (u32, u32) = (960, 640);
 const FONT_PATHS: [&str; 5] = [
@@ -93,9 +97,10 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
     anyhow!("plotting: {err:?}")
 }
 
-type LogLin = Cartesian2d<LogCoord<f64>, RangedCoordf64>;
+type LogLin = Cartesian2d<WithKeyPoints<LogCoord<f64>>, RangedCoordf64>;
 
-/// A white canvas with a titled chart: log compute on x, linear loss on y, labelled axes.
+/// A white canvas with a titled chart: log compute on x (ticks at 1-2-5 values, at least 2), linear
+/// loss on y (labels with the decimals its range needs), labelled axes.
 fn chart<'a, 'b, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
     caption: &str,
@@ -112,15 +117,15 @@ where
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(xr.clone().log_scale(), yr.clone())
+        .build_cartesian_2d(xr.clone().log_scale().with_key_points(log_ticks(xr.start, xr.end)), yr.clone())
         .map_err(e)?;
+    let places = decimals(yr.end - yr.start);
     chart
         .configure_mesh()
         .x_desc(xdesc)
         .y_desc(ydesc)
-        .x_labels(6)
-        .x_label_formatter(&|x| format!("{x:.1e}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .x_label_formatter(&|x| sci(*x))
+        .y_label_formatter(&|y| format!("{y:.places$}"))
         .draw()
         .map_err(e)?;
     Ok(chart)
@@ -130,32 +135,55 @@ where
 pub type Curve<'a> = (&'a Fit, Box<dyn Fn(f64) -> f64 + 'a>);
 
 struct LossVsCompute<'a> {
-    points: &'a [(f64, f64, bool)],
+    points: &'a [Point],
     fits: &'a [Curve<'a>],
-    r: f64,
+    r: &'a Correlations,
     xr: std::ops::Range<f64>,
     yr: std::ops::Range<f64>,
 }
 
 impl Figure for LossVsCompute<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let caption = format!("loss vs training compute (Pearson r of the logs = {:.3})", self.r);
-        let axes = ("compute C (FLOPs: 6·N·D + attention)", "loss");
+        let r = |(r, n): (f64, usize)| match r.is_finite() {
+            true => format!("{r:.3} ({n})"),
+            false => "–".to_string(),
+        };
+        let caption = format!(
+            "loss vs training compute (Pearson r of the logs: all points {}, frontier {})",
+            r(self.r.all),
+            r(self.r.frontier)
+        );
+        let axes = (
+            "compute C (FLOPs: 6·N·D + attention)",
+            "loss (nats per bit; a point: a config's mean, bars ±1 std of its runs)",
+        );
         let mut chart = chart(root, &caption, axes, &self.xr, &self.yr)?;
-        let frontier = self.points.iter().filter(|p| p.2).map(|&(x, y, _)| Circle::new((x, y), 5, BLUE.filled()));
+        // a config run more than once: its runs' spread
+        let bars = self.points.iter().filter_map(|p| {
+            let (x, lo, hi) = (p.compute, p.loss - p.std?, p.loss + p.std?);
+            let (l, r) = (x / 1.02, x * 1.02);
+            let path = vec![(l, lo), (r, lo), (x, lo), (x, hi), (l, hi), (r, hi)];
+            Some(PathElement::new(path, BLACK.stroke_width(1)))
+        });
+        chart.draw_series(bars).map_err(e)?;
+        let frontier =
+            self.points.iter().filter(|p| p.on_frontier).map(|p| Circle::new((p.compute, p.loss), 5, BLUE.filled()));
         chart
             .draw_series(frontier)
             .map_err(e)?
-            .label("runs on the compute frontier (fitted)")
+            .label("points on the compute frontier (fitted)")
             .legend(|(x, y)| Circle::new((x + 10, y), 5, BLUE.filled()));
-        if self.points.iter().any(|p| !p.2) {
+        if self.points.iter().any(|p| !p.on_frontier) {
             let grey = RGBColor(120, 120, 120);
-            let above =
-                self.points.iter().filter(|p| !p.2).map(move |&(x, y, _)| Circle::new((x, y), 5, grey.stroke_width(2)));
+            let above = self
+                .points
+                .iter()
+                .filter(|p| !p.on_frontier)
+                .map(move |p| Circle::new((p.compute, p.loss), 5, grey.stroke_width(2)));
             chart
                 .draw_series(above)
                 .map_err(e)?
-                .label("runs above the frontier (not fitted)")
+                .label("points above the frontier (not in L(C))")
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
         }
         for (i, (fit, f)) in self.fits.iter().enumerate() {
@@ -179,17 +207,21 @@ impl Figure for LossVsCompute<'_> {
     }
 }
 
-/// Loss against compute (log-log): the runs as points (`(C, L, on the compute frontier)`: filled where
-/// the `L(C)` laws were fitted to it, hollow above it) and the fitted laws as lines.
-pub fn loss_vs_compute(dir: &Path, points: &[(f64, f64, bool)], fits: &[Curve], r: f64) -> Result<()> {
-    let xr = range_log(points.iter().map(|p| p.0))?;
-    let yr = range_lin(points.iter().map(|p| p.1))?;
+/// Loss against compute: the fitted points (filled on the compute frontier, where the `L(C)` laws
+/// were fitted, hollow above it; a config run more than once with its runs' spread) and the fitted
+/// laws as lines.
+pub fn loss_vs_compute(dir: &Path, points: &[Point], fits: &[Curve], r: &Correlations) -> Result<()> {
+    let xr = range_log(points.iter().map(|p| p.compute))?;
+    let yr = range_lin(points.iter().flat_map(|p| {
+        let sd = p.std.unwrap_or(0.0);
+        [p.loss - sd, p.loss + sd]
+    }))?;
     both(dir, "loss_vs_compute", &LossVsCompute { points, fits, r, xr, yr })
 }
 
 /// Named lines over a log x axis.
 struct Curves {
-    caption: &'static str,
+    caption: String,
     axes: (&'static str, &'static str),
     series: Series,
     /// Mark each point too (few points per line), and put the legend top left (lines of losses
@@ -199,21 +231,32 @@ struct Curves {
     yr: std::ops::Range<f64>,
 }
 
-/// A line: its legend, its points, and its look (palette index, dashed).
-type Series = Vec<(String, Vec<(f64, f64)>, (usize, bool))>;
+/// A line: its legend, its segments (the parts inside the frame), and its look (palette index, dashed).
+type Series = Vec<(String, Vec<Vec<(f64, f64)>>, (usize, bool))>;
 
 impl Curves {
-    fn new(caption: &'static str, axes: (&'static str, &'static str), series: Series, dots: bool) -> Result<Curves> {
-        let xr = range_log(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)))?;
-        let yr = range_lin(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)))?;
+    /// `yr`: the y range (`None`: around every point).
+    fn new(
+        caption: String,
+        axes: (&'static str, &'static str),
+        series: Series,
+        dots: bool,
+        yr: Option<std::ops::Range<f64>>,
+    ) -> Result<Curves> {
+        let points = || series.iter().flat_map(|s| s.1.iter().flatten());
+        let xr = range_log(points().map(|p| p.0))?;
+        let yr = match yr {
+            Some(r) => r,
+            None => range_lin(points().map(|p| p.1))?,
+        };
         Ok(Curves { caption, axes, series, dots, xr, yr })
     }
 }
 
 impl Figure for Curves {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let mut chart = chart(root, self.caption, self.axes, &self.xr, &self.yr)?;
-        for (name, pts, (colour, dashed)) in &self.series {
+        let mut chart = chart(root, &self.caption, self.axes, &self.xr, &self.yr)?;
+        for (name, segments, (colour, dashed)) in &self.series {
             let colour = Palette99::pick(*colour).to_rgba();
             // the legend's sample: one stroke, or two for a dashed line
             let gap = if *dashed { (8, 13) } else { (10, 10) };
@@ -222,13 +265,18 @@ impl Figure for Curves {
                     + PathElement::new(vec![(0, 0), (gap.0, 0)], colour.stroke_width(2))
                     + PathElement::new(vec![(gap.1, 0), (20, 0)], colour.stroke_width(2))
             };
-            let drawn = match dashed {
-                true => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2))),
-                false => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
-            };
-            drawn.map_err(e)?.label(name.as_str()).legend(legend);
-            if self.dots {
-                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(e)?;
+            for (k, pts) in segments.iter().enumerate() {
+                let drawn = match dashed {
+                    true => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2))),
+                    false => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
+                };
+                let drawn = drawn.map_err(e)?;
+                if k == 0 {
+                    drawn.label(name.as_str()).legend(legend);
+                }
+                if self.dots {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(e)?;
+                }
             }
         }
         let legend = if self.dots { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::MiddleRight };
@@ -243,28 +291,60 @@ impl Figure for Curves {
     }
 }
 
-/// The loss curve of every run against the compute it had used. False, and nothing written, when no
-/// run has logged a finite loss yet.
+/// The runs of `points` inside `yr`: a curve that leaves it is drawn in pieces, up to where it leaves.
+fn inside(points: &[(f64, f64)], yr: &std::ops::Range<f64>) -> Vec<Vec<(f64, f64)>> {
+    let mut out: Vec<Vec<(f64, f64)>> = vec![];
+    let mut open = false;
+    for &p in points {
+        match (yr.contains(&p.1), open) {
+            (true, true) => out.last_mut().expect("open").push(p),
+            (true, false) => out.push(vec![p]),
+            (false, _) => {}
+        }
+        open = yr.contains(&p.1);
+    }
+    out
+}
+
+/// The loss curve of every run against the compute it had used (non-finite values left out). The y
+/// range is that of the runs that did not diverge (a diverging run's loss can reach 1e17, which would
+/// flatten every other curve); the diverged runs' curves are drawn up to where they leave it, as the
+/// title says. False, and nothing written, when no run has logged a finite loss yet.
 pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
-    let series: Series = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
-            let pts: Vec<(f64, f64)> = curve
-                .iter()
-                .filter(|(s, l)| *s > 0 && l.is_finite())
-                .map(|(s, l)| (*s as f64 * r.flops_per_step, *l))
-                .collect();
-            (r.name.clone(), pts, (i, false))
-        })
-        .filter(|(_, p, _)| !p.is_empty())
-        .collect();
-    if series.is_empty() {
+    let diverged = |r: &RunRecord| r.diverged || !r.loss().is_finite() || r.final_val.is_some_and(f64::is_nan);
+    let points = |r: &RunRecord| -> Vec<(f64, f64)> {
+        let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
+        curve.iter().filter(|(s, l)| *s > 0 && l.is_finite()).map(|(s, l)| (*s as f64 * r.flops_per_step, *l)).collect()
+    };
+    // (palette index, run, its points)
+    type Drawn<'a> = (usize, &'a RunRecord, Vec<(f64, f64)>);
+    let all: Vec<Drawn> =
+        runs.iter().enumerate().map(|(i, r)| (i, r, points(r))).filter(|(_, _, p)| !p.is_empty()).collect();
+    if all.is_empty() {
         return Ok(false);
     }
-    let axes = ("compute used (FLOPs)", "validation loss (training loss for runs without validation)");
-    both(dir, "loss_curves", &Curves::new("loss curves per run", axes, series, false)?)?;
+    let sane: Vec<f64> =
+        all.iter().filter(|(_, r, _)| !diverged(r)).flat_map(|(_, _, p)| p.iter().map(|p| p.1)).collect();
+    let yr = match sane.is_empty() {
+        true => range_lin(all.iter().flat_map(|(_, _, p)| p.iter().map(|p| p.1)))?,
+        false => range_lin(sane.into_iter())?,
+    };
+    let mut clipped = false;
+    let series: Series = all
+        .iter()
+        .map(|(i, r, p)| {
+            let segments = inside(p, &yr);
+            clipped |= segments.iter().map(Vec::len).sum::<usize>() < p.len();
+            (r.name.clone(), segments, (*i, false))
+        })
+        .filter(|(_, segments, _)| !segments.is_empty())
+        .collect();
+    let caption = match clipped {
+        true => "loss curves per run (y range: the runs that did not diverge; diverged runs leave it)",
+        false => "loss curves per run",
+    };
+    let axes = ("compute used (FLOPs)", "validation loss, nats per bit (training loss for runs without validation)");
+    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, false, Some(yr))?)?;
     Ok(true)
 }
 
@@ -280,14 +360,24 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
         .map(|g| {
             let colour = shapes.iter().position(|s| *s == (g.order.1, g.order.2)).unwrap_or(0);
             let pts: Vec<(f64, f64)> = g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect();
-            (g.label.clone(), pts, (colour, g.order.0))
+            (g.label.clone(), vec![pts], (colour, g.order.0))
         })
-        .filter(|(_, p, _)| !p.is_empty())
+        .filter(|(_, p, _)| !p[0].is_empty())
         .collect();
     if series.is_empty() {
         return Ok(false);
     }
-    let axes = ("learning rate", "validation loss (training loss for runs without validation)");
-    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate", axes, series, true)?)?;
+    let axes = ("learning rate", "validation loss, nats per bit (training loss for runs without validation)");
+    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, true, None)?)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_curve_leaving_the_frame_is_cut_where_it_leaves() {
+        let pts = [(1.0, 0.7), (2.0, 0.6), (3.0, 5e17), (4.0, 0.65), (5.0, 0.66), (6.0, f64::NAN)];
+        let segs = super::inside(&pts, &(0.5..0.8));
+        assert_eq!(segs, vec![vec![(1.0, 0.7), (2.0, 0.6)], vec![(4.0, 0.65), (5.0, 0.66)]]);
+    }
 }

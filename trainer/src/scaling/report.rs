@@ -1,13 +1,19 @@
 //! The text of the `infinity scaling` report: the runs' table (`runs.csv`, `runs.md`, one row per run
-//! with whether it is fitted and on the compute frontier), the fits' Markdown (`fits.md`: coefficients
-//! with their 95 % intervals, warnings, notes) and the budgets' table appended to it.
+//! with whether it is fitted, the point it is part of and whether that is on the compute frontier),
+//! the fits' Markdown (`fits.md`: Pearson r, warnings, coefficients with their 95 % intervals, the
+//! fitted points with their runs' spread, notes) and the budgets' table appended to it.
 
 use std::fmt::Write as _;
 
 use super::fit::Fit;
+use super::points::Point;
 use super::{budget, RunRecord};
 
-const COLUMNS: [&str; 11] = [
+/// What the losses are: the training objective (model/forward.rs), in words for the tables.
+pub const LOSS_UNIT: &str = "nats per bit: the mean binary cross-entropy of each token's bits (ln 2 = 0.693 \
+                             is chance), weighted over tokens as the training loss is";
+
+const COLUMNS: [&str; 13] = [
     "run",
     "parameters",
     "steps",
@@ -17,16 +23,18 @@ const COLUMNS: [&str; 11] = [
     "final_val_loss",
     "smoothed_val_loss",
     "finished",
+    "diverged",
     "fitted",
     "on_frontier",
+    "point",
 ];
 
-/// Whether a run is in the fits, and whether on the compute frontier (in L(C)).
-type Marks<'a> = dyn Fn(&RunRecord) -> (bool, bool) + 'a;
+/// The fitted point a run is part of (its number in the fitted points' table, from 1), if any.
+type PointOf<'a> = dyn Fn(&RunRecord) -> Option<(usize, &'a Point)> + 'a;
 
 /// One table row; missing values are empty.
-fn row(r: &RunRecord, marks: &Marks) -> [String; 11] {
-    let (fitted, frontier) = marks(r);
+fn row(r: &RunRecord, point_of: &PointOf) -> [String; 13] {
+    let point = point_of(r);
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     [
         r.name.clone(),
@@ -38,47 +46,106 @@ fn row(r: &RunRecord, marks: &Marks) -> [String; 11] {
         opt(r.final_val),
         opt(r.smoothed_val),
         r.finished.to_string(),
-        fitted.to_string(),
-        frontier.to_string(),
+        r.diverged.to_string(),
+        point.is_some().to_string(),
+        point.is_some_and(|p| p.1.on_frontier).to_string(),
+        point.map_or(String::new(), |p| p.0.to_string()),
     ]
 }
 
-pub(super) fn runs_csv(runs: &[RunRecord], marks: &Marks) -> String {
+pub(super) fn runs_csv(runs: &[RunRecord], point_of: &PointOf) -> String {
     let mut s = COLUMNS.join(",") + "\n";
     for r in runs {
-        s.push_str(&(row(r, marks).join(",") + "\n"));
+        s.push_str(&(row(r, point_of).join(",") + "\n"));
     }
     s
 }
 
-pub(super) fn runs_markdown(runs: &[RunRecord], marks: &Marks) -> String {
-    let mut s = format!("| {} |\n|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
+pub(super) fn runs_markdown(runs: &[RunRecord], point_of: &PointOf) -> String {
+    let mut s = format!(
+        "# Runs\n\nLosses in {LOSS_UNIT}; smoothed = the mean of the validation losses in the last 10 % of the \
+         steps. `point`: the fitted point (fits.md) the run is part of: repeats of a config are one point.\n\n| {} \
+         |\n|{}\n",
+        COLUMNS.join(" | "),
+        "---|".repeat(COLUMNS.len())
+    );
     for r in runs {
-        let cells: Vec<String> = row(r, marks).into_iter().map(|c| if c.is_empty() { "–".into() } else { c }).collect();
+        let cells: Vec<String> =
+            row(r, point_of).into_iter().map(|c| if c.is_empty() { "–".into() } else { c }).collect();
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
 }
 
-pub(super) fn fits_markdown(fits: &[&Fit], r: f64, notes: &[String], warnings: &[String]) -> String {
+/// A Pearson r, or why there is none.
+pub fn pearson_text(r: f64, n: usize) -> String {
+    match r.is_finite() {
+        true => format!("{r:.4} over {n} points"),
+        false => format!("not enough points ({n})"),
+    }
+}
+
+/// The Pearson r of ln L on ln C over the fitted points and over those on the compute frontier.
+pub struct Correlations {
+    pub all: (f64, usize),
+    pub frontier: (f64, usize),
+}
+
+pub(super) fn fits_markdown(
+    fits: &[&Fit],
+    r: &Correlations,
+    points: &[Point],
+    notes: &[String],
+    warnings: &[String],
+) -> String {
     let mut s = format!(
-        "# Scaling fits\n\nPearson r of ln(loss) against ln(compute), runs on the compute frontier: {r:.4}\n\n"
+        "# Scaling fits\n\nLosses in {LOSS_UNIT}. Pearson r of ln(loss) against ln(compute): all fitted points {}; \
+         the compute frontier {}.\n\n",
+        pearson_text(r.all.0, r.all.1),
+        pearson_text(r.frontier.0, r.frontier.1)
     );
     for w in warnings {
         let _ = writeln!(s, "**Warning**: {w}\n");
     }
     for f in fits {
-        let _ = writeln!(s, "## {}\n\n{} runs, RMS of the log residuals {:.4}\n", f.formula, f.n, f.rmse_log);
+        let runs = match f.runs > f.n {
+            true => format!(" (from {} runs)", f.runs),
+            false => String::new(),
+        };
+        let _ = writeln!(s, "## {}\n\n{} points{runs}, RMS of the log residuals {:.4}\n", f.formula, f.n, f.rmse_log);
         s.push_str("| coefficient | value | 95 % interval |\n|---|---|---|\n");
-        // no interval: too few runs for the coefficients, or a covariance the runs leave singular (a
-        // coefficient at its bound, such as E at 0, or two that the runs do not separate)
+        // no interval: too few points for the coefficients, or a covariance the points leave singular
+        // (a coefficient at its bound, such as E at 0, or two that the points do not separate)
         let why = match f.n <= f.coefs.len() {
-            true => "– (no degrees of freedom)",
+            true => "– (no degrees of freedom: the fit is exact)",
             false => "– (not determined: the fit's covariance is singular)",
         };
         for c in &f.coefs {
             let ci = c.ci95.map_or(why.into(), |(lo, hi)| format!("[{lo:.5}, {hi:.5}]"));
             let _ = writeln!(s, "| {} | {:.5} | {} |", c.name, c.value, ci);
+        }
+        s.push('\n');
+    }
+    if !points.is_empty() {
+        s.push_str(
+            "## Fitted points\n\nOne per distinct config: the mean loss of its runs (repeats with other seeds or \
+             folders), their standard deviation and count.\n\n| point | runs | N | D | C (FLOPs) | mean loss | std | n | \
+             on frontier |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for (i, p) in points.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.4e} | {:.4e} | {:.4e} | {:.5} | {} | {} | {} |",
+                i + 1,
+                p.runs.join(", "),
+                p.params,
+                p.tokens,
+                p.compute,
+                p.loss,
+                p.std.map_or("–".into(), |v| format!("{v:.5}")),
+                p.n(),
+                p.on_frontier
+            );
         }
         s.push('\n');
     }
@@ -93,13 +160,19 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
     if plans.is_empty() {
         return String::new();
     }
-    let mut s =
-        "\n## Budgets\n\nk = training FLOPs per parameter and token, the runs' median (its spread: the notes); N* \
-                 and D* minimise L(N, D) under C = k·N·D; † = outside the runs' range of N or D (an extrapolation).\n\n\
-                 | C (FLOPs) | × largest run | L(C) power | L(C) with floor | N* | D* (tokens) | L(N*, D*) | nearest \
-                 preset |\n|---|---|---|---|---|---|---|---|\n"
-            .to_string();
+    let mut s = "\n## Budgets\n\nk = training FLOPs per parameter and token, the runs' median (its spread: the \
+                 notes); N* and D* minimise L(N, D) under C = k·N·D; † = outside the runs' range of N or D (an \
+                 extrapolation). Losses with the 95 % interval of the fitted law there (from the fit's covariance; \
+                 \"no interval\": the fit has none), which holds only as far as the law does: past 10× the largest \
+                 run, a warning.\n\n| C (FLOPs) | × largest run | L(C) power | L(C) with floor | N* | D* (tokens) | \
+                 L(N*, D*) | nearest preset |\n|---|---|---|---|---|---|---|---|\n"
+        .to_string();
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+    let loss = |v: Option<f64>, ci: Option<(f64, f64)>| match (v, ci) {
+        (None, _) => "–".to_string(),
+        (Some(v), Some((lo, hi))) => format!("{v:.4} [{lo:.4}, {hi:.4}]"),
+        (Some(v), None) => format!("{v:.4} (no interval)"),
+    };
     for b in plans {
         let o = b.optimal.as_ref();
         let dagger = |what: &str| match o.and_then(|o| o.extrapolation.as_ref()).is_some_and(|x| x.contains(what)) {
@@ -111,13 +184,13 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
             "| {:.3e} | {:.1} | {} | {} | {}{} | {}{} | {} | {} |",
             b.compute,
             b.times_largest_run,
-            opt(b.loss_power, &|v| format!("{v:.4}")),
-            opt(b.loss_power_floor, &|v| format!("{v:.4}")),
+            loss(b.loss_power, b.loss_power_ci95),
+            loss(b.loss_power_floor, b.loss_power_floor_ci95),
             opt(o.map(|o| o.params), &|v| format!("{v:.3e}")),
             dagger("N*"),
             opt(o.map(|o| o.tokens), &|v| format!("{v:.3e}")),
             dagger("D*"),
-            opt(o.map(|o| o.loss), &|v| format!("{v:.4}")),
+            loss(o.map(|o| o.loss), o.and_then(|o| o.loss_ci95)),
             o.and_then(|o| o.nearest_preset.as_ref()).map_or("–".into(), |(p, n)| format!("{p} ({:.3e})", *n as f64)),
         );
     }
@@ -126,13 +199,31 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_missing_interval_gives_its_reason() {
-        use crate::scaling::fit::{Coef, Fit};
+        use crate::scaling::fit::{Coef, Law};
         let coefs = |k: usize| (0..k).map(|_| Coef { name: "E", value: 0.0, ci95: None }).collect::<Vec<_>>();
-        let fit = |n: usize| Fit { formula: "L = E + A/N^α + B/D^β", coefs: coefs(5), n, rmse_log: 0.0 };
+        let fit = |n: usize| Fit {
+            formula: "L = E + A/N^α + B/D^β",
+            coefs: coefs(5),
+            n,
+            runs: n,
+            rmse_log: 0.0,
+            law: Law::Chinchilla,
+            theta: vec![0.0; 5],
+            cov: None,
+        };
         let (nine, five) = (fit(9), fit(5));
-        assert!(super::fits_markdown(&[&nine], 0.9, &[], &[]).contains("covariance is singular"));
-        assert!(super::fits_markdown(&[&five], 0.9, &[], &[]).contains("no degrees of freedom"));
+        let r = Correlations { all: (-0.9, 9), frontier: (f64::NAN, 1) };
+        assert!(fits_markdown(&[&nine], &r, &[], &[], &[]).contains("covariance is singular"));
+        let md = fits_markdown(&[&five], &r, &[], &[], &[]);
+        assert!(md.contains("no degrees of freedom: the fit is exact"), "{md}");
+        assert!(
+            md.contains("all fitted points -0.9000 over 9 points; the compute frontier not enough points (1)"),
+            "{md}"
+        );
+        assert!(md.contains("nats per bit"), "{md}");
     }
 }

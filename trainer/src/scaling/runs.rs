@@ -1,16 +1,18 @@
 //! Reading a sweep's run folders for `infinity scaling`: one [`RunRecord`] per folder with a
 //! `summary.json` (its size, tokens and compute from `derived.json`, its training and validation loss
-//! curves from `metrics.jsonl` and `val.jsonl`, the smoothed final validation loss, what data its
-//! losses are measured on), the folders in natural name order, those not yet summarised, and the runs
-//! on the compute frontier.
+//! curves from `metrics.jsonl` and `val.jsonl`, the smoothed final validation loss, its config's
+//! identity and measurement settings), the folders in natural name order, and those not yet
+//! summarised. A folder that cannot be read is left out with a note, not an end to the analysis.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use super::settings::{self, Settings};
+
 /// The smoothed loss averages the evaluations in this last fraction of a run's steps.
-const SMOOTH_FRACTION: f64 = 0.1;
+const SMOOTH_FRACTION: (u64, u64) = (1, 10);
 
 /// What a finished (or stopped) run contributes.
 #[derive(Clone, Debug)]
@@ -31,15 +33,16 @@ pub struct RunRecord {
     pub diverged: bool,
     pub final_train: f64,
     pub final_val: Option<f64>,
-    /// Mean of the validation losses in the last [`SMOOTH_FRACTION`] of the steps (at least the last).
+    /// Mean of the validation losses at steps in the last [`SMOOTH_FRACTION`] of the last evaluation's
+    /// step (`s ≥ 0.9·last`; at least the last).
     pub smoothed_val: Option<f64>,
     pub val_curve: Vec<(u64, f64)>,
     pub train_curve: Vec<(u64, f64)>,
     /// The model's shape as `derived.json` records it (absent in folders of older builds).
     pub model: Option<crate::model::ModelConfig>,
-    /// What its losses are measured on: the training dataset's fingerprint, d, and the validation set
-    /// (`derived.json`, `config.toml`). Losses on different data are not comparable: the fits take one.
-    pub data: String,
+    /// Which experiment it is (runs of one config are one point of the fits) and what its losses are
+    /// measured with (losses measured differently are not comparable: the fits take one kind).
+    pub settings: Settings,
 }
 
 impl RunRecord {
@@ -54,12 +57,26 @@ pub(super) fn read_json(p: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))
 }
 
-fn jsonl_curve(p: &Path, key: &str) -> Result<Vec<(u64, f64)>> {
-    let Ok(text) = std::fs::read_to_string(p) else { return Ok(vec![]) };
-    let mut out: Vec<(u64, f64)> = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: Value =
-            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", p.display(), i + 1))?;
+/// `(step, value)` pairs of a log.
+type Curve = Vec<(u64, f64)>;
+
+/// The `(step, key)` curve of a JSON-lines log (none: no file), and a note when its last line was cut
+/// short (no newline after it: a run killed mid-write), which is skipped. A malformed line before the
+/// last is an error naming the file and line.
+fn jsonl_curve(p: &Path, key: &str) -> Result<(Curve, Option<String>)> {
+    let Ok(text) = std::fs::read_to_string(p) else { return Ok((vec![], None)) };
+    let mut out: Curve = Vec::new();
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    let mut note = None;
+    for (k, &(i, line)) in lines.iter().enumerate() {
+        let v: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => {
+                note = Some(format!("{} line {}: cut short (a run killed mid-write), skipped", p.display(), i + 1));
+                break;
+            }
+            Err(e) => bail!("{} line {}: not JSON ({e})", p.display(), i + 1),
+        };
         // a non-finite loss is written as null: kept, as NaN (a run that ends on one diverged)
         let loss = match v.get(key) {
             Some(Value::Null) => Some(f64::NAN),
@@ -71,11 +88,21 @@ fn jsonl_curve(p: &Path, key: &str) -> Result<Vec<(u64, f64)>> {
             out.push((s, l));
         }
     }
-    Ok(out)
+    Ok((out, note))
 }
 
-/// Read one run folder (it has `derived.json` and `summary.json`).
-pub fn read_run(dir: &Path) -> Result<RunRecord> {
+/// The mean of the evaluations at steps in the last tenth of the last one's (`s ≥ 0.9·last`, which
+/// includes the last).
+fn smoothed(curve: &[(u64, f64)]) -> Option<f64> {
+    let last = curve.last()?.0;
+    let (num, den) = SMOOTH_FRACTION;
+    let tail: Vec<f64> = curve.iter().filter(|p| p.0 * den >= last * (den - num)).map(|p| p.1).collect();
+    Some(tail.iter().sum::<f64>() / tail.len() as f64)
+}
+
+/// Read one run folder (it has `derived.json` and `summary.json`), with notes on what was skipped (a
+/// log's last line cut short).
+pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
     let derived = read_json(&dir.join("derived.json"))?;
     let summary = read_json(&dir.join("summary.json"))?;
     let num = |v: &Value, k: &str, file: &str| {
@@ -84,27 +111,9 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
     let steps =
         summary["step"].as_u64().with_context(|| format!("{}: `step` missing in summary.json", dir.display()))?;
     let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
-    let val_curve = jsonl_curve(&dir.join("val.jsonl"), "loss")?;
-    let train_curve = jsonl_curve(&dir.join("metrics.jsonl"), "loss")?;
-    let last_step = val_curve.last().map_or(0, |p| p.0);
-    let from = (last_step as f64 * (1.0 - SMOOTH_FRACTION)).floor() as u64;
-    let tail: Vec<f64> = val_curve.iter().filter(|p| p.0 >= from).map(|p| p.1).collect();
-    let val_dir = std::fs::read_to_string(dir.join("config.toml"))
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("val")?.get("dir")?.as_str().map(str::to_string));
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "?".to_string(),
-        v => v.to_string(),
-    };
-    let data = format!(
-        "dataset {} (d = {}), validation on {}",
-        text(&derived["dataset"]["fingerprint"]),
-        text(&derived["model"]["d"]),
-        val_dir.as_deref().unwrap_or("none")
-    );
-    Ok(RunRecord {
+    let (val_curve, val_note) = jsonl_curve(&dir.join("val.jsonl"), "loss")?;
+    let (train_curve, train_note) = jsonl_curve(&dir.join("metrics.jsonl"), "loss")?;
+    let run = RunRecord {
         name: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().to_string()),
         dir: dir.to_path_buf(),
         params: num(&derived, "parameters", "derived.json")?,
@@ -120,28 +129,39 @@ pub fn read_run(dir: &Path) -> Result<RunRecord> {
             _ => num(&summary, "loss", "summary.json")?,
         },
         final_val: val_curve.last().map(|p| p.1),
-        smoothed_val: (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64),
+        smoothed_val: smoothed(&val_curve),
         val_curve,
         train_curve,
         model: serde_json::from_value(derived["model"].clone()).ok(),
-        data,
-    })
+        settings: settings::read(dir, &derived),
+    };
+    Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }
 
-/// Every run folder directly under `root` (sorted by name, numbers by value: `embed-dim-64` before
-/// `embed-dim-128`); folders without a summary are skipped.
-pub fn gather(root: &Path) -> Result<Vec<RunRecord>> {
-    let mut runs = Vec::new();
+/// Every readable run folder directly under `root` (sorted by name, numbers by value: `embed-dim-64`
+/// before `embed-dim-128`), and notes: the folders left out (unreadable: a malformed log line, a
+/// missing field) and the lines skipped. Folders without a summary are skipped (`unsummarised`).
+pub fn gather(root: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
+    let (mut runs, mut notes) = (Vec::new(), Vec::new());
     let rd = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
     let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
     dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
     for d in dirs {
-        runs.push(read_run(&d)?);
+        match read_run(&d) {
+            Ok((run, skipped)) => {
+                runs.push(run);
+                notes.extend(skipped);
+            }
+            Err(e) => notes.push(format!("left out (unreadable): {e:#}")),
+        }
     }
     if runs.is_empty() {
-        bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display());
+        match notes.is_empty() {
+            true => bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display()),
+            false => bail!("{}: no readable run folder:\n  {}", root.display(), notes.join("\n  ")),
+        }
     }
-    Ok(runs)
+    Ok((runs, notes))
 }
 
 /// `name` in runs of numbers (`64`, `0.05`, `3e-4`, compared by value) and of other characters
@@ -196,18 +216,18 @@ pub(super) fn unsummarised(root: &Path) -> Vec<String> {
     names
 }
 
-/// The runs not dominated in (compute, loss): none of the others reached a lower loss with no more
-/// compute, or the same loss with less. `L(C)` describes the best loss a compute budget buys, so it
-/// is fitted to these.
-pub fn compute_frontier(runs: &[&RunRecord]) -> Vec<bool> {
-    let dominates = |o: &RunRecord, r: &RunRecord| {
-        (o.compute <= r.compute && o.loss() < r.loss()) || (o.compute < r.compute && o.loss() <= r.loss())
-    };
-    runs.iter().map(|r| !runs.iter().any(|o| dominates(o, r))).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    /// The smoothed loss averages the evaluations at steps in the last tenth: of 45 steps, 41 to 45 (the
+    /// evaluation at 40 is before it); of 50, 45 to 50.
+    #[test]
+    fn the_smoothing_window_is_the_last_tenth() {
+        let every5 = |last: u64| (1..=last / 5).map(|i| (5 * i, i as f64)).collect::<Vec<_>>();
+        assert_eq!(super::smoothed(&every5(45)), Some(9.0));
+        assert_eq!(super::smoothed(&every5(50)), Some(9.5));
+        assert_eq!(super::smoothed(&[]), None);
+    }
+
     #[test]
     fn run_names_sort_by_their_numbers() {
         let mut names = ["lr-3e-3", "lr-1e-4", "drop-0.1", "drop-0.05", "dim-128", "dim-64", "lr-0.001"];

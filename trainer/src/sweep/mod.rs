@@ -15,59 +15,31 @@
 //! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
 //! ```
 //!
-//! This module holds the sweep file's format and its expansion into a plan (runs, warnings, the table
-//! printed first); `run` holds where each run stands and their execution here, `slurm` the job-array
-//! script.
+//! This module holds the expansion into a plan (runs, warnings, the table printed first); `file` the
+//! sweep file's format and checks, `existing` what `out` already holds, `run` where each run stands and
+//! their execution here, `slurm` the job-array script.
 
+mod existing;
+mod file;
 mod run;
 mod slurm;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::Manifest;
-use serde::Deserialize;
 
+use self::file::{in_sweep_terms, override_text};
 use crate::model::Layout;
 use crate::train::config::TrainConfig;
 use crate::train::TokenMix;
 
-pub use self::run::{command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState};
+pub use self::file::{SlurmSection, SweepFile};
+pub use self::run::{
+    check_configs, command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState,
+};
 pub use self::slurm::slurm_script;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SweepFile {
-    pub base: PathBuf,
-    pub out: PathBuf,
-    #[serde(default = "one")]
-    pub nproc_per_node: usize,
-    #[serde(default)]
-    pub set: BTreeMap<String, toml::Value>,
-    pub axes: BTreeMap<String, Vec<toml::Value>>,
-    #[serde(default)]
-    pub slurm: SlurmSection,
-}
-
-fn one() -> usize {
-    1
-}
-
-/// `#SBATCH` settings of `--slurm` scripts.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlurmSection {
-    pub partition: Option<String>,
-    pub time: Option<String>,
-    pub gpus_per_node: Option<usize>,
-    pub nodes: Option<usize>,
-    /// CPU cores per node for the ranks (`--cpus-per-task`; SLURM's default is 1: every rank's data
-    /// workers would share one core).
-    pub cpus_per_node: Option<usize>,
-    /// Runs of the array at once (`--array=0-N%K`).
-    pub max_parallel: Option<usize>,
-}
 
 /// `text` as one shell word: unchanged when it is plain, else single-quoted.
 pub fn sh_quote(text: &str) -> String {
@@ -96,9 +68,12 @@ pub struct PlannedRun {
 /// A sweep file expanded: its runs, and what the planner found worth a warning.
 pub struct Plan {
     pub sweep: SweepFile,
+    /// `out`, absolute (resolved from the current directory).
+    pub out: PathBuf,
     pub runs: Vec<PlannedRun>,
-    /// Warnings naming a run (budgets missed by whole steps, warm-up past the last step), printed before
-    /// anything starts.
+    /// Warnings naming a run (budgets missed by whole steps, warm-up past the last step, folders in `out`
+    /// that train a planned config under another name, GPUs the runs leave idle), printed before anything
+    /// starts.
     pub warnings: Vec<String>,
     /// `INF__…` variables of this environment, each with what became of it (written into every run's
     /// config, or replaced by the sweep's own value for that key).
@@ -144,27 +119,27 @@ fn name_part(key: &str, v: &toml::Value) -> String {
 
 /// Read `path` and expand it into runs (configs validated, compute computed from each run's dataset).
 pub fn plan(path: &Path) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let de = toml::Deserializer::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let sweep: SweepFile = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
-    ensure!(!sweep.axes.is_empty(), "{}: [axes] is empty", path.display());
-    for (k, vals) in &sweep.axes {
-        ensure!(!vals.is_empty(), "{}: axis `{k}` has no values", path.display());
+    let sweep = SweepFile::read(path)?;
+    // absolute paths in every run's config: a SLURM task or a later `train RUN/config.toml` finds the
+    // run folder and the datasets from any working folder
+    let out = std::path::absolute(&sweep.out).with_context(|| format!("resolving out = {}", sweep.out.display()))?;
+    // runs beside the sweep file while `out` names a folder not made yet: said first, and with an error
+    // (datasets given relative to the same folder are not found either)
+    let elsewhere = existing::out_beside_the_file(path, &sweep, &out);
+    match expand(path, sweep, out) {
+        Ok(mut plan) => {
+            plan.warnings.splice(0..0, elsewhere);
+            Ok(plan)
+        }
+        Err(e) => match elsewhere {
+            Some(w) => Err(anyhow::anyhow!("{e:#}\nnote: {w}")),
+            None => Err(e),
+        },
     }
-    // what the sweep sets itself: each run's folder, and with a tokens axis its steps
-    for k in sweep.axes.keys().chain(sweep.set.keys()) {
-        ensure!(
-            k != "run.dir",
-            "{}: `{k}` is the sweep's to set (out/NAME for each run): set `out` instead",
-            path.display()
-        );
-        ensure!(
-            !(k == "run.steps" && sweep.axes.contains_key("tokens")),
-            "{}: `run.steps` beside a `tokens` axis: the token budget sets each run's steps",
-            path.display()
-        );
-    }
+}
+
+/// The runs of a sweep file, `out` resolved.
+fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
 
     // the product of the axes, in key order
@@ -186,9 +161,6 @@ pub fn plan(path: &Path) -> Result<Plan> {
             );
         }
     }
-    // absolute paths in every run's config: a SLURM task or a later `train RUN/config.toml` finds the
-    // run folder and the datasets from any working folder
-    let out = std::path::absolute(&sweep.out).with_context(|| format!("resolving out = {}", sweep.out.display()))?;
     // the environment's `INF__…` variables go into every run's config (TrainConfig::load applies them
     // under the sweep's own settings); the runs the sweep starts do not see them again
     let sets = |key: &str| {
@@ -209,7 +181,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     for combo in combos {
         let name = name_of(&combo);
         let dir = out.join(&name);
-        let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
+        let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| override_text(k, v)).collect();
         let mut tokens_budget = None;
         for (k, v) in &combo {
             if k.as_str() == "tokens" {
@@ -219,16 +191,25 @@ pub fn plan(path: &Path) -> Result<Plan> {
                         .with_context(|| format!("{}: axis `tokens` needs numbers, found {v}", path.display()))?,
                 );
             } else {
-                overrides.push(format!("{k}={}", value_text(v)));
+                overrides.push(override_text(k, v));
             }
         }
+        let from_file = overrides.clone();
         overrides.push(format!("run.dir={}", dir.display()));
         if tokens_budget.is_some() {
             // a placeholder the budget replaces below, so that the base config's steps do not take part
             // in the warm-up check (which runs again, with the budget's steps, once they are known)
             overrides.push(format!("run.steps={}", 1_000_000_000_000u64));
         }
-        let mut config = TrainConfig::load(&base, &overrides).with_context(|| format!("run {name}"))?;
+        let mut config = TrainConfig::load(&base, &overrides)
+            .map_err(|e| in_sweep_terms(e, path, &sweep, &from_file))
+            .with_context(|| format!("run {name}"))?;
+        // the batch split over the ranks, as `infinity train` checks it at start (after a queue's wait)
+        let micro = config.data.micro_batch.samples().unwrap_or(1);
+        crate::train::micro_steps(&config, sweep.world(), micro).with_context(|| {
+            let nodes = sweep.slurm.nodes.map_or(String::new(), |n| format!(" × [slurm] nodes = {n}"));
+            format!("run {name}: {}: nproc_per_node = {}{nodes}", path.display(), sweep.nproc_per_node)
+        })?;
         let absolute =
             |p: &Path| std::path::absolute(p).with_context(|| format!("run {name}: resolving {}", p.display()));
         config.data.dir = absolute(&config.data.dir)?;
@@ -311,9 +292,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     // axis values that resolve alike (a value equal to the base's)
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, r) in runs.iter().enumerate() {
-        let mut c = r.config.clone();
-        c.run.dir = PathBuf::new();
-        let key = toml::to_string(&c)?;
+        let key = existing::config_key(&r.config)?;
         if let Some(&j) = seen.get(&key) {
             let first = &runs[j];
             let why = match (first.budget, r.budget) {
@@ -329,20 +308,35 @@ pub fn plan(path: &Path) -> Result<Plan> {
         }
         seen.insert(key, i);
     }
-    Ok(Plan { sweep, runs, warnings, env })
+    warnings.extend(existing::same_config_elsewhere(&out, &runs)?);
+    warnings.extend(slurm::gpu_warnings(&sweep, &runs));
+    Ok(Plan { sweep, out, runs, warnings, env })
 }
 
-/// The table printed before anything starts.
-pub fn table(runs: &[PlannedRun]) -> String {
-    let mut s = format!("{:<40} {:>12} {:>8} {:>12} {:>12}\n", "run", "params", "steps", "tokens", "FLOPs");
-    for r in runs {
-        s.push_str(&format!(
-            "{:<40} {:>12} {:>8} {:>12.3e} {:>12.3e}\n",
-            r.name, r.parameters, r.config.run.steps, r.tokens, r.compute
-        ));
+/// The table printed before anything starts, its columns as wide as their widest entry, and where the
+/// run folders are.
+pub fn table(runs: &[PlannedRun], out: &Path) -> String {
+    let head = ["run", "params", "steps", "tokens", "FLOPs"].map(String::from);
+    let rows: Vec<[String; 5]> = std::iter::once(head)
+        .chain(runs.iter().map(|r| {
+            let (params, steps) = (r.parameters.to_string(), r.config.run.steps.to_string());
+            [r.name.clone(), params, steps, format!("{:.3e}", r.tokens), format!("{:.3e}", r.compute)]
+        }))
+        .collect();
+    let width = |c: usize| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..5).map(width).collect();
+    let mut s = String::new();
+    for row in &rows {
+        let mut line = format!("{:<w$}", row[0], w = widths[0]);
+        for (cell, w) in row.iter().zip(&widths).skip(1) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        s.push_str(&line);
+        s.push('\n');
     }
     let total: f64 = runs.iter().map(|r| r.compute).sum();
     s.push_str(&format!("{} runs, {total:.3e} training FLOPs in total\n", runs.len()));
+    s.push_str(&format!("run folders: {}/NAME\n", out.display()));
     s
 }
 

@@ -73,11 +73,11 @@ fn has_trained(dir: &Path) -> bool {
         || crate::train::run_lock::in_use(dir)
 }
 
-/// Write each run's resolved config to `RUN/config.toml`. A run that has trained (a checkpoint,
+/// Each run's resolved config as `RUN/config.toml` will hold it. A run that has trained (a checkpoint,
 /// `metrics.jsonl` or `summary.json`, or a job training it now) keeps the config it trained with, which
 /// its logs and `infinity scaling` describe: a sweep file that now gives it other settings is refused,
-/// naming the runs and settings, before anything is written.
-pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
+/// naming the runs and settings.
+fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String)>> {
     let mut texts = Vec::new();
     let mut changed = Vec::new();
     for r in runs {
@@ -105,7 +105,18 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
             changed.join("\n  ")
         );
     }
-    for (r, text) in texts {
+    Ok(texts)
+}
+
+/// What [`write_configs`] refuses, checked without writing (`--dry-run`).
+pub fn check_configs(runs: &[PlannedRun]) -> Result<()> {
+    config_texts(runs).map(|_| ())
+}
+
+/// Write each run's resolved config to `RUN/config.toml`, refusing before anything is written when a run
+/// that has trained would get other settings ([`config_texts`]).
+pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
+    for (r, text) in config_texts(runs)? {
         std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
         write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
     }
@@ -114,7 +125,7 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
 
 /// A config's text with its paths (`run.dir`, `data.dir`, `val.dir`, `model.init_from`) made absolute
 /// against the working folder, as [`plan`](super::plan) writes them.
-fn with_absolute_paths(text: &str) -> Result<String> {
+pub(super) fn with_absolute_paths(text: &str) -> Result<String> {
     let mut t: toml::Table = text.parse()?;
     for (section, key) in [("run", "dir"), ("data", "dir"), ("val", "dir"), ("model", "init_from")] {
         if let Some(toml::Value::String(p)) = t.get_mut(section).and_then(|s| s.get_mut(key)) {

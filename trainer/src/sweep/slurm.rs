@@ -1,17 +1,53 @@
 //! The `--slurm` output of `infinity sweep`: a SLURM job-array script with one array task per run, its
-//! `#SBATCH` settings taken from the sweep file's `[slurm]` section, that resumes each run and requeues
-//! a task stopped before its run's last step.
+//! `#SBATCH` settings taken from the sweep file's `[slurm]` section, that resumes each run, requeues a
+//! task stopped before its run's last step and skips a run settled since the script was written; and
+//! the plan's warnings about GPUs requested that the runs would not use.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use super::{sh_quote, PlannedRun, SweepFile};
+use crate::train::config::DeviceChoice;
+
+/// Warnings for a `[slurm] gpus_per_node` the runs do not match: every rank takes one GPU of its node,
+/// so GPUs beyond `nproc_per_node` sit idle (as do all of them for runs on the CPU), and ranks beyond
+/// the GPUs get none.
+pub fn gpu_warnings(sweep: &SweepFile, runs: &[PlannedRun]) -> Vec<String> {
+    let Some(gpus) = sweep.slurm.gpus_per_node.filter(|&g| g > 0) else { return Vec::new() };
+    let cpu: Vec<&str> =
+        runs.iter().filter(|r| r.config.run.device == DeviceChoice::Cpu).map(|r| r.name.as_str()).collect();
+    let n = sweep.nproc_per_node;
+    let warning = if !cpu.is_empty() {
+        let which = match cpu.len() == runs.len() {
+            true => "every run trains".to_string(),
+            false => format!("the runs {} train", cpu.join(", ")),
+        };
+        format!(
+            "[slurm] gpus_per_node = {gpus}, but {which} with run.device = \"cpu\": the GPUs would sit idle; set \
+             run.device = \"cuda\" (or \"auto\") in the base config or [set], or leave gpus_per_node out"
+        )
+    } else if gpus > n {
+        format!(
+            "[slurm] gpus_per_node = {gpus}, but nproc_per_node = {n}: each rank uses one GPU, so {} of each node's \
+             GPUs would sit idle; set nproc_per_node = {gpus}, or gpus_per_node = {n}",
+            gpus - n
+        )
+    } else if gpus < n {
+        format!(
+            "[slurm] gpus_per_node = {gpus}, but nproc_per_node = {n}: each rank uses one GPU, so local ranks \
+             {gpus}..{n} would get none; set gpus_per_node = {n}, or nproc_per_node = {gpus}"
+        )
+    } else {
+        return Vec::new();
+    };
+    vec![warning]
+}
 
 /// A SLURM job-array script: one array task per run, with absolute, quoted paths (it may be submitted
-/// from anywhere). A task the time-limit warning (`--signal=USR1@300`) or preemption stopped has
-/// checkpointed and exited 0 with `"finished": false` in its summary: the script requeues it, and the
-/// requeued task resumes its run.
+/// from anywhere). A task the time-limit warning (`--signal=USR1@S`, `[slurm] signal_s`) or preemption
+/// stopped has checkpointed and exited 0 with `"finished": false` in its summary: the script requeues
+/// it, and the requeued task resumes its run, appending to its log.
 pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result<String> {
     if runs.is_empty() {
         bail!("no runs");
@@ -35,12 +71,25 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
         out.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
     }
     let log = abs(&sweep.out)?.join("slurm-%A_%a.log").display().to_string();
-    out.push_str(&format!("#SBATCH --output={}\n#SBATCH --signal=USR1@300\n#SBATCH --requeue\n\n", sh_quote(&log)));
+    // a requeued task writes the same log file: appended to, not truncated (its earlier part tells
+    // why it stopped)
+    out.push_str(&format!(
+        "#SBATCH --output={}\n#SBATCH --open-mode=append\n#SBATCH --signal=USR1@{}\n#SBATCH --requeue\n\n",
+        sh_quote(&log),
+        s.signal_s()
+    ));
     out.push_str("# one run per array task; a requeued or re-submitted task resumes its run\nRUNS=(\n");
     for r in runs {
         out.push_str(&format!("  {}\n", sh_quote(&abs(&r.dir)?.display().to_string())));
     }
     out.push_str(")\nRUN=${RUNS[$SLURM_ARRAY_TASK_ID]}\n");
+    // a script submitted again after a run finished (or diverged) must not train it again, which a
+    // finished run whose checkpoints were deleted since would do from its first step
+    out.push_str(
+        "# a settled run is left alone, even with its checkpoints deleted since this script was written\n\
+         for s in finished diverged; do\n  if grep -Eq \"\\\"$s\\\": *true\" \"$RUN/summary.json\" 2>/dev/null; then\n    \
+         echo \"run $RUN: $s (its summary.json says so): skipped\"\n    exit 0\n  fi\ndone\n",
+    );
     // sbatch exports the submitting shell's environment: `INF__…` variables there would be applied
     // again over each run's config.toml, which already holds the values the sweep planned with
     out.push_str(

@@ -1,0 +1,117 @@
+//! Which runs the fits take, and why the others are left out (notes, and warnings where the left-out
+//! runs are results the fits could have used): finished runs with a finite loss; of a learning-rate
+//! sweep, each group's best rate; of runs whose losses were measured differently (another dataset,
+//! validation set or loss setting: `settings::MEASUREMENT`), those of the kind with the most runs.
+
+use std::path::Path;
+
+use super::lr::{self, LrGroup};
+use super::runs::unsummarised;
+use super::RunRecord;
+
+/// The runs the fits take, with what to say about the rest.
+pub struct Selection<'a> {
+    pub fitted: Vec<&'a RunRecord>,
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn select<'a>(root: &Path, runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> Selection<'a> {
+    let (mut notes, mut warnings) = (Vec::new(), Vec::new());
+    let training = |r: &RunRecord| crate::train::run_lock::in_use(&r.dir);
+    let (busy, silent): (Vec<String>, Vec<String>) =
+        unsummarised(root).into_iter().partition(|n| crate::train::run_lock::in_use(&root.join(n)));
+    if !busy.is_empty() {
+        notes.push(format!("still training (their folders' locks are held; no summary.json yet): {}", busy.join(", ")));
+    }
+    if !silent.is_empty() {
+        notes.push(format!(
+            "left out (no summary.json: failed before their first step, or not started; their logs say why): {}",
+            silent.join(", ")
+        ));
+    }
+    let names = |v: &[&RunRecord]| v.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
+    // a run whose last validation loss is NaN (null in val.jsonl) ended diverged, whatever came before
+    let nan_val: Vec<&RunRecord> = runs.iter().filter(|r| r.final_val.is_some_and(f64::is_nan)).collect();
+    if !nan_val.is_empty() {
+        notes.push(format!(
+            "left out of the fits (final validation loss NaN, null in val.jsonl: treated as diverged): {}",
+            names(&nan_val)
+        ));
+    }
+    let diverged: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| (r.diverged || !r.loss().is_finite()) && !r.final_val.is_some_and(f64::is_nan))
+        .collect();
+    if !diverged.is_empty() {
+        notes.push(format!(
+            "left out of the fits (diverged: a final result, which `infinity sweep` does not train again): {}",
+            names(&diverged)
+        ));
+    }
+    // a stopped run's loss is of a schedule it did not finish, at less compute than planned
+    let unfinished = |busy: bool| -> Vec<&RunRecord> {
+        let open = runs.iter().filter(|r| !r.finished && !r.diverged && r.loss().is_finite() && training(r) == busy);
+        open.collect()
+    };
+    if !unfinished(true).is_empty() {
+        notes.push(format!(
+            "left out of the fits (still training: their folders' locks are held): {}",
+            names(&unfinished(true))
+        ));
+    }
+    if !unfinished(false).is_empty() {
+        notes.push(format!(
+            "left out of the fits (not finished: stopped by a signal or a failure; the same `infinity sweep` resumes \
+             them): {}",
+            names(&unfinished(false))
+        ));
+    }
+    // the fits take the finished runs with a finite loss, of a learning-rate sweep the best rate of each
+    // group, and of runs measured differently those of the kind with the most runs; the tables list
+    // every run
+    let not_best = lr::not_best(lr_groups);
+    let (candidates, other_rates): (Vec<&RunRecord>, Vec<&RunRecord>) =
+        runs.iter().filter(|r| r.finished && r.loss().is_finite()).partition(|r| !not_best.contains(&r.dir));
+    if !other_rates.is_empty() {
+        notes.push(format!(
+            "the fits take the best learning rate of each of the {} learning-rate groups (lr_sweep.md); left out at \
+             other rates: {}",
+            lr_groups.len(),
+            names(&other_rates)
+        ));
+    }
+    let mut kinds: Vec<Vec<&RunRecord>> = Vec::new();
+    for r in candidates {
+        match kinds.iter_mut().find(|v| v[0].settings.measured == r.settings.measured) {
+            Some(v) => v.push(r),
+            None => kinds.push(vec![r]),
+        }
+    }
+    // the most runs; of equals, the first in name order (max_by_key keeps the last maximum)
+    let largest = kinds.iter().enumerate().max_by_key(|(i, v)| (v.len(), usize::MAX - i)).map(|(i, _)| i);
+    let fitted: Vec<&RunRecord> = largest.map_or(Vec::new(), |i| kinds[i].clone());
+    if kinds.len() > 1 {
+        let ours = &fitted[0].settings;
+        let others: Vec<String> = kinds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != largest)
+            .map(|(_, v)| format!("{} ({})", names(v), v[0].settings.differences(ours).join(", ")))
+            .collect();
+        warnings.push(format!(
+            "the runs' losses were measured in {} different ways (dataset, validation set or loss settings), and \
+             losses measured differently are not comparable: the fits take the {} runs on {}; left out: {} (fit them \
+             on their own: `infinity scaling` on a folder of those runs)",
+            kinds.len(),
+            fitted.len(),
+            ours.describe(),
+            others.join("; ")
+        ));
+    }
+    let no_val: Vec<&RunRecord> = fitted.iter().copied().filter(|r| r.smoothed_val.is_none()).collect();
+    if !no_val.is_empty() {
+        notes.push(format!("runs without validation are fitted on their final training loss: {}", names(&no_val)));
+    }
+    Selection { fitted, notes, warnings }
+}

@@ -1,0 +1,198 @@
+//! What a run's `config.toml` says about its result: which experiment it is (a key that the runs of
+//! one config share, its seed and folder left out: repeats of a config are one point of a fit, not
+//! independent ones) and how its loss was measured (the settings two runs must share for their losses
+//! to be comparable).
+
+use std::path::Path;
+
+use crate::train::config::{BscSection, LossSection, TrainConfig, ValSection};
+
+/// Settings that do not change what a run computes, only where it lives, what it logs, checkpoints
+/// and samples, and how its work is split (`*`: the whole section). The seed is here too: runs of a
+/// config with other seeds are repeats of one experiment.
+const NOT_THE_EXPERIMENT: [(&str, &str); 13] = [
+    ("run", "dir"),
+    ("run", "seed"),
+    ("run", "log_every"),
+    ("run", "peak_tflops"),
+    ("run", "device"),
+    ("run", "recompute"),
+    ("run", "gpu_memory_check"),
+    ("data", "micro_batch"),
+    ("data", "workers"),
+    ("val", "every"),
+    ("checkpoint", "*"),
+    ("sample", "*"),
+    ("dist", "*"),
+];
+
+/// The settings besides the data that a validation (or training) loss depends on (train/val.rs):
+/// runs that differ in one are not fitted together.
+pub const MEASUREMENT: [&str; 9] = [
+    "dataset",
+    "d",
+    "val.dir",
+    "val.max_rows",
+    "val.seed",
+    "loss.reweight_by_scale",
+    "loss.label_smoothing",
+    "bsc.p_max",
+    "bsc.apply_layers",
+];
+
+/// A run's identity as an experiment and the settings its loss was measured with.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The config without [`NOT_THE_EXPERIMENT`], in a canonical text (`None`: no readable
+    /// `config.toml`, so the run is a point of its own).
+    pub experiment: Option<String>,
+    /// `(setting, value)` for each of [`MEASUREMENT`]; `?` where the files do not say.
+    pub measured: Vec<(&'static str, String)>,
+}
+
+impl Settings {
+    pub fn get(&self, name: &str) -> &str {
+        self.measured.iter().find(|(n, _)| *n == name).map_or("?", |(_, v)| v.as_str())
+    }
+
+    /// "dataset F (d = D), validation on DIR": what the losses are measured on, in words.
+    pub fn describe(&self) -> String {
+        format!("dataset {} (d = {}), validation on {}", self.get("dataset"), self.get("d"), self.get("val.dir"))
+    }
+
+    /// The settings where `self` differs from `other`: `name = ours (fitted: theirs)`.
+    pub fn differences(&self, other: &Settings) -> Vec<String> {
+        let theirs = |n: &str| other.get(n).to_string();
+        self.measured
+            .iter()
+            .filter(|(n, v)| *v != theirs(n))
+            .map(|(n, v)| format!("{n} = {v} (fitted: {})", theirs(n)))
+            .collect()
+    }
+}
+
+/// The config's table with every default filled in (parsed as a [`TrainConfig`] where it is one),
+/// else as written.
+pub fn normalised(text: &str) -> Option<toml::Table> {
+    let filled = toml::from_str::<TrainConfig>(text).ok().and_then(|cfg| toml::to_string(&cfg).ok());
+    filled.and_then(|t| t.parse().ok()).or_else(|| text.parse().ok())
+}
+
+/// A value as text: integers as the numbers they are (`4` and `4.0` alike), tables with sorted keys.
+fn canonical(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(i) => format!("{}", *i as f64),
+        toml::Value::Float(f) => format!("{f}"),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        toml::Value::Table(t) => {
+            let mut kv: Vec<(&String, &toml::Value)> = t.iter().collect();
+            kv.sort_by(|a, b| a.0.cmp(b.0));
+            format!("{{{}}}", kv.iter().map(|(k, v)| format!("{k}={}", canonical(v))).collect::<Vec<_>>().join(","))
+        }
+    }
+}
+
+/// The experiment a (normalised) config is: its canonical text without [`NOT_THE_EXPERIMENT`] and
+/// the settings in `also` (a learning-rate sweep leaves out `optim.lr`).
+pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
+    let mut t = table.clone();
+    for &(section, key) in NOT_THE_EXPERIMENT.iter().chain(also) {
+        if key == "*" {
+            t.remove(section);
+        } else if let Some(s) = t.get_mut(section).and_then(|s| s.as_table_mut()) {
+            s.remove(key);
+        }
+    }
+    canonical(&toml::Value::Table(t))
+}
+
+/// Read `dir/config.toml` (with `derived.json`'s dataset fingerprint and `d`).
+pub fn read(dir: &Path, derived: &serde_json::Value) -> Settings {
+    let table = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| normalised(&t));
+    let experiment = table.as_ref().map(|t| experiment(t, &[]));
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "?".to_string(),
+        v => v.to_string(),
+    };
+    // a setting the config leaves out has its default (an unreadable config: `?`)
+    let (val, loss, bsc) = (ValSection::default(), LossSection::default(), BscSection::default());
+    let setting = |section: &str, key: &str, default: String| -> String {
+        let Some(t) = &table else { return "?".into() };
+        match t.get(section).and_then(|s| s.get(key)) {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(v) => canonical(v),
+            None => default,
+        }
+    };
+    let val_dir = setting("val", "dir", "none".into());
+    // without validation the fits take the training loss, which the validation settings do not touch
+    let val_setting = |key: &str, default: String| match val_dir.as_str() {
+        "none" => "none".to_string(),
+        _ => setting("val", key, default),
+    };
+    let mut measured = vec![
+        ("dataset", text(&derived["dataset"]["fingerprint"])),
+        ("d", text(&derived["model"]["d"])),
+        ("val.max_rows", val_setting("max_rows", canonical(&(val.max_rows as i64).into()))),
+        ("val.seed", val_setting("seed", canonical(&(val.seed as i64).into()))),
+        ("loss.reweight_by_scale", setting("loss", "reweight_by_scale", loss.reweight_by_scale.to_string())),
+        ("loss.label_smoothing", setting("loss", "label_smoothing", canonical(&loss.label_smoothing.into()))),
+        ("bsc.p_max", setting("bsc", "p_max", canonical(&bsc.p_max.into()))),
+        ("bsc.apply_layers", setting("bsc", "apply_layers", canonical(&(bsc.apply_layers as i64).into()))),
+        ("val.dir", val_dir),
+    ];
+    // in MEASUREMENT's order
+    measured.sort_by_key(|(n, _)| MEASUREMENT.iter().position(|m| m == n));
+    Settings { experiment, measured }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(config: &str) -> Settings {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("config.toml"), config).unwrap();
+        read(tmp.path(), &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 } }))
+    }
+
+    #[test]
+    fn seeds_folders_and_logging_are_not_the_experiment() {
+        let a = settings("[run]\ndir = \"a\"\nseed = 1\nlog_every = 5\n[optim]\nlr = 0.003\n[checkpoint]\nevery = 5\n");
+        let b = settings("[run]\ndir = \"b\"\nseed = 2\nlog_every = 9\n[optim]\nlr = 3e-3\n");
+        assert!(a.experiment.is_some() && a.experiment == b.experiment, "{:?} vs {:?}", a.experiment, b.experiment);
+        let c = settings("[run]\ndir = \"a\"\nseed = 1\n[optim]\nlr = 0.01\n");
+        assert_ne!(a.experiment, c.experiment, "the learning rate is the experiment");
+        assert_eq!(a.get("val.dir"), "none");
+        assert_eq!(a.get("val.max_rows"), "none", "no validation: its settings do not matter");
+        assert_eq!(a.get("bsc.p_max"), "0.3", "defaults filled in");
+    }
+
+    /// A config `infinity train` reads has its defaults filled in: one that writes a default out is the
+    /// same experiment as one that leaves it to the default.
+    #[test]
+    fn a_training_config_is_compared_with_its_defaults() {
+        let base = "[run]\ndir = \"a\"\nseed = 1\nsteps = 30\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n[data]\ndir = \"d\"\n\
+                    global_batch = 8\nmicro_batch = 8\n[optim]\nlr = 0.003\n";
+        let (a, b) = (settings(base), settings(&format!("{base}[bsc]\np_max = 0.3\n[val]\nevery = 7\n")));
+        assert!(toml::from_str::<TrainConfig>(base).is_ok(), "a valid training config");
+        assert!(a.experiment.is_some() && a.experiment == b.experiment);
+        let c = settings(&base.replace("steps = 30", "steps = 31"));
+        assert_ne!(a.experiment, c.experiment);
+    }
+
+    #[test]
+    fn the_measurement_settings_are_compared() {
+        let a = settings("[val]\ndir = \"/v\"\nmax_rows = 48\n[loss]\nlabel_smoothing = 0.1\n");
+        let b = settings("[val]\ndir = \"/v\"\nmax_rows = 64\n");
+        assert_eq!(a.get("val.max_rows"), "48");
+        assert_eq!(a.get("val.seed"), "0");
+        let diff = b.differences(&a);
+        assert_eq!(diff, ["val.max_rows = 64 (fitted: 48)", "loss.label_smoothing = 0 (fitted: 0.1)"], "{diff:?}");
+        assert_eq!(a.describe(), "dataset f (d = 32), validation on /v");
+    }
+}

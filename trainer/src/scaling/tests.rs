@@ -1,0 +1,265 @@
+//! `analyse` on run folders written as `infinity train` leaves them: which runs the fits take, the
+//! points they make, and what the report says about the rest.
+
+use std::path::Path;
+
+/// A run folder as `infinity train` leaves it: `derived.json`, `summary.json`, `val.jsonl` (its losses,
+/// `None` written as null) and a `config.toml` that differs where the run does (N, D, C).
+fn run(root: &Path, name: &str, (n, d, c): (f64, f64, f64), val: &[Option<f64>], data: &str) {
+    let config = format!("[val]\ndir = \"/data/val\"\n[x]\nn = {n:e}\nd = {d:e}\nc = {c:e}\n");
+    run_with(root, name, (n, d, c), val, data, &config);
+}
+
+/// [`run`] with a `config.toml` of its own.
+fn run_with(root: &Path, name: &str, (n, d, c): (f64, f64, f64), val: &[Option<f64>], data: &str, config: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let steps = 10 * val.len().max(1) as u64;
+    let model = crate::model::ModelConfig::preset("tiny").unwrap();
+    let derived = serde_json::json!({
+        "parameters": n, "tokens_per_step_mean": d / steps as f64,
+        "train_flops_per_step_mean": c / steps as f64, "model": model, "dataset": { "fingerprint": data },
+    });
+    let last = val.last().copied().flatten().unwrap_or(f64::NAN);
+    let summary = serde_json::json!({ "step": steps, "loss": last, "finished": true });
+    std::fs::write(dir.join("derived.json"), derived.to_string()).unwrap();
+    std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+    let lines: String = val
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{}\n", serde_json::json!({"step": 10 * (i + 1), "loss": l})))
+        .collect();
+    std::fs::write(dir.join("val.jsonl"), lines).unwrap();
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+fn set_finished(dir: &Path, finished: bool) {
+    let p = dir.join("summary.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["finished"] = finished.into();
+    std::fs::write(p, v.to_string()).unwrap();
+}
+
+/// Power-law runs: loss 10·C^(−0.05), N·D·6 = C.
+fn law_run(root: &Path, name: &str, c: f64, data: &str) {
+    let l = 10.0 * c.powf(-0.05);
+    run(root, name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(l * 1.1), Some(l)], data);
+}
+
+#[test]
+fn a_sweep_under_way_gets_its_tables_and_no_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+        set_finished(&root.join(format!("r{i}")), false);
+    }
+    // one still training, before its first summary
+    std::fs::create_dir_all(root.join("r2")).unwrap();
+    std::fs::write(root.join("r2/config.toml"), "").unwrap();
+    let lock = crate::train::run_lock::RunLock::acquire(&root.join("r2")).unwrap();
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("still training (their folders' locks are held; no summary.json yet): r2"), "{notes}");
+    assert!(!notes.contains("failed before their first step"), "{notes}");
+    assert!(notes.contains("loss_vs_compute: not drawn"), "{notes}");
+    assert!(r.power.is_none() && root.join("scaling/runs.csv").is_file() && root.join("scaling/fits.md").is_file());
+    assert!(!root.join("scaling/loss_vs_compute.png").exists());
+    assert!(r.files.iter().all(|f| f.exists()), "{:?}", r.files);
+    drop(lock);
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    assert!(r.notes.join("\n").contains("failed before their first step, or not started; their logs say why): r2"));
+}
+
+#[test]
+fn fits_take_one_dataset_the_compute_frontier_and_finite_final_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+    }
+    // above the frontier: more compute than r1, a higher loss than r1
+    run(root, "r1-big", (1e8, 1e8, 2e16), &[Some(9.0)], "a");
+    // on another dataset
+    law_run(root, "x0", 1e15, "b");
+    law_run(root, "x1", 1e16, "b");
+    // the last validation loss NaN (null): diverged, whatever came before
+    run(root, "r9-nan", (1e8, 1e8, 1e19), &[Some(0.5), None], "a");
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let power = r.power.as_ref().unwrap();
+    assert_eq!(power.n, 4, "the frontier of dataset a: r0..r3");
+    assert!((power.get("b") - 0.05).abs() < 1e-9, "{power:?}");
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("compute frontier") && notes.contains("not in L(C): r1-big"), "{notes}");
+    assert!(notes.contains("final validation loss NaN, null in val.jsonl: treated as diverged): r9-nan"), "{notes}");
+    assert!(!notes.contains("runs without validation"), "every run has validation:\n{notes}");
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("measured in 2 different ways"), "{warnings}");
+    assert!(
+        warnings.contains("left out: x0, x1 (dataset = b (fitted: a))")
+            && warnings.contains("the fits take the 5 runs on dataset a (d = "),
+        "{warnings}"
+    );
+    let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",finished,diverged,fitted,on_frontier,point"), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("r1-big,") && l.ends_with(",true,false,true,false,3")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("x0,") && l.ends_with(",true,false,false,false,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("r9-nan,") && l.contains(",NaN,")), "{csv}");
+    // a loss that rises with compute is flagged
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        run(tmp.path(), &format!("u{i}"), (1e6, 1e6, c), &[Some(1.0 + 0.1 * i as f64)], "a");
+    }
+    let r = super::analyse(tmp.path(), &tmp.path().join("s"), &[]).unwrap();
+    // (a rising loss leaves one run on the frontier: nothing to fit L(C) to, and a warning)
+    assert!(r.power.is_none() && r.notes.join("\n").contains("not in L(C): u1, u2"), "{:?}", r.notes);
+    assert!(r.warnings.join("\n").contains("does not fall with compute over the 3 fitted points"), "{:?}", r.warnings);
+}
+
+/// Runs of one config with other seeds (or in another folder) are one point of the fits, at their mean
+/// loss: counted as independent points, they shrank the intervals, and a law of as many coefficients as
+/// configs fitted them exactly without a word.
+#[test]
+fn repeats_of_a_config_are_one_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let seeded = |name: &str, c: f64, seed: u64, wobble: f64| {
+        let l = 10.0 * c.powf(-0.05) * wobble;
+        let config = format!("[run]\ndir = \"/x/{name}\"\nseed = {seed}\n[val]\ndir = \"/v\"\n[x]\nc = {c:e}\n");
+        run_with(root, name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(l)], "a", &config);
+    };
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        seeded(&format!("c{i}-s1"), c, 1, 1.01);
+        seeded(&format!("c{i}-s2"), c, 2, 0.99);
+    }
+    // the same config (seed 1) again in another folder
+    seeded("c2-s1-copy", 1e17, 1, 1.01);
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    assert_eq!(r.points.len(), 3, "{:?}", r.points);
+    assert_eq!(r.points.iter().map(|p| p.n()).collect::<Vec<_>>(), [2, 2, 3]);
+    let p0 = &r.points[0];
+    assert!((p0.loss / (10.0 * 1e15f64.powf(-0.05)) - 1.0).abs() < 1e-12, "the mean of ±1 %");
+    assert!(p0.std.is_some_and(|sd| (sd / (p0.loss * 0.02f64 / 2f64.sqrt()) - 1.0).abs() < 1e-6), "{p0:?}");
+    let power = r.power.as_ref().unwrap();
+    assert_eq!((power.n, power.runs), (3, 7));
+    let notes = r.notes.join("\n");
+    assert!(
+        notes.contains("7 runs are repeats of 3 configs") && notes.contains("c2-s1 + c2-s1-copy + c2-s2"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(
+            "E + a·C^(−b): not fitted (a power law with an irreducible term needs at least 4 points, found 3)"
+        ),
+        "{notes}"
+    );
+    let md = std::fs::read_to_string(root.join("scaling/fits.md")).unwrap();
+    assert!(md.contains("3 points (from 7 runs)") && md.contains("## Fitted points"), "{md}");
+    assert!(md.contains("| 3 | c2-s1, c2-s1-copy, c2-s2 |"), "{md}");
+    assert_eq!(r.pearson.all.1, 3);
+    let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with("c2-s1-copy,") && l.ends_with(",true,true,3")), "{csv}");
+
+    // two configs, each run twice: 2 points for 2 coefficients is an exact fit, and says so
+    for name in ["c2-s1", "c2-s2", "c2-s1-copy"] {
+        std::fs::remove_dir_all(root.join(name)).unwrap();
+    }
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let power = r.power.as_ref().unwrap();
+    assert_eq!((power.n, power.runs), (2, 4));
+    assert!(power.coefs.iter().all(|c| c.ci95.is_none()));
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("L = a·C^(−b): 2 distinct points for 2 coefficients: the fit is exact"), "{warnings}");
+}
+
+/// Validation losses over other rows, another noise seed or another loss setting are not comparable:
+/// those runs are left out, naming what differs.
+#[test]
+fn losses_measured_differently_are_not_fitted_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let with = |name: &str, c: f64, rows: usize, extra: &str| {
+        let l = 10.0 * c.powf(-0.05);
+        let config = format!("[val]\ndir = \"/v\"\nmax_rows = {rows}\n{extra}[x]\nc = {c:e}\n");
+        run_with(root, name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(l)], "a", &config);
+    };
+    for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
+        with(&format!("r{i}"), c, 48, "");
+    }
+    with("rows", 1e19, 64, "");
+    with("smooth", 2e19, 48, "[loss]\nlabel_smoothing = 0.1\n[bsc]\np_max = 0.2\n");
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    assert_eq!(r.power.as_ref().unwrap().n, 4);
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("measured in 3 different ways"), "{warnings}");
+    assert!(warnings.contains("rows (val.max_rows = 64 (fitted: 48))"), "{warnings}");
+    assert!(
+        warnings.contains("smooth (loss.label_smoothing = 0.1 (fitted: 0), bsc.p_max = 0.2 (fitted: 0.3))"),
+        "{warnings}"
+    );
+}
+
+/// A degenerate L(N, D) (no floor in the losses: E runs to 0) is a warning whether or not budgets were
+/// asked for.
+#[test]
+fn a_degenerate_chinchilla_fit_is_warned_about_without_budgets() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, n) in [2.0e5f64, 1.0e6, 5.0e6].into_iter().enumerate() {
+        for (j, d) in [1.0e7f64, 5.0e7, 2.0e8].into_iter().enumerate() {
+            let l = 40.0 * n.powf(-0.45) + 600.0 * d.powf(-0.35);
+            run(tmp.path(), &format!("g{i}-{j}"), (n, d, 6.0 * n * d), &[Some(l)], "a");
+        }
+    }
+    let r = super::analyse(tmp.path(), &tmp.path().join("scaling"), &[]).unwrap();
+    assert!(r.chinchilla.is_some(), "{:?}", r.notes);
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("the L(N, D) fit is degenerate: E ran to"), "{warnings}");
+}
+
+/// A log's last line cut short (a run killed mid-write) is skipped with a note; a malformed line
+/// before it leaves that run out, naming the file and line, and the analysis goes on.
+#[test]
+fn malformed_log_lines_leave_one_run_out_not_the_analysis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+    }
+    let val = root.join("r0/val.jsonl");
+    std::fs::write(&val, std::fs::read_to_string(&val).unwrap() + "{\"step\":30,\"lo").unwrap();
+    std::fs::write(root.join("r1/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\nnot json\n{\"step\":2,\"loss\":0.6}\n")
+        .unwrap();
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let names: Vec<&str> = r.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r0", "r2"]);
+    assert_eq!(r.power.as_ref().unwrap().n, 2, "r0's complete lines count");
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("r0/val.jsonl line 3: cut short (a run killed mid-write), skipped"), "{notes}");
+    assert!(
+        notes.contains("left out (unreadable): ") && notes.contains("r1/metrics.jsonl line 2: not JSON"),
+        "{notes}"
+    );
+}
+
+/// A diverged run's loss (up to 1e17 here) does not set the curves' y range, and a compute range
+/// within one decade still gets labelled ticks.
+#[test]
+fn figures_keep_a_diverged_run_off_the_scale_and_label_narrow_ranges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [2e15, 4e15, 8e15].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+    }
+    run(root, "wild", (1e7, 1e8, 6e15), &[], "a");
+    let summary = serde_json::json!({ "step": 10, "loss": null, "finished": false, "diverged": true });
+    std::fs::write(root.join("wild/summary.json"), summary.to_string()).unwrap();
+    std::fs::write(root.join("wild/metrics.jsonl"), "{\"step\":5,\"loss\":0.69}\n{\"step\":10,\"loss\":5e17}\n")
+        .unwrap();
+    super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let svg = std::fs::read_to_string(root.join("scaling/loss_curves.svg")).unwrap();
+    assert!(svg.contains("diverged runs leave it") && !svg.contains("00000000"), "the y range is the other runs'");
+    let svg = std::fs::read_to_string(root.join("scaling/loss_vs_compute.svg")).unwrap();
+    assert!(svg.contains("\n2e15\n") && svg.contains("\n5e15\n"), "ticks within the decade");
+    let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with("wild,") && l.contains(",false,true,false,false,")), "{csv}");
+}

@@ -1,0 +1,106 @@
+//! What the sweep's `out` (and the folder beside the sweep file) already holds, told in the plan: run
+//! folders that train a planned run's config under another name (left by a sweep with other axes, which
+//! `infinity scaling` would count twice), and a sweep whose runs lie beside the sweep file while `out`,
+//! resolved from the current directory, points elsewhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::run::with_absolute_paths;
+use super::{PlannedRun, SweepFile};
+use crate::train::config::TrainConfig;
+
+/// What makes two runs the same training: the config with `run.dir` left out, as text.
+pub fn config_key(config: &TrainConfig) -> Result<String> {
+    let mut c = config.clone();
+    c.run.dir = PathBuf::new();
+    Ok(toml::to_string(&c)?)
+}
+
+/// The folders in `dir` that hold a run (a `config.toml`), in name order.
+fn run_folders(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<PathBuf> =
+        entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.join("config.toml").is_file()).collect();
+    found.sort();
+    found
+}
+
+/// The settings of an existing run folder, comparable with [`config_key`]'s (`None` when its
+/// `config.toml` does not read as a config of this build).
+fn folder_key(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let config: TrainConfig = toml::from_str(&with_absolute_paths(&text).ok()?).ok()?;
+    config_key(&config).ok()
+}
+
+/// A warning for each folder in `out` that the plan does not name but that trains a planned run's
+/// config: the runs are named after every axis, so adding one (`"run.seed" = [0, 1]`) renames them all,
+/// and the old folders would stay beside the new ones that train the same again.
+pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<Vec<String>> {
+    let mut planned = std::collections::HashMap::new();
+    for r in runs {
+        planned.insert(config_key(&r.config)?, r);
+    }
+    let mut warnings = Vec::new();
+    for dir in run_folders(out) {
+        if runs.iter().any(|r| r.dir == dir) {
+            continue;
+        }
+        let Some(r) = folder_key(&dir).and_then(|k| planned.get(&k).copied()) else { continue };
+        let old = dir.file_name().unwrap_or_default().to_string_lossy();
+        let advice = match r.dir.join("config.toml").is_file() {
+            true => format!("remove one of them or move {old} out of {}", out.display()),
+            false => format!(
+                "rename {old} to {} (the sweep then continues it instead of training it again), or move it out of {}",
+                r.name,
+                out.display()
+            ),
+        };
+        warnings.push(format!(
+            "the folder {old} in out trains the same config as the planned run {} (the runs are named after every \
+             axis: were axes added?): `infinity scaling` counts both; {advice}",
+            r.name
+        ));
+    }
+    Ok(warnings)
+}
+
+/// A warning when `out` (relative, resolved from the current directory) does not exist but the folder
+/// of that name beside the sweep file holds runs: the sweep would start afresh, away from them.
+pub fn out_beside_the_file(path: &Path, sweep: &SweepFile, out: &Path) -> Option<String> {
+    if sweep.out.is_absolute() || out.exists() {
+        return None;
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (home, beside) =
+        (lexical(&std::path::absolute(dir).ok()?), lexical(&std::path::absolute(dir.join(&sweep.out)).ok()?));
+    let held = run_folders(&beside).len();
+    (beside != lexical(out) && held > 0).then(|| {
+        format!(
+            "out = {:?} is resolved from the current directory: {} does not exist yet, so every run would start \
+             afresh there, but {} holds {held} run folders: to continue those, run the sweep from {} (or make out \
+             absolute)",
+            sweep.out.display().to_string(),
+            out.display(),
+            beside.display(),
+            home.display()
+        )
+    })
+}
+
+/// An absolute path with its `..` taken away lexically (`/a/b/../c` → `/a/c`), for comparing and naming.
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}

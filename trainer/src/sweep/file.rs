@@ -1,0 +1,228 @@
+//! The sweep file: its format, the checks it gets before any run is expanded, and errors about a run's
+//! config phrased in its terms (`[axes] KEY`, not the `--set KEY` the config loader names an override).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    pub base: PathBuf,
+    pub out: PathBuf,
+    #[serde(default = "one")]
+    pub nproc_per_node: usize,
+    #[serde(default)]
+    pub set: BTreeMap<String, toml::Value>,
+    pub axes: BTreeMap<String, Vec<toml::Value>>,
+    #[serde(default)]
+    pub slurm: SlurmSection,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `#SBATCH` settings of `--slurm` scripts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSection {
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub gpus_per_node: Option<usize>,
+    pub nodes: Option<usize>,
+    /// CPU cores per node for the ranks (`--cpus-per-task`; SLURM's default is 1: every rank's data
+    /// workers would share one core).
+    pub cpus_per_node: Option<usize>,
+    /// Runs of the array at once (`--array=0-N%K`).
+    pub max_parallel: Option<usize>,
+    /// Seconds before the time limit that SLURM sends SIGUSR1 (`--signal=USR1@S`): the time a task has
+    /// to finish its step and write a checkpoint before it is killed.
+    pub signal_s: Option<u64>,
+}
+
+/// SLURM's `--signal` lead time unless `[slurm] signal_s` sets one.
+pub const DEFAULT_SIGNAL_S: u64 = 300;
+
+impl SlurmSection {
+    pub fn signal_s(&self) -> u64 {
+        self.signal_s.unwrap_or(DEFAULT_SIGNAL_S)
+    }
+}
+
+impl SweepFile {
+    /// Read and check `path` (the settings the sweep makes itself, counts that must be positive).
+    pub fn read(path: &Path) -> Result<SweepFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let de = toml::Deserializer::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let sweep: SweepFile = serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
+        sweep.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(sweep)
+    }
+
+    fn check(&self) -> Result<()> {
+        ensure!(!self.axes.is_empty(), "[axes] is empty");
+        for (k, vals) in &self.axes {
+            ensure!(!vals.is_empty(), "axis `{k}` has no values");
+        }
+        // what the sweep sets itself: each run's folder, and with a tokens axis its steps
+        for k in self.axes.keys().chain(self.set.keys()) {
+            ensure!(k != "run.dir", "`{k}` is the sweep's to set (out/NAME for each run): set `out` instead");
+            ensure!(
+                !(k == "run.steps" && self.axes.contains_key("tokens")),
+                "`run.steps` beside a `tokens` axis: the token budget sets each run's steps"
+            );
+        }
+        let s = &self.slurm;
+        for (key, n) in [("nproc_per_node", Some(self.nproc_per_node)), ("[slurm] nodes", s.nodes)] {
+            ensure!(n != Some(0), "{key} = 0: expected at least 1");
+        }
+        ensure!(s.max_parallel != Some(0), "[slurm] max_parallel = 0: expected at least 1 (or leave it out)");
+        // SLURM takes 0..=65535 s; the signal must come after the task starts to leave it any work
+        let signal = s.signal_s();
+        ensure!((1..=65535).contains(&signal), "[slurm] signal_s = {signal}: expected 1 to 65535 seconds");
+        if let Some(limit) = s.time.as_deref().and_then(time_limit_s) {
+            ensure!(
+                signal < limit,
+                "[slurm] signal_s = {signal} is not below time = {:?} ({limit} s): the time-limit warning would \
+                 come as the task starts",
+                s.time.as_deref().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The ranks a run trains on: `nproc_per_node` on each of `[slurm] nodes` (1 unless set; local runs
+    /// and `--print` use one node, whose split any batch that splits over more nodes also allows).
+    pub fn world(&self) -> usize {
+        self.nproc_per_node * self.slurm.nodes.unwrap_or(1)
+    }
+}
+
+/// A SLURM `--time` in seconds (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`); `None`
+/// for what it cannot read (`UNLIMITED`), which SLURM itself checks.
+pub fn time_limit_s(text: &str) -> Option<u64> {
+    let (days, rest) = match text.split_once('-') {
+        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
+        None => (0, text),
+    };
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let (h, m, s) = match (text.contains('-'), parts.as_slice()) {
+        (false, &[m]) => (0, m, 0),
+        (false, &[m, s]) => (0, m, s),
+        (_, &[h, m, s]) => (h, m, s),
+        (true, &[h]) => (h, 0, 0),
+        (true, &[h, m]) => (h, m, 0),
+        _ => return None,
+    };
+    Some(((days * 24 + h) * 60 + m) * 60 + s)
+}
+
+/// Where a run's override came from in the sweep file: `[axes]` or `[set]`.
+pub fn section_of(sweep: &SweepFile, key: &str) -> &'static str {
+    match sweep.axes.contains_key(key) {
+        true => "[axes]",
+        false => "[set]",
+    }
+}
+
+/// A run's config error with its `--set KEY` (how `TrainConfig::load` names the source of an override)
+/// phrased as the sweep file's section and key: `[axes] model.embed_dims: unknown key …`. `overrides`
+/// holds the `key=value` overrides of the run that come from the sweep file's `[set]` and `[axes]`.
+pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, overrides: &[String]) -> anyhow::Error {
+    let text = format!("{e:#}");
+    // `--set KEY=VALUE: …` (the override did not apply) or `--set KEY: …` (its value was refused)
+    let found = overrides.iter().find_map(|o| {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
+        let rest =
+            text.strip_prefix(&format!("--set {o}: ")).or_else(|| text.strip_prefix(&format!("--set {key}: ")))?;
+        Some((key, rest))
+    });
+    let Some((key, rest)) = found else { return e };
+    let rest = rest.strip_prefix(&format!("at `{key}`: ")).unwrap_or(rest);
+    // the config crate's "unknown field `x`, expected one of … for key `model`": the list stays
+    let rest = match rest.strip_prefix("unknown field ") {
+        Some(tail) => format!("unknown key {}", tail.rsplit_once(" for key `").map_or(tail, |(list, _)| list)),
+        None => rest.to_string(),
+    };
+    anyhow::anyhow!("{}: {} {key}: {rest}", path.display(), section_of(sweep, key))
+}
+
+/// `key=value`, an override as `TrainConfig::load` takes it.
+pub fn override_text(key: &str, v: &toml::Value) -> String {
+    format!("{key}={}", super::value_text(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(text: &str) -> Result<SweepFile> {
+        let s: SweepFile = toml::from_str(text)?;
+        s.check().map(|_| s)
+    }
+
+    #[test]
+    fn slurm_times_read_as_seconds() {
+        for (t, s) in [
+            ("30", 1800),
+            ("30:15", 1815),
+            ("24:00:00", 86400),
+            ("1-2", 93600),
+            ("1-02:30", 95400),
+            ("2-00:00:10", 172810),
+        ] {
+            assert_eq!(time_limit_s(t), Some(s), "{t}");
+        }
+        assert_eq!(time_limit_s("UNLIMITED"), None);
+        assert_eq!(time_limit_s("1:2:3:4"), None);
+    }
+
+    #[test]
+    fn the_signal_lead_time_is_checked() {
+        let base = "base = \"b.toml\"\nout = \"o\"\n[axes]\n\"optim.lr\" = [1e-3]\n[slurm]\n";
+        assert_eq!(sweep(base).unwrap().slurm.signal_s(), 300);
+        assert_eq!(sweep(&format!("{base}signal_s = 900\ntime = \"1:00:00\"")).unwrap().slurm.signal_s(), 900);
+        for (extra, want) in [
+            ("signal_s = 0", "expected 1 to 65535"),
+            ("signal_s = 70000", "expected 1 to 65535"),
+            ("time = \"00:05:00\"", "signal_s = 300 is not below time = \"00:05:00\" (300 s)"),
+            ("nodes = 0", "[slurm] nodes = 0"),
+            ("max_parallel = 0", "max_parallel = 0"),
+        ] {
+            let e = sweep(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = sweep(&base.replace("[axes]", "nproc_per_node = 0\n[axes]")).unwrap_err().to_string();
+        assert!(e.contains("nproc_per_node = 0"), "{e}");
+    }
+
+    #[test]
+    fn override_errors_name_the_sweep_section() {
+        let s =
+            sweep("base = \"b.toml\"\nout = \"o\"\n[set]\n\"val.every\" = 5\n[axes]\n\"model.embed_dims\" = [64]\n")
+                .unwrap();
+        let overrides = vec!["val.every=5".to_string(), "model.embed_dims=64".to_string()];
+        let e = anyhow::anyhow!(
+            "--set model.embed_dims: at `model.embed_dims`: unknown field `embed_dims`, expected one of `preset`, \
+             `depth` for key `model`"
+        );
+        let text = in_sweep_terms(e, Path::new("s.toml"), &s, &overrides).to_string();
+        assert_eq!(
+            text,
+            "s.toml: [axes] model.embed_dims: unknown key `embed_dims`, expected one of `preset`, `depth`"
+        );
+        let e = anyhow::anyhow!("val.every must be positive").context("--set val.every");
+        let text = in_sweep_terms(e, Path::new("s.toml"), &s, &overrides).to_string();
+        assert_eq!(text, "s.toml: [set] val.every: val.every must be positive");
+        // an error about the base file is left as it is
+        let e = anyhow::anyhow!("base.toml: at `data.dir`: missing");
+        assert_eq!(
+            in_sweep_terms(e, Path::new("s.toml"), &s, &overrides).to_string(),
+            "base.toml: at `data.dir`: missing"
+        );
+    }
+}
