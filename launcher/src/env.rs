@@ -60,7 +60,16 @@ pub struct DistEnv {
 impl DistEnv {
     /// From the process environment; `None` for a single process.
     pub fn from_env() -> Result<Option<DistEnv>> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let get = |k: &str| std::env::var(k).ok();
+        let env = Self::from_lookup(get)?;
+        if env.is_none() {
+            // (`infinity train` reads the environment twice: one warning)
+            static SAID: std::sync::Once = std::sync::Once::new();
+            if let Some(w) = stray_master_vars(get) {
+                SAID.call_once(|| tracing::warn!("{w}"));
+            }
+        }
+        Ok(env)
     }
 
     /// From any variable lookup (tests pass a map).
@@ -88,8 +97,7 @@ impl DistEnv {
             let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
             let local_world = num("LOCAL_WORLD_SIZE")?.unwrap_or(world);
             let node_rank = num("NODE_RANK")?.or(num("GROUP_RANK")?).unwrap_or(rank / local_world.max(1));
-            let addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-            (rank, world, local_rank, local_world, node_rank, addr)
+            (rank, world, local_rank, local_world, node_rank, get("MASTER_ADDR"))
         } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
             // srun with one task per rank
             let nodes = get("SLURM_STEP_NODELIST").or_else(|| get("SLURM_JOB_NODELIST")).unwrap_or_default();
@@ -99,7 +107,14 @@ impl DistEnv {
                 .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()))
                 .unwrap_or(world);
             let addr = get("MASTER_ADDR").unwrap_or(first);
-            (rank, world, num("SLURM_LOCALID")?.unwrap_or(0), local_world, num("SLURM_NODEID")?.unwrap_or(0), addr)
+            (
+                rank,
+                world,
+                num("SLURM_LOCALID")?.unwrap_or(0),
+                local_world,
+                num("SLURM_NODEID")?.unwrap_or(0),
+                Some(addr),
+            )
         } else {
             return Ok(None);
         };
@@ -113,11 +128,22 @@ impl DistEnv {
         if world == 1 {
             return Ok(None);
         }
+        // a rank on another host than rank 0 would look for the store on its own (and fail as unreachable,
+        // a retryable error); torch's env:// refuses too
+        let Some(master_addr) = master_addr else {
+            bail!(
+                "WORLD_SIZE={world} but MASTER_ADDR is not set: every rank meets rank 0's store at \
+                 MASTER_ADDR:MASTER_PORT; set MASTER_ADDR to rank 0's host (127.0.0.1 when all ranks run on \
+                 this machine), or start the ranks with `infinity launch`"
+            );
+        };
         let master_port = match get("MASTER_PORT") {
             Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
-            None => job_port(20000, get("SLURM_JOB_ID").as_deref()).unwrap_or(29500),
+            None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref()).unwrap_or(29500),
         };
-        let run_id = get(vars::RUN_ID).or_else(|| get("SLURM_JOB_ID")).unwrap_or_else(|| "run".into());
+        let run_id = get(vars::RUN_ID)
+            .or_else(|| slurm_run_id(get("SLURM_JOB_ID"), get("SLURM_STEP_ID").as_deref()))
+            .unwrap_or_else(|| "run".into());
         Ok(Some(DistEnv {
             rank,
             world,
@@ -147,10 +173,42 @@ impl DistEnv {
     }
 }
 
-/// A store port of its own for SLURM job `job_id`: `base + job_id mod 10000`, so two jobs sharing a node
-/// do not meet at one fixed default port (`None` outside SLURM).
-pub fn job_port(base: u16, job_id: Option<&str>) -> Option<u16> {
-    job_id?.trim().parse::<u64>().ok().map(|id| base + (id % 10_000) as u16)
+/// A store port of its own for SLURM job `job_id`'s step `step_id`: `base + (job + step × 6173) mod
+/// 10000`, so two jobs sharing a node, or two sruns of one allocation, do not meet at one default port
+/// (`None` outside SLURM). A requeued job's steps count from 0 again and find the same ports.
+pub fn job_port(base: u16, job_id: Option<&str>, step_id: Option<&str>) -> Option<u16> {
+    let job = job_id?.trim().parse::<u64>().ok()?;
+    let step = step_id.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    // (coprime to 10000: a job's first 10000 steps take distinct ports; step 1 lands far from job + 1)
+    const STEP_STRIDE: u64 = 6173;
+    Some(base + ((job % 10_000 + (step % 10_000) * STEP_STRIDE) % 10_000) as u16)
+}
+
+/// The run id SLURM gives a job step: `JOB` for the first (step 0, or outside a step), `JOB.STEP` for a
+/// later srun of the allocation, so that its store keys and log folders keep apart from the first's.
+pub fn slurm_run_id(job_id: Option<String>, step_id: Option<&str>) -> Option<String> {
+    let job = job_id?.trim().to_string();
+    Some(match step_id.map(str::trim) {
+        None | Some("0") => job,
+        Some(step) => format!("{job}.{step}"),
+    })
+}
+
+/// What to warn of when the environment describes no group but names a rank 0 (`MASTER_ADDR`,
+/// `MASTER_PORT` without `WORLD_SIZE`): a process meant for a group that would train alone.
+fn stray_master_vars(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if get("WORLD_SIZE").is_some() {
+        return None;
+    }
+    let set: Vec<&str> = ["MASTER_ADDR", "MASTER_PORT"].into_iter().filter(|k| get(k).is_some()).collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "{} {} set but WORLD_SIZE and RANK are not: training as a single process (set WORLD_SIZE and RANK \
+             on every rank to train as a group)",
+            set.join(" and "),
+            if set.len() == 1 { "is" } else { "are" }
+        )
+    })
 }
 
 /// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5; a host
@@ -313,7 +371,54 @@ mod tests {
             (0, 4, "localhost", 20077, "77")
         );
         // torchrun-style variables need no job step
-        let torchrun = env(&[("SLURM_JOB_ID", "77"), ("WORLD_SIZE", "2"), ("RANK", "1")]).unwrap().unwrap();
+        let torchrun = env(&[("SLURM_JOB_ID", "77"), ("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "n1")]);
+        let torchrun = torchrun.unwrap().unwrap();
         assert_eq!((torchrun.rank, torchrun.master_port, torchrun.run_id.as_str()), (1, 20077, "77"));
+    }
+
+    /// Two sruns in one allocation: the second step's ranks meet at a port and under a run id of their own.
+    #[test]
+    fn a_later_job_step_has_a_port_and_run_id_of_its_own() {
+        let step = |id: &str| {
+            let vars = [("SLURM_JOB_ID", "77"), ("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), ("SLURM_STEP_ID", id)];
+            let e = env(&[&vars[..], &[("SLURM_JOB_NODELIST", "n1")]].concat()).unwrap().unwrap();
+            (e.master_port, e.run_id)
+        };
+        assert_eq!(step("0"), (20077, "77".to_string()));
+        let (port, run_id) = step("1");
+        assert_eq!(run_id, "77.1");
+        assert!(port != 20077 && (20000..30000).contains(&port), "{port}");
+        assert_eq!(step("1"), (port, run_id), "a requeued job's step finds the same port");
+        // the steps of a job, and the first steps of neighbouring jobs, keep apart
+        let ports: std::collections::HashSet<u16> = (0..10)
+            .flat_map(|s| (70..90).map(move |j| (j, s)))
+            .map(|(j, s)| job_port(20000, Some(&j.to_string()), Some(&s.to_string())).unwrap())
+            .collect();
+        assert_eq!(ports.len(), 200);
+    }
+
+    /// A rank of a group that names no rank 0 host refuses (an error `infinity train` exits 2 with),
+    /// rather than look for the store on its own host until a retryable timeout.
+    #[test]
+    fn a_group_without_master_addr_is_refused() {
+        let e = format!("{:#}", env(&[("WORLD_SIZE", "2"), ("RANK", "1")]).unwrap_err());
+        assert!(e.contains("WORLD_SIZE=2 but MASTER_ADDR is not set"), "{e}");
+        assert_eq!(env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap(), None, "one process needs no store");
+        let e = env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1")]).unwrap().unwrap();
+        assert_eq!(e.store_addr(), "127.0.0.1:29500");
+    }
+
+    #[test]
+    fn a_rank_zero_address_without_a_world_is_warned_of() {
+        let warn = |pairs: &[(&str, &str)]| {
+            let m: HashMap<&str, &str> = pairs.iter().copied().collect();
+            stray_master_vars(|k| m.get(k).map(|v| v.to_string()))
+        };
+        let w = warn(&[("MASTER_ADDR", "job-master-0"), ("MASTER_PORT", "23456")]).unwrap();
+        assert!(w.starts_with("MASTER_ADDR and MASTER_PORT are set but WORLD_SIZE and RANK are not"), "{w}");
+        assert!(warn(&[("MASTER_PORT", "1")]).unwrap().starts_with("MASTER_PORT is set"));
+        assert_eq!(warn(&[]), None);
+        // the agent's one rank: a group of one, said so
+        assert_eq!(warn(&[("MASTER_ADDR", "127.0.0.1"), ("WORLD_SIZE", "1"), ("RANK", "0")]), None);
     }
 }

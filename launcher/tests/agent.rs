@@ -172,6 +172,16 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     assert!(agent.text().contains("got SIGHUP; forwarding SIGTERM"), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
 
+    // the same with --preempted-exit-code 143: what a scheduler that retries failed pods must see
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let extra = ["--nproc-per-node", "2", "--preempted-exit-code", "143"];
+    let mut agent = Agent::start(tmp.path(), "term-143", &args(d, &extra, PATIENT_RANK));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(143), "{}", agent.text());
+    assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
+
     // SIGHUP to ranks that die of the forwarded signal: 128 + 1, as before the ranks start
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
@@ -180,11 +190,13 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     agent.signal(libc::SIGHUP);
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(129), "{}", agent.text());
 
-    // a rank that fails on its own after the signal (exit 3): its code, not a preemption's
+    // a rank that fails on its own after the signal (exit 3): its code, not a preemption's (nor
+    // --preempted-exit-code's)
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let failing = r#"trap 'exit 3' TERM; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
-    let mut agent = Agent::start(tmp.path(), "fails", &args(d, &["--nproc-per-node", "2"], failing));
+    let extra = ["--nproc-per-node", "2", "--preempted-exit-code", "143"];
+    let mut agent = Agent::start(tmp.path(), "fails", &args(d, &extra, failing));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(3), "{}", agent.text());
@@ -515,4 +527,282 @@ fn a_rank_outside_its_process_group_is_killed_after_the_grace() {
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.exit(Duration::from_secs(40)).code(), Some(143), "{}", agent.text());
     assert!(agent.text().contains("outside its process group"), "{}", agent.text());
+}
+
+/// The failure record `name` (`failure-node1.json`) of attempt 0 of run `run` under `dir`.
+fn failure_record(dir: &Path, run: &str, name: &str) -> serde_json::Value {
+    let path = dir.join(run).join("attempt_0").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Node 0's rank exits 2 (a bad config), and node 1's dies of it (exit 1, its connection closed).
+/// `slow` names the node whose report comes 1 s late (its rank leaves a child holding its pipes): node
+/// 1's, so node 0's report is the root cause, or node 0's, so node 1's exit 1 is, posted before node
+/// 0's mark. Either way both nodes stop with exit code 2 and `stop: permanent`: node 1 restarted and
+/// exited 1, its record saying `restart`.
+fn permanent_failure_on_node_0(slow: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let rank = format!(
+        r#"touch "$TEST_DIR/started.$RANK.$INFINITY_RESTART_COUNT"
+        [ "$NODE_RANK" = {slow} ] && (trap "" TERM; exec sleep 3) &
+        if [ "$RANK" = 0 ]; then sleep 1; touch "$TEST_DIR/gone.0"; echo "error: a bad config"; exit 2; fi
+        while [ ! -e "$TEST_DIR/gone.0" ]; do sleep 0.02; done
+        echo "error: collective broadcast: rank 0: closed the connection"; exit 1"#
+    );
+    let node = |n: &'static str| {
+        let extra = node_of_two(n, &rdzv, &["--run-id", "perm", "--max-restarts", "3"]);
+        Agent::start(tmp.path(), &format!("node{n}"), &args(d, &extra, &rank))
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    for (n, agent) in [&mut node0, &mut node1].into_iter().enumerate() {
+        assert_eq!(agent.exit(Duration::from_secs(40)).code(), Some(2), "node {n}:\n{}", agent.text());
+        assert!(!agent.text().contains("restarting the group"), "node {n}:\n{}", agent.text());
+        let rec = failure_record(tmp.path(), "perm", &format!("failure-node{n}.json"));
+        assert_eq!(rec["next"], "stop: permanent", "node {n}: {rec}");
+    }
+    assert!(!tmp.path().join("started.1.1").exists(), "node 1 restarted its rank");
+}
+
+#[test]
+fn a_permanent_failure_reported_first_stops_every_node() {
+    permanent_failure_on_node_0("1");
+}
+
+#[test]
+fn a_permanent_failure_reported_second_stops_every_node() {
+    permanent_failure_on_node_0("0");
+}
+
+/// Node 0's agent (the store's host) SIGKILLed: its rank stops (the kernel's SIGTERM), node 1's dies
+/// of the broken connection. Node 1 cannot restart without the store: it says so, exits 1 and records
+/// `stop: store host lost` (it announced a restart, then failed on the store, its record saying
+/// `restart`).
+#[test]
+fn a_lost_store_host_stops_the_other_nodes_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let rank = r#"trap 'touch "$TEST_DIR/term.$RANK"; exit 0' TERM; touch "$TEST_DIR/started.$RANK"
+        if [ "$RANK" = 0 ]; then while :; do sleep 0.05; done; fi
+        while [ ! -e "$TEST_DIR/term.0" ]; do sleep 0.02; done
+        echo "error: ring: rank 0 closed the connection"; exit 1"#;
+    let node = |n: &'static str| {
+        let extra = node_of_two(n, &rdzv, &["--run-id", "hostlost", "--max-restarts", "2"]);
+        Agent::start(tmp.path(), &format!("node{n}"), &args(d, &extra, rank))
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let _ = node0.child.kill();
+    let _ = node0.child.wait();
+    assert_eq!(node1.exit(Duration::from_secs(30)).code(), Some(1), "{}", node1.text());
+    let text = node1.text();
+    assert!(!text.contains("restarting the group"), "{text}");
+    assert!(text.contains("restart the job on every node"), "{text}");
+    let rec = failure_record(tmp.path(), "hostlost", "failure-node1.json");
+    assert_eq!(
+        (rec["next"].as_str(), rec["root_cause_node"].as_u64()),
+        (Some("stop: store host lost"), Some(0)),
+        "{rec}"
+    );
+}
+
+/// Rank 1 hangs (SIGSTOP); rank 0's collective times out waiting for it (exit 86, the error the
+/// trainer prints). The root cause is rank 1 on node 1, which stopped answering, on both nodes: it
+/// was rank 0 on node 0, the healthy one.
+#[test]
+fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
+    use infinity_launcher::comm::CommError;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let timeout = CommError::Timeout { op: "all_reduce", peer: 1, secs: 1.0 };
+    let rank = format!(
+        r#"touch "$TEST_DIR/started.$RANK"
+        [ "$RANK" = 1 ] && kill -STOP $$
+        while [ ! -e "$TEST_DIR/started.1" ]; do sleep 0.02; done; sleep 1
+        echo 'error: {timeout}; aborting (exit code 86)'; exit 86"#
+    );
+    let node = |n: &'static str| {
+        let extra = node_of_two(n, &rdzv, &["--run-id", "hung"]);
+        Agent::start(tmp.path(), &format!("node{n}"), &agent_args(d, "1", &extra, &["sh", "-c", &rank]))
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    for (n, agent) in [&mut node0, &mut node1].into_iter().enumerate() {
+        assert_eq!(agent.exit(Duration::from_secs(30)).code(), Some(1), "node {n}:\n{}", agent.text());
+        let text = agent.text();
+        assert!(text.contains("rank 1 (node 1) stopped answering (rank 0 timed out waiting for it)"), "{text}");
+        let rec = failure_record(tmp.path(), "hung", &format!("failure-node{n}.json"));
+        assert_eq!(rec["root_cause_node"].as_u64(), Some(1), "node {n}: {rec}");
+        assert_eq!(rec["root_cause_here"].as_bool(), Some(n == 1), "node {n}: {rec}");
+    }
+}
+
+/// The same run id launched again (a requeued job) fails the same attempt: the first session's
+/// failure record stays, the second is written beside it (it was overwritten).
+#[test]
+fn a_relaunch_with_the_same_run_id_keeps_the_earlier_failure_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let mut first_record = String::new();
+    for session in ["first", "second"] {
+        let rank = format!("echo 'the {session} session'; exit 3");
+        let mut agent = Agent::start(tmp.path(), session, &args(d, &["--run-id", "again"], &rank));
+        assert_eq!(agent.exit(Duration::from_secs(30)).code(), Some(1), "{}", agent.text());
+        if session == "first" {
+            first_record = std::fs::read_to_string(tmp.path().join("again/attempt_0/failure-node0.json")).unwrap();
+        }
+    }
+    let first = failure_record(tmp.path(), "again", "failure-node0.json");
+    assert!(first["rank"]["last_lines"][0].as_str().unwrap().contains("the first session"), "{first}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("again/attempt_0/failure-node0.json")).unwrap(), first_record);
+    let second = failure_record(tmp.path(), "again", "failure-node0.2.json");
+    assert!(second["rank"]["last_lines"][0].as_str().unwrap().contains("the second session"), "{second}");
+}
+
+/// [`Agent::start`] with rendezvous waits reporting every second (`INFINITY_RDZV_PROGRESS_S`, 30 s
+/// otherwise).
+fn reporting_agent(dir: &Path, name: &str, args: &[&str]) -> Agent {
+    let log = dir.join(format!("{name}.log"));
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["agent_process", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("LAUNCH_TEST_ARGS", serde_json::to_string(&args).unwrap())
+        .env("TEST_DIR", dir)
+        .env("INFINITY_RDZV_PROGRESS_S", "1")
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("SLURM_STEP_ID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Agent { child, log }
+}
+
+/// Node `n` of `nnodes` with `token` and `run_id`, an 8 s rendezvous timeout, reporting every second.
+fn refusable_node(dir: &Path, rdzv: &str, nnodes: &str, n: &str, token: &str, run_id: &str) -> Agent {
+    let d = dir.to_str().unwrap();
+    let run = ["--log-dir", d, "--rdzv-timeout-s", "8", "--token", token, "--run-id", run_id];
+    let group = ["--nnodes", nnodes, "--node-rank", n, "--rdzv", rdzv];
+    let args: Vec<&str> = run.into_iter().chain(group).chain(["--", "sh", "-c", "exit 0"]).collect();
+    reporting_agent(dir, &format!("node{n}"), &args)
+}
+
+/// Node 1 with a wrong token, node 2 with another --run-id: each says plainly what differs (node 2
+/// said "no reply: failed to fill whole buffer"), both exiting 2 as for a bad command line. Node 0
+/// says while it waits, and in its timeout, whom the store refused and why, instead of "never arrived
+/// (start `infinity launch` there)" alone.
+#[test]
+fn agents_refused_for_a_wrong_token_or_run_id_are_named_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let mut node0 = refusable_node(tmp.path(), &rdzv, "3", "0", "t", "a");
+    node0.wait_for("[launch] node 0/3", Duration::from_secs(15));
+    let mut node1 = refusable_node(tmp.path(), &rdzv, "3", "1", "u", "a");
+    let mut node2 = refusable_node(tmp.path(), &rdzv, "3", "2", "t", "b");
+    assert_eq!(node1.exit(Duration::from_secs(15)).code(), Some(2), "{}", node1.text());
+    assert!(
+        node1.text().contains("refused agent 1: wrong token: INFINITY_RDZV_TOKEN (or --token) differs"),
+        "{}",
+        node1.text()
+    );
+    assert_eq!(node2.exit(Duration::from_secs(15)).code(), Some(2), "{}", node2.text());
+    let text = node2.text();
+    assert!(
+        text.contains("refused agent 2: it serves run \"a\", not \"b\": start every node with the same --run-id"),
+        "{text}"
+    );
+    assert!(!text.contains("failed to fill whole buffer"), "{text}");
+
+    assert_eq!(node0.exit(Duration::from_secs(15)).code(), Some(1), "{}", node0.text());
+    let text = node0.text();
+    let wrong_token = "wrong token (its INFINITY_RDZV_TOKEN or --token differs)";
+    let other_run = "it asked for run id \"b\", this group is \"a\" (its --run-id differs)";
+    let report =
+        text.lines().find(|l| l.starts_with("[launch] waiting for node ranks [1, 2] of 3 (") && l.contains(other_run));
+    let report = report.unwrap_or_else(|| panic!("no report naming the refusals:\n{text}"));
+    assert!(report.contains(" s until --rdzv-timeout-s); the store refused agent 1 from 127.0.0.1 ("), "{report}");
+    let error = text.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error:\n{text}"));
+    assert!(error.contains("node ranks [1, 2] of 3 never arrived within 8 s; the store refused "), "{error}");
+    assert!(error.contains("agent 1 from 127.0.0.1 (") && error.contains(wrong_token), "{error}");
+    assert!(error.contains("agent 2 from 127.0.0.1 (") && error.contains(other_run), "{error}");
+    assert!(!error.contains("start `infinity launch` there"), "{error}");
+}
+
+/// An agent waiting for a node that never comes says so about every 30 s (here every second), at the
+/// first meeting and at a restart's (node 1's agent killed): it was silent for all of --rdzv-timeout-s.
+#[test]
+fn agents_waiting_for_a_node_say_so_as_they_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    // the first meeting: node 0 alone
+    let mut alone = refusable_node(tmp.path(), &rdzv, "2", "0", "t", "alone");
+    assert_eq!(alone.exit(Duration::from_secs(20)).code(), Some(1), "{}", alone.text());
+    let text = alone.text();
+    let report = text.lines().find(|l| l.starts_with("[launch] waiting for node ranks [1] of 2 ("));
+    assert!(report.is_some_and(|l| l.contains(" s so far, ") && l.ends_with(" s until --rdzv-timeout-s)")), "{text}");
+    assert!(text.contains("never arrived within 8 s (start `infinity launch` there)"), "{text}");
+
+    // a restart's meeting: node 1's agent killed while its rank runs
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let node = |n: &'static str| {
+        let mut args = vec!["--log-dir", d, "--grace-s", "5", "--rdzv-timeout-s", "8"];
+        args.extend(node_of_two(n, &rdzv, &["--run-id", "again", "--max-restarts", "1"]));
+        args.push("--");
+        args.extend(test_rank("LAUNCH_TEST_RANK=1", exe, "rank_process"));
+        reporting_agent(tmp.path(), &format!("node{n}"), &args)
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let _ = node1.child.kill();
+    let _ = node1.child.wait();
+    node0.wait_for("restarting the group", Duration::from_secs(20));
+    assert_eq!(node0.exit(Duration::from_secs(20)).code(), Some(1), "{}", node0.text());
+    let text = node0.text();
+    let restart = &text[text.find("restarting the group").unwrap()..];
+    assert!(restart.contains("\n[launch] waiting for node ranks [1] of 2 ("), "{text}");
+    assert!(
+        restart.contains("rendezvous again/attempt-1/agents: node ranks [1] of 2 never arrived within 8 s"),
+        "{text}"
+    );
+
+    // an agent waiting for the store's host (node 0) to start
+    let mut node1 = refusable_node(tmp.path(), &format!("127.0.0.1:{}", free_port()), "2", "1", "t", "early");
+    assert_eq!(node1.exit(Duration::from_secs(20)).code(), Some(1), "{}", node1.text());
+    assert!(node1.text().contains("[store] agent 1: no store at 127.0.0.1:"), "{}", node1.text());
+}
+
+/// An agent in a PyTorchJob pod (`nprocPerNode` set) takes torchrun's PET_* variables as its flags, and
+/// its first line says which.
+#[test]
+fn an_agent_names_the_torchrun_variables_it_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let args = ["--log-dir", logs.to_str().unwrap(), "--", "true"];
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["agent_process", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("LAUNCH_TEST_ARGS", serde_json::to_string(&args).unwrap())
+        .envs([("PET_NNODES", "1"), ("PET_NPROC_PER_NODE", "1"), ("PET_RDZV_ID", "pod-run")])
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("SLURM_STEP_ID")
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut lines = text.lines().filter(|l| l.starts_with("[launch]"));
+    assert_eq!(
+        lines.next(),
+        Some("[launch] from torchrun's variables: --nnodes 1 (PET_NNODES), --run-id pod-run (PET_RDZV_ID)"),
+        "{text}"
+    );
+    assert!(lines.next().is_some_and(|l| l.starts_with("[launch] node 0/1:") && l.contains("run pod-run")), "{text}");
 }

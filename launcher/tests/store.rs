@@ -203,3 +203,47 @@ fn agents_meeting_name_node_ranks() {
     let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes).unwrap_err());
     assert!(e.contains("node rank 1 has --nnodes 3, node rank 0 has 2") && !e.contains("start"), "{e}");
 }
+
+/// A store that refused a wrong token or an agent of another run says so to the agents waiting for
+/// that node, instead of only "never arrived (start `infinity launch` there)"; the refused side's error
+/// says plainly what differs.
+#[test]
+fn refused_agents_are_named_to_the_agents_waiting_for_them() {
+    use infinity_launcher::store::{Members, Refused};
+    let s = StoreServer::spawn_for("127.0.0.1:0".parse().unwrap(), "t".into(), Some("a".into())).unwrap();
+    let addr = s.addr.to_string();
+    let mut n0 = StoreClient::connect(&addr, "t", "agent 0", T).unwrap();
+    n0.for_run("a").unwrap();
+
+    let e = StoreClient::connect(&addr, "u", "agent 1", T).err().unwrap();
+    assert!(e.downcast_ref::<Refused>().is_some(), "{e:#}");
+    assert!(format!("{e:#}").contains("refused agent 1: wrong token: INFINITY_RDZV_TOKEN (or --token) differs"));
+    let mut other = StoreClient::connect(&addr, "t", "agent 2", T).unwrap();
+    let e = other.for_run("b").unwrap_err();
+    assert!(e.downcast_ref::<Refused>().is_some(), "{e:#}");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("refused agent 2: it serves run \"a\", not \"b\": start every node with the same --run-id"),
+        "{e}"
+    );
+
+    let e =
+        format!("{:#}", n0.meet("a/attempt-0/agents", 0, 3, Duration::from_millis(300), Members::Nodes).unwrap_err());
+    assert!(e.contains("node ranks [1, 2] of 3 never arrived within 0 s; the store refused "), "{e}");
+    assert!(e.contains("agent 1 from 127.0.0.1 (just now): wrong token (its INFINITY_RDZV_TOKEN or --token differs)"));
+    assert!(e.contains("agent 2 from 127.0.0.1 (just now): it asked for run id \"b\", this group is \"a\""), "{e}");
+    assert!(!e.contains("start `infinity launch` there"), "{e}");
+}
+
+/// A store whose host exits while a call waits: the error says the store closed the connection (it
+/// said "no reply: failed to fill whole buffer").
+#[test]
+fn a_store_gone_mid_call_is_named() {
+    let (s, addr) = server("t");
+    let mut c = StoreClient::connect(&addr, "t", "x", T).unwrap();
+    let waiter = std::thread::spawn(move || c.wait(&["never".into()], T).unwrap_err());
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    let e = format!("{:#}", waiter.join().unwrap());
+    assert!(e.contains(&format!("store {addr} closed the connection (did its host")), "{e}");
+}

@@ -316,7 +316,12 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
             }
             let mut c = Command::new(BIN);
             c.args(["train"]).arg(&cfg).args(["--set", &format!("run.dir={}", dir.display()), "--resume", "auto"]);
-            c.envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_PORT", &port)]);
+            c.envs([
+                ("WORLD_SIZE", "2"),
+                ("RANK", &r.to_string()),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", &port),
+            ]);
             c.stderr(Stdio::piped()).spawn().unwrap()
         })
         .collect();

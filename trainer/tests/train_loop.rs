@@ -507,7 +507,7 @@ fn device_auto_falls_back_to_the_cpu_and_cuda_without_a_gpu_is_named() {
         (&["--check"], &[], "run.device = \"cuda\""),
         (
             &["--check", "--set", cpu, "--set", "dist.backend=nccl"],
-            &[("RANK", "0"), ("WORLD_SIZE", "2")],
+            &[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")],
             "`cuda` feature",
         ),
         (&["--check", "--set", cpu], &[("RANK", "5"), ("WORLD_SIZE", "2")], "RANK"),

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use super::group::check_run;
+use crate::store::waiting::{refused_clause, Progress};
 use crate::store::StoreClient;
 
 /// Added to a round's `joined` count to close it: every later `add` returns more than this.
@@ -78,6 +80,7 @@ pub(super) enum Joined {
 /// One agent's view of the rounds of an elastic run.
 #[derive(Clone)]
 pub(super) struct Rounds {
+    run_id: String,
     base: String,
     /// This agent's id: `host:pid:nonce`.
     pub me: String,
@@ -91,7 +94,7 @@ pub(super) struct Rounds {
 impl Rounds {
     pub fn new(run_id: &str, min: usize, max: usize, last_call: Duration, timeout: Duration) -> Rounds {
         let me = format!("{}:{}:{:04x}", hostname(), std::process::id(), rand::random::<u16>());
-        Rounds { base: format!("{run_id}/elastic"), me, min, max, last_call, timeout }
+        Rounds { run_id: run_id.to_string(), base: format!("{run_id}/elastic"), me, min, max, last_call, timeout }
     }
 
     fn key(&self, round: u32, what: &str) -> String {
@@ -134,8 +137,10 @@ impl Rounds {
         Ok(Some(String::from_utf8_lossy(&v).parse().unwrap_or(1)))
     }
 
-    /// Blocks until this agent is a member of a closed round, or the group ended.
+    /// Blocks until this agent is a member of a closed round, or the group ended. A store that serves
+    /// another run refuses it.
     pub fn join(&self, c: &mut StoreClient) -> Result<Joined> {
+        check_run(c, &self.run_id)?;
         loop {
             if let Some(code) = self.ended(c)? {
                 return Ok(Joined::Ended(code));
@@ -175,7 +180,8 @@ impl Rounds {
         // the joiners' ids, and when each was first missed (an agent adds itself, then writes its id)
         let mut here: Vec<(Option<String>, Instant)> = Vec::new();
         let (mut last_n, mut changed) = (0usize, Instant::now());
-        let (mut short_since, mut closing_since): (Option<Instant>, Option<Instant>) = (None, None);
+        // (while too few agents are here: the clock of the timeout, which reports as it runs)
+        let (mut short, mut closing_since): (Option<Progress>, Option<Instant>) = (None, None);
         let keys = [self.key(round, "members"), self.ended_key()];
         loop {
             let present = c.check(&keys)?;
@@ -232,20 +238,29 @@ impl Rounds {
                 continue;
             }
             if live.len() + pending < self.min && coming == 0 {
-                let since = *short_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.timeout {
+                let progress = short.get_or_insert_with(|| Progress::start(self.timeout, "--rdzv-timeout-s"));
+                let here = live.len() + pending;
+                if progress.timed_out() {
                     bail!(
-                        "round {round}: {} of at least {} nodes joined within {:.0} s (--nnodes {}:{}); start \
-                         `infinity launch` on more nodes",
-                        live.len() + pending,
+                        "round {round}: {here} of at least {} nodes joined within {:.0} s (--nnodes {}:{}); start \
+                         `infinity launch` on more nodes{}",
                         self.min,
                         self.timeout.as_secs_f64(),
                         self.min,
-                        self.max
+                        self.max,
+                        refused_clause(&c.refusals().unwrap_or_default())
+                    );
+                }
+                if progress.due() {
+                    console_err!(
+                        "[launch] round {round}: waiting for at least {} nodes, {here} here ({}){}",
+                        self.min,
+                        progress.so_far(),
+                        refused_clause(&c.refusals().unwrap_or_default())
                     );
                 }
             } else {
-                short_since = None;
+                short = None;
             }
             std::thread::sleep(POLL);
         }
@@ -432,5 +447,21 @@ mod tests {
         let r = Rounds::new("run", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
         let err = r.join(&mut client(&server.addr.to_string())).unwrap_err();
         assert!(format!("{err:#}").contains("1 of at least 2 nodes joined within 1 s (--nnodes 2:4)"), "{err:#}");
+    }
+
+    /// An agent of another run is refused (a bad command line, exit 2), and named in the timeout of
+    /// the round it never joined.
+    #[test]
+    fn an_agent_of_another_run_is_refused_and_named() {
+        let server = StoreServer::spawn_for("127.0.0.1:0".parse().unwrap(), "t".into(), Some("run".into())).unwrap();
+        let addr = server.addr.to_string();
+        let stranger = Rounds::new("other", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
+        let err = stranger.join(&mut client(&addr)).unwrap_err();
+        assert!(err.downcast_ref::<super::super::group::Misconfigured>().is_some(), "{err:#}");
+        assert!(format!("{err:#}").contains("it serves run \"run\", not \"other\""), "{err:#}");
+        let r = Rounds::new("run", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
+        let err = format!("{:#}", r.join(&mut client(&addr)).unwrap_err());
+        assert!(err.contains("on more nodes; the store refused test from 127.0.0.1 ("), "{err}");
+        assert!(err.contains("it asked for run id \"other\", this group is \"run\""), "{err}");
     }
 }

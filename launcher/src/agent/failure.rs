@@ -1,12 +1,15 @@
 //! `failure-nodeN.json`: a failed attempt as a record for schedulers and dashboards, written into the
 //! attempt's log folder (`LOG_DIR/RUN_ID/attempt_K/failure-nodeN.json`), beside the ranks' logs, one
 //! file per node (a `--log-dir` shared by the nodes keeps every node's). The console says the same in
-//! words.
+//! words. Also how a root cause is worded when a rank timed out waiting for a silent one.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use serde::Serialize;
+
+use crate::comm::{CommError, EXIT_COMM_TIMEOUT};
 
 /// How one of this node's ranks failed.
 #[derive(Clone, Debug, Serialize)]
@@ -25,6 +28,26 @@ impl RankFailure {
         use std::os::unix::process::ExitStatusExt;
         RankFailure { rank, pid, exit_code: status.code(), signal: status.signal(), seconds, last_lines }
     }
+
+    /// For a rank whose collective timed out (exit code 86) waiting for another rank, as its last lines
+    /// say: that rank and its node (`nproc` ranks a node). The silent rank (hung, stopped, or its node
+    /// frozen) is the root cause, not this one, which only noticed.
+    pub fn silent_peer(&self, nproc: usize) -> Option<(usize, usize)> {
+        if self.exit_code != Some(EXIT_COMM_TIMEOUT) {
+            return None;
+        }
+        let peer = self.last_lines.iter().rev().find_map(|l| CommError::timed_out_peer(l))?;
+        (peer != self.rank).then(|| (peer, peer / nproc.max(1)))
+    }
+}
+
+/// How a report that blames a silent rank reads, after that rank and its node: `rank 1 (node 1) stopped
+/// answering (rank 0 timed out waiting for it): rank 0 (node 0, …) exited with exit code 86 …`.
+const STOPPED_ANSWERING: &str = "stopped answering (rank";
+
+/// The root cause `report` (of rank `waiter`'s timeout) blaming the silent rank `peer` on `node`.
+pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, report: &str) -> String {
+    format!("rank {peer} (node {node}) {STOPPED_ANSWERING} {waiter} timed out waiting for it): {report}")
 }
 
 #[derive(Debug, Serialize)]
@@ -37,11 +60,12 @@ struct Record<'a> {
     /// answering; not a lost agent's).
     root_cause_node: Option<usize>,
     /// Whether the root cause is one of this node's ranks (else another node's record details it, or
-    /// none does: a lost agent writes none).
+    /// none does: a lost agent writes none); a rank that stopped answering counts for its node.
     root_cause_here: bool,
     /// This node's failed rank, if one failed.
     rank: Option<&'a RankFailure>,
-    /// What the agent does next: `restart`, `stop: no restarts left` or `stop: permanent`.
+    /// What the agent does next: `restart`, `stop: no restarts left`, `stop: permanent` or `stop: store
+    /// host lost`.
     next: &'a str,
     unix_time: u64,
 }
@@ -58,13 +82,40 @@ pub(super) fn write(
     next: &str,
 ) {
     let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let root_cause_here = root_cause_node == Some(node) && rank.is_some() && !root_cause.starts_with("another node");
+    let root_cause_here = is_here(root_cause, root_cause_node, node, rank.is_some());
     let rec = Record { attempt, node, root_cause, root_cause_node, root_cause_here, rank, next, unix_time };
-    let path = dir.join(format!("failure-node{node}.json"));
     let text = serde_json::to_string_pretty(&rec).expect("a record of strings and numbers");
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text + "\n")) {
-        tracing::warn!("writing {}: {e}", path.display());
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| write_new(dir, node, &(text + "\n"))) {
+        tracing::warn!("writing failure-node{node}.json into {}: {e}", dir.display());
     }
+}
+
+/// Whether the root cause is one of `node`'s ranks: its own failed rank (`failed_here`, a report not
+/// posted by another node), or a rank another node's rank timed out waiting for.
+fn is_here(root_cause: &str, root_cause_node: Option<usize>, node: usize, failed_here: bool) -> bool {
+    let first = root_cause.strip_prefix("another node: ").unwrap_or(root_cause);
+    let silent = first.starts_with("rank ") && first.contains(&format!("(node {node}) {STOPPED_ANSWERING}"));
+    root_cause_node == Some(node) && ((failed_here && !root_cause.starts_with("another node")) || silent)
+}
+
+/// Writes `text` as `failure-nodeN.json` in `dir`, or, when an earlier session of the same run id (a
+/// requeued job, the default run id `run` of a group outside SLURM) left one for this attempt, as
+/// `failure-nodeN.2.json`, `.3`, …: the first free name, so no record is ever overwritten and the
+/// highest number is the newest.
+fn write_new(dir: &Path, node: usize, text: &str) -> std::io::Result<PathBuf> {
+    for n in 1.. {
+        let name = match n {
+            1 => format!("failure-node{node}.json"),
+            n => format!("failure-node{node}.{n}.json"),
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => return f.write_all(text.as_bytes()).map(|()| path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("some name is free")
 }
 
 #[cfg(test)]
@@ -81,11 +132,11 @@ mod tests {
         let rank = RankFailure::new(1, 42, &status, 2.5, vec!["boom".into()]);
         write(dir.path(), 0, 0, "rank 1 (node 0, pid 42) exited with exit code 3", Some(0), Some(&rank), "restart");
         write(dir.path(), 0, 1, "another node: rank 1 (node 0, …)", Some(0), None, "restart");
-        let read = |n: usize| -> serde_json::Value {
-            let text = std::fs::read_to_string(dir.path().join(format!("failure-node{n}.json"))).unwrap();
+        let read_in = |dir: &Path, n: usize| -> serde_json::Value {
+            let text = std::fs::read_to_string(dir.join(format!("failure-node{n}.json"))).unwrap();
             serde_json::from_str(&text).unwrap()
         };
-        let (node0, node1) = (read(0), read(1));
+        let (node0, node1) = (read_in(dir.path(), 0), read_in(dir.path(), 1));
         assert_eq!((node0["node"].as_u64(), node0["root_cause_here"].as_bool()), (Some(0), Some(true)));
         assert_eq!(node0["rank"]["exit_code"].as_i64(), Some(3));
         assert_eq!((node1["node"].as_u64(), node1["root_cause_here"].as_bool()), (Some(1), Some(false)));
@@ -94,8 +145,9 @@ mod tests {
 
         // no rank failed here: node 1 lost node 0's store (named); a lost agent's node is unknown. Neither
         // record says the root cause is here (both did: `root_cause_here: true` with `rank: null`)
+        let attempt_1 = dir.path().join("attempt_1");
         write(
-            dir.path(),
+            &attempt_1,
             1,
             1,
             "the store at h:1 (node 0's agent) stopped answering for 10 s",
@@ -104,7 +156,7 @@ mod tests {
             "restart",
         );
         write(
-            dir.path(),
+            &attempt_1,
             1,
             0,
             "the ranks checkpointed and stopped … an agent or its node was lost",
@@ -112,9 +164,44 @@ mod tests {
             None,
             "restart",
         );
-        let (node0, node1) = (read(0), read(1));
+        let (node0, node1) = (read_in(&attempt_1, 0), read_in(&attempt_1, 1));
         assert_eq!((node1["root_cause_node"].as_u64(), node1["root_cause_here"].as_bool()), (Some(0), Some(false)));
         assert!(node0["root_cause_node"].is_null() && node0["rank"].is_null(), "{node0}");
         assert_eq!(node0["root_cause_here"].as_bool(), Some(false));
+    }
+
+    /// A second session of the same run id failing the same attempt writes beside the first record.
+    #[test]
+    fn a_record_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 0, 1, "the first session's", Some(1), None, "restart");
+        write(dir.path(), 0, 1, "the second session's", Some(1), None, "restart");
+        write(dir.path(), 0, 1, "the third session's", Some(1), None, "restart");
+        let cause = |name: &str| -> String {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["root_cause"].as_str().unwrap().to_string()
+        };
+        assert_eq!(cause("failure-node1.json"), "the first session's");
+        assert_eq!(cause("failure-node1.2.json"), "the second session's");
+        assert_eq!(cause("failure-node1.3.json"), "the third session's");
+    }
+
+    /// Rank 0 timed out waiting for rank 3 (node 1 of 2-rank nodes): rank 3 is blamed, its node holds
+    /// the root cause (on node 1, reported by node 0), node 0 does not.
+    #[test]
+    fn a_rank_that_timed_out_blames_the_rank_it_waited_for() {
+        use std::os::unix::process::ExitStatusExt;
+        let line = |peer| format!("error: {}; aborting", CommError::Timeout { op: "broadcast", peer, secs: 30.0 });
+        let timed_out = |lines| RankFailure::new(0, 7, &ExitStatus::from_raw(86 << 8), 31.0, lines);
+        assert_eq!(timed_out(vec![line(3), "bye".into()]).silent_peer(2), Some((3, 1)));
+        assert_eq!(timed_out(vec!["no such line".into()]).silent_peer(2), None);
+        let crashed = RankFailure::new(0, 7, &ExitStatus::from_raw(1 << 8), 1.0, vec![line(3)]);
+        assert_eq!(crashed.silent_peer(2), None, "only a timed-out collective (exit code 86) blames a peer");
+
+        let report = blame_silent_peer(3, 1, 0, "rank 0 (node 0, pid 7) exited with exit code 86");
+        assert!(report.starts_with("rank 3 (node 1) stopped answering (rank 0 timed out waiting for it): rank 0"));
+        assert!(!is_here(&report, Some(1), 0, true));
+        assert!(is_here(&format!("another node: {report}"), Some(1), 1, false));
+        assert!(!is_here(&format!("another node: {report}"), Some(1), 0, false));
     }
 }

@@ -10,7 +10,8 @@ use super::elastic::{Group, Nodes, Rounds};
 use super::signals::{forwarded, signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
-use crate::store::{StoreClient, StoreServer};
+use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
+use crate::store::{Refused, StoreClient, StoreServer};
 
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
 /// on the machine `--rdzv` names (the others find the port taken and connect to it).
@@ -29,8 +30,10 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
         .await?
         .next()
         .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
+    // (an agent of another run is refused, and named to the agents waiting for its node)
+    let spawn = || StoreServer::spawn_for(addr, p.token.clone(), Some(p.run_id.clone()));
     if p.elastic.is_none() {
-        return Ok(Some(StoreServer::spawn(addr, p.token.clone())?));
+        return Ok(Some(spawn()?));
     }
     // is --rdzv's host this machine? (one of its addresses binds here)
     let here = tokio::net::lookup_host((inner, p.port))
@@ -40,7 +43,7 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
     if !here {
         return Ok(None);
     }
-    match StoreServer::spawn(addr, p.token.clone()) {
+    match spawn() {
         Ok(s) => Ok(Some(s)),
         Err(e)
             if e.root_cause().downcast_ref::<std::io::Error>().map(|e| e.kind())
@@ -116,10 +119,20 @@ pub(super) fn failed_attempts(client: &mut StoreClient, run_id: &str, round: u32
 /// the others for it.
 pub(super) const CURRENT_ATTEMPT: &str = "current-attempt";
 
-/// The attempt a fixed group's agent meets the others for first: the group's current one (0 for a new
-/// group). An agent that replaces a lost node's (a restarted pod or node) finds the lost agent's claim
-/// on that attempt: it waits (up to `timeout`) for the attempt to fail and joins the restart. A group
-/// that stops instead (a permanent failure, no restarts left, a signal) is an error.
+/// Tells the store this agent's run id: a store that serves another run refuses it, a bad command
+/// line ([`Misconfigured`]).
+pub(super) fn check_run(c: &mut StoreClient, run_id: &str) -> Result<()> {
+    c.for_run(run_id).map_err(|e| match e.downcast::<Refused>() {
+        Ok(refused) => Misconfigured(refused.0).into(),
+        Err(e) => e,
+    })
+}
+
+/// The attempt a fixed group's agent meets the others for first, once the store took its run id
+/// ([`check_run`]): the group's current one (0 for a new group). An agent that replaces a lost node's
+/// (a restarted pod or node) finds the lost agent's claim on that attempt: it waits (up to `timeout`)
+/// for the attempt to fail and joins the restart. A group that stops instead (a permanent failure, no
+/// restarts left, a signal) is an error.
 pub(super) fn first_attempt(
     c: &mut StoreClient,
     run_id: &str,
@@ -127,8 +140,10 @@ pub(super) fn first_attempt(
     max_restarts: u32,
     timeout: Duration,
 ) -> Result<u32> {
+    check_run(c, run_id)?;
     let current = format!("{run_id}/{CURRENT_ATTEMPT}");
     let (t0, mut said) = (Instant::now(), false);
+    let mut progress = Progress::start(timeout, "--rdzv-timeout-s");
     loop {
         let k: u32 = match c.check(std::slice::from_ref(&current))?[0] {
             false => 0,
@@ -160,6 +175,8 @@ pub(super) fn first_attempt(
                  agent with --node-rank {node}): waiting for that attempt to end to join the restart"
             );
             said = true;
+        } else if progress.due() {
+            console_err!("[launch] still waiting for attempt {k} to end ({})", progress.so_far());
         }
         if t0.elapsed() >= timeout {
             bail!(
@@ -178,7 +195,9 @@ pub(super) fn first_attempt(
 /// differs would otherwise surface later as a rendezvous that waits for a node that never comes, ranks
 /// joining twice or a restart that one node never joins). Each agent posts its settings and reads the
 /// others' as they come: the first that differs stops it with [`Misconfigured`] naming the nodes and
-/// values, on every node. `Err(nodes)` inside: those nodes never posted their settings within `timeout`.
+/// values, on every node. The wait says every 30 s which nodes are missing and what the store refused
+/// (a wrong token, another run id); `Err(nodes)` inside: those nodes of an elastic round never posted
+/// their settings within `timeout` (a fixed group's agent fails then, naming them and the refusals).
 pub(super) fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
@@ -191,6 +210,7 @@ pub(super) fn agree_on_settings(
         Some(Nodes::Elastic { min, max }) => format!("{min}:{max}"),
         _ => g.nnodes.to_string(),
     };
+    let fixed = !matches!(a.nnodes, Some(Nodes::Elastic { .. }));
     let mine = format!("--nnodes {nodes} --nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
     let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
     tokio::task::spawn_blocking(move || {
@@ -198,6 +218,10 @@ pub(super) fn agree_on_settings(
         let keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
         let mut theirs: Vec<Option<String>> = vec![None; nnodes];
         let t0 = Instant::now();
+        let mut progress = Progress::start(timeout, "--rdzv-timeout-s");
+        let missing = |theirs: &[Option<String>]| -> Vec<String> {
+            (0..nnodes).filter(|&n| theirs[n].is_none()).map(|n| n.to_string()).collect()
+        };
         loop {
             let present = client.check(&keys)?;
             for (n, k) in keys.iter().enumerate() {
@@ -227,8 +251,28 @@ pub(super) fn agree_on_settings(
                 return Ok((client, Ok(())));
             }
             if t0.elapsed() >= timeout {
+                if fixed {
+                    let refused = client.refusals().unwrap_or_default();
+                    bail!(never_arrived(
+                        &prefix,
+                        "node rank",
+                        &missing(&theirs),
+                        nnodes,
+                        timeout,
+                        START_THERE,
+                        &refused
+                    ));
+                }
                 let missing = (0..nnodes).filter(|&n| theirs[n].is_none()).collect();
                 return Ok((client, Err(missing)));
+            }
+            if progress.due() {
+                console_err!(
+                    "[launch] waiting for node ranks [{}] of {nnodes} ({}){}",
+                    missing(&theirs).join(", "),
+                    progress.so_far(),
+                    refused_clause(&client.refusals().unwrap_or_default())
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
-use crate::store::{JoinedTwice, Members, StoreClient};
+use crate::store::{JoinedTwice, Members, Refused, StoreClient};
 
 mod elastic;
 mod failure;
@@ -20,6 +20,7 @@ mod group;
 mod plan;
 mod ranks;
 mod signals;
+mod verdict;
 mod watch;
 
 pub use elastic::Nodes;
@@ -31,6 +32,7 @@ use group::{
 use plan::{plan, Plan};
 use ranks::spawn_group;
 use signals::{until_signal, Signals};
+use verdict::{Next, Permanent};
 use watch::{watch, Membership};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -39,19 +41,21 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 1)]
     pub nproc_per_node: usize,
     /// Nodes in the job: N, or MIN:MAX for an elastic group that goes on with whichever nodes are up
-    /// (default 1, or SLURM_NNODES inside srun: a job step, not the batch script or salloc shell).
+    /// (default 1, PET_NNODES as torchrun reads it (Kubeflow's PyTorchJob), or SLURM_NNODES inside
+    /// srun: a job step, not the batch script or salloc shell).
     #[arg(long)]
     pub nnodes: Option<Nodes>,
-    /// This node's index (default 0, or SLURM_NODEID inside srun); an elastic group numbers its nodes as
-    /// they join.
+    /// This node's index (default 0, PET_NODE_RANK, or SLURM_NODEID inside srun); an elastic group
+    /// numbers its nodes as they join.
     #[arg(long)]
     pub node_rank: Option<usize>,
-    /// HOST:PORT of node 0's store (default: a free local port on one node; in SLURM, the step's first
-    /// node at 30000 + SLURM_JOB_ID mod 10000).
+    /// HOST:PORT of node 0's store (default: a free local port on one node; PET_RDZV_ENDPOINT or
+    /// PET_MASTER_ADDR:PET_MASTER_PORT; in SLURM, the step's first node at 30000 + (SLURM_JOB_ID +
+    /// 6173·SLURM_STEP_ID) mod 10000).
     #[arg(long)]
     pub rdzv: Option<String>,
-    /// Names the run in store keys and log folders (default SLURM_JOB_ID; on one node outside SLURM
-    /// `run-DATE-TIME-PID`, otherwise `run`).
+    /// Names the run in store keys and log folders (default PET_RDZV_ID, or SLURM_JOB_ID (JOB.STEP for
+    /// a later job step); on one node outside SLURM `run-DATE-TIME-PID`, otherwise `run`).
     #[arg(long)]
     pub run_id: Option<String>,
     /// Shared secret to join the store (default INFINITY_RDZV_TOKEN; random on one node).
@@ -72,6 +76,11 @@ pub struct LaunchArgs {
     /// Elastic groups: seconds without a new agent after which a round of at least MIN nodes starts.
     #[arg(long, default_value_t = 30.0)]
     pub rdzv_last_call_s: f64,
+    /// The agent's exit code when a signal stopped the group and the ranks stopped cleanly (checkpoint
+    /// written): 0, or e.g. 143 where the scheduler must see a preempted pod as failed to run it again
+    /// (a Kubernetes Job's podFailurePolicy, a PyTorchJob's `restartPolicy: ExitCode`).
+    #[arg(long, value_name = "CODE", default_value_t = 0)]
+    pub preempted_exit_code: u8,
     /// What each rank runs: an `infinity` subcommand (`train CONFIG …`) or any program.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -111,8 +120,13 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     // a store wait a signal cut short may still be blocking a thread: leave it behind
     rt.shutdown_background();
     match code {
-        // the agents' command lines do not fit together: a bad invocation, as a scheduler must see it
-        Err(e) if e.downcast_ref::<Misconfigured>().is_some() || e.downcast_ref::<JoinedTwice>().is_some() => {
+        // the agents' command lines do not fit together (a wrong token or run id among them): a bad
+        // invocation, as a scheduler must see it
+        Err(e)
+            if e.downcast_ref::<Misconfigured>().is_some()
+                || e.downcast_ref::<JoinedTwice>().is_some()
+                || e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) =>
+        {
             console_err!("error: {e:#}");
             Ok(EXIT_BAD_INVOCATION)
         }
@@ -328,6 +342,8 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 return Ok(end.finish(&mut client, 0, true).await);
             }
             Outcome::Stopped(code) => {
+                // (0: stopped cleanly, checkpointed; what a scheduler that retries failures should see)
+                let code = if code == 0 { i32::from(a.preempted_exit_code) } else { code };
                 console_err!("[launch] the ranks stopped after the signal; exiting with {code}");
                 // (a node that leaves an elastic group ends only its own part, unless it hosts the store)
                 return Ok(end.finish(&mut client, code, end.hosting).await);
@@ -335,7 +351,52 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             Outcome::Regroup(why) => {
                 console_err!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
             }
-            Outcome::Failed { report, permanent, local, node } => {
+            Outcome::Failed { mut report, permanent, local, node } => {
+                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
+                // a restart meets in the store: with its host gone (node 0's agent; an elastic group's
+                // agent at --rdzv) none can, and only the whole job started again goes on
+                let lost = match (permanent, &server) {
+                    (None, None) => verdict::store_lost(&store_addr, &p.token, &who).await,
+                    _ => None,
+                };
+                if let Some(why) = lost {
+                    let (host, node) = match rounds {
+                        None => ("node 0's agent", Some(0)),
+                        Some(_) => ("the agent at --rdzv", node),
+                    };
+                    if !report.starts_with("the store") {
+                        report = format!("the store's host ({host}) was lost: {why}\n  (here: {report})");
+                    }
+                    console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
+                    let next = Next::StoreHostLost.as_str();
+                    failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next);
+                    console_err!(
+                        "[launch] not restarting: the store's host ({host}) is gone, and the group's rendezvous \
+                         with it; restart the job on every node (a requeue does; `--resume auto` takes the newest \
+                         checkpoint)"
+                    );
+                    return Ok(1);
+                }
+                // every node stops for a permanent failure, whichever failure was posted first
+                let permanent = match permanent {
+                    Some(code) => {
+                        let rank = local.as_ref().filter(|l| l.exit_code == Some(code)).map(|l| l.rank);
+                        Some(Permanent { code, rank })
+                    }
+                    None => {
+                        let found = verdict::permanent_elsewhere(&mut client, &prefix, g).await;
+                        if let Some(Permanent { code, rank: Some(r) }) = found {
+                            let n = r / a.nproc_per_node;
+                            if node != Some(n) {
+                                report += &format!(
+                                    "\n  (then rank {r} (node {n}) exited with exit code {code}, which a restart \
+                                     would repeat)"
+                                );
+                            }
+                        }
+                        found
+                    }
+                };
                 console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
                 // restarts used: failed attempts so far (an elastic group's regroups are not failures)
                 let used = match rounds {
@@ -343,20 +404,21 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     Some(_) => failed_attempts(&mut client, &p.run_id, g.round)?,
                 };
                 let next = match (permanent, used > a.max_restarts) {
-                    (Some(_), _) => "stop: permanent",
-                    (None, true) => "stop: no restarts left",
-                    (None, false) => "restart",
+                    (Some(_), _) => Next::Permanent,
+                    (None, true) => Next::NoRestartsLeft,
+                    (None, false) => Next::Restart,
                 };
-                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
-                failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next);
-                if let Some(code) = permanent {
+                failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next.as_str());
+                if let Some(Permanent { code, rank }) = permanent {
                     let what = match code {
                         EXIT_BAD_DATA => "the dataset is wrong",
                         EXIT_DIVERGED => "the run diverged (it would again from its last good checkpoint)",
                         _ => "the command or its config is wrong",
                     };
+                    let by = rank.map_or(String::new(), |r| format!(" (rank {r}, node {})", r / a.nproc_per_node));
                     console_err!(
-                        "[launch] not restarting: exit code {code} means {what}, and a restart would fail the same way"
+                        "[launch] not restarting: exit code {code}{by} means {what}, and a restart would fail the \
+                         same way"
                     );
                     return Ok(end.finish(&mut client, code, true).await);
                 }

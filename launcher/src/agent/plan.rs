@@ -1,11 +1,11 @@
-//! What an agent's command line and environment (SLURM's job step, the launcher's variables) make of
-//! the group: its node count, this node's rank, the rendezvous address, the shared token and the run id,
-//! checked before anything starts.
+//! What an agent's command line and environment (SLURM's job step, torchrun's `PET_*` variables as
+//! Kubeflow's PyTorchJob sets them, the launcher's variables) make of the group: its node count, this
+//! node's rank, the rendezvous address, the shared token and the run id, checked before anything starts.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::{LaunchArgs, Nodes};
-use crate::env::{job_port, parse_nodelist, vars};
+use crate::env::{job_port, parse_nodelist, slurm_run_id, vars};
 
 /// Where this agent stands in its group.
 pub(super) struct Plan {
@@ -18,30 +18,86 @@ pub(super) struct Plan {
     pub(super) port: u16,
     pub(super) run_id: String,
     pub(super) token: String,
+    /// The settings taken from torchrun's variables, as flags with their sources (`--nnodes 2
+    /// (PET_NNODES)`), for the agent's first line.
+    pub(super) adopted: Vec<String>,
 }
 
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
-    plan_with(a, |k| std::env::var(k).ok())
+    let p = plan_with(a, |k| std::env::var(k).ok())?;
+    // (the command line is checked, then planned again to run: one line)
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if !p.adopted.is_empty() {
+        SAID.call_once(|| console_err!("[launch] from torchrun's variables: {}", p.adopted.join(", ")));
+    }
+    Ok(p)
 }
+
+/// torchrun's defaults where its `PET_*` variables leave a port out.
+const TORCHRUN_RDZV_PORT: u16 = 29400;
+const TORCHRUN_MASTER_PORT: u16 = 29500;
 
 /// [`plan`] with the environment looked up by `env` (tests pass a map).
 fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Plan> {
     // SLURM's node count and index describe the job step an srun started, one agent per node; the batch
     // script and an salloc shell see them too, but run on one node, where no other agent comes
     let in_step = env("SLURM_STEP_ID").is_some();
-    let slurm_num = |k: &str| env(k).filter(|_| in_step).and_then(|v| v.parse::<usize>().ok());
-    let nodes = a.nnodes.or(slurm_num("SLURM_NNODES").map(Nodes::Fixed)).unwrap_or(Nodes::Fixed(1));
+    let slurm_num = |k: &str| -> Result<Option<usize>> {
+        env(k)
+            .filter(|_| in_step)
+            .map(|v| v.trim().parse::<usize>().with_context(|| format!("{k}={v:?}: expected a number")))
+            .transpose()
+    };
+    // each setting from its flag, else torchrun's variable (as torchrun takes it: Kubeflow's PyTorchJob
+    // sets PET_* for one launcher per pod), else SLURM's; the source names it in errors
+    let mut adopted = Vec::new();
+    let (nodes, nodes_from) = if let Some(n) = a.nnodes {
+        (n, "--nnodes")
+    } else if let Some(v) = env("PET_NNODES") {
+        let n = v.parse::<Nodes>().map_err(|e| anyhow!("PET_NNODES={v:?}: {e}"))?;
+        adopted.push(format!("--nnodes {} (PET_NNODES)", v.trim()));
+        (n, "PET_NNODES")
+    } else if let Some(n) = slurm_num("SLURM_NNODES")? {
+        ensure!(n > 0, "SLURM_NNODES=0: expected at least 1");
+        (Nodes::Fixed(n), "SLURM_NNODES")
+    } else {
+        refuse_process_ranks(&env)?;
+        (Nodes::Fixed(1), "--nnodes")
+    };
     let (nnodes, elastic) = match nodes {
         Nodes::Fixed(n) => (n, None),
         Nodes::Elastic { min, max } => (max, Some((min, max))),
     };
-    let node_rank = match elastic {
+    let (node_rank, rank_from) = match elastic {
         Some(_) if a.node_rank.is_some() => {
             bail!("--node-rank: an elastic group (--nnodes MIN:MAX) numbers its nodes in the order they join")
         }
-        Some(_) => 0,
-        None => a.node_rank.or(slurm_num("SLURM_NODEID")).unwrap_or(0),
+        // (PET_NODE_RANK too: torchrun takes it for a static rendezvous only)
+        Some(_) => (0, "--node-rank"),
+        None => {
+            if let Some(r) = a.node_rank {
+                (r, "--node-rank")
+            } else if let Some(v) = env("PET_NODE_RANK") {
+                let r = v.trim().parse().with_context(|| format!("PET_NODE_RANK={v:?}: expected a number"))?;
+                adopted.push(format!("--node-rank {r} (PET_NODE_RANK)"));
+                (r, "PET_NODE_RANK")
+            } else if let Some(r) = slurm_num("SLURM_NODEID")? {
+                (r, "SLURM_NODEID")
+            } else {
+                // every pod would be node 0
+                ensure!(
+                    nodes_from != "PET_NNODES" || nnodes == 1,
+                    "PET_NNODES={nnodes} but PET_NODE_RANK is not set: pass --node-rank (this node's index, \
+                     0 to {})",
+                    nnodes - 1
+                );
+                (0, "--node-rank")
+            }
+        }
     };
+    if nodes_from.starts_with("SLURM") || rank_from.starts_with("SLURM") {
+        one_task_per_node(&slurm_num)?;
+    }
     let secs =
         [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s), ("--rdzv-last-call-s", a.rdzv_last_call_s)];
     for (flag, v) in secs {
@@ -49,47 +105,138 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             bail!("{flag} {v}: expected a number of seconds ≥ 0");
         }
     }
-    if a.nproc_per_node == 0 || node_rank >= nnodes {
-        bail!("--nproc-per-node must be positive and --node-rank below --nnodes ({node_rank} of {nnodes})");
+    ensure!(a.nproc_per_node > 0, "--nproc-per-node must be positive");
+    if let Some(v) = env("PET_NPROC_PER_NODE") {
+        // (`auto`, `gpu`, `cpu`: torchrun counts the devices; the agent takes --nproc-per-node as given)
+        if let Ok(n) = v.trim().parse::<usize>() {
+            ensure!(
+                n == a.nproc_per_node,
+                "PET_NPROC_PER_NODE={n} but --nproc-per-node is {}: pass --nproc-per-node {n} (the agent \
+                 spawns that many ranks on each node)",
+                a.nproc_per_node
+            );
+        }
     }
+    ensure!(node_rank < nnodes, "expected {rank_from} below {nodes_from} ({node_rank} of {nnodes})");
     let (host, port) = match &a.rdzv {
-        Some(r) => {
-            let (h, p) = r.rsplit_once(':').with_context(|| format!("--rdzv {r}: expected HOST:PORT"))?;
-            ensure!(!h.is_empty(), "--rdzv {r}: expected HOST:PORT (no host given)");
-            (h.to_string(), p.parse().with_context(|| format!("--rdzv {r}: bad port"))?)
-        }
+        Some(r) => host_port("--rdzv", r, None)?,
         None if nnodes == 1 => ("127.0.0.1".to_string(), 0),
-        None => {
-            // the job step's nodes (an srun over part of the allocation), else the job's
-            let list = env("SLURM_STEP_NODELIST")
-                .or(env("SLURM_JOB_NODELIST"))
-                .context("--rdzv HOST:PORT is needed with several nodes")?;
-            let first = parse_nodelist(&list)?.into_iter().next().context("empty SLURM node list")?;
-            (first, job_port(30000, env("SLURM_JOB_ID").as_deref()).unwrap_or(29400))
-        }
+        None => match torchrun_rdzv(&env)? {
+            Some((host, port, from)) => {
+                adopted.push(format!("--rdzv {host}:{port} ({from})"));
+                (host, port)
+            }
+            None => {
+                // the job step's nodes (an srun over part of the allocation), else the job's
+                let list = env("SLURM_STEP_NODELIST")
+                    .or(env("SLURM_JOB_NODELIST"))
+                    .context("--rdzv HOST:PORT is needed with several nodes")?;
+                let first = parse_nodelist(&list)?.into_iter().next().context("empty SLURM node list")?;
+                let step = env("SLURM_STEP_ID");
+                (first, job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref()).unwrap_or(29400))
+            }
+        },
     };
     let token = match a.token.clone().or(env(vars::TOKEN)) {
         Some(t) => t,
         None if nnodes == 1 => format!("{:032x}", rand::random::<u128>()),
         None => bail!("several nodes need a shared token: --token or {} on every node", vars::TOKEN),
     };
-    let run_id = match a.run_id.clone().or(env("SLURM_JOB_ID")) {
-        Some(id) => id,
+    let (run_id, run_id_from) = if let Some(id) = a.run_id.clone() {
+        (id, "--run-id")
+    } else if let Some(id) = env("PET_RDZV_ID") {
+        adopted.push(format!("--run-id {id} (PET_RDZV_ID)"));
+        (id, "PET_RDZV_ID")
+    } else if let Some(id) = slurm_run_id(env("SLURM_JOB_ID"), env("SLURM_STEP_ID").as_deref()) {
+        (id, "SLURM_JOB_ID")
+    } else if nnodes == 1 && elastic.is_none() {
         // one node on its own: a name of its own, so that two launches on a machine keep their logs
         // and store keys apart (torchrun's standalone mode draws one too); nodes of a group must agree
-        None if nnodes == 1 && elastic.is_none() => {
-            format!("run-{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), std::process::id())
-        }
-        None => "run".into(),
+        (format!("run-{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), std::process::id()), "--run-id")
+    } else {
+        ("run".into(), "--run-id")
     };
     // a folder name under --log-dir and a prefix of store keys
     ensure!(
         !run_id.is_empty()
             && !run_id.starts_with('.')
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
-        "--run-id {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
+        "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted })
+}
+
+/// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an
+/// IPv6 one bracketed) with that port.
+fn host_port(what: &str, v: &str, default_port: Option<u16>) -> Result<(String, u16)> {
+    let v = v.trim();
+    if let Some(p) = default_port.filter(|_| !v.is_empty() && (!v.contains(':') || v.ends_with(']'))) {
+        return Ok((v.to_string(), p));
+    }
+    let (h, p) = v.rsplit_once(':').with_context(|| format!("{what} {v}: expected HOST:PORT"))?;
+    ensure!(!h.is_empty(), "{what} {v}: expected HOST:PORT (no host given)");
+    Ok((h.to_string(), p.parse().with_context(|| format!("{what} {v}: bad port"))?))
+}
+
+/// The rendezvous torchrun's variables name: `PET_RDZV_ENDPOINT` (an elastic PyTorchJob's, c10d), else
+/// `PET_MASTER_ADDR:PET_MASTER_PORT`; with the variables' names.
+fn torchrun_rdzv(env: &impl Fn(&str) -> Option<String>) -> Result<Option<(String, u16, &'static str)>> {
+    if let Some(e) = env("PET_RDZV_ENDPOINT") {
+        // the agent's store is one of the nodes (as c10d's): an etcd endpoint is no place to meet
+        if let Some(b) = env("PET_RDZV_BACKEND").filter(|b| !matches!(b.trim(), "c10d" | "static")) {
+            bail!("PET_RDZV_BACKEND={b:?}: the agents meet at a store node 0 hosts; pass --rdzv HOST:PORT of a node");
+        }
+        let (h, p) = host_port("PET_RDZV_ENDPOINT", &e, Some(TORCHRUN_RDZV_PORT))?;
+        return Ok(Some((h, p, "PET_RDZV_ENDPOINT")));
+    }
+    let Some(h) = env("PET_MASTER_ADDR") else { return Ok(None) };
+    let port = match env("PET_MASTER_PORT") {
+        Some(p) => p.trim().parse().with_context(|| format!("PET_MASTER_PORT={p:?}: expected a port"))?,
+        None => TORCHRUN_MASTER_PORT,
+    };
+    Ok(Some((h.trim().to_string(), port, "PET_MASTER_ADDR, PET_MASTER_PORT")))
+}
+
+/// With no node count given, `WORLD_SIZE` and `RANK` (a PyTorchJob's pod, a torchrun-style scheduler)
+/// must not leave the agent training alone as node 0 of 1, beside agents that do the same in one run
+/// folder. Nor can it take them: they count processes (one per pod, or a pod's `nprocPerNode` in
+/// WORLD_SIZE) or nodes, whichever the job meant.
+fn refuse_process_ranks(env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+    let (world, rank) = (env("WORLD_SIZE"), env("RANK"));
+    let alone = |v: &Option<String>, one: &str| v.as_deref().is_none_or(|v| v.trim() == one);
+    if alone(&world, "1") && alone(&rank, "0") {
+        return Ok(());
+    }
+    let set: Vec<String> = [("WORLD_SIZE", &world), ("RANK", &rank)]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+    bail!(
+        "{} set, but no --nnodes: they may count processes or nodes, so the agent takes neither. For one agent \
+         per pod or node pass --nnodes N --node-rank R --rdzv MASTER_ADDR:MASTER_PORT (a PyTorchJob without \
+         nprocPerNode: --nnodes $(WORLD_SIZE) --node-rank $(RANK)), or set PET_NNODES and PET_NODE_RANK (as \
+         PyTorchJob's nprocPerNode does); to train on this node alone, unset WORLD_SIZE and RANK",
+        set.join(" and ")
+    )
+}
+
+/// An srun that started several tasks on a node would start several agents there, each binding node
+/// 0's port or joining as that node; one task per node is the agent's layout.
+fn one_task_per_node(slurm_num: &impl Fn(&str) -> Result<Option<usize>>) -> Result<()> {
+    // (the counts decide; SLURM_NTASKS_PER_NODE may be the batch script's, inherited)
+    let several = match (slurm_num("SLURM_NTASKS")?, slurm_num("SLURM_NNODES")?) {
+        (Some(t), Some(n)) if t != n => format!("SLURM_NTASKS={t} on SLURM_NNODES={n}"),
+        (Some(_), Some(_)) => return Ok(()),
+        _ => match slurm_num("SLURM_NTASKS_PER_NODE")? {
+            Some(p) if p != 1 => format!("SLURM_NTASKS_PER_NODE={p}"),
+            _ => return Ok(()),
+        },
+    };
+    bail!(
+        "srun started more than one task per node ({several}): `infinity launch` is one agent per node, which \
+         spawns that node's ranks; run `srun --ntasks-per-node=1 infinity launch --nproc-per-node G …` (G ranks \
+         per node)"
+    )
 }
 
 #[cfg(test)]
@@ -138,5 +285,139 @@ mod tests {
         let group = ["--nnodes", "2", "--node-rank", "1", "--rdzv", "n1:29400"];
         assert_eq!(plan_of(&group, &[("INFINITY_RDZV_TOKEN", "t")]), "run");
         assert_eq!(plan_of(&["--nnodes", "1:2", "--rdzv", "n1:29400"], &[("INFINITY_RDZV_TOKEN", "t")]), "run");
+    }
+
+    fn plan_of(args: &[&str], vars: &[(&str, &str)]) -> Result<Plan> {
+        let a = Cli::parse_from(["launch"].iter().chain(args).chain(&["--", "true"])).a;
+        plan_with(&a, |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+
+    fn err_of(args: &[&str], vars: &[(&str, &str)]) -> String {
+        format!("{:#}", plan_of(args, vars).err().expect("an error"))
+    }
+
+    const TOKEN: (&str, &str) = ("INFINITY_RDZV_TOKEN", "t");
+
+    /// A PyTorchJob pod running one agent: the operator's PET_* variables are torchrun's defaults for
+    /// its flags, and the agent's too.
+    #[test]
+    fn torchrun_variables_of_a_pod_are_taken_as_its_flags() {
+        let pod = [
+            ("PET_NNODES", "2"),
+            ("PET_NODE_RANK", "1"),
+            ("PET_NPROC_PER_NODE", "8"),
+            ("PET_MASTER_ADDR", "job-master-0"),
+            ("PET_MASTER_PORT", "23456"),
+            ("WORLD_SIZE", "16"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "job-master-0"),
+            ("MASTER_PORT", "23456"),
+            TOKEN,
+        ];
+        let eight = ["--nproc-per-node", "8"];
+        let p = plan_of(&eight, &pod).unwrap();
+        assert_eq!(
+            (p.nnodes, p.node_rank, p.host.as_str(), p.port, p.run_id.as_str()),
+            (2, 1, "job-master-0", 23456, "run")
+        );
+        assert_eq!(
+            p.adopted,
+            [
+                "--nnodes 2 (PET_NNODES)",
+                "--node-rank 1 (PET_NODE_RANK)",
+                "--rdzv job-master-0:23456 (PET_MASTER_ADDR, PET_MASTER_PORT)"
+            ]
+        );
+        // the flags win
+        let p = plan_of(&[&eight[..], &["--nnodes", "3", "--node-rank", "2", "--rdzv", "h:1"]].concat(), &pod).unwrap();
+        assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port, p.adopted.len()), (3, 2, "h", 1, 0));
+        // the pod's ranks per node, which the command line contradicts
+        assert!(err_of(&[], &pod).contains("PET_NPROC_PER_NODE=8 but --nproc-per-node is 1: pass --nproc-per-node 8"));
+        // every pod would be node 0
+        let no_rank: Vec<_> = pod.iter().copied().filter(|(k, _)| *k != "PET_NODE_RANK").collect();
+        assert!(err_of(&eight, &no_rank).contains("PET_NNODES=2 but PET_NODE_RANK is not set: pass --node-rank"));
+
+        // an elastic PyTorchJob: c10d's endpoint, nodes numbered as they join
+        let elastic = [
+            ("PET_NNODES", "1:4"),
+            ("PET_RDZV_BACKEND", "c10d"),
+            ("PET_RDZV_ENDPOINT", "job-worker-0:23456"),
+            ("PET_RDZV_ID", "job-7"),
+            ("PET_NODE_RANK", "3"),
+            TOKEN,
+        ];
+        let p = plan_of(&[], &elastic).unwrap();
+        assert_eq!(
+            (p.elastic, p.node_rank, p.host.as_str(), p.port, p.run_id.as_str()),
+            (Some((1, 4)), 0, "job-worker-0", 23456, "job-7")
+        );
+        let no_port = [("PET_NNODES", "1:4"), ("PET_RDZV_ENDPOINT", "job-worker-0"), TOKEN];
+        assert_eq!(plan_of(&[], &no_port).unwrap().port, 29400, "torchrun's default");
+        let etcd = [("PET_NNODES", "1:4"), ("PET_RDZV_BACKEND", "etcd"), ("PET_RDZV_ENDPOINT", "etcd:2379"), TOKEN];
+        assert!(err_of(&[], &etcd).contains("PET_RDZV_BACKEND=\"etcd\""));
+        assert!(err_of(&[], &[("PET_NNODES", "two")]).contains("PET_NNODES=\"two\""));
+    }
+
+    /// WORLD_SIZE and RANK may count processes or nodes: with no node count, the agent refuses them
+    /// (each pod trained alone as node 0 of 1, into one run folder).
+    #[test]
+    fn process_ranks_without_a_node_count_are_refused() {
+        let pod = [("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29611"), ("WORLD_SIZE", "2"), ("RANK", "1")];
+        let e = err_of(&[], &pod);
+        assert!(e.starts_with("WORLD_SIZE=2 and RANK=1 set, but no --nnodes"), "{e}");
+        assert!(e.contains("--nnodes $(WORLD_SIZE) --node-rank $(RANK)") && e.contains("PET_NNODES"), "{e}");
+        assert!(err_of(&[], &[("RANK", "1")]).starts_with("RANK=1 set"));
+        // a world of one is this node alone; a node count given, or SLURM's, says what they are not
+        assert_eq!(plan_of(&[], &[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap().nnodes, 1);
+        let given = plan_of(&["--nnodes", "2", "--node-rank", "1", "--rdzv", "h:1"], &[&pod[..], &[TOKEN]].concat());
+        assert_eq!(given.unwrap().node_rank, 1);
+        let srun =
+            [("SLURM_STEP_ID", "0"), ("SLURM_NNODES", "2"), ("SLURM_NODEID", "1"), ("SLURM_JOB_NODELIST", "n[1-2]")];
+        assert_eq!(plan_of(&[], &[&pod[..], &srun, &[TOKEN]].concat()).unwrap().node_rank, 1);
+    }
+
+    /// A second srun in one allocation meets at a port and under a run id of its own (it took the
+    /// first's port, or joined its store).
+    #[test]
+    fn a_later_job_step_has_a_port_and_run_id_of_its_own() {
+        let srun = |step| {
+            let vars = [("SLURM_STEP_ID", step), ("SLURM_JOB_ID", "7"), ("SLURM_NNODES", "2"), ("SLURM_NODEID", "0")];
+            let p = plan_of(&[], &[&vars[..], &[("SLURM_JOB_NODELIST", "n[1-2]"), TOKEN]].concat()).unwrap();
+            (p.port, p.run_id)
+        };
+        assert_eq!(srun("0"), (30007, "7".to_string()));
+        let (port, run_id) = srun("1");
+        assert_eq!(run_id, "7.1");
+        assert!(port != 30007 && (30000..40000).contains(&port), "{port}");
+    }
+
+    /// srun's task layout and numbers are checked, and errors name SLURM's variables.
+    #[test]
+    fn slurm_steps_run_one_agent_per_node() {
+        let step = [("SLURM_STEP_ID", "0"), ("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "n[1-2]"), TOKEN];
+        let with = |extra: &[(&'static str, &'static str)]| [&step[..], extra].concat();
+        // srun --ntasks-per-node=2: two agents on a node
+        let two = with(&[("SLURM_NNODES", "2"), ("SLURM_NTASKS", "4"), ("SLURM_NODEID", "1")]);
+        let e = err_of(&[], &two);
+        assert!(e.contains("(SLURM_NTASKS=4 on SLURM_NNODES=2)"), "{e}");
+        assert!(e.contains("run `srun --ntasks-per-node=1 infinity launch --nproc-per-node G …`"), "{e}");
+        let per_node = with(&[("SLURM_NNODES", "2"), ("SLURM_NTASKS_PER_NODE", "2"), ("SLURM_NODEID", "1")]);
+        assert!(err_of(&[], &per_node).contains("(SLURM_NTASKS_PER_NODE=2)"));
+        let one = with(&[
+            ("SLURM_NNODES", "2"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_NTASKS_PER_NODE", "1"),
+            ("SLURM_NODEID", "1"),
+        ]);
+        assert_eq!(plan_of(&[], &one).unwrap().node_rank, 1);
+        // (an sbatch --ntasks-per-node=8 whose srun -n 2 runs one task a node)
+        let inherited = with(&[("SLURM_NNODES", "2"), ("SLURM_NTASKS", "2"), ("SLURM_NTASKS_PER_NODE", "8")]);
+        assert_eq!(plan_of(&[], &inherited).unwrap().nnodes, 2);
+        // SLURM's numbers, named as SLURM's
+        let e = err_of(&[], &with(&[("SLURM_NNODES", "2"), ("SLURM_NODEID", "2")]));
+        assert!(e.contains("expected SLURM_NODEID below SLURM_NNODES (2 of 2)"), "{e}");
+        assert!(err_of(&[], &with(&[("SLURM_NNODES", "x")])).contains("SLURM_NNODES=\"x\": expected a number"));
+        assert!(err_of(&[], &with(&[("SLURM_NNODES", "2"), ("SLURM_NODEID", "-1")])).contains("SLURM_NODEID=\"-1\""));
+        assert!(err_of(&["--node-rank", "3"], &[]).contains("expected --node-rank below --nnodes (3 of 1)"));
     }
 }

@@ -13,6 +13,7 @@ use super::elastic::Group;
 use super::failure;
 use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
+use super::verdict;
 use super::{LaunchArgs, Outcome, Plan};
 use crate::env::{is_permanent_failure, STOPPED_EARLY};
 use crate::store::StoreClient;
@@ -53,7 +54,7 @@ pub(super) async fn watch(
     let _beat =
         Heartbeat::start(store_addr, &p.token, &format!("agent {} beat", g.node_rank), beat_key(prefix, g.node_rank));
     let mut keys: Vec<String> =
-        ["failed", "signal", "failed-permanently", "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
+        ["failed", "signal", verdict::PERMANENT, "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     // node 0's agent hosts the store: no answer for STORE_LOSS means that node is gone (or frozen)
@@ -114,14 +115,22 @@ pub(super) async fn watch(
                         "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s{last}",
                         r.global, g.node_rank, r.pid, describe(&status)
                     );
-                    let local = Some(failure::RankFailure::new(r.global, r.pid, &status, seconds, lines));
+                    let failed = failure::RankFailure::new(r.global, r.pid, &status, seconds, lines);
+                    let mut node = Some(g.node_rank);
+                    // a collective that timed out names the rank it waited for: that one is the root cause
+                    if let Some((peer, peer_node)) = failed.silent_peer(a.nproc_per_node) {
+                        report = failure::blame_silent_peer(peer, peer_node, r.global, &report);
+                        node = Some(peer_node);
+                    }
+                    let local = Some(failed);
                     // the group's first failure is its root cause (a rank on another node may fail
                     // later, of the broken connection): the first report posted stays
-                    // (a permanent failure is marked first: an agent that sees the report sees the mark)
+                    // (a permanent failure is marked first, its rank before it: an agent that sees the
+                    // report sees the mark)
                     let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
-                    let mut node = Some(g.node_rank);
                     if let Some(c) = store {
                         if let Some(code) = permanent {
+                            post(c, &format!("{}/rank", keys[PERMANENT]), &r.global.to_string()).await;
                             post(c, &keys[PERMANENT], &code.to_string()).await;
                         }
                         (report, node) = post_first(c, &keys[FAILED], report, node).await;

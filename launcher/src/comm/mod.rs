@@ -32,6 +32,18 @@ pub enum CommError {
     Backend { op: &'static str, detail: String },
 }
 
+impl CommError {
+    /// The rank that a [`CommError::Timeout`] printed in `text` (a rank's error line, as the trainer
+    /// prints it before exiting with [`EXIT_COMM_TIMEOUT`]) waited for: the agent blames that rank, the
+    /// silent one, not the rank that timed out. Parses the `Display` text above.
+    pub fn timed_out_peer(text: &str) -> Option<usize> {
+        let (_, after) = text.split_once("` timed out after ")?;
+        let (_, peer) = after.split_once(" s waiting for rank ")?;
+        let digits = peer.find(|c: char| !c.is_ascii_digit()).unwrap_or(peer.len());
+        peer[..digits].parse().ok()
+    }
+}
+
 pub type CommResult<T> = std::result::Result<T, CommError>;
 
 /// Collectives over f32 buffers. `all_reduce_sum` leaves the same bytes on every rank.
@@ -79,5 +91,19 @@ impl Communicator for Solo {
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         recv.copy_from_slice(send);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_a_timed_out_collective_waited_for_is_read_back_from_its_error_line() {
+        let e = CommError::Timeout { op: "all_reduce", peer: 12, secs: 30.0 };
+        assert_eq!(CommError::timed_out_peer(&format!("error: {e}; aborting (exit code 86)")), Some(12));
+        let other = CommError::Peer { op: "broadcast", peer: 3, detail: "closed the connection".into() };
+        assert_eq!(CommError::timed_out_peer(&other.to_string()), None);
+        assert_eq!(CommError::timed_out_peer("waiting for rank 1"), None);
     }
 }

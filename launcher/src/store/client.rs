@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::waiting::{never_arrived, refused_clause, Progress, START_THERE};
 use super::wire::{body_len, frame, Request, Response};
 
 pub struct StoreClient {
     sock: TcpStream,
     addr: String,
+    /// Who this client is (`agent 1`, `rank 3`), as its hello said.
+    who: String,
     /// How long a reply to a call that does not wait (set, add, check) may take, and the slack given to
     /// one that does (get, wait): a frozen store host must not hold a caller much longer.
     reply_timeout: Duration,
@@ -24,10 +27,12 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl StoreClient {
     /// Connect to `addr` and authenticate, retrying until `timeout` (the store may still be starting, and
-    /// its host's name may not resolve yet: a Kubernetes Service appears with its pod).
+    /// its host's name may not resolve yet: a Kubernetes Service appears with its pod), and saying so
+    /// every 30 s. A wrong token is [`Refused`].
     pub fn connect(addr: &str, token: &str, who: &str, timeout: Duration) -> Result<StoreClient> {
         let deadline = Instant::now() + timeout;
         let secs = timeout.as_secs_f64();
+        let mut progress = Progress::start(timeout, "the rendezvous timeout");
         loop {
             let resolved = match addr.to_socket_addrs() {
                 Ok(mut targets) => targets.next().ok_or_else(|| "it resolves to no address".to_string()),
@@ -43,6 +48,9 @@ impl StoreClient {
             if Instant::now() >= deadline {
                 bail!("store {addr} not reachable within {secs:.0} s: {last_err}");
             }
+            if progress.due() {
+                console_err!("[store] {who}: no store at {addr} yet ({last_err}): {}", progress.so_far());
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -52,7 +60,8 @@ impl StoreClient {
     fn hello(sock: TcpStream, addr: &str, token: &str, who: &str, deadline: Instant, secs: f64) -> Result<StoreClient> {
         sock.set_nodelay(true).ok();
         let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        let mut c = StoreClient { sock, addr: addr.to_string(), reply_timeout: wait, broken: false };
+        let mut c =
+            StoreClient { sock, addr: addr.to_string(), who: who.to_string(), reply_timeout: wait, broken: false };
         let hello = Request::Hello { token: token.into(), who: who.into() };
         let reply = c.call(&hello, Duration::ZERO).map_err(|e| match is_timeout(&e) {
             true => anyhow::anyhow!(
@@ -64,8 +73,30 @@ impl StoreClient {
         c.reply_timeout = REPLY_TIMEOUT;
         match reply {
             Response::Ok => Ok(c),
-            Response::Error { message } => bail!("store {addr} refused {who}: {message}"),
+            Response::Error { message } => Err(Refused(format!("store {addr} refused {who}: {message}")).into()),
             other => bail!("store {addr}: unexpected reply to hello: {other:?}"),
+        }
+    }
+
+    /// Tells the store which run this agent belongs to: a store serving another run refuses it
+    /// ([`Refused`], the connection is closed) and tells the agents waiting there.
+    pub fn for_run(&mut self, run_id: &str) -> Result<()> {
+        match self.call(&Request::ForRun { run_id: run_id.into() }, Duration::ZERO)? {
+            Response::Ok => Ok(()),
+            Response::Error { message } => {
+                self.broken = true;
+                Err(Refused(format!("store {} refused {}: {message}", self.addr, self.who)).into())
+            }
+            r => bail!("store {}: unexpected reply {r:?}", self.addr),
+        }
+    }
+
+    /// The connections the store refused (a wrong token, another run's agent), one line each:
+    /// `agent 1 from 10.0.0.2 (5 s ago): wrong token (…)`.
+    pub fn refusals(&mut self) -> Result<Vec<String>> {
+        match self.expect_ok(Request::Refusals, Duration::ZERO)? {
+            Response::Refused { refused } => Ok(refused),
+            r => bail!("store {}: unexpected reply {r:?}", self.addr),
         }
     }
 
@@ -116,6 +147,11 @@ impl StoreClient {
                 ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                     anyhow::Error::new(e).context(format!("no answer from store {} within {secs:.0} s", self.addr))
                 }
+                // (the store's host exited, or the store closed this connection after refusing it)
+                ErrorKind::UnexpectedEof => anyhow::Error::new(e).context(format!(
+                    "store {} closed the connection (did its host, node 0's agent or rank 0, exit?)",
+                    self.addr
+                )),
                 _ => anyhow::Error::new(e).context(format!("store {}: no reply", self.addr)),
             });
         }
@@ -179,11 +215,20 @@ impl StoreClient {
         self.meet(prefix, rank, world, timeout, Members::Ranks)
     }
 
-    /// [`rendezvous`](Self::rendezvous), its errors naming `members` (training ranks, or agents).
+    /// [`rendezvous`](Self::rendezvous), its errors naming `members` (training ranks, or agents). A long
+    /// wait says every 30 s who is missing, and with a timeout, what the store refused meanwhile.
     pub fn meet(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration, members: Members) -> Result<()> {
         let (name, world_flag, hint) = match members {
             Members::Ranks => ("rank", "WORLD_SIZE", ""),
-            Members::Nodes => ("node rank", "--nnodes", " (start `infinity launch` there)"),
+            Members::Nodes => ("node rank", "--nnodes", START_THERE),
+        };
+        let (speaker, setting) = match members {
+            Members::Ranks => (format!("{}:", self.who), "dist.rdzv_timeout_s"),
+            Members::Nodes => ("[launch]".to_string(), "--rdzv-timeout-s"),
+        };
+        let timed_out = |c: &mut Self, missing: &[String]| {
+            let refused = c.refusals().unwrap_or_default();
+            anyhow::anyhow!(never_arrived(prefix, name, missing, world, timeout, hint, &refused))
         };
         if rank >= world {
             bail!("rendezvous {prefix}: {name} {rank} is outside a world of {world}");
@@ -198,7 +243,15 @@ impl StoreClient {
         if rank == 0 {
             self.set(&format!("{prefix}/world"), world.to_string().as_bytes())?;
         } else {
-            let w = self.get(&format!("{prefix}/world"), timeout).with_context(|| format!("waiting for {name} 0"))?;
+            let key = format!("{prefix}/world");
+            let mut progress = Progress::start(timeout, setting);
+            let waited = self.wait_saying(std::slice::from_ref(&key), &mut progress, &speaker, |_| {
+                format!("waiting for {name}s [0] of {world}")
+            })?;
+            if waited.is_err() {
+                return Err(timed_out(self, &["0".to_string()]));
+            }
+            let w = self.get(&key, Duration::from_secs(1))?;
             let w0 = String::from_utf8_lossy(&w).to_string();
             if w0 != world.to_string() {
                 bail!("rendezvous {prefix}: {name} {rank} has {world_flag} {world}, {name} 0 has {w0}");
@@ -206,15 +259,39 @@ impl StoreClient {
         }
         self.set(&format!("{prefix}/rank/{rank}"), b"1")?;
         let keys: Vec<String> = (0..world).map(|r| format!("{prefix}/rank/{r}")).collect();
-        if let Err(missing) = self.wait(&keys, timeout)? {
-            let ranks: Vec<&str> = missing.iter().filter_map(|k| k.rsplit('/').next()).collect();
-            bail!(
-                "rendezvous {prefix}: {name}s [{}] of {world} never arrived within {:.0} s{hint}",
-                ranks.join(", "),
-                timeout.as_secs_f64()
-            );
+        let ranks = |missing: &[String]| -> Vec<String> {
+            missing.iter().filter_map(|k| k.rsplit('/').next()).map(str::to_string).collect()
+        };
+        let mut progress = Progress::start(timeout, setting);
+        if let Err(missing) = self.wait_saying(&keys, &mut progress, &speaker, |missing| {
+            format!("waiting for {name}s [{}] of {world}", ranks(missing).join(", "))
+        })? {
+            return Err(timed_out(self, &ranks(&missing)));
         }
         Ok(())
+    }
+
+    /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still
+    /// missing) and the store's refusals whenever a report is due: `[launch] waiting for node ranks [1] of
+    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`.
+    fn wait_saying(
+        &mut self,
+        keys: &[String],
+        progress: &mut Progress,
+        speaker: &str,
+        what: impl Fn(&[String]) -> String,
+    ) -> Result<std::result::Result<(), Vec<String>>> {
+        loop {
+            match self.wait(keys, progress.slice())? {
+                Ok(()) => return Ok(Ok(())),
+                Err(missing) if progress.timed_out() => return Ok(Err(missing)),
+                Err(missing) if progress.due() => {
+                    let refused = refused_clause(&self.refusals().unwrap_or_default());
+                    console_err!("{speaker} {} ({}){refused}", what(&missing), progress.so_far());
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -224,6 +301,11 @@ pub enum Members {
     Ranks,
     Nodes,
 }
+
+/// The store refused this client: a wrong token, or an agent of another run (the message says which).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// A rendezvous refused a rank (or node rank) that had joined already: two processes were given one.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,10 @@
 //! format). Served by node 0's agent, or by rank 0 when a scheduler started the ranks directly.
 
 pub mod client;
+mod refusals;
 pub mod server;
+pub(crate) mod waiting;
 pub mod wire;
 
-pub use client::{JoinedTwice, Members, StoreClient};
+pub use client::{JoinedTwice, Members, Refused, StoreClient};
 pub use server::StoreServer;

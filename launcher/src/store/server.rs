@@ -1,9 +1,10 @@
 //! The rendezvous store server: a key-value map behind a TCP port, served by node 0's agent (or by rank 0
 //! itself when a scheduler started the ranks). Every connection must first say the run's token; a
-//! malformed, oversized or unauthenticated message closes that connection and nothing else.
+//! malformed, oversized or unauthenticated message closes that connection and nothing else. A wrong
+//! token, or an agent of another run, is remembered ([`Refusals`]) for the agents waiting for that node.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use super::refusals::{Refusals, Why};
 use super::wire::{body_len, frame, Request, Response};
 
 #[derive(Default)]
@@ -19,6 +21,10 @@ struct State {
     map: Mutex<HashMap<String, Vec<u8>>>,
     /// Woken on every write, so blocked `get`/`wait` calls re-check their keys.
     changed: Notify,
+    token: String,
+    /// The run an agent's store serves (`None`: any, as a rank's store).
+    run_id: Option<String>,
+    refused: Mutex<Refusals>,
 }
 
 /// A running store; dropping it stops the server.
@@ -32,6 +38,12 @@ impl StoreServer {
     /// Bind `addr` (port 0 picks a free one) and serve on a background thread with its own runtime, so
     /// synchronous code (a training process) can host the store too.
     pub fn spawn(addr: SocketAddr, token: String) -> Result<StoreServer> {
+        Self::spawn_for(addr, token, None)
+    }
+
+    /// [`spawn`](Self::spawn) for the agents of run `run_id`: an agent that says another run id
+    /// ([`StoreClient::for_run`](super::StoreClient::for_run)) is refused.
+    pub fn spawn_for(addr: SocketAddr, token: String, run_id: Option<String>) -> Result<StoreServer> {
         let std_listener = std::net::TcpListener::bind(addr).with_context(|| {
             format!("store: binding {addr} (is another agent with node rank 0, the store's host, using this port?)")
         })?;
@@ -43,7 +55,7 @@ impl StoreServer {
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).expect("a tokio listener");
                 tokio::select! {
-                    _ = serve(listener, token) => {}
+                    _ = serve(listener, token, run_id) => {}
                     _ = rx => {}
                 }
             });
@@ -64,14 +76,13 @@ impl Drop for StoreServer {
 }
 
 /// Accept connections forever.
-pub async fn serve(listener: TcpListener, token: String) {
-    let state = Arc::new(State::default());
-    let token = Arc::new(token);
+async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
+    let state = Arc::new(State { token, run_id, ..State::default() });
     loop {
         let Ok((sock, peer)) = listener.accept().await else { continue };
-        let (state, token) = (state.clone(), token.clone());
+        let state = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, &state, &token).await {
+            if let Err(e) = connection(sock, peer.ip(), &state).await {
                 tracing::debug!("store: connection from {peer} closed: {e}");
             }
         });
@@ -95,24 +106,28 @@ async fn reply(sock: &mut TcpStream, r: &Response) -> std::io::Result<()> {
     sock.write_all(&frame(r)).await
 }
 
-async fn connection(mut sock: TcpStream, state: &State, token: &str) -> Result<(), String> {
+/// Refuses the peer, telling it why and remembering it.
+async fn refuse(sock: &mut TcpStream, state: &State, who: &str, ip: IpAddr, why: Why) -> String {
+    let _ = reply(sock, &Response::Error { message: why.to_peer() }).await;
+    state.refused.lock().unwrap().add(who, ip, why.clone());
+    format!("{who}: {}", why.to_peer())
+}
+
+async fn connection(mut sock: TcpStream, ip: IpAddr, state: &State) -> Result<(), String> {
     sock.set_nodelay(true).ok();
     // a connection that never says hello is dropped after a while instead of holding a task forever
     let hello = tokio::time::timeout(Duration::from_secs(30), read_request(&mut sock))
         .await
         .map_err(|_| "no hello within 30 s".to_string())??;
-    match hello {
-        Some(Request::Hello { token: t, .. }) if t == token => reply(&mut sock, &Response::Ok).await,
-        Some(Request::Hello { who, .. }) => {
-            let _ = reply(&mut sock, &Response::Error { message: "wrong token for this run".into() }).await;
-            return Err(format!("{who}: wrong token"));
-        }
+    let who = match hello {
+        Some(Request::Hello { token, who }) if token == state.token => who,
+        Some(Request::Hello { who, .. }) => return Err(refuse(&mut sock, state, &who, ip, Why::WrongToken).await),
         _ => {
             let _ = reply(&mut sock, &Response::Error { message: "expected hello".into() }).await;
             return Err("first message was not a hello".into());
         }
-    }
-    .map_err(|e| e.to_string())?;
+    };
+    reply(&mut sock, &Response::Ok).await.map_err(|e| e.to_string())?;
     loop {
         let req = match read_request(&mut sock).await {
             Ok(Some(r)) => r,
@@ -122,6 +137,12 @@ async fn connection(mut sock: TcpStream, state: &State, token: &str) -> Result<(
                 return Err(e);
             }
         };
+        if let (Request::ForRun { run_id: asked }, Some(serves)) = (&req, &state.run_id) {
+            if asked != serves {
+                let why = Why::OtherRun { asked: asked.clone(), serves: serves.clone() };
+                return Err(refuse(&mut sock, state, &who, ip, why).await);
+            }
+        }
         let resp = handle(state, req).await;
         reply(&mut sock, &resp).await.map_err(|e| e.to_string())?;
     }
@@ -130,6 +151,9 @@ async fn connection(mut sock: TcpStream, state: &State, token: &str) -> Result<(
 async fn handle(state: &State, req: Request) -> Response {
     match req {
         Request::Hello { .. } => Response::Error { message: "hello twice".into() },
+        // (another run's agent was refused by `connection`)
+        Request::ForRun { .. } => Response::Ok,
+        Request::Refusals => Response::Refused { refused: state.refused.lock().unwrap().lines() },
         Request::Set { key, value } => {
             state.map.lock().unwrap().insert(key, value);
             state.changed.notify_waiters();

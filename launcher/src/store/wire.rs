@@ -38,6 +38,13 @@ pub enum Request {
     Check {
         keys: Vec<String>,
     },
+    /// The run id an agent was started with: a store serving another run refuses the connection (and
+    /// remembers it, for the agents waiting for that node).
+    ForRun {
+        run_id: String,
+    },
+    /// The connections the store refused (a wrong token, another run id), for a wait's report.
+    Refusals,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +63,10 @@ pub enum Response {
     /// The wait ended with these keys still missing.
     Timeout {
         missing: Vec<String>,
+    },
+    /// One line per refused peer: `agent 1 from 10.0.0.2 (5 s ago): wrong token (…)`.
+    Refused {
+        refused: Vec<String>,
     },
     Error {
         message: String,
