@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use infinity_trainer::tensorboard::read_scalars;
-use infinity_trainer::train::config::{TrainConfig, ValSection};
+use infinity_trainer::train::config::{MicroBatchSize, TrainConfig, ValSection};
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 use serde_json::Value;
 
@@ -252,4 +254,213 @@ fn summary_json_never_names_a_pruned_checkpoint() {
     result.unwrap();
     assert!(reads > 0 && steps > 1, "{reads} reads of summary.json, naming {steps} steps");
     assert_eq!(summary(&run)["last_checkpoint"], Value::from(run.join("checkpoints/step-00000040").to_str().unwrap()));
+}
+
+/// A port nobody listens on now (for rank 0's store).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `BIN train CONFIG ARGS` in `dir` as rank `rank` of 2 without an agent (as a Kubernetes pod: rank 0
+/// hosts the store at 127.0.0.1:`port`), with `env` and its output piped.
+fn rank_process(
+    bin: &Path,
+    dir: &Path,
+    cfg: &Path,
+    (rank, port): (usize, u16),
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut c = Command::new(bin);
+    c.current_dir(dir).arg("train").arg(cfg).args(args).envs(env.iter().copied());
+    c.envs([("WORLD_SIZE", "2"), ("RANK", &rank.to_string()), ("MASTER_ADDR", "127.0.0.1")]);
+    c.env("MASTER_PORT", port.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // (a binary written just before may still be open in a child forked meanwhile: ETXTBSY for a moment)
+    for _ in 0..50 {
+        match c.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stays busy", bin.display())
+}
+
+/// Both ranks of [`rank_process`] to their end: their exit codes and output (stdout then stderr).
+fn both_ranks(
+    dir: &Path,
+    cfg: &Path,
+    (bins, args): ([&Path; 2], [&[&str]; 2]),
+    env: &[(&str, &str)],
+) -> [(Option<i32>, String); 2] {
+    let port = free_port();
+    let ranks = [0, 1].map(|r| rank_process(bins[r], dir, cfg, (r, port), args[r], env));
+    ranks.map(|c| {
+        let out = c.wait_with_output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    })
+}
+
+/// Wait until `path` has more than `n` lines (a run's metrics.jsonl: training under way).
+fn wait_for_lines(path: &Path, n: usize) {
+    let t0 = Instant::now();
+    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) <= n {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{} stays at {n} lines", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A stop whose checkpoint is cut short (a slow disk, then SIGKILL as `infinity launch` sends after its
+/// grace): summary.json says at once that the run was stopped, still at the last complete checkpoint;
+/// rank 0 says "checkpoint saved" only once it is; the other rank, which does not wait for rank 0's
+/// background write, names the newest checkpoint it sees complete and the step rank 0 was writing.
+#[test]
+fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claims() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = tmp.path().join("run");
+    let mut cfg = config(&data, run.clone());
+    (cfg.run.steps, cfg.data.micro_batch) = (100_000, MicroBatchSize::Samples(4));
+    train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap(); // step 3's checkpoint
+    cfg.checkpoint.every = 1000;
+    let file = common::config_file(&cfg, tmp.path());
+    let (bin, port) = (Path::new(env!("CARGO_BIN_EXE_infinity")), free_port());
+    let slow = [("INFINITY_FAULT_SLOW_SAVE", "30")];
+    let [rank0, rank1] = [0, 1].map(|r| rank_process(bin, tmp.path(), &file, (r, port), &["--resume", "auto"], &slow));
+    wait_for_lines(&run.join("metrics.jsonl"), 5);
+    // SAFETY: signalling a child we spawned (rank 0 learns of it in the step's all-reduce).
+    unsafe { libc::kill(rank1.id() as i32, libc::SIGTERM) };
+    let out = rank1.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let step: u64 =
+        text.split("stopped by a signal at step ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    let step3 = run.join("checkpoints/step-00000003");
+    let want =
+        format!("rank 0 was still writing the checkpoint of step {step}; the newest complete one: {}", step3.display());
+    assert!(text.contains(&want), "{text}");
+
+    let t0 = Instant::now();
+    while summary(&run)["preempted"] != true {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "summary.json does not say the run was stopped: {}",
+            summary(&run)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rank0 = rank0;
+    rank0.kill().unwrap(); // mid-write: step 3 stays the last complete checkpoint
+    let out = rank0.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("checkpoint saved"), "{text}");
+    assert_eq!(latest_checkpoint(&run), Some(step3.clone()));
+    let s = summary(&run);
+    assert_eq!(
+        (&s["step"], &s["last_checkpoint"], &s["finished"]),
+        (&3.into(), &Value::from(step3.to_str().unwrap()), &false.into()),
+        "{s}"
+    );
+}
+
+/// `--preempted-exit-code 143`: a run a signal stops before its last step exits 143 (a Kubernetes Job's
+/// podFailurePolicy retries it), but a rank of `infinity launch` exits 0 (its agent reports the stop);
+/// a code outside 0-255 is a usage error.
+#[test]
+fn preempted_exit_code_applies_outside_the_launcher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let bin = env!("CARGO_BIN_EXE_infinity");
+    let stopped = |name: &str, launch: bool| {
+        let mut cfg = config(&data, tmp.path().join(name));
+        cfg.run.steps = 100_000;
+        let file = common::config_file(&cfg, tmp.path());
+        let mut c = Command::new(bin);
+        if launch {
+            c.args(["launch", "--nproc-per-node", "1", "--log-dir"]).arg(tmp.path().join("logs")).arg("--");
+        }
+        c.arg("train").arg(&file).args(["--preempted-exit-code", "143"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = c.spawn().unwrap();
+        wait_for_lines(&cfg.run.dir.join("metrics.jsonl"), 2);
+        // SAFETY: signalling a child we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(summary(&cfg.run.dir)["preempted"], true);
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (code, text) = stopped("alone", false);
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("exit code 143 (--preempted-exit-code)"), "{text}");
+    let (code, text) = stopped("launched", true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("--preempted-exit-code 143 ignored under infinity launch"), "{text}");
+
+    let out = Command::new(bin).args(["train", "x.toml", "--preempted-exit-code", "256"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Config for the two-rank runs below: 2 steps, a micro-batch of 4 per rank.
+fn two_rank_config(tmp: &Path, name: &str, steps: u64) -> PathBuf {
+    let data = tmp.join("data");
+    if !data.exists() {
+        dataset(&data);
+    }
+    let mut cfg = config(&data, tmp.join(name));
+    (cfg.run.steps, cfg.run.log_every, cfg.data.micro_batch) = (steps, 1, MicroBatchSize::Samples(4));
+    (cfg.dist.timeout_s, cfg.dist.rdzv_timeout_s) = (60.0, 60.0);
+    common::config_file(&cfg, tmp)
+}
+
+/// A rank running another executable (here the same one with a byte appended) trains on, and rank 0
+/// warns naming it, its host and both builds.
+#[test]
+fn a_rank_running_another_build_is_named_by_rank_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = two_rank_config(tmp.path(), "run", 2);
+    let bin = Path::new(env!("CARGO_BIN_EXE_infinity"));
+    let other = tmp.path().join("infinity-other");
+    std::fs::copy(bin, &other).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&other).unwrap().write_all(b"\0").unwrap();
+    let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, &other], [&[], &[]]), &[]);
+    assert_eq!((c0, c1), (Some(0), Some(0)), "{r0}\n{r1}");
+    let me = infinity_trainer::train::rank_identity::this_rank();
+    let (version, host) = (&me.build.version, &me.host);
+    let want = format!("ranks run different builds: rank 0 ({host}) runs infinity {version} (executable crc32c ");
+    assert!(
+        r0.contains(&want) && r0.contains(&format!("; rank 1 ({host}) runs infinity {version} (executable crc32c ")),
+        "{r0}"
+    );
+    assert!(!r1.contains("different builds"), "{r1}");
+}
+
+/// Rank 0's error for a config that differs on another rank names that rank and its host.
+#[test]
+fn rank_0_names_the_rank_whose_config_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = two_rank_config(tmp.path(), "run", 2);
+    let bin = Path::new(env!("CARGO_BIN_EXE_infinity"));
+    let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, bin], [&[], &["--set", "optim.lr=1e-3"]]), &[]);
+    assert_eq!((c0, c1), (Some(2), Some(2)), "{r0}\n{r1}");
+    let host = &infinity_trainer::train::rank_identity::this_rank().host;
+    assert!(r0.contains(&format!("rank 1 ({host}): config differs from rank 0's; its log names the settings")), "{r0}");
+    assert!(r1.contains("rank 1's config differs from rank 0's: optim.lr: 0.003 → 0.001"), "{r1}");
+}
+
+/// A rank slow at every step is warned of once (naming its host), not at every logged step.
+#[test]
+fn a_straggler_is_warned_of_once_naming_its_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = two_rank_config(tmp.path(), "run", 4);
+    let bin = Path::new(env!("CARGO_BIN_EXE_infinity"));
+    let slow = [("INFINITY_FAULT_SLOW", "1:0.3")];
+    let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, bin], [&[], &[]]), &slow);
+    assert_eq!((c0, c1), (Some(0), Some(0)), "{r0}\n{r1}");
+    let host = &infinity_trainer::train::rank_identity::this_rank().host;
+    assert_eq!(r0.matches("straggler at step").count(), 1, "{r0}");
+    assert!(
+        r0.contains("straggler at step 1: rank 1's own work took ")
+            && r0.contains(&format!(" s on {host}, the median")),
+        "{r0}"
+    );
 }

@@ -262,3 +262,45 @@ fn accept_data_change_resumes_on_a_mended_dataset() {
     let moved = lines.iter().find(|l| l.starts_with("resume: --accept-data-change: ")).expect("a warning");
     assert!(moved.contains("64 → 80") && moved.contains("the rows in its buckets changed"), "{moved}");
 }
+
+/// Two fresh starts into one run folder, the second's rank 0 past the command line's check before the
+/// first trained (here held in its rendezvous, waiting for its rank 1): it acquires the run's lock only
+/// once the first has finished, and must then refuse the folder (exit 2), not train over the run.
+#[test]
+fn a_fresh_start_into_a_run_trained_since_its_check_is_refused_under_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    cfg.data.micro_batch = infinity_trainer::train::config::MicroBatchSize::Samples(4);
+    let file = common::config_file(&cfg, tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let rank = |r: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["train", file.to_str().unwrap()])
+            .args(args)
+            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let second = rank("0", &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500)); // (past its check, into the rendezvous)
+    let first = train(&cfg, &TrainOptions { fresh_start: true, ..Default::default() }).unwrap();
+    assert_eq!(first.steps, 6);
+    let metrics = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();
+    // (in a true race it passed its own check too; started now, it must not check: it would refuse)
+    let mut rank1 = rank("1", &["--resume", "auto"]);
+    let out = second.wait_with_output().unwrap();
+    let _ = rank1.kill();
+    rank1.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already holds a run (checkpoints up to step 6)"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap(),
+        metrics,
+        "the run was trained over"
+    );
+}

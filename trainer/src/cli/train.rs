@@ -1,7 +1,8 @@
 //! `infinity train CONFIG.toml [--set key.path=value …] [--resume auto|PATH]`.
 //!
 //! Joins a data-parallel group when the environment describes one (`infinity launch`, torchrun-style
-//! variables, SLURM). SIGTERM, SIGINT and SIGUSR1 make every rank checkpoint at the same step and exit 0.
+//! variables, SLURM). SIGTERM, SIGINT and SIGUSR1 make every rank checkpoint at the same step and exit 0
+//! (or `--preempted-exit-code`, outside `infinity launch`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,11 @@ pub struct TrainArgs {
     /// node without one): the memory per rank, whether the micro-batch fits, what "auto" takes.
     #[arg(long, value_name = "GIB", requires = "check")]
     gpu_gib: Option<f64>,
+    /// Exit with this code (0-255) when a signal stops the run before its last step (its checkpoint
+    /// written), instead of 0: 143 lets a Kubernetes Job's podFailurePolicy or a PyTorchJob's restart
+    /// policy retry the preempted pods. Ignored under `infinity launch`, whose agent reports the stop.
+    #[arg(long, value_name = "CODE", default_value_t = 0)]
+    preempted_exit_code: u8,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -64,10 +70,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
     let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");
     let newest = || train::latest_checkpoint(&cfg.run.dir);
+    let fresh_start = a.resume.is_none() && !restarted;
     let resume = match a.resume.as_deref() {
         _ if restarted && newest().is_some() => newest(),
         None if restarted => None,
         None => {
+            // (checked again under the run's lock: `TrainOptions::fresh_start`)
             train::rundir::check_fresh(&cfg.run.dir).map_err(bad)?;
             None
         }
@@ -87,7 +95,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }),
         false => {
             let stop = Some(dist::preemption_flag()?);
-            let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change: a.accept_data_change };
+            let accept_data_change = a.accept_data_change;
+            let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start };
             train::train(&cfg, &opts).map(Some)
         }
     };
@@ -124,15 +133,37 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
+    let last = s.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
+    let checkpoint = match s.unconfirmed_checkpoint {
+        // (another rank, with rank 0 still writing in the background as this one stopped)
+        Some(step) => {
+            format!("rank 0 was still writing the checkpoint of step {step}; the newest complete one: {last}")
+        }
+        None => format!("last checkpoint {last}"),
+    };
     console!(
-        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; last checkpoint {}",
+        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; {checkpoint}",
         if s.preempted { "stopped by a signal at" } else { "trained to" },
         s.steps,
         s.seconds,
         s.last_loss,
         100.0 * s.last_bit_acc,
         s.skipped_steps,
-        s.last_checkpoint.map_or("none".into(), |p| p.display().to_string())
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(preempted_exit(s.preempted && s.steps < cfg.run.steps, a.preempted_exit_code))
+}
+
+/// The exit code of a run a signal stopped before its last step (`stopped_early`): `code`, unless this
+/// rank runs under `infinity launch`, whose agent takes any code but 0 for a failure (it reports the
+/// stop itself, and tells the ranks from a finished run through the store).
+fn preempted_exit(stopped_early: bool, code: u8) -> ExitCode {
+    if !stopped_early || code == 0 {
+        return ExitCode::SUCCESS;
+    }
+    if std::env::var(vars::AGENT_STORE).is_ok_and(|v| v == "1") {
+        console!("(--preempted-exit-code {code} ignored under infinity launch: exiting 0)");
+        return ExitCode::SUCCESS;
+    }
+    console!("exit code {code} (--preempted-exit-code): stopped before the run's last step");
+    ExitCode::from(code)
 }

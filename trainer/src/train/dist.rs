@@ -19,6 +19,7 @@ pub use super::stop::{
 pub use super::zero1::{gather_optimizer, gather_shards, shard_range, Zero1};
 
 use super::config::{CommBackend, DistSection};
+use super::rank_identity::{self, RankIdentity};
 
 pub struct Dist {
     pub rank: usize,
@@ -30,11 +31,14 @@ pub struct Dist {
     store: Option<(StoreClient, String)>,
     /// The store, when this process hosts it (rank 0 without an agent).
     _server: Option<StoreServer>,
+    /// Every rank's host and build, from [`Dist::agree_on_config`] (none alone).
+    identities: Vec<RankIdentity>,
 }
 
 impl Dist {
     pub fn solo() -> Dist {
-        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None }
+        let identities = Vec::new();
+        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None, identities }
     }
 
     /// Join the group of the process environment (or stay alone). `gpu`: this rank computes on a GPU
@@ -94,7 +98,8 @@ impl Dist {
             env.attempt
         );
         let store = Some((store, prefix));
-        Ok(Dist { rank: env.rank, world: env.world, attempt: env.attempt, comm, store, _server: server })
+        let (rank, world, attempt) = (env.rank, env.world, env.attempt);
+        Ok(Dist { rank, world, attempt, comm, store, _server: server, identities: Vec::new() })
     }
 
     /// Tells the launcher that this group stopped on a signal before the run's end (every rank does:
@@ -110,6 +115,11 @@ impl Dist {
 
     pub fn is_leader(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Every rank's host, by rank (empty alone, and before [`Dist::agree_on_config`]).
+    pub fn hosts(&self) -> Vec<String> {
+        self.identities.iter().map(|id| id.host.clone()).collect()
     }
 
     /// Sum over ranks, in place (the same bytes on every rank).
@@ -191,7 +201,11 @@ impl Dist {
     /// (`data`'s and `val`'s fingerprints): nodes started with
     /// different files or `--set`s would otherwise train on apart (each rank its own learning rate, the
     /// logged loss their mean) or stop at different steps. A rank whose settings differ names them (rank
-    /// 0's value → its own); every rank stops.
+    /// 0's value → its own); every rank stops, rank 0 naming the ranks (and hosts) that differ.
+    ///
+    /// The same collective gathers every rank's host and build ([`rank_identity`]): rank 0 warns of ranks
+    /// that run another build than its own (a warning: the same source built twice may differ byte for
+    /// byte).
     pub fn agree_on_config(&mut self, config_toml: &str, (data, val): (&str, Option<&str>)) -> Result<()> {
         if self.world == 1 {
             return Ok(());
@@ -210,9 +224,21 @@ impl Dist {
         self.broadcast(&mut text)?;
         let leader = String::from_utf8(text.iter().map(|&b| b as u8).collect()).context("rank 0's config")?;
         let differ = differences(&leader, &mine)?;
-        if self.any(!differ.is_empty())? {
+        let mut slots = rank_identity::slots(self.rank, self.world, !differ.is_empty(), rank_identity::this_rank());
+        self.all_reduce_sum(&mut slots)?;
+        let ranks = rank_identity::from_slots(&slots, self.world);
+        let differing: Vec<usize> = (0..self.world).filter(|&r| ranks[r].0).collect();
+        self.identities = ranks.into_iter().map(|(_, id)| id).collect();
+        if let Some(w) = rank_identity::build_warning(&self.identities).filter(|_| self.is_leader()) {
+            tracing::warn!("{w}");
+        }
+        if !differing.is_empty() {
             match differ.is_empty() {
-                true => bail!("another rank's config differs from rank 0's (its log names the settings)"),
+                true => bail!(
+                    "{}: config differs from rank 0's; {} the settings (rank 0's → theirs)",
+                    rank_identity::name_ranks(&differing, &self.identities),
+                    if differing.len() == 1 { "its log names" } else { "their logs name" }
+                ),
                 false => bail!(
                     "rank {}'s config differs from rank 0's: {} (rank 0's → this rank's); every rank must train one \
                      config (the same file and --set overrides on every node) on the same dataset",

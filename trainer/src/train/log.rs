@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use super::rank_times::StragglerReport;
 use crate::model::ScaleMetrics;
 use crate::tensorboard::EventWriter;
 
@@ -253,6 +254,7 @@ pub struct Logger {
     started: Instant,
     start_step: u64,
     window: Window,
+    stragglers: StragglerReport,
 }
 
 impl Logger {
@@ -300,7 +302,13 @@ impl Logger {
             started,
             start_step: step,
             window: Window::new(started),
+            stragglers: StragglerReport::default(),
         })
+    }
+
+    /// Each rank's host, by rank, for the straggler warnings.
+    pub fn rank_hosts(&mut self, hosts: Vec<String>) {
+        self.stragglers = StragglerReport::new(hosts);
     }
 
     /// TensorBoard writes that failed this session (their events are lost).
@@ -347,7 +355,8 @@ impl Logger {
             }
             Ok(())
         });
-        let line = self.progress(m, Instant::now());
+        let now = Instant::now();
+        let line = self.progress(m, now);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(m.step);
@@ -364,8 +373,9 @@ impl Logger {
                 }
             }
         }
-        if let Some(line) = m.ranks.as_ref().filter(|_| line.is_some()).and_then(|r| r.straggler(m.step)) {
-            tracing::warn!("{line}");
+        let report = &mut self.stragglers;
+        if let Some(w) = m.ranks.as_ref().filter(|_| line.is_some()).and_then(|r| report.check(r, m.step, now)) {
+            tracing::warn!("{w}");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod log;
 pub mod mfu;
 mod micro_batch;
 mod preview;
+pub mod rank_identity;
 pub mod rank_times;
 pub mod run_lock;
 pub mod rundir;
@@ -70,6 +71,9 @@ pub struct TrainOptions {
     /// Resume on a dataset changed since the checkpoint (`--accept-data-change`: a mended shard), from
     /// the saved position ([`setup::continue_position`]).
     pub accept_data_change: bool,
+    /// A fresh start (no `--resume`): a `run.dir` that holds a run is refused, checked again once rank 0
+    /// holds the run's lock (another fresh start may have trained there since the command line's check).
+    pub fresh_start: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -79,7 +83,12 @@ pub struct TrainSummary {
     pub last_bit_acc: f64,
     pub skipped_steps: u64,
     pub seconds: f64,
+    /// The newest checkpoint known complete: rank 0's own; on another rank the newest complete one in
+    /// `run.dir` as it stopped (rank 0 may still be writing a later one: `unconfirmed_checkpoint`).
     pub last_checkpoint: Option<PathBuf>,
+    /// The step of a checkpoint rank 0 was still writing (in the background) when this rank stopped, so
+    /// not known to be complete (other ranks only).
+    pub unconfirmed_checkpoint: Option<u64>,
     /// Stopped by `TrainOptions::stop` (preemption) after checkpointing.
     pub preempted: bool,
     /// The last held-out validation loss, when validation is configured, and its step.
@@ -94,6 +103,7 @@ pub struct TrainSummary {
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, run folder ------------------------------------------------------
+    rank_identity::prefetch(); // (the executable's checksum, which the ranks compare, while setup runs)
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let unlisted = setup::unlisted_warning(cfg, &ds)?;
     let ds = Arc::new(ds);
@@ -149,6 +159,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .map_err(unrecoverable)?;
     // one job per run folder (released however this process ends)
     let _lock = leader.then(|| run_lock::RunLock::acquire(run)).transpose().map_err(unrecoverable)?;
+    if leader && opts.fresh_start {
+        // the command line checked before the lock: a fresh start into the same folder may have trained
+        // and released it since, and would be overwritten
+        rundir::check_fresh(run).map_err(unrecoverable)?;
+    }
     let mut summary = SummaryFile::new(run, cfg, dist.world, leader);
     if let Some(base) = cfg.model.mup() {
         console!("{}", base.describe(&mc, &lay));
@@ -219,11 +234,18 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         true => Some(Logger::open(run, &config_toml, state.step, cfg.run.steps, cfg.run.log_every)?),
         false => None,
     };
+    if let Some(l) = logger.as_mut() {
+        l.rank_hosts(dist.hosts()); // (the straggler warnings name the host)
+    }
     if resumed {
         summary.resumed(&state, opts.resume.clone())?;
     }
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
-    let mut saver = leader.then(|| saver::Saver::new(run, &mc, &lay, &config_toml, keep));
+    // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)
+    let mut saver = match summary.text_at(&state)? {
+        Some(now) => Some(saver::Saver::new(run, (&mc, &lay, &config_toml), keep, (state.step, now))),
+        None => None,
+    };
     // hyperparameters once per run, when it starts from step 0
     if let Some(l) = logger.as_mut().filter(|_| state.step == 0) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
@@ -387,6 +409,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // ---- checkpoint --------------------------------------------------------------------------
         // preemption: every rank learns whether any rank was signalled, so all stop at this step
         let preempt = dist.any(dist::is_set(&opts.stop))?;
+        if preempt {
+            summary.preempted(); // (before the stop's checkpoint records its summary)
+        }
         let every = cfg.checkpoint.every;
         if (every > 0 && state.step % every == 0) || state.step == cfg.run.steps || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
@@ -415,12 +440,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         dist::fault_drill(dist.rank, state.step, dist.attempt);
         if preempt {
-            summary.preempted();
             if state.step < cfg.run.steps {
                 dist.mark_stopped_early(state.step);
             }
-            if let Some(l) = logger.as_ref() {
-                l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
+            // the wait for the checkpoint below may be cut short (a SIGKILL after the launcher's grace):
+            // summary.json says now that the run was stopped, at its last complete checkpoint (a failure
+            // to say so does not stop the checkpoint)
+            if let Err(e) = saver.as_mut().map_or(Ok(()), saver::Saver::stopped_by_signal) {
+                tracing::warn!("{e:#}");
             }
             break;
         }
@@ -432,7 +459,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.finish();
     }
     if let Some(saver) = saver.as_mut() {
-        saver.wait()?; // the last checkpoint is on disk before the summary says so
+        saver.wait()?; // the last checkpoint is on disk before the summary (or the console) says so
+    }
+    if let Some(l) = logger.as_ref().filter(|_| summary.is_preempted()) {
+        l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
     }
     summary.finish(&state, logger.as_ref().map_or(0, Logger::tensorboard_failures))
 }

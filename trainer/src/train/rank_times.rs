@@ -2,6 +2,13 @@
 //! batch, forward and backward: everything before the step's first collective) and, within it, its
 //! wait for the batch. The values travel in the step's metrics all-reduce (each rank fills its own
 //! slots of a zeroed vector, so the sum is every rank's value), and the leader logs the spread.
+//!
+//! A straggler is warned of once per rank, then again only when its lead over the median rank has
+//! doubled or [`REPEAT_AFTER`] has passed: a slow node lags at every step, and a warning per logged step
+//! would bury the log.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -21,6 +28,8 @@ pub struct RankTimes {
 const STRAGGLER_RATIO: f64 = 1.25;
 /// … and at least this many seconds longer (short steps jitter by a few milliseconds).
 const STRAGGLER_MIN_S: f64 = 0.05;
+/// A rank already warned of is warned of again while it lags after this long.
+pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
 
 impl RankTimes {
     /// This rank's slots: `[work of each rank…, data wait of each rank…]`, zero but its own.
@@ -50,16 +59,57 @@ impl RankTimes {
         }
     }
 
-    /// A line naming the straggler, when one rank's work stands out from the median's.
-    pub fn straggler(&self, step: u64) -> Option<String> {
+    /// Whether one rank's work stands out from the median's.
+    pub fn has_straggler(&self) -> bool {
         let (max, median) = (self.work_s_max, self.work_s_median);
-        (max > STRAGGLER_RATIO * median && max - median >= STRAGGLER_MIN_S).then(|| {
+        max > STRAGGLER_RATIO * median && max - median >= STRAGGLER_MIN_S
+    }
+
+    /// A line naming the straggler (and its host, from `hosts` by rank, when known), if there is one.
+    pub fn straggler(&self, step: u64, hosts: &[String]) -> Option<String> {
+        let on = |rank: usize| hosts.get(rank).map_or(String::new(), |h| format!(" on {h}"));
+        self.has_straggler().then(|| {
             format!(
-                "straggler at step {step}: rank {}'s own work took {max:.3} s, the median rank's {median:.3} s \
-                 (the longest wait for data: {:.3} s, rank {}); the others wait for it in every all-reduce",
-                self.slowest_rank, self.data_s_max, self.data_slowest_rank
+                "straggler at step {step}: rank {}'s own work took {:.3} s{}, the median rank's {:.3} s (the longest \
+                 wait for data: {:.3} s, rank {}{}); the others wait for it in every all-reduce",
+                self.slowest_rank,
+                self.work_s_max,
+                on(self.slowest_rank),
+                self.work_s_median,
+                self.data_s_max,
+                self.data_slowest_rank,
+                on(self.data_slowest_rank)
             )
         })
+    }
+}
+
+/// Rank 0's straggler warnings, rate-limited per rank (see the module comment).
+#[derive(Default)]
+pub struct StragglerReport {
+    /// Each rank's host, by rank (empty when unknown).
+    hosts: Vec<String>,
+    /// Per rank warned of: its lead over the median then (seconds), and when.
+    warned: HashMap<usize, (f64, Instant)>,
+}
+
+impl StragglerReport {
+    pub fn new(hosts: Vec<String>) -> StragglerReport {
+        StragglerReport { hosts, warned: HashMap::new() }
+    }
+
+    /// The warning for step `step`'s times `t` at `now`, when one is due.
+    pub fn check(&mut self, t: &RankTimes, step: u64, now: Instant) -> Option<String> {
+        let line = t.straggler(step, &self.hosts)?;
+        let lead = t.work_s_max - t.work_s_median;
+        let again = match self.warned.get(&t.slowest_rank) {
+            None => "warned again if its lead over the median doubles, or in 10 minutes if it still lags",
+            Some(&(before, _)) if lead >= 2.0 * before => "its lead over the median has doubled",
+            Some(&(_, at)) if now.duration_since(at) >= REPEAT_AFTER => "still lagging 10 minutes on",
+            Some(_) => return None,
+        };
+        self.warned.insert(t.slowest_rank, (lead, now));
+        Some(format!("{line} ({again})"))
     }
 }
 
@@ -80,8 +130,11 @@ mod tests {
         let t = RankTimes::from_slots(&sum, world, false);
         assert_eq!((t.slowest_rank, t.work_s_max, t.work_s_median), (2, 0.52, 0.30));
         assert_eq!((t.data_slowest_rank, t.data_s_max), (1, 0.20));
-        let line = t.straggler(7).unwrap();
-        assert!(line.contains("rank 2's own work took 0.520 s") && line.contains("0.300 s"), "{line}");
+        let line = t.straggler(7, &[]).unwrap();
+        assert!(line.contains("rank 2's own work took 0.520 s, the median") && line.contains("0.300 s"), "{line}");
+        let hosts: Vec<String> = ["a", "b", "c", "d"].map(String::from).into();
+        let line = t.straggler(7, &hosts).unwrap();
+        assert!(line.contains("rank 2's own work took 0.520 s on c, ") && line.contains("rank 1 on b)"), "{line}");
 
         let mean: Vec<f64> = sum.iter().map(|v| v / world as f64).collect();
         let m = RankTimes::from_slots(&mean, world, true);
@@ -93,10 +146,30 @@ mod tests {
     fn even_ranks_and_jitter_are_not_stragglers() {
         let t = RankTimes::from_slots(&[0.100, 0.104, 0.0, 0.0], 2, false);
         assert_eq!((t.work_s_median, t.slowest_rank), (0.100, 1));
-        assert!(t.straggler(1).is_none(), "4 ms apart is jitter");
+        assert!(t.straggler(1, &[]).is_none(), "4 ms apart is jitter");
         let t = RankTimes::from_slots(&[0.010, 0.030, 0.0, 0.0], 2, false);
-        assert!(t.straggler(1).is_none(), "3× slower but only 20 ms: too short to matter");
+        assert!(t.straggler(1, &[]).is_none(), "3× slower but only 20 ms: too short to matter");
         let t = RankTimes::from_slots(&[0.10, 0.40, 0.0, 0.0], 2, false);
-        assert!(t.straggler(1).unwrap().contains("rank 1's"));
+        assert!(t.straggler(1, &[]).unwrap().contains("rank 1's"));
+    }
+
+    #[test]
+    fn a_straggler_is_warned_of_once_then_when_worse_or_ten_minutes_on() {
+        let mut report = StragglerReport::new(vec!["node-a".into(), "node-b".into()]);
+        let times = |slow: f64| RankTimes::from_slots(&[0.10, slow, 0.0, 0.0], 2, false);
+        let t0 = Instant::now();
+        let first = report.check(&times(0.30), 1, t0).expect("the first time");
+        assert!(first.contains("rank 1's own work took 0.300 s on node-b") && first.contains("doubles"), "{first}");
+        for (step, slow, secs) in [(2, 0.30, 1), (3, 0.45, 60), (4, 0.20, 599)] {
+            assert_eq!(report.check(&times(slow), step, t0 + Duration::from_secs(secs)), None, "step {step}");
+        }
+        let worse = report.check(&times(0.55), 5, t0 + Duration::from_secs(600)).expect("lead doubled");
+        assert!(worse.contains("has doubled"), "{worse}");
+        assert_eq!(report.check(&times(0.55), 6, t0 + Duration::from_secs(1199)), None);
+        let later = report.check(&times(0.30), 7, t0 + Duration::from_secs(1200)).expect("10 minutes on");
+        assert!(later.contains("10 minutes on"), "{later}");
+        // another rank is warned of on its own account
+        let other = RankTimes::from_slots(&[0.40, 0.10, 0.0, 0.0], 2, false);
+        assert!(report.check(&other, 8, t0 + Duration::from_secs(1201)).unwrap().contains("rank 0's"));
     }
 }

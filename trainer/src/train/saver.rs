@@ -1,5 +1,5 @@
 //! Checkpoint writes (then `summary.json`, then pruning), in the step loop or on a thread of their own
-//! (`checkpoint.background`).
+//! (`checkpoint.background`), and the `summary.json` of a stop while one is being written.
 //!
 //! In the background, rank 0 hands a copy of the weights and the optimiser state to a writer thread
 //! and trains on; the other ranks never wait on its disk. Writing a large model to a slow file
@@ -9,6 +9,7 @@
 //! is complete before the process exits, also when training stops with an error.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context, Result};
@@ -35,12 +36,23 @@ pub struct Saver {
     config_toml: String,
     keep: (usize, u64),
     in_flight: Option<(u64, JoinHandle<Result<PathBuf>>)>,
+    /// The step and text of the `summary.json` last put down (the session's start, then each complete
+    /// checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
+    summary_on_disk: Arc<Mutex<(u64, String)>>,
 }
 
 impl Saver {
-    pub fn new(run: &Path, model: &ModelConfig, lay: &Layout, config_toml: &str, keep: (usize, u64)) -> Saver {
+    /// A writer into `run` of checkpoints of `model`, keeping `keep` (`checkpoint.keep_last`,
+    /// `keep_every`); `summary` is the step and text of the run's summary as the session starts.
+    pub fn new(
+        run: &Path,
+        (model, lay, config_toml): (&ModelConfig, &Layout, &str),
+        keep: (usize, u64),
+        summary: (u64, String),
+    ) -> Saver {
         let (run, model, lay, config_toml) = (run.to_path_buf(), model.clone(), lay.clone(), config_toml.to_string());
-        Saver { run, model, lay, config_toml, keep, in_flight: None }
+        let summary_on_disk = Arc::new(Mutex::new(summary));
+        Saver { run, model, lay, config_toml, keep, in_flight: None, summary_on_disk }
     }
 
     /// Write `snap` as the checkpoint of its step, then prune: on a writer thread when `background`,
@@ -50,14 +62,17 @@ impl Saver {
         let step = snap.state.step;
         // (the thread owns its inputs; the layout and config are small next to the snapshot)
         let job = (self.run.clone(), self.model.clone(), self.lay.clone(), self.config_toml.clone(), self.keep);
+        let on_disk = self.summary_on_disk.clone();
         let write = move || -> Result<PathBuf> {
             let (run, model, lay, config_toml, (keep_last, keep_every)) = job;
             save_drill();
             let tensors = checkpoint::Tensors { params: &snap.params, opt: &snap.opt, ema: snap.ema.as_ref() };
             let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
             // (before pruning: the summary must not name a checkpoint pruning has just removed)
-            if let Some(text) = &snap.summary_json {
-                write_run_file(&run, SUMMARY_FILE, text)?;
+            if let Some(text) = snap.summary_json {
+                let mut on_disk = on_disk.lock().unwrap_or_else(|e| e.into_inner());
+                write_run_file(&run, SUMMARY_FILE, &text)?;
+                *on_disk = (step, text);
             }
             checkpoint::prune(&run, keep_last, keep_every)?;
             Ok(dir)
@@ -68,6 +83,21 @@ impl Saver {
         let handle = std::thread::Builder::new().name("checkpoint writer".into()).spawn(write)?;
         self.in_flight = Some((step, handle));
         Ok(())
+    }
+
+    /// A signal stopped the run: while the stop's checkpoint is still being written (in the background),
+    /// `summary.json` says now that the run was stopped (`"preempted": true`), still at the last complete
+    /// checkpoint, so a kill before the write completes (the launcher's grace ending) leaves that said.
+    /// The stop's own checkpoint records its summary (preempted too) once it is complete.
+    pub fn stopped_by_signal(&mut self) -> Result<()> {
+        let Some((writing, _)) = &self.in_flight else { return Ok(()) };
+        let on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if on_disk.0 >= *writing {
+            return Ok(()); // complete already, its summary down
+        }
+        let mut record: serde_json::Value = serde_json::from_str(&on_disk.1)?;
+        record["preempted"] = true.into();
+        write_run_file(&self.run, SUMMARY_FILE, &serde_json::to_string_pretty(&record)?)
     }
 
     /// Wait for the write in flight (if any); its error, naming the step, if it failed.

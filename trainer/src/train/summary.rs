@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use infinity_data::Dataset;
 use serde_json::json;
 
-use super::checkpoint::TrainState;
+use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
 use super::setup::TokenMix;
 use super::{rundir, TrainSummary};
@@ -40,7 +40,8 @@ pub(super) struct SummaryFile<'a> {
 
 impl<'a> SummaryFile<'a> {
     pub(super) fn new(run: &'a Path, cfg: &'a TrainConfig, world: usize, leader: bool) -> SummaryFile<'a> {
-        let summary = TrainSummary::default();
+        // (a fresh start has no loss yet: null in summary.json)
+        let summary = TrainSummary { last_loss: f64::NAN, last_bit_acc: f64::NAN, ..TrainSummary::default() };
         SummaryFile { summary, run, cfg, world, leader, started: Instant::now() }
     }
 
@@ -77,6 +78,16 @@ impl<'a> SummaryFile<'a> {
         self.write(&self.summary)
     }
 
+    /// Rank 0: the text of `summary.json` for where the run stands now, at `state` (before the first step:
+    /// the checkpoint resumed from, or a fresh start).
+    pub(super) fn text_at(&self, state: &TrainState) -> Result<Option<String>> {
+        if !self.leader {
+            return Ok(None);
+        }
+        let now = TrainSummary { steps: state.step, skipped_steps: state.skipped_steps, ..self.summary.clone() };
+        Ok(Some(serde_json::to_string_pretty(&summary_record(&now, self.cfg, self.world))?))
+    }
+
     /// The session's first step starts now (its `seconds_this_session` count from here).
     pub(super) fn start_clock(&mut self) {
         self.started = Instant::now();
@@ -107,10 +118,12 @@ impl<'a> SummaryFile<'a> {
         dir: PathBuf,
         tensorboard_failed_writes: u64,
     ) -> Result<Option<String>> {
-        self.summary.last_checkpoint = Some(dir);
         if !self.leader {
+            // rank 0 writes it, maybe in the background: not known here to be complete (see `finish`)
+            self.summary.unconfirmed_checkpoint = Some(state.step);
             return Ok(None);
         }
+        self.summary.last_checkpoint = Some(dir);
         let at_checkpoint = TrainSummary {
             steps: state.step,
             skipped_steps: state.skipped_steps,
@@ -121,9 +134,13 @@ impl<'a> SummaryFile<'a> {
         Ok(Some(serde_json::to_string_pretty(&summary_record(&at_checkpoint, self.cfg, self.world))?))
     }
 
-    /// Stopped by a signal (after checkpointing).
+    /// Stopped by a signal (its checkpoint is written next).
     pub(super) fn preempted(&mut self) {
         self.summary.preempted = true;
+    }
+
+    pub(super) fn is_preempted(&self) -> bool {
+        self.summary.preempted
     }
 
     /// Stopped by `optim.max_nonfinite` non-finite steps at `state`, with `newest` the last complete
@@ -145,8 +162,9 @@ impl<'a> SummaryFile<'a> {
         self.write(&self.summary)
     }
 
-    /// The session's end at `state` (its last checkpoint on disk): the summary `train` returns, and
-    /// rank 0's last `summary.json`.
+    /// The session's end at `state` (rank 0's last checkpoint on disk): the summary `train` returns, and
+    /// rank 0's last `summary.json`. Another rank names the newest checkpoint complete in `run.dir` as it
+    /// stops (with background writes it does not wait for rank 0's last one: `unconfirmed_checkpoint`).
     pub(super) fn finish(mut self, state: &TrainState, tensorboard_failed_writes: u64) -> Result<TrainSummary> {
         let seconds = self.seconds();
         let s = &mut self.summary;
@@ -154,6 +172,10 @@ impl<'a> SummaryFile<'a> {
         if self.leader {
             s.tensorboard_failed_writes = tensorboard_failed_writes;
             self.write(&self.summary)?;
+        } else {
+            let newest = checkpoint::complete(self.run).pop();
+            s.unconfirmed_checkpoint = s.unconfirmed_checkpoint.filter(|&u| newest.as_ref().is_none_or(|n| n.0 < u));
+            s.last_checkpoint = newest.map(|n| n.1);
         }
         Ok(self.summary)
     }
