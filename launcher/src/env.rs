@@ -14,6 +14,9 @@ pub mod vars {
     pub const AGENT_STORE: &str = "INFINITY_AGENT_STORE";
     /// `auto`: resume from the newest complete checkpoint (set by the agent on restarts).
     pub const RESUME: &str = "INFINITY_RESUME";
+    /// `1` for every rank `infinity launch` starts: the agent reports how its ranks ended (a clean stop
+    /// is exit 0 and a store mark, not an exit code of the rank's choosing).
+    pub const UNDER_AGENT: &str = "INFINITY_UNDER_AGENT";
 }
 
 /// Exit code of a training process whose command line or config is wrong (as clap's usage errors): a
@@ -34,6 +37,16 @@ pub const EXIT_BAD_DATA: i32 = 65;
 /// row): a run is a pure function of its config, so a restarted group would resume from the last good
 /// checkpoint and diverge at the same step; the agent does not restart it.
 pub const EXIT_DIVERGED: i32 = 87;
+
+/// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported); `None`
+/// where it has none.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0)?;
+    (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
+}
 
 /// Whether a rank's exit code says that a restart would fail the same way.
 pub fn is_permanent_failure(code: Option<i32>) -> bool {

@@ -539,8 +539,7 @@ fn failure_record(dir: &Path, run: &str, name: &str) -> serde_json::Value {
 /// Node 0's rank exits 2 (a bad config), and node 1's dies of it (exit 1, its connection closed).
 /// `slow` names the node whose report comes 1 s late (its rank leaves a child holding its pipes): node
 /// 1's, so node 0's report is the root cause, or node 0's, so node 1's exit 1 is, posted before node
-/// 0's mark. Either way both nodes stop with exit code 2 and `stop: permanent`: node 1 restarted and
-/// exited 1, its record saying `restart`.
+/// 0's mark. Either way both nodes stop with exit code 2 and `stop: permanent`, neither restarting.
 fn permanent_failure_on_node_0(slow: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
@@ -578,8 +577,7 @@ fn a_permanent_failure_reported_second_stops_every_node() {
 
 /// Node 0's agent (the store's host) SIGKILLed: its rank stops (the kernel's SIGTERM), node 1's dies
 /// of the broken connection. Node 1 cannot restart without the store: it says so, exits 1 and records
-/// `stop: store host lost` (it announced a restart, then failed on the store, its record saying
-/// `restart`).
+/// `stop: store host lost`, announcing no restart.
 #[test]
 fn a_lost_store_host_stops_the_other_nodes_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -641,7 +639,7 @@ fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
 }
 
 /// The same run id launched again (a requeued job) fails the same attempt: the first session's
-/// failure record stays, the second is written beside it (it was overwritten).
+/// failure record stays, the second is written beside it.
 #[test]
 fn a_relaunch_with_the_same_run_id_keeps_the_earlier_failure_record() {
     let tmp = tempfile::tempdir().unwrap();

@@ -109,7 +109,7 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
 
 /// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
 /// at the same step); resuming it with the settings it diverged with is refused (by `--check` too), and
-/// with a setting changed it goes on.
+/// with a setting or the dataset changed it goes on.
 #[test]
 fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,12 +137,19 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
         assert!(stderr.contains(&format!("diverged at step {stopped}")) && stderr.contains("optim.lr"), "{stderr}");
     }
     // (not refused; its last checkpoint holds the weights the first step blew up, so it diverges again)
-    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--set", "optim.lr=1e-3"], &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("resumed from {}", latest_checkpoint(&cfg.run.dir).unwrap().display())),
-        "{stdout}"
-    );
+    let resumed = |args: &[&str]| {
+        let out = infinity_train(tmp.path(), &cfg, args, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let want = format!("resumed from {}", latest_checkpoint(&cfg.run.dir).unwrap().display());
+        assert!(stdout.contains(&want), "{args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    };
+    resumed(&["--resume", "auto", "--set", "optim.lr=1e-3"]);
+    // nor with the same settings on a dataset mended since (here its shard renamed)
+    let manifest = std::fs::read_to_string(data.join("manifest.json")).unwrap();
+    std::fs::rename(data.join("shard-00000.arrow"), data.join("shard-00000-mended.arrow")).unwrap();
+    std::fs::write(data.join("manifest.json"), manifest.replace("shard-00000.arrow", "shard-00000-mended.arrow"))
+        .unwrap();
+    resumed(&["--resume", "auto", "--accept-data-change"]);
 }
 
 /// metrics.jsonl names the gradient norm's z-score as TensorBoard and the docs do.
@@ -234,6 +241,8 @@ fn summary_json_never_names_a_pruned_checkpoint() {
             let (mut reads, mut named) = (0, std::collections::BTreeSet::new());
             let read = || std::fs::read_to_string(run.join("summary.json")).ok();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                // (leaves the training most of a core; a step of this model takes a few ms)
+                std::thread::sleep(std::time::Duration::from_micros(500));
                 // (a summary replaced between the two reads may name a checkpoint pruned since)
                 let Some(before) = read() else { continue };
                 let s: Value = serde_json::from_str(&before).unwrap();
@@ -336,8 +345,10 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
     let step: u64 =
         text.split("stopped by a signal at step ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     let step3 = run.join("checkpoints/step-00000003");
-    let want =
-        format!("rank 0 was still writing the checkpoint of step {step}; the newest complete one: {}", step3.display());
+    let want = format!(
+        "rank 0 was still writing the checkpoint of step {step}; the newest complete one seen from this host: {}",
+        step3.display()
+    );
     assert!(text.contains(&want), "{text}");
 
     let t0 = Instant::now();
@@ -447,7 +458,8 @@ fn rank_0_names_the_rank_whose_config_differs() {
     assert!(r1.contains("rank 1's config differs from rank 0's: optim.lr: 0.003 → 0.001"), "{r1}");
 }
 
-/// A rank slow at every step is warned of once (naming its host), not at every logged step.
+/// A rank slow at every step is warned of once (naming its host), not at every logged step (the rate
+/// limit itself: rank_times.rs's unit tests).
 #[test]
 fn a_straggler_is_warned_of_once_naming_its_host() {
     let tmp = tempfile::tempdir().unwrap();
@@ -457,7 +469,9 @@ fn a_straggler_is_warned_of_once_naming_its_host() {
     let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, bin], [&[], &[]]), &slow);
     assert_eq!((c0, c1), (Some(0), Some(0)), "{r0}\n{r1}");
     let host = &infinity_trainer::train::rank_identity::this_rank().host;
-    assert_eq!(r0.matches("straggler at step").count(), 1, "{r0}");
+    // (once; a second time only if its lead doubled, which a noisy first step can make it seem to)
+    let warnings = r0.matches("straggler at step").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings over 4 logged steps:\n{r0}");
     assert!(
         r0.contains("straggler at step 1: rank 1's own work took ")
             && r0.contains(&format!(" s on {host}, the median")),

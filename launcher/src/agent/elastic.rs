@@ -93,7 +93,12 @@ pub(super) struct Rounds {
 
 impl Rounds {
     pub fn new(run_id: &str, min: usize, max: usize, last_call: Duration, timeout: Duration) -> Rounds {
-        let me = format!("{}:{}:{:04x}", hostname(), std::process::id(), rand::random::<u16>());
+        let me = format!(
+            "{}:{}:{:04x}",
+            crate::env::hostname().unwrap_or_else(|| "host".into()),
+            std::process::id(),
+            rand::random::<u16>()
+        );
         Rounds { run_id: run_id.to_string(), base: format!("{run_id}/elastic"), me, min, max, last_call, timeout }
     }
 
@@ -342,17 +347,6 @@ impl Beats {
             (true, true) => Life::Alive,
             (true, false) => Life::Unknown,
         })
-    }
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname(2) writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match rc {
-        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
-        _ => "host".into(),
     }
 }
 

@@ -45,9 +45,13 @@ impl RankFailure {
 /// answering (rank 0 timed out waiting for it): rank 0 (node 0, …) exited with exit code 86 …`.
 const STOPPED_ANSWERING: &str = "stopped answering (rank";
 
-/// The root cause `report` (of rank `waiter`'s timeout) blaming the silent rank `peer` on `node`.
-pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, report: &str) -> String {
-    format!("rank {peer} (node {node}) {STOPPED_ANSWERING} {waiter} timed out waiting for it): {report}")
+/// The root cause `report` (of rank `waiter`'s timeout) blaming the silent rank `peer` on `node`, in a
+/// group of `world` ranks. With more than two, the peer may itself be waiting: the ranks after a hung
+/// one in the ring each time out on their own predecessor within moments, and whichever report is
+/// posted first names a rank that may be alive, so the report says so.
+pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, world: usize, report: &str) -> String {
+    let maybe = if world > 2 { ", or one it waits for," } else { "" };
+    format!("rank {peer} (node {node}){maybe} {STOPPED_ANSWERING} {waiter} timed out waiting for it): {report}")
 }
 
 #[derive(Debug, Serialize)]
@@ -94,7 +98,10 @@ pub(super) fn write(
 /// posted by another node), or a rank another node's rank timed out waiting for.
 fn is_here(root_cause: &str, root_cause_node: Option<usize>, node: usize, failed_here: bool) -> bool {
     let first = root_cause.strip_prefix("another node: ").unwrap_or(root_cause);
-    let silent = first.starts_with("rank ") && first.contains(&format!("(node {node}) {STOPPED_ANSWERING}"));
+    let silent = first.starts_with("rank ")
+        && [format!("(node {node}) {STOPPED_ANSWERING}"), format!("(node {node}), or one it waits for,")]
+            .iter()
+            .any(|s| first.contains(s.as_str()));
     root_cause_node == Some(node) && ((failed_here && !root_cause.starts_with("another node")) || silent)
 }
 
@@ -198,8 +205,15 @@ mod tests {
         let crashed = RankFailure::new(0, 7, &ExitStatus::from_raw(1 << 8), 1.0, vec![line(3)]);
         assert_eq!(crashed.silent_peer(2), None, "only a timed-out collective (exit code 86) blames a peer");
 
-        let report = blame_silent_peer(3, 1, 0, "rank 0 (node 0, pid 7) exited with exit code 86");
+        let report = blame_silent_peer(3, 1, 0, 2, "rank 0 (node 0, pid 7) exited with exit code 86");
         assert!(report.starts_with("rank 3 (node 1) stopped answering (rank 0 timed out waiting for it): rank 0"));
+        // with more ranks the one named may only be waiting itself
+        let four = blame_silent_peer(3, 1, 0, 4, "rank 0 …");
+        assert!(
+            four.starts_with("rank 3 (node 1), or one it waits for, stopped answering (rank 0 timed out"),
+            "{four}"
+        );
+        assert!(is_here(&four, Some(1), 1, false) && !is_here(&four, Some(1), 0, true));
         assert!(!is_here(&report, Some(1), 0, true));
         assert!(is_here(&format!("another node: {report}"), Some(1), 1, false));
         assert!(!is_here(&format!("another node: {report}"), Some(1), 0, false));

@@ -380,7 +380,12 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 // every node stops for a permanent failure, whichever failure was posted first
                 let permanent = match permanent {
                     Some(code) => {
+                        // this node's rank, or the one another node marked (read from the store)
+                        let marked = |c: &mut StoreClient| {
+                            verdict::read_permanent(c, &format!("{prefix}/{}", verdict::PERMANENT)).and_then(|p| p.rank)
+                        };
                         let rank = local.as_ref().filter(|l| l.exit_code == Some(code)).map(|l| l.rank);
+                        let rank = rank.or_else(|| marked(&mut client));
                         Some(Permanent { code, rank })
                     }
                     None => {

@@ -122,6 +122,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .env(vars::RUN_ID, &p.run_id)
             .env(vars::RESTART_COUNT, attempt.to_string())
             .env(vars::AGENT_STORE, "1")
+            .env(vars::UNDER_AGENT, "1")
             .env("CUDA_VISIBLE_DEVICES", device)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -49,7 +49,7 @@ pub(super) async fn permanent_elsewhere(c: &mut StoreClient, prefix: &str, g: Gr
 }
 
 /// The permanent mark at `key` (present).
-fn read_permanent(c: &mut StoreClient, key: &str) -> Option<Permanent> {
+pub(super) fn read_permanent(c: &mut StoreClient, key: &str) -> Option<Permanent> {
     let read = |c: &mut StoreClient, k: &str| {
         c.get(k, Duration::from_secs(1)).ok().and_then(|v| String::from_utf8_lossy(&v).trim().parse().ok())
     };
@@ -59,24 +59,33 @@ fn read_permanent(c: &mut StoreClient, key: &str) -> Option<Permanent> {
 }
 
 /// Why a restart cannot meet, for an agent that does not host the store: the store does not answer a
-/// fresh connection within [`PROBE`] (its host, node 0's agent or an elastic group's agent at
-/// `--rdzv`, is gone or frozen, and the group's state with it).
+/// fresh connection in any of [`PROBES`] tries of [`PROBE`] each (its host, node 0's agent or an
+/// elastic group's agent at `--rdzv`, is gone or frozen, and the group's state with it). One missed
+/// answer is not enough: a loaded or briefly cut-off host would stop this node for good while the
+/// others restart and wait for it.
 pub(super) async fn store_lost(addr: &str, token: &str, who: &str) -> Option<String> {
-    let (addr, token, who) = (addr.to_string(), token.to_string(), format!("{who} probe"));
-    let probe = tokio::task::spawn_blocking(move || {
-        let mut c = StoreClient::connect(&addr, &token, &who, PROBE)?;
-        c.set_reply_timeout(PROBE);
-        c.check(std::slice::from_ref(&who)).map(|_| ())
-    });
-    match probe.await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("{e:#}")),
-        Err(e) => Some(e.to_string()),
+    let mut why = None;
+    for _ in 0..PROBES {
+        let (addr, token, who) = (addr.to_string(), token.to_string(), format!("{who} probe"));
+        let probe = tokio::task::spawn_blocking(move || {
+            let mut c = StoreClient::connect(&addr, &token, &who, PROBE)?;
+            c.set_reply_timeout(PROBE);
+            c.check(std::slice::from_ref(&who)).map(|_| ())
+        });
+        why = match probe.await {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(e) => Some(e.to_string()),
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    why
 }
 
-/// How long the store may take to answer [`store_lost`]'s probe (it answers at once when it lives).
+/// How long the store may take to answer one of [`store_lost`]'s probes (it answers at once when it
+/// lives), and how many it gets, a second apart.
 const PROBE: Duration = Duration::from_secs(2);
+const PROBES: usize = 4;
 
 /// What a failed attempt's agent does next, as its failure record says (`next`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +160,9 @@ mod tests {
             let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
             let t0 = Instant::now();
             assert!(store_lost(&gone, "t", "agent 1").await.is_some());
-            assert!(t0.elapsed() < PROBE + Duration::from_secs(1), "{:?}", t0.elapsed());
+            // (every probe tried, none longer than its timeout)
+            let most = (PROBE + Duration::from_secs(1)) * PROBES as u32 + Duration::from_secs(1);
+            assert!(t0.elapsed() >= Duration::from_secs(PROBES as u64) && t0.elapsed() < most, "{:?}", t0.elapsed());
         });
     }
 }

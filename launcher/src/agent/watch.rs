@@ -119,7 +119,8 @@ pub(super) async fn watch(
                     let mut node = Some(g.node_rank);
                     // a collective that timed out names the rank it waited for: that one is the root cause
                     if let Some((peer, peer_node)) = failed.silent_peer(a.nproc_per_node) {
-                        report = failure::blame_silent_peer(peer, peer_node, r.global, &report);
+                        let world = g.nnodes * a.nproc_per_node;
+                        report = failure::blame_silent_peer(peer, peer_node, r.global, world, &report);
                         node = Some(peer_node);
                     }
                     let local = Some(failed);

@@ -115,7 +115,8 @@ mod tests {
             std::thread::sleep(p.slice());
             reports += p.due() as usize;
         }
-        assert_eq!(reports, 3);
+        // (three on time; a sleep overrunning a whole interval on a loaded machine merges two)
+        assert!((2..=3).contains(&reports), "{reports} reports");
         assert!(!p.due());
         assert_eq!(p.slice(), Duration::ZERO);
         assert!(p.so_far().ends_with("0 s until --rdzv-timeout-s"), "{}", p.so_far());

@@ -137,7 +137,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let checkpoint = match s.unconfirmed_checkpoint {
         // (another rank, with rank 0 still writing in the background as this one stopped)
         Some(step) => {
-            format!("rank 0 was still writing the checkpoint of step {step}; the newest complete one: {last}")
+            format!(
+                "rank 0 was still writing the checkpoint of step {step}; the newest complete one seen from this \
+                 host: {last}"
+            )
         }
         None => format!("last checkpoint {last}"),
     };
@@ -160,7 +163,7 @@ fn preempted_exit(stopped_early: bool, code: u8) -> ExitCode {
     if !stopped_early || code == 0 {
         return ExitCode::SUCCESS;
     }
-    if std::env::var(vars::AGENT_STORE).is_ok_and(|v| v == "1") {
+    if std::env::var(vars::UNDER_AGENT).is_ok_and(|v| v == "1") {
         console!("(--preempted-exit-code {code} ignored under infinity launch: exiting 0)");
         return ExitCode::SUCCESS;
     }

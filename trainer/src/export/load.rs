@@ -48,8 +48,8 @@ struct DataSection {
 pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
     let export = read_export(dir).with_context(|| format!("{}: not an `infinity export` folder", dir.display()))?;
     let cfg_path = dir.join("config.json");
-    let config: Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)
-        .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
+    let bytes = std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+    let config: Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", cfg_path.display()))?;
     let field = |key: &str| -> Result<Value> {
         config.pointer(key).cloned().ok_or_else(|| anyhow!("{}: no `{}`", cfg_path.display(), &key[1..]))
     };
@@ -80,7 +80,9 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         Some("bf16") => Precision::Bf16,
         other => bail!("{}: `source.precision` is {other:?}, expected \"f32\" or \"bf16\"", cfg_path.display()),
     };
-    let step = config.pointer("/source/step").and_then(Value::as_u64).unwrap_or(0);
+    let step = field("/source/step")?
+        .as_u64()
+        .with_context(|| format!("{}: `source.step` is not a step", cfg_path.display()))?;
     let ema_decay = config.pointer("/source/ema_decay").and_then(Value::as_f64);
 
     let dataset = match config.get("data").filter(|d| !d.is_null()) {

@@ -201,12 +201,15 @@ pub fn check_with(
         let changes = rundir::resume_changes(dir, &config_toml, &mc)?;
         if !changes.is_empty() {
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
-        } else if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
-            return Err(super::stop::Diverged(why).into());
         }
         let mut loader = state.loader;
         let moved =
             super::setup::continue_position(&mut loader, &ds, cfg, accept_data_change).map_err(unrecoverable)?;
+        if changes.is_empty() && moved.is_none() {
+            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
+                return Err(super::stop::Diverged(why).into());
+            }
+        }
         out.extend(moved.map(|w| format!("resume: {w}")));
         position = Some(loader);
     } else {

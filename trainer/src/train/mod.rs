@@ -243,7 +243,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)
     let mut saver = match summary.text_at(&state)? {
-        Some(now) => Some(saver::Saver::new(run, (&mc, &lay, &config_toml), keep, (state.step, now))),
+        Some(text) => {
+            let on_disk = saver::SummaryOnDisk { step: state.step, text };
+            Some(saver::Saver::new(run, (&mc, &lay, &config_toml), keep, on_disk))
+        }
         None => None,
     };
     // hyperparameters once per run, when it starts from step 0

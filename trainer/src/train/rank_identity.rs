@@ -38,7 +38,7 @@ static THIS_RANK: OnceLock<RankIdentity> = OnceLock::new();
 /// starts it while the run sets up.
 pub fn this_rank() -> &'static RankIdentity {
     THIS_RANK.get_or_init(|| RankIdentity {
-        host: hostname().unwrap_or_else(|| "?".into()),
+        host: infinity_launcher::env::hostname().unwrap_or_else(|| "?".into()),
         build: Build { version: env!("CARGO_PKG_VERSION").into(), exe_crc32c: exe_crc32c() },
     })
 }
@@ -57,15 +57,6 @@ fn exe_crc32c() -> Option<u32> {
             n => crc = crc32c::crc32c_append(crc, &buf[..n]),
         }
     }
-}
-
-/// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported).
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0)?;
-    (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// f32s per rank in the gather: a flag, then the identity's text a byte per f32 (exact).

@@ -53,7 +53,7 @@ impl RunLock {
             let _ = file.read_to_string(&mut holder);
             return Err(held_error(run, &holder));
         }
-        let host = hostname().unwrap_or_else(|| "this host".into());
+        let host = infinity_launcher::env::hostname().unwrap_or_else(|| "this host".into());
         let since = unix_now();
         file.set_len(0).and_then(|_| file.rewind())?;
         // the unix time is what `describe_holder` reads (builds before this one wrote only that)
@@ -124,15 +124,6 @@ pub fn in_use(run: &Path) -> bool {
         Ok(file) => !try_lock(&file).unwrap_or(true),
         Err(_) => false,
     }
-}
-
-/// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported).
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0)?;
-    (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// A file system that does not lock at all (as opposed to a lock held elsewhere).

@@ -116,13 +116,16 @@ pub fn summary_step(run: &Path) -> Option<u64> {
 }
 
 /// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with no setting changed since
-/// that checkpoint, repeats a divergence its `summary.json` records at a later step: a run is a pure
-/// function of its config, world size and data, so it would diverge at the same step. The message
-/// saying so, or `None`.
+/// that checkpoint (the caller knows) and the same dataset, repeats a divergence its `summary.json`
+/// records at a later step: a run is a pure function of its config, world size, data and build, so it
+/// would diverge at the same step. The message saying so, or `None`.
 pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String> {
     let s = read_summary(run).filter(|s| s["diverged"] == true)?;
     let at = s["step"].as_u64().filter(|&at| at > step)?;
-    (s["world_size"].as_u64() == Some(world as u64)).then(|| {
+    // (a summary of an earlier build records none: taken as this one)
+    let this_build = super::rank_identity::this_rank().build.to_string();
+    let same_build = s["build"].as_str().is_none_or(|b| b == this_build);
+    (s["world_size"].as_u64() == Some(world as u64) && same_build).then(|| {
         format!(
             "{}: this run diverged at step {at} (its summary.json), and resuming from step {step} with the same \
              settings and {world} ranks repeats it step for step; change what diverged (optim.lr, optim.clip, \

@@ -29,6 +29,12 @@ pub struct Snapshot {
     pub summary_json: Option<String>,
 }
 
+/// The `summary.json` last put down: the step it describes and its text.
+pub struct SummaryOnDisk {
+    pub step: u64,
+    pub text: String,
+}
+
 pub struct Saver {
     run: PathBuf,
     model: ModelConfig,
@@ -38,17 +44,17 @@ pub struct Saver {
     in_flight: Option<(u64, JoinHandle<Result<PathBuf>>)>,
     /// The step and text of the `summary.json` last put down (the session's start, then each complete
     /// checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
-    summary_on_disk: Arc<Mutex<(u64, String)>>,
+    summary_on_disk: Arc<Mutex<SummaryOnDisk>>,
 }
 
 impl Saver {
     /// A writer into `run` of checkpoints of `model`, keeping `keep` (`checkpoint.keep_last`,
-    /// `keep_every`); `summary` is the step and text of the run's summary as the session starts.
+    /// `keep_every`); `summary` is the run's summary as the session starts.
     pub fn new(
         run: &Path,
         (model, lay, config_toml): (&ModelConfig, &Layout, &str),
         keep: (usize, u64),
-        summary: (u64, String),
+        summary: SummaryOnDisk,
     ) -> Saver {
         let (run, model, lay, config_toml) = (run.to_path_buf(), model.clone(), lay.clone(), config_toml.to_string());
         let summary_on_disk = Arc::new(Mutex::new(summary));
@@ -72,7 +78,7 @@ impl Saver {
             if let Some(text) = snap.summary_json {
                 let mut on_disk = on_disk.lock().unwrap_or_else(|e| e.into_inner());
                 write_run_file(&run, SUMMARY_FILE, &text)?;
-                *on_disk = (step, text);
+                *on_disk = SummaryOnDisk { step, text };
             }
             checkpoint::prune(&run, keep_last, keep_every)?;
             Ok(dir)
@@ -92,10 +98,10 @@ impl Saver {
     pub fn stopped_by_signal(&mut self) -> Result<()> {
         let Some((writing, _)) = &self.in_flight else { return Ok(()) };
         let on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
-        if on_disk.0 >= *writing {
+        if on_disk.step >= *writing {
             return Ok(()); // complete already, its summary down
         }
-        let mut record: serde_json::Value = serde_json::from_str(&on_disk.1)?;
+        let mut record: serde_json::Value = serde_json::from_str(&on_disk.text)?;
         record["preempted"] = true.into();
         write_run_file(&self.run, SUMMARY_FILE, &serde_json::to_string_pretty(&record)?)
     }

@@ -301,19 +301,21 @@ pub(crate) fn starting_state(
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
-            let (p, o, s) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
+            let (p, o, s, data_changed) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
                 .and_then(|(p, o, mut s)| {
                     // (the loader checks it again; here before the run says it resumed)
                     let moved = continue_position(&mut s.loader, ds, cfg, opts.accept_data_change)?;
+                    let data_changed = moved.is_some();
                     if let Some(warning) = moved.filter(|_| leader) {
                         tracing::warn!("{warning}");
                     }
-                    Ok((p, o, s))
+                    Ok((p, o, s, data_changed))
                 })
                 .with_context(|| format!("resuming from {}", dir.display()))
                 .map_err(unrecoverable)?;
             let changes = rundir::resume_changes(dir, config_toml, mc)?;
-            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, s.step, world).filter(|_| changes.is_empty()) {
+            let same_run = changes.is_empty() && !data_changed;
+            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, s.step, world).filter(|_| same_run) {
                 return Err(super::stop::Diverged(why).into());
             }
             console!("resumed from {} at step {}", dir.display(), s.step);

@@ -119,8 +119,12 @@ impl<'a> SummaryFile<'a> {
         tensorboard_failed_writes: u64,
     ) -> Result<Option<String>> {
         if !self.leader {
-            // rank 0 writes it, maybe in the background: not known here to be complete (see `finish`)
-            self.summary.unconfirmed_checkpoint = Some(state.step);
+            match self.cfg.checkpoint.background {
+                // rank 0 writes it in the background: not known here to be complete (see `finish`)
+                true => self.summary.unconfirmed_checkpoint = Some(state.step),
+                // in the step loop, with a barrier after it: rank 0 has written it
+                false => self.summary.last_checkpoint = Some(dir),
+            }
             return Ok(None);
         }
         self.summary.last_checkpoint = Some(dir);
@@ -163,8 +167,9 @@ impl<'a> SummaryFile<'a> {
     }
 
     /// The session's end at `state` (rank 0's last checkpoint on disk): the summary `train` returns, and
-    /// rank 0's last `summary.json`. Another rank names the newest checkpoint complete in `run.dir` as it
-    /// stops (with background writes it does not wait for rank 0's last one: `unconfirmed_checkpoint`).
+    /// rank 0's last `summary.json`. Another rank names its last checkpoint, or with background writes
+    /// (which it does not wait for: `unconfirmed_checkpoint`) the newest complete in `run.dir` as it
+    /// stops.
     pub(super) fn finish(mut self, state: &TrainState, tensorboard_failed_writes: u64) -> Result<TrainSummary> {
         let seconds = self.seconds();
         let s = &mut self.summary;
@@ -172,7 +177,8 @@ impl<'a> SummaryFile<'a> {
         if self.leader {
             s.tensorboard_failed_writes = tensorboard_failed_writes;
             self.write(&self.summary)?;
-        } else {
+        } else if s.unconfirmed_checkpoint.is_some() {
+            // (as this host sees run.dir: on nodes without a shared file system, none)
             let newest = checkpoint::complete(self.run).pop();
             s.unconfirmed_checkpoint = s.unconfirmed_checkpoint.filter(|&u| newest.as_ref().is_none_or(|n| n.0 < u));
             s.last_checkpoint = newest.map(|n| n.1);
@@ -198,6 +204,8 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
         "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
         "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
         "tensorboard_failed_writes": summary.tensorboard_failed_writes,
+        // (what trained it: a resume of a diverged run with another build is not refused)
+        "build": super::rank_identity::this_rank().build.to_string(),
     })
 }
 
