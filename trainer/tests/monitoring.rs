@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,43 +266,15 @@ fn summary_json_never_names_a_pruned_checkpoint() {
 }
 
 /// A port nobody listens on now (for rank 0's store).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `BIN train CONFIG ARGS` in `dir` as rank `rank` of 2 without an agent (as a Kubernetes pod: rank 0
-/// hosts the store at 127.0.0.1:`port`), with `env` and its output piped.
-fn rank_process(
-    bin: &Path,
-    dir: &Path,
-    cfg: &Path,
-    (rank, port): (usize, u16),
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Child {
-    let mut c = Command::new(bin);
-    c.current_dir(dir).arg("train").arg(cfg).args(args).envs(env.iter().copied());
-    c.envs([("WORLD_SIZE", "2"), ("RANK", &rank.to_string()), ("MASTER_ADDR", "127.0.0.1")]);
-    c.env("MASTER_PORT", port.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // (a binary written just before may still be open in a child forked meanwhile: ETXTBSY for a moment)
-    for _ in 0..50 {
-        match c.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
-            r => return r.unwrap(),
-        }
-    }
-    panic!("{} stays busy", bin.display())
-}
-
-/// Both ranks of [`rank_process`] to their end: their exit codes and output (stdout then stderr).
+/// Both ranks of [`common::rank_process`] to their end: their exit codes and output (stdout then stderr).
 fn both_ranks(
     dir: &Path,
     cfg: &Path,
     (bins, args): ([&Path; 2], [&[&str]; 2]),
     env: &[(&str, &str)],
 ) -> [(Option<i32>, String); 2] {
-    let port = free_port();
-    let ranks = [0, 1].map(|r| rank_process(bins[r], dir, cfg, (r, port), args[r], env));
+    let port = common::free_port();
+    let ranks = [0, 1].map(|r| common::rank_process(bins[r], dir, cfg, (r, port), args[r], env));
     ranks.map(|c| {
         let out = c.wait_with_output().unwrap();
         (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -333,9 +305,10 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
     train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap(); // step 3's checkpoint
     cfg.checkpoint.every = 1000;
     let file = common::config_file(&cfg, tmp.path());
-    let (bin, port) = (Path::new(env!("CARGO_BIN_EXE_infinity")), free_port());
+    let (bin, port) = (Path::new(env!("CARGO_BIN_EXE_infinity")), common::free_port());
     let slow = [("INFINITY_FAULT_SLOW_SAVE", "30")];
-    let [rank0, rank1] = [0, 1].map(|r| rank_process(bin, tmp.path(), &file, (r, port), &["--resume", "auto"], &slow));
+    let [rank0, rank1] =
+        [0, 1].map(|r| common::rank_process(bin, tmp.path(), &file, (r, port), &["--resume", "auto"], &slow));
     wait_for_lines(&run.join("metrics.jsonl"), 5);
     // SAFETY: signalling a child we spawned (rank 0 learns of it in the step's all-reduce).
     unsafe { libc::kill(rank1.id() as i32, libc::SIGTERM) };

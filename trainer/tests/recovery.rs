@@ -274,18 +274,9 @@ fn a_fresh_start_into_a_run_trained_since_its_check_is_refused_under_the_lock() 
     let mut cfg = config(&data, tmp.path().join("run"));
     cfg.data.micro_batch = infinity_trainer::train::config::MicroBatchSize::Samples(4);
     let file = common::config_file(&cfg, tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let rank = |r: &str, args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_infinity"))
-            .args(["train", file.to_str().unwrap()])
-            .args(args)
-            .envs([("WORLD_SIZE", "2"), ("RANK", r), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let second = rank("0", &[]);
+    let (bin, port) = (Path::new(env!("CARGO_BIN_EXE_infinity")), common::free_port());
+    let rank = |r: usize, args: &[&str]| common::rank_process(bin, tmp.path(), &file, (r, port), args, &[]);
+    let second = rank(0, &[]);
     // past its check, into the rendezvous: rank 0 hosts the store there
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
@@ -296,7 +287,7 @@ fn a_fresh_start_into_a_run_trained_since_its_check_is_refused_under_the_lock() 
     assert_eq!(first.steps, 6);
     let metrics = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();
     // (in a true race it passed its own check too; started now, it must not check: it would refuse)
-    let mut rank1 = rank("1", &["--resume", "auto"]);
+    let mut rank1 = rank(1, &["--resume", "auto"]);
     let out = second.wait_with_output().unwrap();
     let _ = rank1.kill();
     rank1.wait().unwrap();

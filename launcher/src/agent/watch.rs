@@ -219,11 +219,7 @@ pub(super) fn other_failure(
     };
     let node = failed_node(c, failed);
     let permanent = match c.check(&[permanent.to_string()]) {
-        Ok(p) if p == [true] => c
-            .get(permanent, Duration::from_secs(1))
-            .ok()
-            .and_then(|v| String::from_utf8_lossy(&v).parse().ok())
-            .filter(|&c| is_permanent_failure(Some(c))),
+        Ok(p) if p == [true] => super::verdict::read_permanent(c, permanent).map(|p| p.code),
         _ => None,
     };
     (report, permanent, node)

@@ -85,7 +85,7 @@ impl<'a> SummaryFile<'a> {
             return Ok(None);
         }
         let now = TrainSummary { steps: state.step, skipped_steps: state.skipped_steps, ..self.summary.clone() };
-        Ok(Some(serde_json::to_string_pretty(&summary_record(&now, self.cfg, self.world))?))
+        self.text(&now).map(Some)
     }
 
     /// The session's first step starts now (its `seconds_this_session` count from here).
@@ -135,7 +135,7 @@ impl<'a> SummaryFile<'a> {
             tensorboard_failed_writes,
             ..self.summary.clone()
         };
-        Ok(Some(serde_json::to_string_pretty(&summary_record(&at_checkpoint, self.cfg, self.world))?))
+        self.text(&at_checkpoint).map(Some)
     }
 
     /// Stopped by a signal (its checkpoint is written next).
@@ -187,8 +187,12 @@ impl<'a> SummaryFile<'a> {
     }
 
     fn write(&self, summary: &TrainSummary) -> Result<()> {
-        let record = summary_record(summary, self.cfg, self.world);
-        write_run_file(self.run, SUMMARY_FILE, &serde_json::to_string_pretty(&record)?)
+        write_run_file(self.run, SUMMARY_FILE, &self.text(summary)?)
+    }
+
+    /// `summary.json`'s text for `summary`.
+    fn text(&self, summary: &TrainSummary) -> Result<String> {
+        Ok(serde_json::to_string_pretty(&summary_record(summary, self.cfg, self.world))?)
     }
 }
 

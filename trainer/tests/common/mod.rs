@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::writer::WriterOptions;
@@ -100,4 +102,33 @@ pub fn config_file(cfg: &TrainConfig, dir: &Path) -> PathBuf {
     let path = dir.join(format!("train-{}.toml", cfg.run.dir.file_name().unwrap().to_string_lossy()));
     std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
     path
+}
+
+/// A port free on the loopback interface now (for a rank 0 that hosts the store).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `BIN train CONFIG ARGS` in `dir` as rank `rank` of 2 without an agent (as a Kubernetes pod: rank 0
+/// hosts the store at 127.0.0.1:`port`), with `env` and its output piped.
+pub fn rank_process(
+    bin: &Path,
+    dir: &Path,
+    cfg: &Path,
+    (rank, port): (usize, u16),
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
+    let mut c = Command::new(bin);
+    c.current_dir(dir).arg("train").arg(cfg).args(args).envs(env.iter().copied());
+    c.envs([("WORLD_SIZE", "2"), ("RANK", &rank.to_string()), ("MASTER_ADDR", "127.0.0.1")]);
+    c.env("MASTER_PORT", port.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // (a binary written just before may still be open in a child forked meanwhile: ETXTBSY for a moment)
+    for _ in 0..50 {
+        match c.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(20)),
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stays busy", bin.display())
 }
