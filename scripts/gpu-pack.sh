@@ -10,6 +10,10 @@
 # The manifest has one line per executable: kind name package-dir path. Test binaries find their
 # fixtures through paths baked in at build time (CARGO_MANIFEST_DIR = this checkout), so the pack
 # records this checkout's path; gpu-check.sh links it to wherever the copy lands.
+#
+# A new GPU test file goes in `tests=(…)` below, in a `run_tests NAME` line of scripts/gpu-check.sh
+# and, for trainer or launcher tests, in scripts/test.sh's on_device lines (it runs every kernels test
+# file already); docs/architecture.md, "Adding a kernel".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +51,21 @@ for line in sys.stdin:
     pkg = os.path.relpath(os.path.dirname(m["manifest_path"]), root)
     print(kind, t["name"], pkg, os.path.relpath(m["executable"], root))
 ' "$root" >"$out/manifest.built" || { tail -30 "$out/build.log"; echo "gpu-pack: the build failed"; exit 1; }
+
+# The CLI in the release profile, in place of the dev build's: gpu-check.sh's `model bench` figures (MFU)
+# are then of the code users run, not of the dev profile's opt-level 1 host code. (The test binaries
+# stay in the dev profile; those that start the CLI find it through target/debug/infinity, which
+# gpu-check.sh links to this one.)
+release=$(cargo build --release -p infinity-trainer --features infinity-trainer/cuda --bin infinity \
+    --message-format=json 2>>"$out/build.log" | python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "infinity":
+        print(os.path.relpath(m["executable"], sys.argv[1]))
+' "$root") && [ -n "$release" ] || { tail -30 "$out/build.log"; echo "gpu-pack: the release build failed"; exit 1; }
+awk -v exe="$release" '$1 == "bin" && $2 == "infinity" { $4 = exe } { print }' "$out/manifest.built" >"$out/manifest.tmp"
+mv "$out/manifest.tmp" "$out/manifest.built"
 
 if [ "${1:-}" = "--no-pack" ]; then
     mv "$out/manifest.built" "$out/manifest"

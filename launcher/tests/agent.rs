@@ -162,15 +162,18 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(143), "{}", agent.text());
     assert!(agent.text().contains("got SIGTERM; forwarding SIGTERM"), "{}", agent.text());
 
-    // SIGHUP is logged as such and forwarded as SIGTERM; ranks that checkpoint and exit 0 make it 0
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap();
-    let mut agent = Agent::start(tmp.path(), "hup", &args(d, &["--nproc-per-node", "2"], PATIENT_RANK));
-    wait_started(tmp.path(), 2, Duration::from_secs(15));
-    agent.signal(libc::SIGHUP);
-    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
-    assert!(agent.text().contains("got SIGHUP; forwarding SIGTERM"), "{}", agent.text());
-    assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
+    // SIGHUP and SIGQUIT are logged as such and forwarded as SIGTERM; ranks that checkpoint and exit 0
+    // make it 0
+    for (sig, name) in [(libc::SIGHUP, "SIGHUP"), (libc::SIGQUIT, "SIGQUIT")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_str().unwrap();
+        let mut agent = Agent::start(tmp.path(), name, &args(d, &["--nproc-per-node", "2"], PATIENT_RANK));
+        wait_started(tmp.path(), 2, Duration::from_secs(15));
+        agent.signal(sig);
+        assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
+        assert!(agent.text().contains(&format!("got {name}; forwarding SIGTERM")), "{}", agent.text());
+        assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
+    }
 
     // the same with --preempted-exit-code 143: what a scheduler that retries failed pods must see
     let tmp = tempfile::tempdir().unwrap();

@@ -374,27 +374,30 @@ fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
 }
 
 /// SIGHUP to the whole process group (a closed terminal or ssh session: the ranks get it as well as
-/// their agent) stops the run as SIGTERM does: a checkpoint, `preempted`, exit 0.
+/// their agent), and SIGQUIT alike (a terminal's Ctrl-\\), stop the run as SIGTERM does: a
+/// checkpoint, `preempted`, exit 0.
 #[test]
-fn sighup_to_the_process_group_checkpoints_and_exits_zero() {
+fn sighup_and_sigquit_to_the_process_group_checkpoint_and_exit_zero() {
     use std::os::unix::process::CommandExt;
     let (tmp, cfg) = setup(400);
-    let run = tmp.path().join("hup");
-    let mut child = launch(2, &cfg, &run, &[], &[]).process_group(0).stdout(Stdio::null()).spawn().unwrap();
-    let t0 = Instant::now();
-    while !run.join("checkpoints/step-00000002/DONE").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "training did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    for (sig, name) in [(libc::SIGHUP, "hup"), (libc::SIGQUIT, "quit")] {
+        let run = tmp.path().join(name);
+        let mut child = launch(2, &cfg, &run, &[], &[]).process_group(0).stdout(Stdio::null()).spawn().unwrap();
+        let t0 = Instant::now();
+        while !run.join("checkpoints/step-00000002/DONE").exists() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "training did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: signalling the process group of the child we spawned (its own group).
+        unsafe { libc::kill(-(child.id() as i32), sig) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "launch after SIG{} exited with {status:?}", name.to_uppercase());
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["preempted"], true, "{summary}");
+        let stopped = summary["step"].as_u64().unwrap();
+        assert!(run.join(format!("checkpoints/step-{stopped:08}/DONE")).exists(), "no checkpoint at the stop step");
     }
-    // SAFETY: signalling the process group of the child we spawned (its own group).
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGHUP) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "launch after SIGHUP exited with {status:?}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["preempted"], true, "{summary}");
-    let stopped = summary["step"].as_u64().unwrap();
-    assert!(run.join(format!("checkpoints/step-{stopped:08}/DONE")).exists(), "no checkpoint at the stop step");
 }
 
 /// An elastic group (`--nnodes 2:3`, one rank per agent): three agents start together; one is killed

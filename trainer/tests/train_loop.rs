@@ -73,7 +73,9 @@ fn resumed_run_is_bitwise_identical_to_an_uninterrupted_one() {
 }
 
 /// Resuming from an earlier checkpoint starts a new history: the later checkpoints are moved aside
-/// (not taken for the newest by `--resume auto`, nor kept by pruning in place of the new ones).
+/// (not taken for the newest by `--resume auto`, nor kept by pruning in place of the new ones), with a
+/// whole copy of the run's logs; the run's own logs, TensorBoard's event files included, keep the
+/// steps up to the resumed one and the new history's.
 #[test]
 fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     let tmp = tempfile::tempdir().unwrap();
@@ -81,7 +83,19 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"), "class");
     cfg.sample.every = 0;
-    train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at steps 3 and 6
+    (cfg.val.dir, cfg.val.max_rows, cfg.val.every) = (Some(data.clone()), 16, 2);
+    train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at steps 3 and 6, validation at 2, 4, 6
+    let tb_files = |dir: PathBuf| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let tb_before = tb_files(cfg.run.dir.join("tb"));
+    let val_before = std::fs::read(cfg.run.dir.join("val.jsonl")).unwrap();
     let step3 = cfg.run.dir.join("checkpoints/step-00000003");
     // a resume that is refused (another seed: the saved data position; another width: the weights)
     // leaves the run folder as it was: its config and sizes, which `infinity scaling` reads, and the
@@ -121,7 +135,12 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     let lines = infinity_trainer::train::check::check(&again, 1, Some(&step3), None).unwrap();
     let want = "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
                 would move to";
-    assert!(lines.iter().any(|l| l.starts_with(want)), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(want) && l.ends_with("(with a copy of its logs, which are cut back to step 3)")),
+        "{lines:?}"
+    );
     let s = train(&again, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();
     let names = |dir: PathBuf| -> Vec<String> {
         let mut v: Vec<String> =
@@ -130,7 +149,32 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         v
     };
     assert_eq!(names(cfg.run.dir.join("checkpoints")), ["step-00000004", "step-00000005"]);
-    assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003")), ["samples", "step-00000006"]);
+    let abandoned = cfg.run.dir.join("abandoned/after-step-00000003");
+    assert_eq!(names(abandoned.clone()), ["metrics.jsonl", "samples", "step-00000006", "tb", "val.jsonl"]);
+    // the abandoned history's logs, whole: every step to 6, TensorBoard's as they were
+    assert!(std::fs::read(abandoned.join("metrics.jsonl")).unwrap() == metrics_before, "metrics.jsonl");
+    assert!(std::fs::read(abandoned.join("val.jsonl")).unwrap() == val_before, "val.jsonl");
+    assert!(tb_files(abandoned.join("tb")) == tb_before, "tb/");
+    // the run's event files: the first history's up to step 3 (whatever the event), then the new one's
+    use infinity_trainer::tensorboard::{read_scalars, read_steps};
+    let mut loss_steps = Vec::new();
+    let mut val_steps = Vec::new();
+    for (name, _) in tb_files(cfg.run.dir.join("tb")) {
+        let path = cfg.run.dir.join("tb").join(&name);
+        let steps = read_steps(&path).unwrap();
+        if tb_before.iter().any(|(n, _)| *n == name) {
+            assert!(steps.iter().all(|&s| s <= 3), "{name}: {steps:?}");
+        }
+        for s in read_scalars(&path).unwrap() {
+            match s.tag.as_str() {
+                "train/loss" => loss_steps.push(s.step),
+                "val/loss" => val_steps.push(s.step),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(loss_steps, [1, 2, 3, 4, 5]);
+    assert_eq!(val_steps, [2, 4, 5]);
     assert_eq!(names(cfg.run.dir.join("abandoned/after-step-00000003/samples")), ["step-00000006.png"]);
     assert_eq!(names(cfg.run.dir.join("samples")), ["step-00000002.png"]);
     let latest = latest_checkpoint(&cfg.run.dir).unwrap();
@@ -141,6 +185,10 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5]);
+    let val = std::fs::read_to_string(cfg.run.dir.join("val.jsonl")).unwrap();
+    let steps: Vec<u64> =
+        val.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 4, 5]);
 }
 
 /// μP (`model.mup_base_width`): at its base width the run is the standard one byte for byte; a run
@@ -626,6 +674,23 @@ fn spatial_patchify_trains_on_a_patchified_dataset_and_mismatches_are_named() {
     let s = train(&whole, &TrainOptions::default()).unwrap();
     assert!(s.last_loss.is_finite() && s.last_loss < 0.75, "loss {}", s.last_loss);
     assert!(read(whole.run.dir.join("samples/step-00000006.png")).len() > 100, "no preview grid");
+    // the step's metrics count the transformer's tokens (a quarter of the stored grid's): its
+    // throughput (and MFU) and its token accuracy, the scales' weighted by their tokens
+    let text = std::fs::read_to_string(whole.run.dir.join("metrics.jsonl")).unwrap();
+    let stored = infinity_data::Manifest::load(&patched).unwrap().schedules;
+    for line in text.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        let bucket = m["bucket"].as_u64().unwrap() as usize;
+        // (a stored 2h × 2w grid is h × w of the transformer's tokens)
+        let tokens: Vec<f64> = stored[bucket].hw().iter().map(|&(h, w)| (h / 2 * (w / 2)) as f64).collect();
+        let per_sample = m["tokens_per_s"].as_f64().unwrap() / m["samples_per_s"].as_f64().unwrap();
+        assert!((per_sample - tokens.iter().sum::<f64>()).abs() < 1e-6, "{per_sample} tokens per sample: {line}");
+        let scale_acc: Vec<f64> =
+            m["scale_token_acc"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(tokens.len(), scale_acc.len());
+        let mean = scale_acc.iter().zip(&tokens).map(|(a, n)| a * n).sum::<f64>() / tokens.iter().sum::<f64>();
+        assert!((m["token_acc"].as_f64().unwrap() - mean).abs() < 1e-9, "token_acc: {line}");
+    }
     let split = patchify(&patched, "split", Some(true));
     train(&split, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
     let ckpt = latest_checkpoint(&split.run.dir).unwrap();

@@ -2,9 +2,9 @@
 //! the local ranks with torchrun-style variables, tees their output (prefixed on the console, one file
 //! per rank per attempt), and watches them. Any rank failing, here or on another node, stops the whole
 //! group, which restarts from its newest complete checkpoint up to `--max-restarts` times. SIGTERM,
-//! SIGINT and SIGUSR1 are forwarded to the ranks (they checkpoint and exit); SIGKILL follows after the
-//! grace period. With `--nnodes MIN:MAX` the group is elastic (elastic.rs): nodes join and leave
-//! between attempts.
+//! SIGINT and SIGUSR1 are forwarded to the ranks, SIGHUP and SIGQUIT as SIGTERM (they checkpoint and
+//! exit); SIGKILL follows after the grace period. With `--nnodes MIN:MAX` the group is elastic
+//! (elastic.rs): nodes join and leave between attempts.
 
 use std::path::PathBuf;
 use std::time::Duration;

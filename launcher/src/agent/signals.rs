@@ -26,13 +26,16 @@ pub(super) async fn until_signal<T>(
     }
 }
 
-/// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) is forwarded
-/// as SIGTERM ([`forwarded`]): the ranks checkpoint and exit rather than die at their next line of output.
+/// The signals the agent forwards to its ranks. SIGHUP (a closed terminal or session) and SIGQUIT
+/// (Ctrl-\\, or a scheduler's quit) are forwarded as SIGTERM ([`forwarded`]): the ranks checkpoint and
+/// exit rather than die at their next line of output or dump core without a checkpoint, as torchrun
+/// stops its workers for either.
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -42,6 +45,7 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             usr1: signal(SignalKind::user_defined1())?,
             hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
         })
     }
 
@@ -52,6 +56,7 @@ impl Signals {
             _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
             _ = self.hup.recv() => libc::SIGHUP,
+            _ = self.quit.recv() => libc::SIGQUIT,
         }
     }
 }
@@ -59,7 +64,7 @@ impl Signals {
 /// The signal the ranks get for one the agent received.
 pub(super) fn forwarded(received: i32) -> i32 {
     match received {
-        libc::SIGHUP => libc::SIGTERM,
+        libc::SIGHUP | libc::SIGQUIT => libc::SIGTERM,
         s => s,
     }
 }
@@ -74,6 +79,7 @@ pub(super) fn signal_name(s: i32) -> &'static str {
         libc::SIGBUS => "SIGBUS",
         libc::SIGUSR1 => "SIGUSR1",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
         _ => "signal",
     }
 }

@@ -326,6 +326,7 @@ mod tests {
             final_train: 1.0,
             final_val: Some(1.0),
             smoothed_val: Some(1.0),
+            smoothed_train: None,
             val_curve: vec![],
             train_curve: vec![],
             model: None,

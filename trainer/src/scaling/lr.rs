@@ -182,10 +182,11 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
     let mut lrs: Vec<f64> = groups.iter().flat_map(|g| g.points.iter().map(|p| p.lr)).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the final training loss) per learning \
-                 rate of runs whose configs differ only in `optim.lr` (and their seeds), in nats per bit; each row's \
-                 best rate in bold (the lowest mean over its finished runs), * = stopped before `run.steps`, \
-                 diverged = ended on a non-finite loss, no summary = failed before its first step or still on it, \
+    let mut s = "# Learning-rate sweep\n\nLoss (smoothed validation loss, else the smoothed training loss: means over \
+                 the last 10 % of the steps; else summary.json's final training loss) per learning rate of runs whose \
+                 configs differ only in `optim.lr` (and their seeds), in nats per bit; each row's best rate in bold \
+                 (the lowest mean over its finished runs), * = stopped before `run.steps`, diverged = ended on a \
+                 non-finite loss, no summary = failed before its first step or still on it, \
                  unreadable = left out (fits.md says why), – = no run. Under μP the best rate should not move with \
                  the width.\n\n"
         .to_string();

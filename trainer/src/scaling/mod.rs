@@ -1,5 +1,5 @@
 //! `infinity scaling RUNS_DIR`: gather every run folder under `RUNS_DIR` (a sweep's output), take its
-//! final and smoothed validation loss, fit scaling laws (`fit`) to one point per distinct config
+//! final and smoothed losses (validation, else training), fit scaling laws (`fit`) to one point per distinct config
 //! (`points`), and write a table (CSV, Markdown), the fits (Markdown, JSON) and the figures (`plot`: PNG
 //! and SVG) into `RUNS_DIR/scaling/`. This module holds the orchestration ([`analyse`]) and its
 //! [`Report`]; reading the run folders is in `runs` and `settings`, which runs the fits take in

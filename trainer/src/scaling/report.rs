@@ -13,7 +13,8 @@ use super::{budget, RunRecord};
 pub const LOSS_UNIT: &str = "nats per bit: the mean binary cross-entropy of each token's bits (ln 2 = 0.693 \
                              is chance), weighted over tokens as the training loss is";
 
-const COLUMNS: [&str; 13] = [
+/// The table's columns (columns added later go at the end: the CSV's earlier columns keep their places).
+const COLUMNS: [&str; 14] = [
     "run",
     "parameters",
     "steps",
@@ -27,13 +28,14 @@ const COLUMNS: [&str; 13] = [
     "fitted",
     "on_frontier",
     "point",
+    "smoothed_train_loss",
 ];
 
 /// The fitted point a run is part of (its number in the fitted points' table, from 1), if any.
 type PointOf<'a> = dyn Fn(&RunRecord) -> Option<(usize, &'a Point)> + 'a;
 
 /// One table row; missing values are empty.
-fn row(r: &RunRecord, point_of: &PointOf) -> [String; 13] {
+fn row(r: &RunRecord, point_of: &PointOf) -> [String; 14] {
     let point = point_of(r);
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     [
@@ -50,6 +52,7 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; 13] {
         point.is_some().to_string(),
         point.is_some_and(|p| p.1.on_frontier).to_string(),
         point.map_or(String::new(), |p| p.0.to_string()),
+        opt(r.smoothed_train),
     ]
 }
 
@@ -63,8 +66,9 @@ pub(super) fn runs_csv(runs: &[RunRecord], point_of: &PointOf) -> String {
 
 pub(super) fn runs_markdown(runs: &[RunRecord], point_of: &PointOf) -> String {
     let mut s = format!(
-        "# Runs\n\nLosses in {LOSS_UNIT}; smoothed = the mean of the validation losses in the last 10 % of the \
-         steps. `point`: the fitted point (fits.md) the run is part of: repeats of a config are one point.\n\n| {} \
+        "# Runs\n\nLosses in {LOSS_UNIT}; smoothed = the mean of the validation losses (or of the finite \
+         training losses, one batch's each) in the last 10 % of the steps: the fits take the smoothed validation \
+         loss, else the smoothed training loss, else the final training loss. `point`: the fitted point (fits.md) the run is part of: repeats of a config are one point.\n\n| {} \
          |\n|{}\n",
         COLUMNS.join(" | "),
         "---|".repeat(COLUMNS.len())

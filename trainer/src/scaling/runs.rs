@@ -1,6 +1,6 @@
 //! Reading a sweep's run folders for `infinity scaling`: one [`RunRecord`] per folder with a
 //! `summary.json` (its size, tokens and compute from `derived.json`, its training and validation loss
-//! curves from `metrics.jsonl` and `val.jsonl`, the smoothed final validation loss, its config's
+//! curves from `metrics.jsonl` and `val.jsonl`, the smoothed final validation and training losses, its config's
 //! identity and measurement settings), the folders in natural name order, and those not yet
 //! summarised. A folder that cannot be read is left out with a note, not an end to the analysis.
 
@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::settings::{self, Settings};
 
-/// The smoothed loss averages the evaluations in this last fraction of a run's steps.
+/// The smoothed losses average the evaluations (validation) or steps (training) in this last fraction
+/// of a run's steps.
 const SMOOTH_FRACTION: (u64, u64) = (1, 10);
 
 /// What a finished (or stopped) run contributes.
@@ -36,6 +37,10 @@ pub struct RunRecord {
     /// Mean of the validation losses at steps in the last [`SMOOTH_FRACTION`] of the last evaluation's
     /// step (`s ≥ 0.9·last`; at least the last).
     pub smoothed_val: Option<f64>,
+    /// Mean of the finite training losses (`metrics.jsonl`) at steps in the last [`SMOOTH_FRACTION`] of
+    /// the last one logged up to `steps` (none: no such loss). One step's loss is one batch's, which
+    /// varies with the bucket (aspect ratio) drawn: ~10 % from step to step.
+    pub smoothed_train: Option<f64>,
     pub val_curve: Vec<(u64, f64)>,
     pub train_curve: Vec<(u64, f64)>,
     /// The model's shape as `derived.json` records it (absent in folders of older builds).
@@ -46,9 +51,15 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// The loss the fits use: smoothed validation loss, else the final training loss.
+    /// The loss the fits use: the smoothed validation loss, else the smoothed training loss, else (no
+    /// training losses in `metrics.jsonl`) the final training loss (`summary.json`'s: the last batch's).
+    /// A run without validation that diverged or ended on a non-finite loss keeps its final one (NaN).
     pub fn loss(&self) -> f64 {
-        self.smoothed_val.unwrap_or(self.final_train)
+        match (self.smoothed_val, self.smoothed_train) {
+            (Some(v), _) => v,
+            (None, Some(t)) if !self.diverged && self.final_train.is_finite() => t,
+            _ => self.final_train,
+        }
     }
 }
 
@@ -91,13 +102,30 @@ fn jsonl_curve(p: &Path, key: &str) -> Result<(Curve, Option<String>)> {
     Ok((out, note))
 }
 
+/// The values at steps in the last tenth of the last one's (`s ≥ 0.9·last`, which includes the last).
+fn tail(curve: &[(u64, f64)]) -> Vec<f64> {
+    let Some(&(last, _)) = curve.last() else { return vec![] };
+    let (num, den) = SMOOTH_FRACTION;
+    curve.iter().filter(|p| p.0 * den >= last * (den - num)).map(|p| p.1).collect()
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 /// The mean of the evaluations at steps in the last tenth of the last one's (`s ≥ 0.9·last`, which
 /// includes the last).
 fn smoothed(curve: &[(u64, f64)]) -> Option<f64> {
-    let last = curve.last()?.0;
-    let (num, den) = SMOOTH_FRACTION;
-    let tail: Vec<f64> = curve.iter().filter(|p| p.0 * den >= last * (den - num)).map(|p| p.1).collect();
-    Some(tail.iter().sum::<f64>() / tail.len() as f64)
+    mean(&tail(curve))
+}
+
+/// The mean of the finite training losses in the last tenth of the steps logged up to `steps` (the
+/// summary's: a session killed after its last summary logged steps it does not count). A non-finite
+/// step's update was skipped; a run that ended on one has a NaN final loss, which [`RunRecord::loss`]
+/// keeps.
+fn smoothed_train(curve: &[(u64, f64)], steps: u64) -> Option<f64> {
+    let upto = curve.partition_point(|p| p.0 <= steps);
+    mean(&tail(&curve[..upto]).into_iter().filter(|l| l.is_finite()).collect::<Vec<_>>())
 }
 
 /// Read one run folder (it has `derived.json` and `summary.json`), with notes on what was skipped (a
@@ -130,6 +158,7 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
         },
         final_val: val_curve.last().map(|p| p.1),
         smoothed_val: smoothed(&val_curve),
+        smoothed_train: smoothed_train(&train_curve, steps),
         val_curve,
         train_curve,
         model: serde_json::from_value(derived["model"].clone()).ok(),

@@ -109,9 +109,21 @@ pub fn select<'a>(root: &Path, runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> 
             others.join("; ")
         ));
     }
-    let no_val: Vec<&RunRecord> = fitted.iter().copied().filter(|r| r.smoothed_val.is_none()).collect();
-    if !no_val.is_empty() {
-        notes.push(format!("runs without validation are fitted on their final training loss: {}", names(&no_val)));
+    let (smoothed, last): (Vec<&RunRecord>, Vec<&RunRecord>) =
+        fitted.iter().copied().filter(|r| r.smoothed_val.is_none()).partition(|r| r.smoothed_train.is_some());
+    if !smoothed.is_empty() {
+        notes.push(format!(
+            "runs without validation are fitted on their smoothed training loss (the mean over the last 10 % of their \
+             steps in metrics.jsonl): {}",
+            names(&smoothed)
+        ));
+    }
+    if !last.is_empty() {
+        notes.push(format!(
+            "runs without validation or training losses in metrics.jsonl are fitted on their final training loss \
+             (summary.json's: one batch's): {}",
+            names(&last)
+        ));
     }
     Selection { fitted, notes, warnings }
 }

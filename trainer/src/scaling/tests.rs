@@ -101,9 +101,12 @@ fn fits_take_one_dataset_the_compute_frontier_and_finite_final_losses() {
         "{warnings}"
     );
     let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
-    assert!(csv.lines().next().unwrap().ends_with(",finished,diverged,fitted,on_frontier,point"), "{csv}");
-    assert!(csv.lines().any(|l| l.starts_with("r1-big,") && l.ends_with(",true,false,true,false,3")), "{csv}");
-    assert!(csv.lines().any(|l| l.starts_with("x0,") && l.ends_with(",true,false,false,false,")), "{csv}");
+    assert!(
+        csv.lines().next().unwrap().ends_with(",finished,diverged,fitted,on_frontier,point,smoothed_train_loss"),
+        "{csv}"
+    );
+    assert!(csv.lines().any(|l| l.starts_with("r1-big,") && l.ends_with(",true,false,true,false,3,")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("x0,") && l.ends_with(",true,false,false,false,,")), "{csv}");
     assert!(csv.lines().any(|l| l.starts_with("r9-nan,") && l.contains(",NaN,")), "{csv}");
     // a loss that rises with compute is flagged
     let tmp = tempfile::tempdir().unwrap();
@@ -158,7 +161,7 @@ fn repeats_of_a_config_are_one_point() {
     assert!(md.contains("| 3 | c2-s1, c2-s1-copy, c2-s2 |"), "{md}");
     assert_eq!(r.pearson.all.1, 3);
     let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
-    assert!(csv.lines().any(|l| l.starts_with("c2-s1-copy,") && l.ends_with(",true,true,3")), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("c2-s1-copy,") && l.ends_with(",true,true,3,")), "{csv}");
 
     // two configs, each run twice: 2 points for 2 coefficients is an exact fit, and says so
     for name in ["c2-s1", "c2-s2", "c2-s1-copy"] {
@@ -262,4 +265,96 @@ fn figures_keep_a_diverged_run_off_the_scale_and_label_narrow_ranges() {
     assert!(svg.contains("\n2e15\n") && svg.contains("\n5e15\n"), "ticks within the decade");
     let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
     assert!(csv.lines().any(|l| l.starts_with("wild,") && l.contains(",false,true,false,false,")), "{csv}");
+}
+
+/// A run without validation, as `infinity train` leaves it: 99 steps whose training losses alternate
+/// between two buckets, `l`·(1 ± 0.05) (`phase` picks which the last step drew), `summary.json`'s loss
+/// the last step's. Returns `l` (10·C^(−0.05)) and that last loss.
+fn train_run(root: &Path, name: &str, c: f64, phase: u64) -> (f64, f64) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (l, steps) = (10.0 * c.powf(-0.05), 99u64);
+    let at = |s: u64| l * if (s + phase).is_multiple_of(2) { 1.05 } else { 0.95 };
+    let derived = serde_json::json!({
+        "parameters": c.sqrt() / 10.0, "tokens_per_step_mean": c.sqrt() * 10.0 / 6.0 / steps as f64,
+        "train_flops_per_step_mean": c / steps as f64, "dataset": { "fingerprint": "a" },
+    });
+    let summary = serde_json::json!({ "step": steps, "loss": at(steps), "finished": true });
+    std::fs::write(dir.join("derived.json"), derived.to_string()).unwrap();
+    std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+    let lines: String = (1..=steps)
+        .map(|s| format!("{}\n", serde_json::json!({ "step": s, "loss": at(s), "bucket": s % 2 })))
+        .collect();
+    std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+    std::fs::write(dir.join("config.toml"), format!("[x]\nc = {c:e}\n")).unwrap();
+    (l, at(steps))
+}
+
+/// Without validation the fits take the mean training loss over the last 10 % of the steps (of 99:
+/// 90–99, five batches of each bucket), not `summary.json`'s loss, the last batch's, which is ±5 % here
+/// by the bucket drawn; without `metrics.jsonl` (or with no loss in it), that last loss.
+#[test]
+fn runs_without_validation_are_fitted_on_their_smoothed_training_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut expected = Vec::new();
+    for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
+        expected.push(train_run(root, &format!("t{i}"), c, i as u64 % 2));
+    }
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    for (run, (l, last)) in r.runs.iter().zip(&expected) {
+        assert!(run.smoothed_val.is_none() && (run.final_train - last).abs() < 1e-12, "{run:?}");
+        assert!((run.loss() / l - 1.0).abs() < 1e-12, "{}: {} is not the tail mean {l}", run.name, run.loss());
+    }
+    let power = r.power.as_ref().unwrap();
+    assert_eq!(power.n, 4);
+    assert!((power.get("b") - 0.05).abs() < 1e-9, "the last batches' ±5 % is not fitted: {power:?}");
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("fitted on their smoothed training loss") && notes.contains(": t0, t1, t2, t3"), "{notes}");
+    assert!(!notes.contains("fitted on their final training loss"), "{notes}");
+    let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",point,smoothed_train_loss"), "{csv}");
+    let t0 = csv.lines().find(|l| l.starts_with("t0,")).unwrap();
+    assert!(t0.contains(&format!(",{:.6},", expected[0].1)), "the final train loss column stays: {t0}");
+    assert!(t0.ends_with(&format!(",{:.6}", expected[0].0)), "{t0}");
+
+    // no metrics.jsonl, or one without losses: summary.json's loss
+    std::fs::remove_file(root.join("t0/metrics.jsonl")).unwrap();
+    std::fs::write(root.join("t1/metrics.jsonl"), "").unwrap();
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    for (run, (l, last)) in r.runs.iter().zip(&expected).take(2) {
+        assert!(run.smoothed_train.is_none() && run.loss() == *last && (last / l - 1.0).abs() > 0.04, "{run:?}");
+    }
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("(summary.json's: one batch's): t0, t1") && notes.contains("loss (the mean"), "{notes}");
+    let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.starts_with("t0,") && l.ends_with(',')), "{csv}");
+}
+
+/// A skipped non-finite step in the last tenth (null in metrics.jsonl) does not make a finished run's
+/// loss NaN; a run without validation that diverged keeps its NaN loss, whatever its last steps logged.
+#[test]
+fn non_finite_training_losses_and_diverged_runs_without_validation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (l, _) = train_run(root, "skip", 1e15, 0);
+    let p = root.join("skip/metrics.jsonl");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("{}\n", serde_json::json!({ "step": 95, "loss": l * 0.95, "bucket": 1 })),
+        "{\"step\":95,\"loss\":null,\"bucket\":1}\n",
+    );
+    std::fs::write(&p, text).unwrap();
+    let (run, _) = super::runs::read_run(&root.join("skip")).unwrap();
+    assert!((run.loss() / (l * (5.0 * 1.05 + 4.0 * 0.95) / 9.0) - 1.0).abs() < 1e-12, "{run:?}");
+
+    train_run(root, "wild", 1e16, 0);
+    let summary = serde_json::json!({ "step": 99, "loss": null, "finished": false, "diverged": true });
+    std::fs::write(root.join("wild/summary.json"), summary.to_string()).unwrap();
+    let (run, _) = super::runs::read_run(&root.join("wild")).unwrap();
+    assert!(run.smoothed_train.is_some() && run.loss().is_nan(), "{run:?}");
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    assert!(r
+        .notes
+        .join("\n")
+        .contains("(diverged: a final result, which `infinity sweep` does not train again): wild"));
 }

@@ -191,10 +191,12 @@ pub fn check_with(
         if !later.is_empty() || !grids.is_empty() {
             let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
             out.push(format!(
-                "resume: a new history from step {}: the run's {} would move to {}",
+                "resume: a new history from step {}: the run's {} would move to {} (with a copy of its logs, \
+                 which are cut back to step {})",
                 state.step,
                 checkpoint::describe_later(state.step, &steps, grids.len()),
-                cfg.run.dir.join("abandoned").display()
+                cfg.run.dir.join("abandoned").display(),
+                state.step
             ));
         }
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;

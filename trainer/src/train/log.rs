@@ -7,84 +7,27 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::rank_times::StragglerReport;
-use crate::model::ScaleMetrics;
-use crate::tensorboard::EventWriter;
-
-/// A step's loss and accuracies: each rank's means over its micro-batches, then (all-reduced) the
-/// means over the ranks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepMeans {
-    pub loss: f64,
-    pub bit_acc: f64,
-    /// Over all tokens, as the bit accuracy.
-    pub token_acc: f64,
-    pub scale_loss: Vec<f64>,
-    pub scale_bit_acc: Vec<f64>,
-    pub scale_token_acc: Vec<f64>,
-}
-
-impl StepMeans {
-    /// The means over `accum` micro-batches of a schedule of `num_tokens` tokens at `scales`: `loss` and
-    /// `bit_acc` summed from each micro-batch's share (already divided by `accum`), and each
-    /// micro-batch's `per_scale` metrics.
-    pub fn over_micro_steps(
-        (loss, bit_acc): (f64, f64),
-        per_scale: &[ScaleMetrics],
-        scales: &[(usize, usize)],
-        num_tokens: usize,
-        accum: usize,
-    ) -> StepMeans {
-        let ns = scales.len();
-        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / num_tokens as f64;
-        let token_acc: f64 =
-            per_scale.iter().map(|p| (0..ns).map(|s| p.token_acc[s] * tokens_of(s)).sum::<f64>()).sum();
-        let mean_per_scale = |of: fn(&ScaleMetrics) -> &Vec<f64>| -> Vec<f64> {
-            (0..ns).map(|s| per_scale.iter().map(|p| of(p)[s]).sum::<f64>() / accum as f64).collect()
-        };
-        StepMeans {
-            loss,
-            bit_acc,
-            token_acc: token_acc / accum as f64,
-            scale_loss: mean_per_scale(|p| &p.loss),
-            scale_bit_acc: mean_per_scale(|p| &p.bit_acc),
-            scale_token_acc: mean_per_scale(|p| &p.token_acc),
-        }
-    }
-
-    /// The values in one vector, for the all-reduce: `[loss, bit_acc, token_acc, scale_loss…,
-    /// scale_bit_acc…, scale_token_acc…]`.
-    pub fn to_vec(&self) -> Vec<f64> {
-        let mut v = vec![self.loss, self.bit_acc, self.token_acc];
-        v.extend([&self.scale_loss, &self.scale_bit_acc, &self.scale_token_acc].into_iter().flatten());
-        v
-    }
-
-    /// The inverse of [`StepMeans::to_vec`], for `ns` scales.
-    pub fn from_vec(v: &[f64], ns: usize) -> StepMeans {
-        assert_eq!(v.len(), 3 + 3 * ns, "3 + 3 × {ns} values");
-        StepMeans {
-            loss: v[0],
-            bit_acc: v[1],
-            token_acc: v[2],
-            scale_loss: v[3..3 + ns].to_vec(),
-            scale_bit_acc: v[3 + ns..3 + 2 * ns].to_vec(),
-            scale_token_acc: v[3 + 2 * ns..].to_vec(),
-        }
-    }
-}
+use super::tb_log::TbLog;
 
 /// Metrics of one optimiser step (averaged over its micro-batches).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
+    /// Unix time (seconds) at the step's end: a wall-clock axis that spans sessions.
+    pub time: f64,
+    /// The training objective: the token mean of the (label-smoothed) loss, weighted by scale under
+    /// `loss.reweight_by_scale`.
     pub loss: f64,
+    /// Under `loss.reweight_by_scale`: the plain token mean, comparable with runs that do not reweight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_token_mean: Option<f64>,
     pub bit_acc: f64,
     pub token_acc: f64,
     pub lr: f64,
@@ -94,7 +37,10 @@ pub struct StepMetrics {
     pub step_time_s: f64,
     /// Model FLOPs utilisation, when the device peak is configured.
     pub mfu: Option<f64>,
+    /// The dataset bucket (schedule) the step drew: the shapes of its scales.
     pub bucket: u16,
+    /// Per scale, by index as upstream's `L_sNN` (0-based here): with several buckets, scale `s` has
+    /// the shape of each step's own bucket (the per-bucket tags separate them).
     pub scale_loss: Vec<f64>,
     pub scale_bit_acc: Vec<f64>,
     /// Fraction of each scale's tokens with all bits right (upstream's `Acc_token_sXX`).
@@ -113,100 +59,6 @@ pub struct StepMetrics {
     /// `model::memory` estimates, without the CUDA context and libraries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_mem_peak_gib: Option<f64>,
-}
-
-/// How often a TensorBoard failure that goes on is warned of again (with the count).
-const TB_WARN_EVERY: Duration = Duration::from_secs(600);
-
-/// Fault drill: `INFINITY_FAULT_TB=STEP:COUNT` fails the TensorBoard writes of steps STEP to
-/// STEP + COUNT − 1 as a full disk would, this many bytes into the step's events (a torn record).
-const TB_DRILL_BYTES: usize = 100;
-
-/// TensorBoard's event file and how its writes fared.
-struct TbLog {
-    dir: PathBuf,
-    /// `None` until an event file could be made.
-    writer: Option<EventWriter>,
-    /// The session's start (a `SessionLog.START` at this step) and the config text, until they are written.
-    preamble: Option<(u64, String)>,
-    /// Writes that failed this session, and in a row.
-    failed_writes: u64,
-    failed_in_a_row: u64,
-    /// When a failure was last warned of, and whether a success has been reported since.
-    warned_at: Option<Instant>,
-    warned_unresolved: bool,
-    /// The fault drill's steps.
-    drill: Option<std::ops::Range<u64>>,
-}
-
-impl TbLog {
-    /// Run `f` on the event file, then flush. A failure loses what `f` wrote, is counted and warned
-    /// of (at once, then at most every `TB_WARN_EVERY`), and the next call goes on in a new event file.
-    /// `drill_step`: the training step whose events these are, for the fault drill.
-    fn write(&mut self, drill_step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
-        let drill = drill_step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
-        match self.try_write(drill, f) {
-            Ok(()) => {
-                self.failed_in_a_row = 0;
-                if std::mem::take(&mut self.warned_unresolved) {
-                    let path = self.writer.as_ref().map_or(self.dir.clone(), |w| w.path().to_path_buf());
-                    tracing::warn!(
-                        "TensorBoard writes go on in {} ({} failed so far)",
-                        path.display(),
-                        self.failed_writes
-                    );
-                }
-            }
-            Err(e) => {
-                (self.failed_writes, self.failed_in_a_row) = (self.failed_writes + 1, self.failed_in_a_row + 1);
-                if self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
-                    tracing::warn!(
-                        "TensorBoard write failed: {e} ({} in a row, {} this session): its events are lost, and the \
-                         next write goes on in a new event file",
-                        self.failed_in_a_row,
-                        self.failed_writes
-                    );
-                    (self.warned_at, self.warned_unresolved) = (Some(Instant::now()), true);
-                }
-            }
-        }
-    }
-
-    fn try_write(
-        &mut self,
-        drill: bool,
-        f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let w = match self.writer.as_mut() {
-            Some(w) => w,
-            None => self.writer.insert(EventWriter::create(&self.dir)?),
-        };
-        // (the writer would reopen a spent file at its first write anyway, but the drill's budget must
-        // go to the file this step's events are written to, not to the spent one)
-        if w.is_broken() {
-            w.reopen()?;
-        }
-        if drill {
-            w.fail_after(TB_DRILL_BYTES);
-        }
-        if let Some((step, config)) = &self.preamble {
-            // (also at step 0: a session that crashed before its first checkpoint left points)
-            w.session_start(step + 1)?;
-            w.text("config", config, *step)?;
-        }
-        f(w)?;
-        w.flush()?;
-        self.preamble = None;
-        Ok(())
-    }
-}
-
-/// The `INFINITY_FAULT_TB` drill's steps, if set.
-fn tb_drill() -> Option<std::ops::Range<u64>> {
-    let spec = std::env::var("INFINITY_FAULT_TB").ok()?;
-    let (first, count) = spec.split_once(':')?;
-    let first: u64 = first.parse().ok()?;
-    Some(first..first + count.parse::<u64>().ok()?)
 }
 
 /// The steps since the previous console line, for its throughput: their tokens over the wall time
@@ -255,30 +107,27 @@ pub struct Logger {
     start_step: u64,
     window: Window,
     stragglers: StragglerReport,
+    /// The buckets' schedule names, for their own TensorBoard tags (with more than one bucket).
+    buckets: Option<Vec<String>>,
 }
 
 impl Logger {
     /// Open the run's logs, continuing them when resuming at `step`: what an interrupted session logged
-    /// after that step is dropped (from the JSON-lines files, and by TensorBoard on reading).
+    /// after that step is dropped from the JSON-lines files and the TensorBoard event files (before this
+    /// session writes its own, whose `SessionLog.START` at `step + 1` asks TensorBoard's Python loader
+    /// for the same).
     pub fn open(run: &Path, config_toml: &str, step: u64, total: u64, log_every: u64) -> Result<Logger> {
         for log in ["metrics.jsonl", "val.jsonl"] {
             super::rundir::truncate_log(&run.join(log), step)?;
         }
+        // (warns of a file it cannot cut and leaves it: TensorBoard is not required)
+        crate::tensorboard::truncate_event_dir(&run.join("tb"), step);
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(run.join("metrics.jsonl"))
             .with_context(|| format!("opening {}", run.join("metrics.jsonl").display()))?;
-        let mut tb = TbLog {
-            dir: run.join("tb"),
-            writer: None,
-            preamble: Some((step, format!("```toml\n{config_toml}\n```"))),
-            failed_writes: 0,
-            failed_in_a_row: 0,
-            warned_at: None,
-            warned_unresolved: false,
-            drill: tb_drill(),
-        };
+        let mut tb = TbLog::new(run.join("tb"), (step, format!("```toml\n{config_toml}\n```")));
         // the preamble at once: a session that stops before its first step still records its start and config
         tb.write(None, |_| Ok(()));
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -303,7 +152,14 @@ impl Logger {
             start_step: step,
             window: Window::new(started),
             stragglers: StragglerReport::default(),
+            buckets: None,
         })
+    }
+
+    /// The dataset's schedule names, by bucket: with more than one, each step's loss and accuracies are
+    /// also written under `bucket/NAME/`, where every scale keeps one shape.
+    pub fn bucket_names(&mut self, names: Vec<String>) {
+        self.buckets = (names.len() > 1).then_some(names);
     }
 
     /// Each rank's host, by rank, for the straggler warnings.
@@ -313,11 +169,12 @@ impl Logger {
 
     /// TensorBoard writes that failed this session (their events are lost).
     pub fn tensorboard_failures(&self) -> u64 {
-        self.tb.failed_writes
+        self.tb.failed_writes()
     }
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         writeln!(self.jsonl, "{}", serde_json::to_string(m)?).context("writing metrics.jsonl")?;
+        let buckets = self.buckets.as_ref();
         self.tb.write(Some(m.step), |w| {
             for (tag, v) in [
                 ("train/loss", m.loss),
@@ -334,6 +191,9 @@ impl Logger {
             }
             if let Some(mfu) = m.mfu {
                 w.scalar("perf/mfu", mfu, m.step)?;
+            }
+            if let Some(l) = m.loss_token_mean {
+                w.scalar("train/loss_token_mean", l, m.step)?;
             }
             if let Some(gib) = m.gpu_mem_peak_gib {
                 w.scalar("perf/gpu_mem_peak_gib", gib, m.step)?;
@@ -352,6 +212,14 @@ impl Logger {
                 w.scalar(&format!("scale/loss_s{s:02}"), *l, m.step)?;
                 w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
                 w.scalar(&format!("scale/token_acc_s{s:02}"), *t, m.step)?;
+            }
+            if let Some(name) = buckets.and_then(|b| b.get(m.bucket as usize)) {
+                for (tag, v) in [("loss", m.loss), ("bit_acc", m.bit_acc), ("token_acc", m.token_acc)] {
+                    w.scalar(&format!("bucket/{name}/{tag}"), v, m.step)?;
+                }
+                for (s, l) in m.scale_loss.iter().enumerate() {
+                    w.scalar(&format!("bucket/{name}/loss_s{s:02}"), *l, m.step)?;
+                }
             }
             Ok(())
         });
@@ -487,26 +355,13 @@ pub fn fmt_secs(s: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
         let mfu = Some(0.5);
         StepMetrics { step, loss: 0.5, tokens_per_s, step_time_s, mfu, scale_loss: vec![0.5], ..Default::default() }
-    }
-
-    #[test]
-    fn step_means_travel_as_one_vector() {
-        let p = |x: f64| ScaleMetrics { loss: vec![x, 2.0 * x], bit_acc: vec![0.5, 0.75], token_acc: vec![0.25, x] };
-        // two micro-batches over scales of 1 and 3 tokens
-        let means = StepMeans::over_micro_steps((0.5, 0.625), &[p(1.0), p(0.0)], &[(1, 1), (1, 3)], 4, 2);
-        assert_eq!(
-            (means.scale_loss.as_slice(), means.scale_token_acc.as_slice()),
-            (&[0.5, 1.0][..], &[0.25, 0.5][..])
-        );
-        assert_eq!(means.token_acc, (0.25 / 4.0 + 0.75 + 0.25 / 4.0) / 2.0);
-        let v = means.to_vec();
-        assert_eq!(v[..5], [0.5, 0.625, means.token_acc, 0.5, 1.0]);
-        assert_eq!(StepMeans::from_vec(&v, 2), means);
     }
 
     #[test]
@@ -524,6 +379,32 @@ mod tests {
         log.progress(&step(3, 50.0, 1.0), t0 + Duration::from_secs(5));
         let line = log.progress(&step(4, 50.0, 1.0), t0 + Duration::from_secs(6)).unwrap();
         assert!(line.starts_with("step      4/4 | loss 0.5000") && line.contains("| 50 tok/s |"), "{line}");
+    }
+
+    /// With several buckets each step's loss and accuracies are also written under its bucket's
+    /// schedule, where scale `s` keeps one shape; with one bucket they are not repeated.
+    #[test]
+    fn several_buckets_have_tags_of_their_own() {
+        let tags = |names: &[&str]| {
+            let run = tempfile::tempdir().unwrap();
+            let mut log = Logger::open(run.path(), "", 0, 2, 10).unwrap();
+            log.bucket_names(names.iter().map(|n| n.to_string()).collect());
+            for (s, bucket) in [(1, 1), (2, 0)] {
+                log.step(&StepMetrics { bucket, scale_loss: vec![0.25, 0.5], ..step(s, 100.0, 1.0) }).unwrap();
+            }
+            let file = std::fs::read_dir(run.path().join("tb")).unwrap().next().unwrap().unwrap().path();
+            let scalars = crate::tensorboard::read_scalars(&file).unwrap();
+            let mut tags: Vec<(String, i64)> =
+                scalars.iter().filter(|s| s.tag.starts_with("bucket/")).map(|s| (s.tag.clone(), s.step)).collect();
+            tags.sort();
+            tags
+        };
+        let of = |name: &str, step: i64| {
+            ["bit_acc", "loss", "loss_s00", "loss_s01", "token_acc"].map(|t| (format!("bucket/{name}/{t}"), step))
+        };
+        let expected: Vec<(String, i64)> = of("0.666/demo5", 2).into_iter().chain(of("1.000/demo5", 1)).collect();
+        assert_eq!(tags(&["0.666/demo5", "1.000/demo5"]), expected);
+        assert!(tags(&["1.000/demo5"]).is_empty());
     }
 
     #[test]

@@ -22,8 +22,11 @@ pub mod rundir;
 mod saver;
 mod setup;
 pub mod spike;
+mod step_means;
 pub mod stop;
 mod summary;
+mod tb_log;
+mod updater;
 pub mod val;
 pub mod zero1;
 
@@ -41,18 +44,19 @@ use rand::Rng;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
-use self::dist::{Dist, Zero1};
-use self::log::{Logger, StepMeans, StepMetrics};
+use self::dist::Dist;
+use self::log::{Logger, StepMetrics};
 use self::micro_batch::prepare;
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
 pub use self::setup::{check_tokenizer_layout, micro_steps, Setup, TokenMix, Unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
+use self::step_means::StepMeans;
 use self::summary::{derived_record, write_run_file, SummaryFile};
+use self::updater::Updater;
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
-use crate::optim::{clip_grad_norm, AdamW};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -236,6 +240,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     if let Some(l) = logger.as_mut() {
         l.rank_hosts(dist.hosts()); // (the straggler warnings name the host)
+        l.bucket_names(manifest.schedules.iter().map(|s| s.name.clone()).collect());
     }
     if resumed {
         summary.resumed(&state, opts.resume.clone())?;
@@ -267,6 +272,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &manifest.schedules[batch.bucket as usize];
         let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
+        let num_tokens = infinity_kernels::bsq::num_tokens(&scales); // (per sample; what MFU counts)
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.iter_mut().for_each(|g| *g = 0.0);
         compute.begin_step(&params)?;
@@ -303,7 +309,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
         compute.end_step(&mut grads)?;
-        let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, sched.num_tokens(), accum);
+        let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, num_tokens, accum);
         dist::slow_drill(dist.rank, dist.attempt);
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
         // rank_times.rs)
@@ -320,7 +326,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let lr = schedule.lr(state.step, cfg.run.steps);
         let finite = means.loss.is_finite() && grad_norm.is_finite();
         let spike = match state.spike_window.as_mut() {
-            Some(w) if finite => w.judge(&spike_limits, means.loss, grad_norm),
+            Some(w) if finite => w.judge(&spike_limits, (means.loss, batch.bucket), grad_norm),
             _ => Verdict::default(),
         };
         if let Some(why) = &spike.skip {
@@ -353,12 +359,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // ---- logging -----------------------------------------------------------------------------
         let secs = t0.elapsed().as_secs_f64();
         let samples = (batch.len() * dist.world) as f64;
-        let tokens = samples * sched.num_tokens() as f64;
+        let tokens = samples * num_tokens as f64;
         let flops = mix.flops_per_token[batch.bucket as usize] * tokens;
         summary.stepped(means.loss, means.bit_acc);
         let step_metrics = StepMetrics {
             step: state.step,
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             loss: means.loss,
+            loss_token_mean: cfg.loss.reweight_by_scale.then(|| means.token_mean_loss(&scales)),
             bit_acc: means.bit_acc,
             token_acc: means.token_acc,
             lr,
@@ -468,98 +476,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
     }
     summary.finish(&state, logger.as_ref().map_or(0, Logger::tensorboard_failures))
-}
-
-/// Where a step's gradients are averaged over the ranks and clipped, and the optimiser updates the
-/// parameters (decided once, alike on every rank, when the optimiser is placed).
-enum Updater {
-    /// On the GPU ([`compute::Compute::device_optimizer`]), a ZeRO-1 shard or all of the parameters.
-    Device,
-    /// On the host, this rank's ZeRO-1 shard.
-    HostZero1(Zero1),
-    /// On the host, all of the parameters, alike on every rank.
-    Replicated,
-}
-
-impl Updater {
-    /// Place the optimiser `opt` of `numel` parameters, `sharded` (ZeRO-1) or not, and the gradients'
-    /// way to it (every rank alike): the optimiser as this rank keeps it, and where it updates.
-    fn place(
-        cfg: &TrainConfig,
-        sharded: bool,
-        numel: usize,
-        mut opt: AdamW,
-        compute: &mut compute::Compute,
-        dist: &mut Dist,
-    ) -> Result<(AdamW, Updater)> {
-        // ZeRO-1: keep only this rank's shard of the optimiser state
-        if sharded {
-            opt = opt.shard(dist::shard_range(numel, dist.rank, dist.world));
-        }
-        // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
-        // there too when the gradients travel by NCCL, else on the host
-        // (every rank decides alike: a model too small for every rank to own a part stays on the host)
-        let nccl = dist.has_nccl() && !dist::shard_range(numel, dist.world - 1, dist.world).is_empty();
-        compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
-        let updater = match (compute.device_optimizer(), sharded) {
-            (true, _) => Updater::Device,
-            (false, true) => Updater::HostZero1(Zero1::new(numel, dist.rank, dist.world)),
-            (false, false) => Updater::Replicated,
-        };
-        if sharded {
-            let place = if compute.device_zero1() { "this GPU" } else { "the host" };
-            console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, numel);
-        }
-        // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
-        let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
-        if let Some(n) = compute.overlap_grads(dist, cfg.dist.overlap_grads, bucket_bytes)? {
-            console!("gradients summed over the ranks during the backward: {n} buckets a step");
-        }
-        Ok((opt, updater))
-    }
-
-    /// Average the step's gradients (`grads`, on the host; the device's own on the GPU) over the
-    /// ranks and clip them to `max_norm`: their norm before clipping.
-    fn reduce_and_clip(
-        &mut self,
-        compute: &mut compute::Compute,
-        dist: &mut Dist,
-        grads: &mut [f32],
-        max_norm: f64,
-    ) -> Result<f64> {
-        match self {
-            Updater::Device => compute.clip(dist, max_norm),
-            Updater::HostZero1(z) => {
-                z.reduce_grads(dist, grads)?;
-                z.clip(dist, max_norm)
-            }
-            Updater::Replicated => {
-                dist.all_reduce_mean(grads)?;
-                Ok(clip_grad_norm(grads, max_norm))
-            }
-        }
-    }
-
-    /// One AdamW step of `params` at learning rate `lr` (with the gradients
-    /// [`Updater::reduce_and_clip`] left).
-    fn update(
-        &mut self,
-        compute: &mut compute::Compute,
-        dist: &mut Dist,
-        opt: &mut AdamW,
-        params: &mut [f32],
-        grads: &[f32],
-        lr: f64,
-    ) -> Result<()> {
-        match self {
-            Updater::Device => compute.update(dist, opt, lr),
-            Updater::HostZero1(z) => z.update(dist, opt, params, lr),
-            Updater::Replicated => {
-                opt.update(params, grads, lr);
-                Ok(())
-            }
-        }
-    }
 }
 
 fn keyed_seed(seed: u64, stream: u64) -> u64 {

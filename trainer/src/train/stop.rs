@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption) or SIGHUP (a closed terminal or ssh session,
-/// which reaches the whole process group, the ranks with their agent): the loop checkpoints and exits
-/// cleanly.
+/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption), SIGHUP (a closed terminal or ssh session,
+/// which reaches the whole process group, the ranks with their agent) or SIGQUIT (Ctrl-\\, which
+/// would otherwise dump core without a checkpoint): the loop checkpoints and exits cleanly.
 pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP] {
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)

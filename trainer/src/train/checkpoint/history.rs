@@ -1,6 +1,7 @@
 //! A run's checkpoint history: its step folders (complete or not) and sample grids, those after a
-//! resumed step set aside, and old checkpoints pruned.
+//! resumed step set aside (with a copy of the run's logs), and old checkpoints pruned.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -67,8 +68,11 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
 /// and pruning all go by the highest step. They are moved, not deleted, into
 /// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken), with the sample grids
-/// drawn after `step` (in `samples/` there). Returns that folder and what moved, in words (nothing:
-/// `None`).
+/// drawn after `step` (in `samples/` there). The run's logs, which the resumed session cuts back to
+/// `step` (`Logger::open`), are first copied there whole ([`copy_logs`]): `metrics.jsonl`, `val.jsonl`
+/// and the event files of `tb/` (in `tb/` there), so the abandoned history reads on its own
+/// (`tensorboard --logdir RUN/abandoned/after-step-N/tb`). Returns that folder and what moved, in
+/// words (nothing: `None`, and nothing is copied).
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
     if later.is_empty() && grids.is_empty() {
@@ -77,6 +81,10 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     let base = run.join("abandoned").join(format!("after-step-{step:08}"));
     let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
     let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
+    // the logs first, synced, gathered under a temporary name and renamed into place: the resumed
+    // session cuts the run's own back only after this, and a failure (a full disk) leaves neither a
+    // partial copy nor anything moved, for the next attempt to do again
+    let logs = copy_logs(run, &dest)?;
     let moves =
         later.iter().map(|(_, dir)| (dir, dest.clone())).chain(grids.iter().map(|(_, f)| (f, dest.join("samples"))));
     for (from, to_dir) in moves {
@@ -86,7 +94,79 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     }
     sync_dir(&run.join("checkpoints"));
     let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
-    Ok(Some((dest, describe_later(step, &steps, grids.len()))))
+    let mut what = describe_later(step, &steps, grids.len());
+    if !logs.is_empty() {
+        what += &format!(" (copied with them, whole: {})", logs.join(", "));
+    }
+    Ok(Some((dest, what)))
+}
+
+/// Copy the run's logs whole into `dest` (`metrics.jsonl`, `val.jsonl`, the event files of `tb/` into
+/// `dest/tb/`), each synced, gathered in `abandoned/.tmp-after-step-N` and renamed to `dest`; returns
+/// what was there to copy, in words. The event files are hard links where the file system has them
+/// (no writer appends to an earlier session's file, and a resume's cut renames a new file over one):
+/// a long run's sample grids are not stored twice.
+fn copy_logs(run: &Path, dest: &Path) -> Result<Vec<String>> {
+    let name = dest.file_name().expect("an abandoned folder has a name").to_string_lossy();
+    let staging = dest.with_file_name(format!(".tmp-{name}"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
+    }
+    let copied = stage_logs(run, &staging);
+    let what = match copied {
+        Ok(what) => what,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&staging, dest).with_context(|| format!("moving {} to {}", staging.display(), dest.display()))?;
+    for dir in [dest.parent().expect("abandoned/"), run] {
+        sync_dir(dir);
+    }
+    Ok(what)
+}
+
+/// [`copy_logs`]'s copies into `staging`.
+fn stage_logs(run: &Path, staging: &Path) -> Result<Vec<String>> {
+    let jsonl: Vec<(PathBuf, PathBuf)> = ["metrics.jsonl", "val.jsonl"]
+        .into_iter()
+        .map(|name| (run.join(name), staging.join(name)))
+        .filter(|(from, _)| from.is_file())
+        .collect();
+    let mut what: Vec<String> =
+        jsonl.iter().map(|(from, _)| from.file_name().unwrap().to_string_lossy().into()).collect();
+    let tb: Vec<(PathBuf, PathBuf)> = std::fs::read_dir(run.join("tb"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name().to_string_lossy().contains("tfevents") && e.file_type().is_ok_and(|t| t.is_file())
+                })
+                .map(|e| (e.path(), staging.join("tb").join(e.file_name())))
+                .collect()
+        })
+        .unwrap_or_default();
+    match tb.len() {
+        0 => {}
+        1 => what.push("1 TensorBoard event file".into()),
+        n => what.push(format!("{n} TensorBoard event files")),
+    }
+    for dir in [staging.to_path_buf(), staging.join("tb")] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let files = jsonl.iter().map(|(f, t)| (f, t, false)).chain(tb.iter().map(|(f, t)| (f, t, true)));
+    for (from, to, link) in files {
+        if link && std::fs::hard_link(from, to).is_ok() {
+            continue;
+        }
+        std::fs::copy(from, to)
+            .and_then(|_| File::open(to)?.sync_all())
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    for dir in [staging.to_path_buf(), staging.join("tb")] {
+        sync_dir(&dir);
+    }
+    Ok(what)
 }
 
 /// Delete complete checkpoints beyond the newest `keep_last`, except multiples of `keep_every`, and the

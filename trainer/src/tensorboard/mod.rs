@@ -2,8 +2,10 @@
 //!
 //! Why not the `tensorboard-rs` crate: its last release (2022) depends on protobuf 2.28 (RUSTSEC-2024-0437)
 //! and image 0.23, panics on I/O errors, leaves most methods `unimplemented!()` and swaps width and height
-//! of non-square images. This file is the few protobuf messages TensorBoard needs (derived with `prost`)
-//! plus the record framing (length, masked crc32c of the length, data, masked crc32c of the data).
+//! of non-square images. This module is the few protobuf messages TensorBoard needs (`proto.rs`, derived
+//! with `prost`), the record framing (length, masked crc32c of the length, data, masked crc32c of the
+//! data) and, in `read.rs`, the framing-checking reader, which also cuts a resumed run's event files
+//! back to the step it resumes at.
 //!
 //! A logging failure must never stop training: every method returns a `Result` the trainer may log and
 //! ignore. A failed write (a full disk) may leave a torn record, after which a reader of the file stops,
@@ -18,146 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-#[derive(Clone, PartialEq, Message)]
-struct Event {
-    #[prost(double, tag = "1")]
-    wall_time: f64,
-    #[prost(int64, tag = "2")]
-    step: i64,
-    #[prost(oneof = "EventWhat", tags = "3, 5, 7")]
-    what: Option<EventWhat>,
-}
+use proto::*;
+pub use read::{read_scalars, read_steps, truncate_event_dir, truncate_event_file, Scalar, Truncated};
 
-#[derive(Clone, PartialEq, prost::Oneof)]
-enum EventWhat {
-    #[prost(string, tag = "3")]
-    FileVersion(String),
-    #[prost(message, tag = "5")]
-    Summary(Summary),
-    #[prost(message, tag = "7")]
-    SessionLog(SessionLog),
-}
-
-/// `SessionLog` (tensorflow/core/util/event.proto): a `START` at step N tells TensorBoard that a
-/// restarted run continues there, so it drops the earlier session's events from step N on.
-#[derive(Clone, PartialEq, Message)]
-struct SessionLog {
-    #[prost(int32, tag = "1")]
-    status: i32,
-}
-
-/// `SessionLog.START`.
-const SESSION_START: i32 = 1;
-
-#[derive(Clone, PartialEq, Message)]
-struct Summary {
-    #[prost(message, repeated, tag = "1")]
-    value: Vec<SummaryValue>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SummaryValue {
-    #[prost(string, tag = "1")]
-    tag: String,
-    #[prost(message, optional, tag = "9")]
-    metadata: Option<SummaryMetadata>,
-    #[prost(oneof = "ValueKind", tags = "2, 4, 8")]
-    value: Option<ValueKind>,
-}
-
-#[derive(Clone, PartialEq, prost::Oneof)]
-enum ValueKind {
-    #[prost(float, tag = "2")]
-    SimpleValue(f32),
-    #[prost(message, tag = "4")]
-    Image(ImageSummary),
-    #[prost(message, tag = "8")]
-    Tensor(TensorProto),
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ImageSummary {
-    #[prost(int32, tag = "1")]
-    height: i32,
-    #[prost(int32, tag = "2")]
-    width: i32,
-    #[prost(int32, tag = "3")]
-    colorspace: i32,
-    #[prost(bytes = "vec", tag = "4")]
-    encoded_image_string: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SummaryMetadata {
-    #[prost(message, optional, tag = "1")]
-    plugin_data: Option<PluginData>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct PluginData {
-    #[prost(string, tag = "1")]
-    plugin_name: String,
-    #[prost(bytes = "vec", tag = "2")]
-    content: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TensorProto {
-    #[prost(int32, tag = "1")]
-    dtype: i32,
-    #[prost(message, optional, tag = "2")]
-    tensor_shape: Option<TensorShape>,
-    #[prost(bytes = "vec", repeated, tag = "8")]
-    string_val: Vec<Vec<u8>>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TensorShape {
-    #[prost(message, repeated, tag = "2")]
-    dim: Vec<Dim>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Dim {
-    #[prost(int64, tag = "1")]
-    size: i64,
-}
-
-/// The HParams plugin's record of one run (tensorboard/plugins/hparams/plugin_data.proto).
-#[derive(Clone, PartialEq, Message)]
-struct HParamsPluginData {
-    #[prost(int32, tag = "1")]
-    version: i32,
-    #[prost(message, optional, tag = "3")]
-    session_start_info: Option<SessionStartInfo>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct SessionStartInfo {
-    #[prost(btree_map = "string, message", tag = "1")]
-    hparams: std::collections::BTreeMap<String, PbValue>,
-    #[prost(string, tag = "4")]
-    group_name: String,
-    #[prost(double, tag = "5")]
-    start_time_secs: f64,
-}
-
-/// `google.protobuf.Value` (numbers, strings and booleans are all hparams need).
-#[derive(Clone, PartialEq, Message)]
-struct PbValue {
-    #[prost(oneof = "PbKind", tags = "2, 3, 4")]
-    kind: Option<PbKind>,
-}
-
-#[derive(Clone, PartialEq, prost::Oneof)]
-enum PbKind {
-    #[prost(double, tag = "2")]
-    Number(f64),
-    #[prost(string, tag = "3")]
-    Text(String),
-    #[prost(bool, tag = "4")]
-    Bool(bool),
-}
+mod proto;
+mod read;
 
 /// A hyperparameter value for [`EventWriter::hparams`].
 #[derive(Clone, Debug, PartialEq)]
@@ -166,10 +33,6 @@ pub enum HParam {
     Text(String),
     Bool(bool),
 }
-
-/// TensorFlow's `DT_STRING` and `DT_FLOAT`.
-const DT_STRING: i32 = 7;
-const DT_FLOAT: i32 = 1;
 
 /// TFRecord's masked CRC: rotate right by 15, add a constant.
 fn masked_crc(data: &[u8]) -> u32 {
@@ -304,8 +167,9 @@ impl EventWriter {
         self.write_event(step as i64, Some(EventWhat::Summary(Summary { value: vec![value] })))
     }
 
-    /// Marks a restart at `step` (a resumed run): TensorBoard discards what earlier sessions logged from
-    /// `step` on, as PyTorch's `SummaryWriter(purge_step=…)` asks it to.
+    /// Marks a restart at `step` (a resumed run): TensorBoard's Python loader discards what earlier
+    /// sessions logged from `step` on, as PyTorch's `SummaryWriter(purge_step=…)` asks it to. Its Rust
+    /// data server ignores the mark: a resume also cuts the event files back ([`truncate_event_dir`]).
     pub fn session_start(&mut self, step: u64) -> std::io::Result<()> {
         self.write_event(step as i64, Some(EventWhat::SessionLog(SessionLog { status: SESSION_START })))
     }
@@ -409,52 +273,6 @@ fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n:06}", now.as_secs(), std::process::id()));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
     Ok((path, BufWriter::new(Sink { file, fail_after: None })))
-}
-
-/// A scalar event, as [`read_scalars`] finds it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scalar {
-    pub tag: String,
-    pub step: i64,
-    pub value: f32,
-}
-
-/// The scalars of an event file, every record's framing checked as TensorBoard's reader checks it: an
-/// error names the offset of the first torn or corrupt record (after which TensorBoard reads nothing).
-pub fn read_scalars(path: &Path) -> std::io::Result<Vec<Scalar>> {
-    let bytes = std::fs::read(path)?;
-    let bad = |at: usize, what: &str| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what} at byte {at}", path.display()))
-    };
-    let crc_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let mut scalars = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes.len() - at < 12 {
-            return Err(bad(at, "a torn record"));
-        }
-        let len_bytes = &bytes[at..at + 8];
-        if crc_at(at + 8) != masked_crc(len_bytes) {
-            return Err(bad(at, "a corrupt record length"));
-        }
-        let len = u64::from_le_bytes(len_bytes.try_into().map_err(|_| bad(at, "a short length"))?);
-        let end = usize::try_from(len).ok().and_then(|n| (at + 16).checked_add(n)).filter(|&e| e <= bytes.len());
-        let end = end.ok_or_else(|| bad(at, "a torn record"))?;
-        let data = &bytes[at + 12..end - 4];
-        if crc_at(end - 4) != masked_crc(data) {
-            return Err(bad(at, "a corrupt record"));
-        }
-        let event = Event::decode(data).map_err(|e| bad(at, &format!("an undecodable event ({e})")))?;
-        if let Some(EventWhat::Summary(summary)) = event.what {
-            for v in summary.value {
-                if let Some(ValueKind::SimpleValue(value)) = v.value {
-                    scalars.push(Scalar { tag: v.tag, step: event.step, value });
-                }
-            }
-        }
-        at = end;
-    }
-    Ok(scalars)
 }
 
 #[cfg(test)]

@@ -1,0 +1,121 @@
+//! TensorBoard's side of the training log: one event file at a time, whose failed writes (a full disk)
+//! are counted and warned of, and whose next write goes on in a new file.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::tensorboard::EventWriter;
+
+/// How often a TensorBoard failure that goes on is warned of again (with the count).
+const TB_WARN_EVERY: Duration = Duration::from_secs(600);
+
+/// Fault drill: `INFINITY_FAULT_TB=STEP:COUNT` fails the TensorBoard writes of steps STEP to
+/// STEP + COUNT − 1 as a full disk would, this many bytes into the step's events (a torn record).
+const TB_DRILL_BYTES: usize = 100;
+
+/// TensorBoard's event file and how its writes fared.
+pub(super) struct TbLog {
+    dir: PathBuf,
+    /// `None` until an event file could be made.
+    writer: Option<EventWriter>,
+    /// The session's start (a `SessionLog.START` at this step) and the config text, until they are written.
+    preamble: Option<(u64, String)>,
+    /// Writes that failed this session, and in a row.
+    failed_writes: u64,
+    failed_in_a_row: u64,
+    /// When a failure was last warned of, and whether a success has been reported since.
+    warned_at: Option<Instant>,
+    warned_unresolved: bool,
+    /// The fault drill's steps.
+    pub(super) drill: Option<std::ops::Range<u64>>,
+}
+
+impl TbLog {
+    /// The log of `dir` (made at the first write), its first write to start with `preamble`: the
+    /// session's start step and the config text.
+    pub(super) fn new(dir: PathBuf, preamble: (u64, String)) -> TbLog {
+        TbLog {
+            dir,
+            writer: None,
+            preamble: Some(preamble),
+            failed_writes: 0,
+            failed_in_a_row: 0,
+            warned_at: None,
+            warned_unresolved: false,
+            drill: tb_drill(),
+        }
+    }
+
+    /// Writes that failed this session (their events are lost).
+    pub(super) fn failed_writes(&self) -> u64 {
+        self.failed_writes
+    }
+
+    /// Run `f` on the event file, then flush. A failure loses what `f` wrote, is counted and warned
+    /// of (at once, then at most every `TB_WARN_EVERY`), and the next call goes on in a new event file.
+    /// `drill_step`: the training step whose events these are, for the fault drill.
+    pub(super) fn write(&mut self, drill_step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
+        let drill = drill_step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
+        match self.try_write(drill, f) {
+            Ok(()) => {
+                self.failed_in_a_row = 0;
+                if std::mem::take(&mut self.warned_unresolved) {
+                    let path = self.writer.as_ref().map_or(self.dir.clone(), |w| w.path().to_path_buf());
+                    tracing::warn!(
+                        "TensorBoard writes go on in {} ({} failed so far)",
+                        path.display(),
+                        self.failed_writes
+                    );
+                }
+            }
+            Err(e) => {
+                (self.failed_writes, self.failed_in_a_row) = (self.failed_writes + 1, self.failed_in_a_row + 1);
+                if self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
+                    tracing::warn!(
+                        "TensorBoard write failed: {e} ({} in a row, {} this session): its events are lost, and the \
+                         next write goes on in a new event file",
+                        self.failed_in_a_row,
+                        self.failed_writes
+                    );
+                    (self.warned_at, self.warned_unresolved) = (Some(Instant::now()), true);
+                }
+            }
+        }
+    }
+
+    fn try_write(
+        &mut self,
+        drill: bool,
+        f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let w = match self.writer.as_mut() {
+            Some(w) => w,
+            None => self.writer.insert(EventWriter::create(&self.dir)?),
+        };
+        // (the writer would reopen a spent file at its first write anyway, but the drill's budget must
+        // go to the file this step's events are written to, not to the spent one)
+        if w.is_broken() {
+            w.reopen()?;
+        }
+        if drill {
+            w.fail_after(TB_DRILL_BYTES);
+        }
+        if let Some((step, config)) = &self.preamble {
+            // (also at step 0: a session that crashed before its first checkpoint left points)
+            w.session_start(step + 1)?;
+            w.text("config", config, *step)?;
+        }
+        f(w)?;
+        w.flush()?;
+        self.preamble = None;
+        Ok(())
+    }
+}
+
+/// The `INFINITY_FAULT_TB` drill's steps, if set.
+fn tb_drill() -> Option<std::ops::Range<u64>> {
+    let spec = std::env::var("INFINITY_FAULT_TB").ok()?;
+    let (first, count) = spec.split_once(':')?;
+    let first: u64 = first.parse().ok()?;
+    Some(first..first + count.parse::<u64>().ok()?)
+}

@@ -1,0 +1,101 @@
+//! Where a step's gradients are averaged over the ranks and clipped, and where the optimiser updates
+//! the parameters: on the GPU, on the host for this rank's ZeRO-1 shard, or on the host for all of them.
+
+use anyhow::Result;
+
+use super::compute::Compute;
+use super::config::TrainConfig;
+use super::dist::{self, Dist, Zero1};
+use crate::optim::{clip_grad_norm, AdamW};
+
+/// Where a step's gradients are averaged over the ranks and clipped, and the optimiser updates the
+/// parameters (decided once, alike on every rank, when the optimiser is placed).
+pub(super) enum Updater {
+    /// On the GPU ([`Compute::device_optimizer`]), a ZeRO-1 shard or all of the parameters.
+    Device,
+    /// On the host, this rank's ZeRO-1 shard.
+    HostZero1(Zero1),
+    /// On the host, all of the parameters, alike on every rank.
+    Replicated,
+}
+
+impl Updater {
+    /// Place the optimiser `opt` of `numel` parameters, `sharded` (ZeRO-1) or not, and the gradients'
+    /// way to it (every rank alike): the optimiser as this rank keeps it, and where it updates.
+    pub(super) fn place(
+        cfg: &TrainConfig,
+        sharded: bool,
+        numel: usize,
+        mut opt: AdamW,
+        compute: &mut Compute,
+        dist: &mut Dist,
+    ) -> Result<(AdamW, Updater)> {
+        // ZeRO-1: keep only this rank's shard of the optimiser state
+        if sharded {
+            opt = opt.shard(dist::shard_range(numel, dist.rank, dist.world));
+        }
+        // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
+        // there too when the gradients travel by NCCL, else on the host
+        // (every rank decides alike: a model too small for every rank to own a part stays on the host)
+        let nccl = dist.has_nccl() && !dist::shard_range(numel, dist.world - 1, dist.world).is_empty();
+        compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
+        let updater = match (compute.device_optimizer(), sharded) {
+            (true, _) => Updater::Device,
+            (false, true) => Updater::HostZero1(Zero1::new(numel, dist.rank, dist.world)),
+            (false, false) => Updater::Replicated,
+        };
+        if sharded {
+            let place = if compute.device_zero1() { "this GPU" } else { "the host" };
+            console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, numel);
+        }
+        // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
+        let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
+        if let Some(n) = compute.overlap_grads(dist, cfg.dist.overlap_grads, bucket_bytes)? {
+            console!("gradients summed over the ranks during the backward: {n} buckets a step");
+        }
+        Ok((opt, updater))
+    }
+
+    /// Average the step's gradients (`grads`, on the host; the device's own on the GPU) over the
+    /// ranks and clip them to `max_norm`: their norm before clipping.
+    pub(super) fn reduce_and_clip(
+        &mut self,
+        compute: &mut Compute,
+        dist: &mut Dist,
+        grads: &mut [f32],
+        max_norm: f64,
+    ) -> Result<f64> {
+        match self {
+            Updater::Device => compute.clip(dist, max_norm),
+            Updater::HostZero1(z) => {
+                z.reduce_grads(dist, grads)?;
+                z.clip(dist, max_norm)
+            }
+            Updater::Replicated => {
+                dist.all_reduce_mean(grads)?;
+                Ok(clip_grad_norm(grads, max_norm))
+            }
+        }
+    }
+
+    /// One AdamW step of `params` at learning rate `lr` (with the gradients
+    /// [`Updater::reduce_and_clip`] left).
+    pub(super) fn update(
+        &mut self,
+        compute: &mut Compute,
+        dist: &mut Dist,
+        opt: &mut AdamW,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f64,
+    ) -> Result<()> {
+        match self {
+            Updater::Device => compute.update(dist, opt, lr),
+            Updater::HostZero1(z) => z.update(dist, opt, params, lr),
+            Updater::Replicated => {
+                opt.update(params, grads, lr);
+                Ok(())
+            }
+        }
+    }
+}
