@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use proto::*;
-pub use read::{read_scalars, read_steps, truncate_event_dir, truncate_event_file, Scalar, Truncated};
+pub use read::{event_files, read_scalars, read_steps, truncate_event_dir, truncate_event_file, Scalar, Truncated};
 
 mod proto;
 mod read;

@@ -211,28 +211,38 @@ fn zeros_from(path: &Path, at: u64) -> std::io::Result<bool> {
     }
 }
 
-/// A run resumed at `step`: cut every event file in `dir` (the run's `tb/`) back to its events up to
-/// `step` ([`truncate_event_file`]), so that what an interrupted or abandoned session logged after it
-/// is gone whatever reads the folder. Never fails (logging never stops training): a file that cannot
-/// be cut is warned of, naming it, and left as it was; a torn last record is warned of and dropped.
-/// Returns each event file rewritten, and how.
-pub fn truncate_event_dir(dir: &Path, step: u64) -> Vec<(PathBuf, Truncated)> {
+/// The event files in `dir` (plain files with `tfevents` in the name), in the order TensorBoard reads
+/// them (by name); none when `dir` does not exist.
+pub fn event_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => {
-            tracing::warn!("TensorBoard: cannot list {} to drop its events after step {step}: {e}", dir.display());
-            return Vec::new();
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    // (a rewrite a crash interrupted left its kept records here; the file it was for is whole)
-    let _ = std::fs::remove_file(dir.join(TMP_NAME));
     let mut files: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains("tfevents") && e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// A run resumed at `step`: cut every event file in `dir` (the run's `tb/`) back to its events up to
+/// `step` ([`truncate_event_file`]), so that what an interrupted or abandoned session logged after it
+/// is gone whatever reads the folder. Never fails (logging never stops training): a file that cannot
+/// be cut is warned of, naming it, and left as it was; a torn last record is warned of and dropped.
+/// Returns each event file rewritten, and how.
+pub fn truncate_event_dir(dir: &Path, step: u64) -> Vec<(PathBuf, Truncated)> {
+    // (a rewrite a crash interrupted left its kept records here; the file it was for is whole)
+    let _ = std::fs::remove_file(dir.join(TMP_NAME));
+    let files = match event_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!("TensorBoard: cannot list {} to drop its events after step {step}: {e}", dir.display());
+            return Vec::new();
+        }
+    };
     let mut rewritten = Vec::new();
     for file in files {
         match truncate_event_file(&file, step) {

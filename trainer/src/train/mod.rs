@@ -309,7 +309,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
         compute.end_step(&mut grads)?;
-        let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, num_tokens, accum);
+        let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, accum);
         dist::slow_drill(dist.rank, dist.attempt);
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
         // rank_times.rs)

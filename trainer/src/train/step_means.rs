@@ -16,18 +16,18 @@ pub struct StepMeans {
 }
 
 impl StepMeans {
-    /// The means over `accum` micro-batches of a schedule of `num_tokens` tokens at `scales`: `loss` and
+    /// The means over `accum` micro-batches of a schedule of tokens at `scales`: `loss` and
     /// `bit_acc` summed from each micro-batch's share (already divided by `accum`), and each
     /// micro-batch's `per_scale` metrics.
     pub fn over_micro_steps(
         (loss, bit_acc): (f64, f64),
         per_scale: &[ScaleMetrics],
         scales: &[(usize, usize)],
-        num_tokens: usize,
         accum: usize,
     ) -> StepMeans {
         let ns = scales.len();
-        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / num_tokens as f64;
+        let num_tokens = infinity_kernels::bsq::num_tokens(scales) as f64;
+        let tokens_of = |s: usize| (scales[s].0 * scales[s].1) as f64 / num_tokens;
         let token_acc: f64 =
             per_scale.iter().map(|p| (0..ns).map(|s| p.token_acc[s] * tokens_of(s)).sum::<f64>()).sum();
         let mean_per_scale = |of: fn(&ScaleMetrics) -> &Vec<f64>| -> Vec<f64> {
@@ -80,7 +80,7 @@ mod tests {
     fn step_means_travel_as_one_vector() {
         let p = |x: f64| ScaleMetrics { loss: vec![x, 2.0 * x], bit_acc: vec![0.5, 0.75], token_acc: vec![0.25, x] };
         // two micro-batches over scales of 1 and 3 tokens
-        let means = StepMeans::over_micro_steps((0.5, 0.625), &[p(1.0), p(0.0)], &[(1, 1), (1, 3)], 4, 2);
+        let means = StepMeans::over_micro_steps((0.5, 0.625), &[p(1.0), p(0.0)], &[(1, 1), (1, 3)], 2);
         assert_eq!(
             (means.scale_loss.as_slice(), means.scale_token_acc.as_slice()),
             (&[0.5, 1.0][..], &[0.25, 0.5][..])

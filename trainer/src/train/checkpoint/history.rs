@@ -112,14 +112,7 @@ fn copy_logs(run: &Path, dest: &Path) -> Result<Vec<String>> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
-    let copied = stage_logs(run, &staging);
-    let what = match copied {
-        Ok(what) => what,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
+    let what = stage_logs(run, &staging).inspect_err(|_| _ = std::fs::remove_dir_all(&staging))?;
     std::fs::rename(&staging, dest).with_context(|| format!("moving {} to {}", staging.display(), dest.display()))?;
     for dir in [dest.parent().expect("abandoned/"), run] {
         sync_dir(dir);
@@ -136,16 +129,14 @@ fn stage_logs(run: &Path, staging: &Path) -> Result<Vec<String>> {
         .collect();
     let mut what: Vec<String> =
         jsonl.iter().map(|(from, _)| from.file_name().unwrap().to_string_lossy().into()).collect();
-    let tb: Vec<(PathBuf, PathBuf)> = std::fs::read_dir(run.join("tb"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    e.file_name().to_string_lossy().contains("tfevents") && e.file_type().is_ok_and(|t| t.is_file())
-                })
-                .map(|e| (e.path(), staging.join("tb").join(e.file_name())))
-                .collect()
+    let tb: Vec<(PathBuf, PathBuf)> = crate::tensorboard::event_files(&run.join("tb"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|from| {
+            let to = staging.join("tb").join(from.file_name().expect("an event file has a name"));
+            (from, to)
         })
-        .unwrap_or_default();
+        .collect();
     match tb.len() {
         0 => {}
         1 => what.push("1 TensorBoard event file".into()),
