@@ -722,10 +722,15 @@ fn agents_refused_for_a_wrong_token_or_run_id_are_named_on_both_sides() {
     let text = node0.text();
     let wrong_token = "wrong token (its INFINITY_RDZV_TOKEN or --token differs)";
     let other_run = "it asked for run id \"b\", this group is \"a\" (its --run-id differs)";
-    let report =
-        text.lines().find(|l| l.starts_with("[launch] waiting for node ranks [1, 2] of 3 (") && l.contains(other_run));
-    let report = report.unwrap_or_else(|| panic!("no report naming the refusals:\n{text}"));
-    assert!(report.contains(" s until --rdzv-timeout-s); the store refused agent 1 from 127.0.0.1 ("), "{report}");
+    // (the store lists its refusals oldest first: nodes 1 and 2 start together, so either may lead)
+    let report = text.lines().find(|l| {
+        l.starts_with("[launch] waiting for node ranks [1, 2] of 3 (")
+            && l.contains(other_run)
+            && l.contains(wrong_token)
+    });
+    let report = report.unwrap_or_else(|| panic!("no report naming both refusals:\n{text}"));
+    assert!(report.contains(" s until --rdzv-timeout-s); the store refused agent "), "{report}");
+    assert!(report.contains("agent 1 from 127.0.0.1 (") && report.contains("agent 2 from 127.0.0.1 ("), "{report}");
     let error = text.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error:\n{text}"));
     assert!(error.contains("node ranks [1, 2] of 3 never arrived within 8 s; the store refused "), "{error}");
     assert!(error.contains("agent 1 from 127.0.0.1 (") && error.contains(wrong_token), "{error}");
