@@ -342,10 +342,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
     if let Some(parent) = path.parent() {
-        // Persist the rename itself; not every platform can open a folder, so failure here is not fatal.
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+        sync_dir(parent);
     }
     Ok(())
+}
+
+/// Persists the entries of `dir` (a rename or creation in it). Not every platform can open a folder,
+/// so a failure here is not an error.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }

@@ -40,9 +40,11 @@ fn collectives_match_their_definitions() {
 
 #[test]
 fn a_silent_peer_is_a_timeout_not_a_hang() {
-    let results = ring_group(2, Duration::from_millis(500), |mut r| {
+    // (built with time to spare, then a short timeout for the collective)
+    let results = ring_group(2, Duration::from_secs(10), |mut r| {
+        r.set_timeout(Duration::from_millis(500)).unwrap();
         if r.rank() == 1 {
-            std::thread::sleep(Duration::from_millis(1500)); // never joins the collective in time
+            std::thread::sleep(Duration::from_secs(3)); // never joins the collective in time
             return None;
         }
         let t0 = Instant::now();

@@ -438,7 +438,8 @@ fn a_straggler_is_warned_of_once_naming_its_host() {
     let tmp = tempfile::tempdir().unwrap();
     let file = two_rank_config(tmp.path(), "run", 4);
     let bin = Path::new(env!("CARGO_BIN_EXE_infinity"));
-    let slow = [("INFINITY_FAULT_SLOW", "1:0.3")];
+    // (1.5 s: far above what a loaded 2-core machine adds to either rank's own work)
+    let slow = [("INFINITY_FAULT_SLOW", "1:1.5")];
     let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, bin], [&[], &[]]), &slow);
     assert_eq!((c0, c1), (Some(0), Some(0)), "{r0}\n{r1}");
     let host = &infinity_trainer::train::rank_identity::this_rank().host;

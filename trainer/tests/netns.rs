@@ -88,7 +88,7 @@ fn config(dir: &Path, steps: u64) -> std::path::PathBuf {
     let text = format!(
         "[run]\ndir = \"x\"\nseed = 1\nsteps = {steps}\nlog_every = 100000\n[model]\npreset = \"tiny\"\n\
          conditioning = \"class\"\n[data]\ndir = \"{}\"\nglobal_batch = 16\nmicro_batch = 4\n[optim]\nlr = 1e-3\n\
-         [checkpoint]\nevery = 2\nkeep_last = 2\n[dist]\ntimeout_s = 3\nrdzv_timeout_s = 30\n",
+         [checkpoint]\nevery = 2\nkeep_last = 2\n[dist]\ntimeout_s = 6\nrdzv_timeout_s = 30\n",
         data.display()
     );
     std::fs::write(&cfg, text).unwrap();
@@ -172,8 +172,8 @@ fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
     println!("{}", report.join("\n"));
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("a collective timed out"), "{stderr}");
-    // the watchdog fires within its 3 s timeout (plus the agent's reaction), well before a hang; the
+    // the watchdog fires within its 6 s timeout (plus the agent's reaction), well before a hang; the
     // agent then waits (≤ 30 s) for node 1's agent, which cannot reach the store, to count itself out
     let reported = reported.unwrap_or_else(|| panic!("no root cause reported:\n{stderr}"));
-    assert!(reported < Duration::from_secs(20), "reported {reported:?} after the cut");
+    assert!(reported < Duration::from_secs(30), "reported {reported:?} after the cut");
 }

@@ -110,6 +110,15 @@ impl TcpRing {
         Ok(TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![] })
     }
 
+    /// How long a collective waits on a peer from now on (building the ring may need longer: ranks
+    /// start at different times).
+    pub fn set_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        self.prev.set_read_timeout(Some(timeout))?;
+        self.next.set_write_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
     fn next_rank(&self) -> usize {
         (self.rank + 1) % self.world
     }

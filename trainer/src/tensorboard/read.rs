@@ -173,9 +173,7 @@ pub fn truncate_event_file(path: &Path, step: u64) -> std::io::Result<Truncated>
         let _ = std::fs::remove_file(&tmp);
         return Err(std::io::Error::new(e.kind(), format!("rewriting {}: {e}", path.display())));
     }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all(); // (the rename itself; not every platform can open a folder)
-    }
+    infinity_data::manifest::sync_dir(dir); // (the rename itself)
     Ok(Truncated::Rewritten { dropped, torn_tail })
 }
 
