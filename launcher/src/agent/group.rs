@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 
 use super::elastic::{Group, Nodes, Rounds};
+use super::poller;
 use super::signals::{forwarded, signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
@@ -345,7 +346,7 @@ pub(super) async fn group_outcome(
         }
         let mut lost = Vec::new();
         for &n in &pending {
-            let Ok(v) = client.add(&watch::beat_key(prefix, n), 0) else { continue };
+            let Ok(v) = client.add(&poller::beat_key(prefix, n), 0) else { continue };
             if v != beats[n].0 {
                 beats[n] = (v, Instant::now());
             } else if beats[n].1.elapsed() >= NODE_SILENCE {

@@ -18,6 +18,7 @@ mod elastic;
 mod failure;
 mod group;
 mod plan;
+mod poller;
 mod ranks;
 mod signals;
 mod verdict;

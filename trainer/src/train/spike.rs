@@ -5,11 +5,12 @@
 //! while. The window rides in each checkpoint's `state.json`, so a resumed run judges as the
 //! uninterrupted one; every rank holds the same window (the loss and gradient norm are all-reduced).
 //!
-//! A dataset of several buckets (aspect ratios) has a loss level per bucket, ~10 % apart: a step's
-//! loss is judged against the mean of its own bucket's steps in the window (when it has
-//! [`MIN_BUCKET_STEPS`] there), in the spread of the window's losses about their buckets' means, so
-//! neither the bucket drawn nor the mix of buckets moves its z-score. One bucket's z-scores are the
-//! plain ones, bit for bit. (The gradient norm is judged against the whole window.)
+//! A dataset of several buckets (aspect ratios) has a loss level per bucket, ~10 % apart, and a
+//! gradient-norm level too (a bucket of more tokens per sample averages away more noise): a step's
+//! values are judged against the means of its own bucket's steps in the window (when it has
+//! [`MIN_BUCKET_STEPS`] there), in the spread of the window's values about their buckets' means, so
+//! neither the bucket drawn nor the mix of buckets moves its z-scores. One bucket's z-scores are the
+//! plain ones, bit for bit.
 
 use std::collections::BTreeMap;
 
@@ -69,23 +70,16 @@ impl SpikeWindow {
     /// Judge a step of `bucket` against the window, then add it (dropping the oldest past
     /// `limits.window`).
     pub fn judge(&mut self, limits: &SpikeLimits, (loss, bucket): (f64, u16), grad_norm: f64) -> Verdict {
-        let (loss_z, by_bucket) = self.loss_zscore(limits.window, loss, bucket);
-        let grad_norm_z = zscore(&self.grad_norms, limits.window, grad_norm);
         let n = limits.window;
-        let loss_mean = match by_bucket {
+        let mean = |by_bucket: bool| match by_bucket {
             true => format!("its bucket's mean over the last {n} steps"),
             false => format!("the last {n} steps' mean"),
         };
+        let (loss_z, loss_by_bucket) = self.bucket_zscore(&self.losses, n, loss, bucket);
+        let (grad_norm_z, grad_by_bucket) = self.bucket_zscore(&self.grad_norms, n, grad_norm, bucket);
         let judged = [
-            ("loss", "skip_loss_z", loss, loss_z, limits.max_loss_z, loss_mean),
-            (
-                "gradient norm",
-                "skip_grad_z",
-                grad_norm,
-                grad_norm_z,
-                limits.max_grad_norm_z,
-                format!("the last {n} steps' mean"),
-            ),
+            ("loss", "skip_loss_z", loss, loss_z, limits.max_loss_z, mean(loss_by_bucket)),
+            ("gradient norm", "skip_grad_z", grad_norm, grad_norm_z, limits.max_grad_norm_z, mean(grad_by_bucket)),
         ];
         // (the loss is named first when both spike)
         let skip = judged.iter().find_map(|(what, key, x, z, limit, mean)| {
@@ -117,19 +111,21 @@ impl SpikeWindow {
         self.buckets.drain(..self.buckets.len().saturating_sub(window));
     }
 
-    /// The loss's z-score over a full window, and whether against its bucket's own steps: with several
-    /// buckets there and [`MIN_BUCKET_STEPS`] of its own, `loss` is measured from its bucket's mean, in
-    /// the spread of those buckets' steps about their means; otherwise (one bucket, a bucket seldom
-    /// drawn, a window holding an earlier build's steps) against the whole window, as [`zscore`].
-    fn loss_zscore(&self, full: usize, loss: f64, bucket: u16) -> (Option<f64>, bool) {
-        let whole = (zscore(&self.losses, full, loss), false);
-        if self.losses.len() < full || self.buckets.len() != self.losses.len() || self.buckets.contains(&UNKNOWN_BUCKET)
-        {
+    /// The z-score of `x` (a loss or gradient norm of `bucket`'s step) over a full window of `values`
+    /// (the window's losses or gradient norms), and whether against its bucket's own steps: with
+    /// several buckets there and [`MIN_BUCKET_STEPS`] of its own, `x` is measured from its bucket's
+    /// mean, in the spread of those buckets' steps about their means; otherwise (one bucket, a bucket
+    /// seldom drawn, a window holding an earlier build's steps) against the whole window, as
+    /// [`zscore`].
+    fn bucket_zscore(&self, values: &[f64], full: usize, x: f64, bucket: u16) -> (Option<f64>, bool) {
+        let whole = (zscore(values, full, x), false);
+        if values.len() < full || self.buckets.len() != values.len() || self.buckets.contains(&UNKNOWN_BUCKET) {
             return whole;
         }
-        // (Σ loss, steps) per bucket
+        let entries = || values.iter().copied().zip(self.buckets.iter().copied());
+        // (Σ value, steps) per bucket
         let mut sums: BTreeMap<u16, (f64, usize)> = BTreeMap::new();
-        for (x, b) in self.entries() {
+        for (x, b) in entries() {
             let g = sums.entry(b).or_default();
             (g.0, g.1) = (g.0 + x, g.1 + 1);
         }
@@ -138,14 +134,9 @@ impl SpikeWindow {
         }
         let mean = |b: u16| sums[&b].0 / sums[&b].1 as f64;
         let residuals: Vec<f64> =
-            self.entries().filter(|e| sums[&e.1].1 >= MIN_BUCKET_STEPS).map(|(x, b)| x - mean(b)).collect();
+            entries().filter(|e| sums[&e.1].1 >= MIN_BUCKET_STEPS).map(|(v, b)| v - mean(b)).collect();
         let var = residuals.iter().map(|r| r * r).sum::<f64>() / residuals.len() as f64;
-        ((var > 0.0).then(|| (loss - mean(bucket)) / var.sqrt()), true)
-    }
-
-    /// `(loss, bucket)` of the window's steps.
-    fn entries(&self) -> impl Iterator<Item = (f64, u16)> + '_ {
-        self.losses.iter().copied().zip(self.buckets.iter().copied())
+        ((var > 0.0).then(|| (x - mean(bucket)) / var.sqrt()), true)
     }
 }
 
@@ -258,6 +249,27 @@ mod tests {
         assert_eq!(v.loss_z.map(f64::to_bits), zscore(&w.losses, 16, 1.2).map(f64::to_bits));
     }
 
+    /// The gradient norm too: two buckets at norms 1.0 and 0.7 (the larger images average away more
+    /// noise), each ± 0.01; a step is judged against its own bucket's level.
+    #[test]
+    fn a_gradient_norm_is_judged_against_its_own_buckets_steps() {
+        let limits = SpikeLimits { max_loss_z: 0.0, max_grad_norm_z: 4.0, window: 16 };
+        let mut w = SpikeWindow::default();
+        let level = |b: u16| 1.0 - 0.3 * b as f64;
+        for i in 0..16 {
+            let b = (i / 2 % 2) as u16;
+            w.judge(&limits, (1.0, b), level(b) + if i % 2 == 0 { 0.01 } else { -0.01 });
+        }
+        for b in [0, 1] {
+            assert!(w.clone().judge(&limits, (1.0, b), level(b)).grad_norm_z.unwrap().abs() < 1e-9);
+        }
+        // 0.76 on bucket 1 is 6 σ above its level; against the mixed window (mean 0.85) it is below
+        let v = w.clone().judge(&limits, (1.0, 1), 0.76);
+        assert!((v.grad_norm_z.unwrap() - 6.0).abs() < 1e-9, "{v:?}");
+        let s = v.skip.unwrap_or_default();
+        assert!(s.starts_with("gradient norm 0.7600 is 6.0 standard deviations above its bucket's mean"), "{s}");
+    }
+
     /// One bucket's z-scores are the plain ones, bit for bit (a run's skipped steps do not change with
     /// this build).
     #[test]
@@ -266,8 +278,10 @@ mod tests {
         let limits = SpikeLimits { window: 32, ..LIMITS };
         for i in 0..200 {
             let x = 0.7 + 0.05 * (i as f64 * 0.37).sin() + 1e-3 * (i as f64 * 1.7).cos();
-            let want = zscore(&w.losses, 32, x).map(f64::to_bits);
-            assert_eq!(w.judge(&limits, (x, 3), 1.0).loss_z.map(f64::to_bits), want, "step {i}");
+            let g = 1.0 + 0.1 * (i as f64 * 0.53).cos();
+            let want = (zscore(&w.losses, 32, x).map(f64::to_bits), zscore(&w.grad_norms, 32, g).map(f64::to_bits));
+            let v = w.judge(&limits, (x, 3), g);
+            assert_eq!((v.loss_z.map(f64::to_bits), v.grad_norm_z.map(f64::to_bits)), want, "step {i}");
         }
     }
 
