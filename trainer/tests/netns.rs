@@ -172,8 +172,9 @@ fn cutting_a_nodes_link_makes_the_watchdog_abort_and_the_launcher_report_it() {
     println!("{}", report.join("\n"));
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("a collective timed out"), "{stderr}");
-    // the watchdog fires within its 6 s timeout (plus the agent's reaction), well before a hang; the
-    // agent then waits (≤ 30 s) for node 1's agent, which cannot reach the store, to count itself out
+    // the watchdog fires within its 6 s timeout, and the agent reports after waiting up to 5 s for a
+    // permanent mark node 1 cannot post (SETTLE), well before a hang; it then waits (≤ 30 s) for node
+    // 1's agent, which cannot reach the store, to count itself out
     let reported = reported.unwrap_or_else(|| panic!("no root cause reported:\n{stderr}"));
     assert!(reported < Duration::from_secs(30), "reported {reported:?} after the cut");
 }

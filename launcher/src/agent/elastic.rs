@@ -417,8 +417,8 @@ mod tests {
         let round1 = [spare.join().unwrap(), a.join().unwrap(), b.join().unwrap()];
         assert!(round1.iter().all(|g| g.round == 1 && g.nnodes == 3), "{round1:?}");
         assert_eq!(round1[0].node_rank, 0, "d joined round 1 first");
-        // (staleness counts from c's last beat seen, which a loaded machine may have seen late: not at once
-        // is the point)
+        // (staleness counts from c's last beat, which a starved beating thread may have bumped well before
+        // t0: not at once is the point)
         assert!(t0.elapsed() >= BEAT_STALE / 2, "closed before c's beat went stale");
 
         // round 2: a ghost joins first (its id written, no beat), then the three living agents

@@ -25,7 +25,7 @@ pub(super) struct Poller {
 }
 
 /// Bumps this node's watch counter ([`beat_key`]) every [`BEAT_EVERY`] on a connection of its own (a
-/// thread: the agent's own calls, a stop's grace, never hold it up), from the start of [`watch`] until
+/// thread: the agent's own calls, a stop's grace, never hold it up), from the start of the watch until
 /// dropped, when the agent has said how its ranks ended (or is about to).
 pub(super) struct Heartbeat {
     stop: Arc<AtomicBool>,

@@ -23,9 +23,9 @@ pub(super) struct Permanent {
 /// How long an agent whose group failed for no permanent reason it knows of waits for another node's
 /// permanent mark. The root cause is the first failure posted, which may be a consequence (a rank that
 /// lost its connection) of a permanent failure whose agent posts later: it first reads its rank's last
-/// output (up to 1 s) and may wait for a store poll under way (up to 2 s); more than twice that, for a
-/// loaded host. Paid in full only when a node never settles (its agent is gone).
-const SETTLE: Duration = Duration::from_secs(8);
+/// output (up to 1 s) and may wait for a store poll under way (up to 2 s); with room for a loaded host.
+/// Paid in full only when a node never settles (its agent is gone or cut off from the store).
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// Another node's permanent failure in attempt `prefix`, after this agent stopped its ranks: it marks
 /// its node settled (`PREFIX/settled/NODE`) and waits until a permanent mark appears, every node of
