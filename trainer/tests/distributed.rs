@@ -437,11 +437,7 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
     let checkpoints = || std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| d.count());
     // a hosts the store (it binds the port first); b and c connect to it
     let mut a = agent("a");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(&rdzv).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "agent a never opened its store\n{}", read("a"));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until_listening(&rdzv, &|| format!("agent a never opened its store\n{}", read("a")));
     let (mut b, mut c) = (agent("b"), agent("c"));
     wait_for("the first checkpoint", &|| run.join("checkpoints/step-00000010/DONE").exists());
     // SAFETY: signalling a child we spawned.

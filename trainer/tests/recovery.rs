@@ -278,11 +278,7 @@ fn a_fresh_start_into_a_run_trained_since_its_check_is_refused_under_the_lock() 
     let rank = |r: usize, args: &[&str]| common::rank_process(bin, tmp.path(), &file, (r, port), args, &[]);
     let second = rank(0, &[]);
     // past its check, into the rendezvous: rank 0 hosts the store there
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(t0.elapsed().as_secs() < 60, "rank 0 never opened its store");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_until_listening(&format!("127.0.0.1:{port}"), &|| "rank 0 never opened its store".into());
     let first = train(&cfg, &TrainOptions { fresh_start: true, ..Default::default() }).unwrap();
     assert_eq!(first.steps, 6);
     let metrics = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();

@@ -104,10 +104,9 @@ impl TcpRing {
             }
         };
         inp.set_nodelay(true).ok();
-        inp.set_read_timeout(Some(timeout))?;
-        out.set_write_timeout(Some(timeout))?;
-
-        Ok(TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![] })
+        let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![] };
+        ring.set_timeout(timeout)?;
+        Ok(ring)
     }
 
     /// How long a collective waits on a peer from now on (building the ring may need longer: ranks

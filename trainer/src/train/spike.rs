@@ -34,8 +34,8 @@ pub struct SpikeWindow {
 /// The bucket of the steps of a window saved without buckets.
 const UNKNOWN_BUCKET: u16 = u16::MAX;
 
-/// Steps a bucket needs in the window for its loss and gradient norm to be judged against its own means (a mean of a
-/// step or two would make its z-scores swing).
+/// Steps a bucket needs in the window for its loss and gradient norm to be judged against its own
+/// means (a mean of a step or two would make its z-scores swing).
 const MIN_BUCKET_STEPS: usize = 8;
 
 /// The z-score limits (0: that value is not judged) and the window's length.

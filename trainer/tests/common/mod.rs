@@ -109,6 +109,16 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Waits (up to 60 s) until something listens at `addr`: the store a rank 0 or an agent hosts;
+/// `context` says what failed otherwise.
+pub fn wait_until_listening(addr: &str, context: &dyn Fn() -> String) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(t0.elapsed().as_secs() < 60, "nothing listens at {addr} after 60 s\n{}", context());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `BIN train CONFIG ARGS` in `dir` as rank `rank` of 2 without an agent (as a Kubernetes pod: rank 0
 /// hosts the store at 127.0.0.1:`port`), with `env` and its output piped.
 pub fn rank_process(
