@@ -180,6 +180,13 @@ fn an_export_samples_without_its_dataset() {
 
     let e = err(&["sample", path_str(&f32_dir), "--ema", "-o", path_str(&tmp.path().join("y.png"))]);
     assert!(e.contains("holds the trained weights") && e.contains("--ema"), "{e}");
+    // a data section edited by hand is checked as a manifest is (no schedules panicked at sampling)
+    let config = f32_dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["data"]["schedules"] = serde_json::json!([]);
+    std::fs::write(&config, c.to_string()).unwrap();
+    let e = err(&["sample", path_str(&f32_dir), "-o", path_str(&tmp.path().join("z.png"))]);
+    assert!(e.contains("config.json") && e.contains("`schedules`") && e.contains("`data` section"), "{e}");
     // exported without its dataset: no schedules to sample on
     let (bare, bare_png) = (tmp.path().join("bare"), tmp.path().join("bare.png"));
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&bare)]));

@@ -341,6 +341,17 @@ fn check_reports_a_run_without_starting_it() {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     assert!(lines.contains("start: a fresh initialisation") && lines.contains("MB of weights"), "{lines}");
+    assert!(!lines.contains("moving average"), "{lines}");
+    // the weights' moving average: one more f32 copy in memory and in each checkpoint
+    let ema = TrainConfig::load(&cfg, &["data.micro_batch=2".into(), "optim.ema_decay=0.9".into()]).unwrap();
+    let with_ema = infinity_trainer::train::check::check(&ema, 2, None, None).unwrap().join("\n");
+    let mb = |text: &str, after: &str| -> f64 {
+        let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after}:\n{text}")) + after.len()..];
+        rest.trim_start().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (weights, ckpt) = (mb(&lines, "memory:"), mb(&lines, "checkpoints of"));
+    assert!((mb(&with_ema, "AdamW moments (f32) per rank without ZeRO-1,") - weights / 4.0).abs() < 0.1, "{with_ema}");
+    assert!((mb(&with_ema, "checkpoints of") - ckpt * 4.0 / 3.0).abs() < 0.15, "{with_ema}");
     // a shard copied in without being written into the dataset is named, not silently left out
     let extra = data.join("more.arrow");
     std::fs::copy(data.join("shard-00000.arrow"), &extra).unwrap();

@@ -292,7 +292,8 @@ def upstream(args):
     if args.spatial_patchify:
         schedules, stride = [patchified(s) for s in schedules], 8
     files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
-    w = ShardWriter(args.out, args.d, schedules, latent=True, text_width=2048, text_dtype="bf16",
+    # T5 runs in fp16 (upstream's load_tokenizer): f16 stores its outputs exactly, bf16 would drop 3 bits
+    w = ShardWriter(args.out, args.d, schedules, latent=True, text_width=2048, text_dtype="f16",
                     text_max_tokens=512, text_encoder="flan-t5-xl", caption=True,
                     tokenizer=f"bsq-vae-d{args.d}", tokenizer_params={"ckpt": os.path.basename(args.vae_ckpt)},
                     created_by="tools/write_shards.py upstream")

@@ -20,6 +20,7 @@ use nalgebra::{DMatrix, SymmetricEigen};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 use crate::error::{DataError, Result};
+use crate::manifest::Manifest;
 
 pub const TOKENIZER_NAME: &str = "patch-pca-bsq";
 pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
@@ -315,6 +316,27 @@ impl PatchTokenizer {
     }
 }
 
+/// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer: the same name
+/// and, where they keep its file, the same file: the built-in tokenizer by value (a file written before
+/// its header was sorted holds the same tokenizer in other bytes), any other by bytes.
+pub fn same_tokenizer(a: (&Path, &Manifest), b: (&Path, &Manifest)) -> Result<bool> {
+    let ((a_dir, a), (b_dir, b)) = (a, b);
+    if a.tokenizer.name != b.tokenizer.name {
+        return Ok(false);
+    }
+    match (&a.tokenizer.file, &b.tokenizer.file) {
+        (None, None) => Ok(true),
+        (Some(fa), Some(fb)) if a.tokenizer.name == TOKENIZER_NAME => {
+            Ok(PatchTokenizer::load(&a_dir.join(fa))? == PatchTokenizer::load(&b_dir.join(fb))?)
+        }
+        (Some(fa), Some(fb)) => {
+            let read = |p: std::path::PathBuf| std::fs::read(&p).map_err(|e| DataError::io(p, e));
+            Ok(read(a_dir.join(fa))? == read(b_dir.join(fb))?)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// Patch coordinates `(py, px)` in row-major order; errors unless the image tiles exactly.
 fn patch_grid(img: &Image, p: usize) -> Result<impl Iterator<Item = (usize, usize)>> {
     if img.h == 0 || img.w == 0 || !img.h.is_multiple_of(p) || !img.w.is_multiple_of(p) {
@@ -405,5 +427,41 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         let e = PatchTokenizer::load(&path).unwrap_err().to_string();
         assert!(e.contains("tokenizer.safetensors") && e.contains("not a patch-pca-bsq tokenizer"), "{e}");
+    }
+
+    /// Two datasets share a tokenizer by name and file: the built-in one by value (its header written in
+    /// another order is the same tokenizer), any other by bytes; a file on one side only is another.
+    #[test]
+    fn datasets_share_a_tokenizer_by_name_and_file() {
+        let imgs: Vec<_> = (0..3).map(|k| gradient_image(8, 8, k)).collect();
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let tok = PatchTokenizer::fit(&imgs, 4, 16).unwrap();
+        tok.save(&dirs[0].path().join(TOKENIZER_FILE)).unwrap();
+        // the same tokenizer in other bytes: its header padded (as a header in another order would be)
+        let bytes = std::fs::read(dirs[0].path().join(TOKENIZER_FILE)).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let padded = [&(n as u64 + 8).to_le_bytes()[..], &bytes[8..8 + n], b"        ", &bytes[8 + n..]].concat();
+        std::fs::write(dirs[1].path().join(TOKENIZER_FILE), padded).unwrap();
+        PatchTokenizer::fit(&imgs[1..], 4, 16).unwrap().save(&dirs[2].path().join(TOKENIZER_FILE)).unwrap();
+        let manifest = |name: &str, file: Option<&str>| -> Manifest {
+            let tokenizer = serde_json::json!({ "name": name, "file": file });
+            let mut m = serde_json::json!({
+                "format": "infinity-bits", "format_version": 1, "d": 16, "bit_order": "", "tokenizer": tokenizer,
+                "conditions": {}, "latent": null, "schedules": [], "shards": [], "total_rows": 0, "created_by": ""
+            });
+            m["conditions"] = serde_json::to_value(crate::manifest::Conditions::default()).unwrap();
+            serde_json::from_value(m).unwrap()
+        };
+        let ours = manifest(TOKENIZER_NAME, Some(TOKENIZER_FILE));
+        let at = |i: usize| dirs[i].path();
+        assert!(same_tokenizer((at(0), &ours), (at(1), &ours)).unwrap(), "the same tokenizer by value");
+        assert!(!same_tokenizer((at(0), &ours), (at(2), &ours)).unwrap(), "another fit");
+        let other = manifest("bsq-vae-d16", Some(TOKENIZER_FILE));
+        assert!(!same_tokenizer((at(0), &other), (at(1), &other)).unwrap(), "other tokenizers compare by bytes");
+        assert!(same_tokenizer((at(0), &other), (at(0), &other)).unwrap());
+        let vae = manifest("bsq-vae-d16", None);
+        assert!(same_tokenizer((at(0), &vae), (at(2), &vae)).unwrap(), "no files: the name alone");
+        assert!(!same_tokenizer((at(0), &ours), (at(0), &vae)).unwrap(), "another name");
+        assert!(!same_tokenizer((at(0), &other), (at(0), &vae)).unwrap(), "a file on one side only");
     }
 }

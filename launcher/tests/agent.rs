@@ -371,11 +371,11 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
 }
 
 /// Each rank leads its own process group, so a terminal's Ctrl-C no longer reaches it directly: the
-/// agent forwards SIGINT and SIGUSR1 (as SIGTERM and SIGHUP above) to the group, the wrapper's trap
-/// included.
+/// agent forwards SIGINT, SIGUSR1 and SIGUSR2 (submitit's preemption signal; as SIGTERM and SIGHUP
+/// above) to the group, the wrapper's trap included.
 #[test]
-fn sigint_and_sigusr1_reach_ranks_in_their_own_process_groups() {
-    for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGUSR1, "USR1")] {
+fn sigint_and_sigusr_reach_ranks_in_their_own_process_groups() {
+    for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGUSR1, "USR1"), (libc::SIGUSR2, "USR2")] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().to_str().unwrap();
         let rank = format!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::manifest::{ClassInfo, TextDtype, TextInfo};
 use infinity_data::synth::{embed_caption, text_encoder_name, vocabulary};
-use infinity_data::tokenizer::{Image, PatchTokenizer, TOKENIZER_NAME};
+use infinity_data::tokenizer::{same_tokenizer, Image, PatchTokenizer, TOKENIZER_NAME};
 use infinity_data::{Dataset, Manifest, ScaleSchedule};
 
 use crate::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
@@ -202,7 +202,7 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
     if m.d as usize != mc.d_vae() {
         return Some(format!("d = {}, the model's tokenizer has d = {}", m.d, mc.d_vae()));
     }
-    if let Err(e) = crate::train::check_tokenizer_layout(mc, m) {
+    if let Err(e) = crate::train::check_schedules_fit(mc, m) {
         return Some(format!("{e:#}"));
     }
     match (&mc.conditioning, &m.conditions.class, &m.conditions.text) {
@@ -219,11 +219,11 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
 }
 
 /// A warning when `--data DIR`'s tokenizer (`m`'s) is not the one of the run's dataset `trained`: the bits
-/// would be decoded with another basis (compared by name and file bytes, when that dataset is at hand).
+/// would be decoded with another basis (when that dataset is at hand; a tokenizer file that does not
+/// read counts as another).
 pub fn tokenizer_mismatch_warning(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {
     let run = Manifest::load(trained).ok()?;
-    let bytes = |dir: &Path, m: &Manifest| m.tokenizer.file.as_ref().and_then(|f| std::fs::read(dir.join(f)).ok());
-    let same = run.tokenizer.name == m.tokenizer.name && bytes(trained, &run) == bytes(given, m);
+    let same = same_tokenizer((trained, &run), (given, m)).unwrap_or(false);
     (!same).then(|| {
         format!(
             "--data {}: its tokenizer is not the one the run trained with ({}'s): the images are decoded with \

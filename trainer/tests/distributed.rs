@@ -176,6 +176,8 @@ fn two_and_four_ranks_match_one_rank() {
             let (mfu, tps) = (m["mfu"].as_f64().unwrap(), m["tokens_per_s"].as_f64().unwrap());
             let want = tps * flops_per_token / *n as f64 / 1e9;
             assert!((mfu - want).abs() <= 1e-9 * want, "{n} ranks: MFU {mfu} where {want} is per rank");
+            let tflops = m["tflops_per_device"].as_f64().unwrap();
+            assert!((tflops - want / 1e3).abs() <= 1e-9 * want, "{n} ranks: {tflops} TFLOP/s per device");
         }
     }
     // validation (rows split over ranks) agrees too

@@ -181,7 +181,7 @@ fn summary_json_says_where_the_run_stands() {
     dataset(&data);
     let run = tmp.path().join("run");
     let mut cfg = config(&data, run.clone());
-    cfg.val = ValSection { dir: Some(data.clone()), every: 3, max_rows: 16, seed: 0 };
+    cfg.val = ValSection { dir: Some(data.clone()), every: 3, max_rows: 16, seed: 0, ..Default::default() };
     let checkpoint = |step: u64| Value::from(run.join(format!("checkpoints/step-{step:08}")).to_str().unwrap());
 
     // preempted after step 1 (a signal before it ended)

@@ -119,6 +119,22 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
     assert!(plan.contains("warning: run tokens-") && plan.contains("% over its budget"), "{plan}");
     assert!(plan.contains("optim.warmup_steps (3) is not below run.steps (2, from its token budget"), "{plan}");
+    // a compute budget (an IsoFLOP design) sets the steps as a token budget does: 2.5 steps' FLOPs are 3
+    let flops_per_step = row[4].parse::<f64>().unwrap() / row[2].parse::<f64>().unwrap();
+    clash(&format!("compute = [{:e}]", flops_per_step * 2.5), "");
+    let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    let row: Vec<&str> = plan.lines().find(|l| l.starts_with("compute-")).unwrap().split_whitespace().collect();
+    assert_eq!(row[2], "3", "{plan}");
+    assert!(plan.contains("FLOPs, 20 % over its budget") && plan.contains("from its compute budget"), "{plan}");
+    for (axes, want) in [
+        ("compute = [1e15]\ntokens = [1e6]", "a `tokens` and a `compute` axis"),
+        ("compute = [1e15]\n\"run.steps\" = [3]", "`run.steps` beside a `compute` axis"),
+        ("compute = [1]", "a compute budget of 1e0 is less than one step of"),
+    ] {
+        clash(axes, "");
+        let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+        assert!(text.contains(want), "{axes}: {text}");
+    }
     assert!(!t.join("clash").exists());
     let out = ok(infinity(&["sweep", "sweep.toml"], t));
     assert!(out.contains("sweep done: 3 runs"), "{out}");
@@ -194,6 +210,16 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(csv.lines().count(), 4, "{csv}");
     let order: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(order, ["embed-dim-64_num-heads-2", "embed-dim-128_num-heads-2", "embed-dim-192_num-heads-2"]);
+    // each run's shape, learning rate, batch and throughput, for a table that needs no name parsing
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let cell = |row: usize, name: &str| -> String {
+        let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}: {csv}"));
+        csv.lines().nth(row + 1).unwrap().split(',').nth(i).unwrap().to_string()
+    };
+    let shape = ["depth", "embed_dim", "num_heads", "lr", "global_batch"].map(|c| cell(2, c));
+    assert_eq!(shape, ["2", "192", "2", "0.003", "8"], "{csv}");
+    assert!(cell(0, "tokens_per_s").parse::<f64>().is_ok_and(|t| t > 0.0), "{csv}");
+    assert_eq!(cell(0, "mfu"), "", "no peak on the CPU: {csv}");
 
     // TensorBoard's HParams plugin reads the run's hyperparameters
     let tb = python(&["tools/read_tensorboard.py", t.join("sweep/embed-dim-192_num-heads-2/tb").to_str().unwrap()]);

@@ -372,6 +372,7 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
         ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
+        ("run.log_every=0", "run.log_every must be at least 1"),
         ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),
         ("sample.top_p=1.5", "sample.top_p must be in [0, 1] (0 or 1: no filtering), found 1.5"),
         // a message about two keys names the source of the one overridden
@@ -638,6 +639,38 @@ fn validation_is_not_subject_to_drop_path() {
         losses.push(m.loss);
     }
     assert_eq!(losses[0], losses[1], "validation loss moved with drop_path_rate");
+}
+
+/// Validation's self-correction is the training's unless `val.p_max` / `val.apply_layers` fix it: then
+/// runs that train at other strengths are measured alike (a self-correction ablation's losses compare).
+#[test]
+fn validation_measures_at_its_own_self_correction_strength() {
+    use infinity_trainer::model::init::{init_params, InitConfig};
+    use infinity_trainer::train::{compute::Compute, dist::Dist, val::Validator, Setup};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut base = config(&data, tmp.path().join("run"), "class");
+    (base.val.dir, base.val.max_rows) = (Some(data.clone()), 16);
+    let Setup { ds, mc, lay, .. } = Setup::open(&base).unwrap();
+    let params = init_params(&mc, &lay, &InitConfig::default(), 3);
+    let val_loss = |train_p: f64, val_p: Option<f64>| {
+        let mut cfg = base.clone();
+        (cfg.bsc.p_max, cfg.val.p_max) = (train_p, val_p);
+        let v = Validator::new(&cfg, &mc, &ds, 4).unwrap().expect("a validation set");
+        let mut compute = Compute::open(&cfg.run, &mc, &lay).unwrap();
+        v.run(&cfg, (&mc, &lay), &params, &mut Dist::solo(), &mut compute, &mut Default::default()).unwrap().loss
+    };
+    assert_eq!(val_loss(0.3, None), val_loss(0.3, Some(0.3)), "unset is the training's strength");
+    assert_ne!(val_loss(0.3, None), val_loss(0.1, None), "the training's strength is validation's");
+    assert_eq!(val_loss(0.3, Some(0.2)), val_loss(0.1, Some(0.2)), "a fixed strength measures alike");
+    assert_ne!(val_loss(0.3, Some(0.0)), val_loss(0.3, Some(0.2)));
+    let mut bad = base.clone();
+    bad.val.p_max = Some(1.0);
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+    let e = format!("{:#}", TrainConfig::load(&path, &[]).unwrap_err());
+    assert!(e.contains("val.p_max must be in [0, 1), found 1"), "{e}");
 }
 
 /// Spatial patchify (upstream's 8B tokens): a dataset stored at twice the schedule's sides trains a

@@ -2,7 +2,7 @@
 //! the local ranks with torchrun-style variables, tees their output (prefixed on the console, one file
 //! per rank per attempt), and watches them. Any rank failing, here or on another node, stops the whole
 //! group, which restarts from its newest complete checkpoint up to `--max-restarts` times. SIGTERM,
-//! SIGINT and SIGUSR1 are forwarded to the ranks, SIGHUP and SIGQUIT as SIGTERM (they checkpoint and
+//! SIGINT, SIGUSR1 and SIGUSR2 are forwarded to the ranks, SIGHUP and SIGQUIT as SIGTERM (they checkpoint and
 //! exit); SIGKILL follows after the grace period. With `--nnodes MIN:MAX` the group is elastic
 //! (elastic.rs): nodes join and leave between attempts.
 
@@ -17,6 +17,7 @@ use crate::store::{JoinedTwice, Members, Refused, StoreClient};
 mod elastic;
 mod failure;
 mod group;
+mod nproc;
 mod plan;
 mod poller;
 mod ranks;
@@ -38,8 +39,9 @@ use watch::{watch, Membership};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LaunchArgs {
-    /// Ranks on this node.
-    #[arg(long, default_value_t = 1)]
+    /// Ranks on this node: a number, `gpu` (one per GPU the node shows: CUDA_VISIBLE_DEVICES's entries,
+    /// else the driver's GPUs) or `auto` (one per GPU, else one), as torchrun takes them.
+    #[arg(long, default_value = "1", value_parser = nproc::parse_nproc)]
     pub nproc_per_node: usize,
     /// Nodes in the job: N, or MIN:MAX for an elastic group that goes on with whichever nodes are up
     /// (default 1, PET_NNODES as torchrun reads it (Kubeflow's PyTorchJob), or SLURM_NNODES inside

@@ -107,14 +107,18 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     }
     ensure!(a.nproc_per_node > 0, "--nproc-per-node must be positive");
     if let Some(v) = env("PET_NPROC_PER_NODE") {
-        // (`auto`, `gpu`, `cpu`: torchrun counts the devices; the agent takes --nproc-per-node as given)
-        if let Ok(n) = v.trim().parse::<usize>() {
-            ensure!(
+        // (`gpu` and `auto` count this node's GPUs as --nproc-per-node does; torchrun's `cpu`, a rank
+        // per core, is not compared: the agent takes --nproc-per-node as given)
+        let gpus = || super::nproc::visible_gpus(env("CUDA_VISIBLE_DEVICES").as_deref());
+        match super::nproc::nproc_from(&v, gpus) {
+            Ok(n) => ensure!(
                 n == a.nproc_per_node,
                 "PET_NPROC_PER_NODE={n} but --nproc-per-node is {}: pass --nproc-per-node {n} (the agent \
                  spawns that many ranks on each node)",
                 a.nproc_per_node
-            );
+            ),
+            Err(_) if v.trim() == "cpu" => {}
+            Err(e) => bail!("PET_NPROC_PER_NODE={v}: {e}"),
         }
     }
     ensure!(node_rank < nnodes, "expected {rank_from} below {nodes_from} ({node_rank} of {nnodes})");
@@ -333,6 +337,15 @@ mod tests {
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port, p.adopted.len()), (3, 2, "h", 1, 0));
         // the pod's ranks per node, which the command line contradicts
         assert!(err_of(&[], &pod).contains("PET_NPROC_PER_NODE=8 but --nproc-per-node is 1: pass --nproc-per-node 8"));
+        // `gpu` counted as --nproc-per-node gpu counts it (the pod's GPUs)
+        let gpu_pod = |visible: &'static str| {
+            let mut vars: Vec<(&str, &str)> = pod.iter().copied().filter(|(k, _)| *k != "PET_NPROC_PER_NODE").collect();
+            vars.extend([("PET_NPROC_PER_NODE", "gpu"), ("CUDA_VISIBLE_DEVICES", visible)]);
+            vars
+        };
+        assert!(plan_of(&eight, &gpu_pod("0,1,2,3,4,5,6,7")).is_ok());
+        let e = err_of(&eight, &gpu_pod("0,1"));
+        assert!(e.contains("PET_NPROC_PER_NODE=2 but --nproc-per-node is 8"), "{e}");
         // every pod would be node 0
         let no_rank: Vec<_> = pod.iter().copied().filter(|(k, _)| *k != "PET_NODE_RANK").collect();
         assert!(err_of(&eight, &no_rank).contains("PET_NNODES=2 but PET_NODE_RANK is not set: pass --node-rank"));

@@ -34,6 +34,7 @@ pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
 }
@@ -44,6 +45,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
             hup: signal(SignalKind::hangup())?,
             quit: signal(SignalKind::quit())?,
         })
@@ -55,6 +57,7 @@ impl Signals {
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
+            _ = self.usr2.recv() => libc::SIGUSR2,
             _ = self.hup.recv() => libc::SIGHUP,
             _ = self.quit.recv() => libc::SIGQUIT,
         }
@@ -78,6 +81,7 @@ pub(super) fn signal_name(s: i32) -> &'static str {
         libc::SIGABRT => "SIGABRT",
         libc::SIGBUS => "SIGBUS",
         libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
         libc::SIGHUP => "SIGHUP",
         libc::SIGQUIT => "SIGQUIT",
         _ => "signal",

@@ -1,7 +1,7 @@
 //! `infinity train CONFIG.toml [--set key.path=value …] [--resume auto|PATH]`.
 //!
 //! Joins a data-parallel group when the environment describes one (`infinity launch`, torchrun-style
-//! variables, SLURM). SIGTERM, SIGINT and SIGUSR1 make every rank checkpoint at the same step and exit 0
+//! variables, SLURM). SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 make every rank checkpoint at the same step and exit 0
 //! (or `--preempted-exit-code`, outside `infinity launch`).
 
 use std::path::PathBuf;

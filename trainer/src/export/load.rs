@@ -105,6 +105,9 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
                 total_rows: 0,
                 created_by: format!("the data section of {}", cfg_path.display()),
             };
+            // (sampling indexes its schedules and sizes scales from them: a hand-edited section that
+            // names none, or an odd side, would panic there)
+            manifest.check(&cfg_path).map_err(|e| anyhow!("{e} (in its `data` section)"))?;
             Some((manifest, tokenizer_dir, data.dir))
         }
     };

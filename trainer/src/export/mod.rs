@@ -384,5 +384,12 @@ pub(crate) mod tests {
         let class = ModelConfig { conditioning: Conditioning::Class { num_classes: 10 }, ..layer12 };
         let why = dataset_mismatch(&class, &narrow).unwrap();
         assert!(why.contains("no class condition"), "{why}");
+        // a 16th scale has no lvl_embed row: on the GPU it read the parameters after the table
+        let mut long = dataset(32, "bsq-vae-d32", "0.06M", &["1.000"]);
+        long.schedules[0].scales = (1..=16).map(|s| [1, s, s]).collect();
+        let why = dataset_mismatch(&layer12, &long).unwrap();
+        assert!(why.contains("has 16 scales; the model embeds at most 15"), "{why}");
+        long.schedules[0].scales.pop();
+        assert_eq!(dataset_mismatch(&layer12, &long), None);
     }
 }

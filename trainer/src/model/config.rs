@@ -135,7 +135,7 @@ impl ModelConfig {
 
     /// The transformer's scales of a tokenizer schedule (a dataset's): halved with spatial patchify.
     /// Panics on an odd side there (a dataset's schedule for spatial patchify has none: its
-    /// `validate`, and `train::check_tokenizer_layout` that the model and the dataset agree).
+    /// `validate`, and `train::check_schedules_fit` that the model and the dataset agree).
     pub fn token_scales(&self, tokenizer: &[(usize, usize)]) -> Vec<(usize, usize)> {
         match self.apply_spatial_patchify {
             false => tokenizer.to_vec(),

@@ -121,6 +121,14 @@ fn file_block_chunks<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize,
     })
 }
 
+/// Why tensor `name`'s values `v` cannot be loaded, where some are not finite: a diverged run's weights
+/// would only train or sample NaN (never lenient: a fresh value would hide that the file is broken).
+fn not_finite(name: &str, v: &[f32]) -> Option<String> {
+    let i = v.iter().position(|x| !x.is_finite())?;
+    let bad = v.iter().filter(|x| !x.is_finite()).count();
+    Some(format!("`{name}`: {bad} of {} values not finite (the first: {} at {i})", v.len(), v[i]))
+}
+
 /// Whether a file's tensor of `shape` holds parameter `canon` (of shape `want`) value for value: the same
 /// shape, or the heads' scales as upstream registers them with `customized_flash_attn`, (1, 1, H, 1)
 /// for (1, H, 1, 1) (its issue #117).
@@ -191,6 +199,10 @@ fn fill_weights(
                 && t.shape()[0] != spec.shape[0] =>
             {
                 let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+                if let Some(why) = not_finite(&name, &v) {
+                    report("", why);
+                    continue;
+                }
                 let n = v.len().min(spec.numel());
                 p.data[spec.offset..spec.offset + n].copy_from_slice(&v[..n]);
                 let (rows, kept) = (t.shape()[0], spec.shape[0]);
@@ -210,17 +222,9 @@ fn fill_weights(
             }
             spec => {
                 let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
-                // a diverged run's weights would only train or sample NaN (never lenient: a fresh value
-                // would hide that the file is broken)
-                match v.iter().position(|x| !x.is_finite()) {
+                match not_finite(&name, &v) {
                     None => p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v),
-                    Some(i) => {
-                        let bad = v.iter().filter(|x| !x.is_finite()).count();
-                        report(
-                            "",
-                            format!("`{name}`: {bad} of {} values not finite (the first: {} at {i})", v.len(), v[i]),
-                        )
-                    }
+                    Some(why) => report("", why),
                 }
             }
         }
@@ -369,6 +373,12 @@ mod tests {
             );
             // a load for sampling or resuming wants the model's shape
             assert!(format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err()).contains("cfg_uncond"));
+            // rows of another count are finite too, or refused (a diverged run's NaN trained on)
+            let entry = t.iter_mut().find(|t| t.0 == "cfg_uncond").unwrap();
+            entry.2[ct + 1] = f32::NAN;
+            let file = write_tensors(tmp.path(), &format!("rows{rows}-nan.safetensors"), &t);
+            let e = format!("{:#}", init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err());
+            assert!(e.contains(&format!("`cfg_uncond`: 1 of {} values not finite", rows * ct)), "{e}");
         }
     }
 

@@ -329,6 +329,10 @@ mod tests {
             smoothed_train: None,
             val_curve: vec![],
             train_curve: vec![],
+            tokens_per_s: None,
+            mfu: None,
+            lr: None,
+            global_batch: None,
             model: None,
             settings: Default::default(),
         }

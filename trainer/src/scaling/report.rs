@@ -14,7 +14,7 @@ pub const LOSS_UNIT: &str = "nats per bit: the mean binary cross-entropy of each
                              is chance), weighted over tokens as the training loss is";
 
 /// The table's columns (columns added later go at the end: the CSV's earlier columns keep their places).
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 21] = [
     "run",
     "parameters",
     "steps",
@@ -29,15 +29,25 @@ const COLUMNS: [&str; 14] = [
     "on_frontier",
     "point",
     "smoothed_train_loss",
+    "depth",
+    "embed_dim",
+    "num_heads",
+    "lr",
+    "global_batch",
+    "tokens_per_s",
+    "mfu",
 ];
 
 /// The fitted point a run is part of (its number in the fitted points' table, from 1), if any.
 type PointOf<'a> = dyn Fn(&RunRecord) -> Option<(usize, &'a Point)> + 'a;
 
 /// One table row; missing values are empty.
-fn row(r: &RunRecord, point_of: &PointOf) -> [String; 14] {
+fn row(r: &RunRecord, point_of: &PointOf) -> [String; COLUMNS.len()] {
     let point = point_of(r);
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let shape =
+        |f: fn(&crate::model::ModelConfig) -> usize| r.model.as_ref().map_or(String::new(), |m| f(m).to_string());
+    let general = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     [
         r.name.clone(),
         r.params.to_string(),
@@ -53,6 +63,13 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; 14] {
         point.is_some_and(|p| p.1.on_frontier).to_string(),
         point.map_or(String::new(), |p| p.0.to_string()),
         opt(r.smoothed_train),
+        shape(|m| m.depth),
+        shape(|m| m.embed_dim),
+        shape(|m| m.num_heads),
+        general(r.lr),
+        general(r.global_batch),
+        r.tokens_per_s.map_or(String::new(), |v| format!("{v:.1}")),
+        opt(r.mfu),
     ]
 }
 

@@ -43,6 +43,13 @@ pub struct RunRecord {
     pub smoothed_train: Option<f64>,
     pub val_curve: Vec<(u64, f64)>,
     pub train_curve: Vec<(u64, f64)>,
+    /// The median of the steps' own throughput and MFU in `metrics.jsonl` (robust to the first steps'
+    /// compilation and warm-up; none: not logged, or MFU without a known peak).
+    pub tokens_per_s: Option<f64>,
+    pub mfu: Option<f64>,
+    /// `optim.lr` and `data.global_batch` from `config.toml` (none: unreadable).
+    pub lr: Option<f64>,
+    pub global_batch: Option<f64>,
     /// The model's shape as `derived.json` records it (absent in folders of older builds).
     pub model: Option<crate::model::ModelConfig>,
     /// Which experiment it is (runs of one config are one point of the fits) and what its losses are
@@ -71,12 +78,13 @@ pub(super) fn read_json(p: &Path) -> Result<Value> {
 /// `(step, value)` pairs of a log.
 type Curve = Vec<(u64, f64)>;
 
-/// The `(step, key)` curve of a JSON-lines log (none: no file), and a note when its last line was cut
-/// short (no newline after it: a run killed mid-write), which is skipped. A malformed line before the
-/// last is an error naming the file and line.
-fn jsonl_curve(p: &Path, key: &str) -> Result<(Curve, Option<String>)> {
-    let Ok(text) = std::fs::read_to_string(p) else { return Ok((vec![], None)) };
-    let mut out: Curve = Vec::new();
+/// The `(step, key)` curve of each of `keys` in a JSON-lines log (none: no file), and a note when its
+/// last line was cut short (no newline after it: a run killed mid-write), which is skipped. A malformed
+/// line before the last is an error naming the file and line. A `null` value is kept as NaN (a
+/// non-finite loss is written so: a run that ends on one diverged); a missing key leaves the step out.
+fn jsonl_curves<const K: usize>(p: &Path, keys: [&str; K]) -> Result<([Curve; K], Option<String>)> {
+    let mut out: [Curve; K] = std::array::from_fn(|_| Vec::new());
+    let Ok(text) = std::fs::read_to_string(p) else { return Ok((out, None)) };
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut note = None;
     for (k, &(i, line)) in lines.iter().enumerate() {
@@ -88,15 +96,20 @@ fn jsonl_curve(p: &Path, key: &str) -> Result<(Curve, Option<String>)> {
             }
             Err(e) => bail!("{} line {}: not JSON ({e})", p.display(), i + 1),
         };
-        // a non-finite loss is written as null: kept, as NaN (a run that ends on one diverged)
-        let loss = match v.get(key) {
-            Some(Value::Null) => Some(f64::NAN),
-            other => other.and_then(Value::as_f64),
-        };
-        if let (Some(s), Some(l)) = (v["step"].as_u64(), loss) {
-            // a resumed run appends again from its checkpoint: keep the last value of each step
-            out.retain(|(st, _)| *st < s);
-            out.push((s, l));
+        let Some(s) = v["step"].as_u64() else { continue };
+        for (curve, key) in out.iter_mut().zip(keys) {
+            let value = match v.get(key) {
+                Some(Value::Null) => Some(f64::NAN),
+                other => other.and_then(Value::as_f64),
+            };
+            // a resumed run appends again from its checkpoint: keep the last value of each step (a curve
+            // rises strictly, so the values it replaces are at its end)
+            while curve.last().is_some_and(|&(st, _)| st >= s) {
+                curve.pop();
+            }
+            if let Some(value) = value {
+                curve.push((s, value));
+            }
         }
     }
     Ok((out, note))
@@ -107,6 +120,14 @@ fn tail(curve: &[(u64, f64)]) -> Vec<f64> {
     let Some(&(last, _)) = curve.last() else { return vec![] };
     let (num, den) = SMOOTH_FRACTION;
     curve.iter().filter(|p| p.0 * den >= last * (den - num)).map(|p| p.1).collect()
+}
+
+/// The median of a curve's finite values.
+fn median(curve: &[(u64, f64)]) -> Option<f64> {
+    let mut v: Vec<f64> = curve.iter().map(|p| p.1).filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 fn mean(v: &[f64]) -> Option<f64> {
@@ -139,8 +160,14 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
     let steps =
         summary["step"].as_u64().with_context(|| format!("{}: `step` missing in summary.json", dir.display()))?;
     let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
-    let (val_curve, val_note) = jsonl_curve(&dir.join("val.jsonl"), "loss")?;
-    let (train_curve, train_note) = jsonl_curve(&dir.join("metrics.jsonl"), "loss")?;
+    let ([val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), ["loss"])?;
+    let ([train_curve, tokens_per_s, mfu], train_note) =
+        jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
+    let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
+    let config_num = |section: &str, key: &str| {
+        let v = config.as_ref()?.get(section)?.get(key)?;
+        v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+    };
     let run = RunRecord {
         name: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().to_string()),
         dir: dir.to_path_buf(),
@@ -161,6 +188,10 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
         smoothed_train: smoothed_train(&train_curve, steps),
         val_curve,
         train_curve,
+        tokens_per_s: median(&tokens_per_s),
+        mfu: median(&mfu),
+        lr: config_num("optim", "lr"),
+        global_batch: config_num("data", "global_batch"),
         model: serde_json::from_value(derived["model"].clone()).ok(),
         settings: settings::read(dir, &derived),
     };
@@ -255,6 +286,22 @@ mod tests {
         assert_eq!(super::smoothed(&every5(45)), Some(9.0));
         assert_eq!(super::smoothed(&every5(50)), Some(9.5));
         assert_eq!(super::smoothed(&[]), None);
+    }
+
+    /// A run resumed from an earlier checkpoint logs its steps again: the later value of each step
+    /// stands, and the steps after the resume's point that the first history logged are dropped.
+    #[test]
+    fn a_resumed_log_keeps_the_last_value_of_each_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let lines = [(1, 5.0), (2, 4.0), (3, 3.0), (4, 2.5), (2, 4.5), (3, 3.5), (5, 2.0)];
+        let text: String = lines.iter().map(|(s, l)| format!("{{\"step\": {s}, \"loss\": {l}}}\n")).collect();
+        std::fs::write(&p, text).unwrap();
+        let ([curve, missing], note) = super::jsonl_curves(&p, ["loss", "mfu"]).unwrap();
+        assert_eq!(curve, [(1, 5.0), (2, 4.5), (3, 3.5), (5, 2.0)]);
+        assert_eq!((missing, note), (vec![], None));
+        assert_eq!(super::median(&curve), Some(4.0));
+        assert_eq!(super::median(&[(1, 2.0), (2, f64::NAN), (3, 1.0), (4, 7.0)]), Some(2.0));
     }
 
     #[test]

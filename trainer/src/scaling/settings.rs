@@ -27,7 +27,8 @@ const NOT_THE_EXPERIMENT: [(&str, &str); 13] = [
 ];
 
 /// The settings besides the data that a validation (or training) loss depends on (train/val.rs):
-/// runs that differ in one are not fitted together.
+/// runs that differ in one are not fitted together. `bsc.*` are the self-correction the loss was
+/// measured with: `val.p_max` and `val.apply_layers` where validation sets them.
 pub const MEASUREMENT: [&str; 9] = [
     "dataset",
     "d",
@@ -134,6 +135,12 @@ pub fn read(dir: &Path, derived: &serde_json::Value) -> Settings {
         "none" => "none".to_string(),
         _ => setting("val", key, default),
     };
+    // the self-correction the loss was measured with: validation's own where it sets one (`val.p_max`,
+    // `val.apply_layers`), else the training's
+    let measured_bsc = |key: &str, default: String| {
+        let own = (val_dir != "none").then(|| setting("val", key, String::new())).filter(|v| !v.is_empty());
+        own.unwrap_or_else(|| setting("bsc", key, default))
+    };
     let mut measured = vec![
         ("dataset", text(&derived["dataset"]["fingerprint"])),
         ("d", text(&derived["model"]["d"])),
@@ -141,8 +148,8 @@ pub fn read(dir: &Path, derived: &serde_json::Value) -> Settings {
         ("val.seed", val_setting("seed", canonical(&(val.seed as i64).into()))),
         ("loss.reweight_by_scale", setting("loss", "reweight_by_scale", loss.reweight_by_scale.to_string())),
         ("loss.label_smoothing", setting("loss", "label_smoothing", canonical(&loss.label_smoothing.into()))),
-        ("bsc.p_max", setting("bsc", "p_max", canonical(&bsc.p_max.into()))),
-        ("bsc.apply_layers", setting("bsc", "apply_layers", canonical(&(bsc.apply_layers as i64).into()))),
+        ("bsc.p_max", measured_bsc("p_max", canonical(&bsc.p_max.into()))),
+        ("bsc.apply_layers", measured_bsc("apply_layers", canonical(&(bsc.apply_layers as i64).into()))),
         ("val.dir", val_dir),
     ];
     // in MEASUREMENT's order
@@ -194,5 +201,14 @@ mod tests {
         let diff = b.differences(&a);
         assert_eq!(diff, ["val.max_rows = 64 (fitted: 48)", "loss.label_smoothing = 0 (fitted: 0.1)"], "{diff:?}");
         assert_eq!(a.describe(), "dataset f (d = 32), validation on /v");
+        // a self-correction ablation validated at one strength is measured alike
+        let fixed = |p: f64| settings(&format!("[val]\ndir = \"/v\"\np_max = 0.2\n[bsc]\np_max = {p}\n"));
+        assert!(fixed(0.1).differences(&fixed(0.3)).is_empty());
+        assert_eq!(fixed(0.1).get("bsc.p_max"), "0.2");
+        let own = |p: f64| settings(&format!("[val]\ndir = \"/v\"\n[bsc]\np_max = {p}\n"));
+        assert_eq!(own(0.1).differences(&own(0.3)), ["bsc.p_max = 0.1 (fitted: 0.3)"]);
+        // without validation the training loss is fitted, measured at the training's strength
+        let unvalidated = settings("[val]\np_max = 0.2\n[bsc]\np_max = 0.1\n");
+        assert_eq!(unvalidated.get("bsc.p_max"), "0.1");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -68,13 +68,17 @@ impl SweepFile {
         for (k, vals) in &self.axes {
             ensure!(!vals.is_empty(), "axis `{k}` has no values");
         }
-        // what the sweep sets itself: each run's folder, and with a tokens axis its steps
+        // what the sweep sets itself: each run's folder, and with a budget axis its steps
+        let budget = super::Budget::AXES.iter().find(|a| self.axes.contains_key(**a));
+        ensure!(
+            !super::Budget::AXES.iter().all(|a| self.axes.contains_key(*a)),
+            "a `tokens` and a `compute` axis: a run's steps spend one budget (tokens, or training FLOPs)"
+        );
         for k in self.axes.keys().chain(self.set.keys()) {
             ensure!(k != "run.dir", "`{k}` is the sweep's to set (out/NAME for each run): set `out` instead");
-            ensure!(
-                !(k == "run.steps" && self.axes.contains_key("tokens")),
-                "`run.steps` beside a `tokens` axis: the token budget sets each run's steps"
-            );
+            if let Some(axis) = budget.filter(|_| k == "run.steps") {
+                bail!("`run.steps` beside a `{axis}` axis: the budget sets each run's steps");
+            }
         }
         let s = &self.slurm;
         for (key, n) in [("nproc_per_node", Some(self.nproc_per_node)), ("[slurm] nodes", s.nodes)] {

@@ -15,6 +15,8 @@
 //! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
 //! ```
 //!
+//! (`compute = [1e15, 4e15]`, a budget of training FLOPs, sets run.steps instead: an IsoFLOP design.)
+//!
 //! This module holds the expansion into a plan (runs, warnings, the table printed first); `file` the
 //! sweep file's format and checks, `existing` what `out` already holds, `run` where each run stands and
 //! their execution here, `slurm` the job-array script.
@@ -32,7 +34,7 @@ use infinity_data::Manifest;
 
 use self::file::{in_sweep_terms, override_text};
 use crate::model::Layout;
-use crate::train::config::TrainConfig;
+use crate::train::config::{keys_overlap, TrainConfig};
 use crate::train::TokenMix;
 
 pub use self::file::{SlurmSection, SweepFile};
@@ -61,8 +63,41 @@ pub struct PlannedRun {
     pub tokens: f64,
     /// Training FLOPs: 6·N·D plus the attention term.
     pub compute: f64,
-    /// The run's token budget (a `tokens` axis), which set `run.steps`.
-    pub budget: Option<f64>,
+    /// The run's budget (a `tokens` or `compute` axis), which set `run.steps`.
+    pub budget: Option<Budget>,
+}
+
+/// A run's budget of training tokens or FLOPs (the `tokens` and `compute` axes): it sets `run.steps`,
+/// the whole steps that spend it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    Tokens(f64),
+    Compute(f64),
+}
+
+impl Budget {
+    /// The axes that set a budget.
+    pub const AXES: [&'static str; 2] = ["tokens", "compute"];
+
+    fn of(axis: &str, value: &toml::Value, path: &Path) -> Result<Budget> {
+        let v = value.as_float().or(value.as_integer().map(|i| i as f64));
+        let v = v.with_context(|| format!("{}: axis `{axis}` needs numbers, found {value}", path.display()))?;
+        Ok(if axis == "tokens" { Budget::Tokens(v) } else { Budget::Compute(v) })
+    }
+
+    fn amount(self) -> f64 {
+        match self {
+            Budget::Tokens(v) | Budget::Compute(v) => v,
+        }
+    }
+
+    /// What the budget counts, and its name: `tokens`, `token budget`.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Budget::Tokens(_) => ("tokens", "token budget"),
+            Budget::Compute(_) => ("FLOPs", "compute budget"),
+        }
+    }
 }
 
 /// A sweep file expanded: its runs, and what the planner found worth a warning.
@@ -164,8 +199,8 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     // the environment's `INF__…` variables go into every run's config (TrainConfig::load applies them
     // under the sweep's own settings); the runs the sweep starts do not see them again
     let sets = |key: &str| {
-        let related = |k: &str| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."));
-        let steps = key == "run.steps" && sweep.axes.contains_key("tokens");
+        let related = |k: &str| keys_overlap(k, key);
+        let steps = key == "run.steps" && Budget::AXES.iter().any(|a| sweep.axes.contains_key(*a));
         key == "run.dir" || steps || sweep.set.keys().chain(sweep.axes.keys()).any(|k| related(k))
     };
     let env: Vec<String> = env_overrides()
@@ -182,21 +217,16 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let name = name_of(&combo);
         let dir = out.join(&name);
         let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| override_text(k, v)).collect();
-        let mut tokens_budget = None;
+        let mut budget = None;
         for (k, v) in &combo {
-            if k.as_str() == "tokens" {
-                tokens_budget = Some(
-                    v.as_float()
-                        .or(v.as_integer().map(|i| i as f64))
-                        .with_context(|| format!("{}: axis `tokens` needs numbers, found {v}", path.display()))?,
-                );
-            } else {
-                overrides.push(override_text(k, v));
+            match Budget::AXES.contains(&k.as_str()) {
+                true => budget = Some(Budget::of(k, v, path)?),
+                false => overrides.push(override_text(k, v)),
             }
         }
         let from_file = overrides.clone();
         overrides.push(format!("run.dir={}", dir.display()));
-        if tokens_budget.is_some() {
+        if budget.is_some() {
             // a placeholder the budget replaces below, so that the base config's steps do not take part
             // in the warm-up check (which runs again, with the budget's steps, once they are known)
             overrides.push(format!("run.steps={}", 1_000_000_000_000u64));
@@ -220,7 +250,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
-        crate::train::check_tokenizer_layout(&mc, &m).with_context(|| format!("run {name}"))?;
+        crate::train::check_schedules_fit(&mc, &m).with_context(|| format!("run {name}"))?;
         // the validation set, as `infinity train` checks it before its first step (once per pair of
         // datasets): a missing or mismatched one would fail every run after it started
         if let Some(val) = &config.val.dir {
@@ -234,48 +264,20 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                     )
                 })?;
                 crate::train::val::compatible(&m, &config.data.dir, &vm, val).with_context(|| format!("run {name}"))?;
-                crate::train::check_tokenizer_layout(&mc, &vm)
+                crate::train::check_schedules_fit(&mc, &vm)
                     .with_context(|| format!("run {name}: val.dir {}", val.display()))?;
                 checked_val.push((config.data.dir.clone(), val.clone()));
             }
         }
         let mix = TokenMix::of(&mc, &m, config.data.global_batch);
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
-        if let Some(budget) = tokens_budget {
-            let steps = (budget / tokens_per_step).ceil();
-            ensure!(
-                budget > 0.0 && steps <= 1e12,
-                "run {name}: a token budget of {budget:e} is {steps:e} steps of {tokens_per_step:.0} tokens; expected a \
-                 positive budget of at most 1e12 steps"
-            );
-            ensure!(
-                budget >= tokens_per_step,
-                "run {name}: a token budget of {budget:e} is less than one step of {tokens_per_step:.0} tokens \
-                 (data.global_batch {} × {:.1} tokens per sample): raise the budget to at least {tokens_per_step:.0}, or \
-                 lower data.global_batch",
-                config.data.global_batch,
-                mix.mean_tokens
-            );
-            config.run.steps = steps as u64;
-            let realised = steps * tokens_per_step;
-            if realised > budget * 1.05 {
-                warnings.push(format!(
-                    "run {name}: {steps} whole steps of {tokens_per_step:.0} tokens are {realised:.3e} tokens, {:.0} % \
-                     over its budget of {budget:.3e} (its compute and `infinity scaling` count the realised tokens); \
-                     budgets that are multiples of {tokens_per_step:.0} tokens are met exactly",
-                    (realised / budget - 1.0) * 100.0
-                ));
-            }
-            // `TrainConfig::validate`'s step check again, now with the budget's steps (as `infinity
-            // train` warns, so does the plan, naming the run)
-            if config.optim.warmup_steps >= config.run.steps {
-                warnings.push(format!(
-                    "run {name}: optim.warmup_steps ({}) is not below run.steps ({}, from its token budget of \
-                     {budget:.3e}): the learning rate never reaches optim.lr; lower optim.warmup_steps or raise the \
-                     budget",
-                    config.optim.warmup_steps, config.run.steps
-                ));
-            }
+        let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
+        if let Some(budget) = budget {
+            let per_step = match budget {
+                Budget::Tokens(_) => (tokens_per_step, mix.mean_tokens),
+                Budget::Compute(_) => (flops_per_step, mix.mean_flops),
+            };
+            config.run.steps = budget_steps(&name, budget, per_step, &config, &mut warnings)?;
         }
         let steps = config.run.steps as f64;
         runs.push(PlannedRun {
@@ -283,12 +285,12 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             dir,
             parameters: Layout::new(&mc).numel,
             tokens: tokens_per_step * steps,
-            compute: mix.mean_flops * config.data.global_batch as f64 * steps,
-            budget: tokens_budget,
+            compute: flops_per_step * steps,
+            budget,
             config,
         });
     }
-    // two folders that would train the same thing: token budgets that round to the same whole steps, or
+    // two folders that would train the same thing: budgets that round to the same whole steps, or
     // axis values that resolve alike (a value equal to the base's)
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, r) in runs.iter().enumerate() {
@@ -296,12 +298,20 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         if let Some(&j) = seen.get(&key) {
             let first = &runs[j];
             let why = match (first.budget, r.budget) {
-                (Some(a), Some(b)) => format!(
-                    "their token budgets {a:.3e} and {b:.3e} both come to {} whole steps of {:.0} tokens: make the \
-                     budgets differ by at least one step",
-                    r.config.run.steps,
-                    r.tokens / r.config.run.steps as f64
-                ),
+                (Some(a), Some(b)) => {
+                    let (unit, what) = b.words();
+                    let per_step = match b {
+                        Budget::Tokens(_) => r.tokens,
+                        Budget::Compute(_) => r.compute,
+                    } / r.config.run.steps as f64;
+                    format!(
+                        "their {what}s {:.3e} and {:.3e} both come to {} whole steps of {per_step} {unit}: make the \
+                         budgets differ by at least one step",
+                        a.amount(),
+                        b.amount(),
+                        r.config.run.steps,
+                    )
+                }
                 _ => "their axis values resolve to the same settings: drop one of the values".to_string(),
             };
             bail!("{}: the runs {} and {} would train the same config; {why}", path.display(), first.name, r.name);
@@ -311,6 +321,49 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     warnings.extend(existing::same_config_elsewhere(&out, &runs)?);
     warnings.extend(slurm::gpu_warnings(&sweep, &runs));
     Ok(Plan { sweep, out, runs, warnings, env })
+}
+
+/// The whole steps that spend `budget` at `(per_step, per_sample)` of what it counts (a warning into
+/// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all).
+fn budget_steps(
+    name: &str,
+    budget: Budget,
+    (per_step, per_sample): (f64, f64),
+    config: &TrainConfig,
+    warnings: &mut Vec<String>,
+) -> Result<u64> {
+    let ((unit, what), amount) = (budget.words(), budget.amount());
+    let steps = (amount / per_step).ceil();
+    ensure!(
+        amount > 0.0 && steps <= 1e12,
+        "run {name}: a {what} of {amount:e} is {steps:e} steps of {per_step} {unit}; expected a positive budget of \
+         at most 1e12 steps"
+    );
+    ensure!(
+        amount >= per_step,
+        "run {name}: a {what} of {amount:e} is less than one step of {per_step} {unit} (data.global_batch {} × \
+         {per_sample:.3e} {unit} per sample): raise the budget to at least {per_step}, or lower data.global_batch",
+        config.data.global_batch,
+    );
+    let realised = steps * per_step;
+    if realised > amount * 1.05 {
+        warnings.push(format!(
+            "run {name}: {steps} whole steps of {per_step} {unit} are {realised:.3e} {unit}, {:.0} % over its \
+             budget of {amount:.3e} (its compute and `infinity scaling` count what it trains); budgets that are \
+             multiples of {per_step} {unit} are met exactly",
+            (realised / amount - 1.0) * 100.0
+        ));
+    }
+    // `TrainConfig::validate`'s step check again, now with the budget's steps (as `infinity train` warns,
+    // so does the plan, naming the run)
+    if config.optim.warmup_steps as f64 >= steps {
+        warnings.push(format!(
+            "run {name}: optim.warmup_steps ({}) is not below run.steps ({steps}, from its {what} of {amount:.3e}): \
+             the learning rate never reaches optim.lr; lower optim.warmup_steps or raise the budget",
+            config.optim.warmup_steps
+        ));
+    }
+    Ok(steps as u64)
 }
 
 /// The table printed before anything starts, its columns as wide as their widest entry, and where the

@@ -16,8 +16,7 @@ use infinity_data::{DataError, Dataset};
 
 use super::config::{DeviceChoice, TrainConfig};
 use super::{
-    checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, rundir, unrecoverable, val, Preview,
-    Setup,
+    checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, unrecoverable, val, Preview, Setup,
 };
 use crate::cli::plural;
 use crate::model::memory::{gib, RUNTIME_MARGIN};
@@ -158,10 +157,18 @@ pub fn check_with(
     // (in MB below a gigabyte: a tiny model's 0.00 GB said nothing)
     let size =
         |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };
+    // (the weights' moving average is one more f32 copy, in memory and in ema.safetensors)
+    let (ema, ema_bytes) = match cfg.optim.ema_decay > 0.0 {
+        true => (
+            format!(", {} more on rank 0 for the weights' moving average (or its shard on each)", size(4.0 * n)),
+            4.0 * n,
+        ),
+        false => (String::new(), 0.0),
+    };
     out.push(format!(
-        "memory: {} of weights, gradients and AdamW moments (f32) per rank without ZeRO-1; checkpoints of {}",
+        "memory: {} of weights, gradients and AdamW moments (f32) per rank without ZeRO-1{ema}; checkpoints of {}",
         size(16.0 * n),
-        size(12.0 * n)
+        size(12.0 * n + ema_bytes)
     ));
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());
@@ -183,9 +190,10 @@ pub fn check_with(
     out.push(check_run_dir(&cfg.run.dir).map_err(unrecoverable)?);
     let mut position = None;
     if let Some(dir) = resume {
-        let (_, _, state) = checkpoint::load(dir, &cfg.run.dir, &mc, &lay, &cfg.optim.adamw)
-            .with_context(|| format!("resuming from {}", dir.display()))
-            .map_err(unrecoverable)?;
+        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
+        // (as the run loads and checks it)
+        let super::setup::Resumed { state, changes, data_change, .. } =
+            super::setup::resume_from(dir, cfg, (&mc, &lay), &config_toml, (&ds, world, accept_data_change))?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
         let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);
         if !later.is_empty() || !grids.is_empty() {
@@ -199,21 +207,11 @@ pub fn check_with(
                 state.step
             ));
         }
-        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
-        let changes = rundir::resume_changes(dir, &config_toml, &mc)?;
         if !changes.is_empty() {
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
         }
-        let mut loader = state.loader;
-        let moved =
-            super::setup::continue_position(&mut loader, &ds, cfg, accept_data_change).map_err(unrecoverable)?;
-        if changes.is_empty() && moved.is_none() {
-            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
-                return Err(super::stop::Diverged(why).into());
-            }
-        }
-        out.extend(moved.map(|w| format!("resume: {w}")));
-        position = Some(loader);
+        out.extend(data_change.map(|w| format!("resume: {w}")));
+        position = Some(state.loader);
     } else {
         match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
             Some((file, fresh)) => out.push(format!(

@@ -16,6 +16,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
+pub use load::keys_overlap;
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 
@@ -52,11 +53,23 @@ pub struct ValSection {
     pub max_rows: usize,
     /// Seed of the fixed self-correction noise.
     pub seed: u64,
+    /// The noise's strength, as `bsc.p_max` and `bsc.apply_layers` (unset: the training's). A fixed
+    /// value (upstream's evaluation takes 0.2; 0 is teacher forcing) measures runs that train with
+    /// other strengths alike, so a self-correction ablation's validation losses compare.
+    pub p_max: Option<f64>,
+    pub apply_layers: Option<usize>,
+}
+
+impl ValSection {
+    /// The self-correction `(p_max, apply_layers)` validation measures with, given training's `bsc`.
+    pub fn bsc(&self, bsc: &BscSection) -> (f64, usize) {
+        (self.p_max.unwrap_or(bsc.p_max), self.apply_layers.unwrap_or(bsc.apply_layers))
+    }
 }
 
 impl Default for ValSection {
     fn default() -> Self {
-        ValSection { dir: None, every: 0, max_rows: 512, seed: 0 }
+        ValSection { dir: None, every: 0, max_rows: 512, seed: 0, p_max: None, apply_layers: None }
     }
 }
 

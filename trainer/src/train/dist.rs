@@ -6,6 +6,8 @@
 //! drills in `stop.rs`; both are re-exported here, so `dist::Zero1`, `dist::preemption_flag`, … still
 //! name them.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -43,10 +45,17 @@ impl Dist {
 
     /// Join the group of the process environment (or stay alone). `gpu`: this rank computes on a GPU
     /// (with `dist.backend = "auto"`, NCCL when every rank does).
-    pub fn join(cfg: &DistSection, gpu: bool) -> Result<Dist> {
+    /// `stop`: set by a stop signal, which ends a rank waiting for its group at once (nothing has
+    /// trained); a run alone joins at once, and a flag set before it starts stops it after its first step.
+    pub fn join(cfg: &DistSection, gpu: bool, stop: &Option<Arc<AtomicBool>>) -> Result<Dist> {
         match DistEnv::from_env()? {
             None => Ok(Dist::solo()),
-            Some(env) => Self::join_env(&env, cfg, gpu),
+            Some(env) => {
+                let joined = stop_while_joining(stop);
+                let dist = Self::join_env(&env, cfg, gpu);
+                joined.store(true, std::sync::atomic::Ordering::Relaxed);
+                dist
+            }
         }
     }
 

@@ -1,20 +1,18 @@
 //! What a training step reports, and where: `metrics.jsonl` (every step), TensorBoard (every step, plus
-//! sample grids and the config), and the console (a progress bar with ETA on a terminal, a plain line
-//! every `log_every` steps otherwise). Logging never stops training: only the JSONL file is required.
+//! sample grids and the config: `tb_log.rs`), and the console (`console.rs`). Logging never stops
+//! training: only the JSONL file is required.
 //! A failed TensorBoard write (a full disk) loses its events and is counted (`summary.json`); the next
 //! write goes on in a new event file, so a multi-day run's curves resume when the disk has room again.
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::rank_times::StragglerReport;
-use super::tb_log::TbLog;
+use super::console::Console;
+use super::tb_log::{step_scalars, TbLog};
 
 /// Metrics of one optimiser step (averaged over its micro-batches).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,6 +33,9 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     pub samples_per_s: f64,
     pub step_time_s: f64,
+    /// Training FLOP/s per device (the group's over its ranks), in TFLOP/s: the efficiency figure of a
+    /// device without a known peak (the CPU, an unlisted GPU), as Megatron logs it.
+    pub tflops_per_device: f64,
     /// Model FLOPs utilisation, when the device peak is configured.
     pub mfu: Option<f64>,
     /// The dataset bucket (schedule) the step drew: the shapes of its scales.
@@ -61,38 +62,6 @@ pub struct StepMetrics {
     pub gpu_mem_peak_gib: Option<f64>,
 }
 
-/// The steps since the previous console line, for its throughput: their tokens over the wall time
-/// since that line (data waits, validation, checkpoints and sample grids included, unlike a step's
-/// own `tokens_per_s`, which jumps with whatever the step shared its time with).
-struct Window {
-    since: Instant,
-    tokens: f64,
-    /// Σ MFU × step time: the window's MFU is this over its wall time.
-    mfu_seconds: Option<f64>,
-}
-
-impl Window {
-    fn new(since: Instant) -> Window {
-        Window { since, tokens: 0.0, mfu_seconds: None }
-    }
-
-    fn add(&mut self, m: &StepMetrics) {
-        // (a step's tokens: its rate times its time)
-        self.tokens += m.tokens_per_s * m.step_time_s;
-        if let Some(u) = m.mfu {
-            self.mfu_seconds = Some(self.mfu_seconds.unwrap_or(0.0) + u * m.step_time_s);
-        }
-    }
-
-    /// Tokens per second and MFU over the window, which starts anew at `now`.
-    fn take(&mut self, now: Instant) -> (f64, Option<f64>) {
-        let wall = now.saturating_duration_since(self.since).as_secs_f64().max(1e-9);
-        let rates = (self.tokens / wall, self.mfu_seconds.map(|s| s / wall));
-        *self = Window::new(now);
-        rates
-    }
-}
-
 pub struct Logger {
     jsonl: File,
     /// `val.jsonl`, opened at the first evaluation.
@@ -100,13 +69,7 @@ pub struct Logger {
     /// The run folder.
     run: PathBuf,
     tb: TbLog,
-    bar: Option<ProgressBar>,
-    log_every: u64,
-    total: u64,
-    started: Instant,
-    start_step: u64,
-    window: Window,
-    stragglers: StragglerReport,
+    console: Console,
     /// The buckets' schedule names, for their own TensorBoard tags (with more than one bucket).
     buckets: Option<Vec<String>>,
 }
@@ -130,30 +93,8 @@ impl Logger {
         let mut tb = TbLog::new(run.join("tb"), (step, format!("```toml\n{config_toml}\n```")));
         // the preamble at once: a session that stops before its first step still records its start and config
         tb.write(None, |_| Ok(()));
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
-                    .expect("a valid template"),
-            );
-            bar.set_position(step);
-            bar
-        });
-        let started = Instant::now();
-        Ok(Logger {
-            jsonl,
-            val: None,
-            run: run.to_path_buf(),
-            tb,
-            bar,
-            log_every,
-            total,
-            started,
-            start_step: step,
-            window: Window::new(started),
-            stragglers: StragglerReport::default(),
-            buckets: None,
-        })
+        let console = Console::open(step, total, log_every);
+        Ok(Logger { jsonl, val: None, run: run.to_path_buf(), tb, console, buckets: None })
     }
 
     /// The dataset's schedule names, by bucket: with more than one, each step's loss and accuracies are
@@ -164,7 +105,7 @@ impl Logger {
 
     /// Each rank's host, by rank, for the straggler warnings.
     pub fn rank_hosts(&mut self, hosts: Vec<String>) {
-        self.stragglers = StragglerReport::new(hosts);
+        self.console.rank_hosts(hosts);
     }
 
     /// TensorBoard writes that failed this session (their events are lost).
@@ -174,101 +115,10 @@ impl Logger {
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         writeln!(self.jsonl, "{}", serde_json::to_string(m)?).context("writing metrics.jsonl")?;
-        let buckets = self.buckets.as_ref();
-        self.tb.write(Some(m.step), |w| {
-            for (tag, v) in [
-                ("train/loss", m.loss),
-                ("train/bit_acc", m.bit_acc),
-                ("train/token_acc", m.token_acc),
-                ("train/lr", m.lr),
-                ("train/grad_norm", m.grad_norm),
-                ("perf/tokens_per_s", m.tokens_per_s),
-                ("perf/samples_per_s", m.samples_per_s),
-                ("perf/step_time_s", m.step_time_s),
-                ("train/skipped_steps", m.skipped_steps as f64),
-            ] {
-                w.scalar(tag, v, m.step)?;
-            }
-            if let Some(mfu) = m.mfu {
-                w.scalar("perf/mfu", mfu, m.step)?;
-            }
-            if let Some(l) = m.loss_token_mean {
-                w.scalar("train/loss_token_mean", l, m.step)?;
-            }
-            if let Some(gib) = m.gpu_mem_peak_gib {
-                w.scalar("perf/gpu_mem_peak_gib", gib, m.step)?;
-            }
-            for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_norm_z)] {
-                if let Some(z) = z {
-                    w.scalar(tag, z, m.step)?;
-                }
-            }
-            if let Some(r) = &m.ranks {
-                w.scalar("ranks/work_s_max", r.work_s_max, m.step)?;
-                w.scalar("ranks/work_s_median", r.work_s_median, m.step)?;
-                w.scalar("ranks/data_s_max", r.data_s_max, m.step)?;
-            }
-            for (s, ((l, a), t)) in m.scale_loss.iter().zip(&m.scale_bit_acc).zip(&m.scale_token_acc).enumerate() {
-                w.scalar(&format!("scale/loss_s{s:02}"), *l, m.step)?;
-                w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
-                w.scalar(&format!("scale/token_acc_s{s:02}"), *t, m.step)?;
-            }
-            if let Some(name) = buckets.and_then(|b| b.get(m.bucket as usize)) {
-                for (tag, v) in [("loss", m.loss), ("bit_acc", m.bit_acc), ("token_acc", m.token_acc)] {
-                    w.scalar(&format!("bucket/{name}/{tag}"), v, m.step)?;
-                }
-                for (s, l) in m.scale_loss.iter().enumerate() {
-                    w.scalar(&format!("bucket/{name}/loss_s{s:02}"), *l, m.step)?;
-                }
-            }
-            Ok(())
-        });
-        let now = Instant::now();
-        let line = self.progress(m, now);
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(m.step);
-                bar.set_message(format!("loss {:.4} bit acc {:.1}%", m.loss, 100.0 * m.bit_acc));
-                if let Some(line) = &line {
-                    bar.println(line);
-                }
-            }
-            None => {
-                if let Some(line) = &line {
-                    let done = (m.step - self.start_step) as f64;
-                    let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * (self.total - m.step) as f64;
-                    console!("{line} | ETA {}", fmt_secs(eta));
-                }
-            }
-        }
-        let report = &mut self.stragglers;
-        if let Some(w) = m.ranks.as_ref().filter(|_| line.is_some()).and_then(|r| report.check(r, m.step, now)) {
-            tracing::warn!("{w}");
-        }
+        let buckets = self.buckets.as_deref();
+        self.tb.write(Some(m.step), |w| step_scalars(w, m, buckets));
+        self.console.step(m);
         Ok(())
-    }
-
-    /// The console line of step `m` when one is due (every `log_every` steps and the last), at `now`:
-    /// the step's loss, accuracy, learning rate and gradient norm, and the throughput (and MFU) of the
-    /// steps since the previous line.
-    fn progress(&mut self, m: &StepMetrics, now: Instant) -> Option<String> {
-        self.window.add(m);
-        if !(m.step.is_multiple_of(self.log_every) || m.step == self.total) {
-            return None;
-        }
-        let (tokens_per_s, mfu) = self.window.take(now);
-        Some(format!(
-            "step {:>6}/{} | loss {:.4} | bit acc {:5.1}% | lr {:.2e} | grad {:.3} | {:.0} tok/s{}{}",
-            m.step,
-            self.total,
-            m.loss,
-            100.0 * m.bit_acc,
-            m.lr,
-            m.grad_norm,
-            tokens_per_s,
-            mfu.map_or(String::new(), |u| format!(" | MFU {:.1}%", 100.0 * u)),
-            m.gpu_mem_peak_gib.map_or(String::new(), |g| format!(" | GPU mem {g:.2} GiB")),
-        ))
     }
 
     /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line.
@@ -331,55 +181,25 @@ impl Logger {
 
     /// A line on the console that does not tear the progress bar.
     pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => console!("{line}"),
-        }
+        self.console.println(line);
     }
 
     pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+        self.console.finish();
     }
 }
 
-pub fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
+/// A step's metrics for the logging tests: `step` at `tokens_per_s` for `step_time_s`, MFU 0.5.
+#[cfg(test)]
+pub(super) fn test_step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
+    let mfu = Some(0.5);
+    StepMetrics { step, loss: 0.5, tokens_per_s, step_time_s, mfu, scale_loss: vec![0.5], ..Default::default() }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use super::test_step as step;
     use super::*;
-
-    fn step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
-        let mfu = Some(0.5);
-        StepMetrics { step, loss: 0.5, tokens_per_s, step_time_s, mfu, scale_loss: vec![0.5], ..Default::default() }
-    }
-
-    #[test]
-    fn console_throughput_is_the_windows_tokens_over_its_wall_time() {
-        let run = tempfile::tempdir().unwrap();
-        let mut log = Logger::open(run.path(), "", 0, 4, 2).unwrap();
-        let t0 = Instant::now();
-        log.window = Window::new(t0);
-        // steps of 100 and 600 tokens (at 100/s and 3000/s) over 4 s of wall time, data waits and
-        // checkpoints included: 175 tokens/s, and MFU 0.5 for (1 + 0.2) s of the 4
-        assert_eq!(log.progress(&step(1, 100.0, 1.0), t0 + Duration::from_secs(1)), None);
-        let line = log.progress(&step(2, 3000.0, 0.2), t0 + Duration::from_secs(4)).unwrap();
-        assert!(line.contains("| 175 tok/s | MFU 15.0%"), "{line}");
-        // the next line's window starts at this one
-        log.progress(&step(3, 50.0, 1.0), t0 + Duration::from_secs(5));
-        let line = log.progress(&step(4, 50.0, 1.0), t0 + Duration::from_secs(6)).unwrap();
-        assert!(line.starts_with("step      4/4 | loss 0.5000") && line.contains("| 50 tok/s |"), "{line}");
-    }
 
     /// With several buckets each step's loss and accuracies are also written under its bucket's
     /// schedule, where scale `s` keeps one shape; with one bucket they are not repeated.

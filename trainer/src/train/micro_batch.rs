@@ -61,24 +61,50 @@ impl MicroBatch {
     }
 }
 
-/// Bitwise self-correction, condition dropout (probability `cond_drop`) and drop path (at
-/// `drop_path_rate`, the model's in training, 0 in evaluation) for rows `rows` of `batch`, with random
-/// streams keyed by (`seed`, `step`, sample id), so that a sample draws alike whatever the world size
-/// and micro-batch. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial
-/// patchify, twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the
-/// latents and flip keys are gathered for the device to self-correct instead.
-#[allow(clippy::too_many_arguments)]
+/// What a micro-batch draws, and how strongly: the random streams are keyed by (`seed`, `step`,
+/// sample id), so that a sample draws alike whatever the world size and micro-batch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Draws {
+    pub(super) seed: u64,
+    pub(super) step: u64,
+    /// Bitwise self-correction: the flip probability at the first scale and the scales it applies to.
+    pub(super) p_max: f64,
+    pub(super) apply_layers: usize,
+    /// Condition dropout's probability.
+    pub(super) cond_drop: f64,
+    /// The blocks' drop path at the last block (the model's in training, 0 in evaluation).
+    pub(super) drop_path_rate: f64,
+}
+
+impl Draws {
+    /// A training step's draws: the config's self-correction, the model's dropout and drop path.
+    pub(super) fn training(cfg: &TrainConfig, mc: &ModelConfig, step: u64) -> Draws {
+        let (p_max, apply_layers) = (cfg.bsc.p_max, cfg.bsc.apply_layers);
+        let (cond_drop, drop_path_rate) = (mc.cond_drop_rate, mc.drop_path_rate);
+        Draws { seed: cfg.run.seed, step, p_max, apply_layers, cond_drop, drop_path_rate }
+    }
+
+    /// An evaluation's: fixed noise from `seed` at `(p_max, apply_layers)`, no condition dropout and no
+    /// drop path (the model evaluated whole, as upstream's `eval()`).
+    pub(super) fn evaluation(seed: u64, (p_max, apply_layers): (f64, usize)) -> Draws {
+        Draws { seed, step: 0, p_max, apply_layers, cond_drop: 0.0, drop_path_rate: 0.0 }
+    }
+}
+
+/// Bitwise self-correction, condition dropout and drop path for rows `rows` of `batch`, as `draws`
+/// says. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial patchify,
+/// twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the latents and
+/// flip keys are gathered for the device to self-correct instead.
 pub(super) fn prepare(
-    cfg: &TrainConfig,
     mc: &ModelConfig,
     m: &Manifest,
     batch: &Batch,
     rows: std::ops::Range<usize>,
     tokenizer_scales: &[(usize, usize)],
-    (seed, step): (u64, u64),
-    (cond_drop, drop_path_rate): (f64, f64),
+    draws: Draws,
     on_device: bool,
 ) -> Result<MicroBatch> {
+    let Draws { seed, step, p_max, apply_layers, cond_drop, drop_path_rate } = draws;
     let (d, scales) = (mc.d_vae(), tokenizer_scales);
     let tokens = mc.apply_spatial_patchify.then(|| mc.token_scales(scales));
     let mut mb = MicroBatch {
@@ -110,7 +136,7 @@ pub(super) fn prepare(
                 mb.keys.push(key);
             }
             latent => {
-                let flips = bsq::keyed_flips(key, scales, d, cfg.bsc.p_max, cfg.bsc.apply_layers);
+                let flips = bsq::keyed_flips(key, scales, d, p_max, apply_layers);
                 let sc = match latent {
                     Some(latent) => bsq::self_correct(&latent, d, scales, Some(&flips)),
                     None => bsq::self_correct_stored(&batch.unpacked_bits(i, d), d, scales, Some(&flips)),

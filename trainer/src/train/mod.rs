@@ -8,6 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod compute;
 pub mod config;
+mod console;
 pub mod dist;
 mod ema;
 pub mod gpu_fit;
@@ -46,11 +47,11 @@ use self::checkpoint::TrainState;
 use self::config::TrainConfig;
 use self::dist::Dist;
 use self::log::{Logger, StepMetrics};
-use self::micro_batch::prepare;
+use self::micro_batch::{prepare, Draws};
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
-pub use self::setup::{check_tokenizer_layout, micro_steps, Setup, TokenMix, Unrecoverable};
+pub use self::setup::{check_schedules_fit, micro_steps, Setup, TokenMix, Unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use self::step_means::StepMeans;
 use self::summary::{derived_record, write_run_file, SummaryFile};
@@ -70,7 +71,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Stop after this step as if interrupted (tests and preemption drills).
     pub stop_after: Option<u64>,
-    /// Set asynchronously (SIGTERM, SIGINT, SIGUSR1): all ranks checkpoint at the same step and stop.
+    /// Set asynchronously (SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT): all ranks checkpoint at the
+    /// same step and stop.
     pub stop: Option<Arc<AtomicBool>>,
     /// Resume on a dataset changed since the checkpoint (`--accept-data-change`: a mended shard), from
     /// the saved position ([`setup::continue_position`]).
@@ -114,9 +116,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let manifest = ds.manifest.clone();
     // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
     let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
-    let joined = dist::stop_while_joining(&opts.stop);
-    let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some())?;
-    joined.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
     // the first collective: every later one assumes the ranks train one config
     // (paths absolute: the run folder records where its data are, wherever it is read from)
     let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
@@ -281,25 +281,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // (every micro-batch holds `micro_batch` samples)
         let weights: Vec<f64> =
             token_weights(micro_batch, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
+        let draws = Draws::training(cfg, &mc, state.step);
         let (mut loss, mut bit_acc, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
             let rows = micro * micro_batch..(micro + 1) * micro_batch;
             let tp = Instant::now();
-            let mb = prepare(
-                cfg,
-                &mc,
-                &manifest,
-                &batch,
-                rows,
-                &sched.hw(),
-                (cfg.run.seed, state.step),
-                (mc.cond_drop_rate, mc.drop_path_rate),
-                on_device,
-            )?;
+            let mb = prepare(&mc, &manifest, &batch, rows, &sched.hw(), draws, on_device)?;
             data_s += tp.elapsed().as_secs_f64();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
-            let device_bsc =
-                on_device.then_some(((&mb.latents[..], &mb.keys[..]), (cfg.bsc.p_max, cfg.bsc.apply_layers)));
+            let device_bsc = on_device.then_some(((&mb.latents[..], &mb.keys[..]), (draws.p_max, draws.apply_layers)));
             let last = (micro + 1 == accum).then_some(&mut dist);
             let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads, last)?;
             loss += ce.loss;
@@ -309,6 +299,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
         compute.end_step(&mut grads)?;
+        let (bucket, batch_rows) = (batch.bucket, batch.len());
+        loader.recycle(batch); // (its buffers are the reader thread's next batch's)
         let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, accum);
         dist::slow_drill(dist.rank, dist.attempt);
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
@@ -326,7 +318,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let lr = schedule.lr(state.step, cfg.run.steps);
         let finite = means.loss.is_finite() && grad_norm.is_finite();
         let spike = match state.spike_window.as_mut() {
-            Some(w) if finite => w.judge(&spike_limits, (means.loss, batch.bucket), grad_norm),
+            Some(w) if finite => w.judge(&spike_limits, (means.loss, bucket), grad_norm),
             _ => Verdict::default(),
         };
         if let Some(why) = &spike.skip {
@@ -358,9 +350,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
         // ---- logging -----------------------------------------------------------------------------
         let secs = t0.elapsed().as_secs_f64();
-        let samples = (batch.len() * dist.world) as f64;
+        let samples = (batch_rows * dist.world) as f64;
         let tokens = samples * num_tokens as f64;
-        let flops = mix.flops_per_token[batch.bucket as usize] * tokens;
+        let flops = mix.flops_per_token[bucket as usize] * tokens;
         summary.stepped(means.loss, means.bit_acc);
         let step_metrics = StepMetrics {
             step: state.step,
@@ -374,8 +366,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,
             step_time_s: secs,
+            tflops_per_device: flops / dist.world as f64 / secs / 1e12,
             mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
-            bucket: batch.bucket,
+            bucket,
             scale_loss: means.scale_loss,
             scale_bit_acc: means.scale_bit_acc,
             scale_token_acc: means.scale_token_acc,
@@ -423,8 +416,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if preempt {
             summary.preempted(); // (before the stop's checkpoint records its summary)
         }
-        let every = cfg.checkpoint.every;
-        if (every > 0 && state.step % every == 0) || state.step == cfg.run.steps || preempt {
+        if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {
@@ -433,7 +425,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             };
             let ema_whole = ema::whole(ema.as_ref(), ema_sharded, &mut dist, lay.numel)?;
             let tb_failed = logger.as_ref().map_or(0, Logger::tensorboard_failures);
-            let summary_json = summary.checkpoint_saved(&state, checkpoint::step_dir(run, state.step), tb_failed)?;
+            let summary_json = summary.for_checkpoint(&state, checkpoint::step_dir(run, state.step), tb_failed)?;
             if let Some(saver) = saver.as_mut() {
                 let snap = saver::Snapshot {
                     params: params.clone(),
@@ -476,6 +468,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
     }
     summary.finish(&state, logger.as_ref().map_or(0, Logger::tensorboard_failures))
+}
+
+/// Whether something done every `every` steps (0: only at the end) and at the last step is due at `step`.
+pub(crate) fn due(step: u64, every: u64, last: u64) -> bool {
+    (every > 0 && step.is_multiple_of(every)) || step == last
 }
 
 fn keyed_seed(seed: u64, stream: u64) -> u64 {

@@ -11,6 +11,10 @@ use crate::infer::Sampler;
 use crate::model::sample::SampleOptions;
 use crate::model::{Layout, ModelConfig};
 
+/// Conditions side by side in a grid's row (each with its `sample.per_condition` copies): `sample.n`
+/// conditions in a few rows a TensorBoard panel shows whole, where `infinity sample` gives each its own.
+const CONDITIONS_PER_ROW: usize = 4;
+
 /// The sample grid logged every `sample.every` steps: a fixed condition and seed, so grids of
 /// different steps compare; written to TensorBoard and `RUN/samples/step-N.png`.
 pub(crate) struct Preview {
@@ -48,7 +52,8 @@ impl Preview {
     }
 
     pub(crate) fn due(&self, step: u64) -> bool {
-        self.cond.is_some() && self.every > 0 && (step.is_multiple_of(self.every) || step == self.last)
+        // (sample.every = 0: no grids, not one at the end)
+        self.cond.is_some() && self.every > 0 && super::due(step, self.every, self.last)
     }
 
     pub(crate) fn log(
@@ -63,7 +68,7 @@ impl Preview {
             .context("drawing the sample grid")?;
         let grid = infinity_data::inspect::grid_image(
             &crate::infer::decode(tok, &sampled, &self.sched),
-            self.per_condition * 4,
+            self.per_condition * CONDITIONS_PER_ROW,
         );
         logger.image("samples", grid.as_raw(), grid.height(), grid.width(), step);
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;

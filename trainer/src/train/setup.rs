@@ -13,6 +13,7 @@ use super::config::{MicroBatchSize, TrainConfig};
 use super::dist::Dist;
 use super::{checkpoint, compute, gpu_fit, keyed_seed, rundir, STREAM_INIT};
 use crate::model::bench::train_flops_per_token;
+use crate::model::config::LVL_EMBED_ROWS;
 use crate::model::init::{init_params, InitConfig};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
@@ -63,7 +64,7 @@ impl Setup {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = cfg.model_config(m.d as usize, num_classes, text)?;
-        check_tokenizer_layout(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+        check_schedules_fit(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
         let mut lay = Layout::new(&mc);
         if let Some(base) = cfg.model.mup() {
             crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
@@ -73,10 +74,19 @@ impl Setup {
     }
 }
 
-/// Whether a dataset's schedules are stored for the model's spatial patchify: at twice the
-/// transformer's sides (`data synth|pack --spatial-patchify`, tools/write_shards.py) for a model with
-/// it, as the transformer's otherwise.
-pub fn check_tokenizer_layout(mc: &ModelConfig, m: &Manifest) -> Result<()> {
+/// Whether the model can take a dataset's schedules: stored for its spatial patchify (at twice the
+/// transformer's sides, `data synth|pack --spatial-patchify`, tools/write_shards.py, for a model with
+/// it; as the transformer's otherwise), and of at most `LVL_EMBED_ROWS` scales (a scale's index picks
+/// its `lvl_embed` row: a 16th scale would read past the table).
+pub fn check_schedules_fit(mc: &ModelConfig, m: &Manifest) -> Result<()> {
+    if let Some(s) = m.schedules.iter().find(|s| s.scales.len() > LVL_EMBED_ROWS) {
+        bail!(
+            "schedule `{}` has {} scales; the model embeds at most {LVL_EMBED_ROWS} (upstream's lvl_embed is \
+             Embedding({LVL_EMBED_ROWS}, C), and its longest schedule has 13)",
+            s.name,
+            s.scales.len()
+        );
+    }
     if let Some(s) = m.schedules.iter().find(|s| s.spatial_patchify != mc.apply_spatial_patchify) {
         match mc.apply_spatial_patchify {
             true => bail!(
@@ -290,6 +300,44 @@ pub(crate) fn continue_position(
     Ok(warning)
 }
 
+/// A checkpoint to resume from, as loaded and checked: its weights, optimiser and state (the loader's
+/// position continued on the dataset as it is now), the settings that differ from the checkpoint's,
+/// and what `--accept-data-change` continues from when the dataset changed.
+pub(crate) struct Resumed {
+    pub params: Params<f32>,
+    pub opt: AdamW,
+    pub state: TrainState,
+    pub changes: Vec<String>,
+    pub data_change: Option<String>,
+}
+
+/// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` with `world`
+/// ranks, refusing what the run cannot continue: a damaged checkpoint, another model, a position this
+/// config or dataset cannot continue, and a resume that would repeat a divergence. `train` and
+/// `--check` both come here, so the check stops where the run would.
+pub(crate) fn resume_from(
+    dir: &Path,
+    cfg: &TrainConfig,
+    (mc, lay): (&ModelConfig, &Layout),
+    config_toml: &str,
+    (ds, world, accept_data_change): (&Dataset, usize, bool),
+) -> Result<Resumed> {
+    let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
+        .and_then(|(p, o, mut s)| {
+            let moved = continue_position(&mut s.loader, ds, cfg, accept_data_change)?;
+            Ok((p, o, s, moved))
+        })
+        .with_context(|| format!("resuming from {}", dir.display()))
+        .map_err(unrecoverable)?;
+    let changes = rundir::resume_changes(dir, config_toml, mc)?;
+    if changes.is_empty() && data_change.is_none() {
+        if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
+            return Err(super::stop::Diverged(why).into());
+        }
+    }
+    Ok(Resumed { params, opt, state, changes, data_change })
+}
+
 /// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
 /// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
 pub(crate) fn starting_state(
@@ -301,28 +349,17 @@ pub(crate) fn starting_state(
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
-            let (p, o, s, data_changed) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
-                .and_then(|(p, o, mut s)| {
-                    // (the loader checks it again; here before the run says it resumed)
-                    let moved = continue_position(&mut s.loader, ds, cfg, opts.accept_data_change)?;
-                    let data_changed = moved.is_some();
-                    if let Some(warning) = moved.filter(|_| leader) {
-                        tracing::warn!("{warning}");
-                    }
-                    Ok((p, o, s, data_changed))
-                })
-                .with_context(|| format!("resuming from {}", dir.display()))
-                .map_err(unrecoverable)?;
-            let changes = rundir::resume_changes(dir, config_toml, mc)?;
-            let same_run = changes.is_empty() && !data_changed;
-            if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, s.step, world).filter(|_| same_run) {
-                return Err(super::stop::Diverged(why).into());
+            // (the loader checks the position again; here before the run says it resumed)
+            let r = resume_from(dir, cfg, (mc, lay), config_toml, (ds, world, opts.accept_data_change))?;
+            if let Some(warning) = r.data_change.filter(|_| leader) {
+                tracing::warn!("{warning}");
             }
-            console!("resumed from {} at step {}", dir.display(), s.step);
-            if leader && !changes.is_empty() {
-                tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {}", changes.join("\n  "));
+            console!("resumed from {} at step {}", dir.display(), r.state.step);
+            if leader && !r.changes.is_empty() {
+                let changes = r.changes.join("\n  ");
+                tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {changes}");
             }
-            (p, o, Some(s))
+            (r.params, r.opt, Some(r.state))
         }
         None => {
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-/// A flag set by SIGTERM, SIGINT, SIGUSR1 (preemption), SIGHUP (a closed terminal or ssh session,
-/// which reaches the whole process group, the ranks with their agent) or SIGQUIT (Ctrl-\\, which
-/// would otherwise dump core without a checkpoint): the loop checkpoints and exits cleanly.
+/// A flag set by SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (preemption: SLURM's `--signal`, submitit's USR2),
+/// SIGHUP (a closed terminal or ssh session, which reaches the whole process group, the ranks with their
+/// agent) or SIGQUIT (Ctrl-\\, which would otherwise dump core without a checkpoint): the loop
+/// checkpoints and exits cleanly.
 pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGHUP, SIGQUIT] {
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)

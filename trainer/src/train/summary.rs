@@ -112,7 +112,7 @@ impl<'a> SummaryFile<'a> {
     /// which the checkpoint's writer puts down once the checkpoint is complete and before it prunes older
     /// ones, so the file never names a checkpoint that is not there (nor one still being written).
     /// `tensorboard_failed_writes`: rank 0's logger's count so far.
-    pub(super) fn checkpoint_saved(
+    pub(super) fn for_checkpoint(
         &mut self,
         state: &TrainState,
         dir: PathBuf,

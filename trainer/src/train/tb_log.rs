@@ -1,9 +1,10 @@
 //! TensorBoard's side of the training log: one event file at a time, whose failed writes (a full disk)
-//! are counted and warned of, and whose next write goes on in a new file.
+//! are counted and warned of, and whose next write goes on in a new file; a step's scalars and tags.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::log::StepMetrics;
 use crate::tensorboard::EventWriter;
 
 /// How often a TensorBoard failure that goes on is warned of again (with the count).
@@ -110,6 +111,59 @@ impl TbLog {
         self.preamble = None;
         Ok(())
     }
+}
+
+/// Step `m`'s scalars: `train/*`, `perf/*`, the spike guard's z-scores, `ranks/*` with several ranks,
+/// `scale/*` per scale, and with several buckets (`buckets`: their schedule names) `bucket/NAME/*`, where
+/// every scale keeps one shape.
+pub(super) fn step_scalars(w: &mut EventWriter, m: &StepMetrics, buckets: Option<&[String]>) -> std::io::Result<()> {
+    for (tag, v) in [
+        ("train/loss", m.loss),
+        ("train/bit_acc", m.bit_acc),
+        ("train/token_acc", m.token_acc),
+        ("train/lr", m.lr),
+        ("train/grad_norm", m.grad_norm),
+        ("perf/tokens_per_s", m.tokens_per_s),
+        ("perf/samples_per_s", m.samples_per_s),
+        ("perf/step_time_s", m.step_time_s),
+        ("perf/tflops_per_device", m.tflops_per_device),
+        ("train/skipped_steps", m.skipped_steps as f64),
+    ] {
+        w.scalar(tag, v, m.step)?;
+    }
+    if let Some(mfu) = m.mfu {
+        w.scalar("perf/mfu", mfu, m.step)?;
+    }
+    if let Some(l) = m.loss_token_mean {
+        w.scalar("train/loss_token_mean", l, m.step)?;
+    }
+    if let Some(gib) = m.gpu_mem_peak_gib {
+        w.scalar("perf/gpu_mem_peak_gib", gib, m.step)?;
+    }
+    for (tag, z) in [("train/loss_z", m.loss_z), ("train/grad_norm_z", m.grad_norm_z)] {
+        if let Some(z) = z {
+            w.scalar(tag, z, m.step)?;
+        }
+    }
+    if let Some(r) = &m.ranks {
+        w.scalar("ranks/work_s_max", r.work_s_max, m.step)?;
+        w.scalar("ranks/work_s_median", r.work_s_median, m.step)?;
+        w.scalar("ranks/data_s_max", r.data_s_max, m.step)?;
+    }
+    for (s, ((l, a), t)) in m.scale_loss.iter().zip(&m.scale_bit_acc).zip(&m.scale_token_acc).enumerate() {
+        w.scalar(&format!("scale/loss_s{s:02}"), *l, m.step)?;
+        w.scalar(&format!("scale/bit_acc_s{s:02}"), *a, m.step)?;
+        w.scalar(&format!("scale/token_acc_s{s:02}"), *t, m.step)?;
+    }
+    if let Some(name) = buckets.and_then(|b| b.get(m.bucket as usize)) {
+        for (tag, v) in [("loss", m.loss), ("bit_acc", m.bit_acc), ("token_acc", m.token_acc)] {
+            w.scalar(&format!("bucket/{name}/{tag}"), v, m.step)?;
+        }
+        for (s, l) in m.scale_loss.iter().enumerate() {
+            w.scalar(&format!("bucket/{name}/loss_s{s:02}"), *l, m.step)?;
+        }
+    }
+    Ok(())
 }
 
 /// The `INFINITY_FAULT_TB` drill's steps, if set.

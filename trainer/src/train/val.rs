@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::loader::batch::gather;
-use infinity_data::tokenizer::{PatchTokenizer, TOKENIZER_NAME};
+use infinity_data::tokenizer::same_tokenizer;
 use infinity_data::{Checksums, Dataset, Manifest};
 use infinity_kernels::rope::RopeTable;
 
@@ -16,7 +16,7 @@ use super::check::{row_as_read, BadRows};
 use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::Dist;
-use super::micro_batch::prepare;
+use super::micro_batch::{prepare, Draws};
 use crate::model::{rope_for, token_weights, Acts, Layout, ModelConfig, Params};
 
 /// Loss and bit accuracy over the validation rows.
@@ -33,7 +33,8 @@ pub struct Validator {
     batches: Vec<(u16, Vec<u64>)>,
     every: u64,
     last: u64,
-    seed: u64,
+    /// The fixed self-correction noise: its seed, `(p_max, apply_layers)`.
+    noise: (u64, (f64, usize)),
     ropes: HashMap<u16, RopeTable>,
 }
 
@@ -50,7 +51,7 @@ impl Validator {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
         compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
-        super::setup::check_tokenizer_layout(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
+        super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
         // the first `max_rows` rows, grouped by bucket, in micro-batches; checked now, as the loader and
         // the step would check them, since the first evaluation comes steps (and a checkpoint) later
         let n = (cfg.val.max_rows as u64).min(ds.num_rows());
@@ -77,14 +78,14 @@ impl Validator {
             batches,
             every: cfg.val.every,
             last: cfg.run.steps,
-            seed: cfg.val.seed,
+            noise: (cfg.val.seed, cfg.val.bsc(&cfg.bsc)),
             ropes,
         }))
     }
 
     /// Evaluate every `val.every` steps and at the last step.
     pub fn due(&self, step: u64) -> bool {
-        (self.every > 0 && step.is_multiple_of(self.every)) || step == self.last
+        super::due(step, self.every, self.last)
     }
 
     pub fn run(
@@ -103,8 +104,8 @@ impl Validator {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let sched = m.schedules[*bucket as usize].hw();
             let scales = mc.token_scales(&sched);
-            // no condition dropout and no drop path: the model evaluated whole (upstream's `eval()`)
-            let mb = prepare(cfg, mc, m, &batch, 0..rows.len(), &sched, (self.seed, 0), (0.0, 0.0), false)?;
+            let draws = Draws::evaluation(self.noise.0, self.noise.1);
+            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, draws, false)?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
@@ -159,20 +160,12 @@ pub(crate) fn compatible(
             train.tokenizer.name
         );
     }
-    if let (Some(a), Some(b)) = (&train.tokenizer.file, &val.tokenizer.file) {
-        // the built-in tokenizer compares by value (its file's metadata order varies); others by bytes
-        let same = if train.tokenizer.name == TOKENIZER_NAME {
-            PatchTokenizer::load(&train_dir.join(a))? == PatchTokenizer::load(&val_dir.join(b))?
-        } else {
-            std::fs::read(train_dir.join(a)).ok() == std::fs::read(val_dir.join(b)).ok()
-        };
-        if !same {
-            bail!(
-                "val.dir {}: tokenized with a different tokenizer than the training data (make it with \
-                 `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`)",
-                name(val_dir)
-            );
-        }
+    if !same_tokenizer((train_dir, train), (val_dir, val))? {
+        bail!(
+            "val.dir {}: tokenized with a different tokenizer than the training data (make it with \
+             `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`)",
+            name(val_dir)
+        );
     }
     Ok(())
 }

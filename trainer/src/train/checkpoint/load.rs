@@ -252,7 +252,9 @@ pub fn load(
                 lay.numel
             );
         }
-        *dst = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        // (read by dtype: f32 as written here; a bf16 or f16 copy widened, not taken for half as many values)
+        *dst = crate::model::io::tensor_f32(name, t.dtype(), t.data())
+            .map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
     }
     let (_, header) =
         SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: metadata: {e}", optim_path.display()))?;

@@ -117,12 +117,19 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
 }
 
+/// Whether config keys `a` and `b` (dotted paths) touch one value: the same key, or a table around the
+/// other (`optim.decay` holds `optim.decay.min_ratio`).
+pub fn keys_overlap(a: &str, b: &str) -> bool {
+    a == b
+        || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
+        || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
+}
+
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
 fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
-    // the key itself or a table around it (`optim.decay` holds `optim.decay.min_ratio`); the last
-    // override wins
-    let related = |k: &str| k == key || k.starts_with(&format!("{key}.")) || key.starts_with(&format!("{k}."));
+    // the key itself or a table around it; the last override wins
+    let related = |k: &str| keys_overlap(k, key);
     let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
     if let Some(k) = set.find(|k| related(k)) {
         return format!("--set {k}");
@@ -177,5 +184,16 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
                 base.insert(k, v);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_overlap_where_one_holds_the_other() {
+        use super::keys_overlap;
+        assert!(keys_overlap("optim.decay", "optim.decay.min_ratio") && keys_overlap("optim.decay.min_ratio", "optim"));
+        assert!(keys_overlap("optim.lr", "optim.lr"));
+        assert!(!keys_overlap("optim.lr", "optim.lr_min") && !keys_overlap("val.seed", "run.seed"));
     }
 }

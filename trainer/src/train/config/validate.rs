@@ -66,6 +66,10 @@ impl TrainConfig {
         if !(fraction > 0.0 && fraction <= 1.0) {
             bail!("optim.decay.decay_fraction must be in (0, 1], found {fraction}");
         }
+        if self.run.log_every == 0 {
+            // (no console line but the last, and the straggler warnings ride on those lines)
+            bail!("run.log_every must be at least 1 (the steps between console lines)");
+        }
         if o.max_nonfinite == 0 {
             bail!("optim.max_nonfinite must be at least 1 (the consecutive non-finite steps that stop a run)");
         }
@@ -84,6 +88,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.bsc.p_max) {
             bail!("bsc.p_max must be in [0, 1), found {}", self.bsc.p_max);
+        }
+        if let Some(p) = self.val.p_max.filter(|p| !(0.0..1.0).contains(p)) {
+            bail!("val.p_max must be in [0, 1), found {p}");
         }
         if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
             bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
