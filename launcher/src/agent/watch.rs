@@ -13,6 +13,7 @@ use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
 use super::verdict;
 use super::{LaunchArgs, Outcome, Plan};
+use crate::comm::CommError;
 use crate::env::{is_permanent_failure, STOPPED_EARLY};
 use crate::store::StoreClient;
 
@@ -93,6 +94,11 @@ pub(super) async fn watch(
                     // pipes close and its last lines are read at once
                     ranks[i].signal_group(libc::SIGTERM);
                     drain(std::slice::from_mut(&mut ranks[i]), Duration::from_secs(1)).await;
+                    // a rank whose peer here closed the connection failed of that peer's failure, which
+                    // its report says nothing of: the peer's is the report
+                    let (node_rank, nproc) = (g.node_rank, a.nproc_per_node);
+                    let (i, status, seconds) =
+                        failed_peer_here(&mut ranks, &mut exited, i, (node_rank, nproc)).await.unwrap_or((i, status, seconds));
                     // (a store that does not answer leaves the report this node's)
                     let mut store = poller.client().await.ok();
                     // a node leaving or joining may break the ranks' connections before this agent
@@ -376,4 +382,33 @@ pub(super) async fn post(client: &mut StoreClient, key: &str, value: &str) {
     if let Err(e) = client.set(key, value.as_bytes()) {
         tracing::warn!("store: posting {key}: {e:#}");
     }
+}
+
+/// The rank on this node (`node` of `nproc`-rank nodes) whose closed connection rank `i` reports in its
+/// last lines, once it has failed too (waiting up to 3 s for it to exit), its output read: its exit
+/// status and run time. `None` when `i` names none, or names a rank elsewhere or one that succeeds.
+async fn failed_peer_here(
+    ranks: &mut [Rank],
+    exited: &mut [Option<ExitStatus>],
+    i: usize,
+    (node, nproc): (usize, usize),
+) -> Option<(usize, ExitStatus, f64)> {
+    let peer = ranks[i].tail.lock().unwrap().iter().rev().find_map(|l| CommError::closed_peer(l))?;
+    let p = peer.checked_sub(node * nproc).filter(|&p| p < nproc && p != i && p < ranks.len())?;
+    let status = match exited[p] {
+        Some(s) => s,
+        None => {
+            let s = tokio::time::timeout(Duration::from_secs(3), ranks[p].child.wait()).await.ok()?.ok()?;
+            exited[p] = Some(s);
+            ranks[p].group_alive();
+            s
+        }
+    };
+    if status.success() {
+        return None;
+    }
+    let seconds = ranks[p].started.elapsed().as_secs_f64();
+    ranks[p].signal_group(libc::SIGTERM);
+    drain(std::slice::from_mut(&mut ranks[p]), Duration::from_secs(1)).await;
+    Some((p, status, seconds))
 }

@@ -42,7 +42,18 @@ impl CommError {
         let digits = peer.find(|c: char| !c.is_ascii_digit()).unwrap_or(peer.len());
         peer[..digits].parse().ok()
     }
+
+    /// The rank whose closed connection `text` (a rank's error line) reports: a [`CommError::Peer`]
+    /// whose peer went away, most often because that rank failed first. Parses the `Display` text above.
+    pub fn closed_peer(text: &str) -> Option<usize> {
+        let (_, after) = text.split_once("`: rank ")?;
+        let (peer, detail) = after.split_once(": ")?;
+        detail.starts_with(CLOSED).then(|| peer.parse().ok()).flatten()
+    }
 }
+
+/// How a [`CommError::Peer`] says its peer closed the connection.
+pub const CLOSED: &str = "closed the connection";
 
 pub type CommResult<T> = std::result::Result<T, CommError>;
 
@@ -105,5 +116,9 @@ mod tests {
         let other = CommError::Peer { op: "broadcast", peer: 3, detail: "closed the connection".into() };
         assert_eq!(CommError::timed_out_peer(&other.to_string()), None);
         assert_eq!(CommError::timed_out_peer("waiting for rank 1"), None);
+        assert_eq!(CommError::closed_peer(&format!("error: {other}")), Some(3));
+        let refused = CommError::Peer { op: "all_reduce", peer: 2, detail: "sent 7 bytes, expected 8".into() };
+        assert_eq!(CommError::closed_peer(&refused.to_string()), None);
+        assert_eq!(CommError::closed_peer(&format!("error: {e}")), None);
     }
 }

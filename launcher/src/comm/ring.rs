@@ -149,7 +149,7 @@ impl TcpRing {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
             std::io::ErrorKind::UnexpectedEof => {
-                CommError::Peer { op, peer, detail: "closed the connection (exited?)".into() }
+                CommError::Peer { op, peer, detail: format!("{} (exited?)", super::CLOSED) }
             }
             _ => CommError::Peer { op, peer, detail: e.to_string() },
         })
