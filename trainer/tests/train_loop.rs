@@ -618,26 +618,50 @@ fn repeated_ids_are_named_by_the_check() {
     assert!(warning.starts_with(&format!("warning: {rows} rows")), "{warning} ({first})");
 }
 
+/// The test dataset's first 16 rows as a validation set, and a freshly initialised model to evaluate.
+struct ValFixture {
+    tmp: tempfile::TempDir,
+    cfg: TrainConfig,
+    setup: infinity_trainer::train::Setup,
+    params: infinity_trainer::model::params::Params<f32>,
+}
+
+impl ValFixture {
+    fn new() -> ValFixture {
+        use infinity_trainer::model::init::{init_params, InitConfig};
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        dataset(&data);
+        let mut cfg = config(&data, tmp.path().join("run"), "class");
+        (cfg.val.dir, cfg.val.max_rows) = (Some(data.clone()), 16);
+        let setup = infinity_trainer::train::Setup::open(&cfg).unwrap();
+        let params = init_params(&setup.mc, &setup.lay, &InitConfig::default(), 3);
+        ValFixture { tmp, cfg, setup, params }
+    }
+
+    /// The validation loss of the model, evaluated under `cfg` as the model `mc`.
+    fn loss(&self, cfg: &TrainConfig, mc: &infinity_trainer::model::config::ModelConfig) -> f64 {
+        use infinity_trainer::train::{compute::Compute, dist::Dist, val::Validator};
+        let lay = &self.setup.lay;
+        let v = Validator::new(cfg, mc, &self.setup.ds, 4).unwrap().expect("a validation set");
+        let mut compute = Compute::open(&cfg.run, mc, lay).unwrap();
+        let m = v.run(cfg, (mc, lay), &self.params, &mut Dist::solo(), &mut compute, &mut Default::default());
+        m.unwrap().loss
+    }
+}
+
 /// Validation evaluates the whole model, as upstream's `eval()`: no drop path, whatever the rate.
 #[test]
 fn validation_is_not_subject_to_drop_path() {
-    use infinity_trainer::model::init::{init_params, InitConfig};
-    use infinity_trainer::train::{compute::Compute, dist::Dist, val::Validator, Setup};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let mut cfg = config(&data, tmp.path().join("run"), "class");
-    (cfg.val.dir, cfg.val.max_rows) = (Some(data.clone()), 16);
-    let Setup { ds, mut mc, lay, .. } = Setup::open(&cfg).unwrap();
-    let params = init_params(&mc, &lay, &InitConfig::default(), 3);
-    let mut losses = Vec::new();
-    for rate in [0.0, 0.5] {
-        mc.drop_path_rate = rate; // depth 2: the second block's branches at 0.5
-        let v = Validator::new(&cfg, &mc, &ds, 4).unwrap().expect("a validation set");
-        let mut compute = Compute::open(&cfg.run, &mc, &lay).unwrap();
-        let m = v.run(&cfg, (&mc, &lay), &params, &mut Dist::solo(), &mut compute, &mut Default::default()).unwrap();
-        losses.push(m.loss);
-    }
+    let f = ValFixture::new();
+    let losses: Vec<f64> = [0.0, 0.5]
+        .into_iter()
+        .map(|rate| {
+            let mut mc = f.setup.mc.clone();
+            mc.drop_path_rate = rate; // depth 2: the second block's branches at 0.5
+            f.loss(&f.cfg, &mc)
+        })
+        .collect();
     assert_eq!(losses[0], losses[1], "validation loss moved with drop_path_rate");
 }
 
@@ -645,29 +669,19 @@ fn validation_is_not_subject_to_drop_path() {
 /// runs that train at other strengths are measured alike (a self-correction ablation's losses compare).
 #[test]
 fn validation_measures_at_its_own_self_correction_strength() {
-    use infinity_trainer::model::init::{init_params, InitConfig};
-    use infinity_trainer::train::{compute::Compute, dist::Dist, val::Validator, Setup};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let mut base = config(&data, tmp.path().join("run"), "class");
-    (base.val.dir, base.val.max_rows) = (Some(data.clone()), 16);
-    let Setup { ds, mc, lay, .. } = Setup::open(&base).unwrap();
-    let params = init_params(&mc, &lay, &InitConfig::default(), 3);
+    let f = ValFixture::new();
     let val_loss = |train_p: f64, val_p: Option<f64>| {
-        let mut cfg = base.clone();
+        let mut cfg = f.cfg.clone();
         (cfg.bsc.p_max, cfg.val.p_max) = (train_p, val_p);
-        let v = Validator::new(&cfg, &mc, &ds, 4).unwrap().expect("a validation set");
-        let mut compute = Compute::open(&cfg.run, &mc, &lay).unwrap();
-        v.run(&cfg, (&mc, &lay), &params, &mut Dist::solo(), &mut compute, &mut Default::default()).unwrap().loss
+        f.loss(&cfg, &f.setup.mc)
     };
     assert_eq!(val_loss(0.3, None), val_loss(0.3, Some(0.3)), "unset is the training's strength");
     assert_ne!(val_loss(0.3, None), val_loss(0.1, None), "the training's strength is validation's");
     assert_eq!(val_loss(0.3, Some(0.2)), val_loss(0.1, Some(0.2)), "a fixed strength measures alike");
     assert_ne!(val_loss(0.3, Some(0.0)), val_loss(0.3, Some(0.2)));
-    let mut bad = base.clone();
+    let mut bad = f.cfg.clone();
     bad.val.p_max = Some(1.0);
-    let path = tmp.path().join("bad.toml");
+    let path = f.tmp.path().join("bad.toml");
     std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
     let e = format!("{:#}", TrainConfig::load(&path, &[]).unwrap_err());
     assert!(e.contains("val.p_max must be in [0, 1), found 1"), "{e}");

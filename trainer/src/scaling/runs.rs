@@ -193,7 +193,7 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
         lr: config_num("optim", "lr"),
         global_batch: config_num("data", "global_batch"),
         model: serde_json::from_value(derived["model"].clone()).ok(),
-        settings: settings::read(dir, &derived),
+        settings: settings::read(config.as_ref(), &derived),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }

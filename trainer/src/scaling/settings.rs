@@ -3,8 +3,6 @@
 //! independent ones) and how its loss was measured (the settings two runs must share for their losses
 //! to be comparable).
 
-use std::path::Path;
-
 use crate::train::config::{BscSection, LossSection, TrainConfig, ValSection};
 
 /// Settings that do not change what a run computes, only where it lives, what it logs, checkpoints
@@ -110,10 +108,10 @@ pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
     canonical(&toml::Value::Table(t))
 }
 
-/// Read `dir/config.toml` (with `derived.json`'s dataset fingerprint and `d`).
-pub fn read(dir: &Path, derived: &serde_json::Value) -> Settings {
-    let table = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| normalised(&t));
-    let experiment = table.as_ref().map(|t| experiment(t, &[]));
+/// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with
+/// `derived.json`'s dataset fingerprint and `d`.
+pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Settings {
+    let experiment = table.map(|t| experiment(t, &[]));
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "?".to_string(),
@@ -122,7 +120,7 @@ pub fn read(dir: &Path, derived: &serde_json::Value) -> Settings {
     // a setting the config leaves out has its default (an unreadable config: `?`)
     let (val, loss, bsc) = (ValSection::default(), LossSection::default(), BscSection::default());
     let setting = |section: &str, key: &str, default: String| -> String {
-        let Some(t) = &table else { return "?".into() };
+        let Some(t) = table else { return "?".into() };
         match t.get(section).and_then(|s| s.get(key)) {
             Some(toml::Value::String(s)) => s.clone(),
             Some(v) => canonical(v),
@@ -162,9 +160,10 @@ mod tests {
     use super::*;
 
     fn settings(config: &str) -> Settings {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("config.toml"), config).unwrap();
-        read(tmp.path(), &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 } }))
+        read(
+            normalised(config).as_ref(),
+            &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 } }),
+        )
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub struct Validator {
     batches: Vec<(u16, Vec<u64>)>,
     every: u64,
     last: u64,
-    /// The fixed self-correction noise: its seed, `(p_max, apply_layers)`.
-    noise: (u64, (f64, usize)),
+    /// The fixed self-correction noise (`val.seed`, at validation's strength), alike at every evaluation.
+    draws: Draws,
     ropes: HashMap<u16, RopeTable>,
 }
 
@@ -78,7 +78,7 @@ impl Validator {
             batches,
             every: cfg.val.every,
             last: cfg.run.steps,
-            noise: (cfg.val.seed, cfg.val.bsc(&cfg.bsc)),
+            draws: Draws::evaluation(cfg.val.seed, cfg.val.bsc(&cfg.bsc)),
             ropes,
         }))
     }
@@ -104,8 +104,7 @@ impl Validator {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let sched = m.schedules[*bucket as usize].hw();
             let scales = mc.token_scales(&sched);
-            let draws = Draws::evaluation(self.noise.0, self.noise.1);
-            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, draws, false)?;
+            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, self.draws, false)?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
