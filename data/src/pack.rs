@@ -14,9 +14,9 @@ use image::imageops::FilterType;
 use crate::build::{encode_row, fit_tokenizer, write_parallel, TokenizerFit};
 use crate::error::{DataError, Result};
 use crate::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
-use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TokenizerInfo};
+use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest};
 use crate::schedule::{Catalog, ScaleSchedule};
-use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE, TOKENIZER_NAME};
+use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE};
 use crate::writer::{DatasetWriter, RowData, WriterOptions};
 
 #[derive(Clone, Debug)]
@@ -222,11 +222,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
         format_version: FORMAT_VERSION,
         d: opts.d as u32,
         bit_order: BIT_ORDER.into(),
-        tokenizer: TokenizerInfo {
-            name: TOKENIZER_NAME.into(),
-            file: Some(TOKENIZER_FILE.into()),
-            params: serde_json::json!({ "patch": opts.patch, "scale": tok.scale, "whiten": tok.whiten, "fit": fit }),
-        },
+        tokenizer: tok.manifest_info(fit.as_ref()),
         conditions: Conditions {
             class: Some(ClassInfo { num_classes: class_names.len() as u32, names: class_names.clone() }),
             text: None,

@@ -17,9 +17,9 @@ use crate::build::{encode_row, fit_tokenizer, measure_fit, write_parallel, Token
 use crate::error::{DataError, Result};
 use crate::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
 use crate::loader::plan::keyed_rng;
-use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TextDtype, TextInfo, TokenizerInfo};
+use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TextDtype, TextInfo};
 use crate::schedule::{Catalog, ScaleSchedule};
-use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE, TOKENIZER_NAME};
+use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE};
 use crate::writer::{DatasetWriter, RowData, WriterOptions};
 
 pub const SHAPES: [&str; 4] = ["circle", "square", "triangle", "cross"];
@@ -284,13 +284,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         format_version: FORMAT_VERSION,
         d: opts.d as u32,
         bit_order: BIT_ORDER.into(),
-        tokenizer: TokenizerInfo {
-            name: TOKENIZER_NAME.into(),
-            file: Some(TOKENIZER_FILE.into()),
-            params: serde_json::json!({
-                "patch": opts.patch, "scale": tok.scale, "whiten": tok.whiten, "fit": fit,
-            }),
-        },
+        tokenizer: tok.manifest_info(Some(&fit)),
         conditions: Conditions {
             class: Some(ClassInfo {
                 num_classes: (SHAPES.len() * COLOURS.len()) as u32,

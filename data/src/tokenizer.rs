@@ -19,8 +19,9 @@ use infinity_kernels::bsq;
 use nalgebra::{DMatrix, SymmetricEigen};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
+use crate::build::TokenizerFit;
 use crate::error::{DataError, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, TokenizerInfo};
 
 pub const TOKENIZER_NAME: &str = "patch-pca-bsq";
 pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
@@ -254,6 +255,16 @@ impl PatchTokenizer {
         let (hh, ww) = *scales.last().expect("non-empty schedule");
         let enc = bsq::encode_multiscale(&latent, self.d, scales);
         Ok((self.decode(&enc.summed_codes, hh, ww), enc.bits))
+    }
+
+    /// How a dataset's manifest names this tokenizer (saved beside it as [`TOKENIZER_FILE`]), with the
+    /// quality measured on its calibration images where it was measured.
+    pub fn manifest_info(&self, fit: Option<&TokenizerFit>) -> TokenizerInfo {
+        TokenizerInfo {
+            name: TOKENIZER_NAME.into(),
+            file: Some(TOKENIZER_FILE.into()),
+            params: serde_json::json!({ "patch": self.patch, "scale": self.scale, "whiten": self.whiten, "fit": fit }),
+        }
     }
 
     /// Write `mean`, `basis` and the settings as safetensors.

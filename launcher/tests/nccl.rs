@@ -37,21 +37,10 @@ where
     F: Fn(NcclComm) -> R + Send + Sync + Copy + 'static,
     R: Send + 'static,
 {
-    let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
-    let addr = server.addr.to_string();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let ctx = CudaContext::new(rank).unwrap();
-                let mut c = StoreClient::connect(&addr, "t", &format!("r{rank}"), Duration::from_secs(10)).unwrap();
-                f(NcclComm::connect(&mut c, "test", rank, world, ctx.new_stream().unwrap(), timeout, false).unwrap())
-            })
-        })
-        .collect();
-    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    drop(server);
-    out
+    common::on_ranks(world, move |rank, c| {
+        let ctx = CudaContext::new(rank).unwrap();
+        f(NcclComm::connect(c, "test", rank, world, ctx.new_stream().unwrap(), timeout, false).unwrap())
+    })
 }
 
 #[test]

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use infinity_launcher::comm::{CommError, Communicator, TcpRing};
-use infinity_launcher::store::{StoreClient, StoreServer};
 
 mod common;
 
@@ -13,20 +12,9 @@ where
     F: Fn(TcpRing) -> R + Send + Sync + Copy + 'static,
     R: Send + 'static,
 {
-    let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
-    let addr = server.addr.to_string();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut c = StoreClient::connect(&addr, "t", &format!("r{rank}"), Duration::from_secs(5)).unwrap();
-                f(TcpRing::connect(&mut c, "test", rank, world, "127.0.0.1", false, timeout).unwrap())
-            })
-        })
-        .collect();
-    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    drop(server);
-    out
+    common::on_ranks(world, move |rank, c| {
+        f(TcpRing::connect(c, "test", rank, world, "127.0.0.1", false, timeout).unwrap())
+    })
 }
 
 #[test]

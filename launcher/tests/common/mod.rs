@@ -1,7 +1,34 @@
-//! The collective checks every communicator's tests share: each rank runs all four collectives on
-//! known data, then every result is compared with its definition (and all-reduce bytes across ranks).
+//! What every communicator's tests share: a group of ranks as threads around one store, and the
+//! collective checks (each rank runs all four collectives on known data, then every result is compared
+//! with its definition, and all-reduce bytes across ranks).
+
+use std::time::Duration;
 
 use infinity_launcher::comm::Communicator;
+use infinity_launcher::store::{StoreClient, StoreServer};
+
+/// Run `f(rank, store client)` on `world` ranks, each in a thread of its own, around a fresh store:
+/// the results in rank order.
+pub fn on_ranks<F, R>(world: usize, f: F) -> Vec<R>
+where
+    F: Fn(usize, &mut StoreClient) -> R + Send + Sync + Copy + 'static,
+    R: Send + 'static,
+{
+    let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
+    let addr = server.addr.to_string();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut c = StoreClient::connect(&addr, "t", &format!("r{rank}"), Duration::from_secs(10)).unwrap();
+                f(rank, &mut c)
+            })
+        })
+        .collect();
+    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    drop(server);
+    out
+}
 
 pub fn data(rank: usize, n: usize) -> Vec<f32> {
     (0..n).map(|i| ((rank * 7919 + i * 104729) % 1000) as f32 / 37.0 - 13.0).collect()
