@@ -253,6 +253,15 @@ pub fn verify(dir: &Path) -> VerifyReport {
         ),
         Err(e) => r.problems.push(e.to_string()),
     }
+    for s in m.schedules.iter().filter(|s| s.scales.len() > crate::schedule::MAX_MODEL_SCALES) {
+        r.notes.push(format!(
+            "schedule `{}` has {} scales: Infinity models train on at most {} (upstream's lvl_embed), so \
+             `infinity train` refuses this dataset",
+            s.name,
+            s.scales.len(),
+            crate::schedule::MAX_MODEL_SCALES
+        ));
+    }
     if m.total_rows == 0 {
         r.problems
             .push(format!("{}: the dataset has no rows (manifest total_rows = 0): nothing to train on", dir.display()));

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
 
+/// The most scales an Infinity transformer trains on: a scale's index picks its row of the model's
+/// level embedding (upstream's `lvl_embed = Embedding(15, C)`). The format stores longer schedules;
+/// `infinity data verify` warns of them and `infinity train` refuses them.
+pub const MAX_MODEL_SCALES: usize = 15;
+
 /// One schedule as it is stored in a manifest and used everywhere else.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -435,3 +435,29 @@ fn verify_fails_a_dataset_without_rows() {
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
     assert!(r.problems[0].contains("the dataset has no rows (manifest total_rows = 0)"), "{:?}", r.problems);
 }
+
+/// A custom schedule of more scales than a model embeds is a sound dataset, but one no Infinity model
+/// trains on: verify says so without calling it a problem.
+#[test]
+fn verify_notes_a_schedule_longer_than_a_model_trains_on() {
+    use infinity_data::writer::{DatasetWriter, WriterOptions};
+    use rand::SeedableRng;
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = common::manifest();
+    let long = &mut m.schedules[1];
+    (long.name, long.scales) = ("long".into(), (1..=16).map(|s| [1, s, s]).collect());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut w = DatasetWriter::create(dir.path(), m.clone(), WriterOptions::default()).unwrap();
+    for id in 0..6 {
+        w.push(common::random_row(&m, id, &mut rng)).unwrap();
+    }
+    w.finish().unwrap();
+    let r = infinity_data::inspect::verify(dir.path());
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+    assert!(
+        r.notes[0].starts_with("schedule `long` has 16 scales: Infinity models train on at most 15"),
+        "{:?}",
+        r.notes
+    );
+}

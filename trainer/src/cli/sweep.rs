@@ -14,7 +14,7 @@ pub struct SweepArgs {
     file: PathBuf,
     /// Only print the plan (runs, parameters, tokens, FLOPs), with the checks a real run makes before
     /// writing anything (exits non-zero where it would refuse).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["print", "slurm"])]
     dry_run: bool,
     /// Print one `infinity launch`/`train` command line per unfinished run instead of running.
     #[arg(long, conflicts_with = "slurm")]

@@ -45,7 +45,7 @@ pub struct ModelConfig {
 }
 
 /// Number of `lvl_embed` rows (upstream `Embedding(15, C)`).
-pub const LVL_EMBED_ROWS: usize = 15;
+pub const LVL_EMBED_ROWS: usize = infinity_data::schedule::MAX_MODEL_SCALES;
 
 /// Names [`ModelConfig::preset`] knows.
 pub const PRESETS: [&str; 10] =
