@@ -35,3 +35,15 @@ fn bad_arguments_are_usage_errors() {
     let e = infinity_trainer::cli::run(["infinity", "data", "frobnicate"]).unwrap_err();
     assert!(e.downcast_ref::<clap::Error>().is_some());
 }
+
+/// `data bench --scratch DIR` generates its datasets in a folder of its own inside DIR and removes only
+/// that: DIR and what it held stay.
+#[test]
+fn data_bench_leaves_its_scratch_folder_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "important").unwrap();
+    let args = ["data", "bench", "--rows", "64", "--samples", "256", "--global-batch", "8", "--workers", "1"];
+    assert!(infinity(&[&args[..], &["--scratch", path_str(dir.path())]].concat()));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["keep.txt"], "the scratch folder after the bench");
+}

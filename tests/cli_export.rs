@@ -107,6 +107,31 @@ fn no_export_inside_a_checkpoint() {
     assert!(e.contains("a checkpoint folder; export beside it"), "{e}");
 }
 
+/// A run folder is refused (`infinity sample RUN` would read the export, not the newest checkpoint, as
+/// the run trains on), as are its checkpoints folder and a dataset; a folder inside the run is fine.
+#[test]
+fn no_export_into_a_run_or_a_dataset() {
+    let (_tmp, data, run) = tiny_run("class", &[]);
+    for (folder, what) in [
+        (run.clone(), "a run folder"),
+        (run.join("checkpoints"), "a run's checkpoints folder"),
+        (data.clone(), "a dataset folder"),
+    ] {
+        let e = err(&["export", path_str(&run), "-o", path_str(&folder)]);
+        assert!(e.contains(&format!("{}: {what}", folder.display())), "{e}");
+        assert!(!folder.join("config.json").exists(), "{}: a refused export wrote", folder.display());
+    }
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&run.join("export"))]));
+    // a pickle's name, and a likely typo of the weights' (which would have made a folder)
+    for (name, want) in
+        [("model.pth", "the export is safetensors"), ("model.safetensor", "did you mean `.safetensors`?")]
+    {
+        let out = data.parent().unwrap().join(name);
+        let e = err(&["export", path_str(&run), "-o", path_str(&out)]);
+        assert!(e.contains(want) && !out.exists(), "{name}: {e}");
+    }
+}
+
 /// `check_export.py --expect` on an export whose constructor arguments its listing lacks: the listing
 /// does not apply (skipped, said so), the file's own checks still run and pass.
 #[test]

@@ -277,14 +277,14 @@ fn train_sample_and_export_a_text_model() {
     let e = err(&["export", run_s, "-o", path_str(&chunked), "--block-chunks", "3"]);
     assert!(e.contains("--block-chunks 3: must divide the model's depth 2 (one of [1, 2])"), "{e}");
 
-    // exports never overwrite their sources: a checkpoint folder is refused, and one into the dataset's
-    // folder leaves its tokenizer whole (it was copied onto itself, emptied)
+    // exports never overwrite their sources: a checkpoint folder is refused, and so is the dataset's
+    // folder (its tokenizer was once copied onto itself, emptied), which stays as it was
     let step2 = run.join("checkpoints/step-00000002");
     let e = err(&["export", run_s, "-o", path_str(&step2.join("model.safetensors"))]);
     assert!(e.contains("a checkpoint folder; export beside it"), "{e}");
-    let tokenizer = std::fs::read(data.join("tokenizer.safetensors")).unwrap();
-    assert!(infinity(&["export", run_s, "-o", &format!("{}/", path_str(&data))]));
-    assert_eq!(std::fs::read(data.join("tokenizer.safetensors")).unwrap(), tokenizer);
+    let e = err(&["export", run_s, "-o", &format!("{}/", path_str(&data))]);
+    assert!(e.contains("a dataset folder; export into a folder of its own"), "{e}");
+    assert!(!data.join("config.json").exists() && !data.join("model.safetensors").exists());
     assert!(infinity(&["data", "verify", data_s]));
 
     // a dataset moved since training: the export says so (no schedules) and takes --data
@@ -660,6 +660,13 @@ fn out_of_range_settings_are_named() {
     assert!(e.contains("--set =3: expected key.path=value"), "{e}");
     let e = format!("{:#}", load(&["run.dir="]).unwrap_err());
     assert!(e.contains("--set run.dir: run.dir must name a folder"), "{e}");
+    // (the dataset's folder, named another way)
+    let into_data = format!("run.dir={}/run/../data", tmp.path().display());
+    let e = format!("{:#}", load(&[&into_data]).unwrap_err());
+    assert!(e.contains("run.dir and data.dir are one folder"), "{e}");
+    // a known kind without its fields is told what it takes, not the kinds
+    let e = format!("{:#}", load(&["optim.decay.kind=wsd"]).unwrap_err());
+    assert!(e.contains("\"wsd\" takes decay_fraction and min_ratio") && !e.contains("expected kind"), "{e}");
     let c = load(&["optim.adamw.beta1=0.95", "optim.clip=0"]).unwrap();
     assert_eq!((c.optim.adamw.beta1, c.optim.adamw.beta2, c.optim.clip), (0.95, 0.97, 0.0));
 }

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
+/// A shard's format, as errors name it.
+pub(crate) const ARROW_IPC_FILE: &str = "Arrow IPC file";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// (`error` is in the message and deliberately not the `source`: `{:#}` would print it twice)
@@ -26,8 +29,13 @@ pub enum DataError {
     #[error("{path}: crc32c checksum is {found}, manifest expects {expected} (corrupt shard)")]
     Checksum { path: PathBuf, expected: String, found: String },
 
-    #[error("{path}: not a readable Arrow IPC file: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    /// `format`: what the file should have been ("Arrow IPC file", the tokenizer's safetensors).
+    #[error("{path}: not a readable {format}: {detail}")]
+    Corrupt { path: PathBuf, format: String, detail: String },
+
+    /// A file's encoder (Arrow's writer, safetensors') refused to write it.
+    #[error("{path}: could not write {format}: {detail}")]
+    Write { path: PathBuf, format: String, detail: String },
 
     #[error("{path}: column `{column}`: expected {expected}, found {found}")]
     Schema { path: PathBuf, column: String, expected: String, found: String },
@@ -54,8 +62,19 @@ impl DataError {
         DataError::Io { path: path.into(), error: source }
     }
 
+    /// An Arrow IPC file (a shard) that does not read.
     pub fn corrupt(path: impl Into<PathBuf>, detail: impl std::fmt::Display) -> Self {
-        DataError::Corrupt { path: path.into(), detail: detail.to_string() }
+        Self::unreadable(path, ARROW_IPC_FILE, detail)
+    }
+
+    /// A file of another `format` than a shard's that does not read.
+    pub fn unreadable(path: impl Into<PathBuf>, format: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        DataError::Corrupt { path: path.into(), format: format.into(), detail: detail.to_string() }
+    }
+
+    /// A `format` file whose encoder refused to write it.
+    pub fn write(path: impl Into<PathBuf>, format: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        DataError::Write { path: path.into(), format: format.into(), detail: detail.to_string() }
     }
 
     /// Whether reading again would meet the same error: the files' contents are wrong, not the

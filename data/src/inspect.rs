@@ -38,9 +38,10 @@ pub fn inspect(dir: &Path) -> Result<String> {
     );
     let _ = writeln!(
         s,
-        "rows         {} in {} shards, {:.1} MiB",
+        "rows         {} in {} shard{}, {:.1} MiB",
         m.total_rows,
         m.shards.len(),
+        if m.shards.len() == 1 { "" } else { "s" },
         m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / (1 << 20) as f64
     );
     let _ = writeln!(s, "schedules");

@@ -132,7 +132,10 @@ impl Manifest {
     /// Reads and checks `dir/manifest.json`. Unknown keys are errors naming their path.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| match dir.is_file() {
+            true => not_a_folder(dir),
+            false => DataError::io(&path, e),
+        })?;
         // some Windows editors save UTF-8 with a byte-order mark, which JSON parsers reject
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let de = &mut serde_json::Deserializer::from_str(text);
@@ -332,6 +335,17 @@ impl Manifest {
             _ => now == saved,
         }
     }
+}
+
+/// The error for a dataset folder given as a file (read on, `data/manifest.json` would be
+/// `data/manifest.json/manifest.json: Not a directory`).
+fn not_a_folder(dir: &Path) -> DataError {
+    let mut s = format!("{}: must be a dataset folder (the one holding {MANIFEST_FILE}), found a file", dir.display());
+    if dir.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        s += &format!(": give {}", parent.display());
+    }
+    DataError::Config(s)
 }
 
 /// Write `bytes` to `path` so that readers see either the old file or the complete new one.

@@ -26,6 +26,11 @@ use crate::manifest::{Manifest, TokenizerInfo};
 pub const TOKENIZER_NAME: &str = "patch-pca-bsq";
 pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
 
+/// What a tokenizer file is, as its errors name it.
+fn file_format() -> String {
+    format!("{TOKENIZER_NAME} tokenizer (safetensors)")
+}
+
 /// An RGB image, channel-major `[3, h, w]`, values in [-1, 1].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
@@ -286,19 +291,20 @@ impl PatchTokenizer {
             ("whiten".to_string(), format!("{:e}", self.whiten)),
         ]
         .into();
-        let bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| DataError::corrupt(path, e))?;
+        let bytes =
+            safetensors::serialize(tensors, Some(meta)).map_err(|e| DataError::write(path, file_format(), e))?;
         crate::manifest::write_atomic(path, &sorted_header(bytes))
     }
 
     pub fn load(path: &Path) -> Result<PatchTokenizer> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-        let bad = |what: String| DataError::corrupt(path, format!("not a {TOKENIZER_NAME} tokenizer: {what}"));
+        let bad = |what: String| DataError::unreadable(path, file_format(), what);
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata key `{k}` missing")));
         if get("name")? != TOKENIZER_NAME {
-            return Err(bad(format!("metadata name is `{}`", get("name")?)));
+            return Err(bad(format!("metadata `name` is `{}`, expected `{TOKENIZER_NAME}`", get("name")?)));
         }
         let num = |k: &str| get(k)?.parse::<f64>().map_err(|_| bad(format!("metadata `{k}` is not a number")));
         let (patch, d) = (num("patch")? as usize, num("d")? as usize);
@@ -437,7 +443,8 @@ mod tests {
         }
         std::fs::write(&path, b"garbage").unwrap();
         let e = PatchTokenizer::load(&path).unwrap_err().to_string();
-        assert!(e.contains("tokenizer.safetensors") && e.contains("not a patch-pca-bsq tokenizer"), "{e}");
+        assert!(e.contains("tokenizer.safetensors: not a readable patch-pca-bsq tokenizer (safetensors): "), "{e}");
+        assert!(!e.contains("Arrow"), "{e}");
     }
 
     /// Two datasets share a tokenizer by name and file: the built-in one by value (its header written in

@@ -12,7 +12,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::Schema;
 
-use crate::error::{DataError, Result};
+use crate::error::{DataError, Result, ARROW_IPC_FILE};
 use crate::format::{self, Columns};
 use crate::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
 use crate::reader::{check_row, RowRef};
@@ -180,7 +180,7 @@ impl DatasetWriter {
             let path = self.dir.join(&name);
             let f = File::create(&path).map_err(|e| DataError::io(&path, e))?;
             let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, f), &self.schema)
-                .map_err(|e| DataError::corrupt(&path, e))?;
+                .map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
             let buckets = self.manifest.schedules.len();
             self.shard = Some(OpenShard { file: name, writer, rows: 0, bytes: 0, bucket_rows: vec![0; buckets] });
         }
@@ -194,16 +194,17 @@ impl DatasetWriter {
         let cols = self.builders.finish(self.columns);
         let shard = self.shard.as_mut().expect("rows imply an open shard");
         let path = self.dir.join(&shard.file);
-        let batch = RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| DataError::corrupt(&path, e))?;
-        shard.writer.write(&batch).map_err(|e| DataError::corrupt(&path, e))
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
+        shard.writer.write(&batch).map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))
     }
 
     fn close_shard(&mut self) -> Result<()> {
         self.flush_batch()?;
         let Some(mut shard) = self.shard.take() else { return Ok(()) };
         let path = self.dir.join(&shard.file);
-        shard.writer.finish().map_err(|e| DataError::corrupt(&path, e))?;
-        let file = shard.writer.into_inner().map_err(|e| DataError::corrupt(&path, e))?;
+        shard.writer.finish().map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
+        let file = shard.writer.into_inner().map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
         let file = file.into_inner().map_err(|e| DataError::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| DataError::io(&path, e))?;
         drop(file);

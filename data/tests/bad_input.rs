@@ -461,3 +461,32 @@ fn verify_notes_a_schedule_longer_than_a_model_trains_on() {
         r.notes
     );
 }
+
+/// A dataset folder given as its manifest (or any file) is named as a file, with the folder to give.
+#[test]
+fn a_file_given_for_the_dataset_folder_is_named() {
+    let (dir, m) = dataset(10);
+    let manifest = dir.path().join(MANIFEST_FILE);
+    let e = Manifest::load(&manifest).unwrap_err().to_string();
+    let want = format!(
+        "{}: must be a dataset folder (the one holding manifest.json), found a file: give {}",
+        manifest.display(),
+        dir.path().display()
+    );
+    assert_eq!(e, want);
+    let shard = dir.path().join(&m.shards[0].file);
+    let e = open_err(&shard);
+    assert!(
+        e.ends_with("shard-00000.arrow: must be a dataset folder (the one holding manifest.json), found a file"),
+        "{e}"
+    );
+}
+
+/// inspect counts shards in words: one shard is singular.
+#[test]
+fn inspect_says_1_shard() {
+    let (dir, m) = dataset(1);
+    assert_eq!(m.shards.len(), 1);
+    let s = infinity_data::inspect::inspect(dir.path()).unwrap();
+    assert!(s.contains("rows         1 in 1 shard, "), "{s}");
+}

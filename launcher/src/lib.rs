@@ -60,6 +60,15 @@ where
     })
 }
 
+/// `n` and the noun, `s`-plural unless `n` is 1 ("1 image", "4 images").
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub mod agent;
 pub mod bench;
 pub mod comm;
@@ -87,5 +96,11 @@ mod tests {
         let e = "the dataset is missing";
         super::write_whole(&mut w, format_args!("[rank {}] error: {e}", 1), true);
         assert_eq!(w.0, [b"[rank 1] error: the dataset is missing\n".to_vec()]);
+    }
+
+    #[test]
+    fn one_of_a_noun_is_singular() {
+        assert_eq!([super::plural(1, "local rank"), super::plural(2, "GPU")], ["1 local rank", "2 GPUs"]);
+        assert_eq!(super::plural(0, "shard"), "0 shards");
     }
 }

@@ -815,5 +815,12 @@ fn an_agent_names_the_torchrun_variables_it_takes() {
         Some("[launch] from torchrun's variables: --nnodes 1 (PET_NNODES), --run-id pod-run (PET_RDZV_ID)"),
         "{text}"
     );
-    assert!(lines.next().is_some_and(|l| l.starts_with("[launch] node 0/1:") && l.contains("run pod-run")), "{text}");
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("[launch] node 0/1: 1 local rank of 1,") && l.contains("run pod-run")),
+        "{text}"
+    );
+    // one rank in the singular
+    assert!(lines.any(|l| l == "[launch] the local rank finished"), "{text}");
 }

@@ -92,7 +92,7 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (1e30, 0, 0);
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     assert!(e.contains("3 consecutive non-finite steps"), "{e}");
     let s = summary(&cfg.run.dir);
@@ -105,6 +105,12 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     assert!(last["loss"].is_null(), "a non-finite loss is null in JSON: {last}");
     let tb = tensorboard_steps(&cfg.run.dir, "train/loss").concat();
     assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
+    // no checkpoint to resume from: `--resume auto` would start afresh into the same divergence
+    assert_eq!(latest_checkpoint(&cfg.run.dir), None);
+    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+    assert!(e.contains(&format!("this run diverged at step {stopped}")), "{e}");
+    cfg.optim.lr = 1e-3;
+    train(&cfg, &TrainOptions::default()).unwrap();
 }
 
 /// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
@@ -143,6 +149,11 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
         let want = format!("resumed from {}", latest_checkpoint(&cfg.run.dir).unwrap().display());
         assert!(stdout.contains(&want), "{args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     };
+    // a setting changed in the environment counts as changed, and is said
+    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--check"], &[("INF__OPTIM__LR", "1e-3")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("from the environment: optim.lr = 1e-3"), "{stdout}");
     resumed(&["--resume", "auto", "--set", "optim.lr=1e-3"]);
     // nor with the same settings on a dataset mended since (here its shard renamed)
     let manifest = std::fs::read_to_string(data.join("manifest.json")).unwrap();
@@ -319,7 +330,8 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
         text.split("stopped by a signal at step ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     let step3 = run.join("checkpoints/step-00000003");
     let want = format!(
-        "rank 0 was still writing the checkpoint of step {step}; the newest complete one seen from this host: {}",
+        "last checkpoint: step {step}, which rank 0 writes in the background (the newest complete one seen from this \
+         host: {})",
         step3.display()
     );
     assert!(text.contains(&want), "{text}");

@@ -430,6 +430,12 @@ fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
     for (rest, want) in [
         ("[axes]\n\"model.embed_dims\" = [64]", "[axes] model.embed_dims: unknown key `embed_dims`, expected one of"),
         ("[set]\n\"val.evry\" = 3\n[axes]\n\"model.num_heads\" = [2]", "[set] val.evry: unknown key `evry`"),
+        // a one-word axis may also be a budget
+        (
+            "[axes]\ntoken = [1e6]",
+            "[axes] token: unknown key `token`, expected one of `run`, `model`, `data`, `optim`, \
+             `bsc`, `loss`, `checkpoint`, `sample`, `dist`, `val`, `tokens`, `compute`",
+        ),
     ] {
         sweep_file(t, "keys.toml", "keys", rest);
         let text = refused(infinity(&["sweep", "keys.toml", "--dry-run"], t));

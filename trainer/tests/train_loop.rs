@@ -597,6 +597,41 @@ fn buckets_smaller_than_a_global_batch_are_named_as_never_trained() {
     assert!(!lines.iter().any(|l| l.contains("never trained on")), "{lines:?}");
 }
 
+/// A resume from another run's checkpoint into a run.dir that holds a run of its own is refused (the two
+/// histories would share one folder); into a fresh one it trains, and the same resume again (a retry
+/// before the new run's first checkpoint) continues. A checkpoint without its config.toml resumes with
+/// a line saying the settings were not compared.
+#[test]
+fn a_resume_from_elsewhere_does_not_mix_two_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        c.sample.every = 0;
+        c
+    };
+    let (a, b, c) = (run("a"), run("b"), run("c"));
+    train(&a, &TrainOptions::default()).unwrap();
+    train(&b, &TrainOptions::default()).unwrap();
+    let step3 = a.run.dir.join("checkpoints/step-00000003");
+    let from_a = |stop_after| TrainOptions { resume: Some(step3.clone()), stop_after, ..Default::default() };
+    let e = format!("{:#}", train(&b, &from_a(None)).unwrap_err());
+    assert!(
+        e.contains("holds another run (its own checkpoint of step 3)") && e.contains("mix the two histories"),
+        "{e}"
+    );
+    train(&c, &from_a(Some(4))).unwrap();
+    let s = train(&c, &from_a(None)).unwrap();
+    assert_eq!(s.steps, 6);
+    let first = std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
+    assert!(first.starts_with("{\"step\":4,"), "{}", &first[..40]);
+    let ckpt = c.run.dir.join("checkpoints/step-00000006");
+    std::fs::remove_file(ckpt.join("config.toml")).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, Some(&ckpt), None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("(not compared: ") && l.contains("config.toml")), "{lines:?}");
+}
+
 /// A shard copied under another name (and listed) repeats its rows' ids: `--check` says so.
 #[test]
 fn repeated_ids_are_named_by_the_check() {

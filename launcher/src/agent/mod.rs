@@ -163,21 +163,21 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     client.set_reply_timeout(Duration::from_secs(5));
     match &rounds {
         None => console_err!(
-            "[launch] node {}/{}: {} local ranks of {}, store {store_addr}, run {} (logs {})",
+            "[launch] node {}/{}: {} of {}, store {store_addr}, run {} (logs {})",
             p.node_rank,
             p.nnodes,
-            a.nproc_per_node,
+            crate::plural(a.nproc_per_node, "local rank"),
             p.nnodes * a.nproc_per_node,
             p.run_id,
             a.log_dir.join(&p.run_id).display()
         ),
         Some(r) => {
             console_err!(
-                "[launch] agent {} of an elastic group of {}:{} nodes: {} local ranks each, store {store_addr}, run {} (logs {})",
+                "[launch] agent {} of an elastic group of {}:{} nodes: {} each, store {store_addr}, run {} (logs {})",
                 r.me,
                 r.min,
                 r.max,
-                a.nproc_per_node,
+                crate::plural(a.nproc_per_node, "local rank"),
                 p.run_id,
                 a.log_dir.join(&p.run_id).display()
             );
@@ -334,7 +334,10 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         // is joined (its restart, or its exit code)
         let outcome = match outcome {
             Outcome::Succeeded => {
-                console_err!("[launch] all {} local ranks finished", a.nproc_per_node);
+                match a.nproc_per_node {
+                    1 => console_err!("[launch] the local rank finished"),
+                    n => console_err!("[launch] all {n} local ranks finished"),
+                }
                 let elastic_member = rounds.is_some() && server.is_none();
                 group_outcome(&mut client, &prefix, g, elastic_member, &mut signals).await
             }

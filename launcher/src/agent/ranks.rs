@@ -199,8 +199,8 @@ fn local_devices(inherited: Option<&str>, nproc: usize) -> Vec<String> {
     let mut devices: Vec<String> = list.split(',').map(str::trim).filter(|d| !d.is_empty()).map(String::from).collect();
     if !devices.is_empty() && devices.len() < nproc {
         tracing::warn!(
-            "CUDA_VISIBLE_DEVICES={list} lists {} GPUs for {nproc} local ranks: local ranks {}..{nproc} see no GPU",
-            devices.len(),
+            "CUDA_VISIBLE_DEVICES={list} lists {} for {nproc} local ranks: local ranks {}..{nproc} see no GPU",
+            crate::plural(devices.len(), "GPU"),
             devices.len()
         );
     }

@@ -130,7 +130,8 @@ pub struct BenchArgs {
     /// Samples read per measurement (at least enough batches that the read-ahead queue cannot serve them).
     #[arg(long, default_value_t = 200_000)]
     samples: u64,
-    /// Scratch folder for the generated datasets (default: the system temp folder).
+    /// Where to generate the datasets: a fresh folder is made inside it and removed afterwards, nothing
+    /// else in it is touched (default: the system temp folder).
     #[arg(long)]
     scratch: Option<PathBuf>,
     /// Also run the pyarrow reference (tools/bench_loader.py) with this Python, side by side.
@@ -176,9 +177,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             let t = Instant::now();
             let (m, fit) = synth::synth(&a.common.out, &opts)?;
             console!(
-                "wrote {} rows in {} shards to {} in {:.1} s",
+                "wrote {} rows in {} to {} in {:.1} s",
                 m.total_rows,
-                m.shards.len(),
+                super::plural(m.shards.len(), "shard"),
                 a.common.out.display(),
                 t.elapsed().as_secs_f64()
             );
@@ -280,10 +281,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DataCommand::Bench(a) => {
-            let scratch = match a.scratch {
-                Some(p) => p,
-                None => std::env::temp_dir().join(format!("infinity-bench-{}", std::process::id())),
-            };
+            // a folder of our own inside the one given: the user's folder (say `.`) is never removed
+            let parent = a.scratch.unwrap_or_else(std::env::temp_dir);
+            std::fs::create_dir_all(&parent).with_context(|| format!("--scratch {}", parent.display()))?;
+            let scratch = tempfile::Builder::new()
+                .prefix("infinity-bench-")
+                .tempdir_in(&parent)
+                .with_context(|| format!("--scratch {}: cannot make a folder in it", parent.display()))?;
             let opts = bench::BenchOptions {
                 d: a.d,
                 rows: a.rows,
@@ -292,8 +296,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 samples: a.samples,
                 python: a.python,
             };
-            let table = bench::run(&scratch, &opts);
-            let _ = std::fs::remove_dir_all(&scratch);
+            let table = bench::run(scratch.path(), &opts);
+            drop(scratch); // (removes the generated datasets)
             console!("loader throughput, d = {}, global batch {}, from the page cache:", a.d, a.global_batch);
             console_text!("{}", table?);
         }

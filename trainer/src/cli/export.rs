@@ -20,9 +20,10 @@ enum DtypeArg {
 pub struct ExportArgs {
     /// A checkpoint folder, or a run folder (its newest complete checkpoint).
     ckpt: PathBuf,
-    /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Any other
-    /// name is a folder (made if missing) that gets `model.safetensors` inside it. One export per folder
-    /// (config.json describes one weights file), never inside a checkpoint folder.
+    /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Names ending
+    /// `.pth`, `.pt`, `.bin` or `.ckpt` are refused (the export is safetensors); any other name is a folder
+    /// (made if missing) that gets `model.safetensors` inside it. One export per folder (config.json
+    /// describes one weights file), never in a checkpoint, a run or a dataset folder.
     #[arg(short, long, default_value = "model.safetensors")]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
@@ -55,6 +56,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     );
     // a pickle is what upstream's `--checkpoint_type torch` loads; this writes safetensors only
     let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    ensure!(ext != "safetensor", "-o {}: did you mean `.safetensors`? (any other name is a folder)", a.out.display());
     ensure!(
         !matches!(ext.as_str(), "pth" | "pt" | "bin" | "ckpt"),
         "-o {}: the export is safetensors. Upstream's run_infinity.py loads the export folder with \

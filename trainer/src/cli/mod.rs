@@ -97,16 +97,7 @@ impl std::fmt::Display for Permanent {
 
 impl std::error::Error for Permanent {}
 
-pub(crate) use infinity_launcher::{positive, positive_of};
-
-/// `n` and the noun, `s`-plural unless `n` is 1 ("1 image", "4 images").
-pub(crate) fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
+pub(crate) use infinity_launcher::{plural, positive, positive_of};
 
 /// The process exit code for an error of `run`: `EXIT_BAD_INVOCATION`, `EXIT_BAD_DATA` or
 /// `EXIT_DIVERGED` for a `Permanent` one, 1 otherwise.

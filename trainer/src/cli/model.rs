@@ -122,7 +122,7 @@ pub struct BenchArgs {
 }
 
 fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
-    let mut c = ModelConfig::preset(&s.preset).with_context(|| format!("unknown preset `{}`", s.preset))?;
+    let mut c = ModelConfig::named_preset(&s.preset).context("--preset")?;
     let mut label = s.preset.clone();
     if let Some(w) = s.width {
         c = c.with_width(w);
@@ -253,7 +253,7 @@ fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSched
 }
 
 fn coord_check(a: CoordArgs) -> anyhow::Result<()> {
-    let preset = ModelConfig::preset(&a.preset).with_context(|| format!("unknown preset `{}`", a.preset))?;
+    let preset = ModelConfig::named_preset(&a.preset).context("--preset")?;
     let conditioning = if a.text { Conditioning::Text } else { Conditioning::Class { num_classes: 16 } };
     let config = ModelConfig { conditioning, ..preset };
     let base = a.base_width.or(a.widths.first().copied()).context("--widths: give at least one")?;

@@ -59,6 +59,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // the ranks this run splits its batch over (torchrun-style variables or SLURM's, as `Dist::join`
     // reads them): variables that contradict each other are wrong at every restart
     let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
+    // a setting taken from the environment is said once (it is easily left set from an earlier job)
+    let from_env = train::config::environment_overrides();
+    if !from_env.is_empty() && env.as_ref().is_none_or(|e| e.rank == 0) {
+        console!("from the environment: {}", from_env.join(", "));
+    }
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
     if world > 1 {
         dist::backend_available(&cfg.dist).map_err(bad)?;
@@ -133,25 +138,24 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    let last = s.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
-    let checkpoint = match s.unconfirmed_checkpoint {
-        // (another rank, with rank 0 still writing in the background as this one stopped)
-        Some(step) => {
-            format!(
-                "rank 0 was still writing the checkpoint of step {step}; the newest complete one seen from this \
-                 host: {last}"
-            )
-        }
-        None => format!("last checkpoint {last}"),
+    let checkpoint = match (s.unconfirmed_checkpoint, &s.last_checkpoint) {
+        // (another rank: rank 0 writes checkpoints in the background, and its exit waits for the last)
+        (Some(step), last) => format!(
+            "last checkpoint: step {step}, which rank 0 writes in the background (the newest complete one seen from \
+             this host: {})",
+            last.as_ref().map_or("none".into(), |p| p.display().to_string())
+        ),
+        (None, Some(p)) => format!("last checkpoint {}", p.display()),
+        (None, None) => "no checkpoint written".into(),
     };
     console!(
-        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {} skipped steps; {checkpoint}",
+        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {}; {checkpoint}",
         if s.preempted { "stopped by a signal at" } else { "trained to" },
         s.steps,
         s.seconds,
         s.last_loss,
         100.0 * s.last_bit_acc,
-        s.skipped_steps,
+        super::plural(s.skipped_steps as usize, "skipped step"),
     );
     Ok(preempted_exit(s.preempted && s.steps < cfg.run.steps, a.preempted_exit_code))
 }

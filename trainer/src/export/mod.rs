@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::model::io::{weights_bytes, SaveDtype};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint::{CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
+use crate::train::rundir::RUN_FILES;
 pub use load::{load_export, LoadedExport};
 use upstream::run_infinity;
 
@@ -88,6 +89,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             ckpt.display()
         );
     }
+    refuse_a_run_or_dataset(folder)?;
     refuse_another_export(folder, file)?;
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
@@ -222,6 +224,23 @@ fn enclosing_checkpoint(folder: &Path) -> Option<PathBuf> {
     let full = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
     let existing = full.ancestors().find(|p| p.exists())?.canonicalize().ok()?;
     existing.ancestors().find(|p| p.join(DONE).is_file() || p.join(STATE_FILE).is_file()).map(Path::to_path_buf)
+}
+
+/// Refuse a run folder, its `checkpoints/` folder or a dataset as the export's folder: `infinity
+/// sample RUN` would read the export (and go on reading it as the run trains on) instead of the run's
+/// newest checkpoint, and a dataset folder would hold files its readers do not expect.
+fn refuse_a_run_or_dataset(folder: &Path) -> Result<()> {
+    let is_run = |p: &Path| p.join("checkpoints").is_dir() || RUN_FILES.iter().any(|f| p.join(f).is_file());
+    let what = if is_run(folder) {
+        "a run folder (`infinity sample` would read the export in place of its newest checkpoint)"
+    } else if folder.file_name().is_some_and(|n| n == "checkpoints") && folder.parent().is_some_and(is_run) {
+        "a run's checkpoints folder"
+    } else if folder.join(infinity_data::manifest::MANIFEST_FILE).is_file() {
+        "a dataset folder"
+    } else {
+        return Ok(());
+    };
+    bail!("{}: {what}; export into a folder of its own", folder.display())
 }
 
 /// Refuse a `folder` whose config.json or shard index describes weights other than `file` that are

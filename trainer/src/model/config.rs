@@ -92,6 +92,11 @@ impl ModelConfig {
         })
     }
 
+    /// [`ModelConfig::preset`], or an error that lists the names it knows.
+    pub fn named_preset(name: &str) -> anyhow::Result<ModelConfig> {
+        Self::preset(name).ok_or_else(|| anyhow::anyhow!("unknown preset `{name}` (one of {})", PRESETS.join(", ")))
+    }
+
     /// This model at another width, the head dimension kept where the width allows (heads = width /
     /// head dim, at least 1): the width-reduced variants of `infinity model`, and width sweeps.
     pub fn with_width(&self, width: usize) -> ModelConfig {
@@ -210,5 +215,12 @@ mod tests {
             assert_eq!(c.ffn_hidden(), hidden, "{name}");
         }
         assert_eq!(ModelConfig::preset("2b").unwrap().pool_heads(), 16);
+    }
+
+    #[test]
+    fn an_unknown_preset_lists_the_known_ones() {
+        let e = ModelConfig::named_preset("foo").unwrap_err().to_string();
+        assert_eq!(e, format!("unknown preset `foo` (one of {})", PRESETS.join(", ")));
+        assert!(e.contains("tiny, small, layer12") && e.ends_with("2b, 8b)"), "{e}");
     }
 }

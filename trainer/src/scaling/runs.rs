@@ -217,6 +217,12 @@ pub fn gather(root: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
     }
     if runs.is_empty() {
         match notes.is_empty() {
+            // (`infinity scaling runs/tiny`: one run's folder, not the sweep's that holds it)
+            true if root.join("summary.json").is_file() => bail!(
+                "{}: a run folder itself (it has a summary.json): give the folder that holds the run folders (a \
+                 sweep's `out`)",
+                root.display()
+            ),
             true => bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display()),
             false => bail!("{}: no readable run folder:\n  {}", root.display(), notes.join("\n  ")),
         }
@@ -302,6 +308,17 @@ mod tests {
         assert_eq!((missing, note), (vec![], None));
         assert_eq!(super::median(&curve), Some(4.0));
         assert_eq!(super::median(&[(1, 2.0), (2, f64::NAN), (3, 1.0), (4, 7.0)]), Some(2.0));
+    }
+
+    /// A root without run folders is named as such; one that is a run folder itself says to give its parent.
+    #[test]
+    fn a_root_without_run_folders_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = super::gather(dir.path()).unwrap_err().to_string();
+        assert!(e.ends_with(": no run folders with a summary.json (has the sweep run?)"), "{e}");
+        std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
+        let e = super::gather(dir.path()).unwrap_err().to_string();
+        assert!(e.ends_with(": a run folder itself (it has a summary.json): give the folder that holds the run folders (a sweep's `out`)"), "{e}");
     }
 
     #[test]

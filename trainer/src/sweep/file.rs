@@ -148,11 +148,16 @@ pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, override
     let Some((key, rest)) = found else { return e };
     let rest = rest.strip_prefix(&format!("at `{key}`: ")).unwrap_or(rest);
     // the config crate's "unknown field `x`, expected one of … for key `model`": the list stays
-    let rest = match rest.strip_prefix("unknown field ") {
+    let mut rest = match rest.strip_prefix("unknown field ") {
         Some(tail) => format!("unknown key {}", tail.rsplit_once(" for key `").map_or(tail, |(list, _)| list)),
         None => rest.to_string(),
     };
-    anyhow::anyhow!("{}: {} {key}: {rest}", path.display(), section_of(sweep, key))
+    let section = section_of(sweep, key);
+    // an axis of one word is a config section or a budget, which the config's list does not hold
+    if section == "[axes]" && !key.contains('.') && rest.starts_with("unknown key ") {
+        rest += &super::Budget::AXES.iter().map(|a| format!(", `{a}`")).collect::<String>();
+    }
+    anyhow::anyhow!("{}: {section} {key}: {rest}", path.display())
 }
 
 /// `key=value`, an override as `TrainConfig::load` takes it.
@@ -218,6 +223,13 @@ mod tests {
         assert_eq!(
             text,
             "s.toml: [axes] model.embed_dims: unknown key `embed_dims`, expected one of `preset`, `depth`"
+        );
+        // a top-level axis may also be a budget
+        let budget = sweep("base = \"b.toml\"\nout = \"o\"\n[axes]\ntoken = [1e6]\n").unwrap();
+        let e = anyhow::anyhow!("--set token=1e6: at `token`: unknown field `token`, expected one of `run`, `val`");
+        assert_eq!(
+            in_sweep_terms(e, Path::new("s.toml"), &budget, &["token=1e6".into()]).to_string(),
+            "s.toml: [axes] token: unknown key `token`, expected one of `run`, `val`, `tokens`, `compute`"
         );
         let e = anyhow::anyhow!("val.every must be positive").context("--set val.every");
         let text = in_sweep_terms(e, Path::new("s.toml"), &s, &overrides).to_string();

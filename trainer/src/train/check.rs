@@ -87,11 +87,12 @@ pub fn check_with(
     }
     let n = lay.numel as f64;
     out.push(format!(
-        "model {}: depth {}, width {}, {} heads, {:.1} M parameters",
+        "model {}: depth {}, width {}, {} heads, {} parameters ({:.2} M)",
         cfg.model.preset,
         mc.depth,
         mc.embed_dim,
         mc.num_heads,
+        lay.numel,
         n / 1e6
     ));
     if let Some(base) = cfg.model.mup() {

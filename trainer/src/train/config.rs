@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Conditioning, ModelConfig};
@@ -16,7 +16,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
-pub use load::keys_overlap;
+pub use load::{environment_overrides, keys_overlap};
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 
@@ -422,9 +422,7 @@ impl TrainConfig {
         text: Option<(usize, usize)>,
     ) -> Result<ModelConfig> {
         let m = &self.model;
-        let mut c = ModelConfig::preset(&m.preset).with_context(|| {
-            format!("model.preset: unknown preset `{}` (one of {})", m.preset, crate::model::config::PRESETS.join(", "))
-        })?;
+        let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
         c.depth = m.depth.unwrap_or(c.depth);
         c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
         c.num_heads = m.num_heads.unwrap_or(c.num_heads);

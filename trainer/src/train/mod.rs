@@ -390,7 +390,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
             }
             let newest = checkpoint::complete(run).pop().map(|c| c.1);
-            let last = newest.as_ref().map_or("none".into(), |p| p.display().to_string());
+            let last = newest.as_ref().map_or("no checkpoint was written".into(), |p| p.display().to_string());
             if let Some(l) = logger.as_mut() {
                 l.finish();
             }

@@ -63,15 +63,15 @@ pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<St
         .collect())
 }
 
-/// The changed settings of a resume from `ckpt`, for the console and train.log (empty when the
-/// checkpoint keeps no config), and a drop-path rate other than the checkpoint's model trained with:
+/// The changed settings of a resume from `ckpt`, for the console and train.log (a line saying they
+/// were not compared when the checkpoint's config.toml is missing or unreadable), and a drop-path rate other than the checkpoint's model trained with:
 /// `model.drop_path_rate` unset takes the preset's, which a checkpoint of an earlier build (without
 /// drop path) does not share.
 pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelConfig) -> Result<Vec<String>> {
     let p = ckpt.join("config.toml");
     let mut changes = match std::fs::read_to_string(&p) {
         Ok(old) => config_changes(&old, config_toml).with_context(|| format!("reading {}", p.display()))?,
-        Err(_) => Vec::new(),
+        Err(e) => vec![format!("(not compared: {}: {e})", p.display())],
     };
     let model: Option<serde_json::Value> =
         std::fs::read_to_string(ckpt.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
@@ -87,6 +87,32 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         }
     }
     Ok(changes)
+}
+
+/// Whether `run` holds the history of another run than the one resumed from `ckpt` (at `step`, a
+/// checkpoint outside `run`): a checkpoint of its own at or before `step`, or a log from before it. The
+/// resumed run would append to that history (its logs, its checkpoints kept beside the new ones). A
+/// run that was itself resumed from `ckpt` logs from `step + 1` on, and is continued. The message saying
+/// so, or `None`.
+pub fn foreign_history(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
+    let (run_full, ckpt_full) = (run.canonicalize().ok()?, ckpt.canonicalize().ok()?);
+    if ckpt_full.starts_with(&run_full) {
+        return None;
+    }
+    let held = match checkpoint::complete(run).into_iter().find(|(s, _)| *s <= step) {
+        Some((s, _)) => format!("its own checkpoint of step {s}"),
+        None => {
+            let text = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
+            let first = text.lines().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64());
+            format!("metrics.jsonl from step {}", first.filter(|&s| s <= step)?)
+        }
+    };
+    Some(format!(
+        "run.dir {} holds another run ({held}), and resuming it from {} (step {step}) would mix the two histories \
+         in one folder: resume into a new run.dir, or `--resume auto` to continue the run it holds",
+        run.display(),
+        ckpt.display()
+    ))
 }
 
 /// Keeps the lines of a JSON-lines log (`metrics.jsonl`, `val.jsonl`) whose `step` is at most `step`:
@@ -134,6 +160,20 @@ pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String>
             run.display()
         )
     })
+}
+
+/// For a start from step 0 in `run` (`--resume auto` finding no complete checkpoint): what
+/// [`repeats_divergence`] says when the run it holds diverged and was started with this config
+/// (`config.toml`, run.dir aside) on this dataset (`derived.json`'s fingerprint), or `None`.
+pub fn restart_repeats_divergence(run: &Path, config_toml: &str, fingerprint: &str, world: usize) -> Option<String> {
+    let old = std::fs::read_to_string(run.join("config.toml")).ok()?;
+    if !config_changes(&old, config_toml).ok()?.is_empty() {
+        return None;
+    }
+    let derived: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("derived.json")).ok()?).ok()?;
+    (derived["dataset"]["fingerprint"].as_str()? == fingerprint).then_some(())?;
+    repeats_divergence(run, 0, world)
 }
 
 /// What a run resumed at its last step reports: its `summary.json` when that records this step, else

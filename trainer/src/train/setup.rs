@@ -329,6 +329,9 @@ pub(crate) fn resume_from(
         })
         .with_context(|| format!("resuming from {}", dir.display()))
         .map_err(unrecoverable)?;
+    if let Some(why) = rundir::foreign_history(&cfg.run.dir, dir, state.step) {
+        return Err(unrecoverable(anyhow::anyhow!(why)));
+    }
     let changes = rundir::resume_changes(dir, config_toml, mc)?;
     if changes.is_empty() && data_change.is_none() {
         if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
@@ -362,6 +365,13 @@ pub(crate) fn starting_state(
             (r.params, r.opt, Some(r.state))
         }
         None => {
+            // (a fresh start was refused a folder holding a run; this is `--resume auto` finding none)
+            let fingerprint = ds.manifest.fingerprint();
+            let same_again = (!opts.fresh_start)
+                .then(|| rundir::restart_repeats_divergence(&cfg.run.dir, config_toml, &fingerprint, world));
+            if let Some(why) = same_again.flatten() {
+                return Err(super::stop::Diverged(why).into());
+            }
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
                 console!("{note}");
             }

@@ -133,10 +133,23 @@ pub(crate) fn compatible(
     if train.d != val.d {
         bail!("val.dir {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
     }
-    if train.conditions.class.as_ref().map(|c| c.num_classes) != val.conditions.class.as_ref().map(|c| c.num_classes)
-        || train.conditions.text.as_ref().map(|t| t.width) != val.conditions.text.as_ref().map(|t| t.width)
-    {
-        bail!("val.dir {}: its conditions differ from the training data's", name(val_dir));
+    // the conditions the model's shape depends on: its class embedding and text projection
+    let shape = |m: &Manifest| {
+        (m.conditions.class.as_ref().map(|c| c.num_classes), m.conditions.text.as_ref().map(|t| t.width))
+    };
+    let words = |m: &Manifest| {
+        let (classes, width) = shape(m);
+        let class = classes.map_or("no class condition".into(), |n| format!("{n} classes"));
+        let text = width.map_or("no text condition".into(), |w| format!("text features of width {w}"));
+        format!("{class}, {text}")
+    };
+    if shape(train) != shape(val) {
+        bail!(
+            "val.dir {}: its conditions ({}) differ from the training data's ({})",
+            name(val_dir),
+            words(val),
+            words(train)
+        );
     }
     // class ids mean the same classes where both datasets name them (pack: sorted folder names)
     if let (Some(t), Some(v)) = (&train.conditions.class, &val.conditions.class) {
@@ -167,4 +180,42 @@ pub(crate) fn compatible(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use infinity_data::Manifest;
+
+    fn manifest(conditions: serde_json::Value) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": "infinity-bits", "format_version": 1, "d": 16, "bit_order": "",
+            "tokenizer": { "name": "t", "file": null }, "conditions": conditions, "latent": null,
+            "schedules": [], "shards": [], "total_rows": 0, "created_by": ""
+        }))
+        .unwrap()
+    }
+
+    /// Conditions that change the model's shape are refused, each side's named; captions alone do not.
+    #[test]
+    fn other_conditions_are_named() {
+        let classes = |n: u32| manifest(serde_json::json!({ "class": { "num_classes": n }, "caption": true }));
+        let text = manifest(serde_json::json!({
+            "text": { "width": 2048, "dtype": "bf16", "max_tokens": 512, "encoder": "flan-t5-xl" }
+        }));
+        let check = |train: &Manifest, val: &Manifest| super::compatible(train, Path::new("t"), val, Path::new("v"));
+        assert_eq!(
+            check(&classes(24), &classes(2)).unwrap_err().to_string(),
+            "val.dir v: its conditions (2 classes, no text condition) differ from the training data's (24 classes, \
+             no text condition)"
+        );
+        assert_eq!(
+            check(&classes(24), &text).unwrap_err().to_string(),
+            "val.dir v: its conditions (no class condition, text features of width 2048) differ from the training \
+             data's (24 classes, no text condition)"
+        );
+        let no_captions = manifest(serde_json::json!({ "class": { "num_classes": 24 } }));
+        check(&classes(24), &no_captions).unwrap();
+    }
 }

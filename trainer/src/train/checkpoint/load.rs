@@ -32,9 +32,47 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
                 path.display(),
                 export.source
             ),
-            None => bail!("{}: neither a checkpoint nor a run folder with a complete checkpoint", path.display()),
+            None => bail!(
+                "{}: neither a checkpoint nor a run folder with a complete checkpoint{}",
+                path.display(),
+                near_miss(path)
+            ),
         },
         None => bail!("{}: no such checkpoint or run folder", path.display()),
+    }
+}
+
+/// What to give instead of `path` where it is close to a checkpoint: a file in one (or in an export), a
+/// run's `checkpoints` folder, or a folder of run folders ("" otherwise).
+fn near_miss(path: &Path) -> String {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if path.is_file() {
+        let holder = match (read_export(parent), parent.join(DONE).is_file()) {
+            (Some(_), _) => "export",
+            (None, true) => "checkpoint",
+            (None, false) => return " (a file: give a checkpoint, run or export folder)".into(),
+        };
+        return format!(" (a file: give the {holder} folder holding it, {})", parent.display());
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    subdirs.sort();
+    // a run's checkpoints/step-N folders, newest last
+    let steps: Vec<&PathBuf> = subdirs
+        .iter()
+        .filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) && d.join(DONE).is_file())
+        .collect();
+    if let Some(newest) = steps.last() {
+        return format!(
+            " (a run's checkpoints folder: give the run folder, {}, or a step folder such as {})",
+            parent.display(),
+            newest.display()
+        );
+    }
+    match subdirs.iter().find(|d| !complete(d).is_empty()) {
+        Some(run) => format!(" (a folder of run folders: give one of them, such as {})", run.display()),
+        None => String::new(),
     }
 }
 
@@ -272,6 +310,46 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file, a run's checkpoints folder and a folder of runs are each answered with what to give instead.
+    #[test]
+    fn near_misses_say_what_to_give() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("runs/demo");
+        let step = run.join("checkpoints/step-00000010");
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::write(step.join(DONE), "").unwrap();
+        let err = |p: &Path| resolve(p).unwrap_err().to_string();
+        let neither =
+            |p: &Path| format!("{}: neither a checkpoint nor a run folder with a complete checkpoint", p.display());
+        let e = err(&run.join("checkpoints"));
+        let want = format!(
+            "{} (a run's checkpoints folder: give the run folder, {}, or a step folder such as {})",
+            neither(&run.join("checkpoints")),
+            run.display(),
+            step.display()
+        );
+        assert_eq!(e, want);
+        let runs = tmp.path().join("runs");
+        assert_eq!(
+            err(&runs),
+            format!("{} (a folder of run folders: give one of them, such as {})", neither(&runs), run.display())
+        );
+        let file = tmp.path().join("model.safetensors");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(err(&file), format!("{} (a file: give a checkpoint, run or export folder)", neither(&file)));
+        let file = step.join(MODEL_FILE);
+        std::fs::write(&file, "").unwrap();
+        let e = err(&file);
+        assert!(e.ends_with(&format!("(a file: give the checkpoint folder holding it, {})", step.display())), "{e}");
+        let export = run.join("export");
+        std::fs::create_dir_all(&export).unwrap();
+        let config = serde_json::json!({ "format": crate::export::EXPORT_FORMAT });
+        std::fs::write(export.join("config.json"), config.to_string()).unwrap();
+        std::fs::write(export.join(MODEL_FILE), "").unwrap();
+        let e = err(&export.join(MODEL_FILE));
+        assert!(e.ends_with(&format!("(a file: give the export folder holding it, {})", export.display())), "{e}");
+    }
 
     #[test]
     fn run_precision_is_f32_bf16_or_absent() {

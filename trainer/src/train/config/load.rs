@@ -34,7 +34,8 @@ impl TrainConfig {
                 Some((_, rest)) => format!("unknown value `{}`", rest.split(" for key").next().unwrap_or(rest)),
                 None => inner,
             };
-            anyhow::anyhow!("{}: at `{key}`: {what}{}", source_of(&key, path, overrides), allowed_values(&key))
+            let allowed = allowed_values(&key, &what);
+            anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
         })?;
         // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what
         // it changed
@@ -127,6 +128,17 @@ pub fn keys_overlap(a: &str, b: &str) -> bool {
 
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
+/// The `INF__SECTION__KEY` variables of this process as `section.key = value`, sorted: the settings
+/// [`TrainConfig::load`] takes from the environment over the file's.
+pub fn environment_overrides() -> Vec<String> {
+    let mut found: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter_map(|(k, v)| Some(format!("{} = {v}", k.strip_prefix("INF__")?.to_lowercase().replace("__", "."))))
+        .collect();
+    found.sort();
+    found
+}
+
 fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     // the key itself or a table around it; the last override wins
     let related = |k: &str| keys_overlap(k, key);
@@ -144,8 +156,12 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
 }
 
 /// The values an enumerated key takes, for its error (serde's own message names the Rust type).
-fn allowed_values(key: &str) -> &'static str {
+fn allowed_values(key: &str, error: &str) -> &'static str {
     match key {
+        // (a known kind without its fields is reported at the table too)
+        "optim.decay" if error.contains("missing") => {
+            " (\"cosine\" and \"linear\" take min_ratio; \"wsd\" takes decay_fraction and min_ratio)"
+        }
         "run.precision" => " (expected \"f32\" or \"bf16\")",
         "run.device" => " (expected \"cpu\", \"cuda\" or \"auto\")",
         "dist.backend" => " (expected \"auto\", \"ring\" or \"nccl\")",

@@ -1,6 +1,8 @@
 //! [`TrainConfig::validate`]: the checks a config gets before any data is read (ranges, required
 //! pairings); what depends on the dataset is checked by `TrainConfig::model_config` and the run's start.
 
+use std::path::{Component, Path, PathBuf};
+
 use anyhow::{bail, Result};
 
 use super::{PeakTflops, TrainConfig};
@@ -24,6 +26,16 @@ impl TrainConfig {
         }
         if self.run.dir.as_os_str().is_empty() {
             bail!("run.dir must name a folder, found \"\"");
+        }
+        // a run writes checkpoints/, tb/ and its logs into run.dir: never into a dataset
+        let same = |a: &Path, b: &Path| resolved(a).is_some_and(|a| Some(a) == resolved(b));
+        for (key, dir) in [("data.dir", Some(&self.data.dir)), ("val.dir", self.val.dir.as_ref())] {
+            if dir.is_some_and(|dir| same(&self.run.dir, dir)) {
+                bail!(
+                    "run.dir and {key} are one folder ({}): give the run a folder of its own",
+                    self.run.dir.display()
+                );
+            }
         }
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             bail!("optim.lr must be a positive number, found {}", self.optim.lr);
@@ -148,4 +160,22 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// `p` absolute, links resolved where it exists and `.` and `..` taken away where it does not yet.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(full) = p.canonicalize() {
+        return Some(full);
+    }
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(p).ok()?.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
