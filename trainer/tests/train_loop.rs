@@ -121,6 +121,9 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         };
         let e = train(&other, &TrainOptions { resume: Some(step3.clone()), ..Default::default() }).unwrap_err();
         assert!(format!("{e:#}").contains(want), "{refused}: {e:#}");
+        // (the tensors' shapes come with the setting that changed them)
+        let named = format!("{e:#}").contains("model settings changed since: model.embed_dim: (unset) → 96");
+        assert_eq!(named, refused == "width", "{refused}: {e:#}");
         assert!(folder("metrics.jsonl") == metrics_before, "{refused}: the log was cut to step 3");
         assert!(before == (folder("config.toml"), folder("derived.json")), "{refused}: the run folder was rewritten");
         assert!(cfg.run.dir.join("checkpoints/step-00000006").is_dir(), "{refused}: step 6 was set aside");

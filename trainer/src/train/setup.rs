@@ -57,8 +57,15 @@ pub fn unlisted_warning(cfg: &TrainConfig, ds: &Dataset) -> Result<Option<String
 
 impl Setup {
     pub fn open(cfg: &TrainConfig) -> Result<Setup> {
-        let ds = Dataset::open(&cfg.data.dir, Checksums::Verify)
-            .with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
+        let dir = &cfg.data.dir;
+        let ds = Dataset::open(dir, Checksums::Verify).with_context(|| match dir.is_relative() && !dir.exists() {
+            // (a config's relative paths are taken from the working folder, not the config's)
+            true => {
+                let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
+                format!("data.dir {} (relative to the working folder, {here})", dir.display())
+            }
+            false => format!("data.dir {}", dir.display()),
+        })?;
 
         let m = &ds.manifest;
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
@@ -322,17 +329,24 @@ pub(crate) fn resume_from(
     config_toml: &str,
     (ds, world, accept_data_change): (&Dataset, usize, bool),
 ) -> Result<Resumed> {
+    let changes = rundir::resume_changes(dir, config_toml, mc)?;
+    // a checkpoint of another shape lists its tensors: the model settings changed since say why
+    let model_changes: Vec<&str> = changes.iter().filter(|c| c.starts_with("model.")).map(String::as_str).collect();
     let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
         .and_then(|(p, o, mut s)| {
             let moved = continue_position(&mut s.loader, ds, cfg, accept_data_change)?;
             Ok((p, o, s, moved))
         })
-        .with_context(|| format!("resuming from {}", dir.display()))
+        .with_context(|| match model_changes.is_empty() {
+            true => format!("resuming from {}", dir.display()),
+            false => {
+                format!("resuming from {} (model settings changed since: {})", dir.display(), model_changes.join("; "))
+            }
+        })
         .map_err(unrecoverable)?;
     if let Some(why) = rundir::foreign_history(&cfg.run.dir, dir, state.step) {
         return Err(unrecoverable(anyhow::anyhow!(why)));
     }
-    let changes = rundir::resume_changes(dir, config_toml, mc)?;
     if changes.is_empty() && data_change.is_none() {
         if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
             return Err(super::stop::Diverged(why).into());
