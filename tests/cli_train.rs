@@ -189,6 +189,14 @@ fn train_sample_and_export_a_text_model() {
     assert_eq!(infinity_trainer::infer::tokenizer_mismatch_warning(&data, &same, &m(&same)), None);
     let warning = infinity_trainer::infer::tokenizer_mismatch_warning(&data, &other, &m(&other)).unwrap();
     assert!(warning.contains("data-other-tok: its tokenizer is not the one the run trained with"), "{warning}");
+    // and a schedule of another pixel budget than the run's
+    let trained = &m(&data).schedules[0];
+    let mut longer = trained.clone();
+    longer.scales.push([1, 16, 16]);
+    longer.name = "longer".into();
+    assert_eq!(infinity_trainer::infer::untrained_schedule_warning(&data, trained), None);
+    let warning = infinity_trainer::infer::untrained_schedule_warning(&data, &longer).unwrap();
+    assert!(warning.starts_with("the `longer` schedule (") && warning.contains("none the run trained on"), "{warning}");
     // text features longer than the model's captions, or not finite, are named (not a panic)
     let text = &manifest["conditions"]["text"];
     let (width, max_tokens) = (text["width"].as_u64().unwrap() as usize, text["max_tokens"].as_u64().unwrap() as usize);

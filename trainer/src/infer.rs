@@ -234,6 +234,24 @@ pub fn tokenizer_mismatch_warning(trained: &Path, given: &Path, m: &Manifest) ->
     })
 }
 
+/// For `--data`: a warning when the schedule sampled is none of those in the dataset the run trained
+/// on (`trained`; nothing when that is not at hand): another pixel budget's scales are ones the model
+/// never predicted.
+pub fn untrained_schedule_warning(trained: &Path, sched: &ScaleSchedule) -> Option<String> {
+    let run = Manifest::load(trained).ok()?;
+    (!run.schedules.iter().any(|s| s.scales == sched.scales)).then(|| {
+        let names: Vec<&str> = run.schedules.iter().map(|s| s.name.as_str()).collect();
+        format!(
+            "the `{}` schedule ({} scales) is none the run trained on ({}: {}): the model predicts scales it \
+             never saw",
+            sched.name,
+            sched.scales.len(),
+            trained.display(),
+            names.join(", ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

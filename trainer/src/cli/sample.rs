@@ -118,6 +118,9 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         (None, None) => SchedulePick::Default,
     };
     let sched = infer::pick_schedule(&m, pick)?;
+    if let Some(warning) = a.data.as_ref().and_then(|_| infer::untrained_schedule_warning(&ck.data_dir, sched)) {
+        console_err!("warning: {warning}");
+    }
 
     let (cond, rows) = condition(&a, &ck.model, &m)?;
     let lay = Layout::new(&ck.model);
