@@ -122,6 +122,11 @@ fn no_export_into_a_run_or_a_dataset() {
         assert!(!folder.join("config.json").exists(), "{}: a refused export wrote", folder.display());
     }
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&run.join("export"))]));
+    // a folder merely named `checkpoints`, and the one above it, are not a run's
+    let own = data.parent().unwrap().join("project/checkpoints");
+    std::fs::create_dir_all(&own).unwrap();
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&own)]));
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(own.parent().unwrap())]));
     // a pickle's name, and a likely typo of the weights' (which would have made a folder)
     for (name, want) in
         [("model.pth", "the export is safetensors"), ("model.safetensor", "did you mean `.safetensors`?")]

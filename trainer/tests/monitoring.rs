@@ -92,7 +92,7 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (1e30, 0, 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     assert!(e.contains("3 consecutive non-finite steps"), "{e}");
     let s = summary(&cfg.run.dir);
@@ -105,12 +105,6 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     assert!(last["loss"].is_null(), "a non-finite loss is null in JSON: {last}");
     let tb = tensorboard_steps(&cfg.run.dir, "train/loss").concat();
     assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
-    // no checkpoint to resume from: `--resume auto` would start afresh into the same divergence
-    assert_eq!(latest_checkpoint(&cfg.run.dir), None);
-    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
-    assert!(e.contains(&format!("this run diverged at step {stopped}")), "{e}");
-    cfg.optim.lr = 1e-3;
-    train(&cfg, &TrainOptions::default()).unwrap();
 }
 
 /// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
@@ -330,8 +324,8 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
         text.split("stopped by a signal at step ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     let step3 = run.join("checkpoints/step-00000003");
     let want = format!(
-        "last checkpoint: step {step}, which rank 0 writes in the background (the newest complete one seen from this \
-         host: {})",
+        "rank 0 was writing the checkpoint of step {step} as this rank stopped (the newest complete one seen from \
+         this host: {})",
         step3.display()
     );
     assert!(text.contains(&want), "{text}");

@@ -122,7 +122,8 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         let e = train(&other, &TrainOptions { resume: Some(step3.clone()), ..Default::default() }).unwrap_err();
         assert!(format!("{e:#}").contains(want), "{refused}: {e:#}");
         // (the tensors' shapes come with the setting that changed them)
-        let named = format!("{e:#}").contains("model settings changed since: model.embed_dim: (unset) → 96");
+        let named =
+            format!("{e:#}").contains("model settings changed since the checkpoint: model.embed_dim: (unset) → 96");
         assert_eq!(named, refused == "width", "{refused}: {e:#}");
         assert!(folder("metrics.jsonl") == metrics_before, "{refused}: the log was cut to step 3");
         assert!(before == (folder("config.toml"), folder("derived.json")), "{refused}: the run folder was rewritten");
@@ -624,6 +625,22 @@ fn a_resume_from_elsewhere_does_not_mix_two_runs() {
         e.contains("holds another run (its own checkpoint of step 3)") && e.contains("mix the two histories"),
         "{e}"
     );
+    // a run stopped before its first checkpoint holds its log
+    let mut d = run("d");
+    d.checkpoint.every = 0;
+    train(&d, &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    let e = format!("{:#}", train(&d, &from_a(None)).unwrap_err());
+    assert!(e.contains("holds another run (metrics.jsonl from step 1)"), "{e}");
+    // a copy of a run's own checkpoint kept elsewhere is its own
+    let archived = tmp.path().join("archive/step-00000003");
+    std::fs::create_dir_all(&archived).unwrap();
+    for f in std::fs::read_dir(&step3).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, archived.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut a_again = a.clone();
+    a_again.run.steps = 4;
+    train(&a_again, &TrainOptions { resume: Some(archived), ..Default::default() }).unwrap();
     train(&c, &from_a(Some(4))).unwrap();
     let s = train(&c, &from_a(None)).unwrap();
     assert_eq!(s.steps, 6);

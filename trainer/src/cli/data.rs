@@ -282,12 +282,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         }
         DataCommand::Bench(a) => {
             // a folder of our own inside the one given: the user's folder (say `.`) is never removed
-            let parent = a.scratch.unwrap_or_else(std::env::temp_dir);
-            std::fs::create_dir_all(&parent).with_context(|| format!("--scratch {}", parent.display()))?;
+            let parent = a.scratch.clone().unwrap_or_else(std::env::temp_dir);
+            let named = if a.scratch.is_some() { "--scratch " } else { "the temp folder " };
             let scratch = tempfile::Builder::new()
                 .prefix("infinity-bench-")
                 .tempdir_in(&parent)
-                .with_context(|| format!("--scratch {}: cannot make a folder in it", parent.display()))?;
+                .with_context(|| format!("{named}{}: cannot make a folder in it", parent.display()))?;
             let opts = bench::BenchOptions {
                 d: a.d,
                 rows: a.rows,

@@ -60,7 +60,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // reads them): variables that contradict each other are wrong at every restart
     let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
     // a setting taken from the environment is said once (it is easily left set from an earlier job)
-    let from_env = train::config::environment_overrides();
+    let from_env: Vec<String> =
+        crate::sweep::env_overrides().iter().map(|(var, v)| format!("{} = {v}", crate::sweep::env_key(var))).collect();
     if !from_env.is_empty() && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("from the environment: {}", from_env.join(", "));
     }
@@ -139,10 +140,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let checkpoint = match (s.unconfirmed_checkpoint, &s.last_checkpoint) {
-        // (another rank: rank 0 writes checkpoints in the background, and its exit waits for the last)
+        // (another rank, with rank 0 still writing in the background as this one stopped: rank 0's own
+        // exit says whether it completed)
         (Some(step), last) => format!(
-            "last checkpoint: step {step}, which rank 0 writes in the background (the newest complete one seen from \
-             this host: {})",
+            "rank 0 was writing the checkpoint of step {step} as this rank stopped (the newest complete one seen \
+             from this host: {})",
             last.as_ref().map_or("none".into(), |p| p.display().to_string())
         ),
         (None, Some(p)) => format!("last checkpoint {}", p.display()),

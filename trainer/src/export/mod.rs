@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::model::io::{weights_bytes, SaveDtype};
 use crate::model::{Conditioning, Layout, ModelConfig};
-use crate::train::checkpoint::{CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
+use crate::train::checkpoint::{self, CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
 use crate::train::rundir::RUN_FILES;
 pub use load::{load_export, LoadedExport};
 use upstream::run_infinity;
@@ -230,10 +230,13 @@ fn enclosing_checkpoint(folder: &Path) -> Option<PathBuf> {
 /// sample RUN` would read the export (and go on reading it as the run trains on) instead of the run's
 /// newest checkpoint, and a dataset folder would hold files its readers do not expect.
 fn refuse_a_run_or_dataset(folder: &Path) -> Result<()> {
-    let is_run = |p: &Path| p.join("checkpoints").is_dir() || RUN_FILES.iter().any(|f| p.join(f).is_file());
+    // (by what a run leaves: a folder merely named `checkpoints`, or holding one, is not a run's)
+    let is_run = |p: &Path| !checkpoint::complete(p).is_empty() || RUN_FILES.iter().any(|f| p.join(f).is_file());
     let what = if is_run(folder) {
         "a run folder (`infinity sample` would read the export in place of its newest checkpoint)"
-    } else if folder.file_name().is_some_and(|n| n == "checkpoints") && folder.parent().is_some_and(is_run) {
+    } else if folder.file_name().is_some_and(|n| n == "checkpoints")
+        && folder.parent().is_some_and(|run| !checkpoint::complete(run).is_empty())
+    {
         "a run's checkpoints folder"
     } else if folder.join(infinity_data::manifest::MANIFEST_FILE).is_file() {
         "a dataset folder"

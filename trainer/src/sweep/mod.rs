@@ -129,7 +129,7 @@ pub fn env_overrides() -> Vec<(String, String)> {
 }
 
 /// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`).
-fn env_key(var: &str) -> String {
+pub fn env_key(var: &str) -> String {
     var.trim_start_matches("INF__").to_lowercase().replace("__", ".")
 }
 

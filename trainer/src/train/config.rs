@@ -16,7 +16,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
-pub use load::{environment_overrides, keys_overlap};
+pub use load::keys_overlap;
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 

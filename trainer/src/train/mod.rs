@@ -390,14 +390,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
             }
             let newest = checkpoint::complete(run).pop().map(|c| c.1);
-            let last = newest.as_ref().map_or("no checkpoint was written".into(), |p| p.display().to_string());
+            let last = match &newest {
+                Some(p) => format!("The last good checkpoint is kept: {}", p.display()),
+                None => "No checkpoint was written.".into(),
+            };
             if let Some(l) = logger.as_mut() {
                 l.finish();
             }
             summary.diverged(&state, newest, logger.as_ref().map_or(0, Logger::tensorboard_failures))?;
             return Err(stop::Diverged(format!(
-                "{} consecutive non-finite steps; stopping (diverged at step {}). The last good checkpoint is kept: \
-                 {last}",
+                "{} consecutive non-finite steps; stopping (diverged at step {}). {last}",
                 state.nonfinite_run, state.step
             ))
             .into());

@@ -90,13 +90,19 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
 }
 
 /// Whether `run` holds the history of another run than the one resumed from `ckpt` (at `step`, a
-/// checkpoint outside `run`): a checkpoint of its own at or before `step`, or a log from before it. The
-/// resumed run would append to that history (its logs, its checkpoints kept beside the new ones). A
-/// run that was itself resumed from `ckpt` logs from `step + 1` on, and is continued. The message saying
-/// so, or `None`.
+/// checkpoint of another run folder): a checkpoint of its own at or before `step`, or a log from before
+/// it. The resumed run would append to that history (its logs, its checkpoints kept beside the new
+/// ones). A run that was itself resumed from `ckpt` logs from `step + 1` on, and is continued; a copy of
+/// `run`'s own checkpoint kept elsewhere is `run`'s. The message saying so, or `None`.
 pub fn foreign_history(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
     let (run_full, ckpt_full) = (run.canonicalize().ok()?, ckpt.canonicalize().ok()?);
-    if ckpt_full.starts_with(&run_full) {
+    // (a copy of this run's own checkpoint kept elsewhere names this run.dir in its config)
+    let own_copy = || {
+        let text = std::fs::read_to_string(ckpt.join("config.toml")).ok()?;
+        let dir = text.parse::<toml::Table>().ok()?.get("run")?.get("dir")?.as_str()?.to_string();
+        Path::new(&dir).canonicalize().ok()
+    };
+    if ckpt_full.starts_with(&run_full) || own_copy().is_some_and(|d| d == run_full) {
         return None;
     }
     let held = match checkpoint::complete(run).into_iter().find(|(s, _)| *s <= step) {
@@ -160,20 +166,6 @@ pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String>
             run.display()
         )
     })
-}
-
-/// For a start from step 0 in `run` (`--resume auto` finding no complete checkpoint): what
-/// [`repeats_divergence`] says when the run it holds diverged and was started with this config
-/// (`config.toml`, run.dir aside) on this dataset (`derived.json`'s fingerprint), or `None`.
-pub fn restart_repeats_divergence(run: &Path, config_toml: &str, fingerprint: &str, world: usize) -> Option<String> {
-    let old = std::fs::read_to_string(run.join("config.toml")).ok()?;
-    if !config_changes(&old, config_toml).ok()?.is_empty() {
-        return None;
-    }
-    let derived: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("derived.json")).ok()?).ok()?;
-    (derived["dataset"]["fingerprint"].as_str()? == fingerprint).then_some(())?;
-    repeats_divergence(run, 0, world)
 }
 
 /// What a run resumed at its last step reports: its `summary.json` when that records this step, else

@@ -318,10 +318,22 @@ pub(crate) struct Resumed {
     pub data_change: Option<String>,
 }
 
+/// The settings that shape the model's tensors, as `rundir::resume_changes` names them.
+const SHAPE_KEYS: [&str; 7] = [
+    "model.preset:",
+    "model.depth:",
+    "model.embed_dim:",
+    "model.num_heads:",
+    "model.mlp_ratio:",
+    "model.conditioning:",
+    "model.apply_spatial_patchify:",
+];
+
 /// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` with `world`
-/// ranks, refusing what the run cannot continue: a damaged checkpoint, another model, a position this
-/// config or dataset cannot continue, and a resume that would repeat a divergence. `train` and
-/// `--check` both come here, so the check stops where the run would.
+/// ranks, refusing what the run cannot continue: another run's checkpoint into a run.dir holding a run
+/// of its own, a damaged checkpoint, another model, a position this config or dataset cannot continue,
+/// and a resume that would repeat a divergence. `train` and `--check` both come here, so the check
+/// stops where the run would.
 pub(crate) fn resume_from(
     dir: &Path,
     cfg: &TrainConfig,
@@ -329,24 +341,25 @@ pub(crate) fn resume_from(
     config_toml: &str,
     (ds, world, accept_data_change): (&Dataset, usize, bool),
 ) -> Result<Resumed> {
+    // (before the tensors are read: the step alone decides)
+    if let Some(why) = checkpoint::saved_step(dir).and_then(|step| rundir::foreign_history(&cfg.run.dir, dir, step)) {
+        return Err(unrecoverable(anyhow::anyhow!(why)));
+    }
     let changes = rundir::resume_changes(dir, config_toml, mc)?;
-    // a checkpoint of another shape lists its tensors: the model settings changed since say why
-    let model_changes: Vec<&str> = changes.iter().filter(|c| c.starts_with("model.")).map(String::as_str).collect();
+    // a checkpoint of another shape lists its tensors: the settings that shape the model say why
+    let shaping: Vec<&str> =
+        changes.iter().filter(|c| SHAPE_KEYS.iter().any(|k| c.starts_with(k))).map(String::as_str).collect();
     let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
+        .map_err(|e| match shaping.is_empty() {
+            true => e,
+            false => e.context(format!("model settings changed since the checkpoint: {}", shaping.join("; "))),
+        })
         .and_then(|(p, o, mut s)| {
             let moved = continue_position(&mut s.loader, ds, cfg, accept_data_change)?;
             Ok((p, o, s, moved))
         })
-        .with_context(|| match model_changes.is_empty() {
-            true => format!("resuming from {}", dir.display()),
-            false => {
-                format!("resuming from {} (model settings changed since: {})", dir.display(), model_changes.join("; "))
-            }
-        })
+        .with_context(|| format!("resuming from {}", dir.display()))
         .map_err(unrecoverable)?;
-    if let Some(why) = rundir::foreign_history(&cfg.run.dir, dir, state.step) {
-        return Err(unrecoverable(anyhow::anyhow!(why)));
-    }
     if changes.is_empty() && data_change.is_none() {
         if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
             return Err(super::stop::Diverged(why).into());
@@ -379,13 +392,6 @@ pub(crate) fn starting_state(
             (r.params, r.opt, Some(r.state))
         }
         None => {
-            // (a fresh start was refused a folder holding a run; this is `--resume auto` finding none)
-            let fingerprint = ds.manifest.fingerprint();
-            let same_again = (!opts.fresh_start)
-                .then(|| rundir::restart_repeats_divergence(&cfg.run.dir, config_toml, &fingerprint, world));
-            if let Some(why) = same_again.flatten() {
-                return Err(super::stop::Diverged(why).into());
-            }
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
                 console!("{note}");
             }

@@ -171,6 +171,11 @@ fn run_precision(config: &toml::Table) -> Result<Precision> {
     }
 }
 
+/// The step of checkpoint `dir` (its `state.json`), if it reads.
+pub fn saved_step(dir: &Path) -> Option<u64> {
+    parse_state(dir).ok().map(|s| s.step)
+}
+
 fn read_state(dir: &Path) -> Result<TrainState> {
     let state = parse_state(dir)?;
     check_version(dir, &state)?;

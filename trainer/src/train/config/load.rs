@@ -128,17 +128,6 @@ pub fn keys_overlap(a: &str, b: &str) -> bool {
 
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
-/// The `INF__SECTION__KEY` variables of this process as `section.key = value`, sorted: the settings
-/// [`TrainConfig::load`] takes from the environment over the file's.
-pub fn environment_overrides() -> Vec<String> {
-    let mut found: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .filter_map(|(k, v)| Some(format!("{} = {v}", k.strip_prefix("INF__")?.to_lowercase().replace("__", "."))))
-        .collect();
-    found.sort();
-    found
-}
-
 fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     // the key itself or a table around it; the last override wins
     let related = |k: &str| keys_overlap(k, key);
@@ -159,7 +148,7 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
 fn allowed_values(key: &str, error: &str) -> &'static str {
     match key {
         // (a known kind without its fields is reported at the table too)
-        "optim.decay" if error.contains("missing") => {
+        "optim.decay" if error.contains("missing") && !error.contains("kind") => {
             " (\"cosine\" and \"linear\" take min_ratio; \"wsd\" takes decay_fraction and min_ratio)"
         }
         "run.precision" => " (expected \"f32\" or \"bf16\")",

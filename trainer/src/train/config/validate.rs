@@ -1,5 +1,5 @@
 //! [`TrainConfig::validate`]: the checks a config gets before any data is read (ranges, required
-//! pairings); what depends on the dataset is checked by `TrainConfig::model_config` and the run's start.
+//! pairings, folders that must differ); what depends on the dataset is checked by `TrainConfig::model_config` and the run's start.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -28,7 +28,7 @@ impl TrainConfig {
             bail!("run.dir must name a folder, found \"\"");
         }
         // a run writes checkpoints/, tb/ and its logs into run.dir: never into a dataset
-        let same = |a: &Path, b: &Path| resolved(a).is_some_and(|a| Some(a) == resolved(b));
+        let same = |a: &Path, b: &Path| where_it_leads(a).is_some_and(|a| Some(a) == where_it_leads(b));
         for (key, dir) in [("data.dir", Some(&self.data.dir)), ("val.dir", self.val.dir.as_ref())] {
             if dir.is_some_and(|dir| same(&self.run.dir, dir)) {
                 bail!(
@@ -162,13 +162,13 @@ impl TrainConfig {
     }
 }
 
-/// `p` absolute, links resolved where it exists and `.` and `..` taken away where it does not yet.
-fn resolved(p: &Path) -> Option<PathBuf> {
-    if let Ok(full) = p.canonicalize() {
-        return Some(full);
-    }
-    let mut out = PathBuf::new();
-    for c in std::path::absolute(p).ok()?.components() {
+/// Where `p` leads: its longest existing part with links resolved, the rest (still to be made) with
+/// `.` and `..` taken away, so that two spellings of one folder compare equal before it exists.
+fn where_it_leads(p: &Path) -> Option<PathBuf> {
+    let full = std::path::absolute(p).ok()?;
+    let existing = full.ancestors().find(|a| a.exists())?;
+    let mut out = existing.canonicalize().ok()?;
+    for c in full.strip_prefix(existing).ok()?.components() {
         match c {
             Component::ParentDir => {
                 out.pop();
