@@ -113,8 +113,20 @@ impl DistEnv {
             (rank, world, local_rank, local_world, node_rank, get("MASTER_ADDR"))
         } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
             // srun with one task per rank
-            let nodes = get("SLURM_STEP_NODELIST").or_else(|| get("SLURM_JOB_NODELIST")).unwrap_or_default();
-            let first = parse_nodelist(&nodes)?.into_iter().next().unwrap_or_else(|| "127.0.0.1".into());
+            // rank 0's host: MASTER_ADDR, else the node list's first (one process needs neither)
+            let list = ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST"].into_iter().find_map(|v| Some((v, get(v)?)));
+            let first = match list {
+                Some((var, nodes)) => parse_nodelist(&nodes)
+                    .with_context(|| var.to_string())?
+                    .into_iter()
+                    .next()
+                    .with_context(|| format!("{var} is empty: expected the step's hosts (rank 0's first)"))?,
+                None if world > 1 && get("MASTER_ADDR").is_none() => bail!(
+                    "SLURM_PROCID and SLURM_NTASKS are set but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST \
+                     (nor MASTER_ADDR) names rank 0's host"
+                ),
+                None => "127.0.0.1".into(),
+            };
             let local_world = get("SLURM_STEP_TASKS_PER_NODE")
                 .or_else(|| get("SLURM_TASKS_PER_NODE"))
                 .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()))
@@ -364,8 +376,13 @@ mod tests {
         assert!(err(&[("SLURM_PROCID", "1"), step]).contains("SLURM_PROCID is set but SLURM_NTASKS is not"));
         assert!(err(&[("WORLD_SIZE", "1"), ("RANK", "3")]).contains("RANK 3 is outside WORLD_SIZE 1"));
         assert!(err(&[("WORLD_SIZE", "0"), ("RANK", "0")]).contains("WORLD_SIZE=0"));
-        assert!(err(&[("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4"), step])
-            .contains("SLURM_PROCID 4 is outside SLURM_NTASKS 4"));
+        let out_of_range = [("SLURM_PROCID", "4"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "n1"), step];
+        assert!(err(&out_of_range).contains("SLURM_PROCID 4 is outside SLURM_NTASKS 4"));
+        // rank 0's host named by no variable, or by a node list that does not parse: named
+        let ranks = [("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), step];
+        assert!(err(&ranks).contains("neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST"), "{}", err(&ranks));
+        let bad = err(&[&ranks[..], &[("SLURM_STEP_NODELIST", "node[01-")]].concat());
+        assert!(bad.starts_with("SLURM_STEP_NODELIST: node list \"node[01-\": unbalanced brackets"), "{bad}");
     }
 
     /// An sbatch script (or an salloc shell) sees the job's SLURM_PROCID and SLURM_NTASKS outside any

@@ -47,6 +47,15 @@ pub fn positive() -> impl clap::builder::TypedValueParser<Value = usize> {
     positive_of::<usize>()
 }
 
+/// A number of seconds > 0 (a grace or timeout of 0 would skip what it gives time to).
+pub fn positive_seconds() -> impl clap::builder::TypedValueParser<Value = f64> {
+    use clap::builder::TypedValueParser;
+    clap::builder::StringValueParser::new().try_map(|s| match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("expected a number of seconds > 0, found `{s}`")),
+    })
+}
+
 /// [`positive`] for another unsigned type (`u64` rows and budgets).
 pub fn positive_of<T>() -> impl clap::builder::TypedValueParser<Value = T>
 where

@@ -581,3 +581,38 @@ fn scaling_console_counts_points_and_both_correlations() {
     );
     assert!(!out.contains("NaN"), "{out}");
 }
+
+/// A signal to a sweep running locally is forwarded to the run in progress, which checkpoints; the
+/// sweep stops there (143) instead of leaving the run training alone, and a second sweep continues it.
+#[test]
+fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let mut sweep = Command::new(BIN)
+        .args(["sweep", "long.toml"])
+        .current_dir(t)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = t.join("long/lr-0.001");
+    let t0 = std::time::Instant::now();
+    while !run.join("derived.json").is_file() {
+        assert!(t0.elapsed().as_secs() < 60, "the first run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling a child this test spawned.
+    unsafe { libc::kill(sweep.id() as i32, libc::SIGTERM) };
+    let status = sweep.wait().unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(said.contains("sweep stopped by a signal at lr-0.001 (checkpointed)"), "{said}");
+    // the run was stopped with it (its lock let go) and checkpointed; the second run never started
+    assert!(!infinity_trainer::train::run_lock::in_use(&run));
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert!(summary.contains("\"preempted\": true"), "{summary}");
+    assert!(infinity_trainer::train::latest_checkpoint(&run).is_some());
+    assert!(!t.join("long/lr-0.002/derived.json").exists());
+}

@@ -70,14 +70,15 @@ pub struct LaunchArgs {
     /// Per-rank logs: LOG_DIR/RUN_ID/attempt_K/rank_R.log.
     #[arg(long, default_value = "runs/launch-logs")]
     pub log_dir: PathBuf,
-    /// Seconds between forwarding a signal (or stopping a failed group) and SIGKILL.
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds between forwarding a signal (or stopping a failed group) and SIGKILL: time for the ranks'
+    /// stop checkpoint.
+    #[arg(long, default_value_t = 30.0, value_parser = crate::positive_seconds())]
     pub grace_s: f64,
     /// Seconds to wait for all agents to arrive (the ranks wait their config's `dist.rdzv_timeout_s`).
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = crate::positive_seconds())]
     pub rdzv_timeout_s: f64,
     /// Elastic groups: seconds without a new agent after which a round of at least MIN nodes starts.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = crate::positive_seconds())]
     pub rdzv_last_call_s: f64,
     /// The agent's exit code when a signal stopped the group and the ranks stopped cleanly (checkpoint
     /// written): 0, or e.g. 143 where the scheduler must see a preempted pod as failed to run it again

@@ -132,10 +132,12 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             }
             None => {
                 // the job step's nodes (an srun over part of the allocation), else the job's
-                let list = env("SLURM_STEP_NODELIST")
-                    .or(env("SLURM_JOB_NODELIST"))
+                let (var, list) = ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST"]
+                    .into_iter()
+                    .find_map(|v| Some((v, env(v)?)))
                     .context("--rdzv HOST:PORT is needed with several nodes")?;
-                let first = parse_nodelist(&list)?.into_iter().next().context("empty SLURM node list")?;
+                let first = parse_nodelist(&list).with_context(|| var.to_string())?.into_iter().next();
+                let first = first.with_context(|| format!("{var} is empty: expected the step's hosts"))?;
                 let step = env("SLURM_STEP_ID");
                 (first, job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref()).unwrap_or(29400))
             }

@@ -103,6 +103,11 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             done.training_elsewhere.join(", ")
         );
     }
+    if let Some(run) = &done.stopped {
+        console!("sweep stopped by a signal at {run} (checkpointed): run the sweep again to continue");
+        // (128 + SIGTERM, as the signal's default action would have exited: not done, not failed)
+        return Ok(ExitCode::from(143));
+    }
     if done.failed.is_empty() {
         console!("sweep done: {} runs in {}", runs.len(), out.display());
         Ok(ExitCode::SUCCESS)

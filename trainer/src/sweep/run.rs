@@ -27,6 +27,11 @@ pub fn diverged(dir: &Path) -> bool {
     summary(dir).is_some_and(|v| v["diverged"] == true)
 }
 
+/// Whether a run folder holds a run a signal stopped (checkpointed; `--resume auto` continues it).
+fn preempted(dir: &Path) -> bool {
+    summary(dir).is_some_and(|v| v["preempted"] == true)
+}
+
 /// Where a run of the sweep stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -165,13 +170,19 @@ pub struct LocalOutcome {
     pub failed: Vec<String>,
     pub diverged: Vec<String>,
     pub training_elsewhere: Vec<String>,
+    /// The run a signal stopped (to the sweep, forwarded to its run, or to the run alone): the sweep
+    /// stopped there, the run checkpointed.
+    pub stopped: Option<String>,
 }
 
 /// Run every run still to do here, one after another, each without this environment's `INF__…`
-/// variables (its config.toml already holds them, under the sweep's own settings).
+/// variables (its config.toml already holds them, under the sweep's own settings). A signal to the
+/// sweep (a scheduler's SIGTERM) is forwarded to the run in progress, which checkpoints, and the sweep
+/// stops after it: a run is never left training without the sweep that started it.
 pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<LocalOutcome> {
     let mut done = LocalOutcome::default();
     let env = env_overrides();
+    let signalled = crate::train::stop::preemption_flag()?;
     for (i, r) in runs.iter().enumerate() {
         let at = format!("[{}/{}] {}", i + 1, runs.len(), r.name);
         match state(&r.dir) {
@@ -199,12 +210,32 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path) -> Result<LocalO
         for (var, _) in &env {
             cmd.env_remove(var);
         }
-        let status = cmd
+        let mut child = cmd
             .args(command(r, nproc))
             .stdout(out.try_clone()?)
             .stderr(out)
-            .status()
+            .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
+        let mut forwarded = false;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if !forwarded && signalled.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: signalling the child this process spawned and has not reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                forwarded = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        if forwarded || (!finished(&r.dir) && preempted(&r.dir)) {
+            console!(
+                "    stopped by a signal after {:.1} s: checkpointed; run the sweep again to continue it",
+                t0.elapsed().as_secs_f64()
+            );
+            done.stopped = Some(r.name.clone());
+            break;
+        }
         if status.success() && finished(&r.dir) {
             console!("    done in {:.1} s", t0.elapsed().as_secs_f64());
         } else if diverged(&r.dir) {

@@ -59,6 +59,9 @@ use self::updater::Updater;
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
 
+/// How long a restarted group's rank 0 waits for the run folder's lock (seconds).
+const RESTART_LOCK_PATIENCE_S: u64 = 120;
+
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
 pub(crate) const STREAM_FLIPS: u64 = 2;
@@ -162,7 +165,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
         .map_err(unrecoverable)?;
     // one job per run folder (released however this process ends)
-    let _lock = leader.then(|| run_lock::RunLock::acquire(run)).transpose().map_err(unrecoverable)?;
+    // a restarted group's rank 0 may meet the lost attempt's (its node lost, it got SIGTERM) still writing
+    // its stop's checkpoint: it waits for that, and another restart is the remedy for a longer write
+    let patience = std::time::Duration::from_secs(if dist.attempt > 0 { RESTART_LOCK_PATIENCE_S } else { 1 });
+    let _lock = match leader.then(|| run_lock::RunLock::acquire_within(run, patience)).transpose() {
+        Err(e) if dist.attempt > 0 => return Err(e),
+        other => other.map_err(unrecoverable)?,
+    };
     if leader && opts.fresh_start {
         // the command line checked before the lock: a fresh start into the same folder may have trained
         // and released it since, and would be overwritten
@@ -249,7 +258,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)
     let mut saver = match summary.text_at(&state)? {
         Some(text) => {
-            let on_disk = saver::SummaryOnDisk { step: state.step, text };
+            let on_disk = saver::SummaryOnDisk { step: state.step, text, stopped: false };
             Some(saver::Saver::new(run, (&mc, &lay, &config_toml), keep, on_disk))
         }
         None => None,
@@ -417,6 +426,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         if preempt {
             summary.preempted(); // (before the stop's checkpoint records its summary)
+                                 // the waits for the checkpoints below (an earlier one may still be in flight) may be cut short
+                                 // (a SIGKILL after the launcher's grace): summary.json says now that the run was stopped, at
+                                 // its last complete checkpoint (a failure to say so does not stop the checkpoint)
+            if let Err(e) = saver.as_mut().map_or(Ok(()), saver::Saver::stopped_by_signal) {
+                tracing::warn!("{e:#}");
+            }
         }
         if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt {
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
@@ -447,12 +462,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if preempt {
             if state.step < cfg.run.steps {
                 dist.mark_stopped_early(state.step);
-            }
-            // the wait for the checkpoint below may be cut short (a SIGKILL after the launcher's grace):
-            // summary.json says now that the run was stopped, at its last complete checkpoint (a failure
-            // to say so does not stop the checkpoint)
-            if let Err(e) = saver.as_mut().map_or(Ok(()), saver::Saver::stopped_by_signal) {
-                tracing::warn!("{e:#}");
             }
             break;
         }

@@ -20,6 +20,12 @@ pub struct RunLock {
 impl RunLock {
     /// Take `run`'s lock, or an error naming the process that holds it.
     pub fn acquire(run: &Path) -> Result<RunLock> {
+        // a moment's patience: `in_use` (a sweep looking) holds the lock for as long as one call
+        Self::acquire_within(run, std::time::Duration::from_secs(1))
+    }
+
+    /// [`RunLock::acquire`], waiting up to `patience` for a holder to let go.
+    pub fn acquire_within(run: &Path, patience: std::time::Duration) -> Result<RunLock> {
         let path = run.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -28,13 +34,10 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), path.display()))?;
-        // a moment's patience: `in_use` (a sweep looking) holds the lock for as long as one call
+        let until = std::time::Instant::now() + patience;
         let mut locked = try_lock(&file);
-        for _ in 0..20 {
-            match locked {
-                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(50)),
-                _ => break,
-            }
+        while matches!(locked, Ok(false)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
             locked = try_lock(&file);
         }
         let locked = match locked {
@@ -167,6 +170,19 @@ mod tests {
         assert!(!in_use(tmp.path()));
         check_free(tmp.path()).unwrap();
         RunLock::acquire(tmp.path()).unwrap();
+    }
+
+    /// A restarted group's rank 0 waits for the lost attempt's rank 0 to finish its stop's checkpoint.
+    #[test]
+    fn a_lock_let_go_within_the_patience_is_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = RunLock::acquire(tmp.path()).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            drop(first);
+        });
+        RunLock::acquire_within(tmp.path(), std::time::Duration::from_secs(20)).unwrap();
+        holder.join().unwrap();
     }
 
     #[test]

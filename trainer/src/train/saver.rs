@@ -29,10 +29,32 @@ pub struct Snapshot {
     pub summary_json: Option<String>,
 }
 
-/// The `summary.json` last put down: the step it describes and its text.
+/// The `summary.json` last put down: the step it describes and its text, and whether a signal stopped
+/// the run (every summary put down from then on says `"preempted": true`).
 pub struct SummaryOnDisk {
     pub step: u64,
     pub text: String,
+    pub stopped: bool,
+}
+
+impl SummaryOnDisk {
+    /// Put `text` down as `summary.json` of `step` (marked preempted once the run was stopped).
+    fn put(&mut self, run: &Path, step: u64, text: String) -> Result<()> {
+        let text = match self.stopped {
+            true => preempted(&text)?,
+            false => text,
+        };
+        write_run_file(run, SUMMARY_FILE, &text)?;
+        (self.step, self.text) = (step, text);
+        Ok(())
+    }
+}
+
+/// A summary's text with `"preempted": true`.
+fn preempted(text: &str) -> Result<String> {
+    let mut record: serde_json::Value = serde_json::from_str(text)?;
+    record["preempted"] = true.into();
+    Ok(serde_json::to_string_pretty(&record)?)
 }
 
 pub struct Saver {
@@ -76,9 +98,7 @@ impl Saver {
             let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
             // (before pruning: the summary must not name a checkpoint pruning has just removed)
             if let Some(text) = snap.summary_json {
-                let mut on_disk = on_disk.lock().unwrap_or_else(|e| e.into_inner());
-                write_run_file(&run, SUMMARY_FILE, &text)?;
-                *on_disk = SummaryOnDisk { step, text };
+                on_disk.lock().unwrap_or_else(|e| e.into_inner()).put(&run, step, text)?;
             }
             checkpoint::prune(&run, keep_last, keep_every)?;
             Ok(dir)
@@ -91,19 +111,15 @@ impl Saver {
         Ok(())
     }
 
-    /// A signal stopped the run: while the stop's checkpoint is still being written (in the background),
-    /// `summary.json` says now that the run was stopped (`"preempted": true`), still at the last complete
-    /// checkpoint, so a kill before the write completes (the launcher's grace ending) leaves that said.
-    /// The stop's own checkpoint records its summary (preempted too) once it is complete.
+    /// A signal stopped the run: before the stop's checkpoint is written (after an earlier one still
+    /// being written, maybe), `summary.json` says now that the run was stopped (`"preempted": true`),
+    /// still at the last complete checkpoint, so a kill before the writes complete (the launcher's grace
+    /// ending) leaves that said. A write completing later puts its summary down marked so too.
     pub fn stopped_by_signal(&mut self) -> Result<()> {
-        let Some((writing, _)) = &self.in_flight else { return Ok(()) };
-        let on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
-        if on_disk.step >= *writing {
-            return Ok(()); // complete already, its summary down
-        }
-        let mut record: serde_json::Value = serde_json::from_str(&on_disk.text)?;
-        record["preempted"] = true.into();
-        write_run_file(&self.run, SUMMARY_FILE, &serde_json::to_string_pretty(&record)?)
+        let mut on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
+        on_disk.stopped = true;
+        let (step, text) = (on_disk.step, on_disk.text.clone());
+        on_disk.put(&self.run, step, text)
     }
 
     /// Wait for the write in flight (if any); its error, naming the step, if it failed.
@@ -134,5 +150,28 @@ impl Drop for Saver {
 fn save_drill() {
     if let Some(secs) = std::env::var("INFINITY_FAULT_SLOW_SAVE").ok().and_then(|s| s.parse::<f64>().ok()) {
         std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once the run is stopped, every summary put down says so: the stop's rewrite of the one on disk,
+    /// and that of an earlier checkpoint whose write completes after it.
+    #[test]
+    fn a_summary_put_down_after_the_stop_says_preempted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let read = || -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join(SUMMARY_FILE)).unwrap()).unwrap()
+        };
+        let text = |step: u64| serde_json::json!({ "step": step, "preempted": false }).to_string();
+        let mut on_disk = SummaryOnDisk { step: 3, text: text(3), stopped: false };
+        on_disk.put(tmp.path(), 4, text(4)).unwrap();
+        assert_eq!((read()["step"].as_u64(), &read()["preempted"]), (Some(4), &false.into()));
+        on_disk.stopped = true;
+        on_disk.put(tmp.path(), 6, text(6)).unwrap();
+        assert_eq!((read()["step"].as_u64(), &read()["preempted"]), (Some(6), &true.into()));
+        assert_eq!(on_disk.step, 6);
     }
 }
