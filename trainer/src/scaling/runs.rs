@@ -318,7 +318,9 @@ mod tests {
         assert!(e.ends_with(": no run folders with a summary.json (has the sweep run?)"), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
         let e = super::gather(dir.path()).unwrap_err().to_string();
-        assert!(e.ends_with(": a run folder itself (it has a summary.json): give the folder that holds the run folders (a sweep's `out`)"), "{e}");
+        let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \
+                    sweep's `out`)";
+        assert!(e.ends_with(want), "{e}");
     }
 
     #[test]

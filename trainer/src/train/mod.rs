@@ -425,10 +425,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // preemption: every rank learns whether any rank was signalled, so all stop at this step
         let preempt = dist.any(dist::is_set(&opts.stop))?;
         if preempt {
-            summary.preempted(); // (before the stop's checkpoint records its summary)
-                                 // the waits for the checkpoints below (an earlier one may still be in flight) may be cut short
-                                 // (a SIGKILL after the launcher's grace): summary.json says now that the run was stopped, at
-                                 // its last complete checkpoint (a failure to say so does not stop the checkpoint)
+            // (before the stop's checkpoint records its summary)
+            summary.preempted();
+            // the waits for the checkpoints below (an earlier one may still be in flight) may be cut short
+            // (a SIGKILL after the launcher's grace): summary.json says now that the run was stopped, at
+            // its last complete checkpoint (a failure to say so does not stop the checkpoint)
             if let Err(e) = saver.as_mut().map_or(Ok(()), saver::Saver::stopped_by_signal) {
                 tracing::warn!("{e:#}");
             }

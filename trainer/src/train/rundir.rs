@@ -64,9 +64,9 @@ pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<St
 }
 
 /// The changed settings of a resume from `ckpt`, for the console and train.log (a line saying they
-/// were not compared when the checkpoint's config.toml is missing or unreadable), and a drop-path rate other than the checkpoint's model trained with:
-/// `model.drop_path_rate` unset takes the preset's, which a checkpoint of an earlier build (without
-/// drop path) does not share.
+/// were not compared when the checkpoint's config.toml is missing or unreadable), and a drop-path rate
+/// other than the checkpoint's model trained with: `model.drop_path_rate` unset takes the preset's,
+/// which a checkpoint of an earlier build (without drop path) does not share.
 pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelConfig) -> Result<Vec<String>> {
     let p = ckpt.join("config.toml");
     let mut changes = match std::fs::read_to_string(&p) {

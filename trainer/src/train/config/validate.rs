@@ -1,5 +1,6 @@
 //! [`TrainConfig::validate`]: the checks a config gets before any data is read (ranges, required
-//! pairings, folders that must differ); what depends on the dataset is checked by `TrainConfig::model_config` and the run's start.
+//! pairings, folders that must differ); what depends on the dataset is checked by
+//! `TrainConfig::model_config` and the run's start.
 
 use std::path::{Component, Path, PathBuf};
 
