@@ -373,6 +373,9 @@ fn check_reports_a_run_without_starting_it() {
     assert!(!run.exists(), "--check wrote {}", run.display());
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", path_str(&tmp.path().join("nowhere"))]);
     assert!(e.contains("no such checkpoint or run folder") && code == 2, "{code}: {e}");
+    assert!(!e.contains("did you mean"), "{e}");
+    let (e, code) = fails(&["train", path_str(&cfg), "--check", "--resume", "autoo"]);
+    assert!(e.contains("autoo: no such checkpoint") && e.contains("did you mean `--resume auto`") && code == 2, "{e}");
     assert!(
         err(&["train", path_str(&cfg), "--check", "--world", "0"]).contains("expected a whole number ≥ 1, found `0`")
     );

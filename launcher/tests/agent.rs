@@ -274,7 +274,7 @@ fn a_replacement_agent_joins_the_restart() {
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(tmp.path().join("node1-killed"), "").unwrap();
     // (the bounds are a hang's: node 0 waits out SETTLE for the killed agent's mark)
-    node0.wait_for("restarting the group from its newest checkpoint (1 of 2)", Duration::from_secs(30));
+    node0.wait_for("restarting the group (restart 1 of 2)", Duration::from_secs(30));
     assert_eq!(again.exit(Duration::from_secs(15)).code(), Some(0), "{}", again.text());
     assert_eq!(node0.exit(Duration::from_secs(15)).code(), Some(0), "{}", node0.text());
     assert!(tmp.path().join("started.1.1").exists(), "node 1's rank did not run attempt 1");
@@ -407,7 +407,7 @@ fn a_node_whose_ranks_finished_joins_the_groups_restart_and_exit_code() {
     assert_eq!(node1.exit(Duration::from_secs(30)).code(), Some(1), "{}", node1.text());
     assert_eq!(node0.exit(Duration::from_secs(30)).code(), Some(1), "{}", node0.text());
     let (t0, t1) = (node0.text(), node1.text());
-    assert!(t1.contains("restarting the group from its newest checkpoint (1 of 1)"), "{t1}");
+    assert!(t1.contains("restarting the group (restart 1 of 1)"), "{t1}");
     assert!(t1.contains("another node: rank 0 (node 0"), "{t1}");
     assert!(!t0.contains("never arrived"), "{t0}");
     assert!(tmp.path().join("started.1.1").exists(), "node 1's rank did not run attempt 1");

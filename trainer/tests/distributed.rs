@@ -462,9 +462,9 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
     let log = read("a");
     // (node ranks follow the order in which the agents joined each round)
     for said in [
-        "round 0: node 0 of 3",
+        "round 0: node 0 of 3, rank 0 of 3",
         "no agent was signalled",
-        "restarting the group from its newest checkpoint (1 of 1)",
+        "restarting the group (restart 1 of 1)",
         "round 1: node ? of 2",
         "an agent waits to join the group",
         "regrouping (not a restart)",

@@ -281,13 +281,16 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             }
         };
         if rounds.is_some() {
+            let (first, last) = (g.node_rank * a.nproc_per_node, (g.node_rank + 1) * a.nproc_per_node - 1);
+            let ranks = match first == last {
+                true => format!("rank {first}"),
+                false => format!("ranks {first}-{last}"),
+            };
             console_err!(
-                "[launch] round {}: node {} of {}, ranks {}..{} of {}",
+                "[launch] round {}: node {} of {}, {ranks} of {}",
                 g.round,
                 g.node_rank,
                 g.nnodes,
-                g.node_rank * a.nproc_per_node,
-                (g.node_rank + 1) * a.nproc_per_node,
                 g.nnodes * a.nproc_per_node
             );
         }
@@ -438,7 +441,11 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     console_err!("[launch] no restarts left (--max-restarts {})", a.max_restarts);
                     return Ok(end.finish(&mut client, 1, true).await);
                 }
-                console_err!("[launch] restarting the group from its newest checkpoint ({used} of {})", a.max_restarts);
+                console_err!(
+                    "[launch] restarting the group (restart {used} of {}): it resumes from run.dir's newest checkpoint, \
+                     or starts afresh if it wrote none",
+                    a.max_restarts
+                );
             }
         }
     }

@@ -126,7 +126,8 @@ pub struct ScalingArgs {
     #[arg(short, long)]
     out: Option<PathBuf>,
     /// Training budgets in FLOPs (e.g. `1e20,1e21`): the loss each fit predicts there, and the
-    /// compute-optimal parameters and tokens from L(N, D), with the nearest preset.
+    /// compute-optimal parameters and tokens from L(N, D), with the nearest preset, and from the
+    /// IsoFLOP profiles' N_opt and D_opt laws.
     #[arg(long, value_delimiter = ',', value_parser = positive_flops)]
     budget: Vec<f64>,
 }
@@ -165,6 +166,7 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
         console!("{} ({} points{runs}): {}", f.formula, f.n, coefs.join(", "));
     }
     console_text!("{}", scaling::budgets_markdown(&r.budgets));
+    console_text!("{}", scaling::isoflop_markdown(&r.isoflop));
     for n in &r.notes {
         console!("note: {n}");
     }

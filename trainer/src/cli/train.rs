@@ -87,7 +87,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         Some("auto") => newest(),
         // a checkpoint folder, or a run folder's newest complete checkpoint
-        Some(p) => Some(train::checkpoint::resolve(std::path::Path::new(p)).map_err(bad)?),
+        Some(p) => Some(train::checkpoint::resolve(std::path::Path::new(p)).map_err(|e| bad(auto_hint(p, e)))?),
     };
     let gpu = match a.gpu_gib {
         Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),
@@ -150,16 +150,27 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         (None, Some(p)) => format!("last checkpoint {}", p.display()),
         (None, None) => "no checkpoint written".into(),
     };
+    let what = match (s.preempted, s.steps > s.started_at) {
+        (true, _) => format!("stopped by a signal at step {} in {:.1} s", s.steps, s.seconds),
+        (false, true) => format!("trained to step {} in {:.1} s", s.steps, s.seconds),
+        (false, false) => format!("at step {} already (nothing trained this session)", s.steps),
+    };
     console!(
-        "{} step {} in {:.1} s: loss {:.4}, bit accuracy {:.2}%, {}; {checkpoint}",
-        if s.preempted { "stopped by a signal at" } else { "trained to" },
-        s.steps,
-        s.seconds,
+        "{what}: loss {:.4}, bit accuracy {:.2}%, {}; {checkpoint}",
         s.last_loss,
         100.0 * s.last_bit_acc,
         super::plural(s.skipped_steps as usize, "skipped step"),
     );
     Ok(preempted_exit(s.preempted && s.steps < cfg.run.steps, a.preempted_exit_code))
+}
+
+/// `e` with a hint when `--resume` was given a near miss of `auto` (`autoo`, `Auto`) that names no path.
+fn auto_hint(given: &str, e: anyhow::Error) -> anyhow::Error {
+    let word = !given.contains(std::path::MAIN_SEPARATOR) && !std::path::Path::new(given).exists();
+    match word && strsim::levenshtein(&given.to_lowercase(), "auto") <= 2 {
+        true => anyhow::anyhow!("{e:#}; did you mean `--resume auto` (run.dir's newest checkpoint)?"),
+        false => e,
+    }
 }
 
 /// The exit code of a run a signal stopped before its last step (`stopped_early`): `code`, unless this

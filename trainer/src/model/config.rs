@@ -166,8 +166,12 @@ impl ModelConfig {
             ));
         }
         if self.ffn_hidden() == 0 {
+            // round(x/256) with halves to even is 0 up to x = 128
+            let least = (128.0 / self.mlp_ratio).floor() as usize + 1;
             return Err(format!(
-                "embed_dim·mlp_ratio = {} rounds to an FFN of width 0 (multiples of 256)",
+                "embed_dim {c} × mlp_ratio {} = {} leaves the FFN no width: upstream rounds it to a multiple of \
+                 256 (halves to even), so embed_dim·mlp_ratio must exceed 128: embed_dim ≥ {least} at this mlp_ratio",
+                self.mlp_ratio,
                 c as f64 * self.mlp_ratio
             ));
         }
@@ -215,6 +219,12 @@ mod tests {
             assert_eq!(c.ffn_hidden(), hidden, "{name}");
         }
         assert_eq!(ModelConfig::preset("2b").unwrap().pool_heads(), 16);
+        // the least width that keeps an FFN: 128 rounds (to even) to none, 129 to one multiple of 256
+        let tiny = ModelConfig::preset("tiny").unwrap();
+        let at = |c: usize| ModelConfig { embed_dim: c, num_heads: 2, ..tiny.clone() };
+        let e = at(32).validate().unwrap_err();
+        assert!(e.contains("embed_dim 32 × mlp_ratio 4 = 128") && e.contains("embed_dim ≥ 33 at this"), "{e}");
+        assert_eq!((at(40).ffn_hidden(), at(40).validate()), (256, Ok(())));
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Fit {
     }
 }
 
-fn t975(dof: usize) -> Option<f64> {
+pub(super) fn t975(dof: usize) -> Option<f64> {
     (dof > 0).then(|| StudentsT::new(0.0, 1.0, dof as f64).expect("dof > 0").inverse_cdf(0.975))
 }
 
@@ -107,6 +107,50 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     sxy / (sxx * syy).sqrt()
 }
 
+/// A straight line `y = icpt + slope·x` fitted by least squares.
+pub struct Line {
+    pub icpt: f64,
+    pub slope: f64,
+    /// The covariance of (icpt, slope) (`None`: two points, no degrees of freedom left).
+    pub cov: Option<[[f64; 2]; 2]>,
+    /// Student's t at 97.5 % for the line's degrees of freedom (`None` with none).
+    pub t: Option<f64>,
+    pub sse: f64,
+}
+
+impl Line {
+    /// The 95 % interval of the slope.
+    pub fn slope_ci95(&self) -> Option<(f64, f64)> {
+        let (cov, t) = (self.cov?, self.t?);
+        let half = t * cov[1][1].sqrt();
+        Some((self.slope - half, self.slope + half))
+    }
+}
+
+/// Least squares of `y` on `x` (`what`: what the `x` are, for the error when they are all equal).
+pub fn line(x: &[f64], y: &[f64], what: &str) -> Result<Line> {
+    if x.len() != y.len() || x.iter().chain(y).any(|v| !v.is_finite()) {
+        bail!("expected as many finite x as y");
+    }
+    if x.len() < 2 {
+        bail!("a line needs at least 2 points, found {}", x.len());
+    }
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        bail!("all points have the same {what}: nothing to fit");
+    }
+    let slope = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum::<f64>() / sxx;
+    let icpt = my - slope * mx;
+    let sse: f64 = x.iter().zip(y).map(|(a, b)| (b - icpt - slope * a).powi(2)).sum();
+    let t = t975(x.len() - 2);
+    // s²·[[1/n + x̄²/Sxx, −x̄/Sxx], [−x̄/Sxx, 1/Sxx]]
+    let s2 = sse / (n - 2.0);
+    let cov = t.map(|_| [[s2 * (1.0 / n + mx * mx / sxx), -s2 * mx / sxx], [-s2 * mx / sxx, s2 / sxx]]);
+    Ok(Line { icpt, slope, cov, t, sse })
+}
+
 /// `L = a·C^(−b)` by least squares in log space.
 pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
     check(&[c, l])?;
@@ -114,35 +158,24 @@ pub fn power_law(c: &[f64], l: &[f64]) -> Result<Fit> {
         bail!("a power law needs at least 2 points, found {}", c.len());
     }
     let (x, y): (Vec<f64>, Vec<f64>) = (c.iter().map(|v| v.ln()).collect(), l.iter().map(|v| v.ln()).collect());
-    let n = x.len() as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
-    if sxx <= 0.0 {
-        bail!("all points have the same compute: nothing to fit");
-    }
-    let slope = x.iter().zip(&y).map(|(a, b)| (a - mx) * (b - my)).sum::<f64>() / sxx;
-    let icpt = my - slope * mx;
-    let sse: f64 = x.iter().zip(&y).map(|(a, b)| (b - icpt - slope * a).powi(2)).sum();
-    let t = t975(x.len() - 2);
-    // the covariance of (ln a, b) = (intercept, −slope): s²·[[1/n + x̄²/Sxx, x̄/Sxx], [x̄/Sxx, 1/Sxx]]
-    let s2 = sse / (n - 2.0);
-    let cov = t.map(|_| {
-        DMatrix::from_row_slice(2, 2, &[s2 * (1.0 / n + mx * mx / sxx), s2 * mx / sxx, s2 * mx / sxx, s2 / sxx])
-    });
-    let (se_icpt, se_slope) = ((s2 * (1.0 / n + mx * mx / sxx)).sqrt(), (s2 / sxx).sqrt());
+    let fit = line(&x, &y, "compute")?;
+    let (icpt, slope, t) = (fit.icpt, fit.slope, fit.t);
+    // θ = (ln a, b) = (intercept, −slope): the covariance's off-diagonal changes sign
+    let cov = fit.cov.map(|c| DMatrix::from_row_slice(2, 2, &[c[0][0], -c[0][1], -c[1][0], c[1][1]]));
+    let se = fit.cov.map(|c| (c[0][0].sqrt(), c[1][1].sqrt()));
     Ok(Fit {
         formula: "L = a·C^(−b)",
         coefs: vec![
             Coef {
                 name: "a",
                 value: icpt.exp(),
-                ci95: t.map(|t| ((icpt - t * se_icpt).exp(), (icpt + t * se_icpt).exp())),
+                ci95: t.zip(se).map(|(t, se)| ((icpt - t * se.0).exp(), (icpt + t * se.0).exp())),
             },
-            Coef { name: "b", value: -slope, ci95: t.map(|t| (-slope - t * se_slope, -slope + t * se_slope)) },
+            Coef { name: "b", value: -slope, ci95: fit.slope_ci95().map(|(lo, hi)| (-hi, -lo)) },
         ],
         n: x.len(),
         runs: x.len(),
-        rmse_log: (sse / n).sqrt(),
+        rmse_log: (fit.sse / x.len() as f64).sqrt(),
         law: Law::Power,
         theta: vec![icpt, -slope],
         cov,

@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod fit;
+pub mod isoflop;
 mod lm;
 pub mod lr;
 pub mod plot;
@@ -24,7 +25,7 @@ use infinity_data::manifest::write_atomic;
 
 use self::fit::{pearson, Fit};
 use self::points::Point;
-pub use self::report::{budgets_markdown, pearson_text, Correlations};
+pub use self::report::{budgets_markdown, isoflop_markdown, pearson_text, Correlations};
 use self::report::{fits_markdown, runs_csv, runs_markdown};
 use self::runs::read_json;
 pub use self::runs::{gather, read_run, RunRecord};
@@ -41,6 +42,8 @@ pub struct Report {
     pub pearson: Correlations,
     /// The fits' predictions at the budgets asked for.
     pub budgets: Vec<budget::BudgetPlan>,
+    /// The IsoFLOP profiles (points of one compute budget, several sizes) and the laws through their optima.
+    pub isoflop: isoflop::IsoFlop,
     pub notes: Vec<String>,
     /// What makes a fit or a prediction doubtful (an exponent at 0, an exact fit, a degenerate
     /// L(N, D), a budget far beyond the runs, N* far from them).
@@ -129,6 +132,10 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {
         notes.push("no compute-optimal N and D at the budgets: L(N, D) was not fitted".to_string());
     }
+    let (isoflop, iso_notes, iso_warnings) =
+        isoflop::analyse(&points, &budgets.iter().map(|b| b.compute).collect::<Vec<_>>());
+    notes.extend(iso_notes);
+    warnings.extend(iso_warnings);
 
     let mut files = vec![out.join("runs.csv"), out.join("runs.md"), out.join("fits.md"), out.join("fits.json")];
     let point_of =
@@ -144,8 +151,9 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
         .collect();
     let mut stems = Vec::new();
     // (an earlier analysis's figures go when this one has none of them)
-    for f in
-        ["loss_vs_compute", "loss_curves", "loss_vs_lr"].iter().flat_map(|s| [format!("{s}.png"), format!("{s}.svg")])
+    for f in ["loss_vs_compute", "loss_curves", "loss_vs_lr", "isoflop"]
+        .iter()
+        .flat_map(|s| [format!("{s}.png"), format!("{s}.svg")])
     {
         let _ = std::fs::remove_file(out.join(f));
     }
@@ -160,15 +168,22 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
         true => stems.push("loss_curves"),
         false => notes.push("loss_curves: not drawn (no run has logged a finite loss yet)".to_string()),
     }
+    if !isoflop.profiles.is_empty() {
+        plot::isoflop(out, &isoflop)?;
+        stems.push("isoflop");
+    }
     write_atomic(
         &files[2],
-        (fits_markdown(&fits, &pearson, &points, &notes, &warnings) + &budgets_markdown(&budgets)).as_bytes(),
+        (fits_markdown(&fits, &pearson, &points, &notes, &warnings)
+            + &budgets_markdown(&budgets)
+            + &isoflop_markdown(&isoflop))
+            .as_bytes(),
     )?;
     let json = serde_json::json!({
         "loss_unit": "nats per bit",
         "pearson_r_log_loss_log_compute": { "all_points": pearson.all.0, "points": pearson.all.1,
             "frontier": pearson.frontier.0, "frontier_points": pearson.frontier.1 },
-        "fits": fits, "points": points, "budgets": budgets, "notes": notes,
+        "fits": fits, "points": points, "budgets": budgets, "isoflop": isoflop, "notes": notes,
         "warnings": warnings, "k": budget::k_spread(&fitted_runs),
     });
     write_atomic(&files[3], serde_json::to_string_pretty(&json)?.as_bytes())?;
@@ -184,7 +199,7 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
         files.push(out.join(format!("{stem}.svg")));
     }
     drop(curves);
-    Ok(Report { runs, points, power, power_floor, chinchilla, pearson, budgets, notes, warnings, files })
+    Ok(Report { runs, points, power, power_floor, chinchilla, pearson, budgets, isoflop, notes, warnings, files })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::fit::Fit;
+use super::isoflop::IsoFlop;
 use super::lr::LrGroup;
 use super::points::Point;
 use super::ticks::{decimals, log_ticks, sci};
@@ -224,15 +225,43 @@ struct Curves {
     caption: String,
     axes: (&'static str, &'static str),
     series: Series,
-    /// Mark each point too (few points per line), and put the legend top left (lines of losses
-    /// against learning rates rise to the right).
-    dots: bool,
+    /// Where the legend goes (lines of losses against learning rates rise to the right: top left).
+    legend: SeriesLabelPosition,
     xr: std::ops::Range<f64>,
     yr: std::ops::Range<f64>,
 }
 
-/// A line: its legend, its segments (the parts inside the frame), and its look (palette index, dashed).
-type Series = Vec<(String, Vec<Vec<(f64, f64)>>, (usize, bool))>;
+/// How a series is drawn: its palette index, its line, and what marks its points.
+#[derive(Clone, Copy)]
+struct Look {
+    colour: usize,
+    line: Stroke,
+    mark: Mark,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stroke {
+    Solid,
+    Dashed,
+    /// Marks only.
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    None,
+    Dot,
+    Cross,
+}
+
+impl Look {
+    fn line(colour: usize, dashed: bool) -> Look {
+        Look { colour, line: if dashed { Stroke::Dashed } else { Stroke::Solid }, mark: Mark::None }
+    }
+}
+
+/// A series: its legend (empty: none), its segments (the parts inside the frame), and its look.
+type Series = Vec<(String, Vec<Vec<(f64, f64)>>, Look)>;
 
 impl Curves {
     /// `yr`: the y range (`None`: around every point).
@@ -240,7 +269,7 @@ impl Curves {
         caption: String,
         axes: (&'static str, &'static str),
         series: Series,
-        dots: bool,
+        legend: SeriesLabelPosition,
         yr: Option<std::ops::Range<f64>>,
     ) -> Result<Curves> {
         let points = || series.iter().flat_map(|s| s.1.iter().flatten());
@@ -249,40 +278,53 @@ impl Curves {
             Some(r) => r,
             None => range_lin(points().map(|p| p.1))?,
         };
-        Ok(Curves { caption, axes, series, dots, xr, yr })
+        Ok(Curves { caption, axes, series, legend, xr, yr })
     }
 }
 
 impl Figure for Curves {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let mut chart = chart(root, &self.caption, self.axes, &self.xr, &self.yr)?;
-        for (name, segments, (colour, dashed)) in &self.series {
-            let colour = Palette99::pick(*colour).to_rgba();
-            // the legend's sample: one stroke, or two for a dashed line
-            let gap = if *dashed { (8, 13) } else { (10, 10) };
+        for (name, segments, look) in &self.series {
+            let colour = Palette99::pick(look.colour).to_rgba();
+            let (line, mark) = (look.line, look.mark);
+            // the legend's sample: one stroke, two for a dashed line, or the mark alone
+            let gap = if line == Stroke::Dashed { (8, 13) } else { (10, 10) };
             let legend = move |(x, y): (i32, i32)| {
+                // one element type for every look: the parts a look lacks are drawn transparent
+                let shown = |on: bool| if on { colour } else { colour.mix(0.0) };
+                let (stroke, cross) = (line != Stroke::None, mark == Mark::Cross);
                 EmptyElement::at((x, y))
-                    + PathElement::new(vec![(0, 0), (gap.0, 0)], colour.stroke_width(2))
-                    + PathElement::new(vec![(gap.1, 0), (20, 0)], colour.stroke_width(2))
+                    + PathElement::new(vec![(0, 0), (gap.0, 0)], shown(stroke).stroke_width(2))
+                    + PathElement::new(vec![(gap.1, 0), (20, 0)], shown(stroke).stroke_width(2))
+                    + Circle::new((10, 0), 4, shown(!stroke && !cross).filled())
+                    + Cross::new((10, 0), 6, shown(!stroke && cross).stroke_width(3))
             };
             for (k, pts) in segments.iter().enumerate() {
-                let drawn = match dashed {
-                    true => chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2))),
-                    false => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
+                let dots = || pts.iter().map(|&p| Circle::new(p, 4, colour.filled()));
+                let crosses = || pts.iter().map(|&p| Cross::new(p, 8, colour.stroke_width(3)));
+                let drawn = match (line, mark) {
+                    (Stroke::Dashed, _) => {
+                        chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2)))
+                    }
+                    (Stroke::Solid, _) => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
+                    (Stroke::None, Mark::Cross) => chart.draw_series(crosses()),
+                    (Stroke::None, _) => chart.draw_series(dots()),
                 };
                 let drawn = drawn.map_err(e)?;
-                if k == 0 {
+                if k == 0 && !name.is_empty() {
                     drawn.label(name.as_str()).legend(legend);
                 }
-                if self.dots {
-                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(e)?;
+                match (line, mark) {
+                    (Stroke::None, _) | (_, Mark::None) => {}
+                    (_, Mark::Dot) => drop(chart.draw_series(dots()).map_err(e)?),
+                    (_, Mark::Cross) => drop(chart.draw_series(crosses()).map_err(e)?),
                 }
             }
         }
-        let legend = if self.dots { SeriesLabelPosition::UpperLeft } else { SeriesLabelPosition::MiddleRight };
         chart
             .configure_series_labels()
-            .position(legend)
+            .position(self.legend.clone())
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()
@@ -335,7 +377,7 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
         .map(|(i, r, p)| {
             let segments = inside(p, &yr);
             clipped |= segments.iter().map(Vec::len).sum::<usize>() < p.len();
-            (r.name.clone(), segments, (*i, false))
+            (r.name.clone(), segments, Look::line(*i, false))
         })
         .filter(|(_, segments, _)| !segments.is_empty())
         .collect();
@@ -344,7 +386,8 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
         false => "loss curves per run",
     };
     let axes = ("compute used (FLOPs)", "validation loss, nats per bit (training loss for runs without validation)");
-    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, false, Some(yr))?)?;
+    let legend = SeriesLabelPosition::MiddleRight;
+    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, legend, Some(yr))?)?;
     Ok(true)
 }
 
@@ -360,7 +403,7 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
         .map(|g| {
             let colour = shapes.iter().position(|s| *s == (g.order.1, g.order.2)).unwrap_or(0);
             let pts: Vec<(f64, f64)> = g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect();
-            (g.label.clone(), vec![pts], (colour, g.order.0))
+            (g.label.clone(), vec![pts], Look { mark: Mark::Dot, ..Look::line(colour, g.order.0) })
         })
         .filter(|(_, p, _)| !p[0].is_empty())
         .collect();
@@ -368,8 +411,44 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
         return Ok(false);
     }
     let axes = ("learning rate", "validation loss, nats per bit (training loss for runs without validation)");
-    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, true, None)?)?;
+    let legend = SeriesLabelPosition::UpperLeft;
+    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, legend, None)?)?;
     Ok(true)
+}
+
+/// Palette99 indices that tell neighbouring lines apart on white (its third, yellow, is left out).
+const DISTINCT: [usize; 6] = [3, 0, 1, 4, 5, 6];
+
+/// The IsoFLOP profiles: each budget's points (loss against model size), the parabola through them and
+/// its minimum (a cross), a colour per budget.
+pub fn isoflop(dir: &Path, iso: &IsoFlop) -> Result<()> {
+    let minima = iso.profiles.iter().filter_map(|p| p.optimum.as_ref().filter(|o| o.inside).map(|o| o.loss));
+    let yr = range_lin(iso.profiles.iter().flat_map(|p| p.measured.iter().map(|m| m.2)).chain(minima))?;
+    let mut series: Series = Vec::new();
+    for (p, i) in iso.profiles.iter().zip(DISTINCT.iter().copied().cycle()) {
+        let name = match &p.optimum {
+            Some(o) => {
+                format!("C = {:.2e}: N_opt = {:.2e}{}", p.compute, o.params, if o.inside { "" } else { " (outside)" })
+            }
+            None => format!("C = {:.2e}: no minimum", p.compute),
+        };
+        let pts: Vec<(f64, f64)> = p.measured.iter().map(|m| (m.0, m.2)).collect();
+        series.push((name, vec![pts], Look { colour: i, line: Stroke::None, mark: Mark::Dot }));
+        let (lo, hi) = ((p.measured[0].0 / 1.5).ln(), (p.measured[p.measured.len() - 1].0 * 1.5).ln());
+        let curve: Vec<(f64, f64)> =
+            (0..=64).map(|k| (lo + (hi - lo) * k as f64 / 64.0).exp()).map(|n| (n, p.parabola.at(n))).collect();
+        series.push((String::new(), inside(&curve, &yr), Look::line(i, false)));
+        if let Some(o) = p.optimum.as_ref().filter(|o| yr.contains(&o.loss)) {
+            series.push((
+                String::new(),
+                vec![vec![(o.params, o.loss)]],
+                Look { colour: i, line: Stroke::None, mark: Mark::Cross },
+            ));
+        }
+    }
+    let axes = ("parameters N", "loss, nats per bit (a point: a config's mean; a cross: the parabola's minimum)");
+    let caption = "IsoFLOP profiles: loss vs model size at fixed compute".to_string();
+    both(dir, "isoflop", &Curves::new(caption, axes, series, SeriesLabelPosition::LowerLeft, Some(yr))?)
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The text of the `infinity scaling` report: the runs' table (`runs.csv`, `runs.md`, one row per run
 //! with whether it is fitted, the point it is part of and whether that is on the compute frontier),
 //! the fits' Markdown (`fits.md`: Pearson r, warnings, coefficients with their 95 % intervals, the
-//! fitted points with their runs' spread, notes) and the budgets' table appended to it.
+//! fitted points with their runs' spread, notes), and the budgets' and IsoFLOP profiles' tables appended
+//! to it.
 
 use std::fmt::Write as _;
 
 use super::fit::Fit;
+use super::isoflop::IsoFlop;
 use super::points::Point;
 use super::{budget, RunRecord};
 
@@ -214,6 +216,52 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
             loss(o.map(|o| o.loss), o.and_then(|o| o.loss_ci95)),
             o.and_then(|o| o.nearest_preset.as_ref()).map_or("–".into(), |(p, n)| format!("{p} ({:.3e})", *n as f64)),
         );
+    }
+    s
+}
+
+/// The IsoFLOP profiles' section (empty without profiles).
+pub fn isoflop_markdown(iso: &IsoFlop) -> String {
+    if iso.profiles.is_empty() {
+        return String::new();
+    }
+    let mut s = "\n## IsoFLOP profiles\n\nThe points of one compute budget (computes within 10 %), loss against \
+                 model size: a parabola in ln N through each places the compute-optimal size N_opt (its 95 % interval \
+                 from the parabola's covariance, from 4 sizes), its tokens D_opt (ln D against ln N through the \
+                 points, at N_opt) and the parabola's loss there; † = outside the sizes run (an extrapolation, left \
+                 out of the exponents).\n\n| C (FLOPs) | points | N from | N to | N_opt | 95 % interval | D_opt \
+                 (tokens) | loss at N_opt | RMS residual |\n|---|---|---|---|---|---|---|---|---|\n"
+        .to_string();
+    for p in &iso.profiles {
+        let points: Vec<String> = p.points.iter().map(usize::to_string).collect();
+        let (lo, hi) = (p.measured[0].0, p.measured[p.measured.len() - 1].0);
+        let o = p.optimum.as_ref();
+        let _ = writeln!(
+            s,
+            "| {:.3e} | {} | {lo:.3e} | {hi:.3e} | {} | {} | {} | {} | {:.5} |",
+            p.compute,
+            points.join(", "),
+            o.map_or("no minimum".into(), |o| format!("{:.3e}{}", o.params, if o.inside { "" } else { "†" })),
+            o.and_then(|o| o.params_ci95).map_or("–".into(), |(lo, hi)| format!("[{lo:.3e}, {hi:.3e}]")),
+            o.map_or("–".into(), |o| format!("{:.3e}", o.tokens)),
+            o.map_or("–".into(), |o| format!("{:.5}", o.loss)),
+            p.parabola.rmse,
+        );
+    }
+    s.push('\n');
+    for (what, sym, e) in [("N_opt", "a", &iso.params), ("D_opt", "b", &iso.tokens)] {
+        if let Some(e) = e {
+            let ci = e.ci95.map_or("no interval: 2 budgets".into(), |(lo, hi)| format!("95 % [{lo:.4}, {hi:.4}]"));
+            let (x, k, n) = (e.exponent, e.k, e.n);
+            let _ =
+                writeln!(s, "- {what} = k·C^{sym}: {sym} = {x:.4} ({ci}), k = {k:.4e}, through {n} budgets' optima");
+        }
+    }
+    if !iso.budgets.is_empty() {
+        s.push_str("\nAt the budgets asked for (`--budget`), from those two laws:\n\n| C (FLOPs) | N_opt | D_opt (tokens) |\n|---|---|---|\n");
+        for (c, n, d) in &iso.budgets {
+            let _ = writeln!(s, "| {c:.3e} | {n:.3e} | {d:.3e} |");
+        }
     }
     s
 }

@@ -370,3 +370,90 @@ fn non_finite_training_losses_and_diverged_runs_without_validation() {
         .join("\n")
         .contains("(diverged: a final result, which `infinity sweep` does not train again): wild"));
 }
+
+/// Chinchilla's fitted law (Hoffmann et al. 2022, approach 3): the loss an IsoFLOP design samples.
+fn chinchilla_loss(n: f64, d: f64) -> f64 {
+    1.69 + 406.4 / n.powf(0.34) + 410.7 / d.powf(0.28)
+}
+
+/// The law's compute-optimal N under C = 6·N·D: `G·(C/6)^(β/(α+β))`, `G = (αA/(βB))^(1/(α+β))`.
+fn chinchilla_n_opt(c: f64) -> f64 {
+    let g = (0.34f64 * 406.4 / (0.28 * 410.7)).powf(1.0 / 0.62);
+    g * (c / 6.0).powf(0.28 / 0.62)
+}
+
+/// An IsoFLOP design on the law: at each budget, 5 sizes a factor 2 apart around `off`·N_opt.
+fn isoflop_runs(root: &Path, budgets: &[(f64, f64)]) {
+    for (b, &(c, off)) in budgets.iter().enumerate() {
+        for k in -2..=2 {
+            let n = chinchilla_n_opt(c) * off * 2f64.powi(k);
+            let d = c / (6.0 * n);
+            run(root, &format!("c{b}-n{}", k + 2), (n, d, c), &[Some(chinchilla_loss(n, d))], "a");
+        }
+    }
+}
+
+#[test]
+fn isoflop_profiles_recover_a_known_laws_compute_optimal_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // the designs are centred off the optimum, as a sweep planned before knowing it is
+    isoflop_runs(root, &[(1e18, 1.4), (1e19, 0.8), (1e20, 1.2)]);
+    let r = super::analyse(root, &root.join("scaling"), &[1e21]).unwrap();
+    let iso = &r.isoflop;
+    assert_eq!(iso.profiles.len(), 3, "{:?}", r.notes);
+    for p in &iso.profiles {
+        let o = p.optimum.as_ref().unwrap();
+        let truth = chinchilla_n_opt(p.compute);
+        assert!(o.inside && (o.params / truth - 1.0).abs() < 0.05, "N_opt {:.4e} vs {truth:.4e}", o.params);
+        assert!((o.params * o.tokens * 6.0 / p.compute - 1.0).abs() < 1e-9, "D_opt spends the budget: {o:?}");
+        let (lo, hi) = o.params_ci95.unwrap();
+        assert!(lo < o.params && o.params < hi, "{o:?}");
+    }
+    let (a, b) = (iso.params.as_ref().unwrap(), iso.tokens.as_ref().unwrap());
+    let errors: Vec<String> = iso
+        .profiles
+        .iter()
+        .map(|p| format!("{:+.2} %", (p.optimum.as_ref().unwrap().params / chinchilla_n_opt(p.compute) - 1.0) * 100.0))
+        .collect();
+    println!(
+        "IsoFLOP on L(N, D), no noise: a = {:.4} ({:.4}), N_opt off by {}",
+        a.exponent,
+        0.28 / 0.62,
+        errors.join(", ")
+    );
+    assert!((a.exponent - 0.28 / 0.62).abs() < 0.01, "a = {} vs {}", a.exponent, 0.28 / 0.62);
+    assert!((a.exponent + b.exponent - 1.0).abs() < 1e-9 && a.n == 3 && a.ci95.is_some(), "{a:?} {b:?}");
+    let (c, n, d) = iso.budgets[0];
+    assert!(c == 1e21 && (n / chinchilla_n_opt(1e21) - 1.0).abs() < 0.1 && (6.0 * n * d / c - 1.0).abs() < 1e-6);
+    assert!(r.warnings.iter().all(|w| !w.contains("IsoFLOP")), "{:?}", r.warnings);
+    let md = std::fs::read_to_string(root.join("scaling/fits.md")).unwrap();
+    assert!(md.contains("## IsoFLOP profiles") && md.contains("N_opt = k·C^a: a = 0.45"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("scaling/fits.json")).unwrap()).unwrap();
+    assert_eq!(json["isoflop"]["profiles"].as_array().unwrap().len(), 3);
+    assert!(root.join("scaling/isoflop.png").is_file() && root.join("scaling/isoflop.svg").is_file());
+}
+
+#[test]
+fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // the largest budget's sizes all lie far below its optimum: the loss still falls at the largest
+    isoflop_runs(root, &[(1e18, 1.0), (1e19, 1.0), (1e20, 1.0 / 64.0)]);
+    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("the IsoFLOP profile at C = 1.000e20"), "{warnings}");
+    assert!(warnings.contains("pass through the optima of 2 budgets: exact"), "{warnings}");
+    assert_eq!(r.isoflop.params.as_ref().unwrap().n, 2);
+    // a grid of sizes × tokens has no budget of three sizes: a note, no figure
+    let grid = tempfile::tempdir().unwrap();
+    for (i, n) in [2.0e5f64, 1.0e6].into_iter().enumerate() {
+        for (j, d) in [1.0e7f64, 5.0e7].into_iter().enumerate() {
+            run(grid.path(), &format!("g{i}-{j}"), (n, d, 6.0 * n * d), &[Some(chinchilla_loss(n, d))], "a");
+        }
+    }
+    let r = super::analyse(grid.path(), &grid.path().join("scaling"), &[]).unwrap();
+    assert!(r.notes.iter().any(|n| n.starts_with("no IsoFLOP profiles")), "{:?}", r.notes);
+    assert!(!grid.path().join("scaling/isoflop.png").exists());
+}

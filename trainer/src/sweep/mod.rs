@@ -407,6 +407,13 @@ mod tests {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sweeps").join(f);
             toml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
         };
+        // the IsoFLOP design: every width at each compute budget, 3 or more of each for its profiles
+        let iso = read("isoflop.toml");
+        assert!(
+            iso.axes["compute"].len() >= 3
+                && iso.axes["model.embed_dim"].len() >= 3
+                && !iso.axes.contains_key("tokens")
+        );
         let (mu, sp) = (read("mup-lr.toml"), read("sp-lr.toml"));
         assert_eq!(mu.out, sp.out);
         assert!(mu.axes.contains_key("model.mup_base_width") && !sp.axes.contains_key("model.mup_base_width"));

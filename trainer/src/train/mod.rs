@@ -87,7 +87,9 @@ pub struct TrainOptions {
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainSummary {
+    /// The step the run is at, and the one this session started from (0: a fresh start).
     pub steps: u64,
+    pub started_at: u64,
     pub last_loss: f64,
     pub last_bit_acc: f64,
     pub skipped_steps: u64,

@@ -52,6 +52,7 @@ impl<'a> SummaryFile<'a> {
         let (last_loss, last_bit_acc) = rundir::finished_metrics(self.run, state.step).unwrap_or((f64::NAN, f64::NAN));
         let summary = TrainSummary {
             steps: state.step,
+            started_at: state.step,
             last_loss,
             last_bit_acc,
             skipped_steps: state.skipped_steps,
@@ -68,6 +69,7 @@ impl<'a> SummaryFile<'a> {
     /// stands at every moment, so no longer where an earlier session stopped (preempted, say), but at
     /// the checkpoint this session starts from.
     pub(super) fn resumed(&mut self, state: &TrainState, resume: Option<PathBuf>) -> Result<()> {
+        self.summary.started_at = state.step;
         if !self.leader {
             return Ok(());
         }

@@ -1,0 +1,291 @@
+//! IsoFLOP profiles (Hoffmann et al. 2022, their second approach). The points of one compute budget
+//! trace the loss against the model size at fixed compute. A parabola in ln N through them places the
+//! size the budget is best spent on, `N_opt(C)`, and its tokens `D_opt(C)`. Power laws through the
+//! optima of several budgets then give `N_opt = k·C^a` and `D_opt = k·C^b`: how to grow the model and
+//! the data with compute, measured without assuming the form of `L(N, D)` (`fit::chinchilla`).
+//!
+//! A budget's points are those whose compute agrees within [`SAME_BUDGET`]: a sweep's `compute` axis
+//! spends each budget in whole steps, so its runs overshoot it by up to one step each.
+
+use nalgebra::{Matrix3, Vector3};
+use serde::Serialize;
+
+use super::fit::{line, t975};
+use super::points::Point;
+
+/// Points whose compute differs by less than this factor are of one budget.
+pub const SAME_BUDGET: f64 = 1.1;
+
+/// One budget's points and the parabola through them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    /// The geometric mean of its points' compute (FLOPs).
+    pub compute: f64,
+    /// Its points' numbers in the fitted points' table (from 1), by size.
+    pub points: Vec<usize>,
+    /// `(N, D, loss)` of each point, by size.
+    pub measured: Vec<(f64, f64, f64)>,
+    pub parabola: Parabola,
+    /// `None`: the parabola opens downwards (no minimum).
+    pub optimum: Option<Optimum>,
+}
+
+/// `L ≈ c0 + c1·u + c2·u²` in `u = ln N − centre` (centre: the mean ln N of the profile, which keeps
+/// the normal equations well conditioned).
+#[derive(Clone, Debug, Serialize)]
+pub struct Parabola {
+    pub centre: f64,
+    pub coefs: [f64; 3],
+    /// Root mean square of the loss residuals.
+    pub rmse: f64,
+    /// The coefficients' covariance (`None`: 3 sizes, no degrees of freedom left).
+    #[serde(skip)]
+    cov: Option<Matrix3<f64>>,
+}
+
+impl Parabola {
+    pub fn at(&self, n: f64) -> f64 {
+        let u = n.ln() - self.centre;
+        self.coefs[0] + self.coefs[1] * u + self.coefs[2] * u * u
+    }
+
+    /// Least squares through `(ln N, loss)` pairs (at least 3 distinct sizes).
+    fn fit(ln_n: &[f64], loss: &[f64]) -> Option<Parabola> {
+        let centre = ln_n.iter().sum::<f64>() / ln_n.len() as f64;
+        let (mut xtx, mut xty) = (Matrix3::zeros(), Vector3::zeros());
+        for (&x, &y) in ln_n.iter().zip(loss) {
+            let u = x - centre;
+            let row = Vector3::new(1.0, u, u * u);
+            xtx += row * row.transpose();
+            xty += row * y;
+        }
+        let inv = xtx.try_inverse()?;
+        let c = inv * xty;
+        let coefs = [c[0], c[1], c[2]];
+        let sse: f64 = ln_n
+            .iter()
+            .zip(loss)
+            .map(|(&x, &y)| (y - c[0] - c[1] * (x - centre) - c[2] * (x - centre).powi(2)).powi(2))
+            .sum();
+        let dof = ln_n.len() - 3;
+        let cov = (dof > 0).then(|| inv * (sse / dof as f64));
+        Some(Parabola { centre, coefs, rmse: (sse / ln_n.len() as f64).sqrt(), cov })
+    }
+}
+
+/// The parabola's minimum.
+#[derive(Clone, Debug, Serialize)]
+pub struct Optimum {
+    /// N_opt, and its 95 % interval (delta method on the parabola's covariance; from 4 sizes).
+    pub params: f64,
+    pub params_ci95: Option<(f64, f64)>,
+    /// D_opt: ln D against ln N through the profile's points, at N_opt.
+    pub tokens: f64,
+    /// The parabola's loss there.
+    pub loss: f64,
+    /// Within the profile's sizes: only these optima enter the exponents.
+    pub inside: bool,
+}
+
+/// `y = k·C^exponent` through the optima.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exponent {
+    pub k: f64,
+    pub exponent: f64,
+    /// `None`: fitted through 2 budgets (exact).
+    pub ci95: Option<(f64, f64)>,
+    /// Budgets (optima) fitted.
+    pub n: usize,
+}
+
+impl Exponent {
+    pub fn at(&self, c: f64) -> f64 {
+        self.k * c.powf(self.exponent)
+    }
+
+    fn through(c: &[f64], y: &[f64]) -> Option<Exponent> {
+        let ln = |v: &[f64]| v.iter().map(|x| x.ln()).collect::<Vec<_>>();
+        let l = line(&ln(c), &ln(y), "compute").ok()?;
+        Some(Exponent { k: l.icpt.exp(), exponent: l.slope, ci95: l.slope_ci95(), n: c.len() })
+    }
+}
+
+/// The profiles, the laws through their optima and what those laws place at the budgets asked for.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IsoFlop {
+    pub profiles: Vec<Profile>,
+    /// `N_opt = k·C^a` (`a` is `exponent`).
+    pub params: Option<Exponent>,
+    /// `D_opt = k·C^b`.
+    pub tokens: Option<Exponent>,
+    /// `(C, N_opt, D_opt)` at each budget asked for (with both laws).
+    pub budgets: Vec<(f64, f64, f64)>,
+}
+
+/// The points grouped by compute budget ([`SAME_BUDGET`]), each group's indices into `points` by
+/// compute.
+fn budgets_of(points: &[Point]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[a].compute.total_cmp(&points[b].compute));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match groups.last_mut() {
+            Some(g) if points[i].compute < points[g[0]].compute * SAME_BUDGET => g.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+fn distinct(v: impl Iterator<Item = f64>) -> usize {
+    let mut bits: Vec<u64> = v.map(f64::to_bits).collect();
+    bits.sort();
+    bits.dedup();
+    bits.len()
+}
+
+/// Why a profile has no minimum: the side its losses still fall towards.
+fn no_minimum(p: &Profile) -> String {
+    let lowest = p.measured.iter().enumerate().min_by(|a, b| a.1 .2.total_cmp(&b.1 .2)).map_or(0, |(i, _)| i);
+    let hint = match lowest {
+        0 => "the loss is lowest at the smallest size: add smaller models at this budget",
+        i if i + 1 == p.measured.len() => "the loss is lowest at the largest size: add larger models at this budget",
+        _ => "its losses do not curve upwards around a minimum: repeats (other seeds) or more sizes may settle it",
+    };
+    format!("the IsoFLOP profile at C = {:.3e} has no minimum ({hint})", p.compute)
+}
+
+/// A profile of `idx` (by compute) with at least 3 distinct sizes, fitted.
+fn profile(points: &[Point], idx: &[usize]) -> Option<Profile> {
+    let mut idx = idx.to_vec();
+    idx.sort_by(|&a, &b| points[a].params.total_cmp(&points[b].params));
+    let measured: Vec<(f64, f64, f64)> =
+        idx.iter().map(|&i| (points[i].params, points[i].tokens, points[i].loss)).collect();
+    let ln_n: Vec<f64> = measured.iter().map(|m| m.0.ln()).collect();
+    let ln_d: Vec<f64> = measured.iter().map(|m| m.1.ln()).collect();
+    let loss: Vec<f64> = measured.iter().map(|m| m.2).collect();
+    let parabola = Parabola::fit(&ln_n, &loss)?;
+    let compute = (idx.iter().map(|&i| points[i].compute.ln()).sum::<f64>() / idx.len() as f64).exp();
+    let [_, c1, c2] = parabola.coefs;
+    let optimum = (c2 > 0.0).then(|| {
+        let u = -c1 / (2.0 * c2);
+        let ln_opt = parabola.centre + u;
+        // d u / d(c0, c1, c2)
+        let g = Vector3::new(0.0, -1.0 / (2.0 * c2), c1 / (2.0 * c2 * c2));
+        let half = parabola.cov.zip(t975(idx.len() - 3)).map(|(cov, t)| t * (g.transpose() * cov * g)[(0, 0)].sqrt());
+        let tokens = line(&ln_n, &ln_d, "size").map_or(f64::NAN, |l| (l.icpt + l.slope * ln_opt).exp());
+        Optimum {
+            params: ln_opt.exp(),
+            params_ci95: half.filter(|h| h.is_finite()).map(|h| ((ln_opt - h).exp(), (ln_opt + h).exp())),
+            tokens,
+            loss: parabola.at(ln_opt.exp()),
+            inside: ln_n[0] <= ln_opt && ln_opt <= ln_n[ln_n.len() - 1],
+        }
+    });
+    Some(Profile { compute, points: idx.iter().map(|i| i + 1).collect(), measured, parabola, optimum })
+}
+
+/// Profiles of `points` (the fitted points) and the exponents through their optima, with `N_opt` and
+/// `D_opt` at each of `budgets`; and the notes and warnings on them.
+pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<String>) {
+    let (mut notes, mut warnings) = (Vec::new(), Vec::new());
+    let mut iso = IsoFlop::default();
+    let mut thin = Vec::new();
+    for g in budgets_of(points) {
+        let sizes = distinct(g.iter().map(|&i| points[i].params));
+        match sizes >= 3 {
+            true => iso.profiles.extend(profile(points, &g)),
+            false if g.len() >= 2 => thin.push(format!("{:.3e} ({sizes} sizes)", points[g[0]].compute)),
+            false => {}
+        }
+    }
+    if !thin.is_empty() {
+        notes.push(format!(
+            "IsoFLOP profiles need 3 or more model sizes at one compute budget; these budgets have fewer: {}",
+            thin.join(", ")
+        ));
+    }
+    if iso.profiles.is_empty() {
+        notes.push(
+            "no IsoFLOP profiles: no compute budget has points of 3 or more model sizes (computes within 10 % count \
+             as one budget; a sweep's `compute` axis with 3 or more sizes makes them)"
+                .to_string(),
+        );
+        return (iso, notes, warnings);
+    }
+    for p in &iso.profiles {
+        match &p.optimum {
+            None => warnings.push(no_minimum(p)),
+            Some(o) if !o.inside => warnings.push(format!(
+                "the IsoFLOP profile at C = {:.3e} places N_opt = {:.3e} outside the sizes it ran ({:.3e} to {:.3e}): \
+                 an extrapolation, left out of the exponents; add sizes beyond it",
+                p.compute,
+                o.params,
+                p.measured[0].0,
+                p.measured[p.measured.len() - 1].0
+            )),
+            Some(_) => {}
+        }
+    }
+    let optima: Vec<(f64, &Optimum)> =
+        iso.profiles.iter().filter_map(|p| p.optimum.as_ref().filter(|o| o.inside).map(|o| (p.compute, o))).collect();
+    let c: Vec<f64> = optima.iter().map(|o| o.0).collect();
+    if optima.len() >= 2 {
+        iso.params = Exponent::through(&c, &optima.iter().map(|o| o.1.params).collect::<Vec<_>>());
+        iso.tokens = Exponent::through(&c, &optima.iter().map(|o| o.1.tokens).collect::<Vec<_>>());
+        if optima.len() == 2 {
+            warnings.push(
+                "N_opt = k·C^a and D_opt = k·C^b pass through the optima of 2 budgets: exact, with no uncertainty; \
+                 a third budget gives their intervals"
+                    .to_string(),
+            );
+        }
+    } else {
+        notes.push(format!(
+            "N_opt = k·C^a and D_opt = k·C^b need the optima (within the sizes run) of 2 or more budgets, found {}",
+            optima.len()
+        ));
+    }
+    if let (Some(n), Some(d)) = (&iso.params, &iso.tokens) {
+        iso.budgets = budgets.iter().map(|&b| (b, n.at(b), d.at(b))).collect();
+    }
+    (iso, notes, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parabola_through_exact_points_has_their_minimum_and_an_interval_from_four() {
+        let ln_n: Vec<f64> = [1e5f64, 3e5, 1e6, 3e6, 1e7].iter().map(|n| n.ln()).collect();
+        let at = |x: f64| 0.5 + 0.02 * (x - 1.5e6f64.ln()).powi(2);
+        let loss: Vec<f64> = ln_n.iter().map(|&x| at(x)).collect();
+        let p = Parabola::fit(&ln_n, &loss).unwrap();
+        assert!(p.rmse < 1e-12 && (p.at(1.5e6) - 0.5).abs() < 1e-12, "{p:?}");
+        let points: Vec<Point> = ln_n
+            .iter()
+            .zip(&loss)
+            .enumerate()
+            .map(|(i, (&x, &l))| Point {
+                runs: vec![format!("r{i}")],
+                dirs: vec![],
+                params: x.exp(),
+                tokens: 1e15 / (6.0 * x.exp()),
+                compute: 1e15 * (1.0 + 0.01 * i as f64),
+                loss: l,
+                std: None,
+                on_frontier: false,
+            })
+            .collect();
+        let (iso, _, warnings) = analyse(&points, &[]);
+        assert_eq!(iso.profiles.len(), 1, "computes within 10 % are one budget");
+        let o = iso.profiles[0].optimum.as_ref().unwrap();
+        assert!((o.params / 1.5e6 - 1.0).abs() < 1e-9 && o.inside, "{o:?}");
+        assert!((o.tokens / (1e15 / (6.0 * 1.5e6)) - 1.0).abs() < 0.05, "{o:?}");
+        // an exact fit has a zero-width interval; the warning: one budget gives no exponent
+        let (lo, hi) = o.params_ci95.unwrap();
+        assert!((lo / 1.5e6 - 1.0).abs() < 1e-6 && (hi / 1.5e6 - 1.0).abs() < 1e-6);
+        assert!(iso.params.is_none() && warnings.is_empty(), "{warnings:?}");
+    }
+}
