@@ -604,8 +604,8 @@ fn buckets_smaller_than_a_global_batch_are_named_as_never_trained() {
 /// A resume from another run's checkpoint into a run.dir that holds a run of its own is refused (the two
 /// histories would share one folder), whether that run has checkpoints or only its log (stopped before
 /// its first). A copy of the run's own checkpoint kept elsewhere resumes it. Into a fresh run.dir the
-/// resume trains, and the same resume again (a retry) continues. A checkpoint without its config.toml resumes with a line saying the settings were not
-/// compared.
+/// resume trains, and the same resume again (a retry) continues. A checkpoint without its config.toml
+/// resumes with a line saying the settings were not compared.
 #[test]
 fn a_resume_from_elsewhere_does_not_mix_two_runs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -258,7 +258,10 @@ pub fn isoflop_markdown(iso: &IsoFlop) -> String {
         }
     }
     if !iso.budgets.is_empty() {
-        s.push_str("\nAt the budgets asked for (`--budget`), from those two laws:\n\n| C (FLOPs) | N_opt | D_opt (tokens) |\n|---|---|---|\n");
+        s.push_str(
+            "\nAt the budgets asked for (`--budget`), from those two laws:\n\n| C (FLOPs) | N_opt | D_opt (tokens) \
+             |\n|---|---|---|\n",
+        );
         for (c, n, d) in &iso.budgets {
             let _ = writeln!(s, "| {c:.3e} | {n:.3e} | {d:.3e} |");
         }
