@@ -20,7 +20,7 @@ use infinity_kernels::cuda::bsq::{self_correct_batch, BsqBatch, BsqPath, BsqScra
 use infinity_kernels::cuda::device::{device_present, Act, Buf, BufMut};
 use infinity_kernels::cuda::head_ce::{head_bitwise_ce_device, HeadCeDevice};
 use infinity_kernels::cuda::layers::{
-    layernorm_dev, modulated_layernorm_backward_dev, modulated_layernorm_dev, AdaShape,
+    embedding_backward_dev, layernorm_dev, modulated_layernorm_backward_dev, modulated_layernorm_dev, AdaShape,
 };
 use infinity_kernels::cuda::linear::{bias_grad, input_grad, rounded, to_bf16_dev, weight_grad};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
@@ -378,6 +378,17 @@ fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
         layernorm_dev(dev, &x, None, None, &mut xh, &mut mean, &mut rstd, (n, c), 1e-6).unwrap()
     });
     row(&format!("LayerNorm forward N × {c}"), ms, 2.0 * 4.0 * (n * c) as f64, 0.0, copy_gbs, None);
+
+    // the level embedding's gradient: each token's dx into its scale's row (a small table over every
+    // token: partial sums per chunk of tokens, then over the chunks)
+    let levels: Vec<i32> = (0..b)
+        .flat_map(|_| per_scale.iter().enumerate().flat_map(|(s, &k)| std::iter::repeat_n(s as i32, k)))
+        .collect();
+    let levels = upload(dev, &levels);
+    let mut dtable = dev.stream.alloc_zeros::<f32>(per_scale.len() * c).unwrap();
+    let ms = time_ms(dev, sh.iters(10), || embedding_backward_dev(dev, &x, &levels, &mut dtable, c).unwrap());
+    let name = format!("level embedding backward N × {c} → {} rows", per_scale.len());
+    row(&name, ms, 4.0 * (n * c) as f64, (n * c) as f64, copy_gbs, None);
 
     // the blocks' pre-norm branch as training runs it: LayerNorm + modulation into bf16, and its
     // backward with the residual's gradient; through the row-in-registers kernels (layers.rs rows4)

@@ -381,6 +381,17 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
     let mut dt = vec![0.0f32; vocab * c];
     embedding::embedding_backward(&dout, &idx, &mut dt, c);
     close("embedding backward", &layers::embedding_backward(&dev, &dout, &idx32, vocab, c).unwrap(), &dt, 1e-5);
+    // the level embedding's shape: 15 rows over more items than one chunk of partial sums (4096), the
+    // last chunk part-filled, the levels in runs as a schedule's tokens are
+    let (vocab, n) = (15, 3 * 4096 + 123);
+    let idx: Vec<usize> = (0..n).map(|i| (i / 97 + i % 3) % vocab).collect();
+    let idx32: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+    let dout = rand_vec(&mut rng, n * c, 1.0);
+    let mut dt = vec![0.0f32; vocab * c];
+    embedding::embedding_backward(&dout, &idx, &mut dt, c);
+    let gpu = layers::embedding_backward(&dev, &dout, &idx32, vocab, c).unwrap();
+    close("embedding backward, chunked", &gpu, &dt, 1e-5);
+    assert_eq!(gpu, layers::embedding_backward(&dev, &dout, &idx32, vocab, c).unwrap(), "bitwise the same twice");
 }
 
 #[test]

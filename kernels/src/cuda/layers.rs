@@ -385,7 +385,15 @@ pub fn embedding_dev(
     unsafe { dev.launch("embedding.cu", "embedding_forward_f32", elementwise(n * c), &args) }
 }
 
-/// `dtable [V, C] += Σ_{i: idx[i] = v} dout[i]`.
+/// The chunked embedding backward's rows per partial sum, and the most table rows it keeps in registers
+/// (`SMALL_VOCAB` in embedding.cu).
+const CHUNK_ROWS: usize = 4096;
+const SMALL_VOCAB: usize = 16;
+
+/// `dtable [V, C] += Σ_{i: idx[i] = v} dout[i]`. A small table over many items (the level embedding:
+/// 15 rows, every token of the micro-batch) takes partial sums per chunk of [`CHUNK_ROWS`] items, then
+/// sums them in order: a thread per table entry walking all the items would leave the GPU nearly idle
+/// (30k threads for 2048 channels, each walking up to 250k tokens).
 pub fn embedding_backward_dev(
     dev: &Device,
     dout: &dyn Buf,
@@ -394,6 +402,25 @@ pub fn embedding_backward_dev(
     c: usize,
 ) -> Result<(), CudaError> {
     let (n, vocab) = (idx.len(), dtable.count() / c);
+    let chunks = n.div_ceil(CHUNK_ROWS);
+    if vocab <= SMALL_VOCAB && chunks > 1 && chunks <= 65_535 {
+        // partial [chunks, vocab, C], every entry written
+        let partial = dev.stream.alloc_zeros::<f32>(chunks * vocab * c)?;
+        let block = 128;
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(block) as u32, chunks as u32, 1),
+            block_dim: (block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (idx, ints) = (Arg::Ptr(idx_addr(dev, idx)), [Arg::int(n), Arg::int(vocab), Arg::int(c)]);
+        let args = [dev.arg(dout), idx, dev.arg(&partial), ints[0], ints[1], ints[2], Arg::int(CHUNK_ROWS)];
+        // SAFETY: embedding_backward_partial_f32(dout, idx, partial, n, vocab, c, chunk_rows), partial
+        // [chunks, vocab, c] with chunks = ⌈n / chunk_rows⌉ (the grid's y) and vocab ≤ SMALL_VOCAB.
+        unsafe { dev.launch("embedding.cu", "embedding_backward_partial_f32", cfg, &args)? };
+        let args = [dev.arg(&partial), dev.arg_mut(dtable), Arg::int(chunks), ints[1], ints[2]];
+        // SAFETY: embedding_backward_reduce_f32(partial, dtable, chunks, vocab, c).
+        return unsafe { dev.launch("embedding.cu", "embedding_backward_reduce_f32", elementwise(vocab * c), &args) };
+    }
     let args =
         [dev.arg(dout), Arg::Ptr(idx_addr(dev, idx)), dev.arg_mut(dtable), Arg::int(n), Arg::int(vocab), Arg::int(c)];
     // SAFETY: embedding_backward_f32(dout, idx, dtable, n, vocab, c).

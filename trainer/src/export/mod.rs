@@ -220,10 +220,9 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
 /// The checkpoint folder (one holding [`DONE`] or [`STATE_FILE`]) that `folder` is or lies inside, from
 /// the file-system root: a run prunes its old checkpoints whole.
 fn enclosing_checkpoint(folder: &Path) -> Option<PathBuf> {
-    // the part of the path that exists, resolved (`..`, links); folders still to be made hold nothing
-    let full = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-    let existing = full.ancestors().find(|p| p.exists())?.canonicalize().ok()?;
-    existing.ancestors().find(|p| p.join(DONE).is_file() || p.join(STATE_FILE).is_file()).map(Path::to_path_buf)
+    // (links and `..` resolved; the folders still to be made hold nothing)
+    let led = crate::train::config::where_it_leads(folder)?;
+    led.ancestors().find(|p| p.join(DONE).is_file() || p.join(STATE_FILE).is_file()).map(Path::to_path_buf)
 }
 
 /// Refuse a run folder, its `checkpoints/` folder or a dataset as the export's folder: `infinity

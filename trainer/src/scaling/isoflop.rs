@@ -216,14 +216,15 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
     for p in &iso.profiles {
         match &p.optimum {
             None => warnings.push(no_minimum(p)),
-            Some(o) if !o.inside => warnings.push(format!(
-                "the IsoFLOP profile at C = {:.3e} places N_opt = {:.3e} outside the sizes it ran ({:.3e} to {:.3e}): \
-                 an extrapolation, left out of the exponents; add sizes beyond it",
-                p.compute,
-                o.params,
-                p.measured[0].0,
-                p.measured[p.measured.len() - 1].0
-            )),
+            Some(o) if !o.inside => {
+                let (lo, hi) = (p.measured[0].0, p.measured[p.measured.len() - 1].0);
+                let side = if o.params < lo { "smaller" } else { "larger" };
+                warnings.push(format!(
+                    "the IsoFLOP profile at C = {:.3e} places N_opt = {:.3e} outside the sizes it ran ({lo:.3e} to \
+                     {hi:.3e}): an extrapolation, left out of the exponents; add {side} models at this budget",
+                    p.compute, o.params
+                ))
+            }
             Some(_) => {}
         }
     }

@@ -444,6 +444,7 @@ fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
     let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("the IsoFLOP profile at C = 1.000e20"), "{warnings}");
+    assert!(warnings.contains("larger models at this budget"), "{warnings}");
     assert!(warnings.contains("pass through the optima of 2 budgets: exact"), "{warnings}");
     assert_eq!(r.isoflop.params.as_ref().unwrap().n, 2);
     // a grid of sizes × tokens has no budget of three sizes: a note, no figure

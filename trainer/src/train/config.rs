@@ -19,6 +19,7 @@ mod validate;
 pub use load::keys_overlap;
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
+pub use validate::where_it_leads;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -165,7 +165,7 @@ impl TrainConfig {
 
 /// Where `p` leads: its longest existing part with links resolved, the rest (still to be made) with
 /// `.` and `..` taken away, so that two spellings of one folder compare equal before it exists.
-fn where_it_leads(p: &Path) -> Option<PathBuf> {
+pub fn where_it_leads(p: &Path) -> Option<PathBuf> {
     let full = std::path::absolute(p).ok()?;
     let existing = full.ancestors().find(|a| a.exists())?;
     let mut out = existing.canonicalize().ok()?;
