@@ -384,7 +384,10 @@ fn preempted_exit_code_applies_outside_the_launcher() {
     assert!(text.contains("exit code 143 (--preempted-exit-code)"), "{text}");
     let (code, text) = stopped("launched", true);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("--preempted-exit-code 143 ignored under infinity launch"), "{text}");
+    // said as the run starts (where it can still be mended) and again as it stops
+    let said = "--preempted-exit-code 143 of `infinity train` is ignored under infinity launch";
+    assert_eq!(text.matches(said).count(), 2, "{text}");
+    assert!(text.contains("give it to `infinity launch` (before `--`)"), "{text}");
 
     let out = Command::new(bin).args(["train", "x.toml", "--preempted-exit-code", "256"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));

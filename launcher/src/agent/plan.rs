@@ -21,6 +21,9 @@ pub(super) struct Plan {
     /// The settings taken from torchrun's variables, as flags with their sources (`--nnodes 2
     /// (PET_NNODES)`), for the agent's first line.
     pub(super) adopted: Vec<String>,
+    /// SLURM's values that torchrun's variables overrode where they differ (`SLURM_NNODES=4 (PET_NNODES=2
+    /// taken)`), for a warning.
+    pub(super) set_aside: Vec<String>,
 }
 
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
@@ -28,7 +31,12 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
     // (the command line is checked, then planned again to run: one line)
     static SAID: std::sync::Once = std::sync::Once::new();
     if !p.adopted.is_empty() {
-        SAID.call_once(|| console_err!("[launch] from torchrun's variables: {}", p.adopted.join(", ")));
+        SAID.call_once(|| {
+            console_err!("[launch] from torchrun's variables: {}", p.adopted.join(", "));
+            if !p.set_aside.is_empty() {
+                console_err!("[launch] warning: SLURM's job step says otherwise: {}", p.set_aside.join(", "));
+            }
+        });
     }
     Ok(p)
 }
@@ -97,6 +105,15 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     };
     if nodes_from.starts_with("SLURM") || rank_from.starts_with("SLURM") {
         one_task_per_node(&slurm_num)?;
+    }
+    // torchrun's variables inside a SLURM job step: taken, and where SLURM's differ, said
+    let mut set_aside = Vec::new();
+    let slurm_says =
+        [("SLURM_NNODES", nodes_from, "PET_NNODES", nnodes), ("SLURM_NODEID", rank_from, "PET_NODE_RANK", node_rank)];
+    for (var, from, pet, taken) in slurm_says {
+        if let Some(v) = slurm_num(var)?.filter(|&v| from == pet && v != taken) {
+            set_aside.push(format!("{var}={v} ({pet}={taken} taken)"));
+        }
     }
     let secs =
         [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s), ("--rdzv-last-call-s", a.rdzv_last_call_s)];
@@ -169,7 +186,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside })
 }
 
 /// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an
@@ -371,6 +388,13 @@ mod tests {
         let etcd = [("PET_NNODES", "1:4"), ("PET_RDZV_BACKEND", "etcd"), ("PET_RDZV_ENDPOINT", "etcd:2379"), TOKEN];
         assert!(err_of(&[], &etcd).contains("PET_RDZV_BACKEND=\"etcd\""));
         assert!(err_of(&[], &[("PET_NNODES", "two")]).contains("PET_NNODES=\"two\""));
+
+        // inside a SLURM job step torchrun's variables win, and SLURM's that differ are set aside aloud
+        let in_step = [&pod[..], &[("SLURM_STEP_ID", "0"), ("SLURM_NNODES", "4"), ("SLURM_NODEID", "1")]].concat();
+        let p = plan_of(&eight, &in_step).unwrap();
+        assert_eq!((p.nnodes, p.node_rank), (2, 1));
+        assert_eq!(p.set_aside, ["SLURM_NNODES=4 (PET_NNODES=2 taken)"]);
+        assert!(plan_of(&eight, &pod).unwrap().set_aside.is_empty());
     }
 
     /// WORLD_SIZE and RANK may count processes or nodes: with no node count, the agent refuses them

@@ -65,6 +65,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if !from_env.is_empty() && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("from the environment: {}", from_env.join(", "));
     }
+    let under_agent = std::env::var(vars::UNDER_AGENT).is_ok_and(|v| v == "1");
+    if under_agent && a.preempted_exit_code != 0 && env.as_ref().is_none_or(|e| e.rank == 0) {
+        console!("{}", launch_ignores(a.preempted_exit_code));
+    }
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
     if world > 1 {
         dist::backend_available(&cfg.dist).map_err(bad)?;
@@ -173,6 +177,14 @@ fn auto_hint(given: &str, e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Why `--preempted-exit-code` does nothing for a rank of `infinity launch`, and where it belongs.
+fn launch_ignores(code: u8) -> String {
+    format!(
+        "--preempted-exit-code {code} of `infinity train` is ignored under infinity launch, whose agent reports the \
+         stop: give it to `infinity launch` (before `--`), which then exits {code}"
+    )
+}
+
 /// The exit code of a run a signal stopped before its last step (`stopped_early`): `code`, unless this
 /// rank runs under `infinity launch`, whose agent takes any code but 0 for a failure (it reports the
 /// stop itself, and tells the ranks from a finished run through the store).
@@ -181,7 +193,7 @@ fn preempted_exit(stopped_early: bool, code: u8) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if std::env::var(vars::UNDER_AGENT).is_ok_and(|v| v == "1") {
-        console!("(--preempted-exit-code {code} ignored under infinity launch: exiting 0)");
+        console!("({}: exiting 0)", launch_ignores(code));
         return ExitCode::SUCCESS;
     }
     console!("exit code {code} (--preempted-exit-code): stopped before the run's last step");
