@@ -127,10 +127,35 @@ impl std::io::Write for ClosedPipeOk {
     }
 }
 
+/// Log events as the console's own lines read: `warning: …`, `error: …` (as a failed command's last
+/// line), and information as it is, without the timestamps and levels of tracing's default format that
+/// set a few lines apart from all the others (the step lines, the summaries).
+struct AsConsole;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AsConsole
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prefix = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            _ => "",
+        };
+        w.write_str(prefix)?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
 pub fn main() -> ExitCode {
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_target(false).with_ansi(ansi).with_writer(|| ClosedPipeOk).init();
+    tracing_subscriber::fmt().event_format(AsConsole).with_writer(|| ClosedPipeOk).init();
     match run(std::env::args_os()) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<clap::Error>() {
@@ -143,5 +168,39 @@ pub fn main() -> ExitCode {
                 ExitCode::from(exit_code(&e))
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer, for the subscriber under test.
+    #[derive(Clone)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_events_read_as_the_consoles_own_lines() {
+        let buf = Buffer(Arc::new(Mutex::new(Vec::new())));
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt().event_format(super::AsConsole).with_writer(move || out.clone()).finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!("step {}: update skipped", 7);
+            tracing::info!("first step done");
+            tracing::error!("writing summary.json: disk full");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text, "warning: step 7: update skipped\nfirst step done\nerror: writing summary.json: disk full\n");
     }
 }
