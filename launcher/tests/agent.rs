@@ -367,6 +367,7 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
     let rec = std::fs::read_to_string(tmp.path().join("orphans/attempt_0/failure-node0.json")).unwrap();
     let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
     assert!(rec["rank"]["seconds"].as_f64().unwrap() < 2.0, "{rec}");
+    assert_eq!(rec["host"].as_str(), infinity_launcher::env::hostname().as_deref(), "the machine to look at: {rec}");
     assert_children_gone(tmp.path(), 2);
 }
 

@@ -58,6 +58,10 @@ pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, world: 
 struct Record<'a> {
     attempt: u32,
     node: usize,
+    /// This node's machine (`gethostname`; absent where it cannot be read): the one to look at or
+    /// drain when the record says the failure was here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
     /// The group's root cause in words (the first failure posted by any node).
     root_cause: &'a str,
     /// The node of the root cause, where it is known (a rank's, or node 0 for a store that stopped
@@ -87,7 +91,8 @@ pub(super) fn write(
 ) {
     let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let root_cause_here = is_here(root_cause, root_cause_node, node, rank.is_some());
-    let rec = Record { attempt, node, root_cause, root_cause_node, root_cause_here, rank, next, unix_time };
+    let host = crate::env::hostname();
+    let rec = Record { attempt, node, host, root_cause, root_cause_node, root_cause_here, rank, next, unix_time };
     let text = serde_json::to_string_pretty(&rec).expect("a record of strings and numbers");
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| write_new(dir, node, &(text + "\n"))) {
         tracing::warn!("writing failure-node{node}.json into {}: {e}", dir.display());

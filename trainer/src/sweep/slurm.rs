@@ -97,8 +97,9 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
          for v in $(compgen -e); do case $v in INF__*) unset \"$v\";; esac; done\n",
     );
     out.push_str("export INFINITY_RDZV_TOKEN=$(echo \"$SLURM_JOB_ID-$RANDOM$RANDOM\" | sha256sum | cut -c1-32)\n");
+    // (--label: each line of the job's output begins with its task, one per node: which node said it)
     out.push_str(&format!(
-        "srun --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --log-dir \"$RUN/logs\" \\\n  -- train \
+        "srun --label --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --log-dir \"$RUN/logs\" \\\n  -- train \
          \"$RUN/config.toml\" --resume auto\nrc=$?\n",
         sh_quote(exe),
         sweep.nproc_per_node
