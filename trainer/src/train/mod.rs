@@ -1,4 +1,5 @@
-//! `infinity train`: the training loop, in one readable function (what it starts from: `setup.rs`).
+//! `infinity train`: the training loop, in one readable function (the session it runs in: `session.rs`;
+//! the state it starts from: `setup.rs`).
 //!
 //! Every random choice (initial weights, data order, self-correction flips, condition dropout, drop
 //! path) comes from a stream keyed by (seed, step, sample id), so a run is a pure function of its
@@ -21,6 +22,7 @@ pub mod rank_times;
 pub mod run_lock;
 pub mod rundir;
 mod saver;
+mod session;
 mod setup;
 pub mod spike;
 mod step_means;
@@ -37,7 +39,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use infinity_kernels::rope::RopeTable;
@@ -45,22 +47,18 @@ use rand::Rng;
 
 use self::checkpoint::TrainState;
 use self::config::TrainConfig;
-use self::dist::Dist;
 use self::log::{Logger, StepMetrics};
 use self::micro_batch::{prepare, Draws};
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
-pub(crate) use self::setup::{agree_on_micro_batch, init_from, loader_options, starting_state, unrecoverable};
+use self::session::Session;
 pub use self::setup::{check_schedules_fit, micro_steps, Setup, TokenMix, Unrecoverable};
+pub(crate) use self::setup::{init_from, loader_options, starting_state, unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use self::step_means::StepMeans;
-use self::summary::{derived_record, write_run_file, SummaryFile};
+use self::summary::{derived_record, write_run_file};
 use self::updater::Updater;
-use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
-
-/// How long a restarted group's rank 0 waits for the run folder's lock (seconds).
-const RESTART_LOCK_PATIENCE_S: u64 = 120;
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -113,92 +111,23 @@ pub struct TrainSummary {
 
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    // ---- setup: data, model, run folder ------------------------------------------------------
-    rank_identity::prefetch(); // (the executable's checksum, which the ranks compare, while setup runs)
-    let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
-    let unlisted = setup::unlisted_warning(cfg, &ds)?;
-    let ds = Arc::new(ds);
-    let manifest = ds.manifest.clone();
-    // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
-    let mut compute = compute::Compute::open(&cfg.run, &mc, &lay)?;
-    let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
-    // the first collective: every later one assumes the ranks train one config
-    // (paths absolute: the run folder records where its data are, wherever it is read from)
-    let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
-    let val_fingerprint = cfg.val.dir.as_ref().map(|d| match infinity_data::Manifest::load(d) {
-        Ok(v) => v.fingerprint(),
-        Err(_) => "unreadable".into(), // named by the validator below
-    });
-    dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref())).map_err(unrecoverable)?;
-    if let Some(note) = compute.precision_note(&cfg.run) {
-        console!("{note}");
-    }
-    let micro_batch = agree_on_micro_batch(cfg, (&mc, &lay), &manifest, &compute, &mut dist)?;
-    if let Some(total) = compute.gpu_total_memory().filter(|_| cfg.run.gpu_memory_check) {
-        // a step that exceeds the GPU would run out of memory at its first step, and again after
-        // every restart: stop now, naming what fits
-        let step = gpu_fit::gpu_step(cfg, &mc, &manifest, dist.world, micro_batch)?;
-        let line = match gpu_fit::fits(&mc, &lay, &step, total, RUNTIME_MARGIN) {
-            Ok(line) => line,
-            Err(_) => {
-                let line = gpu_fit::fits(&mc, &lay, &step, total, 0)?;
-                let margin = gib(RUNTIME_MARGIN);
-                tracing::warn!("the step leaves under {margin} of the GPU for the CUDA context and libraries");
-                line
-            }
-        };
-        if dist.is_leader() {
-            console!("{line}");
-        }
-    }
-    let accum = micro_steps(cfg, dist.world, micro_batch)?;
-    let leader = dist.is_leader();
-    if let Some(w) = unlisted.filter(|_| leader) {
-        tracing::warn!("{w}");
-    }
-    // MFU against the leader's device (its GPU's datasheet peak under "auto"; none on the CPU)
-    let (peak_tflops, peak_line) = mfu::resolve_peak(cfg.run.peak_tflops, compute.gpu_name(), cfg.run.precision);
-    if let Some(line) = peak_line.filter(|_| leader) {
-        console!("{line}");
-    }
-    let run = &cfg.run.dir;
-    // (a restart would meet it again: exit 2, as --check says)
-    std::fs::create_dir_all(run)
-        .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
-        .map_err(unrecoverable)?;
-    // one job per run folder (released however this process ends)
-    // a restarted group's rank 0 may meet the lost attempt's (its node lost, it got SIGTERM) still writing
-    // its stop's checkpoint: it waits for that, and another restart is the remedy for a longer write
-    let patience = std::time::Duration::from_secs(if dist.attempt > 0 { RESTART_LOCK_PATIENCE_S } else { 1 });
-    let _lock = match leader.then(|| run_lock::RunLock::acquire_within(run, patience)).transpose() {
-        Err(e) if dist.attempt > 0 => return Err(e),
-        other => other.map_err(unrecoverable)?,
-    };
-    if leader && opts.fresh_start {
-        // the command line checked before the lock: a fresh start into the same folder may have trained
-        // and released it since, and would be overwritten
-        rundir::check_fresh(run).map_err(unrecoverable)?;
-    }
-    let mut summary = SummaryFile::new(run, cfg, dist.world, leader);
-    if let Some(base) = cfg.model.mup() {
-        console!("{}", base.describe(&mc, &lay));
-    }
-    console!(
-        "model: {} parameters ({:.2} M), {} × {} of {} per step",
-        lay.numel,
-        lay.numel as f64 / 1e6,
-        crate::cli::plural(dist.world, "rank"),
-        crate::cli::plural(accum, "micro-step"),
-        micro_batch
-    );
-    console!(
-        "tokens per step ≈ {:.0}, training FLOPs per step ≈ {:.3e}",
-        mix.mean_tokens * cfg.data.global_batch as f64,
-        mix.mean_flops * cfg.data.global_batch as f64
-    );
-    if let Some(w) = mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()) {
-        console!("{w}");
-    }
+    // ---- setup: data, model, device, group, run folder ---------------------------------------
+    // (`_lock` holds the run folder's lock until the session ends)
+    let Session {
+        ds,
+        mc,
+        lay,
+        mix,
+        mut compute,
+        mut dist,
+        config_toml,
+        micro_batch,
+        accum,
+        peak_tflops,
+        mut summary,
+        lock: _lock,
+    } = Session::start(cfg, opts)?;
+    let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, leader, dist.world))?;
