@@ -1,7 +1,7 @@
 // Twin of kernels/src/embedding.rs: rows of a table [V, C] by index, and the backward. The backward
 // uses no atomics (bitwise reproducible): one thread per table entry summing the items that use its
 // row in order (the classes: a large table, a batch of items), or, for a small table over many items
-// (the levels: 15 rows, every token), partial sums per chunk of rows and then over the chunks in order.
+// (the levels: 15 rows, every token), partial sums per chunk of items and then over the chunks in order.
 
 extern "C" __global__ void embedding_forward_f32(const float* __restrict__ table, const int* __restrict__ idx,
                                                  float* __restrict__ out, int n, int c, int accumulate) {

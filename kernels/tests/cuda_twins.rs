@@ -383,7 +383,8 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
     close("embedding backward", &layers::embedding_backward(&dev, &dout, &idx32, vocab, c).unwrap(), &dt, 1e-5);
     // the level embedding's shape: 15 rows over more items than one chunk of partial sums (4096), the
     // last chunk part-filled, the levels in runs as a schedule's tokens are
-    let (vocab, n) = (15, 3 * 4096 + 123);
+    // (16 rows: the most it takes; 200 columns: two blocks of 128 threads, the second part-filled)
+    let (vocab, n, c) = (16, 3 * 4096 + 123, 200);
     let idx: Vec<usize> = (0..n).map(|i| (i / 97 + i % 3) % vocab).collect();
     let idx32: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
     let dout = rand_vec(&mut rng, n * c, 1.0);

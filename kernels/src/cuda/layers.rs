@@ -405,7 +405,7 @@ pub fn embedding_backward_dev(
     let chunks = n.div_ceil(CHUNK_ROWS);
     if vocab <= SMALL_VOCAB && chunks > 1 && chunks <= 65_535 {
         // partial [chunks, vocab, C], every entry written
-        let partial = dev.stream.alloc_zeros::<f32>(chunks * vocab * c)?;
+        let mut partial = dev.stream.alloc_zeros::<f32>(chunks * vocab * c)?;
         let block = 128;
         let cfg = LaunchConfig {
             grid_dim: (c.div_ceil(block) as u32, chunks as u32, 1),
@@ -413,7 +413,7 @@ pub fn embedding_backward_dev(
             shared_mem_bytes: 0,
         };
         let (idx, ints) = (Arg::Ptr(idx_addr(dev, idx)), [Arg::int(n), Arg::int(vocab), Arg::int(c)]);
-        let args = [dev.arg(dout), idx, dev.arg(&partial), ints[0], ints[1], ints[2], Arg::int(CHUNK_ROWS)];
+        let args = [dev.arg(dout), idx, dev.arg_mut(&mut partial), ints[0], ints[1], ints[2], Arg::int(CHUNK_ROWS)];
         // SAFETY: embedding_backward_partial_f32(dout, idx, partial, n, vocab, c, chunk_rows), partial
         // [chunks, vocab, c] with chunks = ⌈n / chunk_rows⌉ (the grid's y) and vocab ≤ SMALL_VOCAB.
         unsafe { dev.launch("embedding.cu", "embedding_backward_partial_f32", cfg, &args)? };

@@ -443,7 +443,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 }
                 console_err!(
                     "[launch] restarting the group (restart {used} of {}): it resumes from run.dir's newest checkpoint, \
-                     or starts afresh if it wrote none",
+                     or, without one, starts as its first attempt did",
                     a.max_restarts
                 );
             }

@@ -106,13 +106,15 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     if nodes_from.starts_with("SLURM") || rank_from.starts_with("SLURM") {
         one_task_per_node(&slurm_num)?;
     }
-    // torchrun's variables inside a SLURM job step: taken, and where SLURM's differ, said
+    // torchrun's variables inside a SLURM job step: taken, and where SLURM's differ, said (a SLURM value
+    // that does not parse is SLURM's business here: not an error)
     let mut set_aside = Vec::new();
     let slurm_says =
         [("SLURM_NNODES", nodes_from, "PET_NNODES", nnodes), ("SLURM_NODEID", rank_from, "PET_NODE_RANK", node_rank)];
-    for (var, from, pet, taken) in slurm_says {
-        if let Some(v) = slurm_num(var)?.filter(|&v| from == pet && v != taken) {
-            set_aside.push(format!("{var}={v} ({pet}={taken} taken)"));
+    for (var, _, pet, taken) in slurm_says.into_iter().filter(|(_, from, pet, _)| from == pet) {
+        if let Some(v) = slurm_num(var).ok().flatten().filter(|&v| v != taken) {
+            let given = env(pet).unwrap_or_default();
+            set_aside.push(format!("{var}={v} ({pet}={} taken)", given.trim()));
         }
     }
     let secs =
@@ -395,6 +397,13 @@ mod tests {
         assert_eq!((p.nnodes, p.node_rank), (2, 1));
         assert_eq!(p.set_aside, ["SLURM_NNODES=4 (PET_NNODES=2 taken)"]);
         assert!(plan_of(&eight, &pod).unwrap().set_aside.is_empty());
+        // an elastic range is quoted as given; SLURM's count at its most is no contradiction
+        let elastic_step = [("PET_NNODES", "1:4"), ("PET_RDZV_ENDPOINT", "w0:1"), TOKEN, ("SLURM_STEP_ID", "0")];
+        let with = |n: &'static str| [&elastic_step[..], &[("SLURM_NNODES", n)]].concat();
+        assert!(plan_of(&[], &with("4")).unwrap().set_aside.is_empty());
+        assert_eq!(plan_of(&[], &with("2")).unwrap().set_aside, ["SLURM_NNODES=2 (PET_NNODES=1:4 taken)"]);
+        // an unparseable SLURM value is not this launch's concern
+        assert!(plan_of(&eight, &[&pod[..], &[("SLURM_STEP_ID", "0"), ("SLURM_NODEID", "x")]].concat()).is_ok());
     }
 
     /// WORLD_SIZE and RANK may count processes or nodes: with no node count, the agent refuses them

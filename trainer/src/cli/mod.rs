@@ -155,7 +155,12 @@ where
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt().event_format(AsConsole).with_writer(|| ClosedPipeOk).init();
+    use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
+    // (no colour codes in fields written to a pipe or a file)
+    let ansi = std::io::stderr().is_terminal();
+    let layer = tracing_subscriber::fmt::layer().event_format(AsConsole).with_ansi(ansi).with_writer(|| ClosedPipeOk);
+    tracing_subscriber::registry().with(layer).init();
     match run(std::env::args_os()) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<clap::Error>() {

@@ -165,14 +165,21 @@ impl ModelConfig {
                 self.num_heads
             ));
         }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
+            return Err(format!("mlp_ratio {}: expected a positive number (upstream's is 4)", self.mlp_ratio));
+        }
         if self.ffn_hidden() == 0 {
-            // round(x/256) with halves to even is 0 up to x = 128
-            let least = (128.0 / self.mlp_ratio).floor() as usize + 1;
+            // round(x/256) with halves to even is 0 up to x = 128; the least width that also gives a head
+            // dim divisible by 4
+            let least = (1..).map(|k| k * 4 * self.num_heads).find(|&w| w as f64 * self.mlp_ratio > 128.0);
             return Err(format!(
                 "embed_dim {c} × mlp_ratio {} = {} leaves the FFN no width: upstream rounds it to a multiple of \
-                 256 (halves to even), so embed_dim·mlp_ratio must exceed 128: embed_dim ≥ {least} at this mlp_ratio",
+                 256 (halves to even), so embed_dim·mlp_ratio must exceed 128: embed_dim ≥ {} at this mlp_ratio \
+                 and {} heads",
                 self.mlp_ratio,
-                c as f64 * self.mlp_ratio
+                c as f64 * self.mlp_ratio,
+                least.unwrap_or(c),
+                self.num_heads
             ));
         }
         if self.has_cross_attention() {
@@ -223,8 +230,12 @@ mod tests {
         let tiny = ModelConfig::preset("tiny").unwrap();
         let at = |c: usize| ModelConfig { embed_dim: c, num_heads: 2, ..tiny.clone() };
         let e = at(32).validate().unwrap_err();
-        assert!(e.contains("embed_dim 32 × mlp_ratio 4 = 128") && e.contains("embed_dim ≥ 33 at this"), "{e}");
+        assert!(e.contains("embed_dim 32 × mlp_ratio 4 = 128") && e.contains("embed_dim ≥ 40 at this"), "{e}");
         assert_eq!((at(40).ffn_hidden(), at(40).validate()), (256, Ok(())));
+        for bad in [0.0, -1.0, f64::NAN] {
+            let e = ModelConfig { mlp_ratio: bad, ..at(64) }.validate().unwrap_err();
+            assert!(e.contains("expected a positive number"), "{e}");
+        }
     }
 
     #[test]

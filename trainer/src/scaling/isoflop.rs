@@ -10,6 +10,7 @@
 use nalgebra::{Matrix3, Vector3};
 use serde::Serialize;
 
+use super::budget::FAR_BEYOND;
 use super::fit::{line, t975};
 use super::points::Point;
 
@@ -38,7 +39,7 @@ pub struct Parabola {
     pub coefs: [f64; 3],
     /// Root mean square of the loss residuals.
     pub rmse: f64,
-    /// The coefficients' covariance (`None`: 3 sizes, no degrees of freedom left).
+    /// The coefficients' covariance (`None`: 3 points, no degrees of freedom left).
     #[serde(skip)]
     cov: Option<Matrix3<f64>>,
 }
@@ -76,7 +77,7 @@ impl Parabola {
 /// The parabola's minimum.
 #[derive(Clone, Debug, Serialize)]
 pub struct Optimum {
-    /// N_opt, and its 95 % interval (delta method on the parabola's covariance; from 4 sizes).
+    /// N_opt, and its 95 % interval (delta method on the parabola's covariance; from 4 points).
     pub params: f64,
     pub params_ci95: Option<(f64, f64)>,
     /// D_opt: ln D against ln N through the profile's points, at N_opt.
@@ -137,6 +138,11 @@ fn budgets_of(points: &[Point]) -> Vec<Vec<usize>> {
     groups
 }
 
+/// The geometric mean of the compute of `points[idx]`: a budget's compute.
+fn geometric_mean(points: &[Point], idx: &[usize]) -> f64 {
+    (idx.iter().map(|&i| points[i].compute.ln()).sum::<f64>() / idx.len() as f64).exp()
+}
+
 fn distinct(v: impl Iterator<Item = f64>) -> usize {
     let mut bits: Vec<u64> = v.map(f64::to_bits).collect();
     bits.sort();
@@ -144,13 +150,23 @@ fn distinct(v: impl Iterator<Item = f64>) -> usize {
     bits.len()
 }
 
-/// Why a profile has no minimum: the side its losses still fall towards.
-fn no_minimum(p: &Profile) -> String {
+/// The side a profile's losses still fall towards: `smaller` or `larger` when its lowest loss is at its
+/// smallest or largest size (its minimum not bracketed by the sizes run).
+fn falling_towards(p: &Profile) -> Option<&'static str> {
     let lowest = p.measured.iter().enumerate().min_by(|a, b| a.1 .2.total_cmp(&b.1 .2)).map_or(0, |(i, _)| i);
-    let hint = match lowest {
-        0 => "the loss is lowest at the smallest size: add smaller models at this budget",
-        i if i + 1 == p.measured.len() => "the loss is lowest at the largest size: add larger models at this budget",
-        _ => "its losses do not curve upwards around a minimum: repeats (other seeds) or more sizes may settle it",
+    match lowest {
+        0 => Some("smaller"),
+        i if i + 1 == p.measured.len() => Some("larger"),
+        _ => None,
+    }
+}
+
+/// Why a profile has no minimum, and which models to add.
+fn no_minimum(p: &Profile) -> String {
+    let hint = match falling_towards(p) {
+        Some(side) => format!("its loss is lowest at its {side} end: add {side} models at this budget"),
+        None => "its losses do not curve upwards around a minimum: repeats (other seeds) or more sizes may settle it"
+            .to_string(),
     };
     format!("the IsoFLOP profile at C = {:.3e} has no minimum ({hint})", p.compute)
 }
@@ -165,7 +181,7 @@ fn profile(points: &[Point], idx: &[usize]) -> Option<Profile> {
     let ln_d: Vec<f64> = measured.iter().map(|m| m.1.ln()).collect();
     let loss: Vec<f64> = measured.iter().map(|m| m.2).collect();
     let parabola = Parabola::fit(&ln_n, &loss)?;
-    let compute = (idx.iter().map(|&i| points[i].compute.ln()).sum::<f64>() / idx.len() as f64).exp();
+    let compute = geometric_mean(points, &idx);
     let [_, c1, c2] = parabola.coefs;
     let optimum = (c2 > 0.0).then(|| {
         let u = -c1 / (2.0 * c2);
@@ -195,7 +211,7 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
         let sizes = distinct(g.iter().map(|&i| points[i].params));
         match sizes >= 3 {
             true => iso.profiles.extend(profile(points, &g)),
-            false if g.len() >= 2 => thin.push(format!("{:.3e} ({sizes} sizes)", points[g[0]].compute)),
+            false if g.len() >= 2 => thin.push(format!("{:.3e} ({sizes} sizes)", geometric_mean(points, &g))),
             false => {}
         }
     }
@@ -225,7 +241,16 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
                     p.compute, o.params
                 ))
             }
-            Some(_) => {}
+            Some(o) => {
+                if let Some(side) = falling_towards(p) {
+                    let end = if side == "smaller" { "smallest" } else { "largest" };
+                    warnings.push(format!(
+                        "the IsoFLOP profile at C = {:.3e} has its lowest loss at its {end} size: its N_opt = {:.3e} \
+                         rests on the parabola's shape, not on runs either side of it; add {side} models at this budget",
+                        p.compute, o.params
+                    ));
+                }
+            }
         }
     }
     let optima: Vec<(f64, &Optimum)> =
@@ -247,14 +272,27 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
             optima.len()
         ));
     }
+    if iso.params.is_some() && iso.tokens.is_none() {
+        notes.push("D_opt = k·C^b: not fitted (a budget's D_opt could not be placed: see the profiles' table)".into());
+    }
     if let (Some(n), Some(d)) = (&iso.params, &iso.tokens) {
         iso.budgets = budgets.iter().map(|&b| (b, n.at(b), d.at(b))).collect();
+        let largest = c.iter().copied().fold(0.0, f64::max);
+        for &b in budgets.iter().filter(|&&b| b > FAR_BEYOND * largest) {
+            warnings.push(format!(
+                "at C = {b:.3e}: N_opt and D_opt from the IsoFLOP laws extrapolate {:.0}× beyond the largest budget \
+                 they were fitted on ({largest:.3e}); they hold only as far as the power laws do",
+                b / largest
+            ));
+        }
     }
     (iso, notes, warnings)
 }
 
 #[cfg(test)]
 mod tests {
+    use nalgebra::{DMatrix, DVector};
+
     use super::*;
 
     #[test]
@@ -288,5 +326,52 @@ mod tests {
         let (lo, hi) = o.params_ci95.unwrap();
         assert!((lo / 1.5e6 - 1.0).abs() < 1e-6 && (hi / 1.5e6 - 1.0).abs() < 1e-6);
         assert!(iso.params.is_none() && warnings.is_empty(), "{warnings:?}");
+    }
+
+    fn point(n: f64, c: f64, loss: f64) -> Point {
+        let runs = vec![format!("n{n:e}")];
+        Point { runs, dirs: vec![], params: n, tokens: c / (6.0 * n), compute: c, loss, std: None, on_frontier: false }
+    }
+
+    #[test]
+    fn a_budget_is_the_points_within_ten_percent_of_its_smallest_compute() {
+        let computes = [1.0e15, 1.09e15, 1.2e15, 1.25e15, 1.31e15, 1.33e15, 5e14];
+        let points: Vec<Point> = computes.iter().map(|&c| point(1e6, c, 0.5)).collect();
+        assert_eq!(budgets_of(&points), vec![vec![6], vec![0, 1], vec![2, 3, 4], vec![5]]);
+    }
+
+    #[test]
+    fn the_optimums_interval_is_the_delta_method_on_the_parabolas_covariance() {
+        // a noisy profile, checked against an independent computation: the parabola by SVD least squares,
+        // the gradient of ln N_opt by central differences, Student's t(0.975, 5 − 3) from the tables
+        let ln_n: Vec<f64> = [2e5f64, 5e5, 1e6, 2e6, 5e6].iter().map(|n| n.ln()).collect();
+        let loss = [0.5321, 0.5104, 0.5049, 0.5083, 0.5262];
+        let points: Vec<Point> = ln_n.iter().zip(loss).map(|(&x, l)| point(x.exp(), 1e15, l)).collect();
+        let (iso, _, _) = analyse(&points, &[]);
+        let o = iso.profiles[0].optimum.as_ref().unwrap();
+        let centre = ln_n.iter().sum::<f64>() / 5.0;
+        let x = DMatrix::from_fn(5, 3, |i, j| (ln_n[i] - centre).powi(j as i32));
+        let y = DVector::from_column_slice(&loss);
+        let c = x.clone().svd(true, true).solve(&y, 1e-12).unwrap();
+        let s2 = (&y - &x * &c).norm_squared() / 2.0;
+        let cov = (x.transpose() * &x).try_inverse().unwrap() * s2;
+        let u = |c: &[f64]| centre - c[1] / (2.0 * c[2]);
+        let g: Vec<f64> = (0..3)
+            .map(|k| {
+                let (mut up, mut dn) = (c.as_slice().to_vec(), c.as_slice().to_vec());
+                up[k] += 1e-7;
+                dn[k] -= 1e-7;
+                (u(&up) - u(&dn)) / 2e-7
+            })
+            .collect();
+        let var: f64 = (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| g[i] * g[j] * cov[(i, j)]).sum();
+        let (ln_opt, half) = (u(c.as_slice()), 4.302652729911275 * var.sqrt());
+        assert!((o.params.ln() - ln_opt).abs() < 1e-9, "{o:?}");
+        let (lo, hi) = o.params_ci95.unwrap();
+        assert!(
+            (lo.ln() - (ln_opt - half)).abs() < 1e-6 && (hi.ln() - (ln_opt + half)).abs() < 1e-6,
+            "{o:?} vs ±{half}"
+        );
+        assert!(half > 0.01, "a noisy profile's interval has width: ±{half}");
     }
 }

@@ -438,7 +438,8 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop) -> Result<()> {
         let curve: Vec<(f64, f64)> =
             (0..=64).map(|k| (lo + (hi - lo) * k as f64 / 64.0).exp()).map(|n| (n, p.parabola.at(n))).collect();
         series.push((String::new(), inside(&curve, &yr), Look::line(i, false)));
-        if let Some(o) = p.optimum.as_ref().filter(|o| yr.contains(&o.loss)) {
+        // (a minimum outside the sizes run is named in the legend, not drawn: it would stretch the x axis)
+        if let Some(o) = p.optimum.as_ref().filter(|o| o.inside && yr.contains(&o.loss)) {
             series.push((
                 String::new(),
                 vec![vec![(o.params, o.loss)]],

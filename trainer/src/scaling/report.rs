@@ -227,7 +227,7 @@ pub fn isoflop_markdown(iso: &IsoFlop) -> String {
     }
     let mut s = "\n## IsoFLOP profiles\n\nThe points of one compute budget (computes within 10 %), loss against \
                  model size: a parabola in ln N through each places the compute-optimal size N_opt (its 95 % interval \
-                 from the parabola's covariance, from 4 sizes), its tokens D_opt (ln D against ln N through the \
+                 from the parabola's covariance, from 4 points), its tokens D_opt (ln D against ln N through the \
                  points, at N_opt) and the parabola's loss there; † = outside the sizes run (an extrapolation, left \
                  out of the exponents).\n\n| C (FLOPs) | points | N from | N to | N_opt | 95 % interval | D_opt \
                  (tokens) | loss at N_opt | RMS residual |\n|---|---|---|---|---|---|---|---|---|\n"

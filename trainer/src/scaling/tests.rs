@@ -449,8 +449,8 @@ fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
     assert_eq!(r.isoflop.params.as_ref().unwrap().n, 2);
     // a grid of sizes × tokens has no budget of three sizes: a note, no figure
     let grid = tempfile::tempdir().unwrap();
-    for (i, n) in [2.0e5f64, 1.0e6].into_iter().enumerate() {
-        for (j, d) in [1.0e7f64, 5.0e7].into_iter().enumerate() {
+    for (i, n) in [2.0e5f64, 1.0e6, 4.0e6].into_iter().enumerate() {
+        for (j, d) in [1.0e7f64, 5.0e7, 3.0e8].into_iter().enumerate() {
             run(grid.path(), &format!("g{i}-{j}"), (n, d, 6.0 * n * d), &[Some(chinchilla_loss(n, d))], "a");
         }
     }
