@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::{scaling, sweep};
@@ -120,9 +120,12 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ScalingArgs {
-    /// A folder of run folders (a sweep's `out`).
-    runs: PathBuf,
-    /// Where the table, fits and figures go (default RUNS/scaling).
+    /// Folders of run folders (a sweep's `out`): with several, their runs are analysed together (a
+    /// probe and the sweep it led to, the sizes an IsoFLOP profile asked for), each named after its
+    /// folder too (`probe/w64`).
+    #[arg(required = true, value_name = "RUNS")]
+    runs: Vec<PathBuf>,
+    /// Where the table, fits and figures go (default RUNS/scaling; needed with several RUNS).
     #[arg(short, long)]
     out: Option<PathBuf>,
     /// Training budgets in FLOPs (e.g. `1e20,1e21`): the loss each fit predicts there, and the
@@ -140,7 +143,14 @@ fn positive_flops(s: &str) -> Result<f64, String> {
 }
 
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
-    let out = a.out.unwrap_or_else(|| a.runs.join("scaling"));
+    let out = match (a.out, a.runs.as_slice()) {
+        (Some(out), _) => out,
+        (None, [one]) => one.join("scaling"),
+        (None, _) => bail!(
+            "{} folders of runs: say where their analysis goes with --out (it goes into RUNS/scaling with one)",
+            a.runs.len()
+        ),
+    };
     let r = scaling::analyse(&a.runs, &out, &a.budget)?;
     let fitted: usize = r.points.iter().map(|p| p.n()).sum();
     console!(

@@ -281,7 +281,7 @@ mod tests {
             }
         }
         let budget = 1.0e20;
-        let r = crate::scaling::analyse(tmp.path(), &tmp.path().join("scaling"), &[budget]).unwrap();
+        let r = crate::scaling::analyse(&[tmp.path()], &tmp.path().join("scaling"), &[budget]).unwrap();
         let fitted = r.chinchilla.as_ref().expect("9 runs on a 3 × 3 grid fit L(N, D)");
         let o = r.budgets[0].optimal.as_ref().unwrap();
         let (n, d, l) = compute_optimal(&truth, budget, k);
@@ -307,7 +307,7 @@ mod tests {
         // N* within the runs' sizes is not flagged (D* lies beyond their token counts: it is)
         let (n, _, _) = compute_optimal(&truth, 4.0e17, k);
         assert!((2.0e5..5.0e6).contains(&n), "{n:e}");
-        let r = crate::scaling::analyse(tmp.path(), &tmp.path().join("scaling"), &[4.0e17]).unwrap();
+        let r = crate::scaling::analyse(&[tmp.path()], &tmp.path().join("scaling"), &[4.0e17]).unwrap();
         let o = r.budgets[0].optimal.as_ref().unwrap();
         assert!(o.extrapolation.as_ref().is_some_and(|x| !x.contains("N*") && x.contains("D* = ")), "{o:?}");
     }

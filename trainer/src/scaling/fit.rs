@@ -221,24 +221,23 @@ pub fn power_law_with_floor(c: &[f64], l: &[f64]) -> Result<Fit> {
     })
 }
 
+/// How many different values `v` holds (bitwise).
+pub(super) fn distinct(v: impl Iterator<Item = f64>) -> usize {
+    let mut bits: Vec<u64> = v.map(f64::to_bits).collect();
+    bits.sort();
+    bits.dedup();
+    bits.len()
+}
+
 /// `L = E + A/N^α + B/D^β`.
 pub fn chinchilla(nparams: &[f64], tokens: &[f64], l: &[f64]) -> Result<Fit> {
     check(&[nparams, tokens, l])?;
     if l.len() < 6 {
         bail!("L(N, D) has 5 parameters and needs at least 6 points, found {}", l.len());
     }
-    let distinct = |v: &[f64]| {
-        let mut s: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
-        s.sort();
-        s.dedup();
-        s.len()
-    };
-    if distinct(nparams) < 3 || distinct(tokens) < 3 {
-        bail!(
-            "L(N, D) needs at least 3 distinct model sizes and 3 distinct token counts (found {} and {})",
-            distinct(nparams),
-            distinct(tokens)
-        );
+    let (sizes, counts) = (distinct(nparams.iter().copied()), distinct(tokens.iter().copied()));
+    if sizes < 3 || counts < 3 {
+        bail!("L(N, D) needs at least 3 distinct model sizes and 3 distinct token counts (found {sizes} and {counts})");
     }
     let lmin = l.iter().cloned().fold(f64::INFINITY, f64::min);
     let model = |th: &[f64], i: usize| {

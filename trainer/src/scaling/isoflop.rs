@@ -11,7 +11,7 @@ use nalgebra::{Matrix3, Vector3};
 use serde::Serialize;
 
 use super::budget::FAR_BEYOND;
-use super::fit::{line, t975};
+use super::fit::{distinct, line, t975};
 use super::points::Point;
 
 /// Points whose compute differs by less than this factor are of one budget.
@@ -143,20 +143,38 @@ fn geometric_mean(points: &[Point], idx: &[usize]) -> f64 {
     (idx.iter().map(|&i| points[i].compute.ln()).sum::<f64>() / idx.len() as f64).exp()
 }
 
-fn distinct(v: impl Iterator<Item = f64>) -> usize {
-    let mut bits: Vec<u64> = v.map(f64::to_bits).collect();
-    bits.sort();
-    bits.dedup();
-    bits.len()
+/// Which way along the sizes a profile points: where its losses still fall, or where its N_opt lies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Smaller,
+    Larger,
 }
 
-/// The side a profile's losses still fall towards: `smaller` or `larger` when its lowest loss is at its
-/// smallest or largest size (its minimum not bracketed by the sizes run).
-fn falling_towards(p: &Profile) -> Option<&'static str> {
+impl Side {
+    /// "smaller" or "larger" (models to add).
+    fn comparative(self) -> &'static str {
+        match self {
+            Side::Smaller => "smaller",
+            Side::Larger => "larger",
+        }
+    }
+
+    /// "smallest" or "largest" (the end of the sizes run).
+    fn superlative(self) -> &'static str {
+        match self {
+            Side::Smaller => "smallest",
+            Side::Larger => "largest",
+        }
+    }
+}
+
+/// The side a profile's losses still fall towards, when its lowest loss is at its smallest or largest size
+/// (its minimum not bracketed by the sizes run).
+fn falling_towards(p: &Profile) -> Option<Side> {
     let lowest = p.measured.iter().enumerate().min_by(|a, b| a.1 .2.total_cmp(&b.1 .2)).map_or(0, |(i, _)| i);
     match lowest {
-        0 => Some("smaller"),
-        i if i + 1 == p.measured.len() => Some("larger"),
+        0 => Some(Side::Smaller),
+        i if i + 1 == p.measured.len() => Some(Side::Larger),
         _ => None,
     }
 }
@@ -164,7 +182,11 @@ fn falling_towards(p: &Profile) -> Option<&'static str> {
 /// Why a profile has no minimum, and which models to add.
 fn no_minimum(p: &Profile) -> String {
     let hint = match falling_towards(p) {
-        Some(side) => format!("its loss is lowest at its {side} end: add {side} models at this budget"),
+        Some(side) => format!(
+            "its loss is lowest at its {} size: add {} models at this budget",
+            side.superlative(),
+            side.comparative()
+        ),
         None => "its losses do not curve upwards around a minimum: repeats (other seeds) or more sizes may settle it"
             .to_string(),
     };
@@ -234,20 +256,24 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
             None => warnings.push(no_minimum(p)),
             Some(o) if !o.inside => {
                 let (lo, hi) = (p.measured[0].0, p.measured[p.measured.len() - 1].0);
-                let side = if o.params < lo { "smaller" } else { "larger" };
+                let side = if o.params < lo { Side::Smaller } else { Side::Larger };
                 warnings.push(format!(
                     "the IsoFLOP profile at C = {:.3e} places N_opt = {:.3e} outside the sizes it ran ({lo:.3e} to \
-                     {hi:.3e}): an extrapolation, left out of the exponents; add {side} models at this budget",
-                    p.compute, o.params
+                     {hi:.3e}): an extrapolation, left out of the exponents; add {} models at this budget",
+                    p.compute,
+                    o.params,
+                    side.comparative()
                 ))
             }
             Some(o) => {
                 if let Some(side) = falling_towards(p) {
-                    let end = if side == "smaller" { "smallest" } else { "largest" };
                     warnings.push(format!(
-                        "the IsoFLOP profile at C = {:.3e} has its lowest loss at its {end} size: its N_opt = {:.3e} \
-                         rests on the parabola's shape, not on runs either side of it; add {side} models at this budget",
-                        p.compute, o.params
+                        "the IsoFLOP profile at C = {:.3e} has its lowest loss at its {} size: its N_opt = {:.3e} \
+                         rests on the parabola's shape, not on runs either side of it; add {} models at this budget",
+                        p.compute,
+                        side.superlative(),
+                        o.params,
+                        side.comparative()
                     ));
                 }
             }

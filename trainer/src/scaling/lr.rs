@@ -6,10 +6,11 @@
 //! several seeds at a rate are judged by their mean.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use super::roots::Root;
 use super::{settings, RunRecord};
 
 /// One run of a learning-rate sweep.
@@ -91,17 +92,21 @@ fn label(config: &toml::Value, model: &crate::model::ModelConfig) -> String {
     format!("width {}, depth {}, {param}{steps}", model.embed_dim, model.depth)
 }
 
-/// Every run folder under `root` with a `config.toml` and a `derived.json` (written before training
+/// Every run folder under `roots` with a `config.toml` and a `derived.json` (written before training
 /// starts, so failed runs have them too), its loss taken from `runs` (the folders with a summary);
 /// and the folders whose files could not be read (listed, not fatal: the fits do not need them).
-pub fn read_runs(root: &Path, runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<String>)> {
-    let mut dirs: Vec<_> = std::fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("config.toml").is_file() && p.join("derived.json").is_file())
-        .collect();
-    dirs.sort();
+pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<String>)> {
+    let mut dirs = Vec::new();
+    for root in roots {
+        let rd = std::fs::read_dir(&root.dir).with_context(|| format!("reading {}", root.dir.display()))?;
+        let mut here: Vec<_> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("config.toml").is_file() && p.join("derived.json").is_file())
+            .collect();
+        here.sort();
+        dirs.extend(here);
+    }
     let (mut out, mut unreadable) = (Vec::new(), Vec::new());
     for dir in dirs {
         let read = || -> Result<(toml::Value, serde_json::Value)> {

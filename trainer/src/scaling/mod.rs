@@ -1,9 +1,10 @@
-//! `infinity scaling RUNS_DIR`: gather every run folder under `RUNS_DIR` (a sweep's output), take its
-//! final and smoothed losses (validation, else training), fit scaling laws (`fit`) to one point per distinct config
-//! (`points`), and write a table (CSV, Markdown), the fits (Markdown, JSON) and the figures (`plot`: PNG
-//! and SVG) into `RUNS_DIR/scaling/`. This module holds the orchestration ([`analyse`]) and its
-//! [`Report`]; reading the run folders is in `runs` and `settings`, which runs the fits take in
-//! `select`, the tables' text in `report`.
+//! `infinity scaling RUNS_DIR...`: gather every run folder under each `RUNS_DIR` (a sweep's output; several
+//! are read as one set of runs: `roots`), take its final and smoothed losses (validation, else training),
+//! fit scaling laws (`fit`) to one point per distinct config (`points`), and write a table (CSV,
+//! Markdown), the fits (Markdown, JSON) and the figures (`plot`: PNG and SVG) into `RUNS_DIR/scaling/`
+//! (`--out` with several). This module holds the orchestration ([`analyse`]) and its [`Report`];
+//! reading the run folders is in `runs` and `settings`, which runs the fits take in `select`, the
+//! tables' text in `report`.
 
 pub mod budget;
 pub mod fit;
@@ -13,6 +14,7 @@ pub mod lr;
 pub mod plot;
 pub mod points;
 mod report;
+mod roots;
 mod runs;
 mod select;
 pub mod settings;
@@ -57,15 +59,17 @@ fn log_pearson(points: &[&Point]) -> (f64, usize) {
     (if points.len() >= 2 { pearson(&c, &l) } else { f64::NAN }, points.len())
 }
 
-/// Gather, fit (and predict at each of `budgets`, in FLOPs), and write tables and figures into `out`.
+/// Gather the runs in `dirs` (folders of run folders), fit (and predict at each of `at_computes`, in
+/// FLOPs), and write tables and figures into `out`.
 /// A sweep still under way (no finished run yet) gets its tables and notes, and no fits or figures of
 /// them.
-pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
-    let (runs, read_notes) = gather(root)?;
+pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> Result<Report> {
+    let roots = roots::roots(dirs)?;
+    let (runs, read_notes) = gather(&roots)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (lr_runs, unreadable) = lr::read_runs(root, &runs)?;
+    let (lr_runs, unreadable) = lr::read_runs(&roots, &runs)?;
     let lr_groups = lr::groups(&lr_runs);
-    let select::Selection { fitted, mut notes, mut warnings } = select::select(root, &runs, &lr_groups);
+    let select::Selection { fitted, mut notes, mut warnings } = select::select(&roots, &runs, &lr_groups);
     notes.splice(0..0, read_notes);
     // one point per distinct config: repeats (seeds, copies) are one measurement, not several
     let points = points::group(&fitted);
@@ -126,14 +130,13 @@ pub fn analyse(root: &Path, out: &Path, budgets: &[f64]) -> Result<Report> {
     let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
     let like = fitted.iter().find_map(|r| r.model.as_ref());
     let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
-    let (budgets, budget_notes, budget_warnings) = budget::plans(budgets, &fitted_runs, laws, like);
+    let (budgets, budget_notes, budget_warnings) = budget::plans(at_computes, &fitted_runs, laws, like);
     notes.extend(budget_notes);
     warnings.extend(budget_warnings);
     if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {
         notes.push("no compute-optimal N and D at the budgets: L(N, D) was not fitted".to_string());
     }
-    let (isoflop, iso_notes, iso_warnings) =
-        isoflop::analyse(&points, &budgets.iter().map(|b| b.compute).collect::<Vec<_>>());
+    let (isoflop, iso_notes, iso_warnings) = isoflop::analyse(&points, at_computes);
     notes.extend(iso_notes);
     warnings.extend(iso_warnings);
 

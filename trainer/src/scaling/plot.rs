@@ -76,6 +76,12 @@ fn both(dir: &Path, stem: &str, fig: &impl Figure) -> Result<()> {
     img.save(&png).with_context(|| format!("writing {}", png.display()))
 }
 
+/// 65 points from `lo` to `hi`, evenly spaced in log: a smooth curve on a log axis.
+fn log_grid(lo: f64, hi: f64) -> impl Iterator<Item = f64> {
+    let (lo, hi) = (lo.ln(), hi.ln());
+    (0..=64).map(move |k| (lo + (hi - lo) * k as f64 / 64.0).exp())
+}
+
 fn range_log(v: impl Iterator<Item = f64>) -> Result<std::ops::Range<f64>> {
     let (lo, hi) = v.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     if !(lo > 0.0 && hi.is_finite()) {
@@ -189,9 +195,7 @@ impl Figure for LossVsCompute<'_> {
         }
         for (i, (fit, f)) in self.fits.iter().enumerate() {
             let colour = Palette99::pick(i + 1).to_rgba();
-            let (lo, hi) = (self.xr.start.ln(), self.xr.end.ln());
-            let line: Vec<(f64, f64)> = (0..=64)
-                .map(|k| (lo + (hi - lo) * k as f64 / 64.0).exp())
+            let line: Vec<(f64, f64)> = log_grid(self.xr.start, self.xr.end)
                 .map(|x| (x, f(x)))
                 // (a point beyond the frame is drawn at its edge: the part of the law outside is left out)
                 .filter(|(_, y)| y.is_finite() && *y > 0.0 && self.yr.contains(y))
@@ -434,9 +438,8 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop) -> Result<()> {
         };
         let pts: Vec<(f64, f64)> = p.measured.iter().map(|m| (m.0, m.2)).collect();
         series.push((name, vec![pts], Look { colour: i, line: Stroke::None, mark: Mark::Dot }));
-        let (lo, hi) = ((p.measured[0].0 / 1.5).ln(), (p.measured[p.measured.len() - 1].0 * 1.5).ln());
-        let curve: Vec<(f64, f64)> =
-            (0..=64).map(|k| (lo + (hi - lo) * k as f64 / 64.0).exp()).map(|n| (n, p.parabola.at(n))).collect();
+        let (lo, hi) = (p.measured[0].0 / 1.5, p.measured[p.measured.len() - 1].0 * 1.5);
+        let curve: Vec<(f64, f64)> = log_grid(lo, hi).map(|n| (n, p.parabola.at(n))).collect();
         series.push((String::new(), inside(&curve, &yr), Look::line(i, false)));
         // (a minimum outside the sizes run is named in the legend, not drawn: it would stretch the x axis)
         if let Some(o) = p.optimum.as_ref().filter(|o| o.inside && yr.contains(&o.loss)) {

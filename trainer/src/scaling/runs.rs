@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use super::roots::Root;
 use super::settings::{self, Settings};
 
 /// The smoothed losses average the evaluations (validation) or steps (training) in this last fraction
@@ -198,34 +199,49 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }
 
-/// Every readable run folder directly under `root` (sorted by name, numbers by value: `embed-dim-64`
-/// before `embed-dim-128`), and notes: the folders left out (unreadable: a malformed log line, a
-/// missing field) and the lines skipped. Folders without a summary are skipped (`unsummarised`).
-pub fn gather(root: &Path) -> Result<(Vec<RunRecord>, Vec<String>)> {
+/// Every readable run folder directly under each of `roots` (each root's sorted by name, numbers by
+/// value: `embed-dim-64` before `embed-dim-128`), and notes: the folders left out (unreadable: a
+/// malformed log line, a missing field) and the lines skipped. Folders without a summary are skipped
+/// (`unsummarised`). A root without any is an error when it is the only one, and a note otherwise.
+pub fn gather(roots: &[Root]) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let (mut runs, mut notes) = (Vec::new(), Vec::new());
-    let rd = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
-    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
-    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
-    for d in dirs {
-        match read_run(&d) {
-            Ok((run, skipped)) => {
-                runs.push(run);
-                notes.extend(skipped);
+    for root in roots {
+        let before = (runs.len(), notes.len());
+        let rd = std::fs::read_dir(&root.dir).with_context(|| format!("reading {}", root.dir.display()))?;
+        let mut dirs: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
+        dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+        for d in dirs {
+            match read_run(&d) {
+                Ok((mut run, skipped)) => {
+                    run.name = root.name(&d);
+                    runs.push(run);
+                    notes.extend(skipped);
+                }
+                Err(e) => notes.push(format!("left out (unreadable): {e:#}")),
             }
-            Err(e) => notes.push(format!("left out (unreadable): {e:#}")),
+        }
+        let dir = root.dir.display();
+        let empty = match (runs.len() == before.0, notes.len() == before.1) {
+            (false, _) => continue,
+            // (`infinity scaling runs/tiny`: one run's folder, not the sweep's that holds it)
+            (true, true) if root.dir.join("summary.json").is_file() => {
+                bail!(
+                    "{dir}: a run folder itself (it has a summary.json): give the folder that holds the run folders \
+                     (a sweep's `out`)"
+                )
+            }
+            (true, true) => format!("{dir}: no run folders with a summary.json (has the sweep run?)"),
+            (true, false) if roots.len() == 1 => bail!("{dir}: no readable run folder:\n  {}", notes.join("\n  ")),
+            (true, false) => format!("{dir}: no readable run folder (the notes before say why)"),
+        };
+        match roots.len() {
+            1 => bail!(empty),
+            _ => notes.push(empty),
         }
     }
     if runs.is_empty() {
-        match notes.is_empty() {
-            // (`infinity scaling runs/tiny`: one run's folder, not the sweep's that holds it)
-            true if root.join("summary.json").is_file() => bail!(
-                "{}: a run folder itself (it has a summary.json): give the folder that holds the run folders (a \
-                 sweep's `out`)",
-                root.display()
-            ),
-            true => bail!("{}: no run folders with a summary.json (has the sweep run?)", root.display()),
-            false => bail!("{}: no readable run folder:\n  {}", root.display(), notes.join("\n  ")),
-        }
+        bail!("no readable run folder in any of the {} folders given:\n  {}", roots.len(), notes.join("\n  "));
     }
     Ok((runs, notes))
 }
@@ -269,21 +285,23 @@ fn natural_key(name: &str) -> Vec<(String, u64)> {
     key
 }
 
-/// Run folders under `root` (a `config.toml`, as `infinity sweep` writes) that have no `summary.json`.
-pub(super) fn unsummarised(root: &Path) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir(root) else { return Vec::new() };
-    let mut names: Vec<String> = rd
+/// Run folders under `root` (a `config.toml`, as `infinity sweep` writes) that have no `summary.json`,
+/// by name, with their folders.
+pub(super) fn unsummarised(root: &Root) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(&root.dir) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("config.toml").is_file() && !p.join("summary.json").is_file())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    names.sort_by_cached_key(|n| natural_key(n));
-    names
+    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+    dirs.into_iter().map(|d| (root.name(&d), d)).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::scaling::roots::roots;
+
     /// The smoothed loss averages the evaluations at steps in the last tenth: of 45 steps, 41 to 45 (the
     /// evaluation at 40 is before it); of 50, 45 to 50.
     #[test]
@@ -314,10 +332,11 @@ mod tests {
     #[test]
     fn a_root_without_run_folders_says_what_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let e = super::gather(dir.path()).unwrap_err().to_string();
+        let gather = || super::gather(&roots(&[dir.path()]).unwrap()).unwrap_err().to_string();
+        let e = gather();
         assert!(e.ends_with(": no run folders with a summary.json (has the sweep run?)"), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
-        let e = super::gather(dir.path()).unwrap_err().to_string();
+        let e = gather();
         let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \
                     sweep's `out`)";
         assert!(e.ends_with(want), "{e}");

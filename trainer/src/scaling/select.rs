@@ -3,9 +3,8 @@
 //! sweep, each group's best rate; of runs whose losses were measured differently (another dataset,
 //! validation set or loss setting: `settings::MEASUREMENT`), those of the kind with the most runs.
 
-use std::path::Path;
-
 use super::lr::{self, LrGroup};
+use super::roots::Root;
 use super::runs::unsummarised;
 use super::RunRecord;
 
@@ -16,11 +15,13 @@ pub struct Selection<'a> {
     pub warnings: Vec<String>,
 }
 
-pub fn select<'a>(root: &Path, runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> Selection<'a> {
+pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> Selection<'a> {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let training = |r: &RunRecord| crate::train::run_lock::in_use(&r.dir);
+    let (busy, silent): (Vec<_>, Vec<_>) =
+        roots.iter().flat_map(unsummarised).partition(|(_, dir)| crate::train::run_lock::in_use(dir));
     let (busy, silent): (Vec<String>, Vec<String>) =
-        unsummarised(root).into_iter().partition(|n| crate::train::run_lock::in_use(&root.join(n)));
+        (busy.into_iter().map(|b| b.0).collect(), silent.into_iter().map(|s| s.0).collect());
     if !busy.is_empty() {
         notes.push(format!("still training (their folders' locks are held; no summary.json yet): {}", busy.join(", ")));
     }

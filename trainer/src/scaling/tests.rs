@@ -63,7 +63,7 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     std::fs::create_dir_all(root.join("r2")).unwrap();
     std::fs::write(root.join("r2/config.toml"), "").unwrap();
     let lock = crate::train::run_lock::RunLock::acquire(&root.join("r2")).unwrap();
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let notes = r.notes.join("\n");
     assert!(notes.contains("still training (their folders' locks are held; no summary.json yet): r2"), "{notes}");
     assert!(!notes.contains("failed before their first step"), "{notes}");
@@ -72,7 +72,7 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     assert!(!root.join("scaling/loss_vs_compute.png").exists());
     assert!(r.files.iter().all(|f| f.exists()), "{:?}", r.files);
     drop(lock);
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r.notes.join("\n").contains("failed before their first step, or not started; their logs say why): r2"));
 }
 
@@ -90,7 +90,7 @@ fn fits_take_one_dataset_the_compute_frontier_and_finite_final_losses() {
     law_run(root, "x1", 1e16, "b");
     // the last validation loss NaN (null): diverged, whatever came before
     run(root, "r9-nan", (1e8, 1e8, 1e19), &[Some(0.5), None], "a");
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let power = r.power.as_ref().unwrap();
     assert_eq!(power.n, 4, "the frontier of dataset a: r0..r3");
     assert!((power.get("b") - 0.05).abs() < 1e-9, "{power:?}");
@@ -125,7 +125,7 @@ fn fits_take_one_dataset_the_compute_frontier_and_finite_final_losses() {
     for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
         run(tmp.path(), &format!("u{i}"), (1e6, 1e6, c), &[Some(1.0 + 0.1 * i as f64)], "a");
     }
-    let r = super::analyse(tmp.path(), &tmp.path().join("s"), &[]).unwrap();
+    let r = super::analyse(&[tmp.path()], &tmp.path().join("s"), &[]).unwrap();
     // (a rising loss leaves one run on the frontier: nothing to fit L(C) to, and a warning)
     assert!(r.power.is_none() && r.notes.join("\n").contains("not in L(C): u1, u2"), "{:?}", r.notes);
     assert!(r.warnings.join("\n").contains("does not fall with compute over the 3 fitted points"), "{:?}", r.warnings);
@@ -149,7 +149,7 @@ fn repeats_of_a_config_are_one_point() {
     }
     // the same config (seed 1) again in another folder
     seeded("c2-s1-copy", 1e17, 1, 1.01);
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert_eq!(r.points.len(), 3, "{:?}", r.points);
     assert_eq!(r.points.iter().map(|p| p.n()).collect::<Vec<_>>(), [2, 2, 3]);
     let p0 = &r.points[0];
@@ -179,7 +179,7 @@ fn repeats_of_a_config_are_one_point() {
     for name in ["c2-s1", "c2-s2", "c2-s1-copy"] {
         std::fs::remove_dir_all(root.join(name)).unwrap();
     }
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let power = r.power.as_ref().unwrap();
     assert_eq!((power.n, power.runs), (2, 4));
     assert!(power.coefs.iter().all(|c| c.ci95.is_none()));
@@ -203,7 +203,7 @@ fn losses_measured_differently_are_not_fitted_together() {
     }
     with("rows", 1e19, 64, "");
     with("smooth", 2e19, 48, "[loss]\nlabel_smoothing = 0.1\n[bsc]\np_max = 0.2\n");
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert_eq!(r.power.as_ref().unwrap().n, 4);
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("measured in 3 different ways"), "{warnings}");
@@ -225,7 +225,7 @@ fn a_degenerate_chinchilla_fit_is_warned_about_without_budgets() {
             run(tmp.path(), &format!("g{i}-{j}"), (n, d, 6.0 * n * d), &[Some(l)], "a");
         }
     }
-    let r = super::analyse(tmp.path(), &tmp.path().join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[tmp.path()], &tmp.path().join("scaling"), &[]).unwrap();
     assert!(r.chinchilla.is_some(), "{:?}", r.notes);
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("the L(N, D) fit is degenerate: E ran to"), "{warnings}");
@@ -244,7 +244,7 @@ fn malformed_log_lines_leave_one_run_out_not_the_analysis() {
     std::fs::write(&val, std::fs::read_to_string(&val).unwrap() + "{\"step\":30,\"lo").unwrap();
     std::fs::write(root.join("r1/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\nnot json\n{\"step\":2,\"loss\":0.6}\n")
         .unwrap();
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let names: Vec<&str> = r.runs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["r0", "r2"]);
     assert_eq!(r.power.as_ref().unwrap().n, 2, "r0's complete lines count");
@@ -270,7 +270,7 @@ fn figures_keep_a_diverged_run_off_the_scale_and_label_narrow_ranges() {
     std::fs::write(root.join("wild/summary.json"), summary.to_string()).unwrap();
     std::fs::write(root.join("wild/metrics.jsonl"), "{\"step\":5,\"loss\":0.69}\n{\"step\":10,\"loss\":5e17}\n")
         .unwrap();
-    super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let svg = std::fs::read_to_string(root.join("scaling/loss_curves.svg")).unwrap();
     assert!(svg.contains("diverged runs leave it") && !svg.contains("00000000"), "the y range is the other runs'");
     let svg = std::fs::read_to_string(root.join("scaling/loss_vs_compute.svg")).unwrap();
@@ -313,7 +313,7 @@ fn runs_without_validation_are_fitted_on_their_smoothed_training_loss() {
     for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
         expected.push(train_run(root, &format!("t{i}"), c, i as u64 % 2));
     }
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     for (run, (l, last)) in r.runs.iter().zip(&expected) {
         assert!(run.smoothed_val.is_none() && (run.final_train - last).abs() < 1e-12, "{run:?}");
         assert!((run.loss() / l - 1.0).abs() < 1e-12, "{}: {} is not the tail mean {l}", run.name, run.loss());
@@ -333,7 +333,7 @@ fn runs_without_validation_are_fitted_on_their_smoothed_training_loss() {
     // no metrics.jsonl, or one without losses: summary.json's loss
     std::fs::remove_file(root.join("t0/metrics.jsonl")).unwrap();
     std::fs::write(root.join("t1/metrics.jsonl"), "").unwrap();
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     for (run, (l, last)) in r.runs.iter().zip(&expected).take(2) {
         assert!(run.smoothed_train.is_none() && run.loss() == *last && (last / l - 1.0).abs() > 0.04, "{run:?}");
     }
@@ -364,7 +364,7 @@ fn non_finite_training_losses_and_diverged_runs_without_validation() {
     std::fs::write(root.join("wild/summary.json"), summary.to_string()).unwrap();
     let (run, _) = super::runs::read_run(&root.join("wild")).unwrap();
     assert!(run.smoothed_train.is_some() && run.loss().is_nan(), "{run:?}");
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r
         .notes
         .join("\n")
@@ -399,7 +399,7 @@ fn isoflop_profiles_recover_a_known_laws_compute_optimal_sizes() {
     let root = tmp.path();
     // the designs are centred off the optimum, as a sweep planned before knowing it is
     isoflop_runs(root, &[(1e18, 1.4), (1e19, 0.8), (1e20, 1.2)]);
-    let r = super::analyse(root, &root.join("scaling"), &[1e21]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[1e21]).unwrap();
     let iso = &r.isoflop;
     assert_eq!(iso.profiles.len(), 3, "{:?}", r.notes);
     for p in &iso.profiles {
@@ -441,7 +441,7 @@ fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
     let root = tmp.path();
     // the largest budget's sizes all lie far below its optimum: the loss still falls at the largest
     isoflop_runs(root, &[(1e18, 1.0), (1e19, 1.0), (1e20, 1.0 / 64.0)]);
-    let r = super::analyse(root, &root.join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("the IsoFLOP profile at C = 1.000e20"), "{warnings}");
     assert!(warnings.contains("larger models at this budget"), "{warnings}");
@@ -454,7 +454,43 @@ fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
             run(grid.path(), &format!("g{i}-{j}"), (n, d, 6.0 * n * d), &[Some(chinchilla_loss(n, d))], "a");
         }
     }
-    let r = super::analyse(grid.path(), &grid.path().join("scaling"), &[]).unwrap();
+    let r = super::analyse(&[grid.path()], &grid.path().join("scaling"), &[]).unwrap();
     assert!(r.notes.iter().any(|n| n.starts_with("no IsoFLOP profiles")), "{:?}", r.notes);
     assert!(!grid.path().join("scaling/isoflop.png").exists());
+}
+
+/// An IsoFLOP profile whose sizes all lay above its optimum, completed by a second sweep of smaller
+/// models in another folder: read together, the profile brackets its minimum, and the runs of the same
+/// name in the two folders stay apart.
+#[test]
+fn two_sweeps_read_together_make_one_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (main, smaller, out) = (tmp.path().join("main"), tmp.path().join("smaller"), tmp.path().join("both"));
+    isoflop_runs(&main, &[(1e19, 8.0)]);
+    let alone = super::analyse(&[&main], &main.join("scaling"), &[]).unwrap();
+    assert!(alone.warnings.iter().any(|w| w.contains("add smaller models at this budget")), "{:?}", alone.warnings);
+    let c = 1e19;
+    for (k, f) in [0.25, 0.5, 1.0, 2.0].into_iter().enumerate() {
+        let n = chinchilla_n_opt(c) * f;
+        let d = c / (6.0 * n);
+        run(&smaller, &format!("c0-n{k}"), (n, d, c), &[Some(chinchilla_loss(n, d))], "a");
+    }
+    let r = super::analyse(&[&main, &smaller], &out, &[]).unwrap();
+    assert_eq!(r.runs.len(), 9);
+    assert!(r.runs.iter().any(|r| r.name == "main/c0-n0") && r.runs.iter().any(|r| r.name == "smaller/c0-n0"));
+    let [p] = r.isoflop.profiles.as_slice() else { panic!("{:?}", r.isoflop.profiles) };
+    // 2·N_opt is in both sweeps, with one config: one point of two runs, as repeats within a sweep are
+    assert_eq!(p.measured.len(), 8);
+    assert!(r.points.iter().any(|p| p.runs == ["main/c0-n0", "smaller/c0-n3"]), "{:?}", r.points);
+    let o = p.optimum.as_ref().unwrap();
+    assert!(o.inside && (o.params / chinchilla_n_opt(c) - 1.0).abs() < 0.1, "{o:?}");
+    assert!(r.warnings.iter().all(|w| !w.contains("IsoFLOP")), "{:?}", r.warnings);
+    let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
+    assert!(csv.contains("\nsmaller/c0-n0,") && csv.contains("\nmain/c0-n4,"), "{csv}");
+    // a folder with nothing to read among others is a note; alone, an error
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = super::analyse(&[&main, &empty], &out, &[]).unwrap();
+    assert!(r.notes.iter().any(|n| n.ends_with("empty: no run folders with a summary.json (has the sweep run?)")));
+    assert!(super::analyse(&[&empty], &out, &[]).is_err());
 }
