@@ -625,10 +625,14 @@ fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
     let timeout = CommError::Timeout { op: "all_reduce", peer: 1, secs: 1.0 };
+    // rank 0 writes its flight record where the agent says, as the communicator does
+    let record = r#"{"rank": 0, "world": 2, "reason": "timed out", "unix_time": 0, "entries": [
+        {"seq": 7, "op": "all_reduce", "values": 16, "state": "failed", "started_s": 3.0, "seconds": 1.0}]}"#;
     let rank = format!(
         r#"touch "$TEST_DIR/started.$RANK"
         [ "$RANK" = 1 ] && kill -STOP $$
         while [ ! -e "$TEST_DIR/started.1" ]; do sleep 0.02; done; sleep 1
+        echo '{record}' > "$INFINITY_FLIGHT_DIR/flight-rank0.json"
         echo 'error: {timeout}; aborting (exit code 86)'; exit 86"#
     );
     let node = |n: &'static str| {
@@ -643,6 +647,11 @@ fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
         let rec = failure_record(tmp.path(), "hung", &format!("failure-node{n}.json"));
         assert_eq!(rec["root_cause_node"].as_u64(), Some(1), "node {n}: {rec}");
         assert_eq!(rec["root_cause_here"].as_bool(), Some(n == 1), "node {n}: {rec}");
+        // the log folder is shared here: both nodes read rank 0's record
+        let want = "collective #7 (all_reduce of 16 values): waited in by rank 0 (failed, 1 s)";
+        assert!(text.contains(&format!("[launch] flight records: {want}")), "node {n}:\n{text}");
+        assert!(rec["collectives"][0].as_str().is_some_and(|c| c.starts_with(want)), "node {n}: {rec}");
+        assert!(rec["collectives"][1].as_str().is_some_and(|c| c.starts_with("no flight record from rank 1: ")));
     }
 }
 

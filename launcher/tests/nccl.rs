@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use cudarc::driver::CudaContext;
+use infinity_launcher::comm::flight::{self, State};
 use infinity_launcher::comm::{nccl_available, CommError, Communicator, NcclComm};
 use infinity_launcher::store::{StoreClient, StoreServer};
 
@@ -164,7 +165,11 @@ fn watchdog_aborts_a_stalled_collective() {
         return;
     }
     let timeout = Duration::from_secs(3);
+    let tmp = tempfile::tempdir().unwrap();
+    // (group takes a Copy closure)
+    let dir: &'static std::path::Path = Box::leak(tmp.path().to_path_buf().into_boxed_path());
     let results = group(2, timeout, move |mut c| {
+        c.flight().unwrap().set_dir(dir.to_path_buf());
         if c.rank() == 1 {
             // rank 1 never joins the collective; it only keeps its communicator alive long enough
             std::thread::sleep(Duration::from_secs(8));
@@ -178,6 +183,12 @@ fn watchdog_aborts_a_stalled_collective() {
     assert!(matches!(e, CommError::Stalled { .. }), "{e}");
     assert!(took >= timeout && took < timeout * 3, "aborted after {took:?} for a {timeout:?} timeout");
     eprintln!("stalled all-reduce aborted after {took:?}: {e}");
+    // rank 0's flight record: the connecting probe completed, the all-reduce of 64 values did not
+    let (dumps, _) = flight::read_dumps(dir);
+    let d = dumps.iter().find(|d| d.rank == 0).expect("rank 0's flight record");
+    let last: Vec<(&str, usize, State)> = d.entries.iter().map(|e| (e.op.as_str(), e.values, e.state)).collect();
+    assert_eq!(last, [("all_reduce", 1, State::Completed), ("all_reduce", 64, State::Started)], "{d:?}");
+    assert!(d.reason.contains("made no progress"), "{}", d.reason);
 }
 
 /// A kernel that holds the stream for `ns` nanoseconds of wall time (the device's global timer).

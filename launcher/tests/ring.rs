@@ -44,6 +44,38 @@ fn a_silent_peer_is_a_timeout_not_a_hang() {
     assert!(*took < Duration::from_secs(2), "took {took:?}");
 }
 
+/// Rank 2 stops taking part after the first collective: ranks 0 and 1 fail in the second and write their
+/// flight records, which name the collective they waited in and the rank without a record.
+#[test]
+fn the_ranks_that_time_out_write_their_flight_records() {
+    use infinity_launcher::comm::flight::{self, State};
+    let tmp = tempfile::tempdir().unwrap();
+    // (on_ranks takes a Copy closure)
+    let dir: &'static std::path::Path = Box::leak(tmp.path().to_path_buf().into_boxed_path());
+    common::on_ranks(3, move |rank, c| {
+        let mut r = TcpRing::connect(c, "test", rank, 3, "127.0.0.1", false, Duration::from_secs(10)).unwrap();
+        r.flight().unwrap().set_dir(dir.to_path_buf());
+        r.broadcast(&mut [1.0, 2.0], 0).unwrap();
+        r.set_timeout(Duration::from_millis(500)).unwrap();
+        match rank {
+            2 => std::thread::sleep(Duration::from_secs(2)),
+            _ => assert!(r.all_reduce_sum(&mut [1.0; 16]).is_err()),
+        }
+    });
+    let (dumps, unreadable) = flight::read_dumps(tmp.path());
+    assert!(unreadable.is_empty(), "{unreadable:?}");
+    assert_eq!(dumps.iter().map(|d| d.rank).collect::<Vec<_>>(), [0, 1]);
+    for d in &dumps {
+        let ops: Vec<(u64, &str, usize, State)> =
+            d.entries.iter().map(|e| (e.seq, e.op.as_str(), e.values, e.state)).collect();
+        assert_eq!(ops, [(0, "broadcast", 2, State::Completed), (1, "all_reduce", 16, State::Failed)]);
+        assert!(d.reason.contains("all_reduce"), "{}", d.reason);
+    }
+    let lines = flight::diagnose(&dumps);
+    assert!(lines[0].starts_with("collective #1 (all_reduce of 16 values): waited in by rank 0 (failed"), "{lines:?}");
+    assert!(lines[1].starts_with("no flight record from rank 2: "), "{lines:?}");
+}
+
 #[test]
 fn tiny_and_empty_buffers() {
     // fewer values than ranks leaves some chunks empty

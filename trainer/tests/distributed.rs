@@ -239,6 +239,29 @@ fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
     let out = out.unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("a collective timed out"), "{text}");
+    // the flight records: rank 1 waited in a collective rank 0 never entered (it was writing), and rank
+    // 0, asked by the agent, wrote where it had got to
+    let line =
+        text.lines().find(|l| l.contains("[launch] flight records: collective #")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("waited in by rank 1 (failed") && line.contains("never entered by rank 0 (its last: #"),
+        "{text}"
+    );
+    eprintln!("{line}");
+    let logs = launch_logs(&run.join("logs")).join("attempt_0");
+    for rank in [0, 1] {
+        assert!(logs.join(format!("flight-rank{rank}.json")).is_file(), "rank {rank}: {text}");
+    }
+    // the same, read afterwards (as from a torchrun job's INFINITY_FLIGHT_DIR), with each rank's line
+    let read = ok(Command::new(BIN).args(["comm", "flight"]).arg(&logs).output().unwrap());
+    eprintln!("{read}");
+    let ranks: Vec<&str> = read.lines().filter(|l| l.starts_with("rank ")).collect();
+    assert!(ranks[0].contains("written because: asked for by the launcher"), "{read}");
+    assert!(
+        ranks[1].contains(") failed after ") && ranks[1].contains("because: collective `all_reduce` timed out"),
+        "{read}"
+    );
+    assert!(read.contains(line.trim_start_matches("[launch] flight records: ")), "{read}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::ExitStatus;
 
 use serde::Serialize;
 
-use crate::comm::{CommError, EXIT_COMM_TIMEOUT};
+use crate::comm::{flight, CommError, EXIT_COMM_TIMEOUT};
 
 /// How one of this node's ranks failed.
 #[derive(Clone, Debug, Serialize)]
@@ -75,6 +75,10 @@ struct Record<'a> {
     /// What the agent does next: `restart`, `stop: no restarts left`, `stop: permanent` or `stop: store
     /// host lost`.
     next: &'a str,
+    /// What the ranks' flight records (`flight-rankR.json` beside this file) say together: the
+    /// collective the ranks waited in and the ranks that never entered it (`comm::flight::diagnose`).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    collectives: &'a [String],
     unix_time: u64,
 }
 
@@ -82,21 +86,64 @@ struct Record<'a> {
 /// logged, never fatal: the console report stands.
 pub(super) fn write(
     dir: &Path,
-    attempt: u32,
-    node: usize,
-    root_cause: &str,
-    root_cause_node: Option<usize>,
+    (attempt, node): (u32, usize),
+    (root_cause, root_cause_node): (&str, Option<usize>),
     rank: Option<&RankFailure>,
     next: &str,
+    collectives: &[String],
 ) {
     let unix_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let root_cause_here = is_here(root_cause, root_cause_node, node, rank.is_some());
     let host = crate::env::hostname();
-    let rec = Record { attempt, node, host, root_cause, root_cause_node, root_cause_here, rank, next, unix_time };
+    let rec = Record {
+        attempt,
+        node,
+        host,
+        root_cause,
+        root_cause_node,
+        root_cause_here,
+        rank,
+        next,
+        collectives,
+        unix_time,
+    };
     let text = serde_json::to_string_pretty(&rec).expect("a record of strings and numbers");
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| write_new(dir, node, &(text + "\n"))) {
         tracing::warn!("writing failure-node{node}.json into {}: {e}", dir.display());
     }
+}
+
+/// How long the agent waits for its live ranks' flight records once it asked for them.
+const FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a failure `report` is a collective's timeout, after which the ranks' flight records are
+/// worth asking for (a rank hung outside the collectives writes one only when asked).
+pub(super) fn timed_out(report: &str) -> bool {
+    report.contains(&format!("exit code {EXIT_COMM_TIMEOUT} "))
+}
+
+/// Ask the ranks that write their flight records into `dir` (the attempt's log folder) to write them
+/// now ([`flight::REQUEST`]), and wait up to [`FLIGHT_WAIT`] for those of `live` (global ranks) to
+/// appear. A rank frozen, or not yet in its group, writes none: the wait then runs out.
+pub(super) async fn ask_for_flight_records(dir: &Path, live: &[usize]) {
+    if let Err(e) = std::fs::write(dir.join(flight::REQUEST), b"") {
+        tracing::warn!("asking the ranks for their flight records in {}: {e}", dir.display());
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + FLIGHT_WAIT;
+    let written = || live.iter().all(|r| dir.join(format!("flight-rank{r}.json")).exists());
+    while !written() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(flight::REQUEST_POLL / 4).await;
+    }
+}
+
+/// What the flight records in `dir` (the attempt's log folder: the ranks' `flight-rankR.json`, written
+/// when a collective of theirs failed) say together, a line per finding; none without records.
+pub(super) fn collectives(dir: &Path) -> Vec<String> {
+    let (dumps, unreadable) = flight::read_dumps(dir);
+    let mut lines = flight::diagnose(&dumps);
+    lines.extend(unreadable.into_iter().map(|u| format!("a flight record that cannot be read: {u}")));
+    lines
 }
 
 /// Whether the root cause is one of `node`'s ranks: its own failed rank (`failed_here`, a report not
@@ -142,8 +189,9 @@ mod tests {
             ExitStatus::from_raw(3 << 8)
         };
         let rank = RankFailure::new(1, 42, &status, 2.5, vec!["boom".into()]);
-        write(dir.path(), 0, 0, "rank 1 (node 0, pid 42) exited with exit code 3", Some(0), Some(&rank), "restart");
-        write(dir.path(), 0, 1, "another node: rank 1 (node 0, …)", Some(0), None, "restart");
+        let cause = "rank 1 (node 0, pid 42) exited with exit code 3";
+        write(dir.path(), (0, 0), (cause, Some(0)), Some(&rank), "restart", &[]);
+        write(dir.path(), (0, 1), ("another node: rank 1 (node 0, …)", Some(0)), None, "restart", &[]);
         let read_in = |dir: &Path, n: usize| -> serde_json::Value {
             let text = std::fs::read_to_string(dir.join(format!("failure-node{n}.json"))).unwrap();
             serde_json::from_str(&text).unwrap()
@@ -158,24 +206,10 @@ mod tests {
         // no rank failed here: node 1 lost node 0's store (named); a lost agent's node is unknown. Neither
         // record says the root cause is here (both did: `root_cause_here: true` with `rank: null`)
         let attempt_1 = dir.path().join("attempt_1");
-        write(
-            &attempt_1,
-            1,
-            1,
-            "the store at h:1 (node 0's agent) stopped answering for 10 s",
-            Some(0),
-            None,
-            "restart",
-        );
-        write(
-            &attempt_1,
-            1,
-            0,
-            "the ranks checkpointed and stopped … an agent or its node was lost",
-            None,
-            None,
-            "restart",
-        );
+        let cause = "the store at h:1 (node 0's agent) stopped answering for 10 s";
+        write(&attempt_1, (1, 1), (cause, Some(0)), None, "restart", &[]);
+        let cause = "the ranks checkpointed and stopped … an agent or its node was lost";
+        write(&attempt_1, (1, 0), (cause, None), None, "restart", &[]);
         let (node0, node1) = (read_in(&attempt_1, 0), read_in(&attempt_1, 1));
         assert_eq!((node1["root_cause_node"].as_u64(), node1["root_cause_here"].as_bool()), (Some(0), Some(false)));
         assert!(node0["root_cause_node"].is_null() && node0["rank"].is_null(), "{node0}");
@@ -186,9 +220,9 @@ mod tests {
     #[test]
     fn a_record_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), 0, 1, "the first session's", Some(1), None, "restart");
-        write(dir.path(), 0, 1, "the second session's", Some(1), None, "restart");
-        write(dir.path(), 0, 1, "the third session's", Some(1), None, "restart");
+        write(dir.path(), (0, 1), ("the first session's", Some(1)), None, "restart", &[]);
+        write(dir.path(), (0, 1), ("the second session's", Some(1)), None, "restart", &[]);
+        write(dir.path(), (0, 1), ("the third session's", Some(1)), None, "restart", &[]);
         let cause = |name: &str| -> String {
             let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
             serde_json::from_str::<serde_json::Value>(&text).unwrap()["root_cause"].as_str().unwrap().to_string()

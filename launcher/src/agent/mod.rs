@@ -379,7 +379,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     }
                     console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
                     let next = Next::StoreHostLost.as_str();
-                    failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next);
+                    failure::write(&dir, (g.round, g.node_rank), (&report, node), local.as_ref(), next, &[]);
                     console_err!(
                         "[launch] not restarting: the store's host ({host}) is gone, and the group's rendezvous \
                          with it; restart the job on every node (a requeue does; `--resume auto` takes the newest \
@@ -413,6 +413,10 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     }
                 };
                 console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
+                let collectives = failure::collectives(&dir);
+                for line in &collectives {
+                    console_err!("[launch] flight records: {line}");
+                }
                 // restarts used: failed attempts so far (an elastic group's regroups are not failures)
                 let used = match rounds {
                     None => attempt + 1,
@@ -423,7 +427,8 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                     (None, true) => Next::NoRestartsLeft,
                     (None, false) => Next::Restart,
                 };
-                failure::write(&dir, g.round, g.node_rank, &report, node, local.as_ref(), next.as_str());
+                let (at, cause) = ((g.round, g.node_rank), (report.as_str(), node));
+                failure::write(&dir, at, cause, local.as_ref(), next.as_str(), &collectives);
                 if let Some(Permanent { code, rank }) = permanent {
                     let what = match code {
                         EXIT_BAD_DATA => "the dataset is wrong",

@@ -45,6 +45,10 @@ pub(super) async fn watch(
     signals: &mut Signals,
 ) -> Result<Outcome> {
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
+    let attempt_dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
+    let live = |ranks: &[Rank], exited: &[Option<ExitStatus>]| -> Vec<usize> {
+        ranks.iter().zip(exited).filter(|(_, e)| e.is_none()).map(|(r, _)| r.global).collect()
+    };
     // another node's failure or signal is posted in the store; a separate connection polls for it
     let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
     // this node's counter moves all through the watch, the ranks' stop (up to the grace and the drain)
@@ -140,6 +144,9 @@ pub(super) async fn watch(
                         }
                         (report, node) = post_first(c, &keys[FAILED], report, node).await;
                     }
+                    if failure::timed_out(&report) {
+                        failure::ask_for_flight_records(&attempt_dir, &live(&ranks, &exited)).await;
+                    }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local, node });
                 }
@@ -176,6 +183,9 @@ pub(super) async fn watch(
                         Ok(c) => other_failure(c, &keys[FAILED], &keys[PERMANENT]),
                         Err(e) => (format!("(unreadable: {e:#})"), None, None),
                     };
+                    if failure::timed_out(&report) {
+                        failure::ask_for_flight_records(&attempt_dir, &live(&ranks, &exited)).await;
+                    }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None, node });

@@ -5,6 +5,7 @@
 //! sending makes the call fail after the communicator's timeout ([`CommError::Timeout`] on the ring,
 //! [`CommError::Stalled`] from the NCCL watchdog), never hang.
 
+pub mod flight;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ring;
@@ -71,6 +72,10 @@ pub trait Communicator: Send {
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()>;
     fn barrier(&mut self) -> CommResult<()> {
         self.all_reduce_sum(&mut [0.0]).map(|_| ())
+    }
+    /// The communicator's record of its last collectives (none: it keeps none, as [`Solo`]).
+    fn flight(&self) -> Option<&flight::FlightRecorder> {
+        None
     }
     /// The NCCL communicator behind this one, for collectives on device buffers.
     #[cfg(feature = "cuda")]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
 use cudarc::nccl::{result, sys, NcclType};
 
+use super::flight::FlightRecorder;
 use super::{CommError, CommResult, Communicator};
 use crate::store::StoreClient;
 
@@ -107,6 +108,7 @@ impl NcclComm {
             in_call: Mutex::new(None),
             failure: Mutex::new(None),
             stop: AtomicBool::new(false),
+            flight: FlightRecorder::from_env(rank, world),
         });
         let thread = {
             let (h, w, s) = (handle.clone(), watch.clone(), stream.clone());
@@ -147,23 +149,33 @@ impl NcclComm {
         Ok(())
     }
 
-    /// Hand an enqueued collective to the watchdog.
-    fn track(&self, op: &'static str) -> CommResult<()> {
+    /// Hand an enqueued collective (number `seq` in the flight record) to the watchdog.
+    fn track(&self, op: &'static str, seq: u64) -> CommResult<()> {
         let done = self.stream.record_event(None).map_err(|e| cuda_err(op, e))?;
-        lock(&self.watch.pending).push_back(Pending { op, since: Instant::now(), done });
+        lock(&self.watch.pending).push_back(Pending { op, seq, since: Instant::now(), done });
         Ok(())
     }
 
-    /// Make an NCCL call `op` under the communicator's protocol: held against aborts and timed while
-    /// inside NCCL, then handed to the watchdog once enqueued.
+    /// Make an NCCL call `op` of `count` elements under the communicator's protocol: recorded in the
+    /// flight record, held against aborts and timed while inside NCCL, then handed to the watchdog
+    /// once enqueued (which marks it finished in the record when its event completes).
     fn enqueue(
         &self,
         op: &'static str,
+        count: usize,
         call: impl FnOnce(sys::ncclComm_t, sys::cudaStream_t) -> Result<result::NcclStatus, result::NcclError>,
     ) -> CommResult<()> {
-        let _held = self.hold(op)?;
-        call(self.handle.comm, self.stream.cu_stream() as _).map_err(|e| nccl_err(op, e))?;
-        self.track(op)
+        let flight = &self.watch.flight;
+        let seq = flight.begin(op, count);
+        let enqueued = self.hold(op).and_then(|_held| {
+            call(self.handle.comm, self.stream.cu_stream() as _).map_err(|e| nccl_err(op, e))?;
+            self.track(op, seq)
+        });
+        if let Err(e) = &enqueued {
+            flight.end(seq, false);
+            flight.dump(&e.to_string());
+        }
+        enqueued
     }
 
     /// The collectives enqueued from now on start after the work queued on `other` so far (the
@@ -193,7 +205,7 @@ impl NcclComm {
         let (p, n, _sync) = self.part_ptr("all_reduce", buf, part)?;
         // SAFETY: in-place all-reduce of `n` elements inside a live device buffer (part_ptr), on our
         // stream.
-        self.enqueue("all_reduce", |comm, st| unsafe {
+        self.enqueue("all_reduce", n, |comm, st| unsafe {
             result::all_reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
         })
     }
@@ -212,7 +224,7 @@ impl NcclComm {
         }
         let (p, n, _sync) = self.part_ptr("reduce", buf, part)?;
         // SAFETY: in-place reduce of `n` elements inside a live device buffer (part_ptr), on our stream.
-        self.enqueue("reduce", |comm, st| unsafe {
+        self.enqueue("reduce", n, |comm, st| unsafe {
             let sum = sys::ncclRedOp_t::ncclSum;
             result::reduce(p as *const _, p as *mut _, n, T::as_nccl_type(), sum, root as i32, comm, st)
         })
@@ -227,7 +239,7 @@ impl NcclComm {
         let n = buf.len();
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: in-place broadcast of `n` elements of a live device buffer on our stream.
-        self.enqueue("broadcast", |comm, st| unsafe {
+        self.enqueue("broadcast", n, |comm, st| unsafe {
             result::broadcast(p as *const _, p as *mut _, n, T::as_nccl_type(), root as i32, comm, st)
         })
     }
@@ -243,7 +255,7 @@ impl NcclComm {
         let (s, _s) = send.device_ptr(&self.stream);
         let (r, _r) = recv.device_ptr_mut(&self.stream);
         // SAFETY: sizes checked above; both buffers live on our stream's device.
-        self.enqueue("all_gather", |comm, st| unsafe {
+        self.enqueue("all_gather", n, |comm, st| unsafe {
             result::all_gather(s as _, r as _, n, T::as_nccl_type(), comm, st)
         })
     }
@@ -257,7 +269,7 @@ impl NcclComm {
         let (p, _sync) = buf.device_ptr_mut(&self.stream);
         // SAFETY: sizes checked above; NCCL's in-place all-gather reads rank r's part where it lands
         // (send = recv + r·n).
-        self.enqueue("all_gather", |comm, st| unsafe {
+        self.enqueue("all_gather", n, |comm, st| unsafe {
             result::all_gather((p + offset) as _, p as _, n, T::as_nccl_type(), comm, st)
         })
     }
@@ -273,7 +285,7 @@ impl NcclComm {
         let (s, _s) = send.device_ptr(&self.stream);
         let (r, _r) = recv.device_ptr_mut(&self.stream);
         // SAFETY: sizes checked above; both buffers live on our stream's device.
-        self.enqueue("reduce_scatter", |comm, st| unsafe {
+        self.enqueue("reduce_scatter", n, |comm, st| unsafe {
             result::reduce_scatter(s as _, r as _, n, T::as_nccl_type(), sys::ncclRedOp_t::ncclSum, comm, st)
         })
     }
@@ -387,6 +399,10 @@ impl Communicator for NcclComm {
 
     fn nccl(&mut self) -> Option<&mut NcclComm> {
         Some(self)
+    }
+
+    fn flight(&self) -> Option<&FlightRecorder> {
+        Some(&self.watch.flight)
     }
 
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::flight::FlightRecorder;
 use super::{CommError, CommResult, Communicator};
 use crate::store::StoreClient;
 
@@ -27,6 +28,7 @@ pub struct TcpRing {
     timeout: Duration,
     /// Receive buffer of one block (reductions).
     scratch: Vec<f32>,
+    flight: FlightRecorder,
 }
 
 impl TcpRing {
@@ -104,7 +106,8 @@ impl TcpRing {
             }
         };
         inp.set_nodelay(true).ok();
-        let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![] };
+        let flight = FlightRecorder::from_env(rank, world);
+        let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![], flight };
         ring.set_timeout(timeout)?;
         Ok(ring)
     }
@@ -230,6 +233,33 @@ impl Communicator for TcpRing {
     }
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> CommResult<()> {
+        let flight = self.flight.clone();
+        flight.record("all_reduce", buf.len(), || self.all_reduce_unrecorded(buf))
+    }
+
+    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
+        let flight = self.flight.clone();
+        flight.record("broadcast", buf.len(), || self.broadcast_unrecorded(buf, root))
+    }
+
+    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        let flight = self.flight.clone();
+        flight.record("all_gather", send.len(), || self.all_gather_unrecorded(send, recv))
+    }
+
+    fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+        let flight = self.flight.clone();
+        flight.record("reduce_scatter", send.len(), || self.reduce_scatter_unrecorded(send, recv))
+    }
+
+    fn flight(&self) -> Option<&FlightRecorder> {
+        Some(&self.flight)
+    }
+}
+
+/// The collectives themselves (the trait's methods record them).
+impl TcpRing {
+    fn all_reduce_unrecorded(&mut self, buf: &mut [f32]) -> CommResult<()> {
         if self.world == 1 {
             return Ok(());
         }
@@ -239,7 +269,7 @@ impl Communicator for TcpRing {
         self.ring_pass("all_reduce", buf, &bounds, owned, false)
     }
 
-    fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
+    fn broadcast_unrecorded(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
         if self.world == 1 {
             return Ok(());
         }
@@ -259,7 +289,7 @@ impl Communicator for TcpRing {
         Ok(())
     }
 
-    fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+    fn all_gather_unrecorded(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let n = send.len();
         if recv.len() != n * self.world {
             return Err(CommError::Usage {
@@ -272,7 +302,7 @@ impl Communicator for TcpRing {
         self.ring_pass("all_gather", recv, &bounds, self.rank, false)
     }
 
-    fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
+    fn reduce_scatter_unrecorded(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let n = recv.len();
         if send.len() != n * self.world {
             return Err(CommError::Usage {

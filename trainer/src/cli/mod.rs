@@ -1,5 +1,6 @@
 //! `infinity <subcommand>`: `main` parses, `run` dispatches and returns an exit code, errors print once.
 
+mod comm;
 mod data;
 mod export;
 mod golden;
@@ -33,9 +34,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Start and supervise data-parallel ranks on this node (torchrun-like): `launch -- train CONFIG`.
     Launch(infinity_launcher::agent::LaunchArgs),
-    /// Communicator benchmarks (all-reduce bus bandwidth, rendezvous time).
+    /// Communicator benchmarks (all-reduce bus bandwidth, rendezvous time) and the ranks' flight records.
     #[command(subcommand)]
-    Comm(CommCommand),
+    Comm(comm::CommCommand),
     /// Sample images (or bits) from a checkpoint with classifier-free guidance.
     Sample(sample::SampleArgs),
     /// Export inference weights (upstream names, f32 or bf16) and a config.json.
@@ -47,12 +48,6 @@ enum Command {
     /// Model sizes, FLOPs and training throughput (CPU, or GPU with `--device cuda`).
     #[command(subcommand)]
     Model(model::ModelCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum CommCommand {
-    /// Ring all-reduce bus bandwidth beside raw loopback TCP, and rendezvous time.
-    Bench(infinity_launcher::bench::CommBenchArgs),
 }
 
 /// Parse `args` (including the program name) and run the command.
@@ -71,7 +66,7 @@ where
         Command::Launch(a) => launch::run(a),
         Command::Sweep(a) => sweep::run_sweep(a),
         Command::Scaling(a) => sweep::run_scaling(a),
-        Command::Comm(CommCommand::Bench(a)) => infinity_launcher::bench::run(&a).map(|_| ExitCode::SUCCESS),
+        Command::Comm(cmd) => comm::run(cmd),
         Command::Export(a) => export::run(a),
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaEvent, CudaStream};
 use cudarc::nccl::{result, sys};
 
+use super::super::flight::FlightRecorder;
 use super::super::EXIT_COMM_TIMEOUT;
 
 /// How often the watchdog looks at the pending collectives.
@@ -71,6 +72,8 @@ impl Drop for Handle {
 /// A collective in flight: its event completes when the collective does.
 pub(super) struct Pending {
     pub(super) op: &'static str,
+    /// Its number in the flight record.
+    pub(super) seq: u64,
     pub(super) since: Instant,
     pub(super) done: CudaEvent,
 }
@@ -82,6 +85,8 @@ pub(super) struct Watch {
     pub(super) in_call: Mutex<Option<(&'static str, Instant)>>,
     pub(super) failure: Mutex<Option<String>>,
     pub(super) stop: AtomicBool,
+    /// The rank's last collectives, written out when one stalls.
+    pub(super) flight: FlightRecorder,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,7 +122,9 @@ pub(super) fn watchdog(
         {
             let mut q = lock(&watch.pending);
             while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
-                q.pop_front();
+                if let Some(p) = q.pop_front() {
+                    watch.flight.end(p.seq, true);
+                }
             }
             if let Some(p) = q.front() {
                 if why.is_none() && p.since.elapsed() > timeout {
@@ -131,6 +138,9 @@ pub(super) fn watchdog(
         }
         if let Some(why) = why {
             lock(&watch.failure).get_or_insert(why.clone());
+            if let Some(path) = watch.flight.dump(&why) {
+                console_err!("rank {rank}: its last collectives are in {}", path.display());
+            }
             // the abort waits for a normal call to leave NCCL (a tick or two); a call stuck inside it
             // keeps the lock: then the process exits without the abort, or later ticks retry
             let mut aborted = false;
