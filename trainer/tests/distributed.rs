@@ -243,10 +243,8 @@ fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
     // 0, asked by the agent, wrote where it had got to
     let line =
         text.lines().find(|l| l.contains("[launch] flight records: collective #")).unwrap_or_else(|| panic!("{text}"));
-    assert!(
-        line.contains("waited in by rank 1 (failed") && line.contains("never entered by rank 0 (its last: #"),
-        "{text}"
-    );
+    let stalled = "(checkpoint barrier: all_reduce of 1 value, step 2): waited in by rank 1 (failed";
+    assert!(line.contains(stalled) && line.contains("never entered by rank 0 (its last: #"), "{text}");
     eprintln!("{line}");
     let logs = launch_logs(&run.join("logs")).join("attempt_0");
     for rank in [0, 1] {

@@ -114,7 +114,7 @@ pub(super) fn write(
 }
 
 /// How long the agent waits for its live ranks' flight records once it asked for them.
-const FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const FLIGHT_WAIT: std::time::Duration = flight::REQUEST_POLL.saturating_mul(3);
 
 /// Whether a failure `report` is a collective's timeout, after which the ranks' flight records are
 /// worth asking for (a rank hung outside the collectives writes one only when asked).
@@ -131,7 +131,7 @@ pub(super) async fn ask_for_flight_records(dir: &Path, live: &[usize]) {
         return;
     }
     let deadline = tokio::time::Instant::now() + FLIGHT_WAIT;
-    let written = || live.iter().all(|r| dir.join(format!("flight-rank{r}.json")).exists());
+    let written = || live.iter().all(|&r| dir.join(flight::record_name(r)).exists());
     while !written() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(flight::REQUEST_POLL / 4).await;
     }
@@ -140,9 +140,9 @@ pub(super) async fn ask_for_flight_records(dir: &Path, live: &[usize]) {
 /// What the flight records in `dir` (the attempt's log folder: the ranks' `flight-rankR.json`, written
 /// when a collective of theirs failed) say together, a line per finding; none without records.
 pub(super) fn collectives(dir: &Path) -> Vec<String> {
-    let (dumps, unreadable) = flight::read_dumps(dir);
+    let (dumps, notes) = flight::read_dumps(dir);
     let mut lines = flight::diagnose(&dumps);
-    lines.extend(unreadable.into_iter().map(|u| format!("a flight record that cannot be read: {u}")));
+    lines.extend(notes.into_iter().map(|n| format!("set aside: {n}")));
     lines
 }
 

@@ -98,15 +98,15 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     let (attempt, world) = (g.round, g.nnodes * a.nproc_per_node);
     let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // (an earlier session of the same run id may have asked for flight records here)
-    let _ = std::fs::remove_file(dir.join(crate::comm::flight::REQUEST));
+    // (an earlier session of the same run id may have left flight records here, or asked for them)
+    crate::comm::flight::clear(&dir);
+    // (absolute: a rank's command may change directory before its communicator looks)
+    let flight_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
     let devices = local_devices(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), a.nproc_per_node);
     let mut ranks = Vec::new();
     for (local, device) in devices.iter().enumerate() {
         let global = g.node_rank * a.nproc_per_node + local;
-        // (an earlier session of the same run id may have left one: it would speak for this attempt)
-        let _ = std::fs::remove_file(dir.join(format!("flight-rank{global}.json")));
         let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
             (exe.to_path_buf(), &a.cmd[..])
         } else {
@@ -128,7 +128,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .env(vars::AGENT_STORE, "1")
             .env(vars::UNDER_AGENT, "1")
             // a rank whose collective fails writes its last collectives there (comm/flight.rs)
-            .env(crate::comm::flight::FLIGHT_DIR, &dir)
+            .env(crate::comm::flight::FLIGHT_DIR, &flight_dir)
             .env("CUDA_VISIBLE_DEVICES", device)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

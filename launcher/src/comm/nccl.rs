@@ -108,7 +108,7 @@ impl NcclComm {
             in_call: Mutex::new(None),
             failure: Mutex::new(None),
             stop: AtomicBool::new(false),
-            flight: FlightRecorder::from_env(rank, world),
+            flight: FlightRecorder::from_env(rank, world, "nccl"),
         });
         let thread = {
             let (h, w, s) = (handle.clone(), watch.clone(), stream.clone());
@@ -173,7 +173,7 @@ impl NcclComm {
         });
         if let Err(e) = &enqueued {
             flight.end(seq, false);
-            flight.dump(&e.to_string());
+            flight.dump_saying(&e.to_string());
         }
         enqueued
     }
@@ -335,10 +335,15 @@ impl NcclComm {
                 if let Some(e) = self.handle.async_error() {
                     return Err(CommError::Stalled { op, detail: format!("NCCL reported an asynchronous error: {e}") });
                 }
+                // (all of them done: the record says so now, not at the watchdog's next look)
+                self.watch.mark_done();
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(CommError::Stalled { op, detail: format!("no progress for {:?}", self.timeout) });
+                let e = CommError::Stalled { op, detail: format!("no progress for {:?}", self.timeout) };
+                self.watch.mark_done();
+                self.watch.flight.dump_saying(&e.to_string());
+                return Err(e);
             }
             std::thread::sleep(Duration::from_micros(200));
         }

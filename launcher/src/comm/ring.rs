@@ -106,7 +106,8 @@ impl TcpRing {
             }
         };
         inp.set_nodelay(true).ok();
-        let flight = FlightRecorder::from_env(rank, world);
+        let flight = FlightRecorder::from_env(rank, world, "ring");
+        flight.answer_requests();
         let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![], flight };
         ring.set_timeout(timeout)?;
         Ok(ring)
@@ -249,7 +250,7 @@ impl Communicator for TcpRing {
 
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let flight = self.flight.clone();
-        flight.record("reduce_scatter", send.len(), || self.reduce_scatter_unrecorded(send, recv))
+        flight.record("reduce_scatter", recv.len(), || self.reduce_scatter_unrecorded(send, recv))
     }
 
     fn flight(&self) -> Option<&FlightRecorder> {

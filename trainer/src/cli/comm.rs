@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use infinity_launcher::comm::flight::{self, Dump, State};
 
@@ -34,13 +34,19 @@ pub fn run(cmd: CommCommand) -> Result<ExitCode> {
 
 fn flight_report(a: &FlightArgs) -> Result<ExitCode> {
     let mut dumps: Vec<Dump> = Vec::new();
+    let mut seen = Vec::new();
     for dir in &a.dirs {
-        if !dir.is_dir() {
+        let real = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
+        if !real.is_dir() {
             bail!("{}: not a folder", dir.display());
         }
-        let (found, unreadable) = flight::read_dumps(dir);
-        for u in unreadable {
-            console!("warning: a flight record that cannot be read: {u}");
+        if seen.contains(&real) {
+            continue; // (one folder given twice)
+        }
+        seen.push(real);
+        let (found, notes) = flight::read_dumps(dir);
+        for n in notes {
+            console!("warning: set aside: {n}");
         }
         for d in found {
             match dumps.iter().any(|k| k.rank == d.rank) {
@@ -77,9 +83,19 @@ fn rank_line(d: &Dump) -> String {
         Some(e) => format!("last completed #{} ({})", e.seq, e.what()),
         None => "no collective completed".to_string(),
     };
-    for e in d.entries.iter().filter(|e| e.state != State::Completed) {
-        let how = if e.state == State::Failed { "failed after" } else { "unfinished after" };
+    // the first one not completed (the one it was in), and how many more it had queued (NCCL)
+    let mut open = d.entries.iter().filter(|e| e.state != State::Completed);
+    if let Some(e) = open.next() {
+        let how = match (e.state, d.backend.as_str()) {
+            (State::Failed, _) => "failed after",
+            (_, "nccl") => "enqueued, unfinished after",
+            _ => "unfinished after",
+        };
         line += &format!("; #{} ({}) {how} {:.0} s", e.seq, e.what(), e.seconds);
+    }
+    let more = open.count();
+    if more > 0 {
+        line += &format!("; {more} more after it not completed");
     }
     line + &format!("; written because: {}", d.reason)
 }

@@ -136,6 +136,7 @@ impl GpuModel {
         ensure!(self.grad_scale == 1.0, "reduce the gradients before clipping them");
         if !self.grads_reduced {
             comm.after(&self.dev.stream)?;
+            tag(comm, "gradients");
             comm.all_reduce_sum_device(&mut self.grads)?;
         }
         collectives_done(comm, &self.dev.stream, "all_reduce")?;
@@ -156,6 +157,7 @@ impl GpuModel {
             self.dev.stream.memcpy_dtod(&part, &mut shard.slice_mut(0..o.range.len()))?;
         } else {
             comm.after(&self.dev.stream)?;
+            tag(comm, "gradients (ZeRO-1 shards)");
             comm.reduce_scatter_sum_device(&self.grads, shard)?;
             collectives_done(comm, &self.dev.stream, "reduce_scatter")?;
         }
@@ -216,6 +218,7 @@ impl GpuModel {
     /// ZeRO-1, after the update: every rank's shard of the parameters to every rank, in place.
     pub fn all_gather_params(&mut self, comm: &mut NcclComm) -> Result<()> {
         comm.after(&self.dev.stream)?;
+        tag(comm, "parameters (ZeRO-1 shards)");
         comm.all_gather_in_place_device(&mut self.params)?;
         collectives_done(comm, &self.dev.stream, "all_gather")
     }
@@ -282,10 +285,14 @@ pub(super) fn reduce_part(
 ) -> Result<()> {
     comm.after(compute)?;
     match shard_part {
-        None => comm.all_reduce_sum_part(grads, range)?,
+        None => {
+            tag(comm, "gradient bucket");
+            comm.all_reduce_sum_part(grads, range)?
+        }
         Some(part) => {
             for owner in range.start / part..range.end.div_ceil(part) {
                 let piece = range.start.max(owner * part)..range.end.min((owner + 1) * part);
+                tag(comm, "gradient bucket (ZeRO-1 shards)");
                 comm.reduce_sum_part(grads, piece, owner)?;
             }
         }
@@ -299,4 +306,11 @@ fn collectives_done(comm: &mut NcclComm, compute: &CudaStream, op: &'static str)
     comm.wait(op)?;
     comm.before(compute)?;
     Ok(())
+}
+
+/// The next collective on `comm` is for `what` (its line in the flight record).
+fn tag(comm: &NcclComm, what: &'static str) {
+    if let Some(f) = comm.flight() {
+        f.tag_next(what);
+    }
 }

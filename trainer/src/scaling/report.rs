@@ -78,9 +78,19 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; COLUMNS.len()] {
 pub(super) fn runs_csv(runs: &[RunRecord], point_of: &PointOf) -> String {
     let mut s = COLUMNS.join(",") + "\n";
     for r in runs {
-        s.push_str(&(row(r, point_of).join(",") + "\n"));
+        let cells: Vec<String> = row(r, point_of).into_iter().map(csv_cell).collect();
+        s.push_str(&(cells.join(",") + "\n"));
     }
     s
+}
+
+/// A CSV cell: quoted (quotes doubled) where it holds a comma, a quote or a line break, as a run's
+/// folder name may.
+fn csv_cell(c: String) -> String {
+    match c.contains([',', '"', '\n', '\r']) {
+        true => format!("\"{}\"", c.replace('"', "\"\"")),
+        false => c,
+    }
 }
 
 pub(super) fn runs_markdown(runs: &[RunRecord], point_of: &PointOf) -> String {
@@ -93,8 +103,10 @@ pub(super) fn runs_markdown(runs: &[RunRecord], point_of: &PointOf) -> String {
         "---|".repeat(COLUMNS.len())
     );
     for r in runs {
-        let cells: Vec<String> =
-            row(r, point_of).into_iter().map(|c| if c.is_empty() { "–".into() } else { c }).collect();
+        let cells: Vec<String> = row(r, point_of)
+            .into_iter()
+            .map(|c| if c.is_empty() { "–".into() } else { c.replace('|', "\\|") })
+            .collect();
         let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     s
@@ -297,5 +309,12 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("nats per bit"), "{md}");
+    }
+
+    #[test]
+    fn a_csv_cell_with_a_comma_or_quote_is_quoted() {
+        assert_eq!(super::csv_cell("w64".into()), "w64");
+        assert_eq!(super::csv_cell("sweep, depth 1/w64".into()), "\"sweep, depth 1/w64\"");
+        assert_eq!(super::csv_cell("a\"b".into()), "\"a\"\"b\"");
     }
 }

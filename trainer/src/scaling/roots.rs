@@ -45,7 +45,10 @@ pub fn roots<P: AsRef<Path>>(dirs: &[P]) -> Result<Vec<Root>> {
         .map(|((_, d), name)| {
             let prefix = match dirs.len() {
                 1 => String::new(),
-                _ if owns.iter().filter(|o| *o == name).count() > 1 => format!("{}/", d.display()),
+                // (the path as given, its `.` and doubled or trailing slashes dropped)
+                _ if owns.iter().filter(|o| *o == name).count() > 1 => {
+                    format!("{}/", d.components().collect::<PathBuf>().display())
+                }
                 _ => format!("{name}/"),
             };
             Root { dir: d.to_path_buf(), prefix }
@@ -70,8 +73,9 @@ mod tests {
         assert_eq!(two[0].name(&p("probe/w64")), "probe/w64");
         assert_eq!(two[1].name(&p("main/w64")), "main/w64");
         // two folders of one name: their paths as given tell them apart
-        let same = roots(&[p("a/sweep"), p("b/sweep"), p("main")]).unwrap();
+        let same = roots(&[p("a/sweep/"), p("b/./sweep"), p("main")]).unwrap();
         assert_eq!(same[0].name(&p("a/sweep/w64")), format!("{}/w64", p("a/sweep").display()));
+        assert_eq!(same[1].name(&p("b/sweep/w64")), format!("{}/w64", p("b/sweep").display()));
         assert_eq!(same[2].name(&p("main/w64")), "main/w64");
     }
 

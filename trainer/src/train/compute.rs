@@ -144,6 +144,7 @@ impl Compute {
     /// buckets (the blocks' and the rest), or none (the gradients are reduced after the backward).
     pub fn overlap_grads(&mut self, dist: &mut Dist, wanted: bool, _bucket_bytes: usize) -> Result<Option<usize>> {
         let can = wanted && self.device_optimizer() && dist.has_nccl();
+        dist.tag("gradient overlap agreement");
         if dist.world == 1 || dist.any(!can)? {
             return Ok(None);
         }
@@ -310,11 +311,17 @@ impl Compute {
                     match (_dist.nccl(), model.is_sharded()) {
                         (Some(comm), true) => model.reduce_scatter_grads(comm)?,
                         (Some(comm), false) => model.reduce_grads_nccl(comm)?,
-                        (None, false) => model.reduce_grads_on_host(|g| _dist.all_reduce_mean(g))?,
+                        (None, false) => model.reduce_grads_on_host(|g| {
+                            _dist.tag("gradients");
+                            _dist.all_reduce_mean(g)
+                        })?,
                         (None, true) => bail!("a ZeRO-1 shard on the device needs the NCCL communicator"),
                     }
                 }
-                model.clip_grads(_max_norm, |sums| _dist.all_reduce_sum(sums))
+                model.clip_grads(_max_norm, |sums| {
+                    _dist.tag("gradient norm");
+                    _dist.all_reduce_sum(sums)
+                })
             }
         }
     }

@@ -131,6 +131,20 @@ impl Dist {
         self.identities.iter().map(|id| id.host.clone()).collect()
     }
 
+    /// The next collective is for `what` (its line in the flight record: launcher/src/comm/flight.rs).
+    pub fn tag(&self, what: &'static str) {
+        if let Some(f) = self.comm.flight() {
+            f.tag_next(what);
+        }
+    }
+
+    /// The collectives from now on are of training step `step` (in the flight record).
+    pub fn at_step(&self, step: u64) {
+        if let Some(f) = self.comm.flight() {
+            f.at_step(step);
+        }
+    }
+
     /// Sum over ranks, in place (the same bytes on every rank).
     pub fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<()> {
         Ok(self.comm.all_reduce_sum(v)?)
@@ -150,6 +164,7 @@ impl Dist {
     pub fn mean_metrics(&mut self, v: &mut [f64]) -> Result<()> {
         if self.world > 1 {
             let mut f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            self.tag("step metrics");
             self.all_reduce_mean(&mut f)?;
             v.iter_mut().zip(&f).for_each(|(a, b)| *a = *b as f64);
         }
@@ -182,7 +197,9 @@ impl Dist {
         false
     }
 
-    pub fn barrier(&mut self) -> Result<()> {
+    /// Every rank waits for the others here; `what` names the barrier in the flight record.
+    pub fn barrier(&mut self, what: &'static str) -> Result<()> {
+        self.tag(what);
         Ok(self.comm.barrier()?)
     }
 
@@ -192,9 +209,12 @@ impl Dist {
     pub fn agree_on_step(&mut self, step: u64) -> Result<()> {
         // two f32 halves carry the step exactly
         let mut at = [(step >> 24) as f32, (step & 0xff_ffff) as f32];
+        self.tag("resume step agreement");
         self.broadcast(&mut at)?;
         let leader = ((at[0] as u64) << 24) | at[1] as u64;
-        if self.any(leader != step)? {
+        let differs = leader != step;
+        self.tag("resume step agreement");
+        if self.any(differs)? {
             let what = match leader == step {
                 true => format!("another rank starts from a different step than rank 0's {leader}"),
                 false => format!("rank {} starts from step {step}, rank 0 from step {leader}", self.rank),
@@ -225,15 +245,18 @@ impl Dist {
         }
         // rank 0's text, a byte per f32 (exact), its length first
         let mut len = [mine.len() as f32];
+        self.tag("config agreement");
         self.broadcast(&mut len)?;
         let mut text: Vec<f32> = match self.is_leader() {
             true => mine.bytes().map(f32::from).collect(),
             false => vec![0.0; len[0] as usize],
         };
+        self.tag("config agreement");
         self.broadcast(&mut text)?;
         let leader = String::from_utf8(text.iter().map(|&b| b as u8).collect()).context("rank 0's config")?;
         let differ = differences(&leader, &mine)?;
         let mut slots = rank_identity::slots(self.rank, self.world, !differ.is_empty(), rank_identity::this_rank());
+        self.tag("config agreement");
         self.all_reduce_sum(&mut slots)?;
         let ranks = rank_identity::from_slots(&slots, self.world);
         let differing: Vec<usize> = (0..self.world).filter(|&r| ranks[r].0).collect();

@@ -147,6 +147,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let spike_limits = SpikeLimits::of(&cfg.optim);
     state.spike_window = Some(SpikeWindow::resumed(state.spike_window.take(), spike_limits.window));
     // every rank starts from rank 0's weights (they agree already; this makes it a guarantee)
+    dist.tag("initial weights");
     dist.broadcast(&mut params.data)?;
     // the optimiser on the device or the host, its whole state or (ZeRO-1) this rank's shard of it
     let sharded = cfg.dist.zero1 && dist.world > 1;
@@ -207,6 +208,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.start_clock();
     let first_step = state.step;
     while state.step < cfg.run.steps {
+        dist.at_step(state.step + 1);
         let t0 = Instant::now();
         let batch = loader.next_batch()?;
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
@@ -354,7 +356,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
         // ---- checkpoint --------------------------------------------------------------------------
         // preemption: every rank learns whether any rank was signalled, so all stop at this step
-        let preempt = dist.any(dist::is_set(&opts.stop))?;
+        let stop = dist::is_set(&opts.stop);
+        dist.tag("stop-signal check");
+        let preempt = dist.any(stop)?;
         if preempt {
             // (before the stop's checkpoint records its summary)
             summary.preempted();
@@ -387,7 +391,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             if !cfg.checkpoint.background {
                 // no rank runs ahead of (or exits before) a checkpoint every rank can resume from
-                dist.barrier()?;
+                dist.barrier("checkpoint barrier")?;
             }
         }
         dist::fault_drill(dist.rank, state.step, dist.attempt);

@@ -237,6 +237,7 @@ pub(crate) fn agree_on_micro_batch(
     // sample: every rank reaches the collective, and every rank stops when one cannot train
     let mut all = vec![0f32; dist.world];
     all[dist.rank] = resolved.as_ref().map_or(0.0, |(b, _)| *b as f32);
+    dist.tag("micro-batch agreement");
     dist.all_reduce_sum(&mut all)?;
     let (mine, line) = resolved?;
     let all: Vec<usize> = all.iter().map(|&b| b as usize).collect();

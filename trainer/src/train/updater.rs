@@ -72,6 +72,7 @@ impl Updater {
                 z.clip(dist, max_norm)
             }
             Updater::Replicated => {
+                dist.tag("gradients");
                 dist.all_reduce_mean(grads)?;
                 Ok(clip_grad_norm(grads, max_norm))
             }

@@ -115,6 +115,7 @@ impl Validator {
             sums[2] += b;
         }
         let mut f: Vec<f32> = sums.iter().map(|&x| x as f32).collect();
+        dist.tag("validation loss");
         dist.all_reduce_sum(&mut f)?;
         let rows = f[2].round() as usize;
         ensure!(rows > 0, "validation: no rows");

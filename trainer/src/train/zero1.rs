@@ -35,6 +35,7 @@ impl Zero1 {
     pub fn reduce_grads(&mut self, dist: &mut Dist, grads: &[f32]) -> Result<()> {
         self.padded[..grads.len()].copy_from_slice(grads);
         self.padded[grads.len()..].iter_mut().for_each(|x| *x = 0.0);
+        dist.tag("gradients (ZeRO-1 shards)");
         dist.reduce_scatter_sum(&self.padded, &mut self.shard)?;
         let inv = 1.0 / dist.world as f32;
         self.shard.iter_mut().for_each(|x| *x *= inv);
@@ -46,6 +47,7 @@ impl Zero1 {
         let local: f64 = self.shard.iter().map(|&g| (g as f64) * (g as f64)).sum();
         // a sum of squares travels as f32 (a few ulps of the norm; the same on every rank)
         let mut total = [local as f32];
+        dist.tag("gradient norm");
         dist.all_reduce_sum(&mut total)?;
         let norm = (total[0] as f64).sqrt();
         if let Some(coef) = crate::optim::clip_coef(norm, max_norm) {
@@ -68,6 +70,7 @@ impl Zero1 {
         self.shard[..part.len()].copy_from_slice(part);
         self.shard[part.len()..].iter_mut().for_each(|x| *x = 0.0);
         let send = std::mem::take(&mut self.shard);
+        dist.tag("parameters (ZeRO-1 shards)");
         let r = dist.all_gather(&send, &mut self.padded);
         self.shard = send;
         r
@@ -88,6 +91,7 @@ pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<
     let mut send = part.to_vec();
     send.resize(shard_len, 0.0);
     let mut whole = vec![0.0; shard_len * dist.world];
+    dist.tag("gathering ZeRO-1 shards");
     dist.all_gather(&send, &mut whole)?;
     whole.truncate(numel);
     Ok(whole)

@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaEvent, CudaStream};
 use cudarc::nccl::{result, sys};
 
-use super::super::flight::FlightRecorder;
+use super::super::flight::{FlightRecorder, ASKED, REQUEST_POLL};
 use super::super::EXIT_COMM_TIMEOUT;
 
 /// How often the watchdog looks at the pending collectives.
 const WATCH_PERIOD: Duration = Duration::from_millis(20);
+
+/// Every how many looks it looks for the launcher's request for the flight record.
+const REQUEST_TICKS: u64 = REQUEST_POLL.as_millis() as u64 / WATCH_PERIOD.as_millis() as u64;
 
 /// The raw communicator, shared with the watchdog. Calls that use `comm` hold `use_lock` for reading
 /// and check `aborted`; an abort takes it for writing, so no call runs on an aborted (freed)
@@ -89,6 +92,18 @@ pub(super) struct Watch {
     pub(super) flight: FlightRecorder,
 }
 
+impl Watch {
+    /// Drop the finished collectives from the front of the queue, marking them so in the flight record.
+    pub(super) fn mark_done(&self) {
+        let mut q = lock(&self.pending);
+        while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
+            if let Some(p) = q.pop_front() {
+                self.flight.end(p.seq, true);
+            }
+        }
+    }
+}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -109,8 +124,16 @@ pub(super) fn watchdog(
         *lock(&watch.failure) = Some(format!("the watchdog cannot bind the CUDA context: {e:?}"));
         return;
     }
+    let mut ticks = 0u64;
     while !watch.stop.load(Ordering::SeqCst) {
         std::thread::sleep(WATCH_PERIOD);
+        ticks += 1;
+        // the launcher asks for the record (another rank's collective timed out): what finished is
+        // marked first, so the record shows where this GPU got to
+        if ticks.is_multiple_of(REQUEST_TICKS) && watch.flight.requested() {
+            watch.mark_done();
+            watch.flight.dump(ASKED);
+        }
         let mut why = handle.async_error().map(|e| format!("NCCL reported an asynchronous error: {e}"));
         let stuck_in_call = lock(&watch.in_call).filter(|(_, since)| since.elapsed() > timeout);
         if let (None, Some((op, since))) = (&why, stuck_in_call) {
@@ -119,13 +142,9 @@ pub(super) fn watchdog(
                 since.elapsed().as_secs_f64()
             ));
         }
+        watch.mark_done();
         {
-            let mut q = lock(&watch.pending);
-            while q.front().is_some_and(|p| p.done.try_is_complete().unwrap_or(false)) {
-                if let Some(p) = q.pop_front() {
-                    watch.flight.end(p.seq, true);
-                }
-            }
+            let q = lock(&watch.pending);
             if let Some(p) = q.front() {
                 if why.is_none() && p.since.elapsed() > timeout {
                     why = Some(format!(
