@@ -695,12 +695,8 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
     let header = infinity_data::manifest::Manifest { shards: vec![], total_rows: 0, ..ds.manifest.clone() };
     let mut w = DatasetWriter::create(&bad, header, WriterOptions::default()).unwrap();
     for g in 0..ds.num_rows() {
-        let r = ds.row(g);
-        let mut latent = r.latent.unwrap().to_vec();
-        latent[10..12].copy_from_slice(&half::f16::NAN.to_le_bytes()); // value 5 of every row
-        let (bits, class_label, caption) = (r.bits.to_vec(), r.class_label, r.caption.map(str::to_string));
-        let text_emb = r.text_emb.map(<[u8]>::to_vec);
-        let row = RowData { id: r.id, bucket: r.bucket, bits, latent: Some(latent), class_label, text_emb, caption };
+        let mut row = RowData::from(ds.row(g));
+        row.latent.as_mut().unwrap()[10..12].copy_from_slice(&half::f16::NAN.to_le_bytes()); // value 5 of every row
         w.push(row).unwrap();
     }
     w.finish().unwrap();

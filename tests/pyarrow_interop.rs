@@ -51,6 +51,8 @@ fn rust_reads_pyarrow_demo(patchify: bool) {
         assert_eq!(row.class_label.unwrap() as i64, want["class_label"].as_i64().unwrap());
         let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, want["text_bf16_hex"].as_str().unwrap(), "row {g}: text embedding");
+        let short = row.text_emb_short.map(|t| t.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(short.as_deref(), want["text_short_bf16_hex"].as_str(), "row {g}: short caption's embedding");
         assert_eq!(row.caption, want["caption"].as_str(), "row {g}: caption");
     }
     let report = infinity_data::inspect::verify(&out);
@@ -90,6 +92,8 @@ fn pyarrow_reads_what_rust_wrote() {
         assert_eq!(py["class_label"].as_i64(), row.class_label.map(i64::from));
         let hex: String = row.text_emb.unwrap().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(py["text_hex"].as_str().unwrap(), hex);
+        let short = row.text_emb_short.map(|t| t.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        assert_eq!(py["text_short_hex"].as_str(), short.as_deref(), "row {g}: short caption's embedding");
         assert_eq!(py["caption"].as_str(), row.caption);
     }
 }

@@ -44,6 +44,9 @@ def read(dir):
                 row["class_label"] = cols["class_label"][i]
             if "text_emb" in cols:
                 row["text_hex"] = cols["text_emb"][i].hex()
+            if "text_emb_short" in cols:
+                short = cols["text_emb_short"][i]
+                row["text_short_hex"] = None if short is None else short.hex()
             if "caption" in cols:
                 row["caption"] = cols["caption"][i]
             rows.append(row)

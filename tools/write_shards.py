@@ -6,7 +6,8 @@ Two entry points:
   python tools/write_shards.py upstream --images DIR --out DIR --vae-ckpt CKPT --t5 PATH [--pn 0.06M]
                                        [--d 32 | --d 14 --spatial-patchify]
       Tokenize images with upstream's BSQ-VAE and flan-t5-xl (needs torch and the upstream Infinity
-      repo on PYTHONPATH; run it from the upstream checkout). Bits are made exactly as upstream's
+      repo on PYTHONPATH; run it from the upstream checkout). NAME.txt beside an image is its caption,
+      NAME.short.txt its short caption (upstream's `text`, for data.short_cap_prob). Bits are made exactly as upstream's
       bitwise self-correction makes its labels with zero flips. --spatial-patchify: the 8B's VAE,
       latents and bits at twice the schedule's sides (model.apply_spatial_patchify).
 
@@ -15,7 +16,7 @@ Two entry points:
       The Rust test suite uses it to prove that Rust reads what pyarrow wrote.
 
 `ShardWriter` is the part to reuse: give it rows of bits `(L, d)` uint8, optional latent `(d, H, W)`,
-class label, text embedding `(n_tokens, width)` and caption; it packs, batches, rolls shards, checksums
+class label, text embedding `(n_tokens, width)`, caption and a short caption's embedding; it packs, batches, rolls shards, checksums
 them (crc32c) and writes manifest.json last.
 """
 import argparse
@@ -58,7 +59,7 @@ def pack_bits(bits: np.ndarray) -> bytes:
 
 class ShardWriter:
     def __init__(self, out, d, schedules, *, latent=False, num_classes=None, class_names=(),
-                 text_width=None, text_dtype="f16", text_max_tokens=512, text_encoder="",
+                 text_width=None, text_dtype="f16", text_max_tokens=512, text_encoder="", short_caption=False,
                  caption=False, tokenizer="bsq-vae", tokenizer_params=None, shard_bytes=256 << 20,
                  batch_rows=1024, created_by="tools/write_shards.py"):
         os.makedirs(out, exist_ok=True)
@@ -74,6 +75,9 @@ class ShardWriter:
             fields.append(pa.field("class_label", pa.int32(), False))
         if text_width is not None:
             fields.append(pa.field("text_emb", pa.binary(), False))
+            if short_caption:
+                # a short caption's embedding beside the long one's; null where a row has none
+                fields.append(pa.field("text_emb_short", pa.binary(), True))
         if caption:
             fields.append(pa.field("caption", pa.string(), True))
         self.schema = pa.schema(fields)
@@ -85,7 +89,8 @@ class ShardWriter:
             "conditions": {
                 "class": None if num_classes is None else {"num_classes": num_classes, "names": list(class_names)},
                 "text": None if text_width is None else {"width": text_width, "dtype": text_dtype,
-                                                         "max_tokens": text_max_tokens, "encoder": text_encoder},
+                                                         "max_tokens": text_max_tokens, "encoder": text_encoder,
+                                                         "short_caption": bool(short_caption)},
                 "caption": caption,
             },
             "latent": {"dtype": "f16", "layout": "d,H,W"} if latent else None,
@@ -95,7 +100,7 @@ class ShardWriter:
         self.writer = None
         self.shard = None
 
-    def add(self, id, bucket, bits, latent=None, class_label=None, text_emb=None, caption=None):
+    def add(self, id, bucket, bits, latent=None, class_label=None, text_emb=None, caption=None, text_emb_short=None):
         s = self.schedules[bucket]
         L = sum(t * h * w for t, h, w in s["scales"])
         assert bits.shape == (L, self.d), f"row {id}: bits {bits.shape}, schedule {s['name']} needs {(L, self.d)}"
@@ -108,6 +113,9 @@ class ShardWriter:
             row["class_label"] = int(class_label)
         if "text_emb" in self.cols:
             row["text_emb"] = to_half_bytes(np.asarray(text_emb, dtype=np.float32), self.manifest["conditions"]["text"]["dtype"])
+        if "text_emb_short" in self.cols:
+            row["text_emb_short"] = None if text_emb_short is None else to_half_bytes(
+                np.asarray(text_emb_short, dtype=np.float32), self.manifest["conditions"]["text"]["dtype"])
         if "caption" in self.cols:
             row["caption"] = caption
         if self.writer is None:
@@ -228,7 +236,7 @@ def demo(out, rows, d, seed, spatial_patchify=False):
     if spatial_patchify:
         schedules = [patchified(s) for s in schedules]
     w = ShardWriter(out, d, schedules, latent=True, num_classes=7, text_width=5, text_dtype="bf16",
-                    text_max_tokens=4, text_encoder="random", caption=True, tokenizer="demo-random",
+                    text_max_tokens=4, text_encoder="random", short_caption=True, caption=True, tokenizer="demo-random",
                     shard_bytes=4096, batch_rows=5, created_by="tools/write_shards.py demo")
     expected = []
     for i in range(rows):
@@ -242,11 +250,13 @@ def demo(out, rows, d, seed, spatial_patchify=False):
         n_text = int(rng.integers(1, 5))
         text = rng.uniform(-1, 1, size=(n_text, 5)).astype(np.float32)
         caption = None if i % 4 == 0 else f"row {i}: ünïcode ✓"
+        short = None if i % 3 == 0 else rng.uniform(-1, 1, size=(1 + i % 2, 5)).astype(np.float32)
         label = int(rng.integers(0, 7))
-        w.add(10_000 + i, b, bits, latent, label, text, caption)
+        w.add(10_000 + i, b, bits, latent, label, text, caption, short)
         expected.append({"id": 10_000 + i, "bucket": b, "bits": bits.flatten().tolist(),
                          "latent": latent.astype(np.float32).flatten().tolist(), "class_label": label,
-                         "text_bf16_hex": to_half_bytes(text, "bf16").hex(), "caption": caption})
+                         "text_bf16_hex": to_half_bytes(text, "bf16").hex(), "caption": caption,
+                         "text_short_bf16_hex": None if short is None else to_half_bytes(short, "bf16").hex()})
     w.close()
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)
@@ -292,9 +302,20 @@ def upstream(args):
     if args.spatial_patchify:
         schedules, stride = [patchified(s) for s in schedules], 8
     files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    stem = lambda name: os.path.join(args.images, os.path.splitext(name)[0])
+    # upstream's `text` beside `long_caption`: NAME.short.txt, read in training with data.short_cap_prob
+    short_captions = any(os.path.exists(stem(n) + ".short.txt") for n in files)
+
+    def encode(caption):
+        tok = text_tokenizer(text=[caption], max_length=512, padding="max_length", truncation=True,
+                             return_tensors="pt")
+        mask = tok.attention_mask.to(text_encoder.device)
+        feats = text_encoder(input_ids=tok.input_ids.to(text_encoder.device), attention_mask=mask)
+        return feats["last_hidden_state"].float()[0, : int(mask.sum())].cpu().numpy()
+
     # T5 runs in fp16 (upstream's load_tokenizer): f16 stores its outputs exactly, bf16 would drop 3 bits
     w = ShardWriter(args.out, args.d, schedules, latent=True, text_width=2048, text_dtype="f16",
-                    text_max_tokens=512, text_encoder="flan-t5-xl", caption=True,
+                    text_max_tokens=512, text_encoder="flan-t5-xl", short_caption=short_captions, caption=True,
                     tokenizer=f"bsq-vae-d{args.d}", tokenizer_params={"ckpt": os.path.basename(args.vae_ckpt)},
                     created_by="tools/write_shards.py upstream")
     for i, name in enumerate(files):
@@ -302,20 +323,16 @@ def upstream(args):
         b = int(np.argmin([abs(img.height / img.width - float(t)) for t in templates]))
         _, H, W = schedules[b]["scales"][-1]
         x = transform(img, H * stride, W * stride).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
-        caption_path = os.path.join(args.images, os.path.splitext(name)[0] + ".txt")
-        caption = open(caption_path).read().strip() if os.path.exists(caption_path) else ""
+        read = lambda p: open(p).read().strip() if os.path.exists(p) else None
+        caption, short = read(stem(name) + ".txt") or "", read(stem(name) + ".short.txt")
         with torch.no_grad():
             raw = vae.encode_for_raw_features(x, scale_schedule=schedules[b]["scales"])[0].float()
             if raw.dim() == 4:
                 raw = raw.unsqueeze(2)  # (1, d, 1, H, W)
-            tok = text_tokenizer(text=[caption], max_length=512, padding="max_length", truncation=True,
-                                 return_tensors="pt")
-            mask = tok.attention_mask.to(text_encoder.device)
-            feats = text_encoder(input_ids=tok.input_ids.to(text_encoder.device), attention_mask=mask)
-            feats = feats["last_hidden_state"].float()[0, : int(mask.sum())]
+            feats, short_feats = encode(caption), None if short is None else encode(short)
         raw16 = raw.half().float()  # store f16 and derive the bits from what is stored
         w.add(i, b, multiscale_bits(raw16, schedules[b]["scales"]), raw16[0, :, 0].cpu().numpy(),
-              text_emb=feats.cpu().numpy(), caption=caption)
+              text_emb=feats, caption=caption, text_emb_short=short_feats)
     print(json.dumps(w.close()["total_rows"]), "rows written to", args.out)
 
 

@@ -10,9 +10,11 @@
 //! | `latent`      | binary  | no*  | f16 little-endian `[d, H, W]`, `(H, W)` = last scale                |
 //! | `class_label` | int32   | no*  | class id in `[0, num_classes)`                                      |
 //! | `text_emb`    | binary  | no*  | f16 or bf16 little-endian `[n_tokens, text_width]`, `n_tokens ≥ 1`  |
+//! | `text_emb_short` | binary | yes* | the same for the image's short caption; null: the row has none     |
 //! | `caption`     | utf8    | yes  | the caption the text embedding was made from                        |
 //!
-//! `*` the column exists only when the manifest declares it, and then every row has a value.
+//! `*` the column exists only when the manifest declares it (`text_emb_short`: `conditions.text.short_caption`),
+//! and then every row has a value (`text_emb_short`: or a null).
 //!
 //! Bit order: tokens are stored scale after scale, each scale row-major `(y, x)`; token `t` occupies
 //! bytes `[t·nb, (t+1)·nb)` with `nb = ⌈d/8⌉`; bit `i` of a token (latent channel `i`, 1 = code `+1/√d`)
@@ -30,6 +32,7 @@ pub const COL_BITS: &str = "bits";
 pub const COL_LATENT: &str = "latent";
 pub const COL_CLASS: &str = "class_label";
 pub const COL_TEXT: &str = "text_emb";
+pub const COL_TEXT_SHORT: &str = "text_emb_short";
 pub const COL_CAPTION: &str = "caption";
 
 /// Which optional columns a dataset has.
@@ -38,6 +41,8 @@ pub struct Columns {
     pub latent: bool,
     pub class_label: bool,
     pub text_emb: bool,
+    /// A second text embedding per row, of a short caption (upstream's `text` beside `long_caption`).
+    pub text_emb_short: bool,
     pub caption: bool,
 }
 
@@ -56,6 +61,9 @@ pub fn schema(cols: Columns) -> Schema {
     }
     if cols.text_emb {
         fields.push(Field::new(COL_TEXT, DataType::Binary, false));
+    }
+    if cols.text_emb_short {
+        fields.push(Field::new(COL_TEXT_SHORT, DataType::Binary, true));
     }
     if cols.caption {
         fields.push(Field::new(COL_CAPTION, DataType::Utf8, true));

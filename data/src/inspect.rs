@@ -28,7 +28,9 @@ pub fn inspect(dir: &Path) -> Result<String> {
         let _ = writeln!(s, "class        {} classes", c.num_classes);
     }
     if let Some(t) = &m.conditions.text {
-        let _ = writeln!(s, "text         width {}, {:?}, ≤ {} tokens, {}", t.width, t.dtype, t.max_tokens, t.encoder);
+        let short = if t.short_caption { ", short captions too" } else { "" };
+        let (w, dtype, max, enc) = (t.width, t.dtype, t.max_tokens, &t.encoder);
+        let _ = writeln!(s, "text         width {w}, {dtype:?}, ≤ {max} tokens, {enc}{short}");
     }
     let _ = writeln!(s, "caption      {}", if m.conditions.caption { "yes" } else { "no" });
     let _ = writeln!(
@@ -75,7 +77,13 @@ pub fn inspect(dir: &Path) -> Result<String> {
 /// column marked where the manifest expects another type or no such column.
 fn write_schema(s: &mut String, dir: &Path, m: &Manifest) {
     let expected = format::schema(m.columns());
-    let all = format::schema(format::Columns { latent: true, class_label: true, text_emb: true, caption: true });
+    let all = format::schema(format::Columns {
+        latent: true,
+        class_label: true,
+        text_emb: true,
+        text_emb_short: true,
+        caption: true,
+    });
     let Some(first) = m.shards.first() else {
         let _ = writeln!(s, "arrow schema (no shards; the manifest's columns)");
         for f in expected.fields() {

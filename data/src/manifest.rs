@@ -95,6 +95,10 @@ pub struct TextInfo {
     pub max_tokens: u32,
     /// What made the embeddings.
     pub encoder: String,
+    /// Rows may carry a short caption's embedding too (`text_emb_short`, null where a row has none),
+    /// which training takes instead of the long one with probability `data.short_cap_prob`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_caption: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,6 +129,7 @@ impl Manifest {
             latent: self.latent.is_some(),
             class_label: self.conditions.class.is_some(),
             text_emb: self.conditions.text.is_some(),
+            text_emb_short: self.conditions.text.as_ref().is_some_and(|t| t.short_caption),
             caption: self.conditions.caption,
         }
     }

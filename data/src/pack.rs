@@ -256,6 +256,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
             latent: Some(latent),
             class_label: Some(e.label),
             text_emb: None,
+            text_emb_short: None,
             caption: if has_caption { e.caption.clone() } else { None },
         }))
     };

@@ -34,6 +34,7 @@ struct BatchColumns {
     latent: Option<BinaryArray>,
     class_label: Option<Int32Array>,
     text_emb: Option<BinaryArray>,
+    text_emb_short: Option<BinaryArray>,
     caption: Option<StringArray>,
 }
 
@@ -60,6 +61,8 @@ pub struct RowRef<'a> {
     pub class_label: Option<i32>,
     /// f16/bf16 little-endian `[n_tokens, width]`.
     pub text_emb: Option<&'a [u8]>,
+    /// The same for the short caption, where the row has one.
+    pub text_emb_short: Option<&'a [u8]>,
     pub caption: Option<&'a str>,
 }
 
@@ -125,6 +128,7 @@ impl Shard {
             latent: c.latent.as_ref().map(|a| a.value(r)),
             class_label: c.class_label.as_ref().map(|a| a.value(r)),
             text_emb: c.text_emb.as_ref().map(|a| a.value(r)),
+            text_emb_short: c.text_emb_short.as_ref().and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
             caption: c.caption.as_ref().and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
         }
     }
@@ -195,15 +199,18 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
             return fail(format::COL_CLASS, format!("a class in [0, {})", info.num_classes), c.to_string());
         }
     }
-    if let (Some(t), Some(info)) = (row.text_emb, &m.conditions.text) {
-        let tok = info.width as usize * 2;
-        let n = t.len() / tok;
-        if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
-            return fail(
-                format::COL_TEXT,
-                format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
-                format!("{} bytes", t.len()),
-            );
+    if let Some(info) = &m.conditions.text {
+        for (column, t) in [(format::COL_TEXT, row.text_emb), (format::COL_TEXT_SHORT, row.text_emb_short)] {
+            let Some(t) = t else { continue };
+            let tok = info.width as usize * 2;
+            let n = t.len() / tok;
+            if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
+                return fail(
+                    column,
+                    format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
+                    format!("{} bytes", t.len()),
+                );
+            }
         }
     }
     Ok(())
@@ -221,7 +228,10 @@ pub fn non_finite(row: &RowRef, m: &Manifest) -> Option<(&'static str, usize)> {
         return Some((format::COL_LATENT, i));
     }
     let bf16 = m.conditions.text.as_ref().is_some_and(|t| t.dtype == crate::manifest::TextDtype::Bf16);
-    row.text_emb.and_then(|t| first(t, if bf16 { 0x7f80 } else { 0x7c00 })).map(|i| (format::COL_TEXT, i))
+    let exponent = if bf16 { 0x7f80 } else { 0x7c00 };
+    [(format::COL_TEXT, row.text_emb), (format::COL_TEXT_SHORT, row.text_emb_short)]
+        .into_iter()
+        .find_map(|(column, t)| t.and_then(|t| first(t, exponent)).map(|i| (column, i)))
 }
 
 /// The Arrow schema a shard file declares in its footer, as written (not checked against a manifest):
@@ -408,6 +418,7 @@ impl BatchColumns {
         unexpected(format::COL_LATENT, want.latent)?;
         unexpected(format::COL_CLASS, want.class_label)?;
         unexpected(format::COL_TEXT, want.text_emb)?;
+        unexpected(format::COL_TEXT_SHORT, want.text_emb_short)?;
         unexpected(format::COL_CAPTION, want.caption)?;
         Ok(BatchColumns {
             id: column(path, batch, format::COL_ID, DataType::UInt64, false)?,
@@ -424,6 +435,10 @@ impl BatchColumns {
             text_emb: want
                 .text_emb
                 .then(|| column(path, batch, format::COL_TEXT, DataType::Binary, false))
+                .transpose()?,
+            text_emb_short: want
+                .text_emb_short
+                .then(|| column(path, batch, format::COL_TEXT_SHORT, DataType::Binary, true))
                 .transpose()?,
             caption: want
                 .caption

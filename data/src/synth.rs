@@ -6,7 +6,7 @@
 //! size (2), position (3×3 grid of regions). The class is shape × colour (24 classes, like VAR's class
 //! conditioning); the caption is a variable-length sequence of words ("a large red circle top left",
 //! size and position sometimes left out) whose text embedding is one fixed vector per word plus a small
-//! positional term, so text conditioning can be learned.
+//! positional term, so text conditioning can be learned. Each row has a short caption too ("a red circle").
 
 use std::path::Path;
 
@@ -108,6 +108,12 @@ impl Sample {
 
     pub fn caption(&self) -> String {
         self.words.join(" ")
+    }
+
+    /// The short caption: "a red circle", the size and the position left out (upstream's datasets pair
+    /// a long caption with a short one, `text`).
+    pub fn short_words(&self) -> [&'static str; 3] {
+        ["a", COLOURS[self.colour].0, SHAPES[self.shape]]
     }
 
     /// Draw the attributes of row `id`.
@@ -295,6 +301,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
                 dtype: TextDtype::F16,
                 max_tokens: 8,
                 encoder: text_encoder_name(),
+                short_caption: true,
             }),
             caption: true,
         },
@@ -318,6 +325,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
             latent: Some(latent),
             class_label: Some(s.class_label()),
             text_emb: Some(embed_caption(&s.words, opts.text_width)),
+            text_emb_short: Some(embed_caption(&s.short_words(), opts.text_width)),
             caption: Some(s.caption()),
         }))
     };

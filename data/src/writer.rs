@@ -29,7 +29,25 @@ pub struct RowData {
     pub class_label: Option<i32>,
     /// f16/bf16 little-endian `[n_tokens, width]`.
     pub text_emb: Option<Vec<u8>>,
+    /// The same for the short caption (none: the row has no short caption).
+    pub text_emb_short: Option<Vec<u8>>,
     pub caption: Option<String>,
+}
+
+impl From<RowRef<'_>> for RowData {
+    /// A row read, owned (to write it again, edited).
+    fn from(r: RowRef<'_>) -> RowData {
+        RowData {
+            id: r.id,
+            bucket: r.bucket,
+            bits: r.bits.to_vec(),
+            latent: r.latent.map(<[u8]>::to_vec),
+            class_label: r.class_label,
+            text_emb: r.text_emb.map(<[u8]>::to_vec),
+            text_emb_short: r.text_emb_short.map(<[u8]>::to_vec),
+            caption: r.caption.map(str::to_owned),
+        }
+    }
 }
 
 /// Knobs of the writer.
@@ -64,6 +82,7 @@ struct Builders {
     latent: BinaryBuilder,
     class_label: Int32Builder,
     text_emb: BinaryBuilder,
+    text_emb_short: BinaryBuilder,
     caption: StringBuilder,
     rows: usize,
 }
@@ -118,6 +137,14 @@ impl DatasetWriter {
                 return Err(DataError::Config(format!("row id {}: the manifest {m} `{column}`, the row {r}", row.id)));
             }
         }
+        // (a short caption is optional per row, but only where the manifest declares the column)
+        if row.text_emb_short.is_some() && !c.text_emb_short {
+            return Err(DataError::Config(format!(
+                "row id {}: the row has a `{}` the manifest does not declare (conditions.text.short_caption)",
+                row.id,
+                format::COL_TEXT_SHORT
+            )));
+        }
         let view = RowRef {
             id: row.id,
             bucket: row.bucket,
@@ -125,6 +152,7 @@ impl DatasetWriter {
             latent: row.latent.as_deref(),
             class_label: row.class_label,
             text_emb: row.text_emb.as_deref(),
+            text_emb_short: row.text_emb_short.as_deref(),
             caption: row.caption.as_deref(),
         };
         check_row(&view, &self.manifest).map_err(|p| {
@@ -134,8 +162,12 @@ impl DatasetWriter {
             ))
         })?;
         let b = &mut self.builders;
-        let bytes =
-            row.bits.len() + row.latent.as_ref().map_or(0, Vec::len) + row.text_emb.as_ref().map_or(0, Vec::len) + 16;
+        let bytes = [&row.latent, &row.text_emb, &row.text_emb_short]
+            .iter()
+            .map(|v| v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+            + row.bits.len()
+            + 16;
         b.id.append_value(row.id);
         b.bucket.append_value(row.bucket);
         b.bits.append_value(&row.bits);
@@ -147,6 +179,9 @@ impl DatasetWriter {
         }
         if let Some(v) = &row.text_emb {
             b.text_emb.append_value(v);
+        }
+        if c.text_emb_short {
+            b.text_emb_short.append_option(row.text_emb_short.as_deref());
         }
         if c.caption {
             b.caption.append_option(row.caption.as_deref());
@@ -295,6 +330,7 @@ impl Builders {
             latent: BinaryBuilder::new(),
             class_label: Int32Builder::new(),
             text_emb: BinaryBuilder::new(),
+            text_emb_short: BinaryBuilder::new(),
             caption: StringBuilder::new(),
             rows: 0,
         }
@@ -313,6 +349,9 @@ impl Builders {
         }
         if c.text_emb {
             cols.push(Arc::new(self.text_emb.finish()));
+        }
+        if c.text_emb_short {
+            cols.push(Arc::new(self.text_emb_short.finish()));
         }
         if c.caption {
             cols.push(Arc::new(self.caption.finish()));

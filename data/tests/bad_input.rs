@@ -94,6 +94,10 @@ fn basic_columns(bits: Vec<&[u8]>) -> Vec<(&'static str, ArrayRef)> {
         ("latent", Arc::new(BinaryArray::from(vec![latent.as_slice(); n]))),
         ("class_label", Arc::new(Int32Array::from(vec![1; n]))),
         ("text_emb", Arc::new(BinaryArray::from(vec![text.as_slice(); n]))),
+        (
+            "text_emb_short",
+            Arc::new(BinaryArray::from_opt_vec((0..n).map(|i| (i % 2 == 1).then_some(text.as_slice())).collect())),
+        ),
         ("caption", Arc::new(arrow_array::StringArray::from(vec![Some("c"); n]))),
     ]
 }
@@ -234,7 +238,9 @@ fn manifest_unknown_key_wrong_type_and_version_are_named() {
 
 #[test]
 fn verify_lists_every_problem() {
-    let (dir, m) = dataset(40);
+    let (dir, m) = dataset(60);
+    assert!(m.shards.len() >= 3, "{:?}", m.shards);
+    eprintln!("DBG {:?}", m.shards);
     for i in [0, 2] {
         let p = dir.path().join(&m.shards[i].file);
         let mut b = std::fs::read(&p).unwrap();
@@ -269,13 +275,17 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     cols[0] = ("id", Arc::new(UInt64Array::from(vec![7u64, 8, 9, 7])));
     cols[3] =
         ("latent", Arc::new(BinaryArray::from(rows.iter().map(|r| r.latent.as_deref().unwrap()).collect::<Vec<_>>())));
+    // a short caption's embedding with an infinity (bf16) at its second value, row 3
+    let mut short = vec![0u8; common::TEXT_WIDTH * 2];
+    short[2..4].copy_from_slice(&half::bf16::INFINITY.to_le_bytes());
+    cols[6] = ("text_emb_short", Arc::new(BinaryArray::from_opt_vec(vec![None, None, None, Some(short.as_slice())])));
     assert_eq!(rows[0].bits.len(), l * 2);
     assert_eq!(rows[0].latent.as_ref().unwrap().len(), common::D * h * w * 2);
     replace_shard0(dir.path(), &mut m, cols);
 
     let r = infinity_data::inspect::verify(dir.path());
     let all = r.problems.join("\n");
-    assert_eq!(r.problems.len(), 3, "{all}");
+    assert_eq!(r.problems.len(), 4, "{all}");
     assert!(all.contains("id 7 appears twice: shard-00000.arrow row 0 and shard-00000.arrow row 3"), "{all}");
     assert!(all.contains("row 2 (id 9): 1 bits differ from the multi-scale BSQ of the stored latent"), "{all}");
     assert!(all.contains("token 0, bit 0"), "{all}");
@@ -283,6 +293,8 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
         all.contains("row 1 (id 8), column `latent`: expected finite values, found a NaN or an infinity at value 5"),
         "{all}"
     );
+    let short = "row 3 (id 7), column `text_emb_short`: expected finite values, found a NaN or an infinity at value 1";
+    assert!(all.contains(short), "{all}");
 }
 
 /// Past 20 problems of a kind, verify lists 20, notes the rest and counts them all.

@@ -191,6 +191,9 @@ fn batch_accessors_decode_what_was_written() {
         let text = b.text_f32(i, common::TEXT_WIDTH, infinity_data::manifest::TextDtype::Bf16).unwrap();
         assert_eq!(text.len(), (cu[i + 1] - cu[i]) as usize * common::TEXT_WIDTH);
         assert_eq!(text.len() * 2, want.text_emb.as_ref().unwrap().len());
+        let short = b.text_short_f32(i, common::TEXT_WIDTH, infinity_data::manifest::TextDtype::Bf16);
+        let bf16 = |b: &Vec<u8>| b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+        assert_eq!(short, want.text_emb_short.as_ref().map(bf16), "row {id}");
         assert_eq!(b.captions.as_ref().unwrap()[i], want.caption);
     }
 }

@@ -20,6 +20,7 @@ fn every_row_reads_back_bit_exact_across_shards() {
         assert_eq!(got.latent, want.latent.as_deref());
         assert_eq!(got.class_label, want.class_label);
         assert_eq!(got.text_emb, want.text_emb.as_deref());
+        assert_eq!(got.text_emb_short, want.text_emb_short.as_deref());
         assert_eq!(got.caption, want.caption.as_deref());
     }
     let per_bucket: Vec<usize> = ds.rows_by_bucket().iter().map(Vec::len).collect();
@@ -50,12 +51,24 @@ fn writer_refuses_to_overwrite_without_the_flag_and_rejects_bad_rows() {
     assert!(e.to_string().contains("already holds a dataset"), "{e}");
 
     let opts = infinity_data::writer::WriterOptions { overwrite: true, ..Default::default() };
-    let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), opts).unwrap();
+    let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), opts.clone()).unwrap();
     let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(0);
     let mut row = common::random_row(&common::manifest(), 9, &mut rng);
     row.bits.pop();
     let e = w.push(row).unwrap_err().to_string();
     assert!(e.contains("row id 9") && e.contains("`bits`"), "{e}");
+
+    // a short caption's embedding is checked like the long one's, and needs the manifest to declare it
+    let mut row = common::random_row(&common::manifest(), 10, &mut rng);
+    row.text_emb_short.as_mut().unwrap().push(0);
+    let e = w.push(row.clone()).unwrap_err().to_string();
+    assert!(e.contains("row id 10") && e.contains("`text_emb_short`") && e.contains("tokens × width 6"), "{e}");
+    let mut m = common::manifest();
+    m.conditions.text.as_mut().unwrap().short_caption = false;
+    let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), m, opts).unwrap();
+    row.text_emb_short.as_mut().unwrap().pop();
+    let e = w.push(row).unwrap_err().to_string();
+    assert!(e.contains("row id 10") && e.contains("conditions.text.short_caption"), "{e}");
 }
 
 /// A writer interrupted before its manifest leaves shards behind; a new dataset in that folder must not
@@ -99,4 +112,19 @@ fn a_new_dataset_clears_the_shards_of_an_unfinished_or_replaced_one() {
     write(dir.path(), 5, true).unwrap();
     assert!(!dir.path().join("part-0.ipc").exists());
     assert!(infinity_data::inspect::verify(dir.path()).problems.is_empty());
+}
+
+/// A manifest written before short captions (no `short_caption` key) reads as one without them, and
+/// one without them is written as before.
+#[test]
+fn manifests_without_short_captions_read_and_write_as_before() {
+    let mut m = common::manifest();
+    m.conditions.text.as_mut().unwrap().short_caption = false;
+    let json = serde_json::to_string(&m).unwrap();
+    assert!(!json.contains("short_caption"), "{json}");
+    let back: infinity_data::Manifest = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, m);
+    assert!(!back.columns().text_emb_short);
+    m.conditions.text.as_mut().unwrap().short_caption = true;
+    assert!(serde_json::to_string(&m).unwrap().contains("\"short_caption\":true"));
 }

@@ -46,6 +46,8 @@ drop_path_rate = 0.2
 dir = "{}"
 global_batch = 16
 micro_batch = 4
+# the short captions too, drawn per sample id as the drop path
+short_cap_prob = 0.5
 [optim]
 lr = 2e-3
 decay = {{ kind = "cosine", min_ratio = 0.1 }}

@@ -14,11 +14,13 @@ fn dataset(dir: &Path) {
     common::tiny_dataset(dir, 96);
 }
 
-/// [`common::tiny_config`] with two micro-batches a step, drop path in the second block, and sample grids
-/// at steps 3 and 6 (sampling inside the loop must not disturb resumption).
+/// [`common::tiny_config`] with two micro-batches a step, drop path in the second block, sample grids
+/// at steps 3 and 6 (sampling inside the loop must not disturb resumption), and for a text model the
+/// short captions half of the time.
 fn config(data: &Path, run: PathBuf, conditioning: &str) -> TrainConfig {
     let mut c = common::tiny_config(data, run);
     (c.model.conditioning, c.model.drop_path_rate) = (conditioning.into(), Some(0.2));
+    c.data.short_cap_prob = if conditioning == "text" { 0.5 } else { 0.0 };
     (c.data.micro_batch, c.sample.every) = (MicroBatchSize::Samples(4), 3);
     c
 }
@@ -379,6 +381,7 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("run.log_every=0", "run.log_every must be at least 1"),
         ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),
         ("sample.top_p=1.5", "sample.top_p must be in [0, 1] (0 or 1: no filtering), found 1.5"),
+        ("data.short_cap_prob=-0.5", "data.short_cap_prob must be in [0, 1], found -0.5"),
         // a message about two keys names the source of the one overridden
         ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) and data.micro_batch (3): the global"),
     ] {

@@ -35,16 +35,7 @@ fn rewrite(src: &Path, dst: &Path, header: impl Fn(&mut Manifest), row: impl Fn(
     header(&mut h);
     let mut w = DatasetWriter::create(dst, h, WriterOptions { overwrite: true, ..Default::default() }).unwrap();
     for g in 0..ds.num_rows() {
-        let r = ds.row(g);
-        let mut data = RowData {
-            id: r.id,
-            bucket: r.bucket,
-            bits: r.bits.to_vec(),
-            latent: r.latent.map(<[u8]>::to_vec),
-            class_label: r.class_label,
-            text_emb: r.text_emb.map(<[u8]>::to_vec),
-            caption: r.caption.map(str::to_owned),
-        };
+        let mut data = RowData::from(ds.row(g));
         if row(g, &mut data) {
             w.push(data).unwrap();
         }

@@ -9,7 +9,8 @@ use crate::format;
 use crate::manifest::TextDtype;
 
 /// Dims legend: `B` rows in this batch (the rank's share), `L` tokens of the bucket's schedule,
-/// `nb = ⌈d/8⌉`, `(H, W)` the last scale, `T` text tokens of all rows, `Ct` text width.
+/// `nb = ⌈d/8⌉`, `(H, W)` the last scale, `T` text tokens of all rows, `Ct` text width, `Ts` short-caption
+/// text tokens of all rows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     /// Absolute global batch number (epoch · batches_per_epoch + batch in epoch).
@@ -29,6 +30,10 @@ pub struct Batch {
     pub text_emb: Option<Vec<u8>>,
     /// `[B + 1]` cumulative text token counts (upstream `cu_seqlens_k`).
     pub text_cu_seqlens: Option<Vec<u32>>,
+    /// `[Ts, Ct]` the short captions' embeddings, packed likewise (a row without one has no tokens).
+    pub text_emb_short: Option<Vec<u8>>,
+    /// `[B + 1]` their cumulative token counts.
+    pub text_short_cu_seqlens: Option<Vec<u32>>,
     /// `[B]`
     pub captions: Option<Vec<Option<String>>>,
     /// Rows of this rank's slice left out because they were bad (only with `BadRows::Skip`).
@@ -63,6 +68,13 @@ impl Batch {
     pub fn text_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
         let (emb, cu) = (self.text_emb.as_ref()?, self.text_cu_seqlens.as_ref()?);
         Some(dtype.to_f32(&emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2]))
+    }
+
+    /// Short-caption text embedding `[n_tokens, Ct]` of row `i` as f32, where the row has one.
+    pub fn text_short_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
+        let (emb, cu) = (self.text_emb_short.as_ref()?, self.text_short_cu_seqlens.as_ref()?);
+        let (a, b) = (cu[i] as usize, cu[i + 1] as usize);
+        (b > a).then(|| dtype.to_f32(&emb[a * width * 2..b * width * 2]))
     }
 }
 
@@ -99,12 +111,15 @@ pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Op
             })
             .unwrap_or_default()
     });
-    b.text_emb = c.text_emb.then(|| {
-        let mut v = b.text_emb.take().unwrap_or_default();
+    let emptied = |v: Option<Vec<u8>>| {
+        let mut v = v.unwrap_or_default();
         v.clear();
         v
-    });
+    };
+    b.text_emb = c.text_emb.then(|| emptied(b.text_emb.take()));
     b.text_cu_seqlens = c.text_emb.then(|| vec![0]);
+    b.text_emb_short = c.text_emb_short.then(|| emptied(b.text_emb_short.take()));
+    b.text_short_cu_seqlens = c.text_emb_short.then(|| vec![0]);
     b.captions = c.caption.then(Vec::new);
     for &g in rows {
         if let Err(e) = ds.validate_row(g) {
@@ -132,6 +147,11 @@ pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Op
             dst.push(src);
         }
         if let (Some(dst), Some(cu), Some(src)) = (&mut b.text_emb, &mut b.text_cu_seqlens, row.text_emb) {
+            dst.extend_from_slice(src);
+            cu.push(cu.last().unwrap() + (src.len() / width) as u32);
+        }
+        if let (Some(dst), Some(cu)) = (&mut b.text_emb_short, &mut b.text_short_cu_seqlens) {
+            let src = row.text_emb_short.unwrap_or_default();
             dst.extend_from_slice(src);
             cu.push(cu.last().unwrap() + (src.len() / width) as u32);
         }

@@ -29,6 +29,7 @@ pub fn manifest() -> Manifest {
                 dtype: TextDtype::Bf16,
                 max_tokens: 5,
                 encoder: "test".into(),
+                short_caption: true,
             }),
             caption: true,
         },
@@ -53,9 +54,14 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
     format::pack_bits(&bits, d, &mut packed);
     let latent = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let n_text = rng.random_range(1..=5);
-    let text = (0..n_text * TEXT_WIDTH)
-        .flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
-        .collect();
+    let mut text_of = |n_tokens: usize| -> Vec<u8> {
+        (0..n_tokens * TEXT_WIDTH)
+            .flat_map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_le_bytes())
+            .collect()
+    };
+    let text = text_of(n_text);
+    // (every fourth row without a short caption: the column's nulls)
+    let text_short = (!id.is_multiple_of(4)).then(|| text_of(1 + id as usize % 3));
     RowData {
         id,
         bucket,
@@ -63,6 +69,7 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
         latent: Some(latent),
         class_label: Some(rng.random_range(0..10)),
         text_emb: Some(text),
+        text_emb_short: text_short,
         caption: if id.is_multiple_of(3) { None } else { Some(format!("caption of row {id} ✓")) },
     }
 }

@@ -362,7 +362,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
                 console_err!("[launch] {why}: the ranks checkpointed; regrouping (not a restart)");
             }
             Outcome::Failed { mut report, permanent, local, node } => {
-                let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
+                let dir = p.attempt_dir(&a.log_dir, g.round);
                 // a restart meets in the store: with its host gone (node 0's agent; an elastic group's
                 // agent at --rdzv) none can, and only the whole job started again goes on
                 let lost = match (permanent, &server) {

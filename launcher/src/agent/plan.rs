@@ -26,6 +26,14 @@ pub(super) struct Plan {
     pub(super) set_aside: Vec<String>,
 }
 
+impl Plan {
+    /// The folder of attempt `round`'s logs, failure reports and flight records:
+    /// `LOG_DIR/RUN_ID/attempt_K`.
+    pub(super) fn attempt_dir(&self, log_dir: &std::path::Path, round: u32) -> std::path::PathBuf {
+        log_dir.join(&self.run_id).join(format!("attempt_{round}"))
+    }
+}
+
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
     let p = plan_with(a, |k| std::env::var(k).ok())?;
     // (the command line is checked, then planned again to run: one line)

@@ -96,7 +96,7 @@ pub(super) async fn drain(ranks: &mut [Rank], within: Duration) {
 /// Start this node's ranks of attempt `g.round` (global ranks node_rank · nproc_per_node + local).
 pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, port: u16) -> Result<Vec<Rank>> {
     let (attempt, world) = (g.round, g.nnodes * a.nproc_per_node);
-    let dir = a.log_dir.join(&p.run_id).join(format!("attempt_{attempt}"));
+    let dir = p.attempt_dir(&a.log_dir, attempt);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // (an earlier session of the same run id may have left flight records here, or asked for them)
     crate::comm::flight::clear(&dir);

@@ -45,7 +45,7 @@ pub(super) async fn watch(
     signals: &mut Signals,
 ) -> Result<Outcome> {
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
-    let attempt_dir = a.log_dir.join(&p.run_id).join(format!("attempt_{}", g.round));
+    let attempt_dir = p.attempt_dir(&a.log_dir, g.round);
     let live = |ranks: &[Rank], exited: &[Option<ExitStatus>]| -> Vec<usize> {
         ranks.iter().zip(exited).filter(|(_, e)| e.is_none()).map(|(r, _)| r.global).collect()
     };

@@ -356,7 +356,13 @@ pub(crate) mod tests {
     /// A text dataset of `d` bits by `tokenizer`, at upstream's `budget` for each of `templates`.
     pub(super) fn dataset(d: u32, tokenizer: &str, budget: &str, templates: &[&str]) -> Manifest {
         let schedules = templates.iter().map(|t| Catalog::upstream().schedule(t, budget).unwrap()).collect();
-        let text = TextInfo { width: 2048, dtype: TextDtype::Bf16, max_tokens: 512, encoder: "flan-t5-xl".into() };
+        let text = TextInfo {
+            width: 2048,
+            dtype: TextDtype::Bf16,
+            max_tokens: 512,
+            encoder: "flan-t5-xl".into(),
+            short_caption: false,
+        };
         Manifest {
             format: "infinity-bits".into(),
             format_version: 1,

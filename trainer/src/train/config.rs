@@ -263,6 +263,12 @@ pub struct DataSection {
     pub micro_batch: MicroBatchSize,
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// The chance that a row's short caption is read instead of its long one (upstream's
+    /// `--short_cap_prob`, 0.5 in its train.sh), for a text model on a dataset with short captions
+    /// (`conditions.text.short_caption`; a row without one reads its long one); 0, the default, reads
+    /// the long ones alone. Drawn per sample from (seed, step, sample id), as condition dropout.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub short_cap_prob: f64,
 }
 
 fn default_workers() -> usize {

@@ -1,6 +1,6 @@
 //! One micro-batch of a loader batch in model form: bitwise self-correction (on the host, or the
-//! latents and flip keys for the device to self-correct), condition dropout and the blocks' drop path,
-//! each drawn from a stream keyed by (seed, step, sample id).
+//! latents and flip keys for the device to self-correct), the caption read (long or short), condition
+//! dropout and the blocks' drop path, each drawn from a stream keyed by (seed, step, sample id).
 
 use anyhow::{bail, Result};
 use infinity_data::loader::plan::keyed_rng;
@@ -11,7 +11,7 @@ use infinity_kernels::{bsq, patchify};
 use rand::Rng;
 
 use super::config::TrainConfig;
-use super::{STREAM_DROP, STREAM_DROP_PATH, STREAM_FLIPS};
+use super::{STREAM_DROP, STREAM_DROP_PATH, STREAM_FLIPS, STREAM_SHORT_CAPTION};
 use crate::model::forward::drop_path_factors;
 use crate::model::{Condition, Conditioning, ModelConfig, ModelInput};
 
@@ -70,6 +70,8 @@ pub(super) struct Draws {
     /// Bitwise self-correction: the flip probability at the first scale and the scales it applies to.
     pub(super) p_max: f64,
     pub(super) apply_layers: usize,
+    /// The chance of reading a row's short caption instead of its long one (where it has one).
+    pub(super) short_cap: f64,
     /// Condition dropout's probability.
     pub(super) cond_drop: f64,
     /// The blocks' drop path at the last block (the model's in training, 0 in evaluation).
@@ -81,13 +83,14 @@ impl Draws {
     pub(super) fn training(cfg: &TrainConfig, mc: &ModelConfig, step: u64) -> Draws {
         let (p_max, apply_layers) = (cfg.bsc.p_max, cfg.bsc.apply_layers);
         let (cond_drop, drop_path_rate) = (mc.cond_drop_rate, mc.drop_path_rate);
-        Draws { seed: cfg.run.seed, step, p_max, apply_layers, cond_drop, drop_path_rate }
+        let short_cap = cfg.data.short_cap_prob;
+        Draws { seed: cfg.run.seed, step, p_max, apply_layers, short_cap, cond_drop, drop_path_rate }
     }
 
-    /// An evaluation's: fixed noise from `seed` at `(p_max, apply_layers)`, no condition dropout and no
-    /// drop path (the model evaluated whole, as upstream's `eval()`).
+    /// An evaluation's: fixed noise from `seed` at `(p_max, apply_layers)`, the long captions, no
+    /// condition dropout and no drop path (the model evaluated whole, as upstream's `eval()`).
     pub(super) fn evaluation(seed: u64, (p_max, apply_layers): (f64, usize)) -> Draws {
-        Draws { seed, step: 0, p_max, apply_layers, cond_drop: 0.0, drop_path_rate: 0.0 }
+        Draws { seed, step: 0, p_max, apply_layers, short_cap: 0.0, cond_drop: 0.0, drop_path_rate: 0.0 }
     }
 }
 
@@ -104,7 +107,7 @@ pub(super) fn prepare(
     draws: Draws,
     on_device: bool,
 ) -> Result<MicroBatch> {
-    let Draws { seed, step, p_max, apply_layers, cond_drop, drop_path_rate } = draws;
+    let Draws { seed, step, p_max, apply_layers, short_cap, cond_drop, drop_path_rate } = draws;
     let (d, scales) = (mc.d_vae(), tokenizer_scales);
     let tokens = mc.apply_spatial_patchify.then(|| mc.token_scales(scales));
     let mut mb = MicroBatch {
@@ -165,9 +168,17 @@ pub(super) fn prepare(
             }
             Conditioning::Text => {
                 let info = m.conditions.text.as_ref().expect("text datasets declare their width");
-                let t = batch.text_f32(i, info.width as usize, info.dtype).expect("text datasets carry embeddings");
+                let short =
+                    short_cap > 0.0 && keyed_rng(seed, &[STREAM_SHORT_CAPTION, step, id]).random::<f64>() < short_cap;
+                let (width, dtype) = (info.width as usize, info.dtype);
+                let (t, which) = match batch.text_short_f32(i, width, dtype).filter(|_| short) {
+                    Some(t) => (t, "short caption's text embedding"),
+                    None => {
+                        (batch.text_f32(i, width, dtype).expect("text datasets carry embeddings"), "text embedding")
+                    }
+                };
                 if let Some(j) = t.iter().position(|x| !x.is_finite()) {
-                    let detail = format!("its text embedding holds {} at value {j}", t[j]);
+                    let detail = format!("its {which} holds {} at value {j}", t[j]);
                     bail!(infinity_data::DataError::Sample { id, detail });
                 }
                 mb.kv.extend_from_slice(&t);
@@ -186,4 +197,73 @@ pub(super) fn prepare(
         }
     }
     Ok(mb)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use infinity_data::loader::{Loader, LoaderOptions};
+    use infinity_data::synth::{synth, SynthOptions};
+    use infinity_data::writer::WriterOptions;
+    use infinity_data::{Checksums, Dataset};
+
+    use super::*;
+
+    /// The first batch of 48 rows of a synth dataset (each row with a short caption, "a red circle"),
+    /// row 0's short caption taken out, and a tiny text model for it.
+    fn fixture() -> (tempfile::TempDir, Manifest, Batch, ModelConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = WriterOptions { overwrite: true, ..Default::default() };
+        let templates = vec![("1.000".to_string(), 1.0)];
+        synth(dir.path(), &SynthOptions { rows: 64, fit_rows: 32, templates, writer, ..Default::default() }).unwrap();
+        let ds = Arc::new(Dataset::open(dir.path(), Checksums::Verify).unwrap());
+        let m = ds.manifest.clone();
+        let opts = LoaderOptions { global_batch: 48, workers: 0, ..Default::default() };
+        let mut b = Loader::new(ds, opts, None).unwrap().next_batch().unwrap();
+        let info = m.conditions.text.as_ref().unwrap();
+        let (emb, cu) = (b.text_emb_short.as_mut().unwrap(), b.text_short_cu_seqlens.as_mut().unwrap());
+        let first = cu[1];
+        emb.drain(..first as usize * info.width as usize * 2);
+        cu.iter_mut().skip(1).for_each(|c| *c -= first);
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        (mc.d, mc.text_channels, mc.text_maxlen) = (m.d as usize, info.width as usize, info.max_tokens as usize);
+        (dir, m, b, mc)
+    }
+
+    /// The captions each sample read: `Some(true)` where its short one, `None` where the two are one
+    /// ("a red circle" both).
+    fn read_short(mc: &ModelConfig, m: &Manifest, b: &Batch, short_cap: f64, step: u64) -> Vec<Option<bool>> {
+        let draws =
+            Draws { seed: 3, step, p_max: 0.0, apply_layers: 0, short_cap, cond_drop: 0.0, drop_path_rate: 0.0 };
+        let scales = m.schedules[b.bucket as usize].hw();
+        let mb = prepare(mc, m, b, 0..b.len(), &scales, draws, false).unwrap();
+        let info = m.conditions.text.as_ref().unwrap();
+        let (width, dtype) = (info.width as usize, info.dtype);
+        (0..b.len())
+            .map(|i| {
+                let kv = &mb.kv[mb.cu[i] * width..mb.cu[i + 1] * width];
+                let (long, short) = (b.text_f32(i, width, dtype).unwrap(), b.text_short_f32(i, width, dtype));
+                assert!(kv == long || short.as_deref() == Some(kv), "sample {i} read neither caption");
+                (short.as_ref() != Some(&long)).then(|| short.as_deref() == Some(kv))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_short_caption_is_read_with_its_probability_and_the_long_one_where_there_is_none() {
+        let (_dir, m, b, mc) = fixture();
+        assert!(b.text_short_f32(0, mc.text_channels, m.conditions.text.as_ref().unwrap().dtype).is_none());
+        // 0: the long captions alone; 1: the short ones wherever a row has one
+        assert!(read_short(&mc, &m, &b, 0.0, 1).iter().all(|s| *s != Some(true)));
+        let all = read_short(&mc, &m, &b, 1.0, 1);
+        assert!(all[0] == Some(false) && all[1..].iter().all(|s| *s != Some(false)), "{all:?}");
+        // 0.5: about half, drawn anew each step and alike for the same (seed, step, sample)
+        let a = read_short(&mc, &m, &b, 0.5, 1);
+        let (again, next) = (read_short(&mc, &m, &b, 0.5, 1), read_short(&mc, &m, &b, 0.5, 2));
+        assert_eq!(a, again);
+        assert_ne!(a, next);
+        let (n, of) = (a.iter().filter(|s| **s == Some(true)).count(), a.iter().flatten().count());
+        assert!(of >= 30 && (of / 4..=of * 3 / 4).contains(&n), "{n} of {of} read their short caption at 0.5");
+    }
 }

@@ -65,6 +65,7 @@ const STREAM_INIT: u64 = 1;
 pub(crate) const STREAM_FLIPS: u64 = 2;
 pub(crate) const STREAM_DROP: u64 = 3;
 pub(crate) const STREAM_DROP_PATH: u64 = 4;
+pub(crate) const STREAM_SHORT_CAPTION: u64 = 5;
 
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {

@@ -71,6 +71,18 @@ impl Setup {
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = cfg.model_config(m.d as usize, num_classes, text)?;
+        if cfg.data.short_cap_prob > 0.0
+            && text.is_some()
+            && !m.conditions.text.as_ref().is_some_and(|t| t.short_caption)
+        {
+            // (upstream reads a row's long caption where it has no short one: so does a dataset without any)
+            tracing::warn!(
+                "data.short_cap_prob = {}, but data.dir {} has no short captions (its manifest's \
+                 conditions.text.short_caption is not set): every sample reads its long caption",
+                cfg.data.short_cap_prob,
+                cfg.data.dir.display()
+            );
+        }
         check_schedules_fit(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
         let mut lay = Layout::new(&mc);
         if let Some(base) = cfg.model.mup() {

@@ -75,6 +75,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             global_batch: 8,
             micro_batch: MicroBatchSize::Samples(8),
             workers: 1,
+            short_cap_prob: 0.0,
         },
         optim: OptimSection {
             lr: 3e-3,

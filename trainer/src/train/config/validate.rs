@@ -105,6 +105,17 @@ impl TrainConfig {
         if let Some(p) = self.val.p_max.filter(|p| !(0.0..1.0).contains(p)) {
             bail!("val.p_max must be in [0, 1), found {p}");
         }
+        if !(0.0..=1.0).contains(&self.data.short_cap_prob) {
+            bail!("data.short_cap_prob must be in [0, 1], found {}", self.data.short_cap_prob);
+        }
+        if self.data.short_cap_prob > 0.0 && self.model.conditioning != "text" {
+            tracing::warn!(
+                "data.short_cap_prob = {} picks between captions, which a {:?}-conditioned model does not read \
+                 (model.conditioning): it has no effect",
+                self.data.short_cap_prob,
+                self.model.conditioning
+            );
+        }
         if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
             bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
         }
