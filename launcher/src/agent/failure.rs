@@ -123,25 +123,36 @@ pub(super) fn timed_out(report: &str) -> bool {
 }
 
 /// Ask the ranks that write their flight records into `dir` (the attempt's log folder) to write them
-/// now ([`flight::REQUEST`]), and wait up to [`FLIGHT_WAIT`] for those of `live` (global ranks) to
-/// appear. A rank frozen, or not yet in its group, writes none: the wait then runs out.
-pub(super) async fn ask_for_flight_records(dir: &Path, live: &[usize]) {
+/// now ([`flight::REQUEST`]), and wait up to [`FLIGHT_WAIT`] for those of `live` (global ranks and
+/// their processes, on node `node`) to appear. A rank frozen, or not yet in its group, writes none: the
+/// wait then runs out, and what the kernel says of its process is written beside the records
+/// ([`flight::Unanswered`]).
+pub(super) async fn ask_for_flight_records(dir: &Path, node: usize, live: &[(usize, i32)]) {
     if let Err(e) = std::fs::write(dir.join(flight::REQUEST), b"") {
         tracing::warn!("asking the ranks for their flight records in {}: {e}", dir.display());
         return;
     }
     let deadline = tokio::time::Instant::now() + FLIGHT_WAIT;
-    let written = || live.iter().all(|&r| dir.join(flight::record_name(r)).exists());
-    while !written() && tokio::time::Instant::now() < deadline {
+    let written = |r: usize| dir.join(flight::record_name(r)).exists();
+    while !live.iter().all(|&(r, _)| written(r)) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(flight::REQUEST_POLL / 4).await;
+    }
+    let silent: Vec<_> =
+        live.iter().filter(|(r, _)| !written(*r)).map(|&(r, pid)| flight::Unanswered::look(r, pid)).collect();
+    if !silent.is_empty() {
+        flight::write_unanswered(dir, node, &silent);
     }
 }
 
 /// What the flight records in `dir` (the attempt's log folder: the ranks' `flight-rankR.json`, written
-/// when a collective of theirs failed) say together, a line per finding; none without records.
+/// when a collective of theirs failed) say together, a line per finding, then what the agents saw of
+/// the ranks that wrote none when asked; none without records.
 pub(super) fn collectives(dir: &Path) -> Vec<String> {
-    let (dumps, notes) = flight::read_dumps(dir);
+    let (dumps, mut notes) = flight::read_dumps(dir);
+    let (unanswered, more) = flight::read_unanswered(dir);
+    notes.extend(more);
     let mut lines = flight::diagnose(&dumps);
+    lines.extend(unanswered.iter().map(flight::Unanswered::line));
     lines.extend(notes.into_iter().map(|n| format!("set aside: {n}")));
     lines
 }

@@ -46,8 +46,8 @@ pub(super) async fn watch(
 ) -> Result<Outcome> {
     let mut exited: Vec<Option<ExitStatus>> = vec![None; ranks.len()];
     let attempt_dir = p.attempt_dir(&a.log_dir, g.round);
-    let live = |ranks: &[Rank], exited: &[Option<ExitStatus>]| -> Vec<usize> {
-        ranks.iter().zip(exited).filter(|(_, e)| e.is_none()).map(|(r, _)| r.global).collect()
+    let live = |ranks: &[Rank], exited: &[Option<ExitStatus>]| -> Vec<(usize, i32)> {
+        ranks.iter().zip(exited).filter(|(_, e)| e.is_none()).map(|(r, _)| (r.global, r.pid)).collect()
     };
     // another node's failure or signal is posted in the store; a separate connection polls for it
     let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
@@ -145,7 +145,7 @@ pub(super) async fn watch(
                         (report, node) = post_first(c, &keys[FAILED], report, node).await;
                     }
                     if failure::timed_out(&report) {
-                        failure::ask_for_flight_records(&attempt_dir, &live(&ranks, &exited)).await;
+                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited)).await;
                     }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local, node });
@@ -184,7 +184,7 @@ pub(super) async fn watch(
                         Err(e) => (format!("(unreadable: {e:#})"), None, None),
                     };
                     if failure::timed_out(&report) {
-                        failure::ask_for_flight_records(&attempt_dir, &live(&ranks, &exited)).await;
+                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited)).await;
                     }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     let report = format!("another node: {report}");

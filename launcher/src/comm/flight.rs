@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 mod diagnose;
+mod process;
 pub use diagnose::{diagnose, read_dumps};
+pub use process::{read_unanswered, state_of, unanswered_name, write_unanswered, ProcState, Unanswered};
 
 /// The environment variable naming the folder the records are written into (none: not written).
 pub const FLIGHT_DIR: &str = "INFINITY_FLIGHT_DIR";
@@ -289,13 +291,15 @@ pub fn record_name(rank: usize) -> String {
     format!("flight-rank{rank}.json")
 }
 
-/// Remove the records and the request in `dir` (a new attempt's log folder, which an earlier session
-/// of the same run id may have used): they would speak for this attempt.
+/// Remove the records, the agents' notes on unanswered ranks and the request in `dir` (a new attempt's
+/// log folder, which an earlier session of the same run id may have used): they would speak for this
+/// attempt.
 pub fn clear(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for p in rd.flatten().map(|e| e.path()) {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name == REQUEST || (name.starts_with("flight-rank") && name.ends_with(".json")) {
+        let ours = ["flight-rank", "flight-unanswered-node"].iter().any(|p| name.starts_with(p));
+        if name == REQUEST || (ours && name.ends_with(".json")) {
             let _ = std::fs::remove_file(&p);
         }
     }

@@ -13,7 +13,8 @@ pub enum CommCommand {
     /// Ring all-reduce bus bandwidth beside raw loopback TCP, and rendezvous time.
     Bench(infinity_launcher::bench::CommBenchArgs),
     /// What the ranks' flight records (`flight-rankR.json`) say together: the collective a failed
-    /// group stalled in, the ranks waiting in it, the ranks that never entered it.
+    /// group stalled in, the ranks waiting in it, the ranks that never entered it; and what the
+    /// launcher saw of the processes of ranks that wrote none (`flight-unanswered-nodeN.json`).
     Flight(FlightArgs),
 }
 
@@ -33,9 +34,18 @@ pub fn run(cmd: CommCommand) -> Result<ExitCode> {
 }
 
 fn flight_report(a: &FlightArgs) -> Result<ExitCode> {
-    let mut dumps: Vec<Dump> = Vec::new();
-    let mut seen = Vec::new();
-    for dir in &a.dirs {
+    for line in flight_lines(&a.dirs)? {
+        console!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `comm flight` prints for the folders `dirs`: notes on what was set aside, a line per rank's
+/// record, the diagnosis, and what the launcher saw of the ranks that wrote none.
+fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
+    let (mut dumps, mut unanswered): (Vec<Dump>, Vec<flight::Unanswered>) = (Vec::new(), Vec::new());
+    let (mut lines, mut seen) = (Vec::new(), Vec::new());
+    for dir in dirs {
         let real = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
         if !real.is_dir() {
             bail!("{}: not a folder", dir.display());
@@ -44,19 +54,21 @@ fn flight_report(a: &FlightArgs) -> Result<ExitCode> {
             continue; // (one folder given twice)
         }
         seen.push(real);
-        let (found, notes) = flight::read_dumps(dir);
-        for n in notes {
-            console!("warning: set aside: {n}");
-        }
+        let (found, mut notes) = flight::read_dumps(dir);
+        let (silent, more) = flight::read_unanswered(dir);
+        notes.extend(more);
+        unanswered.extend(silent);
+        lines.extend(notes.into_iter().map(|n| format!("warning: set aside: {n}")));
         for d in found {
             match dumps.iter().any(|k| k.rank == d.rank) {
-                true => console!("warning: rank {}'s record is in two folders: the first one read is kept", d.rank),
+                true => lines
+                    .push(format!("warning: rank {}'s record is in two folders: the first one read is kept", d.rank)),
                 false => dumps.push(d),
             }
         }
     }
-    if dumps.is_empty() {
-        let dirs: Vec<String> = a.dirs.iter().map(|d| d.display().to_string()).collect();
+    if dumps.is_empty() && unanswered.is_empty() {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         bail!(
             "no flight records (flight-rankR.json) in {}: a rank writes one when a collective of its fails, or when \
              `infinity launch` asks for it after a timeout",
@@ -64,13 +76,13 @@ fn flight_report(a: &FlightArgs) -> Result<ExitCode> {
         );
     }
     dumps.sort_by_key(|d| d.rank);
-    for d in &dumps {
-        console!("{}", rank_line(d));
-    }
-    for line in flight::diagnose(&dumps) {
-        console!("{line}");
-    }
-    Ok(ExitCode::SUCCESS)
+    lines.extend(dumps.iter().map(rank_line));
+    lines.extend(flight::diagnose(&dumps));
+    // (the first folder's word on a rank, as for its record)
+    unanswered.sort_by_key(|u| u.rank);
+    unanswered.dedup_by_key(|u| u.rank);
+    lines.extend(unanswered.iter().map(flight::Unanswered::line));
+    Ok(lines)
 }
 
 /// `rank 0 (host a): last completed #13 (all_reduce of 1 value); #14 (all_reduce of 1 value) failed after
@@ -98,4 +110,34 @@ fn rank_line(d: &Dump) -> String {
         line += &format!("; {more} more after it not completed");
     }
     line + &format!("; written because: {}", d.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use flight::{ProcState, Unanswered};
+
+    use super::*;
+
+    /// One node's folder with rank 0's record, the other's with its agent's word on rank 1, which
+    /// wrote none: read together.
+    #[test]
+    fn records_and_the_ranks_that_wrote_none_are_read_together() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("node0"), tmp.path().join("node1"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let record = r#"{"rank": 0, "world": 2, "reason": "timed out", "unix_time": 0, "entries": [
+            {"seq": 5, "op": "all_reduce", "values": 16, "state": "failed", "started_s": 3.0, "seconds": 2.0}]}"#;
+        std::fs::write(a.join(flight::record_name(0)), record).unwrap();
+        let stopped = Unanswered { rank: 1, pid: 77, host: "b".into(), state: ProcState::Stopped, kernel_wait: None };
+        flight::write_unanswered(&b, 1, &[stopped]);
+        let lines = flight_lines(&[a.clone(), b.clone(), a.clone()]).unwrap();
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("rank 0: no collective completed; #5 (all_reduce of 16 values) failed"));
+        assert!(lines[1].starts_with("collective #5 (all_reduce of 16 values): waited in by rank 0 (failed, 2 s)"));
+        assert!(lines[2].starts_with("no flight record from rank 1: "), "{lines:#?}");
+        assert!(lines[3].starts_with("rank 1 (pid 77 on b) wrote no flight record when asked: its process is stopped"));
+        let e = flight_lines(&[tmp.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(e.starts_with("no flight records (flight-rankR.json) in "), "{e}");
+    }
 }
