@@ -382,6 +382,7 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),
         ("sample.top_p=1.5", "sample.top_p must be in [0, 1] (0 or 1: no filtering), found 1.5"),
         ("data.short_cap_prob=-0.5", "data.short_cap_prob must be in [0, 1], found -0.5"),
+        ("checkpoint.every_minutes=-1", "checkpoint.every_minutes must be a number of minutes ≥ 0 (0: by steps"),
         // a message about two keys names the source of the one overridden
         ("data.micro_batch=3", "--set data.micro_batch: data.global_batch (32) and data.micro_batch (3): the global"),
     ] {
@@ -407,6 +408,27 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         let e = format!("{:#}", C::load(&path, &[format!("run.peak_tflops={bad}")]).unwrap_err());
         assert!(e.contains("run.peak_tflops") && e.contains("a positive number of TFLOP/s or \"auto\""), "{bad}: {e}");
     }
+}
+
+/// `checkpoint.every_minutes`: a checkpoint once that long has passed since the last one, besides the
+/// ones by steps (here at every step: the minutes are shorter than a step); 0 saves by steps alone.
+#[test]
+fn checkpoints_are_saved_by_the_clock_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let checkpoints = |minutes: f64| -> Vec<String> {
+        let mut c = common::tiny_config(&data, tmp.path().join(format!("run-{minutes}")));
+        (c.checkpoint.every, c.checkpoint.every_minutes, c.checkpoint.keep_last) = (0, minutes, 10);
+        train(&c, &TrainOptions::default()).unwrap();
+        let dir = c.run.dir.join("checkpoints");
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(checkpoints(1e-9), (1..=6).map(|s| format!("step-{s:08}")).collect::<Vec<_>>());
+    assert_eq!(checkpoints(0.0), ["step-00000006"]);
 }
 
 /// `data.micro_batch = "auto"` on the CPU takes a rank's whole share of the global batch (one

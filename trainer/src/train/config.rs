@@ -358,6 +358,11 @@ pub struct LossSection {
 pub struct CheckpointSection {
     /// Save every this many steps (and at the end); 0 = only at the end.
     pub every: u64,
+    /// Also save once this many minutes have passed since the session's start or its last save, at the
+    /// end of the step where one rank's clock says so (upstream saves at most every 20 minutes); 0 (the
+    /// default) = by steps alone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub every_minutes: f64,
     /// Keep the newest this many.
     pub keep_last: usize,
     /// Also keep every checkpoint whose step is a multiple of this (0 = none).
@@ -370,7 +375,7 @@ pub struct CheckpointSection {
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every: 100, keep_last: 2, keep_every: 0, background: true }
+        CheckpointSection { every: 100, every_minutes: 0.0, keep_last: 2, keep_every: 0, background: true }
     }
 }
 

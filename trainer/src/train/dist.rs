@@ -284,9 +284,14 @@ impl Dist {
 
     /// Whether any rank saw `flag` set: all ranks agree on the step at which to stop.
     pub fn any(&mut self, flag: bool) -> Result<bool> {
-        let mut v = [flag as u8 as f32];
+        Ok(self.any_each([flag])?[0])
+    }
+
+    /// [`Dist::any`] of several flags in one collective.
+    pub fn any_each<const N: usize>(&mut self, flags: [bool; N]) -> Result<[bool; N]> {
+        let mut v = flags.map(|f| f as u8 as f32);
         self.all_reduce_sum(&mut v)?;
-        Ok(v[0] > 0.0)
+        Ok(v.map(|x| x > 0.0))
     }
 }
 

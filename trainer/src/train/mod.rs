@@ -207,6 +207,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut acts: Acts<f32> = Acts::default();
     let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
     summary.start_clock();
+    let mut clock = saver::CheckpointClock::new(cfg.checkpoint.every_minutes);
     let first_step = state.step;
     while state.step < cfg.run.steps {
         dist.at_step(state.step + 1);
@@ -356,10 +357,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
 
         // ---- checkpoint --------------------------------------------------------------------------
-        // preemption: every rank learns whether any rank was signalled, so all stop at this step
+        // preemption: every rank learns whether any rank was signalled, so all stop at this step; and
+        // whether any rank's clock says a checkpoint is due (checkpoint.every_minutes), so all save
         let stop = dist::is_set(&opts.stop);
-        dist.tag("stop-signal check");
-        let preempt = dist.any(stop)?;
+        dist.tag("stop-signal and checkpoint-clock check");
+        let [preempt, clock_due] = dist.any_each([stop, clock.due()])?;
         if preempt {
             // (before the stop's checkpoint records its summary)
             summary.preempted();
@@ -370,7 +372,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 tracing::warn!("{e:#}");
             }
         }
-        if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt {
+        if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due {
+            clock.saved();
             compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {

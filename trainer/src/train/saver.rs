@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -27,6 +28,30 @@ pub struct Snapshot {
     pub state: TrainState,
     /// `summary.json` at this checkpoint (rank 0's), written once it is complete, before pruning.
     pub summary_json: Option<String>,
+}
+
+/// When `checkpoint.every_minutes` asks for a checkpoint: that long after the session's start or its
+/// last checkpoint, on this rank's clock (the ranks agree in one collective: any rank's clock decides).
+pub struct CheckpointClock {
+    every: Option<Duration>,
+    last: Instant,
+}
+
+impl CheckpointClock {
+    /// A clock of `minutes` (0: never due), started now.
+    pub fn new(minutes: f64) -> CheckpointClock {
+        let every = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
+        CheckpointClock { every, last: Instant::now() }
+    }
+
+    pub fn due(&self) -> bool {
+        self.every.is_some_and(|e| self.last.elapsed() >= e)
+    }
+
+    /// A checkpoint was saved (for whatever reason): the next is due that long from now.
+    pub fn saved(&mut self) {
+        self.last = Instant::now();
+    }
 }
 
 /// The `summary.json` last put down: the step it describes and its text, and whether a signal stopped
@@ -155,6 +180,18 @@ fn save_drill() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_checkpoint_clock_is_due_after_its_minutes_and_again_after_a_save() {
+        use super::CheckpointClock;
+        assert!(!CheckpointClock::new(0.0).due(), "0: by steps alone");
+        let mut c = CheckpointClock::new(0.5 / 60.0); // half a second
+        assert!(!c.due());
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(c.due());
+        c.saved();
+        assert!(!c.due());
+    }
+
     use super::*;
 
     /// Once the run is stopped, every summary put down says so: the stop's rewrite of the one on disk,

@@ -159,6 +159,10 @@ impl TrainConfig {
         if self.val.dir.is_some() && self.val.max_rows == 0 {
             bail!("val.max_rows must be at least 1 (the first rows of val.dir that are evaluated)");
         }
+        let minutes = self.checkpoint.every_minutes;
+        if !(minutes.is_finite() && minutes >= 0.0) {
+            bail!("checkpoint.every_minutes must be a number of minutes ≥ 0 (0: by steps alone), found {minutes}");
+        }
         if self.checkpoint.keep_last == 0 {
             bail!("checkpoint.keep_last must be at least 1");
         }
