@@ -616,3 +616,75 @@ fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
     assert!(infinity_trainer::train::latest_checkpoint(&run).is_some());
     assert!(!t.join("long/lr-0.002/derived.json").exists());
 }
+
+/// `--parallel 2`: two runs train at once, each on its own GPU (`CUDA_VISIBLE_DEVICES`) with half the
+/// threads, and the third in the slot the first to end frees; a signal stops every run in progress,
+/// each checkpointed, and the sweep starts no more.
+#[test]
+fn parallel_runs_train_at_once_on_their_own_gpus() {
+    use infinity_trainer::sweep::{plan, run_local, write_configs, Slots};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    // a stand-in for `infinity`: notes its GPUs and threads, waits to see another run start, finishes
+    // (`out` absolute: the plan is made in this process, whose working folder is not `t`)
+    let par = t.join("par").display().to_string();
+    sweep_file(t, "par.toml", &par, "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
+    let runs = plan(&t.join("par.toml")).unwrap().runs;
+    write_configs(&runs).unwrap();
+    let exe = t.join("stand-in.sh");
+    let script = r#"#!/bin/sh
+dir=$(dirname "$2")
+echo "$CUDA_VISIBLE_DEVICES $RAYON_NUM_THREADS" > "$dir/slot"
+touch "$dir/started"
+i=0
+while [ "$(ls "$dir"/../*/started | wc -l)" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+ls "$dir"/../*/started | wc -l > "$dir/seen"
+echo '{"finished": true}' > "$dir/summary.json"
+"#;
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let slots = Slots::new(2, 1, Some(vec!["5".into(), "7".into()]), 8).unwrap();
+    let done = run_local(&runs, 1, &exe, &slots).unwrap();
+    assert!(done.failed.is_empty() && done.stopped.is_empty(), "{done:?}");
+    let read =
+        |run: &str, f: &str| std::fs::read_to_string(t.join("par").join(run).join(f)).unwrap().trim().to_string();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "4".into());
+    assert_eq!(read("lr-0.001", "slot"), format!("5 {threads}"));
+    assert_eq!(read("lr-0.002", "slot"), format!("7 {threads}"));
+    assert!([format!("5 {threads}"), format!("7 {threads}")].contains(&read("lr-0.003", "slot")));
+    assert_eq!(read("lr-0.001", "seen"), "2", "the first run never saw the second train beside it");
+
+    // real runs: two at once to the end, then two of many steps stopped together by a signal
+    sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let out = ok(infinity(&["sweep", "two.toml", "--parallel", "2"], t));
+    assert!(out.contains("lr-0.001: running on GPU 0") && out.contains("lr-0.002: running on GPU 1"), "{out}");
+    assert!(out.contains("sweep done: 2 runs"), "{out}");
+    let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
+    assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices lists 2"), "{e}");
+    sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
+    let mut sweep = Command::new(BIN)
+        .args(["sweep", "long.toml", "-j", "2"])
+        .current_dir(t)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !["lr-0.001", "lr-0.002"].iter().all(|r| t.join("long").join(r).join("derived.json").is_file()) {
+        assert!(t0.elapsed().as_secs() < 60, "the first two runs did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling a child this test spawned.
+    unsafe { libc::kill(sweep.id() as i32, libc::SIGTERM) };
+    let status = sweep.wait().unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(said.contains("sweep stopped by a signal at lr-0.00"), "{said}");
+    for run in ["lr-0.001", "lr-0.002"] {
+        let dir = t.join("long").join(run);
+        assert!(said.contains(run) && infinity_trainer::train::latest_checkpoint(&dir).is_some(), "{run}: {said}");
+    }
+    assert!(!t.join("long/lr-0.003/derived.json").exists(), "a run started after the signal");
+}

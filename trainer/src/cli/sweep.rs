@@ -22,10 +22,20 @@ pub struct SweepArgs {
     /// Write a SLURM job-array script (one task per unfinished run) instead of running.
     #[arg(long, value_name = "FILE")]
     slurm: Option<PathBuf>,
+    /// Train up to this many runs at once here, each on its own GPUs (`nproc_per_node` of them, in
+    /// `CUDA_VISIBLE_DEVICES`) and an equal share of the CPU threads: small models of a scaling sweep,
+    /// one to a GPU.
+    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with_all = ["dry_run", "print", "slurm"])]
+    parallel: u16,
+    /// The GPUs the runs share out with --parallel (default: CUDA_VISIBLE_DEVICES, else 0, 1, 2, …).
+    #[arg(long, value_delimiter = ',', value_name = "IDS", conflicts_with_all = ["dry_run", "print", "slurm"])]
+    devices: Option<Vec<String>>,
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     let sweep::Plan { sweep: file, out, runs, warnings, env } = sweep::plan(&a.file)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)
     if a.print {
         eprint!("{}", sweep::table(&runs, &out));
@@ -88,7 +98,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
         return Ok(ExitCode::SUCCESS);
     }
-    let done = sweep::run_local(&runs, file.nproc_per_node, &exe)?;
+    let done = sweep::run_local(&runs, file.nproc_per_node, &exe, &slots)?;
     if !done.diverged.is_empty() {
         console!(
             "{} runs diverged (final results, skipped by later sweeps; `infinity scaling` lists them): {}",
@@ -103,8 +113,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             done.training_elsewhere.join(", ")
         );
     }
-    if let Some(run) = &done.stopped {
-        console!("sweep stopped by a signal at {run} (checkpointed): run the sweep again to continue");
+    if !done.stopped.is_empty() {
+        let runs = done.stopped.join(", ");
+        console!("sweep stopped by a signal at {runs} (checkpointed): run the sweep again to continue");
         // (128 + SIGTERM, as the signal's default action would have exited: not done, not failed)
         return Ok(ExitCode::from(143));
     }

@@ -39,7 +39,7 @@ use crate::train::TokenMix;
 
 pub use self::file::{SlurmSection, SweepFile};
 pub use self::run::{
-    check_configs, command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState,
+    check_configs, command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState, Slots,
 };
 pub use self::slurm::slurm_script;
 
