@@ -660,6 +660,13 @@ echo '{"finished": true}' > "$dir/summary.json"
     let out = ok(infinity(&["sweep", "two.toml", "--parallel", "2"], t));
     assert!(out.contains("lr-0.001: running on GPU 0") && out.contains("lr-0.002: running on GPU 1"), "{out}");
     assert!(out.contains("sweep done: 2 runs"), "{out}");
+    let status = ok(infinity(&["sweep", "two.toml", "--status"], t));
+    let row = |name: &str| -> Vec<String> {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{status}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    assert_eq!(row("lr-0.001")[1..4], ["finished", "3", "3"], "{status}");
+    assert!(status.contains("2 runs: 2 finished"), "{status}");
     let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
     assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices lists 2"), "{e}");
     sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
@@ -687,4 +694,8 @@ echo '{"finished": true}' > "$dir/summary.json"
         assert!(said.contains(run) && infinity_trainer::train::latest_checkpoint(&dir).is_some(), "{run}: {said}");
     }
     assert!(!t.join("long/lr-0.003/derived.json").exists(), "a run started after the signal");
+    let status = ok(infinity(&["sweep", "long.toml", "--status"], t));
+    assert!(status.contains("3 runs: 2 stopped, 1 not started"), "{status}");
+    let stopped = status.lines().find(|l| l.starts_with("lr-0.001")).unwrap();
+    assert!(stopped.contains("stopped (by a signal)") && stopped.contains("100000"), "{status}");
 }

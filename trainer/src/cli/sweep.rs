@@ -27,6 +27,10 @@ pub struct SweepArgs {
     /// one to a GPU.
     #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with_all = ["dry_run", "print", "slurm"])]
     parallel: u16,
+    /// Print where each run stands (finished, training, stopped, interrupted, not started; its step,
+    /// loss, validation loss and newest checkpoint), read from the run folders, and exit.
+    #[arg(long, conflicts_with_all = ["dry_run", "print", "slurm", "parallel", "devices"])]
+    status: bool,
     /// The GPUs the runs share out with --parallel (default: CUDA_VISIBLE_DEVICES, else 0, 1, 2, …).
     #[arg(long, value_delimiter = ',', value_name = "IDS", conflicts_with_all = ["dry_run", "print", "slurm"])]
     devices: Option<Vec<String>>,
@@ -34,6 +38,11 @@ pub struct SweepArgs {
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     let sweep::Plan { sweep: file, out, runs, warnings, env } = sweep::plan(&a.file)?;
+    if a.status {
+        console_text!("{}", sweep::status_table(&runs));
+        console_text!("run folders: {}/NAME\n", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)

@@ -25,6 +25,7 @@ mod existing;
 mod file;
 mod run;
 mod slurm;
+mod status;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use self::run::{
     check_configs, command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState, Slots,
 };
 pub use self::slurm::slurm_script;
+pub use self::status::status_table;
 
 /// `text` as one shell word: unchanged when it is plain, else single-quoted.
 pub fn sh_quote(text: &str) -> String {

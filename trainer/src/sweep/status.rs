@@ -1,0 +1,116 @@
+//! `infinity sweep FILE --status`: where each run of a sweep stands, read from its folder alone (its
+//! lock, `summary.json`, the last line of `metrics.jsonl`, its newest checkpoint), so it can be asked
+//! while the sweep trains, from any machine that sees the folders.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use super::run::{state, RunState};
+use super::PlannedRun;
+use crate::train::checkpoint::saved_step;
+
+/// What the status table says of one run.
+struct Row {
+    name: String,
+    state: String,
+    step: Option<u64>,
+    steps: u64,
+    loss: Option<f64>,
+    val_loss: Option<f64>,
+    checkpoint: Option<u64>,
+}
+
+/// The table of `runs`' states and a count of each.
+pub fn status_table(runs: &[PlannedRun]) -> String {
+    let rows: Vec<Row> = runs.iter().map(row).collect();
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    let int = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
+    let cells: Vec<[String; 7]> =
+        std::iter::once(["run", "state", "step", "of", "loss", "val loss", "checkpoint"].map(String::from))
+            .chain(rows.iter().map(|r| {
+                let (step, steps, ckpt) = (int(r.step), r.steps.to_string(), int(r.checkpoint));
+                [r.name.clone(), r.state.clone(), step, steps, num(r.loss), num(r.val_loss), ckpt]
+            }))
+            .collect();
+    let widths: Vec<usize> =
+        (0..7).map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut s = String::new();
+    for row in &cells {
+        let mut line = format!("{:<w0$}  {:<w1$}", row[0], row[1], w0 = widths[0], w1 = widths[1]);
+        for (cell, w) in row.iter().zip(&widths).skip(2) {
+            line.push_str(&format!("  {cell:>w$}"));
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for r in &rows {
+        let kind = r.state.split(" (").next().unwrap_or_default().to_string();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    s.push_str(&format!("{} runs: {}\n", rows.len(), counts.join(", ")));
+    s
+}
+
+fn row(r: &PlannedRun) -> Row {
+    let summary: Option<serde_json::Value> =
+        std::fs::read_to_string(r.dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let last = last_metrics(&r.dir.join("metrics.jsonl"));
+    let checkpoint = crate::train::latest_checkpoint(&r.dir).and_then(|c| saved_step(&c));
+    let state = match state(&r.dir) {
+        RunState::Finished => "finished",
+        RunState::Diverged => "diverged",
+        RunState::Training => "training",
+        RunState::ToDo if summary.as_ref().is_some_and(|s| s["preempted"] == true) => "stopped (by a signal)",
+        RunState::ToDo if checkpoint.is_some() => "interrupted (resumes)",
+        RunState::ToDo if last.is_some() => "interrupted (restarts: no checkpoint)",
+        RunState::ToDo => "not started",
+    };
+    let step = last.as_ref().and_then(|m| m["step"].as_u64());
+    let val_loss = summary.as_ref().and_then(|s| s["val_loss"].as_f64());
+    Row {
+        name: r.name.clone(),
+        state: state.to_string(),
+        step,
+        steps: r.config.run.steps,
+        loss: last.as_ref().and_then(|m| m["loss"].as_f64()),
+        val_loss,
+        checkpoint,
+    }
+}
+
+/// The last complete line of a `metrics.jsonl`, read from its end (a long run's file is large).
+fn last_metrics(path: &Path) -> Option<serde_json::Value> {
+    const TAIL: u64 = 64 << 10;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut bytes = Vec::new();
+    f.take(TAIL).read_to_end(&mut bytes).ok()?;
+    // (the tail may start inside a character: only its first line, never read, would suffer)
+    let text = String::from_utf8_lossy(&bytes);
+    // (a line being written has no newline yet: the one before it is the last complete one)
+    let complete = &text[..text.rfind('\n')?];
+    complete.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_metrics;
+
+    #[test]
+    fn the_last_complete_metrics_line_is_read_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let mut text: String =
+            (1..=3000).map(|s| format!("{{\"step\":{s},\"loss\":0.5,\"pad\":\"{}\"}}\n", "x".repeat(40))).collect();
+        text.push_str("{\"step\":3001,\"lo"); // being written
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(last_metrics(&p).unwrap()["step"], 3000);
+        assert!(last_metrics(&dir.path().join("none.jsonl")).is_none());
+    }
+}
