@@ -90,7 +90,8 @@ class ShardWriter:
                 "class": None if num_classes is None else {"num_classes": num_classes, "names": list(class_names)},
                 "text": None if text_width is None else {"width": text_width, "dtype": text_dtype,
                                                          "max_tokens": text_max_tokens, "encoder": text_encoder,
-                                                         "short_caption": bool(short_caption)},
+                                                         # (the key only when set: as the Rust writer)
+                                                         **({"short_caption": True} if short_caption else {})},
                 "caption": caption,
             },
             "latent": {"dtype": "f16", "layout": "d,H,W"} if latent else None,
@@ -324,7 +325,8 @@ def upstream(args):
         _, H, W = schedules[b]["scales"][-1]
         x = transform(img, H * stride, W * stride).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
         read = lambda p: open(p).read().strip() if os.path.exists(p) else None
-        caption, short = read(stem(name) + ".txt") or "", read(stem(name) + ".short.txt")
+        # (an empty short caption is none: upstream reads the long one then)
+        caption, short = read(stem(name) + ".txt") or "", read(stem(name) + ".short.txt") or None
         with torch.no_grad():
             raw = vae.encode_for_raw_features(x, scale_schedule=schedules[b]["scales"])[0].float()
             if raw.dim() == 4:

@@ -406,10 +406,14 @@ impl BatchColumns {
         }
         let unexpected = |name: &str, wanted: bool| -> Result<()> {
             if !wanted && batch.column_by_name(name).is_some() {
+                let key = match name {
+                    format::COL_TEXT_SHORT => " (conditions.text.short_caption)",
+                    _ => "",
+                };
                 return Err(DataError::Schema {
                     path: path.into(),
                     column: name.into(),
-                    expected: "no such column (the manifest does not declare it)".into(),
+                    expected: format!("no such column (the manifest does not declare it{key})"),
                     found: "the column".into(),
                 });
             }

@@ -116,6 +116,11 @@ fn schema_mismatch_names_the_column_and_types() {
     replace_shard0(dir.path(), &mut m, cols);
     let e = open_err(dir.path());
     assert!(e.contains("column `bits`") && e.contains("no such column"), "{e}");
+    // a short caption's column the manifest does not declare names the key that would
+    m.conditions.text.as_mut().unwrap().short_caption = false;
+    replace_shard0(dir.path(), &mut m, basic_columns(vec![&[0u8; 4]; 3]));
+    let e = open_err(dir.path());
+    assert!(e.contains("column `text_emb_short`") && e.contains("declare it (conditions.text.short_caption)"), "{e}");
 }
 
 #[test]
@@ -240,7 +245,6 @@ fn manifest_unknown_key_wrong_type_and_version_are_named() {
 fn verify_lists_every_problem() {
     let (dir, m) = dataset(60);
     assert!(m.shards.len() >= 3, "{:?}", m.shards);
-    eprintln!("DBG {:?}", m.shards);
     for i in [0, 2] {
         let p = dir.path().join(&m.shards[i].file);
         let mut b = std::fs::read(&p).unwrap();

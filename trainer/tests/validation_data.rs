@@ -233,6 +233,17 @@ fn check_refuses_training_rows_the_run_would_stop_at() {
     }
     // a class model never reads the text embedding: the run would not stop at it, nor does the check
     check(&load(&config_file(t, &text, None, "class"), &[]), 1, None, None).unwrap();
+    // a short caption's embedding is read (and checked) where data.short_cap_prob > 0 only
+    let short = copy("nan-short", &|g, r| {
+        if g == 3 {
+            nan_first(&mut r.text_emb_short)
+        }
+    });
+    let file = config_file(t, &short, None, "text");
+    check(&load(&file, &[]), 1, None, None).unwrap();
+    let e = format!("{:#}", check(&load(&file, &["data.short_cap_prob=0.5"]), 1, None, None).unwrap_err());
+    let want = format!("{}: row 3 (id 3), column `text_emb_short`: expected finite values", shard(&short));
+    assert!(e.contains(&want), "{e}\nwants: {want}");
 }
 
 /// Rows of a bucket smaller than a global batch are never drawn: a bad one there stops no run.

@@ -125,9 +125,14 @@ pub(super) fn timed_out(report: &str) -> bool {
 /// Ask the ranks that write their flight records into `dir` (the attempt's log folder) to write them
 /// now ([`flight::REQUEST`]), and wait up to [`FLIGHT_WAIT`] for those of `live` (global ranks and
 /// their processes, on node `node`) to appear. A rank frozen, or not yet in its group, writes none: the
-/// wait then runs out, and what the kernel says of its process is written beside the records
-/// ([`flight::Unanswered`]).
-pub(super) async fn ask_for_flight_records(dir: &Path, node: usize, live: &[(usize, i32)]) {
+/// wait then runs out, and what the kernel says of its processes is written beside the records
+/// ([`flight::Unanswered`], of attempt `attempt` of run `run_id`).
+pub(super) async fn ask_for_flight_records(
+    dir: &Path,
+    node: usize,
+    live: &[(usize, i32)],
+    (run_id, attempt): (&str, u32),
+) {
     if let Err(e) = std::fs::write(dir.join(flight::REQUEST), b"") {
         tracing::warn!("asking the ranks for their flight records in {}: {e}", dir.display());
         return;
@@ -137,8 +142,19 @@ pub(super) async fn ask_for_flight_records(dir: &Path, node: usize, live: &[(usi
     while !live.iter().all(|&(r, _)| written(r)) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(flight::REQUEST_POLL / 4).await;
     }
-    let silent: Vec<_> =
-        live.iter().filter(|(r, _)| !written(*r)).map(|&(r, pid)| flight::Unanswered::look(r, pid)).collect();
+    // (each look takes 0.2 s: the ranks' side by side, off the agent's event loop)
+    let looks: Vec<_> = live
+        .iter()
+        .filter(|(r, _)| !written(*r))
+        .map(|&(r, pid)| {
+            let run_id = run_id.to_string();
+            tokio::task::spawn_blocking(move || flight::Unanswered::look(r, pid, (&run_id, u64::from(attempt))))
+        })
+        .collect();
+    let mut silent = Vec::new();
+    for look in looks {
+        silent.extend(look.await.ok());
+    }
     if !silent.is_empty() {
         flight::write_unanswered(dir, node, &silent);
     }
@@ -146,13 +162,15 @@ pub(super) async fn ask_for_flight_records(dir: &Path, node: usize, live: &[(usi
 
 /// What the flight records in `dir` (the attempt's log folder: the ranks' `flight-rankR.json`, written
 /// when a collective of theirs failed) say together, a line per finding, then what the agents saw of
-/// the ranks that wrote none when asked; none without records.
+/// the ranks that wrote none when asked (one that wrote its record later, stopping, is left out);
+/// none without either.
 pub(super) fn collectives(dir: &Path) -> Vec<String> {
     let (dumps, mut notes) = flight::read_dumps(dir);
     let (unanswered, more) = flight::read_unanswered(dir);
     notes.extend(more);
     let mut lines = flight::diagnose(&dumps);
-    lines.extend(unanswered.iter().map(flight::Unanswered::line));
+    let silent = unanswered.iter().filter(|u| !dumps.iter().any(|d| d.rank == u.rank));
+    lines.extend(silent.map(flight::Unanswered::line));
     lines.extend(notes.into_iter().map(|n| format!("set aside: {n}")));
     lines
 }

@@ -145,7 +145,7 @@ pub(super) async fn watch(
                         (report, node) = post_first(c, &keys[FAILED], report, node).await;
                     }
                     if failure::timed_out(&report) {
-                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited)).await;
+                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local, node });
@@ -184,7 +184,7 @@ pub(super) async fn watch(
                         Err(e) => (format!("(unreadable: {e:#})"), None, None),
                     };
                     if failure::timed_out(&report) {
-                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited)).await;
+                        failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
                     stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
                     let report = format!("another node: {report}");

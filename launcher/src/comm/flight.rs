@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 mod diagnose;
 mod process;
 pub use diagnose::{diagnose, read_dumps};
-pub use process::{read_unanswered, state_of, unanswered_name, write_unanswered, ProcState, Unanswered};
+pub use process::{
+    look_at_group, read_unanswered, unanswered_name, write_unanswered, ProcState, Process, Seen, Unanswered,
+};
 
 /// The environment variable naming the folder the records are written into (none: not written).
 pub const FLIGHT_DIR: &str = "INFINITY_FLIGHT_DIR";

@@ -78,9 +78,10 @@ fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
     dumps.sort_by_key(|d| d.rank);
     lines.extend(dumps.iter().map(rank_line));
     lines.extend(flight::diagnose(&dumps));
-    // (the first folder's word on a rank, as for its record)
+    // (the first folder's word on a rank, as for its record; none for a rank with a record)
     unanswered.sort_by_key(|u| u.rank);
     unanswered.dedup_by_key(|u| u.rank);
+    unanswered.retain(|u| !dumps.iter().any(|d| d.rank == u.rank));
     lines.extend(unanswered.iter().map(flight::Unanswered::line));
     Ok(lines)
 }
@@ -129,8 +130,19 @@ mod tests {
         let record = r#"{"rank": 0, "world": 2, "reason": "timed out", "unix_time": 0, "entries": [
             {"seq": 5, "op": "all_reduce", "values": 16, "state": "failed", "started_s": 3.0, "seconds": 2.0}]}"#;
         std::fs::write(a.join(flight::record_name(0)), record).unwrap();
-        let stopped = Unanswered { rank: 1, pid: 77, host: "b".into(), state: ProcState::Stopped, kernel_wait: None };
-        flight::write_unanswered(&b, 1, &[stopped]);
+        let unanswered = |rank, state| Unanswered {
+            rank,
+            pid: 77,
+            host: "b".into(),
+            state,
+            culprit: None,
+            kernel_wait: None,
+            run_id: None,
+            attempt: None,
+            unix_time: 0,
+        };
+        // (rank 0 wrote its record after its agent looked: the record speaks for it)
+        flight::write_unanswered(&b, 1, &[unanswered(0, ProcState::Sleeping), unanswered(1, ProcState::Stopped)]);
         let lines = flight_lines(&[a.clone(), b.clone(), a.clone()]).unwrap();
         assert_eq!(lines.len(), 4, "{lines:#?}");
         assert!(lines[0].starts_with("rank 0: no collective completed; #5 (all_reduce of 16 values) failed"));

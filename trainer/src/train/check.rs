@@ -73,7 +73,7 @@ pub fn check_with(
         }
         if drawn[row.bucket as usize] {
             // (in range: `Dataset::open` refuses other buckets)
-            bad.note(row_as_read(&ds, g, &mc));
+            bad.note(row_as_read(&ds, g, &mc, cfg.data.short_cap_prob > 0.0));
         }
     }
     bad.finish("data.dir", &cfg.data.dir).map_err(unrecoverable)?;
@@ -275,13 +275,14 @@ fn accessible(path: &Path, mode: libc::c_int) -> Result<()> {
 
 /// Row `g` of `ds` checked as a run reads it: the loader's row check (bucket, lengths, padding bits,
 /// class range), then the values the step refuses (a NaN or an infinity in the latent, or in the text
-/// embeddings of a text model: a class model never reads them). The error names file, row, id and column.
-pub(crate) fn row_as_read(ds: &Dataset, g: u64, mc: &ModelConfig) -> Result<(), DataError> {
+/// embedding of a text model: a class model never reads it; its short caption's too where the run reads
+/// them, `short_captions`). The error names file, row, id and column.
+pub(crate) fn row_as_read(ds: &Dataset, g: u64, mc: &ModelConfig, short_captions: bool) -> Result<(), DataError> {
     ds.validate_row(g)?;
     let row = ds.row(g);
     let text = matches!(mc.conditioning, Conditioning::Text);
-    let read =
-        RowRef { text_emb: row.text_emb.filter(|_| text), text_emb_short: row.text_emb_short.filter(|_| text), ..row };
+    let short = row.text_emb_short.filter(|_| text && short_captions);
+    let read = RowRef { text_emb: row.text_emb.filter(|_| text), text_emb_short: short, ..row };
     let Some((column, i)) = non_finite(&read, &ds.manifest) else { return Ok(()) };
     let (s, r) = ds.locate(g);
     Err(DataError::Row {

@@ -171,7 +171,7 @@ pub(super) fn prepare(
                 let short =
                     short_cap > 0.0 && keyed_rng(seed, &[STREAM_SHORT_CAPTION, step, id]).random::<f64>() < short_cap;
                 let (width, dtype) = (info.width as usize, info.dtype);
-                let (t, which) = match batch.text_short_f32(i, width, dtype).filter(|_| short) {
+                let (t, which) = match short.then(|| batch.text_short_f32(i, width, dtype)).flatten() {
                     Some(t) => (t, "short caption's text embedding"),
                     None => {
                         (batch.text_f32(i, width, dtype).expect("text datasets carry embeddings"), "text embedding")
