@@ -617,7 +617,8 @@ fn a_lost_store_host_stops_the_other_nodes_without_a_restart() {
 
 /// Rank 1 hangs (SIGSTOP); rank 0's collective times out waiting for it (exit 86, the error the
 /// trainer prints). The root cause is rank 1 on node 1, which stopped answering, on both nodes: it
-/// was rank 0 on node 0, the healthy one. Node 1's agent says what rank 1's process was doing.
+/// was rank 0 on node 0, the healthy one. Node 1's agent says what rank 1's process was doing, and
+/// stops it at once (a stopped process takes its SIGTERM once continued).
 #[test]
 fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
     use infinity_launcher::comm::CommError;
@@ -658,6 +659,8 @@ fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
     let want = "wrote no flight record when asked: its process is stopped (SIGSTOP, Ctrl-Z or a debugger holds it";
     assert!(text.contains("[launch] flight records: rank 1 (pid ") && text.contains(want), "{text}");
     assert!(rec["collectives"][2].as_str().is_some_and(|c| c.contains(want)), "{rec}");
+    // the stopped rank is continued with its SIGTERM: it does not hold the stop for the grace period
+    assert!(!text.contains("rank 1 did not exit within"), "{text}");
 }
 
 /// The same run id launched again (a requeued job) fails the same attempt: the first session's

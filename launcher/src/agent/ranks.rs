@@ -239,6 +239,9 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
     let signalled: Vec<usize> = (0..ranks.len()).filter(|&i| ranks[i].group_alive()).collect();
     for &i in &signalled {
         ranks[i].signal_group(sig);
+        // a stopped process (SIGSTOP, Ctrl-Z) acts on the signal only once continued: without this, a
+        // stopped rank holds the group's stop (and its restart) for the whole grace period
+        ranks[i].signal_group(libc::SIGCONT);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
     for &i in &running {
