@@ -608,7 +608,8 @@ fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
     let mut said = String::new();
     std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
     assert_eq!(status.code(), Some(143), "{said}");
-    assert!(said.contains("sweep stopped by a signal at lr-0.001 (checkpointed)"), "{said}");
+    assert!(said.contains("sweep stopped by a signal at lr-0.001: run the sweep again"), "{said}");
+    assert!(said.contains("lr-0.001: stopped by a signal after") && said.contains("s: checkpointed"), "{said}");
     // the run was stopped with it (its lock let go) and checkpointed; the second run never started
     assert!(!infinity_trainer::train::run_lock::in_use(&run));
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
@@ -644,7 +645,7 @@ echo '{"finished": true}' > "$dir/summary.json"
 "#;
     std::fs::write(&exe, script).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let slots = Slots::new(2, 1, Some(vec!["5".into(), "7".into()]), 8).unwrap();
+    let slots = Slots::new(2, 1, Some(vec!["5".into(), "7".into()]), 8, false).unwrap();
     let done = run_local(&runs, 1, &exe, &slots).unwrap();
     assert!(done.failed.is_empty() && done.stopped.is_empty(), "{done:?}");
     let read =
@@ -655,9 +656,10 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!([format!("5 {threads}"), format!("7 {threads}")].contains(&read("lr-0.003", "slot")));
     assert_eq!(read("lr-0.001", "seen"), "2", "the first run never saw the second train beside it");
 
-    // real runs: two at once to the end, then two of many steps stopped together by a signal
+    // real runs (on the CPU, the GPUs named anyway): two at once to the end, then two of many steps
+    // (on the CPU: no GPUs given out) stopped together by a signal
     sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
-    let out = ok(infinity(&["sweep", "two.toml", "--parallel", "2"], t));
+    let out = ok(infinity(&["sweep", "two.toml", "--parallel", "2", "--devices", "0,1"], t));
     assert!(out.contains("lr-0.001: running on GPU 0") && out.contains("lr-0.002: running on GPU 1"), "{out}");
     assert!(out.contains("sweep done: 2 runs"), "{out}");
     let status = ok(infinity(&["sweep", "two.toml", "--status"], t));
@@ -668,7 +670,7 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert_eq!(row("lr-0.001")[1..4], ["finished", "3", "3"], "{status}");
     assert!(status.contains("2 runs: 2 finished"), "{status}");
     let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
-    assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices lists 2"), "{e}");
+    assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");
     sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
     let mut sweep = Command::new(BIN)
         .args(["sweep", "long.toml", "-j", "2"])
@@ -688,7 +690,7 @@ echo '{"finished": true}' > "$dir/summary.json"
     let mut said = String::new();
     std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
     assert_eq!(status.code(), Some(143), "{said}");
-    assert!(said.contains("sweep stopped by a signal at lr-0.00"), "{said}");
+    assert!(said.contains("sweep stopped by a signal at lr-0.00") && !said.contains("on GPU"), "{said}");
     for run in ["lr-0.001", "lr-0.002"] {
         let dir = t.join("long").join(run);
         assert!(said.contains(run) && infinity_trainer::train::latest_checkpoint(&dir).is_some(), "{run}: {said}");

@@ -31,6 +31,7 @@ use group::{
     agree_on_settings, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store, wait_for_agents, Ending,
     Misconfigured, CURRENT_ATTEMPT,
 };
+pub use nproc::visible_gpu_ids;
 use plan::{plan, Plan};
 use ranks::spawn_group;
 use signals::{until_signal, Signals};

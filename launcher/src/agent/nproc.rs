@@ -29,12 +29,22 @@ pub(super) fn nproc_from(text: &str, gpus: impl FnOnce() -> usize) -> Result<usi
 /// allocation; empty, `-1` or `NoDevFiles` hide them all, as CUDA reads them), else the NVIDIA driver's
 /// list of this machine's GPUs.
 pub(super) fn visible_gpus(cuda_visible_devices: Option<&str>) -> usize {
+    visible_gpu_ids(cuda_visible_devices).len()
+}
+
+/// The ids of [`visible_gpus`]: `CUDA_VISIBLE_DEVICES`'s entries as CUDA takes them, else `0, 1, …` for
+/// the driver's GPUs.
+pub fn visible_gpu_ids(cuda_visible_devices: Option<&str>) -> Vec<String> {
     match cuda_visible_devices {
         Some(list) => {
             // CUDA stops at the first entry it cannot take (`-1` hides everything after it)
-            list.split(',').map(str::trim).take_while(|d| !d.is_empty() && *d != "-1" && *d != "NoDevFiles").count()
+            let valid = |d: &&str| !d.is_empty() && *d != "-1" && *d != "NoDevFiles";
+            list.split(',').map(str::trim).take_while(valid).map(str::to_string).collect()
         }
-        None => std::fs::read_dir(Path::new("/proc/driver/nvidia/gpus")).map_or(0, |d| d.flatten().count()),
+        None => {
+            let n = std::fs::read_dir(Path::new("/proc/driver/nvidia/gpus")).map_or(0, |d| d.flatten().count());
+            (0..n).map(|i| i.to_string()).collect()
+        }
     }
 }
 

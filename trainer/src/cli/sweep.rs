@@ -44,7 +44,15 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores)?;
+    // (runs on `auto` take GPUs where this machine shows some)
+    use crate::train::config::DeviceChoice;
+    let visible = infinity_launcher::agent::visible_gpu_ids(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
+    let gpus = runs.iter().any(|r| match r.config.run.device {
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => !visible.is_empty(),
+        DeviceChoice::Cpu => false,
+    });
+    let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores, gpus)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)
     if a.print {
         eprint!("{}", sweep::table(&runs, &out));
@@ -122,9 +130,12 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             done.training_elsewhere.join(", ")
         );
     }
-    if !done.stopped.is_empty() {
-        let runs = done.stopped.join(", ");
-        console!("sweep stopped by a signal at {runs} (checkpointed): run the sweep again to continue");
+    if !done.stopped.is_empty() || done.signalled {
+        let at = match done.stopped.is_empty() {
+            true => "between two runs".to_string(),
+            false => format!("at {}", done.stopped.join(", ")),
+        };
+        console!("sweep stopped by a signal {at}: run the sweep again to continue");
         // (128 + SIGTERM, as the signal's default action would have exited: not done, not failed)
         return Ok(ExitCode::from(143));
     }

@@ -5,7 +5,7 @@
 //! another or several at once, each on its own GPUs (`--parallel`).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 use anyhow::{bail, Context, Result};
 use infinity_data::manifest::write_atomic;
@@ -171,14 +171,15 @@ pub struct LocalOutcome {
     pub failed: Vec<String>,
     pub diverged: Vec<String>,
     pub training_elsewhere: Vec<String>,
-    /// The runs a signal stopped (to the sweep, forwarded to its runs, or to a run alone): the sweep
-    /// stopped there, the runs checkpointed.
+    /// The runs a signal stopped (to the sweep, forwarded to its runs, or to a run alone).
     pub stopped: Vec<String>,
+    /// A signal stopped the sweep before it started every run (also between two runs).
+    pub signalled: bool,
 }
 
 /// How runs share this machine when several train at once (`infinity sweep --parallel N`): each of
-/// `parallel` slots has its own GPUs (`CUDA_VISIBLE_DEVICES`, `nproc_per_node` of them) and an equal
-/// share of the CPU's threads (`RAYON_NUM_THREADS`, unless set).
+/// `parallel` slots has its own GPUs (`CUDA_VISIBLE_DEVICES`, `nproc_per_node` of them) where the runs
+/// use GPUs, and an equal share of the CPU's threads (`RAYON_NUM_THREADS`, unless set).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slots {
     pub parallel: usize,
@@ -194,42 +195,49 @@ impl Slots {
         Slots { parallel: 1, devices: vec![None], threads: None }
     }
 
-    /// `parallel` slots of `nproc` ranks each, sharing out `devices` (default: `CUDA_VISIBLE_DEVICES`,
-    /// else `0, 1, …`) `nproc` to a slot, and the `cores` threads equally (unless `RAYON_NUM_THREADS`
-    /// is set).
-    pub fn new(parallel: usize, nproc: usize, devices: Option<Vec<String>>, cores: usize) -> Result<Slots> {
+    /// `parallel` slots of `nproc` ranks each and the `cores` threads shared equally (unless
+    /// `RAYON_NUM_THREADS` is set); runs that use `gpus` (or any `devices` named) take `nproc` of
+    /// `devices` to a slot (default: the GPUs CUDA shows this process, `CUDA_VISIBLE_DEVICES`'s or the
+    /// driver's), too few of them refused.
+    pub fn new(parallel: usize, nproc: usize, devices: Option<Vec<String>>, cores: usize, gpus: bool) -> Result<Slots> {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         let threads_set = std::env::var_os("RAYON_NUM_THREADS").is_some();
-        Slots::share(parallel, nproc, (devices, visible), (cores, threads_set))
+        let list = match devices {
+            Some(d) => Some((d, "--devices")),
+            None if gpus => {
+                let from = if visible.is_some() { "CUDA_VISIBLE_DEVICES" } else { "the NVIDIA driver" };
+                Some((infinity_launcher::agent::visible_gpu_ids(visible.as_deref()), from))
+            }
+            None => None,
+        };
+        Slots::share(parallel, nproc, list, (cores, threads_set))
     }
 
-    /// [`Slots::new`] of `CUDA_VISIBLE_DEVICES` = `visible`, `RAYON_NUM_THREADS` set or not.
+    /// [`Slots::new`] of the GPU ids `list` (and where they came from), `RAYON_NUM_THREADS` set or not.
     fn share(
         parallel: usize,
         nproc: usize,
-        (devices, visible): (Option<Vec<String>>, Option<String>),
+        list: Option<(Vec<String>, &str)>,
         (cores, threads_set): (usize, bool),
     ) -> Result<Slots> {
-        if parallel == 1 && devices.is_none() {
-            return Ok(Slots::one());
-        }
-        let visible = visible.filter(|v| !v.trim().is_empty());
-        let (list, from): (Vec<String>, &str) = match (devices, visible) {
-            (Some(d), _) => (d, "--devices"),
-            (None, Some(v)) => (v.split(',').map(|d| d.trim().to_string()).collect(), "CUDA_VISIBLE_DEVICES"),
-            (None, None) => ((0..parallel * nproc).map(|d| d.to_string()).collect(), "the default"),
-        };
         let need = parallel * nproc;
-        if list.len() < need || list.iter().any(String::is_empty) {
-            bail!(
-                "--parallel {parallel} with nproc_per_node = {nproc} needs {need} GPUs, {nproc} to a run; {from} lists \
-                 {} ({}): lower --parallel, or name more with --devices",
-                list.len(),
-                list.join(",")
-            );
-        }
-        let devices = list.chunks(nproc).take(parallel).map(|c| Some(c.join(","))).collect();
-        let threads = (!threads_set).then(|| (cores / need).max(1));
+        let threads = (!threads_set && parallel > 1).then(|| (cores / need).max(1));
+        let devices = match list {
+            // one run at a time in the environment as it is, unless GPUs are named
+            _ if parallel == 1 && list.as_ref().is_none_or(|(_, from)| *from != "--devices") => return Ok(Slots::one()),
+            None => vec![None; parallel],
+            Some((list, from)) => {
+                if list.len() < need || list.iter().any(String::is_empty) {
+                    bail!(
+                        "--parallel {parallel} with nproc_per_node = {nproc} needs {need} GPUs, {nproc} to a run; \
+                         {from} shows {} ({}): lower --parallel, or name the GPUs with --devices",
+                        list.len(),
+                        list.join(",")
+                    );
+                }
+                list.chunks(nproc).take(parallel).map(|c| Some(c.join(","))).collect()
+            }
+        };
         Ok(Slots { parallel, devices, threads })
     }
 }
@@ -249,7 +257,7 @@ struct Running {
 /// free slot), each without this environment's `INF__…` variables (its config.toml already holds
 /// them, under the sweep's own settings). A signal to the sweep (a scheduler's SIGTERM) is forwarded
 /// to the runs in progress, which checkpoint, and the sweep starts no more: a run is never left
-/// training without the sweep that started it.
+/// training without the sweep that started it (a run that cannot be started is a failed run).
 pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -> Result<LocalOutcome> {
     let mut done = LocalOutcome::default();
     let env = env_overrides();
@@ -276,9 +284,19 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
                 }
                 RunState::ToDo => {
                     let slot = free.pop().expect("a free slot");
-                    running.push(start(r, at, slot, (nproc, exe, slots), &env)?);
+                    match start(r, &at, slot, (nproc, exe, slots), &env) {
+                        Ok(child) => running.push(child),
+                        Err(e) => {
+                            console!("{at}: FAILED to start: {e:#}");
+                            done.failed.push(r.name.clone());
+                            free.push(slot);
+                        }
+                    }
                 }
             }
+        }
+        if stop && next < runs.len() {
+            done.signalled = true;
         }
         if running.is_empty() {
             break;
@@ -292,28 +310,27 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
         }
         let mut k = 0;
         while k < running.len() {
-            let Some(status) = running[k].child.try_wait()? else {
-                k += 1;
-                continue;
+            let status = match running[k].child.try_wait() {
+                Ok(None) => {
+                    k += 1;
+                    continue;
+                }
+                Ok(Some(status)) => Ok(status),
+                // (not seen to fail; its run is given up rather than left unwatched)
+                Err(e) => {
+                    let _ = running[k].child.kill();
+                    let _ = running[k].child.wait();
+                    Err(e)
+                }
             };
             let r = running.remove(k);
             free.push(r.slot);
-            let secs = r.started.elapsed().as_secs_f64();
-            let (at, log) = (&r.at, r.log.display());
-            if status.success() && finished(&r.dir) {
-                console!("{at}: done in {secs:.1} s");
-            } else if forwarded || preempted(&r.dir) {
-                console!(
-                    "{at}: stopped by a signal after {secs:.1} s: checkpointed; run the sweep again to continue it"
-                );
-                done.stopped.push(r.name);
+            if ended(r, status, forwarded, &mut done) && !halted {
                 halted = true;
-            } else if diverged(&r.dir) {
-                console!("{at}: diverged after {secs:.1} s (see {log}): a final result");
-                done.diverged.push(r.name);
-            } else {
-                console!("{at}: FAILED ({status}); see {log}");
-                done.failed.push(r.name);
+                if next < runs.len() {
+                    let n = running.len();
+                    console!("a run was stopped by a signal: no more runs start ({n} still running)");
+                }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -321,16 +338,54 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
     Ok(done)
 }
 
+/// Say how run `r` ended and count it; whether a signal stopped it.
+fn ended(r: Running, status: std::io::Result<ExitStatus>, forwarded: bool, done: &mut LocalOutcome) -> bool {
+    let secs = r.started.elapsed().as_secs_f64();
+    let (at, log) = (&r.at, r.log.display());
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            console!("{at}: FAILED: its process could not be watched ({e}); see {log}");
+            done.failed.push(r.name);
+            return false;
+        }
+    };
+    if status.success() && finished(&r.dir) {
+        console!("{at}: done in {secs:.1} s");
+    } else if diverged(&r.dir) {
+        console!("{at}: diverged after {secs:.1} s (see {log}): a final result");
+        done.diverged.push(r.name);
+    } else if preempted(&r.dir) {
+        console!("{at}: stopped by a signal after {secs:.1} s: checkpointed; run the sweep again to continue it");
+        done.stopped.push(r.name);
+        return true;
+    } else if forwarded {
+        console!(
+            "{at}: stopped by the signal after {secs:.1} s ({status}), before a checkpoint of this session; see {log}"
+        );
+        done.stopped.push(r.name);
+        return true;
+    } else {
+        console!("{at}: FAILED ({status}); see {log}");
+        done.failed.push(r.name);
+    }
+    false
+}
+
 /// Start run `r` in slot `slot`, its output appended to its `train.log`.
 fn start(
     r: &PlannedRun,
-    at: String,
+    at: &str,
     slot: usize,
     (nproc, exe, slots): (usize, &Path, &Slots),
     env: &[(String, String)],
 ) -> Result<Running> {
     let log = r.dir.join("train.log");
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(exe);
     for (var, _) in env {
         cmd.env_remove(var);
@@ -342,47 +397,47 @@ fn start(
     if let Some(t) = slots.threads {
         cmd.env("RAYON_NUM_THREADS", t.to_string());
     }
-    let on = devices.map_or(String::new(), |d| format!(" on GPU {d}"));
-    console!("{at}: running{on} (log {})", log.display());
     let child = cmd
         .args(command(r, nproc))
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
+    let on = devices.map_or(String::new(), |d| format!(" on GPU {d}"));
+    console!("{at}: running{on} (log {})", log.display());
     let (name, dir, started) = (r.name.clone(), r.dir.clone(), std::time::Instant::now());
-    Ok(Running { at, name, dir, log, slot, child, started })
+    Ok(Running { at: at.to_string(), name, dir, log, slot, child, started })
 }
 
 #[cfg(test)]
 mod tests {
     use super::Slots;
 
-    fn slots(parallel: usize, nproc: usize, devices: Option<&str>, visible: Option<&str>) -> anyhow::Result<Slots> {
-        let devices = devices.map(|d| d.split(',').map(str::to_string).collect());
-        Slots::share(parallel, nproc, (devices, visible.map(str::to_string)), (16, false))
+    fn slots(parallel: usize, nproc: usize, list: Option<(&str, &str)>) -> anyhow::Result<Slots> {
+        let list = list.map(|(l, from)| (l.split(',').map(str::to_string).collect(), from));
+        Slots::share(parallel, nproc, list, (16, false))
     }
 
     #[test]
     fn parallel_runs_get_their_own_gpus_and_a_share_of_the_threads() {
-        assert_eq!(slots(1, 2, None, Some("3")).unwrap(), Slots::one(), "one run: the environment as it is");
-        let s = slots(4, 1, None, None).unwrap();
+        assert_eq!(slots(1, 2, Some(("3", "CUDA_VISIBLE_DEVICES"))).unwrap(), Slots::one(), "one run: as it is");
+        let s = slots(1, 1, Some(("7", "--devices"))).unwrap();
+        assert_eq!((s.devices, s.threads), (vec![Some("7".to_string())], None), "one run on the GPU named");
+        let s = slots(4, 1, Some(("0,1,2,3", "the NVIDIA driver"))).unwrap();
         let want = ["0", "1", "2", "3"].map(|d| Some(d.to_string()));
         assert_eq!((s.devices, s.threads), (want.to_vec(), Some(4)));
-        // nproc_per_node GPUs to a run, from CUDA_VISIBLE_DEVICES or --devices (which wins)
-        let s = slots(2, 2, None, Some("4, 5,6,7,8")).unwrap();
-        assert_eq!(s.devices, [Some("4,5".to_string()), Some("6,7".to_string())]);
-        assert_eq!(s.threads, Some(4));
-        let s = slots(1, 1, Some("7"), Some("0,1")).unwrap();
-        assert_eq!(s.devices, [Some("7".to_string())]);
-        let e = slots(3, 2, Some("0,1,2,3"), None).unwrap_err().to_string();
+        // nproc_per_node GPUs to a run
+        let s = slots(2, 2, Some(("4,5,6,7,8", "CUDA_VISIBLE_DEVICES"))).unwrap();
+        assert_eq!((s.devices, s.threads), (vec![Some("4,5".to_string()), Some("6,7".to_string())], Some(4)));
+        // runs on the CPU: threads shared, GPUs untouched
+        let s = slots(2, 1, None).unwrap();
+        assert_eq!((s.devices, s.threads), (vec![None, None], Some(8)));
+        let e = slots(3, 2, Some(("0,1,2,3", "--devices"))).unwrap_err().to_string();
         assert!(
-            e.starts_with("--parallel 3 with nproc_per_node = 2 needs 6 GPUs, 2 to a run; --devices lists 4"),
+            e.starts_with("--parallel 3 with nproc_per_node = 2 needs 6 GPUs, 2 to a run; --devices shows 4"),
             "{e}"
         );
-        let e = slots(2, 1, None, Some("0")).unwrap_err().to_string();
-        assert!(e.contains("CUDA_VISIBLE_DEVICES lists 1 (0)"), "{e}");
-        let threads_set = Slots::share(2, 1, (None, None), (16, true)).unwrap().threads;
+        let threads_set = Slots::share(2, 1, None, (16, true)).unwrap().threads;
         assert_eq!(threads_set, None, "RAYON_NUM_THREADS set: left as it is");
     }
 }

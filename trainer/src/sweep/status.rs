@@ -1,6 +1,7 @@
-//! `infinity sweep FILE --status`: where each run of a sweep stands, read from its folder alone (its
-//! lock, `summary.json`, the last line of `metrics.jsonl`, its newest checkpoint), so it can be asked
-//! while the sweep trains, from any machine that sees the folders.
+//! `infinity sweep FILE --status`: where each run of the sweep file's plan stands, read from its folder
+//! (its lock, `summary.json`, the last lines of `metrics.jsonl` and `val.jsonl`, its newest
+//! checkpoint), so it can be asked while the sweep trains, from any machine that can write the folders
+//! (a lock is tested by taking it: on a read-only mount a run training reads as interrupted).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -71,7 +72,7 @@ fn row(r: &PlannedRun) -> Row {
         RunState::ToDo => "not started",
     };
     let step = last.as_ref().and_then(|m| m["step"].as_u64());
-    let val_loss = summary.as_ref().and_then(|s| s["val_loss"].as_f64());
+    let val_loss = crate::train::rundir::last_val(&r.dir, u64::MAX).map(|(_, loss)| loss);
     Row {
         name: r.name.clone(),
         state: state.to_string(),

@@ -359,8 +359,9 @@ pub struct CheckpointSection {
     /// Save every this many steps (and at the end); 0 = only at the end.
     pub every: u64,
     /// Also save once this many minutes have passed since the session's start or its last save, at the
-    /// end of the step where one rank's clock says so: the work a preemption loses is bounded in time
-    /// whatever a step takes; 0 (the default) = by steps alone.
+    /// end of the step where rank 0's clock says so (not while the last checkpoint is still being
+    /// written): the work a preemption loses is bounded in time whatever a step takes; 0 (the default)
+    /// = by steps alone.
     #[serde(skip_serializing_if = "is_zero")]
     pub every_minutes: f64,
     /// Keep the newest this many.

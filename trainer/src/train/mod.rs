@@ -358,10 +358,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
         // ---- checkpoint --------------------------------------------------------------------------
         // preemption: every rank learns whether any rank was signalled, so all stop at this step; and
-        // whether any rank's clock says a checkpoint is due (checkpoint.every_minutes), so all save
+        // whether rank 0's clock says a checkpoint is due (checkpoint.every_minutes), so all save
         let stop = dist::is_set(&opts.stop);
+        let writing = saver.as_ref().is_some_and(saver::Saver::writing);
         dist.tag("stop-signal and checkpoint-clock check");
-        let [preempt, clock_due] = dist.any_each([stop, clock.due()])?;
+        let [preempt, clock_due] = dist.any_each([stop, leader && clock.due() && !writing])?;
         if preempt {
             // (before the stop's checkpoint records its summary)
             summary.preempted();

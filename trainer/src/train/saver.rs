@@ -31,7 +31,8 @@ pub struct Snapshot {
 }
 
 /// When `checkpoint.every_minutes` asks for a checkpoint: that long after the session's start or its
-/// last checkpoint, on this rank's clock (the ranks agree in one collective: any rank's clock decides).
+/// last checkpoint, on rank 0's clock (the ranks learn it in one collective), and not while the last
+/// checkpoint is still being written (a write slower than the clock would make every step save).
 pub struct CheckpointClock {
     every: Option<Duration>,
     last: Instant,
@@ -40,7 +41,8 @@ pub struct CheckpointClock {
 impl CheckpointClock {
     /// A clock of `minutes` (0: never due), started now.
     pub fn new(minutes: f64) -> CheckpointClock {
-        let every = (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0));
+        // (a number of minutes past what a Duration holds is never due)
+        let every = (minutes > 0.0).then(|| Duration::try_from_secs_f64(minutes * 60.0).ok()).flatten();
         CheckpointClock { every, last: Instant::now() }
     }
 
@@ -147,6 +149,11 @@ impl Saver {
         on_disk.put(&self.run, step, text)
     }
 
+    /// Whether a checkpoint is being written now (in the background).
+    pub fn writing(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|(_, h)| !h.is_finished())
+    }
+
     /// Wait for the write in flight (if any); its error, naming the step, if it failed.
     pub fn wait(&mut self) -> Result<()> {
         match self.in_flight.take() {
@@ -190,6 +197,7 @@ mod tests {
         assert!(c.due());
         c.saved();
         assert!(!c.due());
+        assert!(!CheckpointClock::new(1e300).due(), "past what a Duration holds: never");
     }
 
     use super::*;

@@ -207,9 +207,9 @@ mod tests {
             d.entries[1].step = Some(3);
             d
         };
-        let lines = diagnose(&[tagged(0, "checkpoint barrier"), tagged(1, "stop-signal check")]);
+        let lines = diagnose(&[tagged(0, "checkpoint barrier"), tagged(1, "resume step agreement")]);
         let want = "the ranks called different collectives as #5: rank 0 checkpoint barrier: all_reduce of 1 value, \
-                    step 3, rank 1 stop-signal check: all_reduce of 1 value, step 3";
+                    step 3, rank 1 resume step agreement: all_reduce of 1 value, step 3";
         assert!(lines[0].starts_with(want), "{lines:?}");
     }
 
