@@ -582,23 +582,13 @@ fn scaling_console_counts_points_and_both_correlations() {
     assert!(!out.contains("NaN"), "{out}");
 }
 
-/// A signal to a sweep running locally is forwarded to the run in progress, which checkpoints; the
-/// sweep stops there (143) instead of leaving the run training alone, and a second sweep continues it.
-#[test]
-fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
-    let tmp = plan_fixture();
-    let t = tmp.path();
-    sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
-    let mut sweep = Command::new(BIN)
-        .args(["sweep", "long.toml"])
-        .current_dir(t)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = t.join("long/lr-0.001");
+/// `infinity ARGS` in `t`, sent SIGTERM half a second after `started` holds (within 60 s): its exit code
+/// and stdout.
+fn stop_sweep(t: &Path, args: &[&str], started: impl Fn() -> bool) -> (Option<i32>, String) {
+    let mut sweep = Command::new(BIN).args(args).current_dir(t).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let t0 = std::time::Instant::now();
-    while !run.join("derived.json").is_file() {
-        assert!(t0.elapsed().as_secs() < 60, "the first run did not start");
+    while !started() {
+        assert!(t0.elapsed().as_secs() < 60, "{args:?}: the runs did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -607,7 +597,19 @@ fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
     let status = sweep.wait().unwrap();
     let mut said = String::new();
     std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
-    assert_eq!(status.code(), Some(143), "{said}");
+    (status.code(), said)
+}
+
+/// A signal to a sweep running locally is forwarded to the run in progress, which checkpoints; the
+/// sweep stops there (143) instead of leaving the run training alone, and a second sweep continues it.
+#[test]
+fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let run = t.join("long/lr-0.001");
+    let (code, said) = stop_sweep(t, &["sweep", "long.toml"], || run.join("derived.json").is_file());
+    assert_eq!(code, Some(143), "{said}");
     assert!(said.contains("sweep stopped by a signal at lr-0.001: run the sweep again"), "{said}");
     assert!(said.contains("lr-0.001: stopped by a signal after") && said.contains("s: checkpointed"), "{said}");
     // the run was stopped with it (its lock let go) and checkpointed; the second run never started
@@ -672,24 +674,9 @@ echo '{"finished": true}' > "$dir/summary.json"
     let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
     assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");
     sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
-    let mut sweep = Command::new(BIN)
-        .args(["sweep", "long.toml", "-j", "2"])
-        .current_dir(t)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !["lr-0.001", "lr-0.002"].iter().all(|r| t.join("long").join(r).join("derived.json").is_file()) {
-        assert!(t0.elapsed().as_secs() < 60, "the first two runs did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: signalling a child this test spawned.
-    unsafe { libc::kill(sweep.id() as i32, libc::SIGTERM) };
-    let status = sweep.wait().unwrap();
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut sweep.stdout.take().unwrap(), &mut said).unwrap();
-    assert_eq!(status.code(), Some(143), "{said}");
+    let started = || ["lr-0.001", "lr-0.002"].iter().all(|r| t.join("long").join(r).join("derived.json").is_file());
+    let (code, said) = stop_sweep(t, &["sweep", "long.toml", "-j", "2"], started);
+    assert_eq!(code, Some(143), "{said}");
     assert!(said.contains("sweep stopped by a signal at lr-0.00") && !said.contains("on GPU"), "{said}");
     for run in ["lr-0.001", "lr-0.002"] {
         let dir = t.join("long").join(run);

@@ -148,7 +148,7 @@ pub(super) async fn ask_for_flight_records(
         .filter(|(r, _)| !written(*r))
         .map(|&(r, pid)| {
             let run_id = run_id.to_string();
-            tokio::task::spawn_blocking(move || flight::Unanswered::look(r, pid, (&run_id, u64::from(attempt))))
+            tokio::task::spawn_blocking(move || flight::Unanswered::look(r, pid, (&run_id, attempt)))
         })
         .collect();
     let mut silent = Vec::new();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 mod diagnose;
+mod files;
 mod process;
 pub use diagnose::{diagnose, read_dumps};
 pub use process::{

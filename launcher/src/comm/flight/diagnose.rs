@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::files::{newest_attempt, read_all};
 use super::{Dump, Entry, State};
 
 /// The most ranks a record may claim (a larger `world` is a damaged file, not a group).
@@ -12,32 +13,13 @@ const MAX_WORLD: usize = 1 << 20;
 /// cannot be read (not JSON, a rank outside its world, a second record of one rank) and the records
 /// of other runs or attempts left beside them (the newest run's and attempt's are read).
 pub fn read_dumps(dir: &Path) -> (Vec<Dump>, Vec<String>) {
-    let (mut dumps, mut notes) = (Vec::<Dump>::new(), Vec::new());
-    let Ok(rd) = std::fs::read_dir(dir) else { return (dumps, notes) };
-    let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for p in paths {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !(name.starts_with("flight-rank") && name.ends_with(".json")) {
-            continue;
-        }
-        let read = std::fs::read_to_string(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<Dump>(&t).map_err(|e| format!("not a flight record: {e}")))
-            .and_then(|d| match (d.world, d.rank) {
-                (w, _) if w == 0 || w > MAX_WORLD => Err(format!("a world of {w} ranks")),
-                (w, r) if r >= w => Err(format!("rank {r} in a world of {w}")),
-                _ => Ok(d),
-            });
-        match read {
-            Ok(d) => dumps.push(d),
-            Err(e) => notes.push(format!("{}: {e}", p.display())),
-        }
-    }
+    let (dumps, mut notes) = read_all(dir, "flight-rank", "a flight record", |d: Dump| match (d.world, d.rank) {
+        (w, _) if w == 0 || w > MAX_WORLD => Err(format!("a world of {w} ranks")),
+        (w, r) if r >= w => Err(format!("rank {r} in a world of {w}")),
+        _ => Ok(d),
+    });
     // one run's attempt: the newest record's
-    let newest = dumps.iter().max_by_key(|d| d.unix_time).map(|d| (d.run_id.clone(), d.attempt));
-    let (this, other): (Vec<Dump>, Vec<Dump>) =
-        dumps.into_iter().partition(|d| Some((d.run_id.clone(), d.attempt)) == newest);
+    let (this, other) = newest_attempt(dumps, |d| (d.unix_time, d.run_id.clone(), d.attempt));
     if !other.is_empty() {
         let ranks: Vec<String> = other.iter().map(|d| d.rank.to_string()).collect();
         notes.push(format!(

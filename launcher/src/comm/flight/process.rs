@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::files::{newest_attempt, read_all};
+
 /// The looks at a process group, and the pause between them.
 const LOOKS: usize = 3;
 const PAUSE: Duration = Duration::from_millis(100);
@@ -60,7 +62,7 @@ pub struct Unanswered {
     #[serde(default)]
     pub run_id: Option<String>,
     #[serde(default)]
-    pub attempt: Option<u64>,
+    pub attempt: Option<u32>,
     #[serde(default)]
     pub unix_time: u64,
 }
@@ -68,7 +70,7 @@ pub struct Unanswered {
 impl Unanswered {
     /// Rank `rank`, process `pid` of this host (the leader of its process group) in attempt `attempt`
     /// of run `run_id`, as its kernel says over [`LOOKS`] looks (blocks for 0.2 s).
-    pub fn look(rank: usize, pid: i32, (run_id, attempt): (&str, u64)) -> Unanswered {
+    pub fn look(rank: usize, pid: i32, (run_id, attempt): (&str, u32)) -> Unanswered {
         let seen = look_at_group(pid);
         let host = crate::env::hostname().unwrap_or_else(|| "this host".into());
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -232,26 +234,8 @@ pub fn write_unanswered(dir: &Path, node: usize, ranks: &[Unanswered]) {
 /// The unanswered ranks the nodes' agents wrote into `dir` in the newest launch attempt there, by
 /// rank, and notes on files that do not read and entries of other attempts.
 pub fn read_unanswered(dir: &Path) -> (Vec<Unanswered>, Vec<String>) {
-    let (mut found, mut notes) = (Vec::<Unanswered>::new(), Vec::new());
-    let Ok(rd) = std::fs::read_dir(dir) else { return (found, notes) };
-    let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for p in paths {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !(name.starts_with("flight-unanswered-node") && name.ends_with(".json")) {
-            continue;
-        }
-        let read = std::fs::read_to_string(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<Vec<Unanswered>>(&t).map_err(|e| format!("not a list of ranks: {e}")));
-        match read {
-            Ok(ranks) => found.extend(ranks),
-            Err(e) => notes.push(format!("{}: {e}", p.display())),
-        }
-    }
-    let newest = found.iter().max_by_key(|u| u.unix_time).map(|u| (u.run_id.clone(), u.attempt));
-    let (this, other): (Vec<_>, Vec<_>) =
-        found.into_iter().partition(|u| Some((u.run_id.clone(), u.attempt)) == newest);
+    let (lists, mut notes) = read_all(dir, "flight-unanswered-node", "a list of ranks", Ok::<Vec<Unanswered>, _>);
+    let (this, other) = newest_attempt(lists.concat(), |u| (u.unix_time, u.run_id.clone(), u.attempt));
     if !other.is_empty() {
         let ranks: Vec<String> = other.iter().map(|u| u.rank.to_string()).collect();
         notes.push(format!(
@@ -357,7 +341,7 @@ mod tests {
             kernel_wait: kernel_wait.map(str::to_string),
             run_id: Some("job".into()),
             attempt: Some(attempt),
-            unix_time: 1000 + attempt,
+            unix_time: 1000 + u64::from(attempt),
         };
         write_unanswered(dir.path(), 1, &[u(3, ProcState::Uninterruptible, 2, Some("nfs_wait_bit_killable"))]);
         write_unanswered(dir.path(), 0, &[u(1, ProcState::Stopped, 2, None), u(0, ProcState::Sleeping, 1, None)]);

@@ -1,0 +1,48 @@
+//! Reading the JSON files the ranks and the agents leave in a records' folder: every file of a kind,
+//! in name order, and of one launch attempt, the newest.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// The files `PREFIX*.json` in `dir`, in name order, parsed as `T` and passed through `check`; a note
+/// (`PATH: why`) for each that does not read, is not `what`, or that `check` refuses.
+pub(super) fn read_all<T: DeserializeOwned>(
+    dir: &Path,
+    prefix: &str,
+    what: &str,
+    check: impl Fn(T) -> Result<T, String>,
+) -> (Vec<T>, Vec<String>) {
+    let (mut found, mut notes) = (Vec::new(), Vec::new());
+    let Ok(rd) = std::fs::read_dir(dir) else { return (found, notes) };
+    let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !(name.starts_with(prefix) && name.ends_with(".json")) {
+            continue;
+        }
+        let read = std::fs::read_to_string(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<T>(&t).map_err(|e| format!("not {what}: {e}")))
+            .and_then(&check);
+        match read {
+            Ok(v) => found.push(v),
+            Err(e) => notes.push(format!("{}: {e}", p.display())),
+        }
+    }
+    (found, notes)
+}
+
+/// `items` split into those of the newest launch attempt (the run id and attempt of the one written
+/// last, by `key`: `(unix_time, run_id, attempt)`) and the others.
+pub(super) fn newest_attempt<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> (u64, Option<String>, Option<u32>),
+) -> (Vec<T>, Vec<T>) {
+    let newest = items.iter().map(&key).max_by_key(|k| k.0).map(|(_, run, attempt)| (run, attempt));
+    items.into_iter().partition(|i| {
+        let (_, run, attempt) = key(i);
+        Some((run, attempt)) == newest
+    })
+}
