@@ -647,7 +647,7 @@ echo '{"finished": true}' > "$dir/summary.json"
 "#;
     std::fs::write(&exe, script).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let slots = Slots::new(2, 1, Some(vec!["5".into(), "7".into()]), 8, false).unwrap();
+    let slots = Slots::new(2, 1, Some(vec!["5".into(), "7".into()]), 8, &runs).unwrap();
     let done = run_local(&runs, 1, &exe, &slots).unwrap();
     assert!(done.failed.is_empty() && done.stopped.is_empty(), "{done:?}");
     let read =

@@ -44,15 +44,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // (runs on `auto` take GPUs where this machine shows some)
-    use crate::train::config::DeviceChoice;
-    let visible = infinity_launcher::agent::visible_gpu_ids(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref());
-    let gpus = runs.iter().any(|r| match r.config.run.device {
-        DeviceChoice::Cuda => true,
-        DeviceChoice::Auto => !visible.is_empty(),
-        DeviceChoice::Cpu => false,
-    });
-    let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores, gpus)?;
+    let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores, &runs)?;
     // with --print, stdout is the command lines alone (for a scheduler to read)
     if a.print {
         eprint!("{}", sweep::table(&runs, &out));

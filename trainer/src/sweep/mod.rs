@@ -368,6 +368,24 @@ fn budget_steps(
     Ok(steps as u64)
 }
 
+/// `rows` (the header first) as lines of columns as wide as their widest entry, two spaces apart: the
+/// first `left` left-aligned, the others (numbers) right-aligned.
+fn aligned<const N: usize>(rows: &[[String; N]], left: usize) -> String {
+    let widths: Vec<usize> = (0..N).map(|c| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut s = String::new();
+    for row in rows {
+        for (c, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            let sep = if c == 0 { "" } else { "  " };
+            match c < left {
+                true => s.push_str(&format!("{sep}{cell:<w$}")),
+                false => s.push_str(&format!("{sep}{cell:>w$}")),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// The table printed before anything starts, its columns as wide as their widest entry, and where the
 /// run folders are.
 pub fn table(runs: &[PlannedRun], out: &Path) -> String {
@@ -378,17 +396,7 @@ pub fn table(runs: &[PlannedRun], out: &Path) -> String {
             [r.name.clone(), params, steps, format!("{:.3e}", r.tokens), format!("{:.3e}", r.compute)]
         }))
         .collect();
-    let width = |c: usize| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..5).map(width).collect();
-    let mut s = String::new();
-    for row in &rows {
-        let mut line = format!("{:<w$}", row[0], w = widths[0]);
-        for (cell, w) in row.iter().zip(&widths).skip(1) {
-            line.push_str(&format!("  {cell:>w$}"));
-        }
-        s.push_str(&line);
-        s.push('\n');
-    }
+    let mut s = aligned(&rows, 1);
     let total: f64 = runs.iter().map(|r| r.compute).sum();
     s.push_str(&format!("{} runs, {total:.3e} training FLOPs in total\n", runs.len()));
     s.push_str(&format!("run folders: {}/NAME\n", out.display()));

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use infinity_data::manifest::write_atomic;
 
 use super::{env_overrides, PlannedRun};
+use crate::train::config::DeviceChoice;
 use crate::train::rundir::config_changes;
 
 fn summary(dir: &Path) -> Option<serde_json::Value> {
@@ -29,7 +30,7 @@ pub fn diverged(dir: &Path) -> bool {
 }
 
 /// Whether a run folder holds a run a signal stopped (checkpointed; `--resume auto` continues it).
-fn preempted(dir: &Path) -> bool {
+pub(super) fn preempted(dir: &Path) -> bool {
     summary(dir).is_some_and(|v| v["preempted"] == true)
 }
 
@@ -196,18 +197,27 @@ impl Slots {
     }
 
     /// `parallel` slots of `nproc` ranks each and the `cores` threads shared equally (unless
-    /// `RAYON_NUM_THREADS` is set); runs that use `gpus` (or any `devices` named) take `nproc` of
-    /// `devices` to a slot (default: the GPUs CUDA shows this process, `CUDA_VISIBLE_DEVICES`'s or the
-    /// driver's), too few of them refused.
-    pub fn new(parallel: usize, nproc: usize, devices: Option<Vec<String>>, cores: usize, gpus: bool) -> Result<Slots> {
-        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    /// `RAYON_NUM_THREADS` is set); where `runs` use GPUs (`run.device` cuda, or auto on a machine that
+    /// shows some), or `devices` names them, `nproc` of `devices` to a slot (default: the GPUs CUDA
+    /// shows this process, `CUDA_VISIBLE_DEVICES`'s or the driver's), too few of them refused.
+    pub fn new(
+        parallel: usize,
+        nproc: usize,
+        devices: Option<Vec<String>>,
+        cores: usize,
+        runs: &[PlannedRun],
+    ) -> Result<Slots> {
         let threads_set = std::env::var_os("RAYON_NUM_THREADS").is_some();
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let shown = infinity_launcher::agent::visible_gpu_ids(visible.as_deref());
+        let gpus = runs.iter().any(|r| match r.config.run.device {
+            DeviceChoice::Cuda => true,
+            DeviceChoice::Auto => !shown.is_empty(),
+            DeviceChoice::Cpu => false,
+        });
         let list = match devices {
             Some(d) => Some((d, "--devices")),
-            None if gpus => {
-                let from = if visible.is_some() { "CUDA_VISIBLE_DEVICES" } else { "the NVIDIA driver" };
-                Some((infinity_launcher::agent::visible_gpu_ids(visible.as_deref()), from))
-            }
+            None if gpus => Some((shown, if visible.is_some() { "CUDA_VISIBLE_DEVICES" } else { "the NVIDIA driver" })),
             None => None,
         };
         Slots::share(parallel, nproc, list, (cores, threads_set))

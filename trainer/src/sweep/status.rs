@@ -6,14 +6,14 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::run::{state, RunState};
-use super::PlannedRun;
+use super::run::{preempted, state, RunState};
+use super::{aligned, PlannedRun};
 use crate::train::checkpoint::saved_step;
 
 /// What the status table says of one run.
 struct Row {
     name: String,
-    state: String,
+    state: &'static str,
     step: Option<u64>,
     steps: u64,
     loss: Option<f64>,
@@ -30,23 +30,13 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
         std::iter::once(["run", "state", "step", "of", "loss", "val loss", "checkpoint"].map(String::from))
             .chain(rows.iter().map(|r| {
                 let (step, steps, ckpt) = (int(r.step), r.steps.to_string(), int(r.checkpoint));
-                [r.name.clone(), r.state.clone(), step, steps, num(r.loss), num(r.val_loss), ckpt]
+                [r.name.clone(), r.state.to_string(), step, steps, num(r.loss), num(r.val_loss), ckpt]
             }))
             .collect();
-    let widths: Vec<usize> =
-        (0..7).map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut s = String::new();
-    for row in &cells {
-        let mut line = format!("{:<w0$}  {:<w1$}", row[0], row[1], w0 = widths[0], w1 = widths[1]);
-        for (cell, w) in row.iter().zip(&widths).skip(2) {
-            line.push_str(&format!("  {cell:>w$}"));
-        }
-        s.push_str(line.trim_end());
-        s.push('\n');
-    }
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut s = aligned(&cells, 2);
+    let mut counts: Vec<(&str, usize)> = Vec::new();
     for r in &rows {
-        let kind = r.state.split(" (").next().unwrap_or_default().to_string();
+        let kind = r.state.split(" (").next().unwrap_or_default();
         match counts.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
             None => counts.push((kind, 1)),
@@ -58,15 +48,13 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
 }
 
 fn row(r: &PlannedRun) -> Row {
-    let summary: Option<serde_json::Value> =
-        std::fs::read_to_string(r.dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     let last = last_metrics(&r.dir.join("metrics.jsonl"));
     let checkpoint = crate::train::latest_checkpoint(&r.dir).and_then(|c| saved_step(&c));
     let state = match state(&r.dir) {
         RunState::Finished => "finished",
         RunState::Diverged => "diverged",
         RunState::Training => "training",
-        RunState::ToDo if summary.as_ref().is_some_and(|s| s["preempted"] == true) => "stopped (by a signal)",
+        RunState::ToDo if preempted(&r.dir) => "stopped (by a signal)",
         RunState::ToDo if checkpoint.is_some() => "interrupted (resumes)",
         RunState::ToDo if last.is_some() => "interrupted (restarts: no checkpoint)",
         RunState::ToDo => "not started",
@@ -75,7 +63,7 @@ fn row(r: &PlannedRun) -> Row {
     let val_loss = crate::train::rundir::last_val(&r.dir, u64::MAX).map(|(_, loss)| loss);
     Row {
         name: r.name.clone(),
-        state: state.to_string(),
+        state,
         step,
         steps: r.config.run.steps,
         loss: last.as_ref().and_then(|m| m["loss"].as_f64()),
