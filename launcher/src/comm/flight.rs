@@ -270,16 +270,11 @@ impl FlightRecorder {
         if std::mem::replace(&mut self.lock().dumped, true) {
             return None;
         }
-        let path = dir.join(record_name(self.0.rank));
-        let text = serde_json::to_string_pretty(&self.snapshot(reason)).expect("a record of strings and numbers");
-        let tmp = dir.join(format!(".flight-rank{}.json.tmp", self.0.rank));
-        match std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, text + "\n"))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-        {
-            Ok(()) => Some(path),
+        let name = record_name(self.0.rank);
+        match files::write_json(&dir, &name, &self.snapshot(reason)) {
+            Ok(path) => Some(path),
             Err(e) => {
-                tracing::warn!("rank {}: writing its flight record {}: {e}", self.0.rank, path.display());
+                tracing::warn!("rank {}: writing its flight record {}: {e}", self.0.rank, dir.join(name).display());
                 None
             }
         }

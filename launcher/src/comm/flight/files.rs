@@ -1,9 +1,21 @@
-//! Reading the JSON files the ranks and the agents leave in a records' folder: every file of a kind,
-//! in name order, and of one launch attempt, the newest.
+//! The JSON files the ranks and the agents leave in a records' folder: written whole or not at all,
+//! read back every file of a kind, in name order, and of one launch attempt, the newest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Write `value` as `dir/name` (made if missing) through a temporary file renamed over it, so that a
+/// reader never sees half of it.
+pub(super) fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> std::io::Result<PathBuf> {
+    let (path, tmp) = (dir.join(name), dir.join(format!(".{name}.tmp")));
+    let text = serde_json::to_string_pretty(value).expect("records of strings and numbers");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&tmp, text + "\n")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
 
 /// The files `PREFIX*.json` in `dir`, in name order, parsed as `T` and passed through `check`; a note
 /// (`PATH: why`) for each that does not read, is not `what`, or that `check` refuses.

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{newest_attempt, read_all};
+use super::files::{newest_attempt, read_all, write_json};
 
 /// The looks at a process group, and the pause between them.
 const LOOKS: usize = 3;
@@ -223,11 +223,8 @@ pub fn unanswered_name(node: usize) -> String {
 
 /// Write node `node`'s unanswered ranks into `dir` (atomically); a failure is logged.
 pub fn write_unanswered(dir: &Path, node: usize, ranks: &[Unanswered]) {
-    let path = dir.join(unanswered_name(node));
-    let tmp = dir.join(format!(".{}.tmp", unanswered_name(node)));
-    let text = serde_json::to_string_pretty(ranks).expect("strings and numbers");
-    if let Err(e) = std::fs::write(&tmp, text + "\n").and_then(|()| std::fs::rename(&tmp, &path)) {
-        tracing::warn!("writing {}: {e}", path.display());
+    if let Err(e) = write_json(dir, &unanswered_name(node), &ranks) {
+        tracing::warn!("writing {}: {e}", dir.join(unanswered_name(node)).display());
     }
 }
 
