@@ -66,16 +66,26 @@ impl Batch {
 
     /// Text embedding `[n_tokens, Ct]` of row `i` as f32.
     pub fn text_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
-        let (emb, cu) = (self.text_emb.as_ref()?, self.text_cu_seqlens.as_ref()?);
-        Some(dtype.to_f32(&emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2]))
+        Some(packed_row(self.text_emb.as_ref()?, self.text_cu_seqlens.as_ref()?, i, width, dtype))
     }
 
     /// Short-caption text embedding `[n_tokens, Ct]` of row `i` as f32, where the row has one.
     pub fn text_short_f32(&self, i: usize, width: usize, dtype: TextDtype) -> Option<Vec<f32>> {
         let (emb, cu) = (self.text_emb_short.as_ref()?, self.text_short_cu_seqlens.as_ref()?);
-        let (a, b) = (cu[i] as usize, cu[i + 1] as usize);
-        (b > a).then(|| dtype.to_f32(&emb[a * width * 2..b * width * 2]))
+        (cu[i + 1] > cu[i]).then(|| packed_row(emb, cu, i, width, dtype))
     }
+}
+
+/// Row `i` of rows packed without padding (`[T, width]` 16-bit values, `cu` their cumulative token
+/// counts) as f32.
+fn packed_row(emb: &[u8], cu: &[u32], i: usize, width: usize, dtype: TextDtype) -> Vec<f32> {
+    dtype.to_f32(&emb[cu[i] as usize * width * 2..cu[i + 1] as usize * width * 2])
+}
+
+/// Append `src` (`[n, width]` 16-bit values, `row_bytes` a token) to `dst` and its end to `cu`.
+fn push_packed(dst: &mut Vec<u8>, cu: &mut Vec<u32>, src: &[u8], row_bytes: usize) {
+    dst.extend_from_slice(src);
+    cu.push(cu.last().unwrap() + (src.len() / row_bytes) as u32);
 }
 
 /// Gather `rows` (global row ids, all of `bucket`) into a batch, reusing the buffers of `spare` (a batch
@@ -147,13 +157,11 @@ pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Op
             dst.push(src);
         }
         if let (Some(dst), Some(cu), Some(src)) = (&mut b.text_emb, &mut b.text_cu_seqlens, row.text_emb) {
-            dst.extend_from_slice(src);
-            cu.push(cu.last().unwrap() + (src.len() / width) as u32);
+            push_packed(dst, cu, src, width);
         }
+        // (a row without a short caption: no tokens)
         if let (Some(dst), Some(cu)) = (&mut b.text_emb_short, &mut b.text_short_cu_seqlens) {
-            let src = row.text_emb_short.unwrap_or_default();
-            dst.extend_from_slice(src);
-            cu.push(cu.last().unwrap() + (src.len() / width) as u32);
+            push_packed(dst, cu, row.text_emb_short.unwrap_or_default(), width);
         }
         if let Some(dst) = &mut b.captions {
             dst.push(row.caption.map(str::to_owned));
