@@ -428,7 +428,7 @@ fn other_kernels(dev: &Device, sh: &Shapes, rng: &mut impl Rng, copy_gbs: f64) {
     let lr_mult = dev.stream.clone_htod(&[1.0f64]).unwrap();
     let sc = infinity_kernels::adamw::AdamWScalars::new(1e-4, 0.9, 0.97, 1e-8, 0.005, 10);
     let ms = time_ms(dev, sh.iters(10), || {
-        adamw_dev(dev, &mut p, None, &g, &mut m, &mut vv, &groups, &lr_mult, &sc).unwrap()
+        adamw_dev(dev, &mut p, None::<&mut CudaSlice<u16>>, &g, &mut m, &mut vv, &groups, &lr_mult, &sc).unwrap()
     });
     row(&format!("fused AdamW, {} M parameters", np >> 20), ms, (np * 7 * 4) as f64, 0.0, copy_gbs, None);
     // as bf16 training runs it: the weights' bf16 copy written by the same pass (2 bytes more each)

@@ -627,6 +627,46 @@ fn nccl_data_parallel_matches_one_rank_and_restarts_exactly() {
     let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&resumed, 4));
     println!("its step-2 checkpoint resumed on 1 GPU: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "ZeRO-1 checkpoint resumed on 1 GPU: max |Δw| {diff:e} at {name}");
+
+    // ZeRO-1 with bf16 matmuls: each GPU keeps the f32 weights of its shard alone (and those the
+    // kernels read in f32), the bf16 weights come from the shards' owners after each update, and the
+    // checkpoints gather the shards on the host: the same bytes as the same 2 GPUs with whole f32
+    // weights (bf16 products on 1 GPU, whose gradients sum in another order, end 7e-5 away: an f32
+    // ulp of a gradient can round a weight's bf16 copy the other way)
+    let bf16 = ["--set", "run.precision=bf16"];
+    let two16 = tmp.path().join("nccl-bf16");
+    ok(launch(2, &cfg, &two16, &[], &[lazy]).args(on_gpus).args(bf16).output().unwrap());
+    let z16 = tmp.path().join("nccl-zero1-bf16");
+    let mut c = launch(2, &cfg, &z16, &[], &[lazy]);
+    let out = ok(c.args(on_gpus).args(["--set", "dist.zero1=true"]).args(bf16).output().unwrap());
+    assert!(out.contains("this GPU keeps the f32 weights of its shard"), "{out}");
+    for step in [2, 4] {
+        // (`weights` reads the moving average too)
+        assert!(weights(&two16, step) == weights(&z16, step), "ZeRO-1 with bf16 matmuls: step {step} differs");
+    }
+    println!(
+        "ZeRO-1 with bf16 matmuls (f32 weights sharded) on 2 GPUs: the same bytes at steps 2 and 4 as without ZeRO-1"
+    );
+    // and each GPU holds what `model::memory` says it saves: the step's peak (the allocator's high-water
+    // mark) down by the f32 masters' other half, the moments' and the average's, less the f32 reads
+    let estimate = |zero1: bool| {
+        use infinity_trainer::train::{config::TrainConfig, gpu_fit, Setup};
+        let c = TrainConfig::load(&cfg, &["run.precision=bf16".into(), format!("dist.zero1={zero1}")]).unwrap();
+        let s = Setup::open(&c).unwrap();
+        let step = gpu_fit::gpu_step(&c, &s.mc, &s.ds.manifest, 2, 4).unwrap();
+        infinity_trainer::model::memory::device_memory(&s.mc, s.lay.numel, &step).total() as f64
+    };
+    let (saved, counted) = (first_step_peak(&two16) - first_step_peak(&z16), estimate(false) - estimate(true));
+    println!("  each GPU's step peak {saved} bytes lower (model::memory counts {counted})");
+    assert!((saved / counted - 1.0).abs() < 0.01, "peak {saved} bytes lower, counted {counted}");
+}
+
+/// The device memory high-water mark of a run's first step (rank 0's, bytes).
+#[cfg(feature = "cuda")]
+fn first_step_peak(run: &Path) -> f64 {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    step["gpu_mem_peak_gib"].as_f64().unwrap() * (1u64 << 30) as f64
 }
 
 /// The agent's own failure paths, with plain programs as ranks: a rank's last line reaches the root

@@ -260,6 +260,29 @@ impl Buf for WithBf16<'_> {
     }
 }
 
+/// `count` bf16 values with no f32 copy on this device (a weight whose f32 master another ZeRO-1 rank
+/// keeps): only bf16 products read it.
+pub struct Bf16Only {
+    pub bf16: u64,
+    pub count: usize,
+}
+
+impl Buf for Bf16Only {
+    fn addr(&self, _s: &CudaStream) -> u64 {
+        // an internal invariant, not an input: only bf16 products take these weights
+        panic!("a weight kept in bf16 alone was read as f32")
+    }
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn bf16_addr(&self, _s: &CudaStream) -> Option<u64> {
+        Some(self.bf16)
+    }
+    fn bf16_only(&self) -> bool {
+        true
+    }
+}
+
 /// An activation kept in the precision its readers take: f32, or bf16 alone when every reader is a
 /// bf16 product (with `run.precision = "bf16"`, the blocks' GEMM inputs h1, h2 and g: the forward's
 /// product and the backward's weight gradient are all that read them). Half the bytes to write and

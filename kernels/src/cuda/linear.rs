@@ -7,7 +7,7 @@
 use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceSlice};
 
 use super::device::{elementwise, Act, Arg, Buf, BufMut, CudaError, Device};
 
@@ -45,7 +45,10 @@ impl Gemm {
 }
 
 /// `x` rounded to bf16 into `y` (`x.count()` values).
-pub fn to_bf16_dev(dev: &Device, x: &dyn Buf, y: &mut CudaSlice<u16>) -> Result<(), CudaError> {
+pub fn to_bf16_dev<Y>(dev: &Device, x: &dyn Buf, y: &mut Y) -> Result<(), CudaError>
+where
+    Y: DevicePtrMut<u16> + DeviceSlice<u16>,
+{
     let (n, s) = (x.count(), &dev.stream);
     assert!(y.len() >= n, "to_bf16: y holds fewer values than x");
     let args = [Arg::Ptr(x.addr(s)), Arg::Ptr(y.device_ptr_mut(s).0), Arg::I64(n as i64)];

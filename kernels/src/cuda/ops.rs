@@ -2,7 +2,7 @@
 //! signatures closely so the equivalence tests read side by side; the training path keeps buffers on
 //! the device and launches the same kernels.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
 
 use super::device::{elementwise, per_row, Act, Arg, Buf, BufMut, CudaError, Device};
 
@@ -318,12 +318,13 @@ const ADAMW_CHUNK: usize = 4096;
 /// One AdamW step on device buffers (twin of `adamw::adamw_update`): `params`, `m`, `v` updated in
 /// place from `grads`; `groups` the elements' group bytes (`adamw::group_byte`: weight decay and an
 /// index into `lr_mult`, the learning-rate multipliers). `params16`, when given, receives the updated
-/// parameters rounded to bf16 (as `linear::to_bf16_dev` would).
+/// parameters rounded to bf16 (as `linear::to_bf16_dev` would): a buffer, or the part of one that a
+/// ZeRO-1 shard updates.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_dev(
+pub fn adamw_dev<P16: DevicePtrMut<u16> + DeviceSlice<u16>>(
     dev: &Device,
     params: &mut dyn BufMut,
-    params16: Option<&mut CudaSlice<u16>>,
+    params16: Option<&mut P16>,
     grads: &dyn Buf,
     m: &mut dyn BufMut,
     v: &mut dyn BufMut,

@@ -274,6 +274,21 @@ impl NcclComm {
         })
     }
 
+    /// [`NcclComm::all_gather_in_place_device`] of values NCCL need not know the type of (a gather adds
+    /// nothing): moved as bytes, such as the bf16 weights kept as `u16`. The flight record counts
+    /// bytes.
+    pub fn all_gather_in_place_bytes<T: DeviceRepr>(&mut self, buf: &mut CudaSlice<T>) -> CommResult<()> {
+        let n = buf.len() / self.world;
+        self.sizes("all_gather", n, buf.len())?;
+        let bytes = n * std::mem::size_of::<T>();
+        let (p, _sync) = buf.device_ptr_mut(&self.stream);
+        let offset = (self.rank * bytes) as u64;
+        // SAFETY: as all_gather_in_place_device, with each part `bytes` bytes long.
+        self.enqueue("all_gather", bytes, |comm, st| unsafe {
+            result::all_gather((p + offset) as _, p as _, bytes, sys::ncclDataType_t::ncclUint8, comm, st)
+        })
+    }
+
     /// Sum over ranks of `send`; rank r keeps part r in `recv`, enqueued on the stream.
     pub fn reduce_scatter_sum_device<T: NcclType + DeviceRepr>(
         &mut self,

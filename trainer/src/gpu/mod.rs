@@ -16,6 +16,7 @@
 mod net;
 pub mod backward;
 pub mod forward;
+mod master_shard;
 pub mod optim;
 pub mod sample;
 
@@ -52,7 +53,12 @@ pub struct GpuModel {
     gemm32: Option<Gemm>,
     cfg: ModelConfig,
     lay: Layout,
+    /// The f32 master weights: all of them (`[numel]`, or padded to `world` equal parts under ZeRO-1
+    /// with f32 matmuls), or with bf16 matmuls under ZeRO-1 this rank's shard alone (`[part]`; the
+    /// kernels' f32 reads then come from `reads`).
     params: CudaSlice<f32>,
+    /// ZeRO-1 with bf16 matmuls: the f32 values the kernels read, every rank's (`master_shard`).
+    reads: Option<master_shard::DeviceReads>,
     /// bf16 matmuls: the parameters rounded to bf16 once per change (rather than at every GEMM), and
     /// whether `params` changed since (set by every write to `params`).
     params16: Option<CudaSlice<u16>>,
@@ -75,6 +81,8 @@ pub struct GpuModel {
     grads_reduced: bool,
     /// Whether `grads` holds the gradients ([`GpuModel::new`]); false for [`GpuModel::for_sampling`].
     trains: bool,
+    /// Whether the buffers above have their sizes ([`GpuModel::for_zero1`] defers them).
+    sized: bool,
 }
 
 /// What a step does besides the forward and loss.
@@ -101,16 +109,33 @@ impl GpuModel {
     /// Open device `ordinal` and allocate the parameters and gradients (zero until uploaded). `bf16`:
     /// the matmuls take bf16 inputs (f32 accumulation and outputs; f32 master weights and activations).
     pub fn new(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
-        GpuModel::open(cfg, lay, ordinal, bf16, true)
+        GpuModel::open(cfg, lay, ordinal, bf16, true, true)
+    }
+
+    /// [`GpuModel::new`] for a rank of a ZeRO-1 group, whose buffers wait for
+    /// [`GpuModel::attach_optimizer`] (a shard's: with bf16 matmuls, an 8B model's whole f32 weights
+    /// and gradients would not leave room on an 80 GB GPU even for a moment) or, when the shard is
+    /// updated on the host, for the first [`GpuModel::upload_params`] (the whole model's).
+    pub fn for_zero1(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
+        GpuModel::open(cfg, lay, ordinal, bf16, true, false)
     }
 
     /// [`GpuModel::new`] for sampling and forward passes only: no gradient buffers (an 8B model's
     /// 32 GB of f32 gradients would not leave its parameters room on an 80 GB GPU).
     pub fn for_sampling(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
-        GpuModel::open(cfg, lay, ordinal, bf16, false)
+        GpuModel::open(cfg, lay, ordinal, bf16, false, true)
     }
 
-    fn open(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool, trains: bool) -> Result<GpuModel> {
+    /// `sized`: allocate the whole model's buffers now (else [`GpuModel::size_whole`] or a shard's
+    /// optimizer does, later).
+    fn open(
+        cfg: &ModelConfig,
+        lay: &Layout,
+        ordinal: usize,
+        bf16: bool,
+        trains: bool,
+        sized: bool,
+    ) -> Result<GpuModel> {
         use infinity_kernels::cuda::{attention::MAX_HEAD_DIM, head_ce::MAX_BITS};
         let pool_dim = if cfg.has_cross_attention() { cfg.embed_dim / cfg.pool_heads() } else { 0 };
         anyhow::ensure!(
@@ -127,10 +152,10 @@ impl GpuModel {
         })?;
         let gemm32 = if bf16 { Some(Gemm::new(&dev, false).context("cuBLAS")?) } else { None };
         // (CudaError: an out-of-memory error says then how much was in use)
-        let params = dev.stream.alloc_zeros::<f32>(lay.numel).map_err(CudaError::from)?;
-        let params16 =
-            if bf16 { Some(dev.stream.alloc_zeros::<u16>(lay.numel).map_err(CudaError::from)?) } else { None };
-        let grads = dev.stream.alloc_zeros::<f32>(if trains { lay.numel } else { 1 }).map_err(CudaError::from)?;
+        let n = if sized { lay.numel } else { 1 };
+        let params = dev.stream.alloc_zeros::<f32>(n).map_err(CudaError::from)?;
+        let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(n).map_err(CudaError::from)?) } else { None };
+        let grads = dev.stream.alloc_zeros::<f32>(if trains { n } else { 1 }).map_err(CudaError::from)?;
         Ok(GpuModel {
             dev,
             gemm,
@@ -138,6 +163,7 @@ impl GpuModel {
             cfg: cfg.clone(),
             lay: lay.clone(),
             params,
+            reads: None,
             params16,
             params16_stale: true,
             grad_scale: 1.0,
@@ -148,7 +174,22 @@ impl GpuModel {
             buckets: None,
             grads_reduced: false,
             trains,
+            sized,
         })
+    }
+
+    /// The whole model's parameter and gradient buffers, unless they (or a ZeRO-1 shard's) exist.
+    fn size_whole(&mut self) -> Result<()> {
+        if !self.sized {
+            let (s, n) = (&self.dev.stream, self.lay.numel);
+            self.params = s.alloc_zeros(n).map_err(CudaError::from)?;
+            if let Some(p16) = self.params16.as_mut() {
+                *p16 = s.alloc_zeros(n).map_err(CudaError::from)?;
+            }
+            self.grads = s.alloc_zeros(if self.trains { n } else { 1 }).map_err(CudaError::from)?;
+            self.sized = true;
+        }
+        Ok(())
     }
 
     /// The device (its stream, kernels and profiler).
@@ -178,8 +219,21 @@ impl GpuModel {
     }
 
     pub fn upload_params(&mut self, p: &Params<f32>) -> Result<()> {
-        self.dev.stream.memcpy_htod(&p.data, &mut self.params)?;
-        self.params16_stale = true;
+        let s = &self.dev.stream;
+        match (&mut self.reads, &mut self.params16, &self.optim) {
+            // ZeRO-1 with bf16 matmuls: the shard's masters, the f32 reads and every bf16 weight
+            (Some(reads), Some(p16), Some(o)) => {
+                s.memcpy_htod(&p.data[o.range.clone()], &mut self.params.slice_mut(0..o.range.len()))?;
+                reads.upload(&self.dev, &self.lay, &p.data)?;
+                master_shard::upload_bf16(&self.dev, &p.data, p16)?;
+                self.params16_stale = false;
+            }
+            _ => {
+                self.size_whole()?;
+                self.dev.stream.memcpy_htod(&p.data, &mut self.params)?;
+                self.params16_stale = true;
+            }
+        }
         Ok(())
     }
 
@@ -249,6 +303,7 @@ impl GpuModel {
     }
 
     fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: Grad) -> Result<BitwiseCe> {
+        anyhow::ensure!(self.sized, "the model's buffers come with its optimizer or first upload (for_zero1)");
         anyhow::ensure!(
             self.trains || matches!(grad, Grad::No),
             "a model opened for sampling has no gradient buffers (GpuModel::new trains)"
@@ -294,6 +349,10 @@ impl GpuModel {
 
     /// The bf16 copy of the parameters made current, if the matmuls take bf16.
     fn refresh_bf16(&mut self) -> Result<()> {
+        anyhow::ensure!(
+            !(self.params16_stale && self.reads.is_some()),
+            "the bf16 weights of a ZeRO-1 rank are made by the update and its gather (all_gather_params)"
+        );
         if let (Some(p16), true) = (&mut self.params16, self.params16_stale) {
             to_bf16_dev(&self.dev, &self.params.slice(0..self.lay.numel), p16)?;
             self.params16_stale = false;

@@ -3,10 +3,11 @@
 
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr};
-use infinity_kernels::cuda::device::{Act, Buf, BufMut, WithBf16};
+use infinity_kernels::cuda::device::{Act, Bf16Only, Buf, BufMut, WithBf16};
 use infinity_kernels::cuda::linear::{linear_dev, Gemm};
 use infinity_kernels::cuda::{CudaError, Device, Math};
 
+use super::master_shard::DeviceReads;
 #[cfg(doc)]
 use super::GpuModel;
 use crate::model::{Layout, ModelConfig};
@@ -22,6 +23,9 @@ pub struct Net<'a> {
     pub cfg: &'a ModelConfig,
     pub lay: &'a Layout,
     pub(super) params: &'a CudaSlice<f32>,
+    /// ZeRO-1 with bf16 matmuls: where the f32 values the kernels read are (`params` is the rank's
+    /// shard alone).
+    pub(super) reads: Option<&'a DeviceReads>,
     /// The parameters rounded to bf16 (bf16 matmuls only), current for `params`.
     pub(super) params16: Option<&'a CudaSlice<u16>>,
 }
@@ -44,9 +48,16 @@ impl<'a> Net<'a> {
         Net { gemm: self.gemm32, params16: None, ..*self }
     }
 
-    /// Parameter `name` (a view into the flat buffer).
+    /// Parameter `name` in f32 (a view into the flat buffer, or into the f32 reads of a ZeRO-1 rank).
     pub fn w(&self, name: &str) -> CudaView<'a, f32> {
-        self.params.slice(self.lay.range(name))
+        let range = self.lay.range(name);
+        match self.reads {
+            None => self.params.slice(range),
+            // an internal invariant, not an input: `model::master_shards::read_in_f32` names what is read
+            Some(r) => r.view(name, range.len()).unwrap_or_else(|| {
+                panic!("`{name}` was read in f32, but under ZeRO-1 this rank keeps only its bf16 copy")
+            }),
+        }
     }
 
     /// A zeroed device buffer of `n` values (for outputs that kernels add into).
@@ -89,14 +100,12 @@ impl<'a> Net<'a> {
 
     /// Weight `name` as a GEMM operand: with its bf16 copy when the matmuls take bf16.
     pub fn with_weight<R>(&self, name: &str, f: impl FnOnce(&dyn Buf) -> Result<R>) -> Result<R> {
-        let w = self.w(name);
-        match self.params16 {
-            Some(p16) => {
-                let r = self.lay.range(name);
-                let bf16 = p16.slice(r).device_ptr(&self.dev.stream).0;
-                f(&WithBf16 { values: &w, bf16 })
-            }
-            None => f(&w),
+        let Some(p16) = self.params16 else { return f(&self.w(name)) };
+        let r = self.lay.range(name);
+        let (count, bf16) = (r.len(), p16.slice(r).device_ptr(&self.dev.stream).0);
+        match self.reads.is_some_and(|reads| reads.view(name, count).is_none()) {
+            true => f(&Bf16Only { bf16, count }),
+            false => f(&WithBf16 { values: &self.w(name), bf16 }),
         }
     }
 
@@ -130,6 +139,7 @@ macro_rules! net_of {
             cfg: &$model.cfg,
             lay: &$model.lay,
             params: &$model.params,
+            reads: $model.reads.as_ref(),
             params16: $model.params16.as_ref(),
         }
     };

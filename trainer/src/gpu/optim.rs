@@ -14,11 +14,12 @@
 use std::ops::Range;
 
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use infinity_kernels::adamw::AdamWScalars;
 use infinity_kernels::cuda::ops::{adamw_dev, ema_dev, sum_squares_dev, DeviceGroupRuns};
 use infinity_launcher::comm::{Communicator, NcclComm};
 
+use super::master_shard::DeviceReads;
 use super::GpuModel;
 use crate::model::buckets::GradBuckets;
 use crate::model::Params;
@@ -35,7 +36,7 @@ pub struct DeviceAdamW {
     groups: DeviceGroupRuns,
     lr_mult: CudaSlice<f64>,
     ema: Option<CudaSlice<f32>>,
-    range: Range<usize>,
+    pub(super) range: Range<usize>,
     /// ZeRO-1: `[numel / world, rounded up]` this rank's part of the reduce-scattered gradients (the
     /// values past `range` are the flat buffers' padding).
     shard_grads: Option<CudaSlice<f32>>,
@@ -44,8 +45,9 @@ pub struct DeviceAdamW {
 impl GpuModel {
     /// Move AdamW's state onto the device: a whole one (`world` = 1), or (ZeRO-1, `world` > 1) this
     /// rank's shard, `opt.range` being `train::dist::shard_range` of the rank, which must not be empty.
-    /// With a shard, the flat parameters and gradients are padded to `world` equal parts (NCCL moves
-    /// equal parts) and lose their values: upload the parameters after this.
+    /// With a shard, the flat gradients and the parameters the matmuls read (bf16 or f32) are padded
+    /// to `world` equal parts (NCCL moves equal parts), with bf16 matmuls the f32 masters are the
+    /// shard's alone (`master_shard`), and all lose their values: upload the parameters after this.
     pub fn attach_optimizer(&mut self, opt: &AdamW, world: usize) -> Result<()> {
         anyhow::ensure!(self.trains, "a model opened for sampling takes no optimizer");
         let numel = self.lay.numel;
@@ -63,11 +65,24 @@ impl GpuModel {
                 self.grads = s.alloc_zeros(1)?;
                 self.params = s.alloc_zeros(1)?;
                 self.grads = s.alloc_zeros(part * world)?;
-                self.params = s.alloc_zeros(part * world)?;
+                match self.params16.as_mut() {
+                    Some(p16) => {
+                        *p16 = s.alloc_zeros(1)?;
+                        *p16 = s.alloc_zeros(part * world)?;
+                        self.params = s.alloc_zeros(part)?;
+                        let rank = opt.range.start / part;
+                        self.reads = Some(DeviceReads::new(&self.dev, &self.lay, rank, world)?);
+                    }
+                    None => self.params = s.alloc_zeros(part * world)?,
+                }
                 self.params16_stale = true;
+                self.sized = true;
                 Some(s.alloc_zeros(part)?)
             }
-            false => None,
+            false => {
+                self.size_whole()?;
+                None
+            }
         };
         let (m, v) = (s.clone_htod(&opt.m)?, s.clone_htod(&opt.v)?);
         let (groups, lr_mult) = (DeviceGroupRuns::upload(&self.dev, opt.groups())?, s.clone_htod(opt.lr_mult())?);
@@ -90,6 +105,7 @@ impl GpuModel {
     /// A fresh AdamW state (zero moments, made on the device; the layout's optimizer groups): what a
     /// benchmark times the update with, without a host copy of the moments.
     pub fn attach_fresh_optimizer(&mut self) -> Result<()> {
+        self.size_whole()?;
         let s = &self.dev.stream;
         let (groups, lr_mult) = crate::optim::param_groups(&self.lay);
         let (m, v) = (s.alloc_zeros(self.lay.numel)?, s.alloc_zeros(self.lay.numel)?);
@@ -198,10 +214,19 @@ impl GpuModel {
         let o = self.optim.as_mut().expect("attach_optimizer first");
         let scalars = scalars.with_grad_scale(self.grad_scale);
         match o.shard_grads.as_ref() {
-            // ZeRO-1: this rank's shard (the bf16 copy is remade from all of them after the gather)
+            // ZeRO-1 with bf16 matmuls: the shard's masters and its part of the bf16 copy (the rest
+            // comes with the gather)
+            Some(shard) if self.reads.is_some() => {
+                let (mut p, g) = (self.params.slice_mut(0..o.range.len()), shard.slice(0..o.range.len()));
+                let mut p16 = self.params16.as_mut().expect("bf16 matmuls").slice_mut(o.range.clone());
+                adamw_dev(&self.dev, &mut p, Some(&mut p16), &g, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
+                self.params16_stale = true;
+            }
+            // ZeRO-1 with f32 matmuls: this rank's shard
             Some(shard) => {
                 let (mut p, g) = (self.params.slice_mut(o.range.clone()), shard.slice(0..o.range.len()));
-                adamw_dev(&self.dev, &mut p, None, &g, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
+                let no_bf16 = None::<&mut CudaSlice<u16>>;
+                adamw_dev(&self.dev, &mut p, no_bf16, &g, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
                 self.params16_stale = true;
             }
             // the bf16 GEMMs' copy of the weights is written by the same pass
@@ -215,12 +240,35 @@ impl GpuModel {
         Ok(())
     }
 
-    /// ZeRO-1, after the update: every rank's shard of the parameters to every rank, in place.
+    /// ZeRO-1, after the update: every rank's shard of the parameters to every rank, in place (with
+    /// bf16 matmuls, the bf16 weights and then the f32 values the kernels read).
     pub fn all_gather_params(&mut self, comm: &mut NcclComm) -> Result<()> {
         comm.after(&self.dev.stream)?;
-        tag(comm, "parameters (ZeRO-1 shards)");
-        comm.all_gather_in_place_device(&mut self.params)?;
-        collectives_done(comm, &self.dev.stream, "all_gather")
+        let Some(reads) = self.reads.as_mut() else {
+            tag(comm, "parameters (ZeRO-1 shards)");
+            comm.all_gather_in_place_device(&mut self.params)?;
+            return collectives_done(comm, &self.dev.stream, "all_gather");
+        };
+        tag(comm, "bf16 parameters (ZeRO-1 shards, bytes)");
+        comm.all_gather_in_place_bytes(self.params16.as_mut().expect("bf16 matmuls"))?;
+        tag(comm, "f32-read parameters (ZeRO-1 shards)");
+        let gathered = reads.gather(&self.dev, &self.params, comm)?;
+        collectives_done(comm, &self.dev.stream, "all_gather")?;
+        reads.unpack(&self.dev, gathered)?;
+        self.params16_stale = false;
+        Ok(())
+    }
+
+    /// Whether this rank's device keeps the f32 masters of its ZeRO-1 shard alone (bf16 matmuls):
+    /// [`GpuModel::download_state`] then brings back that shard's parameters only.
+    pub fn shards_masters(&self) -> bool {
+        self.reads.is_some()
+    }
+
+    /// With [`GpuModel::shards_masters`]: the values kept in f32 besides the shard (those the kernels
+    /// read in f32, every rank's).
+    pub fn f32_reads(&self) -> Option<usize> {
+        self.reads.as_ref().map(DeviceReads::numel)
     }
 
     /// Keep the weights' moving average on the device from now on, starting from `ema` (after
@@ -247,12 +295,14 @@ impl GpuModel {
     pub fn ema_update(&mut self, decay: f64) -> Result<()> {
         let o = self.optim.as_mut().expect("attach_optimizer first");
         let ema = o.ema.as_mut().expect("attach_ema first");
-        ema_dev(&self.dev, ema, &self.params.slice(o.range.clone()), decay)?;
+        ema_dev(&self.dev, ema, &masters(&self.params, self.reads.is_some(), o.range.clone()), decay)?;
         Ok(())
     }
 
     /// The device parameters (with `opt`, the moments; with `ema`, the moving average) into the host
-    /// copies (the moments and the average of the optimizer's range: a ZeRO-1 shard's alone).
+    /// copies (the moments and the average of the optimizer's range: a ZeRO-1 shard's alone; with
+    /// [`GpuModel::shards_masters`], the parameters too: the other ranks' parts of `params` are left
+    /// as they were).
     pub fn download_state(
         &mut self,
         params: &mut Params<f32>,
@@ -260,7 +310,13 @@ impl GpuModel {
         ema: Option<&mut [f32]>,
     ) -> Result<()> {
         let s = &self.dev.stream;
-        s.memcpy_dtoh(&self.params.slice(0..self.lay.numel), &mut params.data)?;
+        match (self.reads.is_some(), self.optim.as_ref()) {
+            (true, Some(o)) => {
+                let mine = o.range.clone();
+                s.memcpy_dtoh(&masters(&self.params, true, mine.clone()), &mut params.data[mine])?
+            }
+            _ => s.memcpy_dtoh(&self.params.slice(0..self.lay.numel), &mut params.data)?,
+        }
         if let (Some(opt), Some(o)) = (opt, self.optim.as_ref()) {
             s.memcpy_dtoh(&o.m, &mut opt.m)?;
             s.memcpy_dtoh(&o.v, &mut opt.v)?;
@@ -269,6 +325,15 @@ impl GpuModel {
             s.memcpy_dtoh(e, ema)?;
         }
         Ok(())
+    }
+}
+
+/// The f32 masters of the parameters in `range` (the optimizer's): in `params` at `range`, or at its
+/// start when `params` holds the shard alone (`shard_only`).
+fn masters(params: &CudaSlice<f32>, shard_only: bool, range: Range<usize>) -> CudaView<'_, f32> {
+    match shard_only {
+        true => params.slice(0..range.len()),
+        false => params.slice(range),
     }
 }
 

@@ -37,7 +37,8 @@ pub struct GpuStep {
 /// A step's device memory by what holds it (bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DeviceMemory {
-    /// Parameters (f32), their bf16 copy (bf16 matmuls) and gradients.
+    /// Parameters (f32; under ZeRO-1 with bf16 matmuls, the shard's and those the kernels read in
+    /// f32), their bf16 copy (bf16 matmuls) and gradients (under ZeRO-1 padded to `world` parts).
     pub model: u64,
     /// AdamW's moments and learning-rate groups, and the moving average: this rank's part.
     pub optimizer: u64,
@@ -153,17 +154,27 @@ impl Widths {
 /// Device memory of a training step of `cfg` (`numel` parameters) as `step` runs it.
 pub fn device_memory(cfg: &ModelConfig, numel: usize, step: &GpuStep) -> DeviceMemory {
     let p = numel as u64;
-    let model = 4 * p + if step.bf16 { 2 * p } else { 0 } + 4 * p;
+    let world = step.device_optimizer.unwrap_or(1).max(1) as u64;
+    let (part, padded) = (p.div_ceil(world), p.div_ceil(world) * world);
+    // the f32 masters (ZeRO-1 with bf16 matmuls: the shard's, and the values the kernels read in
+    // f32, `model::master_shards`), their bf16 copy and the gradients (a shard's padded to `world`
+    // equal parts, as what the matmuls read)
+    let model = match (world > 1, step.bf16) {
+        (false, bf16) => 4 * p + if bf16 { 2 * p } else { 0 } + 4 * p,
+        (true, false) => 4 * padded + 4 * padded,
+        (true, true) => {
+            let reads = super::master_shards::f32_read_numel(&super::Layout::new(cfg)) as u64;
+            4 * part + 4 * reads + 2 * padded + 4 * padded
+        }
+    };
     let optimizer = match step.device_optimizer {
         None => 0,
-        Some(world) => {
-            let part = numel.div_ceil(world.max(1)) as u64;
+        Some(_) => {
             // m and v (f32), the moving average; the group bytes' runs (a run per tensor at most: a
-            // start and a byte); a shard's padding of the parameters and gradients to world equal
-            // parts, and its reduced gradients
+            // start and a byte); a shard's reduced gradients
             let runs = super::Layout::new(cfg).specs.len();
             let groups = Tally::default().add(runs, 8).add(runs, 1).0;
-            let shard = if world > 1 { 8 * (part * world as u64 - p) + 4 * part } else { 0 };
+            let shard = if world > 1 { 4 * part } else { 0 };
             8 * part + groups + if step.ema { 4 * part } else { 0 } + shard
         }
     };
@@ -408,5 +419,20 @@ mod tests {
         assert!((256..8192).contains(&groups), "group runs of {groups} bytes");
         let host = device_memory(&cfg, n, &GpuStep { device_optimizer: None, ..step(1, true, false) });
         assert_eq!(host.optimizer, 0);
+    }
+
+    #[test]
+    fn zero1_with_bf16_matmuls_shards_the_f32_masters() {
+        let (cfg, n) = layer12();
+        let reads = crate::model::master_shards::f32_read_numel(&crate::model::Layout::new(&cfg)) as f64;
+        let on =
+            |world, bf16| device_memory(&cfg, n, &GpuStep { device_optimizer: Some(world), ..step(1, bf16, false) });
+        // one GPU: f32 masters, bf16 copy, gradients
+        assert_eq!(on(1, true).model, 10 * n as u64);
+        // 8 GPUs: bf16 copy and gradients whole (padded), the masters' shard and the f32 reads
+        let want = 6.0 * n as f64 + 4.0 * n as f64 / 8.0 + 4.0 * reads;
+        assert!((on(8, true).model as f64 / want - 1.0).abs() < 1e-4, "{} against {want}", on(8, true).model);
+        // f32 matmuls read every f32 weight: the masters stay whole
+        assert!(on(8, false).model >= 8 * n as u64);
     }
 }

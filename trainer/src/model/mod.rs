@@ -10,6 +10,7 @@ pub mod coord_check;
 pub mod forward;
 pub mod init;
 pub mod io;
+pub mod master_shards;
 pub mod memory;
 pub mod mup;
 pub mod params;

@@ -23,6 +23,9 @@ pub struct DeviceRequest<'s> {
     pub recompute: bool,
     /// Whether the model trains (gradient buffers on a GPU) or only samples.
     pub trains: bool,
+    /// A rank of a ZeRO-1 group: the GPU's buffers wait for the optimizer, which may want a shard's
+    /// (`GpuModel::for_zero1`).
+    pub zero1: bool,
 }
 
 pub enum Compute {
@@ -39,9 +42,14 @@ pub enum Compute {
 impl Compute {
     /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
     pub fn open(run: &RunConfig, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
-        let bf16 = run.precision == Precision::Bf16;
-        let want =
-            DeviceRequest { setting: "run.device", device: run.device, bf16, recompute: run.recompute, trains: true };
+        Compute::open_for(run, false, mc, lay)
+    }
+
+    /// [`Compute::open`] for a rank of a group that shards the optimizer (`zero1`, `dist.zero1` with
+    /// more than one rank).
+    pub fn open_for(run: &RunConfig, zero1: bool, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
+        let (bf16, recompute) = (run.precision == Precision::Bf16, run.recompute);
+        let want = DeviceRequest { setting: "run.device", device: run.device, bf16, recompute, trains: true, zero1 };
         Compute::open_as(&want, mc, lay)
     }
 
@@ -64,9 +72,10 @@ impl Compute {
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
                 let (bf16, recompute) = (want.bf16, want.recompute);
-                let opened = match want.trains {
-                    true => crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16),
-                    false => crate::gpu::GpuModel::for_sampling(_mc, _lay, ordinal, bf16),
+                let opened = match (want.trains, want.zero1) {
+                    (true, false) => crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16),
+                    (true, true) => crate::gpu::GpuModel::for_zero1(_mc, _lay, ordinal, bf16),
+                    (false, _) => crate::gpu::GpuModel::for_sampling(_mc, _lay, ordinal, bf16),
                 };
                 let mut m = match opened {
                     Ok(m) => m,
@@ -161,6 +170,16 @@ impl Compute {
             Compute::Cpu => false,
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } => model.is_sharded(),
+        }
+    }
+
+    /// When this rank's GPU keeps the f32 master weights of its ZeRO-1 shard alone (with bf16
+    /// matmuls; `model::master_shards`): the values it keeps in f32 besides, those the kernels read.
+    pub fn device_master_shard(&self) -> Option<usize> {
+        match self {
+            Compute::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Compute::Cuda { model, .. } => model.f32_reads(),
         }
     }
 
@@ -370,10 +389,12 @@ impl Compute {
     }
 
     /// Device optimizer: copy the device's parameters (with `opt`, AdamW's moments; with `ema`, the
-    /// moving average) to the host, for checkpoints, sample grids and validation. A no-op otherwise
-    /// (the host copies are current).
+    /// moving average) to the host, for checkpoints. A no-op otherwise (the host copies are current).
+    /// A collective under ZeRO-1 with bf16 matmuls, where each GPU keeps its shard of the f32
+    /// parameters alone: the ranks' shards are gathered on the host.
     pub fn sync_host(
         &mut self,
+        _dist: &mut Dist,
         _params: &mut Params<f32>,
         _opt: Option<&mut AdamW>,
         _ema: Option<&mut Ema>,
@@ -382,7 +403,13 @@ impl Compute {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } if model.has_optimizer() => {
-                model.download_state(_params, _opt, _ema.map(|e| &mut e.weights[..]))
+                model.download_state(_params, _opt, _ema.map(|e| &mut e.weights[..]))?;
+                if model.shards_masters() {
+                    let (numel, mine) =
+                        (_params.data.len(), super::dist::shard_range(_params.data.len(), _dist.rank, _dist.world));
+                    _params.data = super::dist::gather_shards(_dist, &_params.data[mine], numel)?;
+                }
+                Ok(())
             }
             #[cfg(feature = "cuda")]
             Compute::Cuda { .. } => Ok(()),

@@ -325,7 +325,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if let Some(log) = logger.as_mut() {
             log.step(&step_metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(state.step) && !diverged) {
-                compute.sync_host(&mut params, None, None)?;
+                // (on a GPU with its optimizer, the grid is drawn from the device's weights)
                 p.log((&mc, &lay), compute.sampler(&params)?, state.step, log)?;
             }
         }
@@ -375,7 +375,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due {
             clock.saved();
-            compute.sync_host(&mut params, Some(&mut opt), ema.as_mut())?;
+            compute.sync_host(&mut dist, &mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {
                 true => dist::gather_optimizer(&mut dist, &opt, &lay)?,

@@ -47,6 +47,12 @@ impl Updater {
         if sharded {
             let place = if compute.device_zero1() { "this GPU" } else { "the host" };
             console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, numel);
+            if let Some(reads) = compute.device_master_shard() {
+                console!(
+                    "ZeRO-1 with bf16 matmuls: this GPU keeps the f32 weights of its shard and of the {reads} values \
+                     the kernels read in f32, and the bf16 weights of all"
+                );
+            }
         }
         // over NCCL the backward sums each bucket of gradients over the ranks as soon as it is complete
         let bucket_bytes = (cfg.dist.bucket_mib * (1 << 20) as f64) as usize;
