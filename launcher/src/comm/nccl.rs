@@ -44,7 +44,14 @@ pub struct NcclComm {
     watch: Arc<Watch>,
     thread: Option<JoinHandle<()>>,
     timeout: Duration,
+    /// Values a host collective ([`Communicator`]) stages on the device at a time ([`HOST_CHUNK`]).
+    host_chunk: usize,
 }
+
+/// What a collective of host values ([`Communicator`]: the checkpoint's gathers of ZeRO-1 shards, the
+/// initial broadcast of the weights) stages on the device at a time, in values: 128 MiB of f32 per
+/// buffer, where a whole 8B model's gather would hold 33 GB beside the model.
+pub const HOST_CHUNK: usize = 1 << 25;
 
 fn nccl_err(op: &'static str, e: result::NcclError) -> CommError {
     CommError::Backend { op, detail: format!("NCCL {:?}", e.0) }
@@ -117,7 +124,8 @@ impl NcclComm {
                 .spawn(move || watchdog(h, w, s, rank, timeout, exit_on_stall))
                 .map_err(|e| CommError::Backend { op: OP, detail: format!("spawning the watchdog: {e}") })?
         };
-        let mut comm = NcclComm { rank, world, stream, handle, watch, thread: Some(thread), timeout };
+        let mut comm =
+            NcclComm { rank, world, stream, handle, watch, thread: Some(thread), timeout, host_chunk: HOST_CHUNK };
         // NCCL connects peers lazily, inside the first collective: do that now, while every rank is
         // here, under the watchdog
         let mut probe = comm.stream.alloc_zeros::<f32>(1).map_err(|e| cuda_err(OP, e))?;
@@ -364,6 +372,12 @@ impl NcclComm {
         }
     }
 
+    /// Stage host collectives through the device `values` at a time (at least 1; [`HOST_CHUNK`] unless
+    /// set). Every rank of a group must use the same value: it sets how many collectives one takes.
+    pub fn set_host_chunk(&mut self, values: usize) {
+        self.host_chunk = values.max(1);
+    }
+
     fn upload(&self, op: &'static str, v: &[f32]) -> CommResult<CudaSlice<f32>> {
         self.stream.clone_htod(v).map_err(|e| cuda_err(op, e))
     }
@@ -398,23 +412,43 @@ impl Communicator for NcclComm {
         self.world
     }
 
+    // Host values travel through the device a chunk at a time ([`HOST_CHUNK`]): a chunk per collective,
+    // the same chunks on every rank (the lengths agree), none for empty buffers.
+
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> CommResult<()> {
-        let mut d = self.upload("all_reduce", buf)?;
-        self.all_reduce_sum_device(&mut d)?;
-        self.download("all_reduce", &d, buf)
+        for part in buf.chunks_mut(self.host_chunk) {
+            let mut d = self.upload("all_reduce", part)?;
+            self.all_reduce_sum_device(&mut d)?;
+            self.download("all_reduce", &d, part)?;
+        }
+        Ok(())
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
-        let mut d = self.upload("broadcast", buf)?;
-        self.broadcast_device(&mut d, root)?;
-        self.download("broadcast", &d, buf)
+        for part in buf.chunks_mut(self.host_chunk) {
+            let mut d = self.upload("broadcast", part)?;
+            self.broadcast_device(&mut d, root)?;
+            self.download("broadcast", &d, part)?;
+        }
+        Ok(())
     }
 
     fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
-        let s = self.upload("all_gather", send)?;
-        let mut r = self.upload("all_gather", recv)?;
-        self.all_gather_device(&s, &mut r)?;
-        self.download("all_gather", &r, recv)
+        let (n, world) = (send.len(), self.world);
+        self.sizes("all_gather", n, recv.len())?;
+        let step = (self.host_chunk / world).max(1);
+        for at in (0..n).step_by(step) {
+            let len = step.min(n - at);
+            let s = self.upload("all_gather", &send[at..at + len])?;
+            let mut r = self.stream.alloc_zeros(len * world).map_err(|e| cuda_err("all_gather", e))?;
+            self.all_gather_device(&s, &mut r)?;
+            let mut gathered = vec![0.0; len * world];
+            self.download("all_gather", &r, &mut gathered)?;
+            for (q, piece) in gathered.chunks_exact(len).enumerate() {
+                recv[q * n + at..q * n + at + len].copy_from_slice(piece);
+            }
+        }
+        Ok(())
     }
 
     fn nccl(&mut self) -> Option<&mut NcclComm> {
@@ -426,9 +460,17 @@ impl Communicator for NcclComm {
     }
 
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
-        let s = self.upload("reduce_scatter", send)?;
-        let mut r = self.upload("reduce_scatter", recv)?;
-        self.reduce_scatter_sum_device(&s, &mut r)?;
-        self.download("reduce_scatter", &r, recv)
+        let (n, world) = (recv.len(), self.world);
+        self.sizes("reduce_scatter", n, send.len())?;
+        let step = (self.host_chunk / world).max(1);
+        for at in (0..n).step_by(step) {
+            let len = step.min(n - at);
+            let staged: Vec<f32> = (0..world).flat_map(|q| &send[q * n + at..q * n + at + len]).copied().collect();
+            let s = self.upload("reduce_scatter", &staged)?;
+            let mut r = self.stream.alloc_zeros(len).map_err(|e| cuda_err("reduce_scatter", e))?;
+            self.reduce_scatter_sum_device(&s, &mut r)?;
+            self.download("reduce_scatter", &r, &mut recv[at..at + len])?;
+        }
+        Ok(())
     }
 }
