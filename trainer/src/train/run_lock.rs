@@ -35,10 +35,10 @@ impl RunLock {
             .open(&path)
             .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), path.display()))?;
         let until = std::time::Instant::now() + patience;
-        let mut locked = try_lock(&file);
+        let mut locked = try_lock(&file, Lock::Exclusive);
         while matches!(locked, Ok(false)) && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            locked = try_lock(&file);
+            locked = try_lock(&file, Lock::Exclusive);
         }
         let locked = match locked {
             Err(e) if unsupported(&e) => {
@@ -122,11 +122,26 @@ fn ago(secs: u64) -> String {
 
 /// Whether a training job holds `run`'s lock now (a sweep leaves such a run to it).
 pub fn in_use(run: &Path) -> bool {
-    // read-write: NFS emulates flock with fcntl locks, whose exclusive kind needs write access
-    match std::fs::OpenOptions::new().read(true).write(true).open(run.join(LOCK_FILE)) {
-        Ok(file) => !try_lock(&file).unwrap_or(true),
-        Err(_) => false,
-    }
+    let path = run.join(LOCK_FILE);
+    // read-write: NFS emulates flock with fcntl locks, whose exclusive kind needs write access; where
+    // the folder cannot be written (a read-only mount of the results), a shared lock, which a read-only
+    // file can take, is refused as well while a job holds its exclusive one
+    let (file, lock) = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => (file, Lock::Exclusive),
+        Err(_) => match std::fs::File::open(&path) {
+            Ok(file) => (file, Lock::Shared),
+            Err(_) => return false,
+        },
+    };
+    !try_lock(&file, lock).unwrap_or(true)
+}
+
+/// What [`try_lock`] asks for.
+#[derive(Clone, Copy)]
+enum Lock {
+    Exclusive,
+    /// Enough to learn whether another holds the exclusive lock (a read-only file can take it).
+    Shared,
 }
 
 /// A file system that does not lock at all (as opposed to a lock held elsewhere).
@@ -135,11 +150,15 @@ fn unsupported(e: &anyhow::Error) -> bool {
     matches!(code, Some(libc::ENOSYS | libc::ENOLCK | libc::EOPNOTSUPP))
 }
 
-/// An exclusive, non-blocking `flock`: false when another open file holds it. Released when `file`
-/// closes.
-fn try_lock(file: &std::fs::File) -> Result<bool> {
+/// A non-blocking `flock`: false when another open file holds the lock (exclusively, for a shared
+/// one). Released when `file` closes.
+fn try_lock(file: &std::fs::File, lock: Lock) -> Result<bool> {
+    let how = match lock {
+        Lock::Exclusive => libc::LOCK_EX,
+        Lock::Shared => libc::LOCK_SH,
+    };
     // SAFETY: flock on a descriptor this File owns for the duration of the call.
-    match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
+    match unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } {
         0 => Ok(true),
         _ => match std::io::Error::last_os_error() {
             e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
@@ -170,6 +189,18 @@ mod tests {
         assert!(!in_use(tmp.path()));
         check_free(tmp.path()).unwrap();
         RunLock::acquire(tmp.path()).unwrap();
+    }
+
+    /// `in_use` from a read-only mount opens the lock file read-only and asks for a shared lock: refused
+    /// while a job holds the run, granted once it has let go.
+    #[test]
+    fn a_read_only_look_sees_a_held_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = RunLock::acquire(tmp.path()).unwrap();
+        let read_only = || std::fs::File::open(tmp.path().join(LOCK_FILE)).unwrap();
+        assert!(!try_lock(&read_only(), Lock::Shared).unwrap());
+        drop(held);
+        assert!(try_lock(&read_only(), Lock::Shared).unwrap());
     }
 
     /// A restarted group's rank 0 waits for the lost attempt's rank 0 to finish its stop's checkpoint.
