@@ -245,8 +245,24 @@ impl NcclComm {
         root: usize,
     ) -> CommResult<()> {
         let n = buf.len();
-        let (p, _sync) = buf.device_ptr_mut(&self.stream);
-        // SAFETY: in-place broadcast of `n` elements of a live device buffer on our stream.
+        self.broadcast_part(buf, 0..n, root)
+    }
+
+    /// `root`'s `buf[part]` to every rank's, in place, enqueued on the stream (a ZeRO-1 shard's pieces
+    /// of the tensors the kernels read in f32, from their owner).
+    pub fn broadcast_part<T: NcclType + DeviceRepr>(
+        &mut self,
+        buf: &mut CudaSlice<T>,
+        part: Range<usize>,
+        root: usize,
+    ) -> CommResult<()> {
+        if root >= self.world {
+            let detail = format!("root {root} in a world of {}", self.world);
+            return Err(CommError::Usage { op: "broadcast", detail });
+        }
+        let (p, n, _sync) = self.part_ptr("broadcast", buf, part)?;
+        // SAFETY: in-place broadcast of `n` elements inside a live device buffer (part_ptr), on our
+        // stream.
         self.enqueue("broadcast", n, |comm, st| unsafe {
             result::broadcast(p as *const _, p as *mut _, n, T::as_nccl_type(), root as i32, comm, st)
         })

@@ -131,7 +131,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
     let want =
-        DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, zero1: false };
+        DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };
     let mut compute = Compute::open_as(&want, &ck.model, &lay)?;
     if bf16 && compute.gpu_name().is_none() {
         console!("precision: f32 (bf16 is the GPU's arithmetic; the CPU model computes in f32)");

@@ -1,6 +1,6 @@
 //! ZeRO-1 with bf16 matmuls on the device (`model::master_shards`): the rank's `params` hold the f32
 //! master weights of its shard alone, `params16` the bf16 copy of all of them, and [`DeviceReads`]
-//! the f32 values the kernels still read, every rank's, gathered after each update.
+//! the f32 values the kernels still read, every rank's, broadcast from their owners after each update.
 
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView};
@@ -8,6 +8,7 @@ use infinity_kernels::cuda::linear::to_bf16_dev;
 use infinity_kernels::cuda::{CudaError, Device};
 use infinity_launcher::comm::NcclComm;
 
+use super::optim::tag;
 use crate::model::master_shards::{read_in_f32, F32Reads};
 use crate::model::Layout;
 
@@ -19,14 +20,13 @@ const UPLOAD_CHUNK: usize = 1 << 24;
 pub struct DeviceReads {
     values: CudaSlice<f32>,
     plan: F32Reads,
-    rank: usize,
 }
 
 impl DeviceReads {
     pub fn new(dev: &Device, lay: &Layout, rank: usize, world: usize) -> Result<DeviceReads> {
         let plan = F32Reads::new(lay, rank, world);
         let values = dev.stream.alloc_zeros::<f32>(plan.numel.max(1)).map_err(CudaError::from)?;
-        Ok(DeviceReads { values, plan, rank })
+        Ok(DeviceReads { values, plan })
     }
 
     /// Values held.
@@ -49,37 +49,21 @@ impl DeviceReads {
         Ok(())
     }
 
-    /// After an update of `shard` (this rank's f32 masters): every rank's pieces to every rank, through
-    /// a buffer of `world` equal parts gathered in place. The gather is enqueued on `comm` after the
-    /// work on the model's stream; the copies out of it follow once [`NcclComm::before`] orders the
-    /// stream after it (the caller's).
-    pub fn gather(&mut self, dev: &Device, shard: &CudaSlice<f32>, comm: &mut NcclComm) -> Result<Gathered> {
-        let (s, stride) = (&dev.stream, self.plan.stride().max(1));
-        let mut parts = s.alloc_zeros::<f32>(stride * self.plan.spans.len()).map_err(CudaError::from)?;
-        let span_start = self.plan.spans[self.rank].start;
+    /// After an update of `shard` (this rank's f32 masters): its pieces into place here, then each
+    /// rank's span of the buffer broadcast from that rank, in place (exactly the f32-read values
+    /// travel). Enqueued on `comm` after the work on the model's stream; the caller orders the stream
+    /// after the collectives ([`NcclComm::before`]).
+    pub fn gather(&mut self, dev: &Device, shard: &CudaSlice<f32>, comm: &mut NcclComm) -> Result<()> {
         for &(from, to, len) in &self.plan.mine {
-            let at = self.rank * stride + (to - span_start);
-            s.memcpy_dtod(&shard.slice(from..from + len), &mut parts.slice_mut(at..at + len))?;
+            dev.stream.memcpy_dtod(&shard.slice(from..from + len), &mut self.values.slice_mut(to..to + len))?;
         }
-        comm.after(s)?;
-        comm.all_gather_in_place_device(&mut parts)?;
-        Ok(Gathered { parts, stride })
-    }
-
-    /// The gathered parts into place (on the model's stream, ordered after the gather).
-    pub fn unpack(&mut self, dev: &Device, g: Gathered) -> Result<()> {
-        for (r, span) in self.plan.spans.iter().enumerate().filter(|(_, sp)| !sp.is_empty()) {
-            let from = g.parts.slice(r * g.stride..r * g.stride + span.len());
-            dev.stream.memcpy_dtod(&from, &mut self.values.slice_mut(span.clone()))?;
+        comm.after(&dev.stream)?;
+        for (owner, span) in self.plan.spans.iter().enumerate().filter(|(_, span)| !span.is_empty()) {
+            tag(comm, "f32-read parameters (ZeRO-1 shards)");
+            comm.broadcast_part(&mut self.values, span.clone(), owner)?;
         }
         Ok(())
     }
-}
-
-/// Every rank's f32-read pieces, `stride` values apart, once the gather has run.
-pub struct Gathered {
-    parts: CudaSlice<f32>,
-    stride: usize,
 }
 
 /// `flat`, the whole parameters from the host, rounded into `params16` on the device a chunk at a time.

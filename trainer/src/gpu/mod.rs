@@ -81,7 +81,7 @@ pub struct GpuModel {
     grads_reduced: bool,
     /// Whether `grads` holds the gradients ([`GpuModel::new`]); false for [`GpuModel::for_sampling`].
     trains: bool,
-    /// Whether the buffers above have their sizes ([`GpuModel::for_zero1`] defers them).
+    /// Whether the buffers above have their sizes ([`GpuModel::new_deferred`] defers them).
     sized: bool,
 }
 
@@ -112,11 +112,10 @@ impl GpuModel {
         GpuModel::open(cfg, lay, ordinal, bf16, true, true)
     }
 
-    /// [`GpuModel::new`] for a rank of a ZeRO-1 group, whose buffers wait for
-    /// [`GpuModel::attach_optimizer`] (a shard's: with bf16 matmuls, an 8B model's whole f32 weights
-    /// and gradients would not leave room on an 80 GB GPU even for a moment) or, when the shard is
-    /// updated on the host, for the first [`GpuModel::upload_params`] (the whole model's).
-    pub fn for_zero1(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
+    /// [`GpuModel::new`] whose buffers wait for [`GpuModel::attach_optimizer`] (a ZeRO-1 shard's: with
+    /// bf16 matmuls, an 8B model's whole f32 weights and gradients would not leave room on an 80 GB GPU
+    /// even for a moment) or the first [`GpuModel::upload_params`] (the whole model's).
+    pub fn new_deferred(cfg: &ModelConfig, lay: &Layout, ordinal: usize, bf16: bool) -> Result<GpuModel> {
         GpuModel::open(cfg, lay, ordinal, bf16, true, false)
     }
 
@@ -303,7 +302,7 @@ impl GpuModel {
     }
 
     fn run(&mut self, inp: &ModelInput<f32>, dinp: DeviceInput, grad: Grad) -> Result<BitwiseCe> {
-        anyhow::ensure!(self.sized, "the model's buffers come with its optimizer or first upload (for_zero1)");
+        anyhow::ensure!(self.sized, "the model's buffers come with its optimizer or first upload (new_deferred)");
         anyhow::ensure!(
             self.trains || matches!(grad, Grad::No),
             "a model opened for sampling has no gradient buffers (GpuModel::new trains)"

@@ -251,10 +251,8 @@ impl GpuModel {
         };
         tag(comm, "bf16 parameters (ZeRO-1 shards, bytes)");
         comm.all_gather_in_place_bytes(self.params16.as_mut().expect("bf16 matmuls"))?;
-        tag(comm, "f32-read parameters (ZeRO-1 shards)");
-        let gathered = reads.gather(&self.dev, &self.params, comm)?;
+        reads.gather(&self.dev, &self.params, comm)?;
         collectives_done(comm, &self.dev.stream, "all_gather")?;
-        reads.unpack(&self.dev, gathered)?;
         self.params16_stale = false;
         Ok(())
     }
@@ -374,7 +372,7 @@ fn collectives_done(comm: &mut NcclComm, compute: &CudaStream, op: &'static str)
 }
 
 /// The next collective on `comm` is for `what` (its line in the flight record).
-fn tag(comm: &NcclComm, what: &'static str) {
+pub(super) fn tag(comm: &NcclComm, what: &'static str) {
     if let Some(f) = comm.flight() {
         f.tag_next(what);
     }

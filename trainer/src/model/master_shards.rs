@@ -3,7 +3,8 @@
 //! them that the matmuls read. What the kernels still read in f32 is the small rest: every tensor but
 //! the blocks' matmul weights (norms, biases, gains, `ada_gss`, and the fp32 islands' weights: the
 //! embeddings, `shared_ada_lin`, the text path and the head). [`F32Reads`] says where those values lie:
-//! gathered from every rank's shard after each update into one buffer of their own, in the flat order.
+//! in one buffer of their own, in the flat order, each rank's pieces broadcast from it after each
+//! update.
 //!
 //! Per parameter a rank then holds 2 bytes of bf16 weights and 4 of gradients, plus 16/world of f32
 //! master, moments and their shard's gradients, where it held 10 + 12/world: at 8B parameters on 8
@@ -27,7 +28,7 @@ pub fn f32_read_numel(lay: &Layout) -> usize {
 }
 
 /// Where the f32-read tensors lie in their own buffer (the flat order, packed), and which pieces of
-/// them each rank's shard holds.
+/// them each rank's shard holds: after an update each rank's span of the buffer is broadcast from it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct F32Reads {
     /// Tensor name → its start in the buffer.
@@ -68,11 +69,6 @@ impl F32Reads {
     /// Where `spec`'s values start in the buffer; `None` for a tensor only bf16 products read.
     pub fn start(&self, name: &str) -> Option<usize> {
         self.at.get(name).copied()
-    }
-
-    /// The longest rank's span: each rank's part of the gather.
-    pub fn stride(&self) -> usize {
-        self.spans.iter().map(Range::len).max().unwrap_or(0)
     }
 }
 
@@ -124,7 +120,6 @@ mod tests {
                     }
                 }
                 assert_eq!(next, p.spans[r].end);
-                assert!(p.spans[r].len() <= p.stride());
             }
             for spec in lay.specs.iter().filter(|s| read_in_f32(s)) {
                 let at = plans[0].start(&spec.name).unwrap();

@@ -119,7 +119,9 @@ pub fn check_with(
             )
         }
         None => {
-            let device = compute::Compute::open(&cfg.run, &mc, &lay)?;
+            // (the model's buffers are not allocated: an 8B model's whole f32 weights and gradients would
+            // not fit the 80 GB GPU that ZeRO-1 lets it train on)
+            let device = compute::Compute::open_deferred(&cfg.run, true, &mc, &lay)?;
             gpu = device.gpu_total_memory();
             let on_gpu = device.gpu_name().is_some();
             let note = device.precision_note(&cfg.run).map(|n| format!("; {n}")).unwrap_or_default();

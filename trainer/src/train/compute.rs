@@ -23,9 +23,10 @@ pub struct DeviceRequest<'s> {
     pub recompute: bool,
     /// Whether the model trains (gradient buffers on a GPU) or only samples.
     pub trains: bool,
-    /// A rank of a ZeRO-1 group: the GPU's buffers wait for the optimizer, which may want a shard's
-    /// (`GpuModel::for_zero1`).
-    pub zero1: bool,
+    /// The GPU's parameter and gradient buffers wait for the optimizer or the first upload
+    /// (`GpuModel::new_deferred`): for a rank of a ZeRO-1 group, whose optimizer may want a shard's,
+    /// and a look at the device alone.
+    pub deferred: bool,
 }
 
 pub enum Compute {
@@ -42,14 +43,15 @@ pub enum Compute {
 impl Compute {
     /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
     pub fn open(run: &RunConfig, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
-        Compute::open_for(run, false, mc, lay)
+        Compute::open_deferred(run, false, mc, lay)
     }
 
-    /// [`Compute::open`] for a rank of a group that shards the optimizer (`zero1`, `dist.zero1` with
-    /// more than one rank).
-    pub fn open_for(run: &RunConfig, zero1: bool, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
+    /// [`Compute::open`], with the GPU's buffers `deferred` ([`DeviceRequest::deferred`]): for a rank
+    /// of a group that shards the optimizer (`dist.zero1` with more than one rank), or a look at the
+    /// device alone (`train --check`).
+    pub fn open_deferred(run: &RunConfig, deferred: bool, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
         let (bf16, recompute) = (run.precision == Precision::Bf16, run.recompute);
-        let want = DeviceRequest { setting: "run.device", device: run.device, bf16, recompute, trains: true, zero1 };
+        let want = DeviceRequest { setting: "run.device", device: run.device, bf16, recompute, trains: true, deferred };
         Compute::open_as(&want, mc, lay)
     }
 
@@ -72,9 +74,9 @@ impl Compute {
             #[cfg(feature = "cuda")]
             (_, Some(ordinal)) => {
                 let (bf16, recompute) = (want.bf16, want.recompute);
-                let opened = match (want.trains, want.zero1) {
+                let opened = match (want.trains, want.deferred) {
                     (true, false) => crate::gpu::GpuModel::new(_mc, _lay, ordinal, bf16),
-                    (true, true) => crate::gpu::GpuModel::for_zero1(_mc, _lay, ordinal, bf16),
+                    (true, true) => crate::gpu::GpuModel::new_deferred(_mc, _lay, ordinal, bf16),
                     (false, _) => crate::gpu::GpuModel::for_sampling(_mc, _lay, ordinal, bf16),
                 };
                 let mut m = match opened {

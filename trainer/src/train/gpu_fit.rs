@@ -43,10 +43,15 @@ pub fn gpu_step(
         latent_hw: *scales.last().context("a schedule without scales")?,
         bf16: cfg.run.precision == Precision::Bf16,
         recompute: cfg.run.recompute,
-        // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring
+        // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring or where the
+        // last rank would own no part (as `Updater::place` decides; a group whose `auto` backend falls
+        // back to the ring, some rank on a CPU, is counted as over NCCL)
         device_optimizer: match (sharded, cfg.dist.backend) {
             (false, _) => Some(1),
             (true, CommBackend::Ring) => None,
+            (true, _) if super::dist::shard_range(crate::model::Layout::new(mc).numel, world - 1, world).is_empty() => {
+                None
+            }
             (true, _) => Some(world),
         },
         ema: cfg.optim.ema_decay > 0.0,

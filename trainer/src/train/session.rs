@@ -50,7 +50,7 @@ impl<'a> Session<'a> {
         let manifest = &ds.manifest;
         // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
         let world = infinity_launcher::env::DistEnv::from_env().ok().flatten().map_or(1, |e| e.world);
-        let compute = compute::Compute::open_for(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
+        let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
         // the first collective: every later one assumes the ranks train one config
         // (paths absolute: the run folder records where its data are, wherever it is read from)
