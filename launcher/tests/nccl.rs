@@ -59,8 +59,22 @@ fn collectives_match_their_definitions() {
         // gathers of a large model's shards are): 3 values at a time, a gather's parts split
         let results = group(world, Duration::from_secs(30), move |mut c| {
             c.set_host_chunk(3);
-            common::run_collectives(&mut c, 7)
+            let results = common::run_collectives(&mut c, 7);
+            // each chunk's line in the flight record carries the caller's tag
+            c.flight().unwrap().tag_next("the test's gather");
+            let mut gathered = vec![0.0; 5 * c.world()];
+            c.all_gather(&[1.0; 5], &mut gathered).unwrap();
+            let entries = c.flight().unwrap().snapshot("test").entries;
+            let tags: Vec<Option<String>> = entries.into_iter().map(|e| e.tag).collect();
+            (results, tags)
         });
+        let chunks = 5usize.div_ceil((3 / world).max(1));
+        for (_, tags) in &results {
+            let last = &tags[tags.len() - chunks..];
+            assert!(last.iter().all(|t| t.as_deref() == Some("the test's gather")), "world {world}: {tags:?}");
+            assert_ne!(tags[tags.len() - chunks - 1].as_deref(), Some("the test's gather"));
+        }
+        let results: Vec<_> = results.into_iter().map(|r| r.0).collect();
         common::check_collectives(world, 7, &results);
         eprintln!("NCCL world {world}: all-reduce, broadcast, all-gather, reduce-scatter ok (whole and in chunks)");
     }

@@ -199,6 +199,12 @@ impl FlightRecorder {
         self.lock().next_tag = Some(tag);
     }
 
+    /// The tag given to the next collective, taken back (a host collective that runs as several, one
+    /// per chunk, gives it to each).
+    pub fn take_tag(&self) -> Option<&'static str> {
+        self.lock().next_tag.take()
+    }
+
     /// The collectives from now on are of training step `step`.
     pub fn at_step(&self, step: u64) {
         self.lock().step = Some(step);

@@ -6,8 +6,9 @@
 //!   asynchronous NCCL error (a peer's link went away), aborts the communicator (`ncclCommAbort` frees
 //!   every rank stuck in it) and, by default, exits the process with [`EXIT_COMM_TIMEOUT`]: a stuck
 //!   GPU collective never becomes a silent hang. The launcher reports the code by name.
-//! - The [`Communicator`] trait (host slices) is implemented by staging through a device buffer, so the
-//!   CPU-side loop and the tests use NCCL through the same calls as the TCP ring.
+//! - The [`Communicator`] trait (host slices) is implemented by staging through a device buffer, a
+//!   chunk ([`HOST_CHUNK`]) at a time, so the CPU-side loop and the tests use NCCL through the same
+//!   calls as the TCP ring.
 //!
 //! We hold the raw `ncclComm_t` rather than cudarc's `Comm` because the watchdog must abort the
 //! communicator from its own thread, and `Comm`'s drop panics when an abort fails.
@@ -226,10 +227,7 @@ impl NcclComm {
         part: Range<usize>,
         root: usize,
     ) -> CommResult<()> {
-        if root >= self.world {
-            let detail = format!("root {root} in a world of {}", self.world);
-            return Err(CommError::Usage { op: "reduce", detail });
-        }
+        self.root_in_world("reduce", root)?;
         let (p, n, _sync) = self.part_ptr("reduce", buf, part)?;
         // SAFETY: in-place reduce of `n` elements inside a live device buffer (part_ptr), on our stream.
         self.enqueue("reduce", n, |comm, st| unsafe {
@@ -256,10 +254,7 @@ impl NcclComm {
         part: Range<usize>,
         root: usize,
     ) -> CommResult<()> {
-        if root >= self.world {
-            let detail = format!("root {root} in a world of {}", self.world);
-            return Err(CommError::Usage { op: "broadcast", detail });
-        }
+        self.root_in_world("broadcast", root)?;
         let (p, n, _sync) = self.part_ptr("broadcast", buf, part)?;
         // SAFETY: in-place broadcast of `n` elements inside a live device buffer (part_ptr), on our
         // stream.
@@ -347,6 +342,13 @@ impl NcclComm {
         Ok((p + (part.start * std::mem::size_of::<T>()) as u64, part.len(), sync))
     }
 
+    fn root_in_world(&self, op: &'static str, root: usize) -> CommResult<()> {
+        if root >= self.world {
+            return Err(CommError::Usage { op, detail: format!("root {root} in a world of {}", self.world) });
+        }
+        Ok(())
+    }
+
     fn sizes(&self, op: &'static str, part: usize, whole: usize) -> CommResult<()> {
         if part * self.world != whole {
             return Err(CommError::Usage {
@@ -394,6 +396,13 @@ impl NcclComm {
         self.host_chunk = values.max(1);
     }
 
+    /// A host collective's chunk gets the tag its caller gave the whole (its line in the record).
+    fn tag_chunk(&self, tag: Option<&'static str>) {
+        if let Some(t) = tag {
+            self.watch.flight.tag_next(t);
+        }
+    }
+
     fn upload(&self, op: &'static str, v: &[f32]) -> CommResult<CudaSlice<f32>> {
         self.stream.clone_htod(v).map_err(|e| cuda_err(op, e))
     }
@@ -432,7 +441,9 @@ impl Communicator for NcclComm {
     // the same chunks on every rank (the lengths agree), none for empty buffers.
 
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> CommResult<()> {
+        let tag = self.watch.flight.take_tag();
         for part in buf.chunks_mut(self.host_chunk) {
+            self.tag_chunk(tag);
             let mut d = self.upload("all_reduce", part)?;
             self.all_reduce_sum_device(&mut d)?;
             self.download("all_reduce", &d, part)?;
@@ -441,7 +452,9 @@ impl Communicator for NcclComm {
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
+        let tag = self.watch.flight.take_tag();
         for part in buf.chunks_mut(self.host_chunk) {
+            self.tag_chunk(tag);
             let mut d = self.upload("broadcast", part)?;
             self.broadcast_device(&mut d, root)?;
             self.download("broadcast", &d, part)?;
@@ -452,9 +465,10 @@ impl Communicator for NcclComm {
     fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let (n, world) = (send.len(), self.world);
         self.sizes("all_gather", n, recv.len())?;
-        let step = (self.host_chunk / world).max(1);
+        let (step, tag) = ((self.host_chunk / world).max(1), self.watch.flight.take_tag());
         for at in (0..n).step_by(step) {
             let len = step.min(n - at);
+            self.tag_chunk(tag);
             let s = self.upload("all_gather", &send[at..at + len])?;
             let mut r = self.stream.alloc_zeros(len * world).map_err(|e| cuda_err("all_gather", e))?;
             self.all_gather_device(&s, &mut r)?;
@@ -478,9 +492,10 @@ impl Communicator for NcclComm {
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()> {
         let (n, world) = (recv.len(), self.world);
         self.sizes("reduce_scatter", n, send.len())?;
-        let step = (self.host_chunk / world).max(1);
+        let (step, tag) = ((self.host_chunk / world).max(1), self.watch.flight.take_tag());
         for at in (0..n).step_by(step) {
             let len = step.min(n - at);
+            self.tag_chunk(tag);
             let staged: Vec<f32> = (0..world).flat_map(|q| &send[q * n + at..q * n + at + len]).copied().collect();
             let s = self.upload("reduce_scatter", &staged)?;
             let mut r = self.stream.alloc_zeros(len).map_err(|e| cuda_err("reduce_scatter", e))?;

@@ -77,7 +77,8 @@ pub struct InfoArgs {
     /// Samples per micro-batch, for the GPU memory table.
     #[arg(long, default_value_t = 1, value_parser = super::positive())]
     batch: usize,
-    /// Data-parallel ranks: above 1, AdamW's state is ZeRO-1 sharded over them (dist.zero1 over NCCL).
+    /// Data-parallel ranks: above 1, AdamW's state is ZeRO-1 sharded over them (dist.zero1 over NCCL),
+    /// and with bf16 matmuls the f32 weights too.
     #[arg(long, default_value_t = 1, value_parser = super::positive())]
     world: usize,
     /// Memory of the GPU (GiB): adds the largest micro-batch that fits to the table (H100: 80, H200: 141).

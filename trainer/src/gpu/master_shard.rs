@@ -1,6 +1,6 @@
 //! ZeRO-1 with bf16 matmuls on the device (`model::master_shards`): the rank's `params` hold the f32
 //! master weights of its shard alone, `params16` the bf16 copy of all of them, and [`DeviceReads`]
-//! the f32 values the kernels still read, every rank's, broadcast from their owners after each update.
+//! the f32 values the kernels still read, every rank's, shared by their owners after each update.
 
 use anyhow::Result;
 use cudarc::driver::{CudaSlice, CudaView};
@@ -53,7 +53,7 @@ impl DeviceReads {
     /// rank's span of the buffer broadcast from that rank, in place (exactly the f32-read values
     /// travel). Enqueued on `comm` after the work on the model's stream; the caller orders the stream
     /// after the collectives ([`NcclComm::before`]).
-    pub fn gather(&mut self, dev: &Device, shard: &CudaSlice<f32>, comm: &mut NcclComm) -> Result<()> {
+    pub fn share(&mut self, dev: &Device, shard: &CudaSlice<f32>, comm: &mut NcclComm) -> Result<()> {
         for &(from, to, len) in &self.plan.mine {
             dev.stream.memcpy_dtod(&shard.slice(from..from + len), &mut self.values.slice_mut(to..to + len))?;
         }

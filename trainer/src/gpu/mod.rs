@@ -150,12 +150,11 @@ impl GpuModel {
             false => "cuBLAS",
         })?;
         let gemm32 = if bf16 { Some(Gemm::new(&dev, false).context("cuBLAS")?) } else { None };
-        // (CudaError: an out-of-memory error says then how much was in use)
-        let n = if sized { lay.numel } else { 1 };
-        let params = dev.stream.alloc_zeros::<f32>(n).map_err(CudaError::from)?;
-        let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(n).map_err(CudaError::from)?) } else { None };
-        let grads = dev.stream.alloc_zeros::<f32>(if trains { n } else { 1 }).map_err(CudaError::from)?;
-        Ok(GpuModel {
+        // (sized below; CudaError: an out-of-memory error says then how much was in use)
+        let params = dev.stream.alloc_zeros::<f32>(1).map_err(CudaError::from)?;
+        let params16 = if bf16 { Some(dev.stream.alloc_zeros::<u16>(1).map_err(CudaError::from)?) } else { None };
+        let grads = dev.stream.alloc_zeros::<f32>(1).map_err(CudaError::from)?;
+        let mut model = GpuModel {
             dev,
             gemm,
             gemm32,
@@ -173,12 +172,16 @@ impl GpuModel {
             buckets: None,
             grads_reduced: false,
             trains,
-            sized,
-        })
+            sized: false,
+        };
+        if sized {
+            model.size_whole()?;
+        }
+        Ok(model)
     }
 
     /// The whole model's parameter and gradient buffers, unless they (or a ZeRO-1 shard's) exist.
-    fn size_whole(&mut self) -> Result<()> {
+    pub fn size_whole(&mut self) -> Result<()> {
         if !self.sized {
             let (s, n) = (&self.dev.stream, self.lay.numel);
             self.params = s.alloc_zeros(n).map_err(CudaError::from)?;
@@ -245,6 +248,7 @@ impl GpuModel {
 
     /// Add the accumulated device gradients into `host` (same layout).
     pub fn add_grads_into(&mut self, host: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(self.sized, "the model holds no gradients before its optimizer or first upload");
         anyhow::ensure!(
             self.grad_scale == 1.0 && !self.grads_reduced,
             "the host optimizer takes the gradients as they are, not clipped or reduced on the device"

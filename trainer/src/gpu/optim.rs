@@ -227,7 +227,6 @@ impl GpuModel {
                 let (mut p, g) = (self.params.slice_mut(o.range.clone()), shard.slice(0..o.range.len()));
                 let no_bf16 = None::<&mut CudaSlice<u16>>;
                 adamw_dev(&self.dev, &mut p, no_bf16, &g, &mut o.m, &mut o.v, &o.groups, &o.lr_mult, &scalars)?;
-                self.params16_stale = true;
             }
             // the bf16 GEMMs' copy of the weights is written by the same pass
             None => {
@@ -251,7 +250,7 @@ impl GpuModel {
         };
         tag(comm, "bf16 parameters (ZeRO-1 shards, bytes)");
         comm.all_gather_in_place_bytes(self.params16.as_mut().expect("bf16 matmuls"))?;
-        reads.gather(&self.dev, &self.params, comm)?;
+        reads.share(&self.dev, &self.params, comm)?;
         collectives_done(comm, &self.dev.stream, "all_gather")?;
         self.params16_stale = false;
         Ok(())
@@ -307,6 +306,7 @@ impl GpuModel {
         opt: Option<&mut AdamW>,
         ema: Option<&mut [f32]>,
     ) -> Result<()> {
+        ensure!(self.sized, "the model holds no parameters before its optimizer or first upload");
         let s = &self.dev.stream;
         match (self.reads.is_some(), self.optim.as_ref()) {
             (true, Some(o)) => {

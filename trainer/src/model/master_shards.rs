@@ -105,7 +105,8 @@ mod tests {
             let part = lay.numel.div_ceil(world);
             let plans: Vec<F32Reads> = (0..world).map(|r| F32Reads::new(&lay, r, world)).collect();
             let numel = f32_read_numel(&lay);
-            // the buffer as the gather fills it: each rank's pieces from its shard of the flat values
+            // the buffer as the ranks' broadcasts fill it: each rank's pieces from its shard of the flat
+            // values
             let flat: Vec<usize> = (0..lay.numel).collect();
             let mut buffer = vec![usize::MAX; numel];
             for (r, p) in plans.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! `infinity sweep FILE --status`: where each run of the sweep file's plan stands, read from its folder
 //! (its lock, `summary.json`, the last lines of `metrics.jsonl` and `val.jsonl`, its newest
 //! checkpoint), so it can be asked while the sweep trains, from any machine that sees the folders (a
-//! lock is tested by taking it, shared where the folder is read-only).
+//! lock is tested with a shared lock, which a read-only file can take).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;

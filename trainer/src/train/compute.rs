@@ -1,7 +1,7 @@
 //! Where a step's compute runs: the CPU model, or the model on a GPU (`run.device`). On the GPU,
 //! clipping and AdamW run there too (with ZeRO-1, when the gradients travel by NCCL) and the
-//! parameters stay on the device; the loop asks for a host copy ([`Compute::sync_host`]) before
-//! checkpoints, grids and validation. Data, self-correction, data-parallel averaging, the schedule and
+//! parameters stay on the device (grids and validation read them there); the loop asks for a host copy
+//! ([`Compute::sync_host`]) for checkpoints. Data, self-correction, data-parallel averaging, the schedule and
 //! checkpoints are the same code for both.
 
 use anyhow::{bail, Result};
@@ -122,12 +122,19 @@ impl Compute {
 
     /// Run clipping and AdamW on the device from now on (GPU only; a no-op on the CPU). `opt` is the
     /// whole state, or with `zero1 = Some(world)` this rank's ZeRO-1 shard, which the device updates
-    /// only when the gradients travel by NCCL (`nccl`); otherwise the host's ZeRO-1 does.
+    /// only when the gradients travel by NCCL (`nccl`); otherwise the host's ZeRO-1 does (and the GPU
+    /// holds the whole model's weights and gradients, allocated here).
     pub fn attach_optimizer(&mut self, _opt: &AdamW, _zero1: Option<usize>, _nccl: bool) -> Result<()> {
         match self {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
-            Compute::Cuda { .. } if _zero1.is_some() && !_nccl => Ok(()),
+            Compute::Cuda { model, .. } if _zero1.is_some() && !_nccl => model.size_whole().map_err(|e| {
+                out_of_memory_context(
+                    e,
+                    "the weights and gradients need a GPU with more memory; over NCCL (dist.backend) with \
+                     run.precision = \"bf16\", ZeRO-1 shards the f32 weights on the GPUs too",
+                )
+            }),
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, fresh } => {
                 model.attach_optimizer(_opt, _zero1.unwrap_or(1)).map_err(|e| {

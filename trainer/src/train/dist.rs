@@ -18,7 +18,7 @@ use infinity_launcher::store::{StoreClient, StoreServer};
 pub use super::stop::{
     fault_drill, is_set, preemption_flag, slow_drill, stop_while_joining, EXIT_STOPPED_BEFORE_START,
 };
-pub use super::zero1::{gather_optimizer, gather_shards, shard_range, Zero1};
+pub use super::zero1::{every_rank_owns_a_shard, gather_optimizer, gather_shards, shard_range, Zero1};
 
 use super::config::{CommBackend, DistSection};
 use super::rank_identity::{self, RankIdentity};

@@ -49,9 +49,7 @@ pub fn gpu_step(
         device_optimizer: match (sharded, cfg.dist.backend) {
             (false, _) => Some(1),
             (true, CommBackend::Ring) => None,
-            (true, _) if super::dist::shard_range(crate::model::Layout::new(mc).numel, world - 1, world).is_empty() => {
-                None
-            }
+            (true, _) if !super::dist::every_rank_owns_a_shard(crate::model::Layout::new(mc).numel, world) => None,
             (true, _) => Some(world),
         },
         ema: cfg.optim.ema_decay > 0.0,

@@ -122,25 +122,20 @@ fn ago(secs: u64) -> String {
 
 /// Whether a training job holds `run`'s lock now (a sweep leaves such a run to it).
 pub fn in_use(run: &Path) -> bool {
-    let path = run.join(LOCK_FILE);
-    // read-write: NFS emulates flock with fcntl locks, whose exclusive kind needs write access; where
-    // the folder cannot be written (a read-only mount of the results), a shared lock, which a read-only
-    // file can take, is refused as well while a job holds its exclusive one
-    let (file, lock) = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(file) => (file, Lock::Exclusive),
-        Err(_) => match std::fs::File::open(&path) {
-            Ok(file) => (file, Lock::Shared),
-            Err(_) => return false,
-        },
-    };
-    !try_lock(&file, lock).unwrap_or(true)
+    // a shared lock: refused while a job holds its exclusive one, taken by a read-only file (a
+    // read-only mount of the results; NFS emulates flock with fcntl locks, whose shared kind needs read
+    // access alone), and never refused to another look
+    match std::fs::File::open(run.join(LOCK_FILE)) {
+        Ok(file) => !try_lock(&file, Lock::Shared).unwrap_or(true),
+        Err(_) => false,
+    }
 }
 
 /// What [`try_lock`] asks for.
 #[derive(Clone, Copy)]
 enum Lock {
     Exclusive,
-    /// Enough to learn whether another holds the exclusive lock (a read-only file can take it).
+    /// Enough to learn whether a job holds the exclusive lock.
     Shared,
 }
 
@@ -191,8 +186,9 @@ mod tests {
         RunLock::acquire(tmp.path()).unwrap();
     }
 
-    /// `in_use` from a read-only mount opens the lock file read-only and asks for a shared lock: refused
-    /// while a job holds the run, granted once it has let go.
+    /// `in_use` opens the lock file read-only (a read-only mount) and asks for a shared lock: refused
+    /// while a job holds the run, granted once it has let go, and two looks at once do not see each
+    /// other as a job.
     #[test]
     fn a_read_only_look_sees_a_held_lock() {
         let tmp = tempfile::tempdir().unwrap();
@@ -200,7 +196,9 @@ mod tests {
         let read_only = || std::fs::File::open(tmp.path().join(LOCK_FILE)).unwrap();
         assert!(!try_lock(&read_only(), Lock::Shared).unwrap());
         drop(held);
-        assert!(try_lock(&read_only(), Lock::Shared).unwrap());
+        let looking = read_only();
+        assert!(try_lock(&looking, Lock::Shared).unwrap());
+        assert!(!in_use(tmp.path()), "a look held a shared lock and another took it for a job");
     }
 
     /// A restarted group's rank 0 waits for the lost attempt's rank 0 to finish its stop's checkpoint.

@@ -37,7 +37,7 @@ impl Updater {
         // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
         // there too when the gradients travel by NCCL, else on the host
         // (every rank decides alike: a model too small for every rank to own a part stays on the host)
-        let nccl = dist.has_nccl() && !dist::shard_range(numel, dist.world - 1, dist.world).is_empty();
+        let nccl = dist.has_nccl() && dist::every_rank_owns_a_shard(numel, dist.world);
         compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
         let updater = match (compute.device_optimizer(), sharded) {
             (true, _) => Updater::Device,

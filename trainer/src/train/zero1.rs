@@ -84,6 +84,12 @@ pub fn shard_range(numel: usize, rank: usize, world: usize) -> Range<usize> {
     (rank * shard_len).min(numel)..((rank + 1) * shard_len).min(numel)
 }
 
+/// Whether each of `world` ranks owns a part of `numel` values (NCCL moves equal parts: a model too
+/// small for that keeps its ZeRO-1 shards on the host, `Updater::place`).
+pub fn every_rank_owns_a_shard(numel: usize, world: usize) -> bool {
+    !shard_range(numel, world - 1, world).is_empty()
+}
+
 /// The whole of `numel` values from every rank's shard of them (`part`: this rank's
 /// [`shard_range`]); a collective, so every rank calls it.
 pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<f32>> {
