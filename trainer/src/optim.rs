@@ -111,6 +111,13 @@ impl AdamW {
         }
     }
 
+    /// Free the host copy of the moments, which a device optimizer keeps (a rank that writes no
+    /// checkpoint never reads them back): the state keeps its step and settings, and
+    /// [`AdamW::update`] can no longer run on the host.
+    pub fn release_moments(&mut self) {
+        (self.m, self.v) = (Vec::new(), Vec::new());
+    }
+
     /// One update of the parameters in `self.range` (`params`, `grads`: exactly those) at learning rate
     /// `lr` (PyTorch's AdamW arithmetic).
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {

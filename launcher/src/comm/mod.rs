@@ -70,6 +70,12 @@ pub trait Communicator: Send {
     fn all_gather(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()>;
     /// Sum over ranks of `send` (`world·n` values); rank r keeps part r in `recv` (`n` values).
     fn reduce_scatter_sum(&mut self, send: &[f32], recv: &mut [f32]) -> CommResult<()>;
+    /// Rank r's `send` lands at `recv[r·n .. (r+1)·n]` on `root` alone, the only rank that passes a
+    /// `recv` (`n = send.len()`): a checkpoint's whole tensor from ZeRO-1 shards, kept by the rank that
+    /// writes it. See [`gather_in_chunks`] for how.
+    fn gather(&mut self, send: &[f32], recv: Option<&mut [f32]>, root: usize) -> CommResult<()> {
+        gather_in_chunks(self, send, recv, root, GATHER_CHUNK)
+    }
     fn barrier(&mut self) -> CommResult<()> {
         self.all_reduce_sum(&mut [0.0]).map(|_| ())
     }
@@ -82,6 +88,52 @@ pub trait Communicator: Send {
     fn nccl(&mut self) -> Option<&mut NcclComm> {
         None
     }
+}
+
+/// Values (all ranks' pieces together) that [`Communicator::gather`] moves at a time: 64 MiB.
+pub const GATHER_CHUNK: usize = 1 << 24;
+
+/// [`Communicator::gather`] as all-gathers of `values_at_a_time` values (at least one per rank) that
+/// every rank but `root` drops. Along a ring the root's incoming link carries the other ranks' parts
+/// either way, so this takes the time a gather would; what it bounds is memory: a rank holds one
+/// chunk of the whole, not the whole (33 GB a rank for each moment of an 8B model, the way it was).
+/// Every rank passes the same `send` length and `values_at_a_time`, so the chunks agree.
+pub fn gather_in_chunks<C: Communicator + ?Sized>(
+    comm: &mut C,
+    send: &[f32],
+    mut recv: Option<&mut [f32]>,
+    root: usize,
+    values_at_a_time: usize,
+) -> CommResult<()> {
+    let (n, world, rank) = (send.len(), comm.world(), comm.rank());
+    let usage = |detail: String| Err(CommError::Usage { op: "gather", detail });
+    if root >= world {
+        return usage(format!("root {root} ≥ world {world}"));
+    }
+    match (&recv, rank == root) {
+        (Some(r), true) if r.len() != n * world => {
+            return usage(format!("recv has {} values, expected {}", r.len(), n * world))
+        }
+        (None, true) => return usage(format!("the root (rank {root}) passed no recv buffer")),
+        (Some(_), false) => return usage(format!("rank {rank} passed a recv buffer; only the root {root} keeps one")),
+        _ => {}
+    }
+    let step = (values_at_a_time / world).max(1);
+    let tag = comm.flight().and_then(|f| f.take_tag());
+    let mut chunk = vec![0.0; step.min(n) * world];
+    for at in (0..n).step_by(step) {
+        let len = step.min(n - at);
+        if let (Some(f), Some(t)) = (comm.flight(), tag) {
+            f.tag_next(t); // each chunk's line in the flight record says what the whole was for
+        }
+        comm.all_gather(&send[at..at + len], &mut chunk[..len * world])?;
+        if let Some(recv) = recv.as_deref_mut() {
+            for (q, piece) in chunk[..len * world].chunks_exact(len).enumerate() {
+                recv[q * n + at..q * n + at + len].copy_from_slice(piece);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The single-process communicator: every collective is the identity.
@@ -125,5 +177,17 @@ mod tests {
         let refused = CommError::Peer { op: "all_reduce", peer: 2, detail: "sent 7 bytes, expected 8".into() };
         assert_eq!(CommError::closed_peer(&refused.to_string()), None);
         assert_eq!(CommError::closed_peer(&format!("error: {e}")), None);
+    }
+
+    #[test]
+    fn a_misused_gather_is_refused_before_this_rank_sends_anything() {
+        let msg = |r: CommResult<()>| r.unwrap_err().to_string();
+        let mut whole = [0.0; 3];
+        assert_eq!(msg(Solo.gather(&[1.0; 3], Some(&mut whole), 1)), "collective `gather`: root 1 ≥ world 1");
+        assert!(msg(Solo.gather(&[1.0; 3], None, 0)).contains("the root (rank 0) passed no recv buffer"));
+        assert!(msg(Solo.gather(&[1.0; 2], Some(&mut whole), 0)).contains("recv has 3 values, expected 2"));
+        // one rank: the gather is a copy, in chunks of any size
+        gather_in_chunks(&mut Solo, &[1.0, 2.0, 3.0], Some(&mut whole), 0, 2).unwrap();
+        assert_eq!(whole, [1.0, 2.0, 3.0]);
     }
 }

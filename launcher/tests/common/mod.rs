@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use infinity_launcher::comm::Communicator;
+use infinity_launcher::comm::{gather_in_chunks, Communicator};
 use infinity_launcher::store::{StoreClient, StoreServer};
 
 /// Run `f(rank, store client)` on `world` ranks, each in a thread of its own, around a fresh store:
@@ -35,8 +35,9 @@ pub fn data(rank: usize, n: usize) -> Vec<f32> {
 }
 
 /// What one rank got back: all-reduce of `n` values, broadcast from the last rank, all-gather of 5,
-/// reduce-scatter keeping 6.
-pub type Results = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+/// reduce-scatter keeping 6, and the gathers of 5 to the last rank (whole, and 4 values at a time:
+/// pieces of one value or more, split), which other ranks do not keep.
+pub type Results = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, [Option<Vec<f32>>; 2]);
 
 /// Run every collective on this rank (ends with a barrier).
 pub fn run_collectives(c: &mut dyn Communicator, n: usize) -> Results {
@@ -49,15 +50,20 @@ pub fn run_collectives(c: &mut dyn Communicator, n: usize) -> Results {
     c.all_gather(&data(rank, 5), &mut gathered).unwrap();
     let mut part = vec![0.0; 6];
     c.reduce_scatter_sum(&data(rank, 6 * world), &mut part).unwrap();
+    let root = world - 1;
+    let kept = || (rank == root).then(|| vec![0.0; 5 * world]);
+    let mut at_root = [kept(), kept()];
+    c.gather(&data(rank, 5), at_root[0].as_deref_mut(), root).unwrap();
+    gather_in_chunks(c, &data(rank, 5), at_root[1].as_deref_mut(), root, 4).unwrap();
     c.barrier().unwrap();
-    (sum, b, gathered, part)
+    (sum, b, gathered, part, at_root)
 }
 
 /// Every rank's results against the definitions.
 pub fn check_collectives(world: usize, n: usize, results: &[Results]) {
     let close = |a: f32, e: f32| (a - e).abs() <= 1e-4 * e.abs().max(1.0);
     let expect_sum: Vec<f32> = (0..n).map(|i| (0..world).map(|r| data(r, n)[i]).sum()).collect();
-    for (rank, (sum, b, gathered, part)) in results.iter().enumerate() {
+    for (rank, (sum, b, gathered, part, at_root)) in results.iter().enumerate() {
         for (a, e) in sum.iter().zip(&expect_sum) {
             assert!(close(*a, *e), "world {world}: {a} vs {e}");
         }
@@ -65,6 +71,8 @@ pub fn check_collectives(world: usize, n: usize, results: &[Results]) {
         assert_eq!(b, &data(99, n));
         let expect_g: Vec<f32> = (0..world).flat_map(|r| data(r, 5)).collect();
         assert_eq!(gathered, &expect_g);
+        let kept = (rank == world - 1).then_some(&expect_g);
+        assert_eq!(at_root.each_ref().map(Option::as_ref), [kept, kept], "world {world} rank {rank}: gathers");
         let full: Vec<f32> = (0..6 * world).map(|i| (0..world).map(|r| data(r, 6 * world)[i]).sum()).collect();
         for (a, e) in part.iter().zip(&full[rank * 6..(rank + 1) * 6]) {
             assert!(close(*a, *e), "world {world} rank {rank}: {a} vs {e}");

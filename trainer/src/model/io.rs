@@ -2,14 +2,14 @@
 //! folders. Loading accepts either block layout and upstream's zero buffers, and reports every name or
 //! shape that does not match the model at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use super::params::{canonical_name, chunked_name};
+use super::streamed::{Lazy, Values};
 use super::{Layout, ModelConfig, Params};
 
 /// Element type of saved weights.
@@ -19,10 +19,7 @@ pub enum SaveDtype {
     Bf16,
 }
 
-/// safetensors bytes of `p` (f32 or bf16) under upstream names, the blocks in `chunks` chunks:
-/// `blocks.N` keys for 1, `block_chunks.C.module.J` for more (upstream's `Infinity(block_chunks=…)`
-/// registers those). `zero_k_bias` buffers are included so the file loads into upstream's module with
-/// `strict=True`.
+/// safetensors bytes of `p` (f32 or bf16) under upstream names ([`weight_tensors`]).
 pub fn weights_bytes(
     cfg: &ModelConfig,
     lay: &Layout,
@@ -31,38 +28,49 @@ pub fn weights_bytes(
     chunks: usize,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<Vec<u8>> {
+    Ok(safetensors::serialize(weight_tensors(cfg, lay, p, dtype, chunks)?, metadata)?)
+}
+
+/// The tensors of `p` (f32 or bf16) under upstream names, the blocks in `chunks` chunks: `blocks.N`
+/// keys for 1, `block_chunks.C.module.J` for more (upstream's `Infinity(block_chunks=…)` registers
+/// those). `zero_k_bias` buffers are included so the file loads into upstream's module with
+/// `strict=True`. Each tensor's bytes are made as it is written ([`streamed`](super::streamed)).
+pub fn weight_tensors<'a>(
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &'a Params<f32>,
+    dtype: SaveDtype,
+    chunks: usize,
+) -> Result<Vec<(String, Lazy<'a>)>> {
     if chunks == 0 || !cfg.depth.is_multiple_of(chunks) {
         bail!("{chunks} block chunks do not divide the model's depth {}", cfg.depth);
     }
     let name = |n: &str| chunked_name(n, cfg.depth, chunks);
-    let encode = |v: &[f32]| -> Vec<u8> {
-        match dtype {
-            SaveDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            SaveDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-        }
+    let values = |v: &'a [f32]| match dtype {
+        SaveDtype::F32 => Values::F32(v),
+        SaveDtype::Bf16 => Values::Bf16(v),
     };
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for s in &lay.specs {
-        tensors.insert(name(&s.name), (s.shape.clone(), encode(&p.data[s.offset..s.offset + s.numel()])));
-    }
+    let mut tensors: Vec<(String, Lazy)> = lay
+        .specs
+        .iter()
+        .map(|s| {
+            (name(&s.name), Lazy { values: values(&p.data[s.offset..s.offset + s.numel()]), shape: s.shape.clone() })
+        })
+        .collect();
     let c = cfg.embed_dim;
     let mut buffers = vec!["text_proj_for_sos.ca.zero_k_bias".to_string()];
     for n in 0..cfg.depth {
         buffers.push(format!("blocks.{n}.sa.zero_k_bias"));
         buffers.push(format!("blocks.{n}.ca.zero_k_bias"));
     }
-    for b in buffers.into_iter().filter(|b| lay.spec(&b.replace("zero_k_bias", "v_bias")).is_some()) {
-        tensors.insert(name(&b), (vec![c], encode(&vec![0.0; c])));
-    }
-    let st_dtype = match dtype {
+    let zeros_of = match dtype {
         SaveDtype::F32 => Dtype::F32,
         SaveDtype::Bf16 => Dtype::BF16,
     };
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (shape, data))| Ok((n.clone(), TensorView::new(st_dtype, shape.clone(), data)?)))
-        .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    Ok(safetensors::serialize(views, metadata)?)
+    for b in buffers.into_iter().filter(|b| lay.spec(&b.replace("zero_k_bias", "v_bias")).is_some()) {
+        tensors.push((name(&b), Lazy { values: Values::Zeros(zeros_of, c), shape: vec![c] }));
+    }
+    Ok(tensors)
 }
 
 /// Values of a safetensors tensor (f32, bf16 or f16) as f32.
@@ -309,12 +317,8 @@ mod tests {
 
     /// A file of `tensors` (f32) beside `dir`.
     fn write_tensors(dir: &Path, name: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> std::path::PathBuf {
-        let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.2.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|(t, b)| (t.0.clone(), TensorView::new(Dtype::F32, t.1.clone(), b).unwrap()))
-            .collect();
+        let views: Vec<(String, Lazy)> =
+            tensors.iter().map(|t| (t.0.clone(), Lazy { values: Values::F32(&t.2), shape: t.1.clone() })).collect();
         let file = dir.join(name);
         std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
         file

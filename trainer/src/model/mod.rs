@@ -8,6 +8,7 @@ pub mod buckets;
 pub mod config;
 pub mod coord_check;
 pub mod forward;
+pub mod host_memory;
 pub mod init;
 pub mod io;
 pub mod master_shards;
@@ -15,6 +16,7 @@ pub mod memory;
 pub mod mup;
 pub mod params;
 pub mod sample;
+pub mod streamed;
 
 pub use backward::backward;
 pub use config::{Conditioning, ModelConfig};

@@ -19,6 +19,7 @@ use super::{
     checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, unrecoverable, val, Preview, Setup,
 };
 use crate::cli::plural;
+use crate::model::host_memory::{host_state, Updates};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{Conditioning, ModelConfig, Params};
 
@@ -156,22 +157,29 @@ pub fn check_with(
         mix.rows_per_epoch
     ));
     out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()));
-    // f32 weights, gradients and the two AdamW moments; a checkpoint holds all but the gradients
     // (in MB below a gigabyte: a tiny model's 0.00 GB said nothing)
     let size =
         |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };
-    // (the weights' moving average is one more f32 copy, in memory and in ema.safetensors)
-    let (ema, ema_bytes) = match cfg.optim.ema_decay > 0.0 {
-        true => (
-            format!(", {} more on rank 0 for the weights' moving average (or its shard on each)", size(4.0 * n)),
-            4.0 * n,
-        ),
-        false => (String::new(), 0.0),
+    let ema = cfg.optim.ema_decay > 0.0;
+    let on_gpu = gpu.is_some() && cfg.run.device != DeviceChoice::Cpu;
+    let updates = match (on_gpu, gpu_fit::device_optimizer(cfg, lay.numel, world)) {
+        (true, Some(1)) => Updates::Device,
+        (true, Some(_)) => Updates::DeviceZero1,
+        _ if cfg.dist.zero1 && world > 1 => Updates::HostZero1,
+        _ => Updates::Host,
     };
+    let host = host_state(lay.numel, world, updates, ema);
+    let others = match world {
+        1 => String::new(),
+        _ => format!(", each other rank {}", size(host.other_ranks as f64)),
+    };
+    // a checkpoint holds the weights, the two moments and the moving average, in f32
     out.push(format!(
-        "memory: {} of weights, gradients and AdamW moments (f32) per rank without ZeRO-1{ema}; checkpoints of {}",
-        size(16.0 * n),
-        size(12.0 * n + ema_bytes)
+        "host memory for the model's state: rank 0 {} ({} more while a checkpoint is written){others}, \
+         besides activations on the CPU and the dataset's page cache; checkpoints of {}",
+        size(host.rank0 as f64),
+        size(host.rank0_writing as f64),
+        size(host.rank0_writing as f64)
     ));
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());

@@ -398,9 +398,11 @@ impl Compute {
     }
 
     /// Device optimizer: copy the device's parameters (with `opt`, AdamW's moments; with `ema`, the
-    /// moving average) to the host, for checkpoints. A no-op otherwise (the host copies are current).
-    /// A collective under ZeRO-1 with bf16 matmuls, where each GPU keeps its shard of the f32
-    /// parameters alone: the ranks' shards are gathered on the host.
+    /// moving average) to the host, for checkpoints: on rank 0, which writes them, and under ZeRO-1 on
+    /// every rank (its shards go into rank 0's). A no-op otherwise (the host copies are current, or
+    /// unread: the device holds the parameters). A collective under ZeRO-1 with bf16 matmuls, where
+    /// each GPU keeps its shard of the f32 parameters alone: the ranks' shards are gathered into rank
+    /// 0's host copy (another rank's holds its own shard current).
     pub fn sync_host(
         &mut self,
         _dist: &mut Dist,
@@ -412,11 +414,16 @@ impl Compute {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, .. } if model.has_optimizer() => {
+                if !(_dist.is_leader() || model.is_sharded()) {
+                    return Ok(()); // (its host moments are released: Updater::place)
+                }
                 model.download_state(_params, _opt, _ema.map(|e| &mut e.weights[..]))?;
                 if model.shards_masters() {
                     let (numel, mine) =
                         (_params.data.len(), super::dist::shard_range(_params.data.len(), _dist.rank, _dist.world));
-                    _params.data = super::dist::gather_shards(_dist, &_params.data[mine], numel)?;
+                    if let Some(whole) = super::dist::gather_shards(_dist, &_params.data[mine], numel)? {
+                        _params.data = whole;
+                    }
                 }
                 Ok(())
             }

@@ -183,6 +183,11 @@ impl Dist {
         Ok(self.comm.all_gather(send, recv)?)
     }
 
+    /// Rank r's `send` at `recv[r·n ..]` on rank 0 alone, the only rank that passes `recv`.
+    pub fn gather_to_leader(&mut self, send: &[f32], recv: Option<&mut [f32]>) -> Result<()> {
+        Ok(self.comm.gather(send, recv, 0)?)
+    }
+
     /// The NCCL communicator, when this group runs over NCCL (device-buffer collectives).
     #[cfg(feature = "cuda")]
     pub fn nccl(&mut self) -> Option<&mut infinity_launcher::comm::NcclComm> {

@@ -51,15 +51,15 @@ pub fn start(
     Ok((ema, sharded))
 }
 
-/// All of the moving average, for rank 0's checkpoint: gathered from the ranks' shards when `sharded`
-/// (a collective: every rank calls it; the others drop the result), else rank 0's own.
+/// All of the moving average, for rank 0's checkpoint: gathered on rank 0 from the ranks' shards when
+/// `sharded` (a collective: every rank calls it), else rank 0's own. `None` on the other ranks.
 pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) -> Result<Option<Params<f32>>> {
     let data = match ema {
-        Some(e) if sharded => Some(dist::gather_shards(dist, &e.weights, numel)?),
-        Some(e) => Some(e.weights.clone()),
+        Some(e) if sharded => dist::gather_shards(dist, &e.weights, numel)?,
+        Some(e) => dist.is_leader().then(|| e.weights.clone()),
         None => None,
     };
-    Ok(data.filter(|_| dist.is_leader()).map(|data| Params { data }))
+    Ok(data.map(|data| Params { data }))
 }
 
 /// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from

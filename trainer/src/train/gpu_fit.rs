@@ -35,7 +35,6 @@ pub fn gpu_step(
     let longest = m.schedules.iter().max_by_key(|s| s.num_tokens()).context("the manifest lists no schedule")?;
     // the transformer's tokens (with spatial patchify the latents [d/4, 2H, 2W] hold as many values)
     let scales = mc.token_scales(&longest.hw());
-    let sharded = cfg.dist.zero1 && world > 1;
     Ok(GpuStep {
         micro_batch,
         tokens: infinity_kernels::bsq::num_tokens(&scales),
@@ -43,17 +42,23 @@ pub fn gpu_step(
         latent_hw: *scales.last().context("a schedule without scales")?,
         bf16: cfg.run.precision == Precision::Bf16,
         recompute: cfg.run.recompute,
-        // a ZeRO-1 shard is updated on the GPU over NCCL, on the host over the TCP ring or where the
-        // last rank would own no part (as `Updater::place` decides; a group whose `auto` backend falls
-        // back to the ring, some rank on a CPU, is counted as over NCCL)
-        device_optimizer: match (sharded, cfg.dist.backend) {
-            (false, _) => Some(1),
-            (true, CommBackend::Ring) => None,
-            (true, _) if !super::dist::every_rank_owns_a_shard(crate::model::Layout::new(mc).numel, world) => None,
-            (true, _) => Some(world),
-        },
+        device_optimizer: device_optimizer(cfg, crate::model::Layout::new(mc).numel, world),
         ema: cfg.optim.ema_decay > 0.0,
     })
+}
+
+/// Where a GPU rank of `world` updates `numel` parameters: AdamW on the GPU over `1/world` of them
+/// (`Some(world)` under ZeRO-1, else `Some(1)`), or on the host (`None`). A ZeRO-1 shard is updated on
+/// the GPU over NCCL, on the host over the TCP ring or where the last rank would own no part (as
+/// `Updater::place` decides; a group whose `auto` backend falls back to the ring, some rank on a CPU,
+/// is counted as over NCCL).
+pub fn device_optimizer(cfg: &TrainConfig, numel: usize, world: usize) -> Option<usize> {
+    match (cfg.dist.zero1 && world > 1, cfg.dist.backend) {
+        (false, _) => Some(1),
+        (true, CommBackend::Ring) => None,
+        (true, _) if !super::dist::every_rank_owns_a_shard(numel, world) => None,
+        (true, _) => Some(world),
+    }
 }
 
 /// "GPU memory per rank (estimate): …", with the figure under recomputation when the run does not

@@ -58,7 +58,7 @@ use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 use self::step_means::StepMeans;
 use self::summary::{derived_record, write_run_file};
 use self::updater::Updater;
-use crate::model::{rope_for, scale_metrics, token_weights, Acts, Params};
+use crate::model::{rope_for, scale_metrics, token_weights, Acts};
 
 /// Keys of the random streams (see the module comment).
 const STREAM_INIT: u64 = 1;
@@ -203,7 +203,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     // ---- the loop ------------------------------------------------------------------------------
     let schedule = cfg.schedule();
-    let mut grads = Params::zeros(&lay);
+    let mut grads = updater.host_grads(&lay);
     let mut acts: Acts<f32> = Acts::default();
     let mut ropes: HashMap<u16, RopeTable> = HashMap::new();
     summary.start_clock();
@@ -218,7 +218,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
         let num_tokens = infinity_kernels::bsq::num_tokens(&scales); // (per sample; what MFU counts)
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
-        grads.data.iter_mut().for_each(|g| *g = 0.0);
+        grads.data.fill(0.0);
         compute.begin_step(&params)?;
         // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
         let on_device = compute.self_corrects() && manifest.latent.is_some();
@@ -375,6 +375,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due {
             clock.saved();
+            // one copy of the state for a writer at a time: the previous write ends before this copy
+            if let Some(saver) = saver.as_mut() {
+                saver.wait()?;
+            }
             compute.sync_host(&mut dist, &mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {

@@ -6,6 +6,7 @@ use anyhow::Result;
 use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::{self, Dist, Zero1};
+use crate::model::{Layout, Params};
 use crate::optim::{clip_grad_norm, AdamW};
 
 /// Where a step's gradients are averaged over the ranks and clipped, and the optimiser updates the
@@ -44,6 +45,11 @@ impl Updater {
             (false, true) => Updater::HostZero1(Zero1::new(numel, dist.rank, dist.world)),
             (false, false) => Updater::Replicated,
         };
+        // the whole optimizer on each GPU: the host's moments are read back for rank 0's checkpoints
+        // alone (17.6 GB a rank at 2b), so the other ranks free theirs
+        if matches!(updater, Updater::Device) && !sharded && !dist.is_leader() {
+            opt.release_moments();
+        }
         if sharded {
             let place = if compute.device_zero1() { "this GPU" } else { "the host" };
             console!("ZeRO-1: {place} updates parameters {:?} of {}", opt.range, numel);
@@ -60,6 +66,15 @@ impl Updater {
             console!("gradients summed over the ranks during the backward: {n} buckets a step");
         }
         Ok((opt, updater))
+    }
+
+    /// The host's buffer for a step's gradients: the whole model's, or none where the device keeps
+    /// them (at 8B parameters it was 33 GB of host memory a rank, zeroed every step, unread).
+    pub(super) fn host_grads(&self, lay: &Layout) -> Params<f32> {
+        match self {
+            Updater::Device => Params { data: Vec::new() },
+            Updater::HostZero1(_) | Updater::Replicated => Params::zeros(lay),
+        }
     }
 
     /// Average the step's gradients (`grads`, on the host; the device's own on the GPU) over the

@@ -91,24 +91,28 @@ pub fn every_rank_owns_a_shard(numel: usize, world: usize) -> bool {
 }
 
 /// The whole of `numel` values from every rank's shard of them (`part`: this rank's
-/// [`shard_range`]); a collective, so every rank calls it.
-pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Vec<f32>> {
+/// [`shard_range`]), on rank 0 alone (the others get `None`, and hold a chunk of the whole at a time:
+/// [`Communicator::gather`](infinity_launcher::comm::Communicator::gather)); a collective, so every
+/// rank calls it.
+pub fn gather_shards(dist: &mut Dist, part: &[f32], numel: usize) -> Result<Option<Vec<f32>>> {
     let shard_len = numel.div_ceil(dist.world);
     let mut send = part.to_vec();
     send.resize(shard_len, 0.0);
-    let mut whole = vec![0.0; shard_len * dist.world];
+    let mut whole = dist.is_leader().then(|| vec![0.0; shard_len * dist.world]);
     dist.tag("gathering ZeRO-1 shards");
-    dist.all_gather(&send, &mut whole)?;
-    whole.truncate(numel);
-    Ok(whole)
+    dist.gather_to_leader(&send, whole.as_deref_mut())?;
+    Ok(whole.map(|mut w| {
+        w.truncate(numel);
+        w
+    }))
 }
 
 /// The whole optimiser state (for a checkpoint), gathered from the ranks' ZeRO-1 shards (`opt`: this
-/// rank's): a collective, whose result rank 0 keeps (the others drop each gathered moment at once).
+/// rank's) on rank 0, the rank that writes it: a collective (the others get `None`).
 pub fn gather_optimizer(dist: &mut Dist, opt: &AdamW, lay: &Layout) -> Result<Option<AdamW>> {
-    let m = Some(gather_shards(dist, &opt.m, lay.numel)?).filter(|_| dist.is_leader());
+    let m = gather_shards(dist, &opt.m, lay.numel)?;
     let v = gather_shards(dist, &opt.v, lay.numel)?;
-    Ok(m.map(|m| {
+    Ok(m.zip(v).map(|(m, v)| {
         let mut full = AdamW::new(opt.cfg.clone(), lay);
         (full.step, full.m, full.v) = (opt.step, m, v);
         full

@@ -25,11 +25,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use infinity_data::loader::LoaderState;
 use infinity_data::manifest::sync_dir;
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
-use crate::model::io::{weights_bytes, SaveDtype};
+use crate::model::io::{weight_tensors, SaveDtype};
+use crate::model::streamed::{self, Lazy, Values};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
@@ -98,6 +97,35 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
 }
 
+/// `tensors` written to a new safetensors file at `path` as they are ([`streamed::write`]) and synced;
+/// returns the file's crc32c, taken as it is written.
+fn write_streamed(path: &Path, tensors: Vec<(String, Lazy)>, meta: Option<HashMap<String, String>>) -> Result<u32> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = Crc32cWriter { inner: std::io::BufWriter::with_capacity(1 << 22, f), crc: 0 };
+    streamed::write(&mut w, tensors, meta)
+        .and_then(|_| Ok(w.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(w.crc)
+}
+
+/// A writer that keeps the crc32c of what went through it.
+struct Crc32cWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for Crc32cWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
@@ -150,31 +178,31 @@ fn write_folder(
     std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
 
     ensure!(opt.range == (0..lay.numel), "checkpoint: the optimiser state must be whole (gather ZeRO-1 shards first)");
-    let model = weights_bytes(cfg, lay, params, SaveDtype::F32, 1, None)?;
-    let m: Vec<u8> = opt.m.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let v: Vec<u8> = opt.v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    ensure!(
+        opt.m.len() == lay.numel && opt.v.len() == lay.numel,
+        "checkpoint: the optimiser state holds {} and {} moments for {} parameters (released on this rank?)",
+        opt.m.len(),
+        opt.v.len(),
+        lay.numel
+    );
+    // the tensors go to the files as they are, a tensor at a time (model/streamed.rs)
+    let crc = |c: u32| format!("{c:08x}");
+    let weights = |p| weight_tensors(cfg, lay, p, SaveDtype::F32, 1);
+    state.model_crc32c = crc(write_streamed(&tmp.join(MODEL_FILE), weights(params)?, None)?);
     // One metadata key: safetensors writes its metadata map in hash order, so several keys would make
     // the bytes of identical checkpoints differ between processes.
     let meta: HashMap<String, String> =
         [("adamw".to_string(), serde_json::json!({ "step": opt.step, "config": opt.cfg }).to_string())].into();
-    let optim = safetensors::serialize(
-        [
-            ("adamw.m", TensorView::new(Dtype::F32, vec![opt.m.len()], &m)?),
-            ("adamw.v", TensorView::new(Dtype::F32, vec![opt.v.len()], &v)?),
-        ],
-        Some(meta),
-    )?;
+    let moments = vec![
+        ("adamw.m".to_string(), Lazy { values: Values::F32(&opt.m), shape: vec![opt.m.len()] }),
+        ("adamw.v".to_string(), Lazy { values: Values::F32(&opt.v), shape: vec![opt.v.len()] }),
+    ];
+    state.optim_crc32c = crc(write_streamed(&tmp.join(OPTIM_FILE), moments, Some(meta))?);
     state.version = STATE_VERSION;
-    state.model_crc32c = format!("{:08x}", crc32c::crc32c(&model));
-    state.optim_crc32c = format!("{:08x}", crc32c::crc32c(&optim));
-    write_synced(&tmp.join(MODEL_FILE), &model)?;
-    write_synced(&tmp.join(OPTIM_FILE), &optim)?;
-    state.ema_crc32c = None;
-    if let Some(ema) = ema {
-        let bytes = weights_bytes(cfg, lay, ema, SaveDtype::F32, 1, None)?;
-        state.ema_crc32c = Some(format!("{:08x}", crc32c::crc32c(&bytes)));
-        write_synced(&tmp.join(EMA_FILE), &bytes)?;
-    }
+    state.ema_crc32c = match ema {
+        Some(ema) => Some(crc(write_streamed(&tmp.join(EMA_FILE), weights(ema)?, None)?)),
+        None => None,
+    };
     write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
     write_synced(&tmp.join(CONFIG_FILE), config_toml.as_bytes())?;
     write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;

@@ -1,0 +1,89 @@
+//! Host memory a training rank holds for the model's state, counted from where `train` keeps it: the
+//! f32 weights, the gradients and AdamW's moments where the host updates, the weights' moving average,
+//! and on rank 0 the copy of the state a checkpoint is written from. For `infinity train --check`:
+//! what a job asks its scheduler for (SLURM's `--mem`), besides the CPU's activations, the dataset's
+//! page cache and the process itself.
+//!
+//! `n` parameters, `s = ⌈n / world⌉` a ZeRO-1 shard; bytes.
+
+/// Where AdamW runs, as `Updater::place` decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Updates {
+    /// On the host, all of the parameters on every rank (the CPU).
+    Host,
+    /// On the host, this rank's ZeRO-1 shard (the CPU, or GPUs over the TCP ring).
+    HostZero1,
+    /// On the GPU, all of the parameters: the host keeps no gradients, and its copy of the moments
+    /// on rank 0 alone (for checkpoints).
+    Device,
+    /// On the GPU, this rank's ZeRO-1 shard: the host keeps the shard's moments for checkpoints.
+    DeviceZero1,
+}
+
+/// A rank's host bytes for the model's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostState {
+    pub rank0: u64,
+    pub other_ranks: u64,
+    /// Rank 0's more while a checkpoint is written: the copy of the weights, the whole moments and the
+    /// moving average the writer works from (one at a time: the next waits for the previous write).
+    pub rank0_writing: u64,
+}
+
+/// The host state of `n` parameters over `world` ranks, updated as `updates` says, with the moving
+/// average when `ema`.
+pub fn host_state(n: usize, world: usize, updates: Updates, ema: bool) -> HostState {
+    let (n, s) = (n as u64, n.div_ceil(world) as u64);
+    let f32s = |values: u64| 4 * values;
+    let weights = f32s(n); // every rank: the start's upload, the checkpoints' download (ema.rs, compute.rs)
+    let ema_whole = if ema { f32s(n) } else { 0 };
+    // the moving average is split over the ranks wherever the optimizer is (ema::start), except beside
+    // the whole device optimizer (rank 0 alone) and on one rank
+    let ema_shard = if ema { f32s(s) } else { 0 };
+    let (rank0, other_ranks) = match updates {
+        Updates::Host if world == 1 => (weights + f32s(3 * n) + ema_whole, 0),
+        Updates::Host => {
+            let each = weights + f32s(3 * n) + ema_shard;
+            (each, each)
+        }
+        // the gradients, Zero1's padded buffer for their reduce-scatter and the parameters' gather, its
+        // shard, and the shard's moments and average
+        Updates::HostZero1 => {
+            let each = weights + f32s(n) + f32s(s * world as u64) + f32s(s) + f32s(2 * s) + ema_shard;
+            (each, each)
+        }
+        Updates::Device => (weights + f32s(2 * n) + ema_whole, weights),
+        Updates::DeviceZero1 => {
+            let each = weights + f32s(2 * s) + ema_shard;
+            (each, each)
+        }
+    };
+    let other_ranks = if world == 1 { 0 } else { other_ranks };
+    HostState { rank0, other_ranks, rank0_writing: f32s(3 * n) + ema_whole }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_keeps_what_each_placement_leaves_it() {
+        let (n, gb) = (1_000_000_000, 1_000_000_000);
+        // one CPU rank: weights, gradients, two moments; the checkpoint's copy of all but the gradients
+        let one = host_state(n, 1, Updates::Host, false);
+        assert_eq!((one.rank0, one.other_ranks, one.rank0_writing), (16 * gb, 0, 12 * gb));
+        // the moving average: one more copy, and in the checkpoint's
+        let ema = host_state(n, 1, Updates::Host, true);
+        assert_eq!((ema.rank0, ema.rank0_writing), (20 * gb, 16 * gb));
+        // GPUs with the whole optimizer: the others keep the weights alone
+        let dev = host_state(n, 8, Updates::Device, true);
+        assert_eq!((dev.rank0, dev.other_ranks), (16 * gb, 4 * gb));
+        // ZeRO-1 on the GPUs: the shard's moments and average
+        let z = host_state(n, 8, Updates::DeviceZero1, true);
+        assert_eq!((z.rank0, z.other_ranks), (5_500_000_000, 5_500_000_000));
+        // ZeRO-1 on the host: the gradients and the gather's buffer are whole
+        let hz = host_state(n, 4, Updates::HostZero1, false);
+        assert_eq!(hz.other_ranks, 4 * gb + 4 * gb + 4 * gb + gb + 2 * gb);
+        assert_eq!(hz.rank0_writing, 12 * gb);
+    }
+}
