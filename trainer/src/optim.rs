@@ -74,9 +74,14 @@ pub fn param_groups(lay: &Layout) -> (GroupRuns, Vec<f64>) {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, lay: &Layout) -> AdamW {
+        AdamW::new_part(cfg, lay, 0..lay.numel)
+    }
+
+    /// A fresh state of the parameters in `range` alone (a ZeRO-1 shard, as [`AdamW::shard`] cuts it).
+    pub fn new_part(cfg: AdamWConfig, lay: &Layout, range: Range<usize>) -> AdamW {
         let (groups, lr_mult) = param_groups(lay);
-        let n = lay.numel;
-        AdamW { cfg, step: 0, range: 0..n, m: vec![0.0; n], v: vec![0.0; n], groups, lr_mult }
+        let (m, v) = (vec![0.0; range.len()], vec![0.0; range.len()]);
+        AdamW { cfg, step: 0, groups: groups.slice(range.clone()), range, m, v, lr_mult }
     }
 
     /// The group bytes of the parameters in `range` ([`param_groups`]).

@@ -73,6 +73,16 @@ pub fn weight_tensors<'a>(
     Ok(tensors)
 }
 
+/// `path` mapped into memory, read-only: a checkpoint's files are read through the page cache, which
+/// the ranks of a node share, instead of into a copy of each file per rank (at 8B parameters the
+/// moments' file alone is 67 GB).
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    // SAFETY: the files mapped are checkpoints, exports and weights, which nothing writes once they are
+    // complete (checkpoints are written in a temporary folder and renamed into place).
+    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("reading {}", path.display()))
+}
+
 /// Values of a safetensors tensor (f32, bf16 or f16) as f32.
 pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
@@ -153,7 +163,7 @@ fn fill_weights(
     p: &mut Params<f32>,
     lenient: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = map_file(path)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();

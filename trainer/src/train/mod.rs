@@ -131,7 +131,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
 
     // ---- state: fresh or resumed -------------------------------------------------------------
-    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, leader, dist.world))?;
+    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, dist.rank, dist.world))?;
     dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);

@@ -342,8 +342,9 @@ const SHAPE_KEYS: [&str; 7] = [
     "model.apply_spatial_patchify:",
 ];
 
-/// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` with `world`
-/// ranks, refusing what the run cannot continue: another run's checkpoint into a run.dir holding a run
+/// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` as `rank` of
+/// `world` ranks (AdamW's moments: that rank's ZeRO-1 shard alone, [`moments_of`]), refusing what the
+/// run cannot continue: another run's checkpoint into a run.dir holding a run
 /// of its own, a damaged checkpoint, another model, a position this config or dataset cannot continue,
 /// and a resume that would repeat a divergence. `train` and `--check` both come here, so the check
 /// stops where the run would.
@@ -352,7 +353,7 @@ pub(crate) fn resume_from(
     cfg: &TrainConfig,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
-    (ds, world, accept_data_change): (&Dataset, usize, bool),
+    (ds, (rank, world), accept_data_change): (&Dataset, (usize, usize), bool),
 ) -> Result<Resumed> {
     // (before the tensors are read: the step alone decides)
     if let Some(why) = checkpoint::saved_step(dir).and_then(|step| rundir::foreign_history(&cfg.run.dir, dir, step)) {
@@ -362,7 +363,8 @@ pub(crate) fn resume_from(
     // a checkpoint of another shape lists its tensors: the settings that shape the model say why
     let shaping: Vec<&str> =
         changes.iter().filter(|c| SHAPE_KEYS.iter().any(|k| c.starts_with(k))).map(String::as_str).collect();
-    let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, &cfg.optim.adamw)
+    let moments = moments_of(cfg, lay.numel, rank, world);
+    let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, (&cfg.optim.adamw, moments))
         .map_err(|e| match shaping.is_empty() {
             true => e,
             false => e.context(format!("model settings changed since the checkpoint: {}", shaping.join("; "))),
@@ -381,6 +383,15 @@ pub(crate) fn resume_from(
     Ok(Resumed { params, opt, state, changes, data_change })
 }
 
+/// The parameters whose AdamW moments `rank` of `world` keeps: its ZeRO-1 shard (`dist.zero1`), else
+/// all of them.
+pub(crate) fn moments_of(cfg: &TrainConfig, numel: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    match cfg.dist.zero1 && world > 1 {
+        true => super::dist::shard_range(numel, rank, world),
+        false => 0..numel,
+    }
+}
+
 /// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
 /// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
 pub(crate) fn starting_state(
@@ -388,12 +399,13 @@ pub(crate) fn starting_state(
     opts: &super::TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
-    (ds, leader, world): (&Dataset, bool, usize),
+    (ds, rank, world): (&Dataset, usize, usize),
 ) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
+    let leader = rank == 0;
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
             // (the loader checks the position again; here before the run says it resumed)
-            let r = resume_from(dir, cfg, (mc, lay), config_toml, (ds, world, opts.accept_data_change))?;
+            let r = resume_from(dir, cfg, (mc, lay), config_toml, (ds, (rank, world), opts.accept_data_change))?;
             if let Some(warning) = r.data_change.filter(|_| leader) {
                 tracing::warn!("{warning}");
             }

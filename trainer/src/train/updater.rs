@@ -31,9 +31,10 @@ impl Updater {
         compute: &mut Compute,
         dist: &mut Dist,
     ) -> Result<(AdamW, Updater)> {
-        // ZeRO-1: keep only this rank's shard of the optimiser state
-        if sharded {
-            opt = opt.shard(dist::shard_range(numel, dist.rank, dist.world));
+        // ZeRO-1: keep only this rank's shard of the optimiser state (a resumed run loaded it alone)
+        let shard = dist::shard_range(numel, dist.rank, dist.world);
+        if sharded && opt.range != shard {
+            opt = opt.shard(shard);
         }
         // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
         // there too when the gradients travel by NCCL, else on the host

@@ -2,6 +2,7 @@
 //! (checksum-verified) for sampling, export and `model.init_from`, and its whole training state for a
 //! resumed run.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -10,7 +11,7 @@ use safetensors::SafeTensors;
 use super::history::complete;
 use super::{TrainState, CONFIG_FILE, DONE, EMA_FILE, MODEL_FILE, MODEL_JSON, OPTIM_FILE, STATE_FILE, STATE_VERSION};
 use crate::export::{read_export, resolved};
-use crate::model::io::load_weights;
+use crate::model::io::{load_weights, map_file};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::train::config::Precision;
@@ -252,7 +253,7 @@ fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
 }
 
 fn verify_crc(p: &Path, want: &str) -> Result<()> {
-    let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    let bytes = map_file(p)?;
     let found = format!("{:08x}", crc32c::crc32c(&bytes));
     ensure!(found == want, "{}: crc32c {found}, {STATE_FILE} expects {want} (corrupt checkpoint)", p.display());
     Ok(())
@@ -261,18 +262,24 @@ fn verify_crc(p: &Path, want: &str) -> Result<()> {
 /// Load a checkpoint folder to resume `run` from, verifying checksums, names and shapes against `cfg`,
 /// and that its `model.json` (which sample and export read) describes that model. A damaged checkpoint's
 /// error names the newest complete one before it as a way on (not taken unasked: the steps after it
-/// would be trained again).
+/// would be trained again). The optimiser state holds the moments of the parameters in `moments`
+/// alone (a ZeRO-1 rank's shard: the rest of the file is never copied).
 pub fn load(
     dir: &Path,
     run: &Path,
     cfg: &ModelConfig,
     lay: &Layout,
-    adamw: &AdamWConfig,
+    (adamw, moments): (&AdamWConfig, Range<usize>),
 ) -> Result<(Params<f32>, AdamW, TrainState)> {
     let damaged = |e: anyhow::Error| match way_on(dir, run) {
         Some(way) => anyhow!("{e:#}; {way}"),
         None => e,
     };
+    ensure!(
+        moments.start <= moments.end && moments.end <= lay.numel,
+        "moments {moments:?} of {} parameters",
+        lay.numel
+    );
     let state = parse_state(dir).map_err(damaged)?;
     check_version(dir, &state)?;
     for (file, want) in [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)] {
@@ -282,9 +289,9 @@ pub fn load(
     let params = load_weights(&dir.join(MODEL_FILE), cfg, lay)?;
     check_model_json(dir, cfg, lay).map_err(damaged)?;
     let optim_path = dir.join(OPTIM_FILE);
-    let bytes = std::fs::read(&optim_path).with_context(|| format!("reading {}", optim_path.display()))?;
+    let bytes = map_file(&optim_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
-    let mut opt = AdamW::new(adamw.clone(), lay);
+    let mut opt = AdamW::new_part(adamw.clone(), lay, moments.clone());
     for (name, dst) in [("adamw.m", &mut opt.m), ("adamw.v", &mut opt.v)] {
         let t = st.tensor(name).map_err(|_| anyhow!("{}: `{name}` missing", optim_path.display()))?;
         if t.shape() != [lay.numel] {
@@ -296,7 +303,10 @@ pub fn load(
             );
         }
         // (read by dtype: f32 as written here; a bf16 or f16 copy widened, not taken for half as many values)
-        *dst = crate::model::io::tensor_f32(name, t.dtype(), t.data())
+        let size = t.dtype().bitsize() / 8;
+        // (the shape is the model's, so the part lies inside: safetensors checked the data's length)
+        let part = &t.data()[moments.start * size..moments.end * size];
+        *dst = crate::model::io::tensor_f32(name, t.dtype(), part)
             .map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
     }
     let (_, header) =
@@ -315,6 +325,38 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ZeRO-1 rank reads its shard of the moments alone: the values and groups `AdamW::shard` would
+    /// cut from the whole state, and the step.
+    #[test]
+    fn a_shard_of_the_moments_loads_alone() {
+        use crate::train::checkpoint::{save, Tensors};
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let lay = Layout::new(&cfg);
+        let params = crate::model::init::init_params(&cfg, &lay, &Default::default(), 7);
+        let mut opt = AdamW::new(AdamWConfig::default(), &lay);
+        (opt.step, opt.m, opt.v) =
+            (3, params.data.iter().map(|x| x * 0.5).collect(), params.data.iter().map(|x| x * x).collect());
+        let loader = infinity_data::loader::LoaderState {
+            seed: 0,
+            global_batch: 4,
+            batches_done: 3,
+            dataset: "d".into(),
+            buckets: None,
+        };
+        let state = TrainState { step: 3, ..TrainState::fresh(loader) };
+        let tensors = Tensors { params: &params, opt: &opt, ema: None };
+        let dir = save(tmp.path(), &cfg, &lay, tensors, state, "").unwrap();
+        let shard = crate::train::dist::shard_range(lay.numel, 1, 3);
+        let (p, part, _) = load(&dir, tmp.path(), &cfg, &lay, (&AdamWConfig::default(), shard.clone())).unwrap();
+        assert_eq!(p.data, params.data);
+        let cut = opt.shard(shard.clone());
+        assert_eq!((part.range.clone(), part.step, &part.m, &part.v), (shard, 3, &cut.m, &cut.v));
+        assert_eq!(part.groups().runs().collect::<Vec<_>>(), cut.groups().runs().collect::<Vec<_>>());
+        let e = load(&dir, tmp.path(), &cfg, &lay, (&AdamWConfig::default(), 0..lay.numel + 1)).unwrap_err();
+        assert!(e.to_string().contains("moments"), "{e}");
+    }
 
     /// A file, a run's checkpoints folder and a folder of runs are each answered with what to give instead.
     #[test]
