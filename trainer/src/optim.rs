@@ -145,9 +145,11 @@ pub struct Ema {
 }
 
 impl Ema {
-    /// The average of `whole[range]` (a checkpoint's average, or the weights it starts from).
-    pub fn new(decay: f64, whole: &[f32], range: Range<usize>) -> Ema {
-        Ema { decay, weights: whole[range.clone()].to_vec(), range }
+    /// The average of the parameters `range`, starting from `weights` (theirs: a checkpoint's average,
+    /// or the weights themselves).
+    pub fn new(decay: f64, weights: Vec<f32>, range: Range<usize>) -> Ema {
+        assert_eq!(weights.len(), range.len(), "the moving average of {range:?}");
+        Ema { decay, weights, range }
     }
 
     pub fn update(&mut self, params: &[f32]) {

@@ -26,7 +26,8 @@ pub struct HostState {
     pub rank0: u64,
     pub other_ranks: u64,
     /// Rank 0's more while a checkpoint is written: the copy of the weights, the whole moments and the
-    /// moving average the writer works from (one at a time: the next waits for the previous write).
+    /// moving average the writer works from (twice that when the next checkpoint comes before the
+    /// write ends: the ranks gather the next copy before rank 0 waits).
     pub rank0_writing: u64,
 }
 

@@ -3,6 +3,7 @@
 //! shape that does not match the model at once.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -97,8 +98,16 @@ pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
 /// name, shape mismatch and missing parameter is listed in one error.
 pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
     let mut p = Params::zeros(lay);
-    fill_weights(path, cfg, lay, &mut p, |_| false)?;
+    fill_weights(path, cfg, lay, Window::whole(&mut p), |_| false)?;
     Ok(p)
+}
+
+/// Parameters `range` of `path`'s weights (a ZeRO-1 rank's shard of a moving average), the whole file
+/// checked as [`load_weights`] checks it; the rest is never copied.
+pub fn load_weights_part(path: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>) -> Result<Vec<f32>> {
+    let mut part = vec![0.0; range.len()];
+    fill_weights(path, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;
+    Ok(part)
 }
 
 /// Start from `path`'s weights (upstream's `--rush_resume`): `p` holds a fresh initialisation, and
@@ -108,7 +117,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
 /// lacks them or has another shape, and the file's tensors of such layers that this model has not are
 /// left out. Returns one line per tensor kept fresh or left out.
 pub fn init_from_weights(path: &Path, cfg: &ModelConfig, lay: &Layout, p: &mut Params<f32>) -> Result<Vec<String>> {
-    fill_weights(path, cfg, lay, p, reinitialisable)
+    fill_weights(path, cfg, lay, Window::whole(p), reinitialisable)
 }
 
 /// Parameters a fine-tune may change the shape of: what depends on the bits per token (d), the
@@ -154,13 +163,33 @@ fn layout_fits(canon: &str, shape: &[usize], want: &[usize]) -> bool {
     shape == want || (canon.ends_with("scale_mul_1H11") && shape == [1, 1, want[1], 1])
 }
 
+/// The flat parameters `at..at + data.len()`, which a file's tensors are copied into.
+struct Window<'a> {
+    data: &'a mut [f32],
+    at: usize,
+}
+
+impl<'a> Window<'a> {
+    fn whole(p: &'a mut Params<f32>) -> Window<'a> {
+        Window { data: &mut p.data, at: 0 }
+    }
+
+    /// `values`, those of the parameters from `offset` on: the part inside the window.
+    fn put(&mut self, offset: usize, values: &[f32]) {
+        let (lo, hi) = (offset.max(self.at), (offset + values.len()).min(self.at + self.data.len()));
+        if lo < hi {
+            self.data[lo - self.at..hi - self.at].copy_from_slice(&values[lo - offset..hi - offset]);
+        }
+    }
+}
+
 /// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
 /// (the parameter keeps `p`'s value), every other problem is listed in one error.
 fn fill_weights(
     path: &Path,
     cfg: &ModelConfig,
     lay: &Layout,
-    p: &mut Params<f32>,
+    mut p: Window,
     lenient: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
     let bytes = map_file(path)?;
@@ -222,7 +251,7 @@ fn fill_weights(
                     continue;
                 }
                 let n = v.len().min(spec.numel());
-                p.data[spec.offset..spec.offset + n].copy_from_slice(&v[..n]);
+                p.put(spec.offset, &v[..n]);
                 let (rows, kept) = (t.shape()[0], spec.shape[0]);
                 report(
                     &canon,
@@ -241,7 +270,7 @@ fn fill_weights(
             spec => {
                 let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
                 match not_finite(&name, &v) {
-                    None => p.data[spec.offset..spec.offset + spec.numel()].copy_from_slice(&v),
+                    None => p.put(spec.offset, &v),
                     Some(why) => report("", why),
                 }
             }
@@ -283,6 +312,20 @@ mod tests {
         let file = dir.join(format!("d{}-depth{}.safetensors", cfg.d, cfg.depth));
         std::fs::write(&file, weights_bytes(cfg, lay, p, SaveDtype::F32, 1, None).unwrap()).unwrap();
         file
+    }
+
+    /// A part of a file's weights (a ZeRO-1 shard of a moving average) is the same part of the whole,
+    /// across tensor boundaries, and the whole file is checked.
+    #[test]
+    fn a_part_of_the_weights_is_that_part_of_the_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, lay, p) = model(16, Conditioning::Class { num_classes: 10 }, 2);
+        let file = save(tmp.path(), &cfg, &lay, &p);
+        for range in [0..lay.numel, 5..700, lay.numel - 3..lay.numel, 9..9] {
+            assert_eq!(load_weights_part(&file, &cfg, &lay, range.clone()).unwrap(), p.data[range]);
+        }
+        let (other, other_lay, _) = model(32, Conditioning::Class { num_classes: 10 }, 2);
+        assert!(load_weights_part(&file, &other, &other_lay, 0..10).is_err());
     }
 
     /// A text model with 32 bits per token starts from a class model with 16: the transformer body

@@ -1,5 +1,6 @@
 //! Where the weights' moving average (`optim.ema_decay`) lives and where it starts.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -33,8 +34,8 @@ pub fn start(
     };
     let ema = match range.filter(|_| cfg.optim.ema_decay > 0.0) {
         Some(range) => {
-            let whole = start_values(resume, mc, lay, params, leader)?;
-            let e = Ema::new(cfg.optim.ema_decay, &whole.data, range);
+            let start = start_values(resume, (mc, lay), params, range.clone(), leader)?;
+            let e = Ema::new(cfg.optim.ema_decay, start, range);
             compute.attach_ema(&e)?;
             Some(e)
         }
@@ -62,23 +63,25 @@ pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) ->
     Ok(data.map(|data| Params { data }))
 }
 
-/// Where the weights' moving average starts: the resumed checkpoint's, else the weights it starts from
-/// (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
+/// Where the moving average of parameters `range` starts: the resumed checkpoint's, else the weights
+/// it starts from (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
 fn start_values(
     resume: Option<&Path>,
-    mc: &ModelConfig,
-    lay: &Layout,
+    (mc, lay): (&ModelConfig, &Layout),
     params: &Params<f32>,
+    range: Range<usize>,
     leader: bool,
-) -> Result<Params<f32>> {
-    let Some(dir) = resume else { return Ok(params.clone()) };
-    match checkpoint::load_ema(dir, mc, lay).with_context(|| format!("resuming from {}", dir.display()))? {
+) -> Result<Vec<f32>> {
+    let weights = || params.data[range.clone()].to_vec();
+    let Some(dir) = resume else { return Ok(weights()) };
+    let what = || format!("resuming from {}", dir.display());
+    match checkpoint::load_ema(dir, mc, lay, range.clone()).with_context(what)? {
         Some(ema) => Ok(ema),
         None => {
             if leader {
                 tracing::warn!("{} keeps no moving average of the weights: it starts from them", dir.display());
             }
-            Ok(params.clone())
+            Ok(weights())
         }
     }
 }

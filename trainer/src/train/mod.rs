@@ -375,10 +375,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due {
             clock.saved();
-            // one copy of the state for a writer at a time: the previous write ends before this copy
-            if let Some(saver) = saver.as_mut() {
-                saver.wait()?;
-            }
+            // (a write still in flight is waited for in `save`, after the gathers: the other ranks,
+            // once they have sent their shards, never wait on rank 0's disk; the price is that rank 0
+            // holds two copies of the state until the older one is written)
             compute.sync_host(&mut dist, &mut params, Some(&mut opt), ema.as_mut())?;
             // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
             let whole = match sharded {

@@ -11,7 +11,7 @@ use safetensors::SafeTensors;
 use super::history::complete;
 use super::{TrainState, CONFIG_FILE, DONE, EMA_FILE, MODEL_FILE, MODEL_JSON, OPTIM_FILE, STATE_FILE, STATE_VERSION};
 use crate::export::{read_export, resolved};
-use crate::model::io::{load_weights, map_file};
+use crate::model::io::{load_weights, load_weights_part, map_file};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::train::config::Precision;
@@ -106,14 +106,15 @@ pub fn ema_file(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The checkpoint's moving average of the weights, if it keeps one (checksum, names and shapes checked).
-pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Option<Params<f32>>> {
+/// Parameters `range` of the checkpoint's moving average of the weights, if it keeps one (checksum,
+/// names and shapes checked).
+pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>) -> Result<Option<Vec<f32>>> {
     match read_state(dir)?.ema_crc32c {
         None => Ok(None),
         Some(crc) => {
             let file = dir.join(EMA_FILE);
             verify_crc(&file, &crc)?;
-            Ok(Some(load_weights(&file, cfg, lay)?))
+            Ok(Some(load_weights_part(&file, cfg, lay, range)?))
         }
     }
 }
