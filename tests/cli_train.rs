@@ -348,7 +348,11 @@ fn check_reports_a_run_without_starting_it() {
     for want in ["48 rows in 1 shard (checksums verified)", "4 samples per step = 2 ranks × 1 micro-step × 2"] {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
-    assert!(lines.contains("start: a fresh initialisation") && lines.contains("MB of weights"), "{lines}");
+    assert!(lines.contains("start: a fresh initialisation"), "{lines}");
+    assert!(
+        lines.contains("host memory for the model's state: rank 0 ") && lines.contains("each other rank"),
+        "{lines}"
+    );
     assert!(!lines.contains("moving average"), "{lines}");
     // the weights' moving average: one more f32 copy in memory and in each checkpoint
     let ema = TrainConfig::load(&cfg, &["data.micro_batch=2".into(), "optim.ema_decay=0.9".into()]).unwrap();
@@ -357,8 +361,11 @@ fn check_reports_a_run_without_starting_it() {
         let rest = &text[text.find(after).unwrap_or_else(|| panic!("{after}:\n{text}")) + after.len()..];
         rest.trim_start().split(' ').next().unwrap().parse().unwrap()
     };
-    let (weights, ckpt) = (mb(&lines, "memory:"), mb(&lines, "checkpoints of"));
-    assert!((mb(&with_ema, "AdamW moments (f32) per rank without ZeRO-1,") - weights / 4.0).abs() < 0.1, "{with_ema}");
+    // each CPU rank: the weights, gradients and two moments; a checkpoint holds all but the gradients
+    let (state, ckpt) = (mb(&lines, "state: rank 0"), mb(&lines, "checkpoints of"));
+    assert!((state - ckpt * 4.0 / 3.0).abs() < 0.1, "{lines}");
+    // the moving average: its shard on each of the 2 ranks, a whole copy in each checkpoint
+    assert!((mb(&with_ema, "state: rank 0") - state * 18.0 / 16.0).abs() < 0.1, "{with_ema}");
     assert!((mb(&with_ema, "checkpoints of") - ckpt * 4.0 / 3.0).abs() < 0.15, "{with_ema}");
     // a shard copied in without being written into the dataset is named, not silently left out
     let extra = data.join("more.arrow");

@@ -14,13 +14,13 @@ pub enum Updates {
     /// On the host, this rank's ZeRO-1 shard (the CPU, or GPUs over the TCP ring).
     HostZero1,
     /// On the GPU, all of the parameters: the host keeps no gradients, and its copy of the moments
-    /// on rank 0 alone (for checkpoints).
+    /// on rank 0 alone (for checkpoints; the others hold a resume's until they are on the GPU).
     Device,
     /// On the GPU, this rank's ZeRO-1 shard: the host keeps the shard's moments for checkpoints.
     DeviceZero1,
 }
 
-/// A rank's host bytes for the model's state.
+/// The most a rank's host holds for the model's state (bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostState {
     pub rank0: u64,
@@ -53,7 +53,8 @@ pub fn host_state(n: usize, world: usize, updates: Updates, ema: bool) -> HostSt
             let each = weights + f32s(n) + f32s(s * world as u64) + f32s(s) + f32s(2 * s) + ema_shard;
             (each, each)
         }
-        Updates::Device => (weights + f32s(2 * n) + ema_whole, weights),
+        // (the others free their moments once on the GPU: a resume's are read whole first)
+        Updates::Device => (weights + f32s(2 * n) + ema_whole, weights + f32s(2 * n)),
         Updates::DeviceZero1 => {
             let each = weights + f32s(2 * s) + ema_shard;
             (each, each)
@@ -76,9 +77,10 @@ mod tests {
         // the moving average: one more copy, and in the checkpoint's
         let ema = host_state(n, 1, Updates::Host, true);
         assert_eq!((ema.rank0, ema.rank0_writing), (20 * gb, 16 * gb));
-        // GPUs with the whole optimizer: the others keep the weights alone
+        // GPUs with the whole optimizer: the others keep the weights, and a resume's moments until
+        // they are on the GPU
         let dev = host_state(n, 8, Updates::Device, true);
-        assert_eq!((dev.rank0, dev.other_ranks), (16 * gb, 4 * gb));
+        assert_eq!((dev.rank0, dev.other_ranks), (16 * gb, 12 * gb));
         // ZeRO-1 on the GPUs: the shard's moments and average
         let z = host_state(n, 8, Updates::DeviceZero1, true);
         assert_eq!((z.rank0, z.other_ranks), (5_500_000_000, 5_500_000_000));

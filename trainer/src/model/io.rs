@@ -79,8 +79,10 @@ pub fn weight_tensors<'a>(
 /// moments' file alone is 67 GB).
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    // SAFETY: the files mapped are checkpoints, exports and weights, which nothing writes once they are
-    // complete (checkpoints are written in a temporary folder and renamed into place).
+    // SAFETY: the files mapped are checkpoints, exports and weights files, which nothing writes once
+    // they are complete (ours are written in a temporary folder or file and renamed into place); one
+    // truncated by another process while it is read would stop this one with SIGBUS, as with
+    // safetensors' own loaders, which map files the same way.
     unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("reading {}", path.display()))
 }
 
@@ -103,7 +105,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
 }
 
 /// Parameters `range` of `path`'s weights (a ZeRO-1 rank's shard of a moving average), the whole file
-/// checked as [`load_weights`] checks it; the rest is never copied.
+/// checked as [`load_weights`] checks it (each tensor decoded in turn); only the part is kept.
 pub fn load_weights_part(path: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>) -> Result<Vec<f32>> {
     let mut part = vec![0.0; range.len()];
     fill_weights(path, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;

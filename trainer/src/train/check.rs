@@ -175,7 +175,8 @@ pub fn check_with(
     };
     // a checkpoint holds the weights, the two moments and the moving average, in f32
     out.push(format!(
-        "host memory for the model's state: rank 0 {} ({} more while a checkpoint is written){others}, \
+        "host memory for the model's state: rank 0 {} ({} more while a checkpoint is written, twice that when \
+         the next is due before the write ends){others}, \
          besides activations on the CPU and the dataset's page cache; checkpoints of {}",
         size(host.rank0 as f64),
         size(host.rank0_writing as f64),
