@@ -10,15 +10,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use infinity_data::manifest::write_atomic;
+use infinity_data::manifest::{sync_dir, write_atomic};
 use infinity_data::Manifest;
 use serde_json::{json, Value};
 
-use crate::model::io::{weights_bytes, SaveDtype};
+use crate::model::io::{weight_tensors, SaveDtype};
+use crate::model::streamed::{self, Lazy};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint::{self, CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
 use crate::train::rundir::RUN_FILES;
 pub use load::{load_export, LoadedExport};
+use safetensors::View;
 use upstream::run_infinity;
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
@@ -122,11 +124,16 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
 
     let lay = Layout::new(&mc);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let bytes = weights_bytes(&mc, &lay, &ck.params, opts.dtype, opts.block_chunks, Some(meta))?;
+    let tensors = weight_tensors(&mc, &lay, &ck.params, opts.dtype, opts.block_chunks)?;
+    let index_json = shard_index(&tensors, file);
     std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
-    write_atomic(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    // written a tensor at a time beside `out`, then renamed over it (a reader never sees half a file)
+    let tmp = out.with_extension("tmp");
+    streamed::write_file(&tmp, tensors, Some(meta))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    sync_dir(folder);
     let index = folder.join(SHARD_INDEX);
-    write_atomic(&index, serde_json::to_string_pretty(&shard_index(&bytes, file)?)?.as_bytes())
+    write_atomic(&index, serde_json::to_string_pretty(&index_json)?.as_bytes())
         .with_context(|| format!("writing {}", index.display()))?;
 
     let conditioning = match &mc.conditioning {
@@ -310,11 +317,10 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
 }
 
 /// [`SHARD_INDEX`] of the weights `bytes` written as `file`: one shard holding every tensor.
-fn shard_index(bytes: &[u8], file: &str) -> Result<Value> {
-    let st = safetensors::SafeTensors::deserialize(bytes).context("reading back the weights just encoded")?;
-    let total: usize = st.tensors().iter().map(|(_, t)| t.data().len()).sum();
-    let map: serde_json::Map<String, Value> = st.names().into_iter().map(|n| (n.to_string(), json!(file))).collect();
-    Ok(json!({ "metadata": { "total_size": total }, "weight_map": map }))
+fn shard_index(tensors: &[(String, Lazy)], file: &str) -> Value {
+    let total: usize = tensors.iter().map(|(_, t)| t.data_len()).sum();
+    let map: serde_json::Map<String, Value> = tensors.iter().map(|(n, _)| (n.clone(), json!(file))).collect();
+    json!({ "metadata": { "total_size": total }, "weight_map": map })
 }
 
 /// The block-chunk counts a model of `depth` blocks can be exported with.

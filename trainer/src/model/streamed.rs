@@ -1,5 +1,5 @@
-//! safetensors files written a tensor at a time: a checkpoint's tensors go from the values to the file
-//! with no copy of the file in memory. `safetensors::serialize` builds the whole file in one buffer,
+//! safetensors files written a tensor at a time: a checkpoint's (or an export's) tensors go from the
+//! values to the file with no copy of the file in memory. `safetensors::serialize` builds the whole file in one buffer,
 //! and the tensors' bytes before it: at 8B parameters writing a checkpoint held some 28 bytes per
 //! parameter (235 GB) beyond the values themselves.
 //!
@@ -9,8 +9,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use safetensors::tensor::{Metadata, TensorInfo, View};
 use safetensors::Dtype;
 
@@ -95,6 +96,39 @@ pub fn write<W: Write, V: View>(
     Ok(())
 }
 
+/// `tensors` written to a new safetensors file at `path` ([`write`]) and synced; returns the file's
+/// crc32c, taken as it is written.
+pub fn write_file<V: View>(
+    path: &Path,
+    tensors: Vec<(String, V)>,
+    meta: Option<HashMap<String, String>>,
+) -> Result<u32> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = Crc32cWriter { inner: std::io::BufWriter::with_capacity(1 << 22, f), crc: 0 };
+    write(&mut w, tensors, meta)
+        .and_then(|_| Ok(w.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(w.crc)
+}
+
+/// A writer that keeps the crc32c of what went through it.
+struct Crc32cWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for Crc32cWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +154,11 @@ mod tests {
             assert_eq!(st.tensor("m.half").unwrap().dtype(), Dtype::BF16);
             assert_eq!(st.tensor("z.bias").unwrap().data(), [0u8; 16]);
         }
+        // a file: the same bytes, its checksum taken on the way
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.safetensors");
+        let crc = write_file(&path, lazy(), meta()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!((crc, bytes.clone()), (crc32c::crc32c(&bytes), safetensors::serialize(lazy(), meta()).unwrap()));
     }
 }

@@ -97,35 +97,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
 }
 
-/// `tensors` written to a new safetensors file at `path` as they are ([`streamed::write`]) and synced;
-/// returns the file's crc32c, taken as it is written.
-fn write_streamed(path: &Path, tensors: Vec<(String, Lazy)>, meta: Option<HashMap<String, String>>) -> Result<u32> {
-    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut w = Crc32cWriter { inner: std::io::BufWriter::with_capacity(1 << 22, f), crc: 0 };
-    streamed::write(&mut w, tensors, meta)
-        .and_then(|_| Ok(w.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(w.crc)
-}
-
-/// A writer that keeps the crc32c of what went through it.
-struct Crc32cWriter<W> {
-    inner: W,
-    crc: u32,
-}
-
-impl<W: Write> Write for Crc32cWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
@@ -188,7 +159,7 @@ fn write_folder(
     // the tensors go to the files as they are, a tensor at a time (model/streamed.rs)
     let crc = |c: u32| format!("{c:08x}");
     let weights = |p| weight_tensors(cfg, lay, p, SaveDtype::F32, 1);
-    state.model_crc32c = crc(write_streamed(&tmp.join(MODEL_FILE), weights(params)?, None)?);
+    state.model_crc32c = crc(streamed::write_file(&tmp.join(MODEL_FILE), weights(params)?, None)?);
     // One metadata key: safetensors writes its metadata map in hash order, so several keys would make
     // the bytes of identical checkpoints differ between processes.
     let meta: HashMap<String, String> =
@@ -197,10 +168,10 @@ fn write_folder(
         ("adamw.m".to_string(), Lazy { values: Values::F32(&opt.m), shape: vec![opt.m.len()] }),
         ("adamw.v".to_string(), Lazy { values: Values::F32(&opt.v), shape: vec![opt.v.len()] }),
     ];
-    state.optim_crc32c = crc(write_streamed(&tmp.join(OPTIM_FILE), moments, Some(meta))?);
+    state.optim_crc32c = crc(streamed::write_file(&tmp.join(OPTIM_FILE), moments, Some(meta))?);
     state.version = STATE_VERSION;
     state.ema_crc32c = match ema {
-        Some(ema) => Some(crc(write_streamed(&tmp.join(EMA_FILE), weights(ema)?, None)?)),
+        Some(ema) => Some(crc(streamed::write_file(&tmp.join(EMA_FILE), weights(ema)?, None)?)),
         None => None,
     };
     write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
