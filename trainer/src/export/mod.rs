@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::manifest::{sync_dir, write_atomic};
 use infinity_data::Manifest;
+use safetensors::View;
 use serde_json::{json, Value};
 
 use crate::model::io::{weight_tensors, SaveDtype};
@@ -20,7 +21,6 @@ use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint::{self, CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
 use crate::train::rundir::RUN_FILES;
 pub use load::{load_export, LoadedExport};
-use safetensors::View;
 use upstream::run_infinity;
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
@@ -316,7 +316,7 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     weights.is_file().then_some(ExportFolder { weights, source })
 }
 
-/// [`SHARD_INDEX`] of the weights `bytes` written as `file`: one shard holding every tensor.
+/// [`SHARD_INDEX`] of `tensors` written as `file`: one shard holding every tensor.
 fn shard_index(tensors: &[(String, Lazy)], file: &str) -> Value {
     let total: usize = tensors.iter().map(|(_, t)| t.data_len()).sum();
     let map: serde_json::Map<String, Value> = tensors.iter().map(|(n, _)| (n.clone(), json!(file))).collect();

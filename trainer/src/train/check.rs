@@ -203,9 +203,8 @@ pub fn check_with(
     let mut position = None;
     if let Some(dir) = resume {
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
-        // (as the run loads and checks it)
+        // (as the run's rank 0 loads and checks it: its part of the moments)
         let super::setup::Resumed { state, changes, data_change, .. } =
-            // (rank 0's part, as the run's rank 0 loads it)
             super::setup::resume_from(dir, cfg, (&mc, &lay), &config_toml, (&ds, (0, world), accept_data_change))?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
         let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);

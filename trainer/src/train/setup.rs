@@ -344,9 +344,9 @@ const SHAPE_KEYS: [&str; 7] = [
 
 /// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` as `rank` of
 /// `world` ranks (AdamW's moments: that rank's ZeRO-1 shard alone, [`moments_of`]), refusing what the
-/// run cannot continue: another run's checkpoint into a run.dir holding a run
-/// of its own, a damaged checkpoint, another model, a position this config or dataset cannot continue,
-/// and a resume that would repeat a divergence. `train` and `--check` both come here, so the check
+/// run cannot continue: another run's checkpoint into a run.dir holding a run of its own, a damaged
+/// checkpoint, another model, a position this config or dataset cannot continue, and a resume that
+/// would repeat a divergence. `train` and `--check` both come here, so the check
 /// stops where the run would.
 pub(crate) fn resume_from(
     dir: &Path,
