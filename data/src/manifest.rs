@@ -355,10 +355,20 @@ fn not_a_folder(dir: &Path) -> DataError {
 
 /// Write `bytes` to `path` so that readers see either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_atomic(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(tmp, e))
+    })
+}
+
+/// Replace `path` by the file `write` makes and syncs at the temporary path it is given (beside
+/// `path`), renamed over it: readers see either the old file or the complete new one.
+pub fn replace_atomic<E: From<DataError>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
-    drop(f);
+    write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
     if let Some(parent) = path.parent() {
         sync_dir(parent);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use infinity_data::manifest::{sync_dir, write_atomic};
+use infinity_data::manifest::{replace_atomic, write_atomic};
 use infinity_data::Manifest;
 use safetensors::View;
 use serde_json::{json, Value};
@@ -128,10 +128,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let index_json = shard_index(&tensors, file);
     std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
     // written a tensor at a time beside `out`, then renamed over it (a reader never sees half a file)
-    let tmp = out.with_extension("tmp");
-    streamed::write_file(&tmp, tensors, Some(meta))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    sync_dir(folder);
+    replace_atomic(out, |tmp| streamed::write_file(tmp, tensors, Some(meta)).map(drop))?;
     let index = folder.join(SHARD_INDEX);
     write_atomic(&index, serde_json::to_string_pretty(&index_json)?.as_bytes())
         .with_context(|| format!("writing {}", index.display()))?;

@@ -39,10 +39,9 @@ pub fn host_state(n: usize, world: usize, updates: Updates, ema: bool) -> HostSt
     let weights = f32s(n); // every rank: the start's upload, the checkpoints' download (ema.rs, compute.rs)
     let ema_whole = if ema { f32s(n) } else { 0 };
     // the moving average is split over the ranks wherever the optimizer is (ema::start), except beside
-    // the whole device optimizer (rank 0 alone) and on one rank
+    // the whole device optimizer (rank 0 alone); one rank's shard is all of it
     let ema_shard = if ema { f32s(s) } else { 0 };
     let (rank0, other_ranks) = match updates {
-        Updates::Host if world == 1 => (weights + f32s(3 * n) + ema_whole, 0),
         Updates::Host => {
             let each = weights + f32s(3 * n) + ema_shard;
             (each, each)

@@ -20,18 +20,6 @@ pub enum SaveDtype {
     Bf16,
 }
 
-/// safetensors bytes of `p` (f32 or bf16) under upstream names ([`weight_tensors`]).
-pub fn weights_bytes(
-    cfg: &ModelConfig,
-    lay: &Layout,
-    p: &Params<f32>,
-    dtype: SaveDtype,
-    chunks: usize,
-    metadata: Option<HashMap<String, String>>,
-) -> Result<Vec<u8>> {
-    Ok(safetensors::serialize(weight_tensors(cfg, lay, p, dtype, chunks)?, metadata)?)
-}
-
 /// The tensors of `p` (f32 or bf16) under upstream names, the blocks in `chunks` chunks: `blocks.N`
 /// keys for 1, `block_chunks.C.module.J` for more (upstream's `Infinity(block_chunks=…)` registers
 /// those). `zero_k_bias` buffers are included so the file loads into upstream's module with
@@ -310,9 +298,14 @@ mod tests {
         (cfg, lay, p)
     }
 
+    /// The f32 file of `p`, its blocks in `chunks` chunks.
+    fn weights_bytes(cfg: &ModelConfig, lay: &Layout, p: &Params<f32>, chunks: usize) -> Vec<u8> {
+        safetensors::serialize(weight_tensors(cfg, lay, p, SaveDtype::F32, chunks).unwrap(), None).unwrap()
+    }
+
     fn save(dir: &Path, cfg: &ModelConfig, lay: &Layout, p: &Params<f32>) -> std::path::PathBuf {
         let file = dir.join(format!("d{}-depth{}.safetensors", cfg.d, cfg.depth));
-        std::fs::write(&file, weights_bytes(cfg, lay, p, SaveDtype::F32, 1, None).unwrap()).unwrap();
+        std::fs::write(&file, weights_bytes(cfg, lay, p, 1)).unwrap();
         file
     }
 
@@ -387,7 +380,7 @@ mod tests {
     fn loading_follows_the_files_block_chunks_and_upstreams_load_state_dict() {
         let tmp = tempfile::tempdir().unwrap();
         let (mut cfg, lay, src) = model(16, Conditioning::Text, 4);
-        let chunked = weights_bytes(&cfg, &lay, &src, SaveDtype::F32, 2, None).unwrap();
+        let chunked = weights_bytes(&cfg, &lay, &src, 2);
         let st = SafeTensors::deserialize(&chunked).unwrap();
         assert!(st.names().iter().any(|n| n.starts_with("block_chunks.1.module.1.")));
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
@@ -447,7 +440,7 @@ mod tests {
     fn non_finite_and_missing_tensors_are_named_as_the_file_has_them() {
         let tmp = tempfile::tempdir().unwrap();
         let (cfg, lay, src) = model(16, Conditioning::Text, 4);
-        let st_bytes = weights_bytes(&cfg, &lay, &src, SaveDtype::F32, 2, None).unwrap();
+        let st_bytes = weights_bytes(&cfg, &lay, &src, 2);
         let st = SafeTensors::deserialize(&st_bytes).unwrap();
         let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
             .tensors()

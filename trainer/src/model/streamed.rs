@@ -63,10 +63,9 @@ impl View for Lazy<'_> {
 /// Write `tensors` (with `metadata`) to `w` as a safetensors file, one tensor's bytes at a time.
 pub fn write<W: Write, V: View>(
     w: &mut W,
-    tensors: Vec<(String, V)>,
+    mut tensors: Vec<(String, V)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let mut tensors = tensors;
     // the order `safetensors::serialize` writes: larger alignment first, then by name
     tensors.sort_by(|(a, ta), (b, tb)| tb.dtype().cmp(&ta.dtype()).then(a.cmp(b)));
     let mut offset = 0;
