@@ -16,16 +16,16 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Open `dir`: read the manifest, map every shard, check sizes, checksums (unless skipped), schemas
+    /// Open `dir`: read the manifest, map every shard, check sizes, checksums (all, a share or none), schemas
     /// and row counts against the manifest.
     pub fn open(dir: &Path, checksums: Checksums) -> Result<Dataset> {
         let manifest = Manifest::load(dir)?;
         let columns = manifest.columns();
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut row_starts = vec![0u64];
-        for entry in &manifest.shards {
+        for (i, entry) in manifest.shards.iter().enumerate() {
             let path = dir.join(&entry.file);
-            let shard = Shard::open(&path, Some(entry), columns, checksums)?;
+            let shard = Shard::open(&path, Some(entry), columns, checksums.for_shard(i))?;
             if shard.num_rows() as u64 != entry.rows {
                 return Err(DataError::ManifestMismatch {
                     path: path.clone(),

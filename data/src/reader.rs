@@ -24,6 +24,24 @@ use crate::manifest::{Manifest, ShardEntry};
 pub enum Checksums {
     Verify,
     Skip,
+    /// A training rank's share of a dataset's shards: those whose index in the manifest is `rank`
+    /// modulo `world`. Between them the ranks of a group hash each shard once (every rank hashing all
+    /// of them read the dataset once per rank, at every start and restart).
+    Share {
+        rank: usize,
+        world: usize,
+    },
+}
+
+impl Checksums {
+    /// How shard `index` of a dataset is opened: hashed, or not.
+    pub fn for_shard(self, index: usize) -> Checksums {
+        match self {
+            Checksums::Share { rank, world } if index % world.max(1) == rank => Checksums::Verify,
+            Checksums::Share { .. } => Checksums::Skip,
+            whole => whole,
+        }
+    }
 }
 
 /// The typed columns of one record batch (cheap clones of Arc'd arrays over the mapping).

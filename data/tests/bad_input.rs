@@ -57,6 +57,27 @@ fn flipped_byte_is_a_checksum_error() {
 }
 
 #[test]
+fn the_ranks_of_a_group_hash_their_share_of_the_shards() {
+    let (dir, m) = dataset(100);
+    assert!(m.shards.len() >= 3, "{} shards", m.shards.len());
+    let path = dir.path().join(&m.shards[1].file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2; // (in a record batch's body: the file still decodes)
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    // shard 1 is rank 1's of 2 (and of 3): it finds the damage, naming the shard
+    for world in [2, 3] {
+        let e = Dataset::open(dir.path(), Checksums::Share { rank: 1, world }).err().expect("shard 1 is hashed");
+        assert!(e.to_string().contains("shard-00001.arrow") && e.to_string().contains("crc32c"), "{e}");
+    }
+    // the other ranks leave it to rank 1
+    for (rank, world) in [(0, 2), (0, 3), (2, 3)] {
+        assert_eq!(Dataset::open(dir.path(), Checksums::Share { rank, world }).unwrap().num_rows(), 100);
+    }
+    assert_eq!(Checksums::Share { rank: 0, world: 1 }.for_shard(7), Checksums::Verify);
+}
+
+#[test]
 fn garbage_file_with_valid_checksum_is_named_not_an_ipc_file() {
     let (dir, mut m) = dataset(30);
     std::fs::write(dir.path().join(&m.shards[0].file), vec![7u8; 4000]).unwrap();

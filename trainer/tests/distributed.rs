@@ -800,3 +800,38 @@ fn ranks_whose_configs_differ_stop_naming_the_settings() {
     );
     assert!(!run.join("metrics.jsonl").exists(), "a step was trained");
 }
+
+/// Each rank hashes its share of the shards (shard i: rank i mod world): a damaged shard stops its
+/// rank with exit code 65, naming it, and so the group, which is not restarted (it would read the same
+/// bytes); the other rank does not hash it.
+#[test]
+fn a_damaged_shard_stops_the_rank_that_hashes_it_and_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    // the same rows in shards of 16 (a shard closes at its first record batch)
+    let writer = infinity_data::writer::WriterOptions { batch_rows: 16, shard_bytes: 1, overwrite: true };
+    let opts =
+        SynthOptions { writer, tokenizer: Some(tmp.path().join("tokenizer.safetensors")), ..common::small_options() };
+    std::fs::copy(data.join("tokenizer.safetensors"), tmp.path().join("tokenizer.safetensors")).unwrap();
+    synth(&data, &opts).unwrap();
+    let cfg = config(tmp.path(), &data, 2);
+    let shard = data.join("shard-00001.arrow");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+
+    let run = tmp.path().join("run");
+    let out = launch(2, &cfg, &run, &["--max-restarts", "2"], &[]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(65), "{text}");
+    assert!(!text.contains("attempt 1"), "{text}");
+    let log = |rank: usize| {
+        std::fs::read_to_string(launch_logs(&run.join("logs")).join(format!("attempt_0/rank_{rank}.log"))).unwrap()
+    };
+    let rank1 = log(1);
+    assert!(rank1.contains("shard-00001.arrow") && rank1.contains("crc32c"), "{rank1}");
+    assert!(!log(0).contains("crc32c"), "{}", log(0));
+    assert!(!run.join("metrics.jsonl").exists(), "a step was trained");
+}

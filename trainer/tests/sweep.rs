@@ -532,6 +532,8 @@ fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
         script.contains("#SBATCH --signal=USR1@900\n") && script.contains("#SBATCH --open-mode=append\n"),
         "{script}"
     );
+    // the ranks' stop checkpoint gets the lead time (less the task's own 30 s), not the agent's default 30 s
+    assert!(script.contains(" launch --nproc-per-node 1 --max-restarts 3 --grace-s 870 "), "{script}");
 
     // a task whose run has finished since (its checkpoints deleted) does not train it again
     let run = t.join("lead/num-heads-2");

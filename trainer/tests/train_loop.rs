@@ -338,6 +338,38 @@ fn bad_checkpoints_and_configs_are_named() {
     assert!(e.contains("cannot be created"), "{e}");
 }
 
+/// `[model.init]` sets a fresh start's initialisation (upstream's `tini`, `aln`, `alng`, `hd0`,
+/// `diva`), survives the run folder's config.toml, and bad values are named before any data is read.
+#[test]
+fn model_init_sets_the_fresh_weights() {
+    use infinity_trainer::train::{fresh_weights, Setup};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let path = tmp.path().join("c.toml");
+    std::fs::write(&path, toml::to_string(&config(&data, tmp.path().join("run"), "class")).unwrap()).unwrap();
+    let weights = |sets: &[&str]| {
+        let c = TrainConfig::load(&path, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let Setup { mc, lay, .. } = Setup::open(&c).unwrap();
+        let p = fresh_weights(&c, &mc, &lay);
+        (c, p.get(&lay, "head.weight").to_vec(), p.get(&lay, "blocks.0.ffn.fc2.weight").to_vec())
+    };
+    let (plain, head, fc2) = weights(&[]);
+    assert!(!toml::to_string(&plain).unwrap().contains("[model.init]"), "the defaults are not written out");
+    let (c, zero_head, undivided) = weights(&["model.init.hd0=0", "model.init.diva=false"]);
+    assert!(zero_head.iter().all(|&x| x == 0.0) && head.iter().any(|&x| x != 0.0));
+    // the same draws, not divided by √(2·depth) (depth 2 here)
+    for (a, b) in undivided.iter().zip(&fc2) {
+        assert!((a / 2.0 - b).abs() <= 1e-6 * a.abs(), "{a} {b}");
+    }
+    let text = toml::to_string(&c).unwrap();
+    assert!(text.contains("[model.init]") && text.contains("hd0 = 0.0") && text.contains("diva = false"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(TrainConfig::load(&path, &[]).unwrap(), c);
+    let e = format!("{:#}", TrainConfig::load(&path, &["model.init.alng=-1".into()]).unwrap_err());
+    assert!(e.contains("model.init.alng must be a finite number ≥ 0, found -1"), "{e}");
+}
+
 #[test]
 fn config_files_reject_unknown_keys_and_take_overrides() {
     let tmp = tempfile::tempdir().unwrap();

@@ -39,9 +39,10 @@ pub(super) fn run_infinity(
     if !mc.has_cross_attention() {
         return (json!({ "model_type": null, "note": CLASS_NOTE }), Vec::new());
     }
-    // run_infinity.py's --model_type table: the upstream presets, told apart by their shape
+    // run_infinity.py's --model_type table: the upstream presets, told apart by their shape (20b is
+    // infinity.py's alone: run_infinity.py has no infinity_20b)
     let shape = |c: &ModelConfig| (c.depth, c.embed_dim, c.num_heads);
-    let found = PRESETS.iter().filter(|p| !matches!(**p, "tiny" | "small")).find_map(|p| {
+    let found = PRESETS.iter().filter(|p| !matches!(**p, "tiny" | "small" | "20b")).find_map(|p| {
         let c = ModelConfig::preset(p)?;
         (shape(&c) == shape(mc)).then_some((*p, c))
     });
@@ -215,9 +216,11 @@ mod tests {
         let (v, _) = run_infinity(&ModelConfig { d: 56, ..ModelConfig::preset("8b").unwrap() }, at, Some(&eight), None);
         let args = v["args"].as_str().unwrap();
         assert!(args.contains("infinity_8b") && args.ends_with("--apply_spatial_patchify 1 --vae_type 14 --pn 1M"));
-        let tiny = ModelConfig::preset("tiny").unwrap();
-        let (v, _) = run_infinity(&tiny, at, None, None);
-        assert!(v["model_type"].is_null() && v["note"].as_str().unwrap().contains("load_state_dict"), "{v}");
+        // tiny is ours; 20b is upstream's, but run_infinity.py has no loader for it
+        for preset in ["tiny", "20b"] {
+            let (v, _) = run_infinity(&ModelConfig::preset(preset).unwrap(), at, None, None);
+            assert!(v["model_type"].is_null() && v["note"].as_str().unwrap().contains("load_state_dict"), "{v}");
+        }
     }
 
     /// A class-conditioned export has no upstream loader, and config.json says so rather than the

@@ -48,8 +48,8 @@ pub struct ModelConfig {
 pub const LVL_EMBED_ROWS: usize = infinity_data::schedule::MAX_MODEL_SCALES;
 
 /// Names [`ModelConfig::preset`] knows.
-pub const PRESETS: [&str; 10] =
-    ["tiny", "small", "layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b"];
+pub const PRESETS: [&str; 11] =
+    ["tiny", "small", "layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b", "20b"];
 
 impl ModelConfig {
     /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests ([`PRESETS`]).
@@ -65,11 +65,14 @@ impl ModelConfig {
             "layer48" => (48, 3360, 28),
             "2b" => (32, 2048, 16),
             "8b" => (40, 3584, 28),
+            "20b" => (58, 4608, 36),
             _ => return None,
         };
         let (d, chunks) = match name {
             "8b" => (56, 8),
             "2b" => (32, 8),
+            // (unreleased, so no loader fixes its chunks: 58 blocks split into 2 or 29)
+            "20b" => (32, 2),
             "tiny" | "small" => (16, 1),
             _ => (32, 4),
         };
@@ -84,7 +87,11 @@ impl ModelConfig {
             norm_eps: 1e-6,
             cond_drop_rate: 0.1,
             // upstream's presets (infinity.py); none for the tiny CPU ones
-            drop_path_rate: if matches!(name, "tiny" | "small") { 0.0 } else { 0.1 },
+            drop_path_rate: match name {
+                "tiny" | "small" => 0.0,
+                "20b" => 0.25,
+                _ => 0.1,
+            },
             // upstream's 8B: d_vae = 14 tokens unshuffled into 56 bits
             apply_spatial_patchify: name == "8b",
             conditioning: Conditioning::Text,
@@ -220,6 +227,7 @@ mod tests {
             ("layer48", 13312),
             ("2b", 8192),
             ("8b", 14336),
+            ("20b", 18432),
         ] {
             let c = ModelConfig::preset(name).unwrap();
             c.validate().unwrap();
@@ -242,6 +250,6 @@ mod tests {
     fn an_unknown_preset_lists_the_known_ones() {
         let e = ModelConfig::named_preset("foo").unwrap_err().to_string();
         assert_eq!(e, format!("unknown preset `foo` (one of {})", PRESETS.join(", ")));
-        assert!(e.contains("tiny, small, layer12") && e.ends_with("2b, 8b)"), "{e}");
+        assert!(e.contains("tiny, small, layer12") && e.ends_with("2b, 8b, 20b)"), "{e}");
     }
 }

@@ -6,10 +6,13 @@ use rand_chacha::ChaCha8Rng;
 use super::config::ModelConfig;
 use super::params::{Layout, Params};
 
-/// The `special_init` factors (upstream args `aln`, `alng`, `hd0`, `diva`).
-#[derive(Clone, Debug)]
+/// The initialisation's factors (upstream args `tini`, `aln`, `alng`, `hd0`, `diva`): a config's
+/// `[model.init]`, each key defaulting to train.sh's value.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct InitConfig {
     /// Std of every Linear and Embedding (`tini`); `None` = `√(1/(3C))` (train.sh `--tini=-1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tini: Option<f64>,
     /// Scale of `head_nm.ada_lin` weights and of the AdaLN scale/shift part of `ada_gss`.
     pub aln: f64,
@@ -24,6 +27,26 @@ pub struct InitConfig {
 impl Default for InitConfig {
     fn default() -> Self {
         InitConfig { tini: None, aln: 1e-3, alng: 5e-6, hd0: 0.02, diva: true }
+    }
+}
+
+impl InitConfig {
+    pub fn is_default(&self) -> bool {
+        *self == InitConfig::default()
+    }
+
+    /// Why `[model.init]` cannot be used, if it cannot: a scale must be a finite number ≥ 0 (0 zeroes
+    /// its tensors, as upstream's `hd0 = 0`), `tini` a positive std.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(t) = self.tini.filter(|t| !(*t > 0.0 && t.is_finite())) {
+            return Err(format!("model.init.tini must be a positive std (leave it out for √(1/(3C))), found {t}"));
+        }
+        for (key, v) in [("aln", self.aln), ("alng", self.alng), ("hd0", self.hd0)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!("model.init.{key} must be a finite number ≥ 0, found {v}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -166,5 +189,30 @@ mod tests {
         assert!(p.get(&lay, "text_norm.weight").iter().all(|&x| x == 1.0));
         let a = init_params(&cfg, &lay, &InitConfig::default(), 3);
         assert_eq!(a.data, p.data, "same seed, same weights");
+    }
+
+    #[test]
+    fn other_factors_scale_what_upstream_scales() {
+        let cfg = ModelConfig::preset("small").unwrap();
+        let lay = Layout::new(&cfg);
+        let std = |v: &[f32]| (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        // VAR's recipe: alng 1e-3; a tini of its own; no division by √(2·depth); a zero head
+        let var = InitConfig { tini: Some(0.01), aln: 0.5, alng: 1e-3, hd0: 0.0, diva: false };
+        let p = init_params(&cfg, &lay, &var, 3);
+        let fc1 = std(p.get(&lay, "blocks.0.ffn.fc1.weight"));
+        let fc2 = std(p.get(&lay, "blocks.0.ffn.fc2.weight"));
+        assert!((fc1 / 0.01 - 1.0).abs() < 0.05 && (fc2 / 0.01 - 1.0).abs() < 0.05, "fc1 {fc1}, fc2 {fc2}");
+        assert!(p.get(&lay, "head.weight").iter().all(|&x| x == 0.0));
+        let (gamma, rest) = p.get(&lay, "blocks.0.ada_gss").split_at(2 * 128);
+        let (g, r) = (std(gamma) * 128f64.sqrt(), std(rest) * 128f64.sqrt());
+        assert!((g / 1e-3 - 1.0).abs() < 0.15 && (r / 0.5 - 1.0).abs() < 0.15, "gammas {g}, the rest {r}");
+        // the config's `[model.init]`: keys left out keep train.sh's values; bad values are named
+        let read: InitConfig = toml::from_str("alng = 1e-3\ndiva = false").unwrap();
+        assert_eq!(read, InitConfig { alng: 1e-3, diva: false, ..InitConfig::default() });
+        assert!(toml::from_str::<InitConfig>("alg = 1").unwrap_err().to_string().contains("unknown field `alg`"));
+        let bad = InitConfig { tini: Some(0.0), ..InitConfig::default() }.check().unwrap_err();
+        assert!(bad.contains("model.init.tini must be a positive std"), "{bad}");
+        let bad = InitConfig { hd0: -1.0, ..InitConfig::default() }.check().unwrap_err();
+        assert!(bad.contains("model.init.hd0 must be a finite number ≥ 0, found -1"), "{bad}");
     }
 }

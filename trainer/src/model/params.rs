@@ -203,6 +203,9 @@ mod tests {
             let m = Layout::new(&cfg).numel as f64 / 1e6;
             assert!((m - millions).abs() < 0.1, "{name}: {m:.1} M parameters, upstream {millions} M");
         }
+        // 20b: "~19.95 B" (§1.9)
+        let b = Layout::new(&ModelConfig::preset("20b").unwrap()).numel as f64 / 1e9;
+        assert!((b - 19.95).abs() < 0.01, "20b: {b:.3} B parameters");
     }
 
     #[test]

@@ -50,6 +50,14 @@ impl SlurmSection {
     pub fn signal_s(&self) -> u64 {
         self.signal_s.unwrap_or(DEFAULT_SIGNAL_S)
     }
+
+    /// The agent's `--grace-s`: the warning's lead time less a tenth of it (1 to 30 s), which the task
+    /// keeps for itself (the agent's exit, the script's `scontrol requeue`). The agent's own default of
+    /// 30 s would kill a stop checkpoint that takes longer, however early SLURM warned.
+    pub fn agent_grace_s(&self) -> u64 {
+        let signal = self.signal_s();
+        signal.saturating_sub((signal / 10).clamp(1, 30)).max(1)
+    }
 }
 
 impl SweepFile {
@@ -194,6 +202,9 @@ mod tests {
     fn the_signal_lead_time_is_checked() {
         let base = "base = \"b.toml\"\nout = \"o\"\n[axes]\n\"optim.lr\" = [1e-3]\n[slurm]\n";
         assert_eq!(sweep(base).unwrap().slurm.signal_s(), 300);
+        // the agent's grace: the lead time less a tenth of it, 1 to 30 s
+        let grace = |signal: u64| SlurmSection { signal_s: Some(signal), ..Default::default() }.agent_grace_s();
+        assert_eq!([grace(300), grace(900), grace(60), grace(5), grace(1)], [270, 870, 54, 4, 1]);
         assert_eq!(sweep(&format!("{base}signal_s = 900\ntime = \"1:00:00\"")).unwrap().slurm.signal_s(), 900);
         for (extra, want) in [
             ("signal_s = 0", "expected 1 to 65535"),

@@ -98,11 +98,14 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
     );
     out.push_str("export INFINITY_RDZV_TOKEN=$(echo \"$SLURM_JOB_ID-$RANDOM$RANDOM\" | sha256sum | cut -c1-32)\n");
     // (--label: each line of the job's output begins with its task, one per node: which node said it)
+    // the time-limit warning's lead time, less what the script keeps to requeue, is the ranks' for their
+    // stop checkpoint (the agent's SIGKILL follows after its grace)
     out.push_str(&format!(
-        "srun --label --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --log-dir \"$RUN/logs\" \\\n  -- train \
-         \"$RUN/config.toml\" --resume auto\nrc=$?\n",
+        "srun --label --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --grace-s {} \\\n  \
+         --log-dir \"$RUN/logs\" -- train \"$RUN/config.toml\" --resume auto\nrc=$?\n",
         sh_quote(exe),
-        sweep.nproc_per_node
+        sweep.nproc_per_node,
+        s.agent_grace_s()
     ));
     out.push_str(
         "# stopped before its last step (time-limit warning, preemption): checkpointed, so requeue to resume\n\

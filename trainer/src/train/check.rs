@@ -177,7 +177,8 @@ pub fn check_with(
     out.push(format!(
         "host memory for the model's state: rank 0 {} ({} more while a checkpoint is written, twice that when \
          the next is due before the write ends){others}, \
-         besides activations on the CPU and the dataset's page cache; checkpoints of {}",
+         besides activations on the CPU and the dataset's page cache; checkpoints of {} (a stop by a signal \
+         writes one before the ranks exit: the scheduler's grace, `infinity launch --grace-s`, must cover it)",
         size(host.rank0 as f64),
         size(host.rank0_writing as f64),
         size(host.rank0_writing as f64)

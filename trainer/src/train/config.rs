@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::model::init::InitConfig;
 use crate::model::{Conditioning, ModelConfig};
 use crate::optim::{AdamWConfig, Decay, LrSchedule};
 
@@ -230,6 +231,10 @@ pub struct ModelSection {
     /// a resumed run takes its weights from its own checkpoint instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// The fresh initialisation's factors (`[model.init]`: upstream's `tini`, `aln`, `alng`, `hd0`,
+    /// `diva`; each left out takes train.sh's value).
+    #[serde(default, skip_serializing_if = "InitConfig::is_default")]
+    pub init: InitConfig,
     /// μP (`model::mup`): initialise and scale the learning rates as for a model of this width, so
     /// that `optim.lr` tuned at this width carries over to the others of a width sweep. Unset: the
     /// standard parametrization (upstream's).

@@ -52,6 +52,7 @@ use self::micro_batch::{prepare, Draws};
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 use self::session::Session;
+pub use self::setup::fresh_weights;
 pub use self::setup::{check_schedules_fit, micro_steps, Setup, TokenMix, Unrecoverable};
 pub(crate) use self::setup::{init_from, loader_options, starting_state, unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};

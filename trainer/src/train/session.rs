@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use infinity_data::Dataset;
+use infinity_data::{Checksums, Dataset};
 
 use super::config::TrainConfig;
 use super::dist::Dist;
@@ -44,12 +44,16 @@ pub(super) struct Session<'a> {
 impl<'a> Session<'a> {
     pub(super) fn start(cfg: &'a TrainConfig, opts: &TrainOptions) -> Result<Session<'a>> {
         rank_identity::prefetch(); // (the executable's checksum, which the ranks compare, while setup runs)
-        let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
+                                   // each rank hashes its share of the shards: a damaged one fails the rank that owns it (exit 65,
+                                   // which stops the group), named in its log
+        let (rank, world) =
+            infinity_launcher::env::DistEnv::from_env().ok().flatten().map_or((0, 1), |e| (e.rank, e.world));
+        let Setup { ds, mc, lay, mix } =
+            Setup::open_with(cfg, Checksums::Share { rank, world }).map_err(unrecoverable)?;
         let unlisted = setup::unlisted_warning(cfg, &ds)?;
         let ds = Arc::new(ds);
         let manifest = &ds.manifest;
         // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
-        let world = infinity_launcher::env::DistEnv::from_env().ok().flatten().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
         // the first collective: every later one assumes the ranks train one config

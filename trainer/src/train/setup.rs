@@ -14,7 +14,7 @@ use super::dist::Dist;
 use super::{checkpoint, compute, gpu_fit, keyed_seed, rundir, STREAM_INIT};
 use crate::model::bench::train_flops_per_token;
 use crate::model::config::LVL_EMBED_ROWS;
-use crate::model::init::{init_params, InitConfig};
+use crate::model::init::init_params;
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
@@ -56,9 +56,15 @@ pub fn unlisted_warning(cfg: &TrainConfig, ds: &Dataset) -> Result<Option<String
 }
 
 impl Setup {
+    /// The dataset of `cfg` opened (every shard hashed), and the model it implies.
     pub fn open(cfg: &TrainConfig) -> Result<Setup> {
+        Setup::open_with(cfg, Checksums::Verify)
+    }
+
+    /// [`Setup::open`], hashing the shards `checksums` says (a training rank: its share).
+    pub fn open_with(cfg: &TrainConfig, checksums: Checksums) -> Result<Setup> {
         let dir = &cfg.data.dir;
-        let ds = Dataset::open(dir, Checksums::Verify).with_context(|| match dir.is_relative() && !dir.exists() {
+        let ds = Dataset::open(dir, checksums).with_context(|| match dir.is_relative() && !dir.exists() {
             // (a config's relative paths are taken from the working folder, not the config's)
             true => {
                 let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
@@ -212,6 +218,15 @@ impl std::error::Error for Unrecoverable {}
 
 pub(crate) fn unrecoverable(e: anyhow::Error) -> anyhow::Error {
     Unrecoverable(e).into()
+}
+
+/// A fresh start's random weights: `[model.init]`'s initialisation, scaled for μP where the run uses it.
+pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Params<f32> {
+    let mut p = init_params(mc, lay, &cfg.model.init, keyed_seed(cfg.run.seed, STREAM_INIT));
+    if let Some(base) = cfg.model.mup() {
+        crate::model::mup::rescale_init(&mut p, lay, mc, &base);
+    }
+    p
 }
 
 /// `model.init_from`'s weights over the fresh ones in `p` (nothing without it): the file they came
@@ -420,10 +435,7 @@ pub(crate) fn starting_state(
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
                 console!("{note}");
             }
-            let mut p = init_params(mc, lay, &InitConfig::default(), keyed_seed(cfg.run.seed, STREAM_INIT));
-            if let Some(base) = cfg.model.mup() {
-                crate::model::mup::rescale_init(&mut p, lay, mc, &base);
-            }
+            let mut p = fresh_weights(cfg, mc, lay);
             if let Some((file, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
                 console!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
                 if leader && !fresh.is_empty() {

@@ -38,6 +38,7 @@ impl TrainConfig {
                 );
             }
         }
+        self.model.init.check().map_err(anyhow::Error::msg)?;
         if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             bail!("optim.lr must be a positive number, found {}", self.optim.lr);
         }
