@@ -349,6 +349,11 @@ fn check_reports_a_run_without_starting_it() {
         assert!(lines.contains(want), "{want}:\n{lines}");
     }
     assert!(lines.contains("start: a fresh initialisation"), "{lines}");
+    let per_256 = TrainConfig::load(&cfg, &["data.micro_batch=2".into(), "optim.lr_per_256=0.064".into()]).unwrap();
+    let said = infinity_trainer::train::check::check(&per_256, 2, None, None).unwrap().join("\n");
+    let want =
+        format!("learning rate: peak 1.0000e-3 (optim.lr_per_256 = 0.064 × {} / 256)", per_256.data.global_batch);
+    assert!(per_256.data.global_batch == 4 && said.contains(&want), "{said}");
     assert!(
         lines.contains("host memory for the model's state: rank 0 ") && lines.contains("each other rank"),
         "{lines}"

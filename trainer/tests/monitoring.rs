@@ -92,7 +92,7 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps) = (Some(1e30), 0);
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     assert!(e.contains("3 consecutive non-finite steps"), "{e}");
     let s = summary(&cfg.run.dir);
@@ -116,7 +116,7 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps) = (1e30, 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps) = (Some(1e30), 0);
     let cfg_path = common::config_file(&cfg, tmp.path());
     let launch = Command::new(env!("CARGO_BIN_EXE_infinity"))
         .current_dir(tmp.path())

@@ -378,7 +378,7 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     std::fs::write(&path, &base).unwrap();
     use infinity_trainer::train::config::TrainConfig as C;
     let c = C::load(&path, &["optim.lr=0.01".into(), "run.steps=7".into()]).unwrap();
-    assert_eq!((c.optim.lr, c.run.steps), (0.01, 7));
+    assert_eq!((c.optim.lr, c.run.steps), (Some(0.01), 7));
     std::fs::write(&path, base.replace("clip = 2.0", "clip = 2.0\nclipp = 1.0")).unwrap();
     let e = format!("{:#}", C::load(&path, &[]).unwrap_err());
     assert!(e.contains("optim") && e.contains("clipp"), "{e}");
@@ -507,6 +507,17 @@ fn every_preset_in_configs_loads_and_extends_merges() {
     assert_eq!((c.model.preset.as_str(), c.optim.clip, c.optim.adamw.beta2), ("2b", 5.0, 0.97), "base values merge");
     // upstream trains with bf16 autocast (--fp16=2): its sizes take bf16 on a GPU
     assert_eq!(c.run.precision, infinity_trainer::train::config::Precision::Bf16);
+    // the rate is upstream's tblr · global_batch / 256, so it follows the batch
+    let upstream = root.join("upstream/2b-512.toml");
+    assert_eq!((c.optim.lr, c.optim.lr_per_256, c.peak_lr()), (None, Some(6e-3), 6e-3 * 128.0 / 256.0));
+    let batch = TrainConfig::load(&upstream, &["data.global_batch=32".into(), "data.micro_batch=4".into()]).unwrap();
+    assert_eq!(batch.peak_lr(), 7.5e-4);
+    // a rate of its own replaces it (the later of the two wins), and the run folder records that one
+    let own = TrainConfig::load(&upstream, &["optim.lr=1e-4".into()]).unwrap();
+    assert_eq!((own.optim.lr, own.optim.lr_per_256, own.peak_lr()), (Some(1e-4), None, 1e-4));
+    assert!(!toml::to_string(&own).unwrap().contains("lr_per_256"));
+    let later = ["optim.lr=1e-4".into(), "optim.lr_per_256=1e-3".into()];
+    assert_eq!(TrainConfig::load(&upstream, &later).unwrap().peak_lr(), 1e-3 * 128.0 / 256.0);
 
     // the extending file wins; a cycle is an error naming the files
     let tmp = tempfile::tempdir().unwrap();
@@ -517,6 +528,12 @@ fn every_preset_in_configs_loads_and_extends_merges() {
     std::fs::write(tmp.path().join("child.toml"), child).unwrap();
     let c = TrainConfig::load(&tmp.path().join("child.toml"), &[]).unwrap();
     assert_eq!((c.run.steps, c.run.log_every, c.optim.clip, c.optim.adamw.weight_decay), (7, 50, 1.5, 0.005));
+    // the child's own rate replaces the base's rate per 256 samples
+    assert_eq!((c.optim.lr, c.optim.lr_per_256, c.peak_lr()), (Some(1e-3), None, 1e-3));
+    // both in one file: no order says which, so it is refused
+    std::fs::write(tmp.path().join("both.toml"), child.replace("lr = 1e-3", "lr = 1e-3\nlr_per_256 = 1e-3")).unwrap();
+    let e = format!("{:#}", TrainConfig::load(&tmp.path().join("both.toml"), &[]).unwrap_err());
+    assert!(e.contains("optim.lr and optim.lr_per_256 are both set in one file"), "{e}");
     std::fs::write(tmp.path().join("a.toml"), "extends = \"b.toml\"").unwrap();
     std::fs::write(tmp.path().join("b.toml"), "extends = \"a.toml\"").unwrap();
     let e = format!("{:#}", TrainConfig::load(&tmp.path().join("a.toml"), &[]).unwrap_err());

@@ -123,7 +123,7 @@ pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<
             }
         };
         let (Some(lr), Ok(model)) = (
-            config.get("optim").and_then(|o| o.get("lr")).and_then(|v| v.as_float()),
+            config.as_table().and_then(settings::peak_lr),
             serde_json::from_value::<crate::model::ModelConfig>(derived["model"].clone()),
         ) else {
             continue;
@@ -137,7 +137,7 @@ pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<
         let summary = dir.join("summary.json").is_file();
         out.push(LrRun {
             dir: dir.clone(),
-            key: settings::experiment(&table, &[("optim", "lr")]),
+            key: settings::experiment(&table, &settings::LEARNING_RATE),
             label,
             order,
             lr,

@@ -191,7 +191,7 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
         train_curve,
         tokens_per_s: median(&tokens_per_s),
         mfu: median(&mfu),
-        lr: config_num("optim", "lr"),
+        lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model: serde_json::from_value(derived["model"].clone()).ok(),
         settings: settings::read(config.as_ref(), &derived),

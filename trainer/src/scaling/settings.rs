@@ -94,6 +94,19 @@ fn canonical(v: &toml::Value) -> String {
     }
 }
 
+/// A run's peak learning rate from its `config.toml`: `optim.lr`, or `optim.lr_per_256` (upstream's
+/// `tblr`) scaled to `data.global_batch`.
+pub fn peak_lr(config: &toml::Table) -> Option<f64> {
+    let num = |section: &str, key: &str| {
+        let v = config.get(section)?.get(key)?;
+        v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+    };
+    num("optim", "lr").or_else(|| Some(num("optim", "lr_per_256")? * num("data", "global_batch")? / 256.0))
+}
+
+/// The settings a learning-rate sweep varies: the rate, however it is given.
+pub const LEARNING_RATE: [(&str, &str); 2] = [("optim", "lr"), ("optim", "lr_per_256")];
+
 /// The experiment a (normalised) config is: its canonical text without [`NOT_THE_EXPERIMENT`] and
 /// the settings in `also` (a learning-rate sweep leaves out `optim.lr`).
 pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
@@ -189,6 +202,21 @@ mod tests {
         assert!(a.experiment.is_some() && a.experiment == b.experiment);
         let c = settings(&base.replace("steps = 30", "steps = 31"));
         assert_ne!(a.experiment, c.experiment);
+    }
+
+    /// A learning-rate sweep over `optim.lr_per_256` (upstream's `tblr`) is one too: the rate is the peak
+    /// it gives at the run's batch, and its runs are one experiment but for it.
+    #[test]
+    fn a_rate_per_256_samples_is_the_peak_it_gives() {
+        let config = |rate: &str| -> toml::Table {
+            normalised(&format!("[run]\nseed = 1\n[data]\nglobal_batch = 64\n[optim]\n{rate}\n")).unwrap()
+        };
+        assert_eq!(peak_lr(&config("lr_per_256 = 4e-3")), Some(1e-3));
+        assert_eq!(peak_lr(&config("lr = 2e-3")), Some(2e-3));
+        assert_eq!(peak_lr(&config("clip = 1.0")), None);
+        let key = |rate: &str| experiment(&config(rate), &LEARNING_RATE);
+        assert_eq!(key("lr_per_256 = 4e-3"), key("lr_per_256 = 8e-3"));
+        assert_ne!(experiment(&config("lr_per_256 = 4e-3"), &[]), experiment(&config("lr_per_256 = 8e-3"), &[]));
     }
 
     #[test]

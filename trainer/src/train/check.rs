@@ -157,6 +157,15 @@ pub fn check_with(
         mix.rows_per_epoch
     ));
     out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()));
+    let per_256 = match (cfg.optim.lr, cfg.optim.lr_per_256) {
+        (None, Some(t)) => format!(" (optim.lr_per_256 = {t} × {} / 256)", cfg.data.global_batch),
+        _ => String::new(),
+    };
+    out.push(format!(
+        "learning rate: peak {:.4e}{per_256} after {} warm-up steps",
+        cfg.peak_lr(),
+        cfg.optim.warmup_steps
+    ));
     // (in MB below a gigabyte: a tiny model's 0.00 GB said nothing)
     let size =
         |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };

@@ -283,7 +283,15 @@ fn default_workers() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
-    pub lr: f64,
+    /// The peak learning rate (reached after the warm-up). One of `lr` and `lr_per_256`: of the two,
+    /// the one set last (a file over the file it extends, the environment over the file, `--set` over
+    /// both) replaces the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// The peak learning rate per 256 samples of `data.global_batch` (upstream's `tblr`:
+    /// `lr = tblr · global_batch / 256`), so that the rate follows the batch of a batch-size sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_per_256: Option<f64>,
     #[serde(default)]
     pub warmup_steps: u64,
     #[serde(default = "default_constant")]
@@ -422,9 +430,19 @@ impl TrainConfig {
         c
     }
 
+    /// The peak learning rate: `optim.lr`, or `optim.lr_per_256` scaled to `data.global_batch`
+    /// (NaN with neither, which [`TrainConfig::validate`] refuses).
+    pub fn peak_lr(&self) -> f64 {
+        match (self.optim.lr, self.optim.lr_per_256) {
+            (Some(lr), _) => lr,
+            (None, Some(per_256)) => per_256 * self.data.global_batch as f64 / 256.0,
+            (None, None) => f64::NAN,
+        }
+    }
+
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
-            peak: self.optim.lr,
+            peak: self.peak_lr(),
             warmup_steps: self.optim.warmup_steps,
             warmup_start_ratio: 0.005,
             decay: self.optim.decay.clone(),

@@ -160,7 +160,7 @@ impl Logger {
             ("model.num_heads".into(), n(mc.num_heads as f64)),
             ("parameters".into(), n(params as f64)),
             ("d".into(), n(mc.d as f64)),
-            ("optim.lr".into(), n(cfg.optim.lr)),
+            ("optim.lr".into(), n(cfg.peak_lr())),
             // 0: the standard parametrization
             ("model.mup_base_width".into(), n(cfg.model.mup_base_width.unwrap_or(0) as f64)),
             ("model.mup_base_heads".into(), n(cfg.model.mup_base_heads.unwrap_or(0) as f64)),

@@ -79,7 +79,8 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             short_cap_prob: 0.0,
         },
         optim: OptimSection {
-            lr: 3e-3,
+            lr: Some(3e-3),
+            lr_per_256: None,
             warmup_steps: 2,
             decay: Decay::Cosine { min_ratio: 0.1 },
             adamw: Default::default(),

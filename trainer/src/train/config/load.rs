@@ -12,12 +12,18 @@ impl TrainConfig {
     /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
-        let merged = toml::to_string(&load_table(path, 0)?).context("re-serialising the merged config")?;
-        let mut b =
-            config::Config::builder().add_source(config::File::from_str(&merged, config::FileFormat::Toml)).add_source(
-                config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true),
-            );
-        for o in overrides {
+        let mut table = load_table(path, 0)?;
+        let env = Environment::of_process();
+        let (env, kept) = settle_alternatives(&mut table, env, overrides)?;
+        let merged = toml::to_string(&table).context("re-serialising the merged config")?;
+        let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
+        if env.dropped {
+            vars = vars.source(Some(env.vars.into_iter().collect()));
+        }
+        let mut b = config::Config::builder()
+            .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
+            .add_source(vars);
+        for o in &kept {
             let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
                 bail!("--set {o}: expected key.path=value");
             };
@@ -111,10 +117,94 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
             let mut merged =
                 load_table(&base_path, depth + 1).with_context(|| format!("{}: extends {base}", path.display()))?;
+            for (a, b) in ALTERNATIVES {
+                for (set, other) in [(a, b), (b, a)] {
+                    if get(&table, set).is_some() {
+                        remove(&mut merged, other);
+                    }
+                }
+            }
             merge(&mut merged, table);
             Ok(merged)
         }
         Some(v) => bail!("{}: `extends` must be a file name, found {v}", path.display()),
+    }
+}
+
+/// Keys that set one value two ways: the peak learning rate as itself or, as upstream's `tblr`, per
+/// 256 samples of the batch. Of each pair, the one set last (a file over the file it `extends`, an
+/// `INF__…` variable over the files, `--set` over both, a later `--set` over an earlier) replaces the
+/// other.
+const ALTERNATIVES: [(&str, &str); 1] = [("optim.lr", "optim.lr_per_256")];
+
+/// The process's `INF__…` variables, as the config crate would read them: `(name, value)`.
+struct Environment {
+    vars: Vec<(String, String)>,
+    /// Whether a variable was left out (then the config reads `vars` instead of the process's).
+    dropped: bool,
+}
+
+impl Environment {
+    fn of_process() -> Environment {
+        let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Environment { vars: vars.collect(), dropped: false }
+    }
+
+    /// The config key a variable sets (`INF__OPTIM__LR` → `optim.lr`), if it sets one.
+    fn key(name: &str) -> Option<String> {
+        let rest = name.get(..5).filter(|p| p.eq_ignore_ascii_case("INF__")).map(|_| &name[5..])?;
+        Some(rest.to_lowercase().replace("__", "."))
+    }
+
+    fn sets(&self, key: &str) -> bool {
+        self.vars.iter().any(|(k, _)| Environment::key(k).as_deref() == Some(key))
+    }
+
+    fn drop_key(&mut self, key: &str) {
+        let before = self.vars.len();
+        self.vars.retain(|(k, _)| Environment::key(k).as_deref() != Some(key));
+        self.dropped |= self.vars.len() != before;
+    }
+}
+
+/// [`ALTERNATIVES`] settled: of each pair, the key set last kept, the other taken out of the merged
+/// files (`table`), the environment and the earlier `--set` overrides. The environment and the
+/// overrides to apply. Both keys of a pair in the environment is an error (neither is later).
+fn settle_alternatives(
+    table: &mut toml::Table,
+    mut env: Environment,
+    overrides: &[String],
+) -> Result<(Environment, Vec<String>)> {
+    let key_of = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string());
+    let mut kept = overrides.to_vec();
+    for (a, b) in ALTERNATIVES {
+        if env.sets(a) && env.sets(b) {
+            let var = |k: &str| format!("INF__{}", k.to_uppercase().replace('.', "__"));
+            bail!("{} and {} are both set in the environment: they set one value, give one", var(a), var(b));
+        }
+        let last_set = overrides.iter().filter_map(key_of).rfind(|k| k == a || k == b);
+        let winner = last_set.or_else(|| [a, b].into_iter().find(|k| env.sets(k)).map(String::from));
+        let Some(winner) = winner else { continue };
+        let loser = if winner == a { b } else { a };
+        remove(table, loser);
+        env.drop_key(loser);
+        kept.retain(|o| key_of(o).as_deref() != Some(loser));
+    }
+    Ok((env, kept))
+}
+
+/// The value at dotted `key` in `table`, if any.
+fn get<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    let (section, rest) = key.split_once('.')?;
+    table.get(section)?.as_table()?.get(rest)
+}
+
+/// `table` without the value at dotted `key` (a section and its key).
+fn remove(table: &mut toml::Table, key: &str) {
+    if let Some((section, rest)) = key.split_once('.') {
+        if let Some(t) = table.get_mut(section).and_then(toml::Value::as_table_mut) {
+            t.remove(rest);
+        }
     }
 }
 
@@ -194,6 +284,38 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 #[cfg(test)]
 mod tests {
+    /// `optim.lr` and `optim.lr_per_256`: the one set last replaces the other, wherever each was set.
+    #[test]
+    fn of_two_alternatives_the_later_one_stays() {
+        use super::{settle_alternatives, Environment};
+        let file: toml::Table = "[optim]\nlr_per_256 = 6e-3\nclip = 5.0\n".parse().unwrap();
+        let env = |vars: &[(&str, &str)]| Environment {
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            dropped: false,
+        };
+        let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // the environment's rate replaces the file's
+        let mut t = file.clone();
+        let (e, kept) = settle_alternatives(&mut t, env(&[("INF__OPTIM__LR", "1e-3"), ("HOME", "/h")]), &[]).unwrap();
+        assert_eq!(t.to_string(), "[optim]\nclip = 5.0\n");
+        assert!(!e.dropped && e.vars.len() == 2 && kept.is_empty());
+        // a --set replaces both, and an earlier --set of the other
+        let mut t = file.clone();
+        let over = sets(&["optim.lr_per_256=1e-3", "run.steps=3", "optim.lr = 2e-3"]);
+        let (e, kept) = settle_alternatives(&mut t, env(&[("INF__OPTIM__LR_PER_256", "1")]), &over).unwrap();
+        assert_eq!(t.to_string(), "[optim]\nclip = 5.0\n");
+        assert!(e.dropped && e.vars.is_empty());
+        assert_eq!(kept, sets(&["run.steps=3", "optim.lr = 2e-3"]));
+        // nothing set above the file: it stays as it is
+        let mut t = file.clone();
+        let (e, kept) = settle_alternatives(&mut t, env(&[]), &sets(&["optim.clip=1"])).unwrap();
+        assert!(t == file && !e.dropped && kept.len() == 1);
+        // both in the environment: neither is later
+        let both = env(&[("INF__OPTIM__LR", "1"), ("INF__OPTIM__LR_PER_256", "1")]);
+        let err = settle_alternatives(&mut file.clone(), both, &[]).err().unwrap().to_string();
+        assert!(err.contains("INF__OPTIM__LR and INF__OPTIM__LR_PER_256 are both set in the environment"), "{err}");
+    }
+
     #[test]
     fn keys_overlap_where_one_holds_the_other() {
         use super::keys_overlap;

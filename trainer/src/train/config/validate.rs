@@ -39,8 +39,19 @@ impl TrainConfig {
             }
         }
         self.model.init.check().map_err(anyhow::Error::msg)?;
-        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
-            bail!("optim.lr must be a positive number, found {}", self.optim.lr);
+        match (self.optim.lr, self.optim.lr_per_256) {
+            (Some(_), Some(_)) => bail!(
+                "optim.lr and optim.lr_per_256 are both set in one file: they set one rate, give one (lr_per_256 is \
+                 upstream's tblr, the rate per 256 samples of data.global_batch)"
+            ),
+            (None, None) => {
+                bail!("optim.lr (or optim.lr_per_256, upstream's tblr) must be set: the peak learning rate")
+            }
+            (Some(v), None) | (None, Some(v)) if !(v > 0.0 && v.is_finite()) => {
+                let key = if self.optim.lr.is_some() { "lr" } else { "lr_per_256" };
+                bail!("optim.{key} must be a positive number, found {v}");
+            }
+            _ => {}
         }
         let o = &self.optim;
         if !(o.clip >= 0.0 && o.clip.is_finite()) {
