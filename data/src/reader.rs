@@ -24,9 +24,9 @@ use crate::manifest::{Manifest, ShardEntry};
 pub enum Checksums {
     Verify,
     Skip,
-    /// A training rank's share of a dataset's shards: those whose index in the manifest is `rank`
-    /// modulo `world`. Between them the ranks of a group hash each shard once (every rank hashing all
-    /// of them read the dataset once per rank, at every start and restart).
+    /// One of `world` readers' share of a dataset's shards: those whose index in the manifest is
+    /// `rank` modulo `world`. A node's training ranks hash its copy once between them (every rank
+    /// hashing all of it read the dataset once per rank, at every start and restart).
     Share {
         rank: usize,
         world: usize,

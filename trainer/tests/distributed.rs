@@ -717,6 +717,19 @@ fn agents_report_last_lines_disagreements_and_signals_before_start() {
     );
     assert_eq!(record("bad-data")["next"], "stop: permanent");
 
+    // --local-ranks-filter: the console shows the ranks it lists; every rank's log has its lines, and a
+    // rank left out of the console still gets its last lines into the failure report
+    let script = "echo \"rank $LOCAL_RANK says hello\"; if [ $LOCAL_RANK = 1 ]; then sleep 0.2; exit 4; fi";
+    let quiet = &["bash", "-c", script];
+    let out =
+        agent(&["--run-id", "filter", "--nproc-per-node", "3", "--local-ranks-filter", "0,2"], quiet).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("[rank 0] rank 0 says hello") && text.contains("[rank 2] rank 2 says hello"), "{text}");
+    assert!(!text.contains("[rank 1]"), "{text}");
+    assert!(text.contains("Root cause: rank 1") && text.contains("    rank 1 says hello"), "{text}");
+    let log = std::fs::read_to_string(tmp.path().join("filter/attempt_0/rank_1.log")).unwrap();
+    assert!(log.contains("rank 1 says hello"), "{log}");
+
     let rdzv = format!("127.0.0.1:{}", common::free_port());
     let two = |node: &str, nproc: &str| {
         agent(
@@ -761,6 +774,8 @@ fn a_bad_launch_command_line_exits_2_naming_the_option() {
         (&["--run-id", "../escape"][..], "--run-id \"../escape\": expected letters"),
         (&["--rdzv", ":29500"], "--rdzv :29500: expected HOST:PORT (no host given)"),
         (&["--node-rank", "3"], "--node-rank below --nnodes (3 of 1)"),
+        (&["--local-ranks-filter", "0,4"], "--local-ranks-filter 0,4: this node runs local ranks 0 to 0"),
+        (&["--local-ranks-filter", "1-"], "expected local ranks as `0`, `0,3` or `0-3,6`, found `1-`"),
     ] {
         let out = Command::new(BIN).arg("launch").args(args).args(["--", "train", "none.toml"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

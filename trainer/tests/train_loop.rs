@@ -533,7 +533,7 @@ fn every_preset_in_configs_loads_and_extends_merges() {
     // both in one file: no order says which, so it is refused
     std::fs::write(tmp.path().join("both.toml"), child.replace("lr = 1e-3", "lr = 1e-3\nlr_per_256 = 1e-3")).unwrap();
     let e = format!("{:#}", TrainConfig::load(&tmp.path().join("both.toml"), &[]).unwrap_err());
-    assert!(e.contains("optim.lr and optim.lr_per_256 are both set in one file"), "{e}");
+    assert!(e.contains("both.toml: optim.lr and optim.lr_per_256 set one value: give one"), "{e}");
     std::fs::write(tmp.path().join("a.toml"), "extends = \"b.toml\"").unwrap();
     std::fs::write(tmp.path().join("b.toml"), "extends = \"a.toml\"").unwrap();
     let e = format!("{:#}", TrainConfig::load(&tmp.path().join("a.toml"), &[]).unwrap_err());

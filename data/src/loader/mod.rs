@@ -137,6 +137,9 @@ struct Plans {
     rows_by_bucket: Vec<Vec<u64>>,
     seed: u64,
     global_batch: usize,
+    /// The rank whose part of each global batch the plans keep, of `world_size`.
+    rank: usize,
+    world_size: usize,
     cache: Mutex<VecDeque<Arc<EpochPlan>>>,
 }
 
@@ -146,7 +149,8 @@ impl Plans {
         if let Some(p) = cache.iter().find(|p| p.epoch == epoch) {
             return p.clone();
         }
-        let p = Arc::new(EpochPlan::new(&self.rows_by_bucket, self.seed, epoch, self.global_batch));
+        let part = (self.rank, self.world_size);
+        let p = Arc::new(EpochPlan::new(&self.rows_by_bucket, self.seed, epoch, self.global_batch, part));
         if cache.len() >= 3 {
             cache.pop_front();
         }
@@ -159,8 +163,6 @@ struct Shared {
     ds: Arc<Dataset>,
     plans: Plans,
     batches_per_epoch: u64,
-    rank: usize,
-    world_size: usize,
     skip_bad: bool,
     /// Batches handed back by the consumer, whose buffers the next reads reuse.
     spares: Mutex<Vec<Batch>>,
@@ -172,7 +174,7 @@ impl Shared {
         let epoch = a / self.batches_per_epoch;
         let k = (a % self.batches_per_epoch) as usize;
         let plan = self.plans.get(epoch);
-        let (bucket, rows) = plan.rank_slice(k, self.rank, self.world_size);
+        let (bucket, rows) = plan.rank_slice(k);
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
         b.global_index = a;
@@ -226,10 +228,15 @@ impl Loader {
         };
         let shared = Arc::new(Shared {
             ds,
-            plans: Plans { rows_by_bucket, seed: opts.seed, global_batch: g, cache: Mutex::new(VecDeque::new()) },
+            plans: Plans {
+                rows_by_bucket,
+                seed: opts.seed,
+                global_batch: g,
+                rank,
+                world_size: w,
+                cache: Mutex::new(VecDeque::new()),
+            },
             batches_per_epoch: per_epoch,
-            rank,
-            world_size: w,
             skip_bad: opts.bad_rows == BadRows::Skip,
             spares: Mutex::new(Vec::new()),
         });

@@ -33,28 +33,40 @@ const ORDER_STREAM: u64 = u64::MAX;
 
 pub struct EpochPlan {
     pub epoch: u64,
-    global_batch: usize,
-    /// Shuffled global row ids per bucket.
+    /// Rows of a global batch that one rank reads: `G / W`.
+    per_rank: usize,
+    /// This rank's rows of every global batch, by bucket: chunk `c`'s at `[c·per_rank, (c+1)·per_rank)`
+    /// of its bucket's list. A rank keeps its part alone (`1/W` of the row ids: at a billion rows, 8 GB
+    /// each for the whole), of the order every world size shares.
     rows: Vec<Vec<u64>>,
     /// `(bucket, chunk)` of every global batch, in order.
     order: Vec<(u16, u32)>,
 }
 
 impl EpochPlan {
-    pub fn new(rows_by_bucket: &[Vec<u64>], seed: u64, epoch: u64, global_batch: usize) -> EpochPlan {
-        assert!(global_batch > 0);
+    /// The plan of `epoch` as rank `rank` of `world` reads it (`(0, 1)`: whole global batches).
+    pub fn new(
+        rows_by_bucket: &[Vec<u64>],
+        seed: u64,
+        epoch: u64,
+        global_batch: usize,
+        (rank, world): (usize, usize),
+    ) -> EpochPlan {
+        assert!(global_batch > 0 && world > 0 && global_batch.is_multiple_of(world) && rank < world);
+        let per_rank = global_batch / world;
         let mut rows = Vec::with_capacity(rows_by_bucket.len());
         let mut order = Vec::new();
         for (b, bucket_rows) in rows_by_bucket.iter().enumerate() {
+            // (the whole bucket shuffled, one bucket at a time: every rank draws the same permutation)
             let mut perm = bucket_rows.clone();
             perm.shuffle(&mut keyed_rng(seed, &[epoch, b as u64]));
-            for chunk in 0..perm.len() / global_batch {
-                order.push((b as u16, chunk as u32));
-            }
-            rows.push(perm);
+            let chunks = perm.len() / global_batch;
+            order.extend((0..chunks).map(|c| (b as u16, c as u32)));
+            let at = |c: usize| c * global_batch + rank * per_rank;
+            rows.push((0..chunks).flat_map(|c| perm[at(c)..at(c) + per_rank].iter().copied()).collect());
         }
         order.shuffle(&mut keyed_rng(seed, &[epoch, ORDER_STREAM]));
-        EpochPlan { epoch, global_batch, rows, order }
+        EpochPlan { epoch, per_rank, rows, order }
     }
 
     /// Global batches in one epoch: `Σ_b ⌊n_b / G⌋`. The same for every epoch.
@@ -75,18 +87,12 @@ impl EpochPlan {
         self.order.is_empty()
     }
 
-    /// Bucket and the `G` global row ids of global batch `k` of this epoch.
-    pub fn global_batch(&self, k: usize) -> (u16, &[u64]) {
+    /// Bucket and this rank's `G / W` global row ids of global batch `k` of this epoch (rank `r` of
+    /// `W` reads rows `[r·G/W, (r+1)·G/W)` of each global batch).
+    pub fn rank_slice(&self, k: usize) -> (u16, &[u64]) {
         let (b, c) = self.order[k];
-        let g = self.global_batch;
-        (b, &self.rows[b as usize][c as usize * g..(c as usize + 1) * g])
-    }
-
-    /// The slice of global batch `k` that `rank` of `world_size` reads.
-    pub fn rank_slice(&self, k: usize, rank: usize, world_size: usize) -> (u16, &[u64]) {
-        let (b, rows) = self.global_batch(k);
-        let per = rows.len() / world_size;
-        (b, &rows[rank * per..(rank + 1) * per])
+        let n = self.per_rank;
+        (b, &self.rows[b as usize][c as usize * n..(c as usize + 1) * n])
     }
 }
 
@@ -107,8 +113,8 @@ mod tests {
     fn same_seed_same_order_other_seed_or_epoch_differs() {
         let b = buckets();
         let p = |seed, epoch| {
-            let plan = EpochPlan::new(&b, seed, epoch, 16);
-            (0..plan.len()).flat_map(|k| plan.global_batch(k).1.to_vec()).collect::<Vec<_>>()
+            let plan = EpochPlan::new(&b, seed, epoch, 16, (0, 1));
+            (0..plan.len()).flat_map(|k| plan.rank_slice(k).1.to_vec()).collect::<Vec<_>>()
         };
         assert_eq!(p(1, 0), p(1, 0));
         assert_ne!(p(1, 0), p(2, 0));
@@ -118,15 +124,21 @@ mod tests {
     #[test]
     fn batches_are_bucket_homogeneous_and_ranks_disjoint_and_complete() {
         let b = buckets();
-        let plan = EpochPlan::new(&b, 5, 3, 12);
+        let plan = EpochPlan::new(&b, 5, 3, 12, (0, 1));
         assert_eq!(plan.len() as u64, EpochPlan::batches_per_epoch(&b, 12));
+        // each rank's plan holds its part alone
+        let parts: Vec<EpochPlan> = (0..4).map(|rank| EpochPlan::new(&b, 5, 3, 12, (rank, 4))).collect();
+        let held = |p: &EpochPlan| p.rows.iter().map(Vec::len).sum::<usize>();
+        assert!(parts.iter().all(|p| held(p) * 4 == held(&plan)));
         let mut seen = std::collections::HashSet::new();
         for k in 0..plan.len() {
-            let (bucket, rows) = plan.global_batch(k);
-            assert!(rows.iter().all(|r| b[bucket as usize].contains(r)));
+            let (bucket, rows) = plan.rank_slice(k);
+            assert!(rows.len() == 12 && rows.iter().all(|r| b[bucket as usize].contains(r)));
             let mut union = Vec::new();
-            for rank in 0..4 {
-                union.extend_from_slice(plan.rank_slice(k, rank, 4).1);
+            for part in &parts {
+                let (their_bucket, theirs) = part.rank_slice(k);
+                assert_eq!(their_bucket, bucket);
+                union.extend_from_slice(theirs);
             }
             assert_eq!(union, rows, "rank slices must tile the global batch in order");
             for r in rows {

@@ -21,6 +21,7 @@ mod nproc;
 mod plan;
 mod poller;
 mod ranks;
+mod ranks_filter;
 mod signals;
 mod verdict;
 mod watch;
@@ -34,6 +35,7 @@ use group::{
 pub use nproc::visible_gpu_ids;
 use plan::{plan, Plan};
 use ranks::spawn_group;
+pub use ranks_filter::LocalRanks;
 use signals::{until_signal, Signals};
 use verdict::{Next, Permanent};
 use watch::{watch, Membership};
@@ -71,8 +73,9 @@ pub struct LaunchArgs {
     /// Per-rank logs: LOG_DIR/RUN_ID/attempt_K/rank_R.log.
     #[arg(long, default_value = "runs/launch-logs")]
     pub log_dir: PathBuf,
-    /// Seconds between forwarding a signal (or stopping a failed group) and SIGKILL: time for the ranks'
-    /// stop checkpoint.
+    /// Seconds between forwarding a signal (or stopping an elastic group to regroup) and SIGKILL: time
+    /// for the ranks' step and stop checkpoint. A failed group's other ranks, which cannot checkpoint
+    /// without the failed one, get at most 30 s of it (`LaunchArgs::failure_grace_s`).
     #[arg(long, default_value_t = 30.0, value_parser = crate::positive_seconds())]
     pub grace_s: f64,
     /// Seconds to wait for all agents to arrive (the ranks wait their config's `dist.rdzv_timeout_s`).
@@ -86,9 +89,25 @@ pub struct LaunchArgs {
     /// (a Kubernetes Job's podFailurePolicy, a PyTorchJob's `restartPolicy: ExitCode`).
     #[arg(long, value_name = "CODE", default_value_t = 0)]
     pub preempted_exit_code: u8,
+    /// Copy only these local ranks' output to the console (`0`, `0,3`, `0-3`; torchrun's flag): every
+    /// rank's output still goes to its log file, and a failed rank's last lines to the failure report.
+    #[arg(long, value_name = "RANKS", value_parser = LocalRanks::parse)]
+    pub local_ranks_filter: Option<LocalRanks>,
     /// What each rank runs: an `infinity` subcommand (`train CONFIG …`) or any program.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
+}
+
+/// The most a failed group's other ranks get between SIGTERM and SIGKILL (seconds): they cannot
+/// checkpoint without the failed rank, and a long `--grace-s` would hold back each restart.
+const FAILURE_GRACE_S: f64 = 30.0;
+
+impl LaunchArgs {
+    /// The grace a failed group's other ranks get (a lost store's too): `--grace-s`, at most
+    /// [`FAILURE_GRACE_S`].
+    pub fn failure_grace_s(&self) -> f64 {
+        self.grace_s.min(FAILURE_GRACE_S)
+    }
 }
 
 /// How an attempt ended.

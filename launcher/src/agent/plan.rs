@@ -133,6 +133,14 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
         }
     }
     ensure!(a.nproc_per_node > 0, "--nproc-per-node must be positive");
+    if let Some(shown) = a.local_ranks_filter.as_ref().filter(|f| f.max() >= Some(a.nproc_per_node)) {
+        // (a filter of ranks this node does not run would hide all of its output)
+        bail!(
+            "--local-ranks-filter {shown}: this node runs local ranks 0 to {} (--nproc-per-node {})",
+            a.nproc_per_node - 1,
+            a.nproc_per_node
+        );
+    }
     if let Some(v) = env("PET_NPROC_PER_NODE") {
         // (`gpu` and `auto` count this node's GPUs as --nproc-per-node does; torchrun's `cpu`, a rank
         // per core, is not compared: the agent takes --nproc-per-node as given)

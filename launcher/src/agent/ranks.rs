@@ -1,5 +1,6 @@
 //! The local ranks of one attempt: spawned with torchrun-style variables, their output teed to the
-//! console, a log file and a tail for the failure report; stopped with a signal, then SIGKILL.
+//! console (unless `--local-ranks-filter` leaves it out), a log file and a tail for the failure report;
+//! stopped with a signal, then SIGKILL.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -177,12 +178,15 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stdout.take().unwrap());
         let err: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stderr.take().unwrap());
         let mut readers = Vec::new();
+        let shown = a.local_ranks_filter.as_ref().is_none_or(|f| f.contains(local));
         for stream in [out, err] {
             let (log, tail) = (log.clone(), tail.clone());
             readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    console_err!("[rank {global}] {line}");
+                    if shown {
+                        console_err!("[rank {global}] {line}");
+                    }
                     let _ = writeln!(log.lock().unwrap(), "{line}");
                     let mut t = tail.lock().unwrap();
                     if t.len() == TAIL_LINES {

@@ -147,7 +147,7 @@ pub(super) async fn watch(
                     if failure::timed_out(&report) {
                         failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent, local, node });
                 }
             }
@@ -186,7 +186,7 @@ pub(super) async fn watch(
                     if failure::timed_out(&report) {
                         failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None, node });
                 }
@@ -211,7 +211,7 @@ pub(super) async fn watch(
                         "the store at {store_addr} (node 0's agent) stopped answering for {} s: {why}",
                         STORE_LOSS.as_secs()
                     );
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
                     return Ok(Outcome::Failed { report, permanent: None, local: None, node: store_node });
                 }
                 poller.start(&keys);

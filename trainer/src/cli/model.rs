@@ -54,7 +54,7 @@ pub struct CoordArgs {
 
 #[derive(Args, Debug)]
 pub struct Shape {
-    /// tiny, small, layer12 … layer48, 2b, 8b.
+    /// tiny, small, layer12 … layer48, 2b, 8b, 20b.
     #[arg(long, default_value = "layer12")]
     preset: String,
     /// Override the width for width-reduced variants: heads = width / the preset's head dim (rounded

@@ -13,7 +13,7 @@ use infinity_launcher::comm::{CommError, EXIT_COMM_TIMEOUT};
 use infinity_launcher::env::vars;
 
 use super::Permanent;
-use crate::train::config::TrainConfig;
+use crate::train::config::{self, TrainConfig};
 use crate::train::{self, dist, TrainOptions};
 
 #[derive(Args, Debug)]
@@ -59,9 +59,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // the ranks this run splits its batch over (torchrun-style variables or SLURM's, as `Dist::join`
     // reads them): variables that contradict each other are wrong at every restart
     let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
-    // a setting taken from the environment is said once (it is easily left set from an earlier job)
-    let from_env: Vec<String> =
-        crate::sweep::env_overrides().iter().map(|(var, v)| format!("{} = {v}", crate::sweep::env_key(var))).collect();
+    // a setting taken from the environment is said once (it is easily left set from an earlier job);
+    // not one whose other spelling a --set gave (`optim.lr` for `optim.lr_per_256`), which replaced it
+    let set_here = |key: &str| a.set.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    let from_env: Vec<String> = config::inf_vars()
+        .iter()
+        .filter_map(|(var, v)| Some((config::inf_var_key(var)?, v)))
+        .filter(|(key, _)| !config::alternative(key).is_some_and(set_here))
+        .map(|(key, v)| format!("{key} = {v}"))
+        .collect();
     if !from_env.is_empty() && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("from the environment: {}", from_env.join(", "));
     }

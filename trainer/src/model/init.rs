@@ -31,6 +31,7 @@ impl Default for InitConfig {
 }
 
 impl InitConfig {
+    /// Whether every factor is train.sh's (a config leaves `[model.init]` out).
     pub fn is_default(&self) -> bool {
         *self == InitConfig::default()
     }

@@ -101,7 +101,9 @@ pub fn peak_lr(config: &toml::Table) -> Option<f64> {
         let v = config.get(section)?.get(key)?;
         v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
     };
-    num("optim", "lr").or_else(|| Some(num("optim", "lr_per_256")? * num("data", "global_batch")? / 256.0))
+    let per_256 =
+        || Some(crate::train::config::lr_of_per_256(num("optim", "lr_per_256")?, num("data", "global_batch")?));
+    num("optim", "lr").or_else(per_256)
 }
 
 /// The settings a learning-rate sweep varies: the rate, however it is given.

@@ -15,6 +15,8 @@ use crate::train::config::TrainConfig;
 pub fn config_key(config: &TrainConfig) -> Result<String> {
     let mut c = config.clone();
     c.run.dir = PathBuf::new();
+    // (the rate as its peak: a run planned with optim.lr_per_256 trains as one with that optim.lr)
+    (c.optim.lr, c.optim.lr_per_256) = (Some(config.peak_lr()), None);
     Ok(toml::to_string(&c)?)
 }
 
@@ -103,4 +105,22 @@ fn lexical(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// A run planned with `optim.lr_per_256` is the run an earlier plan wrote with the `optim.lr` it
+    /// gives (the upstream presets gave their rates that way before).
+    #[test]
+    fn a_rate_per_256_samples_is_the_run_of_its_peak_rate() {
+        let key = |rate: &str| {
+            let text = format!(
+                "[run]\ndir = \"r\"\nseed = 0\nsteps = 5\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+                 [data]\ndir = \"d\"\nglobal_batch = 128\nmicro_batch = 8\n[optim]\n{rate}\n"
+            );
+            super::config_key(&toml::from_str(&text).unwrap()).unwrap()
+        };
+        assert_eq!(key("lr_per_256 = 6e-3"), key("lr = 0.003"));
+        assert_ne!(key("lr_per_256 = 6e-3"), key("lr = 0.006"));
+    }
 }

@@ -35,7 +35,7 @@ use infinity_data::Manifest;
 
 use self::file::{in_sweep_terms, override_text};
 use crate::model::Layout;
-use crate::train::config::{keys_overlap, TrainConfig};
+use crate::train::config::{same_setting, TrainConfig};
 use crate::train::TokenMix;
 
 pub use self::file::{SlurmSection, SweepFile};
@@ -122,17 +122,12 @@ pub struct Plan {
 /// `config.toml` at plan time and keeps them away from the runs it starts, so that a run trains the
 /// config its folder holds.
 pub fn env_overrides() -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .filter(|(k, _)| k.starts_with("INF__"))
-        .collect();
-    vars.sort();
-    vars
+    crate::train::config::inf_vars()
 }
 
 /// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`).
 pub fn env_key(var: &str) -> String {
-    var.trim_start_matches("INF__").to_lowercase().replace("__", ".")
+    crate::train::config::inf_var_key(var).unwrap_or_default()
 }
 
 fn value_text(v: &toml::Value) -> String {
@@ -201,7 +196,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     // the environment's `INF__…` variables go into every run's config (TrainConfig::load applies them
     // under the sweep's own settings); the runs the sweep starts do not see them again
     let sets = |key: &str| {
-        let related = |k: &str| keys_overlap(k, key);
+        let related = |k: &str| same_setting(k, key);
         let steps = key == "run.steps" && Budget::AXES.iter().any(|a| sweep.axes.contains_key(*a));
         key == "run.dir" || steps || sweep.set.keys().chain(sweep.axes.keys()).any(|k| related(k))
     };

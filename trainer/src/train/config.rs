@@ -17,7 +17,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
-pub use load::keys_overlap;
+pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting};
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 pub use validate::where_it_leads;
@@ -417,6 +417,11 @@ impl Default for SampleSection {
     }
 }
 
+/// The peak learning rate `optim.lr_per_256` (upstream's `tblr`) gives at a global batch of `batch`.
+pub fn lr_of_per_256(per_256: f64, batch: f64) -> f64 {
+    per_256 * batch / 256.0
+}
+
 impl TrainConfig {
     /// The config with its paths made absolute (from the working directory), as the run folder and its
     /// checkpoints record it: sampling, export and a resume started from another folder find the same
@@ -435,7 +440,7 @@ impl TrainConfig {
     pub fn peak_lr(&self) -> f64 {
         match (self.optim.lr, self.optim.lr_per_256) {
             (Some(lr), _) => lr,
-            (None, Some(per_256)) => per_256 * self.data.global_batch as f64 / 256.0,
+            (None, Some(per_256)) => lr_of_per_256(per_256, self.data.global_batch as f64),
             (None, None) => f64::NAN,
         }
     }

@@ -50,10 +50,26 @@ fn leaves(text: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// `optim.lr_per_256` (upstream's `tblr`) in `leaves` as the `optim.lr` it gives at `data.global_batch`.
+fn as_peak_rate(leaves: &mut BTreeMap<String, String>) {
+    let num = |k: &str| leaves.get(k).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(per_256), Some(batch)) = (num("optim.lr_per_256"), num("data.global_batch")) {
+        leaves.remove("optim.lr_per_256");
+        let peak = super::config::lr_of_per_256(per_256, batch);
+        leaves.insert("optim.lr".into(), toml::Value::Float(peak).to_string());
+    }
+}
+
 /// The settings (other than `run.dir`) that differ between the checkpoint's config and this session's,
 /// as `key: old → new` lines.
 pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<String>> {
-    let (old, new) = (leaves(checkpoint_toml)?, leaves(config_toml)?);
+    let (mut old, mut new) = (leaves(checkpoint_toml)?, leaves(config_toml)?);
+    // a rate given one way in one config and the other way in the other is compared as the peak
+    if old.contains_key("optim.lr") != new.contains_key("optim.lr") {
+        for side in [&mut old, &mut new] {
+            as_peak_rate(side);
+        }
+    }
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     let missing = "(unset)".to_string();
     Ok(keys
@@ -203,6 +219,15 @@ mod tests {
         let new = "[run]\ndir = \"b\"\nsteps = 40\n[optim]\nlr = 0.003\nclip = 1.0\n";
         assert_eq!(config_changes(old, new).unwrap(), ["optim.clip: (unset) → 1.0", "run.steps: 20 → 40"]);
         assert!(config_changes(old, old).unwrap().is_empty());
+        // a rate given per 256 samples against one given as itself: compared as the peak
+        let per_256 = |rate: f64| {
+            format!("[run]\ndir = \"a\"\nsteps = 20\n[data]\nglobal_batch = 128\n[optim]\nlr_per_256 = {rate}\n")
+        };
+        let lr = "[run]\ndir = \"a\"\nsteps = 20\n[data]\nglobal_batch = 128\n[optim]\nlr = 0.003\n";
+        assert!(config_changes(lr, &per_256(0.006)).unwrap().is_empty());
+        assert_eq!(config_changes(lr, &per_256(0.004)).unwrap(), ["optim.lr: 0.003 → 0.002"]);
+        // given the same way, as it is given
+        assert_eq!(config_changes(&per_256(0.006), &per_256(0.004)).unwrap(), ["optim.lr_per_256: 0.006 → 0.004"]);
     }
 
     #[test]

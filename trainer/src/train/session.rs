@@ -43,17 +43,15 @@ pub(super) struct Session<'a> {
 
 impl<'a> Session<'a> {
     pub(super) fn start(cfg: &'a TrainConfig, opts: &TrainOptions) -> Result<Session<'a>> {
-        rank_identity::prefetch(); // (the executable's checksum, which the ranks compare, while setup runs)
-                                   // each rank hashes its share of the shards: a damaged one fails the rank that owns it (exit 65,
-                                   // which stops the group), named in its log
-        let (rank, world) =
-            infinity_launcher::env::DistEnv::from_env().ok().flatten().map_or((0, 1), |e| (e.rank, e.world));
-        let Setup { ds, mc, lay, mix } =
-            Setup::open_with(cfg, Checksums::Share { rank, world }).map_err(unrecoverable)?;
+        // (the executable's checksum, which the ranks compare, while setup runs)
+        rank_identity::prefetch();
+        let env = infinity_launcher::env::DistEnv::from_env().ok().flatten();
+        let Setup { ds, mc, lay, mix } = Setup::open_with(cfg, checksums(env.as_ref())).map_err(unrecoverable)?;
         let unlisted = setup::unlisted_warning(cfg, &ds)?;
         let ds = Arc::new(ds);
         let manifest = &ds.manifest;
         // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
+        let world = env.as_ref().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
         // the first collective: every later one assumes the ranks train one config
@@ -135,5 +133,17 @@ impl<'a> Session<'a> {
             console!("{w}");
         }
         Ok(Session { ds, mc, lay, mix, compute, dist, config_toml, micro_batch, accum, peak_tflops, summary, lock })
+    }
+}
+
+/// Which shards a rank hashes as it opens the dataset. Under `infinity launch`, a node's ranks share out
+/// its copy of the data (`data.dir` may differ per node, and each copy is hashed once); the rank whose
+/// share holds a damaged shard exits 65 naming it, and its agent stops the group at once. Without the
+/// agent (ranks a scheduler started) nothing stops the others, which would wait in the rendezvous for
+/// the failed rank: each hashes every shard and fails alike.
+fn checksums(env: Option<&infinity_launcher::env::DistEnv>) -> Checksums {
+    match env {
+        Some(e) if e.agent_store => Checksums::Share { rank: e.local_rank, world: e.local_world },
+        _ => Checksums::Verify,
     }
 }

@@ -13,8 +13,7 @@ impl TrainConfig {
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
         let mut table = load_table(path, 0)?;
-        let env = Environment::of_process();
-        let (env, kept) = settle_alternatives(&mut table, env, overrides)?;
+        let (env, kept) = settle_alternatives(&mut table, InfVars::of_process(), overrides)?;
         let merged = toml::to_string(&table).context("re-serialising the merged config")?;
         let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
         if env.dropped {
@@ -111,6 +110,9 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    if let Some((a, b)) = ALTERNATIVES.into_iter().find(|(a, b)| get(&table, a).is_some() && get(&table, b).is_some()) {
+        bail!("{}: {a} and {b} set one value: give one", path.display());
+    }
     match table.remove("extends") {
         None => Ok(table),
         Some(toml::Value::String(base)) => {
@@ -137,32 +139,56 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
 /// other.
 const ALTERNATIVES: [(&str, &str); 1] = [("optim.lr", "optim.lr_per_256")];
 
-/// The process's `INF__…` variables, as the config crate would read them: `(name, value)`.
-struct Environment {
+/// The key that sets the same value as `key` another way ([`ALTERNATIVES`]), if any.
+pub fn alternative(key: &str) -> Option<&'static str> {
+    ALTERNATIVES.iter().find_map(|&(a, b)| match key {
+        k if k == a => Some(b),
+        k if k == b => Some(a),
+        _ => None,
+    })
+}
+
+/// Whether config keys `a` and `b` set one value: [`keys_overlap`], or the two ways of one setting.
+pub fn same_setting(a: &str, b: &str) -> bool {
+    keys_overlap(a, b) || alternative(a) == Some(b)
+}
+
+/// The `INF__SECTION__KEY` variables set in this process's environment, as (variable, value), sorted.
+/// The prefix is matched in any case, as the config crate matches it.
+pub fn inf_vars() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| inf_var_key(k).is_some())
+        .collect();
+    vars.sort();
+    vars
+}
+
+/// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`), if it is one.
+pub fn inf_var_key(var: &str) -> Option<String> {
+    let rest = var.get(..5).filter(|p| p.eq_ignore_ascii_case("INF__")).map(|_| &var[5..])?;
+    Some(rest.to_lowercase().replace("__", "."))
+}
+
+/// The `INF__…` variables the config reads: the process's, or fewer once one is left out.
+struct InfVars {
     vars: Vec<(String, String)>,
     /// Whether a variable was left out (then the config reads `vars` instead of the process's).
     dropped: bool,
 }
 
-impl Environment {
-    fn of_process() -> Environment {
-        let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        Environment { vars: vars.collect(), dropped: false }
-    }
-
-    /// The config key a variable sets (`INF__OPTIM__LR` → `optim.lr`), if it sets one.
-    fn key(name: &str) -> Option<String> {
-        let rest = name.get(..5).filter(|p| p.eq_ignore_ascii_case("INF__")).map(|_| &name[5..])?;
-        Some(rest.to_lowercase().replace("__", "."))
+impl InfVars {
+    fn of_process() -> InfVars {
+        InfVars { vars: inf_vars(), dropped: false }
     }
 
     fn sets(&self, key: &str) -> bool {
-        self.vars.iter().any(|(k, _)| Environment::key(k).as_deref() == Some(key))
+        self.vars.iter().any(|(k, _)| inf_var_key(k).as_deref() == Some(key))
     }
 
     fn drop_key(&mut self, key: &str) {
         let before = self.vars.len();
-        self.vars.retain(|(k, _)| Environment::key(k).as_deref() != Some(key));
+        self.vars.retain(|(k, _)| inf_var_key(k).as_deref() != Some(key));
         self.dropped |= self.vars.len() != before;
     }
 }
@@ -172,17 +198,17 @@ impl Environment {
 /// overrides to apply. Both keys of a pair in the environment is an error (neither is later).
 fn settle_alternatives(
     table: &mut toml::Table,
-    mut env: Environment,
+    mut env: InfVars,
     overrides: &[String],
-) -> Result<(Environment, Vec<String>)> {
+) -> Result<(InfVars, Vec<String>)> {
     let key_of = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string());
     let mut kept = overrides.to_vec();
     for (a, b) in ALTERNATIVES {
-        if env.sets(a) && env.sets(b) {
+        let last_set = overrides.iter().filter_map(key_of).rfind(|k| k == a || k == b);
+        if last_set.is_none() && env.sets(a) && env.sets(b) {
             let var = |k: &str| format!("INF__{}", k.to_uppercase().replace('.', "__"));
             bail!("{} and {} are both set in the environment: they set one value, give one", var(a), var(b));
         }
-        let last_set = overrides.iter().filter_map(key_of).rfind(|k| k == a || k == b);
         let winner = last_set.or_else(|| [a, b].into_iter().find(|k| env.sets(k)).map(String::from));
         let Some(winner) = winner else { continue };
         let loser = if winner == a { b } else { a };
@@ -287,9 +313,9 @@ mod tests {
     /// `optim.lr` and `optim.lr_per_256`: the one set last replaces the other, wherever each was set.
     #[test]
     fn of_two_alternatives_the_later_one_stays() {
-        use super::{settle_alternatives, Environment};
+        use super::{settle_alternatives, InfVars};
         let file: toml::Table = "[optim]\nlr_per_256 = 6e-3\nclip = 5.0\n".parse().unwrap();
-        let env = |vars: &[(&str, &str)]| Environment {
+        let env = |vars: &[(&str, &str)]| InfVars {
             vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dropped: false,
         };
@@ -310,10 +336,16 @@ mod tests {
         let mut t = file.clone();
         let (e, kept) = settle_alternatives(&mut t, env(&[]), &sets(&["optim.clip=1"])).unwrap();
         assert!(t == file && !e.dropped && kept.len() == 1);
-        // both in the environment: neither is later
-        let both = env(&[("INF__OPTIM__LR", "1"), ("INF__OPTIM__LR_PER_256", "1")]);
-        let err = settle_alternatives(&mut file.clone(), both, &[]).err().unwrap().to_string();
+        // both in the environment: neither is later, unless a --set decides
+        let both = || env(&[("INF__OPTIM__LR", "1"), ("INF__OPTIM__LR_PER_256", "1")]);
+        let err = settle_alternatives(&mut file.clone(), both(), &[]).err().unwrap().to_string();
         assert!(err.contains("INF__OPTIM__LR and INF__OPTIM__LR_PER_256 are both set in the environment"), "{err}");
+        let (e, _) = settle_alternatives(&mut file.clone(), both(), &sets(&["optim.lr=2"])).unwrap();
+        assert_eq!(e.vars, [("INF__OPTIM__LR".to_string(), "1".to_string())]);
+        // the variables' prefix in any case, as the config crate reads them
+        assert_eq!(super::inf_var_key("inf__Optim__LR").as_deref(), Some("optim.lr"));
+        assert_eq!(super::inf_var_key("INFO"), None);
+        assert!(super::same_setting("optim.lr_per_256", "optim.lr") && super::same_setting("optim", "optim.lr"));
     }
 
     #[test]
