@@ -19,6 +19,16 @@ pub mod vars {
     pub const UNDER_AGENT: &str = "INFINITY_UNDER_AGENT";
 }
 
+/// What torchrun tells the processes it starts (`torch.distributed.run`), read where ours are not set.
+pub mod torchrun {
+    /// `True` when torchrun's agent hosts its own store (c10d's protocol) at MASTER_PORT, as it does
+    /// since PyTorch 2: rank 0 hosts ours at the next port.
+    pub const USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
+    pub const RUN_ID: &str = "TORCHELASTIC_RUN_ID";
+    /// The restart of its workers (0 first): a restarted group resumes from its newest checkpoint.
+    pub const RESTART_COUNT: &str = "TORCHELASTIC_RESTART_COUNT";
+}
+
 /// Exit code of a training process whose command line or config is wrong (as clap's usage errors): a
 /// restart would fail the same way, so the agent does not restart its group.
 pub const EXIT_BAD_INVOCATION: i32 = 2;
@@ -166,7 +176,17 @@ impl DistEnv {
             Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
             None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref()).unwrap_or(29500),
         };
+        // under torchrun its agent's store holds MASTER_PORT: ours takes the next one
+        let torchrun_store = get(torchrun::USE_AGENT_STORE).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let master_port = match torchrun_store {
+            true => master_port.checked_add(1).with_context(|| {
+                let var = torchrun::USE_AGENT_STORE;
+                format!("MASTER_PORT={master_port} under torchrun ({var}): rank 0 hosts the store at the next port, and there is none")
+            })?,
+            false => master_port,
+        };
         let run_id = get(vars::RUN_ID)
+            .or_else(|| get(torchrun::RUN_ID).filter(|id| !id.trim().is_empty()))
             .or_else(|| slurm_run_id(get("SLURM_JOB_ID"), get("SLURM_STEP_ID").as_deref()))
             .unwrap_or_else(|| "run".into());
         Ok(Some(DistEnv {
@@ -180,12 +200,15 @@ impl DistEnv {
             // a scheduler without our agent may not set a token: then the (private) network is the trust boundary
             token: get(vars::TOKEN).unwrap_or_default(),
             run_id,
-            attempt: match get(vars::RESTART_COUNT) {
-                Some(v) => v.parse().with_context(|| format!("{}={v:?}", vars::RESTART_COUNT))?,
-                None => 0,
-            },
+            attempt: restart_count(&get)?,
             agent_store: get(vars::AGENT_STORE).as_deref() == Some("1"),
         }))
+    }
+
+    /// Whether this process belongs to a restarted group (ours, or torchrun's): it resumes from the run
+    /// folder's newest checkpoint.
+    pub fn restarted(&self) -> bool {
+        self.attempt > 0
     }
 
     pub fn store_addr(&self) -> String {
@@ -196,6 +219,17 @@ impl DistEnv {
     pub fn prefix(&self) -> String {
         format!("{}/attempt-{}", self.run_id, self.attempt)
     }
+}
+
+/// The restart attempt the environment names (0 first): our agent's `INFINITY_RESTART_COUNT`, else
+/// torchrun's `TORCHELASTIC_RESTART_COUNT`.
+fn restart_count(get: &impl Fn(&str) -> Option<String>) -> Result<u32> {
+    for var in [vars::RESTART_COUNT, torchrun::RESTART_COUNT] {
+        if let Some(v) = get(var) {
+            return v.trim().parse().with_context(|| format!("{var}={v:?}: expected a count of restarts"));
+        }
+    }
+    Ok(0)
 }
 
 /// A store port of its own for SLURM job `job_id`'s step `step_id`: `base + (job + step × 6173) mod
@@ -425,6 +459,35 @@ mod tests {
             .map(|(j, s)| job_port(20000, Some(&j.to_string()), Some(&s.to_string())).unwrap())
             .collect();
         assert_eq!(ports.len(), 200);
+    }
+
+    /// Under torchrun, whose agent hosts its own store at MASTER_PORT, rank 0 hosts ours at the next
+    /// port; the run id and the restart count are torchrun's where ours are not set.
+    #[test]
+    fn torchrun_s_store_run_id_and_restarts_are_taken() {
+        let base = [("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "n1"), ("MASTER_PORT", "29500")];
+        let with = |extra: &[(&str, &str)]| env(&[&base[..], extra].concat()).unwrap().unwrap();
+        let plain = with(&[]);
+        assert_eq!(
+            (plain.master_port, plain.run_id.as_str(), plain.attempt, plain.restarted()),
+            (29500, "run", 0, false)
+        );
+        let torchrun = [
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RUN_ID", "job-7"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ];
+        let t = with(&torchrun);
+        assert_eq!((t.master_port, t.run_id.as_str(), t.attempt, t.restarted()), (29501, "job-7", 2, true));
+        assert_eq!(with(&[("TORCHELASTIC_USE_AGENT_STORE", "False")]).master_port, 29500);
+        // ours win where both are set (our agent's ranks)
+        let ours = with(&[&torchrun[..], &[("INFINITY_RUN_ID", "r"), ("INFINITY_RESTART_COUNT", "0")]].concat());
+        assert_eq!((ours.run_id.as_str(), ours.attempt), ("r", 0));
+        let e = format!("{:#}", env(&[&base[..], &[("TORCHELASTIC_RESTART_COUNT", "x")]].concat()).unwrap_err());
+        assert!(e.contains("TORCHELASTIC_RESTART_COUNT=\"x\": expected a count of restarts"), "{e}");
+        let top = [("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "n1"), ("MASTER_PORT", "65535")];
+        let e = format!("{:#}", env(&[&top[..], &torchrun[..1]].concat()).unwrap_err());
+        assert!(e.contains("rank 0 hosts the store at the next port, and there is none"), "{e}");
     }
 
     /// A rank of a group that names no rank 0 host refuses (an error `infinity train` exits 2 with),

@@ -850,3 +850,41 @@ fn a_damaged_shard_stops_the_rank_that_hashes_it_and_the_group() {
     assert!(!log(0).contains("crc32c"), "{}", log(0));
     assert!(!run.join("metrics.jsonl").exists(), "a step was trained");
 }
+
+/// Ranks torchrun starts (`torchrun --no-python … infinity train`): its agent holds MASTER_PORT with a
+/// store of its own (here a listener standing in for it), so rank 0 hosts ours at the next port; the
+/// run trains, under torchrun's run id.
+#[test]
+fn ranks_torchrun_starts_leave_its_store_port_to_it() {
+    let (tmp, cfg) = setup(2);
+    let run = tmp.path().join("run");
+    // (torchrun's store, bound on every interface as its TCPStore is)
+    let torchrun_store = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = torchrun_store.local_addr().unwrap().port().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(BIN)
+                .args(["train"])
+                .arg(&cfg)
+                .arg("--set")
+                .arg(format!("run.dir={}", run.display()))
+                .envs([("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")])
+                .envs([("MASTER_PORT", port.as_str()), ("TORCHELASTIC_USE_AGENT_STORE", "True")])
+                .envs([("TORCHELASTIC_RUN_ID", "tr-1"), ("TORCHELASTIC_RESTART_COUNT", "0")])
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "rank {rank}: {text}");
+    }
+    drop(torchrun_store);
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert!(summary.contains("\"finished\": true"), "{summary}");
+}

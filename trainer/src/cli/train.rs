@@ -82,9 +82,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // a batch that does not split over the ranks is a config error (no restart would help)
     // ("auto" is chosen at start, from the GPU's memory)
     train::micro_steps(&cfg, world, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(bad)?;
-    // a group the launcher restarts (INFINITY_RESUME=auto) continues from run.dir's newest checkpoint,
-    // whatever --resume named for its first attempt (that one, until run.dir has a checkpoint of its own)
-    let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto");
+    // a group the launcher restarts (INFINITY_RESUME=auto; torchrun's TORCHELASTIC_RESTART_COUNT above
+    // 0) continues from run.dir's newest checkpoint, whatever --resume named for its first attempt (that
+    // one, until run.dir has a checkpoint of its own)
+    let restarted =
+        std::env::var(vars::RESUME).is_ok_and(|v| v == "auto") || env.as_ref().is_some_and(|e| e.restarted());
     let newest = || train::latest_checkpoint(&cfg.run.dir);
     let fresh_start = a.resume.is_none() && !restarted;
     let resume = match a.resume.as_deref() {
