@@ -12,6 +12,9 @@ pub mod vars {
     pub const RESTART_COUNT: &str = "INFINITY_RESTART_COUNT";
     /// `1` when the agent hosts the store (otherwise rank 0 hosts it at MASTER_ADDR:MASTER_PORT).
     pub const AGENT_STORE: &str = "INFINITY_AGENT_STORE";
+    /// The port rank 0 hosts the store at where our agent does not (default MASTER_PORT, or the next
+    /// one under torchrun), alike on every rank.
+    pub const STORE_PORT: &str = "INFINITY_STORE_PORT";
     /// `auto`: resume from the newest complete checkpoint (set by the agent on restarts).
     pub const RESUME: &str = "INFINITY_RESUME";
     /// `1` for every rank `infinity launch` starts: the agent reports how its ranks ended (a clean stop
@@ -21,8 +24,8 @@ pub mod vars {
 
 /// What torchrun tells the processes it starts (`torch.distributed.run`), read where ours are not set.
 pub mod torchrun {
-    /// `True` when torchrun's agent hosts its own store (c10d's protocol) at MASTER_PORT, as it does
-    /// since PyTorch 2: rank 0 hosts ours at the next port.
+    /// `True` when torchrun's agent hosts its own store (c10d's protocol) at MASTER_PORT (its static
+    /// rendezvous always, c10d's in recent releases): rank 0 hosts ours at the next port.
     pub const USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
     pub const RUN_ID: &str = "TORCHELASTIC_RUN_ID";
     /// The restart of its workers (0 first): a restarted group resumes from its newest checkpoint.
@@ -176,17 +179,28 @@ impl DistEnv {
             Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
             None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref()).unwrap_or(29500),
         };
-        // under torchrun its agent's store holds MASTER_PORT: ours takes the next one
+        // under torchrun its agent's store holds MASTER_PORT: ours takes the next one, or
+        // INFINITY_STORE_PORT's (neither under our agent, whose ranks may inherit the variables from a
+        // shell torchrun started)
+        let agent_store = get(vars::AGENT_STORE).as_deref() == Some("1");
         let torchrun_store = get(torchrun::USE_AGENT_STORE).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let master_port = match torchrun_store {
-            true => master_port.checked_add(1).with_context(|| {
-                let var = torchrun::USE_AGENT_STORE;
-                format!("MASTER_PORT={master_port} under torchrun ({var}): rank 0 hosts the store at the next port, and there is none")
+        let master_port = match (agent_store, get(vars::STORE_PORT)) {
+            (false, Some(p)) => {
+                p.trim().parse().with_context(|| format!("{}={p:?}: expected a port", vars::STORE_PORT))?
+            }
+            (false, None) if torchrun_store => master_port.checked_add(1).with_context(|| {
+                format!(
+                    "MASTER_PORT={master_port} under torchrun ({}): rank 0 hosts the store at the next port, and \
+                     there is none; set {} (alike on every rank)",
+                    torchrun::USE_AGENT_STORE,
+                    vars::STORE_PORT
+                )
             })?,
-            false => master_port,
+            _ => master_port,
         };
         let run_id = get(vars::RUN_ID)
-            .or_else(|| get(torchrun::RUN_ID).filter(|id| !id.trim().is_empty()))
+            // (torchrun's default --rdzv-id is `none`)
+            .or_else(|| get(torchrun::RUN_ID).filter(|id| !id.trim().is_empty() && id != "none"))
             .or_else(|| slurm_run_id(get("SLURM_JOB_ID"), get("SLURM_STEP_ID").as_deref()))
             .unwrap_or_else(|| "run".into());
         Ok(Some(DistEnv {
@@ -201,7 +215,7 @@ impl DistEnv {
             token: get(vars::TOKEN).unwrap_or_default(),
             run_id,
             attempt: restart_count(&get)?,
-            agent_store: get(vars::AGENT_STORE).as_deref() == Some("1"),
+            agent_store,
         }))
     }
 
@@ -480,6 +494,12 @@ mod tests {
         let t = with(&torchrun);
         assert_eq!((t.master_port, t.run_id.as_str(), t.attempt, t.restarted()), (29501, "job-7", 2, true));
         assert_eq!(with(&[("TORCHELASTIC_USE_AGENT_STORE", "False")]).master_port, 29500);
+        // a port of its own where the next is taken; under our agent, its store's
+        assert_eq!(with(&[&torchrun[..], &[("INFINITY_STORE_PORT", "31000")]].concat()).master_port, 31000);
+        let agent = with(&[&torchrun[..], &[("INFINITY_AGENT_STORE", "1"), ("INFINITY_STORE_PORT", "31000")]].concat());
+        assert_eq!(agent.master_port, 29500);
+        // (torchrun's default run id says none)
+        assert_eq!(with(&[("TORCHELASTIC_RUN_ID", "none")]).run_id, "run");
         // ours win where both are set (our agent's ranks)
         let ours = with(&[&torchrun[..], &[("INFINITY_RUN_ID", "r"), ("INFINITY_RESTART_COUNT", "0")]].concat());
         assert_eq!((ours.run_id.as_str(), ours.attempt), ("r", 0));

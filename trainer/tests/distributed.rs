@@ -858,8 +858,12 @@ fn a_damaged_shard_stops_the_rank_that_hashes_it_and_the_group() {
 fn ranks_torchrun_starts_leave_its_store_port_to_it() {
     let (tmp, cfg) = setup(2);
     let run = tmp.path().join("run");
-    // (torchrun's store, bound on every interface as its TCPStore is)
-    let torchrun_store = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    // (torchrun's store, bound on every interface as its TCPStore is, at a port whose next is free)
+    let bind = |port: u16| std::net::TcpListener::bind(("0.0.0.0", port));
+    let torchrun_store = std::iter::repeat_with(|| bind(0).unwrap())
+        .take(50)
+        .find(|l| l.local_addr().unwrap().port().checked_add(1).is_some_and(|next| bind(next).is_ok()))
+        .expect("a free port whose next is free");
     let port = torchrun_store.local_addr().unwrap().port().to_string();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {

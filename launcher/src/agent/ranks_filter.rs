@@ -5,6 +5,10 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+/// Beyond any node's local ranks: a range is cut here (the check against `--nproc-per-node` names it),
+/// so that a typo such as `0-4000000000` does not fill memory.
+const MAX_LOCAL_RANKS: usize = 1 << 16;
+
 /// Local ranks, as `0`, `0,3` or `0-3,6` writes them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalRanks(BTreeSet<usize>);
@@ -25,7 +29,7 @@ impl LocalRanks {
                     if lo > hi {
                         return Err(format!("`{part}`: a range runs from the lower rank to the higher"));
                     }
-                    ranks.extend(lo..=hi);
+                    ranks.extend(lo..=hi.min(MAX_LOCAL_RANKS));
                 }
                 None => {
                     ranks.insert(number(part)?);
@@ -62,6 +66,8 @@ mod tests {
         assert!([0, 1, 2, 5].iter().all(|&i| r.contains(i)) && !r.contains(3) && !r.contains(6));
         assert_eq!((r.to_string(), r.max()), ("0,1,2,5".to_string(), Some(5)));
         assert_eq!(LocalRanks::parse("3").unwrap().to_string(), "3");
+        // (a typo's huge range is cut, not filled: it stays above any node's ranks)
+        assert!(LocalRanks::parse("0-4000000000").unwrap().max() > Some(4096));
         for (bad, want) in [("a", "found `a` in `a`"), ("0,,1", "found `` in `0,,1`"), ("4-2", "`4-2`: a range")] {
             let e = LocalRanks::parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");

@@ -110,7 +110,8 @@ pub(super) async fn watch(
                     let regroup = elastic.as_ref().and(store.as_mut()).and_then(|c| changing(c, &keys));
                     if let Some(why) = regroup {
                         console_err!("[launch] {why}; the ranks stop to regroup");
-                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                        // (a rank already failed of it: the others cannot checkpoint either)
+                        stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
                         return Ok(Outcome::Regroup(why));
                     }
                     let r = &ranks[i];

@@ -253,8 +253,11 @@ impl FlightRecorder {
             world: self.0.world,
             backend: self.0.backend.to_string(),
             host: crate::env::hostname(),
-            run_id: var(crate::env::vars::RUN_ID),
-            attempt: var(crate::env::vars::RESTART_COUNT).and_then(|a| a.parse().ok()),
+            // (ours, else torchrun's)
+            run_id: var(crate::env::vars::RUN_ID).or_else(|| var(crate::env::torchrun::RUN_ID)),
+            attempt: var(crate::env::vars::RESTART_COUNT)
+                .or_else(|| var(crate::env::torchrun::RESTART_COUNT))
+                .and_then(|a| a.parse().ok()),
             reason: reason.to_string(),
             unix_time,
             entries,

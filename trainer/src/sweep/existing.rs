@@ -113,14 +113,16 @@ mod tests {
     /// gives (the upstream presets gave their rates that way before).
     #[test]
     fn a_rate_per_256_samples_is_the_run_of_its_peak_rate() {
-        let key = |rate: &str| {
+        let key = |batch: usize, rate: &str| {
             let text = format!(
                 "[run]\ndir = \"r\"\nseed = 0\nsteps = 5\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
-                 [data]\ndir = \"d\"\nglobal_batch = 128\nmicro_batch = 8\n[optim]\n{rate}\n"
+                 [data]\ndir = \"d\"\nglobal_batch = {batch}\nmicro_batch = 8\n[optim]\n{rate}\n"
             );
             super::config_key(&toml::from_str(&text).unwrap()).unwrap()
         };
-        assert_eq!(key("lr_per_256 = 6e-3"), key("lr = 0.003"));
-        assert_ne!(key("lr_per_256 = 6e-3"), key("lr = 0.006"));
+        assert_eq!(key(128, "lr_per_256 = 6e-3"), key(128, "lr = 0.003"));
+        assert_ne!(key(128, "lr_per_256 = 6e-3"), key(128, "lr = 0.006"));
+        // at a batch that is no power of two too (6e-3 · 96 / 256 is 0.0022500000000000003 unrounded)
+        assert_eq!(key(96, "lr_per_256 = 6e-3"), key(96, "lr = 0.00225"));
     }
 }

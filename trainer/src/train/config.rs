@@ -417,9 +417,12 @@ impl Default for SampleSection {
     }
 }
 
-/// The peak learning rate `optim.lr_per_256` (upstream's `tblr`) gives at a global batch of `batch`.
+/// The peak learning rate `optim.lr_per_256` (upstream's `tblr`) gives at a global batch of `batch`, to
+/// 12 significant digits: the rate written out by hand (`6e-3 · 100 / 256` as 0.00234375) is the same
+/// number, so that configs giving it either way compare equal.
 pub fn lr_of_per_256(per_256: f64, batch: f64) -> f64 {
-    per_256 * batch / 256.0
+    let lr = per_256 * batch / 256.0;
+    format!("{lr:.11e}").parse().unwrap_or(lr)
 }
 
 impl TrainConfig {

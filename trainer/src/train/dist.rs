@@ -66,7 +66,12 @@ impl Dist {
         let comm_timeout = Duration::from_secs_f64(cfg.timeout_s);
         let server = if env.rank == 0 && !env.agent_store {
             let addr = format!("0.0.0.0:{}", env.master_port).parse()?;
-            Some(StoreServer::spawn(addr, env.token.clone()).context("rank 0 hosting the store")?)
+            let how = format!(
+                "rank 0 hosting the store at port {} (another, alike on every rank: {})",
+                env.master_port,
+                infinity_launcher::env::vars::STORE_PORT
+            );
+            Some(StoreServer::spawn(addr, env.token.clone()).context(how)?)
         } else {
             None
         };

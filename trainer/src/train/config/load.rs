@@ -251,11 +251,9 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     if let Some(k) = set.find(|k| related(k)) {
         return format!("--set {k}");
     }
-    let var = std::env::vars_os()
-        .filter_map(|(v, _)| v.into_string().ok())
-        .find(|v| v.strip_prefix("INF__").is_some_and(|k| related(&k.to_lowercase().replace("__", "."))));
+    let var = inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
     match var {
-        Some(v) => format!("{v} (in the environment)"),
+        Some((v, _)) => format!("{v} (in the environment)"),
         None => path.display().to_string(),
     }
 }

@@ -41,8 +41,8 @@ impl TrainConfig {
         self.model.init.check().map_err(anyhow::Error::msg)?;
         match (self.optim.lr, self.optim.lr_per_256) {
             (Some(_), Some(_)) => bail!(
-                "optim.lr and optim.lr_per_256 are both set in one file: they set one rate, give one (lr_per_256 is \
-                 upstream's tblr, the rate per 256 samples of data.global_batch)"
+                "optim.lr and optim.lr_per_256 are both set: they set one rate, give one (lr_per_256 is upstream's \
+                 tblr, the rate per 256 samples of data.global_batch)"
             ),
             (None, None) => {
                 bail!("optim.lr (or optim.lr_per_256, upstream's tblr) must be set: the peak learning rate")
