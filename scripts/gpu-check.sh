@@ -174,7 +174,7 @@ if [ -n "$ncu_bin" ] && [ "$(left)" -gt 120 ]; then
     echo "== ncu"
     kernels='regex:^(head_bitwise_ce_bf16_(h16_)?td64|head_bitwise_ce_f32_l64|self_correct_planes_f32|attention_.*(bf16|tiled).*c128)$'
     (cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=none timeout $(($(left) - 30)) "$ncu_bin" \
-        --target-processes application-only --kernel-name "$kernels" --filter-mode per-launch-config \
+        --target-processes application-only --clock-control none --kernel-name "$kernels" --filter-mode per-launch-config \
         --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section Occupancy --section WarpStateStats --section LaunchStats "$bench" --bench) >"$out/ncu.log" 2>&1
     rc=$?

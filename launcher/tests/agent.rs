@@ -48,6 +48,7 @@ impl Agent {
             .env("TEST_DIR", dir)
             .env_remove("SLURM_JOB_ID")
             .env_remove("SLURM_STEP_ID")
+            .env_remove("RAYON_NUM_THREADS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -369,6 +370,57 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
     assert!(rec["rank"]["seconds"].as_f64().unwrap() < 2.0, "{rec}");
     assert_eq!(rec["host"].as_str(), infinity_launcher::env::hostname().as_deref(), "the machine to look at: {rec}");
     assert_children_gone(tmp.path(), 2);
+}
+
+/// The CPUs this process may use and their physical cores (`core_id` with the package), from
+/// /proc/self/status and sysfs.
+fn allowed_cpus_and_cores() -> (Vec<usize>, usize) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+    let cpus = cpu_list(list);
+    let topo = |c: usize, f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/topology/{f}")).ok();
+    let cores: std::collections::BTreeSet<_> =
+        cpus.iter().map(|&c| (topo(c, "physical_package_id"), topo(c, "core_id").unwrap_or(c.to_string()))).collect();
+    (cpus, cores.len())
+}
+
+fn cpu_list(text: &str) -> Vec<usize> {
+    let range = |p: &str| -> Vec<usize> {
+        let (a, b) = p.split_once('-').unwrap_or((p, p));
+        (a.parse().unwrap()..=b.parse().unwrap()).collect()
+    };
+    text.trim().split(',').filter(|p| !p.is_empty()).flat_map(range).collect()
+}
+
+/// `--numa-binding exclusive`: the two ranks get disjoint shares of the agent's CPUs, set before their
+/// command runs (as /proc says), and as many rayon threads; a machine with one core refuses it,
+/// naming the node.
+#[test]
+fn numa_binding_gives_each_rank_cpus_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"grep Cpus_allowed_list /proc/self/status > "$TEST_DIR/cpus.$RANK"; echo "$RAYON_NUM_THREADS" > "$TEST_DIR/threads.$RANK""#;
+    let mut agent =
+        Agent::start(tmp.path(), "numa", &args(d, &["--nproc-per-node", "2", "--numa-binding", "exclusive"], rank));
+    let status = agent.exit(Duration::from_secs(30));
+    let (allowed, cores) = allowed_cpus_and_cores();
+    if cores < 2 {
+        assert_eq!(status.code(), Some(1), "{}", agent.text());
+        assert!(agent.text().contains("--numa-binding exclusive: NUMA node"), "{}", agent.text());
+        eprintln!("one physical core here: checked the refusal only");
+        return;
+    }
+    assert_eq!(status.code(), Some(0), "{}", agent.text());
+    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap();
+    let cpus: Vec<Vec<usize>> =
+        (0..2).map(|r| cpu_list(read(&format!("cpus.{r}")).split_once(':').unwrap().1)).collect();
+    for (r, c) in cpus.iter().enumerate() {
+        assert!(!c.is_empty() && c.iter().all(|x| allowed.contains(x)), "rank {r}: {c:?} of {allowed:?}");
+        assert_eq!(read(&format!("threads.{r}")).trim(), c.len().to_string(), "rank {r}'s rayon threads");
+        let line = format!("[launch] local rank {r}: CPUs ");
+        assert!(agent.text().contains(&line), "{}", agent.text());
+    }
+    assert!(cpus[0].iter().all(|x| !cpus[1].contains(x)), "shared CPUs: {cpus:?}");
 }
 
 /// Each rank leads its own process group, so a terminal's Ctrl-C no longer reaches it directly: the

@@ -18,6 +18,7 @@ mod elastic;
 mod failure;
 mod group;
 mod nproc;
+mod numa;
 mod plan;
 mod poller;
 mod ranks;
@@ -33,6 +34,7 @@ use group::{
     Misconfigured, CURRENT_ATTEMPT,
 };
 pub use nproc::visible_gpu_ids;
+pub use numa::NumaBinding;
 use plan::{plan, Plan};
 use ranks::spawn_group;
 pub use ranks_filter::LocalRanks;
@@ -93,6 +95,12 @@ pub struct LaunchArgs {
     /// rank's output still goes to its log file, and a failed rank's last lines to the failure report.
     #[arg(long, value_name = "RANKS", value_parser = LocalRanks::parse)]
     pub local_ranks_filter: Option<LocalRanks>,
+    /// Bind each rank to CPUs near its GPU (torchrun's flag): `node` (its GPU's NUMA node), `socket`,
+    /// `exclusive` (a share of the node's physical cores of its own) or `core-complex` (an L3 cache
+    /// domain of the node). Ranks without a GPU are spread over the nodes; only CPUs the agent may use
+    /// are handed out.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub numa_binding: Option<NumaBinding>,
     /// What each rank runs: an `infinity` subcommand (`train CONFIG …`) or any program.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,

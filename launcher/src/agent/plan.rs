@@ -24,6 +24,8 @@ pub(super) struct Plan {
     /// SLURM's values that torchrun's variables overrode where they differ (`SLURM_NNODES=4 (PET_NNODES=2
     /// taken)`), for a warning.
     pub(super) set_aside: Vec<String>,
+    /// `--numa-binding`: each local rank's CPUs.
+    pub(super) cpus: Option<Vec<super::numa::RankCpus>>,
 }
 
 impl Plan {
@@ -35,7 +37,12 @@ impl Plan {
 }
 
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
-    let p = plan_with(a, |k| std::env::var(k).ok())?;
+    let mut p = plan_with(a, |k| std::env::var(k).ok())?;
+    if let Some(mode) = a.numa_binding {
+        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let devices = super::ranks::local_devices(cuda_visible.as_deref(), a.nproc_per_node);
+        p.cpus = Some(super::numa::bind(mode, &devices).map_err(|e| anyhow!(e))?);
+    }
     // (the command line is checked, then planned again to run: one line)
     static SAID: std::sync::Once = std::sync::Once::new();
     if !p.adopted.is_empty() {
@@ -43,6 +50,15 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
             console_err!("[launch] from torchrun's variables: {}", p.adopted.join(", "));
             if !p.set_aside.is_empty() {
                 console_err!("[launch] warning: SLURM's job step says otherwise: {}", p.set_aside.join(", "));
+            }
+        });
+    }
+    if let Some(cpus) = &p.cpus {
+        static BOUND: std::sync::Once = std::sync::Once::new();
+        BOUND.call_once(|| {
+            for (local, r) in cpus.iter().enumerate() {
+                let (list, n) = (super::numa::format_list(&r.cpus), r.cpus.len());
+                console_err!("[launch] local rank {local}: CPUs {list} ({n}), NUMA node {} ({})", r.node, r.near);
             }
         });
     }
@@ -204,7 +220,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None })
 }
 
 /// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an

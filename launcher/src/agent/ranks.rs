@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::signals::signal_name;
-use super::{Group, LaunchArgs, Plan};
+use super::{Group, LaunchArgs, NumaBinding, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
 
@@ -104,9 +104,25 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     // (absolute: a rank's command may change directory before its communicator looks)
     let flight_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / a.nproc_per_node;
-    let devices = local_devices(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(), a.nproc_per_node);
+    let inherited = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let devices = local_devices(inherited.as_deref(), a.nproc_per_node);
+    let given = devices.iter().filter(|d| !d.is_empty()).count();
+    if let Some(list) = inherited.as_deref().filter(|_| given > 0 && given < a.nproc_per_node) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "CUDA_VISIBLE_DEVICES={list} lists {} for {} local ranks: local ranks {given}..{} see no GPU",
+                crate::plural(given, "GPU"),
+                a.nproc_per_node,
+                a.nproc_per_node
+            );
+        });
+    }
     let mut ranks = Vec::new();
     for (local, device) in devices.iter().enumerate() {
+        // --numa-binding: the rank's CPUs, set in the child before it runs anything
+        let bound = p.cpus.as_ref().map(|c| &c[local]);
+        let affinity = bound.map(|b| super::numa::cpu_set(&b.cpus));
         let global = g.node_rank * a.nproc_per_node + local;
         let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
             (exe.to_path_buf(), &a.cmd[..])
@@ -147,15 +163,29 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
+        // SAFETY: sched_setaffinity(2) likewise, on a set made before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(set) = &affinity {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
         }
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            // bound, a rank has its own CPUs (exclusive, core-complex) or shares its node's with the
+            // node's other ranks (node, socket)
+            let own = matches!(a.numa_binding, Some(NumaBinding::Exclusive | NumaBinding::CoreComplex));
+            let threads = match bound {
+                Some(b) if own => b.cpus.len(),
+                Some(b) => threads.min(b.cpus.len()),
+                None => threads,
+            };
             cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
         }
         let mut child = cmd.spawn().with_context(|| format!("starting rank {global}: {}", prog.display()))?;
@@ -204,16 +234,9 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
 /// Each local rank's `CUDA_VISIBLE_DEVICES`: its entry of the inherited list (a scheduler's allocation),
 /// or GPU `LOCAL_RANK` without one. Ranks beyond a shorter list see no GPU ("") rather than one the job
 /// was not given; an empty list (GPUs hidden on purpose) hides them from every rank.
-fn local_devices(inherited: Option<&str>, nproc: usize) -> Vec<String> {
+pub(super) fn local_devices(inherited: Option<&str>, nproc: usize) -> Vec<String> {
     let Some(list) = inherited else { return (0..nproc).map(|i| i.to_string()).collect() };
     let mut devices: Vec<String> = list.split(',').map(str::trim).filter(|d| !d.is_empty()).map(String::from).collect();
-    if !devices.is_empty() && devices.len() < nproc {
-        tracing::warn!(
-            "CUDA_VISIBLE_DEVICES={list} lists {} for {nproc} local ranks: local ranks {}..{nproc} see no GPU",
-            crate::plural(devices.len(), "GPU"),
-            devices.len()
-        );
-    }
     devices.resize(nproc, String::new());
     devices
 }
