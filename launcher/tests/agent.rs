@@ -49,6 +49,8 @@ impl Agent {
             .env_remove("SLURM_JOB_ID")
             .env_remove("SLURM_STEP_ID")
             .env_remove("RAYON_NUM_THREADS")
+            // (the ranks are shell scripts: no GPU, on a machine with GPUs too)
+            .env("CUDA_VISIBLE_DEVICES", "")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -372,15 +374,16 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
     assert_children_gone(tmp.path(), 2);
 }
 
-/// The CPUs this process may use and their physical cores (`core_id` with the package), from
+/// The CPUs this process may use and the physical cores they make (a core as its threads' list), from
 /// /proc/self/status and sysfs.
 fn allowed_cpus_and_cores() -> (Vec<usize>, usize) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
     let cpus = cpu_list(list);
     let topo = |c: usize, f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{c}/topology/{f}")).ok();
-    let cores: std::collections::BTreeSet<_> =
-        cpus.iter().map(|&c| (topo(c, "physical_package_id"), topo(c, "core_id").unwrap_or(c.to_string()))).collect();
+    let core =
+        |c: usize| topo(c, "core_cpus_list").or_else(|| topo(c, "thread_siblings_list")).unwrap_or(c.to_string());
+    let cores: std::collections::BTreeSet<String> = cpus.iter().map(|&c| core(c).trim().to_string()).collect();
     (cpus, cores.len())
 }
 
@@ -392,9 +395,9 @@ fn cpu_list(text: &str) -> Vec<usize> {
     text.trim().split(',').filter(|p| !p.is_empty()).flat_map(range).collect()
 }
 
-/// `--numa-binding exclusive`: the two ranks get disjoint shares of the agent's CPUs, set before their
-/// command runs (as /proc says), and as many rayon threads; a machine with one core refuses it,
-/// naming the node.
+/// `--numa-binding exclusive`: the two ranks (no GPU: spread over the NUMA nodes) get disjoint shares
+/// of the agent's CPUs, set before their command runs (as /proc says), and as many rayon threads; a
+/// machine with one core refuses it, naming the node.
 #[test]
 fn numa_binding_gives_each_rank_cpus_of_its_own() {
     let tmp = tempfile::tempdir().unwrap();

@@ -520,11 +520,17 @@ fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
     sweep_file(t, "lead.toml", "lead", "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 0\n");
     let text = refused(infinity(&["sweep", "lead.toml", "--dry-run"], t));
     assert!(text.contains("[slurm] signal_s = 0: expected 1 to 65535 seconds"), "{text}");
+    sweep_file(t, "lead.toml", "lead", "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nnuma_binding = \"nodes\"\n");
+    let text = refused(infinity(&["sweep", "lead.toml", "--dry-run"], t));
+    assert!(
+        text.contains("[slurm] numa_binding = \"nodes\": expected one of node, socket, exclusive, core-complex"),
+        "{text}"
+    );
     sweep_file(
         t,
         "lead.toml",
         "lead",
-        "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 900\ntime = \"2:00:00\"\n",
+        "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 900\ntime = \"2:00:00\"\nnuma_binding = \"node\"\n",
     );
     ok(infinity(&["sweep", "lead.toml", "--slurm", "lead.sbatch"], t));
     let script = std::fs::read_to_string(t.join("lead.sbatch")).unwrap();
@@ -533,7 +539,10 @@ fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
         "{script}"
     );
     // the ranks' stop checkpoint gets the lead time (less the task's own 30 s), not the agent's default 30 s
-    assert!(script.contains(" launch --nproc-per-node 1 --max-restarts 3 --grace-s 870 "), "{script}");
+    assert!(
+        script.contains(" launch --nproc-per-node 1 --max-restarts 3 --grace-s 870 --numa-binding node "),
+        "{script}"
+    );
 
     // a task whose run has finished since (its checkpoints deleted) does not train it again
     let run = t.join("lead/num-heads-2");

@@ -58,7 +58,7 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
         BOUND.call_once(|| {
             for (local, r) in cpus.iter().enumerate() {
                 let (list, n) = (super::numa::format_list(&r.cpus), r.cpus.len());
-                console_err!("[launch] local rank {local}: CPUs {list} ({n}), NUMA node {} ({})", r.node, r.near);
+                console_err!("[launch] local rank {local}: CPUs {list} ({n}), NUMA node {} ({})", r.node, r.why);
             }
         });
     }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::signals::signal_name;
-use super::{Group, LaunchArgs, NumaBinding, Plan};
+use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
 
@@ -122,7 +122,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     for (local, device) in devices.iter().enumerate() {
         // --numa-binding: the rank's CPUs, set in the child before it runs anything
         let bound = p.cpus.as_ref().map(|c| &c[local]);
-        let affinity = bound.map(|b| super::numa::cpu_set(&b.cpus));
+        let affinity = bound.map(|b| super::numa::mask(&b.cpus));
         let global = g.node_rank * a.nproc_per_node + local;
         let (prog, args) = if OWN_SUBCOMMANDS.contains(&a.cmd[0].as_str()) {
             (exe.to_path_buf(), &a.cmd[..])
@@ -163,14 +163,16 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
-        // SAFETY: sched_setaffinity(2) likewise, on a set made before the fork.
+        // SAFETY: sched_setaffinity(2) likewise, on a mask made before the fork (`words` 8-byte words:
+        // the kernel reads that many bytes, a cpu_set_t's layout).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(set) = &affinity {
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                if let Some(words) = &affinity {
+                    let set = words.as_ptr() as *const libc::cpu_set_t;
+                    if libc::sched_setaffinity(0, words.len() * 8, set) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -178,15 +180,13 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             });
         }
         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            // bound, a rank has its own CPUs (exclusive, core-complex) or shares its node's with the
-            // node's other ranks (node, socket)
-            let own = matches!(a.numa_binding, Some(NumaBinding::Exclusive | NumaBinding::CoreComplex));
-            let threads = match bound {
-                Some(b) if own => b.cpus.len(),
-                Some(b) => threads.min(b.cpus.len()),
-                None => threads,
-            };
+            // bound, a rank's share of the CPUs it is bound to
+            let threads = bound.map_or(threads, |b| b.threads());
             cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
+        }
+        if bound.is_some() && std::env::var_os("CUDA_DEVICE_ORDER").is_none() {
+            // the order the binding counted GPU indices in (CUDA's default leaves ties unspecified)
+            cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         }
         let mut child = cmd.spawn().with_context(|| format!("starting rank {global}: {}", prog.display()))?;
         let pid = child.id().map_or(0, |p| p as i32);

@@ -41,6 +41,9 @@ pub struct SlurmSection {
     /// Seconds before the time limit that SLURM sends SIGUSR1 (`--signal=USR1@S`): the time a task has
     /// to finish its step and write a checkpoint before it is killed.
     pub signal_s: Option<u64>,
+    /// The agent's `--numa-binding` (`node`, `socket`, `exclusive`, `core-complex`): each rank's CPUs
+    /// near its GPU, within the task's `cpus_per_node`.
+    pub numa_binding: Option<String>,
 }
 
 /// SLURM's `--signal` lead time unless `[slurm] signal_s` sets one.
@@ -93,6 +96,18 @@ impl SweepFile {
             ensure!(n != Some(0), "{key} = 0: expected at least 1");
         }
         ensure!(s.max_parallel != Some(0), "[slurm] max_parallel = 0: expected at least 1 (or leave it out)");
+        if let Some(mode) = &s.numa_binding {
+            use clap::ValueEnum;
+            let modes: Vec<String> = infinity_launcher::agent::NumaBinding::value_variants()
+                .iter()
+                .filter_map(|v| Some(v.to_possible_value()?.get_name().to_string()))
+                .collect();
+            ensure!(
+                modes.contains(mode),
+                "[slurm] numa_binding = {mode:?}: expected one of {} (infinity launch --numa-binding)",
+                modes.join(", ")
+            );
+        }
         // SLURM takes 0..=65535 s; the signal must come after the task starts to leave it any work
         let signal = s.signal_s();
         ensure!((1..=65535).contains(&signal), "[slurm] signal_s = {signal}: expected 1 to 65535 seconds");

@@ -101,11 +101,12 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
     // the time-limit warning's lead time, less what the script keeps to requeue, is the ranks' for their
     // stop checkpoint (the agent's SIGKILL follows after its grace)
     out.push_str(&format!(
-        "srun --label --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --grace-s {} \\\n  \
+        "srun --label --kill-on-bad-exit=1 {} launch --nproc-per-node {} --max-restarts 3 --grace-s {}{} \\\n  \
          --log-dir \"$RUN/logs\" -- train \"$RUN/config.toml\" --resume auto\nrc=$?\n",
         sh_quote(exe),
         sweep.nproc_per_node,
-        s.agent_grace_s()
+        s.agent_grace_s(),
+        s.numa_binding.as_ref().map(|m| format!(" --numa-binding {m}")).unwrap_or_default()
     ));
     out.push_str(
         "# stopped before its last step (time-limit warning, preemption): checkpointed, so requeue to resume\n\
