@@ -18,12 +18,27 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Applied to tensors in the decay group only (upstream `twd`).
     pub weight_decay: f64,
+    /// Upstream's `twde`: the weight decay at the last step, reached from `weight_decay` along a cosine
+    /// over the whole run (upstream's default, and ours when left out, is `weight_decay` itself:
+    /// constant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay_end: Option<f64>,
 }
 
 impl Default for AdamWConfig {
     /// Upstream train.sh: `--ada=0.9_0.97`, PyTorch's eps, `twd = 0.005`.
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8, weight_decay: 0.005 }
+        AdamWConfig { beta1: 0.9, beta2: 0.97, eps: 1e-8, weight_decay: 0.005, weight_decay_end: None }
+    }
+}
+
+impl AdamWConfig {
+    /// The weight decay of step `step` (0-based) of `total`: `weight_decay` at the first step, cosine to
+    /// `weight_decay_end` at the last (upstream's `lr_wd_annealing`).
+    pub fn weight_decay_at(&self, step: u64, total: u64) -> f64 {
+        let Some(end) = self.weight_decay_end else { return self.weight_decay };
+        let t = (step as f64 / total.saturating_sub(1).max(1) as f64).min(1.0);
+        end + (self.weight_decay - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
     }
 }
 
@@ -42,6 +57,9 @@ pub struct AdamW {
     groups: GroupRuns,
     /// The learning-rate multipliers the groups index (`[0]` = 1).
     lr_mult: Vec<f64>,
+    /// The weight decay of the next step, where a schedule set it ([`AdamW::set_weight_decay`]; else
+    /// `cfg.weight_decay`).
+    weight_decay_now: Option<f64>,
 }
 
 /// The distinct learning-rate multipliers of `lay`'s tensors, 1 first, then in layout order.
@@ -81,7 +99,7 @@ impl AdamW {
     pub fn new_part(cfg: AdamWConfig, lay: &Layout, range: Range<usize>) -> AdamW {
         let (groups, lr_mult) = param_groups(lay);
         let (m, v) = (vec![0.0; range.len()], vec![0.0; range.len()]);
-        AdamW { cfg, step: 0, groups: groups.slice(range.clone()), range, m, v, lr_mult }
+        AdamW { cfg, step: 0, groups: groups.slice(range.clone()), range, m, v, lr_mult, weight_decay_now: None }
     }
 
     /// The group bytes of the parameters in `range` ([`param_groups`]).
@@ -94,11 +112,17 @@ impl AdamW {
         &self.lr_mult
     }
 
+    /// The weight decay of the next steps, as the schedule has it ([`AdamWConfig::weight_decay_at`]).
+    pub fn set_weight_decay(&mut self, weight_decay: f64) {
+        self.weight_decay_now = Some(weight_decay);
+    }
+
     /// The AdamW scalars of the next step, which it counts (for an update that runs elsewhere: the
     /// device).
     pub fn next_step_scalars(&mut self, lr: f64) -> AdamWScalars {
         self.step += 1;
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.cfg;
+        let weight_decay = self.weight_decay_now.unwrap_or(weight_decay);
         AdamWScalars::new(lr, beta1, beta2, eps, weight_decay, self.step)
     }
 
@@ -112,6 +136,7 @@ impl AdamW {
             v: self.v[range.clone()].to_vec(),
             groups: self.groups.slice(range.clone()),
             lr_mult: self.lr_mult.clone(),
+            weight_decay_now: self.weight_decay_now,
             range,
         }
     }
@@ -257,7 +282,10 @@ mod tests {
             assert!((s.offset..s.offset + s.numel()).all(|i| groups.byte_of(i) == want), "{}", s.name);
         }
         assert!(groups.starts().len() <= lay.specs.len() && groups.len() == lay.numel);
-        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, &lay);
+        let mut opt = AdamW::new(
+            AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, ..Default::default() },
+            &lay,
+        );
         let mut p = vec![0.5f32; lay.numel];
         let g: Vec<f32> = (0..lay.numel).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
         for _ in 0..2 {
@@ -320,5 +348,19 @@ mod tests {
         assert!(lrs[19].abs() < 1e-12, "{lrs:?}");
         // a run of one step without warm-up trains at the peak
         assert_eq!(LrSchedule { warmup_steps: 0, ..s(Decay::Cosine { min_ratio: 0.0 }) }.lr(0, 1), 1.0);
+
+        // upstream's twde: the weight decay along a cosine over the whole run, warm-up included
+        let constant = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        assert_eq!(constant.weight_decay_at(50, 101), 0.1);
+        let wd = AdamWConfig { weight_decay_end: Some(0.02), ..constant };
+        assert_eq!(wd.weight_decay_at(0, 101), 0.1);
+        assert!(
+            (wd.weight_decay_at(50, 101) - 0.06).abs() < 1e-12 && (wd.weight_decay_at(100, 101) - 0.02).abs() < 1e-12
+        );
+        // the rate in force is the one the update's scalars take
+        let mut opt = AdamW::new(wd.clone(), &Layout::new(&ModelConfig::preset("tiny").unwrap()));
+        assert_eq!(opt.next_step_scalars(0.5).shrink, (1.0 - 0.5 * 0.1) as f32);
+        opt.set_weight_decay(wd.weight_decay_at(100, 101));
+        assert_eq!(opt.next_step_scalars(0.5).shrink, (1.0 - 0.5 * 0.02) as f32);
     }
 }

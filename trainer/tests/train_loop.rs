@@ -901,3 +901,64 @@ fn a_second_job_on_a_run_folder_is_refused() {
     drop(held);
     assert_eq!(train(&cfg, &TrainOptions::default()).unwrap().steps, 6);
 }
+
+/// Upstream's `bitloss_type = 'sum'` (gradients d times the mean's, the logged loss per bit alike) and
+/// `twde` (weight decay along a cosine to its end value, logged each step, resumed exactly).
+#[test]
+fn bitloss_sum_and_a_weight_decay_schedule_as_upstream_has_them() {
+    use infinity_trainer::train::config::BitLoss;
+    use infinity_trainer::train::Setup;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, set: &dyn Fn(&mut TrainConfig)| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        (c.run.steps, c.optim.clip, c.sample.every, c.checkpoint.every) = (5, 0.0, 0, 100);
+        set(&mut c);
+        (train(&c, &TrainOptions::default()).unwrap(), c)
+    };
+    let metrics = |c: &TrainConfig| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (_, mean) = run("mean", &|_| {});
+    let (_, sum) = run("sum", &|c| c.loss.bitloss = BitLoss::Sum);
+    let d = Setup::open(&mean).unwrap().mc.d as f64;
+    let (a, b) = (&metrics(&mean)[0], &metrics(&sum)[0]);
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    assert!((f(a, "loss") - f(b, "loss")).abs() <= 1e-6 * f(a, "loss"), "the loss is logged per bit: {a} {b}");
+    let ratio = f(b, "grad_norm") / f(a, "grad_norm");
+    assert!((ratio - d).abs() <= 1e-4 * d, "gradient norm ratio {ratio}, d = {d}");
+    assert!(a.get("weight_decay").is_none(), "a constant weight decay is not logged: {a}");
+
+    let scheduled = |c: &mut TrainConfig| {
+        (c.optim.adamw.weight_decay, c.optim.adamw.weight_decay_end) = (0.5, Some(0.0));
+    };
+    let (_, wd) = run("wd", &scheduled);
+    let logged: Vec<f64> = metrics(&wd).iter().map(|v| f(v, "weight_decay")).collect();
+    let want = [0.5, 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0, 0.25, 0.0732233, 0.0];
+    for (got, want) in logged.iter().zip(want) {
+        assert!((got - want).abs() < 1e-6, "{logged:?}");
+    }
+    let weights = |c: &TrainConfig| read(c.run.dir.join("checkpoints/step-00000005/model.safetensors"));
+    assert!(weights(&wd) != weights(&mean), "the schedule's decay changed nothing");
+    // stopped at step 2 and resumed: the same weights as the whole run
+    let split = {
+        let mut c = config(&data, tmp.path().join("split"), "class");
+        (c.run.steps, c.optim.clip, c.sample.every, c.checkpoint.every) = (5, 0.0, 0, 1);
+        scheduled(&mut c);
+        c
+    };
+    train(&split, &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    let resume = latest_checkpoint(&split.run.dir).unwrap();
+    train(&split, &TrainOptions { resume: Some(resume), ..Default::default() }).unwrap();
+    assert!(weights(&split) == weights(&wd), "resumed under a weight decay schedule: weights differ");
+
+    let path = tmp.path().join("c.toml");
+    std::fs::write(&path, toml::to_string(&mean).unwrap()).unwrap();
+    let refused = |set: &str| format!("{:#}", TrainConfig::load(&path, &[set.to_string()]).unwrap_err());
+    let e = refused("optim.adamw.weight_decay_end=-1");
+    assert!(e.contains("optim.adamw.weight_decay_end must be a finite number ≥ 0"), "{e}");
+    let e = refused("loss.bitloss=max");
+    assert!(e.contains("bitloss") && e.contains("mean") && e.contains("sum"), "{e}");
+}

@@ -364,6 +364,34 @@ pub struct LossSection {
     pub reweight_by_scale: bool,
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Upstream's `bitloss_type`: a token's loss is the mean of its `d` bits' (`mean`, the default) or
+    /// their sum (`sum`: gradients `d` times larger, so `optim.clip` bites sooner). The logged losses
+    /// are per bit either way.
+    #[serde(default, skip_serializing_if = "BitLoss::is_mean")]
+    pub bitloss: BitLoss,
+}
+
+/// How a token's `d` bit losses make its loss (`loss.bitloss`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BitLoss {
+    #[default]
+    Mean,
+    Sum,
+}
+
+impl BitLoss {
+    fn is_mean(&self) -> bool {
+        *self == BitLoss::Mean
+    }
+
+    /// The factor on the per-bit mean that the objective takes, for `d` bits per token.
+    pub fn scale(&self, d: usize) -> f64 {
+        match self {
+            BitLoss::Mean => 1.0,
+            BitLoss::Sum => d as f64,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

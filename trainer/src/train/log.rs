@@ -29,6 +29,9 @@ pub struct StepMetrics {
     pub bit_acc: f64,
     pub token_acc: f64,
     pub lr: f64,
+    /// The weight decay of the step, where it changes over the run (`optim.adamw.weight_decay_end`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub samples_per_s: f64,

@@ -223,8 +223,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // (a dataset of bits alone self-corrects on the host: its stored bits are the labels)
         let on_device = compute.self_corrects() && manifest.latent.is_some();
         // (every micro-batch holds `micro_batch` samples)
-        let weights: Vec<f64> =
-            token_weights(micro_batch, &scales, cfg.loss.reweight_by_scale).iter().map(|w| w / accum as f64).collect();
+        // (bitloss = "sum": each token's weight times d, its loss and gradient a sum over its bits)
+        let bits = cfg.loss.bitloss.scale(mc.d);
+        let weights: Vec<f64> = token_weights(micro_batch, &scales, cfg.loss.reweight_by_scale)
+            .iter()
+            .map(|w| w * bits / accum as f64)
+            .collect();
         let draws = Draws::training(cfg, &mc, state.step);
         let (mut loss, mut bit_acc, mut per_scale) = (0.0, 0.0, Vec::new());
         for micro in 0..accum {
@@ -236,7 +240,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let device_bsc = on_device.then_some(((&mb.latents[..], &mb.keys[..]), (draws.p_max, draws.apply_layers)));
             let last = (micro + 1 == accum).then_some(&mut dist);
             let ce = compute.micro_step((&mc, &lay), &params, &inp, device_bsc, &mut acts, &mut grads, last)?;
-            loss += ce.loss;
+            loss += ce.loss / bits; // (logged per bit)
             bit_acc += ce.correct_bits.iter().map(|&c| c as f64).sum::<f64>()
                 / (ce.correct_bits.len() * mc.d) as f64
                 / accum as f64;
@@ -260,6 +264,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
         let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, cfg.optim.clip)?;
         let lr = schedule.lr(state.step, cfg.run.steps);
+        // (upstream's twde: a weight decay that changes over the run, where one is set)
+        let adamw = &cfg.optim.adamw;
+        let weight_decay = adamw.weight_decay_end.map(|_| adamw.weight_decay_at(state.step, cfg.run.steps));
         let finite = means.loss.is_finite() && grad_norm.is_finite();
         let spike = match state.spike_window.as_mut() {
             Some(w) if finite => w.judge(&spike_limits, (means.loss, bucket), grad_norm),
@@ -271,6 +278,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tracing::warn!("step {}: {why}; update skipped", state.step + 1);
         } else if finite {
             state.nonfinite_run = 0;
+            if let Some(wd) = weight_decay {
+                opt.set_weight_decay(wd);
+            }
             updater.update(&mut compute, &mut dist, &mut opt, &mut params.data, &grads.data, lr)?;
             if let Some(e) = ema.as_mut() {
                 compute.update_ema(e, &params)?;
@@ -306,6 +316,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             bit_acc: means.bit_acc,
             token_acc: means.token_acc,
             lr,
+            weight_decay,
             grad_norm,
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,

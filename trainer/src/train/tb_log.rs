@@ -134,6 +134,9 @@ pub(super) fn step_scalars(w: &mut EventWriter, m: &StepMetrics, buckets: Option
     if let Some(mfu) = m.mfu {
         w.scalar("perf/mfu", mfu, m.step)?;
     }
+    if let Some(wd) = m.weight_decay {
+        w.scalar("train/weight_decay", wd, m.step)?;
+    }
     if let Some(l) = m.loss_token_mean {
         w.scalar("train/loss_token_mean", l, m.step)?;
     }

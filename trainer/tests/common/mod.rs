@@ -92,7 +92,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             spike_window: 128,
         },
         bsc: BscSection { p_max: 0.3, apply_layers: 13 },
-        loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05 },
+        loss: LossSection { reweight_by_scale: true, label_smoothing: 0.05, ..Default::default() },
         checkpoint: CheckpointSection { every: 3, keep_last: 5, ..Default::default() },
         sample: SampleSection { every: 0, n: 3, per_condition: 1, cfg: 2.0, tau: 0.7, top_p: 0.9, seed: 1 },
         dist: Default::default(),

@@ -268,6 +268,7 @@ fn allowed_values(key: &str, error: &str) -> &'static str {
         "run.precision" => " (expected \"f32\" or \"bf16\")",
         "run.device" => " (expected \"cpu\", \"cuda\" or \"auto\")",
         "dist.backend" => " (expected \"auto\", \"ring\" or \"nccl\")",
+        "loss.bitloss" => " (expected \"mean\" or \"sum\")",
         "optim.decay" | "optim.decay.kind" => " (expected kind = \"constant\", \"cosine\", \"linear\" or \"wsd\")",
         _ => "",
     }

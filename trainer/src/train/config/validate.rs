@@ -80,6 +80,9 @@ impl TrainConfig {
         if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
             bail!("optim.adamw.weight_decay must be a finite number ≥ 0, found {}", a.weight_decay);
         }
+        if let Some(end) = a.weight_decay_end.filter(|e| !(*e >= 0.0 && e.is_finite())) {
+            bail!("optim.adamw.weight_decay_end must be a finite number ≥ 0 (or left out: constant), found {end}");
+        }
         let (min_ratio, fraction) = match o.decay {
             Decay::Constant => (0.0, 1.0),
             Decay::Cosine { min_ratio } | Decay::Linear { min_ratio } => (min_ratio, 1.0),
