@@ -39,9 +39,13 @@ impl Plan {
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
     let mut p = plan_with(a, |k| std::env::var(k).ok())?;
     if let Some(mode) = a.numa_binding {
-        let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        let devices = super::ranks::local_devices(cuda_visible.as_deref(), a.nproc_per_node);
-        p.cpus = Some(super::numa::bind(mode, &devices).map_err(|e| anyhow!(e))?);
+        // (once: the command line is planned twice, and opening a GPU's device file may wake it)
+        static BOUND: std::sync::OnceLock<Result<Vec<super::numa::RankCpus>, String>> = std::sync::OnceLock::new();
+        let bound = BOUND.get_or_init(|| {
+            let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+            super::numa::bind(mode, &super::ranks::local_devices(cuda_visible.as_deref(), a.nproc_per_node))
+        });
+        p.cpus = Some(bound.clone().map_err(|e| anyhow!(e))?);
     }
     // (the command line is checked, then planned again to run: one line)
     static SAID: std::sync::Once = std::sync::Once::new();

@@ -93,8 +93,12 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         std::fs::read_to_string(ckpt.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     // the learning-rate schedule spans run.steps: the rate moves at once to where the new length puts
     // the step (a longer run jumps back up the cosine)
+    // (and so does a weight decay schedule, optim.adamw.weight_decay_end)
+    let table: Option<toml::Table> = toml::from_str(config_toml).ok();
+    let wd_end = table.as_ref().and_then(|t| t.get("optim")?.get("adamw")?.get("weight_decay_end")).is_some();
+    let schedules = if wd_end { "learning-rate and weight decay schedules are" } else { "learning-rate schedule is" };
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
-        c.push_str(" (the learning-rate schedule is recomputed for the new length from this step)");
+        c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
     if let Some(m) = model {
         let before = m.get("drop_path_rate").and_then(|v| v.as_f64()).unwrap_or(0.0);

@@ -62,7 +62,8 @@ impl RankCpus {
 }
 
 /// Each local rank's CPUs under `mode`. `cpus`: the machine's; `allowed`: those the agent may use;
-/// `near`: each rank's GPU and node; `distances(n)`: node `n`'s distance to each node, where known.
+/// `near`: each rank's GPU and node; `distances(n)`: node `n`'s `(node, distance)` to each online node,
+/// where known.
 /// A rank whose GPU's node has none of the allowed CPUs takes the nearest node that has; ranks without
 /// a known node are spread over the nodes in order, consecutive ranks together.
 pub(crate) fn plan_binding(
@@ -70,7 +71,7 @@ pub(crate) fn plan_binding(
     cpus: &[Cpu],
     allowed: &BTreeSet<usize>,
     near: &[Near],
-    distances: impl Fn(usize) -> Option<Vec<u32>>,
+    distances: impl Fn(usize) -> Option<Vec<(usize, u32)>>,
 ) -> Result<Vec<RankCpus>, String> {
     let usable: Vec<&Cpu> = cpus.iter().filter(|c| allowed.contains(&c.id)).collect();
     if usable.is_empty() {
@@ -86,8 +87,12 @@ pub(crate) fn plan_binding(
             match n {
                 Near::Gpu(g, n) if nodes.contains(n) => (*n, format!("GPU {g}'s")),
                 Near::Gpu(g, n) => {
-                    let nearest = distances(*n)
-                        .and_then(|d| nodes.iter().filter_map(|&m| Some((*d.get(m)?, m))).min().map(|(_, m)| m));
+                    let nearest = distances(*n).and_then(|d| {
+                        d.into_iter()
+                            .filter(|(m, _)| nodes.contains(m))
+                            .min_by_key(|&(m, dist)| (dist, m))
+                            .map(|(m, _)| m)
+                    });
                     match nearest {
                         Some(m) => {
                             (m, format!("the nearest to GPU {g}'s node {n}, which has none of the agent's CPUs"))
@@ -138,15 +143,21 @@ pub(crate) fn plan_binding(
 }
 
 /// Where each rank's GPU is: `devices` (each local rank's `CUDA_VISIBLE_DEVICES`, "" for none) among
-/// the GPUs the agent can open.
-fn near_of(devices: &[String], roots: &Roots) -> Vec<Near> {
-    let gpus = sysfs::visible_gpus(roots);
+/// the GPUs the agent can open; `order`: `CUDA_DEVICE_ORDER` where set. Without an NVIDIA driver the
+/// entries name no GPU (a CPU rank's are placeholders).
+fn near_of(devices: &[String], roots: &Roots, order: Option<&str>) -> Vec<Near> {
+    let Some(gpus) = sysfs::visible_gpus(roots) else { return vec![Near::NoGpu; devices.len()] };
+    // (indices count in PCI bus order; FASTEST_FIRST's may differ)
+    let by_speed = order.filter(|o| *o != "PCI_BUS_ID");
     devices
         .iter()
-        .map(|d| match (d.is_empty(), gpus.is_empty()) {
-            (true, _) => Near::NoGpu,
-            (false, true) => Near::Unknown("the NVIDIA driver lists no GPU this agent can open".into()),
-            (false, false) => match sysfs::gpu_node(d, &gpus, roots.sys) {
+        .map(|d| match (d.is_empty(), gpus.is_empty(), by_speed) {
+            (true, _, _) => Near::NoGpu,
+            (false, true, _) => Near::Unknown("the NVIDIA driver lists no GPU this agent can open".into()),
+            (false, false, Some(o)) if d.parse::<usize>().is_ok() => Near::Unknown(format!(
+                "CUDA_DEVICE_ORDER={o} may number GPU {d} otherwise than the PCI bus (set PCI_BUS_ID)"
+            )),
+            (false, false, _) => match sysfs::gpu_node(d, &gpus, roots.sys) {
                 Ok(node) => Near::Gpu(d.clone(), node),
                 Err(why) => Near::Unknown(why),
             },
@@ -159,7 +170,9 @@ pub fn bind(mode: NumaBinding, devices: &[String]) -> Result<Vec<RankCpus>, Stri
     let roots = Roots::machine();
     let cpus = sysfs::read_topology(roots.sys)?;
     let allowed = sysfs::allowed_cpus()?;
-    plan_binding(mode, &cpus, &allowed, &near_of(devices, &roots), |n| sysfs::distances(roots.sys, n))
+    let order = std::env::var("CUDA_DEVICE_ORDER").ok();
+    let near = near_of(devices, &roots, order.as_deref());
+    plan_binding(mode, &cpus, &allowed, &near, |n| sysfs::distances(roots.sys, n))
         .map_err(|e| format!("--numa-binding {e}"))
 }
 

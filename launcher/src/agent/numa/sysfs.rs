@@ -99,31 +99,42 @@ fn node_dirs(sys: &Path) -> Vec<(usize, std::path::PathBuf)> {
     nodes
 }
 
-/// The distance from node `from` to each node (`nodeN/distance`: 10 for itself), where sysfs says.
-pub(crate) fn distances(sys: &Path, from: usize) -> Option<Vec<u32>> {
-    let text = read(&sys.join(format!("devices/system/node/node{from}/distance")))?;
-    text.split_whitespace().map(|d| d.parse().ok()).collect()
+/// The distance from node `from` to each online node, as `(node, distance)` (`nodeN/distance` lists
+/// one per online node in id order, 10 for itself; ids may have gaps), where sysfs says.
+pub(crate) fn distances(sys: &Path, from: usize) -> Option<Vec<(usize, u32)>> {
+    let dir = sys.join("devices/system/node");
+    let online = parse_list(&read(&dir.join("online"))?).ok()?;
+    let text = read(&dir.join(format!("node{from}/distance")))?;
+    let d: Vec<u32> = text.split_whitespace().map(|d| d.parse().ok()).collect::<Option<_>>()?;
+    (d.len() == online.len()).then(|| online.into_iter().zip(d).collect())
 }
 
 /// The GPUs CUDA can show this process, in PCI bus order (`CUDA_DEVICE_ORDER=PCI_BUS_ID`, which the
 /// agent sets for bound ranks): the driver's list less those whose `/dev/nvidiaN` it may not open (a
 /// SLURM job's device cgroup, a container's), as CUDA leaves them out and numbers the rest from 0.
-/// Each as its bus id and UUID; empty where the driver lists none.
-pub(crate) fn visible_gpus(roots: &Roots) -> Vec<(String, Option<String>)> {
-    let Ok(dirs) = std::fs::read_dir(roots.gpus) else { return Vec::new() };
+/// Where no `/dev/nvidiaN` exists yet (no udev rule: CUDA's first use makes them), none is left out.
+/// Each as its bus id and UUID; `None` where the driver has no list (no NVIDIA driver).
+pub(crate) fn visible_gpus(roots: &Roots) -> Option<Vec<(String, Option<String>)>> {
+    let dirs = std::fs::read_dir(roots.gpus).ok()?;
+    let any_device_file = std::fs::read_dir(roots.dev).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("nvidia").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    });
     let mut gpus: Vec<(u64, String, Option<String>)> = dirs
         .flatten()
         .filter_map(|e| {
             let bus = e.file_name().to_string_lossy().into_owned();
             let info = read(&e.path().join("information")).unwrap_or_default();
             let field = |name: &str| info.lines().find_map(|l| Some(l.strip_prefix(name)?.trim().to_string()));
-            let openable =
-                field("Device Minor:").is_none_or(|minor| may_open(&roots.dev.join(format!("nvidia{minor}"))));
+            let openable = !any_device_file
+                || field("Device Minor:").is_none_or(|minor| may_open(&roots.dev.join(format!("nvidia{minor}"))));
             openable.then(|| (bus_order(&bus), bus.clone(), field("GPU UUID:")))
         })
         .collect();
     gpus.sort();
-    gpus.into_iter().map(|(_, bus, uuid)| (bus, uuid)).collect()
+    Some(gpus.into_iter().map(|(_, bus, uuid)| (bus, uuid)).collect())
 }
 
 /// Whether this process may open device `p` for reading and writing, as CUDA does.

@@ -24,6 +24,7 @@ fn machine() -> (tempfile::TempDir, PathBuf) {
         put(node.join(format!("node{n}/distance")), &format!("{dist}\n"));
     }
     put(node.join("possible"), "0-2\n");
+    put(node.join("online"), "0-2\n");
     for c in 0..16 {
         let dir = cpu.join(format!("cpu{c}"));
         put(dir.join("topology/physical_package_id"), "0\n");
@@ -113,7 +114,7 @@ fn the_topology_comes_from_sysfs() {
     // cores by their sibling lists (core_id repeats), the L3 at whichever index says level 3
     assert_eq!(cpus[9], Cpu { id: 9, node: 0, socket: 0, core: 1, l3: 0 });
     assert_eq!(cpus[12], Cpu { id: 12, node: 1, socket: 0, core: 4, l3: 4 });
-    assert_eq!(distances(&root.join("sys"), 2), Some(vec![30, 20, 10]));
+    assert_eq!(distances(&root.join("sys"), 2), Some(vec![(0, 30), (1, 20), (2, 10)]));
     assert!(read_topology(&root.join("none")).unwrap_err().contains("no sysfs CPU topology"));
 }
 
@@ -122,7 +123,7 @@ fn a_gpu_is_found_as_cuda_numbers_the_gpus_the_agent_can_open() {
     let (_d, root) = machine();
     let tree = Tree::at(&root);
     let r = tree.roots();
-    let gpus = visible_gpus(&r);
+    let gpus = visible_gpus(&r).unwrap();
     let sys = r.sys;
     assert_eq!(gpus.len(), 5);
     assert_eq!(gpus[4].0, "10000:01:00.0", "the wide domain orders last");
@@ -138,13 +139,32 @@ fn a_gpu_is_found_as_cuda_numbers_the_gpus_the_agent_can_open() {
     for i in [0, 1] {
         std::fs::remove_file(root.join(format!("dev/nvidia{i}"))).unwrap();
     }
-    let gpus = visible_gpus(&r);
+    let gpus = visible_gpus(&r).unwrap();
     assert_eq!(gpus.len(), 3);
     assert_eq!(gpu_node("0", &gpus, sys), Ok(1));
-    // without the driver's list, GPU ranks are spread, saying why
+    let devices = ["0".to_string(), "GPU-444".into(), String::new()];
+    let near = near_of(&devices, &r, None);
+    assert_eq!((&near[0], &near[2]), (&Near::Gpu("0".into(), 1), &Near::NoGpu));
+    // (GPU 4's node is unknown to sysfs: the reason names its file)
+    assert!(
+        matches!(&near[1], Near::Unknown(why) if why.ends_with("10000:01:00.0/numa_node gives no node")),
+        "{near:?}"
+    );
+    // an index under another CUDA_DEVICE_ORDER may be another GPU; a UUID is the same one
+    let by_speed = near_of(&devices[..1], &r, Some("FASTEST_FIRST"));
+    assert!(
+        matches!(&by_speed[0], Near::Unknown(why) if why.contains("CUDA_DEVICE_ORDER=FASTEST_FIRST")),
+        "{by_speed:?}"
+    );
+    assert_eq!(near_of(&["GPU-222".into()], &r, Some("FASTEST_FIRST")), [Near::Gpu("GPU-222".into(), 1)]);
+    // no device file at all (made at CUDA's first use): none is left out
+    for i in 2..5 {
+        std::fs::remove_file(root.join(format!("dev/nvidia{i}"))).unwrap();
+    }
+    assert_eq!(visible_gpus(&r).unwrap().len(), 5);
+    // without the driver's list the entries name no GPU (a CPU rank's placeholders)
     let absent = root.join("absent");
-    let none = near_of(&["0".into(), String::new()], &Roots { gpus: &absent, ..tree.roots() });
-    assert_eq!(none, [Near::Unknown("the NVIDIA driver lists no GPU this agent can open".into()), Near::NoGpu]);
+    assert_eq!(near_of(&devices[..1], &Roots { gpus: &absent, ..tree.roots() }, None), [Near::NoGpu]);
 }
 
 #[test]
@@ -205,4 +225,14 @@ fn ranks_without_a_node_with_cpus_go_to_the_nearest_or_are_spread() {
     assert_eq!(b[2].shared_by, 3);
     let e = plan_binding(NumaBinding::Node, &cpus, &BTreeSet::from([99]), &[Near::NoGpu], |_| None).unwrap_err();
     assert!(e.contains("no online CPU is in this agent's affinity"), "{e}");
+
+    // node ids with gaps (CPU nodes 0 and 8, GPU memory on 252): a distance's place is not its node
+    let node = sys.join("devices/system/node");
+    std::fs::write(node.join("online"), "0,8,252\n").unwrap();
+    std::fs::create_dir_all(node.join("node252")).unwrap();
+    std::fs::write(node.join("node252/distance"), "40 20 10\n").unwrap();
+    let two: Vec<Cpu> = [(0, 0), (1, 8)].map(|(id, node)| Cpu { id, node, socket: 0, core: id, l3: 0 }).to_vec();
+    let b =
+        plan_binding(NumaBinding::Node, &two, &all(2), &[Near::Gpu("0".into(), 252)], |n| distances(&sys, n)).unwrap();
+    assert_eq!((b[0].node, &b[0].cpus[..]), (8, &[1][..]));
 }
