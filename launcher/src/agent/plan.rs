@@ -58,8 +58,8 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
         });
     }
     if let Some(cpus) = &p.cpus {
-        static BOUND: std::sync::Once = std::sync::Once::new();
-        BOUND.call_once(|| {
+        static PRINTED: std::sync::Once = std::sync::Once::new();
+        PRINTED.call_once(|| {
             for (local, r) in cpus.iter().enumerate() {
                 let (list, n) = (super::numa::format_list(&r.cpus), r.cpus.len());
                 console_err!("[launch] local rank {local}: CPUs {list} ({n}), NUMA node {} ({})", r.node, r.why);
