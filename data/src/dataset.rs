@@ -1,10 +1,12 @@
 //! An opened dataset folder: the manifest plus every shard, memory-mapped, with a global row index
-//! (rows numbered shard after shard in manifest order).
+//! (rows numbered shard after shard in manifest order). Several folders of one layout can be joined
+//! into one ([`Dataset::join`]) for a training mix: their rows numbered folder after folder.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ShardEntry};
 use crate::reader::{Checksums, RowRef, Shard};
 
 pub struct Dataset {
@@ -13,6 +15,17 @@ pub struct Dataset {
     shards: Vec<Shard>,
     /// Global index of each shard's first row, plus the total at the end.
     row_starts: Vec<u64>,
+    /// The folders joined (one for a folder opened alone), in order.
+    parts: Vec<Part>,
+}
+
+/// One dataset folder of a joined [`Dataset`].
+pub struct Part {
+    pub dir: PathBuf,
+    /// Its own manifest (the joined dataset's lists every part's shards).
+    pub manifest: Manifest,
+    /// Its global row ids.
+    pub rows: Range<u64>,
 }
 
 impl Dataset {
@@ -52,7 +65,39 @@ impl Dataset {
             row_starts.push(row_starts.last().unwrap() + entry.rows);
             shards.push(shard);
         }
-        Ok(Dataset { dir: dir.into(), manifest, shards, row_starts })
+        let part = Part { dir: dir.into(), manifest: manifest.clone(), rows: 0..*row_starts.last().unwrap() };
+        Ok(Dataset { dir: dir.into(), manifest, shards, row_starts, parts: vec![part] })
+    }
+
+    /// The datasets of `parts` as one, their rows numbered folder after folder, for a training mix.
+    /// They must hold the same bits (`d`, schedules: a bucket is a schedule index) and columns (a batch
+    /// holds one part's rows, and the model reads the same inputs from each). The joined manifest is
+    /// the first's, listing every part's shards (part `p > 0`'s files named `p/file`), so its
+    /// fingerprint covers them all and is the first's alone for one part.
+    pub fn join(parts: Vec<Dataset>) -> Result<Dataset> {
+        let mut parts = parts.into_iter();
+        let Some(mut out) = parts.next() else {
+            return Err(DataError::Config("joining datasets: no dataset given".into()));
+        };
+        for (p, ds) in parts.enumerate().map(|(i, ds)| (i + 1, ds)) {
+            same_layout(&out, &ds)?;
+            let offset = out.num_rows();
+            out.manifest
+                .shards
+                .extend(ds.manifest.shards.iter().map(|e| ShardEntry { file: format!("{p}/{}", e.file), ..e.clone() }));
+            out.manifest.total_rows += ds.num_rows();
+            out.row_starts.pop();
+            out.row_starts.extend(ds.row_starts.iter().map(|r| r + offset));
+            out.shards.extend(ds.shards);
+            let Part { dir, manifest, rows } = ds.parts.into_iter().next().expect("an opened folder is one part");
+            out.parts.push(Part { dir, manifest, rows: rows.start + offset..rows.end + offset });
+        }
+        Ok(out)
+    }
+
+    /// The folders this dataset joins (one unless [`Dataset::join`]ed).
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
     }
 
     pub fn dir(&self) -> &Path {
@@ -62,7 +107,11 @@ impl Dataset {
     /// Shard files in the folder that the manifest does not list, which training never reads (see
     /// [`Manifest::unlisted_shards`]): worth a warning before a run.
     pub fn unlisted_shards(&self) -> Result<Vec<PathBuf>> {
-        self.manifest.unlisted_shards(&self.dir)
+        let mut out = Vec::new();
+        for part in &self.parts {
+            out.extend(part.manifest.unlisted_shards(&part.dir)?);
+        }
+        Ok(out)
     }
 
     pub fn shards(&self) -> &[Shard] {
@@ -93,8 +142,20 @@ impl Dataset {
 
     /// Global row ids per bucket, in storage order: what the sampler shuffles.
     pub fn rows_by_bucket(&self) -> Vec<Vec<u64>> {
+        self.rows_by_bucket_in(0..self.num_rows())
+    }
+
+    /// [`Dataset::rows_by_bucket`] of part `p` alone (global ids).
+    pub fn part_rows_by_bucket(&self, p: usize) -> Vec<Vec<u64>> {
+        self.rows_by_bucket_in(self.parts[p].rows.clone())
+    }
+
+    fn rows_by_bucket_in(&self, rows: Range<u64>) -> Vec<Vec<u64>> {
         let mut out = vec![Vec::new(); self.manifest.schedules.len()];
         for (s, shard) in self.shards.iter().enumerate() {
+            if self.row_starts[s] < rows.start || self.row_starts[s] >= rows.end {
+                continue; // (a part's shards are whole)
+            }
             for (i, b) in shard.buckets().enumerate() {
                 out[b as usize].push(self.row_starts[s] + i as u64);
             }
@@ -103,14 +164,59 @@ impl Dataset {
     }
 }
 
+/// Whether `b` can be joined to `a`: the same bits and columns, or an error naming both folders and
+/// what differs.
+fn same_layout(a: &Dataset, b: &Dataset) -> Result<()> {
+    let (ma, mb) = (&a.manifest, &b.manifest);
+    let differs = |what: &str, x: String, y: String| {
+        Err(DataError::Config(format!(
+            "{}: cannot be mixed with {}: {what} {y} there, {x} in the first (mixed datasets must hold the same \
+             bits and columns)",
+            b.dir.display(),
+            a.dir.display()
+        )))
+    };
+    if ma.d != mb.d {
+        return differs("d =", ma.d.to_string(), mb.d.to_string());
+    }
+    if ma.schedules != mb.schedules {
+        let names = |m: &Manifest| m.schedules.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ");
+        return differs("the scale schedules (a bucket is a schedule's index) are", names(ma), names(mb));
+    }
+    if ma.columns() != mb.columns() {
+        let names = |m: &Manifest| {
+            let fields =
+                crate::format::schema(m.columns()).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+            format!("[{}]", fields.join(", "))
+        };
+        return differs("the columns are", names(ma), names(mb));
+    }
+    let shape = |m: &Manifest| {
+        let class = m.conditions.class.as_ref().map(|c| c.num_classes);
+        let text = m.conditions.text.as_ref().map(|t| (t.width, t.dtype));
+        format!("classes {class:?}, text (width, dtype) {text:?}")
+    };
+    if shape(ma) != shape(mb) {
+        return differs("the conditions are", shape(ma), shape(mb));
+    }
+    Ok(())
+}
+
 /// A checksum of which rows each bucket holds (`rows_by_bucket`): with the seed and the global batch it
 /// fixes the order of the samples, so two datasets of one checksum are drawn in the same order.
 pub fn buckets_fingerprint(rows_by_bucket: &[Vec<u64>]) -> String {
+    parts_buckets_fingerprint(&[rows_by_bucket])
+}
+
+/// [`buckets_fingerprint`] of a joined dataset from its parts' [`Dataset::part_rows_by_bucket`] (the
+/// whole's bucket lists are theirs end to end), without the whole's lists.
+pub fn parts_buckets_fingerprint(parts: &[&[Vec<u64>]]) -> String {
     let mut h = 0u32;
-    for (b, rows) in rows_by_bucket.iter().enumerate() {
+    for b in 0..parts.first().map_or(0, |p| p.len()) {
+        let rows = || parts.iter().flat_map(move |p| p[b].iter());
         h = crc32c::crc32c_append(h, &(b as u64).to_le_bytes());
-        h = crc32c::crc32c_append(h, &(rows.len() as u64).to_le_bytes());
-        for r in rows {
+        h = crc32c::crc32c_append(h, &(rows().count() as u64).to_le_bytes());
+        for r in rows() {
             h = crc32c::crc32c_append(h, &r.to_le_bytes());
         }
     }

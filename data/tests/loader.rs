@@ -16,7 +16,16 @@ fn open(n: u64) -> (tempfile::TempDir, Arc<Dataset>) {
 }
 
 fn opts(g: usize, rank: usize, world: usize, workers: usize) -> LoaderOptions {
-    LoaderOptions { global_batch: g, seed: 42, rank, world_size: world, workers, prefetch: 2, bad_rows: BadRows::Error }
+    LoaderOptions {
+        global_batch: g,
+        seed: 42,
+        rank,
+        world_size: world,
+        workers,
+        prefetch: 2,
+        bad_rows: BadRows::Error,
+        mix_weights: None,
+    }
 }
 
 /// The ids of `steps` global batches read by all ranks of `world` (rank slices concatenated in rank

@@ -426,6 +426,23 @@ fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
     sweep_file(t, "ranks.toml", "ranks", &format!("nproc_per_node = 2\n[set]\n\"data.micro_batch\" = 4\n{axes}"));
     ok(infinity(&["sweep", "ranks.toml", "--dry-run"], t));
 
+    // a mix's datasets are checked as `infinity train` checks them, and written with absolute folders
+    let base = std::fs::read_to_string(t.join("base.toml")).unwrap();
+    std::fs::write(t.join("mixbase.toml"), format!("{base}\n[[data.mix]]\ndir = \"mixed\"\n")).unwrap();
+    let mixed = |tokenizer: &[&str]| {
+        let synth = ["data", "synth", "--out", "mixed", "--seed", "2", "--rows", "64", "--fit-rows", "64"];
+        ok(infinity(&[&synth[..], &["--budget", "demo4", "--overwrite"], tokenizer].concat(), t));
+    };
+    mixed(&[]);
+    std::fs::write(t.join("mix.toml"), "base = \"mixbase.toml\"\nout = \"mix\"\n[axes]\n\"model.num_heads\" = [2]\n")
+        .unwrap();
+    let text = refused(infinity(&["sweep", "mix.toml", "--dry-run"], t));
+    assert!(text.contains("data.mix[0].dir") && text.contains("tokenized with a different tokenizer"), "{text}");
+    mixed(&["--tokenizer", "data/tokenizer.safetensors"]);
+    ok(infinity(&["sweep", "mix.toml", "--print"], t));
+    let written = std::fs::read_to_string(t.join("mix/num-heads-2/config.toml")).unwrap();
+    assert!(written.contains(&format!("dir = {:?}", t.join("mixed"))), "{written}");
+
     // a key the config does not have is named as the sweep file's section and key, with the valid keys
     for (rest, want) in [
         ("[axes]\n\"model.embed_dims\" = [64]", "[axes] model.embed_dims: unknown key `embed_dims`, expected one of"),

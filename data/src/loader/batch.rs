@@ -18,6 +18,8 @@ pub struct Batch {
     pub epoch: u64,
     /// Schedule index into the manifest.
     pub bucket: u16,
+    /// The part of a joined dataset its rows come from (0 for one dataset).
+    pub part: u16,
     /// `[B]` sample ids.
     pub ids: Vec<u64>,
     /// `[B, L, nb]` packed bits.

@@ -1,8 +1,10 @@
 //! The training loader: a deterministic global order of bucket-homogeneous global batches (see
 //! [`plan`]), each rank reading its equal slice, optionally prefetched by background threads, with a
-//! small serialisable position for sample-exact resume (also across a change of world size).
+//! small serialisable position for sample-exact resume (also across a change of world size). A joined
+//! dataset's parts are mixed by weight ([`mix`]).
 
 pub mod batch;
+pub mod mix;
 pub mod plan;
 
 use std::collections::VecDeque;
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::Batch;
 pub use plan::EpochPlan;
 
-use crate::dataset::{buckets_fingerprint, Dataset};
+use crate::dataset::{buckets_fingerprint, parts_buckets_fingerprint, Dataset};
 use crate::error::{DataError, Result};
 
 /// What to do with a row that fails validation.
@@ -42,6 +44,9 @@ pub struct LoaderOptions {
     /// Batches each worker may have ready ahead of the consumer.
     pub prefetch: usize,
     pub bad_rows: BadRows,
+    /// Relative weights of a joined dataset's parts ([`mix`]), one per part; `None` mixes them by their
+    /// sizes (the datasets concatenated).
+    pub mix_weights: Option<Vec<f64>>,
 }
 
 impl Default for LoaderOptions {
@@ -54,6 +59,7 @@ impl Default for LoaderOptions {
             workers: 1,
             prefetch: 4,
             bad_rows: BadRows::Error,
+            mix_weights: None,
         }
     }
 }
@@ -74,12 +80,21 @@ pub struct LoaderState {
     /// builds have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<String>,
+    /// Each part's global batches per mixed epoch ([`mix::quotas`]), for a mix of several datasets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Vec<u64>>,
 }
 
 impl LoaderState {
     /// An error unless a loader of `seed`, `global_batch` and the dataset of `manifest` continues this
     /// position: each of them fixes the order of the samples (a configuration error, not bad data).
-    pub fn continues_with(&self, manifest: &crate::Manifest, seed: u64, global_batch: usize) -> Result<()> {
+    pub fn continues_with(
+        &self,
+        manifest: &crate::Manifest,
+        seed: u64,
+        global_batch: usize,
+        mix: Option<&[u64]>,
+    ) -> Result<()> {
         let mismatch = |what: &str, saved: String, now: String| {
             Err(DataError::Config(format!(
                 "cannot resume the data stream: the saved position has {what} {saved}, this run has {now} \
@@ -102,6 +117,14 @@ impl LoaderState {
         }
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
+        }
+        if self.mix.as_deref() != mix {
+            let say = |m: Option<&[u64]>| m.map_or("one dataset".into(), |q| format!("{q:?}"));
+            return mismatch(
+                "the mix's batches per epoch of each dataset (data.mix and its weights)",
+                say(self.mix.as_deref()),
+                say(mix),
+            );
         }
         Ok(())
     }
@@ -132,9 +155,29 @@ impl LoaderState {
     }
 }
 
+/// Each part's global batches per mixed epoch when `ds` joins several datasets ([`mix::quotas`] under
+/// `weights`), as [`LoaderState::mix`] records them; `None` for one dataset.
+pub fn mix_quotas(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> Result<Option<Vec<u64>>> {
+    if ds.parts().len() == 1 {
+        return Ok(None);
+    }
+    let natural: Vec<u64> = (0..ds.parts().len())
+        .map(|p| EpochPlan::batches_per_epoch(&ds.part_rows_by_bucket(p), global_batch.max(1)))
+        .collect();
+    quotas_of(ds, &natural, weights).map(Some)
+}
+
+fn quotas_of(ds: &Dataset, natural: &[u64], weights: Option<&[f64]>) -> Result<Vec<u64>> {
+    let names: Vec<String> = ds.parts().iter().map(|p| p.dir.display().to_string()).collect();
+    mix::quotas(natural, weights, &names)
+}
+
 /// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
 struct Plans {
+    /// The part's global row ids per bucket.
     rows_by_bucket: Vec<Vec<u64>>,
+    /// Global batches of one epoch of the part.
+    per_epoch: u64,
     seed: u64,
     global_batch: usize,
     /// The rank whose part of each global batch the plans keep, of `world_size`.
@@ -161,8 +204,9 @@ impl Plans {
 
 struct Shared {
     ds: Arc<Dataset>,
-    plans: Plans,
-    batches_per_epoch: u64,
+    /// Each part's own stream ([`mix`]).
+    parts: Vec<Plans>,
+    mix: mix::Mix,
     skip_bad: bool,
     /// Batches handed back by the consumer, whose buffers the next reads reuse.
     spares: Mutex<Vec<Batch>>,
@@ -171,14 +215,15 @@ struct Shared {
 impl Shared {
     /// Read absolute global batch `a` (this rank's slice).
     fn read(&self, a: u64) -> Result<Batch> {
-        let epoch = a / self.batches_per_epoch;
-        let k = (a % self.batches_per_epoch) as usize;
-        let plan = self.plans.get(epoch);
-        let (bucket, rows) = plan.rank_slice(k);
+        let (p, i) = self.mix.source(a);
+        let part = &self.parts[p];
+        let plan = part.get(i / part.per_epoch);
+        let (bucket, rows) = plan.rank_slice((i % part.per_epoch) as usize);
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
         b.global_index = a;
-        b.epoch = epoch;
+        b.epoch = a / self.mix.per_epoch();
+        b.part = p as u16;
         Ok(b)
     }
 }
@@ -198,8 +243,8 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader over `ds`, starting at `resume` if given (which must come from the same dataset, seed and
-    /// global batch size) or at the very beginning.
+    /// A loader over `ds` (its parts mixed by `opts.mix_weights`), starting at `resume` if given (which
+    /// must come from the same dataset, seed, global batch size and mix) or at the very beginning.
     pub fn new(ds: Arc<Dataset>, opts: LoaderOptions, resume: Option<LoaderState>) -> Result<Loader> {
         let LoaderOptions { global_batch: g, world_size: w, rank, .. } = opts;
         if g == 0 || w == 0 || g % w != 0 || rank >= w {
@@ -207,20 +252,36 @@ impl Loader {
                 "loader: global batch {g} must be a positive multiple of world size {w}, and rank {rank} < {w}"
             )));
         }
-        let rows_by_bucket = ds.rows_by_bucket();
-        let per_epoch = EpochPlan::batches_per_epoch(&rows_by_bucket, g);
-        if per_epoch == 0 {
-            let largest = rows_by_bucket.iter().map(Vec::len).max().unwrap_or(0);
+        let parts: Vec<Plans> = (0..ds.parts().len())
+            .map(|p| {
+                let rows_by_bucket = ds.part_rows_by_bucket(p);
+                Plans {
+                    per_epoch: EpochPlan::batches_per_epoch(&rows_by_bucket, g),
+                    rows_by_bucket,
+                    seed: mix::part_seed(opts.seed, p),
+                    global_batch: g,
+                    rank,
+                    world_size: w,
+                    cache: Mutex::new(VecDeque::new()),
+                }
+            })
+            .collect();
+        if parts.iter().all(|p| p.per_epoch == 0) {
+            let largest = parts.iter().flat_map(|p| p.rows_by_bucket.iter().map(Vec::len)).max().unwrap_or(0);
             return Err(DataError::Config(format!(
                 "loader: {}: no bucket has a full global batch of {g} rows (largest bucket: {largest} rows)",
-                ds.dir().display()
+                ds.parts().iter().map(|p| p.dir.display().to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
-        let (dataset, buckets) = (ds.manifest.fingerprint(), Some(buckets_fingerprint(&rows_by_bucket)));
+        let natural: Vec<u64> = parts.iter().map(|p| p.per_epoch).collect();
+        let quotas = quotas_of(&ds, &natural, opts.mix_weights.as_deref())?;
+        let mixed = (quotas.len() > 1).then(|| quotas.clone());
+        let part_rows: Vec<&[Vec<u64>]> = parts.iter().map(|p| &p.rows_by_bucket[..]).collect();
+        let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&part_rows)));
         let state = match resume {
-            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets },
+            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets, mix: mixed },
             Some(mut s) => {
-                s.continues_with(&ds.manifest, opts.seed, g)?;
+                s.continues_with(&ds.manifest, opts.seed, g, mixed.as_deref())?;
                 // (an earlier build's form, from now on this one's)
                 (s.dataset, s.buckets) = (dataset, buckets);
                 s
@@ -228,15 +289,8 @@ impl Loader {
         };
         let shared = Arc::new(Shared {
             ds,
-            plans: Plans {
-                rows_by_bucket,
-                seed: opts.seed,
-                global_batch: g,
-                rank,
-                world_size: w,
-                cache: Mutex::new(VecDeque::new()),
-            },
-            batches_per_epoch: per_epoch,
+            parts,
+            mix: mix::Mix::new(quotas, opts.seed),
             skip_bad: opts.bad_rows == BadRows::Skip,
             spares: Mutex::new(Vec::new()),
         });
@@ -278,13 +332,14 @@ impl Loader {
         self.state.clone()
     }
 
+    /// Global batches per (mixed) epoch.
     pub fn batches_per_epoch(&self) -> u64 {
-        self.shared.batches_per_epoch
+        self.shared.mix.per_epoch()
     }
 
-    /// Rows per epoch that do not fill a global batch of their bucket.
+    /// Rows per epoch of each part that do not fill a global batch of their bucket.
     pub fn rows_left_over_per_epoch(&self) -> u64 {
-        EpochPlan::rows_left_over(&self.shared.plans.rows_by_bucket, self.state.global_batch)
+        self.shared.parts.iter().map(|p| EpochPlan::rows_left_over(&p.rows_by_bucket, self.state.global_batch)).sum()
     }
 
     pub fn dataset(&self) -> &Dataset {

@@ -76,9 +76,14 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
 
 /// Write `n` random rows into `dir` with small shards and batches; returns the rows and the manifest.
 pub fn write_random(dir: &Path, n: u64, seed: u64) -> (Vec<RowData>, Manifest) {
+    write_random_from(dir, n, seed, 1000)
+}
+
+/// [`write_random`] with ids from `first_id` on.
+pub fn write_random_from(dir: &Path, n: u64, seed: u64, first_id: u64) -> (Vec<RowData>, Manifest) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let m = manifest();
-    let rows: Vec<RowData> = (0..n).map(|id| random_row(&m, 1000 + id, &mut rng)).collect();
+    let rows: Vec<RowData> = (0..n).map(|id| random_row(&m, first_id + id, &mut rng)).collect();
     let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: true };
     let mut w = DatasetWriter::create(dir, m, opts).unwrap();
     for r in &rows {

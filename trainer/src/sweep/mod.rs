@@ -240,6 +240,9 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let absolute =
             |p: &Path| std::path::absolute(p).with_context(|| format!("run {name}: resolving {}", p.display()));
         config.data.dir = absolute(&config.data.dir)?;
+        for m in &mut config.data.mix {
+            m.dir = absolute(&m.dir)?;
+        }
         config.val.dir = config.val.dir.as_deref().map(absolute).transpose()?;
         config.model.init_from = config.model.init_from.as_deref().map(absolute).transpose()?;
         let m = Manifest::load(&config.data.dir)
@@ -260,13 +263,25 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                         config.data.dir.join("tokenizer.safetensors").display()
                     )
                 })?;
-                crate::train::val::compatible(&m, &config.data.dir, &vm, val).with_context(|| format!("run {name}"))?;
+                crate::train::val::compatible(&m, &config.data.dir, (&vm, val), "val.dir")
+                    .with_context(|| format!("run {name}"))?;
                 crate::train::check_schedules_fit(&mc, &vm)
                     .with_context(|| format!("run {name}: val.dir {}", val.display()))?;
                 checked_val.push((config.data.dir.clone(), val.clone()));
             }
         }
-        let mix = TokenMix::of(&mc, &m, config.data.global_batch);
+        // (a mix's datasets, as `infinity train` checks them before its first step)
+        let mut parts = vec![m.clone()];
+        for (key, dir) in config.data.dirs().skip(1) {
+            let pm = Manifest::load(dir).with_context(|| format!("run {name}: {key} {}", dir.display()))?;
+            crate::train::val::compatible(&m, &config.data.dir, (&pm, dir), &key)
+                .with_context(|| format!("run {name}"))?;
+            parts.push(pm);
+        }
+        let manifests: Vec<&Manifest> = parts.iter().collect();
+        let weights = config.data.mix_weights();
+        let mix = TokenMix::of_mix(&mc, &manifests, weights.as_deref(), config.data.global_batch)
+            .with_context(|| format!("run {name}"))?;
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
         if let Some(budget) = budget {

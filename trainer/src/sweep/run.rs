@@ -130,13 +130,21 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
     Ok(())
 }
 
-/// A config's text with its paths (`run.dir`, `data.dir`, `val.dir`, `model.init_from`) made absolute
+/// A config's text with its paths (`run.dir`, `data.dir`, `data.mix[i].dir`, `val.dir`, `model.init_from`) made absolute
 /// against the working folder, as [`plan`](super::plan) writes them.
 pub(super) fn with_absolute_paths(text: &str) -> Result<String> {
     let mut t: toml::Table = text.parse()?;
     for (section, key) in [("run", "dir"), ("data", "dir"), ("val", "dir"), ("model", "init_from")] {
         if let Some(toml::Value::String(p)) = t.get_mut(section).and_then(|s| s.get_mut(key)) {
             *p = std::path::absolute(&*p)?.display().to_string();
+        }
+    }
+    // (and each `[[data.mix]]` dataset's)
+    if let Some(toml::Value::Array(mix)) = t.get_mut("data").and_then(|s| s.get_mut("mix")) {
+        for p in mix.iter_mut().filter_map(|m| m.get_mut("dir")) {
+            if let toml::Value::String(p) = p {
+                *p = std::path::absolute(&*p)?.display().to_string();
+            }
         }
     }
     Ok(toml::to_string(&t)?)

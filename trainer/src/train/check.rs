@@ -49,7 +49,7 @@ pub fn check_with(
     };
     out.push(format!(
         "dataset {}: {} in {} (checksums verified), d = {}{patches}, {}, {mean_tokens:.0} tokens per sample",
-        cfg.data.dir.display(),
+        cfg.data.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + "),
         plural(ds.num_rows() as usize, "row"),
         plural(m.shards.len(), "shard"),
         m.d,
@@ -58,31 +58,39 @@ pub fn check_with(
     // one pass over the rows: the ones the loader would refuse (or the step, for a non-finite value)
     // stop the run at whatever step first draws them, so they fail the check as they would the run;
     // a bucket smaller than a global batch is never drawn (warned of below), so its rows cannot
-    let mut bucket_rows = vec![0u64; m.schedules.len()];
-    for (b, n) in m.shards.iter().flat_map(|s| s.bucket_rows.iter().enumerate()) {
-        bucket_rows[b] += n;
-    }
-    let drawn: Vec<bool> = bucket_rows.iter().map(|&n| n >= cfg.data.global_batch as u64).collect();
-    let mut bad = BadRows::default();
-    // a repeated id (a shard copied under another name) trains twice, with the same flips and drops
-    let mut ids = std::collections::HashSet::new();
+    // a repeated id (a shard copied under another name) trains twice, with the same flips and drops;
+    // (ids are a dataset's own: mixed datasets may share them)
     let mut repeated = Vec::new();
-    for g in 0..ds.num_rows() {
-        let row = ds.row(g);
-        if !ids.insert(row.id) {
-            repeated.push(row.id);
+    for (((p, part), &quota), (key, dir)) in ds.parts().iter().enumerate().zip(&mix.quotas).zip(cfg.data.dirs()) {
+        let mut bad = BadRows::default();
+        let mut bucket_rows = vec![0u64; m.schedules.len()];
+        for (b, n) in part.manifest.shards.iter().flat_map(|s| s.bucket_rows.iter().enumerate()) {
+            bucket_rows[b] += n;
         }
-        if drawn[row.bucket as usize] {
-            // (in range: `Dataset::open` refuses other buckets)
-            bad.note(row_as_read(&ds, g, &mc, cfg.data.short_cap_prob > 0.0));
+        let drawn: Vec<bool> = bucket_rows.iter().map(|&n| quota > 0 && n >= cfg.data.global_batch as u64).collect();
+        let mut ids = std::collections::HashSet::new();
+        for g in part.rows.clone() {
+            let row = ds.row(g);
+            if !ids.insert(row.id) {
+                repeated.push((p, row.id));
+            }
+            if drawn[row.bucket as usize] {
+                // (in range: `Dataset::open` refuses other buckets)
+                bad.note(row_as_read(&ds, g, &mc, cfg.data.short_cap_prob > 0.0));
+            }
         }
+        bad.finish(&key, dir).map_err(unrecoverable)?;
     }
-    bad.finish("data.dir", &cfg.data.dir).map_err(unrecoverable)?;
+    out.extend(mix.mix_line(cfg, &ds));
     out.extend(unlisted.map(|w| format!("warning: {w}")));
-    if let Some(first) = repeated.first() {
+    if let Some((p, first)) = repeated.first() {
+        let within = match ds.parts().len() {
+            1 => String::new(),
+            _ => format!(" of its dataset (first in {})", ds.parts()[*p].dir.display()),
+        };
         out.push(format!(
-            "warning: {} rows repeat an earlier row's id (first: id {first}); they are drawn as often as the \
-             others, with the same self-correction flips and condition drops (`infinity data verify` names them)",
+            "warning: {} rows repeat an earlier row's id{within} (first: id {first}); they are drawn as often as \
+             the others, with the same self-correction flips and condition drops (`infinity data verify` names them)",
             repeated.len()
         ));
     }

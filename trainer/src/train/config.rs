@@ -274,6 +274,39 @@ pub struct DataSection {
     /// the long ones alone. Drawn per sample from (seed, step, sample id), as condition dropout.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub short_cap_prob: f64,
+    /// `data.dir`'s weight in a mix with `data.mix` (relative to theirs). Give every dataset of a mix a
+    /// weight, or none: then each is drawn as often as its size says (the datasets concatenated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// More datasets trained on with `data.dir`, of its bits, schedules and columns (`[[data.mix]]`
+    /// tables). A global batch is one dataset's rows (one bucket's, as ever); each dataset is drawn in
+    /// its own order, and by its weight's share of the global batches (data/src/loader/mix.rs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<MixSource>,
+}
+
+/// One more dataset of a training mix (`[[data.mix]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixSource {
+    pub dir: PathBuf,
+    /// Its weight, relative to `data.weight` and the others'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+impl DataSection {
+    /// Every training dataset's folder and the key naming it: `data.dir`, then `data.mix[i].dir`.
+    pub fn dirs(&self) -> impl Iterator<Item = (String, &PathBuf)> {
+        std::iter::once(("data.dir".to_string(), &self.dir))
+            .chain(self.mix.iter().enumerate().map(|(i, m)| (format!("data.mix[{i}].dir"), &m.dir)))
+    }
+
+    /// The weights of a mix, `data.weight` first; `None` where none is given (the datasets concatenated).
+    pub fn mix_weights(&self) -> Option<Vec<f64>> {
+        let given = std::iter::once(self.weight).chain(self.mix.iter().map(|m| m.weight));
+        given.collect::<Option<Vec<f64>>>().filter(|_| !self.mix.is_empty())
+    }
 }
 
 fn default_workers() -> usize {
@@ -461,6 +494,7 @@ impl TrainConfig {
         let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
         let mut c = self.clone();
         (c.run.dir, c.data.dir) = (abs(&c.run.dir), abs(&c.data.dir));
+        c.data.mix.iter_mut().for_each(|m| m.dir = abs(&m.dir));
         c.val.dir = c.val.dir.as_ref().map(abs);
         c.model.init_from = c.model.init_from.as_ref().map(abs);
         c

@@ -307,14 +307,22 @@ impl Dist {
 
 /// Settings a node may choose for itself: where it finds the run folder and the data (mount points
 /// differ; the data's contents are compared by fingerprint), and its loader threads. Set on every node
-/// or on none.
+/// or on none. So may the folder of each dataset of a mix, `data.mix[i].dir`.
 pub const PER_NODE: [&str; 5] = ["run.dir", "data.dir", "val.dir", "model.init_from", "data.workers"];
+
+/// Whether the change line `c` (`key: …`) is of a [`PER_NODE`] setting.
+fn is_per_node(c: &str) -> bool {
+    let key = c.split(':').next().unwrap_or("");
+    let mix_dir =
+        key.strip_prefix("data.mix[").and_then(|k| k.strip_suffix("].dir")).is_some_and(|i| i.parse::<usize>().is_ok());
+    PER_NODE.contains(&key) || mix_dir
+}
 
 /// The settings of `mine` that differ from rank 0's `leader` text, as `key: rank 0's → mine` lines:
 /// [`PER_NODE`] paths only where one side lacks them (validation runs collectives: one node cannot
 /// validate alone).
 fn differences(leader: &str, mine: &str) -> Result<Vec<String>> {
-    let per_node = |c: &String| PER_NODE.iter().any(|k| c.starts_with(&format!("{k}:"))) && !c.contains("(unset)");
+    let per_node = |c: &String| is_per_node(c) && !c.contains("(unset)");
     Ok(super::rundir::config_changes(leader, mine)?.into_iter().filter(|c| !per_node(c)).collect())
 }
 
@@ -411,6 +419,11 @@ mod tests {
         assert!(differences(leader, mounts).unwrap().is_empty());
         let other = "[data]\ndir = \"/a\"\nworkers = 2\n[optim]\nlr = 0.001\n";
         assert_eq!(differences(leader, other).unwrap(), ["optim.lr: 0.002 → 0.001", "val.dir: \"/v\" → (unset)"]);
+        // a mix's folders may differ too, its weights not
+        let mix = |dir: &str, weight: f64| format!("{leader}[[data.mix]]\ndir = \"{dir}\"\nweight = {weight}\n");
+        assert!(differences(&mix("/m", 0.5), &mix("/n", 0.5)).unwrap().is_empty());
+        assert_eq!(differences(&mix("/m", 0.5), &mix("/m", 0.2)).unwrap(), ["data.mix[0].weight: 0.5 → 0.2"]);
+        assert_eq!(differences(&mix("/m", 0.5), leader).unwrap().len(), 2, "a mix on one node alone");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -40,6 +40,12 @@ fn leaves(text: &str) -> Result<BTreeMap<String, String>> {
                     walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
                 }
             }
+            // (an array of tables, `[[data.mix]]`, key by key: `data.mix[1].dir`)
+            toml::Value::Array(a) if !a.is_empty() && a.iter().all(toml::Value::is_table) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), v, out);
+                }
+            }
             v => {
                 out.insert(prefix.to_string(), v.to_string());
             }

@@ -129,6 +129,9 @@ impl<'a> Session<'a> {
             mix.mean_tokens * cfg.data.global_batch as f64,
             mix.mean_flops * cfg.data.global_batch as f64
         );
+        if let Some(line) = mix.mix_line(cfg, &ds) {
+            console!("{line}");
+        }
         if let Some(w) = mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()) {
             console!("{w}");
         }

@@ -42,17 +42,21 @@ pub struct Setup {
 /// The warning for shard files in `data.dir` its manifest does not list (a batch of data copied in
 /// without being written into the dataset would otherwise be left out unsaid), if any.
 pub fn unlisted_warning(cfg: &TrainConfig, ds: &Dataset) -> Result<Option<String>> {
-    let unlisted = ds.unlisted_shards().with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
-    let names: Vec<String> = unlisted.iter().map(|p| p.display().to_string()).collect();
-    Ok((!names.is_empty()).then(|| {
-        format!(
-            "data.dir {}: {} shard file(s) the manifest does not list, not read: {} (write them into the dataset, \
-             or move them away)",
-            cfg.data.dir.display(),
-            names.len(),
-            names.join(", ")
-        )
-    }))
+    let mut out = Vec::new();
+    for ((key, dir), part) in cfg.data.dirs().zip(ds.parts()) {
+        let unlisted = part.manifest.unlisted_shards(&part.dir).with_context(|| format!("{key} {}", dir.display()))?;
+        let names: Vec<String> = unlisted.iter().map(|p| p.display().to_string()).collect();
+        if !names.is_empty() {
+            out.push(format!(
+                "{key} {}: {} shard file(s) the manifest does not list, not read: {} (write them into the dataset, \
+                 or move them away)",
+                dir.display(),
+                names.len(),
+                names.join(", ")
+            ));
+        }
+    }
+    Ok((!out.is_empty()).then(|| out.join("; ")))
 }
 
 impl Setup {
@@ -63,15 +67,23 @@ impl Setup {
 
     /// [`Setup::open`], hashing the shards `checksums` says (a training rank: its share).
     pub fn open_with(cfg: &TrainConfig, checksums: Checksums) -> Result<Setup> {
-        let dir = &cfg.data.dir;
-        let ds = Dataset::open(dir, checksums).with_context(|| match dir.is_relative() && !dir.exists() {
-            // (a config's relative paths are taken from the working folder, not the config's)
-            true => {
-                let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
-                format!("data.dir {} (relative to the working folder, {here})", dir.display())
+        let mut parts = Vec::new();
+        for (key, dir) in cfg.data.dirs() {
+            let ds = Dataset::open(dir, checksums).with_context(|| match dir.is_relative() && !dir.exists() {
+                // (a config's relative paths are taken from the working folder, not the config's)
+                true => {
+                    let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
+                    format!("{key} {} (relative to the working folder, {here})", dir.display())
+                }
+                false => format!("{key} {}", dir.display()),
+            })?;
+            if let Some(first) = parts.first() {
+                let first: &Dataset = first;
+                super::val::compatible(&first.manifest, first.dir(), (&ds.manifest, dir), &key)?;
             }
-            false => format!("data.dir {}", dir.display()),
-        })?;
+            parts.push(ds);
+        }
+        let ds = Dataset::join(parts).context("data.mix")?;
 
         let m = &ds.manifest;
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
@@ -94,7 +106,8 @@ impl Setup {
         if let Some(base) = cfg.model.mup() {
             crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
         }
-        let mix = TokenMix::of(&mc, m, cfg.data.global_batch);
+        let manifests: Vec<&Manifest> = ds.parts().iter().map(|p| &p.manifest).collect();
+        let mix = TokenMix::of_mix(&mc, &manifests, cfg.data.mix_weights().as_deref(), cfg.data.global_batch)?;
         Ok(Setup { ds, mc, lay, mix })
     }
 }
@@ -133,7 +146,8 @@ pub fn check_schedules_fit(mc: &ModelConfig, m: &Manifest) -> Result<()> {
 
 /// Tokens and training FLOPs per sample of a dataset's schedules, and their mean over the batches a
 /// run draws: each schedule weighted by its whole global batches per epoch (the loader's plan; the
-/// rows left over are not drawn), or by its rows where no bucket holds a batch.
+/// rows left over are not drawn), or by its rows where no bucket holds a batch. In a mix each dataset's
+/// batches count by its share of the mixed epoch.
 #[derive(Clone, Debug)]
 pub struct TokenMix {
     /// Training FLOPs per token of each schedule (the attention context differs between them).
@@ -142,35 +156,104 @@ pub struct TokenMix {
     pub mean_tokens: f64,
     /// Training FLOPs per sample, the mean over the drawn batches.
     pub mean_flops: f64,
-    /// Rows an epoch draws: each bucket's whole global batches.
+    /// Rows an epoch draws: each bucket's whole global batches (of every dataset of a mix).
     pub rows_per_epoch: u64,
-    /// `(schedule, rows)` of the buckets holding fewer rows than a global batch, which no epoch draws.
+    /// `(schedule, rows)` of the buckets holding fewer rows than a global batch, which no epoch draws
+    /// (in a mix, `schedule of dataset p` for `p > 0`, and every bucket of a dataset weighted 0).
     pub undrawn: Vec<(String, u64)>,
+    /// Global batches per (mixed) epoch of each dataset: `data.dir`'s, then `data.mix`'s.
+    pub quotas: Vec<u64>,
 }
 
 impl TokenMix {
     pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
+        Self::of_mix(mc, &[m], None, global_batch).expect("one dataset, no weights")
+    }
+
+    /// The mix of the datasets of `parts` (their manifests; the first's schedules are every one's) under
+    /// `weights` (`data.mix_weights()`).
+    pub fn of_mix(
+        mc: &ModelConfig,
+        parts: &[&Manifest],
+        weights: Option<&[f64]>,
+        global_batch: usize,
+    ) -> Result<TokenMix> {
+        let m = parts[0];
         let text_tokens = m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize);
         let scales: Vec<Vec<(usize, usize)>> = m.schedules.iter().map(|s| mc.token_scales(&s.hw())).collect();
         let flops_per_token: Vec<f64> = scales.iter().map(|s| train_flops_per_token(mc, s, text_tokens)).collect();
-        let rows: Vec<u64> = (0..m.schedules.len())
-            .map(|b| m.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum())
-            .collect();
         let g = global_batch.max(1) as u64;
-        let batches: Vec<u64> = rows.iter().map(|r| r / g).collect();
-        let rows_per_epoch = batches.iter().sum::<u64>() * g;
-        let undrawn = (0..rows.len())
-            .filter(|&b| rows[b] > 0 && batches[b] == 0)
-            .map(|b| (m.schedules[b].name.clone(), rows[b]))
+        // rows and whole global batches of each dataset's buckets
+        let rows: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|p| {
+                let per = |b: usize| p.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum();
+                (0..m.schedules.len()).map(per).collect()
+            })
             .collect();
-        let weights = if batches.iter().any(|&b| b > 0) { batches } else { rows };
-        let total = weights.iter().sum::<u64>().max(1) as f64;
-        let mean = |per_sample: &dyn Fn(usize) -> f64| {
-            (0..weights.len()).map(|b| weights[b] as f64 * per_sample(b)).sum::<f64>() / total
+        let batches: Vec<Vec<u64>> = rows.iter().map(|r| r.iter().map(|n| n / g).collect()).collect();
+        let natural: Vec<u64> = batches.iter().map(|b| b.iter().sum()).collect();
+        let names: Vec<String> = (0..parts.len()).map(|p| format!("dataset {p} of the mix")).collect();
+        let quotas = match natural.iter().any(|&n| n > 0) {
+            true => infinity_data::loader::mix::quotas(&natural, weights, &names)?,
+            false => natural.clone(),
         };
+        let named = |p: usize, b: usize| match p {
+            0 => m.schedules[b].name.clone(),
+            _ => format!("{} of dataset {p}", m.schedules[b].name),
+        };
+        let mut undrawn = Vec::new();
+        for (p, part) in rows.iter().enumerate() {
+            for (b, &n) in part.iter().enumerate() {
+                if n > 0 && (batches[p][b] == 0 || quotas[p] == 0) {
+                    undrawn.push((named(p, b), n));
+                }
+            }
+        }
+        // each bucket's expected batches per mixed epoch: a dataset's quota spread as its own epoch is
+        let mut share = vec![0.0f64; m.schedules.len()];
+        for p in 0..parts.len() {
+            for (b, slot) in share.iter_mut().enumerate() {
+                *slot += match natural[p] {
+                    0 => 0.0,
+                    n => quotas[p] as f64 * batches[p][b] as f64 / n as f64,
+                };
+            }
+        }
+        if share.iter().all(|&x| x == 0.0) {
+            // (no bucket holds a batch: weighted by rows, for the estimate alone)
+            share = (0..m.schedules.len()).map(|b| rows.iter().map(|r| r[b] as f64).sum()).collect();
+        }
+        let rows_per_epoch = quotas.iter().sum::<u64>() * g;
+        let total = share.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let mean =
+            |per_sample: &dyn Fn(usize) -> f64| (0..share.len()).map(|b| share[b] * per_sample(b)).sum::<f64>() / total;
         let tokens = |b: usize| infinity_kernels::bsq::num_tokens(&scales[b]) as f64;
         let mean_flops = mean(&|b| tokens(b) * flops_per_token[b]);
-        TokenMix { mean_tokens: mean(&tokens), mean_flops, flops_per_token, rows_per_epoch, undrawn }
+        Ok(TokenMix { mean_tokens: mean(&tokens), mean_flops, flops_per_token, rows_per_epoch, undrawn, quotas })
+    }
+
+    /// The line saying how a mix draws its datasets (`data.dir` and `data.mix`), where there is one.
+    pub fn mix_line(&self, cfg: &TrainConfig, ds: &Dataset) -> Option<String> {
+        if self.quotas.len() < 2 {
+            return None;
+        }
+        let total = self.quotas.iter().sum::<u64>().max(1) as f64;
+        let parts: Vec<String> = cfg
+            .data
+            .dirs()
+            .zip(ds.parts())
+            .zip(&self.quotas)
+            .map(|(((key, dir), part), &q)| {
+                let rows = part.rows.end - part.rows.start;
+                format!("{key} {} ({rows} rows): {:.1} % of the batches", dir.display(), 100.0 * q as f64 / total)
+            })
+            .collect();
+        let how = match cfg.data.mix_weights() {
+            Some(_) => "by weight",
+            None => "by size",
+        };
+        Some(format!("data mix ({how}, {} global batches an epoch): {}", total as u64, parts.join("; ")))
     }
 
     /// A warning naming the buckets no epoch draws (fewer rows than a global batch), if any.
@@ -199,6 +282,7 @@ pub(crate) fn loader_options(cfg: &TrainConfig, rank: usize, world: usize) -> Lo
         workers: cfg.data.workers,
         prefetch: 2,
         bad_rows: BadRows::Error,
+        mix_weights: cfg.data.mix_weights(),
     }
 }
 
@@ -327,11 +411,16 @@ pub(crate) fn continue_position(
         warning = Some(format!(
             "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
              ({} batches drawn): {order}",
-            cfg.data.dir.display(),
+            cfg.data.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + "),
             position.batches_done
         ));
     }
-    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch)?;
+    let mix = infinity_data::loader::mix_quotas(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
+    if warning.is_some() {
+        // (the mended data's batches per epoch: the order changes as the warning says)
+        position.mix = mix.clone();
+    }
+    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_deref())?;
     Ok(warning)
 }
 

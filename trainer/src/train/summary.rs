@@ -225,7 +225,7 @@ pub(super) fn derived_record(
     (accum, micro_batch, world): (usize, usize, usize),
 ) -> serde_json::Value {
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
-    json!({
+    let mut record = json!({
         "parameters": numel,
         "model": mc,
         "grad_accumulation": accum,
@@ -236,5 +236,28 @@ pub(super) fn derived_record(
         "train_flops_per_token": mix.flops_per_token,
         "train_flops_per_step_mean": mix.mean_flops * cfg.data.global_batch as f64,
         "dataset": { "dir": data_dir, "rows": ds.num_rows(), "fingerprint": ds.manifest.fingerprint() },
-    })
+    });
+    if ds.parts().len() > 1 {
+        record["mix"] = mix_record(cfg, ds, mix);
+    }
+    record
+}
+
+/// Each dataset of a mix: its folder, rows, weight and global batches per epoch.
+fn mix_record(cfg: &TrainConfig, ds: &Dataset, mix: &TokenMix) -> serde_json::Value {
+    let weights = cfg.data.mix_weights();
+    let parts: Vec<serde_json::Value> = ds
+        .parts()
+        .iter()
+        .enumerate()
+        .map(|(p, part)| {
+            json!({
+                "dir": std::path::absolute(&part.dir).unwrap_or_else(|_| part.dir.clone()),
+                "rows": part.rows.end - part.rows.start,
+                "weight": weights.as_ref().map(|w| w[p]),
+                "batches_per_epoch": mix.quotas[p],
+            })
+        })
+        .collect();
+    serde_json::Value::Array(parts)
 }

@@ -50,7 +50,7 @@ impl Validator {
     pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset, micro_batch: usize) -> Result<Option<Validator>> {
         let Some(dir) = &cfg.val.dir else { return Ok(None) };
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
-        compatible(&train.manifest, train.dir(), &ds.manifest, dir)?;
+        compatible(&train.manifest, train.dir(), (&ds.manifest, dir), "val.dir")?;
         super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
         // the first `max_rows` rows, grouped by bucket, in micro-batches; checked now, as the loader and
         // the step would check them, since the first evaluation comes steps (and a checkpoint) later
@@ -124,16 +124,17 @@ impl Validator {
     }
 }
 
-/// The validation dataset must carry the same bits (d, tokenizer) and conditions as the training one.
+/// The validation dataset (or one mixed in, `key` naming its setting) must carry the same bits (d,
+/// tokenizer) and conditions as the training one.
 pub(crate) fn compatible(
     train: &Manifest,
     train_dir: &std::path::Path,
-    val: &Manifest,
-    val_dir: &std::path::Path,
+    (val, val_dir): (&Manifest, &std::path::Path),
+    key: &str,
 ) -> Result<()> {
     let name = |p: &std::path::Path| p.display().to_string();
     if train.d != val.d {
-        bail!("val.dir {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
+        bail!("{key} {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
     }
     // the conditions the model's shape depends on: its class embedding and text projection
     let shape = |m: &Manifest| {
@@ -147,7 +148,7 @@ pub(crate) fn compatible(
     };
     if shape(train) != shape(val) {
         bail!(
-            "val.dir {}: its conditions ({}) differ from the training data's ({})",
+            "{key} {}: its conditions ({}) differ from the training data's ({})",
             name(val_dir),
             words(val),
             words(train)
@@ -158,7 +159,7 @@ pub(crate) fn compatible(
         // (an unnamed side has no names to zip)
         if let Some(i) = t.names.iter().zip(&v.names).position(|(a, b)| a != b) {
             bail!(
-                "val.dir {}: class {i} is `{}` there and `{}` in the training data (class ids must name the same \
+                "{key} {}: class {i} is `{}` there and `{}` in the training data (class ids must name the same \
                  classes)",
                 name(val_dir),
                 v.names[i],
@@ -168,7 +169,7 @@ pub(crate) fn compatible(
     }
     if train.tokenizer.name != val.tokenizer.name {
         bail!(
-            "val.dir {}: tokenizer `{}`, the training data's is `{}`",
+            "{key} {}: tokenizer `{}`, the training data's is `{}`",
             name(val_dir),
             val.tokenizer.name,
             train.tokenizer.name
@@ -176,7 +177,7 @@ pub(crate) fn compatible(
     }
     if !same_tokenizer((train_dir, train), (val_dir, val))? {
         bail!(
-            "val.dir {}: tokenized with a different tokenizer than the training data (make it with \
+            "{key} {}: tokenized with a different tokenizer than the training data (make it with \
              `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`)",
             name(val_dir)
         );
@@ -206,7 +207,9 @@ mod tests {
         let text = manifest(serde_json::json!({
             "text": { "width": 2048, "dtype": "bf16", "max_tokens": 512, "encoder": "flan-t5-xl" }
         }));
-        let check = |train: &Manifest, val: &Manifest| super::compatible(train, Path::new("t"), val, Path::new("v"));
+        let check = |train: &Manifest, val: &Manifest| {
+            super::compatible(train, Path::new("t"), (val, Path::new("v")), "val.dir")
+        };
         assert_eq!(
             check(&classes(24), &classes(2)).unwrap_err().to_string(),
             "val.dir v: its conditions (2 classes, no text condition) differ from the training data's (24 classes, \

@@ -77,6 +77,8 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             micro_batch: MicroBatchSize::Samples(8),
             workers: 1,
             short_cap_prob: 0.0,
+            weight: None,
+            mix: Vec::new(),
         },
         optim: OptimSection {
             lr: Some(3e-3),

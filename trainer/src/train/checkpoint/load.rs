@@ -345,6 +345,7 @@ mod tests {
             batches_done: 3,
             dataset: "d".into(),
             buckets: None,
+            mix: None,
         };
         let state = TrainState { step: 3, ..TrainState::fresh(loader) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };

@@ -30,8 +30,9 @@ impl TrainConfig {
         }
         // a run writes checkpoints/, tb/ and its logs into run.dir: never into a dataset
         let same = |a: &Path, b: &Path| where_it_leads(a).is_some_and(|a| Some(a) == where_it_leads(b));
-        for (key, dir) in [("data.dir", Some(&self.data.dir)), ("val.dir", self.val.dir.as_ref())] {
-            if dir.is_some_and(|dir| same(&self.run.dir, dir)) {
+        let dirs = self.data.dirs().chain(self.val.dir.as_ref().map(|d| ("val.dir".to_string(), d)));
+        for (key, dir) in dirs {
+            if same(&self.run.dir, dir) {
                 bail!(
                     "run.dir and {key} are one folder ({}): give the run a folder of its own",
                     self.run.dir.display()
@@ -120,6 +121,7 @@ impl TrainConfig {
         if let Some(p) = self.val.p_max.filter(|p| !(0.0..1.0).contains(p)) {
             bail!("val.p_max must be in [0, 1), found {p}");
         }
+        self.check_mix()?;
         if !(0.0..=1.0).contains(&self.data.short_cap_prob) {
             bail!("data.short_cap_prob must be in [0, 1], found {}", self.data.short_cap_prob);
         }
@@ -188,6 +190,48 @@ impl TrainConfig {
             (Some(0), _) => bail!("model.mup_base_heads must be at least 1"),
             (Some(_), None) => bail!("model.mup_base_heads needs model.mup_base_width (μP's base model)"),
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// `data.weight` and `data.mix`: a weight for every dataset or none, each finite and ≥ 0, one
+    /// positive; no folder twice.
+    fn check_mix(&self) -> Result<()> {
+        let d = &self.data;
+        if d.mix.is_empty() {
+            if let Some(w) = d.weight {
+                bail!("data.weight ({w}) weighs data.dir in a mix, but data.mix names no other dataset");
+            }
+            return Ok(());
+        }
+        let keys =
+            std::iter::once("data.weight".to_string()).chain((0..d.mix.len()).map(|i| format!("data.mix[{i}].weight")));
+        let weights: Vec<(String, Option<f64>)> =
+            keys.zip(std::iter::once(d.weight).chain(d.mix.iter().map(|m| m.weight))).collect();
+        if let (Some((given, _)), Some((missing, _))) =
+            (weights.iter().find(|(_, w)| w.is_some()), weights.iter().find(|(_, w)| w.is_none()))
+        {
+            bail!(
+                "{missing} is not set, but {given} is: give every dataset of the mix a weight, or none (each is then \
+                 drawn by its size)"
+            );
+        }
+        for (key, w) in weights.iter().filter_map(|(k, w)| w.map(|w| (k, w))) {
+            if !(w.is_finite() && w >= 0.0) {
+                bail!("{key} must be a finite weight ≥ 0, found {w}");
+            }
+        }
+        if weights.iter().all(|(_, w)| w.is_some_and(|w| w == 0.0)) {
+            bail!("data.weight and data.mix[*].weight are all 0: give one dataset a positive weight");
+        }
+        let dirs: Vec<(String, &PathBuf)> = d.dirs().collect();
+        for (i, (key, dir)) in dirs.iter().enumerate() {
+            let leads = where_it_leads(dir);
+            if let Some((first, _)) =
+                dirs[..i].iter().find(|(_, other)| leads.is_some() && where_it_leads(other) == leads)
+            {
+                bail!("{key} names the folder {first} names ({}): weigh a dataset once", dir.display());
+            }
         }
         Ok(())
     }

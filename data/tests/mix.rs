@@ -1,0 +1,148 @@
+//! Mixing joined datasets: each part drawn by its weight, in its own order, resumable across world
+//! sizes; parts of other layouts and a changed mix refused.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use infinity_data::loader::{mix_quotas, BadRows, Batch, Loader, LoaderOptions, LoaderState};
+use infinity_data::{Checksums, Dataset};
+
+/// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
+fn two_parts() -> (Vec<tempfile::TempDir>, Dataset, Dataset) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_random_from(a.path(), 160, 7, 1000);
+    common::write_random_from(b.path(), 48, 8, 5000);
+    let open = |d: &tempfile::TempDir| Dataset::open(d.path(), Checksums::Verify).unwrap();
+    let (da, db) = (open(&a), open(&b));
+    (vec![a, b], da, db)
+}
+
+fn opts(rank: usize, world: usize, workers: usize, weights: Option<Vec<f64>>) -> LoaderOptions {
+    LoaderOptions {
+        global_batch: 8,
+        seed: 42,
+        rank,
+        world_size: world,
+        workers,
+        prefetch: 2,
+        bad_rows: BadRows::Error,
+        mix_weights: weights,
+    }
+}
+
+/// `steps` global batches as `(part, ids of all ranks in rank order)`, from `state` on; and the state
+/// afterwards.
+fn run(
+    ds: &Arc<Dataset>,
+    world: usize,
+    workers: usize,
+    weights: &Option<Vec<f64>>,
+    state: Option<LoaderState>,
+    steps: usize,
+) -> (Vec<(u16, Vec<u64>)>, LoaderState) {
+    let mut loaders: Vec<Loader> = (0..world)
+        .map(|r| Loader::new(ds.clone(), opts(r, world, workers, weights.clone()), state.clone()).unwrap())
+        .collect();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let parts: Vec<Batch> = loaders.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+        assert!(parts.iter().all(|p| p.part == parts[0].part && p.bucket == parts[0].bucket));
+        out.push((parts[0].part, parts.iter().flat_map(|p| p.ids.clone()).collect()));
+    }
+    (out, loaders[0].state())
+}
+
+#[test]
+fn parts_are_drawn_by_weight_each_in_its_own_order() {
+    let (_dirs, a, b) = two_parts();
+    let alone = Arc::new(Dataset::open(a.dir(), Checksums::Verify).unwrap());
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    assert_eq!(ds.num_rows(), 208);
+    assert_eq!(ds.parts().iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), [0..160, 160..208]);
+    // ~19 and ~5 batches per epoch of their own (rows left over per bucket); equal weights split the 24
+    let natural = mix_quotas(&ds, 8, None).unwrap().unwrap();
+    let weights = Some(vec![1.0, 1.0]);
+    let quotas = mix_quotas(&ds, 8, weights.as_deref()).unwrap().unwrap();
+    let per_epoch: u64 = natural.iter().sum();
+    assert_eq!(quotas.iter().sum::<u64>(), per_epoch);
+    assert!(quotas[0].abs_diff(quotas[1]) <= 1 && natural[1] < quotas[1], "{natural:?} → {quotas:?}");
+
+    let epochs = 3;
+    let (batches, state) = run(&ds, 1, 0, &weights, None, (epochs * per_epoch) as usize);
+    assert_eq!(state.mix.as_deref(), Some(&quotas[..]));
+    for e in 0..epochs as usize {
+        let window = &batches[e * per_epoch as usize..(e + 1) * per_epoch as usize];
+        let counts = [0, 1].map(|p| window.iter().filter(|(q, _)| *q == p).count() as u64);
+        assert_eq!(counts[..], quotas[..], "mixed epoch {e} gives each part its quota");
+    }
+    // every batch is its part's rows; each part goes through all its rows before any repeats
+    for (p, (lo, natural)) in [(1000u64, natural[0]), (5000, natural[1])].into_iter().enumerate() {
+        let stream: Vec<&Vec<u64>> = batches.iter().filter(|(q, _)| *q as usize == p).map(|(_, ids)| ids).collect();
+        assert!(stream.iter().flat_map(|ids| ids.iter()).all(|id| (lo..lo + 1000).contains(id)));
+        for epoch in stream.chunks(natural as usize) {
+            let mut seen = HashSet::new();
+            assert!(epoch.iter().flat_map(|ids| ids.iter()).all(|id| seen.insert(*id)), "part {p}: a row twice");
+        }
+    }
+    // part 0 is drawn in the order it has alone: adding a dataset does not reshuffle the first
+    let first: Vec<Vec<u64>> = batches.iter().filter(|(q, _)| *q == 0).map(|(_, ids)| ids.clone()).collect();
+    let mut l = Loader::new(alone, opts(0, 1, 0, None), None).unwrap();
+    let by_itself: Vec<Vec<u64>> = (0..first.len()).map(|_| l.next_batch().unwrap().ids).collect();
+    assert_eq!(first, by_itself);
+
+    // no weights: the datasets concatenated, every row once an epoch
+    let (batches, _) = run(&ds, 1, 0, &None, None, per_epoch as usize);
+    let mut seen = HashSet::new();
+    assert!(batches.iter().flat_map(|(_, ids)| ids.iter()).all(|id| seen.insert(*id)));
+    assert!(seen.len() as u64 > 208 - 2 * 2 * 8, "rows left over: at most G - 1 per bucket and part");
+}
+
+#[test]
+fn a_mix_resumes_sample_exactly_while_the_world_size_changes() {
+    let (_dirs, a, b) = two_parts();
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    let weights = Some(vec![0.3, 0.7]);
+    let (reference, _) = run(&ds, 1, 0, &weights, None, 60);
+    let mut got = Vec::new();
+    let mut state = None;
+    for (world, workers, steps) in [(1, 0, 9), (2, 2, 17), (4, 1, 13), (2, 0, 21)] {
+        let (b, s) = run(&ds, world, workers, &weights, state, steps);
+        state = Some(serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap());
+        got.extend(b);
+    }
+    assert_eq!(got, reference);
+}
+
+#[test]
+fn a_changed_mix_and_parts_of_another_layout_are_refused() {
+    let (dirs, a, b) = two_parts();
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    let (_, s) = run(&ds, 1, 0, &Some(vec![1.0, 1.0]), None, 3);
+    // (the parts' bucket lists end to end are the whole's)
+    assert_eq!(s.same_buckets(&ds), Some(true));
+    let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 2.0])), Some(s.clone())).err().unwrap().to_string();
+    assert!(e.contains("the mix's batches per epoch") && e.contains("data.mix"), "{e}");
+    // one dataset's position on a mix: the joined dataset is another one
+    let alone = Arc::new(Dataset::open(dirs[0].path(), Checksums::Verify).unwrap());
+    let e = Loader::new(alone, opts(0, 1, 0, None), Some(s)).err().unwrap().to_string();
+    assert!(e.contains("row count changed: 208 → 160"), "{e}");
+    let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0])), None).err().unwrap().to_string();
+    assert!(e.contains("mixing 2 datasets with 1 weights"), "{e}");
+
+    let open = |i: usize| Dataset::open(dirs[i].path(), Checksums::Verify).unwrap();
+    let mut other = open(1);
+    other.manifest.d += 1;
+    let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
+    let b = dirs[1].path().display().to_string();
+    assert!(e.starts_with(&format!("{b}: cannot be mixed with")) && e.contains("d = 13 there, 12 in the first"), "{e}");
+    let mut other = open(1);
+    other.manifest.schedules.pop();
+    let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
+    assert!(e.contains("the scale schedules"), "{e}");
+    let mut other = open(1);
+    other.manifest.latent = None;
+    let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
+    assert!(e.contains("the columns are [id, bucket, bits, class_label"), "{e}");
+}

@@ -1,0 +1,106 @@
+//! Training on a mix of datasets (`data.mix`): it draws every dataset, resumes bitwise, records its
+//! parts, and refuses datasets of other tokenizers, half-weighted mixes and a changed mix on resume.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use infinity_data::synth::{synth, SynthOptions};
+use infinity_data::tokenizer::TOKENIZER_FILE;
+use infinity_data::writer::WriterOptions;
+use infinity_trainer::train::check::check;
+use infinity_trainer::train::config::{MixSource, TrainConfig};
+use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
+
+/// `rows` synthetic rows of seed `seed` tokenized by `tokenizer` (fitted anew where `None`).
+fn dataset(dir: &Path, rows: u64, seed: u64, tokenizer: Option<PathBuf>) {
+    let opts = SynthOptions {
+        rows,
+        seed,
+        fit_rows: rows as usize / 2,
+        tokenizer,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(dir, &opts).unwrap();
+}
+
+/// [`common::tiny_config`] on `a` mixed with `b` at weights 1 : 3.
+fn mixed(a: &Path, b: &Path, run: PathBuf) -> TrainConfig {
+    let mut c = common::tiny_config(a, run);
+    c.data.weight = Some(1.0);
+    c.data.mix = vec![MixSource { dir: b.to_path_buf(), weight: Some(3.0) }];
+    c
+}
+
+fn weights(c: &TrainConfig) -> Vec<u8> {
+    std::fs::read(c.run.dir.join("checkpoints/step-00000006/model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    dataset(&a, 96, 0, None);
+    dataset(&b, 48, 5, Some(a.join(TOKENIZER_FILE)));
+
+    let whole = mixed(&a, &b, tmp.path().join("whole"));
+    let lines = check(&whole, 1, None, None).unwrap().join("\n");
+    assert!(lines.contains(&format!("dataset {} + {}: 144 rows", a.display(), b.display())), "{lines}");
+    assert!(lines.contains("data mix (by weight, ") && lines.contains("data.mix[0].dir"), "{lines}");
+    let s = train(&whole, &TrainOptions::default()).unwrap();
+    assert_eq!(s.steps, 6);
+    let derived: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.run.dir.join("derived.json")).unwrap()).unwrap();
+    let parts = derived["mix"].as_array().unwrap();
+    assert_eq!((parts[0]["rows"].as_u64(), parts[1]["rows"].as_u64()), (Some(96), Some(48)));
+    let quotas: Vec<u64> = parts.iter().map(|p| p["batches_per_epoch"].as_u64().unwrap()).collect();
+    assert!(quotas[1] > 2 * quotas[0], "b weighted 3 : 1 over its size: {quotas:?}");
+
+    // stopped after step 4, resumed from the checkpoint of step 3: the same weights at step 6
+    let split = mixed(&a, &b, tmp.path().join("split"));
+    train(&split, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+    train(&split, &TrainOptions { resume: Some(ckpt.clone()), ..Default::default() }).unwrap();
+    assert!(weights(&whole) == weights(&split), "a mixed run's weights differ after resume");
+
+    // the mix is trained on: `a` alone gives other weights
+    let alone = common::tiny_config(&a, tmp.path().join("alone"));
+    train(&alone, &TrainOptions::default()).unwrap();
+    assert!(weights(&alone) != weights(&whole));
+
+    // another weight is another order of the samples: refused on resume, naming the setting
+    let mut other = mixed(&a, &b, split.run.dir.clone());
+    other.data.mix[0].weight = Some(1.0);
+    let e = format!("{:#}", train(&other, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap_err());
+    assert!(e.contains("the mix's batches per epoch") && e.contains("data.mix"), "{e}");
+}
+
+#[test]
+fn mixes_of_other_tokenizers_or_half_given_weights_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    dataset(&a, 64, 0, None);
+    // (fitted on its own rows: another tokenizer's bits)
+    dataset(&b, 64, 5, None);
+    let run = tmp.path().join("run");
+    let e = format!("{:#}", check(&mixed(&a, &b, run.clone()), 1, None, None).unwrap_err());
+    assert!(e.contains(&format!("data.mix[0].dir {}: tokenized with a different tokenizer", b.display())), "{e}");
+
+    let mut half = mixed(&a, &b, run.clone());
+    half.data.weight = None;
+    let e = half.validate().unwrap_err().to_string();
+    assert!(e.starts_with("data.weight is not set, but data.mix[0].weight is"), "{e}");
+    let mut alone = common::tiny_config(&a, run.clone());
+    alone.data.weight = Some(2.0);
+    let e = alone.validate().unwrap_err().to_string();
+    assert!(e.contains("data.mix names no other dataset"), "{e}");
+    let mut twice = mixed(&a, &a, run.clone());
+    twice.data.mix[0].dir = a.join(".");
+    let e = twice.validate().unwrap_err().to_string();
+    assert!(e.starts_with("data.mix[0].dir names the folder data.dir names"), "{e}");
+    let mut negative = mixed(&a, &b, run);
+    negative.data.mix[0].weight = Some(-1.0);
+    let e = negative.validate().unwrap_err().to_string();
+    assert!(e.contains("data.mix[0].weight must be a finite weight ≥ 0, found -1"), "{e}");
+}
