@@ -165,41 +165,52 @@ impl Dataset {
 }
 
 /// Whether `b` can be joined to `a`: the same bits and columns, or an error naming both folders and
-/// what differs.
+/// what differs ([`mix_difference`]).
 fn same_layout(a: &Dataset, b: &Dataset) -> Result<()> {
-    let (ma, mb) = (&a.manifest, &b.manifest);
+    match mix_difference(&a.manifest, &b.manifest) {
+        None => Ok(()),
+        Some(what) => {
+            Err(DataError::Config(format!("{}: cannot be mixed with {}: {what}", b.dir.display(), a.dir.display())))
+        }
+    }
+}
+
+/// What keeps the dataset of manifest `b` from being mixed with the first one's, `a` (its rows read
+/// as `a`'s are: one bucket index, one set of columns, one text encoding), if anything: `d`, the
+/// schedules, the columns, the class count, the text embeddings' width, type, encoder or token bound.
+pub fn mix_difference(a: &Manifest, b: &Manifest) -> Option<String> {
     let differs = |what: &str, x: String, y: String| {
-        Err(DataError::Config(format!(
-            "{}: cannot be mixed with {}: {what} {y} there, {x} in the first (mixed datasets must hold the same \
-             bits and columns)",
-            b.dir.display(),
-            a.dir.display()
-        )))
+        Some(format!("{what} {y} there, {x} in the first (mixed datasets must hold the same bits and columns)"))
     };
-    if ma.d != mb.d {
-        return differs("d =", ma.d.to_string(), mb.d.to_string());
+    if a.d != b.d {
+        return differs("d =", a.d.to_string(), b.d.to_string());
     }
-    if ma.schedules != mb.schedules {
+    if a.schedules != b.schedules {
         let names = |m: &Manifest| m.schedules.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ");
-        return differs("the scale schedules (a bucket is a schedule's index) are", names(ma), names(mb));
+        return differs("the scale schedules (a bucket is a schedule's index) are", names(a), names(b));
     }
-    if ma.columns() != mb.columns() {
+    if a.columns() != b.columns() {
         let names = |m: &Manifest| {
             let fields =
                 crate::format::schema(m.columns()).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
             format!("[{}]", fields.join(", "))
         };
-        return differs("the columns are", names(ma), names(mb));
+        return differs("the columns are", names(a), names(b));
     }
-    let shape = |m: &Manifest| {
-        let class = m.conditions.class.as_ref().map(|c| c.num_classes);
-        let text = m.conditions.text.as_ref().map(|t| (t.width, t.dtype));
-        format!("classes {class:?}, text (width, dtype) {text:?}")
+    let class = |m: &Manifest| format!("{:?}", m.conditions.class.as_ref().map(|c| c.num_classes));
+    if class(a) != class(b) {
+        return differs("the class count is", class(a), class(b));
+    }
+    // (a caption longer than the first's bound would be a bad row at the step that drew it)
+    let text = |m: &Manifest| {
+        m.conditions.text.as_ref().map_or("none".into(), |t| {
+            format!("width {}, {:?}, by `{}`, at most {} tokens", t.width, t.dtype, t.encoder, t.max_tokens)
+        })
     };
-    if shape(ma) != shape(mb) {
-        return differs("the conditions are", shape(ma), shape(mb));
+    if text(a) != text(b) {
+        return differs("the text embeddings are", text(a), text(b));
     }
-    Ok(())
+    None
 }
 
 /// A checksum of which rows each bucket holds (`rows_by_bucket`): with the seed and the global batch it

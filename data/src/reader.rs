@@ -42,6 +42,18 @@ impl Checksums {
             whole => whole,
         }
     }
+
+    /// These checksums for a dataset whose shards follow `shards_before` others (a folder of a mix):
+    /// the shares are dealt over all of them, so many small folders do not all fall to the first ranks.
+    pub fn after(self, shards_before: usize) -> Checksums {
+        match self {
+            Checksums::Share { rank, world } => {
+                let world = world.max(1);
+                Checksums::Share { rank: (rank + world - shards_before % world) % world, world }
+            }
+            whole => whole,
+        }
+    }
 }
 
 /// The typed columns of one record batch (cheap clones of Arc'd arrays over the mapping).

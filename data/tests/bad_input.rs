@@ -75,6 +75,10 @@ fn the_ranks_of_a_group_hash_their_share_of_the_shards() {
         assert_eq!(Dataset::open(dir.path(), Checksums::Share { rank, world }).unwrap().num_rows(), 100);
     }
     assert_eq!(Checksums::Share { rank: 0, world: 1 }.for_shard(7), Checksums::Verify);
+    // a folder of a mix after 5 shards of others: its shard 1 is the 7th, rank 0's of 3 (6 mod 3)
+    let after = |rank| Checksums::Share { rank, world: 3 }.after(5).for_shard(1);
+    assert_eq!([after(0), after(1), after(2)], [Checksums::Verify, Checksums::Skip, Checksums::Skip]);
+    assert_eq!(Checksums::Verify.after(5), Checksums::Verify);
 }
 
 #[test]

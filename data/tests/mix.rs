@@ -127,7 +127,7 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     // one dataset's position on a mix: the joined dataset is another one
     let alone = Arc::new(Dataset::open(dirs[0].path(), Checksums::Verify).unwrap());
     let e = Loader::new(alone, opts(0, 1, 0, None), Some(s)).err().unwrap().to_string();
-    assert!(e.contains("row count changed: 208 → 160"), "{e}");
+    assert!(e.contains("the saved position has data.mix: a mix of 2 datasets, this run has one dataset"), "{e}");
     let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0])), None).err().unwrap().to_string();
     assert!(e.contains("mixing 2 datasets with 1 weights"), "{e}");
 
@@ -145,4 +145,8 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     other.manifest.latent = None;
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
     assert!(e.contains("the columns are [id, bucket, bits, class_label"), "{e}");
+    let mut other = open(1);
+    other.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
+    let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
+    assert!(e.contains("the text embeddings are") && e.contains("at most"), "{e}");
 }

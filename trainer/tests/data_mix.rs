@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::tokenizer::TOKENIZER_FILE;
 use infinity_data::writer::WriterOptions;
-use infinity_trainer::train::check::check;
+use infinity_trainer::train::check::{check, check_with};
 use infinity_trainer::train::config::{MixSource, TrainConfig};
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
@@ -56,6 +56,13 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     assert_eq!((parts[0]["rows"].as_u64(), parts[1]["rows"].as_u64()), (Some(96), Some(48)));
     let quotas: Vec<u64> = parts.iter().map(|p| p["batches_per_epoch"].as_u64().unwrap()).collect();
     assert!(quotas[1] > 2 * quotas[0], "b weighted 3 : 1 over its size: {quotas:?}");
+    // each step says which dataset it drew: both are
+    let metrics = std::fs::read_to_string(whole.run.dir.join("metrics.jsonl")).unwrap();
+    let drawn: std::collections::BTreeSet<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["dataset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), [0, 1]);
 
     // stopped after step 4, resumed from the checkpoint of step 3: the same weights at step 6
     let split = mixed(&a, &b, tmp.path().join("split"));
@@ -74,6 +81,26 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     other.data.mix[0].weight = Some(1.0);
     let e = format!("{:#}", train(&other, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap_err());
     assert!(e.contains("the mix's batches per epoch") && e.contains("data.mix"), "{e}");
+    // --accept-data-change takes a mended dataset of the mix, saying its batches per epoch changed with
+    // it; not another weight on the same rows
+    let accept = |cfg: &TrainConfig| {
+        let lines = check_with(cfg, 1, latest_checkpoint(&cfg.run.dir).as_deref(), None, true);
+        lines.map(|l| l.join("\n")).map_err(|e| format!("{e:#}"))
+    };
+    let e = accept(&other).unwrap_err();
+    assert!(e.contains("the mix's batches per epoch"), "{e}");
+    dataset(&b, 80, 5, Some(a.join(TOKENIZER_FILE)));
+    let mut longer = mixed(&a, &b, split.run.dir.clone());
+    longer.run.steps = 8;
+    let lines = accept(&longer).unwrap();
+    assert!(
+        lines.contains("resume: --accept-data-change: ")
+            && lines.contains("the mix's batches per epoch of each dataset change with it"),
+        "{lines}"
+    );
+    let opts =
+        TrainOptions { resume: latest_checkpoint(&split.run.dir), accept_data_change: true, ..Default::default() };
+    assert_eq!(train(&longer, &opts).unwrap().steps, 8);
 }
 
 #[test]
@@ -86,6 +113,29 @@ fn mixes_of_other_tokenizers_or_half_given_weights_are_refused() {
     let run = tmp.path().join("run");
     let e = format!("{:#}", check(&mixed(&a, &b, run.clone()), 1, None, None).unwrap_err());
     assert!(e.contains(&format!("data.mix[0].dir {}: tokenized with a different tokenizer", b.display())), "{e}");
+
+    // other schedules (another pixel budget), named by the key
+    let c = tmp.path().join("c");
+    let opts = SynthOptions {
+        rows: 64,
+        fit_rows: 32,
+        budget: "demo4".into(),
+        tokenizer: Some(a.join(TOKENIZER_FILE)),
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(&c, &opts).unwrap();
+    let e = format!("{:#}", check(&mixed(&a, &c, run.clone()), 1, None, None).unwrap_err());
+    let want =
+        format!("data.mix[0].dir {}: cannot be mixed with data.dir {}: the scale schedules", c.display(), a.display());
+    assert!(e.contains(&want), "{e}");
+    // a weight too small for one batch of an epoch
+    let d = tmp.path().join("d");
+    dataset(&d, 64, 6, Some(a.join(TOKENIZER_FILE)));
+    let mut tiny = mixed(&a, &d, run.clone());
+    tiny.data.mix[0].weight = Some(1e-4);
+    let e = format!("{:#}", check(&tiny, 1, None, None).unwrap_err());
+    assert!(e.contains(&format!("data.mix[0].dir {}: weight 0.0001 gives it none", d.display())), "{e}");
 
     let mut half = mixed(&a, &b, run.clone());
     half.data.weight = None;

@@ -37,6 +37,9 @@ pub(crate) fn part_seed(seed: u64, p: usize) -> u64 {
 /// otherwise each weight's share of their sum, rounded to whole batches by largest remainder (ties to
 /// the earlier part), so the slots still sum to `Σ natural`. `names` name the parts in errors.
 pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Result<Vec<u64>> {
+    if natural.len() > u16::MAX as usize {
+        return Err(DataError::Config(format!("mixing {} datasets: at most {} may be mixed", natural.len(), u16::MAX)));
+    }
     let Some(w) = weights else { return Ok(natural.to_vec()) };
     if w.len() != natural.len() {
         return Err(DataError::Config(format!(
@@ -65,6 +68,15 @@ pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Res
     if let Some(i) = (0..out.len()).find(|&i| out[i] > 0 && natural[i] == 0) {
         return Err(DataError::Config(format!(
             "{}: weighted {} in the mix, but none of its buckets holds a full global batch",
+            names[i], w[i]
+        )));
+    }
+    if let Some(i) = (0..out.len()).find(|&i| out[i] == 0 && w[i] > 0.0) {
+        // (its share of the N batches reaches one at w ≥ (Σ others) / (N − 1))
+        let least = (sum - w[i]) / (total.max(2) - 1) as f64;
+        return Err(DataError::Config(format!(
+            "{}: weight {} gives it none of the {total} global batches of a mixed epoch (about {least:.3} or more \
+             gives it one; 0 leaves it out)",
             names[i], w[i]
         )));
     }
@@ -162,6 +174,14 @@ mod tests {
         assert!(e(&[0.0, 0.0], &[4, 4]).contains("every weight is 0"));
         assert!(e(&[1.0], &[4, 4]).contains("2 datasets with 1 weights"));
         assert!(e(&[1.0, 1.0], &[4, 0]).contains("part 1: weighted 1 in the mix, but none of its buckets"));
+        // 101 batches: 0.001 of 1.001 is 0.1 of one; (1 / 100 = 0.01 gets one)
+        let tiny = e(&[1.0, 0.001], &[100, 1]);
+        assert!(
+            tiny.contains("part 1: weight 0.001 gives it none of the 101 global batches")
+                && tiny.contains("about 0.010"),
+            "{tiny}"
+        );
+        assert_eq!(quotas(&[100, 1], Some(&[1.0, 0.0101]), &names(2)).unwrap(), vec![100, 1]);
     }
 
     #[test]

@@ -101,6 +101,11 @@ impl LoaderState {
                  (it fixes the order of the samples: resume with the saved value, or start a new run)"
             )))
         };
+        if self.mix.as_ref().map(Vec::len) != mix.map(<[u64]>::len) {
+            // (the fingerprint differs too, but a dataset added or taken away is what the user did)
+            let say = |m: Option<usize>| m.map_or("one dataset".into(), |n| format!("a mix of {n} datasets"));
+            return mismatch("data.mix:", say(self.mix.as_ref().map(Vec::len)), say(mix.map(<[u64]>::len)));
+        }
         if !manifest.fingerprint_matches(&self.dataset) {
             // the hashes alone say nothing to a user: spell out what the fingerprint tells
             let changes = manifest.fingerprint_changes(&self.dataset).join("; ");
@@ -161,8 +166,16 @@ pub fn mix_quotas(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) ->
     if ds.parts().len() == 1 {
         return Ok(None);
     }
-    let natural: Vec<u64> = (0..ds.parts().len())
-        .map(|p| EpochPlan::batches_per_epoch(&ds.part_rows_by_bucket(p), global_batch.max(1)))
+    // (from the manifests' counts, which `Dataset::open` checked against the files: no row lists)
+    let g = global_batch.max(1) as u64;
+    let natural: Vec<u64> = ds
+        .parts()
+        .iter()
+        .map(|p| {
+            let rows =
+                |b: usize| p.manifest.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum::<u64>();
+            (0..p.manifest.schedules.len()).map(|b| rows(b) / g).sum()
+        })
         .collect();
     quotas_of(ds, &natural, weights).map(Some)
 }

@@ -154,8 +154,16 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Setting
         let own = (val_dir != "none").then(|| setting("val", key, String::new())).filter(|v| !v.is_empty());
         own.unwrap_or_else(|| setting("bsc", key, default))
     };
+    // (a mix's training loss is measured on its datasets as drawn: by their batches per epoch)
+    let dataset = match derived["mix"].as_array() {
+        Some(parts) => {
+            let quotas: Vec<String> = parts.iter().map(|p| text(&p["batches_per_epoch"])).collect();
+            format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), quotas.join(":"))
+        }
+        None => text(&derived["dataset"]["fingerprint"]),
+    };
     let mut measured = vec![
-        ("dataset", text(&derived["dataset"]["fingerprint"])),
+        ("dataset", dataset),
         ("d", text(&derived["model"]["d"])),
         ("val.max_rows", val_setting("max_rows", canonical(&(val.max_rows as i64).into()))),
         ("val.seed", val_setting("seed", canonical(&(val.seed as i64).into()))),
@@ -239,5 +247,12 @@ mod tests {
         // without validation the training loss is fitted, measured at the training's strength
         let unvalidated = settings("[val]\np_max = 0.2\n[bsc]\np_max = 0.1\n");
         assert_eq!(unvalidated.get("bsc.p_max"), "0.1");
+        // a mix is measured on its datasets as drawn: another weighting is another measurement
+        let mix = |q: u64| {
+            let parts = serde_json::json!([{ "batches_per_epoch": 26 - q }, { "batches_per_epoch": q }]);
+            read(None, &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts }))
+        };
+        assert_eq!(mix(13).get("dataset"), "f mixed 13:13");
+        assert_eq!(mix(7).differences(&mix(13)), ["dataset = f mixed 19:7 (fitted: f mixed 13:13)"]);
     }
 }

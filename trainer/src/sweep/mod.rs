@@ -139,7 +139,13 @@ fn value_text(v: &toml::Value) -> String {
 
 /// `model.preset` = tiny → `preset-tiny`; characters outside `[A-Za-z0-9.-]` become `-`.
 fn name_part(key: &str, v: &toml::Value) -> String {
-    let short = key.rsplit('.').next().unwrap_or(key);
+    // (`data.mix[0].weight`: `mix0-weight`, apart from `data.weight`)
+    let mut segments = key.rsplit('.');
+    let last = segments.next().unwrap_or(key);
+    let short = match segments.next().and_then(|s| s.strip_suffix(']')).and_then(|s| s.split_once('[')) {
+        Some((table, i)) => format!("{table}{i}-{last}"),
+        None => last.to_string(),
+    };
     let shown = match v {
         // 3e-4 and 1e30, not 0.0003 and 1000000000000000000000000000000
         toml::Value::Float(x) if *x != 0.0 && !(1e-3..1e4).contains(&x.abs()) => format!("{x:e}"),
@@ -274,14 +280,12 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let mut parts = vec![m.clone()];
         for (key, dir) in config.data.dirs().skip(1) {
             let pm = Manifest::load(dir).with_context(|| format!("run {name}: {key} {}", dir.display()))?;
-            crate::train::val::compatible(&m, &config.data.dir, (&pm, dir), &key)
+            crate::train::check_mixable((&m, &config.data.dir), (&pm, dir), &key)
                 .with_context(|| format!("run {name}"))?;
             parts.push(pm);
         }
         let manifests: Vec<&Manifest> = parts.iter().collect();
-        let weights = config.data.mix_weights();
-        let mix = TokenMix::of_mix(&mc, &manifests, weights.as_deref(), config.data.global_batch)
-            .with_context(|| format!("run {name}"))?;
+        let mix = TokenMix::of_mix(&mc, &manifests, &config).with_context(|| format!("run {name}"))?;
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
         if let Some(budget) = budget {
@@ -445,6 +449,8 @@ mod tests {
         assert_eq!(name_part("optim.lr", &toml::Value::Float(3e-4)), "lr-3e-4");
         assert_eq!(name_part("model.preset", &toml::Value::String("layer 12".into())), "preset-layer-12");
         assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");
+        assert_eq!(name_part("data.mix[0].weight", &toml::Value::Float(0.5)), "mix0-weight-0.5");
+        assert_eq!(name_part("data.weight", &toml::Value::Float(0.5)), "weight-0.5");
         assert_eq!(sh_quote("runs/a-1/config.toml"), "runs/a-1/config.toml");
         assert_eq!(sh_quote("my sweep/it's"), "'my sweep/it'\\''s'");
     }

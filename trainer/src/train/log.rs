@@ -43,6 +43,9 @@ pub struct StepMetrics {
     pub mfu: Option<f64>,
     /// The dataset bucket (schedule) the step drew: the shapes of its scales.
     pub bucket: u16,
+    /// In a mix (`data.mix`), the dataset the step drew: 0 for `data.dir`, `i + 1` for `data.mix[i]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<u16>,
     /// Per scale, by index as upstream's `L_sNN` (0-based here): with several buckets, scale `s` has
     /// the shape of each step's own bucket (the per-bucket tags separate them).
     pub scale_loss: Vec<f64>,
@@ -65,6 +68,18 @@ pub struct StepMetrics {
     pub gpu_mem_peak_gib: Option<f64>,
 }
 
+/// The names of a joined dataset's folders for TensorBoard tags: each folder's own name, with `-P`
+/// (its place in the mix) added where two share one.
+pub fn dataset_names(ds: &infinity_data::Dataset) -> Vec<String> {
+    let names: Vec<String> = ds
+        .parts()
+        .iter()
+        .map(|p| p.dir.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned()))
+        .collect();
+    let shared = |n: &String| names.iter().filter(|m| *m == n).count() > 1;
+    names.iter().enumerate().map(|(p, n)| if shared(n) { format!("{n}-{p}") } else { n.clone() }).collect()
+}
+
 pub struct Logger {
     jsonl: File,
     /// `val.jsonl`, opened at the first evaluation.
@@ -75,6 +90,8 @@ pub struct Logger {
     console: Console,
     /// The buckets' schedule names, for their own TensorBoard tags (with more than one bucket).
     buckets: Option<Vec<String>>,
+    /// A mix's datasets' names, for their own TensorBoard tags.
+    datasets: Option<Vec<String>>,
 }
 
 impl Logger {
@@ -97,13 +114,19 @@ impl Logger {
         // the preamble at once: a session that stops before its first step still records its start and config
         tb.write(None, |_| Ok(()));
         let console = Console::open(step, total, log_every);
-        Ok(Logger { jsonl, val: None, run: run.to_path_buf(), tb, console, buckets: None })
+        Ok(Logger { jsonl, val: None, run: run.to_path_buf(), tb, console, buckets: None, datasets: None })
     }
 
     /// The dataset's schedule names, by bucket: with more than one, each step's loss and accuracies are
     /// also written under `bucket/NAME/`, where every scale keeps one shape.
     pub fn bucket_names(&mut self, names: Vec<String>) {
         self.buckets = (names.len() > 1).then_some(names);
+    }
+
+    /// A mix's datasets' names (their folders' names, made unique): with more than one, each step's loss
+    /// and accuracies are also written under `dataset/NAME/`.
+    pub fn dataset_names(&mut self, names: Vec<String>) {
+        self.datasets = (names.len() > 1).then_some(names);
     }
 
     /// Each rank's host, by rank, for the straggler warnings.
@@ -118,8 +141,8 @@ impl Logger {
 
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         writeln!(self.jsonl, "{}", serde_json::to_string(m)?).context("writing metrics.jsonl")?;
-        let buckets = self.buckets.as_deref();
-        self.tb.write(Some(m.step), |w| step_scalars(w, m, buckets));
+        let (buckets, datasets) = (self.buckets.as_deref(), self.datasets.as_deref());
+        self.tb.write(Some(m.step), |w| step_scalars(w, m, (buckets, datasets)));
         self.console.step(m);
         Ok(())
     }
@@ -228,6 +251,30 @@ mod tests {
         let expected: Vec<(String, i64)> = of("0.666/demo5", 2).into_iter().chain(of("1.000/demo5", 1)).collect();
         assert_eq!(tags(&["0.666/demo5", "1.000/demo5"]), expected);
         assert!(tags(&["1.000/demo5"]).is_empty());
+    }
+
+    /// In a mix each step's loss and accuracies are also written under its dataset's name, and
+    /// `metrics.jsonl` says which dataset it drew; without one, neither.
+    #[test]
+    fn a_mix_has_tags_of_each_dataset() {
+        let run = tempfile::tempdir().unwrap();
+        let mut log = Logger::open(run.path(), "", 0, 2, 10).unwrap();
+        log.dataset_names(vec!["laion".into(), "synthetic".into()]);
+        for (s, dataset) in [(1, Some(1)), (2, Some(0))] {
+            log.step(&StepMetrics { dataset, ..step(s, 100.0, 1.0) }).unwrap();
+        }
+        let file = std::fs::read_dir(run.path().join("tb")).unwrap().next().unwrap().unwrap().path();
+        let scalars = crate::tensorboard::read_scalars(&file).unwrap();
+        let mut tags: Vec<(String, i64)> =
+            scalars.iter().filter(|s| s.tag.starts_with("dataset/")).map(|s| (s.tag.clone(), s.step)).collect();
+        tags.sort();
+        let of =
+            |name: &str, step: i64| ["bit_acc", "loss", "token_acc"].map(|t| (format!("dataset/{name}/{t}"), step));
+        assert_eq!(tags, of("laion", 2).into_iter().chain(of("synthetic", 1)).collect::<Vec<_>>());
+        let jsonl = std::fs::read_to_string(run.path().join("metrics.jsonl")).unwrap();
+        assert!(jsonl.lines().next().unwrap().contains("\"dataset\":1"), "{jsonl}");
+        let plain = serde_json::to_string(&step(1, 100.0, 1.0)).unwrap();
+        assert!(!plain.contains("dataset"), "{plain}");
     }
 
     #[test]

@@ -52,6 +52,7 @@ use self::micro_batch::{prepare, Draws};
 pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 use self::session::Session;
+pub(crate) use self::setup::check_mixable;
 pub use self::setup::{check_schedules_fit, fresh_weights, micro_steps, Setup, TokenMix, Unrecoverable};
 pub(crate) use self::setup::{init_from, loader_options, starting_state, unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
@@ -183,6 +184,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(l) = logger.as_mut() {
         l.rank_hosts(dist.hosts()); // (the straggler warnings name the host)
         l.bucket_names(manifest.schedules.iter().map(|s| s.name.clone()).collect());
+        l.dataset_names(log::dataset_names(&ds));
     }
     if resumed {
         summary.resumed(&state, opts.resume.clone())?;
@@ -247,7 +249,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             per_scale.push(scale_metrics(&ce, mb.b, &scales, mc.d));
         }
         compute.end_step(&mut grads)?;
-        let (bucket, batch_rows) = (batch.bucket, batch.len());
+        let (bucket, batch_rows, part) = (batch.bucket, batch.len(), batch.part);
+        // (the spike guard's level is a bucket's of a dataset: a mix's datasets differ in loss too)
+        let level = part.saturating_mul(manifest.schedules.len() as u16).saturating_add(bucket);
         loader.recycle(batch); // (its buffers are the reader thread's next batch's)
         let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, accum);
         dist::slow_drill(dist.rank, dist.attempt);
@@ -269,7 +273,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let weight_decay = adamw.weight_decay_end.map(|_| adamw.weight_decay_at(state.step, cfg.run.steps));
         let finite = means.loss.is_finite() && grad_norm.is_finite();
         let spike = match state.spike_window.as_mut() {
-            Some(w) if finite => w.judge(&spike_limits, (means.loss, bucket), grad_norm),
+            Some(w) if finite => w.judge(&spike_limits, (means.loss, level), grad_norm),
             _ => Verdict::default(),
         };
         if let Some(why) = &spike.skip {
@@ -324,6 +328,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tflops_per_device: flops / dist.world as f64 / secs / 1e12,
             mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
             bucket,
+            dataset: (ds.parts().len() > 1).then_some(part),
             scale_loss: means.scale_loss,
             scale_bit_acc: means.scale_bit_acc,
             scale_token_acc: means.scale_token_acc,

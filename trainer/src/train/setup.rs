@@ -67,9 +67,11 @@ impl Setup {
 
     /// [`Setup::open`], hashing the shards `checksums` says (a training rank: its share).
     pub fn open_with(cfg: &TrainConfig, checksums: Checksums) -> Result<Setup> {
-        let mut parts = Vec::new();
+        let mut parts: Vec<Dataset> = Vec::new();
+        let mut shards_before = 0;
         for (key, dir) in cfg.data.dirs() {
-            let ds = Dataset::open(dir, checksums).with_context(|| match dir.is_relative() && !dir.exists() {
+            let mine = checksums.after(shards_before);
+            let ds = Dataset::open(dir, mine).with_context(|| match dir.is_relative() && !dir.exists() {
                 // (a config's relative paths are taken from the working folder, not the config's)
                 true => {
                     let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
@@ -77,9 +79,9 @@ impl Setup {
                 }
                 false => format!("{key} {}", dir.display()),
             })?;
+            shards_before += ds.shards().len();
             if let Some(first) = parts.first() {
-                let first: &Dataset = first;
-                super::val::compatible(&first.manifest, first.dir(), (&ds.manifest, dir), &key)?;
+                check_mixable((&first.manifest, first.dir()), (&ds.manifest, dir), &key)?;
             }
             parts.push(ds);
         }
@@ -107,9 +109,24 @@ impl Setup {
             crate::model::mup::set_lr_mults(&mut lay, &mc, &base);
         }
         let manifests: Vec<&Manifest> = ds.parts().iter().map(|p| &p.manifest).collect();
-        let mix = TokenMix::of_mix(&mc, &manifests, cfg.data.mix_weights().as_deref(), cfg.data.global_batch)?;
+        let mix = TokenMix::of_mix(&mc, &manifests, cfg)?;
         Ok(Setup { ds, mc, lay, mix })
     }
+}
+
+/// Whether the dataset of `other` (`key`: `data.mix[i].dir`) can be mixed with `data.dir`'s, `first`:
+/// the same bits, schedules, columns, conditions and tokenizer, or an error naming the key and what
+/// differs.
+pub(crate) fn check_mixable(
+    (first, first_dir): (&Manifest, &Path),
+    (other, dir): (&Manifest, &Path),
+    key: &str,
+) -> Result<()> {
+    super::val::compatible(first, first_dir, (other, dir), key)?;
+    if let Some(what) = infinity_data::dataset::mix_difference(first, other) {
+        bail!("{key} {}: cannot be mixed with data.dir {}: {what}", dir.display(), first_dir.display());
+    }
+    Ok(())
 }
 
 /// Whether the model can take a dataset's schedules: stored for its spatial patchify (at twice the
@@ -159,7 +176,7 @@ pub struct TokenMix {
     /// Rows an epoch draws: each bucket's whole global batches (of every dataset of a mix).
     pub rows_per_epoch: u64,
     /// `(schedule, rows)` of the buckets holding fewer rows than a global batch, which no epoch draws
-    /// (in a mix, `schedule of dataset p` for `p > 0`, and every bucket of a dataset weighted 0).
+    /// (in a mix, `schedule of data.mix[i]` for its datasets).
     pub undrawn: Vec<(String, u64)>,
     /// Global batches per (mixed) epoch of each dataset: `data.dir`'s, then `data.mix`'s.
     pub quotas: Vec<u64>,
@@ -167,15 +184,22 @@ pub struct TokenMix {
 
 impl TokenMix {
     pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
-        Self::of_mix(mc, &[m], None, global_batch).expect("one dataset, no weights")
+        let names = ["data.dir".to_string()];
+        Self::of_parts(mc, &[m], (None, &names), global_batch).expect("one dataset, no weights")
     }
 
-    /// The mix of the datasets of `parts` (their manifests; the first's schedules are every one's) under
-    /// `weights` (`data.mix_weights()`).
-    pub fn of_mix(
+    /// The mix of `cfg`'s datasets (`data.dir`, `data.mix`), whose manifests are `parts` (the first's
+    /// schedules are every one's).
+    pub fn of_mix(mc: &ModelConfig, parts: &[&Manifest], cfg: &TrainConfig) -> Result<TokenMix> {
+        let names: Vec<String> = cfg.data.dirs().map(|(key, dir)| format!("{key} {}", dir.display())).collect();
+        Self::of_parts(mc, parts, (cfg.data.mix_weights().as_deref(), &names), cfg.data.global_batch)
+    }
+
+    /// [`TokenMix::of_mix`] under `weights`, the datasets named by `names` in errors.
+    fn of_parts(
         mc: &ModelConfig,
         parts: &[&Manifest],
-        weights: Option<&[f64]>,
+        (weights, names): (Option<&[f64]>, &[String]),
         global_batch: usize,
     ) -> Result<TokenMix> {
         let m = parts[0];
@@ -193,19 +217,19 @@ impl TokenMix {
             .collect();
         let batches: Vec<Vec<u64>> = rows.iter().map(|r| r.iter().map(|n| n / g).collect()).collect();
         let natural: Vec<u64> = batches.iter().map(|b| b.iter().sum()).collect();
-        let names: Vec<String> = (0..parts.len()).map(|p| format!("dataset {p} of the mix")).collect();
         let quotas = match natural.iter().any(|&n| n > 0) {
-            true => infinity_data::loader::mix::quotas(&natural, weights, &names)?,
+            true => infinity_data::loader::mix::quotas(&natural, weights, names)?,
             false => natural.clone(),
         };
         let named = |p: usize, b: usize| match p {
             0 => m.schedules[b].name.clone(),
-            _ => format!("{} of dataset {p}", m.schedules[b].name),
+            _ => format!("{} of data.mix[{}]", m.schedules[b].name, p - 1),
         };
         let mut undrawn = Vec::new();
         for (p, part) in rows.iter().enumerate() {
             for (b, &n) in part.iter().enumerate() {
-                if n > 0 && (batches[p][b] == 0 || quotas[p] == 0) {
+                // (a dataset weighted 0 is left out on purpose: the mix's line says so)
+                if n > 0 && batches[p][b] == 0 {
                     undrawn.push((named(p, b), n));
                 }
             }
@@ -390,10 +414,12 @@ pub(crate) fn continue_position(
     accept_data_change: bool,
 ) -> Result<Option<String>> {
     let manifest = &ds.manifest;
-    let mut warning = None;
+    let (mut warning, mut rows_changed) = (None, false);
     if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
         let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
-        let order = match position.same_buckets(ds) {
+        let same_rows = position.same_buckets(ds);
+        rows_changed = same_rows == Some(false);
+        let order = match same_rows {
             Some(true) => "every bucket holds the same rows as before (a shard mended in place): it draws the \
                            batches it would have drawn, the mended rows as they are now"
                 .to_string(),
@@ -416,8 +442,17 @@ pub(crate) fn continue_position(
         ));
     }
     let mix = infinity_data::loader::mix_quotas(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
-    if warning.is_some() {
-        // (the mended data's batches per epoch: the order changes as the warning says)
+    let same_parts = position.mix.as_ref().map(Vec::len) == mix.as_ref().map(Vec::len);
+    if let Some(w) = warning.as_mut().filter(|_| rows_changed && same_parts && position.mix != mix) {
+        // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said;
+        // a weight changed on unchanged rows, or a dataset added or taken away, is refused below, as
+        // without the flag)
+        let say = |m: &Option<Vec<u64>>| format!("{:?}", m.as_deref().unwrap_or_default());
+        w.push_str(&format!(
+            "; the mix's batches per epoch of each dataset change with it: {} → {}",
+            say(&position.mix),
+            say(&mix)
+        ));
         position.mix = mix.clone();
     }
     position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_deref())?;

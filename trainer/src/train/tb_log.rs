@@ -114,9 +114,13 @@ impl TbLog {
 }
 
 /// Step `m`'s scalars: `train/*`, `perf/*`, the spike guard's z-scores, `ranks/*` with several ranks,
-/// `scale/*` per scale, and with several buckets (`buckets`: their schedule names) `bucket/NAME/*`, where
-/// every scale keeps one shape.
-pub(super) fn step_scalars(w: &mut EventWriter, m: &StepMetrics, buckets: Option<&[String]>) -> std::io::Result<()> {
+/// `scale/*` per scale, with several buckets (`buckets`: their schedule names) `bucket/NAME/*`, where
+/// every scale keeps one shape, and in a mix (`datasets`: their names) `dataset/NAME/*`.
+pub(super) fn step_scalars(
+    w: &mut EventWriter,
+    m: &StepMetrics,
+    (buckets, datasets): (Option<&[String]>, Option<&[String]>),
+) -> std::io::Result<()> {
     for (tag, v) in [
         ("train/loss", m.loss),
         ("train/bit_acc", m.bit_acc),
@@ -164,6 +168,11 @@ pub(super) fn step_scalars(w: &mut EventWriter, m: &StepMetrics, buckets: Option
         }
         for (s, l) in m.scale_loss.iter().enumerate() {
             w.scalar(&format!("bucket/{name}/loss_s{s:02}"), *l, m.step)?;
+        }
+    }
+    if let Some(name) = datasets.zip(m.dataset).and_then(|(d, i)| d.get(i as usize)) {
+        for (tag, v) in [("loss", m.loss), ("bit_acc", m.bit_acc), ("token_acc", m.token_acc)] {
+            w.scalar(&format!("dataset/{name}/{tag}"), v, m.step)?;
         }
     }
     Ok(())

@@ -54,10 +54,11 @@ impl TrainConfig {
             let text = e.to_string();
             let subject =
                 [" must ", ": "].iter().filter_map(|sep| text.find(sep)).min().map_or(&text[..], |i| &text[..i]);
+            // (`data.mix[0].weight` too)
             let is_key = |w: &&str| {
                 w.starts_with(|c: char| c.is_ascii_lowercase())
                     && w.contains('.')
-                    && w.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.".contains(c))
+                    && w.chars().all(|c| c.is_ascii_lowercase() || "0123456789_.[]".contains(c))
             };
             let keys: Vec<&str> = subject
                 .split(|c: char| c.is_whitespace() || "()`,:".contains(c))
