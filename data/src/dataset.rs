@@ -95,6 +95,12 @@ impl Dataset {
         Ok(out)
     }
 
+    /// [`parts_buckets_fingerprint`] of this dataset: which rows each bucket of each part holds.
+    pub fn buckets_fingerprint(&self) -> String {
+        let lists: Vec<Vec<Vec<u64>>> = (0..self.parts.len()).map(|p| self.part_rows_by_bucket(p)).collect();
+        parts_buckets_fingerprint(&lists.iter().map(|l| &l[..]).collect::<Vec<_>>())
+    }
+
     /// The folders this dataset joins (one unless [`Dataset::join`]ed).
     pub fn parts(&self) -> &[Part] {
         &self.parts
@@ -197,18 +203,32 @@ pub fn mix_difference(a: &Manifest, b: &Manifest) -> Option<String> {
         };
         return differs("the columns are", names(a), names(b));
     }
-    let class = |m: &Manifest| format!("{:?}", m.conditions.class.as_ref().map(|c| c.num_classes));
+    let class = |m: &Manifest| m.conditions.class.as_ref().map_or("none".into(), |c| c.num_classes.to_string());
     if class(a) != class(b) {
         return differs("the class count is", class(a), class(b));
     }
-    // (a caption longer than the first's bound would be a bad row at the step that drew it)
     let text = |m: &Manifest| {
         m.conditions.text.as_ref().map_or("none".into(), |t| {
-            format!("width {}, {:?}, by `{}`, at most {} tokens", t.width, t.dtype, t.encoder, t.max_tokens)
+            let dtype = match t.dtype {
+                crate::manifest::TextDtype::F16 => "f16",
+                crate::manifest::TextDtype::Bf16 => "bf16",
+            };
+            format!("width {}, {dtype}, by `{}`", t.width, t.encoder)
         })
     };
     if text(a) != text(b) {
         return differs("the text embeddings are", text(a), text(b));
+    }
+    // (rows are checked against the first's bound, which the model is sized for: a caption longer than
+    // it would be a bad row at the step that drew it)
+    if let (Some(ta), Some(tb)) = (&a.conditions.text, &b.conditions.text) {
+        if tb.max_tokens > ta.max_tokens {
+            return differs(
+                "captions of up to",
+                format!("{} tokens", ta.max_tokens),
+                format!("{} tokens", tb.max_tokens),
+            );
+        }
     }
     None
 }
@@ -220,9 +240,15 @@ pub fn buckets_fingerprint(rows_by_bucket: &[Vec<u64>]) -> String {
 }
 
 /// [`buckets_fingerprint`] of a joined dataset from its parts' [`Dataset::part_rows_by_bucket`] (the
-/// whole's bucket lists are theirs end to end), without the whole's lists.
+/// whole's bucket lists are theirs end to end), without the whole's lists; for several parts, their
+/// sizes too (rows moved from one folder to the next keep their ids, not their streams).
 pub fn parts_buckets_fingerprint(parts: &[&[Vec<u64>]]) -> String {
     let mut h = 0u32;
+    if parts.len() > 1 {
+        for p in parts {
+            h = crc32c::crc32c_append(h, &(p.iter().map(Vec::len).sum::<usize>() as u64).to_le_bytes());
+        }
+    }
     for b in 0..parts.first().map_or(0, |p| p.len()) {
         let rows = || parts.iter().flat_map(move |p| p[b].iter());
         h = crc32c::crc32c_append(h, &(b as u64).to_le_bytes());

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use infinity_data::loader::{mix_quotas, BadRows, Batch, Loader, LoaderOptions, LoaderState};
+use infinity_data::loader::{mix_state, BadRows, Batch, Loader, LoaderOptions, LoaderState};
 use infinity_data::{Checksums, Dataset};
 
 /// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
@@ -62,16 +62,17 @@ fn parts_are_drawn_by_weight_each_in_its_own_order() {
     assert_eq!(ds.num_rows(), 208);
     assert_eq!(ds.parts().iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), [0..160, 160..208]);
     // ~19 and ~5 batches per epoch of their own (rows left over per bucket); equal weights split the 24
-    let natural = mix_quotas(&ds, 8, None).unwrap().unwrap();
+    let natural = mix_state(&ds, 8, None).unwrap().unwrap().batches_per_epoch;
     let weights = Some(vec![1.0, 1.0]);
-    let quotas = mix_quotas(&ds, 8, weights.as_deref()).unwrap().unwrap();
+    let quotas = mix_state(&ds, 8, weights.as_deref()).unwrap().unwrap().batches_per_epoch;
     let per_epoch: u64 = natural.iter().sum();
     assert_eq!(quotas.iter().sum::<u64>(), per_epoch);
     assert!(quotas[0].abs_diff(quotas[1]) <= 1 && natural[1] < quotas[1], "{natural:?} → {quotas:?}");
 
     let epochs = 3;
     let (batches, state) = run(&ds, 1, 0, &weights, None, (epochs * per_epoch) as usize);
-    assert_eq!(state.mix.as_deref(), Some(&quotas[..]));
+    let mix = state.mix.unwrap();
+    assert_eq!((mix.batches_per_epoch, mix.weights), (quotas.clone(), weights.clone()));
     for e in 0..epochs as usize {
         let window = &batches[e * per_epoch as usize..(e + 1) * per_epoch as usize];
         let counts = [0, 1].map(|p| window.iter().filter(|(q, _)| *q == p).count() as u64);
@@ -123,7 +124,11 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     // (the parts' bucket lists end to end are the whole's)
     assert_eq!(s.same_buckets(&ds), Some(true));
     let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 2.0])), Some(s.clone())).err().unwrap().to_string();
-    assert!(e.contains("the mix's batches per epoch") && e.contains("data.mix"), "{e}");
+    assert!(
+        e.contains("the mix's weights (data.weight, data.mix) [1.0, 1.0], this run has [1.0, 2.0]")
+            && e.contains("data.mix"),
+        "{e}"
+    );
     // one dataset's position on a mix: the joined dataset is another one
     let alone = Arc::new(Dataset::open(dirs[0].path(), Checksums::Verify).unwrap());
     let e = Loader::new(alone, opts(0, 1, 0, None), Some(s)).err().unwrap().to_string();
@@ -145,8 +150,19 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     other.manifest.latent = None;
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
     assert!(e.contains("the columns are [id, bucket, bits, class_label"), "{e}");
+    // captions: another encoder, or a longer bound than the first's (the model's); a shorter one mixes
+    let mut other = open(1);
+    other.manifest.conditions.text.as_mut().unwrap().encoder = "t5".into();
+    let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
+    assert!(
+        e.contains("the text embeddings are width 6, bf16, by `t5` there, width 6, bf16, by `test` in the first"),
+        "{e}"
+    );
     let mut other = open(1);
     other.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
-    assert!(e.contains("the text embeddings are") && e.contains("at most"), "{e}");
+    assert!(e.contains("captions of up to 6 tokens there, 5 tokens in the first"), "{e}");
+    let mut first = open(0);
+    first.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
+    Dataset::join(vec![first, open(1)]).unwrap();
 }

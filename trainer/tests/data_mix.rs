@@ -1,4 +1,4 @@
-//! Training on a mix of datasets (`data.mix`): it draws every dataset, resumes bitwise, records its
+//! Training on a mix of datasets (`data.mix`), and validating on several (`val.sets`): it draws every dataset, resumes bitwise, records its
 //! parts, and refuses datasets of other tokenizers, half-weighted mixes and a changed mix on resume.
 
 mod common;
@@ -9,7 +9,7 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::tokenizer::TOKENIZER_FILE;
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::train::check::{check, check_with};
-use infinity_trainer::train::config::{MixSource, TrainConfig};
+use infinity_trainer::train::config::{MixSource, TrainConfig, ValSet};
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
 /// `rows` synthetic rows of seed `seed` tokenized by `tokenizer` (fitted anew where `None`).
@@ -80,7 +80,7 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     let mut other = mixed(&a, &b, split.run.dir.clone());
     other.data.mix[0].weight = Some(1.0);
     let e = format!("{:#}", train(&other, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap_err());
-    assert!(e.contains("the mix's batches per epoch") && e.contains("data.mix"), "{e}");
+    assert!(e.contains("the mix's weights") && e.contains("data.mix"), "{e}");
     // --accept-data-change takes a mended dataset of the mix, saying its batches per epoch changed with
     // it; not another weight on the same rows
     let accept = |cfg: &TrainConfig| {
@@ -88,7 +88,7 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
         lines.map(|l| l.join("\n")).map_err(|e| format!("{e:#}"))
     };
     let e = accept(&other).unwrap_err();
-    assert!(e.contains("the mix's batches per epoch"), "{e}");
+    assert!(e.contains("the mix's weights"), "{e}");
     dataset(&b, 80, 5, Some(a.join(TOKENIZER_FILE)));
     let mut longer = mixed(&a, &b, split.run.dir.clone());
     longer.run.steps = 8;
@@ -153,4 +153,61 @@ fn mixes_of_other_tokenizers_or_half_given_weights_are_refused() {
     negative.data.mix[0].weight = Some(-1.0);
     let e = negative.validate().unwrap_err().to_string();
     assert!(e.contains("data.mix[0].weight must be a finite weight ≥ 0, found -1"), "{e}");
+}
+
+/// `val.sets` beside `val.dir`: each measured alone at every evaluation, logged in the same `val.jsonl`
+/// line and under `val/NAME/` in TensorBoard, `val.dir`'s own loss as without them.
+#[test]
+fn more_validation_sets_are_each_measured_and_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, held_out, b) = (tmp.path().join("a"), tmp.path().join("held-out"), tmp.path().join("b"));
+    dataset(&a, 96, 0, None);
+    dataset(&held_out, 32, 9, Some(a.join(TOKENIZER_FILE)));
+    dataset(&b, 32, 5, Some(a.join(TOKENIZER_FILE)));
+    let validated = |run: &str, sets: Vec<ValSet>| {
+        let mut c = common::tiny_config(&a, tmp.path().join(run));
+        (c.val.dir, c.val.every, c.val.max_rows, c.val.sets) = (Some(held_out.clone()), 3, 16, sets);
+        c
+    };
+    let plain = validated("plain", Vec::new());
+    train(&plain, &TrainOptions::default()).unwrap();
+    let with_sets = validated("sets", vec![ValSet { dir: b.clone(), name: Some("b-domain".into()) }]);
+    let lines = check(&with_sets, 1, None, None).unwrap().join("\n");
+    assert!(
+        lines.contains(&format!(
+            "validation: 16 rows of {}; 16 rows of b-domain ({})",
+            held_out.display(),
+            b.display()
+        )),
+        "{lines}"
+    );
+    train(&with_sets, &TrainOptions::default()).unwrap();
+
+    let evaluations = |c: &TrainConfig| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(c.run.dir.join("val.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (alone, beside) = (evaluations(&plain), evaluations(&with_sets));
+    assert_eq!(beside.len(), 2, "steps 3 and 6");
+    for (x, y) in alone.iter().zip(&beside) {
+        assert_eq!((&x["step"], &x["loss"]), (&y["step"], &y["loss"]), "val.dir's loss as without the sets");
+        let other = &y["sets"]["b-domain"];
+        assert!(other["loss"].as_f64().unwrap() > 0.0 && other["rows"] == 16, "{y}");
+        assert_ne!(other["loss"], y["loss"]);
+    }
+    let events = std::fs::read_dir(with_sets.run.dir.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let scalars = infinity_trainer::tensorboard::read_scalars(&events).unwrap();
+    let steps: Vec<i64> = scalars.iter().filter(|s| s.tag == "val/b-domain/loss").map(|s| s.step).collect();
+    assert_eq!(steps, [3, 6]);
+
+    // names: beside val.dir, each of its own, fit for a tag
+    let mut alone = validated("x", vec![ValSet { dir: b.clone(), name: None }]);
+    alone.val.dir = None;
+    assert!(alone.validate().unwrap_err().to_string().starts_with("val.sets evaluate beside val.dir"));
+    let twice =
+        validated("x", vec![ValSet { dir: b.clone(), name: None }, ValSet { dir: a.clone(), name: Some("b".into()) }]);
+    let e = twice.validate().unwrap_err().to_string();
+    assert!(e.starts_with("val.sets[1] is named `b`, as val.sets[0] is"), "{e}");
+    let spaced = validated("x", vec![ValSet { dir: b.clone(), name: Some("my set".into()) }]);
+    assert!(spaced.validate().unwrap_err().to_string().starts_with("val.sets[0].name must be letters"));
 }

@@ -778,7 +778,7 @@ impl ValFixture {
         let v = Validator::new(cfg, mc, &self.setup.ds, 4).unwrap().expect("a validation set");
         let mut compute = Compute::open(&cfg.run, mc, lay).unwrap();
         let m = v.run(cfg, (mc, lay), &self.params, &mut Dist::solo(), &mut compute, &mut Default::default());
-        m.unwrap().loss
+        m.unwrap().0.loss
     }
 }
 

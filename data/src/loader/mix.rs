@@ -65,7 +65,7 @@ pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Res
     for &i in by_remainder.iter().take(short as usize) {
         out[i] += 1;
     }
-    if let Some(i) = (0..out.len()).find(|&i| out[i] > 0 && natural[i] == 0) {
+    if let Some(i) = (0..out.len()).find(|&i| w[i] > 0.0 && natural[i] == 0) {
         return Err(DataError::Config(format!(
             "{}: weighted {} in the mix, but none of its buckets holds a full global batch",
             names[i], w[i]
@@ -75,12 +75,20 @@ pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Res
         // (its share of the N batches reaches one at w ≥ (Σ others) / (N − 1))
         let least = (sum - w[i]) / (total.max(2) - 1) as f64;
         return Err(DataError::Config(format!(
-            "{}: weight {} gives it none of the {total} global batches of a mixed epoch (about {least:.3} or more \
-             gives it one; 0 leaves it out)",
-            names[i], w[i]
+            "{}: weight {} gives it none of the {total} global batches of a mixed epoch (about {} or more gives it \
+             one; 0 leaves it out)",
+            names[i],
+            w[i],
+            significant(least)
         )));
     }
     Ok(out)
+}
+
+/// `x` to three significant digits.
+fn significant(x: f64) -> String {
+    let decimals = if x > 0.0 { (2 - x.log10().floor() as i32).max(0) as usize } else { 3 };
+    format!("{x:.decimals$}")
 }
 
 /// One mixed epoch's slots: `(part, the part's batch within this mixed epoch)`.
@@ -178,10 +186,12 @@ mod tests {
         let tiny = e(&[1.0, 0.001], &[100, 1]);
         assert!(
             tiny.contains("part 1: weight 0.001 gives it none of the 101 global batches")
-                && tiny.contains("about 0.010"),
+                && tiny.contains("about 0.0100 or more"),
             "{tiny}"
         );
         assert_eq!(quotas(&[100, 1], Some(&[1.0, 0.0101]), &names(2)).unwrap(), vec![100, 1]);
+        assert_eq!(significant(0.00025), "0.000250");
+        assert_eq!(significant(12.5), "12.5");
     }
 
     #[test]

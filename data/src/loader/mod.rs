@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::Batch;
 pub use plan::EpochPlan;
 
-use crate::dataset::{buckets_fingerprint, parts_buckets_fingerprint, Dataset};
+use crate::dataset::{parts_buckets_fingerprint, Dataset};
 use crate::error::{DataError, Result};
 
 /// What to do with a row that fails validation.
@@ -66,7 +66,7 @@ impl Default for LoaderOptions {
 
 /// The loader's position: everything needed to continue sample-exactly. It holds no rank or world size,
 /// so a run may resume on a different number of ranks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoaderState {
     pub seed: u64,
@@ -80,9 +80,20 @@ pub struct LoaderState {
     /// builds have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<String>,
-    /// Each part's global batches per mixed epoch ([`mix::quotas`]), for a mix of several datasets.
+    /// For a mix of several datasets, how it draws them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mix: Option<Vec<u64>>,
+    pub mix: Option<MixState>,
+}
+
+/// A mix's part of the position: each dataset's global batches per mixed epoch ([`mix::quotas`]) and
+/// the weights they came from (none: by size). The weights are kept too, so a weight changed along with
+/// a mended dataset (`--accept-data-change`, whose batches per epoch may change) is still told apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixState {
+    pub batches_per_epoch: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f64>>,
 }
 
 impl LoaderState {
@@ -93,7 +104,7 @@ impl LoaderState {
         manifest: &crate::Manifest,
         seed: u64,
         global_batch: usize,
-        mix: Option<&[u64]>,
+        mix: Option<&MixState>,
     ) -> Result<()> {
         let mismatch = |what: &str, saved: String, now: String| {
             Err(DataError::Config(format!(
@@ -101,10 +112,20 @@ impl LoaderState {
                  (it fixes the order of the samples: resume with the saved value, or start a new run)"
             )))
         };
-        if self.mix.as_ref().map(Vec::len) != mix.map(<[u64]>::len) {
+        let parts = |m: Option<&MixState>| m.map(|m| m.batches_per_epoch.len());
+        if parts(self.mix.as_ref()) != parts(mix) {
             // (the fingerprint differs too, but a dataset added or taken away is what the user did)
             let say = |m: Option<usize>| m.map_or("one dataset".into(), |n| format!("a mix of {n} datasets"));
-            return mismatch("data.mix:", say(self.mix.as_ref().map(Vec::len)), say(mix.map(<[u64]>::len)));
+            return mismatch("data.mix:", say(parts(self.mix.as_ref())), say(parts(mix)));
+        }
+        let weights = |m: Option<&MixState>| m.and_then(|m| m.weights.clone());
+        if weights(self.mix.as_ref()) != weights(mix) {
+            let say = |w: Option<Vec<f64>>| w.map_or("none (by size)".into(), |w| format!("{w:?}"));
+            return mismatch(
+                "the mix's weights (data.weight, data.mix)",
+                say(weights(self.mix.as_ref())),
+                say(weights(mix)),
+            );
         }
         if !manifest.fingerprint_matches(&self.dataset) {
             // the hashes alone say nothing to a user: spell out what the fingerprint tells
@@ -123,11 +144,11 @@ impl LoaderState {
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
         }
-        if self.mix.as_deref() != mix {
-            let say = |m: Option<&[u64]>| m.map_or("one dataset".into(), |q| format!("{q:?}"));
+        if self.mix.as_ref() != mix {
+            let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| format!("{:?}", m.batches_per_epoch));
             return mismatch(
                 "the mix's batches per epoch of each dataset (data.mix and its weights)",
-                say(self.mix.as_deref()),
+                say(self.mix.as_ref()),
                 say(mix),
             );
         }
@@ -147,7 +168,7 @@ impl LoaderState {
                 manifest.fingerprint()
             )));
         }
-        let buckets = Some(buckets_fingerprint(&ds.rows_by_bucket()));
+        let buckets = Some(ds.buckets_fingerprint());
         Ok(LoaderState { dataset: manifest.fingerprint(), buckets, ..self.clone() })
     }
 
@@ -156,13 +177,13 @@ impl LoaderState {
     /// record it.
     pub fn same_buckets(&self, ds: &Dataset) -> Option<bool> {
         let saved = self.buckets.as_deref()?;
-        Some(saved == buckets_fingerprint(&ds.rows_by_bucket()))
+        Some(saved == ds.buckets_fingerprint())
     }
 }
 
-/// Each part's global batches per mixed epoch when `ds` joins several datasets ([`mix::quotas`] under
-/// `weights`), as [`LoaderState::mix`] records them; `None` for one dataset.
-pub fn mix_quotas(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> Result<Option<Vec<u64>>> {
+/// How a loader of `ds` (several datasets joined) draws them under `weights`, as [`LoaderState::mix`]
+/// records it; `None` for one dataset.
+pub fn mix_state(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> Result<Option<MixState>> {
     if ds.parts().len() == 1 {
         return Ok(None);
     }
@@ -177,7 +198,8 @@ pub fn mix_quotas(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) ->
             (0..p.manifest.schedules.len()).map(|b| rows(b) / g).sum()
         })
         .collect();
-    quotas_of(ds, &natural, weights).map(Some)
+    let batches_per_epoch = quotas_of(ds, &natural, weights)?;
+    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec) }))
 }
 
 fn quotas_of(ds: &Dataset, natural: &[u64], weights: Option<&[f64]>) -> Result<Vec<u64>> {
@@ -288,13 +310,14 @@ impl Loader {
         }
         let natural: Vec<u64> = parts.iter().map(|p| p.per_epoch).collect();
         let quotas = quotas_of(&ds, &natural, opts.mix_weights.as_deref())?;
-        let mixed = (quotas.len() > 1).then(|| quotas.clone());
+        let mixed = (quotas.len() > 1)
+            .then(|| MixState { batches_per_epoch: quotas.clone(), weights: opts.mix_weights.clone() });
         let part_rows: Vec<&[Vec<u64>]> = parts.iter().map(|p| &p.rows_by_bucket[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&part_rows)));
         let state = match resume {
             None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets, mix: mixed },
             Some(mut s) => {
-                s.continues_with(&ds.manifest, opts.seed, g, mixed.as_deref())?;
+                s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's)
                 (s.dataset, s.buckets) = (dataset, buckets);
                 s

@@ -154,11 +154,15 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Setting
         let own = (val_dir != "none").then(|| setting("val", key, String::new())).filter(|v| !v.is_empty());
         own.unwrap_or_else(|| setting("bsc", key, default))
     };
-    // (a mix's training loss is measured on its datasets as drawn: by their batches per epoch)
-    let dataset = match derived["mix"].as_array() {
-        Some(parts) => {
-            let quotas: Vec<String> = parts.iter().map(|p| text(&p["batches_per_epoch"])).collect();
-            format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), quotas.join(":"))
+    // (a mix's training loss is measured on its datasets as drawn: by their weights, as shares (the
+    // batches per epoch move with the global batch); without weights the joined fingerprint says all)
+    let weights: Option<Vec<f64>> =
+        derived["mix"].as_array().and_then(|parts| parts.iter().map(|p| p["weight"].as_f64()).collect());
+    let dataset = match weights.filter(|w| w.iter().sum::<f64>() > 0.0) {
+        Some(w) => {
+            let sum: f64 = w.iter().sum();
+            let shares: Vec<String> = w.iter().map(|x| format!("{:.3}", x / sum)).collect();
+            format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), shares.join(":"))
         }
         None => text(&derived["dataset"]["fingerprint"]),
     };
@@ -248,11 +252,15 @@ mod tests {
         let unvalidated = settings("[val]\np_max = 0.2\n[bsc]\np_max = 0.1\n");
         assert_eq!(unvalidated.get("bsc.p_max"), "0.1");
         // a mix is measured on its datasets as drawn: another weighting is another measurement
-        let mix = |q: u64| {
-            let parts = serde_json::json!([{ "batches_per_epoch": 26 - q }, { "batches_per_epoch": q }]);
+        let mix = |w: [f64; 2]| {
+            let parts = serde_json::json!([{ "weight": w[0] }, { "weight": w[1] }]);
             read(None, &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts }))
         };
-        assert_eq!(mix(13).get("dataset"), "f mixed 13:13");
-        assert_eq!(mix(7).differences(&mix(13)), ["dataset = f mixed 19:7 (fitted: f mixed 13:13)"]);
+        assert_eq!(mix([1.0, 1.0]).get("dataset"), "f mixed 0.500:0.500");
+        assert!(mix([2.0, 2.0]).differences(&mix([1.0, 1.0])).is_empty(), "the same shares");
+        assert_eq!(
+            mix([3.0, 1.0]).differences(&mix([1.0, 1.0])),
+            ["dataset = f mixed 0.750:0.250 (fitted: f mixed 0.500:0.500)"]
+        );
     }
 }

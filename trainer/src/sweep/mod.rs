@@ -250,6 +250,9 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             m.dir = absolute(&m.dir)?;
         }
         config.val.dir = config.val.dir.as_deref().map(absolute).transpose()?;
+        for s in &mut config.val.sets {
+            s.dir = absolute(&s.dir)?;
+        }
         config.model.init_from = config.model.init_from.as_deref().map(absolute).transpose()?;
         let m = Manifest::load(&config.data.dir)
             .with_context(|| format!("run {name}: the dataset {} (make it first)", config.data.dir.display()))?;
@@ -274,6 +277,19 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                 crate::train::check_schedules_fit(&mc, &vm)
                     .with_context(|| format!("run {name}: val.dir {}", val.display()))?;
                 checked_val.push((config.data.dir.clone(), val.clone()));
+            }
+        }
+        // (and `val.sets`, alike)
+        for (i, set) in config.val.sets.iter().enumerate() {
+            if !checked_val.contains(&(config.data.dir.clone(), set.dir.clone())) {
+                let key = format!("val.sets[{i}].dir");
+                let vm =
+                    Manifest::load(&set.dir).with_context(|| format!("run {name}: {key} {}", set.dir.display()))?;
+                crate::train::val::compatible(&m, &config.data.dir, (&vm, &set.dir), &key)
+                    .with_context(|| format!("run {name}"))?;
+                crate::train::check_schedules_fit(&mc, &vm)
+                    .with_context(|| format!("run {name}: {key} {}", set.dir.display()))?;
+                checked_val.push((config.data.dir.clone(), set.dir.clone()));
             }
         }
         // (a mix's datasets, as `infinity train` checks them before its first step)

@@ -139,11 +139,13 @@ pub(super) fn with_absolute_paths(text: &str) -> Result<String> {
             *p = std::path::absolute(&*p)?.display().to_string();
         }
     }
-    // (and each `[[data.mix]]` dataset's)
-    if let Some(toml::Value::Array(mix)) = t.get_mut("data").and_then(|s| s.get_mut("mix")) {
-        for p in mix.iter_mut().filter_map(|m| m.get_mut("dir")) {
-            if let toml::Value::String(p) = p {
-                *p = std::path::absolute(&*p)?.display().to_string();
+    // (and each `[[data.mix]]` dataset's, each `[[val.sets]]` one's)
+    for (section, key) in [("data", "mix"), ("val", "sets")] {
+        if let Some(toml::Value::Array(list)) = t.get_mut(section).and_then(|s| s.get_mut(key)) {
+            for p in list.iter_mut().filter_map(|m| m.get_mut("dir")) {
+                if let toml::Value::String(p) = p {
+                    *p = std::path::absolute(&*p)?.display().to_string();
+                }
             }
         }
     }

@@ -202,7 +202,13 @@ pub fn check_with(
     ));
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());
-        out.push(format!("validation: {} rows of {dir}", v.rows()));
+        let rows = v.rows();
+        let more: Vec<String> = rows[1..]
+            .iter()
+            .zip(&cfg.val.sets)
+            .map(|((name, n), set)| format!("; {n} rows of {} ({})", name.unwrap_or_default(), set.dir.display()))
+            .collect();
+        out.push(format!("validation: {} rows of {dir}{}", rows[0].1, more.concat()));
     }
     let _preview = Preview::new(cfg, &mc, &ds)?;
     out.push(device_line);

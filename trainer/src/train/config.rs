@@ -60,6 +60,27 @@ pub struct ValSection {
     /// other strengths alike, so a self-correction ablation's validation losses compare.
     pub p_max: Option<f64>,
     pub apply_layers: Option<usize>,
+    /// More validation datasets, each evaluated beside `dir` as it is and logged under its name
+    /// (`[[val.sets]]`: `dir`, and `name`, by default its folder's): a mix's domains, each measured alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sets: Vec<ValSet>,
+}
+
+/// One more validation dataset (`[[val.sets]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValSet {
+    pub dir: PathBuf,
+    /// Its name in `val.jsonl`, TensorBoard (`val/NAME/loss`) and the console; the folder's name if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ValSet {
+    /// `name`, or the folder's name.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.dir.file_name().map_or("val".into(), |n| n.to_string_lossy().into()))
+    }
 }
 
 impl ValSection {
@@ -71,7 +92,7 @@ impl ValSection {
 
 impl Default for ValSection {
     fn default() -> Self {
-        ValSection { dir: None, every: 0, max_rows: 512, seed: 0, p_max: None, apply_layers: None }
+        ValSection { dir: None, every: 0, max_rows: 512, seed: 0, p_max: None, apply_layers: None, sets: Vec::new() }
     }
 }
 
@@ -496,6 +517,7 @@ impl TrainConfig {
         (c.run.dir, c.data.dir) = (abs(&c.run.dir), abs(&c.data.dir));
         c.data.mix.iter_mut().for_each(|m| m.dir = abs(&m.dir));
         c.val.dir = c.val.dir.as_ref().map(abs);
+        c.val.sets.iter_mut().for_each(|s| s.dir = abs(&s.dir));
         c.model.init_from = c.model.init_from.as_ref().map(abs);
         c
     }

@@ -307,15 +307,17 @@ impl Dist {
 
 /// Settings a node may choose for itself: where it finds the run folder and the data (mount points
 /// differ; the data's contents are compared by fingerprint), and its loader threads. Set on every node
-/// or on none. So may the folder of each dataset of a mix, `data.mix[i].dir`.
+/// or on none. So may the folder of each dataset of a mix, `data.mix[i].dir`, and of each more
+/// validation set, `val.sets[i].dir`.
 pub const PER_NODE: [&str; 5] = ["run.dir", "data.dir", "val.dir", "model.init_from", "data.workers"];
 
 /// Whether the change line `c` (`key: …`) is of a [`PER_NODE`] setting.
 fn is_per_node(c: &str) -> bool {
     let key = c.split(':').next().unwrap_or("");
-    let mix_dir =
-        key.strip_prefix("data.mix[").and_then(|k| k.strip_suffix("].dir")).is_some_and(|i| i.parse::<usize>().is_ok());
-    PER_NODE.contains(&key) || mix_dir
+    let listed = |table: &str| {
+        key.strip_prefix(table).and_then(|k| k.strip_suffix("].dir")).is_some_and(|i| i.parse::<usize>().is_ok())
+    };
+    PER_NODE.contains(&key) || listed("data.mix[") || listed("val.sets[")
 }
 
 /// The settings of `mine` that differ from rank 0's `leader` text, as `key: rank 0's → mine` lines:

@@ -71,11 +71,11 @@ pub struct StepMetrics {
 /// The names of a joined dataset's folders for TensorBoard tags: each folder's own name, with `-P`
 /// (its place in the mix) added where two share one.
 pub fn dataset_names(ds: &infinity_data::Dataset) -> Vec<String> {
-    let names: Vec<String> = ds
-        .parts()
-        .iter()
-        .map(|p| p.dir.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned()))
-        .collect();
+    // (a tag's part: letters, digits, `.`, `_` and `-`)
+    let tag =
+        |n: &str| n.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    let names: Vec<String> =
+        ds.parts().iter().map(|p| p.dir.file_name().map_or("data".into(), |n| tag(&n.to_string_lossy()))).collect();
     let shared = |n: &String| names.iter().filter(|m| *m == n).count() > 1;
     names.iter().enumerate().map(|(p, n)| if shared(n) { format!("{n}-{p}") } else { n.clone() }).collect()
 }
@@ -147,24 +147,46 @@ impl Logger {
         Ok(())
     }
 
-    /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line.
-    pub fn val(&mut self, step: u64, v: &super::val::ValMetrics) -> Result<()> {
+    /// A validation result: `val.jsonl`, TensorBoard `val/*`, a console line; with `val.sets`, each
+    /// one's (`sets`) in the same line under `sets`, `val/NAME/*` and the console line.
+    pub fn val(
+        &mut self,
+        step: u64,
+        v: &super::val::ValMetrics,
+        sets: &[(String, super::val::ValMetrics)],
+    ) -> Result<()> {
         if self.val.is_none() {
             let p = self.run.join("val.jsonl");
             let f = std::fs::OpenOptions::new().create(true).append(true).open(&p);
             self.val = Some(f.with_context(|| format!("opening {}", p.display()))?);
         }
-        let line = serde_json::json!({ "step": step, "loss": v.loss, "bit_acc": v.bit_acc, "rows": v.rows });
+        let mut line = serde_json::json!({ "step": step, "loss": v.loss, "bit_acc": v.bit_acc, "rows": v.rows });
+        if !sets.is_empty() {
+            let each = sets.iter().map(|(name, m)| {
+                (name.clone(), serde_json::json!({ "loss": m.loss, "bit_acc": m.bit_acc, "rows": m.rows }))
+            });
+            line["sets"] = serde_json::Value::Object(each.collect());
+        }
         writeln!(self.val.as_mut().unwrap(), "{line}").context("writing val.jsonl")?;
         self.tb.write(None, |w| {
             w.scalar("val/loss", v.loss, step)?;
-            w.scalar("val/bit_acc", v.bit_acc, step)
+            w.scalar("val/bit_acc", v.bit_acc, step)?;
+            for (name, m) in sets {
+                w.scalar(&format!("val/{name}/loss"), m.loss, step)?;
+                w.scalar(&format!("val/{name}/bit_acc"), m.bit_acc, step)?;
+            }
+            Ok(())
         });
+        let more: Vec<String> = sets
+            .iter()
+            .map(|(name, m)| format!("; {name}: loss {:.4}, bit acc {:.1}%", m.loss, 100.0 * m.bit_acc))
+            .collect();
         self.println(&format!(
-            "validation at step {step}: loss {:.4}, bit acc {:.1}% ({} rows)",
+            "validation at step {step}: loss {:.4}, bit acc {:.1}% ({} rows){}",
             v.loss,
             100.0 * v.bit_acc,
-            v.rows
+            v.rows,
+            more.concat()
         ));
         Ok(())
     }

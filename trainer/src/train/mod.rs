@@ -365,10 +365,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             .into());
         }
         if let Some(v) = validator.as_ref().filter(|v| v.due(state.step)) {
-            let vm = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
+            let (vm, sets) = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
             summary.validated(state.step, vm.loss);
             if let Some(log) = logger.as_mut() {
-                log.val(state.step, &vm)?;
+                log.val(state.step, &vm, &sets)?;
             }
         }
 

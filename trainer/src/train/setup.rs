@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use infinity_data::loader::{BadRows, LoaderOptions, LoaderState};
+use anyhow::{bail, ensure, Context, Result};
+use infinity_data::loader::{BadRows, LoaderOptions, LoaderState, MixState};
 use infinity_data::{Checksums, Dataset, Manifest};
 
 use super::checkpoint::TrainState;
@@ -86,6 +86,13 @@ impl Setup {
             parts.push(ds);
         }
         let ds = Dataset::join(parts).context("data.mix")?;
+        // (the spike guard keys a step's level by dataset and bucket in 16 bits)
+        let levels = ds.parts().len() * ds.manifest.schedules.len();
+        ensure!(
+            levels < u16::MAX as usize,
+            "data.mix: {levels} datasets × schedules; at most {} are told apart",
+            u16::MAX - 1
+        );
 
         let m = &ds.manifest;
         let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
@@ -441,13 +448,20 @@ pub(crate) fn continue_position(
             position.batches_done
         ));
     }
-    let mix = infinity_data::loader::mix_quotas(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
-    let same_parts = position.mix.as_ref().map(Vec::len) == mix.as_ref().map(Vec::len);
-    if let Some(w) = warning.as_mut().filter(|_| rows_changed && same_parts && position.mix != mix) {
+    let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
+    // (the same datasets and weights: only the rows changed)
+    let same_mix =
+        |a: &MixState, b: &MixState| a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.weights == b.weights;
+    let changed = match (&position.mix, &mix) {
+        (Some(saved), Some(now)) => same_mix(saved, now) && saved.batches_per_epoch != now.batches_per_epoch,
+        _ => false,
+    };
+    if let Some(w) = warning.as_mut().filter(|_| rows_changed && changed) {
         // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said;
         // a weight changed on unchanged rows, or a dataset added or taken away, is refused below, as
         // without the flag)
-        let say = |m: &Option<Vec<u64>>| format!("{:?}", m.as_deref().unwrap_or_default());
+        let say =
+            |m: &Option<MixState>| format!("{:?}", m.as_ref().map(|m| &m.batches_per_epoch[..]).unwrap_or_default());
         w.push_str(&format!(
             "; the mix's batches per epoch of each dataset change with it: {} → {}",
             say(&position.mix),
@@ -455,7 +469,7 @@ pub(crate) fn continue_position(
         ));
         position.mix = mix.clone();
     }
-    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_deref())?;
+    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref())?;
     Ok(warning)
 }
 

@@ -27,37 +27,41 @@ pub struct ValMetrics {
     pub rows: usize,
 }
 
-pub struct Validator {
+/// One validation dataset, as read at every evaluation.
+struct ValData {
+    /// `None` for `val.dir`; a `val.sets` entry's name.
+    name: Option<String>,
     ds: Arc<Dataset>,
     /// Micro-batches: (bucket, global row ids).
     batches: Vec<(u16, Vec<u64>)>,
+    ropes: HashMap<u16, RopeTable>,
+}
+
+pub struct Validator {
+    /// `val.dir`'s, then each of `val.sets`.
+    sets: Vec<ValData>,
     every: u64,
     last: u64,
     /// The fixed self-correction noise (`val.seed`, at validation's strength), alike at every evaluation.
     draws: Draws,
-    ropes: HashMap<u16, RopeTable>,
 }
 
-impl Validator {
-    /// Rows evaluated each time.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|(_, rows)| rows.len()).sum()
-    }
-
-    /// The validator of `cfg.val`, if a validation dataset is configured, in micro-batches of
-    /// `micro_batch` rows. Its rows are checked here: an empty set is a configuration error, a bad row
-    /// a data error naming its file, row and column.
-    pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset, micro_batch: usize) -> Result<Option<Validator>> {
-        let Some(dir) = &cfg.val.dir else { return Ok(None) };
-        let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("val.dir {}", dir.display()))?;
-        compatible(&train.manifest, train.dir(), (&ds.manifest, dir), "val.dir")?;
-        super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("val.dir {}", dir.display()))?;
-        // the first `max_rows` rows, grouped by bucket, in micro-batches; checked now, as the loader and
-        // the step would check them, since the first evaluation comes steps (and a checkpoint) later
+impl ValData {
+    /// The first `val.max_rows` rows of `dir` (`key` naming it), grouped by bucket, in micro-batches of
+    /// `micro_batch` rows; checked now, as the loader and the step would check them, since the first
+    /// evaluation comes steps (and a checkpoint) later.
+    fn open(
+        (cfg, mc, train): (&TrainConfig, &ModelConfig, &Dataset),
+        (key, dir, name): (&str, &std::path::Path, Option<String>),
+        micro_batch: usize,
+    ) -> Result<ValData> {
+        let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("{key} {}", dir.display()))?;
+        compatible(&train.manifest, train.dir(), (&ds.manifest, dir), key)?;
+        super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("{key} {}", dir.display()))?;
         let n = (cfg.val.max_rows as u64).min(ds.num_rows());
         ensure!(
             n > 0,
-            "val.dir {}: no rows to validate on (name a dataset with rows, or leave val.dir out)",
+            "{key} {}: no rows to validate on (name a dataset with rows, or leave {key} out)",
             dir.display()
         );
         let mut by_bucket: Vec<Vec<u64>> = vec![Vec::new(); ds.manifest.schedules.len()];
@@ -67,36 +71,28 @@ impl Validator {
             bad.note(row_as_read(&ds, g, mc, false));
             by_bucket[ds.row(g).bucket as usize].push(g);
         }
-        bad.finish("val.dir", dir)?;
+        bad.finish(key, dir)?;
         let batches = by_bucket
             .iter()
             .enumerate()
             .flat_map(|(b, rows)| rows.chunks(micro_batch).map(move |c| (b as u16, c.to_vec())))
             .collect();
         let ropes = ds.manifest.schedules.iter().enumerate().map(|(b, s)| (b as u16, rope_for(mc, s))).collect();
-        Ok(Some(Validator {
-            ds: Arc::new(ds),
-            batches,
-            every: cfg.val.every,
-            last: cfg.run.steps,
-            draws: Draws::evaluation(cfg.val.seed, cfg.val.bsc(&cfg.bsc)),
-            ropes,
-        }))
+        Ok(ValData { name, ds: Arc::new(ds), batches, ropes })
     }
 
-    /// Evaluate every `val.every` steps and at the last step.
-    pub fn due(&self, step: u64) -> bool {
-        super::due(step, self.every, self.last)
+    fn rows(&self) -> usize {
+        self.batches.iter().map(|(_, rows)| rows.len()).sum()
     }
 
-    pub fn run(
+    /// Loss and bit accuracy over this set's rows, the ranks splitting its micro-batches.
+    fn run(
         &self,
-        cfg: &TrainConfig,
+        (cfg, draws): (&TrainConfig, Draws),
         (mc, lay): (&ModelConfig, &Layout),
         params: &Params<f32>,
         dist: &mut Dist,
-        compute: &mut Compute,
-        acts: &mut Acts<f32>,
+        (compute, acts): (&mut Compute, &mut Acts<f32>),
     ) -> Result<ValMetrics> {
         let m = &self.ds.manifest;
         // [Σ loss·rows, Σ bit accuracy·rows, rows] over this rank's micro-batches
@@ -105,7 +101,7 @@ impl Validator {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let sched = m.schedules[*bucket as usize].hw();
             let scales = mc.token_scales(&sched);
-            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, self.draws, false)?;
+            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, draws, false)?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
@@ -121,6 +117,54 @@ impl Validator {
         let rows = f[2].round() as usize;
         ensure!(rows > 0, "validation: no rows");
         Ok(ValMetrics { loss: f[0] as f64 / f[2] as f64, bit_acc: f[1] as f64 / f[2] as f64, rows })
+    }
+}
+
+impl Validator {
+    /// Rows evaluated each time, per set: `(None, val.dir's)`, then `(name, rows)` of each `val.sets`.
+    pub fn rows(&self) -> Vec<(Option<&str>, usize)> {
+        self.sets.iter().map(|s| (s.name.as_deref(), s.rows())).collect()
+    }
+
+    /// The validator of `cfg.val`, if a validation dataset is configured, in micro-batches of
+    /// `micro_batch` rows. Its rows are checked here: an empty set is a configuration error, a bad row
+    /// a data error naming its file, row and column.
+    pub fn new(cfg: &TrainConfig, mc: &ModelConfig, train: &Dataset, micro_batch: usize) -> Result<Option<Validator>> {
+        let Some(dir) = &cfg.val.dir else { return Ok(None) };
+        let mut sets = vec![ValData::open((cfg, mc, train), ("val.dir", dir, None), micro_batch)?];
+        for (i, set) in cfg.val.sets.iter().enumerate() {
+            let key = format!("val.sets[{i}].dir");
+            sets.push(ValData::open((cfg, mc, train), (&key, &set.dir, Some(set.name())), micro_batch)?);
+        }
+        Ok(Some(Validator {
+            sets,
+            every: cfg.val.every,
+            last: cfg.run.steps,
+            draws: Draws::evaluation(cfg.val.seed, cfg.val.bsc(&cfg.bsc)),
+        }))
+    }
+
+    /// Evaluate every `val.every` steps and at the last step.
+    pub fn due(&self, step: u64) -> bool {
+        super::due(step, self.every, self.last)
+    }
+
+    /// `val.dir`'s loss and bit accuracy, and each of `val.sets`' with its name.
+    pub fn run(
+        &self,
+        cfg: &TrainConfig,
+        (mc, lay): (&ModelConfig, &Layout),
+        params: &Params<f32>,
+        dist: &mut Dist,
+        compute: &mut Compute,
+        acts: &mut Acts<f32>,
+    ) -> Result<(ValMetrics, Vec<(String, ValMetrics)>)> {
+        let mut results = Vec::with_capacity(self.sets.len());
+        for set in &self.sets {
+            results.push(set.run((cfg, self.draws), (mc, lay), params, dist, (&mut *compute, &mut *acts))?);
+        }
+        let more = self.sets[1..].iter().zip(&results[1..]).map(|(s, m)| (s.name.clone().unwrap_or_default(), *m));
+        Ok((results[0], more.collect()))
     }
 }
 

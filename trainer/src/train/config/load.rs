@@ -238,9 +238,10 @@ fn remove(table: &mut toml::Table, key: &str) {
 /// Whether config keys `a` and `b` (dotted paths) touch one value: the same key, or a table around the
 /// other (`optim.decay` holds `optim.decay.min_ratio`).
 pub fn keys_overlap(a: &str, b: &str) -> bool {
+    // (`data.mix` holds `data.mix[0].weight`)
     a == b
-        || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
-        || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
+        || a.strip_prefix(b).is_some_and(|r| r.starts_with(['.', '[']))
+        || b.strip_prefix(a).is_some_and(|r| r.starts_with(['.', '[']))
 }
 
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
@@ -354,5 +355,6 @@ mod tests {
         assert!(keys_overlap("optim.decay", "optim.decay.min_ratio") && keys_overlap("optim.decay.min_ratio", "optim"));
         assert!(keys_overlap("optim.lr", "optim.lr"));
         assert!(!keys_overlap("optim.lr", "optim.lr_min") && !keys_overlap("val.seed", "run.seed"));
+        assert!(keys_overlap("data.mix", "data.mix[0].weight") && !keys_overlap("data.mix", "data.mixes"));
     }
 }

@@ -30,7 +30,8 @@ impl TrainConfig {
         }
         // a run writes checkpoints/, tb/ and its logs into run.dir: never into a dataset
         let same = |a: &Path, b: &Path| where_it_leads(a).is_some_and(|a| Some(a) == where_it_leads(b));
-        let dirs = self.data.dirs().chain(self.val.dir.as_ref().map(|d| ("val.dir".to_string(), d)));
+        let val_sets = self.val.sets.iter().enumerate().map(|(i, s)| (format!("val.sets[{i}].dir"), &s.dir));
+        let dirs = self.data.dirs().chain(self.val.dir.as_ref().map(|d| ("val.dir".to_string(), d))).chain(val_sets);
         for (key, dir) in dirs {
             if same(&self.run.dir, dir) {
                 bail!(
@@ -122,6 +123,7 @@ impl TrainConfig {
             bail!("val.p_max must be in [0, 1), found {p}");
         }
         self.check_mix()?;
+        self.check_val_sets()?;
         if !(0.0..=1.0).contains(&self.data.short_cap_prob) {
             bail!("data.short_cap_prob must be in [0, 1], found {}", self.data.short_cap_prob);
         }
@@ -190,6 +192,24 @@ impl TrainConfig {
             (Some(0), _) => bail!("model.mup_base_heads must be at least 1"),
             (Some(_), None) => bail!("model.mup_base_heads needs model.mup_base_width (μP's base model)"),
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// `val.sets`: beside `val.dir`, each named once, by a name TensorBoard's tags can carry.
+    fn check_val_sets(&self) -> Result<()> {
+        let sets = &self.val.sets;
+        if !sets.is_empty() && self.val.dir.is_none() {
+            bail!("val.sets evaluate beside val.dir, which is not set: set val.dir (the validation loss runs are fitted on)");
+        }
+        for (i, s) in sets.iter().enumerate() {
+            let name = s.name();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                bail!("val.sets[{i}].name must be letters, digits, `.`, `_` or `-` (a TensorBoard tag's part), found {name:?}");
+            }
+            if let Some(j) = sets[..i].iter().position(|o| o.name() == name) {
+                bail!("val.sets[{i}] is named `{name}`, as val.sets[{j}] is: give one a name of its own (val.sets[{i}].name)");
+            }
         }
         Ok(())
     }
