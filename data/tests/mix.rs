@@ -129,6 +129,10 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
             && e.contains("data.mix"),
         "{e}"
     );
+    // the same shares, rescaled: the same samples
+    let mut l = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![2.0, 2.0])), Some(s.clone())).unwrap();
+    l.next_batch().unwrap();
+    assert_eq!(l.state().mix.unwrap().weights, Some(vec![2.0, 2.0]), "the position takes this run's weights");
     // one dataset's position on a mix: the joined dataset is another one
     let alone = Arc::new(Dataset::open(dirs[0].path(), Checksums::Verify).unwrap());
     let e = Loader::new(alone, opts(0, 1, 0, None), Some(s)).err().unwrap().to_string();

@@ -210,4 +210,6 @@ fn more_validation_sets_are_each_measured_and_logged() {
     assert!(e.starts_with("val.sets[1] is named `b`, as val.sets[0] is"), "{e}");
     let spaced = validated("x", vec![ValSet { dir: b.clone(), name: Some("my set".into()) }]);
     assert!(spaced.validate().unwrap_err().to_string().starts_with("val.sets[0].name must be letters"));
+    // (a folder's name is made fit for a tag)
+    assert_eq!(ValSet { dir: tmp.path().join("my set"), name: None }.name(), "my-set");
 }

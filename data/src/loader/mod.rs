@@ -96,6 +96,23 @@ pub struct MixState {
     pub weights: Option<Vec<f64>>,
 }
 
+impl MixState {
+    /// Whether two mixes weigh their datasets alike: none given on both, or the same shares (`[1, 1]`
+    /// and `[2, 2]` draw the same samples).
+    pub fn same_weights(&self, other: &MixState) -> bool {
+        let shares = |m: &MixState| {
+            let w = m.weights.as_ref()?;
+            let sum: f64 = w.iter().sum();
+            Some(w.iter().map(|x| x / sum).collect::<Vec<f64>>())
+        };
+        match (shares(self), shares(other)) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12),
+            _ => false,
+        }
+    }
+}
+
 impl LoaderState {
     /// An error unless a loader of `seed`, `global_batch` and the dataset of `manifest` continues this
     /// position: each of them fixes the order of the samples (a configuration error, not bad data).
@@ -118,14 +135,11 @@ impl LoaderState {
             let say = |m: Option<usize>| m.map_or("one dataset".into(), |n| format!("a mix of {n} datasets"));
             return mismatch("data.mix:", say(parts(self.mix.as_ref())), say(parts(mix)));
         }
-        let weights = |m: Option<&MixState>| m.and_then(|m| m.weights.clone());
-        if weights(self.mix.as_ref()) != weights(mix) {
-            let say = |w: Option<Vec<f64>>| w.map_or("none (by size)".into(), |w| format!("{w:?}"));
-            return mismatch(
-                "the mix's weights (data.weight, data.mix)",
-                say(weights(self.mix.as_ref())),
-                say(weights(mix)),
-            );
+        if let (Some(saved), Some(now)) = (&self.mix, mix) {
+            if !saved.same_weights(now) {
+                let say = |w: &Option<Vec<f64>>| w.as_ref().map_or("none (by size)".into(), |w| format!("{w:?}"));
+                return mismatch("the mix's weights (data.weight, data.mix)", say(&saved.weights), say(&now.weights));
+            }
         }
         if !manifest.fingerprint_matches(&self.dataset) {
             // the hashes alone say nothing to a user: spell out what the fingerprint tells
@@ -144,7 +158,8 @@ impl LoaderState {
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
         }
-        if self.mix.as_ref() != mix {
+        let batches = |m: Option<&MixState>| m.map(|m| m.batches_per_epoch.clone());
+        if batches(self.mix.as_ref()) != batches(mix) {
             let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| format!("{:?}", m.batches_per_epoch));
             return mismatch(
                 "the mix's batches per epoch of each dataset (data.mix and its weights)",
@@ -318,8 +333,8 @@ impl Loader {
             None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets, mix: mixed },
             Some(mut s) => {
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
-                // (an earlier build's form, from now on this one's)
-                (s.dataset, s.buckets) = (dataset, buckets);
+                // (an earlier build's form, from now on this one's; the weights as this run gives them)
+                (s.dataset, s.buckets, s.mix) = (dataset, buckets, mixed);
                 s
             }
         };

@@ -8,7 +8,7 @@ use crate::train::config::{BscSection, LossSection, TrainConfig, ValSection};
 /// Settings that do not change what a run computes, only where it lives, what it logs, checkpoints
 /// and samples, and how its work is split (`*`: the whole section). The seed is here too: runs of a
 /// config with other seeds are repeats of one experiment.
-const NOT_THE_EXPERIMENT: [(&str, &str); 13] = [
+const NOT_THE_EXPERIMENT: [(&str, &str); 14] = [
     ("run", "dir"),
     ("run", "seed"),
     ("run", "log_every"),
@@ -19,6 +19,8 @@ const NOT_THE_EXPERIMENT: [(&str, &str); 13] = [
     ("data", "micro_batch"),
     ("data", "workers"),
     ("val", "every"),
+    // (more validation sets beside val.dir, whose loss is the one fitted)
+    ("val", "sets"),
     ("checkpoint", "*"),
     ("sample", "*"),
     ("dist", "*"),

@@ -77,9 +77,14 @@ pub struct ValSet {
 }
 
 impl ValSet {
-    /// `name`, or the folder's name.
+    /// `name`, or the folder's name (other characters than letters, digits, `.`, `_` and `-` made `-`:
+    /// a TensorBoard tag's part).
     pub fn name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| self.dir.file_name().map_or("val".into(), |n| n.to_string_lossy().into()))
+        let folder = || {
+            let name = self.dir.file_name().map_or("val".into(), |n| n.to_string_lossy().into_owned());
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect()
+        };
+        self.name.clone().unwrap_or_else(folder)
     }
 }
 

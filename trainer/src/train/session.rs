@@ -57,9 +57,16 @@ impl<'a> Session<'a> {
         // the first collective: every later one assumes the ranks train one config
         // (paths absolute: the run folder records where its data are, wherever it is read from)
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
-        let val_fingerprint = cfg.val.dir.as_ref().map(|d| match infinity_data::Manifest::load(d) {
+        let fingerprint = |d: &std::path::Path| match infinity_data::Manifest::load(d) {
             Ok(v) => v.fingerprint(),
             Err(_) => "unreadable".into(), // named by the validator below
+        };
+        // (and each of `val.sets`, whose folders may differ per node too)
+        let val_fingerprint = cfg.val.dir.as_ref().map(|d| {
+            std::iter::once(fingerprint(d))
+                .chain(cfg.val.sets.iter().map(|s| fingerprint(&s.dir)))
+                .collect::<Vec<_>>()
+                .join(" + ")
         });
         dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref()))
             .map_err(unrecoverable)?;

@@ -451,7 +451,7 @@ pub(crate) fn continue_position(
     let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
     // (the same datasets and weights: only the rows changed)
     let same_mix =
-        |a: &MixState, b: &MixState| a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.weights == b.weights;
+        |a: &MixState, b: &MixState| a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b);
     let changed = match (&position.mix, &mix) {
         (Some(saved), Some(now)) => same_mix(saved, now) && saved.batches_per_epoch != now.batches_per_epoch,
         _ => false,

@@ -59,11 +59,8 @@ impl ValData {
         compatible(&train.manifest, train.dir(), (&ds.manifest, dir), key)?;
         super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("{key} {}", dir.display()))?;
         let n = (cfg.val.max_rows as u64).min(ds.num_rows());
-        ensure!(
-            n > 0,
-            "{key} {}: no rows to validate on (name a dataset with rows, or leave {key} out)",
-            dir.display()
-        );
+        let leave = if key == "val.dir" { "leave val.dir out" } else { "leave this [[val.sets]] entry out" };
+        ensure!(n > 0, "{key} {}: no rows to validate on (name a dataset with rows, or {leave})", dir.display());
         let mut by_bucket: Vec<Vec<u64>> = vec![Vec::new(); ds.manifest.schedules.len()];
         let mut bad = BadRows::default();
         for g in 0..n {
