@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use infinity_data::loader::{BadRows, Batch, Loader, LoaderOptions, LoaderState};
+use infinity_data::loader::{Batch, Loader, LoaderOptions, LoaderState};
 use infinity_data::{Checksums, Dataset};
 
 fn open(n: u64) -> (tempfile::TempDir, Arc<Dataset>) {
@@ -16,16 +16,7 @@ fn open(n: u64) -> (tempfile::TempDir, Arc<Dataset>) {
 }
 
 fn opts(g: usize, rank: usize, world: usize, workers: usize) -> LoaderOptions {
-    LoaderOptions {
-        global_batch: g,
-        seed: 42,
-        rank,
-        world_size: world,
-        workers,
-        prefetch: 2,
-        bad_rows: BadRows::Error,
-        mix_weights: None,
-    }
+    common::loader_options(g, (rank, world), workers, None)
 }
 
 /// The ids of `steps` global batches read by all ranks of `world` (rank slices concatenated in rank

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use infinity_data::loader::{mix_state, BadRows, Batch, Loader, LoaderOptions, LoaderState};
+use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState};
 use infinity_data::{Checksums, Dataset};
 
 /// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
@@ -20,16 +20,7 @@ fn two_parts() -> (Vec<tempfile::TempDir>, Dataset, Dataset) {
 }
 
 fn opts(rank: usize, world: usize, workers: usize, weights: Option<Vec<f64>>) -> LoaderOptions {
-    LoaderOptions {
-        global_batch: 8,
-        seed: 42,
-        rank,
-        world_size: world,
-        workers,
-        prefetch: 2,
-        bad_rows: BadRows::Error,
-        mix_weights: weights,
-    }
+    common::loader_options(8, (rank, world), workers, weights)
 }
 
 /// `steps` global batches as `(part, ids of all ranks in rank order)`, from `state` on; and the state

@@ -74,6 +74,25 @@ pub fn random_row(m: &Manifest, id: u64, rng: &mut impl Rng) -> RowData {
     }
 }
 
+/// Loader options of the tests: seed 42, prefetching 2, bad rows refused, the mix's `weights`.
+pub fn loader_options(
+    g: usize,
+    (rank, world): (usize, usize),
+    workers: usize,
+    weights: Option<Vec<f64>>,
+) -> infinity_data::loader::LoaderOptions {
+    infinity_data::loader::LoaderOptions {
+        global_batch: g,
+        seed: 42,
+        rank,
+        world_size: world,
+        workers,
+        prefetch: 2,
+        bad_rows: infinity_data::loader::BadRows::Error,
+        mix_weights: weights,
+    }
+}
+
 /// Write `n` random rows into `dir` with small shards and batches; returns the rows and the manifest.
 pub fn write_random(dir: &Path, n: u64, seed: u64) -> (Vec<RowData>, Manifest) {
     write_random_from(dir, n, seed, 1000)
