@@ -47,8 +47,9 @@ pub fn inspect(dir: &Path) -> Result<String> {
         m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64 / (1 << 20) as f64
     );
     let _ = writeln!(s, "schedules");
+    let bucket_rows = m.rows_per_bucket();
     for (b, sch) in m.schedules.iter().enumerate() {
-        let rows: u64 = m.shards.iter().map(|s| s.bucket_rows[b]).sum();
+        let rows = bucket_rows[b];
         let (h, w) = sch.latent_hw();
         let patches = match sch.spatial_patchify {
             true => format!(" (spatial patchify: {} tokens of 2×2)", sch.num_tokens() / 4),

@@ -124,6 +124,17 @@ pub struct ShardEntry {
 }
 
 impl Manifest {
+    /// Rows per bucket over every shard, indexed like `schedules`.
+    pub fn rows_per_bucket(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.schedules.len()];
+        for s in &self.shards {
+            for (slot, n) in out.iter_mut().zip(&s.bucket_rows) {
+                *slot += n;
+            }
+        }
+        out
+    }
+
     pub fn columns(&self) -> Columns {
         Columns {
             latent: self.latent.is_some(),

@@ -204,22 +204,11 @@ pub fn mix_state(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> 
     }
     // (from the manifests' counts, which `Dataset::open` checked against the files: no row lists)
     let g = global_batch.max(1) as u64;
-    let natural: Vec<u64> = ds
-        .parts()
-        .iter()
-        .map(|p| {
-            let rows =
-                |b: usize| p.manifest.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum::<u64>();
-            (0..p.manifest.schedules.len()).map(|b| rows(b) / g).sum()
-        })
-        .collect();
-    let batches_per_epoch = quotas_of(ds, &natural, weights)?;
-    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec) }))
-}
-
-fn quotas_of(ds: &Dataset, natural: &[u64], weights: Option<&[f64]>) -> Result<Vec<u64>> {
+    let natural: Vec<u64> =
+        ds.parts().iter().map(|p| p.manifest.rows_per_bucket().iter().map(|n| n / g).sum()).collect();
     let names: Vec<String> = ds.parts().iter().map(|p| p.dir.display().to_string()).collect();
-    mix::quotas(natural, weights, &names)
+    let batches_per_epoch = mix::quotas(&natural, weights, &names)?;
+    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec) }))
 }
 
 /// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
@@ -323,10 +312,9 @@ impl Loader {
                 ds.parts().iter().map(|p| p.dir.display().to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
-        let natural: Vec<u64> = parts.iter().map(|p| p.per_epoch).collect();
-        let quotas = quotas_of(&ds, &natural, opts.mix_weights.as_deref())?;
-        let mixed = (quotas.len() > 1)
-            .then(|| MixState { batches_per_epoch: quotas.clone(), weights: opts.mix_weights.clone() });
+        // (one dataset: its own epoch; a mix: its datasets' shares, as the position records them)
+        let mixed = mix_state(&ds, g, opts.mix_weights.as_deref())?;
+        let quotas = mixed.as_ref().map_or_else(|| vec![parts[0].per_epoch], |m| m.batches_per_epoch.clone());
         let part_rows: Vec<&[Vec<u64>]> = parts.iter().map(|p| &p.rows_by_bucket[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&part_rows)));
         let state = match resume {

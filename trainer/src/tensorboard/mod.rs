@@ -26,6 +26,17 @@ pub use read::{event_files, read_scalars, read_steps, truncate_event_dir, trunca
 mod proto;
 mod read;
 
+/// Whether `c` may stand in a tag's part of ours (a dataset's or validation set's name): letters,
+/// digits, `.`, `_` and `-`.
+pub fn tag_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-".contains(c)
+}
+
+/// `name` fit for a tag's part: every other character made `-`.
+pub fn tag_part(name: &str) -> String {
+    name.chars().map(|c| if tag_char(c) { c } else { '-' }).collect()
+}
+
 /// A hyperparameter value for [`EventWriter::hparams`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum HParam {

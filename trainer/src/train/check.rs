@@ -49,7 +49,7 @@ pub fn check_with(
     };
     out.push(format!(
         "dataset {}: {} in {} (checksums verified), d = {}{patches}, {}, {mean_tokens:.0} tokens per sample",
-        cfg.data.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + "),
+        cfg.data.folders(),
         plural(ds.num_rows() as usize, "row"),
         plural(m.shards.len(), "shard"),
         m.d,
@@ -63,11 +63,8 @@ pub fn check_with(
     let mut repeated = Vec::new();
     for (((p, part), &quota), (key, dir)) in ds.parts().iter().enumerate().zip(&mix.quotas).zip(cfg.data.dirs()) {
         let mut bad = BadRows::default();
-        let mut bucket_rows = vec![0u64; m.schedules.len()];
-        for (b, n) in part.manifest.shards.iter().flat_map(|s| s.bucket_rows.iter().enumerate()) {
-            bucket_rows[b] += n;
-        }
-        let drawn: Vec<bool> = bucket_rows.iter().map(|&n| quota > 0 && n >= cfg.data.global_batch as u64).collect();
+        let drawn: Vec<bool> =
+            part.manifest.rows_per_bucket().iter().map(|&n| quota > 0 && n >= cfg.data.global_batch as u64).collect();
         let mut ids = std::collections::HashSet::new();
         for g in part.rows.clone() {
             let row = ds.row(g);

@@ -80,10 +80,8 @@ impl ValSet {
     /// `name`, or the folder's name (other characters than letters, digits, `.`, `_` and `-` made `-`:
     /// a TensorBoard tag's part).
     pub fn name(&self) -> String {
-        let folder = || {
-            let name = self.dir.file_name().map_or("val".into(), |n| n.to_string_lossy().into_owned());
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect()
-        };
+        let folder =
+            || self.dir.file_name().map_or("val".into(), |n| crate::tensorboard::tag_part(&n.to_string_lossy()));
         self.name.clone().unwrap_or_else(folder)
     }
 }
@@ -326,6 +324,11 @@ impl DataSection {
     pub fn dirs(&self) -> impl Iterator<Item = (String, &PathBuf)> {
         std::iter::once(("data.dir".to_string(), &self.dir))
             .chain(self.mix.iter().enumerate().map(|(i, m)| (format!("data.mix[{i}].dir"), &m.dir)))
+    }
+
+    /// Every training dataset's folder, as a run names them: `A + B`.
+    pub fn folders(&self) -> String {
+        self.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + ")
     }
 
     /// The weights of a mix, `data.weight` first; `None` where none is given (the datasets concatenated).

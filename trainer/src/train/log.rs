@@ -71,11 +71,8 @@ pub struct StepMetrics {
 /// The names of a joined dataset's folders for TensorBoard tags: each folder's own name, with `-P`
 /// (its place in the mix) added where two share one.
 pub fn dataset_names(ds: &infinity_data::Dataset) -> Vec<String> {
-    // (a tag's part: letters, digits, `.`, `_` and `-`)
-    let tag =
-        |n: &str| n.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
-    let names: Vec<String> =
-        ds.parts().iter().map(|p| p.dir.file_name().map_or("data".into(), |n| tag(&n.to_string_lossy()))).collect();
+    let tag = |n: &std::ffi::OsStr| crate::tensorboard::tag_part(&n.to_string_lossy());
+    let names: Vec<String> = ds.parts().iter().map(|p| p.dir.file_name().map_or("data".into(), tag)).collect();
     let shared = |n: &String| names.iter().filter(|m| *m == n).count() > 1;
     names.iter().enumerate().map(|(p, n)| if shared(n) { format!("{n}-{p}") } else { n.clone() }).collect()
 }

@@ -215,13 +215,7 @@ impl TokenMix {
         let flops_per_token: Vec<f64> = scales.iter().map(|s| train_flops_per_token(mc, s, text_tokens)).collect();
         let g = global_batch.max(1) as u64;
         // rows and whole global batches of each dataset's buckets
-        let rows: Vec<Vec<u64>> = parts
-            .iter()
-            .map(|p| {
-                let per = |b: usize| p.shards.iter().map(|s| s.bucket_rows.get(b).copied().unwrap_or(0)).sum();
-                (0..m.schedules.len()).map(per).collect()
-            })
-            .collect();
+        let rows: Vec<Vec<u64>> = parts.iter().map(|p| p.rows_per_bucket()).collect();
         let batches: Vec<Vec<u64>> = rows.iter().map(|r| r.iter().map(|n| n / g).collect()).collect();
         let natural: Vec<u64> = batches.iter().map(|b| b.iter().sum()).collect();
         let quotas = match natural.iter().any(|&n| n > 0) {
@@ -444,33 +438,30 @@ pub(crate) fn continue_position(
         warning = Some(format!(
             "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
              ({} batches drawn): {order}",
-            cfg.data.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + "),
+            cfg.data.folders(),
             position.batches_done
         ));
     }
     let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
-    // (the same datasets and weights: only the rows changed)
-    let same_mix =
-        |a: &MixState, b: &MixState| a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b);
-    let changed = match (&position.mix, &mix) {
-        (Some(saved), Some(now)) => same_mix(saved, now) && saved.batches_per_epoch != now.batches_per_epoch,
-        _ => false,
+    // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said; a
+    // weight changed, or a dataset added or taken away, is refused below, as without the flag)
+    let moved = match (&position.mix, &mix) {
+        (Some(saved), Some(now)) if rows_changed && same_datasets(saved, now) => (saved.batches_per_epoch
+            != now.batches_per_epoch)
+            .then(|| format!("{:?} → {:?}", saved.batches_per_epoch, now.batches_per_epoch)),
+        _ => None,
     };
-    if let Some(w) = warning.as_mut().filter(|_| rows_changed && changed) {
-        // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said;
-        // a weight changed on unchanged rows, or a dataset added or taken away, is refused below, as
-        // without the flag)
-        let say =
-            |m: &Option<MixState>| format!("{:?}", m.as_ref().map(|m| &m.batches_per_epoch[..]).unwrap_or_default());
-        w.push_str(&format!(
-            "; the mix's batches per epoch of each dataset change with it: {} → {}",
-            say(&position.mix),
-            say(&mix)
-        ));
+    if let (Some(w), Some(change)) = (warning.as_mut(), moved) {
+        w.push_str(&format!("; the mix's batches per epoch of each dataset change with it: {change}"));
         position.mix = mix.clone();
     }
     position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref())?;
     Ok(warning)
+}
+
+/// Whether two mixes draw the same datasets by the same weights (their batches per epoch aside).
+fn same_datasets(a: &MixState, b: &MixState) -> bool {
+    a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b)
 }
 
 /// A checkpoint to resume from, as loaded and checked: its weights, optimiser and state (the loader's

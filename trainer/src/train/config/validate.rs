@@ -205,7 +205,7 @@ impl TrainConfig {
         for (i, s) in sets.iter().enumerate() {
             let name = s.name();
             // (a folder's name is made fit; a given one is checked)
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            if name.is_empty() || !name.chars().all(crate::tensorboard::tag_char) {
                 bail!("val.sets[{i}].name must be letters, digits, `.`, `_` or `-` (a TensorBoard tag's part), found {name:?}");
             }
             if let Some(j) = sets[..i].iter().position(|o| o.name() == name) {
