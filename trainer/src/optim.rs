@@ -38,7 +38,7 @@ impl AdamWConfig {
     pub fn weight_decay_at(&self, step: u64, total: u64) -> f64 {
         let Some(end) = self.weight_decay_end else { return self.weight_decay };
         let t = (step as f64 / total.saturating_sub(1).max(1) as f64).min(1.0);
-        end + (self.weight_decay - end) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+        cosine(self.weight_decay, end, t)
     }
 }
 
@@ -229,6 +229,11 @@ pub struct LrSchedule {
     pub decay: Decay,
 }
 
+/// A half cosine from `from` at `t = 0` to `to` at `t = 1`.
+fn cosine(from: f64, to: f64, t: f64) -> f64 {
+    to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
 impl LrSchedule {
     /// Learning rate of optimiser step `step` (0-based) of `total` steps: the decay runs from the peak
     /// at step `warmup_steps` to its end value at the last step, `total - 1` (upstream's
@@ -242,9 +247,7 @@ impl LrSchedule {
         let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
         let f = match self.decay {
             Decay::Constant => 1.0,
-            Decay::Cosine { min_ratio } => {
-                min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
+            Decay::Cosine { min_ratio } => cosine(1.0, min_ratio, t),
             Decay::Linear { min_ratio } => 1.0 - (1.0 - min_ratio) * t,
             Decay::Wsd { decay_fraction, min_ratio } => {
                 let start = 1.0 - decay_fraction;

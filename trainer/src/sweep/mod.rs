@@ -260,36 +260,23 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
         let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
         crate::train::check_schedules_fit(&mc, &m).with_context(|| format!("run {name}"))?;
-        // the validation set, as `infinity train` checks it before its first step (once per pair of
-        // datasets): a missing or mismatched one would fail every run after it started
-        if let Some(val) = &config.val.dir {
+        // the validation sets (`val.dir`, `val.sets`), as `infinity train` checks them before its first
+        // step (once per pair of datasets): a missing or mismatched one would fail every run after it started
+        for (key, val) in config.val.dirs() {
             if !checked_val.contains(&(config.data.dir.clone(), val.clone())) {
                 let vm = Manifest::load(val).with_context(|| {
                     format!(
-                        "run {name}: val.dir {} (the validation dataset: make it with `infinity data synth --tokenizer \
-                         {}` or `infinity data pack --tokenizer …`, or set val.dir to an existing one)",
+                        "run {name}: {key} {} (the validation dataset: make it with `infinity data synth --tokenizer \
+                         {}` or `infinity data pack --tokenizer …`, or set {key} to an existing one)",
                         val.display(),
                         config.data.dir.join("tokenizer.safetensors").display()
                     )
                 })?;
-                crate::train::val::compatible(&m, &config.data.dir, (&vm, val), "val.dir")
+                crate::train::val::compatible(&m, &config.data.dir, (&vm, val), &key)
                     .with_context(|| format!("run {name}"))?;
                 crate::train::check_schedules_fit(&mc, &vm)
-                    .with_context(|| format!("run {name}: val.dir {}", val.display()))?;
+                    .with_context(|| format!("run {name}: {key} {}", val.display()))?;
                 checked_val.push((config.data.dir.clone(), val.clone()));
-            }
-        }
-        // (and `val.sets`, alike)
-        for (i, set) in config.val.sets.iter().enumerate() {
-            if !checked_val.contains(&(config.data.dir.clone(), set.dir.clone())) {
-                let key = format!("val.sets[{i}].dir");
-                let vm =
-                    Manifest::load(&set.dir).with_context(|| format!("run {name}: {key} {}", set.dir.display()))?;
-                crate::train::val::compatible(&m, &config.data.dir, (&vm, &set.dir), &key)
-                    .with_context(|| format!("run {name}"))?;
-                crate::train::check_schedules_fit(&mc, &vm)
-                    .with_context(|| format!("run {name}: {key} {}", set.dir.display()))?;
-                checked_val.push((config.data.dir.clone(), set.dir.clone()));
             }
         }
         // (a mix's datasets, as `infinity train` checks them before its first step)

@@ -87,6 +87,13 @@ impl ValSet {
 }
 
 impl ValSection {
+    /// Every validation dataset's folder and the key naming it: `val.dir` (where set), then
+    /// `val.sets[i].dir`.
+    pub fn dirs(&self) -> impl Iterator<Item = (String, &PathBuf)> {
+        let sets = self.sets.iter().enumerate().map(|(i, s)| (format!("val.sets[{i}].dir"), &s.dir));
+        self.dir.iter().map(|d| ("val.dir".to_string(), d)).chain(sets)
+    }
+
     /// The self-correction `(p_max, apply_layers)` validation measures with, given training's `bsc`.
     pub fn bsc(&self, bsc: &BscSection) -> (f64, usize) {
         (self.p_max.unwrap_or(bsc.p_max), self.apply_layers.unwrap_or(bsc.apply_layers))

@@ -62,12 +62,8 @@ impl<'a> Session<'a> {
             Err(_) => "unreadable".into(), // named by the validator below
         };
         // (and each of `val.sets`, whose folders may differ per node too)
-        let val_fingerprint = cfg.val.dir.as_ref().map(|d| {
-            std::iter::once(fingerprint(d))
-                .chain(cfg.val.sets.iter().map(|s| fingerprint(&s.dir)))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        });
+        let val_fingerprint =
+            cfg.val.dir.is_some().then(|| cfg.val.dirs().map(|(_, d)| fingerprint(d)).collect::<Vec<_>>().join(" + "));
         dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref()))
             .map_err(unrecoverable)?;
         if let Some(note) = compute.precision_note(&cfg.run) {

@@ -30,9 +30,7 @@ impl TrainConfig {
         }
         // a run writes checkpoints/, tb/ and its logs into run.dir: never into a dataset
         let same = |a: &Path, b: &Path| where_it_leads(a).is_some_and(|a| Some(a) == where_it_leads(b));
-        let val_sets = self.val.sets.iter().enumerate().map(|(i, s)| (format!("val.sets[{i}].dir"), &s.dir));
-        let dirs = self.data.dirs().chain(self.val.dir.as_ref().map(|d| ("val.dir".to_string(), d))).chain(val_sets);
-        for (key, dir) in dirs {
+        for (key, dir) in self.data.dirs().chain(self.val.dirs()) {
             if same(&self.run.dir, dir) {
                 bail!(
                     "run.dir and {key} are one folder ({}): give the run a folder of its own",
