@@ -194,6 +194,18 @@ pub fn clip_coef(norm: f64, max_norm: f64) -> Option<f64> {
     (max_norm > 0.0 && coef < 1.0).then_some(coef)
 }
 
+/// The global-norm clip of step `step` (0-based) of `total`: `clip` itself, or under upstream's `--cdec`
+/// (`decay`) `clip · (0.3^(20·t) + 0.2)` with `t = step / (total - 1)`: 1.2 × `clip` at the first step,
+/// down to 0.2 × within the first quarter of the run or so, 0.2 × at the last (upstream's
+/// `clip_decay_ratio`, its progress `g_it / (max_it - 1)` with one micro-step per step).
+pub fn clip_at(clip: f64, decay: bool, step: u64, total: u64) -> f64 {
+    if !decay {
+        return clip;
+    }
+    let t = (step as f64 / total.saturating_sub(1).max(1) as f64).min(1.0);
+    clip * (0.3f64.powf(20.0 * t) + 0.2)
+}
+
 /// Scale gradients so their global norm is at most `max_norm` ([`clip_coef`]). Returns the norm before
 /// clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
@@ -328,6 +340,12 @@ mod tests {
         let mut off = vec![3.0f32, 4.0];
         assert_eq!(clip_grad_norm(&mut off, 0.0), 5.0);
         assert_eq!(off, vec![3.0, 4.0], "max_norm 0 turns clipping off");
+        assert_eq!(clip_at(5.0, false, 7, 11), 5.0);
+        assert!((clip_at(5.0, true, 0, 11) - 6.0).abs() < 1e-12, "1.2 × at the first step");
+        // t = 0.1: 0.3² + 0.2 = 0.29
+        assert!((clip_at(5.0, true, 1, 11) - 1.45).abs() < 1e-12);
+        assert!((clip_at(5.0, true, 10, 11) - 5.0 * (0.3f64.powi(20) + 0.2)).abs() < 1e-12);
+        assert_eq!(clip_at(5.0, true, 0, 1), 6.0, "a one-step run");
 
         // 101 steps (0..=100), 10 of warm-up: the decay spans steps 10..=100
         let s = |decay| LrSchedule { peak: 1.0, warmup_steps: 10, warmup_start_ratio: 0.005, decay };

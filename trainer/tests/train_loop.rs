@@ -902,6 +902,42 @@ fn a_second_job_on_a_run_folder_is_refused() {
     assert_eq!(train(&cfg, &TrainOptions::default()).unwrap().steps, 6);
 }
 
+/// Upstream's `--cdec`: the clip decays from 1.2 × `optim.clip` to 0.2 × over the run, logged each step.
+#[test]
+fn a_decaying_clip_as_upstreams_cdec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, clip: f64, decay: bool| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        (c.run.steps, c.optim.clip, c.optim.clip_decay, c.sample.every, c.checkpoint.every) = (5, clip, decay, 0, 100);
+        train(&c, &TrainOptions::default()).unwrap();
+        let text = std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (lines, read(c.run.dir.join("checkpoints/step-00000005/model.safetensors")))
+    };
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+    let (free, _) = run("free", 0.0, false);
+    assert!(free[0].get("clip").is_none(), "a constant clip is not logged: {}", free[0]);
+    // a clip at the first step's norm: 1.2 × leaves step 0 alone, the decayed ones bite after it
+    let g0 = f(&free[0], "grad_norm");
+    let (fixed, fixed_weights) = run("fixed", g0, false);
+    let (decayed, decayed_weights) = run("decayed", g0, true);
+    for (s, m) in decayed.iter().enumerate() {
+        let want = g0 * (0.3f64.powf(20.0 * s as f64 / 4.0) + 0.2);
+        assert!((f(m, "clip") - want).abs() <= 1e-12 * want, "step {s}: {m}");
+    }
+    assert_eq!(f(&decayed[0], "grad_norm"), f(&fixed[0], "grad_norm"), "the first step is the same");
+    assert!(f(&decayed[1], "grad_norm") > f(&decayed[1], "clip"), "the decayed clip never bit: {decayed:?}");
+    assert!(decayed_weights != fixed_weights, "the decaying clip changed nothing");
+
+    let path = tmp.path().join("c.toml");
+    std::fs::write(&path, toml::to_string(&config(&data, tmp.path().join("off"), "class")).unwrap()).unwrap();
+    let sets = ["optim.clip=0".to_string(), "optim.clip_decay=true".to_string()];
+    let e = format!("{:#}", TrainConfig::load(&path, &sets).unwrap_err());
+    assert!(e.contains("optim.clip_decay decays optim.clip, which is 0"), "{e}");
+}
+
 /// Upstream's `bitloss_type = 'sum'` (gradients d times the mean's, the logged loss per bit alike) and
 /// `twde` (weight decay along a cosine to its end value, logged each step, resumed exactly).
 #[test]

@@ -370,6 +370,10 @@ pub struct OptimSection {
     /// Global-norm clip (upstream `tclip`); 0 turns clipping off.
     #[serde(default = "default_clip")]
     pub clip: f64,
+    /// Upstream's `--cdec`: the clip decays over the run, `clip · (0.3^(20·t) + 0.2)` at progress `t`
+    /// ([`crate::optim::clip_at`]); logged as `train/clip`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clip_decay: bool,
     /// Stop after this many consecutive steps with a non-finite loss or gradient norm.
     #[serde(default = "default_max_nonfinite")]
     pub max_nonfinite: u64,
@@ -395,6 +399,10 @@ fn default_spike_window() -> usize {
 }
 fn is_default_spike_window(w: &usize) -> bool {
     *w == default_spike_window()
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &f64) -> bool {

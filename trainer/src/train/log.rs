@@ -32,6 +32,9 @@ pub struct StepMetrics {
     /// The weight decay of the step, where it changes over the run (`optim.adamw.weight_decay_end`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
+    /// The global-norm clip of the step, where it decays over the run (`optim.clip_decay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub samples_per_s: f64,

@@ -266,7 +266,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&reduced[n_metrics..], dist.world, true));
         let means = StepMeans::from_vec(&reduced[..n_metrics], scales.len());
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
-        let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, cfg.optim.clip)?;
+        let clip = crate::optim::clip_at(cfg.optim.clip, cfg.optim.clip_decay, state.step, cfg.run.steps);
+        let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, clip)?;
         let lr = schedule.lr(state.step, cfg.run.steps);
         // (upstream's twde: a weight decay that changes over the run, where one is set)
         let adamw = &cfg.optim.adamw;
@@ -321,6 +322,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             token_acc: means.token_acc,
             lr,
             weight_decay,
+            clip: cfg.optim.clip_decay.then_some(clip),
             grad_norm,
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,

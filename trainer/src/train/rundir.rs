@@ -97,12 +97,9 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     };
     let model: Option<serde_json::Value> =
         std::fs::read_to_string(ckpt.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-    // the learning-rate schedule spans run.steps: the rate moves at once to where the new length puts
-    // the step (a longer run jumps back up the cosine)
-    // (and so does a weight decay schedule, optim.adamw.weight_decay_end)
-    let table: Option<toml::Table> = toml::from_str(config_toml).ok();
-    let wd_end = table.as_ref().and_then(|t| t.get("optim")?.get("adamw")?.get("weight_decay_end")).is_some();
-    let schedules = if wd_end { "learning-rate and weight decay schedules are" } else { "learning-rate schedule is" };
+    // the schedules span run.steps: each moves at once to where the new length puts the step (a
+    // longer run jumps back up the cosine)
+    let schedules = step_schedules(config_toml);
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
         c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
@@ -113,6 +110,23 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         }
     }
     Ok(changes)
+}
+
+/// The schedules over `run.steps` that a config has, as the resume message names them: the learning
+/// rate's always, the weight decay's (`optim.adamw.weight_decay_end`) and the clip's
+/// (`optim.clip_decay`) where set.
+fn step_schedules(config_toml: &str) -> String {
+    let table: Option<toml::Table> = toml::from_str(config_toml).ok();
+    let optim = table.as_ref().and_then(|t| t.get("optim"));
+    let wd_end = optim.and_then(|o| o.get("adamw")?.get("weight_decay_end")).is_some();
+    let clip_decay = optim.and_then(|o| o.get("clip_decay")?.as_bool()) == Some(true);
+    let mut moving = vec!["learning-rate"];
+    moving.extend(wd_end.then_some("weight decay"));
+    moving.extend(clip_decay.then_some("clip"));
+    match moving.len() {
+        1 => "learning-rate schedule is".to_string(),
+        n => format!("{} and {} schedules are", moving[..n - 1].join(", "), moving[n - 1]),
+    }
 }
 
 /// Whether `run` holds the history of another run than the one resumed from `ckpt` (at `step`, a
@@ -238,6 +252,16 @@ mod tests {
         assert_eq!(config_changes(lr, &per_256(0.004)).unwrap(), ["optim.lr: 0.003 → 0.002"]);
         // given the same way, as it is given
         assert_eq!(config_changes(&per_256(0.006), &per_256(0.004)).unwrap(), ["optim.lr_per_256: 0.006 → 0.004"]);
+    }
+
+    #[test]
+    fn a_resume_names_the_schedules_a_new_length_moves() {
+        assert_eq!(step_schedules("[optim]\nlr = 0.003\n"), "learning-rate schedule is");
+        assert_eq!(step_schedules("[optim]\nclip_decay = true\n"), "learning-rate and clip schedules are");
+        assert_eq!(
+            step_schedules("[optim]\nclip_decay = true\n[optim.adamw]\nweight_decay_end = 0.0\n"),
+            "learning-rate, weight decay and clip schedules are"
+        );
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub(super) fn step_scalars(
     if let Some(wd) = m.weight_decay {
         w.scalar("train/weight_decay", wd, m.step)?;
     }
+    if let Some(clip) = m.clip {
+        w.scalar("train/clip", clip, m.step)?;
+    }
     if let Some(l) = m.loss_token_mean {
         w.scalar("train/loss_token_mean", l, m.step)?;
     }

@@ -87,6 +87,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             decay: Decay::Cosine { min_ratio: 0.1 },
             adamw: Default::default(),
             clip: 1.0,
+            clip_decay: false,
             max_nonfinite: 3,
             ema_decay: 0.0,
             skip_loss_z: 0.0,

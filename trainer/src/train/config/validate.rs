@@ -57,6 +57,11 @@ impl TrainConfig {
         if !(o.clip >= 0.0 && o.clip.is_finite()) {
             bail!("optim.clip must be a finite number ≥ 0 (0 turns clipping off), found {}", o.clip);
         }
+        if o.clip_decay && o.clip == 0.0 {
+            bail!(
+                "optim.clip_decay decays optim.clip, which is 0 (clipping off): set optim.clip > 0 or drop clip_decay"
+            );
+        }
         if !(0.0..1.0).contains(&o.ema_decay) {
             bail!("optim.ema_decay must be in [0, 1) (0 keeps no moving average), found {}", o.ema_decay);
         }
