@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState};
+use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState, MixPhase};
 use infinity_data::{Checksums, Dataset};
 
 /// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
@@ -53,9 +53,9 @@ fn parts_are_drawn_by_weight_each_in_its_own_order() {
     assert_eq!(ds.num_rows(), 208);
     assert_eq!(ds.parts().iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), [0..160, 160..208]);
     // ~19 and ~5 batches per epoch of their own (rows left over per bucket); equal weights split the 24
-    let natural = mix_state(&ds, 8, None).unwrap().unwrap().batches_per_epoch;
+    let natural = mix_state(&ds, 8, None, &[]).unwrap().unwrap().batches_per_epoch;
     let weights = Some(vec![1.0, 1.0]);
-    let quotas = mix_state(&ds, 8, weights.as_deref()).unwrap().unwrap().batches_per_epoch;
+    let quotas = mix_state(&ds, 8, weights.as_deref(), &[]).unwrap().unwrap().batches_per_epoch;
     let per_epoch: u64 = natural.iter().sum();
     assert_eq!(quotas.iter().sum::<u64>(), per_epoch);
     assert!(quotas[0].abs_diff(quotas[1]) <= 1 && natural[1] < quotas[1], "{natural:?} → {quotas:?}");
@@ -116,8 +116,9 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     assert_eq!(s.same_buckets(&ds), Some(true));
     let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 2.0])), Some(s.clone())).err().unwrap().to_string();
     assert!(
-        e.contains("the mix's weights (data.weight, data.mix) [1.0, 1.0], this run has [1.0, 2.0]")
-            && e.contains("data.mix"),
+        e.contains(
+            "the mix's weights up to batch 3 (data.weight, data.mix, data.phases) [1.0, 1.0], this run has [1.0, 2.0]"
+        ) && e.contains("data.mix"),
         "{e}"
     );
     // the same shares, rescaled: the same samples
@@ -160,4 +161,98 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     let mut first = open(0);
     first.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
     Dataset::join(vec![first, open(1)]).unwrap();
+}
+
+/// `opts` with phases: `(from, weights)`.
+fn phased(rank: usize, world: usize, workers: usize, phases: &[(u64, [f64; 2])]) -> LoaderOptions {
+    let mut o = opts(rank, world, workers, Some(vec![1.0, 1.0]));
+    o.mix_phases = phases.iter().map(|&(from, w)| MixPhase { from, weights: w.to_vec() }).collect();
+    o
+}
+
+/// Global batches as `(part, ids)` and the position after them.
+type Drawn = (Vec<(u16, Vec<u64>)>, LoaderState);
+
+/// `steps` global batches of a phased mix from `state` on, as [`run`].
+fn run_phased(
+    ds: &Arc<Dataset>,
+    (world, workers): (usize, usize),
+    phases: &[(u64, [f64; 2])],
+    state: Option<LoaderState>,
+    steps: usize,
+) -> Result<Drawn, String> {
+    let mut loaders = Vec::new();
+    for r in 0..world {
+        loaders.push(
+            Loader::new(ds.clone(), phased(r, world, workers, phases), state.clone()).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let parts: Vec<Batch> = loaders.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+        out.push((parts[0].part, parts.iter().flat_map(|p| p.ids.clone()).collect()));
+    }
+    Ok((out, loaders[0].state()))
+}
+
+#[test]
+fn a_phase_reweighs_the_mix_from_its_batch_and_resumes_across_it() {
+    let (_dirs, a, b) = two_parts();
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    let natural = mix_state(&ds, 8, None, &[]).unwrap().unwrap().batches_per_epoch;
+    // from batch 10 on, part 1 alone (an annealing phase on the second dataset)
+    let anneal = [(10, [0.0, 1.0])];
+    let (plain, _) = run(&ds, 1, 0, &Some(vec![1.0, 1.0]), None, 10);
+    let (batches, state) = run_phased(&ds, (1, 0), &anneal, None, 30).unwrap();
+    assert_eq!(batches[..10], plain[..], "before the phase, as without it");
+    assert!(batches[10..].iter().all(|(p, _)| *p == 1), "from the phase on, part 1 alone");
+    let recorded = &state.mix.as_ref().unwrap().phases;
+    assert_eq!((recorded.len(), recorded[0].from, recorded[0].batches_per_epoch[0]), (1, 10, 0));
+    // part 1 goes on in its stream where the first phase left it: no row twice within its epochs
+    let stream: Vec<&Vec<u64>> = batches.iter().filter(|(q, _)| *q == 1).map(|(_, ids)| ids).collect();
+    for epoch in stream.chunks(natural[1] as usize) {
+        let mut seen = HashSet::new();
+        assert!(epoch.iter().flat_map(|ids| ids.iter()).all(|id| seen.insert(*id)), "part 1: a row twice");
+    }
+
+    // resumed across the phase's start while the world size changes: the same batches
+    let mut got = Vec::new();
+    let mut state = None;
+    for (world, workers, steps) in [(1, 0, 7), (2, 2, 8), (4, 1, 15)] {
+        let (b, s) = run_phased(&ds, (world, workers), &anneal, state, steps).unwrap();
+        state = Some(serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap());
+        got.extend(b);
+    }
+    assert_eq!(got, batches);
+
+    // a phase not begun yet may change; one begun may not
+    let (_, at7) = run_phased(&ds, (1, 0), &anneal, None, 7).unwrap();
+    let (later, _) = run_phased(&ds, (1, 0), &[(12, [0.0, 1.0])], Some(at7.clone()), 8).unwrap();
+    assert_eq!(later[..3], plain[7..10], "the first phase goes on to the new start");
+    run_phased(&ds, (1, 0), &[], Some(at7), 1).unwrap();
+    let (_, at12) = run_phased(&ds, (1, 0), &anneal, None, 12).unwrap();
+    run_phased(&ds, (1, 0), &[(10, [0.0, 3.0])], Some(at12.clone()), 1).expect("the same shares");
+    let e = run_phased(&ds, (1, 0), &[(11, [0.0, 1.0])], Some(at12.clone()), 1).unwrap_err();
+    assert!(
+        e.contains(
+            "the mix's weights up to batch 12 (data.weight, data.mix, data.phases) [1.0, 1.0], from batch 10: \
+                    [0.0, 1.0], this run has [1.0, 1.0], from batch 11: [0.0, 1.0]"
+        ),
+        "{e}"
+    );
+    let e = run_phased(&ds, (1, 0), &[], Some(at12), 1).unwrap_err();
+    assert!(e.contains("from batch 10: [0.0, 1.0], this run has [1.0, 1.0] ("), "{e}");
+
+    // phases out of order, or of the wrong length, named
+    let e = run_phased(&ds, (1, 0), &[(0, [1.0, 0.0])], None, 1).unwrap_err();
+    assert!(e.contains("the mix's phase 0 starts at global batch 0: the phases must start after batch 0"), "{e}");
+    let e = run_phased(&ds, (1, 0), &[(5, [1.0, 0.0]), (5, [0.0, 1.0])], None, 1).unwrap_err();
+    assert!(e.contains("phase 1 starts at global batch 5"), "{e}");
+    let mut o = phased(0, 1, 0, &[]);
+    o.mix_phases = vec![MixPhase { from: 4, weights: vec![1.0] }];
+    let e = Loader::new(ds.clone(), o, None).err().unwrap().to_string();
+    assert!(e.contains("mixing 2 datasets with 1 weights"), "{e}");
+    let alone = Arc::new(Dataset::open(ds.parts()[0].dir.as_path(), Checksums::Verify).unwrap());
+    let e = Loader::new(alone, phased(0, 1, 0, &anneal), None).err().unwrap().to_string();
+    assert!(e.contains("a mix's phase from global batch 10: one dataset has no mix to change"), "{e}");
 }

@@ -9,7 +9,7 @@ use infinity_data::synth::{synth, SynthOptions};
 use infinity_data::tokenizer::TOKENIZER_FILE;
 use infinity_data::writer::WriterOptions;
 use infinity_trainer::train::check::{check, check_with};
-use infinity_trainer::train::config::{MixSource, TrainConfig, ValSet};
+use infinity_trainer::train::config::{DataPhase, MixSource, TrainConfig, ValSet};
 use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
 
 /// `rows` synthetic rows of seed `seed` tokenized by `tokenizer` (fitted anew where `None`).
@@ -101,6 +101,87 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     let opts =
         TrainOptions { resume: latest_checkpoint(&split.run.dir), accept_data_change: true, ..Default::default() };
     assert_eq!(train(&longer, &opts).unwrap().steps, 8);
+}
+
+/// The datasets drawn by each step of a finished run (`metrics.jsonl`'s `dataset`).
+fn drawn(c: &TrainConfig) -> Vec<u64> {
+    let metrics = std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();
+    metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["dataset"].as_u64().unwrap())
+        .collect()
+}
+
+/// `data.phases`: from its step on, a phase draws by its own weights; the steps before are as without
+/// it; a resume takes a phase not begun yet as it is now and refuses one begun that changed.
+#[test]
+fn an_annealing_phase_reweighs_the_mix_from_its_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    dataset(&a, 96, 0, None);
+    dataset(&b, 48, 5, Some(a.join(TOKENIZER_FILE)));
+    // `a` alone, then `b` alone from step 3
+    let annealed = |run: &str, from_step: u64| {
+        let mut c = mixed(&a, &b, tmp.path().join(run));
+        (c.data.weight, c.data.mix[0].weight) = (Some(1.0), Some(0.0));
+        c.data.phases = vec![DataPhase { from_step, weights: vec![0.0, 1.0] }];
+        c
+    };
+    let whole = annealed("whole", 3);
+    let lines = check(&whole, 1, None, None).unwrap().join("\n");
+    assert!(lines.contains("; from step 3: data.dir 0.0 %, data.mix[0].dir 100.0 %"), "{lines}");
+    train(&whole, &TrainOptions::default()).unwrap();
+    assert_eq!(drawn(&whole), [0, 0, 0, 1, 1, 1]);
+    let derived: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.run.dir.join("derived.json")).unwrap()).unwrap();
+    assert_eq!(derived["mix_phases"][0]["from_step"], 3);
+    assert_eq!(derived["mix_phases"][0]["batches_per_epoch"][0], 0);
+
+    // stopped after step 4, resumed from the checkpoint of step 3: the same weights
+    let split = annealed("split", 3);
+    train(&split, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let ckpt = latest_checkpoint(&split.run.dir).unwrap();
+    train(&split, &TrainOptions { resume: Some(ckpt.clone()), ..Default::default() }).unwrap();
+    assert!(weights(&whole) == weights(&split), "a phased run's weights differ after resume");
+
+    // from the checkpoint of step 3: a phase moved to step 2 has begun before it, refused; one moved
+    // to step 5 has not, taken
+    let resume = |c: &TrainConfig| train(c, &TrainOptions { resume: Some(ckpt.clone()), ..Default::default() });
+    let mut earlier = annealed("split", 2);
+    earlier.run.dir = split.run.dir.clone();
+    let e = format!("{:#}", resume(&earlier).unwrap_err());
+    assert!(
+        e.contains(
+            "the mix's weights up to batch 3 (data.weight, data.mix, data.phases) [1.0, 0.0], this run has \
+                    [1.0, 0.0], from batch 2: [0.0, 1.0]"
+        ),
+        "{e}"
+    );
+    let mut later = annealed("split", 5);
+    later.run.dir = split.run.dir.clone();
+    resume(&later).unwrap();
+    assert_eq!(drawn(&later), [0, 0, 0, 0, 0, 1]);
+
+    let refused = |set: &dyn Fn(&mut TrainConfig)| {
+        let mut c = annealed("bad", 3);
+        set(&mut c);
+        c.validate().unwrap_err().to_string()
+    };
+    let e = refused(&|c| c.data.phases[0].from_step = 0);
+    assert!(e.starts_with("data.phases[0].from_step must be at least 1"), "{e}");
+    let e = refused(&|c| c.data.phases.push(DataPhase { from_step: 2, weights: vec![1.0, 1.0] }));
+    assert!(e.starts_with("data.phases[1].from_step (2) must come after data.phases[0].from_step (3)"), "{e}");
+    let e = refused(&|c| c.data.phases[0].weights = vec![1.0]);
+    assert!(e.starts_with("data.phases[0].weights has 1 weights for 2 datasets"), "{e}");
+    let e = refused(&|c| c.data.phases[0].weights = vec![0.0, 0.0]);
+    assert!(e.starts_with("data.phases[0].weights are all 0"), "{e}");
+    let e = refused(&|c| c.data.phases[0].weights[0] = f64::NAN);
+    assert!(e.starts_with("data.phases[0].weights must be finite weights ≥ 0, found NaN"), "{e}");
+    let e = refused(&|c| {
+        c.data.mix.clear();
+        c.data.weight = None;
+    });
+    assert!(e.starts_with("data.phases reweighs a mix, but data.mix names no other dataset"), "{e}");
 }
 
 #[test]

@@ -10,6 +10,12 @@
 //! size repeats its rows (a new epoch of its own, newly shuffled) and one weighted below it goes
 //! through them more slowly, never twice before all were drawn.
 //!
+//! A mix may change its weights at given global batches (phases: an annealing phase on other data).
+//! Phase `k` starts mixed epochs of its own at its first batch, its slots shuffled keyed by (seed,
+//! epoch, `k`), and each part's slots go on in its stream where the phases before left it. So the
+//! batches before a phase are the same with or without it, and no part draws a row twice before all
+//! were drawn across a phase's start either.
+//!
 //! Batch `a` is a pure function of `a` (the slot table of its mixed epoch, cached), so prefetch
 //! threads, resume and a change of world size work as for one dataset.
 
@@ -93,50 +99,93 @@ fn significant(x: f64) -> String {
 
 /// One mixed epoch's slots: `(part, the part's batch within this mixed epoch)`.
 struct Slots {
+    phase: usize,
     epoch: u64,
     slots: Vec<(u16, u32)>,
 }
 
-/// The mix of a joined dataset's parts (see the module's docs).
-pub(crate) struct Mix {
+/// The weights of the mix from one global batch on.
+struct Phase {
+    /// Its first global batch.
+    from: u64,
     /// `n_p`: each part's slots per mixed epoch.
     quotas: Vec<u64>,
     /// `N = Σ n_p`.
     per_epoch: u64,
+    /// Each part's own batches drawn before the phase.
+    offsets: Vec<u64>,
+    /// Mixed epochs begun before the phase.
+    epochs_before: u64,
+}
+
+/// The mix of a joined dataset's parts (see the module's docs).
+pub(crate) struct Mix {
+    /// By `from`, the first from batch 0.
+    phases: Vec<Phase>,
     seed: u64,
     cache: Mutex<VecDeque<Arc<Slots>>>,
 }
 
 impl Mix {
-    pub(crate) fn new(quotas: Vec<u64>, seed: u64) -> Mix {
-        let per_epoch = quotas.iter().sum();
-        Mix { quotas, per_epoch, seed, cache: Mutex::new(VecDeque::new()) }
-    }
-
-    pub(crate) fn per_epoch(&self) -> u64 {
-        self.per_epoch
-    }
-
-    /// The part global batch `a` comes from, and which of that part's own batches it is (counted over
-    /// its whole stream).
-    pub(crate) fn source(&self, a: u64) -> (usize, u64) {
-        if self.quotas.len() == 1 {
-            return (0, a);
+    /// The mix whose phase `k` starts at global batch `phases[k].0` with quotas `phases[k].1`
+    /// (`phases[0]` from batch 0; the starts increasing, every phase's quotas one per part).
+    pub(crate) fn new(phases: Vec<(u64, Vec<u64>)>, seed: u64) -> Mix {
+        let mut mix = Mix { phases: Vec::with_capacity(phases.len()), seed, cache: Mutex::new(VecDeque::new()) };
+        for (k, (from, quotas)) in phases.into_iter().enumerate() {
+            let (offsets, epochs_before) = match mix.phases.last() {
+                None => (vec![0; quotas.len()], 0),
+                Some(before) => {
+                    // where the phase before left each part's stream: its whole epochs, then the
+                    // first slots of the one the new phase cut short
+                    let span = from - before.from;
+                    let (full, cut) = (span / before.per_epoch, (span % before.per_epoch) as usize);
+                    let mut offsets: Vec<u64> =
+                        before.offsets.iter().zip(&before.quotas).map(|(o, n)| o + full * n).collect();
+                    for &(p, _) in &mix.slots(k - 1, full).slots[..cut] {
+                        offsets[p as usize] += 1;
+                    }
+                    (offsets, before.epochs_before + full + (cut > 0) as u64)
+                }
+            };
+            let per_epoch = quotas.iter().sum();
+            mix.phases.push(Phase { from, quotas, per_epoch, offsets, epochs_before });
         }
-        let (epoch, k) = (a / self.per_epoch, (a % self.per_epoch) as usize);
-        let (p, i) = self.slots(epoch).slots[k];
-        (p as usize, epoch * self.quotas[p as usize] + i as u64)
+        mix
     }
 
-    fn slots(&self, epoch: u64) -> Arc<Slots> {
+    /// Global batches per mixed epoch of the first phase.
+    pub(crate) fn per_epoch(&self) -> u64 {
+        self.phases[0].per_epoch
+    }
+
+    /// The part global batch `a` comes from, which of that part's own batches it is (counted over its
+    /// whole stream), and the mixed epoch it belongs to (counted over the phases).
+    pub(crate) fn source(&self, a: u64) -> (usize, u64, u64) {
+        let k = self.phases.partition_point(|ph| ph.from <= a).max(1) - 1;
+        let ph = &self.phases[k];
+        let (epoch, slot) = ((a - ph.from) / ph.per_epoch, ((a - ph.from) % ph.per_epoch) as usize);
+        if ph.quotas.len() == 1 {
+            return (0, a, a / ph.per_epoch);
+        }
+        let (p, i) = self.slots(k, epoch).slots[slot];
+        (p as usize, ph.offsets[p as usize] + epoch * ph.quotas[p as usize] + i as u64, ph.epochs_before + epoch)
+    }
+
+    fn slots(&self, phase: usize, epoch: u64) -> Arc<Slots> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = cache.iter().find(|s| s.epoch == epoch) {
+        if let Some(s) = cache.iter().find(|s| (s.phase, s.epoch) == (phase, epoch)) {
             return s.clone();
         }
+        let quotas = &self.phases[phase].quotas;
         let mut parts: Vec<u16> =
-            self.quotas.iter().enumerate().flat_map(|(p, &n)| std::iter::repeat_n(p as u16, n as usize)).collect();
-        parts.shuffle(&mut keyed_rng(self.seed, &[epoch, MIX_STREAM]));
-        let mut next = vec![0u32; self.quotas.len()];
+            quotas.iter().enumerate().flat_map(|(p, &n)| std::iter::repeat_n(p as u16, n as usize)).collect();
+        // (the first phase keyed as a mix without phases is)
+        let mut rng = match phase {
+            0 => keyed_rng(self.seed, &[epoch, MIX_STREAM]),
+            k => keyed_rng(self.seed, &[epoch, MIX_STREAM, k as u64]),
+        };
+        parts.shuffle(&mut rng);
+        let mut next = vec![0u32; quotas.len()];
         let slots = parts
             .into_iter()
             .map(|p| {
@@ -145,7 +194,7 @@ impl Mix {
                 (p, i)
             })
             .collect();
-        let s = Arc::new(Slots { epoch, slots });
+        let s = Arc::new(Slots { phase, epoch, slots });
         if cache.len() >= 3 {
             cache.pop_front();
         }
@@ -196,12 +245,13 @@ mod tests {
 
     #[test]
     fn every_part_takes_its_quota_in_stream_order() {
-        let mix = Mix::new(vec![5, 2, 3], 9);
+        let mix = Mix::new(vec![(0, vec![5, 2, 3])], 9);
         let mut next = [0u64; 3];
         for epoch in 0..4u64 {
             let mut taken = [0u64; 3];
             for k in 0..10 {
-                let (p, i) = mix.source(epoch * 10 + k);
+                let (p, i, e) = mix.source(epoch * 10 + k);
+                assert_eq!(e, epoch);
                 assert_eq!(i, next[p], "part {p}'s batches come in order");
                 next[p] += 1;
                 taken[p] += 1;
@@ -211,8 +261,29 @@ mod tests {
         let order = |e: u64| (0..10).map(|k| mix.source(e * 10 + k).0).collect::<Vec<_>>();
         assert_ne!(order(0), order(1), "each mixed epoch is shuffled anew");
         // one part: the batches themselves
-        assert_eq!(Mix::new(vec![7], 3).source(12), (0, 12));
+        assert_eq!(Mix::new(vec![(0, vec![7])], 3).source(12), (0, 12, 1));
         assert_eq!(part_seed(5, 0), 5);
         assert_ne!(part_seed(5, 1), part_seed(5, 2));
+    }
+
+    #[test]
+    fn a_phase_changes_the_quotas_and_each_part_goes_on_where_it_was() {
+        // phase 1 from batch 23 (two epochs of 10 and 3 slots of a third), phase 2 from batch 40
+        let phases = vec![(0, vec![5, 2, 3]), (23, vec![0, 8, 2]), (40, vec![4, 4, 2])];
+        let (plain, mix) = (Mix::new(vec![phases[0].clone()], 9), Mix::new(phases, 9));
+        for a in 0..23 {
+            assert_eq!(mix.source(a), plain.source(a), "batch {a}: before a phase, as without it");
+        }
+        let mut next = [0u64; 3];
+        for a in 0..80u64 {
+            let (p, i, _) = mix.source(a);
+            assert_eq!(i, next[p], "batch {a}: part {p}'s batches come in order across phases");
+            next[p] += 1;
+        }
+        let count = |range: std::ops::Range<u64>, p: usize| range.filter(|&a| mix.source(a).0 == p).count();
+        assert_eq!([0, 1, 2].map(|p| count(23..33, p)), [0, 8, 2], "phase 1's first epoch");
+        assert_eq!([0, 1, 2].map(|p| count(40..50, p)), [4, 4, 2], "phase 2's first epoch");
+        // mixed epochs counted over the phases: 0, 1, 2 (cut short), then phase 1's from 3
+        assert_eq!([22, 23, 39, 40].map(|a| mix.source(a).2), [2, 3, 4, 5]);
     }
 }

@@ -47,6 +47,16 @@ pub struct LoaderOptions {
     /// Relative weights of a joined dataset's parts ([`mix`]), one per part; `None` mixes them by their
     /// sizes (the datasets concatenated).
     pub mix_weights: Option<Vec<f64>>,
+    /// Later weights of the mix, each from a global batch on ([`mix`]), by increasing start.
+    pub mix_phases: Vec<MixPhase>,
+}
+
+/// A phase of a mix: from global batch `from` on (the batches before it drawn as without it), the
+/// parts drawn by `weights`, one per part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MixPhase {
+    pub from: u64,
+    pub weights: Vec<f64>,
 }
 
 impl Default for LoaderOptions {
@@ -60,6 +70,7 @@ impl Default for LoaderOptions {
             prefetch: 4,
             bad_rows: BadRows::Error,
             mix_weights: None,
+            mix_phases: Vec::new(),
         }
     }
 }
@@ -94,22 +105,59 @@ pub struct MixState {
     pub batches_per_epoch: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<Vec<f64>>,
+    /// The mix's later phases, each with its batches per mixed epoch of each dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseState>,
+}
+
+/// A phase of a mix as the position records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseState {
+    pub from: u64,
+    pub weights: Vec<f64>,
+    pub batches_per_epoch: Vec<u64>,
+}
+
+/// Whether two lists of weights have the same shares (`[1, 1]` and `[2, 2]` draw the same samples).
+fn same_shares(a: &[f64], b: &[f64]) -> bool {
+    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x / sa - y / sb).abs() <= 1e-12)
 }
 
 impl MixState {
-    /// Whether two mixes weigh their datasets alike: none given on both, or the same shares (`[1, 1]`
-    /// and `[2, 2]` draw the same samples).
-    pub fn same_weights(&self, other: &MixState) -> bool {
-        let shares = |m: &MixState| {
-            let w = m.weights.as_ref()?;
-            let sum: f64 = w.iter().sum();
-            Some(w.iter().map(|x| x / sum).collect::<Vec<f64>>())
-        };
-        match (shares(self), shares(other)) {
+    /// Whether two mixes weigh their datasets alike before global batch `done`: none given on both, or
+    /// the same shares, and the same phases begun by then (a phase that starts at `done` or later has
+    /// drawn nothing yet: it may change).
+    pub fn same_weights(&self, other: &MixState, done: u64) -> bool {
+        let first = match (&self.weights, &other.weights) {
             (None, None) => true,
-            (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-12),
+            (Some(a), Some(b)) => same_shares(a, b),
             _ => false,
-        }
+        };
+        let (a, b) = (self.begun(done), other.begun(done));
+        first
+            && a.len() == b.len()
+            && a.iter().zip(&b).all(|(x, y)| x.from == y.from && same_shares(&x.weights, &y.weights))
+    }
+
+    /// The phases begun before global batch `done`.
+    pub fn begun(&self, done: u64) -> Vec<&PhaseState> {
+        self.phases.iter().filter(|p| p.from < done).collect()
+    }
+
+    /// Each dataset's batches per mixed epoch, of the first phase and of each phase begun before `done`.
+    pub fn begun_batches(&self, done: u64) -> Vec<Vec<u64>> {
+        std::iter::once(self.batches_per_epoch.clone())
+            .chain(self.begun(done).into_iter().map(|p| p.batches_per_epoch.clone()))
+            .collect()
+    }
+
+    /// The weights before `done` as a resume error names them: the first's, then each phase's begun.
+    fn weights_text(&self, done: u64) -> String {
+        let first = self.weights.as_ref().map_or("none (by size)".into(), |w| format!("{w:?}"));
+        let phases = self.begun(done).into_iter().map(|p| format!(", from batch {}: {:?}", p.from, p.weights));
+        std::iter::once(first).chain(phases).collect()
     }
 }
 
@@ -135,10 +183,14 @@ impl LoaderState {
             let say = |m: Option<usize>| m.map_or("one dataset".into(), |n| format!("a mix of {n} datasets"));
             return mismatch("data.mix:", say(parts(self.mix.as_ref())), say(parts(mix)));
         }
+        let done = self.batches_done;
         if let (Some(saved), Some(now)) = (&self.mix, mix) {
-            if !saved.same_weights(now) {
-                let say = |w: &Option<Vec<f64>>| w.as_ref().map_or("none (by size)".into(), |w| format!("{w:?}"));
-                return mismatch("the mix's weights (data.weight, data.mix)", say(&saved.weights), say(&now.weights));
+            if !saved.same_weights(now, done) {
+                return mismatch(
+                    &format!("the mix's weights up to batch {done} (data.weight, data.mix, data.phases)"),
+                    saved.weights_text(done),
+                    now.weights_text(done),
+                );
             }
         }
         if !manifest.fingerprint_matches(&self.dataset) {
@@ -158,9 +210,9 @@ impl LoaderState {
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
         }
-        let batches = |m: Option<&MixState>| m.map(|m| m.batches_per_epoch.clone());
+        let batches = |m: Option<&MixState>| m.map(|m| m.begun_batches(done));
         if batches(self.mix.as_ref()) != batches(mix) {
-            let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| format!("{:?}", m.batches_per_epoch));
+            let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| format!("{:?}", m.begun_batches(done)));
             return mismatch(
                 "the mix's batches per epoch of each dataset (data.mix and its weights)",
                 say(self.mix.as_ref()),
@@ -198,9 +250,20 @@ impl LoaderState {
 
 /// How a loader of `ds` (several datasets joined) draws them under `weights`, as [`LoaderState::mix`]
 /// records it; `None` for one dataset.
-pub fn mix_state(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> Result<Option<MixState>> {
+pub fn mix_state(
+    ds: &Dataset,
+    global_batch: usize,
+    weights: Option<&[f64]>,
+    phases: &[MixPhase],
+) -> Result<Option<MixState>> {
     if ds.parts().len() == 1 {
-        return Ok(None);
+        return match phases.first() {
+            Some(p) => Err(DataError::Config(format!(
+                "a mix's phase from global batch {}: one dataset has no mix to change",
+                p.from
+            ))),
+            None => Ok(None),
+        };
     }
     // (from the manifests' counts, which `Dataset::open` checked against the files: no row lists)
     let g = global_batch.max(1) as u64;
@@ -208,7 +271,23 @@ pub fn mix_state(ds: &Dataset, global_batch: usize, weights: Option<&[f64]>) -> 
         ds.parts().iter().map(|p| p.manifest.rows_per_bucket().iter().map(|n| n / g).sum()).collect();
     let names: Vec<String> = ds.parts().iter().map(|p| p.dir.display().to_string()).collect();
     let batches_per_epoch = mix::quotas(&natural, weights, &names)?;
-    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec) }))
+    let mut states = Vec::with_capacity(phases.len());
+    let mut after = 0;
+    for (k, p) in phases.iter().enumerate() {
+        if p.from <= after {
+            return Err(DataError::Config(format!(
+                "the mix's phase {k} starts at global batch {}: the phases must start after batch 0, each after \
+                 the one before",
+                p.from
+            )));
+        }
+        after = p.from;
+        let names: Vec<String> =
+            names.iter().map(|n| format!("{n} (phase {k}, from global batch {})", p.from)).collect();
+        let batches_per_epoch = mix::quotas(&natural, Some(&p.weights), &names)?;
+        states.push(PhaseState { from: p.from, weights: p.weights.clone(), batches_per_epoch });
+    }
+    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec), phases: states }))
 }
 
 /// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
@@ -254,14 +333,14 @@ struct Shared {
 impl Shared {
     /// Read absolute global batch `a` (this rank's slice).
     fn read(&self, a: u64) -> Result<Batch> {
-        let (p, i) = self.mix.source(a);
+        let (p, i, epoch) = self.mix.source(a);
         let part = &self.parts[p];
         let plan = part.get(i / part.per_epoch);
         let (bucket, rows) = plan.rank_slice((i % part.per_epoch) as usize);
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
         b.global_index = a;
-        b.epoch = a / self.mix.per_epoch();
+        b.epoch = epoch;
         b.part = p as u16;
         Ok(b)
     }
@@ -313,8 +392,13 @@ impl Loader {
             )));
         }
         // (one dataset: its own epoch; a mix: its datasets' shares, as the position records them)
-        let mixed = mix_state(&ds, g, opts.mix_weights.as_deref())?;
-        let quotas = mixed.as_ref().map_or_else(|| vec![parts[0].per_epoch], |m| m.batches_per_epoch.clone());
+        let mixed = mix_state(&ds, g, opts.mix_weights.as_deref(), &opts.mix_phases)?;
+        let phases: Vec<(u64, Vec<u64>)> = match &mixed {
+            None => vec![(0, vec![parts[0].per_epoch])],
+            Some(m) => std::iter::once((0, m.batches_per_epoch.clone()))
+                .chain(m.phases.iter().map(|p| (p.from, p.batches_per_epoch.clone())))
+                .collect(),
+        };
         let part_rows: Vec<&[Vec<u64>]> = parts.iter().map(|p| &p.rows_by_bucket[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&part_rows)));
         let state = match resume {
@@ -329,7 +413,7 @@ impl Loader {
         let shared = Arc::new(Shared {
             ds,
             parts,
-            mix: mix::Mix::new(quotas, opts.seed),
+            mix: mix::Mix::new(phases, opts.seed),
             skip_bad: opts.bad_rows == BadRows::Skip,
             spares: Mutex::new(Vec::new()),
         });
@@ -371,7 +455,7 @@ impl Loader {
         self.state.clone()
     }
 
-    /// Global batches per (mixed) epoch.
+    /// Global batches per (mixed) epoch (of the mix's first phase).
     pub fn batches_per_epoch(&self) -> u64 {
         self.shared.mix.per_epoch()
     }

@@ -90,6 +90,7 @@ pub fn loader_options(
         prefetch: 2,
         bad_rows: infinity_data::loader::BadRows::Error,
         mix_weights: weights,
+        mix_phases: Vec::new(),
     }
 }
 

@@ -160,14 +160,19 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Setting
     // batches per epoch move with the global batch); without weights the joined fingerprint says all)
     let weights: Option<Vec<f64>> =
         derived["mix"].as_array().and_then(|parts| parts.iter().map(|p| p["weight"].as_f64()).collect());
-    let dataset = match weights.filter(|w| w.iter().sum::<f64>() > 0.0) {
-        Some(w) => {
-            let sum: f64 = w.iter().sum();
-            let shares: Vec<String> = w.iter().map(|x| format!("{:.3}", x / sum)).collect();
-            format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), shares.join(":"))
-        }
+    let shares = |w: &[f64]| {
+        let sum: f64 = w.iter().sum();
+        w.iter().map(|x| format!("{:.3}", x / sum)).collect::<Vec<String>>().join(":")
+    };
+    let mut dataset = match weights.filter(|w| w.iter().sum::<f64>() > 0.0) {
+        Some(w) => format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), shares(&w)),
         None => text(&derived["dataset"]["fingerprint"]),
     };
+    // (and so by its phases: another weighting from another step on)
+    for p in derived["mix_phases"].as_array().into_iter().flatten() {
+        let w: Vec<f64> = p["weights"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()).collect();
+        dataset.push_str(&format!(", from step {} {}", text(&p["from_step"]), shares(&w)));
+    }
     let mut measured = vec![
         ("dataset", dataset),
         ("d", text(&derived["model"]["d"])),
@@ -264,5 +269,11 @@ mod tests {
             mix([3.0, 1.0]).differences(&mix([1.0, 1.0])),
             ["dataset = f mixed 0.750:0.250 (fitted: f mixed 0.500:0.500)"]
         );
+        // and so is one of another phase
+        let parts = serde_json::json!([{ "weight": 1.0 }, { "weight": 1.0 }]);
+        let phases = serde_json::json!([{ "from_step": 90, "weights": [0.0, 2.0] }]);
+        let derived = serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts,
+            "mix_phases": phases });
+        assert_eq!(read(None, &derived).get("dataset"), "f mixed 0.500:0.500, from step 90 0.000:1.000");
     }
 }

@@ -454,6 +454,7 @@ mod tests {
         assert_eq!(name_part("run.steps", &toml::Value::Integer(500)), "steps-500");
         assert_eq!(name_part("data.mix[0].weight", &toml::Value::Float(0.5)), "mix0-weight-0.5");
         assert_eq!(name_part("data.weight", &toml::Value::Float(0.5)), "weight-0.5");
+        assert_eq!(name_part("data.phases[0].from_step", &toml::Value::Integer(800)), "phases0-from-step-800");
         assert_eq!(sh_quote("runs/a-1/config.toml"), "runs/a-1/config.toml");
         assert_eq!(sh_quote("my sweep/it's"), "'my sweep/it'\\''s'");
     }

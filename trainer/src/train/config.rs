@@ -314,6 +314,20 @@ pub struct DataSection {
     /// its own order, and by its weight's share of the global batches (data/src/loader/mix.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mix: Vec<MixSource>,
+    /// Later weights of the mix (`[[data.phases]]`, by increasing `from_step`): an annealing phase on
+    /// other data. The steps before a phase are drawn as without it; each dataset goes on in its own
+    /// order where the phases before left it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<DataPhase>,
+}
+
+/// A phase of a training mix (`[[data.phases]]`): from step `from_step` (0-based) on, the datasets
+/// drawn by `weights`, `data.dir`'s first and then each `data.mix` one's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPhase {
+    pub from_step: u64,
+    pub weights: Vec<f64>,
 }
 
 /// One more dataset of a training mix (`[[data.mix]]`).
@@ -336,6 +350,12 @@ impl DataSection {
     /// Every training dataset's folder, as a run names them: `A + B`.
     pub fn folders(&self) -> String {
         self.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + ")
+    }
+
+    /// The phases of a mix as the loader takes them (one global batch a step).
+    pub fn mix_phases(&self) -> Vec<infinity_data::loader::MixPhase> {
+        let phase = |p: &DataPhase| infinity_data::loader::MixPhase { from: p.from_step, weights: p.weights.clone() };
+        self.phases.iter().map(phase).collect()
     }
 
     /// The weights of a mix, `data.weight` first; `None` where none is given (the datasets concatenated).

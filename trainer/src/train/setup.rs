@@ -187,28 +187,38 @@ pub struct TokenMix {
     pub undrawn: Vec<(String, u64)>,
     /// Global batches per (mixed) epoch of each dataset: `data.dir`'s, then `data.mix`'s.
     pub quotas: Vec<u64>,
+    /// The same of each later phase of the mix (`data.phases`), with its first step.
+    pub phase_quotas: Vec<(u64, Vec<u64>)>,
+}
+
+/// The weights of a mix from step 0 and its phases', with the names of its datasets for errors and
+/// the run's length, as [`TokenMix`] takes them.
+struct MixWeights<'a> {
+    first: Option<&'a [f64]>,
+    phases: &'a [super::config::DataPhase],
+    names: &'a [String],
+    steps: u64,
 }
 
 impl TokenMix {
     pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
         let names = ["data.dir".to_string()];
-        Self::of_parts(mc, &[m], (None, &names), global_batch).expect("one dataset, no weights")
+        let weights = MixWeights { first: None, phases: &[], names: &names, steps: 1 };
+        Self::of_parts(mc, &[m], weights, global_batch).expect("one dataset, no weights")
     }
 
     /// The mix of `cfg`'s datasets (`data.dir`, `data.mix`), whose manifests are `parts` (the first's
     /// schedules are every one's).
     pub fn of_mix(mc: &ModelConfig, parts: &[&Manifest], cfg: &TrainConfig) -> Result<TokenMix> {
         let names: Vec<String> = cfg.data.dirs().map(|(key, dir)| format!("{key} {}", dir.display())).collect();
-        Self::of_parts(mc, parts, (cfg.data.mix_weights().as_deref(), &names), cfg.data.global_batch)
+        let first = cfg.data.mix_weights();
+        let weights =
+            MixWeights { first: first.as_deref(), phases: &cfg.data.phases, names: &names, steps: cfg.run.steps };
+        Self::of_parts(mc, parts, weights, cfg.data.global_batch)
     }
 
-    /// [`TokenMix::of_mix`] under `weights`, the datasets named by `names` in errors.
-    fn of_parts(
-        mc: &ModelConfig,
-        parts: &[&Manifest],
-        (weights, names): (Option<&[f64]>, &[String]),
-        global_batch: usize,
-    ) -> Result<TokenMix> {
+    /// [`TokenMix::of_mix`] under `weights`.
+    fn of_parts(mc: &ModelConfig, parts: &[&Manifest], weights: MixWeights, global_batch: usize) -> Result<TokenMix> {
         let m = parts[0];
         let text_tokens = m.conditions.text.as_ref().map_or(0, |t| t.max_tokens as usize);
         let scales: Vec<Vec<(usize, usize)>> = m.schedules.iter().map(|s| mc.token_scales(&s.hw())).collect();
@@ -218,10 +228,16 @@ impl TokenMix {
         let rows: Vec<Vec<u64>> = parts.iter().map(|p| p.rows_per_bucket()).collect();
         let batches: Vec<Vec<u64>> = rows.iter().map(|r| r.iter().map(|n| n / g).collect()).collect();
         let natural: Vec<u64> = batches.iter().map(|b| b.iter().sum()).collect();
-        let quotas = match natural.iter().any(|&n| n > 0) {
-            true => infinity_data::loader::mix::quotas(&natural, weights, names)?,
-            false => natural.clone(),
+        let quotas_of = |w: Option<&[f64]>, names: &[String]| match natural.iter().any(|&n| n > 0) {
+            true => infinity_data::loader::mix::quotas(&natural, w, names),
+            false => Ok(natural.clone()),
         };
+        let quotas = quotas_of(weights.first, weights.names)?;
+        let mut phase_quotas = Vec::with_capacity(weights.phases.len());
+        for (k, p) in weights.phases.iter().enumerate() {
+            let names: Vec<String> = weights.names.iter().map(|n| format!("{n} (data.phases[{k}])")).collect();
+            phase_quotas.push((p.from_step, quotas_of(Some(&p.weights), &names)?));
+        }
         let named = |p: usize, b: usize| match p {
             0 => m.schedules[b].name.clone(),
             _ => format!("{} of data.mix[{}]", m.schedules[b].name, p - 1),
@@ -235,15 +251,27 @@ impl TokenMix {
                 }
             }
         }
-        // each bucket's expected batches per mixed epoch: a dataset's quota spread as its own epoch is
-        let mut share = vec![0.0f64; m.schedules.len()];
-        for p in 0..parts.len() {
-            for (b, slot) in share.iter_mut().enumerate() {
-                *slot += match natural[p] {
-                    0 => 0.0,
-                    n => quotas[p] as f64 * batches[p][b] as f64 / n as f64,
-                };
+        // each bucket's expected batches per mixed epoch: a dataset's quota spread as its own epoch is;
+        // over a mix's phases, each phase's shares by its steps within the run
+        let share_of = |quotas: &[u64]| -> Vec<f64> {
+            let total = quotas.iter().sum::<u64>().max(1) as f64;
+            let mut share = vec![0.0f64; m.schedules.len()];
+            for p in 0..parts.len() {
+                for (b, slot) in share.iter_mut().enumerate() {
+                    *slot += match natural[p] {
+                        0 => 0.0,
+                        n => quotas[p] as f64 * batches[p][b] as f64 / n as f64 / total,
+                    };
+                }
             }
+            share
+        };
+        let starts: Vec<u64> = std::iter::once(0).chain(phase_quotas.iter().map(|(from, _)| *from)).collect();
+        let mut share = vec![0.0f64; m.schedules.len()];
+        for (k, q) in std::iter::once(&quotas).chain(phase_quotas.iter().map(|(_, q)| q)).enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(u64::MAX).min(weights.steps.max(1));
+            let steps = end.saturating_sub(starts[k]) as f64;
+            share.iter_mut().zip(share_of(q)).for_each(|(s, x)| *s += steps * x);
         }
         if share.iter().all(|&x| x == 0.0) {
             // (no bucket holds a batch: weighted by rows, for the estimate alone)
@@ -255,7 +283,15 @@ impl TokenMix {
             |per_sample: &dyn Fn(usize) -> f64| (0..share.len()).map(|b| share[b] * per_sample(b)).sum::<f64>() / total;
         let tokens = |b: usize| infinity_kernels::bsq::num_tokens(&scales[b]) as f64;
         let mean_flops = mean(&|b| tokens(b) * flops_per_token[b]);
-        Ok(TokenMix { mean_tokens: mean(&tokens), mean_flops, flops_per_token, rows_per_epoch, undrawn, quotas })
+        Ok(TokenMix {
+            mean_tokens: mean(&tokens),
+            mean_flops,
+            flops_per_token,
+            rows_per_epoch,
+            undrawn,
+            quotas,
+            phase_quotas,
+        })
     }
 
     /// The line saying how a mix draws its datasets (`data.dir` and `data.mix`), where there is one.
@@ -264,6 +300,7 @@ impl TokenMix {
             return None;
         }
         let total = self.quotas.iter().sum::<u64>().max(1) as f64;
+        let percent = |q: u64| 100.0 * q as f64 / total;
         let parts: Vec<String> = cfg
             .data
             .dirs()
@@ -271,14 +308,21 @@ impl TokenMix {
             .zip(&self.quotas)
             .map(|(((key, dir), part), &q)| {
                 let rows = part.rows.end - part.rows.start;
-                format!("{key} {} ({rows} rows): {:.1} % of the batches", dir.display(), 100.0 * q as f64 / total)
+                format!("{key} {} ({rows} rows): {:.1} % of the batches", dir.display(), percent(q))
             })
             .collect();
         let how = match cfg.data.mix_weights() {
             Some(_) => "by weight",
             None => "by size",
         };
-        Some(format!("data mix ({how}, {} global batches an epoch): {}", total as u64, parts.join("; ")))
+        let mut line = format!("data mix ({how}, {} global batches an epoch): {}", total as u64, parts.join("; "));
+        for (from, quotas) in &self.phase_quotas {
+            let shares: Vec<String> =
+                cfg.data.dirs().zip(quotas).map(|((key, _), &q)| format!("{key} {:.1} %", percent(q))).collect();
+            let late = if *from >= cfg.run.steps { " (after the run's last step)" } else { "" };
+            line.push_str(&format!("; from step {from}{late}: {}", shares.join(", ")));
+        }
+        Some(line)
     }
 
     /// A warning naming the buckets no epoch draws (fewer rows than a global batch), if any.
@@ -308,6 +352,7 @@ pub(crate) fn loader_options(cfg: &TrainConfig, rank: usize, world: usize) -> Lo
         prefetch: 2,
         bad_rows: BadRows::Error,
         mix_weights: cfg.data.mix_weights(),
+        mix_phases: cfg.data.mix_phases(),
     }
 }
 
@@ -442,13 +487,21 @@ pub(crate) fn continue_position(
             position.batches_done
         ));
     }
-    let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, cfg.data.mix_weights().as_deref())?;
+    let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases());
+    let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, weights.as_deref(), &phases)?;
     // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said; a
     // weight changed, or a dataset added or taken away, is refused below, as without the flag)
     let moved = match (&position.mix, &mix) {
-        (Some(saved), Some(now)) if rows_changed && same_datasets(saved, now) => (saved.batches_per_epoch
-            != now.batches_per_epoch)
-            .then(|| format!("{:?} → {:?}", saved.batches_per_epoch, now.batches_per_epoch)),
+        (Some(saved), Some(now)) if rows_changed && same_datasets(saved, now, position.batches_done) => {
+            // (the first phase's and those of the phases begun)
+            let (before, after) =
+                (saved.begun_batches(position.batches_done), now.begun_batches(position.batches_done));
+            let say = |b: &[Vec<u64>]| match b {
+                [one] => format!("{one:?}"),
+                _ => format!("{b:?} (by phase)"),
+            };
+            (before != after).then(|| format!("{} → {}", say(&before), say(&after)))
+        }
         _ => None,
     };
     if let (Some(w), Some(change)) = (warning.as_mut(), moved) {
@@ -459,9 +512,10 @@ pub(crate) fn continue_position(
     Ok(warning)
 }
 
-/// Whether two mixes draw the same datasets by the same weights (their batches per epoch aside).
-fn same_datasets(a: &MixState, b: &MixState) -> bool {
-    a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b)
+/// Whether two mixes draw the same datasets by the same weights up to global batch `done` (their
+/// batches per epoch aside).
+fn same_datasets(a: &MixState, b: &MixState, done: u64) -> bool {
+    a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b, done)
 }
 
 /// A checkpoint to resume from, as loaded and checked: its weights, optimiser and state (the loader's

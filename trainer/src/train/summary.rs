@@ -240,6 +240,12 @@ pub(super) fn derived_record(
     if ds.parts().len() > 1 {
         record["mix"] = mix_record(cfg, ds, mix);
     }
+    if !cfg.data.phases.is_empty() {
+        let phases = cfg.data.phases.iter().zip(&mix.phase_quotas).map(
+            |(p, (_, quotas))| json!({ "from_step": p.from_step, "weights": p.weights, "batches_per_epoch": quotas }),
+        );
+        record["mix_phases"] = serde_json::Value::Array(phases.collect());
+    }
     record
 }
 

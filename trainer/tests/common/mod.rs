@@ -79,6 +79,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             short_cap_prob: 0.0,
             weight: None,
             mix: Vec::new(),
+            phases: Vec::new(),
         },
         optim: OptimSection {
             lr: Some(3e-3),

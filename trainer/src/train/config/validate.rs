@@ -218,6 +218,43 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// `data.phases`: each after the one before (and after step 0), a finite weight ≥ 0 for every
+    /// dataset of the mix, one positive.
+    fn check_phases(&self) -> Result<()> {
+        let d = &self.data;
+        let mut after = None;
+        for (k, p) in d.phases.iter().enumerate() {
+            match after {
+                None if p.from_step == 0 => bail!(
+                    "data.phases[{k}].from_step must be at least 1: the weights from step 0 are data.weight and \
+                     data.mix[*].weight"
+                ),
+                Some((j, from)) if p.from_step <= from => bail!(
+                    "data.phases[{k}].from_step ({}) must come after data.phases[{j}].from_step ({from}): list the \
+                     phases in order",
+                    p.from_step
+                ),
+                _ => {}
+            }
+            after = Some((k, p.from_step));
+            let datasets = 1 + d.mix.len();
+            if p.weights.len() != datasets {
+                bail!(
+                    "data.phases[{k}].weights has {} weights for {datasets} datasets: one for data.dir, then one \
+                     for each data.mix",
+                    p.weights.len()
+                );
+            }
+            if let Some(w) = p.weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+                bail!("data.phases[{k}].weights must be finite weights ≥ 0, found {w}");
+            }
+            if p.weights.iter().all(|w| *w == 0.0) {
+                bail!("data.phases[{k}].weights are all 0: give one dataset a positive weight");
+            }
+        }
+        Ok(())
+    }
+
     /// `data.weight` and `data.mix`: a weight for every dataset or none, each finite and ≥ 0, one
     /// positive; no folder twice.
     fn check_mix(&self) -> Result<()> {
@@ -226,8 +263,12 @@ impl TrainConfig {
             if let Some(w) = d.weight {
                 bail!("data.weight ({w}) weighs data.dir in a mix, but data.mix names no other dataset");
             }
+            if !d.phases.is_empty() {
+                bail!("data.phases reweighs a mix, but data.mix names no other dataset than data.dir");
+            }
             return Ok(());
         }
+        self.check_phases()?;
         let keys =
             std::iter::once("data.weight".to_string()).chain((0..d.mix.len()).map(|i| format!("data.mix[{i}].weight")));
         let weights: Vec<(String, Option<f64>)> =
