@@ -117,7 +117,7 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 2.0])), Some(s.clone())).err().unwrap().to_string();
     assert!(
         e.contains(
-            "the mix's weights up to batch 3 (data.weight, data.mix, data.phases) [1.0, 1.0], this run has [1.0, 2.0]"
+            "the mix's weights drawn before batch 3 (data.weight, data.mix) [1.0, 1.0], this run has [1.0, 2.0]"
         ) && e.contains("data.mix"),
         "{e}"
     );
@@ -235,7 +235,7 @@ fn a_phase_reweighs_the_mix_from_its_batch_and_resumes_across_it() {
     let e = run_phased(&ds, (1, 0), &[(11, [0.0, 1.0])], Some(at12.clone()), 1).unwrap_err();
     assert!(
         e.contains(
-            "the mix's weights up to batch 12 (data.weight, data.mix, data.phases) [1.0, 1.0], from batch 10: \
+            "the mix's weights drawn before batch 12 (data.weight, data.mix, data.phases) [1.0, 1.0], from batch 10: \
                     [0.0, 1.0], this run has [1.0, 1.0], from batch 11: [0.0, 1.0]"
         ),
         "{e}"
@@ -245,9 +245,9 @@ fn a_phase_reweighs_the_mix_from_its_batch_and_resumes_across_it() {
 
     // phases out of order, or of the wrong length, named
     let e = run_phased(&ds, (1, 0), &[(0, [1.0, 0.0])], None, 1).unwrap_err();
-    assert!(e.contains("the mix's phase 0 starts at global batch 0: the phases must start after batch 0"), "{e}");
+    assert!(e.contains("data.phases[0] starts at global batch 0: the phases must start after batch 0"), "{e}");
     let e = run_phased(&ds, (1, 0), &[(5, [1.0, 0.0]), (5, [0.0, 1.0])], None, 1).unwrap_err();
-    assert!(e.contains("phase 1 starts at global batch 5"), "{e}");
+    assert!(e.contains("data.phases[1] starts at global batch 5"), "{e}");
     let mut o = phased(0, 1, 0, &[]);
     o.mix_phases = vec![MixPhase { from: 4, weights: vec![1.0] }];
     let e = Loader::new(ds.clone(), o, None).err().unwrap().to_string();

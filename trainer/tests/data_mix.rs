@@ -57,12 +57,8 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     let quotas: Vec<u64> = parts.iter().map(|p| p["batches_per_epoch"].as_u64().unwrap()).collect();
     assert!(quotas[1] > 2 * quotas[0], "b weighted 3 : 1 over its size: {quotas:?}");
     // each step says which dataset it drew: both are
-    let metrics = std::fs::read_to_string(whole.run.dir.join("metrics.jsonl")).unwrap();
-    let drawn: std::collections::BTreeSet<u64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["dataset"].as_u64().unwrap())
-        .collect();
-    assert_eq!(drawn.into_iter().collect::<Vec<_>>(), [0, 1]);
+    let datasets: std::collections::BTreeSet<u64> = drawn(&whole).into_iter().collect();
+    assert_eq!(datasets.into_iter().collect::<Vec<_>>(), [0, 1]);
 
     // stopped after step 4, resumed from the checkpoint of step 3: the same weights at step 6
     let split = mixed(&a, &b, tmp.path().join("split"));
@@ -152,7 +148,7 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     let e = format!("{:#}", resume(&earlier).unwrap_err());
     assert!(
         e.contains(
-            "the mix's weights up to batch 3 (data.weight, data.mix, data.phases) [1.0, 0.0], this run has \
+            "the mix's weights drawn before batch 3 (data.weight, data.mix, data.phases) [1.0, 0.0], this run has \
                     [1.0, 0.0], from batch 2: [0.0, 1.0]"
         ),
         "{e}"
@@ -182,6 +178,61 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
         c.data.weight = None;
     });
     assert!(e.starts_with("data.phases reweighs a mix, but data.mix names no other dataset"), "{e}");
+}
+
+/// A token budget over a phased mix: the planner counts each phase's steps at its own tokens per step,
+/// so the run's tokens (as it will record them) meet the budget.
+#[test]
+fn a_token_budget_counts_each_phase_at_its_own_tokens() {
+    use infinity_trainer::train::TokenMix;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    // the same two templates, mostly square in `a`, mostly portrait in `b`: other tokens per sample
+    let shapes = |dir: &Path, seed: u64, square: f64, tokenizer: Option<PathBuf>| {
+        let opts = SynthOptions {
+            rows: 160,
+            seed,
+            fit_rows: 64,
+            templates: vec![("1.000".into(), square), ("0.666".into(), 1.0 - square)],
+            tokenizer,
+            writer: WriterOptions { overwrite: true, ..Default::default() },
+            ..Default::default()
+        };
+        synth(dir, &opts).unwrap();
+    };
+    shapes(&a, 0, 0.9, None);
+    shapes(&b, 5, 0.1, Some(a.join(TOKENIZER_FILE)));
+    let mut base = mixed(&a, &b, tmp.path().join("unused"));
+    (base.data.weight, base.data.mix[0].weight) = (Some(1.0), Some(0.0));
+    base.data.phases = vec![DataPhase { from_step: 10, weights: vec![0.0, 1.0] }];
+    base.optim.warmup_steps = 0;
+    std::fs::write(tmp.path().join("base.toml"), toml::to_string(&base).unwrap()).unwrap();
+    let sweep = tmp.path().join("sweep.toml");
+    let plan = |axes: &str| {
+        std::fs::write(&sweep, format!("base = \"base.toml\"\nout = \"sweep\"\n[axes]\n{axes}\n")).unwrap();
+        let mut p = infinity_trainer::sweep::plan(&sweep).unwrap();
+        p.runs.remove(0)
+    };
+    // the tokens of 10 steps of `a`, then of 10 of `b`
+    let per_step = |steps: u64| plan(&format!("\"run.steps\" = [{steps}]")).tokens;
+    let (first, both) = (per_step(10), per_step(20));
+    let (in_a, in_b) = (first / 10.0, (both - first) / 10.0);
+    assert!((in_a - in_b).abs() > 0.05 * in_a, "the phases differ in tokens: {in_a} {in_b}");
+    // a budget of 10 steps of `a` and 14.5 of `b`: 25 whole steps, whatever either phase's tokens alone
+    // say
+    let budget = first + 14.5 * in_b;
+    let run = plan(&format!("tokens = [{budget}]"));
+    assert_eq!(run.config.run.steps, 25, "{} tokens planned", run.tokens);
+    // and the planned tokens are those the run records (its own token mix over its 25 steps)
+    let manifests: Vec<infinity_data::Manifest> =
+        [&a, &b].iter().map(|d| infinity_data::Manifest::load(d).unwrap()).collect();
+    let m = &manifests[0];
+    let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+    let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+    let mc = run.config.model_config(m.d as usize, num_classes, text).unwrap();
+    let mix = TokenMix::of_mix(&mc, &manifests.iter().collect::<Vec<_>>(), &run.config).unwrap();
+    let recorded = mix.mean_tokens * run.config.data.global_batch as f64 * 25.0;
+    assert!((recorded - run.tokens).abs() <= 1e-9 * recorded, "{recorded} {}", run.tokens);
 }
 
 #[test]

@@ -13,8 +13,10 @@ use crate::manifest::TextDtype;
 /// text tokens of all rows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
-    /// Absolute global batch number (epoch · batches_per_epoch + batch in epoch).
+    /// Absolute global batch number (epoch · batches_per_epoch + batch in epoch, where a mix has no
+    /// phases).
     pub global_index: u64,
+    /// The (mixed) epoch it belongs to, counted over a mix's phases (a phase starts an epoch).
     pub epoch: u64,
     /// Schedule index into the manifest.
     pub bucket: u16,

@@ -130,6 +130,7 @@ impl Mix {
     /// The mix whose phase `k` starts at global batch `phases[k].0` with quotas `phases[k].1`
     /// (`phases[0]` from batch 0; the starts increasing, every phase's quotas one per part).
     pub(crate) fn new(phases: Vec<(u64, Vec<u64>)>, seed: u64) -> Mix {
+        debug_assert!(phases[0].0 == 0 && phases.windows(2).all(|w| w[0].0 < w[1].0), "phase starts");
         let mut mix = Mix { phases: Vec::with_capacity(phases.len()), seed, cache: Mutex::new(VecDeque::new()) };
         for (k, (from, quotas)) in phases.into_iter().enumerate() {
             let (offsets, epochs_before) = match mix.phases.last() {
@@ -153,7 +154,7 @@ impl Mix {
         mix
     }
 
-    /// Global batches per mixed epoch of the first phase.
+    /// Global batches per mixed epoch (the same in every phase: the quotas of each sum to `Σ N_p`).
     pub(crate) fn per_epoch(&self) -> u64 {
         self.phases[0].per_epoch
     }

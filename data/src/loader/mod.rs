@@ -153,6 +153,14 @@ impl MixState {
             .collect()
     }
 
+    /// [`MixState::begun_batches`] as messages name them: one list, or one per phase.
+    pub fn batches_text(&self, done: u64) -> String {
+        match &self.begun_batches(done)[..] {
+            [one] => format!("{one:?}"),
+            all => format!("{all:?} (by phase)"),
+        }
+    }
+
     /// The weights before `done` as a resume error names them: the first's, then each phase's begun.
     fn weights_text(&self, done: u64) -> String {
         let first = self.weights.as_ref().map_or("none (by size)".into(), |w| format!("{w:?}"));
@@ -186,8 +194,11 @@ impl LoaderState {
         let done = self.batches_done;
         if let (Some(saved), Some(now)) = (&self.mix, mix) {
             if !saved.same_weights(now, done) {
+                // (data.phases named where either side has phases)
+                let phased = !(saved.phases.is_empty() && now.phases.is_empty());
+                let keys = if phased { "data.weight, data.mix, data.phases" } else { "data.weight, data.mix" };
                 return mismatch(
-                    &format!("the mix's weights up to batch {done} (data.weight, data.mix, data.phases)"),
+                    &format!("the mix's weights drawn before batch {done} ({keys})"),
                     saved.weights_text(done),
                     now.weights_text(done),
                 );
@@ -212,7 +223,7 @@ impl LoaderState {
         }
         let batches = |m: Option<&MixState>| m.map(|m| m.begun_batches(done));
         if batches(self.mix.as_ref()) != batches(mix) {
-            let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| format!("{:?}", m.begun_batches(done)));
+            let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| m.batches_text(done));
             return mismatch(
                 "the mix's batches per epoch of each dataset (data.mix and its weights)",
                 say(self.mix.as_ref()),
@@ -276,14 +287,13 @@ pub fn mix_state(
     for (k, p) in phases.iter().enumerate() {
         if p.from <= after {
             return Err(DataError::Config(format!(
-                "the mix's phase {k} starts at global batch {}: the phases must start after batch 0, each after \
-                 the one before",
+                "data.phases[{k}] starts at global batch {}: the phases must start after batch 0, each after the \
+                 one before",
                 p.from
             )));
         }
         after = p.from;
-        let names: Vec<String> =
-            names.iter().map(|n| format!("{n} (phase {k}, from global batch {})", p.from)).collect();
+        let names: Vec<String> = names.iter().map(|n| format!("{n} (data.phases[{k}])")).collect();
         let batches_per_epoch = mix::quotas(&natural, Some(&p.weights), &names)?;
         states.push(PhaseState { from: p.from, weights: p.weights.clone(), batches_per_epoch });
     }
@@ -455,7 +465,7 @@ impl Loader {
         self.state.clone()
     }
 
-    /// Global batches per (mixed) epoch (of the mix's first phase).
+    /// Global batches per (mixed) epoch (every phase of a mix has as many).
     pub fn batches_per_epoch(&self) -> u64 {
         self.shared.mix.per_epoch()
     }

@@ -288,16 +288,33 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             parts.push(pm);
         }
         let manifests: Vec<&Manifest> = parts.iter().collect();
-        let mix = TokenMix::of_mix(&mc, &manifests, &config).with_context(|| format!("run {name}"))?;
+        let token_mix = |c: &TrainConfig| TokenMix::of_mix(&mc, &manifests, c).with_context(|| format!("run {name}"));
+        let mut mix = token_mix(&config)?;
+        if let Some(budget) = budget {
+            // a mix's phases weigh the mean per step by their steps in the run, which the budget sets:
+            // settled by repeating (the steps move less each time)
+            for round in 0.. {
+                let per_sample = match budget {
+                    Budget::Tokens(_) => mix.mean_tokens,
+                    Budget::Compute(_) => mix.mean_flops,
+                };
+                let per_step = (per_sample * config.data.global_batch as f64, per_sample);
+                let mut said = Vec::new();
+                let steps = budget_steps(&name, budget, per_step, &config, &mut said)?;
+                let settled = steps == config.run.steps || config.data.phases.is_empty() || round == 16;
+                config.run.steps = steps;
+                if settled {
+                    warnings.extend(said);
+                    break;
+                }
+                mix = token_mix(&config)?;
+            }
+            if !config.data.phases.is_empty() {
+                mix = token_mix(&config)?;
+            }
+        }
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
-        if let Some(budget) = budget {
-            let per_step = match budget {
-                Budget::Tokens(_) => (tokens_per_step, mix.mean_tokens),
-                Budget::Compute(_) => (flops_per_step, mix.mean_flops),
-            };
-            config.run.steps = budget_steps(&name, budget, per_step, &config, &mut warnings)?;
-        }
         let steps = config.run.steps as f64;
         runs.push(PlannedRun {
             name,

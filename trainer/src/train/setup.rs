@@ -251,27 +251,29 @@ impl TokenMix {
                 }
             }
         }
-        // each bucket's expected batches per mixed epoch: a dataset's quota spread as its own epoch is;
-        // over a mix's phases, each phase's shares by its steps within the run
+        // each bucket's expected batches per mixed epoch: a dataset's quota spread as its own epoch is
         let share_of = |quotas: &[u64]| -> Vec<f64> {
-            let total = quotas.iter().sum::<u64>().max(1) as f64;
             let mut share = vec![0.0f64; m.schedules.len()];
             for p in 0..parts.len() {
                 for (b, slot) in share.iter_mut().enumerate() {
                     *slot += match natural[p] {
                         0 => 0.0,
-                        n => quotas[p] as f64 * batches[p][b] as f64 / n as f64 / total,
+                        n => quotas[p] as f64 * batches[p][b] as f64 / n as f64,
                     };
                 }
             }
             share
         };
-        let starts: Vec<u64> = std::iter::once(0).chain(phase_quotas.iter().map(|(from, _)| *from)).collect();
-        let mut share = vec![0.0f64; m.schedules.len()];
-        for (k, q) in std::iter::once(&quotas).chain(phase_quotas.iter().map(|(_, q)| q)).enumerate() {
-            let end = starts.get(k + 1).copied().unwrap_or(u64::MAX).min(weights.steps.max(1));
-            let steps = end.saturating_sub(starts[k]) as f64;
-            share.iter_mut().zip(share_of(q)).for_each(|(s, x)| *s += steps * x);
+        let mut share = share_of(&quotas);
+        if !phase_quotas.is_empty() {
+            // over a mix's phases (each as many batches an epoch), each phase's by its steps in the run
+            let starts: Vec<u64> = std::iter::once(0).chain(phase_quotas.iter().map(|(from, _)| *from)).collect();
+            share.iter_mut().for_each(|s| *s *= starts[1].min(weights.steps.max(1)) as f64);
+            for (k, (from, q)) in phase_quotas.iter().enumerate() {
+                let end = starts.get(k + 2).copied().unwrap_or(u64::MAX).min(weights.steps.max(1));
+                let steps = end.saturating_sub(*from) as f64;
+                share.iter_mut().zip(share_of(q)).for_each(|(s, x)| *s += steps * x);
+            }
         }
         if share.iter().all(|&x| x == 0.0) {
             // (no bucket holds a batch: weighted by rows, for the estimate alone)
@@ -494,13 +496,9 @@ pub(crate) fn continue_position(
     let moved = match (&position.mix, &mix) {
         (Some(saved), Some(now)) if rows_changed && same_datasets(saved, now, position.batches_done) => {
             // (the first phase's and those of the phases begun)
-            let (before, after) =
-                (saved.begun_batches(position.batches_done), now.begun_batches(position.batches_done));
-            let say = |b: &[Vec<u64>]| match b {
-                [one] => format!("{one:?}"),
-                _ => format!("{b:?} (by phase)"),
-            };
-            (before != after).then(|| format!("{} → {}", say(&before), say(&after)))
+            let done = position.batches_done;
+            (saved.begun_batches(done) != now.begun_batches(done))
+                .then(|| format!("{} → {}", saved.batches_text(done), now.batches_text(done)))
         }
         _ => None,
     };
@@ -568,6 +566,14 @@ pub(crate) fn resume_from(
             false => e.context(format!("model settings changed since the checkpoint: {}", shaping.join("; "))),
         })
         .and_then(|(p, o, mut s)| {
+            // (data.phases start at steps, which the loader counts as global batches: one a step)
+            if !cfg.data.phases.is_empty() && s.loader.batches_done != s.step {
+                anyhow::bail!(
+                    "the checkpoint of step {} has drawn {} global batches, where data.phases takes one a step",
+                    s.step,
+                    s.loader.batches_done
+                );
+            }
             let moved = continue_position(&mut s.loader, ds, cfg, accept_data_change)?;
             Ok((p, o, s, moved))
         })
