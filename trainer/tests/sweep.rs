@@ -127,7 +127,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(row[2], "3", "{plan}");
     assert!(plan.contains("FLOPs, 20 % over its budget") && plan.contains("from its compute budget"), "{plan}");
     for (axes, want) in [
-        ("compute = [1e15]\ntokens = [1e6]", "a `tokens` and a `compute` axis"),
+        ("compute = [1e15]\ntokens = [1e6]", "axes `tokens` and `compute`: a run's steps spend one budget"),
         ("compute = [1e15]\n\"run.steps\" = [3]", "`run.steps` beside a `compute` axis"),
         ("compute = [1]", "a compute budget of 1e0 is less than one step of"),
     ] {
@@ -715,4 +715,37 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(status.contains("3 runs: 2 stopped, 1 not started"), "{status}");
     let stopped = status.lines().find(|l| l.starts_with("lr-0.001")).unwrap();
     assert!(stopped.contains("stopped (by a signal)") && stopped.contains("100000"), "{status}");
+}
+
+/// A size ladder: `[linked]` values taken together (crossed with `[axes]`), each run given
+/// `tokens_per_parameter` × its own parameters as its token budget.
+#[test]
+fn a_linked_ladder_with_tokens_per_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    ok(infinity(&["data", "synth", "--out", "data", "--seed", "1", "--rows", "256", "--fit-rows", "64"], t));
+    let base = BASE.replace("[val]\ndir = \"val\"\nevery = 10\nmax_rows = 48\n", "");
+    let base = base.replace("dir = \"data\"", &format!("dir = {:?}", t.join("data").display().to_string()));
+    std::fs::write(t.join("base.toml"), base).unwrap();
+    let ladder = "base = \"base.toml\"\nout = \"ladder\"\n[linked]\n\"model.embed_dim\" = [64, 128]\n\
+                  \"model.num_heads\" = [2, 4]\n[axes]\n\"optim.lr\" = [1e-3, 3e-3]\ntokens_per_parameter = [2]\n";
+    std::fs::write(t.join("ladder.toml"), ladder).unwrap();
+    let plan = infinity_trainer::sweep::plan(&t.join("ladder.toml")).unwrap();
+    let names: Vec<&str> = plan.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "embed-dim-64_num-heads-2_lr-0.001_tokens-per-parameter-2",
+            "embed-dim-64_num-heads-2_lr-0.003_tokens-per-parameter-2",
+            "embed-dim-128_num-heads-4_lr-0.001_tokens-per-parameter-2",
+            "embed-dim-128_num-heads-4_lr-0.003_tokens-per-parameter-2",
+        ]
+    );
+    for r in &plan.runs {
+        let per_step = r.tokens / r.config.run.steps as f64;
+        let budget = 2.0 * r.parameters as f64;
+        assert!(r.tokens >= budget && r.tokens < budget + per_step, "{}: {} tokens for {budget}", r.name, r.tokens);
+        assert_eq!(r.config.model.num_heads, Some(r.config.model.embed_dim.unwrap() / 32), "{}", r.name);
+    }
+    assert!(plan.runs[2].config.run.steps > 2 * plan.runs[0].config.run.steps, "the larger model trains longer");
 }

@@ -16,7 +16,12 @@ pub struct SweepFile {
     pub nproc_per_node: usize,
     #[serde(default)]
     pub set: BTreeMap<String, toml::Value>,
+    #[serde(default)]
     pub axes: BTreeMap<String, Vec<toml::Value>>,
+    /// Values taken together: the `i`-th of every key makes one point (a size ladder: depth, width and
+    /// heads), crossed with `[axes]`.
+    #[serde(default)]
+    pub linked: BTreeMap<String, Vec<toml::Value>>,
     #[serde(default)]
     pub slurm: SlurmSection,
 }
@@ -75,17 +80,32 @@ impl SweepFile {
     }
 
     fn check(&self) -> Result<()> {
-        ensure!(!self.axes.is_empty(), "[axes] is empty");
-        for (k, vals) in &self.axes {
+        ensure!(!(self.axes.is_empty() && self.linked.is_empty()), "[axes] is empty (and there is no [linked])");
+        for (k, vals) in self.axes.iter().chain(&self.linked) {
             ensure!(!vals.is_empty(), "axis `{k}` has no values");
         }
+        if let Some(k) = self.linked.keys().find(|k| self.axes.contains_key(*k)) {
+            bail!("`{k}` is in [axes] and in [linked]: give its values in one of them");
+        }
+        let lengths: Vec<(&String, usize)> = self.linked.iter().map(|(k, v)| (k, v.len())).collect();
+        if let Some(&(k, n)) = lengths.iter().find(|(_, n)| *n != lengths[0].1) {
+            bail!(
+                "[linked] lists must be as long as each other (their i-th values make one point): `{}` has {}, \
+                 `{k}` {n}",
+                lengths[0].0,
+                lengths[0].1
+            );
+        }
         // what the sweep sets itself: each run's folder, and with a budget axis its steps
-        let budget = super::Budget::AXES.iter().find(|a| self.axes.contains_key(**a));
-        ensure!(
-            !super::Budget::AXES.iter().all(|a| self.axes.contains_key(*a)),
-            "a `tokens` and a `compute` axis: a run's steps spend one budget (tokens, or training FLOPs)"
-        );
-        for k in self.axes.keys().chain(self.set.keys()) {
+        let budgets: Vec<&str> = super::Budget::AXES.iter().copied().filter(|a| self.varied(a)).collect();
+        if budgets.len() > 1 {
+            bail!(
+                "axes `{}`: a run's steps spend one budget (tokens, training FLOPs or tokens per parameter)",
+                budgets.join("` and `")
+            );
+        }
+        let budget = budgets.first();
+        for k in self.axes.keys().chain(self.linked.keys()).chain(self.set.keys()) {
             ensure!(k != "run.dir", "`{k}` is the sweep's to set (out/NAME for each run): set `out` instead");
             if let Some(axis) = budget.filter(|_| k == "run.steps") {
                 bail!("`run.steps` beside a `{axis}` axis: the budget sets each run's steps");
@@ -122,6 +142,11 @@ impl SweepFile {
         Ok(())
     }
 
+    /// Whether `key` is an axis, of `[axes]` or `[linked]`.
+    pub fn varied(&self, key: &str) -> bool {
+        self.axes.contains_key(key) || self.linked.contains_key(key)
+    }
+
     /// The ranks a run trains on: `nproc_per_node` on each of `[slurm] nodes` (1 unless set; local runs
     /// and `--print` use one node, whose split any batch that splits over more nodes also allows).
     pub fn world(&self) -> usize {
@@ -148,11 +173,12 @@ pub fn time_limit_s(text: &str) -> Option<u64> {
     Some(((days * 24 + h) * 60 + m) * 60 + s)
 }
 
-/// Where a run's override came from in the sweep file: `[axes]` or `[set]`.
+/// Where a run's override came from in the sweep file: `[axes]`, `[linked]` or `[set]`.
 pub fn section_of(sweep: &SweepFile, key: &str) -> &'static str {
-    match sweep.axes.contains_key(key) {
-        true => "[axes]",
-        false => "[set]",
+    match (sweep.axes.contains_key(key), sweep.linked.contains_key(key)) {
+        (true, _) => "[axes]",
+        (_, true) => "[linked]",
+        _ => "[set]",
     }
 }
 
@@ -177,7 +203,7 @@ pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, override
     };
     let section = section_of(sweep, key);
     // an axis of one word is a config section or a budget, which the config's list does not hold
-    if section == "[axes]" && !key.contains('.') && rest.starts_with("unknown key ") {
+    if section != "[set]" && !key.contains('.') && rest.starts_with("unknown key ") {
         rest += &super::Budget::AXES.iter().map(|a| format!(", `{a}`")).collect::<String>();
     }
     anyhow::anyhow!("{}: {section} {key}: {rest}", path.display())
@@ -236,6 +262,33 @@ mod tests {
     }
 
     #[test]
+    fn linked_values_are_checked() {
+        let head = "base = \"b.toml\"\nout = \"o\"\n";
+        let ladder = "[linked]\n\"model.depth\" = [2, 4]\n\"model.embed_dim\" = [64, 128]\n";
+        let s = sweep(&format!("{head}{ladder}")).unwrap();
+        assert!(s.axes.is_empty() && s.varied("model.depth") && !s.varied("model.num_heads"));
+        assert_eq!(section_of(&s, "model.depth"), "[linked]");
+        for (text, want) in [
+            (
+                format!("{head}[linked]\n\"model.depth\" = [2, 4]\n\"model.embed_dim\" = [64]\n"),
+                "[linked] lists must \
+              be as long as each other (their i-th values make one point): `model.depth` has 2, `model.embed_dim` 1",
+            ),
+            (format!("{head}{ladder}[axes]\n\"model.depth\" = [6]\n"), "`model.depth` is in [axes] and in [linked]"),
+            (format!("{head}[axes]\n"), "[axes] is empty (and there is no [linked])"),
+            (
+                format!("{head}{ladder}[axes]\ntokens = [1e6]\ntokens_per_parameter = [20]\n"),
+                "axes `tokens` and \
+              `tokens_per_parameter`: a run's steps spend one budget",
+            ),
+            (format!("{head}[linked]\n\"run.steps\" = [5]\ncompute = [1e12]\n"), "`run.steps` beside a `compute` axis"),
+        ] {
+            let e = sweep(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn override_errors_name_the_sweep_section() {
         let s =
             sweep("base = \"b.toml\"\nout = \"o\"\n[set]\n\"val.every\" = 5\n[axes]\n\"model.embed_dims\" = [64]\n")
@@ -255,7 +308,8 @@ mod tests {
         let e = anyhow::anyhow!("--set token=1e6: at `token`: unknown field `token`, expected one of `run`, `val`");
         assert_eq!(
             in_sweep_terms(e, Path::new("s.toml"), &budget, &["token=1e6".into()]).to_string(),
-            "s.toml: [axes] token: unknown key `token`, expected one of `run`, `val`, `tokens`, `compute`"
+            "s.toml: [axes] token: unknown key `token`, expected one of `run`, `val`, `tokens`, `compute`, \
+             `tokens_per_parameter`"
         );
         let e = anyhow::anyhow!("val.every must be positive").context("--set val.every");
         let text = in_sweep_terms(e, Path::new("s.toml"), &s, &overrides).to_string();

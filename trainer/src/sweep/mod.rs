@@ -15,7 +15,17 @@
 //! tokens = [2e5, 4e5]                   # a token budget: sets run.steps
 //! ```
 //!
-//! (`compute = [1e15, 4e15]`, a budget of training FLOPs, sets run.steps instead: an IsoFLOP design.)
+//! (`compute = [1e15, 4e15]`, a budget of training FLOPs, sets run.steps instead: an IsoFLOP design;
+//! `tokens_per_parameter = [20]` a token budget of 20 × each run's parameters: Chinchilla's ratio.)
+//! Values that go together (a size ladder) are `[linked]`: the `i`-th of each key make one point,
+//! crossed with `[axes]`:
+//!
+//! ```toml
+//! [linked]
+//! "model.depth" = [4, 8, 12]
+//! "model.embed_dim" = [256, 512, 768]
+//! "model.num_heads" = [4, 8, 12]
+//! ```
 //!
 //! This module holds the expansion into a plan (runs, warnings, the table printed first); `file` the
 //! sweep file's format and checks, `existing` what `out` already holds, `run` where each run stands and
@@ -69,34 +79,49 @@ pub struct PlannedRun {
     pub budget: Option<Budget>,
 }
 
-/// A run's budget of training tokens or FLOPs (the `tokens` and `compute` axes): it sets `run.steps`,
-/// the whole steps that spend it.
+/// A run's budget of training tokens or FLOPs (the `tokens`, `compute` and `tokens_per_parameter`
+/// axes): it sets `run.steps`, the whole steps that spend it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
     Tokens(f64),
     Compute(f64),
+    /// Tokens as a multiple of the run's parameters (Chinchilla's 20); [`Budget::of_model`] makes it
+    /// a token budget once the model is known.
+    TokensPerParameter(f64),
 }
 
 impl Budget {
     /// The axes that set a budget.
-    pub const AXES: [&'static str; 2] = ["tokens", "compute"];
+    pub const AXES: [&'static str; 3] = ["tokens", "compute", "tokens_per_parameter"];
 
     fn of(axis: &str, value: &toml::Value, path: &Path) -> Result<Budget> {
         let v = value.as_float().or(value.as_integer().map(|i| i as f64));
         let v = v.with_context(|| format!("{}: axis `{axis}` needs numbers, found {value}", path.display()))?;
-        Ok(if axis == "tokens" { Budget::Tokens(v) } else { Budget::Compute(v) })
+        Ok(match axis {
+            "tokens" => Budget::Tokens(v),
+            "compute" => Budget::Compute(v),
+            _ => Budget::TokensPerParameter(v),
+        })
+    }
+
+    /// The budget of a run of `parameters`: tokens per parameter become tokens.
+    fn of_model(self, parameters: usize) -> Budget {
+        match self {
+            Budget::TokensPerParameter(r) => Budget::Tokens(r * parameters as f64),
+            other => other,
+        }
     }
 
     fn amount(self) -> f64 {
         match self {
-            Budget::Tokens(v) | Budget::Compute(v) => v,
+            Budget::Tokens(v) | Budget::Compute(v) | Budget::TokensPerParameter(v) => v,
         }
     }
 
     /// What the budget counts, and its name: `tokens`, `token budget`.
     fn words(self) -> (&'static str, &'static str) {
         match self {
-            Budget::Tokens(_) => ("tokens", "token budget"),
+            Budget::Tokens(_) | Budget::TokensPerParameter(_) => ("tokens", "token budget"),
             Budget::Compute(_) => ("FLOPs", "compute budget"),
         }
     }
@@ -180,8 +205,10 @@ pub fn plan(path: &Path) -> Result<Plan> {
 fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
 
-    // the product of the axes, in key order
-    let mut combos: Vec<Vec<(&String, &toml::Value)>> = vec![vec![]];
+    // the linked values (their i-th together), crossed with the product of the axes, in key order
+    let points = sweep.linked.values().next().map_or(1, Vec::len);
+    let mut combos: Vec<Vec<(&String, &toml::Value)>> =
+        (0..points).map(|i| sweep.linked.iter().map(|(k, vals)| (k, &vals[i])).collect()).collect();
     for (k, vals) in &sweep.axes {
         combos =
             combos.into_iter().flat_map(|c| vals.iter().map(move |v| [c.clone(), vec![(k, v)]].concat())).collect();
@@ -203,8 +230,10 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     // under the sweep's own settings); the runs the sweep starts do not see them again
     let sets = |key: &str| {
         let related = |k: &str| same_setting(k, key);
-        let steps = key == "run.steps" && Budget::AXES.iter().any(|a| sweep.axes.contains_key(*a));
-        key == "run.dir" || steps || sweep.set.keys().chain(sweep.axes.keys()).any(|k| related(k))
+        let steps = key == "run.steps" && Budget::AXES.iter().any(|a| sweep.varied(a));
+        key == "run.dir"
+            || steps
+            || sweep.set.keys().chain(sweep.axes.keys()).chain(sweep.linked.keys()).any(|k| related(k))
     };
     let env: Vec<String> = env_overrides()
         .into_iter()
@@ -288,6 +317,8 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             parts.push(pm);
         }
         let manifests: Vec<&Manifest> = parts.iter().collect();
+        let parameters = Layout::new(&mc).numel;
+        let budget = budget.map(|b| b.of_model(parameters));
         let token_mix = |c: &TrainConfig| TokenMix::of_mix(&mc, &manifests, c).with_context(|| format!("run {name}"));
         let mut mix = token_mix(&config)?;
         if let Some(budget) = budget {
@@ -295,7 +326,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             // settled by repeating (the steps move less each time)
             for round in 0.. {
                 let per_sample = match budget {
-                    Budget::Tokens(_) => mix.mean_tokens,
+                    Budget::Tokens(_) | Budget::TokensPerParameter(_) => mix.mean_tokens,
                     Budget::Compute(_) => mix.mean_flops,
                 };
                 let per_step = (per_sample * config.data.global_batch as f64, per_sample);
@@ -319,7 +350,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         runs.push(PlannedRun {
             name,
             dir,
-            parameters: Layout::new(&mc).numel,
+            parameters,
             tokens: tokens_per_step * steps,
             compute: flops_per_step * steps,
             budget,
@@ -337,7 +368,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                 (Some(a), Some(b)) => {
                     let (unit, what) = b.words();
                     let per_step = match b {
-                        Budget::Tokens(_) => r.tokens,
+                        Budget::Tokens(_) | Budget::TokensPerParameter(_) => r.tokens,
                         Budget::Compute(_) => r.compute,
                     } / r.config.run.steps as f64;
                     format!(
