@@ -489,6 +489,8 @@ mod tests {
                 && iso.axes["model.embed_dim"].len() >= 3
                 && !iso.axes.contains_key("tokens")
         );
+        let ladder = read("ladder.toml");
+        assert!(ladder.linked.values().all(|v| v.len() == 3) && ladder.varied("tokens_per_parameter"));
         let (mu, sp) = (read("mup-lr.toml"), read("sp-lr.toml"));
         assert_eq!(mu.out, sp.out);
         assert!(mu.axes.contains_key("model.mup_base_width") && !sp.axes.contains_key("model.mup_base_width"));
