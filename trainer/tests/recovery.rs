@@ -133,6 +133,58 @@ fn a_checkpoint_that_fails_to_write_leaves_no_partial_folder() {
     assert!(left.is_empty(), "a failed checkpoint write left {left:?}");
 }
 
+/// Failed checkpoint writes (the `INFINITY_FAULT_SAVE` drill): within `checkpoint.failed_writes_tolerated`
+/// in a row training goes on, warned and counted in `summary.json`, in the background and in the step
+/// loop alike; one more stops the run, and so does a failed last checkpoint.
+#[test]
+fn failed_checkpoint_writes_are_tolerated_up_to_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, fail: &str, sets: &[&str]| {
+        let mut cfg = config(&data, tmp.path().join(name));
+        cfg.checkpoint.every = 2;
+        let file = common::config_file(&cfg, tmp.path());
+        let mut args = vec!["train", file.to_str().unwrap()];
+        sets.iter().for_each(|s| args.extend(["--set", s]));
+        let out = Command::new(env!("CARGO_BIN_EXE_infinity")).args(&args).env("INFINITY_FAULT_SAVE", fail).output();
+        let out = out.unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let steps: Vec<u64> = infinity_trainer::train::checkpoint::complete(&cfg.run.dir).iter().map(|c| c.0).collect();
+        (out.status.success(), text, steps, cfg.run.dir)
+    };
+    for background in ["true", "false"] {
+        let set = format!("checkpoint.background={background}");
+        let (ok, text, steps, dir) = run(&format!("one-{background}"), "2", &[&set]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("failed by the INFINITY_FAULT_SAVE drill")
+                && text.contains("training goes on (1 failed in a row"),
+            "{text}"
+        );
+        assert_eq!(steps, [4, 6], "{background}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["checkpoint_failed_writes"], 1, "{summary}");
+        assert!(summary["last_checkpoint"].as_str().unwrap().ends_with("step-00000006"), "{summary}");
+        assert!(!dir.join("checkpoints/step-00000002").exists());
+    }
+    // one more in a row than tolerated stops the run, naming the setting
+    let (ok, text, _, _) = run("two", "2,4", &["checkpoint.failed_writes_tolerated=1"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("2 checkpoint writes failed in a row, more than checkpoint.failed_writes_tolerated = 1"),
+        "{text}"
+    );
+    // a success in between starts the count again
+    let (ok, text, steps, _) = run("apart", "2,6", &["checkpoint.failed_writes_tolerated=1", "run.steps=8"]);
+    assert!(ok && steps == [4, 8], "{steps:?} {text}");
+    // the last checkpoint is never let fail
+    let (ok, text, steps, _) = run("last", "6", &[]);
+    assert!(!ok && steps == [2, 4], "{steps:?} {text}");
+    assert!(text.contains("writing the checkpoint of step 6"), "{text}");
+}
+
 /// A corrupt newest checkpoint stops `--resume auto` (and the check) with the previous complete one as
 /// the way on; no silent fallback.
 #[test]

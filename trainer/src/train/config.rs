@@ -510,11 +510,22 @@ pub struct CheckpointSection {
     /// weights and optimiser state until the write ends); false writes them in the step loop, every
     /// rank waiting at a barrier until the files are on disk.
     pub background: bool,
+    /// Failed writes in a row that training goes on after (warned of, counted in `summary.json`, the
+    /// last complete checkpoint kept); one more stops the run. The session's last checkpoint (the
+    /// run's end, a stop) is never let fail.
+    pub failed_writes_tolerated: u64,
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every: 100, every_minutes: 0.0, keep_last: 2, keep_every: 0, background: true }
+        CheckpointSection {
+            every: 100,
+            every_minutes: 0.0,
+            keep_last: 2,
+            keep_every: 0,
+            background: true,
+            failed_writes_tolerated: 2,
+        }
     }
 }
 

@@ -109,6 +109,9 @@ pub struct TrainSummary {
     pub diverged: bool,
     /// TensorBoard writes that failed this session (their events are lost; later ones are retried).
     pub tensorboard_failed_writes: u64,
+    /// Checkpoint writes that failed this session and training went on after
+    /// (`checkpoint.failed_writes_tolerated`).
+    pub checkpoint_failed_writes: u64,
 }
 
 /// Run (or resume) training as `cfg` says.
@@ -194,7 +197,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut saver = match summary.text_at(&state)? {
         Some(text) => {
             let on_disk = saver::SummaryOnDisk { step: state.step, text, stopped: false };
-            Some(saver::Saver::new(run, (&mc, &lay, &config_toml), keep, on_disk))
+            let tolerated = cfg.checkpoint.failed_writes_tolerated;
+            Some(saver::Saver::new(run, (&mc, &lay, &config_toml), (keep, tolerated), on_disk))
         }
         None => None,
     };
@@ -413,7 +417,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                     state: state.clone(),
                     summary_json,
                 };
-                saver.save(snap, cfg.checkpoint.background)?;
+                let last = preempt || state.step == cfg.run.steps;
+                saver.save(snap, cfg.checkpoint.background, last)?;
+                summary.checkpoint_writes_failed(saver.failed_writes());
             }
             if !cfg.checkpoint.background {
                 // no rank runs ahead of (or exits before) a checkpoint every rank can resume from

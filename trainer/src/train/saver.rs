@@ -7,6 +7,12 @@
 //! `dist.timeout_s` on a slow enough disk. One write is in flight at a time: the next checkpoint
 //! waits for the previous one, an error surfaces there (or at the end), and the run's last checkpoint
 //! is complete before the process exits, also when training stops with an error.
+//!
+//! A failed write (a full disk, a file server's hiccup) stops training only after
+//! `checkpoint.failed_writes_tolerated` failures in a row: before that it is warned of and counted
+//! (`summary.json`'s `checkpoint_failed_writes`), its partial folder removed, and training goes on from
+//! the last complete checkpoint's safety. The session's last checkpoint (the run's end, a stop) must
+//! be written: its failure is the session's error.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,6 +97,10 @@ pub struct Saver {
     config_toml: String,
     keep: (usize, u64),
     in_flight: Option<(u64, JoinHandle<Result<PathBuf>>)>,
+    /// Failed writes training may go on after, in a row; and those so far: in a row, and this session.
+    tolerated: u64,
+    failed_in_a_row: u64,
+    failed_writes: u64,
     /// The step and text of the `summary.json` last put down (the session's start, then each complete
     /// checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
     summary_on_disk: Arc<Mutex<SummaryOnDisk>>,
@@ -99,21 +109,38 @@ pub struct Saver {
 impl Saver {
     /// A writer into `run` of checkpoints of `model`, keeping `keep` (`checkpoint.keep_last`,
     /// `keep_every`); `summary` is the run's summary as the session starts.
+    /// `tolerated`: `checkpoint.failed_writes_tolerated`.
     pub fn new(
         run: &Path,
         (model, lay, config_toml): (&ModelConfig, &Layout, &str),
-        keep: (usize, u64),
+        (keep, tolerated): ((usize, u64), u64),
         summary: SummaryOnDisk,
     ) -> Saver {
         let (run, model, lay, config_toml) = (run.to_path_buf(), model.clone(), lay.clone(), config_toml.to_string());
         let summary_on_disk = Arc::new(Mutex::new(summary));
-        Saver { run, model, lay, config_toml, keep, in_flight: None, summary_on_disk }
+        let (failed_in_a_row, failed_writes) = (0, 0);
+        Saver {
+            run,
+            model,
+            lay,
+            config_toml,
+            keep,
+            in_flight: None,
+            tolerated,
+            failed_in_a_row,
+            failed_writes,
+            summary_on_disk,
+        }
     }
 
     /// Write `snap` as the checkpoint of its step, then prune: on a writer thread when `background`,
-    /// here otherwise. Waits for the previous write first and returns its error, if it failed.
-    pub fn save(&mut self, snap: Snapshot, background: bool) -> Result<()> {
-        self.wait()?;
+    /// here otherwise. Waits for the previous write first; its failure, or this one's in the step loop,
+    /// is returned once more have failed in a row than are tolerated (at once where `last`: the
+    /// session's last checkpoint).
+    pub fn save(&mut self, snap: Snapshot, background: bool, last: bool) -> Result<()> {
+        if let Some(previous) = self.join() {
+            self.tolerate(previous)?;
+        }
         let step = snap.state.step;
         // (the thread owns its inputs; the layout and config are small next to the snapshot)
         let job = (self.run.clone(), self.model.clone(), self.lay.clone(), self.config_toml.clone(), self.keep);
@@ -121,6 +148,7 @@ impl Saver {
         let write = move || -> Result<PathBuf> {
             let (run, model, lay, config_toml, (keep_last, keep_every)) = job;
             save_drill();
+            save_fault_drill(step)?;
             let tensors = checkpoint::Tensors { params: &snap.params, opt: &snap.opt, ema: snap.ema.as_ref() };
             let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
             // (before pruning: the summary must not name a checkpoint pruning has just removed)
@@ -131,7 +159,8 @@ impl Saver {
             Ok(dir)
         };
         if !background {
-            return write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
+            let written = write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
+            return if last { written } else { self.tolerate(written) };
         }
         let handle = std::thread::Builder::new().name("checkpoint writer".into()).spawn(write)?;
         self.in_flight = Some((step, handle));
@@ -156,15 +185,45 @@ impl Saver {
 
     /// Wait for the write in flight (if any); its error, naming the step, if it failed.
     pub fn wait(&mut self) -> Result<()> {
-        match self.in_flight.take() {
-            None => Ok(()),
-            Some((step, h)) => match h.join() {
-                Ok(r) => {
-                    r.map(|_| ()).with_context(|| format!("writing the checkpoint of step {step} (in the background)"))
-                }
-                Err(_) => Err(anyhow!("the checkpoint writer thread panicked writing step {step}")),
-            },
+        self.join().unwrap_or(Ok(()))
+    }
+
+    /// Writes that failed this session.
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_writes
+    }
+
+    /// Wait for the write in flight: how it went, `None` when there was none.
+    fn join(&mut self) -> Option<Result<()>> {
+        let (step, h) = self.in_flight.take()?;
+        Some(match h.join() {
+            Ok(r) => {
+                r.map(|_| ()).with_context(|| format!("writing the checkpoint of step {step} (in the background)"))
+            }
+            Err(_) => Err(anyhow!("the checkpoint writer thread panicked writing step {step}")),
+        })
+    }
+
+    /// A write's outcome: a failure within `tolerated` in a row is warned of and counted, not returned.
+    fn tolerate(&mut self, written: Result<()>) -> Result<()> {
+        let Err(e) = written else {
+            self.failed_in_a_row = 0;
+            return Ok(());
+        };
+        self.failed_in_a_row += 1;
+        self.failed_writes += 1;
+        let (n, t) = (self.failed_in_a_row, self.tolerated);
+        if n > t {
+            return Err(e.context(format!(
+                "{n} checkpoint writes failed in a row, more than checkpoint.failed_writes_tolerated = {t}"
+            )));
         }
+        let kept = checkpoint::complete(&self.run).pop().map_or("none yet".into(), |c| c.1.display().to_string());
+        tracing::warn!(
+            "{e:#}; training goes on ({n} failed in a row of the {t} checkpoint.failed_writes_tolerated; the last \
+             complete checkpoint: {kept})"
+        );
+        Ok(())
     }
 }
 
@@ -175,6 +234,15 @@ impl Drop for Saver {
         if let Err(e) = self.wait() {
             tracing::error!("{e:#}");
         }
+    }
+}
+
+/// Failing-disk drill: `INFINITY_FAULT_SAVE=STEP,STEP,…` fails the checkpoint writes of those steps.
+fn save_fault_drill(step: u64) -> Result<()> {
+    let Ok(spec) = std::env::var("INFINITY_FAULT_SAVE") else { return Ok(()) };
+    match spec.split(',').any(|s| s.trim().parse() == Ok(step)) {
+        true => Err(anyhow!("writing the checkpoint of step {step}: failed by the INFINITY_FAULT_SAVE drill")),
+        false => Ok(()),
     }
 }
 

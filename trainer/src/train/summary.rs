@@ -140,6 +140,15 @@ impl<'a> SummaryFile<'a> {
         self.text(&at_checkpoint).map(Some)
     }
 
+    /// `failed` checkpoint writes failed this session so far, training going on
+    /// (`checkpoint.failed_writes_tolerated`): the last checkpoint named is the newest complete one.
+    pub(super) fn checkpoint_writes_failed(&mut self, failed: u64) {
+        if failed > self.summary.checkpoint_failed_writes {
+            self.summary.checkpoint_failed_writes = failed;
+            self.summary.last_checkpoint = checkpoint::complete(self.run).pop().map(|c| c.1);
+        }
+    }
+
     /// Stopped by a signal (its checkpoint is written next).
     pub(super) fn preempted(&mut self) {
         self.summary.preempted = true;
@@ -178,6 +187,10 @@ impl<'a> SummaryFile<'a> {
         (s.steps, s.skipped_steps, s.seconds) = (state.step, state.skipped_steps, seconds);
         if self.leader {
             s.tensorboard_failed_writes = tensorboard_failed_writes;
+            if s.checkpoint_failed_writes > 0 {
+                // (a failed write named: the newest on disk, the session's last write done)
+                s.last_checkpoint = checkpoint::complete(self.run).pop().map(|c| c.1);
+            }
             self.write(&self.summary)?;
         } else if s.unconfirmed_checkpoint.is_some() {
             // (as this host sees run.dir: on nodes without a shared file system, none)
@@ -210,6 +223,7 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
         "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
         "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
         "tensorboard_failed_writes": summary.tensorboard_failed_writes,
+        "checkpoint_failed_writes": summary.checkpoint_failed_writes,
         // (what trained it: a resume of a diverged run with another build is not refused)
         "build": super::rank_identity::this_rank().build.to_string(),
     })
