@@ -66,7 +66,8 @@ fn train_sample_and_export_a_text_model() {
     // TensorBoard's own reader sees the curves, the sample grid and the config
     let out = python(&[&"tools/read_tensorboard.py", &run.join("tb")]);
     let tb: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    for tag in ["train/loss", "train/bit_acc", "train/token_acc", "train/lr", "train/grad_norm", "perf/tokens_per_s"] {
+    let tags = ["train/loss", "train/bit_acc", "train/token_acc", "train/lr", "train/grad_norm", "perf/tokens_per_s"];
+    for tag in tags.into_iter().chain(["perf/data_s", "perf/optimizer_s"]) {
         assert_eq!(tb["scalars"][tag].as_array().map(|a| a.len()), Some(2), "{tag}: {out}");
     }
     assert!(tb["scalars"]["scale/bit_acc_s00"].is_array() && tb["scalars"]["scale/loss_s03"].is_array(), "{out}");

@@ -869,6 +869,10 @@ fn spatial_patchify_trains_on_a_patchified_dataset_and_mismatches_are_named() {
         assert_eq!(tokens.len(), scale_acc.len());
         let mean = scale_acc.iter().zip(&tokens).map(|(a, n)| a * n).sum::<f64>() / tokens.iter().sum::<f64>();
         assert!((m["token_acc"].as_f64().unwrap() - mean).abs() < 1e-9, "token_acc: {line}");
+        // the step time's parts: the data's wait and preparation, the optimiser's
+        let part = |k: &str| m[k].as_f64().unwrap();
+        assert!(part("data_s") > 0.0 && part("optimizer_s") > 0.0, "{line}");
+        assert!(part("data_s") + part("optimizer_s") <= part("step_time_s"), "{line}");
     }
     let split = patchify(&patched, "split", Some(true));
     train(&split, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();

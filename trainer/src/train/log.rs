@@ -39,6 +39,11 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     pub samples_per_s: f64,
     pub step_time_s: f64,
+    /// Of the step time, rank 0's wait for its data and their preparation (self-correction, inputs).
+    pub data_s: f64,
+    /// Of the step time, rank 0's gradient all-reduce (the wait for slower ranks in it), clipping,
+    /// optimiser step and moving average.
+    pub optimizer_s: f64,
     /// Training FLOP/s per device (the group's over its ranks), in TFLOP/s: the efficiency figure of a
     /// device without a known peak (the CPU, an unlisted GPU), as Megatron logs it.
     pub tflops_per_device: f64,

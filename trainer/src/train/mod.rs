@@ -270,6 +270,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&reduced[n_metrics..], dist.world, true));
         let means = StepMeans::from_vec(&reduced[..n_metrics], scales.len());
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
+        let t_opt = Instant::now();
         let clip = crate::optim::clip_at(cfg.optim.clip, cfg.optim.clip_decay, state.step, cfg.run.steps);
         let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, clip)?;
         let lr = schedule.lr(state.step, cfg.run.steps);
@@ -303,6 +304,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 means.loss
             );
         }
+        let optimizer_s = t_opt.elapsed().as_secs_f64();
         // this step stops the run, once it is logged
         let diverged = state.nonfinite_run >= cfg.optim.max_nonfinite;
         state.step += 1;
@@ -331,6 +333,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,
             step_time_s: secs,
+            data_s,
+            optimizer_s,
             tflops_per_device: flops / dist.world as f64 / secs / 1e12,
             mfu: peak_tflops.map(|p| mfu::mfu(flops, secs, dist.world, p)),
             bucket,

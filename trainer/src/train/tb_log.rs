@@ -130,6 +130,8 @@ pub(super) fn step_scalars(
         ("perf/tokens_per_s", m.tokens_per_s),
         ("perf/samples_per_s", m.samples_per_s),
         ("perf/step_time_s", m.step_time_s),
+        ("perf/data_s", m.data_s),
+        ("perf/optimizer_s", m.optimizer_s),
         ("perf/tflops_per_device", m.tflops_per_device),
         ("train/skipped_steps", m.skipped_steps as f64),
     ] {
