@@ -748,4 +748,12 @@ fn a_linked_ladder_with_tokens_per_parameter() {
         assert_eq!(r.config.model.num_heads, Some(r.config.model.embed_dim.unwrap() / 32), "{}", r.name);
     }
     assert!(plan.runs[2].config.run.steps > 2 * plan.runs[0].config.run.steps, "the larger model trains longer");
+    // a ratio too small for one step is named as a ratio
+    std::fs::write(
+        t.join("ladder.toml"),
+        ladder.replace("tokens_per_parameter = [2]", "tokens_per_parameter = [1e-4]"),
+    )
+    .unwrap();
+    let e = format!("{:#}", infinity_trainer::sweep::plan(&t.join("ladder.toml")).err().unwrap());
+    assert!(e.contains(" tokens per parameter × ") && e.contains("raise tokens_per_parameter to at least "), "{e}");
 }

@@ -184,7 +184,7 @@ pub fn section_of(sweep: &SweepFile, key: &str) -> &'static str {
 
 /// A run's config error with its `--set KEY` (how `TrainConfig::load` names the source of an override)
 /// phrased as the sweep file's section and key: `[axes] model.embed_dims: unknown key …`. `overrides`
-/// holds the `key=value` overrides of the run that come from the sweep file's `[set]` and `[axes]`.
+/// holds the `key=value` overrides of the run that come from the sweep file's `[set]`, `[axes]` and `[linked]`.
 pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, overrides: &[String]) -> anyhow::Error {
     let text = format!("{e:#}");
     // `--set KEY=VALUE: …` (the override did not apply) or `--set KEY: …` (its value was refused)

@@ -1,5 +1,6 @@
 //! `infinity sweep SWEEP.toml`: a base training config and axes, expanded into named runs (the product
-//! of the axes), each a run folder with its resolved config. The compute of every run is printed before
+//! of the axes, crossed with the points of `[linked]` values), each a run folder with its resolved
+//! config. The compute of every run is printed before
 //! anything starts. Runs execute here one after another, or are printed as `infinity launch` command
 //! lines, or written as a SLURM job-array script. Finished runs are skipped and unfinished ones resume,
 //! so running the sweep again continues it.
@@ -75,7 +76,8 @@ pub struct PlannedRun {
     pub tokens: f64,
     /// Training FLOPs: 6·N·D plus the attention term.
     pub compute: f64,
-    /// The run's budget (a `tokens` or `compute` axis), which set `run.steps`.
+    /// The run's budget (a `tokens` or `compute` axis, or `tokens_per_parameter` as tokens), which set
+    /// `run.steps`.
     pub budget: Option<Budget>,
 }
 
@@ -109,6 +111,14 @@ impl Budget {
         match self {
             Budget::TokensPerParameter(r) => Budget::Tokens(r * parameters as f64),
             other => other,
+        }
+    }
+
+    /// Of a run's (or a sample's) tokens and FLOPs, the one the budget counts.
+    fn counted(self, tokens: f64, flops: f64) -> f64 {
+        match self {
+            Budget::Tokens(_) | Budget::TokensPerParameter(_) => tokens,
+            Budget::Compute(_) => flops,
         }
     }
 
@@ -318,6 +328,10 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         }
         let manifests: Vec<&Manifest> = parts.iter().collect();
         let parameters = Layout::new(&mc).numel;
+        let ratio = match budget {
+            Some(Budget::TokensPerParameter(r)) => Some((r, parameters)),
+            _ => None,
+        };
         let budget = budget.map(|b| b.of_model(parameters));
         let token_mix = |c: &TrainConfig| TokenMix::of_mix(&mc, &manifests, c).with_context(|| format!("run {name}"));
         let mut mix = token_mix(&config)?;
@@ -325,13 +339,10 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             // a mix's phases weigh the mean per step by their steps in the run, which the budget sets:
             // settled by repeating (the steps move less each time)
             for round in 0.. {
-                let per_sample = match budget {
-                    Budget::Tokens(_) | Budget::TokensPerParameter(_) => mix.mean_tokens,
-                    Budget::Compute(_) => mix.mean_flops,
-                };
+                let per_sample = budget.counted(mix.mean_tokens, mix.mean_flops);
                 let per_step = (per_sample * config.data.global_batch as f64, per_sample);
                 let mut said = Vec::new();
-                let steps = budget_steps(&name, budget, per_step, &config, &mut said)?;
+                let steps = budget_steps(&name, (budget, ratio), per_step, &config, &mut said)?;
                 let settled = steps == config.run.steps || config.data.phases.is_empty() || round == 16;
                 config.run.steps = steps;
                 if settled {
@@ -367,10 +378,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             let why = match (first.budget, r.budget) {
                 (Some(a), Some(b)) => {
                     let (unit, what) = b.words();
-                    let per_step = match b {
-                        Budget::Tokens(_) | Budget::TokensPerParameter(_) => r.tokens,
-                        Budget::Compute(_) => r.compute,
-                    } / r.config.run.steps as f64;
+                    let per_step = b.counted(r.tokens, r.compute) / r.config.run.steps as f64;
                     format!(
                         "their {what}s {:.3e} and {:.3e} both come to {} whole steps of {per_step} {unit}: make the \
                          budgets differ by at least one step",
@@ -391,15 +399,24 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
 }
 
 /// The whole steps that spend `budget` at `(per_step, per_sample)` of what it counts (a warning into
-/// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all).
+/// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all); `ratio`:
+/// the tokens per parameter and the parameters of a budget given so.
 fn budget_steps(
     name: &str,
-    budget: Budget,
+    (budget, ratio): (Budget, Option<(f64, usize)>),
     (per_step, per_sample): (f64, f64),
     config: &TrainConfig,
     warnings: &mut Vec<String>,
 ) -> Result<u64> {
-    let ((unit, what), amount) = (budget.words(), budget.amount());
+    let (unit, what) = budget.words();
+    let amount = budget.amount();
+    let (from, raise) = match ratio {
+        Some((r, n)) => (
+            format!(" ({r} tokens per parameter × {n} parameters)"),
+            format!("tokens_per_parameter to at least {:.3}", per_step / n as f64),
+        ),
+        None => (String::new(), format!("the budget to at least {per_step}")),
+    };
     let steps = (amount / per_step).ceil();
     ensure!(
         amount > 0.0 && steps <= 1e12,
@@ -408,16 +425,16 @@ fn budget_steps(
     );
     ensure!(
         amount >= per_step,
-        "run {name}: a {what} of {amount:e} is less than one step of {per_step} {unit} (data.global_batch {} × \
-         {per_sample:.3e} {unit} per sample): raise the budget to at least {per_step}, or lower data.global_batch",
+        "run {name}: a {what} of {amount:e}{from} is less than one step of {per_step} {unit} (data.global_batch {} \
+         × {per_sample:.3e} {unit} per sample): raise {raise}, or lower data.global_batch",
         config.data.global_batch,
     );
     let realised = steps * per_step;
     if realised > amount * 1.05 {
         warnings.push(format!(
             "run {name}: {steps} whole steps of {per_step} {unit} are {realised:.3e} {unit}, {:.0} % over its \
-             budget of {amount:.3e} (its compute and `infinity scaling` count what it trains); budgets that are \
-             multiples of {per_step} {unit} are met exactly",
+             budget of {amount:.3e}{from} (its compute and `infinity scaling` count what it trains); budgets that \
+             are multiples of {per_step} {unit} are met exactly",
             (realised / amount - 1.0) * 100.0
         ));
     }

@@ -513,7 +513,12 @@ pub struct CheckpointSection {
     /// Failed writes in a row that training goes on after (warned of, counted in `summary.json`, the
     /// last complete checkpoint kept); one more stops the run. The session's last checkpoint (the
     /// run's end, a stop) is never let fail.
+    #[serde(skip_serializing_if = "is_default_failed_writes_tolerated")]
     pub failed_writes_tolerated: u64,
+}
+
+fn is_default_failed_writes_tolerated(n: &u64) -> bool {
+    *n == CheckpointSection::default().failed_writes_tolerated
 }
 
 impl Default for CheckpointSection {

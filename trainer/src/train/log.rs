@@ -41,8 +41,10 @@ pub struct StepMetrics {
     pub step_time_s: f64,
     /// Of the step time, rank 0's wait for its data and their preparation (self-correction, inputs).
     pub data_s: f64,
-    /// Of the step time, rank 0's gradient all-reduce (the wait for slower ranks in it), clipping,
-    /// optimiser step and moving average.
+    /// Of the step time, rank 0's all-reduces of the metrics and gradients (with the wait for slower
+    /// ranks), clipping, optimiser step and moving average. On a GPU the host waits for the device's
+    /// queued work where it reads the gradient norm: the backward's tail is in it, and the optimiser's
+    /// kernels run on into the next step.
     pub optimizer_s: f64,
     /// Training FLOP/s per device (the group's over its ranks), in TFLOP/s: the efficiency figure of a
     /// device without a known peak (the CPU, an unlisted GPU), as Megatron logs it.

@@ -261,6 +261,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         dist::slow_drill(dist.rank, dist.attempt);
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
         // rank_times.rs)
+        let t_opt = Instant::now();
         let mut reduced = this_rank.to_vec();
         let n_metrics = reduced.len();
         if dist.world > 1 {
@@ -270,7 +271,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let rank_times = (dist.world > 1).then(|| RankTimes::from_slots(&reduced[n_metrics..], dist.world, true));
         let means = StepMeans::from_vec(&reduced[..n_metrics], scales.len());
         // average over ranks (each rank's gradient is the mean over its slice of the global batch), clip
-        let t_opt = Instant::now();
         let clip = crate::optim::clip_at(cfg.optim.clip, cfg.optim.clip_decay, state.step, cfg.run.steps);
         let grad_norm = updater.reduce_and_clip(&mut compute, &mut dist, &mut grads.data, clip)?;
         let lr = schedule.lr(state.step, cfg.run.steps);
@@ -357,9 +357,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         if diverged {
             if let Some(saver) = saver.as_mut() {
-                saver.wait()?; // the checkpoint in flight is on disk (or failed) before it is named
+                saver.settle(); // the checkpoint in flight is on disk (or failed) before it is named
+                summary.checkpoint_writes_failed(saver.failed_writes());
             }
-            let newest = checkpoint::complete(run).pop().map(|c| c.1);
+            let newest = latest_checkpoint(run);
             let last = match &newest {
                 Some(p) => format!("The last good checkpoint is kept: {}", p.display()),
                 None => "No checkpoint was written.".into(),
@@ -421,7 +422,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                     state: state.clone(),
                     summary_json,
                 };
-                let last = preempt || state.step == cfg.run.steps;
+                let last = preempt || state.step == cfg.run.steps || opts.stop_after == Some(state.step);
                 saver.save(snap, cfg.checkpoint.background, last)?;
                 summary.checkpoint_writes_failed(saver.failed_writes());
             }

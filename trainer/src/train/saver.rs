@@ -11,8 +11,10 @@
 //! A failed write (a full disk, a file server's hiccup) stops training only after
 //! `checkpoint.failed_writes_tolerated` failures in a row: before that it is warned of and counted
 //! (`summary.json`'s `checkpoint_failed_writes`), its partial folder removed, and training goes on from
-//! the last complete checkpoint's safety. The session's last checkpoint (the run's end, a stop) must
-//! be written: its failure is the session's error.
+//! the last complete checkpoint's safety. Once that many have failed in a row, checkpoints are written
+//! in the step loop until one succeeds, so the next failure stops the run at its own step, its snapshot
+//! tried. The session's last checkpoint (the run's end, a stop) must be written: its failure is the
+//! session's error.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -133,14 +135,12 @@ impl Saver {
         }
     }
 
-    /// Write `snap` as the checkpoint of its step, then prune: on a writer thread when `background`,
-    /// here otherwise. Waits for the previous write first; its failure, or this one's in the step loop,
-    /// is returned once more have failed in a row than are tolerated (at once where `last`: the
-    /// session's last checkpoint).
+    /// Write `snap` as the checkpoint of its step, then prune: on a writer thread when `background`
+    /// (and fewer writes than tolerated failed in a row), here otherwise. Waits for the previous write
+    /// first. A failure is returned once more have failed in a row than are tolerated, or at once where
+    /// `last` (the session's last checkpoint).
     pub fn save(&mut self, snap: Snapshot, background: bool, last: bool) -> Result<()> {
-        if let Some(previous) = self.join() {
-            self.tolerate(previous)?;
-        }
+        let previous = self.join().map(|r| self.tolerate(r));
         let step = snap.state.step;
         // (the thread owns its inputs; the layout and config are small next to the snapshot)
         let job = (self.run.clone(), self.model.clone(), self.lay.clone(), self.config_toml.clone(), self.keep);
@@ -152,13 +152,22 @@ impl Saver {
             let tensors = checkpoint::Tensors { params: &snap.params, opt: &snap.opt, ema: snap.ema.as_ref() };
             let dir = checkpoint::save(&run, &model, &lay, tensors, snap.state, &config_toml)?;
             // (before pruning: the summary must not name a checkpoint pruning has just removed)
+            let after = || format!("after the checkpoint {} was written", dir.display());
             if let Some(text) = snap.summary_json {
-                on_disk.lock().unwrap_or_else(|e| e.into_inner()).put(&run, step, text)?;
+                on_disk.lock().unwrap_or_else(|e| e.into_inner()).put(&run, step, text).with_context(after)?;
             }
-            checkpoint::prune(&run, keep_last, keep_every)?;
+            checkpoint::prune(&run, keep_last, keep_every).with_context(after)?;
             Ok(dir)
         };
-        if !background {
+        if let Some(Err(e)) = previous {
+            // (more failed than tolerated, found only now: this snapshot is tried before the run stops)
+            if let Err(also) = write() {
+                tracing::error!("{:#}", also.context(format!("writing the checkpoint of step {step}")));
+            }
+            return Err(e);
+        }
+        // (at the limit: here, so that a failure stops the run at its own step)
+        if !background || (self.failed_in_a_row > 0 && self.failed_in_a_row >= self.tolerated) {
             let written = write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
             return if last { written } else { self.tolerate(written) };
         }
@@ -193,6 +202,15 @@ impl Saver {
         self.failed_writes
     }
 
+    /// Wait for the write in flight as a run that stops for another reason does (a divergence): its
+    /// failure is logged and counted, the other reason stands.
+    pub fn settle(&mut self) {
+        if let Some(Err(e)) = self.join() {
+            self.failed_writes += 1;
+            tracing::error!("{e:#}");
+        }
+    }
+
     /// Wait for the write in flight: how it went, `None` when there was none.
     fn join(&mut self) -> Option<Result<()>> {
         let (step, h) = self.in_flight.take()?;
@@ -214,11 +232,12 @@ impl Saver {
         self.failed_writes += 1;
         let (n, t) = (self.failed_in_a_row, self.tolerated);
         if n > t {
+            let writes = if n == 1 { "write" } else { "writes" };
             return Err(e.context(format!(
-                "{n} checkpoint writes failed in a row, more than checkpoint.failed_writes_tolerated = {t}"
+                "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t}"
             )));
         }
-        let kept = checkpoint::complete(&self.run).pop().map_or("none yet".into(), |c| c.1.display().to_string());
+        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
         tracing::warn!(
             "{e:#}; training goes on ({n} failed in a row of the {t} checkpoint.failed_writes_tolerated; the last \
              complete checkpoint: {kept})"
@@ -241,7 +260,7 @@ impl Drop for Saver {
 fn save_fault_drill(step: u64) -> Result<()> {
     let Ok(spec) = std::env::var("INFINITY_FAULT_SAVE") else { return Ok(()) };
     match spec.split(',').any(|s| s.trim().parse() == Ok(step)) {
-        true => Err(anyhow!("writing the checkpoint of step {step}: failed by the INFINITY_FAULT_SAVE drill")),
+        true => Err(anyhow!("failed by the INFINITY_FAULT_SAVE drill")),
         false => Ok(()),
     }
 }

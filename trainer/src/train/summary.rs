@@ -145,7 +145,7 @@ impl<'a> SummaryFile<'a> {
     pub(super) fn checkpoint_writes_failed(&mut self, failed: u64) {
         if failed > self.summary.checkpoint_failed_writes {
             self.summary.checkpoint_failed_writes = failed;
-            self.summary.last_checkpoint = checkpoint::complete(self.run).pop().map(|c| c.1);
+            self.summary.last_checkpoint = super::latest_checkpoint(self.run);
         }
     }
 
@@ -189,7 +189,7 @@ impl<'a> SummaryFile<'a> {
             s.tensorboard_failed_writes = tensorboard_failed_writes;
             if s.checkpoint_failed_writes > 0 {
                 // (a failed write named: the newest on disk, the session's last write done)
-                s.last_checkpoint = checkpoint::complete(self.run).pop().map(|c| c.1);
+                s.last_checkpoint = super::latest_checkpoint(self.run);
             }
             self.write(&self.summary)?;
         } else if s.unconfirmed_checkpoint.is_some() {
