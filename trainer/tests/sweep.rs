@@ -220,6 +220,14 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(shape, ["2", "192", "2", "0.003", "8"], "{csv}");
     assert!(cell(0, "tokens_per_s").parse::<f64>().is_ok_and(|t| t > 0.0), "{csv}");
     assert_eq!(cell(0, "mfu"), "", "no peak on the CPU: {csv}");
+    // N less the embeddings (class table, level and start positions, the bits' input embedding), as
+    // derived.json records it
+    let derived: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("sweep/embed-dim-192_num-heads-2/derived.json")).unwrap())
+            .unwrap();
+    let (all, core) = (cell(2, "parameters"), cell(2, "non_embedding_parameters"));
+    assert_eq!(core, derived["parameters_non_embedding"].to_string(), "{csv}");
+    assert!(core.parse::<u64>().unwrap() < all.parse::<u64>().unwrap(), "{csv}");
 
     // TensorBoard's HParams plugin reads the run's hyperparameters
     let tb = python(&["tools/read_tensorboard.py", t.join("sweep/embed-dim-192_num-heads-2/tb").to_str().unwrap()]);

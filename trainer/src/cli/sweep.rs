@@ -156,6 +156,11 @@ pub struct ScalingArgs {
     /// IsoFLOP profiles' N_opt and D_opt laws.
     #[arg(long, value_delimiter = ',', value_parser = positive_flops)]
     budget: Vec<f64>,
+    /// Fit the loss of this validation set (one of the runs' `[[val.sets]]`, by name: `val.jsonl`'s
+    /// `sets.NAME`) in place of `val.dir`'s: the scaling of one domain of a mix. Runs without it are
+    /// left out.
+    #[arg(long, value_name = "NAME")]
+    val_set: Option<String>,
 }
 
 fn positive_flops(s: &str) -> Result<f64, String> {
@@ -174,7 +179,7 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
             a.runs.len()
         ),
     };
-    let r = scaling::analyse(&a.runs, &out, &a.budget)?;
+    let r = scaling::analyse_with(&a.runs, &out, &a.budget, a.val_set.as_deref())?;
     let fitted: usize = r.points.iter().map(|p| p.n()).sum();
     console!(
         "{} runs read, {fitted} fitted as {} points (one per distinct config; repeats averaged); losses in nats per bit",

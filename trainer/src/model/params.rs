@@ -128,6 +128,15 @@ impl Layout {
         Layout { specs, index, numel: offset }
     }
 
+    /// Parameters less the embeddings (Kaplan et al.'s N): the lookup tables and positions
+    /// (`class_emb`, `cfg_uncond`, `lvl_embed`, `pos_start`) and the bits' input embedding
+    /// (`word_embed`).
+    pub fn non_embedding_numel(&self) -> usize {
+        const EMBEDDINGS: [&str; 5] = ["class_emb.", "cfg_uncond", "lvl_embed.", "pos_start", "word_embed."];
+        let embedding = |s: &&ParamSpec| EMBEDDINGS.iter().any(|e| s.name.starts_with(e));
+        self.numel - self.specs.iter().filter(embedding).map(ParamSpec::numel).sum::<usize>()
+    }
+
     pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
         self.index.get(name).map(|&i| &self.specs[i])
     }
@@ -206,6 +215,12 @@ mod tests {
         // 20b: "~19.95 B" (§1.9)
         let b = Layout::new(&ModelConfig::preset("20b").unwrap()).numel as f64 / 1e9;
         assert!((b - 19.95).abs() < 0.01, "20b: {b:.3} B parameters");
+        // less the embeddings: layer12's text model has cfg_uncond (512 × 2048), lvl_embed (15 × 768),
+        // pos_start (768) and word_embed (768 × 32 + 768)
+        let l = Layout::new(&ModelConfig::preset("layer12").unwrap());
+        let c = 768;
+        let embeddings = 512 * 2048 + LVL_EMBED_ROWS * c + c + (c * 32 + c);
+        assert_eq!(l.numel - l.non_embedding_numel(), embeddings);
     }
 
     #[test]

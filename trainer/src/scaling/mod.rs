@@ -64,8 +64,22 @@ fn log_pearson(points: &[&Point]) -> (f64, usize) {
 /// A sweep still under way (no finished run yet) gets its tables and notes, and no fits or figures of
 /// them.
 pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> Result<Report> {
+    analyse_with(dirs, out, at_computes, None)
+}
+
+/// [`analyse`] with the validation losses of `val_set` (one of the runs' `val.sets`, by name) in
+/// place of `val.dir`'s: the scaling of one domain of a mix.
+pub fn analyse_with<P: AsRef<Path>>(
+    dirs: &[P],
+    out: &Path,
+    at_computes: &[f64],
+    val_set: Option<&str>,
+) -> Result<Report> {
     let roots = roots::roots(dirs)?;
-    let (runs, read_notes) = gather(&roots)?;
+    let (runs, mut read_notes) = gather(&roots, val_set)?;
+    if let Some(name) = val_set {
+        read_notes.insert(0, format!("the validation losses are the set {name}'s (val.jsonl's sets.{name})"));
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (lr_runs, unreadable) = lr::read_runs(&roots, &runs)?;
     let lr_groups = lr::groups(&lr_runs);

@@ -16,7 +16,7 @@ pub const LOSS_UNIT: &str = "nats per bit: the mean binary cross-entropy of each
                              is chance), weighted over tokens as the training loss is";
 
 /// The table's columns (columns added later go at the end: the CSV's earlier columns keep their places).
-const COLUMNS: [&str; 21] = [
+const COLUMNS: [&str; 22] = [
     "run",
     "parameters",
     "steps",
@@ -38,6 +38,7 @@ const COLUMNS: [&str; 21] = [
     "global_batch",
     "tokens_per_s",
     "mfu",
+    "non_embedding_parameters",
 ];
 
 /// The fitted point a run is part of (its number in the fitted points' table, from 1), if any.
@@ -72,6 +73,8 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; COLUMNS.len()] {
         general(r.global_batch),
         r.tokens_per_s.map_or(String::new(), |v| format!("{v:.1}")),
         opt(r.mfu),
+        // (from the model's shape: runs of earlier builds too)
+        shape(|m| crate::model::Layout::new(m).non_embedding_numel()),
     ]
 }
 

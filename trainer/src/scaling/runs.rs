@@ -99,7 +99,8 @@ fn jsonl_curves<const K: usize>(p: &Path, keys: [&str; K]) -> Result<([Curve; K]
         };
         let Some(s) = v["step"].as_u64() else { continue };
         for (curve, key) in out.iter_mut().zip(keys) {
-            let value = match v.get(key) {
+            // (a key of a table within the line as `sets/NAME/loss`)
+            let value = match v.pointer(&format!("/{key}")) {
                 Some(Value::Null) => Some(f64::NAN),
                 other => other.and_then(Value::as_f64),
             };
@@ -151,8 +152,9 @@ fn smoothed_train(curve: &[(u64, f64)], steps: u64) -> Option<f64> {
 }
 
 /// Read one run folder (it has `derived.json` and `summary.json`), with notes on what was skipped (a
-/// log's last line cut short).
-pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
+/// log's last line cut short). `val_set`: the validation set (`val.sets`) whose loss is the run's
+/// validation loss, instead of `val.dir`'s.
+pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<String>)> {
     let derived = read_json(&dir.join("derived.json"))?;
     let summary = read_json(&dir.join("summary.json"))?;
     let num = |v: &Value, k: &str, file: &str| {
@@ -161,7 +163,8 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
     let steps =
         summary["step"].as_u64().with_context(|| format!("{}: `step` missing in summary.json", dir.display()))?;
     let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
-    let ([val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), ["loss"])?;
+    let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
+    let ([val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
     let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
@@ -194,7 +197,7 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model: serde_json::from_value(derived["model"].clone()).ok(),
-        settings: settings::read(config.as_ref(), &derived),
+        settings: settings::read(config.as_ref(), &derived, val_set),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }
@@ -203,7 +206,9 @@ pub fn read_run(dir: &Path) -> Result<(RunRecord, Vec<String>)> {
 /// value: `embed-dim-64` before `embed-dim-128`), and notes: the folders left out (unreadable: a
 /// malformed log line, a missing field) and the lines skipped. Folders without a summary are skipped
 /// (`unsummarised`). A root without any is an error when it is the only one, and a note otherwise.
-pub fn gather(roots: &[Root]) -> Result<(Vec<RunRecord>, Vec<String>)> {
+/// With `val_set` the runs' validation losses are that set's (`val.jsonl`'s `sets.NAME`); a run with
+/// none is left out, with a note.
+pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let (mut runs, mut notes) = (Vec::new(), Vec::new());
     for root in roots {
         let before = (runs.len(), notes.len());
@@ -212,7 +217,13 @@ pub fn gather(roots: &[Root]) -> Result<(Vec<RunRecord>, Vec<String>)> {
             rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
         dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
         for d in dirs {
-            match read_run(&d) {
+            match read_run(&d, val_set) {
+                Ok((run, _)) if val_set.is_some() && run.val_curve.is_empty() => notes.push(format!(
+                    "left out (no loss of the validation set {} in its val.jsonl: not one of its val.sets, or not \
+                     evaluated yet): {}",
+                    val_set.unwrap_or_default(),
+                    root.name(&d)
+                )),
                 Ok((mut run, skipped)) => {
                     run.name = root.name(&d);
                     runs.push(run);
@@ -332,7 +343,7 @@ mod tests {
     #[test]
     fn a_root_without_run_folders_says_what_it_is() {
         let dir = tempfile::tempdir().unwrap();
-        let gather = || super::gather(&roots(&[dir.path()]).unwrap()).unwrap_err().to_string();
+        let gather = || super::gather(&roots(&[dir.path()]).unwrap(), None).unwrap_err().to_string();
         let e = gather();
         assert!(e.ends_with(": no run folders with a summary.json (has the sweep run?)"), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();

@@ -126,8 +126,9 @@ pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
 }
 
 /// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with
-/// `derived.json`'s dataset fingerprint and `d`.
-pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Settings {
+/// `derived.json`'s dataset fingerprint and `d`; its validation loss is `val_set`'s where one is named
+/// (one of `val.sets`, by name), else `val.dir`'s.
+pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: Option<&str>) -> Settings {
     let experiment = table.map(|t| experiment(t, &[]));
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -144,7 +145,17 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value) -> Setting
             None => default,
         }
     };
-    let val_dir = setting("val", "dir", "none".into());
+    let val_dir = match val_set {
+        None => setting("val", "dir", "none".into()),
+        // (the named set's folder; a run without it is measured otherwise)
+        Some(name) => table
+            .and_then(|t| t.get("val")?.get("sets")?.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.try_into::<crate::train::config::ValSet>().ok())
+            .find(|s| s.name() == name)
+            .map_or("none".into(), |s| s.dir.display().to_string()),
+    };
     // without validation the fits take the training loss, which the validation settings do not touch
     let val_setting = |key: &str, default: String| match val_dir.as_str() {
         "none" => "none".to_string(),
@@ -197,6 +208,7 @@ mod tests {
         read(
             normalised(config).as_ref(),
             &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 } }),
+            None,
         )
     }
 
@@ -261,7 +273,11 @@ mod tests {
         // a mix is measured on its datasets as drawn: another weighting is another measurement
         let mix = |w: [f64; 2]| {
             let parts = serde_json::json!([{ "weight": w[0] }, { "weight": w[1] }]);
-            read(None, &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts }))
+            read(
+                None,
+                &serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts }),
+                None,
+            )
         };
         assert_eq!(mix([1.0, 1.0]).get("dataset"), "f mixed 0.500:0.500");
         assert!(mix([2.0, 2.0]).differences(&mix([1.0, 1.0])).is_empty(), "the same shares");
@@ -274,6 +290,6 @@ mod tests {
         let phases = serde_json::json!([{ "from_step": 90, "weights": [0.0, 2.0] }]);
         let derived = serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts,
             "mix_phases": phases });
-        assert_eq!(read(None, &derived).get("dataset"), "f mixed 0.500:0.500, from step 90 0.000:1.000");
+        assert_eq!(read(None, &derived, None).get("dataset"), "f mixed 0.500:0.500, from step 90 0.000:1.000");
     }
 }

@@ -356,13 +356,13 @@ fn non_finite_training_losses_and_diverged_runs_without_validation() {
         "{\"step\":95,\"loss\":null,\"bucket\":1}\n",
     );
     std::fs::write(&p, text).unwrap();
-    let (run, _) = super::runs::read_run(&root.join("skip")).unwrap();
+    let (run, _) = super::runs::read_run(&root.join("skip"), None).unwrap();
     assert!((run.loss() / (l * (5.0 * 1.05 + 4.0 * 0.95) / 9.0) - 1.0).abs() < 1e-12, "{run:?}");
 
     train_run(root, "wild", 1e16, 0);
     let summary = serde_json::json!({ "step": 99, "loss": null, "finished": false, "diverged": true });
     std::fs::write(root.join("wild/summary.json"), summary.to_string()).unwrap();
-    let (run, _) = super::runs::read_run(&root.join("wild")).unwrap();
+    let (run, _) = super::runs::read_run(&root.join("wild"), None).unwrap();
     assert!(run.smoothed_train.is_some() && run.loss().is_nan(), "{run:?}");
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r
@@ -493,4 +493,38 @@ fn two_sweeps_read_together_make_one_profile() {
     let r = super::analyse(&[&main, &empty], &out, &[]).unwrap();
     assert!(r.notes.iter().any(|n| n.ends_with("empty: no run folders with a summary.json (has the sweep run?)")));
     assert!(super::analyse(&[&empty], &out, &[]).is_err());
+}
+
+/// `--val-set NAME`: the fits take that validation set's losses (`val.jsonl`'s `sets.NAME`), a run
+/// without them is left out, and the set's folder is what the losses are measured on.
+#[test]
+fn a_validation_set_is_fitted_in_place_of_val_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = "[val]\ndir = \"/data/val\"\n[[val.sets]]\ndir = \"/data/web-val\"\nname = \"web\"\n";
+    for (i, c) in [1e15f64, 1e16, 1e17].into_iter().enumerate() {
+        let name = format!("r{i}");
+        let config = format!("{config}[x]\nc = {c:e}\n");
+        run_with(root, &name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(9.0)], "a", &config);
+        // the set's loss: 20·C^(−0.1), val.dir's a constant 9
+        let web = 20.0 * c.powf(-0.1);
+        let line = serde_json::json!({ "step": 10, "loss": 9.0, "sets": { "web": { "loss": web, "bit_acc": 0.6 } } });
+        std::fs::write(root.join(&name).join("val.jsonl"), format!("{line}\n")).unwrap();
+    }
+    run_with(root, "plain", (1e6, 1e7, 6e13), &[Some(9.0)], "a", config);
+    let r = super::analyse_with(&[root], &root.join("scaling"), &[], Some("web")).unwrap();
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("the validation losses are the set web's (val.jsonl's sets.web)"), "{notes}");
+    assert!(
+        notes.contains("left out (no loss of the validation set web in its val.jsonl") && notes.contains(": plain")
+    );
+    let losses: Vec<f64> = r.points.iter().map(|p| p.loss).collect();
+    let want: Vec<f64> = [1e15, 1e16, 1e17].iter().map(|c: &f64| 20.0 * c.powf(-0.1)).collect();
+    assert!(losses.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{losses:?}");
+    let b = r.power.as_ref().unwrap().coefs[1].value;
+    assert!((b - 0.1).abs() < 1e-6, "the set's exponent: {b}");
+    assert_eq!(r.runs[0].settings.get("val.dir"), "/data/web-val");
+    // without the option: val.dir's constant loss
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    assert!(r.points.iter().all(|p| p.loss == 9.0));
 }

@@ -241,6 +241,7 @@ pub(super) fn derived_record(
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
     let mut record = json!({
         "parameters": numel,
+        "parameters_non_embedding": crate::model::Layout::new(mc).non_embedding_numel(),
         "model": mc,
         "grad_accumulation": accum,
         "micro_batch": micro_batch,
