@@ -51,6 +51,11 @@ pub const EXIT_BAD_DATA: i32 = 65;
 /// checkpoint and diverge at the same step; the agent does not restart it.
 pub const EXIT_DIVERGED: i32 = 87;
 
+/// Exit code of a training process that made no progress for `run.stall_timeout_s` (a hang outside a
+/// collective) and ended itself: a restart may well succeed (EX_TEMPFAIL of sysexits.h), so the agent
+/// restarts its group from the last checkpoint as for a crash.
+pub const EXIT_STALLED: i32 = 75;
+
 /// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported); `None`
 /// where it has none.
 pub fn hostname() -> Option<String> {

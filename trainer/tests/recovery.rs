@@ -197,6 +197,38 @@ fn failed_checkpoint_writes_are_tolerated_up_to_the_setting() {
     assert!(text.contains(want), "{text}");
 }
 
+/// `run.stall_timeout_s`: a step whose data read hangs (the `INFINITY_FAULT_STALL` drill) ends the
+/// process with exit code 75 within the limit, naming the rank, the phase and the step; a run that
+/// makes progress is left alone.
+#[test]
+fn a_stalled_loop_is_ended_by_the_watchdog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = |name: &str, stall: Option<&str>| {
+        let file = common::config_file(&config(&data, tmp.path().join(name)), tmp.path());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+        cmd.args(["train", file.to_str().unwrap(), "--set", "run.stall_timeout_s=3"]);
+        if let Some(spec) = stall {
+            cmd.env("INFINITY_FAULT_STALL", spec);
+        }
+        let t0 = std::time::Instant::now();
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text, t0.elapsed().as_secs_f64())
+    };
+    let (code, text, secs) = run("stalled", Some("3:120"));
+    assert_eq!(code, Some(infinity_trainer::train::watchdog::EXIT_STALLED), "{text}");
+    assert!(
+        text.contains("rank 0 made no progress for ")
+            && text.contains("(run.stall_timeout_s = 3) while reading the batch of step 3"),
+        "{text}"
+    );
+    assert!(secs < 60.0, "ended after {secs} s, not within the limit");
+    let (code, text, _) = run("steady", None);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// A corrupt newest checkpoint stops `--resume auto` (and the check) with the previous complete one as
 /// the way on; no silent fallback.
 #[test]

@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use super::signals::signal_name;
 use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
+use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
 const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
@@ -248,6 +248,7 @@ pub(super) fn describe(status: &ExitStatus) -> String {
         (Some(c), _) if c == EXIT_BAD_DATA => format!("exit code {c} (bad data)"),
         (Some(c), _) if c == EXIT_BAD_INVOCATION => format!("exit code {c} (bad command line or config)"),
         (Some(c), _) if c == EXIT_DIVERGED => format!("exit code {c} (the run diverged)"),
+        (Some(c), _) if c == EXIT_STALLED => format!("exit code {c} (no progress for run.stall_timeout_s)"),
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("signal {s} ({})", signal_name(s)),
         _ => "an unknown status".into(),

@@ -183,6 +183,12 @@ pub struct RunConfig {
     /// memory (naming the micro-batches that fit). `false` lets the run try (and run out of memory).
     #[serde(default = "yes")]
     pub gpu_memory_check: bool,
+    /// End the process (exit code 75, which `infinity launch` restarts from the last checkpoint) when
+    /// a phase of the training loop (a step's data read, its forward and backward, its optimiser step,
+    /// a validation, a checkpoint) lasts longer than this many seconds: a hang outside a collective.
+    /// 0 (the default) watches nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stall_timeout_s: f64,
 }
 
 fn yes() -> bool {

@@ -31,6 +31,7 @@ mod summary;
 mod tb_log;
 mod updater;
 pub mod val;
+pub mod watchdog;
 pub mod zero1;
 
 use std::collections::HashMap;
@@ -215,10 +216,19 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.start_clock();
     let mut clock = saver::CheckpointClock::new(cfg.checkpoint.every_minutes);
     let first_step = state.step;
+    let watchdog = watchdog::Watchdog::start(cfg.run.stall_timeout_s, dist.rank);
+    let beat = |phase: &dyn Fn() -> String| {
+        if let Some(w) = watchdog.as_ref() {
+            w.beat(phase());
+        }
+    };
     while state.step < cfg.run.steps {
         dist.at_step(state.step + 1);
         let t0 = Instant::now();
+        beat(&|| format!("reading the batch of step {}", state.step + 1));
+        watchdog::stall_drill(state.step + 1);
         let batch = loader.next_batch()?;
+        beat(&|| format!("the forward and backward of step {}", state.step + 1));
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &manifest.schedules[batch.bucket as usize];
         let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
@@ -262,6 +272,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
         // rank_times.rs)
         let t_opt = Instant::now();
+        beat(&|| format!("the all-reduces and optimiser step of step {}", state.step + 1));
         let mut reduced = this_rank.to_vec();
         let n_metrics = reduced.len();
         if dist.world > 1 {
@@ -376,6 +387,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             .into());
         }
         if let Some(v) = validator.as_ref().filter(|v| v.due(state.step)) {
+            beat(&|| format!("the validation at step {}", state.step));
             let (vm, sets) = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
             summary.validated(state.step, vm.loss);
             if let Some(log) = logger.as_mut() {
@@ -384,6 +396,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
 
         // ---- checkpoint --------------------------------------------------------------------------
+        beat(&|| format!("the stop-signal check and checkpoint of step {}", state.step));
         // preemption: every rank learns whether any rank was signalled, so all stop at this step; and
         // whether rank 0's clock says a checkpoint is due (checkpoint.every_minutes), so all save
         let stop = dist::is_set(&opts.stop);
@@ -445,6 +458,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(l) = logger.as_mut() {
         l.finish();
     }
+    beat(&|| format!("waiting for the checkpoint write of step {}", state.step));
     if let Some(saver) = saver.as_mut() {
         saver.wait()?; // the last checkpoint is on disk before the summary (or the console) says so
     }

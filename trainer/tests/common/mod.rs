@@ -55,6 +55,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             recompute: false,
             precision: Default::default(),
             gpu_memory_check: true,
+            stall_timeout_s: 0.0,
         },
         model: ModelSection {
             preset: "tiny".into(),

@@ -62,6 +62,10 @@ impl TrainConfig {
                 "optim.clip_decay decays optim.clip, which is 0 (clipping off): set optim.clip > 0 or drop clip_decay"
             );
         }
+        let stall = self.run.stall_timeout_s;
+        if !(stall >= 0.0 && stall.is_finite()) {
+            bail!("run.stall_timeout_s must be a finite number of seconds ≥ 0 (0 watches nothing), found {stall}");
+        }
         if !(0.0..1.0).contains(&o.ema_decay) {
             bail!("optim.ema_decay must be in [0, 1) (0 keeps no moving average), found {}", o.ema_decay);
         }
