@@ -208,7 +208,7 @@ fn a_stalled_loop_is_ended_by_the_watchdog() {
     let run = |name: &str, stall: Option<&str>| {
         let file = common::config_file(&config(&data, tmp.path().join(name)), tmp.path());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
-        cmd.args(["train", file.to_str().unwrap(), "--set", "run.stall_timeout_s=3"]);
+        cmd.args(["train", file.to_str().unwrap(), "--set", "run.stall_timeout_s=10"]);
         if let Some(spec) = stall {
             cmd.env("INFINITY_FAULT_STALL", spec);
         }
@@ -217,14 +217,16 @@ fn a_stalled_loop_is_ended_by_the_watchdog() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code(), text, t0.elapsed().as_secs_f64())
     };
-    let (code, text, secs) = run("stalled", Some("3:120"));
+    let (code, text, secs) = run("stalled", Some("0:3:120"));
     assert_eq!(code, Some(infinity_trainer::train::watchdog::EXIT_STALLED), "{text}");
     assert!(
         text.contains("rank 0 made no progress for ")
-            && text.contains("(run.stall_timeout_s = 3) while reading the batch of step 3"),
+            && text.contains("(run.stall_timeout_s = 10) in reading the batch of step 3"),
         "{text}"
     );
     assert!(secs < 60.0, "ended after {secs} s, not within the limit");
+    let logged = std::fs::read_to_string(tmp.path().join("stalled/metrics.jsonl")).unwrap();
+    assert_eq!(logged.lines().count(), 2, "steps 1 and 2 were trained before the stall");
     let (code, text, _) = run("steady", None);
     assert_eq!(code, Some(0), "{text}");
 }

@@ -158,9 +158,17 @@ pub struct ScalingArgs {
     budget: Vec<f64>,
     /// Fit the loss of this validation set (one of the runs' `[[val.sets]]`, by name: `val.jsonl`'s
     /// `sets.NAME`) in place of `val.dir`'s: the scaling of one domain of a mix. Runs without it are
-    /// left out.
-    #[arg(long, value_name = "NAME")]
+    /// left out. The analysis goes into RUNS/scaling-NAME (with one RUNS and no --out).
+    #[arg(long, value_name = "NAME", value_parser = set_name)]
     val_set: Option<String>,
+}
+
+/// A validation set's name as `val.sets` allows it (a TensorBoard tag's part).
+fn set_name(s: &str) -> Result<String, String> {
+    match !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        true => Ok(s.to_string()),
+        false => Err(format!("expected a val.sets name (letters, digits, `.`, `_`, `-`), found {s:?}")),
+    }
 }
 
 fn positive_flops(s: &str) -> Result<f64, String> {
@@ -173,7 +181,8 @@ fn positive_flops(s: &str) -> Result<f64, String> {
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let out = match (a.out, a.runs.as_slice()) {
         (Some(out), _) => out,
-        (None, [one]) => one.join("scaling"),
+        // (a validation set's analysis beside val.dir's, not over it)
+        (None, [one]) => one.join(a.val_set.as_ref().map_or("scaling".into(), |n| format!("scaling-{n}"))),
         (None, _) => bail!(
             "{} folders of runs: say where their analysis goes with --out (it goes into RUNS/scaling with one)",
             a.runs.len()

@@ -221,6 +221,12 @@ mod tests {
         let c = 768;
         let embeddings = 512 * 2048 + LVL_EMBED_ROWS * c + c + (c * 32 + c);
         assert_eq!(l.numel - l.non_embedding_numel(), embeddings);
+        // a class model: its class table (classes + 1 for the unconditional) in place of cfg_uncond
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        cfg.conditioning = crate::model::Conditioning::Class { num_classes: 10 };
+        let (l, c, d) = (Layout::new(&cfg), cfg.embed_dim, cfg.d);
+        let embeddings = 11 * c + LVL_EMBED_ROWS * c + c + (c * d + c);
+        assert_eq!(l.numel - l.non_embedding_numel(), embeddings);
     }
 
     #[test]

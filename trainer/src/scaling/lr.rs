@@ -192,7 +192,7 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                  configs differ only in `optim.lr` (and their seeds), in nats per bit; each row's best rate in bold \
                  (the lowest mean over its finished runs), * = stopped before `run.steps`, diverged = ended on a \
                  non-finite loss, no summary = failed before its first step or still on it, \
-                 unreadable = left out (fits.md says why), – = no run. Under μP the best rate should not move with \
+                 left out = unreadable, or without the loss measured (fits.md says why), – = no run. Under μP the best rate should not move with \
                  the width.\n\n"
         .to_string();
     let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
@@ -209,7 +209,7 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                     .map(|p| {
                         let star = if p.finished { "" } else { "*" };
                         match p.loss {
-                            None if p.unreadable => "unreadable".to_string(),
+                            None if p.unreadable => "left out".to_string(),
                             None if !p.summary => "no summary".to_string(),
                             None => format!("diverged{star}"),
                             Some(l) if best.is_some_and(|b| b.0 == p.lr) && p.finished => format!("**{l:.4}**"),

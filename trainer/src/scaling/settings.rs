@@ -8,7 +8,7 @@ use crate::train::config::{BscSection, LossSection, TrainConfig, ValSection};
 /// Settings that do not change what a run computes, only where it lives, what it logs, checkpoints
 /// and samples, and how its work is split (`*`: the whole section). The seed is here too: runs of a
 /// config with other seeds are repeats of one experiment.
-const NOT_THE_EXPERIMENT: [(&str, &str); 14] = [
+const NOT_THE_EXPERIMENT: [(&str, &str); 15] = [
     ("run", "dir"),
     ("run", "seed"),
     ("run", "log_every"),
@@ -16,10 +16,12 @@ const NOT_THE_EXPERIMENT: [(&str, &str); 14] = [
     ("run", "device"),
     ("run", "recompute"),
     ("run", "gpu_memory_check"),
+    ("run", "stall_timeout_s"),
     ("data", "micro_batch"),
     ("data", "workers"),
     ("val", "every"),
-    // (more validation sets beside val.dir, whose loss is the one fitted)
+    // (more validation sets beside val.dir, whose loss is the one fitted; with `--val-set` the set's
+    // folder is the measurement's `val.dir`)
     ("val", "sets"),
     ("checkpoint", "*"),
     ("sample", "*"),
@@ -148,6 +150,7 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: O
     let val_dir = match val_set {
         None => setting("val", "dir", "none".into()),
         // (the named set's folder; a run without it is measured otherwise)
+        Some(_) if table.is_none() => "?".into(),
         Some(name) => table
             .and_then(|t| t.get("val")?.get("sets")?.as_array().cloned())
             .into_iter()

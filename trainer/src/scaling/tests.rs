@@ -519,6 +519,7 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
         notes.contains("left out (no loss of the validation set web in its val.jsonl") && notes.contains(": plain")
     );
     let losses: Vec<f64> = r.points.iter().map(|p| p.loss).collect();
+    assert_eq!(losses.len(), 3, "{losses:?}");
     let want: Vec<f64> = [1e15, 1e16, 1e17].iter().map(|c: &f64| 20.0 * c.powf(-0.1)).collect();
     assert!(losses.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{losses:?}");
     let b = r.power.as_ref().unwrap().coefs[1].value;

@@ -177,7 +177,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     if leader {
         write_run_file(run, "config.toml", &config_toml)?;
-        let derived = derived_record(cfg, &ds, (&mc, lay.numel), &mix, (accum, micro_batch, dist.world));
+        let derived = derived_record(cfg, &ds, (&mc, &lay), &mix, (accum, micro_batch, dist.world));
         write_run_file(run, "derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     // only rank 0 writes logs, sample grids and checkpoints
@@ -216,7 +216,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.start_clock();
     let mut clock = saver::CheckpointClock::new(cfg.checkpoint.every_minutes);
     let first_step = state.step;
-    let watchdog = watchdog::Watchdog::start(cfg.run.stall_timeout_s, dist.rank);
+    let watch = (cfg.run.stall_timeout_s, (dist.rank, dist.world), cfg.dist.timeout_s);
+    let watchdog = watchdog::Watchdog::start(watch.0, watch.1, watch.2).map_err(setup::unrecoverable)?;
     let beat = |phase: &dyn Fn() -> String| {
         if let Some(w) = watchdog.as_ref() {
             w.beat(phase());
@@ -226,7 +227,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         dist.at_step(state.step + 1);
         let t0 = Instant::now();
         beat(&|| format!("reading the batch of step {}", state.step + 1));
-        watchdog::stall_drill(state.step + 1);
+        watchdog::stall_drill(dist.rank, state.step + 1, dist.attempt);
         let batch = loader.next_batch()?;
         beat(&|| format!("the forward and backward of step {}", state.step + 1));
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
@@ -359,9 +360,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             ranks: rank_times,
             gpu_mem_peak_gib: compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
+        beat(&|| format!("logging step {}", state.step));
         if let Some(log) = logger.as_mut() {
             log.step(&step_metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(state.step) && !diverged) {
+                beat(&|| format!("drawing the sample grid of step {}", state.step));
                 // (on a GPU with its optimizer, the grid is drawn from the device's weights)
                 p.log((&mc, &lay), compute.sampler(&params)?, state.step, log)?;
             }

@@ -13,7 +13,7 @@ use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
 use super::setup::TokenMix;
 use super::{rundir, TrainSummary};
-use crate::model::ModelConfig;
+use crate::model::{Layout, ModelConfig};
 
 /// `summary.json`: where the run stands.
 pub(super) const SUMMARY_FILE: &str = "summary.json";
@@ -229,19 +229,19 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
     })
 }
 
-/// `derived.json`: the sizes the config implies for the model `mc` of `numel` parameters, trained by
+/// `derived.json`: the sizes the config implies for the model `mc` of layout `lay`, trained by
 /// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`.
 pub(super) fn derived_record(
     cfg: &TrainConfig,
     ds: &Dataset,
-    (mc, numel): (&ModelConfig, usize),
+    (mc, lay): (&ModelConfig, &Layout),
     mix: &TokenMix,
     (accum, micro_batch, world): (usize, usize, usize),
 ) -> serde_json::Value {
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
     let mut record = json!({
-        "parameters": numel,
-        "parameters_non_embedding": crate::model::Layout::new(mc).non_embedding_numel(),
+        "parameters": lay.numel,
+        "parameters_non_embedding": lay.non_embedding_numel(),
         "model": mc,
         "grad_accumulation": accum,
         "micro_batch": micro_batch,
