@@ -25,6 +25,14 @@ fn dataset(dir: &Path, rows: u64, seed: u64, tokenizer: Option<PathBuf>) {
     synth(dir, &opts).unwrap();
 }
 
+/// Datasets `a` (96 rows) and `b` (48, of `a`'s tokenizer) in `dir`.
+fn two_datasets(dir: &Path) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    dataset(&a, 96, 0, None);
+    dataset(&b, 48, 5, Some(a.join(TOKENIZER_FILE)));
+    (a, b)
+}
+
 /// [`common::tiny_config`] on `a` mixed with `b` at weights 1 : 3.
 fn mixed(a: &Path, b: &Path, run: PathBuf) -> TrainConfig {
     let mut c = common::tiny_config(a, run);
@@ -40,9 +48,7 @@ fn weights(c: &TrainConfig) -> Vec<u8> {
 #[test]
 fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    dataset(&a, 96, 0, None);
-    dataset(&b, 48, 5, Some(a.join(TOKENIZER_FILE)));
+    let (a, b) = two_datasets(tmp.path());
 
     let whole = mixed(&a, &b, tmp.path().join("whole"));
     let lines = check(&whole, 1, None, None).unwrap().join("\n");
@@ -113,9 +119,7 @@ fn drawn(c: &TrainConfig) -> Vec<u64> {
 #[test]
 fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    dataset(&a, 96, 0, None);
-    dataset(&b, 48, 5, Some(a.join(TOKENIZER_FILE)));
+    let (a, b) = two_datasets(tmp.path());
     // `a` alone, then `b` alone from step 3
     let annealed = |run: &str, from_step: u64| {
         let mut c = mixed(&a, &b, tmp.path().join(run));

@@ -53,7 +53,7 @@ pub struct LoaderOptions {
 
 /// A phase of a mix: from global batch `from` on (the batches before it drawn as without it), the
 /// parts drawn by `weights`, one per part.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MixPhase {
     pub from: u64,
     pub weights: Vec<f64>,

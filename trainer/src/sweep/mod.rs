@@ -343,16 +343,15 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                 let per_step = (per_sample * config.data.global_batch as f64, per_sample);
                 let mut said = Vec::new();
                 let steps = budget_steps(&name, (budget, ratio), per_step, &config, &mut said)?;
-                let settled = steps == config.run.steps || config.data.phases.is_empty() || round == 16;
+                let settled = steps == config.run.steps || config.data.phases.is_empty();
                 config.run.steps = steps;
-                if settled {
+                if !settled {
+                    mix = token_mix(&config)?; // (the mean over the new length)
+                }
+                if settled || round == 16 {
                     warnings.extend(said);
                     break;
                 }
-                mix = token_mix(&config)?;
-            }
-            if !config.data.phases.is_empty() {
-                mix = token_mix(&config)?;
             }
         }
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;

@@ -216,8 +216,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     summary.start_clock();
     let mut clock = saver::CheckpointClock::new(cfg.checkpoint.every_minutes);
     let first_step = state.step;
-    let watch = (cfg.run.stall_timeout_s, (dist.rank, dist.world), cfg.dist.timeout_s);
-    let watchdog = watchdog::Watchdog::start(watch.0, watch.1, watch.2).map_err(setup::unrecoverable)?;
+    let watchdog = watchdog::Watchdog::start(cfg.run.stall_timeout_s, (dist.rank, dist.world), cfg.dist.timeout_s)
+        .map_err(setup::unrecoverable)?;
     let beat = |phase: &dyn Fn() -> String| {
         if let Some(w) = watchdog.as_ref() {
             w.beat(phase());

@@ -267,11 +267,12 @@ impl TokenMix {
         let mut share = share_of(&quotas);
         if !phase_quotas.is_empty() {
             // over a mix's phases (each as many batches an epoch), each phase's by its steps in the run
-            let starts: Vec<u64> = std::iter::once(0).chain(phase_quotas.iter().map(|(from, _)| *from)).collect();
-            share.iter_mut().for_each(|s| *s *= starts[1].min(weights.steps.max(1)) as f64);
-            for (k, (from, q)) in phase_quotas.iter().enumerate() {
-                let end = starts.get(k + 2).copied().unwrap_or(u64::MAX).min(weights.steps.max(1));
-                let steps = end.saturating_sub(*from) as f64;
+            let starts = std::iter::once(0).chain(phase_quotas.iter().map(|(from, _)| *from));
+            let ends = phase_quotas.iter().map(|(from, _)| *from).chain(std::iter::once(u64::MAX));
+            let phases = std::iter::once(&quotas).chain(phase_quotas.iter().map(|(_, q)| q));
+            share = vec![0.0; m.schedules.len()];
+            for ((from, to), q) in starts.zip(ends).zip(phases) {
+                let steps = to.min(weights.steps.max(1)).saturating_sub(from) as f64;
                 share.iter_mut().zip(share_of(q)).for_each(|(s, x)| *s += steps * x);
             }
         }
