@@ -50,3 +50,61 @@ fn data_bench_leaves_its_scratch_folder_as_it_was() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["keep.txt"], "the scratch folder after the bench");
 }
+
+/// `data pack --meta`: upstream's metadata files (`<template>_<count>.jsonl`) are packed at each file's
+/// template with `long_caption` as the caption, and tools/write_shards.py (`upstream --meta`, the T5
+/// path) reads the folder row for row as Rust does, refusing what Rust refuses with the same words.
+#[test]
+fn pack_upstream_metadata_and_python_reads_it_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta");
+    std::fs::create_dir_all(meta.join("images")).unwrap();
+    // square images listed under the 0.500 template: the file's template, not the image's, decides
+    for i in 0..6u8 {
+        let img = image::RgbImage::from_fn(24, 24, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, i * 40]));
+        img.save(meta.join("images").join(format!("{i}.png"))).unwrap();
+    }
+    let line = |i: u8, short: &str| {
+        format!(
+            r#"{{"image_path": "images/{i}.png", "h_div_w": 1.0, "long_caption": "image {i}", "long_caption_type": "x"{short}}}"#
+        )
+    };
+    let lines = |ids: &[u8]| {
+        ids.iter().map(|&i| line(i, if i == 1 { r#", "text": "one""# } else { "" }) + "\n").collect::<String>()
+    };
+    std::fs::write(meta.join("0.5_000000004.jsonl"), lines(&[0, 1, 2, 3])).unwrap();
+    std::fs::write(meta.join("1.000_000000002.jsonl"), lines(&[4, 5])).unwrap();
+    std::fs::write(meta.join("notes.md"), "not metadata").unwrap();
+    let out = dir.path().join("ds");
+    let args = ["data", "pack", "--meta", path_str(&meta), "--out", path_str(&out), "--budget", "demo4"];
+    assert!(infinity(&[&args[..], &["--d", "8", "--fit-images", "6"]].concat()));
+    let ds = infinity_data::Dataset::open(&out, infinity_data::Checksums::Verify).unwrap();
+    assert_eq!(ds.manifest.conditions.class.as_ref().unwrap().names, ["meta"]);
+    for g in 0..6 {
+        let row = ds.row(g);
+        let template = &ds.manifest.schedules[row.bucket as usize].h_div_w_template;
+        assert_eq!(template, if g < 4 { "0.500" } else { "1.000" }, "row {g}");
+        assert_eq!(row.caption, Some(format!("image {g}").as_str()));
+    }
+
+    // the Python reader: the same rows, the same refusals
+    let read_py = |folder: &std::path::Path| {
+        let code = "import json, sys; sys.path.insert(0, 'tools'); import write_shards as w; \
+                    t = [x['h_div_w'] for x in json.load(open(w.UPSTREAM_SCHEDULES))['templates']]; \
+                    print(json.dumps(w.upstream_meta(sys.argv[1], t)))";
+        crate::python(&[&"-c", &code, &folder])
+    };
+    let py: Vec<(String, String, String, Option<String>)> = serde_json::from_str(read_py(&meta).trim()).unwrap();
+    let rust = infinity_data::meta::read_meta(&meta).unwrap().rows;
+    let rust: Vec<_> =
+        rust.into_iter().map(|r| (r.image.display().to_string(), r.template, r.caption, r.short_caption)).collect();
+    assert_eq!(py, rust);
+    assert_eq!(rust[1].3.as_deref(), Some("one"));
+    std::fs::write(meta.join("1.000_000000002.jsonl"), lines(&[4, 5, 5])).unwrap();
+    let e = infinity_data::meta::read_meta(&meta).unwrap_err().to_string();
+    assert!(e.contains("the name says 2 lines, the file has 3"), "{e}");
+    let code = "import sys; sys.path.insert(0, 'tools'); import write_shards as w; \
+                w.upstream_meta(sys.argv[1], ['0.500', '1.000'])";
+    let py = crate::python_fails(&[&"-c", &code, &meta]);
+    assert!(py.contains("the name says 2 lines, the file has 3"), "{py}");
+}

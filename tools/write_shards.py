@@ -3,11 +3,13 @@
 
 Two entry points:
 
-  python tools/write_shards.py upstream --images DIR --out DIR --vae-ckpt CKPT --t5 PATH [--pn 0.06M]
-                                       [--d 32 | --d 14 --spatial-patchify]
+  python tools/write_shards.py upstream (--images DIR | --meta DIR) --out DIR --vae-ckpt CKPT --t5 PATH
+                                       [--pn 0.06M] [--d 32 | --d 14 --spatial-patchify]
       Tokenize images with upstream's BSQ-VAE and flan-t5-xl (needs torch and the upstream Infinity
-      repo on PYTHONPATH; run it from the upstream checkout). NAME.txt beside an image is its caption,
-      NAME.short.txt its short caption (upstream's `text`, for data.short_cap_prob). Bits are made exactly as upstream's
+      repo on PYTHONPATH; run it from the upstream checkout). --images: NAME.txt beside an image is its
+      caption, NAME.short.txt its short caption (upstream's `text`, for data.short_cap_prob). --meta:
+      upstream's metadata files (`<h_div_w_template>_<count>.jsonl`: `image_path`, `long_caption`,
+      `text`), each file's images at its template, as `infinity data pack --meta` reads them. Bits are made exactly as upstream's
       bitwise self-correction makes its labels with zero flips. --spatial-patchify: the 8B's VAE,
       latents and bits at twice the schedule's sides (model.apply_spatial_patchify).
 
@@ -286,6 +288,57 @@ def multiscale_bits(raw, scales):
     return torch.cat(out).to(torch.uint8).cpu().numpy()
 
 
+def upstream_meta(folder, templates):
+    """The rows of upstream's metadata files in `folder` (`<h_div_w_template>_<count>.jsonl`, one JSON
+    object per line with `image_path`, `long_caption` and optionally `text`), as
+    (image path, template, long caption, short caption or None), files in name order; the same rules
+    as `infinity data pack --meta` (data/src/meta.rs). A relative image path is taken from `folder`."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".jsonl") and not n.startswith(".")
+                   and os.path.isfile(os.path.join(folder, n)))
+    if not names:
+        raise ValueError(f"{folder}: no metadata files (<h_div_w_template>_<count>.jsonl, upstream's format)")
+    rows = []
+    for name in names:
+        path = os.path.join(folder, name)
+        stem, _, count = name[: -len(".jsonl")].rpartition("_")
+        if not stem or not count.isdigit():
+            raise ValueError(f"{path}: expected <h_div_w_template>_<count>.jsonl, e.g. 1.000_000002500.jsonl")
+        # "0.5" is upstream's 0.500: the catalog's spelling, as the RoPE frame is looked up by it
+        template = next((t for t in templates if t == stem), None) or next(
+            (t for t in templates if _ratio(stem) == float(t)), None)
+        if template is None:
+            raise ValueError(f"{path}: `{stem}` is not an aspect-ratio template: expected one of {templates}")
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        for i, line in enumerate(lines, 1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i}: not JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path} line {i}: expected a JSON object")
+            for key in ("image_path", "long_caption", "text"):
+                if obj.get(key) is not None and not isinstance(obj[key], str):
+                    raise ValueError(f"{path} line {i}: `{key}` is {json.dumps(obj[key])}, expected a string")
+            if not obj.get("image_path"):
+                raise ValueError(f"{path} line {i}: no `image_path`")
+            if obj.get("long_caption") is None:
+                raise ValueError(f"{path} line {i}: no `long_caption`")
+            short = (obj.get("text") or "").strip() or None
+            rows.append((os.path.join(folder, obj["image_path"]), template, obj["long_caption"].strip(), short))
+        if len(lines) != int(count):
+            raise ValueError(f"{path}: the name says {int(count)} lines, the file has {len(lines)} "
+                             "(upstream's loader needs them equal: rename it)")
+    return rows
+
+
+def _ratio(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def upstream(args):
     import torch
     from PIL import Image
@@ -302,10 +355,18 @@ def upstream(args):
     stride = 16
     if args.spatial_patchify:
         schedules, stride = [patchified(s) for s in schedules], 8
-    files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
-    stem = lambda name: os.path.join(args.images, os.path.splitext(name)[0])
-    # upstream's `text` beside `long_caption`: NAME.short.txt, read in training with data.short_cap_prob
-    short_captions = any(os.path.exists(stem(n) + ".short.txt") for n in files)
+    if args.meta:
+        # upstream's metadata files: each file's template, `long_caption` and `text` (the short caption)
+        rows = upstream_meta(args.meta, templates)
+    else:
+        files = sorted(p for p in os.listdir(args.images) if p.lower().endswith((".png", ".jpg", ".jpeg")))
+        read = lambda p: open(p).read().strip() if os.path.exists(p) else None
+        stem = lambda name: os.path.join(args.images, os.path.splitext(name)[0])
+        # upstream's `text` beside `long_caption`: NAME.short.txt; an empty one is none (the long one is read)
+        rows = [(os.path.join(args.images, n), None, read(stem(n) + ".txt") or "", read(stem(n) + ".short.txt") or None)
+                for n in files]
+    # read in training with data.short_cap_prob
+    short_captions = any(r[3] is not None for r in rows)
 
     def encode(caption):
         tok = text_tokenizer(text=[caption], max_length=512, padding="max_length", truncation=True,
@@ -319,14 +380,11 @@ def upstream(args):
                     text_max_tokens=512, text_encoder="flan-t5-xl", short_caption=short_captions, caption=True,
                     tokenizer=f"bsq-vae-d{args.d}", tokenizer_params={"ckpt": os.path.basename(args.vae_ckpt)},
                     created_by="tools/write_shards.py upstream")
-    for i, name in enumerate(files):
-        img = Image.open(os.path.join(args.images, name)).convert("RGB")
-        b = int(np.argmin([abs(img.height / img.width - float(t)) for t in templates]))
+    for i, (path, template, caption, short) in enumerate(rows):
+        img = Image.open(path).convert("RGB")
+        b = templates.index(template) if template else int(np.argmin([abs(img.height / img.width - float(t)) for t in templates]))
         _, H, W = schedules[b]["scales"][-1]
         x = transform(img, H * stride, W * stride).unsqueeze(0).to(vae.device if hasattr(vae, "device") else "cuda")
-        read = lambda p: open(p).read().strip() if os.path.exists(p) else None
-        # (an empty short caption is none: upstream reads the long one then)
-        caption, short = read(stem(name) + ".txt") or "", read(stem(name) + ".short.txt") or None
         with torch.no_grad():
             raw = vae.encode_for_raw_features(x, scale_schedule=schedules[b]["scales"])[0].float()
             if raw.dim() == 4:
@@ -348,7 +406,9 @@ def main():
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--spatial-patchify", action="store_true")
     u = sub.add_parser("upstream")
-    u.add_argument("--images", required=True)
+    src = u.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="a folder of images, NAME.txt beside NAME.png its caption")
+    src.add_argument("--meta", help="a folder of upstream's <h_div_w_template>_<count>.jsonl metadata files")
     u.add_argument("--out", required=True)
     u.add_argument("--vae-ckpt", required=True)
     u.add_argument("--t5", required=True)

@@ -5,7 +5,7 @@
 //! - [`writer`], [`reader`], [`dataset`]: writing and memory-mapped, zero-copy reading;
 //! - [`loader`]: the deterministic, resumable, rank-sliced training loader;
 //! - [`tokenizer`], [`synth`], [`pack`]: the built-in patch-PCA BSQ tokenizer, the procedural demo
-//!   dataset and packing a folder of images;
+//!   dataset and packing a folder of images, or those upstream's metadata files list ([`meta`]);
 //! - [`inspect`]: `infinity data inspect | verify | stats`; [`bench`]: loader throughput.
 
 pub mod bench;
@@ -16,6 +16,7 @@ pub mod format;
 pub mod inspect;
 pub mod loader;
 pub mod manifest;
+pub mod meta;
 pub mod pack;
 pub mod reader;
 pub mod schedule;

@@ -1,10 +1,11 @@
-//! `infinity data pack --images DIR`: a folder of PNG/JPEG images → shards, with the built-in tokenizer.
+//! `infinity data pack --images DIR | --meta DIR`: a folder of PNG/JPEG images, or the images upstream's
+//! metadata files list ([`crate::meta`]), → shards, with the built-in tokenizer.
 //!
 //! Labels come from sub-folder names (sorted; hidden folders are not classes, and a class folder without
 //! images is an error). Images directly in DIR are one class named after DIR: a model needs a
 //! condition, and one class with the null class of classifier-free guidance is unconditional
 //! generation (upstream's recipe). An optional `NAME.txt` beside `NAME.png` is the caption. Each image is assigned the
-//! aspect-ratio template nearest to its h/w, resized to cover that template's pixel size and centre
+//! aspect-ratio template nearest to its h/w (a metadata file's images, that file's), resized to cover that template's pixel size and centre
 //! cropped (upstream's transform), then tokenized.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::build::{encode_row, fit_tokenizer, write_parallel, TokenizerFit};
 use crate::error::{DataError, Result};
 use crate::format::{BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
 use crate::manifest::{ClassInfo, Conditions, LatentInfo, Manifest};
+use crate::meta::{read_meta, MetaListing};
 use crate::schedule::{Catalog, ScaleSchedule};
 use crate::tokenizer::{Image, PatchTokenizer, TOKENIZER_FILE};
 use crate::writer::{DatasetWriter, RowData, WriterOptions};
@@ -58,6 +60,8 @@ struct Entry {
     path: PathBuf,
     label: i32,
     caption: Option<String>,
+    /// The aspect-ratio template it is resized to; `None`: the nearest to its own h/w.
+    template: Option<String>,
 }
 
 /// What [`list_images`] found.
@@ -116,7 +120,7 @@ fn list_images(root: &Path) -> Result<Listing> {
     if classes.is_empty() {
         names.push(folder_name(root));
         for p in loose {
-            entries.push(Entry { caption: caption(&p)?, path: p, label: 0 });
+            entries.push(Entry { caption: caption(&p)?, path: p, label: 0, template: None });
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
@@ -133,7 +137,7 @@ fn list_images(root: &Path) -> Result<Listing> {
             }
             skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
             for p in images {
-                entries.push(Entry { caption: caption(&p)?, path: p, label: k as i32 });
+                entries.push(Entry { caption: caption(&p)?, path: p, label: k as i32, template: None });
             }
         }
     }
@@ -160,18 +164,22 @@ pub struct PackNotes {
     pub uncaptioned: usize,
     /// With `skip_bad`: the images left out, and why.
     pub bad: Vec<String>,
+    /// Metadata rows with a short caption (`text`), which the built-in packer does not store.
+    pub short_captions: usize,
 }
 
-/// Load `path`, pick its template, resize to cover and centre-crop to the schedule's pixel size.
-fn load_image(path: &Path, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
-    let (budget, patch) = (opts.budget.as_str(), opts.patch);
+/// Load an entry's image, pick its template (its own, else the nearest to its h/w), resize to cover and
+/// centre-crop to the schedule's pixel size.
+fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
+    let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
     let img = image::open(path).map_err(|e| DataError::Image { path: path.into(), detail: e.to_string() })?;
     let (w0, h0) = (img.width(), img.height());
     if w0 == 0 || h0 == 0 {
         return Err(DataError::Image { path: path.into(), detail: "empty image".into() });
     }
     let catalog = Catalog::upstream();
-    let sched = catalog.schedule(catalog.nearest_template(h0 as f64 / w0 as f64), budget)?;
+    let template = e.template.as_deref().unwrap_or_else(|| catalog.nearest_template(h0 as f64 / w0 as f64));
+    let sched = catalog.schedule(template, budget)?;
     let sched = if opts.spatial_patchify { sched.patchified() } else { sched };
     let (hh, ww) = sched.latent_hw();
     let (h, w) = ((hh * patch) as u32, (ww * patch) as u32);
@@ -179,12 +187,47 @@ fn load_image(path: &Path, opts: &PackOptions) -> Result<(Image, ScaleSchedule)>
     Ok((Image::from_rgb8(h as usize, w as usize, rgb.as_raw()), sched))
 }
 
-/// Pack `images` into a dataset at `out`.
+/// Pack the folder of images `images` into a dataset at `out`.
 pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    if opts.patch == 0 {
-        return Err(DataError::Config("pack: the tokenizer's patch side must be at least 1 pixel, found 0".into()));
+    check_patch(opts)?;
+    pack_listing(images, list_images(images)?, out, opts)
+}
+
+/// Pack the images that upstream's metadata files in `meta` list ([`crate::meta`]) into a dataset at
+/// `out`: one class named after the folder, `long_caption` as the caption, each file's template.
+pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
+    check_patch(opts)?;
+    let MetaListing { rows, skipped } = read_meta(meta)?;
+    let short_captions = rows.iter().filter(|r| r.short_caption.is_some()).count();
+    let entries = rows
+        .into_iter()
+        .map(|r| Entry {
+            path: r.image,
+            label: 0,
+            caption: Some(r.caption).filter(|c| !c.is_empty()),
+            template: Some(r.template),
+        })
+        .collect();
+    let listing = Listing { entries, names: vec![folder_name(meta)], skipped, loose: true };
+    let (m, fit, notes) = pack_listing(meta, listing, out, opts)?;
+    Ok((m, fit, PackNotes { short_captions, ..notes }))
+}
+
+fn check_patch(opts: &PackOptions) -> Result<()> {
+    match opts.patch {
+        0 => Err(DataError::Config("pack: the tokenizer's patch side must be at least 1 pixel, found 0".into())),
+        _ => Ok(()),
     }
-    let Listing { entries, names: class_names, skipped, loose } = list_images(images)?;
+}
+
+/// Pack what `source` (a folder of images or of metadata) lists.
+fn pack_listing(
+    source: &Path,
+    listing: Listing,
+    out: &Path,
+    opts: &PackOptions,
+) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
+    let Listing { entries, names: class_names, skipped, loose } = listing;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -197,7 +240,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
             let step = (entries.len() / opts.fit_images.max(1)).max(1);
             let mut sample = Vec::new();
             for e in entries.iter().step_by(step) {
-                match load_image(&e.path, opts) {
+                match load_image(e, opts) {
                     Ok(img) => sample.push(img),
                     Err(DataError::Image { .. }) if opts.skip_bad => continue, // listed when its row is made
                     Err(err) => return Err(err),
@@ -239,7 +282,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     let bad = std::sync::Mutex::new(Vec::new());
     let make = |id: u64| -> Result<Option<RowData>> {
         let e = &entries[id as usize];
-        let (img, sched) = match load_image(&e.path, opts) {
+        let (img, sched) = match load_image(e, opts) {
             Ok(loaded) => loaded,
             Err(err @ DataError::Image { .. }) if opts.skip_bad => {
                 bad.lock().expect("no panics while held").push((id, err.to_string()));
@@ -263,7 +306,7 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     write_parallel(&mut writer, entries.len() as u64, make, |_| {})?;
     let mut bad = bad.into_inner().expect("no panics while held");
     if bad.len() == entries.len() {
-        return Err(DataError::Config(format!("{}: no image could be read ({})", images.display(), bad[0].1)));
+        return Err(DataError::Config(format!("{}: no image could be read ({})", source.display(), bad[0].1)));
     }
     bad.sort();
     // of the images packed (an unreadable one is left out, captioned or not)
@@ -274,6 +317,6 @@ pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, 
     };
     let single_class = loose.then(|| class_names[0].clone());
     let bad = bad.into_iter().map(|(_, e)| e).collect();
-    let notes = PackNotes { single_class, skipped, uncaptioned, bad };
+    let notes = PackNotes { single_class, skipped, uncaptioned, bad, short_captions: 0 };
     Ok((writer.finish()?, fit, notes))
 }

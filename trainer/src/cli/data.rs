@@ -88,8 +88,13 @@ pub struct PackArgs {
     /// hidden folders are not classes), or the images directly in it: one class named after the folder
     /// (with classifier-free guidance's null class, unconditional generation). Not both. `NAME.txt`
     /// beside `NAME.png` is its caption.
+    #[arg(long, required_unless_present = "meta", conflicts_with = "meta")]
+    images: Option<PathBuf>,
+    /// Instead of --images: a folder of upstream's metadata files, `<h_div_w_template>_<count>.jsonl`
+    /// with `image_path` and `long_caption` on each line (docs/data-format.md). Its images are one
+    /// class named after the folder, each resized to its file's template; `long_caption` is the caption.
     #[arg(long)]
-    images: PathBuf,
+    meta: Option<PathBuf>,
     /// Reuse a tokenizer (tokenizer.safetensors) instead of fitting one.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -208,23 +213,40 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 writer: a.common.writer(),
                 created_by: command_line(),
             };
-            let (m, fit, notes) = pack::pack(&a.images, &a.common.out, &opts)?;
+            let (source, (m, fit, notes)) = match (&a.images, &a.meta) {
+                (Some(images), _) => (images, pack::pack(images, &a.common.out, &opts)?),
+                (None, Some(meta)) => (meta, pack::pack_meta(meta, &a.common.out, &opts)?),
+                (None, None) => unreachable!("clap requires --images or --meta"),
+            };
             console!("packed {} images into {}", m.total_rows, a.common.out.display());
-            if let Some(name) = &notes.single_class {
-                console!(
+            match (&notes.single_class, &a.meta) {
+                (Some(name), None) => console!(
                     "no class sub-folders in {}: every image is one class, `{name}` (with classifier-free \
                      guidance's null class: unconditional generation)",
-                    a.images.display()
-                );
+                    source.display()
+                ),
+                (Some(name), Some(_)) => console!(
+                    "every image is one class, `{name}` (unconditional generation): the captions are stored, but a \
+                     class model does not read them; tools/write_shards.py upstream --meta encodes them with T5 \
+                     for a text model"
+                ),
+                (None, _) => {}
             }
             if !notes.skipped.is_empty() {
                 let shown: Vec<String> = notes.skipped.iter().take(5).map(|p| p.display().to_string()).collect();
                 let more = notes.skipped.len().saturating_sub(5);
                 let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                let what = match a.meta {
+                    Some(_) => "not .jsonl",
+                    None => "not .png/.jpg/.jpeg, or in a folder below a class folder",
+                };
+                console!("left out {} files ({what}): {}{more}", notes.skipped.len(), shown.join(", "));
+            }
+            if notes.short_captions > 0 {
                 console!(
-                    "left out {} files (not .png/.jpg/.jpeg, or in a folder below a class folder): {}{more}",
-                    notes.skipped.len(),
-                    shown.join(", ")
+                    "short captions (`text`) not stored, which text datasets alone read (tools/write_shards.py \
+                     upstream --meta): {} rows have one",
+                    notes.short_captions
                 );
             }
             if !notes.bad.is_empty() {
@@ -234,7 +256,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             if notes.uncaptioned > 0 {
-                console!("{} of {} images have no caption (NAME.txt beside NAME.png)", notes.uncaptioned, m.total_rows);
+                let missing =
+                    if a.meta.is_some() { "an empty long_caption" } else { "no caption (NAME.txt beside NAME.png)" };
+                console!("{} of {} images have {missing}", notes.uncaptioned, m.total_rows);
             }
             match (fit, &opts.tokenizer) {
                 (Some(f), _) => console!(
