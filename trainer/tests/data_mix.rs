@@ -124,7 +124,7 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     let annealed = |run: &str, from_step: u64| {
         let mut c = mixed(&a, &b, tmp.path().join(run));
         (c.data.weight, c.data.mix[0].weight) = (Some(1.0), Some(0.0));
-        c.data.phases = vec![DataPhase { from_step, weights: vec![0.0, 1.0] }];
+        c.data.phases = vec![DataPhase { from_step: Some(from_step), from_fraction: None, weights: vec![0.0, 1.0] }];
         c
     };
     let whole = annealed("whole", 3);
@@ -162,15 +162,58 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     resume(&later).unwrap();
     assert_eq!(drawn(&later), [0, 0, 0, 0, 0, 1]);
 
+    // from_fraction: half of 6 steps is step 3, the same run; resumed from the checkpoint of step 3 to
+    // 8 steps, the phase (not begun) moves with the length to step 4
+    let half = |run: &str, steps: u64| {
+        let mut c = annealed(run, 3);
+        (c.data.phases[0].from_step, c.data.phases[0].from_fraction) = (None, Some(0.5));
+        c.run.steps = steps;
+        c
+    };
+    let (whole_half, split_half) = (half("whole-half", 6), half("split-half", 6));
+    train(&whole_half, &TrainOptions::default()).unwrap();
+    assert_eq!(drawn(&whole_half), drawn(&whole));
+    assert!(weights(&whole_half) == weights(&whole), "a phase from half of 6 steps is the phase from step 3");
+    train(&split_half, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let mut longer = half("split-half", 8);
+    longer.run.dir = split_half.run.dir.clone();
+    let at_3 = latest_checkpoint(&split_half.run.dir);
+    train(&longer, &TrainOptions { resume: at_3, ..Default::default() }).unwrap();
+    assert_eq!(drawn(&longer), [0, 0, 0, 0, 1, 1, 1, 1]);
+
     let refused = |set: &dyn Fn(&mut TrainConfig)| {
         let mut c = annealed("bad", 3);
         set(&mut c);
         c.validate().unwrap_err().to_string()
     };
-    let e = refused(&|c| c.data.phases[0].from_step = 0);
-    assert!(e.starts_with("data.phases[0].from_step must be at least 1"), "{e}");
-    let e = refused(&|c| c.data.phases.push(DataPhase { from_step: 2, weights: vec![1.0, 1.0] }));
+    let e = refused(&|c| c.data.phases[0].from_step = Some(0));
+    assert!(e.starts_with("data.phases[0].from_step (0) must be at least step 1"), "{e}");
+    let e = refused(&|c| {
+        c.data.phases.push(DataPhase { from_step: Some(2), from_fraction: None, weights: vec![1.0, 1.0] })
+    });
     assert!(e.starts_with("data.phases[1].from_step (2) must come after data.phases[0].from_step (3)"), "{e}");
+    let by_fraction = |f: f64| DataPhase { from_step: None, from_fraction: Some(f), weights: vec![1.0, 1.0] };
+    let e = refused(&|c| c.data.phases.push(by_fraction(0.4)));
+    assert!(
+        e.starts_with(
+            "data.phases[1].from_fraction (0.4 of run.steps = 6: step 2) must come after data.phases[0].from_step (3)"
+        ),
+        "{e}"
+    );
+    let e = refused(&|c| c.data.phases[0] = by_fraction(0.05));
+    assert!(
+        e.starts_with("data.phases[0].from_fraction (0.05 of run.steps = 6: step 0) must be at least step 1"),
+        "{e}"
+    );
+    let e = refused(&|c| c.data.phases[0] = by_fraction(1.0));
+    assert!(
+        e.starts_with("data.phases[0].from_fraction = 1: expected a share of run.steps above 0 and below 1"),
+        "{e}"
+    );
+    let e = refused(&|c| c.data.phases[0].from_fraction = Some(0.5));
+    assert!(e.starts_with("data.phases[0] gives from_step and from_fraction: give one"), "{e}");
+    let e = refused(&|c| c.data.phases[0].from_step = None);
+    assert!(e.starts_with("data.phases[0] needs its first step"), "{e}");
     let e = refused(&|c| c.data.phases[0].weights = vec![1.0]);
     assert!(e.starts_with("data.phases[0].weights has 1 weights for 2 datasets"), "{e}");
     let e = refused(&|c| c.data.phases[0].weights = vec![0.0, 0.0]);
@@ -208,7 +251,7 @@ fn a_token_budget_counts_each_phase_at_its_own_tokens() {
     shapes(&b, 5, 0.1, Some(a.join(TOKENIZER_FILE)));
     let mut base = mixed(&a, &b, tmp.path().join("unused"));
     (base.data.weight, base.data.mix[0].weight) = (Some(1.0), Some(0.0));
-    base.data.phases = vec![DataPhase { from_step: 10, weights: vec![0.0, 1.0] }];
+    base.data.phases = vec![DataPhase { from_step: Some(10), from_fraction: None, weights: vec![0.0, 1.0] }];
     base.optim.warmup_steps = 0;
     std::fs::write(tmp.path().join("base.toml"), toml::to_string(&base).unwrap()).unwrap();
     let sweep = tmp.path().join("sweep.toml");

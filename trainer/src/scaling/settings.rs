@@ -182,10 +182,15 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: O
         Some(w) => format!("{} mixed {}", text(&derived["dataset"]["fingerprint"]), shares(&w)),
         None => text(&derived["dataset"]["fingerprint"]),
     };
-    // (and so by its phases: another weighting from another step on)
+    // (and so by its phases: another weighting from another step on; one set as a share of the run's
+    // steps is the same phase in runs of any length)
     for p in derived["mix_phases"].as_array().into_iter().flatten() {
         let w: Vec<f64> = p["weights"].as_array().into_iter().flatten().filter_map(|x| x.as_f64()).collect();
-        dataset.push_str(&format!(", from step {} {}", text(&p["from_step"]), shares(&w)));
+        let from = match p["from_fraction"].as_f64() {
+            Some(f) => format!("from {f} of the steps"),
+            None => format!("from step {}", text(&p["from_step"])),
+        };
+        dataset.push_str(&format!(", {from} {}", shares(&w)));
     }
     let mut measured = vec![
         ("dataset", dataset),
@@ -294,5 +299,14 @@ mod tests {
         let derived = serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts,
             "mix_phases": phases });
         assert_eq!(read(None, &derived, None).get("dataset"), "f mixed 0.500:0.500, from step 90 0.000:1.000");
+        // a phase from a share of the steps: the same in runs of any length
+        let at = |step: u64| {
+            let phases = serde_json::json!([{ "from_step": step, "from_fraction": 0.9, "weights": [0.0, 2.0] }]);
+            let derived = serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32 }, "mix": parts,
+                "mix_phases": phases });
+            read(None, &derived, None)
+        };
+        assert_eq!(at(90).get("dataset"), "f mixed 0.500:0.500, from 0.9 of the steps 0.000:1.000");
+        assert!(at(90).differences(&at(180)).is_empty(), "a phase from 0.9 of 100 or of 200 steps");
     }
 }

@@ -327,13 +327,40 @@ pub struct DataSection {
     pub phases: Vec<DataPhase>,
 }
 
-/// A phase of a training mix (`[[data.phases]]`): from step `from_step` (0-based) on, the datasets
-/// drawn by `weights`, `data.dir`'s first and then each `data.mix` one's.
+/// A phase of a training mix (`[[data.phases]]`): from its first step on, the datasets drawn by
+/// `weights`, `data.dir`'s first and then each `data.mix` one's. The first step is `from_step`
+/// (0-based), or `from_fraction` of `run.steps` (rounded to the nearest step), which moves with the
+/// run's length as the learning-rate schedule does: one of the two.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataPhase {
-    pub from_step: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_fraction: Option<f64>,
     pub weights: Vec<f64>,
+}
+
+impl DataPhase {
+    /// The phase's first step in a run of `steps` steps (0 for a phase that gives neither key, which
+    /// validation refuses).
+    pub fn start(&self, steps: u64) -> u64 {
+        match (self.from_step, self.from_fraction) {
+            (Some(step), _) => step,
+            (None, Some(f)) => (f * steps as f64).round() as u64,
+            (None, None) => 0,
+        }
+    }
+
+    /// The key that sets the start, with its value, as errors name it.
+    pub fn start_key(&self, k: usize, steps: u64) -> String {
+        match self.from_fraction.filter(|_| self.from_step.is_none()) {
+            Some(f) => {
+                format!("data.phases[{k}].from_fraction ({f} of run.steps = {}: step {})", steps, self.start(steps))
+            }
+            None => format!("data.phases[{k}].from_step ({})", self.start(steps)),
+        }
+    }
 }
 
 /// One more dataset of a training mix (`[[data.mix]]`).
@@ -358,9 +385,10 @@ impl DataSection {
         self.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(" + ")
     }
 
-    /// The phases of a mix as the loader takes them (one global batch a step).
-    pub fn mix_phases(&self) -> Vec<infinity_data::loader::MixPhase> {
-        let phase = |p: &DataPhase| infinity_data::loader::MixPhase { from: p.from_step, weights: p.weights.clone() };
+    /// The phases of a mix in a run of `steps` steps as the loader takes them (one global batch a step).
+    pub fn mix_phases(&self, steps: u64) -> Vec<infinity_data::loader::MixPhase> {
+        let phase =
+            |p: &DataPhase| infinity_data::loader::MixPhase { from: p.start(steps), weights: p.weights.clone() };
         self.phases.iter().map(phase).collect()
     }
 

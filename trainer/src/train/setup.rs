@@ -236,7 +236,7 @@ impl TokenMix {
         let mut phase_quotas = Vec::with_capacity(weights.phases.len());
         for (k, p) in weights.phases.iter().enumerate() {
             let names: Vec<String> = weights.names.iter().map(|n| format!("{n} (data.phases[{k}])")).collect();
-            phase_quotas.push((p.from_step, quotas_of(Some(&p.weights), &names)?));
+            phase_quotas.push((p.start(weights.steps), quotas_of(Some(&p.weights), &names)?));
         }
         let named = |p: usize, b: usize| match p {
             0 => m.schedules[b].name.clone(),
@@ -355,7 +355,7 @@ pub(crate) fn loader_options(cfg: &TrainConfig, rank: usize, world: usize) -> Lo
         prefetch: 2,
         bad_rows: BadRows::Error,
         mix_weights: cfg.data.mix_weights(),
-        mix_phases: cfg.data.mix_phases(),
+        mix_phases: cfg.data.mix_phases(cfg.run.steps),
     }
 }
 
@@ -490,7 +490,7 @@ pub(crate) fn continue_position(
             position.batches_done
         ));
     }
-    let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases());
+    let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases(cfg.run.steps));
     let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, weights.as_deref(), &phases)?;
     // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said; a
     // weight changed, or a dataset added or taken away, is refused below, as without the flag)

@@ -256,9 +256,13 @@ pub(super) fn derived_record(
         record["mix"] = mix_record(cfg, ds, mix);
     }
     if !cfg.data.phases.is_empty() {
-        let phases = cfg.data.phases.iter().zip(&mix.phase_quotas).map(
-            |(p, (_, quotas))| json!({ "from_step": p.from_step, "weights": p.weights, "batches_per_epoch": quotas }),
-        );
+        let phases = cfg.data.phases.iter().zip(&mix.phase_quotas).map(|(p, (from, quotas))| {
+            let mut phase = json!({ "from_step": from, "weights": p.weights, "batches_per_epoch": quotas });
+            if let Some(f) = p.from_fraction {
+                phase["from_fraction"] = json!(f);
+            }
+            phase
+        });
         record["mix_phases"] = serde_json::Value::Array(phases.collect());
     }
     record

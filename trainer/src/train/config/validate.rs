@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::{PeakTflops, TrainConfig};
+use super::{DataPhase, PeakTflops, TrainConfig};
 use crate::optim::Decay;
 
 impl TrainConfig {
@@ -225,22 +225,33 @@ impl TrainConfig {
     /// `data.phases`: each after the one before (and after step 0), a finite weight ≥ 0 for every
     /// dataset of the mix, one positive.
     fn check_phases(&self) -> Result<()> {
-        let d = &self.data;
-        let mut after = None;
+        let (d, steps) = (&self.data, self.run.steps);
+        let mut after: Option<(usize, &DataPhase)> = None;
         for (k, p) in d.phases.iter().enumerate() {
+            match (p.from_step, p.from_fraction) {
+                (None, None) => {
+                    bail!("data.phases[{k}] needs its first step: from_step, or from_fraction of run.steps")
+                }
+                (Some(_), Some(_)) => bail!("data.phases[{k}] gives from_step and from_fraction: give one"),
+                (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+                    bail!("data.phases[{k}].from_fraction = {f}: expected a share of run.steps above 0 and below 1")
+                }
+                _ => {}
+            }
+            let from = p.start(steps);
             match after {
-                None if p.from_step == 0 => bail!(
-                    "data.phases[{k}].from_step must be at least 1: the weights from step 0 are data.weight and \
-                     data.mix[*].weight"
+                None if from == 0 => bail!(
+                    "{} must be at least step 1: the weights from step 0 are data.weight and data.mix[*].weight",
+                    p.start_key(k, steps)
                 ),
-                Some((j, from)) if p.from_step <= from => bail!(
-                    "data.phases[{k}].from_step ({}) must come after data.phases[{j}].from_step ({from}): list the \
-                     phases in order",
-                    p.from_step
+                Some((j, before)) if from <= before.start(steps) => bail!(
+                    "{} must come after {}: list the phases in order",
+                    p.start_key(k, steps),
+                    before.start_key(j, steps)
                 ),
                 _ => {}
             }
-            after = Some((k, p.from_step));
+            after = Some((k, p));
             let datasets = 1 + d.mix.len();
             if p.weights.len() != datasets {
                 bail!(
