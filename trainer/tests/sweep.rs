@@ -228,6 +228,16 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let (all, core) = (cell(2, "parameters"), cell(2, "non_embedding_parameters"));
     assert_eq!(core, derived["parameters_non_embedding"].to_string(), "{csv}");
     assert!(core.parse::<u64>().unwrap() < all.parse::<u64>().unwrap(), "{csv}");
+    // fitted with that N instead: beside the plain analysis, its points at the non-embedding counts
+    let report = ok(infinity(&["scaling", "sweep", "--parameters", "non-embedding"], t));
+    assert!(report.contains("N counts the parameters outside the embeddings"), "{report}");
+    let fits: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("sweep/scaling-non-embedding/fits.json")).unwrap())
+            .unwrap();
+    assert_eq!(fits["parameters"], "non-embedding");
+    let sizes: Vec<String> = fits["points"].as_array().unwrap().iter().map(|p| p["params"].to_string()).collect();
+    assert!(sizes.contains(&format!("{}.0", core)), "{sizes:?} holds no {core}");
+    assert!(dir.join("fits.json").is_file(), "the plain analysis stays");
 
     // TensorBoard's HParams plugin reads the run's hyperparameters
     let tb = python(&["tools/read_tensorboard.py", t.join("sweep/embed-dim-192_num-heads-2/tb").to_str().unwrap()]);

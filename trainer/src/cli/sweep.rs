@@ -161,6 +161,12 @@ pub struct ScalingArgs {
     /// left out. The analysis goes into RUNS/scaling-NAME (with one RUNS and no --out).
     #[arg(long, value_name = "NAME", value_parser = set_name)]
     val_set: Option<String>,
+    /// N as the fits take it: every parameter (Hoffmann et al.), or those outside the embeddings
+    /// (Kaplan et al.: `word_embed`, `class_emb`, `cfg_uncond`, `lvl_embed`, `pos_start` left out),
+    /// the budgets' N* and nearest preset counted alike. Non-embedding goes into
+    /// RUNS/scaling-non-embedding (with one RUNS and no --out).
+    #[arg(long, value_enum, default_value_t = scaling::Parameters::Total)]
+    parameters: scaling::Parameters,
 }
 
 /// A validation set's name as `val.sets` allows it (a TensorBoard tag's part).
@@ -181,14 +187,19 @@ fn positive_flops(s: &str) -> Result<f64, String> {
 pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let out = match (a.out, a.runs.as_slice()) {
         (Some(out), _) => out,
-        // (a validation set's analysis beside val.dir's, not over it)
-        (None, [one]) => one.join(a.val_set.as_ref().map_or("scaling".into(), |n| format!("scaling-{n}"))),
+        // (a validation set's analysis, or one of other N, beside the plain one, not over it)
+        (None, [one]) => {
+            let set = a.val_set.as_ref().map_or(String::new(), |n| format!("-{n}"));
+            let n = if a.parameters == scaling::Parameters::NonEmbedding { "-non-embedding" } else { "" };
+            one.join(format!("scaling{set}{n}"))
+        }
         (None, _) => bail!(
             "{} folders of runs: say where their analysis goes with --out (it goes into RUNS/scaling with one)",
             a.runs.len()
         ),
     };
-    let r = scaling::analyse_with(&a.runs, &out, &a.budget, a.val_set.as_deref())?;
+    let measure = scaling::Measure { at_computes: &a.budget, val_set: a.val_set.as_deref(), parameters: a.parameters };
+    let r = scaling::analyse_with(&a.runs, &out, &measure)?;
     let fitted: usize = r.points.iter().map(|p| p.n()).sum();
     console!(
         "{} runs read, {fitted} fitted as {} points (one per distinct config; repeats averaged); losses in nats per bit",

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::fit::Fit;
-use super::RunRecord;
+use super::{Parameters, RunRecord};
 use crate::model::config::PRESETS;
 use crate::model::{Layout, ModelConfig};
 
@@ -62,7 +62,7 @@ pub const K_SPREAD_WARN: f64 = 0.2;
 pub fn k_spread(runs: &[RunRecord]) -> Option<KSpread> {
     let mut k: Vec<(f64, &str)> = runs
         .iter()
-        .map(|r| (r.compute / (r.params * r.tokens), r.name.as_str()))
+        .map(|r| (r.compute / (r.n * r.tokens), r.name.as_str()))
         .filter(|v| v.0.is_finite() && v.0 > 0.0)
         .collect();
     k.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -109,13 +109,14 @@ pub fn compute_optimal(chinchilla: &Fit, compute: f64, k: f64) -> (f64, f64, f64
     (n, d, e + a * n.powf(-alpha) + b * d.powf(-beta))
 }
 
-/// The preset whose parameter count (for `like`'s bits per token and conditioning) is nearest `n`.
-pub fn nearest_preset(like: &ModelConfig, n: f64) -> Option<(String, usize)> {
+/// The preset whose parameter count (for `like`'s bits per token and conditioning), counted as
+/// `parameters` counts, is nearest `n`.
+pub fn nearest_preset(like: &ModelConfig, n: f64, parameters: Parameters) -> Option<(String, usize)> {
     let sized = PRESETS.iter().filter_map(|name| {
         let p = ModelConfig::preset(name)?;
         let cfg = ModelConfig { d: like.d, conditioning: like.conditioning.clone(), ..p };
         let cfg = ModelConfig { text_channels: like.text_channels, text_maxlen: like.text_maxlen, ..cfg };
-        Some((name.to_string(), Layout::new(&cfg).numel))
+        Some((name.to_string(), parameters.count(&Layout::new(&cfg))))
     });
     sized.min_by(|x, y| (x.1 as f64 / n).ln().abs().total_cmp(&(y.1 as f64 / n).ln().abs()))
 }
@@ -127,7 +128,7 @@ pub fn plans(
     budgets: &[f64],
     runs: &[RunRecord],
     (power, floor, chinchilla): (Option<&Fit>, Option<&Fit>, Option<&Fit>),
-    like: Option<&ModelConfig>,
+    (like, parameters): (Option<&ModelConfig>, Parameters),
 ) -> (Vec<BudgetPlan>, Vec<String>, Vec<String>) {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let largest = runs.iter().map(|r| r.compute).fold(0.0, f64::max);
@@ -160,7 +161,7 @@ pub fn plans(
     let range = |v: &dyn Fn(&RunRecord) -> f64| {
         runs.iter().map(v).fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)))
     };
-    let (n_range, d_range) = (range(&|r| r.params), range(&|r| r.tokens));
+    let (n_range, d_range) = (range(&|r| r.n), range(&|r| r.tokens));
     let outside = |what: &str, v: f64, (lo, hi): (f64, f64)| {
         (v < lo || v > hi).then(|| {
             let by = if v > hi {
@@ -189,7 +190,7 @@ pub fn plans(
                     tokens,
                     loss,
                     loss_ci95: f.predict((params, tokens)).1,
-                    nearest_preset: like.and_then(|m| nearest_preset(m, params)),
+                    nearest_preset: like.and_then(|m| nearest_preset(m, params, parameters)),
                     extrapolation: (!out.is_empty()).then(|| out.join("; ")),
                 }
             }),
@@ -288,7 +289,7 @@ mod tests {
         assert!((o.params / n).ln().abs() < 0.05 && (o.tokens / d).ln().abs() < 0.05, "{o:?} vs N* {n:e}, D* {d:e}");
         assert!((o.loss / l - 1.0).abs() < 1e-3, "{} vs {l}", o.loss);
         assert!((fitted.get("alpha") - 0.45).abs() < 0.01);
-        assert_eq!(o.nearest_preset.as_ref().unwrap().0, nearest_preset(&like, n).unwrap().0);
+        assert_eq!(o.nearest_preset.as_ref().unwrap().0, nearest_preset(&like, n, Parameters::Total).unwrap().0);
         let md = std::fs::read_to_string(tmp.path().join("scaling/fits.md")).unwrap();
         assert!(md.contains("## Budgets") && md.contains("1.000e20"), "{md}");
         // k is the same for every run here: stated, no warning about its spread
@@ -317,6 +318,8 @@ mod tests {
             name: name.into(),
             dir: name.into(),
             params,
+            non_embedding_params: None,
+            n: params,
             steps: 1,
             tokens,
             flops_per_step: k * params * tokens,
@@ -347,19 +350,19 @@ mod tests {
         for c in &mut good.coefs {
             c.ci95 = Some((c.value * 0.9, c.value * 1.1));
         }
-        let (planned, notes, warnings) = plans(&[1e18], &runs, (None, None, Some(&good)), None);
+        let (planned, notes, warnings) = plans(&[1e18], &runs, (None, None, Some(&good)), (None, Parameters::Total));
         assert!(planned[0].optimal.is_some());
         assert!(notes[0].contains("median 8.00") && notes[0].contains("5.70 (big) to 15.50 (tiny)"), "{notes:?}");
         assert!(warnings.iter().any(|w| w.contains("k varies by 172 %")), "{warnings:?}");
         let same = [record("a", 1e6, 1e8, 6.0), record("b", 1e7, 1e8, 6.3)];
-        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), None);
+        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), (None, Parameters::Total));
         assert!(!warnings.iter().any(|w| w.contains("k varies")), "{warnings:?}");
         // E run to 0, with a singular covariance
         let mut flat = law(1e-9, 40.0, 600.0, 0.45, 0.35);
         flat.coefs[0].ci95 = None;
         let why = degenerate(&flat, 1.0).expect("degenerate");
         assert!(why.contains("E ran to 1.00e-9") && why.contains("covariance is singular"), "{why}");
-        let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), None);
+        let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), (None, Parameters::Total));
         assert!(planned[0].optimal.is_none(), "no N* from a degenerate fit");
         // (`analyse` warns of a degenerate fit, budgets or not: mod.rs's tests)
         assert!(!warnings.iter().any(|w| w.contains("degenerate")), "{warnings:?}");
@@ -370,8 +373,14 @@ mod tests {
     fn the_nearest_preset_is_chosen_by_log_size() {
         let like = ModelConfig::preset("layer12").unwrap();
         let size = |p: &str| Layout::new(&ModelConfig::preset(p).unwrap()).numel as f64;
-        assert_eq!(nearest_preset(&like, size("layer24") * 1.2).unwrap().0, "layer24");
-        assert_eq!(nearest_preset(&like, size("layer16") * 0.95).unwrap().0, "layer16");
-        assert_eq!(nearest_preset(&like, 1.0).unwrap().0, "tiny");
+        let nearest = |n: f64| nearest_preset(&like, n, Parameters::Total).unwrap().0;
+        assert_eq!(nearest(size("layer24") * 1.2), "layer24");
+        assert_eq!(nearest(size("layer16") * 0.95), "layer16");
+        assert_eq!(nearest(1.0), "tiny");
+        // counted without embeddings, the presets are smaller: a size between is matched by that count
+        let bare =
+            |p: &str| Layout::new(&ModelConfig { d: like.d, ..ModelConfig::preset(p).unwrap() }).non_embedding_numel();
+        let (name, n) = nearest_preset(&like, bare("layer16") as f64 * 1.05, Parameters::NonEmbedding).unwrap();
+        assert_eq!((name.as_str(), n), ("layer16", bare("layer16")));
     }
 }

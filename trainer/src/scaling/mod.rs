@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use infinity_data::manifest::write_atomic;
+use serde::Serialize;
 
 use self::fit::{pearson, Fit};
 use self::points::Point;
@@ -31,6 +32,7 @@ pub use self::report::{budgets_markdown, isoflop_markdown, pearson_text, Correla
 use self::report::{fits_markdown, runs_csv, runs_markdown};
 use self::runs::read_json;
 pub use self::runs::{gather, read_run, RunRecord};
+use crate::model::Layout;
 
 /// The fits and where the files went.
 pub struct Report {
@@ -59,26 +61,76 @@ fn log_pearson(points: &[&Point]) -> (f64, usize) {
     (if points.len() >= 2 { pearson(&c, &l) } else { f64::NAN }, points.len())
 }
 
+/// N, the model size the fits take: every parameter (Hoffmann et al.'s) or those outside the
+/// embeddings (Kaplan et al.'s, [`Layout::non_embedding_numel`]), whose laws hold down to smaller
+/// models.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parameters {
+    #[default]
+    Total,
+    NonEmbedding,
+}
+
+impl Parameters {
+    /// The parameters of `layout` counted this way.
+    pub fn count(self, layout: &Layout) -> usize {
+        match self {
+            Parameters::Total => layout.numel,
+            Parameters::NonEmbedding => layout.non_embedding_numel(),
+        }
+    }
+
+    /// N's name in the tables and figures.
+    pub fn label(self) -> &'static str {
+        match self {
+            Parameters::Total => "parameters N",
+            Parameters::NonEmbedding => "non-embedding parameters N",
+        }
+    }
+}
+
+/// What an analysis measures beyond its runs: the budgets to predict at, the validation losses it
+/// fits and how it counts N.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Measure<'a> {
+    /// Training budgets in FLOPs: each fit's prediction there and the compute-optimal split.
+    pub at_computes: &'a [f64],
+    /// One of the runs' `val.sets`, by name, whose losses replace `val.dir`'s: the scaling of one
+    /// domain of a mix.
+    pub val_set: Option<&'a str>,
+    pub parameters: Parameters,
+}
+
 /// Gather the runs in `dirs` (folders of run folders), fit (and predict at each of `at_computes`, in
 /// FLOPs), and write tables and figures into `out`.
 /// A sweep still under way (no finished run yet) gets its tables and notes, and no fits or figures of
 /// them.
 pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> Result<Report> {
-    analyse_with(dirs, out, at_computes, None)
+    analyse_with(dirs, out, &Measure { at_computes, ..Default::default() })
 }
 
-/// [`analyse`] with the validation losses of `val_set` (one of the runs' `val.sets`, by name) in
-/// place of `val.dir`'s: the scaling of one domain of a mix.
-pub fn analyse_with<P: AsRef<Path>>(
-    dirs: &[P],
-    out: &Path,
-    at_computes: &[f64],
-    val_set: Option<&str>,
-) -> Result<Report> {
+/// [`analyse`] measured as `measure` says.
+pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -> Result<Report> {
+    let Measure { at_computes, val_set, parameters } = *measure;
     let roots = roots::roots(dirs)?;
-    let (runs, mut read_notes) = gather(&roots, val_set)?;
+    let (mut runs, mut read_notes) = gather(&roots, val_set)?;
     if let Some(name) = val_set {
         read_notes.insert(0, format!("the validation losses are the set {name}'s (val.jsonl's sets.{name})"));
+    }
+    if parameters == Parameters::NonEmbedding {
+        let (counted, uncounted): (Vec<RunRecord>, Vec<RunRecord>) =
+            runs.into_iter().partition(|r| r.non_embedding_params.is_some());
+        runs = counted.into_iter().map(|r| RunRecord { n: r.non_embedding_params.unwrap_or(r.params), ..r }).collect();
+        read_notes.insert(0, "N counts the parameters outside the embeddings (--parameters non-embedding)".into());
+        if !uncounted.is_empty() {
+            let names: Vec<&str> = uncounted.iter().map(|r| r.name.as_str()).collect();
+            read_notes.push(format!(
+                "left out (derived.json records neither parameters_non_embedding nor the model's shape: a folder \
+                 of an older build): {}",
+                names.join(", ")
+            ));
+        }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (lr_runs, unreadable) = lr::read_runs(&roots, &runs)?;
@@ -144,7 +196,7 @@ pub fn analyse_with<P: AsRef<Path>>(
     let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
     let like = fitted.iter().find_map(|r| r.model.as_ref());
     let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
-    let (budgets, budget_notes, budget_warnings) = budget::plans(at_computes, &fitted_runs, laws, like);
+    let (budgets, budget_notes, budget_warnings) = budget::plans(at_computes, &fitted_runs, laws, (like, parameters));
     notes.extend(budget_notes);
     warnings.extend(budget_warnings);
     if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {
@@ -186,7 +238,7 @@ pub fn analyse_with<P: AsRef<Path>>(
         false => notes.push("loss_curves: not drawn (no run has logged a finite loss yet)".to_string()),
     }
     if !isoflop.profiles.is_empty() {
-        plot::isoflop(out, &isoflop)?;
+        plot::isoflop(out, &isoflop, parameters)?;
         stems.push("isoflop");
     }
     write_atomic(
@@ -201,7 +253,7 @@ pub fn analyse_with<P: AsRef<Path>>(
         "pearson_r_log_loss_log_compute": { "all_points": pearson.all.0, "points": pearson.all.1,
             "frontier": pearson.frontier.0, "frontier_points": pearson.frontier.1 },
         "fits": fits, "points": points, "budgets": budgets, "isoflop": isoflop, "notes": notes,
-        "warnings": warnings, "k": budget::k_spread(&fitted_runs),
+        "warnings": warnings, "k": budget::k_spread(&fitted_runs), "parameters": parameters,
     });
     write_atomic(&files[3], serde_json::to_string_pretty(&json)?.as_bytes())?;
     if !lr_groups.is_empty() {

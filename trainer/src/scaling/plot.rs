@@ -425,7 +425,7 @@ const DISTINCT: [usize; 6] = [3, 0, 1, 4, 5, 6];
 
 /// The IsoFLOP profiles: each budget's points (loss against model size), the parabola through them and
 /// its minimum (a cross), a colour per budget.
-pub fn isoflop(dir: &Path, iso: &IsoFlop) -> Result<()> {
+pub fn isoflop(dir: &Path, iso: &IsoFlop, parameters: super::Parameters) -> Result<()> {
     let minima = iso.profiles.iter().filter_map(|p| p.optimum.as_ref().filter(|o| o.inside).map(|o| o.loss));
     let yr = range_lin(iso.profiles.iter().flat_map(|p| p.measured.iter().map(|m| m.2)).chain(minima))?;
     let mut series: Series = Vec::new();
@@ -450,7 +450,7 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop) -> Result<()> {
             ));
         }
     }
-    let axes = ("parameters N", "loss, nats per bit (a point: a config's mean; a cross: the parabola's minimum)");
+    let axes = (parameters.label(), "loss, nats per bit (a point: a config's mean; a cross: the parabola's minimum)");
     let caption = "IsoFLOP profiles: loss vs model size at fixed compute".to_string();
     both(dir, "isoflop", &Curves::new(caption, axes, series, SeriesLabelPosition::LowerLeft, Some(yr))?)
 }

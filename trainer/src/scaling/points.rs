@@ -57,7 +57,7 @@ pub fn group(runs: &[&RunRecord]) -> Vec<Point> {
             Point {
                 runs: g.iter().map(|r| r.name.clone()).collect(),
                 dirs: g.iter().map(|r| r.dir.clone()).collect(),
-                params: mean(&g.iter().map(|r| r.params).collect::<Vec<_>>()),
+                params: mean(&g.iter().map(|r| r.n).collect::<Vec<_>>()),
                 tokens: mean(&g.iter().map(|r| r.tokens).collect::<Vec<_>>()),
                 compute: mean(&g.iter().map(|r| r.compute).collect::<Vec<_>>()),
                 loss: m,

@@ -73,8 +73,7 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; COLUMNS.len()] {
         general(r.global_batch),
         r.tokens_per_s.map_or(String::new(), |v| format!("{v:.1}")),
         opt(r.mfu),
-        // (from the model's shape: runs of earlier builds too)
-        shape(|m| crate::model::Layout::new(m).non_embedding_numel()),
+        r.non_embedding_params.map_or(String::new(), |n| n.to_string()),
     ]
 }
 

@@ -21,8 +21,14 @@ const SMOOTH_FRACTION: (u64, u64) = (1, 10);
 pub struct RunRecord {
     pub name: String,
     pub dir: PathBuf,
-    /// N: parameters.
+    /// Parameters, all of them (`derived.json`'s `parameters`).
     pub params: f64,
+    /// Parameters less the embeddings (`derived.json`'s `parameters_non_embedding`, else counted from
+    /// the model's shape; none for folders of builds that recorded neither).
+    pub non_embedding_params: Option<f64>,
+    /// N as the fits take it: `params`, or `non_embedding_params` with `--parameters non-embedding`
+    /// ([`crate::scaling::Parameters`]).
+    pub n: f64,
     /// Steps done.
     pub steps: u64,
     /// D: training tokens seen.
@@ -172,10 +178,17 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         let v = config.as_ref()?.get(section)?.get(key)?;
         v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
     };
+    let model: Option<crate::model::ModelConfig> = serde_json::from_value(derived["model"].clone()).ok();
+    let params = num(&derived, "parameters", "derived.json")?;
+    let non_embedding_params = derived["parameters_non_embedding"]
+        .as_f64()
+        .or_else(|| model.as_ref().map(|m| crate::model::Layout::new(m).non_embedding_numel() as f64));
     let run = RunRecord {
         name: dir.file_name().map_or("run".into(), |n| n.to_string_lossy().to_string()),
         dir: dir.to_path_buf(),
-        params: num(&derived, "parameters", "derived.json")?,
+        params,
+        non_embedding_params,
+        n: params,
         steps,
         tokens: num(&derived, "tokens_per_step_mean", "derived.json")? * steps as f64,
         flops_per_step,
@@ -196,7 +209,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         mfu: median(&mfu),
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
-        model: serde_json::from_value(derived["model"].clone()).ok(),
+        model,
         settings: settings::read(config.as_ref(), &derived, val_set),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))

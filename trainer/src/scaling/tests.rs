@@ -512,7 +512,8 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
         std::fs::write(root.join(&name).join("val.jsonl"), format!("{line}\n")).unwrap();
     }
     run_with(root, "plain", (1e6, 1e7, 6e13), &[Some(9.0)], "a", config);
-    let r = super::analyse_with(&[root], &root.join("scaling"), &[], Some("web")).unwrap();
+    let measure = super::Measure { val_set: Some("web"), ..Default::default() };
+    let r = super::analyse_with(&[root], &root.join("scaling"), &measure).unwrap();
     let notes = r.notes.join("\n");
     assert!(notes.contains("the validation losses are the set web's (val.jsonl's sets.web)"), "{notes}");
     assert!(
@@ -528,4 +529,65 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
     // without the option: val.dir's constant loss
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r.points.iter().all(|p| p.loss == 9.0));
+}
+
+/// `--parameters non-embedding`: runs whose loss follows the law in the parameters outside the
+/// embeddings (a fixed 5e7 of embeddings beside them) have their IsoFLOP optima found in those units;
+/// a folder recording neither the count nor the model's shape is left out, named.
+#[test]
+fn non_embedding_parameters_are_fitted_where_asked() {
+    use super::{Measure, Parameters};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let embeddings = 5e7;
+    for (b, &(c, off)) in [(1e18, 1.4), (1e19, 0.8), (1e20, 1.2)].iter().enumerate() {
+        for k in -2..=2 {
+            let n = chinchilla_n_opt(c) * off * 2f64.powi(k);
+            let d = c / (6.0 * n);
+            let name = format!("c{b}-n{}", k + 2);
+            run(root, &name, (n + embeddings, d, c), &[Some(chinchilla_loss(n, d))], "a");
+            let path = root.join(&name).join("derived.json");
+            let mut derived: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            derived["parameters_non_embedding"] = n.into();
+            std::fs::write(&path, derived.to_string()).unwrap();
+        }
+    }
+    // an older build's folder: no count and no shape
+    run(root, "old", (1e6, 1e9, 6e15), &[Some(3.0)], "a");
+    let path = root.join("old/derived.json");
+    let mut derived: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    derived.as_object_mut().unwrap().remove("model");
+    std::fs::write(&path, derived.to_string()).unwrap();
+
+    let analysed = |parameters: Parameters, out: &str| {
+        let measure = Measure { at_computes: &[1e21], parameters, ..Default::default() };
+        super::analyse_with(&[root], &root.join(out), &measure).unwrap()
+    };
+    let n_opt_error = |r: &super::Report| -> f64 {
+        let errors = r
+            .isoflop
+            .profiles
+            .iter()
+            .map(|p| (p.optimum.as_ref().unwrap().params / chinchilla_n_opt(p.compute) - 1.0).abs());
+        errors.fold(0.0, f64::max)
+    };
+    let bare = analysed(Parameters::NonEmbedding, "bare");
+    assert_eq!(bare.isoflop.profiles.len(), 3, "{:?}", bare.notes);
+    assert!(n_opt_error(&bare) < 0.05, "N_opt off by {:.3}", n_opt_error(&bare));
+    let notes = bare.notes.join("\n");
+    assert!(notes.contains("N counts the parameters outside the embeddings"), "{notes}");
+    assert!(notes.contains("left out (derived.json records neither parameters_non_embedding nor the model's shape"));
+    assert!(notes.contains("): old"), "{notes}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("bare/fits.json")).unwrap()).unwrap();
+    assert_eq!(json["parameters"], "non-embedding");
+    // the table keeps both counts; the budget's nearest preset is counted without embeddings too
+    let csv = std::fs::read_to_string(root.join("bare/runs.csv")).unwrap();
+    let n = chinchilla_n_opt(1e18) * 1.4 / 4.0;
+    assert!(csv.lines().any(|l| l.starts_with(&format!("c0-n0,{},", n + embeddings)) && l.ends_with(&format!(",{n}"))));
+    // counted whole, the optima sit elsewhere: the embeddings are a larger share of the small models
+    let total = analysed(Parameters::Total, "total");
+    assert!(n_opt_error(&total) > 0.1, "N_opt off by only {:.3} counting the embeddings", n_opt_error(&total));
+    assert!(total.runs.iter().any(|r| r.name == "old"));
 }
