@@ -1,6 +1,6 @@
 //! Sampling on the device (feature `cuda`, gated on a device): the KV-cached scale-by-scale transformer
 //! on the GPU gives the CPU sampler's logits and, drawing the same keyed numbers, its bits, for class
-//! and text conditions, with guidance per scale or none, a negative prompt, and with spatial patchify; bf16 sampling moves
+//! and text conditions, with guidance per scale or none (or on the hidden states), a negative prompt, and with spatial patchify; bf16 sampling moves
 //! the logits by rounding only. Runs on a GPU or on the emulated device (tools/emulated_device.py, as
 //! scripts/test.sh does in CI); prints what it skipped without either.
 #![cfg(feature = "cuda")]
@@ -71,6 +71,13 @@ fn device_sampling_matches_the_cpu_sampler() {
     let cases = [
         ("class, guided", model(class.clone(), false), SampleCondition::Class(vec![2, 6]), &plain[..], vec![3.0]),
         (
+            "text, guided on the hidden states after block 0 and on the logits",
+            text_model.clone(),
+            text(&text_model.0, false),
+            &plain[..],
+            vec![3.0],
+        ),
+        (
             "text, guided per scale",
             text_model.clone(),
             text(&text_model.0, false),
@@ -88,7 +95,14 @@ fn device_sampling_matches_the_cpu_sampler() {
         ),
     ];
     for (tag, m, cond, tokenizer, cfg) in cases {
-        let o = SampleOptions { cfg, tau: vec![0.7], top_p: 0.9, seed: 4, keys: Vec::new() };
+        // (upstream's negative cfg_insertion_layer: −2 is after the first of the two blocks)
+        let places = if tag.contains("hidden states") { vec![-2, 0] } else { vec![0] };
+        let o = SampleOptions {
+            cfg,
+            tau: vec![0.7],
+            cfg_insertion_layer: places,
+            ..SampleOptions::uniform(1.0, 1.0, 0.9, 4)
+        };
         let (cpu, gpu) = both(&m, &cond, tokenizer, &o, false);
         let (lc, lg) = (cpu.cond_logits.concat(), gpu.cond_logits.concat());
         let worst = max_abs_diff(&lc, &lg);

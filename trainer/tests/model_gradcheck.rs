@@ -247,6 +247,50 @@ fn negative_prompts_replace_the_unconditional_rows() {
     assert!(err.contains("negative prompt's 56 values are not [tokens ≤ 6, 8]"), "{err}");
 }
 
+/// Guidance on the hidden states (upstream's negative `cfg_insertion_layer`): at cfg 0 after the last
+/// block, the conditional rows carry the unconditional rows' tokens into the head; with the head's
+/// AdaLN made the same for every row, that samples the unconditional condition (here a negative
+/// prompt) itself. At cfg 2 it differs from guidance on the logits, and places outside the model are
+/// refused.
+#[test]
+fn guidance_on_the_hidden_states_carries_the_mix_into_the_blocks_after() {
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = tiny(Conditioning::Text);
+    let lay = Layout::new(&cfg);
+    let mut p: Params<f32> = random_params(&lay, 14).cast();
+    let w = lay.range("head_nm.ada_lin.1.weight");
+    p.data[w].iter_mut().for_each(|v| *v = 0.0);
+    let scales = [(1usize, 1usize), (2, 2), (3, 3)];
+    let rope = RopeTable::new(8, &scales, (3, 3));
+    let ct = cfg.text_channels;
+    let kv: Vec<f32> = noise(5 * ct, 15).iter().map(|&v| v as f32).collect();
+    let neg: Vec<f32> = noise(4 * ct, 16).iter().map(|&v| v as f32).collect();
+    let with_negative = SampleCondition::Text { kv, lens: vec![3, 2], negative: Some(neg.clone()) };
+    let at = |g: f64, places: Vec<i64>| SampleOptions {
+        cfg_insertion_layer: places,
+        ..SampleOptions::uniform(g, 0.8, 0.0, 7)
+    };
+    let last = -1;
+    let hidden = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(0.0, vec![last])).unwrap();
+    let plain = SampleCondition::Text { kv: [neg.clone(), neg].concat(), lens: vec![4, 4], negative: None };
+    let alone = sample(&cfg, &lay, &p, &plain, &scales, &rope, &at(1.0, vec![0])).unwrap();
+    assert_eq!(hidden.bits, alone.bits, "cfg 0 after the last block samples the unconditional rows");
+    // the conditional rows' own logits at scale 0 are the mix's, not the condition's
+    let on_logits = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, vec![0])).unwrap();
+    let on_hidden =
+        sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, vec![-(cfg.depth as i64)])).unwrap();
+    assert_ne!(on_logits.cond_logits[0][..2 * cfg.d], on_hidden.cond_logits[0][..2 * cfg.d]);
+    for (places, why) in [
+        (vec![1], "--cfg-insertion-layer 1: expected 0 (the logits) or −1 to −2"),
+        (vec![-3], "--cfg-insertion-layer -3: expected"),
+        (vec![], "no place for guidance"),
+        (vec![-1, 0, -1], "-1 is given twice"),
+    ] {
+        let e = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, places)).err().unwrap().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+}
+
 /// Keyed by condition ([`SampleCondition::keys`]), a condition's samples do not depend on what is drawn
 /// beside them: class 3's two samples alone equal its two in a batch of classes 1 and 3, and the same
 /// caption at another place in the batch draws the same bits. Keyed by index (no keys), they do not.

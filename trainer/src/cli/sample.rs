@@ -52,6 +52,11 @@ pub struct SampleArgs {
     /// Temperature (upstream's inference scripts: 0.5; its 8B: 1.0). One value, or one per scale.
     #[arg(long, value_delimiter = ',', default_value = "0.5", allow_negative_numbers = true)]
     tau: Vec<f64>,
+    /// Where guidance applies (upstream's `cfg_insertion_layer`): 0 on the logits (the default);
+    /// −k on the hidden states after block depth − k (−1: after the last), each half then carrying
+    /// the mix. Several: `0,-1`. Without 0 the logits are the conditional rows'.
+    #[arg(long, value_delimiter = ',', default_value = "0", allow_negative_numbers = true)]
+    cfg_insertion_layer: Vec<i64>,
     /// Per-bit top-p (0 = off; upstream's `gen_one_img` default 0.97).
     #[arg(long, default_value_t = 0.97, allow_negative_numbers = true)]
     top_p: f64,
@@ -127,8 +132,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     // a condition's samples keyed by it, not by their place in the batch: `--class 5 --n 4` draws the
     // class-5 row of `--class 0,5 --n 4`
     let keys = cond.keys(ck.model.text_channels);
-    let opts = SampleOptions { cfg: a.cfg.clone(), tau: a.tau.clone(), top_p: a.top_p, seed: a.seed, keys };
-    opts.check(sched.scales.len()).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
+    let opts = SampleOptions {
+        cfg: a.cfg.clone(),
+        tau: a.tau.clone(),
+        top_p: a.top_p,
+        seed: a.seed,
+        keys,
+        cfg_insertion_layer: a.cfg_insertion_layer.clone(),
+    };
+    opts.check(sched.scales.len(), ck.model.depth).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
     let want =
         DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };

@@ -18,7 +18,9 @@ use infinity_kernels::rope::RopeTable;
 
 use super::forward::{block_forward, conditioned, BlockInput, Conditioned, DeviceCondition, KvCache};
 use super::{device_condition, GpuModel, Net};
-use crate::model::sample::{sample_with, GuidedRows, SampleCondition, SampleOptions, Sampled, ScaleLogits};
+use crate::model::sample::{
+    sample_with, GuidedRows, HiddenGuidance, SampleCondition, SampleOptions, Sampled, ScaleLogits,
+};
 
 impl GpuModel {
     /// Sample `B` images over the tokenizer's schedule `scales` on the device (`model::sample::sample`
@@ -105,7 +107,14 @@ impl<'a> GpuScales<'a> {
 }
 
 impl ScaleLogits for GpuScales<'_> {
-    fn logits(&mut self, si: usize, start: usize, n: usize, input: Option<&[f32]>) -> Result<Vec<f32>> {
+    fn logits(
+        &mut self,
+        si: usize,
+        start: usize,
+        n: usize,
+        input: Option<&[f32]>,
+        hidden: HiddenGuidance,
+    ) -> Result<Vec<f32>> {
         let (net, dev) = (self.net, self.net.dev);
         let (cfg, r, lmax) = (net.cfg, self.rows, self.cache.lmax);
         let (c, d, m) = (cfg.embed_dim, cfg.d, r * n);
@@ -128,6 +137,12 @@ impl ScaleLogits for GpuScales<'_> {
         let (gss, text) = (&self.conditioned.shared_gss, self.conditioned.text.as_ref());
         for blk in 0..cfg.depth {
             x = block_forward(&net, blk, &inp, &rope, gss, text, x, Some(&mut self.cache))?.1;
+            if hidden.after.contains(&blk) {
+                // (a scale's tokens, a few per block it applies after: mixed on the host, as the CPU does)
+                let mut host = dev.stream.clone_dtoh(&x).map_err(CudaError::from)?;
+                hidden.apply(blk, &mut host);
+                dev.stream.memcpy_htod(&host, &mut x).map_err(CudaError::from)?;
+            }
         }
 
         // the head: modulated LayerNorm, then the logits (the training head fuses them with the loss)

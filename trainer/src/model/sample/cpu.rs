@@ -10,7 +10,7 @@ use infinity_kernels::linear::linear_forward;
 use infinity_kernels::norm::layernorm_forward;
 use infinity_kernels::rope::{rope_apply, RopeTable};
 
-use super::{GuidedRows, ScaleLogits};
+use super::{GuidedRows, HiddenGuidance, ScaleLogits};
 use crate::model::forward::{add_rows, attn_gain, condition_forward, part, Acts};
 use crate::model::{Layout, ModelConfig, Params};
 
@@ -130,7 +130,14 @@ impl<'a> CpuScales<'a> {
 }
 
 impl ScaleLogits for CpuScales<'_> {
-    fn logits(&mut self, si: usize, start: usize, n: usize, input: Option<&[f32]>) -> Result<Vec<f32>> {
+    fn logits(
+        &mut self,
+        si: usize,
+        start: usize,
+        n: usize,
+        input: Option<&[f32]>,
+        hidden: HiddenGuidance,
+    ) -> Result<Vec<f32>> {
         let (cfg, rows) = (self.cfg, self.rows);
         let (c, d, m) = (cfg.embed_dim, cfg.d, rows * n);
         let w = |name: &str| self.p.get(self.lay, name);
@@ -148,6 +155,7 @@ impl ScaleLogits for CpuScales<'_> {
         add_rows(&mut x, &w("lvl_embed.weight")[si * c..(si + 1) * c]);
         for blk in 0..cfg.depth {
             self.block(blk, &mut x, start, n);
+            hidden.apply(blk, &mut x);
         }
         // ---- head ---------------------------------------------------------------------------------------
         let (mut xh, mut mean, mut rstd) = (vec![0.0; m * c], vec![0.0; m], vec![0.0; m]);

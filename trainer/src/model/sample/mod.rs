@@ -1,5 +1,5 @@
-//! Next-scale sampling (upstream `autoregressive_infer_cfg`): classifier-free guidance on logits,
-//! per-bit top-p, a self-attention KV cache across scales with the RoPE offset of each scale (upstream's
+//! Next-scale sampling (upstream `autoregressive_infer_cfg`): classifier-free guidance on logits (or
+//! on the hidden states after chosen blocks), per-bit top-p, a self-attention KV cache across scales with the RoPE offset of each scale (upstream's
 //! non-fused path drops it, §9; here it is always applied), bilinear accumulation of the sampled codes.
 //!
 //! The transformer runs one scale at a time behind [`ScaleLogits`] (the CPU model here, the GPU's in
@@ -39,12 +39,30 @@ pub struct SampleOptions {
     /// condition and its copy of it (`infinity sample`: a class's or caption's samples are the same
     /// whatever else is drawn beside them); empty: the sample's index in the batch.
     pub keys: Vec<[u64; 2]>,
+    /// Where guidance applies (upstream's `cfg_insertion_layer`): `0` on the logits, `−k` on the
+    /// hidden states after block `depth − k` (`cfg·cond + (1 − cfg)·uncond` into both halves, which
+    /// the blocks after run on). Without `0` the logits are the conditional rows' alone.
+    pub cfg_insertion_layer: Vec<i64>,
 }
 
 impl SampleOptions {
-    /// The same guidance and temperature at every scale.
+    /// The same guidance and temperature at every scale, guidance on the logits.
     pub fn uniform(cfg: f64, tau: f64, top_p: f64, seed: u64) -> SampleOptions {
-        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed, keys: Vec::new() }
+        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed, keys: Vec::new(), cfg_insertion_layer: vec![0] }
+    }
+
+    /// Whether guidance applies to the logits (`0` in `cfg_insertion_layer`).
+    fn on_logits(&self) -> bool {
+        self.cfg_insertion_layer.contains(&0)
+    }
+
+    /// The blocks (0-based, in order) after which guidance applies to the hidden states, for a model of
+    /// `depth` blocks.
+    fn hidden_after(&self, depth: usize) -> Vec<usize> {
+        let mut after: Vec<usize> =
+            self.cfg_insertion_layer.iter().filter(|&&k| k < 0).map(|&k| (depth as i64 + k) as usize).collect();
+        after.sort_unstable();
+        after
     }
 
     /// Guidance and temperature at scale `si`.
@@ -53,8 +71,9 @@ impl SampleOptions {
         (pick(&self.cfg), pick(&self.tau))
     }
 
-    /// An error unless `cfg` and `tau` each hold one value or one per scale of a schedule of `scales`.
-    pub fn check(&self, scales: usize) -> Result<(), String> {
+    /// An error unless `cfg` and `tau` each hold one value or one per scale of a schedule of `scales`,
+    /// and `cfg_insertion_layer` holds distinct places of a model of `depth` blocks.
+    pub fn check(&self, scales: usize, depth: usize) -> Result<(), String> {
         for (name, v) in [("cfg", &self.cfg), ("tau", &self.tau)] {
             if v.len() != 1 && v.len() != scales {
                 return Err(format!(
@@ -62,6 +81,17 @@ impl SampleOptions {
                     v.len()
                 ));
             }
+        }
+        let places = &self.cfg_insertion_layer;
+        let expected = format!("0 (the logits) or −1 to −{depth} (after block depth − k of the {depth})");
+        if places.is_empty() {
+            return Err(format!("--cfg-insertion-layer: no place for guidance: expected {expected}"));
+        }
+        if let Some(k) = places.iter().find(|&&k| k > 0 || k < -(depth as i64)) {
+            return Err(format!("--cfg-insertion-layer {k}: expected {expected}"));
+        }
+        if let Some(k) = places.iter().enumerate().find(|(i, k)| places[..*i].contains(k)).map(|(_, k)| k) {
+            return Err(format!("--cfg-insertion-layer: {k} is given twice"));
         }
         Ok(())
     }
@@ -225,13 +255,48 @@ impl GuidedRows {
     }
 }
 
+/// Guidance on the hidden states of a scale (upstream's negative `cfg_insertion_layer`): after each
+/// block of `after`, the conditional rows' tokens become `cfg·cond + (1 − cfg)·uncond` and the
+/// unconditional rows a copy of them.
+#[derive(Clone, Copy, Debug)]
+pub struct HiddenGuidance<'a> {
+    pub after: &'a [usize],
+    pub cfg: f64,
+}
+
+impl HiddenGuidance<'_> {
+    /// None: the blocks run as they are.
+    pub const NONE: HiddenGuidance<'static> = HiddenGuidance { after: &[], cfg: 1.0 };
+
+    /// Apply it after block `blk` to the tokens `x [R, n, C]` of `R = 2B` rows (conditional first).
+    pub fn apply(&self, blk: usize, x: &mut [f32]) {
+        if !self.after.contains(&blk) {
+            return;
+        }
+        let (cond, uncond) = x.split_at_mut(x.len() / 2);
+        let g = self.cfg as f32;
+        for (c, u) in cond.iter_mut().zip(uncond.iter_mut()) {
+            *c = g * *c + (1.0 - g) * *u;
+            *u = *c;
+        }
+    }
+}
+
 /// The transformer of sampling, one scale at a time (the CPU model: [`CpuScales`]; the GPU's:
 /// `gpu::sample`).
 pub trait ScaleLogits {
     /// The rows' logits `[R, n, 2d]` of scale `si`, whose `n` tokens start at token `start` of the
     /// transformer's schedule; `input [R, n, d]` the scale's input tokens (none at scale 0: the start
-    /// token). Scales come in order; each one's keys and values are kept for the scales after it.
-    fn logits(&mut self, si: usize, start: usize, n: usize, input: Option<&[f32]>) -> Result<Vec<f32>>;
+    /// token), `hidden` the guidance on its hidden states. Scales come in order; each one's keys and
+    /// values are kept for the scales after it.
+    fn logits(
+        &mut self,
+        si: usize,
+        start: usize,
+        n: usize,
+        input: Option<&[f32]>,
+        hidden: HiddenGuidance,
+    ) -> Result<Vec<f32>>;
 }
 
 /// Sample `B` images over the tokenizer's schedule `scales` (a dataset's; the transformer's are
@@ -262,7 +327,8 @@ pub fn sample_with(
     o: &SampleOptions,
     net: &mut dyn ScaleLogits,
 ) -> Result<Sampled> {
-    o.check(scales.len()).map_err(|e| anyhow::anyhow!("sample: {e}"))?;
+    o.check(scales.len(), cfg.depth).map_err(|e| anyhow::anyhow!("sample: {e}"))?;
+    let (on_logits, hidden_after) = (o.on_logits(), o.hidden_after(cfg.depth));
     let (d, dv, b, guided) = (cfg.d, cfg.d_vae(), rows.b, rows.guided);
     anyhow::ensure!(o.keys.is_empty() || o.keys.len() == b, "sample: {} keys for {b} samples", o.keys.len());
     let copies = 1 + guided as usize;
@@ -281,12 +347,17 @@ pub fn sample_with(
         let n = sh * sw;
         // the same input for the unconditional half
         let input: Vec<f32> = (0..copies).flat_map(|_| next_input.iter().copied()).collect();
-        let logits = net.logits(si, start, n, (si > 0).then_some(&input[..]))?;
+        let (guidance, tau) = o.at(si);
+        // (upstream guides only where cfg ≠ 1: a scale at 1 reads the conditional rows alone)
+        let hidden = match guided && guidance != 1.0 {
+            true => HiddenGuidance { after: &hidden_after, cfg: guidance },
+            false => HiddenGuidance::NONE,
+        };
+        let logits = net.logits(si, start, n, (si > 0).then_some(&input[..]), hidden)?;
         anyhow::ensure!(logits.len() == rows.rows() * n * 2 * d, "sample: logits of scale {si} are not [R, n, 2d]");
 
         // ---- guidance, per-bit sampling ------------------------------------------------------------
         next_input.clear();
-        let (guidance, tau) = o.at(si);
         for bi in 0..b {
             logits_out[bi].extend_from_slice(&logits[bi * n * 2 * d..(bi + 1) * n * 2 * d]);
             let mut rng = match o.keys.get(bi) {
@@ -297,7 +368,7 @@ pub fn sample_with(
             for t in 0..n {
                 for j in 0..d {
                     let at = |row: usize, k: usize| logits[((row * n + t) * 2 * d) + 2 * j + k] as f64;
-                    let mix = |k: usize| match guided {
+                    let mix = |k: usize| match guided && on_logits {
                         true => (guidance * at(bi, k) + (1.0 - guidance) * at(b + bi, k)) / tau,
                         false => at(bi, k) / tau,
                     };
