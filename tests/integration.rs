@@ -7,6 +7,7 @@ mod cli_train;
 mod golden_check;
 mod pyarrow_interop;
 mod tensorboard_reader;
+mod torch_checkpoints;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! Model weights as safetensors with upstream names: the format of checkpoints, exports and golden
-//! folders. Loading accepts either block layout and upstream's zero buffers, and reports every name or
-//! shape that does not match the model at once.
+//! folders. Loading accepts either block layout and upstream's zero buffers, PyTorch's `.pth` files
+//! too ([`torch_file`]), and reports every name or shape that does not match the model at once.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::params::{canonical_name, chunked_name};
 use super::streamed::{Lazy, Values};
+use super::torch_file;
 use super::{Layout, ModelConfig, Params};
 
 /// Element type of saved weights.
@@ -153,6 +154,67 @@ fn layout_fits(canon: &str, shape: &[usize], want: &[usize]) -> bool {
     shape == want || (canon.ends_with("scale_mul_1H11") && shape == [1, 1, want[1], 1])
 }
 
+/// A weights file, mapped: safetensors, or a PyTorch checkpoint (`torch.save`'s zip format: upstream's
+/// released `.pth` weights and its training checkpoints, read without PyTorch by [`torch_file`]).
+enum WeightsFile<'a> {
+    Safetensors(SafeTensors<'a>),
+    Torch(torch_file::TorchWeights, &'a [u8]),
+}
+
+/// A tensor of a [`WeightsFile`]: its shape, and its values read on demand.
+struct FileTensor<'a> {
+    shape: Vec<usize>,
+    data: FileData<'a>,
+}
+
+enum FileData<'a> {
+    Safetensors(Dtype, &'a [u8]),
+    Torch(&'a torch_file::TorchTensor, &'a [u8]),
+}
+
+impl<'a> WeightsFile<'a> {
+    /// `bytes` (the file `path`) as the format its first bytes say.
+    fn read(bytes: &'a [u8], path: &Path) -> Result<WeightsFile<'a>> {
+        if torch_file::is_zip(bytes) {
+            let weights = torch_file::read_weights(bytes, path)?;
+            tracing::debug!("{}: PyTorch weights at {}", path.display(), weights.found_at);
+            return Ok(WeightsFile::Torch(weights, bytes));
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            anyhow::anyhow!("{}: not a safetensors file ({e}), nor a PyTorch checkpoint (a zip file)", path.display())
+        })?;
+        Ok(WeightsFile::Safetensors(st))
+    }
+
+    /// Every tensor, by name.
+    fn tensors(&self) -> Vec<(String, FileTensor<'_>)> {
+        match self {
+            WeightsFile::Safetensors(st) => st
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| {
+                    (n, FileTensor { shape: t.shape().to_vec(), data: FileData::Safetensors(t.dtype(), t.data()) })
+                })
+                .collect(),
+            WeightsFile::Torch(w, bytes) => w
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), FileTensor { shape: t.shape.clone(), data: FileData::Torch(t, bytes) }))
+                .collect(),
+        }
+    }
+}
+
+impl FileTensor<'_> {
+    /// The values as f32 (f32, bf16 or f16 in safetensors; those and f64 in PyTorch's files).
+    fn values(&self, name: &str) -> Result<Vec<f32>> {
+        match self.data {
+            FileData::Safetensors(dtype, data) => tensor_f32(name, dtype, data),
+            FileData::Torch(t, bytes) => t.values(bytes).with_context(|| format!("tensor `{name}`")),
+        }
+    }
+}
+
 /// The flat parameters `at..at + data.len()`, which a file's tensors are copied into.
 struct Window<'a> {
     data: &'a mut [f32],
@@ -183,15 +245,14 @@ fn fill_weights(
     lenient: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
     let bytes = map_file(path)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+    let file = WeightsFile::read(&bytes, path)?;
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
     // (the empty name is never lenient)
     let mut report = |canon: &str, what: String| if lenient(canon) { notes.push(what) } else { problems.push(what) };
     // in the model's parameter order (unknown names last, by name): the same error every time, and
     // the first problems shown are the model's first parameters (a safetensors header has no order)
-    let mut tensors = st.tensors();
+    let mut tensors = file.tensors();
     // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
     let chunks = match file_block_chunks(tensors.iter().map(|(n, _)| n.as_str())) {
         None => 1,
@@ -215,7 +276,7 @@ fn fill_weights(
             continue;
         };
         if canon.ends_with("zero_k_bias") {
-            let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+            let v = t.values(&name).with_context(|| path.display().to_string())?;
             if v.iter().any(|&x| x != 0.0) {
                 report("", format!("`{name}`: buffer must be all zeros"));
             }
@@ -231,18 +292,18 @@ fn fill_weights(
             // this model's text_maxlen or completed by its fresh rows
             spec if canon == "cfg_uncond"
                 && lenient(&canon)
-                && t.shape().len() == 2
-                && t.shape()[1] == spec.shape[1]
-                && t.shape()[0] != spec.shape[0] =>
+                && t.shape.len() == 2
+                && t.shape[1] == spec.shape[1]
+                && t.shape[0] != spec.shape[0] =>
             {
-                let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+                let v = t.values(&name).with_context(|| path.display().to_string())?;
                 if let Some(why) = not_finite(&name, &v) {
                     report("", why);
                     continue;
                 }
                 let n = v.len().min(spec.numel());
                 p.put(spec.offset, &v[..n]);
-                let (rows, kept) = (t.shape()[0], spec.shape[0]);
+                let (rows, kept) = (t.shape[0], spec.shape[0]);
                 report(
                     &canon,
                     match rows > kept {
@@ -254,11 +315,11 @@ fn fill_weights(
                     },
                 );
             }
-            spec if !layout_fits(&canon, t.shape(), &spec.shape) => {
-                report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape(), spec.shape))
+            spec if !layout_fits(&canon, &t.shape, &spec.shape) => {
+                report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape, spec.shape))
             }
             spec => {
-                let v = tensor_f32(&name, t.dtype(), t.data()).with_context(|| path.display().to_string())?;
+                let v = t.values(&name).with_context(|| path.display().to_string())?;
                 match not_finite(&name, &v) {
                     None => p.put(spec.offset, &v),
                     Some(why) => report("", why),

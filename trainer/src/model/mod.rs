@@ -17,6 +17,7 @@ pub mod mup;
 pub mod params;
 pub mod sample;
 pub mod streamed;
+pub mod torch_file;
 
 pub use backward::backward;
 pub use config::{Conditioning, ModelConfig};

@@ -77,7 +77,7 @@ fn near_miss(path: &Path) -> String {
     }
 }
 
-/// The weights file of `path`: a safetensors file as it is, an `infinity export` folder's weights, or
+/// The weights file of `path`: a safetensors or PyTorch file as it is, an `infinity export` folder's weights, or
 /// the checksum-verified `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
 pub fn weights_file(path: &Path) -> Result<PathBuf> {
     if path.is_file() {

@@ -1,0 +1,79 @@
+//! PyTorch checkpoints as `model.init_from` sources, read without PyTorch: a state dict written as
+//! `torch.save` writes it (tests/reference/torch_save.py, whose stand-ins pickle under torch's names)
+//! loads value for value as the same weights in safetensors, with shared storages, strided views and
+//! bf16 storages; upstream's training checkpoint layout (`trainer.gpt_fsdp`) too; broken files are named.
+
+use infinity_trainer::model::io::{init_from_weights, weight_tensors, SaveDtype};
+use infinity_trainer::model::{init, Layout, ModelConfig, Params};
+
+use crate::{python, python_fails};
+
+fn model() -> (ModelConfig, Layout, Params<f32>) {
+    let mut cfg = ModelConfig::preset("tiny").unwrap();
+    (cfg.d, cfg.depth) = (8, 2);
+    let lay = Layout::new(&cfg);
+    let mut p = init::init_params(&cfg, &lay, &init::InitConfig::default(), 3);
+    // every parameter non-zero and distinct, so that a value read from the wrong place shows
+    p.data.iter_mut().enumerate().for_each(|(i, v)| *v += 1e-3 * ((i % 997) as f32 + 1.0));
+    (cfg, lay, p)
+}
+
+/// `p`'s weights read back from `file` into a fresh model.
+fn loaded(file: &std::path::Path, cfg: &ModelConfig, lay: &Layout) -> anyhow::Result<Params<f32>> {
+    let mut q = init::init_params(cfg, lay, &init::InitConfig::default(), 99);
+    let notes = init_from_weights(file, cfg, lay, &mut q)?;
+    assert!(notes.is_empty(), "{notes:?}");
+    Ok(q)
+}
+
+#[test]
+fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, lay, p) = model();
+    let st = dir.path().join("w.safetensors");
+    let tensors = weight_tensors(&cfg, &lay, &p, SaveDtype::F32, 1).unwrap();
+    std::fs::write(&st, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let pth = dir.path().join("infinity_tiny.pth");
+    let bf16 = "blocks.1.ffn.fc1.weight";
+    python(&[&"tests/reference/torch_save.py", &"--weights", &st, &"--out", &pth, &"--bf16", &bf16]);
+    let q = loaded(&pth, &cfg, &lay).unwrap();
+    for s in &lay.specs {
+        let (want, got) = (&p.data[s.offset..s.offset + s.numel()], &q.data[s.offset..s.offset + s.numel()]);
+        if s.name == bf16 {
+            let rounded: Vec<f32> = want.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
+            assert_eq!(got, &rounded[..], "{}: a bf16 storage", s.name);
+        } else {
+            assert_eq!(got, want, "{}", s.name);
+        }
+    }
+
+    // upstream's training checkpoint: the weights under trainer.gpt_fsdp, beside its arguments object,
+    // optimiser state and other values the reader keeps opaque
+    let ckpt = dir.path().join("ar-ckpt-giter000K-ep0-iter100-last.pth");
+    python(&[&"tests/reference/torch_save.py", &"--weights", &st, &"--out", &ckpt, &"--nested"]);
+    assert!(loaded(&ckpt, &cfg, &lay).unwrap().data == p.data, "trainer.gpt_fsdp's weights");
+
+    // broken files are named with what is wrong
+    let cut = dir.path().join("cut.pth");
+    let bytes = std::fs::read(&pth).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = format!("{:#}", loaded(&cut, &cfg, &lay).unwrap_err());
+    assert!(e.contains("cut.pth: not a zip file"), "{e}");
+    let other = dir.path().join("other.pth");
+    python(&[&"-c", &"import zipfile,sys; zipfile.ZipFile(sys.argv[1], 'w').writestr('x/y.txt', 'hi')", &other]);
+    let e = format!("{:#}", loaded(&other, &cfg, &lay).unwrap_err());
+    assert!(e.contains("without ARCHIVE/data.pkl: not a PyTorch checkpoint"), "{e}");
+    let neither = dir.path().join("neither.bin");
+    std::fs::write(&neither, b"not weights at all").unwrap();
+    let e = format!("{:#}", loaded(&neither, &cfg, &lay).unwrap_err());
+    assert!(e.contains("not a safetensors file") && e.contains("nor a PyTorch checkpoint"), "{e}");
+    // another model's weights: the usual mismatch report
+    let (mut wide, _, _) = model();
+    wide.embed_dim *= 2;
+    let wide_lay = Layout::new(&wide);
+    let e = format!("{:#}", loaded(&pth, &wide, &wide_lay).unwrap_err());
+    assert!(e.contains("infinity_tiny.pth: does not match the model config"), "{e}");
+    // the fixture writer refuses what it cannot write (no silent success)
+    let out = python_fails(&[&"tests/reference/torch_save.py", &"--weights", &neither, &"--out", &other]);
+    assert!(!out.is_empty());
+}
