@@ -129,7 +129,7 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     };
     let whole = annealed("whole", 3);
     let lines = check(&whole, 1, None, None).unwrap().join("\n");
-    assert!(lines.contains("; from step 3: data.dir 0.0 %, data.mix[0].dir 100.0 %"), "{lines}");
+    assert!(lines.contains("; after step 3: data.dir 0.0 %, data.mix[0].dir 100.0 %"), "{lines}");
     train(&whole, &TrainOptions::default()).unwrap();
     assert_eq!(drawn(&whole), [0, 0, 0, 1, 1, 1]);
     let derived: serde_json::Value =
@@ -175,9 +175,19 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     assert_eq!(drawn(&whole_half), drawn(&whole));
     assert!(weights(&whole_half) == weights(&whole), "a phase from half of 6 steps is the phase from step 3");
     train(&split_half, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let at_3 = latest_checkpoint(&split_half.run.dir);
+    // shortened to 4 steps, the phase would have begun at step 2, before the checkpoint: refused, saying
+    // why a change of run.steps alone is refused
+    let mut shorter = half("split-half", 4);
+    shorter.run.dir = split_half.run.dir.clone();
+    let e = format!("{:#}", train(&shorter, &TrainOptions { resume: at_3.clone(), ..Default::default() }).unwrap_err());
+    assert!(
+        e.contains("data.phases[0].from_fraction (0.5 of run.steps = 4: step 2) moves with run.steps")
+            && e.contains("resume with the run.steps it was begun under"),
+        "{e}"
+    );
     let mut longer = half("split-half", 8);
     longer.run.dir = split_half.run.dir.clone();
-    let at_3 = latest_checkpoint(&split_half.run.dir);
     train(&longer, &TrainOptions { resume: at_3, ..Default::default() }).unwrap();
     assert_eq!(drawn(&longer), [0, 0, 0, 0, 1, 1, 1, 1]);
 

@@ -717,6 +717,13 @@ echo '{"finished": true}' > "$dir/summary.json"
     };
     assert_eq!(row("lr-0.001")[1..4], ["finished", "3", "3"], "{status}");
     assert!(status.contains("2 runs: 2 finished"), "{status}");
+    // the sweep file changed under the finished runs: their rows say so, as the sweep would refuse them
+    sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 4\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let status = ok(infinity(&["sweep", "two.toml", "--status"], t));
+    assert!(status.contains("2 runs: 2 stale") && status.contains("lr-0.001: run.steps"), "{status}");
+    let words: Vec<&str> = row_of(&status, "lr-0.002").split_whitespace().collect();
+    assert_eq!(words[1..6], ["stale", "(other", "settings)", "3", "4"], "{status}");
+    sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
     let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
     assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");
     sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
@@ -733,6 +740,11 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(status.contains("3 runs: 2 stopped, 1 not started"), "{status}");
     let stopped = status.lines().find(|l| l.starts_with("lr-0.001")).unwrap();
     assert!(stopped.contains("stopped (by a signal)") && stopped.contains("100000"), "{status}");
+}
+
+/// The line of `status` that starts with `name`.
+fn row_of<'a>(status: &'a str, name: &str) -> &'a str {
+    status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{status}"))
 }
 
 /// A size ladder: `[linked]` values taken together (crossed with `[axes]`), each run given

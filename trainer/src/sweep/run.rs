@@ -89,19 +89,9 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String)>> {
     let mut changed = Vec::new();
     for r in runs {
         let text = toml::to_string(&r.config)?;
-        let path = r.dir.join("config.toml");
-        let trained = has_trained(&r.dir);
-        match std::fs::read_to_string(&path) {
-            Ok(old) if trained => {
-                let old = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
-                let diff = config_changes(&old, &text).with_context(|| format!("reading {}", path.display()))?;
-                match diff.is_empty() {
-                    // the same settings (paths written relative by an earlier build become absolute)
-                    true => texts.push((r, text)),
-                    false => changed.push(format!("{}: {}", r.name, diff.join(", "))),
-                }
-            }
-            _ => texts.push((r, text)),
+        match settings_changed(r, &text)? {
+            None => texts.push((r, text)),
+            Some(diff) => changed.push(format!("{}: {}", r.name, diff.join(", "))),
         }
     }
     if !changed.is_empty() {
@@ -113,6 +103,19 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String)>> {
         );
     }
     Ok(texts)
+}
+
+/// The settings a run that has trained (see [`config_texts`]) trained with other than the sweep file's
+/// `text` for it now gives, if any (paths written relative by an earlier build count as absolute).
+pub(super) fn settings_changed(r: &PlannedRun, text: &str) -> Result<Option<Vec<String>>> {
+    let path = r.dir.join("config.toml");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(old) if has_trained(&r.dir) => old,
+        _ => return Ok(None),
+    };
+    let old = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
+    let diff = config_changes(&old, text).with_context(|| format!("reading {}", path.display()))?;
+    Ok((!diff.is_empty()).then_some(diff))
 }
 
 /// What [`write_configs`] refuses, checked without writing (`--dry-run`).

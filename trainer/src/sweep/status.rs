@@ -6,7 +6,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::run::{preempted, state, RunState};
+use super::run::{preempted, settings_changed, state, RunState};
 use super::{aligned, PlannedRun};
 use crate::train::checkpoint::saved_step;
 
@@ -19,6 +19,8 @@ struct Row {
     loss: Option<f64>,
     val_loss: Option<f64>,
     checkpoint: Option<u64>,
+    /// The settings it trained with that the sweep file now changes (unreadable: none said).
+    changed: Option<Vec<String>>,
 }
 
 /// The table of `runs`' states and a count of each.
@@ -44,13 +46,25 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
     }
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     s.push_str(&format!("{} runs: {}\n", rows.len(), counts.join(", ")));
+    let stale: Vec<String> =
+        rows.iter().filter_map(|r| Some(format!("  {}: {}", r.name, r.changed.as_ref()?.join(", ")))).collect();
+    if !stale.is_empty() {
+        s.push_str(&format!(
+            "{} runs trained with other settings than the sweep file gives them now (the sweep refuses them: set \
+             another `out`, or remove their folders to train them afresh):\n{}\n",
+            stale.len(),
+            stale.join("\n")
+        ));
+    }
     s
 }
 
 fn row(r: &PlannedRun) -> Row {
     let last = last_metrics(&r.dir.join("metrics.jsonl"));
     let checkpoint = crate::train::latest_checkpoint(&r.dir).and_then(|c| saved_step(&c));
+    let changed = toml::to_string(&r.config).ok().and_then(|text| settings_changed(r, &text).ok().flatten());
     let state = match state(&r.dir) {
+        _ if changed.is_some() => "stale (other settings)",
         RunState::Finished => "finished",
         RunState::Diverged => "diverged",
         RunState::Training => "training",
@@ -69,6 +83,7 @@ fn row(r: &PlannedRun) -> Row {
         loss: last.as_ref().and_then(|m| m["loss"].as_f64()),
         val_loss,
         checkpoint,
+        changed,
     }
 }
 

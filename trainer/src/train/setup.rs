@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::loader::{BadRows, LoaderOptions, LoaderState, MixState};
-use infinity_data::{Checksums, Dataset, Manifest};
+use infinity_data::{Checksums, DataError, Dataset, Manifest};
 
 use super::checkpoint::TrainState;
 use super::config::{MicroBatchSize, TrainConfig};
@@ -322,8 +322,9 @@ impl TokenMix {
         for (from, quotas) in &self.phase_quotas {
             let shares: Vec<String> =
                 cfg.data.dirs().zip(quotas).map(|((key, _), &q)| format!("{key} {:.1} %", percent(q))).collect();
-            let late = if *from >= cfg.run.steps { " (after the run's last step)" } else { "" };
-            line.push_str(&format!("; from step {from}{late}: {}", shares.join(", ")));
+            // (after step N as metrics.jsonl counts steps, from 1: the phase's first is step N + 1)
+            let late = if *from >= cfg.run.steps { " (the run's last, never reached)" } else { "" };
+            line.push_str(&format!("; after step {from}{late}: {}", shares.join(", ")));
         }
         Some(line)
     }
@@ -507,7 +508,25 @@ pub(crate) fn continue_position(
         w.push_str(&format!("; the mix's batches per epoch of each dataset change with it: {change}"));
         position.mix = mix.clone();
     }
-    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref())?;
+    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref()).map_err(|e| {
+        // a phase set by a share of run.steps moves with it: say so where the mix's weights are refused
+        let moving: Vec<String> = cfg
+            .data
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.from_step.is_none())
+            .map(|(k, p)| p.start_key(k, cfg.run.steps))
+            .collect();
+        match e {
+            DataError::Config(m) if m.contains("data.phases") && !moving.is_empty() => DataError::Config(format!(
+                "{m}; {} moves with run.steps: a phase begun at the checkpoint cannot move, so resume with the \
+                 run.steps it was begun under, or give the phase its start there as from_step",
+                moving.join(", ")
+            )),
+            e => e,
+        }
+    })?;
     Ok(warning)
 }
 
