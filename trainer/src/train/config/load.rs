@@ -31,14 +31,10 @@ impl TrainConfig {
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
         let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
-            let key = e.path().to_string();
-            // (the config crate's message names the Rust enum: "enum DeviceChoice does not have variant
-            // constructor gpu for key …")
-            let inner = e.inner().to_string();
-            let what = match inner.split_once("does not have variant constructor ") {
-                Some((_, rest)) => format!("unknown value `{}`", rest.split(" for key").next().unwrap_or(rest)),
-                None => inner,
-            };
+            let (key, what) = plain_message(&e.path().to_string(), &e.inner().to_string());
+            if let Some(gap) = set_past_the_end(&key, &what, overrides) {
+                return anyhow::anyhow!("{gap}");
+            }
             let allowed = allowed_values(&key, &what);
             anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
         })?;
@@ -260,6 +256,54 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     }
 }
 
+/// The key and the message of a config error as they read best: the config crate's own key path
+/// dropped (it spells a field after an index `data.mix[0]dir`), a missing field at its own key, an
+/// unknown variant by its value (the crate's message names the Rust enum: "enum DeviceChoice does not
+/// have variant constructor gpu").
+fn plain_message(key: &str, inner: &str) -> (String, String) {
+    let inner = inner.split(" for key `").next().unwrap_or(inner);
+    if let Some((_, rest)) = inner.split_once("does not have variant constructor ") {
+        return (key.to_string(), format!("unknown value `{rest}`"));
+    }
+    if let Some(field) = inner.strip_prefix("missing configuration field \"").and_then(|r| r.strip_suffix('"')) {
+        let name = field.rsplit(['.', ']']).next().unwrap_or(field);
+        let full = if key == "." || key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
+        let what = match full.as_str() {
+            "optim" => "missing: the [optim] table, with optim.lr or optim.lr_per_256 (the peak learning rate)",
+            _ => "missing: a required key",
+        };
+        return (full, what.to_string());
+    }
+    if let Some(found) = inner
+        .strip_prefix("invalid type: 64-bit integer `")
+        .and_then(|r| r.split_once('`'))
+        .filter(|(_, rest)| rest.contains("expected an unsigned"))
+        .map(|(v, _)| v)
+    {
+        return (key.to_string(), format!("expected a whole number ≥ 0, found {found}"));
+    }
+    (key.to_string(), inner.to_string())
+}
+
+/// A `--set` of an array's element past its end (`data.mix[5].weight` where `data.mix` has fewer):
+/// the config crate fills the elements before it with nothing, which is then refused at the first.
+fn set_past_the_end(key: &str, what: &str, overrides: &[String]) -> Option<String> {
+    let array = key.strip_suffix(']')?.rsplit_once('[')?.0;
+    if !what.contains("unit value") {
+        return None;
+    }
+    let set = overrides.iter().filter_map(|o| Some((o, o.split_once('=')?.0.trim()))).find(|(_, k)| {
+        k.strip_prefix(array)
+            .and_then(|r| r.strip_prefix('['))
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
+    Some(format!(
+        "--set {}: an element past the end of `{array}` (the elements before it would be empty): add `{array}` \
+         entries in order, or give the element in the config file",
+        set.0
+    ))
+}
+
 /// The values an enumerated key takes, for its error (serde's own message names the Rust type).
 fn allowed_values(key: &str, error: &str) -> &'static str {
     match key {
@@ -311,6 +355,41 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 #[cfg(test)]
 mod tests {
+    use super::TrainConfig;
+
+    /// Config errors name the key as the file spells it (the config crate's own path drops a dot after an
+    /// index), a missing key at its own place, a negative count plainly, and a `--set` past an array's end
+    /// as the override it is.
+    #[test]
+    fn config_errors_name_keys_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[run]\ndir = \"r\"\nseed = 0\nsteps = 10\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n[data]\ndir = \"d\"\n\
+                    global_batch = 8\nmicro_batch = 8\n";
+        let error = |extra: &str, sets: &[&str]| {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            format!("{:#}", TrainConfig::load(&path, &sets).unwrap_err())
+        };
+        let optim = "[optim]\nlr = 1e-3\n";
+        let e =
+            error(&format!("[[data.mix]]\ndir = \"b\"\n[[data.phases]]\nfrom_step = 3\nweights = \"a\"\n{optim}"), &[]);
+        assert!(e.ends_with("at `data.phases[0].weights`: invalid type: string \"a\", expected a sequence"), "{e}");
+        let e = error(&format!("[[data.mix]]\nweight = 1.0\n{optim}"), &[]);
+        assert!(e.ends_with("at `data.mix[0].dir`: missing: a required key"), "{e}");
+        let e = error("", &[]);
+        assert!(
+            e.ends_with(
+                "at `optim`: missing: the [optim] table, with optim.lr or optim.lr_per_256 (the peak learning rate)"
+            ),
+            "{e}"
+        );
+        let e = error(optim, &["run.steps=-5"]);
+        assert!(e.ends_with("--set run.steps: at `run.steps`: expected a whole number ≥ 0, found -5"), "{e}");
+        let e = error(optim, &["data.mix[5].weight=1"]);
+        assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
+    }
+
     /// Keys added since runs were trained are left out of `config.toml` at their defaults: a run's
     /// config written by an earlier build compares equal (a sweep continues it, a resume lists nothing).
     #[test]
