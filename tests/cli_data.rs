@@ -34,6 +34,9 @@ fn bad_arguments_are_usage_errors() {
     assert!(format!("{e:#}").contains("TEMPLATE:WEIGHT"), "{e:#}");
     let e = infinity_trainer::cli::run(["infinity", "data", "frobnicate"]).unwrap_err();
     assert!(e.downcast_ref::<clap::Error>().is_some());
+    // pack takes one source of two, and says which two
+    let e = infinity_trainer::cli::run(["infinity", "data", "pack", "--out", "x"]).unwrap_err();
+    assert!(format!("{e:#}").contains("<--images <IMAGES>|--meta <META>>"), "{e:#}");
     // a grace of 0 s would SIGKILL the ranks before their stop's checkpoint
     let e = infinity_trainer::cli::run(["infinity", "launch", "--grace-s", "0", "--", "train", "x.toml"]).unwrap_err();
     assert!(format!("{e:#}").contains("expected a number of seconds > 0, found `0`"), "{e:#}");

@@ -168,8 +168,10 @@ impl Catalog {
         self.templates.iter().find(|t| t.1 == ratio).map(|t| t.0.as_str())
     }
 
-    /// The schedule of `template` at `budget`.
+    /// The schedule of `template` at `budget` (another spelling of a template, `0.5`, is taken as the
+    /// catalog's, `0.500`, which the schedule carries).
     pub fn schedule(&self, template: &str, budget: &str) -> Result<ScaleSchedule> {
+        let template = self.respelled_template(template).unwrap_or(template);
         let t = self.templates.iter().find(|t| t.0 == template).ok_or_else(|| {
             let names: Vec<_> = self.template_names().collect();
             DataError::Config(format!("unknown aspect-ratio template `{template}`; expected one of {names:?}"))
@@ -270,5 +272,8 @@ mod tests {
         for t in ["1.000", "0.500", "0.667", "1.1", "square", ""] {
             assert_eq!(c.respelled_template(t), None, "{t:?}");
         }
+        // a schedule asked for by another spelling carries the catalog's
+        let s = c.schedule("0.5", "demo5").unwrap();
+        assert_eq!((s.name.as_str(), s.h_div_w_template.as_str()), ("0.500/demo5", "0.500"));
     }
 }

@@ -81,6 +81,7 @@ pub struct SynthArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "meta"])))]
 pub struct PackArgs {
     #[command(flatten)]
     common: Common,
@@ -88,7 +89,7 @@ pub struct PackArgs {
     /// hidden folders are not classes), or the images directly in it: one class named after the folder
     /// (with classifier-free guidance's null class, unconditional generation). Not both. `NAME.txt`
     /// beside `NAME.png` is its caption.
-    #[arg(long, required_unless_present = "meta", conflicts_with = "meta")]
+    #[arg(long)]
     images: Option<PathBuf>,
     /// Instead of --images: a folder of upstream's metadata files, `<h_div_w_template>_<count>.jsonl`
     /// with `image_path` and `long_caption` on each line (docs/data-format.md). Its images are one
