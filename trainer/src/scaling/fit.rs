@@ -297,11 +297,17 @@ pub fn not_a_scaling_law(f: &Fit) -> Option<String> {
             _ => None,
         })
         .collect();
+    // (L(C)'s b is the fall with compute; L(N, D)'s alpha and beta each with one of the two, which the
+    // runs may not separate even where the loss falls with compute)
+    let with = match f.law {
+        Law::Chinchilla => "this fit cannot tell how the loss falls with N and with D apart over these runs",
+        _ => "the loss does not fall measurably with compute over these runs",
+    };
     (!bad.is_empty()).then(|| {
         format!(
-            "{}: {}: the loss does not fall measurably with compute over these runs, so this fit does not describe \
-             a scaling law and its predictions at the budgets are not meaningful (check the runs' losses; a wider \
-             range of compute, or more runs, may settle it)",
+            "{}: {}: {with}, so this fit does not describe a scaling law and its predictions at the budgets are \
+             not meaningful (check the runs' losses; a wider range of compute, sizes and token counts, or more \
+             runs, may settle it)",
             f.formula,
             bad.join("; ")
         )

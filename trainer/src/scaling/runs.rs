@@ -223,6 +223,8 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
 /// none is left out, with a note.
 pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let (mut runs, mut notes) = (Vec::new(), Vec::new());
+    // the validation sets the runs without `val_set` have, for the error when none has it
+    let mut other_sets = std::collections::BTreeSet::new();
     for root in roots {
         let before = (runs.len(), notes.len());
         let rd = std::fs::read_dir(&root.dir).with_context(|| format!("reading {}", root.dir.display()))?;
@@ -231,12 +233,15 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
         dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
         for d in dirs {
             match read_run(&d, val_set) {
-                Ok((run, _)) if val_set.is_some() && run.val_curve.is_empty() => notes.push(format!(
-                    "left out (no loss of the validation set {} in its val.jsonl: not one of its val.sets, or not \
-                     evaluated yet): {}",
-                    val_set.unwrap_or_default(),
-                    root.name(&d)
-                )),
+                Ok((run, _)) if val_set.is_some() && run.val_curve.is_empty() => {
+                    other_sets.extend(val_set_names(&d.join("val.jsonl")));
+                    notes.push(format!(
+                        "left out (no loss of the validation set {} in its val.jsonl: not one of its val.sets, or \
+                         not evaluated yet): {}",
+                        val_set.unwrap_or_default(),
+                        root.name(&d)
+                    ))
+                }
                 Ok((mut run, skipped)) => {
                     run.name = root.name(&d);
                     runs.push(run);
@@ -256,6 +261,14 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                 )
             }
             (true, true) => format!("{dir}: no run folders with a summary.json (has the sweep run?)"),
+            (true, false) if roots.len() == 1 && notes.iter().all(|n| n.contains("no loss of the validation set")) => {
+                let name = val_set.unwrap_or_default();
+                let have: Vec<&str> = other_sets.iter().map(String::as_str).collect();
+                match have.is_empty() {
+                    true => bail!("{dir}: no run has a validation set {name} (none has val.sets, or none evaluated yet)"),
+                    false => bail!("{dir}: no run has a validation set {name}; their val.sets: {}", have.join(", ")),
+                }
+            }
             (true, false) if roots.len() == 1 => bail!("{dir}: no readable run folder:\n  {}", notes.join("\n  ")),
             (true, false) => format!("{dir}: no readable run folder (the notes before say why)"),
         };
@@ -268,6 +281,19 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
         bail!("no readable run folder in any of the {} folders given:\n  {}", roots.len(), notes.join("\n  "));
     }
     Ok((runs, notes))
+}
+
+/// The validation sets `val.jsonl` records (its lines' `sets` keys); none where it cannot be read.
+fn val_set_names(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| v["sets"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// `name` in runs of numbers (`64`, `0.05`, `3e-4`, compared by value) and of other characters

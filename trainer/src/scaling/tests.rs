@@ -529,6 +529,10 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
     // without the option: val.dir's constant loss
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r.points.iter().all(|p| p.loss == 9.0));
+    // a set no run has: named with the sets they have
+    let measure = super::Measure { val_set: Some("news"), ..Default::default() };
+    let e = super::analyse_with(&[root], &root.join("scaling-news"), &measure).err().unwrap().to_string();
+    assert!(e.ends_with("no run has a validation set news; their val.sets: web"), "{e}");
 }
 
 /// `--parameters non-embedding`: runs whose loss follows the law in the parameters outside the
