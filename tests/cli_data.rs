@@ -6,7 +6,7 @@ use crate::{infinity, path_str};
 fn synth_inspect_verify_stats_and_a_failing_verify() {
     let dir = tempfile::tempdir().unwrap();
     let ds = dir.path().join("demo");
-    let png = dir.path().join("grid.png");
+    let png = dir.path().join("grids").join("grid.png"); // (its folder made, as sample's -o)
     let ds_s = path_str(&ds);
     assert!(infinity(&["data", "synth", "--out", ds_s, "--rows", "300", "--fit-rows", "64", "--seed", "5"]));
     assert!(infinity(&["data", "inspect", ds_s]));

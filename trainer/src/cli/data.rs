@@ -117,7 +117,7 @@ pub struct StatsArgs {
     #[arg(long)]
     png: Option<PathBuf>,
     /// Samples in the PNG grid.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::positive_of::<usize>())]
     n: usize,
 }
 
@@ -297,6 +297,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Stats(a) => {
             if let Some(png) = &a.png {
                 inspect::grid_format(png)?;
+                // (its folder made, as infinity sample makes its -o's: before the statistics take their time)
+                if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
             }
             let ds = Dataset::open(&a.dir, Checksums::Verify)?;
             console_text!("{}", inspect::stats(&ds, a.rows)?);
