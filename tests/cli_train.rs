@@ -688,6 +688,12 @@ fn out_of_range_settings_are_named() {
     let into_data = format!("run.dir={}/run/../data", tmp.path().display());
     let e = format!("{:#}", load(&[&into_data]).unwrap_err());
     assert!(e.contains("run.dir and data.dir are one folder"), "{e}");
+    // another dataset's folder
+    let other = tmp.path().join("other-data");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("manifest.json"), "{}").unwrap();
+    let e = format!("{:#}", load(&[&format!("run.dir={}", other.display())]).unwrap_err());
+    assert!(e.contains("a dataset's folder (it holds manifest.json): give the run a folder of its own"), "{e}");
     // a known kind without its fields is told what it takes, not the kinds
     let e = format!("{:#}", load(&["optim.decay.kind=wsd"]).unwrap_err());
     assert!(e.contains("\"wsd\" takes decay_fraction and min_ratio") && !e.contains("expected kind"), "{e}");

@@ -159,6 +159,14 @@ fn parse_templates(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
         .collect()
 }
 
+/// `n` things: `1 file`, `2 files`.
+fn counted(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
+    }
+}
+
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
@@ -241,17 +249,18 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     Some(_) => "not .jsonl",
                     None => "not .png/.jpg/.jpeg, or in a folder below a class folder",
                 };
-                console!("left out {} files ({what}): {}{more}", notes.skipped.len(), shown.join(", "));
+                console!("left out {} ({what}): {}{more}", counted(notes.skipped.len(), "file"), shown.join(", "));
             }
             if notes.short_captions > 0 {
                 console!(
                     "short captions (`text`) not stored, which text datasets alone read (tools/write_shards.py \
-                     upstream --meta): {} rows have one",
-                    notes.short_captions
+                     upstream --meta): {} of {} rows have one",
+                    notes.short_captions,
+                    m.total_rows
                 );
             }
             if !notes.bad.is_empty() {
-                console!("left out {} images that could not be read (--skip-bad):", notes.bad.len());
+                console!("left out {} that could not be read (--skip-bad):", counted(notes.bad.len(), "image"));
                 for b in &notes.bad {
                     console!("  {b}");
                 }

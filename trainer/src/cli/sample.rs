@@ -72,7 +72,7 @@ pub struct SampleArgs {
     /// Dataset folder (schedules, tokenizer, class names); default the one the run trained on.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Image grid (PNG), decoded with the dataset's built-in tokenizer.
+    /// Image grid (.png or .jpg), decoded with the dataset's built-in tokenizer; its folder is made.
     #[arg(short, long, default_value = "samples.png")]
     out: PathBuf,
     /// Also write the sampled bits `[N, L, d]` (u8) and the schedule for an external decoder, in the
@@ -95,7 +95,7 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
-    ensure!(a.tau.iter().all(|&t| t > 0.0), "--tau must be positive, found {:?}", a.tau);
+    ensure!(a.tau.iter().all(|&t| t > 0.0 && t.is_finite()), "--tau must be positive and finite, found {:?}", a.tau);
     ensure!(
         a.cfg.iter().all(|c| c.is_finite()),
         "--cfg must be finite numbers (the guidance scale), found {:?}",

@@ -265,7 +265,9 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                 let name = val_set.unwrap_or_default();
                 let have: Vec<&str> = other_sets.iter().map(String::as_str).collect();
                 match have.is_empty() {
-                    true => bail!("{dir}: no run has a validation set {name} (none has val.sets, or none evaluated yet)"),
+                    true => {
+                        bail!("{dir}: no run has a validation set {name} (none has val.sets, or none evaluated yet)")
+                    }
                     false => bail!("{dir}: no run has a validation set {name}; their val.sets: {}", have.join(", ")),
                 }
             }

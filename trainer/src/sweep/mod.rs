@@ -181,12 +181,16 @@ fn name_part(key: &str, v: &toml::Value) -> String {
         Some((table, i)) => format!("{table}{i}-{last}"),
         None => last.to_string(),
     };
-    let shown = match v {
-        // 3e-4 and 1e30, not 0.0003 and 1000000000000000000000000000000
-        toml::Value::Float(x) if *x != 0.0 && !(1e-3..1e4).contains(&x.abs()) => format!("{x:e}"),
-        other => value_text(other),
-    };
-    let raw = format!("{short}-{shown}");
+    fn shown(v: &toml::Value) -> String {
+        match v {
+            // 3e-4 and 1e30, not 0.0003 and 1000000000000000000000000000000
+            toml::Value::Float(x) if *x != 0.0 && !(1e-3..1e4).contains(&x.abs()) => format!("{x:e}"),
+            // (a phase's weights [0.2, 0.8]: `weights-0.2-0.8`)
+            toml::Value::Array(a) => a.iter().map(shown).collect::<Vec<_>>().join("-"),
+            other => value_text(other),
+        }
+    }
+    let raw = format!("{short}-{}", shown(v));
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
 
@@ -377,7 +381,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             let why = match (first.budget, r.budget) {
                 (Some(a), Some(b)) => {
                     let (unit, what) = b.words();
-                    let per_step = b.counted(r.tokens, r.compute) / r.config.run.steps as f64;
+                    let per_step = quantity(b.counted(r.tokens, r.compute) / r.config.run.steps as f64);
                     format!(
                         "their {what}s {:.3e} and {:.3e} both come to {} whole steps of {per_step} {unit}: make the \
                          budgets differ by at least one step",
@@ -400,6 +404,15 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
 /// The whole steps that spend `budget` at `(per_step, per_sample)` of what it counts (a warning into
 /// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all); `ratio`:
 /// the tokens per parameter and the parameters of a budget given so.
+/// An amount as messages show it: whole numbers as they are, others to a few digits.
+fn quantity(x: f64) -> String {
+    match x {
+        x if x.fract() == 0.0 && x.abs() < 1e12 => format!("{x}"),
+        x if x.abs() < 1e6 => format!("{x:.2}"),
+        x => format!("{x:.4e}"),
+    }
+}
+
 fn budget_steps(
     name: &str,
     (budget, ratio): (Budget, Option<(f64, usize)>),
@@ -409,31 +422,32 @@ fn budget_steps(
 ) -> Result<u64> {
     let (unit, what) = budget.words();
     let amount = budget.amount();
+    let step_text = quantity(per_step);
     let (from, raise) = match ratio {
         Some((r, n)) => (
             format!(" ({r} tokens per parameter × {n} parameters)"),
             format!("tokens_per_parameter to at least {:.3}", per_step / n as f64),
         ),
-        None => (String::new(), format!("the budget to at least {per_step}")),
+        None => (String::new(), format!("the budget to at least {step_text}")),
     };
     let steps = (amount / per_step).ceil();
     ensure!(
         amount > 0.0 && steps <= 1e12,
-        "run {name}: a {what} of {amount:e} is {steps:e} steps of {per_step} {unit}; expected a positive budget of \
+        "run {name}: a {what} of {amount:e} is {steps:e} steps of {step_text} {unit}; expected a positive budget of \
          at most 1e12 steps"
     );
     ensure!(
         amount >= per_step,
-        "run {name}: a {what} of {amount:e}{from} is less than one step of {per_step} {unit} (data.global_batch {} \
+        "run {name}: a {what} of {amount:e}{from} is less than one step of {step_text} {unit} (data.global_batch {} \
          × {per_sample:.3e} {unit} per sample): raise {raise}, or lower data.global_batch",
         config.data.global_batch,
     );
     let realised = steps * per_step;
     if realised > amount * 1.05 {
         warnings.push(format!(
-            "run {name}: {steps} whole steps of {per_step} {unit} are {realised:.3e} {unit}, {:.0} % over its \
+            "run {name}: {steps} whole steps of {step_text} {unit} are {realised:.3e} {unit}, {:.0} % over its \
              budget of {amount:.3e}{from} (its compute and `infinity scaling` count what it trains); budgets that \
-             are multiples of {per_step} {unit} are met exactly",
+             are multiples of {step_text} {unit} are met exactly",
             (realised / amount - 1.0) * 100.0
         ));
     }
@@ -521,6 +535,8 @@ mod tests {
         assert_eq!(name_part("data.mix[0].weight", &toml::Value::Float(0.5)), "mix0-weight-0.5");
         assert_eq!(name_part("data.weight", &toml::Value::Float(0.5)), "weight-0.5");
         assert_eq!(name_part("data.phases[0].from_step", &toml::Value::Integer(800)), "phases0-from-step-800");
+        let weights = toml::Value::Array(vec![toml::Value::Float(0.2), toml::Value::Float(0.8)]);
+        assert_eq!(name_part("data.phases[0].weights", &weights), "phases0-weights-0.2-0.8");
         assert_eq!(sh_quote("runs/a-1/config.toml"), "runs/a-1/config.toml");
         assert_eq!(sh_quote("my sweep/it's"), "'my sweep/it'\\''s'");
     }

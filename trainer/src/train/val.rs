@@ -183,7 +183,10 @@ pub(crate) fn compatible(
     };
     let words = |m: &Manifest| {
         let (classes, width) = shape(m);
-        let class = classes.map_or("no class condition".into(), |n| format!("{n} classes"));
+        let class = classes.map_or("no class condition".into(), |n| match n {
+            1 => "1 class".to_string(),
+            n => format!("{n} classes"),
+        });
         let text = width.map_or("no text condition".into(), |w| format!("text features of width {w}"));
         format!("{class}, {text}")
     };

@@ -31,11 +31,13 @@ impl TrainConfig {
         let built = b.build().with_context(|| format!("reading {}", path.display()))?;
         let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
-            let (key, what) = plain_message(&e.path().to_string(), &e.inner().to_string());
+            let (at, inner) = (e.path().to_string(), e.inner().to_string());
+            let (key, what) = plain_message(&at, &inner);
             if let Some(gap) = set_past_the_end(&key, &what, overrides) {
                 return anyhow::anyhow!("{gap}");
             }
-            let allowed = allowed_values(&key, &what);
+            // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
+            let allowed = allowed_values(&at, &inner);
             anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
         })?;
         // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what

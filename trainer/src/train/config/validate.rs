@@ -38,6 +38,13 @@ impl TrainConfig {
                 );
             }
         }
+        // (another dataset's folder, or any, as a dataset's manifest says)
+        if self.run.dir.join(infinity_data::manifest::MANIFEST_FILE).is_file() {
+            bail!(
+                "run.dir {}: a dataset's folder (it holds manifest.json): give the run a folder of its own",
+                self.run.dir.display()
+            );
+        }
         self.model.init.check().map_err(anyhow::Error::msg)?;
         match (self.optim.lr, self.optim.lr_per_256) {
             (Some(_), Some(_)) => bail!(
