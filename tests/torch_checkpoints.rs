@@ -52,6 +52,23 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
     let ckpt = dir.path().join("ar-ckpt-giter000K-ep0-iter100-last.pth");
     python(&[&"tests/reference/torch_save.py", &"--weights", &st, &"--out", &ckpt, &"--nested"]);
     assert!(loaded(&ckpt, &cfg, &lay).unwrap().data == p.data, "trainer.gpt_fsdp's weights");
+    // under DDP (trainer.gpt_wo_ddp), tensors pickled as Parameters, half and double storages
+    let (f16, f64) = ("blocks.0.ffn.fc2.weight", "blocks.1.sa.mat_qkv.weight");
+    let ddp = dir.path().join("ddp.pth");
+    let variant = ["--nested", "--ddp", "--parameters", "--f16", f16, "--f64", f64];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"tests/reference/torch_save.py", &"--weights", &st];
+    args.extend([&"--out" as &dyn AsRef<std::ffi::OsStr>, &ddp]);
+    args.extend(variant.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    python(&args);
+    let q = loaded(&ddp, &cfg, &lay).unwrap();
+    for s in &lay.specs {
+        let (want, got) = (&p.data[s.offset..s.offset + s.numel()], &q.data[s.offset..s.offset + s.numel()]);
+        let want: Vec<f32> = match s.name == f16 {
+            true => want.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+            false => want.to_vec(),
+        };
+        assert_eq!(got, &want[..], "{} (trainer.gpt_wo_ddp)", s.name);
+    }
 
     // broken files are named with what is wrong
     let cut = dir.path().join("cut.pth");

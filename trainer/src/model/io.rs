@@ -177,7 +177,7 @@ impl<'a> WeightsFile<'a> {
     fn read(bytes: &'a [u8], path: &Path) -> Result<WeightsFile<'a>> {
         if torch_file::is_zip(bytes) {
             let weights = torch_file::read_weights(bytes, path)?;
-            tracing::debug!("{}: PyTorch weights at {}", path.display(), weights.found_at);
+            tracing::info!("{}: PyTorch weights at {}", path.display(), weights.found_at);
             return Ok(WeightsFile::Torch(weights, bytes));
         }
         let st = SafeTensors::deserialize(bytes).map_err(|e| {

@@ -71,37 +71,61 @@ pub struct TorchTensor {
 }
 
 impl TorchTensor {
-    /// The values as f32, row-major (`file` is the whole `.pth` file).
+    /// The values as f32, row-major (`file` is the whole `.pth` file). A view must lie inside its
+    /// storage and read no element twice (no stride-0 broadcasts: a state dict holds none).
     pub fn values(&self, file: &[u8]) -> Result<Vec<f32>> {
         let s = &self.storage;
-        let data = &file[self.bytes.clone()];
-        let read = |i: usize| -> f32 {
-            let b = &data[i * s.elem..(i + 1) * s.elem];
-            match self.dtype {
-                TorchDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                TorchDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                TorchDtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-                TorchDtype::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
-                TorchDtype::Other => f32::NAN,
-            }
-        };
         ensure!(
             self.dtype != TorchDtype::Other,
             "a {} tensor, expected float32, float16, bfloat16 or float64",
             s.class
         );
-        let numel: usize = self.shape.iter().product();
+        let numel =
+            self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).context("a shape whose size overflows")?;
         if numel == 0 {
             return Ok(Vec::new());
         }
-        // the furthest element the view reads must lie inside the storage
-        let last = self.offset + self.shape.iter().zip(&self.stride).map(|(n, st)| (n - 1) * st).sum::<usize>();
-        ensure!(last < s.numel, "a view reaching element {last} of a storage of {} (data/{})", s.numel, s.key);
+        // the furthest element the view reads, inside the storage and the storage's bytes inside the entry
+        let reach = self
+            .shape
+            .iter()
+            .zip(&self.stride)
+            .try_fold(self.offset, |at, (&n, &st)| at.checked_add((n - 1).checked_mul(st)?));
+        let last = reach.context("a view whose extent overflows")?;
+        ensure!(
+            last < s.numel && numel <= s.numel,
+            "a view of {numel} elements reaching element {last} of a storage of {} (data/{})",
+            s.numel,
+            s.key
+        );
+        let data = file.get(self.bytes.clone()).context("a storage outside the file")?;
+        let need = (last + 1).checked_mul(s.elem).context("a view whose extent overflows")?;
+        ensure!(need <= data.len(), "data/{} holds {} bytes, the view reads {need}", s.key, data.len());
+        let decode = |b: &[u8]| -> f32 {
+            match self.dtype {
+                TorchDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                TorchDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                TorchDtype::Bf16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                TorchDtype::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+                TorchDtype::Other => f32::NAN,
+            }
+        };
+        // row-major strides: one run of the storage (a state dict's tensors, nearly always)
+        let mut contiguous = true;
+        let mut expected = 1usize;
+        for (&n, &st) in self.shape.iter().zip(&self.stride).rev() {
+            contiguous &= n == 1 || st == expected;
+            expected = expected.saturating_mul(n);
+        }
+        if contiguous {
+            let run = &data[self.offset * s.elem..(self.offset + numel) * s.elem];
+            return Ok(run.chunks_exact(s.elem).map(decode).collect());
+        }
         let mut out = Vec::with_capacity(numel);
         let mut index = vec![0usize; self.shape.len()];
         for _ in 0..numel {
             let at = self.offset + index.iter().zip(&self.stride).map(|(i, st)| i * st).sum::<usize>();
-            out.push(read(at));
+            out.push(decode(&data[at * s.elem..(at + 1) * s.elem]));
             // the next index, row-major
             for dim in (0..index.len()).rev() {
                 index[dim] += 1;
@@ -141,6 +165,10 @@ impl Value {
         Value::Dict(Rc::new(RefCell::new(Vec::new())))
     }
 
+    fn is_container(&self) -> bool {
+        matches!(self, Value::Tuple(_) | Value::List(_) | Value::Dict(_))
+    }
+
     fn as_usize(&self) -> Option<usize> {
         match self {
             Value::Int(i) => usize::try_from(*i).ok(),
@@ -176,7 +204,8 @@ fn call(callable: &Value, args: &[Value]) -> Result<Value> {
         ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => Value::dict(),
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
             let [Value::Storage(storage), offset, size, stride, ..] = args else {
-                bail!("torch._utils.{name} with arguments {args:?}, expected (storage, offset, size, stride, …)");
+                let given: Vec<String> = args.iter().map(describe).collect();
+                bail!("torch._utils.{name} of ({}), expected (storage, offset, size, stride, …)", given.join(", "));
             };
             let (Some(offset), Some(shape), Some(stride)) = (offset.as_usize(), size.usizes(), stride.usizes()) else {
                 bail!("torch._utils.{name}: offset, size or stride not integers");
@@ -194,20 +223,28 @@ fn call(callable: &Value, args: &[Value]) -> Result<Value> {
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             args.first().cloned().context("torch._utils._rebuild_parameter without arguments")?
         }
+        // a tensor with Python attributes: `func(*args)` rebuilds it
+        ("torch._tensor", "_rebuild_from_type_v2") => match args {
+            [func, _class, Value::Tuple(inner), ..] => call(func, inner)?,
+            _ => bail!("torch._tensor._rebuild_from_type_v2 without (func, type, args, state)"),
+        },
         _ => Value::Opaque(Rc::new(format!("{module}.{name}"))),
     })
 }
 
 /// The storage a persistent id names: `('storage', torch.XStorage, key, location, numel)`.
 fn storage(pid: &Value) -> Result<Value> {
-    let Value::Tuple(t) = pid else { bail!("a persistent id {pid:?}, expected a tuple") };
+    let Value::Tuple(t) = pid else { bail!("a persistent id that is {}, expected a tuple", describe(pid)) };
     match &t[..] {
         [Value::Str(kind), Value::Global(class), Value::Str(key), _, numel] if kind == "storage" => {
             let numel = numel.as_usize().context("a storage's element count is not an integer")?;
             let (dtype, elem) = TorchDtype::of_storage(&class.1);
             Ok(Value::Storage(Rc::new(Storage { class: class.1.clone(), dtype, elem, key: key.clone(), numel })))
         }
-        _ => bail!("a persistent id {pid:?}, expected ('storage', class, key, location, numel)"),
+        _ => {
+            let given: Vec<String> = t.iter().map(describe).collect();
+            bail!("a persistent id ({}), expected ('storage', class, key, location, numel)", given.join(", "))
+        }
     }
 }
 
@@ -223,9 +260,20 @@ struct Machine<'a> {
 impl Machine<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let at = self.at;
-        let s = self.p.get(at..at + n).ok_or_else(|| anyhow!("the pickle ends inside an opcode at byte {at}"))?;
+        let s = at
+            .checked_add(n)
+            .and_then(|end| self.p.get(at..end))
+            .ok_or_else(|| anyhow!("the pickle ends inside an opcode at byte {at}"))?;
         self.at += n;
         Ok(s)
+    }
+
+    /// Push a container built of `items`, refused past [`MAX_DEPTH`] (a crafted pickle could nest
+    /// values deep enough to overflow the stack when they are dropped).
+    fn push_container(&mut self, items: &[Value], container: Value) -> Result<()> {
+        ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
+        self.stack.push(container);
+        Ok(())
     }
 
     fn byte(&mut self) -> Result<u8> {
@@ -347,23 +395,30 @@ impl Machine<'_> {
                     let n = (op - 0x84) as usize;
                     ensure!(self.stack.len() >= n, "TUPLE{n} of a stack of {}", self.stack.len());
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push_container(&items.clone(), Value::Tuple(Rc::new(items)))?;
                 }
                 b't' => {
                     let items = self.since_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push_container(&items.clone(), Value::Tuple(Rc::new(items)))?;
                 }
                 b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
                 b'l' => {
                     let items = self.since_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push_container(&items.clone(), Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' { vec![self.pop()?] } else { self.since_mark()? };
+                    ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
                     // (appends to an object this reader keeps opaque are dropped)
+                    let containers = items.iter().any(Value::is_container);
                     if let Some(Value::List(l)) = self.stack.last() {
-                        l.borrow_mut().extend(items);
+                        l.try_borrow_mut().context("a list appended to itself")?.extend(items);
                     }
+                    // (a container put into one it holds would make a cycle)
+                    ensure!(
+                        !containers || !deeper_than(&self.top()?, MAX_DEPTH),
+                        "values nested deeper than {MAX_DEPTH}"
+                    );
                 }
                 b'}' => self.stack.push(Value::dict()),
                 b'd' | b's' | b'u' => {
@@ -375,11 +430,17 @@ impl Machine<'_> {
                         _ => self.since_mark()?,
                     };
                     ensure!(items.len() % 2 == 0, "an odd number of a dict's keys and values");
+                    ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
+                    let containers = items.iter().any(Value::is_container);
                     let pairs = items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone()));
                     if op == b'd' {
                         self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs.collect()))));
                     } else if let Some(Value::Dict(d)) = self.stack.last() {
-                        d.borrow_mut().extend(pairs);
+                        d.try_borrow_mut().context("a dict set into itself")?.extend(pairs);
+                        ensure!(
+                            !containers || !deeper_than(&self.top()?, MAX_DEPTH),
+                            "values nested deeper than {MAX_DEPTH}"
+                        );
                     }
                 }
                 0x8f => self.stack.push(Value::Opaque(Rc::new("a set".into()))), // EMPTY_SET
@@ -402,7 +463,9 @@ impl Machine<'_> {
                 b'R' | 0x81 => {
                     // REDUCE (callable, args), NEWOBJ (class, args)
                     let (args, callable) = (self.pop()?, self.pop()?);
-                    let Value::Tuple(args) = args else { bail!("a call's arguments are {args:?}, expected a tuple") };
+                    let Value::Tuple(args) = args else {
+                        bail!("a call's arguments are {}, expected a tuple", describe(&args))
+                    };
                     self.stack.push(call(&callable, &args)?);
                 }
                 0x92 => {
@@ -425,8 +488,41 @@ impl Machine<'_> {
     }
 }
 
+/// A pickled string (Python writes lone surrogates and Python 2 byte strings too: kept, not refused,
+/// as they are names and metadata the weights do not need).
 fn text(b: &[u8]) -> Result<String> {
-    String::from_utf8(b.to_vec()).map_err(|_| anyhow!("a string that is not UTF-8"))
+    Ok(String::from_utf8_lossy(b).into_owned())
+}
+
+/// How deep containers may nest: a state dict is a few levels deep.
+const MAX_DEPTH: usize = 64;
+
+/// Whether `v` holds containers nested more than `n` deep (a container that holds itself: yes).
+fn deeper_than(v: &Value, n: usize) -> bool {
+    let nested = |v: &Value| n == 0 || deeper_than(v, n - 1);
+    match v {
+        Value::Tuple(t) => t.iter().any(nested),
+        Value::List(l) => l.try_borrow().map_or(true, |l| l.iter().any(nested)),
+        Value::Dict(d) => d.try_borrow().map_or(true, |d| d.iter().any(|(k, v)| nested(k) || nested(v))),
+        _ => false,
+    }
+}
+
+/// A value as errors name it (its kind, never its contents, which may be large or hold themselves).
+fn describe(v: &Value) -> String {
+    match v {
+        Value::None => "None".into(),
+        Value::Bool(_) | Value::Int(_) | Value::Float(_) => "a number".into(),
+        Value::Str(s) => format!("the string {:?}", s.chars().take(40).collect::<String>()),
+        Value::Bytes(b) => format!("{} bytes", b.len()),
+        Value::Tuple(t) => format!("a tuple of {}", t.len()),
+        Value::List(_) => "a list".into(),
+        Value::Dict(_) => "a dict".into(),
+        Value::Global(g) => format!("{}.{}", g.0, g.1),
+        Value::Storage(_) => "a storage".into(),
+        Value::Tensor(_) => "a tensor".into(),
+        Value::Opaque(what) => format!("a value built by {what}"),
+    }
 }
 
 /// Run the pickle `p`; its result.
@@ -467,12 +563,16 @@ pub fn read_weights(bytes: &[u8], path: &Path) -> Result<TorchWeights> {
             named(),
             f.compression()
         );
-        let start = f.data_start().with_context(|| format!("{}: {name}: no data offset", named()))? as usize;
-        Ok(start..start + f.size() as usize)
+        let start = f.data_start().with_context(|| format!("{}: {name}: no data offset", named()))?;
+        let (size, stored) = (f.size(), f.compressed_size());
+        let end = start.checked_add(size).filter(|&end| size == stored && end <= bytes.len() as u64);
+        let end = end.with_context(|| format!("{}: {name}: {size} bytes at {start}, past the file's end", named()))?;
+        Ok(start as usize..end as usize)
     };
     if let Some(order) = names.iter().find(|n| **n == format!("{prefix}byteorder")) {
         let r = entry(&mut zip, order)?;
-        ensure!(&bytes[r.clone()] == b"little", "{}: byte order {:?}, expected little", named(), &bytes[r]);
+        let order = String::from_utf8_lossy(&bytes[r]);
+        ensure!(order == "little", "{}: byte order {order:?}, expected little", named());
     }
     let root = unpickle(&bytes[entry(&mut zip, pkl)?]).with_context(|| format!("{}: {pkl}", named()))?;
     // the state dict: tensors at the top, or where upstream's trainer keeps them
@@ -489,14 +589,24 @@ pub fn read_weights(bytes: &[u8], path: &Path) -> Result<TorchWeights> {
     let mut storages: HashMap<String, Range<usize>> = HashMap::new();
     let mut tensors = Vec::new();
     for (k, v) in items.borrow().iter() {
-        let (Value::Str(name), Value::Tensor(t)) = (k, v) else { continue };
+        let (Value::Str(name), Value::Tensor(t)) = (k, v) else {
+            // a tensor this reader cannot rebuild is named, not left for the model to miss
+            if let (Value::Str(name), Value::Opaque(by)) = (k, v) {
+                ensure!(
+                    !by.starts_with("torch"),
+                    "{}: `{name}` is built by {by}, which this reader does not take",
+                    named()
+                );
+            }
+            continue;
+        };
         let key = format!("{prefix}data/{}", t.storage.key);
         let bytes_of = match storages.get(&key) {
             Some(r) => r.clone(),
             None => {
                 let r = entry(&mut zip, &key)?;
                 ensure!(
-                    r.len() >= t.storage.numel * t.storage.elem,
+                    t.storage.numel.checked_mul(t.storage.elem).is_some_and(|n| r.len() >= n),
                     "{}: {key} holds {} bytes, its storage {} elements of {} bytes",
                     named(),
                     r.len(),
@@ -566,6 +676,32 @@ mod tests {
             stride: vec![3, 1],
         };
         let e = t.values(&[0u8; 16]).unwrap_err().to_string();
-        assert!(e.contains("a view reaching element 5 of a storage of 4"), "{e}");
+        assert!(e.contains("a view of 6 elements reaching element 5 of a storage of 4"), "{e}");
+        // a storage claiming more elements than its entry's bytes hold (one key named twice)
+        let storage = Rc::new(Storage { numel: 100, ..(*t.storage).clone() });
+        let e = TorchTensor { storage, ..t.clone() }.values(&[0u8; 16]).unwrap_err().to_string();
+        assert!(e.contains("data/0 holds 16 bytes, the view reads 24"), "{e}");
+        // a stride-0 view repeating its storage's elements
+        let e =
+            TorchTensor { shape: vec![8], stride: vec![0], ..t.clone() }.values(&[0u8; 16]).unwrap_err().to_string();
+        assert!(e.contains("a view of 8 elements"), "{e}");
+        // a transposed view reads the values in the tensor's own order
+        let bytes: Vec<u8> = [1f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let transposed = TorchTensor { shape: vec![2, 2], stride: vec![1, 2], ..t.clone() };
+        assert_eq!(transposed.values(&bytes).unwrap(), [1.0, 3.0, 2.0, 4.0]);
+    }
+
+    /// Crafted pickles are errors, never panics or a blown stack: a length past the end (or past
+    /// usize), a list that holds itself, tuples nested a hundred deep.
+    #[test]
+    fn crafted_pickles_are_refused() {
+        let huge = [&b"\x80\x02\x8d"[..], &[0xff; 8], b"."].concat();
+        let e = unpickle(&huge).unwrap_err().to_string();
+        assert!(e.contains("the pickle ends inside an opcode"), "{e}");
+        let e = unpickle(b"]q\x00h\x00a.").unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 64"), "{e}");
+        let deep = [&b"N"[..], &[0x85; 100], b"."].concat();
+        let e = unpickle(&deep).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 64"), "{e}");
     }
 }
