@@ -290,6 +290,15 @@ fn a_token_budget_counts_each_phase_at_its_own_tokens() {
     let mix = TokenMix::of_mix(&mc, &manifests.iter().collect::<Vec<_>>(), &run.config).unwrap();
     let recorded = mix.mean_tokens * run.config.data.global_batch as f64 * 25.0;
     assert!((recorded - run.tokens).abs() <= 1e-9 * recorded, "{recorded} {}", run.tokens);
+
+    // phases set by shares of the budget's steps are checked on those steps: 0.9 and 0.92 of about 25
+    // steps are one step, refused when the sweep is planned rather than when the run starts
+    let share = |f: f64| DataPhase { from_step: None, from_fraction: Some(f), weights: vec![0.0, 1.0] };
+    base.data.phases = vec![share(0.9), share(0.92)];
+    std::fs::write(tmp.path().join("base.toml"), toml::to_string(&base).unwrap()).unwrap();
+    std::fs::write(&sweep, format!("base = \"base.toml\"\nout = \"sweep\"\n[axes]\ntokens = [{budget}]\n")).unwrap();
+    let e = format!("{:#}", infinity_trainer::sweep::plan(&sweep).err().expect("refused"));
+    assert!(e.contains("with its budget's") && e.contains("data.phases[1].from_fraction (0.92 of run.steps"), "{e}");
 }
 
 #[test]

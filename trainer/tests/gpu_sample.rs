@@ -71,7 +71,7 @@ fn device_sampling_matches_the_cpu_sampler() {
     let cases = [
         ("class, guided", model(class.clone(), false), SampleCondition::Class(vec![2, 6]), &plain[..], vec![3.0]),
         (
-            "text, guided on the hidden states after block 0 and on the logits",
+            "text, guided on the hidden states after the last block and on the logits",
             text_model.clone(),
             text(&text_model.0, false),
             &plain[..],
@@ -95,8 +95,8 @@ fn device_sampling_matches_the_cpu_sampler() {
         ),
     ];
     for (tag, m, cond, tokenizer, cfg) in cases {
-        // (upstream's negative cfg_insertion_layer: −2 is after the first of the two blocks)
-        let places = if tag.contains("hidden states") { vec![-2, 0] } else { vec![0] };
+        // (upstream's negative cfg_insertion_layer: −1 is after the last block)
+        let places = if tag.contains("hidden states") { vec![-1, 0] } else { vec![0] };
         let o = SampleOptions {
             cfg,
             tau: vec![0.7],

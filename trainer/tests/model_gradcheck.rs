@@ -277,12 +277,17 @@ fn guidance_on_the_hidden_states_carries_the_mix_into_the_blocks_after() {
     assert_eq!(hidden.bits, alone.bits, "cfg 0 after the last block samples the unconditional rows");
     // the conditional rows' own logits at scale 0 are the mix's, not the condition's
     let on_logits = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, vec![0])).unwrap();
-    let on_hidden =
-        sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, vec![-(cfg.depth as i64)])).unwrap();
+    let on_hidden = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(2.0, vec![last])).unwrap();
     assert_ne!(on_logits.cond_logits[0][..2 * cfg.d], on_hidden.cond_logits[0][..2 * cfg.d]);
+    // after the mix both halves carry it: guidance on the logits then adds nothing (cfg·m + (1−cfg)·m)
+    let wide = [(1usize, 1usize), (2, 2), (3, 3), (4, 4)];
+    let rope_wide = RopeTable::new(8, &wide, (4, 4));
+    let both = sample(&cfg, &lay, &p, &with_negative, &wide, &rope_wide, &at(2.0, vec![last, 0])).unwrap();
+    let hidden_only = sample(&cfg, &lay, &p, &with_negative, &wide, &rope_wide, &at(2.0, vec![last])).unwrap();
+    assert_eq!(both.bits, hidden_only.bits, "the unconditional half is not the mix");
     for (places, why) in [
-        (vec![1], "--cfg-insertion-layer 1: expected 0 (the logits) or −1 to −2"),
-        (vec![-3], "--cfg-insertion-layer -3: expected"),
+        (vec![1], "--cfg-insertion-layer 1: expected 0 (the logits) or −1 to −1"),
+        (vec![-2], "--cfg-insertion-layer -2: expected"),
         (vec![], "no place for guidance"),
         (vec![-1, 0, -1], "-1 is given twice"),
     ] {

@@ -53,7 +53,7 @@ pub struct SampleArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.5", allow_negative_numbers = true)]
     tau: Vec<f64>,
     /// Where guidance applies (upstream's `cfg_insertion_layer`): 0 on the logits (the default);
-    /// −k on the hidden states after block depth − k (−1: after the last), each half then carrying
+    /// −k on the hidden states after block depth − k (−1: after the last; k < depth), each half then carrying
     /// the mix. Several: `0,-1`. Without 0 the logits are the conditional rows'.
     #[arg(long, value_delimiter = ',', default_value = "0", allow_negative_numbers = true)]
     cfg_insertion_layer: Vec<i64>,

@@ -40,8 +40,9 @@ pub struct SampleOptions {
     /// whatever else is drawn beside them); empty: the sample's index in the batch.
     pub keys: Vec<[u64; 2]>,
     /// Where guidance applies (upstream's `cfg_insertion_layer`): `0` on the logits, `−k` on the
-    /// hidden states after block `depth − k` (`cfg·cond + (1 − cfg)·uncond` into both halves, which
-    /// the blocks after run on). Without `0` the logits are the conditional rows' alone.
+    /// hidden states after block `depth − k` (0-based; `k < depth`, as upstream; `cfg·cond + (1 −
+    /// cfg)·uncond` into both halves, which the blocks after run on). Without `0` the logits are the
+    /// conditional rows' alone.
     pub cfg_insertion_layer: Vec<i64>,
 }
 
@@ -82,12 +83,16 @@ impl SampleOptions {
                 ));
             }
         }
+        // (upstream's range: after any block but the first, `depth + k > 0`)
         let places = &self.cfg_insertion_layer;
-        let expected = format!("0 (the logits) or −1 to −{depth} (after block depth − k of the {depth})");
+        let expected = match depth {
+            0 | 1 => "0 (the logits; a model of one block has no hidden states to guide)".to_string(),
+            _ => format!("0 (the logits) or −1 to −{} (after block depth − k of the {depth})", depth - 1),
+        };
         if places.is_empty() {
             return Err(format!("--cfg-insertion-layer: no place for guidance: expected {expected}"));
         }
-        if let Some(k) = places.iter().find(|&&k| k > 0 || k < -(depth as i64)) {
+        if let Some(k) = places.iter().find(|&&k| k > 0 || k <= -(depth as i64)) {
             return Err(format!("--cfg-insertion-layer {k}: expected {expected}"));
         }
         if let Some(k) = places.iter().enumerate().find(|(i, k)| places[..*i].contains(k)).map(|(_, k)| k) {
