@@ -32,6 +32,12 @@ fn bad_arguments_are_usage_errors() {
     let e =
         infinity_trainer::cli::run(["infinity", "data", "synth", "--out", "x", "--templates", "1.000"]).unwrap_err();
     assert!(format!("{e:#}").contains("TEMPLATE:WEIGHT"), "{e:#}");
+    // a template's two spellings are one template
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("twice");
+    let args = ["infinity", "data", "synth", "--out", path_str(&out), "--templates", "0.5:1,0.500:1"];
+    let e = infinity_trainer::cli::run(args).unwrap_err();
+    assert!(format!("{e:#}").contains("the template \"0.500\" is given twice (as 0.500"), "{e:#}");
     let e = infinity_trainer::cli::run(["infinity", "data", "frobnicate"]).unwrap_err();
     assert!(e.downcast_ref::<clap::Error>().is_some());
     // pack takes one source of two, and says which two
@@ -67,9 +73,11 @@ fn pack_upstream_metadata_and_python_reads_it_alike() {
         let img = image::RgbImage::from_fn(24, 24, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, i * 40]));
         img.save(meta.join("images").join(format!("{i}.png"))).unwrap();
     }
+    // (a raw U+2028 inside a JSON string: a line separator to Python's str.splitlines, not to JSON)
     let line = |i: u8, short: &str| {
         format!(
-            r#"{{"image_path": "images/{i}.png", "h_div_w": 1.0, "long_caption": "image {i}", "long_caption_type": "x"{short}}}"#
+            r#"{{"image_path": "images/{i}.png", "h_div_w": 1.0, "long_caption": "image {i}", "long_caption_type": "x{}y"{short}}}"#,
+            '\u{2028}'
         )
     };
     let lines = |ids: &[u8]| {

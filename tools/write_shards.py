@@ -301,15 +301,20 @@ def upstream_meta(folder, templates):
     for name in names:
         path = os.path.join(folder, name)
         stem, _, count = name[: -len(".jsonl")].rpartition("_")
-        if not stem or not count.isdigit():
+        if not stem or not (count.isascii() and count.isdigit()):
             raise ValueError(f"{path}: expected <h_div_w_template>_<count>.jsonl, e.g. 1.000_000002500.jsonl")
         # "0.5" is upstream's 0.500: the catalog's spelling, as the RoPE frame is looked up by it
         template = next((t for t in templates if t == stem), None) or next(
             (t for t in templates if _ratio(stem) == float(t)), None)
         if template is None:
             raise ValueError(f"{path}: `{stem}` is not an aspect-ratio template: expected one of {templates}")
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+        # lines end at "\n" alone (a "\r" before it dropped), as Rust's str::lines splits: JSON strings may
+        # hold U+2028 or U+0085, where str.splitlines would split
+        lines = [l[:-1] if l.endswith("\r") else l for l in text.split("\n")]
+        if text.endswith("\n") or not text:
+            lines.pop()
         for i, line in enumerate(lines, 1):
             try:
                 obj = json.loads(line)

@@ -45,15 +45,16 @@ fn parse_name(path: &Path) -> std::result::Result<(String, usize), String> {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let expected = "expected <h_div_w_template>_<count>.jsonl, e.g. 1.000_000002500.jsonl";
     let (template, count) = stem.rsplit_once('_').ok_or_else(|| expected.to_string())?;
-    let count = count.parse::<usize>().map_err(|_| format!("`{count}` is not a line count: {expected}"))?;
+    let count = Some(count)
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse::<usize>().ok())
+        .ok_or_else(|| format!("`{count}` is not a line count: {expected}"))?;
     let catalog = Catalog::upstream();
-    let known = |t: &str| catalog.template_names().find(|k| *k == t).map(str::to_string);
-    let template =
-        known(template).or_else(|| catalog.respelled_template(template).map(str::to_string)).ok_or_else(|| {
-            let names: Vec<_> = catalog.template_names().collect();
-            format!("`{template}` is not an aspect-ratio template: expected one of {names:?}")
-        })?;
-    Ok((template, count))
+    let template = catalog.template_name(template).ok_or_else(|| {
+        let names: Vec<_> = catalog.template_names().collect();
+        format!("`{template}` is not an aspect-ratio template: expected one of {names:?}")
+    })?;
+    Ok((template.to_string(), count))
 }
 
 /// One line's row; `Err` says what is wrong with it.

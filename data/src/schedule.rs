@@ -168,10 +168,17 @@ impl Catalog {
         self.templates.iter().find(|t| t.1 == ratio).map(|t| t.0.as_str())
     }
 
+    /// The catalog's name of `template`: itself, or the upstream key it is another spelling of (`0.5`
+    /// for `0.500`); `None` for no template of the catalog.
+    pub fn template_name(&self, template: &str) -> Option<&str> {
+        let exact = self.templates.iter().find(|t| t.0 == template).map(|t| t.0.as_str());
+        exact.or_else(|| self.respelled_template(template))
+    }
+
     /// The schedule of `template` at `budget` (another spelling of a template, `0.5`, is taken as the
     /// catalog's, `0.500`, which the schedule carries).
     pub fn schedule(&self, template: &str, budget: &str) -> Result<ScaleSchedule> {
-        let template = self.respelled_template(template).unwrap_or(template);
+        let template = self.template_name(template).unwrap_or(template);
         let t = self.templates.iter().find(|t| t.0 == template).ok_or_else(|| {
             let names: Vec<_> = self.template_names().collect();
             DataError::Config(format!("unknown aspect-ratio template `{template}`; expected one of {names:?}"))

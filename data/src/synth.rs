@@ -249,6 +249,13 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
     let catalog = Catalog::upstream();
     let schedules: Vec<ScaleSchedule> =
         opts.templates.iter().map(|(t, _)| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;
+    // (`0.5` and `0.500` are one template: two shares of it are one bucket, given once)
+    if let Some((i, s)) = schedules.iter().enumerate().find(|(i, s)| schedules[..*i].iter().any(|o| o.name == s.name)) {
+        return Err(DataError::Config(format!(
+            "synth: the template {:?} is given twice (as {}: one template, given once with its share)",
+            opts.templates[i].0, s.h_div_w_template
+        )));
+    }
     let schedules: Vec<ScaleSchedule> =
         schedules.into_iter().map(|s| if opts.spatial_patchify { s.patchified() } else { s }).collect();
     let pixels = |s: &ScaleSchedule| {

@@ -112,7 +112,7 @@ pub enum SchedulePick<'a> {
 pub fn pick_schedule<'a>(m: &'a Manifest, pick: SchedulePick) -> Result<&'a ScaleSchedule> {
     let names = || m.schedules.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
     // (`0.5` is upstream's `0.500`: the catalog's spelling, which schedules carry)
-    let spelled = |t: &str| infinity_data::Catalog::upstream().respelled_template(t).unwrap_or(t).to_string();
+    let spelled = |t: &str| infinity_data::Catalog::upstream().template_name(t).unwrap_or(t).to_string();
     let of_template = |t: &str| m.schedules.iter().filter(|s| s.h_div_w_template == spelled(t)).collect::<Vec<_>>();
     match pick {
         SchedulePick::Name(name) => m.schedules.iter().find(|s| s.name == name).with_context(|| {

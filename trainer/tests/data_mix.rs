@@ -215,6 +215,8 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
         e.starts_with("data.phases[0].from_fraction (0.05 of run.steps = 6: step 0) must be at least step 1"),
         "{e}"
     );
+    let e = refused(&|c| c.data.phases[0] = by_fraction(0.95));
+    assert!(e.starts_with("data.phases[0].from_fraction (0.95 of run.steps = 6: step 6) is the run's end"), "{e}");
     let e = refused(&|c| c.data.phases[0] = by_fraction(1.0));
     assert!(
         e.starts_with("data.phases[0].from_fraction = 1: expected a share of run.steps above 0 and below 1"),

@@ -720,9 +720,9 @@ echo '{"finished": true}' > "$dir/summary.json"
     // the sweep file changed under the finished runs: their rows say so, as the sweep would refuse them
     sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 4\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
     let status = ok(infinity(&["sweep", "two.toml", "--status"], t));
-    assert!(status.contains("2 runs: 2 stale") && status.contains("lr-0.001: run.steps"), "{status}");
+    assert!(status.contains("2 runs: 2 finished [stale]") && status.contains("lr-0.001: run.steps"), "{status}");
     let words: Vec<&str> = row_of(&status, "lr-0.002").split_whitespace().collect();
-    assert_eq!(words[1..6], ["stale", "(other", "settings)", "3", "4"], "{status}");
+    assert_eq!(words[1..5], ["finished", "[stale]", "3", "4"], "{status}");
     sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
     let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
     assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");

@@ -299,8 +299,11 @@ pub fn not_a_scaling_law(f: &Fit) -> Option<String> {
         .collect();
     // (L(C)'s b is the fall with compute; L(N, D)'s alpha and beta each with one of the two, which the
     // runs may not separate even where the loss falls with compute)
-    let with = match f.law {
-        Law::Chinchilla => "this fit cannot tell how the loss falls with N and with D apart over these runs",
+    // (an exponent at or below 0 says the loss rises; an interval reaching 0, that the runs do not tell)
+    let rises = f.coefs.iter().any(|c| matches!(c.name, "b" | "alpha" | "beta") && c.value <= 0.0);
+    let with = match (f.law, rises) {
+        (Law::Chinchilla, false) => "this fit cannot tell how the loss falls with N and with D apart over these runs",
+        (Law::Chinchilla, true) => "the loss does not fall with N and with D over these runs",
         _ => "the loss does not fall measurably with compute over these runs",
     };
     (!bad.is_empty()).then(|| {

@@ -404,9 +404,6 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     Ok(Plan { sweep, out, runs, warnings, env })
 }
 
-/// The whole steps that spend `budget` at `(per_step, per_sample)` of what it counts (a warning into
-/// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all); `ratio`:
-/// the tokens per parameter and the parameters of a budget given so.
 /// An amount as messages show it: whole numbers as they are, others to a few digits.
 fn quantity(x: f64) -> String {
     match x {
@@ -416,6 +413,9 @@ fn quantity(x: f64) -> String {
     }
 }
 
+/// The whole steps that spend `budget` at `(per_step, per_sample)` of what it counts (a warning into
+/// `warnings` when they overshoot it by more than 5 %, and when the warm-up takes them all); `ratio`:
+/// the tokens per parameter and the parameters of a budget given so.
 fn budget_steps(
     name: &str,
     (budget, ratio): (Budget, Option<(f64, usize)>),
@@ -450,7 +450,7 @@ fn budget_steps(
         warnings.push(format!(
             "run {name}: {steps} whole steps of {step_text} {unit} are {realised:.3e} {unit}, {:.0} % over its \
              budget of {amount:.3e}{from} (its compute and `infinity scaling` count what it trains); budgets that \
-             are multiples of {step_text} {unit} are met exactly",
+             are multiples of {per_step} {unit} are met exactly",
             (realised / amount - 1.0) * 100.0
         ));
     }

@@ -13,7 +13,7 @@ use crate::train::checkpoint::saved_step;
 /// What the status table says of one run.
 struct Row {
     name: String,
-    state: &'static str,
+    state: String,
     step: Option<u64>,
     steps: u64,
     loss: Option<f64>,
@@ -49,10 +49,10 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
     let stale: Vec<String> =
         rows.iter().filter_map(|r| Some(format!("  {}: {}", r.name, r.changed.as_ref()?.join(", ")))).collect();
     if !stale.is_empty() {
+        let runs = if stale.len() == 1 { "1 run".to_string() } else { format!("{} runs", stale.len()) };
         s.push_str(&format!(
-            "{} runs trained with other settings than the sweep file gives them now (the sweep refuses them: set \
+            "[stale]: {runs} trained with other settings than the sweep file gives now (the sweep refuses them: set \
              another `out`, or remove their folders to train them afresh):\n{}\n",
-            stale.len(),
             stale.join("\n")
         ));
     }
@@ -64,7 +64,6 @@ fn row(r: &PlannedRun) -> Row {
     let checkpoint = crate::train::latest_checkpoint(&r.dir).and_then(|c| saved_step(&c));
     let changed = toml::to_string(&r.config).ok().and_then(|text| settings_changed(r, &text).ok().flatten());
     let state = match state(&r.dir) {
-        _ if changed.is_some() => "stale (other settings)",
         RunState::Finished => "finished",
         RunState::Diverged => "diverged",
         RunState::Training => "training",
@@ -72,6 +71,11 @@ fn row(r: &PlannedRun) -> Row {
         RunState::ToDo if checkpoint.is_some() => "interrupted (resumes)",
         RunState::ToDo if last.is_some() => "interrupted (restarts: no checkpoint)",
         RunState::ToDo => "not started",
+    };
+    // (what it is, and that the sweep file now gives it other settings)
+    let state = match changed {
+        Some(_) => format!("{state} [stale]"),
+        None => state.to_string(),
     };
     let step = last.as_ref().and_then(|m| m["step"].as_u64());
     let val_loss = crate::train::rundir::last_val(&r.dir, u64::MAX).map(|(_, loss)| loss);

@@ -323,7 +323,10 @@ impl TokenMix {
             let shares: Vec<String> =
                 cfg.data.dirs().zip(quotas).map(|((key, _), &q)| format!("{key} {:.1} %", percent(q))).collect();
             // (after step N as metrics.jsonl counts steps, from 1: the phase's first is step N + 1)
-            let late = if *from >= cfg.run.steps { " (the run's last, never reached)" } else { "" };
+            let late = match *from >= cfg.run.steps {
+                true => format!(" (the run has {} steps: never reached)", cfg.run.steps),
+                false => String::new(),
+            };
             line.push_str(&format!("; after step {from}{late}: {}", shares.join(", ")));
         }
         Some(line)
@@ -509,7 +512,16 @@ pub(crate) fn continue_position(
         position.mix = mix.clone();
     }
     position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref()).map_err(|e| {
-        // a phase set by a share of run.steps moves with it: say so where the mix's weights are refused
+        // a phase set by a share of run.steps moves with it: said where that is what changed (the same
+        // phases, weights and all, at other starts)
+        let moved = match (&position.mix, &mix) {
+            (Some(saved), Some(now)) => {
+                saved.phases.len() == now.phases.len()
+                    && saved.phases.iter().zip(&now.phases).all(|(a, b)| a.weights == b.weights)
+                    && saved.phases.iter().zip(&now.phases).any(|(a, b)| a.from != b.from)
+            }
+            _ => false,
+        };
         let moving: Vec<String> = cfg
             .data
             .phases
@@ -519,7 +531,7 @@ pub(crate) fn continue_position(
             .map(|(k, p)| p.start_key(k, cfg.run.steps))
             .collect();
         match e {
-            DataError::Config(m) if m.contains("data.phases") && !moving.is_empty() => DataError::Config(format!(
+            DataError::Config(m) if moved && !moving.is_empty() => DataError::Config(format!(
                 "{m}; {} moves with run.steps: a phase begun at the checkpoint cannot move, so resume with the \
                  run.steps it was begun under, or give the phase its start there as from_step",
                 moving.join(", ")

@@ -294,11 +294,13 @@ fn set_past_the_end(key: &str, what: &str, overrides: &[String]) -> Option<Strin
     if !what.contains("unit value") {
         return None;
     }
-    let set = overrides.iter().filter_map(|o| Some((o, o.split_once('=')?.0.trim()))).find(|(_, k)| {
-        k.strip_prefix(array)
-            .and_then(|r| r.strip_prefix('['))
-            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-    })?;
+    // (the override of the highest index into the array: the one past its end)
+    let index = |k: &str| -> Option<usize> {
+        let r = k.strip_prefix(array)?.strip_prefix('[')?;
+        r[..r.find(']')?].parse().ok()
+    };
+    let set =
+        overrides.iter().filter_map(|o| Some((o, index(o.split_once('=')?.0.trim())?))).max_by_key(|(_, i)| *i)?;
     Some(format!(
         "--set {}: an element past the end of `{array}` (the elements before it would be empty): add `{array}` \
          entries in order, or give the element in the config file",
@@ -388,7 +390,7 @@ mod tests {
         );
         let e = error(optim, &["run.steps=-5"]);
         assert!(e.ends_with("--set run.steps: at `run.steps`: expected a whole number ≥ 0, found -5"), "{e}");
-        let e = error(optim, &["data.mix[5].weight=1"]);
+        let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);
         assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
     }
 

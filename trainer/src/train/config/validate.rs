@@ -246,6 +246,13 @@ impl TrainConfig {
                 _ => {}
             }
             let from = p.start(steps);
+            // (a share rounding to the run's end would be a phase that never draws, unsaid)
+            if p.from_step.is_none() && from >= steps {
+                bail!(
+                    "{} is the run's end: a phase from a share of run.steps must start before it",
+                    p.start_key(k, steps)
+                );
+            }
             match after {
                 None if from == 0 => bail!(
                     "{} must be at least step 1: the weights from step 0 are data.weight and data.mix[*].weight",
