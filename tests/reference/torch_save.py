@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write a PyTorch checkpoint in `torch.save`'s zip format without PyTorch, for the tests of
-`trainer/src/model/torch_file.rs` (CI installs no PyTorch).
+`trainer/src/model/torch_file/` (CI installs no PyTorch).
 
     python tests/reference/torch_save.py --weights W.safetensors --out W.pth [--nested [--ddp]]
         [--bf16 NAME ...] [--f16 NAME ...] [--f64 NAME ...] [--parameters]
