@@ -2,6 +2,7 @@
 //! `torch.save` writes it (tests/reference/torch_save.py, whose stand-ins pickle under torch's names)
 //! loads value for value as the same weights in safetensors, with shared storages, strided views and
 //! bf16 storages; upstream's training checkpoint layout (`trainer.gpt_fsdp`) too; broken files are named.
+//! Weights sharded over several files with an index load as one file.
 
 use infinity_trainer::model::io::{init_from_weights, weight_tensors, SaveDtype};
 use infinity_trainer::model::{init, Layout, ModelConfig, Params};
@@ -93,4 +94,50 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
     // the fixture writer refuses what it cannot write (no silent success)
     let out = python_fails(&[&"tests/reference/torch_save.py", &"--weights", &neither, &"--out", &other]);
     assert!(!out.is_empty());
+}
+
+/// Weights in several files with an index (Hugging Face's `*.index.json`, as upstream's 8B loads):
+/// a PyTorch shard and a safetensors shard load as the one file would, from the index or its folder;
+/// an index naming a tensor its file lacks, or a file that is not there, is named.
+#[test]
+fn sharded_weights_with_an_index_load_as_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, lay, p) = model();
+    let tensors = weight_tensors(&cfg, &lay, &p, SaveDtype::F32, 1).unwrap();
+    let half = tensors.len() / 2;
+    let names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+    let (first, second): (Vec<_>, Vec<_>) = tensors.into_iter().enumerate().partition(|(i, _)| *i < half);
+    let strip = |v: Vec<(usize, _)>| v.into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+    let weights = dir.path().join("weights");
+    std::fs::create_dir(&weights).unwrap();
+    let part1 = dir.path().join("part1.safetensors");
+    std::fs::write(&part1, safetensors::serialize(strip(first), None).unwrap()).unwrap();
+    let bin = weights.join("pytorch_model-00001-of-00002.bin");
+    python(&[&"tests/reference/torch_save.py", &"--weights", &part1, &"--out", &bin]);
+    let st = "model-00002-of-00002.safetensors";
+    std::fs::write(weights.join(st), safetensors::serialize(strip(second), None).unwrap()).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), if i < half { "pytorch_model-00001-of-00002.bin".into() } else { st.into() }))
+        .collect();
+    let index = weights.join("model.index.json");
+    let write_index = |map: &serde_json::Map<String, serde_json::Value>| {
+        std::fs::write(&index, serde_json::json!({ "metadata": {}, "weight_map": map }).to_string()).unwrap()
+    };
+    write_index(&map);
+    assert!(loaded(&index, &cfg, &lay).unwrap().data == p.data, "from the index");
+    let found = infinity_trainer::train::checkpoint::weights_file(&weights).unwrap();
+    assert_eq!(found, index, "a folder's one index");
+
+    let mut wrong = map.clone();
+    wrong.insert(names[0].clone(), st.into());
+    write_index(&wrong);
+    let e = format!("{:#}", loaded(&index, &cfg, &lay).unwrap_err());
+    assert!(e.contains(&format!("maps `{}` to", names[0])) && e.contains("which lacks it"), "{e}");
+    let mut gone = map.clone();
+    gone.insert(names[0].clone(), "missing.safetensors".into());
+    write_index(&gone);
+    let e = format!("{:#}", loaded(&index, &cfg, &lay).unwrap_err());
+    assert!(e.contains("missing.safetensors, which does not exist"), "{e}");
 }

@@ -2,16 +2,16 @@
 //! folders. Loading accepts either block layout and upstream's zero buffers, PyTorch's `.pth` files
 //! too ([`torch_file`]), and reports every name or shape that does not match the model at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
 use super::params::{canonical_name, chunked_name};
 use super::streamed::{Lazy, Values};
-use super::torch_file;
+use super::{torch_file, weight_shards};
 use super::{Layout, ModelConfig, Params};
 
 /// Element type of saved weights.
@@ -244,15 +244,36 @@ fn fill_weights(
     mut p: Window,
     lenient: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
-    let bytes = map_file(path)?;
-    let file = WeightsFile::read(&bytes, path)?;
+    // one file, or the files an index names (each tensor taken from the file it maps it to)
+    let parts: Vec<(PathBuf, Option<BTreeSet<String>>)> = match weight_shards::is_index(path) {
+        true => weight_shards::shard_files(path)?.into_iter().map(|(f, names)| (f, Some(names))).collect(),
+        false => vec![(path.to_path_buf(), None)],
+    };
+    let maps = parts.iter().map(|(f, _)| map_file(f)).collect::<Result<Vec<_>>>()?;
+    let files = maps.iter().zip(&parts).map(|(b, (f, _))| WeightsFile::read(b, f)).collect::<Result<Vec<_>>>()?;
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
     // (the empty name is never lenient)
     let mut report = |canon: &str, what: String| if lenient(canon) { notes.push(what) } else { problems.push(what) };
     // in the model's parameter order (unknown names last, by name): the same error every time, and
     // the first problems shown are the model's first parameters (a safetensors header has no order)
-    let mut tensors = file.tensors();
+    let mut tensors = Vec::new();
+    let mut from: HashMap<String, &Path> = HashMap::new();
+    for (file, (f, names)) in files.iter().zip(&parts) {
+        let held = file.tensors();
+        if let Some(names) = names {
+            let have: BTreeSet<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
+            if let Some(lacking) = names.iter().find(|n| !have.contains(n.as_str())) {
+                bail!("{}: maps `{lacking}` to {}, which lacks it", path.display(), f.display());
+            }
+        }
+        for (name, t) in held.into_iter().filter(|(n, _)| names.as_ref().is_none_or(|names| names.contains(n))) {
+            if let Some(first) = from.insert(name.clone(), f) {
+                bail!("{}: `{name}` is in {} and in {}", path.display(), first.display(), f.display());
+            }
+            tensors.push((name, t));
+        }
+    }
     // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
     let chunks = match file_block_chunks(tensors.iter().map(|(n, _)| n.as_str())) {
         None => 1,

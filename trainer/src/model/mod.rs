@@ -18,6 +18,7 @@ pub mod params;
 pub mod sample;
 pub mod streamed;
 pub mod torch_file;
+pub mod weight_shards;
 
 pub use backward::backward;
 pub use config::{Conditioning, ModelConfig};

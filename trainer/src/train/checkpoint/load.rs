@@ -77,14 +77,18 @@ fn near_miss(path: &Path) -> String {
     }
 }
 
-/// The weights file of `path`: a safetensors or PyTorch file as it is, an `infinity export` folder's weights, or
-/// the checksum-verified `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
+/// The weights file of `path`: a safetensors or PyTorch file as it is (or an index of several,
+/// `*.index.json`), an `infinity export` folder's weights, a folder's one index, or the
+/// checksum-verified `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
 pub fn weights_file(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
     if let Some(export) = read_export(path) {
         return Ok(export.weights);
+    }
+    if let Some(index) = crate::model::weight_shards::index_in(path)? {
+        return Ok(index);
     }
     let dir = resolve(path)?;
     let file = dir.join(MODEL_FILE);
