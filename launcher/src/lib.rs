@@ -56,6 +56,35 @@ pub fn positive_seconds() -> impl clap::builder::TypedValueParser<Value = f64> {
     })
 }
 
+/// A SLURM `--time` in seconds (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`); `None`
+/// for what it cannot read (`UNLIMITED`).
+pub fn time_limit_s(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (days, rest) = match text.split_once('-') {
+        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
+        None => (0, text),
+    };
+    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let (h, m, s) = match (text.contains('-'), parts.as_slice()) {
+        (false, &[m]) => (0, m, 0),
+        (false, &[m, s]) => (0, m, s),
+        (_, &[h, m, s]) => (h, m, s),
+        (true, &[h]) => (h, 0, 0),
+        (true, &[h, m]) => (h, m, 0),
+        _ => return None,
+    };
+    Some(((days * 24 + h) * 60 + m) * 60 + s)
+}
+
+/// `--time-limit`: a positive time in sbatch's `--time` formats, as seconds.
+pub fn time_limit() -> impl clap::builder::TypedValueParser<Value = u64> {
+    use clap::builder::TypedValueParser;
+    clap::builder::StringValueParser::new().try_map(|s| match time_limit_s(&s) {
+        Some(t) if t > 0 => Ok(t),
+        _ => Err(format!("expected a time as sbatch --time takes it (MM, MM:SS, HH:MM:SS, D-HH:MM:SS), found `{s}`")),
+    })
+}
+
 /// [`positive`] for another unsigned type (`u64` rows and budgets).
 pub fn positive_of<T>() -> impl clap::builder::TypedValueParser<Value = T>
 where
@@ -111,5 +140,21 @@ mod tests {
     fn one_of_a_noun_is_singular() {
         assert_eq!([super::plural(1, "local rank"), super::plural(2, "GPU")], ["1 local rank", "2 GPUs"]);
         assert_eq!(super::plural(0, "shard"), "0 shards");
+    }
+
+    #[test]
+    fn slurm_times_read_as_seconds() {
+        for (t, s) in [
+            ("30", 1800),
+            ("30:15", 1815),
+            ("24:00:00", 86400),
+            ("1-2", 93600),
+            ("1-02:30", 95400),
+            ("2-00:00:10", 172810),
+        ] {
+            assert_eq!(super::time_limit_s(t), Some(s), "{t}");
+        }
+        assert_eq!(super::time_limit_s("UNLIMITED"), None);
+        assert_eq!(super::time_limit_s("1:2:3:4"), None);
     }
 }

@@ -159,14 +159,6 @@ fn parse_templates(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
         .collect()
 }
 
-/// `n` things: `1 file`, `2 files`.
-fn counted(n: usize, thing: &str) -> String {
-    match n {
-        1 => format!("1 {thing}"),
-        n => format!("{n} {thing}s"),
-    }
-}
-
 fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
@@ -249,7 +241,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     Some(_) => "not .jsonl",
                     None => "not .png/.jpg/.jpeg, or in a folder below a class folder",
                 };
-                console!("left out {} ({what}): {}{more}", counted(notes.skipped.len(), "file"), shown.join(", "));
+                console!(
+                    "left out {} ({what}): {}{more}",
+                    infinity_launcher::plural(notes.skipped.len(), "file"),
+                    shown.join(", ")
+                );
             }
             if notes.short_captions > 0 {
                 console!(
@@ -260,7 +256,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             if !notes.bad.is_empty() {
-                console!("left out {} that could not be read (--skip-bad):", counted(notes.bad.len(), "image"));
+                console!(
+                    "left out {} that could not be read (--skip-bad):",
+                    infinity_launcher::plural(notes.bad.len(), "image")
+                );
                 for b in &notes.bad {
                     console!("  {b}");
                 }

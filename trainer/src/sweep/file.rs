@@ -154,24 +154,7 @@ impl SweepFile {
     }
 }
 
-/// A SLURM `--time` in seconds (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`); `None`
-/// for what it cannot read (`UNLIMITED`), which SLURM itself checks.
-pub fn time_limit_s(text: &str) -> Option<u64> {
-    let (days, rest) = match text.split_once('-') {
-        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
-        None => (0, text),
-    };
-    let parts: Vec<u64> = rest.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let (h, m, s) = match (text.contains('-'), parts.as_slice()) {
-        (false, &[m]) => (0, m, 0),
-        (false, &[m, s]) => (0, m, s),
-        (_, &[h, m, s]) => (h, m, s),
-        (true, &[h]) => (h, 0, 0),
-        (true, &[h, m]) => (h, m, 0),
-        _ => return None,
-    };
-    Some(((days * 24 + h) * 60 + m) * 60 + s)
-}
+pub use infinity_launcher::time_limit_s;
 
 /// Where a run's override came from in the sweep file: `[axes]`, `[linked]` or `[set]`.
 pub fn section_of(sweep: &SweepFile, key: &str) -> &'static str {
@@ -221,22 +204,6 @@ mod tests {
     fn sweep(text: &str) -> Result<SweepFile> {
         let s: SweepFile = toml::from_str(text)?;
         s.check().map(|_| s)
-    }
-
-    #[test]
-    fn slurm_times_read_as_seconds() {
-        for (t, s) in [
-            ("30", 1800),
-            ("30:15", 1815),
-            ("24:00:00", 86400),
-            ("1-2", 93600),
-            ("1-02:30", 95400),
-            ("2-00:00:10", 172810),
-        ] {
-            assert_eq!(time_limit_s(t), Some(s), "{t}");
-        }
-        assert_eq!(time_limit_s("UNLIMITED"), None);
-        assert_eq!(time_limit_s("1:2:3:4"), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
     let stale: Vec<String> =
         rows.iter().filter_map(|r| Some(format!("  {}: {}", r.name, r.changed.as_ref()?.join(", ")))).collect();
     if !stale.is_empty() {
-        let runs = if stale.len() == 1 { "1 run".to_string() } else { format!("{} runs", stale.len()) };
+        let runs = infinity_launcher::plural(stale.len(), "run");
         s.push_str(&format!(
             "[stale]: {runs} trained with other settings than the sweep file gives now (the sweep refuses them: set \
              another `out`, or remove their folders to train them afresh):\n{}\n",
