@@ -208,6 +208,30 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(3), "{}", agent.text());
 }
 
+/// `--time-limit`: at its deadline the agent stops the group as for SIGTERM (the ranks checkpoint and
+/// exit), and exits with `--preempted-exit-code`; a limit it cannot read is a usage error.
+#[test]
+fn a_time_limit_stops_the_group_as_a_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let extra = ["--nproc-per-node", "2", "--preempted-exit-code", "143", "--time-limit", "0:03"];
+    let mut agent = Agent::start(tmp.path(), "limit", &args(d, &extra, PATIENT_RANK));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(143), "{}", agent.text());
+    assert!(
+        agent.text().contains("--time-limit of 3 s reached: stopping the group as for SIGTERM"),
+        "{}",
+        agent.text()
+    );
+    assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists(), "{}", agent.text());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let mut agent = Agent::start(tmp.path(), "bad-limit", &args(d, &["--time-limit", "soon"], PATIENT_RANK));
+    assert_eq!(agent.exit(Duration::from_secs(10)).code(), Some(2), "{}", agent.text());
+    assert!(agent.text().contains("expected a time as sbatch --time takes it"), "{}", agent.text());
+}
+
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends
 /// node 1's agent SIGTERM, which reaches its ranks at once; "loss" waits for it to find the store lost,
 /// after about 10 s.

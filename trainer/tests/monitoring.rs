@@ -391,6 +391,18 @@ fn preempted_exit_code_applies_outside_the_launcher() {
 
     let out = Command::new(bin).args(["train", "x.toml", "--preempted-exit-code", "256"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --time-limit: the run stops on its own clock as for a signal, checkpointed, with the same code
+    let mut cfg = config(&data, tmp.path().join("limited"));
+    cfg.run.steps = 100_000;
+    let file = common::config_file(&cfg, tmp.path());
+    let args = ["--preempted-exit-code", "143", "--time-limit", "0:02"];
+    let out = Command::new(bin).arg("train").arg(&file).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(143), "{text}");
+    assert!(text.contains("--time-limit of 2 s reached: the run stops after this step"), "{text}");
+    let s = summary(&cfg.run.dir);
+    assert!(s["preempted"] == true && s["last_checkpoint"].is_string(), "{s}");
 }
 
 /// Config for the two-rank runs below: 2 steps, a micro-batch of 4 per rank.

@@ -91,6 +91,13 @@ pub struct LaunchArgs {
     /// (a Kubernetes Job's podFailurePolicy, a PyTorchJob's `restartPolicy: ExitCode`).
     #[arg(long, value_name = "CODE", default_value_t = 0)]
     pub preempted_exit_code: u8,
+    /// Stop the group as a SIGTERM does (each rank checkpoints after its step and exits) once this long
+    /// has passed since the agent started, in sbatch's `--time` formats (`MM`, `HH:MM:SS`,
+    /// `D-HH:MM:SS`): for schedulers that end a job at its limit without a warning signal. Leave a
+    /// step, the checkpoint and `--grace-s` inside the job's own limit; the exit code is
+    /// `--preempted-exit-code`'s.
+    #[arg(long, value_name = "TIME", value_parser = crate::time_limit())]
+    pub time_limit: Option<u64>,
     /// Copy only these local ranks' output to the console (`0`, `0,3`, `0-3`; torchrun's flag): every
     /// rank's output still goes to its log file, and a failed rank's last lines to the failure report.
     #[arg(long, value_name = "RANKS", value_parser = LocalRanks::parse)]
@@ -180,7 +187,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         None => format!("agent {}", p.node_rank),
         Some(r) => format!("agent {}", r.me),
     };
-    let mut signals = Signals::new()?;
+    let mut signals = Signals::new(a.time_limit)?;
     let (addr2, token2, who2) = (store_addr.clone(), p.token.clone(), who.clone());
     let connect = tokio::task::spawn_blocking(move || StoreClient::connect(&addr2, &token2, &who2, timeout));
     let mut client = match until_signal(&mut signals, connect, "connecting to the store").await {

@@ -30,6 +30,7 @@ pub(super) async fn until_signal<T>(
 /// (Ctrl-\\, or a scheduler's quit) are forwarded as SIGTERM ([`forwarded`]): the ranks checkpoint and
 /// exit rather than die at their next line of output or dump core without a checkpoint, as torchrun
 /// stops its workers for either.
+/// `--time-limit` is a SIGTERM of the agent's own at its deadline, once.
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -37,10 +38,14 @@ pub(super) struct Signals {
     usr2: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
+    /// `--time-limit`: when, and the limit as given (none once it has fired).
+    deadline: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Signals {
-    pub(super) fn new() -> Result<Signals> {
+    /// The signal handlers, and a time limit of `limit_s` seconds from now.
+    pub(super) fn new(limit_s: Option<u64>) -> Result<Signals> {
+        let now = tokio::time::Instant::now();
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -48,12 +53,21 @@ impl Signals {
             usr2: signal(SignalKind::user_defined2())?,
             hup: signal(SignalKind::hangup())?,
             quit: signal(SignalKind::quit())?,
+            deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
         })
     }
 
     /// The next signal received (as received: the log names it; [`forwarded`] says what the ranks get).
     pub(super) async fn next(&mut self) -> i32 {
+        // (a deadline far away when there is none: its branch is disabled then)
+        let (at, limit) =
+            self.deadline.unwrap_or((tokio::time::Instant::now() + std::time::Duration::from_secs(1 << 40), 0));
         tokio::select! {
+            _ = tokio::time::sleep_until(at), if self.deadline.is_some() => {
+                self.deadline = None;
+                console_err!("[launch] --time-limit of {limit} s reached: stopping the group as for SIGTERM");
+                libc::SIGTERM
+            }
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,

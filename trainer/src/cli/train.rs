@@ -51,6 +51,12 @@ pub struct TrainArgs {
     /// policy retry the preempted pods. Ignored under `infinity launch`, whose agent reports the stop.
     #[arg(long, value_name = "CODE", default_value_t = 0)]
     preempted_exit_code: u8,
+    /// Stop as a signal stops the run (a checkpoint after the step, then exit with
+    /// `--preempted-exit-code`) once this long has passed, in sbatch's `--time` formats (`MM`,
+    /// `HH:MM:SS`, `D-HH:MM:SS`): for a job whose scheduler ends it without a warning signal. Leave a
+    /// step and the checkpoint inside the job's limit. Under `infinity launch`, give it to the launcher.
+    #[arg(long, value_name = "TIME", value_parser = infinity_launcher::time_limit())]
+    time_limit: Option<u64>,
 }
 
 pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -74,6 +80,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let under_agent = std::env::var(vars::UNDER_AGENT).is_ok_and(|v| v == "1");
     if under_agent && a.preempted_exit_code != 0 && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("{}", launch_ignores(a.preempted_exit_code));
+    }
+    // (a rank stopping on its own clock would leave its group, which the agent takes for a failure)
+    if under_agent && a.time_limit.is_some() {
+        return Err(bad(anyhow::anyhow!(
+            "--time-limit of `infinity train` under infinity launch: give it to `infinity launch` (before `--`), \
+             whose agent stops every rank at once"
+        )));
     }
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
     if world > 1 {
@@ -112,7 +125,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             None
         }),
         false => {
-            let stop = Some(dist::preemption_flag()?);
+            let flag = dist::preemption_flag()?;
+            if let Some(limit) = a.time_limit {
+                time_limit(limit, flag.clone())?;
+            }
+            let stop = Some(flag);
             let accept_data_change = a.accept_data_change;
             let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start };
             train::train(&cfg, &opts).map(Some)
@@ -183,6 +200,16 @@ fn auto_hint(given: &str, e: anyhow::Error) -> anyhow::Error {
         true => anyhow::anyhow!("{e:#}; did you mean `--resume auto` (run.dir's newest checkpoint)?"),
         false => e,
     }
+}
+
+/// `--time-limit`: a thread that raises the stop flag a signal raises after `limit_s` seconds.
+fn time_limit(limit_s: u64, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new().name("time limit".into()).spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(limit_s));
+        console!("--time-limit of {limit_s} s reached: the run stops after this step, as for a signal");
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    })?;
+    Ok(())
 }
 
 /// Why `--preempted-exit-code` does nothing for a rank of `infinity launch`, and where it belongs.
