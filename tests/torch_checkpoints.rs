@@ -140,4 +140,23 @@ fn sharded_weights_with_an_index_load_as_one_file() {
     write_index(&gone);
     let e = format!("{:#}", loaded(&index, &cfg, &lay).unwrap_err());
     assert!(e.contains("missing.safetensors, which does not exist"), "{e}");
+    let mut outside = map.clone();
+    outside.insert(names[0].clone(), "../part1.safetensors".into());
+    write_index(&outside);
+    let e = format!("{:#}", loaded(&index, &cfg, &lay).unwrap_err());
+    assert!(e.contains("expected a file name beside the index"), "{e}");
+    // a tensor a shard holds that the index does not map to it
+    let mut fewer = map.clone();
+    fewer.remove(&names[half]);
+    write_index(&fewer);
+    let e = format!("{:#}", loaded(&index, &cfg, &lay).unwrap_err());
+    assert!(e.contains(&format!("holds `{}`, which the index does not map to it", names[half])), "{e}");
+    // two indexes: Hugging Face's safetensors one is taken, as transformers takes it; two others are refused
+    write_index(&map);
+    std::fs::copy(&index, weights.join("model.safetensors.index.json")).unwrap();
+    let found = infinity_trainer::train::checkpoint::weights_file(&weights).unwrap();
+    assert_eq!(found, weights.join("model.safetensors.index.json"));
+    std::fs::rename(weights.join("model.safetensors.index.json"), weights.join("other.index.json")).unwrap();
+    let e = format!("{:#}", infinity_trainer::train::checkpoint::weights_file(&weights).unwrap_err());
+    assert!(e.contains("several weight indexes"), "{e}");
 }

@@ -73,15 +73,19 @@ pub fn time_limit_s(text: &str) -> Option<u64> {
         (true, &[h, m]) => (h, m, 0),
         _ => return None,
     };
-    Some(((days * 24 + h) * 60 + m) * 60 + s)
+    days.checked_mul(24)?.checked_add(h)?.checked_mul(60)?.checked_add(m)?.checked_mul(60)?.checked_add(s)
 }
 
 /// `--time-limit`: a positive time in sbatch's `--time` formats, as seconds.
 pub fn time_limit() -> impl clap::builder::TypedValueParser<Value = u64> {
     use clap::builder::TypedValueParser;
+    // (at most a year: no job runs longer, and the deadline must fit the clock)
     clap::builder::StringValueParser::new().try_map(|s| match time_limit_s(&s) {
-        Some(t) if t > 0 => Ok(t),
-        _ => Err(format!("expected a time as sbatch --time takes it (MM, MM:SS, HH:MM:SS, D-HH:MM:SS), found `{s}`")),
+        Some(t) if t > 0 && t <= 366 * 86_400 => Ok(t),
+        _ => Err(format!(
+            "expected a time as sbatch --time takes it (MM, MM:SS, HH:MM:SS, D-HH:MM:SS; minutes alone, up to a \
+             year), found `{s}`"
+        )),
     })
 }
 
@@ -156,5 +160,7 @@ mod tests {
         }
         assert_eq!(super::time_limit_s("UNLIMITED"), None);
         assert_eq!(super::time_limit_s("1:2:3:4"), None);
+        assert_eq!(super::time_limit_s("99999999999999999999999-0"), None, "too large to read");
+        assert_eq!(super::time_limit_s("999999999999999-0"), None, "its seconds overflow");
     }
 }

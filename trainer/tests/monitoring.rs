@@ -403,6 +403,13 @@ fn preempted_exit_code_applies_outside_the_launcher() {
     assert!(text.contains("--time-limit of 2 s reached: the run stops after this step"), "{text}");
     let s = summary(&cfg.run.dir);
     assert!(s["preempted"] == true && s["last_checkpoint"].is_string(), "{s}");
+    // a rank of infinity launch refuses one of its own (the agent's clock stops every rank)
+    let mut c = Command::new(bin);
+    c.args(["launch", "--nproc-per-node", "1", "--log-dir"]).arg(tmp.path().join("logs")).arg("--");
+    let out = c.arg("train").arg(&file).args(["--time-limit", "5"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("give it to `infinity launch` (before `--`)"), "{text}");
 }
 
 /// Config for the two-rank runs below: 2 steps, a micro-batch of 4 per rank.

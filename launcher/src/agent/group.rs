@@ -381,7 +381,7 @@ pub(super) async fn group_outcome(
                     signal_name(got)
                 );
                 // (as a signal to a watching agent: an elastic group's member leaves alone)
-                let (key, what) = match elastic_member {
+                let (key, what) = match elastic_member && !signals.timed_out() {
                     true => (format!("{prefix}/left"), format!("node {node} ({})", signal_name(got))),
                     false => (signal, forwarded(got).to_string()),
                 };

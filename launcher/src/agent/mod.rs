@@ -188,6 +188,11 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         Some(r) => format!("agent {}", r.me),
     };
     let mut signals = Signals::new(a.time_limit)?;
+    if let Some(t) = a.time_limit {
+        // (sbatch's plain number is minutes: the limit as read, to be sure)
+        let (h, m, s) = (t / 3600, t / 60 % 60, t % 60);
+        console_err!("[launch] --time-limit: the group stops {h}:{m:02}:{s:02} (h:mm:ss) after this agent's start");
+    }
     let (addr2, token2, who2) = (store_addr.clone(), p.token.clone(), who.clone());
     let connect = tokio::task::spawn_blocking(move || StoreClient::connect(&addr2, &token2, &who2, timeout));
     let mut client = match until_signal(&mut signals, connect, "connecting to the store").await {

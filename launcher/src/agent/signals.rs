@@ -20,7 +20,11 @@ pub(super) async fn until_signal<T>(
         r = task => Ok(r.expect("the blocking task does not panic")),
         sig = signals.next() => {
             let code = stopped_before_start(sig);
-            console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+            match signals.timed_out() {
+                // (the limit's own line said so; the ranks of an earlier attempt may have trained)
+                true => console_err!("[launch] the time limit came while {what}; no rank running, exiting with {code}"),
+                false => console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig)),
+            }
             Err(code)
         }
     }
@@ -40,6 +44,8 @@ pub(super) struct Signals {
     quit: tokio::signal::unix::Signal,
     /// `--time-limit`: when, and the limit as given (none once it has fired).
     deadline: Option<(tokio::time::Instant, u64)>,
+    /// The time limit fired (a stop of the whole group, never one node's leaving).
+    timed_out: bool,
 }
 
 impl Signals {
@@ -54,7 +60,13 @@ impl Signals {
             hup: signal(SignalKind::hangup())?,
             quit: signal(SignalKind::quit())?,
             deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
+            timed_out: false,
         })
+    }
+
+    /// Whether the stop [`Signals::next`] gave was `--time-limit`'s.
+    pub(super) fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     /// The next signal received (as received: the log names it; [`forwarded`] says what the ranks get).
@@ -64,7 +76,7 @@ impl Signals {
             self.deadline.unwrap_or((tokio::time::Instant::now() + std::time::Duration::from_secs(1 << 40), 0));
         tokio::select! {
             _ = tokio::time::sleep_until(at), if self.deadline.is_some() => {
-                self.deadline = None;
+                (self.deadline, self.timed_out) = (None, true);
                 console_err!("[launch] --time-limit of {limit} s reached: stopping the group as for SIGTERM");
                 libc::SIGTERM
             }

@@ -155,9 +155,12 @@ pub(super) async fn watch(
             got = signals.next() => {
                 let sig = forwarded(got);
                 console_err!("[launch] got {}; forwarding {} to the ranks (they checkpoint and exit)", signal_name(got), signal_name(sig));
-                // a fixed group stops on every node; from an elastic one only this node leaves
+                // a fixed group stops on every node; from an elastic one only this node leaves (but the
+                // time limit is the job's: the whole group stops)
                 let (key, what) = match elastic {
-                    Some(Membership { hosting: false, .. }) => (LEFT, format!("node {} ({})", g.node_rank, signal_name(got))),
+                    Some(Membership { hosting: false, .. }) if !signals.timed_out() => {
+                        (LEFT, format!("node {} ({})", g.node_rank, signal_name(got)))
+                    }
                     _ => (SIGNAL, sig.to_string()),
                 };
                 // the ranks hear of it at once, the other nodes as soon as the store answers

@@ -81,7 +81,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     if under_agent && a.preempted_exit_code != 0 && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("{}", launch_ignores(a.preempted_exit_code));
     }
-    // (a rank stopping on its own clock would leave its group, which the agent takes for a failure)
+    // (a rank stopping on its own clock leaves its group with no signal to the agent, which restarts
+    // the group: the agent's clock stops every rank at once)
     if under_agent && a.time_limit.is_some() {
         return Err(bad(anyhow::anyhow!(
             "--time-limit of `infinity train` under infinity launch: give it to `infinity launch` (before `--`), \

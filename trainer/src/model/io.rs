@@ -257,6 +257,7 @@ fn fill_weights(
     let mut report = |canon: &str, what: String| if lenient(canon) { notes.push(what) } else { problems.push(what) };
     // in the model's parameter order (unknown names last, by name): the same error every time, and
     // the first problems shown are the model's first parameters (a safetensors header has no order)
+    // (each tensor's own file, for the errors about its values)
     let mut tensors = Vec::new();
     let mut from: HashMap<String, &Path> = HashMap::new();
     for (file, (f, names)) in files.iter().zip(&parts) {
@@ -266,14 +267,16 @@ fn fill_weights(
             if let Some(lacking) = names.iter().find(|n| !have.contains(n.as_str())) {
                 bail!("{}: maps `{lacking}` to {}, which lacks it", path.display(), f.display());
             }
-        }
-        for (name, t) in held.into_iter().filter(|(n, _)| names.as_ref().is_none_or(|names| names.contains(n))) {
-            if let Some(first) = from.insert(name.clone(), f) {
-                bail!("{}: `{name}` is in {} and in {}", path.display(), first.display(), f.display());
+            if let Some((extra, _)) = held.iter().find(|(n, _)| !names.contains(n)) {
+                bail!("{}: {} holds `{extra}`, which the index does not map to it", path.display(), f.display());
             }
+        }
+        for (name, t) in held {
+            from.insert(name.clone(), f);
             tensors.push((name, t));
         }
     }
+    let file_of = |name: &str| from.get(name).copied().unwrap_or(path).display().to_string();
     // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
     let chunks = match file_block_chunks(tensors.iter().map(|(n, _)| n.as_str())) {
         None => 1,
@@ -297,7 +300,7 @@ fn fill_weights(
             continue;
         };
         if canon.ends_with("zero_k_bias") {
-            let v = t.values(&name).with_context(|| path.display().to_string())?;
+            let v = t.values(&name).with_context(|| file_of(&name))?;
             if v.iter().any(|&x| x != 0.0) {
                 report("", format!("`{name}`: buffer must be all zeros"));
             }
@@ -317,7 +320,7 @@ fn fill_weights(
                 && t.shape[1] == spec.shape[1]
                 && t.shape[0] != spec.shape[0] =>
             {
-                let v = t.values(&name).with_context(|| path.display().to_string())?;
+                let v = t.values(&name).with_context(|| file_of(&name))?;
                 if let Some(why) = not_finite(&name, &v) {
                     report("", why);
                     continue;
@@ -340,7 +343,7 @@ fn fill_weights(
                 report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape, spec.shape))
             }
             spec => {
-                let v = t.values(&name).with_context(|| path.display().to_string())?;
+                let v = t.values(&name).with_context(|| file_of(&name))?;
                 match not_finite(&name, &v) {
                     None => p.put(spec.offset, &v),
                     Some(why) => report("", why),

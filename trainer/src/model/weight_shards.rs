@@ -15,14 +15,17 @@ pub fn is_index(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(INDEX_SUFFIX))
 }
 
-/// The one index in the folder `dir`, if it holds one (an error if it holds several: which is meant
-/// cannot be told).
+/// The index that weighs for the folder `dir`: its one index, or `model.safetensors.index.json` beside
+/// others (Hugging Face repositories often ship it with `pytorch_model.bin.index.json`; transformers
+/// prefers it too); an error for several others, of which the one meant cannot be told.
 pub fn index_in(dir: &Path) -> Result<Option<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
     let mut found: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_index(p) && p.is_file()).collect();
     found.sort();
+    let preferred = dir.join("model.safetensors.index.json");
     match found.len() {
         0 | 1 => Ok(found.pop()),
+        _ if found.contains(&preferred) => Ok(Some(preferred)),
         _ => {
             let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
             bail!("{}: several weight indexes ({}): name one", dir.display(), names.join(", "))
@@ -43,11 +46,8 @@ pub fn shard_files(index: &Path) -> Result<Vec<(PathBuf, BTreeSet<String>)>> {
         let file =
             file.as_str().with_context(|| format!("{}: `weight_map.{name}` is not a file name", index.display()))?;
         // (a name, not a path: the files lie beside the index)
-        ensure!(
-            !file.is_empty() && Path::new(file).components().count() == 1,
-            "{}: `weight_map.{name}` = {file:?}: expected a file name beside the index",
-            index.display()
-        );
+        let plain = matches!(Path::new(file).components().collect::<Vec<_>>()[..], [std::path::Component::Normal(_)]);
+        ensure!(plain, "{}: `weight_map.{name}` = {file:?}: expected a file name beside the index", index.display());
         files.entry(file.to_string()).or_default().insert(name.clone());
     }
     ensure!(!files.is_empty(), "{}: an empty `weight_map`", index.display());
