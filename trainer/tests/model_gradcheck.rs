@@ -212,6 +212,19 @@ fn patchified_sampling_matches_the_training_inputs() {
 /// A negative prompt takes the unconditional rows: at cfg 0 (the unconditional logits alone) sampling
 /// with negative N draws the bits of sampling N itself without guidance. A negative prompt without
 /// guidance, or longer than `text_maxlen`, is refused.
+/// Two captions (3 and 2 tokens of width `ct`, noise of `seed`) with a negative prompt of 4 tokens
+/// (noise of `seed + 1`), and that negative prompt alone for both samples, unguided.
+fn prompts_with_a_negative(
+    ct: usize,
+    seed: u64,
+) -> (infinity_trainer::model::sample::SampleCondition, infinity_trainer::model::sample::SampleCondition) {
+    use infinity_trainer::model::sample::SampleCondition;
+    let kv: Vec<f32> = noise(5 * ct, seed).iter().map(|&v| v as f32).collect();
+    let neg: Vec<f32> = noise(4 * ct, seed + 1).iter().map(|&v| v as f32).collect();
+    let plain = SampleCondition::Text { kv: [neg.clone(), neg.clone()].concat(), lens: vec![4, 4], negative: None };
+    (SampleCondition::Text { kv, lens: vec![3, 2], negative: Some(neg) }, plain)
+}
+
 #[test]
 fn negative_prompts_replace_the_unconditional_rows() {
     use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
@@ -221,13 +234,9 @@ fn negative_prompts_replace_the_unconditional_rows() {
     let scales = [(1usize, 1usize), (2, 2), (3, 3)];
     let rope = RopeTable::new(8, &scales, (3, 3));
     let ct = cfg.text_channels;
-    let kv: Vec<f32> = noise(5 * ct, 5).iter().map(|&v| v as f32).collect();
-    let neg: Vec<f32> = noise(4 * ct, 6).iter().map(|&v| v as f32).collect();
-    let with_negative = SampleCondition::Text { kv, lens: vec![3, 2], negative: Some(neg.clone()) };
+    let (with_negative, plain) = prompts_with_a_negative(ct, 5);
     let o = |cfg_scale: f64| SampleOptions::uniform(cfg_scale, 0.8, 0.0, 7);
     let guided = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &o(0.0)).unwrap();
-    let both_neg = [neg.clone(), neg.clone()].concat();
-    let plain = SampleCondition::Text { kv: both_neg, lens: vec![4, 4], negative: None };
     let alone = sample(&cfg, &lay, &p, &plain, &scales, &rope, &o(1.0)).unwrap();
     assert_eq!(guided.bits, alone.bits, "cfg 0 with a negative prompt samples the negative prompt");
     // and it differs from cfg 0 without one (cfg_uncond's rows)
@@ -254,7 +263,7 @@ fn negative_prompts_replace_the_unconditional_rows() {
 /// refused.
 #[test]
 fn guidance_on_the_hidden_states_carries_the_mix_into_the_blocks_after() {
-    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    use infinity_trainer::model::sample::{sample, SampleOptions};
     let cfg = tiny(Conditioning::Text);
     let lay = Layout::new(&cfg);
     let mut p: Params<f32> = random_params(&lay, 14).cast();
@@ -262,17 +271,13 @@ fn guidance_on_the_hidden_states_carries_the_mix_into_the_blocks_after() {
     p.data[w].iter_mut().for_each(|v| *v = 0.0);
     let scales = [(1usize, 1usize), (2, 2), (3, 3)];
     let rope = RopeTable::new(8, &scales, (3, 3));
-    let ct = cfg.text_channels;
-    let kv: Vec<f32> = noise(5 * ct, 15).iter().map(|&v| v as f32).collect();
-    let neg: Vec<f32> = noise(4 * ct, 16).iter().map(|&v| v as f32).collect();
-    let with_negative = SampleCondition::Text { kv, lens: vec![3, 2], negative: Some(neg.clone()) };
+    let (with_negative, plain) = prompts_with_a_negative(cfg.text_channels, 15);
     let at = |g: f64, places: Vec<i64>| SampleOptions {
         cfg_insertion_layer: places,
         ..SampleOptions::uniform(g, 0.8, 0.0, 7)
     };
     let last = -1;
     let hidden = sample(&cfg, &lay, &p, &with_negative, &scales, &rope, &at(0.0, vec![last])).unwrap();
-    let plain = SampleCondition::Text { kv: [neg.clone(), neg].concat(), lens: vec![4, 4], negative: None };
     let alone = sample(&cfg, &lay, &p, &plain, &scales, &rope, &at(1.0, vec![0])).unwrap();
     assert_eq!(hidden.bits, alone.bits, "cfg 0 after the last block samples the unconditional rows");
     // the conditional rows' own logits at scale 0 are the mix's, not the condition's
