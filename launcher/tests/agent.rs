@@ -209,7 +209,8 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
 }
 
 /// `--time-limit`: at its deadline the agent stops the group as for SIGTERM (the ranks checkpoint and
-/// exit), and exits with `--preempted-exit-code`; a limit it cannot read is a usage error.
+/// exit), and exits with `--preempted-exit-code`, also where no rank runs yet; a limit it cannot read is
+/// a usage error.
 #[test]
 fn a_time_limit_stops_the_group_as_a_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -222,6 +223,17 @@ fn a_time_limit_stops_the_group_as_a_sigterm() {
         ["--time-limit: the group stops 0:00:05 (h:mm:ss) after", "--time-limit of 5 s reached: stopping the group"];
     assert!(said.iter().all(|s| agent.text().contains(s)), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists(), "{}", agent.text());
+
+    // the limit coming while no rank runs (here: waiting for a second node that never comes) ends the
+    // agent with the same code
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let extra = node_of_two("0", &rdzv, &["--preempted-exit-code", "75", "--time-limit", "0:02"]);
+    let mut agent = Agent::start(tmp.path(), "limit-waiting", &args(d, &extra, PATIENT_RANK));
+    assert_eq!(agent.exit(Duration::from_secs(12)).code(), Some(75), "{}", agent.text());
+    assert!(agent.text().contains("the time limit came while"), "{}", agent.text());
+    assert!(!tmp.path().join("started.0").exists(), "{}", agent.text());
 
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();

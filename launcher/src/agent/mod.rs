@@ -187,7 +187,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
         None => format!("agent {}", p.node_rank),
         Some(r) => format!("agent {}", r.me),
     };
-    let mut signals = Signals::new(a.time_limit)?;
+    let mut signals = Signals::new(a.time_limit, i32::from(a.preempted_exit_code))?;
     if let Some(t) = a.time_limit {
         // (sbatch's plain number is minutes: the limit as read, to be sure)
         let (h, m, s) = (t / 3600, t / 60 % 60, t % 60);

@@ -19,13 +19,20 @@ pub(super) async fn until_signal<T>(
     tokio::select! {
         r = task => Ok(r.expect("the blocking task does not panic")),
         sig = signals.next() => {
-            let code = stopped_before_start(sig);
             match signals.timed_out() {
-                // (the limit's own line said so; the ranks of an earlier attempt may have trained)
-                true => console_err!("[launch] the time limit came while {what}; no rank running, exiting with {code}"),
-                false => console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig)),
+                // (the limit's own line said so; the ranks of an earlier attempt may have trained and
+                // checkpointed: the job ended as a preempted one does, so its code says so)
+                true => {
+                    let code = signals.time_limit_exit_code;
+                    console_err!("[launch] the time limit came while {what}; no rank running, exiting with {code}");
+                    Err(code)
+                }
+                false => {
+                    let code = stopped_before_start(sig);
+                    console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+                    Err(code)
+                }
             }
-            Err(code)
         }
     }
 }
@@ -46,11 +53,14 @@ pub(super) struct Signals {
     deadline: Option<(tokio::time::Instant, u64)>,
     /// The time limit fired (a stop of the whole group, never one node's leaving).
     timed_out: bool,
+    /// The agent's exit code when the time limit comes while no rank runs (`--preempted-exit-code`).
+    time_limit_exit_code: i32,
 }
 
 impl Signals {
-    /// The signal handlers, and a time limit of `limit_s` seconds from now.
-    pub(super) fn new(limit_s: Option<u64>) -> Result<Signals> {
+    /// The signal handlers, and a time limit of `limit_s` seconds from now, which stops an agent whose
+    /// ranks are not running with `exit_code`.
+    pub(super) fn new(limit_s: Option<u64>, exit_code: i32) -> Result<Signals> {
         let now = tokio::time::Instant::now();
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
@@ -61,6 +71,7 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
             timed_out: false,
+            time_limit_exit_code: exit_code,
         })
     }
 
