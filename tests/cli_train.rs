@@ -554,7 +554,8 @@ fn a_fresh_run_starts_from_another_runs_weights() {
 
 /// `optim.ema_decay` keeps a moving average of the weights in every checkpoint (`ema.safetensors`):
 /// each checkpoint's average is the previous one pulled towards that step's weights, a resumed run
-/// continues it bit for bit, and `export --ema` and `sample --ema` use it.
+/// continues it bit for bit, `export --ema` and `sample --ema` use it, and `model.init_from_ema`
+/// starts a fresh run from it.
 #[test]
 fn a_moving_average_of_the_weights_rides_along() {
     use infinity_trainer::train::checkpoint::load_model;
@@ -605,6 +606,38 @@ fn a_moving_average_of_the_weights_rides_along() {
     let (e, _) = fails(&["export", path_str(&plain), "--ema", "-o", path_str(&out)]);
     assert!(e.contains("no moving average of the weights"), "{e}");
     assert!(!plain.join("checkpoints/step-00000001/ema.safetensors").exists());
+
+    // model.init_from_ema: a fresh run starts from the average (a learning rate too small to move it)
+    let next = tmp.path().join("from-ema");
+    let from = |src: &Path| format!("model.init_from={}", path_str(src));
+    let (src, dir) = (from(&run), format!("run.dir={}", path_str(&next)));
+    let tiny_lr = ["--set", "run.steps=1", "--set", "optim.lr=1e-30", "--set", "model.init_from_ema=true"];
+    assert!(infinity(&[&["train", path_str(&cfg), "--set", &src, "--set", &dir][..], &tiny_lr[..]].concat()));
+    let started = load_model(&next, false).unwrap().params.data;
+    let d = started.iter().zip(&load(4, true)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(d < 1e-12, "model.init_from_ema: the new run's weights differ from the average by {d}");
+    // an export of the average is taken; sources without one are named with what to give instead
+    let ema_dir = tmp.path().join("ema-export");
+    assert!(infinity(&["export", path_str(&run), "--ema", "-o", path_str(&ema_dir)]));
+    let with_ema = |src: &Path| vec![from(src), "model.init_from_ema=true".into()];
+    let fresh_dir = format!("run.dir={}", path_str(&tmp.path().join("checked")));
+    let c = TrainConfig::load(&cfg, &[with_ema(&ema_dir), vec![fresh_dir.clone()]].concat()).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
+    assert!(lines.contains("start: the weights' moving average from"), "{lines}");
+    let check_fails = |src: &Path| {
+        let sets = with_ema(src);
+        fails(&["train", path_str(&cfg), "--check", "--set", &sets[0], "--set", &sets[1], "--set", &fresh_dir]).0
+    };
+    let e = check_fails(&plain);
+    assert!(e.contains("no moving average of the weights (the run had optim.ema_decay = 0)"), "{e}");
+    let e = check_fails(&out);
+    assert!(e.contains("a safetensors file holds one set of weights"), "{e}");
+    let trained_dir = tmp.path().join("trained-export");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&trained_dir)]));
+    let e = check_fails(&trained_dir);
+    assert!(e.contains("an export of the trained weights, not their moving average"), "{e}");
+    let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", "model.init_from_ema=true"]);
+    assert!(e.contains("model.init_from_ema = true needs model.init_from"), "{e}");
 }
 
 /// The run folder across sessions: a fresh start refuses a folder that holds a run; a finished run

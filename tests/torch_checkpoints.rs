@@ -1,10 +1,11 @@
 //! PyTorch checkpoints as `model.init_from` sources, read without PyTorch: a state dict written as
 //! `torch.save` writes it (tests/reference/torch_save.py, whose stand-ins pickle under torch's names)
 //! loads value for value as the same weights in safetensors, with shared storages, strided views and
-//! bf16 storages; upstream's training checkpoint layout (`trainer.gpt_fsdp`) too; broken files are named.
+//! bf16 storages; upstream's training checkpoint layout (`trainer.gpt_fsdp`, and its moving average
+//! `trainer.gpt_ema_fsdp`) too; broken files are named.
 //! Weights sharded over several files with an index load as one file.
 
-use infinity_trainer::model::io::{init_from_weights, weight_tensors, SaveDtype};
+use infinity_trainer::model::io::{init_from_weights, weight_tensors, SaveDtype, StateDict};
 use infinity_trainer::model::{init, Layout, ModelConfig, Params};
 
 use crate::{python, python_fails};
@@ -21,8 +22,18 @@ fn model() -> (ModelConfig, Layout, Params<f32>) {
 
 /// `p`'s weights read back from `file` into a fresh model.
 fn loaded(file: &std::path::Path, cfg: &ModelConfig, lay: &Layout) -> anyhow::Result<Params<f32>> {
+    loaded_state(file, StateDict::Trained, cfg, lay)
+}
+
+/// `which` of `file`'s state dicts read into a fresh model.
+fn loaded_state(
+    file: &std::path::Path,
+    which: StateDict,
+    cfg: &ModelConfig,
+    lay: &Layout,
+) -> anyhow::Result<Params<f32>> {
     let mut q = init::init_params(cfg, lay, &init::InitConfig::default(), 99);
-    let notes = init_from_weights(file, cfg, lay, &mut q)?;
+    let notes = init_from_weights(file, which, cfg, lay, &mut q)?;
     assert!(notes.is_empty(), "{notes:?}");
     Ok(q)
 }
@@ -53,6 +64,31 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
     let ckpt = dir.path().join("ar-ckpt-giter000K-ep0-iter100-last.pth");
     python(&[&"tests/reference/torch_save.py", &"--weights", &st, &"--out", &ckpt, &"--nested"]);
     assert!(loaded(&ckpt, &cfg, &lay).unwrap().data == p.data, "trainer.gpt_fsdp's weights");
+    // with its moving average (trainer.gpt_ema_fsdp): model.init_from_ema takes that, the default the
+    // trained weights; files that keep none say so
+    let mut avg = p.clone();
+    avg.data.iter_mut().for_each(|v| *v = 0.5 * *v + 0.25);
+    let avg_st = dir.path().join("avg.safetensors");
+    std::fs::write(
+        &avg_st,
+        safetensors::serialize(weight_tensors(&cfg, &lay, &avg, SaveDtype::F32, 1).unwrap(), None).unwrap(),
+    )
+    .unwrap();
+    let with_ema = dir.path().join("ar-ckpt-giter001K-ep0-iter1000-last.pth");
+    python(&[&"tests/reference/torch_save.py", &"--weights", &st, &"--out", &with_ema, &"--nested", &"--ema", &avg_st]);
+    assert!(loaded(&with_ema, &cfg, &lay).unwrap().data == p.data, "trainer.gpt_fsdp beside an average");
+    let ema = loaded_state(&with_ema, StateDict::MovingAverage, &cfg, &lay).unwrap();
+    assert!(ema.data == avg.data, "trainer.gpt_ema_fsdp's weights");
+    let weights_file = infinity_trainer::train::checkpoint::weights_file;
+    assert_eq!(weights_file(&with_ema, true).unwrap(), (with_ema.clone(), StateDict::MovingAverage));
+    let e = format!("{:#}", loaded_state(&ckpt, StateDict::MovingAverage, &cfg, &lay).unwrap_err());
+    assert!(e.contains("`trainer` holds no gpt_ema_fsdp") && e.contains("--use_fsdp_model_ema was 0"), "{e}");
+    let e = format!("{:#}", loaded_state(&pth, StateDict::MovingAverage, &cfg, &lay).unwrap_err());
+    assert!(e.contains("a state dict (released weights) holds one set of weights"), "{e}");
+    let e = format!("{:#}", weights_file(&st, true).unwrap_err());
+    assert!(e.contains("w.safetensors: a safetensors file holds one set of weights"), "{e}");
+    let e = format!("{:#}", loaded_state(&st, StateDict::MovingAverage, &cfg, &lay).unwrap_err());
+    assert!(e.contains("a safetensors file holds one set of weights"), "{e}");
     // under DDP (trainer.gpt_wo_ddp), tensors pickled as Parameters, half and double storages
     let (f16, f64) = ("blocks.0.ffn.fc2.weight", "blocks.1.sa.mat_qkv.weight");
     let ddp = dir.path().join("ddp.pth");
@@ -127,8 +163,8 @@ fn sharded_weights_with_an_index_load_as_one_file() {
     };
     write_index(&map);
     assert!(loaded(&index, &cfg, &lay).unwrap().data == p.data, "from the index");
-    let found = infinity_trainer::train::checkpoint::weights_file(&weights).unwrap();
-    assert_eq!(found, index, "a folder's one index");
+    let found = infinity_trainer::train::checkpoint::weights_file(&weights, false).unwrap();
+    assert_eq!(found, (index.clone(), StateDict::Trained), "a folder's one index");
 
     let mut wrong = map.clone();
     wrong.insert(names[0].clone(), st.into());
@@ -154,9 +190,12 @@ fn sharded_weights_with_an_index_load_as_one_file() {
     // two indexes: Hugging Face's safetensors one is taken, as transformers takes it; two others are refused
     write_index(&map);
     std::fs::copy(&index, weights.join("model.safetensors.index.json")).unwrap();
-    let found = infinity_trainer::train::checkpoint::weights_file(&weights).unwrap();
-    assert_eq!(found, weights.join("model.safetensors.index.json"));
+    let found = infinity_trainer::train::checkpoint::weights_file(&weights, false).unwrap();
+    assert_eq!(found.0, weights.join("model.safetensors.index.json"));
+    // (an index's files hold one set of weights: no moving average to take)
+    let e = format!("{:#}", infinity_trainer::train::checkpoint::weights_file(&weights, true).unwrap_err());
+    assert!(e.contains("a folder of weight files with an index holds one set of weights"), "{e}");
     std::fs::rename(weights.join("model.safetensors.index.json"), weights.join("other.index.json")).unwrap();
-    let e = format!("{:#}", infinity_trainer::train::checkpoint::weights_file(&weights).unwrap_err());
+    let e = format!("{:#}", infinity_trainer::train::checkpoint::weights_file(&weights, false).unwrap_err());
     assert!(e.contains("several weight indexes"), "{e}");
 }

@@ -2,7 +2,7 @@
 """Write a PyTorch checkpoint in `torch.save`'s zip format without PyTorch, for the tests of
 `trainer/src/model/torch_file/` (CI installs no PyTorch).
 
-    python tests/reference/torch_save.py --weights W.safetensors --out W.pth [--nested [--ddp]]
+    python tests/reference/torch_save.py --weights W.safetensors --out W.pth [--nested [--ddp] [--ema E.safetensors]]
         [--bf16 NAME ...] [--f16 NAME ...] [--f64 NAME ...] [--parameters]
 
 The file is what `torch.save(state_dict, 'W.pth')` writes, by the same means: a pickle of protocol 2
@@ -21,7 +21,8 @@ DoubleStorage; `--parameters` pickles each tensor as an `nn.Parameter` does
 (`torch._utils._rebuild_parameter(tensor, requires_grad, hooks)`). `--nested` wraps the state dict as
 upstream's training checkpoints do: `{'args': <an Args object>, 'epoch': 0, 'iter': 100, 'trainer':
 {'config': {...}, 'gpt_fsdp': state_dict, 'gpt_fsdp_opt': {...}}, 'acc_str': ..., 'milestones': ...}`
-(`gpt_wo_ddp` with `--ddp`, as under DDP).
+(`gpt_wo_ddp` with `--ddp`, as under DDP); `--ema E.safetensors` adds `'gpt_ema_fsdp'`, the moving
+average upstream keeps with `--use_fsdp_model_ema`.
 """
 import argparse
 import collections
@@ -116,8 +117,9 @@ def contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
-def state_dict(weights, dtypes, parameters):
-    storages, sd = [], collections.OrderedDict()
+def state_dict(weights, dtypes, parameters, storages):
+    """The state dict of `weights`, its storages appended to `storages` (keys numbered on)."""
+    sd = collections.OrderedDict()
 
     def storage(values: np.ndarray, dtype="f32"):
         key = str(len(storages))
@@ -149,7 +151,7 @@ def state_dict(weights, dtypes, parameters):
     if parameters:
         sd = collections.OrderedDict((k, Parameter(v)) for k, v in sd.items())
     sd._metadata = collections.OrderedDict([("", {"version": 1})])
-    return sd, storages
+    return sd
 
 
 def write_stored(z: zipfile.ZipFile, name: str, data: bytes):
@@ -169,12 +171,16 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--nested", action="store_true")
     p.add_argument("--ddp", action="store_true")
+    p.add_argument("--ema", help="with --nested: these weights as trainer.gpt_ema_fsdp")
     p.add_argument("--parameters", action="store_true")
     for dtype in ("bf16", "f16", "f64"):
         p.add_argument(f"--{dtype}", nargs="*", default=[])
     a = p.parse_args()
     dtypes = {n: d for d in ("bf16", "f16", "f64") for n in getattr(a, d)}
-    sd, storages = state_dict(load_file(a.weights), dtypes, a.parameters)
+    if a.ema and not a.nested:
+        p.error("--ema needs --nested (the moving average lives in a training checkpoint's trainer)")
+    storages = []
+    sd = state_dict(load_file(a.weights), dtypes, a.parameters, storages)
     obj = sd
     if a.nested:
         args = Args()
@@ -182,8 +188,10 @@ def main():
         step = Storage(str(len(storages)), torch.LongStorage, np.array([100], "<i8").tobytes(), 1)
         storages.append(step)
         opt = {"state": {0: {"step": Tensor(step, 0, (), ())}}, "param_groups": [{"lr": 2e-5, "params": [0]}]}
-        obj = {"args": args, "epoch": 0, "iter": 100,
-               "trainer": {"config": {"tlr": 2e-5}, "gpt_wo_ddp" if a.ddp else "gpt_fsdp": sd, "gpt_fsdp_opt": opt},
+        trainer = {"config": {"tlr": 2e-5}, "gpt_wo_ddp" if a.ddp else "gpt_fsdp": sd, "gpt_fsdp_opt": opt}
+        if a.ema:
+            trainer["gpt_ema_fsdp"] = state_dict(load_file(a.ema), {}, a.parameters, storages)
+        obj = {"args": args, "epoch": 0, "iter": 100, "trainer": trainer,
                "acc_str": "[0.50]", "milestones": (1.5, {2, 3})}
     buf = io.BytesIO()
     Pickler(buf, protocol=2).dump(obj)

@@ -297,6 +297,8 @@ pub struct ExportFolder {
     pub weights: PathBuf,
     /// The checkpoint and step it came from, in words.
     pub source: String,
+    /// Whether the weights are the moving average (`infinity export --ema`).
+    pub ema: bool,
 }
 
 /// The export in `dir`; `None` for any other folder (or one whose weights are gone).
@@ -310,7 +312,8 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let index = read(SHARD_INDEX);
     let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));
     let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from(MODEL_FILE)));
-    weights.is_file().then_some(ExportFolder { weights, source })
+    let ema = config["source"]["weights"] == "ema";
+    weights.is_file().then_some(ExportFolder { weights, source, ema })
 }
 
 /// [`SHARD_INDEX`] of `tensors` written as `file`: one shard holding every tensor.

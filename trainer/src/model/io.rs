@@ -13,6 +13,7 @@ use super::params::{canonical_name, chunked_name};
 use super::streamed::{Lazy, Values};
 use super::{torch_file, weight_shards};
 use super::{Layout, ModelConfig, Params};
+pub use torch_file::StateDict;
 
 /// Element type of saved weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
 /// name, shape mismatch and missing parameter is listed in one error.
 pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
     let mut p = Params::zeros(lay);
-    fill_weights(path, cfg, lay, Window::whole(&mut p), |_| false)?;
+    fill_weights(path, StateDict::Trained, cfg, lay, Window::whole(&mut p), |_| false)?;
     Ok(p)
 }
 
@@ -97,7 +98,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
 /// checked as [`load_weights`] checks it (each tensor decoded in turn); only the part is kept.
 pub fn load_weights_part(path: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>) -> Result<Vec<f32>> {
     let mut part = vec![0.0; range.len()];
-    fill_weights(path, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;
+    fill_weights(path, StateDict::Trained, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;
     Ok(part)
 }
 
@@ -106,9 +107,17 @@ pub fn load_weights_part(path: &Path, cfg: &ModelConfig, lay: &Layout, range: Ra
 /// must match; the layers tied to the tokenizer's bits or to the conditioning (`word_embed`, `head`,
 /// `class_emb`, the text layers, the blocks' cross-attention) keep their fresh values where the file
 /// lacks them or has another shape, and the file's tensors of such layers that this model has not are
-/// left out. Returns one line per tensor kept fresh or left out.
-pub fn init_from_weights(path: &Path, cfg: &ModelConfig, lay: &Layout, p: &mut Params<f32>) -> Result<Vec<String>> {
-    fill_weights(path, cfg, lay, Window::whole(p), reinitialisable)
+/// left out. `which`: of upstream's training checkpoints, the trained weights or their moving average
+/// (other files hold one set of weights: the moving average is refused for them). Returns one line per
+/// tensor kept fresh or left out.
+pub fn init_from_weights(
+    path: &Path,
+    which: StateDict,
+    cfg: &ModelConfig,
+    lay: &Layout,
+    p: &mut Params<f32>,
+) -> Result<Vec<String>> {
+    fill_weights(path, which, cfg, lay, Window::whole(p), reinitialisable)
 }
 
 /// Parameters a fine-tune may change the shape of: what depends on the bits per token (d), the
@@ -173,16 +182,24 @@ enum FileData<'a> {
 }
 
 impl<'a> WeightsFile<'a> {
-    /// `bytes` (the file `path`) as the format its first bytes say.
-    fn read(bytes: &'a [u8], path: &Path) -> Result<WeightsFile<'a>> {
+    /// `bytes` (the file `path`) as the format its first bytes say; `which` of a training checkpoint's
+    /// state dicts.
+    fn read(bytes: &'a [u8], path: &Path, which: StateDict) -> Result<WeightsFile<'a>> {
         if torch_file::is_zip(bytes) {
-            let weights = torch_file::read_weights(bytes, path)?;
+            let weights = torch_file::read_weights(bytes, path, which)?;
             tracing::info!("{}: PyTorch weights at {}", path.display(), weights.found_at);
             return Ok(WeightsFile::Torch(weights, bytes));
         }
         let st = SafeTensors::deserialize(bytes).map_err(|e| {
             anyhow::anyhow!("{}: not a safetensors file ({e}), nor a PyTorch checkpoint (a zip file)", path.display())
         })?;
+        if which == StateDict::MovingAverage {
+            bail!(
+                "{}: a safetensors file holds one set of weights, no moving average: give it without \
+                 model.init_from_ema, or the checkpoint folder it came from",
+                path.display()
+            );
+        }
         Ok(WeightsFile::Safetensors(st))
     }
 
@@ -235,10 +252,11 @@ impl<'a> Window<'a> {
     }
 }
 
-/// Copy `path`'s tensors into `p` by name; a problem with a parameter `lenient` accepts becomes a note
+/// Copy `path`'s tensors (`which` state dict) into `p` by name; a problem with a parameter `lenient` accepts becomes a note
 /// (the parameter keeps `p`'s value), every other problem is listed in one error.
 fn fill_weights(
     path: &Path,
+    which: StateDict,
     cfg: &ModelConfig,
     lay: &Layout,
     mut p: Window,
@@ -250,7 +268,8 @@ fn fill_weights(
         false => vec![(path.to_path_buf(), None)],
     };
     let maps = parts.iter().map(|(f, _)| map_file(f)).collect::<Result<Vec<_>>>()?;
-    let files = maps.iter().zip(&parts).map(|(b, (f, _))| WeightsFile::read(b, f)).collect::<Result<Vec<_>>>()?;
+    let files =
+        maps.iter().zip(&parts).map(|(b, (f, _))| WeightsFile::read(b, f, which)).collect::<Result<Vec<_>>>()?;
     let mut seen: HashMap<&str, bool> = lay.specs.iter().map(|s| (s.name.as_str(), false)).collect();
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
     // (the empty name is never lenient)
@@ -417,7 +436,7 @@ mod tests {
         let file = save(tmp.path(), &src_cfg, &src_lay, &src);
         let (cfg, lay, fresh) = model(32, Conditioning::Text, 2);
         let mut p = fresh.clone();
-        let notes = init_from_weights(&file, &cfg, &lay, &mut p).unwrap();
+        let notes = init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap();
         for s in &lay.specs {
             let (got, new) = (p.get(&lay, &s.name), fresh.get(&lay, &s.name));
             if reinitialisable(&s.name) {
@@ -443,7 +462,7 @@ mod tests {
         let (src_cfg, src_lay, src) = model(16, Conditioning::Class { num_classes: 10 }, 3);
         let file = save(tmp.path(), &src_cfg, &src_lay, &src);
         let (cfg, lay, mut p) = model(16, Conditioning::Class { num_classes: 10 }, 2);
-        let e = format!("{:#}", init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err());
+        let e = format!("{:#}", init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err());
         assert!(e.contains("`blocks.2.ffn.fc1.weight`: not a parameter of this model"), "{e}");
         assert!(!e.contains("word_embed"), "{e}");
     }
@@ -495,7 +514,7 @@ mod tests {
             let file = write_tensors(tmp.path(), &format!("rows{rows}.safetensors"), &t);
             let fresh = init_params(&cfg, &lay, &InitConfig::default(), 9);
             let mut p = fresh.clone();
-            let notes = init_from_weights(&file, &cfg, &lay, &mut p).unwrap();
+            let notes = init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap();
             let got = p.get(&lay, "cfg_uncond");
             let n = rows.min(16) * ct;
             assert_eq!(&got[..n], &file_rows[..n], "{rows} rows");
@@ -514,7 +533,7 @@ mod tests {
             let entry = t.iter_mut().find(|t| t.0 == "cfg_uncond").unwrap();
             entry.2[ct + 1] = f32::NAN;
             let file = write_tensors(tmp.path(), &format!("rows{rows}-nan.safetensors"), &t);
-            let e = format!("{:#}", init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err());
+            let e = format!("{:#}", init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err());
             assert!(e.contains(&format!("`cfg_uncond`: 1 of {} values not finite", rows * ct)), "{e}");
         }
     }
@@ -537,9 +556,10 @@ mod tests {
         (head.2[3], head.2[5]) = (f32::NAN, f32::INFINITY);
         let file = write_tensors(tmp.path(), "nan.safetensors", &nan);
         let mut p = init_params(&cfg, &lay, &InitConfig::default(), 1);
-        for e in
-            [init_from_weights(&file, &cfg, &lay, &mut p).unwrap_err(), load_weights(&file, &cfg, &lay).unwrap_err()]
-        {
+        for e in [
+            init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err(),
+            load_weights(&file, &cfg, &lay).unwrap_err(),
+        ] {
             let e = format!("{e:#}");
             assert!(e.contains("(1 problem):") && e.contains("`head.weight`: 2 of ") && e.contains("NaN at 3"), "{e}");
         }

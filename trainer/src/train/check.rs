@@ -247,11 +247,9 @@ pub fn check_with(
         position = Some(state.loader);
     } else {
         match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
-            Some((file, fresh)) => out.push(format!(
-                "start: weights from {} ({} tensors kept fresh or left out)",
-                file.display(),
-                fresh.len()
-            )),
+            Some((source, fresh)) => {
+                out.push(format!("start: {source} ({} tensors kept fresh or left out)", fresh.len()))
+            }
             None => out.push("start: a fresh initialisation".into()),
         }
         out.extend(super::setup::fresh_start_note(&cfg.run.dir));

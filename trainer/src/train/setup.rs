@@ -2,7 +2,7 @@
 //! share of the batch, the micro-batch every rank agrees on, and the state it starts from (a checkpoint,
 //! or fresh weights and those `model.init_from` names).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::loader::{BadRows, LoaderOptions, LoaderState, MixState};
@@ -390,18 +390,21 @@ pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Param
     p
 }
 
-/// `model.init_from`'s weights over the fresh ones in `p` (nothing without it): the file they came
-/// from and the tensors kept fresh or left out.
+/// `model.init_from`'s weights (or with `model.init_from_ema` their moving average) over the fresh
+/// ones in `p` (nothing without it): where they came from, in words ("weights from FILE"), and the
+/// tensors kept fresh or left out.
 pub(crate) fn init_from(
     cfg: &TrainConfig,
     mc: &ModelConfig,
     lay: &Layout,
     p: &mut Params<f32>,
-) -> Result<Option<(PathBuf, Vec<String>)>> {
+) -> Result<Option<(String, Vec<String>)>> {
     let Some(from) = &cfg.model.init_from else { return Ok(None) };
-    let file = checkpoint::weights_file(from).context("model.init_from")?;
-    let fresh = crate::model::io::init_from_weights(&file, mc, lay, p).context("model.init_from")?;
-    Ok(Some((file, fresh)))
+    let ema = cfg.model.init_from_ema;
+    let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
+    let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;
+    let what = if ema { "the weights' moving average" } else { "weights" };
+    Ok(Some((format!("{what} from {}", file.display()), fresh)))
 }
 
 /// The run's micro-batch ([`gpu_fit::resolve_micro_batch`]), the same on every rank: with `"auto"` the
@@ -657,8 +660,8 @@ pub(crate) fn starting_state(
                 console!("{note}");
             }
             let mut p = fresh_weights(cfg, mc, lay);
-            if let Some((file, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
-                console!("weights from {} ({} tensors kept fresh or left out)", file.display(), fresh.len());
+            if let Some((source, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
+                console!("{source} ({} tensors kept fresh or left out)", fresh.len());
                 if leader && !fresh.is_empty() {
                     tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
                 }

@@ -68,6 +68,7 @@ pub fn tiny_config(data: &Path, run: PathBuf) -> TrainConfig {
             drop_path_rate: None,
             apply_spatial_patchify: None,
             init_from: None,
+            init_from_ema: false,
             init: Default::default(),
             mup_base_width: None,
             mup_base_heads: None,

@@ -20,6 +20,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use self::pickle::{describe, unpickle, Value};
 
+/// Where upstream's training checkpoints keep the moving average of the weights, under `trainer`.
+const EMA_KEY: &str = "gpt_ema_fsdp";
+
 /// Whether `bytes` start like a zip file (PyTorch's format) rather than a safetensors header.
 pub fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")
@@ -194,6 +197,16 @@ fn storage(pid: &Value) -> Result<Value> {
     }
 }
 
+/// Which state dict of upstream's training checkpoint to read: the trained weights (`gpt_fsdp`, or
+/// `gpt_wo_ddp` under DDP) or their moving average (`gpt_ema_fsdp`, kept with
+/// `--use_fsdp_model_ema`). A plain state dict (released weights) holds the trained weights only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateDict {
+    #[default]
+    Trained,
+    MovingAverage,
+}
+
 /// A PyTorch file's weights: `(name, tensor)` in the file's order.
 pub struct TorchWeights {
     pub tensors: Vec<(String, TorchTensor)>,
@@ -203,8 +216,8 @@ pub struct TorchWeights {
 
 /// The state dict of the PyTorch file `bytes` (`path` for errors): the file's object itself where it
 /// is a dict of tensors (released weights), else `trainer.gpt_fsdp` or `trainer.gpt_wo_ddp` (upstream's
-/// training checkpoints under FSDP or DDP).
-pub fn read_weights(bytes: &[u8], path: &Path) -> Result<TorchWeights> {
+/// training checkpoints under FSDP or DDP), or `trainer.gpt_ema_fsdp` for their moving average.
+pub fn read_weights(bytes: &[u8], path: &Path, which: StateDict) -> Result<TorchWeights> {
     let named = || path.display().to_string();
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("{}: not a zip file: {e}", named()))?;
     let names: Vec<String> = zip
@@ -240,14 +253,33 @@ pub fn read_weights(bytes: &[u8], path: &Path) -> Result<TorchWeights> {
     }
     let root = unpickle(&bytes[entry(&mut zip, pkl)?]).with_context(|| format!("{}: {pkl}", named()))?;
     // the state dict: tensors at the top, or where upstream's trainer keeps them
-    let (dict, found_at) = match root.get("trainer") {
-        Some(trainer) => ["gpt_fsdp", "gpt_wo_ddp"]
-            .iter()
-            .find_map(|k| trainer.get(k).map(|d| (d, format!("trainer.{k}"))))
-            .with_context(|| {
-                format!("{}: `trainer` holds no gpt_fsdp or gpt_wo_ddp (its keys: {:?})", named(), trainer.keys())
-            })?,
-        None => (root.clone(), "the file's top level".to_string()),
+    let (dict, found_at) = match (root.get("trainer"), which) {
+        (Some(trainer), StateDict::Trained) => {
+            if trainer.get(EMA_KEY).is_some() {
+                tracing::info!("{}: also holds the weights' moving average (model.init_from_ema takes it)", named());
+            }
+            ["gpt_fsdp", "gpt_wo_ddp"]
+                .iter()
+                .find_map(|k| trainer.get(k).map(|d| (d, format!("trainer.{k}"))))
+                .with_context(|| {
+                    format!("{}: `trainer` holds no gpt_fsdp or gpt_wo_ddp (its keys: {:?})", named(), trainer.keys())
+                })?
+        }
+        (Some(trainer), StateDict::MovingAverage) => match trainer.get(EMA_KEY) {
+            Some(d) => (d, format!("trainer.{EMA_KEY}")),
+            None => bail!(
+                "{}: `trainer` holds no {EMA_KEY} (the run kept no moving average: upstream's \
+                 --use_fsdp_model_ema was 0; its keys: {:?}); leave model.init_from_ema out to take gpt_fsdp",
+                named(),
+                trainer.keys()
+            ),
+        },
+        (None, StateDict::Trained) => (root.clone(), "the file's top level".to_string()),
+        (None, StateDict::MovingAverage) => bail!(
+            "{}: a state dict (released weights) holds one set of weights, no moving average: \
+             model.init_from_ema takes upstream's training checkpoints (trainer.{EMA_KEY})",
+            named()
+        ),
     };
     let Value::Dict(items) = &dict else { bail!("{}: {found_at} is not a dict of tensors", named()) };
     let mut storages: HashMap<String, Range<usize>> = HashMap::new();

@@ -11,7 +11,7 @@ use safetensors::SafeTensors;
 use super::history::complete;
 use super::{TrainState, CONFIG_FILE, DONE, EMA_FILE, MODEL_FILE, MODEL_JSON, OPTIM_FILE, STATE_FILE, STATE_VERSION};
 use crate::export::{read_export, resolved};
-use crate::model::io::{load_weights, load_weights_part, map_file};
+use crate::model::io::{load_weights, load_weights_part, map_file, StateDict};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::train::config::Precision;
@@ -77,23 +77,56 @@ fn near_miss(path: &Path) -> String {
     }
 }
 
-/// The weights file of `path`: a safetensors or PyTorch file as it is (or an index of several,
-/// `*.index.json`), an `infinity export` folder's weights, a folder's one index, or the
-/// checksum-verified `model.safetensors` of a checkpoint or run folder (see [`resolve`]).
-pub fn weights_file(path: &Path) -> Result<PathBuf> {
+/// The weights file of `path` and which of its state dicts to read: a safetensors or PyTorch file as
+/// it is (or an index of several, `*.index.json`), an `infinity export` folder's weights, a folder's
+/// one index, or the checksum-verified `model.safetensors` of a checkpoint or run folder (see
+/// [`resolve`]). With `ema` (`model.init_from_ema`) the moving average instead: a checkpoint's
+/// `ema.safetensors`, an export made with `--ema`, or upstream's training checkpoint's
+/// `trainer.gpt_ema_fsdp`; an error for a source that keeps none.
+pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
+    let one_set = |what: &str| {
+        anyhow!(
+            "{}: {what} holds one set of weights, no moving average: model.init_from_ema takes a checkpoint or run \
+             folder whose run kept one (optim.ema_decay > 0), an export made with --ema, or upstream's training \
+             checkpoint (ar-ckpt*.pth with trainer.gpt_ema_fsdp)",
+            path.display()
+        )
+    };
     if path.is_file() {
-        return Ok(path.to_path_buf());
+        let is_torch = || -> Result<bool> {
+            let mut head = [0u8; 4];
+            let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+            let n = std::io::Read::read(&mut f, &mut head).with_context(|| format!("reading {}", path.display()))?;
+            Ok(crate::model::torch_file::is_zip(&head[..n]))
+        };
+        return match ema {
+            false => Ok((path.to_path_buf(), StateDict::Trained)),
+            true if is_torch()? => Ok((path.to_path_buf(), StateDict::MovingAverage)),
+            true if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
+            true => Err(one_set("a safetensors file")),
+        };
     }
     if let Some(export) = read_export(path) {
-        return Ok(export.weights);
+        ensure!(
+            export.ema || !ema,
+            "{}: an export of the trained weights, not their moving average: export the checkpoint ({}) with --ema, \
+             or give the checkpoint itself",
+            path.display(),
+            export.source
+        );
+        return Ok((export.weights, StateDict::Trained));
     }
     if let Some(index) = crate::model::weight_shards::index_in(path)? {
-        return Ok(index);
+        ensure!(!ema, one_set("a folder of weight files with an index"));
+        return Ok((index, StateDict::Trained));
+    }
+    if ema {
+        return Ok((ema_file(path)?, StateDict::Trained));
     }
     let dir = resolve(path)?;
     let file = dir.join(MODEL_FILE);
     verify_crc(&file, &read_state(&dir)?.model_crc32c)?;
-    Ok(file)
+    Ok((file, StateDict::Trained))
 }
 
 /// The moving average of a checkpoint or run folder (see [`resolve`]), checksum-verified; an error

@@ -158,6 +158,9 @@ impl TrainConfig {
         if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
             bail!("model.init_from: {} does not exist", p.display());
         }
+        if self.model.init_from_ema && self.model.init_from.is_none() {
+            bail!("model.init_from_ema = true needs model.init_from (the weights whose moving average to start from)");
+        }
         if !matches!(self.model.conditioning.as_str(), "class" | "text") {
             bail!("model.conditioning must be \"class\" or \"text\", found {:?}", self.model.conditioning);
         }
