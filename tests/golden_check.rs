@@ -1,5 +1,5 @@
-//! Our model and bitwise self-correction against the PyTorch reference (tests/reference/infinity_ref.py)
-//! through the committed golden folders in tests/golden/.
+//! Our model, sampler and bitwise self-correction against the PyTorch reference
+//! (tests/reference/infinity_ref.py) through the committed golden folders in tests/golden/.
 
 use infinity_trainer::golden;
 
@@ -21,6 +21,7 @@ fn every_golden_folder_matches_the_reference() {
     let dirs = folders();
     assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("model-")).count() >= 2, "model fixtures missing");
     assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("bsq-")).count() >= 3, "bsq fixtures missing");
+    assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("sample-")).count() >= 2, "sample fixtures missing");
     for dir in dirs {
         let r = golden::check(&dir).unwrap();
         let worst = r.comparisons.iter().map(|c| c.rel / c.tol).fold(0.0, f64::max);
@@ -47,6 +48,31 @@ fn a_wrong_reference_fails_the_check() {
     let r = golden::check(tmp.path()).unwrap();
     assert!(!r.ok(), "a perturbed weight must fail the golden check");
     assert!(r.comparisons.iter().any(|c| c.name == "logits" && !c.ok()));
+
+    // sampling: one bit of the reference's flipped is named; a nudged weight moves the logits
+    let src = repo().join("tests/golden/sample-tiny-square");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "weights.safetensors", "inputs.safetensors", "expected.safetensors"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    assert!(golden::check(tmp.path()).unwrap().ok());
+    rewrite_tensors(&tmp.path().join("expected.safetensors"), |n, _, data| {
+        if n == "bits" {
+            data[17] ^= 1; // sample 0, token 1, bit 1 (d = 16)
+        }
+        Some(n.to_string())
+    });
+    let r = golden::check(tmp.path()).unwrap();
+    assert!(r.failures.iter().any(|f| f.contains("bits: 1 differ, the first bits[0, 1, 1]")), "{:?}", r.failures);
+    rewrite_tensors(&tmp.path().join("weights.safetensors"), |n, _, data| {
+        if n == "blocks.1.sa.mat_qkv.weight" {
+            let v = f32::from_le_bytes(data[..4].try_into().unwrap()) + 0.05;
+            data[..4].copy_from_slice(&v.to_le_bytes());
+        }
+        Some(n.to_string())
+    });
+    let r = golden::check(tmp.path()).unwrap();
+    assert!(r.comparisons.iter().any(|c| c.name == "cond_logits" && !c.ok()), "{:?}", r.comparisons);
 }
 
 #[test]

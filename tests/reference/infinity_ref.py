@@ -250,7 +250,10 @@ class Infinity(nn.Module):
         self.head = nn.Linear(c, 2 * d)
         self.num_heads = num_heads
 
-    def forward(self, kv_compact, lens, x_wo_prefix, schedule, cos, sin):
+    def forward(self, kv_compact, lens, x_wo_prefix, schedule, cos, sin, hidden_mix=None):
+        """hidden_mix: sampling's guidance on the hidden states, `(after, g)`: after each block in `after`
+        the first half of the rows (conditional) becomes `g·cond + (1 − g)·uncond` and the second half a
+        copy of it, `g (L,)` each token's guidance (1: left as it is)."""
         B = len(lens)
         C = self.pos_start.shape[-1]
         kv = self.text_norm(kv_compact)
@@ -261,8 +264,14 @@ class Infinity(nn.Module):
         scale_of = torch.cat([torch.full((h * w,), s) for s, (_, h, w) in enumerate(schedule)]).to(x.device)
         x = x + self.lvl_embed(scale_of).unsqueeze(0)                    # only before the first block
         mask = torch.where(scale_of[:, None] >= scale_of[None, :], 0.0, -math.inf).to(x.dtype)
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
             x = blk(x, shared, ctx, lens, mask, cos, sin)
+            if hidden_mix is not None and i in hidden_mix[0]:
+                g = hidden_mix[1].to(x.dtype).view(1, -1, 1)
+                half = B // 2
+                c, u = x[:half], x[half:]
+                mixed = torch.where(g != 1, g * c + (1 - g) * u, c)
+                x = torch.cat([mixed, torch.where(g != 1, mixed, u)])
         scale, shift = self.head_nm.ada_lin(cond).view(B, 1, 2, C).unbind(2)
         return self.head(F.layer_norm(x, (C,), eps=self.eps) * (1 + scale) + shift)
 
@@ -282,21 +291,76 @@ def bitwise_loss(logits, gt_bits, schedule, reweight):
 
 
 # ----------------------------------------------------------------------------------------------
+# sampling (§7), greedy
+# ----------------------------------------------------------------------------------------------
+def sample_greedy(model, kv, lens, schedule, cos, sin, cfg_list, insertion):
+    """Next-scale sampling with classifier-free guidance, each bit the likelier class of the guided
+    logits (no random numbers, so any implementation must draw the same bits). Written without a KV
+    cache: each scale runs the training forward over the whole prefix (start token and every earlier
+    scale's input) under the block-causal mask, which is what a cache across scales computes.
+    `insertion`: upstream's cfg_insertion_layer, 0 on the logits, -k on the hidden states after block
+    depth - k. The unconditional rows take cfg_uncond[:len] for each sample's text.
+    Returns bits (B, L, d), the conditional rows' logits (B, L, 2d), the summed codes (B, d, H, W),
+    each scale's input (B, L-1, d), and the smallest |logit1 - logit0| of a guided bit."""
+    B, d = len(lens), model.word_embed.in_features
+    depth = len(model.blocks)
+    kv2 = torch.cat([kv, torch.cat([model.cfg_uncond[:n] for n in lens])])
+    lens2 = list(lens) + list(lens)
+    after = [depth + k for k in insertion if k < 0]
+    _, H, W = schedule[-1]
+    cum = torch.zeros(B, d, 1, H, W, dtype=kv.dtype)
+    x = torch.zeros(B, 0, d, dtype=kv.dtype)
+    bits_all, cond_logits, margin, off = [], [], math.inf, 0
+    token_cfg = torch.cat([torch.full((h * w,), float(cfg_list[si])) for si, (_, h, w) in enumerate(schedule)])
+    for si, (t, h, w) in enumerate(schedule):
+        n, g = h * w, cfg_list[si]
+        upto = off + n
+        mix_h = (after, token_cfg[:upto]) if after else None
+        logits = model(kv2, lens2, torch.cat([x, x]), schedule[:si + 1], cos[:upto], sin[:upto], mix_h)[:, off:upto]
+        lc, lu = logits[:B], logits[B:]
+        mix = (g * lc + (1 - g) * lu) if 0 in insertion else lc
+        mix = mix.view(B, n, d, 2)
+        bits = (mix[..., 1] > mix[..., 0]).to(torch.uint8)
+        margin = min(margin, (mix[..., 1] - mix[..., 0]).abs().min().item())
+        bits_all.append(bits)
+        cond_logits.append(lc)
+        q = (bits.to(kv.dtype) * 2 - 1) / math.sqrt(d)
+        q = q.reshape(B, 1, h, w, d).permute(0, 4, 1, 2, 3)
+        cum = cum + F.interpolate(q, size=(1, H, W), mode="trilinear")
+        if si < len(schedule) - 1:
+            nt, nh, nw = schedule[si + 1]
+            nxt = F.interpolate(cum, size=(nt, nh, nw), mode="trilinear")
+            x = torch.cat([x, nxt.permute(0, 2, 3, 4, 1).reshape(B, nh * nw, d)], 1)
+        off = upto
+    return torch.cat(bits_all, 1), torch.cat(cond_logits, 1), cum[:, :, 0], x, margin
+
+
+# ----------------------------------------------------------------------------------------------
 # fixtures
 # ----------------------------------------------------------------------------------------------
+def random_model(kwargs, d):
+    """The reference model in float64 with random (not upstream-init) weights, so every path carries
+    signal."""
+    model = Infinity(d=d, **kwargs)
+    with torch.no_grad():
+        for pname, prm in model.named_parameters():
+            if "scale_mul" not in pname:
+                prm.copy_(torch.randn_like(prm) * (0.5 / math.sqrt(prm.shape[-1]) if prm.dim() > 1 else 0.2))
+    return model.double()
+
+
+def constructor_kwargs(kwargs):
+    return dict(kwargs, cos_attn=True, shared_aln=True, rope2d_each_sa_layer=1, rope2d_normalized_by_hw=2,
+                add_lvl_embeding_only_first_block=1, use_bit_label=1)
+
+
 def make_model_fixture(out, name, template, budget, kwargs, d, B, seed, flips):
     torch.manual_seed(seed)
     schedule = template_scales(template, budget)
     L = sum(h * w for _, h, w in schedule)
     _, H, W = schedule[-1]
     frame = template_scales(template, "1M")[-1][1:]
-    model = Infinity(d=d, **kwargs)
-    # random (not upstream-init) weights so every path carries signal
-    with torch.no_grad():
-        for pname, prm in model.named_parameters():
-            if "scale_mul" not in pname:
-                prm.copy_(torch.randn_like(prm) * (0.5 / math.sqrt(prm.shape[-1]) if prm.dim() > 1 else 0.2))
-    model = model.double()
+    model = random_model(kwargs, d)
     latent = torch.randn(B, d, 1, H, W) * 0.6
     mask = (torch.rand(B, L, d) < 0.15).to(torch.uint8) if flips else None
     gt_bits, x_wo_prefix = self_correct(latent, schedule, mask)
@@ -320,9 +384,43 @@ def make_model_fixture(out, name, template, budget, kwargs, d, B, seed, flips):
     save_file(expected, os.path.join(out, name, "expected.safetensors"))
     cfg = {"mode": "model", "B": B, "L": L, "d": d, "schedule": [list(s) for s in schedule], "h_div_w_template": template,
            "text_channels": kwargs["text_channels"], "text_lens": lens,
-           "constructor_kwargs": dict(kwargs, cos_attn=True, shared_aln=True, rope2d_each_sa_layer=1,
-                                      rope2d_normalized_by_hw=2, add_lvl_embeding_only_first_block=1, use_bit_label=1),
+           "constructor_kwargs": constructor_kwargs(kwargs),
            "made_by": f"tests/reference/infinity_ref.py (torch {torch.__version__}, seed {seed}, flips {flips})"}
+    with open(os.path.join(out, name, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
+def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_list, insertion, min_margin=2e-3):
+    """Greedy sampling (`sample_greedy`) of a random model; the first seed from `seed` on whose guided
+    logits keep every bit at least `min_margin` from a tie, so that float32 rounding cannot flip one."""
+    schedule = template_scales(template, budget)
+    L = sum(h * w for _, h, w in schedule)
+    frame = template_scales(template, "1M")[-1][1:]
+    cos, sin = rope_table(kwargs["embed_dim"] // kwargs["num_heads"], schedule, frame)
+    for s in range(seed, seed + 100):
+        torch.manual_seed(s)
+        model = random_model(kwargs, d)
+        lens = [int(v) for v in torch.randint(1, kwargs["text_maxlen"] + 1, (B,))]
+        kv = torch.randn(sum(lens), kwargs["text_channels"]).double()
+        with torch.no_grad():
+            bits, logits, codes, x, margin = sample_greedy(model, kv, lens, schedule, cos.double(), sin.double(),
+                                                           cfg_list, insertion)
+        if margin >= min_margin:
+            break
+    else:
+        sys.exit(f"{name}: no seed in {seed}..{seed + 99} keeps every bit {min_margin} from a tie")
+    os.makedirs(os.path.join(out, name), exist_ok=True)
+    f32 = lambda t: t.detach().float().contiguous()
+    save_file({k: f32(v) for k, v in model.state_dict().items()}, os.path.join(out, name, "weights.safetensors"))
+    cu = torch.tensor([0] + list(torch.cumsum(torch.tensor(lens), 0)), dtype=torch.int32)
+    save_file({"text_kv_compact": f32(kv), "text_cu_seqlens": cu}, os.path.join(out, name, "inputs.safetensors"))
+    save_file({"bits": bits.contiguous(), "cond_logits": f32(logits), "summed_codes": f32(codes),
+               "x_blc_wo_prefix": f32(x)}, os.path.join(out, name, "expected.safetensors"))
+    cfg = {"mode": "sample", "B": B, "L": L, "d": d, "schedule": [list(t) for t in schedule],
+           "h_div_w_template": template, "text_channels": kwargs["text_channels"], "text_lens": lens,
+           "cfg_list": list(cfg_list), "cfg_insertion_layer": list(insertion), "min_margin": margin,
+           "constructor_kwargs": constructor_kwargs(kwargs),
+           "made_by": f"tests/reference/infinity_ref.py (torch {torch.__version__}, seed {s}, greedy)"}
     with open(os.path.join(out, name, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
@@ -373,6 +471,10 @@ def main():
     tiny = dict(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0, norm_eps=1e-6, text_channels=128, text_maxlen=6)
     make_model_fixture(a.out, "model-tiny-square", "1.000", "demo4", tiny, d=16, B=2, seed=1, flips=True)
     make_model_fixture(a.out, "model-tiny-wide", "0.500", "demo5", dict(tiny, num_heads=2), d=8, B=2, seed=2, flips=False)
+    make_sample_fixture(a.out, "sample-tiny-square", "1.000", "demo4", tiny, d=16, B=2, seed=6,
+                        cfg_list=[1.0, 2.0, 3.0, 4.0], insertion=[0])
+    make_sample_fixture(a.out, "sample-tiny-hidden", "0.500", "demo5", dict(tiny, depth=3, num_heads=2), d=8, B=2,
+                        seed=7, cfg_list=[3.0, 1.0, 3.0, 2.0, 3.0], insertion=[-2, 0])
     make_bsq_fixture(a.out, "bsq-square-0.06M", "1.000", "0.06M", d=16, B=2, seed=3)
     make_bsq_fixture(a.out, "bsq-portrait", "1.333", "demo5", d=32, B=3, seed=4)
     make_bsq_fixture(a.out, "bsq-wide-0.06M", "0.333", "0.06M", d=8, B=2, seed=5)

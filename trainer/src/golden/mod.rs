@@ -1,5 +1,8 @@
 //! `infinity golden check DIR`: run a golden folder (docs/golden-format.md) through our model or our
-//! bitwise self-correction and compare with what the reference produced, tensor by tensor.
+//! bitwise self-correction and compare with what the reference produced, tensor by tensor; "sample"
+//! folders through our sampler ([`sample`]).
+
+mod sample;
 
 use std::path::{Path, PathBuf};
 
@@ -211,7 +214,8 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
     match mode.as_str() {
         "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
         "model" => check_model(dir, &cfg, &schedule, b, d, cuda, &mut report)?,
-        other => bail!("config.json: unknown mode `{other}` (expected `model` or `bsq-only`)"),
+        "sample" => sample::check_sample(dir, &cfg, &schedule, (b, l, d), cuda, &mut report)?,
+        other => bail!("config.json: unknown mode `{other}` (expected `model`, `sample` or `bsq-only`)"),
     }
     Ok(report)
 }

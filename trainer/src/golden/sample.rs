@@ -1,0 +1,119 @@
+//! Golden mode "sample": next-scale sampling (`model::sample`) against the reference's greedy sampler,
+//! which recomputes every scale over the whole prefix instead of keeping a KV cache. Greedy (each bit
+//! the likelier class of the guided logits) so that no random numbers enter: the bits must be equal,
+//! the conditional logits, summed codes and each scale's input close.
+//!
+//! Dims: `B` samples, `L` tokens, `d` bits per token, `(H, W)` the last scale.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use infinity_data::Catalog;
+use infinity_kernels::rope::RopeTable;
+use serde_json::Value;
+
+use super::{model_config, GoldenReport, Tensors, TOL_BSQ_INPUT, TOL_FORWARD};
+use crate::model::io::load_weights;
+use crate::model::sample::{SampleCondition, SampleOptions, Sampled};
+use crate::model::{Layout, ModelConfig, Params};
+
+/// The guided logits of every bit are this far from a tie in the reference (its `min_margin`): a bit
+/// of ours that differs is a wrong sampler, not rounding.
+const MIN_MARGIN: f64 = 1e-3;
+
+pub(super) fn check_sample(
+    dir: &Path,
+    cfg: &Value,
+    schedule: &[(usize, usize)],
+    (b, l, d): (usize, usize, usize),
+    cuda: bool,
+    r: &mut GoldenReport,
+) -> Result<()> {
+    let mc = model_config(cfg, d)?;
+    let lay = Layout::new(&mc);
+    let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
+    let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
+    let (_, kv) = inputs.f32("text_kv_compact")?;
+    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.1.iter().map(|&v| v as usize).collect();
+    ensure!(
+        cu.len() == b + 1 && cu.windows(2).all(|w| w[0] < w[1]) && kv.len() == cu[b] * mc.text_channels,
+        "text_kv_compact / text_cu_seqlens disagree with B = {b}"
+    );
+    let lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).collect();
+    let floats = |key: &str| -> Result<Vec<f64>> {
+        let v = cfg.get(key).and_then(Value::as_array).with_context(|| format!("config.json: `{key}` missing"))?;
+        v.iter().map(|x| x.as_f64().with_context(|| format!("config.json: `{key}` holds {x}, not a number"))).collect()
+    };
+    let insertion: Vec<i64> = floats("cfg_insertion_layer")?.iter().map(|&k| k as i64).collect();
+    let margin = cfg.get("min_margin").and_then(Value::as_f64).context("config.json: `min_margin` missing")?;
+    ensure!(
+        margin >= MIN_MARGIN,
+        "config.json: min_margin = {margin:e}: a bit of the reference within {MIN_MARGIN:e} of a tie could round \
+         either way (pick another seed)"
+    );
+    // top_p 0.5: a bit's less likely class (p ≤ 0.5) is always dropped, so every bit is its likelier one
+    let o = SampleOptions {
+        cfg: floats("cfg_list")?,
+        cfg_insertion_layer: insertion,
+        ..SampleOptions::uniform(1.0, 1.0, 0.5, 0)
+    };
+    let template =
+        cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
+    let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
+    let cond = SampleCondition::Text { kv, lens, negative: None };
+    let s = match cuda {
+        true => gpu_sample(&mc, &lay, &p, &cond, schedule, &rope, &o)?,
+        false => crate::model::sample::sample(&mc, &lay, &p, &cond, schedule, &rope, &o)?,
+    };
+
+    let exp = Tensors::open(&dir.join("expected.safetensors"))?;
+    let (hh, ww) = *schedule.last().context("empty schedule")?;
+    let bits = exp.ints_sized("bits", b * l * d, &format!("[B, L, d] = [{b}, {l}, {d}]"))?;
+    let ours: Vec<i64> = s.bits.concat().iter().map(|&v| v as i64).collect();
+    match ours.iter().zip(&bits).position(|(a, e)| a != e) {
+        _ if ours.len() != bits.len() => {
+            r.failures.push(format!("bits: {} sampled, expected {}", ours.len(), bits.len()))
+        }
+        Some(i) => {
+            let wrong = ours.iter().zip(&bits).filter(|(a, e)| a != e).count();
+            let (bi, t, j) = (i / (l * d), i / d % l, i % d);
+            r.failures.push(format!("bits: {wrong} differ, the first bits[{bi}, {t}, {j}] (ours {})", ours[i]));
+        }
+        None => r.notes.push(format!("bits: all {} equal (reference margin {margin:.2e})", bits.len())),
+    }
+    let logits = exp.f32_sized("cond_logits", b * l * 2 * d, &format!("[B, L, 2d] = [{b}, {l}, {}]", 2 * d))?;
+    r.compare("cond_logits", &s.cond_logits.concat(), &logits, TOL_FORWARD);
+    let codes = exp.f32_sized("summed_codes", b * d * hh * ww, &format!("[B, d, H, W] = [{b}, {d}, {hh}, {ww}]"))?;
+    r.compare("summed_codes", &s.summed_codes.concat(), &codes, TOL_BSQ_INPUT);
+    let x = exp.f32_sized("x_blc_wo_prefix", b * (l - 1) * d, &format!("[B, L − 1, d] = [{b}, {}, {d}]", l - 1))?;
+    r.compare("x_blc_wo_prefix", &s.x_wo_prefix.concat(), &x, TOL_BSQ_INPUT);
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_sample(
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &Params<f32>,
+    cond: &SampleCondition,
+    schedule: &[(usize, usize)],
+    rope: &RopeTable,
+    o: &SampleOptions,
+) -> Result<Sampled> {
+    let mut m = crate::gpu::GpuModel::new(mc, lay, 0, false)?;
+    m.upload_params(p)?;
+    m.sample(cond, schedule, rope, o)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_sample(
+    _: &ModelConfig,
+    _: &Layout,
+    _: &Params<f32>,
+    _: &SampleCondition,
+    _: &[(usize, usize)],
+    _: &RopeTable,
+    _: &SampleOptions,
+) -> Result<Sampled> {
+    anyhow::bail!("this `infinity` was built without the `cuda` feature (cargo build --release --features cuda)")
+}
