@@ -132,6 +132,50 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
     assert!(!out.is_empty());
 }
 
+/// Files written by real PyTorch (committed: tests/reference/torch_files.py made them with torch
+/// 2.15): released weights, upstream's training checkpoint with its moving average and optimizer state,
+/// and bf16 weights with a strided view and a shared storage each load value for value as their
+/// safetensors twins.
+#[test]
+fn files_written_by_real_pytorch_load_as_their_safetensors_twins() {
+    use infinity_trainer::model::io::load_weights;
+    use infinity_trainer::model::Conditioning;
+    let dir = crate::repo().join("tests/torch-files");
+    let made: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let k = &made["constructor_kwargs"];
+    let n = |key: &str| k[key].as_u64().unwrap() as usize;
+    let cfg = ModelConfig {
+        depth: n("depth"),
+        embed_dim: n("embed_dim"),
+        num_heads: n("num_heads"),
+        mlp_ratio: k["mlp_ratio"].as_f64().unwrap(),
+        d: made["d"].as_u64().unwrap() as usize,
+        text_channels: n("text_channels"),
+        text_maxlen: n("text_maxlen"),
+        norm_eps: k["norm_eps"].as_f64().unwrap(),
+        cond_drop_rate: 0.0,
+        drop_path_rate: 0.0,
+        apply_spatial_patchify: false,
+        conditioning: Conditioning::Text,
+        block_chunks: 1,
+    };
+    let lay = Layout::new(&cfg);
+    assert_eq!(lay.numel as u64, made["parameters"].as_u64().unwrap(), "the model is the files'");
+    let twin = |name: &str| load_weights(&dir.join(name), &cfg, &lay).unwrap().data;
+    let (trained, ema) = (twin("infinity_tiny.safetensors"), twin("ema.safetensors"));
+    assert!(trained != ema);
+    let released = loaded(&dir.join("infinity_tiny.pth"), &cfg, &lay).unwrap();
+    assert!(released.data == trained, "infinity_tiny.pth");
+    let ckpt = dir.join("ar-ckpt-giter000K-ep0-iter2-last.pth");
+    assert!(loaded(&ckpt, &cfg, &lay).unwrap().data == trained, "trainer.gpt_fsdp");
+    let average = loaded_state(&ckpt, StateDict::MovingAverage, &cfg, &lay).unwrap();
+    assert!(average.data == ema, "trainer.gpt_ema_fsdp");
+    let bf16 = loaded(&dir.join("infinity_tiny_bf16.pth"), &cfg, &lay).unwrap();
+    assert!(bf16.data == twin("infinity_tiny_bf16.safetensors"), "bf16, a strided view and a shared storage");
+    assert!(bf16.data != trained, "the bf16 file holds rounded weights");
+}
+
 /// Weights in several files with an index (Hugging Face's `*.index.json`, as upstream's 8B loads):
 /// a PyTorch shard and a safetensors shard load as the one file would, from the index or its folder;
 /// an index naming a tensor its file lacks, or a file that is not there, is named.
