@@ -97,6 +97,23 @@ def self_correct(latent, schedule, flip_mask=None):
     return torch.cat(labels, 1), torch.cat(inputs, 1)
 
 
+def vae_schedule(schedule, patchify):
+    """The tokenizer's schedule: the transformer's, or with spatial patchify every side doubled."""
+    return [(t, 2 * h, 2 * w) for t, h, w in schedule] if patchify else list(schedule)
+
+
+def unshuffle_tokens(tokens, schedule):
+    """(B, Σ 4hw, dv) tokens on the tokenizer's schedule (2h, 2w) → (B, Σ hw, 4dv) transformer tokens of
+    `schedule` (h, w): each scale's 2×2 pixel_unshuffle (upstream's apply_spatial_patchify)."""
+    B, _, dv = tokens.shape
+    out, at = [], 0
+    for _, h, w in schedule:
+        plane = tokens[:, at:at + 4 * h * w].reshape(B, 2 * h, 2 * w, dv).permute(0, 3, 1, 2)
+        out.append(F.pixel_unshuffle(plane, 2).permute(0, 2, 3, 1).reshape(B, h * w, 4 * dv))
+        at += 4 * h * w
+    return torch.cat(out, 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # the transformer
 # ----------------------------------------------------------------------------------------------
@@ -293,22 +310,26 @@ def bitwise_loss(logits, gt_bits, schedule, reweight):
 # ----------------------------------------------------------------------------------------------
 # sampling (§7), greedy
 # ----------------------------------------------------------------------------------------------
-def sample_greedy(model, kv, lens, schedule, cos, sin, cfg_list, insertion):
+def sample_greedy(model, kv, lens, schedule, cos, sin, cfg_list, insertion, patchify=False):
     """Next-scale sampling with classifier-free guidance, each bit the likelier class of the guided
     logits (no random numbers, so any implementation must draw the same bits). Written without a KV
     cache: each scale runs the training forward over the whole prefix (start token and every earlier
     scale's input) under the block-causal mask, which is what a cache across scales computes.
     `insertion`: upstream's cfg_insertion_layer, 0 on the logits, -k on the hidden states after block
-    depth - k. The unconditional rows take cfg_uncond[:len] for each sample's text.
-    Returns bits (B, L, d), the conditional rows' logits (B, L, 2d), the summed codes (B, d, H, W),
-    each scale's input (B, L-1, d), and the smallest |logit1 - logit0| of a guided bit."""
+    depth - k. The unconditional rows take cfg_uncond[:len] for each sample's text. With `patchify`
+    each scale's bits are pixel_shuffled to the tokenizer's doubled grid (d/4 channels) before their
+    codes accumulate, and each input pixel_unshuffled from it.
+    Returns bits (B, L, d), the conditional rows' logits (B, L, 2d), the summed codes (B, dv, H, W) on
+    the tokenizer's last scale, each scale's input (B, L-1, d), and the smallest |logit1 - logit0| of a
+    guided bit."""
     B, d = len(lens), model.word_embed.in_features
+    dv, vae = (d // 4 if patchify else d), vae_schedule(schedule, patchify)
     depth = len(model.blocks)
     kv2 = torch.cat([kv, torch.cat([model.cfg_uncond[:n] for n in lens])])
     lens2 = list(lens) + list(lens)
     after = [depth + k for k in insertion if k < 0]
-    _, H, W = schedule[-1]
-    cum = torch.zeros(B, d, 1, H, W, dtype=kv.dtype)
+    _, H, W = vae[-1]
+    cum = torch.zeros(B, dv, 1, H, W, dtype=kv.dtype)
     x = torch.zeros(B, 0, d, dtype=kv.dtype)
     bits_all, cond_logits, margin, off = [], [], math.inf, 0
     token_cfg = torch.cat([torch.full((h * w,), float(cfg_list[si])) for si, (_, h, w) in enumerate(schedule)])
@@ -324,13 +345,16 @@ def sample_greedy(model, kv, lens, schedule, cos, sin, cfg_list, insertion):
         margin = min(margin, (mix[..., 1] - mix[..., 0]).abs().min().item())
         bits_all.append(bits)
         cond_logits.append(lc)
-        q = (bits.to(kv.dtype) * 2 - 1) / math.sqrt(d)
-        q = q.reshape(B, 1, h, w, d).permute(0, 4, 1, 2, 3)
+        plane = bits.to(kv.dtype).reshape(B, h, w, d).permute(0, 3, 1, 2)       # (B, d, h, w)
+        if patchify:
+            plane = F.pixel_shuffle(plane, 2)                                      # (B, dv, 2h, 2w)
+        q = ((plane * 2 - 1) / math.sqrt(dv)).unsqueeze(2)
         cum = cum + F.interpolate(q, size=(1, H, W), mode="trilinear")
         if si < len(schedule) - 1:
-            nt, nh, nw = schedule[si + 1]
-            nxt = F.interpolate(cum, size=(nt, nh, nw), mode="trilinear")
-            x = torch.cat([x, nxt.permute(0, 2, 3, 4, 1).reshape(B, nh * nw, d)], 1)
+            nxt = F.interpolate(cum, size=vae[si + 1], mode="trilinear")[:, :, 0]  # (B, dv, nh, nw)
+            if patchify:
+                nxt = F.pixel_unshuffle(nxt, 2)
+            x = torch.cat([x, nxt.permute(0, 2, 3, 1).reshape(B, -1, d)], 1)
         off = upto
     return torch.cat(bits_all, 1), torch.cat(cond_logits, 1), cum[:, :, 0], x, margin
 
@@ -390,7 +414,8 @@ def make_model_fixture(out, name, template, budget, kwargs, d, B, seed, flips):
         json.dump(cfg, f, indent=1)
 
 
-def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_list, insertion, min_margin=2e-3):
+def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_list, insertion, min_margin=2e-3,
+                        patchify=False):
     """Greedy sampling (`sample_greedy`) of a random model; the first seed from `seed` on whose guided
     logits keep every bit at least `min_margin` from a tie, so that float32 rounding cannot flip one."""
     schedule = template_scales(template, budget)
@@ -404,7 +429,7 @@ def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_lis
         kv = torch.randn(sum(lens), kwargs["text_channels"]).double()
         with torch.no_grad():
             bits, logits, codes, x, margin = sample_greedy(model, kv, lens, schedule, cos.double(), sin.double(),
-                                                           cfg_list, insertion)
+                                                           cfg_list, insertion, patchify)
         if margin >= min_margin:
             break
     else:
@@ -419,27 +444,36 @@ def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_lis
     cfg = {"mode": "sample", "B": B, "L": L, "d": d, "schedule": [list(t) for t in schedule],
            "h_div_w_template": template, "text_channels": kwargs["text_channels"], "text_lens": lens,
            "cfg_list": list(cfg_list), "cfg_insertion_layer": list(insertion), "min_margin": margin,
-           "constructor_kwargs": constructor_kwargs(kwargs),
+           "constructor_kwargs": dict(constructor_kwargs(kwargs), **({"apply_spatial_patchify": 1} if patchify else {})),
            "made_by": f"tests/reference/infinity_ref.py (torch {torch.__version__}, seed {s}, greedy)"}
     with open(os.path.join(out, name, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
 
-def make_bsq_fixture(out, name, template, budget, d, B, seed):
+def make_bsq_fixture(out, name, template, budget, d, B, seed, patchify=False):
+    """With `patchify`, `d` is the transformer's bits per token: self-correction runs with d/4 channels on
+    the tokenizer's doubled schedule (`latent` and `flip_mask` are there), and the labels and inputs are
+    the transformer's tokens (each scale pixel_unshuffled)."""
     torch.manual_seed(seed)
     schedule = template_scales(template, budget)
     L = sum(h * w for _, h, w in schedule)
-    _, H, W = schedule[-1]
-    latent = torch.randn(B, d, 1, H, W) * 0.6
-    mask = (torch.rand(B, L, d) < 0.2).to(torch.uint8)
-    gt, x = self_correct(latent, schedule, mask)
-    gt0, x0 = self_correct(latent, schedule, None)
+    vae, dv = vae_schedule(schedule, patchify), (d // 4 if patchify else d)
+    _, H, W = vae[-1]
+    latent = torch.randn(B, dv, 1, H, W) * 0.6
+    mask = (torch.rand(B, L * d // dv, dv) < 0.2).to(torch.uint8)
+    gt, x = self_correct(latent, vae, mask)
+    gt0, x0 = self_correct(latent, vae, None)
+    pred = gt ^ mask
+    if patchify:
+        gt, x, gt0, x0 = [unshuffle_tokens(t, sch) for t, sch in [(gt, schedule), (x, schedule[1:]),
+                                                                  (gt0, schedule), (x0, schedule[1:])]]
+        pred = unshuffle_tokens(pred, schedule)
     os.makedirs(os.path.join(out, name), exist_ok=True)
-    save_file({"latent": latent.contiguous(), "flip_mask": mask, "gt_bits": gt.contiguous(), "pred_bits": (gt ^ mask).contiguous(),
+    save_file({"latent": latent.contiguous(), "flip_mask": mask, "gt_bits": gt.contiguous(), "pred_bits": pred.contiguous(),
                "x_blc_wo_prefix": x.contiguous(), "noflip.gt_bits": gt0.contiguous(), "noflip.x_blc_wo_prefix": x0.contiguous()},
               os.path.join(out, name, "bsq.safetensors"))
     cfg = {"mode": "bsq-only", "B": B, "L": L, "d": d, "schedule": [list(s) for s in schedule], "h_div_w_template": template,
-           "made_by": f"tests/reference/infinity_ref.py (torch {torch.__version__}, seed {seed})"}
+           **({"apply_spatial_patchify": 1} if patchify else {}), "made_by": f"tests/reference/infinity_ref.py (torch {torch.__version__}, seed {seed})"}
     with open(os.path.join(out, name, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
 
@@ -478,6 +512,9 @@ def main():
     make_bsq_fixture(a.out, "bsq-square-0.06M", "1.000", "0.06M", d=16, B=2, seed=3)
     make_bsq_fixture(a.out, "bsq-portrait", "1.333", "demo5", d=32, B=3, seed=4)
     make_bsq_fixture(a.out, "bsq-wide-0.06M", "0.333", "0.06M", d=8, B=2, seed=5)
+    make_bsq_fixture(a.out, "bsq-patchify", "0.750", "demo5", d=56, B=2, seed=8, patchify=True)
+    make_sample_fixture(a.out, "sample-patchify", "1.000", "demo4", tiny, d=16, B=2, seed=9,
+                        cfg_list=[2.0, 3.0, 3.0, 3.0], insertion=[0], patchify=True)
     print("wrote fixtures to", os.path.abspath(a.out))
 
 

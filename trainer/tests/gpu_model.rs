@@ -43,7 +43,8 @@ fn golden_folders_pass_on_cuda() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden");
-    for name in ["model-tiny-square", "model-tiny-wide", "sample-tiny-square", "sample-tiny-hidden"] {
+    for name in ["model-tiny-square", "model-tiny-wide", "sample-tiny-square", "sample-tiny-hidden", "sample-patchify"]
+    {
         let r = infinity_trainer::golden::check_on(&root.join(name), true).unwrap();
         for c in &r.comparisons {
             println!("{name} on cuda: {} rel {:.2e} (tol {:.0e})", c.name, c.rel, c.tol);

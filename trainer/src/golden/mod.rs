@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::Catalog;
 use infinity_kernels::rope::RopeTable;
-use infinity_kernels::{bsq, compare};
+use infinity_kernels::{bsq, compare, patchify};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -212,7 +212,7 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
     );
     let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
     match mode.as_str() {
-        "bsq-only" => check_bsq(dir, &schedule, b, l, d, &mut report)?,
+        "bsq-only" => check_bsq(dir, &cfg, &schedule, (b, l, d), &mut report)?,
         "model" => check_model(dir, &cfg, &schedule, b, d, cuda, &mut report)?,
         "sample" => sample::check_sample(dir, &cfg, &schedule, (b, l, d), cuda, &mut report)?,
         other => bail!("config.json: unknown mode `{other}` (expected `model`, `sample` or `bsq-only`)"),
@@ -220,18 +220,32 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
     Ok(report)
 }
 
+/// Bitwise self-correction of `latent` against the reference. With spatial patchify (`config.json`'s
+/// `apply_spatial_patchify`) `d` is the transformer's bits per token: the latent and the flip mask are
+/// on the tokenizer's doubled schedule with `d/4` channels, and the labels and inputs compared are the
+/// transformer's tokens, as training unshuffles them.
 fn check_bsq(
     dir: &Path,
+    cfg: &Value,
     schedule: &[(usize, usize)],
-    b: usize,
-    l: usize,
-    d: usize,
+    (b, l, d): (usize, usize, usize),
     r: &mut GoldenReport,
 ) -> Result<()> {
+    let patchify = cfg.get("apply_spatial_patchify").and_then(Value::as_u64).unwrap_or(0) == 1;
+    ensure!(!patchify || d % 4 == 0, "config.json: apply_spatial_patchify with d = {d}, not a multiple of 4");
+    let (dv, vae) = match patchify {
+        true => (d / 4, patchify::tokenizer_scales(schedule)),
+        false => (d, schedule.to_vec()),
+    };
+    // (patchified: the tokenizer's layout [rows, dv] of each sample → the transformer's tokens)
+    let tokens = |v: Vec<f32>, first: usize| match patchify {
+        true => patchify::unshuffle_tokens(&v, 1, dv, schedule, first),
+        false => v,
+    };
     let t = Tensors::open(&dir.join("bsq.safetensors"))?;
     let (shape, latent) = t.f32("latent")?;
-    let (hh, ww) = *schedule.last().unwrap();
-    ensure!(shape == [b, d, 1, hh, ww], "latent has shape {shape:?}, expected [{b}, {d}, 1, {hh}, {ww}]");
+    let (hh, ww) = *vae.last().unwrap();
+    ensure!(shape == [b, dv, 1, hh, ww], "latent has shape {shape:?}, expected [{b}, {dv}, 1, {hh}, {ww}]");
     let bld = format!("[B, L, d] = [{b}, {l}, {d}]");
     let flips = t.ints_sized("flip_mask", b * l * d, &bld)?;
     let pred = t.ints_sized("pred_bits", b * l * d, &bld)?;
@@ -241,12 +255,15 @@ fn check_bsq(
         let mut ours_x = Vec::new();
         let mut tolerated = 0;
         for bi in 0..b {
-            let lat = &latent[bi * d * hh * ww..(bi + 1) * d * hh * ww];
+            let lat = &latent[bi * dv * hh * ww..(bi + 1) * dv * hh * ww];
             let mask: Vec<u8> = flips[bi * l * d..(bi + 1) * l * d].iter().map(|&v| v as u8).collect();
-            let enc = bsq::self_correct(lat, d, schedule, with_flips.then_some(&mask[..]));
-            for (i, (&ours, &want)) in enc.bits.iter().zip(&gt[bi * l * d..(bi + 1) * l * d]).enumerate() {
+            let enc = bsq::self_correct(lat, dv, &vae, with_flips.then_some(&mask[..]));
+            let as_f32 = |v: &[u8]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let (bits, residual) = (tokens(as_f32(&enc.bits), 0), tokens(enc.residual.clone(), 0));
+            let mask = tokens(as_f32(&mask), 0);
+            for (i, (&ours, &want)) in bits.iter().zip(&gt[bi * l * d..(bi + 1) * l * d]).enumerate() {
                 if ours as i64 != want {
-                    let res = enc.residual[i] as f64;
+                    let res = residual[i] as f64;
                     let what = format!(
                         "{prefix}gt_bits[{bi}, {}, {}]: ours {ours}, reference {want}, our residual {res:.3e}",
                         i / d,
@@ -268,7 +285,7 @@ fn check_bsq(
                     }
                 }
             }
-            ours_x.extend_from_slice(&enc.x_wo_prefix);
+            ours_x.extend(tokens(enc.x_wo_prefix, 1));
         }
         r.notes.push(format!("{prefix}gt_bits: {} bits compared, {tolerated} tolerated mismatches", b * l * d));
         r.compare(&format!("{prefix}x_blc_wo_prefix"), &ours_x, &x, TOL_BSQ_INPUT);

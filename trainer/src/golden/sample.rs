@@ -3,7 +3,8 @@
 //! the likelier class of the guided logits) so that no random numbers enter: the bits must be equal,
 //! the conditional logits, summed codes and each scale's input close.
 //!
-//! Dims: `B` samples, `L` tokens, `d` bits per token, `(H, W)` the last scale.
+//! Dims: `B` samples, `L` tokens, `d` bits per token, `(H, W)` the tokenizer's last scale, `dv` its
+//! channels (`d`, or `d/4` with spatial patchify).
 
 use std::path::Path;
 
@@ -61,13 +62,18 @@ pub(super) fn check_sample(
         cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
     let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
     let cond = SampleCondition::Text { kv, lens, negative: None };
+    // (the sampler takes the tokenizer's schedule: with spatial patchify, the transformer's doubled)
+    let tokenizer = match mc.apply_spatial_patchify {
+        true => infinity_kernels::patchify::tokenizer_scales(schedule),
+        false => schedule.to_vec(),
+    };
     let s = match cuda {
-        true => gpu_sample(&mc, &lay, &p, &cond, schedule, &rope, &o)?,
-        false => crate::model::sample::sample(&mc, &lay, &p, &cond, schedule, &rope, &o)?,
+        true => gpu_sample(&mc, &lay, &p, &cond, &tokenizer, &rope, &o)?,
+        false => crate::model::sample::sample(&mc, &lay, &p, &cond, &tokenizer, &rope, &o)?,
     };
 
     let exp = Tensors::open(&dir.join("expected.safetensors"))?;
-    let (hh, ww) = *schedule.last().context("empty schedule")?;
+    let ((hh, ww), dv) = (*tokenizer.last().context("empty schedule")?, mc.d_vae());
     let bits = exp.ints_sized("bits", b * l * d, &format!("[B, L, d] = [{b}, {l}, {d}]"))?;
     let ours: Vec<i64> = s.bits.concat().iter().map(|&v| v as i64).collect();
     match ours.iter().zip(&bits).position(|(a, e)| a != e) {
@@ -83,7 +89,7 @@ pub(super) fn check_sample(
     }
     let logits = exp.f32_sized("cond_logits", b * l * 2 * d, &format!("[B, L, 2d] = [{b}, {l}, {}]", 2 * d))?;
     r.compare("cond_logits", &s.cond_logits.concat(), &logits, TOL_FORWARD);
-    let codes = exp.f32_sized("summed_codes", b * d * hh * ww, &format!("[B, d, H, W] = [{b}, {d}, {hh}, {ww}]"))?;
+    let codes = exp.f32_sized("summed_codes", b * dv * hh * ww, &format!("[B, dv, H, W] = [{b}, {dv}, {hh}, {ww}]"))?;
     r.compare("summed_codes", &s.summed_codes.concat(), &codes, TOL_BSQ_INPUT);
     let x = exp.f32_sized("x_blc_wo_prefix", b * (l - 1) * d, &format!("[B, L − 1, d] = [{b}, {}, {d}]", l - 1))?;
     r.compare("x_blc_wo_prefix", &s.x_wo_prefix.concat(), &x, TOL_BSQ_INPUT);
