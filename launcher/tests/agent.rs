@@ -209,8 +209,7 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
 }
 
 /// `--time-limit`: at its deadline the agent stops the group as for SIGTERM (the ranks checkpoint and
-/// exit), and exits with `--preempted-exit-code`, also where no rank runs yet; a limit it cannot read is
-/// a usage error.
+/// exit), and exits with `--preempted-exit-code`; a limit it cannot read is a usage error.
 #[test]
 fn a_time_limit_stops_the_group_as_a_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -224,22 +223,27 @@ fn a_time_limit_stops_the_group_as_a_sigterm() {
     assert!(said.iter().all(|s| agent.text().contains(s)), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists(), "{}", agent.text());
 
-    // the limit coming while no rank runs (here: waiting for a second node that never comes) ends the
-    // agent with the same code
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap();
-    let rdzv = format!("127.0.0.1:{}", free_port());
-    let extra = node_of_two("0", &rdzv, &["--preempted-exit-code", "75", "--time-limit", "0:02"]);
-    let mut agent = Agent::start(tmp.path(), "limit-waiting", &args(d, &extra, PATIENT_RANK));
-    assert_eq!(agent.exit(Duration::from_secs(12)).code(), Some(75), "{}", agent.text());
-    assert!(agent.text().contains("the time limit came while"), "{}", agent.text());
-    assert!(!tmp.path().join("started.0").exists(), "{}", agent.text());
-
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let mut agent = Agent::start(tmp.path(), "bad-limit", &args(d, &["--time-limit", "soon"], PATIENT_RANK));
     assert_eq!(agent.exit(Duration::from_secs(10)).code(), Some(2), "{}", agent.text());
     assert!(agent.text().contains("expected a time as sbatch --time takes it"), "{}", agent.text());
+}
+
+/// `--time-limit` coming before any rank of the agent ran (here: waiting for a second node that never
+/// comes): 128 + SIGTERM, as a signal then, not `--preempted-exit-code` (a scheduler would read that
+/// as a job that ran and checkpointed).
+#[test]
+fn a_time_limit_before_any_rank_ran_exits_as_a_signal_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let extra = node_of_two("0", &rdzv, &["--preempted-exit-code", "75", "--time-limit", "0:02"]);
+    let mut agent = Agent::start(tmp.path(), "limit-waiting", &args(d, &extra, PATIENT_RANK));
+    assert_eq!(agent.exit(Duration::from_secs(12)).code(), Some(143), "{}", agent.text());
+    let said = "the time limit came while waiting for the other agents; no rank running, exiting with 143";
+    assert!(agent.text().contains(said), "{}", agent.text());
+    assert!(!tmp.path().join("started.0").exists(), "{}", agent.text());
 }
 
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends

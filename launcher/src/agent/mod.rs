@@ -367,6 +367,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
             Some(o) => o,
             None => {
                 let ranks = spawn_group(&a, &p, g, &exe, port).await?;
+                signals.ranks_started();
                 let elastic = rounds.as_ref().map(|r| Membership {
                     grow: (g.nnodes < r.max).then(|| r.waiting_key(g.round)),
                     hosting: server.is_some(),

@@ -20,10 +20,14 @@ pub(super) async fn until_signal<T>(
         r = task => Ok(r.expect("the blocking task does not panic")),
         sig = signals.next() => {
             match signals.timed_out() {
-                // (the limit's own line said so; the ranks of an earlier attempt may have trained and
-                // checkpointed: the job ended as a preempted one does, so its code says so)
+                // (the limit's own line said so) where this agent's ranks trained in an earlier attempt
+                // (and checkpointed), the job ends as a preempted one does; where none ever ran, as
+                // a signal before the start
                 true => {
-                    let code = signals.time_limit_exit_code;
+                    let code = match signals.ranks_ran {
+                        true => signals.time_limit_exit_code,
+                        false => stopped_before_start(sig),
+                    };
                     console_err!("[launch] the time limit came while {what}; no rank running, exiting with {code}");
                     Err(code)
                 }
@@ -53,14 +57,16 @@ pub(super) struct Signals {
     deadline: Option<(tokio::time::Instant, u64)>,
     /// The time limit fired (a stop of the whole group, never one node's leaving).
     timed_out: bool,
-    /// The agent's exit code when the time limit comes while no rank runs (`--preempted-exit-code`).
+    /// The agent's exit code when the time limit comes between attempts (`--preempted-exit-code`).
     time_limit_exit_code: i32,
+    /// This agent has started ranks (an earlier attempt's may have checkpointed).
+    ranks_ran: bool,
 }
 
 impl Signals {
     /// The signal handlers, and a time limit of `limit_s` seconds from now, which stops an agent whose
-    /// ranks are not running with `exit_code`.
-    pub(super) fn new(limit_s: Option<u64>, exit_code: i32) -> Result<Signals> {
+    /// ranks ran in an earlier attempt but not now with `time_limit_exit_code`.
+    pub(super) fn new(limit_s: Option<u64>, time_limit_exit_code: i32) -> Result<Signals> {
         let now = tokio::time::Instant::now();
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
@@ -71,8 +77,14 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
             timed_out: false,
-            time_limit_exit_code: exit_code,
+            time_limit_exit_code,
+            ranks_ran: false,
         })
+    }
+
+    /// This agent's ranks have started (a time limit between attempts then exits as a preempted job).
+    pub(super) fn ranks_started(&mut self) {
+        self.ranks_ran = true;
     }
 
     /// Whether the stop [`Signals::next`] gave was `--time-limit`'s.
