@@ -630,12 +630,30 @@ fn a_moving_average_of_the_weights_rides_along() {
     };
     let e = check_fails(&plain);
     assert!(e.contains("no moving average of the weights (the run had optim.ema_decay = 0)"), "{e}");
-    let e = check_fails(&out);
-    assert!(e.contains("a safetensors file holds one set of weights"), "{e}");
+    // (the weights file of an export made with --ema is the average: taken as it is)
+    let c = TrainConfig::load(&cfg, &[with_ema(&out), vec![fresh_dir.clone()]].concat()).unwrap();
+    let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
+    assert!(lines.contains(&format!("start: the weights' moving average from {}", out.display())), "{lines}");
     let trained_dir = tmp.path().join("trained-export");
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&trained_dir)]));
     let e = check_fails(&trained_dir);
     assert!(e.contains("an export of the trained weights, not their moving average"), "{e}");
+    let e = check_fails(&trained_dir.join("model.safetensors"));
+    assert!(e.contains("model.safetensors: a safetensors file holds one set of weights, taken as it is"), "{e}");
+
+    // a fresh run keeping its own average starts it from the source's average, as upstream's
+    // --rush_resume loads gpt_ema_fsdp into its EMA; its weights from the source's weights
+    let carried = tmp.path().join("carried");
+    let sets = [from(&run), format!("run.dir={}", path_str(&carried)), "optim.ema_decay=0.75".into()];
+    let sets: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+    let tiny_lr = ["--set", "run.steps=1", "--set", "optim.lr=1e-30"];
+    assert!(infinity(&[&["train", path_str(&cfg)][..], &sets[..], &tiny_lr[..]].concat()));
+    let (weights, average) = (load_model(&carried, false).unwrap().params.data, load_model(&carried, true).unwrap());
+    let mut expect = load(4, true);
+    infinity_kernels::adamw::ema_update(&mut expect, &weights, 0.75);
+    assert!(average.params.data == expect, "the average did not start from the source's");
+    let d = weights.iter().zip(&load(4, false)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(d < 1e-12, "the weights did not start from the source's weights ({d})");
     let (e, _) = fails(&["train", path_str(&cfg), "--check", "--set", "model.init_from_ema=true"]);
     assert!(e.contains("model.init_from_ema = true needs model.init_from"), "{e}");
 }

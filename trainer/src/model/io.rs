@@ -90,7 +90,7 @@ pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
 /// name, shape mismatch and missing parameter is listed in one error.
 pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
     let mut p = Params::zeros(lay);
-    fill_weights(path, StateDict::Trained, cfg, lay, Window::whole(&mut p), |_| false)?;
+    fill_weights(path, StateDict::Weights, cfg, lay, Window::whole(&mut p), |_| false)?;
     Ok(p)
 }
 
@@ -98,7 +98,7 @@ pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Para
 /// checked as [`load_weights`] checks it (each tensor decoded in turn); only the part is kept.
 pub fn load_weights_part(path: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>) -> Result<Vec<f32>> {
     let mut part = vec![0.0; range.len()];
-    fill_weights(path, StateDict::Trained, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;
+    fill_weights(path, StateDict::Weights, cfg, lay, Window { data: &mut part, at: range.start }, |_| false)?;
     Ok(part)
 }
 
@@ -118,6 +118,18 @@ pub fn init_from_weights(
     p: &mut Params<f32>,
 ) -> Result<Vec<String>> {
     fill_weights(path, which, cfg, lay, Window::whole(p), reinitialisable)
+}
+
+/// [`init_from_weights`] for parameters `at..at + part.len()` alone (a rank's shard of the moving
+/// average a fresh run starts), `part` holding their values before: what the file lacks keeps them.
+pub fn init_from_weights_part(
+    path: &Path,
+    which: StateDict,
+    (cfg, lay): (&ModelConfig, &Layout),
+    part: &mut [f32],
+    at: usize,
+) -> Result<Vec<String>> {
+    fill_weights(path, which, cfg, lay, Window { data: part, at }, reinitialisable)
 }
 
 /// Parameters a fine-tune may change the shape of: what depends on the bits per token (d), the
@@ -195,8 +207,8 @@ impl<'a> WeightsFile<'a> {
         })?;
         if which == StateDict::MovingAverage {
             bail!(
-                "{}: a safetensors file holds one set of weights, no moving average: give it without \
-                 model.init_from_ema, or the checkpoint folder it came from",
+                "{}: a safetensors file holds one set of weights, taken as it is: leave model.init_from_ema out \
+                 to start from them, or give the checkpoint, run or export folder whose moving average to take",
                 path.display()
             );
         }
@@ -436,7 +448,7 @@ mod tests {
         let file = save(tmp.path(), &src_cfg, &src_lay, &src);
         let (cfg, lay, fresh) = model(32, Conditioning::Text, 2);
         let mut p = fresh.clone();
-        let notes = init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap();
+        let notes = init_from_weights(&file, StateDict::Weights, &cfg, &lay, &mut p).unwrap();
         for s in &lay.specs {
             let (got, new) = (p.get(&lay, &s.name), fresh.get(&lay, &s.name));
             if reinitialisable(&s.name) {
@@ -462,7 +474,7 @@ mod tests {
         let (src_cfg, src_lay, src) = model(16, Conditioning::Class { num_classes: 10 }, 3);
         let file = save(tmp.path(), &src_cfg, &src_lay, &src);
         let (cfg, lay, mut p) = model(16, Conditioning::Class { num_classes: 10 }, 2);
-        let e = format!("{:#}", init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err());
+        let e = format!("{:#}", init_from_weights(&file, StateDict::Weights, &cfg, &lay, &mut p).unwrap_err());
         assert!(e.contains("`blocks.2.ffn.fc1.weight`: not a parameter of this model"), "{e}");
         assert!(!e.contains("word_embed"), "{e}");
     }
@@ -514,7 +526,7 @@ mod tests {
             let file = write_tensors(tmp.path(), &format!("rows{rows}.safetensors"), &t);
             let fresh = init_params(&cfg, &lay, &InitConfig::default(), 9);
             let mut p = fresh.clone();
-            let notes = init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap();
+            let notes = init_from_weights(&file, StateDict::Weights, &cfg, &lay, &mut p).unwrap();
             let got = p.get(&lay, "cfg_uncond");
             let n = rows.min(16) * ct;
             assert_eq!(&got[..n], &file_rows[..n], "{rows} rows");
@@ -533,7 +545,7 @@ mod tests {
             let entry = t.iter_mut().find(|t| t.0 == "cfg_uncond").unwrap();
             entry.2[ct + 1] = f32::NAN;
             let file = write_tensors(tmp.path(), &format!("rows{rows}-nan.safetensors"), &t);
-            let e = format!("{:#}", init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err());
+            let e = format!("{:#}", init_from_weights(&file, StateDict::Weights, &cfg, &lay, &mut p).unwrap_err());
             assert!(e.contains(&format!("`cfg_uncond`: 1 of {} values not finite", rows * ct)), "{e}");
         }
     }
@@ -557,7 +569,7 @@ mod tests {
         let file = write_tensors(tmp.path(), "nan.safetensors", &nan);
         let mut p = init_params(&cfg, &lay, &InitConfig::default(), 1);
         for e in [
-            init_from_weights(&file, StateDict::Trained, &cfg, &lay, &mut p).unwrap_err(),
+            init_from_weights(&file, StateDict::Weights, &cfg, &lay, &mut p).unwrap_err(),
             load_weights(&file, &cfg, &lay).unwrap_err(),
         ] {
             let e = format!("{e:#}");

@@ -268,9 +268,10 @@ pub struct ModelSection {
     /// a resumed run takes its weights from its own checkpoint instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
-    /// Start from `init_from`'s moving average of the weights instead of its weights (upstream's
-    /// `--rush_resume` keeps `gpt_ema_fsdp` for its own EMA): a checkpoint's `ema.safetensors`, an
-    /// export made with `--ema`, or upstream's `trainer.gpt_ema_fsdp`.
+    /// Start the weights from `init_from`'s moving average of them instead: a checkpoint's
+    /// `ema.safetensors`, an export made with `--ema`, or upstream's `trainer.gpt_ema_fsdp`. (Either way,
+    /// a run keeping its own average starts it from the source's where it keeps one, as upstream's
+    /// `--rush_resume` does.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init_from_ema: bool,
     /// The fresh initialisation's factors (`[model.init]`: upstream's `tini`, `aln`, `alng`, `hd0`,

@@ -34,7 +34,10 @@ pub fn start(
     };
     let ema = match range.filter(|_| cfg.optim.ema_decay > 0.0) {
         Some(range) => {
-            let start = start_values(resume, (mc, lay), params, range.clone(), leader)?;
+            let start = match resume {
+                Some(dir) => resumed_values(dir, (mc, lay), params, range.clone(), leader)?,
+                None => fresh_values(cfg, (mc, lay), params, range.clone(), leader)?,
+            };
             let e = Ema::new(cfg.optim.ema_decay, start, range);
             compute.attach_ema(&e)?;
             Some(e)
@@ -63,17 +66,39 @@ pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) ->
     Ok(data.map(|data| Params { data }))
 }
 
-/// Where the moving average of parameters `range` starts: the resumed checkpoint's, else the weights
-/// it starts from (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
-fn start_values(
-    resume: Option<&Path>,
+/// Where a fresh run's moving average of parameters `range` starts: the weights it starts from, and
+/// where `model.init_from` keeps an average beside its weights, that average over them, as upstream's
+/// `--rush_resume` loads `gpt_ema_fsdp` into its EMA (tensors the source lacks keep the weights').
+/// With `model.init_from_ema` the weights are that average already.
+fn fresh_values(
+    cfg: &TrainConfig,
+    (mc, lay): (&ModelConfig, &Layout),
+    params: &Params<f32>,
+    range: Range<usize>,
+    leader: bool,
+) -> Result<Vec<f32>> {
+    let mut start = params.data[range.clone()].to_vec();
+    let Some(from) = cfg.model.init_from.as_deref().filter(|_| !cfg.model.init_from_ema) else { return Ok(start) };
+    if let Some((file, which)) = checkpoint::moving_average_of(from).context("model.init_from")? {
+        crate::model::io::init_from_weights_part(&file, which, (mc, lay), &mut start, range.start)
+            .context("model.init_from: its moving average")?;
+        if leader {
+            console!("the weights' moving average starts from {}'s", file.display());
+        }
+    }
+    Ok(start)
+}
+
+/// Where a resumed run's moving average of parameters `range` starts: the checkpoint's, else the weights
+/// (a run that turns `optim.ema_decay` on mid-way says so, on the `leader`).
+fn resumed_values(
+    dir: &Path,
     (mc, lay): (&ModelConfig, &Layout),
     params: &Params<f32>,
     range: Range<usize>,
     leader: bool,
 ) -> Result<Vec<f32>> {
     let weights = || params.data[range.clone()].to_vec();
-    let Some(dir) = resume else { return Ok(weights()) };
     let what = || format!("resuming from {}", dir.display());
     match checkpoint::load_ema(dir, mc, lay, range.clone()).with_context(what)? {
         Some(ema) => Ok(ema),

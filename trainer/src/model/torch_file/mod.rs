@@ -20,7 +20,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use self::pickle::{describe, unpickle, Value};
 
-/// Where upstream's training checkpoints keep the moving average of the weights, under `trainer`.
+/// Where upstream's training checkpoints keep the trained weights under `trainer` (FSDP's, DDP's), and
+/// their moving average.
+const TRAINED_KEYS: [&str; 2] = ["gpt_fsdp", "gpt_wo_ddp"];
 const EMA_KEY: &str = "gpt_ema_fsdp";
 
 /// Whether `bytes` start like a zip file (PyTorch's format) rather than a safetensors header.
@@ -197,13 +199,13 @@ fn storage(pid: &Value) -> Result<Value> {
     }
 }
 
-/// Which state dict of upstream's training checkpoint to read: the trained weights (`gpt_fsdp`, or
-/// `gpt_wo_ddp` under DDP) or their moving average (`gpt_ema_fsdp`, kept with
-/// `--use_fsdp_model_ema`). A plain state dict (released weights) holds the trained weights only.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which state dict of a weights file to read. `Weights`: the one a plain file holds (released weights,
+/// a safetensors file), or a training checkpoint's trained weights (upstream's `gpt_fsdp`, or
+/// `gpt_wo_ddp` under DDP). `MovingAverage`: a training checkpoint's average of them (`gpt_ema_fsdp`,
+/// kept with `--use_fsdp_model_ema`); files that keep none refuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateDict {
-    #[default]
-    Trained,
+    Weights,
     MovingAverage,
 }
 
@@ -214,67 +216,101 @@ pub struct TorchWeights {
     pub found_at: String,
 }
 
+/// A `torch.save` zip archive mapped in memory: its entries' byte ranges and its pickle's object.
+struct Archive<'a> {
+    bytes: &'a [u8],
+    path: &'a Path,
+    zip: zip::ZipArchive<Cursor<&'a [u8]>>,
+    /// `ARCHIVE/`, the folder every entry is in.
+    prefix: String,
+}
+
+impl<'a> Archive<'a> {
+    /// The archive of `bytes` (the file `path`), its byte order checked.
+    fn open(bytes: &'a [u8], path: &'a Path) -> Result<Archive<'a>> {
+        let named = || path.display().to_string();
+        let zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("{}: not a zip file: {e}", named()))?;
+        let names: Vec<String> = zip
+            .file_names()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("{}: {e}", named()))?
+            .into_iter()
+            .map(|n| n.into_owned())
+            .collect();
+        let pkl = names
+            .iter()
+            .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+            .with_context(|| format!("{}: a zip file without ARCHIVE/data.pkl: not a PyTorch checkpoint", named()))?;
+        let prefix = pkl.trim_end_matches("data.pkl").to_string();
+        let mut archive = Archive { bytes, path, zip, prefix };
+        if names.iter().any(|n| *n == format!("{}byteorder", archive.prefix)) {
+            let r = archive.entry("byteorder")?;
+            let order = String::from_utf8_lossy(&bytes[r]);
+            ensure!(order == "little", "{}: byte order {order:?}, expected little", named());
+        }
+        Ok(archive)
+    }
+
+    /// The bytes of entry `ARCHIVE/name`, which must be stored uncompressed and lie inside the file.
+    fn entry(&mut self, name: &str) -> Result<Range<usize>> {
+        let (named, name) = (self.path.display(), format!("{}{name}", self.prefix));
+        let f = self.zip.by_name(&name).map_err(|e| anyhow!("{named}: {name}: {e}"))?;
+        ensure!(
+            f.compression() == zip::CompressionMethod::Stored,
+            "{named}: {name} is compressed ({:?}); torch.save stores its entries uncompressed",
+            f.compression()
+        );
+        let start = f.data_start().with_context(|| format!("{named}: {name}: no data offset"))?;
+        let (size, stored) = (f.size(), f.compressed_size());
+        let end = start.checked_add(size).filter(|&end| size == stored && end <= self.bytes.len() as u64);
+        let end = end.with_context(|| format!("{named}: {name}: {size} bytes at {start}, past the file's end"))?;
+        Ok(start as usize..end as usize)
+    }
+
+    /// The object `torch.save` pickled.
+    fn root(&mut self) -> Result<Value> {
+        let r = self.entry("data.pkl")?;
+        unpickle(&self.bytes[r]).with_context(|| format!("{}: {}data.pkl", self.path.display(), self.prefix))
+    }
+}
+
+/// Whether the PyTorch file `bytes` (the file `path`) is upstream's training checkpoint keeping a
+/// moving average of its weights (`trainer.gpt_ema_fsdp`).
+pub fn holds_moving_average(bytes: &[u8], path: &Path) -> Result<bool> {
+    let root = Archive::open(bytes, path)?.root()?;
+    Ok(root.get("trainer").is_some_and(|t| t.get(EMA_KEY).is_some()))
+}
+
 /// The state dict of the PyTorch file `bytes` (`path` for errors): the file's object itself where it
 /// is a dict of tensors (released weights), else `trainer.gpt_fsdp` or `trainer.gpt_wo_ddp` (upstream's
 /// training checkpoints under FSDP or DDP), or `trainer.gpt_ema_fsdp` for their moving average.
 pub fn read_weights(bytes: &[u8], path: &Path, which: StateDict) -> Result<TorchWeights> {
     let named = || path.display().to_string();
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("{}: not a zip file: {e}", named()))?;
-    let names: Vec<String> = zip
-        .file_names()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("{}: {e}", named()))?
-        .into_iter()
-        .map(|n| n.into_owned())
-        .collect();
-    let pkl = names
-        .iter()
-        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-        .with_context(|| format!("{}: a zip file without ARCHIVE/data.pkl: not a PyTorch checkpoint", named()))?;
-    let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let entry = |zip: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str| -> Result<Range<usize>> {
-        let f = zip.by_name(name).map_err(|e| anyhow!("{}: {name}: {e}", named()))?;
-        ensure!(
-            f.compression() == zip::CompressionMethod::Stored,
-            "{}: {name} is compressed ({:?}); torch.save stores its entries uncompressed",
-            named(),
-            f.compression()
-        );
-        let start = f.data_start().with_context(|| format!("{}: {name}: no data offset", named()))?;
-        let (size, stored) = (f.size(), f.compressed_size());
-        let end = start.checked_add(size).filter(|&end| size == stored && end <= bytes.len() as u64);
-        let end = end.with_context(|| format!("{}: {name}: {size} bytes at {start}, past the file's end", named()))?;
-        Ok(start as usize..end as usize)
-    };
-    if let Some(order) = names.iter().find(|n| **n == format!("{prefix}byteorder")) {
-        let r = entry(&mut zip, order)?;
-        let order = String::from_utf8_lossy(&bytes[r]);
-        ensure!(order == "little", "{}: byte order {order:?}, expected little", named());
-    }
-    let root = unpickle(&bytes[entry(&mut zip, pkl)?]).with_context(|| format!("{}: {pkl}", named()))?;
+    let mut archive = Archive::open(bytes, path)?;
+    let root = archive.root()?;
     // the state dict: tensors at the top, or where upstream's trainer keeps them
     let (dict, found_at) = match (root.get("trainer"), which) {
-        (Some(trainer), StateDict::Trained) => {
+        (Some(trainer), StateDict::Weights) => {
             if trainer.get(EMA_KEY).is_some() {
                 tracing::info!("{}: also holds the weights' moving average (model.init_from_ema takes it)", named());
             }
-            ["gpt_fsdp", "gpt_wo_ddp"]
-                .iter()
-                .find_map(|k| trainer.get(k).map(|d| (d, format!("trainer.{k}"))))
-                .with_context(|| {
-                    format!("{}: `trainer` holds no gpt_fsdp or gpt_wo_ddp (its keys: {:?})", named(), trainer.keys())
-                })?
+            TRAINED_KEYS.iter().find_map(|k| trainer.get(k).map(|d| (d, format!("trainer.{k}")))).with_context(
+                || format!("{}: `trainer` holds no gpt_fsdp or gpt_wo_ddp (its keys: {:?})", named(), trainer.keys()),
+            )?
         }
         (Some(trainer), StateDict::MovingAverage) => match trainer.get(EMA_KEY) {
             Some(d) => (d, format!("trainer.{EMA_KEY}")),
-            None => bail!(
-                "{}: `trainer` holds no {EMA_KEY} (the run kept no moving average: upstream's \
-                 --use_fsdp_model_ema was 0; its keys: {:?}); leave model.init_from_ema out to take gpt_fsdp",
-                named(),
-                trainer.keys()
-            ),
+            None => {
+                let weights = TRAINED_KEYS.iter().find(|k| trainer.get(k).is_some()).unwrap_or(&TRAINED_KEYS[0]);
+                bail!(
+                    "{}: `trainer` holds no {EMA_KEY} (the run kept no moving average: upstream's \
+                     --use_fsdp_model_ema was 0; its keys: {:?}); leave model.init_from_ema out to take {weights}",
+                    named(),
+                    trainer.keys()
+                )
+            }
         },
-        (None, StateDict::Trained) => (root.clone(), "the file's top level".to_string()),
+        (None, StateDict::Weights) => (root.clone(), "the file's top level".to_string()),
         (None, StateDict::MovingAverage) => bail!(
             "{}: a state dict (released weights) holds one set of weights, no moving average: \
              model.init_from_ema takes upstream's training checkpoints (trainer.{EMA_KEY})",
@@ -296,15 +332,16 @@ pub fn read_weights(bytes: &[u8], path: &Path, which: StateDict) -> Result<Torch
             }
             continue;
         };
-        let key = format!("{prefix}data/{}", t.storage.key);
+        let key = format!("data/{}", t.storage.key);
         let bytes_of = match storages.get(&key) {
             Some(r) => r.clone(),
             None => {
-                let r = entry(&mut zip, &key)?;
+                let r = archive.entry(&key)?;
                 ensure!(
                     t.storage.numel.checked_mul(t.storage.elem).is_some_and(|n| r.len() >= n),
-                    "{}: {key} holds {} bytes, its storage {} elements of {} bytes",
+                    "{}: {}{key} holds {} bytes, its storage {} elements of {} bytes",
                     named(),
+                    archive.prefix,
                     r.len(),
                     t.storage.numel,
                     t.storage.elem

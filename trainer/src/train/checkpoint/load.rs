@@ -93,17 +93,13 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         )
     };
     if path.is_file() {
-        let is_torch = || -> Result<bool> {
-            let mut head = [0u8; 4];
-            let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-            let n = std::io::Read::read(&mut f, &mut head).with_context(|| format!("reading {}", path.display()))?;
-            Ok(crate::model::torch_file::is_zip(&head[..n]))
-        };
         return match ema {
-            false => Ok((path.to_path_buf(), StateDict::Trained)),
-            true if is_torch()? => Ok((path.to_path_buf(), StateDict::MovingAverage)),
+            false => Ok((path.to_path_buf(), StateDict::Weights)),
             true if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
-            true => Err(one_set("a safetensors file")),
+            // the average as a file of its own: taken as it is
+            true if is_moving_average_file(path) => Ok((path.to_path_buf(), StateDict::Weights)),
+            // upstream's training checkpoint keeps it inside; the reader refuses a file that does not
+            true => Ok((path.to_path_buf(), StateDict::MovingAverage)),
         };
     }
     if let Some(export) = read_export(path) {
@@ -114,19 +110,51 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
             path.display(),
             export.source
         );
-        return Ok((export.weights, StateDict::Trained));
+        return Ok((export.weights, StateDict::Weights));
     }
     if let Some(index) = crate::model::weight_shards::index_in(path)? {
         ensure!(!ema, one_set("a folder of weight files with an index"));
-        return Ok((index, StateDict::Trained));
+        return Ok((index, StateDict::Weights));
     }
     if ema {
-        return Ok((ema_file(path)?, StateDict::Trained));
+        return Ok((ema_file(path)?, StateDict::Weights));
     }
     let dir = resolve(path)?;
     let file = dir.join(MODEL_FILE);
     verify_crc(&file, &read_state(&dir)?.model_crc32c)?;
-    Ok((file, StateDict::Trained))
+    Ok((file, StateDict::Weights))
+}
+
+/// Whether `file` is a moving average of weights on its own: the weights of an export made with
+/// `--ema`, or a checkpoint's `ema.safetensors`.
+fn is_moving_average_file(file: &Path) -> bool {
+    let Some(dir) = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }) else {
+        return false;
+    };
+    let same = |a: &Path| matches!((a.canonicalize(), file.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    read_export(dir).is_some_and(|e| e.ema && same(&e.weights))
+        || (file.file_name().is_some_and(|n| n == EMA_FILE) && dir.join(DONE).is_file())
+}
+
+/// Where `path` (as `model.init_from` takes it) keeps a moving average of its weights beside them: a
+/// checkpoint or run folder whose run kept one, or upstream's training checkpoint with
+/// `trainer.gpt_ema_fsdp`; `None` for sources of one set of weights (a weights file, an export, an
+/// index).
+pub fn moving_average_of(path: &Path) -> Result<Option<(PathBuf, StateDict)>> {
+    if path.is_file() {
+        let bytes = map_file(path)?;
+        let torch =
+            crate::model::torch_file::is_zip(&bytes) && crate::model::torch_file::holds_moving_average(&bytes, path)?;
+        return Ok(torch.then(|| (path.to_path_buf(), StateDict::MovingAverage)));
+    }
+    if read_export(path).is_some() || crate::model::weight_shards::index_in(path)?.is_some() {
+        return Ok(None);
+    }
+    let dir = resolve(path)?;
+    Ok(match read_state(&dir)?.ema_crc32c {
+        Some(_) => Some((ema_file(&dir)?, StateDict::Weights)),
+        None => None,
+    })
 }
 
 /// The moving average of a checkpoint or run folder (see [`resolve`]), checksum-verified; an error

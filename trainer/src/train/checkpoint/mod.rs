@@ -33,7 +33,9 @@ use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
-pub use load::{ema_file, load, load_ema, load_model, resolve, saved_step, weights_file, CheckpointModel};
+pub use load::{
+    ema_file, load, load_ema, load_model, moving_average_of, resolve, saved_step, weights_file, CheckpointModel,
+};
 
 /// The marker a complete checkpoint folder holds, written last.
 pub const DONE: &str = "DONE";
