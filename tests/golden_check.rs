@@ -22,6 +22,9 @@ fn every_golden_folder_matches_the_reference() {
     assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("model-")).count() >= 2, "model fixtures missing");
     assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("bsq-")).count() >= 3, "bsq fixtures missing");
     assert!(dirs.iter().filter(|d| d.to_string_lossy().contains("sample-")).count() >= 2, "sample fixtures missing");
+    for name in ["bsq-patchify", "sample-patchify"] {
+        assert!(dirs.iter().any(|d| d.ends_with(name)), "{name} missing (upstream's 8B layout)");
+    }
     for dir in dirs {
         let r = golden::check(&dir).unwrap();
         let worst = r.comparisons.iter().map(|c| c.rel / c.tol).fold(0.0, f64::max);
@@ -178,6 +181,29 @@ fn an_incomplete_or_malformed_folder_fails_by_name() {
     halve_tensor(&short_mask.join("bsq.safetensors"), "flip_mask");
     let e = format!("{:#}", golden::check(&short_mask).unwrap_err());
     assert!(e.contains("bsq.safetensors: tensor `flip_mask` has shape") && e.contains("expected [B, L, d]"), "{e}");
+
+    // upstream's 8B layout: the flip mask is the tokenizer's, [B, 4L, d/4], not the transformer's
+    let mask_8b = copy("bsq-patchify", "e-transformer-mask");
+    rewrite_tensors(&mask_8b.join("bsq.safetensors"), |n, shape, _| {
+        if n == "flip_mask" {
+            *shape = vec![shape[0], shape[1] / 4, shape[2] * 4];
+        }
+        Some(n.to_string())
+    });
+    let e = format!("{:#}", golden::check(&mask_8b).unwrap_err());
+    assert!(e.contains("tensor `flip_mask` has shape [2, 173, 56], expected [B, Lv, dv] = [2, 692, 14]"), "{e}");
+    // a caption longer than the model's text_maxlen (6) is named, not a panic in the forward
+    let long = copy("sample-tiny-square", "f-long-caption");
+    rewrite_tensors(&long.join("inputs.safetensors"), |n, _, data| {
+        if n == "text_cu_seqlens" {
+            data[4..8].copy_from_slice(&7i32.to_le_bytes());
+        }
+        Some(n.to_string())
+    });
+    let e = format!("{:#}", golden::check(&long).unwrap_err());
+    assert!(e.contains("expected offsets from 0 of captions of 1 to text_maxlen = 6 tokens"), "{e}");
+    std::fs::remove_dir_all(&mask_8b).unwrap();
+    std::fs::remove_dir_all(&long).unwrap();
 
     // the command checks every folder and fails at the end (an error at the first bad folder, as before,
     // would make `infinity()` panic instead of returning false)

@@ -143,27 +143,10 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
 #[test]
 fn files_written_by_real_pytorch_load_as_their_safetensors_twins() {
     use infinity_trainer::model::io::load_weights;
-    use infinity_trainer::model::Conditioning;
     let dir = crate::repo().join("tests/torch-files");
     let made: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let k = &made["constructor_kwargs"];
-    let n = |key: &str| k[key].as_u64().unwrap() as usize;
-    let cfg = ModelConfig {
-        depth: n("depth"),
-        embed_dim: n("embed_dim"),
-        num_heads: n("num_heads"),
-        mlp_ratio: k["mlp_ratio"].as_f64().unwrap(),
-        d: made["d"].as_u64().unwrap() as usize,
-        text_channels: n("text_channels"),
-        text_maxlen: n("text_maxlen"),
-        norm_eps: k["norm_eps"].as_f64().unwrap(),
-        cond_drop_rate: 0.0,
-        drop_path_rate: 0.0,
-        apply_spatial_patchify: false,
-        conditioning: Conditioning::Text,
-        block_chunks: 1,
-    };
+    let cfg = infinity_trainer::golden::model_config(&made, made["d"].as_u64().unwrap() as usize).unwrap();
     let lay = Layout::new(&cfg);
     assert_eq!(lay.numel as u64, made["parameters"].as_u64().unwrap(), "the model is the files'");
     let twin = |name: &str| load_weights(&dir.join(name), &cfg, &lay).unwrap().data;

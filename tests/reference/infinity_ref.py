@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch reference of the Infinity transformer and its training math, written from the specification
-(../shared/docs/infinity-reference.md §1-4, §9), used to export golden folders for the Rust tests.
+"""PyTorch reference of the Infinity transformer, its training math and its sampling, written from the
+specification (../shared/docs/infinity-reference.md §1-5, §9), used to export golden folders for the
+Rust tests.
 
     python tests/reference/infinity_ref.py --out tests/golden        # all fixtures (needs torch)
 
 Each fixture is a folder in the golden format (docs/golden-format.md):
-  config.json, weights.safetensors, inputs.safetensors, expected.safetensors   (mode "model")
+  config.json, weights.safetensors, inputs.safetensors, expected.safetensors   (modes "model", "sample")
   config.json, bsq.safetensors                                              (mode "bsq-only")
 
 Numerics: bitwise self-correction runs in float32 exactly as upstream (its bits depend on f32
@@ -308,7 +309,7 @@ def bitwise_loss(logits, gt_bits, schedule, reweight):
 
 
 # ----------------------------------------------------------------------------------------------
-# sampling (§7), greedy
+# sampling (§5), greedy
 # ----------------------------------------------------------------------------------------------
 def sample_greedy(model, kv, lens, schedule, cos, sin, cfg_list, insertion, patchify=False):
     """Next-scale sampling with classifier-free guidance, each bit the likelier class of the guided
@@ -414,10 +415,11 @@ def make_model_fixture(out, name, template, budget, kwargs, d, B, seed, flips):
         json.dump(cfg, f, indent=1)
 
 
-def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_list, insertion, min_margin=2e-3,
+def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_list, insertion, require_margin=2e-3,
                         patchify=False):
     """Greedy sampling (`sample_greedy`) of a random model; the first seed from `seed` on whose guided
-    logits keep every bit at least `min_margin` from a tie, so that float32 rounding cannot flip one."""
+    logits keep every bit at least `require_margin` from a tie, so that float32 rounding cannot flip one
+    (config.json's `min_margin` is the margin it has)."""
     schedule = template_scales(template, budget)
     L = sum(h * w for _, h, w in schedule)
     frame = template_scales(template, "1M")[-1][1:]
@@ -430,10 +432,10 @@ def make_sample_fixture(out, name, template, budget, kwargs, d, B, seed, cfg_lis
         with torch.no_grad():
             bits, logits, codes, x, margin = sample_greedy(model, kv, lens, schedule, cos.double(), sin.double(),
                                                            cfg_list, insertion, patchify)
-        if margin >= min_margin:
+        if margin >= require_margin:
             break
     else:
-        sys.exit(f"{name}: no seed in {seed}..{seed + 99} keeps every bit {min_margin} from a tie")
+        sys.exit(f"{name}: no seed in {seed}..{seed + 99} keeps every bit {require_margin} from a tie")
     os.makedirs(os.path.join(out, name), exist_ok=True)
     f32 = lambda t: t.detach().float().contiguous()
     save_file({k: f32(v) for k, v in model.state_dict().items()}, os.path.join(out, name, "weights.safetensors"))
@@ -459,8 +461,9 @@ def make_bsq_fixture(out, name, template, budget, d, B, seed, patchify=False):
     L = sum(h * w for _, h, w in schedule)
     vae, dv = vae_schedule(schedule, patchify), (d // 4 if patchify else d)
     _, H, W = vae[-1]
+    Lv = sum(h * w for _, h, w in vae)
     latent = torch.randn(B, dv, 1, H, W) * 0.6
-    mask = (torch.rand(B, L * d // dv, dv) < 0.2).to(torch.uint8)
+    mask = (torch.rand(B, Lv, dv) < 0.2).to(torch.uint8)
     gt, x = self_correct(latent, vae, mask)
     gt0, x0 = self_correct(latent, vae, None)
     pred = gt ^ mask

@@ -28,6 +28,11 @@ pub const TOL_BSQ_INPUT: f64 = 1e-5;
 /// A bit may differ from the reference only where our residual is this close to 0.
 pub const BIT_RESIDUAL_SLACK: f64 = 1e-5;
 
+/// Why a device check cannot run in this build.
+#[cfg(not(feature = "cuda"))]
+const NOT_BUILT_WITH_CUDA: &str =
+    "this `infinity` was built without the `cuda` feature (cargo build --release --features cuda)";
+
 /// One compared tensor.
 #[derive(Clone, Debug)]
 pub struct Comparison {
@@ -105,10 +110,10 @@ impl Tensors {
         Ok((t.shape().to_vec(), v))
     }
 
-    /// A float tensor of `len` values (`shape` says which, for the error).
-    fn f32_sized(&self, name: &str, len: usize, shape: &str) -> Result<Vec<f32>> {
+    /// A float tensor of shape `want` (`legend` names its dimensions, for the error).
+    fn f32_shaped(&self, name: &str, want: &[usize], legend: &str) -> Result<Vec<f32>> {
         let (found, v) = self.f32(name)?;
-        self.sized(name, v, len, shape, &found)
+        self.shaped(name, v, &found, want, legend)
     }
 
     fn ints(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
@@ -123,18 +128,17 @@ impl Tensors {
         Ok((t.shape().to_vec(), v))
     }
 
-    /// An integer tensor of `len` values (`shape` says which, for the error).
-    fn ints_sized(&self, name: &str, len: usize, shape: &str) -> Result<Vec<i64>> {
+    /// An integer tensor of shape `want` (`legend` names its dimensions, for the error).
+    fn ints_shaped(&self, name: &str, want: &[usize], legend: &str) -> Result<Vec<i64>> {
         let (found, v) = self.ints(name)?;
-        self.sized(name, v, len, shape, &found)
+        self.shaped(name, v, &found, want, legend)
     }
 
-    fn sized<T>(&self, name: &str, v: Vec<T>, len: usize, shape: &str, found: &[usize]) -> Result<Vec<T>> {
+    fn shaped<T>(&self, name: &str, v: Vec<T>, found: &[usize], want: &[usize], legend: &str) -> Result<Vec<T>> {
         ensure!(
-            v.len() == len,
-            "{}: tensor `{name}` has shape {found:?} ({} values), expected {shape} ({len} values)",
-            self.path.display(),
-            v.len()
+            found == want,
+            "{}: tensor `{name}` has shape {found:?}, expected {legend} = {want:?}",
+            self.path.display()
         );
         Ok(v)
     }
@@ -175,7 +179,7 @@ fn gpu_forward_backward(
     _: &ModelInput<f32>,
     _: &mut Params<f32>,
 ) -> Result<infinity_kernels::bitwise_ce::BitwiseCe> {
-    bail!("this `infinity` was built without the `cuda` feature (cargo build --release --features cuda)")
+    bail!(NOT_BUILT_WITH_CUDA)
 }
 
 /// Check one golden folder on the CPU.
@@ -183,9 +187,11 @@ pub fn check(dir: &Path) -> Result<GoldenReport> {
     check_on(dir, false)
 }
 
-/// Check one golden folder, on the GPU when `cuda` (the model through `gpu::GpuModel`; bsq-only
-/// folders stay on the CPU: their device twin is tested against the CPU one). The GPU's fused head
-/// never materialises logits, so `logits` is not compared there; loss and every gradient are.
+/// Check one golden folder, on the GPU when `cuda` (the model and the sampler through
+/// `gpu::GpuModel`; bsq-only folders stay on the CPU: their device twin is tested against the CPU
+/// one). The GPU's fused head never materialises a training step's logits, so a model folder's
+/// `logits` are not compared there (its loss and every gradient are); a sample folder's `cond_logits`
+/// are.
 pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
     let cfg_path = dir.join("config.json");
     let cfg: Value = serde_json::from_str(
@@ -231,7 +237,7 @@ fn check_bsq(
     (b, l, d): (usize, usize, usize),
     r: &mut GoldenReport,
 ) -> Result<()> {
-    let patchify = cfg.get("apply_spatial_patchify").and_then(Value::as_u64).unwrap_or(0) == 1;
+    let patchify = switch(cfg.get("apply_spatial_patchify"), "apply_spatial_patchify")?;
     ensure!(!patchify || d % 4 == 0, "config.json: apply_spatial_patchify with d = {d}, not a multiple of 4");
     let (dv, vae) = match patchify {
         true => (d / 4, patchify::tokenizer_scales(schedule)),
@@ -246,12 +252,16 @@ fn check_bsq(
     let (shape, latent) = t.f32("latent")?;
     let (hh, ww) = *vae.last().unwrap();
     ensure!(shape == [b, dv, 1, hh, ww], "latent has shape {shape:?}, expected [{b}, {dv}, 1, {hh}, {ww}]");
-    let bld = format!("[B, L, d] = [{b}, {l}, {d}]");
-    let flips = t.ints_sized("flip_mask", b * l * d, &bld)?;
-    let pred = t.ints_sized("pred_bits", b * l * d, &bld)?;
+    let bld = [b, l, d];
+    // (patchified, the mask is the tokenizer's: 4 of its tokens of d/4 bits to a transformer token)
+    let flips = match patchify {
+        true => t.ints_shaped("flip_mask", &[b, 4 * l, dv], "[B, Lv, dv]")?,
+        false => t.ints_shaped("flip_mask", &bld, "[B, L, d]")?,
+    };
+    let pred = t.ints_shaped("pred_bits", &bld, "[B, L, d]")?;
     for (prefix, with_flips) in [("", true), ("noflip.", false)] {
-        let gt = t.ints_sized(&format!("{prefix}gt_bits"), b * l * d, &bld)?;
-        let (_, x) = t.f32(&format!("{prefix}x_blc_wo_prefix"))?;
+        let gt = t.ints_shaped(&format!("{prefix}gt_bits"), &bld, "[B, L, d]")?;
+        let x = t.f32_shaped(&format!("{prefix}x_blc_wo_prefix"), &[b, l - 1, d], "[B, L − 1, d]")?;
         let mut ours_x = Vec::new();
         let mut tolerated = 0;
         for bi in 0..b {
@@ -293,8 +303,21 @@ fn check_bsq(
     Ok(())
 }
 
-/// Build our config from upstream's constructor arguments, refusing settings we do not implement.
-fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
+/// A setting given as 0/1 or false/true (absent: off); anything else is an error naming `key`.
+fn switch(v: Option<&Value>, key: &str) -> Result<bool> {
+    match v {
+        None => Ok(false),
+        Some(v) => match (v.as_u64(), v.as_bool()) {
+            (Some(0), _) | (_, Some(false)) => Ok(false),
+            (Some(1), _) | (_, Some(true)) => Ok(true),
+            _ => bail!("config.json: `{key}` = {v}, expected 0 or 1 (or false, true)"),
+        },
+    }
+}
+
+/// Our config of a text model from a golden `config.json`'s upstream constructor arguments
+/// (`constructor_kwargs`) and `d`, refusing settings we do not implement.
+pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     let k = cfg.get("constructor_kwargs").context("config.json: `constructor_kwargs` missing")?;
     let flag = |key: &str, want: i64| -> Result<()> {
         match k.get(key) {
@@ -325,12 +348,48 @@ fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         cond_drop_rate: 0.0,
         drop_path_rate: 0.0,
-        apply_spatial_patchify: k.get("apply_spatial_patchify").and_then(Value::as_u64).unwrap_or(0) == 1,
+        apply_spatial_patchify: switch(k.get("apply_spatial_patchify"), "constructor_kwargs.apply_spatial_patchify")?,
         conditioning: Conditioning::Text,
         block_chunks: k.get("block_chunks").and_then(Value::as_u64).unwrap_or(1) as usize,
     };
     c.validate().map_err(|e| anyhow::anyhow!("constructor_kwargs: {e}"))?;
     Ok(c)
+}
+
+/// What the model and sample folders share: the model their `constructor_kwargs` make with its
+/// weights, the captions' text features `[Σ lens, Ct]` with their offsets `[B + 1]`, and the RoPE
+/// table of the schedule.
+struct ModelFolder {
+    mc: ModelConfig,
+    lay: Layout,
+    p: Params<f32>,
+    inputs: Tensors,
+    kv: Vec<f32>,
+    cu: Vec<usize>,
+    rope: RopeTable,
+}
+
+impl ModelFolder {
+    fn open(dir: &Path, cfg: &Value, schedule: &[(usize, usize)], b: usize, d: usize) -> Result<ModelFolder> {
+        let mc = model_config(cfg, d)?;
+        let lay = Layout::new(&mc);
+        let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
+        let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
+        let cu: Vec<usize> =
+            inputs.ints_shaped("text_cu_seqlens", &[b + 1], "[B + 1]")?.iter().map(|&v| v as usize).collect();
+        let lens: Vec<usize> = cu.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        ensure!(
+            cu[0] == 0 && lens.iter().all(|&n| (1..=mc.text_maxlen).contains(&n)),
+            "{}: text_cu_seqlens {cu:?}: expected offsets from 0 of captions of 1 to text_maxlen = {} tokens",
+            inputs.path.display(),
+            mc.text_maxlen
+        );
+        let kv = inputs.f32_shaped("text_kv_compact", &[cu[b], mc.text_channels], "[Σ lens, text_channels]")?;
+        let template =
+            cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
+        let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
+        Ok(ModelFolder { mc, lay, p, inputs, kv, cu, rope })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -343,27 +402,10 @@ fn check_model(
     cuda: bool,
     r: &mut GoldenReport,
 ) -> Result<()> {
-    let mc = model_config(cfg, d)?;
-    let lay = Layout::new(&mc);
-    let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
-    let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
-    let (_, kv) = inputs.f32("text_kv_compact")?;
-    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.1.iter().map(|&v| v as usize).collect();
-    ensure!(
-        cu.len() == b + 1 && kv.len() == cu[b] * mc.text_channels,
-        "text_kv_compact / text_cu_seqlens disagree with B = {b}"
-    );
+    let ModelFolder { mc, lay, p, inputs, kv, cu, rope } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let l: usize = schedule.iter().map(|&(h, w)| h * w).sum();
-    let x_shape = format!("[B, L − 1, d] = [{b}, {}, {d}]", l - 1);
-    let x_wo_prefix = inputs.f32_sized("x_blc_wo_prefix", b * (l - 1) * d, &x_shape)?;
-    let gt: Vec<u8> = inputs
-        .ints_sized("gt_bits", b * l * d, &format!("[B, L, d] = [{b}, {l}, {d}]"))?
-        .iter()
-        .map(|&v| v as u8)
-        .collect();
-    let template =
-        cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
-    let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
+    let x_wo_prefix = inputs.f32_shaped("x_blc_wo_prefix", &[b, l - 1, d], "[B, L − 1, d]")?;
+    let gt: Vec<u8> = inputs.ints_shaped("gt_bits", &[b, l, d], "[B, L, d]")?.iter().map(|&v| v as u8).collect();
     let weights = token_weights(b, schedule, false);
     let dropped = vec![false; b];
     let inp = ModelInput {

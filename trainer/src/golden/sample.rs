@@ -9,12 +9,10 @@
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use infinity_data::Catalog;
 use infinity_kernels::rope::RopeTable;
 use serde_json::Value;
 
-use super::{model_config, GoldenReport, Tensors, TOL_BSQ_INPUT, TOL_FORWARD};
-use crate::model::io::load_weights;
+use super::{GoldenReport, ModelFolder, Tensors, TOL_BSQ_INPUT, TOL_FORWARD};
 use crate::model::sample::{SampleCondition, SampleOptions, Sampled};
 use crate::model::{Layout, ModelConfig, Params};
 
@@ -30,16 +28,7 @@ pub(super) fn check_sample(
     cuda: bool,
     r: &mut GoldenReport,
 ) -> Result<()> {
-    let mc = model_config(cfg, d)?;
-    let lay = Layout::new(&mc);
-    let p = load_weights(&dir.join("weights.safetensors"), &mc, &lay)?;
-    let inputs = Tensors::open(&dir.join("inputs.safetensors"))?;
-    let (_, kv) = inputs.f32("text_kv_compact")?;
-    let cu: Vec<usize> = inputs.ints("text_cu_seqlens")?.1.iter().map(|&v| v as usize).collect();
-    ensure!(
-        cu.len() == b + 1 && cu.windows(2).all(|w| w[0] < w[1]) && kv.len() == cu[b] * mc.text_channels,
-        "text_kv_compact / text_cu_seqlens disagree with B = {b}"
-    );
+    let ModelFolder { mc, lay, p, kv, cu, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).collect();
     let floats = |key: &str| -> Result<Vec<f64>> {
         let v = cfg.get(key).and_then(Value::as_array).with_context(|| format!("config.json: `{key}` missing"))?;
@@ -52,15 +41,7 @@ pub(super) fn check_sample(
         "config.json: min_margin = {margin:e}: a bit of the reference within {MIN_MARGIN:e} of a tie could round \
          either way (pick another seed)"
     );
-    // top_p 0.5: a bit's less likely class (p ≤ 0.5) is always dropped, so every bit is its likelier one
-    let o = SampleOptions {
-        cfg: floats("cfg_list")?,
-        cfg_insertion_layer: insertion,
-        ..SampleOptions::uniform(1.0, 1.0, 0.5, 0)
-    };
-    let template =
-        cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
-    let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
+    let o = SampleOptions { cfg: floats("cfg_list")?, cfg_insertion_layer: insertion, ..SampleOptions::greedy() };
     let cond = SampleCondition::Text { kv, lens, negative: None };
     // (the sampler takes the tokenizer's schedule: with spatial patchify, the transformer's doubled)
     let tokenizer = match mc.apply_spatial_patchify {
@@ -74,7 +55,7 @@ pub(super) fn check_sample(
 
     let exp = Tensors::open(&dir.join("expected.safetensors"))?;
     let ((hh, ww), dv) = (*tokenizer.last().context("empty schedule")?, mc.d_vae());
-    let bits = exp.ints_sized("bits", b * l * d, &format!("[B, L, d] = [{b}, {l}, {d}]"))?;
+    let bits = exp.ints_shaped("bits", &[b, l, d], "[B, L, d]")?;
     let ours: Vec<i64> = s.bits.concat().iter().map(|&v| v as i64).collect();
     match ours.iter().zip(&bits).position(|(a, e)| a != e) {
         _ if ours.len() != bits.len() => {
@@ -87,11 +68,11 @@ pub(super) fn check_sample(
         }
         None => r.notes.push(format!("bits: all {} equal (reference margin {margin:.2e})", bits.len())),
     }
-    let logits = exp.f32_sized("cond_logits", b * l * 2 * d, &format!("[B, L, 2d] = [{b}, {l}, {}]", 2 * d))?;
+    let logits = exp.f32_shaped("cond_logits", &[b, l, 2 * d], "[B, L, 2d]")?;
     r.compare("cond_logits", &s.cond_logits.concat(), &logits, TOL_FORWARD);
-    let codes = exp.f32_sized("summed_codes", b * dv * hh * ww, &format!("[B, dv, H, W] = [{b}, {dv}, {hh}, {ww}]"))?;
+    let codes = exp.f32_shaped("summed_codes", &[b, dv, hh, ww], "[B, dv, H, W]")?;
     r.compare("summed_codes", &s.summed_codes.concat(), &codes, TOL_BSQ_INPUT);
-    let x = exp.f32_sized("x_blc_wo_prefix", b * (l - 1) * d, &format!("[B, L − 1, d] = [{b}, {}, {d}]", l - 1))?;
+    let x = exp.f32_shaped("x_blc_wo_prefix", &[b, l - 1, d], "[B, L − 1, d]")?;
     r.compare("x_blc_wo_prefix", &s.x_wo_prefix.concat(), &x, TOL_BSQ_INPUT);
     Ok(())
 }
@@ -121,5 +102,5 @@ fn gpu_sample(
     _: &RopeTable,
     _: &SampleOptions,
 ) -> Result<Sampled> {
-    anyhow::bail!("this `infinity` was built without the `cuda` feature (cargo build --release --features cuda)")
+    anyhow::bail!(super::NOT_BUILT_WITH_CUDA)
 }

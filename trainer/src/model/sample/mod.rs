@@ -52,6 +52,13 @@ impl SampleOptions {
         SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed, keys: Vec::new(), cfg_insertion_layer: vec![0] }
     }
 
+    /// Greedy sampling without guidance: every bit its likelier class (a tie: 0), no random number
+    /// deciding any (top-p 0.5 drops each bit's less likely class, whose probability is at most 0.5).
+    /// For comparing samplers bit for bit; set `cfg` and `cfg_insertion_layer` for guidance.
+    pub fn greedy() -> SampleOptions {
+        SampleOptions::uniform(1.0, 1.0, 0.5, 0)
+    }
+
     /// Whether guidance applies to the logits (`0` in `cfg_insertion_layer`).
     fn on_logits(&self) -> bool {
         self.cfg_insertion_layer.contains(&0)
