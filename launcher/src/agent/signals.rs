@@ -33,7 +33,8 @@ pub(super) async fn until_signal<T>(
                 }
                 false => {
                     let code = stopped_before_start(sig);
-                    console_err!("[launch] got {} while {what}; no rank started, exiting with {code}", signal_name(sig));
+                    let name = signal_name(sig);
+                    console_err!("[launch] got {name} while {what}; no rank started, exiting with {code}");
                     Err(code)
                 }
             }
