@@ -116,7 +116,16 @@ fn a_torch_save_state_dict_loads_as_its_safetensors_twin() {
     let bytes = std::fs::read(&pth).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = format!("{:#}", loaded(&cut, &cfg, &lay).unwrap_err());
-    assert!(e.contains("cut.pth: not a zip file"), "{e}");
+    assert!(e.contains("cut.pth: not a complete zip file") && e.contains("truncated?"), "{e}");
+    // torch.save's format before torch 1.6 (a pickle opening with torch's magic number)
+    let legacy = dir.path().join("legacy.pth");
+    let magic = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.\x80\x02M\xe9\x03.";
+    std::fs::write(&legacy, magic).unwrap();
+    let e = format!("{:#}", loaded(&legacy, &cfg, &lay).unwrap_err());
+    assert!(
+        e.contains("legacy.pth: a PyTorch file in the format before torch 1.6") && e.contains("torch.save("),
+        "{e}"
+    );
     let other = dir.path().join("other.pth");
     python(&[&"-c", &"import zipfile,sys; zipfile.ZipFile(sys.argv[1], 'w').writestr('x/y.txt', 'hi')", &other]);
     let e = format!("{:#}", loaded(&other, &cfg, &lay).unwrap_err());

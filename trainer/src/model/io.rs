@@ -1,19 +1,21 @@
 //! Model weights as safetensors with upstream names: the format of checkpoints, exports and golden
 //! folders. Loading accepts either block layout and upstream's zero buffers, PyTorch's `.pth` files
-//! too ([`torch_file`]), and reports every name or shape that does not match the model at once.
+//! too (`weights_file`, `torch_file`), and reports every name or shape that does not match the model
+//! at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 use super::params::{canonical_name, chunked_name};
 use super::streamed::{Lazy, Values};
-use super::{torch_file, weight_shards};
+pub use super::torch_file::StateDict;
+use super::weight_shards;
+use super::weights_file::WeightsFile;
 use super::{Layout, ModelConfig, Params};
-pub use torch_file::StateDict;
 
 /// Element type of saved weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,80 +170,37 @@ fn not_finite(name: &str, v: &[f32]) -> Option<String> {
     Some(format!("`{name}`: {bad} of {} values not finite (the first: {} at {i})", v.len(), v[i]))
 }
 
+/// The prefix every name shares of a module saved inside wrappers (`module.` of DDP, `_orig_mod.` of
+/// torch.compile, nested), or "".
+fn wrapper_prefix<'a>(names: impl Iterator<Item = &'a str> + Clone) -> String {
+    let (mut prefix, any) = (String::new(), names.clone().next().is_some());
+    // (every name starts with `prefix` here: an ASCII cut)
+    while let Some(w) =
+        ["module.", "_orig_mod."].into_iter().find(|w| any && names.clone().all(|n| n[prefix.len()..].starts_with(w)))
+    {
+        prefix.push_str(w);
+    }
+    prefix
+}
+
+/// The width and depth of the model a file's tensors are of, where its `lvl_embed` and blocks say
+/// (`chunks` its block chunks, which hold `depth` blocks when chunked).
+fn file_shape(
+    tensors: &[(String, super::weights_file::FileTensor)],
+    chunks: usize,
+    depth: usize,
+) -> Option<(usize, usize)> {
+    let width = tensors.iter().find(|(n, _)| n == "lvl_embed.weight").and_then(|(_, t)| t.shape.get(1).copied())?;
+    let blocks: BTreeSet<&str> =
+        tensors.iter().filter_map(|(n, _)| n.strip_prefix("blocks.")?.split_once('.').map(|(i, _)| i)).collect();
+    Some((width, if chunks > 1 { depth } else { blocks.len() }))
+}
+
 /// Whether a file's tensor of `shape` holds parameter `canon` (of shape `want`) value for value: the same
 /// shape, or the heads' scales as upstream registers them with `customized_flash_attn`, (1, 1, H, 1)
 /// for (1, H, 1, 1) (its issue #117).
 fn layout_fits(canon: &str, shape: &[usize], want: &[usize]) -> bool {
     shape == want || (canon.ends_with("scale_mul_1H11") && shape == [1, 1, want[1], 1])
-}
-
-/// A weights file, mapped: safetensors, or a PyTorch checkpoint (`torch.save`'s zip format: upstream's
-/// released `.pth` weights and its training checkpoints, read without PyTorch by [`torch_file`]).
-enum WeightsFile<'a> {
-    Safetensors(SafeTensors<'a>),
-    Torch(torch_file::TorchWeights, &'a [u8]),
-}
-
-/// A tensor of a [`WeightsFile`]: its shape, and its values read on demand.
-struct FileTensor<'a> {
-    shape: Vec<usize>,
-    data: FileData<'a>,
-}
-
-enum FileData<'a> {
-    Safetensors(Dtype, &'a [u8]),
-    Torch(&'a torch_file::TorchTensor, &'a [u8]),
-}
-
-impl<'a> WeightsFile<'a> {
-    /// `bytes` (the file `path`) as the format its first bytes say; `which` of a training checkpoint's
-    /// state dicts.
-    fn read(bytes: &'a [u8], path: &Path, which: StateDict) -> Result<WeightsFile<'a>> {
-        if torch_file::is_zip(bytes) {
-            let weights = torch_file::read_weights(bytes, path, which)?;
-            tracing::info!("{}: PyTorch weights at {}", path.display(), weights.found_at);
-            return Ok(WeightsFile::Torch(weights, bytes));
-        }
-        let st = SafeTensors::deserialize(bytes).map_err(|e| {
-            anyhow::anyhow!("{}: not a safetensors file ({e}), nor a PyTorch checkpoint (a zip file)", path.display())
-        })?;
-        if which == StateDict::MovingAverage {
-            bail!(
-                "{}: a safetensors file holds one set of weights, taken as it is: leave model.init_from_ema out \
-                 to start from them, or give the checkpoint, run or export folder whose moving average to take",
-                path.display()
-            );
-        }
-        Ok(WeightsFile::Safetensors(st))
-    }
-
-    /// Every tensor, by name.
-    fn tensors(&self) -> Vec<(String, FileTensor<'_>)> {
-        match self {
-            WeightsFile::Safetensors(st) => st
-                .tensors()
-                .into_iter()
-                .map(|(n, t)| {
-                    (n, FileTensor { shape: t.shape().to_vec(), data: FileData::Safetensors(t.dtype(), t.data()) })
-                })
-                .collect(),
-            WeightsFile::Torch(w, bytes) => w
-                .tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), FileTensor { shape: t.shape.clone(), data: FileData::Torch(t, bytes) }))
-                .collect(),
-        }
-    }
-}
-
-impl FileTensor<'_> {
-    /// The values as f32 (f32, bf16 or f16 in safetensors; those and f64 in PyTorch's files).
-    fn values(&self, name: &str) -> Result<Vec<f32>> {
-        match self.data {
-            FileData::Safetensors(dtype, data) => tensor_f32(name, dtype, data),
-            FileData::Torch(t, bytes) => t.values(bytes).with_context(|| format!("tensor `{name}`")),
-        }
-    }
 }
 
 /// The flat parameters `at..at + data.len()`, which a file's tensors are copied into.
@@ -308,6 +267,14 @@ fn fill_weights(
             tensors.push((name, t));
         }
     }
+    // a wrapped module's state dict (DDP's `module.`, torch.compile's `_orig_mod.`): its keys are read
+    // without the wrapper's prefix, as the bare module loads them
+    let wrapper = wrapper_prefix(tensors.iter().map(|(n, _)| n.as_str()));
+    if !wrapper.is_empty() {
+        tracing::info!("{}: every key starts with `{wrapper}` (a wrapped module's): read without it", path.display());
+        tensors.iter_mut().for_each(|(name, _)| *name = name[wrapper.len()..].to_string());
+        from = from.into_iter().map(|(name, f)| (name[wrapper.len()..].to_string(), f)).collect();
+    }
     let file_of = |name: &str| from.get(name).copied().unwrap_or(path).display().to_string();
     // the file's own block layout (a chunked file of any chunk count loads into any model of its depth)
     let chunks = match file_block_chunks(tensors.iter().map(|(n, _)| n.as_str())) {
@@ -321,6 +288,8 @@ fn fill_weights(
         ),
     };
     tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
+    let file_model = file_shape(&tensors, chunks, cfg.depth);
+    let mut not_finite_tensors = 0;
     let order = |name: &str| {
         let offset = canonical_name(name, cfg.depth, chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
         (offset.unwrap_or(usize::MAX), name.to_string())
@@ -354,6 +323,7 @@ fn fill_weights(
             {
                 let v = t.values(&name).with_context(|| file_of(&name))?;
                 if let Some(why) = not_finite(&name, &v) {
+                    not_finite_tensors += 1;
                     report("", why);
                     continue;
                 }
@@ -378,7 +348,10 @@ fn fill_weights(
                 let v = t.values(&name).with_context(|| file_of(&name))?;
                 match not_finite(&name, &v) {
                     None => p.put(spec.offset, &v),
-                    Some(why) => report("", why),
+                    Some(why) => {
+                        not_finite_tensors += 1;
+                        report("", why)
+                    }
                 }
             }
         }
@@ -396,7 +369,18 @@ fn fill_weights(
             1 => "1 problem".to_string(),
             n => format!("{n} problems"),
         };
-        bail!("{}: does not match the model config ({count}):\n  {}{more}", path.display(), shown.join("\n  "));
+        let what = match not_finite_tensors == problems.len() {
+            true => "holds values that are not finite (a diverged run's?)",
+            false => "does not match the model config",
+        };
+        let shapes = match file_model {
+            Some((w, d)) if (w, d) != (cfg.embed_dim, cfg.depth) => format!(
+                "\n  (the file's model has width {w} and depth {d}; this one width {} and depth {})",
+                cfg.embed_dim, cfg.depth
+            ),
+            _ => String::new(),
+        };
+        bail!("{}: {what} ({count}):\n  {}{more}{shapes}", path.display(), shown.join("\n  "));
     }
     Ok(notes)
 }
@@ -404,6 +388,7 @@ fn fill_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::SafeTensors;
     use crate::model::init::{init_params, InitConfig};
     use crate::model::Conditioning;
 
@@ -575,7 +560,32 @@ mod tests {
         ] {
             let e = format!("{e:#}");
             assert!(e.contains("(1 problem):") && e.contains("`head.weight`: 2 of ") && e.contains("NaN at 3"), "{e}");
+            assert!(e.contains("nan.safetensors: holds values that are not finite"), "{e}");
         }
+        // a wrapped module's state dict (DDP's `module.`, then torch.compile's `_orig_mod.`) loads as
+        // the bare module's
+        let wrapped: Vec<_> =
+            tensors.iter().map(|(n, s, v)| (format!("_orig_mod.module.{n}"), s.clone(), v.clone())).collect();
+        let file = write_tensors(tmp.path(), "wrapped.safetensors", &wrapped);
+        assert_eq!(load_weights(&file, &cfg, &lay).unwrap().data, src.data);
+        // a file cut short is named as such
+        let whole = write_tensors(tmp.path(), "whole.safetensors", &tensors);
+        let bytes = std::fs::read(&whole).unwrap();
+        let cut = tmp.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+        let e = format!("{:#}", load_weights(&cut, &cfg, &lay).unwrap_err());
+        let want = format!("an incomplete safetensors file: its tensors end at byte {}", bytes.len());
+        assert!(e.contains(&want) && e.contains(&format!("the file has {} bytes", bytes.len() - 100)), "{e}");
+        std::fs::write(&cut, &bytes[..20]).unwrap();
+        let e = format!("{:#}", load_weights(&cut, &cfg, &lay).unwrap_err());
+        assert!(e.contains("an incomplete safetensors file: its header of") && e.contains("(20 bytes)"), "{e}");
+        // another width: the file's model is said after the list
+        let mut wide = cfg.clone();
+        (wide.embed_dim, wide.num_heads) = (2 * cfg.embed_dim, 2 * cfg.num_heads);
+        let e = format!("{:#}", load_weights(&whole, &wide, &Layout::new(&wide)).unwrap_err());
+        let (w, d, w2) = (cfg.embed_dim, cfg.depth, wide.embed_dim);
+        let want = format!("(the file's model has width {w} and depth {d}; this one width {w2} and depth {d})");
+        assert!(e.contains("does not match the model config") && e.contains(&want), "{e}");
         // upstream's (1, 1, H, 1) layout of the heads' scales (its issue #117) loads as (1, H, 1, 1)
         let mut flash = tensors.clone();
         let scales = flash.iter_mut().find(|t| t.0.ends_with("sa.scale_mul_1H11")).unwrap();

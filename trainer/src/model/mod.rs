@@ -19,6 +19,7 @@ pub mod sample;
 pub mod streamed;
 pub mod torch_file;
 pub mod weight_shards;
+mod weights_file;
 
 pub use backward::backward;
 pub use config::{Conditioning, ModelConfig};

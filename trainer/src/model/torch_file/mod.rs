@@ -25,6 +25,13 @@ use self::pickle::{describe, unpickle, Value};
 const TRAINED_KEYS: [&str; 2] = ["gpt_fsdp", "gpt_wo_ddp"];
 const EMA_KEY: &str = "gpt_ema_fsdp";
 
+/// Whether `bytes` start as `torch.save` wrote files before torch 1.6 (a pickle opening with torch's
+/// magic number), a format this reader does not take.
+pub fn is_legacy(bytes: &[u8]) -> bool {
+    // protocol 2, then the magic number 0x1950a86a20f9469cfc6c as a 10-byte LONG1
+    bytes.starts_with(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
+}
+
 /// Whether `bytes` start like a zip file (PyTorch's format) rather than a safetensors header.
 pub fn is_zip(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")
@@ -229,7 +236,9 @@ impl<'a> Archive<'a> {
     /// The archive of `bytes` (the file `path`), its byte order checked.
     fn open(bytes: &'a [u8], path: &'a Path) -> Result<Archive<'a>> {
         let named = || path.display().to_string();
-        let zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("{}: not a zip file: {e}", named()))?;
+        let zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
+            anyhow!("{}: not a complete zip file ({e}; {} bytes): truncated? copy it again", named(), bytes.len())
+        })?;
         let names: Vec<String> = zip
             .file_names()
             .collect::<Result<Vec<_>, _>>()
