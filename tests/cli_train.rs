@@ -639,10 +639,20 @@ fn a_moving_average_of_the_weights_rides_along() {
     let e = check_fails(&trained_dir);
     assert!(e.contains("an export of the trained weights, not their moving average"), "{e}");
     let e = check_fails(&trained_dir.join("model.safetensors"));
-    assert!(e.contains("model.safetensors: a safetensors file holds one set of weights, taken as it is"), "{e}");
+    assert!(e.contains("model.safetensors: an export of the trained weights, not their moving average"), "{e}");
+    let loose = tmp.path().join("loose.safetensors");
+    std::fs::copy(trained_dir.join("model.safetensors"), &loose).unwrap();
+    let e = check_fails(&loose);
+    assert!(e.contains("loose.safetensors: a safetensors file holds one set of weights, taken as it is"), "{e}");
 
     // a fresh run keeping its own average starts it from the source's average, as upstream's
     // --rush_resume loads gpt_ema_fsdp into its EMA; its weights from the source's weights
+    let keeping = [from(&run), "optim.ema_decay=0.75".into(), fresh_dir.clone()];
+    let lines = infinity_trainer::train::check::check(&TrainConfig::load(&cfg, &keeping).unwrap(), 1, None, None)
+        .unwrap()
+        .join("\n");
+    let want = format!("start: the weights' moving average from the source's: {}", ckpt(&run, 4).display());
+    assert!(lines.contains(&want), "{lines}");
     let carried = tmp.path().join("carried");
     let sets = [from(&run), format!("run.dir={}", path_str(&carried)), "optim.ema_decay=0.75".into()];
     let sets: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();

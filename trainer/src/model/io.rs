@@ -388,9 +388,9 @@ fn fill_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::SafeTensors;
     use crate::model::init::{init_params, InitConfig};
     use crate::model::Conditioning;
+    use safetensors::SafeTensors;
 
     fn model(d: usize, conditioning: Conditioning, depth: usize) -> (ModelConfig, Layout, Params<f32>) {
         let mut cfg = ModelConfig::preset("tiny").unwrap();

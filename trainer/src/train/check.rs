@@ -246,9 +246,24 @@ pub fn check_with(
         out.extend(data_change.map(|w| format!("resume: {w}")));
         position = Some(state.loader);
     } else {
-        match init_from(cfg, &mc, &lay, &mut Params::zeros(&lay)).map_err(unrecoverable)? {
+        let mut start = Params::zeros(&lay);
+        match init_from(cfg, &mc, &lay, &mut start).map_err(unrecoverable)? {
             Some((source, fresh)) => {
-                out.push(format!("start: {source} ({} tensors kept fresh or left out)", fresh.len()))
+                out.push(format!("start: {source} ({} tensors kept fresh or left out)", fresh.len()));
+                const SHOWN: usize = 12;
+                out.extend(fresh.iter().take(SHOWN).map(|t| format!("start:   kept fresh or left out: {t}")));
+                if fresh.len() > SHOWN {
+                    out.push(format!("start:   … and {} more", fresh.len() - SHOWN));
+                }
+                // where a run keeping its own average starts it: read and checked as the run reads it
+                // (every tensor decoded, none kept: the window is empty)
+                if cfg.optim.ema_decay > 0.0 {
+                    let (_, average) =
+                        super::ema::fresh_values(cfg, (&mc, &lay), &start, 0..0).map_err(unrecoverable)?;
+                    if let Some(file) = average {
+                        out.push(format!("start: the weights' moving average from the source's: {}", file.display()));
+                    }
+                }
             }
             None => out.push("start: a fresh initialisation".into()),
         }

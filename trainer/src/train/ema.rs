@@ -1,7 +1,7 @@
 //! Where the weights' moving average (`optim.ema_decay`) lives and where it starts.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -36,7 +36,13 @@ pub fn start(
         Some(range) => {
             let start = match resume {
                 Some(dir) => resumed_values(dir, (mc, lay), params, range.clone(), leader)?,
-                None => fresh_values(cfg, (mc, lay), params, range.clone(), leader)?,
+                None => {
+                    let (start, source) = fresh_values(cfg, (mc, lay), params, range.clone())?;
+                    if let Some(file) = source.filter(|_| leader) {
+                        console!("the weights' moving average starts from the source's: {}", file.display());
+                    }
+                    start
+                }
             };
             let e = Ema::new(cfg.optim.ema_decay, start, range);
             compute.attach_ema(&e)?;
@@ -69,24 +75,26 @@ pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) ->
 /// Where a fresh run's moving average of parameters `range` starts: the weights it starts from, and
 /// where `model.init_from` keeps an average beside its weights, that average over them, as upstream's
 /// `--rush_resume` loads `gpt_ema_fsdp` into its EMA (tensors the source lacks keep the weights').
-/// With `model.init_from_ema` the weights are that average already.
-fn fresh_values(
+/// With `model.init_from_ema` the weights are that average already. Returns the values and the file
+/// of the source's average where they came from it.
+pub(crate) fn fresh_values(
     cfg: &TrainConfig,
     (mc, lay): (&ModelConfig, &Layout),
     params: &Params<f32>,
     range: Range<usize>,
-    leader: bool,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Option<PathBuf>)> {
     let mut start = params.data[range.clone()].to_vec();
-    let Some(from) = cfg.model.init_from.as_deref().filter(|_| !cfg.model.init_from_ema) else { return Ok(start) };
-    if let Some((file, which)) = checkpoint::moving_average_of(from).context("model.init_from")? {
-        crate::model::io::init_from_weights_part(&file, which, (mc, lay), &mut start, range.start)
-            .context("model.init_from: its moving average")?;
-        if leader {
-            console!("the weights' moving average starts from {}'s", file.display());
+    let Some(from) = cfg.model.init_from.as_deref().filter(|_| !cfg.model.init_from_ema) else {
+        return Ok((start, None));
+    };
+    match checkpoint::moving_average_of(from).context("model.init_from")? {
+        Some((file, which)) => {
+            crate::model::io::init_from_weights_part(&file, which, (mc, lay), &mut start, range.start)
+                .context("model.init_from: its moving average")?;
+            Ok((start, Some(file)))
         }
+        None => Ok((start, None)),
     }
-    Ok(start)
 }
 
 /// Where a resumed run's moving average of parameters `range` starts: the checkpoint's, else the weights

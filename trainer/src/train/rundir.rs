@@ -103,6 +103,10 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
         c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
+    // what a fresh start alone reads: a resume's weights and average are the checkpoint's
+    for c in changes.iter_mut().filter(|c| c.starts_with("model.init_from") || c.starts_with("model.init.")) {
+        c.push_str(" (no effect on a resume: the weights are the checkpoint's)");
+    }
     if let Some(m) = model {
         let before = m.get("drop_path_rate").and_then(|v| v.as_f64()).unwrap_or(0.0);
         if before != mc.drop_path_rate && !changes.iter().any(|c| c.starts_with("model.drop_path_rate:")) {
@@ -252,6 +256,21 @@ mod tests {
         assert_eq!(config_changes(lr, &per_256(0.004)).unwrap(), ["optim.lr: 0.003 → 0.002"]);
         // given the same way, as it is given
         assert_eq!(config_changes(&per_256(0.006), &per_256(0.004)).unwrap(), ["optim.lr_per_256: 0.006 → 0.004"]);
+    }
+
+    /// A resume names `model.init_from` changed as having no effect (a user reading the run's config
+    /// would take the new source for the weights' origin).
+    #[test]
+    fn a_resume_says_a_new_init_from_does_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = "[run]\ndir = \"a\"\n[model]\ninit_from = \"/x/runT\"\n";
+        std::fs::write(tmp.path().join("config.toml"), old).unwrap();
+        let new = "[run]\ndir = \"a\"\n[model]\ninit_from = \"/x/exp\"\n";
+        let mc = crate::model::ModelConfig::preset("tiny").unwrap();
+        let changes = resume_changes(tmp.path(), new, &mc).unwrap();
+        let want =
+            "model.init_from: \"/x/runT\" → \"/x/exp\" (no effect on a resume: the weights are the checkpoint's)";
+        assert_eq!(changes, [want]);
     }
 
     #[test]

@@ -403,6 +403,13 @@ pub(crate) fn init_from(
     let ema = cfg.model.init_from_ema;
     let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
     let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;
+    // (a PyTorch file's reader says so itself)
+    if !ema && cfg.optim.ema_decay == 0.0 && !from.is_file() && checkpoint::moving_average_of(from)?.is_some() {
+        tracing::info!(
+            "{} also keeps a moving average of the weights: model.init_from_ema starts from it",
+            from.display()
+        );
+    }
     let what = if ema { "the weights' moving average" } else { "weights" };
     Ok(Some((format!("{what} from {}", file.display()), fresh)))
 }

@@ -92,24 +92,30 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
             path.display()
         )
     };
+    let trained_export = |export: &crate::export::ExportFolder| {
+        anyhow!(
+            "{}: an export of the trained weights, not their moving average: export the checkpoint ({}) with --ema, \
+             or give the checkpoint itself",
+            path.display(),
+            export.source
+        )
+    };
     if path.is_file() {
+        let export = export_holding(path);
         return match ema {
             false => Ok((path.to_path_buf(), StateDict::Weights)),
             true if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
             // the average as a file of its own: taken as it is
-            true if is_moving_average_file(path) => Ok((path.to_path_buf(), StateDict::Weights)),
+            true if export.as_ref().is_some_and(|e| e.ema) || is_checkpoints_average(path) => {
+                Ok((path.to_path_buf(), StateDict::Weights))
+            }
+            true if let Some(e) = export => Err(trained_export(&e)),
             // upstream's training checkpoint keeps it inside; the reader refuses a file that does not
             true => Ok((path.to_path_buf(), StateDict::MovingAverage)),
         };
     }
     if let Some(export) = read_export(path) {
-        ensure!(
-            export.ema || !ema,
-            "{}: an export of the trained weights, not their moving average: export the checkpoint ({}) with --ema, \
-             or give the checkpoint itself",
-            path.display(),
-            export.source
-        );
+        ensure!(export.ema || !ema, trained_export(&export));
         return Ok((export.weights, StateDict::Weights));
     }
     if let Some(index) = crate::model::weight_shards::index_in(path)? {
@@ -125,15 +131,17 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
     Ok((file, StateDict::Weights))
 }
 
-/// Whether `file` is a moving average of weights on its own: the weights of an export made with
-/// `--ema`, or a checkpoint's `ema.safetensors`.
-fn is_moving_average_file(file: &Path) -> bool {
-    let Some(dir) = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }) else {
-        return false;
-    };
+/// The folder of `file` where it is an export's weights file.
+fn export_holding(file: &Path) -> Option<crate::export::ExportFolder> {
+    let dir = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })?;
     let same = |a: &Path| matches!((a.canonicalize(), file.canonicalize()), (Ok(a), Ok(b)) if a == b);
-    read_export(dir).is_some_and(|e| e.ema && same(&e.weights))
-        || (file.file_name().is_some_and(|n| n == EMA_FILE) && dir.join(DONE).is_file())
+    read_export(dir).filter(|e| same(&e.weights))
+}
+
+/// Whether `file` is a checkpoint's moving average of the weights (`ema.safetensors`).
+fn is_checkpoints_average(file: &Path) -> bool {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    file.file_name().is_some_and(|n| n == EMA_FILE) && dir.join(DONE).is_file()
 }
 
 /// Where `path` (as `model.init_from` takes it) keeps a moving average of its weights beside them: a
