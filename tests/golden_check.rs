@@ -204,6 +204,26 @@ fn an_incomplete_or_malformed_folder_fails_by_name() {
     assert!(e.contains("expected offsets from 0 of captions of 1 to text_maxlen = 6 tokens"), "{e}");
     std::fs::remove_dir_all(&mask_8b).unwrap();
     std::fs::remove_dir_all(&long).unwrap();
+    // config.json's settings: what a folder leaves out, or says against its tensors, is named
+    let settings = copy("sample-tiny-square", "g-settings");
+    let original = std::fs::read_to_string(settings.join("config.json")).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c: serde_json::Value = serde_json::from_str(&original).unwrap();
+        edit(&mut c);
+        std::fs::write(settings.join("config.json"), c.to_string()).unwrap();
+        format!("{:#}", golden::check(&settings).unwrap_err())
+    };
+    let e = with(&|c| drop(c["constructor_kwargs"].as_object_mut().unwrap().remove("cos_attn")));
+    assert!(e.contains("constructor_kwargs.cos_attn missing"), "{e}");
+    let e = with(&|c| c["text_lens"] = serde_json::json!([4, 4]));
+    assert!(e.contains("config.json: text_lens [4, 4] disagree with text_cu_seqlens"), "{e}");
+    let e = with(&|c| c["cfg_insertion_layer"] = 0.into());
+    assert!(e.contains("`cfg_insertion_layer` = 0: expected a list"), "{e}");
+    let e = with(&|c| c["cfg_list"] = serde_json::json!([1.0, 2.0]));
+    assert!(e.contains("config.json: cfg_list: 2 values for a schedule of 4 scales"), "{e}");
+    let e = with(&|c| c["text_channels"] = 64.into());
+    assert!(e.contains("text_channels = 64, constructor_kwargs.text_channels = 128"), "{e}");
+    std::fs::remove_dir_all(&settings).unwrap();
 
     // the command checks every folder and fails at the end (an error at the first bad folder, as before,
     // would make `infinity()` panic instead of returning false)

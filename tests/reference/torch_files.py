@@ -30,7 +30,7 @@ except ModuleNotFoundError as e:
     sys.exit(f"tests/reference/torch_files.py needs PyTorch: see tests/golden/README.md (no module {e.name!r})")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from infinity_ref import Infinity, random_model  # noqa: E402
+from infinity_ref import constructor_kwargs, random_model  # noqa: E402
 
 KWARGS = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=8.0, norm_eps=1e-6, text_channels=16, text_maxlen=8)
 D = 16
@@ -74,7 +74,7 @@ def main():
     save_file(contiguous(ema), os.path.join(a.out, "ema.safetensors"))
     save_file(contiguous(bf16), os.path.join(a.out, "infinity_tiny_bf16.safetensors"))
     with open(os.path.join(a.out, "config.json"), "w") as f:
-        json.dump({"d": D, "constructor_kwargs": KWARGS, "parameters": sum(prm.numel() for prm in model.parameters()),
+        json.dump({"d": D, "constructor_kwargs": constructor_kwargs(KWARGS), "parameters": sum(prm.numel() for prm in model.parameters()),
                    "made_by": f"tests/reference/torch_files.py (torch {torch.__version__}, seed 11)"}, f, indent=1)
     print("wrote", os.path.abspath(a.out))
 

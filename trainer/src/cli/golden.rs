@@ -46,6 +46,8 @@ pub fn run(cmd: GoldenCommand) -> anyhow::Result<ExitCode> {
             );
             inner.sort();
             dirs.extend(inner);
+        } else if !p.exists() {
+            anyhow::bail!("{}: does not exist", p.display());
         } else {
             anyhow::bail!("{}: not a golden folder (expected a folder with config.json)", p.display());
         }

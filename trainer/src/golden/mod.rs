@@ -149,10 +149,13 @@ impl Tensors {
 }
 
 fn usize_of(v: &Value, key: &str) -> Result<usize> {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .map(|x| x as usize)
-        .with_context(|| format!("config.json: `{key}` must be a non-negative integer"))
+    match v.get(key) {
+        None => bail!("config.json: `{key}` missing"),
+        Some(x) => x
+            .as_u64()
+            .map(|x| x as usize)
+            .with_context(|| format!("config.json: `{key}` = {x}: expected a whole number ≥ 0")),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -217,6 +220,13 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
         "config.json: L = {l} disagrees with the schedule"
     );
     let mut report = GoldenReport { mode: mode.clone(), ..Default::default() };
+    // (a misspelt setting would otherwise pass unnoticed: upstream's other arguments are ignored)
+    if let Some(k) = cfg.get("constructor_kwargs").and_then(Value::as_object) {
+        let unknown: Vec<&String> = k.keys().filter(|key| !CONSTRUCTOR_KWARGS.contains(&key.as_str())).collect();
+        if !unknown.is_empty() {
+            report.notes.push(format!("constructor_kwargs: {unknown:?} not read (not settings this checks)"));
+        }
+    }
     match mode.as_str() {
         "bsq-only" => check_bsq(dir, &cfg, &schedule, (b, l, d), &mut report)?,
         "model" => check_model(dir, &cfg, &schedule, b, d, cuda, &mut report)?,
@@ -303,6 +313,25 @@ fn check_bsq(
     Ok(())
 }
 
+/// The `constructor_kwargs` keys a golden folder's model is built from.
+const CONSTRUCTOR_KWARGS: [&str; 15] = [
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "norm_eps",
+    "text_channels",
+    "text_maxlen",
+    "cos_attn",
+    "shared_aln",
+    "rope2d_each_sa_layer",
+    "rope2d_normalized_by_hw",
+    "add_lvl_embeding_only_first_block",
+    "use_bit_label",
+    "block_chunks",
+    "apply_spatial_patchify",
+];
+
 /// A setting given as 0/1 or false/true (absent: off); anything else is an error naming `key`.
 fn switch(v: Option<&Value>, key: &str) -> Result<bool> {
     match v {
@@ -319,9 +348,10 @@ fn switch(v: Option<&Value>, key: &str) -> Result<bool> {
 /// (`constructor_kwargs`) and `d`, refusing settings we do not implement.
 pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     let k = cfg.get("constructor_kwargs").context("config.json: `constructor_kwargs` missing")?;
+    // (upstream's own defaults differ for some: a folder must say what its reference ran)
     let flag = |key: &str, want: i64| -> Result<()> {
         match k.get(key) {
-            None => Ok(()),
+            None => bail!("config.json: constructor_kwargs.{key} missing (this checks {want}; write it out)"),
             Some(v) if v.as_i64() == Some(want) || v.as_bool() == Some(want == 1) => Ok(()),
             Some(v) => bail!("constructor_kwargs.{key} = {v}: only {want} is implemented"),
         }
@@ -336,7 +366,10 @@ pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         .get("text_channels")
         .or_else(|| cfg.get("text_channels"))
         .and_then(Value::as_u64)
-        .context("text_channels missing")? as usize;
+        .context("config.json: constructor_kwargs.text_channels missing")? as usize;
+    if let Some(top) = cfg.get("text_channels").filter(|t| t.as_u64() != Some(text_channels as u64)) {
+        bail!("config.json: text_channels = {top}, constructor_kwargs.text_channels = {text_channels}");
+    }
     let c = ModelConfig {
         depth: usize_of(k, "depth")?,
         embed_dim: usize_of(k, "embed_dim")?,
@@ -385,6 +418,20 @@ impl ModelFolder {
             mc.text_maxlen
         );
         let kv = inputs.f32_shaped("text_kv_compact", &[cu[b], mc.text_channels], "[Σ lens, text_channels]")?;
+        // the captions' lengths, where config.json or inputs.safetensors says them too
+        let said = |v: Vec<usize>, whose: &str| {
+            ensure!(v == lens, "{whose} {v:?} disagree with text_cu_seqlens {cu:?} (lengths {lens:?})");
+            Ok(())
+        };
+        if let Some(v) = cfg.get("text_lens") {
+            let v: Vec<usize> = serde_json::from_value(v.clone())
+                .map_err(|e| anyhow::anyhow!("config.json: `text_lens` = {v}: {e}"))?;
+            said(v, "config.json: text_lens")?;
+        }
+        if inputs.names()?.iter().any(|n| n == "text_lens") {
+            let v = inputs.ints_shaped("text_lens", &[b], "[B]")?.iter().map(|&n| n as usize).collect();
+            said(v, &format!("{}: text_lens", inputs.path.display()))?;
+        }
         let template =
             cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
         let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
@@ -426,7 +473,8 @@ fn check_model(
     } else {
         let acts = forward(&mc, &lay, &p, &inp);
         backward(&mc, &lay, &p, &inp, &acts, &mut grads);
-        r.compare("logits", &acts.logits, &exp.f32("logits")?.1, TOL_FORWARD);
+        let l = schedule.iter().map(|&(h, w)| h * w).sum::<usize>();
+        r.compare("logits", &acts.logits, &exp.f32_shaped("logits", &[b, l, 2 * d], "[B, L, 2d]")?, TOL_FORWARD);
         acts.ce
     };
     r.compare("loss", &[ce.loss as f32], &exp.f32("loss")?.1, TOL_FORWARD);

@@ -31,7 +31,8 @@ pub(super) fn check_sample(
     let ModelFolder { mc, lay, p, kv, cu, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).collect();
     let floats = |key: &str| -> Result<Vec<f64>> {
-        let v = cfg.get(key).and_then(Value::as_array).with_context(|| format!("config.json: `{key}` missing"))?;
+        let v = cfg.get(key).with_context(|| format!("config.json: `{key}` missing"))?;
+        let v = v.as_array().with_context(|| format!("config.json: `{key}` = {v}: expected a list"))?;
         v.iter().map(|x| x.as_f64().with_context(|| format!("config.json: `{key}` holds {x}, not a number"))).collect()
     };
     let insertion: Vec<i64> = floats("cfg_insertion_layer")?.iter().map(|&k| k as i64).collect();
@@ -42,6 +43,13 @@ pub(super) fn check_sample(
          either way (pick another seed)"
     );
     let o = SampleOptions { cfg: floats("cfg_list")?, cfg_insertion_layer: insertion, ..SampleOptions::greedy() };
+    // (named as config.json names them: the sampler's own messages name the command's options)
+    o.check(schedule.len(), mc.depth).map_err(|e| {
+        anyhow::anyhow!(
+            "config.json: {}",
+            e.replace("--cfg-insertion-layer", "cfg_insertion_layer").replace("--cfg", "cfg_list")
+        )
+    })?;
     let cond = SampleCondition::Text { kv, lens, negative: None };
     // (the sampler takes the tokenizer's schedule: with spatial patchify, the transformer's doubled)
     let tokenizer = match mc.apply_spatial_patchify {
