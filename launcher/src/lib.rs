@@ -82,6 +82,7 @@ pub fn time_limit() -> impl clap::builder::TypedValueParser<Value = u64> {
     // (at most a year: no job runs longer, and the deadline must fit the clock)
     clap::builder::StringValueParser::new().try_map(|s| match time_limit_s(&s) {
         Some(t) if t > 0 && t <= 366 * 86_400 => Ok(t),
+        Some(0) => Err(format!("`{s}`: sbatch's 0 is no limit; leave --time-limit out for none")),
         _ => Err(format!(
             "expected a time as sbatch --time takes it (MM, MM:SS, HH:MM:SS, D-HH:MM:SS; minutes alone, up to a \
              year), found `{s}`"

@@ -218,8 +218,11 @@ fn a_time_limit_stops_the_group_as_a_sigterm() {
     let mut agent = Agent::start(tmp.path(), "limit", &args(d, &extra, PATIENT_RANK));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
     assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(75), "{}", agent.text());
-    let said =
-        ["--time-limit: the group stops 0:00:05 (h:mm:ss) after", "--time-limit of 5 s reached: stopping the group"];
+    let said = [
+        "--time-limit: the group stops 0:00:05 (h:mm:ss) after",
+        "--time-limit of 5 s reached: stopping the group",
+        "the time limit came; forwarding SIGTERM to the ranks",
+    ];
     assert!(said.iter().all(|s| agent.text().contains(s)), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists(), "{}", agent.text());
 
@@ -228,6 +231,11 @@ fn a_time_limit_stops_the_group_as_a_sigterm() {
     let mut agent = Agent::start(tmp.path(), "bad-limit", &args(d, &["--time-limit", "soon"], PATIENT_RANK));
     assert_eq!(agent.exit(Duration::from_secs(10)).code(), Some(2), "{}", agent.text());
     assert!(agent.text().contains("expected a time as sbatch --time takes it"), "{}", agent.text());
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let mut agent = Agent::start(tmp.path(), "zero-limit", &args(d, &["--time-limit", "0"], PATIENT_RANK));
+    assert_eq!(agent.exit(Duration::from_secs(10)).code(), Some(2), "{}", agent.text());
+    assert!(agent.text().contains("sbatch's 0 is no limit; leave --time-limit out for none"), "{}", agent.text());
 }
 
 /// `--time-limit` coming before any rank of the agent ran (here: waiting for a second node that never

@@ -324,8 +324,8 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
         text.split("stopped by a signal at step ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     let step3 = run.join("checkpoints/step-00000003");
     let want = format!(
-        "rank 0 was writing the checkpoint of step {step} as this rank stopped (the newest complete one seen from \
-         this host: {})",
+        "rank 0 was writing the checkpoint of step {step} as this rank stopped (rank 0 says when it is complete; \
+         the newest complete one this host saw before it: {})",
         step3.display()
     );
     assert!(text.contains(&want), "{text}");
@@ -401,6 +401,7 @@ fn preempted_exit_code_applies_outside_the_launcher() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(143), "{text}");
     assert!(text.contains("--time-limit of 2 s reached: the run stops after this step"), "{text}");
+    assert!(text.contains("stopped by --time-limit at step"), "{text}");
     let s = summary(&cfg.run.dir);
     assert!(s["preempted"] == true && s["last_checkpoint"].is_string(), "{s}");
     // a rank of infinity launch refuses one of its own (the agent's clock stops every rank)

@@ -154,7 +154,11 @@ pub(super) async fn watch(
             }
             got = signals.next() => {
                 let sig = forwarded(got);
-                console_err!("[launch] got {}; forwarding {} to the ranks (they checkpoint and exit)", signal_name(got), signal_name(sig));
+                let why = match signals.timed_out() {
+                    true => "the time limit came".to_string(),
+                    false => format!("got {}", signal_name(got)),
+                };
+                console_err!("[launch] {why}; forwarding {} to the ranks (they checkpoint and exit)", signal_name(sig));
                 // a fixed group stops on every node; from an elastic one only this node leaves (but the
                 // time limit is the job's: the whole group stops)
                 let (key, what) = match elastic {

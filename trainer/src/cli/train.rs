@@ -119,6 +119,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),
         g => g.map(crate::model::memory::gib_to_bytes),
     };
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = match a.check {
         true => train::check::check_with(&cfg, world, resume.as_deref(), gpu, a.accept_data_change).map(|lines| {
             lines.iter().for_each(|l| console!("{l}"));
@@ -128,7 +129,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         false => {
             let flag = dist::preemption_flag()?;
             if let Some(limit) = a.time_limit {
-                time_limit(limit, flag.clone())?;
+                time_limit(limit, flag.clone(), timed_out.clone())?;
             }
             let stop = Some(flag);
             let accept_data_change = a.accept_data_change;
@@ -173,15 +174,21 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         // (another rank, with rank 0 still writing in the background as this one stopped: rank 0's own
         // exit says whether it completed)
         (Some(step), last) => format!(
-            "rank 0 was writing the checkpoint of step {step} as this rank stopped (the newest complete one seen \
-             from this host: {})",
+            "rank 0 was writing the checkpoint of step {step} as this rank stopped (rank 0 says when it is complete; \
+             the newest complete one this host saw before it: {})",
             last.as_ref().map_or("none".into(), |p| p.display().to_string())
         ),
         (None, Some(p)) => format!("last checkpoint {}", p.display()),
         (None, None) => "no checkpoint written".into(),
     };
     let what = match (s.preempted, s.steps > s.started_at) {
-        (true, _) => format!("stopped by a signal at step {} in {:.1} s", s.steps, s.seconds),
+        (true, _) => {
+            let by = match timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+                true => "--time-limit",
+                false => "a signal",
+            };
+            format!("stopped by {by} at step {} in {:.1} s", s.steps, s.seconds)
+        }
         (false, true) => format!("trained to step {} in {:.1} s", s.steps, s.seconds),
         (false, false) => format!("at step {} already (nothing trained this session)", s.steps),
     };
@@ -203,11 +210,17 @@ fn auto_hint(given: &str, e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// `--time-limit`: a thread that raises the stop flag a signal raises after `limit_s` seconds.
-fn time_limit(limit_s: u64, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+/// `--time-limit`: a thread that raises the stop flag a signal raises after `limit_s` seconds, and
+/// `timed_out` with it (for the summary to say what stopped the run).
+fn time_limit(
+    limit_s: u64,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    timed_out: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
     std::thread::Builder::new().name("time limit".into()).spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(limit_s));
         console!("--time-limit of {limit_s} s reached: the run stops after this step, as for a signal");
+        timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     })?;
     Ok(())
