@@ -572,8 +572,17 @@ fn a_lost_agent_is_named_in_the_other_nodes_report() {
     node0.wait_for("attempt 0 failed", Duration::from_secs(30));
     let text = node0.text();
     assert!(text.contains("node 1's agent or the node was lost"), "{text}");
-    let rec = std::fs::read_to_string(tmp.path().join("lost/attempt_0/failure-node0.json")).unwrap();
-    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    // (the record is written after that line, with the flight records: waited for, whole)
+    let record = tmp.path().join("lost/attempt_0/failure-node0.json");
+    let t0 = Instant::now();
+    let rec: serde_json::Value = loop {
+        let read = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(rec) = read {
+            break rec;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no {} after the failure line:\n{text}", record.display());
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(1), Some(false)), "{rec}");
     assert!(rec["rank"].is_null(), "{rec}");
 }

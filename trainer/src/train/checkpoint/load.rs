@@ -101,17 +101,15 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         )
     };
     if path.is_file() {
-        let export = export_holding(path);
-        return match ema {
-            false => Ok((path.to_path_buf(), StateDict::Weights)),
-            true if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
+        return match (ema, export_holding(path)) {
+            (false, _) => Ok((path.to_path_buf(), StateDict::Weights)),
+            _ if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
             // the average as a file of its own: taken as it is
-            true if export.as_ref().is_some_and(|e| e.ema) || is_checkpoints_average(path) => {
-                Ok((path.to_path_buf(), StateDict::Weights))
-            }
-            true if let Some(e) = export => Err(trained_export(&e)),
+            (_, Some(e)) if e.ema => Ok((path.to_path_buf(), StateDict::Weights)),
+            (_, Some(e)) => Err(trained_export(&e)),
+            _ if is_checkpoints_average(path) => Ok((path.to_path_buf(), StateDict::Weights)),
             // upstream's training checkpoint keeps it inside; the reader refuses a file that does not
-            true => Ok((path.to_path_buf(), StateDict::MovingAverage)),
+            (_, None) => Ok((path.to_path_buf(), StateDict::MovingAverage)),
         };
     }
     if let Some(export) = read_export(path) {
