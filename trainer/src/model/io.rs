@@ -224,8 +224,8 @@ impl<'a> Window<'a> {
 }
 
 /// Copy `path`'s tensors (`which` state dict) into `p` by name; a problem with a parameter `lenient`
-/// accepts becomes a note
-/// (the parameter keeps `p`'s value), every other problem is listed in one error.
+/// accepts becomes a note (the parameter keeps `p`'s value), every other problem is listed in one
+/// error.
 fn fill_weights(
     path: &Path,
     which: StateDict,
