@@ -35,46 +35,27 @@ fn every_golden_folder_matches_the_reference() {
 
 #[test]
 fn a_wrong_reference_fails_the_check() {
-    let src = repo().join("tests/golden/model-tiny-square");
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "weights.safetensors", "inputs.safetensors", "expected.safetensors"] {
-        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
-    }
+    let model = copy_golden("model-tiny-square", &tmp.path().join("model"));
     // same expected values, but one weight nudged: logits and gradients move beyond tolerance
-    rewrite_tensors(&tmp.path().join("weights.safetensors"), |n, _, data| {
-        if n == "head.bias" {
-            let v = f32::from_le_bytes(data[..4].try_into().unwrap()) + 0.01;
-            data[..4].copy_from_slice(&v.to_le_bytes());
-        }
-        Some(n.to_string())
-    });
-    let r = golden::check(tmp.path()).unwrap();
+    nudge(&model.join("weights.safetensors"), "head.bias", 0.01);
+    let r = golden::check(&model).unwrap();
     assert!(!r.ok(), "a perturbed weight must fail the golden check");
     assert!(r.comparisons.iter().any(|c| c.name == "logits" && !c.ok()));
 
     // sampling: one bit of the reference's flipped is named; a nudged weight moves the logits
-    let src = repo().join("tests/golden/sample-tiny-square");
-    let tmp = tempfile::tempdir().unwrap();
-    for f in ["config.json", "weights.safetensors", "inputs.safetensors", "expected.safetensors"] {
-        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
-    }
-    assert!(golden::check(tmp.path()).unwrap().ok());
-    rewrite_tensors(&tmp.path().join("expected.safetensors"), |n, _, data| {
+    let sample = copy_golden("sample-tiny-square", &tmp.path().join("sample"));
+    assert!(golden::check(&sample).unwrap().ok());
+    rewrite_tensors(&sample.join("expected.safetensors"), |n, _, data| {
         if n == "bits" {
             data[17] ^= 1; // sample 0, token 1, bit 1 (d = 16)
         }
         Some(n.to_string())
     });
-    let r = golden::check(tmp.path()).unwrap();
+    let r = golden::check(&sample).unwrap();
     assert!(r.failures.iter().any(|f| f.contains("bits: 1 differ, the first bits[0, 1, 1]")), "{:?}", r.failures);
-    rewrite_tensors(&tmp.path().join("weights.safetensors"), |n, _, data| {
-        if n == "blocks.1.sa.mat_qkv.weight" {
-            let v = f32::from_le_bytes(data[..4].try_into().unwrap()) + 0.05;
-            data[..4].copy_from_slice(&v.to_le_bytes());
-        }
-        Some(n.to_string())
-    });
-    let r = golden::check(tmp.path()).unwrap();
+    nudge(&sample.join("weights.safetensors"), "blocks.1.sa.mat_qkv.weight", 0.05);
+    let r = golden::check(&sample).unwrap();
     assert!(r.comparisons.iter().any(|c| c.name == "cond_logits" && !c.ok()), "{:?}", r.comparisons);
 }
 
@@ -85,6 +66,27 @@ fn the_golden_command_checks_a_folder_of_fixtures() {
     let e = infinity_trainer::cli::run(["infinity", "golden", "check", crate::path_str(&dir.join("README.md"))])
         .unwrap_err();
     assert!(format!("{e:#}").contains("not a golden folder"), "{e:#}");
+}
+
+/// The committed golden folder `name` copied to the folder `to` (made), for a test to change.
+fn copy_golden(name: &str, to: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(repo().join("tests/golden").join(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// The first value of f32 tensor `tensor` in the safetensors file `path` moved by `by`.
+fn nudge(path: &std::path::Path, tensor: &str, by: f32) {
+    rewrite_tensors(path, |n, _, data| {
+        if n == tensor {
+            let v = f32::from_le_bytes(data[..4].try_into().unwrap()) + by;
+            data[..4].copy_from_slice(&v.to_le_bytes());
+        }
+        Some(n.to_string())
+    });
 }
 
 /// Rewrite a safetensors file, passing every tensor's name, shape and bytes through `edit`, which
@@ -151,15 +153,7 @@ fn halve_tensor(path: &std::path::Path, tensor: &str) {
 #[test]
 fn an_incomplete_or_malformed_folder_fails_by_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let copy = |name: &str, to: &str| {
-        let (src, dst) = (repo().join("tests/golden").join(name), tmp.path().join(to));
-        std::fs::create_dir_all(&dst).unwrap();
-        for e in std::fs::read_dir(&src).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-        }
-        dst
-    };
+    let copy = |name: &str, to: &str| copy_golden(name, &tmp.path().join(to));
     let no_grads = copy("model-tiny-square", "a-no-grads");
     rewrite_tensors(&no_grads.join("expected.safetensors"), |n, _, _| (!n.starts_with("grad.")).then(|| n.to_string()));
     let r = golden::check(&no_grads).unwrap();
