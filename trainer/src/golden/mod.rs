@@ -253,11 +253,8 @@ fn check_bsq(
         true => (d / 4, patchify::tokenizer_scales(schedule)),
         false => (d, schedule.to_vec()),
     };
-    // (patchified: the tokenizer's layout [rows, dv] of each sample → the transformer's tokens)
-    let tokens = |v: Vec<f32>, first: usize| match patchify {
-        true => patchify::unshuffle_tokens(&v, 1, dv, schedule, first),
-        false => v,
-    };
+    // (patchified: our outputs in the tokenizer's layout are unshuffled into the transformer's tokens)
+    let unshuffle = patchify.then_some((dv, schedule));
     let t = Tensors::open(&dir.join("bsq.safetensors"))?;
     let (shape, latent) = t.f32("latent")?;
     let (hh, ww) = *vae.last().unwrap();
@@ -278,9 +275,9 @@ fn check_bsq(
             let lat = &latent[bi * dv * hh * ww..(bi + 1) * dv * hh * ww];
             let mask: Vec<u8> = flips[bi * l * d..(bi + 1) * l * d].iter().map(|&v| v as u8).collect();
             let enc = bsq::self_correct(lat, dv, &vae, with_flips.then_some(&mask[..]));
-            let as_f32 = |v: &[u8]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-            let (bits, residual) = (tokens(as_f32(&enc.bits), 0), tokens(enc.residual.clone(), 0));
-            let mask = tokens(as_f32(&mask), 0);
+            let (bits, residual) =
+                (transformer_tokens(enc.bits, unshuffle, 0), transformer_tokens(enc.residual, unshuffle, 0));
+            let mask = transformer_tokens(mask, unshuffle, 0);
             for (i, (&ours, &want)) in bits.iter().zip(&gt[bi * l * d..(bi + 1) * l * d]).enumerate() {
                 if ours as i64 != want {
                     let res = residual[i] as f64;
@@ -305,7 +302,7 @@ fn check_bsq(
                     }
                 }
             }
-            ours_x.extend(tokens(enc.x_wo_prefix, 1));
+            ours_x.extend(transformer_tokens(enc.x_wo_prefix, unshuffle, 1));
         }
         r.notes.push(format!("{prefix}gt_bits: {} bits compared, {tolerated} tolerated mismatches", b * l * d));
         r.compare(&format!("{prefix}x_blc_wo_prefix"), &ours_x, &x, TOL_BSQ_INPUT);
@@ -331,6 +328,20 @@ const CONSTRUCTOR_KWARGS: [&str; 15] = [
     "block_chunks",
     "apply_spatial_patchify",
 ];
+
+/// One sample's self-correction output `[rows, dv]` as the transformer's tokens, from its scale
+/// `first` on: with spatial patchify (`Some((dv, the transformer's schedule))`) each scale unshuffled,
+/// else as it is.
+fn transformer_tokens<T: Copy + Default>(
+    v: Vec<T>,
+    patchify: Option<(usize, &[(usize, usize)])>,
+    first: usize,
+) -> Vec<T> {
+    match patchify {
+        Some((dv, schedule)) => patchify::unshuffle_tokens(&v, 1, dv, schedule, first),
+        None => v,
+    }
+}
 
 /// A setting given as 0/1 or false/true (absent: off); anything else is an error naming `key`.
 fn switch(v: Option<&Value>, key: &str) -> Result<bool> {
@@ -399,6 +410,8 @@ struct ModelFolder {
     inputs: Tensors,
     kv: Vec<f32>,
     cu: Vec<usize>,
+    /// The captions' lengths `[B]` (`cu`'s steps).
+    lens: Vec<usize>,
     rope: RopeTable,
 }
 
@@ -435,7 +448,7 @@ impl ModelFolder {
         let template =
             cfg.get("h_div_w_template").and_then(Value::as_str).context("config.json: `h_div_w_template` missing")?;
         let rope = RopeTable::new(mc.head_dim(), schedule, Catalog::upstream().rope_frame(template)?);
-        Ok(ModelFolder { mc, lay, p, inputs, kv, cu, rope })
+        Ok(ModelFolder { mc, lay, p, inputs, kv, cu, lens, rope })
     }
 }
 
@@ -449,7 +462,7 @@ fn check_model(
     cuda: bool,
     r: &mut GoldenReport,
 ) -> Result<()> {
-    let ModelFolder { mc, lay, p, inputs, kv, cu, rope } = ModelFolder::open(dir, cfg, schedule, b, d)?;
+    let ModelFolder { mc, lay, p, inputs, kv, cu, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let l: usize = schedule.iter().map(|&(h, w)| h * w).sum();
     let x_wo_prefix = inputs.f32_shaped("x_blc_wo_prefix", &[b, l - 1, d], "[B, L − 1, d]")?;
     let gt: Vec<u8> = inputs.ints_shaped("gt_bits", &[b, l, d], "[B, L, d]")?.iter().map(|&v| v as u8).collect();

@@ -28,8 +28,7 @@ pub(super) fn check_sample(
     cuda: bool,
     r: &mut GoldenReport,
 ) -> Result<()> {
-    let ModelFolder { mc, lay, p, kv, cu, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
-    let lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).collect();
+    let ModelFolder { mc, lay, p, kv, lens, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let floats = |key: &str| -> Result<Vec<f64>> {
         let v = cfg.get(key).with_context(|| format!("config.json: `{key}` missing"))?;
         let v = v.as_array().with_context(|| format!("config.json: `{key}` = {v}: expected a list"))?;
