@@ -403,8 +403,10 @@ pub(crate) fn init_from(
     let ema = cfg.model.init_from_ema;
     let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
     let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;
-    // (a PyTorch file's reader says so itself)
-    if !ema && cfg.optim.ema_decay == 0.0 && !from.is_file() && checkpoint::moving_average_of(from)?.is_some() {
+    // (a PyTorch file's reader says so itself; a checkpoint's file is looked for, not read: a note needs
+    // no checksum, and a run that does not take the average must not fail on it)
+    let keeps_average = || checkpoint::resolve(from).is_ok_and(|dir| dir.join(checkpoint::EMA_FILE).is_file());
+    if !ema && cfg.optim.ema_decay == 0.0 && !from.is_file() && keeps_average() {
         tracing::info!(
             "{} also keeps a moving average of the weights: model.init_from_ema starts from it",
             from.display()
