@@ -8,6 +8,7 @@ mod golden_check;
 mod pyarrow_interop;
 mod tensorboard_reader;
 mod torch_checkpoints;
+mod weights_files;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{ensure, Result};
 use clap::{Args, ValueEnum};
 
+use super::weights_file::WeightsFileArgs;
 use crate::export::ExportOptions;
 use crate::model::io::SaveDtype;
-use crate::train::checkpoint;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DtypeArg {
@@ -18,7 +18,9 @@ enum DtypeArg {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A checkpoint folder, or a run folder (its newest complete checkpoint).
+    /// A checkpoint folder, a run folder (its newest complete checkpoint), or a bare weights file with
+    /// --config (upstream's released .pth: its weights under this framework's checks, with a config.json
+    /// `infinity sample` reads).
     ckpt: PathBuf,
     /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Names ending
     /// `.pth`, `.pt`, `.bin` or `.ckpt` are refused (the export is safetensors); any other name is a folder
@@ -39,10 +41,12 @@ pub struct ExportArgs {
     /// Export the moving average of the weights (`optim.ema_decay`) instead of the weights.
     #[arg(long)]
     ema: bool,
+    #[command(flatten)]
+    weights: WeightsFileArgs,
 }
 
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
+    let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
     let dtype = match a.dtype {
         DtypeArg::F32 => SaveDtype::F32,
         DtypeArg::Bf16 => SaveDtype::Bf16,
@@ -75,10 +79,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     }
     let size = std::fs::metadata(&done.weights).map(|m| m.len()).unwrap_or(0);
     console!(
-        "exported {}{} (step {}): {} ({:.1} MB, block_chunks {block_chunks}) and {}",
-        ck.dir.display(),
-        if a.ema { "'s moving average" } else { "" },
-        ck.step,
+        "exported {}{}: {} ({:.1} MB, block_chunks {block_chunks}) and {}",
+        ck.described(),
+        if a.ema { " (its moving average)" } else { "" },
         done.weights.display(),
         size as f64 / 1e6,
         done.config.display()

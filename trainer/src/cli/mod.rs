@@ -9,6 +9,7 @@ mod model;
 mod sample;
 mod sweep;
 mod train;
+mod weights_file;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

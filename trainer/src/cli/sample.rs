@@ -13,18 +13,19 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::plural;
+use super::weights_file::WeightsFileArgs;
 use crate::export::{load_export, read_export};
 use crate::infer::{self, SchedulePick};
 use crate::model::sample::{SampleCondition, SampleOptions};
 use crate::model::{Conditioning, Layout, ModelConfig};
-use crate::train::checkpoint;
 use crate::train::compute::{Compute, DeviceRequest};
 use crate::train::config::{DeviceChoice, Precision};
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// A checkpoint folder, a run folder (its newest complete checkpoint) or an `infinity export` folder
-    /// (its weights, with the schedules and tokenizer its config.json and folder hold).
+    /// A checkpoint folder, a run folder (its newest complete checkpoint), an `infinity export` folder
+    /// (its weights, with the schedules and tokenizer its config.json and folder hold), or a bare weights
+    /// file with --config.
     ckpt: PathBuf,
     /// Class ids or names (comma-separated, or `all`) for class-conditioned models.
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -91,6 +92,8 @@ pub struct SampleArgs {
     /// `run.precision`. The CPU computes in f32.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    #[command(flatten)]
+    weights: WeightsFileArgs,
 }
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
@@ -151,16 +154,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     let t0 = std::time::Instant::now();
     let s = infer::sample_schedule(&ck.model, &lay, compute.sampler(&ck.params)?, &cond, sched, &opts)?;
     console!(
-        "sampled {} ({} per condition) on the {} schedule `{}` ({} scales, {} tokens) from {}{} (step {}) in {:.1} s",
+        "sampled {} ({} per condition) on the {} schedule `{}` ({} scales, {} tokens) from {}{} in {:.1} s",
         plural(s.bits.len(), "image"),
         a.n,
         sched.h_div_w_template,
         sched.name,
         sched.scales.len(),
         infinity_kernels::bsq::num_tokens(&ck.model.token_scales(&sched.hw())),
-        ck.dir.display(),
-        if ema { "'s moving average" } else { "" },
-        ck.step,
+        ck.described(),
+        if ema { " (its moving average)" } else { "" },
         t0.elapsed().as_secs_f64()
     );
     console!("rows: {}", rows.join(" | "));
@@ -199,7 +201,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 
 /// The model to sample and the dataset description that goes with it.
 struct Opened {
-    ck: checkpoint::CheckpointModel,
+    ck: crate::train::checkpoint::CheckpointModel,
     /// The weights are the moving average.
     ema: bool,
     manifest: Manifest,
@@ -207,15 +209,16 @@ struct Opened {
     data_dir: PathBuf,
 }
 
-/// A checkpoint or run folder with its run's dataset (or `--data`), or an `infinity export` folder with
-/// the dataset description its config.json carries and the tokenizer copied beside it.
+/// A checkpoint or run folder with its run's dataset (or `--data`), a weights file with its `--config`'s
+/// dataset (or `--data`), or an `infinity export` folder with the dataset description its config.json
+/// carries and the tokenizer copied beside it.
 fn open(a: &SampleArgs) -> Result<Opened> {
     let load = |dir: &PathBuf| {
         Manifest::load(dir)
             .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", dir.display()))
     };
-    if read_export(&a.ckpt).is_none() {
-        let ck = checkpoint::load_model(&a.ckpt, a.ema)?;
+    if a.weights.config.is_some() || read_export(&a.ckpt).is_none() {
+        let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
         let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
         return Ok(Opened { manifest: load(&data_dir)?, ck, ema: a.ema, data_dir });
     }

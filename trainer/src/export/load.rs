@@ -80,9 +80,11 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         Some("bf16") => Precision::Bf16,
         other => bail!("{}: `source.precision` is {other:?}, expected \"f32\" or \"bf16\"", cfg_path.display()),
     };
-    let step = field("/source/step")?
-        .as_u64()
-        .with_context(|| format!("{}: `source.step` is not a step", cfg_path.display()))?;
+    // (null: exported from a bare weights file)
+    let step = match field("/source/step")? {
+        Value::Null => None,
+        v => Some(v.as_u64().with_context(|| format!("{}: `source.step` is not a step", cfg_path.display()))?),
+    };
     let ema_decay = config.pointer("/source/ema_decay").and_then(Value::as_f64);
 
     let dataset = match config.get("data").filter(|d| !d.is_null()) {

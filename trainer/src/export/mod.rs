@@ -182,12 +182,15 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         ));
     }
     let mut source = json!({
-        "checkpoint": resolved(&ck.dir),
-        "step": ck.step,
         "weights": if opts.ema { "ema" } else { "trained" },
         // the run's arithmetic (`run.precision`): what the weights were trained and sampled in
         "precision": ck.precision,
     });
+    match ck.step {
+        Some(step) => (source["checkpoint"], source["step"]) = (json!(resolved(&ck.dir)), json!(step)),
+        // a bare weights file (`--config`): its step is not known
+        None => (source["weights_file"], source["step"]) = (json!(resolved(&ck.dir)), Value::Null),
+    }
     if opts.ema {
         source["ema_decay"] = json!(ck.ema_decay);
     }
@@ -307,7 +310,10 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let config = read("config.json").filter(|c| c["format"] == EXPORT_FORMAT)?;
     let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64()) {
         (Some(ck), Some(step)) => format!("{ck}, step {step}"),
-        _ => "not recorded in its config.json".to_string(),
+        _ => match config["source"]["weights_file"].as_str() {
+            Some(file) => format!("the weights file {file}"),
+            None => "not recorded in its config.json".to_string(),
+        },
     };
     let index = read(SHARD_INDEX);
     let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));

@@ -91,8 +91,14 @@ pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
 /// Load upstream-named weights (either block layout; `*.zero_k_bias` must be zero). Every unknown
 /// name, shape mismatch and missing parameter is listed in one error.
 pub fn load_weights(path: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
+    load_state_dict(path, StateDict::Weights, cfg, lay)
+}
+
+/// [`load_weights`] of `which` of the file's state dicts (upstream's training checkpoint keeps the
+/// moving average beside the weights).
+pub fn load_state_dict(path: &Path, which: StateDict, cfg: &ModelConfig, lay: &Layout) -> Result<Params<f32>> {
     let mut p = Params::zeros(lay);
-    fill_weights(path, StateDict::Weights, cfg, lay, Window::whole(&mut p), |_| false)?;
+    fill_weights(path, which, cfg, lay, Window::whole(&mut p), |_| false)?;
     Ok(p)
 }
 

@@ -198,11 +198,22 @@ pub struct CheckpointModel {
     /// `data.dir` of the run's config (as written there: relative to where the run was started).
     pub data_dir: PathBuf,
     pub params: Params<f32>,
-    pub step: u64,
+    /// The step the weights were saved at (none for a bare weights file).
+    pub step: Option<u64>,
     /// `run.precision` of the run's config (f32 where it has none).
     pub precision: Precision,
     /// `optim.ema_decay` of the run's config (none where it has none).
     pub ema_decay: Option<f64>,
+}
+
+impl CheckpointModel {
+    /// Where the weights came from, as messages name it: the checkpoint and its step, or the file.
+    pub fn described(&self) -> String {
+        match self.step {
+            Some(step) => format!("{} (step {step})", self.dir.display()),
+            None => self.dir.display().to_string(),
+        }
+    }
 }
 
 /// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes; with `ema`,
@@ -231,7 +242,7 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
     let ema_decay = config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float());
     let lay = Layout::new(&model);
     let params = load_weights(&weights, &model, &lay)?;
-    Ok(CheckpointModel { dir, model, data_dir, params, step: state.step, precision, ema_decay })
+    Ok(CheckpointModel { dir, model, data_dir, params, step: Some(state.step), precision, ema_decay })
 }
 
 /// `run.precision` of a run's config: f32 where it has none, an error for a value this build lacks.

@@ -15,6 +15,7 @@
 //! This module writes checkpoints; `history` finds, sets aside and prunes a run's checkpoints, and
 //! `load` reads them back.
 
+mod from_file;
 mod history;
 mod load;
 
@@ -32,6 +33,7 @@ use crate::model::streamed::{self, Lazy, Values};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
+pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
 pub use load::{
     ema_file, load, load_ema, load_model, moving_average_of, resolve, saved_step, weights_file, CheckpointModel,

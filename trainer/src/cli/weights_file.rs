@@ -1,0 +1,39 @@
+//! `--config` and `--set` of `infinity sample` and `infinity export`: a bare weights file (safetensors,
+//! upstream's `.pth`, a folder of files with an index) records no model, so the training config it goes
+//! with shapes it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::train::checkpoint::{self, CheckpointModel, ModelSpec};
+
+#[derive(Args, Debug)]
+pub struct WeightsFileArgs {
+    /// For a bare weights file (safetensors, upstream's .pth, or a folder of files with an index): the
+    /// training config it goes with, read as `infinity train` reads it. Its model.* and its dataset
+    /// (data.dir, or --data: the bits per token, condition and schedules) shape the model.
+    #[arg(long, value_name = "TOML")]
+    pub config: Option<PathBuf>,
+    /// Override a value of --config, as `infinity train --set` does (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+    pub set: Vec<String>,
+}
+
+impl WeightsFileArgs {
+    /// The model of `path`: a bare weights file shaped by `--config`, else a checkpoint or run folder;
+    /// `data` is `--data`.
+    pub fn load(&self, path: &Path, data: Option<&Path>, ema: bool) -> Result<CheckpointModel> {
+        match &self.config {
+            Some(config) => {
+                let spec = ModelSpec { config, overrides: &self.set, data };
+                checkpoint::load_model_file(path, &spec, ema)
+            }
+            None => match checkpoint::needs_config(path) {
+                Some(e) => Err(e),
+                None => checkpoint::load_model(path, ema),
+            },
+        }
+    }
+}
