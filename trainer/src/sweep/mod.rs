@@ -299,9 +299,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         config.model.init_from = config.model.init_from.as_deref().map(absolute).transpose()?;
         let m = Manifest::load(&config.data.dir)
             .with_context(|| format!("run {name}: the dataset {} (make it first)", config.data.dir.display()))?;
-        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
-        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
-        let mc = config.model_config(m.d as usize, num_classes, text).with_context(|| format!("run {name}"))?;
+        let mc = config.model_for(&m).with_context(|| format!("run {name}"))?;
         crate::train::check_schedules_fit(&mc, &m).with_context(|| format!("run {name}"))?;
         // the validation sets (`val.dir`, `val.sets`), as `infinity train` checks them before its first
         // step (once per pair of datasets): a missing or mismatched one would fail every run after it started

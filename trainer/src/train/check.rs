@@ -225,8 +225,13 @@ pub fn check_with(
     if let Some(dir) = resume {
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
         // (as the run's rank 0 loads and checks it: its part of the moments)
-        let super::setup::Resumed { state, changes, data_change, .. } =
-            super::setup::resume_from(dir, cfg, (&mc, &lay), &config_toml, (&ds, (0, world), accept_data_change))?;
+        let super::start_state::Resumed { state, changes, data_change, .. } = super::start_state::resume_from(
+            dir,
+            cfg,
+            (&mc, &lay),
+            &config_toml,
+            (&ds, (0, world), accept_data_change),
+        )?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
         let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);
         if !later.is_empty() || !grids.is_empty() {
@@ -267,7 +272,7 @@ pub fn check_with(
             }
             None => out.push("start: a fresh initialisation".into()),
         }
-        out.extend(super::setup::fresh_start_note(&cfg.run.dir));
+        out.extend(super::start_state::fresh_start_note(&cfg.run.dir));
     }
     // the loader's own checks, as the run's first step makes them: a bucket that holds a global batch,
     // a saved position this config can continue (the same seed, batch and dataset)

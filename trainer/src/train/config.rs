@@ -640,6 +640,14 @@ impl TrainConfig {
         }
     }
 
+    /// The model for the dataset of manifest `m`: its bits per token and its condition (the classes, or
+    /// the text's width and maximum tokens).
+    pub fn model_for(&self, m: &infinity_data::Manifest) -> Result<ModelConfig> {
+        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+        self.model_config(m.d as usize, num_classes, text)
+    }
+
     /// The model for a dataset with `d` bits per token and the given conditions.
     /// `text`: the dataset's text width and maximum tokens per caption.
     pub fn model_config(

@@ -1,5 +1,5 @@
 //! `infinity train`: the training loop, in one readable function (the session it runs in: `session.rs`;
-//! the state it starts from: `setup.rs`).
+//! the dataset and model it sets up: `setup.rs`; the state it starts from: `start_state.rs`).
 //!
 //! Every random choice (initial weights, data order, self-correction flips, condition dropout, drop
 //! path) comes from a stream keyed by (seed, step, sample id), so a run is a pure function of its
@@ -25,10 +25,12 @@ mod saver;
 mod session;
 mod setup;
 pub mod spike;
+mod start_state;
 mod step_means;
 pub mod stop;
 mod summary;
 mod tb_log;
+mod token_mix;
 mod updater;
 pub mod val;
 pub mod watchdog;
@@ -54,11 +56,14 @@ pub(crate) use self::preview::Preview;
 use self::rank_times::RankTimes;
 use self::session::Session;
 pub(crate) use self::setup::check_mixable;
-pub use self::setup::{check_schedules_fit, fresh_weights, micro_steps, Setup, TokenMix, Unrecoverable};
-pub(crate) use self::setup::{init_from, loader_options, starting_state, unrecoverable};
+pub use self::setup::{check_schedules_fit, micro_steps, Setup, Unrecoverable};
+pub(crate) use self::setup::{loader_options, unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
+pub use self::start_state::fresh_weights;
+pub(crate) use self::start_state::{init_from, starting_state};
 use self::step_means::StepMeans;
 use self::summary::{derived_record, write_run_file};
+pub use self::token_mix::TokenMix;
 use self::updater::Updater;
 use crate::model::{rope_for, scale_metrics, token_weights, Acts};
 
@@ -79,7 +84,7 @@ pub struct TrainOptions {
     /// same step and stop.
     pub stop: Option<Arc<AtomicBool>>,
     /// Resume on a dataset changed since the checkpoint (`--accept-data-change`: a mended shard), from
-    /// the saved position ([`setup::continue_position`]).
+    /// the saved position ([`start_state::continue_position`]).
     pub accept_data_change: bool,
     /// A fresh start (no `--resume`): a `run.dir` that holds a run is refused, checked again once rank 0
     /// holds the run's lock (another fresh start may have trained there since the command line's check).

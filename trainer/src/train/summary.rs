@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::checkpoint::{self, TrainState};
 use super::config::TrainConfig;
-use super::setup::TokenMix;
+use super::token_mix::TokenMix;
 use super::{rundir, TrainSummary};
 use crate::model::{Layout, ModelConfig};
 

@@ -41,10 +41,8 @@ pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<Check
             data_dir.display()
         )
     })?;
-    let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
-    let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
     let model = cfg
-        .model_config(m.d as usize, num_classes, text)
+        .model_for(&m)
         .with_context(|| format!("--config {} with the dataset {}", config.display(), data_dir.display()))?;
     let (file, which) = match ema {
         false => weights_file(path, false)?,

@@ -1,0 +1,273 @@
+//! The state a run starts from: a checkpoint to resume (checked against the config, the model and the
+//! dataset, the loader's position continued on it), or fresh weights from the run's seed, overlaid by
+//! `model.init_from`'s.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use infinity_data::loader::{LoaderState, MixState};
+use infinity_data::{DataError, Dataset};
+
+use super::checkpoint::TrainState;
+use super::config::TrainConfig;
+use super::setup::unrecoverable;
+use super::{checkpoint, keyed_seed, rundir, STREAM_INIT};
+use crate::model::init::init_params;
+use crate::model::{Layout, ModelConfig, Params};
+use crate::optim::AdamW;
+
+/// A fresh start's random weights: `[model.init]`'s initialisation, scaled for μP where the run uses it.
+pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Params<f32> {
+    let mut p = init_params(mc, lay, &cfg.model.init, keyed_seed(cfg.run.seed, STREAM_INIT));
+    if let Some(base) = cfg.model.mup() {
+        crate::model::mup::rescale_init(&mut p, lay, mc, &base);
+    }
+    p
+}
+
+/// `model.init_from`'s weights (or with `model.init_from_ema` their moving average) over the fresh
+/// ones in `p` (nothing without it): where they came from, in words ("weights from FILE"), and the
+/// tensors kept fresh or left out.
+pub(crate) fn init_from(
+    cfg: &TrainConfig,
+    mc: &ModelConfig,
+    lay: &Layout,
+    p: &mut Params<f32>,
+) -> Result<Option<(String, Vec<String>)>> {
+    let Some(from) = &cfg.model.init_from else { return Ok(None) };
+    let ema = cfg.model.init_from_ema;
+    let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
+    let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;
+    // (a PyTorch file's reader says so itself; a checkpoint's file is looked for, not read: a note needs
+    // no checksum, and a run that does not take the average must not fail on it)
+    let keeps_average = || checkpoint::resolve(from).is_ok_and(|dir| dir.join(checkpoint::EMA_FILE).is_file());
+    if !ema && cfg.optim.ema_decay == 0.0 && !from.is_file() && keeps_average() {
+        tracing::info!(
+            "{} also keeps a moving average of the weights: model.init_from_ema starts from it",
+            from.display()
+        );
+    }
+    let what = if ema { "the weights' moving average" } else { "weights" };
+    Ok(Some((format!("{what} from {}", file.display()), fresh)))
+}
+
+/// For a fresh start in a run folder that holds a run but no complete checkpoint (`--resume auto`, or a
+/// group restarted before its first checkpoint), a line saying so: its logs are then rewritten from
+/// step 0, which should not happen unsaid.
+pub(crate) fn fresh_start_note(run: &Path) -> Option<String> {
+    let logs = rundir::RUN_FILES.iter().any(|f| run.join(f).is_file());
+    let (incomplete, _) = checkpoint::later_than(run, 0);
+    let fresh = checkpoint::complete(run).is_empty() && (logs || !incomplete.is_empty());
+    fresh.then(|| format!("no complete checkpoint in {}: starting fresh", run.display()))
+}
+
+/// Check that the saved loader `position` continues under `cfg` on the dataset `ds`; with
+/// `accept_data_change` (`--accept-data-change`) a dataset changed since the checkpoint (a mended shard)
+/// is taken, the position moved to it, and the warning that says so returned.
+pub(crate) fn continue_position(
+    position: &mut LoaderState,
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    accept_data_change: bool,
+) -> Result<Option<String>> {
+    let manifest = &ds.manifest;
+    let (mut warning, mut rows_changed) = (None, false);
+    if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
+        let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
+        let same_rows = position.same_buckets(ds);
+        rows_changed = same_rows == Some(false);
+        let order = match same_rows {
+            Some(true) => "every bucket holds the same rows as before (a shard mended in place): it draws the \
+                           batches it would have drawn, the mended rows as they are now"
+                .to_string(),
+            Some(false) => "the rows in its buckets changed (rows added, removed or of another schedule): the \
+                            rest of this epoch follows the new dataset's order, which may draw some of its rows \
+                            twice and others not at all"
+                .to_string(),
+            // a position saved by an earlier build does not record its buckets
+            None => "where every bucket holds the same rows as before (a shard mended in place), in the order \
+                     it would have drawn, the mended rows as they are now; otherwise the rest of this epoch \
+                     follows the new dataset's order, which may draw some of its rows twice and others not at all"
+                .to_string(),
+        };
+        *position = position.moved_to(ds)?;
+        warning = Some(format!(
+            "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
+             ({} batches drawn): {order}",
+            cfg.data.folders(),
+            position.batches_done
+        ));
+    }
+    let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases(cfg.run.steps));
+    let mix = infinity_data::loader::mix_state(ds, cfg.data.global_batch, weights.as_deref(), &phases)?;
+    // a mended mix whose datasets' sizes changed: their batches per epoch change with them (said; a
+    // weight changed, or a dataset added or taken away, is refused below, as without the flag)
+    let moved = match (&position.mix, &mix) {
+        (Some(saved), Some(now)) if rows_changed && same_datasets(saved, now, position.batches_done) => {
+            // (the first phase's and those of the phases begun)
+            let done = position.batches_done;
+            (saved.begun_batches(done) != now.begun_batches(done))
+                .then(|| format!("{} → {}", saved.batches_text(done), now.batches_text(done)))
+        }
+        _ => None,
+    };
+    if let (Some(w), Some(change)) = (warning.as_mut(), moved) {
+        w.push_str(&format!("; the mix's batches per epoch of each dataset change with it: {change}"));
+        position.mix = mix.clone();
+    }
+    position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref()).map_err(|e| {
+        // a phase set by a share of run.steps moves with it: said where that is what changed (the same
+        // phases, weights and all, at other starts)
+        let moved = match (&position.mix, &mix) {
+            (Some(saved), Some(now)) => {
+                saved.phases.len() == now.phases.len()
+                    && saved.phases.iter().zip(&now.phases).all(|(a, b)| a.weights == b.weights)
+                    && saved.phases.iter().zip(&now.phases).any(|(a, b)| a.from != b.from)
+            }
+            _ => false,
+        };
+        let moving: Vec<String> = cfg
+            .data
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.from_step.is_none())
+            .map(|(k, p)| p.start_key(k, cfg.run.steps))
+            .collect();
+        match e {
+            DataError::Config(m) if moved && !moving.is_empty() => DataError::Config(format!(
+                "{m}; {} moves with run.steps: a phase begun at the checkpoint cannot move, so resume with the \
+                 run.steps it was begun under, or give the phase its start there as from_step",
+                moving.join(", ")
+            )),
+            e => e,
+        }
+    })?;
+    Ok(warning)
+}
+
+/// Whether two mixes draw the same datasets by the same weights up to global batch `done` (their
+/// batches per epoch aside).
+fn same_datasets(a: &MixState, b: &MixState, done: u64) -> bool {
+    a.batches_per_epoch.len() == b.batches_per_epoch.len() && a.same_weights(b, done)
+}
+
+/// A checkpoint to resume from, as loaded and checked: its weights, optimiser and state (the loader's
+/// position continued on the dataset as it is now), the settings that differ from the checkpoint's,
+/// and what `--accept-data-change` continues from when the dataset changed.
+pub(crate) struct Resumed {
+    pub params: Params<f32>,
+    pub opt: AdamW,
+    pub state: TrainState,
+    pub changes: Vec<String>,
+    pub data_change: Option<String>,
+}
+
+/// The settings that shape the model's tensors, as `rundir::resume_changes` names them.
+const SHAPE_KEYS: [&str; 7] = [
+    "model.preset:",
+    "model.depth:",
+    "model.embed_dim:",
+    "model.num_heads:",
+    "model.mlp_ratio:",
+    "model.conditioning:",
+    "model.apply_spatial_patchify:",
+];
+
+/// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` as `rank` of
+/// `world` ranks (AdamW's moments: that rank's ZeRO-1 shard alone, [`moments_of`]), refusing what the
+/// run cannot continue: another run's checkpoint into a run.dir holding a run of its own, a damaged
+/// checkpoint, another model, a position this config or dataset cannot continue, and a resume that
+/// would repeat a divergence. `train` and `--check` both come here, so the check
+/// stops where the run would.
+pub(crate) fn resume_from(
+    dir: &Path,
+    cfg: &TrainConfig,
+    (mc, lay): (&ModelConfig, &Layout),
+    config_toml: &str,
+    (ds, (rank, world), accept_data_change): (&Dataset, (usize, usize), bool),
+) -> Result<Resumed> {
+    // (before the tensors are read: the step alone decides)
+    if let Some(why) = checkpoint::saved_step(dir).and_then(|step| rundir::foreign_history(&cfg.run.dir, dir, step)) {
+        return Err(unrecoverable(anyhow::anyhow!(why)));
+    }
+    let changes = rundir::resume_changes(dir, config_toml, mc)?;
+    // a checkpoint of another shape lists its tensors: the settings that shape the model say why
+    let shaping: Vec<&str> =
+        changes.iter().filter(|c| SHAPE_KEYS.iter().any(|k| c.starts_with(k))).map(String::as_str).collect();
+    let moments = moments_of(cfg, lay.numel, rank, world);
+    let (params, opt, state, data_change) = checkpoint::load(dir, &cfg.run.dir, mc, lay, (&cfg.optim.adamw, moments))
+        .map_err(|e| match shaping.is_empty() {
+            true => e,
+            false => e.context(format!("model settings changed since the checkpoint: {}", shaping.join("; "))),
+        })
+        .and_then(|(p, o, mut s)| {
+            // (data.phases start at steps, which the loader counts as global batches: one a step)
+            if !cfg.data.phases.is_empty() && s.loader.batches_done != s.step {
+                anyhow::bail!(
+                    "the checkpoint of step {} has drawn {} global batches, where data.phases takes one a step",
+                    s.step,
+                    s.loader.batches_done
+                );
+            }
+            let moved = continue_position(&mut s.loader, ds, cfg, accept_data_change)?;
+            Ok((p, o, s, moved))
+        })
+        .with_context(|| format!("resuming from {}", dir.display()))
+        .map_err(unrecoverable)?;
+    if changes.is_empty() && data_change.is_none() {
+        if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
+            return Err(super::stop::Diverged(why).into());
+        }
+    }
+    Ok(Resumed { params, opt, state, changes, data_change })
+}
+
+/// The parameters whose AdamW moments `rank` of `world` keeps: its ZeRO-1 shard (`dist.zero1`), else
+/// all of them.
+pub(crate) fn moments_of(cfg: &TrainConfig, numel: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    match cfg.dist.zero1 && world > 1 {
+        true => super::dist::shard_range(numel, rank, world),
+        false => 0..numel,
+    }
+}
+
+/// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
+/// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
+pub(crate) fn starting_state(
+    cfg: &TrainConfig,
+    opts: &super::TrainOptions,
+    (mc, lay): (&ModelConfig, &Layout),
+    config_toml: &str,
+    (ds, rank, world): (&Dataset, usize, usize),
+) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
+    let leader = rank == 0;
+    Ok(match opts.resume.as_deref() {
+        Some(dir) => {
+            // (the loader checks the position again; here before the run says it resumed)
+            let r = resume_from(dir, cfg, (mc, lay), config_toml, (ds, (rank, world), opts.accept_data_change))?;
+            if let Some(warning) = r.data_change.filter(|_| leader) {
+                tracing::warn!("{warning}");
+            }
+            console!("resumed from {} at step {}", dir.display(), r.state.step);
+            if leader && !r.changes.is_empty() {
+                let changes = r.changes.join("\n  ");
+                tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {changes}");
+            }
+            (r.params, r.opt, Some(r.state))
+        }
+        None => {
+            if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
+                console!("{note}");
+            }
+            let mut p = fresh_weights(cfg, mc, lay);
+            if let Some((source, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
+                console!("{source} ({} tensors kept fresh or left out)", fresh.len());
+                if leader && !fresh.is_empty() {
+                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
+                }
+            }
+            (p, AdamW::new(cfg.optim.adamw.clone(), lay), None)
+        }
+    })
+}
