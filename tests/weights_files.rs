@@ -1,8 +1,9 @@
 //! `infinity sample` and `infinity export` of a bare weights file with `--config`: the files real
 //! PyTorch wrote (tests/torch-files: upstream's released `.pth`, its training checkpoint with the moving
-//! average) sample bit for bit as their safetensors twins, an export of one samples as the file does,
-//! and what cannot work is named (no `--config`, `--ema` of one set of weights, a config of another
-//! model, `--config` with a folder that records its model).
+//! average) and a folder of files with an index sample bit for bit as their safetensors twins, an
+//! export of one samples as the file does, and what cannot work is named (no `--config`, `--ema` of one
+//! set of weights, a config of another model, a file inside a folder that records its model, an export
+//! over the file it reads, a damaged `.pth`).
 
 use std::path::{Path, PathBuf};
 
@@ -13,27 +14,24 @@ fn torch_file(name: &str) -> PathBuf {
     crate::repo().join("tests/torch-files").join(name)
 }
 
-/// A synthetic dataset of the files' model (16 bits, text 16 wide, captions of 8 tokens) and a training
-/// config of that model (tests/torch-files/config.json: width 32, depth 2, 2 heads, mlp ratio 8) with
-/// `extra` appended: the temporary folder and the config.
-fn dataset_and_config(extra: &str) -> (tempfile::TempDir, PathBuf) {
+/// A synthetic dataset of the files' model (16 bits, text 16 wide, captions of 8 tokens) and a config
+/// of that model alone (tests/torch-files/config.json: width 32, depth 2, 2 heads, mlp ratio 8; no
+/// data.dir, so each command names the dataset with `--data`; bf16 as the run's precision): the
+/// temporary folder, the dataset and the config.
+fn dataset_and_config() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let synth = ["data", "synth", "--out", path_str(&data), "--rows", "16", "--fit-rows", "16", "--budget", "demo4"];
     assert!(infinity(&[&synth[..], &["--d", "16", "--text-width", "16"]].concat()));
-    let cfg = tmp.path().join("train.toml");
-    let text = format!(
-        "[run]\ndir = \"{}\"\nseed = 1\nsteps = 2\n[model]\npreset = \"tiny\"\nconditioning = \"text\"\ndepth = 2\nembed_dim = 32\n\
-         num_heads = 2\nmlp_ratio = 8.0\n[data]\ndir = \"{}\"\nglobal_batch = 4\nmicro_batch = 4\n[optim]\nlr = 1e-3\n{extra}",
-        path_str(&tmp.path().join("run")),
-        path_str(&data)
-    );
+    let cfg = tmp.path().join("model.toml");
+    let text = "[run]\nprecision = \"bf16\"\n[model]\npreset = \"tiny\"\nconditioning = \"text\"\ndepth = 2\n\
+                embed_dim = 32\nnum_heads = 2\nmlp_ratio = 8.0\n";
     std::fs::write(&cfg, text).unwrap();
-    (tmp, cfg)
+    (tmp, data, cfg)
 }
 
-/// The bits `infinity sample SOURCE ARGS…` draws for two captions (greedy-free: seed 5, the defaults'
-/// guidance and temperature), and its grid's bytes.
+/// The bits `infinity sample SOURCE ARGS…` draws for two captions (seed 5, the default guidance and
+/// temperature) into `out`, and its grid's bytes.
 fn sample(source: &Path, args: &[&str], out: &Path) -> (Vec<u8>, Vec<u8>) {
     let (bits, grid) = (out.join("bits.safetensors"), out.join("grid.png"));
     let base = ["sample", path_str(source), "--caption", "red circle", "--caption", "blue square", "--n", "2"];
@@ -42,14 +40,30 @@ fn sample(source: &Path, args: &[&str], out: &Path) -> (Vec<u8>, Vec<u8>) {
     (std::fs::read(bits).unwrap(), std::fs::read(grid).unwrap())
 }
 
+/// A folder holding `file` and an index (`model.safetensors.index.json`) mapping its tensors to it.
+fn indexed_folder(file: &Path, folder: &Path) {
+    std::fs::create_dir_all(folder).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(file, folder.join(name)).unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> =
+        st.names().into_iter().map(|n| (n.into(), name.into())).collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(folder.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
 #[test]
 fn pytorch_files_sample_as_their_safetensors_twins() {
-    let (tmp, cfg) = dataset_and_config("");
-    let with = ["--config", path_str(&cfg)];
+    let (tmp, data, cfg) = dataset_and_config();
+    let with = ["--config", path_str(&cfg), "--data", path_str(&data)];
     let out = |name: &str| tmp.path().join(name);
     let released = sample(&torch_file("infinity_tiny.pth"), &with, &out("released"));
     let twin = sample(&torch_file("infinity_tiny.safetensors"), &with, &out("twin"));
     assert!(released == twin, "upstream's released .pth samples otherwise than its safetensors twin");
+    let folder = out("indexed");
+    indexed_folder(&torch_file("infinity_tiny.safetensors"), &folder);
+    assert!(sample(&folder, &with, &out("from-index")) == twin, "a folder of weight files with their index");
     // the training checkpoint's weights, and its moving average as the average's own file
     let ckpt = torch_file("ar-ckpt-giter000K-ep0-iter2-last.pth");
     assert!(sample(&ckpt, &with, &out("ckpt")) == twin, "trainer.gpt_fsdp");
@@ -59,36 +73,79 @@ fn pytorch_files_sample_as_their_safetensors_twins() {
 
     // an export of the average samples as the file did, and says where it came from
     let export = out("export");
-    assert!(infinity(&["export", path_str(&ckpt), "--ema", "-o", path_str(&export), "--config", path_str(&cfg)]));
+    let ckpt_s = path_str(&ckpt);
+    assert!(infinity(&[&["export", ckpt_s, "--ema", "-o", path_str(&export)][..], &with].concat()));
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("config.json")).unwrap()).unwrap();
-    assert!(c["source"]["step"].is_null() && c["source"]["weights"] == "ema", "{}", c["source"]);
-    assert!(c["source"]["weights_file"].as_str().unwrap().ends_with("ar-ckpt-giter000K-ep0-iter2-last.pth"));
+    let source = &c["source"];
+    assert!(source["step"].is_null() && source["weights"] == "ema" && source["ema_decay"].is_null(), "{source}");
+    assert!(source["weights_file"].as_str().unwrap().ends_with("ar-ckpt-giter000K-ep0-iter2-last.pth"), "{source}");
+    assert_eq!(source["precision"], "bf16", "the config's run.precision");
     assert!(sample(&export, &["--ema"], &out("from-export")) == average, "the export of the average");
 }
 
 #[test]
 fn what_a_weights_file_cannot_give_is_named() {
-    let (tmp, cfg) = dataset_and_config("");
+    let (tmp, data, cfg) = dataset_and_config();
+    let (cfg_s, data_s) = (path_str(&cfg), path_str(&data));
+    let with = ["--config", cfg_s, "--data", data_s];
     let file = torch_file("infinity_tiny.safetensors");
     let file_s = path_str(&file);
-    let e = err(&["sample", file_s, "--caption", "red circle"]);
+    let cap = ["--caption", "red circle"];
+    let sample_err = |source: &str, args: &[&str]| err(&[&["sample", source][..], args, &cap].concat());
+
+    let e = sample_err(file_s, &[]);
     assert!(e.contains("a weights file, which records no model: give --config"), "{e}");
     let e = err(&["export", file_s, "-o", path_str(&tmp.path().join("x"))]);
     assert!(e.contains("give --config"), "{e}");
-
-    let e = err(&["sample", file_s, "--config", path_str(&cfg), "--ema", "--caption", "red circle"]);
+    let e = sample_err(file_s, &["--config", cfg_s]);
+    assert!(e.contains("no data.dir: pass --data"), "{e}");
+    let e = sample_err(path_str(&tmp.path().join("nope.pth")), &with);
+    assert!(e.contains("nope.pth: no such weights file or folder"), "{e}");
+    let e = sample_err(file_s, &["--config", path_str(tmp.path()), "--data", data_s]);
+    assert!(e.contains("a folder; give the training config file"), "{e}");
+    let e = sample_err(file_s, &[&with[..], &["--ema"]].concat());
     assert!(e.contains("--ema: ") && e.contains("holds one set of weights, no moving average"), "{e}");
 
     // a config of another model: the file's tensors are named against it, with the model it built
-    let e = err(&["sample", file_s, "--config", path_str(&cfg), "--set", "model.depth=3", "--caption", "red circle"]);
-    assert!(e.contains("against the model of --config") && e.contains("depth 3, width 32"), "{e}");
+    let e = sample_err(file_s, &[&with[..], &["--set", "model.depth=3"]].concat());
+    assert!(e.contains("--set model.depth=3") && e.contains("depth 3, width 32, 2 heads"), "{e}");
+    assert!(e.contains("from the dataset: d 16, text 16 wide, 8 tokens"), "{e}");
 
-    // a folder that records its model takes no --config
+    // an export of the file: a folder that records its model takes no --config, nor does a file in it;
+    // it holds the trained weights, and --ema says how to export the average
     let export = tmp.path().join("export");
-    assert!(infinity(&["export", file_s, "--config", path_str(&cfg), "-o", path_str(&export)]));
-    let e = err(&["sample", path_str(&export), "--config", path_str(&cfg), "--caption", "red circle"]);
-    assert!(e.contains("an `infinity export` folder, which records its model: leave --config"), "{e}");
-    // --set needs --config
-    let e = format!("{:?}", crate::fails(&["sample", path_str(&export), "--set", "model.depth=3"]));
-    assert!(e.contains("--config"), "{e}");
+    assert!(infinity(&[&["export", file_s, "-o", path_str(&export)][..], &with].concat()));
+    let e = sample_err(path_str(&export), &with);
+    assert!(e.contains("an `infinity export` folder, which records its model: give"), "{e}");
+    assert!(e.contains("exporting it again exports the weights file"), "{e}");
+    let inner = export.join("model.safetensors");
+    let e = sample_err(path_str(&inner), &with);
+    assert!(e.contains("a file of an `infinity export` folder") && e.contains("without --config"), "{e}");
+    let e = sample_err(path_str(&inner), &[]);
+    assert!(e.contains("(a file: give the export folder holding it"), "{e}");
+    let e = sample_err(path_str(&export), &["--ema"]);
+    assert!(e.contains("infinity_tiny.safetensors again with --config and --ema"), "{e}");
+    let e = err(&["export", path_str(&export), "-o", path_str(&tmp.path().join("again"))]);
+    assert!(e.contains("exporting takes the weights file it came from"), "{e}");
+    let e = sample_err(path_str(&export), &["--set", "model.depth=3"]);
+    assert!(e.contains("--set changes the --config of a bare weights file"), "{e}");
+
+    // an export over the file it reads (the same file, or the folder of an index naming it)
+    let own = tmp.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    let copy = own.join("model.safetensors");
+    std::fs::copy(&file, &copy).unwrap();
+    for o in [&copy, &own] {
+        let e = err(&[&["export", path_str(&copy), "-o", path_str(o)][..], &with].concat());
+        assert!(e.contains("the weights being exported"), "-o {}: {e}", o.display());
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap(), "the weights were overwritten");
+
+    // a .pth whose bytes changed after it was written: its zip entry's checksum names it
+    let damaged = tmp.path().join("damaged.pth");
+    let mut bytes = std::fs::read(torch_file("infinity_tiny.pth")).unwrap();
+    bytes[150_000..150_004].copy_from_slice(&1.0f32.to_le_bytes());
+    std::fs::write(&damaged, bytes).unwrap();
+    let e = sample_err(path_str(&damaged), &with);
+    assert!(e.contains("is damaged: its CRC-32 is"), "{e}");
 }

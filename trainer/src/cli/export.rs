@@ -35,10 +35,12 @@ pub struct ExportArgs {
     #[arg(long, value_name = "K", value_parser = infinity_launcher::positive())]
     block_chunks: Option<usize>,
     /// The training dataset (schedules and tokenizer for config.json), where the checkpoint's `data.dir`
-    /// does not lead from here. It must be the model's (its `d`, layout and condition).
+    /// does not lead from here (a weights file's: --config's data.dir, whose bits and condition also
+    /// shape the model). It must be the model's (its `d`, layout and condition).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Export the moving average of the weights (`optim.ema_decay`) instead of the weights.
+    /// Export the moving average of the weights (`optim.ema_decay`; upstream's training checkpoint:
+    /// `trainer.gpt_ema_fsdp`) instead of the weights.
     #[arg(long)]
     ema: bool,
     #[command(flatten)]

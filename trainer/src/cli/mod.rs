@@ -38,9 +38,9 @@ enum Command {
     /// Communicator benchmarks (all-reduce bus bandwidth, rendezvous time) and the ranks' flight records.
     #[command(subcommand)]
     Comm(comm::CommCommand),
-    /// Sample images (or bits) from a checkpoint with classifier-free guidance.
+    /// Sample images (or bits) from a checkpoint, an export or a weights file, with classifier-free guidance.
     Sample(sample::SampleArgs),
-    /// Export inference weights (upstream names, f32 or bf16) and a config.json.
+    /// Export inference weights (upstream names, f32 or bf16) and a config.json, from a checkpoint or a weights file.
     Export(export::ExportArgs),
     /// Expand a sweep (base config × axes) into runs and run them, print them, or write a SLURM array.
     Sweep(sweep::SweepArgs),

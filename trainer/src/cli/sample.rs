@@ -70,7 +70,8 @@ pub struct SampleArgs {
     /// pixel budget).
     #[arg(long, value_name = "NAME", conflicts_with = "template")]
     schedule: Option<String>,
-    /// Dataset folder (schedules, tokenizer, class names); default the one the run trained on.
+    /// Dataset folder (schedules, tokenizer, class names); default the one the run trained on (a weights
+    /// file's: --config's data.dir).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Image grid (.png or .jpg), decoded with the dataset's built-in tokenizer; its folder is made.
@@ -80,8 +81,8 @@ pub struct SampleArgs {
     /// tokenizer's layout (the dataset's schedule and `d`; with spatial patchify, not the model's tokens).
     #[arg(long, value_name = "FILE")]
     bits: Option<PathBuf>,
-    /// Sample with the moving average of the weights (`optim.ema_decay`) instead of the weights (an
-    /// export holds the one it was exported with).
+    /// Sample with the moving average of the weights (`optim.ema_decay`; upstream's training checkpoint:
+    /// `trainer.gpt_ema_fsdp`) instead of the weights (an export holds the one it was exported with).
     #[arg(long)]
     ema: bool,
     /// Where the transformer runs: `auto` (a GPU when this build has CUDA and one is visible), `cpu`
@@ -217,6 +218,7 @@ fn open(a: &SampleArgs) -> Result<Opened> {
         Manifest::load(dir)
             .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", dir.display()))
     };
+    a.weights.check()?;
     if a.weights.config.is_some() || read_export(&a.ckpt).is_none() {
         let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
         let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());

@@ -25,7 +25,7 @@ pub struct LoadedExport {
     pub model: CheckpointModel,
     /// The weights are the moving average (`infinity export --ema`).
     pub ema: bool,
-    /// The checkpoint and step it came from, in words.
+    /// What it came from, in words: the checkpoint and step, or the weights file.
     pub source: String,
     /// The dataset's manifest as config.json's `data` section records it (no shards), and the folder
     /// that holds its tokenizer file: the export folder when the file was copied beside the weights.
@@ -69,11 +69,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         other => bail!("{}: `source.weights` is {other:?}, expected \"trained\" or \"ema\"", cfg_path.display()),
     };
     if want_ema && !ema {
-        bail!(
-            "{}: holds the trained weights, not their moving average: export the checkpoint ({}) with --ema",
-            dir.display(),
-            export.source
-        );
+        bail!("{}: holds the trained weights, not their moving average: {}", dir.display(), export.ema_advice());
     }
     let precision = match field("/source/precision")?.as_str() {
         Some("f32") => Precision::F32,

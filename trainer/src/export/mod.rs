@@ -93,6 +93,9 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     }
     refuse_a_run_or_dataset(folder)?;
     refuse_another_export(folder, file)?;
+    if ck.step.is_none() {
+        refuse_the_source(&ck.dir, out, folder)?;
+    }
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
     // the weights, so the export decodes without the dataset. Found before anything is written, so a
@@ -252,6 +255,24 @@ fn refuse_a_run_or_dataset(folder: &Path) -> Result<()> {
     bail!("{}: {what}; export into a folder of its own", folder.display())
 }
 
+/// Refuse to write `out` (in `folder`) over the weights file `source` it exports, or into the folder of
+/// weight files (with their index) `source` names: the weights read would be replaced by the export.
+fn refuse_the_source(source: &Path, out: &Path, folder: &Path) -> Result<()> {
+    let files_folder = match source.is_dir() {
+        true => Some(resolved(source)),
+        false if crate::model::weight_shards::is_index(source) => source.parent().map(resolved),
+        false => None,
+    };
+    if resolved(out) == resolved(source) || files_folder.is_some_and(|f| f == resolved(folder)) {
+        bail!(
+            "-o {}: the weights being exported ({}) are there; export into another file or folder",
+            out.display(),
+            source.display()
+        );
+    }
+    Ok(())
+}
+
 /// Refuse a `folder` whose config.json or shard index describes weights other than `file` that are
 /// still there: this export would rewrite both for `file`, leaving the other weights described by
 /// another file's dtype and names (re-exporting `file` itself is fine). A config.json that is not an
@@ -298,28 +319,41 @@ pub const EXPORT_FORMAT: &str = "infinity-export";
 pub struct ExportFolder {
     /// The weights file (the one the shard index maps, when it exists).
     pub weights: PathBuf,
-    /// The checkpoint and step it came from, in words.
+    /// What it came from, in words: the checkpoint and step, or the weights file.
     pub source: String,
+    /// The weights file it came from (`infinity export FILE --config`), where it came from one.
+    pub weights_file: Option<String>,
     /// Whether the weights are the moving average (`infinity export --ema`).
     pub ema: bool,
+}
+
+impl ExportFolder {
+    /// How to get the moving average where this export holds the trained weights.
+    pub fn ema_advice(&self) -> String {
+        match &self.weights_file {
+            Some(file) => format!(
+                "export {file} again with --config and --ema (of such files, upstream's training checkpoint keeps one)"
+            ),
+            None => format!("export the checkpoint ({}) with --ema", self.source),
+        }
+    }
 }
 
 /// The export in `dir`; `None` for any other folder (or one whose weights are gone).
 pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let read = |f: &str| -> Option<Value> { serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok() };
     let config = read("config.json").filter(|c| c["format"] == EXPORT_FORMAT)?;
-    let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64()) {
-        (Some(ck), Some(step)) => format!("{ck}, step {step}"),
-        _ => match config["source"]["weights_file"].as_str() {
-            Some(file) => format!("the weights file {file}"),
-            None => "not recorded in its config.json".to_string(),
-        },
+    let weights_file = config["source"]["weights_file"].as_str().map(str::to_string);
+    let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64(), &weights_file) {
+        (Some(ck), Some(step), _) => format!("{ck}, step {step}"),
+        (_, _, Some(file)) => format!("the weights file {file}"),
+        _ => "not recorded in its config.json".to_string(),
     };
     let index = read(SHARD_INDEX);
     let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));
     let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from(MODEL_FILE)));
     let ema = config["source"]["weights"] == "ema";
-    weights.is_file().then_some(ExportFolder { weights, source, ema })
+    weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema })
 }
 
 /// [`SHARD_INDEX`] of `tensors` written as `file`: one shard holding every tensor.

@@ -3,7 +3,7 @@
 //! precedence, lowest first). Unknown keys are errors naming their path; everything is validated
 //! before anything is allocated.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
-pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting};
+pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, ModelPart};
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 pub use validate::where_it_leads;
@@ -290,6 +290,50 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
+    /// The model for the dataset of manifest `m`: its bits per token and its condition (the classes, or
+    /// the text's width and maximum tokens).
+    pub fn model_for(&self, m: &infinity_data::Manifest) -> Result<ModelConfig> {
+        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
+        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
+        self.model_config(m.d as usize, num_classes, text)
+    }
+
+    /// The model for a dataset with `d` bits per token and the given conditions.
+    /// `text`: the dataset's text width and maximum tokens per caption.
+    pub fn model_config(
+        &self,
+        d: usize,
+        num_classes: Option<usize>,
+        text: Option<(usize, usize)>,
+    ) -> Result<ModelConfig> {
+        let m = self;
+        let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
+        c.depth = m.depth.unwrap_or(c.depth);
+        c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
+        c.num_heads = m.num_heads.unwrap_or(c.num_heads);
+        c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
+        c.apply_spatial_patchify = m.apply_spatial_patchify.unwrap_or(c.apply_spatial_patchify);
+        c.d = c.token_bits(d);
+        c.cond_drop_rate = m.cond_drop_rate;
+        c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
+        // the preset's key layout, or the nearest that divides an overridden depth
+        c.block_chunks = (1..=c.block_chunks).rev().find(|&k| c.depth.is_multiple_of(k)).unwrap_or(1);
+        c.conditioning = match (m.conditioning.as_str(), num_classes, text) {
+            ("class", Some(n), _) => Conditioning::Class { num_classes: n },
+            ("text", _, Some((width, max_tokens))) => {
+                c.text_channels = width;
+                c.text_maxlen = max_tokens;
+                Conditioning::Text
+            }
+            (kind, _, _) => bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition"),
+        };
+        c.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        if let Some(base) = m.mup() {
+            base.validate(&c).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(c)
+    }
+
     /// μP's base model, when the run uses μP.
     pub fn mup(&self) -> Option<crate::model::mup::MupBase> {
         self.mup_base_width.map(|width| crate::model::mup::MupBase { width, heads: self.mup_base_heads })
@@ -598,6 +642,18 @@ impl Default for SampleSection {
     }
 }
 
+/// A config's path `dir` as messages name it, under its `key`: a relative one that is not there says
+/// it was read from the working folder (a config's relative paths are, not from the config's folder).
+pub fn path_as_read(key: &str, dir: &Path) -> String {
+    match dir.is_relative() && !dir.exists() {
+        true => {
+            let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
+            format!("{key} {} (relative to the working folder, {here})", dir.display())
+        }
+        false => format!("{key} {}", dir.display()),
+    }
+}
+
 /// The peak learning rate `optim.lr_per_256` (upstream's `tblr`) gives at a global batch of `batch`, to
 /// 12 significant digits: the rate written out by hand (`6e-3 · 100 / 256` as 0.00234375) is the same
 /// number, so that configs giving it either way compare equal.
@@ -640,47 +696,19 @@ impl TrainConfig {
         }
     }
 
-    /// The model for the dataset of manifest `m`: its bits per token and its condition (the classes, or
-    /// the text's width and maximum tokens).
+    /// The model for the dataset of manifest `m` ([`ModelSection::model_for`]).
     pub fn model_for(&self, m: &infinity_data::Manifest) -> Result<ModelConfig> {
-        let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
-        let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
-        self.model_config(m.d as usize, num_classes, text)
+        self.model.model_for(m)
     }
 
-    /// The model for a dataset with `d` bits per token and the given conditions.
-    /// `text`: the dataset's text width and maximum tokens per caption.
+    /// The model for a dataset with `d` bits per token and the given conditions
+    /// ([`ModelSection::model_config`]).
     pub fn model_config(
         &self,
         d: usize,
         num_classes: Option<usize>,
         text: Option<(usize, usize)>,
     ) -> Result<ModelConfig> {
-        let m = &self.model;
-        let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
-        c.depth = m.depth.unwrap_or(c.depth);
-        c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
-        c.num_heads = m.num_heads.unwrap_or(c.num_heads);
-        c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
-        c.apply_spatial_patchify = m.apply_spatial_patchify.unwrap_or(c.apply_spatial_patchify);
-        c.d = c.token_bits(d);
-        c.cond_drop_rate = m.cond_drop_rate;
-        c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
-        // the preset's key layout, or the nearest that divides an overridden depth
-        c.block_chunks = (1..=c.block_chunks).rev().find(|&k| c.depth.is_multiple_of(k)).unwrap_or(1);
-        c.conditioning = match (m.conditioning.as_str(), num_classes, text) {
-            ("class", Some(n), _) => Conditioning::Class { num_classes: n },
-            ("text", _, Some((width, max_tokens))) => {
-                c.text_channels = width;
-                c.text_maxlen = max_tokens;
-                Conditioning::Text
-            }
-            (kind, _, _) => bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition"),
-        };
-        c.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
-        if let Some(base) = m.mup() {
-            base.validate(&c).map_err(|e| anyhow::anyhow!(e))?;
-        }
-        Ok(c)
+        self.model.model_config(d, num_classes, text)
     }
 }

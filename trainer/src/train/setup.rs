@@ -68,14 +68,7 @@ impl Setup {
         let mut shards_before = 0;
         for (key, dir) in cfg.data.dirs() {
             let mine = checksums.after(shards_before);
-            let ds = Dataset::open(dir, mine).with_context(|| match dir.is_relative() && !dir.exists() {
-                // (a config's relative paths are taken from the working folder, not the config's)
-                true => {
-                    let here = std::env::current_dir().map_or("?".into(), |d| d.display().to_string());
-                    format!("{key} {} (relative to the working folder, {here})", dir.display())
-                }
-                false => format!("{key} {}", dir.display()),
-            })?;
+            let ds = Dataset::open(dir, mine).with_context(|| super::config::path_as_read(&key, dir))?;
             shards_before += ds.shards().len();
             if let Some(first) = parts.first() {
                 check_mixable((&first.manifest, first.dir()), (&ds.manifest, dir), &key)?;
@@ -144,7 +137,7 @@ pub fn check_schedules_fit(mc: &ModelConfig, m: &Manifest) -> Result<()> {
     if let Some(s) = m.schedules.iter().find(|s| s.spatial_patchify != mc.apply_spatial_patchify) {
         match mc.apply_spatial_patchify {
             true => bail!(
-                "model.apply_spatial_patchify = true (the 8b preset's default), but schedule `{}` is stored at the \
+                "model.apply_spatial_patchify = true (set, or the 8b preset's default), but schedule `{}` is stored at the \
                  transformer's sides: make the dataset with --spatial-patchify (twice the sides, d = {}), or set \
                  model.apply_spatial_patchify = false",
                 s.name,

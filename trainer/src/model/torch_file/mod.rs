@@ -273,7 +273,16 @@ impl<'a> Archive<'a> {
         let (size, stored) = (f.size(), f.compressed_size());
         let end = start.checked_add(size).filter(|&end| size == stored && end <= self.bytes.len() as u64);
         let end = end.with_context(|| format!("{named}: {name}: {size} bytes at {start}, past the file's end"))?;
-        Ok(start as usize..end as usize)
+        // (zip keeps each entry's CRC-32: a copy damaged in transit is named, not loaded as weights)
+        let range = start as usize..end as usize;
+        let found = crc32fast::hash(&self.bytes[range.clone()]);
+        ensure!(
+            found == f.crc32(),
+            "{named}: {name} is damaged: its CRC-32 is {found:08x}, the zip directory records {:08x} (copy the file \
+             again)",
+            f.crc32()
+        );
+        Ok(range)
     }
 
     /// The object `torch.save` pickled.
@@ -301,7 +310,11 @@ pub fn read_weights(bytes: &[u8], path: &Path, which: StateDict) -> Result<Torch
     let (dict, found_at) = match (root.get("trainer"), which) {
         (Some(trainer), StateDict::Weights) => {
             if trainer.get(EMA_KEY).is_some() {
-                tracing::info!("{}: also holds the weights' moving average (model.init_from_ema takes it)", named());
+                tracing::info!(
+                    "{}: also holds the weights' moving average (model.init_from_ema, or --ema of infinity sample \
+                     and export, takes it)",
+                    named()
+                );
             }
             TRAINED_KEYS.iter().find_map(|k| trainer.get(k).map(|d| (d, format!("trainer.{k}")))).with_context(
                 || format!("{}: `trainer` holds no gpt_fsdp or gpt_wo_ddp (its keys: {:?})", named(), trainer.keys()),

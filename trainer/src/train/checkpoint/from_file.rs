@@ -1,10 +1,11 @@
 //! A bare weights file as a model for `infinity sample` and `infinity export`: safetensors, upstream's
-//! PyTorch `.pth` (its released weights, or its training checkpoint with the moving average), or an
-//! index of several files. Such a file records no model, so its shape comes from the training config it
-//! goes with (`--config`, read as `infinity train` reads it) and that config's dataset (or `--data`):
-//! the bits per token, the condition and the schedules, as a run builds its model.
+//! PyTorch `.pth` (its released weights, or its training checkpoint with the moving average), or a
+//! folder of files with an index. Such a file records no model, so its shape comes from the training
+//! config it goes with (`--config`, read as `infinity train` reads it) and that config's dataset (or
+//! `--data`): the bits per token, the condition and the schedules, as a run builds its model.
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use infinity_data::Manifest;
@@ -13,9 +14,10 @@ use super::load::{moving_average_of, weights_file, CheckpointModel};
 use super::{DONE, STATE_FILE};
 use crate::export::read_export;
 use crate::model::io::load_state_dict;
-use crate::model::weight_shards::index_in;
-use crate::model::Layout;
-use crate::train::config::TrainConfig;
+use crate::model::weight_shards::{index_in, is_index};
+use crate::model::{torch_file, Conditioning, Layout, ModelConfig};
+use crate::train::check_schedules_fit;
+use crate::train::config::{inf_var_key, inf_vars, path_as_read, ModelPart};
 
 /// The training config a weights file goes with: the file, its `--set` overrides, and the dataset
 /// folder that replaces its `data.dir` (`--data`).
@@ -29,77 +31,174 @@ pub struct ModelSpec<'a> {
 /// missing); with `ema`, the moving average upstream's training checkpoint keeps beside the weights.
 /// `data_dir` is the dataset the model was built for; the step is unknown.
 pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<CheckpointModel> {
-    if let Some(holder) = model_holder(path) {
-        bail!("{}: {holder}, which records its model: leave --config (and --set) out", path.display());
-    }
+    check_source(path)?;
     let config = spec.config;
-    let cfg = TrainConfig::load(config, spec.overrides).with_context(|| format!("--config {}", config.display()))?;
-    let data_dir = spec.data.map_or_else(|| cfg.data.dir.clone(), Path::to_path_buf);
+    check_config_file(config)?;
+    let part = ModelPart::load(config, spec.overrides).with_context(|| format!("--config {}", config.display()))?;
+    let shaped_by = shaped_by(spec);
+    let (key, data_dir) = match (spec.data, &part.data.dir) {
+        (Some(dir), _) => ("--data", dir.to_path_buf()),
+        (None, Some(dir)) => ("data.dir", dir.clone()),
+        (None, None) => bail!("{shaped_by}: no data.dir: pass --data with the model's dataset"),
+    };
     let m = Manifest::load(&data_dir).with_context(|| {
         format!(
-            "the dataset {} (its bits per token, condition and schedules shape the model; pass --data)",
-            data_dir.display()
+            "the dataset of {} (its bits per token, condition and schedules shape the model; pass --data)",
+            path_as_read(key, &data_dir)
         )
     })?;
-    let model = cfg
-        .model_for(&m)
-        .with_context(|| format!("--config {} with the dataset {}", config.display(), data_dir.display()))?;
+    let with_data = || format!("{shaped_by} with the dataset {}", data_dir.display());
+    let model = part.model.model_for(&m).with_context(with_data)?;
+    check_schedules_fit(&model, &m).with_context(with_data)?;
     let (file, which) = match ema {
         false => weights_file(path, false)?,
         true => moving_average_of(path)?.ok_or_else(|| {
             anyhow!(
-                "--ema: {} holds one set of weights, no moving average: leave --ema out to take them (upstream's \
-                 training checkpoint, ar-ckpt*.pth, keeps one as trainer.gpt_ema_fsdp)",
+                "--ema: {} holds one set of weights, no moving average (upstream's training checkpoint keeps one as \
+                 trainer.gpt_ema_fsdp when trained with --use_fsdp_model_ema 1): leave --ema out to take its weights",
                 path.display()
             )
         })?,
     };
     let lay = Layout::new(&model);
     let params = load_state_dict(&file, which, &model, &lay).with_context(|| {
-        format!(
-            "{} against the model of --config {} (model.preset {}: depth {}, width {}, {} heads; d {} from the \
-             dataset)",
-            file.display(),
-            config.display(),
-            cfg.model.preset,
-            model.depth,
-            model.embed_dim,
-            model.num_heads,
-            model.d
-        )
+        format!("{} against the model of {shaped_by} ({})", file.display(), described(&part, &model))
     })?;
-    let ema_decay = (ema && cfg.optim.ema_decay > 0.0).then_some(cfg.optim.ema_decay);
-    let dir = path.to_path_buf();
-    Ok(CheckpointModel { dir, model, data_dir, params, step: None, precision: cfg.run.precision, ema_decay })
+    // (the decay that made an upstream average is not known: the config's is this framework's setting)
+    let (dir, precision) = (path.to_path_buf(), part.run.precision);
+    Ok(CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None })
 }
 
-/// What `path` is where it records its model (a checkpoint, a run folder, an export folder), in words.
-fn model_holder(path: &Path) -> Option<&'static str> {
+/// Refuse a `path` that records its model or lies in a folder that does, one that is not there, and a
+/// folder without an index of weight files.
+fn check_source(path: &Path) -> Result<()> {
+    if let Some((holder, folder)) = model_holder(path) {
+        let source = read_export(&folder).map(|e| format!("; exporting it again exports {}", e.source));
+        bail!(
+            "{}: {holder}, which records its model: give {} without --config (and --set){}",
+            path.display(),
+            folder.display(),
+            source.unwrap_or_default()
+        );
+    }
+    if !path.exists() {
+        bail!("{}: no such weights file or folder", path.display());
+    }
+    if path.is_dir() && index_in(path)?.is_none() {
+        bail!(
+            "{}: a folder without an index of weight files (*.index.json): give the weights file, or the folder of \
+             files with their index",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a `--config` that is a folder or a JSON file (an export's config.json) with what to give.
+fn check_config_file(config: &Path) -> Result<()> {
+    if config.is_dir() {
+        bail!("--config {}: a folder; give the training config file (a run's config.toml)", config.display());
+    }
+    if config.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        bail!(
+            "--config {}: a JSON file; give the TOML training config the weights go with (an export folder records \
+             its model: give the folder without --config)",
+            config.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--config` as the messages name it: the file, with its `--set` overrides and the `INF__…` variables
+/// that set what shapes the model (said on the console as `infinity train` says them).
+fn shaped_by(spec: &ModelSpec) -> String {
+    let set_here = |key: &str| spec.overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+    let shapes = |key: &str| key.starts_with("model.") || key == "data.dir" || key == "run.precision";
+    let from_env: Vec<String> = inf_vars()
+        .iter()
+        .filter_map(|(var, v)| Some((inf_var_key(var)?, v)))
+        .filter(|(key, _)| shapes(key) && !set_here(key))
+        .map(|(key, v)| format!("{key} = {v}"))
+        .collect();
+    let mut out = format!("--config {}", spec.config.display());
+    if !spec.overrides.is_empty() {
+        out.push_str(&format!(" --set {}", spec.overrides.join(" --set ")));
+    }
+    if !from_env.is_empty() {
+        console!("from the environment: {}", from_env.join(", "));
+        out.push_str(&format!(" (and from the environment: {})", from_env.join(", ")));
+    }
+    out
+}
+
+/// The model `part` built, as a mismatch names it: the preset and its shape, and what the dataset gave.
+fn described(part: &ModelPart, model: &ModelConfig) -> String {
+    let condition = match &model.conditioning {
+        Conditioning::Class { num_classes } => format!("{num_classes} classes"),
+        Conditioning::Text => format!("text {} wide, {} tokens", model.text_channels, model.text_maxlen),
+    };
+    format!(
+        "model.preset {}: depth {}, width {}, {} heads, mlp_ratio {}; from the dataset: d {}, {condition}",
+        part.model.preset, model.depth, model.embed_dim, model.num_heads, model.mlp_ratio, model.d
+    )
+}
+
+/// Where `path` records its model, or lies in a folder that does (a checkpoint, run or export folder, or
+/// a file inside a checkpoint or export folder): what it is, in words, and the folder to give instead.
+fn model_holder(path: &Path) -> Option<(&'static str, PathBuf)> {
     if read_export(path).is_some() {
-        Some("an `infinity export` folder")
+        Some(("an `infinity export` folder", path.to_path_buf()))
     } else if path.join(DONE).is_file() || path.join(STATE_FILE).is_file() {
-        Some("a checkpoint folder")
+        Some(("a checkpoint folder", path.to_path_buf()))
     } else if path.is_dir() && !super::complete(path).is_empty() {
-        Some("a run folder")
+        Some(("a run folder", path.to_path_buf()))
+    } else if path.is_file() {
+        folder_holding(path).map(|(what, folder)| match what {
+            "export" => ("a file of an `infinity export` folder", folder),
+            _ => ("a file of a checkpoint folder", folder),
+        })
     } else {
         None
     }
 }
 
+/// The export or checkpoint folder `file` lies in (links followed): `("export" | "checkpoint", folder)`.
+pub(super) fn folder_holding(file: &Path) -> Option<(&'static str, PathBuf)> {
+    let file = file.canonicalize().ok()?;
+    let parent = file.parent()?;
+    match (read_export(parent), parent.join(DONE).is_file()) {
+        (Some(_), _) => Some(("export", parent.to_path_buf())),
+        (None, true) => Some(("checkpoint", parent.to_path_buf())),
+        (None, false) => None,
+    }
+}
+
+/// Whether `file` starts as a weights file does (safetensors, PyTorch's zip or pre-1.6 format) or is an
+/// index of several.
+fn looks_like_weights(file: &Path) -> bool {
+    let mut head = [0u8; 14];
+    let read = std::fs::File::open(file).and_then(|mut f| f.read(&mut head));
+    let head = &head[..read.unwrap_or(0)];
+    // (safetensors: the header's length, little-endian, then its JSON)
+    let safetensors = head.len() > 8 && head[8] == b'{';
+    is_index(file) || safetensors || torch_file::is_zip(head) || torch_file::is_legacy(head)
+}
+
 /// Where `path` is a weights file (or a folder of files with an index) given without `--config`: the
-/// error saying what to add. `None` for anything else (a checkpoint, run or export folder, or a file
-/// inside one, which [`super::resolve`] names).
-pub fn needs_config(path: &Path) -> Option<anyhow::Error> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let inside_a_model = read_export(parent).is_some() || parent.join(DONE).is_file();
-    let indexed_folder = || model_holder(path).is_none() && matches!(index_in(path), Ok(Some(_)));
-    let bare = if path.is_file() { !inside_a_model } else { indexed_folder() };
-    bare.then(|| {
+/// error saying what to add. `None` for anything else (a checkpoint, run or export folder, a file inside
+/// one, or a file of another kind, which [`super::resolve`] names).
+pub fn needs_config(path: &Path) -> Result<Option<anyhow::Error>> {
+    let bare = match path.is_file() {
+        true => folder_holding(path).is_none() && looks_like_weights(path),
+        false => model_holder(path).is_none() && index_in(path)?.is_some(),
+    };
+    let what = if path.is_file() { "a weights file, which records" } else { "a folder of weight files, which record" };
+    Ok(bare.then(|| {
         anyhow!(
-            "{}: a weights file, which records no model: give --config with the training config it goes with (its \
-             model.* and data.dir; for upstream's released infinity_2b_reg.pth, configs/upstream/2b-1024.toml with \
-             --data naming your dataset)",
+            "{}: {what} no model: give --config with the training config it goes with (its model.* and data.dir; \
+             for upstream's released infinity_2b_reg.pth, configs/upstream/2b-1024.toml with --data naming your \
+             dataset)",
             path.display()
         )
-    })
+    }))
 }

@@ -27,12 +27,17 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     match complete(path).pop() {
         Some((_, dir)) => Ok(dir),
         None if path.exists() => match read_export(path) {
-            Some(export) => bail!(
-                "{}: an `infinity export` folder, which holds no training state: resuming and exporting take the \
-                 checkpoint it came from ({}); `infinity sample` and model.init_from take the export as it is",
-                path.display(),
-                export.source
-            ),
+            Some(export) => {
+                let way = match &export.weights_file {
+                    Some(file) => format!("exporting takes the weights file it came from ({file}, with --config)"),
+                    None => format!("resuming and exporting take the checkpoint it came from ({})", export.source),
+                };
+                bail!(
+                    "{}: an `infinity export` folder, which holds no training state: {way}; `infinity sample` and \
+                     model.init_from take the export as it is",
+                    path.display()
+                )
+            }
             None => bail!(
                 "{}: neither a checkpoint nor a run folder with a complete checkpoint{}",
                 path.display(),
@@ -48,12 +53,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 fn near_miss(path: &Path) -> String {
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if path.is_file() {
-        let holder = match (read_export(parent), parent.join(DONE).is_file()) {
-            (Some(_), _) => "export",
-            (None, true) => "checkpoint",
-            (None, false) => return " (a file: give a checkpoint, run or export folder)".into(),
+        return match super::from_file::folder_holding(path) {
+            Some((holder, folder)) => format!(" (a file: give the {holder} folder holding it, {})", folder.display()),
+            None => " (a file: give a checkpoint, run or export folder)".into(),
         };
-        return format!(" (a file: give the {holder} folder holding it, {})", parent.display());
     }
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
         .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
@@ -93,11 +96,11 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         )
     };
     let trained_export = |export: &crate::export::ExportFolder| {
+        let or = if export.weights_file.is_none() { ", or give the checkpoint itself" } else { "" };
         anyhow!(
-            "{}: an export of the trained weights, not their moving average: export the checkpoint ({}) with --ema, \
-             or give the checkpoint itself",
+            "{}: an export of the trained weights, not their moving average: {}{or}",
             path.display(),
-            export.source
+            export.ema_advice()
         )
     };
     if path.is_file() {
@@ -190,12 +193,15 @@ pub fn load_ema(dir: &Path, cfg: &ModelConfig, lay: &Layout, range: Range<usize>
     }
 }
 
-/// The model of a checkpoint, for sampling and export: its shape, weights and step, and the dataset it
-/// trained on.
+/// The model of a checkpoint (or an export, or a bare weights file with its config), for sampling and
+/// export: its shape, weights and step, and the dataset it trained on.
 pub struct CheckpointModel {
+    /// Where the weights came from: the checkpoint (or export) folder, or the weights file (or folder
+    /// of files with an index).
     pub dir: PathBuf,
     pub model: ModelConfig,
-    /// `data.dir` of the run's config (as written there: relative to where the run was started).
+    /// `data.dir` of the run's config (as written there: relative to where the run was started); for a
+    /// weights file, `--data` or its config's `data.dir`.
     pub data_dir: PathBuf,
     pub params: Params<f32>,
     /// The step the weights were saved at (none for a bare weights file).

@@ -5,6 +5,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
 
@@ -12,40 +14,8 @@ impl TrainConfig {
     /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
-        let mut table = load_table(path, 0)?;
-        let (env, kept) = settle_alternatives(&mut table, InfVars::of_process(), overrides)?;
-        let merged = toml::to_string(&table).context("re-serialising the merged config")?;
-        let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
-        if env.dropped {
-            vars = vars.source(Some(env.vars.into_iter().collect()));
-        }
-        let mut b = config::Config::builder()
-            .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
-            .add_source(vars);
-        for o in &kept {
-            let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
-                bail!("--set {o}: expected key.path=value");
-            };
-            b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
-        }
-        let built = b.build().with_context(|| format!("reading {}", path.display()))?;
-        let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
-        let cfg: TrainConfig = serde_path_to_error::deserialize(built).map_err(|e| {
-            let (at, inner) = (e.path().to_string(), e.inner().to_string());
-            let (key, what) = plain_message(&at, &inner);
-            if let Some(gap) = set_past_the_end(&key, &what, overrides) {
-                return anyhow::anyhow!("{gap}");
-            }
-            // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
-            let allowed = allowed_values(&at, &inner);
-            anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
-        })?;
-        // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what
-        // it changed
-        let typed = serde_json::to_value(&cfg).context("re-serialising the config")?;
-        if let Some((key, found, want)) = converted(&given, &typed, "") {
-            bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
-        }
+        let (built, given) = merged(path, overrides)?;
+        let cfg: TrainConfig = typed(built, &given, path, overrides)?;
         // each check's message starts with the keys it is about (before its `must` or `:`; what follows
         // is context): name where their values came from, an override or variable before the file
         cfg.validate().map_err(|e| {
@@ -70,6 +40,88 @@ impl TrainConfig {
         })?;
         Ok(cfg)
     }
+}
+
+/// What shapes a model in a training config: its `[model]`, `data.dir` and `run.precision`, read as
+/// [`TrainConfig::load`] reads the file, without the training settings a run requires or checks
+/// (`infinity sample` and `infinity export` of a bare weights file).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModelPart {
+    pub model: super::ModelSection,
+    #[serde(default)]
+    pub data: DataDir,
+    #[serde(default)]
+    pub run: RunPrecision,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DataDir {
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RunPrecision {
+    #[serde(default)]
+    pub precision: super::Precision,
+}
+
+impl ModelPart {
+    /// [`ModelPart`] of `path` with `overrides` (`--set`) and the `INF__…` variables.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<ModelPart> {
+        let (built, given) = merged(path, overrides)?;
+        typed(built, &given, path, overrides)
+    }
+}
+
+/// The config of `path` (and the files it `extends`) with the `INF__…` variables and `overrides`
+/// applied, and its values as given (before deserialising converts them).
+fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_json::Value)> {
+    let mut table = load_table(path, 0)?;
+    let (env, kept) = settle_alternatives(&mut table, InfVars::of_process(), overrides)?;
+    let merged = toml::to_string(&table).context("re-serialising the merged config")?;
+    let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
+    if env.dropped {
+        vars = vars.source(Some(env.vars.into_iter().collect()));
+    }
+    let mut b = config::Config::builder()
+        .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
+        .add_source(vars);
+    for o in &kept {
+        let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            bail!("--set {o}: expected key.path=value");
+        };
+        b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
+    }
+    let built = b.build().with_context(|| format!("reading {}", path.display()))?;
+    let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
+    Ok((built, given))
+}
+
+/// `T` deserialised from the merged config `built`: an error names the key and where its value came
+/// from, and a value the config crate converted (a fraction rounded, a quoted number) is refused.
+fn typed<T: DeserializeOwned + Serialize>(
+    built: config::Config,
+    given: &serde_json::Value,
+    path: &Path,
+    overrides: &[String],
+) -> Result<T> {
+    let value: T = serde_path_to_error::deserialize(built).map_err(|e| {
+        let (at, inner) = (e.path().to_string(), e.inner().to_string());
+        let (key, what) = plain_message(&at, &inner);
+        if let Some(gap) = set_past_the_end(&key, &what, overrides) {
+            return anyhow::anyhow!("{gap}");
+        }
+        // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
+        let allowed = allowed_values(&at, &inner);
+        anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
+    })?;
+    // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what it
+    // changed
+    let back = serde_json::to_value(&value).context("re-serialising the config")?;
+    if let Some((key, found, want)) = converted(given, &back, "") {
+        bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
+    }
+    Ok(value)
 }
 
 /// Keys whose values may be quoted numbers (`data.micro_batch = "4"`, as `"auto"` is).
