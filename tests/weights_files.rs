@@ -106,6 +106,10 @@ fn what_a_weights_file_cannot_give_is_named() {
     let e = sample_err(file_s, &[&with[..], &["--ema"]].concat());
     assert!(e.contains("--ema: ") && e.contains("holds one set of weights, no moving average"), "{e}");
 
+    // a safetensors file of something else (the dataset's tokenizer)
+    let e = sample_err(path_str(&data.join("tokenizer.safetensors")), &with);
+    assert!(e.contains("tensors is a parameter of this model") && e.contains("not Infinity weights"), "{e}");
+
     // a config of another model: the file's tensors are named against it, with the model it built
     let e = sample_err(file_s, &[&with[..], &["--set", "model.depth=3"]].concat());
     assert!(e.contains("--set model.depth=3") && e.contains("depth 3, width 32, 2 heads"), "{e}");

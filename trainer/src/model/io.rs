@@ -301,6 +301,8 @@ fn fill_weights(
         (offset.unwrap_or(usize::MAX), name.to_string())
     };
     tensors.sort_by_cached_key(|(name, _)| order(name));
+    let (held, first_names) =
+        (tensors.len(), tensors.iter().take(3).map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>());
     for (name, t) in tensors {
         let Some(canon) = canonical_name(&name, cfg.depth, chunks) else {
             report("", format!("`{name}`: malformed block key"));
@@ -361,6 +363,15 @@ fn fill_weights(
                 }
             }
         }
+    }
+    if held > 0 && !seen.values().any(|&v| v) {
+        // (a tokenizer's file, sampled bits, another model's weights: a list of every parameter says less)
+        bail!(
+            "{}: none of its {held} tensors is a parameter of this model ({}…): not Infinity weights under \
+             upstream's names",
+            path.display(),
+            first_names.join(", ")
+        );
     }
     for s in lay.specs.iter().filter(|s| !seen[s.name.as_str()]) {
         // named as the file's keys are (`block_chunks.C.module.J.…` in a chunked file)

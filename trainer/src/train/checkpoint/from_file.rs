@@ -120,6 +120,12 @@ fn shaped_by(spec: &ModelSpec) -> String {
         .filter(|(key, _)| shapes(key) && !set_here(key))
         .map(|(key, v)| format!("{key} = {v}"))
         .collect();
+    for o in spec.overrides {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim());
+        if !shapes(key) {
+            tracing::warn!("--set {o}: only model.*, data.dir and run.precision are read from --config; ignored");
+        }
+    }
     let mut out = format!("--config {}", spec.config.display());
     if !spec.overrides.is_empty() {
         out.push_str(&format!(" --set {}", spec.overrides.join(" --set ")));
