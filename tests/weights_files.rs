@@ -81,6 +81,33 @@ fn pytorch_files_sample_as_their_safetensors_twins() {
     assert!(source["weights_file"].as_str().unwrap().ends_with("ar-ckpt-giter000K-ep0-iter2-last.pth"), "{source}");
     assert_eq!(source["precision"], "bf16", "the config's run.precision");
     assert!(sample(&export, &["--ema"], &out("from-export")) == average, "the export of the average");
+
+    // the export exported again in two chunks: the same weights, what it came from kept
+    let again = out("export-chunked");
+    assert!(infinity(&["export", path_str(&export), "--block-chunks", "2", "-o", path_str(&again)]));
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(again.join("config.json")).unwrap()).unwrap();
+    assert!(c["source"]["weights_file"] == source["weights_file"] && c["source"]["weights"] == "ema", "{c}");
+    assert!(c["source"]["export"].as_str().unwrap().ends_with("export"), "{}", c["source"]);
+    assert!(again.join("tokenizer.safetensors").is_file(), "the tokenizer beside the first export was not carried");
+    assert!(sample(&again, &[], &out("from-again")) == average, "the export exported again");
+    let e = err(&["export", path_str(&export), "--dtype", "bf16", "-o", path_str(&export)]);
+    assert!(e.contains("the export being read"), "{e}");
+
+    // an export into the folder of the file it reads, twice (the same export replaced): the other
+    // files there stay bare weights files
+    let here = out("here");
+    std::fs::create_dir(&here).unwrap();
+    for f in ["infinity_tiny.pth", "ema.safetensors"] {
+        std::fs::copy(torch_file(f), here.join(f)).unwrap();
+    }
+    for _ in 0..2 {
+        assert!(infinity(
+            &[&["export", path_str(&here.join("infinity_tiny.pth")), "-o", path_str(&here)][..], &with].concat()
+        ));
+    }
+    assert!(sample(&here.join("infinity_tiny.pth"), &with, &out("here-released")) == twin);
+    assert!(sample(&here.join("ema.safetensors"), &with, &out("here-ema")) == average);
+    assert!(sample(&here, &[], &out("here-export")) == twin, "the export beside its file");
 }
 
 #[test]
@@ -121,18 +148,43 @@ fn what_a_weights_file_cannot_give_is_named() {
     assert!(infinity(&[&["export", file_s, "-o", path_str(&export)][..], &with].concat()));
     let e = sample_err(path_str(&export), &with);
     assert!(e.contains("an `infinity export` folder, which records its model: give"), "{e}");
-    assert!(e.contains("exporting it again exports the weights file"), "{e}");
     let inner = export.join("model.safetensors");
     let e = sample_err(path_str(&inner), &with);
-    assert!(e.contains("a file of an `infinity export` folder") && e.contains("without --config"), "{e}");
+    assert!(e.contains("the weights of an `infinity export` folder") && e.contains("without --config"), "{e}");
     let e = sample_err(path_str(&inner), &[]);
     assert!(e.contains("(a file: give the export folder holding it"), "{e}");
     let e = sample_err(path_str(&export), &["--ema"]);
     assert!(e.contains("infinity_tiny.safetensors again with --config and --ema"), "{e}");
-    let e = err(&["export", path_str(&export), "-o", path_str(&tmp.path().join("again"))]);
-    assert!(e.contains("exporting takes the weights file it came from"), "{e}");
+    let train = tmp.path().join("train.toml");
+    let run = format!("[run]\ndir = \"{}\"\nseed = 1\nsteps = 2\n", path_str(&tmp.path().join("run")));
+    let rest = format!("[data]\ndir = \"{data_s}\"\nglobal_batch = 4\nmicro_batch = 4\n[optim]\nlr = 1e-3\n");
+    let model = std::fs::read_to_string(&cfg).unwrap().replace("[run]\nprecision = \"bf16\"\n", "");
+    std::fs::write(&train, format!("{run}{model}{rest}")).unwrap();
+    let e = err(&["train", "--check", path_str(&train), "--resume", path_str(&export)]);
+    assert!(e.contains("it came from the weights file") && e.contains("which holds none either"), "{e}");
     let e = sample_err(path_str(&export), &["--set", "model.depth=3"]);
     assert!(e.contains("--set changes the --config of a bare weights file"), "{e}");
+    let e = sample_err(file_s, &["--set", "model.depth=3"]);
+    assert!(e.contains("changes a --config, which is missing") && e.contains("give --config"), "{e}");
+    let e = sample_err(file_s, &[&with[..], &["--set", "model.conditioning=Text"]].concat());
+    assert!(e.contains("model.conditioning must be \"class\" or \"text\", found \"Text\""), "{e}");
+
+    // --bits never writes over a file it did not write itself (the weights, a dataset's files, -o's)
+    let copy = tmp.path().join("weights.safetensors");
+    std::fs::copy(&file, &copy).unwrap();
+    for bits in [copy.clone(), data.join("tokenizer.safetensors"), data.join("manifest.json")] {
+        let e = sample_err(path_str(&copy), &[&with[..], &["--bits", path_str(&bits)]].concat());
+        assert!(e.contains("an existing file that `infinity sample --bits` did not write"), "{e}");
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap(), "the weights were overwritten");
+    let grid = tmp.path().join("g.png");
+    let e = sample_err(path_str(&copy), &[&with[..], &["--bits", path_str(&grid), "-o", path_str(&grid)]].concat());
+    assert!(e.contains("and -o name the same file"), "{e}");
+    let bits = tmp.path().join("bits.safetensors");
+    for _ in 0..2 {
+        let outs = ["--bits", path_str(&bits), "-o", path_str(&grid)];
+        assert!(infinity(&[&["sample", path_str(&copy)][..], &with, &cap, &outs].concat()), "an earlier --bits file");
+    }
 
     // an export over the file it reads (the same file, or the folder of an index naming it)
     let own = tmp.path().join("own");

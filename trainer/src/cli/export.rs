@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use clap::{Args, ValueEnum};
 
 use super::weights_file::WeightsFileArgs;
-use crate::export::ExportOptions;
+use crate::export::{load_export, read_export, ExportOptions, FromExport};
 use crate::model::io::SaveDtype;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -18,9 +18,9 @@ enum DtypeArg {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A checkpoint folder, a run folder (its newest complete checkpoint), or a bare weights file with
-    /// --config (upstream's released .pth: its weights under this framework's checks, with a config.json
-    /// `infinity sample` reads).
+    /// A checkpoint folder, a run folder (its newest complete checkpoint), an export folder (exported
+    /// again: another dtype or block chunking), or a bare weights file with --config (upstream's released
+    /// .pth: its weights under this framework's checks, with a config.json `infinity sample` reads).
     ckpt: PathBuf,
     /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Names ending
     /// `.pth`, `.pt`, `.bin` or `.ckpt` are refused (the export is safetensors); any other name is a folder
@@ -48,7 +48,18 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
+    // an export exported again (another dtype or chunking) keeps what it came from and its dataset's
+    // description
+    let (ck, from_export, ema) = match (read_export(&a.ckpt), &a.weights.config) {
+        (Some(_), None) => {
+            a.weights.check(&a.ckpt)?;
+            let e = load_export(&a.ckpt, a.ema)?;
+            console!("{}: an export of {}", a.ckpt.display(), e.source);
+            let from = FromExport { dir: a.ckpt.clone(), source: e.source_record, dataset: e.dataset };
+            (e.model, Some(from), e.ema)
+        }
+        _ => (a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?, None, a.ema),
+    };
     let dtype = match a.dtype {
         DtypeArg::F32 => SaveDtype::F32,
         DtypeArg::Bf16 => SaveDtype::Bf16,
@@ -74,7 +85,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let weights_file = a.out.extension().is_some_and(|e| e == "safetensors");
     let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/') || !weights_file;
     let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
-    let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema: a.ema };
+    let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema, from_export };
     let done = crate::export::export(&ck, &out, &opts)?;
     for w in &done.warnings {
         console_err!("warning: {w}");
@@ -83,7 +94,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     console!(
         "exported {}{}: {} ({:.1} MB, block_chunks {block_chunks}) and {}",
         ck.described(),
-        if a.ema { " (its moving average)" } else { "" },
+        if ema { " (its moving average)" } else { "" },
         done.weights.display(),
         size as f64 / 1e6,
         done.config.display()

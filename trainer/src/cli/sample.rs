@@ -1,7 +1,8 @@
 //! `infinity sample CKPT --class … | --caption … | --text-features … -o grid.png [--bits bits.safetensors]`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -108,6 +109,9 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     // the output's format and folders first: a bad name fails before the sampling, not after
     infinity_data::inspect::grid_format(&a.out)?;
+    if let Some(bits) = &a.bits {
+        refuse_to_overwrite(bits, &a.out)?;
+    }
     for path in std::iter::once(&a.out).chain(&a.bits) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -200,6 +204,34 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuse `--bits FILE` where it is `-o`'s file, or an existing file this command did not write (the
+/// weights being sampled, a dataset's tokenizer or manifest): only an earlier `--bits` output, whose
+/// metadata says `infinity_sample`, is overwritten.
+fn refuse_to_overwrite(bits: &Path, grid: &Path) -> Result<()> {
+    let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+    ensure!(!same(bits, grid), "--bits {} and -o name the same file", bits.display());
+    if !bits.exists() {
+        return Ok(());
+    }
+    let written_here = || -> Option<bool> {
+        let mut f = std::fs::File::open(bits).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let n = u64::from_le_bytes(len);
+        let mut header = vec![0u8; usize::try_from(n).ok().filter(|&n| n < 1 << 20)?];
+        f.read_exact(&mut header).ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        Some(header["__metadata__"].get("infinity_sample").is_some())
+    };
+    ensure!(
+        written_here() == Some(true),
+        "--bits {}: an existing file that `infinity sample --bits` did not write (no infinity_sample metadata): not \
+         overwritten; name another file, or remove it first",
+        bits.display()
+    );
+    Ok(())
+}
+
 /// The model to sample and the dataset description that goes with it.
 struct Opened {
     ck: crate::train::checkpoint::CheckpointModel,
@@ -218,7 +250,7 @@ fn open(a: &SampleArgs) -> Result<Opened> {
         Manifest::load(dir)
             .with_context(|| format!("the dataset {} (schedules and tokenizer; pass --data)", dir.display()))
     };
-    a.weights.check()?;
+    a.weights.check(&a.ckpt)?;
     if a.weights.config.is_some() || read_export(&a.ckpt).is_none() {
         let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
         let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());

@@ -23,13 +23,17 @@ pub struct WeightsFileArgs {
 }
 
 impl WeightsFileArgs {
-    /// Refuse `--set` without `--config`: a checkpoint, run or export folder records its model.
-    pub fn check(&self) -> Result<()> {
+    /// Refuse `--set` without `--config` for `path`: a weights file needs the config it changes, and a
+    /// checkpoint, run or export folder records its model.
+    pub fn check(&self, path: &Path) -> Result<()> {
         if self.config.is_none() && !self.set.is_empty() {
+            let sets = self.set.join(" --set ");
+            if let Some(e) = checkpoint::needs_config(path)? {
+                bail!("--set {sets} changes a --config, which is missing: {e}");
+            }
             bail!(
-                "--set {}: --set changes the --config of a bare weights file; a checkpoint, run or export folder \
-                 records its model (nothing to set)",
-                self.set.join(" --set ")
+                "--set {sets}: --set changes the --config of a bare weights file; a checkpoint, run or export \
+                 folder records its model (nothing to set)"
             );
         }
         Ok(())
@@ -38,7 +42,7 @@ impl WeightsFileArgs {
     /// The model of `path`: a bare weights file shaped by `--config`, else a checkpoint or run folder;
     /// `data` is `--data`.
     pub fn load(&self, path: &Path, data: Option<&Path>, ema: bool) -> Result<CheckpointModel> {
-        self.check()?;
+        self.check(path)?;
         match &self.config {
             Some(config) => {
                 let spec = ModelSpec { config, overrides: &self.set, data };

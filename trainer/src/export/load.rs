@@ -27,6 +27,8 @@ pub struct LoadedExport {
     pub ema: bool,
     /// What it came from, in words: the checkpoint and step, or the weights file.
     pub source: String,
+    /// config.json's `source`, as written.
+    pub source_record: Value,
     /// The dataset's manifest as config.json's `data` section records it (no shards), and the folder
     /// that holds its tokenizer file: the export folder when the file was copied beside the weights.
     /// `None` when the dataset was not at hand at export.
@@ -116,6 +118,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         model: CheckpointModel { dir: dir.to_path_buf(), model, data_dir, params, step, precision, ema_decay },
         ema,
         source: export.source,
+        source_record: field("/source")?,
         dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
     })
 }

@@ -63,6 +63,17 @@ pub struct ExportOptions {
     /// The training dataset, where the checkpoint's `data.dir` does not lead to it from here.
     pub data: Option<PathBuf>,
     pub ema: bool,
+    /// Re-exporting an export (another dtype or block chunking): what it came from and carries.
+    pub from_export: Option<FromExport>,
+}
+
+/// An export exported again: its folder, its config.json's `source` (kept, with the folder added as
+/// `source.export`), and the dataset description of its `data` section with the folder holding its
+/// tokenizer (none where it has none).
+pub struct FromExport {
+    pub dir: PathBuf,
+    pub source: Value,
+    pub dataset: Option<(Manifest, PathBuf)>,
 }
 
 /// The files written, and what a user should know about them (a dataset not found, one chunk).
@@ -92,16 +103,21 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         );
     }
     refuse_a_run_or_dataset(folder)?;
-    refuse_another_export(folder, file)?;
-    if ck.step.is_none() {
+    if ck.step.is_none() && opts.from_export.is_none() {
         refuse_the_source(&ck.dir, out, folder)?;
+    }
+    refuse_another_export(folder, file)?;
+    if let Some(from) = opts.from_export.as_ref().filter(|f| resolved(&f.dir) == resolved(folder)) {
+        bail!("-o {}: the export being read ({}); export into another folder", out.display(), from.dir.display());
     }
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
     // the weights, so the export decodes without the dataset. Found before anything is written, so a
-    // refused --data leaves the folder as it was.
+    // refused --data leaves the folder as it was. An export exported again carries its own description.
     let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
-    let manifest = match Manifest::load(&data_dir) {
+    let carried = opts.from_export.as_ref().and_then(|f| f.dataset.as_ref()).filter(|_| opts.data.is_none());
+    let tokenizer_dir = carried.map_or_else(|| data_dir.clone(), |(_, dir)| dir.clone());
+    let manifest = match carried.map_or_else(|| Manifest::load(&data_dir), |(m, _)| Ok(m.clone())) {
         Ok(m) => match (crate::infer::dataset_mismatch(&mc, &m), &opts.data) {
             (None, _) => Some(m),
             (Some(why), Some(_)) => bail!("--data {}: {why}: not the model's dataset", data_dir.display()),
@@ -142,7 +158,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     };
     let mut tokenizer_copy = None;
     if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
-        let (from, to) = (data_dir.join(&file), out.with_file_name(&file));
+        let (from, to) = (tokenizer_dir.join(&file), out.with_file_name(&file));
         if from.is_file() {
             // exporting into the dataset's own folder: the tokenizer is already beside the weights
             if !(to.exists() && same_file(&from, &to)) {
@@ -196,6 +212,11 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     }
     if opts.ema {
         source["ema_decay"] = json!(ck.ema_decay);
+    }
+    if let Some(from) = &opts.from_export {
+        // what the export came from, as it says, and the export itself
+        source = from.source.clone();
+        source["export"] = json!(resolved(&from.dir));
     }
     let config = json!({
         "format": EXPORT_FORMAT,

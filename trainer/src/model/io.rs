@@ -78,13 +78,14 @@ pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("reading {}", path.display()))
 }
 
-/// Values of a safetensors tensor (f32, bf16 or f16) as f32.
+/// Values of a safetensors tensor (f32, bf16, f16 or f64) as f32.
 pub fn tensor_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
         Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => bail!("tensor `{name}`: expected f32, bf16 or f16, found {other:?}"),
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        other => bail!("tensor `{name}`: expected f32, bf16, f16 or f64, found {other:?}"),
     })
 }
 
@@ -295,6 +296,13 @@ fn fill_weights(
     };
     tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
     let file_model = file_shape(&tensors, chunks, cfg.depth);
+    // (a class model keeps `class_emb`, a text model `cfg_uncond`: a file of the other kind is said so)
+    let file_kind =
+        match (tensors.iter().any(|(n, _)| n == "class_emb.weight"), tensors.iter().any(|(n, _)| n == "cfg_uncond")) {
+            (true, false) => Some("class"),
+            (false, true) => Some("text"),
+            _ => None,
+        };
     let mut not_finite_tensors = 0;
     let order = |name: &str| {
         let offset = canonical_name(name, cfg.depth, chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
@@ -390,13 +398,17 @@ fn fill_weights(
             true => "holds values that are not finite (a diverged run's?)",
             false => "does not match the model config",
         };
-        let shapes = match file_model {
+        let mut shapes = match file_model {
             Some((w, d)) if (w, d) != (cfg.embed_dim, cfg.depth) => format!(
                 "\n  (the file's model has width {w} and depth {d}; this one width {} and depth {})",
                 cfg.embed_dim, cfg.depth
             ),
             _ => String::new(),
         };
+        let kind = if cfg.has_cross_attention() { "text" } else { "class" };
+        if let Some(file_kind) = file_kind.filter(|k| *k != kind) {
+            shapes.push_str(&format!("\n  (the file's model is {file_kind}-conditioned; this one {kind}-conditioned)"));
+        }
         bail!("{}: {what} ({count}):\n  {}{more}{shapes}", path.display(), shown.join("\n  "));
     }
     Ok(notes)
@@ -440,6 +452,35 @@ mod tests {
         }
         let (other, other_lay, _) = model(32, Conditioning::Class { num_classes: 10 }, 2);
         assert!(load_weights_part(&file, &other, &other_lay, 0..10).is_err());
+    }
+
+    /// A class model's file loaded as a text model's is said to be of the other kind (its key lists
+    /// alone do not say why), and a file of f64 values loads as f32.
+    #[test]
+    fn a_file_of_the_other_conditioning_is_named_and_f64_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (class_cfg, class_lay, p) = model(16, Conditioning::Class { num_classes: 10 }, 2);
+        let file = save(tmp.path(), &class_cfg, &class_lay, &p);
+        let (text, text_lay, _) = model(16, Conditioning::Text, 2);
+        let e = format!("{:#}", load_weights(&file, &text, &text_lay).unwrap_err());
+        assert!(e.contains("(the file's model is class-conditioned; this one text-conditioned)"), "{e}");
+
+        let f64_bytes: Vec<Vec<u8>> = class_lay
+            .specs
+            .iter()
+            .map(|s| p.get(&class_lay, &s.name).iter().flat_map(|&v| (v as f64).to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = class_lay
+            .specs
+            .iter()
+            .zip(&f64_bytes)
+            .map(|(s, b)| {
+                (s.name.clone(), safetensors::tensor::TensorView::new(Dtype::F64, s.shape.clone(), b).unwrap())
+            })
+            .collect();
+        let wide = tmp.path().join("f64.safetensors");
+        std::fs::write(&wide, safetensors::serialize(views, None).unwrap()).unwrap();
+        assert_eq!(load_weights(&wide, &class_cfg, &class_lay).unwrap().data, p.data);
     }
 
     /// A text model with 32 bits per token starts from a class model with 16: the transformer body

@@ -325,7 +325,10 @@ impl ModelSection {
                 c.text_maxlen = max_tokens;
                 Conditioning::Text
             }
-            (kind, _, _) => bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition"),
+            (kind @ ("class" | "text"), _, _) => {
+                bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition")
+            }
+            (kind, _, _) => bail!("model.conditioning must be \"class\" or \"text\", found {kind:?}"),
         };
         c.validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
         if let Some(base) = m.mup() {

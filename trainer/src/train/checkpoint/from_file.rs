@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use infinity_data::Manifest;
 
-use super::load::{moving_average_of, weights_file, CheckpointModel};
+use super::load::{export_holding, moving_average_of, weights_file, CheckpointModel};
 use super::{DONE, STATE_FILE};
 use crate::export::read_export;
 use crate::model::io::load_state_dict;
@@ -42,8 +42,9 @@ pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<Check
         (None, None) => bail!("{shaped_by}: no data.dir: pass --data with the model's dataset"),
     };
     let m = Manifest::load(&data_dir).with_context(|| {
+        let or = if spec.data.is_none() { "; pass --data" } else { "" };
         format!(
-            "the dataset of {} (its bits per token, condition and schedules shape the model; pass --data)",
+            "the dataset of {} (its bits per token, condition and schedules shape the model{or})",
             path_as_read(key, &data_dir)
         )
     })?;
@@ -73,12 +74,10 @@ pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<Check
 /// folder without an index of weight files.
 fn check_source(path: &Path) -> Result<()> {
     if let Some((holder, folder)) = model_holder(path) {
-        let source = read_export(&folder).map(|e| format!("; exporting it again exports {}", e.source));
         bail!(
-            "{}: {holder}, which records its model: give {} without --config (and --set){}",
+            "{}: {holder}, which records its model: give {} without --config (and --set)",
             path.display(),
-            folder.display(),
-            source.unwrap_or_default()
+            folder.display()
         );
     }
     if !path.exists() {
@@ -144,8 +143,9 @@ fn described(part: &ModelPart, model: &ModelConfig) -> String {
         Conditioning::Text => format!("text {} wide, {} tokens", model.text_channels, model.text_maxlen),
     };
     format!(
-        "model.preset {}: depth {}, width {}, {} heads, mlp_ratio {}; from the dataset: d {}, {condition}",
-        part.model.preset, model.depth, model.embed_dim, model.num_heads, model.mlp_ratio, model.d
+        "the model built: depth {}, width {}, {} heads, mlp_ratio {} (model.preset {} with the config's settings); \
+         from the dataset: d {}, {condition}",
+        model.depth, model.embed_dim, model.num_heads, model.mlp_ratio, part.model.preset, model.d
     )
 }
 
@@ -160,7 +160,7 @@ fn model_holder(path: &Path) -> Option<(&'static str, PathBuf)> {
         Some(("a run folder", path.to_path_buf()))
     } else if path.is_file() {
         folder_holding(path).map(|(what, folder)| match what {
-            "export" => ("a file of an `infinity export` folder", folder),
+            "export" => ("the weights of an `infinity export` folder", folder),
             _ => ("a file of a checkpoint folder", folder),
         })
     } else {
@@ -168,14 +168,15 @@ fn model_holder(path: &Path) -> Option<(&'static str, PathBuf)> {
     }
 }
 
-/// The export or checkpoint folder `file` lies in (links followed): `("export" | "checkpoint", folder)`.
+/// The checkpoint folder `file` lies in, or the export folder whose weights it is (links followed):
+/// `("export" | "checkpoint", folder)`. (Other files beside an export's are files of their own.)
 pub(super) fn folder_holding(file: &Path) -> Option<(&'static str, PathBuf)> {
     let file = file.canonicalize().ok()?;
     let parent = file.parent()?;
-    match (read_export(parent), parent.join(DONE).is_file()) {
-        (Some(_), _) => Some(("export", parent.to_path_buf())),
-        (None, true) => Some(("checkpoint", parent.to_path_buf())),
-        (None, false) => None,
+    match (export_holding(&file).is_some(), parent.join(DONE).is_file()) {
+        (true, _) => Some(("export", parent.to_path_buf())),
+        (false, true) => Some(("checkpoint", parent.to_path_buf())),
+        (false, false) => None,
     }
 }
 

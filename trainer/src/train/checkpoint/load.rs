@@ -29,12 +29,12 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         None if path.exists() => match read_export(path) {
             Some(export) => {
                 let way = match &export.weights_file {
-                    Some(file) => format!("exporting takes the weights file it came from ({file}, with --config)"),
-                    None => format!("resuming and exporting take the checkpoint it came from ({})", export.source),
+                    Some(file) => format!("it came from the weights file {file}, which holds none either"),
+                    None => format!("resuming takes the checkpoint it came from ({})", export.source),
                 };
                 bail!(
-                    "{}: an `infinity export` folder, which holds no training state: {way}; `infinity sample` and \
-                     model.init_from take the export as it is",
+                    "{}: an `infinity export` folder, which holds no training state: {way}; `infinity sample`, \
+                     `infinity export` and model.init_from take the export as it is",
                     path.display()
                 )
             }
@@ -133,7 +133,7 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
 }
 
 /// The folder of `file` where it is an export's weights file.
-fn export_holding(file: &Path) -> Option<crate::export::ExportFolder> {
+pub(super) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder> {
     let dir = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })?;
     let same = |a: &Path| matches!((a.canonicalize(), file.canonicalize()), (Ok(a), Ok(b)) if a == b);
     read_export(dir).filter(|e| same(&e.weights))
