@@ -53,6 +53,27 @@ fn indexed_folder(file: &Path, folder: &Path) {
     std::fs::write(folder.join("model.safetensors.index.json"), index.to_string()).unwrap();
 }
 
+/// A zip file's bytes with every entry's CRC-32 set to 0 (in its local header and the central
+/// directory), as `torch.save` writes them under `torch.serialization.set_crc32_options(False)`.
+fn without_checksums(mut zip: Vec<u8>) -> Vec<u8> {
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap()) as usize;
+    let mut i = 0;
+    while i + 46 <= zip.len() {
+        // a central directory header: its CRC at +16, its local header's offset at +42 (CRC at +14)
+        if zip[i..i + 4] == *b"PK\x01\x02" {
+            let local = u32_at(&zip, i + 42);
+            assert_eq!(zip[local..local + 4], *b"PK\x03\x04", "a local header at {local}");
+            zip[i + 16..i + 20].fill(0);
+            zip[local + 14..local + 18].fill(0);
+            i += 46 + u16_at(&zip, i + 28) + u16_at(&zip, i + 30) + u16_at(&zip, i + 32);
+        } else {
+            i += 1;
+        }
+    }
+    zip
+}
+
 #[test]
 fn pytorch_files_sample_as_their_safetensors_twins() {
     let (tmp, data, cfg) = dataset_and_config();
@@ -87,7 +108,8 @@ fn pytorch_files_sample_as_their_safetensors_twins() {
     assert!(infinity(&["export", path_str(&export), "--block-chunks", "2", "-o", path_str(&again)]));
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(again.join("config.json")).unwrap()).unwrap();
     assert!(c["source"]["weights_file"] == source["weights_file"] && c["source"]["weights"] == "ema", "{c}");
-    assert!(c["source"]["export"].as_str().unwrap().ends_with("export"), "{}", c["source"]);
+    let exports = &c["source"]["exports"];
+    assert!(exports[0]["dir"].as_str().unwrap().ends_with("export") && exports[0]["dtype"] == "float32", "{c}");
     assert!(again.join("tokenizer.safetensors").is_file(), "the tokenizer beside the first export was not carried");
     assert!(sample(&again, &[], &out("from-again")) == average, "the export exported again");
     let e = err(&["export", path_str(&export), "--dtype", "bf16", "-o", path_str(&export)]);
@@ -154,7 +176,7 @@ fn what_a_weights_file_cannot_give_is_named() {
     let e = sample_err(path_str(&inner), &[]);
     assert!(e.contains("(a file: give the export folder holding it"), "{e}");
     let e = sample_err(path_str(&export), &["--ema"]);
-    assert!(e.contains("infinity_tiny.safetensors again with --config and --ema"), "{e}");
+    assert!(e.contains("infinity_tiny.safetensors, which holds one set of weights: there is no average"), "{e}");
     let train = tmp.path().join("train.toml");
     let run = format!("[run]\ndir = \"{}\"\nseed = 1\nsteps = 2\n", path_str(&tmp.path().join("run")));
     let rest = format!("[data]\ndir = \"{data_s}\"\nglobal_batch = 4\nmicro_batch = 4\n[optim]\nlr = 1e-3\n");
@@ -178,7 +200,9 @@ fn what_a_weights_file_cannot_give_is_named() {
     }
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap(), "the weights were overwritten");
     let grid = tmp.path().join("g.png");
-    let e = sample_err(path_str(&copy), &[&with[..], &["--bits", path_str(&grid), "-o", path_str(&grid)]].concat());
+    let roundabout = tmp.path().join("sub/../g.png");
+    let e =
+        sample_err(path_str(&copy), &[&with[..], &["--bits", path_str(&roundabout), "-o", path_str(&grid)]].concat());
     assert!(e.contains("and -o name the same file"), "{e}");
     let bits = tmp.path().join("bits.safetensors");
     for _ in 0..2 {
@@ -196,12 +220,37 @@ fn what_a_weights_file_cannot_give_is_named() {
         assert!(e.contains("the weights being exported"), "-o {}: {e}", o.display());
     }
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap(), "the weights were overwritten");
+    let indexed = tmp.path().join("indexed");
+    indexed_folder(&file, &indexed);
+    let e = err(&[&["export", path_str(&indexed), "-o", path_str(&indexed.join("e.safetensors"))][..], &with].concat());
+    assert!(e.contains("the weights being exported"), "{e}");
 
-    // a .pth whose bytes changed after it was written: its zip entry's checksum names it
+    // a .pth whose bytes changed after it was written: its zip entry's checksum names it; one saved
+    // without checksums (torch.serialization.set_crc32_options(False) records 0) loads
     let damaged = tmp.path().join("damaged.pth");
     let mut bytes = std::fs::read(torch_file("infinity_tiny.pth")).unwrap();
     bytes[150_000..150_004].copy_from_slice(&1.0f32.to_le_bytes());
-    std::fs::write(&damaged, bytes).unwrap();
+    std::fs::write(&damaged, &bytes).unwrap();
     let e = sample_err(path_str(&damaged), &with);
     assert!(e.contains("is damaged: its CRC-32 is"), "{e}");
+    let unchecked = tmp.path().join("no-crc.pth");
+    std::fs::write(&unchecked, without_checksums(std::fs::read(torch_file("infinity_tiny.pth")).unwrap())).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (source, dir) in [(&unchecked, &a), (&file, &b)] {
+        std::fs::create_dir_all(dir).unwrap();
+        let (bits, grid) = (dir.join("bits.safetensors"), dir.join("g.png"));
+        let outs = ["--bits", path_str(&bits), "-o", path_str(&grid)];
+        assert!(infinity(&[&["sample", path_str(source)][..], &with, &cap, &outs].concat()));
+    }
+    assert_eq!(std::fs::read(a.join("bits.safetensors")).unwrap(), std::fs::read(b.join("bits.safetensors")).unwrap());
+
+    // an export's own index counts as the export's; an export whose weights are gone is named
+    let index = export.join("model.safetensors.index.json");
+    let e = sample_err(path_str(&index), &with);
+    assert!(e.contains("an `infinity export` folder") && e.contains("without --config"), "{e}");
+    let gone = tmp.path().join("gone");
+    assert!(infinity(&[&["export", file_s, "-o", path_str(&gone)][..], &with].concat()));
+    std::fs::remove_file(gone.join("model.safetensors")).unwrap();
+    let e = sample_err(path_str(&gone), &[]);
+    assert!(e.contains("whose weights file (model.safetensors) is missing"), "{e}");
 }

@@ -55,7 +55,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
             a.weights.check(&a.ckpt)?;
             let e = load_export(&a.ckpt, a.ema)?;
             console!("{}: an export of {}", a.ckpt.display(), e.source);
-            let from = FromExport { dir: a.ckpt.clone(), source: e.source_record, dataset: e.dataset };
+            let from = FromExport { dir: a.ckpt.clone(), dtype: e.dtype, source: e.source_record, dataset: e.dataset };
             (e.model, Some(from), e.ema)
         }
         _ => (a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?, None, a.ema),

@@ -109,13 +109,13 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!((0.0..=1.0).contains(&a.top_p), "--top-p must be in [0, 1] (0 or 1: no filtering)");
     // the output's format and folders first: a bad name fails before the sampling, not after
     infinity_data::inspect::grid_format(&a.out)?;
-    if let Some(bits) = &a.bits {
-        refuse_to_overwrite(bits, &a.out)?;
-    }
     for path in std::iter::once(&a.out).chain(&a.bits) {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+    }
+    if let Some(bits) = &a.bits {
+        refuse_to_overwrite(bits, &a.out)?;
     }
     let Opened { ck, ema, manifest: m, data_dir } = open(&a)?;
     if let Some(why) = infer::dataset_mismatch(&ck.model, &m) {
@@ -208,7 +208,12 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 /// weights being sampled, a dataset's tokenizer or manifest): only an earlier `--bits` output, whose
 /// metadata says `infinity_sample`, is overwritten.
 fn refuse_to_overwrite(bits: &Path, grid: &Path) -> Result<()> {
-    let same = |a: &Path, b: &Path| std::path::absolute(a).ok() == std::path::absolute(b).ok();
+    // (their folders exist: each named from the root, links and `..` resolved)
+    let full = |p: &Path| -> Option<PathBuf> {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    let same = |a: &Path, b: &Path| full(a).is_some() && full(a) == full(b);
     ensure!(!same(bits, grid), "--bits {} and -o name the same file", bits.display());
     if !bits.exists() {
         return Ok(());

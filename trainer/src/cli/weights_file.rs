@@ -28,6 +28,12 @@ impl WeightsFileArgs {
     pub fn check(&self, path: &Path) -> Result<()> {
         if self.config.is_none() && !self.set.is_empty() {
             let sets = self.set.join(" --set ");
+            if !path.exists() {
+                bail!(
+                    "{}: no such file or folder (and --set {sets} changes a --config, which is missing)",
+                    path.display()
+                );
+            }
             if let Some(e) = checkpoint::needs_config(path)? {
                 bail!("--set {sets} changes a --config, which is missing: {e}");
             }

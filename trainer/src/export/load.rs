@@ -29,6 +29,8 @@ pub struct LoadedExport {
     pub source: String,
     /// config.json's `source`, as written.
     pub source_record: Value,
+    /// config.json's `dtype` (`float32`, `bfloat16`).
+    pub dtype: String,
     /// The dataset's manifest as config.json's `data` section records it (no shards), and the folder
     /// that holds its tokenizer file: the export folder when the file was copied beside the weights.
     /// `None` when the dataset was not at hand at export.
@@ -59,7 +61,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?,
         None => bail!(
             "{}: no `model` section (written by exports since 2026-12-02; this {EXPORT_FORMAT} is older): sample \
-             the checkpoint it came from ({}) or export it again",
+             the checkpoint it came from ({}), or export that checkpoint again",
             cfg_path.display(),
             export.source
         ),
@@ -119,6 +121,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         ema,
         source: export.source,
         source_record: field("/source")?,
+        dtype: config["dtype"].as_str().unwrap_or("float32").to_string(),
         dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
     })
 }

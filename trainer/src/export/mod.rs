@@ -67,11 +67,12 @@ pub struct ExportOptions {
     pub from_export: Option<FromExport>,
 }
 
-/// An export exported again: its folder, its config.json's `source` (kept, with the folder added as
-/// `source.export`), and the dataset description of its `data` section with the folder holding its
-/// tokenizer (none where it has none).
+/// An export exported again: its folder and dtype, its config.json's `source` (kept, the folder and
+/// dtype appended to `source.exports`), and the dataset description of its `data` section with the
+/// folder holding its tokenizer (none where it has none).
 pub struct FromExport {
     pub dir: PathBuf,
+    pub dtype: String,
     pub source: Value,
     pub dataset: Option<(Manifest, PathBuf)>,
 }
@@ -103,13 +104,13 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         );
     }
     refuse_a_run_or_dataset(folder)?;
+    if let Some(from) = opts.from_export.as_ref().filter(|f| resolved(&f.dir) == resolved(folder)) {
+        bail!("-o {}: the export being read ({}); export into another folder", out.display(), from.dir.display());
+    }
     if ck.step.is_none() && opts.from_export.is_none() {
         refuse_the_source(&ck.dir, out, folder)?;
     }
     refuse_another_export(folder, file)?;
-    if let Some(from) = opts.from_export.as_ref().filter(|f| resolved(&f.dir) == resolved(folder)) {
-        bail!("-o {}: the export being read ({}); export into another folder", out.display(), from.dir.display());
-    }
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
     // the weights, so the export decodes without the dataset. Found before anything is written, so a
@@ -132,6 +133,14 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             }
         },
         Err(e) if opts.data.is_some() => return Err(e).with_context(|| format!("--data {}", data_dir.display())),
+        Err(_) if opts.from_export.is_some() => {
+            warnings.push(
+                "the export being read has no data section (its dataset was not at hand): neither has this one, \
+                 and no tokenizer is copied; pass --data DIR"
+                    .into(),
+            );
+            None
+        }
         Err(e) => {
             warnings.push(format!(
                 "the training dataset is not at hand ({e:#}): config.json has no schedules and no tokenizer is \
@@ -214,9 +223,17 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         source["ema_decay"] = json!(ck.ema_decay);
     }
     if let Some(from) = &opts.from_export {
-        // what the export came from, as it says, and the export itself
+        // what the export came from, as it says, and the exports between, each with its dtype
         source = from.source.clone();
-        source["export"] = json!(resolved(&from.dir));
+        let mut exports = source["exports"].as_array().cloned().unwrap_or_default();
+        exports.push(json!({ "dir": resolved(&from.dir), "dtype": from.dtype }));
+        source["exports"] = json!(exports);
+        if from.dtype == "bfloat16" && opts.dtype == SaveDtype::F32 {
+            warnings.push(format!(
+                "{} holds bfloat16 weights: the float32 export holds their values widened, not the trained ones",
+                from.dir.display()
+            ));
+        }
     }
     let config = json!({
         "format": EXPORT_FORMAT,
@@ -351,10 +368,13 @@ pub struct ExportFolder {
 impl ExportFolder {
     /// How to get the moving average where this export holds the trained weights.
     pub fn ema_advice(&self) -> String {
+        let pytorch = |f: &str| [".pth", ".pt", ".bin", ".ckpt"].iter().any(|e| f.ends_with(e));
         match &self.weights_file {
-            Some(file) => format!(
-                "export {file} again with --config and --ema (of such files, upstream's training checkpoint keeps one)"
+            Some(file) if pytorch(file) => format!(
+                "export {file} again with --config and --ema, where it is upstream's training checkpoint (which \
+                 keeps one as trainer.gpt_ema_fsdp)"
             ),
+            Some(file) => format!("it came from {file}, which holds one set of weights: there is no average to take"),
             None => format!("export the checkpoint ({}) with --ema", self.source),
         }
     }

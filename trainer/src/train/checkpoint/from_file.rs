@@ -12,7 +12,7 @@ use infinity_data::Manifest;
 
 use super::load::{export_holding, moving_average_of, weights_file, CheckpointModel};
 use super::{DONE, STATE_FILE};
-use crate::export::read_export;
+use crate::export::{read_export, EXPORT_FORMAT, SHARD_INDEX};
 use crate::model::io::load_state_dict;
 use crate::model::weight_shards::{index_in, is_index};
 use crate::model::{torch_file, Conditioning, Layout, ModelConfig};
@@ -74,11 +74,16 @@ pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<Check
 /// folder without an index of weight files.
 fn check_source(path: &Path) -> Result<()> {
     if let Some((holder, folder)) = model_holder(path) {
+        // (a checkpoint's average is its --ema)
+        let ema = if path.file_name().is_some_and(|n| n == super::EMA_FILE) { " with --ema" } else { "" };
         bail!(
-            "{}: {holder}, which records its model: give {} without --config (and --set)",
+            "{}: {holder}, which records its model: give {}{ema} without --config (and --set)",
             path.display(),
             folder.display()
         );
+    }
+    if let Some(why) = broken_export(path) {
+        bail!("{why}");
     }
     if !path.exists() {
         bail!("{}: no such weights file or folder", path.display());
@@ -145,7 +150,12 @@ fn described(part: &ModelPart, model: &ModelConfig) -> String {
     format!(
         "the model built: depth {}, width {}, {} heads, mlp_ratio {} (model.preset {} with the config's settings); \
          from the dataset: d {}, {condition}",
-        model.depth, model.embed_dim, model.num_heads, model.mlp_ratio, part.model.preset, model.d
+        model.depth,
+        model.embed_dim,
+        model.num_heads,
+        model.mlp_ratio,
+        part.model.preset,
+        model.d_vae()
     )
 }
 
@@ -168,12 +178,18 @@ fn model_holder(path: &Path) -> Option<(&'static str, PathBuf)> {
     }
 }
 
-/// The checkpoint folder `file` lies in, or the export folder whose weights it is (links followed):
-/// `("export" | "checkpoint", folder)`. (Other files beside an export's are files of their own.)
+/// The checkpoint folder `file` lies in, or the export folder whose weights, index or config.json it
+/// is (links followed): `("export" | "checkpoint", folder)`. (Other files beside an export's are files
+/// of their own.)
 pub(super) fn folder_holding(file: &Path) -> Option<(&'static str, PathBuf)> {
     let file = file.canonicalize().ok()?;
     let parent = file.parent()?;
-    match (export_holding(&file).is_some(), parent.join(DONE).is_file()) {
+    let exports = || {
+        let own = file.file_name().is_some_and(|n| n == SHARD_INDEX || n == "config.json");
+        export_holding(&file).is_some() || (own && read_export(parent).is_some())
+    };
+    let checkpoint = parent.join(DONE).is_file() || parent.join(STATE_FILE).is_file();
+    match (exports(), checkpoint) {
         (true, _) => Some(("export", parent.to_path_buf())),
         (false, true) => Some(("checkpoint", parent.to_path_buf())),
         (false, false) => None,
@@ -191,10 +207,26 @@ fn looks_like_weights(file: &Path) -> bool {
     is_index(file) || safetensors || torch_file::is_zip(head) || torch_file::is_legacy(head)
 }
 
+/// Where `path` is an export folder whose weights file is gone (its config.json says it is an export,
+/// so it is no folder of bare weights): the error saying so.
+fn broken_export(path: &Path) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("config.json")).ok()?).ok()?;
+    (config["format"] == EXPORT_FORMAT && read_export(path).is_none()).then(|| {
+        format!(
+            "{}: an `infinity export` folder whose weights file ({}) is missing: export again into it",
+            path.display(),
+            config["weights"].as_str().unwrap_or("model.safetensors")
+        )
+    })
+}
+
 /// Where `path` is a weights file (or a folder of files with an index) given without `--config`: the
 /// error saying what to add. `None` for anything else (a checkpoint, run or export folder, a file inside
 /// one, or a file of another kind, which [`super::resolve`] names).
 pub fn needs_config(path: &Path) -> Result<Option<anyhow::Error>> {
+    if let Some(why) = broken_export(path) {
+        return Ok(Some(anyhow!(why)));
+    }
     let bare = match path.is_file() {
         true => folder_holding(path).is_none() && looks_like_weights(path),
         false => model_holder(path).is_none() && index_in(path)?.is_some(),
