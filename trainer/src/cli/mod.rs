@@ -40,7 +40,7 @@ enum Command {
     Comm(comm::CommCommand),
     /// Sample images (or bits) from a checkpoint, an export or a weights file, with classifier-free guidance.
     Sample(sample::SampleArgs),
-    /// Export inference weights (upstream names, f32 or bf16) and a config.json, from a checkpoint, an export or a weights file.
+    /// Export inference weights (upstream names, f32 or bf16) and config.json, of a checkpoint, export or weights file.
     Export(export::ExportArgs),
     /// Expand a sweep (base config × axes) into runs and run them, print them, or write a SLURM array.
     Sweep(sweep::SweepArgs),
