@@ -148,6 +148,11 @@ fn what_a_weights_file_cannot_give_is_named() {
     assert!(e.contains("give --config"), "{e}");
     let e = sample_err(file_s, &["--config", cfg_s]);
     assert!(e.contains("no data.dir: pass --data"), "{e}");
+    // what a run alone reads is not checked: a fine-tune's config whose model.init_from is gone still
+    // shapes its model
+    let (bits, grid) = (tmp.path().join("b0.safetensors"), tmp.path().join("g0.png"));
+    let gone = ["--set", "model.init_from=/nonexistent/weights.pth", "--bits", path_str(&bits)];
+    assert!(infinity(&[&["sample", file_s][..], &with, &gone, &cap, &["-o", path_str(&grid)]].concat()));
     let e = sample_err(path_str(&tmp.path().join("nope.pth")), &with);
     assert!(e.contains("nope.pth: no such weights file or folder"), "{e}");
     let e = sample_err(file_s, &["--config", path_str(tmp.path()), "--data", data_s]);
