@@ -286,9 +286,7 @@ fn a_token_budget_counts_each_phase_at_its_own_tokens() {
     let manifests: Vec<infinity_data::Manifest> =
         [&a, &b].iter().map(|d| infinity_data::Manifest::load(d).unwrap()).collect();
     let m = &manifests[0];
-    let num_classes = m.conditions.class.as_ref().map(|c| c.num_classes as usize);
-    let text = m.conditions.text.as_ref().map(|t| (t.width as usize, t.max_tokens as usize));
-    let mc = run.config.model_config(m.d as usize, num_classes, text).unwrap();
+    let mc = run.config.model_for(m).unwrap();
     let mix = TokenMix::of_mix(&mc, &manifests.iter().collect::<Vec<_>>(), &run.config).unwrap();
     let recorded = mix.mean_tokens * run.config.data.global_batch as f64 * 25.0;
     assert!((recorded - run.tokens).abs() <= 1e-9 * recorded, "{recorded} {}", run.tokens);

@@ -50,9 +50,9 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
     // an export exported again (another dtype or chunking) keeps what it came from and its dataset's
     // description
+    a.weights.check(&a.ckpt)?;
     let (ck, from_export, ema) = match (read_export(&a.ckpt), &a.weights.config) {
         (Some(_), None) => {
-            a.weights.check(&a.ckpt)?;
             let e = load_export(&a.ckpt, a.ema)?;
             console!("{}: an export of {}", a.ckpt.display(), e.source);
             let from = FromExport { dir: a.ckpt.clone(), dtype: e.dtype, source: e.source_record, dataset: e.dataset };

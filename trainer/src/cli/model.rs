@@ -296,7 +296,7 @@ mod tests {
         // the CPU demo: the tiny preset, class-conditioned
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml");
         let cfg = crate::train::config::TrainConfig::load(&demo, &[]).unwrap();
-        let run = cfg.model_config(16, Some(24), None).unwrap();
+        let run = cfg.model.model_config(16, Some(24), None).unwrap();
         let count = |c| crate::model::Layout::new(c).numel;
         assert_eq!(count(&info), count(&run));
         assert_ne!(

@@ -46,9 +46,8 @@ impl WeightsFileArgs {
     }
 
     /// The model of `path`: a bare weights file shaped by `--config`, else a checkpoint or run folder;
-    /// `data` is `--data`.
+    /// `data` is `--data` (the caller has [`WeightsFileArgs::check`]ed `path` first).
     pub fn load(&self, path: &Path, data: Option<&Path>, ema: bool) -> Result<CheckpointModel> {
-        self.check(path)?;
         match &self.config {
             Some(config) => {
                 let spec = ModelSpec { config, overrides: &self.set, data };

@@ -703,15 +703,4 @@ impl TrainConfig {
     pub fn model_for(&self, m: &infinity_data::Manifest) -> Result<ModelConfig> {
         self.model.model_for(m)
     }
-
-    /// The model for a dataset with `d` bits per token and the given conditions
-    /// ([`ModelSection::model_config`]).
-    pub fn model_config(
-        &self,
-        d: usize,
-        num_classes: Option<usize>,
-        text: Option<(usize, usize)>,
-    ) -> Result<ModelConfig> {
-        self.model.model_config(d, num_classes, text)
-    }
 }
