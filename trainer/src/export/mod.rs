@@ -209,32 +209,38 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             mc.text_channels
         ));
     }
-    let mut source = json!({
-        "weights": if opts.ema { "ema" } else { "trained" },
-        // the run's arithmetic (`run.precision`): what the weights were trained and sampled in
-        "precision": ck.precision,
-    });
-    match ck.step {
-        Some(step) => (source["checkpoint"], source["step"]) = (json!(resolved(&ck.dir)), json!(step)),
-        // a bare weights file (`--config`): its step is not known
-        None => (source["weights_file"], source["step"]) = (json!(resolved(&ck.dir)), Value::Null),
-    }
-    if opts.ema {
-        source["ema_decay"] = json!(ck.ema_decay);
-    }
-    if let Some(from) = &opts.from_export {
+    let source = match &opts.from_export {
         // what the export came from, as it says, and the exports between, each with its dtype
-        source = from.source.clone();
-        let mut exports = source["exports"].as_array().cloned().unwrap_or_default();
-        exports.push(json!({ "dir": resolved(&from.dir), "dtype": from.dtype }));
-        source["exports"] = json!(exports);
-        if from.dtype == "bfloat16" && opts.dtype == SaveDtype::F32 {
-            warnings.push(format!(
-                "{} holds bfloat16 weights: the float32 export holds their values widened, not the trained ones",
-                from.dir.display()
-            ));
+        Some(from) => {
+            let mut source = from.source.clone();
+            let mut exports = source["exports"].as_array().cloned().unwrap_or_default();
+            exports.push(json!({ "dir": resolved(&from.dir), "dtype": from.dtype }));
+            source["exports"] = json!(exports);
+            if from.dtype == "bfloat16" && opts.dtype == SaveDtype::F32 {
+                warnings.push(format!(
+                    "{} holds bfloat16 weights: the float32 export holds their values widened, not the trained ones",
+                    from.dir.display()
+                ));
+            }
+            source
         }
-    }
+        None => {
+            let mut source = json!({
+                "weights": if opts.ema { "ema" } else { "trained" },
+                // the run's arithmetic (`run.precision`): what the weights were trained and sampled in
+                "precision": ck.precision,
+            });
+            match ck.step {
+                Some(step) => (source["checkpoint"], source["step"]) = (json!(resolved(&ck.dir)), json!(step)),
+                // a bare weights file (`--config`): its step is not known
+                None => (source["weights_file"], source["step"]) = (json!(resolved(&ck.dir)), Value::Null),
+            }
+            if opts.ema {
+                source["ema_decay"] = json!(ck.ema_decay);
+            }
+            source
+        }
+    };
     let config = json!({
         "format": EXPORT_FORMAT,
         "version": 1,
