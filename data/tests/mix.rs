@@ -121,6 +121,13 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
         ) && e.contains("data.mix"),
         "{e}"
     );
+    // (one dataset's global batch may change at a resume, a mix's not: its shares are whole batches)
+    let g12 = LoaderOptions { global_batch: 12, ..opts(0, 1, 0, Some(vec![1.0, 1.0])) };
+    let e = Loader::new(ds.clone(), g12, Some(s.clone())).err().unwrap().to_string();
+    assert!(
+        e.contains("data.global_batch, which a mix of datasets cannot change at a resume, 8, this run has 12"),
+        "{e}"
+    );
     // the same shares, rescaled: the same samples
     let mut l = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![2.0, 2.0])), Some(s.clone())).unwrap();
     l.next_batch().unwrap();

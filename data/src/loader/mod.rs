@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod mix;
 pub mod plan;
+pub mod sizes;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::Batch;
 pub use plan::EpochPlan;
+pub use sizes::EarlierSize;
 
 use crate::dataset::{parts_buckets_fingerprint, Dataset};
 use crate::error::{DataError, Result};
@@ -94,6 +96,9 @@ pub struct LoaderState {
     /// For a mix of several datasets, how it draws them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixState>,
+    /// The global batch sizes before `global_batch`, where a resume changed it ([`sizes`]), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_sizes: Vec<EarlierSize>,
 }
 
 /// A mix's part of the position: each dataset's global batches per mixed epoch ([`mix::quotas`]) and
@@ -215,9 +220,13 @@ impl LoaderState {
                 manifest.fingerprint()
             )));
         }
-        if self.global_batch != global_batch {
-            return mismatch("data.global_batch", self.global_batch.to_string(), global_batch.to_string());
+        // (one dataset's may change: the rest of its epoch is cut at the new size, `sizes`; a mix's
+        // shares are whole batches of each dataset per mixed epoch, which change with the size)
+        if self.global_batch != global_batch && self.mix.is_some() {
+            let what = "data.global_batch, which a mix of datasets cannot change at a resume,";
+            return mismatch(what, self.global_batch.to_string(), global_batch.to_string());
         }
+        self.check_sizes()?;
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
         }
@@ -231,6 +240,38 @@ impl LoaderState {
             );
         }
         Ok(())
+    }
+
+    /// An error unless the earlier sizes are positive and end in order, after batch 0 and by the
+    /// batches done (a position edited by hand, or damaged).
+    fn check_sizes(&self) -> Result<()> {
+        let mut after = 0;
+        for (k, e) in self.earlier_sizes.iter().enumerate() {
+            if e.global_batch == 0 || e.until <= after || e.until > self.batches_done {
+                return Err(DataError::Config(format!(
+                    "the saved position's earlier_sizes[{k}] (global_batch {}, until {}) must be a size above 0 that \
+                     ends after the one before ({after}) and by the batches done ({})",
+                    e.global_batch, e.until, self.batches_done
+                )));
+            }
+            after = e.until;
+        }
+        Ok(())
+    }
+
+    /// This position continued at global batch size `global_batch` from here on ([`sizes`]): the size
+    /// it was at becomes an earlier one, unless it drew nothing (then it is dropped, and a size equal to
+    /// the one before joins it: changing the size back before a step changes nothing).
+    pub fn resized(&self, global_batch: usize) -> LoaderState {
+        let mut s = self.clone();
+        let start = s.earlier_sizes.last().map_or(0, |e| e.until);
+        if s.batches_done > start {
+            s.earlier_sizes.push(EarlierSize { global_batch: s.global_batch, until: s.batches_done });
+        } else if s.earlier_sizes.last().is_some_and(|e| e.global_batch == global_batch) {
+            s.earlier_sizes.pop();
+        }
+        s.global_batch = global_batch;
+        s
     }
 
     /// This position moved to `ds` where that is not the dataset it was read from (a shard mended
@@ -300,33 +341,39 @@ pub fn mix_state(
     Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec), phases: states }))
 }
 
-/// Shared cache of the last few epoch plans (workers may straddle an epoch boundary).
+/// A part's stream, with a shared cache of its last few epoch plans (workers may straddle an epoch
+/// boundary).
 struct Plans {
     /// The part's global row ids per bucket.
     rows_by_bucket: Vec<Vec<u64>>,
-    /// Global batches of one epoch of the part.
-    per_epoch: u64,
     seed: u64,
-    global_batch: usize,
+    /// The stream at each global batch size it had ([`sizes`]; one, but for a resized dataset).
+    segments: Vec<sizes::Segment>,
     /// The rank whose part of each global batch the plans keep, of `world_size`.
     rank: usize,
     world_size: usize,
-    cache: Mutex<VecDeque<Arc<EpochPlan>>>,
+    /// Each by (segment, epoch).
+    cache: Mutex<VecDeque<(usize, Arc<EpochPlan>)>>,
 }
 
 impl Plans {
-    fn get(&self, epoch: u64) -> Arc<EpochPlan> {
+    /// The plan holding the part's batch `i` (counted over its whole stream), and where in it.
+    fn get(&self, i: u64) -> (Arc<EpochPlan>, usize) {
+        let at = sizes::locate(&self.segments, i);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.iter().find(|p| p.epoch == epoch) {
-            return p.clone();
+        if let Some((_, p)) = cache.iter().find(|(s, p)| (*s, p.epoch) == (at.segment, at.epoch)) {
+            return (p.clone(), at.index as usize);
         }
+        let seg = &self.segments[at.segment];
+        let cuts = if at.after_cuts { &seg.cuts[..] } else { &[] };
         let part = (self.rank, self.world_size);
-        let p = Arc::new(EpochPlan::new(&self.rows_by_bucket, self.seed, epoch, self.global_batch, part));
+        let p =
+            Arc::new(EpochPlan::after_cuts(&self.rows_by_bucket, self.seed, at.epoch, cuts, seg.global_batch, part));
         if cache.len() >= 3 {
             cache.pop_front();
         }
-        cache.push_back(p.clone());
-        p
+        cache.push_back((at.segment, p.clone()));
+        (p, at.index as usize)
     }
 }
 
@@ -343,10 +390,11 @@ struct Shared {
 impl Shared {
     /// Read absolute global batch `a` (this rank's slice).
     fn read(&self, a: u64) -> Result<Batch> {
-        let (p, i, epoch) = self.mix.source(a);
-        let part = &self.parts[p];
-        let plan = part.get(i / part.per_epoch);
-        let (bucket, rows) = plan.rank_slice((i % part.per_epoch) as usize);
+        let (p, i, mixed_epoch) = self.mix.source(a);
+        let (plan, k) = self.parts[p].get(i);
+        let (bucket, rows) = plan.rank_slice(k);
+        // (one dataset's epochs are its own: their lengths change with the size)
+        let epoch = if self.parts.len() == 1 { plan.epoch } else { mixed_epoch };
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
         b.global_index = a;
@@ -380,22 +428,10 @@ impl Loader {
                 "loader: global batch {g} must be a positive multiple of world size {w}, and rank {rank} < {w}"
             )));
         }
-        let parts: Vec<Plans> = (0..ds.parts().len())
-            .map(|p| {
-                let rows_by_bucket = ds.part_rows_by_bucket(p);
-                Plans {
-                    per_epoch: EpochPlan::batches_per_epoch(&rows_by_bucket, g),
-                    rows_by_bucket,
-                    seed: mix::part_seed(opts.seed, p),
-                    global_batch: g,
-                    rank,
-                    world_size: w,
-                    cache: Mutex::new(VecDeque::new()),
-                }
-            })
-            .collect();
-        if parts.iter().all(|p| p.per_epoch == 0) {
-            let largest = parts.iter().flat_map(|p| p.rows_by_bucket.iter().map(Vec::len)).max().unwrap_or(0);
+        let part_rows: Vec<Vec<Vec<u64>>> = (0..ds.parts().len()).map(|p| ds.part_rows_by_bucket(p)).collect();
+        let per_epoch: Vec<u64> = part_rows.iter().map(|rows| EpochPlan::batches_per_epoch(rows, g)).collect();
+        if per_epoch.iter().all(|&n| n == 0) {
+            let largest = part_rows.iter().flat_map(|p| p.iter().map(Vec::len)).max().unwrap_or(0);
             return Err(DataError::Config(format!(
                 "loader: {}: no bucket has a full global batch of {g} rows (largest bucket: {largest} rows)",
                 ds.parts().iter().map(|p| p.dir.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -404,22 +440,47 @@ impl Loader {
         // (one dataset: its own epoch; a mix: its datasets' shares, as the position records them)
         let mixed = mix_state(&ds, g, opts.mix_weights.as_deref(), &opts.mix_phases)?;
         let phases: Vec<(u64, Vec<u64>)> = match &mixed {
-            None => vec![(0, vec![parts[0].per_epoch])],
+            None => vec![(0, vec![per_epoch[0]])],
             Some(m) => std::iter::once((0, m.batches_per_epoch.clone()))
                 .chain(m.phases.iter().map(|p| (p.from, p.batches_per_epoch.clone())))
                 .collect(),
         };
-        let part_rows: Vec<&[Vec<u64>]> = parts.iter().map(|p| &p.rows_by_bucket[..]).collect();
-        let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&part_rows)));
+        let rows_of: Vec<&[Vec<u64>]> = part_rows.iter().map(|p| &p[..]).collect();
+        let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&rows_of)));
         let state = match resume {
-            None => LoaderState { seed: opts.seed, global_batch: g, batches_done: 0, dataset, buckets, mix: mixed },
+            None => {
+                let earlier_sizes = Vec::new();
+                LoaderState {
+                    seed: opts.seed,
+                    global_batch: g,
+                    batches_done: 0,
+                    dataset,
+                    buckets,
+                    mix: mixed,
+                    earlier_sizes,
+                }
+            }
             Some(mut s) => {
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
                 (s.dataset, s.buckets, s.mix) = (dataset, buckets, mixed);
+                if s.global_batch != g {
+                    s = s.resized(g);
+                }
                 s
             }
         };
+        let parts: Vec<Plans> = part_rows
+            .into_iter()
+            .enumerate()
+            .map(|(p, rows_by_bucket)| {
+                let seed = mix::part_seed(opts.seed, p);
+                let counts: Vec<usize> = rows_by_bucket.iter().map(Vec::len).collect();
+                let segments = sizes::segments(&counts, seed, &state.earlier_sizes, g);
+                let cache = Mutex::new(VecDeque::new());
+                Plans { rows_by_bucket, seed, segments, rank, world_size: w, cache }
+            })
+            .collect();
         let shared = Arc::new(Shared {
             ds,
             parts,
@@ -472,7 +533,8 @@ impl Loader {
 
     /// Rows per epoch of each part that do not fill a global batch of their bucket.
     pub fn rows_left_over_per_epoch(&self) -> u64 {
-        self.shared.parts.iter().map(|p| EpochPlan::rows_left_over(&p.rows_by_bucket, self.state.global_batch)).sum()
+        let g = self.state.global_batch;
+        self.shared.parts.iter().map(|p| EpochPlan::rows_left_over(&p.rows_by_bucket, g)).sum()
     }
 
     pub fn dataset(&self) -> &Dataset {

@@ -8,6 +8,10 @@
 //!
 //! Nothing here depends on the world size: rank `r` of `W` takes rows `[r·G/W, (r+1)·G/W)` of every global
 //! batch, so changing `W` between runs changes who reads a row, never which rows form a step.
+//!
+//! An epoch in which a resume changed `G` ([`super::sizes`]) is cut again: each bucket's rows in the
+//! same shuffled order, less the global batches drawn before the change ([`Cut`]), are cut into batches
+//! of the new size, and those batches are shuffled with a stream keyed by (seed, epoch, cuts made).
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -31,6 +35,69 @@ fn mix64(mut z: u64) -> u64 {
 /// Key separating the batch-order stream from the per-bucket streams.
 const ORDER_STREAM: u64 = u64::MAX;
 
+/// The global batches an epoch drew at one size before a resume changed the size: which chunks of
+/// each bucket's shuffled rows (cut at `global_batch`) were drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cut {
+    pub global_batch: usize,
+    /// By bucket, the chunks drawn, increasing.
+    pub drawn: Vec<Vec<u32>>,
+}
+
+impl Cut {
+    /// The cut of the first `drawn` batches of `order` (an epoch's `(bucket, chunk)` batches at
+    /// `global_batch`) over `buckets` buckets.
+    pub fn of(order: &[(u16, u32)], drawn: usize, global_batch: usize, buckets: usize) -> Cut {
+        let mut by_bucket = vec![Vec::new(); buckets];
+        for &(b, c) in &order[..drawn] {
+            by_bucket[b as usize].push(c);
+        }
+        by_bucket.iter_mut().for_each(|d| d.sort_unstable());
+        Cut { global_batch, drawn: by_bucket }
+    }
+
+    /// Bucket `b`'s rows the cut left undrawn, in their order (`rows`: the bucket's rows before it).
+    fn undrawn(&self, b: usize, rows: Vec<u64>) -> Vec<u64> {
+        let drawn = &self.drawn[b];
+        if drawn.is_empty() {
+            return rows;
+        }
+        let g = self.global_batch;
+        let mut kept = Vec::with_capacity(rows.len() - drawn.len() * g);
+        for (c, chunk) in rows.chunks(g).enumerate() {
+            if chunk.len() < g || drawn.binary_search(&(c as u32)).is_err() {
+                kept.extend_from_slice(chunk);
+            }
+        }
+        kept
+    }
+}
+
+/// Rows of each bucket (of `counts` rows) left undrawn by `cuts`, one after the other.
+pub fn undrawn_counts(counts: &[usize], cuts: &[Cut]) -> Vec<usize> {
+    let mut left = counts.to_vec();
+    for cut in cuts {
+        for (n, d) in left.iter_mut().zip(&cut.drawn) {
+            *n -= d.len() * cut.global_batch;
+        }
+    }
+    left
+}
+
+/// The order of an epoch's global batches: every bucket (of `counts` rows) cut into `global_batch`
+/// chunks, shuffled keyed by (seed, epoch), and by the number of cuts made before (none: as an epoch
+/// at one size has always been drawn).
+pub fn batch_order(counts: &[usize], global_batch: usize, seed: u64, epoch: u64, cuts: usize) -> Vec<(u16, u32)> {
+    let mut order: Vec<(u16, u32)> =
+        counts.iter().enumerate().flat_map(|(b, n)| (0..n / global_batch).map(move |c| (b as u16, c as u32))).collect();
+    let mut rng = match cuts {
+        0 => keyed_rng(seed, &[epoch, ORDER_STREAM]),
+        k => keyed_rng(seed, &[epoch, ORDER_STREAM, k as u64]),
+    };
+    order.shuffle(&mut rng);
+    order
+}
+
 pub struct EpochPlan {
     pub epoch: u64,
     /// Rows of a global batch that one rank reads: `G / W`.
@@ -52,20 +119,34 @@ impl EpochPlan {
         global_batch: usize,
         (rank, world): (usize, usize),
     ) -> EpochPlan {
+        EpochPlan::after_cuts(rows_by_bucket, seed, epoch, &[], global_batch, (rank, world))
+    }
+
+    /// The plan of the rest of `epoch` after `cuts` (the batches drawn at earlier sizes), cut at
+    /// `global_batch`, as rank `rank` of `world` reads it.
+    pub fn after_cuts(
+        rows_by_bucket: &[Vec<u64>],
+        seed: u64,
+        epoch: u64,
+        cuts: &[Cut],
+        global_batch: usize,
+        (rank, world): (usize, usize),
+    ) -> EpochPlan {
         assert!(global_batch > 0 && world > 0 && global_batch.is_multiple_of(world) && rank < world);
         let per_rank = global_batch / world;
         let mut rows = Vec::with_capacity(rows_by_bucket.len());
-        let mut order = Vec::new();
+        let mut counts = Vec::with_capacity(rows_by_bucket.len());
         for (b, bucket_rows) in rows_by_bucket.iter().enumerate() {
             // (the whole bucket shuffled, one bucket at a time: every rank draws the same permutation)
             let mut perm = bucket_rows.clone();
             perm.shuffle(&mut keyed_rng(seed, &[epoch, b as u64]));
+            let perm = cuts.iter().fold(perm, |perm, cut| cut.undrawn(b, perm));
             let chunks = perm.len() / global_batch;
-            order.extend((0..chunks).map(|c| (b as u16, c as u32)));
+            counts.push(perm.len());
             let at = |c: usize| c * global_batch + rank * per_rank;
             rows.push((0..chunks).flat_map(|c| perm[at(c)..at(c) + per_rank].iter().copied()).collect());
         }
-        order.shuffle(&mut keyed_rng(seed, &[epoch, ORDER_STREAM]));
+        let order = batch_order(&counts, global_batch, seed, epoch, cuts.len());
         EpochPlan { epoch, per_rank, rows, order }
     }
 

@@ -2,12 +2,14 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 
 use half::f16;
 use infinity_data::format::{self, BIT_ORDER, FORMAT_NAME, FORMAT_VERSION};
+use infinity_data::loader::{Batch, Loader, LoaderState};
 use infinity_data::manifest::{ClassInfo, Conditions, LatentInfo, Manifest, TextDtype, TextInfo, TokenizerInfo};
 use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
-use infinity_data::Catalog;
+use infinity_data::{Catalog, Checksums, Dataset};
 use rand::{Rng, SeedableRng};
 
 pub const D: usize = 12; // not a multiple of 8: exercises the padding bits
@@ -111,4 +113,41 @@ pub fn write_random_from(dir: &Path, n: u64, seed: u64, first_id: u64) -> (Vec<R
     }
     let m = w.finish().unwrap();
     (rows, m)
+}
+
+/// A dataset of `n` random rows (ids from 1000) in a temporary folder.
+pub fn open(n: u64) -> (tempfile::TempDir, Arc<Dataset>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(dir.path(), n, 7);
+    let ds = Arc::new(Dataset::open(dir.path(), Checksums::Verify).unwrap());
+    (dir, ds)
+}
+
+/// [`loader_options`] of one dataset.
+pub fn opts(g: usize, rank: usize, world: usize, workers: usize) -> infinity_data::loader::LoaderOptions {
+    loader_options(g, (rank, world), workers, None)
+}
+
+/// The ids of `steps` global batches read by all ranks of `world` (rank slices concatenated in rank
+/// order), continuing from `state`; returns them with the state afterwards.
+pub fn run_world(
+    ds: &Arc<Dataset>,
+    g: usize,
+    world: usize,
+    workers: usize,
+    state: Option<LoaderState>,
+    steps: usize,
+) -> (Vec<Vec<u64>>, LoaderState) {
+    let mut loaders: Vec<Loader> =
+        (0..world).map(|r| Loader::new(ds.clone(), opts(g, r, world, workers), state.clone()).unwrap()).collect();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let parts: Vec<Batch> = loaders.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+        assert!(parts.iter().all(|p| p.bucket == parts[0].bucket && p.global_index == parts[0].global_index));
+        assert!(parts.iter().all(|p| p.len() == g / world), "every rank gets an equal slice");
+        out.push(parts.iter().flat_map(|p| p.ids.clone()).collect());
+    }
+    let states: Vec<LoaderState> = loaders.iter().map(Loader::state).collect();
+    assert!(states.iter().all(|s| s == &states[0]), "ranks agree on the position");
+    (out, states[0].clone())
 }

@@ -157,6 +157,22 @@ fn smoothed_train(curve: &[(u64, f64)], steps: u64) -> Option<f64> {
     mean(&tail(&curve[..upto]).into_iter().filter(|l| l.is_finite()).collect::<Vec<_>>())
 }
 
+/// `derived.json`'s per-step mean `key` summed over the first `steps` steps: at each global batch size
+/// the run had, where a resume changed it (`global_batch_sizes`, each from its `from_step`), else at
+/// its one size. `None` where a figure is missing.
+fn over_steps(derived: &Value, key: &str, steps: u64) -> Option<f64> {
+    let Some(sizes) = derived["global_batch_sizes"].as_array() else {
+        return Some(derived[key].as_f64()? * steps as f64);
+    };
+    let mut total = 0.0;
+    for (k, size) in sizes.iter().enumerate() {
+        let from = size["from_step"].as_u64()?;
+        let until = sizes.get(k + 1).map_or(Some(steps), |next| next["from_step"].as_u64())?.min(steps);
+        total += until.saturating_sub(from) as f64 * size[key].as_f64()?;
+    }
+    Some(total)
+}
+
 /// Read one run folder (it has `derived.json` and `summary.json`), with notes on what was skipped (a
 /// log's last line cut short). `val_set`: the validation set (`val.sets`) whose loss is the run's
 /// validation loss, instead of `val.dir`'s.
@@ -190,9 +206,11 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         non_embedding_params,
         n: params,
         steps,
-        tokens: num(&derived, "tokens_per_step_mean", "derived.json")? * steps as f64,
+        tokens: over_steps(&derived, "tokens_per_step_mean", steps)
+            .with_context(|| format!("{}: `tokens_per_step_mean` missing in derived.json", dir.display()))?,
         flops_per_step,
-        compute: flops_per_step * steps as f64,
+        compute: over_steps(&derived, "train_flops_per_step_mean", steps)
+            .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?,
         finished: summary["finished"].as_bool().unwrap_or(false),
         diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
@@ -392,6 +410,25 @@ mod tests {
         let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \
                     sweep's `out`)";
         assert!(e.ends_with(want), "{e}");
+    }
+
+    /// A run whose global batch a resume changed counts each size's tokens for its own steps.
+    #[test]
+    fn tokens_and_compute_sum_over_the_global_batch_sizes() {
+        let one = serde_json::json!({ "tokens_per_step_mean": 10.0 });
+        assert_eq!(super::over_steps(&one, "tokens_per_step_mean", 7), Some(70.0));
+        let sizes = serde_json::json!({
+            "tokens_per_step_mean": 40.0,
+            "global_batch_sizes": [
+                { "from_step": 0, "tokens_per_step_mean": 10.0 },
+                { "from_step": 5, "tokens_per_step_mean": 20.0 },
+                { "from_step": 8, "tokens_per_step_mean": 40.0 },
+            ],
+        });
+        assert_eq!(super::over_steps(&sizes, "tokens_per_step_mean", 10), Some(50.0 + 60.0 + 80.0));
+        // (a summary of step 6, written before the last change: the sizes up to it)
+        assert_eq!(super::over_steps(&sizes, "tokens_per_step_mean", 6), Some(50.0 + 20.0));
+        assert_eq!(super::over_steps(&sizes, "train_flops_per_step_mean", 10), None);
     }
 
     #[test]

@@ -103,6 +103,13 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
         c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
+    // (the loader's `sizes`: a mix refuses it, with its own message)
+    for c in changes.iter_mut().filter(|c| c.starts_with("data.global_batch:")) {
+        c.push_str(
+            " (from this step the rest of the epoch's rows are drawn in batches of the new size, each once; the \
+             learning rate follows it where given as optim.lr_per_256, not where given as optim.lr)",
+        );
+    }
     // what a fresh start alone reads: a resume's weights and average are the checkpoint's
     for c in changes.iter_mut().filter(|c| c.starts_with("model.init_from") || c.starts_with("model.init.")) {
         c.push_str(" (no effect on a resume: the weights are the checkpoint's)");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use infinity_data::loader::EarlierSize;
 use infinity_data::Dataset;
 use serde_json::json;
 
@@ -230,12 +231,13 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
 }
 
 /// `derived.json`: the sizes the config implies for the model `mc` of layout `lay`, trained by
-/// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`.
+/// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`, after `earlier` global
+/// batch sizes where a resume changed it.
 pub(super) fn derived_record(
     cfg: &TrainConfig,
     ds: &Dataset,
     (mc, lay): (&ModelConfig, &Layout),
-    mix: &TokenMix,
+    (mix, earlier): (&TokenMix, &[EarlierSize]),
     (accum, micro_batch, world): (usize, usize, usize),
 ) -> serde_json::Value {
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
@@ -254,6 +256,25 @@ pub(super) fn derived_record(
     });
     if ds.parts().len() > 1 {
         record["mix"] = mix_record(cfg, ds, mix);
+    }
+    if !earlier.is_empty() {
+        // (the per-step figures above are the present size's; a run's tokens and compute sum these)
+        let size = |global_batch: usize, from_step: u64, mix: &TokenMix| {
+            json!({
+                "global_batch": global_batch,
+                "from_step": from_step,
+                "tokens_per_step_mean": mix.mean_tokens * global_batch as f64,
+                "train_flops_per_step_mean": mix.mean_flops * global_batch as f64,
+            })
+        };
+        let starts = std::iter::once(0).chain(earlier.iter().map(|e| e.until));
+        let mut sizes: Vec<serde_json::Value> = earlier
+            .iter()
+            .zip(starts.clone())
+            .map(|(e, from)| size(e.global_batch, from, &TokenMix::of(mc, &ds.manifest, e.global_batch)))
+            .collect();
+        sizes.push(size(cfg.data.global_batch, starts.last().unwrap_or(0), mix));
+        record["global_batch_sizes"] = serde_json::Value::Array(sizes);
     }
     if !cfg.data.phases.is_empty() {
         let phases = cfg.data.phases.iter().zip(&mix.phase_quotas).map(|(p, (from, quotas))| {

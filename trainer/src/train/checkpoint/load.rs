@@ -434,6 +434,7 @@ mod tests {
             dataset: "d".into(),
             buckets: None,
             mix: None,
+            earlier_sizes: Vec::new(),
         };
         let state = TrainState { step: 3, ..TrainState::fresh(loader) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };

@@ -1,0 +1,74 @@
+//! A run resumed with another `data.global_batch`: it trains on at the new size from the checkpoint's
+//! step, `--check` says what changes, `derived.json` records each size from its step (so a sweep's
+//! tokens and compute count each at its own), and a resume after the change ends where the run
+//! resumed once does, bit for bit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use infinity_trainer::train::check::check;
+use infinity_trainer::train::config::{MicroBatchSize, TrainConfig};
+use infinity_trainer::train::{latest_checkpoint, train, TrainOptions};
+
+/// [`common::tiny_config`] at global batch `g` (micro-batches of 8) for `steps` steps.
+fn config(data: &Path, run: PathBuf, g: usize, steps: u64) -> TrainConfig {
+    let mut c = common::tiny_config(data, run);
+    (c.data.global_batch, c.data.micro_batch, c.run.steps) = (g, MicroBatchSize::Samples(8), steps);
+    c
+}
+
+fn json(p: PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn a_resume_at_another_global_batch_trains_on_and_resumes_again_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::tiny_dataset(&data, 96);
+    let resume = |dir: PathBuf| TrainOptions { resume: Some(dir), ..Default::default() };
+
+    // 3 steps at 8, then 16 to step 8
+    let once = config(&data, tmp.path().join("once"), 8, 8);
+    train(&once, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let step3 = latest_checkpoint(&once.run.dir).unwrap();
+    assert!(step3.ends_with("step-00000003"), "{}", step3.display());
+    let bigger = config(&data, once.run.dir.clone(), 16, 8);
+    let lines = check(&bigger, 1, Some(&step3), None).unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("data.global_batch: 8 → 16 (from this step the rest of the epoch's rows")),
+        "{lines:?}"
+    );
+    assert_eq!(train(&bigger, &resume(step3.clone())).unwrap().steps, 8);
+
+    // the same, interrupted after step 7 (its newest checkpoint: 6, after the change) and resumed from there
+    let twice = config(&data, tmp.path().join("twice"), 8, 8);
+    train(&twice, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let bigger_twice = config(&data, twice.run.dir.clone(), 16, 8);
+    let at3 = latest_checkpoint(&twice.run.dir).unwrap();
+    train(&bigger_twice, &TrainOptions { resume: Some(at3), stop_after: Some(7), ..Default::default() }).unwrap();
+    let step6 = latest_checkpoint(&twice.run.dir).unwrap();
+    assert!(step6.ends_with("step-00000006"), "{}", step6.display());
+    let state = json(step6.join("state.json"));
+    assert_eq!(state["loader"]["global_batch"], 16);
+    assert_eq!(state["loader"]["earlier_sizes"], serde_json::json!([{ "global_batch": 8, "until": 3 }]));
+    assert_eq!(train(&bigger_twice, &resume(step6)).unwrap().steps, 8);
+    let weights = |run: &Path| std::fs::read(latest_checkpoint(run).unwrap().join("model.safetensors")).unwrap();
+    assert!(weights(&once.run.dir) == weights(&twice.run.dir), "a resume after the change trained other weights");
+
+    // each size from its step; the scaling tables count 3 steps at 8 and 5 at 16
+    let derived = json(once.run.dir.join("derived.json"));
+    let sizes = derived["global_batch_sizes"].as_array().expect("global_batch_sizes").clone();
+    let at = |k: usize, key: &str| sizes[k][key].as_f64().unwrap();
+    assert_eq!(
+        (at(0, "global_batch"), at(0, "from_step"), at(1, "global_batch"), at(1, "from_step")),
+        (8.0, 0.0, 16.0, 3.0)
+    );
+    assert_eq!(derived["tokens_per_step_mean"].as_f64(), Some(at(1, "tokens_per_step_mean")));
+    let (run, _) = infinity_trainer::scaling::read_run(&once.run.dir, None).unwrap();
+    let tokens = 3.0 * at(0, "tokens_per_step_mean") + 5.0 * at(1, "tokens_per_step_mean");
+    assert!((run.tokens - tokens).abs() < 1e-6 * tokens, "{} tokens, expected {tokens}", run.tokens);
+    let compute = 3.0 * at(0, "train_flops_per_step_mean") + 5.0 * at(1, "train_flops_per_step_mean");
+    assert!((run.compute - compute).abs() < 1e-6 * compute, "{} FLOPs, expected {compute}", run.compute);
+}
