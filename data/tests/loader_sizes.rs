@@ -118,14 +118,40 @@ fn a_change_at_an_epoch_boundary_starts_the_epoch_as_the_new_size_does() {
     assert_eq!(ours, fresh);
 }
 
+/// A change that leaves less than a batch of the new size in every bucket of the epoch goes on with the
+/// next epoch, as the new size draws it.
 #[test]
-fn a_damaged_record_of_earlier_sizes_is_refused() {
+fn a_change_that_leaves_no_batch_of_the_new_size_goes_on_with_the_next_epoch() {
+    let (_d, ds) = open(203);
+    let per_epoch = Loader::new(ds.clone(), opts(8, 0, 1, 0), None).unwrap().batches_per_epoch() as usize;
+    // (one batch of 8 left, with each bucket's fewer than 8 left over: under 16 in every bucket)
+    let state = after(&ds, 8, None, per_epoch - 1);
+    let (ours, _) = draw_until(&ds, 16, Some(state), |_, epoch| epoch > 1);
+    assert_eq!(ours[0].0, 1, "the first batch at 16 is of the next epoch");
+    let fresh: Vec<_> = draw_until(&ds, 16, None, |_, epoch| epoch > 1).0.into_iter().filter(|b| b.0 == 1).collect();
+    assert_eq!(ours, fresh);
+}
+
+#[test]
+fn a_damaged_record_of_the_sizes_is_refused() {
     let (_d, ds) = open(64);
     let s = after(&ds, 8, None, 3);
-    for (bad, why) in [((8, 4), "until 4"), ((0, 2), "global_batch 0"), ((8, 0), "until 0")] {
-        let earlier_sizes = vec![EarlierSize { global_batch: bad.0, until: bad.1 }];
-        let damaged = LoaderState { earlier_sizes, ..s.clone() };
-        let e = Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(damaged)).err().unwrap().to_string();
+    let with = |earlier: &[(usize, u64)], g: usize| LoaderState {
+        earlier_sizes: earlier.iter().map(|&(global_batch, until)| EarlierSize { global_batch, until }).collect(),
+        global_batch: g,
+        ..s.clone()
+    };
+    let refusal =
+        |state: LoaderState| Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(state)).err().unwrap().to_string();
+    for (bad, why) in [((16, 4), "until 4"), ((0, 2), "global_batch 0"), ((16, 0), "until 0"), ((8, 2), "the next (8)")]
+    {
+        let e = refusal(with(&[bad], 8));
         assert!(e.contains("earlier_sizes[0]") && e.contains(why) && e.contains("batches done (3)"), "{e}");
+        assert!(e.contains("edited by hand, or damaged"), "{e}");
     }
+    let e = refusal(with(&[], 0));
+    assert!(e.contains("global_batch is 0"), "{e}");
+    // a size the dataset has no batch of
+    let e = refusal(with(&[(1000, 2)], 8));
+    assert!(e.contains("global batches of 1000 rows (earlier_sizes[0])") && e.contains("has no full one"), "{e}");
 }

@@ -128,6 +128,10 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
         e.contains("data.global_batch, which a mix of datasets cannot change at a resume, 8, this run has 12"),
         "{e}"
     );
+    let earlier_sizes = vec![infinity_data::loader::EarlierSize { global_batch: 4, until: 1 }];
+    let sized = LoaderState { earlier_sizes, ..s.clone() };
+    let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 1.0])), Some(sized)).err().unwrap().to_string();
+    assert!(e.contains("earlier_sizes are of a mix"), "{e}");
     // the same shares, rescaled: the same samples
     let mut l = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![2.0, 2.0])), Some(s.clone())).unwrap();
     l.next_batch().unwrap();

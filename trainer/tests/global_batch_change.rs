@@ -71,4 +71,7 @@ fn a_resume_at_another_global_batch_trains_on_and_resumes_again_exactly() {
     assert!((run.tokens - tokens).abs() < 1e-6 * tokens, "{} tokens, expected {tokens}", run.tokens);
     let compute = 3.0 * at(0, "train_flops_per_step_mean") + 5.0 * at(1, "train_flops_per_step_mean");
     assert!((run.compute - compute).abs() < 1e-6 * compute, "{} FLOPs, expected {compute}", run.compute);
+    // (the loss curves' x: each step at its own size)
+    let at3 = 3.0 * at(0, "train_flops_per_step_mean");
+    assert!((run.compute_at(3) - at3).abs() < 1e-6 * at3 && run.compute_at(8) == run.compute);
 }

@@ -170,6 +170,13 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         "{text}"
     );
     assert!(std::fs::read_to_string(run64.join("config.toml")).unwrap().contains("lr = 0.003"));
+    // what the runs log and checkpoint may change (a stopped run resumes with it): the finished ones
+    // are skipped, keeping their configs
+    let logging = "[set]\n\"run.log_every\" = 1\n\"checkpoint.every\" = 2\n\"val.every\" = 3\n";
+    std::fs::write(t.join("logging.toml"), format!("base = \"base.toml\"\nout = \"sweep\"\n{logging}{axes}")).unwrap();
+    let again = ok(infinity(&["sweep", "logging.toml"], t));
+    assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
+    assert_eq!(std::fs::read_to_string(run64.join("config.toml")).unwrap(), cfg64);
     // a run's config holds absolute paths: it trains (here: checks) from any working folder
     ok(infinity(
         &["train", run64.join("config.toml").to_str().unwrap(), "--check", "--resume", "auto"],

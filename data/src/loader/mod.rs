@@ -242,17 +242,28 @@ impl LoaderState {
         Ok(())
     }
 
-    /// An error unless the earlier sizes are positive and end in order, after batch 0 and by the
-    /// batches done (a position edited by hand, or damaged).
+    /// An error unless the sizes are as [`LoaderState::resized`] writes them: above 0, each earlier one
+    /// ending after the one before and by the batches done, and other than the next; none for a mix (a
+    /// position edited by hand, or damaged).
     fn check_sizes(&self) -> Result<()> {
+        let bad = |what: String| {
+            Err(DataError::Config(format!("the saved position's {what} (a position edited by hand, or damaged)")))
+        };
+        if self.global_batch == 0 {
+            return bad("global_batch is 0".into());
+        }
+        if self.mix.is_some() && !self.earlier_sizes.is_empty() {
+            return bad("earlier_sizes are of a mix, whose global batch cannot change".into());
+        }
         let mut after = 0;
-        for (k, e) in self.earlier_sizes.iter().enumerate() {
-            if e.global_batch == 0 || e.until <= after || e.until > self.batches_done {
-                return Err(DataError::Config(format!(
-                    "the saved position's earlier_sizes[{k}] (global_batch {}, until {}) must be a size above 0 that \
-                     ends after the one before ({after}) and by the batches done ({})",
+        let next = self.earlier_sizes.iter().skip(1).map(|e| e.global_batch).chain([self.global_batch]);
+        for (k, (e, next)) in self.earlier_sizes.iter().zip(next).enumerate() {
+            if e.global_batch == 0 || e.until <= after || e.until > self.batches_done || e.global_batch == next {
+                return bad(format!(
+                    "earlier_sizes[{k}] (global_batch {}, until {}) must be a size above 0 other than the next \
+                     ({next}) that ends after the one before ({after}) and by the batches done ({})",
                     e.global_batch, e.until, self.batches_done
-                )));
+                ));
             }
             after = e.until;
         }
@@ -470,6 +481,21 @@ impl Loader {
                 s
             }
         };
+        // (a dataset mended since, `--accept-data-change`, may have no batch of an earlier size)
+        if let Some((k, e)) = state
+            .earlier_sizes
+            .iter()
+            .enumerate()
+            .find(|(_, e)| EpochPlan::batches_per_epoch(&part_rows[0], e.global_batch) == 0)
+        {
+            let largest = part_rows[0].iter().map(Vec::len).max().unwrap_or(0);
+            return Err(DataError::Config(format!(
+                "loader: the saved position drew global batches of {} rows (earlier_sizes[{k}]), of which {} has no \
+                 full one (largest bucket: {largest} rows): it cannot be continued on this dataset",
+                e.global_batch,
+                ds.dir().display()
+            )));
+        }
         let parts: Vec<Plans> = part_rows
             .into_iter()
             .enumerate()

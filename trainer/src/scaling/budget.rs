@@ -323,6 +323,7 @@ mod tests {
             steps: 1,
             tokens,
             flops_per_step: k * params * tokens,
+            flops_by_size: vec![],
             compute: k * params * tokens,
             finished: true,
             diverged: false,

@@ -360,7 +360,7 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
     let diverged = |r: &RunRecord| r.diverged || !r.loss().is_finite() || r.final_val.is_some_and(f64::is_nan);
     let points = |r: &RunRecord| -> Vec<(f64, f64)> {
         let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
-        curve.iter().filter(|(s, l)| *s > 0 && l.is_finite()).map(|(s, l)| (*s as f64 * r.flops_per_step, *l)).collect()
+        curve.iter().filter(|(s, l)| *s > 0 && l.is_finite()).map(|(s, l)| (r.compute_at(*s), *l)).collect()
     };
     // (palette index, run, its points)
     type Drawn<'a> = (usize, &'a RunRecord, Vec<(f64, f64)>);

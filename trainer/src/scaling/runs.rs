@@ -33,7 +33,11 @@ pub struct RunRecord {
     pub steps: u64,
     /// D: training tokens seen.
     pub tokens: f64,
+    /// FLOPs per step at the run's (last) global batch size.
     pub flops_per_step: f64,
+    /// `(from step, FLOPs per step)` of each global batch size the run had, where a resume changed it
+    /// (empty: `flops_per_step` throughout).
+    pub flops_by_size: Vec<(u64, f64)>,
     /// C: training FLOPs spent.
     pub compute: f64,
     pub finished: bool,
@@ -65,6 +69,14 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// C after `step` steps (a loss curve's x), each step at its global batch size's FLOPs.
+    pub fn compute_at(&self, step: u64) -> f64 {
+        match self.flops_by_size.is_empty() {
+            true => step as f64 * self.flops_per_step,
+            false => summed(&self.flops_by_size, step),
+        }
+    }
+
     /// The loss the fits use: the smoothed validation loss, else the smoothed training loss, else (no
     /// training losses in `metrics.jsonl`) the final training loss (`summary.json`'s: the last batch's).
     /// A run without validation that diverged or ended on a non-finite loss keeps its final one (NaN).
@@ -157,20 +169,26 @@ fn smoothed_train(curve: &[(u64, f64)], steps: u64) -> Option<f64> {
     mean(&tail(&curve[..upto]).into_iter().filter(|l| l.is_finite()).collect::<Vec<_>>())
 }
 
-/// `derived.json`'s per-step mean `key` summed over the first `steps` steps: at each global batch size
-/// the run had, where a resume changed it (`global_batch_sizes`, each from its `from_step`), else at
-/// its one size. `None` where a figure is missing.
-fn over_steps(derived: &Value, key: &str, steps: u64) -> Option<f64> {
-    let Some(sizes) = derived["global_batch_sizes"].as_array() else {
-        return Some(derived[key].as_f64()? * steps as f64);
-    };
-    let mut total = 0.0;
-    for (k, size) in sizes.iter().enumerate() {
-        let from = size["from_step"].as_u64()?;
-        let until = sizes.get(k + 1).map_or(Some(steps), |next| next["from_step"].as_u64())?.min(steps);
-        total += until.saturating_sub(from) as f64 * size[key].as_f64()?;
+/// `derived.json`'s per-step mean `key` at each global batch size the run had, where a resume changed
+/// it (`global_batch_sizes`), as `(from step, value)`; else from step 0 at its one size. `None` where a
+/// figure is missing.
+fn by_size(derived: &Value, key: &str) -> Option<Vec<(u64, f64)>> {
+    match derived["global_batch_sizes"].as_array() {
+        Some(sizes) => sizes.iter().map(|size| Some((size["from_step"].as_u64()?, size[key].as_f64()?))).collect(),
+        None => Some(vec![(0, derived[key].as_f64()?)]),
     }
-    Some(total)
+}
+
+/// A per-step figure summed over the first `steps` steps, each at the value from its size's first step
+/// on (`by_size`: by increasing step).
+fn summed(by_size: &[(u64, f64)], steps: u64) -> f64 {
+    let until = |k: usize| by_size.get(k + 1).map_or(steps, |next| next.0.min(steps));
+    by_size.iter().enumerate().map(|(k, &(from, v))| until(k).saturating_sub(from) as f64 * v).sum()
+}
+
+/// [`by_size`] of `key` summed over the first `steps` steps.
+fn over_steps(derived: &Value, key: &str, steps: u64) -> Option<f64> {
+    Some(summed(&by_size(derived, key)?, steps))
 }
 
 /// Read one run folder (it has `derived.json` and `summary.json`), with notes on what was skipped (a
@@ -209,6 +227,10 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         tokens: over_steps(&derived, "tokens_per_step_mean", steps)
             .with_context(|| format!("{}: `tokens_per_step_mean` missing in derived.json", dir.display()))?,
         flops_per_step,
+        flops_by_size: match derived["global_batch_sizes"].is_array() {
+            true => by_size(&derived, "train_flops_per_step_mean").unwrap_or_default(),
+            false => Vec::new(),
+        },
         compute: over_steps(&derived, "train_flops_per_step_mean", steps)
             .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?,
         finished: summary["finished"].as_bool().unwrap_or(false),

@@ -28,6 +28,16 @@ const NOT_THE_EXPERIMENT: [(&str, &str); 15] = [
     ("dist", "*"),
 ];
 
+/// Whether a change of config key `key` (dotted, as `config_changes` names it) leaves what a run
+/// computes as it was: one of [`NOT_THE_EXPERIMENT`] but the seed and the folder (another seed is
+/// another run of the experiment, another folder another run).
+pub fn leaves_the_result(key: &str) -> bool {
+    let (section, rest) = key.split_once('.').unwrap_or((key, ""));
+    let under = |k: &str| rest == k || rest.strip_prefix(k).is_some_and(|r| r.starts_with(['.', '[']));
+    !matches!(key, "run.seed" | "run.dir")
+        && NOT_THE_EXPERIMENT.iter().any(|&(s, k)| s == section && (k == "*" || under(k)))
+}
+
 /// The settings besides the data that a validation (or training) loss depends on (train/val.rs):
 /// runs that differ in one are not fitted together. `bsc.*` are the self-correction the loss was
 /// measured with: `val.p_max` and `val.apply_layers` where validation sets them.
@@ -74,10 +84,22 @@ impl Settings {
     }
 }
 
-/// The config's table with every default filled in (parsed as a [`TrainConfig`] where it is one),
-/// else as written.
+/// The config's table with every default filled in (parsed as a [`TrainConfig`] where it is one), the
+/// model's shape among them: a key the config leaves to `model.preset` holds the preset's value, so a
+/// run that writes the preset's own value out is the same experiment. Else the table as written.
 pub fn normalised(text: &str) -> Option<toml::Table> {
-    let filled = toml::from_str::<TrainConfig>(text).ok().and_then(|cfg| toml::to_string(&cfg).ok());
+    let filled = toml::from_str::<TrainConfig>(text).ok().and_then(|mut cfg| {
+        if let Ok(p) = crate::model::ModelConfig::named_preset(&cfg.model.preset) {
+            let m = &mut cfg.model;
+            m.depth.get_or_insert(p.depth);
+            m.embed_dim.get_or_insert(p.embed_dim);
+            m.num_heads.get_or_insert(p.num_heads);
+            m.mlp_ratio.get_or_insert(p.mlp_ratio);
+            m.apply_spatial_patchify.get_or_insert(p.apply_spatial_patchify);
+            m.drop_path_rate.get_or_insert(p.drop_path_rate);
+        }
+        toml::to_string(&cfg).ok()
+    });
     filled.and_then(|t| t.parse().ok()).or_else(|| text.parse().ok())
 }
 
@@ -230,6 +252,32 @@ mod tests {
         assert_eq!(a.get("val.dir"), "none");
         assert_eq!(a.get("val.max_rows"), "none", "no validation: its settings do not matter");
         assert_eq!(a.get("bsc.p_max"), "0.3", "defaults filled in");
+    }
+
+    #[test]
+    fn logging_and_checkpoint_settings_leave_the_result() {
+        for key in
+            ["run.log_every", "val.every", "checkpoint.every", "sample.cfg", "data.micro_batch", "val.sets[0].dir"]
+        {
+            assert!(leaves_the_result(key), "{key}");
+        }
+        for key in ["run.seed", "run.dir", "run.steps", "optim.lr", "val.dir", "data.workers_x", "model.depth"] {
+            assert!(!leaves_the_result(key), "{key}");
+        }
+    }
+
+    /// A shape the config writes out is the same experiment as the preset's own value left to it; another
+    /// value is another experiment.
+    #[test]
+    fn a_model_key_at_its_presets_value_is_the_same_experiment() {
+        let run = "[run]\ndir = \"a\"\nseed = 1\nsteps = 10\n[data]\ndir = \"d\"\nglobal_batch = 8\nmicro_batch = 8\n[optim]\nlr = 0.003\n";
+        let tiny = crate::model::ModelConfig::named_preset("tiny").unwrap();
+        let with =
+            |model: &str| settings(&format!("{run}[model]\npreset = \"tiny\"\nconditioning = \"class\"\n{model}"));
+        let (left, written) = (with(""), with(&format!("num_heads = {}\ndepth = {}\n", tiny.num_heads, tiny.depth)));
+        assert!(left.experiment.as_deref().is_some_and(|e| e.contains("num_heads")), "{:?}", left.experiment);
+        assert_eq!(left.experiment, written.experiment);
+        assert_ne!(left.experiment, with(&format!("num_heads = {}\n", tiny.num_heads * 2)).experiment);
     }
 
     /// A config `infinity train` reads has its defaults filled in: one that writes a default out is the

@@ -84,14 +84,15 @@ fn has_trained(dir: &Path) -> bool {
 /// `metrics.jsonl` or `summary.json`, or a job training it now) keeps the config it trained with, which
 /// its logs and `infinity scaling` describe: a sweep file that now gives it other settings is refused,
 /// naming the runs and settings.
-fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String)>> {
+fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String, bool)>> {
     let mut texts = Vec::new();
     let mut changed = Vec::new();
     for r in runs {
         let text = toml::to_string(&r.config)?;
-        match settings_changed(r, &text)? {
-            None => texts.push((r, text)),
-            Some(diff) => changed.push(format!("{}: {}", r.name, diff.join(", "))),
+        let (result, other) = changes(r, &text)?;
+        match result.is_empty() {
+            true => texts.push((r, text, !other.is_empty())),
+            false => changed.push(format!("{}: {}", r.name, result.join(", "))),
         }
     }
     if !changed.is_empty() {
@@ -106,16 +107,27 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String)>> {
 }
 
 /// The settings a run that has trained (see [`config_texts`]) trained with other than the sweep file's
-/// `text` for it now gives, if any (paths written relative by an earlier build count as absolute).
+/// `text` for it now gives, if any (paths written relative by an earlier build count as absolute), but
+/// those that leave its result as it was (`run.log_every`, `val.every`, `checkpoint.*`, …).
 pub(super) fn settings_changed(r: &PlannedRun, text: &str) -> Result<Option<Vec<String>>> {
+    let (result, _) = changes(r, text)?;
+    Ok((!result.is_empty()).then_some(result))
+}
+
+/// The settings a run that has trained trained with other than `text` gives: those that change its
+/// result, and those that leave it as it was (what it logs, checkpoints and samples: a stopped run
+/// resumes with them, said).
+fn changes(r: &PlannedRun, text: &str) -> Result<(Vec<String>, Vec<String>)> {
     let path = r.dir.join("config.toml");
     let old = match std::fs::read_to_string(&path) {
         Ok(old) if has_trained(&r.dir) => old,
-        _ => return Ok(None),
+        _ => return Ok((Vec::new(), Vec::new())),
     };
     let old = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
     let diff = config_changes(&old, text).with_context(|| format!("reading {}", path.display()))?;
-    Ok((!diff.is_empty()).then_some(diff))
+    let leaves =
+        |c: &String| c.split_once(':').is_some_and(|(key, _)| crate::scaling::settings::leaves_the_result(key));
+    Ok(diff.into_iter().partition(|c| !leaves(c)))
 }
 
 /// What [`write_configs`] refuses, checked without writing (`--dry-run`).
@@ -124,9 +136,14 @@ pub fn check_configs(runs: &[PlannedRun]) -> Result<()> {
 }
 
 /// Write each run's resolved config to `RUN/config.toml`, refusing before anything is written when a run
-/// that has trained would get other settings ([`config_texts`]).
+/// that has trained would get other settings ([`config_texts`]). A run that is not started (finished,
+/// diverged, or training in another job) keeps the config it trained with where the sweep file changed
+/// what it logs or checkpoints.
 pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
-    for (r, text) in config_texts(runs)? {
+    for (r, text, logging_changed) in config_texts(runs)? {
+        if logging_changed && skipped(r).is_some() {
+            continue;
+        }
         std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
         write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
     }
