@@ -137,10 +137,12 @@ pub fn plans(
     let withheld = chinchilla.and_then(|f| degenerate(f, lmin));
     let chinchilla = chinchilla.filter(|_| withheld.is_none() && spread.is_some());
     if !budgets.is_empty() {
-        if let (Some(k), Some(_)) = (&spread, chinchilla) {
+        // (the budgets' table points here for k's spread, with or without a model to place)
+        if let Some(k) = &spread {
+            let uses = if chinchilla.is_some() { "; N* and D* use the median" } else { "" };
             notes.push(format!(
                 "k = C/(N·D), the training FLOPs per parameter and token: median {:.2} over the {} runs fitted, from \
-                 {:.2} ({}) to {:.2} ({}); N* and D* use the median",
+                 {:.2} ({}) to {:.2} ({}){uses}",
                 k.median,
                 runs.len(),
                 k.min.0,
@@ -148,6 +150,8 @@ pub fn plans(
                 k.max.0,
                 k.max.1
             ));
+        }
+        if let (Some(k), Some(_)) = (&spread, chinchilla) {
             if k.spread > K_SPREAD_WARN {
                 warnings.push(format!(
                     "k varies by {:.0} % over the runs (attention and the embeddings weigh more in small models): \
