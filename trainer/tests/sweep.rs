@@ -85,7 +85,8 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ("\"data.dir\" = [\"data/x\", \"data-x\"]", "(data.dir = \"data/x\") and (data.dir = \"data-x\") would share"),
         ("\"run.dir\" = [\"a\", \"b\"]", "`run.dir` is the sweep's to set"),
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
-        ("tokens = [-5]", "a token budget of -5e0 is"),
+        ("tokens = [-5]", "a token budget of -5e0: expected a positive budget"),
+        ("tokens = [0, 1e5]", "a token budget of 0e0: expected a positive budget"),
         ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
         // under one step (it rounded up to 1 step), and budgets that come to the same whole steps
         ("tokens = [100]", "run tokens-100: a token budget of 1e2 is less than one step of"),

@@ -252,6 +252,14 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
         return (iso, notes, warnings);
     }
     for p in &iso.profiles {
+        // (3 coefficients for 3 points: a zero residual says nothing of the shape)
+        if p.measured.len() == 3 {
+            warnings.push(format!(
+                "the IsoFLOP parabola at C = {:.3e} passes exactly through its 3 sizes (3 coefficients for 3 points): \
+                 nothing tests its shape, and its N_opt has no interval; a fourth size at this budget tests it",
+                p.compute
+            ));
+        }
         match &p.optimum {
             None => warnings.push(no_minimum(p)),
             Some(o) if !o.inside => {
@@ -352,6 +360,17 @@ mod tests {
         let (lo, hi) = o.params_ci95.unwrap();
         assert!((lo / 1.5e6 - 1.0).abs() < 1e-6 && (hi / 1.5e6 - 1.0).abs() < 1e-6);
         assert!(iso.params.is_none() && warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_parabola_through_three_sizes_is_said_to_be_exact() {
+        let at = |n: f64| 0.5 + 0.02 * (n.ln() - 1.5e6f64.ln()).powi(2);
+        let three: Vec<Point> = [3e5, 1e6, 3e6].iter().map(|&n| point(n, 1e15, at(n))).collect();
+        let (iso, _, warnings) = analyse(&three, &[]);
+        assert_eq!(iso.profiles.len(), 1);
+        assert!(warnings.iter().any(|w| w.contains("passes exactly through its 3 sizes")), "{warnings:?}");
+        let four: Vec<Point> = [3e5, 1e6, 3e6, 1e7].iter().map(|&n| point(n, 1e15, at(n))).collect();
+        assert!(analyse(&four, &[]).2.iter().all(|w| !w.contains("exactly")));
     }
 
     fn point(n: f64, c: f64, loss: f64) -> Point {

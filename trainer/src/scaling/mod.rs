@@ -183,7 +183,17 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     // the frontier falls with compute by construction: whether the runs do is asked of all the points
     let pearson =
         Correlations { all: log_pearson(&points.iter().collect::<Vec<_>>()), frontier: log_pearson(&frontier) };
-    if pearson.all.0 >= 0.0 {
+    // (an IsoFLOP design's points share one budget: whether the loss falls with C is not asked of them)
+    let (c_lo, c_hi) =
+        points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.compute), hi.max(p.compute)));
+    if points.len() >= 2 && c_hi < isoflop::SAME_BUDGET * c_lo {
+        warnings.push(format!(
+            "the {} fitted points share one compute budget (C from {c_lo:.3e} to {c_hi:.3e}, within 10 %): how the \
+             loss falls with compute is not measured, so L(C) and its predictions at other budgets mean nothing; \
+             the IsoFLOP profile places the best size at this budget",
+            points.len()
+        ));
+    } else if pearson.all.0 >= 0.0 {
         warnings.push(format!(
             "the loss does not fall with compute over the {} fitted points (Pearson r of log L on log C = {:+.2}): \
              no scaling law describes them, and predictions at other budgets are not meaningful",

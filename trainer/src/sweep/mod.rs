@@ -431,9 +431,11 @@ fn budget_steps(
         ),
         None => (String::new(), format!("the budget to at least {step_text}")),
     };
+    // (a budget of 0 or below has no steps to give: said as what it is, not as its steps)
+    ensure!(amount > 0.0 && amount.is_finite(), "run {name}: a {what} of {amount:e}: expected a positive budget");
     let steps = (amount / per_step).ceil();
     ensure!(
-        amount > 0.0 && steps <= 1e12,
+        steps <= 1e12,
         "run {name}: a {what} of {amount:e} is {steps:e} steps of {step_text} {unit}; expected a positive budget of \
          at most 1e12 steps"
     );
