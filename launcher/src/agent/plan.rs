@@ -26,6 +26,9 @@ pub(super) struct Plan {
     pub(super) set_aside: Vec<String>,
     /// `--numa-binding`: each local rank's CPUs.
     pub(super) cpus: Option<Vec<super::numa::RankCpus>>,
+    /// A SLURM allocation of several nodes seen outside an srun job step (a batch script or an salloc
+    /// shell calling the agent directly): the warning that the group is this node alone.
+    pub(super) outside_step: Option<String>,
 }
 
 impl Plan {
@@ -37,6 +40,7 @@ impl Plan {
 }
 
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
+    check_command(&a.cmd, &|k| std::env::var(k).ok())?;
     let mut p = plan_with(a, |k| std::env::var(k).ok())?;
     if let Some(mode) = a.numa_binding {
         // (once: the command line is planned twice, and opening a GPU's device file may wake it)
@@ -57,6 +61,10 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
             }
         });
     }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(w) = &p.outside_step {
+        WARNED.call_once(|| console_err!("[launch] warning: {w}"));
+    }
     if let Some(cpus) = &p.cpus {
         static PRINTED: std::sync::Once = std::sync::Once::new();
         PRINTED.call_once(|| {
@@ -72,6 +80,26 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
 /// torchrun's defaults where its `PET_*` variables leave a port out.
 const TORCHRUN_RDZV_PORT: u16 = 29400;
 const TORCHRUN_MASTER_PORT: u16 = 29500;
+
+/// An error for a command that is neither an `infinity` subcommand nor a program found on `PATH` (or
+/// by its path): a typo would otherwise fail on every rank of every node, after the rendezvous, with
+/// an exit a scheduler retries.
+fn check_command(cmd: &[String], env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+    let Some(first) = cmd.first() else { return Ok(()) };
+    if super::ranks::OWN_SUBCOMMANDS.contains(&first.as_str()) || first.contains('/') {
+        return Ok(());
+    }
+    let on_path = env("PATH").is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(first).is_file()));
+    if on_path {
+        return Ok(());
+    }
+    let near = super::ranks::OWN_SUBCOMMANDS.iter().find(|s| strsim::levenshtein(s, first) <= 2);
+    let hint = near.map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+    bail!(
+        "-- {first}: neither an infinity subcommand ({}) nor a program on PATH{hint}",
+        super::ranks::OWN_SUBCOMMANDS.join(", ")
+    )
+}
 
 /// [`plan`] with the environment looked up by `env` (tests pass a map).
 fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Plan> {
@@ -99,6 +127,16 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     } else {
         refuse_process_ranks(&env)?;
         (Nodes::Fixed(1), "--nnodes")
+    };
+    // (a batch script that forgot srun: its one node would train alone, unsaid)
+    let allocated = env("SLURM_NNODES").and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 1);
+    let outside_step = match allocated {
+        Some(n) if !in_step && a.nnodes.is_none() && nodes_from == "--nnodes" => Some(format!(
+            "SLURM_NNODES={n} but no SLURM_STEP_ID: this agent runs outside an srun job step (in the batch script \
+             or an salloc shell), so the group is this node alone; to train on the allocation's {n} nodes start one \
+             agent on each: `srun --ntasks-per-node=1 infinity launch …`"
+        )),
+        _ => None,
     };
     let (nnodes, elastic) = match nodes {
         Nodes::Fixed(n) => (n, None),
@@ -224,7 +262,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None, outside_step })
 }
 
 /// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an
@@ -312,6 +350,23 @@ mod tests {
     }
 
     #[test]
+    fn a_command_that_is_no_subcommand_nor_program_is_refused_with_the_nearest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("trainer.sh"), "").unwrap();
+        let path = dir.path().display().to_string();
+        let env = |k: &str| (k == "PATH").then(|| path.clone());
+        let cmd = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let e = check_command(&cmd(&["trian", "c.toml"]), &env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("-- trian: neither an infinity subcommand (train, ") && e.ends_with("did you mean `train`?")
+        );
+        assert!(!check_command(&cmd(&["frobnicate"]), &env).unwrap_err().to_string().contains("did you mean"));
+        for ok in [&["train"][..], &["trainer.sh"], &["./anything"], &["/bin/x"]] {
+            assert!(check_command(&cmd(ok), &env).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
     fn slurm_node_counts_apply_inside_a_job_step_only() {
         let a = Cli::parse_from(["launch", "--nproc-per-node", "1", "--", "true"]).a;
         let batch =
@@ -320,12 +375,24 @@ mod tests {
             let vars: Vec<(&str, &str)> = batch.iter().chain(extra).copied().collect();
             plan_with(&a, |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
         };
-        // an sbatch script or an salloc shell: one node, this one
+        // an sbatch script or an salloc shell: one node, this one, warned of (srun forgotten)
         let p = with(&[]).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str()), (1, 0, "127.0.0.1"));
+        let w = p.outside_step.expect("a warning");
+        assert!(w.starts_with("SLURM_NNODES=2 but no SLURM_STEP_ID") && w.contains("srun --ntasks-per-node=1"), "{w}");
         // an srun task: the step's nodes
         let p = with(&[("SLURM_STEP_ID", "0"), ("INFINITY_RDZV_TOKEN", "t")]).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port), (2, 0, "n1", 30007));
+        assert!(p.outside_step.is_none());
+        // one node on purpose (--nnodes 1), or an allocation of one: nothing to say
+        let one = Cli::parse_from(["launch", "--nnodes", "1", "--nproc-per-node", "1", "--", "true"]).a;
+        assert!(plan_with(&one, |k| batch.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+            .unwrap()
+            .outside_step
+            .is_none());
+        let single = [("SLURM_NNODES", "1"), ("SLURM_JOB_ID", "7")];
+        let p = plan_with(&a, |k| single.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
+        assert!(p.outside_step.is_none());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
-const OWN_SUBCOMMANDS: [&str; 9] = ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
+pub(super) const OWN_SUBCOMMANDS: [&str; 9] =
+    ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
 
 /// Lines of each rank's output kept for the failure report.
 const TAIL_LINES: usize = 20;
