@@ -23,6 +23,14 @@ pub enum DataError {
     #[error("{path}: manifest key `{key}` says {expected}, but {found}")]
     ManifestMismatch { path: PathBuf, key: String, expected: String, found: String },
 
+    /// A shard the manifest lists that is not there (bad data: the dataset is incomplete, which a
+    /// retry does not mend).
+    #[error(
+        "{path}: missing: the manifest lists this shard ({expected} bytes), the folder does not hold it (a dataset \
+             copied or synced in part, or a shard deleted)"
+    )]
+    Missing { path: PathBuf, expected: u64 },
+
     #[error("{path}: file is {found} bytes, manifest expects {expected} bytes (truncated or replaced shard)")]
     Size { path: PathBuf, expected: u64, found: u64 },
 

@@ -100,7 +100,12 @@ impl Shard {
     /// Open `path`, checking size and (optionally) checksum against `entry`, and the schema against
     /// `columns`.
     pub fn open(path: &Path, entry: Option<&ShardEntry>, columns: Columns, checksums: Checksums) -> Result<Shard> {
-        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| match (e.kind(), entry) {
+            (std::io::ErrorKind::NotFound, Some(entry)) => {
+                DataError::Missing { path: path.into(), expected: entry.bytes }
+            }
+            _ => DataError::io(path, e),
+        })?;
         let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
         if let Some(e) = entry {
             if len != e.bytes {

@@ -207,8 +207,10 @@ fn manifest_that_disagrees_with_the_files() {
     // missing shard file
     let (dir, m) = dataset(30);
     std::fs::remove_file(dir.path().join(&m.shards[1].file)).unwrap();
-    let e = open_err(dir.path());
-    assert!(e.contains("shard-00001.arrow") && e.contains("No such file"), "{e}");
+    let err = Dataset::open(dir.path(), Checksums::Verify).err().unwrap();
+    let e = err.to_string();
+    assert!(e.contains("shard-00001.arrow: missing: the manifest lists this shard"), "{e}");
+    assert!(err.is_bad_data(), "an incomplete dataset is bad data (exit 65), not a retry's to mend");
 
     // total that does not add up
     let (dir, mut m) = dataset(30);
