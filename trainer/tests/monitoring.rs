@@ -456,7 +456,10 @@ fn rank_0_names_the_rank_whose_config_differs() {
     let [(c0, r0), (c1, r1)] = both_ranks(tmp.path(), &file, ([bin, bin], [&[], &["--set", "optim.lr=1e-3"]]), &[]);
     assert_eq!((c0, c1), (Some(2), Some(2)), "{r0}\n{r1}");
     let host = &infinity_trainer::train::rank_identity::this_rank().host;
-    assert!(r0.contains(&format!("rank 1 ({host}): config differs from rank 0's; its log names the settings")), "{r0}");
+    let want = format!(
+        "rank 1 ({host}): config differs from rank 0's: rank 1's: optim.lr: 0.003 → 0.001 (rank 0's → rank 1's)"
+    );
+    assert!(r0.contains(&want), "{r0}");
     assert!(r1.contains("rank 1's config differs from rank 0's: optim.lr: 0.003 → 0.001"), "{r1}");
 }
 

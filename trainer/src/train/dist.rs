@@ -275,11 +275,27 @@ impl Dist {
             tracing::warn!("{w}");
         }
         if !differing.is_empty() {
+            // rank 0 names the settings too, of the first rank that differs (its text summed in, the
+            // others adding zeros: exact), so the console of the node it runs on says what to mend
+            let first = differing[0];
+            let theirs = if self.rank == first { differ.join("; ") } else { String::new() };
+            let mut len = [theirs.len() as f32];
+            self.tag("config agreement");
+            self.all_reduce_sum(&mut len)?;
+            let mut text = vec![0.0f32; len[0] as usize];
+            text.iter_mut().zip(theirs.bytes()).for_each(|(t, b)| *t = f32::from(b));
+            self.tag("config agreement");
+            self.all_reduce_sum(&mut text)?;
+            let named = String::from_utf8_lossy(&text.iter().map(|&b| b as u8).collect::<Vec<u8>>()).into_owned();
+            let others = match differing.len() {
+                1 => String::new(),
+                n => format!("; {} more differ, their logs name theirs", n - 1),
+            };
             match differ.is_empty() {
                 true => bail!(
-                    "{}: config differs from rank 0's; {} the settings (rank 0's → theirs)",
+                    "{}: config differs from rank 0's: rank {first}'s: {named} (rank 0's → rank {first}'s){others}; every \
+                     rank must train one config (the same file and --set overrides on every node) on the same dataset",
                     rank_identity::name_ranks(&differing, &self.identities),
-                    if differing.len() == 1 { "its log names" } else { "their logs name" }
                 ),
                 false => bail!(
                     "rank {}'s config differs from rank 0's: {} (rank 0's → this rank's); every rank must train one \
