@@ -288,8 +288,19 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         if !ranks[i].group_alive() {
             continue;
         }
-        let what = if exited[i].is_none() { "did not exit" } else { "left processes that did not exit" };
-        console_err!("[launch] rank {} {what} within {grace_s} s; SIGKILL to its process group", ranks[i].global);
+        // (a training rank still in its stop checkpoint loses it: said, with what keeps it)
+        let what = match exited[i] {
+            None => "did not exit",
+            Some(_) => "left processes that did not exit",
+        };
+        let lost = match exited[i] {
+            None => {
+                "; a checkpoint it was still writing is lost, and a resume starts from the newest complete one \
+                     (a --grace-s longer than a checkpoint write keeps it)"
+            }
+            Some(_) => "",
+        };
+        console_err!("[launch] rank {} {what} within {grace_s} s; SIGKILL to its process group{lost}", ranks[i].global);
         ranks[i].signal_group(libc::SIGKILL);
     }
     for &i in &running {
