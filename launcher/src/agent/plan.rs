@@ -26,9 +26,10 @@ pub(super) struct Plan {
     pub(super) set_aside: Vec<String>,
     /// `--numa-binding`: each local rank's CPUs.
     pub(super) cpus: Option<Vec<super::numa::RankCpus>>,
-    /// A SLURM allocation of several nodes seen outside an srun job step (a batch script or an salloc
-    /// shell calling the agent directly): the warning that the group is this node alone.
-    pub(super) outside_step: Option<String>,
+    /// A warning of how the group was set up where it is likely not what was meant: a SLURM allocation
+    /// of several nodes seen outside an srun job step (a batch script or an salloc shell calling the
+    /// agent directly: the group is this node alone), or several nodes without a run id.
+    pub(super) setup_warning: Option<String>,
 }
 
 impl Plan {
@@ -62,7 +63,7 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
         });
     }
     static WARNED: std::sync::Once = std::sync::Once::new();
-    if let Some(w) = &p.outside_step {
+    if let Some(w) = &p.setup_warning {
         WARNED.call_once(|| console_err!("[launch] warning: {w}"));
     }
     if let Some(cpus) = &p.cpus {
@@ -130,7 +131,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     };
     // (a batch script that forgot srun: its one node would train alone, unsaid)
     let allocated = env("SLURM_NNODES").and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 1);
-    let outside_step = match allocated {
+    let mut setup_warning = match allocated {
         Some(n) if !in_step && a.nnodes.is_none() && nodes_from == "--nnodes" => Some(format!(
             "SLURM_NNODES={n} but no SLURM_STEP_ID: this agent runs outside an srun job step (in the batch script \
              or an salloc shell), so the group is this node alone; to train on the allocation's {n} nodes start one \
@@ -253,6 +254,11 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
         // and store keys apart (torchrun's standalone mode draws one too); nodes of a group must agree
         (format!("run-{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), std::process::id()), "--run-id")
     } else {
+        // (nodes of a group must agree, so no name of its own can be drawn: a shared one, said)
+        setup_warning.get_or_insert(format!(
+            "no --run-id (nor SLURM_JOB_ID or PET_RDZV_ID): the {nnodes} nodes meet as run `run`, and jobs that share \
+             --log-dir share its log folder (run/attempt_K); give each job its own --run-id on every node"
+        ));
         ("run".into(), "--run-id")
     };
     // a folder name under --log-dir and a prefix of store keys
@@ -262,7 +268,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None, outside_step })
+    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None, setup_warning })
 }
 
 /// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an
@@ -378,21 +384,21 @@ mod tests {
         // an sbatch script or an salloc shell: one node, this one, warned of (srun forgotten)
         let p = with(&[]).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str()), (1, 0, "127.0.0.1"));
-        let w = p.outside_step.expect("a warning");
+        let w = p.setup_warning.expect("a warning");
         assert!(w.starts_with("SLURM_NNODES=2 but no SLURM_STEP_ID") && w.contains("srun --ntasks-per-node=1"), "{w}");
         // an srun task: the step's nodes
         let p = with(&[("SLURM_STEP_ID", "0"), ("INFINITY_RDZV_TOKEN", "t")]).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port), (2, 0, "n1", 30007));
-        assert!(p.outside_step.is_none());
+        assert!(p.setup_warning.is_none());
         // one node on purpose (--nnodes 1), or an allocation of one: nothing to say
         let one = Cli::parse_from(["launch", "--nnodes", "1", "--nproc-per-node", "1", "--", "true"]).a;
         assert!(plan_with(&one, |k| batch.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
             .unwrap()
-            .outside_step
+            .setup_warning
             .is_none());
         let single = [("SLURM_NNODES", "1"), ("SLURM_JOB_ID", "7")];
         let p = plan_with(&a, |k| single.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap();
-        assert!(p.outside_step.is_none());
+        assert!(p.setup_warning.is_none());
     }
 
     #[test]
@@ -413,6 +419,14 @@ mod tests {
         let group = ["--nnodes", "2", "--node-rank", "1", "--rdzv", "n1:29400"];
         assert_eq!(plan_of(&group, &[("INFINITY_RDZV_TOKEN", "t")]), "run");
         assert_eq!(plan_of(&["--nnodes", "1:2", "--rdzv", "n1:29400"], &[("INFINITY_RDZV_TOKEN", "t")]), "run");
+        // … which jobs sharing a log folder would share too: warned of, unless a run id is given
+        let warning = |args: &[&str]| {
+            let a = Cli::parse_from(["launch", "--nproc-per-node", "1"].iter().chain(args).chain(&["--", "true"])).a;
+            plan_with(&a, |k| (k == "INFINITY_RDZV_TOKEN").then(|| "t".to_string())).unwrap().setup_warning
+        };
+        let w = warning(&group).expect("a warning");
+        assert!(w.starts_with("no --run-id (nor SLURM_JOB_ID or PET_RDZV_ID): the 2 nodes meet as run `run`"), "{w}");
+        assert!(warning(&[&group[..], &["--run-id", "exp-4"]].concat()).is_none());
     }
 
     fn plan_of(args: &[&str], vars: &[(&str, &str)]) -> Result<Plan> {
