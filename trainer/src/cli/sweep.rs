@@ -202,9 +202,9 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
     let r = scaling::analyse_with(&a.runs, &out, &measure)?;
     let fitted: usize = r.points.iter().map(|p| p.n()).sum();
     console!(
-        "{} runs read, {fitted} fitted as {} points (one per distinct config; repeats averaged); losses in nats per bit",
-        r.runs.len(),
-        r.points.len()
+        "{} read, {fitted} fitted as {} (one per distinct config; repeats averaged); losses in nats per bit",
+        super::plural(r.runs.len(), "run"),
+        super::plural(r.points.len(), "point")
     );
     console!(
         "Pearson r of ln(loss) vs ln(compute): all fitted points {}; compute frontier {}",

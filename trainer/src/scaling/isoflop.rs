@@ -233,7 +233,9 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
         let sizes = distinct(g.iter().map(|&i| points[i].params));
         match sizes >= 3 {
             true => iso.profiles.extend(profile(points, &g)),
-            false if g.len() >= 2 => thin.push(format!("{:.3e} ({sizes} sizes)", geometric_mean(points, &g))),
+            false if g.len() >= 2 => {
+                thin.push(format!("{:.3e} ({})", geometric_mean(points, &g), crate::cli::plural(sizes, "size")))
+            }
             false => {}
         }
     }

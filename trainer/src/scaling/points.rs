@@ -88,9 +88,9 @@ pub fn merged_note(points: &[Point]) -> Option<String> {
         let runs: usize = repeated.iter().map(|p| p.n()).sum();
         let list: Vec<String> = repeated.iter().map(|p| p.runs.join(" + ")).collect();
         format!(
-            "{runs} runs are repeats of {} configs (other seeds or folders, same settings): each config is one point of \
-             the fits, at its runs' mean loss (their spread: the fitted points' table): {}",
-            repeated.len(),
+            "{runs} runs are repeats of {} (other seeds or folders, same settings): each config is one point of the \
+             fits, at its runs' mean loss (their spread: the fitted points' table): {}",
+            crate::cli::plural(repeated.len(), "config"),
             list.join("; ")
         )
     })

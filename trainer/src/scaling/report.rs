@@ -117,7 +117,7 @@ pub(super) fn runs_markdown(runs: &[RunRecord], point_of: &PointOf) -> String {
 /// A Pearson r, or why there is none.
 pub fn pearson_text(r: f64, n: usize) -> String {
     match r.is_finite() {
-        true => format!("{r:.4} over {n} points"),
+        true => format!("{r:.4} over {}", crate::cli::plural(n, "point")),
         false => format!("not enough points ({n})"),
     }
 }
