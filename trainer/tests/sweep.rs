@@ -87,6 +87,11 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
         ("tokens = [-5]", "a token budget of -5e0: expected a positive budget"),
         ("tokens = [0, 1e5]", "a token budget of 0e0: expected a positive budget"),
+        // a number in quotes is refused as in a config file (it was taken as the number)
+        (
+            "\"model.embed_dim\" = [\"64\", 96]",
+            "[axes] model.embed_dim: expected a number (without quotes), found \"64\"",
+        ),
         ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
         // under one step (it rounded up to 1 step), and budgets that come to the same whole steps
         ("tokens = [100]", "run tokens-100: a token budget of 1e2 is less than one step of"),

@@ -192,9 +192,15 @@ pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, override
     anyhow::anyhow!("{}: {section} {key}: {rest}", path.display())
 }
 
-/// `key=value`, an override as `TrainConfig::load` takes it.
+/// `key=value`, an override as `TrainConfig::load` takes it. A string that reads as another value
+/// (`"64"`, `"true"`) stays a string, quoted, so the config refuses it where a number is due, as it
+/// refuses one in a config file.
 pub fn override_text(key: &str, v: &toml::Value) -> String {
-    format!("{key}={}", super::value_text(v))
+    let reads_otherwise = |s: &str| toml::from_str::<toml::Table>(&format!("v = {s}")).is_ok_and(|t| !t["v"].is_str());
+    match v {
+        toml::Value::String(s) if reads_otherwise(s) => format!("{key}={v}"),
+        _ => format!("{key}={}", super::value_text(v)),
+    }
 }
 
 #[cfg(test)]
