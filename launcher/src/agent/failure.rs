@@ -162,15 +162,27 @@ pub(super) async fn ask_for_flight_records(
 
 /// What the flight records in `dir` (the attempt's log folder: the ranks' `flight-rankR.json`, written
 /// when a collective of theirs failed) say together, a line per finding, then what the agents saw of
-/// the ranks that wrote none when asked (one that wrote its record later, stopping, is left out);
-/// none without either.
+/// the ranks that wrote none when asked (one that wrote its record later, stopping, is left out, but
+/// for a process found stopped or in the kernel: it wrote only once let go on, and its state is the
+/// finding); none without either.
 pub(super) fn collectives(dir: &Path) -> Vec<String> {
     let (dumps, mut notes) = flight::read_dumps(dir);
     let (unanswered, more) = flight::read_unanswered(dir);
     notes.extend(more);
     let mut lines = flight::diagnose(&dumps);
-    let silent = unanswered.iter().filter(|u| !dumps.iter().any(|d| d.rank == u.rank));
-    lines.extend(silent.map(flight::Unanswered::line));
+    let frozen =
+        |u: &flight::Unanswered| matches!(u.state, flight::ProcState::Stopped | flight::ProcState::Uninterruptible);
+    for u in &unanswered {
+        match dumps.iter().any(|d| d.rank == u.rank) {
+            false => lines.push(u.line()),
+            true if frozen(u) => lines.push(format!(
+                "{} (its record came later, written once it was let go on to stop: it tells where the rank got \
+                 to, not why it answered nothing)",
+                u.line()
+            )),
+            true => {}
+        }
+    }
     lines.extend(notes.into_iter().map(|n| format!("set aside: {n}")));
     lines
 }
@@ -209,6 +221,38 @@ fn write_new(dir: &Path, node: usize, text: &str) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rank found stopped when asked, whose record came once the agent let it go on, is still named
+    /// as stopped; a rank merely slow to write is left out once its record is there.
+    #[test]
+    fn a_rank_found_stopped_stays_named_though_its_record_came_later() {
+        let dir = tempfile::tempdir().unwrap();
+        for r in [1, 2] {
+            let record = format!(r#"{{"rank": {r}, "world": 3, "reason": "asked", "unix_time": 0, "entries": []}}"#);
+            std::fs::write(dir.path().join(flight::record_name(r)), record).unwrap();
+        }
+        let seen = |rank: usize, state: flight::ProcState| flight::Unanswered {
+            rank,
+            pid: 40 + rank as i32,
+            host: "h".into(),
+            state,
+            culprit: None,
+            kernel_wait: None,
+            run_id: None,
+            attempt: None,
+            unix_time: 0,
+        };
+        flight::write_unanswered(
+            dir.path(),
+            0,
+            &[seen(1, flight::ProcState::Stopped), seen(2, flight::ProcState::Running)],
+        );
+        let lines = collectives(dir.path());
+        let stopped: Vec<&String> = lines.iter().filter(|l| l.contains("wrote no flight record when asked")).collect();
+        assert_eq!(stopped.len(), 1, "{lines:?}");
+        assert!(stopped[0].starts_with("rank 1 (pid 41 on h)") && stopped[0].contains("`kill -CONT 41`"), "{lines:?}");
+        assert!(stopped[0].contains("its record came later"), "{lines:?}");
+    }
 
     #[test]
     fn each_node_writes_its_own_record_into_a_shared_log_dir() {
