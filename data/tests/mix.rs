@@ -125,7 +125,7 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     let g12 = LoaderOptions { global_batch: 12, ..opts(0, 1, 0, Some(vec![1.0, 1.0])) };
     let e = Loader::new(ds.clone(), g12, Some(s.clone())).err().unwrap().to_string();
     assert!(
-        e.contains("data.global_batch, which a mix of datasets cannot change at a resume, 8, this run has 12"),
+        e.contains("data.global_batch 8 → 12: a mix of datasets cannot change its global batch at a resume"),
         "{e}"
     );
     let earlier_sizes = vec![infinity_data::loader::EarlierSize { global_batch: 4, until: 1 }];

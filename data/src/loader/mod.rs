@@ -223,8 +223,12 @@ impl LoaderState {
         // (one dataset's may change: the rest of its epoch is cut at the new size, `sizes`; a mix's
         // shares are whole batches of each dataset per mixed epoch, which change with the size)
         if self.global_batch != global_batch && self.mix.is_some() {
-            let what = "data.global_batch, which a mix of datasets cannot change at a resume,";
-            return mismatch(what, self.global_batch.to_string(), global_batch.to_string());
+            return Err(DataError::Config(format!(
+                "cannot resume the data stream: data.global_batch {} → {global_batch}: a mix of datasets cannot change \
+                 its global batch at a resume (its shares are whole batches of each dataset per mixed epoch); resume \
+                 with {}, or start a new run from the checkpoint's weights (model.init_from, a fresh optimiser)",
+                self.global_batch, self.global_batch
+            )));
         }
         self.check_sizes()?;
         if self.seed != seed {

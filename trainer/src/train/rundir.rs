@@ -91,8 +91,9 @@ pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<St
 /// which a checkpoint of an earlier build (without drop path) does not share.
 pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelConfig) -> Result<Vec<String>> {
     let p = ckpt.join("config.toml");
-    let mut changes = match std::fs::read_to_string(&p) {
-        Ok(old) => config_changes(&old, config_toml).with_context(|| format!("reading {}", p.display()))?,
+    let old = std::fs::read_to_string(&p);
+    let mut changes = match &old {
+        Ok(old) => config_changes(old, config_toml).with_context(|| format!("reading {}", p.display()))?,
         Err(e) => vec![format!("(not compared: {}: {e})", p.display())],
     };
     let model: Option<serde_json::Value> =
@@ -103,12 +104,20 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
         c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
-    // (the loader's `sizes`: a mix refuses it, with its own message)
+    // (the loader's `sizes`: a mix refuses it, with its own message); the peak learning rate as the
+    // two configs give it, whichever key each uses
+    let peak =
+        |text: &str| crate::scaling::settings::normalised(text).and_then(|t| crate::scaling::settings::peak_lr(&t));
+    let peaks = (old.as_deref().ok().and_then(peak), peak(config_toml));
     for c in changes.iter_mut().filter(|c| c.starts_with("data.global_batch:")) {
-        c.push_str(
-            " (from this step the rest of the epoch's rows are drawn in batches of the new size, each once; the \
-             learning rate follows it where given as optim.lr_per_256, not where given as optim.lr)",
-        );
+        let rate = match peaks {
+            (Some(a), Some(b)) if a != b => format!("the peak learning rate goes from {a:.4e} to {b:.4e} with it"),
+            (_, Some(b)) => format!("the peak learning rate stays {b:.4e} (optim.lr_per_256 would follow the size)"),
+            _ => "the learning rate follows it where given as optim.lr_per_256".to_string(),
+        };
+        c.push_str(&format!(
+            " (from this step the rest of the epoch's rows are drawn in batches of the new size, each once; {rate})"
+        ));
     }
     // what a fresh start alone reads: a resume's weights and average are the checkpoint's
     for c in changes.iter_mut().filter(|c| c.starts_with("model.init_from") || c.starts_with("model.init.")) {
