@@ -9,16 +9,6 @@ use std::sync::Arc;
 use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState, MixPhase};
 use infinity_data::{Checksums, Dataset};
 
-/// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
-fn two_parts() -> (Vec<tempfile::TempDir>, Dataset, Dataset) {
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    common::write_random_from(a.path(), 160, 7, 1000);
-    common::write_random_from(b.path(), 48, 8, 5000);
-    let open = |d: &tempfile::TempDir| Dataset::open(d.path(), Checksums::Verify).unwrap();
-    let (da, db) = (open(&a), open(&b));
-    (vec![a, b], da, db)
-}
-
 fn opts(rank: usize, world: usize, workers: usize, weights: Option<Vec<f64>>) -> LoaderOptions {
     common::loader_options(8, (rank, world), workers, weights)
 }
@@ -47,7 +37,7 @@ fn run(
 
 #[test]
 fn parts_are_drawn_by_weight_each_in_its_own_order() {
-    let (_dirs, a, b) = two_parts();
+    let (_dirs, a, b) = common::two_parts();
     let alone = Arc::new(Dataset::open(a.dir(), Checksums::Verify).unwrap());
     let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
     assert_eq!(ds.num_rows(), 208);
@@ -93,7 +83,7 @@ fn parts_are_drawn_by_weight_each_in_its_own_order() {
 
 #[test]
 fn a_mix_resumes_sample_exactly_while_the_world_size_changes() {
-    let (_dirs, a, b) = two_parts();
+    let (_dirs, a, b) = common::two_parts();
     let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
     let weights = Some(vec![0.3, 0.7]);
     let (reference, _) = run(&ds, 1, 0, &weights, None, 60);
@@ -109,7 +99,7 @@ fn a_mix_resumes_sample_exactly_while_the_world_size_changes() {
 
 #[test]
 fn a_changed_mix_and_parts_of_another_layout_are_refused() {
-    let (dirs, a, b) = two_parts();
+    let (dirs, a, b) = common::two_parts();
     let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
     let (_, s) = run(&ds, 1, 0, &Some(vec![1.0, 1.0]), None, 3);
     // (the parts' bucket lists end to end are the whole's)
@@ -121,17 +111,6 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
         ) && e.contains("data.mix"),
         "{e}"
     );
-    // (one dataset's global batch may change at a resume, a mix's not: its shares are whole batches)
-    let g12 = LoaderOptions { global_batch: 12, ..opts(0, 1, 0, Some(vec![1.0, 1.0])) };
-    let e = Loader::new(ds.clone(), g12, Some(s.clone())).err().unwrap().to_string();
-    assert!(
-        e.contains("data.global_batch 8 → 12: a mix of datasets cannot change its global batch at a resume"),
-        "{e}"
-    );
-    let earlier_sizes = vec![infinity_data::loader::EarlierSize { global_batch: 4, until: 1 }];
-    let sized = LoaderState { earlier_sizes, ..s.clone() };
-    let e = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 1.0])), Some(sized)).err().unwrap().to_string();
-    assert!(e.contains("earlier_sizes are of a mix"), "{e}");
     // the same shares, rescaled: the same samples
     let mut l = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![2.0, 2.0])), Some(s.clone())).unwrap();
     l.next_batch().unwrap();
@@ -208,7 +187,7 @@ fn run_phased(
 
 #[test]
 fn a_phase_reweighs_the_mix_from_its_batch_and_resumes_across_it() {
-    let (_dirs, a, b) = two_parts();
+    let (_dirs, a, b) = common::two_parts();
     let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
     let natural = mix_state(&ds, 8, None, &[]).unwrap().unwrap().batches_per_epoch;
     // from batch 10 on, part 1 alone (an annealing phase on the second dataset)

@@ -1,7 +1,7 @@
 //! A run resumed with another `data.global_batch`: it trains on at the new size from the checkpoint's
 //! step, `--check` says what changes, `derived.json` records each size from its step (so a sweep's
 //! tokens and compute count each at its own), and a resume after the change ends where the run
-//! resumed once does, bit for bit.
+//! resumed once does, bit for bit; a mix of datasets the same.
 
 mod common;
 
@@ -80,4 +80,44 @@ fn a_resume_at_another_global_batch_trains_on_and_resumes_again_exactly() {
     // (the loss curves' x: each step at its own size)
     let at3 = 3.0 * at(0, "train_flops_per_step_mean");
     assert!((run.compute_at(3) - at3).abs() < 1e-6 * at3 && run.compute_at(8) == run.compute);
+}
+
+/// A mix of two datasets changes its global batch as one dataset does: the run goes on at the new
+/// size, drawing both, says its totals over its sizes, and resumes after the change exactly.
+#[test]
+fn a_mix_changes_its_global_batch_at_a_resume_too() {
+    use infinity_data::synth::{synth, SynthOptions};
+    use infinity_data::writer::WriterOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let writer = WriterOptions { overwrite: true, ..Default::default() };
+    synth(&a, &SynthOptions { rows: 96, fit_rows: 48, writer: writer.clone(), ..Default::default() }).unwrap();
+    let tokenizer = Some(a.join(infinity_data::tokenizer::TOKENIZER_FILE));
+    synth(&b, &SynthOptions { rows: 64, seed: 5, tokenizer, writer, ..Default::default() }).unwrap();
+    let mixed = |run: &str, g: usize| {
+        let mut c = config(&a, tmp.path().join(run), g, 8);
+        c.data.weight = Some(1.0);
+        c.data.mix = vec![infinity_trainer::train::config::MixSource { dir: b.clone(), weight: Some(3.0) }];
+        c
+    };
+    let mut finals = Vec::new();
+    for (run, stops) in [("once", &[][..]), ("twice", &[7][..])] {
+        train(&mixed(run, 8), &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+        let bigger = mixed(run, 16);
+        let step3 = latest_checkpoint(&bigger.run.dir).unwrap();
+        if run == "once" {
+            let lines = check(&bigger, 1, Some(&step3), None).unwrap();
+            assert!(lines.iter().any(|l| l.starts_with("resume: over its global batch sizes (8 to step 3, then 16)")));
+        }
+        let mut from = step3;
+        for &stop in stops {
+            train(&bigger, &TrainOptions { resume: Some(from), stop_after: Some(stop), ..Default::default() }).unwrap();
+            from = latest_checkpoint(&bigger.run.dir).unwrap();
+        }
+        assert_eq!(train(&bigger, &TrainOptions { resume: Some(from), ..Default::default() }).unwrap().steps, 8);
+        let sizes = json(bigger.run.dir.join("derived.json"))["global_batch_sizes"].clone();
+        assert_eq!((sizes[0]["global_batch"].as_u64(), sizes[1]["from_step"].as_u64()), (Some(8), Some(3)), "{sizes}");
+        finals.push(std::fs::read(latest_checkpoint(&bigger.run.dir).unwrap().join("model.safetensors")).unwrap());
+    }
+    assert!(finals[0] == finals[1], "a resume after the change trained other weights");
 }

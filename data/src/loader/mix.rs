@@ -154,9 +154,17 @@ impl Mix {
         mix
     }
 
-    /// Global batches per mixed epoch (the same in every phase: the quotas of each sum to `Σ N_p`).
+    /// Global batches per mixed epoch of the last phase (the same in every phase at one global batch
+    /// size: the quotas of each sum to `Σ N_p`).
     pub(crate) fn per_epoch(&self) -> u64 {
-        self.phases[0].per_epoch
+        self.phases[self.phases.len() - 1].per_epoch
+    }
+
+    /// Each part's own batches drawn before global batch `from`, where a phase starts (the loader
+    /// starts one at each change of the global batch size).
+    pub(crate) fn drawn_before(&self, from: u64) -> &[u64] {
+        let phase = self.phases.iter().find(|p| p.from == from).expect("a phase starts at each change of size");
+        &phase.offsets
     }
 
     /// The part global batch `a` comes from, which of that part's own batches it is (counted over its

@@ -220,22 +220,14 @@ impl LoaderState {
                 manifest.fingerprint()
             )));
         }
-        // (one dataset's may change: the rest of its epoch is cut at the new size, `sizes`; a mix's
-        // shares are whole batches of each dataset per mixed epoch, which change with the size)
-        if self.global_batch != global_batch && self.mix.is_some() {
-            return Err(DataError::Config(format!(
-                "cannot resume the data stream: data.global_batch {} → {global_batch}: a mix of datasets cannot change \
-                 its global batch at a resume (its shares are whole batches of each dataset per mixed epoch); resume \
-                 with {}, or start a new run from the checkpoint's weights (model.init_from, a fresh optimiser)",
-                self.global_batch, self.global_batch
-            )));
-        }
+        // (the size may change: the rest of each dataset's epoch is cut at the new size, `sizes`)
         self.check_sizes()?;
         if self.seed != seed {
             return mismatch("run.seed", self.seed.to_string(), seed.to_string());
         }
+        // (a mix's batches per epoch at another size are another size's: the size's change, not the data's)
         let batches = |m: Option<&MixState>| m.map(|m| m.begun_batches(done));
-        if batches(self.mix.as_ref()) != batches(mix) {
+        if self.global_batch == global_batch && batches(self.mix.as_ref()) != batches(mix) {
             let say = |m: Option<&MixState>| m.map_or("one dataset".into(), |m| m.batches_text(done));
             return mismatch(
                 "the mix's batches per epoch of each dataset (data.mix and its weights)",
@@ -247,17 +239,14 @@ impl LoaderState {
     }
 
     /// An error unless the sizes are as [`LoaderState::resized`] writes them: above 0, each earlier one
-    /// ending after the one before and by the batches done, and other than the next; none for a mix (a
-    /// position edited by hand, or damaged).
+    /// ending after the one before and by the batches done, and other than the next (a position edited
+    /// by hand, or damaged).
     fn check_sizes(&self) -> Result<()> {
         let bad = |what: String| {
             Err(DataError::Config(format!("the saved position's {what} (a position edited by hand, or damaged)")))
         };
         if self.global_batch == 0 {
             return bad("global_batch is 0".into());
-        }
-        if self.mix.is_some() && !self.earlier_sizes.is_empty() {
-            return bad("earlier_sizes are of a mix, whose global batch cannot change".into());
         }
         let mut after = 0;
         let next = self.earlier_sizes.iter().skip(1).map(|e| e.global_batch).chain([self.global_batch]);
@@ -354,6 +343,34 @@ pub fn mix_state(
         states.push(PhaseState { from: p.from, weights: p.weights.clone(), batches_per_epoch });
     }
     Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec), phases: states }))
+}
+
+/// A mix's phases where its global batch changed (`sizes`: each size from its first global batch, by
+/// increasing start): every start of a weighting (`weights`, then `phases`) or of a size, with the
+/// quotas of the weights and the size in effect there.
+fn sized_mix_phases(
+    ds: &Dataset,
+    weights: Option<&[f64]>,
+    phases: &[MixPhase],
+    sizes: &[(u64, usize)],
+) -> Result<Vec<(u64, Vec<u64>)>> {
+    let mut starts: Vec<u64> = phases.iter().map(|p| p.from).chain(sizes.iter().map(|s| s.0)).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let mut out = Vec::with_capacity(starts.len());
+    for from in starts {
+        let w = phases.iter().rfind(|p| p.from <= from).map(|p| &p.weights[..]).or(weights);
+        let g = sizes.iter().rfind(|s| s.0 <= from).map_or(sizes[0].1, |s| s.1) as u64;
+        let natural: Vec<u64> =
+            ds.parts().iter().map(|p| p.manifest.rows_per_bucket().iter().map(|n| n / g).sum()).collect();
+        let names: Vec<String> = ds
+            .parts()
+            .iter()
+            .map(|p| format!("{} (at global batch {g}, from batch {from})", p.dir.display()))
+            .collect();
+        out.push((from, mix::quotas(&natural, w, &names)?));
+    }
+    Ok(out)
 }
 
 /// A part's stream, with a shared cache of its last few epoch plans (workers may straddle an epoch
@@ -454,12 +471,6 @@ impl Loader {
         }
         // (one dataset: its own epoch; a mix: its datasets' shares, as the position records them)
         let mixed = mix_state(&ds, g, opts.mix_weights.as_deref(), &opts.mix_phases)?;
-        let phases: Vec<(u64, Vec<u64>)> = match &mixed {
-            None => vec![(0, vec![per_epoch[0]])],
-            Some(m) => std::iter::once((0, m.batches_per_epoch.clone()))
-                .chain(m.phases.iter().map(|p| (p.from, p.batches_per_epoch.clone())))
-                .collect(),
-        };
         let rows_of: Vec<&[Vec<u64>]> = part_rows.iter().map(|p| &p[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&rows_of)));
         let state = match resume {
@@ -485,12 +496,10 @@ impl Loader {
                 s
             }
         };
-        // (a dataset mended since, `--accept-data-change`, may have no batch of an earlier size)
-        if let Some((k, e)) = state
-            .earlier_sizes
-            .iter()
-            .enumerate()
-            .find(|(_, e)| EpochPlan::batches_per_epoch(&part_rows[0], e.global_batch) == 0)
+        // (a dataset mended since, `--accept-data-change`, may have no batch of an earlier size; a mix's
+        // quotas say so of a dataset it weighs)
+        let no_batch = |e: &&EarlierSize| EpochPlan::batches_per_epoch(&part_rows[0], e.global_batch) == 0;
+        if let Some((k, e)) = state.earlier_sizes.iter().enumerate().find(|(_, e)| part_rows.len() == 1 && no_batch(e))
         {
             let largest = part_rows[0].iter().map(Vec::len).max().unwrap_or(0);
             return Err(DataError::Config(format!(
@@ -500,13 +509,37 @@ impl Loader {
                 ds.dir().display()
             )));
         }
+        // one dataset: its own epochs; a mix: its datasets' shares, as the position records them, and
+        // where the size changed, a phase of its own from each change on (the shares are whole batches)
+        let phases: Vec<(u64, Vec<u64>)> = match &state.mix {
+            None => vec![(0, vec![per_epoch[0]])],
+            Some(_) if !state.earlier_sizes.is_empty() => {
+                let starts = std::iter::once(0).chain(state.earlier_sizes.iter().map(|e| e.until));
+                let gs = state.earlier_sizes.iter().map(|e| e.global_batch).chain([g]);
+                let sizes: Vec<(u64, usize)> = starts.zip(gs).collect();
+                sized_mix_phases(&ds, opts.mix_weights.as_deref(), &opts.mix_phases, &sizes)?
+            }
+            Some(m) => std::iter::once((0, m.batches_per_epoch.clone()))
+                .chain(m.phases.iter().map(|p| (p.from, p.batches_per_epoch.clone())))
+                .collect(),
+        };
+        let mix = mix::Mix::new(phases, opts.seed);
         let parts: Vec<Plans> = part_rows
             .into_iter()
             .enumerate()
             .map(|(p, rows_by_bucket)| {
                 let seed = mix::part_seed(opts.seed, p);
                 let counts: Vec<usize> = rows_by_bucket.iter().map(Vec::len).collect();
-                let segments = sizes::segments(&counts, seed, &state.earlier_sizes, g);
+                // (each dataset's own batches drawn at each size: a mix's part counts them itself)
+                let own: Vec<EarlierSize> = match state.mix {
+                    None => state.earlier_sizes.clone(),
+                    Some(_) => state
+                        .earlier_sizes
+                        .iter()
+                        .map(|e| EarlierSize { global_batch: e.global_batch, until: mix.drawn_before(e.until)[p] })
+                        .collect(),
+                };
+                let segments = sizes::segments(&counts, seed, &own, g);
                 let cache = Mutex::new(VecDeque::new());
                 Plans { rows_by_bucket, seed, segments, rank, world_size: w, cache }
             })
@@ -514,7 +547,7 @@ impl Loader {
         let shared = Arc::new(Shared {
             ds,
             parts,
-            mix: mix::Mix::new(phases, opts.seed),
+            mix,
             skip_bad: opts.bad_rows == BadRows::Skip,
             spares: Mutex::new(Vec::new()),
         });
@@ -556,7 +589,8 @@ impl Loader {
         self.state.clone()
     }
 
-    /// Global batches per (mixed) epoch (every phase of a mix has as many).
+    /// Global batches per (mixed) epoch at the present size (every phase of a mix at one size has as
+    /// many).
     pub fn batches_per_epoch(&self) -> u64 {
         self.shared.mix.per_epoch()
     }

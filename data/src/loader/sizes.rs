@@ -50,7 +50,8 @@ pub struct Located {
 }
 
 /// The segments of a stream over buckets of `counts` rows, under `seed`: `earlier` sizes, then
-/// `global_batch` from the last `until` on.
+/// `global_batch` from the last `until` on (the `until`s increasing; a mix's dataset may repeat one,
+/// having drawn nothing at a size).
 pub fn segments(counts: &[usize], seed: u64, earlier: &[EarlierSize], global_batch: usize) -> Vec<Segment> {
     let per_epoch = |g: usize| counts.iter().map(|n| (n / g) as u64).sum::<u64>();
     let first = earlier.first().map_or(global_batch, |e| e.global_batch);
@@ -65,6 +66,21 @@ pub fn segments(counts: &[usize], seed: u64, earlier: &[EarlierSize], global_bat
     let later = earlier.iter().skip(1).map(|e| e.global_batch).chain(std::iter::once(global_batch));
     for (change, g) in earlier.iter().zip(later) {
         let prev = out.last().expect("the first segment");
+        if change.until == prev.from {
+            // (a size that drew nothing here: a dataset of a mix not drawn while it lasted) the next
+            // one starts where it did
+            let first_epoch_len = undrawn_counts(counts, &prev.cuts).iter().map(|n| (n / g) as u64).sum();
+            let (epoch, cuts) = (prev.epoch, prev.cuts.clone());
+            out.push(Segment {
+                from: change.until,
+                global_batch: g,
+                epoch,
+                cuts,
+                first_epoch_len,
+                per_epoch: per_epoch(g),
+            });
+            continue;
+        }
         let at = locate(&out, change.until);
         // the cuts of the epoch the change falls in: those before it in that epoch, and the batches
         // the segment before drew of it (none where the change falls on the epoch's start)

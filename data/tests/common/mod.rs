@@ -151,3 +151,13 @@ pub fn run_world(
     assert!(states.iter().all(|s| s == &states[0]), "ranks agree on the position");
     (out, states[0].clone())
 }
+
+/// Part A: 160 rows, ids from 1000; part B: 48 rows, ids from 5000.
+pub fn two_parts() -> (Vec<tempfile::TempDir>, Dataset, Dataset) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_random_from(a.path(), 160, 7, 1000);
+    write_random_from(b.path(), 48, 8, 5000);
+    let open = |d: &tempfile::TempDir| Dataset::open(d.path(), Checksums::Verify).unwrap();
+    let (da, db) = (open(&a), open(&b));
+    (vec![a, b], da, db)
+}

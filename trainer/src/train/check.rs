@@ -377,11 +377,10 @@ impl BadRows {
 }
 
 /// The run's totals over the global batch sizes it had (the `run:` line counts every step at
-/// `data.global_batch`), where a resume changes the size or changed it before; `None` otherwise (and
-/// for a mix, whose size cannot change).
+/// `data.global_batch`), where a resume changes the size or changed it before; `None` otherwise.
 fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &LoaderState) -> Option<String> {
     let g = cfg.data.global_batch;
-    if ds.parts().len() > 1 || (saved.global_batch == g && saved.earlier_sizes.is_empty()) {
+    if saved.global_batch == g && saved.earlier_sizes.is_empty() {
         return None;
     }
     let sizes = if saved.global_batch == g { saved.clone() } else { saved.resized(g) };
@@ -390,7 +389,7 @@ fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &L
     let gs = sizes.earlier_sizes.iter().map(|e| e.global_batch).chain([g]);
     let (mut tokens, mut flops, mut epochs) = (0.0, 0.0, 0.0);
     for ((from, until), g) in starts.zip(ends).zip(gs) {
-        let (mix, rows) = (TokenMix::of(mc, &ds.manifest, g), until.saturating_sub(from) as f64 * g as f64);
+        let (mix, rows) = (TokenMix::at_size(mc, ds, cfg, g), until.saturating_sub(from) as f64 * g as f64);
         (tokens, flops) = (tokens + rows * mix.mean_tokens, flops + rows * mix.mean_flops);
         epochs += rows / mix.rows_per_epoch.max(1) as f64;
     }

@@ -271,7 +271,7 @@ pub(super) fn derived_record(
         let mut sizes: Vec<serde_json::Value> = earlier
             .iter()
             .zip(starts.clone())
-            .map(|(e, from)| size(e.global_batch, from, &TokenMix::of(mc, &ds.manifest, e.global_batch)))
+            .map(|(e, from)| size(e.global_batch, from, &TokenMix::at_size(mc, ds, cfg, e.global_batch)))
             .collect();
         sizes.push(size(cfg.data.global_batch, starts.last().unwrap_or(0), mix));
         record["global_batch_sizes"] = serde_json::Value::Array(sizes);

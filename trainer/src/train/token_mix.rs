@@ -58,6 +58,16 @@ impl TokenMix {
         Self::of_parts(mc, parts, weights, cfg.data.global_batch)
     }
 
+    /// [`TokenMix::of_mix`] of `ds` (`cfg`'s datasets) at global batch size `global_batch`: a size the
+    /// run had before a resume changed it.
+    pub fn at_size(mc: &ModelConfig, ds: &infinity_data::Dataset, cfg: &TrainConfig, global_batch: usize) -> TokenMix {
+        let manifests: Vec<&Manifest> = ds.parts().iter().map(|p| &p.manifest).collect();
+        let mut at = cfg.clone();
+        at.data.global_batch = global_batch;
+        // (the loader drew at that size: its quotas were whole batches there)
+        Self::of_mix(mc, &manifests, &at).unwrap_or_else(|_| Self::of(mc, &ds.manifest, global_batch))
+    }
+
     /// [`TokenMix::of_mix`] under `weights`.
     fn of_parts(mc: &ModelConfig, parts: &[&Manifest], weights: MixWeights, global_batch: usize) -> Result<TokenMix> {
         let m = parts[0];
