@@ -89,3 +89,40 @@ fn a_phase_after_a_change_draws_at_the_new_size_and_one_before_it_stays() {
     got.extend(draw(&ds, (16, 1), &phases, Some(s), 13).0);
     assert_eq!(got, after);
 }
+
+/// A dataset weighted 0 until a phase draws nothing at the first size (its stream changes size before
+/// its first batch), and two changes in a row: each dataset still draws each row once an epoch, and a
+/// resume between the changes draws what the run would have drawn.
+#[test]
+fn a_dataset_not_drawn_at_a_size_and_two_changes_resume_exactly() {
+    let (_dirs, a, b) = common::two_parts();
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    let opts = |g: usize, (rank, world): (usize, usize)| {
+        let mut o = common::loader_options(g, (rank, world), 1, Some(vec![1.0, 0.0]));
+        o.mix_phases = vec![MixPhase { from: 8, weights: vec![1.0, 1.0] }];
+        o
+    };
+    let draw = |g: usize, world: usize, state: Option<LoaderState>, steps: usize| {
+        let mut loaders: Vec<Loader> =
+            (0..world).map(|r| Loader::new(ds.clone(), opts(g, (r, world)), state.clone()).unwrap()).collect();
+        let got: Vec<(u16, Vec<u64>)> = (0..steps)
+            .map(|_| {
+                let parts: Vec<Batch> = loaders.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+                (parts[0].part, parts.iter().flat_map(|p| p.ids.clone()).collect())
+            })
+            .collect();
+        (got, loaders[0].state())
+    };
+    let (first, at5) = draw(8, 1, None, 5);
+    assert!(first.iter().all(|b| b.0 == 0), "B weighs 0 before batch 8");
+    let (middle, at10) = draw(12, 1, Some(at5.clone()), 5);
+    let (last, _) = draw(4, 1, Some(at10.clone()), 30);
+    assert_eq!(at10.earlier_sizes.len(), 1);
+    let all: Vec<(u16, Vec<u64>)> = first.iter().chain(&middle).chain(&last).cloned().collect();
+    assert!(all.iter().any(|b| b.0 == 1), "B drawn from its phase on");
+    no_row_twice_within_an_epoch(&ds, &all, 12);
+    // the same with the second change resumed on 2 ranks, then on 4
+    let (mut got, s) = draw(4, 2, Some(at10), 12);
+    got.extend(draw(4, 4, Some(s), 18).0);
+    assert_eq!(got, last);
+}

@@ -368,7 +368,15 @@ fn sized_mix_phases(
             .iter()
             .map(|p| format!("{} (at global batch {g}, from batch {from})", p.dir.display()))
             .collect();
-        out.push((from, mix::quotas(&natural, w, &names)?));
+        let quotas = mix::quotas(&natural, w, &names)?;
+        if quotas.iter().all(|&n| n == 0) {
+            // (a mended dataset whose buckets hold no batch of a size it drew at: nothing to draw)
+            return Err(DataError::Config(format!(
+                "loader: the saved position drew global batches of {g} rows from batch {from}, of which no dataset of \
+                 the mix has a full one: it cannot be continued on these datasets"
+            )));
+        }
+        out.push((from, quotas));
     }
     Ok(out)
 }

@@ -295,8 +295,8 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         };
         let lost = match exited[i] {
             None => {
-                "; a checkpoint it was still writing is lost, and a resume starts from the newest complete one \
-                     (a --grace-s longer than a checkpoint write keeps it)"
+                "; a checkpoint it may have been writing is lost, and a resume starts from the newest complete \
+                 one (a --grace-s longer than a checkpoint write keeps it)"
             }
             Some(_) => "",
         };

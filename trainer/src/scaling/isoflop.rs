@@ -255,7 +255,7 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
     }
     for p in &iso.profiles {
         // (3 coefficients for 3 points: a zero residual says nothing of the shape)
-        if p.measured.len() == 3 {
+        if distinct(p.measured.iter().map(|m| m.0)) == 3 {
             warnings.push(format!(
                 "the IsoFLOP parabola at C = {:.3e} passes exactly through its 3 sizes (3 coefficients for 3 points): \
                  nothing tests its shape, and its N_opt has no interval; a fourth size at this budget tests it",

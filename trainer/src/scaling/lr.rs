@@ -137,7 +137,7 @@ pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<
         let summary = dir.join("summary.json").is_file();
         out.push(LrRun {
             dir: dir.clone(),
-            key: settings::experiment(&table, &settings::LEARNING_RATE),
+            key: settings::experiment(&settings::as_trained(&table, &derived), &settings::LEARNING_RATE),
             label,
             order,
             lr,

@@ -189,8 +189,8 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     if points.len() >= 2 && c_hi < isoflop::SAME_BUDGET * c_lo {
         warnings.push(format!(
             "the {} fitted points share one compute budget (C from {c_lo:.3e} to {c_hi:.3e}, within 10 %): how the \
-             loss falls with compute is not measured, so L(C) and its predictions at other budgets mean nothing; \
-             the IsoFLOP profile places the best size at this budget",
+             loss falls with compute is not measured, so L(C) and its predictions at other budgets mean nothing \
+             (an IsoFLOP profile, 3 or more sizes at the budget, places the best size there)",
             points.len()
         ));
     } else if pearson.all.0 >= 0.0 {

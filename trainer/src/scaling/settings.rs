@@ -29,12 +29,14 @@ const NOT_THE_EXPERIMENT: [(&str, &str); 15] = [
 ];
 
 /// Whether a change of config key `key` (dotted, as `config_changes` names it) leaves what a run
-/// computes as it was: one of [`NOT_THE_EXPERIMENT`] but the seed and the folder (another seed is
-/// another run of the experiment, another folder another run).
+/// computes as it was: one of [`NOT_THE_EXPERIMENT`] but the seed, the folder (another seed is another
+/// run of the experiment, another folder another run) and the validation sets (their losses).
 pub fn leaves_the_result(key: &str) -> bool {
     let (section, rest) = key.split_once('.').unwrap_or((key, ""));
     let under = |k: &str| rest == k || rest.strip_prefix(k).is_some_and(|r| r.starts_with(['.', '[']));
+    // (a validation set's folder is the measurement `--val-set` fits: not the sweep's to move)
     !matches!(key, "run.seed" | "run.dir")
+        && !key.starts_with("val.sets")
         && NOT_THE_EXPERIMENT.iter().any(|&(s, k)| s == section && (k == "*" || under(k)))
 }
 
@@ -103,6 +105,29 @@ pub fn normalised(text: &str) -> Option<toml::Table> {
     filled.and_then(|t| t.parse().ok()).or_else(|| text.parse().ok())
 }
 
+/// The model keys a run's shape comes from, as `derived.json`'s resolved model names them.
+const SHAPE: [&str; 6] = ["depth", "embed_dim", "num_heads", "mlp_ratio", "drop_path_rate", "apply_spatial_patchify"];
+
+/// A (normalised) config with its model's shape as the run trained it (`derived.json`'s `model`, where
+/// it records one), over what [`normalised`] filled in from the preset this build has: a preset whose
+/// value changed between builds does not make runs of the old one compare as the new one's.
+pub fn as_trained(table: &toml::Table, derived: &serde_json::Value) -> toml::Table {
+    let mut t = table.clone();
+    let Some(model) = t.get_mut("model").and_then(toml::Value::as_table_mut) else { return t };
+    for key in SHAPE {
+        let trained = match &derived["model"][key] {
+            serde_json::Value::Number(n) if n.is_u64() => n.as_u64().map(|v| toml::Value::Integer(v as i64)),
+            serde_json::Value::Number(n) => n.as_f64().map(toml::Value::Float),
+            serde_json::Value::Bool(b) => Some(toml::Value::Boolean(*b)),
+            _ => None,
+        };
+        if let Some(v) = trained {
+            model.insert(key.to_string(), v);
+        }
+    }
+    t
+}
+
 /// A value as text: integers as the numbers they are (`4` and `4.0` alike), tables with sorted keys.
 fn canonical(v: &toml::Value) -> String {
     match v {
@@ -153,7 +178,7 @@ pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
 /// `derived.json`'s dataset fingerprint and `d`; its validation loss is `val_set`'s where one is named
 /// (one of `val.sets`, by name), else `val.dir`'s.
 pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: Option<&str>) -> Settings {
-    let experiment = table.map(|t| experiment(t, &[]));
+    let experiment = table.map(|t| experiment(&as_trained(t, derived), &[]));
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "?".to_string(),
@@ -256,12 +281,10 @@ mod tests {
 
     #[test]
     fn logging_and_checkpoint_settings_leave_the_result() {
-        for key in
-            ["run.log_every", "val.every", "checkpoint.every", "sample.cfg", "data.micro_batch", "val.sets[0].dir"]
-        {
+        for key in ["run.log_every", "val.every", "checkpoint.every", "sample.cfg", "data.micro_batch", "dist.zero1"] {
             assert!(leaves_the_result(key), "{key}");
         }
-        for key in ["run.seed", "run.dir", "run.steps", "optim.lr", "val.dir", "data.workers_x", "model.depth"] {
+        for key in ["run.seed", "run.dir", "run.steps", "optim.lr", "val.dir", "val.sets[0].dir", "data.workers_x"] {
             assert!(!leaves_the_result(key), "{key}");
         }
     }
@@ -278,6 +301,20 @@ mod tests {
         assert!(left.experiment.as_deref().is_some_and(|e| e.contains("num_heads")), "{:?}", left.experiment);
         assert_eq!(left.experiment, written.experiment);
         assert_ne!(left.experiment, with(&format!("num_heads = {}\n", tiny.num_heads * 2)).experiment);
+        // the shape as the run trained it (derived.json) over the preset this build has (tiny: no drop
+        // path): a run of a build whose preset gave 0.05 is one with 0.05 written out, not one without
+        let trained = |model: &str, drop: f64| {
+            let derived =
+                serde_json::json!({ "dataset": { "fingerprint": "f" }, "model": { "d": 32, "drop_path_rate": drop } });
+            read(
+                normalised(&format!("{run}[model]\npreset = \"tiny\"\nconditioning = \"class\"\n{model}")).as_ref(),
+                &derived,
+                None,
+            )
+        };
+        let old_build = trained("", 0.05);
+        assert_eq!(old_build.experiment, trained("drop_path_rate = 0.05\n", 0.05).experiment);
+        assert_ne!(old_build.experiment, trained("", 0.0).experiment);
     }
 
     /// A config `infinity train` reads has its defaults filled in: one that writes a default out is the

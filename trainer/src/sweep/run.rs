@@ -180,7 +180,10 @@ pub fn command(r: &PlannedRun, nproc: usize) -> Vec<String> {
         let log_dir = r.dir.join("logs").display().to_string();
         [
             vec![
+                // (one node: a sweep run in a multi-node allocation's shell is not the allocation's)
                 "launch".into(),
+                "--nnodes".into(),
+                "1".into(),
                 "--nproc-per-node".into(),
                 nproc.to_string(),
                 "--log-dir".into(),

@@ -250,7 +250,7 @@ pub fn check_with(
             out.push(format!("resume: settings that differ from the checkpoint's: {}", changes.join("; ")));
         }
         out.extend(data_change.map(|w| format!("resume: {w}")));
-        out.extend(sized_totals(cfg, (&mc, &ds), &state.loader));
+        out.extend(sized_totals(cfg, (&mc, &ds), &state.loader)?);
         position = Some(state.loader);
     } else {
         let mut start = Params::zeros(&lay);
@@ -378,26 +378,30 @@ impl BadRows {
 
 /// The run's totals over the global batch sizes it had (the `run:` line counts every step at
 /// `data.global_batch`), where a resume changes the size or changed it before; `None` otherwise.
-fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &LoaderState) -> Option<String> {
+fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &LoaderState) -> Result<Option<String>> {
     let g = cfg.data.global_batch;
     if saved.global_batch == g && saved.earlier_sizes.is_empty() {
-        return None;
+        return Ok(None);
     }
     let sizes = if saved.global_batch == g { saved.clone() } else { saved.resized(g) };
+    if sizes.earlier_sizes.is_empty() {
+        return Ok(None); // (changed back before a step: one size)
+    }
     let starts = std::iter::once(0).chain(sizes.earlier_sizes.iter().map(|e| e.until));
     let ends = sizes.earlier_sizes.iter().map(|e| e.until).chain([cfg.run.steps]);
     let gs = sizes.earlier_sizes.iter().map(|e| e.global_batch).chain([g]);
     let (mut tokens, mut flops, mut epochs) = (0.0, 0.0, 0.0);
     for ((from, until), g) in starts.zip(ends).zip(gs) {
-        let (mix, rows) = (TokenMix::at_size(mc, ds, cfg, g), until.saturating_sub(from) as f64 * g as f64);
+        let mix = TokenMix::at_size(mc, ds, cfg, g, (from, until))?;
+        let rows = until.saturating_sub(from) as f64 * g as f64;
         (tokens, flops) = (tokens + rows * mix.mean_tokens, flops + rows * mix.mean_flops);
         epochs += rows / mix.rows_per_epoch.max(1) as f64;
     }
     let sizes: Vec<String> =
         sizes.earlier_sizes.iter().map(|e| format!("{} to step {}", e.global_batch, e.until)).collect();
-    Some(format!(
+    Ok(Some(format!(
         "resume: over its global batch sizes ({}, then {g}): {tokens:.3e} tokens, {flops:.3e} training FLOPs, \
          {epochs:.2} epochs (the run: line counts every step at {g})",
         sizes.join(", ")
-    ))
+    )))
 }

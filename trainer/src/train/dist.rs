@@ -289,6 +289,7 @@ impl Dist {
             let named = String::from_utf8_lossy(&text.iter().map(|&b| b as u8).collect::<Vec<u8>>()).into_owned();
             let others = match differing.len() {
                 1 => String::new(),
+                2 => "; 1 more differs, its log names its settings".to_string(),
                 n => format!("; {} more differ, their logs name theirs", n - 1),
             };
             match differ.is_empty() {

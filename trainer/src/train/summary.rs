@@ -239,7 +239,7 @@ pub(super) fn derived_record(
     (mc, lay): (&ModelConfig, &Layout),
     (mix, earlier): (&TokenMix, &[EarlierSize]),
     (accum, micro_batch, world): (usize, usize, usize),
-) -> serde_json::Value {
+) -> Result<serde_json::Value> {
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
     let mut record = json!({
         "parameters": lay.numel,
@@ -267,13 +267,14 @@ pub(super) fn derived_record(
                 "train_flops_per_step_mean": mix.mean_flops * global_batch as f64,
             })
         };
-        let starts = std::iter::once(0).chain(earlier.iter().map(|e| e.until));
-        let mut sizes: Vec<serde_json::Value> = earlier
-            .iter()
-            .zip(starts.clone())
-            .map(|(e, from)| size(e.global_batch, from, &TokenMix::at_size(mc, ds, cfg, e.global_batch)))
-            .collect();
-        sizes.push(size(cfg.data.global_batch, starts.last().unwrap_or(0), mix));
+        // (each over its own steps: a mix's phases by their steps there)
+        let starts: Vec<u64> = std::iter::once(0).chain(earlier.iter().map(|e| e.until)).collect();
+        let ends = earlier.iter().map(|e| e.until).chain([cfg.run.steps.max(starts[starts.len() - 1])]);
+        let gs = earlier.iter().map(|e| e.global_batch).chain([cfg.data.global_batch]);
+        let mut sizes = Vec::with_capacity(starts.len());
+        for ((&from, until), g) in starts.iter().zip(ends).zip(gs) {
+            sizes.push(size(g, from, &TokenMix::at_size(mc, ds, cfg, g, (from, until))?));
+        }
         record["global_batch_sizes"] = serde_json::Value::Array(sizes);
     }
     if !cfg.data.phases.is_empty() {
@@ -286,7 +287,7 @@ pub(super) fn derived_record(
         });
         record["mix_phases"] = serde_json::Value::Array(phases.collect());
     }
-    record
+    Ok(record)
 }
 
 /// Each dataset of a mix: its folder, rows, weight and global batches per epoch.

@@ -39,33 +39,50 @@ struct MixWeights<'a> {
     phases: &'a [super::config::DataPhase],
     names: &'a [String],
     steps: u64,
+    /// The steps whose batches count (`0..steps`, or the span of one global batch size): a phase
+    /// outside it counts for none, its quotas unchecked.
+    span: (u64, u64),
 }
 
 impl TokenMix {
     pub fn of(mc: &ModelConfig, m: &Manifest, global_batch: usize) -> TokenMix {
         let names = ["data.dir".to_string()];
-        let weights = MixWeights { first: None, phases: &[], names: &names, steps: 1 };
+        let weights = MixWeights { first: None, phases: &[], names: &names, steps: 1, span: (0, 1) };
         Self::of_parts(mc, &[m], weights, global_batch).expect("one dataset, no weights")
     }
 
     /// The mix of `cfg`'s datasets (`data.dir`, `data.mix`), whose manifests are `parts` (the first's
     /// schedules are every one's).
     pub fn of_mix(mc: &ModelConfig, parts: &[&Manifest], cfg: &TrainConfig) -> Result<TokenMix> {
-        let names: Vec<String> = cfg.data.dirs().map(|(key, dir)| format!("{key} {}", dir.display())).collect();
-        let first = cfg.data.mix_weights();
-        let weights =
-            MixWeights { first: first.as_deref(), phases: &cfg.data.phases, names: &names, steps: cfg.run.steps };
-        Self::of_parts(mc, parts, weights, cfg.data.global_batch)
+        Self::of_span(mc, parts, cfg, cfg.data.global_batch, (0, cfg.run.steps))
     }
 
-    /// [`TokenMix::of_mix`] of `ds` (`cfg`'s datasets) at global batch size `global_batch`: a size the
-    /// run had before a resume changed it.
-    pub fn at_size(mc: &ModelConfig, ds: &infinity_data::Dataset, cfg: &TrainConfig, global_batch: usize) -> TokenMix {
+    /// [`TokenMix::of_mix`] of `ds` (`cfg`'s datasets) over steps `span` drawn at global batch size
+    /// `global_batch`: a size the run had there (a resume changed it), its phases by their steps in
+    /// the span.
+    pub fn at_size(
+        mc: &ModelConfig,
+        ds: &infinity_data::Dataset,
+        cfg: &TrainConfig,
+        global_batch: usize,
+        span: (u64, u64),
+    ) -> Result<TokenMix> {
         let manifests: Vec<&Manifest> = ds.parts().iter().map(|p| &p.manifest).collect();
-        let mut at = cfg.clone();
-        at.data.global_batch = global_batch;
-        // (the loader drew at that size: its quotas were whole batches there)
-        Self::of_mix(mc, &manifests, &at).unwrap_or_else(|_| Self::of(mc, &ds.manifest, global_batch))
+        Self::of_span(mc, &manifests, cfg, global_batch, span)
+    }
+
+    fn of_span(
+        mc: &ModelConfig,
+        parts: &[&Manifest],
+        cfg: &TrainConfig,
+        global_batch: usize,
+        span: (u64, u64),
+    ) -> Result<TokenMix> {
+        let names: Vec<String> = cfg.data.dirs().map(|(key, dir)| format!("{key} {}", dir.display())).collect();
+        let first = cfg.data.mix_weights();
+        let (phases, steps) = (&cfg.data.phases[..], cfg.run.steps);
+        let weights = MixWeights { first: first.as_deref(), phases, names: &names, steps, span };
+        Self::of_parts(mc, parts, weights, global_batch)
     }
 
     /// [`TokenMix::of_mix`] under `weights`.
@@ -83,11 +100,25 @@ impl TokenMix {
             true => infinity_data::loader::mix::quotas(&natural, w, names),
             false => Ok(natural.clone()),
         };
-        let quotas = quotas_of(weights.first, weights.names)?;
+        // the steps of `[from, to)` in the span: a phase with none is not drawn there (at this size), and
+        // its quotas here are not asked for
+        let (lo, hi) = weights.span;
+        let overlap = |from: u64, to: u64| to.min(hi).saturating_sub(from.max(lo));
+        let starts: Vec<u64> = weights.phases.iter().map(|p| p.start(weights.steps)).collect();
+        let first_end = starts.first().copied().unwrap_or(u64::MAX);
+        let quotas = match overlap(0, first_end) > 0 || weights.phases.is_empty() {
+            true => quotas_of(weights.first, weights.names)?,
+            false => quotas_of(weights.first, weights.names).unwrap_or_else(|_| natural.clone()),
+        };
         let mut phase_quotas = Vec::with_capacity(weights.phases.len());
         for (k, p) in weights.phases.iter().enumerate() {
             let names: Vec<String> = weights.names.iter().map(|n| format!("{n} (data.phases[{k}])")).collect();
-            phase_quotas.push((p.start(weights.steps), quotas_of(Some(&p.weights), &names)?));
+            let end = starts.get(k + 1).copied().unwrap_or(u64::MAX);
+            let q = match overlap(starts[k], end) > 0 {
+                true => quotas_of(Some(&p.weights), &names)?,
+                false => natural.clone(),
+            };
+            phase_quotas.push((starts[k], q));
         }
         let named = |p: usize, b: usize| match p {
             0 => m.schedules[b].name.clone(),
@@ -123,7 +154,7 @@ impl TokenMix {
             let phases = std::iter::once(&quotas).chain(phase_quotas.iter().map(|(_, q)| q));
             share = vec![0.0; m.schedules.len()];
             for ((from, to), q) in starts.zip(ends).zip(phases) {
-                let steps = to.min(weights.steps.max(1)).saturating_sub(from) as f64;
+                let steps = overlap(from, to.min(weights.steps.max(1))) as f64;
                 share.iter_mut().zip(share_of(q)).for_each(|(s, x)| *s += steps * x);
             }
         }
