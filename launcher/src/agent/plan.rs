@@ -41,7 +41,7 @@ impl Plan {
 }
 
 pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
-    check_command(&a.cmd, &|k| std::env::var(k).ok())?;
+    check_command(&a.cmd, &|k| std::env::var_os(k))?;
     let mut p = plan_with(a, |k| std::env::var(k).ok())?;
     if let Some(mode) = a.numa_binding {
         // (once: the command line is planned twice, and opening a GPU's device file may wake it)
@@ -85,13 +85,14 @@ const TORCHRUN_MASTER_PORT: u16 = 29500;
 /// An error for a command that is neither an `infinity` subcommand nor a program found on `PATH` (or
 /// by its path): a typo would otherwise fail on every rank of every node, after the rendezvous, with
 /// an exit a scheduler retries.
-fn check_command(cmd: &[String], env: &impl Fn(&str) -> Option<String>) -> Result<()> {
+fn check_command(cmd: &[String], env: &impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<()> {
     let Some(first) = cmd.first() else { return Ok(()) };
     if super::ranks::OWN_SUBCOMMANDS.contains(&first.as_str()) || first.contains('/') {
         return Ok(());
     }
-    let on_path = env("PATH").is_some_and(|p| std::env::split_paths(&p).any(|dir| dir.join(first).is_file()));
-    if on_path {
+    // (no PATH to look in: the spawn's own default path decides)
+    let Some(path) = env("PATH") else { return Ok(()) };
+    if std::env::split_paths(&path).any(|dir| dir.join(first).is_file()) {
         return Ok(());
     }
     let near = super::ranks::OWN_SUBCOMMANDS.iter().find(|s| strsim::levenshtein(s, first) <= 2);
@@ -359,7 +360,7 @@ mod tests {
     fn a_command_that_is_no_subcommand_nor_program_is_refused_with_the_nearest() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("trainer.sh"), "").unwrap();
-        let path = dir.path().display().to_string();
+        let path = std::ffi::OsString::from(dir.path());
         let env = |k: &str| (k == "PATH").then(|| path.clone());
         let cmd = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
         let e = check_command(&cmd(&["trian", "c.toml"]), &env).unwrap_err().to_string();
@@ -370,6 +371,8 @@ mod tests {
         for ok in [&["train"][..], &["trainer.sh"], &["./anything"], &["/bin/x"]] {
             assert!(check_command(&cmd(ok), &env).is_ok(), "{ok:?}");
         }
+        // no PATH at all: left to the spawn (its default path)
+        assert!(check_command(&cmd(&["python3"]), &|_| None).is_ok());
     }
 
     #[test]

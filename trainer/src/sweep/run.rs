@@ -142,6 +142,13 @@ pub fn check_configs(runs: &[PlannedRun]) -> Result<()> {
 pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
     for (r, text, logging_changed) in config_texts(runs)? {
         if logging_changed && skipped(r).is_some() {
+            // (its own config, with the paths an earlier build wrote relative made absolute, as for the rest)
+            let path = r.dir.join("config.toml");
+            let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let absolute = with_absolute_paths(&old).with_context(|| format!("reading {}", path.display()))?;
+            if absolute.parse::<toml::Table>().ok() != old.parse::<toml::Table>().ok() {
+                write_atomic(&path, absolute.as_bytes())?;
+            }
             continue;
         }
         std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
