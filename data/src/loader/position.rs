@@ -195,6 +195,15 @@ impl LoaderState {
         Ok(())
     }
 
+    /// Each global batch size of the stream with the global batches it spans, as `(from, until, size)`:
+    /// the earlier ones, then the present one's until `end` (or its start, where that is later).
+    pub fn size_spans(&self, end: u64) -> Vec<(u64, u64, usize)> {
+        let starts: Vec<u64> = std::iter::once(0).chain(self.earlier_sizes.iter().map(|e| e.until)).collect();
+        let ends = self.earlier_sizes.iter().map(|e| e.until).chain([end.max(starts[starts.len() - 1])]);
+        let sizes = self.earlier_sizes.iter().map(|e| e.global_batch).chain([self.global_batch]);
+        starts.into_iter().zip(ends).zip(sizes).map(|((from, until), g)| (from, until, g)).collect()
+    }
+
     /// This position continued at global batch size `global_batch` from here on ([`super::sizes`]): the size
     /// it was at becomes an earlier one, unless it drew nothing (then it is dropped, and a size equal to
     /// the one before joins it: changing the size back before a step changes nothing).

@@ -387,11 +387,8 @@ fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &L
     if sizes.earlier_sizes.is_empty() {
         return Ok(None); // (changed back before a step: one size)
     }
-    let starts = std::iter::once(0).chain(sizes.earlier_sizes.iter().map(|e| e.until));
-    let ends = sizes.earlier_sizes.iter().map(|e| e.until).chain([cfg.run.steps]);
-    let gs = sizes.earlier_sizes.iter().map(|e| e.global_batch).chain([g]);
     let (mut tokens, mut flops, mut epochs) = (0.0, 0.0, 0.0);
-    for ((from, until), g) in starts.zip(ends).zip(gs) {
+    for (from, until, g) in sizes.size_spans(cfg.run.steps) {
         let mix = TokenMix::at_size(mc, ds, cfg, g, (from, until))?;
         let rows = until.saturating_sub(from) as f64 * g as f64;
         (tokens, flops) = (tokens + rows * mix.mean_tokens, flops + rows * mix.mean_flops);

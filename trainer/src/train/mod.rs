@@ -182,8 +182,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     if leader {
         write_run_file(run, "config.toml", &config_toml)?;
-        let earlier = loader.state().earlier_sizes;
-        let derived = derived_record(cfg, &ds, (&mc, &lay), (&mix, &earlier), (accum, micro_batch, dist.world))?;
+        let position = loader.state();
+        let derived = derived_record(cfg, &ds, (&mc, &lay), (&mix, &position), (accum, micro_batch, dist.world))?;
         write_run_file(run, "derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     // only rank 0 writes logs, sample grids and checkpoints

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use infinity_data::loader::EarlierSize;
+use infinity_data::loader::LoaderState;
 use infinity_data::Dataset;
 use serde_json::json;
 
@@ -231,13 +231,14 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
 }
 
 /// `derived.json`: the sizes the config implies for the model `mc` of layout `lay`, trained by
-/// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`, after `earlier` global
+/// `world` ranks in `accum` micro-steps of `micro_batch` samples, on `ds`, drawn from `position` (its
+/// earlier global batch sizes, where a resume changed it)
 /// batch sizes where a resume changed it.
 pub(super) fn derived_record(
     cfg: &TrainConfig,
     ds: &Dataset,
     (mc, lay): (&ModelConfig, &Layout),
-    (mix, earlier): (&TokenMix, &[EarlierSize]),
+    (mix, position): (&TokenMix, &LoaderState),
     (accum, micro_batch, world): (usize, usize, usize),
 ) -> Result<serde_json::Value> {
     let data_dir = std::path::absolute(&cfg.data.dir).unwrap_or_else(|_| cfg.data.dir.clone());
@@ -257,7 +258,7 @@ pub(super) fn derived_record(
     if ds.parts().len() > 1 {
         record["mix"] = mix_record(cfg, ds, mix);
     }
-    if !earlier.is_empty() {
+    if !position.earlier_sizes.is_empty() {
         // (the per-step figures above are the present size's; a run's tokens and compute sum these)
         let size = |global_batch: usize, from_step: u64, mix: &TokenMix| {
             json!({
@@ -268,11 +269,8 @@ pub(super) fn derived_record(
             })
         };
         // (each over its own steps: a mix's phases by their steps there)
-        let starts: Vec<u64> = std::iter::once(0).chain(earlier.iter().map(|e| e.until)).collect();
-        let ends = earlier.iter().map(|e| e.until).chain([cfg.run.steps.max(starts[starts.len() - 1])]);
-        let gs = earlier.iter().map(|e| e.global_batch).chain([cfg.data.global_batch]);
-        let mut sizes = Vec::with_capacity(starts.len());
-        for ((&from, until), g) in starts.iter().zip(ends).zip(gs) {
+        let mut sizes = Vec::new();
+        for (from, until, g) in position.size_spans(cfg.run.steps) {
             sizes.push(size(g, from, &TokenMix::at_size(mc, ds, cfg, g, (from, until))?));
         }
         record["global_batch_sizes"] = serde_json::Value::Array(sizes);
