@@ -327,7 +327,7 @@ mod tests {
             steps: 1,
             tokens,
             flops_per_step: k * params * tokens,
-            flops_by_size: vec![],
+            flops_by_size: vec![(0, k * params * tokens)],
             compute: k * params * tokens,
             finished: true,
             diverged: false,

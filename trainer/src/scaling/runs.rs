@@ -35,8 +35,8 @@ pub struct RunRecord {
     pub tokens: f64,
     /// FLOPs per step at the run's (last) global batch size.
     pub flops_per_step: f64,
-    /// `(from step, FLOPs per step)` of each global batch size the run had, where a resume changed it
-    /// (empty: `flops_per_step` throughout).
+    /// `(from step, FLOPs per step)` of each global batch size the run had (one from step 0, but where a
+    /// resume changed it).
     pub flops_by_size: Vec<(u64, f64)>,
     /// C: training FLOPs spent.
     pub compute: f64,
@@ -71,10 +71,7 @@ pub struct RunRecord {
 impl RunRecord {
     /// C after `step` steps (a loss curve's x), each step at its global batch size's FLOPs.
     pub fn compute_at(&self, step: u64) -> f64 {
-        match self.flops_by_size.is_empty() {
-            true => step as f64 * self.flops_per_step,
-            false => summed(&self.flops_by_size, step),
-        }
+        summed(&self.flops_by_size, step)
     }
 
     /// The loss the fits use: the smoothed validation loss, else the smoothed training loss, else (no
@@ -203,6 +200,8 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     let steps =
         summary["step"].as_u64().with_context(|| format!("{}: `step` missing in summary.json", dir.display()))?;
     let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
+    let flops_by_size = by_size(&derived, "train_flops_per_step_mean")
+        .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?;
     let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
     let ([val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
     let ([train_curve, tokens_per_s, mfu], train_note) =
@@ -227,12 +226,8 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         tokens: over_steps(&derived, "tokens_per_step_mean", steps)
             .with_context(|| format!("{}: `tokens_per_step_mean` missing in derived.json", dir.display()))?,
         flops_per_step,
-        flops_by_size: match derived["global_batch_sizes"].is_array() {
-            true => by_size(&derived, "train_flops_per_step_mean").unwrap_or_default(),
-            false => Vec::new(),
-        },
-        compute: over_steps(&derived, "train_flops_per_step_mean", steps)
-            .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?,
+        compute: summed(&flops_by_size, steps),
+        flops_by_size,
         finished: summary["finished"].as_bool().unwrap_or(false),
         diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table

@@ -104,8 +104,7 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
         c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
     }
-    // (the loader's `sizes`: a mix refuses it, with its own message); the peak learning rate as the
-    // two configs give it, whichever key each uses
+    // (the loader's `sizes`); the peak learning rate as the two configs give it, whichever key each uses
     let peak =
         |text: &str| crate::scaling::settings::normalised(text).and_then(|t| crate::scaling::settings::peak_lr(&t));
     let peaks = (old.as_deref().ok().and_then(peak), peak(config_toml));
