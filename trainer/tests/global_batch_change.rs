@@ -61,6 +61,13 @@ fn a_resume_at_another_global_batch_trains_on_and_resumes_again_exactly() {
     assert_eq!(train(&bigger_twice, &resume(step6)).unwrap().steps, 8);
     let weights = |run: &Path| std::fs::read(latest_checkpoint(run).unwrap().join("model.safetensors")).unwrap();
     assert!(weights(&once.run.dir) == weights(&twice.run.dir), "a resume after the change trained other weights");
+    // each step's line in metrics.jsonl says the rows it drew
+    let jsonl = std::fs::read_to_string(once.run.dir.join("metrics.jsonl")).unwrap();
+    let drawn: Vec<u64> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["global_batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(drawn, [8, 8, 8, 16, 16, 16, 16, 16]);
 
     // each size from its step; the scaling tables count 3 steps at 8 and 5 at 16
     let derived = json(once.run.dir.join("derived.json"));

@@ -36,6 +36,9 @@ pub struct StepMetrics {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clip: Option<f64>,
     pub grad_norm: f64,
+    /// The rows the step drew over all ranks (`data.global_batch` when the step drew it; it may change
+    /// at a resume).
+    pub global_batch: u64,
     pub tokens_per_s: f64,
     pub samples_per_s: f64,
     pub step_time_s: f64,

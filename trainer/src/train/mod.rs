@@ -348,6 +348,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             weight_decay,
             clip: cfg.optim.clip_decay.then_some(clip),
             grad_norm,
+            global_batch: (batch_rows * dist.world) as u64,
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,
             step_time_s: secs,
