@@ -96,9 +96,9 @@ impl DistEnv {
         if env.is_none() {
             // (`infinity train` reads the environment twice: one warning)
             static SAID: std::sync::Once = std::sync::Once::new();
-            if let Some(w) = stray_master_vars(get) {
-                SAID.call_once(|| tracing::warn!("{w}"));
-            }
+            let warnings: Vec<String> =
+                [stray_master_vars(get), outside_srun_step(get)].into_iter().flatten().collect();
+            SAID.call_once(|| warnings.iter().for_each(|w| tracing::warn!("{w}")));
         }
         Ok(env)
     }
@@ -285,6 +285,25 @@ fn stray_master_vars(get: impl Fn(&str) -> Option<String>) -> Option<String> {
              on every rank to train as a group)",
             set.join(" and "),
             if set.len() == 1 { "is" } else { "are" }
+        )
+    })
+}
+
+/// What to warn of when a single process runs in a SLURM allocation of several tasks outside a job step
+/// (the batch script, an salloc shell): it trains alone on this node, not as the allocation's group.
+fn outside_srun_step(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if get("WORLD_SIZE").is_some() || get("SLURM_STEP_ID").is_some() {
+        return None;
+    }
+    let count =
+        |k: &str| get(k).and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 1).map(|n| format!("{k}={n}"));
+    let several: Vec<String> = ["SLURM_NTASKS", "SLURM_NNODES"].into_iter().filter_map(count).collect();
+    (!several.is_empty()).then(|| {
+        format!(
+            "{} but no SLURM_STEP_ID: this process runs outside an srun job step (in the batch script) and trains \
+             alone on this node; start the ranks with `srun infinity train …` (one task per rank) or `srun \
+             --ntasks-per-node=1 infinity launch …` (one agent per node)",
+            several.join(" and ")
         )
     })
 }
@@ -538,5 +557,27 @@ mod tests {
         assert_eq!(warn(&[]), None);
         // the agent's one rank: a group of one, said so
         assert_eq!(warn(&[("MASTER_ADDR", "127.0.0.1"), ("WORLD_SIZE", "1"), ("RANK", "0")]), None);
+    }
+
+    #[test]
+    fn a_single_process_in_a_batch_script_of_several_tasks_is_warned_of() {
+        let warn = |pairs: &[(&str, &str)]| {
+            let m: HashMap<&str, &str> = pairs.iter().copied().collect();
+            assert_eq!(env(pairs).unwrap(), None, "outside a step SLURM's task variables describe no rank");
+            outside_srun_step(|k| m.get(k).map(|v| v.to_string()))
+        };
+        let batch = [("SLURM_JOB_ID", "7"), ("SLURM_NTASKS", "8"), ("SLURM_NNODES", "2"), ("SLURM_PROCID", "0")];
+        let w = warn(&batch).unwrap();
+        assert!(
+            w.starts_with("SLURM_NTASKS=8 and SLURM_NNODES=2 but no SLURM_STEP_ID: this process runs outside"),
+            "{w}"
+        );
+        assert!(warn(&[("SLURM_NNODES", "2")]).unwrap().starts_with("SLURM_NNODES=2 but"));
+        // one task, a job step, or a group the environment describes: nothing to say
+        assert_eq!(warn(&[("SLURM_JOB_ID", "7"), ("SLURM_NTASKS", "1"), ("SLURM_NNODES", "1")]), None);
+        let m: HashMap<&str, &str> = [("SLURM_NTASKS", "8"), ("WORLD_SIZE", "1")].into_iter().collect();
+        assert_eq!(outside_srun_step(|k| m.get(k).map(|v| v.to_string())), None);
+        let m: HashMap<&str, &str> = [("SLURM_NTASKS", "1"), ("SLURM_STEP_ID", "0")].into_iter().collect();
+        assert_eq!(outside_srun_step(|k| m.get(k).map(|v| v.to_string())), None);
     }
 }
