@@ -183,10 +183,10 @@ fn same_layout(a: &Dataset, b: &Dataset) -> Result<()> {
 
 /// What keeps the dataset of manifest `b` from being mixed with the first one's, `a` (its rows read
 /// as `a`'s are: one bucket index, one set of columns, one text encoding), if anything: `d`, the
-/// schedules, the columns, the class count, the text embeddings' width, type, encoder or token bound.
+/// schedules, the columns read in training (all but `caption`), the class count, the text embeddings' width, type, encoder or token bound.
 pub fn mix_difference(a: &Manifest, b: &Manifest) -> Option<String> {
     let differs = |what: &str, x: String, y: String| {
-        Some(format!("{what} {y} there, {x} in the first (mixed datasets must hold the same bits and columns)"))
+        Some(format!("{what} {y} in this one, {x} in the first (mixed datasets must hold the same bits and columns)"))
     };
     if a.d != b.d {
         return differs("d =", a.d.to_string(), b.d.to_string());
@@ -195,10 +195,11 @@ pub fn mix_difference(a: &Manifest, b: &Manifest) -> Option<String> {
         let names = |m: &Manifest| m.schedules.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ");
         return differs("the scale schedules (a bucket is a schedule's index) are", names(a), names(b));
     }
-    if a.columns() != b.columns() {
+    // (captions are stored for people, not read in training: a batch has them where its rows do)
+    let read = |m: &Manifest| crate::format::Columns { caption: false, ..m.columns() };
+    if read(a) != read(b) {
         let names = |m: &Manifest| {
-            let fields =
-                crate::format::schema(m.columns()).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+            let fields = crate::format::schema(read(m)).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
             format!("[{}]", fields.join(", "))
         };
         return differs("the columns are", names(a), names(b));

@@ -13,6 +13,7 @@ pub mod build;
 pub mod dataset;
 pub mod error;
 pub mod format;
+pub mod image_file;
 pub mod inspect;
 pub mod loader;
 pub mod manifest;

@@ -71,6 +71,8 @@ struct Listing {
     names: Vec<String>,
     /// Files left out (not .png/.jpg/.jpeg, or in a folder below a class folder).
     skipped: Vec<PathBuf>,
+    /// `.txt` files beside no image of their name.
+    orphan_captions: Vec<PathBuf>,
     /// The images lie directly in the folder: one class, named after it.
     loose: bool,
 }
@@ -83,13 +85,16 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// What a folder holds for packing. Hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are not looked
-/// at; `NAME.txt` files are captions.
-fn list_images(root: &Path) -> Result<Listing> {
+/// at, nor is the folder `out` packs into (a dataset inside its images' folder, packed again); `NAME.txt`
+/// files are captions.
+fn list_images(root: &Path, out: &Path) -> Result<Listing> {
+    let out = out.canonicalize().ok();
     let read = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| out.is_none() || p.canonicalize().ok() != out)
             .collect();
         v.sort();
         Ok(v)
@@ -99,6 +104,7 @@ fn list_images(root: &Path) -> Result<Listing> {
     let top = read(root)?;
     let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
+    let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();
     skipped.extend(top.into_iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)));
     if !classes.is_empty() && !loose.is_empty() {
         return Err(DataError::Config(format!(
@@ -135,6 +141,7 @@ fn list_images(root: &Path) -> Result<Listing> {
                     dir.display()
                 )));
             }
+            txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
             skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
             for p in images {
                 entries.push(Entry { caption: caption(&p)?, path: p, label: k as i32, template: None });
@@ -144,7 +151,11 @@ fn list_images(root: &Path) -> Result<Listing> {
     if entries.is_empty() {
         return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
     }
-    Ok(Listing { entries, names, skipped, loose: classes.is_empty() })
+    // (a caption's image is NAME.png, .jpg or .jpeg beside it: `x.png.txt` or `X.txt` for `x.png` is none)
+    let read_captions: std::collections::HashSet<PathBuf> =
+        entries.iter().map(|e| e.path.with_extension("txt")).collect();
+    txt.retain(|t| !read_captions.contains(t));
+    Ok(Listing { entries, names, skipped, orphan_captions: txt, loose: classes.is_empty() })
 }
 
 /// The name of the one class of a folder without class sub-folders (`.` and `..` resolved).
@@ -160,6 +171,8 @@ pub struct PackNotes {
     pub single_class: Option<String>,
     /// Files not packed: other formats, or below a class folder.
     pub skipped: Vec<PathBuf>,
+    /// `.txt` files beside no image of their name, so no image's caption.
+    pub orphan_captions: Vec<PathBuf>,
     /// Images without a `NAME.txt` caption, when some have one.
     pub uncaptioned: usize,
     /// With `skip_bad`: the images left out, and why.
@@ -172,7 +185,7 @@ pub struct PackNotes {
 /// centre-crop to the schedule's pixel size.
 fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
     let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
-    let img = image::open(path).map_err(|e| DataError::Image { path: path.into(), detail: e.to_string() })?;
+    let img = crate::image_file::read_image(path)?;
     let (w0, h0) = (img.width(), img.height());
     if w0 == 0 || h0 == 0 {
         return Err(DataError::Image { path: path.into(), detail: "empty image".into() });
@@ -190,7 +203,7 @@ fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
 /// Pack the folder of images `images` into a dataset at `out`.
 pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
     check_patch(opts)?;
-    pack_listing(images, list_images(images)?, out, opts)
+    pack_listing(images, list_images(images, out)?, out, opts)
 }
 
 /// Pack the images that upstream's metadata files in `meta` list ([`crate::meta`]) into a dataset at
@@ -208,7 +221,8 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
             template: Some(r.template),
         })
         .collect();
-    let listing = Listing { entries, names: vec![folder_name(meta)], skipped, loose: true };
+    let listing =
+        Listing { entries, names: vec![folder_name(meta)], skipped, orphan_captions: Vec::new(), loose: true };
     let (m, fit, notes) = pack_listing(meta, listing, out, opts)?;
     Ok((m, fit, PackNotes { short_captions, ..notes }))
 }
@@ -227,7 +241,7 @@ fn pack_listing(
     out: &Path,
     opts: &PackOptions,
 ) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    let Listing { entries, names: class_names, skipped, loose } = listing;
+    let Listing { entries, names: class_names, skipped, orphan_captions, loose } = listing;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -317,6 +331,6 @@ fn pack_listing(
     };
     let single_class = loose.then(|| class_names[0].clone());
     let bad = bad.into_iter().map(|(_, e)| e).collect();
-    let notes = PackNotes { single_class, skipped, uncaptioned, bad, short_captions: 0 };
+    let notes = PackNotes { single_class, skipped, orphan_captions, uncaptioned, bad, short_captions: 0 };
     Ok((writer.finish()?, fit, notes))
 }

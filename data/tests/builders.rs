@@ -100,11 +100,17 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     // what is not a class or an image: a hidden folder, a file of another format, a nested folder
     std::fs::create_dir_all(src.path().join(".ipynb_checkpoints")).unwrap();
     std::fs::create_dir_all(src.path().join("cats").join("nested")).unwrap();
+    // captions of no image: another case, the image's whole name, no image at all, above the classes
+    for orphan in ["cats/1.PNG.txt", "cats/2.png.txt", "dogs/gone.txt", "readme.txt"] {
+        std::fs::write(src.path().join(orphan), "a caption").unwrap();
+    }
     let (m, fit, notes) =
         pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
-    let skipped: Vec<String> =
-        notes.skipped.iter().map(|p| p.strip_prefix(src.path()).unwrap().display().to_string()).collect();
-    assert_eq!(skipped, ["cats/nested", "cats/notes.md", "dogs/notes.md"]);
+    let under_src = |paths: &[std::path::PathBuf]| -> Vec<String> {
+        paths.iter().map(|p| p.strip_prefix(src.path()).unwrap().display().to_string()).collect()
+    };
+    assert_eq!(under_src(&notes.skipped), ["cats/nested", "cats/notes.md", "dogs/notes.md"]);
+    assert_eq!(under_src(&notes.orphan_captions), ["readme.txt", "cats/1.PNG.txt", "cats/2.png.txt", "dogs/gone.txt"]);
     assert_eq!(notes.uncaptioned, 10);
     assert_eq!(m.total_rows, 12);
     assert_eq!(m.conditions.class.as_ref().unwrap().names, vec!["cats", "dogs"]);
@@ -151,6 +157,14 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() };
     let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
     assert!(e.contains("emptyclass: a class folder without .png/.jpg/.jpeg images"), "{e}");
+    std::fs::remove_dir(src.path().join("emptyclass")).unwrap();
+
+    // a dataset packed inside its images' folder is no class folder when packed again
+    let inside = src.path().join("packed");
+    for _ in 0..2 {
+        let (m, _, _) = pack::pack(src.path(), &inside, &overwrite).unwrap();
+        assert_eq!((m.total_rows, m.conditions.class.unwrap().num_classes), (12, 2));
+    }
 }
 
 /// Write `n` synth images of `h×w` pixels into `dir` as `0.png`, `1.png`, ...

@@ -127,7 +127,10 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     other.manifest.d += 1;
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
     let b = dirs[1].path().display().to_string();
-    assert!(e.starts_with(&format!("{b}: cannot be mixed with")) && e.contains("d = 13 there, 12 in the first"), "{e}");
+    assert!(
+        e.starts_with(&format!("{b}: cannot be mixed with")) && e.contains("d = 13 in this one, 12 in the first"),
+        "{e}"
+    );
     let mut other = open(1);
     other.manifest.schedules.pop();
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
@@ -141,13 +144,13 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     other.manifest.conditions.text.as_mut().unwrap().encoder = "t5".into();
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
     assert!(
-        e.contains("the text embeddings are width 6, bf16, by `t5` there, width 6, bf16, by `test` in the first"),
+        e.contains("the text embeddings are width 6, bf16, by `t5` in this one, width 6, bf16, by `test` in the first"),
         "{e}"
     );
     let mut other = open(1);
     other.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
     let e = Dataset::join(vec![open(0), other]).err().unwrap().to_string();
-    assert!(e.contains("captions of up to 6 tokens there, 5 tokens in the first"), "{e}");
+    assert!(e.contains("captions of up to 6 tokens in this one, 5 tokens in the first"), "{e}");
     let mut first = open(0);
     first.manifest.conditions.text.as_mut().unwrap().max_tokens += 1;
     Dataset::join(vec![first, open(1)]).unwrap();

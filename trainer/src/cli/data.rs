@@ -233,18 +233,31 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 ),
                 (None, _) => {}
             }
+            // (the first five, and how many more)
+            let first_few = |paths: &[PathBuf]| {
+                let shown: Vec<String> = paths.iter().take(5).map(|p| p.display().to_string()).collect();
+                match paths.len().saturating_sub(5) {
+                    0 => shown.join(", "),
+                    more => format!("{} and {more} more", shown.join(", ")),
+                }
+            };
             if !notes.skipped.is_empty() {
-                let shown: Vec<String> = notes.skipped.iter().take(5).map(|p| p.display().to_string()).collect();
-                let more = notes.skipped.len().saturating_sub(5);
-                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                 let what = match a.meta {
                     Some(_) => "not .jsonl",
                     None => "not .png/.jpg/.jpeg, or in a folder below a class folder",
                 };
                 console!(
-                    "left out {} ({what}): {}{more}",
+                    "left out {} ({what}): {}",
                     infinity_launcher::plural(notes.skipped.len(), "file"),
-                    shown.join(", ")
+                    first_few(&notes.skipped)
+                );
+            }
+            if !notes.orphan_captions.is_empty() {
+                console!(
+                    "not read: {} beside no image of their name (NAME.txt is the caption of NAME.png, NAME.jpg or \
+                     NAME.jpeg, case and all): {}",
+                    infinity_launcher::plural(notes.orphan_captions.len(), "caption file"),
+                    first_few(&notes.orphan_captions)
                 );
             }
             if notes.short_captions > 0 {

@@ -219,10 +219,22 @@ pub(crate) fn compatible(
             train.tokenizer.name
         );
     }
+    // (a VAE's datasets name its checkpoint: tools/write_shards.py's `params.ckpt`)
+    let ckpt = |m: &Manifest| m.tokenizer.params.get("ckpt").cloned();
+    if let (Some(t), Some(v)) = (ckpt(train), ckpt(val)) {
+        if t != v {
+            bail!(
+                "{key} {}: its tokenizer.params.ckpt is {v}, the training data's {t} (bits of two VAE checkpoints \
+                 mean different images: encode both with one)",
+                name(val_dir)
+            );
+        }
+    }
     if !same_tokenizer((train_dir, train), (val_dir, val))? {
         bail!(
             "{key} {}: tokenized with a different tokenizer than the training data (make it with \
-             `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`)",
+             `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`, or `infinity data pack --tokenizer \
+             TRAIN/tokenizer.safetensors` for images)",
             name(val_dir)
         );
     }
@@ -266,5 +278,24 @@ mod tests {
         );
         let no_captions = manifest(serde_json::json!({ "class": { "num_classes": 24 } }));
         check(&classes(24), &no_captions).unwrap();
+    }
+
+    /// Two VAE datasets (no tokenizer file) of other checkpoints are refused, each named.
+    #[test]
+    fn another_vae_checkpoint_is_refused() {
+        let encoded_by = |ckpt: &str| {
+            let mut m = manifest(serde_json::json!({ "class": { "num_classes": 2 } }));
+            m.tokenizer.params = serde_json::json!({ "ckpt": ckpt });
+            m
+        };
+        let check = |train: &Manifest, val: &Manifest| {
+            super::compatible(train, Path::new("t"), (val, Path::new("v")), "data.mix[0].dir")
+        };
+        let e = check(&encoded_by("a.pth"), &encoded_by("b.pth")).unwrap_err().to_string();
+        assert!(
+            e.starts_with(r#"data.mix[0].dir v: its tokenizer.params.ckpt is "b.pth", the training data's "a.pth""#),
+            "{e}"
+        );
+        check(&encoded_by("a.pth"), &encoded_by("a.pth")).unwrap();
     }
 }
