@@ -85,16 +85,23 @@ fn failed_tensorboard_writes_are_counted_and_the_curves_go_on() {
 }
 
 /// The step whose non-finite loss makes `optim.max_nonfinite` in a row is in metrics.jsonl and
-/// TensorBoard, as summary.json names it.
+/// TensorBoard, as summary.json names it; no checkpoint is written within the streak, so the newest,
+/// named, is from before it.
 #[test]
 fn the_step_that_stops_a_diverging_run_is_logged() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps) = (Some(1e30), 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (Some(1e30), 0, 1);
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     assert!(e.contains("3 consecutive non-finite steps"), "{e}");
+    let newest = latest_checkpoint(&cfg.run.dir).expect("the checkpoint of a step before the streak");
+    let first_bad = summary(&cfg.run.dir)["step"].as_u64().unwrap() - 2;
+    let at = newest.file_name().unwrap().to_string_lossy()["step-".len()..].parse::<u64>().unwrap();
+    assert_eq!(at, first_bad - 1, "checkpoints within the streak: {}", newest.display());
+    let said = format!("The newest checkpoint, of step {at}, is from before the first of them (step {first_bad})");
+    assert!(e.contains(&said) && e.contains(&newest.display().to_string()), "{e}");
     let s = summary(&cfg.run.dir);
     assert_eq!((&s["diverged"], &s["finished"]), (&Value::Bool(true), &Value::Bool(false)), "{s}");
     let stopped = s["step"].as_i64().unwrap();
@@ -116,7 +123,7 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.optim.lr, cfg.optim.warmup_steps) = (Some(1e30), 0);
+    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (Some(1e30), 0, 1);
     let cfg_path = common::config_file(&cfg, tmp.path());
     let launch = Command::new(env!("CARGO_BIN_EXE_infinity"))
         .current_dir(tmp.path())
@@ -130,7 +137,10 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     assert!(!stderr.contains("restarting the group"), "{stderr}");
     let stopped = summary(&cfg.run.dir)["step"].as_u64().unwrap();
 
-    for args in [&["--resume", "auto"][..], &["--resume", "auto", "--check"]] {
+    // (a setting that is only logged changes no step)
+    for args in
+        [&["--resume", "auto"][..], &["--resume", "auto", "--check"], &["--resume", "auto", "--set", "run.log_every=5"]]
+    {
         let out = infinity_train(tmp.path(), &cfg, args, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(87), "{args:?}: {stderr}");

@@ -382,8 +382,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 summary.checkpoint_writes_failed(saver.failed_writes());
             }
             let newest = latest_checkpoint(run);
-            let last = match &newest {
-                Some(p) => format!("The last good checkpoint is kept: {}", p.display()),
+            // (no periodic checkpoint is written within a streak: the newest is from before it, unless
+            // a stop signal's fell in it)
+            let first_bad = state.step + 1 - state.nonfinite_run as u64;
+            let last = match newest.as_ref().map(|p| (p, checkpoint::step_of(p))) {
+                Some((p, Some(at))) if at < first_bad => format!(
+                    "The newest checkpoint, of step {at}, is from before the first of them (step {first_bad}): {}; \
+                     if the losses were already climbing, resume from an earlier one",
+                    p.display()
+                ),
+                Some((p, _)) => format!("The newest checkpoint is {} (within the non-finite steps)", p.display()),
                 None => "No checkpoint was written.".into(),
             };
             if let Some(l) = logger.as_mut() {
@@ -423,7 +431,21 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 tracing::warn!("{e:#}");
             }
         }
-        if due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due {
+        let last = preempt || state.step == cfg.run.steps || opts.stop_after == Some(state.step);
+        let mut save = due(state.step, cfg.checkpoint.every, cfg.run.steps) || clock_due || last;
+        if save && state.nonfinite_run > 0 && !last {
+            // (the updates were skipped, so the weights are those before the streak: its checkpoint would
+            // only carry the streak's count into a resume, and push the last clean one out of keep_last)
+            save = false;
+            if leader {
+                tracing::warn!(
+                    "step {}: checkpoint not written: {} non-finite steps in a row",
+                    state.step,
+                    state.nonfinite_run
+                );
+            }
+        }
+        if save {
             clock.saved();
             // (a write still in flight is waited for in `save`, after the gathers: the other ranks,
             // once they have sent their shards, never wait on rank 0's disk; the price is that rank 0
@@ -445,7 +467,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                     state: state.clone(),
                     summary_json,
                 };
-                let last = preempt || state.step == cfg.run.steps || opts.stop_after == Some(state.step);
                 saver.save(snap, cfg.checkpoint.background, last)?;
                 summary.checkpoint_writes_failed(saver.failed_writes());
             }

@@ -207,7 +207,8 @@ pub fn summary_step(run: &Path) -> Option<u64> {
 }
 
 /// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with no setting changed since
-/// that checkpoint (the caller knows) and the same dataset, repeats a divergence its `summary.json`
+/// that checkpoint but what is only logged, checkpointed, sampled or validated (the caller knows) and
+/// the same dataset, repeats a divergence its `summary.json`
 /// records at a later step: a run is a pure function of its config, world size, data and build, so it
 /// would diverge at the same step. The message saying so, or `None`.
 pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String> {

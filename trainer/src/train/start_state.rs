@@ -215,7 +215,16 @@ pub(crate) fn resume_from(
         })
         .with_context(|| format!("resuming from {}", dir.display()))
         .map_err(unrecoverable)?;
-    if changes.is_empty() && data_change.is_none() {
+    // (a change to what is only logged, checkpointed, sampled or validated trains the same steps)
+    let bookkeeping = |c: &String| {
+        let key = c.split(':').next().unwrap_or(c);
+        let section = key.split('.').next().unwrap_or(key);
+        matches!(section, "checkpoint" | "sample" | "val")
+            || matches!(key, "run.log_every" | "run.peak_tflops" | "run.stall_timeout_s" | "run.gpu_memory_check")
+            || matches!(key, "data.workers")
+            || key.starts_with("model.init")
+    };
+    if changes.iter().all(bookkeeping) && data_change.is_none() {
         if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
             return Err(super::stop::Diverged(why).into());
         }

@@ -295,7 +295,7 @@ fn check_version(dir: &Path, state: &TrainState) -> Result<()> {
 /// The newest complete checkpoint before `dir` in its run folder, as a way on for `--resume` into
 /// `run` (which moves `dir` aside to `run`'s abandoned/ when it is its own).
 fn way_on(dir: &Path, run: &Path) -> Option<String> {
-    let step: u64 = dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()?;
+    let step = super::step_of(dir)?;
     let checkpoints = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?;
     let own_run = checkpoints.parent()?;
     let (_, previous) = complete(own_run).into_iter().rfind(|(s, _)| *s < step)?;

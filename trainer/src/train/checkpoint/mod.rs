@@ -105,6 +105,11 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
 
+/// The step a checkpoint folder's name says (`step-00000100` → 100).
+pub fn step_of(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
+}
+
 /// The tensors of one checkpoint: the weights, the whole optimiser state, the weights' moving average.
 pub struct Tensors<'a> {
     pub params: &'a Params<f32>,
