@@ -363,6 +363,39 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
     );
 }
 
+/// A stop signal during setup (here a drill's sleep, as hashing a large dataset takes) ends the
+/// process at once with 143: nothing trained, no checkpoint, no run files.
+#[test]
+fn a_signal_during_setup_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    let file = common::config_file(&cfg, tmp.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .arg("train")
+        .arg(&file)
+        .env("INFINITY_FAULT_SLOW_SETUP", "120")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("fault drill: setup sleeps") {
+        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap(), 0, "{said}");
+    }
+    let t = Instant::now();
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(t.elapsed() < Duration::from_secs(60), "it slept on");
+    assert!(said.contains("stopped by a signal during setup, before the first step: nothing trained"), "{said}");
+    assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("config.toml").exists());
+}
+
 /// `--preempted-exit-code 143`: a run a signal stops before its last step exits 143 (a Kubernetes Job's
 /// podFailurePolicy retries it), but a rank of `infinity launch` exits 0 (its agent reports the stop);
 /// a code outside 0-255 is a usage error.

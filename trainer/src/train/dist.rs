@@ -6,8 +6,6 @@
 //! drills in `stop.rs`; both are re-exported here, so `dist::Zero1`, `dist::preemption_flag`, … still
 //! name them.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,9 +13,7 @@ use infinity_launcher::comm::{Communicator, Solo, TcpRing};
 use infinity_launcher::env::DistEnv;
 use infinity_launcher::store::{StoreClient, StoreServer};
 
-pub use super::stop::{
-    fault_drill, is_set, preemption_flag, slow_drill, stop_while_joining, EXIT_STOPPED_BEFORE_START,
-};
+pub use super::stop::{fault_drill, is_set, preemption_flag, slow_drill, SetupGuard, EXIT_STOPPED_BEFORE_START};
 pub use super::zero1::{every_rank_owns_a_shard, gather_optimizer, gather_shards, shard_range, Zero1};
 
 use super::config::{CommBackend, DistSection};
@@ -45,15 +41,15 @@ impl Dist {
 
     /// Join the group of the process environment (or stay alone). `gpu`: this rank computes on a GPU
     /// (with `dist.backend = "auto"`, NCCL when every rank does).
-    /// `stop`: set by a stop signal, which ends a rank waiting for its group at once (nothing has
-    /// trained); a run alone joins at once, and a flag set before it starts stops it after its first step.
-    pub fn join(cfg: &DistSection, gpu: bool, stop: &Option<Arc<AtomicBool>>) -> Result<Dist> {
+    /// `setup`: the guard that ends the process at a stop signal (nothing has trained), told that it
+    /// waits for the group meanwhile.
+    pub fn join(cfg: &DistSection, gpu: bool, setup: &SetupGuard) -> Result<Dist> {
         match DistEnv::from_env()? {
             None => Ok(Dist::solo()),
             Some(env) => {
-                let joined = stop_while_joining(stop);
+                setup.waiting(Some("while waiting for the other ranks"));
                 let dist = Self::join_env(&env, cfg, gpu);
-                joined.store(true, std::sync::atomic::Ordering::Relaxed);
+                setup.waiting(None);
                 dist
             }
         }

@@ -123,6 +123,8 @@ pub struct TrainSummary {
 /// Run (or resume) training as `cfg` says.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, device, group, run folder ---------------------------------------
+    // (a stop signal ends the process at once until the run folder is first changed: nothing trained)
+    let setup = stop::SetupGuard::start(&opts.stop);
     // (`_lock` holds the run folder's lock until the session ends)
     let Session {
         ds,
@@ -137,7 +139,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         peak_tflops,
         mut summary,
         lock: _lock,
-    } = Session::start(cfg, opts)?;
+    } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
 
     // ---- state: fresh or resumed -------------------------------------------------------------
@@ -168,7 +170,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
     // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
     // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
-    // checkpoints as they were
+    // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)
+    setup.done();
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {

@@ -34,9 +34,22 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), path.display()))?;
-        let until = std::time::Instant::now() + patience;
+        let start = std::time::Instant::now();
         let mut locked = try_lock(&file, Lock::Exclusive);
-        while matches!(locked, Ok(false)) && std::time::Instant::now() < until {
+        let mut said = false;
+        while matches!(locked, Ok(false)) && start.elapsed() < patience {
+            if !said && start.elapsed() >= std::time::Duration::from_secs(1) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder).and_then(|_| file.rewind());
+                console_err!(
+                    "run.dir {} is locked by {}: waiting up to {} s for it to let go (a stopped job writing its \
+                     last checkpoint)",
+                    run.display(),
+                    describe_holder(&holder, unix_now()),
+                    patience.as_secs()
+                );
+                said = true;
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
             locked = try_lock(&file, Lock::Exclusive);
         }

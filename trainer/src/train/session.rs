@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use infinity_data::{Checksums, Dataset};
 
 use super::config::TrainConfig;
-use super::dist::Dist;
+use super::dist::{Dist, SetupGuard};
 use super::run_lock::RunLock;
 use super::setup::{self, agree_on_micro_batch, micro_steps, unrecoverable, Setup};
 use super::summary::SummaryFile;
@@ -18,7 +18,7 @@ use super::{compute, gpu_fit, mfu, rank_identity, rundir, TrainOptions};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{Layout, ModelConfig};
 
-/// How long a restarted group's rank 0 waits for the run folder's lock (seconds).
+/// How long a restarted group's or a resume's rank 0 waits for the run folder's lock (seconds).
 const RESTART_LOCK_PATIENCE_S: u64 = 120;
 
 /// What a session trains with, once every rank has agreed on it.
@@ -43,18 +43,19 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn start(cfg: &'a TrainConfig, opts: &TrainOptions) -> Result<Session<'a>> {
+    pub(super) fn start(cfg: &'a TrainConfig, opts: &TrainOptions, setup: &SetupGuard) -> Result<Session<'a>> {
         // (the executable's checksum, which the ranks compare, while setup runs)
         rank_identity::prefetch();
         let env = infinity_launcher::env::DistEnv::from_env().ok().flatten();
         let Setup { ds, mc, lay, mix } = Setup::open_with(cfg, checksums(env.as_ref())).map_err(unrecoverable)?;
+        slow_setup_drill();
         let unlisted = setup::unlisted_warning(cfg, &ds)?;
         let ds = Arc::new(ds);
         let manifest = &ds.manifest;
         // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
         let world = env.as_ref().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
-        let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), &opts.stop)?;
+        let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), setup)?;
         // the first collective: every later one assumes the ranks train one config
         // (paths absolute: the run folder records where its data are, wherever it is read from)
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
@@ -104,9 +105,11 @@ impl<'a> Session<'a> {
             .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
             .map_err(unrecoverable)?;
         // one job per run folder (released however this process ends)
-        // a restarted group's rank 0 may meet the lost attempt's (its node lost, it got SIGTERM) still writing
-        // its stop's checkpoint: it waits for that, and another restart is the remedy for a longer write
-        let patience = std::time::Duration::from_secs(if dist.attempt > 0 { RESTART_LOCK_PATIENCE_S } else { 1 });
+        // a restarted group's rank 0, or a requeued job's resume, may meet the lost attempt's (its node
+        // lost, it got SIGTERM) still writing its stop's checkpoint: it waits for that, and another
+        // restart is the remedy for a longer write
+        let resuming = dist.attempt > 0 || opts.resume.is_some();
+        let patience = std::time::Duration::from_secs(if resuming { RESTART_LOCK_PATIENCE_S } else { 1 });
         let lock = match leader.then(|| RunLock::acquire_within(run, patience)).transpose() {
             Err(e) if dist.attempt > 0 => return Err(e),
             other => other.map_err(unrecoverable)?,
@@ -152,5 +155,14 @@ fn checksums(env: Option<&infinity_launcher::env::DistEnv>) -> Checksums {
     match env {
         Some(e) if e.agent_store => Checksums::Share { rank: e.local_rank, world: e.local_world },
         _ => Checksums::Verify,
+    }
+}
+
+/// Slow-setup drill: `INFINITY_FAULT_SLOW_SETUP=SECONDS` sleeps so long once the dataset is open, as
+/// hashing a large one would (a stop signal meanwhile ends the process: [`SetupGuard`]).
+fn slow_setup_drill() {
+    if let Some(secs) = std::env::var("INFINITY_FAULT_SLOW_SETUP").ok().and_then(|s| s.parse::<f64>().ok()) {
+        tracing::warn!("fault drill: setup sleeps {secs} s");
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
     }
 }

@@ -38,27 +38,56 @@ impl std::error::Error for Diverged {}
 /// default action reports (the agent uses 128 + the signal it got).
 pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
 
-/// A stop signal while this rank waits for its group (the rendezvous may take `dist.rdzv_timeout_s`)
-/// ends the process at once: nothing has trained, so there is nothing to checkpoint. Returns the flag
-/// to set once the group has formed.
-pub fn stop_while_joining(flag: &Option<Arc<AtomicBool>>) -> Arc<AtomicBool> {
-    let joined = Arc::new(AtomicBool::new(false));
-    if let Some(stop) = flag.clone() {
-        let joined = joined.clone();
-        std::thread::spawn(move || {
-            while !joined.load(Ordering::Relaxed) {
-                if stop.load(Ordering::Relaxed) {
-                    console_err!(
-                        "stopped by a signal while waiting for the other ranks: nothing trained (exit code \
-                         {EXIT_STOPPED_BEFORE_START})"
-                    );
-                    std::process::exit(EXIT_STOPPED_BEFORE_START);
+/// A stop signal during setup (reading and hashing the dataset, waiting for the group: the rendezvous
+/// may take `dist.rdzv_timeout_s`, loading a checkpoint) ends the process at once: nothing has trained,
+/// so there is nothing to checkpoint. Setup clears the guard before it first changes the run folder;
+/// a signal after that stops the run after its first step, checkpointed.
+pub struct SetupGuard {
+    done: Arc<AtomicBool>,
+    /// What the process waits for now, for the message (`None`: setting up).
+    waiting: Arc<std::sync::Mutex<Option<&'static str>>>,
+}
+
+impl SetupGuard {
+    pub fn start(flag: &Option<Arc<AtomicBool>>) -> SetupGuard {
+        let done = Arc::new(AtomicBool::new(false));
+        let waiting = Arc::new(std::sync::Mutex::new(None));
+        if let Some(stop) = flag.clone() {
+            let (done, waiting) = (done.clone(), waiting.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    if stop.load(Ordering::Relaxed) {
+                        let during =
+                            waiting.lock().map_or(None, |w| *w).unwrap_or("during setup, before the first step");
+                        console_err!(
+                            "stopped by a signal {during}: nothing trained (exit code {EXIT_STOPPED_BEFORE_START})"
+                        );
+                        std::process::exit(EXIT_STOPPED_BEFORE_START);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
+            });
+        }
+        SetupGuard { done, waiting }
     }
-    joined
+
+    /// What setup waits for from now on (`while waiting for the other ranks`), or `None` again.
+    pub fn waiting(&self, what: Option<&'static str>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = what;
+        }
+    }
+
+    /// Setup is about to change the run folder: a signal from now on stops the run after a step.
+    pub fn done(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for SetupGuard {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 pub fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
