@@ -209,6 +209,25 @@ fn patchified_sampling_matches_the_training_inputs() {
     assert!(worst < 1e-4, "sampler logits differ from the training forward by {worst}");
 }
 
+/// Weights that give non-finite logits (a diverged run's) make sampling an error, not bits of 0.
+#[test]
+fn sampling_from_broken_weights_is_an_error() {
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = tiny(Conditioning::Class { num_classes: 5 });
+    let lay = Layout::new(&cfg);
+    let mut p: Params<f32> = random_params(&lay, 10).cast();
+    p.data.iter_mut().for_each(|w| *w = f32::NAN);
+    let tokenizer = [(1usize, 1usize), (2, 2)];
+    let scales = cfg.token_scales(&tokenizer);
+    let rope = RopeTable::new(8, &scales, (52, 78));
+    let o = SampleOptions::uniform(3.0, 1.0, 0.0, 5);
+    let Err(e) = sample(&cfg, &lay, &p, &SampleCondition::Class(vec![2]), &tokenizer, &rope, &o) else {
+        panic!("sampled from NaN weights")
+    };
+    let e = e.to_string();
+    assert!(e.contains("the model's logits at scale 0 are not finite"), "{e}");
+}
+
 /// A negative prompt takes the unconditional rows: at cfg 0 (the unconditional logits alone) sampling
 /// with negative N draws the bits of sampling N itself without guidance. A negative prompt without
 /// guidance, or longer than `text_maxlen`, is refused.

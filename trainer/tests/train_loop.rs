@@ -406,12 +406,20 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         ("data.global_batch=7.5", "at `data.global_batch`: expected a whole number, found 7.5"),
         ("run.steps=\"3\"", "at `run.steps`: expected a number (without quotes), found \"3\""),
         ("checkpoint.background=\"on\"", "expected true or false (without quotes), found \"on\""),
+        // and would read true as 1 and 1 as true
+        ("optim.lr=true", "--set optim.lr: at `optim.lr`: expected a number, found true"),
+        ("run.steps=true", "at `run.steps`: expected a number, found true"),
+        (
+            "loss.reweight_by_scale=0",
+            "--set loss.reweight_by_scale: at `loss.reweight_by_scale`: expected true or false, found 0",
+        ),
         // values a run only trips over later (a panic on a multi-rank run, an error at the first step)
         ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
         ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
         ("run.log_every=0", "run.log_every must be at least 1"),
         ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),
+        ("sample.cfg=nan", "sample.cfg must be a finite number (the guidance scale), found NaN"),
         ("sample.top_p=1.5", "sample.top_p must be in [0, 1] (0 or 1: no filtering), found 1.5"),
         ("data.short_cap_prob=-0.5", "data.short_cap_prob must be in [0, 1], found -0.5"),
         ("checkpoint.every_minutes=-1", "checkpoint.every_minutes must be a number of minutes ≥ 0 (0: by steps"),

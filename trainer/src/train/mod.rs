@@ -376,7 +376,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             if let Some(p) = preview.as_ref().filter(|p| p.due(state.step) && !diverged) {
                 beat(&|| format!("drawing the sample grid of step {}", state.step));
                 // (on a GPU with its optimizer, the grid is drawn from the device's weights)
-                p.log((&mc, &lay), compute.sampler(&params)?, state.step, log)?;
+                // (logging never stops training: weights whose logits are not finite draw no grid)
+                if let Err(e) = p.log((&mc, &lay), compute.sampler(&params)?, state.step, log) {
+                    tracing::warn!("step {}: no sample grid: {e:#}", state.step);
+                }
             }
         }
         if diverged {

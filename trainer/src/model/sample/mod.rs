@@ -367,6 +367,16 @@ pub fn sample_with(
         };
         let logits = net.logits(si, start, n, (si > 0).then_some(&input[..]), hidden)?;
         anyhow::ensure!(logits.len() == rows.rows() * n * 2 * d, "sample: logits of scale {si} are not [R, n, 2d]");
+        // (a NaN would draw bit 0 every time: a uniform image, not an error, from broken weights)
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "sample: the model's logits at scale {si} are not finite ({} at token {} of row {}): the weights \
+                 are broken (a diverged run's?)",
+                logits[i],
+                i / (2 * d) % n,
+                i / (2 * d * n)
+            );
+        }
 
         // ---- guidance, per-bit sampling ------------------------------------------------------------
         next_input.clear();

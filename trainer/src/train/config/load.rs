@@ -128,7 +128,8 @@ fn typed<T: DeserializeOwned + Serialize>(
 const QUOTED_NUMBERS: [&str; 2] = ["data.micro_batch", "run.peak_tflops"];
 
 /// The first value of `given` (the config as written) that deserialising changed in `typed` (the
-/// config read back): a fraction rounded to a whole number, or a quoted number or boolean taken as one.
+/// config read back): a fraction rounded to a whole number, a quoted number or boolean taken as one, or
+/// a boolean taken as a number or a number as a boolean.
 /// The key, what was found and what was expected.
 fn converted(
     given: &serde_json::Value,
@@ -149,6 +150,9 @@ fn converted(
             Some((key.to_string(), format!("{s:?}"), "a number (without quotes)"))
         }
         (V::String(s), V::Bool(_)) => Some((key.to_string(), format!("{s:?}"), "true or false (without quotes)")),
+        // (the config crate reads true as 1 and 1 as true)
+        (V::Bool(b), V::Number(_)) => Some((key.to_string(), b.to_string(), "a number")),
+        (V::Number(n), V::Bool(_)) => Some((key.to_string(), n.to_string(), "true or false")),
         _ => None,
     }
 }

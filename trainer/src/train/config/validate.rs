@@ -183,6 +183,9 @@ impl TrainConfig {
         if !(sample.tau > 0.0 && sample.tau.is_finite()) {
             bail!("sample.tau must be a positive number (the temperature), found {}", sample.tau);
         }
+        if !sample.cfg.is_finite() {
+            bail!("sample.cfg must be a finite number (the guidance scale), found {}", sample.cfg);
+        }
         if !(0.0..=1.0).contains(&sample.top_p) {
             bail!("sample.top_p must be in [0, 1] (0 or 1: no filtering), found {}", sample.top_p);
         }
