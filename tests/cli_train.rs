@@ -789,7 +789,9 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
     write_config(&cfg, &bad, &run, "class");
     // exit code 65 (bad data): `infinity launch` does not restart a group that would read the same row
     let (e, code) = fails(&["train", path_str(&cfg)]);
-    assert!(e.contains("its latent holds NaN at value 5") && e.contains("sample id"), "{e}");
+    // (the shard and row that hold it, as a bad row's error names them)
+    let shard = bad.join(&ds.manifest.shards[0].file);
+    assert!(e.contains(&format!("{}: row ", shard.display())) && e.contains("its latent holds NaN at value 5"), "{e}");
     assert_eq!(code, 65, "{e}");
     let report = infinity_data::inspect::verify(&bad);
     assert!(

@@ -63,6 +63,10 @@ pub enum DataError {
     /// A decoded sample's values are unusable (found by the consumer, which knows the id, not the file).
     #[error("sample id {id}: {detail} (`infinity data verify` lists every such row)")]
     Sample { id: u64, detail: String },
+
+    /// [`DataError::Sample`] with the file and row that hold it ([`DataError::at_row`]).
+    #[error("{path}: row {row} (id {id}): {detail} (`infinity data verify` lists every such row)")]
+    SampleAt { path: PathBuf, row: u64, id: u64, detail: String },
 }
 
 impl DataError {
@@ -83,6 +87,19 @@ impl DataError {
     /// A `format` file whose encoder refused to write it.
     pub fn write(path: impl Into<PathBuf>, format: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         DataError::Write { path: path.into(), format: format.into(), detail: detail.to_string() }
+    }
+
+    /// A [`DataError::Sample`] of `batch` named by the shard and row that hold it in `ds`; other errors
+    /// as they are.
+    pub fn at_row(self, batch: &crate::loader::Batch, ds: &crate::Dataset) -> DataError {
+        let DataError::Sample { id, detail } = self else { return self };
+        match batch.ids.iter().position(|&x| x == id).and_then(|i| batch.rows.get(i)) {
+            Some(&g) => {
+                let (s, row) = ds.locate(g);
+                DataError::SampleAt { path: ds.shards()[s].path().into(), row: row as u64, id, detail }
+            }
+            None => DataError::Sample { id, detail },
+        }
     }
 
     /// Whether reading again would meet the same error: the files' contents are wrong, not the

@@ -24,6 +24,9 @@ pub struct Batch {
     pub part: u16,
     /// `[B]` sample ids.
     pub ids: Vec<u64>,
+    /// `[B]` the samples' global rows in the (joined) dataset: [`crate::Dataset::locate`] names their
+    /// shard and row.
+    pub rows: Vec<u64>,
     /// `[B, L, nb]` packed bits.
     pub bits: Vec<u8>,
     /// `[B, d, H, W]` f16 little-endian bytes.
@@ -109,6 +112,7 @@ pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Op
     };
     b.bucket = bucket;
     b.ids.clear();
+    b.rows.clear();
     b.skipped.clear();
     reset(&mut b.bits, n * sched.num_tokens() * format::bytes_per_token(d));
     b.latent = c.latent.then(|| {
@@ -153,6 +157,7 @@ pub fn gather(ds: &Dataset, bucket: u16, rows: &[u64], skip_bad: bool, spare: Op
             )));
         }
         b.ids.push(row.id);
+        b.rows.push(g);
         b.bits.extend_from_slice(row.bits);
         if let (Some(dst), Some(src)) = (&mut b.latent, row.latent) {
             dst.extend_from_slice(src);

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Batch;
 use infinity_data::manifest::Manifest;
+use infinity_data::Dataset;
 use infinity_kernels::rope::RopeTable;
 use infinity_kernels::{bsq, patchify};
 use rand::Rng;
@@ -98,6 +99,14 @@ impl Draws {
 /// says. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial patchify,
 /// twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the latents and
 /// flip keys are gathered for the device to self-correct instead.
+/// A bad sample `prepare` found by its id, named by the shard and row of `ds` that hold it.
+pub(super) fn name_the_row(e: anyhow::Error, batch: &Batch, ds: &Dataset) -> anyhow::Error {
+    match e.downcast::<infinity_data::DataError>() {
+        Ok(d) => d.at_row(batch, ds).into(),
+        Err(e) => e,
+    }
+}
+
 pub(super) fn prepare(
     mc: &ModelConfig,
     m: &Manifest,

@@ -98,7 +98,8 @@ impl ValData {
             let batch = gather(&self.ds, *bucket, rows, false, None)?;
             let sched = m.schedules[*bucket as usize].hw();
             let scales = mc.token_scales(&sched);
-            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, draws, false)?;
+            let mb = prepare(mc, m, &batch, 0..rows.len(), &sched, draws, false)
+                .map_err(|e| super::micro_batch::name_the_row(e, &batch, &self.ds))?;
             let weights = token_weights(mb.b, &scales, cfg.loss.reweight_by_scale);
             let inp = mb.input(mc, &scales, &self.ropes[bucket], &weights, cfg.loss.label_smoothing);
             let ce = compute.forward((mc, lay), params, &inp, acts)?;
