@@ -111,6 +111,12 @@ fn pack_upstream_metadata_and_python_reads_it_alike() {
         rust.into_iter().map(|r| (r.image.display().to_string(), r.template, r.caption, r.short_caption)).collect();
     assert_eq!(py, rust);
     assert_eq!(rust[1].3.as_deref(), Some("one"));
+    // an image a line lists but the folder lacks: named with the file and line that list it
+    std::fs::remove_file(meta.join("images").join("5.png")).unwrap();
+    let over = [&args[..], &["--d", "8", "--fit-images", "6", "--overwrite"]].concat();
+    let (e, _) = crate::fails(&over);
+    let listed = meta.join("1.000_000000002.jsonl");
+    assert!(e.contains("5.png") && e.contains(&format!("(listed at {} line 2)", listed.display())), "{e}");
     std::fs::write(meta.join("1.000_000000002.jsonl"), lines(&[4, 5, 5])).unwrap();
     let e = infinity_data::meta::read_meta(&meta).unwrap_err().to_string();
     assert!(e.contains("the name says 2 lines, the file has 3"), "{e}");

@@ -11,7 +11,8 @@ use crate::error::{DataError, Result};
 /// The image at `path`, decoded by its contents (not its extension).
 pub fn read_image(path: &Path) -> Result<DynamicImage> {
     let bad = |detail: String| DataError::Image { path: path.into(), detail };
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    // (an unreadable file is a bad image, which `pack --skip-bad` leaves out, as a bad decode is)
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     if let Some(problem) = jpeg_truncation(&bytes) {
         return Err(bad(problem));
     }

@@ -237,6 +237,11 @@ impl Manifest {
             }
         }
         let mut total = 0u64;
+        // (a dataset is its folder: a tokenizer or shard elsewhere would not travel with a copy of it)
+        let plain = |f: &str| !(f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.'));
+        if let Some(f) = self.tokenizer.file.as_deref().filter(|f| !plain(f)) {
+            return Err(bad("tokenizer.file", "a plain file name in the folder".into(), format!("`{f}`")));
+        }
         let mut files: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             if s.bucket_rows.len() != self.schedules.len() || s.bucket_rows.iter().sum::<u64>() != s.rows {
@@ -246,7 +251,7 @@ impl Manifest {
                     format!("{:?}", s.bucket_rows),
                 ));
             }
-            if s.file.is_empty() || s.file.contains('/') || s.file.contains('\\') || s.file.starts_with('.') {
+            if !plain(&s.file) {
                 let found = if s.file.is_empty() { "an empty name".into() } else { format!("`{}`", s.file) };
                 return Err(bad(&format!("shards[{i}].file"), "a plain file name in the folder".into(), found));
             }

@@ -29,6 +29,8 @@ pub struct MetaRow {
     pub caption: String,
     /// `text`, where the line has a non-empty one.
     pub short_caption: Option<String>,
+    /// The file and line that list it (`…/1.000_000000002.jsonl line 2`), for errors about its image.
+    pub listed_at: String,
 }
 
 /// What [`read_meta`] found.
@@ -71,7 +73,8 @@ fn parse_line(line: &str, dir: &Path, template: &str) -> std::result::Result<Met
     let image = string("image_path")?.filter(|s| !s.is_empty()).ok_or("no `image_path`")?;
     let caption = string("long_caption")?.ok_or("no `long_caption`")?;
     let short_caption = string("text")?.map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
-    Ok(MetaRow { image: dir.join(image), template: template.into(), caption: caption.trim().into(), short_caption })
+    let (image, template, caption) = (dir.join(image), template.into(), caption.trim().into());
+    Ok(MetaRow { image, template, caption, short_caption, listed_at: String::new() })
 }
 
 /// Every row of the metadata files in `dir`; the first problem is an error naming the file and line.
@@ -97,9 +100,10 @@ pub fn read_meta(dir: &Path) -> Result<MetaListing> {
         let text = std::fs::read_to_string(file).map_err(|e| DataError::io(file, e))?;
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
-            let row = parse_line(line, dir, &template)
-                .map_err(|what| DataError::Config(format!("{} line {}: {what}", file.display(), i + 1)))?;
-            rows.push(row);
+            let listed_at = format!("{} line {}", file.display(), i + 1);
+            let row =
+                parse_line(line, dir, &template).map_err(|what| DataError::Config(format!("{listed_at}: {what}")))?;
+            rows.push(MetaRow { listed_at, ..row });
         }
         if lines.len() != count {
             return Err(bad(format!(

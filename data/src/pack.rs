@@ -62,6 +62,8 @@ struct Entry {
     caption: Option<String>,
     /// The aspect-ratio template it is resized to; `None`: the nearest to its own h/w.
     template: Option<String>,
+    /// The metadata file and line that list it (`--meta`).
+    listed_at: Option<String>,
 }
 
 /// What [`list_images`] found.
@@ -126,7 +128,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     if classes.is_empty() {
         names.push(folder_name(root));
         for p in loose {
-            entries.push(Entry { caption: caption(&p)?, path: p, label: 0, template: None });
+            entries.push(Entry { caption: caption(&p)?, path: p, label: 0, template: None, listed_at: None });
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
@@ -144,7 +146,13 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
             skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
             for p in images {
-                entries.push(Entry { caption: caption(&p)?, path: p, label: k as i32, template: None });
+                entries.push(Entry {
+                    caption: caption(&p)?,
+                    path: p,
+                    label: k as i32,
+                    template: None,
+                    listed_at: None,
+                });
             }
         }
     }
@@ -185,7 +193,12 @@ pub struct PackNotes {
 /// centre-crop to the schedule's pixel size.
 fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
     let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
-    let img = crate::image_file::read_image(path)?;
+    let img = crate::image_file::read_image(path).map_err(|err| match (err, &e.listed_at) {
+        (DataError::Image { path, detail }, Some(at)) => {
+            DataError::Image { path, detail: format!("{detail} (listed at {at})") }
+        }
+        (err, _) => err,
+    })?;
     let (w0, h0) = (img.width(), img.height());
     if w0 == 0 || h0 == 0 {
         return Err(DataError::Image { path: path.into(), detail: "empty image".into() });
@@ -219,6 +232,7 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
             label: 0,
             caption: Some(r.caption).filter(|c| !c.is_empty()),
             template: Some(r.template),
+            listed_at: Some(r.listed_at),
         })
         .collect();
     let listing =

@@ -415,6 +415,12 @@ fn manifest_values_the_format_does_not_allow_are_named() {
     });
     let e = check(&m);
     assert!(e.contains("`shards[0].file`: expected a plain file name in the folder, found an empty name"), "{e}");
+
+    // the tokenizer's file too: one outside the folder would not travel with a copy of it
+    let mut m = base.clone();
+    m.tokenizer.file = Some("../../other/tokenizer.safetensors".into());
+    let e = check(&m);
+    assert!(e.contains("`tokenizer.file`: expected a plain file name in the folder, found `../../other/"), "{e}");
 }
 
 #[test]
