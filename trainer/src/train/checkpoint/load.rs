@@ -277,9 +277,23 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
+    let done = std::fs::read_to_string(dir.join(DONE)).unwrap_or_default();
+    if let Some(want) = super::done_crc(&done) {
+        let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
+        ensure!(
+            found == want,
+            "{}: crc32c {found}, {DONE} records {want}: the file changed after the checkpoint was written",
+            state_path.display()
+        );
+    }
     let de = &mut serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))
+    let state: TrainState = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))?;
+    // (a folder renamed by hand would resume at another step than its name says)
+    if let Some(named) = super::step_of(dir).filter(|&n| n != state.step) {
+        bail!("{}: step {}, the folder's name says {named}", state_path.display(), state.step);
+    }
+    Ok(state)
 }
 
 fn check_version(dir: &Path, state: &TrainState) -> Result<()> {
@@ -447,6 +461,25 @@ mod tests {
         assert_eq!(part.groups().runs().collect::<Vec<_>>(), cut.groups().runs().collect::<Vec<_>>());
         let e = load(&dir, tmp.path(), &cfg, &lay, (&AdamWConfig::default(), 0..lay.numel + 1)).unwrap_err();
         assert!(e.to_string().contains("moments"), "{e}");
+
+        // state.json is checked as the tensors are: its checksum is in DONE, its step in the folder's name
+        let whole = (&AdamWConfig::default(), 0..lay.numel);
+        let text = std::fs::read_to_string(dir.join(STATE_FILE)).unwrap();
+        std::fs::write(dir.join(STATE_FILE), text.replace("\"step\": 3", "\"step\": 4")).unwrap();
+        let e = format!("{:#}", load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
+        assert!(
+            e.contains("state.json: crc32c") && e.contains("the file changed after the checkpoint was written"),
+            "{e}"
+        );
+        std::fs::write(dir.join(STATE_FILE), &text).unwrap();
+        let renamed = dir.with_file_name("step-00000005");
+        std::fs::rename(&dir, &renamed).unwrap();
+        let e = format!("{:#}", load(&renamed, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
+        assert!(e.contains("state.json: step 3, the folder's name says 5"), "{e}");
+        // a marker of an earlier build, empty, checks no checksum
+        std::fs::rename(&renamed, &dir).unwrap();
+        std::fs::write(dir.join(DONE), "").unwrap();
+        load(&dir, tmp.path(), &cfg, &lay, whole).unwrap();
     }
 
     /// A file, a run's checkpoints folder and a folder of runs are each answered with what to give instead.

@@ -117,6 +117,17 @@ pub struct Tensors<'a> {
     pub ema: Option<&'a Params<f32>>,
 }
 
+/// What a complete checkpoint's `DONE` marker holds: `state.json crc32c 0123abcd` (a build's before
+/// 2026-12-05 wrote it empty).
+fn done_record(state_json: &[u8]) -> String {
+    format!("{STATE_FILE} crc32c {:08x}\n", crc32c::crc32c(state_json))
+}
+
+/// The `state.json` checksum a `DONE` marker records, if it records one.
+fn done_crc(done: &str) -> Option<&str> {
+    done.trim().strip_prefix(STATE_FILE)?.trim().strip_prefix("crc32c")?.split_whitespace().next()
+}
+
 /// Write a complete checkpoint for `state.step`; returns its folder.
 pub fn save(
     run: &Path,
@@ -183,7 +194,8 @@ fn write_folder(
         Some(ema) => Some(crc(streamed::write_file(&tmp.join(EMA_FILE), weights(ema)?, None)?)),
         None => None,
     };
-    write_synced(&tmp.join(STATE_FILE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    let state_json = serde_json::to_string_pretty(&state)?;
+    write_synced(&tmp.join(STATE_FILE), state_json.as_bytes())?;
     write_synced(&tmp.join(CONFIG_FILE), config_toml.as_bytes())?;
     write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
     sync_dir(tmp);
@@ -194,7 +206,9 @@ fn write_folder(
     }
     std::fs::rename(tmp, final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
     sync_dir(final_dir.parent().unwrap_or(final_dir));
-    write_synced(&final_dir.join(DONE), b"")?;
+    // (the marker holds state.json's checksum, as state.json holds the tensors': the position and step
+    // a resume continues from are checked too)
+    write_synced(&final_dir.join(DONE), done_record(state_json.as_bytes()).as_bytes())?;
     sync_dir(final_dir);
     Ok(())
 }
