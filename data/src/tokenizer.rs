@@ -333,6 +333,32 @@ impl PatchTokenizer {
     }
 }
 
+/// What a dataset's bits were made with, as one string a checkpoint's position keeps: the tokenizer's
+/// name, its file's checksum where the folder keeps one (the built-in tokenizer's taken over its values,
+/// as [`same_tokenizer`] compares it), and a VAE checkpoint its `params.ckpt` names.
+pub fn identity(dir: &Path, m: &Manifest) -> Result<String> {
+    let mut id = m.tokenizer.name.clone();
+    if let Some(f) = &m.tokenizer.file {
+        let path = dir.join(f);
+        let crc = match m.tokenizer.name == TOKENIZER_NAME {
+            true => {
+                let t = PatchTokenizer::load(&path)?;
+                let mut h = crc32c::crc32c(&[t.patch as u64, t.d as u64].map(u64::to_le_bytes).concat());
+                for v in [&t.mean, &t.basis, &t.sigma, &vec![t.scale, t.whiten]] {
+                    h = crc32c::crc32c_append(h, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+                }
+                h
+            }
+            false => crc32c::crc32c(&std::fs::read(&path).map_err(|e| DataError::io(&path, e))?),
+        };
+        id.push_str(&format!(" {f} crc32c {crc:08x}"));
+    }
+    if let Some(ckpt) = m.tokenizer.params.get("ckpt").and_then(|c| c.as_str()) {
+        id.push_str(&format!(" ckpt {ckpt}"));
+    }
+    Ok(id)
+}
+
 /// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer: the same name
 /// and, where they keep its file, the same file: the built-in tokenizer by value (a file written before
 /// its header was sorted holds the same tokenizer in other bytes), any other by bytes.

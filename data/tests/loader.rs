@@ -71,6 +71,13 @@ fn resume_refuses_a_different_seed_or_dataset() {
         .unwrap()
         .to_string();
     assert!(e.contains("seed"), "{e}");
+    // bits of another tokenizer mean other images; a position of an earlier build names none
+    assert_eq!(s.tokenizer, Some(infinity_data::tokenizer::identity(&ds.parts()[0].dir, &ds.manifest).unwrap()));
+    let other =
+        LoaderState { tokenizer: Some("patch-pca-bsq tokenizer.safetensors crc32c 00000000".into()), ..s.clone() };
+    let e = Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(other)).err().unwrap().to_string();
+    assert!(e.contains("its bits are of another tokenizer than the checkpoint's data"), "{e}");
+    Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { tokenizer: None, ..s.clone() })).unwrap();
     // an earlier build saved the contents' part alone: still this dataset
     let contents = ds.manifest.fingerprint().rsplit_once('-').unwrap().0.to_string();
     Loader::new(ds.clone(), opts(8, 0, 1, 0), Some(LoaderState { dataset: contents, ..s.clone() })).unwrap();

@@ -179,6 +179,9 @@ impl Loader {
         let mixed = mix_state(&ds, g, opts.mix_weights.as_deref(), &opts.mix_phases)?;
         let rows_of: Vec<&[Vec<u64>]> = part_rows.iter().map(|p| &p[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&rows_of)));
+        // (mixed datasets share one tokenizer: the first's)
+        let first = &ds.parts()[0];
+        let tokenizer = Some(crate::tokenizer::identity(&first.dir, &first.manifest)?);
         let state = match resume {
             None => {
                 let earlier_sizes = Vec::new();
@@ -190,12 +193,23 @@ impl Loader {
                     buckets,
                     mix: mixed,
                     earlier_sizes,
+                    tokenizer,
                 }
             }
             Some(mut s) => {
+                if let (Some(saved), Some(now)) = (&s.tokenizer, &tokenizer) {
+                    if saved != now {
+                        return Err(DataError::Config(format!(
+                            "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), \
+                             so they mean other images: no resume takes that, --accept-data-change included (it \
+                             takes mended rows); train a new run on it",
+                            first.dir.display()
+                        )));
+                    }
+                }
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
-                (s.dataset, s.buckets, s.mix) = (dataset, buckets, mixed);
+                (s.dataset, s.buckets, s.mix, s.tokenizer) = (dataset, buckets, mixed, tokenizer);
                 if s.global_batch != g {
                     s = s.resized(g);
                 }

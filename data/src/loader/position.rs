@@ -31,6 +31,10 @@ pub struct LoaderState {
     /// The global batch sizes before `global_batch`, where a resume changed it ([`super::sizes`]), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_sizes: Vec<EarlierSize>,
+    /// [`crate::tokenizer::identity`] of the dataset's tokenizer: a resume on bits of another one, which
+    /// mean other images, is refused (positions saved before 2026-12-05 have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
 }
 
 /// A mix's part of the position: each dataset's global batches per mixed epoch ([`mix::quotas`]) and
