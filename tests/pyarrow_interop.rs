@@ -96,6 +96,13 @@ fn pyarrow_reads_what_rust_wrote() {
         assert_eq!(py["text_short_hex"].as_str(), short.as_deref(), "row {g}: short caption's embedding");
         assert_eq!(py["caption"].as_str(), row.caption);
     }
+    // a key Rust refuses (a typo) the second reader refuses too, naming it
+    let manifest = out.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"num_classes\"", "\"num_clases\"")).unwrap();
+    assert!(Dataset::open(&out, Checksums::Skip).is_err());
+    let e = crate::python_fails(&[&"tools/read_shards.py", &path_str(&out)]);
+    assert!(e.contains("unknown key `conditions.class.num_clases`"), "{e}");
 }
 
 /// Extra columns the shard format does not read are ignored, also of types pyarrow writes with other

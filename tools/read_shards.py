@@ -14,9 +14,44 @@ import pyarrow as pa
 import crc32c
 
 
+# The keys each object of a manifest may hold (data/src/manifest.rs refuses any other, as this does).
+KEYS = {
+    "": {"format", "format_version", "d", "bit_order", "tokenizer", "conditions", "latent", "schedules", "shards",
+         "total_rows", "created_by"},
+    "tokenizer": {"name", "file", "params"},
+    "conditions": {"class", "text", "caption"},
+    "conditions.class": {"num_classes", "names"},
+    "conditions.text": {"width", "dtype", "max_tokens", "encoder", "short_caption"},
+    "latent": {"dtype", "layout"},
+    "schedules[]": {"name", "h_div_w_template", "pixel_budget", "scales", "spatial_patchify"},
+    "shards[]": {"file", "rows", "bytes", "crc32c", "bucket_rows"},
+}
+
+
+def check_keys(path, m):
+    """Unknown keys are errors naming their path: a typo (`num_clases`) must not pass unseen."""
+    def objects():
+        yield "", m
+        for k in ("tokenizer", "conditions", "latent"):
+            if isinstance(m.get(k), dict):
+                yield k, m[k]
+        for k in ("class", "text"):
+            if isinstance(m.get("conditions", {}).get(k), dict):
+                yield f"conditions.{k}", m["conditions"][k]
+        for k in ("schedules", "shards"):
+            for i, o in enumerate(m.get(k) or []):
+                yield f"{k}[{i}]", o
+    for at, obj in objects():
+        known = KEYS[at.split("[")[0] + ("[]" if "[" in at else "")]
+        unknown = sorted(set(obj) - known)
+        assert not unknown, f"{path}: unknown key `{at + '.' if at else ''}{unknown[0]}` (expected one of {sorted(known)})"
+
+
 def read(dir):
-    with open(os.path.join(dir, "manifest.json")) as f:
+    path = os.path.join(dir, "manifest.json")
+    with open(path) as f:
         m = json.load(f)
+    check_keys(path, m)
     assert m["format"] == "infinity-bits" and m["format_version"] == 1, "unsupported format"
     d = m["d"]
     nb = (d + 7) // 8

@@ -128,3 +128,47 @@ fn a_mix_changes_its_global_batch_at_a_resume_too() {
     }
     assert!(finals[0] == finals[1], "a resume after the change trained other weights");
 }
+
+/// `--rows-of-step N` names the rows the training loop's loader draws at step N, rank by rank; in a
+/// run whose batch grew at a resume, at the size the step drew.
+#[test]
+fn the_rows_of_a_step_are_the_ones_it_draws() {
+    use infinity_data::loader::Loader;
+    use infinity_trainer::train::step_rows::rows_of_step;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::tiny_dataset(&data, 96);
+    let cfg = config(&data, tmp.path().join("run"), 8, 8);
+    let lines = rows_of_step(&cfg, 5, 2).unwrap();
+    assert!(lines[0].starts_with("step 5: global batch 8 from data.dir"), "{lines:?}");
+    let ds = std::sync::Arc::new(infinity_data::Dataset::open(&data, infinity_data::Checksums::Skip).unwrap());
+    let drawn = |c: &TrainConfig, rank: usize, g: usize, n: usize| {
+        let opts = infinity_data::loader::LoaderOptions {
+            global_batch: g,
+            seed: c.run.seed,
+            rank,
+            world_size: 2,
+            ..Default::default()
+        };
+        let mut loader = Loader::new(ds.clone(), opts, None).unwrap();
+        (0..n).map(|_| loader.next_batch().unwrap()).last().unwrap().ids
+    };
+    let named = |lines: &[String], rank: usize| -> Vec<u64> {
+        let at = |l: &String| l.rsplit("id ").next().unwrap().parse::<u64>().unwrap();
+        lines.iter().filter(|l| l.starts_with(&format!("rank {rank} "))).map(at).collect()
+    };
+    for rank in 0..2 {
+        assert_eq!(named(&lines, rank), drawn(&cfg, rank, 8, 5), "rank {rank}");
+    }
+    assert!(rows_of_step(&cfg, 0, 1).unwrap_err().to_string().contains("from 1"));
+
+    // 3 steps at 8, then 16: step 2 is drawn at 8, step 6 at 16
+    train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let bigger = config(&data, cfg.run.dir.clone(), 16, 8);
+    let step3 = latest_checkpoint(&cfg.run.dir).unwrap();
+    train(&bigger, &TrainOptions { resume: Some(step3), stop_after: Some(6), ..Default::default() }).unwrap();
+    assert_eq!(named(&rows_of_step(&bigger, 2, 2).unwrap(), 0), drawn(&cfg, 0, 8, 2));
+    let lines = rows_of_step(&bigger, 6, 2).unwrap();
+    assert!(lines[0].starts_with("step 6: global batch 16"), "{lines:?}");
+    assert_eq!(named(&lines, 1).len(), 8);
+}

@@ -191,10 +191,15 @@ fn failed_checkpoint_writes_are_tolerated_up_to_the_setting() {
     }
     // none tolerated: a background write's failure stops the run at the next checkpoint, which is
     // tried first
-    let (ok, text, steps, _) = run("none", "2", &["checkpoint.failed_writes_tolerated=0"]);
+    let (ok, text, steps, dir) = run("none", "2", &["checkpoint.failed_writes_tolerated=0"]);
     assert!(!ok && steps == [4], "{steps:?} {text}");
-    let want = "1 checkpoint write failed in a row, more than checkpoint.failed_writes_tolerated = 0";
-    assert!(text.contains(want), "{text}");
+    let want = "1 checkpoint write failed in a row, more than checkpoint.failed_writes_tolerated = 0 (the last \
+                complete checkpoint: ";
+    assert!(text.contains(want) && text.contains("step-00000004)"), "{text}");
+    // summary.json, at that checkpoint, counts the failure that stopped the run
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((&summary["checkpoint_failed_writes"], &summary["step"]), (&1.into(), &4.into()), "{summary}");
 }
 
 /// `run.stall_timeout_s`: a step whose data read hangs (the `INFINITY_FAULT_STALL` drill) ends the

@@ -358,7 +358,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
 
     // a run that diverges is a result, not a failure: listed, and skipped by the next invocation
     let text = ok(infinity(&["sweep", "bad.toml"], t));
-    assert!(text.contains("1 runs diverged (final results") && text.contains("lr-1e30"), "{text}");
+    assert!(text.contains("1 run diverged (final results") && text.contains("lr-1e30"), "{text}");
     let again = ok(infinity(&["sweep", "bad.toml"], t));
     assert!(again.contains("lr-1e30: diverged (summary.json), skipped"), "{again}");
     let out = infinity(&["sweep", "bad.toml", "--print"], t);

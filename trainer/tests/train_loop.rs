@@ -195,6 +195,23 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     let steps: Vec<u64> =
         val.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [2, 4, 5]);
+
+    // the abandoned history resumed into the folder, or a copy of its step 6 kept elsewhere, would join
+    // the two histories (logs jumping from 5 to 7, checkpoints 4 and 5 of the other beside it): refused
+    let resume = |dir: PathBuf| TrainOptions { resume: Some(dir), ..Default::default() };
+    let e = format!("{:#}", train(&cfg, &resume(abandoned.join("step-00000006"))).unwrap_err());
+    assert!(e.contains("a history this run folder abandoned at step 3, since when it trained another"), "{e}");
+    let kept = tmp.path().join("kept/step-00000006");
+    std::fs::create_dir_all(&kept).unwrap();
+    for f in std::fs::read_dir(abandoned.join("step-00000006")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, kept.join(f.file_name().unwrap())).unwrap();
+    }
+    let e = format!("{:#}", train(&cfg, &resume(kept)).unwrap_err());
+    assert!(
+        e.contains("its metrics.jsonl ends at step 5 and its newest checkpoint is of step 5, before the step"),
+        "{e}"
+    );
 }
 
 /// μP (`model.mup_base_width`): at its base width the run is the standard one byte for byte; a run

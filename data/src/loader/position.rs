@@ -151,7 +151,8 @@ impl LoaderState {
             return Err(DataError::Config(format!(
                 "cannot resume the data stream: the dataset is not the one the saved position was read from: \
                  {changes} (dataset fingerprint {} → {}); the dataset fixes the order of the samples: resume \
-                 on the dataset the run started with, or start a new run",
+                 on the dataset the run started with, or start a new run (a dataset mended since, its bad rows \
+                 rewritten: `infinity train --resume … --accept-data-change` goes on from the saved position)",
                 self.dataset,
                 manifest.fingerprint()
             )));

@@ -110,8 +110,8 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     let done = sweep::run_local(&runs, file.nproc_per_node, &exe, &slots)?;
     if !done.diverged.is_empty() {
         console!(
-            "{} runs diverged (final results, skipped by later sweeps; `infinity scaling` lists them): {}",
-            done.diverged.len(),
+            "{} diverged (final results, skipped by later sweeps; `infinity scaling` lists them): {}",
+            super::plural(done.diverged.len(), "run"),
             done.diverged.join(", ")
         );
     }

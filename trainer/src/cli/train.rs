@@ -39,9 +39,15 @@ pub struct TrainArgs {
     /// without training or writing (0, or the code the run would fail with).
     #[arg(long)]
     check: bool,
-    /// The number of ranks `--check` splits the batch for (default: the environment's world size, else 1).
-    #[arg(long, requires = "check", value_parser = super::positive())]
+    /// The number of ranks `--check` splits the batch for, and `--rows-of-step` lists the rows of
+    /// (default: the environment's world size, else 1).
+    #[arg(long, value_parser = super::positive())]
     world: Option<usize>,
+    /// Print the rows step N draws (counted from 1, as metrics.jsonl counts), rank by rank: each one's
+    /// shard, row and sample id; and exit. A loss spike that comes back at one step after a resume
+    /// points at them. A run folder with a checkpoint lends its record of earlier global batch sizes.
+    #[arg(long, value_name = "N", conflicts_with_all = ["check", "resume"])]
+    rows_of_step: Option<u64>,
     /// `--check` a GPU run against a GPU of this many GiB instead of this machine's (say, on a login
     /// node without one): the memory per rank, whether the micro-batch fits, what "auto" takes.
     #[arg(long, value_name = "GIB", requires = "check")]
@@ -89,6 +95,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
              whose agent stops every rank at once"
         )));
     }
+    if a.world.is_some() && !a.check && a.rows_of_step.is_none() {
+        return Err(bad(anyhow::anyhow!("--world goes with --check or --rows-of-step")));
+    }
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
     if world > 1 {
         dist::backend_available(&cfg.dist).map_err(bad)?;
@@ -99,6 +108,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // a group the launcher restarts (INFINITY_RESUME=auto; torchrun's TORCHELASTIC_RESTART_COUNT above
     // 0) continues from run.dir's newest checkpoint, whatever --resume named for its first attempt (that
     // one, until run.dir has a checkpoint of its own)
+    if let Some(step) = a.rows_of_step {
+        let lines = train::step_rows::rows_of_step(&cfg, step, world).map_err(bad)?;
+        lines.iter().for_each(|l| console!("{l}"));
+        return Ok(ExitCode::SUCCESS);
+    }
     let restarted =
         std::env::var(vars::RESUME).is_ok_and(|v| v == "auto") || env.as_ref().is_some_and(|e| e.restarted());
     let newest = || train::latest_checkpoint(&cfg.run.dir);

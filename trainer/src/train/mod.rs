@@ -27,6 +27,7 @@ mod setup;
 pub mod spike;
 mod start_state;
 mod step_means;
+pub mod step_rows;
 pub mod stop;
 mod summary;
 mod tb_log;
@@ -171,7 +172,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
     // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
     // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)
-    setup.done();
+    setup.done(leader);
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
@@ -439,7 +440,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
         }
         let last = preempt || state.step == cfg.run.steps || opts.stop_after == Some(state.step);
-        let mut save = due(state.step, cfg.checkpoint.every, cfg.run.steps) || clock_due || last;
+        let mut save = due(state.step, cfg.checkpoint.every, cfg.run.steps) || preempt || clock_due;
         if save && state.nonfinite_run > 0 && !last {
             // (the updates were skipped, so the weights are those before the streak: its checkpoint would
             // only carry the streak's count into a resume, and push the last clean one out of keep_last)

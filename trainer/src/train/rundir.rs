@@ -162,7 +162,7 @@ pub fn foreign_history(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
         Path::new(&dir).canonicalize().ok()
     };
     if ckpt_full.starts_with(&run_full) || own_copy().is_some_and(|d| d == run_full) {
-        return None;
+        return rewound_since(run, ckpt, step);
     }
     let held = match checkpoint::complete(run).into_iter().find(|(s, _)| *s <= step) {
         Some((s, _)) => format!("its own checkpoint of step {s}"),
@@ -178,6 +178,42 @@ pub fn foreign_history(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
         run.display(),
         ckpt.display()
     ))
+}
+
+/// Whether `run`'s history ends before `step`, the step of its own checkpoint `ckpt` (one kept
+/// elsewhere, or under `abandoned/`): its logs end earlier, and so does its newest checkpoint. The
+/// folder was then rewound since `ckpt` was written, and another history follows the steps they share;
+/// resuming `ckpt` into it would join the two (the logs jumping from that history's last step, its
+/// checkpoints kept beside this one's). The message saying so, or `None`. (Logs that are gone tell
+/// nothing.)
+fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
+    let logged =
+        text.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())?;
+    let newest = checkpoint::complete(run).last().map(|(s, _)| *s);
+    // a history set aside under abandoned/after-step-F/ forked from the folder's at step F
+    let abandoned_at = ckpt.parent().filter(|p| p.parent().is_some_and(|a| a.ends_with("abandoned"))).and_then(|p| {
+        let name = p.file_name()?.to_str()?.strip_prefix("after-step-")?;
+        name.split('.').next()?.parse::<u64>().ok()
+    });
+    if let Some(fork) = abandoned_at.filter(|&f| logged > f || newest.is_some_and(|n| n > f)) {
+        return Some(format!(
+            "{}: a history this run folder abandoned at step {fork}, since when it trained another (its logs reach \
+             step {logged}); resuming it here would join the two: resume it into a new run.dir, or move the \
+             folder's checkpoints after step {fork} aside first",
+            ckpt.display()
+        ));
+    }
+    (logged < step && newest.is_none_or(|n| n < step)).then(|| {
+        let newest = newest.map_or(String::new(), |n| format!(" and its newest checkpoint is of step {n}"));
+        format!(
+            "run.dir {}: its metrics.jsonl ends at step {logged}{newest}, before the step of {} ({step}): the \
+             folder was rewound since that checkpoint was written and holds another history, which resuming it \
+             here would join; resume into a new run.dir, or move the folder's checkpoints and logs aside first",
+            run.display(),
+            ckpt.display()
+        )
+    })
 }
 
 /// Keeps the lines of a JSON-lines log (`metrics.jsonl`, `val.jsonl`) whose `step` is at most `step`:
@@ -220,10 +256,11 @@ pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String>
     (s["world_size"].as_u64() == Some(world as u64) && same_build).then(|| {
         format!(
             "{}: this run diverged at step {at} (its summary.json), and resuming from step {step} with the same \
-             settings and {world} ranks repeats it step for step; change what diverged (optim.lr, optim.clip, \
+             settings and {} repeats it step for step; change what diverged (optim.lr, optim.clip, \
              optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and resume, or train into a new \
              run.dir",
-            run.display()
+            run.display(),
+            crate::cli::plural(world, "rank")
         )
     })
 }

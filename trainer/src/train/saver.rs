@@ -222,6 +222,22 @@ impl Saver {
         })
     }
 
+    /// `summary.json` as it stands (at the last complete checkpoint), with this session's failed writes
+    /// counted: a run the failures stopped says so. (A disk too full for it keeps the one there.)
+    fn count_in_summary(&self) {
+        let path = self.run.join(SUMMARY_FILE);
+        let Some(mut v) =
+            std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        else {
+            return;
+        };
+        v["checkpoint_failed_writes"] = self.failed_writes.into();
+        let written = serde_json::to_string_pretty(&v).map_err(anyhow::Error::from);
+        if let Err(e) = written.and_then(|text| write_run_file(&self.run, SUMMARY_FILE, &text)) {
+            tracing::warn!("{}: not updated with the failed checkpoint writes: {e:#}", path.display());
+        }
+    }
+
     /// A write's outcome: a failure within `tolerated` in a row is warned of and counted, not returned.
     fn tolerate(&mut self, written: Result<()>) -> Result<()> {
         let Err(e) = written else {
@@ -231,13 +247,16 @@ impl Saver {
         self.failed_in_a_row += 1;
         self.failed_writes += 1;
         let (n, t) = (self.failed_in_a_row, self.tolerated);
+        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
         if n > t {
+            // summary.json (at the last complete checkpoint) counts them too, where the disk takes it
+            self.count_in_summary();
             let writes = if n == 1 { "write" } else { "writes" };
             return Err(e.context(format!(
-                "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t}"
+                "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t} (the \
+                 last complete checkpoint: {kept})"
             )));
         }
-        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
         tracing::warn!(
             "{e:#}; training goes on ({n} failed in a row of the {t} checkpoint.failed_writes_tolerated; the last \
              complete checkpoint: {kept})"

@@ -44,16 +44,18 @@ pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
 /// a signal after that stops the run after its first step, checkpointed.
 pub struct SetupGuard {
     done: Arc<AtomicBool>,
+    /// Say when a stop signal comes after setup (rank 0's console).
+    notice: Arc<AtomicBool>,
     /// What the process waits for now, for the message (`None`: setting up).
     waiting: Arc<std::sync::Mutex<Option<&'static str>>>,
 }
 
 impl SetupGuard {
     pub fn start(flag: &Option<Arc<AtomicBool>>) -> SetupGuard {
-        let done = Arc::new(AtomicBool::new(false));
+        let (done, notice) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let waiting = Arc::new(std::sync::Mutex::new(None));
         if let Some(stop) = flag.clone() {
-            let (done, waiting) = (done.clone(), waiting.clone());
+            let (done, notice, waiting) = (done.clone(), notice.clone(), waiting.clone());
             std::thread::spawn(move || {
                 while !done.load(Ordering::Acquire) {
                     if stop.load(Ordering::Relaxed) {
@@ -66,9 +68,17 @@ impl SetupGuard {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
+                // then, once, that the signal is heard (a step, and its checkpoint, may take a while)
+                if !notice.load(Ordering::Acquire) {
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
             });
         }
-        SetupGuard { done, waiting }
+        SetupGuard { done, notice, waiting }
     }
 
     /// What setup waits for from now on (`while waiting for the other ranks`), or `None` again.
@@ -78,15 +88,17 @@ impl SetupGuard {
         }
     }
 
-    /// Setup is about to change the run folder: a signal from now on stops the run after a step.
-    pub fn done(&self) {
+    /// Setup is about to change the run folder: a signal from now on stops the run after a step, which
+    /// is said at once where `notice` (rank 0).
+    pub fn done(&self, notice: bool) {
+        self.notice.store(notice, Ordering::Release);
         self.done.store(true, Ordering::Release);
     }
 }
 
 impl Drop for SetupGuard {
     fn drop(&mut self) {
-        self.done();
+        self.done.store(true, Ordering::Release);
     }
 }
 

@@ -266,7 +266,8 @@ pub fn saved_step(dir: &Path) -> Option<u64> {
     parse_state(dir).ok().map(|s| s.step)
 }
 
-fn read_state(dir: &Path) -> Result<TrainState> {
+/// A complete checkpoint's `state.json`, checked against its `DONE` marker, folder name and version.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
     let state = parse_state(dir)?;
     check_version(dir, &state)?;
     Ok(state)
@@ -449,6 +450,7 @@ mod tests {
             buckets: None,
             mix: None,
             earlier_sizes: Vec::new(),
+            tokenizer: None,
         };
         let state = TrainState { step: 3, ..TrainState::fresh(loader) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };

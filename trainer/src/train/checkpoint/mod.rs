@@ -36,7 +36,8 @@ use crate::optim::AdamW;
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
 pub use load::{
-    ema_file, load, load_ema, load_model, moving_average_of, resolve, saved_step, weights_file, CheckpointModel,
+    ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step, weights_file,
+    CheckpointModel,
 };
 
 /// The marker a complete checkpoint folder holds, written last.

@@ -113,7 +113,11 @@ fn typed<T: DeserializeOwned + Serialize>(
         }
         // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
         let allowed = allowed_values(&at, &inner);
-        anyhow::anyhow!("{}: at `{key}`: {what}{allowed}", source_of(&key, path, overrides))
+        let source = match what.starts_with("missing") {
+            true => source_of_missing(&key, path, overrides),
+            false => source_of(&key, path, overrides),
+        };
+        anyhow::anyhow!("{source}: at `{key}`: {what}{allowed}")
     })?;
     // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what it
     // changed
@@ -310,8 +314,42 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     let var = inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
     match var {
         Some((v, _)) => format!("{v} (in the environment)"),
-        None => path.display().to_string(),
+        None => file_setting(key, path).display().to_string(),
     }
+}
+
+/// [`source_of`] for a key found missing: a `--set` or `INF__…` variable that set another key of its
+/// table (`optim.decay.kind`, whose kind asks for the missing key) is where it came from.
+fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
+    let Some((table, _)) = key.rsplit_once('.') else { return source_of(key, path, overrides) };
+    let in_table = |k: &str| k.strip_prefix(table).is_some_and(|r| r.starts_with('.'));
+    let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
+    if let Some(k) = set.find(|k| in_table(k)) {
+        return format!("--set {k}");
+    }
+    match inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
+        Some((v, _)) => format!("{v} (in the environment)"),
+        None => source_of(key, path, overrides),
+    }
+}
+
+/// The file of `path` and the files it `extends` that sets `key`, the nearest to `path` first (`path`
+/// where none does, or one does not read).
+fn file_setting(key: &str, path: &Path) -> std::path::PathBuf {
+    let mut at = path.to_path_buf();
+    for _ in 0..=8 {
+        let Some(table) = std::fs::read_to_string(&at).ok().and_then(|t| t.parse::<toml::Table>().ok()) else {
+            break;
+        };
+        if get(&table, key).is_some() {
+            return at;
+        }
+        match table.get("extends").and_then(|v| v.as_str()) {
+            Some(base) => at = at.parent().unwrap_or(Path::new(".")).join(base),
+            None => break,
+        }
+    }
+    path.to_path_buf()
 }
 
 /// The key and the message of a config error as they read best: the config crate's own key path

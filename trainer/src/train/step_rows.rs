@@ -1,0 +1,77 @@
+//! `infinity train CONFIG --rows-of-step N`: the rows step `N` draws, rank by rank: each one's shard,
+//! row and sample id. The seed, the global batch and the mix fix them (docs/data-format.md, "The
+//! loader's order"), so a loss spike that comes back at one step after a resume can be traced to its
+//! rows, and `infinity data verify` or a reader pointed at them.
+
+use anyhow::{ensure, Context, Result};
+use infinity_data::loader::{Loader, LoaderState};
+use infinity_data::{Checksums, Dataset};
+
+use super::checkpoint;
+use super::config::TrainConfig;
+use super::setup::{loader_options, Setup};
+
+/// The lines that say which rows step `step` (counted from 1, as `metrics.jsonl` counts) draws on each
+/// of `world` ranks. A run folder with a checkpoint lends its position's record of earlier global
+/// batch sizes, so a run whose batch size changed at a resume is drawn as it was.
+pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<String>> {
+    ensure!(step >= 1, "--rows-of-step counts steps from 1, as metrics.jsonl does");
+    // (the rows' places are what is asked: the shards are not hashed)
+    let setup = Setup::open_with(cfg, Checksums::Skip)?;
+    let ds = std::sync::Arc::new(setup.ds);
+    let batch_index = step - 1;
+    let (size, position) = position_at(cfg, &ds, batch_index, world)?;
+    let mut lines = Vec::new();
+    for rank in 0..world {
+        let opts =
+            infinity_data::loader::LoaderOptions { global_batch: size, workers: 0, ..loader_options(cfg, rank, world) };
+        let mut loader = Loader::new(ds.clone(), opts, Some(position.clone())).context("--rows-of-step")?;
+        let batch = loader.next_batch()?;
+        if rank == 0 {
+            let (key, dir) = cfg.data.dirs().nth(batch.part as usize).context("a dataset of the mix")?;
+            let schedule = &ds.manifest.schedules[batch.bucket as usize].name;
+            lines.push(format!(
+                "step {step}: global batch {size} from {key} {} (epoch {}), bucket {} (schedule `{schedule}`), \
+                 {} a rank",
+                dir.display(),
+                batch.epoch,
+                batch.bucket,
+                crate::cli::plural(batch.ids.len(), "row")
+            ));
+        }
+        for (&g, &id) in batch.rows.iter().zip(&batch.ids) {
+            let (s, row) = ds.locate(g);
+            lines.push(format!("rank {rank}  {}  row {row}  id {id}", ds.shards()[s].path().display()));
+        }
+    }
+    Ok(lines)
+}
+
+/// The loader's position before batch `index`, and the global batch size it draws at: from scratch, or
+/// the newest checkpoint's (its earlier sizes up to that batch).
+fn position_at(
+    cfg: &TrainConfig,
+    ds: &std::sync::Arc<Dataset>,
+    index: u64,
+    world: usize,
+) -> Result<(usize, LoaderState)> {
+    let saved = match super::latest_checkpoint(&cfg.run.dir) {
+        Some(dir) => Some(checkpoint::read_state(&dir)?.loader),
+        None => None,
+    };
+    let mut state = match saved {
+        Some(s) => s,
+        None => Loader::new(ds.clone(), loader_options(cfg, 0, world), None)?.state(),
+    };
+    // the size in effect at `index`: the first earlier one that lasted past it, else the last
+    let size = match state.earlier_sizes.iter().position(|e| e.until > index) {
+        Some(k) => {
+            let size = state.earlier_sizes[k].global_batch;
+            state.earlier_sizes.truncate(k);
+            size
+        }
+        None => state.global_batch,
+    };
+    (state.global_batch, state.batches_done) = (size, index);
+    Ok((size, state))
+}
