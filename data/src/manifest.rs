@@ -150,6 +150,12 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| match dir.is_file() {
             true => not_a_folder(dir),
+            // (the manifest is written last: a folder without one is no dataset, or an unfinished one)
+            false if dir.is_dir() && e.kind() == std::io::ErrorKind::NotFound => DataError::Config(format!(
+                "{}: not a dataset: it holds no {MANIFEST_FILE} (which `infinity data synth|pack` and \
+                 tools/write_shards.py write last: an unfinished write or copy?)",
+                dir.display()
+            )),
             false => DataError::io(&path, e),
         })?;
         // some Windows editors save UTF-8 with a byte-order mark, which JSON parsers reject

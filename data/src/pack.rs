@@ -159,9 +159,10 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     if entries.is_empty() {
         return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
     }
-    // (a caption's image is NAME.png, .jpg or .jpeg beside it: `x.png.txt` or `X.txt` for `x.png` is none)
+    // (a caption's image is NAME.png, .jpg or .jpeg beside it: `x.png.txt` or `X.txt` for `x.png` is none;
+    // `NAME.short.txt` is the short caption tools/write_shards.py reads)
     let read_captions: std::collections::HashSet<PathBuf> =
-        entries.iter().map(|e| e.path.with_extension("txt")).collect();
+        entries.iter().flat_map(|e| [e.path.with_extension("txt"), e.path.with_extension("short.txt")]).collect();
     txt.retain(|t| !read_captions.contains(t));
     Ok(Listing { entries, names, skipped, orphan_captions: txt, loose: classes.is_empty() })
 }

@@ -104,6 +104,8 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     for orphan in ["cats/1.PNG.txt", "cats/2.png.txt", "dogs/gone.txt", "readme.txt"] {
         std::fs::write(src.path().join(orphan), "a caption").unwrap();
     }
+    // (a short caption, which tools/write_shards.py reads, is no orphan)
+    std::fs::write(src.path().join("cats/3.short.txt"), "a cat").unwrap();
     let (m, fit, notes) =
         pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
     let under_src = |paths: &[std::path::PathBuf]| -> Vec<String> {

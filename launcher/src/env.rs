@@ -56,6 +56,11 @@ pub const EXIT_DIVERGED: i32 = 87;
 /// restarts its group from the last checkpoint as for a crash.
 pub const EXIT_STALLED: i32 = 75;
 
+/// Exit code of a training process a stop signal ended during its setup (before its first step,
+/// nothing trained, so nothing to checkpoint): 128 + SIGTERM, as the signal's default action reports.
+/// After a signal the agent forwarded, a clean stop as a checkpointed one is.
+pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
+
 /// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported); `None`
 /// where it has none.
 pub fn hostname() -> Option<String> {

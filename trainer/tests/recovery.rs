@@ -359,11 +359,25 @@ fn accept_data_change_resumes_on_a_mended_dataset() {
     let again = TrainOptions { resume: latest_checkpoint(&cfg.run.dir), ..Default::default() };
     assert_eq!(train(&longer, &again).unwrap().steps, 8);
 
-    // rows added: the saved position knows its buckets held others, so the order is a new one
-    common::tiny_dataset(&data, 80);
+    // rows added (with the dataset's own tokenizer): the saved position knows its buckets held others,
+    // so the order is a new one
+    let tokenizer = tmp.path().join("tokenizer.safetensors");
+    std::fs::copy(data.join("tokenizer.safetensors"), &tokenizer).unwrap();
+    let more = |tokenizer: Option<PathBuf>| infinity_data::synth::SynthOptions {
+        rows: 80,
+        fit_rows: 40,
+        tokenizer,
+        writer: infinity_data::writer::WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    infinity_data::synth::synth(&data, &more(Some(tokenizer))).unwrap();
     let lines = check_with(&cfg, 1, Some(&step3), None, true).unwrap();
     let moved = lines.iter().find(|l| l.starts_with("resume: --accept-data-change: ")).expect("a warning");
     assert!(moved.contains("64 → 80") && moved.contains("the rows in its buckets changed"), "{moved}");
+    // bits of another tokenizer (fitted anew) mean other images: refused, --accept-data-change or not
+    infinity_data::synth::synth(&data, &more(None)).unwrap();
+    let e = format!("{:#}", check_with(&cfg, 1, Some(&step3), None, true).unwrap_err());
+    assert!(e.contains("its bits are of another tokenizer than the checkpoint's data"), "{e}");
 }
 
 /// Two fresh starts into one run folder, the second's rank 0 past the command line's check before the

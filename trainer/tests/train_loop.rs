@@ -447,6 +447,26 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
         assert!(e.contains(want), "{set}: {e}");
     }
     assert_eq!(C::load(&path, &["run.steps=3.0".into()]).unwrap().run.steps, 3, "a whole number written as a float");
+    // a key missing because an override changed its table is the override's; an empty key part is named
+    let e = format!("{:#}", C::load(&path, &["optim.decay.kind=wsd".into()]).unwrap_err());
+    assert!(e.starts_with("--set optim.decay.kind: at `optim.decay.decay_fraction`: missing"), "{e}");
+    let e = format!("{:#}", C::load(&path, &["optim..lr=1".into()]).unwrap_err());
+    assert!(e.contains("`optim..lr` has an empty part"), "{e}");
+    // a typo in a file another `extends` is that file's
+    let (typo, top) = (tmp.path().join("typo.toml"), tmp.path().join("top.toml"));
+    std::fs::write(
+        &typo,
+        format!(
+            "{base}
+[model.init]
+hd00 = 1.0
+"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&top, "extends = \"typo.toml\"\n[run]\nsteps = 4\n").unwrap();
+    let e = format!("{:#}", C::load(&top, &[]).unwrap_err());
+    assert!(e.starts_with(&format!("{}: at `model.init.hd00`", typo.display())), "{e}");
     let e = format!("{:#}", C::load(&path, &["val.dir=x".into(), "val.max_rows=0".into()]).unwrap_err());
     assert!(e.starts_with("--set val.max_rows: val.max_rows must be at least 1"), "{e}");
     // the key a check is about names the source, not a key its message mentions as context

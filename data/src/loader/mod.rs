@@ -179,9 +179,10 @@ impl Loader {
         let mixed = mix_state(&ds, g, opts.mix_weights.as_deref(), &opts.mix_phases)?;
         let rows_of: Vec<&[Vec<u64>]> = part_rows.iter().map(|p| &p[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&rows_of)));
-        // (mixed datasets share one tokenizer: the first's)
+        // (mixed datasets share one tokenizer: the first's; a tokenizer file that does not read, which
+        // training does not need and `data verify` names, leaves it unrecorded and unchecked)
         let first = &ds.parts()[0];
-        let tokenizer = Some(crate::tokenizer::identity(&first.dir, &first.manifest)?);
+        let tokenizer = crate::tokenizer::identity(&first.dir, &first.manifest).ok();
         let state = match resume {
             None => {
                 let earlier_sizes = Vec::new();

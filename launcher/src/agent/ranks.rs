@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use super::signals::signal_name;
 use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
-use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED};
+use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED, EXIT_STOPPED_BEFORE_START};
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
 pub(super) const OWN_SUBCOMMANDS: [&str; 9] =
@@ -259,7 +259,7 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 /// Send `sig` to every rank's process group (running ranks, and whatever an exited one left behind),
 /// wait up to `grace_s`, then SIGKILL the groups still alive; read the ranks' last output. Returns the
 /// exit code of an agent that stopped them for signal `sig`: 0 when every rank exited successfully
-/// (they checkpointed), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank
+/// (they checkpointed) or stopped still setting up (`EXIT_STOPPED_BEFORE_START`), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank
 /// died of it, before it could checkpoint: the agent reports the signal as a shell would, so a
 /// scheduler sees a preemption).
 pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
@@ -325,7 +325,9 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         r.group_alive();
     }
     drain(ranks, DRAIN).await;
-    if exited.iter().all(|s| s.is_some_and(|s| s.success())) {
+    // (a rank still setting up stops at once, nothing trained: as clean a stop as a checkpointed one)
+    let stopped = |s: &std::process::ExitStatus| s.success() || s.code() == Some(EXIT_STOPPED_BEFORE_START);
+    if exited.iter().all(|s| s.is_some_and(|s| stopped(&s))) {
         return 0;
     }
     // a rank that failed otherwise after the signal (a checkpoint it could not write, bad data) gives its

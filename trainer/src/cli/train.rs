@@ -99,6 +99,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         return Err(bad(anyhow::anyhow!("--world goes with --check or --rows-of-step")));
     }
     let world = a.world.or(env.as_ref().map(|e| e.world)).unwrap_or(1).max(1);
+    // (nothing communicates or computes: no backend or batch split to check)
+    if let Some(step) = a.rows_of_step {
+        let lines = train::step_rows::rows_of_step(&cfg, step, world).map_err(bad)?;
+        lines.iter().for_each(|l| console!("{l}"));
+        return Ok(ExitCode::SUCCESS);
+    }
     if world > 1 {
         dist::backend_available(&cfg.dist).map_err(bad)?;
     }
@@ -108,11 +114,6 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // a group the launcher restarts (INFINITY_RESUME=auto; torchrun's TORCHELASTIC_RESTART_COUNT above
     // 0) continues from run.dir's newest checkpoint, whatever --resume named for its first attempt (that
     // one, until run.dir has a checkpoint of its own)
-    if let Some(step) = a.rows_of_step {
-        let lines = train::step_rows::rows_of_step(&cfg, step, world).map_err(bad)?;
-        lines.iter().for_each(|l| console!("{l}"));
-        return Ok(ExitCode::SUCCESS);
-    }
     let restarted =
         std::env::var(vars::RESUME).is_ok_and(|v| v == "auto") || env.as_ref().is_some_and(|e| e.restarted());
     let newest = || train::latest_checkpoint(&cfg.run.dir);

@@ -48,9 +48,12 @@ impl Dist {
             None => Ok(Dist::solo()),
             Some(env) => {
                 setup.waiting(Some("while waiting for the other ranks"));
-                let dist = Self::join_env(&env, cfg, gpu);
+                let dist = Self::join_env(&env, cfg, gpu)?;
                 setup.waiting(None);
-                dist
+                if dist.world > 1 {
+                    setup.grouped();
+                }
+                Ok(dist)
             }
         }
     }

@@ -95,10 +95,6 @@ impl Draws {
     }
 }
 
-/// Bitwise self-correction, condition dropout and drop path for rows `rows` of `batch`, as `draws`
-/// says. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial patchify,
-/// twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the latents and
-/// flip keys are gathered for the device to self-correct instead.
 /// A bad sample `prepare` found by its id, named by the shard and row of `ds` that hold it.
 pub(super) fn name_the_row(e: anyhow::Error, batch: &Batch, ds: &Dataset) -> anyhow::Error {
     match e.downcast::<infinity_data::DataError>() {
@@ -107,6 +103,10 @@ pub(super) fn name_the_row(e: anyhow::Error, batch: &Batch, ds: &Dataset) -> any
     }
 }
 
+/// Bitwise self-correction, condition dropout and drop path for rows `rows` of `batch`, as `draws`
+/// says. Self-correction runs on the dataset's schedule `tokenizer_scales` (with spatial patchify,
+/// twice the transformer's, its outputs then unshuffled into tokens). With `on_device`, the latents and
+/// flip keys are gathered for the device to self-correct instead.
 pub(super) fn prepare(
     mc: &ModelConfig,
     m: &Manifest,

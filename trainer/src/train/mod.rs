@@ -43,7 +43,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use infinity_kernels::rope::RopeTable;
@@ -172,6 +172,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
     // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
     // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)
+    setup.stop_together(&mut dist, &opts.stop)?;
     setup.done(leader);
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
@@ -238,7 +239,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let t0 = Instant::now();
         beat(&|| format!("reading the batch of step {}", state.step + 1));
         watchdog::stall_drill(dist.rank, state.step + 1, dist.attempt);
-        let batch = loader.next_batch()?;
+        let batch = loader.next_batch().with_context(|| format!("reading the batch of step {}", state.step + 1))?;
         beat(&|| format!("the forward and backward of step {}", state.step + 1));
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &manifest.schedules[batch.bucket as usize];

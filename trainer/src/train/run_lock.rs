@@ -42,8 +42,8 @@ impl RunLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder).and_then(|_| file.rewind());
                 console_err!(
-                    "run.dir {} is locked by {}: waiting up to {} s for it to let go (a stopped job writing its \
-                     last checkpoint)",
+                    "run.dir {} is locked by {}: waiting up to {} s for it to let go (a stopped job may still be \
+                     writing its last checkpoint)",
                     run.display(),
                     describe_holder(&holder, unix_now()),
                     patience.as_secs()

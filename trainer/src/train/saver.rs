@@ -164,12 +164,12 @@ impl Saver {
             if let Err(also) = write() {
                 tracing::error!("{:#}", also.context(format!("writing the checkpoint of step {step}")));
             }
-            return Err(e);
+            return Err(self.stopping(e));
         }
         // (at the limit: here, so that a failure stops the run at its own step)
         if !background || (self.failed_in_a_row > 0 && self.failed_in_a_row >= self.tolerated) {
             let written = write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
-            return if last { written } else { self.tolerate(written) };
+            return if last { written } else { self.tolerate(written).map_err(|e| self.stopping(e)) };
         }
         let handle = std::thread::Builder::new().name("checkpoint writer".into()).spawn(write)?;
         self.in_flight = Some((step, handle));
@@ -222,20 +222,28 @@ impl Saver {
         })
     }
 
-    /// `summary.json` as it stands (at the last complete checkpoint), with this session's failed writes
-    /// counted: a run the failures stopped says so. (A disk too full for it keeps the one there.)
-    fn count_in_summary(&self) {
-        let path = self.run.join(SUMMARY_FILE);
-        let Some(mut v) =
-            std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        else {
-            return;
-        };
-        v["checkpoint_failed_writes"] = self.failed_writes.into();
-        let written = serde_json::to_string_pretty(&v).map_err(anyhow::Error::from);
-        if let Err(e) = written.and_then(|text| write_run_file(&self.run, SUMMARY_FILE, &text)) {
-            tracing::warn!("{}: not updated with the failed checkpoint writes: {e:#}", path.display());
+    /// The error that stops the run once more writes failed in a row than are tolerated (`e`, the last
+    /// of them), after every write it tried: it names the last complete checkpoint, and `summary.json`
+    /// (at that checkpoint) counts the failures, where the disk takes it.
+    fn stopping(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let (n, t) = (self.failed_in_a_row, self.tolerated);
+        let mut on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&on_disk.text) {
+            record["checkpoint_failed_writes"] = self.failed_writes.into();
+            let step = on_disk.step;
+            let put = serde_json::to_string_pretty(&record)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| on_disk.put(&self.run, step, text));
+            if let Err(w) = put {
+                tracing::warn!("{SUMMARY_FILE} not updated with the failed checkpoint writes: {w:#}");
+            }
         }
+        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
+        let writes = if n == 1 { "write" } else { "writes" };
+        e.context(format!(
+            "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t} (the last \
+             complete checkpoint: {kept})"
+        ))
     }
 
     /// A write's outcome: a failure within `tolerated` in a row is warned of and counted, not returned.
@@ -247,16 +255,10 @@ impl Saver {
         self.failed_in_a_row += 1;
         self.failed_writes += 1;
         let (n, t) = (self.failed_in_a_row, self.tolerated);
-        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
         if n > t {
-            // summary.json (at the last complete checkpoint) counts them too, where the disk takes it
-            self.count_in_summary();
-            let writes = if n == 1 { "write" } else { "writes" };
-            return Err(e.context(format!(
-                "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t} (the \
-                 last complete checkpoint: {kept})"
-            )));
+            return Err(e); // ([`Saver::stopping`] says why, once the writes tried are done)
         }
+        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
         tracing::warn!(
             "{e:#}; training goes on ({n} failed in a row of the {t} checkpoint.failed_writes_tolerated; the last \
              complete checkpoint: {kept})"

@@ -34,9 +34,7 @@ impl std::fmt::Display for Diverged {
 
 impl std::error::Error for Diverged {}
 
-/// Exit code of a rank stopped by a signal before its group formed: 128 + SIGTERM, as the signal's
-/// default action reports (the agent uses 128 + the signal it got).
-pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
+pub use infinity_launcher::env::EXIT_STOPPED_BEFORE_START;
 
 /// A stop signal during setup (reading and hashing the dataset, waiting for the group: the rendezvous
 /// may take `dist.rdzv_timeout_s`, loading a checkpoint) ends the process at once: nothing has trained,
@@ -44,6 +42,9 @@ pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
 /// a signal after that stops the run after its first step, checkpointed.
 pub struct SetupGuard {
     done: Arc<AtomicBool>,
+    /// The rank has joined a group of several: a signal is for the group to act on together
+    /// ([`SetupGuard::stop_together`]), not for one rank to exit alone.
+    grouped: Arc<AtomicBool>,
     /// Say when a stop signal comes after setup (rank 0's console).
     notice: Arc<AtomicBool>,
     /// What the process waits for now, for the message (`None`: setting up).
@@ -53,12 +54,13 @@ pub struct SetupGuard {
 impl SetupGuard {
     pub fn start(flag: &Option<Arc<AtomicBool>>) -> SetupGuard {
         let (done, notice) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let grouped = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(std::sync::Mutex::new(None));
         if let Some(stop) = flag.clone() {
-            let (done, notice, waiting) = (done.clone(), notice.clone(), waiting.clone());
+            let (done, notice, grouped, waiting) = (done.clone(), notice.clone(), grouped.clone(), waiting.clone());
             std::thread::spawn(move || {
                 while !done.load(Ordering::Acquire) {
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) && !grouped.load(Ordering::Acquire) {
                         let during =
                             waiting.lock().map_or(None, |w| *w).unwrap_or("during setup, before the first step");
                         console_err!(
@@ -78,7 +80,31 @@ impl SetupGuard {
                 console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
             });
         }
-        SetupGuard { done, notice, waiting }
+        SetupGuard { done, grouped, notice, waiting }
+    }
+
+    /// This rank has joined a group of several ranks: from now on a signal during setup stops the group
+    /// together, at [`SetupGuard::stop_together`].
+    pub fn grouped(&self) {
+        self.grouped.store(true, Ordering::Release);
+    }
+
+    /// At the end of setup, in a group: whether any rank was signalled during it, learnt in one
+    /// collective, so every rank exits (143, nothing trained) or none does.
+    pub fn stop_together(&self, dist: &mut super::dist::Dist, flag: &Option<Arc<AtomicBool>>) -> anyhow::Result<()> {
+        if !self.grouped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        dist.tag("setup's stop-signal check");
+        let [stop] = dist.any_each([is_set(flag)])?;
+        if stop {
+            console_err!(
+                "stopped by a signal during setup, before the first step: nothing trained (exit code \
+                 {EXIT_STOPPED_BEFORE_START})"
+            );
+            std::process::exit(EXIT_STOPPED_BEFORE_START);
+        }
+        Ok(())
     }
 
     /// What setup waits for from now on (`while waiting for the other ranks`), or `None` again.

@@ -90,6 +90,9 @@ fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_js
         let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
             bail!("--set {o}: expected key.path=value");
         };
+        if k.trim().split('.').any(str::is_empty) {
+            bail!("--set {o}: `{}` has an empty part: expected key.path=value, such as optim.lr=3e-4", k.trim());
+        }
         b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
     }
     let built = b.build().with_context(|| format!("reading {}", path.display()))?;
@@ -284,6 +287,26 @@ fn get<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
     table.get(section)?.as_table()?.get(rest)
 }
 
+/// The value at dotted `key` in `table` at any depth, array items included (`data.mix[0].weight`).
+fn value_at<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    let mut value: Option<&toml::Value> = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, i)) => (name, Some(i.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (part, None),
+        };
+        let inner = match value {
+            None => table.get(name)?,
+            Some(v) => v.as_table()?.get(name)?,
+        };
+        value = Some(match index {
+            Some(i) => inner.as_array()?.get(i)?,
+            None => inner,
+        });
+    }
+    value
+}
+
 /// `table` without the value at dotted `key` (a section and its key).
 fn remove(table: &mut toml::Table, key: &str) {
     if let Some((section, rest)) = key.split_once('.') {
@@ -341,7 +364,7 @@ fn file_setting(key: &str, path: &Path) -> std::path::PathBuf {
         let Some(table) = std::fs::read_to_string(&at).ok().and_then(|t| t.parse::<toml::Table>().ok()) else {
             break;
         };
-        if get(&table, key).is_some() {
+        if value_at(&table, key).is_some() {
             return at;
         }
         match table.get("extends").and_then(|v| v.as_str()) {
