@@ -188,6 +188,16 @@ fn a_signal_is_forwarded_and_the_exit_code_says_which() {
     assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(143), "{}", agent.text());
     assert!(tmp.path().join("term.0").exists() && tmp.path().join("term.1").exists());
 
+    // ranks still setting up stop at once with 143 (EXIT_STOPPED_BEFORE_START: nothing trained): as
+    // clean a stop as a checkpointed one, so --preempted-exit-code's (here 0) for a scheduler to requeue
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let setting_up = r#"trap 'exit 143' TERM; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
+    let mut agent = Agent::start(tmp.path(), "setup", &args(d, &["--nproc-per-node", "2"], setting_up));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
+
     // SIGHUP to ranks that die of the forwarded signal: 128 + 1, as before the ranks start
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();

@@ -396,6 +396,44 @@ fn a_signal_during_setup_stops_at_once() {
     assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("config.toml").exists());
 }
 
+/// The same in a group of two under `infinity launch`: both ranks stop together at the end of setup
+/// (none goes on into a step whose collectives the other left), and the agent reports a clean stop.
+#[test]
+fn a_group_signalled_during_setup_stops_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    cfg.data.micro_batch = MicroBatchSize::Samples(4);
+    let file = common::config_file(&cfg, tmp.path());
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["launch", "--nproc-per-node", "2", "--log-dir"])
+        .arg(tmp.path().join("logs"))
+        .arg("--")
+        .arg("train")
+        .arg(&file)
+        .env("INFINITY_FAULT_SLOW_SETUP", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let mut said = String::new();
+    while said.matches("fault drill: setup sleeps").count() < 2 {
+        assert_ne!(std::io::BufRead::read_line(&mut out, &mut said).unwrap(), 0, "{said}");
+    }
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().unwrap();
+    std::io::Read::read_to_string(&mut out, &mut said).unwrap();
+    assert_eq!(status.code(), Some(0), "{said}");
+    for rank in 0..2 {
+        let line = format!("[rank {rank}] stopped by a signal during setup, before the first step: nothing trained");
+        assert!(said.contains(&line), "{said}");
+    }
+    assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("metrics.jsonl").exists());
+}
+
 /// `--preempted-exit-code 143`: a run a signal stops before its last step exits 143 (a Kubernetes Job's
 /// podFailurePolicy retries it), but a rank of `infinity launch` exits 0 (its agent reports the stop);
 /// a code outside 0-255 is a usage error.

@@ -48,7 +48,6 @@ impl<'a> Session<'a> {
         rank_identity::prefetch();
         let env = infinity_launcher::env::DistEnv::from_env().ok().flatten();
         let Setup { ds, mc, lay, mix } = Setup::open_with(cfg, checksums(env.as_ref())).map_err(unrecoverable)?;
-        slow_setup_drill();
         let unlisted = setup::unlisted_warning(cfg, &ds)?;
         let ds = Arc::new(ds);
         let manifest = &ds.manifest;
@@ -56,6 +55,7 @@ impl<'a> Session<'a> {
         let world = env.as_ref().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), setup)?;
+        slow_setup_drill();
         // the first collective: every later one assumes the ranks train one config
         // (paths absolute: the run folder records where its data are, wherever it is read from)
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
@@ -158,8 +158,9 @@ fn checksums(env: Option<&infinity_launcher::env::DistEnv>) -> Checksums {
     }
 }
 
-/// Slow-setup drill: `INFINITY_FAULT_SLOW_SETUP=SECONDS` sleeps so long once the dataset is open, as
-/// hashing a large one would (a stop signal meanwhile ends the process: [`SetupGuard`]).
+/// Slow-setup drill: `INFINITY_FAULT_SLOW_SETUP=SECONDS` sleeps so long once the group has formed, as
+/// loading a large checkpoint would (a stop signal meanwhile ends the process, or the group together:
+/// [`SetupGuard`]).
 fn slow_setup_drill() {
     if let Some(secs) = std::env::var("INFINITY_FAULT_SLOW_SETUP").ok().and_then(|s| s.parse::<f64>().ok()) {
         tracing::warn!("fault drill: setup sleeps {secs} s");
