@@ -167,6 +167,10 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     Ok(Listing { entries, names, skipped, orphan_captions: txt, loose: classes.is_empty() })
 }
 
+/// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,
+/// "image": "cats/0.png"}` (the path under the packed folder), in id order.
+pub const IMAGES_FILE: &str = "images.jsonl";
+
 /// The name of the one class of a folder without class sub-folders (`.` and `..` resolved).
 fn folder_name(root: &Path) -> String {
     let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -344,6 +348,14 @@ fn pack_listing(
         true => entries.iter().enumerate().filter(|(id, e)| e.caption.is_none() && !is_bad(*id)).count(),
         false => 0,
     };
+    // which image each row is (ids are places in the listing), before the manifest makes the dataset
+    let listed = |id: usize, e: &Entry| {
+        let image = e.path.strip_prefix(source).unwrap_or(&e.path).to_string_lossy().into_owned();
+        serde_json::json!({ "id": id, "image": image }).to_string() + "\n"
+    };
+    let images: String =
+        entries.iter().enumerate().filter(|(id, _)| !is_bad(*id)).map(|(id, e)| listed(id, e)).collect();
+    crate::manifest::write_atomic(&out.join(IMAGES_FILE), images.as_bytes())?;
     let single_class = loose.then(|| class_names[0].clone());
     let bad = bad.into_iter().map(|(_, e)| e).collect();
     let notes = PackNotes { single_class, skipped, orphan_captions, uncaptioned, bad, short_captions: 0 };

@@ -117,6 +117,12 @@ impl DatasetWriter {
             std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
         }
         remove_stale_shards(dir, &old_files, opts.overwrite)?;
+        // (the dataset replaced may have named its rows' images: not this one's)
+        let images = dir.join(crate::pack::IMAGES_FILE);
+        match std::fs::remove_file(&images) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&images, e)),
+            _ => {}
+        }
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
         let manifest = Manifest { shards: vec![], total_rows: 0, ..header };

@@ -149,6 +149,14 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     let (m, _, notes) = pack::pack(src.path(), out.path(), &skip).unwrap();
     assert_eq!((m.total_rows, notes.bad.len()), (12, 1), "{:?}", notes.bad);
     assert_eq!(notes.uncaptioned, 10, "of the images packed (the broken one had no caption either)");
+    // images.jsonl names each row's image (the broken one has no row)
+    let listed = std::fs::read_to_string(out.path().join(pack::IMAGES_FILE)).unwrap();
+    let rows: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r["image"].as_str().is_some_and(|i| !i.ends_with("9.png"))), "{listed}");
+    let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
+    let first_dog = rows.iter().find(|r| r["image"] == "dogs/0.png").unwrap()["id"].as_u64().unwrap();
+    assert_eq!((0..12).map(|g| ds.row(g)).find(|r| r.id == first_dog).unwrap().class_label, Some(1));
     assert!(notes.bad[0].contains("9.png"), "{:?}", notes.bad);
     assert!(inspect::verify(out.path()).problems.is_empty());
     std::fs::remove_file(src.path().join("dogs").join("9.png")).unwrap();

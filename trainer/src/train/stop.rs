@@ -39,8 +39,12 @@ pub use infinity_launcher::env::EXIT_STOPPED_BEFORE_START;
 /// A stop signal during setup (reading and hashing the dataset, waiting for the group: the rendezvous
 /// may take `dist.rdzv_timeout_s`, loading a checkpoint) ends the process at once: nothing has trained,
 /// so there is nothing to checkpoint. Setup clears the guard before it first changes the run folder;
-/// a signal after that stops the run after its first step, checkpointed.
+/// a signal after that stops the run after its first step, checkpointed. (A flag already set when
+/// setup starts, as a caller in the same process may pass, arms nothing: the run stops after its
+/// first step.)
 pub struct SetupGuard {
+    /// The flag was clear when setup started: a stop during setup is a signal's.
+    armed: bool,
     done: Arc<AtomicBool>,
     /// The rank has joined a group of several: a signal is for the group to act on together
     /// ([`SetupGuard::stop_together`]), not for one rank to exit alone.
@@ -56,7 +60,8 @@ impl SetupGuard {
         let (done, notice) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let grouped = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(std::sync::Mutex::new(None));
-        if let Some(stop) = flag.clone() {
+        let armed = flag.as_ref().is_some_and(|f| !f.load(Ordering::Acquire));
+        if let Some(stop) = flag.clone().filter(|_| armed) {
             let (done, notice, grouped, waiting) = (done.clone(), notice.clone(), grouped.clone(), waiting.clone());
             std::thread::spawn(move || {
                 while !done.load(Ordering::Acquire) {
@@ -80,7 +85,7 @@ impl SetupGuard {
                 console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
             });
         }
-        SetupGuard { done, grouped, notice, waiting }
+        SetupGuard { armed, done, grouped, notice, waiting }
     }
 
     /// This rank has joined a group of several ranks: from now on a signal during setup stops the group
@@ -96,7 +101,7 @@ impl SetupGuard {
             return Ok(());
         }
         dist.tag("setup's stop-signal check");
-        let [stop] = dist.any_each([is_set(flag)])?;
+        let [stop] = dist.any_each([self.armed && is_set(flag)])?;
         if stop {
             console_err!(
                 "stopped by a signal during setup, before the first step: nothing trained (exit code \
