@@ -393,7 +393,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let newest = latest_checkpoint(run);
             // (no periodic checkpoint is written within a streak: the newest is from before it, unless
             // a stop signal's fell in it)
-            let first_bad = state.step + 1 - state.nonfinite_run as u64;
+            let first_bad = state.step + 1 - state.nonfinite_run;
             let last = match newest.as_ref().map(|p| (p, checkpoint::step_of(p))) {
                 Some((p, Some(at))) if at < first_bad => format!(
                     "The newest checkpoint, of step {at}, is from before the first of them (step {first_bad}): {}; \
