@@ -28,6 +28,12 @@ KEYS = {
 }
 
 
+def require(ok, message):
+    """A check that holds under `python -O` too (which strips asserts)."""
+    if not ok:
+        raise SystemExit(f"error: {message}")
+
+
 def check_keys(path, m):
     """Unknown keys are errors naming their path: a typo (`num_clases`) must not pass unseen."""
     def objects():
@@ -44,15 +50,22 @@ def check_keys(path, m):
     for at, obj in objects():
         known = KEYS[at.split("[")[0] + ("[]" if "[" in at else "")]
         unknown = sorted(set(obj) - known)
-        assert not unknown, f"{path}: unknown key `{at + '.' if at else ''}{unknown[0]}` (expected one of {sorted(known)})"
+        if unknown:
+            require(False, f"{path}: unknown key `{at + '.' if at else ''}{unknown[0]}` (expected one of {sorted(known)})")
 
 
 def read(dir):
     path = os.path.join(dir, "manifest.json")
-    with open(path) as f:
+    require(os.path.isdir(dir), f"{dir}: no such folder")
+    require(os.path.isfile(path), f"{dir}: not a dataset: it holds no manifest.json (written last: an unfinished write?)")
+    # (a byte-order mark, which some editors write, is accepted as the Rust reader accepts it)
+    with open(path, encoding="utf-8-sig") as f:
         m = json.load(f)
     check_keys(path, m)
-    assert m["format"] == "infinity-bits" and m["format_version"] == 1, "unsupported format"
+    require(m["format"] == "infinity-bits" and m["format_version"] == 1, f"{path}: unsupported format")
+    file = (m.get("tokenizer") or {}).get("file")
+    plain = lambda f: f and "/" not in f and "\\" not in f and not f.startswith(".")
+    require(file is None or plain(file), f"{path}: tokenizer.file `{file}`: expected a plain file name in the folder")
     d = m["d"]
     nb = (d + 7) // 8
     rows = []
@@ -60,11 +73,11 @@ def read(dir):
         path = os.path.join(dir, entry["file"])
         with open(path, "rb") as f:
             data = f.read()
-        assert len(data) == entry["bytes"], f"{path}: size {len(data)} != manifest {entry['bytes']}"
-        assert f"{crc32c.crc32c(data):08x}" == entry["crc32c"], f"{path}: checksum mismatch"
+        require(len(data) == entry["bytes"], f"{path}: size {len(data)} != manifest {entry['bytes']}")
+        require(f"{crc32c.crc32c(data):08x}" == entry["crc32c"], f"{path}: checksum mismatch")
         with pa.memory_map(path) as src:
             table = pa.ipc.open_file(src).read_all()
-        assert table.num_rows == entry["rows"], f"{path}: {table.num_rows} rows != manifest {entry['rows']}"
+        require(table.num_rows == entry["rows"], f"{path}: {table.num_rows} rows != manifest {entry['rows']}")
         cols = table.to_pydict()
         for i in range(table.num_rows):
             b = cols["bucket"][i]
@@ -85,7 +98,7 @@ def read(dir):
             if "caption" in cols:
                 row["caption"] = cols["caption"][i]
             rows.append(row)
-    assert len(rows) == m["total_rows"]
+    require(len(rows) == m["total_rows"], f"{dir}: {len(rows)} rows, the manifest says {m['total_rows']}")
     return m, rows
 
 

@@ -151,6 +151,7 @@ impl Manifest {
         let text = std::fs::read_to_string(&path).map_err(|e| match dir.is_file() {
             true => not_a_folder(dir),
             // (the manifest is written last: a folder without one is no dataset, or an unfinished one)
+            false if !dir.exists() => DataError::Config(format!("{}: no such folder", dir.display())),
             false if dir.is_dir() && e.kind() == std::io::ErrorKind::NotFound => DataError::Config(format!(
                 "{}: not a dataset: it holds no {MANIFEST_FILE} (which `infinity data synth|pack` and \
                  tools/write_shards.py write last: an unfinished write or copy?)",

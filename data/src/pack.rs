@@ -91,6 +91,15 @@ fn is_image(p: &Path) -> bool {
 /// files are captions.
 fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let out = out.canonicalize().ok();
+    // (a dataset kept among the images is no class: the one packed into, or another)
+    let is_dataset = |p: &Path| p.is_dir() && p.join(crate::manifest::MANIFEST_FILE).is_file();
+    // (packed into the images' folder itself, its own files are not the images')
+    let own_files = |p: &Path| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        root.canonicalize().ok() == out
+            && (name.ends_with(".arrow")
+                || [crate::manifest::MANIFEST_FILE, TOKENIZER_FILE, IMAGES_FILE].contains(&name.as_str()))
+    };
     let read = |dir: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
@@ -103,7 +112,9 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     };
     let is_caption = |p: &Path| p.extension().is_some_and(|e| e == "txt");
     let mut skipped = Vec::new();
-    let top = read(root)?;
+    let (datasets, top): (Vec<PathBuf>, Vec<PathBuf>) = read(root)?.into_iter().partition(|p| is_dataset(p));
+    let top: Vec<PathBuf> = top.into_iter().filter(|p| !own_files(p)).collect();
+    skipped.extend(datasets);
     let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
     let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();

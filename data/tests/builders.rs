@@ -216,6 +216,26 @@ fn pack_a_folder_without_class_folders_as_one_class() {
     let (m, _, notes) = pack::pack(nested.path(), out.path(), &opts).unwrap();
     assert_eq!((m.conditions.class.unwrap().names, notes.single_class), (vec!["roses".to_string()], None));
 
+    // packed into the images' folder itself, again: its own files are not listed as left out; a dataset
+    // among class folders is no class
+    let own = pack::PackOptions {
+        fit_images: 4,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let (m, _, notes) = pack::pack(&images, &images, &own).unwrap();
+        assert_eq!((m.total_rows, notes.skipped.len()), (4, 0), "{:?}", notes.skipped);
+    }
+    std::fs::rename(&images, nested.path().join("flowers-packed")).unwrap();
+    let (m, _, notes) = pack::pack(nested.path(), out.path(), &opts).unwrap();
+    assert_eq!(m.conditions.class.unwrap().names, vec!["roses".to_string()]);
+    assert_eq!(notes.skipped, [nested.path().join("flowers-packed")]);
+    std::fs::rename(nested.path().join("flowers-packed"), &images).unwrap();
+    for f in ["manifest.json", "images.jsonl", "tokenizer.safetensors", "shard-00000.arrow"] {
+        std::fs::remove_file(images.join(f)).unwrap();
+    }
+
     // both layouts at once stay refused
     write_pngs(&images.join("tulips"), 1, (32, 32));
     let e = pack::pack(&images, out.path(), &opts).unwrap_err().to_string();

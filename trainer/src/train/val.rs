@@ -203,9 +203,17 @@ pub(crate) fn compatible(
     if let (Some(t), Some(v)) = (&train.conditions.class, &val.conditions.class) {
         // (an unnamed side has no names to zip)
         if let Some(i) = t.names.iter().zip(&v.names).position(|(a, b)| a != b) {
+            // (`data pack` names the one class of a folder of loose images after the folder)
+            let one_class = match (t.num_classes, v.num_classes) {
+                (1, 1) => {
+                    "; a folder of loose images packs as one class named after the folder: for one \
+                           unconditional model, pack them from folders of one name"
+                }
+                _ => "",
+            };
             bail!(
                 "{key} {}: class {i} is `{}` there and `{}` in the training data (class ids must name the same \
-                 classes)",
+                 classes{one_class})",
                 name(val_dir),
                 v.names[i],
                 t.names[i]
