@@ -207,6 +207,10 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         let f = f.unwrap().path();
         std::fs::copy(&f, kept.join(f.file_name().unwrap())).unwrap();
     }
+    let e = format!("{:#}", train(&cfg, &resume(kept.clone())).unwrap_err());
+    assert!(e.contains("of a history this run folder abandoned at step 3"), "a copy of one: {e}");
+    // (with that record gone, the folder's history still ends before the copy's step)
+    std::fs::remove_dir_all(cfg.run.dir.join("abandoned")).unwrap();
     let e = format!("{:#}", train(&cfg, &resume(kept)).unwrap_err());
     assert!(
         e.contains("its metrics.jsonl ends at step 5 and its newest checkpoint is of step 5, before the step"),

@@ -191,14 +191,25 @@ fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
     let logged =
         text.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())?;
     let newest = checkpoint::complete(run).last().map(|(s, _)| *s);
-    // a history set aside under abandoned/after-step-F/ forked from the folder's at step F
-    let abandoned_at = ckpt.parent().filter(|p| p.parent().is_some_and(|a| a.ends_with("abandoned"))).and_then(|p| {
-        let name = p.file_name()?.to_str()?.strip_prefix("after-step-")?;
+    // a history set aside under abandoned/after-step-F/ forked from the folder's at step F: the
+    // checkpoint is one of its own, or a copy of one kept elsewhere (the same weights)
+    let fork_of = |folder: &Path| {
+        let name = folder.file_name()?.to_str()?.strip_prefix("after-step-")?;
         name.split('.').next()?.parse::<u64>().ok()
-    });
+    };
+    let weights = |dir: &Path| checkpoint::read_state(dir).ok().map(|s| s.model_crc32c);
+    let copied_from = || {
+        let mine = weights(ckpt)?;
+        let folders = std::fs::read_dir(run.join("abandoned")).ok()?;
+        folders.flatten().map(|f| f.path()).find(|f| weights(&checkpoint::step_folder(f, step)) == Some(mine.clone()))
+    };
+    let abandoned_at = match ckpt.parent().filter(|p| p.parent().is_some_and(|a| a.ends_with("abandoned"))) {
+        Some(folder) => fork_of(folder),
+        None => copied_from().and_then(|f| fork_of(&f)),
+    };
     if let Some(fork) = abandoned_at.filter(|&f| logged > f || newest.is_some_and(|n| n > f)) {
         return Some(format!(
-            "{}: a history this run folder abandoned at step {fork}, since when it trained another (its logs reach \
+            "{}: of a history this run folder abandoned at step {fork}, since when it trained another (its logs reach \
              step {logged}); resuming it here would join the two: resume it into a new run.dir, or move the \
              folder's checkpoints after step {fork} aside first",
             ckpt.display()

@@ -103,7 +103,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn step_dir(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("step-{step:08}"))
+    step_folder(&run.join("checkpoints"), step)
+}
+
+/// The folder of the checkpoint of `step` in `folder` (a run's `checkpoints/`, or an abandoned history's).
+pub fn step_folder(folder: &Path, step: u64) -> PathBuf {
+    folder.join(format!("step-{step:08}"))
 }
 
 /// The step a checkpoint folder's name says (`step-00000100` → 100).
