@@ -187,9 +187,7 @@ pub fn foreign_history(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
 /// checkpoints kept beside this one's). The message saying so, or `None`. (Logs that are gone tell
 /// nothing.)
 fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
-    let logged =
-        text.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())?;
+    let logged = last_line_up_to(&run.join("metrics.jsonl"), u64::MAX)?["step"].as_u64()?;
     let newest = checkpoint::complete(run).last().map(|(s, _)| *s);
     // a history set aside under abandoned/after-step-F/ forked from the folder's at step F: the
     // checkpoint is one of its own, or a copy of one kept elsewhere (the same weights)

@@ -172,7 +172,9 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
-    if let Some((a, b)) = ALTERNATIVES.into_iter().find(|(a, b)| get(&table, a).is_some() && get(&table, b).is_some()) {
+    if let Some((a, b)) =
+        ALTERNATIVES.into_iter().find(|(a, b)| value_at(&table, a).is_some() && value_at(&table, b).is_some())
+    {
         bail!("{}: {a} and {b} set one value: give one", path.display());
     }
     match table.remove("extends") {
@@ -183,7 +185,7 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
                 load_table(&base_path, depth + 1).with_context(|| format!("{}: extends {base}", path.display()))?;
             for (a, b) in ALTERNATIVES {
                 for (set, other) in [(a, b), (b, a)] {
-                    if get(&table, set).is_some() {
+                    if value_at(&table, set).is_some() {
                         remove(&mut merged, other);
                     }
                 }
@@ -279,12 +281,6 @@ fn settle_alternatives(
         kept.retain(|o| key_of(o).as_deref() != Some(loser));
     }
     Ok((env, kept))
-}
-
-/// The value at dotted `key` in `table`, if any.
-fn get<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
-    let (section, rest) = key.split_once('.')?;
-    table.get(section)?.as_table()?.get(rest)
 }
 
 /// The value at dotted `key` in `table` at any depth, array items included (`data.mix[0].weight`).
