@@ -94,9 +94,10 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     // (a dataset kept among the images is no class: the one packed into, or another)
     let is_dataset = |p: &Path| p.is_dir() && p.join(crate::manifest::MANIFEST_FILE).is_file();
     // (packed into the images' folder itself, its own files are not the images')
+    let into_itself = out.is_some() && root.canonicalize().ok() == out;
     let own_files = |p: &Path| {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        root.canonicalize().ok() == out
+        into_itself
             && (name.ends_with(".arrow")
                 || [crate::manifest::MANIFEST_FILE, TOKENIZER_FILE, IMAGES_FILE].contains(&name.as_str()))
     };

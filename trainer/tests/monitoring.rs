@@ -363,6 +363,23 @@ fn a_stop_cut_short_mid_checkpoint_leaves_a_preempted_summary_and_no_false_claim
     );
 }
 
+/// `cmd` (its setup held by the `INFINITY_FAULT_SLOW_SETUP` drill) sent SIGTERM once `drills` processes
+/// say they sleep there: how it exited, its stderr, and the time it took after the signal.
+fn signalled_in_setup(mut cmd: Command, drills: usize) -> (std::process::ExitStatus, String, Duration) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while said.matches("fault drill: setup sleeps").count() < drills {
+        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap(), 0, "{said}");
+    }
+    let t = Instant::now();
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    (status, said, t.elapsed())
+}
+
 /// A stop signal during setup (here a drill's sleep, as hashing a large dataset takes) ends the
 /// process at once with 143: nothing trained, no checkpoint, no run files.
 #[test]
@@ -371,27 +388,11 @@ fn a_signal_during_setup_stops_at_once() {
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(&data, tmp.path().join("run"));
-    let file = common::config_file(&cfg, tmp.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .arg("train")
-        .arg(&file)
-        .env("INFINITY_FAULT_SLOW_SETUP", "120")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("fault drill: setup sleeps") {
-        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap(), 0, "{said}");
-    }
-    let t = Instant::now();
-    // SAFETY: signalling a child we spawned.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+    cmd.arg("train").arg(common::config_file(&cfg, tmp.path())).env("INFINITY_FAULT_SLOW_SETUP", "120");
+    let (status, said, took) = signalled_in_setup(cmd, 1);
     assert_eq!(status.code(), Some(143), "{said}");
-    assert!(t.elapsed() < Duration::from_secs(60), "it slept on");
+    assert!(took < Duration::from_secs(60), "it slept on");
     assert!(said.contains("stopped by a signal during setup, before the first step: nothing trained"), "{said}");
     assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("config.toml").exists());
 }
@@ -405,27 +406,10 @@ fn a_group_signalled_during_setup_stops_together() {
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
     cfg.data.micro_batch = MicroBatchSize::Samples(4);
-    let file = common::config_file(&cfg, tmp.path());
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .args(["launch", "--nproc-per-node", "2", "--log-dir"])
-        .arg(tmp.path().join("logs"))
-        .arg("--")
-        .arg("train")
-        .arg(&file)
-        .env("INFINITY_FAULT_SLOW_SETUP", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(agent.stderr.take().unwrap());
-    let mut said = String::new();
-    while said.matches("fault drill: setup sleeps").count() < 2 {
-        assert_ne!(std::io::BufRead::read_line(&mut out, &mut said).unwrap(), 0, "{said}");
-    }
-    // SAFETY: signalling a child we spawned.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let status = agent.wait().unwrap();
-    std::io::Read::read_to_string(&mut out, &mut said).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+    cmd.args(["launch", "--nproc-per-node", "2", "--log-dir"]).arg(tmp.path().join("logs")).arg("--");
+    cmd.arg("train").arg(common::config_file(&cfg, tmp.path())).env("INFINITY_FAULT_SLOW_SETUP", "5");
+    let (status, said, _) = signalled_in_setup(cmd, 2);
     assert_eq!(status.code(), Some(0), "{said}");
     for rank in 0..2 {
         let line = format!("[rank {rank}] stopped by a signal during setup, before the first step: nothing trained");
