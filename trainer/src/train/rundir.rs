@@ -226,17 +226,43 @@ fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
 }
 
 /// Keeps the lines of a JSON-lines log (`metrics.jsonl`, `val.jsonl`) whose `step` is at most `step`:
-/// what a crash wrote after the checkpoint a run resumes from would otherwise appear twice.
+/// what a crash wrote after the checkpoint a run resumes from would otherwise appear twice. A line that
+/// is not a record with a step (a write cut short, an edit) is kept where records the run keeps follow
+/// it and dropped after them, and either way a warning names it: the log is never shortened unsaid.
 pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let keep = |line: &&str| {
-        serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
-    };
-    let kept: Vec<&str> = text.lines().filter(keep).collect();
-    if kept.len() == text.lines().count() {
+    let steps: Vec<Option<u64>> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()))
+        .collect();
+    let last_kept = steps.iter().rposition(|s| s.is_some_and(|s| s <= step));
+    let mut body = String::new();
+    for (i, (line, s)) in text.lines().zip(&steps).enumerate() {
+        let within = last_kept.is_some_and(|k| i < k);
+        match s {
+            Some(s) if *s <= step => body.push_str(&format!(
+                "{line}
+"
+            )),
+            Some(_) => {}
+            None if within => {
+                tracing::warn!("{} line {}: not a record with a step; kept as it is", path.display(), i + 1);
+                body.push_str(&format!(
+                    "{line}
+"
+                ));
+            }
+            None => tracing::warn!(
+                "{} line {}: not a record with a step (a write cut short?), after the records up to step {step} this \
+                 session continues from; dropped",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    if body == text || (body.is_empty() && text.trim().is_empty()) {
         return Ok(());
     }
-    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
     infinity_data::manifest::write_atomic(path, body.as_bytes())
         .with_context(|| format!("rewriting {}", path.display()))
 }
@@ -359,6 +385,14 @@ mod tests {
         assert_eq!(finished_metrics(&dir, 9), Some((4.5, 0.5)));
 
         assert!(check_fresh(&dir).unwrap_err().to_string().contains("metrics.jsonl"), "a run's log is a run");
+
+        // an unreadable line among the kept records stays; one after them (a torn write) goes
+        std::fs::write(&p, "{\"step\":1}\nnot json\n{\"step\":2}\n{\"step\":3}\n{\"st").unwrap();
+        truncate_log(&p, 2).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\nnot json\n{\"step\":2}\n");
+        std::fs::write(&p, "{\"step\":1}\n{\"st").unwrap();
+        truncate_log(&p, 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n", "a torn last line is dropped");
         std::fs::remove_file(&p).unwrap();
         check_fresh(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

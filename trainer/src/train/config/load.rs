@@ -93,7 +93,8 @@ fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_js
         if k.trim().split('.').any(str::is_empty) {
             bail!("--set {o}: `{}` has an empty part: expected key.path=value, such as optim.lr=3e-4", k.trim());
         }
-        b = b.set_override(k.trim(), override_value(v.trim())).with_context(|| format!("--set {o}"))?;
+        let value = override_value(v.trim()).with_context(|| format!("--set {o}"))?;
+        b = b.set_override(k.trim(), value).with_context(|| format!("--set {o}"))?;
     }
     let built = b.build().with_context(|| format!("reading {}", path.display()))?;
     let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
@@ -439,8 +440,9 @@ fn allowed_values(key: &str, error: &str) -> &'static str {
 
 /// A `--set` value as TOML reads it (`2` a number, `true` a boolean, `[1, 2]` an array, `{ kind =
 /// "cosine" }` a table), so it deserialises where a plain string would not (inside tagged enums such as
-/// `optim.decay`); anything else (`runs/x`) stays a string.
-fn override_value(text: &str) -> config::Value {
+/// `optim.decay`); anything else (`runs/x`) stays a string, but for a whole number too large for
+/// TOML's 64 bits, which is refused rather than read as a string.
+fn override_value(text: &str) -> Result<config::Value> {
     fn convert(v: toml::Value) -> config::Value {
         match v {
             toml::Value::Integer(i) => i.into(),
@@ -454,8 +456,14 @@ fn override_value(text: &str) -> config::Value {
         }
     }
     match toml::from_str::<toml::Table>(&format!("v = {text}")) {
-        Ok(mut t) => convert(t.remove("v").expect("the key just parsed")),
-        Err(_) => text.into(),
+        Ok(mut t) => Ok(convert(t.remove("v").expect("the key just parsed"))),
+        Err(_) => {
+            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+                bail!("{text} is out of range: whole numbers are 64-bit (at most {})", i64::MAX);
+            }
+            Ok(text.into())
+        }
     }
 }
 
@@ -503,6 +511,13 @@ mod tests {
         );
         let e = error(optim, &["run.steps=-5"]);
         assert!(e.ends_with("--set run.steps: at `run.steps`: expected a whole number ≥ 0, found -5"), "{e}");
+        let e = error(optim, &["run.steps=99999999999999999999999"]);
+        assert!(
+            e.ends_with(
+                "99999999999999999999999 is out of range: whole numbers are 64-bit (at most 9223372036854775807)"
+            ),
+            "{e}"
+        );
         let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);
         assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
     }
