@@ -532,6 +532,29 @@ fn sigint_and_sigusr_reach_ranks_in_their_own_process_groups() {
     }
 }
 
+/// A second Ctrl-C (SIGINT while the ranks stop for the first) ends the grace period at once: the
+/// ranks, still busy with what the first asked (a checkpoint), are killed, and the agent exits 130.
+#[test]
+fn a_second_sigint_kills_the_stopping_ranks_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank =
+        r#"trap 'touch "$TEST_DIR/got.$RANK"' INT; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
+    let mut agent =
+        Agent::start(tmp.path(), "twice", &agent_args(d, "60", &["--nproc-per-node", "2"], &["sh", "-c", rank]));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    agent.signal(libc::SIGINT);
+    agent.wait_for("forwarding SIGINT", Duration::from_secs(10));
+    let t0 = Instant::now();
+    while !(tmp.path().join("got.0").exists() && tmp.path().join("got.1").exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first SIGINT did not reach the ranks");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal(libc::SIGINT);
+    assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(128 + libc::SIGINT), "{}", agent.text());
+    assert!(agent.text().contains("SIGINT again: SIGKILL to the ranks now"), "{}", agent.text());
+}
+
 /// A node whose ranks all succeeded while the group then fails (rank 0 on node 0 exits 1 after 2 s)
 /// joins the group's restart and exits with the group's code: it exited 0 at once, and node 0 waited
 /// for it in vain ("node ranks [1] never arrived").

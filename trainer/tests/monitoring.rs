@@ -418,6 +418,46 @@ fn a_group_signalled_during_setup_stops_together() {
     assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("metrics.jsonl").exists());
 }
 
+/// A second SIGINT (Ctrl-C) while the run finishes its step for the first exits at once with 130,
+/// without the stop checkpoint, saying so.
+#[test]
+fn a_second_sigint_exits_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    cfg.run.steps = 100_000;
+    // (each step sleeps 30 s: the second signal comes within the step the first one lets finish)
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .arg("train")
+        .arg(common::config_file(&cfg, tmp.path()))
+        .env("INFINITY_FAULT_SLOW", "0:30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (setup is over once the run folder has its config: a signal before would stop it at once)
+    let t = Instant::now();
+    while !cfg.run.dir.join("config.toml").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "setup did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY (both): signalling a child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("stop requested") {
+        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap(), 0, "{said}");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(t.elapsed() < Duration::from_secs(25), "it finished the step");
+    assert!(said.contains("SIGINT again: exiting now, without the stop checkpoint"), "{said}");
+    assert!(latest_checkpoint(&cfg.run.dir).is_none());
+}
+
 /// `--preempted-exit-code 143`: a run a signal stops before its last step exits 143 (a Kubernetes Job's
 /// podFailurePolicy retries it), but a rank of `infinity launch` exits 0 (its agent reports the stop);
 /// a code outside 0-255 is a usage error.

@@ -261,8 +261,15 @@ pub(super) fn describe(status: &ExitStatus) -> String {
 /// exit code of an agent that stopped them for signal `sig`: 0 when every rank exited successfully
 /// (they checkpointed) or stopped still setting up (`EXIT_STOPPED_BEFORE_START`), the code of a rank that failed on its own (1, 65, …), else 128 + `sig` (a rank
 /// died of it, before it could checkpoint: the agent reports the signal as a shell would, so a
-/// scheduler sees a preemption).
-pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStatus>], grace_s: f64, sig: i32) -> i32 {
+/// scheduler sees a preemption). With `hurry`, a SIGINT during the grace period (a second Ctrl-C: the
+/// first was the stop) ends it at once: the groups are killed without waiting for their checkpoint.
+pub(super) async fn stop_group(
+    ranks: &mut [Rank],
+    exited: &mut [Option<ExitStatus>],
+    grace_s: f64,
+    sig: i32,
+    mut hurry: Option<&mut super::signals::Signals>,
+) -> i32 {
     let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
     // (only groups that still hold a process: one recorded gone, or empty now, may be another's by now)
     let signalled: Vec<usize> = (0..ranks.len()).filter(|&i| ranks[i].group_alive()).collect();
@@ -272,20 +279,48 @@ pub(super) async fn stop_group(ranks: &mut [Rank], exited: &mut [Option<ExitStat
         // stopped rank holds the group's stop (and its restart) for the whole grace period
         ranks[i].signal_group(libc::SIGCONT);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
+    let mut deadline = tokio::time::Instant::now() + Duration::from_secs_f64(grace_s);
+    // (the grace period's waits, each cut short by a second Ctrl-C where `hurry`)
+    let mut hurried = false;
     for &i in &running {
-        if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, ranks[i].child.wait()).await {
-            exited[i] = Some(s);
-            // (reaped: its group's id is free once the group is empty)
-            ranks[i].group_alive();
+        let wait = tokio::time::timeout_at(deadline, ranks[i].child.wait());
+        let waited = match hurry.as_deref_mut().filter(|_| !hurried) {
+            Some(signals) => tokio::select! {
+                w = wait => Some(w),
+                () = signals.interrupted() => None,
+            },
+            None => Some(wait.await),
+        };
+        match waited {
+            Some(Ok(Ok(s))) => {
+                exited[i] = Some(s);
+                // (reaped: its group's id is free once the group is empty)
+                ranks[i].group_alive();
+            }
+            Some(_) => {}
+            None => (hurried, deadline) = (true, tokio::time::Instant::now()),
         }
     }
     // what the ranks started goes too (a wrapper's child that ignores the signal holds the pipes)
     while signalled.iter().any(|&i| ranks[i].group_alive()) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let pause = tokio::time::sleep(Duration::from_millis(20));
+        match hurry.as_deref_mut() {
+            Some(signals) => tokio::select! {
+                () = pause => {}
+                () = signals.interrupted() => (hurried, deadline) = (true, tokio::time::Instant::now()),
+            },
+            None => pause.await,
+        }
+    }
+    if hurried {
+        console_err!("[launch] SIGINT again: SIGKILL to the ranks now, without waiting for their stop checkpoint");
     }
     for &i in &signalled {
         if !ranks[i].group_alive() {
+            continue;
+        }
+        if hurried {
+            ranks[i].signal_group(libc::SIGKILL);
             continue;
         }
         // (a training rank still in its stop checkpoint loses it: said, with what keeps it)

@@ -93,6 +93,11 @@ impl Signals {
         self.timed_out
     }
 
+    /// The next SIGINT (a second Ctrl-C while the ranks stop: [`super::ranks::stop_group`]).
+    pub(super) async fn interrupted(&mut self) {
+        self.int.recv().await;
+    }
+
     /// The next signal received (as received: the log names it; [`forwarded`] says what the ranks get).
     pub(super) async fn next(&mut self) -> i32 {
         // (a deadline far away when there is none: its branch is disabled then)

@@ -68,7 +68,7 @@ pub(super) async fn watch(
         let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
         if running.is_empty() {
             // (whatever the ranks left running goes with the attempt; their last output is read)
-            stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+            stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
             return Ok(match poller.client().await {
                 Ok(c) => ended_cleanly(c, &keys, prefix, g, store_node).await,
                 Err(e) => {
@@ -111,7 +111,7 @@ pub(super) async fn watch(
                     if let Some(why) = regroup {
                         console_err!("[launch] {why}; the ranks stop to regroup");
                         // (a rank already failed of it: the others cannot checkpoint either)
-                        stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
+                        stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
                         return Ok(Outcome::Regroup(why));
                     }
                     let r = &ranks[i];
@@ -148,7 +148,7 @@ pub(super) async fn watch(
                     if failure::timed_out(&report) {
                         failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
-                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
                     return Ok(Outcome::Failed { report, permanent, local, node });
                 }
             }
@@ -169,7 +169,7 @@ pub(super) async fn watch(
                 };
                 // the ranks hear of it at once, the other nodes as soon as the store answers
                 let (code, ()) = tokio::join!(
-                    stop_group(&mut ranks, &mut exited, a.grace_s, sig),
+                    stop_group(&mut ranks, &mut exited, a.grace_s, sig, Some(signals)),
                     poller.post(&keys[key], &what),
                 );
                 // (128 + the signal the agent got, as before the ranks start: SIGHUP is 129 either way)
@@ -194,17 +194,17 @@ pub(super) async fn watch(
                     if failure::timed_out(&report) {
                         failure::ask_for_flight_records(&attempt_dir, g.node_rank, &live(&ranks, &exited), (&p.run_id, g.round)).await;
                     }
-                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None, node });
                 }
                 if present[SIGNAL] {
                     console_err!("[launch] another node was signalled; forwarding SIGTERM");
-                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await));
+                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await));
                 }
                 if let Some(why) = change(&present[LEFT..]) {
                     console_err!("[launch] {why}; the ranks checkpoint and stop to regroup");
-                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
                     return Ok(Outcome::Regroup(why));
                 }
             }
@@ -219,7 +219,7 @@ pub(super) async fn watch(
                         "the store at {store_addr} (node 0's agent) stopped answering for {} s: {why}",
                         STORE_LOSS.as_secs()
                     );
-                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM).await;
+                    stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
                     return Ok(Outcome::Failed { report, permanent: None, local: None, node: store_node });
                 }
                 poller.start(&keys);

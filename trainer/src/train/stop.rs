@@ -9,10 +9,23 @@ use anyhow::{Context, Result};
 /// A flag set by SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (preemption: SLURM's `--signal`, submitit's USR2),
 /// SIGHUP (a closed terminal or ssh session, which reaches the whole process group, the ranks with their
 /// agent) or SIGQUIT (Ctrl-\\, which would otherwise dump core without a checkpoint): the loop
-/// checkpoints and exits cleanly.
+/// checkpoints and exits cleanly. A SIGINT once the flag is set (a second Ctrl-C) exits at once, with
+/// 130, without the stop checkpoint (one being written stays incomplete and is never loaded).
 pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let flag = Arc::new(AtomicBool::new(false));
+    let stopping = flag.clone();
+    let again = move || {
+        if stopping.load(Ordering::SeqCst) {
+            const MESSAGE: &[u8] = b"\nSIGINT again: exiting now, without the stop checkpoint (exit code 130)\n";
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+            unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
+            signal_hook::low_level::exit(128 + SIGINT);
+        }
+    };
+    // (registered before the flag's own handler, which runs after it: the first SIGINT finds it clear)
+    // SAFETY: the action only reads an atomic and calls async-signal-safe functions.
+    unsafe { signal_hook::low_level::register(SIGINT, again) }.context("installing signal handlers")?;
     for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
