@@ -187,10 +187,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             "conditions": m.conditions,
         });
         if mc.apply_spatial_patchify {
-            // the schedules above are the tokenizer's; upstream's inference takes the transformer's
-            let halved: Vec<_> =
-                m.schedules.iter().map(|s| json!({ "name": s.name, "scales": mc.token_scales(&s.hw()) })).collect();
-            data["transformer_schedules"] = json!(halved);
+            data["transformer_schedules"] = transformer_schedules(&mc, &m.schedules);
         }
         data
     });
@@ -427,6 +424,20 @@ pub(crate) fn resolved(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// With spatial patchify, the schedules upstream's inference takes (the manifest's are the tokenizer's):
+/// the transformer's, halved, written as the manifest's are, `[1, h, w]` per scale
+/// (`autoregressive_infer_cfg` asserts the leading 1 and reshapes by the other two).
+fn transformer_schedules(mc: &ModelConfig, schedules: &[infinity_data::ScaleSchedule]) -> serde_json::Value {
+    let halved: Vec<_> = schedules
+        .iter()
+        .map(|s| {
+            let scales: Vec<[usize; 3]> = mc.token_scales(&s.hw()).into_iter().map(|(h, w)| [1, h, w]).collect();
+            json!({ "name": s.name, "scales": scales })
+        })
+        .collect();
+    json!(halved)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use infinity_data::manifest::{Conditions, TextDtype, TextInfo, TokenizerInfo};
@@ -468,6 +479,21 @@ pub(crate) mod tests {
             shards: Vec::new(),
             total_rows: 0,
             created_by: String::new(),
+        }
+    }
+
+    /// The transformer's schedules of a patchified model read as the manifest's: `[1, h, w]`, halved.
+    #[test]
+    fn transformer_schedules_are_written_as_upstream_takes_them() {
+        let mc = ModelConfig { apply_spatial_patchify: true, ..ModelConfig::preset("layer12").unwrap() };
+        let mut m = dataset(32, "bsq-vae-d32", "0.06M", &["1.000"]);
+        m.schedules[0].scales = vec![[1, 2, 2], [1, 4, 4], [1, 8, 12]];
+        let written = super::transformer_schedules(&mc, &m.schedules);
+        let scales: Vec<[usize; 3]> = serde_json::from_value(written[0]["scales"].clone()).unwrap();
+        let tokenizer = m.schedules[0].hw();
+        assert_eq!(scales.len(), tokenizer.len());
+        for (t, (h, w)) in scales.iter().zip(&tokenizer) {
+            assert_eq!(*t, [1, h / 2, w / 2], "{written}");
         }
     }
 

@@ -121,6 +121,20 @@ pub(super) fn run_infinity(
             mc.block_chunks
         ));
     }
+    let (ours, theirs) = (mc.text_maxlen, upstream.text_maxlen);
+    if ours != theirs {
+        let what = match ours < theirs {
+            true => format!(
+                "completes it with {} fresh rows (a caption longer than {ours} tokens, which this model never trained \
+                 on, gets untrained unconditional rows there)",
+                theirs - ours
+            ),
+            false => format!("keeps its first {theirs} rows"),
+        };
+        left_out.push(format!(
+            "cfg_uncond has {ours} rows (text_maxlen {ours}) where {model_type} has {theirs}: its load_state_dict {what}"
+        ));
+    }
     let mut loader = json!({ "model_type": model_type, "block_chunks": chunks, "args": args });
     if !left_out.is_empty() {
         loader["note"] = json!(left_out.join("; "));
@@ -130,12 +144,14 @@ pub(super) fn run_infinity(
 
 /// `(field, ours, upstream's)` for each setting of `mc` that differs from the run_infinity preset
 /// `upstream`, leaving out what the export or run_infinity's flags set per model (`block_chunks`,
-/// `text_channels`, `d` through `--vae_type`) and the training-only rates (`cond_drop_rate`,
+/// `text_channels`, `d` through `--vae_type`), what its `load_state_dict` adapts (`text_maxlen`: the
+/// rows of `cfg_uncond`) and the training-only rates (`cond_drop_rate`,
 /// `drop_path_rate`), which inference never reads.
 fn preset_differences(mc: &ModelConfig, upstream: &ModelConfig) -> Vec<(String, String, String)> {
     let upstream = ModelConfig {
         block_chunks: mc.block_chunks,
         text_channels: mc.text_channels,
+        text_maxlen: mc.text_maxlen,
         d: mc.d,
         cond_drop_rate: mc.cond_drop_rate,
         drop_path_rate: mc.drop_path_rate,
@@ -255,10 +271,6 @@ mod tests {
                 ModelConfig { norm_eps: 1e-5, ..layer12.clone() },
                 "norm_eps = 0.00001 where run_infinity.py's infinity_layer12 has 1e-6",
             ),
-            (
-                ModelConfig { text_maxlen: 64, ..layer12.clone() },
-                "text_maxlen = 64 where run_infinity.py's infinity_layer12 has 512",
-            ),
             (ModelConfig { apply_spatial_patchify: true, ..layer12.clone() }, "apply_spatial_patchify = true"),
         ] {
             let (v, warnings) = run_infinity(&mc, at, Some(&upstream), None);
@@ -272,6 +284,11 @@ mod tests {
         ] {
             assert_eq!(run_infinity(&mc, at, Some(&upstream), None).0["model_type"], "infinity_layer12");
         }
+        // upstream's load_state_dict completes or cuts cfg_uncond: another text_maxlen loads, said
+        let (v, _) = run_infinity(&ModelConfig { text_maxlen: 8, ..layer12.clone() }, at, Some(&upstream), None);
+        assert_eq!(v["model_type"], "infinity_layer12", "{v}");
+        let note = v["note"].as_str().unwrap();
+        assert!(note.contains("cfg_uncond has 8 rows (text_maxlen 8) where infinity_layer12 has 512"), "{note}");
     }
 
     /// `--pn` and `--vae_type` only where the dataset has run_infinity's schedules and upstream's VAE:

@@ -330,9 +330,10 @@ fn fill_weights(
         seen.insert(spec.name.as_str(), true);
         match spec {
             // upstream's load_state_dict: the file's rows of the unconditional text embedding, cut to
-            // this model's text_maxlen or completed by its fresh rows
+            // this model's text_maxlen (always: the rows kept are those a caption of the model reads) or
+            // completed by its fresh rows (where `lenient`: `p` holds a fresh initialisation)
             spec if canon == "cfg_uncond"
-                && lenient(&canon)
+                && (lenient(&canon) || t.shape.first().is_some_and(|&rows| rows > spec.shape[0]))
                 && t.shape.len() == 2
                 && t.shape[1] == spec.shape[1]
                 && t.shape[0] != spec.shape[0] =>
@@ -346,16 +347,20 @@ fn fill_weights(
                 let n = v.len().min(spec.numel());
                 p.put(spec.offset, &v[..n]);
                 let (rows, kept) = (t.shape[0], spec.shape[0]);
-                report(
-                    &canon,
-                    match rows > kept {
-                        true => format!("`{name}`: the file's first {kept} of {rows} rows (text_maxlen {kept})"),
-                        false => format!(
+                let what = match rows > kept {
+                    true => format!("`{name}`: the file's first {kept} of {rows} rows (text_maxlen {kept})"),
+                    false => {
+                        format!(
                             "`{name}`: the file's {rows} rows, then {} fresh ones (text_maxlen {kept})",
                             kept - rows
-                        ),
-                    },
-                );
+                        )
+                    }
+                };
+                match lenient(&canon) {
+                    true => report(&canon, what),
+                    // (a model of the dataset's text length, as upstream's load_state_dict cuts it)
+                    false => tracing::warn!("{}: {what}, as upstream's load_state_dict cuts it", path.display()),
+                }
             }
             spec if !layout_fits(&canon, &t.shape, &spec.shape) => {
                 report(&canon, format!("`{name}`: shape {:?}, the model expects {:?}", t.shape, spec.shape))
@@ -535,7 +540,7 @@ mod tests {
     /// The file's keys say how its blocks are chunked: a file of 2 chunks loads into a model of 1 or 4
     /// (what upstream's `Infinity(block_chunks=…)` and our exports write), upstream's legacy buffers are
     /// dropped as its `load_state_dict` drops them, and `model.init_from` cuts or completes a
-    /// `cfg_uncond` of another text_maxlen as upstream does.
+    /// `cfg_uncond` of another text_maxlen as upstream does (a load for sampling only cuts).
     #[test]
     fn loading_follows_the_files_block_chunks_and_upstreams_load_state_dict() {
         let tmp = tempfile::tempdir().unwrap();
@@ -583,8 +588,11 @@ mod tests {
                 )),
                 "{notes:?}"
             );
-            // a load for sampling or resuming wants the model's shape
-            assert!(format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err()).contains("cfg_uncond"));
+            // a load for sampling cuts more rows as upstream does, but has no fresh rows to complete fewer
+            match rows > 16 {
+                true => assert_eq!(load_weights(&file, &cfg, &lay).unwrap().get(&lay, "cfg_uncond"), &file_rows[..n]),
+                false => assert!(format!("{:#}", load_weights(&file, &cfg, &lay).unwrap_err()).contains("cfg_uncond")),
+            }
             // rows of another count are finite too, or refused (a diverged run's NaN trained on)
             let entry = t.iter_mut().find(|t| t.0 == "cfg_uncond").unwrap();
             entry.2[ct + 1] = f32::NAN;
