@@ -40,6 +40,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, name: &str, args: &[&str]) -> Agent {
+        Agent::start_with(dir, name, args, &[])
+    }
+
+    /// [`Agent::start`] with the variables `vars` set (SLURM's among them).
+    fn start_with(dir: &Path, name: &str, args: &[&str], vars: &[(&str, String)]) -> Agent {
         let log = dir.join(format!("{name}.log"));
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let child = Command::new(std::env::current_exe().unwrap())
@@ -51,6 +56,7 @@ impl Agent {
             .env_remove("RAYON_NUM_THREADS")
             // (the ranks are shell scripts: no GPU, on a machine with GPUs too)
             .env("CUDA_VISIBLE_DEVICES", "")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -888,6 +894,40 @@ fn refusable_node(dir: &Path, rdzv: &str, nnodes: &str, n: &str, token: &str, ru
     reporting_agent(dir, &format!("node{n}"), &args)
 }
 
+/// Two SLURM jobs whose ids are equal mod 10000 derive the same store port: the second job's node 1
+/// reaches the first job's store and is refused, which is not its command line's fault: it exits 1 (a
+/// failure worth a retry), not 2, saying the port is another job's.
+#[test]
+fn a_derived_port_that_another_jobs_store_holds_is_worth_a_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let k = (0..10000u16)
+        .map(|i| (i * 7919 + std::process::id() as u16 % 10000) % 10000)
+        .find(|k| std::net::TcpListener::bind(("0.0.0.0", 30000 + k)).is_ok())
+        .unwrap();
+    let slurm = |job: u32, node: &str| {
+        [("SLURM_JOB_ID", job.to_string()), ("SLURM_STEP_ID", "0".into()), ("SLURM_NNODES", "2".into())]
+            .into_iter()
+            .chain([("SLURM_NODEID", node.to_string()), ("SLURM_STEP_NODELIST", "localhost".into())])
+            .chain([("INFINITY_RDZV_TOKEN", "t".to_string())])
+            .collect::<Vec<_>>()
+    };
+    let args = agent_args(d, "5", &[], &["sh", "-c", "exit 0"]);
+    let first = Agent::start_with(tmp.path(), "job-a", &args, &slurm(10000 + k as u32, "0"));
+    first.wait_for("[launch] node 0/2", Duration::from_secs(15));
+    let mut second = Agent::start_with(tmp.path(), "job-b", &args, &slurm(20000 + k as u32, "1"));
+    assert_eq!(second.exit(Duration::from_secs(15)).code(), Some(1), "{}", second.text());
+    let text = second.text();
+    assert!(text.contains(&format!("it serves run \"{}\", not \"{}\"", 10000 + k as u32, 20000 + k as u32)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the port {} was derived from SLURM_JOB_ID and another job's store holds it",
+            30000 + k
+        )),
+        "{text}"
+    );
+}
+
 /// Node 1 with a wrong token, node 2 with another --run-id: each says plainly what differs (node 2
 /// said "no reply: failed to fill whole buffer"), both exiting 2 as for a bad command line. Node 0
 /// says while it waits, and in its timeout, whom the store refused and why, instead of "never arrived
@@ -1004,7 +1044,10 @@ fn an_agent_names_the_torchrun_variables_it_takes() {
     let mut lines = text.lines().filter(|l| l.starts_with("[launch]"));
     assert_eq!(
         lines.next(),
-        Some("[launch] from torchrun's variables: --nnodes 1 (PET_NNODES), --run-id pod-run (PET_RDZV_ID)"),
+        Some(
+            "[launch] from torchrun's variables: --nnodes 1 (PET_NNODES), --nproc-per-node 1 (PET_NPROC_PER_NODE), \
+             --run-id pod-run (PET_RDZV_ID)"
+        ),
         "{text}"
     );
     assert!(

@@ -453,7 +453,7 @@ mod tests {
         let addr = server.addr.to_string();
         let stranger = Rounds::new("other", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
         let err = stranger.join(&mut client(&addr)).unwrap_err();
-        assert!(err.downcast_ref::<super::super::group::Misconfigured>().is_some(), "{err:#}");
+        assert!(err.downcast_ref::<crate::store::Refused>().is_some(), "{err:#}");
         assert!(format!("{err:#}").contains("it serves run \"run\", not \"other\""), "{err:#}");
         let r = Rounds::new("run", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
         let err = format!("{:#}", r.join(&mut client(&addr)).unwrap_err());

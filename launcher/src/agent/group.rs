@@ -12,7 +12,7 @@ use super::signals::{forwarded, signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
-use crate::store::{Refused, StoreClient, StoreServer};
+use crate::store::{StoreClient, StoreServer};
 
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
 /// on the machine `--rdzv` names (the others find the port taken and connect to it).
@@ -120,13 +120,10 @@ pub(super) fn failed_attempts(client: &mut StoreClient, run_id: &str, round: u32
 /// the others for it.
 pub(super) const CURRENT_ATTEMPT: &str = "current-attempt";
 
-/// Tells the store this agent's run id: a store that serves another run refuses it, a bad command
-/// line ([`Misconfigured`]).
+/// Tells the store this agent's run id: a store that serves another run refuses it (`Refused`: a bad
+/// command line, or a port another job's store holds).
 pub(super) fn check_run(c: &mut StoreClient, run_id: &str) -> Result<()> {
-    c.for_run(run_id).map_err(|e| match e.downcast::<Refused>() {
-        Ok(refused) => Misconfigured(refused.0).into(),
-        Err(e) => e,
-    })
+    c.for_run(run_id)
 }
 
 /// The attempt a fixed group's agent meets the others for first, once the store took its run id

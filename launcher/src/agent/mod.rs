@@ -45,8 +45,12 @@ use watch::{watch, Membership};
 #[derive(clap::Args, Clone, Debug)]
 pub struct LaunchArgs {
     /// Ranks on this node: a number, `gpu` (one per GPU the node shows: CUDA_VISIBLE_DEVICES's entries,
-    /// else the driver's GPUs) or `auto` (one per GPU, else one), as torchrun takes them.
-    #[arg(long, default_value = "1", value_parser = nproc::parse_nproc)]
+    /// else the driver's GPUs), `auto` (one per GPU, else one) or `cpu` (one per CPU the agent may
+    /// use), as torchrun takes them (default 1, or PET_NPROC_PER_NODE as torchrun reads it).
+    #[arg(long = "nproc-per-node", value_name = "NPROC_PER_NODE", value_parser = nproc::parse_nproc)]
+    pub nproc_given: Option<usize>,
+    /// The ranks on this node as planned: `--nproc-per-node`, PET_NPROC_PER_NODE or 1 (set by `launch`).
+    #[arg(skip)]
     pub nproc_per_node: usize,
     /// Nodes in the job: N, or MIN:MAX for an elastic group that goes on with whichever nodes are up
     /// (default 1, PET_NNODES as torchrun reads it (Kubeflow's PyTorchJob), or SLURM_NNODES inside
@@ -175,6 +179,20 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let p = plan(&a)?;
+    let a = LaunchArgs { nproc_per_node: p.nproc_per_node, ..a };
+    let (derived, port) = (p.port_derived, p.port);
+    match run_planned(a, p, exe).await {
+        // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
+        Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(
+            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID and another job's store holds it (a job whose id is \
+             this one's mod 10000, on node 0): run again later (exit 1, a failure worth a retry), or pass --rdzv \
+             HOST:PORT"
+        ),
+        r => r,
+    }
+}
+
+async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     let timeout = Duration::from_secs_f64(a.rdzv_timeout_s);
     let server = host_store(&p).await?;
     let port = server.as_ref().map_or(p.port, |s| s.addr.port());

@@ -1,5 +1,5 @@
-//! `--nproc-per-node`: a number of ranks, or torchrun's `gpu` (one rank per GPU this node shows) and
-//! `auto` (one per GPU, else one), counted without loading CUDA in the agent.
+//! `--nproc-per-node`: a number of ranks, or torchrun's `gpu` (one rank per GPU this node shows),
+//! `auto` (one per GPU, else one) and `cpu` (one per CPU), counted without loading CUDA in the agent.
 
 use std::path::Path;
 
@@ -18,8 +18,9 @@ pub(super) fn nproc_from(text: &str, gpus: impl FnOnce() -> usize) -> Result<usi
             n => Ok(n),
         },
         "auto" => Ok(gpus().max(1)),
+        "cpu" => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => match n.parse::<usize>() {
-            Ok(0) | Err(_) => Err(format!("expected a number of ranks ≥ 1, `gpu` or `auto`, found `{n}`")),
+            Ok(0) | Err(_) => Err(format!("expected a number of ranks ≥ 1, `gpu`, `auto` or `cpu`, found `{n}`")),
             Ok(n) => Ok(n),
         },
     }
@@ -59,9 +60,11 @@ mod tests {
         assert_eq!(nproc_from("auto", || 2), Ok(2));
         assert_eq!(nproc_from("auto", || 0), Ok(1), "no GPU: one rank");
         assert!(nproc_from("gpu", || 0).unwrap_err().contains("shows no GPU"));
-        for bad in ["0", "-1", "cpu", ""] {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(nproc_from("cpu", || unreachable!()), Ok(cpus), "torchrun's rank per CPU");
+        for bad in ["0", "-1", "cpus", ""] {
             let e = nproc_from(bad, || 1).unwrap_err();
-            assert!(e.contains("expected a number of ranks ≥ 1, `gpu` or `auto`"), "{bad}: {e}");
+            assert!(e.contains("expected a number of ranks ≥ 1, `gpu`, `auto` or `cpu`"), "{bad}: {e}");
         }
     }
 

@@ -14,8 +14,13 @@ pub(super) struct Plan {
     /// `--nnodes MIN:MAX`.
     pub(super) elastic: Option<(usize, usize)>,
     pub(super) node_rank: usize,
+    /// Ranks on this node: `--nproc-per-node`, else PET_NPROC_PER_NODE, else 1.
+    pub(super) nproc_per_node: usize,
     pub(super) host: String,
     pub(super) port: u16,
+    /// The port was derived from SLURM's job id, not given: a store there that refuses this agent is
+    /// another job's that took it (its id ≡ this one's mod 10000), not a wrong command line.
+    pub(super) port_derived: bool,
     pub(super) run_id: String,
     pub(super) token: String,
     /// The settings taken from torchrun's variables, as flags with their sources (`--nnodes 2
@@ -48,7 +53,7 @@ pub(super) fn plan(a: &LaunchArgs) -> Result<Plan> {
         static BOUND: std::sync::OnceLock<Result<Vec<super::numa::RankCpus>, String>> = std::sync::OnceLock::new();
         let bound = BOUND.get_or_init(|| {
             let cuda_visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-            super::numa::bind(mode, &super::ranks::local_devices(cuda_visible.as_deref(), a.nproc_per_node))
+            super::numa::bind(mode, &super::ranks::local_devices(cuda_visible.as_deref(), p.nproc_per_node))
         });
         p.cpus = Some(bound.clone().map_err(|e| anyhow!(e))?);
     }
@@ -192,31 +197,35 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             bail!("{flag} {v}: expected a number of seconds ≥ 0");
         }
     }
-    ensure!(a.nproc_per_node > 0, "--nproc-per-node must be positive");
-    if let Some(shown) = a.local_ranks_filter.as_ref().filter(|f| f.max() >= Some(a.nproc_per_node)) {
+    // torchrun's PET_NPROC_PER_NODE is the flag's default (Kubeflow's PyTorchJob sets it from nprocPerNode);
+    // a flag that contradicts it is refused, as the pod's ranks would not be the operator's
+    let gpus = || super::nproc::visible_gpus(env("CUDA_VISIBLE_DEVICES").as_deref());
+    let from_pet = match env("PET_NPROC_PER_NODE") {
+        Some(v) => Some(super::nproc::nproc_from(&v, gpus).map_err(|e| anyhow!("PET_NPROC_PER_NODE={v}: {e}"))?),
+        None => None,
+    };
+    let nproc_per_node = match (a.nproc_given, from_pet) {
+        (None, Some(n)) => {
+            adopted.push(format!("--nproc-per-node {n} (PET_NPROC_PER_NODE)"));
+            n
+        }
+        (None, None) => 1,
+        (Some(given), Some(n)) if given != n => bail!(
+            "PET_NPROC_PER_NODE={n} but --nproc-per-node is {given}: pass --nproc-per-node {n}, or leave it out (the \
+             agent spawns that many ranks on each node)"
+        ),
+        (Some(given), _) => given,
+    };
+    if let Some(shown) = a.local_ranks_filter.as_ref().filter(|f| f.max() >= Some(nproc_per_node)) {
         // (a filter of ranks this node does not run would hide all of its output)
         bail!(
             "--local-ranks-filter {shown}: this node runs local ranks 0 to {} (--nproc-per-node {})",
-            a.nproc_per_node - 1,
-            a.nproc_per_node
+            nproc_per_node - 1,
+            nproc_per_node
         );
     }
-    if let Some(v) = env("PET_NPROC_PER_NODE") {
-        // (`gpu` and `auto` count this node's GPUs as --nproc-per-node does; torchrun's `cpu`, a rank
-        // per core, is not compared: the agent takes --nproc-per-node as given)
-        let gpus = || super::nproc::visible_gpus(env("CUDA_VISIBLE_DEVICES").as_deref());
-        match super::nproc::nproc_from(&v, gpus) {
-            Ok(n) => ensure!(
-                n == a.nproc_per_node,
-                "PET_NPROC_PER_NODE={n} but --nproc-per-node is {}: pass --nproc-per-node {n} (the agent \
-                 spawns that many ranks on each node)",
-                a.nproc_per_node
-            ),
-            Err(_) if v.trim() == "cpu" => {}
-            Err(e) => bail!("PET_NPROC_PER_NODE={v}: {e}"),
-        }
-    }
     ensure!(node_rank < nnodes, "expected {rank_from} below {nodes_from} ({node_rank} of {nnodes})");
+    let mut port_derived = false;
     let (host, port) = match &a.rdzv {
         Some(r) => host_port("--rdzv", r, None)?,
         None if nnodes == 1 => ("127.0.0.1".to_string(), 0),
@@ -234,6 +243,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
                 let first = parse_nodelist(&list).with_context(|| var.to_string())?.into_iter().next();
                 let first = first.with_context(|| format!("{var} is empty: expected the step's hosts"))?;
                 let step = env("SLURM_STEP_ID");
+                port_derived = true;
                 (first, job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref()).unwrap_or(29400))
             }
         },
@@ -269,7 +279,21 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             && run_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "{run_id_from} {run_id:?}: expected letters, digits, `.`, `_` or `-` (it names a folder under --log-dir)"
     );
-    Ok(Plan { nnodes, elastic, node_rank, host, port, run_id, token, adopted, set_aside, cpus: None, setup_warning })
+    Ok(Plan {
+        nnodes,
+        elastic,
+        node_rank,
+        nproc_per_node,
+        host,
+        port,
+        port_derived,
+        run_id,
+        token,
+        adopted,
+        set_aside,
+        cpus: None,
+        setup_warning,
+    })
 }
 
 /// `HOST:PORT` of `what` (a flag or a variable), or, where `default_port` is given, a host alone (an
@@ -476,8 +500,12 @@ mod tests {
         // the flags win
         let p = plan_of(&[&eight[..], &["--nnodes", "3", "--node-rank", "2", "--rdzv", "h:1"]].concat(), &pod).unwrap();
         assert_eq!((p.nnodes, p.node_rank, p.host.as_str(), p.port, p.adopted.len()), (3, 2, "h", 1, 0));
-        // the pod's ranks per node, which the command line contradicts
-        assert!(err_of(&[], &pod).contains("PET_NPROC_PER_NODE=8 but --nproc-per-node is 1: pass --nproc-per-node 8"));
+        // the pod's ranks per node are the flag's default, as torchrun takes them; a flag may not contradict them
+        let p = plan_of(&[], &pod).unwrap();
+        assert_eq!((p.nproc_per_node, p.adopted[2].as_str()), (8, "--nproc-per-node 8 (PET_NPROC_PER_NODE)"));
+        assert!(err_of(&["--nproc-per-node", "2"], &pod)
+            .contains("PET_NPROC_PER_NODE=8 but --nproc-per-node is 2: pass --nproc-per-node 8, or leave it out"));
+        assert_eq!(plan_of(&[], &[]).unwrap().nproc_per_node, 1, "the default");
         // `gpu` counted as --nproc-per-node gpu counts it (the pod's GPUs)
         let gpu_pod = |visible: &'static str| {
             let mut vars: Vec<(&str, &str)> = pod.iter().copied().filter(|(k, _)| *k != "PET_NPROC_PER_NODE").collect();

@@ -27,11 +27,13 @@ impl Why {
     pub fn to_peer(&self) -> String {
         match self {
             Why::WrongToken => "wrong token: INFINITY_RDZV_TOKEN (or --token) differs from the one the store's host \
-                                (node 0's agent, or rank 0) was started with; give every node the same"
+                                (node 0's agent, or rank 0) was started with; give every node the same (or the \
+                                port is another job's store: give this job's --rdzv a port of its own)"
                 .into(),
-            Why::OtherRun { asked, serves } => {
-                format!("it serves run {serves:?}, not {asked:?}: start every node with the same --run-id")
-            }
+            Why::OtherRun { asked, serves } => format!(
+                "it serves run {serves:?}, not {asked:?}: start every node with the same --run-id (or the port is \
+                 another job's store: give this job's --rdzv a port of its own)"
+            ),
         }
     }
 
