@@ -559,6 +559,7 @@ fn a_second_sigint_kills_the_stopping_ranks_at_once() {
     agent.signal(libc::SIGINT);
     assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(128 + libc::SIGINT), "{}", agent.text());
     assert!(agent.text().contains("SIGINT again: SIGKILL to the ranks now"), "{}", agent.text());
+    assert!(agent.text().contains("not all of them checkpointed (killed); exiting with 130"), "{}", agent.text());
 }
 
 /// A node whose ranks all succeeded while the group then fails (rank 0 on node 0 exits 1 after 2 s)

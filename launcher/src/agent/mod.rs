@@ -412,8 +412,13 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
             }
             Outcome::Stopped(code) => {
                 // (0: stopped cleanly, checkpointed; what a scheduler that retries failures should see)
+                let how = match code {
+                    0 => "the ranks stopped after the signal",
+                    c if c > 128 => "the ranks stopped after the signal, not all of them checkpointed (killed)",
+                    _ => "the ranks stopped after the signal, a rank failing",
+                };
                 let code = if code == 0 { i32::from(a.preempted_exit_code) } else { code };
-                console_err!("[launch] the ranks stopped after the signal; exiting with {code}");
+                console_err!("[launch] {how}; exiting with {code}");
                 // (a node that leaves an elastic group ends only its own part, unless it hosts the store)
                 return Ok(end.finish(&mut client, code, end.hosting).await);
             }
