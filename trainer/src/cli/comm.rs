@@ -1,7 +1,7 @@
 //! `infinity comm`: the communicators' benchmark, and reading the ranks' flight records (what each
 //! rank's last collectives were when its group failed: launcher/src/comm/flight.rs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +45,8 @@ fn flight_report(a: &FlightArgs) -> Result<ExitCode> {
 fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
     let (mut dumps, mut unanswered): (Vec<Dump>, Vec<flight::Unanswered>) = (Vec::new(), Vec::new());
     let (mut lines, mut seen) = (Vec::new(), Vec::new());
+    // each (run id, attempt) the records come from, with a folder holding one (older records name none)
+    let mut runs: Vec<((String, u32), &Path)> = Vec::new();
     for dir in dirs {
         let real = dir.canonicalize().with_context(|| format!("reading {}", dir.display()))?;
         if !real.is_dir() {
@@ -60,12 +62,28 @@ fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
         unanswered.extend(silent);
         lines.extend(notes.into_iter().map(|n| format!("warning: set aside: {n}")));
         for d in found {
+            if let (Some(run), Some(attempt)) = (&d.run_id, d.attempt) {
+                if !runs.iter().any(|(r, _)| r.0 == *run && r.1 == attempt) {
+                    runs.push(((run.clone(), attempt), dir));
+                }
+            }
             match dumps.iter().any(|k| k.rank == d.rank) {
                 true => lines
                     .push(format!("warning: rank {}'s record is in two folders: the first one read is kept", d.rank)),
                 false => dumps.push(d),
             }
         }
+    }
+    // (records of two attempts, or two runs, describe no one hang: their sequence numbers do not meet)
+    if runs.len() > 1 {
+        let each: Vec<String> =
+            runs.iter().map(|((run, k), dir)| format!("run {run} attempt {k} ({})", dir.display())).collect();
+        bail!(
+            "the records are of {} runs or attempts: {}; give the folders of one attempt (LOG_DIR/RUN_ID/attempt_K \
+             on each node)",
+            runs.len(),
+            each.join(", ")
+        );
     }
     if dumps.is_empty() && unanswered.is_empty() {
         let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -151,5 +169,15 @@ mod tests {
         assert!(lines[3].starts_with("rank 1 (pid 77 on b) wrote no flight record when asked: its process is stopped"));
         let e = flight_lines(&[tmp.path().to_path_buf()]).unwrap_err().to_string();
         assert!(e.starts_with("no flight records (flight-rankR.json) in "), "{e}");
+
+        // records of two attempts are not one hang's
+        let attempt =
+            |k: u32| record.replacen("\"rank\": 0,", &format!("\"rank\": 0, \"run_id\": \"r\", \"attempt\": {k},"), 1);
+        std::fs::write(a.join(flight::record_name(0)), attempt(1)).unwrap();
+        std::fs::write(b.join(flight::record_name(1)), attempt(2).replacen("\"rank\": 0", "\"rank\": 1", 1)).unwrap();
+        let e = flight_lines(&[a.clone(), b.clone()]).unwrap_err().to_string();
+        assert!(e.starts_with("the records are of 2 runs or attempts: run r attempt 1 ("), "{e}");
+        std::fs::write(b.join(flight::record_name(1)), attempt(1).replacen("\"rank\": 0", "\"rank\": 1", 1)).unwrap();
+        assert!(flight_lines(&[a, b]).is_ok());
     }
 }
