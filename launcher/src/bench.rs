@@ -1,6 +1,7 @@
 //! `infinity comm bench`: the TCP ring's all-reduce bus bandwidth beside raw loopback TCP measured in the
 //! same run, and the time for N ranks to rendezvous. Ranks are threads of this process talking over
-//! 127.0.0.1, as processes on one node would.
+//! 127.0.0.1, as processes on one node would; under `infinity launch` the group's own ranks, across its
+//! nodes.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,7 +14,9 @@ use crate::store::{StoreClient, StoreServer};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommBenchArgs {
-    /// Ring sizes to measure (each at most 256 ranks, and ranks × --mib at most 4096 MiB).
+    /// Ring sizes to measure (each at most 256 ranks, and ranks × --mib at most 4096 MiB). Under
+    /// `infinity launch` (RANK and WORLD_SIZE set) the group's own ranks form the one ring measured,
+    /// across its nodes, and this and --rdzv-ranks do not apply.
     #[arg(long, value_delimiter = ',', default_value = "2,4", value_parser = crate::positive())]
     pub ranks: Vec<usize>,
     /// All-reduce buffer size in MiB (f32), at most 1024 (every rank of a ring holds one; a ring's ranks
@@ -268,7 +271,55 @@ pub fn rendezvous_time(world: usize) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// Under `infinity launch` (or torchrun, srun): the group's own ranks, on their nodes, in one TCP ring
+/// (as `dist.backend = "ring"` trains), the all-reduce of `--mib` timed as [`ring_all_reduce`] times it;
+/// rank 0 prints the line. The network between the nodes, where the threads of [`run`] measure loopback.
+fn group_all_reduce(env: &crate::env::DistEnv, a: &CommBenchArgs) -> Result<()> {
+    let bytes = buffer_bytes(a.mib)?;
+    let timeout = Duration::from_secs(300);
+    // (rank 0 hosts the store where no agent does, as a training rank would)
+    let _server = match env.rank == 0 && !env.agent_store {
+        true => Some(StoreServer::spawn(format!("0.0.0.0:{}", env.master_port).parse()?, env.token.clone())?),
+        false => None,
+    };
+    let mut store = StoreClient::connect(&env.store_addr(), &env.token, &format!("rank {}", env.rank), timeout)?;
+    let prefix = format!("{}/comm-bench", env.prefix());
+    store.rendezvous(&format!("{prefix}/ranks"), env.rank, env.world, timeout)?;
+    let ip = store.local_ip()?;
+    let listen_all = ip.is_loopback() && env.world > env.local_world;
+    let mut ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &ip.to_string(), listen_all, timeout)?;
+    let mut buf = vec![1.0f32; bytes / 4];
+    ring.all_reduce_sum(&mut buf)?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..a.iters {
+        ring.barrier()?;
+        let t0 = Instant::now();
+        ring.all_reduce_sum(&mut buf)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    // each pass as long as its slowest rank
+    let mine: Vec<f32> = times.iter().map(|&t| t as f32).collect();
+    let mut all = vec![0.0f32; env.world * a.iters];
+    ring.all_gather(&mine, &mut all)?;
+    let mut times: Vec<f64> =
+        (0..a.iters).map(|i| (0..env.world).map(|r| all[r * a.iters + i] as f64).fold(0.0, f64::max)).collect();
+    times.sort_by(f64::total_cmp);
+    if env.rank == 0 {
+        let (w, secs) = (env.world, times[a.iters / 2]);
+        let algbw = bytes as f64 / secs;
+        let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
+        console!("| ranks | nodes | MiB | all-reduce ms | algbw GB/s | busbw GB/s |");
+        console!("|---|---|---|---|---|---|");
+        let nodes = w.div_ceil(env.local_world.max(1));
+        console!("| {w} | {nodes} | {} | {:.1} | {:.2} | {:.2} |", a.mib, secs * 1e3, algbw / 1e9, busbw / 1e9);
+    }
+    Ok(())
+}
+
 pub fn run(a: &CommBenchArgs) -> Result<()> {
+    if let Some(env) = crate::env::DistEnv::from_env()? {
+        return group_all_reduce(&env, a);
+    }
     // one rank moves no bytes: its all-reduce is a copy, with no bus bandwidth to compare
     if a.ranks.contains(&1) {
         anyhow::bail!("--ranks 1: a ring of one rank sends nothing, so it has no bandwidth; measure 2 ranks or more");

@@ -391,6 +391,24 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     assert!(!out.status.success() && text.contains("Root cause") && text.contains("no restarts left"), "{text}");
 }
 
+/// `infinity comm bench` under the agent measures the group's own ring (rank 0 prints one line for
+/// it), not each rank's loopback threads.
+#[test]
+fn comm_bench_under_launch_measures_the_groups_ring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["launch", "--nproc-per-node", "3", "--log-dir"])
+        .arg(tmp.path())
+        .args(["--", "comm", "bench", "--mib", "1", "--iters", "2"])
+        .output()
+        .unwrap();
+    let text = ok(out);
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("| 3 | 1 | 1 |")).collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert!(rows[0].starts_with("[rank 0] "), "{text}");
+    assert!(!text.contains("raw loopback"), "{text}");
+}
+
 #[test]
 fn sigterm_checkpoints_exits_zero_and_the_relaunch_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
