@@ -286,8 +286,8 @@ fn a_time_limit_between_attempts_after_ranks_ran_exits_as_preempted() {
     // the limit comes in that wait)
     let limited = ["--max-restarts", "2", "--preempted-exit-code", "75", "--time-limit", "0:16"];
     let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &limited), rank));
-    let mut node1 =
-        Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &["--max-restarts", "2"]), rank));
+    let node1_args = ["--max-restarts", "2", "--preempted-exit-code", "75"];
+    let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &node1_args), rank));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
     let _ = node1.child.kill();
     let _ = node1.child.wait();

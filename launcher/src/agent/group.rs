@@ -209,7 +209,12 @@ pub(super) fn agree_on_settings(
         _ => g.nnodes.to_string(),
     };
     let fixed = !matches!(a.nnodes, Some(Nodes::Elastic { .. }));
-    let mine = format!("--nnodes {nodes} --nproc-per-node {} --max-restarts {}", a.nproc_per_node, a.max_restarts);
+    // (and the exit code a scheduler reads for a preemption: nodes of one job that stopped alike must not
+    // report it as both preempted and succeeded)
+    let mine = format!(
+        "--nnodes {nodes} --nproc-per-node {} --max-restarts {} --preempted-exit-code {}",
+        a.nproc_per_node, a.max_restarts, a.preempted_exit_code
+    );
     let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
     tokio::task::spawn_blocking(move || {
         client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
