@@ -207,6 +207,15 @@ fn an_export_samples_without_its_dataset() {
     assert!(ema_from_run == sample(&ema_dir, "ema-flag", &["--ema"]));
     let (png, bits) = sample(&bf16_dir, "bf16", &[]);
     assert!(png.starts_with(b"\x89PNG") && bits.len() == from_run.1.len(), "bf16 export: {} bytes of bits", bits.len());
+    // its tokenizer gone: refused before sampling without --bits; with them, the bits alone
+    let tokenizer = config(&bf16_dir)["data"]["tokenizer_file_beside"].as_str().unwrap().to_string();
+    std::fs::remove_file(bf16_dir.join(tokenizer)).unwrap();
+    let (no_png, no_bits) = (tmp.path().join("no-tokenizer.png"), tmp.path().join("no-tokenizer.bits"));
+    let e = err(&["sample", path_str(&bf16_dir), "--class", "0", "-o", path_str(&no_png)]);
+    assert!(e.contains("pass --bits FILE to write the sampled bits alone"), "{e}");
+    let args = ["sample", path_str(&bf16_dir), "--class", "0", "-o", path_str(&no_png), "--bits", path_str(&no_bits)];
+    assert!(infinity(&args));
+    assert!(no_bits.is_file() && !no_png.exists());
 
     let e = err(&["sample", path_str(&f32_dir), "--ema", "-o", path_str(&tmp.path().join("y.png"))]);
     assert!(e.contains("holds the trained weights") && e.contains("--ema"), "{e}");

@@ -135,6 +135,19 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         console_err!("warning: {warning}");
     }
 
+    // the tokenizer before the sampling: a missing or damaged file fails now, not after it (with --bits,
+    // the bits are still written, said now)
+    let tokenizer = match infer::tokenizer(&data_dir, &m) {
+        Ok(t) => Ok(t),
+        Err(e) if a.bits.is_some() => {
+            console_err!("warning: {e:#}: no image will be written, only the bits");
+            Err(e)
+        }
+        Err(e) => return Err(e.context("decoding the samples; pass --bits FILE to write the sampled bits alone")),
+    };
+    if matches!(tokenizer, Ok(None)) && a.bits.is_none() {
+        bail!("the dataset's tokenizer `{}` is not built in; write the bits with --bits", m.tokenizer.name);
+    }
     let (cond, rows) = condition(&a, &ck.model, &m)?;
     let lay = Layout::new(&ck.model);
     // a condition's samples keyed by it, not by their place in the batch: `--class 5 --n 4` draws the
@@ -191,15 +204,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         console!("wrote {}", path.display());
     }
-    match infer::tokenizer(&data_dir, &m)? {
-        Some(tok) => {
+    match tokenizer {
+        Err(e) => console!("no image: {e:#}"),
+        Ok(Some(tok)) => {
             save_grid(&infer::decode(&tok, &s, sched), a.n, &a.out)?;
             console!("wrote {}", a.out.display());
         }
-        None if a.bits.is_some() => {
+        Ok(None) => {
             console!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)
         }
-        None => bail!("the dataset's tokenizer `{}` is not built in; write the bits with --bits", m.tokenizer.name),
     }
     Ok(ExitCode::SUCCESS)
 }
