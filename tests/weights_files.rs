@@ -257,5 +257,24 @@ fn what_a_weights_file_cannot_give_is_named() {
     assert!(infinity(&[&["export", file_s, "-o", path_str(&gone)][..], &with].concat()));
     std::fs::remove_file(gone.join("model.safetensors")).unwrap();
     let e = sample_err(path_str(&gone), &[]);
-    assert!(e.contains("whose weights file (model.safetensors) is missing"), "{e}");
+    assert!(e.contains("whose weights file model.safetensors, which model.safetensors.index.json maps"), "{e}");
+    // a damaged config.json, or another tool's, is named as such (not taken for a folder of bare weights)
+    let config = export.join("config.json");
+    let kept = std::fs::read(&config).unwrap();
+    std::fs::write(&config, &kept[..kept.len() / 2]).unwrap();
+    let e = sample_err(path_str(&export), &[]);
+    assert!(e.contains("config.json: not readable JSON") && e.contains("export again"), "{e}");
+    std::fs::write(&config, r#"{"architectures": ["T5"], "model_type": "t5"}"#).unwrap();
+    let e = sample_err(path_str(&export), &[]);
+    assert!(e.contains("whose config.json is not an `infinity export`'s (its format is not given"), "{e}");
+    // constructor_kwargs (what upstream builds) edited apart from `model` (what is read here)
+    let mut edited: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let depth = edited["constructor_kwargs"]["depth"].as_u64().unwrap();
+    edited["constructor_kwargs"]["depth"] = (depth + 2).into();
+    std::fs::write(&config, edited.to_string()).unwrap();
+    let e = sample_err(path_str(&export), &[]);
+    let said =
+        format!("constructor_kwargs.depth is {} where `model` gives {depth}: upstream would build another", depth + 2);
+    assert!(e.contains(&said), "{e}");
+    std::fs::write(&config, kept).unwrap();
 }

@@ -67,6 +67,26 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         ),
     };
     model.validate().map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?;
+    // upstream builds the model of `constructor_kwargs`, this reader the one of `model`: one edited
+    // without the other describes two models
+    if let Some(Value::Object(written)) = config.get("constructor_kwargs") {
+        let ours = super::constructor_kwargs(&model);
+        let differ: Vec<String> = ours
+            .as_object()
+            .expect("an object")
+            .iter()
+            .filter(|(k, v)| written.get(*k).is_some_and(|w| w != *v))
+            .map(|(k, v)| format!("constructor_kwargs.{k} is {} where `model` gives {v}", written[k]))
+            .collect();
+        if !differ.is_empty() {
+            bail!(
+                "{}: {}: upstream would build another model than the one its weights are; export again (or mend the \
+                 edit)",
+                cfg_path.display(),
+                differ.join(", ")
+            );
+        }
+    }
     let ema = match field("/source/weights")?.as_str() {
         Some("ema") => true,
         Some("trained") => false,

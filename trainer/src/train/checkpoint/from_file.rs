@@ -210,13 +210,49 @@ fn looks_like_weights(file: &Path) -> bool {
 /// Where `path` is an export folder whose weights file is gone (its config.json says it is an export,
 /// so it is no folder of bare weights): the error saying so.
 fn broken_export(path: &Path) -> Option<String> {
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("config.json")).ok()?).ok()?;
-    (config["format"] == EXPORT_FORMAT && read_export(path).is_none()).then(|| {
-        format!(
+    let file = path.join("config.json");
+    let bytes = std::fs::read(&file).ok()?;
+    let config: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(format!(
+                "{}: not readable JSON ({e}): an `infinity export`'s config.json damaged? export again into {}, or \
+                 give --config with the training config to read its weights as a bare file",
+                file.display(),
+                path.display()
+            ))
+        }
+    };
+    if config["format"] != EXPORT_FORMAT {
+        // (another tool's config.json, a Hugging Face model's: the weights beside it may still be ours)
+        return index_in(path).ok().flatten().map(|_| {
+            format!(
+                "{}: a folder of weight files whose config.json is not an `infinity export`'s (its format is {}, \
+                 expected {EXPORT_FORMAT:?}), so it records no model: give --config with the training config the \
+                 weights go with",
+                path.display(),
+                config.get("format").map_or("not given".to_string(), |f| f.to_string())
+            )
+        });
+    }
+    let index = path.join(SHARD_INDEX);
+    // the weights file the shard index maps (where it maps one), else the one config.json names
+    let mapped = std::fs::read(&index)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(str::to_string));
+    read_export(path).is_none().then(|| match mapped {
+        Some(f) => format!(
+            "{}: an `infinity export` folder whose weights file {f}, which {} maps its tensors to, is missing: export \
+             again into it",
+            path.display(),
+            SHARD_INDEX
+        ),
+        None => format!(
             "{}: an `infinity export` folder whose weights file ({}) is missing: export again into it",
             path.display(),
             config["weights"].as_str().unwrap_or("model.safetensors")
-        )
+        ),
     })
 }
 
