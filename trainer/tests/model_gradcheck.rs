@@ -357,3 +357,24 @@ fn samples_keyed_by_condition_do_not_depend_on_the_batch() {
     let (ab, ba) = (draw([a.clone(), b.clone()].concat(), vec![3, 2]), draw([b, a].concat(), vec![2, 3]));
     assert_eq!((&ab[0], &ab[1]), (&ba[1], &ba[0]), "a caption's bits depend on its place in the batch");
 }
+
+/// Per-bit top-k 1 (upstream's `top_k=1`) takes each bit's likelier class: no random number decides a
+/// bit, so every seed draws the bits greedy sampling does; top-k 2 (a bit's two classes) filters nothing.
+#[test]
+fn top_k_one_is_greedy_per_bit_and_two_keeps_both_classes() {
+    use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions};
+    let cfg = tiny(Conditioning::Class { num_classes: 5 });
+    let lay = Layout::new(&cfg);
+    let p: Params<f32> = random_params(&lay, 14).cast();
+    let scales = [(1usize, 1usize), (2, 2), (3, 3)];
+    let rope = RopeTable::new(8, &scales, (3, 3));
+    let cond = SampleCondition::Class(vec![1, 4]);
+    let draw = |o: SampleOptions| sample(&cfg, &lay, &p, &cond, &scales, &rope, &o).unwrap().bits;
+    let greedy = draw(SampleOptions::greedy());
+    for seed in [1, 2] {
+        assert_eq!(draw(SampleOptions { top_k: 1, ..SampleOptions::uniform(1.0, 1.0, 0.0, seed) }), greedy);
+    }
+    let two = |seed| draw(SampleOptions { top_k: 2, ..SampleOptions::uniform(1.0, 1.0, 0.0, seed) });
+    assert_eq!(two(3), draw(SampleOptions::uniform(1.0, 1.0, 0.0, 3)));
+    assert_ne!(two(3), greedy, "top-k 2 filtered");
+}

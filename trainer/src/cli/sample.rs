@@ -62,6 +62,10 @@ pub struct SampleArgs {
     /// Per-bit top-p (0 = off; upstream's `gen_one_img` default 0.97).
     #[arg(long, default_value_t = 0.97, allow_negative_numbers = true)]
     top_p: f64,
+    /// Per-bit top-k (upstream's `top_k`): 1 samples each bit's likelier class (greedy per bit); 0 or
+    /// 2 and more keep both classes of a bit (upstream's default 900 filters nothing).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Aspect-ratio template of the schedule (`1.000`, `0.666`, …); default the square one.
@@ -157,6 +161,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         cfg: a.cfg.clone(),
         tau: a.tau.clone(),
         top_p: a.top_p,
+        top_k: a.top_k,
         seed: a.seed,
         keys,
         cfg_insertion_layer: a.cfg_insertion_layer.clone(),

@@ -34,6 +34,10 @@ pub struct SampleOptions {
     pub tau: Vec<f64>,
     /// Per-bit top-p: the minority class is dropped when its probability is ≤ `1 − top_p` (0 = off).
     pub top_p: f64,
+    /// Per-bit top-k (upstream's `top_k`, applied before top-p): 1 keeps each bit's likelier class (a
+    /// tie: 0, as `torch.topk` keeps the first); 0, or 2 and more, keep both (a bit has two classes:
+    /// upstream's default 900 filters nothing).
+    pub top_k: usize,
     pub seed: u64,
     /// What each sample's random numbers are keyed by, with the seed and the scale: a key of its
     /// condition and its copy of it (`infinity sample`: a class's or caption's samples are the same
@@ -49,7 +53,8 @@ pub struct SampleOptions {
 impl SampleOptions {
     /// The same guidance and temperature at every scale, guidance on the logits.
     pub fn uniform(cfg: f64, tau: f64, top_p: f64, seed: u64) -> SampleOptions {
-        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, seed, keys: Vec::new(), cfg_insertion_layer: vec![0] }
+        let (keys, cfg_insertion_layer) = (Vec::new(), vec![0]);
+        SampleOptions { cfg: vec![cfg], tau: vec![tau], top_p, top_k: 0, seed, keys, cfg_insertion_layer }
     }
 
     /// Greedy sampling without guidance: every bit its likelier class (a tie: 0), no random number
@@ -395,8 +400,8 @@ pub fn sample_with(
                         false => at(bi, k) / tau,
                     };
                     let p1 = 1.0 / (1.0 + (mix(0) - mix(1)).exp());
-                    let p1 =
-                        if o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p { (p1 > 0.5) as u8 as f64 } else { p1 };
+                    let filtered = o.top_k == 1 || (o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p);
+                    let p1 = if filtered { (p1 > 0.5) as u8 as f64 } else { p1 };
                     bits[t * d + j] = (rng.random::<f64>() < p1) as u8;
                 }
             }
