@@ -84,6 +84,20 @@ fn one_export_per_folder() {
     let report = python_fails(&[&"tools/check_export.py", &copy]);
     assert!(report.contains("describes model.safetensors, not copy.safetensors"), "{report}");
 
+    // the same name again replaces the export, said where it held other weights (another model's)
+    let (_tmp2, _data2, class_run) = tiny_run("class", &[]);
+    let export_of = |run: &Path| {
+        use infinity_trainer::export::{export, ExportOptions};
+        use infinity_trainer::model::io::SaveDtype;
+        let ck = infinity_trainer::train::checkpoint::load_model(run, false).unwrap();
+        let opts = ExportOptions { dtype: SaveDtype::F32, block_chunks: 1, data: None, ema: false, from_export: None };
+        export(&ck, &multi.join("model.safetensors"), &opts).unwrap().warnings
+    };
+    let again = export_of(&run);
+    assert!(!again.iter().any(|w| w.contains("replaces the export")), "{again:?}");
+    let other = export_of(&class_run);
+    assert!(other.iter().any(|w| w.contains("replaces the export of ") && w.contains(", another model")), "{other:?}");
+
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();

@@ -111,6 +111,9 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         refuse_the_source(&ck.dir, out, folder)?;
     }
     refuse_another_export(folder, file)?;
+    // (the same name again replaces that export, as documented: said, where it held other weights)
+    let replaced = read_export(folder).filter(|old| resolved(&old.weights) == resolved(out));
+    let replaced = replaced.map(|old| (old.source, std::fs::read(folder.join("config.json")).ok()));
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
     // the weights, so the export decodes without the dataset. Found before anything is written, so a
@@ -262,6 +265,14 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
         "source": source,
         "data": data,
     });
+    if let Some((old_source, old_config)) = replaced {
+        let old: Value = old_config.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let other_model = old.get("model").is_some_and(|m| *m != config["model"]);
+        if old["source"] != config["source"] || other_model {
+            let model = if other_model { ", another model" } else { "" };
+            warnings.push(format!("{} replaces the export of {old_source}{model} that it held", out.display()));
+        }
+    }
     let cfg_path = out.with_file_name("config.json");
     write_atomic(&cfg_path, serde_json::to_string_pretty(&config)?.as_bytes())
         .with_context(|| format!("writing {}", cfg_path.display()))?;
