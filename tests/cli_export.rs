@@ -90,7 +90,14 @@ fn one_export_per_folder() {
         use infinity_trainer::export::{export, ExportOptions};
         use infinity_trainer::model::io::SaveDtype;
         let ck = infinity_trainer::train::checkpoint::load_model(run, false).unwrap();
-        let opts = ExportOptions { dtype: SaveDtype::F32, block_chunks: 1, data: None, ema: false, from_export: None };
+        let opts = ExportOptions {
+            dtype: SaveDtype::F32,
+            block_chunks: 1,
+            data: None,
+            ema: false,
+            from_export: None,
+            init: None,
+        };
         export(&ck, &multi.join("model.safetensors"), &opts).unwrap().warnings
     };
     let again = export_of(&run);
@@ -104,6 +111,31 @@ fn one_export_per_folder() {
     let e = err(&["export", run_s, "-o", path_str(&foreign)]);
     assert!(e.contains("not the config.json of an `infinity export`"), "{e}");
     assert_eq!(std::fs::read_to_string(foreign.join("config.json")).unwrap(), r#"{"model_type": "bert"}"#);
+}
+
+/// `--init` exports the weights a run of the config starts from: the same for the same seed, others
+/// for another, recorded as such in config.json, and sampled as any export.
+#[test]
+fn an_initialisation_exports_without_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, cfg) = (tmp.path().join("data"), tmp.path().join("train.toml"));
+    synth(&data, "16");
+    crate::cli_train::write_config(&cfg, &data, &tmp.path().join("run"), "class");
+    let export = |name: &str, sets: &[&str]| {
+        let out = tmp.path().join(name);
+        let sets = sets.iter().flat_map(|s| ["--set", s]);
+        let args = ["export", "--init", "--config", path_str(&cfg), "-o", path_str(&out)];
+        assert!(infinity(&args.into_iter().chain(sets).collect::<Vec<_>>()));
+        (std::fs::read(out.join("model.safetensors")).unwrap(), config(&out))
+    };
+    let (a, config_a) = export("a", &[]);
+    assert_eq!((config_a["source"]["weights"].as_str(), config_a["source"]["step"].as_u64()), (Some("init"), Some(0)));
+    assert!(a == export("b", &[]).0, "one seed, other weights");
+    assert!(a != export("c", &["run.seed=99"]).0, "another seed, the same weights");
+    let png = tmp.path().join("init.png");
+    assert!(infinity(&["sample", path_str(&tmp.path().join("a")), "--class", "0", "-o", path_str(&png)]));
+    let e = err(&["export", "--init", "-o", path_str(&tmp.path().join("d"))]);
+    assert!(e.contains("--config"), "{e}");
 }
 
 /// A folder inside a checkpoint folder is refused (pruning deletes the checkpoint with all it holds),

@@ -1,14 +1,18 @@
 //! `infinity export CKPT -o model.safetensors [--dtype bf16] [--block-chunks K] [--data DIR] [--ema]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
+use infinity_data::Manifest;
 
 use super::weights_file::WeightsFileArgs;
 use crate::export::{load_export, read_export, ExportOptions, FromExport};
 use crate::model::io::SaveDtype;
+use crate::model::Layout;
+use crate::train::checkpoint::CheckpointModel;
+use crate::train::config::TrainConfig;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum DtypeArg {
@@ -21,7 +25,13 @@ pub struct ExportArgs {
     /// A checkpoint folder, a run folder (its newest complete checkpoint), an export folder (exported
     /// again: another dtype or block chunking), or a bare weights file with --config (upstream's released
     /// .pth: its weights under this framework's checks, with a config.json `infinity sample` reads).
-    ckpt: PathBuf,
+    #[arg(required_unless_present = "init")]
+    ckpt: Option<PathBuf>,
+    /// Export no trained weights but the ones a run of --config starts from: its model for its dataset
+    /// (or --data), initialised as `infinity train` initialises it (`model.init`, μP, `run.seed`). For
+    /// testing an inference pipeline at a model's shape (upstream's layer12 to 8b) without training it.
+    #[arg(long, requires = "config", conflicts_with_all = ["ckpt", "ema"])]
+    init: bool,
     /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Names ending
     /// `.pth`, `.pt`, `.bin` or `.ckpt` are refused (the export is safetensors); any other name is a folder
     /// (made if missing) that gets `model.safetensors` inside it. One export per folder (config.json
@@ -50,15 +60,25 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
     // an export exported again (another dtype or chunking) keeps what it came from and its dataset's
     // description
-    a.weights.check(&a.ckpt)?;
-    let (ck, from_export, ema) = match (read_export(&a.ckpt), &a.weights.config) {
-        (Some(_), None) => {
-            let e = load_export(&a.ckpt, a.ema)?;
-            console!("{}: an export of {}", a.ckpt.display(), e.source);
-            let from = FromExport { dir: a.ckpt.clone(), dtype: e.dtype, source: e.source_record, dataset: e.dataset };
-            (e.model, Some(from), e.ema)
+    let (ck, from_export, ema, init) = match (&a.ckpt, &a.weights.config) {
+        (None, Some(config)) => {
+            let (ck, seed) = fresh_model(config, &a.weights.set, a.data.as_deref())?;
+            (ck, None, false, Some((config.clone(), seed)))
         }
-        _ => (a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?, None, a.ema),
+        (None, None) => bail!("give the checkpoint, run, export or weights file to export (or --init with --config)"),
+        (Some(ckpt), config) => {
+            a.weights.check(ckpt)?;
+            match (read_export(ckpt), config) {
+                (Some(_), None) => {
+                    let e = load_export(ckpt, a.ema)?;
+                    console!("{}: an export of {}", ckpt.display(), e.source);
+                    let from =
+                        FromExport { dir: ckpt.clone(), dtype: e.dtype, source: e.source_record, dataset: e.dataset };
+                    (e.model, Some(from), e.ema, None)
+                }
+                _ => (a.weights.load(ckpt, a.data.as_deref(), a.ema)?, None, a.ema, None),
+            }
+        }
     };
     let dtype = match a.dtype {
         DtypeArg::F32 => SaveDtype::F32,
@@ -85,7 +105,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let weights_file = a.out.extension().is_some_and(|e| e == "safetensors");
     let folder = a.out.is_dir() || a.out.as_os_str().to_string_lossy().ends_with('/') || !weights_file;
     let out = if folder { a.out.join("model.safetensors") } else { a.out.clone() };
-    let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema, from_export };
+    let opts = ExportOptions { dtype, block_chunks, data: a.data.clone(), ema, from_export, init };
     let done = crate::export::export(&ck, &out, &opts)?;
     for w in &done.warnings {
         console_err!("warning: {w}");
@@ -93,11 +113,37 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let size = std::fs::metadata(&done.weights).map(|m| m.len()).unwrap_or(0);
     console!(
         "exported {}{}: {} ({:.1} MB, block_chunks {block_chunks}) and {}",
-        ck.described(),
+        match &opts.init {
+            Some((config, seed)) => format!("the initial weights of {} (run.seed {seed})", config.display()),
+            None => ck.described(),
+        },
         if ema { " (its moving average)" } else { "" },
         done.weights.display(),
         size as f64 / 1e6,
         done.config.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--init`: the model of `config` (with `sets`) for its dataset (or `data`), with the weights a run of
+/// it starts from, and the seed they came from.
+fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(CheckpointModel, u64)> {
+    let cfg = TrainConfig::load(config, sets).with_context(|| format!("--config {}", config.display()))?;
+    ensure!(
+        cfg.model.init_from.is_none(),
+        "--init: {} starts from model.init_from's weights ({}): export that file with --config instead",
+        config.display(),
+        cfg.model.init_from.as_ref().map_or(String::new(), |p| p.display().to_string())
+    );
+    let data_dir = data.map_or_else(|| cfg.data.dir.clone(), Path::to_path_buf);
+    let m = Manifest::load(&data_dir).with_context(|| {
+        format!("the dataset {} (its bits, condition and schedules shape the model; pass --data)", data_dir.display())
+    })?;
+    let model = cfg.model.model_for(&m).with_context(|| format!("--config {}", config.display()))?;
+    crate::train::check_schedules_fit(&model, &m).with_context(|| format!("the dataset {}", data_dir.display()))?;
+    let lay = Layout::new(&model);
+    console!("initialising {} parameters (run.seed {})", lay.numel, cfg.run.seed);
+    let params = crate::train::fresh_weights(&cfg, &model, &lay);
+    let (dir, precision) = (config.to_path_buf(), cfg.run.precision);
+    Ok((CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None }, cfg.run.seed))
 }

@@ -89,8 +89,10 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
     }
     let ema = match field("/source/weights")?.as_str() {
         Some("ema") => true,
-        Some("trained") => false,
-        other => bail!("{}: `source.weights` is {other:?}, expected \"trained\" or \"ema\"", cfg_path.display()),
+        Some("trained" | "init") => false,
+        other => {
+            bail!("{}: `source.weights` is {other:?}, expected \"trained\", \"ema\" or \"init\"", cfg_path.display())
+        }
     };
     if want_ema && !ema {
         bail!("{}: holds the trained weights, not their moving average: {}", dir.display(), export.ema_advice());

@@ -65,6 +65,8 @@ pub struct ExportOptions {
     pub ema: bool,
     /// Re-exporting an export (another dtype or block chunking): what it came from and carries.
     pub from_export: Option<FromExport>,
+    /// `--init`: the weights are a fresh initialisation of this training config, from this seed.
+    pub init: Option<(PathBuf, u64)>,
 }
 
 /// An export exported again: its folder and dtype, its config.json's `source` (kept, the folder and
@@ -223,6 +225,10 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
                 ));
             }
             source
+        }
+        None if opts.init.is_some() => {
+            let (config, seed) = opts.init.as_ref().expect("matched");
+            json!({ "weights": "init", "config": resolved(config), "seed": seed, "precision": ck.precision, "step": 0 })
         }
         None => {
             let mut source = json!({
@@ -399,7 +405,9 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let read = |f: &str| -> Option<Value> { serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok() };
     let config = read("config.json").filter(|c| c["format"] == EXPORT_FORMAT)?;
     let weights_file = config["source"]["weights_file"].as_str().map(str::to_string);
+    let init = config["source"]["config"].as_str().filter(|_| config["source"]["weights"] == "init");
     let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64(), &weights_file) {
+        _ if init.is_some() => format!("the initial weights of {}", init.unwrap_or_default()),
         (Some(ck), Some(step), _) => format!("{ck}, step {step}"),
         (_, _, Some(file)) => format!("the weights file {file}"),
         _ => "not recorded in its config.json".to_string(),
