@@ -137,13 +137,60 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
     };
     let lay = Layout::new(&model);
     let params = load_weights(&export.weights, &model, &lay)?;
+    let dtype = config["dtype"].as_str().unwrap_or("float32").to_string();
+    if let Some(w) = other_dtypes(&export.weights, &dtype) {
+        tracing::warn!("{}: {w}", cfg_path.display());
+    }
     let data_dir = dataset.as_ref().map(|d| d.2.clone()).unwrap_or_else(|| dir.to_path_buf());
     Ok(LoadedExport {
         model: CheckpointModel { dir: dir.to_path_buf(), model, data_dir, params, step, precision, ema_decay },
         ema,
         source: export.source,
         source_record: field("/source")?,
-        dtype: config["dtype"].as_str().unwrap_or("float32").to_string(),
+        dtype,
         dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
     })
+}
+
+/// Where the weights file's tensors are not all of config.json's `dtype` (the file rewritten by another
+/// tool): what differs, in words. They are read as stored; a loader that trusts `dtype` would not.
+fn other_dtypes(weights: &Path, dtype: &str) -> Option<String> {
+    let want = match dtype {
+        "float32" => safetensors::Dtype::F32,
+        "bfloat16" => safetensors::Dtype::BF16,
+        _ => return Some(format!("`dtype` is {dtype:?}, expected \"float32\" or \"bfloat16\"")),
+    };
+    let bytes = crate::model::io::map_file(weights).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let mut other: Vec<(String, safetensors::Dtype)> =
+        meta.tensors().into_iter().map(|(n, t)| (n, t.dtype)).filter(|(_, d)| *d != want).collect();
+    other.sort();
+    let (first, d) = other.first()?;
+    Some(format!(
+        "`dtype` is {dtype:?}, but {} of {} are not (`{first}` is {d:?}); they are read as stored, but a loader \
+         that trusts `dtype` would misread them: export again",
+        other.len(),
+        infinity_launcher::plural(meta.tensors().len(), "tensor")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A weights file whose tensors are not all of config.json's `dtype` is named, with how many.
+    #[test]
+    fn tensors_of_another_dtype_than_config_json_says_are_named() {
+        use safetensors::{tensor::TensorView, Dtype};
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("w.safetensors");
+        let (f32s, f16s) = (vec![0u8; 8], vec![0u8; 4]);
+        let views = [
+            ("a", TensorView::new(Dtype::F32, vec![2], &f32s).unwrap()),
+            ("b", TensorView::new(Dtype::F16, vec![2], &f16s).unwrap()),
+        ];
+        std::fs::write(&file, safetensors::serialize(views, None).unwrap()).unwrap();
+        let w = super::other_dtypes(&file, "float32").unwrap();
+        assert!(w.contains("1 of 2 tensors are not (`b` is F16)"), "{w}");
+        assert!(super::other_dtypes(&file, "bfloat16").unwrap().contains("2 of 2 tensors"));
+        assert!(super::other_dtypes(&file, "int8").unwrap().contains("expected \"float32\" or \"bfloat16\""));
+    }
 }
