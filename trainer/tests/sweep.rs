@@ -758,6 +758,42 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(stopped.contains("stopped (by a signal)") && stopped.contains("100000"), "{status}");
 }
 
+/// A run whose resume fails (`infinity train` exits 2: its dataset changed, say) after an earlier
+/// session was stopped by a signal is a failed run, not a stopped one, although its `summary.json`
+/// still says `"preempted": true` (the failed session wrote none): the sweep goes on with the next run
+/// and lists it as failed (`infinity sweep` exits 1).
+#[test]
+fn a_failed_resume_is_a_failure_whatever_an_earlier_summary_says() {
+    use infinity_trainer::sweep::{finished, plan, run_local, write_configs, Slots};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    let out = t.join("resume").display().to_string();
+    sweep_file(t, "resume.toml", &out, "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let runs = plan(&t.join("resume.toml")).unwrap().runs;
+    write_configs(&runs).unwrap();
+    let first = t.join("resume/lr-0.001");
+    let earlier = "{\"step\": 2, \"finished\": false, \"preempted\": true}";
+    std::fs::write(first.join("summary.json"), earlier).unwrap();
+    // a stand-in for `infinity`: the first run's resume fails as `infinity train`'s does, the second finishes
+    let exe = t.join("stand-in.sh");
+    let script = r#"#!/bin/sh
+dir=$(dirname "$2")
+case "$dir" in
+  */lr-0.001) echo "error: resuming: cannot resume the data stream: the row count changed" >&2; exit 2;;
+esac
+echo '{"finished": true}' > "$dir/summary.json"
+"#;
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let done = run_local(&runs, 1, &exe, &Slots::one()).unwrap();
+    assert_eq!(done.failed, ["lr-0.001"], "{done:?}");
+    assert!(done.stopped.is_empty() && !done.signalled, "{done:?}");
+    assert!(finished(&t.join("resume/lr-0.002")), "the next run did not start: {done:?}");
+    let log = std::fs::read_to_string(first.join("train.log")).unwrap();
+    assert!(log.contains("cannot resume the data stream"), "{log}");
+}
+
 /// The line of `status` that starts with `name`.
 fn row_of<'a>(status: &'a str, name: &str) -> &'a str {
     status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{status}"))

@@ -122,6 +122,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             done.training_elsewhere.join(", ")
         );
     }
+    if !done.failed.is_empty() {
+        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
+    }
     if !done.stopped.is_empty() || done.signalled {
         let at = match done.stopped.is_empty() {
             true => "between two runs".to_string(),
@@ -135,7 +138,6 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console!("sweep done: {} runs in {}", runs.len(), out.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
         console!("run the sweep again to retry them (finished and diverged runs are skipped)");
         Ok(ExitCode::FAILURE)
     }

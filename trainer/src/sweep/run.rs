@@ -301,6 +301,8 @@ struct Running {
     slot: usize,
     child: std::process::Child,
     started: std::time::Instant,
+    /// Its `summary.json` as an earlier session left it (none: absent): the child's own is told from it.
+    summary_before: Option<String>,
 }
 
 /// Run every run still to do here, up to `slots.parallel` at once (in the sweep's order, each in a
@@ -375,7 +377,9 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
             };
             let r = running.remove(k);
             free.push(r.slot);
-            if ended(r, status, forwarded, &mut done) && !halted {
+            // (a signal the child saw before this loop forwarded it counts as the sweep's)
+            let signal = forwarded || signalled.load(std::sync::atomic::Ordering::Relaxed);
+            if ended(r, status, signal, &mut done) && !halted {
                 halted = true;
                 if next < runs.len() {
                     let n = running.len();
@@ -388,8 +392,10 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
     Ok(done)
 }
 
-/// Say how run `r` ended and count it; whether a signal stopped it.
-fn ended(r: Running, status: std::io::Result<ExitStatus>, forwarded: bool, done: &mut LocalOutcome) -> bool {
+/// Say how run `r` ended and count it; whether a signal stopped it. The child's exit status decides,
+/// and only a `summary.json` this session wrote is read: a resume that fails (exit 2: the dataset
+/// changed, say) leaves the earlier session's summary, `"preempted": true` and all, in place.
+fn ended(r: Running, status: std::io::Result<ExitStatus>, signal: bool, done: &mut LocalOutcome) -> bool {
     let secs = r.started.elapsed().as_secs_f64();
     let (at, log) = (&r.at, r.log.display());
     let status = match status {
@@ -400,16 +406,21 @@ fn ended(r: Running, status: std::io::Result<ExitStatus>, forwarded: bool, done:
             return false;
         }
     };
-    if status.success() && finished(&r.dir) {
+    let text = std::fs::read_to_string(r.dir.join("summary.json")).ok();
+    let summary = text
+        .filter(|t| Some(t) != r.summary_before.as_ref())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let says = |key: &str| summary.as_ref().is_some_and(|v| v[key] == true);
+    if status.success() && says("finished") {
         console!("{at}: done in {secs:.1} s");
-    } else if diverged(&r.dir) {
+    } else if says("diverged") {
         console!("{at}: diverged after {secs:.1} s (see {log}): a final result");
         done.diverged.push(r.name);
-    } else if preempted(&r.dir) {
+    } else if status.success() && says("preempted") {
         console!("{at}: stopped by a signal after {secs:.1} s: checkpointed; run the sweep again to continue it");
         done.stopped.push(r.name);
         return true;
-    } else if forwarded {
+    } else if signal {
         console!(
             "{at}: stopped by the signal after {secs:.1} s ({status}), before a checkpoint of this session; see {log}"
         );
@@ -430,6 +441,8 @@ fn start(
     (nproc, exe, slots): (usize, &Path, &Slots),
     env: &[(String, String)],
 ) -> Result<Running> {
+    // (read before the child can write its own)
+    let summary_before = std::fs::read_to_string(r.dir.join("summary.json")).ok();
     let log = r.dir.join("train.log");
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -456,7 +469,7 @@ fn start(
     let on = devices.map_or(String::new(), |d| format!(" on GPU {d}"));
     console!("{at}: running{on} (log {})", log.display());
     let (name, dir, started) = (r.name.clone(), r.dir.clone(), std::time::Instant::now());
-    Ok(Running { at: at.to_string(), name, dir, log, slot, child, started })
+    Ok(Running { at: at.to_string(), name, dir, log, slot, child, started, summary_before })
 }
 
 #[cfg(test)]
