@@ -794,6 +794,49 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(log.contains("cannot resume the data stream"), "{log}");
 }
 
+/// A dataset made again in the folder the runs trained on (same `data.dir`, other rows) makes them
+/// stale as changed settings do: `--status` marks them (an interrupted one neither resumes nor
+/// restarts), and the sweep refuses them before anything runs, new runs included.
+#[test]
+fn a_dataset_changed_under_the_runs_is_refused() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "ds.toml", "ds", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    ok(infinity(&["sweep", "ds.toml"], t));
+    // the second run as a stopped one left it
+    let second = t.join("ds/lr-0.002/summary.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&second).unwrap()).unwrap();
+    v["finished"] = false.into();
+    std::fs::write(&second, v.to_string()).unwrap();
+    let status = ok(infinity(&["sweep", "ds.toml", "--status"], t));
+    assert!(row_of(&status, "lr-0.002").contains(" interrupted ("), "{status}");
+    assert!(!status.contains("[stale]"), "{status}");
+
+    let synth = ["data", "synth", "--out", "data", "--seed", "1", "--rows", "80", "--fit-rows", "64"];
+    ok(infinity(&[&synth[..], &["--budget", "demo4", "--overwrite"]].concat(), t));
+    let status = ok(infinity(&["sweep", "ds.toml", "--status"], t));
+    let words = |name: &str| row_of(&status, name).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(words("lr-0.001")[1..3], ["finished", "[stale]"], "{status}");
+    assert_eq!(words("lr-0.002")[1..3], ["interrupted", "[stale]"], "{status}");
+    assert!(status.contains("2 runs: 1 finished [stale], 1 interrupted [stale]\n"), "{status}");
+    let data = t.join("data").display().to_string();
+    let said = format!("lr-0.002: dataset {data} changed since the run trained on it (the row count changed: 64 → 80");
+    assert!(status.contains(&said), "{status}");
+
+    // another rate added: nothing runs, the new run included
+    sweep_file(t, "ds.toml", "ds", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
+    for mode in [&["--dry-run"][..], &[]] {
+        let text = refused(infinity(&[&["sweep", "ds.toml"][..], mode].concat(), t));
+        assert!(
+            text.contains("2 runs trained with other settings or data than the sweep file gives them now"),
+            "{text}"
+        );
+        assert!(text.contains(&said.replace("lr-0.002", "lr-0.001")), "{text}");
+        assert!(text.contains("for a dataset changed in place, put it back as it was"), "{text}");
+    }
+    assert!(!t.join("ds/lr-0.003/summary.json").exists() && !t.join("ds/lr-0.003/train.log").exists());
+}
+
 /// The line of `status` that starts with `name`.
 fn row_of<'a>(status: &'a str, name: &str) -> &'a str {
     status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{status}"))

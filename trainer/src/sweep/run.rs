@@ -96,9 +96,13 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String, bool)>>
         }
     }
     if !changed.is_empty() {
+        let data = match changed.iter().any(|c| c.contains(DATASET_CHANGED)) {
+            true => "; for a dataset changed in place, put it back as it was, or make the new one in another folder",
+            false => "",
+        };
         bail!(
-            "{} runs trained with other settings than the sweep file gives them now:\n  {}\nfor a changed sweep set \
-             another `out` (or remove those run folders to train them afresh)",
+            "{} runs trained with other settings or data than the sweep file gives them now:\n  {}\nfor a changed \
+             sweep set another `out` (or remove those run folders to train them afresh){data}",
             changed.len(),
             changed.join("\n  ")
         );
@@ -127,7 +131,34 @@ fn changes(r: &PlannedRun, text: &str) -> Result<(Vec<String>, Vec<String>)> {
     let diff = config_changes(&old, text).with_context(|| format!("reading {}", path.display()))?;
     let leaves =
         |c: &String| c.split_once(':').is_some_and(|(key, _)| crate::scaling::settings::leaves_the_result(key));
-    Ok(diff.into_iter().partition(|c| !leaves(c)))
+    let (mut result, other): (Vec<String>, Vec<String>) = diff.into_iter().partition(|c| !leaves(c));
+    // (a dataset given by another folder is a changed setting already)
+    if !result.iter().any(|c| c.starts_with("data.dir:") || c.starts_with("data.mix")) {
+        result.extend(dataset_changed(r));
+    }
+    Ok((result, other))
+}
+
+/// What [`dataset_changed`] says of a run whose dataset changed.
+const DATASET_CHANGED: &str = "changed since the run trained on it";
+
+/// How the dataset behind `data.dir` (a mix's datasets) differs from the one a run that has trained
+/// recorded in its `derived.json`, if it does: the same folder made again holds other rows, so the
+/// run's result is of other data, and a stopped run cannot resume there (its saved data position is
+/// refused).
+fn dataset_changed(r: &PlannedRun) -> Option<String> {
+    let text = std::fs::read_to_string(r.dir.join("derived.json")).ok()?;
+    let derived: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let saved = derived["dataset"]["fingerprint"].as_str()?;
+    if r.dataset.fingerprint_matches(saved) {
+        return None;
+    }
+    Some(format!(
+        "dataset {} {DATASET_CHANGED} ({}; derived.json's fingerprint {saved}, now {})",
+        r.config.data.folders(),
+        r.dataset.fingerprint_changes(saved).join("; "),
+        r.dataset.fingerprint()
+    ))
 }
 
 /// What [`write_configs`] refuses, checked without writing (`--dry-run`).
