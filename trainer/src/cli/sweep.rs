@@ -217,9 +217,11 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
         let coefs: Vec<String> = f
             .coefs
             .iter()
-            .map(|c| match c.ci95 {
-                Some((lo, hi)) => format!("{} = {:.5} [{lo:.5}, {hi:.5}]", c.name, c.value),
-                None => format!("{} = {:.5}", c.name, c.value),
+            .map(|c| {
+                let ci = c.ci95.map_or(String::new(), |(lo, hi)| {
+                    format!(" [{}, {}]", scaling::coef_text(lo), scaling::coef_text(hi))
+                });
+                format!("{} = {}{ci}", c.name, scaling::coef_text(c.value))
             })
             .collect();
         let runs = if f.runs > f.n { format!(", from {} runs", f.runs) } else { String::new() };
