@@ -378,14 +378,24 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     v["loss"] = serde_json::Value::Null;
     std::fs::write(diverged.join("summary.json"), v.to_string()).unwrap();
     std::fs::remove_file(diverged.join("val.jsonl")).unwrap();
-    // and a run folder that never wrote a summary (it failed before its first step) is named
-    std::fs::create_dir(t.join("sweep/zz-silent")).unwrap();
-    std::fs::copy(diverged.join("config.toml"), t.join("sweep/zz-silent/config.toml")).unwrap();
+    // and a run folder that never wrote a summary (it failed before its first step: its log says why)
+    // is named, as is one never started (its config alone: no log to point at)
+    for run in ["zz-silent", "zz-planned"] {
+        std::fs::create_dir(t.join("sweep").join(run)).unwrap();
+        std::fs::copy(diverged.join("config.toml"), t.join("sweep").join(run).join("config.toml")).unwrap();
+    }
+    std::fs::write(t.join("sweep/zz-silent/train.log"), "error: reading the dataset\n").unwrap();
     let report = ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
-    assert!(fits.contains("no summary.json") && fits.contains("zz-silent"), "{report}\n{fits}");
-    std::fs::remove_dir_all(t.join("sweep/zz-silent")).unwrap();
+    assert!(
+        fits.contains("left out (no summary.json: failed before their first step; their logs say why): zz-silent\n"),
+        "{report}\n{fits}"
+    );
+    assert!(fits.contains("left out (not started: a config.toml alone, no log): zz-planned\n"), "{report}\n{fits}");
+    for run in ["zz-silent", "zz-planned"] {
+        std::fs::remove_dir_all(t.join("sweep").join(run)).unwrap();
+    }
     // so is a run stopped before its end (its loss is of a schedule it did not finish)
     let stopped = t.join("sweep/zz-stopped");
     let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-128_num-heads-2")).arg(&stopped).status();
