@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
-use crate::manifest::{Manifest, ShardEntry};
+use crate::manifest::Manifest;
 use crate::reader::{Checksums, RowRef, Shard};
 
 pub struct Dataset {
@@ -82,10 +82,7 @@ impl Dataset {
         for (p, ds) in parts.enumerate().map(|(i, ds)| (i + 1, ds)) {
             same_layout(&out, &ds)?;
             let offset = out.num_rows();
-            out.manifest
-                .shards
-                .extend(ds.manifest.shards.iter().map(|e| ShardEntry { file: format!("{p}/{}", e.file), ..e.clone() }));
-            out.manifest.total_rows += ds.num_rows();
+            out.manifest.append_part(p, &ds.manifest);
             out.row_starts.pop();
             out.row_starts.extend(ds.row_starts.iter().map(|r| r + offset));
             out.shards.extend(ds.shards);

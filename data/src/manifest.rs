@@ -305,6 +305,13 @@ impl Manifest {
         Ok(path)
     }
 
+    /// Add the datasets of a training mix ([`crate::Dataset::join`]): `other`, part `p` (from 1), its
+    /// shards listed as `p/file` and its rows counted, so that the fingerprint covers every part.
+    pub fn append_part(&mut self, p: usize, other: &Manifest) {
+        self.shards.extend(other.shards.iter().map(|e| ShardEntry { file: format!("{p}/{}", e.file), ..e.clone() }));
+        self.total_rows += other.total_rows;
+    }
+
     /// A short fingerprint of the dataset: its contents (shard checksums and row counts), then its
     /// bits per token and scale schedules (which the rows are read by): resuming a loader on a
     /// different dataset is refused by comparing it ([`Manifest::fingerprint_matches`]).

@@ -378,14 +378,24 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     v["loss"] = serde_json::Value::Null;
     std::fs::write(diverged.join("summary.json"), v.to_string()).unwrap();
     std::fs::remove_file(diverged.join("val.jsonl")).unwrap();
-    // and a run folder that never wrote a summary (it failed before its first step) is named
-    std::fs::create_dir(t.join("sweep/zz-silent")).unwrap();
-    std::fs::copy(diverged.join("config.toml"), t.join("sweep/zz-silent/config.toml")).unwrap();
+    // and a run folder that never wrote a summary (it failed before its first step: its log says why)
+    // is named, as is one never started (its config alone: no log to point at)
+    for run in ["zz-silent", "zz-planned"] {
+        std::fs::create_dir(t.join("sweep").join(run)).unwrap();
+        std::fs::copy(diverged.join("config.toml"), t.join("sweep").join(run).join("config.toml")).unwrap();
+    }
+    std::fs::write(t.join("sweep/zz-silent/train.log"), "error: reading the dataset\n").unwrap();
     let report = ok(infinity(&["scaling", "sweep"], t));
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
-    assert!(fits.contains("no summary.json") && fits.contains("zz-silent"), "{report}\n{fits}");
-    std::fs::remove_dir_all(t.join("sweep/zz-silent")).unwrap();
+    assert!(
+        fits.contains("left out (no summary.json: failed before their first step; their logs say why): zz-silent\n"),
+        "{report}\n{fits}"
+    );
+    assert!(fits.contains("left out (not started: a config.toml alone, no log): zz-planned\n"), "{report}\n{fits}");
+    for run in ["zz-silent", "zz-planned"] {
+        std::fs::remove_dir_all(t.join("sweep").join(run)).unwrap();
+    }
     // so is a run stopped before its end (its loss is of a schedule it did not finish)
     let stopped = t.join("sweep/zz-stopped");
     let copy = Command::new("cp").arg("-r").arg(t.join("sweep/embed-dim-128_num-heads-2")).arg(&stopped).status();
@@ -756,6 +766,85 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(status.contains("3 runs: 2 stopped, 1 not started"), "{status}");
     let stopped = status.lines().find(|l| l.starts_with("lr-0.001")).unwrap();
     assert!(stopped.contains("stopped (by a signal)") && stopped.contains("100000"), "{status}");
+}
+
+/// A run whose resume fails (`infinity train` exits 2: its dataset changed, say) after an earlier
+/// session was stopped by a signal is a failed run, not a stopped one, although its `summary.json`
+/// still says `"preempted": true` (the failed session wrote none): the sweep goes on with the next run
+/// and lists it as failed (`infinity sweep` exits 1).
+#[test]
+fn a_failed_resume_is_a_failure_whatever_an_earlier_summary_says() {
+    use infinity_trainer::sweep::{finished, plan, run_local, write_configs, Slots};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    let out = t.join("resume").display().to_string();
+    sweep_file(t, "resume.toml", &out, "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    let runs = plan(&t.join("resume.toml")).unwrap().runs;
+    write_configs(&runs).unwrap();
+    let first = t.join("resume/lr-0.001");
+    let earlier = "{\"step\": 2, \"finished\": false, \"preempted\": true}";
+    std::fs::write(first.join("summary.json"), earlier).unwrap();
+    // a stand-in for `infinity`: the first run's resume fails as `infinity train`'s does, the second finishes
+    let exe = t.join("stand-in.sh");
+    let script = r#"#!/bin/sh
+dir=$(dirname "$2")
+case "$dir" in
+  */lr-0.001) echo "error: resuming: cannot resume the data stream: the row count changed" >&2; exit 2;;
+esac
+echo '{"finished": true}' > "$dir/summary.json"
+"#;
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let done = run_local(&runs, 1, &exe, &Slots::one()).unwrap();
+    assert_eq!(done.failed, ["lr-0.001"], "{done:?}");
+    assert!(done.stopped.is_empty() && !done.signalled, "{done:?}");
+    assert!(finished(&t.join("resume/lr-0.002")), "the next run did not start: {done:?}");
+    let log = std::fs::read_to_string(first.join("train.log")).unwrap();
+    assert!(log.contains("cannot resume the data stream"), "{log}");
+}
+
+/// A dataset made again in the folder the runs trained on (same `data.dir`, other rows) makes them
+/// stale as changed settings do: `--status` marks them (an interrupted one neither resumes nor
+/// restarts), and the sweep refuses them before anything runs, new runs included.
+#[test]
+fn a_dataset_changed_under_the_runs_is_refused() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "ds.toml", "ds", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    ok(infinity(&["sweep", "ds.toml"], t));
+    // the second run as a stopped one left it
+    let second = t.join("ds/lr-0.002/summary.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&second).unwrap()).unwrap();
+    v["finished"] = false.into();
+    std::fs::write(&second, v.to_string()).unwrap();
+    let status = ok(infinity(&["sweep", "ds.toml", "--status"], t));
+    assert!(row_of(&status, "lr-0.002").contains(" interrupted ("), "{status}");
+    assert!(!status.contains("[stale]"), "{status}");
+
+    let synth = ["data", "synth", "--out", "data", "--seed", "1", "--rows", "80", "--fit-rows", "64"];
+    ok(infinity(&[&synth[..], &["--budget", "demo4", "--overwrite"]].concat(), t));
+    let status = ok(infinity(&["sweep", "ds.toml", "--status"], t));
+    let words = |name: &str| row_of(&status, name).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(words("lr-0.001")[1..3], ["finished", "[stale]"], "{status}");
+    assert_eq!(words("lr-0.002")[1..3], ["interrupted", "[stale]"], "{status}");
+    assert!(status.contains("2 runs: 1 finished [stale], 1 interrupted [stale]\n"), "{status}");
+    let data = t.join("data").display().to_string();
+    let said = format!("lr-0.002: dataset {data} changed since the run trained on it (the row count changed: 64 → 80");
+    assert!(status.contains(&said), "{status}");
+
+    // another rate added: nothing runs, the new run included
+    sweep_file(t, "ds.toml", "ds", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
+    for mode in [&["--dry-run"][..], &[]] {
+        let text = refused(infinity(&[&["sweep", "ds.toml"][..], mode].concat(), t));
+        assert!(
+            text.contains("2 runs trained with other settings or data than the sweep file gives them now"),
+            "{text}"
+        );
+        assert!(text.contains(&said.replace("lr-0.002", "lr-0.001")), "{text}");
+        assert!(text.contains("for a dataset changed in place, put it back as it was"), "{text}");
+    }
+    assert!(!t.join("ds/lr-0.003/summary.json").exists() && !t.join("ds/lr-0.003/train.log").exists());
 }
 
 /// The line of `status` that starts with `name`.

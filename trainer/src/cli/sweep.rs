@@ -122,6 +122,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             done.training_elsewhere.join(", ")
         );
     }
+    if !done.failed.is_empty() {
+        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
+    }
     if !done.stopped.is_empty() || done.signalled {
         let at = match done.stopped.is_empty() {
             true => "between two runs".to_string(),
@@ -135,7 +138,6 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console!("sweep done: {} runs in {}", runs.len(), out.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
         console!("run the sweep again to retry them (finished and diverged runs are skipped)");
         Ok(ExitCode::FAILURE)
     }
@@ -215,9 +217,11 @@ pub fn run_scaling(a: ScalingArgs) -> Result<ExitCode> {
         let coefs: Vec<String> = f
             .coefs
             .iter()
-            .map(|c| match c.ci95 {
-                Some((lo, hi)) => format!("{} = {:.5} [{lo:.5}, {hi:.5}]", c.name, c.value),
-                None => format!("{} = {:.5}", c.name, c.value),
+            .map(|c| {
+                let ci = c.ci95.map_or(String::new(), |(lo, hi)| {
+                    format!(" [{}, {}]", scaling::coef_text(lo), scaling::coef_text(hi))
+                });
+                format!("{} = {}{ci}", c.name, scaling::coef_text(c.value))
             })
             .collect();
         let runs = if f.runs > f.n { format!(", from {} runs", f.runs) } else { String::new() };

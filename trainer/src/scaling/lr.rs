@@ -72,6 +72,36 @@ impl LrGroup {
     }
 }
 
+/// A warning for each group whose best rate is the smallest or the largest of the rates that tell
+/// (a finished run's loss, or a divergence): the optimum is not bracketed, the loss may fall further
+/// beyond it, and the fits take that group's run as tuned (as an IsoFLOP profile's lowest loss at an
+/// end of its sizes is warned of).
+pub fn edge_warnings(groups: &[LrGroup]) -> Vec<String> {
+    let mut out = Vec::new();
+    for g in groups {
+        let Some((best, _)) = g.best() else { continue };
+        let diverged = |p: &LrRun| p.summary && p.loss.is_none() && !p.unreadable;
+        let mut tried: Vec<f64> =
+            g.points.iter().filter(|p| (p.finished && p.loss.is_some()) || diverged(p)).map(|p| p.lr).collect();
+        tried.dedup(); // (sorted: the points are)
+        let (Some(&lo), Some(&hi)) = (tried.first(), tried.last()) else { continue };
+        let (end, more) = match best {
+            _ if tried.len() < 2 => continue,
+            b if b == hi => ("largest", "larger"),
+            b if b == lo => ("smallest", "smaller"),
+            _ => continue,
+        };
+        let rates: Vec<String> = tried.iter().map(f64::to_string).collect();
+        out.push(format!(
+            "the best learning rate of {}, {best}, is the {end} tried ({}): the loss may fall further at {more} \
+             rates, so its best run may not be tuned; add {more} rates",
+            g.label,
+            rates.join(", ")
+        ));
+    }
+    out
+}
+
 /// The runs of the groups that are not at their group's best rate: a scaling fit over a learning-rate
 /// sweep takes each group's best rate (all its seeds), as compute-optimal fits assume tuned runs.
 pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
@@ -232,6 +262,9 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
         let best = best.map_or("–".into(), |b| b.0.to_string());
         let _ = writeln!(s, "| {} | {} | {best} |", g.label, cells.join(" | "));
     }
+    for w in edge_warnings(groups) {
+        let _ = write!(s, "\n**Warning**: {w}\n");
+    }
     if !unreadable.is_empty() {
         s.push_str("\nLeft out (unreadable):\n\n");
         for u in unreadable {
@@ -278,6 +311,42 @@ mod tests {
         assert!(groups(&runs[6..]).is_empty());
         let left_out: Vec<String> = not_best(&g).iter().map(|d| d.display().to_string()).collect();
         assert_eq!(left_out, ["128-0.0025", "128-0.01", "128-0.03", "128 μP-0.003"], "all but each group's best");
+    }
+
+    /// A best rate at an end of the rates tried is not bracketed: said, with the side to extend; a
+    /// divergence above it brackets it, a run stopped early does not.
+    #[test]
+    fn a_best_rate_at_the_edge_of_the_grid_is_warned_of() {
+        let grid = |key: &str, losses: &[(f64, Option<f64>)]| -> Vec<LrRun> {
+            losses.iter().map(|&(lr, l)| LrRun { summary: true, ..run(key, lr, l, true) }).collect()
+        };
+        let runs = [
+            grid("64", &[(1e-3, Some(0.50)), (3e-3, Some(0.45)), (1e-2, Some(0.41))]),
+            grid("128", &[(1e-3, Some(0.40)), (3e-3, Some(0.45))]),
+            grid("256", &[(1e-3, Some(0.50)), (3e-3, Some(0.45)), (1e-2, None)]), // 1e-2 diverged
+            grid("512", &[(1e-3, Some(0.50)), (3e-3, Some(0.45)), (1e-2, Some(0.48))]),
+            // (1e-2 stopped early: its loss is of a schedule it did not finish)
+            vec![
+                run("768", 1e-3, Some(0.50), true),
+                run("768", 3e-3, Some(0.45), true),
+                run("768", 1e-2, Some(0.3), false),
+            ],
+        ]
+        .concat();
+        let g = groups(&runs);
+        let w = edge_warnings(&g);
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert_eq!(
+            w[0],
+            "the best learning rate of width 64, 0.01, is the largest tried (0.001, 0.003, 0.01): the loss may fall \
+             further at larger rates, so its best run may not be tuned; add larger rates"
+        );
+        assert!(w[1].starts_with("the best learning rate of width 128, 0.001, is the smallest tried"), "{}", w[1]);
+        assert!(w[1].ends_with("add smaller rates"), "{}", w[1]);
+        assert!(!w.iter().any(|w| w.contains("width 256") || w.contains("width 512")), "{w:#?}");
+        assert!(w[2].contains("width 768, 0.003, is the largest tried (0.001, 0.003)"), "{}", w[2]);
+        let md = markdown(&g, &[]);
+        assert!(md.contains("\n**Warning**: the best learning rate of width 64, 0.01, is the largest tried"), "{md}");
     }
 
     #[test]

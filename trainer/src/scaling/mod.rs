@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use self::fit::{pearson, Fit};
 use self::points::Point;
-pub use self::report::{budgets_markdown, isoflop_markdown, pearson_text, Correlations};
+pub use self::report::{budgets_markdown, coef_text, isoflop_markdown, pearson_text, Correlations};
 use self::report::{fits_markdown, runs_csv, runs_markdown};
 use self::runs::read_json;
 pub use self::runs::{gather, read_run, RunRecord};
@@ -136,6 +136,7 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     let (lr_runs, unreadable) = lr::read_runs(&roots, &runs)?;
     let lr_groups = lr::groups(&lr_runs);
     let select::Selection { fitted, mut notes, mut warnings } = select::select(&roots, &runs, &lr_groups);
+    warnings.extend(lr::edge_warnings(&lr_groups));
     notes.splice(0..0, read_notes);
     // one point per distinct config: repeats (seeds, copies) are one measurement, not several
     let points = points::group(&fitted);

@@ -158,8 +158,8 @@ pub(super) fn fits_markdown(
             false => "– (not determined: the fit's covariance is singular)",
         };
         for c in &f.coefs {
-            let ci = c.ci95.map_or(why.into(), |(lo, hi)| format!("[{lo:.5}, {hi:.5}]"));
-            let _ = writeln!(s, "| {} | {:.5} | {} |", c.name, c.value, ci);
+            let ci = c.ci95.map_or(why.into(), |(lo, hi)| format!("[{}, {}]", coef_text(lo), coef_text(hi)));
+            let _ = writeln!(s, "| {} | {} | {} |", c.name, coef_text(c.value), ci);
         }
         s.push('\n');
     }
@@ -190,6 +190,17 @@ pub(super) fn fits_markdown(
         let _ = writeln!(s, "- {n}");
     }
     s
+}
+
+/// A fit's coefficient or interval bound as the console and `fits.md` show it: 5 decimals from 0.001 to
+/// 1e5, else 4 significant digits in scientific notation (an interval's bound can be 1e41, which fixed
+/// decimals would spell in 42 digits), 0 as `0`.
+pub fn coef_text(x: f64) -> String {
+    match x.abs() {
+        0.0 => "0".to_string(),
+        a if (1e-3..1e5).contains(&a) || !a.is_finite() => format!("{x:.5}"),
+        _ => format!("{x:.3e}"),
+    }
 }
 
 /// The budgets' table (empty without budgets).
@@ -286,6 +297,28 @@ pub fn isoflop_markdown(iso: &IsoFlop) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coefficients_far_from_1_are_shown_in_scientific_notation() {
+        let shown: Vec<String> = [32663495.47426, 8.46266870335752e41, 0.0, 0.46813, 468.13567, -2.5e-7, 99999.0]
+            .into_iter()
+            .map(coef_text)
+            .collect();
+        assert_eq!(shown, ["3.266e7", "8.463e41", "0", "0.46813", "468.13567", "-2.500e-7", "99999.00000"]);
+        use crate::scaling::fit::{Coef, Law};
+        let fit = Fit {
+            formula: "L = E + A/N^α + B/D^β",
+            coefs: vec![Coef { name: "A", value: 32663495.47426, ci95: Some((0.0, 8.46266870335752e41)) }],
+            n: 9,
+            runs: 9,
+            rmse_log: 0.0,
+            law: Law::Chinchilla,
+            theta: vec![0.0],
+            cov: None,
+        };
+        let md = fits_markdown(&[&fit], &Correlations { all: (f64::NAN, 0), frontier: (f64::NAN, 0) }, &[], &[], &[]);
+        assert!(md.contains("| A | 3.266e7 | [0, 8.463e41] |"), "{md}");
+    }
 
     #[test]
     fn a_missing_interval_gives_its_reason() {

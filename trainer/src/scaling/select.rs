@@ -20,16 +20,23 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
     let training = |r: &RunRecord| crate::train::run_lock::in_use(&r.dir);
     let (busy, silent): (Vec<_>, Vec<_>) =
         roots.iter().flat_map(unsummarised).partition(|(_, dir)| crate::train::run_lock::in_use(dir));
-    let (busy, silent): (Vec<String>, Vec<String>) =
-        (busy.into_iter().map(|b| b.0).collect(), silent.into_iter().map(|s| s.0).collect());
+    // (a run started has a log: `train.log` from the sweep, `logs/` from `infinity launch`; one only
+    // planned has its config alone)
+    let logged = |dir: &std::path::Path| dir.join("train.log").is_file() || dir.join("logs").is_dir();
+    let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
+    let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();
+    let (busy, failed, unstarted) = (names_of(busy), names_of(failed), names_of(unstarted));
     if !busy.is_empty() {
         notes.push(format!("still training (their folders' locks are held; no summary.json yet): {}", busy.join(", ")));
     }
-    if !silent.is_empty() {
+    if !failed.is_empty() {
         notes.push(format!(
-            "left out (no summary.json: failed before their first step, or not started; their logs say why): {}",
-            silent.join(", ")
+            "left out (no summary.json: failed before their first step; their logs say why): {}",
+            failed.join(", ")
         ));
+    }
+    if !unstarted.is_empty() {
+        notes.push(format!("left out (not started: a config.toml alone, no log): {}", unstarted.join(", ")));
     }
     let names = |v: &[&RunRecord]| v.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
     // a run whose last validation loss is NaN (null in val.jsonl) ended diverged, whatever came before

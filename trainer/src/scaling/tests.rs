@@ -72,8 +72,13 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     assert!(!root.join("scaling/loss_vs_compute.png").exists());
     assert!(r.files.iter().all(|f| f.exists()), "{:?}", r.files);
     drop(lock);
+    // (the lock let go: never started, with its config alone; with a log, failed before its first step)
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
-    assert!(r.notes.join("\n").contains("failed before their first step, or not started; their logs say why): r2"));
+    assert!(r.notes.join("\n").contains("left out (not started: a config.toml alone, no log): r2"), "{:?}", r.notes);
+    std::fs::write(root.join("r2/train.log"), "error: …\n").unwrap();
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    let notes = r.notes.join("\n");
+    assert!(notes.contains("no summary.json: failed before their first step; their logs say why): r2"), "{notes}");
 }
 
 #[test]

@@ -87,6 +87,23 @@ impl SweepFile {
         if let Some(k) = self.linked.keys().find(|k| self.axes.contains_key(*k)) {
             bail!("`{k}` is in [axes] and in [linked]: give its values in one of them");
         }
+        // (an axis's values would replace [set]'s in every run, unsaid; so would `optim.lr` in one and
+        // `optim.lr_per_256`, the same setting, in the other)
+        let varied = self.axes.keys().map(|a| (a, "[axes]")).chain(self.linked.keys().map(|a| (a, "[linked]")));
+        for (a, section) in varied {
+            let same = |k: &&String| *k == a || crate::train::config::alternative(k) == Some(a.as_str());
+            match self.set.keys().find(same) {
+                Some(k) if k == a => bail!(
+                    "`{k}` is in [set] and in {section}: the {section} values would replace [set]'s in every run; \
+                     give it in one of them"
+                ),
+                Some(k) => bail!(
+                    "`{k}` in [set] and `{a}` in {section} set one value (the {section} values would replace [set]'s \
+                     in every run): give one of them"
+                ),
+                None => {}
+            }
+        }
         let lengths: Vec<(&String, usize)> = self.linked.iter().map(|(k, v)| (k, v.len())).collect();
         if let Some(&(k, n)) = lengths.iter().find(|(_, n)| *n != lengths[0].1) {
             bail!(
@@ -248,6 +265,18 @@ mod tests {
               be as long as each other (their i-th values make one point): `model.depth` has 2, `model.embed_dim` 1",
             ),
             (format!("{head}{ladder}[axes]\n\"model.depth\" = [6]\n"), "`model.depth` is in [axes] and in [linked]"),
+            (
+                format!("{head}[set]\n\"optim.lr\" = 1e-3\n[axes]\n\"optim.lr\" = [1e-3, 3e-3]\n"),
+                "`optim.lr` is in [set] and in [axes]: the [axes] values would replace [set]'s in every run",
+            ),
+            (
+                format!("{head}[set]\n\"model.depth\" = 3\n{ladder}"),
+                "`model.depth` is in [set] and in [linked]: the [linked] values would replace",
+            ),
+            (
+                format!("{head}[set]\n\"optim.lr_per_256\" = 1e-3\n[axes]\n\"optim.lr\" = [1e-3]\n"),
+                "`optim.lr_per_256` in [set] and `optim.lr` in [axes] set one value",
+            ),
             (format!("{head}[axes]\n"), "[axes] is empty (and there is no [linked])"),
             (
                 format!("{head}{ladder}[axes]\ntokens = [1e6]\ntokens_per_parameter = [20]\n"),

@@ -79,6 +79,9 @@ pub struct PlannedRun {
     /// The run's budget (a `tokens` or `compute` axis, or `tokens_per_parameter` as tokens), which set
     /// `run.steps`.
     pub budget: Option<Budget>,
+    /// The manifest of its training data as `infinity train` joins it (a mix's datasets in one), whose
+    /// fingerprint a run that has trained recorded in its `derived.json`.
+    pub dataset: Manifest,
 }
 
 /// A run's budget of training tokens or FLOPs (the `tokens`, `compute` and `tokens_per_parameter`
@@ -329,6 +332,10 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             parts.push(pm);
         }
         let manifests: Vec<&Manifest> = parts.iter().collect();
+        let mut dataset = m.clone();
+        for (p, pm) in parts.iter().enumerate().skip(1) {
+            dataset.append_part(p, pm);
+        }
         let parameters = Layout::new(&mc).numel;
         let ratio = match budget {
             Some(Budget::TokensPerParameter(r)) => Some((r, parameters)),
@@ -370,6 +377,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             compute: flops_per_step * steps,
             budget,
             config,
+            dataset,
         });
     }
     // two folders that would train the same thing: budgets that round to the same whole steps, or

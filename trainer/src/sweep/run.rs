@@ -96,9 +96,13 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String, bool)>>
         }
     }
     if !changed.is_empty() {
+        let data = match changed.iter().any(|c| c.contains(DATASET_CHANGED)) {
+            true => "; for a dataset changed in place, put it back as it was, or make the new one in another folder",
+            false => "",
+        };
         bail!(
-            "{} runs trained with other settings than the sweep file gives them now:\n  {}\nfor a changed sweep set \
-             another `out` (or remove those run folders to train them afresh)",
+            "{} runs trained with other settings or data than the sweep file gives them now:\n  {}\nfor a changed \
+             sweep set another `out` (or remove those run folders to train them afresh){data}",
             changed.len(),
             changed.join("\n  ")
         );
@@ -127,7 +131,34 @@ fn changes(r: &PlannedRun, text: &str) -> Result<(Vec<String>, Vec<String>)> {
     let diff = config_changes(&old, text).with_context(|| format!("reading {}", path.display()))?;
     let leaves =
         |c: &String| c.split_once(':').is_some_and(|(key, _)| crate::scaling::settings::leaves_the_result(key));
-    Ok(diff.into_iter().partition(|c| !leaves(c)))
+    let (mut result, other): (Vec<String>, Vec<String>) = diff.into_iter().partition(|c| !leaves(c));
+    // (a dataset given by another folder is a changed setting already)
+    if !result.iter().any(|c| c.starts_with("data.dir:") || c.starts_with("data.mix")) {
+        result.extend(dataset_changed(r));
+    }
+    Ok((result, other))
+}
+
+/// What [`dataset_changed`] says of a run whose dataset changed.
+const DATASET_CHANGED: &str = "changed since the run trained on it";
+
+/// How the dataset behind `data.dir` (a mix's datasets) differs from the one a run that has trained
+/// recorded in its `derived.json`, if it does: the same folder made again holds other rows, so the
+/// run's result is of other data, and a stopped run cannot resume there (its saved data position is
+/// refused).
+fn dataset_changed(r: &PlannedRun) -> Option<String> {
+    let text = std::fs::read_to_string(r.dir.join("derived.json")).ok()?;
+    let derived: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let saved = derived["dataset"]["fingerprint"].as_str()?;
+    if r.dataset.fingerprint_matches(saved) {
+        return None;
+    }
+    Some(format!(
+        "dataset {} {DATASET_CHANGED} ({}; derived.json's fingerprint {saved}, now {})",
+        r.config.data.folders(),
+        r.dataset.fingerprint_changes(saved).join("; "),
+        r.dataset.fingerprint()
+    ))
 }
 
 /// What [`write_configs`] refuses, checked without writing (`--dry-run`).
@@ -301,6 +332,8 @@ struct Running {
     slot: usize,
     child: std::process::Child,
     started: std::time::Instant,
+    /// Its `summary.json` as an earlier session left it (none: absent): the child's own is told from it.
+    summary_before: Option<String>,
 }
 
 /// Run every run still to do here, up to `slots.parallel` at once (in the sweep's order, each in a
@@ -375,7 +408,9 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
             };
             let r = running.remove(k);
             free.push(r.slot);
-            if ended(r, status, forwarded, &mut done) && !halted {
+            // (a signal the child saw before this loop forwarded it counts as the sweep's)
+            let signal = forwarded || signalled.load(std::sync::atomic::Ordering::Relaxed);
+            if ended(r, status, signal, &mut done) && !halted {
                 halted = true;
                 if next < runs.len() {
                     let n = running.len();
@@ -388,8 +423,10 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
     Ok(done)
 }
 
-/// Say how run `r` ended and count it; whether a signal stopped it.
-fn ended(r: Running, status: std::io::Result<ExitStatus>, forwarded: bool, done: &mut LocalOutcome) -> bool {
+/// Say how run `r` ended and count it; whether a signal stopped it. The child's exit status decides,
+/// and only a `summary.json` this session wrote is read: a resume that fails (exit 2: the dataset
+/// changed, say) leaves the earlier session's summary, `"preempted": true` and all, in place.
+fn ended(r: Running, status: std::io::Result<ExitStatus>, signal: bool, done: &mut LocalOutcome) -> bool {
     let secs = r.started.elapsed().as_secs_f64();
     let (at, log) = (&r.at, r.log.display());
     let status = match status {
@@ -400,16 +437,21 @@ fn ended(r: Running, status: std::io::Result<ExitStatus>, forwarded: bool, done:
             return false;
         }
     };
-    if status.success() && finished(&r.dir) {
+    let text = std::fs::read_to_string(r.dir.join("summary.json")).ok();
+    let summary = text
+        .filter(|t| Some(t) != r.summary_before.as_ref())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let says = |key: &str| summary.as_ref().is_some_and(|v| v[key] == true);
+    if status.success() && says("finished") {
         console!("{at}: done in {secs:.1} s");
-    } else if diverged(&r.dir) {
+    } else if says("diverged") {
         console!("{at}: diverged after {secs:.1} s (see {log}): a final result");
         done.diverged.push(r.name);
-    } else if preempted(&r.dir) {
+    } else if status.success() && says("preempted") {
         console!("{at}: stopped by a signal after {secs:.1} s: checkpointed; run the sweep again to continue it");
         done.stopped.push(r.name);
         return true;
-    } else if forwarded {
+    } else if signal {
         console!(
             "{at}: stopped by the signal after {secs:.1} s ({status}), before a checkpoint of this session; see {log}"
         );
@@ -430,6 +472,8 @@ fn start(
     (nproc, exe, slots): (usize, &Path, &Slots),
     env: &[(String, String)],
 ) -> Result<Running> {
+    // (read before the child can write its own)
+    let summary_before = std::fs::read_to_string(r.dir.join("summary.json")).ok();
     let log = r.dir.join("train.log");
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -456,7 +500,7 @@ fn start(
     let on = devices.map_or(String::new(), |d| format!(" on GPU {d}"));
     console!("{at}: running{on} (log {})", log.display());
     let (name, dir, started) = (r.name.clone(), r.dir.clone(), std::time::Instant::now());
-    Ok(Running { at: at.to_string(), name, dir, log, slot, child, started })
+    Ok(Running { at: at.to_string(), name, dir, log, slot, child, started, summary_before })
 }
 
 #[cfg(test)]

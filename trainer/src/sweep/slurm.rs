@@ -35,13 +35,22 @@ pub fn gpu_warnings(sweep: &SweepFile, runs: &[PlannedRun]) -> Vec<String> {
         )
     } else if gpus < n {
         format!(
-            "[slurm] gpus_per_node = {gpus}, but nproc_per_node = {n}: each rank uses one GPU, so local ranks \
-             {gpus}..{n} would get none; set gpus_per_node = {n}, or nproc_per_node = {gpus}"
+            "[slurm] gpus_per_node = {gpus}, but nproc_per_node = {n}: each rank uses one GPU, so {} would get \
+             none; set gpus_per_node = {n}, or nproc_per_node = {gpus}",
+            ranks_without_gpus(gpus, n)
         )
     } else {
         return Vec::new();
     };
     vec![warning]
+}
+
+/// The local ranks (of `n`) past a node's `gpus` GPUs: `local rank 1`, `local ranks 2 to 3`.
+fn ranks_without_gpus(gpus: usize, n: usize) -> String {
+    match n - gpus {
+        1 => format!("local rank {gpus}"),
+        _ => format!("local ranks {gpus} to {}", n - 1),
+    }
 }
 
 /// A SLURM job-array script: one array task per run, with absolute, quoted paths (it may be submitted
@@ -114,4 +123,13 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
          scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\nfi\nexit $rc\n",
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ranks_past_the_gpus_are_named() {
+        assert_eq!(super::ranks_without_gpus(1, 2), "local rank 1");
+        assert_eq!(super::ranks_without_gpus(2, 4), "local ranks 2 to 3");
+    }
 }

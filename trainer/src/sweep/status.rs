@@ -10,6 +10,10 @@ use super::run::{preempted, settings_changed, state, RunState};
 use super::{aligned, PlannedRun};
 use crate::train::checkpoint::saved_step;
 
+/// The mark of a run the sweep refuses: it trained with other settings or data than the sweep file
+/// gives it now.
+const STALE: &str = " [stale]";
+
 /// What the status table says of one run.
 struct Row {
     name: String,
@@ -19,7 +23,8 @@ struct Row {
     loss: Option<f64>,
     val_loss: Option<f64>,
     checkpoint: Option<u64>,
-    /// The settings it trained with that the sweep file now changes (unreadable: none said).
+    /// The settings it trained with that the sweep file now changes, and its dataset where that changed
+    /// since (unreadable: none said).
     changed: Option<Vec<String>>,
 }
 
@@ -36,9 +41,10 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
             }))
             .collect();
     let mut s = aligned(&cells, 2);
-    let mut counts: Vec<(&str, usize)> = Vec::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
     for r in &rows {
-        let kind = r.state.split(" (").next().unwrap_or_default();
+        // (`interrupted (resumes)` counts as interrupted; a stale one as `interrupted [stale]`)
+        let kind = r.state.split(" (").next().unwrap_or_default().to_string();
         match counts.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, n)) => *n += 1,
             None => counts.push((kind, 1)),
@@ -51,8 +57,8 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
     if !stale.is_empty() {
         let runs = infinity_launcher::plural(stale.len(), "run");
         s.push_str(&format!(
-            "[stale]: {runs} trained with other settings than the sweep file gives now (the sweep refuses them: set \
-             another `out`, or remove their folders to train them afresh):\n{}\n",
+            "[stale]: {runs} trained with other settings or data than the sweep file gives now (the sweep refuses \
+             them, and resumes none of them: set another `out`, or remove their folders to train them afresh):\n{}\n",
             stale.join("\n")
         ));
     }
@@ -72,9 +78,10 @@ fn row(r: &PlannedRun) -> Row {
         RunState::ToDo if last.is_some() => "interrupted (restarts: no checkpoint)",
         RunState::ToDo => "not started",
     };
-    // (what it is, and that the sweep file now gives it other settings)
+    // what it is, and that the sweep file now gives it other settings or data: a stale run is refused,
+    // so it neither resumes nor restarts (said without the parenthesis)
     let state = match changed {
-        Some(_) => format!("{state} [stale]"),
+        Some(_) => format!("{}{STALE}", state.split(" (").next().unwrap_or(state)),
         None => state.to_string(),
     };
     let step = last.as_ref().and_then(|m| m["step"].as_u64());
