@@ -111,10 +111,14 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
     if let Some(list) = inherited.as_deref().filter(|_| given > 0 && given < a.nproc_per_node) {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
+            let last = a.nproc_per_node - 1;
+            let blind = match given == last {
+                true => format!("local rank {last} sees"),
+                false => format!("local ranks {given} to {last} see"),
+            };
             tracing::warn!(
-                "CUDA_VISIBLE_DEVICES={list} lists {} for {} local ranks: local ranks {given}..{} see no GPU",
+                "CUDA_VISIBLE_DEVICES={list} lists {} for {} local ranks: {blind} no GPU",
                 crate::plural(given, "GPU"),
-                a.nproc_per_node,
                 a.nproc_per_node
             );
         });
