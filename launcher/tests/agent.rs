@@ -538,6 +538,22 @@ fn sigint_and_sigusr_reach_ranks_in_their_own_process_groups() {
     }
 }
 
+/// A signal to one node's agent stops the group; the other node says which node was signalled and
+/// with what, not only that its ranks stopped.
+#[test]
+fn the_other_nodes_say_which_node_was_signalled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &[]), PATIENT_RANK));
+    let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &[]), PATIENT_RANK));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    node1.signal(libc::SIGTERM);
+    assert_eq!(node1.exit(Duration::from_secs(15)).code(), Some(0), "{}", node1.text());
+    assert_eq!(node0.exit(Duration::from_secs(15)).code(), Some(0), "{}", node0.text());
+    assert!(node0.text().contains("[launch] node 1 (SIGTERM) was signalled"), "{}", node0.text());
+}
+
 /// A second Ctrl-C (SIGINT while the ranks stop for the first) ends the grace period at once: the
 /// ranks, still busy with what the first asked (a checkpoint), are killed, and the agent exits 130.
 #[test]

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 use super::elastic::{Group, Nodes, Rounds};
 use super::poller;
-use super::signals::{forwarded, signal_name, Signals};
+use super::signals::{signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
@@ -297,6 +297,15 @@ pub(super) struct Misconfigured(pub String);
 const NODE_SILENCE: Duration = Duration::from_secs(10);
 
 /// For an agent whose ranks all succeeded: how the group's attempt ended. The agent marks its node
+/// Which node's signal stopped the group, as its agent posted it under `key` (`node 1 (SIGTERM)`);
+/// "another node" where the store does not say (an agent of an earlier build posted the number alone).
+pub(super) fn signalled_node(c: &mut StoreClient, key: &str) -> String {
+    match c.get(key, Duration::from_secs(2)).map(|v| String::from_utf8_lossy(&v).into_owned()) {
+        Ok(v) if v.starts_with("node ") => v,
+        _ => "another node".to_string(),
+    }
+}
+
 /// (`PREFIX/succeeded/NODE`) and waits until every node's ranks succeeded (or their agent left:
 /// `PREFIX/out/NODE`), or the group failed (it then joins the restart, or stops with the group's code),
 /// or was signalled. A node that is still running keeps this agent waiting as long as its agent
@@ -336,7 +345,8 @@ pub(super) async fn group_outcome(
             return Outcome::Failed { report, permanent, local: None, node };
         }
         if present[1] {
-            console_err!("[launch] another node was signalled; the group stops (this node's ranks had finished)");
+            let who = signalled_node(client, &signal);
+            console_err!("[launch] {who} was signalled; the group stops (this node's ranks had finished)");
             return Outcome::Stopped(0);
         }
         let pending: Vec<usize> = (0..g.nnodes).filter(|n| !present[2 + 2 * n] && !present[3 + 2 * n]).collect();
@@ -385,7 +395,7 @@ pub(super) async fn group_outcome(
                 // (as a signal to a watching agent: an elastic group's member leaves alone)
                 let (key, what) = match elastic_member && !signals.timed_out() {
                     true => (format!("{prefix}/left"), format!("node {node} ({})", signal_name(got))),
-                    false => (signal, forwarded(got).to_string()),
+                    false => (signal.clone(), format!("node {node} ({})", signal_name(got))),
                 };
                 post(client, &key, &what).await;
                 return Outcome::Stopped(0);

@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use super::elastic::Group;
 use super::failure;
+use super::group::signalled_node;
 use super::poller::{beat_key, Heartbeat, Poller};
 use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
@@ -165,7 +166,10 @@ pub(super) async fn watch(
                     Some(Membership { hosting: false, .. }) if !signals.timed_out() => {
                         (LEFT, format!("node {} ({})", g.node_rank, signal_name(got)))
                     }
-                    _ => (SIGNAL, sig.to_string()),
+                    _ => {
+                        let what = if signals.timed_out() { "its --time-limit" } else { signal_name(got) };
+                        (SIGNAL, format!("node {} ({what})", g.node_rank))
+                    }
                 };
                 // the ranks hear of it at once, the other nodes as soon as the store answers
                 let (code, ()) = tokio::join!(
@@ -199,7 +203,11 @@ pub(super) async fn watch(
                     return Ok(Outcome::Failed { report, permanent, local: None, node });
                 }
                 if present[SIGNAL] {
-                    console_err!("[launch] another node was signalled; forwarding SIGTERM");
+                    let who = match poller.client().await {
+                        Ok(c) => signalled_node(c, &keys[SIGNAL]),
+                        Err(_) => "another node".to_string(),
+                    };
+                    console_err!("[launch] {who} was signalled; forwarding SIGTERM");
                     return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await));
                 }
                 if let Some(why) = change(&present[LEFT..]) {
@@ -298,7 +306,12 @@ async fn ended_cleanly(
     // agent's poll saw it, so the reason is read here too
     match (present[0], present[1], change(&present[3..])) {
         (false, ..) => Outcome::Succeeded,
-        (true, true, _) => Outcome::Stopped(0),
+        (true, true, _) => {
+            // (the ranks learn of a signal among themselves, often before this agent polls the store)
+            let who = signalled_node(poller, &keys[SIGNAL]);
+            console_err!("[launch] {who} was signalled: the ranks checkpointed and stopped");
+            Outcome::Stopped(0)
+        }
         (true, false, Some(why)) => Outcome::Regroup(why),
         (true, false, None) => {
             let step = poller.get(&marker, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
