@@ -832,6 +832,8 @@ fn ranks_whose_configs_differ_stop_naming_the_settings() {
         "{rank1}"
     );
     assert!(!run.join("metrics.jsonl").exists(), "a step was trained");
+    // the root cause is the rank whose config differs, not rank 0
+    assert!(text.contains("Root cause: rank 1"), "{text}");
 }
 
 /// Each rank hashes its share of the shards (shard i: rank i mod world): a damaged shard stops its

@@ -291,6 +291,11 @@ impl Dist {
                 2 => "; 1 more differs, its log names its settings".to_string(),
                 n => format!("; {} more differ, their logs name theirs", n - 1),
             };
+            if differ.is_empty() {
+                // the ranks whose config is rank 0's exit a moment after those that differ, so the launcher
+                // takes a differing rank's failure, posted first, for the root cause (and its node)
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
             match differ.is_empty() {
                 true => bail!(
                     "{}: config differs from rank 0's: rank {first}'s: {named} (rank 0's → rank {first}'s){others}; every \
