@@ -210,6 +210,8 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             n
         }
         (None, None) => 1,
+        // (torchrun's `cpu`, a rank per core, is a CPU job's choice a flag may make otherwise)
+        (Some(given), Some(_)) if env("PET_NPROC_PER_NODE").is_some_and(|v| v.trim() == "cpu") => given,
         (Some(given), Some(n)) if given != n => bail!(
             "PET_NPROC_PER_NODE={n} but --nproc-per-node is {given}: pass --nproc-per-node {n}, or leave it out (the \
              agent spawns that many ranks on each node)"
