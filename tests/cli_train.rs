@@ -812,3 +812,44 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
     assert!(e.contains("crc32c") && e.contains(&shard.display().to_string()), "{e}");
     assert_eq!(code, 65, "{e}");
 }
+
+/// `infinity eval` measures checkpoints as training measures its validation set: on the run's own
+/// `val.dir` it gives val.jsonl's losses exactly; another dataset and fewer rows are given on the command
+/// line, the results appended to `--out`; a run without a validation set needs `--val`.
+#[test]
+fn eval_measures_checkpoints_as_training_validates() {
+    let (tmp, data, run, cfg) = class_run();
+    let val = tmp.path().join("val");
+    let tokenizer = data.join("tokenizer.safetensors");
+    let synth = ["data", "synth", "--out", path_str(&val), "--rows", "12", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&[&synth[..], &["--tokenizer", path_str(&tokenizer), "--seed", "5"]].concat()));
+    let e = err(&["eval", path_str(&run)]);
+    assert!(e.contains("no complete checkpoint"), "{e}");
+    let sets = ["--set", "checkpoint.keep_last=3", "--set", "run.steps=3"];
+    assert!(infinity(&[&["train", path_str(&cfg)][..], &sets].concat()));
+    let e = err(&["eval", path_str(&run)]);
+    assert!(e.contains("the run has no validation set (val.dir): pass --val DIR"), "{e}");
+
+    // a run validating on `val` every step: eval's losses are val.jsonl's
+    let validated = tmp.path().join("validated");
+    let val_sets =
+        ["--set", &format!("run.dir={}", path_str(&validated)), "--set", &format!("val.dir={}", path_str(&val))];
+    assert!(infinity(&[&["train", path_str(&cfg)][..], &sets, &val_sets, &["--set", "val.every=1"]].concat()));
+    let out = tmp.path().join("eval.jsonl");
+    assert!(infinity(&["eval", path_str(&validated), "--all", "--out", path_str(&out)]));
+    let lines = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (evals, logged) = (lines(&out), lines(&validated.join("val.jsonl")));
+    assert_eq!(evals.len(), 3, "{evals:?}");
+    for e in &evals {
+        let at = logged.iter().find(|l| l["step"] == e["step"]).unwrap();
+        assert_eq!((&e["loss"], &e["bit_acc"], &e["rows"]), (&at["loss"], &at["bit_acc"], &at["rows"]), "{e} vs {at}");
+    }
+    // the unvalidated run on `val`, its newest checkpoint, 5 rows
+    assert!(infinity(&["eval", path_str(&run), "--val", path_str(&val), "--max-rows", "5", "--out", path_str(&out)]));
+    let last = lines(&out).pop().unwrap();
+    assert_eq!((last["step"].as_u64(), last["rows"].as_u64()), (Some(3), Some(5)), "{last}");
+    let e = err(&["eval", path_str(&run), "--val", path_str(&tmp.path().join("nowhere"))]);
+    assert!(e.contains("not a dataset (no manifest.json)"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 mod comm;
 mod data;
+mod eval;
 mod export;
 mod golden;
 mod launch;
@@ -42,6 +43,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Export inference weights (upstream names, f32 or bf16) and config.json, of a checkpoint, export or weights file.
     Export(export::ExportArgs),
+    /// Validation loss of a run's checkpoints (or one), as training measures it, on its validation sets or another dataset.
+    Eval(eval::EvalArgs),
     /// Expand a sweep (base config × axes) into runs and run them, print them, or write a SLURM array.
     Sweep(sweep::SweepArgs),
     /// Fit scaling laws over a folder of runs; write tables and plots.
@@ -69,6 +72,7 @@ where
         Command::Scaling(a) => sweep::run_scaling(a),
         Command::Comm(cmd) => comm::run(cmd),
         Command::Export(a) => export::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

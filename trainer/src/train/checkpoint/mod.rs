@@ -51,7 +51,7 @@ pub const EMA_FILE: &str = "ema.safetensors";
 /// [`TrainState`].
 pub const STATE_FILE: &str = "state.json";
 /// The run's config, as it was when the checkpoint was written.
-const CONFIG_FILE: &str = "config.toml";
+pub const CONFIG_FILE: &str = "config.toml";
 /// The resolved [`ModelConfig`].
 const MODEL_JSON: &str = "model.json";
 const STATE_VERSION: u32 = 1;

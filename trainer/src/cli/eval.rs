@@ -1,0 +1,154 @@
+//! `infinity eval RUN_OR_CKPT [--val DIR] [--max-rows N] [--all] [--ema] [--out FILE]`: the validation
+//! loss and bit accuracy of checkpoints, measured as training measures them (`val.*`: the same rows, the
+//! same fixed self-correction noise), on the run's validation sets or another dataset. For re-measuring
+//! a finished sweep on a larger or new validation set without training again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use infinity_data::{Checksums, Dataset};
+use serde_json::json;
+
+use crate::model::{Acts, Layout};
+use crate::train::checkpoint::{self, load_model, CONFIG_FILE, STATE_FILE};
+use crate::train::compute::{Compute, DeviceRequest};
+use crate::train::config::{DeviceChoice, Precision, TrainConfig};
+use crate::train::dist::Dist;
+use crate::train::val::Validator;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run folder (its newest complete checkpoint, or every one with --all) or a checkpoint folder.
+    path: PathBuf,
+    /// The validation dataset (default: the run's `val.dir` and `val.sets`). It must carry the training
+    /// data's bits and conditions (its tokenizer, `d`, classes or text width).
+    #[arg(long, value_name = "DIR")]
+    val: Option<PathBuf>,
+    /// Rows evaluated, the first of the dataset (default: the run's `val.max_rows`).
+    #[arg(long, value_name = "N", value_parser = infinity_launcher::positive())]
+    max_rows: Option<usize>,
+    /// Every complete checkpoint of the run, oldest first (a loss curve on the new set).
+    #[arg(long)]
+    all: bool,
+    /// The checkpoints' moving average of the weights (`optim.ema_decay`) instead of the weights.
+    #[arg(long)]
+    ema: bool,
+    /// Also append each result to FILE as a JSON line (checkpoint, step, set, loss, bit_acc, rows).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Where the model runs: `auto`, `cpu` or `cuda`.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+}
+
+/// Micro-batch rows where the run's is chosen at start (`"auto"`): the loss is a mean over rows either way.
+const MICRO_BATCH: usize = 16;
+
+pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    let checkpoints = checkpoints(&a.path, a.all)?;
+    // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
+    let first = &checkpoints[0].1;
+    let mut sets = Vec::new();
+    if let Some(dir) = &a.val {
+        ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
+        sets.push(format!("val.dir={}", dir.display()));
+        sets.push("val.sets=[]".to_string());
+    }
+    if let Some(n) = a.max_rows {
+        sets.push(format!("val.max_rows={n}"));
+    }
+    let config = first.join(CONFIG_FILE);
+    let cfg = TrainConfig::load(&config, &sets).with_context(|| format!("the run's config {}", config.display()))?;
+    if cfg.val.dir.is_none() {
+        bail!("{}: the run has no validation set (val.dir): pass --val DIR", config.display());
+    }
+    let train = Dataset::open(&cfg.data.dir, Checksums::Skip).with_context(|| {
+        format!(
+            "the run's training dataset {} (a validation set must carry its bits and conditions)",
+            cfg.data.dir.display()
+        )
+    })?;
+    let first_model = load_model(first, a.ema)?;
+    let micro_batch = cfg.data.micro_batch.samples().unwrap_or(MICRO_BATCH);
+    let validator = Validator::new(&cfg, &first_model.model, &train, micro_batch)?.expect("val.dir is set");
+    for (name, rows) in validator.rows() {
+        let set =
+            name.map_or_else(|| format!("val.dir {}", cfg.val.dir.as_ref().expect("set").display()), String::from);
+        console!("{set}: {rows} rows");
+    }
+    let (lay, model) = (Layout::new(&first_model.model), first_model.model.clone());
+    let bf16 = first_model.precision == Precision::Bf16;
+    let want =
+        DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };
+    let mut compute = Compute::open_as(&want, &first_model.model, &lay)?;
+    let (mut dist, mut acts) = (Dist::solo(), Acts::default());
+    let mut out = match &a.out {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut loaded = Some(first_model);
+    for (step, dir) in &checkpoints {
+        let ck = match loaded.take() {
+            Some(ck) => ck,
+            None => load_model(dir, a.ema)?,
+        };
+        // (one run's checkpoints share one model: the validator's rows were checked against it)
+        ensure!(ck.model == model, "{}: another model than the newer checkpoints'", dir.display());
+        let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
+        let weights = if a.ema { " (moving average)" } else { "" };
+        let mut results = vec![(None, vm)];
+        results.extend(more.into_iter().map(|(n, m)| (Some(n), m)));
+        for (name, m) in results {
+            let set = name.as_deref().map_or(String::new(), |n| format!(" [{n}]"));
+            console!(
+                "step {step}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({} rows)",
+                m.loss,
+                m.bit_acc,
+                m.rows
+            );
+            if let Some(f) = out.as_mut() {
+                let line = json!({
+                    "checkpoint": crate::export::resolved(dir),
+                    "step": step,
+                    "ema": a.ema,
+                    "set": name,
+                    "val_dir": cfg.val.dir,
+                    "loss": m.loss,
+                    "bit_acc": m.bit_acc,
+                    "rows": m.rows,
+                });
+                writeln!(f, "{line}").context("writing --out")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with
+/// `all`, every complete one, oldest first), by step.
+fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
+    if path.join(STATE_FILE).is_file() {
+        let dir = checkpoint::resolve(path)?;
+        let step = checkpoint::read_state(&dir)?.step;
+        return Ok(vec![(step, dir)]);
+    }
+    let mut found = checkpoint::complete(path);
+    ensure!(
+        !found.is_empty(),
+        "{}: no complete checkpoint (a run folder's checkpoints/step-N, or a checkpoint folder)",
+        path.display()
+    );
+    if !all {
+        found = found.split_off(found.len() - 1);
+    }
+    Ok(found)
+}
