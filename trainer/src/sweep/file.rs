@@ -30,6 +30,33 @@ fn one() -> usize {
     1
 }
 
+/// Settings whose value is one table as a whole (a tagged choice: `{ kind = "cosine", … }`), not keys
+/// to set one by one.
+const WHOLE_TABLES: [&str; 1] = ["optim.decay"];
+
+/// `[set]` by dotted key to each setting: `optim.lr = 1e-3` (a bare dotted key) and `[set.optim]` tables
+/// are read by TOML as a table `optim`, which set as one override would replace the base config's whole
+/// `[optim]` and meet the axes' `optim.*` in no fixed order.
+fn leaf_keys(set: BTreeMap<String, toml::Value>) -> BTreeMap<String, toml::Value> {
+    fn add(out: &mut BTreeMap<String, toml::Value>, key: String, value: toml::Value) {
+        match value {
+            toml::Value::Table(t) if !WHOLE_TABLES.contains(&key.as_str()) => {
+                for (k, v) in t {
+                    add(out, format!("{key}.{k}"), v);
+                }
+            }
+            v => {
+                out.insert(key, v);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in set {
+        add(&mut out, k, v);
+    }
+    out
+}
+
 /// `#SBATCH` settings of `--slurm` scripts.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,8 +100,9 @@ impl SweepFile {
     pub fn read(path: &Path) -> Result<SweepFile> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let de = toml::Deserializer::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let sweep: SweepFile = serde_path_to_error::deserialize(de)
+        let mut sweep: SweepFile = serde_path_to_error::deserialize(de)
             .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", path.display(), e.path(), e.inner()))?;
+        sweep.set = leaf_keys(std::mem::take(&mut sweep.set));
         sweep.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(sweep)
     }
@@ -103,6 +131,15 @@ impl SweepFile {
                 ),
                 None => {}
             }
+        }
+        // (two alternatives in [set], a table of no order: which would stay is not the file's to say)
+        if let Some(k) = self
+            .set
+            .keys()
+            .find(|k| crate::train::config::alternative(k).is_some_and(|other| self.set.contains_key(other)))
+        {
+            let other = crate::train::config::alternative(k).unwrap_or_default();
+            bail!("`{k}` and `{other}` are both in [set]: they set one value, give one");
         }
         let lengths: Vec<(&String, usize)> = self.linked.iter().map(|(k, v)| (k, v.len())).collect();
         if let Some(&(k, n)) = lengths.iter().find(|(_, n)| *n != lengths[0].1) {
@@ -225,8 +262,32 @@ mod tests {
     use super::*;
 
     fn sweep(text: &str) -> Result<SweepFile> {
-        let s: SweepFile = toml::from_str(text)?;
+        let mut s: SweepFile = toml::from_str(text)?;
+        s.set = super::leaf_keys(std::mem::take(&mut s.set));
         s.check().map(|_| s)
+    }
+
+    /// `[set]` written with bare dotted keys or as tables is read key by key (one override of a table
+    /// replaced the base config's whole section, and met an axis's key in no fixed order); a tagged
+    /// choice stays one value.
+    #[test]
+    fn set_tables_are_read_key_by_key() {
+        let head = "base = \"b.toml\"\nout = \"o\"\n";
+        let s = sweep(&format!(
+            "{head}[set]\noptim.lr = 1e-3\n\"optim.decay\" = {{ kind = \"cosine\" }}\n[set.run]\nseed = 4\n\
+             [axes]\n\"model.depth\" = [2]\n"
+        ))
+        .unwrap();
+        let keys: Vec<&String> = s.set.keys().collect();
+        assert_eq!(keys, ["optim.decay", "optim.lr", "run.seed"]);
+        assert!(s.set["optim.decay"].is_table());
+        for text in [
+            "[set]\noptim.lr = 1e-3\n[axes]\n\"optim.lr\" = [3e-3]\n",
+            "[set.run]\nsteps = 50\n[axes]\n\"run.steps\" = [20]\n",
+        ] {
+            let e = sweep(&format!("{head}{text}")).unwrap_err().to_string();
+            assert!(e.contains("is in [set] and in [axes]"), "{e}");
+        }
     }
 
     #[test]
@@ -276,6 +337,12 @@ mod tests {
             (
                 format!("{head}[set]\n\"optim.lr_per_256\" = 1e-3\n[axes]\n\"optim.lr\" = [1e-3]\n"),
                 "`optim.lr_per_256` in [set] and `optim.lr` in [axes] set one value",
+            ),
+            (
+                format!(
+                    "{head}[set]\n\"optim.lr\" = 1e-3\n\"optim.lr_per_256\" = 1e-3\n[axes]\n\"model.depth\" = [2]\n"
+                ),
+                "`optim.lr` and `optim.lr_per_256` are both in [set]: they set one value, give one",
             ),
             (format!("{head}[axes]\n"), "[axes] is empty (and there is no [linked])"),
             (

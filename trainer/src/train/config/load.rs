@@ -86,6 +86,7 @@ fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_js
     let mut b = config::Config::builder()
         .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
         .add_source(vars);
+    refuse_overlapping(&kept)?;
     for o in &kept {
         let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
             bail!("--set {o}: expected key.path=value");
@@ -438,6 +439,23 @@ fn allowed_values(key: &str, error: &str) -> &'static str {
     }
 }
 
+/// Refuse two overrides of which one sets part of the other (`optim={ lr = 1e-3 }` and `optim.lr=3e-3`,
+/// `data.mix=[…]` and `data.mix[0].weight=2`): the config crate applies its overrides in no fixed order,
+/// so either could win, from one run to the next. (The same key twice is one override: the last.)
+fn refuse_overlapping(overrides: &[String]) -> Result<()> {
+    let keys: Vec<&str> = overrides.iter().filter_map(|o| Some(o.split_once('=')?.0.trim())).collect();
+    for a in &keys {
+        let inside = |b: &&&str| b.len() > a.len() && b.starts_with(*a) && matches!(b.as_bytes()[a.len()], b'.' | b'[');
+        if let Some(b) = keys.iter().find(inside) {
+            bail!(
+                "--set {a}=… and --set {b}=…: the first sets the second too, and which applies is not fixed; give \
+                 `{b}` inside `{a}`'s value, or set the parts of `{a}` one key at a time"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A `--set` value as TOML reads it (`2` a number, `true` a boolean, `[1, 2]` an array, `{ kind =
 /// "cosine" }` a table), so it deserialises where a plain string would not (inside tagged enums such as
 /// `optim.decay`); anything else (`runs/x`) stays a string, but for a whole number too large for
@@ -511,6 +529,14 @@ mod tests {
         );
         let e = error(optim, &["run.steps=-5"]);
         assert!(e.ends_with("--set run.steps: at `run.steps`: expected a whole number ≥ 0, found -5"), "{e}");
+        let e = error(optim, &["optim={ lr = 1e-3 }", "optim.lr=3e-3"]);
+        assert!(e.contains("--set optim=… and --set optim.lr=…: the first sets the second too"), "{e}");
+        let e = error(optim, &["data.mix[0].weight=2", "data.mix=[]"]);
+        assert!(e.contains("--set data.mix=… and --set data.mix[0].weight=…"), "{e}");
+        // (alternatives are not one inside the other: the later stays)
+        std::fs::write(dir.path().join("c.toml"), format!("{base}{optim}")).unwrap();
+        let sets = ["optim.lr_per_256=1e-3".to_string(), "optim.lr=2e-3".to_string()];
+        assert_eq!(TrainConfig::load(&dir.path().join("c.toml"), &sets).unwrap().optim.lr, Some(2e-3));
         let e = error(optim, &["run.steps=99999999999999999999999"]);
         assert!(
             e.ends_with(
