@@ -255,6 +255,12 @@ fn an_export_samples_without_its_dataset() {
     assert!(png.starts_with(b"\x89PNG") && bits.len() == from_run.1.len(), "bf16 export: {} bytes of bits", bits.len());
     // its tokenizer gone: refused before sampling without --bits; with them, the bits alone
     let tokenizer = config(&bf16_dir)["data"]["tokenizer_file_beside"].as_str().unwrap().to_string();
+    // another dataset's tokenizer in its place (d 32 for bits of d 16): refused before sampling
+    let other = tmp.path().join("d32");
+    synth(&other, "32");
+    std::fs::copy(other.join("tokenizer.safetensors"), bf16_dir.join(&tokenizer)).unwrap();
+    let e = err(&["sample", path_str(&bf16_dir), "--class", "0", "-o", path_str(&tmp.path().join("d32.png"))]);
+    assert!(e.contains("a tokenizer of d = 32") && e.contains("the dataset's bits have d = 16"), "{e}");
     std::fs::remove_file(bf16_dir.join(tokenizer)).unwrap();
     let (no_png, no_bits) = (tmp.path().join("no-tokenizer.png"), tmp.path().join("no-tokenizer.bits"));
     let e = err(&["sample", path_str(&bf16_dir), "--class", "0", "-o", path_str(&no_png)]);

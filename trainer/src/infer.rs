@@ -160,10 +160,23 @@ pub fn sample_schedule(
 
 /// The dataset's built-in tokenizer, if it has one.
 pub fn tokenizer(dataset_dir: &Path, m: &Manifest) -> Result<Option<PatchTokenizer>> {
-    match m.tokenizer.file.as_deref() {
-        Some(f) if m.tokenizer.name == TOKENIZER_NAME => Ok(Some(PatchTokenizer::load(&dataset_dir.join(f))?)),
-        _ => Ok(None),
+    let Some(f) = m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == TOKENIZER_NAME) else { return Ok(None) };
+    let path = dataset_dir.join(f);
+    let tok = PatchTokenizer::load(&path)?;
+    // (another dataset's file put in its place: decoding these bits with it would fail, or draw garbage)
+    let patch = m.tokenizer.params["patch"].as_u64();
+    if tok.d != m.d as usize || patch.is_some_and(|p| p != tok.patch as u64) {
+        bail!(
+            "{}: a tokenizer of d = {} and {} px patches, where the dataset's bits have d = {}{}: another dataset's \
+             tokenizer?",
+            path.display(),
+            tok.d,
+            tok.patch,
+            m.d,
+            patch.map_or(String::new(), |p| format!(" from {p} px patches"))
+        );
     }
+    Ok(Some(tok))
 }
 
 /// Images of sampled codes.
