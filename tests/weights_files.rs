@@ -267,6 +267,16 @@ fn what_a_weights_file_cannot_give_is_named() {
     std::fs::write(&config, r#"{"architectures": ["T5"], "model_type": "t5"}"#).unwrap();
     let e = sample_err(path_str(&export), &[]);
     assert!(e.contains("whose config.json is not an `infinity export`'s (its format is not given"), "{e}");
+    // a shard index mapping a tensor to another file (missing) than the export's weights
+    let index = export.join("model.safetensors.index.json");
+    let kept_index = std::fs::read(&index).unwrap();
+    let mut edited: serde_json::Value = serde_json::from_slice(&kept_index).unwrap();
+    edited["weight_map"]["head.weight"] = "other.safetensors".into();
+    std::fs::write(&index, edited.to_string()).unwrap();
+    std::fs::write(&config, &kept).unwrap();
+    let e = sample_err(path_str(&export), &[]);
+    assert!(e.contains("maps `head.weight` to other.safetensors, which is missing"), "{e}");
+    std::fs::write(&index, kept_index).unwrap();
     // constructor_kwargs (what upstream builds) edited apart from `model` (what is read here)
     let mut edited: serde_json::Value = serde_json::from_slice(&kept).unwrap();
     let depth = edited["constructor_kwargs"]["depth"].as_u64().unwrap();

@@ -57,6 +57,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
     let field = |key: &str| -> Result<Value> {
         config.pointer(key).cloned().ok_or_else(|| anyhow!("{}: no `{}`", cfg_path.display(), &key[1..]))
     };
+    check_index(dir, &export.weights)?;
     let model: ModelConfig = match config.get("model") {
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?,
         None => bail!(
@@ -150,6 +151,27 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         dtype,
         dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
     })
+}
+
+/// The shard index an export writes maps every tensor to its one weights file: one naming another file
+/// (missing, or a second one) is not the export's, and upstream's `torch_shard` loader, which reads it,
+/// would fail or load other weights than the ones sampled here.
+fn check_index(dir: &Path, weights: &Path) -> Result<()> {
+    let index = dir.join(super::SHARD_INDEX);
+    let Ok(bytes) = std::fs::read(&index) else { return Ok(()) };
+    let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", index.display()))?;
+    let map = v["weight_map"].as_object().with_context(|| format!("{}: no `weight_map`", index.display()))?;
+    let file = weights.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    if let Some((tensor, other)) = map.iter().find(|(_, f)| f.as_str() != Some(file)) {
+        let other = other.as_str().map_or_else(|| other.to_string(), str::to_string);
+        let missing = if dir.join(&other).is_file() { "" } else { ", which is missing" };
+        bail!(
+            "{}: maps `{tensor}` to {other}{missing}, where an export maps every tensor to its weights file {file}: \
+             edited? upstream's torch_shard loader reads this index; export again",
+            index.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the weights file's tensors are not all of config.json's `dtype` (the file rewritten by another
