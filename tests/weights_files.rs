@@ -267,6 +267,9 @@ fn what_a_weights_file_cannot_give_is_named() {
     std::fs::write(&config, r#"{"architectures": ["T5"], "model_type": "t5"}"#).unwrap();
     let e = sample_err(path_str(&export), &[]);
     assert!(e.contains("whose config.json is not an `infinity export`'s (its format is not given"), "{e}");
+    // (with --config its weights are read as a folder of bare files, whatever config.json holds)
+    let grid = tmp.path().join("foreign-config.png");
+    assert!(infinity(&[&["sample", path_str(&export)][..], &with, &cap, &["-o", path_str(&grid)]].concat()));
     // a shard index mapping a tensor to another file (missing) than the export's weights
     let index = export.join("model.safetensors.index.json");
     let kept_index = std::fs::read(&index).unwrap();

@@ -82,7 +82,7 @@ fn check_source(path: &Path) -> Result<()> {
             folder.display()
         );
     }
-    if let Some(why) = broken_export(path) {
+    if let Some(why) = broken_export(path, true) {
         bail!("{why}");
     }
     if !path.exists() {
@@ -208,12 +208,15 @@ fn looks_like_weights(file: &Path) -> bool {
 }
 
 /// Where `path` is an export folder whose weights file is gone (its config.json says it is an export,
-/// so it is no folder of bare weights): the error saying so.
-fn broken_export(path: &Path) -> Option<String> {
+/// so it is no folder of bare weights), or, without `--config` (`with_config` false), a folder whose
+/// config.json is unreadable or another tool's: the error saying so.
+fn broken_export(path: &Path, with_config: bool) -> Option<String> {
     let file = path.join("config.json");
     let bytes = std::fs::read(&file).ok()?;
     let config: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(c) => c,
+        // (with --config the weights are read as a bare folder of files, whatever config.json holds)
+        Err(_) if with_config => return None,
         Err(e) => {
             return Some(format!(
                 "{}: not readable JSON ({e}): an `infinity export`'s config.json damaged? export again into {}, or \
@@ -225,7 +228,7 @@ fn broken_export(path: &Path) -> Option<String> {
     };
     if config["format"] != EXPORT_FORMAT {
         // (another tool's config.json, a Hugging Face model's: the weights beside it may still be ours)
-        return index_in(path).ok().flatten().map(|_| {
+        return index_in(path).ok().flatten().filter(|_| !with_config).map(|_| {
             format!(
                 "{}: a folder of weight files whose config.json is not an `infinity export`'s (its format is {}, \
                  expected {EXPORT_FORMAT:?}), so it records no model: give --config with the training config the \
@@ -260,7 +263,7 @@ fn broken_export(path: &Path) -> Option<String> {
 /// error saying what to add. `None` for anything else (a checkpoint, run or export folder, a file inside
 /// one, or a file of another kind, which [`super::resolve`] names).
 pub fn needs_config(path: &Path) -> Result<Option<anyhow::Error>> {
-    if let Some(why) = broken_export(path) {
+    if let Some(why) = broken_export(path, false) {
         return Ok(Some(anyhow!(why)));
     }
     let bare = match path.is_file() {
