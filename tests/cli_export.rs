@@ -102,6 +102,17 @@ fn one_export_per_folder() {
     };
     let again = export_of(&run);
     assert!(!again.iter().any(|w| w.contains("replaces the export")), "{again:?}");
+    let rechunked = infinity_trainer::train::checkpoint::load_model(&run, false).unwrap();
+    let opts = infinity_trainer::export::ExportOptions {
+        dtype: infinity_trainer::model::io::SaveDtype::F32,
+        block_chunks: 2,
+        data: None,
+        ema: false,
+        from_export: None,
+        init: None,
+    };
+    let w = infinity_trainer::export::export(&rechunked, &multi.join("model.safetensors"), &opts).unwrap().warnings;
+    assert!(!w.iter().any(|w| w.contains("another model")), "another chunking is the same model: {w:?}");
     let other = export_of(&class_run);
     assert!(other.iter().any(|w| w.contains("replaces the export of ") && w.contains(", another model")), "{other:?}");
 

@@ -273,7 +273,13 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     });
     if let Some((old_source, old_config)) = replaced {
         let old: Value = old_config.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
-        let other_model = old.get("model").is_some_and(|m| *m != config["model"]);
+        // (another chunking of the blocks' keys is the same model)
+        let unchunked = |m: &Value| {
+            let mut m = m.clone();
+            m.as_object_mut().map(|o| o.remove("block_chunks"));
+            m
+        };
+        let other_model = old.get("model").is_some_and(|m| unchunked(m) != unchunked(&config["model"]));
         if old["source"] != config["source"] || other_model {
             let model = if other_model { ", another model" } else { "" };
             warnings.push(format!("{} replaces the export of {old_source}{model} that it held", out.display()));
