@@ -553,7 +553,7 @@ fn the_plan_tells_of_runs_already_in_out() {
     std::fs::write(t.join("s/num-heads-2/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\n").unwrap();
     sweep_file(t, "lr.toml", "s", "[set]\n\"optim.lr\" = 0.01\n[axes]\n\"model.num_heads\" = [2]");
     let text = refused(infinity(&["sweep", "lr.toml", "--dry-run"], t));
-    assert!(text.contains("1 runs trained with other settings") && text.contains("num-heads-2: optim.lr"), "{text}");
+    assert!(text.contains("1 run trained with other settings") && text.contains("num-heads-2: optim.lr"), "{text}");
     assert!(text.contains("num-heads-2 "), "the plan is printed first:\n{text}");
 }
 

@@ -123,7 +123,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         );
     }
     if !done.failed.is_empty() {
-        console!("{} of {} runs failed: {}", done.failed.len(), runs.len(), done.failed.join(", "));
+        console!("{} of {} failed: {}", done.failed.len(), super::plural(runs.len(), "run"), done.failed.join(", "));
     }
     if !done.stopped.is_empty() || done.signalled {
         let at = match done.stopped.is_empty() {
@@ -135,7 +135,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(143));
     }
     if done.failed.is_empty() {
-        console!("sweep done: {} runs in {}", runs.len(), out.display());
+        console!("sweep done: {} in {}", super::plural(runs.len(), "run"), out.display());
         Ok(ExitCode::SUCCESS)
     } else {
         console!("run the sweep again to retry them (finished and diverged runs are skipped)");

@@ -504,7 +504,7 @@ pub fn table(runs: &[PlannedRun], out: &Path) -> String {
         .collect();
     let mut s = aligned(&rows, 1);
     let total: f64 = runs.iter().map(|r| r.compute).sum();
-    s.push_str(&format!("{} runs, {total:.3e} training FLOPs in total\n", runs.len()));
+    s.push_str(&format!("{}, {total:.3e} training FLOPs in total\n", infinity_launcher::plural(runs.len(), "run")));
     s.push_str(&format!("run folders: {}/NAME\n", out.display()));
     s
 }

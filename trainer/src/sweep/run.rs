@@ -101,9 +101,9 @@ fn config_texts(runs: &[PlannedRun]) -> Result<Vec<(&PlannedRun, String, bool)>>
             false => "",
         };
         bail!(
-            "{} runs trained with other settings or data than the sweep file gives them now:\n  {}\nfor a changed \
+            "{} trained with other settings or data than the sweep file gives them now:\n  {}\nfor a changed \
              sweep set another `out` (or remove those run folders to train them afresh){data}",
-            changed.len(),
+            infinity_launcher::plural(changed.len(), "run"),
             changed.join("\n  ")
         );
     }

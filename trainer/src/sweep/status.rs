@@ -51,7 +51,7 @@ pub fn status_table(runs: &[PlannedRun]) -> String {
         }
     }
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    s.push_str(&format!("{} runs: {}\n", rows.len(), counts.join(", ")));
+    s.push_str(&format!("{}: {}\n", infinity_launcher::plural(rows.len(), "run"), counts.join(", ")));
     let stale: Vec<String> =
         rows.iter().filter_map(|r| Some(format!("  {}: {}", r.name, r.changed.as_ref()?.join(", ")))).collect();
     if !stale.is_empty() {
