@@ -467,6 +467,14 @@ fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
         }
     }
     assert!(!t.join("ranks").exists() && !t.join("ranks.sbatch").exists());
+    // runs on CUDA with a build without it would each start and fail: refused in every mode
+    if !cfg!(feature = "cuda") {
+        sweep_file(t, "cuda.toml", "cuda", &format!("[set]\n\"run.device\" = \"cuda\"\n{axes}"));
+        for mode in [&["--dry-run"][..], &["--print"], &["--slurm", "cuda.sbatch"]] {
+            let text = refused(infinity(&[&["sweep", "cuda.toml"][..], mode].concat(), t));
+            assert!(text.contains("run.device = \"cuda\", and this build has no CUDA support"), "{text}");
+        }
+    }
     sweep_file(t, "ranks.toml", "ranks", &format!("nproc_per_node = 2\n[set]\n\"data.micro_batch\" = 4\n{axes}"));
     ok(infinity(&["sweep", "ranks.toml", "--dry-run"], t));
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::train::config::DeviceChoice;
 use crate::{scaling, sweep};
 
 #[derive(Args, Debug)]
@@ -42,6 +43,15 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console_text!("{}", sweep::status_table(&runs));
         console_text!("run folders: {}/NAME\n", out.display());
         return Ok(ExitCode::SUCCESS);
+    }
+    // (each run would start and fail at once: the binary the sweep runs them with is this one)
+    if let Some(r) = runs.iter().find(|r| r.config.run.device == DeviceChoice::Cuda).filter(|_| !cfg!(feature = "cuda"))
+    {
+        bail!(
+            "run {}: run.device = \"cuda\", and this build has no CUDA support: build with --features cuda (or set \
+             run.device = \"auto\" or \"cpu\")",
+            r.name
+        );
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores, &runs)?;
