@@ -412,10 +412,11 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let config = read("config.json").filter(|c| c["format"] == EXPORT_FORMAT)?;
     let weights_file = config["source"]["weights_file"].as_str().map(str::to_string);
     let init = config["source"]["config"].as_str().filter(|_| config["source"]["weights"] == "init");
-    let source = match (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64(), &weights_file) {
-        _ if init.is_some() => format!("the initial weights of {}", init.unwrap_or_default()),
-        (Some(ck), Some(step), _) => format!("{ck}, step {step}"),
-        (_, _, Some(file)) => format!("the weights file {file}"),
+    let (checkpoint, step) = (config["source"]["checkpoint"].as_str(), config["source"]["step"].as_u64());
+    let source = match (init, checkpoint, step, &weights_file) {
+        (Some(config), ..) => format!("the initial weights of {config}"),
+        (_, Some(ck), Some(step), _) => format!("{ck}, step {step}"),
+        (.., Some(file)) => format!("the weights file {file}"),
         _ => "not recorded in its config.json".to_string(),
     };
     let index = read(SHARD_INDEX);
