@@ -576,6 +576,22 @@ fn a_second_sigint_kills_the_stopping_ranks_at_once() {
     assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(128 + libc::SIGINT), "{}", agent.text());
     assert!(agent.text().contains("SIGINT again: SIGKILL to the ranks now"), "{}", agent.text());
     assert!(agent.text().contains("not all of them checkpointed (killed); exiting with 130"), "{}", agent.text());
+
+    // a SIGINT after a SIGTERM (a scheduler's stop) is no second Ctrl-C: the grace runs out
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"trap '' TERM INT; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
+    let mut agent = Agent::start(tmp.path(), "term", &agent_args(d, "2", &[], &["sh", "-c", rank]));
+    wait_started(tmp.path(), 1, Duration::from_secs(15));
+    agent.signal(libc::SIGTERM);
+    agent.wait_for("forwarding SIGTERM", Duration::from_secs(10));
+    agent.signal(libc::SIGINT);
+    assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(143), "{}", agent.text());
+    assert!(
+        !agent.text().contains("SIGINT again") && agent.text().contains("did not exit within 2 s"),
+        "{}",
+        agent.text()
+    );
 }
 
 /// A node whose ranks all succeeded while the group then fails (rank 0 on node 0 exits 1 after 2 s)
@@ -918,8 +934,8 @@ fn refusable_node(dir: &Path, rdzv: &str, nnodes: &str, n: &str, token: &str, ru
 fn a_derived_port_that_another_jobs_store_holds_is_worth_a_retry() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
-    let k = (0..10000u16)
-        .map(|i| (i * 7919 + std::process::id() as u16 % 10000) % 10000)
+    let k = (0..10000u32)
+        .map(|i| ((i * 7919 + std::process::id() % 10000) % 10000) as u16)
         .find(|k| std::net::TcpListener::bind(("0.0.0.0", 30000 + k)).is_ok())
         .unwrap();
     let slurm = |job: u32, node: &str| {

@@ -446,9 +446,12 @@ fn a_second_sigint_exits_at_once() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut said = String::new();
+    let t = Instant::now();
     while !said.contains("stop requested") {
         assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut said).unwrap(), 0, "{said}");
     }
+    // (a second press, not the first delivered twice: those come within 0.1 s)
+    std::thread::sleep(Duration::from_millis(200));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
@@ -456,6 +459,42 @@ fn a_second_sigint_exits_at_once() {
     assert!(t.elapsed() < Duration::from_secs(25), "it finished the step");
     assert!(said.contains("SIGINT again: exiting now, without the stop checkpoint"), "{said}");
     assert!(latest_checkpoint(&cfg.run.dir).is_none());
+}
+
+/// A SIGINT after a SIGTERM (a scheduler's stop, then one Ctrl-C) is no second Ctrl-C: the run still
+/// finishes its step and checkpoints; nor is one Ctrl-C delivered twice at once.
+#[test]
+fn one_sigint_after_a_sigterm_or_twice_at_once_still_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    for (name, first) in [("term", libc::SIGTERM), ("int", libc::SIGINT)] {
+        let mut cfg = config(&data, tmp.path().join(name));
+        cfg.run.steps = 100_000;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .arg("train")
+            .arg(common::config_file(&cfg, tmp.path()))
+            .env("INFINITY_FAULT_SLOW", "0:2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !cfg.run.dir.join("config.toml").exists() {
+            assert!(t.elapsed() < Duration::from_secs(60), "setup did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY (both): signalling a child we spawned.
+        unsafe { libc::kill(child.id() as i32, first) };
+        if first == libc::SIGTERM {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{name}: {said}");
+        assert!(latest_checkpoint(&cfg.run.dir).is_some() && !said.contains("SIGINT again"), "{name}: {said}");
+    }
 }
 
 /// `--preempted-exit-code 143`: a run a signal stops before its last step exits 143 (a Kubernetes Job's

@@ -296,7 +296,6 @@ pub(super) struct Misconfigured(pub String);
 /// whose ranks finished takes it for lost.
 const NODE_SILENCE: Duration = Duration::from_secs(10);
 
-/// For an agent whose ranks all succeeded: how the group's attempt ended. The agent marks its node
 /// Which node's signal stopped the group, as its agent posted it under `key` (`node 1 (SIGTERM)`);
 /// "another node" where the store does not say (an agent of an earlier build posted the number alone).
 pub(super) fn signalled_node(c: &mut StoreClient, key: &str) -> String {
@@ -306,6 +305,7 @@ pub(super) fn signalled_node(c: &mut StoreClient, key: &str) -> String {
     }
 }
 
+/// For an agent whose ranks all succeeded: how the group's attempt ended. The agent marks its node
 /// (`PREFIX/succeeded/NODE`) and waits until every node's ranks succeeded (or their agent left:
 /// `PREFIX/out/NODE`), or the group failed (it then joins the restart, or stops with the group's code),
 /// or was signalled. A node that is still running keeps this agent waiting as long as its agent
@@ -395,7 +395,10 @@ pub(super) async fn group_outcome(
                 // (as a signal to a watching agent: an elastic group's member leaves alone)
                 let (key, what) = match elastic_member && !signals.timed_out() {
                     true => (format!("{prefix}/left"), format!("node {node} ({})", signal_name(got))),
-                    false => (signal.clone(), format!("node {node} ({})", signal_name(got))),
+                    false => {
+                        let what = if signals.timed_out() { "--time-limit" } else { signal_name(got) };
+                        (signal.clone(), format!("node {node} ({what})"))
+                    }
                 };
                 post(client, &key, &what).await;
                 return Outcome::Stopped(0);

@@ -180,7 +180,8 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     let p = plan(&a)?;
     let a = LaunchArgs { nproc_per_node: p.nproc_per_node, ..a };
-    let (derived, port) = (p.port_derived, p.port);
+    // (the run id of SLURM's job too: a store that serves another run there is another job's)
+    let (derived, port) = (p.port_derived && a.run_id.is_none(), p.port);
     match run_planned(a, p, exe).await {
         // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
         Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(

@@ -18,8 +18,9 @@ pub(super) struct Plan {
     pub(super) nproc_per_node: usize,
     pub(super) host: String,
     pub(super) port: u16,
-    /// The port was derived from SLURM's job id, not given: a store there that refuses this agent is
-    /// another job's that took it (its id ≡ this one's mod 10000), not a wrong command line.
+    /// The port was derived from SLURM's job id, not given: with the run id derived from it too, a store
+    /// there that refuses this agent is another job's that took it (its id ≡ this one's mod 10000), not a
+    /// wrong command line.
     pub(super) port_derived: bool,
     pub(super) run_id: String,
     pub(super) token: String,
@@ -245,8 +246,9 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
                 let first = parse_nodelist(&list).with_context(|| var.to_string())?.into_iter().next();
                 let first = first.with_context(|| format!("{var} is empty: expected the step's hosts"))?;
                 let step = env("SLURM_STEP_ID");
-                port_derived = true;
-                (first, job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref()).unwrap_or(29400))
+                let derived = job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref());
+                port_derived = derived.is_some();
+                (first, derived.unwrap_or(29400))
             }
         },
     };

@@ -167,13 +167,18 @@ pub(super) async fn watch(
                         (LEFT, format!("node {} ({})", g.node_rank, signal_name(got)))
                     }
                     _ => {
-                        let what = if signals.timed_out() { "its --time-limit" } else { signal_name(got) };
+                        let what = if signals.timed_out() { "--time-limit" } else { signal_name(got) };
                         (SIGNAL, format!("node {} ({what})", g.node_rank))
                     }
                 };
                 // the ranks hear of it at once, the other nodes as soon as the store answers
+                // (a Ctrl-C again cuts the grace short; not after a scheduler's SIGTERM or the time limit)
+                let hurry = match got == libc::SIGINT && !signals.timed_out() {
+                    true => Some(&mut *signals),
+                    false => None,
+                };
                 let (code, ()) = tokio::join!(
-                    stop_group(&mut ranks, &mut exited, a.grace_s, sig, Some(signals)),
+                    stop_group(&mut ranks, &mut exited, a.grace_s, sig, hurry),
                     poller.post(&keys[key], &what),
                 );
                 // (128 + the signal the agent got, as before the ranks start: SIGHUP is 129 either way)

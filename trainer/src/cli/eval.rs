@@ -51,17 +51,19 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let checkpoints = checkpoints(&a.path, a.all)?;
     // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
     let first = &checkpoints[0].1;
-    let mut sets = Vec::new();
-    if let Some(dir) = &a.val {
-        ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
-        sets.push(format!("val.dir={}", dir.display()));
-        sets.push("val.sets=[]".to_string());
-    }
-    if let Some(n) = a.max_rows {
-        sets.push(format!("val.max_rows={n}"));
+    if a.all && a.path.join(STATE_FILE).is_file() {
+        console_err!("warning: --all: {} is one checkpoint (give the run folder for all of them)", a.path.display());
     }
     let config = first.join(CONFIG_FILE);
-    let cfg = TrainConfig::load(&config, &sets).with_context(|| format!("the run's config {}", config.display()))?;
+    let mut cfg = TrainConfig::load(&config, &[]).with_context(|| format!("the run's config {}", config.display()))?;
+    // (set on the config read, not as `--set` text: a folder named 2024 stays a path)
+    if let Some(dir) = &a.val {
+        ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
+        (cfg.val.dir, cfg.val.sets) = (Some(dir.clone()), Vec::new());
+    }
+    if let Some(n) = a.max_rows {
+        cfg.val.max_rows = n;
+    }
     if cfg.val.dir.is_none() {
         bail!("{}: the run has no validation set (val.dir): pass --val DIR", config.display());
     }
@@ -102,7 +104,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             None => load_model(dir, a.ema)?,
         };
         // (one run's checkpoints share one model: the validator's rows were checked against it)
-        ensure!(ck.model == model, "{}: another model than the newer checkpoints'", dir.display());
+        ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
         let mut results = vec![(None, vm)];

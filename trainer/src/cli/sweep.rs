@@ -44,9 +44,10 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console_text!("run folders: {}/NAME\n", out.display());
         return Ok(ExitCode::SUCCESS);
     }
-    // (each run would start and fail at once: the binary the sweep runs them with is this one)
-    if let Some(r) = runs.iter().find(|r| r.config.run.device == DeviceChoice::Cuda).filter(|_| !cfg!(feature = "cuda"))
-    {
+    // (each run still to train would start and fail at once: the binary the sweep runs them with here, or
+    // names in a SLURM script, is this one; --print leaves the commands to the caller)
+    let on_cuda = |r: &&sweep::PlannedRun| r.config.run.device == DeviceChoice::Cuda && sweep::skipped(r).is_none();
+    if let Some(r) = runs.iter().find(on_cuda).filter(|_| !cfg!(feature = "cuda") && !a.print) {
         bail!(
             "run {}: run.device = \"cuda\", and this build has no CUDA support: build with --features cuda (or set \
              run.device = \"auto\" or \"cpu\")",
@@ -86,11 +87,11 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         }
         if todo.is_empty() {
             match finished == runs.len() {
-                true => console_err!("all {} runs of the sweep have finished: nothing to submit", runs.len()),
+                true => console_err!("the sweep's {} finished: nothing to submit", super::plural(runs.len(), "run")),
                 false => console_err!(
-                    "nothing to submit: {finished} of the sweep's {} runs have finished, the others diverged or are \
-                     training now (named above)",
-                    runs.len()
+                    "nothing to submit: {finished} of the sweep's {} finished, the others diverged or are training \
+                     now (named above)",
+                    super::plural(runs.len(), "run")
                 ),
             }
             return Ok(ExitCode::SUCCESS);

@@ -142,7 +142,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             None
         }),
         false => {
-            let flag = dist::preemption_flag()?;
+            let flag = dist::preemption_flag(true)?;
             if let Some(limit) = a.time_limit {
                 time_limit(limit, flag.clone(), timed_out.clone())?;
             }

@@ -119,15 +119,15 @@ impl SweepFile {
         // `optim.lr_per_256`, the same setting, in the other)
         let varied = self.axes.keys().map(|a| (a, "[axes]")).chain(self.linked.keys().map(|a| (a, "[linked]")));
         for (a, section) in varied {
-            let same = |k: &&String| *k == a || crate::train::config::alternative(k) == Some(a.as_str());
+            let same = |k: &&String| crate::train::config::same_setting(k, a);
             match self.set.keys().find(same) {
                 Some(k) if k == a => bail!(
                     "`{k}` is in [set] and in {section}: the {section} values would replace [set]'s in every run; \
                      give it in one of them"
                 ),
                 Some(k) => bail!(
-                    "`{k}` in [set] and `{a}` in {section} set one value (the {section} values would replace [set]'s \
-                     in every run): give one of them"
+                    "`{k}` in [set] and `{a}` in {section} set one value (one holds the other, or both name one \
+                     setting; the {section} values would replace [set]'s in every run): give one of them"
                 ),
                 None => {}
             }
@@ -337,6 +337,12 @@ mod tests {
             (
                 format!("{head}[set]\n\"optim.lr_per_256\" = 1e-3\n[axes]\n\"optim.lr\" = [1e-3]\n"),
                 "`optim.lr_per_256` in [set] and `optim.lr` in [axes] set one value",
+            ),
+            (
+                format!(
+                    "{head}[set]\n\"optim.decay\" = {{ kind = \"cosine\" }}\n[axes]\n\"optim.decay.min_ratio\" = [0.1]\n"
+                ),
+                "`optim.decay` in [set] and `optim.decay.min_ratio` in [axes] set one value (one holds the other",
             ),
             (
                 format!(

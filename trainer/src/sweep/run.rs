@@ -344,7 +344,7 @@ struct Running {
 pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -> Result<LocalOutcome> {
     let mut done = LocalOutcome::default();
     let env = env_overrides();
-    let signalled = crate::train::stop::preemption_flag()?;
+    let signalled = crate::train::stop::preemption_flag(false)?;
     let mut free: Vec<usize> = (0..slots.parallel).rev().collect();
     let (mut running, mut next, mut forwarded, mut halted) = (Vec::<Running>::new(), 0, false, false);
     loop {

@@ -294,7 +294,7 @@ impl Dist {
             if differ.is_empty() {
                 // the ranks whose config is rank 0's exit a moment after those that differ, so the launcher
                 // takes a differing rank's failure, posted first, for the root cause (and its node)
-                std::thread::sleep(std::time::Duration::from_secs(2));
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
             match differ.is_empty() {
                 true => bail!(

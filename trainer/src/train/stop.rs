@@ -1,7 +1,7 @@
 //! Stopping the training loop: the signals that end a run cleanly (a checkpoint first), a stop while
 //! the group still forms, and the fault drills the tests use to kill or slow a rank.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -9,27 +9,49 @@ use anyhow::{Context, Result};
 /// A flag set by SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (preemption: SLURM's `--signal`, submitit's USR2),
 /// SIGHUP (a closed terminal or ssh session, which reaches the whole process group, the ranks with their
 /// agent) or SIGQUIT (Ctrl-\\, which would otherwise dump core without a checkpoint): the loop
-/// checkpoints and exits cleanly. A SIGINT once the flag is set (a second Ctrl-C) exits at once, with
-/// 130, without the stop checkpoint (one being written stays incomplete and is never loaded).
-pub fn preemption_flag() -> Result<Arc<AtomicBool>> {
+/// checkpoints and exits cleanly. With `second_sigint_quits`, a second SIGINT (Ctrl-C again, not the
+/// first one after a SIGTERM or the time limit) exits at once, with 130, without the stop checkpoint
+/// (one being written stays incomplete and is never loaded).
+pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let flag = Arc::new(AtomicBool::new(false));
-    let stopping = flag.clone();
-    let again = move || {
-        if stopping.load(Ordering::SeqCst) {
-            const MESSAGE: &[u8] = b"\nSIGINT again: exiting now, without the stop checkpoint (exit code 130)\n";
-            // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
-            unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
-            signal_hook::low_level::exit(128 + SIGINT);
-        }
-    };
-    // (registered before the flag's own handler, which runs after it: the first SIGINT finds it clear)
-    // SAFETY: the action only reads an atomic and calls async-signal-safe functions.
-    unsafe { signal_hook::low_level::register(SIGINT, again) }.context("installing signal handlers")?;
+    if second_sigint_quits {
+        // when the first SIGINT came (monotonic ns; 0: none yet)
+        let first = Arc::new(AtomicU64::new(0));
+        let again = move || {
+            let now = monotonic_ns();
+            match first.load(Ordering::SeqCst) {
+                0 => first.store(now.max(1), Ordering::SeqCst),
+                // (one Ctrl-C delivered twice, by the process group and a wrapper forwarding it, is
+                // one: a second press comes later than this)
+                t if now.saturating_sub(t) < SAME_PRESS_NS => {}
+                _ => {
+                    const MESSAGE: &[u8] =
+                        b"\nSIGINT again: exiting now, without the stop checkpoint (exit code 130)\n";
+                    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+                    unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
+                    signal_hook::low_level::exit(128 + SIGINT);
+                }
+            }
+        };
+        // SAFETY: the action reads and writes atomics and calls async-signal-safe functions alone.
+        unsafe { signal_hook::low_level::register(SIGINT, again) }.context("installing signal handlers")?;
+    }
     for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT] {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)
+}
+
+/// SIGINTs closer together than this are one Ctrl-C delivered twice (nanoseconds).
+const SAME_PRESS_NS: u64 = 100_000_000;
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: clock_gettime(2)).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 /// The run diverged: `optim.max_nonfinite` non-finite steps in a row (the message says where), or a

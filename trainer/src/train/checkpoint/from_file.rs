@@ -239,11 +239,13 @@ fn broken_export(path: &Path, with_config: bool) -> Option<String> {
         });
     }
     let index = path.join(SHARD_INDEX);
-    // the weights file the shard index maps (where it maps one), else the one config.json names
-    let mapped = std::fs::read(&index)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(str::to_string));
+    // a weights file the shard index maps that is missing (where it maps any), else the one config.json names
+    let mapped =
+        std::fs::read(&index).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|i| {
+            let files: Vec<String> =
+                i["weight_map"].as_object()?.values().filter_map(|f| Some(f.as_str()?.into())).collect();
+            files.iter().find(|f| !path.join(f).is_file()).or(files.first()).cloned()
+        });
     read_export(path).is_none().then(|| match mapped {
         Some(f) => format!(
             "{}: an `infinity export` folder whose weights file {f}, which {} maps its tensors to, is missing: export \

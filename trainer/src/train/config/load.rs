@@ -445,8 +445,8 @@ fn allowed_values(key: &str, error: &str) -> &'static str {
 fn refuse_overlapping(overrides: &[String]) -> Result<()> {
     let keys: Vec<&str> = overrides.iter().filter_map(|o| Some(o.split_once('=')?.0.trim())).collect();
     for a in &keys {
-        let inside = |b: &&&str| b.len() > a.len() && b.starts_with(*a) && matches!(b.as_bytes()[a.len()], b'.' | b'[');
-        if let Some(b) = keys.iter().find(inside) {
+        // (the shorter key is the table around the longer)
+        if let Some(b) = keys.iter().find(|b| b.len() > a.len() && keys_overlap(a, b)) {
             bail!(
                 "--set {a}=… and --set {b}=…: the first sets the second too, and which applies is not fixed; give \
                  `{b}` inside `{a}`'s value, or set the parts of `{a}` one key at a time"
@@ -476,8 +476,14 @@ fn override_value(text: &str) -> Result<config::Value> {
     match toml::from_str::<toml::Table>(&format!("v = {text}")) {
         Ok(mut t) => Ok(convert(t.remove("v").expect("the key just parsed"))),
         Err(_) => {
+            // (a TOML integer, as TOML writes one, that does not fit: not `007` or `01_02`, which stay
+            // strings as TOML does not read them as numbers)
             let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+            let toml_integer = digits.starts_with(|c: char| ('1'..='9').contains(&c))
+                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                && !digits.contains("__")
+                && !digits.ends_with('_');
+            if toml_integer {
                 bail!("{text} is out of range: whole numbers are 64-bit (at most {})", i64::MAX);
             }
             Ok(text.into())
@@ -529,6 +535,10 @@ mod tests {
         );
         let e = error(optim, &["run.steps=-5"]);
         assert!(e.ends_with("--set run.steps: at `run.steps`: expected a whole number ≥ 0, found -5"), "{e}");
+        // (digits TOML reads as no number stay a string: a run folder named 007)
+        std::fs::write(dir.path().join("c.toml"), format!("{base}{optim}")).unwrap();
+        let sets = ["run.dir=007".to_string()];
+        assert_eq!(TrainConfig::load(&dir.path().join("c.toml"), &sets).unwrap().run.dir, std::path::Path::new("007"));
         let e = error(optim, &["optim={ lr = 1e-3 }", "optim.lr=3e-3"]);
         assert!(e.contains("--set optim=… and --set optim.lr=…: the first sets the second too"), "{e}");
         let e = error(optim, &["data.mix[0].weight=2", "data.mix=[]"]);
