@@ -44,15 +44,21 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         console_text!("run folders: {}/NAME\n", out.display());
         return Ok(ExitCode::SUCCESS);
     }
-    // (each run still to train would start and fail at once: the binary the sweep runs them with here, or
-    // names in a SLURM script, is this one; --print leaves the commands to the caller)
+    // each run still to train here would start and fail at once: refused; a SLURM script, which names this
+    // binary, says so; a plan (--dry-run) and --print leave the runs to another build
     let on_cuda = |r: &&sweep::PlannedRun| r.config.run.device == DeviceChoice::Cuda && sweep::skipped(r).is_none();
     if let Some(r) = runs.iter().find(on_cuda).filter(|_| !cfg!(feature = "cuda") && !a.print) {
-        bail!(
+        let why = format!(
             "run {}: run.device = \"cuda\", and this build has no CUDA support: build with --features cuda (or set \
              run.device = \"auto\" or \"cpu\")",
             r.name
         );
+        match (a.slurm.is_some(), a.dry_run) {
+            (true, _) => console_err!("warning: {why}; the script runs this binary"),
+            // (a plan may be for GPU nodes and another build)
+            (false, true) => {}
+            (false, false) => bail!("{why}"),
+        }
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slots = sweep::Slots::new(a.parallel as usize, file.nproc_per_node, a.devices.clone(), cores, &runs)?;
