@@ -218,6 +218,26 @@ fn raw_ring_passes(world: usize, bytes: usize, iters: usize) -> Result<Vec<f64>>
     Ok(passes)
 }
 
+/// One rank's all-reduces of `n` f32 over `ring`: a warm-up, then `iters` timed calls (seconds), each
+/// after a barrier so that the ranks start together.
+fn timed_all_reduces(ring: &mut TcpRing, n: usize, iters: usize) -> Result<Vec<f64>> {
+    let mut buf = vec![1.0f32; n];
+    ring.all_reduce_sum(&mut buf)?; // warm-up
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        ring.barrier()?;
+        let t0 = Instant::now();
+        ring.all_reduce_sum(&mut buf)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// NCCL's bus bandwidth of an all-reduce over `world` ranks: what each link carries, `algbw · 2(W−1)/W`.
+fn bus_bandwidth(algbw: f64, world: usize) -> f64 {
+    algbw * 2.0 * (world - 1) as f64 / world as f64
+}
+
 /// Median all-reduce time of `n` f32 over a `world`-rank ring, seconds.
 pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
     let server = StoreServer::spawn("127.0.0.1:0".parse()?, "bench".into())?;
@@ -229,16 +249,7 @@ pub fn ring_all_reduce(world: usize, n: usize, iters: usize) -> Result<f64> {
                 let mut c = StoreClient::connect(&addr, "bench", &format!("r{rank}"), Duration::from_secs(10))?;
                 let mut ring =
                     TcpRing::connect(&mut c, "bench", rank, world, "127.0.0.1", false, Duration::from_secs(60))?;
-                let mut buf = vec![1.0f32; n];
-                ring.all_reduce_sum(&mut buf)?; // warm-up
-                let mut times = Vec::new();
-                for _ in 0..iters {
-                    ring.barrier()?;
-                    let t0 = Instant::now();
-                    ring.all_reduce_sum(&mut buf)?;
-                    times.push(t0.elapsed().as_secs_f64());
-                }
-                Ok(times)
+                timed_all_reduces(&mut ring, n, iters)
             })
         })
         .collect::<Result<_>>()?;
@@ -288,15 +299,7 @@ fn group_all_reduce(env: &crate::env::DistEnv, a: &CommBenchArgs) -> Result<()> 
     let ip = store.local_ip()?;
     let listen_all = ip.is_loopback() && env.world > env.local_world;
     let mut ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &ip.to_string(), listen_all, timeout)?;
-    let mut buf = vec![1.0f32; bytes / 4];
-    ring.all_reduce_sum(&mut buf)?; // warm-up
-    let mut times = Vec::new();
-    for _ in 0..a.iters {
-        ring.barrier()?;
-        let t0 = Instant::now();
-        ring.all_reduce_sum(&mut buf)?;
-        times.push(t0.elapsed().as_secs_f64());
-    }
+    let times = timed_all_reduces(&mut ring, bytes / 4, a.iters)?;
     // each pass as long as its slowest rank
     let mine: Vec<f32> = times.iter().map(|&t| t as f32).collect();
     let mut all = vec![0.0f32; env.world * a.iters];
@@ -307,7 +310,7 @@ fn group_all_reduce(env: &crate::env::DistEnv, a: &CommBenchArgs) -> Result<()> 
     if env.rank == 0 {
         let (w, secs) = (env.world, times[a.iters / 2]);
         let algbw = bytes as f64 / secs;
-        let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
+        let busbw = bus_bandwidth(algbw, w);
         console!("| ranks | nodes | MiB | all-reduce ms | algbw GB/s | busbw GB/s |");
         console!("|---|---|---|---|---|---|");
         let nodes = w.div_ceil(env.local_world.max(1));
@@ -343,7 +346,7 @@ pub fn run(a: &CommBenchArgs) -> Result<()> {
         let secs = ring_all_reduce(w, bytes / 4, a.iters)?;
         let ring_raw = raw_ring(w, bytes, a.iters)?;
         let algbw = bytes as f64 / secs;
-        let busbw = algbw * 2.0 * (w - 1) as f64 / w as f64;
+        let busbw = bus_bandwidth(algbw, w);
         console!(
             "| {w} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} % | {:.0} % |",
             a.mib,

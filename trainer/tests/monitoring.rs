@@ -418,6 +418,28 @@ fn a_group_signalled_during_setup_stops_together() {
     assert!(latest_checkpoint(&cfg.run.dir).is_none() && !cfg.run.dir.join("metrics.jsonl").exists());
 }
 
+/// `infinity train` of a long run into `tmp/name` whose every step sleeps `step_s` seconds, once its setup
+/// is over (the run folder has its config: a signal before it stops the run at once): its config and the
+/// process, stderr piped.
+fn slow_run_past_setup(tmp: &Path, data: &Path, name: &str, step_s: u64) -> (TrainConfig, std::process::Child) {
+    let mut cfg = config(data, tmp.join(name));
+    cfg.run.steps = 100_000;
+    let child = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .arg("train")
+        .arg(common::config_file(&cfg, tmp))
+        .env("INFINITY_FAULT_SLOW", format!("0:{step_s}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !cfg.run.dir.join("config.toml").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "setup did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (cfg, child)
+}
+
 /// A second SIGINT (Ctrl-C) while the run finishes its step for the first exits at once with 130,
 /// without the stop checkpoint, saying so.
 #[test]
@@ -425,23 +447,8 @@ fn a_second_sigint_exits_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
-    let mut cfg = config(&data, tmp.path().join("run"));
-    cfg.run.steps = 100_000;
     // (each step sleeps 30 s: the second signal comes within the step the first one lets finish)
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .arg("train")
-        .arg(common::config_file(&cfg, tmp.path()))
-        .env("INFINITY_FAULT_SLOW", "0:30")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // (setup is over once the run folder has its config: a signal before would stop it at once)
-    let t = Instant::now();
-    while !cfg.run.dir.join("config.toml").exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "setup did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (cfg, mut child) = slow_run_past_setup(tmp.path(), &data, "run", 30);
     // SAFETY (both): signalling a child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
@@ -469,21 +476,7 @@ fn one_sigint_after_a_sigterm_or_twice_at_once_still_checkpoints() {
     let data = tmp.path().join("data");
     dataset(&data);
     for (name, first) in [("term", libc::SIGTERM), ("int", libc::SIGINT)] {
-        let mut cfg = config(&data, tmp.path().join(name));
-        cfg.run.steps = 100_000;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_infinity"))
-            .arg("train")
-            .arg(common::config_file(&cfg, tmp.path()))
-            .env("INFINITY_FAULT_SLOW", "0:2")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while !cfg.run.dir.join("config.toml").exists() {
-            assert!(t.elapsed() < Duration::from_secs(60), "setup did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (cfg, mut child) = slow_run_past_setup(tmp.path(), &data, name, 2);
         // SAFETY (both): signalling a child we spawned.
         unsafe { libc::kill(child.id() as i32, first) };
         if first == libc::SIGTERM {

@@ -157,18 +157,14 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
 /// (missing, or a second one) is not the export's, and upstream's `torch_shard` loader, which reads it,
 /// would fail or load other weights than the ones sampled here.
 fn check_index(dir: &Path, weights: &Path) -> Result<()> {
-    let index = dir.join(super::SHARD_INDEX);
-    let Ok(bytes) = std::fs::read(&index) else { return Ok(()) };
-    let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", index.display()))?;
-    let map = v["weight_map"].as_object().with_context(|| format!("{}: no `weight_map`", index.display()))?;
+    let Some(map) = super::shard_map(dir)? else { return Ok(()) };
     let file = weights.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-    if let Some((tensor, other)) = map.iter().find(|(_, f)| f.as_str() != Some(file)) {
-        let other = other.as_str().map_or_else(|| other.to_string(), str::to_string);
-        let missing = if dir.join(&other).is_file() { "" } else { ", which is missing" };
+    if let Some((tensor, other)) = map.iter().find(|(_, f)| f != file) {
+        let missing = if dir.join(other).is_file() { "" } else { ", which is missing" };
         bail!(
             "{}: maps `{tensor}` to {other}{missing}, where an export maps every tensor to its weights file {file}: \
              edited? upstream's torch_shard loader reads this index; export again",
-            index.display()
+            dir.join(super::SHARD_INDEX).display()
         );
     }
     Ok(())

@@ -419,11 +419,24 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
         (.., Some(file)) => format!("the weights file {file}"),
         _ => "not recorded in its config.json".to_string(),
     };
-    let index = read(SHARD_INDEX);
-    let mapped = index.as_ref().and_then(|i| i["weight_map"].as_object()?.values().next()?.as_str().map(PathBuf::from));
+    let mapped = shard_map(dir).ok().flatten().and_then(|m| m.into_iter().next()).map(|(_, f)| PathBuf::from(f));
     let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from(MODEL_FILE)));
     let ema = config["source"]["weights"] == "ema";
     weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema })
+}
+
+/// The `(tensor, file)` pairs of the [`SHARD_INDEX`] in `dir`, in the index's key order (a value that is
+/// no string as its JSON text); `None` where the folder has no index.
+pub(crate) fn shard_map(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
+    let index = dir.join(SHARD_INDEX);
+    if !index.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&index).with_context(|| format!("reading {}", index.display()))?;
+    let v: Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", index.display()))?;
+    let map = v["weight_map"].as_object().with_context(|| format!("{}: no `weight_map`", index.display()))?;
+    let file = |f: &Value| f.as_str().map_or_else(|| f.to_string(), str::to_string);
+    Ok(Some(map.iter().map(|(t, f)| (t.clone(), file(f))).collect()))
 }
 
 /// [`SHARD_INDEX`] of `tensors` written as `file`: one shard holding every tensor.

@@ -12,7 +12,7 @@ use infinity_data::Manifest;
 
 use super::load::{export_holding, moving_average_of, weights_file, CheckpointModel};
 use super::{DONE, STATE_FILE};
-use crate::export::{read_export, EXPORT_FORMAT, SHARD_INDEX};
+use crate::export::{read_export, shard_map, EXPORT_FORMAT, SHARD_INDEX};
 use crate::model::io::load_state_dict;
 use crate::model::weight_shards::{index_in, is_index};
 use crate::model::{torch_file, Conditioning, Layout, ModelConfig};
@@ -238,14 +238,9 @@ fn broken_export(path: &Path, with_config: bool) -> Option<String> {
             )
         });
     }
-    let index = path.join(SHARD_INDEX);
     // a weights file the shard index maps that is missing (where it maps any), else the one config.json names
-    let mapped =
-        std::fs::read(&index).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|i| {
-            let files: Vec<String> =
-                i["weight_map"].as_object()?.values().filter_map(|f| Some(f.as_str()?.into())).collect();
-            files.iter().find(|f| !path.join(f).is_file()).or(files.first()).cloned()
-        });
+    let files: Vec<String> = shard_map(path).ok().flatten().unwrap_or_default().into_iter().map(|(_, f)| f).collect();
+    let mapped = files.iter().find(|f| !path.join(f).is_file()).or(files.first());
     read_export(path).is_none().then(|| match mapped {
         Some(f) => format!(
             "{}: an `infinity export` folder whose weights file {f}, which {} maps its tensors to, is missing: export \
