@@ -845,6 +845,11 @@ fn eval_measures_checkpoints_as_training_validates() {
     for e in &evals {
         let at = logged.iter().find(|l| l["step"] == e["step"]).unwrap();
         assert_eq!((&e["loss"], &e["bit_acc"], &e["rows"]), (&at["loss"], &at["bit_acc"], &at["rows"]), "{e} vs {at}");
+        // (and what the run had seen there, as its log says)
+        assert!(e["tokens_seen"].as_u64().is_some(), "{e}");
+        for k in ["samples_seen", "tokens_seen", "flops_seen"] {
+            assert_eq!(e[k], at[k], "{k}: {e} vs {at}");
+        }
     }
     // the unvalidated run on `val`, its newest checkpoint, 5 rows
     assert!(infinity(&["eval", path_str(&run), "--val", path_str(&val), "--max-rows", "5", "--out", path_str(&out)]));

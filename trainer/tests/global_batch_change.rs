@@ -68,6 +68,14 @@ fn a_resume_at_another_global_batch_trains_on_and_resumes_again_exactly() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["global_batch"].as_u64().unwrap())
         .collect();
     assert_eq!(drawn, [8, 8, 8, 16, 16, 16, 16, 16]);
+    // ... and counts on across the change (`samples_seen`: 3 × 8 + 5 × 16), as the twice-resumed run
+    let seen = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        (last["samples_seen"].clone(), last["tokens_seen"].clone(), last["flops_seen"].clone())
+    };
+    assert_eq!(seen(&once.run.dir).0, 104);
+    assert_eq!(seen(&once.run.dir), seen(&twice.run.dir));
 
     // each size from its step; the scaling tables count 3 steps at 8 and 5 at 16
     let derived = json(once.run.dir.join("derived.json"));

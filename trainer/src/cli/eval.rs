@@ -36,7 +36,8 @@ pub struct EvalArgs {
     /// The checkpoints' moving average of the weights (`optim.ema_decay`) instead of the weights.
     #[arg(long)]
     ema: bool,
-    /// Also append each result to FILE as a JSON line (checkpoint, step, set, loss, bit_acc, rows).
+    /// Also append each result to FILE as a JSON line (checkpoint, step, set, loss, bit_acc, rows, and
+    /// the run's samples_seen, tokens_seen and flops_seen at the checkpoint).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Where the model runs: `auto`, `cpu` or `cuda`.
@@ -105,6 +106,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         };
         // (one run's checkpoints share one model: the validator's rows were checked against it)
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
+        // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown)
+        let seen = checkpoint::read_state(dir)?.seen;
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
         let mut results = vec![(None, vm)];
@@ -127,6 +130,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                     "loss": m.loss,
                     "bit_acc": m.bit_acc,
                     "rows": m.rows,
+                    "samples_seen": seen.map(|s| s.samples),
+                    "tokens_seen": seen.map(|s| s.tokens),
+                    "flops_seen": seen.map(|s| s.flops),
                 });
                 writeln!(f, "{line}").context("writing --out")?;
             }

@@ -39,6 +39,14 @@ pub struct StepMetrics {
     /// The rows the step drew over all ranks (`data.global_batch` when the step drew it; it may change
     /// at a resume).
     pub global_batch: u64,
+    /// Samples, tokens and training FLOPs up to and including this step, over all ranks (`seen.rs`):
+    /// absent where a checkpoint of an earlier build could not be recounted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_seen: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_seen: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_seen: Option<f64>,
     pub tokens_per_s: f64,
     pub samples_per_s: f64,
     pub step_time_s: f64,
@@ -161,7 +169,7 @@ impl Logger {
     /// one's (`sets`) in the same line under `sets`, `val/NAME/*` and the console line.
     pub fn val(
         &mut self,
-        step: u64,
+        (step, seen): (u64, Option<super::seen::Seen>),
         v: &super::val::ValMetrics,
         sets: &[(String, super::val::ValMetrics)],
     ) -> Result<()> {
@@ -171,6 +179,11 @@ impl Logger {
             self.val = Some(f.with_context(|| format!("opening {}", p.display()))?);
         }
         let mut line = serde_json::json!({ "step": step, "loss": v.loss, "bit_acc": v.bit_acc, "rows": v.rows });
+        if let Some(seen) = seen {
+            line["samples_seen"] = seen.samples.into();
+            line["tokens_seen"] = seen.tokens.into();
+            line["flops_seen"] = seen.flops.into();
+        }
         if !sets.is_empty() {
             let each = sets.iter().map(|(name, m)| {
                 (name.clone(), serde_json::json!({ "loss": m.loss, "bit_acc": m.bit_acc, "rows": m.rows }))

@@ -22,6 +22,7 @@ pub mod rank_times;
 pub mod run_lock;
 pub mod rundir;
 mod saver;
+mod seen;
 mod session;
 mod setup;
 pub mod spike;
@@ -156,6 +157,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         Loader::new(ds.clone(), lo, saved.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
     let resumed = saved.is_some();
     let mut state = saved.unwrap_or_else(|| TrainState::fresh(loader.state()));
+    // (per bucket: tokens per sample and training FLOPs per token, which each step's counts add)
+    let costs: Vec<(u64, f64)> = manifest
+        .schedules
+        .iter()
+        .zip(&mix.flops_per_token)
+        .map(|(s, &f)| (infinity_kernels::bsq::num_tokens(&mc.token_scales(&s.hw())) as u64, f))
+        .collect();
+    if leader && state.seen.is_none() {
+        state.seen = seen::Seen::recounted(run, state.step, &costs);
+    }
     // the spike guard's window continues from the checkpoint's (kept with the guard off too: its
     // z-scores are logged)
     let spike_limits = SpikeLimits::of(&cfg.optim);
@@ -341,7 +352,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let secs = t0.elapsed().as_secs_f64();
         let samples = (batch_rows * dist.world) as f64;
         let tokens = samples * num_tokens as f64;
-        let flops = mix.flops_per_token[bucket as usize] * tokens;
+        let flops = costs[bucket as usize].1 * tokens;
+        if let Some(seen) = state.seen.as_mut() {
+            seen.add(samples as u64, costs[bucket as usize].0, costs[bucket as usize].1);
+        }
         summary.stepped(means.loss, means.bit_acc);
         let step_metrics = StepMetrics {
             step: state.step,
@@ -355,6 +369,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             clip: cfg.optim.clip_decay.then_some(clip),
             grad_norm,
             global_batch: (batch_rows * dist.world) as u64,
+            samples_seen: state.seen.map(|s| s.samples),
+            tokens_seen: state.seen.map(|s| s.tokens),
+            flops_seen: state.seen.map(|s| s.flops),
             tokens_per_s: tokens / secs,
             samples_per_s: samples / secs,
             step_time_s: secs,
@@ -418,7 +435,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let (vm, sets) = v.run(cfg, (&mc, &lay), &params, &mut dist, &mut compute, &mut acts)?;
             summary.validated(state.step, vm.loss);
             if let Some(log) = logger.as_mut() {
-                log.val(state.step, &vm, &sets)?;
+                log.val((state.step, state.seen), &vm, &sets)?;
             }
         }
 

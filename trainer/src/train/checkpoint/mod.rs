@@ -77,6 +77,10 @@ pub struct TrainState {
     /// The losses and gradient norms the spike guard judges against (`optim.skip_loss_z`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spike_window: Option<super::spike::SpikeWindow>,
+    /// Samples, tokens and training FLOPs so far, over all ranks (`metrics.jsonl`'s `*_seen`): absent in
+    /// the checkpoints of earlier builds, and where they could not be recounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<super::seen::Seen>,
 }
 
 impl TrainState {
@@ -93,6 +97,7 @@ impl TrainState {
             optim_crc32c: String::new(),
             ema_crc32c: None,
             spike_window: None,
+            seen: Some(super::seen::Seen::default()),
         }
     }
 }
