@@ -61,6 +61,12 @@ pub struct Shape {
     /// down, at least 1), so the head dim stays the preset's where the width is a multiple of it.
     #[arg(long)]
     width: Option<usize>,
+    /// Override the depth (blocks), as `model.depth` does in a run.
+    #[arg(long, value_parser = super::positive())]
+    depth: Option<usize>,
+    /// Override the heads (after --width), as `model.num_heads` does in a run.
+    #[arg(long, value_parser = super::positive())]
+    heads: Option<usize>,
     #[arg(long, default_value = "1.000")]
     template: String,
     #[arg(long, default_value = "0.06M")]
@@ -128,6 +134,14 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
     if let Some(w) = s.width {
         c = c.with_width(w);
         label = format!("{}-w{w}", s.preset);
+    }
+    if let Some(depth) = s.depth {
+        c = c.with_depth(depth);
+        label = format!("{label}-d{depth}");
+    }
+    if let Some(heads) = s.heads {
+        c.num_heads = heads;
+        label = format!("{label}-h{heads}");
     }
     c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
     Ok((c, label))
@@ -303,5 +317,26 @@ mod tests {
             count(&info),
             count(&super::info_config(&Cli::parse_from(["info", "--preset", "tiny"]).info).unwrap().0)
         );
+    }
+
+    /// `--width`, `--depth` and `--heads` give the model a run of those `model.*` settings trains.
+    #[test]
+    fn model_info_takes_a_sweeps_shape() {
+        let args = ["info", "--preset", "layer12", "--width", "96", "--depth", "3", "--heads", "4", "--classes", "10"];
+        let (info, label) = super::info_config(&Cli::parse_from(args).info).unwrap();
+        assert_eq!(label, "layer12-w96-d3-h4");
+        let mut model = crate::train::config::TrainConfig::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml"),
+            &[],
+        )
+        .unwrap()
+        .model;
+        model.preset = "layer12".into();
+        (model.embed_dim, model.depth, model.num_heads) = (Some(96), Some(3), Some(4));
+        let run = model.model_config(info.d, Some(10), None).unwrap();
+        assert_eq!((info.depth, info.embed_dim, info.num_heads, info.block_chunks), (3, 96, 4, run.block_chunks));
+        assert_eq!(crate::model::Layout::new(&info).numel, crate::model::Layout::new(&run).numel);
+        let e = super::info_config(&Cli::parse_from(["info", "--width", "96", "--heads", "5"]).info).unwrap_err();
+        assert!(format!("{e:#}").contains("layer12-w96-h5"), "{e:#}");
     }
 }

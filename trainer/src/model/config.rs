@@ -111,6 +111,13 @@ impl ModelConfig {
         ModelConfig { embed_dim: width, num_heads: (width / hd).max(1), ..self.clone() }
     }
 
+    /// This model at another depth, its blocks' key layout (`block_chunks`) the preset's where that
+    /// divides the depth, else the nearest below that does.
+    pub fn with_depth(&self, depth: usize) -> ModelConfig {
+        let block_chunks = (1..=self.block_chunks).rev().find(|&k| depth.is_multiple_of(k)).unwrap_or(1);
+        ModelConfig { depth, block_chunks, ..self.clone() }
+    }
+
     pub fn head_dim(&self) -> usize {
         self.embed_dim / self.num_heads
     }

@@ -308,7 +308,9 @@ impl ModelSection {
     ) -> Result<ModelConfig> {
         let m = self;
         let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
-        c.depth = m.depth.unwrap_or(c.depth);
+        if let Some(depth) = m.depth {
+            c = c.with_depth(depth); // (its key layout too)
+        }
         c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
         c.num_heads = m.num_heads.unwrap_or(c.num_heads);
         c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
@@ -316,8 +318,6 @@ impl ModelSection {
         c.d = c.token_bits(d);
         c.cond_drop_rate = m.cond_drop_rate;
         c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
-        // the preset's key layout, or the nearest that divides an overridden depth
-        c.block_chunks = (1..=c.block_chunks).rev().find(|&k| c.depth.is_multiple_of(k)).unwrap_or(1);
         c.conditioning = match (m.conditioning.as_str(), num_classes, text) {
             ("class", Some(n), _) => Conditioning::Class { num_classes: n },
             ("text", _, Some((width, max_tokens))) => {
