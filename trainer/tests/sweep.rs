@@ -814,6 +814,17 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert!(finished(&t.join("resume/lr-0.002")), "the next run did not start: {done:?}");
     let log = std::fs::read_to_string(first.join("train.log")).unwrap();
     assert!(log.contains("cannot resume the data stream"), "{log}");
+    // --status says so too, not "stopped (by a signal)" as the summary left in place would
+    let status = ok(infinity(&["sweep", "resume.toml", "--status"], t));
+    assert!(row_of(&status, "lr-0.001").contains(" failed (exit status: 2; see train.log) "), "{status}");
+    assert!(status.contains("2 runs: 1 failed, 1 finished"), "{status}");
+    // until the sweep starts it again: the stand-in now stopped by a signal, as its summary says
+    let stopped = "#!/bin/sh\necho '{\"step\": 2, \"preempted\": true}' > \"$(dirname \"$2\")/summary.json\"\n";
+    std::fs::write(&exe, stopped).unwrap();
+    let done = run_local(&runs[..1], 1, &exe, &Slots::one()).unwrap();
+    assert_eq!(done.stopped, ["lr-0.001"], "{done:?}");
+    let status = ok(infinity(&["sweep", "resume.toml", "--status"], t));
+    assert!(row_of(&status, "lr-0.001").contains(" stopped (by a signal) "), "{status}");
 }
 
 /// A dataset made again in the folder the runs trained on (same `data.dir`, other rows) makes them

@@ -33,6 +33,7 @@
 //! their execution here, `slurm` the job-array script.
 
 mod existing;
+mod failed;
 mod file;
 mod run;
 mod slurm;

@@ -371,6 +371,7 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
                         Ok(child) => running.push(child),
                         Err(e) => {
                             console!("{at}: FAILED to start: {e:#}");
+                            super::failed::record(&r.dir, "failed to start");
                             done.failed.push(r.name.clone());
                             free.push(slot);
                         }
@@ -433,6 +434,7 @@ fn ended(r: Running, status: std::io::Result<ExitStatus>, signal: bool, done: &m
         Ok(s) => s,
         Err(e) => {
             console!("{at}: FAILED: its process could not be watched ({e}); see {log}");
+            super::failed::record(&r.dir, "its process could not be watched");
             done.failed.push(r.name);
             return false;
         }
@@ -459,6 +461,7 @@ fn ended(r: Running, status: std::io::Result<ExitStatus>, signal: bool, done: &m
         return true;
     } else {
         console!("{at}: FAILED ({status}); see {log}");
+        super::failed::record(&r.dir, &status.to_string());
         done.failed.push(r.name);
     }
     false
@@ -474,6 +477,7 @@ fn start(
 ) -> Result<Running> {
     // (read before the child can write its own)
     let summary_before = std::fs::read_to_string(r.dir.join("summary.json")).ok();
+    super::failed::clear(&r.dir);
     let log = r.dir.join("train.log");
     let out = std::fs::OpenOptions::new()
         .create(true)

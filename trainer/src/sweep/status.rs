@@ -69,10 +69,13 @@ fn row(r: &PlannedRun) -> Row {
     let last = last_metrics(&r.dir.join("metrics.jsonl"));
     let checkpoint = crate::train::latest_checkpoint(&r.dir).and_then(|c| saved_step(&c));
     let changed = toml::to_string(&r.config).ok().and_then(|text| settings_changed(r, &text).ok().flatten());
+    // (a failed attempt leaves an earlier session's summary in place: its record is the newer news)
+    let failure = super::failed::last_failure(&r.dir).map(|status| format!("failed ({status}; see train.log)"));
     let state = match state(&r.dir) {
         RunState::Finished => "finished",
         RunState::Diverged => "diverged",
         RunState::Training => "training",
+        RunState::ToDo if failure.is_some() => failure.as_deref().unwrap_or_default(),
         RunState::ToDo if preempted(&r.dir) => "stopped (by a signal)",
         RunState::ToDo if checkpoint.is_some() => "interrupted (resumes)",
         RunState::ToDo if last.is_some() => "interrupted (restarts: no checkpoint)",
