@@ -65,6 +65,39 @@ fn check_names_a_run_folder_that_cannot_be_created_or_is_in_use() {
     assert!(lines.iter().any(|l| l.contains("writable, no training job holds it")), "{lines:?}");
 }
 
+/// A job requeued before its run's first checkpoint (`--resume auto` finds none, so it starts fresh)
+/// meets the lost attempt's lock as any resume does: it waits for it to let go (the lost job may be
+/// writing its stop's checkpoint), then trains; without `--resume` the lock is another job's: refused.
+#[test]
+fn a_requeued_job_before_the_first_checkpoint_waits_for_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    let file = common::config_file(&cfg, tmp.path());
+    std::fs::create_dir_all(&cfg.run.dir).unwrap();
+    let held = RunLock::acquire(&cfg.run.dir).unwrap();
+    let out = infinity(&["train", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("in use by another training job") && stderr.contains("before training here"), "{stderr}");
+
+    let requeued = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", file.to_str().unwrap(), "--resume", "auto"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (well past the 1 s a fresh start waits)
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(held);
+    let out = requeued.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting up to 120 s for it to let go"), "{stderr}");
+    assert!(latest_checkpoint(&cfg.run.dir).is_some_and(|c| c.ends_with("step-00000006")), "{stderr}");
+}
+
 /// A read-only file system (a bind mount in a mount namespace of its own: `unshare -rm`; skipped where
 /// this machine allows none): `--check` fails as the run does, with exit 2, for a run folder to be
 /// made there and for one already there, and the run names the folder as not writable.

@@ -148,7 +148,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let stop = Some(flag);
             let accept_data_change = a.accept_data_change;
-            let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start };
+            let resume_requested = a.resume.is_some();
+            let opts =
+                TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start, resume_requested };
             train::train(&cfg, &opts).map(Some)
         }
     };

@@ -91,6 +91,9 @@ pub struct TrainOptions {
     /// A fresh start (no `--resume`): a `run.dir` that holds a run is refused, checked again once rank 0
     /// holds the run's lock (another fresh start may have trained there since the command line's check).
     pub fresh_start: bool,
+    /// `--resume` was given, though (`auto`) it found no checkpoint: a job requeued before its first,
+    /// which waits for the lost attempt's lock as any resume does.
+    pub resume_requested: bool,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -90,7 +90,7 @@ pub fn check_free(run: &Path) -> Result<()> {
 fn held_error(run: &Path, holder: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "run.dir {} is in use by another training job ({}): one job trains a run folder at a time; wait for it, \
-         or stop it, before resuming here",
+         or stop it, before training here",
         run.display(),
         describe_holder(holder, unix_now())
     )
