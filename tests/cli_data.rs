@@ -117,6 +117,11 @@ fn pack_upstream_metadata_and_python_reads_it_alike() {
     let (e, _) = crate::fails(&over);
     let listed = meta.join("1.000_000000002.jsonl");
     assert!(e.contains("5.png") && e.contains(&format!("(listed at {} line 2)", listed.display())), "{e}");
+    // (the dataset it was to replace is as it was, its tokenizer and images list too)
+    let again = infinity_data::Dataset::open(&out, infinity_data::Checksums::Verify).unwrap();
+    assert_eq!(again.manifest, ds.manifest);
+    assert!(infinity_data::inspect::verify(&out).problems.is_empty());
+    assert!(out.join("images.jsonl").is_file() && out.join("tokenizer.safetensors").is_file());
     std::fs::write(meta.join("1.000_000000002.jsonl"), lines(&[4, 5, 5])).unwrap();
     let e = infinity_data::meta::read_meta(&meta).unwrap_err().to_string();
     assert!(e.contains("the name says 2 lines, the file has 3"), "{e}");

@@ -323,7 +323,7 @@ fn pack_listing(
         created_by: opts.created_by.clone(),
     };
     let mut writer = DatasetWriter::create(out, header, opts.writer.clone())?;
-    tok.save(&out.join(TOKENIZER_FILE))?;
+    tok.save(&writer.file(TOKENIZER_FILE))?;
     let bad = std::sync::Mutex::new(Vec::new());
     let make = |id: u64| -> Result<Option<RowData>> {
         let e = &entries[id as usize];
@@ -367,7 +367,7 @@ fn pack_listing(
     };
     let images: String =
         entries.iter().enumerate().filter(|(id, _)| !is_bad(*id)).map(|(id, e)| listed(id, e)).collect();
-    crate::manifest::write_atomic(&out.join(IMAGES_FILE), images.as_bytes())?;
+    crate::manifest::write_atomic(&writer.file(IMAGES_FILE), images.as_bytes())?;
     let single_class = loose.then(|| class_names[0].clone());
     let bad = bad.into_iter().map(|(_, e)| e).collect();
     let notes = PackNotes { single_class, skipped, orphan_captions, uncaptioned, bad, short_captions: 0 };

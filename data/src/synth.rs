@@ -319,7 +319,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         created_by: opts.created_by.clone(),
     };
     let mut writer = DatasetWriter::create(dir, header, opts.writer.clone())?;
-    tok.save(&dir.join(TOKENIZER_FILE))?;
+    tok.save(&writer.file(TOKENIZER_FILE))?;
     let make = |id: u64| -> Result<Option<RowData>> {
         let s = Sample::draw(opts.seed, id, &opts.templates);
         let sched = &schedules[s.template];

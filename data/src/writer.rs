@@ -1,6 +1,12 @@
 //! Writing a dataset: rows are appended in order, grouped into Arrow record batches, and rolled over
 //! into a new shard file when a shard reaches its target size. `finish` seals the last shard and writes
 //! the manifest last, atomically; a folder without a manifest is an unfinished dataset.
+//!
+//! A dataset replaced (`overwrite`) stays whole until its replacement is: the new shards and companion
+//! files ([`DatasetWriter::file`]: the tokenizer, the images list) are written under hidden staging
+//! names (`.shard-00000.arrow.pending`), and only `finish` takes the old ones away and renames the new
+//! ones into place before writing the manifest. A write that fails (a bad image, a full disk) removes
+//! what it staged; one killed leaves staged files that the next writer in the folder removes.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -68,6 +74,7 @@ impl Default for WriterOptions {
 }
 
 struct OpenShard {
+    /// Its name in the dataset (written under its staging name while replacing one).
     file: String,
     writer: FileWriter<BufWriter<File>>,
     rows: u64,
@@ -96,6 +103,17 @@ pub struct DatasetWriter {
     opts: WriterOptions,
     shard: Option<OpenShard>,
     builders: Builders,
+    /// Replacing a dataset: the files its manifest lists, removed at `finish`; meanwhile every file
+    /// written is staged.
+    replacing: Option<Vec<String>>,
+    /// The files written under staging names (renamed into place at `finish`, removed if it never comes).
+    staged: Vec<String>,
+}
+
+/// A file's staging name while a dataset is replaced: hidden, and no `*.arrow` (which `verify` would
+/// take for a shard the manifest does not list).
+fn staging_name(name: &str) -> String {
+    format!(".{name}.pending")
 }
 
 impl DatasetWriter {
@@ -104,29 +122,42 @@ impl DatasetWriter {
         header.check(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let mut old_files = Vec::new();
-        if manifest_path.exists() {
-            if !opts.overwrite {
+        // (what a killed writer staged is of no dataset)
+        remove_staged_leftovers(dir)?;
+        let replacing = match manifest_path.exists() {
+            true if !opts.overwrite => {
                 return Err(DataError::Config(format!(
                     "{} already holds a dataset; pass --overwrite to replace it",
                     dir.display()
                 )));
             }
-            old_files = listed_files(&manifest_path);
-            // Remove the manifest first so the folder never claims shards that are being replaced.
-            std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
-        }
-        remove_stale_shards(dir, &old_files, opts.overwrite)?;
-        // (the dataset replaced may have named its rows' images: not this one's)
-        let images = dir.join(crate::pack::IMAGES_FILE);
-        match std::fs::remove_file(&images) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&images, e)),
-            _ => {}
-        }
+            // (the dataset replaced stays as it is until `finish`)
+            true => Some(listed_files(&manifest_path)),
+            false => {
+                remove_stale_shards(dir, &[], opts.overwrite)?;
+                // (an unfinished dataset may have named its rows' images: not this one's)
+                remove_if_there(&dir.join(crate::pack::IMAGES_FILE))?;
+                None
+            }
+        };
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
         let manifest = Manifest { shards: vec![], total_rows: 0, ..header };
-        Ok(DatasetWriter { dir: dir.into(), manifest, columns, schema, opts, shard: None, builders: Builders::new() })
+        let builders = Builders::new();
+        let (dir, staged) = (dir.to_path_buf(), Vec::new());
+        Ok(DatasetWriter { dir, manifest, columns, schema, opts, shard: None, builders, replacing, staged })
+    }
+
+    /// Where to write the dataset's companion file `name` (its tokenizer, its images list): `dir/name`,
+    /// or its staging name while a dataset is replaced, renamed into place by `finish`.
+    pub fn file(&mut self, name: &str) -> PathBuf {
+        match self.replacing {
+            Some(_) => {
+                self.staged.push(name.to_string());
+                self.dir.join(staging_name(name))
+            }
+            None => self.dir.join(name),
+        }
     }
 
     /// Append one row. Rows are checked here exactly as the reader checks them, so a builder bug cannot
@@ -211,14 +242,35 @@ impl DatasetWriter {
         self.close_shard()?;
         self.manifest.total_rows = self.manifest.shards.iter().map(|s| s.rows).sum();
         self.manifest.check(&self.dir.join(MANIFEST_FILE))?;
+        if let Some(old_files) = self.replacing.take() {
+            self.put_in_place(&old_files)?;
+        }
         self.manifest.save(&self.dir)?;
-        Ok(self.manifest)
+        Ok(self.manifest.clone())
+    }
+
+    /// The old dataset out, the staged one in: the manifest first, so that the folder never claims
+    /// shards being replaced (a crash from here on leaves an unfinished dataset, no mix of two).
+    fn put_in_place(&mut self, old_files: &[String]) -> Result<()> {
+        let manifest_path = self.dir.join(MANIFEST_FILE);
+        std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
+        remove_stale_shards(&self.dir, old_files, true)?;
+        if !self.staged.iter().any(|f| f == crate::pack::IMAGES_FILE) {
+            // (the dataset replaced may have named its rows' images: not this one's)
+            remove_if_there(&self.dir.join(crate::pack::IMAGES_FILE))?;
+        }
+        for name in std::mem::take(&mut self.staged) {
+            let (from, to) = (self.dir.join(staging_name(&name)), self.dir.join(&name));
+            std::fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
+        }
+        crate::manifest::sync_dir(&self.dir);
+        Ok(())
     }
 
     fn open_shard(&mut self) -> Result<&mut OpenShard> {
         if self.shard.is_none() {
             let name = format!("shard-{:05}.arrow", self.manifest.shards.len());
-            let path = self.dir.join(&name);
+            let path = self.file(&name);
             let f = File::create(&path).map_err(|e| DataError::io(&path, e))?;
             let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, f), &self.schema)
                 .map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
@@ -233,8 +285,8 @@ impl DatasetWriter {
             return Ok(());
         }
         let cols = self.builders.finish(self.columns);
+        let path = self.written(&self.shard.as_ref().expect("rows imply an open shard").file);
         let shard = self.shard.as_mut().expect("rows imply an open shard");
-        let path = self.dir.join(&shard.file);
         let batch =
             RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
         shard.writer.write(&batch).map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))
@@ -243,7 +295,7 @@ impl DatasetWriter {
     fn close_shard(&mut self) -> Result<()> {
         self.flush_batch()?;
         let Some(mut shard) = self.shard.take() else { return Ok(()) };
-        let path = self.dir.join(&shard.file);
+        let path = self.written(&shard.file);
         shard.writer.finish().map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
         let file = shard.writer.into_inner().map_err(|e| DataError::write(&path, ARROW_IPC_FILE, e))?;
         let file = file.into_inner().map_err(|e| DataError::io(&path, e.into_error()))?;
@@ -259,6 +311,45 @@ impl DatasetWriter {
         });
         Ok(())
     }
+}
+
+impl DatasetWriter {
+    /// Where the file `name` of the new dataset is being written.
+    fn written(&self, name: &str) -> PathBuf {
+        match self.replacing {
+            Some(_) => self.dir.join(staging_name(name)),
+            None => self.dir.join(name),
+        }
+    }
+}
+
+impl Drop for DatasetWriter {
+    /// A replacement that never finished leaves the dataset it was to replace as it was.
+    fn drop(&mut self) {
+        if self.replacing.is_some() {
+            for name in &self.staged {
+                let _ = std::fs::remove_file(self.dir.join(staging_name(name)));
+            }
+        }
+    }
+}
+
+fn remove_if_there(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the files a writer killed while replacing a dataset staged (`.NAME.pending`).
+fn remove_staged_leftovers(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let name = entry.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".pending") {
+            remove_if_there(&dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// The shard files a manifest lists, read leniently (it is about to be replaced, valid or not).
@@ -304,10 +395,7 @@ fn remove_stale_shards(dir: &Path, old_files: &[String], overwrite: bool) -> Res
         )));
     }
     for p in &remove {
-        match std::fs::remove_file(p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(p, e)),
-            _ => {}
-        }
+        remove_if_there(p)?;
     }
     if !remove.is_empty() && old_files.is_empty() && !overwrite {
         tracing::info!(

@@ -114,6 +114,55 @@ fn a_new_dataset_clears_the_shards_of_an_unfinished_or_replaced_one() {
     assert!(infinity_data::inspect::verify(dir.path()).problems.is_empty());
 }
 
+/// A dataset replaced (`overwrite`) stays whole until the new one is complete: a replacement that
+/// fails partway (a bad image, a full disk) leaves it as it was, its companion files too; one that
+/// finishes takes every old file away; what a killed replacement staged is removed by the next writer.
+#[test]
+fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
+    use infinity_data::writer::{DatasetWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, old) = common::write_random(d, 300, 1);
+    std::fs::write(d.join("images.jsonl"), "{\"id\": 0, \"image\": \"a.png\"}\n").unwrap();
+    std::fs::write(d.join("tokenizer.safetensors"), b"old tokenizer").unwrap();
+    let files = |d: &std::path::Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let before = files(d);
+    let m = common::manifest();
+    let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: true };
+    let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(5);
+
+    // fails partway: shards and a tokenizer written, then dropped without its manifest
+    let mut w = DatasetWriter::create(d, m.clone(), opts.clone()).unwrap();
+    std::fs::write(w.file("tokenizer.safetensors"), b"new tokenizer").unwrap();
+    for id in 0..200 {
+        w.push(common::random_row(&m, id, &mut rng)).unwrap();
+    }
+    assert!(files(d).iter().any(|f| f.ends_with(".pending")), "nothing staged: {:?}", files(d));
+    drop(w);
+    assert_eq!(files(d), before, "a failed replacement changed the folder");
+    assert_eq!(infinity_data::Manifest::load(d).unwrap(), old);
+    assert!(infinity_data::inspect::verify(d).problems.is_empty());
+    assert_eq!(std::fs::read(d.join("tokenizer.safetensors")).unwrap(), b"old tokenizer");
+
+    // killed partway: its staged files are removed by the next writer, which replaces the dataset
+    std::fs::write(d.join(".shard-00007.arrow.pending"), b"half a shard").unwrap();
+    let mut w = DatasetWriter::create(d, m.clone(), opts).unwrap();
+    std::fs::write(w.file("tokenizer.safetensors"), b"new tokenizer").unwrap();
+    for id in 0..5 {
+        w.push(common::random_row(&m, id, &mut rng)).unwrap();
+    }
+    let new = w.finish().unwrap();
+    assert_eq!((new.total_rows, new.shards.len()), (5, 1));
+    assert_eq!(files(d), ["manifest.json", "shard-00000.arrow", "tokenizer.safetensors"]);
+    assert_eq!(std::fs::read(d.join("tokenizer.safetensors")).unwrap(), b"new tokenizer");
+    assert!(infinity_data::inspect::verify(d).problems.is_empty());
+}
+
 /// A manifest written before short captions (no `short_caption` key) reads as one without them, and
 /// one without them is written as before.
 #[test]
