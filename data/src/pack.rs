@@ -73,6 +73,8 @@ struct Listing {
     names: Vec<String>,
     /// Files left out (not .png/.jpg/.jpeg, or in a folder below a class folder).
     skipped: Vec<PathBuf>,
+    /// Folders among the classes that hold a dataset (`manifest.json`): no class.
+    datasets: Vec<PathBuf>,
     /// `.txt` files beside no image of their name.
     orphan_captions: Vec<PathBuf>,
     /// The images lie directly in the folder: one class, named after it.
@@ -113,9 +115,20 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     };
     let is_caption = |p: &Path| p.extension().is_some_and(|e| e == "txt");
     let mut skipped = Vec::new();
+    if let Some(out) = out.as_ref().filter(|o| o.parent() == root.canonicalize().ok().as_deref()) {
+        // (a class folder packed into would be left out as the output, its class with it)
+        let images = read(out)?.into_iter().filter(|p| is_image(p)).count();
+        if images > 0 {
+            return Err(DataError::Config(format!(
+                "{}: the output folder is a class folder of {} holding {images} images, which packing into it \
+                 would leave out, class and all: pack into a folder of its own",
+                out.display(),
+                root.display()
+            )));
+        }
+    }
     let (datasets, top): (Vec<PathBuf>, Vec<PathBuf>) = read(root)?.into_iter().partition(|p| is_dataset(p));
     let top: Vec<PathBuf> = top.into_iter().filter(|p| !own_files(p)).collect();
-    skipped.extend(datasets);
     let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
     let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();
@@ -176,7 +189,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let read_captions: std::collections::HashSet<PathBuf> =
         entries.iter().flat_map(|e| [e.path.with_extension("txt"), e.path.with_extension("short.txt")]).collect();
     txt.retain(|t| !read_captions.contains(t));
-    Ok(Listing { entries, names, skipped, orphan_captions: txt, loose: classes.is_empty() })
+    Ok(Listing { entries, names, skipped, datasets, orphan_captions: txt, loose: classes.is_empty() })
 }
 
 /// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,
@@ -196,6 +209,10 @@ pub struct PackNotes {
     pub single_class: Option<String>,
     /// Files not packed: other formats, or below a class folder.
     pub skipped: Vec<PathBuf>,
+    /// Folders beside the class folders that hold a dataset, not packed as classes.
+    pub datasets: Vec<PathBuf>,
+    /// With `skip_bad`: the classes it left without an image, with how many it left out of each.
+    pub emptied_classes: Vec<(String, usize)>,
     /// `.txt` files beside no image of their name, so no image's caption.
     pub orphan_captions: Vec<PathBuf>,
     /// Images without a `NAME.txt` caption, when some have one.
@@ -252,10 +269,20 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
             listed_at: Some(r.listed_at),
         })
         .collect();
-    let listing =
-        Listing { entries, names: vec![folder_name(meta)], skipped, orphan_captions: Vec::new(), loose: true };
+    let (names, orphan_captions) = (vec![folder_name(meta)], Vec::new());
+    let listing = Listing { entries, names, skipped, datasets: Vec::new(), orphan_captions, loose: true };
     let (m, fit, notes) = pack_listing(meta, listing, out, opts)?;
     Ok((m, fit, PackNotes { short_captions, ..notes }))
+}
+
+/// An unreadable image's error, saying how to go on without it.
+fn skip_bad_hint(err: DataError) -> DataError {
+    match err {
+        DataError::Image { path, detail } => {
+            DataError::Image { path, detail: format!("{detail} (--skip-bad leaves unreadable images out, listed)") }
+        }
+        err => err,
+    }
 }
 
 fn check_patch(opts: &PackOptions) -> Result<()> {
@@ -272,7 +299,7 @@ fn pack_listing(
     out: &Path,
     opts: &PackOptions,
 ) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    let Listing { entries, names: class_names, skipped, orphan_captions, loose } = listing;
+    let Listing { entries, names: class_names, skipped, datasets, orphan_captions, loose } = listing;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -288,7 +315,7 @@ fn pack_listing(
                 match load_image(e, opts) {
                     Ok(img) => sample.push(img),
                     Err(DataError::Image { .. }) if opts.skip_bad => continue, // listed when its row is made
-                    Err(err) => return Err(err),
+                    Err(err) => return Err(skip_bad_hint(err)),
                 }
                 if sample.len() == opts.fit_images {
                     break;
@@ -333,7 +360,7 @@ fn pack_listing(
                 bad.lock().expect("no panics while held").push((id, err.to_string()));
                 return Ok(None);
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(skip_bad_hint(err)),
         };
         let bucket = schedules.iter().position(|s| s.name == sched.name).expect("schedules cover every template");
         let (latent, bits) = encode_row(&tok, &img, &sched)?;
@@ -369,7 +396,24 @@ fn pack_listing(
         entries.iter().enumerate().filter(|(id, _)| !is_bad(*id)).map(|(id, e)| listed(id, e)).collect();
     crate::manifest::write_atomic(&writer.file(IMAGES_FILE), images.as_bytes())?;
     let single_class = loose.then(|| class_names[0].clone());
+    // (a class whose every image was unreadable: the model would get a class no sample has)
+    let (mut listed, mut kept) = (vec![0; class_names.len()], vec![0; class_names.len()]);
+    for (id, e) in entries.iter().enumerate() {
+        listed[e.label as usize] += 1;
+        kept[e.label as usize] += usize::from(!is_bad(id));
+    }
+    let emptied_classes =
+        (0..class_names.len()).filter(|&k| kept[k] == 0).map(|k| (class_names[k].clone(), listed[k])).collect();
     let bad = bad.into_iter().map(|(_, e)| e).collect();
-    let notes = PackNotes { single_class, skipped, orphan_captions, uncaptioned, bad, short_captions: 0 };
+    let notes = PackNotes {
+        single_class,
+        skipped,
+        datasets,
+        emptied_classes,
+        orphan_captions,
+        uncaptioned,
+        bad,
+        short_captions: 0,
+    };
     Ok((writer.finish()?, fit, notes))
 }

@@ -139,7 +139,7 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("9.png"), "{e}");
+    assert!(e.contains("9.png") && e.contains("(--skip-bad leaves unreadable images out, listed)"), "{e}");
     // --skip-bad packs the others and lists it
     let skip = pack::PackOptions {
         skip_bad: true,
@@ -159,7 +159,15 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert_eq!((0..12).map(|g| ds.row(g)).find(|r| r.id == first_dog).unwrap().class_label, Some(1));
     assert!(notes.bad[0].contains("9.png"), "{:?}", notes.bad);
     assert!(inspect::verify(out.path()).problems.is_empty());
+    assert!(notes.emptied_classes.is_empty(), "{:?}", notes.emptied_classes);
     std::fs::remove_file(src.path().join("dogs").join("9.png")).unwrap();
+    // ... and says so where it leaves a class without an image
+    std::fs::create_dir(src.path().join("unread")).unwrap();
+    std::fs::write(src.path().join("unread/0.png"), b"").unwrap();
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &skip).unwrap();
+    assert_eq!(notes.emptied_classes, [("unread".to_string(), 1)]);
+    assert!(notes.bad[0].contains("an empty file (0 bytes)"), "{:?}", notes.bad);
+    std::fs::remove_dir_all(src.path().join("unread")).unwrap();
 
     // a class folder without images would be a class no sample has: named
     std::fs::create_dir(src.path().join("emptyclass")).unwrap();
@@ -175,6 +183,13 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         let (m, _, _) = pack::pack(src.path(), &inside, &overwrite).unwrap();
         assert_eq!((m.total_rows, m.conditions.class.unwrap().num_classes), (12, 2));
     }
+    // ... nor when another is packed: named as a dataset left out
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert_eq!((under_src(&notes.datasets), notes.skipped.len()), (vec!["packed".to_string()], 3));
+    // a class folder is no place to pack into: its class would be left out
+    let e = pack::pack(src.path(), &src.path().join("cats"), &overwrite).unwrap_err().to_string();
+    assert!(e.contains("cats: the output folder is a class folder of") && e.contains("holding 6 images"), "{e}");
+    assert!(!src.path().join("cats/manifest.json").exists());
 }
 
 /// Write `n` synth images of `h×w` pixels into `dir` as `0.png`, `1.png`, ...
@@ -230,7 +245,7 @@ fn pack_a_folder_without_class_folders_as_one_class() {
     std::fs::rename(&images, nested.path().join("flowers-packed")).unwrap();
     let (m, _, notes) = pack::pack(nested.path(), out.path(), &opts).unwrap();
     assert_eq!(m.conditions.class.unwrap().names, vec!["roses".to_string()]);
-    assert_eq!(notes.skipped, [nested.path().join("flowers-packed")]);
+    assert_eq!((notes.datasets, notes.skipped), (vec![nested.path().join("flowers-packed")], vec![]));
     std::fs::rename(nested.path().join("flowers-packed"), &images).unwrap();
     for f in ["manifest.json", "images.jsonl", "tokenizer.safetensors", "shard-00000.arrow"] {
         std::fs::remove_file(images.join(f)).unwrap();

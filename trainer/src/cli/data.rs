@@ -100,7 +100,7 @@ pub struct PackArgs {
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Images the tokenizer is fitted on.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::positive())]
     fit_images: usize,
     /// Leave out images that cannot be read or decoded, listing them, instead of stopping at the first.
     #[arg(long)]
@@ -219,7 +219,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 (None, Some(meta)) => (meta, pack::pack_meta(meta, &a.common.out, &opts)?),
                 (None, None) => unreachable!("clap requires --images or --meta"),
             };
-            console!("packed {} images into {}", m.total_rows, a.common.out.display());
+            let packed = infinity_launcher::plural(m.total_rows as usize, "image");
+            console!("packed {packed} into {}", a.common.out.display());
             match (&notes.single_class, &a.meta) {
                 (Some(name), None) => console!(
                     "no class sub-folders in {}: every image is one class, `{name}` (with classifier-free \
@@ -252,6 +253,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     first_few(&notes.skipped)
                 );
             }
+            if !notes.datasets.is_empty() {
+                console!(
+                    "left out {} holding a dataset (manifest.json), not a class (images in them are not packed): {}",
+                    infinity_launcher::plural(notes.datasets.len(), "folder"),
+                    first_few(&notes.datasets)
+                );
+            }
             if !notes.orphan_captions.is_empty() {
                 console!(
                     "not read: {} beside no image of their name (NAME.txt is the caption of NAME.png, NAME.jpg or \
@@ -276,6 +284,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 for b in &notes.bad {
                     console!("  {b}");
                 }
+            }
+            for (class, n) in &notes.emptied_classes {
+                console!(
+                    "warning: class `{class}` has no image left: --skip-bad left out all {n} of its images, so the \
+                     dataset has a class no sample has (mend or remove its folder, and pack again)"
+                );
             }
             if notes.uncaptioned > 0 {
                 let missing =
