@@ -26,6 +26,13 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let _ = writeln!(s, "             {}", m.tokenizer.params);
     if let Some(c) = &m.conditions.class {
         let _ = writeln!(s, "class        {} classes", c.num_classes);
+        // (ids are places in this list: what `sample --class` and the class histogram of `stats` count)
+        let shown: Vec<String> = c.names.iter().take(12).enumerate().map(|(k, name)| format!("{k}: {name}")).collect();
+        if !shown.is_empty() {
+            let more = c.names.len().saturating_sub(shown.len());
+            let more = if more > 0 { format!(", … ({more} more)") } else { String::new() };
+            let _ = writeln!(s, "             {}{more}", shown.join(", "));
+        }
     }
     if let Some(t) = &m.conditions.text {
         let short = if t.short_caption { ", short captions too" } else { "" };

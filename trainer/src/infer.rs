@@ -13,21 +13,43 @@ use infinity_data::{Dataset, Manifest, ScaleSchedule};
 use crate::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
 use crate::model::{rope_for, Conditioning, Layout, ModelConfig, Params};
 
-/// Class ids from `specs`: ids (`3`), names as the manifest lists them (`red circle`, any case) or `all`.
+/// Class ids from `specs`: names as the manifest lists them (`red circle`; in another case where that
+/// names one class alone), ids (`3`), or `all`. A name is read as a name first: with classes named by
+/// numbers (folders `1`, `10`, `2`), `--class 2` is the class named `2`, and a note says which id that is
+/// where it differs; `#2` is id 2 whatever the names.
 pub fn resolve_classes(specs: &[String], info: &ClassInfo) -> Result<Vec<usize>> {
     let n = info.num_classes as usize;
     let mut out = Vec::new();
+    let known = || if info.names.is_empty() { "none".to_string() } else { info.names.join(", ") };
     for s in specs {
         let s = s.trim();
+        let as_id = |id: &str| -> Result<usize> {
+            let id: usize =
+                id.parse().with_context(|| format!("--class {s:?}: not a class id or name (names: {})", known()))?;
+            ensure!(id < n, "--class {s}: the model has classes 0..{}", n - 1);
+            Ok(id)
+        };
+        let by_case: Vec<usize> = (0..info.names.len()).filter(|&k| info.names[k].eq_ignore_ascii_case(s)).collect();
         if s == "all" {
             out.extend(0..n);
-        } else if let Ok(id) = s.parse::<usize>() {
-            ensure!(id < n, "--class {id}: the model has classes 0..{}", n - 1);
+        } else if let Some(id) = info.names.iter().position(|name| name == s) {
+            if s.parse::<usize>().is_ok_and(|number| number != id) {
+                console_err!("--class {s}: the class named `{s}`, id {id} (`#{s}` is id {s})");
+            }
+            out.push(id);
+        } else if let Some(id) = s.strip_prefix('#') {
+            out.push(as_id(id)?);
+        } else if by_case.len() > 1 {
+            let names: Vec<&str> = by_case.iter().map(|&k| info.names[k].as_str()).collect();
+            bail!(
+                "--class {s:?}: names {} classes, which differ in case alone ({}): give one exactly",
+                by_case.len(),
+                names.join(", ")
+            );
+        } else if let Some(&id) = by_case.first() {
             out.push(id);
         } else {
-            let id = info.names.iter().position(|name| name.eq_ignore_ascii_case(s));
-            let known = if info.names.is_empty() { "none".to_string() } else { info.names.join(", ") };
-            out.push(id.with_context(|| format!("--class {s:?}: not a class id or name (names: {known})"))?);
+            out.push(as_id(s)?);
         }
     }
     ensure!(!out.is_empty(), "no classes given");
@@ -269,6 +291,22 @@ pub fn untrained_schedule_warning(trained: &Path, sched: &ScaleSchedule) -> Opti
 
 #[cfg(test)]
 mod tests {
+    /// Names first (classes named by numbers, as class folders `1`, `10`, `2` are), `#N` for an id,
+    /// another case only where it names one class.
+    #[test]
+    fn classes_are_resolved_by_name_before_id() {
+        let names = ["1", "10", "11", "2", "3", "a", "Cats", "cats"].map(String::from).to_vec();
+        let info = infinity_data::manifest::ClassInfo { num_classes: 8, names };
+        let ids =
+            |specs: &[&str]| super::resolve_classes(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &info);
+        assert_eq!(ids(&["2", "#2", "10", "7", "A", "cats", "Cats"]).unwrap(), [3, 2, 1, 7, 5, 7, 6]);
+        assert_eq!(ids(&["all"]).unwrap(), (0..8).collect::<Vec<_>>());
+        let e = ids(&["CATS"]).unwrap_err().to_string();
+        assert!(e.contains("names 2 classes, which differ in case alone (Cats, cats)"), "{e}");
+        assert!(ids(&["#10"]).unwrap_err().to_string().contains("--class #10: the model has classes 0..7"));
+        assert!(ids(&["dog"]).unwrap_err().to_string().contains("not a class id or name (names: 1, 10, 11"));
+    }
+
     #[test]
     fn preview_classes_span_the_labels() {
         // the demo's names run colour fastest (6 colours × 4 shapes): i·N/k gave only red and yellow
