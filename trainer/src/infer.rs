@@ -121,12 +121,19 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
 /// Which of a dataset's schedules to sample on.
 #[derive(Clone, Copy, Debug)]
 pub enum SchedulePick<'a> {
-    /// The first square one if there is one, else the first.
+    /// Of the schedules the dataset has rows of (all, where it lists none: an export's), the first
+    /// square one if there is one, else the one of the most rows.
     Default,
     /// The one of this aspect-ratio template (`1.000`, `0.666`, …): refused where several share it.
     Template(&'a str),
     /// The one of this name in the manifest.
     Name(&'a str),
+}
+
+/// The rows the dataset holds of schedule `s` (0 for a manifest that lists no shards: an export's).
+pub fn schedule_rows(m: &Manifest, s: &ScaleSchedule) -> u64 {
+    let Some(k) = m.schedules.iter().position(|t| t.name == s.name) else { return 0 };
+    m.shards.iter().map(|shard| shard.bucket_rows.get(k).copied().unwrap_or(0)).sum()
 }
 
 /// The dataset schedule `pick` names. A template that several schedules share (one per pixel budget)
@@ -140,7 +147,13 @@ pub fn pick_schedule<'a>(m: &'a Manifest, pick: SchedulePick) -> Result<&'a Scal
         SchedulePick::Name(name) => m.schedules.iter().find(|s| s.name == name).with_context(|| {
             format!("--schedule {name}: the dataset has no schedule of that name (it has {:?})", names())
         }),
-        SchedulePick::Default => Ok(of_template("1.000").first().copied().unwrap_or(&m.schedules[0])),
+        SchedulePick::Default => {
+            let trained: Vec<&ScaleSchedule> = m.schedules.iter().filter(|s| schedule_rows(m, s) > 0).collect();
+            let square = |of: &[&'a ScaleSchedule]| of.iter().find(|s| s.h_div_w_template == "1.000").copied();
+            let most_rows = trained.iter().max_by_key(|s| schedule_rows(m, s)).copied();
+            let all: Vec<&ScaleSchedule> = m.schedules.iter().collect();
+            Ok(square(&trained).or(most_rows).or(square(&all)).unwrap_or(&m.schedules[0]))
+        }
         SchedulePick::Template(t) => match of_template(t).as_slice() {
             [one] => Ok(one),
             [] => {
@@ -305,6 +318,27 @@ mod tests {
         assert!(e.contains("names 2 classes, which differ in case alone (Cats, cats)"), "{e}");
         assert!(ids(&["#10"]).unwrap_err().to_string().contains("--class #10: the model has classes 0..7"));
         assert!(ids(&["dog"]).unwrap_err().to_string().contains("not a class id or name (names: 1, 10, 11"));
+    }
+
+    /// By default the square schedule, where the dataset has rows of it; else the one of the most rows.
+    #[test]
+    fn the_default_schedule_is_one_the_model_trained_on() {
+        use super::{pick_schedule, SchedulePick};
+        let dir = tempfile::tempdir().unwrap();
+        let opts =
+            infinity_data::synth::SynthOptions { rows: 8, fit_rows: 8, budget: "demo4".into(), ..Default::default() };
+        let mut m = infinity_data::synth::synth(dir.path(), &opts).unwrap().0;
+        let square = m.schedules.iter().position(|s| s.h_div_w_template == "1.000").unwrap();
+        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().h_div_w_template, "1.000");
+        // (no rows of the square one: the other)
+        for shard in &mut m.shards {
+            let moved = std::mem::take(&mut shard.bucket_rows[square]);
+            shard.bucket_rows[1 - square] += moved;
+        }
+        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().name, m.schedules[1 - square].name);
+        // (a manifest listing no rows, an export's: the square one)
+        m.shards.clear();
+        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().h_div_w_template, "1.000");
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub struct SampleArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Aspect-ratio template of the schedule (`1.000`, `0.666`, …); default the square one.
+    /// Aspect-ratio template of the schedule (`1.000`, `0.666`, …); default the square one where the
+    /// dataset has rows of it, else the one of the most rows.
     #[arg(long)]
     template: Option<String>,
     /// The schedule by its name in the dataset's manifest (where several share a template: one per
@@ -135,6 +136,13 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         (None, None) => SchedulePick::Default,
     };
     let sched = infer::pick_schedule(&m, pick)?;
+    if m.total_rows > 0 && infer::schedule_rows(&m, sched) == 0 {
+        console_err!(
+            "warning: {} holds no rows of the `{}` schedule: the model never trained on it",
+            data_dir.display(),
+            sched.name
+        );
+    }
     if let Some(warning) = a.data.as_ref().and_then(|_| infer::untrained_schedule_warning(&ck.data_dir, sched)) {
         console_err!("warning: {warning}");
     }
