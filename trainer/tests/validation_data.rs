@@ -287,3 +287,37 @@ fn the_batch_line_counts_in_singular_and_plural() {
         assert!(lines.iter().any(|l| l.starts_with("batch: 8 samples per step ") && l.contains(want)), "{lines:?}");
     }
 }
+
+/// A validation set with rows on schedules the training data has none of (here an aspect ratio it
+/// lacks; another pixel budget alike) is warned of, with how many rows: the model never predicted
+/// those scales.
+#[test]
+fn validation_rows_on_schedules_the_run_never_trained_on_are_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (data, val) = (t.join("data"), t.join("val"));
+    dataset(&data, &[("1.000", 1.0)]);
+    let opts = SynthOptions {
+        rows: 32,
+        seed: 3,
+        budget: "demo4".into(),
+        templates: vec![("1.000".into(), 0.5), ("0.666".into(), 0.5)],
+        tokenizer: Some(data.join(TOKENIZER_FILE)),
+        ..Default::default()
+    };
+    synth(&val, &opts).unwrap();
+    let wide = infinity_data::Dataset::open(&val, Checksums::Verify).unwrap();
+    let of_0666 =
+        (0..32).filter(|&g| wide.manifest.schedules[wide.row(g).bucket as usize].name.starts_with("0.666")).count();
+    assert!(of_0666 > 0);
+    let lines = check(&load(&config_file(t, &data, Some(&val), "class"), &[]), 1, None, None).unwrap();
+    let want = format!(
+        "warning: val.dir {}: of its 32 rows validated, {of_0666} on 0.666/demo4 are on schedules the training data \
+         holds no rows of",
+        val.display()
+    );
+    assert!(lines.iter().any(|l| l.starts_with(&want)), "{want}\n{lines:#?}");
+    // (the training data's own rows: none)
+    let lines = check(&load(&config_file(t, &data, Some(&data), "class"), &[]), 1, None, None).unwrap();
+    assert!(!lines.iter().any(|l| l.contains("holds no rows of")), "{lines:#?}");
+}

@@ -82,6 +82,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             name.map_or_else(|| format!("val.dir {}", cfg.val.dir.as_ref().expect("set").display()), String::from);
         console!("{set}: {rows} rows");
     }
+    for w in validator.warnings() {
+        console_err!("warning: {w}");
+    }
     let (lay, model) = (Layout::new(&first_model.model), first_model.model.clone());
     let bf16 = first_model.precision == Precision::Bf16;
     let want =

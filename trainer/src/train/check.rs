@@ -207,6 +207,7 @@ pub fn check_with(
             .map(|((name, n), set)| format!("; {n} rows of {} ({})", name.unwrap_or_default(), set.dir.display()))
             .collect();
         out.push(format!("validation: {} rows of {dir}{}", rows[0].1, more.concat()));
+        out.extend(v.warnings().into_iter().map(|w| format!("warning: {w}")));
     }
     let _preview = Preview::new(cfg, &mc, &ds)?;
     out.push(device_line);

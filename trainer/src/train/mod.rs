@@ -183,6 +183,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (mut ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
     let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
     let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
+    for w in validator.as_ref().filter(|_| leader).map(val::Validator::warnings).unwrap_or_default() {
+        tracing::warn!("{w}");
+    }
     // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
     // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
     // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)

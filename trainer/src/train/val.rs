@@ -35,6 +35,8 @@ struct ValData {
     /// Micro-batches: (bucket, global row ids).
     batches: Vec<(u16, Vec<u64>)>,
     ropes: HashMap<u16, RopeTable>,
+    /// Its rows on schedules the training data has none of, in words ([`unseen_schedules`]).
+    warning: Option<String>,
 }
 
 pub struct Validator {
@@ -69,13 +71,16 @@ impl ValData {
             by_bucket[ds.row(g).bucket as usize].push(g);
         }
         bad.finish(key, dir)?;
+        let rows: Vec<usize> = by_bucket.iter().map(Vec::len).collect();
+        let warning =
+            unseen_schedules(&train.manifest, &ds.manifest, &rows).map(|w| format!("{key} {}: {w}", dir.display()));
         let batches = by_bucket
             .iter()
             .enumerate()
             .flat_map(|(b, rows)| rows.chunks(micro_batch).map(move |c| (b as u16, c.to_vec())))
             .collect();
         let ropes = ds.manifest.schedules.iter().enumerate().map(|(b, s)| (b as u16, rope_for(mc, s))).collect();
-        Ok(ValData { name, ds: Arc::new(ds), batches, ropes })
+        Ok(ValData { name, ds: Arc::new(ds), batches, ropes, warning })
     }
 
     fn rows(&self) -> usize {
@@ -142,6 +147,11 @@ impl Validator {
         }))
     }
 
+    /// What its sets hold that the training data does not (for rank 0 to warn of).
+    pub fn warnings(&self) -> Vec<String> {
+        self.sets.iter().filter_map(|s| s.warning.clone()).collect()
+    }
+
     /// Evaluate every `val.every` steps and at the last step.
     pub fn due(&self, step: u64) -> bool {
         super::due(step, self.every, self.last)
@@ -164,6 +174,27 @@ impl Validator {
         let more = self.sets[1..].iter().zip(&results[1..]).map(|(s, m)| (s.name.clone().unwrap_or_default(), *m));
         Ok((results[0], more.collect()))
     }
+}
+
+/// Validation rows on schedules the training data holds no rows of (another pixel budget, an aspect
+/// ratio it lacks), in words: the model never predicted those scales, so their loss is not comparable
+/// with a validation set drawn as the training data is. `rows`: the rows of each of `val`'s buckets.
+fn unseen_schedules(train: &Manifest, val: &Manifest, rows: &[usize]) -> Option<String> {
+    let trained = |s: &infinity_data::ScaleSchedule| {
+        train.schedules.iter().any(|t| t.scales == s.scales && crate::infer::schedule_rows(train, t) > 0)
+    };
+    let unseen: Vec<String> = (val.schedules.iter().zip(rows))
+        .filter(|(s, &n)| n > 0 && !trained(s))
+        .map(|(s, n)| format!("{n} on {}", s.name))
+        .collect();
+    let of = rows.iter().sum::<usize>();
+    (!unseen.is_empty()).then(|| {
+        format!(
+            "of its {of} rows validated, {} are on schedules the training data holds no rows of: the model never \
+             predicted those scales, and their loss is not comparable (pack it at the training data's --budget)",
+            unseen.join(", ")
+        )
+    })
 }
 
 /// The validation dataset (or one mixed in, `key` naming its setting) must carry the same bits (d,
