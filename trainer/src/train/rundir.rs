@@ -108,10 +108,20 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     let peak =
         |text: &str| crate::scaling::settings::normalised(text).and_then(|t| crate::scaling::settings::peak_lr(&t));
     let peaks = (old.as_deref().ok().and_then(peak), peak(config_toml));
+    // (a rate set anew changes the rate by itself: not the size's doing)
+    let rate_set = changes.iter().any(|c| c.starts_with("optim.lr:") || c.starts_with("optim.lr_per_256:"));
     for c in changes.iter_mut().filter(|c| c.starts_with("data.global_batch:")) {
-        let rate = match peaks {
-            (Some(a), Some(b)) if a != b => format!("the peak learning rate goes from {a:.4e} to {b:.4e} with it"),
-            (_, Some(b)) => format!("the peak learning rate stays {b:.4e} (optim.lr_per_256 would follow the size)"),
+        let rate = match (peaks, rate_set) {
+            ((Some(a), Some(b)), false) if a != b => {
+                format!("the peak learning rate goes from {a:.4e} to {b:.4e} with it")
+            }
+            ((Some(a), Some(b)), true) if a != b => format!(
+                "the peak learning rate goes from {a:.4e} to {b:.4e}, with the learning-rate setting changed too"
+            ),
+            ((_, Some(b)), false) => {
+                format!("the peak learning rate stays {b:.4e} (optim.lr_per_256 would follow the size)")
+            }
+            ((_, Some(b)), true) => format!("the peak learning rate stays {b:.4e}"),
             _ => "the learning rate follows it where given as optim.lr_per_256".to_string(),
         };
         c.push_str(&format!(
@@ -359,6 +369,32 @@ mod tests {
         let want =
             "model.init_from: \"/x/runT\" → \"/x/exp\" (no effect on a resume: the weights are the checkpoint's)";
         assert_eq!(changes, [want]);
+    }
+
+    /// A new global batch says what it does to the peak rate: with `optim.lr_per_256` it follows the
+    /// size; a rate set anew in the same resume is not put down to the size.
+    #[test]
+    fn a_new_global_batch_says_what_moves_the_learning_rate() {
+        let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo-cpu.toml")).unwrap();
+        let with = |batch: &str, rate: &str| {
+            demo.replace("global_batch = 32", &format!("global_batch = {batch}")).replace("lr = 3e-3", rate)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mc = crate::model::ModelConfig::named_preset("tiny").unwrap();
+        let change = |old: &str, new: &str| {
+            std::fs::write(dir.path().join("config.toml"), old).unwrap();
+            let changes = resume_changes(dir.path(), new, &mc).unwrap();
+            changes.into_iter().find(|c| c.starts_with("data.global_batch:")).unwrap()
+        };
+        let per_256 = change(&with("32", "lr_per_256 = 0.008"), &with("64", "lr_per_256 = 0.008"));
+        assert!(per_256.ends_with("the peak learning rate goes from 1.0000e-3 to 2.0000e-3 with it)"), "{per_256}");
+        let both = change(&with("32", "lr = 3e-3"), &with("64", "lr = 1e-3"));
+        assert!(
+            both.ends_with("goes from 3.0000e-3 to 1.0000e-3, with the learning-rate setting changed too)"),
+            "{both}"
+        );
+        let fixed = change(&with("32", "lr = 3e-3"), &with("64", "lr = 3e-3"));
+        assert!(fixed.ends_with("stays 3.0000e-3 (optim.lr_per_256 would follow the size))"), "{fixed}");
     }
 
     #[test]
