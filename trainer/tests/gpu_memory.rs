@@ -231,7 +231,7 @@ fn micro_batch_auto_takes_the_most_the_gpu_holds() {
         stdout.lines().find(|l| l.starts_with("data.micro_batch = auto: ")).unwrap_or_else(|| panic!("{stdout}"));
     let number =
         |after: &str| -> usize { line.split(after).nth(1).unwrap().split([' ', ',']).next().unwrap().parse().unwrap() };
-    let (micro, most) = (number("auto: "), number("micro-steps; "));
+    let (micro, most) = (number("auto: "), number("; up to "));
     assert!((4..40).contains(&most), "{line}");
     assert_eq!(micro, (1..=most).rev().find(|b| 40 % b == 0).unwrap(), "{line}");
     assert!(

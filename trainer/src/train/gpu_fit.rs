@@ -143,12 +143,17 @@ pub fn resolve_micro_batch(
         anyhow::bail!("data.micro_batch = auto: not one sample fits the GPU's {}", gib(total));
     };
     let micro = (1..=most).rev().find(|&b| per_rank.is_multiple_of(b)).unwrap_or(1);
+    // (the search stops at the rank's share: more would fit where it reached it)
+    let fit = match most == per_rank {
+        true => "the whole share fits".to_string(),
+        false => format!("up to {most} fit"),
+    };
     let line = format!(
         "data.micro_batch = auto: {micro}, the largest divisor of the {per_rank} samples per rank whose step fits \
-         the GPU's {} less {} ({} micro-steps; {most} would fit)",
+         the GPU's {} less {} ({}; {fit})",
         gib(total),
         gib(RUNTIME_MARGIN),
-        per_rank / micro
+        crate::cli::plural(per_rank / micro, "micro-step")
     );
     Ok((micro, Some(line)))
 }
