@@ -767,6 +767,19 @@ fn a_resume_from_elsewhere_does_not_mix_two_runs() {
     let mut a_again = a.clone();
     a_again.run.steps = 4;
     train(&a_again, &TrainOptions { resume: Some(archived), ..Default::default() }).unwrap();
+    // a run started from another's checkpoint at its last step: its summary has that step's figures
+    let mut at_3 = run("at-3");
+    at_3.run.steps = 3;
+    let s = train(&at_3, &from_a(None)).unwrap();
+    let loss_3 = std::fs::read_to_string(a.run.dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .nth(2)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap());
+    assert_eq!((s.steps, Some(s.last_loss)), (3, loss_3));
+    let summary = std::fs::read_to_string(at_3.run.dir.join("summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["loss"].as_f64(), loss_3, "{summary}");
     train(&c, &from_a(Some(4))).unwrap();
     let s = train(&c, &from_a(None)).unwrap();
     assert_eq!(s.steps, 6);

@@ -526,7 +526,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         saver.wait()?; // the last checkpoint is on disk before the summary (or the console) says so
     }
     if let Some(l) = logger.as_ref().filter(|_| summary.is_preempted()) {
-        l.println(&format!("stopped by a signal after step {}: checkpoint saved", state.step));
+        // (by a signal or --time-limit: the command line says which)
+        l.println(&format!("stopped after step {}: checkpoint saved", state.step));
     }
     summary.finish(&state, logger.as_ref().map_or(0, Logger::tensorboard_failures))
 }

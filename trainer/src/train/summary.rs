@@ -26,6 +26,16 @@ pub(super) fn write_run_file(run: &Path, name: &str, text: &str) -> Result<()> {
         .with_context(|| format!("writing {} (run folder not writable or disk full?)", p.display()))
 }
 
+/// The loss and bit accuracy at `step` of a run resumed from the checkpoint `resume`, and its last
+/// validation up to it, from `run`'s logs, or where they have none (a checkpoint of another run folder,
+/// this one new) from the logs of the folder that holds the checkpoint.
+fn figures_at(run: &Path, resume: Option<&Path>, step: u64) -> ((f64, f64), Option<(u64, f64)>) {
+    let source = resume.and_then(|c| c.parent()?.parent());
+    let metrics = rundir::finished_metrics(run, step).or_else(|| rundir::finished_metrics(source?, step));
+    let val = rundir::last_val(run, step).or_else(|| rundir::last_val(source?, step));
+    (metrics.unwrap_or((f64::NAN, f64::NAN)), val)
+}
+
 /// The session's [`TrainSummary`], which every rank keeps (`train` returns it) and rank 0 writes to
 /// `summary.json`.
 pub(super) struct SummaryFile<'a> {
@@ -50,7 +60,7 @@ impl<'a> SummaryFile<'a> {
     /// SLURM array, from the checkpoint `resume`): nothing to train, and the summary it finished with,
     /// which `summary.json` keeps (rewritten only when it records another step).
     pub(super) fn nothing_to_train(self, state: &TrainState, resume: Option<PathBuf>) -> Result<TrainSummary> {
-        let (last_loss, last_bit_acc) = rundir::finished_metrics(self.run, state.step).unwrap_or((f64::NAN, f64::NAN));
+        let ((last_loss, last_bit_acc), _) = figures_at(self.run, resume.as_deref(), state.step);
         let summary = TrainSummary {
             steps: state.step,
             started_at: state.step,
@@ -74,10 +84,11 @@ impl<'a> SummaryFile<'a> {
         if !self.leader {
             return Ok(());
         }
+        let ((loss, bit_acc), val) = figures_at(self.run, resume.as_deref(), state.step);
         let s = &mut self.summary;
         (s.steps, s.skipped_steps, s.last_checkpoint) = (state.step, state.skipped_steps, resume);
-        (s.last_loss, s.last_bit_acc) = rundir::finished_metrics(self.run, state.step).unwrap_or((f64::NAN, f64::NAN));
-        (s.last_val_step, s.last_val_loss) = rundir::last_val(self.run, state.step).unzip();
+        (s.last_loss, s.last_bit_acc) = (loss, bit_acc);
+        (s.last_val_step, s.last_val_loss) = val.unzip();
         self.write(&self.summary)
     }
 
