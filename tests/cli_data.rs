@@ -97,6 +97,12 @@ fn pack_upstream_metadata_and_python_reads_it_alike() {
         assert_eq!(template, if g < 4 { "0.500" } else { "1.000" }, "row {g}");
         assert_eq!(row.caption, Some(format!("image {g}").as_str()));
     }
+    // packed again with its tokenizer: d and the patch are the tokenizer's unless given
+    let again = dir.path().join("again");
+    let tokenizer = out.join("tokenizer.safetensors");
+    let reuse = ["--tokenizer", path_str(&tokenizer), "--out", path_str(&again)];
+    assert!(infinity(&[&args[..4], &["--budget", "demo4"], &reuse[..]].concat()));
+    assert_eq!(infinity_data::Manifest::load(&again).unwrap().d, 8);
 
     // the Python reader: the same rows, the same refusals
     let read_py = |folder: &std::path::Path| {

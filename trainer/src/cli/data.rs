@@ -29,15 +29,15 @@ pub struct Common {
     /// Output dataset folder.
     #[arg(long)]
     out: PathBuf,
-    /// Bits per token (latent channels), at most 3·patch².
-    #[arg(long, default_value_t = 16, value_parser = super::positive())]
-    d: usize,
+    /// Bits per token (latent channels), at most 3·patch² [default: 16, or --tokenizer's].
+    #[arg(long, value_parser = super::positive())]
+    d: Option<usize>,
     /// Pixel budget: demo4, demo5, 0.06M, 0.25M, 0.60M or 1M.
     #[arg(long, default_value = "demo5")]
     budget: String,
-    /// Tokenizer patch side in pixels.
-    #[arg(long, default_value_t = 4, value_parser = super::positive())]
-    patch: usize,
+    /// Tokenizer patch side in pixels [default: 4, or --tokenizer's].
+    #[arg(long, value_parser = super::positive())]
+    patch: Option<usize>,
     /// Store latents and bits at twice each scale's sides, the transformer's tokens being their 2×2
     /// patches (upstream's apply_spatial_patchify, its 8B model): for model.apply_spatial_patchify.
     #[arg(long)]
@@ -51,6 +51,13 @@ pub struct Common {
 }
 
 impl Common {
+    /// `--d` and `--patch`, each by default the reused tokenizer's (where one is given), else 16 and 4.
+    fn d_and_patch(&self, tokenizer: Option<&std::path::Path>) -> anyhow::Result<(usize, usize)> {
+        let reused = tokenizer.map(infinity_data::tokenizer::PatchTokenizer::load).transpose()?;
+        let (d, patch) = reused.map_or((16, 4), |t| (t.d, t.patch));
+        Ok((self.d.unwrap_or(d), self.patch.unwrap_or(patch)))
+    }
+
     fn writer(&self) -> WriterOptions {
         WriterOptions { shard_bytes: self.shard_mib << 20, overwrite: self.overwrite, ..Default::default() }
     }
@@ -166,12 +173,13 @@ fn command_line() -> String {
 pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DataCommand::Synth(a) => {
+            let (d, patch) = a.common.d_and_patch(a.tokenizer.as_deref())?;
             let opts = synth::SynthOptions {
                 rows: a.rows,
                 seed: a.seed,
-                d: a.common.d,
+                d,
                 budget: a.common.budget.clone(),
-                patch: a.common.patch,
+                patch,
                 spatial_patchify: a.common.spatial_patchify,
                 templates: parse_templates(&a.templates)?,
                 text_width: a.text_width,
@@ -203,10 +211,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             console_text!("{}", inspect::inspect(&a.common.out)?);
         }
         DataCommand::Pack(a) => {
+            let (d, patch) = a.common.d_and_patch(a.tokenizer.as_deref())?;
             let opts = pack::PackOptions {
-                d: a.common.d,
+                d,
                 budget: a.common.budget.clone(),
-                patch: a.common.patch,
+                patch,
                 spatial_patchify: a.common.spatial_patchify,
                 tokenizer: a.tokenizer,
                 fit_images: a.fit_images,
