@@ -143,7 +143,8 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let caption = |p: &Path| -> Result<Option<String>> {
         let txt = p.with_extension("txt");
         match std::fs::read_to_string(&txt) {
-            Ok(s) => Ok(Some(s.trim().to_string())),
+            // (a byte-order mark some editors write is no part of the caption)
+            Ok(s) => Ok(Some(s.trim_start_matches('\u{feff}').trim().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(DataError::io(txt, e)),
         }
@@ -157,7 +158,15 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
-            names.push(dir.file_name().expect("a listed folder has a name").to_string_lossy().into_owned());
+            let name = dir.file_name().expect("a listed folder has a name");
+            // (two names not in UTF-8 could read alike, `caf\xe9` and `caf\xe8` as `caf�`: two classes of one name)
+            let name = name.to_str().ok_or_else(|| {
+                DataError::Config(format!(
+                    "{}: a class folder whose name is not UTF-8 (class names are stored as text): rename it",
+                    dir.display()
+                ))
+            })?;
+            names.push(name.to_string());
             let inside = read(dir)?;
             let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
             if images.is_empty() {

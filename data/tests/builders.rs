@@ -271,3 +271,24 @@ fn synth_names_options_of_size_zero() {
     let e = pack::pack(dir.path(), dir.path(), &pack::PackOptions { patch: 0, ..Default::default() }).unwrap_err();
     assert!(e.to_string().contains("patch side must be at least 1 pixel"), "{e}");
 }
+
+/// A caption's byte-order mark is no part of it; a class folder whose name is not UTF-8 is refused
+/// (two such names could read alike as text: two classes of one name).
+#[test]
+fn captions_lose_a_byte_order_mark_and_class_names_must_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let src = tempfile::tempdir().unwrap();
+    write_pngs(&src.path().join("roses"), 2, (32, 32));
+    std::fs::write(src.path().join("roses/0.txt"), "\u{feff}a red rose\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = pack::PackOptions { fit_images: 2, ..Default::default() };
+    pack::pack(src.path(), out.path(), &opts).unwrap();
+    let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
+    assert_eq!(ds.row(0).caption, Some("a red rose"));
+
+    let latin1 = src.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    write_pngs(&latin1, 1, (32, 32));
+    let opts = pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..opts };
+    let e = pack::pack(src.path(), out.path(), &opts).unwrap_err().to_string();
+    assert!(e.contains("a class folder whose name is not UTF-8"), "{e}");
+}
