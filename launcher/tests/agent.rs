@@ -572,10 +572,25 @@ fn a_second_sigint_kills_the_stopping_ranks_at_once() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the first SIGINT did not reach the ranks");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // (a second press: later than one delivered twice, which comes within 0.1 s)
+    std::thread::sleep(Duration::from_millis(200));
     agent.signal(libc::SIGINT);
     assert_eq!(agent.exit(Duration::from_secs(20)).code(), Some(128 + libc::SIGINT), "{}", agent.text());
     assert!(agent.text().contains("SIGINT again: SIGKILL to the ranks now"), "{}", agent.text());
     assert!(agent.text().contains("not all of them checkpointed (killed); exiting with 130"), "{}", agent.text());
+
+    // one Ctrl-C delivered twice within 0.1 s (the terminal's and a wrapper's, as `timeout` forwards it)
+    // is one: the ranks finish their stop
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"trap 'sleep 1; touch "$TEST_DIR/got.$RANK"; exit 0' INT; touch "$TEST_DIR/started.$RANK"; while :; do sleep 0.05; done"#;
+    let mut agent = Agent::start(tmp.path(), "once", &agent_args(d, "60", &[], &["sh", "-c", rank]));
+    wait_started(tmp.path(), 1, Duration::from_secs(15));
+    agent.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(30));
+    agent.signal(libc::SIGINT);
+    assert_ne!(agent.exit(Duration::from_secs(20)).code(), Some(128 + libc::SIGINT), "{}", agent.text());
+    assert!(!agent.text().contains("SIGINT again") && tmp.path().join("got.0").exists(), "{}", agent.text());
 
     // a SIGINT after a SIGTERM (a scheduler's stop) is no second Ctrl-C: the grace runs out
     let tmp = tempfile::tempdir().unwrap();

@@ -96,6 +96,28 @@ fn a_requeued_job_before_the_first_checkpoint_waits_for_the_lock() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("waiting up to 120 s for it to let go"), "{stderr}");
     assert!(latest_checkpoint(&cfg.run.dir).is_some_and(|c| c.ends_with("step-00000006")), "{stderr}");
+
+    // the checkpoint the lost attempt writes while the requeued job waits is the one it resumes from
+    let lost = config(&data, tmp.path().join("lost"));
+    let file = common::config_file(&lost, tmp.path());
+    train(&lost, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let (step3, aside) = (lost.run.dir.join("checkpoints/step-00000003"), tmp.path().join("being-written"));
+    std::fs::rename(&step3, &aside).unwrap();
+    let held = RunLock::acquire(&lost.run.dir).unwrap();
+    let requeued = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", file.to_str().unwrap(), "--resume", "auto"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::fs::rename(&aside, &step3).unwrap();
+    drop(held);
+    let out = requeued.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("resumed from") && said.contains("step-00000003 at step 3"), "{said}");
+    assert!(!said.contains("starting fresh"), "{said}");
 }
 
 /// A read-only file system (a bind mount in a mount namespace of its own: `unshare -rm`; skipped where

@@ -62,7 +62,13 @@ pub(super) struct Signals {
     time_limit_exit_code: i32,
     /// This agent has started ranks (an earlier attempt's may have checkpointed).
     ranks_ran: bool,
+    /// When [`Signals::next`] last gave a SIGINT.
+    last_int: Option<tokio::time::Instant>,
 }
+
+/// SIGINTs closer together than this are one Ctrl-C delivered twice (by the terminal's process group
+/// and by a wrapper that forwards it, as `timeout` does), not a second press.
+const SAME_PRESS: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Signals {
     /// The signal handlers, and a time limit of `limit_s` seconds from now, which stops an agent whose
@@ -80,6 +86,7 @@ impl Signals {
             timed_out: false,
             time_limit_exit_code,
             ranks_ran: false,
+            last_int: None,
         })
     }
 
@@ -93,9 +100,15 @@ impl Signals {
         self.timed_out
     }
 
-    /// The next SIGINT (a second Ctrl-C while the ranks stop: [`super::ranks::stop_group`]).
+    /// The next SIGINT (a second Ctrl-C while the ranks stop: [`super::ranks::stop_group`]): one within
+    /// [`SAME_PRESS`] of the first is that one again.
     pub(super) async fn interrupted(&mut self) {
-        self.int.recv().await;
+        loop {
+            self.int.recv().await;
+            if self.last_int.is_none_or(|t| t.elapsed() >= SAME_PRESS) {
+                return;
+            }
+        }
     }
 
     /// The next signal received (as received: the log names it; [`forwarded`] says what the ranks get).
@@ -110,7 +123,10 @@ impl Signals {
                 libc::SIGTERM
             }
             _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
+            _ = self.int.recv() => {
+                self.last_int = Some(tokio::time::Instant::now());
+                libc::SIGINT
+            }
             _ = self.usr1.recv() => libc::SIGUSR1,
             _ = self.usr2.recv() => libc::SIGUSR2,
             _ = self.hup.recv() => libc::SIGHUP,

@@ -148,9 +148,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let stop = Some(flag);
             let accept_data_change = a.accept_data_change;
-            let resume_requested = a.resume.is_some();
-            let opts =
-                TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start, resume_requested };
+            let resume_auto = restarted || a.resume.as_deref() == Some("auto");
+            let opts = TrainOptions { resume, stop_after: None, stop, accept_data_change, fresh_start, resume_auto };
             train::train(&cfg, &opts).map(Some)
         }
     };

@@ -91,9 +91,11 @@ pub struct TrainOptions {
     /// A fresh start (no `--resume`): a `run.dir` that holds a run is refused, checked again once rank 0
     /// holds the run's lock (another fresh start may have trained there since the command line's check).
     pub fresh_start: bool,
-    /// `--resume` was given, though (`auto`) it found no checkpoint: a job requeued before its first,
-    /// which waits for the lost attempt's lock as any resume does.
-    pub resume_requested: bool,
+    /// `--resume auto`, or a restarted group: `resume` is run.dir's newest checkpoint as found once rank
+    /// 0 holds the run's lock (`resume` as given where run.dir has none). A lost attempt (a requeued
+    /// job's, a restarted group's) may still be writing its stop's checkpoint: rank 0 waits for its lock,
+    /// as for any resume, and what it wrote is then taken, not the checkpoint before it.
+    pub resume_auto: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -146,6 +148,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         lock: _lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
+    // (`--resume auto`: looked for again now that rank 0 holds the lock, by every rank after it does)
+    let newest;
+    let opts = match opts.resume_auto {
+        true => {
+            dist.barrier("the run folder's lock")?;
+            newest = TrainOptions { resume: latest_checkpoint(run).or(opts.resume.clone()), ..opts.clone() };
+            &newest
+        }
+        false => opts,
+    };
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, dist.rank, dist.world))?;

@@ -108,7 +108,7 @@ impl<'a> Session<'a> {
         // a restarted group's rank 0, or a requeued job's resume, may meet the lost attempt's (its node
         // lost, it got SIGTERM) still writing its stop's checkpoint: it waits for that, and another
         // restart is the remedy for a longer write
-        let resuming = dist.attempt > 0 || opts.resume.is_some() || opts.resume_requested;
+        let resuming = dist.attempt > 0 || opts.resume.is_some() || opts.resume_auto;
         let patience = std::time::Duration::from_secs(if resuming { RESTART_LOCK_PATIENCE_S } else { 1 });
         let lock = match leader.then(|| RunLock::acquire_within(run, patience)).transpose() {
             Err(e) if dist.attempt > 0 => return Err(e),
