@@ -95,6 +95,12 @@ fn a_run_counts_what_it_has_seen_and_a_resume_counts_on() {
     interrupted(&earlier, as_an_earlier_build_saved_it);
     assert_eq!(counts(&earlier.run.dir, "metrics.jsonl"), counts(&whole.run.dir, "metrics.jsonl"));
     assert_eq!(counts(&earlier.run.dir, "val.jsonl"), counts(&whole.run.dir, "val.jsonl"));
+    // (and eval's lines of that checkpoint alike)
+    let out = tmp.path().join("eval.jsonl");
+    let run = earlier.run.dir.to_str().unwrap();
+    infinity_trainer::cli::run(["infinity", "eval", run, "--all", "--out", out.to_str().unwrap()]).unwrap();
+    let evals: Vec<[Value; 4]> = counts(tmp.path(), "eval.jsonl");
+    assert_eq!(evals, counts(&whole.run.dir, "val.jsonl"));
 
     // ... and where the log misses a step, the rest of the run has none rather than a guess
     let gap = config(&data, tmp.path().join("gap"));

@@ -75,6 +75,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         )
     })?;
     let first_model = load_model(first, a.ema)?;
+    // (for a checkpoint of an earlier build, what its run had seen, recounted from the run's log)
+    let flops_per_token =
+        crate::train::TokenMix::of(&first_model.model, &train.manifest, cfg.data.global_batch).flops_per_token;
+    let costs = crate::train::seen::bucket_costs(&first_model.model, &train.manifest, &flops_per_token);
     let micro_batch = cfg.data.micro_batch.samples().unwrap_or(MICRO_BATCH);
     let validator = Validator::new(&cfg, &first_model.model, &train, micro_batch)?.expect("val.dir is set");
     for (name, rows) in validator.rows() {
@@ -110,7 +114,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         // (one run's checkpoints share one model: the validator's rows were checked against it)
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
         // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown)
-        let seen = checkpoint::read_state(dir)?.seen;
+        let state = checkpoint::read_state(dir)?;
+        let run = dir.parent().and_then(Path::parent).unwrap_or(dir);
+        let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
+        let seen = state.seen.or_else(|| crate::train::seen::Seen::recounted(run, state.step, &costs, without));
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
         let mut results = vec![(None, vm)];

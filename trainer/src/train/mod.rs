@@ -22,7 +22,7 @@ pub mod rank_times;
 pub mod run_lock;
 pub mod rundir;
 mod saver;
-mod seen;
+pub mod seen;
 mod session;
 mod setup;
 pub mod spike;
@@ -173,14 +173,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let resumed = saved.is_some();
     let mut state = saved.unwrap_or_else(|| TrainState::fresh(loader.state()));
     // (per bucket: tokens per sample and training FLOPs per token, which each step's counts add)
-    let costs: Vec<(u64, f64)> = manifest
-        .schedules
-        .iter()
-        .zip(&mix.flops_per_token)
-        .map(|(s, &f)| (infinity_kernels::bsq::num_tokens(&mc.token_scales(&s.hw())) as u64, f))
-        .collect();
+    let costs = seen::bucket_costs(&mc, &manifest, &mix.flops_per_token);
     if leader && state.seen.is_none() {
-        state.seen = seen::Seen::recounted(run, state.step, &costs);
+        let without = "metrics.jsonl and val.jsonl have no samples_seen, tokens_seen or flops_seen for this run";
+        state.seen = seen::Seen::recounted(run, state.step, &costs, without);
     }
     // the spike guard's window continues from the checkpoint's (kept with the guard off too: its
     // z-scores are logged)

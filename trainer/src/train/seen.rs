@@ -24,6 +24,18 @@ pub struct Seen {
 /// Per bucket (schedule) of the dataset: tokens per sample and training FLOPs per token.
 pub type BucketCosts = [(u64, f64)];
 
+/// The [`BucketCosts`] of the model `mc` on the dataset `m`, its training FLOPs per token by schedule
+/// `flops_per_token` ([`super::TokenMix`]'s): the transformer's tokens (a spatially patchified
+/// schedule's quarter of the stored grid).
+pub fn bucket_costs(
+    mc: &crate::model::ModelConfig,
+    m: &infinity_data::Manifest,
+    flops_per_token: &[f64],
+) -> Vec<(u64, f64)> {
+    let tokens = |s: &infinity_data::ScaleSchedule| infinity_kernels::bsq::num_tokens(&mc.token_scales(&s.hw())) as u64;
+    m.schedules.iter().zip(flops_per_token).map(|(s, &f)| (tokens(s), f)).collect()
+}
+
 impl Seen {
     /// Step rows `samples` drawn from a bucket of `tokens_per_sample` tokens at `flops_per_token`.
     pub fn add(&mut self, samples: u64, tokens_per_sample: u64, flops_per_token: f64) {
@@ -60,9 +72,9 @@ impl Seen {
         }
     }
 
-    /// [`recount`](Self::recount) from the run folder's `metrics.jsonl`, saying why not in a warning:
-    /// then the logs carry no counts for the rest of the run (a guess would mislead a fit).
-    pub fn recounted(run: &Path, step: u64, costs: &BucketCosts) -> Option<Seen> {
+    /// [`recount`](Self::recount) from the run folder's `metrics.jsonl`, saying why not in a warning
+    /// that ends with `without` (what then carries no counts: a guess would mislead a fit).
+    pub fn recounted(run: &Path, step: u64, costs: &BucketCosts, without: &str) -> Option<Seen> {
         if step == 0 {
             return Some(Seen::default());
         }
@@ -73,8 +85,8 @@ impl Seen {
         counted
             .inspect(|s| {
                 tracing::info!(
-                    "the checkpoint of step {step} predates counting what a run has seen: {} samples, {} tokens \
-                     and {:.4e} FLOPs recounted from {}",
+                    "the checkpoint of step {step} has no count of what the run has seen (an earlier build's): {} \
+                     samples, {} tokens and {:.4e} FLOPs recounted from {}",
                     s.samples,
                     s.tokens,
                     s.flops,
@@ -83,9 +95,8 @@ impl Seen {
             })
             .map_err(|why| {
                 tracing::warn!(
-                    "the checkpoint of step {step} predates counting what a run has seen, and {} cannot recount \
-                     it: {why}; metrics.jsonl and val.jsonl have no samples_seen, tokens_seen or flops_seen for \
-                     this run",
+                    "the checkpoint of step {step} has no count of what the run has seen (an earlier build's, or \
+                     one of a run whose count was lost so), and {} cannot recount it: {why}; {without}",
                     path.display()
                 )
             })
