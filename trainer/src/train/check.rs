@@ -94,11 +94,11 @@ pub fn check_with(
     }
     let n = lay.numel as f64;
     out.push(format!(
-        "model {}: depth {}, width {}, {} heads, {} parameters ({:.2} M)",
+        "model {}: depth {}, width {}, {}, {} parameters ({:.2} M)",
         cfg.model.preset,
         mc.depth,
         mc.embed_dim,
-        mc.num_heads,
+        crate::cli::plural(mc.num_heads, "head"),
         lay.numel,
         n / 1e6
     ));
