@@ -108,6 +108,30 @@ pub struct DatasetWriter {
     replacing: Option<Vec<String>>,
     /// The files written under staging names (renamed into place at `finish`, removed if it never comes).
     staged: Vec<String>,
+    /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
+    _lock: File,
+}
+
+/// An exclusive `flock` on the folder `dir` itself (no file left behind; the kernel drops it however
+/// the writer ends), or an error: a second `data pack` or `synth` into a folder being written would
+/// remove the first one's files as an unfinished dataset's.
+fn lock_folder(dir: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir).map_err(|e| DataError::io(dir, e))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(DataError::Config(format!(
+                "{}: another writer (`infinity data pack` or `synth`) is writing a dataset into it; wait for it to \
+                 end, or write into another folder",
+                dir.display()
+            )));
+        }
+        // (a file system without locks: nothing stops a second writer, as before)
+        tracing::debug!("{}: not locked ({e})", dir.display());
+    }
+    Ok(f)
 }
 
 /// A file's staging name while a dataset is replaced: hidden, and no `*.arrow` (which `verify` would
@@ -122,15 +146,16 @@ impl DatasetWriter {
         header.check(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        // (what a killed writer staged is of no dataset)
+        if manifest_path.exists() && !opts.overwrite {
+            return Err(DataError::Config(format!(
+                "{} already holds a dataset; pass --overwrite to replace it",
+                dir.display()
+            )));
+        }
+        // (from here on the folder is this writer's: what a killed writer staged is of no dataset)
+        let lock = lock_folder(dir)?;
         remove_staged_leftovers(dir)?;
         let replacing = match manifest_path.exists() {
-            true if !opts.overwrite => {
-                return Err(DataError::Config(format!(
-                    "{} already holds a dataset; pass --overwrite to replace it",
-                    dir.display()
-                )));
-            }
             // (the dataset replaced stays as it is until `finish`)
             true => Some(listed_files(&manifest_path)),
             false => {
@@ -145,7 +170,8 @@ impl DatasetWriter {
         let manifest = Manifest { shards: vec![], total_rows: 0, ..header };
         let builders = Builders::new();
         let (dir, staged) = (dir.to_path_buf(), Vec::new());
-        Ok(DatasetWriter { dir, manifest, columns, schema, opts, shard: None, builders, replacing, staged })
+        let shard = None;
+        Ok(DatasetWriter { dir, manifest, columns, schema, opts, shard, builders, replacing, staged, _lock: lock })
     }
 
     /// Where to write the dataset's companion file `name` (its tokenizer, its images list): `dir/name`,

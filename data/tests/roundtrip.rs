@@ -63,6 +63,10 @@ fn writer_refuses_to_overwrite_without_the_flag_and_rejects_bad_rows() {
     row.text_emb_short.as_mut().unwrap().push(0);
     let e = w.push(row.clone()).unwrap_err().to_string();
     assert!(e.contains("row id 10") && e.contains("`text_emb_short`") && e.contains("tokens × width 6"), "{e}");
+    // (one writer in a folder at a time)
+    let e = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), opts.clone()).err().unwrap();
+    assert!(e.to_string().contains("another writer (`infinity data pack` or `synth`) is writing"), "{e}");
+    drop(w);
     let mut m = common::manifest();
     m.conditions.text.as_mut().unwrap().short_caption = false;
     let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), m, opts).unwrap();
@@ -142,7 +146,12 @@ fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
     for id in 0..200 {
         w.push(common::random_row(&m, id, &mut rng)).unwrap();
     }
-    assert!(files(d).iter().any(|f| f.ends_with(".pending")), "nothing staged: {:?}", files(d));
+    let staged: Vec<String> = files(d).into_iter().filter(|f| f.ends_with(".pending")).collect();
+    assert!(!staged.is_empty(), "nothing staged: {:?}", files(d));
+    // a second writer meanwhile is refused, and leaves the first one's files alone
+    assert!(DatasetWriter::create(d, m.clone(), opts.clone()).is_err());
+    assert!(DatasetWriter::create(d, m.clone(), WriterOptions::default()).is_err());
+    assert!(staged.iter().all(|f| d.join(f).exists()));
     drop(w);
     assert_eq!(files(d), before, "a failed replacement changed the folder");
     assert_eq!(infinity_data::Manifest::load(d).unwrap(), old);
