@@ -236,6 +236,11 @@ pub struct PackNotes {
 /// centre-crop to the schedule's pixel size.
 fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
     let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
+    // (images.jsonl names each row's image as text: a name not in UTF-8 would lead nowhere)
+    if path.file_name().is_some_and(|n| n.to_str().is_none()) {
+        let detail = "its name is not UTF-8 (images.jsonl names each row's image as text): rename it".into();
+        return Err(DataError::Image { path: path.into(), detail });
+    }
     let img = crate::image_file::read_image(path).map_err(|err| match (err, &e.listed_at) {
         (DataError::Image { path, detail }, Some(at)) => {
             DataError::Image { path, detail: format!("{detail} (listed at {at})") }

@@ -286,6 +286,18 @@ fn captions_lose_a_byte_order_mark_and_class_names_must_be_utf8() {
     let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
     assert_eq!(ds.row(0).caption, Some("a red rose"));
 
+    // an image whose name is not UTF-8 is a bad image: --skip-bad leaves it out, named
+    let odd = src.path().join("roses").join(std::ffi::OsStr::from_bytes(b"r\xe9.png"));
+    std::fs::copy(src.path().join("roses/1.png"), &odd).unwrap();
+    let skip = pack::PackOptions {
+        skip_bad: true,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..opts.clone()
+    };
+    let (m, _, notes) = pack::pack(src.path(), out.path(), &skip).unwrap();
+    assert_eq!(m.total_rows, 2);
+    assert!(notes.bad[0].contains("its name is not UTF-8"), "{:?}", notes.bad);
+    std::fs::remove_file(&odd).unwrap();
     let latin1 = src.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
     write_pngs(&latin1, 1, (32, 32));
     let opts = pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..opts };

@@ -321,3 +321,20 @@ fn validation_rows_on_schedules_the_run_never_trained_on_are_warned_of() {
     let lines = check(&load(&config_file(t, &data, Some(&data), "class"), &[]), 1, None, None).unwrap();
     assert!(!lines.iter().any(|l| l.contains("holds no rows of")), "{lines:#?}");
 }
+
+/// A dataset folder whose path is not UTF-8 (a Latin-1 name) is written and read: the manifest's
+/// `created_by` shows the command line lossily, where reading it as text panicked.
+#[test]
+fn data_commands_take_paths_that_are_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    let status = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["data", "synth", "--rows", "8", "--fit-rows", "8", "--budget", "demo4", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let m = Manifest::load(&out).unwrap();
+    assert!(m.created_by.contains("caf\u{fffd}"), "{}", m.created_by);
+}

@@ -166,8 +166,10 @@ fn parse_templates(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
         .collect()
 }
 
+/// The command line, for the manifest's `created_by` (an argument not in UTF-8, a path, shown lossily:
+/// `args()` would panic on it).
 fn command_line() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
+    std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
@@ -202,11 +204,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 None => "fitted".into(),
             };
             console!(
-                "tokenizer: {how}; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured on {} \
-                 images)",
+                "tokenizer: {how}; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured on {})",
                 fit.psnr_latent_db,
                 fit.psnr_bsq_db,
-                fit.images
+                super::plural(fit.images, "image")
             );
             console_text!("{}", inspect::inspect(&a.common.out)?);
         }
@@ -296,8 +297,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             }
             for (class, n) in &notes.emptied_classes {
                 console!(
-                    "warning: class `{class}` has no image left: --skip-bad left out all {n} of its images, so the \
-                     dataset has a class no sample has (mend or remove its folder, and pack again)"
+                    "warning: class `{class}` has no image left: --skip-bad left out {}, so the dataset has a class \
+                     no sample has (mend or remove its folder, and pack again)",
+                    match n {
+                        1 => "its one image".to_string(),
+                        n => format!("all {n} of its images"),
+                    }
                 );
             }
             if notes.uncaptioned > 0 {
@@ -308,10 +313,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             match (fit, &opts.tokenizer) {
                 (Some(f), _) => console!(
                     "tokenizer: fitted; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured \
-                     on {} images)",
+                     on {})",
                     f.psnr_latent_db,
                     f.psnr_bsq_db,
-                    f.images
+                    super::plural(f.images, "image")
                 ),
                 (None, Some(p)) => console!("tokenizer: reused {}", p.display()),
                 (None, None) => {}

@@ -125,10 +125,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         for (name, m) in results {
             let set = name.as_deref().map_or(String::new(), |n| format!(" [{n}]"));
             console!(
-                "step {step}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({} rows)",
+                "step {step}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({})",
                 m.loss,
                 m.bit_acc,
-                m.rows
+                crate::cli::plural(m.rows, "row")
             );
             if let Some(f) = out.as_mut() {
                 let line = json!({

@@ -205,10 +205,10 @@ impl Logger {
             .map(|(name, m)| format!("; {name}: loss {:.4}, bit acc {:.1}%", m.loss, 100.0 * m.bit_acc))
             .collect();
         self.println(&format!(
-            "validation at step {step}: loss {:.4}, bit acc {:.1}% ({} rows){}",
+            "validation at step {step}: loss {:.4}, bit acc {:.1}% ({}){}",
             v.loss,
             100.0 * v.bit_acc,
-            v.rows,
+            crate::cli::plural(v.rows, "row"),
             more.concat()
         ));
         Ok(())

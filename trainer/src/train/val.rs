@@ -191,7 +191,8 @@ fn unseen_schedules(train: &Manifest, val: &Manifest, rows: &[usize]) -> Option<
     (!unseen.is_empty()).then(|| {
         format!(
             "of its {of} rows validated, {} are on schedules the training data holds no rows of: the model never \
-             predicted those scales, and their loss is not comparable (pack it at the training data's --budget)",
+             predicted those scales, and their loss is not comparable (a validation set packed at the training \
+             data's --budget, of images of its aspect ratios, measures what training does)",
             unseen.join(", ")
         )
     })
