@@ -221,10 +221,18 @@ fn check_export_expect_lists_only_its_reference_models() {
 /// model's `upstream_loader` says it has none (not the text model's constructor route).
 #[test]
 fn config_json_names_the_precision_the_decay_and_no_loader_for_a_class_model() {
-    let (tmp, _data, run) = tiny_run("class", &["optim.ema_decay=0.75"]);
+    let (tmp, data, run) = tiny_run("class", &["optim.ema_decay=0.75"]);
     let (ema, trained) = (tmp.path().join("ema"), tmp.path().join("trained"));
     assert!(infinity(&["export", path_str(&run), "--ema", "-o", path_str(&ema)]));
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&trained)]));
+    // the rows of each schedule, which sampling's default schedule is chosen by; an export exported
+    // again carries them
+    let rows = infinity_trainer::infer::rows_by_schedule(&infinity_data::Manifest::load(&data).unwrap());
+    assert!(rows.iter().sum::<u64>() > 0);
+    assert_eq!(config(&trained)["data"]["schedule_rows"], serde_json::json!(rows));
+    let again = tmp.path().join("again");
+    assert!(infinity(&["export", path_str(&trained), "-o", path_str(&again), "--dtype", "bf16"]));
+    assert_eq!(config(&again)["data"]["schedule_rows"], serde_json::json!(rows));
     let source = &config(&ema)["source"];
     assert_eq!((source["weights"].as_str(), source["ema_decay"].as_f64()), (Some("ema"), Some(0.75)), "{source}");
     assert_eq!(source["precision"], "f32");

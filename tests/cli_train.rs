@@ -152,7 +152,9 @@ fn train_sample_and_export_a_text_model() {
     budgets["schedules"].as_array_mut().unwrap().push(other);
     let m: infinity_data::Manifest = serde_json::from_value(budgets).unwrap();
     use infinity_trainer::infer::SchedulePick;
-    let pick = |p| infinity_trainer::infer::pick_schedule(&m, p).map(|s| &s.name);
+    let pick = |p| {
+        infinity_trainer::infer::pick_schedule(&m, &infinity_trainer::infer::rows_by_schedule(&m), p).map(|s| &s.name)
+    };
     assert_eq!(pick(SchedulePick::Default).unwrap(), "1.000/demo4");
     assert_eq!(pick(SchedulePick::Name("1.000/other")).unwrap(), "1.000/other");
     let e = format!("{:#}", pick(SchedulePick::Template("1.000")).unwrap_err());

@@ -121,8 +121,8 @@ pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Resul
 /// Which of a dataset's schedules to sample on.
 #[derive(Clone, Copy, Debug)]
 pub enum SchedulePick<'a> {
-    /// Of the schedules the dataset has rows of (all, where it lists none: an export's), the first
-    /// square one if there is one, else the one of the most rows.
+    /// Of the schedules the dataset has rows of (`rows`, by schedule; all where none are known: an
+    /// export of an earlier build), the first square one if there is one, else the one of the most rows.
     Default,
     /// The one of this aspect-ratio template (`1.000`, `0.666`, …): refused where several share it.
     Template(&'a str),
@@ -136,9 +136,18 @@ pub fn schedule_rows(m: &Manifest, s: &ScaleSchedule) -> u64 {
     m.shards.iter().map(|shard| shard.bucket_rows.get(k).copied().unwrap_or(0)).sum()
 }
 
+/// The rows the dataset holds of each of its schedules (what an export's config.json records as
+/// `data.schedule_rows`).
+pub fn rows_by_schedule(m: &Manifest) -> Vec<u64> {
+    m.schedules.iter().map(|s| schedule_rows(m, s)).collect()
+}
+
 /// The dataset schedule `pick` names. A template that several schedules share (one per pixel budget)
 /// is refused with their names rather than taking the first.
-pub fn pick_schedule<'a>(m: &'a Manifest, pick: SchedulePick) -> Result<&'a ScaleSchedule> {
+pub fn pick_schedule<'a>(m: &'a Manifest, rows: &[u64], pick: SchedulePick) -> Result<&'a ScaleSchedule> {
+    let rows_of = |s: &ScaleSchedule| {
+        m.schedules.iter().position(|t| t.name == s.name).map_or(0, |k| rows.get(k).copied().unwrap_or(0))
+    };
     let names = || m.schedules.iter().map(|s| s.name.as_str()).collect::<Vec<_>>();
     // (`0.5` is upstream's `0.500`: the catalog's spelling, which schedules carry)
     let spelled = |t: &str| infinity_data::Catalog::upstream().template_name(t).unwrap_or(t).to_string();
@@ -148,9 +157,9 @@ pub fn pick_schedule<'a>(m: &'a Manifest, pick: SchedulePick) -> Result<&'a Scal
             format!("--schedule {name}: the dataset has no schedule of that name (it has {:?})", names())
         }),
         SchedulePick::Default => {
-            let trained: Vec<&ScaleSchedule> = m.schedules.iter().filter(|s| schedule_rows(m, s) > 0).collect();
+            let trained: Vec<&ScaleSchedule> = m.schedules.iter().filter(|s| rows_of(s) > 0).collect();
             let square = |of: &[&'a ScaleSchedule]| of.iter().find(|s| s.h_div_w_template == "1.000").copied();
-            let most_rows = trained.iter().max_by_key(|s| schedule_rows(m, s)).copied();
+            let most_rows = trained.iter().max_by_key(|s| rows_of(s)).copied();
             let all: Vec<&ScaleSchedule> = m.schedules.iter().collect();
             Ok(square(&trained).or(most_rows).or(square(&all)).unwrap_or(&m.schedules[0]))
         }
@@ -329,16 +338,22 @@ mod tests {
             infinity_data::synth::SynthOptions { rows: 8, fit_rows: 8, budget: "demo4".into(), ..Default::default() };
         let mut m = infinity_data::synth::synth(dir.path(), &opts).unwrap().0;
         let square = m.schedules.iter().position(|s| s.h_div_w_template == "1.000").unwrap();
-        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().h_div_w_template, "1.000");
+        let pick = |m: &infinity_data::Manifest| {
+            pick_schedule(m, &super::rows_by_schedule(m), SchedulePick::Default).unwrap().clone()
+        };
+        assert_eq!(pick(&m).h_div_w_template, "1.000");
         // (no rows of the square one: the other)
         for shard in &mut m.shards {
             let moved = std::mem::take(&mut shard.bucket_rows[square]);
             shard.bucket_rows[1 - square] += moved;
         }
-        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().name, m.schedules[1 - square].name);
-        // (a manifest listing no rows, an export's: the square one)
+        assert_eq!(pick(&m).name, m.schedules[1 - square].name);
+        // (as an export records the rows: the same)
+        let rows = super::rows_by_schedule(&m);
         m.shards.clear();
-        assert_eq!(pick_schedule(&m, SchedulePick::Default).unwrap().h_div_w_template, "1.000");
+        assert_eq!(pick_schedule(&m, &rows, SchedulePick::Default).unwrap().name, m.schedules[1 - square].name);
+        // (no rows known, an export of an earlier build's: the square one)
+        assert_eq!(pick(&m).h_div_w_template, "1.000");
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     if let Some(bits) = &a.bits {
         refuse_to_overwrite(bits, &a.out)?;
     }
-    let Opened { ck, ema, manifest: m, data_dir } = open(&a)?;
+    let Opened { ck, ema, manifest: m, rows, data_dir } = open(&a)?;
     if let Some(why) = infer::dataset_mismatch(&ck.model, &m) {
         bail!("{}: {why}: not the model's dataset (pass --data with its own)", data_dir.display());
     }
@@ -135,11 +135,11 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         (None, Some(template)) => SchedulePick::Template(template),
         (None, None) => SchedulePick::Default,
     };
-    let sched = infer::pick_schedule(&m, pick)?;
-    if m.total_rows > 0 && infer::schedule_rows(&m, sched) == 0 {
+    let sched = infer::pick_schedule(&m, &rows, pick)?;
+    let rows_of_sched = m.schedules.iter().position(|s| s.name == sched.name).and_then(|k| rows.get(k));
+    if rows.iter().sum::<u64>() > 0 && rows_of_sched == Some(&0) {
         console_err!(
-            "warning: {} holds no rows of the `{}` schedule: the model never trained on it",
-            data_dir.display(),
+            "warning: the model's dataset holds no rows of the `{}` schedule: the model never trained on it",
             sched.name
         );
     }
@@ -269,6 +269,8 @@ struct Opened {
     /// The weights are the moving average.
     ema: bool,
     manifest: Manifest,
+    /// The rows of each of its schedules (none known: an export of an earlier build).
+    rows: Vec<u64>,
     /// The folder of the manifest's tokenizer file (and of the dataset, for the messages).
     data_dir: PathBuf,
 }
@@ -285,12 +287,18 @@ fn open(a: &SampleArgs) -> Result<Opened> {
     if a.weights.config.is_some() || read_export(&a.ckpt).is_none() {
         let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
         let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
-        return Ok(Opened { manifest: load(&data_dir)?, ck, ema: a.ema, data_dir });
+        let manifest = load(&data_dir)?;
+        let rows = infer::rows_by_schedule(&manifest);
+        return Ok(Opened { manifest, rows, ck, ema: a.ema, data_dir });
     }
     let export = load_export(&a.ckpt, a.ema)?;
     console!("{}: an export of {}", a.ckpt.display(), export.source);
-    let (manifest, data_dir) = match (&a.data, export.dataset) {
-        (Some(dir), _) => (load(dir)?, dir.clone()),
+    let (manifest, data_dir, rows) = match (&a.data, export.dataset) {
+        (Some(dir), _) => {
+            let m = load(dir)?;
+            let rows = infer::rows_by_schedule(&m);
+            (m, dir.clone(), rows)
+        }
         (None, Some(dataset)) => dataset,
         (None, None) => bail!(
             "{}: its config.json has no data section (the dataset was not at hand at export): pass --data with \
@@ -298,7 +306,7 @@ fn open(a: &SampleArgs) -> Result<Opened> {
             a.ckpt.display()
         ),
     };
-    Ok(Opened { ck: export.model, ema: export.ema, manifest, data_dir })
+    Ok(Opened { ck: export.model, ema: export.ema, manifest, rows, data_dir })
 }
 
 /// The condition of every sample (each given condition `n` times) and a label per grid row. The dataset's

@@ -33,8 +33,9 @@ pub struct LoadedExport {
     pub dtype: String,
     /// The dataset's manifest as config.json's `data` section records it (no shards), and the folder
     /// that holds its tokenizer file: the export folder when the file was copied beside the weights.
-    /// `None` when the dataset was not at hand at export.
-    pub dataset: Option<(Manifest, PathBuf)>,
+    /// `None` when the dataset was not at hand at export. Then the rows of each schedule it recorded
+    /// (none: an export of an earlier build).
+    pub dataset: Option<(Manifest, PathBuf, Vec<u64>)>,
 }
 
 /// The `data` section `export` writes.
@@ -44,6 +45,9 @@ struct DataSection {
     tokenizer: TokenizerInfo,
     tokenizer_file_beside: Option<String>,
     schedules: Vec<ScaleSchedule>,
+    /// The rows of each schedule the model trained on (exports of earlier builds record none).
+    #[serde(default)]
+    schedule_rows: Vec<u64>,
     conditions: Conditions,
 }
 
@@ -133,7 +137,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
             // (sampling indexes its schedules and sizes scales from them: a hand-edited section that
             // names none, or an odd side, would panic there)
             manifest.check(&cfg_path).map_err(|e| anyhow!("{e} (in its `data` section)"))?;
-            Some((manifest, tokenizer_dir, data.dir))
+            Some((manifest, tokenizer_dir, data.dir, data.schedule_rows))
         }
     };
     let lay = Layout::new(&model);
@@ -149,7 +153,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         source: export.source,
         source_record: field("/source")?,
         dtype,
-        dataset: dataset.map(|(m, tokenizer_dir, _)| (m, tokenizer_dir)),
+        dataset: dataset.map(|(m, tokenizer_dir, _, rows)| (m, tokenizer_dir, rows)),
     })
 }
 

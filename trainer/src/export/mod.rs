@@ -76,7 +76,7 @@ pub struct FromExport {
     pub dir: PathBuf,
     pub dtype: String,
     pub source: Value,
-    pub dataset: Option<(Manifest, PathBuf)>,
+    pub dataset: Option<(Manifest, PathBuf, Vec<u64>)>,
 }
 
 /// The files written, and what a user should know about them (a dataset not found, one chunk).
@@ -122,8 +122,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     // refused --data leaves the folder as it was. An export exported again carries its own description.
     let data_dir = opts.data.clone().unwrap_or_else(|| ck.data_dir.clone());
     let carried = opts.from_export.as_ref().and_then(|f| f.dataset.as_ref()).filter(|_| opts.data.is_none());
-    let tokenizer_dir = carried.map_or_else(|| data_dir.clone(), |(_, dir)| dir.clone());
-    let manifest = match carried.map_or_else(|| Manifest::load(&data_dir), |(m, _)| Ok(m.clone())) {
+    let tokenizer_dir = carried.map_or_else(|| data_dir.clone(), |(_, dir, _)| dir.clone());
+    let manifest = match carried.map_or_else(|| Manifest::load(&data_dir), |(m, _, _)| Ok(m.clone())) {
         Ok(m) => match (crate::infer::dataset_mismatch(&mc, &m), &opts.data) {
             (None, _) => Some(m),
             (Some(why), Some(_)) => bail!("--data {}: {why}: not the model's dataset", data_dir.display()),
@@ -189,6 +189,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             "tokenizer": m.tokenizer,
             "tokenizer_file_beside": tokenizer_copy,
             "schedules": m.schedules,
+            // (what sampling defaults to: a schedule the model trained on)
+            "schedule_rows": carried.map_or_else(|| crate::infer::rows_by_schedule(&m), |(_, _, rows)| rows.clone()),
             "conditions": m.conditions,
         });
         if mc.apply_spatial_patchify {

@@ -43,7 +43,12 @@ impl Preview {
             every: s.every,
             last: cfg.run.steps,
             cond,
-            sched: crate::infer::pick_schedule(&ds.manifest, crate::infer::SchedulePick::Default)?.clone(),
+            sched: crate::infer::pick_schedule(
+                &ds.manifest,
+                &crate::infer::rows_by_schedule(&ds.manifest),
+                crate::infer::SchedulePick::Default,
+            )?
+            .clone(),
             tokenizer,
             opts: SampleOptions::uniform(s.cfg, s.tau, s.top_p, s.seed),
             per_condition: s.per_condition,
