@@ -12,6 +12,7 @@ pub mod bench;
 pub mod build;
 pub mod dataset;
 pub mod error;
+pub mod file_lock;
 pub mod format;
 pub mod image_file;
 pub mod inspect;

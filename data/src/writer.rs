@@ -112,24 +112,38 @@ pub struct DatasetWriter {
     _lock: File,
 }
 
-/// An exclusive `flock` on the folder `dir` itself (no file left behind; the kernel drops it however
-/// the writer ends), or an error: a second `data pack` or `synth` into a folder being written would
-/// remove the first one's files as an unfinished dataset's.
+/// The lock file of a folder being written (hidden; left in place: removing a lock file races with
+/// the next writer opening it).
+const WRITER_LOCK: &str = ".writer.lock";
+
+/// An exclusive `flock` on the folder's [`WRITER_LOCK`], or an error: a second `data pack` or `synth`
+/// into a folder being written would remove the first one's files as an unfinished dataset's. A file
+/// system without locks is warned of, and writes on unlocked.
 fn lock_folder(dir: &Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(dir).map_err(|e| DataError::io(dir, e))?;
-    // SAFETY: flock(2) on a descriptor this function owns.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
+    use crate::file_lock::{try_lock, unsupported, Lock};
+    let path = dir.join(WRITER_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| DataError::io(&path, e))?;
+    match try_lock(&f, Lock::Exclusive) {
+        Ok(true) => {}
+        Ok(false) => {
             return Err(DataError::Config(format!(
                 "{}: another writer (`infinity data pack` or `synth`) is writing a dataset into it; wait for it to \
                  end, or write into another folder",
                 dir.display()
-            )));
+            )))
         }
-        // (a file system without locks: nothing stops a second writer, as before)
-        tracing::debug!("{}: not locked ({e})", dir.display());
+        Err(e) if unsupported(&e) => tracing::warn!(
+            "{} cannot be locked here ({e}: a file system without flock): nothing stops a second writer in \
+             this folder",
+            path.display()
+        ),
+        Err(e) => return Err(DataError::io(&path, e)),
     }
     Ok(f)
 }
@@ -146,14 +160,15 @@ impl DatasetWriter {
         header.check(&dir.join(MANIFEST_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
+        // (the folder is this writer's from here on, so what it finds stays so: what a killed writer
+        // staged is of no dataset)
+        let lock = lock_folder(dir)?;
         if manifest_path.exists() && !opts.overwrite {
             return Err(DataError::Config(format!(
                 "{} already holds a dataset; pass --overwrite to replace it",
                 dir.display()
             )));
         }
-        // (from here on the folder is this writer's: what a killed writer staged is of no dataset)
-        let lock = lock_folder(dir)?;
         remove_staged_leftovers(dir)?;
         let replacing = match manifest_path.exists() {
             // (the dataset replaced stays as it is until `finish`)
@@ -179,7 +194,9 @@ impl DatasetWriter {
     pub fn file(&mut self, name: &str) -> PathBuf {
         match self.replacing {
             Some(_) => {
-                self.staged.push(name.to_string());
+                if !self.staged.iter().any(|s| s == name) {
+                    self.staged.push(name.to_string());
+                }
                 self.dir.join(staging_name(name))
             }
             None => self.dir.join(name),
@@ -278,6 +295,11 @@ impl DatasetWriter {
     /// The old dataset out, the staged one in: the manifest first, so that the folder never claims
     /// shards being replaced (a crash from here on leaves an unfinished dataset, no mix of two).
     fn put_in_place(&mut self, old_files: &[String]) -> Result<()> {
+        // (every file to put in place is there before anything of the old dataset goes)
+        for name in &self.staged {
+            let staged = self.dir.join(staging_name(name));
+            std::fs::metadata(&staged).map_err(|e| DataError::io(&staged, e))?;
+        }
         let manifest_path = self.dir.join(MANIFEST_FILE);
         std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
         remove_stale_shards(&self.dir, old_files, true)?;

@@ -148,9 +148,12 @@ fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
     }
     let staged: Vec<String> = files(d).into_iter().filter(|f| f.ends_with(".pending")).collect();
     assert!(!staged.is_empty(), "nothing staged: {:?}", files(d));
-    // a second writer meanwhile is refused, and leaves the first one's files alone
-    assert!(DatasetWriter::create(d, m.clone(), opts.clone()).is_err());
-    assert!(DatasetWriter::create(d, m.clone(), WriterOptions::default()).is_err());
+    // a second writer meanwhile is refused by the folder's lock, with --overwrite or without (before
+    // its own check of the manifest), and leaves the first one's files alone
+    for opts in [opts.clone(), WriterOptions::default()] {
+        let e = DatasetWriter::create(d, m.clone(), opts).err().unwrap().to_string();
+        assert!(e.contains("another writer"), "{e}");
+    }
     assert!(staged.iter().all(|f| d.join(f).exists()));
     drop(w);
     assert_eq!(files(d), before, "a failed replacement changed the folder");
@@ -167,7 +170,7 @@ fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
     }
     let new = w.finish().unwrap();
     assert_eq!((new.total_rows, new.shards.len()), (5, 1));
-    assert_eq!(files(d), ["manifest.json", "shard-00000.arrow", "tokenizer.safetensors"]);
+    assert_eq!(files(d), [".writer.lock", "manifest.json", "shard-00000.arrow", "tokenizer.safetensors"]);
     assert_eq!(std::fs::read(d.join("tokenizer.safetensors")).unwrap(), b"new tokenizer");
     assert!(infinity_data::inspect::verify(d).problems.is_empty());
 }

@@ -5,10 +5,10 @@
 //! restarted group or a requeued job takes it again.
 
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use infinity_data::file_lock::{try_lock, unsupported, Lock};
 
 pub(crate) const LOCK_FILE: &str = ".lock";
 
@@ -62,7 +62,7 @@ impl RunLock {
                 );
                 return Ok(RunLock { _file: file });
             }
-            other => other?,
+            other => other.context("locking the run folder")?,
         };
         if !locked {
             let mut holder = String::new();
@@ -141,37 +141,6 @@ pub fn in_use(run: &Path) -> bool {
     match std::fs::File::open(run.join(LOCK_FILE)) {
         Ok(file) => !try_lock(&file, Lock::Shared).unwrap_or(true),
         Err(_) => false,
-    }
-}
-
-/// What [`try_lock`] asks for.
-#[derive(Clone, Copy)]
-enum Lock {
-    Exclusive,
-    /// Enough to learn whether a job holds the exclusive lock.
-    Shared,
-}
-
-/// A file system that does not lock at all (as opposed to a lock held elsewhere).
-fn unsupported(e: &anyhow::Error) -> bool {
-    let code = e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error());
-    matches!(code, Some(libc::ENOSYS | libc::ENOLCK | libc::EOPNOTSUPP))
-}
-
-/// A non-blocking `flock`: false when another open file holds the lock (exclusively, for a shared
-/// one). Released when `file` closes.
-fn try_lock(file: &std::fs::File, lock: Lock) -> Result<bool> {
-    let how = match lock {
-        Lock::Exclusive => libc::LOCK_EX,
-        Lock::Shared => libc::LOCK_SH,
-    };
-    // SAFETY: flock on a descriptor this File owns for the duration of the call.
-    match unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } {
-        0 => Ok(true),
-        _ => match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-            e => Err(anyhow::Error::new(e).context("locking the run folder")),
-        },
     }
 }
 
