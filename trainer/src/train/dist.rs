@@ -212,15 +212,19 @@ impl Dist {
         Ok(self.comm.barrier()?)
     }
 
+    /// Rank 0's `step` on every rank (exact up to 2^48: two f32 halves carry it).
+    pub fn broadcast_step(&mut self, step: u64) -> Result<u64> {
+        let mut at = [(step >> 24) as f32, (step & 0xff_ffff) as f32];
+        self.broadcast(&mut at)?;
+        Ok(((at[0] as u64) << 24) | at[1] as u64)
+    }
+
     /// Every rank continues from rank 0's step, or every rank stops with an error naming both steps: a
     /// run.dir that is not one shared folder (or a file system that shows ranks different checkpoints)
     /// would otherwise fail later in a collective, or silently mix two states.
     pub fn agree_on_step(&mut self, step: u64) -> Result<()> {
-        // two f32 halves carry the step exactly
-        let mut at = [(step >> 24) as f32, (step & 0xff_ffff) as f32];
         self.tag("resume step agreement");
-        self.broadcast(&mut at)?;
-        let leader = ((at[0] as u64) << 24) | at[1] as u64;
+        let leader = self.broadcast_step(step)?;
         let differs = leader != step;
         self.tag("resume step agreement");
         if self.any(differs)? {

@@ -148,12 +148,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         lock: _lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
-    // (`--resume auto`: looked for again now that rank 0 holds the lock, by every rank after it does)
+    // (`--resume auto`: looked for again now that rank 0 holds the lock)
     let newest;
     let opts = match opts.resume_auto {
         true => {
-            dist.barrier("the run folder's lock")?;
-            newest = TrainOptions { resume: latest_checkpoint(run).or(opts.resume.clone()), ..opts.clone() };
+            newest = TrainOptions {
+                resume: start_state::agreed_newest(run, opts.resume.as_deref(), &mut dist)?,
+                ..opts.clone()
+            };
             &newest
         }
         false => opts,

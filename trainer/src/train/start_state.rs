@@ -2,7 +2,7 @@
 //! dataset, the loader's position continued on it), or fresh weights from the run's seed, overlaid by
 //! `model.init_from`'s.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use infinity_data::loader::{LoaderState, MixState};
@@ -49,6 +49,39 @@ pub(crate) fn init_from(
     }
     let what = if ema { "the weights' moving average" } else { "weights" };
     Ok(Some((format!("{what} from {}", file.display()), fresh)))
+}
+
+/// `--resume auto` (or a restarted group): run.dir's newest complete checkpoint as rank 0 finds it now
+/// that it holds the run's lock (a lost attempt may have written its stop's checkpoint while it waited),
+/// else `given`, the same on every rank: rank 0 sends its step, and each other rank waits up to 30 s
+/// for its view of the shared folder to show that checkpoint (NFS caches a folder's listing for a
+/// while); where one never does, every rank stops, saying run.dir is not one shared folder.
+pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::dist::Dist) -> Result<Option<PathBuf>> {
+    let newest = dist.is_leader().then(|| super::latest_checkpoint(run)).flatten();
+    dist.tag("the newest checkpoint, after the run folder's lock");
+    // (checkpoints are of steps from 1: 0 says there is none)
+    let step = dist.broadcast_step(newest.as_deref().and_then(checkpoint::step_of).unwrap_or(0))?;
+    if step == 0 {
+        return Ok(given.map(Path::to_path_buf));
+    }
+    let dir = checkpoint::step_dir(run, step);
+    let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
+    let t0 = std::time::Instant::now();
+    while !shown() && t0.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let missing = !shown();
+    dist.tag("the newest checkpoint, after the run folder's lock");
+    if dist.any(missing)? {
+        let who = match missing {
+            true => format!("rank {} does not see rank 0's newest checkpoint {} after 30 s", dist.rank, dir.display()),
+            false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
+        };
+        anyhow::bail!(
+            "{who}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
+        );
+    }
+    Ok(Some(dir))
 }
 
 /// For a fresh start in a run folder that holds a run but no complete checkpoint (`--resume auto`, or a
