@@ -8,9 +8,9 @@ use image::DynamicImage;
 
 use crate::error::{DataError, Result};
 
-/// The most memory one image's decode may take (the decoder's own default is 512 MiB, about 179
-/// megapixels of 8-bit RGB): about 700 megapixels of 8-bit RGB, 350 of 16-bit; images decode on every
-/// core at once.
+/// The most memory one image's decoded pixels may take (the decoder's own default is 512 MiB, about 179
+/// megapixels of 8-bit RGB): about 700 megapixels of 8-bit RGB, 350 of 16-bit. A decode's peak is about
+/// twice that (the file's bytes; a turned copy for an EXIF orientation of 90°), on every core at once.
 pub const DECODE_LIMIT_BYTES: u64 = 2 << 30;
 
 /// The image at `path`, decoded by its contents (not its extension), turned upright as its EXIF

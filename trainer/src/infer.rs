@@ -33,8 +33,12 @@ pub fn resolve_classes(specs: &[String], info: &ClassInfo) -> Result<Vec<usize>>
         if s == "all" {
             out.extend(0..n);
         } else if let Some(id) = info.names.iter().position(|name| name == s) {
-            if s.parse::<usize>().is_ok_and(|number| number != id) {
-                console_err!("--class {s}: the class named `{s}`, id {id} (`#{s}` is id {s})");
+            match s.parse::<usize>() {
+                Ok(number) if number != id && number < n => {
+                    console_err!("--class {s}: the class named `{s}`, id {id} (`#{s}` is id {s})")
+                }
+                Ok(number) if number != id => console_err!("--class {s}: the class named `{s}`, id {id}"),
+                _ => {}
             }
             out.push(id);
         } else if let Some(id) = s.strip_prefix('#') {
@@ -140,6 +144,16 @@ pub fn schedule_rows(m: &Manifest, s: &ScaleSchedule) -> u64 {
 /// `data.schedule_rows`).
 pub fn rows_by_schedule(m: &Manifest) -> Vec<u64> {
     m.schedules.iter().map(|s| schedule_rows(m, s)).collect()
+}
+
+/// The rows the model trained on (the training dataset `trained`, `trained_rows` of each of its
+/// schedules) of each schedule of another dataset `m` (`sample --data`: a validation set, say),
+/// schedules matched by their scales.
+pub fn rows_matching(trained: &Manifest, trained_rows: &[u64], m: &Manifest) -> Vec<u64> {
+    let rows_of = |s: &ScaleSchedule| -> u64 {
+        (trained.schedules.iter().zip(trained_rows)).filter(|(t, _)| t.scales == s.scales).map(|(_, &n)| n).sum()
+    };
+    m.schedules.iter().map(rows_of).collect()
 }
 
 /// The dataset schedule `pick` names. A template that several schedules share (one per pixel budget)
@@ -350,6 +364,13 @@ mod tests {
         assert_eq!(pick(&m).name, m.schedules[1 - square].name);
         // (as an export records the rows: the same)
         let rows = super::rows_by_schedule(&m);
+        // (another dataset of those schedules, in another order, `sample --data`: the rows the model
+        // trained on, matched by scales)
+        let mut other = m.clone();
+        other.schedules.reverse();
+        let mut matched = super::rows_matching(&m, &rows, &other);
+        matched.reverse();
+        assert_eq!(matched, rows);
         m.shards.clear();
         assert_eq!(pick_schedule(&m, &rows, SchedulePick::Default).unwrap().name, m.schedules[1 - square].name);
         // (no rows known, an export of an earlier build's: the square one)

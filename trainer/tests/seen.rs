@@ -95,6 +95,11 @@ fn a_run_counts_what_it_has_seen_and_a_resume_counts_on() {
     interrupted(&earlier, as_an_earlier_build_saved_it);
     assert_eq!(counts(&earlier.run.dir, "metrics.jsonl"), counts(&whole.run.dir, "metrics.jsonl"));
     assert_eq!(counts(&earlier.run.dir, "val.jsonl"), counts(&whole.run.dir, "val.jsonl"));
+    // (into a new folder, from the checkpoint's own run folder's log)
+    let moved = config(&data, tmp.path().join("moved"));
+    let ckpt = earlier.run.dir.join("checkpoints/step-00000003");
+    train(&moved, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
+    assert_eq!(counts(&moved.run.dir, "metrics.jsonl"), counts(&whole.run.dir, "metrics.jsonl")[3..]);
     // (and eval's lines of that checkpoint alike)
     let out = tmp.path().join("eval.jsonl");
     let run = earlier.run.dir.to_str().unwrap();

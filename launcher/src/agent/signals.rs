@@ -62,19 +62,38 @@ pub(super) struct Signals {
     time_limit_exit_code: i32,
     /// This agent has started ranks (an earlier attempt's may have checkpointed).
     ranks_ran: bool,
-    /// When [`Signals::next`] last gave a SIGINT.
-    last_int: Option<tokio::time::Instant>,
+    /// When SIGINTs arrived: the first and the latest (CLOCK_MONOTONIC ns, 0: none yet), set in the
+    /// signal handler itself, as the stream above merges signals and says nothing of when.
+    int_arrivals: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 /// SIGINTs closer together than this are one Ctrl-C delivered twice (by the terminal's process group
-/// and by a wrapper that forwards it, as `timeout` does), not a second press.
-const SAME_PRESS: std::time::Duration = std::time::Duration::from_millis(100);
+/// and by a wrapper that forwards it, as `timeout` does), not a second press (nanoseconds).
+const SAME_PRESS_NS: u64 = 100_000_000;
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: clock_gettime(2)).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
 
 impl Signals {
     /// The signal handlers, and a time limit of `limit_s` seconds from now, which stops an agent whose
     /// ranks ran in an earlier attempt but not now with `time_limit_exit_code`.
     pub(super) fn new(limit_s: Option<u64>, time_limit_exit_code: i32) -> Result<Signals> {
         let now = tokio::time::Instant::now();
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let int_arrivals = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let arrivals = int_arrivals.clone();
+        let note = move || {
+            let at = monotonic_ns().max(1);
+            let _ = arrivals[0].compare_exchange(0, at, Ordering::SeqCst, Ordering::SeqCst);
+            arrivals[1].store(at, Ordering::SeqCst);
+        };
+        // SAFETY: the action reads the clock and stores atomics alone (async-signal-safe).
+        unsafe { signal_hook::low_level::register(libc::SIGINT, note) }?;
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -86,7 +105,7 @@ impl Signals {
             timed_out: false,
             time_limit_exit_code,
             ranks_ran: false,
-            last_int: None,
+            int_arrivals,
         })
     }
 
@@ -100,12 +119,14 @@ impl Signals {
         self.timed_out
     }
 
-    /// The next SIGINT (a second Ctrl-C while the ranks stop: [`super::ranks::stop_group`]): one within
-    /// [`SAME_PRESS`] of the first is that one again.
+    /// The next SIGINT (a second Ctrl-C while the ranks stop: [`super::ranks::stop_group`]): one that
+    /// arrived within [`SAME_PRESS_NS`] of the first is that one again.
     pub(super) async fn interrupted(&mut self) {
+        use std::sync::atomic::Ordering;
         loop {
             self.int.recv().await;
-            if self.last_int.is_none_or(|t| t.elapsed() >= SAME_PRESS) {
+            let [first, latest] = [0, 1].map(|i| self.int_arrivals[i].load(Ordering::SeqCst));
+            if latest.saturating_sub(first) >= SAME_PRESS_NS {
                 return;
             }
         }
@@ -123,10 +144,7 @@ impl Signals {
                 libc::SIGTERM
             }
             _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => {
-                self.last_int = Some(tokio::time::Instant::now());
-                libc::SIGINT
-            }
+            _ = self.int.recv() => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
             _ = self.usr2.recv() => libc::SIGUSR2,
             _ = self.hup.recv() => libc::SIGHUP,

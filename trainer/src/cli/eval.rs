@@ -115,9 +115,13 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
         // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown)
         let state = checkpoint::read_state(dir)?;
-        let run = dir.parent().and_then(Path::parent).unwrap_or(dir);
         let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
-        let seen = state.seen.or_else(|| crate::train::seen::Seen::recounted(run, state.step, &costs, without));
+        let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
+        let seen = match (state.seen, checkpoint::run_folder_of(dir)) {
+            (Some(seen), _) => Some(seen),
+            (None, Some(run)) if out.is_some() => recount(run),
+            (None, _) => None,
+        };
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
         let mut results = vec![(None, vm)];

@@ -288,15 +288,21 @@ fn open(a: &SampleArgs) -> Result<Opened> {
         let ck = a.weights.load(&a.ckpt, a.data.as_deref(), a.ema)?;
         let data_dir = a.data.clone().unwrap_or_else(|| ck.data_dir.clone());
         let manifest = load(&data_dir)?;
-        let rows = infer::rows_by_schedule(&manifest);
+        // (of the schedules the model trained on: with --data, as the run's own dataset has them)
+        let rows = match &a.data {
+            None => infer::rows_by_schedule(&manifest),
+            Some(_) => Manifest::load(&ck.data_dir)
+                .map(|t| infer::rows_matching(&t, &infer::rows_by_schedule(&t), &manifest))
+                .unwrap_or_default(),
+        };
         return Ok(Opened { manifest, rows, ck, ema: a.ema, data_dir });
     }
     let export = load_export(&a.ckpt, a.ema)?;
     console!("{}: an export of {}", a.ckpt.display(), export.source);
     let (manifest, data_dir, rows) = match (&a.data, export.dataset) {
-        (Some(dir), _) => {
+        (Some(dir), carried) => {
             let m = load(dir)?;
-            let rows = infer::rows_by_schedule(&m);
+            let rows = carried.map(|(t, _, rows)| infer::rows_matching(&t, &rows, &m)).unwrap_or_default();
             (m, dir.clone(), rows)
         }
         (None, Some(dataset)) => dataset,

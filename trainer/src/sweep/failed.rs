@@ -51,14 +51,20 @@ mod tests {
     fn a_failure_is_news_until_a_later_summary() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        // (the files' times set outright: a file system may keep them to the second)
+        let at = |name: &str, secs: u64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + secs);
+            std::fs::File::options().write(true).open(d.join(name)).unwrap().set_modified(t).unwrap();
+        };
         std::fs::write(d.join("summary.json"), "{\"preempted\": true}").unwrap();
+        at("summary.json", 0);
         assert_eq!(last_failure(d), None);
-        std::thread::sleep(std::time::Duration::from_millis(20));
         record(d, "exit status: 2");
+        at(FAILED_FILE, 10);
         assert_eq!(last_failure(d).as_deref(), Some("exit status: 2"));
         // a later session's summary outdates it
-        std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(d.join("summary.json"), "{\"finished\": true}").unwrap();
+        at("summary.json", 20);
         assert_eq!(last_failure(d), None);
         record(d, "signal: 9 (SIGKILL)");
         clear(d);

@@ -178,7 +178,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let costs = seen::bucket_costs(&mc, &manifest, &mix.flops_per_token);
     if leader && state.seen.is_none() {
         let without = "metrics.jsonl and val.jsonl have no samples_seen, tokens_seen or flops_seen for this run";
-        state.seen = seen::Seen::recounted(run, state.step, &costs, without);
+        // (this folder's log, or where it has none yet, that of the checkpoint's run folder)
+        let source = opts.resume.as_deref().and_then(checkpoint::run_folder_of);
+        let log = match run.join("metrics.jsonl").is_file() {
+            true => run.as_path(),
+            false => source.unwrap_or(run),
+        };
+        state.seen = seen::Seen::recounted(log, state.step, &costs, without);
     }
     // the spike guard's window continues from the checkpoint's (kept with the guard off too: its
     // z-scores are logged)
@@ -271,7 +277,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let mut data_s = t0.elapsed().as_secs_f64(); // this rank's wait for its data, in its own work
         let sched = &manifest.schedules[batch.bucket as usize];
         let scales = mc.token_scales(&sched.hw()); // the transformer's (spatial patchify halves them)
-        let num_tokens = infinity_kernels::bsq::num_tokens(&scales); // (per sample; what MFU counts)
+        let num_tokens = costs[batch.bucket as usize].0; // (per sample; what MFU and `tokens_seen` count)
         let rope = ropes.entry(batch.bucket).or_insert_with(|| rope_for(&mc, sched));
         grads.data.fill(0.0);
         compute.begin_step(&params)?;

@@ -30,7 +30,7 @@ pub(super) fn write_run_file(run: &Path, name: &str, text: &str) -> Result<()> {
 /// validation up to it, from `run`'s logs, or where they have none (a checkpoint of another run folder,
 /// this one new) from the logs of the folder that holds the checkpoint.
 fn figures_at(run: &Path, resume: Option<&Path>, step: u64) -> ((f64, f64), Option<(u64, f64)>) {
-    let source = resume.and_then(|c| c.parent()?.parent());
+    let source = resume.and_then(checkpoint::run_folder_of);
     let metrics = rundir::finished_metrics(run, step).or_else(|| rundir::finished_metrics(source?, step));
     let val = rundir::last_val(run, step).or_else(|| rundir::last_val(source?, step));
     (metrics.unwrap_or((f64::NAN, f64::NAN)), val)

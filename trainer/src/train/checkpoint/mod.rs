@@ -107,6 +107,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The run folder a checkpoint folder lies in (`RUN/checkpoints/step-N`), if it has one: a copy kept
+/// elsewhere lies in another kind of folder, which has no run's logs.
+pub fn run_folder_of(ckpt: &Path) -> Option<&Path> {
+    ckpt.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?.parent()
+}
+
 pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     step_folder(&run.join("checkpoints"), step)
 }
