@@ -285,7 +285,8 @@ impl DatasetWriter {
         self.close_shard()?;
         self.manifest.total_rows = self.manifest.shards.iter().map(|s| s.rows).sum();
         self.manifest.check(&self.dir.join(MANIFEST_FILE))?;
-        if let Some(old_files) = self.replacing.take() {
+        // (a replacement refused before the old dataset goes leaves what it staged to `Drop`)
+        if let Some(old_files) = self.replacing.clone() {
             self.put_in_place(&old_files)?;
         }
         self.manifest.save(&self.dir)?;
