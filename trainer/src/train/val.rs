@@ -180,12 +180,10 @@ impl Validator {
 /// ratio it lacks), in words: the model never predicted those scales, so their loss is not comparable
 /// with a validation set drawn as the training data is. `rows`: the rows of each of `val`'s buckets.
 fn unseen_schedules(train: &Manifest, val: &Manifest, rows: &[usize]) -> Option<String> {
-    let trained = |s: &infinity_data::ScaleSchedule| {
-        train.schedules.iter().any(|t| t.scales == s.scales && crate::infer::schedule_rows(train, t) > 0)
-    };
-    let unseen: Vec<String> = (val.schedules.iter().zip(rows))
-        .filter(|(s, &n)| n > 0 && !trained(s))
-        .map(|(s, n)| format!("{n} on {}", s.name))
+    let trained = crate::infer::rows_matching(train, &crate::infer::rows_by_schedule(train), val);
+    let unseen: Vec<String> = (val.schedules.iter().zip(rows).zip(trained))
+        .filter(|((_, &n), trained)| n > 0 && *trained == 0)
+        .map(|((s, n), _)| format!("{n} on {}", s.name))
         .collect();
     let of = rows.iter().sum::<usize>();
     (!unseen.is_empty()).then(|| {
