@@ -65,6 +65,22 @@ fn check_names_a_run_folder_that_cannot_be_created_or_is_in_use() {
     assert!(lines.iter().any(|l| l.contains("writable, no training job holds it")), "{lines:?}");
 }
 
+/// `infinity train CONFIG --resume auto` started while `held` holds its run's lock, well past the 1 s
+/// a fresh start waits; then `meanwhile` (what the lost attempt still does), the lock let go, and the
+/// job's output once it ends.
+fn requeued_while_held(config: &Path, held: RunLock, meanwhile: impl FnOnce()) -> Output {
+    let requeued = Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["train", config.to_str().unwrap(), "--resume", "auto"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    meanwhile();
+    drop(held);
+    requeued.wait_with_output().unwrap()
+}
+
 /// A job requeued before its run's first checkpoint (`--resume auto` finds none, so it starts fresh)
 /// meets the lost attempt's lock as any resume does: it waits for it to let go (the lost job may be
 /// writing its stop's checkpoint), then trains; without `--resume` the lock is another job's: refused.
@@ -82,16 +98,7 @@ fn a_requeued_job_before_the_first_checkpoint_waits_for_the_lock() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("in use by another training job") && stderr.contains("before training here"), "{stderr}");
 
-    let requeued = Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .args(["train", file.to_str().unwrap(), "--resume", "auto"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // (well past the 1 s a fresh start waits)
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    drop(held);
-    let out = requeued.wait_with_output().unwrap();
+    let out = requeued_while_held(&file, held, || {});
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("waiting up to 120 s for it to let go"), "{stderr}");
@@ -104,16 +111,7 @@ fn a_requeued_job_before_the_first_checkpoint_waits_for_the_lock() {
     let (step3, aside) = (lost.run.dir.join("checkpoints/step-00000003"), tmp.path().join("being-written"));
     std::fs::rename(&step3, &aside).unwrap();
     let held = RunLock::acquire(&lost.run.dir).unwrap();
-    let requeued = Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .args(["train", file.to_str().unwrap(), "--resume", "auto"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    std::fs::rename(&aside, &step3).unwrap();
-    drop(held);
-    let out = requeued.wait_with_output().unwrap();
+    let out = requeued_while_held(&file, held, || std::fs::rename(&aside, &step3).unwrap());
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("resumed from") && said.contains("step-00000003 at step 3"), "{said}");
