@@ -325,7 +325,8 @@ fn a_corrupt_newest_checkpoint_names_the_previous_one() {
 }
 
 /// `model.json` (which sample and export read, and which no checksum covers) is read on resume: empty,
-/// or describing another model, it is refused, naming the file.
+/// or describing another model, it is refused, naming the file (and a run folder the resume made is
+/// removed again).
 #[test]
 fn a_damaged_model_json_is_refused_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
@@ -347,6 +348,18 @@ fn a_damaged_model_json_is_refused_on_resume() {
         let (e, _) = refusal(check(&cfg, 1, Some(&ckpt), None).expect_err("the check passed a damaged model.json"));
         assert!(e.contains("model.json") && e.contains(want), "{e}");
     }
+    // resumed into a run folder of its own, the refusal leaves no folder it made (an empty one it did
+    // not make stays)
+    let (mut new, mut empty) = (cfg.clone(), cfg.clone());
+    new.run.dir = tmp.path().join("new/deeper/run");
+    empty.run.dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty.run.dir).unwrap();
+    for c in [&new, &empty] {
+        let opts = TrainOptions { resume: Some(ckpt.clone()), ..Default::default() };
+        let (e, _) = refusal(train(c, &opts).expect_err("a damaged model.json was resumed"));
+        assert!(e.contains("depth 3 (the model trained: 2)"), "{e}");
+    }
+    assert!(!tmp.path().join("new").exists() && empty.run.dir.is_dir());
     std::fs::write(&model_json, good).unwrap();
     assert_eq!(train(&cfg, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap().steps, 6);
 }

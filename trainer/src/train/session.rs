@@ -54,6 +54,8 @@ impl<'a> Session<'a> {
         // the device before the group: with dist.backend = "auto" the ranks choose NCCL when all are GPUs
         let world = env.as_ref().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
+        // (what of run.dir this job makes: no rank makes any of it before the group has formed)
+        let absent = rundir::absent(&cfg.run.dir);
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), setup)?;
         slow_setup_drill();
         // the first collective: every later one assumes the ranks train one config
@@ -104,6 +106,9 @@ impl<'a> Session<'a> {
         std::fs::create_dir_all(run)
             .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
             .map_err(unrecoverable)?;
+        if leader {
+            setup.made_run_dir(absent); // (removed again if setup ends without training)
+        }
         // one job per run folder (released however this process ends)
         // a restarted group's rank 0, or a requeued job's resume, may meet the lost attempt's (its node
         // lost, it got SIGTERM) still writing its stop's checkpoint: it waits for that, and another

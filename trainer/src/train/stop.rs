@@ -1,6 +1,7 @@
 //! Stopping the training loop: the signals that end a run cleanly (a checkpoint first), a stop while
 //! the group still forms, and the fault drills the tests use to kill or slow a rank.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -88,6 +89,9 @@ pub struct SetupGuard {
     notice: Arc<AtomicBool>,
     /// What the process waits for now, for the message (`None`: setting up).
     waiting: Arc<std::sync::Mutex<Option<&'static str>>>,
+    /// The run folder and those above it that setup made (rank 0): removed again while empty when setup
+    /// ends without training, by an error or a signal.
+    made: Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl SetupGuard {
@@ -95,9 +99,11 @@ impl SetupGuard {
         let (done, notice) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let grouped = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(std::sync::Mutex::new(None));
+        let made = Arc::new(std::sync::Mutex::new(Vec::new()));
         let armed = flag.as_ref().is_some_and(|f| !f.load(Ordering::Acquire));
         if let Some(stop) = flag.clone().filter(|_| armed) {
             let (done, notice, grouped, waiting) = (done.clone(), notice.clone(), grouped.clone(), waiting.clone());
+            let made = made.clone();
             std::thread::spawn(move || {
                 while !done.load(Ordering::Acquire) {
                     if stop.load(Ordering::Relaxed) && !grouped.load(Ordering::Acquire) {
@@ -106,6 +112,7 @@ impl SetupGuard {
                         console_err!(
                             "stopped by a signal {during}: nothing trained (exit code {EXIT_STOPPED_BEFORE_START})"
                         );
+                        remove_made(&made);
                         std::process::exit(EXIT_STOPPED_BEFORE_START);
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -120,7 +127,7 @@ impl SetupGuard {
                 console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
             });
         }
-        SetupGuard { armed, done, grouped, notice, waiting }
+        SetupGuard { armed, done, grouped, notice, waiting, made }
     }
 
     /// This rank has joined a group of several ranks: from now on a signal during setup stops the group
@@ -142,6 +149,7 @@ impl SetupGuard {
                 "stopped by a signal during setup, before the first step: nothing trained (exit code \
                  {EXIT_STOPPED_BEFORE_START})"
             );
+            remove_made(&self.made);
             std::process::exit(EXIT_STOPPED_BEFORE_START);
         }
         Ok(())
@@ -154,17 +162,33 @@ impl SetupGuard {
         }
     }
 
+    /// The run folder, and the folders above it, that setup made ([`super::rundir::absent`]): rank 0.
+    pub fn made_run_dir(&self, made: Vec<PathBuf>) {
+        if let Ok(mut m) = self.made.lock() {
+            *m = made;
+        }
+    }
+
     /// Setup is about to change the run folder: a signal from now on stops the run after a step, which
     /// is said at once where `notice` (rank 0).
     pub fn done(&self, notice: bool) {
         self.notice.store(notice, Ordering::Release);
         self.done.store(true, Ordering::Release);
+        self.made_run_dir(Vec::new()); // (the run's now)
     }
 }
 
 impl Drop for SetupGuard {
+    /// Setup refused the run (an error before [`SetupGuard::done`]): the run folder it made goes again.
     fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
+        remove_made(&self.made);
+    }
+}
+
+fn remove_made(made: &std::sync::Mutex<Vec<PathBuf>>) {
+    if let Ok(m) = made.lock() {
+        super::rundir::remove_unused(&m);
     }
 }
 
