@@ -60,10 +60,59 @@ struct Entry {
     path: PathBuf,
     label: i32,
     caption: Option<String>,
+    /// A caption file that is no text, and why: the image is a bad one (`--skip-bad` leaves it out).
+    bad_caption: Option<(PathBuf, String)>,
     /// The aspect-ratio template it is resized to; `None`: the nearest to its own h/w.
     template: Option<String>,
     /// The metadata file and line that list it (`--meta`).
     listed_at: Option<String>,
+}
+
+impl Entry {
+    /// The image `path` of class `label` in a folder, with its caption ([`read_caption`]).
+    fn listed(path: PathBuf, label: i32) -> Result<Entry> {
+        let (caption, bad_caption) = match read_caption(&path) {
+            Ok(caption) => (caption, None),
+            Err(DataError::Image { path, detail }) => (None, Some((path, detail))),
+            Err(e) => return Err(e),
+        };
+        Ok(Entry { path, label, caption, bad_caption, template: None, listed_at: None })
+    }
+}
+
+/// The caption file beside the image `image`: `NAME.txt`, or `NAME.TXT` (as some cameras and Windows
+/// tools name it).
+fn caption_file(image: &Path) -> Option<PathBuf> {
+    ["txt", "TXT"].into_iter().map(|ext| image.with_extension(ext)).find(|p| p.is_file())
+}
+
+/// The caption of the image `image` ([`caption_file`]): UTF-8, or UTF-16 with its byte-order mark (what
+/// Windows Notepad saves as "Unicode"); a byte-order mark is no part of it, nor are the blanks around
+/// it. Any other encoding is an [`DataError::Image`] naming the file (a bad image, for `--skip-bad`).
+fn read_caption(image: &Path) -> Result<Option<String>> {
+    let Some(file) = caption_file(image) else { return Ok(None) };
+    let bytes = std::fs::read(&file).map_err(|e| DataError::io(&file, e))?;
+    let utf16 = |be: bool| {
+        let units = bytes[2..].chunks(2).map(|c| match (be, c) {
+            (true, [hi, lo]) => Ok(u16::from_be_bytes([*hi, *lo])),
+            (false, [lo, hi]) => Ok(u16::from_le_bytes([*lo, *hi])),
+            _ => Err(()), // (an odd byte count)
+        });
+        let units: std::result::Result<Vec<u16>, ()> = units.collect();
+        units.ok().and_then(|u| String::from_utf16(&u).ok())
+    };
+    let text = match bytes.get(..2) {
+        Some([0xff, 0xfe]) => utf16(false),
+        Some([0xfe, 0xff]) => utf16(true),
+        _ => String::from_utf8(bytes).ok(),
+    };
+    match text {
+        Some(t) => Ok(Some(t.trim_start_matches('\u{feff}').trim().to_string())),
+        None => Err(DataError::Image {
+            path: file,
+            detail: "a caption that is neither UTF-8 nor UTF-16 with a byte-order mark: save it as UTF-8".into(),
+        }),
+    }
 }
 
 /// What [`list_images`] found.
@@ -113,7 +162,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
         v.sort();
         Ok(v)
     };
-    let is_caption = |p: &Path| p.extension().is_some_and(|e| e == "txt");
+    let is_caption = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
     let mut skipped = Vec::new();
     if let Some(out) = out.as_ref().filter(|o| o.parent() == root.canonicalize().ok().as_deref()) {
         // (a class folder packed into would be left out as the output, its class with it)
@@ -140,21 +189,12 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             loose[0].display()
         )));
     }
-    let caption = |p: &Path| -> Result<Option<String>> {
-        let txt = p.with_extension("txt");
-        match std::fs::read_to_string(&txt) {
-            // (a byte-order mark some editors write is no part of the caption)
-            Ok(s) => Ok(Some(s.trim_start_matches('\u{feff}').trim().to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DataError::io(txt, e)),
-        }
-    };
     let mut entries = Vec::new();
     let mut names = Vec::new();
     if classes.is_empty() {
         names.push(folder_name(root));
         for p in loose {
-            entries.push(Entry { caption: caption(&p)?, path: p, label: 0, template: None, listed_at: None });
+            entries.push(Entry::listed(p, 0)?);
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
@@ -180,13 +220,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
             skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
             for p in images {
-                entries.push(Entry {
-                    caption: caption(&p)?,
-                    path: p,
-                    label: k as i32,
-                    template: None,
-                    listed_at: None,
-                });
+                entries.push(Entry::listed(p, k as i32)?);
             }
         }
     }
@@ -195,8 +229,11 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     }
     // (a caption's image is NAME.png, .jpg or .jpeg beside it: `x.png.txt` or `X.txt` for `x.png` is none;
     // `NAME.short.txt` is the short caption tools/write_shards.py reads)
-    let read_captions: std::collections::HashSet<PathBuf> =
-        entries.iter().flat_map(|e| [e.path.with_extension("txt"), e.path.with_extension("short.txt")]).collect();
+    let read_captions: std::collections::HashSet<PathBuf> = entries
+        .iter()
+        .flat_map(|e| [caption_file(&e.path), Some(e.path.with_extension("short.txt"))])
+        .flatten()
+        .collect();
     txt.retain(|t| !read_captions.contains(t));
     Ok(Listing { entries, names, skipped, datasets, orphan_captions: txt, loose: classes.is_empty() })
 }
@@ -235,6 +272,9 @@ pub struct PackNotes {
 /// Load an entry's image, pick its template (its own, else the nearest to its h/w), resize to cover and
 /// centre-crop to the schedule's pixel size.
 fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
+    if let Some((path, detail)) = &e.bad_caption {
+        return Err(DataError::Image { path: path.clone(), detail: detail.clone() });
+    }
     let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
     // (images.jsonl names each row's image as text: a name not in UTF-8 would lead nowhere)
     if path.file_name().is_some_and(|n| n.to_str().is_none()) {
@@ -279,6 +319,7 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
             path: r.image,
             label: 0,
             caption: Some(r.caption).filter(|c| !c.is_empty()),
+            bad_caption: None,
             template: Some(r.template),
             listed_at: Some(r.listed_at),
         })

@@ -304,3 +304,40 @@ fn captions_lose_a_byte_order_mark_and_class_names_must_be_utf8() {
     let e = pack::pack(src.path(), out.path(), &opts).unwrap_err().to_string();
     assert!(e.contains("a class folder whose name is not UTF-8"), "{e}");
 }
+
+/// Captions as other tools save them are read: UTF-16 with its byte-order mark (Windows Notepad's
+/// "Unicode"), either byte order, and `NAME.TXT`; a caption in another encoding is a bad image, named,
+/// which `--skip-bad` leaves out.
+#[test]
+fn captions_in_utf16_or_named_in_capitals_are_read() {
+    let src = tempfile::tempdir().unwrap();
+    write_pngs(&src.path().join("roses"), 3, (32, 32));
+    let utf16 = |text: &str, be: bool| -> Vec<u8> {
+        let bom = if be { [0xfe, 0xff] } else { [0xff, 0xfe] };
+        let units = text.encode_utf16().flat_map(|u| if be { u.to_be_bytes() } else { u.to_le_bytes() });
+        bom.into_iter().chain(units).collect()
+    };
+    std::fs::write(src.path().join("roses/0.txt"), utf16("a red rosé\r\n", false)).unwrap();
+    std::fs::write(src.path().join("roses/1.TXT"), utf16("a pink rose", true)).unwrap();
+    std::fs::write(src.path().join("roses/2.TXT"), "a white rose").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = pack::PackOptions {
+        fit_images: 3,
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &opts).unwrap();
+    assert!(notes.orphan_captions.is_empty() && notes.skipped.is_empty() && notes.uncaptioned == 0, "{notes:?}");
+    let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
+    let captions: Vec<_> = (0..3).map(|i| ds.row(i).caption.map(str::to_string)).collect();
+    assert_eq!(captions, [Some("a red rosé".into()), Some("a pink rose".into()), Some("a white rose".into())]);
+
+    // Latin-1 (`é` as one byte): named, and left out under --skip-bad
+    std::fs::write(src.path().join("roses/2.TXT"), b"a white ros\xe9").unwrap();
+    let e = pack::pack(src.path(), out.path(), &opts).unwrap_err().to_string();
+    let file = src.path().join("roses/2.TXT").display().to_string();
+    assert!(e.contains(&file) && e.contains("neither UTF-8 nor UTF-16") && e.contains("--skip-bad"), "{e}");
+    let (m, _, notes) = pack::pack(src.path(), out.path(), &pack::PackOptions { skip_bad: true, ..opts }).unwrap();
+    assert_eq!(m.total_rows, 2);
+    assert!(notes.bad.len() == 1 && notes.bad[0].contains(&file), "{:?}", notes.bad);
+}

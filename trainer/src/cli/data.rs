@@ -95,7 +95,7 @@ pub struct PackArgs {
     /// Folder of .png/.jpg/.jpeg images, one sub-folder per class (class ids: the sorted folder names;
     /// hidden folders are not classes), or the images directly in it: one class named after the folder
     /// (with classifier-free guidance's null class, unconditional generation). Not both. `NAME.txt`
-    /// beside `NAME.png` is its caption.
+    /// (or `NAME.TXT`) beside `NAME.png` is its caption: UTF-8, or UTF-16 with a byte-order mark.
     #[arg(long)]
     images: Option<PathBuf>,
     /// Instead of --images: a folder of upstream's metadata files, `<h_div_w_template>_<count>.jsonl`
