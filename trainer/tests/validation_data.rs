@@ -338,3 +338,33 @@ fn data_commands_take_paths_that_are_not_utf8() {
     let m = Manifest::load(&out).unwrap();
     assert!(m.created_by.contains("caf\u{fffd}"), "{}", m.created_by);
 }
+
+/// A validation set rebuilt in place since the checkpoint (here with rows fewer) is warned of on resume,
+/// naming it: its losses from there on are not comparable with those before. The same set is not.
+#[test]
+fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (data, val) = (t.join("data"), t.join("val"));
+    dataset(&data, &[("1.000", 1.0)]);
+    rewrite(&data, &val, |_| {}, |_, _| true);
+    let config = config_file(t, &data, Some(&val), "class");
+    train(&load(&config, &[]), &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    let ckpt = t.join("run/checkpoints/step-00000002");
+    let resume = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+        let out = cmd.arg("train").arg(&config).arg("--resume").arg(&ckpt).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = resume();
+    assert!(!said.contains("changed since the checkpoint"), "{said}");
+    rewrite(&data, &val, |_| {}, |g, _| g < 24);
+    let said = resume();
+    let want = format!(
+        "val.dir {} changed since the checkpoint of step 2 (the row count changed: 32 → 24): its losses in \
+         val.jsonl from here on are not comparable with those before",
+        val.display()
+    );
+    assert!(said.contains(&want), "{said}");
+}

@@ -202,6 +202,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     for w in validator.as_ref().filter(|_| leader).map(val::Validator::warnings).unwrap_or_default() {
         tracing::warn!("{w}");
     }
+    if let (Some(v), Some(saved), true) = (validator.as_ref(), state.val_sets.as_ref(), leader) {
+        for w in v.changed_since(saved, state.step) {
+            tracing::warn!("{w}");
+        }
+    }
+    state.val_sets = validator.as_ref().map(val::Validator::fingerprints);
     // the run folder changes only now, when nothing can refuse the run: a resume refused above (another
     // model, seed, dataset or validation set) leaves its config, derived sizes, logs and later
     // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)

@@ -3,7 +3,7 @@
 //! step), no condition dropout, the training loss. Every evaluation sees the same inputs, so the curve
 //! moves only with the weights. Ranks split the micro-batches and sum their results.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -87,6 +87,14 @@ impl ValData {
         self.batches.iter().map(|(_, rows)| rows.len()).sum()
     }
 
+    /// The key that names it: `val.dir`, or `val.sets "NAME"`.
+    fn key(&self) -> String {
+        match &self.name {
+            None => "val.dir".into(),
+            Some(name) => format!("val.sets {name:?}"),
+        }
+    }
+
     /// Loss and bit accuracy over this set's rows, the ranks splitting its micro-batches.
     fn run(
         &self,
@@ -150,6 +158,33 @@ impl Validator {
     /// What its sets hold that the training data does not (for rank 0 to warn of).
     pub fn warnings(&self) -> Vec<String> {
         self.sets.iter().filter_map(|s| s.warning.clone()).collect()
+    }
+
+    /// Each set's dataset fingerprint, by the key that names it (`val.dir`, `val.sets "NAME"`): what a
+    /// checkpoint keeps ([`super::checkpoint::TrainState::val_sets`]).
+    pub fn fingerprints(&self) -> BTreeMap<String, String> {
+        self.sets.iter().map(|s| (s.key(), s.ds.manifest.fingerprint())).collect()
+    }
+
+    /// Its sets that differ from those of the checkpoint of `step` (`saved`, their fingerprints), in
+    /// words: a set rebuilt in place since (other rows or shards), whose losses from here on are not
+    /// comparable with the ones logged before (for rank 0 to warn of). Sets the checkpoint did not
+    /// validate on are a config change, which the resume names.
+    pub fn changed_since(&self, saved: &BTreeMap<String, String>, step: u64) -> Vec<String> {
+        let changed = self.sets.iter().filter_map(|s| {
+            let was = saved.get(&s.key())?;
+            let m = &s.ds.manifest;
+            (!m.fingerprint_matches(was)).then(|| {
+                format!(
+                    "{} {} changed since the checkpoint of step {step} ({}): its losses in val.jsonl from here \
+                     on are not comparable with those before",
+                    s.key(),
+                    s.ds.dir().display(),
+                    m.fingerprint_changes(was).join("; ")
+                )
+            })
+        });
+        changed.collect()
     }
 
     /// Evaluate every `val.every` steps and at the last step.

@@ -81,6 +81,10 @@ pub struct TrainState {
     /// the checkpoints of earlier builds, and where they could not be recounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen: Option<super::seen::Seen>,
+    /// Each validation set's dataset fingerprint (`val.dir`, `val.sets "NAME"`), so that a resume on a
+    /// set rebuilt since is said: absent without validation and in the checkpoints of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_sets: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl TrainState {
@@ -98,6 +102,7 @@ impl TrainState {
             ema_crc32c: None,
             spike_window: None,
             seen: Some(super::seen::Seen::default()),
+            val_sets: None,
         }
     }
 }
