@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::group::check_run;
+use super::group::{check_run, Misconfigured};
 use crate::store::waiting::{refused_clause, Progress};
 use crate::store::StoreClient;
 
@@ -89,6 +89,9 @@ pub(super) struct Rounds {
     last_call: Duration,
     /// How long fewer than MIN agents may wait when no one else is known to be coming.
     timeout: Duration,
+    /// This agent's command-line settings ([`super::group::settings_line`]), which an agent joining a
+    /// running group compares with the group's before it joins (empty: not compared).
+    settings: String,
 }
 
 impl Rounds {
@@ -99,7 +102,13 @@ impl Rounds {
             std::process::id(),
             rand::random::<u16>()
         );
-        Rounds { run_id: run_id.to_string(), base: format!("{run_id}/elastic"), me, min, max, last_call, timeout }
+        let base = format!("{run_id}/elastic");
+        Rounds { run_id: run_id.to_string(), base, me, min, max, last_call, timeout, settings: String::new() }
+    }
+
+    /// With this agent's settings, compared with the group's before it joins ([`Rounds::join`]).
+    pub fn with_settings(self, settings: String) -> Rounds {
+        Rounds { settings, ..self }
     }
 
     fn key(&self, round: u32, what: &str) -> String {
@@ -146,6 +155,7 @@ impl Rounds {
     /// another run refuses it.
     pub fn join(&self, c: &mut StoreClient) -> Result<Joined> {
         check_run(c, &self.run_id)?;
+        self.check_settings(c)?;
         loop {
             if let Some(code) = self.ended(c)? {
                 return Ok(Joined::Ended(code));
@@ -172,6 +182,31 @@ impl Rounds {
                 },
             }
         }
+    }
+
+    /// The first agent of the run posts its settings; every later one compares its own with them before
+    /// it joins a round. An agent started with others (another `--nproc-per-node`, say) is refused
+    /// ([`Misconfigured`]: it exits 2) without joining, so a running group is not made to regroup only
+    /// to find the disagreement and stop on every node (which the check after each round still does
+    /// for agents that posted at once).
+    fn check_settings(&self, c: &mut StoreClient) -> Result<()> {
+        if self.settings.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{}/settings", self.base);
+        if c.add(&format!("{key}/posted"), 1)? == 1 {
+            return c.set(&key, self.settings.as_bytes());
+        }
+        let group = String::from_utf8_lossy(&c.get(&key, SLOW_WRITE)?).into_owned();
+        if group != self.settings {
+            let msg = format!(
+                "{}: the elastic group was started with {group}; this agent has {}: not joining (start every \
+                 agent with the same)",
+                self.run_id, self.settings
+            );
+            return Err(Misconfigured(msg).into());
+        }
+        Ok(())
     }
 
     /// Waits for round `round` to close and returns its members (`None`: the group ended). This agent
@@ -443,6 +478,30 @@ mod tests {
         let r = Rounds::new("run", 2, 4, Duration::from_millis(100), Duration::from_secs(1));
         let err = r.join(&mut client(&server.addr.to_string())).unwrap_err();
         assert!(format!("{err:#}").contains("1 of at least 2 nodes joined within 1 s (--nnodes 2:4)"), "{err:#}");
+    }
+
+    /// An agent that joins a running group with other settings (here `--nproc-per-node`) is refused
+    /// before it joins a round (a bad command line, exit 2): the group does not regroup for it.
+    #[test]
+    fn a_late_agent_with_other_settings_is_refused_before_it_joins() {
+        let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
+        let addr = server.addr.to_string();
+        let agent = |id: &str, settings: &str| Rounds {
+            me: id.to_string(),
+            ..Rounds::new("run", 1, 2, Duration::from_millis(100), Duration::from_secs(5))
+                .with_settings(settings.into())
+        };
+        let alive = beating(&addr, "a");
+        let first = agent("a", "--nnodes 1:2 --nproc-per-node 2").join(&mut client(&addr)).unwrap();
+        assert_eq!(first, Joined::Member(Group { round: 0, node_rank: 0, nnodes: 1 }));
+        let err = agent("b", "--nnodes 1:2 --nproc-per-node 3").join(&mut client(&addr)).unwrap_err();
+        assert!(err.downcast_ref::<Misconfigured>().is_some(), "{err:#}");
+        let want = "run: the elastic group was started with --nnodes 1:2 --nproc-per-node 2; this agent has --nnodes \
+                    1:2 --nproc-per-node 3: not joining";
+        assert!(format!("{err:#}").starts_with(want), "{err:#}");
+        // (nobody waits to join round 1: the running group is not asked to regroup)
+        assert!(!client(&addr).check(&["run/elastic/1/joined".to_string()]).unwrap()[0]);
+        alive.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// An agent of another run is refused (a bad command line, exit 2), and named in the timeout of

@@ -204,17 +204,8 @@ pub(super) fn agree_on_settings(
     hosting: bool,
     timeout: Duration,
 ) -> JoinHandle<Result<(StoreClient, Agreed)>> {
-    let nodes = match a.nnodes {
-        Some(Nodes::Elastic { min, max }) => format!("{min}:{max}"),
-        _ => g.nnodes.to_string(),
-    };
     let fixed = !matches!(a.nnodes, Some(Nodes::Elastic { .. }));
-    // (and the exit code a scheduler reads for a preemption: nodes of one job that stopped alike must not
-    // report it as both preempted and succeeded)
-    let mine = format!(
-        "--nnodes {nodes} --nproc-per-node {} --max-restarts {} --preempted-exit-code {}",
-        a.nproc_per_node, a.max_restarts, a.preempted_exit_code
-    );
+    let mine = settings_line(a, g.nnodes);
     let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
     tokio::task::spawn_blocking(move || {
         client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
@@ -280,6 +271,20 @@ pub(super) fn agree_on_settings(
             std::thread::sleep(Duration::from_millis(100));
         }
     })
+}
+
+/// The settings every agent of a group must share, as [`agree_on_settings`] compares them: a fixed
+/// group's `nnodes`, or the elastic range. (With the exit code a scheduler reads for a preemption: nodes
+/// of one job that stopped alike must not report it as both preempted and succeeded.)
+pub(super) fn settings_line(a: &LaunchArgs, nnodes: usize) -> String {
+    let nodes = match a.nnodes {
+        Some(Nodes::Elastic { min, max }) => format!("{min}:{max}"),
+        _ => nnodes.to_string(),
+    };
+    format!(
+        "--nnodes {nodes} --nproc-per-node {} --max-restarts {} --preempted-exit-code {}",
+        a.nproc_per_node, a.max_restarts, a.preempted_exit_code
+    )
 }
 
 /// What [`agree_on_settings`] came to: `Err(nodes)`, the nodes that never posted their settings.

@@ -30,8 +30,8 @@ mod watch;
 pub use elastic::Nodes;
 use elastic::{Group, Joined, Rounds};
 use group::{
-    agree_on_settings, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store, wait_for_agents, Ending,
-    Misconfigured, CURRENT_ATTEMPT,
+    agree_on_settings, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store, settings_line,
+    wait_for_agents, Ending, Misconfigured, CURRENT_ATTEMPT,
 };
 pub use nproc::visible_gpu_ids;
 pub use numa::NumaBinding;
@@ -200,7 +200,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     let store_addr = format!("{}:{port}", p.host);
     let rounds = p.elastic.map(|(min, max)| {
         let last_call = Duration::from_secs_f64(a.rdzv_last_call_s);
-        Rounds::new(&p.run_id, min, max, last_call, timeout)
+        Rounds::new(&p.run_id, min, max, last_call, timeout).with_settings(settings_line(&a, min))
     });
     let who = match &rounds {
         None => format!("agent {}", p.node_rank),
