@@ -114,7 +114,7 @@ impl<'a> Session<'a> {
         // lost, it got SIGTERM) still writing its stop's checkpoint: it waits for that, and another
         // restart is the remedy for a longer write
         let resuming = dist.attempt > 0 || opts.resume.is_some() || opts.resume_auto;
-        let patience = std::time::Duration::from_secs(if resuming { RESTART_LOCK_PATIENCE_S } else { 1 });
+        let patience = lock_patience(resuming, dist.world, cfg.dist.timeout_s);
         let lock = match leader.then(|| RunLock::acquire_within(run, patience)).transpose() {
             Err(e) if dist.attempt > 0 => return Err(e),
             other => other.map_err(unrecoverable)?,
@@ -151,6 +151,16 @@ impl<'a> Session<'a> {
     }
 }
 
+/// How long rank 0 waits for the run folder's lock: a resume or restart up to
+/// [`RESTART_LOCK_PATIENCE_S`], but in a group under half of `dist.timeout_s`, which the other ranks
+/// wait for it at their next collective: rank 0 gives up first and names the lock's holder, rather than
+/// the others' collective timeout naming rank 0.
+fn lock_patience(resuming: bool, world: usize, timeout_s: f64) -> std::time::Duration {
+    let patience = if resuming { RESTART_LOCK_PATIENCE_S as f64 } else { 1.0 };
+    let patience = if world > 1 { patience.min(timeout_s / 2.0) } else { patience };
+    std::time::Duration::from_secs_f64(patience.max(1.0))
+}
+
 /// Which shards a rank hashes as it opens the dataset. Under `infinity launch`, a node's ranks share out
 /// its copy of the data (`data.dir` may differ per node, and each copy is hashed once); the rank whose
 /// share holds a damaged shard exits 65 naming it, and its agent stops the group at once. Without the
@@ -170,5 +180,20 @@ fn slow_setup_drill() {
     if let Some(secs) = std::env::var("INFINITY_FAULT_SLOW_SETUP").ok().and_then(|s| s.parse::<f64>().ok()) {
         tracing::warn!("fault drill: setup sleeps {secs} s");
         std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_patience;
+
+    #[test]
+    fn a_group_waits_for_the_lock_under_half_its_collective_timeout() {
+        let secs = |resuming, world, timeout_s| lock_patience(resuming, world, timeout_s).as_secs_f64();
+        assert_eq!(secs(true, 1, 60.0), 120.0);
+        assert_eq!(secs(true, 4, 300.0), 120.0);
+        assert_eq!(secs(true, 4, 60.0), 30.0);
+        assert_eq!(secs(true, 4, 1.0), 1.0);
+        assert_eq!(secs(false, 4, 300.0), 1.0);
     }
 }
