@@ -442,6 +442,24 @@ fn slow_run_past_setup(tmp: &Path, data: &Path, name: &str, step_s: u64) -> (Tra
     (cfg, child)
 }
 
+/// A run folder removed while the run trains stops the run at its next step with exit 2 (no restart
+/// mends it), naming the folder, and nothing makes the folder again: it went on into files no one could
+/// read, and a sweep took the run, with a summary alone, for finished.
+#[test]
+fn a_run_folder_removed_while_training_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let (cfg, mut child) = slow_run_past_setup(tmp.path(), &data, "run", 1);
+    std::fs::remove_dir_all(&cfg.run.dir).unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(2), "{said}");
+    let want = format!("run.dir {} was removed or moved while this run trained: stopping", cfg.run.dir.display());
+    assert!(said.contains(&want), "{said}");
+    assert!(!cfg.run.dir.exists(), "the run folder was made again");
+}
+
 /// A second SIGINT (Ctrl-C) while the run finishes its step for the first exits at once with 130,
 /// without the stop checkpoint, saying so.
 #[test]

@@ -132,7 +132,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- setup: data, model, device, group, run folder ---------------------------------------
     // (a stop signal ends the process at once until the run folder is first changed: nothing trained)
     let setup = stop::SetupGuard::start(&opts.stop);
-    // (`_lock` holds the run folder's lock until the session ends)
+    // (`lock` holds the run folder's lock until the session ends)
     let Session {
         ds,
         mc,
@@ -145,7 +145,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         accum,
         peak_tflops,
         mut summary,
-        lock: _lock,
+        lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
     // (`--resume auto`: looked for again now that rank 0 holds the lock)
@@ -419,6 +419,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             gpu_mem_peak_gib: compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
         beat(&|| format!("logging step {}", state.step));
+        if let Some(l) = lock.as_ref() {
+            // (a run folder removed meanwhile: no restart mends it)
+            l.check_in_place(run).map_err(setup::unrecoverable)?;
+        }
         if let Some(log) = logger.as_mut() {
             log.step(&step_metrics)?;
             if let Some(p) = preview.as_ref().filter(|p| p.due(state.step) && !diverged) {

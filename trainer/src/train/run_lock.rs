@@ -78,6 +78,28 @@ impl RunLock {
     }
 }
 
+impl RunLock {
+    /// An error when `run`'s lock file is no longer the file this lock holds: the run folder was removed
+    /// (or moved, or replaced) while the run trains. Its logs and checkpoints would go on into files no
+    /// one can read, and a sweep would take the run for finished; the run stops instead.
+    pub fn check_in_place(&self, run: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self._file.metadata().context("reading the run folder's lock file")?;
+        match std::fs::metadata(run.join(LOCK_FILE)) {
+            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(()),
+            found => anyhow::bail!(
+                "run.dir {} was {} while this run trained: stopping without writing more (its logs and \
+                 checkpoints went with the folder; start the run again, or resume from a copy of a checkpoint)",
+                run.display(),
+                match found {
+                    Ok(_) => "replaced (another folder, or another lock file, is there now)",
+                    Err(_) => "removed or moved",
+                }
+            ),
+        }
+    }
+}
+
 /// For `train --check`: the error the run would stop with because a live training job holds `run`'s
 /// lock, found as [`in_use`] finds it (without keeping the lock).
 pub fn check_free(run: &Path) -> Result<()> {
