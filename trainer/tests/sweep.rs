@@ -111,6 +111,14 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         let text = format!("base = \"base.toml\"\nout = \"clash\"\n[set]\n{set}\n[axes]\n{axes}\n");
         std::fs::write(t.join("clash.toml"), text).unwrap();
     };
+    // a missing base file is the sweep file's error, named by its key
+    std::fs::write(t.join("clash.toml"), "base = \"no-base.toml\"\nout = \"clash\"\n[axes]\n\"optim.lr\" = [1e-3]\n")
+        .unwrap();
+    let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    assert!(
+        text.contains("clash.toml: `base` = \"no-base.toml\": no config file at") && !text.contains("run "),
+        "{text}"
+    );
     // the missing validation set's message says what to do
     clash("\"model.num_heads\" = [2]", "\"val.dir\" = \"no-such-val\"");
     let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));

@@ -121,7 +121,8 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
         std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
         let shown = path.display().to_string();
-        console!("wrote {shown} ({} array tasks): sbatch {}", todo.len(), sweep::sh_quote(&shown));
+        let tasks = crate::cli::plural(todo.len(), "array task");
+        console!("wrote {shown} ({tasks}): sbatch {}", sweep::sh_quote(&shown));
         return Ok(ExitCode::SUCCESS);
     }
     let done = sweep::run_local(&runs, file.nproc_per_node, &exe, &slots)?;

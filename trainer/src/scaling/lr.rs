@@ -21,8 +21,8 @@ pub struct LrRun {
     /// form a group.
     pub key: String,
     pub label: String,
-    /// Where its group goes in the table: standard before μP, then by depth and width.
-    pub order: (bool, usize, usize),
+    /// Where its group goes in the table: standard before μP, then by depth, width and steps.
+    pub order: GroupOrder,
     pub lr: f64,
     /// The run's loss ([`RunRecord::loss`]); `None` when it left no summary or ended non-finite.
     pub loss: Option<f64>,
@@ -35,12 +35,15 @@ pub struct LrRun {
     pub finished: bool,
 }
 
+/// μP or not, depth, width and `run.steps` (0: not set): the order of a learning-rate sweep's groups.
+pub type GroupOrder = (bool, usize, usize, u64);
+
 /// The runs of one config, by rising learning rate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LrGroup {
     pub label: String,
-    /// μP or not, depth, width ([`LrRun::order`]).
-    pub order: (bool, usize, usize),
+    /// μP or not, depth, width, steps ([`LrRun::order`]).
+    pub order: GroupOrder,
     pub points: Vec<LrRun>,
 }
 
@@ -93,7 +96,7 @@ pub fn edge_warnings(groups: &[LrGroup]) -> Vec<String> {
         };
         let rates: Vec<String> = tried.iter().map(f64::to_string).collect();
         out.push(format!(
-            "the best learning rate of {}, {best}, is the {end} tried ({}): the loss may fall further at {more} \
+            "{}: the best learning rate, {best}, is the {end} tried ({}): the loss may fall further at {more} \
              rates, so its best run may not be tuned; add {more} rates",
             g.label,
             rates.join(", ")
@@ -134,7 +137,7 @@ pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<
             .map(|e| e.path())
             .filter(|p| p.join("config.toml").is_file() && p.join("derived.json").is_file())
             .collect();
-        here.sort();
+        super::runs::sort_by_name(&mut here);
         dirs.extend(here);
     }
     let (mut out, mut unreadable) = (Vec::new(), Vec::new());
@@ -160,7 +163,8 @@ pub fn read_runs(roots: &[Root], runs: &[RunRecord]) -> Result<(Vec<LrRun>, Vec<
         };
         let label = label(&config, &model);
         let mup = config.get("model").and_then(|m| m.get("mup_base_width")).is_some();
-        let order = (mup, model.depth, model.embed_dim);
+        let steps = config.get("run").and_then(|r| r.get("steps")).and_then(|s| s.as_integer());
+        let order = (mup, model.depth, model.embed_dim, steps.map_or(0, |s| s.max(0) as u64));
         let text = toml::to_string(&config)?;
         let Some(table) = settings::normalised(&text) else { continue };
         let record = runs.iter().find(|r| r.dir == dir);
@@ -279,10 +283,29 @@ mod tests {
     use super::*;
 
     fn run(key: &str, lr: f64, loss: Option<f64>, finished: bool) -> LrRun {
-        let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0));
+        let order = (key.contains("μP"), 2, key.get(..3).and_then(|w| w.parse().ok()).unwrap_or(0), 0);
         let dir = PathBuf::from(format!("{key}-{lr}"));
         let label = format!("width {key}");
         LrRun { dir, key: key.into(), label, order, lr, loss, summary: finished, unreadable: false, finished }
+    }
+
+    /// Run folders are read in natural name order (numbers by value), as runs.md lists them: a
+    /// width's rows of several budgets come out `tokens-5e4`, `tokens-1e5`, `tokens-2e5`.
+    #[test]
+    fn runs_are_read_in_natural_name_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["tokens-2e5", "tokens-1e5", "tokens-5e4"] {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("config.toml"), "not = [toml").unwrap();
+            std::fs::write(dir.join("derived.json"), "{}").unwrap();
+        }
+        let roots = crate::scaling::roots::roots(&[tmp.path()]).unwrap();
+        let (runs, unreadable) = read_runs(&roots, &[]).unwrap();
+        assert!(runs.is_empty());
+        let names: Vec<&str> =
+            unreadable.iter().map(|u| ["5e4", "1e5", "2e5"].into_iter().find(|n| u.contains(n)).unwrap()).collect();
+        assert_eq!(names, ["5e4", "1e5", "2e5"], "{unreadable:?}");
     }
 
     #[test]
@@ -338,15 +361,19 @@ mod tests {
         assert_eq!(w.len(), 3, "{w:#?}");
         assert_eq!(
             w[0],
-            "the best learning rate of width 64, 0.01, is the largest tried (0.001, 0.003, 0.01): the loss may fall \
+            "width 64: the best learning rate, 0.01, is the largest tried (0.001, 0.003, 0.01): the loss may fall \
              further at larger rates, so its best run may not be tuned; add larger rates"
         );
-        assert!(w[1].starts_with("the best learning rate of width 128, 0.001, is the smallest tried"), "{}", w[1]);
+        assert!(w[1].starts_with("width 128: the best learning rate, 0.001, is the smallest tried"), "{}", w[1]);
         assert!(w[1].ends_with("add smaller rates"), "{}", w[1]);
         assert!(!w.iter().any(|w| w.contains("width 256") || w.contains("width 512")), "{w:#?}");
-        assert!(w[2].contains("width 768, 0.003, is the largest tried (0.001, 0.003)"), "{}", w[2]);
+        assert!(
+            w[2].contains("width 768: the best learning rate, 0.003, is the largest tried (0.001, 0.003)"),
+            "{}",
+            w[2]
+        );
         let md = markdown(&g, &[]);
-        assert!(md.contains("\n**Warning**: the best learning rate of width 64, 0.01, is the largest tried"), "{md}");
+        assert!(md.contains("\n**Warning**: width 64: the best learning rate, 0.01, is the largest tried"), "{md}");
     }
 
     #[test]

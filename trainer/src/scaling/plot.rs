@@ -396,16 +396,17 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
 }
 
 /// Loss against the learning rate, a line per group of a learning-rate sweep (runs without a finite
-/// loss left out): a colour per model shape, μP dashed. False, and nothing written, when no run has
-/// a finite loss.
+/// loss left out): a colour per model shape and budget (`run.steps`), μP dashed. False, and nothing
+/// written, when no run has a finite loss.
 pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
-    let mut shapes: Vec<(usize, usize)> = groups.iter().map(|g| (g.order.1, g.order.2)).collect();
+    let shape = |g: &LrGroup| (g.order.1, g.order.2, g.order.3);
+    let mut shapes: Vec<(usize, usize, u64)> = groups.iter().map(shape).collect();
     shapes.sort();
     shapes.dedup();
     let series: Series = groups
         .iter()
         .map(|g| {
-            let colour = shapes.iter().position(|s| *s == (g.order.1, g.order.2)).unwrap_or(0);
+            let colour = shapes.iter().position(|s| *s == shape(g)).unwrap_or(0);
             let pts: Vec<(f64, f64)> = g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect();
             (g.label.clone(), vec![pts], Look { mark: Mark::Dot, ..Look::line(colour, g.order.0) })
         })

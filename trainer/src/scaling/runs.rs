@@ -228,7 +228,9 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         flops_per_step,
         compute: summed(&flops_by_size, steps),
         flops_by_size,
-        finished: summary["finished"].as_bool().unwrap_or(false),
+        finished: summary["finished"]
+            .as_bool()
+            .with_context(|| format!("{}: `finished` missing in summary.json", dir.display()))?,
         diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
         final_train: match &summary["loss"] {
@@ -265,7 +267,7 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
         let rd = std::fs::read_dir(&root.dir).with_context(|| format!("reading {}", root.dir.display()))?;
         let mut dirs: Vec<PathBuf> =
             rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
-        dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+        sort_by_name(&mut dirs);
         for d in dirs {
             match read_run(&d, val_set) {
                 Ok((run, _)) if val_set.is_some() && run.val_curve.is_empty() => {
@@ -333,6 +335,12 @@ fn val_set_names(path: &Path) -> Vec<String> {
     names
 }
 
+/// Run folders in natural name order: numbers by value (`embed-dim-64` before `embed-dim-128`,
+/// `tokens-5e4` before `tokens-1e5`).
+pub(super) fn sort_by_name(dirs: &mut [PathBuf]) {
+    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+}
+
 /// `name` in runs of numbers (`64`, `0.05`, `3e-4`, compared by value) and of other characters
 /// (compared as text). Sweep names hold no negative numbers (`-` separates), so the bits of the
 /// non-negative f64 order like their values.
@@ -381,7 +389,7 @@ pub(super) fn unsummarised(root: &Root) -> Vec<(String, PathBuf)> {
         .map(|e| e.path())
         .filter(|p| p.join("config.toml").is_file() && !p.join("summary.json").is_file())
         .collect();
-    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+    sort_by_name(&mut dirs);
     dirs.into_iter().map(|d| (root.name(&d), d)).collect()
 }
 

@@ -242,9 +242,14 @@ fn a_degenerate_chinchilla_fit_is_warned_about_without_budgets() {
 fn malformed_log_lines_leave_one_run_out_not_the_analysis() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+    for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
         law_run(root, &format!("r{i}"), c, "a");
     }
+    // (a summary without `finished` is no stopped run's: it is named, not taken for one to resume)
+    let summary = root.join("r3/summary.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("finished");
+    std::fs::write(&summary, v.to_string()).unwrap();
     let val = root.join("r0/val.jsonl");
     std::fs::write(&val, std::fs::read_to_string(&val).unwrap() + "{\"step\":30,\"lo").unwrap();
     std::fs::write(root.join("r1/metrics.jsonl"), "{\"step\":1,\"loss\":0.7}\nnot json\n{\"step\":2,\"loss\":0.6}\n")
@@ -259,6 +264,7 @@ fn malformed_log_lines_leave_one_run_out_not_the_analysis() {
         notes.contains("left out (unreadable): ") && notes.contains("r1/metrics.jsonl line 2: not JSON"),
         "{notes}"
     );
+    assert!(notes.contains("r3: `finished` missing in summary.json") && !notes.contains("not finished"), "{notes}");
 }
 
 /// A diverged run's loss (up to 1e17 here) does not set the curves' y range, and a compute range

@@ -222,6 +222,15 @@ pub fn plan(path: &Path) -> Result<Plan> {
 /// The runs of a sweep file, `out` resolved.
 fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
+    // (a missing base file is the sweep file's error, not each run's)
+    if !base.is_file() {
+        bail!(
+            "{}: `base` = {:?}: no config file at {} (a path relative to the sweep file's folder)",
+            path.display(),
+            sweep.base.display(),
+            base.display()
+        );
+    }
 
     // the linked values (their i-th together), crossed with the product of the axes, in key order
     let points = sweep.linked.values().next().map_or(1, Vec::len);

@@ -415,7 +415,10 @@ pub fn run_local(runs: &[PlannedRun], nproc: usize, exe: &Path, slots: &Slots) -
                 halted = true;
                 if next < runs.len() {
                     let n = running.len();
-                    console!("a run was stopped by a signal: no more runs start ({n} still running)");
+                    // (the sweep's own signal, forwarded to every run, or one sent to a run alone)
+                    let whose =
+                        if signal { "the sweep was stopped by a signal" } else { "a run was stopped by a signal" };
+                    console!("{whose}: no more runs start ({n} still running)");
                 }
             }
         }
