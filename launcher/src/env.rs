@@ -245,6 +245,13 @@ impl DistEnv {
     }
 }
 
+/// The restart attempt this process's environment names ([`restart_count`]), also for a group of one
+/// rank (which [`DistEnv::from_env`] leaves alone): its fault drills and its wait for the run folder's
+/// lock act on the attempt, and a torchrun restart of it resumes.
+pub fn restart_attempt() -> Result<u32> {
+    restart_count(&|v| std::env::var(v).ok())
+}
+
 /// The restart attempt the environment names (0 first): our agent's `INFINITY_RESTART_COUNT`, else
 /// torchrun's `TORCHELASTIC_RESTART_COUNT`.
 fn restart_count(get: &impl Fn(&str) -> Option<String>) -> Result<u32> {

@@ -340,6 +340,12 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     let logs = launch_logs(&faulty.join("logs"));
     assert!(logs.join("attempt_0/rank_0.log").is_file() && logs.join("attempt_1/rank_1.log").is_file());
 
+    // a group of one rank is on a later attempt too once restarted: the drill kills its first alone
+    let solo = tmp.path().join("solo-killed");
+    let out = launch(1, &cfg, &solo, &["--max-restarts", "1"], &[("INFINITY_FAULT_KILL", "0:3")]).output().unwrap();
+    let out = ok(out);
+    assert!(out.contains("restarting the group") && solo.join("checkpoints/step-00000008").is_dir(), "{out}");
+
     // a run started from another run's checkpoint (`--resume PATH`) restarts from its own newest one,
     // not from PATH again: killed after step 5, it resumes at step 4 and still ends identical
     let from = tmp.path().join("from-clean");

@@ -45,7 +45,8 @@ impl Dist {
     /// waits for the group meanwhile.
     pub fn join(cfg: &DistSection, gpu: bool, setup: &SetupGuard) -> Result<Dist> {
         match DistEnv::from_env()? {
-            None => Ok(Dist::solo()),
+            // (a group of one the launcher restarts is on a later attempt too)
+            None => Ok(Dist { attempt: infinity_launcher::env::restart_attempt()?, ..Dist::solo() }),
             Some(env) => {
                 setup.waiting(Some("while waiting for the other ranks"));
                 let dist = Self::join_env(&env, cfg, gpu)?;
