@@ -270,11 +270,11 @@ fn a_time_limit_before_any_rank_ran_exits_as_a_signal_then() {
     assert!(!tmp.path().join("started.0").exists(), "{}", agent.text());
 }
 
-/// `--time-limit` coming between attempts of an agent whose ranks ran in an earlier one (here: node 0
-/// waiting for node 1's agent, lost after attempt 0, to join the restart): `--preempted-exit-code`, as
-/// for a job that ran and checkpointed, since its ranks did run (their checkpoint is the restart's).
-#[test]
-fn a_time_limit_between_attempts_after_ranks_ran_exits_as_preempted() {
+/// `--time-limit`, or a signal, coming between attempts of an agent whose ranks ran in an earlier one
+/// (here: node 0 waiting for node 1's agent, lost after attempt 0, to join the restart):
+/// `--preempted-exit-code`, as for a job that ran and checkpointed, since its ranks did run (their
+/// checkpoint is the restart's).
+fn stopped_between_attempts(signal: Option<i32>) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
@@ -283,8 +283,11 @@ fn a_time_limit_between_attempts_after_ranks_ran_exits_as_preempted() {
         [ "$RANK" = 1 ] && exec sleep 60
         while [ ! -e "$TEST_DIR/node1-killed" ]; do sleep 0.05; done; exit 3"#;
     // (node 0 finds attempt 0 failed after about 8 s, then waits up to the rendezvous's 15 s for node 1:
-    // the limit comes in that wait)
-    let limited = ["--max-restarts", "2", "--preempted-exit-code", "75", "--time-limit", "0:16"];
+    // the limit, or the signal, comes in that wait)
+    let mut limited = vec!["--max-restarts", "2", "--preempted-exit-code", "75"];
+    if signal.is_none() {
+        limited.extend(["--time-limit", "0:16"]);
+    }
     let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &limited), rank));
     let node1_args = ["--max-restarts", "2", "--preempted-exit-code", "75"];
     let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &node1_args), rank));
@@ -293,10 +296,30 @@ fn a_time_limit_between_attempts_after_ranks_ran_exits_as_preempted() {
     let _ = node1.child.wait();
     std::fs::write(tmp.path().join("node1-killed"), "").unwrap();
     node0.wait_for("restarting the group (restart 1 of 2)", Duration::from_secs(30));
+    let why = match signal {
+        Some(sig) => {
+            std::thread::sleep(Duration::from_millis(500));
+            node0.signal(sig);
+            "got SIGUSR1"
+        }
+        None => "the time limit came",
+    };
     assert_eq!(node0.exit(Duration::from_secs(30)).code(), Some(75), "{}", node0.text());
-    let said = "the time limit came while waiting for the other agents; no rank running, exiting with 75";
-    assert!(node0.text().contains(said), "{}", node0.text());
+    let said = format!(
+        "{why} while waiting for the other agents; no rank running (they ran in an earlier attempt), exiting with 75"
+    );
+    assert!(node0.text().contains(&said), "{}", node0.text());
     assert!(!tmp.path().join("started.0.1").exists(), "attempt 1 ran:\n{}", node0.text());
+}
+
+#[test]
+fn a_time_limit_between_attempts_after_ranks_ran_exits_as_preempted() {
+    stopped_between_attempts(None);
+}
+
+#[test]
+fn a_signal_between_attempts_after_ranks_ran_exits_as_preempted() {
+    stopped_between_attempts(Some(libc::SIGUSR1));
 }
 
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends

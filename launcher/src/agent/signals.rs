@@ -9,8 +9,10 @@ pub(super) fn stopped_before_start(sig: i32) -> i32 {
     128 + sig
 }
 
-/// `task`'s result, or `Err(exit code)` when a signal arrives first (nothing has started: the agent
-/// stops there, saying so).
+/// `task`'s result, or `Err(exit code)` when a signal (or the time limit) arrives first: no rank runs,
+/// and the agent stops there, saying so. Where its ranks trained in an earlier attempt (and
+/// checkpointed: the restart would have resumed from there), the job ends as a preempted one does
+/// (`--preempted-exit-code`, which a requeue reads); where none ever ran, as a signal before the start.
 pub(super) async fn until_signal<T>(
     signals: &mut Signals,
     task: tokio::task::JoinHandle<T>,
@@ -19,25 +21,17 @@ pub(super) async fn until_signal<T>(
     tokio::select! {
         r = task => Ok(r.expect("the blocking task does not panic")),
         sig = signals.next() => {
-            match signals.timed_out() {
-                // (the limit's own line said so) where this agent's ranks trained in an earlier attempt
-                // (and checkpointed), the job ends as a preempted one does; where none ever ran, as
-                // a signal before the start
-                true => {
-                    let code = match signals.ranks_ran {
-                        true => signals.time_limit_exit_code,
-                        false => stopped_before_start(sig),
-                    };
-                    console_err!("[launch] the time limit came while {what}; no rank running, exiting with {code}");
-                    Err(code)
-                }
-                false => {
-                    let code = stopped_before_start(sig);
-                    let name = signal_name(sig);
-                    console_err!("[launch] got {name} while {what}; no rank started, exiting with {code}");
-                    Err(code)
-                }
-            }
+            // (the limit's own line said so)
+            let why = match signals.timed_out() {
+                true => "the time limit came".to_string(),
+                false => format!("got {}", signal_name(sig)),
+            };
+            let (code, ranks) = match signals.ranks_ran {
+                true => (signals.preempted_exit_code, "no rank running (they ran in an earlier attempt)"),
+                false => (stopped_before_start(sig), "no rank started"),
+            };
+            console_err!("[launch] {why} while {what}; {ranks}, exiting with {code}");
+            Err(code)
         }
     }
 }
@@ -58,8 +52,9 @@ pub(super) struct Signals {
     deadline: Option<(tokio::time::Instant, u64)>,
     /// The time limit fired (a stop of the whole group, never one node's leaving).
     timed_out: bool,
-    /// The agent's exit code when the time limit comes between attempts (`--preempted-exit-code`).
-    time_limit_exit_code: i32,
+    /// The agent's exit code when a signal or the time limit comes between attempts
+    /// (`--preempted-exit-code`).
+    preempted_exit_code: i32,
     /// This agent has started ranks (an earlier attempt's may have checkpointed).
     ranks_ran: bool,
     /// When SIGINTs arrived: the first and the latest (CLOCK_MONOTONIC ns, 0: none yet), set in the
@@ -80,9 +75,9 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Signals {
-    /// The signal handlers, and a time limit of `limit_s` seconds from now, which stops an agent whose
-    /// ranks ran in an earlier attempt but not now with `time_limit_exit_code`.
-    pub(super) fn new(limit_s: Option<u64>, time_limit_exit_code: i32) -> Result<Signals> {
+    /// The signal handlers, and a time limit of `limit_s` seconds from now; a signal or the limit stops
+    /// an agent whose ranks ran in an earlier attempt but not now with `preempted_exit_code`.
+    pub(super) fn new(limit_s: Option<u64>, preempted_exit_code: i32) -> Result<Signals> {
         let now = tokio::time::Instant::now();
         use std::sync::atomic::{AtomicU64, Ordering};
         let int_arrivals = std::sync::Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -103,7 +98,7 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
             timed_out: false,
-            time_limit_exit_code,
+            preempted_exit_code,
             ranks_ran: false,
             int_arrivals,
         })
