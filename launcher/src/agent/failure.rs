@@ -54,6 +54,32 @@ pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, world: 
     format!("rank {peer} (node {node}){maybe} {STOPPED_ANSWERING} {waiter} timed out waiting for it): {report}")
 }
 
+/// A root cause that blames a silent rank (`node` its node), set right by the flight records in `dir`
+/// (the attempt's log folder, `nproc` ranks a node): in a group of more than two the rank a timeout
+/// names may be waiting itself, while the records name the ranks that never entered the collective the
+/// others wait in. When those are all on one node, the report says so and that node is the root
+/// cause's (`root_cause_node`, which a drain reads); otherwise the report stands.
+pub(super) fn by_flight_records(
+    dir: &Path,
+    report: String,
+    node: Option<usize>,
+    nproc: usize,
+) -> (String, Option<usize>) {
+    if !report.contains(STOPPED_ANSWERING) {
+        return (report, node);
+    }
+    let absent = flight::never_entered(&flight::read_dumps(dir).0);
+    let nodes: std::collections::BTreeSet<usize> = absent.iter().map(|r| r / nproc.max(1)).collect();
+    let (Some(&n), 1) = (nodes.first(), nodes.len()) else { return (report, node) };
+    let ranks: Vec<String> = absent.iter().map(usize::to_string).collect();
+    let ranks = format!("{} {}", if absent.len() == 1 { "rank" } else { "ranks" }, ranks.join(", "));
+    let said = format!("{report}\n  (the flight records: {ranks} (node {n}) {NEVER_ENTERED})");
+    (said, Some(n))
+}
+
+/// How [`by_flight_records`] says which ranks the others wait for.
+const NEVER_ENTERED: &str = "never entered the collective the others wait in: look there first";
+
 #[derive(Debug, Serialize)]
 struct Record<'a> {
     attempt: u32,
@@ -191,10 +217,12 @@ pub(super) fn collectives(dir: &Path) -> Vec<String> {
 /// posted by another node), or a rank another node's rank timed out waiting for.
 fn is_here(root_cause: &str, root_cause_node: Option<usize>, node: usize, failed_here: bool) -> bool {
     let first = root_cause.strip_prefix("another node: ").unwrap_or(root_cause);
-    let silent = first.starts_with("rank ")
+    let flight = format!("(node {node}) {NEVER_ENTERED}");
+    let silent = (first.starts_with("rank ")
         && [format!("(node {node}) {STOPPED_ANSWERING}"), format!("(node {node}), or one it waits for,")]
             .iter()
-            .any(|s| first.contains(s.as_str()));
+            .any(|s| first.contains(s.as_str())))
+        || first.contains(&flight);
     root_cause_node == Some(node) && ((failed_here && !root_cause.starts_with("another node")) || silent)
 }
 
@@ -287,6 +315,48 @@ mod tests {
         assert_eq!((node1["root_cause_node"].as_u64(), node1["root_cause_here"].as_bool()), (Some(0), Some(false)));
         assert!(node0["root_cause_node"].is_null() && node0["rank"].is_null(), "{node0}");
         assert_eq!(node0["root_cause_here"].as_bool(), Some(false));
+    }
+
+    /// Of 4 ranks on 2 nodes, rank 1 timed out waiting for rank 0, which waits itself: the flight records
+    /// name rank 3 (node 1) as the one that never entered the collective, and the records say node 1.
+    #[test]
+    fn the_flight_records_name_the_node_of_a_silent_rank_that_a_timeout_did_not() {
+        // the records of 4 ranks: those in `absent` completed #10 and never entered #11
+        let records = |absent: &[usize]| {
+            let dir = tempfile::tempdir().unwrap();
+            let entry = |seq: u64, state: &str| {
+                let fields = r#""op": "all_reduce", "values": 8, "started_s": 0, "seconds": 9"#;
+                format!(r#"{{"seq": {seq}, "state": "{state}", {fields}}}"#)
+            };
+            for r in 0..4 {
+                let entries = match absent.contains(&r) {
+                    true => entry(10, "completed"),
+                    false => format!("{}, {}", entry(10, "completed"), entry(11, "failed")),
+                };
+                let head = format!(r#""rank": {r}, "world": 4, "reason": "failed", "unix_time": 0"#);
+                let record = format!(r#"{{{head}, "entries": [{entries}]}}"#);
+                std::fs::write(dir.path().join(flight::record_name(r)), record).unwrap();
+            }
+            dir
+        };
+        let dir = records(&[3]);
+        let timed_out = blame_silent_peer(0, 0, 1, 4, "rank 1 (node 0, pid 7) exited with exit code 86");
+        let (report, node) = by_flight_records(dir.path(), timed_out.clone(), Some(0), 2);
+        assert_eq!(node, Some(1));
+        let said = "\n  (the flight records: rank 3 (node 1) never entered the collective the others wait in: look \
+                    there first)";
+        assert_eq!(report, format!("{timed_out}{said}"));
+        for n in [0, 1] {
+            write(dir.path(), (0, n), (&report, node), None, "restart", &[]);
+            let text = std::fs::read_to_string(dir.path().join(format!("failure-node{n}.json"))).unwrap();
+            let rec: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(1), Some(n == 1)));
+        }
+        // a report of another kind, or records naming ranks on both nodes, stand as they are
+        let other = "rank 1 (node 0, pid 7) exited with exit code 3".to_string();
+        assert_eq!(by_flight_records(dir.path(), other.clone(), Some(0), 2), (other, Some(0)));
+        let both = records(&[1, 3]);
+        assert_eq!(by_flight_records(both.path(), timed_out.clone(), Some(0), 2), (timed_out, Some(0)));
     }
 
     /// A second session of the same run id failing the same attempt writes beside the first record.

@@ -77,29 +77,19 @@ pub fn diagnose(dumps: &[Dump]) -> Vec<String> {
             each.join(", ")
         ));
     }
-    // the first collective some recorded rank did not complete
-    let first_open =
-        dumps.iter().filter_map(|d| d.entries.iter().find(|e| e.state != State::Completed)).min_by_key(|e| e.seq);
-    if let Some(open) = first_open {
-        let seq = open.seq;
-        let (mut waiting, mut absent) = (Vec::new(), Vec::new());
-        for d in dumps {
-            match d.entries.iter().find(|e| e.seq == seq) {
-                Some(e) if e.state != State::Completed => {
-                    let how = state_word(e.state, &d.backend);
-                    waiting.push(format!("rank {} ({how}, {:.0} s)", d.rank, e.seconds))
-                }
-                Some(_) => {}
-                // its record starts after it: it went past
-                None if d.entries.first().is_some_and(|e| e.seq > seq) => {}
-                None => absent.push(match d.entries.last() {
-                    Some(e) => format!("rank {} (its last: #{})", d.rank, e.seq),
-                    None => format!("rank {} (none yet)", d.rank),
-                }),
-            }
-        }
-        let mut line = format!("collective #{seq} ({}): waited in by {}", open.what(), waiting.join(", "));
-        if !absent.is_empty() {
+    if let Some(open) = first_open(dumps) {
+        let waiting: Vec<String> = (open.waiting.iter())
+            .map(|(r, e, backend)| format!("rank {r} ({}, {:.0} s)", state_word(e.state, backend), e.seconds))
+            .collect();
+        let mut line =
+            format!("collective #{} ({}): waited in by {}", open.entry.seq, open.entry.what(), waiting.join(", "));
+        if !open.absent.is_empty() {
+            let absent: Vec<String> = (open.absent.iter())
+                .map(|(r, last)| match last {
+                    Some(seq) => format!("rank {r} (its last: #{seq})"),
+                    None => format!("rank {r} (none yet)"),
+                })
+                .collect();
             line += &format!("; never entered by {}: look there first", absent.join(", "));
         }
         lines.push(line);
@@ -115,6 +105,36 @@ pub fn diagnose(dumps: &[Dump]) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The first collective that not every recorded rank completed: the ranks waiting in it (with their
+/// entry and backend) and the recorded ranks that never entered it (with their last collective's number).
+struct Open<'a> {
+    entry: &'a Entry,
+    waiting: Vec<(usize, &'a Entry, &'a str)>,
+    absent: Vec<(usize, Option<u64>)>,
+}
+
+fn first_open(dumps: &[Dump]) -> Option<Open<'_>> {
+    let entry =
+        dumps.iter().filter_map(|d| d.entries.iter().find(|e| e.state != State::Completed)).min_by_key(|e| e.seq)?;
+    let (mut waiting, mut absent) = (Vec::new(), Vec::new());
+    for d in dumps {
+        match d.entries.iter().find(|e| e.seq == entry.seq) {
+            Some(e) if e.state != State::Completed => waiting.push((d.rank, e, d.backend.as_str())),
+            Some(_) => {}
+            // its record starts after it: it went past
+            None if d.entries.first().is_some_and(|e| e.seq > entry.seq) => {}
+            None => absent.push((d.rank, d.entries.last().map(|e| e.seq))),
+        }
+    }
+    Some(Open { entry, waiting, absent })
+}
+
+/// The recorded ranks that never entered the first collective the others wait in ([`diagnose`]'s
+/// "look there first"): the root cause of a collective's timeout, where the records name one.
+pub fn never_entered(dumps: &[Dump]) -> Vec<usize> {
+    first_open(dumps).map_or_else(Vec::new, |open| open.absent.iter().map(|(r, _)| *r).collect())
 }
 
 fn state_word(s: State, backend: &str) -> &'static str {
@@ -163,6 +183,7 @@ mod tests {
             ["collective #11 (all_reduce of 1000 values): waited in by rank 0 (failed, 30 s), rank 1 (unfinished, \
               30 s); never entered by rank 2 (its last: #10): look there first"]
         );
+        assert_eq!(never_entered(&dumps), [2]);
         let lines = diagnose(&dumps[..2]);
         assert!(lines[1].starts_with("no flight record from rank 2: frozen, killed first"), "{lines:?}");
         // NCCL's unfinished collectives are enqueued ones
