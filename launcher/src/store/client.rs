@@ -46,7 +46,11 @@ impl StoreClient {
                 },
             };
             if Instant::now() >= deadline {
-                bail!("store {addr} not reachable within {secs:.0} s: {last_err}");
+                bail!(
+                    "store {addr} not reachable within {secs:.0} s: {last_err} (the store is node 0's `infinity \
+                     launch`, or rank 0 without one: is it running, and listening at this address, --rdzv or \
+                     MASTER_ADDR:MASTER_PORT?)"
+                );
             }
             if progress.due() {
                 console_err!("[store] {who}: no store at {addr} yet ({last_err}): {}", progress.so_far());

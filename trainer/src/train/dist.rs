@@ -293,8 +293,8 @@ impl Dist {
             let named = String::from_utf8_lossy(&text.iter().map(|&b| b as u8).collect::<Vec<u8>>()).into_owned();
             let others = match differing.len() {
                 1 => String::new(),
-                2 => "; 1 more differs, its log names its settings".to_string(),
-                n => format!("; {} more differ, their logs name theirs", n - 1),
+                2 => "; 1 more rank differs, its log names its settings".to_string(),
+                n => format!("; {} more ranks differ, their logs name theirs", n - 1),
             };
             if differ.is_empty() {
                 // the ranks whose config is rank 0's exit a moment after those that differ, so the launcher

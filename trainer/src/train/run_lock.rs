@@ -14,7 +14,16 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 
 /// Held for as long as it lives.
 pub struct RunLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Drop for RunLock {
+    /// The lock file names no holder once let go (the kernel drops the lock as the file closes): a
+    /// `cat RUN/.lock` after the job does not show it as if it still trained. (A process killed keeps
+    /// its line there, which the lock, free, makes harmless.)
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 impl RunLock {
@@ -60,7 +69,7 @@ impl RunLock {
                      mounted without it): nothing stops a second job on this run folder",
                     path.display()
                 );
-                return Ok(RunLock { _file: file });
+                return Ok(RunLock { file });
             }
             other => other.context("locking the run folder")?,
         };
@@ -74,7 +83,7 @@ impl RunLock {
         file.set_len(0).and_then(|_| file.rewind())?;
         // the unix time is what `describe_holder` reads (builds before this one wrote only that)
         write!(file, "pid {} on {host}, since {} (unix time {since})", std::process::id(), utc(since))?;
-        Ok(RunLock { _file: file })
+        Ok(RunLock { file })
     }
 }
 
@@ -84,7 +93,7 @@ impl RunLock {
     /// one can read, and a sweep would take the run for finished; the run stops instead.
     pub fn check_in_place(&self, run: &Path) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let held = self._file.metadata().context("reading the run folder's lock file")?;
+        let held = self.file.metadata().context("reading the run folder's lock file")?;
         match std::fs::metadata(run.join(LOCK_FILE)) {
             Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(()),
             found => anyhow::bail!(
@@ -186,6 +195,7 @@ mod tests {
         assert!(check_free(tmp.path()).is_err());
         drop(first);
         assert!(!in_use(tmp.path()));
+        assert_eq!(std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap(), "", "a holder let go stays named");
         check_free(tmp.path()).unwrap();
         RunLock::acquire(tmp.path()).unwrap();
     }
