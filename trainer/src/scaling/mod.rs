@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod fit;
 pub mod isoflop;
+mod legend;
 mod lm;
 pub mod lr;
 pub mod plot;

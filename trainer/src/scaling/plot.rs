@@ -17,12 +17,14 @@ use plotters::prelude::*;
 
 use super::fit::Fit;
 use super::isoflop::IsoFlop;
+use super::legend::{self, Sample, PANEL_WIDTH};
 use super::lr::LrGroup;
 use super::points::Point;
 use super::ticks::{decimals, log_ticks, sci};
 use super::{Correlations, RunRecord};
 
-const SIZE: (u32, u32) = (960, 640);
+/// A figure: the chart's 960 × 640 and the legend panel beside it.
+const SIZE: (u32, u32) = (960 + PANEL_WIDTH, 640);
 const FONT_PATHS: [&str; 5] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
@@ -54,25 +56,31 @@ fn font() -> Result<()> {
 /// A figure drawable on any plotters backend.
 trait Figure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+
+    /// Its height in pixels: [`SIZE`]'s, or more for a legend of many entries.
+    fn height(&self) -> u32 {
+        SIZE.1
+    }
 }
 
 /// Write `stem.svg` and `stem.png` in `dir`.
 fn both(dir: &Path, stem: &str, fig: &impl Figure) -> Result<()> {
     font()?;
+    let size = (SIZE.0, fig.height().max(SIZE.1));
     let svg = dir.join(format!("{stem}.svg"));
     {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
         fig.draw(&root)?;
         root.present().map_err(|e| anyhow!("{}: {e:?}", svg.display()))?;
     }
     let png = dir.join(format!("{stem}.png"));
-    let mut buf = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    let mut buf = vec![0u8; (size.0 * size.1 * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         fig.draw(&root)?;
         root.present().map_err(|e| anyhow!("{}: {e:?}", png.display()))?;
     }
-    let img = image::RgbImage::from_raw(SIZE.0, SIZE.1, buf).context("plot buffer size")?;
+    let img = image::RgbImage::from_raw(size.0, size.1, buf).context("plot buffer size")?;
     img.save(&png).with_context(|| format!("writing {}", png.display()))
 }
 
@@ -164,7 +172,9 @@ impl Figure for LossVsCompute<'_> {
             "compute C (FLOPs: 6·N·D + attention)",
             "loss (nats per bit; a point: a config's mean, bars ±1 std of its runs)",
         );
-        let mut chart = chart(root, &caption, axes, &self.xr, &self.yr)?;
+        let (plot, panel) = root.split_horizontally(SIZE.0 - PANEL_WIDTH);
+        let mut chart = chart(&plot, &caption, axes, &self.xr, &self.yr)?;
+        let mut keys = Vec::new();
         // a config run more than once: its runs' spread
         let bars = self.points.iter().filter_map(|p| {
             let (x, lo, hi) = (p.compute, p.loss - p.std?, p.loss + p.std?);
@@ -175,11 +185,11 @@ impl Figure for LossVsCompute<'_> {
         chart.draw_series(bars).map_err(e)?;
         let frontier =
             self.points.iter().filter(|p| p.on_frontier).map(|p| Circle::new((p.compute, p.loss), 5, BLUE.filled()));
-        chart
-            .draw_series(frontier)
-            .map_err(e)?
-            .label("points on the compute frontier (fitted)")
-            .legend(|(x, y)| Circle::new((x + 10, y), 5, BLUE.filled()));
+        chart.draw_series(frontier).map_err(e)?;
+        keys.push((
+            "points on the compute frontier (fitted)".into(),
+            Sample::Dot { colour: BLUE.into(), filled: true },
+        ));
         if self.points.iter().any(|p| !p.on_frontier) {
             let grey = RGBColor(120, 120, 120);
             let above = self
@@ -187,28 +197,25 @@ impl Figure for LossVsCompute<'_> {
                 .iter()
                 .filter(|p| !p.on_frontier)
                 .map(move |p| Circle::new((p.compute, p.loss), 5, grey.stroke_width(2)));
-            chart
-                .draw_series(above)
-                .map_err(e)?
-                .label("points above the frontier (not in L(C))")
-                .legend(move |(x, y)| Circle::new((x + 10, y), 5, grey.stroke_width(2)));
+            chart.draw_series(above).map_err(e)?;
+            keys.push((
+                "points above the frontier (not in L(C))".into(),
+                Sample::Dot { colour: grey.into(), filled: false },
+            ));
         }
         for (i, (fit, f)) in self.fits.iter().enumerate() {
-            let colour = Palette99::pick(i + 1).to_rgba();
+            let colour = legend::colour(i + 1);
             let line: Vec<(f64, f64)> = log_grid(self.xr.start, self.xr.end)
                 .map(|x| (x, f(x)))
                 // (a point beyond the frame is drawn at its edge: the part of the law outside is left out)
                 .filter(|(_, y)| y.is_finite() && *y > 0.0 && self.yr.contains(y))
                 .collect();
             let coefs: Vec<String> = fit.coefs.iter().map(|c| format!("{}={:.4}", c.name, c.value)).collect();
-            chart
-                .draw_series(LineSeries::new(line, colour.stroke_width(2)))
-                .map_err(e)?
-                .label(format!("{}: {}", fit.formula, coefs.join(", ")))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            chart.draw_series(LineSeries::new(line, colour.stroke_width(2))).map_err(e)?;
+            let key = format!("{}: {}", fit.formula, coefs.join(", "));
+            keys.push((key, Sample::Line { colour, dashed: false, dot: false }));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(e)?;
-        Ok(())
+        legend::draw(&panel, &keys)
     }
 }
 
@@ -229,8 +236,6 @@ struct Curves {
     caption: String,
     axes: (&'static str, &'static str),
     series: Series,
-    /// Where the legend goes (lines of losses against learning rates rise to the right: top left).
-    legend: SeriesLabelPosition,
     xr: std::ops::Range<f64>,
     yr: std::ops::Range<f64>,
 }
@@ -262,6 +267,13 @@ impl Look {
     fn line(colour: usize, dashed: bool) -> Look {
         Look { colour, line: if dashed { Stroke::Dashed } else { Stroke::Solid }, mark: Mark::None }
     }
+
+    /// The `i`-th of many lines: the colours solid, then dashed, then solid with dots, then dashed with
+    /// dots (repeating after four rounds).
+    fn nth(i: usize) -> Look {
+        let round = i / legend::COLOURS % 4;
+        Look { mark: if round >= 2 { Mark::Dot } else { Mark::None }, ..Look::line(i, round % 2 == 1) }
+    }
 }
 
 /// A series: its legend (empty: none), its segments (the parts inside the frame), and its look.
@@ -273,7 +285,6 @@ impl Curves {
         caption: String,
         axes: (&'static str, &'static str),
         series: Series,
-        legend: SeriesLabelPosition,
         yr: Option<std::ops::Range<f64>>,
     ) -> Result<Curves> {
         let points = || series.iter().flat_map(|s| s.1.iter().flatten());
@@ -282,42 +293,36 @@ impl Curves {
             Some(r) => r,
             None => range_lin(points().map(|p| p.1))?,
         };
-        Ok(Curves { caption, axes, series, legend, xr, yr })
+        Ok(Curves { caption, axes, series, xr, yr })
     }
 }
 
 impl Figure for Curves {
+    fn height(&self) -> u32 {
+        legend::height(self.series.iter().filter(|s| !s.0.is_empty()).map(|s| s.0.as_str()))
+    }
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let mut chart = chart(root, &self.caption, self.axes, &self.xr, &self.yr)?;
+        let (plot, panel) = root.split_horizontally(SIZE.0 - PANEL_WIDTH);
+        let mut chart = chart(&plot, &self.caption, self.axes, &self.xr, &self.yr)?;
+        let mut keys = Vec::new();
         for (name, segments, look) in &self.series {
-            let colour = Palette99::pick(look.colour).to_rgba();
+            let colour = legend::colour(look.colour);
             let (line, mark) = (look.line, look.mark);
-            // the legend's sample: one stroke, two for a dashed line, or the mark alone
-            let gap = if line == Stroke::Dashed { (8, 13) } else { (10, 10) };
-            let legend = move |(x, y): (i32, i32)| {
-                // one element type for every look: the parts a look lacks are drawn transparent
-                let shown = |on: bool| if on { colour } else { colour.mix(0.0) };
-                let (stroke, cross) = (line != Stroke::None, mark == Mark::Cross);
-                EmptyElement::at((x, y))
-                    + PathElement::new(vec![(0, 0), (gap.0, 0)], shown(stroke).stroke_width(2))
-                    + PathElement::new(vec![(gap.1, 0), (20, 0)], shown(stroke).stroke_width(2))
-                    + Circle::new((10, 0), 4, shown(!stroke && !cross).filled())
-                    + Cross::new((10, 0), 6, shown(!stroke && cross).stroke_width(3))
-            };
-            for (k, pts) in segments.iter().enumerate() {
+            for pts in segments {
                 let dots = || pts.iter().map(|&p| Circle::new(p, 4, colour.filled()));
                 let crosses = || pts.iter().map(|&p| Cross::new(p, 8, colour.stroke_width(3)));
-                let drawn = match (line, mark) {
+                match (line, mark) {
                     (Stroke::Dashed, _) => {
-                        chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2)))
+                        chart
+                            .draw_series(DashedLineSeries::new(pts.clone(), 8, 6, colour.stroke_width(2)))
+                            .map_err(e)?;
                     }
-                    (Stroke::Solid, _) => chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))),
-                    (Stroke::None, Mark::Cross) => chart.draw_series(crosses()),
-                    (Stroke::None, _) => chart.draw_series(dots()),
-                };
-                let drawn = drawn.map_err(e)?;
-                if k == 0 && !name.is_empty() {
-                    drawn.label(name.as_str()).legend(legend);
+                    (Stroke::Solid, _) => {
+                        chart.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))).map_err(e)?;
+                    }
+                    (Stroke::None, Mark::Cross) => drop(chart.draw_series(crosses()).map_err(e)?),
+                    (Stroke::None, _) => drop(chart.draw_series(dots()).map_err(e)?),
                 }
                 match (line, mark) {
                     (Stroke::None, _) | (_, Mark::None) => {}
@@ -325,15 +330,16 @@ impl Figure for Curves {
                     (_, Mark::Cross) => drop(chart.draw_series(crosses()).map_err(e)?),
                 }
             }
+            if !name.is_empty() {
+                let sample = match (line, mark) {
+                    (Stroke::None, Mark::Cross) => Sample::Cross { colour },
+                    (Stroke::None, _) => Sample::Dot { colour, filled: true },
+                    (_, mark) => Sample::Line { colour, dashed: line == Stroke::Dashed, dot: mark == Mark::Dot },
+                };
+                keys.push((name.clone(), sample));
+            }
         }
-        chart
-            .configure_series_labels()
-            .position(self.legend.clone())
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(e)?;
-        Ok(())
+        legend::draw(&panel, &keys)
     }
 }
 
@@ -381,7 +387,7 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
         .map(|(i, r, p)| {
             let segments = inside(p, &yr);
             clipped |= segments.iter().map(Vec::len).sum::<usize>() < p.len();
-            (r.name.clone(), segments, Look::line(*i, false))
+            (r.name.clone(), segments, Look::nth(*i))
         })
         .filter(|(_, segments, _)| !segments.is_empty())
         .collect();
@@ -390,8 +396,7 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
         false => "loss curves per run",
     };
     let axes = ("compute used (FLOPs)", "validation loss, nats per bit (training loss for runs without validation)");
-    let legend = SeriesLabelPosition::MiddleRight;
-    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, legend, Some(yr))?)?;
+    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, Some(yr))?)?;
     Ok(true)
 }
 
@@ -416,13 +421,9 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
         return Ok(false);
     }
     let axes = ("learning rate", "validation loss, nats per bit (training loss for runs without validation)");
-    let legend = SeriesLabelPosition::UpperLeft;
-    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, legend, None)?)?;
+    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, None)?)?;
     Ok(true)
 }
-
-/// Palette99 indices that tell neighbouring lines apart on white (its third, yellow, is left out).
-const DISTINCT: [usize; 6] = [3, 0, 1, 4, 5, 6];
 
 /// The IsoFLOP profiles: each budget's points (loss against model size), the parabola through them and
 /// its minimum (a cross), a colour per budget.
@@ -430,7 +431,7 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop, parameters: super::Parameters) -> Resu
     let minima = iso.profiles.iter().filter_map(|p| p.optimum.as_ref().filter(|o| o.inside).map(|o| o.loss));
     let yr = range_lin(iso.profiles.iter().flat_map(|p| p.measured.iter().map(|m| m.2)).chain(minima))?;
     let mut series: Series = Vec::new();
-    for (p, i) in iso.profiles.iter().zip(DISTINCT.iter().copied().cycle()) {
+    for (i, p) in iso.profiles.iter().enumerate() {
         let name = match &p.optimum {
             Some(o) => {
                 format!("C = {:.2e}: N_opt = {:.2e}{}", p.compute, o.params, if o.inside { "" } else { " (outside)" })
@@ -453,7 +454,7 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop, parameters: super::Parameters) -> Resu
     }
     let axes = (parameters.label(), "loss, nats per bit (a point: a config's mean; a cross: the parabola's minimum)");
     let caption = "IsoFLOP profiles: loss vs model size at fixed compute".to_string();
-    both(dir, "isoflop", &Curves::new(caption, axes, series, SeriesLabelPosition::LowerLeft, Some(yr))?)
+    both(dir, "isoflop", &Curves::new(caption, axes, series, Some(yr))?)
 }
 
 #[cfg(test)]
