@@ -443,7 +443,7 @@ fn slow_run_past_setup(tmp: &Path, data: &Path, name: &str, step_s: u64) -> (Tra
 }
 
 /// A run folder removed while the run trains stops the run at its next step with exit 2 (no restart
-/// mends it), naming the folder, and nothing makes the folder again: it went on into files no one could
+/// mends it), naming the folder, and the folder is not made again: it went on into files no one could
 /// read, and a sweep took the run, with a summary alone, for finished.
 #[test]
 fn a_run_folder_removed_while_training_stops_the_run() {
@@ -451,11 +451,22 @@ fn a_run_folder_removed_while_training_stops_the_run() {
     let data = tmp.path().join("data");
     dataset(&data);
     let (cfg, mut child) = slow_run_past_setup(tmp.path(), &data, "run", 1);
+    // (once its first step is logged: its setup has written all it writes)
+    let metrics = cfg.run.dir.join("metrics.jsonl");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.ends_with('\n')) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no step logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::fs::remove_dir_all(&cfg.run.dir).unwrap();
     let mut said = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(2), "{said}");
-    let want = format!("run.dir {} was removed or moved while this run trained: stopping", cfg.run.dir.display());
+    let want = format!(
+        "run.dir {}: its lock file .lock is gone (the folder removed or moved, or the lock file deleted) while this \
+         run trained: stopping",
+        cfg.run.dir.display()
+    );
     assert!(said.contains(&want), "{said}");
     assert!(!cfg.run.dir.exists(), "the run folder was made again");
 }

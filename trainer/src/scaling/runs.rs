@@ -288,6 +288,15 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
             }
         }
         let dir = root.dir.display();
+        // (for an error about this folder: the runs it holds that have no summary yet)
+        let waiting: Vec<String> = unsummarised(root).into_iter().map(|(name, _)| name).collect();
+        let waiting = match waiting.is_empty() {
+            true => String::new(),
+            false => format!(
+                "\n  without a summary.json (not started, or failed before their first step): {}",
+                waiting.join(", ")
+            ),
+        };
         let empty = match (runs.len() == before.0, notes.len() == before.1) {
             (false, _) => continue,
             // (`infinity scaling runs/tiny`: one run's folder, not the sweep's that holds it)
@@ -297,7 +306,7 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                      (a sweep's `out`)"
                 )
             }
-            (true, true) => format!("{dir}: no run folders with a summary.json (has the sweep run?)"),
+            (true, true) => format!("{dir}: no run folders with a summary.json (has the sweep run?){waiting}"),
             (true, false) if roots.len() == 1 && notes.iter().all(|n| n.contains("no loss of the validation set")) => {
                 let name = val_set.unwrap_or_default();
                 let have: Vec<&str> = other_sets.iter().map(String::as_str).collect();
@@ -308,7 +317,9 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                     false => bail!("{dir}: no run has a validation set {name}; their val.sets: {}", have.join(", ")),
                 }
             }
-            (true, false) if roots.len() == 1 => bail!("{dir}: no readable run folder:\n  {}", notes.join("\n  ")),
+            (true, false) if roots.len() == 1 => {
+                bail!("{dir}: no readable run folder:\n  {}{waiting}", notes.join("\n  "))
+            }
             (true, false) => format!("{dir}: no readable run folder (the notes before say why)"),
         };
         match roots.len() {
@@ -423,13 +434,19 @@ mod tests {
         assert_eq!(super::median(&[(1, 2.0), (2, f64::NAN), (3, 1.0), (4, 7.0)]), Some(2.0));
     }
 
-    /// A root without run folders is named as such; one that is a run folder itself says to give its parent.
+    /// A root without run folders is named as such (and the runs in it without a summary yet); one that
+    /// is a run folder itself says to give its parent.
     #[test]
     fn a_root_without_run_folders_says_what_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let gather = || super::gather(&roots(&[dir.path()]).unwrap(), None).unwrap_err().to_string();
         let e = gather();
         assert!(e.ends_with(": no run folders with a summary.json (has the sweep run?)"), "{e}");
+        // a sweep's runs not started yet (their config alone) are named
+        std::fs::create_dir(dir.path().join("lr-0.01")).unwrap();
+        std::fs::write(dir.path().join("lr-0.01/config.toml"), "").unwrap();
+        let e = gather();
+        assert!(e.ends_with("(has the sweep run?)\n  without a summary.json (not started, or failed before their first step): lr-0.01"), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
         let e = gather();
         let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \

@@ -145,7 +145,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         accum,
         peak_tflops,
         mut summary,
-        lock,
+        mut lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
     // (`--resume auto`: looked for again now that rank 0 holds the lock)
@@ -213,6 +213,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // checkpoints as they were (and from now on a stop signal stops the run after a step, checkpointed)
     setup.stop_together(&mut dist, &opts.stop)?;
     setup.done(leader);
+    if let Some(l) = lock.as_mut() {
+        l.keep();
+    }
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {

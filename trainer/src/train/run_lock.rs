@@ -5,7 +5,7 @@
 //! restarted group or a requeued job takes it again.
 
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use infinity_data::file_lock::{try_lock, unsupported, Lock};
@@ -15,6 +15,13 @@ pub(crate) const LOCK_FILE: &str = ".lock";
 /// Held for as long as it lives.
 pub struct RunLock {
     file: std::fs::File,
+    /// The lock file's (device, inode): where the file system has no `flock`, not held.
+    id: (u64, u64),
+    held: bool,
+    /// The run folder and the folders above it that this job made ([`super::rundir::absent`]): removed
+    /// again, while the lock is still held, when the lock goes before [`RunLock::keep`] (the run was
+    /// refused at its start).
+    made: Vec<PathBuf>,
 }
 
 impl Drop for RunLock {
@@ -22,7 +29,10 @@ impl Drop for RunLock {
     /// `cat RUN/.lock` after the job does not show it as if it still trained. (A process killed keeps
     /// its line there, which the lock, free, makes harmless.)
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
+        if self.held {
+            let _ = self.file.set_len(0);
+        }
+        super::rundir::remove_unused(&self.made);
     }
 }
 
@@ -33,8 +43,26 @@ impl RunLock {
         Self::acquire_within(run, std::time::Duration::from_secs(1))
     }
 
-    /// [`RunLock::acquire`], waiting up to `patience` for a holder to let go.
+    /// [`RunLock::acquire`], waiting up to `patience` for a holder to let go. A holder that removed the
+    /// folder as it let go (its run refused at its start) leaves its lock file unlinked: the folder is
+    /// made again and its new lock file taken.
     pub fn acquire_within(run: &Path, patience: std::time::Duration) -> Result<RunLock> {
+        let start = std::time::Instant::now();
+        loop {
+            let lock = Self::lock_file(run, (patience, start))?;
+            if !lock.held || matches!(lock.in_place(run), Ok(true)) {
+                return Ok(lock);
+            }
+            drop(lock);
+            std::fs::create_dir_all(run)
+                .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))?;
+        }
+    }
+
+    /// Opens `run`'s lock file and locks it, waiting for a holder to let go until `patience` has passed
+    /// since `start`.
+    fn lock_file(run: &Path, (patience, start): (std::time::Duration, std::time::Instant)) -> Result<RunLock> {
+        use std::os::unix::fs::MetadataExt;
         let path = run.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -43,7 +71,8 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("run.dir {} is not writable: opening {}", run.display(), path.display()))?;
-        let start = std::time::Instant::now();
+        let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+        let id = (meta.dev(), meta.ino());
         let mut locked = try_lock(&file, Lock::Exclusive);
         let mut said = false;
         while matches!(locked, Ok(false)) && start.elapsed() < patience {
@@ -69,7 +98,7 @@ impl RunLock {
                      mounted without it): nothing stops a second job on this run folder",
                     path.display()
                 );
-                return Ok(RunLock { file });
+                return Ok(RunLock { file, id, held: false, made: Vec::new() });
             }
             other => other.context("locking the run folder")?,
         };
@@ -83,29 +112,49 @@ impl RunLock {
         file.set_len(0).and_then(|_| file.rewind())?;
         // the unix time is what `describe_holder` reads (builds before this one wrote only that)
         write!(file, "pid {} on {host}, since {} (unix time {since})", std::process::id(), utc(since))?;
-        Ok(RunLock { file })
+        Ok(RunLock { file, id, held: true, made: Vec::new() })
     }
-}
 
-impl RunLock {
-    /// An error when `run`'s lock file is no longer the file this lock holds: the run folder was removed
-    /// (or moved, or replaced) while the run trains. Its logs and checkpoints would go on into files no
-    /// one can read, and a sweep would take the run for finished; the run stops instead.
-    pub fn check_in_place(&self, run: &Path) -> Result<()> {
+    /// This job made `made` (the run folder first, then those above it): removed again if the lock
+    /// goes before [`RunLock::keep`].
+    pub(super) fn made_here(&mut self, made: Vec<PathBuf>) {
+        self.made = made;
+    }
+
+    /// The run has begun (it writes into its folder): the folder stays however the session ends.
+    pub(super) fn keep(&mut self) {
+        self.made.clear();
+    }
+
+    /// Whether `run/.lock` is the file this lock holds.
+    fn in_place(&self, run: &Path) -> std::io::Result<bool> {
         use std::os::unix::fs::MetadataExt;
-        let held = self.file.metadata().context("reading the run folder's lock file")?;
-        match std::fs::metadata(run.join(LOCK_FILE)) {
-            Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => Ok(()),
-            found => anyhow::bail!(
-                "run.dir {} was {} while this run trained: stopping without writing more (its logs and \
-                 checkpoints went with the folder; start the run again, or resume from a copy of a checkpoint)",
-                run.display(),
-                match found {
-                    Ok(_) => "replaced (another folder, or another lock file, is there now)",
-                    Err(_) => "removed or moved",
-                }
-            ),
-        }
+        let now = std::fs::metadata(run.join(LOCK_FILE))?;
+        Ok((now.dev(), now.ino()) == self.id)
+    }
+
+    /// An error when `run`'s lock file is gone or another file: the run folder was removed (or moved,
+    /// or replaced), or the lock file deleted, while the run trains. Its logs and checkpoints would go
+    /// on into files no one can read (or a folder no longer locked), and a sweep would take the run
+    /// for finished; the run stops instead. An error reading it otherwise (a network file system's
+    /// moment) is no such news: a warning, and the next step looks again.
+    pub fn check_in_place(&self, run: &Path) -> Result<()> {
+        let what = match self.in_place(run) {
+            Ok(true) => return Ok(()),
+            Ok(false) => "another file now (the folder replaced, or the lock file made again)",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "gone (the folder removed or moved, or the lock file deleted)"
+            }
+            Err(e) => {
+                tracing::warn!("reading {}: {e} (looked at again next step)", run.join(LOCK_FILE).display());
+                return Ok(());
+            }
+        };
+        anyhow::bail!(
+            "run.dir {}: its lock file {LOCK_FILE} is {what} while this run trained: stopping without writing \
+             more (start the run again, or resume from its newest checkpoint wherever the folder is now)",
+            run.display()
+        )
     }
 }
 
@@ -226,6 +275,35 @@ mod tests {
         });
         RunLock::acquire_within(tmp.path(), std::time::Duration::from_secs(20)).unwrap();
         holder.join().unwrap();
+    }
+
+    /// A holder that made the folder and removes it as it lets go (its run refused at its start) takes
+    /// the lock file with it: a job waiting for the lock meanwhile makes the folder again and locks its
+    /// new lock file, not the unlinked one. A job refused at the lock removes nothing.
+    #[test]
+    fn a_folder_removed_by_its_holder_is_made_again_by_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("new/run");
+        let made = super::super::rundir::absent(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        let mut first = RunLock::acquire(&run).unwrap();
+        first.made_here(made);
+        assert!(RunLock::acquire(&run).is_err() && run.is_dir(), "a job refused at the lock removed the folder");
+        let waiter = {
+            let run = run.clone();
+            std::thread::spawn(move || RunLock::acquire_within(&run, std::time::Duration::from_secs(20)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+        let second = waiter.join().unwrap().unwrap();
+        assert!(second.in_place(&run).unwrap(), "the waiter holds an unlinked lock file");
+        second.check_in_place(&run).unwrap();
+        std::fs::remove_file(run.join(LOCK_FILE)).unwrap();
+        let e = format!("{:#}", second.check_in_place(&run).unwrap_err());
+        assert!(
+            e.contains("its lock file .lock is gone (the folder removed or moved, or the lock file deleted)"),
+            "{e}"
+        );
     }
 
     #[test]

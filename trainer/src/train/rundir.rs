@@ -34,7 +34,9 @@ pub fn check_fresh(run: &Path) -> Result<()> {
 /// `run` and the folders above it that do not exist, `run` first: what a run that fails at its start
 /// removes again once it has made them ([`remove_unused`]).
 pub fn absent(run: &Path) -> Vec<PathBuf> {
-    run.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect()
+    // (a folder that cannot be looked at counts as there: it is not this job's to remove)
+    let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
+    run.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect()
 }
 
 /// Removes the folders of [`absent`] that a run made, `run` first, while they hold nothing (`run` nothing but the run

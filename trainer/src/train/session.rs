@@ -106,19 +106,21 @@ impl<'a> Session<'a> {
         std::fs::create_dir_all(run)
             .with_context(|| format!("run.dir {} cannot be created (not writable?)", run.display()))
             .map_err(unrecoverable)?;
-        if leader {
-            setup.made_run_dir(absent); // (removed again if setup ends without training)
-        }
         // one job per run folder (released however this process ends)
         // a restarted group's rank 0, or a requeued job's resume, may meet the lost attempt's (its node
         // lost, it got SIGTERM) still writing its stop's checkpoint: it waits for that, and another
         // restart is the remedy for a longer write
         let resuming = dist.attempt > 0 || opts.resume.is_some() || opts.resume_auto;
         let patience = lock_patience(resuming, dist.world, cfg.dist.timeout_s);
-        let lock = match leader.then(|| RunLock::acquire_within(run, patience)).transpose() {
+        let mut lock = match leader.then(|| RunLock::acquire_within(run, patience)).transpose() {
             Err(e) if dist.attempt > 0 => return Err(e),
             other => other.map_err(unrecoverable)?,
         };
+        if let Some(l) = lock.as_mut() {
+            // (what of run.dir this job made goes again, under the lock, if setup ends without training)
+            l.made_here(absent.clone());
+            setup.made_run_dir(absent);
+        }
         if leader && opts.fresh_start {
             // the command line checked before the lock: a fresh start into the same folder may have trained
             // and released it since, and would be overwritten

@@ -89,8 +89,9 @@ pub struct SetupGuard {
     notice: Arc<AtomicBool>,
     /// What the process waits for now, for the message (`None`: setting up).
     waiting: Arc<std::sync::Mutex<Option<&'static str>>>,
-    /// The run folder and those above it that setup made (rank 0): removed again while empty when setup
-    /// ends without training, by an error or a signal.
+    /// The run folder and those above it that setup made (rank 0, once it holds the folder's lock):
+    /// removed again while empty when a signal ends setup (an error does it as the lock goes:
+    /// [`super::run_lock::RunLock::made_here`]).
     made: Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
@@ -172,17 +173,15 @@ impl SetupGuard {
     /// Setup is about to change the run folder: a signal from now on stops the run after a step, which
     /// is said at once where `notice` (rank 0).
     pub fn done(&self, notice: bool) {
+        self.made_run_dir(Vec::new()); // (the run's now: before a signal can find setup over)
         self.notice.store(notice, Ordering::Release);
         self.done.store(true, Ordering::Release);
-        self.made_run_dir(Vec::new()); // (the run's now)
     }
 }
 
 impl Drop for SetupGuard {
-    /// Setup refused the run (an error before [`SetupGuard::done`]): the run folder it made goes again.
     fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
-        remove_made(&self.made);
     }
 }
 
