@@ -60,6 +60,8 @@ struct Entry {
     path: PathBuf,
     label: i32,
     caption: Option<String>,
+    /// The caption's file, as listed (a folder's images).
+    caption_file: Option<PathBuf>,
     /// A caption file that is no text, and why: the image is a bad one (`--skip-bad` leaves it out).
     bad_caption: Option<(PathBuf, String)>,
     /// The aspect-ratio template it is resized to; `None`: the nearest to its own h/w.
@@ -69,29 +71,37 @@ struct Entry {
 }
 
 impl Entry {
-    /// The image `path` of class `label` in a folder, with its caption ([`read_caption`]).
-    fn listed(path: PathBuf, label: i32) -> Result<Entry> {
-        let (caption, bad_caption) = match read_caption(&path) {
+    /// The image `path` of class `label` in a folder whose files are `listed`, with its caption
+    /// ([`caption_file`], [`read_caption`]).
+    fn listed(path: PathBuf, label: i32, listed: &[PathBuf]) -> Result<Entry> {
+        let caption_file = caption_file(&path, listed).cloned();
+        let (caption, bad_caption) = match caption_file.as_deref().map(read_caption).transpose() {
             Ok(caption) => (caption, None),
-            Err(DataError::Image { path, detail }) => (None, Some((path, detail))),
+            Err(DataError::Image { path: file, detail }) => (None, Some((file, detail))),
             Err(e) => return Err(e),
         };
-        Ok(Entry { path, label, caption, bad_caption, template: None, listed_at: None })
+        Ok(Entry { path, label, caption, caption_file, bad_caption, template: None, listed_at: None })
     }
 }
 
-/// The caption file beside the image `image`: `NAME.txt`, or `NAME.TXT` (as some cameras and Windows
-/// tools name it).
-fn caption_file(image: &Path) -> Option<PathBuf> {
-    ["txt", "TXT"].into_iter().map(|ext| image.with_extension(ext)).find(|p| p.is_file())
+/// The caption file of the image `image` among `listed` (its folder's files): `NAME.txt`, else `NAME`
+/// with `txt` in other case (`NAME.TXT`, as some cameras and Windows tools write). Taken from the
+/// listing, under the name it has: on a case-insensitive file system a lookup by name would find it
+/// under any.
+fn caption_file<'a>(image: &Path, listed: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    let beside = |t: &&PathBuf| {
+        t.file_stem() == image.file_stem() && t.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    };
+    let exact = listed.iter().filter(beside).find(|t| t.extension().is_some_and(|e| e == "txt"));
+    exact.or_else(|| listed.iter().find(beside))
 }
 
-/// The caption of the image `image` ([`caption_file`]): UTF-8, or UTF-16 with its byte-order mark (what
-/// Windows Notepad saves as "Unicode"); a byte-order mark is no part of it, nor are the blanks around
-/// it. Any other encoding is an [`DataError::Image`] naming the file (a bad image, for `--skip-bad`).
-fn read_caption(image: &Path) -> Result<Option<String>> {
-    let Some(file) = caption_file(image) else { return Ok(None) };
-    let bytes = std::fs::read(&file).map_err(|e| DataError::io(&file, e))?;
+/// The caption in `file`: UTF-8, or UTF-16 with its byte-order mark (what Windows Notepad saves as
+/// "Unicode"); a byte-order mark is no part of it, nor are the blanks (or a C string's NULs) at its
+/// ends. Any other encoding, and NULs within (UTF-16 without a byte-order mark reads as UTF-8 with
+/// NULs), is a [`DataError::Image`] naming the file (a bad image, for `--skip-bad`).
+fn read_caption(file: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).map_err(|e| DataError::io(file, e))?;
     let utf16 = |be: bool| {
         let units = bytes[2..].chunks(2).map(|c| match (be, c) {
             (true, [hi, lo]) => Ok(u16::from_be_bytes([*hi, *lo])),
@@ -106,12 +116,15 @@ fn read_caption(image: &Path) -> Result<Option<String>> {
         Some([0xfe, 0xff]) => utf16(true),
         _ => String::from_utf8(bytes).ok(),
     };
-    match text {
-        Some(t) => Ok(Some(t.trim_start_matches('\u{feff}').trim().to_string())),
-        None => Err(DataError::Image {
-            path: file,
-            detail: "a caption that is neither UTF-8 nor UTF-16 with a byte-order mark: save it as UTF-8".into(),
-        }),
+    let bad = |detail: &str| DataError::Image { path: file.to_path_buf(), detail: detail.into() };
+    let text =
+        text.ok_or_else(|| bad("a caption that is neither UTF-8 nor UTF-16 with a byte-order mark: save it as UTF-8"))?;
+    let text = text.trim_start_matches('\u{feff}').trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    match text.contains('\0') {
+        true => {
+            Err(bad("a caption with NUL characters (UTF-16 without a byte-order mark, or UTF-32?): save it as UTF-8"))
+        }
+        false => Ok(text.to_string()),
     }
 }
 
@@ -181,7 +194,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
     let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();
-    skipped.extend(top.into_iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)));
+    skipped.extend(top.iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)).cloned());
     if !classes.is_empty() && !loose.is_empty() {
         return Err(DataError::Config(format!(
             "{}: holds both class sub-folders and loose images ({}); put every image in a class folder, or use no folders",
@@ -194,7 +207,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     if classes.is_empty() {
         names.push(folder_name(root));
         for p in loose {
-            entries.push(Entry::listed(p, 0)?);
+            entries.push(Entry::listed(p, 0, &top)?);
         }
     } else {
         for (k, dir) in classes.iter().enumerate() {
@@ -218,9 +231,9 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
                 )));
             }
             txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
-            skipped.extend(inside.into_iter().filter(|p| !is_image(p) && !is_caption(p)));
+            skipped.extend(inside.iter().filter(|p| !is_image(p) && !is_caption(p)).cloned());
             for p in images {
-                entries.push(Entry::listed(p, k as i32)?);
+                entries.push(Entry::listed(p, k as i32, &inside)?);
             }
         }
     }
@@ -228,13 +241,12 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
         return Err(DataError::Config(format!("{}: no .png/.jpg/.jpeg images found", root.display())));
     }
     // (a caption's image is NAME.png, .jpg or .jpeg beside it: `x.png.txt` or `X.txt` for `x.png` is none;
-    // `NAME.short.txt` is the short caption tools/write_shards.py reads)
-    let read_captions: std::collections::HashSet<PathBuf> = entries
-        .iter()
-        .flat_map(|e| [caption_file(&e.path), Some(e.path.with_extension("short.txt"))])
-        .flatten()
-        .collect();
-    txt.retain(|t| !read_captions.contains(t));
+    // `NAME.short.txt`, in any case, is the short caption tools/write_shards.py reads)
+    let read: std::collections::HashSet<&PathBuf> = entries.iter().filter_map(|e| e.caption_file.as_ref()).collect();
+    let lower = |p: &Path| p.to_string_lossy().to_lowercase();
+    let images: std::collections::HashSet<String> = entries.iter().map(|e| lower(&e.path.with_extension(""))).collect();
+    let short = |t: &PathBuf| lower(t).strip_suffix(".short.txt").is_some_and(|stem| images.contains(stem));
+    txt.retain(|t| !read.contains(t) && !short(t));
     Ok(Listing { entries, names, skipped, datasets, orphan_captions: txt, loose: classes.is_empty() })
 }
 
@@ -319,6 +331,7 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
             path: r.image,
             label: 0,
             caption: Some(r.caption).filter(|c| !c.is_empty()),
+            caption_file: None,
             bad_caption: None,
             template: Some(r.template),
             listed_at: Some(r.listed_at),

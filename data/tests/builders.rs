@@ -319,7 +319,7 @@ fn captions_in_utf16_or_named_in_capitals_are_read() {
     };
     std::fs::write(src.path().join("roses/0.txt"), utf16("a red rosé\r\n", false)).unwrap();
     std::fs::write(src.path().join("roses/1.TXT"), utf16("a pink rose", true)).unwrap();
-    std::fs::write(src.path().join("roses/2.TXT"), "a white rose").unwrap();
+    std::fs::write(src.path().join("roses/2.TXT"), "a white rose\0").unwrap(); // (a C string's end)
     let out = tempfile::tempdir().unwrap();
     let opts = pack::PackOptions {
         fit_images: 3,
@@ -332,11 +332,15 @@ fn captions_in_utf16_or_named_in_capitals_are_read() {
     let captions: Vec<_> = (0..3).map(|i| ds.row(i).caption.map(str::to_string)).collect();
     assert_eq!(captions, [Some("a red rosé".into()), Some("a pink rose".into()), Some("a white rose".into())]);
 
-    // Latin-1 (`é` as one byte): named, and left out under --skip-bad
-    std::fs::write(src.path().join("roses/2.TXT"), b"a white ros\xe9").unwrap();
-    let e = pack::pack(src.path(), out.path(), &opts).unwrap_err().to_string();
+    // UTF-16 without its byte-order mark (ASCII in it reads as UTF-8 with NULs), and Latin-1 (`é` as one
+    // byte): named, and left out under --skip-bad
     let file = src.path().join("roses/2.TXT").display().to_string();
-    assert!(e.contains(&file) && e.contains("neither UTF-8 nor UTF-16") && e.contains("--skip-bad"), "{e}");
+    let no_bom: Vec<u8> = "a white rose".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    for (bytes, why) in [(no_bom, "NUL characters"), (b"a white ros\xe9".to_vec(), "neither UTF-8 nor UTF-16")] {
+        std::fs::write(src.path().join("roses/2.TXT"), bytes).unwrap();
+        let e = pack::pack(src.path(), out.path(), &opts).unwrap_err().to_string();
+        assert!(e.contains(&file) && e.contains(why) && e.contains("--skip-bad"), "{e}");
+    }
     let (m, _, notes) = pack::pack(src.path(), out.path(), &pack::PackOptions { skip_bad: true, ..opts }).unwrap();
     assert_eq!(m.total_rows, 2);
     assert!(notes.bad.len() == 1 && notes.bad[0].contains(&file), "{:?}", notes.bad);

@@ -247,9 +247,15 @@ impl DistEnv {
 
 /// The restart attempt this process's environment names ([`restart_count`]), also for a group of one
 /// rank (which [`DistEnv::from_env`] leaves alone): its fault drills and its wait for the run folder's
-/// lock act on the attempt, and a torchrun restart of it resumes.
+/// lock act on the attempt, and a torchrun restart of it resumes. A count is read only beside its
+/// launcher's run id (`INFINITY_RUN_ID`, `TORCHELASTIC_RUN_ID`): a count left in a shell that a
+/// worker spawned would otherwise make a plain `infinity train` there resume.
 pub fn restart_attempt() -> Result<u32> {
-    restart_count(&|v| std::env::var(v).ok())
+    let launched = [vars::RUN_ID, torchrun::RUN_ID].iter().any(|v| std::env::var_os(v).is_some());
+    match launched {
+        true => restart_count(&|v| std::env::var(v).ok()),
+        false => Ok(0),
+    }
 }
 
 /// The restart attempt the environment names (0 first): our agent's `INFINITY_RESTART_COUNT`, else

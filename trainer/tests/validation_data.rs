@@ -358,12 +358,12 @@ fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let said = resume();
-    assert!(!said.contains("changed since the checkpoint"), "{said}");
+    assert!(!said.contains("differs from the set the checkpoint"), "{said}");
     rewrite(&data, &val, |_| {}, |g, _| g < 24);
     let said = resume();
     let want = format!(
-        "val.dir {} changed since the checkpoint of step 2 (the row count changed: 32 → 24): its losses in \
-         val.jsonl from here on are not comparable with those before",
+        "val.dir {} differs from the set the checkpoint of step 2 validated on (the row count changed: 32 → 24): \
+         its losses in val.jsonl from here on are not comparable with those before",
         val.display()
     );
     assert!(said.contains(&want), "{said}");

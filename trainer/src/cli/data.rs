@@ -272,8 +272,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             }
             if !notes.orphan_captions.is_empty() {
                 console!(
-                    "not read: {} beside no image of their name (NAME.txt is the caption of NAME.png, NAME.jpg or \
-                     NAME.jpeg, case and all): {}",
+                    "not read: {} beside no image of their name (NAME.txt, or NAME.TXT, is the caption of NAME.png, \
+                     NAME.jpg or NAME.jpeg, the NAME's case and all): {}",
                     infinity_launcher::plural(notes.orphan_captions.len(), "caption file"),
                     first_few(&notes.orphan_captions)
                 );

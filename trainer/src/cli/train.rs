@@ -114,8 +114,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // a group the launcher restarts (INFINITY_RESUME=auto; torchrun's TORCHELASTIC_RESTART_COUNT above
     // 0) continues from run.dir's newest checkpoint, whatever --resume named for its first attempt (that
     // one, until run.dir has a checkpoint of its own)
-    let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto")
-        || env.as_ref().map_or(infinity_launcher::env::restart_attempt().map_err(bad)? > 0, |e| e.restarted());
+    let restarted_group = match env.as_ref() {
+        Some(e) => e.restarted(),
+        None => infinity_launcher::env::restart_attempt().map_err(bad)? > 0, // (a group of one)
+    };
+    let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto") || restarted_group;
     let newest = || train::latest_checkpoint(&cfg.run.dir);
     let fresh_start = a.resume.is_none() && !restarted;
     let resume = match a.resume.as_deref() {

@@ -176,8 +176,8 @@ impl Validator {
             let m = &s.ds.manifest;
             (!m.fingerprint_matches(was)).then(|| {
                 format!(
-                    "{} {} changed since the checkpoint of step {step} ({}): its losses in val.jsonl from here \
-                     on are not comparable with those before",
+                    "{} {} differs from the set the checkpoint of step {step} validated on ({}): its losses in \
+                     val.jsonl from here on are not comparable with those before",
                     s.key(),
                     s.ds.dir().display(),
                     m.fingerprint_changes(was).join("; ")
