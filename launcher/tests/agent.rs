@@ -265,7 +265,7 @@ fn a_time_limit_before_any_rank_ran_exits_as_a_signal_then() {
     let extra = node_of_two("0", &rdzv, &["--preempted-exit-code", "75", "--time-limit", "0:02"]);
     let mut agent = Agent::start(tmp.path(), "limit-waiting", &args(d, &extra, PATIENT_RANK));
     assert_eq!(agent.exit(Duration::from_secs(12)).code(), Some(143), "{}", agent.text());
-    let said = "the time limit came while waiting for the other agents; no rank running, exiting with 143";
+    let said = "the time limit came while waiting for the other agents; no rank started, exiting with 143";
     assert!(agent.text().contains(said), "{}", agent.text());
     assert!(!tmp.path().join("started.0").exists(), "{}", agent.text());
 }

@@ -155,6 +155,10 @@ impl Rounds {
     /// another run refuses it.
     pub fn join(&self, c: &mut StoreClient) -> Result<Joined> {
         check_run(c, &self.run_id)?;
+        // (an agent arriving after the group ended learns that first)
+        if let Some(code) = self.ended(c)? {
+            return Ok(Joined::Ended(code));
+        }
         self.check_settings(c)?;
         loop {
             if let Some(code) = self.ended(c)? {
@@ -184,24 +188,36 @@ impl Rounds {
         }
     }
 
-    /// The first agent of the run posts its settings; every later one compares its own with them before
-    /// it joins a round. An agent started with others (another `--nproc-per-node`, say) is refused
-    /// ([`Misconfigured`]: it exits 2) without joining, so a running group is not made to regroup only
-    /// to find the disagreement and stop on every node (which the check after each round still does
-    /// for agents that posted at once).
-    fn check_settings(&self, c: &mut StoreClient) -> Result<()> {
-        if self.settings.is_empty() {
-            return Ok(());
+    /// The settings of the group that runs, once a round's members agreed on them
+    /// ([`Rounds::post_settings`]); absent before.
+    fn settings_key(&self) -> String {
+        format!("{}/settings", self.base)
+    }
+
+    /// The members of a round agreed on their settings (`super::group::agree_on_settings`): later
+    /// agents compare theirs with them before they join ([`Rounds::check_settings`]).
+    pub fn post_settings(&self, c: &mut StoreClient) -> Result<()> {
+        match self.settings.is_empty() {
+            true => Ok(()),
+            false => c.set(&self.settings_key(), self.settings.as_bytes()),
         }
-        let key = format!("{}/settings", self.base);
-        if c.add(&format!("{key}/posted"), 1)? == 1 {
-            return c.set(&key, self.settings.as_bytes());
+    }
+
+    /// An agent started with other settings than those of the group that runs (another
+    /// `--nproc-per-node`, say) is refused ([`Misconfigured`]: it exits 2) before it joins a round, so
+    /// the group is not made to regroup only to find the disagreement and stop on every node. Before any
+    /// round has agreed there is nothing to compare with: the check after each round finds agents that
+    /// start together and disagree.
+    fn check_settings(&self, c: &mut StoreClient) -> Result<()> {
+        let key = self.settings_key();
+        if self.settings.is_empty() || !c.check(std::slice::from_ref(&key))?[0] {
+            return Ok(());
         }
         let group = String::from_utf8_lossy(&c.get(&key, SLOW_WRITE)?).into_owned();
         if group != self.settings {
             let msg = format!(
-                "{}: the elastic group was started with {group}; this agent has {}: not joining (start every \
-                 agent with the same)",
+                "{}: the elastic group runs with {group}; this agent has {}: not joining (start every agent with \
+                 the same)",
                 self.run_id, self.settings
             );
             return Err(Misconfigured(msg).into());
@@ -492,12 +508,17 @@ mod tests {
                 .with_settings(settings.into())
         };
         let alive = beating(&addr, "a");
-        let first = agent("a", "--nnodes 1:2 --nproc-per-node 2").join(&mut client(&addr)).unwrap();
-        assert_eq!(first, Joined::Member(Group { round: 0, node_rank: 0, nnodes: 1 }));
+        let first = agent("a", "--nnodes 1:2 --nproc-per-node 2");
+        assert_eq!(
+            first.join(&mut client(&addr)).unwrap(),
+            Joined::Member(Group { round: 0, node_rank: 0, nnodes: 1 })
+        );
+        // (the round's members agreed on their settings)
+        first.post_settings(&mut client(&addr)).unwrap();
         let err = agent("b", "--nnodes 1:2 --nproc-per-node 3").join(&mut client(&addr)).unwrap_err();
         assert!(err.downcast_ref::<Misconfigured>().is_some(), "{err:#}");
-        let want = "run: the elastic group was started with --nnodes 1:2 --nproc-per-node 2; this agent has --nnodes \
-                    1:2 --nproc-per-node 3: not joining";
+        let want = "run: the elastic group runs with --nnodes 1:2 --nproc-per-node 2; this agent has --nnodes 1:2 \
+                    --nproc-per-node 3: not joining";
         assert!(format!("{err:#}").starts_with(want), "{err:#}");
         // (nobody waits to join round 1: the running group is not asked to regroup)
         assert!(!client(&addr).check(&["run/elastic/1/joined".to_string()]).unwrap()[0]);

@@ -57,8 +57,9 @@ pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, world: 
 /// A root cause that blames a silent rank (`node` its node), set right by the flight records in `dir`
 /// (the attempt's log folder, `nproc` ranks a node): in a group of more than two the rank a timeout
 /// names may be waiting itself, while the records name the ranks that never entered the collective the
-/// others wait in. When those are all on one node, the report says so and that node is the root
-/// cause's (`root_cause_node`, which a drain reads); otherwise the report stands.
+/// others wait in. When the folder holds every rank's record and those ranks are all on one node, the
+/// report says so and that node is the root cause's (`root_cause_node`, which a drain reads);
+/// otherwise the report stands.
 pub(super) fn by_flight_records(
     dir: &Path,
     report: String,
@@ -68,7 +69,13 @@ pub(super) fn by_flight_records(
     if !report.contains(STOPPED_ANSWERING) {
         return (report, node);
     }
-    let absent = flight::never_entered(&flight::read_dumps(dir).0);
+    // (only from every rank's record: a node that sees some would move the root cause where another,
+    // seeing others, would not)
+    let dumps = flight::read_dumps(dir).0;
+    if dumps.is_empty() || dumps.iter().any(|d| d.world != dumps.len()) {
+        return (report, node);
+    }
+    let absent = flight::never_entered(&dumps);
     let nodes: std::collections::BTreeSet<usize> = absent.iter().map(|r| r / nproc.max(1)).collect();
     let (Some(&n), 1) = (nodes.first(), nodes.len()) else { return (report, node) };
     let ranks: Vec<String> = absent.iter().map(usize::to_string).collect();

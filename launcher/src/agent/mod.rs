@@ -368,6 +368,10 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 Ok(agreed) => agreed?,
             };
             client = c;
+            if let (Ok(()), Some(r)) = (&agreed, &rounds) {
+                // (what a later agent compares its own settings with before it joins)
+                r.post_settings(&mut client)?;
+            }
             if let Err(missing) = agreed {
                 let nodes: Vec<String> = missing.iter().map(usize::to_string).collect();
                 let missing_text = format!(

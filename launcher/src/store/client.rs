@@ -47,9 +47,8 @@ impl StoreClient {
             };
             if Instant::now() >= deadline {
                 bail!(
-                    "store {addr} not reachable within {secs:.0} s: {last_err} (the store is node 0's `infinity \
-                     launch`, or rank 0 without one: is it running, and listening at this address, --rdzv or \
-                     MASTER_ADDR:MASTER_PORT?)"
+                    "store {addr} not reachable within {secs:.0} s: {last_err} (the store is hosted by the agent \
+                     `--rdzv` names, node 0's, or without one by rank 0: is it running, and is this its address?)"
                 );
             }
             if progress.due() {

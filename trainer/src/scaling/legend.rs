@@ -31,6 +31,11 @@ const TAB10: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// A darker shade of a channel: two thirds of it (half made the greys and browns near black).
+fn dark(c: u8) -> u8 {
+    (u16::from(c) * 2 / 3) as u8
+}
+
 /// The colours of a figure: the ten, then a darker shade of each.
 pub(super) const COLOURS: usize = 2 * TAB10.len();
 
@@ -39,7 +44,7 @@ pub(super) fn colour(i: usize) -> RGBAColor {
     let RGBColor(r, g, b) = TAB10[i % TAB10.len()];
     match i / TAB10.len() % 2 {
         0 => RGBColor(r, g, b).to_rgba(),
-        _ => RGBColor(r / 2, g / 2, b / 2).to_rgba(),
+        _ => RGBColor(dark(r), dark(g), dark(b)).to_rgba(),
     }
 }
 
@@ -129,7 +134,7 @@ fn wrap(label: &str) -> Vec<String> {
     while rest.len() > WRAP {
         let cut = (WRAP / 2..WRAP).rev().find(|&i| matches!(rest[i], ' ' | '_' | ',' | '/')).map_or(WRAP, |i| i + 1);
         lines.push(rest[..cut].iter().collect::<String>().trim_end().to_string());
-        rest = rest[cut..].to_vec();
+        rest = rest[cut..].iter().copied().skip_while(|c| *c == ' ').collect();
     }
     lines.push(rest.into_iter().collect());
     lines

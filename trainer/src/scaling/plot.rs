@@ -114,6 +114,18 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
 
 type LogLin = Cartesian2d<WithKeyPoints<LogCoord<f64>>, RangedCoordf64>;
 
+/// The chart's area (960 wide, at the top left) and the legend's panel beside it, as tall as the
+/// figure. A tall legend makes the chart taller up to 1.6 × its 640 px, not beyond: a sweep of hundreds
+/// of runs would stretch it thin.
+fn chart_and_panel<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
+    root.fill(&WHITE).ok();
+    let (left, panel) = root.split_horizontally(SIZE.0 - PANEL_WIDTH);
+    let height = left.dim_in_pixel().1.min(SIZE.1 * 8 / 5);
+    (left.split_vertically(height).0, panel)
+}
+
 /// A white canvas with a titled chart: log compute on x (ticks at 1-2-5 values, at least 2), linear
 /// loss on y (labels with the decimals its range needs), labelled axes.
 fn chart<'a, 'b, DB: DrawingBackend>(
@@ -172,7 +184,7 @@ impl Figure for LossVsCompute<'_> {
             "compute C (FLOPs: 6·N·D + attention)",
             "loss (nats per bit; a point: a config's mean, bars ±1 std of its runs)",
         );
-        let (plot, panel) = root.split_horizontally(SIZE.0 - PANEL_WIDTH);
+        let (plot, panel) = chart_and_panel(root);
         let mut chart = chart(&plot, &caption, axes, &self.xr, &self.yr)?;
         let mut keys = Vec::new();
         // a config run more than once: its runs' spread
@@ -303,7 +315,7 @@ impl Figure for Curves {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let (plot, panel) = root.split_horizontally(SIZE.0 - PANEL_WIDTH);
+        let (plot, panel) = chart_and_panel(root);
         let mut chart = chart(&plot, &self.caption, self.axes, &self.xr, &self.yr)?;
         let mut keys = Vec::new();
         for (name, segments, look) in &self.series {

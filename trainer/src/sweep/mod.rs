@@ -225,10 +225,11 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     // (a missing base file is the sweep file's error, not each run's)
     if !base.is_file() {
         bail!(
-            "{}: `base` = {:?}: no config file at {} (a path relative to the sweep file's folder)",
+            "{}: `base` = {:?}: no config file at {}{}",
             path.display(),
             sweep.base.display(),
-            base.display()
+            base.display(),
+            if sweep.base.is_relative() { " (a path relative to the sweep file's folder)" } else { "" }
         );
     }
 
