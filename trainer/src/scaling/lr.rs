@@ -49,7 +49,7 @@ pub struct LrGroup {
 
 impl LrGroup {
     /// The mean finite loss of the finished runs at each learning rate (rising), where there is one.
-    fn means(&self) -> Vec<(f64, f64)> {
+    pub fn means(&self) -> Vec<(f64, f64)> {
         let mut out: Vec<(f64, f64)> = Vec::new();
         for p in &self.points {
             if out.last().is_some_and(|o| o.0 == p.lr) {

@@ -412,23 +412,30 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
     Ok(true)
 }
 
-/// Loss against the learning rate, a line per group of a learning-rate sweep (runs without a finite
-/// loss left out): a colour per model shape and budget (`run.steps`), μP dashed. False, and nothing
-/// written, when no run has a finite loss.
+/// Loss against the learning rate, a line per group of a learning-rate sweep through each rate's mean
+/// over its finished runs, and a dot per run (runs without a finite loss left out): a colour per model
+/// shape and budget (`run.steps`), μP dashed. False, and nothing written, when no run has a finite
+/// loss.
 pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
     let shape = |g: &LrGroup| (g.order.1, g.order.2, g.order.3);
     let mut shapes: Vec<(usize, usize, u64)> = groups.iter().map(shape).collect();
     shapes.sort();
     shapes.dedup();
-    let series: Series = groups
-        .iter()
-        .map(|g| {
-            let colour = shapes.iter().position(|s| *s == shape(g)).unwrap_or(0);
-            let pts: Vec<(f64, f64)> = g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect();
-            (g.label.clone(), vec![pts], Look { mark: Mark::Dot, ..Look::line(colour, g.order.0) })
-        })
-        .filter(|(_, p, _)| !p[0].is_empty())
-        .collect();
+    let mut series: Series = Vec::new();
+    for g in groups {
+        let colour = shapes.iter().position(|s| *s == shape(g)).unwrap_or(0);
+        // a line through each rate's mean over its finished runs (of several seeds), a dot for every run
+        let (means, runs) = (g.means(), g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect::<Vec<_>>());
+        let dots = Look { colour, line: Stroke::None, mark: Mark::Dot };
+        match means.is_empty() {
+            true => series.push((g.label.clone(), vec![runs], dots)),
+            false => {
+                series.push((g.label.clone(), vec![means], Look::line(colour, g.order.0)));
+                series.push((String::new(), vec![runs], dots));
+            }
+        }
+    }
+    series.retain(|(_, p, _)| !p[0].is_empty());
     if series.is_empty() {
         return Ok(false);
     }
