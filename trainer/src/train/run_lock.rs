@@ -50,7 +50,12 @@ impl RunLock {
         let start = std::time::Instant::now();
         loop {
             let lock = Self::lock_file(run, (patience, start))?;
-            if !lock.held || matches!(lock.in_place(run), Ok(true)) {
+            // (a file that cannot be looked at otherwise is taken as in place: no retry could tell)
+            let unlinked = match lock.in_place(run) {
+                Ok(here) => !here,
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            };
+            if !lock.held || !unlinked {
                 return Ok(lock);
             }
             drop(lock);

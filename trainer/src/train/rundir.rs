@@ -39,9 +39,9 @@ pub fn absent(run: &Path) -> Vec<PathBuf> {
     run.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect()
 }
 
-/// Removes the folders of [`absent`] that a run made, `run` first, while they hold nothing (`run` nothing but the run
-/// lock's file): a run refused before it wrote anything leaves no empty folder that a scheduler's
-/// retry or a sweep would take for a run.
+/// Removes the folders of [`absent`] that a run made, `run` first, while they hold nothing (`run`
+/// nothing but the run lock's file): a run refused before it wrote anything leaves no empty folder
+/// that a scheduler's retry or a sweep would take for a run.
 pub fn remove_unused(made: &[PathBuf]) {
     for (i, dir) in made.iter().enumerate() {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
