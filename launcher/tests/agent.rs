@@ -419,6 +419,29 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
     }
 }
 
+/// An agent of a fixed group (`--nnodes 2`) pointed at a running elastic group's store is refused at
+/// once (exit 2, naming both settings) instead of waiting out its rendezvous timeout; the elastic group
+/// goes on without regrouping.
+#[test]
+fn a_fixed_groups_agent_at_an_elastic_groups_store_exits_2_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let elastic = ["--nnodes", "1:2", "--rdzv", &rdzv, "--token", "t", "--rdzv-last-call-s", "1"];
+    let mut group = Agent::start(tmp.path(), "elastic", &args(d, &elastic, PATIENT_RANK));
+    wait_started(tmp.path(), 1, Duration::from_secs(15));
+    let t0 = Instant::now();
+    let mut fixed = Agent::start(tmp.path(), "fixed", &args(d, &node_of_two("1", &rdzv, &[]), "exit 0"));
+    assert_eq!(fixed.exit(Duration::from_secs(14)).code(), Some(2), "{}", fixed.text());
+    assert!(t0.elapsed() < Duration::from_secs(10), "refused after {:?}, not at once", t0.elapsed());
+    let text = fixed.text();
+    assert!(text.contains("the store serves an elastic group (--nnodes 1:2 --nproc-per-node 1"), "{text}");
+    assert!(text.contains("this agent has --nnodes 2 --nproc-per-node 1"), "{text}");
+    group.signal(libc::SIGTERM);
+    group.exit(Duration::from_secs(15));
+    assert!(!group.text().contains("round 1"), "the elastic group regrouped:\n{}", group.text());
+}
+
 /// Whether `pid` is a living process (a zombie is not: PID 1 in a container may never reap one).
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

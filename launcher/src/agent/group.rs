@@ -126,6 +126,40 @@ pub(super) fn check_run(c: &mut StoreClient, run_id: &str) -> Result<()> {
     c.for_run(run_id)
 }
 
+/// A fixed group's agents and an elastic group's meet under different store keys: an agent of the other
+/// kind (`--nnodes 2` at a store where `--nnodes 1:2` agents run, or the reverse) would wait out
+/// `--rdzv-timeout-s` for nodes that never come, unseen by the group. Each agent counts itself in under
+/// its kind (`RUN_ID/kind/fixed` or `RUN_ID/kind/elastic`) and then looks for the other kind: an agent
+/// that finds it is refused ([`Misconfigured`]: it exits 2) and counts itself out again, so agents of
+/// the right kind that come later are not refused for it. (Two of different kinds that arrive at once
+/// may both be refused: the command lines disagree either way.) `mine` is this agent's
+/// [`settings_line`], kept for the other kind's message.
+pub(super) fn check_kind(c: &mut StoreClient, run_id: &str, elastic: bool, mine: &str) -> Result<()> {
+    check_run(c, run_id)?;
+    let kinds = [false, true].map(|e| format!("{run_id}/kind/{}", if e { "elastic" } else { "fixed" }));
+    let (me, other) = (&kinds[usize::from(elastic)], &kinds[usize::from(!elastic)]);
+    c.add(me, 1)?;
+    if c.add(other, 0)? <= 0 {
+        c.set(&format!("{me}/settings"), mine.as_bytes())?;
+        return Ok(());
+    }
+    c.add(me, -1)?;
+    let key = format!("{other}/settings");
+    let theirs = match c.check(std::slice::from_ref(&key))?[0] {
+        true => String::from_utf8_lossy(&c.get(&key, Duration::from_secs(5))?).into_owned(),
+        false => "its agents' settings".to_string(),
+    };
+    let (group, hint) = match elastic {
+        true => ("a fixed group", "--nnodes N with --node-rank"),
+        false => ("an elastic group", "--nnodes MIN:MAX"),
+    };
+    let msg = format!(
+        "{run_id}: the store serves {group} ({theirs}); this agent has {mine}: not joining (start every agent \
+         with the group's {hint})"
+    );
+    Err(Misconfigured(msg).into())
+}
+
 /// The attempt a fixed group's agent meets the others for first, once the store took its run id
 /// ([`check_run`]): the group's current one (0 for a new group). An agent that replaces a lost node's
 /// (a restarted pod or node) finds the lost agent's claim on that attempt: it waits (up to `timeout`)
@@ -445,6 +479,28 @@ mod tests {
 
     /// A restart's rendezvous that times out names a missing node that had ended an earlier attempt
     /// (its ranks finished, its agent exited 0) rather than only `start infinity launch there`.
+    /// An agent of a fixed group at an elastic group's store is refused at once, naming both settings,
+    /// and so is the reverse; a refused agent does not make later agents of the right kind refused.
+    #[test]
+    fn an_agent_of_the_other_kind_of_group_is_refused() {
+        let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
+        let client = || StoreClient::connect(&server.addr.to_string(), "t", "test", Duration::from_secs(5)).unwrap();
+        let elastic = "--nnodes 1:2 --nproc-per-node 1";
+        check_kind(&mut client(), "run", true, elastic).unwrap();
+        let err = check_kind(&mut client(), "run", false, "--nnodes 2 --nproc-per-node 1").unwrap_err();
+        assert!(err.downcast_ref::<Misconfigured>().is_some(), "{err:#}");
+        let want = "run: the store serves an elastic group (--nnodes 1:2 --nproc-per-node 1); this agent has \
+                    --nnodes 2 --nproc-per-node 1: not joining (start every agent with the group's --nnodes MIN:MAX)";
+        assert_eq!(format!("{err:#}"), want);
+        check_kind(&mut client(), "run", true, elastic).unwrap();
+
+        // another run id at the same store: a fixed group of its own, whose later elastic agent is refused
+        check_kind(&mut client(), "other", false, "--nnodes 2 --nproc-per-node 1").unwrap();
+        let err = format!("{:#}", check_kind(&mut client(), "other", true, elastic).unwrap_err());
+        assert!(err.starts_with("other: the store serves a fixed group (--nnodes 2 --nproc-per-node 1)"), "{err}");
+        check_kind(&mut client(), "other", false, "--nnodes 2 --nproc-per-node 1").unwrap();
+    }
+
     #[test]
     fn a_node_that_ended_an_earlier_attempt_is_named_as_such() {
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();

@@ -30,8 +30,8 @@ mod watch;
 pub use elastic::Nodes;
 use elastic::{Group, Joined, Rounds};
 use group::{
-    agree_on_settings, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store, settings_line,
-    wait_for_agents, Ending, Misconfigured, CURRENT_ATTEMPT,
+    agree_on_settings, check_kind, ended_nodes, failed_attempts, first_attempt, group_outcome, host_store,
+    settings_line, wait_for_agents, Ending, Misconfigured, CURRENT_ATTEMPT,
 };
 pub use nproc::visible_gpu_ids;
 pub use numa::NumaBinding;
@@ -247,20 +247,24 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
 
     // a fixed group's agent may replace a lost node's (a restarted pod or node): it joins the group's
     // current attempt, or the next one when the lost agent had joined the current
-    let first = match rounds {
-        Some(_) => 0,
-        None => {
-            let (run_id, node, max_restarts) = (p.run_id.clone(), p.node_rank, a.max_restarts);
-            let find = tokio::task::spawn_blocking(move || {
-                let k = first_attempt(&mut client, &run_id, node, max_restarts, timeout);
-                (client, k)
+    // (an agent of the other kind of group, fixed or elastic, is refused first: it would wait for nodes
+    // that never come)
+    let first = {
+        let (run_id, node, max_restarts, elastic) = (p.run_id.clone(), p.node_rank, a.max_restarts, rounds.is_some());
+        let mine = settings_line(&a, rounds.as_ref().map_or(p.nnodes, |r| r.min));
+        let find = tokio::task::spawn_blocking(move || {
+            let k = check_kind(&mut client, &run_id, elastic, &mine).and_then(|()| match elastic {
+                true => Ok(0),
+                false => first_attempt(&mut client, &run_id, node, max_restarts, timeout),
             });
-            match until_signal(&mut signals, find, "waiting for the group's attempt to end").await {
-                Err(code) => return Ok(code),
-                Ok((c, k)) => {
-                    client = c;
-                    k?
-                }
+            (client, k)
+        });
+        let what = if rounds.is_some() { "checking the group" } else { "waiting for the group's attempt to end" };
+        match until_signal(&mut signals, find, what).await {
+            Err(code) => return Ok(code),
+            Ok((c, k)) => {
+                client = c;
+                k?
             }
         }
     };
