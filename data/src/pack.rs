@@ -139,6 +139,8 @@ struct Listing {
     datasets: Vec<PathBuf>,
     /// `.txt` files beside no image of their name.
     orphan_captions: Vec<PathBuf>,
+    /// Second caption files of an image that has one (`NAME.TXT` beside `NAME.txt`), not read.
+    extra_captions: Vec<PathBuf>,
     /// The images lie directly in the folder: one class, named after it.
     loose: bool,
 }
@@ -247,7 +249,10 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let images: std::collections::HashSet<String> = entries.iter().map(|e| lower(&e.path.with_extension(""))).collect();
     let short = |t: &PathBuf| lower(t).strip_suffix(".short.txt").is_some_and(|stem| images.contains(stem));
     txt.retain(|t| !read.contains(t) && !short(t));
-    Ok(Listing { entries, names, skipped, datasets, orphan_captions: txt, loose: classes.is_empty() })
+    // (what is left beside an image whose other caption file was read is a second caption, not an orphan)
+    let captioned: std::collections::HashSet<PathBuf> = read.iter().map(|c| c.with_extension("")).collect();
+    let (extra_captions, orphan_captions) = txt.into_iter().partition(|t| captioned.contains(&t.with_extension("")));
+    Ok(Listing { entries, names, skipped, datasets, orphan_captions, extra_captions, loose: classes.is_empty() })
 }
 
 /// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,
@@ -273,6 +278,9 @@ pub struct PackNotes {
     pub emptied_classes: Vec<(String, usize)>,
     /// `.txt` files beside no image of their name, so no image's caption.
     pub orphan_captions: Vec<PathBuf>,
+    /// Second caption files beside an image that has one (`NAME.TXT` beside `NAME.txt`), not read: the
+    /// one whose extension is `txt` in lower case is.
+    pub extra_captions: Vec<PathBuf>,
     /// Images without a `NAME.txt` caption, when some have one.
     pub uncaptioned: usize,
     /// With `skip_bad`: the images left out, and why.
@@ -338,7 +346,15 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
         })
         .collect();
     let (names, orphan_captions) = (vec![folder_name(meta)], Vec::new());
-    let listing = Listing { entries, names, skipped, datasets: Vec::new(), orphan_captions, loose: true };
+    let listing = Listing {
+        entries,
+        names,
+        skipped,
+        datasets: Vec::new(),
+        orphan_captions,
+        extra_captions: Vec::new(),
+        loose: true,
+    };
     let (m, fit, notes) = pack_listing(meta, listing, out, opts)?;
     Ok((m, fit, PackNotes { short_captions, ..notes }))
 }
@@ -367,7 +383,7 @@ fn pack_listing(
     out: &Path,
     opts: &PackOptions,
 ) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    let Listing { entries, names: class_names, skipped, datasets, orphan_captions, loose } = listing;
+    let Listing { entries, names: class_names, skipped, datasets, orphan_captions, extra_captions, loose } = listing;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -479,6 +495,7 @@ fn pack_listing(
         datasets,
         emptied_classes,
         orphan_captions,
+        extra_captions,
         uncaptioned,
         bad,
         short_captions: 0,

@@ -306,8 +306,8 @@ fn captions_lose_a_byte_order_mark_and_class_names_must_be_utf8() {
 }
 
 /// Captions as other tools save them are read: UTF-16 with its byte-order mark (Windows Notepad's
-/// "Unicode"), either byte order, and `NAME.TXT`; a caption in another encoding is a bad image, named,
-/// which `--skip-bad` leaves out.
+/// "Unicode"), either byte order, and `NAME.TXT` (`NAME.txt` first, the other a second caption, named);
+/// a caption in another encoding is a bad image, named, which `--skip-bad` leaves out.
 #[test]
 fn captions_in_utf16_or_named_in_capitals_are_read() {
     let src = tempfile::tempdir().unwrap();
@@ -320,6 +320,8 @@ fn captions_in_utf16_or_named_in_capitals_are_read() {
     std::fs::write(src.path().join("roses/0.txt"), utf16("a red rosé\r\n", false)).unwrap();
     std::fs::write(src.path().join("roses/1.TXT"), utf16("a pink rose", true)).unwrap();
     std::fs::write(src.path().join("roses/2.TXT"), "a white rose\0").unwrap(); // (a C string's end)
+                                                                               // (a second caption beside 0.txt: not read, and named as such rather than as beside no image)
+    std::fs::write(src.path().join("roses/0.TXT"), "a rose").unwrap();
     let out = tempfile::tempdir().unwrap();
     let opts = pack::PackOptions {
         fit_images: 3,
@@ -328,6 +330,7 @@ fn captions_in_utf16_or_named_in_capitals_are_read() {
     };
     let (_, _, notes) = pack::pack(src.path(), out.path(), &opts).unwrap();
     assert!(notes.orphan_captions.is_empty() && notes.skipped.is_empty() && notes.uncaptioned == 0, "{notes:?}");
+    assert_eq!(notes.extra_captions, [src.path().join("roses/0.TXT")]);
     let ds = Dataset::open(out.path(), Checksums::Verify).unwrap();
     let captions: Vec<_> = (0..3).map(|i| ds.row(i).caption.map(str::to_string)).collect();
     assert_eq!(captions, [Some("a red rosé".into()), Some("a pink rose".into()), Some("a white rose".into())]);

@@ -278,6 +278,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     first_few(&notes.orphan_captions)
                 );
             }
+            if !notes.extra_captions.is_empty() {
+                console!(
+                    "not read: {} beside an image whose caption was read from another (one caption per image: NAME.txt, \
+                     else NAME.TXT): {}",
+                    infinity_launcher::plural(notes.extra_captions.len(), "second caption file"),
+                    first_few(&notes.extra_captions)
+                );
+            }
             if notes.short_captions > 0 {
                 console!(
                     "short captions (`text`) not stored, which text datasets alone read (tools/write_shards.py \
