@@ -34,8 +34,9 @@ pub enum DataError {
     #[error("{path}: file is {found} bytes, manifest expects {expected} bytes (truncated or replaced shard)")]
     Size { path: PathBuf, expected: u64, found: u64 },
 
-    #[error("{path}: crc32c checksum is {found}, manifest expects {expected} (corrupt shard)")]
-    Checksum { path: PathBuf, expected: String, found: String },
+    /// `why`: "corrupt shard", or that `expected` is another checksum of the file (zlib's CRC-32).
+    #[error("{path}: crc32c checksum is {found}, manifest expects {expected} ({why})")]
+    Checksum { path: PathBuf, expected: String, found: String, why: String },
 
     /// `format`: what the file should have been ("Arrow IPC file", the tokenizer's safetensors).
     #[error("{path}: not a readable {format}: {detail}")]

@@ -141,20 +141,31 @@ impl VerifyReport {
     }
 }
 
-/// Where a row's bits disagree with the multi-scale BSQ of its stored latent by more than rounding:
-/// `(token, bit, residual)` of the first such bit and how many there are. A bit whose residual is
-/// within `1e-4 · max(1, max |latent|)` of zero may differ between two faithful implementations
-/// (another tokenizer's float order) and is not counted.
+/// Where a row's bits are not the multi-scale BSQ of its stored latent: `(token, bit, residual)` of the
+/// first bit that is not the sign of its residual by more than rounding, and how many there are. Each
+/// scale's residual is the latent less the codes of the row's own bits of the scales before it
+/// ([`bsq::residuals_given_bits`]): a bit whose residual is within `1e-4 · max(1, max |latent|)` of zero
+/// may go either way in two faithful implementations (another tokenizer's float order), and the later
+/// scales that follow from the way it went are as faithful. The first bit named is where the row goes
+/// wrong; the bits after it count those that disagree with the history it made.
 pub fn bsq_mismatch(row: &RowRef, sched: &ScaleSchedule, d: usize) -> Option<((usize, usize, f32), usize)> {
     let latent = crate::manifest::TextDtype::F16.to_f32(row.latent?); // the stored f16 values, widened
-    let enc = bsq::encode_multiscale(&latent, d, &sched.hw());
-    let mut stored = vec![0u8; enc.bits.len()];
+    let scales = sched.hw();
+    let mut stored = vec![0u8; bsq::num_tokens(&scales) * d];
     format::unpack_bits(row.bits, d, &mut stored);
+    let residual = bsq::residuals_given_bits(&latent, d, &scales, &stored);
     let tol = 1e-4 * latent.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    let mut wrong = (0..stored.len()).filter(|&i| stored[i] != enc.bits[i] && enc.residual[i].abs() > tol);
+    let mut wrong = (0..stored.len()).filter(|&i| stored[i] != (residual[i] > 0.0) as u8 && residual[i].abs() > tol);
     let first = wrong.next()?;
-    Some(((first / d, first % d, enc.residual[first]), 1 + wrong.count()))
+    Some(((first / d, first % d, residual[first]), 1 + wrong.count()))
 }
+
+/// The note of a dataset where most rows' bits are not their latents' BSQ: the usual causes.
+const BSQ_HINT: &str = "most rows' bits differ from their latent's multi-scale BSQ, which points at the writer's \
+     conventions (docs/data-format.md, \"Bits: order and packing\"): bit i of a token is bit i % 8 of byte i / 8 \
+     (least significant first), the latent is channel-major [d, H, W], `area` is adaptive average pooling and \
+     `bilinear` has align_corners=False, and the bits are those of the stored f16 latent, not of the f32 one \
+     before rounding";
 
 /// Check everything: manifest, every shard's size, checksum, schema and row count, every row (its bits
 /// against the BSQ of its latent too), that ids are unique, and the tokenizer file. Keeps going after a
@@ -216,37 +227,50 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
         // values must be finite, and the bits the BSQ of the stored latent (what training re-quantises
         // with flips)
-        let mismatched: Vec<String> = sound
+        // (`true`: bits that are not their latent's BSQ; `false`: a value that is not finite)
+        let mismatched: Vec<(bool, String)> = sound
             .par_iter()
             .filter_map(|&row| {
                 let rr = shard.row(row);
                 if let Some((column, i)) = crate::reader::non_finite(&rr, &m) {
-                    return Some(format!(
-                        "{}: row {row} (id {}), column `{column}`: expected finite values, found a NaN or an \
-                         infinity at value {i}",
-                        path.display(),
-                        rr.id
+                    return Some((
+                        false,
+                        format!(
+                            "{}: row {row} (id {}), column `{column}`: expected finite values, found a NaN or an \
+                             infinity at value {i}",
+                            path.display(),
+                            rr.id
+                        ),
                     ));
                 }
                 let ((t, b, res), n) = bsq_mismatch(&rr, &m.schedules[rr.bucket as usize], m.d as usize)?;
-                Some(format!(
-                    "{} row {row} (id {}): {n} bits differ from the multi-scale BSQ of the stored latent (first: \
-                     token {t}, bit {b}, residual {res:e})",
-                    path.display(),
-                    rr.id
+                Some((
+                    true,
+                    format!(
+                        "{} row {row} (id {}): {n} bits differ from the multi-scale BSQ of the stored latent (first: \
+                     token {t}, bit {b}, residual {res:e}, given the row's bits of earlier scales)",
+                        path.display(),
+                        rr.id
+                    ),
                 ))
             })
             .collect();
+        let unlike = mismatched.iter().filter(|(bsq, _)| *bsq).count();
         if mismatched.len() > 20 {
             r.unlisted += mismatched.len() - 20;
+            let non_finite = mismatched.len() - unlike;
             r.notes.push(format!(
-                "{}: {} rows with non-finite values or bits that differ from their latent's BSQ ({} not listed)",
+                "{}: {non_finite} rows with non-finite values and {unlike} whose bits differ from their latent's BSQ \
+                 ({} not listed)",
                 path.display(),
-                mismatched.len(),
                 mismatched.len() - 20
             ));
         }
-        r.problems.extend(mismatched.into_iter().take(20));
+        // (most rows wrong is a convention of the writer's, not damage)
+        if m.columns().latent && unlike >= 2 && unlike * 2 > sound.len() && !r.notes.iter().any(|n| n == BSQ_HINT) {
+            r.notes.push(BSQ_HINT.to_string());
+        }
+        r.problems.extend(mismatched.into_iter().take(20).map(|(_, p)| p));
         if bad > 20 {
             r.unlisted += bad - 20;
             r.notes.push(format!("{}: {} more bad rows not listed", path.display(), bad - 20));

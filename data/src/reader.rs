@@ -122,7 +122,16 @@ impl Shard {
         if let (Some(e), Checksums::Verify) = (entry, checksums) {
             let found = format!("{:08x}", crc32c::crc32c(&mmap));
             if found != e.crc32c {
-                return Err(DataError::Checksum { path: path.into(), expected: e.crc32c.clone(), found });
+                // (zlib's CRC-32, which Python's zlib.crc32 gives, is the usual mistake of a writer)
+                let why = match format!("{:08x}", crc32fast::hash(&mmap)) == e.crc32c {
+                    true => {
+                        "the manifest holds zlib's CRC-32 of the file (zlib.crc32, binascii.crc32): the format \
+                             wants CRC-32C (Castagnoli), e.g. the `crc32c` package's crc32c()"
+                    }
+                    false => "corrupt shard, or a checksum other than CRC-32C",
+                };
+                let (expected, why) = (e.crc32c.clone(), why.to_string());
+                return Err(DataError::Checksum { path: path.into(), expected, found, why });
             }
         }
         // `decode` checks what Arrow's decoder would assert on; should a malformed file still reach an
@@ -130,7 +139,10 @@ impl Shard {
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path, mmap)));
         let batches =
             decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
-        let cols = batches.iter().map(|b| BatchColumns::new(path, b, columns)).collect::<Result<Vec<_>>>()?;
+        let starts = batches.iter().scan(0, |row, b| Some(std::mem::replace(row, *row + b.num_rows())));
+        let cols = (batches.iter().zip(starts))
+            .map(|(b, first_row)| BatchColumns::new(path, b, columns, first_row))
+            .collect::<Result<Vec<_>>>()?;
         let mut batch_starts = vec![0usize];
         for b in &cols {
             batch_starts.push(batch_starts.last().unwrap() + b.id.len());
@@ -240,11 +252,23 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
             let tok = info.width as usize * 2;
             let n = t.len() / tok;
             if t.len() % tok != 0 || n == 0 || n > info.max_tokens as usize {
-                return fail(
-                    column,
-                    format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width),
-                    format!("{} bytes", t.len()),
-                );
+                // (what the length would be in a writer's usual mistakes: empty bytes for none, f32 values)
+                let found = match t.len() {
+                    0 if column == format::COL_TEXT_SHORT => {
+                        "0 bytes (a row without a short caption holds a null, not empty bytes)".to_string()
+                    }
+                    len if len % (2 * tok) == 0 && (1..=info.max_tokens as usize).contains(&(len / (2 * tok))) => {
+                        format!(
+                            "{len} bytes ({n} tokens at 2 bytes a value, or {} at 4: f32 values where the manifest \
+                             says {}?)",
+                            len / (2 * tok),
+                            serde_json::to_string(&info.dtype).unwrap_or_default()
+                        )
+                    }
+                    len if len % tok == 0 => format!("{len} bytes ({n} tokens)"),
+                    len => format!("{len} bytes (not a whole number of tokens)"),
+                };
+                return fail(column, format!("1..={} tokens × width {} × 2 bytes", info.max_tokens, info.width), found);
             }
         }
     }
@@ -416,10 +440,12 @@ fn block_range(offset: i64, meta: i32, body: i64, limit: usize) -> Option<Range<
 }
 
 impl BatchColumns {
-    fn new(path: &Path, batch: &RecordBatch, want: Columns) -> Result<BatchColumns> {
+    /// The columns of `batch`, whose first row is the shard's row `first_row`.
+    fn new(path: &Path, batch: &RecordBatch, want: Columns, first_row: usize) -> Result<BatchColumns> {
         fn column<A: Array + Clone + 'static>(
             path: &Path,
             batch: &RecordBatch,
+            first_row: usize,
             name: &str,
             ty: DataType,
             nullable_ok: bool,
@@ -435,7 +461,16 @@ impl BatchColumns {
                 return Err(schema_err(col.data_type().to_string()));
             }
             if !nullable_ok && col.null_count() > 0 {
-                return Err(schema_err(format!("{} null values", col.null_count())));
+                // (named by row, and by id where the id column has one there)
+                let i = (0..col.len()).find(|&i| col.is_null(i)).expect("a null counted");
+                let id = batch
+                    .column_by_name(format::COL_ID)
+                    .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                    .filter(|ids| ids.is_valid(i))
+                    .map_or(String::new(), |ids| format!(", id {}", ids.value(i)));
+                let n = col.null_count();
+                let (values, first) = if n == 1 { ("value", "") } else { ("values", "the first ") };
+                return Err(schema_err(format!("{n} null {values} ({first}at row {}{id})", first_row + i)));
             }
             Ok(col.as_any().downcast_ref::<A>().expect("type checked above").clone())
         }
@@ -460,28 +495,28 @@ impl BatchColumns {
         unexpected(format::COL_TEXT_SHORT, want.text_emb_short)?;
         unexpected(format::COL_CAPTION, want.caption)?;
         Ok(BatchColumns {
-            id: column(path, batch, format::COL_ID, DataType::UInt64, false)?,
-            bucket: column(path, batch, format::COL_BUCKET, DataType::UInt16, false)?,
-            bits: column(path, batch, format::COL_BITS, DataType::Binary, false)?,
+            id: column(path, batch, first_row, format::COL_ID, DataType::UInt64, false)?,
+            bucket: column(path, batch, first_row, format::COL_BUCKET, DataType::UInt16, false)?,
+            bits: column(path, batch, first_row, format::COL_BITS, DataType::Binary, false)?,
             latent: want
                 .latent
-                .then(|| column(path, batch, format::COL_LATENT, DataType::Binary, false))
+                .then(|| column(path, batch, first_row, format::COL_LATENT, DataType::Binary, false))
                 .transpose()?,
             class_label: want
                 .class_label
-                .then(|| column(path, batch, format::COL_CLASS, DataType::Int32, false))
+                .then(|| column(path, batch, first_row, format::COL_CLASS, DataType::Int32, false))
                 .transpose()?,
             text_emb: want
                 .text_emb
-                .then(|| column(path, batch, format::COL_TEXT, DataType::Binary, false))
+                .then(|| column(path, batch, first_row, format::COL_TEXT, DataType::Binary, false))
                 .transpose()?,
             text_emb_short: want
                 .text_emb_short
-                .then(|| column(path, batch, format::COL_TEXT_SHORT, DataType::Binary, true))
+                .then(|| column(path, batch, first_row, format::COL_TEXT_SHORT, DataType::Binary, true))
                 .transpose()?,
             caption: want
                 .caption
-                .then(|| column(path, batch, format::COL_CAPTION, DataType::Utf8, true))
+                .then(|| column(path, batch, first_row, format::COL_CAPTION, DataType::Utf8, true))
                 .transpose()?,
         })
     }

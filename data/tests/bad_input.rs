@@ -54,6 +54,18 @@ fn flipped_byte_is_a_checksum_error() {
     std::fs::write(&path, &bytes).unwrap();
     let e = open_err(dir.path());
     assert!(e.contains("shard-00001.arrow") && e.contains("crc32c") && e.contains(&m.shards[1].crc32c), "{e}");
+    assert!(e.contains("(corrupt shard, or a checksum other than CRC-32C)"), "{e}");
+}
+
+/// A manifest whose checksum is zlib's CRC-32 of the shard (Python's zlib.crc32) is told so.
+#[test]
+fn a_zlib_crc32_in_the_manifest_is_named_as_such() {
+    let (dir, mut m) = dataset(30);
+    let bytes = std::fs::read(dir.path().join(&m.shards[1].file)).unwrap();
+    m.shards[1].crc32c = format!("{:08x}", crc32fast::hash(&bytes));
+    m.save(dir.path()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shard-00001.arrow") && e.contains("the manifest holds zlib's CRC-32 of the file"), "{e}");
 }
 
 #[test]
@@ -146,6 +158,40 @@ fn schema_mismatch_names_the_column_and_types() {
     replace_shard0(dir.path(), &mut m, basic_columns(vec![&[0u8; 4]; 3]));
     let e = open_err(dir.path());
     assert!(e.contains("column `text_emb_short`") && e.contains("declare it (conditions.text.short_caption)"), "{e}");
+    m.conditions.text.as_mut().unwrap().short_caption = true;
+
+    // a null where the format has none: its row named, and its id
+    let mut cols = basic_columns(vec![&[0u8; 4]; 3]);
+    cols[4] = ("class_label", Arc::new(Int32Array::from(vec![Some(1), None, None])));
+    replace_shard0(dir.path(), &mut m, cols);
+    let e = open_err(dir.path());
+    assert!(
+        e.contains(
+            "column `class_label`: expected Int32 without nulls, found 2 null values (the first at row 1, id 1)"
+        ),
+        "{e}"
+    );
+}
+
+/// Text embeddings of the wrong length say what the length would fit: f32 values where the manifest says
+/// 16-bit ones, empty bytes where a row without a short caption holds a null.
+#[test]
+fn text_embeddings_of_a_writers_usual_mistakes_are_named_as_such() {
+    let (dir, mut m) = dataset(30);
+    let l = m.schedules[0].num_tokens();
+    let good = vec![0u8; l * 2];
+    let f32_text = vec![0u8; 4 * common::TEXT_WIDTH * 4]; // 4 tokens of f32: 8 tokens of 2 bytes, over 5
+    let mut cols = basic_columns(vec![&good; 3]);
+    let text = vec![0u8; common::TEXT_WIDTH * 2];
+    cols[5] = ("text_emb", Arc::new(BinaryArray::from(vec![text.as_slice(), f32_text.as_slice(), text.as_slice()])));
+    cols[6] = ("text_emb_short", Arc::new(BinaryArray::from_opt_vec(vec![None, None, Some(&[][..])])));
+    replace_shard0(dir.path(), &mut m, cols);
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    let e = ds.validate_row(1).unwrap_err().to_string();
+    let bytes = f32_text.len();
+    assert!(e.contains(&format!("found {bytes} bytes (8 tokens at 2 bytes a value, or 4 at 4: f32 values")), "{e}");
+    let e = ds.validate_row(2).unwrap_err().to_string();
+    assert!(e.contains("column `text_emb_short`") && e.contains("holds a null, not empty bytes"), "{e}");
 }
 
 #[test]
@@ -294,7 +340,8 @@ fn verify_lists_every_problem() {
 }
 
 /// What the checksums and the loader's length checks cannot see, named by verify: a NaN in a latent,
-/// bits that are not the BSQ of their row's latent, and ids used twice.
+/// bits that are not the BSQ of their row's latent (first where they go wrong; a zero residual's bit
+/// sent the other way is no error), and ids used twice.
 #[test]
 fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     let (dir, mut m) = dataset(12);
@@ -305,6 +352,27 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     let mut rows: Vec<_> = (0..4).map(|i| common::random_row(&square, i, &mut rng)).collect();
     rows[1].latent.as_mut().unwrap()[2 * 5..2 * 6].copy_from_slice(&half::f16::NAN.to_le_bytes());
     rows[2].bits[0] ^= 1; // token 0, bit 0: the coarsest scale, far from rounding
+                          // row 0: a tokenizer that sent a zero residual's bit (scale 0, channel 0) the other way, and encoded
+                          // the later scales from there: as faithful as ours, so not named
+    {
+        let (d, scales) = (common::D, square.schedules[0].hw());
+        let latent = rows[0].latent.as_mut().unwrap();
+        for (i, v) in latent[..2 * h * w].chunks_mut(2).enumerate() {
+            v.copy_from_slice(&half::f16::from_f32(if i % 2 == 0 { 0.5 } else { -0.5 }).to_le_bytes());
+        }
+        let values: Vec<f32> = latent.chunks(2).map(|v| half::f16::from_le_bytes([v[0], v[1]]).to_f32()).collect();
+        let mut bits = infinity_kernels::bsq::encode_multiscale(&values, d, &scales).bits;
+        bits[0] = 1;
+        let mut start = 1;
+        for &(sh, sw) in &scales[1..] {
+            let r = infinity_kernels::bsq::residuals_given_bits(&values, d, &scales, &bits);
+            let scale = start * d..(start + sh * sw) * d;
+            bits[scale.clone()].iter_mut().zip(&r[scale]).for_each(|(b, r)| *b = (*r > 0.0) as u8);
+            start += sh * sw;
+        }
+        rows[0].bits.clear();
+        infinity_data::format::pack_bits(&bits, d, &mut rows[0].bits);
+    }
     let mut cols = basic_columns(rows.iter().map(|r| r.bits.as_slice()).collect());
     cols[0] = ("id", Arc::new(UInt64Array::from(vec![7u64, 8, 9, 7])));
     cols[3] =
@@ -321,14 +389,42 @@ fn non_finite_latents_stale_bits_and_repeated_ids_are_named() {
     let all = r.problems.join("\n");
     assert_eq!(r.problems.len(), 4, "{all}");
     assert!(all.contains("id 7 appears twice: shard-00000.arrow row 0 and shard-00000.arrow row 3"), "{all}");
-    assert!(all.contains("row 2 (id 9): 1 bits differ from the multi-scale BSQ of the stored latent"), "{all}");
-    assert!(all.contains("token 0, bit 0"), "{all}");
+    assert!(all.contains("row 2 (id 9): "), "{all}");
+    assert!(all.contains("bits differ from the multi-scale BSQ of the stored latent (first: token 0, bit 0"), "{all}");
     assert!(
         all.contains("row 1 (id 8), column `latent`: expected finite values, found a NaN or an infinity at value 5"),
         "{all}"
     );
     let short = "row 3 (id 7), column `text_emb_short`: expected finite values, found a NaN or an infinity at value 1";
     assert!(all.contains(short), "{all}");
+}
+
+/// Latents stored as `[H, W, d]` (a writer's convention, not damage): every row is named, and a note
+/// lists the conventions to look at.
+#[test]
+fn rows_whose_bits_mostly_differ_from_their_latents_get_the_conventions_noted() {
+    let (dir, mut m) = dataset(12);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+    let square = Manifest { schedules: m.schedules[..1].to_vec(), ..m.clone() };
+    let mut rows: Vec<_> = (0..4).map(|i| common::random_row(&square, i, &mut rng)).collect();
+    let (d, (h, w)) = (common::D, square.schedules[0].latent_hw());
+    for r in &mut rows {
+        let chw = r.latent.take().unwrap();
+        let mut hwc = Vec::with_capacity(chw.len());
+        for p in 0..h * w {
+            (0..d).for_each(|c| hwc.extend_from_slice(&chw[2 * (c * h * w + p)..][..2]));
+        }
+        r.latent = Some(hwc);
+    }
+    let mut cols = basic_columns(rows.iter().map(|r| r.bits.as_slice()).collect());
+    cols[3] =
+        ("latent", Arc::new(BinaryArray::from(rows.iter().map(|r| r.latent.as_deref().unwrap()).collect::<Vec<_>>())));
+    replace_shard0(dir.path(), &mut m, cols);
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.problems.len(), 4, "{:?}", r.problems);
+    assert!(r.problems.iter().all(|p| p.contains("bits differ from the multi-scale BSQ")), "{:?}", r.problems);
+    assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+    assert!(r.notes[0].contains("(least significant first)") && r.notes[0].contains("align_corners=False"));
 }
 
 /// Past 20 problems of a kind, verify lists 20, notes the rest and counts them all.

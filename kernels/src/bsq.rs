@@ -99,6 +99,16 @@ pub fn self_correct_stored(bits: &[u8], d: usize, scales: &[(usize, usize)], fli
     self_correct_with(&latent_from_bits(bits, d, scales), d, scales, flips, Some(bits))
 }
 
+/// The residual each of a row's bits `[L, d]` is the sign of in a multi-scale BSQ of `latent` that took
+/// those bits at every scale (each scale's residual is the latent less the codes of the given bits of
+/// the scales before it): `[L, d]`. A faithful encoder's bits are the signs of these, except where a
+/// residual is within rounding of zero: another encoder's summation order may send that bit either way,
+/// and its later scales follow from the bit it took (what `infinity data verify` allows for).
+pub fn residuals_given_bits(latent: &[f32], d: usize, scales: &[(usize, usize)], bits: &[u8]) -> Vec<f32> {
+    assert_eq!(bits.len(), num_tokens(scales) * d, "bsq::residuals_given_bits: bits is not [L, d={d}]");
+    self_correct_with(latent, d, scales, None, Some(bits)).residual
+}
+
 fn self_correct_with(
     latent: &[f32],
     d: usize,
@@ -316,6 +326,34 @@ mod tests {
             assert_eq!(enc.bits.len(), num_tokens(scales) * 16);
             assert_eq!(decode_multiscale(&enc.bits, 16, scales), enc.summed_codes);
         }
+    }
+
+    /// Given the encoder's own bits, the residuals are the encoder's; given bits that went the other way
+    /// at a zero residual, the later scales' residuals follow that choice, and re-deriving each scale's
+    /// bits from them gives a faithful encoding whose bits are all signs of their residuals but the tie.
+    #[test]
+    fn residuals_given_bits_follow_the_bits_history() {
+        let d = 4;
+        let (hh, ww) = *SQUARE.last().unwrap();
+        let mut latent = random_latent(d, hh, ww, 3);
+        // channel 0: ±0.5 in equal numbers, so scale 0 (the mean) is exactly 0 and its bit 0
+        latent[..hh * ww].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { 0.5 } else { -0.5 });
+        let enc = encode_multiscale(&latent, d, &SQUARE);
+        assert_eq!(residuals_given_bits(&latent, d, &SQUARE, &enc.bits), enc.residual);
+        assert_eq!((enc.residual[0], enc.bits[0]), (0.0, 0));
+        let mut bits = enc.bits.clone();
+        bits[0] = 1;
+        let mut start = 1;
+        for &(h, w) in &SQUARE[1..] {
+            let r = residuals_given_bits(&latent, d, &SQUARE, &bits);
+            let scale = start * d..(start + h * w) * d;
+            bits[scale.clone()].iter_mut().zip(&r[scale]).for_each(|(b, r)| *b = (*r > 0.0) as u8);
+            start += h * w;
+        }
+        assert_ne!(bits[d..], enc.bits[d..], "the tie's other bit moves later scales");
+        let r = residuals_given_bits(&latent, d, &SQUARE, &bits);
+        let unsigned: Vec<usize> = (0..bits.len()).filter(|&i| bits[i] != (r[i] > 0.0) as u8).collect();
+        assert_eq!(unsigned, [0]);
     }
 
     #[test]

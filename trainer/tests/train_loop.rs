@@ -812,6 +812,36 @@ fn repeated_ids_are_named_by_the_check() {
     assert!(warning.starts_with(&format!("warning: {rows} rows")), "{warning} ({first})");
 }
 
+/// Bits that are not their latents' BSQ (training never reads them, so a writer's convention that
+/// differs goes unnoticed by the run): `--check` warns from a sample of rows.
+#[test]
+fn bits_that_are_not_their_latents_bsq_are_warned_of_by_the_check() {
+    use infinity_data::manifest::Manifest;
+    use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
+    use infinity_data::{Checksums, Dataset};
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, edited) = (tmp.path().join("data"), tmp.path().join("edited"));
+    dataset(&data);
+    let cfg = config(&edited, tmp.path().join("run"), "class");
+    let ds = Dataset::open(&data, Checksums::Verify).unwrap();
+    assert!(ds.manifest.latent.is_some());
+    let header = Manifest { shards: Vec::new(), total_rows: 0, ..ds.manifest.clone() };
+    let mut w = DatasetWriter::create(&edited, header, WriterOptions::default()).unwrap();
+    for g in 0..ds.num_rows() {
+        let mut row = RowData::from(ds.row(g));
+        row.bits[0] ^= 1; // token 0, bit 0: the coarsest scale's
+        w.push(row).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::copy(data.join("tokenizer.safetensors"), edited.join("tokenizer.safetensors")).unwrap();
+    let lines = infinity_trainer::train::check::check(&cfg, 1, None, None).unwrap();
+    let warning = lines.iter().find(|l| l.contains("not the multi-scale BSQ of their latent")).expect("a warning");
+    assert!(warning.starts_with("warning: 64 of 64 rows checked") && warning.contains("token 0, bit 0"), "{warning}");
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    let lines = infinity_trainer::train::check::check(&cfg, 1, None, None).unwrap();
+    assert!(!lines.iter().any(|l| l.contains("multi-scale BSQ")), "{lines:?}");
+}
+
 /// The test dataset's first 16 rows as a validation set, and a freshly initialised model to evaluate.
 struct ValFixture {
     tmp: tempfile::TempDir,

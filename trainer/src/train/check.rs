@@ -79,6 +79,7 @@ pub fn check_with(
         }
         bad.finish(&key, dir).map_err(unrecoverable)?;
     }
+    out.extend(bsq_sample_warning(&ds));
     out.extend(mix.mix_line(cfg, &ds));
     out.extend(unlisted.map(|w| format!("warning: {w}")));
     if let Some((p, first)) = repeated.first() {
@@ -308,6 +309,35 @@ fn check_run_dir(run: &Path) -> Result<String> {
     }
     writable(ancestor).with_context(|| ancestor.display().to_string()).with_context(cannot)?;
     Ok(format!("run.dir {}: to be created in {}", run.display(), ancestor.display()))
+}
+
+/// Rows of each dataset with latents whose bits [`bsq_sample_warning`] compares with them.
+const BSQ_SAMPLE: u64 = 64;
+
+/// Training re-quantises a row's latent and never reads its stored bits, so bits that are not the
+/// latent's multi-scale BSQ (a writer's other bit order, latent layout or resampling: then the latents
+/// may be what is wrong) go unnoticed by the run: a warning where any of up to [`BSQ_SAMPLE`] rows
+/// spread over each dataset with latents disagrees. `infinity data verify` checks every row.
+fn bsq_sample_warning(ds: &Dataset) -> Option<String> {
+    let (mut checked, mut wrong, mut first) = (0, 0, None);
+    for part in ds.parts().iter().filter(|p| p.manifest.latent.is_some()) {
+        let n = part.rows.end - part.rows.start;
+        for g in (0..n.min(BSQ_SAMPLE)).map(|k| part.rows.start + k * n / n.min(BSQ_SAMPLE)) {
+            let row = ds.row(g);
+            let sched = &part.manifest.schedules[row.bucket as usize];
+            checked += 1;
+            if let Some(((t, b, _), _)) = infinity_data::inspect::bsq_mismatch(&row, sched, part.manifest.d as usize) {
+                wrong += 1;
+                first.get_or_insert(format!("id {} of {}: token {t}, bit {b}", row.id, part.dir.display()));
+            }
+        }
+    }
+    Some(format!(
+        "warning: {wrong} of {checked} rows checked have bits that are not the multi-scale BSQ of their latent (first: \
+         {}); training reads the latents and not the bits, so a writer's convention that differs may have made \
+         the latents wrong: `infinity data verify` checks every row and names the usual causes",
+        first?
+    ))
 }
 
 /// A folder this process may create entries in.
