@@ -303,6 +303,13 @@ pub fn verify(dir: &Path) -> VerifyReport {
             crate::schedule::MAX_MODEL_SCALES
         ));
     }
+    if m.conditions.class.is_none() && m.conditions.text.is_none() {
+        r.notes.push(
+            "the dataset has no condition (manifest conditions.class or conditions.text): no model trains on it; \
+             an unconditional dataset is one class (`\"class\": {\"num_classes\": 1}`, every class_label 0)"
+                .to_string(),
+        );
+    }
     if m.total_rows == 0 {
         r.problems
             .push(format!("{}: the dataset has no rows (manifest total_rows = 0): nothing to train on", dir.display()));

@@ -574,6 +574,28 @@ fn unlisted_shard_files_are_found() {
     assert_eq!(ds.unlisted_shards().unwrap(), [dir.path().join("shard-extra.arrow")]);
 }
 
+/// A dataset of no condition is well-formed, but no model trains on it: verify notes how to write an
+/// unconditional one.
+#[test]
+fn verify_notes_a_dataset_without_a_condition() {
+    let (dir, mut m) = dataset(12);
+    m.conditions = Default::default();
+    // (the bits of basic_columns' zero latents)
+    let ((h, w), scales) = (m.schedules[0].latent_hw(), m.schedules[0].hw());
+    let zeros = infinity_kernels::bsq::encode_multiscale(&vec![0.0; common::D * h * w], common::D, &scales).bits;
+    let mut bits = Vec::new();
+    infinity_data::format::pack_bits(&zeros, common::D, &mut bits);
+    let cols = basic_columns(vec![&bits; 3]).into_iter().take(4).collect();
+    replace_shard0(dir.path(), &mut m, cols);
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.count(), 0, "{:?}", r.problems);
+    assert!(
+        r.notes.iter().any(|n| n.contains("has no condition") && n.contains("\"num_classes\": 1")),
+        "{:?}",
+        r.notes
+    );
+}
+
 #[test]
 fn verify_fails_a_dataset_without_rows() {
     let dir = tempfile::tempdir().unwrap();

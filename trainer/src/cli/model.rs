@@ -311,6 +311,11 @@ mod tests {
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml");
         let cfg = crate::train::config::TrainConfig::load(&demo, &[]).unwrap();
         let run = cfg.model.model_config(16, Some(24), None).unwrap();
+        // (a dataset without the condition, or without any: the latter says how to write an unconditional one)
+        let e = cfg.model.model_config(16, None, Some((32, 8))).unwrap_err().to_string();
+        assert_eq!(e, "model.conditioning = \"class\", but the dataset has no class condition");
+        let e = cfg.model.model_config(16, None, None).unwrap_err().to_string();
+        assert!(e.ends_with("(nor any: for unconditional training, write it as one class, manifest `conditions.class = {\"num_classes\": 1}` and every class_label 0)"), "{e}");
         let count = |c| crate::model::Layout::new(c).numel;
         assert_eq!(count(&info), count(&run));
         assert_ne!(

@@ -326,7 +326,14 @@ impl ModelSection {
                 Conditioning::Text
             }
             (kind @ ("class" | "text"), _, _) => {
-                bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition")
+                let none = match (num_classes, text) {
+                    (None, None) => {
+                        " (nor any: for unconditional training, write it as one class, manifest \
+                                     `conditions.class = {\"num_classes\": 1}` and every class_label 0)"
+                    }
+                    _ => "",
+                };
+                bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition{none}")
             }
             (kind, _, _) => bail!("model.conditioning must be \"class\" or \"text\", found {kind:?}"),
         };
