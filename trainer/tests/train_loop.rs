@@ -812,6 +812,41 @@ fn repeated_ids_are_named_by_the_check() {
     assert!(warning.starts_with(&format!("warning: {rows} rows")), "{warning} ({first})");
 }
 
+/// A requeued job whose command line names the step it once rewound to (`--resume RUN/checkpoints/step-3`
+/// again, with the same config) continues the history that rewind began, rather than setting it aside
+/// to compute the same steps again; another config rewinds as asked.
+#[test]
+fn a_repeated_rewind_with_the_same_config_continues_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let mut longer = cfg.clone();
+    longer.run.steps = 9;
+    let rewind = |c: &TrainConfig, stop_after| {
+        train(c, &TrainOptions { resume: Some(step3.clone()), stop_after, ..Default::default() }).unwrap()
+    };
+    // the rewind, stopped at step 6 (its checkpoint written), then the same command line again
+    assert_eq!(rewind(&longer, Some(6)).started_at, 3);
+    let six = std::fs::read(cfg.run.dir.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+    let lines = infinity_trainer::train::check::check(&longer, 1, Some(&step3), None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("continuing from step 6 rather than computing the same steps again")));
+    assert!(lines.iter().any(|l| l.contains("start: resume from") && l.ends_with("at step 6")), "{lines:?}");
+    let s = rewind(&longer, None);
+    assert_eq!((s.started_at, s.steps), (6, 9));
+    let abandoned: Vec<_> =
+        std::fs::read_dir(cfg.run.dir.join("abandoned")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(abandoned, ["after-step-00000003"]);
+    assert!(std::fs::read(cfg.run.dir.join("checkpoints/step-00000006/model.safetensors")).unwrap() == six);
+    // another config: a rewind as asked, the history since set aside
+    let mut other = longer.clone();
+    other.run.steps = 8;
+    assert_eq!(rewind(&other, None).started_at, 3);
+    assert!(cfg.run.dir.join("abandoned/after-step-00000003.1/step-00000009").is_dir());
+}
+
 /// Bits that are not their latents' BSQ (training never reads them, so a writer's convention that
 /// differs goes unnoticed by the run): `--check` warns from a sample of rows.
 #[test]

@@ -225,8 +225,13 @@ pub fn check_with(
     // the run folder, as the run takes it before it loads the checkpoint
     out.push(check_run_dir(&cfg.run.dir).map_err(unrecoverable)?);
     let mut position = None;
-    if let Some(dir) = resume {
+    if let Some(given) = resume {
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
+        // (a rewind repeated with the same config continues its history, as the run would)
+        let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml);
+        out.extend(repeated.map(|found| format!("resume: {}", super::start_state::rewound_before_note(given, found))));
+        let newest = repeated.map(|(_, m)| checkpoint::step_dir(&cfg.run.dir, m));
+        let dir = newest.as_deref().unwrap_or(given);
         // (as the run's rank 0 loads and checks it: its part of the moments)
         let super::start_state::Resumed { state, changes, data_change, .. } = super::start_state::resume_from(
             dir,

@@ -149,16 +149,21 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
     // (`--resume auto`: looked for again now that rank 0 holds the lock)
+    // (an explicit step this run rewound to before, with the same config: its history continues)
     let newest;
-    let opts = match opts.resume_auto {
-        true => {
-            newest = TrainOptions {
-                resume: start_state::agreed_newest(run, opts.resume.as_deref(), &mut dist)?,
-                ..opts.clone()
-            };
+    let opts = match (opts.resume_auto, opts.resume.as_deref()) {
+        (true, given) => {
+            newest = TrainOptions { resume: start_state::agreed_newest(run, given, &mut dist)?, ..opts.clone() };
             &newest
         }
-        false => opts,
+        (false, Some(given)) => match start_state::repeated_rewind(run, given, &config_toml, &mut dist)? {
+            Some(resume) => {
+                newest = TrainOptions { resume: Some(resume), ..opts.clone() };
+                &newest
+            }
+            None => opts,
+        },
+        (false, None) => opts,
     };
 
     // ---- state: fresh or resumed -------------------------------------------------------------
@@ -219,6 +224,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if leader && resumed {
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
+            state.forked_at = Some(state.step);
             tracing::warn!(
                 "resuming at step {} where this run folder has {what}: they are of the history this run \
                  replaces; moved to {}",

@@ -84,6 +84,53 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::
     Ok(Some(dir))
 }
 
+/// A rewind repeated: `--resume RUN/checkpoints/step-N` (this run folder's) where the folder's newest
+/// checkpoint, of a step M > N, belongs to a history that already resumed at step N with this same
+/// config (its state's `forked_at`, its config.toml): a requeued job whose command line names the step
+/// it once rewound to. Resuming at N again would set that history aside only to compute the same steps
+/// again (runs are deterministic), so the run continues from step M, saying so; another config (or a
+/// checkpoint of another step) rewinds as asked. Rank 0 decides, every rank takes its step.
+pub(crate) fn repeated_rewind(
+    run: &Path,
+    given: &Path,
+    config_toml: &str,
+    dist: &mut super::dist::Dist,
+) -> Result<Option<PathBuf>> {
+    let found = dist.is_leader().then(|| rewound_before(run, given, config_toml)).flatten();
+    dist.tag("a repeated rewind's newest checkpoint");
+    let step = dist.broadcast_step(found.map_or(0, |(_, m)| m))?;
+    if step == 0 {
+        return Ok(None);
+    }
+    if let Some(found) = found {
+        tracing::warn!("{}", rewound_before_note(given, found));
+    }
+    Ok(Some(checkpoint::step_dir(run, step)))
+}
+
+/// `(N, M)` where resuming at `given`, step N of the run folder `run`, repeats a rewind
+/// ([`repeated_rewind`]): the folder's newest checkpoint, step M > N, is of a history that resumed at N
+/// with the config `config_toml`.
+pub(crate) fn rewound_before(run: &Path, given: &Path, config_toml: &str) -> Option<(u64, u64)> {
+    let n = checkpoint::step_of(given)?;
+    let ours = checkpoint::run_folder_of(given).is_some_and(|f| f.canonicalize().ok() == run.canonicalize().ok());
+    let newest = super::latest_checkpoint(run).filter(|_| ours)?;
+    let m = checkpoint::step_of(&newest).filter(|&m| m > n)?;
+    let state = checkpoint::read_state(&newest).ok()?;
+    let config = std::fs::read_to_string(newest.join(checkpoint::CONFIG_FILE)).ok()?;
+    (state.forked_at == Some(n) && config == config_toml).then_some((n, m))
+}
+
+/// What a run says where it continues a rewind's history ([`rewound_before`]'s `(N, M)`).
+pub(crate) fn rewound_before_note(given: &Path, (n, m): (u64, u64)) -> String {
+    format!(
+        "--resume {}: this run resumed at step {n} with this same config before and trained on to step {m} since \
+         (a requeued command line?): continuing from step {m} rather than computing the same steps again; to \
+         rewind to step {n} anyway, change a setting or remove the later checkpoints",
+        given.display()
+    )
+}
+
 /// For a fresh start in a run folder that holds a run but no complete checkpoint (`--resume auto`, or a
 /// group restarted before its first checkpoint), a line saying so: its logs are then rewritten from
 /// step 0, which should not happen unsaid.

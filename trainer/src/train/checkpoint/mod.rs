@@ -85,6 +85,12 @@ pub struct TrainState {
     /// set rebuilt since is said: absent without validation and in the checkpoints of earlier builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_sets: Option<std::collections::BTreeMap<String, String>>,
+    /// The step this history began at by resuming there and setting the run's later checkpoints aside
+    /// (a rewind), carried by every checkpoint of the history since: a repeated `--resume` of that step
+    /// with the same config continues the history instead of rewinding again
+    /// (`start_state::repeated_rewind`). Absent where the history never rewound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_at: Option<u64>,
 }
 
 impl TrainState {
@@ -103,6 +109,7 @@ impl TrainState {
             spike_window: None,
             seen: Some(super::seen::Seen::default()),
             val_sets: None,
+            forked_at: None,
         }
     }
 }
