@@ -238,9 +238,15 @@ fn failed_checkpoint_writes_are_tolerated_up_to_the_setting() {
         assert!(ok && steps == [4, 8], "{steps:?} {text}");
         // the last checkpoint is never let fail, whatever is tolerated
         let sets = [set.as_str(), "checkpoint.failed_writes_tolerated=5"];
-        let (ok, text, steps, _) = run(&format!("last-{background}"), "6", &sets);
+        let (ok, text, steps, dir) = run(&format!("last-{background}"), "6", &sets);
         assert!(!ok && steps == [2, 4], "{steps:?} {text}");
         assert!(text.contains("writing the checkpoint of step 6") && !text.contains("training goes on"), "{text}");
+        // (naming the checkpoint a resume goes back to, and counted in summary.json, at that checkpoint)
+        let want = "the session's last checkpoint was not written: the steps after the last complete checkpoint (";
+        assert!(text.contains(want) && text.contains("step-00000004) are not kept"), "{text}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!((&summary["checkpoint_failed_writes"], &summary["step"]), (&1.into(), &4.into()), "{summary}");
     }
     // none tolerated: a background write's failure stops the run at the next checkpoint, which is
     // tried first

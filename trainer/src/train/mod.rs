@@ -558,7 +558,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     beat(&|| format!("waiting for the checkpoint write of step {}", state.step));
     if let Some(saver) = saver.as_mut() {
-        saver.wait()?; // the last checkpoint is on disk before the summary (or the console) says so
+        saver.finish()?; // the last checkpoint is on disk before the summary (or the console) says so
     }
     if let Some(l) = logger.as_ref().filter(|_| summary.is_preempted()) {
         // (by a signal or --time-limit: the command line says which)

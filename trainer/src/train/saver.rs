@@ -169,7 +169,10 @@ impl Saver {
         // (at the limit: here, so that a failure stops the run at its own step)
         if !background || (self.failed_in_a_row > 0 && self.failed_in_a_row >= self.tolerated) {
             let written = write().map(|_| ()).with_context(|| format!("writing the checkpoint of step {step}"));
-            return if last { written } else { self.tolerate(written).map_err(|e| self.stopping(e)) };
+            return match last {
+                true => written.map_err(|e| self.last_failed(e)),
+                false => self.tolerate(written).map_err(|e| self.stopping(e)),
+            };
         }
         let handle = std::thread::Builder::new().name("checkpoint writer".into()).spawn(write)?;
         self.in_flight = Some((step, handle));
@@ -195,6 +198,11 @@ impl Saver {
     /// Wait for the write in flight (if any); its error, naming the step, if it failed.
     pub fn wait(&mut self) -> Result<()> {
         self.join().unwrap_or(Ok(()))
+    }
+
+    /// Wait for the session's last checkpoint (in flight, if any); its failure is [`Saver::last_failed`]'s.
+    pub fn finish(&mut self) -> Result<()> {
+        self.wait().map_err(|e| self.last_failed(e))
     }
 
     /// Writes that failed this session.
@@ -227,6 +235,35 @@ impl Saver {
     /// (at that checkpoint) counts the failures, where the disk takes it.
     fn stopping(&mut self, e: anyhow::Error) -> anyhow::Error {
         let (n, t) = (self.failed_in_a_row, self.tolerated);
+        self.count_in_summary();
+        let kept = self.kept();
+        let writes = if n == 1 { "write" } else { "writes" };
+        e.context(format!(
+            "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t} (the last \
+             complete checkpoint: {kept})"
+        ))
+    }
+
+    /// The error that stops the run where the session's last checkpoint (the run's end, a stop signal's)
+    /// failed: counted in `summary.json` (at the last complete checkpoint, or the session's start), and
+    /// naming the checkpoint a resume goes back to.
+    fn last_failed(&mut self, e: anyhow::Error) -> anyhow::Error {
+        self.failed_writes += 1;
+        self.count_in_summary();
+        let kept = self.kept();
+        e.context(format!(
+            "the session's last checkpoint was not written: the steps after the last complete checkpoint ({kept}) \
+             are not kept; mend the disk (free space) and `--resume auto` trains them again"
+        ))
+    }
+
+    /// The newest complete checkpoint, in words.
+    fn kept(&self) -> String {
+        super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string())
+    }
+
+    /// `summary.json` as last put down, with this session's failed writes (where the disk takes it).
+    fn count_in_summary(&mut self) {
         let mut on_disk = self.summary_on_disk.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(mut record) = serde_json::from_str::<serde_json::Value>(&on_disk.text) {
             record["checkpoint_failed_writes"] = self.failed_writes.into();
@@ -238,12 +275,6 @@ impl Saver {
                 tracing::warn!("{SUMMARY_FILE} not updated with the failed checkpoint writes: {w:#}");
             }
         }
-        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
-        let writes = if n == 1 { "write" } else { "writes" };
-        e.context(format!(
-            "{n} checkpoint {writes} failed in a row, more than checkpoint.failed_writes_tolerated = {t} (the last \
-             complete checkpoint: {kept})"
-        ))
     }
 
     /// A write's outcome: a failure within `tolerated` in a row is warned of and counted, not returned.
@@ -258,7 +289,7 @@ impl Saver {
         if n > t {
             return Err(e); // ([`Saver::stopping`] says why, once the writes tried are done)
         }
-        let kept = super::latest_checkpoint(&self.run).map_or("none yet".into(), |c| c.display().to_string());
+        let kept = self.kept();
         tracing::warn!(
             "{e:#}; training goes on ({n} failed in a row of the {t} checkpoint.failed_writes_tolerated; the last \
              complete checkpoint: {kept})"
