@@ -199,6 +199,17 @@ pub fn check_with(
         size(host.rank0_writing as f64),
         size(host.rank0_writing as f64)
     ));
+    // (a checkpoint is written whole before the oldest is pruned: room for two, or the first write fails)
+    let free = free_bytes(&cfg.run.dir);
+    if let Some(free) = free.filter(|&f| (f as f64) < 2.0 * host.rank0_writing as f64) {
+        out.push(format!(
+            "warning: run.dir {}'s file system has {} free, less than two checkpoints of {}: checkpoint writes \
+             will fail (a checkpoint is written whole before the oldest is pruned)",
+            cfg.run.dir.display(),
+            size(free as f64),
+            size(host.rank0_writing as f64)
+        ));
+    }
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {
         let dir = cfg.val.dir.as_ref().map_or(String::new(), |d| d.display().to_string());
         let rows = v.rows();
@@ -345,6 +356,22 @@ fn bsq_sample_warning(ds: &Dataset) -> Option<String> {
     ))
 }
 
+/// The bytes free to this process on the file system of `path` (or of its nearest existing ancestor).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let absolute = std::path::absolute(path).ok()?;
+    let existing = absolute.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer statvfs(3) fills on success.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// A folder this process may create entries in.
 fn writable(dir: &Path) -> Result<()> {
     accessible(dir, libc::W_OK | libc::X_OK)
@@ -437,4 +464,16 @@ fn sized_totals(cfg: &TrainConfig, (mc, ds): (&ModelConfig, &Dataset), saved: &L
          {epochs:.2} epochs (the run: line counts every step at {g})",
         sizes.join(", ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A run folder yet to be made is measured on the file system it will be made on.
+    #[test]
+    fn free_bytes_of_a_folder_yet_to_be_made_are_its_ancestors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let here = super::free_bytes(tmp.path()).expect("statvfs of a temporary folder");
+        let later = super::free_bytes(&tmp.path().join("runs/a/b")).unwrap();
+        assert!(here > 0 && later.abs_diff(here) < 1 << 30, "{here} {later}");
+    }
 }

@@ -114,9 +114,16 @@ impl RunLock {
         }
         let host = infinity_launcher::env::hostname().unwrap_or_else(|| "this host".into());
         let since = unix_now();
-        file.set_len(0).and_then(|_| file.rewind())?;
-        // the unix time is what `describe_holder` reads (builds before this one wrote only that)
-        write!(file, "pid {} on {host}, since {} (unix time {since})", std::process::id(), utc(since))?;
+        // the unix time is what `describe_holder` reads (builds before this one wrote only that); the
+        // holder is for others' messages, the lock is held without it (a full disk fails the run later,
+        // at a write that names its file)
+        let holder = format!("pid {} on {host}, since {} (unix time {since})", std::process::id(), utc(since));
+        if let Err(e) = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(holder.as_bytes())) {
+            console_err!(
+                "warning: {}: this job's pid not written ({e}): a job refused at the lock cannot name it",
+                path.display()
+            );
+        }
         Ok(RunLock { file, id, held: true, made: Vec::new() })
     }
 
