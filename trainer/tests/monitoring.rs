@@ -82,6 +82,17 @@ fn failed_tensorboard_writes_are_counted_and_the_curves_go_on() {
     assert_eq!(tensorboard_steps(&cfg.run.dir, "train/loss"), [vec![1, 2], vec![5, 6]]);
     assert_eq!(summary(&cfg.run.dir)["tensorboard_failed_writes"], 2);
     assert_eq!(json_lines(&cfg.run.dir.join("metrics.jsonl")).len(), 6, "metrics.jsonl keeps every step");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("; 2 TensorBoard writes failed this session"));
+
+    // a second outage, after the writes went on, is warned of as it starts (the last line said all was well)
+    let cfg = config(&data, tmp.path().join("run2"));
+    let out = infinity_train(tmp.path(), &cfg, &[], &[("INFINITY_FAULT_TB", "2:1,4:2")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("TensorBoard write failed").count(), 2, "{stderr}");
+    assert!(stderr.contains("1 in a row, 2 this session"), "{stderr}");
+    assert_eq!(stderr.matches("TensorBoard writes go on in").count(), 2, "{stderr}");
+    assert_eq!(tensorboard_steps(&cfg.run.dir, "train/loss").concat(), [1, 3, 6]);
 }
 
 /// The step whose non-finite loss makes `optim.max_nonfinite` in a row is in metrics.jsonl and

@@ -211,8 +211,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         (false, true) => format!("trained to step {} in {:.1} s", s.steps, s.seconds),
         (false, false) => format!("at step {} already (nothing trained this session)", s.steps),
     };
+    // (writes this session lost, which the warnings said as they came: again where the run ends)
+    let lost: Vec<String> = [(s.checkpoint_failed_writes, "checkpoint"), (s.tensorboard_failed_writes, "TensorBoard")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{} failed this session", super::plural(n as usize, &format!("{what} write"))))
+        .collect();
+    let lost = match lost.is_empty() {
+        true => String::new(),
+        false => format!("; {}", lost.join(", ")),
+    };
     console!(
-        "{what}: loss {:.4}, bit accuracy {:.2}%, {}; {checkpoint}",
+        "{what}: loss {:.4}, bit accuracy {:.2}%, {}; {checkpoint}{lost}",
         s.last_loss,
         100.0 * s.last_bit_acc,
         super::plural(s.skipped_steps as usize, "skipped step"),

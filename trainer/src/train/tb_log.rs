@@ -10,6 +10,10 @@ use crate::tensorboard::EventWriter;
 /// How often a TensorBoard failure that goes on is warned of again (with the count).
 const TB_WARN_EVERY: Duration = Duration::from_secs(600);
 
+/// Outages (failures after writes went on again) warned of at once, each: a later one only after
+/// [`TB_WARN_EVERY`], so a flapping disk does not flood the console.
+const TB_OUTAGES_WARNED: u64 = 5;
+
 /// Fault drill: `INFINITY_FAULT_TB=STEP:COUNT` fails the TensorBoard writes of steps STEP to
 /// STEP + COUNT − 1 as a full disk would, this many bytes into the step's events (a torn record).
 const TB_DRILL_BYTES: usize = 100;
@@ -27,8 +31,10 @@ pub(super) struct TbLog {
     /// When a failure was last warned of, and whether a success has been reported since.
     warned_at: Option<Instant>,
     warned_unresolved: bool,
+    /// Outages this session: runs of failed writes.
+    outages: u64,
     /// The fault drill's steps.
-    pub(super) drill: Option<std::ops::Range<u64>>,
+    pub(super) drill: Vec<std::ops::Range<u64>>,
 }
 
 impl TbLog {
@@ -43,6 +49,7 @@ impl TbLog {
             failed_in_a_row: 0,
             warned_at: None,
             warned_unresolved: false,
+            outages: 0,
             drill: tb_drill(),
         }
     }
@@ -56,7 +63,7 @@ impl TbLog {
     /// of (at once, then at most every `TB_WARN_EVERY`), and the next call goes on in a new event file.
     /// `drill_step`: the training step whose events these are, for the fault drill.
     pub(super) fn write(&mut self, drill_step: Option<u64>, f: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
-        let drill = drill_step.is_some_and(|s| self.drill.as_ref().is_some_and(|r| r.contains(&s)));
+        let drill = drill_step.is_some_and(|s| self.drill.iter().any(|r| r.contains(&s)));
         match self.try_write(drill, f) {
             Ok(()) => {
                 self.failed_in_a_row = 0;
@@ -71,7 +78,11 @@ impl TbLog {
             }
             Err(e) => {
                 (self.failed_writes, self.failed_in_a_row) = (self.failed_writes + 1, self.failed_in_a_row + 1);
-                if self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
+                // (a new outage after writes went on again is said at once: the last line said all was well)
+                let new_outage = self.failed_in_a_row == 1;
+                self.outages += u64::from(new_outage);
+                let at_once = new_outage && self.outages <= TB_OUTAGES_WARNED;
+                if at_once || self.warned_at.is_none_or(|t| t.elapsed() >= TB_WARN_EVERY) {
                     tracing::warn!(
                         "TensorBoard write failed: {e} ({} in a row, {} this session): its events are lost, and the \
                          next write goes on in a new event file",
@@ -183,10 +194,13 @@ pub(super) fn step_scalars(
     Ok(())
 }
 
-/// The `INFINITY_FAULT_TB` drill's steps, if set.
-fn tb_drill() -> Option<std::ops::Range<u64>> {
-    let spec = std::env::var("INFINITY_FAULT_TB").ok()?;
-    let (first, count) = spec.split_once(':')?;
-    let first: u64 = first.parse().ok()?;
-    Some(first..first + count.parse::<u64>().ok()?)
+/// The `INFINITY_FAULT_TB` drill's steps (`STEP:COUNT`, comma-separated for several outages), if set.
+fn tb_drill() -> Vec<std::ops::Range<u64>> {
+    let spec = std::env::var("INFINITY_FAULT_TB").unwrap_or_default();
+    let range = |part: &str| {
+        let (first, count) = part.trim().split_once(':')?;
+        let first: u64 = first.parse().ok()?;
+        Some(first..first + count.parse::<u64>().ok()?)
+    };
+    spec.split(',').filter_map(range).collect()
 }
