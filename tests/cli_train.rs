@@ -768,7 +768,8 @@ fn out_of_range_settings_are_named() {
 }
 
 /// A latent value that is not finite (which checksums and the loader's length checks let through)
-/// stops training at the step that reads it, naming the sample, and `data verify` lists the rows.
+/// stops training at the step that reads it, naming the step and the sample, and `data verify` lists
+/// the rows.
 #[test]
 fn a_non_finite_latent_stops_training_naming_the_sample() {
     use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
@@ -794,6 +795,7 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
     // (the shard and row that hold it, as a bad row's error names them)
     let shard = bad.join(&ds.manifest.shards[0].file);
     assert!(e.contains(&format!("{}: row ", shard.display())) && e.contains("its latent holds NaN at value 5"), "{e}");
+    assert!(e.contains("preparing the batch of step 1: "), "{e}");
     assert_eq!(code, 65, "{e}");
     let report = infinity_data::inspect::verify(&bad);
     assert!(

@@ -97,6 +97,17 @@ fn a_requeued_job_before_the_first_checkpoint_waits_for_the_lock() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("in use by another training job") && stderr.contains("before training here"), "{stderr}");
+    // (a folder whose run is training now: the job that holds it is said first, `--resume auto` after)
+    std::fs::write(cfg.run.dir.join("metrics.jsonl"), "").unwrap();
+    let out = infinity(&["train", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("in use by another training job (pid "), "{stderr}");
+    assert!(
+        stderr.contains("before training here; and run.dir ") && stderr.contains("already holds a run"),
+        "{stderr}"
+    );
+    std::fs::remove_file(cfg.run.dir.join("metrics.jsonl")).unwrap();
 
     let out = requeued_while_held(&file, held, || {});
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -125,8 +125,13 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         _ if restarted && newest().is_some() => newest(),
         None if restarted => None,
         None => {
-            // (checked again under the run's lock: `TrainOptions::fresh_start`)
-            train::rundir::check_fresh(&cfg.run.dir).map_err(bad)?;
+            // (checked again under the run's lock: `TrainOptions::fresh_start`; a job training there now is
+            // said first: `--resume auto` would only wait for it)
+            let held = |e: anyhow::Error| match train::run_lock::check_free(&cfg.run.dir) {
+                Err(now) => bad(anyhow::anyhow!("{now:#}; and {e:#}")),
+                Ok(()) => bad(e),
+            };
+            train::rundir::check_fresh(&cfg.run.dir).map_err(held)?;
             None
         }
         Some("auto") => newest(),

@@ -311,7 +311,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let rows = micro * micro_batch..(micro + 1) * micro_batch;
             let tp = Instant::now();
             let mb = prepare(&mc, &manifest, &batch, rows, &sched.hw(), draws, on_device)
-                .map_err(|e| micro_batch::name_the_row(e, &batch, &ds))?;
+                .map_err(|e| micro_batch::name_the_row(e, &batch, &ds))
+                .with_context(|| format!("preparing the batch of step {}", state.step + 1))?;
             data_s += tp.elapsed().as_secs_f64();
             let inp = mb.input(&mc, &scales, rope, &weights, cfg.loss.label_smoothing);
             let device_bsc = on_device.then_some(((&mb.latents[..], &mb.keys[..]), (draws.p_max, draws.apply_layers)));
