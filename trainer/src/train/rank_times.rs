@@ -22,6 +22,9 @@ pub struct RankTimes {
     /// Waiting for the batch (loader and self-correction on the host), the longest, in seconds.
     pub data_s_max: f64,
     pub data_slowest_rank: usize,
+    /// The ranks timed (for the straggler line's words: with two, the median is the other rank).
+    #[serde(skip)]
+    pub world: usize,
 }
 
 /// A straggler is reported when the slowest rank's work takes this much longer than the median's …
@@ -56,6 +59,7 @@ impl RankTimes {
             slowest_rank: slowest,
             data_s_max: data[data_slowest],
             data_slowest_rank: data_slowest,
+            world,
         }
     }
 
@@ -68,10 +72,14 @@ impl RankTimes {
     /// A line naming the straggler (and its host, from `hosts` by rank, when known), if there is one.
     pub fn straggler(&self, step: u64, hosts: &[String]) -> Option<String> {
         let on = |rank: usize| hosts.get(rank).map_or(String::new(), |h| format!(" on {h}"));
+        let (median, others) = match self.world {
+            2 => ("the other rank's", "the other waits"),
+            _ => ("the median rank's", "the others wait"),
+        };
         self.has_straggler().then(|| {
             format!(
-                "straggler at step {step}: rank {}'s own work took {:.3} s{}, the median rank's {:.3} s (the longest \
-                 wait for data: {:.3} s, rank {}{}); the others wait for it in every all-reduce",
+                "straggler at step {step}: rank {}'s own work took {:.3} s{}, {median} {:.3} s (the longest wait \
+                 for data: {:.3} s, rank {}{}); {others} for it in every all-reduce",
                 self.slowest_rank,
                 self.work_s_max,
                 on(self.slowest_rank),
@@ -150,7 +158,11 @@ mod tests {
         let t = RankTimes::from_slots(&[0.010, 0.030, 0.0, 0.0], 2, false);
         assert!(t.straggler(1, &[]).is_none(), "3× slower but only 20 ms: too short to matter");
         let t = RankTimes::from_slots(&[0.10, 0.40, 0.0, 0.0], 2, false);
-        assert!(t.straggler(1, &[]).unwrap().contains("rank 1's"));
+        let line = t.straggler(1, &[]).unwrap();
+        assert!(line.contains("rank 1's own work took 0.400 s, the other rank's 0.100 s"), "{line}");
+        assert!(line.ends_with("the other waits for it in every all-reduce"), "{line}");
+        let t = RankTimes::from_slots(&[0.10, 0.40, 0.11, 0.0, 0.0, 0.0], 3, false);
+        assert!(t.straggler(1, &[]).unwrap().contains(", the median rank's 0.110 s"));
     }
 
     #[test]
