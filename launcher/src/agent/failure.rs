@@ -197,12 +197,15 @@ pub(super) async fn ask_for_flight_records(
 /// when a collective of theirs failed) say together, a line per finding, then what the agents saw of
 /// the ranks that wrote none when asked (one that wrote its record later, stopping, is left out, but
 /// for a process found stopped or in the kernel: it wrote only once let go on, and its state is the
-/// finding); none without either.
-pub(super) fn collectives(dir: &Path) -> Vec<String> {
+/// finding); none without either. `local`: this node's failed rank, whose exit with a code of its own
+/// (not a collective's timeout) explains that it wrote no record.
+pub(super) fn collectives(dir: &Path, local: Option<&RankFailure>) -> Vec<String> {
     let (dumps, mut notes) = flight::read_dumps(dir);
     let (unanswered, more) = flight::read_unanswered(dir);
     notes.extend(more);
-    let mut lines = flight::diagnose(&dumps);
+    let own_exit = |f: &&RankFailure| f.exit_code.is_some_and(|c| c != EXIT_COMM_TIMEOUT);
+    let exited: Vec<usize> = local.filter(own_exit).map(|f| f.rank).into_iter().collect();
+    let mut lines = flight::diagnose_beside(&dumps, &exited);
     let frozen =
         |u: &flight::Unanswered| matches!(u.state, flight::ProcState::Stopped | flight::ProcState::Uninterruptible);
     for u in &unanswered {
@@ -282,7 +285,7 @@ mod tests {
             0,
             &[seen(1, flight::ProcState::Stopped), seen(2, flight::ProcState::Running)],
         );
-        let lines = collectives(dir.path());
+        let lines = collectives(dir.path(), None);
         let stopped: Vec<&String> = lines.iter().filter(|l| l.contains("wrote no flight record when asked")).collect();
         assert_eq!(stopped.len(), 1, "{lines:?}");
         assert!(stopped[0].starts_with("rank 1 (pid 41 on h)") && stopped[0].contains("`kill -CONT 41`"), "{lines:?}");

@@ -488,7 +488,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 // (a silent rank named by a timeout may be waiting itself: the flight records say which)
                 let (report, node) = failure::by_flight_records(&dir, report, node, a.nproc_per_node);
                 console_err!("[launch] attempt {} failed. Root cause: {report}", g.round);
-                let collectives = failure::collectives(&dir);
+                let collectives = failure::collectives(&dir, local.as_ref());
                 for line in &collectives {
                     console_err!("[launch] flight records: {line}");
                 }

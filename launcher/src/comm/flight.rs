@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 mod diagnose;
 mod files;
 mod process;
-pub use diagnose::{diagnose, never_entered, read_dumps};
+pub use diagnose::{diagnose, diagnose_beside, never_entered, read_dumps};
 pub use process::{
     look_at_group, read_unanswered, unanswered_name, write_unanswered, ProcState, Process, Seen, Unanswered,
 };

@@ -48,6 +48,12 @@ fn call(e: &Entry) -> (&str, usize, Option<&str>) {
 /// completed with the ranks waiting in it (and for how long) and those that never entered it (the ones
 /// to look at), and the ranks without a record.
 pub fn diagnose(dumps: &[Dump]) -> Vec<String> {
+    diagnose_beside(dumps, &[])
+}
+
+/// [`diagnose`] where the ranks `exited` ended by themselves with an exit code of their own (their
+/// failure is the report's root cause): that they wrote no record needs no explaining.
+pub fn diagnose_beside(dumps: &[Dump], exited: &[usize]) -> Vec<String> {
     let Some(world) = dumps.iter().map(|d| d.world).max() else { return Vec::new() };
     let mut lines = Vec::new();
     // the same number, another collective: the ranks' code took different paths
@@ -94,8 +100,10 @@ pub fn diagnose(dumps: &[Dump]) -> Vec<String> {
         }
         lines.push(line);
     }
-    let missing: Vec<String> =
-        (0..world).filter(|r| !dumps.iter().any(|d| d.rank == *r)).map(|r| r.to_string()).collect();
+    let missing: Vec<String> = (0..world)
+        .filter(|r| !dumps.iter().any(|d| d.rank == *r) && !exited.contains(r))
+        .map(|r| r.to_string())
+        .collect();
     if !missing.is_empty() {
         let s = if missing.len() == 1 { "" } else { "s" };
         lines.push(format!(
@@ -186,6 +194,8 @@ mod tests {
         assert_eq!(never_entered(&dumps), [2]);
         let lines = diagnose(&dumps[..2]);
         assert!(lines[1].starts_with("no flight record from rank 2: frozen, killed first"), "{lines:?}");
+        // (a rank that exited with a code of its own, the root cause, wrote none for want of a failed collective)
+        assert_eq!(diagnose_beside(&dumps[..2], &[2]).len(), 1);
         // NCCL's unfinished collectives are enqueued ones
         let mut nccl = dumps[1].clone();
         nccl.backend = "nccl".into();
