@@ -198,16 +198,7 @@ impl Loader {
                 }
             }
             Some(mut s) => {
-                if let (Some(saved), Some(now)) = (&s.tokenizer, &tokenizer) {
-                    if saved != now {
-                        return Err(DataError::Config(format!(
-                            "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), \
-                             so they mean other images: no resume takes that, --accept-data-change included (it \
-                             takes mended rows); train a new run on it",
-                            first.dir.display()
-                        )));
-                    }
-                }
+                s.same_tokenizer(&ds)?;
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
                 (s.dataset, s.buckets, s.mix, s.tokenizer) = (dataset, buckets, mixed, tokenizer);

@@ -111,6 +111,23 @@ impl MixState {
 }
 
 impl LoaderState {
+    /// Refused where `ds`'s bits are of another tokenizer than the saved position's data (mixed datasets
+    /// share one, the first's): its bits mean other images, which no resume takes. A tokenizer file that
+    /// does not read (training does not need it; `data verify` names it) is not compared.
+    pub fn same_tokenizer(&self, ds: &crate::Dataset) -> Result<()> {
+        let first = &ds.parts()[0];
+        let now = crate::tokenizer::identity(&first.dir, &first.manifest).ok();
+        match (&self.tokenizer, now) {
+            (Some(saved), Some(now)) if *saved != now => Err(DataError::Config(format!(
+                "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), so they mean \
+                 other images: no resume takes that, --accept-data-change included (it takes mended rows); train \
+                 a new run on it",
+                first.dir.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// An error unless a loader of `seed`, `global_batch` and the dataset of `manifest` continues this
     /// position: each of them fixes the order of the samples (a configuration error, not bad data).
     pub fn continues_with(

@@ -151,6 +151,8 @@ pub(crate) fn continue_position(
     accept_data_change: bool,
 ) -> Result<Option<String>> {
     let manifest = &ds.manifest;
+    // (another tokenizer's dataset first: what `--accept-data-change` would be suggested for below)
+    position.same_tokenizer(ds)?;
     let (mut warning, mut rows_changed) = (None, false);
     if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
         let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
