@@ -179,4 +179,43 @@ fn the_rows_of_a_step_are_the_ones_it_draws() {
     let lines = rows_of_step(&bigger, 6, 2).unwrap();
     assert!(lines[0].starts_with("step 6: global batch 16"), "{lines:?}");
     assert_eq!(named(&lines, 1).len(), 8);
+
+    // the dataset mended in place since the checkpoint (a value of a row rewritten): the same rows,
+    // with a note; a dataset of other rows: refused, as its batches are not the run's
+    use infinity_data::writer::{DatasetWriter, RowData, WriterOptions};
+    let mended = tmp.path().join("mended");
+    let header = infinity_data::manifest::Manifest { shards: vec![], total_rows: 0, ..ds.manifest.clone() };
+    let mut w = DatasetWriter::create(&mended, header, WriterOptions::default()).unwrap();
+    for g in 0..ds.num_rows() {
+        let mut row = RowData::from(ds.row(g));
+        if g == 0 {
+            row.latent.as_mut().unwrap()[0] ^= 1;
+        }
+        w.push(row).unwrap();
+    }
+    w.finish().unwrap();
+    std::fs::copy(data.join("tokenizer.safetensors"), mended.join("tokenizer.safetensors")).unwrap();
+    let on_mended = TrainConfig { data: config(&mended, cfg.run.dir.clone(), 16, 8).data, ..bigger.clone() };
+    let lines = rows_of_step(&on_mended, 6, 2).unwrap();
+    assert!(lines[0].starts_with("note: ") && lines[0].contains("(mended in place)"), "{lines:?}");
+    let before = rows_of_step(&bigger, 6, 2).unwrap();
+    for rank in 0..2 {
+        assert_eq!(named(&lines, rank), named(&before, rank), "rank {rank}");
+    }
+    // (more rows, tokenized alike)
+    let tokenizer = tmp.path().join("tokenizer.safetensors");
+    std::fs::copy(data.join("tokenizer.safetensors"), &tokenizer).unwrap();
+    let more = infinity_data::synth::SynthOptions {
+        rows: 80,
+        fit_rows: 40,
+        tokenizer: Some(tokenizer),
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    infinity_data::synth::synth(&mended, &more).unwrap();
+    let e = rows_of_step(&on_mended, 6, 2).unwrap_err().to_string();
+    assert!(
+        e.contains("and its buckets hold other rows: the batches drawn from it are not the ones the run read"),
+        "{e}"
+    );
 }

@@ -20,8 +20,8 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
     let setup = Setup::open_with(cfg, Checksums::Skip)?;
     let ds = std::sync::Arc::new(setup.ds);
     let batch_index = step - 1;
-    let (size, position) = position_at(cfg, &ds, batch_index, world)?;
-    let mut lines = Vec::new();
+    let (size, position, note) = position_at(cfg, &ds, batch_index, world)?;
+    let mut lines: Vec<String> = note.into_iter().collect();
     for rank in 0..world {
         let opts =
             infinity_data::loader::LoaderOptions { global_batch: size, workers: 0, ..loader_options(cfg, rank, world) };
@@ -48,16 +48,38 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
 }
 
 /// The loader's position before batch `index`, and the global batch size it draws at: from scratch, or
-/// the newest checkpoint's (its earlier sizes up to that batch).
+/// the newest checkpoint's (its earlier sizes up to that batch). A dataset changed since the checkpoint
+/// whose buckets hold the same rows (mended in place) is drawn from as the run read it, with a note
+/// saying so; one with other rows draws other batches, which is an error naming what changed.
 fn position_at(
     cfg: &TrainConfig,
     ds: &std::sync::Arc<Dataset>,
     index: u64,
     world: usize,
-) -> Result<(usize, LoaderState)> {
-    let saved = match super::latest_checkpoint(&cfg.run.dir) {
-        Some(dir) => Some(checkpoint::read_state(&dir)?.loader),
-        None => None,
+) -> Result<(usize, LoaderState, Option<String>)> {
+    let (saved, mut note) = match super::latest_checkpoint(&cfg.run.dir) {
+        Some(dir) => (Some(checkpoint::read_state(&dir)?.loader), None),
+        None => (None, None),
+    };
+    let saved = match saved {
+        Some(s) if !ds.manifest.fingerprint_matches(&s.dataset) => {
+            s.same_tokenizer(ds)?;
+            let changes = ds.manifest.fingerprint_changes(&s.dataset).join("; ");
+            ensure!(
+                s.same_buckets(ds) == Some(true),
+                "--rows-of-step: {} changed since the run's newest checkpoint ({changes}) and its buckets hold other \
+                 rows: the batches drawn from it are not the ones the run read; point data.dir at the dataset the \
+                 run read",
+                cfg.data.folders()
+            );
+            note = Some(format!(
+                "note: {} changed since the run's newest checkpoint ({changes}); its buckets hold the same rows \
+                 (mended in place): the rows below are those the run read, as they are now",
+                cfg.data.folders()
+            ));
+            Some(s.moved_to(ds)?)
+        }
+        s => s,
     };
     let mut state = match saved {
         Some(s) => s,
@@ -73,5 +95,5 @@ fn position_at(
         None => state.global_batch,
     };
     (state.global_batch, state.batches_done) = (size, index);
-    Ok((size, state))
+    Ok((size, state, note))
 }
