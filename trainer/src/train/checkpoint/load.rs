@@ -442,7 +442,7 @@ mod tests {
         let mut opt = AdamW::new(AdamWConfig::default(), &lay);
         (opt.step, opt.m, opt.v) =
             (3, params.data.iter().map(|x| x * 0.5).collect(), params.data.iter().map(|x| x * x).collect());
-        let loader = infinity_data::loader::LoaderState {
+        let state_loader = || infinity_data::loader::LoaderState {
             seed: 0,
             global_batch: 4,
             batches_done: 3,
@@ -452,7 +452,7 @@ mod tests {
             earlier_sizes: Vec::new(),
             tokenizer: None,
         };
-        let state = TrainState { step: 3, ..TrainState::fresh(loader) };
+        let state = TrainState { step: 3, ..TrainState::fresh(state_loader()) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };
         let dir = save(tmp.path(), &cfg, &lay, tensors, state, "").unwrap();
         let shard = crate::train::dist::shard_range(lay.numel, 1, 3);
@@ -482,6 +482,16 @@ mod tests {
         std::fs::rename(&renamed, &dir).unwrap();
         std::fs::write(dir.join(DONE), "").unwrap();
         load(&dir, tmp.path(), &cfg, &lay, whole).unwrap();
+
+        // a file under the name of the step folder a save writes is named, and left as it is
+        let file = crate::train::checkpoint::step_dir(tmp.path(), 4);
+        std::fs::write(&file, "notes").unwrap();
+        let state = TrainState { step: 4, ..TrainState::fresh(state_loader()) };
+        let tensors = Tensors { params: &params, opt: &opt, ema: None };
+        let e = format!("{:#}", save(tmp.path(), &cfg, &lay, tensors, state, "").unwrap_err());
+        assert!(e.contains("step-00000004 is a file, not a checkpoint folder: move it away"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "notes");
+        assert!(!tmp.path().join("checkpoints/.tmp-step-00000004").exists(), "the partial folder stays");
     }
 
     /// A file, a run's checkpoints folder and a folder of runs are each answered with what to give instead.

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use infinity_data::loader::LoaderState;
 use infinity_data::manifest::sync_dir;
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,7 @@ pub fn save(
     if written.is_err() {
         // a partial checkpoint holds the space a full disk lacks (the next log write would fail too);
         // a step folder without DONE is incomplete, also when this save failed after renaming it
-        for dir in [&tmp, &final_dir].into_iter().filter(|d| d.exists() && !d.join(DONE).is_file()) {
+        for dir in [&tmp, &final_dir].into_iter().filter(|d| d.is_dir() && !d.join(DONE).is_file()) {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 tracing::warn!("could not remove the partial checkpoint {}: {e}", dir.display());
             }
@@ -228,6 +228,13 @@ fn write_folder(
     write_synced(&tmp.join(CONFIG_FILE), config_toml.as_bytes())?;
     write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
     sync_dir(tmp);
+    // (a file under a step folder's name is no checkpoint of this run's: not deleted, named)
+    if final_dir.metadata().is_ok_and(|m| !m.is_dir()) {
+        bail!(
+            "{} is a file, not a checkpoint folder: move it away (a run writes its step-N folders there)",
+            final_dir.display()
+        );
+    }
     if final_dir.exists() {
         // unmarked first: a kill mid-delete must not leave a folder marked complete with files missing
         let _ = std::fs::remove_file(final_dir.join(DONE));
