@@ -272,6 +272,31 @@ fn failed_checkpoint_writes_are_tolerated_up_to_the_setting() {
     assert_eq!((&summary["checkpoint_failed_writes"], &summary["step"]), (&1.into(), &4.into()), "{summary}");
 }
 
+/// A requeued rewind whose step `checkpoint.keep_last` has pruned since: the same command line continues
+/// the history that rewind began (a missing step folder would otherwise fail the job for good, exit 2).
+#[test]
+fn a_requeued_rewind_to_a_pruned_step_continues_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    cfg.checkpoint.every = 2;
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let file = common::config_file(&cfg, tmp.path());
+    let step2 = cfg.run.dir.join("checkpoints/step-00000002");
+    let args = ["train", file.to_str().unwrap(), "--resume", step2.to_str().unwrap()];
+    let rewind = [&args[..], &["--set", "run.steps=8", "--set", "checkpoint.keep_last=1"]].concat();
+    let out = infinity(&rewind);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!step2.exists(), "pruned by keep_last = 1");
+    let out = infinity(&rewind);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("continuing from step 8 rather than computing the same steps again"), "{stderr}");
+    let abandoned: Vec<_> = std::fs::read_dir(cfg.run.dir.join("abandoned")).unwrap().collect();
+    assert_eq!(abandoned.len(), 1, "rewound once");
+}
+
 /// `run.stall_timeout_s`: a step whose data read hangs (the `INFINITY_FAULT_STALL` drill) ends the
 /// process with exit code 75 within the limit, naming the rank, the phase and the step; a run that
 /// makes progress is left alone.

@@ -845,6 +845,13 @@ fn a_repeated_rewind_with_the_same_config_continues_its_history() {
     other.run.steps = 8;
     assert_eq!(rewind(&other, None).started_at, 3);
     assert!(cfg.run.dir.join("abandoned/after-step-00000003.1/step-00000009").is_dir());
+    // that history goes on with yet other settings: no longer the rewind's, so the same rewind with
+    // them rewinds (steps 4 to 8 were of the other settings)
+    let mut then = other.clone();
+    then.run.steps = 10;
+    let newest = latest_checkpoint(&cfg.run.dir).unwrap();
+    train(&then, &TrainOptions { resume: Some(newest), ..Default::default() }).unwrap();
+    assert_eq!(rewind(&then, None).started_at, 3);
 }
 
 /// Bits that are not their latents' BSQ (training never reads them, so a writer's convention that

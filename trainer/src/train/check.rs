@@ -239,7 +239,7 @@ pub fn check_with(
     if let Some(given) = resume {
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
         // (a rewind repeated with the same config continues its history, as the run would)
-        let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml);
+        let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml, Some(&ds.manifest));
         out.extend(repeated.map(|found| format!("resume: {}", super::start_state::rewound_before_note(given, found))));
         let newest = repeated.map(|(_, m)| checkpoint::step_dir(&cfg.run.dir, m));
         let dir = newest.as_deref().unwrap_or(given);

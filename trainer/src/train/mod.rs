@@ -26,7 +26,7 @@ pub mod seen;
 mod session;
 mod setup;
 pub mod spike;
-mod start_state;
+pub(crate) mod start_state;
 mod step_means;
 pub mod step_rows;
 pub mod stop;
@@ -156,7 +156,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             newest = TrainOptions { resume: start_state::agreed_newest(run, given, &mut dist)?, ..opts.clone() };
             &newest
         }
-        (false, Some(given)) => match start_state::repeated_rewind(run, given, &config_toml, &mut dist)? {
+        (false, Some(given)) => match start_state::repeated_rewind(run, given, &config_toml, &ds, &mut dist)? {
             Some(resume) => {
                 newest = TrainOptions { resume: Some(resume), ..opts.clone() };
                 &newest

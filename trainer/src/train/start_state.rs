@@ -64,6 +64,13 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::
     if step == 0 {
         return Ok(given.map(Path::to_path_buf));
     }
+    seen_by_every_rank(run, step, dist).map(Some)
+}
+
+/// `run`'s checkpoint of `step`, rank 0's choice, once every rank sees it complete: each waits up to
+/// 30 s for its view of the shared folder to show it (NFS caches a folder's listing for a while);
+/// where one never does, every rank stops, saying run.dir is not one shared folder.
+fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
     let t0 = std::time::Instant::now();
@@ -81,7 +88,7 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::
             "{who}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
         );
     }
-    Ok(Some(dir))
+    Ok(dir)
 }
 
 /// A rewind repeated: `--resume RUN/checkpoints/step-N` (this run folder's) where the folder's newest
@@ -94,9 +101,10 @@ pub(crate) fn repeated_rewind(
     run: &Path,
     given: &Path,
     config_toml: &str,
+    ds: &Dataset,
     dist: &mut super::dist::Dist,
 ) -> Result<Option<PathBuf>> {
-    let found = dist.is_leader().then(|| rewound_before(run, given, config_toml)).flatten();
+    let found = dist.is_leader().then(|| rewound_before(run, given, config_toml, Some(&ds.manifest))).flatten();
     dist.tag("a repeated rewind's newest checkpoint");
     let step = dist.broadcast_step(found.map_or(0, |(_, m)| m))?;
     if step == 0 {
@@ -105,29 +113,43 @@ pub(crate) fn repeated_rewind(
     if let Some(found) = found {
         tracing::warn!("{}", rewound_before_note(given, found));
     }
-    Ok(Some(checkpoint::step_dir(run, step)))
+    seen_by_every_rank(run, step, dist).map(Some)
 }
 
 /// `(N, M)` where resuming at `given`, step N of the run folder `run`, repeats a rewind
-/// ([`repeated_rewind`]): the folder's newest checkpoint, step M > N, is of a history that resumed at N
-/// with the config `config_toml`.
-pub(crate) fn rewound_before(run: &Path, given: &Path, config_toml: &str) -> Option<(u64, u64)> {
+/// ([`repeated_rewind`]): the folder's newest checkpoint, step M > N, intact, is of a history that
+/// resumed at N and has trained with the config `config_toml` since (its `forked_at`, which a session
+/// with other settings or data drops, and its config.toml), on the dataset `dataset` where given (a
+/// dataset mended since the history read it is a reason to rewind).
+pub(crate) fn rewound_before(
+    run: &Path,
+    given: &Path,
+    config_toml: &str,
+    dataset: Option<&infinity_data::Manifest>,
+) -> Option<(u64, u64)> {
     let n = checkpoint::step_of(given)?;
     let ours = checkpoint::run_folder_of(given).is_some_and(|f| f.canonicalize().ok() == run.canonicalize().ok());
     let newest = super::latest_checkpoint(run).filter(|_| ours)?;
     let m = checkpoint::step_of(&newest).filter(|&m| m > n)?;
     let state = checkpoint::read_state(&newest).ok()?;
     let config = std::fs::read_to_string(newest.join(checkpoint::CONFIG_FILE)).ok()?;
-    (state.forked_at == Some(n) && config == config_toml).then_some((n, m))
+    let same_data = dataset.is_none_or(|d| d.fingerprint_matches(&state.loader.dataset));
+    let repeated = state.forked_at == Some(n) && config == config_toml && same_data;
+    // (a damaged newest checkpoint, whose error names step N as the way on, is not gone back to)
+    (repeated && checkpoint::tensors_intact(&newest, &state)).then_some((n, m))
 }
 
 /// What a run says where it continues a rewind's history ([`rewound_before`]'s `(N, M)`).
 pub(crate) fn rewound_before_note(given: &Path, (n, m): (u64, u64)) -> String {
+    let run = checkpoint::run_folder_of(given).unwrap_or(given);
     format!(
-        "--resume {}: this run resumed at step {n} with this same config before and trained on to step {m} since \
-         (a requeued command line?): continuing from step {m} rather than computing the same steps again; to \
-         rewind to step {n} anyway, change a setting or remove the later checkpoints",
-        given.display()
+        "--resume {}: this run resumed at step {n} with this same config and data before and trained on to step \
+         {m} since (a requeued command line?): continuing from step {m} rather than computing the same steps \
+         again; to rewind to step {n} anyway, change a setting, or move the checkpoints after it out of {} \
+         (into {})",
+        given.display(),
+        run.join("checkpoints").display(),
+        run.join("abandoned").display()
     )
 }
 
@@ -337,6 +359,7 @@ pub(crate) fn starting_state(
         Some(dir) => {
             // (the loader checks the position again; here before the run says it resumed)
             let r = resume_from(dir, cfg, (mc, lay), config_toml, (ds, (rank, world), opts.accept_data_change))?;
+            let data_changed = r.data_change.is_some();
             if let Some(warning) = r.data_change.filter(|_| leader) {
                 tracing::warn!("{warning}");
             }
@@ -345,7 +368,12 @@ pub(crate) fn starting_state(
                 let changes = r.changes.join("\n  ");
                 tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {changes}");
             }
-            (r.params, r.opt, Some(r.state))
+            // (the history since a rewind goes on with other settings or data: no longer that rewind's)
+            let mut state = r.state;
+            if !r.changes.is_empty() || data_changed {
+                state.forked_at = None;
+            }
+            (r.params, r.opt, Some(state))
         }
         None => {
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {

@@ -356,6 +356,14 @@ fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
     )
 }
 
+/// Whether a complete checkpoint's tensor files (and `model.json`) match what its `state` records:
+/// what a resume would find damaged, checked before one is chosen unasked.
+pub fn tensors_intact(dir: &Path, state: &TrainState) -> bool {
+    let ema = state.ema_crc32c.as_ref().map(|c| (EMA_FILE, c));
+    let files = [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)].into_iter().chain(ema);
+    read_model_json(dir).is_ok() && files.into_iter().all(|(file, want)| verify_crc(&dir.join(file), want).is_ok())
+}
+
 fn verify_crc(p: &Path, want: &str) -> Result<()> {
     let bytes = map_file(p)?;
     let found = format!("{:08x}", crc32c::crc32c(&bytes));

@@ -36,8 +36,8 @@ use crate::optim::AdamW;
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
 pub use load::{
-    ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step, weights_file,
-    CheckpointModel,
+    ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step, tensors_intact,
+    weights_file, CheckpointModel,
 };
 
 /// The marker a complete checkpoint folder holds, written last.
@@ -86,7 +86,8 @@ pub struct TrainState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_sets: Option<std::collections::BTreeMap<String, String>>,
     /// The step this history began at by resuming there and setting the run's later checkpoints aside
-    /// (a rewind), carried by every checkpoint of the history since: a repeated `--resume` of that step
+    /// (a rewind), carried by every checkpoint of the history since while each session resumed with
+    /// the same settings and data (one that changed either drops it): a repeated `--resume` of that step
     /// with the same config continues the history instead of rewinding again
     /// (`start_state::repeated_rewind`). Absent where the history never rewound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
