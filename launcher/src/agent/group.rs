@@ -128,37 +128,42 @@ pub(super) fn check_run(c: &mut StoreClient, run_id: &str) -> Result<()> {
 
 /// A fixed group's agents and an elastic group's meet under different store keys: an agent of the other
 /// kind (`--nnodes 2` at a store where `--nnodes 1:2` agents run, or the reverse) would wait out
-/// `--rdzv-timeout-s` for nodes that never come, unseen by the group. Each agent counts itself in under
-/// its kind (`RUN_ID/kind/fixed` or `RUN_ID/kind/elastic`) and then looks for the other kind: an agent
-/// that finds it is refused ([`Misconfigured`]: it exits 2) and counts itself out again, so agents of
-/// the right kind that come later are not refused for it. (Two of different kinds that arrive at once
-/// may both be refused: the command lines disagree either way.) `mine` is this agent's
-/// [`settings_line`], kept for the other kind's message.
-pub(super) fn check_kind(c: &mut StoreClient, run_id: &str, elastic: bool, mine: &str) -> Result<()> {
+/// `--rdzv-timeout-s` for nodes that never come, unseen by the group. The agent hosting the store says
+/// which kind its group is (`RUN_ID/kind`: the kind and its [`settings_line`], `mine`) as the store
+/// starts; any other agent reads it (waiting up to [`KIND_WAIT`] for it to appear) and is refused
+/// ([`Misconfigured`]: it exits 2) where it is of the other kind. The host is never refused: the store
+/// is its group's.
+pub(super) fn check_kind(c: &mut StoreClient, run_id: &str, elastic: bool, mine: &str, hosting: bool) -> Result<()> {
     check_run(c, run_id)?;
-    let kinds = [false, true].map(|e| format!("{run_id}/kind/{}", if e { "elastic" } else { "fixed" }));
-    let (me, other) = (&kinds[usize::from(elastic)], &kinds[usize::from(!elastic)]);
-    c.add(me, 1)?;
-    if c.add(other, 0)? <= 0 {
-        c.set(&format!("{me}/settings"), mine.as_bytes())?;
+    let (key, kind) = (format!("{run_id}/kind"), if elastic { "elastic" } else { "fixed" });
+    if hosting {
+        return c.set(&key, format!("{kind} {mine}").as_bytes());
+    }
+    let t0 = Instant::now();
+    while !c.check(std::slice::from_ref(&key))?[0] {
+        if t0.elapsed() >= KIND_WAIT {
+            return Ok(()); // (a host of an earlier build says nothing: its group's own checks apply)
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let posted = String::from_utf8_lossy(&c.get(&key, KIND_WAIT)?).into_owned();
+    let (theirs, settings) = posted.split_once(' ').unwrap_or((posted.as_str(), ""));
+    if theirs == kind {
         return Ok(());
     }
-    c.add(me, -1)?;
-    let key = format!("{other}/settings");
-    let theirs = match c.check(std::slice::from_ref(&key))?[0] {
-        true => String::from_utf8_lossy(&c.get(&key, Duration::from_secs(5))?).into_owned(),
-        false => "its agents' settings".to_string(),
-    };
     let (group, hint) = match elastic {
         true => ("a fixed group", "--nnodes N with --node-rank"),
         false => ("an elastic group", "--nnodes MIN:MAX"),
     };
     let msg = format!(
-        "{run_id}: the store serves {group} ({theirs}); this agent has {mine}: not joining (start every agent \
+        "{run_id}: the store serves {group} ({settings}); this agent has {mine}: not joining (start every agent \
          with the group's {hint})"
     );
     Err(Misconfigured(msg).into())
 }
+
+/// How long an agent waits for the store's host to say which kind of group it serves.
+const KIND_WAIT: Duration = Duration::from_secs(10);
 
 /// The attempt a fixed group's agent meets the others for first, once the store took its run id
 /// ([`check_run`]): the group's current one (0 for a new group). An agent that replaces a lost node's
@@ -477,30 +482,35 @@ mod tests {
     use super::*;
     use crate::store::StoreServer;
 
-    /// A restart's rendezvous that times out names a missing node that had ended an earlier attempt
-    /// (its ranks finished, its agent exited 0) rather than only `start infinity launch there`.
     /// An agent of a fixed group at an elastic group's store is refused at once, naming both settings,
-    /// and so is the reverse; a refused agent does not make later agents of the right kind refused.
+    /// and so is the reverse; the store's host is never refused, whoever came first.
     #[test]
     fn an_agent_of_the_other_kind_of_group_is_refused() {
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
-        let client = || StoreClient::connect(&server.addr.to_string(), "t", "test", Duration::from_secs(5)).unwrap();
-        let elastic = "--nnodes 1:2 --nproc-per-node 1";
-        check_kind(&mut client(), "run", true, elastic).unwrap();
-        let err = check_kind(&mut client(), "run", false, "--nnodes 2 --nproc-per-node 1").unwrap_err();
+        let addr = server.addr.to_string();
+        let client = || StoreClient::connect(&addr, "t", "test", Duration::from_secs(5)).unwrap();
+        let (elastic, fixed) = ("--nnodes 1:2 --nproc-per-node 1", "--nnodes 2 --nproc-per-node 1");
+        // (a stray agent that connects before the host has said: it waits for the host's word)
+        let mut stray = client();
+        let early = std::thread::spawn(move || check_kind(&mut stray, "run", false, fixed, false));
+        std::thread::sleep(Duration::from_millis(300));
+        check_kind(&mut client(), "run", true, elastic, true).unwrap();
+        let err = early.join().unwrap().unwrap_err();
         assert!(err.downcast_ref::<Misconfigured>().is_some(), "{err:#}");
         let want = "run: the store serves an elastic group (--nnodes 1:2 --nproc-per-node 1); this agent has \
                     --nnodes 2 --nproc-per-node 1: not joining (start every agent with the group's --nnodes MIN:MAX)";
         assert_eq!(format!("{err:#}"), want);
-        check_kind(&mut client(), "run", true, elastic).unwrap();
+        check_kind(&mut client(), "run", true, elastic, false).unwrap();
 
-        // another run id at the same store: a fixed group of its own, whose later elastic agent is refused
-        check_kind(&mut client(), "other", false, "--nnodes 2 --nproc-per-node 1").unwrap();
-        let err = format!("{:#}", check_kind(&mut client(), "other", true, elastic).unwrap_err());
+        // another run id at the same store: a fixed group of its own, whose elastic agent is refused
+        check_kind(&mut client(), "other", false, fixed, true).unwrap();
+        let err = format!("{:#}", check_kind(&mut client(), "other", true, elastic, false).unwrap_err());
         assert!(err.starts_with("other: the store serves a fixed group (--nnodes 2 --nproc-per-node 1)"), "{err}");
-        check_kind(&mut client(), "other", false, "--nnodes 2 --nproc-per-node 1").unwrap();
+        check_kind(&mut client(), "other", false, fixed, false).unwrap();
     }
 
+    /// A restart's rendezvous that times out names a missing node that had ended an earlier attempt
+    /// (its ranks finished, its agent exited 0) rather than only `start infinity launch there`.
     #[test]
     fn a_node_that_ended_an_earlier_attempt_is_named_as_such() {
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();

@@ -252,8 +252,9 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     let first = {
         let (run_id, node, max_restarts, elastic) = (p.run_id.clone(), p.node_rank, a.max_restarts, rounds.is_some());
         let mine = settings_line(&a, rounds.as_ref().map_or(p.nnodes, |r| r.min));
+        let hosting = server.is_some();
         let find = tokio::task::spawn_blocking(move || {
-            let k = check_kind(&mut client, &run_id, elastic, &mine).and_then(|()| match elastic {
+            let k = check_kind(&mut client, &run_id, elastic, &mine, hosting).and_then(|()| match elastic {
                 true => Ok(0),
                 false => first_attempt(&mut client, &run_id, node, max_restarts, timeout),
             });
