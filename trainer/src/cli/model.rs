@@ -315,7 +315,7 @@ mod tests {
         let e = cfg.model.model_config(16, None, Some((32, 8))).unwrap_err().to_string();
         assert_eq!(e, "model.conditioning = \"class\", but the dataset has no class condition");
         let e = cfg.model.model_config(16, None, None).unwrap_err().to_string();
-        assert!(e.ends_with("(nor any: for unconditional training, write it as one class, manifest `conditions.class = {\"num_classes\": 1}` and every class_label 0)"), "{e}");
+        assert!(e.ends_with("(nor any: for unconditional training, write it as one class, manifest `conditions.class = {\"num_classes\": 1}` and every class_label 0, and train with model.conditioning = \"class\")"), "{e}");
         let count = |c| crate::model::Layout::new(c).numel;
         assert_eq!(count(&info), count(&run));
         assert_ne!(

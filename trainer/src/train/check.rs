@@ -199,14 +199,17 @@ pub fn check_with(
         size(host.rank0_writing as f64),
         size(host.rank0_writing as f64)
     ));
-    // (a checkpoint is written whole before the oldest is pruned: room for two, or the first write fails)
-    let free = free_bytes(&cfg.run.dir);
-    if let Some(free) = free.filter(|&f| (f as f64) < 2.0 * host.rank0_writing as f64) {
+    // (a checkpoint is written whole before the oldest is pruned: keep_last + 1 at once, less those there)
+    let kept = checkpoint::complete(&cfg.run.dir).len().min(cfg.checkpoint.keep_last);
+    let more = (cfg.checkpoint.keep_last + 1 - kept) as f64 * host.rank0_writing as f64;
+    if let Some(free) = free_bytes(&cfg.run.dir).filter(|&f| (f as f64) < more) {
         out.push(format!(
-            "warning: run.dir {}'s file system has {} free, less than two checkpoints of {}: checkpoint writes \
-             will fail (a checkpoint is written whole before the oldest is pruned)",
+            "warning: run.dir {}'s file system has {} free, less than the {} that checkpoint.keep_last = {} more \
+             checkpoints of {} take (one more is written before the oldest is pruned): checkpoint writes may fail",
             cfg.run.dir.display(),
             size(free as f64),
+            size(more),
+            cfg.checkpoint.keep_last + 1 - kept,
             size(host.rank0_writing as f64)
         ));
     }
@@ -339,6 +342,10 @@ fn bsq_sample_warning(ds: &Dataset) -> Option<String> {
     for part in ds.parts().iter().filter(|p| p.manifest.latent.is_some()) {
         let n = part.rows.end - part.rows.start;
         for g in (0..n.min(BSQ_SAMPLE)).map(|k| part.rows.start + k * n / n.min(BSQ_SAMPLE)) {
+            // (a row the loader refuses is named by the pass above where a run draws it)
+            if ds.validate_row(g).is_err() {
+                continue;
+            }
             let row = ds.row(g);
             let sched = &part.manifest.schedules[row.bucket as usize];
             checked += 1;

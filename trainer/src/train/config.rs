@@ -329,7 +329,8 @@ impl ModelSection {
                 let none = match (num_classes, text) {
                     (None, None) => {
                         " (nor any: for unconditional training, write it as one class, manifest \
-                                     `conditions.class = {\"num_classes\": 1}` and every class_label 0)"
+                                     `conditions.class = {\"num_classes\": 1}` and every class_label 0, and \
+                                     train with model.conditioning = \"class\")"
                     }
                     _ => "",
                 };

@@ -106,6 +106,8 @@ pub struct Saver {
     /// The step and text of the `summary.json` last put down (the session's start, then each complete
     /// checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
     summary_on_disk: Arc<Mutex<SummaryOnDisk>>,
+    /// The step of the checkpoint last asked for.
+    asked: u64,
 }
 
 impl Saver {
@@ -132,6 +134,7 @@ impl Saver {
             failed_in_a_row,
             failed_writes,
             summary_on_disk,
+            asked: 0,
         }
     }
 
@@ -142,6 +145,7 @@ impl Saver {
     pub fn save(&mut self, snap: Snapshot, background: bool, last: bool) -> Result<()> {
         let previous = self.join().map(|r| self.tolerate(r));
         let step = snap.state.step;
+        self.asked = step;
         // (the thread owns its inputs; the layout and config are small next to the snapshot)
         let job = (self.run.clone(), self.model.clone(), self.lay.clone(), self.config_toml.clone(), self.keep);
         let on_disk = self.summary_on_disk.clone();
@@ -162,6 +166,7 @@ impl Saver {
         if let Some(Err(e)) = previous {
             // (more failed than tolerated, found only now: this snapshot is tried before the run stops)
             if let Err(also) = write() {
+                self.failed_writes += 1;
                 tracing::error!("{:#}", also.context(format!("writing the checkpoint of step {step}")));
             }
             return Err(self.stopping(e));
@@ -251,6 +256,10 @@ impl Saver {
         self.failed_writes += 1;
         self.count_in_summary();
         let kept = self.kept();
+        // (a failure after the checkpoint was complete: its summary or the pruning)
+        if super::latest_checkpoint(&self.run).and_then(|c| super::checkpoint::step_of(&c)) == Some(self.asked) {
+            return e.context(format!("the session's last checkpoint, {kept}, is complete; what follows it failed"));
+        }
         e.context(format!(
             "the session's last checkpoint was not written: the steps after the last complete checkpoint ({kept}) \
              are not kept; mend the disk (free space) and `--resume auto` trains them again"
