@@ -227,19 +227,41 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
         // values must be finite, and the bits the BSQ of the stored latent (what training re-quantises
         // with flips)
-        // (`true`: bits that are not their latent's BSQ; `false`: a value that is not finite)
+        // (`true`: bits that are not their latent's BSQ; `false`: a value that is not finite, or f32)
         let mismatched: Vec<(bool, String)> = sound
             .par_iter()
             .filter_map(|&row| {
                 let rr = shard.row(row);
+                // (f32 embeddings stored where the manifest says 16-bit ones: a writer's usual slip)
+                let dtype = m
+                    .conditions
+                    .text
+                    .as_ref()
+                    .map_or(String::new(), |t| serde_json::to_string(&t.dtype).unwrap_or_default());
+                let as_f32 = |column: &str, non_finite: bool| {
+                    let bytes = match column {
+                        format::COL_TEXT => rr.text_emb,
+                        format::COL_TEXT_SHORT => rr.text_emb_short,
+                        _ => None,
+                    };
+                    bytes.is_some_and(|t| crate::reader::looks_like_f32(t, non_finite))
+                };
+                let at = format!("{}: row {row} (id {})", path.display(), rr.id);
                 if let Some((column, i)) = crate::reader::non_finite(&rr, &m) {
+                    let hint = match as_f32(column, true) {
+                        true => format!(" (its bytes read as f32 values: f32 where the manifest says {dtype}?)"),
+                        false => String::new(),
+                    };
+                    let found = format!("a NaN or an infinity at value {i}{hint}");
+                    return Some((false, format!("{at}, column `{column}`: expected finite values, found {found}")));
+                }
+                if let Some(column) = [format::COL_TEXT, format::COL_TEXT_SHORT].into_iter().find(|c| as_f32(c, false))
+                {
                     return Some((
                         false,
                         format!(
-                            "{}: row {row} (id {}), column `{column}`: expected finite values, found a NaN or an \
-                             infinity at value {i}",
-                            path.display(),
-                            rr.id
+                            "{at}, column `{column}`: expected {dtype} values, found f32 ones (every other 16-bit \
+                             value is an f32's low half, its low bits zero): f32 where the manifest says {dtype}?"
                         ),
                     ));
                 }
@@ -260,8 +282,8 @@ pub fn verify(dir: &Path) -> VerifyReport {
             r.unlisted += mismatched.len() - 20;
             let non_finite = mismatched.len() - unlike;
             r.notes.push(format!(
-                "{}: {non_finite} rows with non-finite values and {unlike} whose bits differ from their latent's BSQ \
-                 ({} not listed)",
+                "{}: {non_finite} rows with values not finite (or f32 where 16-bit ones are declared) and {unlike} \
+                 whose bits differ from their latent's BSQ ({} not listed)",
                 path.display(),
                 mismatched.len() - 20
             ));

@@ -392,13 +392,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Replace `path` by the file `write` makes and syncs at the temporary path it is given (beside
-/// `path`), renamed over it: readers see either the old file or the complete new one.
+/// `path`), renamed over it: readers see either the old file or the complete new one. A failed write's
+/// temporary file is removed.
 pub fn replace_atomic<E: From<DataError>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let tmp = path.with_extension("tmp");
-    write(&tmp)?;
+    // (a write that failed, a full disk's, leaves no temporary file behind)
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
     if let Some(parent) = path.parent() {
         sync_dir(parent);

@@ -275,6 +275,22 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
     Ok(())
 }
 
+/// Whether a text embedding's bytes, declared 16-bit values, look like little-endian f32 values stored
+/// instead: f16 or bf16 values widened to f32 (every f32's low half, the even-indexed 16-bit values,
+/// holds at most its top 3 bits, and an odd-indexed one is not zero), or values that read as f32 are
+/// all finite and moderate where some read as 16-bit ones are not (`non_finite_16`).
+pub fn looks_like_f32(bytes: &[u8], non_finite_16: bool) -> bool {
+    let halves: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    if halves.len() < 8 || !halves.len().is_multiple_of(2) {
+        return false;
+    }
+    let widened =
+        halves.iter().step_by(2).all(|h| h & 0x1fff == 0) && halves.iter().skip(1).step_by(2).any(|&h| h != 0);
+    // (text-encoder features are finite and well below 1e4)
+    let moderate = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs() < 1e4;
+    widened || (non_finite_16 && bytes.chunks_exact(4).all(moderate))
+}
+
 /// The first value of a row's latent or text embedding that is a NaN or an infinity: `(column, index)`.
 /// Not part of [`check_row`] (the loader's per-row check stays a length check): `verify` looks, and
 /// training stops on the decoded value.

@@ -192,6 +192,18 @@ fn text_embeddings_of_a_writers_usual_mistakes_are_named_as_such() {
     assert!(e.contains(&format!("found {bytes} bytes (8 tokens at 2 bytes a value, or 4 at 4: f32 values")), "{e}");
     let e = ds.validate_row(2).unwrap_err().to_string();
     assert!(e.contains("column `text_emb_short`") && e.contains("holds a null, not empty bytes"), "{e}");
+
+    // f32 values widened from 16-bit ones, few enough tokens to fit the length: verify names them
+    let widened: Vec<u8> = (0..2 * common::TEXT_WIDTH)
+        .flat_map(|i| half::bf16::from_f32(0.01 * i as f32 - 0.3).to_f32().to_le_bytes())
+        .collect();
+    let mut cols = basic_columns(vec![&good; 2]);
+    cols[5] = ("text_emb", Arc::new(BinaryArray::from(vec![text.as_slice(), widened.as_slice()])));
+    replace_shard0(dir.path(), &mut m, cols);
+    let r = infinity_data::inspect::verify(dir.path());
+    let want = "row 1 (id 1), column `text_emb`: expected \"bf16\" values, found f32 ones";
+    assert_eq!(r.problems.iter().filter(|p| p.contains(want)).count(), 1, "{:?}", r.problems);
+    assert!(!r.problems.iter().any(|p| p.contains("row 0 (id 0), column")), "{:?}", r.problems);
 }
 
 #[test]

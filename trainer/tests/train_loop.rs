@@ -854,6 +854,34 @@ fn a_repeated_rewind_with_the_same_config_continues_its_history() {
     assert_eq!(rewind(&then, None).started_at, 3);
 }
 
+/// A rewind with the settings the run had recomputes the abandoned history's weights bit for bit: its own
+/// checkpoints are still its own (not copies of the abandoned ones), so a requeue of the rewind and
+/// `--resume auto` continue it.
+#[test]
+fn a_rewind_that_recomputes_the_same_weights_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"), "class");
+    cfg.run.steps = 9;
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let rewind = TrainOptions { resume: Some(step3.clone()), stop_after: Some(6), ..Default::default() };
+    assert_eq!(train(&cfg, &rewind).unwrap().steps, 6);
+    let same =
+        |a: &str, b: &str| std::fs::read(cfg.run.dir.join(a)).unwrap() == std::fs::read(cfg.run.dir.join(b)).unwrap();
+    assert!(same(
+        "checkpoints/step-00000006/model.safetensors",
+        "abandoned/after-step-00000003/step-00000006/model.safetensors"
+    ));
+    let again = TrainOptions { resume: Some(step3), ..Default::default() };
+    let s = train(&cfg, &again).unwrap();
+    assert_eq!((s.started_at, s.steps), (6, 9));
+    let newest = latest_checkpoint(&cfg.run.dir);
+    let auto = TrainOptions { resume: newest, resume_auto: true, ..Default::default() };
+    assert_eq!(train(&cfg, &auto).unwrap().started_at, 9);
+}
+
 /// Bits that are not their latents' BSQ (training never reads them, so a writer's convention that
 /// differs goes unnoticed by the run): `--check` warns from a sample of rows.
 #[test]

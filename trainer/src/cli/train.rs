@@ -137,13 +137,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         Some("auto") => newest(),
         // a requeued rewind whose step keep_last has pruned since: the history it began goes on (as
         // where the step is still there: `start_state::repeated_rewind`)
-        Some(p) if !std::path::Path::new(p).exists() && rewound_before_pruned(&cfg, p).is_some() => {
-            let (n, m) = rewound_before_pruned(&cfg, p).expect("matched above");
-            console_err!("warning: {}", train::start_state::rewound_before_note(std::path::Path::new(p), (n, m)));
-            Some(train::checkpoint::step_dir(&cfg.run.dir, m))
-        }
-        // a checkpoint folder, or a run folder's newest complete checkpoint
-        Some(p) => Some(train::checkpoint::resolve(std::path::Path::new(p)).map_err(|e| bad(auto_hint(p, e)))?),
+        Some(p) => match rewound_before_pruned(&cfg, p) {
+            Some(found) => {
+                console_err!("warning: {}", train::start_state::rewound_before_note(std::path::Path::new(p), found));
+                Some(train::checkpoint::step_dir(&cfg.run.dir, found.1))
+            }
+            // a checkpoint folder, or a run folder's newest complete checkpoint
+            None => Some(train::checkpoint::resolve(std::path::Path::new(p)).map_err(|e| bad(auto_hint(p, e)))?),
+        },
     };
     let gpu = match a.gpu_gib {
         Some(g) if !(g > 0.0 && g < 1e6) => return Err(bad(anyhow::anyhow!("--gpu-gib {g}: expected a size in GiB"))),
@@ -242,10 +243,15 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(preempted_exit(s.preempted && s.steps < cfg.run.steps, a.preempted_exit_code))
 }
 
-/// [`train::start_state::rewound_before`] for a `--resume` step folder that is gone (pruned).
+/// [`train::start_state::rewound_before`] for a `--resume` step folder that is gone (pruned), on the
+/// dataset the config names (its shards not hashed: the run does that).
 fn rewound_before_pruned(cfg: &train::config::TrainConfig, given: &str) -> Option<(u64, u64)> {
+    if std::path::Path::new(given).exists() {
+        return None;
+    }
     let config_toml = toml::to_string(&cfg.with_absolute_paths()).ok()?;
-    train::start_state::rewound_before(&cfg.run.dir, std::path::Path::new(given), &config_toml, None)
+    let ds = train::Setup::open_with(cfg, infinity_data::Checksums::Skip).ok()?.ds;
+    train::start_state::rewound_before(&cfg.run.dir, std::path::Path::new(given), &config_toml, Some(&ds.manifest))
 }
 
 /// `e` with a hint when `--resume` was given a near miss of `auto` (`autoo`, `Auto`) that names no path.

@@ -200,17 +200,22 @@ pub fn check_with(
         size(host.rank0_writing as f64)
     ));
     // (a checkpoint is written whole before the oldest is pruned: keep_last + 1 at once, less those there)
+    // (at most as many as the run writes: one every checkpoint.every steps and the last)
     let kept = checkpoint::complete(&cfg.run.dir).len().min(cfg.checkpoint.keep_last);
-    let more = (cfg.checkpoint.keep_last + 1 - kept) as f64 * host.rank0_writing as f64;
+    let written = cfg.run.steps.checked_div(cfg.checkpoint.every).unwrap_or(0) + 1;
+    let n = (cfg.checkpoint.keep_last + 1 - kept).min(written as usize);
+    let more = n as f64 * host.rank0_writing as f64;
     if let Some(free) = free_bytes(&cfg.run.dir).filter(|&f| (f as f64) < more) {
         out.push(format!(
-            "warning: run.dir {}'s file system has {} free, less than the {} that checkpoint.keep_last = {} more \
-             checkpoints of {} take (one more is written before the oldest is pruned): checkpoint writes may fail",
+            "warning: run.dir {}'s file system has {} free, less than the {} that {} of {} take \
+             (checkpoint.keep_last = {}, and one more is written before the oldest is pruned): checkpoint writes \
+             may fail",
             cfg.run.dir.display(),
             size(free as f64),
             size(more),
-            cfg.checkpoint.keep_last + 1 - kept,
-            size(host.rank0_writing as f64)
+            plural(n, "more checkpoint"),
+            size(host.rank0_writing as f64),
+            cfg.checkpoint.keep_last
         ));
     }
     if let Some(v) = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)? {

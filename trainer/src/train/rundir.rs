@@ -236,8 +236,12 @@ fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
         let folders = std::fs::read_dir(run.join("abandoned")).ok()?;
         folders.flatten().map(|f| f.path()).find(|f| weights(&checkpoint::step_folder(f, step)) == Some(mine.clone()))
     };
+    // (the folder's own checkpoint is of its history, even where a rewind recomputed an abandoned one's
+    // weights bit for bit: the same settings give the same steps)
+    let own = ckpt.parent().and_then(|p| p.canonicalize().ok()) == run.join("checkpoints").canonicalize().ok();
     let abandoned_at = match ckpt.parent().filter(|p| p.parent().is_some_and(|a| a.ends_with("abandoned"))) {
         Some(folder) => fork_of(folder),
+        None if own => None,
         None => copied_from().and_then(|f| fork_of(&f)),
     };
     if let Some(fork) = abandoned_at.filter(|&f| logged > f || newest.is_some_and(|n| n > f)) {
