@@ -228,16 +228,13 @@ pub fn verify(dir: &Path) -> VerifyReport {
         // values must be finite, and the bits the BSQ of the stored latent (what training re-quantises
         // with flips)
         // (`true`: bits that are not their latent's BSQ; `false`: a value that is not finite, or f32)
+        let dtype =
+            m.conditions.text.as_ref().map_or(String::new(), |t| serde_json::to_string(&t.dtype).unwrap_or_default());
         let mismatched: Vec<(bool, String)> = sound
             .par_iter()
             .filter_map(|&row| {
                 let rr = shard.row(row);
                 // (f32 embeddings stored where the manifest says 16-bit ones: a writer's usual slip)
-                let dtype = m
-                    .conditions
-                    .text
-                    .as_ref()
-                    .map_or(String::new(), |t| serde_json::to_string(&t.dtype).unwrap_or_default());
                 let as_f32 = |column: &str, non_finite: bool| {
                     let bytes = match column {
                         format::COL_TEXT => rr.text_emb,

@@ -198,7 +198,7 @@ impl Loader {
                 }
             }
             Some(mut s) => {
-                s.same_tokenizer(&ds)?;
+                s.same_tokenizer_as(&first.dir, tokenizer.as_deref())?;
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
                 (s.dataset, s.buckets, s.mix, s.tokenizer) = (dataset, buckets, mixed, tokenizer);

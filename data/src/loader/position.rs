@@ -116,13 +116,18 @@ impl LoaderState {
     /// does not read (training does not need it; `data verify` names it) is not compared.
     pub fn same_tokenizer(&self, ds: &crate::Dataset) -> Result<()> {
         let first = &ds.parts()[0];
-        let now = crate::tokenizer::identity(&first.dir, &first.manifest).ok();
+        self.same_tokenizer_as(&first.dir, crate::tokenizer::identity(&first.dir, &first.manifest).ok().as_deref())
+    }
+
+    /// [`LoaderState::same_tokenizer`] where the dataset's tokenizer identity, `now`, is known already
+    /// (`dir`: the dataset folder it names).
+    pub(crate) fn same_tokenizer_as(&self, dir: &std::path::Path, now: Option<&str>) -> Result<()> {
         match (&self.tokenizer, now) {
-            (Some(saved), Some(now)) if *saved != now => Err(DataError::Config(format!(
+            (Some(saved), Some(now)) if saved != now => Err(DataError::Config(format!(
                 "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), so they mean \
                  other images: no resume takes that, --accept-data-change included (it takes mended rows); train \
                  a new run on it",
-                first.dir.display()
+                dir.display()
             ))),
             _ => Ok(()),
         }
