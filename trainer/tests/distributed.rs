@@ -301,6 +301,11 @@ fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
     println!("ZeRO-1 on 2 ranks vs 1 rank after 4 steps: max |Δw| = {diff:.3e} ({name})");
     assert!(diff <= 1e-5, "ZeRO-1: max |Δw| {diff:e} at {name}");
     // its step-2 checkpoint (whole moments) continues on 4 ranks with ZeRO-1 and on 1 rank without
+    let mut check = Command::new(BIN);
+    check.arg("train").arg(&cfg).args(["--check", "--world", "4", "--set"]);
+    check.arg(format!("run.dir={}", tmp.path().join("check-4").display())).arg("--resume");
+    let out = ok(check.arg(z2.join("checkpoints/step-00000002")).args(zero).output().unwrap());
+    assert!(out.contains("resume: written on 2 ranks, resumed on 4:"), "{out}");
     for (n, extra) in [(4usize, &zero[..]), (1, &[][..])] {
         let run = tmp.path().join(format!("resumed-{n}"));
         std::fs::create_dir_all(run.join("checkpoints")).unwrap();
@@ -311,7 +316,10 @@ fn zero1_matches_one_rank_and_its_checkpoints_restore_on_another_world_size() {
             std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
         }
         let mut c = launch(n, &cfg, &run, &[], &[]);
-        ok(c.args(extra).args(["--resume", "auto"]).output().unwrap());
+        let out = ok(c.args(extra).args(["--resume", "auto"]).output().unwrap());
+        // (the checkpoint records the ranks that wrote it; the resume says it runs on others)
+        let said = format!("at step 2 (written on 2 ranks, resumed on {n}: the same samples in the same order");
+        assert!(out.contains(&said), "{out}");
         let (diff, name) = max_abs_diff(&weights(&one, 4), &weights(&run, 4));
         println!("ZeRO-1 checkpoint resumed on {n} ranks vs 1 rank: max |Δw| = {diff:.3e} ({name})");
         assert!(diff <= 1e-5, "resumed on {n}: max |Δw| {diff:e} at {name}");
@@ -359,6 +367,7 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
         out.contains(&format!("resumed from {} at step 4", from.join("checkpoints/step-00000004").display())),
         "{out}"
     );
+    assert!(!out.contains("written on"), "same world size, nothing to say: {out}");
     assert!(weights(&from, 8) == weights(&clean, 8), "restarted from its own checkpoint: final weights differ");
 
     // ranks that see different checkpoints (a run.dir that is not shared) stop together, saying so

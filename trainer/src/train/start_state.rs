@@ -336,6 +336,17 @@ pub(crate) fn resume_from(
     Ok(Resumed { params, opt, state, changes, data_change })
 }
 
+/// What a resume on `world` ranks of a checkpoint written on `saved` ranks says, where they differ: the
+/// data order is global, so the run goes on with the same samples, but its sums run in another order.
+pub(crate) fn other_world_note(saved: Option<usize>, world: usize) -> Option<String> {
+    let saved = saved.filter(|&s| s != world)?;
+    Some(format!(
+        "written on {}, resumed on {world}: the same samples in the same order, summed in another order, so \
+         not bit for bit the {saved}-rank run",
+        crate::cli::plural(saved, "rank")
+    ))
+}
+
 /// The parameters whose AdamW moments `rank` of `world` keeps: its ZeRO-1 shard (`dist.zero1`), else
 /// all of them.
 pub(crate) fn moments_of(cfg: &TrainConfig, numel: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
@@ -363,7 +374,8 @@ pub(crate) fn starting_state(
             if let Some(warning) = r.data_change.filter(|_| leader) {
                 tracing::warn!("{warning}");
             }
-            console!("resumed from {} at step {}", dir.display(), r.state.step);
+            let ranks = other_world_note(r.state.world_size, world).map(|n| format!(" ({n})")).unwrap_or_default();
+            console!("resumed from {} at step {}{ranks}", dir.display(), r.state.step);
             if leader && !r.changes.is_empty() {
                 let changes = r.changes.join("\n  ");
                 tracing::warn!("resuming with settings that differ from the checkpoint's:\n  {changes}");

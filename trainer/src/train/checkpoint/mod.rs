@@ -92,6 +92,11 @@ pub struct TrainState {
     /// (`start_state::repeated_rewind`). Absent where the history never rewound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_at: Option<u64>,
+    /// The ranks of the session that wrote the checkpoint, so that a resume on another number is said
+    /// (the same samples in the same order, summed in another order: not bit for bit). Absent in the
+    /// checkpoints of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
 }
 
 impl TrainState {
@@ -111,6 +116,7 @@ impl TrainState {
             seen: Some(super::seen::Seen::default()),
             val_sets: None,
             forked_at: None,
+            world_size: None,
         }
     }
 }
