@@ -103,12 +103,12 @@ where
     })
 }
 
-/// `n` and the noun, `s`-plural unless `n` is 1 ("1 image", "4 images").
+/// `n` and the noun, plural unless `n` is 1 ("1 image", "4 images", "24 classes").
 pub fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
+    match n {
+        1 => format!("1 {noun}"),
+        _ if ["s", "x", "ch", "sh"].iter().any(|e| noun.ends_with(e)) => format!("{n} {noun}es"),
+        _ => format!("{n} {noun}s"),
     }
 }
 

@@ -914,6 +914,15 @@ fn a_linked_ladder_with_tokens_per_parameter() {
         assert_eq!(r.config.model.num_heads, Some(r.config.model.embed_dim.unwrap() / 32), "{}", r.name);
     }
     assert!(plan.runs[2].config.run.steps > 2 * plan.runs[0].config.run.steps, "the larger model trains longer");
+    // `model info --dataset` counts a rung's parameters as the plan does, and says what it assumed
+    let args = ["model", "info", "--preset", "tiny", "--width", "128", "--heads", "4", "--dataset", "data"];
+    let text = ok(infinity(&args, t));
+    assert!(text.contains("(the dataset has 24 classes too: --classes 24 counts a class-conditioned model)"), "{text}");
+    let info = ok(infinity(&[&args[..], &["--classes", "24"]].concat(), t));
+    assert!(info.contains(&format!("parameters: {} ", plan.runs[2].parameters)), "{info}");
+    assert!(info.contains("conditioning: class, 24 classes (the dataset's)"), "{info}");
+    let bare = ok(infinity(&["model", "info", "--preset", "tiny", "--width", "128", "--heads", "4"], t));
+    assert!(bare.contains("a run takes its dataset's: --dataset DIR"), "{bare}");
     // a ratio too small for one step is named as a ratio
     std::fs::write(
         t.join("ladder.toml"),

@@ -71,7 +71,8 @@ pub struct Shape {
     template: String,
     #[arg(long, default_value = "0.06M")]
     budget: String,
-    /// Text tokens per sample.
+    /// Text tokens per sample (of a text-conditioned model; `model info` takes at most its longest
+    /// caption, --text-maxlen).
     #[arg(long, default_value_t = 32)]
     text_tokens: usize,
 }
@@ -97,6 +98,17 @@ pub struct InfoArgs {
     /// Bits per token (a run takes the dataset's); default the preset's.
     #[arg(long, value_parser = super::positive())]
     d: Option<usize>,
+    /// Text feature width (a run takes its dataset's `text_emb` width); default the preset's.
+    #[arg(long, value_parser = super::positive())]
+    text_dim: Option<usize>,
+    /// Rows of `cfg_uncond`, the longest caption in tokens (a run takes its dataset's); default the
+    /// preset's.
+    #[arg(long, value_parser = super::positive())]
+    text_maxlen: Option<usize>,
+    /// Take the bits per token and the condition from this dataset, as a run on it does: its text
+    /// width and longest caption (or, for a dataset without text or with --classes, its classes).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["d", "text_dim", "text_maxlen"])]
+    dataset: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -147,24 +159,75 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
     Ok((c, label))
 }
 
-/// `model info`'s model: the shape's, with `--classes` and `--d` as a run's dataset would set them.
-fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String)> {
+/// `model info`'s model: the shape's, with its bits per token and condition as a run's dataset sets
+/// them: `--dataset`'s, else `--classes`, `--d`, `--text-dim` and `--text-maxlen`. And the classes
+/// `--dataset` has (beside the text the model was counted with, a class model is another count).
+fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, Option<usize>)> {
     let (mut c, label) = config(&a.shape)?;
-    if let Some(n) = a.classes {
-        c.conditioning = crate::model::Conditioning::Class { num_classes: n };
+    let (mut d, mut classes, mut text) = (a.d, a.classes, (a.text_dim, a.text_maxlen));
+    let mut dataset_classes = None;
+    if let Some(dir) = &a.dataset {
+        let m = infinity_data::Manifest::load(dir).with_context(|| format!("--dataset {}", dir.display()))?;
+        dataset_classes = m.conditions.class.as_ref().map(|k| k.num_classes as usize);
+        d = Some(c.token_bits(m.d as usize));
+        match (&m.conditions.text, a.classes) {
+            (Some(t), None) => text = (Some(t.width as usize), Some(t.max_tokens as usize)),
+            (_, Some(n)) if dataset_classes != Some(n) => {
+                bail!("--classes {n}: the dataset {} has {}", dir.display(), describe_classes(dataset_classes))
+            }
+            (None, None) => match dataset_classes {
+                Some(n) => classes = Some(n),
+                None => bail!("--dataset {}: the dataset has no condition (class or text)", dir.display()),
+            },
+            (_, Some(_)) => {}
+        }
     }
-    c.d = a.d.unwrap_or(c.d);
-    Ok((c, label))
+    if classes.is_some() && (text.0.is_some() || text.1.is_some()) {
+        bail!("--text-dim and --text-maxlen describe a text-conditioned model, --classes a class-conditioned one");
+    }
+    if let Some(n) = classes {
+        c.conditioning = Conditioning::Class { num_classes: n };
+    }
+    c.d = d.unwrap_or(c.d);
+    c.text_channels = text.0.unwrap_or(c.text_channels);
+    c.text_maxlen = text.1.unwrap_or(c.text_maxlen);
+    c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    Ok((c, label, dataset_classes))
+}
+
+fn describe_classes(n: Option<usize>) -> String {
+    match n {
+        Some(n) => super::plural(n, "class"),
+        None => "no class labels".into(),
+    }
+}
+
+/// The condition `model info` counted, and where a run's would come from.
+fn conditioning_line(c: &ModelConfig, from_dataset: bool) -> String {
+    let source = match from_dataset {
+        true => "the dataset's",
+        false => "a run takes its dataset's: --dataset DIR, or --classes N / --text-dim W --text-maxlen T",
+    };
+    match c.conditioning {
+        Conditioning::Class { num_classes } => {
+            format!("conditioning: class, {} ({source})", super::plural(num_classes, "class"))
+        }
+        Conditioning::Text => format!(
+            "conditioning: text, {} wide, captions of up to {} tokens (cfg_uncond {} × {}; {source})",
+            c.text_channels, c.text_maxlen, c.text_maxlen, c.text_channels
+        ),
+    }
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Info(a) => {
             let s = &a.shape;
-            let (c, label) = info_config(&a)?;
+            let (c, label, also_classes) = info_config(&a)?;
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
-            let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens);
+            // (no caption is longer than the model's text_maxlen)
+            let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens.min(c.text_maxlen));
             let patches = match c.apply_spatial_patchify {
                 true => format!(" (spatial patchify: 2×2 × {} of the tokenizer's)", c.d_vae()),
                 false => String::new(),
@@ -178,6 +241,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 c.ffn_hidden(),
                 c.d
             );
+            console!("{}", conditioning_line(&c, a.dataset.is_some()));
+            if let Some(n) = also_classes.filter(|_| c.conditioning == Conditioning::Text) {
+                console!(
+                    "  (the dataset has {} too: --classes {n} counts a class-conditioned model)",
+                    super::plural(n, "class")
+                );
+            }
             console!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
             console!("schedule {}: L = {}", sched.name, sched.num_tokens());
             console!(
@@ -225,7 +295,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
     use crate::model::memory::{device_memory, gib, gib_to_bytes, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
     let (b, l) = (a.batch, sched.num_tokens());
-    let t = if c.has_cross_attention() { a.shape.text_tokens } else { 0 };
+    let t = if c.has_cross_attention() { a.shape.text_tokens.min(c.text_maxlen) } else { 0 };
     let text = if t > 0 { format!(", {t} text tokens per sample") } else { String::new() };
     let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
     let mut out = format!(
@@ -306,7 +376,7 @@ mod tests {
     #[test]
     fn model_info_counts_a_class_models_parameters_as_a_run_does() {
         let a = Cli::parse_from(["info", "--preset", "tiny", "--classes", "24", "--d", "16"]).info;
-        let (info, _) = super::info_config(&a).unwrap();
+        let (info, _, _) = super::info_config(&a).unwrap();
         // the CPU demo: the tiny preset, class-conditioned
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml");
         let cfg = crate::train::config::TrainConfig::load(&demo, &[]).unwrap();
@@ -328,7 +398,7 @@ mod tests {
     #[test]
     fn model_info_takes_a_sweeps_shape() {
         let args = ["info", "--preset", "layer12", "--width", "96", "--depth", "3", "--heads", "4", "--classes", "10"];
-        let (info, label) = super::info_config(&Cli::parse_from(args).info).unwrap();
+        let (info, label, _) = super::info_config(&Cli::parse_from(args).info).unwrap();
         assert_eq!(label, "layer12-w96-d3-h4");
         let mut model = crate::train::config::TrainConfig::load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml"),
