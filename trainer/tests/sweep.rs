@@ -268,6 +268,10 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let tb: serde_json::Value = serde_json::from_str(tb.lines().last().unwrap()).unwrap();
     assert_eq!(tb["hparams"]["model.embed_dim"], 192.0, "{tb}");
     assert_eq!(tb["hparams_group"], "embed-dim-192_num-heads-2", "{tb}");
+    assert_eq!(tb["hparams"]["model.conditioning"], "class", "{tb}");
+    let point = std::fs::read_to_string(t.join("sweep/embed-dim-192_num-heads-2/sweep-point.json")).unwrap();
+    let point: serde_json::Value = serde_json::from_str(&point).unwrap();
+    assert_eq!(point, serde_json::json!({"model.embed_dim": 192, "model.num_heads": 2}));
     assert!(tb["scalars"]["val/loss"].as_array().is_some_and(|v| v.len() == 3), "{tb}");
 
     // a job-array script for a fresh sweep; a diverging run is listed as failed
@@ -557,6 +561,15 @@ fn the_plan_tells_of_runs_already_in_out() {
     let plan = ok(infinity(&["sweep", "seeds.toml", "--dry-run"], t));
     assert!(plan.contains("remove one of them or move num-heads-2 out of"), "{plan}");
 
+    // another sweep into the same out: told of the folders it does not plan, by --status too
+    sweep_file(t, "other.toml", "s", "[axes]\n\"model.num_heads\" = [4]");
+    for args in [&["sweep", "other.toml", "--dry-run"][..], &["sweep", "other.toml", "--status"]] {
+        let text = ok(infinity(args, t));
+        let said = "also holds 3 run folders this sweep does not plan (num-heads-2, num-heads-2_seed-5, \
+                    num-heads-2_seed-6: another sweep's";
+        assert!(text.contains(said) && text.contains("give a new sweep an out of its own"), "{args:?}:\n{text}");
+    }
+
     // `out` is resolved from the current directory: from another one the plan says where the runs are
     std::fs::create_dir(t.join("elsewhere")).unwrap();
     let plan = ok(infinity(&["sweep", "../one.toml", "--dry-run"], &t.join("elsewhere")));
@@ -567,6 +580,8 @@ fn the_plan_tells_of_runs_already_in_out() {
             && plan.contains(&format!("but {} holds 3 run folders", old.display())),
         "{plan}"
     );
+    let status = ok(infinity(&["sweep", "../one.toml", "--status"], &t.join("elsewhere")));
+    assert!(status.contains("out = \"s\" is resolved from the current directory"), "{status}");
     assert!(!new.exists());
 
     // a run that trained with other settings: --dry-run refuses it as the real run does

@@ -38,10 +38,13 @@ pub struct SweepArgs {
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
-    let sweep::Plan { sweep: file, out, runs, warnings, env } = sweep::plan(&a.file)?;
+    let sweep::Plan { sweep: file, out, runs, warnings, out_warnings, env } = sweep::plan(&a.file)?;
     if a.status {
         console_text!("{}", sweep::status_table(&runs));
         console_text!("run folders: {}/NAME\n", out.display());
+        for w in &out_warnings {
+            console_err!("warning: {w}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     // each run still to train here would start and fail at once: refused; a SLURM script, which names this
@@ -71,7 +74,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     for v in &env {
         console_err!("environment: {v} (the runs the sweep starts do not see it again)");
     }
-    for w in &warnings {
+    for w in warnings.iter().chain(&out_warnings) {
         console_err!("warning: {w}");
     }
     if a.dry_run {

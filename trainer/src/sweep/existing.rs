@@ -39,18 +39,24 @@ fn folder_key(dir: &Path) -> Option<String> {
 
 /// A warning for each folder in `out` that the plan does not name but that trains a planned run's
 /// config: the runs are named after every axis, so adding one (`"run.seed" = [0, 1]`) renames them all,
-/// and the old folders would stay beside the new ones that train the same again.
-pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<Vec<String>> {
+/// and the old folders would stay beside the new ones that train the same again. And one for the
+/// other run folders the plan does not name (another sweep's, or values since taken off an axis),
+/// which `infinity scaling OUT` reads with this sweep's runs.
+pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, Option<String>)> {
     let mut planned = std::collections::HashMap::new();
     for r in runs {
         planned.insert(config_key(&r.config)?, r);
     }
     let mut warnings = Vec::new();
+    let mut unplanned = Vec::new();
     for dir in run_folders(out) {
         if runs.iter().any(|r| r.dir == dir) {
             continue;
         }
-        let Some(r) = folder_key(&dir).and_then(|k| planned.get(&k).copied()) else { continue };
+        let Some(r) = folder_key(&dir).and_then(|k| planned.get(&k).copied()) else {
+            unplanned.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            continue;
+        };
         let old = dir.file_name().unwrap_or_default().to_string_lossy();
         let advice = match r.dir.join("config.toml").is_file() {
             true => format!("remove one of them or move {old} out of {}", out.display()),
@@ -66,7 +72,21 @@ pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<Vec<Stri
             r.name
         ));
     }
-    Ok(warnings)
+    let others = (!unplanned.is_empty()).then(|| {
+        let shown = match unplanned.len() {
+            n if n > 4 => format!("{}, … ({n} in all)", unplanned[..3].join(", ")),
+            _ => unplanned.join(", "),
+        };
+        format!(
+            "{} also holds {} this sweep does not plan ({shown}: another sweep's, or values taken off an axis): \
+             `--status` lists this sweep's runs alone, while `infinity scaling {}` reads every run folder in it \
+             (and fits runs together wherever their data and settings allow); give a new sweep an out of its own",
+            out.display(),
+            crate::cli::plural(unplanned.len(), "run folder"),
+            out.display()
+        )
+    });
+    Ok((warnings, others))
 }
 
 /// A warning when `out` (relative, resolved from the current directory) does not exist but the folder

@@ -83,6 +83,9 @@ pub struct PlannedRun {
     /// The manifest of its training data as `infinity train` joins it (a mix's datasets in one), whose
     /// fingerprint a run that has trained recorded in its `derived.json`.
     pub dataset: Manifest,
+    /// Its values of the sweep's axes (`[axes]` and `[linked]`, budgets included), which
+    /// `RUN/sweep-point.json` keeps for the run's TensorBoard HParams.
+    pub point: Vec<(String, toml::Value)>,
 }
 
 /// A run's budget of training tokens or FLOPs (the `tokens`, `compute` and `tokens_per_parameter`
@@ -147,10 +150,13 @@ pub struct Plan {
     /// `out`, absolute (resolved from the current directory).
     pub out: PathBuf,
     pub runs: Vec<PlannedRun>,
-    /// Warnings naming a run (budgets missed by whole steps, warm-up past the last step, folders in `out`
-    /// that train a planned config under another name, GPUs the runs leave idle), printed before anything
-    /// starts.
+    /// Warnings naming a run (budgets missed by whole steps, warm-up past the last step, GPUs the runs
+    /// leave idle), printed before anything starts.
     pub warnings: Vec<String>,
+    /// Warnings about what `out` holds (runs beside the sweep file while `out` points elsewhere, folders
+    /// that train a planned config under another name, run folders the plan does not name), printed
+    /// with the others and by `--status`.
+    pub out_warnings: Vec<String>,
     /// `INF__…` variables of this environment, each with what became of it (written into every run's
     /// config, or replaced by the sweep's own value for that key).
     pub env: Vec<String>,
@@ -209,7 +215,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     let elsewhere = existing::out_beside_the_file(path, &sweep, &out);
     match expand(path, sweep, out) {
         Ok(mut plan) => {
-            plan.warnings.splice(0..0, elsewhere);
+            plan.out_warnings.splice(0..0, elsewhere);
             Ok(plan)
         }
         Err(e) => match elsewhere {
@@ -276,6 +282,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     for combo in combos {
         let name = name_of(&combo);
         let dir = out.join(&name);
+        let point: Vec<(String, toml::Value)> = combo.iter().map(|(k, v)| ((*k).clone(), (*v).clone())).collect();
         let mut overrides: Vec<String> = sweep.set.iter().map(|(k, v)| override_text(k, v)).collect();
         let mut budget = None;
         for (k, v) in &combo {
@@ -389,6 +396,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             budget,
             config,
             dataset,
+            point,
         });
     }
     // two folders that would train the same thing: budgets that round to the same whole steps, or
@@ -416,9 +424,10 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         }
         seen.insert(key, i);
     }
-    warnings.extend(existing::same_config_elsewhere(&out, &runs)?);
     warnings.extend(slurm::gpu_warnings(&sweep, &runs));
-    Ok(Plan { sweep, out, runs, warnings, env })
+    let (same, others) = existing::same_config_elsewhere(&out, &runs)?;
+    let out_warnings = same.into_iter().chain(others).collect();
+    Ok(Plan { sweep, out, runs, warnings, out_warnings, env })
 }
 
 /// An amount as messages show it: whole numbers as they are, others to a few digits.

@@ -184,6 +184,10 @@ pub fn write_configs(runs: &[PlannedRun]) -> Result<()> {
         }
         std::fs::create_dir_all(&r.dir).with_context(|| format!("creating {}", r.dir.display()))?;
         write_atomic(&r.dir.join("config.toml"), text.as_bytes())?;
+        let point: serde_json::Map<String, serde_json::Value> =
+            r.point.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default())).collect();
+        let point = serde_json::to_string_pretty(&point)?;
+        write_atomic(&r.dir.join(crate::train::log::SWEEP_POINT_FILE), point.as_bytes())?;
     }
     Ok(())
 }

@@ -214,7 +214,7 @@ impl Logger {
         Ok(())
     }
 
-    /// The run's hyperparameters for TensorBoard's HParams tab.
+    /// The run's hyperparameters for TensorBoard's HParams tab ([`hparam_list`]).
     pub fn hparams(
         &mut self,
         cfg: &super::config::TrainConfig,
@@ -222,25 +222,7 @@ impl Logger {
         params: usize,
         world: usize,
     ) {
-        use crate::tensorboard::HParam::{Number, Text};
-        let n = |x: f64| Number(x);
-        let list = vec![
-            ("model.preset".to_string(), Text(cfg.model.preset.clone())),
-            ("model.depth".into(), n(mc.depth as f64)),
-            ("model.embed_dim".into(), n(mc.embed_dim as f64)),
-            ("model.num_heads".into(), n(mc.num_heads as f64)),
-            ("parameters".into(), n(params as f64)),
-            ("d".into(), n(mc.d as f64)),
-            ("optim.lr".into(), n(cfg.peak_lr())),
-            // 0: the standard parametrization
-            ("model.mup_base_width".into(), n(cfg.model.mup_base_width.unwrap_or(0) as f64)),
-            ("model.mup_base_heads".into(), n(cfg.model.mup_base_heads.unwrap_or(0) as f64)),
-            ("data.global_batch".into(), n(cfg.data.global_batch as f64)),
-            ("run.steps".into(), n(cfg.run.steps as f64)),
-            ("run.seed".into(), n(cfg.run.seed as f64)),
-            ("bsc.p_max".into(), n(cfg.bsc.p_max)),
-            ("world_size".into(), n(world as f64)),
-        ];
+        let list = hparam_list(cfg, mc, params, world);
         let group = cfg.run.dir.file_name().map_or("run".into(), |f| f.to_string_lossy().to_string());
         self.tb.write(None, |w| w.hparams(&list, &group));
     }
@@ -260,6 +242,61 @@ impl Logger {
     }
 }
 
+/// The file an `infinity sweep` writes beside a run's `config.toml`: the run's values of the sweep's
+/// axes (`{"model.embed_dim": 64, "tokens": 2e6}`), which its HParams add.
+pub const SWEEP_POINT_FILE: &str = "sweep-point.json";
+
+/// A run's hyperparameters: the model's shape and size, the optimisation, the data and conditioning,
+/// and, in a sweep's run, each of the sweep's axes the list does not hold already (its budget, a mix's
+/// weight, …: `RUN/sweep-point.json`, which an unreadable file leaves out).
+pub fn hparam_list(
+    cfg: &super::config::TrainConfig,
+    mc: &crate::model::ModelConfig,
+    params: usize,
+    world: usize,
+) -> Vec<(String, crate::tensorboard::HParam)> {
+    use crate::tensorboard::HParam::{Bool, Number, Text};
+    let n = |x: f64| Number(x);
+    let mut list = vec![
+        ("model.preset".to_string(), Text(cfg.model.preset.clone())),
+        ("model.depth".into(), n(mc.depth as f64)),
+        ("model.embed_dim".into(), n(mc.embed_dim as f64)),
+        ("model.num_heads".into(), n(mc.num_heads as f64)),
+        ("model.mlp_ratio".into(), n(mc.mlp_ratio)),
+        ("model.conditioning".into(), Text(cfg.model.conditioning.clone())),
+        ("model.cond_drop_rate".into(), n(mc.cond_drop_rate)),
+        ("model.drop_path_rate".into(), n(mc.drop_path_rate)),
+        ("parameters".into(), n(params as f64)),
+        ("d".into(), n(mc.d as f64)),
+        ("optim.lr".into(), n(cfg.peak_lr())),
+        ("optim.warmup_steps".into(), n(cfg.optim.warmup_steps as f64)),
+        ("optim.adamw.weight_decay".into(), n(cfg.optim.adamw.weight_decay)),
+        // 0: the standard parametrization
+        ("model.mup_base_width".into(), n(cfg.model.mup_base_width.unwrap_or(0) as f64)),
+        ("model.mup_base_heads".into(), n(cfg.model.mup_base_heads.unwrap_or(0) as f64)),
+        ("data.global_batch".into(), n(cfg.data.global_batch as f64)),
+        ("data.short_cap_prob".into(), n(cfg.data.short_cap_prob)),
+        ("run.steps".into(), n(cfg.run.steps as f64)),
+        ("run.seed".into(), n(cfg.run.seed as f64)),
+        ("bsc.p_max".into(), n(cfg.bsc.p_max)),
+        ("world_size".into(), n(world as f64)),
+    ];
+    let text = std::fs::read_to_string(cfg.run.dir.join(SWEEP_POINT_FILE)).unwrap_or_default();
+    let point: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    for (key, value) in point {
+        let value = match value {
+            serde_json::Value::Number(x) => x.as_f64().map(Number),
+            serde_json::Value::Bool(b) => Some(Bool(b)),
+            serde_json::Value::String(t) => Some(Text(t)),
+            other => Some(Text(other.to_string())),
+        };
+        if let Some(v) = value.filter(|_| list.iter().all(|(k, _)| *k != key)) {
+            list.push((key, v));
+        }
+    }
+    list
+}
+
 /// A step's metrics for the logging tests: `step` at `tokens_per_s` for `step_time_s`, MFU 0.5.
 #[cfg(test)]
 pub(super) fn test_step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepMetrics {
@@ -271,6 +308,35 @@ pub(super) fn test_step(step: u64, tokens_per_s: f64, step_time_s: f64) -> StepM
 mod tests {
     use super::test_step as step;
     use super::*;
+
+    /// A sweep's run adds its axes to its HParams, where the list does not hold them already.
+    #[test]
+    fn hparams_hold_a_sweep_runs_axes() {
+        let run = tempfile::tempdir().unwrap();
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/demo-cpu.toml");
+        let cfg = super::super::config::TrainConfig::load(&demo, &[format!("run.dir={}", run.path().display())]);
+        let cfg = cfg.unwrap();
+        let mc = crate::model::ModelConfig::named_preset("tiny").unwrap();
+        let point = r#"{"data.mix[0].weight": 2, "model.embed_dim": 999, "tokens": 2e5, "note": "x", "ema": true}"#;
+        std::fs::write(run.path().join(SWEEP_POINT_FILE), point).unwrap();
+        let list = hparam_list(&cfg, &mc, 1000, 2);
+        let get = |k: &str| get_of(&list, k);
+        use crate::tensorboard::HParam::{Bool, Number, Text};
+        assert_eq!(get("data.mix[0].weight"), Some(Number(2.0)));
+        assert_eq!(get("tokens"), Some(Number(2e5)));
+        assert_eq!(get("note"), Some(Text("x".into())));
+        assert_eq!(get("ema"), Some(Bool(true)));
+        // (the resolved value, not the point's)
+        assert_eq!(get("model.embed_dim"), Some(Number(mc.embed_dim as f64)));
+        assert_eq!(get("model.conditioning"), Some(Text(cfg.model.conditioning.clone())));
+        // a damaged file is left out
+        std::fs::write(run.path().join(SWEEP_POINT_FILE), "{").unwrap();
+        assert!(get_of(&hparam_list(&cfg, &mc, 1000, 2), "tokens").is_none());
+    }
+
+    fn get_of(list: &[(String, crate::tensorboard::HParam)], k: &str) -> Option<crate::tensorboard::HParam> {
+        list.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    }
 
     /// With several buckets each step's loss and accuracies are also written under its bucket's
     /// schedule, where scale `s` keeps one shape; with one bucket they are not repeated.
