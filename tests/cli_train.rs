@@ -859,6 +859,14 @@ fn eval_measures_checkpoints_as_training_validates() {
     assert!(infinity(&["eval", path_str(&run), "--val", path_str(&val), "--max-rows", "5", "--out", path_str(&out)]));
     let last = lines(&out).pop().unwrap();
     assert_eq!((last["step"].as_u64(), last["rows"].as_u64()), (Some(3), Some(5)), "{last}");
+    assert!(last["set"].is_null(), "{last}");
+    // named (for `infinity scaling --val-set`, from the run's eval.jsonl)
+    let named = ["eval", path_str(&run), "--val", path_str(&val), "--name", "news", "--out"];
+    assert!(infinity(&[&named[..], &[path_str(&run.join("eval.jsonl"))]].concat()));
+    let last = lines(&run.join("eval.jsonl")).pop().unwrap();
+    assert_eq!((last["set"].as_str(), last["step"].as_u64()), (Some("news"), Some(3)), "{last}");
+    let e = err(&["eval", path_str(&run), "--name", "news"]);
+    assert!(e.contains("--val"), "--name without --val: {e}");
     let e = err(&["eval", path_str(&run), "--val", path_str(&tmp.path().join("nowhere"))]);
     assert!(e.contains("not a dataset (no manifest.json)"), "{e}");
 }

@@ -27,6 +27,10 @@ pub struct EvalArgs {
     /// data's bits and conditions (its tokenizer, `d`, classes or text width).
     #[arg(long, value_name = "DIR")]
     val: Option<PathBuf>,
+    /// The name of --val's set in the results (`set` in the --out lines): with `--out RUN/eval.jsonl`,
+    /// `infinity scaling --val-set NAME` fits it for runs whose `val.jsonl` has no set of that name.
+    #[arg(long, value_name = "NAME", requires = "val", value_parser = crate::cli::sweep::set_name)]
+    name: Option<String>,
     /// Rows evaluated, the first of the dataset (default: the run's `val.max_rows`).
     #[arg(long, value_name = "N", value_parser = infinity_launcher::positive())]
     max_rows: Option<usize>,
@@ -81,10 +85,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let costs = crate::train::seen::bucket_costs(&first_model.model, &train.manifest, &flops_per_token);
     let micro_batch = cfg.data.micro_batch.samples().unwrap_or(MICRO_BATCH);
     let validator = Validator::new(&cfg, &first_model.model, &train, micro_batch)?.expect("val.dir is set");
+    let val_dir = cfg.val.dir.as_ref().expect("set").display();
+    let main_set = match (&a.val, &a.name) {
+        (Some(_), Some(n)) => format!("--val {val_dir} ({n})"),
+        (Some(_), None) => format!("--val {val_dir}"),
+        (None, _) => format!("val.dir {val_dir}"),
+    };
     for (name, rows) in validator.rows() {
-        let set =
-            name.map_or_else(|| format!("val.dir {}", cfg.val.dir.as_ref().expect("set").display()), String::from);
-        console!("{set}: {rows} rows");
+        console!("{}: {rows} rows", name.map_or_else(|| main_set.clone(), String::from));
     }
     for w in validator.warnings() {
         console_err!("warning: {w}");
@@ -124,7 +132,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         };
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
-        let mut results = vec![(None, vm)];
+        let mut results = vec![(a.name.clone(), vm)];
         results.extend(more.into_iter().map(|(n, m)| (Some(n), m)));
         for (name, m) in results {
             let set = name.as_deref().map_or(String::new(), |n| format!(" [{n}]"));

@@ -180,8 +180,9 @@ pub struct ScalingArgs {
     #[arg(long, value_delimiter = ',', value_parser = positive_flops)]
     budget: Vec<f64>,
     /// Fit the loss of this validation set (one of the runs' `[[val.sets]]`, by name: `val.jsonl`'s
-    /// `sets.NAME`) in place of `val.dir`'s: the scaling of one domain of a mix. Runs without it are
-    /// left out. The analysis goes into RUNS/scaling-NAME (with one RUNS and no --out).
+    /// `sets.NAME`) in place of `val.dir`'s: the scaling of one domain of a mix; where a run's
+    /// `val.jsonl` has none, its `eval.jsonl`'s (`infinity eval RUN --val DIR --name NAME --out
+    /// RUN/eval.jsonl`). Runs without it are left out. The analysis goes into RUNS/scaling-NAME (with one RUNS and no --out).
     #[arg(long, value_name = "NAME", value_parser = set_name)]
     val_set: Option<String>,
     /// N as the fits take it: every parameter (Hoffmann et al.), or those outside the embeddings
@@ -193,7 +194,7 @@ pub struct ScalingArgs {
 }
 
 /// A validation set's name as `val.sets` allows it (a TensorBoard tag's part).
-fn set_name(s: &str) -> Result<String, String> {
+pub(crate) fn set_name(s: &str) -> Result<String, String> {
     match !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         true => Ok(s.to_string()),
         false => Err(format!("expected a val.sets name (letters, digits, `.`, `_`, `-`), found {s:?}")),

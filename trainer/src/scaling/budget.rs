@@ -336,6 +336,7 @@ mod tests {
             smoothed_val: Some(1.0),
             smoothed_train: None,
             val_curve: vec![],
+            val_from_eval: false,
             train_curve: vec![],
             tokens_per_s: None,
             mfu: None,

@@ -53,6 +53,9 @@ pub struct RunRecord {
     /// varies with the bucket (aspect ratio) drawn: ~10 % from step to step.
     pub smoothed_train: Option<f64>,
     pub val_curve: Vec<(u64, f64)>,
+    /// Whether `val_curve` is `infinity eval`'s ([`EVAL_FILE`]): `--val-set`'s set, which `val.jsonl`
+    /// does not have.
+    pub val_from_eval: bool,
     pub train_curve: Vec<(u64, f64)>,
     /// The median of the steps' own throughput and MFU in `metrics.jsonl` (robust to the first steps'
     /// compilation and warm-up; none: not logged, or MFU without a known peak).
@@ -203,7 +206,12 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     let flops_by_size = by_size(&derived, "train_flops_per_step_mean")
         .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?;
     let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
-    let ([val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
+    let ([mut val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
+    let mut val_from_eval = false;
+    if let Some(name) = val_set.filter(|_| val_curve.is_empty()) {
+        val_curve = eval_curve(&dir.join(EVAL_FILE), name);
+        val_from_eval = !val_curve.is_empty();
+    }
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
     let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
@@ -241,6 +249,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         smoothed_val: smoothed(&val_curve),
         smoothed_train: smoothed_train(&train_curve, steps),
         val_curve,
+        val_from_eval,
         train_curve,
         tokens_per_s: median(&tokens_per_s),
         mfu: median(&mfu),
@@ -252,6 +261,26 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }
 
+/// The file in a run folder where `infinity eval RUN --val DIR --name NAME --out RUN/eval.jsonl`
+/// appends its measurements, which `--val-set NAME` reads for a run whose `val.jsonl` has no such set.
+pub const EVAL_FILE: &str = "eval.jsonl";
+
+/// The losses of the set `name` in a run's `eval.jsonl`, by checkpoint step (the weights', not the
+/// moving average's; a step measured again keeps its last line); lines that do not read are skipped.
+fn eval_curve(path: &Path, name: &str) -> Curve {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut by_step = std::collections::BTreeMap::new();
+    for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let (set, ema) = (v["set"].as_str(), v["ema"].as_bool().unwrap_or(false));
+        if let (Some(step), Some(loss), Some(_), false) =
+            (v["step"].as_u64(), v["loss"].as_f64(), set.filter(|s| *s == name), ema)
+        {
+            by_step.insert(step, loss);
+        }
+    }
+    by_step.into_iter().collect()
+}
+
 /// Every readable run folder directly under each of `roots` (each root's sorted by name, numbers by
 /// value: `embed-dim-64` before `embed-dim-128`), and notes: the folders left out (unreadable: a
 /// malformed log line, a missing field) and the lines skipped. Folders without a summary are skipped
@@ -260,6 +289,8 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
 /// none is left out, with a note.
 pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, Vec<String>)> {
     let (mut runs, mut notes) = (Vec::new(), Vec::new());
+    // (the runs whose `val_set` losses are `infinity eval`'s, for one note)
+    let mut from_eval: Vec<String> = Vec::new();
     // the validation sets the runs without `val_set` have, for the error when none has it
     let mut other_sets = std::collections::BTreeSet::new();
     for root in roots {
@@ -274,13 +305,16 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                     other_sets.extend(val_set_names(&d.join("val.jsonl")));
                     notes.push(format!(
                         "left out (no loss of the validation set {} in its val.jsonl: not one of its val.sets, or \
-                         not evaluated yet): {}",
+                         not evaluated yet; nor in its {EVAL_FILE}): {}",
                         val_set.unwrap_or_default(),
                         root.name(&d)
                     ))
                 }
                 Ok((mut run, skipped)) => {
                     run.name = root.name(&d);
+                    if run.val_from_eval {
+                        from_eval.push(run.name.clone());
+                    }
                     runs.push(run);
                     notes.extend(skipped);
                 }
@@ -329,6 +363,14 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
     }
     if runs.is_empty() {
         bail!("no readable run folder in any of the {} folders given:\n  {}", roots.len(), notes.join("\n  "));
+    }
+    if !from_eval.is_empty() {
+        notes.push(format!(
+            "the validation set {}'s losses of {} are infinity eval's (their {EVAL_FILE}: no such set in val.jsonl): {}",
+            val_set.unwrap_or_default(),
+            crate::cli::plural(from_eval.len(), "run"),
+            from_eval.join(", ")
+        ));
     }
     Ok((runs, notes))
 }

@@ -549,6 +549,38 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
     assert!(e.ends_with("no run has a validation set news; their val.sets: web"), "{e}");
 }
 
+/// `--val-set NAME` of a set measured after training (`infinity eval RUN --val DIR --name NAME --out
+/// RUN/eval.jsonl`): the runs' `eval.jsonl` losses of that set, the weights' (not the moving
+/// average's), the last measurement of a step.
+#[test]
+fn a_validation_set_measured_by_eval_is_fitted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15f64, 1e16, 1e17].into_iter().enumerate() {
+        let name = format!("r{i}");
+        run(root, &name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(9.0)], "a");
+        let news = 20.0 * c.powf(-0.1);
+        let lines = [
+            serde_json::json!({ "step": 10, "set": "news", "ema": false, "loss": 1.0 }),
+            serde_json::json!({ "step": 10, "set": "news", "ema": false, "loss": news }),
+            serde_json::json!({ "step": 10, "set": "news", "ema": true, "loss": 2.0 }),
+            serde_json::json!({ "step": 10, "set": null, "ema": false, "loss": 3.0 }),
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(root.join(&name).join(super::runs::EVAL_FILE), text + "{cut short").unwrap();
+    }
+    let measure = super::Measure { val_set: Some("news"), ..Default::default() };
+    let r = super::analyse_with(&[root], &root.join("scaling"), &measure).unwrap();
+    let notes = r.notes.join("\n");
+    assert!(
+        notes.contains("the validation set news's losses of 3 runs are infinity eval's (their eval.jsonl"),
+        "{notes}"
+    );
+    let losses: Vec<f64> = r.points.iter().map(|p| p.loss).collect();
+    let want: Vec<f64> = [1e15, 1e16, 1e17].iter().map(|c: &f64| 20.0 * c.powf(-0.1)).collect();
+    assert!(losses.len() == 3 && losses.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{losses:?}");
+}
+
 /// `--parameters non-embedding`: runs whose loss follows the law in the parameters outside the
 /// embeddings (a fixed 5e7 of embeddings beside them) have their IsoFLOP optima found in those units;
 /// a folder recording neither the count nor the model's shape is left out, named.
