@@ -173,10 +173,18 @@ impl ModelConfig {
         if self.depth == 0 || c == 0 || self.num_heads == 0 || self.d == 0 {
             return Err("depth, embed_dim, num_heads and d must be positive".into());
         }
-        if !c.is_multiple_of(self.num_heads) || !self.head_dim().is_multiple_of(4) {
+        if !c.is_multiple_of(self.num_heads) {
             return Err(format!(
-                "embed_dim {c} / num_heads {} must give a head dim divisible by 4 (2-D RoPE)",
+                "embed_dim {c} does not split into num_heads {} heads: the width must be a multiple of the heads \
+                 (and each head's width, embed_dim / num_heads, a multiple of 4 for 2-D RoPE)",
                 self.num_heads
+            ));
+        }
+        if !self.head_dim().is_multiple_of(4) {
+            return Err(format!(
+                "embed_dim {c} / num_heads {} = a head dim of {}, which must be divisible by 4 (2-D RoPE)",
+                self.num_heads,
+                self.head_dim()
             ));
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
@@ -189,11 +197,11 @@ impl ModelConfig {
             return Err(format!(
                 "embed_dim {c} × mlp_ratio {} = {} leaves the FFN no width: upstream rounds it to a multiple of \
                  256 (halves to even), so embed_dim·mlp_ratio must exceed 128: embed_dim ≥ {} at this mlp_ratio \
-                 and {} heads",
+                 and {}",
                 self.mlp_ratio,
                 c as f64 * self.mlp_ratio,
                 least.unwrap_or(c),
-                self.num_heads
+                infinity_launcher::plural(self.num_heads, "head")
             ));
         }
         if self.has_cross_attention() {

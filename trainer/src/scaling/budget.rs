@@ -51,6 +51,15 @@ pub struct KSpread {
     pub spread: f64,
 }
 
+/// A multiple of the largest run's compute as the table and the warnings print it: one decimal below
+/// 100 (10.5), whole above (15385).
+pub fn times_text(x: f64) -> String {
+    match x < 100.0 {
+        true => format!("{x:.1}"),
+        false => format!("{x:.0}"),
+    }
+}
+
 /// A budget past this many times the largest run's compute is warned about (an extrapolation the runs
 /// do not support).
 pub const FAR_BEYOND: f64 = 10.0;
@@ -203,10 +212,11 @@ pub fn plans(
     for p in &plans {
         if p.times_largest_run > FAR_BEYOND {
             warnings.push(format!(
-                "at C = {:.3e}: {:.0}× the largest run's compute ({largest:.3e}): the predictions there extrapolate the \
+                "at C = {:.3e}: {}× the largest run's compute ({largest:.3e}): the predictions there extrapolate the \
                  laws far beyond the runs (their intervals assume the law holds all the way; nothing the runs show \
                  says it does)",
-                p.compute, p.times_largest_run
+                p.compute,
+                times_text(p.times_largest_run)
             ));
         }
         if let Some(x) = p.optimal.as_ref().and_then(|o| o.extrapolation.as_ref()) {

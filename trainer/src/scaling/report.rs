@@ -229,9 +229,9 @@ pub fn budgets_markdown(plans: &[budget::BudgetPlan]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {:.3e} | {:.1} | {} | {} | {}{} | {}{} | {} | {} |",
+            "| {:.3e} | {} | {} | {} | {}{} | {}{} | {} | {} |",
             b.compute,
-            b.times_largest_run,
+            super::budget::times_text(b.times_largest_run),
             loss(b.loss_power, b.loss_power_ci95),
             loss(b.loss_power_floor, b.loss_power_floor_ci95),
             opt(o.map(|o| o.params), &|v| format!("{v:.3e}")),

@@ -102,11 +102,11 @@ pub fn out_beside_the_file(path: &Path, sweep: &SweepFile, out: &Path) -> Option
     (beside != lexical(out) && held > 0).then(|| {
         format!(
             "out = {:?} is resolved from the current directory: {} does not exist yet, so every run would start \
-             afresh there, but {} holds {held} run folders: to continue those, run the sweep from {} (or make out \
-             absolute)",
+             afresh there, but {} holds {}: to continue those, run the sweep from {} (or make out absolute)",
             sweep.out.display().to_string(),
             out.display(),
             beside.display(),
+            crate::cli::plural(held, "run folder"),
             home.display()
         )
     })
