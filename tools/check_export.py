@@ -147,6 +147,9 @@ def main():
     elif a.expect:
         check_expect(a.expect, cfg, tensors, per_chunk)
 
+    if cfg["conditioning"]["kind"] != "text" and a.require_torch:
+        fail("--require-torch: the PyTorch load builds the text-conditioned reference model; this export is "
+             "class-conditioned (leave --require-torch out: its other checks passed)")
     try:
         import torch
         from safetensors.torch import load_file as torch_load
