@@ -71,7 +71,8 @@ impl Dataset {
 
     /// The datasets of `parts` as one, their rows numbered folder after folder, for a training mix.
     /// They must hold the same bits (`d`, schedules: a bucket is a schedule index) and columns (a batch
-    /// holds one part's rows, and the model reads the same inputs from each). The joined manifest is
+    /// holds one part's rows, and the model reads the same inputs from each; short captions, optional per
+    /// row, aside: the joined dataset has them where any part does). The joined manifest is
     /// the first's, listing every part's shards (part `p > 0`'s files named `p/file`), so its
     /// fingerprint covers them all and is the first's alone for one part.
     pub fn join(parts: Vec<Dataset>) -> Result<Dataset> {
@@ -88,6 +89,11 @@ impl Dataset {
             out.shards.extend(ds.shards);
             let Part { dir, manifest, rows } = ds.parts.into_iter().next().expect("an opened folder is one part");
             out.parts.push(Part { dir, manifest, rows: rows.start + offset..rows.end + offset });
+        }
+        // (batches carry short captions where any part has them: a row of a part without reads its long one)
+        let short = out.parts.iter().any(|p| p.manifest.conditions.text.as_ref().is_some_and(|t| t.short_caption));
+        if let Some(t) = out.manifest.conditions.text.as_mut() {
+            t.short_caption = short;
         }
         Ok(out)
     }
@@ -192,8 +198,9 @@ pub fn mix_difference(a: &Manifest, b: &Manifest) -> Option<String> {
         let names = |m: &Manifest| m.schedules.iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(", ");
         return differs("the scale schedules (a bucket is a schedule's index) are", names(a), names(b));
     }
-    // (captions are stored for people, not read in training: a batch has them where its rows do)
-    let read = |m: &Manifest| crate::format::Columns { caption: false, ..m.columns() };
+    // (captions are stored for people, not read in training: a batch has them where its rows do; short
+    // captions are optional per row, so a dataset without any reads as one whose rows have none)
+    let read = |m: &Manifest| crate::format::Columns { caption: false, text_emb_short: false, ..m.columns() };
     if read(a) != read(b) {
         let names = |m: &Manifest| {
             let fields = crate::format::schema(read(m)).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();

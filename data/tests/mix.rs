@@ -156,6 +156,32 @@ fn a_changed_mix_and_parts_of_another_layout_are_refused() {
     Dataset::join(vec![first, open(1)]).unwrap();
 }
 
+/// Short captions are optional per row: a dataset without any mixes with one that has them, its rows
+/// read as rows without one (their long caption), whichever comes first.
+#[test]
+fn a_dataset_without_short_captions_mixes_with_one_that_has_them() {
+    let (with, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_random_with(with.path(), (64, 3, 1000), true);
+    common::write_random_with(without.path(), (64, 4, 5000), false);
+    let open = |d: &tempfile::TempDir| Dataset::open(d.path(), Checksums::Verify).unwrap();
+    for order in [[&without, &with], [&with, &without]] {
+        let ds = Arc::new(Dataset::join(vec![open(order[0]), open(order[1])]).unwrap());
+        assert!(ds.manifest.conditions.text.as_ref().unwrap().short_caption, "the joined dataset has them");
+        let mut l = Loader::new(ds.clone(), opts(0, 1, 0, Some(vec![1.0, 1.0])), None).unwrap();
+        let mut seen = [false, false];
+        for _ in 0..12 {
+            let b = l.next_batch().unwrap();
+            let cu = b.text_short_cu_seqlens.as_ref().expect("short captions in every batch");
+            let short_tokens = *cu.last().unwrap();
+            let part_has_short = std::ptr::eq(order[b.part as usize], &with);
+            // (the rows of the part without: no tokens; of the other, three in four rows have some)
+            assert_eq!(short_tokens > 0, part_has_short, "part {} of {order:?}", b.part);
+            seen[b.part as usize] = true;
+        }
+        assert_eq!(seen, [true, true]);
+    }
+}
+
 /// `opts` with phases: `(from, weights)`.
 fn phased(rank: usize, world: usize, workers: usize, phases: &[(u64, [f64; 2])]) -> LoaderOptions {
     let mut o = opts(rank, world, workers, Some(vec![1.0, 1.0]));

@@ -103,9 +103,18 @@ pub fn write_random(dir: &Path, n: u64, seed: u64) -> (Vec<RowData>, Manifest) {
 
 /// [`write_random`] with ids from `first_id` on.
 pub fn write_random_from(dir: &Path, n: u64, seed: u64, first_id: u64) -> (Vec<RowData>, Manifest) {
+    write_random_with(dir, (n, seed, first_id), true)
+}
+
+/// [`write_random_from`], with short captions or without (no `text_emb_short` column).
+pub fn write_random_with(dir: &Path, (n, seed, first_id): (u64, u64, u64), short: bool) -> (Vec<RowData>, Manifest) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let m = manifest();
-    let rows: Vec<RowData> = (0..n).map(|id| random_row(&m, first_id + id, &mut rng)).collect();
+    let mut m = manifest();
+    m.conditions.text.as_mut().expect("the test manifest has text").short_caption = short;
+    let mut rows: Vec<RowData> = (0..n).map(|id| random_row(&m, first_id + id, &mut rng)).collect();
+    for r in rows.iter_mut().filter(|_| !short) {
+        r.text_emb_short = None;
+    }
     let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: true };
     let mut w = DatasetWriter::create(dir, m, opts).unwrap();
     for r in &rows {

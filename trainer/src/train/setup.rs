@@ -95,6 +95,17 @@ impl Setup {
                 cfg.data.dir.display()
             );
         }
+        let short =
+            |p: &infinity_data::dataset::Part| p.manifest.conditions.text.as_ref().is_some_and(|t| t.short_caption);
+        if cfg.data.short_cap_prob > 0.0 && m.conditions.text.as_ref().is_some_and(|t| t.short_caption) {
+            for ((key, dir), _) in cfg.data.dirs().zip(ds.parts()).filter(|(_, p)| !short(p)) {
+                tracing::warn!(
+                    "data.short_cap_prob = {}, but {key} {} has no short captions: its samples read their long ones",
+                    cfg.data.short_cap_prob,
+                    dir.display()
+                );
+            }
+        }
         check_schedules_fit(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;
         let mut lay = Layout::new(&mc);
         if let Some(base) = cfg.model.mup() {
