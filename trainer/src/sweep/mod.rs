@@ -204,6 +204,35 @@ fn name_part(key: &str, v: &toml::Value) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
 
+/// Refuse an axis value written as a float (`1.0`) for a setting the config holds as a whole number
+/// (`model.depth`): the config takes it, but the run is named `depth-1.0`, where `[1, 2]` names it
+/// `depth-1`, so the same run would be trained again under another name.
+fn whole_numbers_as_whole(config: &TrainConfig, combo: &[(&String, &toml::Value)], path: &Path) -> Result<()> {
+    let resolved: toml::Value = toml::Value::try_from(config)?;
+    for (key, value) in combo {
+        let toml::Value::Float(x) = value else { continue };
+        let mut at = Some(&resolved);
+        for part in key.split('.') {
+            at = match part.split_once('[') {
+                Some((name, index)) => {
+                    let i: Option<usize> = index.strip_suffix(']').and_then(|i| i.parse().ok());
+                    at.and_then(|t| t.get(name)).and_then(|a| a.get(i?))
+                }
+                None => at.and_then(|t| t.get(part)),
+            };
+        }
+        if matches!(at, Some(toml::Value::Integer(_))) {
+            bail!(
+                "{}: axis `{key}` = {x:?}: `{key}` is a whole number; write the value without a decimal point \
+                 ({}), which names the run as a later sweep would",
+                path.display(),
+                x.trunc()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Read `path` and expand it into runs (configs validated, compute computed from each run's dataset).
 pub fn plan(path: &Path) -> Result<Plan> {
     let sweep = SweepFile::read(path)?;
@@ -301,6 +330,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         let mut config = TrainConfig::load(&base, &overrides)
             .map_err(|e| in_sweep_terms(e, path, &sweep, &from_file))
             .with_context(|| format!("run {name}"))?;
+        whole_numbers_as_whole(&config, &combo, path).with_context(|| format!("run {name}"))?;
         // the batch split over the ranks, as `infinity train` checks it at start (after a queue's wait)
         let micro = config.data.micro_batch.samples().unwrap_or(1);
         crate::train::micro_steps(&config, sweep.world(), micro).with_context(|| {
