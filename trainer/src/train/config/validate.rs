@@ -11,7 +11,14 @@ use crate::optim::Decay;
 
 impl TrainConfig {
     /// Checks that need no data: everything else is checked against the dataset in `model_config`.
+    /// Settings that are allowed but likely mistakes are warned of.
     pub fn validate(&self) -> Result<()> {
+        self.validate_warning(true)
+    }
+
+    /// [`TrainConfig::validate`], warning of likely mistakes only with `warn` (a sweep checks a run's
+    /// config again once its budget sets its steps, and says what concerns them itself).
+    pub fn validate_warning(&self, warn: bool) -> Result<()> {
         let d = &self.data;
         let micro = d.micro_batch.samples().unwrap_or(1);
         if d.global_batch == 0 || micro == 0 || !d.global_batch.is_multiple_of(micro) {
@@ -117,14 +124,14 @@ impl TrainConfig {
         if o.max_nonfinite == 0 {
             bail!("optim.max_nonfinite must be at least 1 (the consecutive non-finite steps that stop a run)");
         }
-        if o.warmup_steps >= self.run.steps {
+        if warn && o.warmup_steps >= self.run.steps {
             tracing::warn!(
                 "optim.warmup_steps ({}) is not below run.steps ({}): the learning rate never reaches optim.lr",
                 o.warmup_steps,
                 self.run.steps
             );
         }
-        if self.val.every > 0 && self.val.dir.is_none() {
+        if warn && self.val.every > 0 && self.val.dir.is_none() {
             tracing::warn!("val.every = {} without val.dir: no validation runs", self.val.every);
         }
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
@@ -141,7 +148,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.data.short_cap_prob) {
             bail!("data.short_cap_prob must be in [0, 1], found {}", self.data.short_cap_prob);
         }
-        if self.data.short_cap_prob > 0.0 && self.model.conditioning != "text" {
+        if warn && self.data.short_cap_prob > 0.0 && self.model.conditioning != "text" {
             tracing::warn!(
                 "data.short_cap_prob = {} picks between captions, which a {:?}-conditioned model does not read \
                  (model.conditioning): it has no effect",
