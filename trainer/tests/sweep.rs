@@ -97,6 +97,8 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ("tokens = [100]", "run tokens-100: a token budget of 1e2 is less than one step of"),
         ("tokens = [1e5, 1.00001e5]", "the runs tokens-1e5 and tokens-1.00001e5 would train the same config"),
         ("\"model.mlp_ratio\" = [4, 4.0]", "mlp-ratio-4 and mlp-ratio-4.0 would train the same config; their axis"),
+        // an entry of a list the base config does not have
+        ("\"data.mix[0].weight\" = [1, 2]", "which the base config must hold: put the `[[data.mix]]` tables"),
         // a whole number written as a float: the config takes it, the run's name would keep the `.0`
         (
             "\"model.depth\" = [2, 1.0]",

@@ -239,6 +239,13 @@ pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, override
         None => rest.to_string(),
     };
     let section = section_of(sweep, key);
+    // an entry of a list the base config does not have (`data.mix[0].weight` without `[[data.mix]]`)
+    if let Some((list, _)) = key.split_once('[').filter(|_| rest.contains("missing")) {
+        rest += &format!(
+            " (`{key}` sets a key of an entry of `{list}`, which the base config must hold: put the \
+             `[[{list}]]` tables, with their `dir`, in the base config and vary their keys here)"
+        );
+    }
     // an axis of one word is a config section or a budget, which the config's list does not hold
     if section != "[set]" && !key.contains('.') && rest.starts_with("unknown key ") {
         rest += &super::Budget::AXES.iter().map(|a| format!(", `{a}`")).collect::<String>();
