@@ -90,11 +90,6 @@ impl Dataset {
             let Part { dir, manifest, rows } = ds.parts.into_iter().next().expect("an opened folder is one part");
             out.parts.push(Part { dir, manifest, rows: rows.start + offset..rows.end + offset });
         }
-        // (batches carry short captions where any part has them: a row of a part without reads its long one)
-        let short = out.parts.iter().any(|p| p.manifest.conditions.text.as_ref().is_some_and(|t| t.short_caption));
-        if let Some(t) = out.manifest.conditions.text.as_mut() {
-            t.short_caption = short;
-        }
         Ok(out)
     }
 

@@ -310,6 +310,10 @@ impl Manifest {
     pub fn append_part(&mut self, p: usize, other: &Manifest) {
         self.shards.extend(other.shards.iter().map(|e| ShardEntry { file: format!("{p}/{}", e.file), ..e.clone() }));
         self.total_rows += other.total_rows;
+        // (short captions are optional per row: the joined rows have them where any part's do)
+        if let (Some(t), Some(o)) = (self.conditions.text.as_mut(), other.conditions.text.as_ref()) {
+            t.short_caption |= o.short_caption;
+        }
     }
 
     /// A short fingerprint of the dataset: its contents (shard checksums and row counts), then its

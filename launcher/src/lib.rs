@@ -112,6 +112,13 @@ pub fn plural(n: usize, noun: &str) -> String {
     }
 }
 
+#[cfg(test)]
+#[test]
+fn plural_forms() {
+    let forms = [plural(1, "rank"), plural(4, "rank"), plural(2, "class"), plural(1, "class")];
+    assert_eq!(forms, ["1 rank", "4 ranks", "2 classes", "1 class"]);
+}
+
 pub mod agent;
 pub mod bench;
 pub mod comm;

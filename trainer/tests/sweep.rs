@@ -102,7 +102,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         // a whole number written as a float: the config takes it, the run's name would keep the `.0`
         (
             "\"model.depth\" = [2, 1.0]",
-            "axis `model.depth` = 1.0: `model.depth` is a whole number; write the value without a decimal point (1)",
+            "axis `model.depth` = 1.0: `model.depth` is a whole number: write 1, not 1.0 (runs are named",
         ),
         // a validation set that is not there fails at plan time, not in every run
         ("\"val.dir\" = [\"no-such-val\"]", "run dir-no-such-val: val.dir"),

@@ -112,8 +112,10 @@ pub fn write_random_with(dir: &Path, (n, seed, first_id): (u64, u64, u64), short
     let mut m = manifest();
     m.conditions.text.as_mut().expect("the test manifest has text").short_caption = short;
     let mut rows: Vec<RowData> = (0..n).map(|id| random_row(&m, first_id + id, &mut rng)).collect();
-    for r in rows.iter_mut().filter(|_| !short) {
-        r.text_emb_short = None;
+    if !short {
+        for r in &mut rows {
+            r.text_emb_short = None;
+        }
     }
     let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: true };
     let mut w = DatasetWriter::create(dir, m, opts).unwrap();

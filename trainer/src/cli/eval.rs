@@ -148,7 +148,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                     "step": step,
                     "ema": a.ema,
                     "set": name,
-                    "val_dir": cfg.val.dir,
+                    "val_dir": val_dir_of(&cfg, name.as_deref().filter(|_| a.name.is_none())),
                     "loss": m.loss,
                     "bit_acc": m.bit_acc,
                     "rows": m.rows,
@@ -161,6 +161,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The folder of the run's validation set `name` (`val.sets`), or of `val.dir` (`None`, or `--val`).
+fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
+    match name {
+        Some(n) => cfg.val.sets.iter().find(|s| s.name() == n).map(|s| s.dir.clone()),
+        None => cfg.val.dir.clone(),
+    }
 }
 
 /// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with

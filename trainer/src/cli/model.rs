@@ -71,10 +71,10 @@ pub struct Shape {
     template: String,
     #[arg(long, default_value = "0.06M")]
     budget: String,
-    /// Text tokens per sample (of a text-conditioned model; `model info` takes at most its longest
-    /// caption, --text-maxlen).
-    #[arg(long, default_value_t = 32)]
-    text_tokens: usize,
+    /// Text tokens per sample of a text-conditioned model (default: `model info` with --dataset or
+    /// --text-maxlen, the longest caption, as a run counts; else 32, at most the preset's longest).
+    #[arg(long, value_parser = super::positive())]
+    text_tokens: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +195,18 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, Option<usiz
     Ok((c, label, dataset_classes))
 }
 
+/// Text tokens per sample of `model bench` without --text-tokens.
+const BENCH_TEXT_TOKENS: usize = 32;
+
+/// The text tokens per sample `model info` counts: --text-tokens; else, where the longest caption is
+/// known (--dataset, --text-maxlen), that one, as a run counts its dataset's; else 32 (at most the
+/// preset's longest). Never more than the model's longest caption.
+fn info_text_tokens(a: &InfoArgs, c: &ModelConfig) -> usize {
+    let known = a.dataset.is_some() || a.text_maxlen.is_some();
+    let default = if known { c.text_maxlen } else { BENCH_TEXT_TOKENS };
+    a.shape.text_tokens.unwrap_or(default).min(c.text_maxlen)
+}
+
 fn describe_classes(n: Option<usize>) -> String {
     match n {
         Some(n) => super::plural(n, "class"),
@@ -227,7 +239,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             // (no caption is longer than the model's text_maxlen)
-            let f = train_flops_per_token(&c, &sched.hw(), s.text_tokens.min(c.text_maxlen));
+            let f = train_flops_per_token(&c, &sched.hw(), info_text_tokens(&a, &c));
             let patches = match c.apply_spatial_patchify {
                 true => format!(" (spatial patchify: 2×2 × {} of the tokenizer's)", c.d_vae()),
                 false => String::new(),
@@ -273,7 +285,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 batch: a.batch,
                 template: a.shape.template,
                 budget: a.shape.budget,
-                text_tokens: a.shape.text_tokens,
+                text_tokens: a.shape.text_tokens.unwrap_or(BENCH_TEXT_TOKENS),
                 steps: a.steps,
                 python: a.python,
                 cuda,
@@ -295,7 +307,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
 fn memory_table(c: &ModelConfig, numel: usize, sched: &infinity_data::ScaleSchedule, a: &InfoArgs) -> String {
     use crate::model::memory::{device_memory, gib, gib_to_bytes, largest_micro_batch, GpuStep, RUNTIME_MARGIN};
     let (b, l) = (a.batch, sched.num_tokens());
-    let t = if c.has_cross_attention() { a.shape.text_tokens.min(c.text_maxlen) } else { 0 };
+    let t = if c.has_cross_attention() { info_text_tokens(a, c) } else { 0 };
     let text = if t > 0 { format!(", {t} text tokens per sample") } else { String::new() };
     let zero1 = if a.world > 1 { format!(", ZeRO-1 over {} ranks", a.world) } else { String::new() };
     let mut out = format!(

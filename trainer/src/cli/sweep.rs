@@ -74,7 +74,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     for v in &env {
         console_err!("environment: {v} (the runs the sweep starts do not see it again)");
     }
-    for w in warnings.iter().chain(&out_warnings) {
+    for w in out_warnings.iter().chain(&warnings) {
         console_err!("warning: {w}");
     }
     if a.dry_run {

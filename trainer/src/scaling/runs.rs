@@ -207,14 +207,22 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?;
     let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
     let ([mut val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
-    let mut val_from_eval = false;
+    let mut eval_measured = None;
     if let Some(name) = val_set.filter(|_| val_curve.is_empty()) {
-        val_curve = eval_curve(&dir.join(EVAL_FILE), name);
-        val_from_eval = !val_curve.is_empty();
+        let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name);
+        val_curve = curve;
+        eval_measured = measured.filter(|_| !val_curve.is_empty());
     }
+    let val_from_eval = eval_measured.is_some();
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
     let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
+    // (`infinity eval`'s losses are measured on its `--val` folder and rows, with the run's other
+    // validation settings: read as a run validating there would be)
+    let measured_config = match (&eval_measured, &config) {
+        (Some((val_dir, rows)), Some(t)) => Some(settings::validating_on(t, val_dir, *rows)),
+        _ => config.clone(),
+    };
     let config_num = |section: &str, key: &str| {
         let v = config.as_ref()?.get(section)?.get(key)?;
         v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
@@ -256,7 +264,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model,
-        settings: settings::read(config.as_ref(), &derived, val_set),
+        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| !val_from_eval)),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }
@@ -266,19 +274,23 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
 pub const EVAL_FILE: &str = "eval.jsonl";
 
 /// The losses of the set `name` in a run's `eval.jsonl`, by checkpoint step (the weights', not the
-/// moving average's; a step measured again keeps its last line); lines that do not read are skipped.
-fn eval_curve(path: &Path, name: &str) -> Curve {
+/// moving average's; a step measured again keeps its last line; a null loss, a diverged model's, as
+/// NaN), and the folder and rows of the last measurement; lines that do not read are skipped.
+fn eval_curve(path: &Path, name: &str) -> (Curve, Option<(String, u64)>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut by_step = std::collections::BTreeMap::new();
+    let (mut by_step, mut measured) = (std::collections::BTreeMap::new(), None);
     for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
         let (set, ema) = (v["set"].as_str(), v["ema"].as_bool().unwrap_or(false));
-        if let (Some(step), Some(loss), Some(_), false) =
-            (v["step"].as_u64(), v["loss"].as_f64(), set.filter(|s| *s == name), ema)
-        {
+        let loss = match &v["loss"] {
+            Value::Null => Some(f64::NAN),
+            l => l.as_f64(),
+        };
+        if let (Some(step), Some(loss), Some(_), false) = (v["step"].as_u64(), loss, set.filter(|s| *s == name), ema) {
             by_step.insert(step, loss);
+            measured = v["val_dir"].as_str().map(|d| (d.to_string(), v["rows"].as_u64().unwrap_or(0)));
         }
     }
-    by_step.into_iter().collect()
+    (by_step.into_iter().collect(), measured)
 }
 
 /// Every readable run folder directly under each of `roots` (each root's sorted by name, numbers by

@@ -174,6 +174,19 @@ pub fn experiment(table: &toml::Table, also: &[(&str, &str)]) -> String {
     canonical(&toml::Value::Table(t))
 }
 
+/// A run's (normalised) config as if it validated on `val_dir` alone, `rows` rows of it: how
+/// `infinity eval --val DIR` measured it.
+pub fn validating_on(table: &toml::Table, val_dir: &str, rows: u64) -> toml::Table {
+    let mut t = table.clone();
+    let val = t.entry("val").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(v) = val.as_table_mut() {
+        v.insert("dir".into(), toml::Value::String(val_dir.into()));
+        v.insert("max_rows".into(), toml::Value::Integer(rows as i64));
+        v.remove("sets");
+    }
+    t
+}
+
 /// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with
 /// `derived.json`'s dataset fingerprint and `d`; its validation loss is `val_set`'s where one is named
 /// (one of `val.sets`, by name), else `val.dir`'s.

@@ -560,12 +560,9 @@ fn a_validation_set_measured_by_eval_is_fitted() {
         let name = format!("r{i}");
         run(root, &name, (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(9.0)], "a");
         let news = 20.0 * c.powf(-0.1);
-        let lines = [
-            serde_json::json!({ "step": 10, "set": "news", "ema": false, "loss": 1.0 }),
-            serde_json::json!({ "step": 10, "set": "news", "ema": false, "loss": news }),
-            serde_json::json!({ "step": 10, "set": "news", "ema": true, "loss": 2.0 }),
-            serde_json::json!({ "step": 10, "set": null, "ema": false, "loss": 3.0 }),
-        ];
+        let at = |loss: f64, set: Option<&str>, ema: bool| serde_json::json!({ "step": 10, "set": set, "ema": ema, "loss": loss, "val_dir": "/data/news", "rows": 48 });
+        let lines = [at(1.0, Some("news"), false), at(news, Some("news"), false), at(2.0, Some("news"), true)];
+        let lines = [&lines[..], &[at(3.0, None, false)]].concat();
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(root.join(&name).join(super::runs::EVAL_FILE), text + "{cut short").unwrap();
     }
@@ -579,6 +576,8 @@ fn a_validation_set_measured_by_eval_is_fitted() {
     let losses: Vec<f64> = r.points.iter().map(|p| p.loss).collect();
     let want: Vec<f64> = [1e15, 1e16, 1e17].iter().map(|c: &f64| 20.0 * c.powf(-0.1)).collect();
     assert!(losses.len() == 3 && losses.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{losses:?}");
+    // measured on eval's folder and rows, with the run's other validation settings
+    assert_eq!((r.runs[0].settings.get("val.dir"), r.runs[0].settings.get("val.max_rows")), ("/data/news", "48"));
 }
 
 /// `--parameters non-embedding`: runs whose loss follows the law in the parameters outside the

@@ -42,7 +42,7 @@ fn folder_key(dir: &Path) -> Option<String> {
 /// and the old folders would stay beside the new ones that train the same again. And one for the
 /// other run folders the plan does not name (another sweep's, or values since taken off an axis),
 /// which `infinity scaling OUT` reads with this sweep's runs.
-pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, Option<String>)> {
+pub fn folders_in_out(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, Option<String>)> {
     let mut planned = std::collections::HashMap::new();
     for r in runs {
         planned.insert(config_key(&r.config)?, r);
@@ -80,7 +80,8 @@ pub fn same_config_elsewhere(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<Str
         format!(
             "{} also holds {} this sweep does not plan ({shown}: another sweep's, or values taken off an axis): \
              `--status` lists this sweep's runs alone, while `infinity scaling {}` reads every run folder in it \
-             (and fits runs together wherever their data and settings allow); give a new sweep an out of its own",
+             (and fits runs together wherever their data and settings allow); give a new sweep an out of its own, or \
+             move the folders it should not fit out of it",
             out.display(),
             crate::cli::plural(unplanned.len(), "run folder"),
             out.display()

@@ -223,9 +223,10 @@ fn whole_numbers_as_whole(config: &TrainConfig, combo: &[(&String, &toml::Value)
         }
         if matches!(at, Some(toml::Value::Integer(_))) {
             bail!(
-                "{}: axis `{key}` = {x:?}: `{key}` is a whole number; write the value without a decimal point \
-                 ({}), which names the run as a later sweep would",
+                "{}: axis `{key}` = {x:?}: `{key}` is a whole number: write {}, not {x:?} (runs are named after \
+                 the values as written, so {x:?} and {} would name one run twice)",
                 path.display(),
+                x.trunc(),
                 x.trunc()
             );
         }
@@ -414,7 +415,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             // run.steps land on their steps now: two may meet, or one fall on step 0)
             // (quietly: the load warned of the rest, and `budget_steps` of a warm-up past the last step)
             let steps = config.run.steps;
-            config.validate_warning(false).with_context(|| format!("run {name}: with its budget's {steps} steps"))?;
+            config.validate_quietly().with_context(|| format!("run {name}: with its budget's {steps} steps"))?;
         }
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
@@ -457,7 +458,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         seen.insert(key, i);
     }
     warnings.extend(slurm::gpu_warnings(&sweep, &runs));
-    let (same, others) = existing::same_config_elsewhere(&out, &runs)?;
+    let (same, others) = existing::folders_in_out(&out, &runs)?;
     let out_warnings = same.into_iter().chain(others).collect();
     Ok(Plan { sweep, out, runs, warnings, out_warnings, env })
 }

@@ -260,7 +260,10 @@ pub fn check_with(
             (&ds, (0, world), accept_data_change),
         )?;
         out.push(format!("start: resume from {} at step {}", dir.display(), state.step));
-        out.extend(super::start_state::other_world_note(state.world_size, world).map(|n| format!("resume: {n}")));
+        out.extend(
+            super::start_state::other_world_note(state.world_size, world, "would resume")
+                .map(|n| format!("resume: {n}")),
+        );
         let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);
         if !later.is_empty() || !grids.is_empty() {
             let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();

@@ -179,8 +179,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         Loader::new(ds.clone(), lo, saved.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
     let resumed = saved.is_some();
     let mut state = saved.unwrap_or_else(|| TrainState::fresh(loader.state()));
-    state.world_size = Some(dist.world); // (what this session's checkpoints record)
-                                         // (per bucket: tokens per sample and training FLOPs per token, which each step's counts add)
+    // (the ranks this session's checkpoints record)
+    state.world_size = Some(dist.world);
+    // (per bucket: tokens per sample and training FLOPs per token, which each step's counts add)
     let costs = seen::bucket_costs(&mc, &manifest, &mix.flops_per_token);
     if leader && state.seen.is_none() {
         let without = "metrics.jsonl and val.jsonl have no samples_seen, tokens_seen or flops_seen for this run";

@@ -336,12 +336,13 @@ pub(crate) fn resume_from(
     Ok(Resumed { params, opt, state, changes, data_change })
 }
 
-/// What a resume on `world` ranks of a checkpoint written on `saved` ranks says, where they differ: the
-/// data order is global, so the run goes on with the same samples, but its sums run in another order.
-pub(crate) fn other_world_note(saved: Option<usize>, world: usize) -> Option<String> {
+/// What a resume on `world` ranks of a checkpoint written on `saved` ranks says, where they differ
+/// (`resumed`: "resumed", or "would resume" for `--check`): the data order is global, so the run goes
+/// on with the same samples, but its sums run in another order.
+pub(crate) fn other_world_note(saved: Option<usize>, world: usize, resumed: &str) -> Option<String> {
     let saved = saved.filter(|&s| s != world)?;
     Some(format!(
-        "written on {}, resumed on {world}: the same samples in the same order, summed in another order, so \
+        "written on {}, {resumed} on {world}: the same samples in the same order, summed in another order, so \
          not bit for bit the {saved}-rank run",
         crate::cli::plural(saved, "rank")
     ))
@@ -374,7 +375,8 @@ pub(crate) fn starting_state(
             if let Some(warning) = r.data_change.filter(|_| leader) {
                 tracing::warn!("{warning}");
             }
-            let ranks = other_world_note(r.state.world_size, world).map(|n| format!(" ({n})")).unwrap_or_default();
+            let ranks =
+                other_world_note(r.state.world_size, world, "resumed").map(|n| format!(" ({n})")).unwrap_or_default();
             console!("resumed from {} at step {}{ranks}", dir.display(), r.state.step);
             if leader && !r.changes.is_empty() {
                 let changes = r.changes.join("\n  ");

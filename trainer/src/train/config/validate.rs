@@ -13,12 +13,16 @@ impl TrainConfig {
     /// Checks that need no data: everything else is checked against the dataset in `model_config`.
     /// Settings that are allowed but likely mistakes are warned of.
     pub fn validate(&self) -> Result<()> {
-        self.validate_warning(true)
+        self.checked(true)
     }
 
-    /// [`TrainConfig::validate`], warning of likely mistakes only with `warn` (a sweep checks a run's
-    /// config again once its budget sets its steps, and says what concerns them itself).
-    pub fn validate_warning(&self, warn: bool) -> Result<()> {
+    /// [`TrainConfig::validate`] without its warnings (a sweep checks a run's config again once its
+    /// budget sets its steps, and says what concerns them itself).
+    pub fn validate_quietly(&self) -> Result<()> {
+        self.checked(false)
+    }
+
+    fn checked(&self, warn: bool) -> Result<()> {
         let d = &self.data;
         let micro = d.micro_batch.samples().unwrap_or(1);
         if d.global_batch == 0 || micro == 0 || !d.global_batch.is_multiple_of(micro) {
