@@ -332,6 +332,28 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     let clean = tmp.path().join("clean");
     ok(launch(2, &cfg, &clean, &[], &[]).output().unwrap());
 
+    // a rank on another node lost as the group forms (its link dropped): rank 0's failed config
+    // agreement is a lost peer, which its node's agent restarts, not a config error (exit 2)
+    let forming = tmp.path().join("forming");
+    let rdzv = format!("127.0.0.1:{}", common::free_port());
+    let node = |n: &str| {
+        let group = ["--nnodes", "2", "--node-rank", n, "--rdzv", &rdzv, "--run-id", "forming", "--token", "t"];
+        launch(1, &cfg, &forming, &[&group[..], &["--max-restarts", "1"]].concat(), &[("INFINITY_FAULT_KILL", "1:0")])
+            .output()
+            .unwrap()
+    };
+    let (node0, node1) = std::thread::scope(|s| {
+        let node0 = s.spawn(|| node("0"));
+        std::thread::sleep(Duration::from_millis(300));
+        let node1 = node("1");
+        (node0.join().unwrap(), node1)
+    });
+    for out in [node0, node1] {
+        let out = ok(out);
+        assert!(out.contains("restarting the group") && !out.contains("not restarting"), "{out}");
+    }
+    assert!(weights(&forming, 8) == weights(&clean, 8), "restarted as the group formed: final weights differ");
+
     // a random rank at a random step (fixed seed so a failure reproduces)
     let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
     let (rank, step) = (rng.random_range(0..2usize), rng.random_range(1..8u64));

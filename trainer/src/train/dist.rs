@@ -301,19 +301,22 @@ impl Dist {
                 // takes a differing rank's failure, posted first, for the root cause (and its node)
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            match differ.is_empty() {
-                true => bail!(
+            // (a config that differs fails every restart alike: not one for the launcher to restart, where a
+            // collective above that failed, a peer lost while the group forms, is)
+            let why = match differ.is_empty() {
+                true => format!(
                     "{}: config differs from rank 0's: rank {first}'s: {named} (rank 0's → rank {first}'s){others}; every \
                      rank must train one config (the same file and --set overrides on every node) on the same dataset",
                     rank_identity::name_ranks(&differing, &self.identities),
                 ),
-                false => bail!(
+                false => format!(
                     "rank {}'s config differs from rank 0's: {} (rank 0's → this rank's); every rank must train one \
                      config (the same file and --set overrides on every node) on the same dataset",
                     self.rank,
                     differ.join("; ")
                 ),
-            }
+            };
+            return Err(super::setup::unrecoverable(anyhow::anyhow!(why)));
         }
         Ok(())
     }

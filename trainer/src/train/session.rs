@@ -68,8 +68,16 @@ impl<'a> Session<'a> {
         // (and each of `val.sets`, whose folders may differ per node too)
         let val_fingerprint =
             cfg.val.dir.is_some().then(|| cfg.val.dirs().map(|(_, d)| fingerprint(d)).collect::<Vec<_>>().join(" + "));
-        dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref()))
-            .map_err(unrecoverable)?;
+        if super::stop::fault_due(dist.rank, 0, dist.attempt) {
+            // (a rank lost as the group forms: its connections close first, as a dropped link's do, so the
+            // others fail in the config agreement before the launcher sees this rank killed)
+            let (rank, attempt) = (dist.rank, dist.attempt);
+            drop(dist);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            super::dist::fault_drill(rank, 0, attempt);
+            unreachable!("the fault drill kills this rank");
+        }
+        dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref()))?;
         if let Some(note) = compute.precision_note(&cfg.run) {
             console!("{note}");
         }

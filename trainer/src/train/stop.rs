@@ -195,16 +195,22 @@ pub fn is_set(flag: &Option<Arc<AtomicBool>>) -> bool {
     flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
-/// Test drill: `INFINITY_FAULT_KILL=RANK:STEP` makes that rank SIGKILL itself after that step, on the
-/// first attempt only (so the restarted group runs through).
+/// Test drill: `INFINITY_FAULT_KILL=RANK:STEP` makes that rank SIGKILL itself after that step (0: as
+/// the group forms, before the ranks agree on the config: [`fault_due`]), on the first attempt only (so
+/// the restarted group runs through).
 pub fn fault_drill(rank: usize, step: u64, attempt: u32) {
-    let Ok(spec) = std::env::var("INFINITY_FAULT_KILL") else { return };
-    let Some((r, s)) = spec.split_once(':') else { return };
-    if attempt == 0 && r.parse() == Ok(rank) && s.parse() == Ok(step) {
+    if fault_due(rank, step, attempt) {
         tracing::warn!("fault drill: rank {rank} kills itself after step {step}");
         // SAFETY: signalling our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
+}
+
+/// Whether `INFINITY_FAULT_KILL` names this rank and step on this attempt (the first).
+pub fn fault_due(rank: usize, step: u64, attempt: u32) -> bool {
+    let Ok(spec) = std::env::var("INFINITY_FAULT_KILL") else { return false };
+    let Some((r, s)) = spec.split_once(':') else { return false };
+    attempt == 0 && r.parse() == Ok(rank) && s.parse() == Ok(step)
 }
 
 /// Straggler drill: `INFINITY_FAULT_SLOW=RANK:SECONDS` makes that rank sleep so long in every step
