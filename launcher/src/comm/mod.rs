@@ -9,6 +9,7 @@ pub mod flight;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ring;
+pub mod ring_ports;
 
 #[cfg(feature = "cuda")]
 pub use nccl::{nccl_available, NcclComm};

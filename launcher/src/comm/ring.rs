@@ -8,7 +8,7 @@
 //! Values travel as little-endian f32 (all supported hosts are little-endian).
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -46,13 +46,19 @@ impl TcpRing {
         listen_all: bool,
         timeout: Duration,
     ) -> Result<TcpRing> {
-        let listener = TcpListener::bind((host, 0)).with_context(|| format!("ring: binding {host}:0"))?;
-        let ip = listener.local_addr()?.ip();
-        let listener = match ip {
-            IpAddr::V4(_) if listen_all => TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?,
-            IpAddr::V6(_) if listen_all => TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))?,
-            _ => listener,
+        // (the address `host` names, its family deciding the wildcard's)
+        let ip = std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
+            .with_context(|| format!("ring: resolving {host}"))?
+            .next()
+            .with_context(|| format!("ring: {host} resolves to no address"))?
+            .ip();
+        let ports = super::ring_ports::from_env()?;
+        let listen_on = match ip {
+            IpAddr::V4(_) if listen_all => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) if listen_all => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => ip,
         };
+        let listener = super::ring_ports::bind(listen_on, ports.as_ref())?;
         // published: `host`'s address (an IPv6 one as [addr]:port) and the listener's port
         let advertised = SocketAddr::new(ip, listener.local_addr()?.port());
         store.set(&format!("{prefix}/ring/{rank}"), advertised.to_string().as_bytes())?;
