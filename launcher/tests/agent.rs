@@ -419,6 +419,51 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
     }
 }
 
+/// A `--node-rank` given twice while another is given to none: the agents that wait for the missing
+/// node say, at their timeout, that a node rank was started a second time.
+#[test]
+fn a_node_rank_given_twice_is_named_when_another_never_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let node = |name: &str, n: &'static str| {
+        let extra = ["--nnodes", "3", "--node-rank", n, "--rdzv", &rdzv, "--token", "t"];
+        Agent::start(tmp.path(), name, &args(d, &extra, "exit 0"))
+    };
+    let mut first = node("node0", "0");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agents = [node("node1", "1"), node("node1-again", "1")];
+    assert_eq!(first.exit(Duration::from_secs(30)).code(), Some(1), "{}", first.text());
+    let text = first.text();
+    assert!(text.contains("node ranks [2] of 3 never arrived"), "{text}");
+    assert!(text.contains("node rank 1 (again on ") && text.contains("was started a second time"), "{text}");
+    for a in &mut agents {
+        a.signal(libc::SIGTERM);
+        a.exit(Duration::from_secs(30));
+    }
+}
+
+/// Node rank 0 started on another machine than `--rdzv`'s host (swapped `--node-rank` values) is
+/// warned of at once: it hosts the store here, where no other agent looks for it.
+#[test]
+fn node_rank_0_away_from_the_rdzv_host_is_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    // (TEST-NET-1: an address of no machine here)
+    let rdzv = format!("192.0.2.1:{}", free_port());
+    let extra = ["--nnodes", "2", "--node-rank", "0", "--rdzv", &rdzv, "--token", "t"];
+    let mut agent = Agent::start(tmp.path(), "away", &args(d, &extra, "exit 0"));
+    let warning = "this agent (--node-rank 0) hosts the store, on this machine, but --rdzv's host 192.0.2.1 is not \
+                   one of its addresses";
+    let t0 = Instant::now();
+    while !agent.text().contains(warning) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal(libc::SIGTERM);
+    agent.exit(Duration::from_secs(15));
+    assert!(agent.text().contains(warning), "{}", agent.text());
+}
+
 /// An agent of a fixed group (`--nnodes 2`) pointed at a running elastic group's store is refused at
 /// once (exit 2, naming both settings) instead of waiting out its rendezvous timeout; the elastic group
 /// goes on without regrouping.

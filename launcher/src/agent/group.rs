@@ -33,14 +33,23 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
         .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
     // (an agent of another run is refused, and named to the agents waiting for its node)
     let spawn = || StoreServer::spawn_for(addr, p.token.clone(), Some(p.run_id.clone()));
-    if p.elastic.is_none() {
-        return Ok(Some(spawn()?));
-    }
     // is --rdzv's host this machine? (one of its addresses binds here)
     let here = tokio::net::lookup_host((inner, p.port))
         .await
         .with_context(|| format!("--rdzv host {inner}"))?
-        .any(|a| std::net::TcpListener::bind((a.ip(), 0)).is_ok());
+        .any(|a| crate::store::is_this_machine(a.ip()));
+    if p.elastic.is_none() {
+        if !here && p.nnodes > 1 {
+            // (swapped --node-rank values: every agent would wait for a store at --rdzv that none hosts)
+            console_err!(
+                "[launch] warning: this agent (--node-rank 0) hosts the store, on this machine, but --rdzv's host \
+                 {inner} is not one of its addresses: the other agents look for the store there (start --node-rank \
+                 0 on {inner}, or give --rdzv this machine's address; behind NAT or in a container without the \
+                 host's network, this may be fine)"
+            );
+        }
+        return Ok(Some(spawn()?));
+    }
     if !here {
         return Ok(None);
     }
@@ -207,6 +216,9 @@ pub(super) fn first_attempt(
             _ => {}
         }
         if !said {
+            // (told to the agents waiting for a missing node: a duplicated --node-rank is why, often)
+            let host = crate::env::hostname().unwrap_or_else(|| "?".into());
+            c.set(&format!("{pre}/agents/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
             console_err!(
                 "[launch] node {node} already joined attempt {k} (this node's previous agent, lost, or another \
                  agent with --node-rank {node}): waiting for that attempt to end to join the restart"
@@ -248,6 +260,12 @@ pub(super) fn agree_on_settings(
     let (prefix, node, nnodes) = (prefix.to_string(), g.node_rank, g.nnodes);
     tokio::task::spawn_blocking(move || {
         client.set(&format!("{prefix}/{node}"), mine.as_bytes())?;
+        // (a second agent of one node rank, told to the others: a lost node's replacement, or a
+        // --node-rank given twice, often while another is given to none)
+        if fixed && client.add(&format!("{prefix}/posted/{node}"), 1)? > 1 {
+            let host = crate::env::hostname().unwrap_or_else(|| "?".into());
+            client.set(&format!("{prefix}/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
+        }
         let keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
         let mut theirs: Vec<Option<String>> = vec![None; nnodes];
         let t0 = Instant::now();
@@ -286,22 +304,17 @@ pub(super) fn agree_on_settings(
             if t0.elapsed() >= timeout {
                 if fixed {
                     let refused = client.refusals().unwrap_or_default();
-                    bail!(never_arrived(
-                        &prefix,
-                        "node rank",
-                        &missing(&theirs),
-                        nnodes,
-                        timeout,
-                        START_THERE,
-                        &refused
-                    ));
+                    let missing = missing(&theirs);
+                    let never = never_arrived(&prefix, "node rank", &missing, nnodes, timeout, START_THERE, &refused);
+                    bail!("{never}{}", client.started_again(&prefix, nnodes));
                 }
                 let missing = (0..nnodes).filter(|&n| theirs[n].is_none()).collect();
                 return Ok((client, Err(missing)));
             }
             if progress.due() {
+                let again = if fixed { client.started_again(&prefix, nnodes) } else { String::new() };
                 console_err!(
-                    "[launch] waiting for node ranks [{}] of {nnodes} ({}){}",
+                    "[launch] waiting for node ranks [{}] of {nnodes} ({}){}{again}",
                     missing(&theirs).join(", "),
                     progress.so_far(),
                     refused_clause(&client.refusals().unwrap_or_default())

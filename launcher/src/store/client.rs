@@ -52,7 +52,15 @@ impl StoreClient {
                 );
             }
             if progress.due() {
-                console_err!("[store] {who}: no store at {addr} yet ({last_err}): {}", progress.so_far());
+                // (a store expected on this very machine: the agent meant to host it runs elsewhere, or not yet)
+                let here = match addr.to_socket_addrs().ok().and_then(|mut t| t.next()) {
+                    Some(t) if super::is_this_machine(t.ip()) => {
+                        " (that is this machine: the agent with --node-rank 0, or rank 0 without one, hosts the \
+                         store here; is it running here, with --node-rank 0?)"
+                    }
+                    _ => "",
+                };
+                console_err!("[store] {who}: no store at {addr} yet ({last_err}){here}: {}", progress.so_far());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -231,7 +239,11 @@ impl StoreClient {
         };
         let timed_out = |c: &mut Self, missing: &[String]| {
             let refused = c.refusals().unwrap_or_default();
-            anyhow::anyhow!(never_arrived(prefix, name, missing, world, timeout, hint, &refused))
+            let again = match members {
+                Members::Nodes => c.started_again(prefix, world),
+                Members::Ranks => String::new(),
+            };
+            anyhow::anyhow!("{}{again}", never_arrived(prefix, name, missing, world, timeout, hint, &refused))
         };
         if rank >= world {
             bail!("rendezvous {prefix}: {name} {rank} is outside a world of {world}");
@@ -272,6 +284,32 @@ impl StoreClient {
             return Err(timed_out(self, &ranks(&missing)));
         }
         Ok(())
+    }
+
+    /// What the agents that found their node rank of meeting `prefix` taken posted
+    /// ([`STARTED_AGAIN`](super::STARTED_AGAIN)): `; node rank 1 was started again, on HOST, …`, or
+    /// nothing.
+    pub fn started_again(&mut self, prefix: &str, world: usize) -> String {
+        let keys: Vec<String> = (0..world).map(|n| format!("{prefix}/{}/{n}", super::STARTED_AGAIN)).collect();
+        let present = self.check(&keys).unwrap_or_default();
+        let again: Vec<String> = keys
+            .iter()
+            .zip(present)
+            .enumerate()
+            .filter(|(_, (_, p))| *p)
+            .map(|(n, (k, _))| {
+                let host = self.get(k, Duration::from_secs(1)).map(|h| String::from_utf8_lossy(&h).into_owned());
+                format!("{n} (again on {})", host.unwrap_or_else(|_| "?".into()))
+            })
+            .collect();
+        match again.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; node rank {} was started a second time meanwhile: two agents with one --node-rank, and none with \
+                 the missing one?",
+                again.join(", ")
+            ),
+        }
     }
 
     /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still

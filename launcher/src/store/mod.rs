@@ -9,3 +9,12 @@ pub mod wire;
 
 pub use client::{JoinedTwice, Members, Refused, StoreClient};
 pub use server::StoreServer;
+
+/// Whether `ip` is an address of this machine (a socket binds to it here).
+pub fn is_this_machine(ip: std::net::IpAddr) -> bool {
+    std::net::TcpListener::bind((ip, 0)).is_ok()
+}
+
+/// Under a fixed group's meeting prefix, where an agent that found its node rank taken posts its host
+/// (`…/agents/started-again/N`), for the others' timeout to name.
+pub const STARTED_AGAIN: &str = "started-again";
