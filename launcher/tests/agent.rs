@@ -419,6 +419,35 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
     }
 }
 
+/// A node lost with its agent (killed with its ranks, or the machine gone) reports nothing: the rank
+/// that lost its connection to that node's rank names that node as the root cause, not its own.
+#[test]
+fn a_node_lost_with_its_agent_is_the_root_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    // node 0's rank fails as a ring rank does when node 1's rank vanishes; node 1's just waits
+    let lost = r#"touch "$TEST_DIR/started.$RANK"; if [ "$RANK" = 0 ]; then while [ ! -f "$TEST_DIR/go" ]; do sleep 0.05; done; echo 'error: collective `all_reduce`: rank 1: closed the connection (exited?)'; exit 1; fi; exec sleep 60"#;
+    let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &[]), lost));
+    let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &[]), lost));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    node1.signal(libc::SIGKILL);
+    node1.exit(Duration::from_secs(5));
+    std::fs::write(tmp.path().join("go"), "").unwrap();
+    // (the store's host waits up to 30 s for node 1 to read how the run ended)
+    assert_eq!(node0.exit(Duration::from_secs(45)).code(), Some(1), "{}", node0.text());
+    let text = node0.text();
+    assert!(
+        text.contains("Root cause: rank 1 (node 1) closed its connections and node 1 reported no failure"),
+        "{text}"
+    );
+    let record = std::fs::read_to_string(tmp.path().join("run/attempt_0/failure-node0.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!((record["root_cause_node"].as_u64(), record["root_cause_here"].as_bool()), (Some(1), Some(false)));
+    // (node 1's rank, orphaned by its agent's SIGKILL)
+    let _ = Command::new("pkill").args(["-f", "exec sleep 60"]).status();
+}
+
 /// A `--node-rank` given twice while another is given to none: the agents that wait for the missing
 /// node say, at their timeout, that a node rank was started a second time.
 #[test]

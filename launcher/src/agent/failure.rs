@@ -41,6 +41,26 @@ impl RankFailure {
     }
 }
 
+impl RankFailure {
+    /// For a rank that failed because another closed its connection, as its last lines say: that rank
+    /// and its node (`nproc` ranks a node). Its node's own report names why, unless the node reports
+    /// nothing: its agent killed with its ranks, or the node lost ([`blame_closed_peer`]).
+    pub fn closed_peer(&self, nproc: usize) -> Option<(usize, usize)> {
+        let peer = self.last_lines.iter().rev().find_map(|l| CommError::closed_peer(l))?;
+        (peer != self.rank).then(|| (peer, peer / nproc.max(1)))
+    }
+}
+
+/// The root cause `report` (of a rank whose peer closed its connection) blaming that peer, `peer` on
+/// `node`, whose node posted no failure of its own: a node that lost its agent with its ranks (killed,
+/// rebooted, its pod evicted) says nothing, and the ranks that noticed are not the ones to drain.
+pub(super) fn blame_closed_peer(peer: usize, node: usize, report: &str) -> String {
+    format!(
+        "rank {peer} (node {node}) closed its connections and node {node} reported no failure (its agent killed \
+         with its ranks, or the node lost?): {report}"
+    )
+}
+
 /// How a report that blames a silent rank reads, after that rank and its node: `rank 1 (node 1) stopped
 /// answering (rank 0 timed out waiting for it): rank 0 (node 0, …) exited with exit code 86 …`.
 const STOPPED_ANSWERING: &str = "stopped answering (rank";

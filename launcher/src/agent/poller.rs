@@ -127,7 +127,7 @@ impl Poller {
     /// Posts `value` at `key` (on a blocking thread: the caller's other work goes on meanwhile).
     pub(super) async fn post(&mut self, key: &str, value: &str) {
         if let Err(e) = self.client().await {
-            tracing::warn!("store: posting {key}: {e:#}");
+            tracing::warn!("[launch] store: posting {key}: {e:#}");
             return;
         }
         let (mut c, k, v) = (self.client.take().expect("connected"), key.to_string(), value.to_string());
@@ -139,7 +139,7 @@ impl Poller {
         {
             self.client = Some(c);
             if let Err(e) = r {
-                tracing::warn!("store: posting {key}: {e:#}");
+                tracing::warn!("[launch] store: posting {key}: {e:#}");
             }
         }
     }

@@ -132,6 +132,17 @@ pub(super) async fn watch(
                         let world = g.nnodes * a.nproc_per_node;
                         report = failure::blame_silent_peer(peer, peer_node, r.global, world, &report);
                         node = Some(peer_node);
+                    } else if let Some((peer, peer_node)) =
+                        failed.closed_peer(a.nproc_per_node).filter(|&(_, n)| n != g.node_rank)
+                    {
+                        // a rank on another node closed the connection: its node reports its own failure
+                        // first, unless that node is gone with its agent, which then is the root cause
+                        if let Some(c) = store.as_mut() {
+                            if !reported_within(c, &keys[FAILED], CLOSED_PEER_PATIENCE).await {
+                                report = failure::blame_closed_peer(peer, peer_node, &report);
+                                node = Some(peer_node);
+                            }
+                        }
                     }
                     let local = Some(failed);
                     // the group's first failure is its root cause (a rank on another node may fail
@@ -384,6 +395,23 @@ const STORE_LOSS: Duration = Duration::from_secs(10);
 /// Posts `report` as the group's failure (with `node`, the node it names, where known) unless another
 /// agent posted one first; returns the report that stands (`another node: …` when it is not ours) and
 /// its node.
+/// How long an agent whose rank lost a peer on another node waits for that node's own report.
+const CLOSED_PEER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Whether a failure is posted under `key` (by any node) within `patience`.
+async fn reported_within(client: &mut StoreClient, key: &str, patience: Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    let claims = [format!("{key}/claims")];
+    loop {
+        match client.check(&claims) {
+            Ok(present) if present.first() == Some(&true) => return true,
+            Ok(_) if t0.elapsed() < patience => tokio::time::sleep(Duration::from_millis(100)).await,
+            // (a store that does not answer brings no report: the peer's node stays the one named)
+            _ => return false,
+        }
+    }
+}
+
 pub(super) async fn post_first(
     client: &mut StoreClient,
     key: &str,
@@ -408,7 +436,7 @@ pub(super) async fn post_first(
             Err(_) => (report, node),
         },
         Err(e) => {
-            tracing::warn!("store: posting {key}: {e:#}");
+            tracing::warn!("[launch] store: posting {key}: {e:#}");
             (report, node)
         }
     }
@@ -416,7 +444,7 @@ pub(super) async fn post_first(
 
 pub(super) async fn post(client: &mut StoreClient, key: &str, value: &str) {
     if let Err(e) = client.set(key, value.as_bytes()) {
-        tracing::warn!("store: posting {key}: {e:#}");
+        tracing::warn!("[launch] store: posting {key}: {e:#}");
     }
 }
 

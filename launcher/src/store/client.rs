@@ -76,7 +76,7 @@ impl StoreClient {
         let hello = Request::Hello { token: token.into(), who: who.into() };
         let reply = c.call(&hello, Duration::ZERO).map_err(|e| match is_timeout(&e) {
             true => anyhow::anyhow!(
-                "no answer from {addr} within {:.0} s (is it an infinity store?)",
+                "no answer from {addr} within {:.0} s (its host frozen or overloaded, or not an infinity store)",
                 secs.max(wait.as_secs_f64())
             ),
             false => e,

@@ -105,7 +105,7 @@ impl Dist {
         };
         let kind = if backend == CommBackend::Nccl { "NCCL" } else { "TCP ring" };
         tracing::info!(
-            "rank {} of {} joined run {} (attempt {}, {kind})",
+            "rank {} of {} joined run `{}` (attempt {}, {kind})",
             env.rank,
             env.world,
             env.run_id,
