@@ -160,15 +160,17 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
 }
 
 /// `model info`'s model: the shape's, with its bits per token and condition as a run's dataset sets
-/// them: `--dataset`'s, else `--classes`, `--d`, `--text-dim` and `--text-maxlen`. And the classes
-/// `--dataset` has (beside the text the model was counted with, a class model is another count).
-fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, Option<usize>)> {
+/// them: `--dataset`'s, else `--classes`, `--d`, `--text-dim` and `--text-maxlen`. And what else
+/// `--dataset` says: its classes (beside the text the model was counted with, a class model is another
+/// count) and its schedules' names.
+fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays)> {
     let (mut c, label) = config(&a.shape)?;
     let (mut d, mut classes, mut text) = (a.d, a.classes, (a.text_dim, a.text_maxlen));
-    let mut dataset_classes = None;
+    let (mut dataset_classes, mut schedules) = (None, Vec::new());
     if let Some(dir) = &a.dataset {
         let m = infinity_data::Manifest::load(dir).with_context(|| format!("--dataset {}", dir.display()))?;
         dataset_classes = m.conditions.class.as_ref().map(|k| k.num_classes as usize);
+        schedules = m.schedules.iter().map(|s| s.name.clone()).collect();
         d = Some(c.token_bits(m.d as usize));
         match (&m.conditions.text, a.classes) {
             (Some(t), None) => text = (Some(t.width as usize), Some(t.max_tokens as usize)),
@@ -192,7 +194,14 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, Option<usiz
     c.text_channels = text.0.unwrap_or(c.text_channels);
     c.text_maxlen = text.1.unwrap_or(c.text_maxlen);
     c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
-    Ok((c, label, dataset_classes))
+    Ok((c, label, DatasetSays { classes: dataset_classes, schedules }))
+}
+
+/// What `model info --dataset` reads beside the model: the dataset's classes and schedules' names.
+#[derive(Debug, Default)]
+struct DatasetSays {
+    classes: Option<usize>,
+    schedules: Vec<String>,
 }
 
 /// Text tokens per sample of `model bench` without --text-tokens.
@@ -235,7 +244,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Info(a) => {
             let s = &a.shape;
-            let (c, label, also_classes) = info_config(&a)?;
+            let (c, label, dataset) = info_config(&a)?;
             let lay = Layout::new(&c);
             let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
             // (no caption is longer than the model's text_maxlen)
@@ -254,7 +263,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 c.d
             );
             console!("{}", conditioning_line(&c, a.dataset.is_some()));
-            if let Some(n) = also_classes.filter(|_| c.conditioning == Conditioning::Text) {
+            if let Some(n) = dataset.classes.filter(|_| c.conditioning == Conditioning::Text) {
                 console!(
                     "  (the dataset has {} too: --classes {n} counts a class-conditioned model)",
                     super::plural(n, "class")
@@ -262,6 +271,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             }
             console!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
             console!("schedule {}: L = {}", sched.name, sched.num_tokens());
+            if !dataset.schedules.is_empty() && !dataset.schedules.contains(&sched.name) {
+                console!(
+                    "  (not one of the dataset's schedules, {}: --template and --budget pick one)",
+                    dataset.schedules.join(", ")
+                );
+            }
             console!(
                 "training FLOPs per token: {f:.3e} (forward + backward, attention included); per sample {:.3e}",
                 f * sched.num_tokens() as f64
