@@ -39,9 +39,7 @@ impl RankFailure {
         let peer = self.last_lines.iter().rev().find_map(|l| CommError::timed_out_peer(l))?;
         (peer != self.rank).then(|| (peer, peer / nproc.max(1)))
     }
-}
 
-impl RankFailure {
     /// For a rank that failed because another closed its connection, as its last lines say: that rank
     /// and its node (`nproc` ranks a node). Its node's own report names why, unless the node reports
     /// nothing: its agent killed with its ranks, or the node lost ([`blame_closed_peer`]).

@@ -392,9 +392,6 @@ async fn lost_nodes(c: &mut StoreClient, prefix: &str, g: Group) -> Vec<usize> {
 /// How long the store may not answer before an agent gives its group up.
 const STORE_LOSS: Duration = Duration::from_secs(10);
 
-/// Posts `report` as the group's failure (with `node`, the node it names, where known) unless another
-/// agent posted one first; returns the report that stands (`another node: …` when it is not ours) and
-/// its node.
 /// How long an agent whose rank lost a peer on another node waits for that node's own report.
 const CLOSED_PEER_PATIENCE: Duration = Duration::from_secs(3);
 
@@ -412,6 +409,9 @@ async fn reported_within(client: &mut StoreClient, key: &str, patience: Duration
     }
 }
 
+/// Posts `report` as the group's failure (with `node`, the node it names, where known) unless another
+/// agent posted one first; returns the report that stands (`another node: …` when it is not ours) and
+/// its node.
 pub(super) async fn post_first(
     client: &mut StoreClient,
     key: &str,
