@@ -427,7 +427,7 @@ fn a_node_lost_with_its_agent_is_the_root_cause() {
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
     // node 0's rank fails as a ring rank does when node 1's rank vanishes; node 1's just waits
-    let lost = r#"touch "$TEST_DIR/started.$RANK"; if [ "$RANK" = 0 ]; then while [ ! -f "$TEST_DIR/go" ]; do sleep 0.05; done; echo 'error: collective `all_reduce`: rank 1: closed the connection (exited?)'; exit 1; fi; exec sleep 60"#;
+    let lost = r#"touch "$TEST_DIR/started.$RANK"; if [ "$RANK" = 0 ]; then while [ ! -f "$TEST_DIR/go" ]; do sleep 0.05; done; echo 'error: collective `all_reduce`: rank 1: closed the connection (exited?)'; exit 1; fi; echo $$ > "$TEST_DIR/pid.$RANK"; exec sleep 60"#;
     let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &[]), lost));
     let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &[]), lost));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
@@ -435,7 +435,7 @@ fn a_node_lost_with_its_agent_is_the_root_cause() {
     node1.exit(Duration::from_secs(5));
     std::fs::write(tmp.path().join("go"), "").unwrap();
     // (the store's host waits up to 30 s for node 1 to read how the run ended)
-    assert_eq!(node0.exit(Duration::from_secs(45)).code(), Some(1), "{}", node0.text());
+    assert_eq!(node0.exit(Duration::from_secs(60)).code(), Some(1), "{}", node0.text());
     let text = node0.text();
     assert!(
         text.contains("Root cause: rank 1 (node 1) closed its connections and node 1 reported no failure"),
@@ -445,7 +445,11 @@ fn a_node_lost_with_its_agent_is_the_root_cause() {
     let record: serde_json::Value = serde_json::from_str(&record).unwrap();
     assert_eq!((record["root_cause_node"].as_u64(), record["root_cause_here"].as_bool()), (Some(1), Some(false)));
     // (node 1's rank, orphaned by its agent's SIGKILL)
-    let _ = Command::new("pkill").args(["-f", "exec sleep 60"]).status();
+    let pid = std::fs::read_to_string(tmp.path().join("pid.1")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    if let Some(pid) = pid.filter(|&p| p > 1) {
+        // SAFETY: signalling the rank this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// A `--node-rank` given twice while another is given to none: the agents that wait for the missing

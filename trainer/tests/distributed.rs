@@ -348,9 +348,11 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
         let node1 = node("1");
         (node0.join().unwrap(), node1)
     });
-    for out in [node0, node1] {
+    for (n, out) in [node0, node1].into_iter().enumerate() {
         let out = ok(out);
         assert!(out.contains("restarting the group") && !out.contains("not restarting"), "{out}");
+        // (rank 0 failed in the config agreement, its flight record says)
+        assert!(n == 1 || out.contains("(config agreement: "), "{out}");
     }
     assert!(weights(&forming, 8) == weights(&clean, 8), "restarted as the group formed: final weights differ");
 

@@ -34,12 +34,11 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
     // (an agent of another run is refused, and named to the agents waiting for its node)
     let spawn = || StoreServer::spawn_for(addr, p.token.clone(), Some(p.run_id.clone()));
     // is --rdzv's host this machine? (one of its addresses binds here)
-    let here = tokio::net::lookup_host((inner, p.port))
-        .await
-        .with_context(|| format!("--rdzv host {inner}"))?
-        .any(|a| crate::store::is_this_machine(a.ip()));
+    let here =
+        tokio::net::lookup_host((inner, p.port)).await.map(|mut a| a.any(|a| crate::store::is_this_machine(a.ip())));
     if p.elastic.is_none() {
-        if !here && p.nnodes > 1 {
+        // (a name that does not resolve yet, a Kubernetes Service coming up with its pod: no telling)
+        if here.as_ref().is_ok_and(|here| !here) && p.nnodes > 1 {
             // (swapped --node-rank values: every agent would wait for a store at --rdzv that none hosts)
             console_err!(
                 "[launch] warning: this agent (--node-rank 0) hosts the store, on this machine, but --rdzv's host \
@@ -50,7 +49,7 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
         }
         return Ok(Some(spawn()?));
     }
-    if !here {
+    if !here.with_context(|| format!("--rdzv host {inner}"))? {
         return Ok(None);
     }
     match spawn() {

@@ -138,7 +138,7 @@ pub(super) async fn watch(
                         // a rank on another node closed the connection: its node reports its own failure
                         // first, unless that node is gone with its agent, which then is the root cause
                         if let Some(c) = store.as_mut() {
-                            if !reported_within(c, &keys[FAILED], CLOSED_PEER_PATIENCE).await {
+                            if lost_without_report(c, (prefix, &keys[FAILED]), peer_node, CLOSED_PEER_PATIENCE).await {
                                 report = failure::blame_closed_peer(peer, peer_node, &report);
                                 node = Some(peer_node);
                             }
@@ -392,18 +392,28 @@ async fn lost_nodes(c: &mut StoreClient, prefix: &str, g: Group) -> Vec<usize> {
 /// How long the store may not answer before an agent gives its group up.
 const STORE_LOSS: Duration = Duration::from_secs(10);
 
-/// How long an agent whose rank lost a peer on another node waits for that node's own report.
+/// How long an agent whose rank lost a peer on another node watches that node's agent.
 const CLOSED_PEER_PATIENCE: Duration = Duration::from_secs(3);
 
-/// Whether a failure is posted under `key` (by any node) within `patience`.
-async fn reported_within(client: &mut StoreClient, key: &str, patience: Duration) -> bool {
+/// Whether node `peer` is lost with its agent: within `patience`, no failure is posted (at `failed`,
+/// by any node) and its agent's heartbeat ([`beat_key`] under `prefix`) does not move. A node whose
+/// agent beats is alive: its failure, signal or exit is its own to report. A store that does not
+/// answer tells nothing: not lost (this node's report stands).
+async fn lost_without_report(
+    c: &mut StoreClient,
+    (prefix, failed): (&str, &str),
+    peer: usize,
+    patience: Duration,
+) -> bool {
     let t0 = std::time::Instant::now();
-    let claims = [format!("{key}/claims")];
+    let (claims, beat) = ([format!("{failed}/claims")], beat_key(prefix, peer));
+    let Ok(first) = c.add(&beat, 0) else { return false };
     loop {
-        match client.check(&claims) {
-            Ok(present) if present.first() == Some(&true) => return true,
-            Ok(_) if t0.elapsed() < patience => tokio::time::sleep(Duration::from_millis(100)).await,
-            // (a store that does not answer brings no report: the peer's node stays the one named)
+        let reported = c.check(&claims).map(|p| p.first() == Some(&true));
+        let beating = c.add(&beat, 0).map(|v| v != first);
+        match (reported, beating) {
+            (Ok(false), Ok(false)) if t0.elapsed() >= patience => return true,
+            (Ok(false), Ok(false)) => tokio::time::sleep(Duration::from_millis(100)).await,
             _ => return false,
         }
     }

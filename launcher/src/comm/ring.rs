@@ -46,19 +46,21 @@ impl TcpRing {
         listen_all: bool,
         timeout: Duration,
     ) -> Result<TcpRing> {
-        // (the address `host` names, its family deciding the wildcard's)
-        let ip = std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
-            .with_context(|| format!("ring: resolving {host}"))?
-            .next()
-            .with_context(|| format!("ring: {host} resolves to no address"))?
-            .ip();
+        // (the address `host` names here, of this machine where it names several; its family decides
+        // the wildcard's)
+        let ips: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
+            .with_context(|| format!("ring: resolving {host} (INFINITY_RING_HOST, or the store connection's address)"))?
+            .map(|a| a.ip())
+            .collect();
+        let ip = ips.iter().copied().find(|&ip| crate::store::is_this_machine(ip)).or(ips.first().copied());
+        let ip = ip.with_context(|| format!("ring: {host} resolves to no address"))?;
         let ports = super::ring_ports::from_env()?;
         let listen_on = match ip {
             IpAddr::V4(_) if listen_all => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) if listen_all => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             _ => ip,
         };
-        let listener = super::ring_ports::bind(listen_on, ports.as_ref())?;
+        let listener = super::ring_ports::bind(listen_on, ports.as_ref()).context("ring")?;
         // published: `host`'s address (an IPv6 one as [addr]:port) and the listener's port
         let advertised = SocketAddr::new(ip, listener.local_addr()?.port());
         store.set(&format!("{prefix}/ring/{rank}"), advertised.to_string().as_bytes())?;
@@ -78,7 +80,9 @@ impl TcpRing {
 
         let deadline = Instant::now() + timeout;
         let mut out = loop {
-            match TcpStream::connect(addr) {
+            // (bounded: a peer behind a firewall that drops packets would hold a plain connect for minutes)
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5))) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!("ring: connecting to rank {next} at {addr}: {e}");

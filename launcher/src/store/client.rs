@@ -55,8 +55,8 @@ impl StoreClient {
                 // (a store expected on this very machine: the agent meant to host it runs elsewhere, or not yet)
                 let here = match addr.to_socket_addrs().ok().and_then(|mut t| t.next()) {
                     Some(t) if super::is_this_machine(t.ip()) => {
-                        " (that is this machine: the agent with --node-rank 0, or rank 0 without one, hosts the \
-                         store here; is it running here, with --node-rank 0?)"
+                        " (that is this machine: the store's host, node rank 0's agent or rank 0 without one, \
+                         should run here; is it running, with --node-rank 0?)"
                     }
                     _ => "",
                 };
@@ -287,8 +287,8 @@ impl StoreClient {
     }
 
     /// What the agents that found their node rank of meeting `prefix` taken posted
-    /// ([`STARTED_AGAIN`](super::STARTED_AGAIN)): `; node rank 1 was started again, on HOST, …`, or
-    /// nothing.
+    /// ([`STARTED_AGAIN`](super::STARTED_AGAIN)): `; node rank 1 (again on HOST) was started a second
+    /// time meanwhile: …`, or nothing.
     pub fn started_again(&mut self, prefix: &str, world: usize) -> String {
         let keys: Vec<String> = (0..world).map(|n| format!("{prefix}/{}/{n}", super::STARTED_AGAIN)).collect();
         let present = self.check(&keys).unwrap_or_default();
@@ -306,7 +306,7 @@ impl StoreClient {
             true => String::new(),
             false => format!(
                 "; node rank {} was started a second time meanwhile: two agents with one --node-rank, and none with \
-                 the missing one?",
+                 the missing one? (or a lost agent's replacement)",
                 again.join(", ")
             ),
         }

@@ -207,13 +207,14 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?;
     let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
     let ([mut val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
-    let mut eval_measured = None;
+    let (mut eval_measured, mut val_from_eval) = (None, false);
     if let Some(name) = val_set.filter(|_| val_curve.is_empty()) {
         let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name);
         val_curve = curve;
-        eval_measured = measured.filter(|_| !val_curve.is_empty());
+        val_from_eval = !val_curve.is_empty();
+        // (lines of an earlier build may not name the folder: measured as the run's config says then)
+        eval_measured = measured.filter(|_| val_from_eval);
     }
-    let val_from_eval = eval_measured.is_some();
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
     let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
@@ -264,7 +265,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model,
-        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| !val_from_eval)),
+        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none())),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
 }

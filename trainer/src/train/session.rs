@@ -73,7 +73,7 @@ impl<'a> Session<'a> {
             // others fail in the config agreement before the launcher sees this rank killed)
             let (rank, attempt) = (dist.rank, dist.attempt);
             drop(dist);
-            std::thread::sleep(std::time::Duration::from_secs(2));
+            std::thread::sleep(std::time::Duration::from_secs(1));
             super::dist::fault_drill(rank, 0, attempt);
             unreachable!("the fault drill kills this rank");
         }
