@@ -476,6 +476,23 @@ fn a_node_rank_given_twice_is_named_when_another_never_arrives() {
     }
 }
 
+/// A malformed `INFINITY_RING_PORTS`, which every rank of every attempt would refuse alike, is refused
+/// before any rank starts: exit 2, not restarts.
+#[test]
+fn a_malformed_ring_port_range_exits_2_before_the_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let vars = [("INFINITY_RING_PORTS", "45010-45000".to_string())];
+    let extra = ["--nproc-per-node", "2", "--max-restarts", "2"];
+    let mut agent = Agent::start_with(tmp.path(), "ports", &args(d, &extra, FRAGILE_RANK), &vars);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(2), "{}", agent.text());
+    let text = agent.text();
+    assert!(
+        text.contains("INFINITY_RING_PORTS=\"45010-45000\": expected a port range") && !text.contains("restart"),
+        "{text}"
+    );
+}
+
 /// Node rank 0 started on another machine than `--rdzv`'s host (swapped `--node-rank` values) is
 /// warned of at once: it hosts the store here, where no other agent looks for it.
 #[test]

@@ -178,6 +178,8 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 }
 
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
+    // (a variable the ranks would refuse alike on every attempt: refused before any starts)
+    crate::comm::ring_ports::from_env().map_err(|e| group::Misconfigured(format!("{e:#}")))?;
     let p = plan(&a)?;
     let a = LaunchArgs { nproc_per_node: p.nproc_per_node, ..a };
     // (the run id of SLURM's job too: a store that serves another run there is another job's)

@@ -64,7 +64,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     // (set on the config read, not as `--set` text: a folder named 2024 stays a path)
     if let Some(dir) = &a.val {
         ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
-        (cfg.val.dir, cfg.val.sets) = (Some(dir.clone()), Vec::new());
+        // (absolute: the --out lines name the folder `infinity scaling` compares, wherever eval ran)
+        let dir = std::path::absolute(dir).with_context(|| format!("--val {}", dir.display()))?;
+        (cfg.val.dir, cfg.val.sets) = (Some(dir), Vec::new());
     }
     if let Some(n) = a.max_rows {
         cfg.val.max_rows = n;

@@ -117,7 +117,10 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     let roots = roots::roots(dirs)?;
     let (mut runs, mut read_notes) = gather(&roots, val_set)?;
     if let Some(name) = val_set {
-        read_notes.insert(0, format!("the validation losses are the set {name}'s (val.jsonl's sets.{name})"));
+        read_notes.insert(
+            0,
+            format!("the validation losses are the set {name}'s (val.jsonl's sets.{name}, else the run's eval.jsonl)"),
+        );
     }
     if parameters == Parameters::NonEmbedding {
         let (counted, uncounted): (Vec<RunRecord>, Vec<RunRecord>) =

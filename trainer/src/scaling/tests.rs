@@ -529,7 +529,10 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
     let measure = super::Measure { val_set: Some("web"), ..Default::default() };
     let r = super::analyse_with(&[root], &root.join("scaling"), &measure).unwrap();
     let notes = r.notes.join("\n");
-    assert!(notes.contains("the validation losses are the set web's (val.jsonl's sets.web)"), "{notes}");
+    assert!(
+        notes.contains("the validation losses are the set web's (val.jsonl's sets.web, else the run's eval.jsonl)"),
+        "{notes}"
+    );
     assert!(
         notes.contains("left out (no loss of the validation set web in its val.jsonl") && notes.contains(": plain")
     );

@@ -241,9 +241,10 @@ pub fn in_sweep_terms(e: anyhow::Error, path: &Path, sweep: &SweepFile, override
     let section = section_of(sweep, key);
     // an entry of a list the base config does not have (`data.mix[0].weight` without `[[data.mix]]`)
     if let Some((list, _)) = key.split_once('[').filter(|_| rest.contains("missing")) {
+        let dir = if list == "data.phases" { "" } else { ", with their `dir`," };
         rest += &format!(
             " (`{key}` sets a key of an entry of `{list}`, which the base config must hold: put the \
-             `[[{list}]]` tables, with their `dir`, in the base config and vary their keys here)"
+             `[[{list}]]` tables{dir} in the base config and vary their keys here)"
         );
     }
     // an axis of one word is a config section or a budget, which the config's list does not hold
