@@ -501,8 +501,7 @@ fn node_rank_0_away_from_the_rdzv_host_is_warned_of() {
     let d = tmp.path().to_str().unwrap();
     // (TEST-NET-1: an address of no machine here)
     let rdzv = format!("192.0.2.1:{}", free_port());
-    let extra = ["--nnodes", "2", "--node-rank", "0", "--rdzv", &rdzv, "--token", "t"];
-    let mut agent = Agent::start(tmp.path(), "away", &args(d, &extra, "exit 0"));
+    let mut agent = Agent::start(tmp.path(), "away", &args(d, &node_of_two("0", &rdzv, &[]), "exit 0"));
     let warning = "this agent (--node-rank 0) hosts the store, on this machine, but --rdzv's host 192.0.2.1 is not \
                    one of its addresses";
     let t0 = Instant::now();

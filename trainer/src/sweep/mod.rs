@@ -208,20 +208,10 @@ fn name_part(key: &str, v: &toml::Value) -> String {
 /// (`model.depth`): the config takes it, but the run is named `depth-1.0`, where `[1, 2]` names it
 /// `depth-1`, so the same run would be trained again under another name.
 fn whole_numbers_as_whole(config: &TrainConfig, combo: &[(&String, &toml::Value)], path: &Path) -> Result<()> {
-    let resolved: toml::Value = toml::Value::try_from(config)?;
+    let resolved = toml::Table::try_from(config)?;
     for (key, value) in combo {
         let toml::Value::Float(x) = value else { continue };
-        let mut at = Some(&resolved);
-        for part in key.split('.') {
-            at = match part.split_once('[') {
-                Some((name, index)) => {
-                    let i: Option<usize> = index.strip_suffix(']').and_then(|i| i.parse().ok());
-                    at.and_then(|t| t.get(name)).and_then(|a| a.get(i?))
-                }
-                None => at.and_then(|t| t.get(part)),
-            };
-        }
-        if matches!(at, Some(toml::Value::Integer(_))) {
+        if matches!(crate::train::config::value_at(&resolved, key), Some(toml::Value::Integer(_))) {
             bail!(
                 "{}: axis `{key}` = {x:?}: `{key}` is a whole number: write {}, not {x:?} (runs are named after \
                  the values as written, so {x:?} and {} would name one run twice)",

@@ -17,7 +17,7 @@ mod micro_batch_size;
 mod peak_tflops;
 mod validate;
 
-pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, ModelPart};
+pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, value_at, ModelPart};
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 pub use validate::where_it_leads;

@@ -86,26 +86,31 @@ impl Setup {
 
         let m = &ds.manifest;
         let mc = cfg.model_for(m)?;
+        // (upstream reads a row's long caption where it has no short one: so does a dataset without any)
         let text = mc.conditioning == crate::model::Conditioning::Text;
-        if text && cfg.data.short_cap_prob > 0.0 && m.conditions.text.as_ref().is_some_and(|t| !t.short_caption) {
-            // (upstream reads a row's long caption where it has no short one: so does a dataset without any)
-            tracing::warn!(
-                "data.short_cap_prob = {}, but {} {} no short captions (the manifest's \
-                 conditions.text.short_caption is not set): every sample reads its long caption",
-                cfg.data.short_cap_prob,
-                cfg.data.folders(),
-                if cfg.data.mix.is_empty() { "has" } else { "have" }
-            );
-        }
-        let short =
-            |p: &infinity_data::dataset::Part| p.manifest.conditions.text.as_ref().is_some_and(|t| t.short_caption);
-        if text && cfg.data.short_cap_prob > 0.0 && m.conditions.text.as_ref().is_some_and(|t| t.short_caption) {
-            for ((key, dir), _) in cfg.data.dirs().zip(ds.parts()).filter(|(_, p)| !short(p)) {
-                tracing::warn!(
-                    "data.short_cap_prob = {}, but {key} {} has no short captions: its samples read their long ones",
+        if text && cfg.data.short_cap_prob > 0.0 {
+            // (the joined manifest has short captions where any dataset of the mix has them)
+            match m.conditions.text.as_ref().is_some_and(|t| t.short_caption) {
+                false => tracing::warn!(
+                    "data.short_cap_prob = {}, but {} {} no short captions (the manifest's \
+                     conditions.text.short_caption is not set): every sample reads its long caption",
                     cfg.data.short_cap_prob,
-                    dir.display()
-                );
+                    cfg.data.folders(),
+                    if cfg.data.mix.is_empty() { "has" } else { "have" }
+                ),
+                true => {
+                    let short = |p: &infinity_data::dataset::Part| {
+                        p.manifest.conditions.text.as_ref().is_some_and(|t| t.short_caption)
+                    };
+                    for ((key, dir), _) in cfg.data.dirs().zip(ds.parts()).filter(|(_, p)| !short(p)) {
+                        tracing::warn!(
+                            "data.short_cap_prob = {}, but {key} {} has no short captions: its samples read their \
+                             long ones",
+                            cfg.data.short_cap_prob,
+                            dir.display()
+                        );
+                    }
+                }
             }
         }
         check_schedules_fit(&mc, m).with_context(|| format!("data.dir {}", cfg.data.dir.display()))?;

@@ -286,7 +286,7 @@ fn settle_alternatives(
 }
 
 /// The value at dotted `key` in `table` at any depth, array items included (`data.mix[0].weight`).
-fn value_at<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+pub fn value_at<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
     let mut value: Option<&toml::Value> = None;
     for part in key.split('.') {
         let (name, index) = match part.split_once('[') {
