@@ -10,7 +10,7 @@ use crate::{err, fails, infinity, path_str, python, python_fails, repo};
 
 /// A temporary folder with 48 synthetic rows (`data`) and a class model's config (`cfg`) training into
 /// `run`.
-fn class_run() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+pub(crate) fn class_run() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (data, run, cfg) = (tmp.path().join("data"), tmp.path().join("run"), tmp.path().join("train.toml"));
     let synth = ["data", "synth", "--out", path_str(&data), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
@@ -553,7 +553,8 @@ fn a_fresh_run_starts_from_another_runs_weights() {
         let d = max_diff(&weights(&dir), &trained);
         assert!(if from.is_some() { d < 1e-12 } else { d > 1e-3 }, "init_from {from:?}: weights differ by {d}");
     }
-    let (e, _) = fails(&["train", path_str(&cfg), "--set", "model.init_from=/nowhere/at-all"]);
+    let elsewhere = format!("run.dir={}", path_str(&tmp.path().join("elsewhere")));
+    let (e, _) = fails(&["train", path_str(&cfg), "--set", "model.init_from=/nowhere/at-all", "--set", &elsewhere]);
     assert!(e.contains("model.init_from") && e.contains("/nowhere/at-all"), "{e}");
 }
 
@@ -628,7 +629,7 @@ fn a_moving_average_of_the_weights_rides_along() {
     let fresh_dir = format!("run.dir={}", path_str(&tmp.path().join("checked")));
     let c = TrainConfig::load(&cfg, &[with_ema(&ema_dir), vec![fresh_dir.clone()]].concat()).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
-    assert!(lines.contains("start: the weights' moving average from"), "{lines}");
+    assert!(lines.contains("start: weights from") && lines.contains(": the moving average of its weights)"), "{lines}");
     let check_fails = |src: &Path| {
         let sets = with_ema(src);
         fails(&["train", path_str(&cfg), "--check", "--set", &sets[0], "--set", &sets[1], "--set", &fresh_dir]).0
@@ -638,7 +639,7 @@ fn a_moving_average_of_the_weights_rides_along() {
     // (the weights file of an export made with --ema is the average: taken as it is)
     let c = TrainConfig::load(&cfg, &[with_ema(&out), vec![fresh_dir.clone()]].concat()).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n");
-    assert!(lines.contains(&format!("start: the weights' moving average from {}", out.display())), "{lines}");
+    assert!(lines.contains(&format!("start: weights from {} (an export of", out.display())), "{lines}");
     let trained_dir = tmp.path().join("trained-export");
     assert!(infinity(&["export", path_str(&run), "-o", path_str(&trained_dir)]));
     let e = check_fails(&trained_dir);
@@ -656,7 +657,8 @@ fn a_moving_average_of_the_weights_rides_along() {
     let lines = infinity_trainer::train::check::check(&TrainConfig::load(&cfg, &keeping).unwrap(), 1, None, None)
         .unwrap()
         .join("\n");
-    let want = format!("start: the weights' moving average from the source's: {}", ckpt(&run, 4).display());
+    let want =
+        format!("start: the run's moving average of the weights starts from the source's: {}", ckpt(&run, 4).display());
     assert!(lines.contains(&want), "{lines}");
     let carried = tmp.path().join("carried");
     let sets = [from(&run), format!("run.dir={}", path_str(&carried)), "optim.ema_decay=0.75".into()];

@@ -4,6 +4,7 @@
 mod cli_data;
 mod cli_export;
 mod cli_train;
+mod fine_tune;
 mod golden_check;
 mod pyarrow_interop;
 mod tensorboard_reader;

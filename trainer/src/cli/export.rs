@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use infinity_data::Manifest;
 
 use super::weights_file::WeightsFileArgs;
-use crate::export::{load_export, read_export, ExportOptions, FromExport};
+use crate::export::{load_export, read_export, ExportOptions, FreshInit, FromExport};
 use crate::model::io::SaveDtype;
 use crate::model::Layout;
 use crate::train::checkpoint::CheckpointModel;
@@ -30,6 +30,7 @@ pub struct ExportArgs {
     /// Export no trained weights but the ones a run of --config starts from: its model for its dataset
     /// (or --data), initialised as `infinity train` initialises it (`model.init`, μP, `run.seed`). For
     /// testing an inference pipeline at a model's shape (upstream's layer12 to 8b) without training it.
+    /// With `model.init_from`, the weights a fine-tune of that config starts from.
     #[arg(long, requires = "config", conflicts_with_all = ["ckpt", "ema"])]
     init: bool,
     /// Output weights (`.safetensors`); `config.json` and the tokenizer are written beside it. Names ending
@@ -62,8 +63,8 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     // description
     let (ck, from_export, ema, init) = match (&a.ckpt, &a.weights.config) {
         (None, Some(config)) => {
-            let (ck, seed) = fresh_model(config, &a.weights.set, a.data.as_deref())?;
-            (ck, None, false, Some((config.clone(), seed)))
+            let (ck, init) = fresh_model(config, &a.weights.set, a.data.as_deref())?;
+            (ck, None, false, Some(init))
         }
         (None, None) => bail!("give the checkpoint, run, export or weights file to export (or --init with --config)"),
         (Some(ckpt), config) => {
@@ -114,7 +115,12 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     console!(
         "exported {}{}: {} ({:.1} MB, block_chunks {block_chunks}) and {}",
         match &opts.init {
-            Some((config, seed)) => format!("the initial weights of {} (run.seed {seed})", config.display()),
+            Some(FreshInit { config, seed, init_from: None }) => {
+                format!("the initial weights of {} (run.seed {seed})", config.display())
+            }
+            Some(FreshInit { config, init_from: Some(_), .. }) => {
+                format!("the weights a run of {} starts from", config.display())
+            }
             None => ck.described(),
         },
         if ema { " (its moving average)" } else { "" },
@@ -126,15 +132,9 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
 }
 
 /// `--init`: the model of `config` (with `sets`) for its dataset (or `data`), with the weights a run of
-/// it starts from, and the seed they came from.
-fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(CheckpointModel, u64)> {
+/// it starts from (`model.init_from`'s over its seed's), and where they came from.
+fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(CheckpointModel, FreshInit)> {
     let cfg = TrainConfig::load(config, sets).with_context(|| format!("--config {}", config.display()))?;
-    ensure!(
-        cfg.model.init_from.is_none(),
-        "--init: {} starts from model.init_from's weights ({}): export that file with --config instead",
-        config.display(),
-        cfg.model.init_from.as_ref().map_or(String::new(), |p| p.display().to_string())
-    );
     let data_dir = data.map_or_else(|| cfg.data.dir.clone(), Path::to_path_buf);
     let m = Manifest::load(&data_dir).with_context(|| {
         format!("the dataset {} (its bits, condition and schedules shape the model; pass --data)", data_dir.display())
@@ -143,7 +143,18 @@ fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(C
     crate::train::check_schedules_fit(&model, &m).with_context(|| format!("the dataset {}", data_dir.display()))?;
     let lay = Layout::new(&model);
     console!("initialising {} parameters (run.seed {})", lay.numel, cfg.run.seed);
-    let params = crate::train::fresh_weights(&cfg, &model, &lay);
+    let mut params = crate::train::fresh_weights(&cfg, &model, &lay);
+    // (a fine-tune's config: the weights its run starts from, model.init_from's over the fresh ones)
+    let started = crate::train::init_from::init_from(&cfg, (&model, &lay), &mut params, (&data_dir, &m))?;
+    let mut init = FreshInit { config: config.to_path_buf(), seed: cfg.run.seed, init_from: None };
+    if let Some(s) = started {
+        console!("{} ({} tensors kept fresh or left out)", s.said, s.fresh.len());
+        if !s.fresh.is_empty() {
+            console_err!("warning: model.init_from: kept fresh or left out:\n  {}", s.fresh.join("\n  "));
+        }
+        s.warnings.iter().for_each(|w| console_err!("warning: {w}"));
+        init.init_from = Some(s.record);
+    }
     let (dir, precision) = (config.to_path_buf(), cfg.run.precision);
-    Ok((CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None }, cfg.run.seed))
+    Ok((CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None }, init))
 }

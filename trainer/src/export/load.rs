@@ -114,47 +114,70 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
     };
     let ema_decay = config.pointer("/source/ema_decay").and_then(Value::as_f64);
 
-    let dataset = match config.get("data").filter(|d| !d.is_null()) {
-        None => None,
-        Some(d) => {
-            let data: DataSection =
-                serde_json::from_value(d.clone()).map_err(|e| anyhow!("{}: `data`: {e}", cfg_path.display()))?;
-            // the tokenizer beside the weights, else in the dataset's folder as it was at export
-            let tokenizer_dir = if data.tokenizer_file_beside.is_some() { dir.to_path_buf() } else { data.dir.clone() };
-            let manifest = Manifest {
-                format: FORMAT_NAME.into(),
-                format_version: FORMAT_VERSION,
-                d: model.d_vae() as u32,
-                bit_order: BIT_ORDER.into(),
-                tokenizer: data.tokenizer,
-                conditions: data.conditions,
-                latent: None,
-                schedules: data.schedules,
-                shards: Vec::new(),
-                total_rows: 0,
-                created_by: format!("the data section of {}", cfg_path.display()),
-            };
-            // (sampling indexes its schedules and sizes scales from them: a hand-edited section that
-            // names none, or an odd side, would panic there)
-            manifest.check(&cfg_path).map_err(|e| anyhow!("{e} (in its `data` section)"))?;
-            Some((manifest, tokenizer_dir, data.dir, data.schedule_rows))
-        }
-    };
+    let dataset = data_section(&config, &cfg_path, model.d_vae() as u32)?;
     let lay = Layout::new(&model);
     let params = load_weights(&export.weights, &model, &lay)?;
     let dtype = config["dtype"].as_str().unwrap_or("float32").to_string();
     if let Some(w) = other_dtypes(&export.weights, &dtype) {
         tracing::warn!("{}: {w}", cfg_path.display());
     }
-    let data_dir = dataset.as_ref().map(|d| d.2.clone()).unwrap_or_else(|| dir.to_path_buf());
+    let data_dir = dataset.as_ref().map(|d| d.data_dir.clone()).unwrap_or_else(|| dir.to_path_buf());
     Ok(LoadedExport {
         model: CheckpointModel { dir: dir.to_path_buf(), model, data_dir, params, step, precision, ema_decay },
         ema,
         source: export.source,
         source_record: field("/source")?,
         dtype,
-        dataset: dataset.map(|(m, tokenizer_dir, _, rows)| (m, tokenizer_dir, rows)),
+        dataset: dataset.map(|d| (d.manifest, d.tokenizer_dir, d.schedule_rows)),
     })
+}
+
+/// An export's `data` section read back: the dataset's manifest (no shards), the folder holding its
+/// tokenizer file (the export folder when the file was copied beside the weights), the dataset's folder
+/// as recorded at export, and the rows of each schedule.
+struct ExportedData {
+    manifest: Manifest,
+    tokenizer_dir: PathBuf,
+    data_dir: PathBuf,
+    schedule_rows: Vec<u64>,
+}
+
+/// The `data` section of the export whose config.json (at `cfg_path`) is `config`, for a model of `d`
+/// bits per token; `None` when the dataset was not at hand at export.
+fn data_section(config: &Value, cfg_path: &Path, d: u32) -> Result<Option<ExportedData>> {
+    let Some(section) = config.get("data").filter(|d| !d.is_null()) else { return Ok(None) };
+    let data: DataSection =
+        serde_json::from_value(section.clone()).map_err(|e| anyhow!("{}: `data`: {e}", cfg_path.display()))?;
+    // the tokenizer beside the weights, else in the dataset's folder as it was at export
+    let dir = cfg_path.parent().unwrap_or(Path::new("."));
+    let tokenizer_dir = if data.tokenizer_file_beside.is_some() { dir.to_path_buf() } else { data.dir.clone() };
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        d,
+        bit_order: BIT_ORDER.into(),
+        tokenizer: data.tokenizer,
+        conditions: data.conditions,
+        latent: None,
+        schedules: data.schedules,
+        shards: Vec::new(),
+        total_rows: 0,
+        created_by: format!("the data section of {}", cfg_path.display()),
+    };
+    // (sampling indexes its schedules and sizes scales from them: a hand-edited section that names none,
+    // or an odd side, would panic there)
+    manifest.check(cfg_path).map_err(|e| anyhow!("{e} (in its `data` section)"))?;
+    Ok(Some(ExportedData { manifest, tokenizer_dir, data_dir: data.dir, schedule_rows: data.schedule_rows }))
+}
+
+/// The dataset an export in `dir` describes (its manifest, no shards) and the folder holding its
+/// tokenizer file, where its config.json records one and reads.
+pub fn export_dataset(dir: &Path) -> Option<(Manifest, PathBuf)> {
+    let cfg_path = dir.join("config.json");
+    let config: Value = serde_json::from_slice(&std::fs::read(&cfg_path).ok()?).ok()?;
+    let d = config.get("d_vae").and_then(Value::as_u64)? as u32;
+    let data = data_section(&config, &cfg_path, d).ok()??;
+    Some((data.manifest, data.tokenizer_dir))
 }
 
 /// The shard index an export writes maps every tensor to its one weights file: one naming another file

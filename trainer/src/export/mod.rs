@@ -20,7 +20,7 @@ use crate::model::streamed::{self, Lazy};
 use crate::model::{Conditioning, Layout, ModelConfig};
 use crate::train::checkpoint::{self, CheckpointModel, DONE, MODEL_FILE, STATE_FILE};
 use crate::train::rundir::RUN_FILES;
-pub use load::{load_export, LoadedExport};
+pub use load::{export_dataset, load_export, LoadedExport};
 use upstream::run_infinity;
 
 /// Upstream `Infinity(...)` keyword arguments of `mc` (the settings this implementation fixes are
@@ -65,8 +65,16 @@ pub struct ExportOptions {
     pub ema: bool,
     /// Re-exporting an export (another dtype or block chunking): what it came from and carries.
     pub from_export: Option<FromExport>,
-    /// `--init`: the weights are a fresh initialisation of this training config, from this seed.
-    pub init: Option<(PathBuf, u64)>,
+    /// `--init`: the weights are the ones a run of this training config starts from.
+    pub init: Option<FreshInit>,
+}
+
+/// The weights a run of a training config starts from (`infinity export --init`): its seed's
+/// initialisation, overlaid by its `model.init_from`'s weights where it names a source.
+pub struct FreshInit {
+    pub config: PathBuf,
+    pub seed: u64,
+    pub init_from: Option<crate::train::init_from::InitSource>,
 }
 
 /// An export exported again: its folder and dtype, its config.json's `source` (kept, the folder and
@@ -229,8 +237,14 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             source
         }
         None if opts.init.is_some() => {
-            let (config, seed) = opts.init.as_ref().expect("matched");
-            json!({ "weights": "init", "config": resolved(config), "seed": seed, "precision": ck.precision, "step": 0 })
+            let init = opts.init.as_ref().expect("matched");
+            let mut source = json!({
+                "weights": "init", "config": resolved(&init.config), "seed": init.seed, "precision": ck.precision, "step": 0
+            });
+            if let Some(from) = &init.init_from {
+                source["init_from"] = json!(from);
+            }
+            source
         }
         None => {
             let mut source = json!({
@@ -245,6 +259,10 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             }
             if opts.ema {
                 source["ema_decay"] = json!(ck.ema_decay);
+            }
+            // a fine-tune's lineage: the weights its run started from (the checkpoint keeps it)
+            if let Some(from) = ck.step.and_then(|_| crate::train::checkpoint::read_state(&ck.dir).ok()?.init_from) {
+                source["init_from"] = json!(from);
             }
             source
         }

@@ -288,14 +288,21 @@ fn fill_weights(
         None => 1,
         Some((chunks, per)) if chunks * per == cfg.depth => chunks,
         Some((chunks, per)) => bail!(
-            "{}: its keys name {chunks} block chunks of {per} blocks ({} blocks), the model has depth {}",
+            "{}: its keys name {} of {} ({} blocks), the model has depth {}",
             path.display(),
+            crate::cli::plural(chunks, "block chunk"),
+            crate::cli::plural(per, "block"),
             chunks * per,
             cfg.depth
         ),
     };
     tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
     let file_model = file_shape(&tensors, chunks, cfg.depth);
+    // (heads change only the heads' scales: a list of them alone does not say why)
+    let file_heads = tensors.iter().find(|(n, _)| n.ends_with("sa.scale_mul_1H11")).map(|(_, t)| match t.shape[..] {
+        [1, 1, h, 1] => h,
+        _ => t.shape.get(1).copied().unwrap_or(0),
+    });
     // (a class model keeps `class_emb`, a text model `cfg_uncond`: a file of the other kind is said so)
     let file_kind =
         match (tensors.iter().any(|(n, _)| n == "class_emb.weight"), tensors.iter().any(|(n, _)| n == "cfg_uncond")) {
@@ -410,6 +417,9 @@ fn fill_weights(
             ),
             _ => String::new(),
         };
+        if let Some(h) = file_heads.filter(|&h| h != cfg.num_heads) {
+            shapes.push_str(&format!("\n  (the file's model has {h} heads; this one {})", cfg.num_heads));
+        }
         let kind = if cfg.has_cross_attention() { "text" } else { "class" };
         if let Some(file_kind) = file_kind.filter(|k| *k != kind) {
             shapes.push_str(&format!("\n  (the file's model is {file_kind}-conditioned; this one {kind}-conditioned)"));
@@ -652,6 +662,24 @@ mod tests {
         let (w, d, w2) = (cfg.embed_dim, cfg.depth, wide.embed_dim);
         let want = format!("(the file's model has width {w} and depth {d}; this one width {w2} and depth {d})");
         assert!(e.contains("does not match the model config") && e.contains(&want), "{e}");
+        // other heads alone: only the heads' scales differ, and the heads are said
+        let mut heads = cfg.clone();
+        heads.num_heads = 2 * cfg.num_heads;
+        let e = format!("{:#}", load_weights(&whole, &heads, &Layout::new(&heads)).unwrap_err());
+        let want = format!("(the file's model has {} heads; this one {})", cfg.num_heads, heads.num_heads);
+        assert!(e.contains("scale_mul_1H11") && e.contains(&want) && !e.contains("width"), "{e}");
+        // a header whose offsets do not fit a tensor's shape names the tensor
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let first = header.as_object().unwrap().keys().find(|k| *k != "__metadata__").unwrap().clone();
+        header[&first]["shape"][0] = serde_json::json!(header[&first]["shape"][0].as_u64().unwrap() + 1);
+        let mut text = serde_json::to_vec(&header).unwrap();
+        assert!(text.len() <= n, "the header grew");
+        text.resize(n, b' ');
+        let damaged = tmp.path().join("damaged.safetensors");
+        std::fs::write(&damaged, [&bytes[..8], &text[..], &bytes[8 + n..]].concat()).unwrap();
+        let e = format!("{:#}", load_weights(&damaged, &cfg, &lay).unwrap_err());
+        assert!(e.contains("a damaged safetensors file") && e.contains(&format!("tensor `{first}`")), "{e}");
         // upstream's (1, 1, H, 1) layout of the heads' scales (its issue #117) loads as (1, H, 1, 1)
         let mut flash = tensors.clone();
         let scales = flash.iter_mut().find(|t| t.0.ends_with("sa.scale_mul_1H11")).unwrap();

@@ -16,9 +16,7 @@ use infinity_data::{DataError, Dataset};
 
 use super::config::{DeviceChoice, TrainConfig};
 use super::token_mix::TokenMix;
-use super::{
-    checkpoint, compute, gpu_fit, init_from, loader_options, mfu, micro_steps, unrecoverable, val, Preview, Setup,
-};
+use super::{checkpoint, compute, gpu_fit, loader_options, mfu, micro_steps, unrecoverable, val, Preview, Setup};
 use crate::cli::plural;
 use crate::model::host_memory::{host_state, Updates};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
@@ -284,9 +282,13 @@ pub fn check_with(
         position = Some(state.loader);
     } else {
         let mut start = Params::zeros(&lay);
-        match init_from(cfg, &mc, &lay, &mut start).map_err(unrecoverable)? {
-            Some((source, fresh)) => {
-                out.push(format!("start: {source} ({} tensors kept fresh or left out)", fresh.len()));
+        let first = &ds.parts()[0];
+        match super::init_from::init_from(cfg, (&mc, &lay), &mut start, (&first.dir, &first.manifest))
+            .map_err(unrecoverable)?
+        {
+            Some(super::init_from::Started { said, fresh, warnings, .. }) => {
+                out.push(format!("start: {said} ({} tensors kept fresh or left out)", fresh.len()));
+                out.extend(warnings.iter().map(|w| format!("start: warning: {w}")));
                 const SHOWN: usize = 12;
                 out.extend(fresh.iter().take(SHOWN).map(|t| format!("start:   kept fresh or left out: {t}")));
                 if fresh.len() > SHOWN {
@@ -297,9 +299,7 @@ pub fn check_with(
                 if cfg.optim.ema_decay > 0.0 {
                     let (_, average) =
                         super::ema::fresh_values(cfg, (&mc, &lay), &start, 0..0).map_err(unrecoverable)?;
-                    if let Some(file) = average {
-                        out.push(format!("start: the weights' moving average from the source's: {}", file.display()));
-                    }
+                    out.extend(super::ema::fresh_start_said(cfg, average.as_deref()).map(|s| format!("start: {s}")));
                 }
             }
             None => out.push("start: a fresh initialisation".into()),

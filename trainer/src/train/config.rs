@@ -265,7 +265,8 @@ pub struct ModelSection {
     /// run folder (its newest checkpoint) or a safetensors file with upstream names (an export). The
     /// transformer body must match; `word_embed`, `head` and the conditioning layers keep their fresh
     /// values where the file has another shape or none. Optimiser, schedule and data start afresh;
-    /// a resumed run takes its weights from its own checkpoint instead.
+    /// a resumed run takes its weights from its own checkpoint instead (the source may be gone by
+    /// then). Empty (`--set model.init_from=""`): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
     /// Start the weights from `init_from`'s moving average of them instead: a checkpoint's

@@ -38,8 +38,8 @@ pub fn start(
                 Some(dir) => resumed_values(dir, (mc, lay), params, range.clone(), leader)?,
                 None => {
                     let (start, source) = fresh_values(cfg, (mc, lay), params, range.clone())?;
-                    if let Some(file) = source.filter(|_| leader) {
-                        console!("the weights' moving average starts from the source's: {}", file.display());
+                    if let Some(said) = fresh_start_said(cfg, source.as_deref()).filter(|_| leader) {
+                        console!("{said}");
                     }
                     start
                 }
@@ -94,6 +94,18 @@ pub(crate) fn fresh_values(
             Ok((start, Some(file)))
         }
         None => Ok((start, None)),
+    }
+}
+
+/// Where a fine-tune's moving average starts, in words (`None` for a run from a random initialisation):
+/// the source's average (`source`, its file), or the weights the run starts from.
+pub(crate) fn fresh_start_said(cfg: &TrainConfig, source: Option<&Path>) -> Option<String> {
+    let what = "the run's moving average of the weights starts from";
+    match (source, cfg.model.init_from.is_some(), cfg.model.init_from_ema) {
+        (Some(file), ..) => Some(format!("{what} the source's: {}", file.display())),
+        (None, true, true) => Some(format!("{what} the weights, the source's average")),
+        (None, true, false) => Some(format!("{what} the weights (the source keeps no average of its own)")),
+        (None, false, _) => None,
     }
 }
 

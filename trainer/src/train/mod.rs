@@ -13,6 +13,7 @@ mod console;
 pub mod dist;
 mod ema;
 pub mod gpu_fit;
+pub mod init_from;
 pub mod log;
 pub mod mfu;
 mod micro_batch;
@@ -62,7 +63,7 @@ pub use self::setup::{check_schedules_fit, micro_steps, Setup, Unrecoverable};
 pub(crate) use self::setup::{loader_options, unrecoverable};
 use self::spike::{SpikeLimits, SpikeWindow, Verdict};
 pub use self::start_state::fresh_weights;
-pub(crate) use self::start_state::{init_from, starting_state};
+pub(crate) use self::start_state::{starting_state, Start};
 use self::step_means::StepMeans;
 use self::summary::{derived_record, write_run_file};
 pub use self::token_mix::TokenMix;
@@ -167,7 +168,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
 
     // ---- state: fresh or resumed -------------------------------------------------------------
-    let (mut params, opt, saved) = starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, dist.rank, dist.world))?;
+    let Start { mut params, opt, saved, init_from: init_source } =
+        starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, dist.rank, dist.world))?;
     dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
     if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
@@ -178,7 +180,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut loader =
         Loader::new(ds.clone(), lo, saved.as_ref().map(|s| s.loader.clone())).map_err(|e| unrecoverable(e.into()))?;
     let resumed = saved.is_some();
-    let mut state = saved.unwrap_or_else(|| TrainState::fresh(loader.state()));
+    let mut state = saved.unwrap_or_else(|| TrainState { init_from: init_source, ..TrainState::fresh(loader.state()) });
     // (the ranks this session's checkpoints record)
     state.world_size = Some(dist.world);
     // (per bucket: tokens per sample and training FLOPs per token, which each step's counts add)
@@ -238,7 +240,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if leader {
         write_run_file(run, "config.toml", &config_toml)?;
         let position = loader.state();
-        let derived = derived_record(cfg, &ds, (&mc, &lay), (&mix, &position), (accum, micro_batch, dist.world))?;
+        let mut derived = derived_record(cfg, &ds, (&mc, &lay), (&mix, &position), (accum, micro_batch, dist.world))?;
+        // (a fine-tune's source, as its checkpoints keep it: the config's path alone may lead elsewhere now)
+        if let Some(source) = &state.init_from {
+            derived["init_from"] = serde_json::to_value(source)?;
+        }
         write_run_file(run, "derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
     // only rank 0 writes logs, sample grids and checkpoints

@@ -1,6 +1,6 @@
 //! The state a run starts from: a checkpoint to resume (checked against the config, the model and the
 //! dataset, the loader's position continued on it), or fresh weights from the run's seed, overlaid by
-//! `model.init_from`'s.
+//! `model.init_from`'s ([`super::init_from`]).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use infinity_data::{DataError, Dataset};
 
 use super::checkpoint::TrainState;
 use super::config::TrainConfig;
+use super::init_from::{init_from, InitSource};
 use super::setup::unrecoverable;
 use super::{checkpoint, keyed_seed, rundir, STREAM_INIT};
 use crate::model::init::init_params;
@@ -23,32 +24,6 @@ pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Param
         crate::model::mup::rescale_init(&mut p, lay, mc, &base);
     }
     p
-}
-
-/// `model.init_from`'s weights (or with `model.init_from_ema` their moving average) over the fresh
-/// ones in `p` (nothing without it): where they came from, in words ("weights from FILE"), and the
-/// tensors kept fresh or left out.
-pub(crate) fn init_from(
-    cfg: &TrainConfig,
-    mc: &ModelConfig,
-    lay: &Layout,
-    p: &mut Params<f32>,
-) -> Result<Option<(String, Vec<String>)>> {
-    let Some(from) = &cfg.model.init_from else { return Ok(None) };
-    let ema = cfg.model.init_from_ema;
-    let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
-    let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;
-    // (a PyTorch file's reader says so itself; a checkpoint's file is looked for, not read: a note needs
-    // no checksum, and a run that does not take the average must not fail on it)
-    let keeps_average = || checkpoint::resolve(from).is_ok_and(|dir| dir.join(checkpoint::EMA_FILE).is_file());
-    if !ema && cfg.optim.ema_decay == 0.0 && !from.is_file() && keeps_average() {
-        tracing::info!(
-            "{} also keeps a moving average of the weights: model.init_from_ema starts from it",
-            from.display()
-        );
-    }
-    let what = if ema { "the weights' moving average" } else { "weights" };
-    Ok(Some((format!("{what} from {}", file.display()), fresh)))
 }
 
 /// `--resume auto` (or a restarted group): run.dir's newest complete checkpoint as rank 0 finds it now
@@ -357,15 +332,25 @@ pub(crate) fn moments_of(cfg: &TrainConfig, numel: usize, rank: usize, world: us
     }
 }
 
+/// What a run starts from: its weights and optimiser, the state a checkpoint saved (none on a fresh start)
+/// and, on a fresh start from `model.init_from`, where the weights came from (for its checkpoints to keep).
+pub(crate) struct Start {
+    pub params: Params<f32>,
+    pub opt: AdamW,
+    pub saved: Option<TrainState>,
+    pub init_from: Option<InitSource>,
+}
+
 /// The weights, optimiser and saved state the run starts from: the checkpoint `resume` names, or fresh
-/// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`) and a new optimiser.
+/// weights from the run's seed (rescaled under µP, overlaid by `model.init_from`, where they came from
+/// returned for the run's checkpoints to keep) and a new optimiser.
 pub(crate) fn starting_state(
     cfg: &TrainConfig,
     opts: &super::TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
     (ds, rank, world): (&Dataset, usize, usize),
-) -> Result<(Params<f32>, AdamW, Option<TrainState>)> {
+) -> Result<Start> {
     let leader = rank == 0;
     Ok(match opts.resume.as_deref() {
         Some(dir) => {
@@ -387,20 +372,27 @@ pub(crate) fn starting_state(
             if !r.changes.is_empty() || data_changed {
                 state.forked_at = None;
             }
-            (r.params, r.opt, Some(state))
+            Start { params: r.params, opt: r.opt, saved: Some(state), init_from: None }
         }
         None => {
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
                 console!("{note}");
             }
             let mut p = fresh_weights(cfg, mc, lay);
-            if let Some((source, fresh)) = init_from(cfg, mc, lay, &mut p).map_err(unrecoverable)? {
-                console!("{source} ({} tensors kept fresh or left out)", fresh.len());
-                if leader && !fresh.is_empty() {
-                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", fresh.join("\n  "));
+            let first = &ds.parts()[0];
+            let started = init_from(cfg, (mc, lay), &mut p, (&first.dir, &first.manifest)).map_err(unrecoverable)?;
+            let mut record = None;
+            if let Some(s) = started {
+                console!("{} ({} tensors kept fresh or left out)", s.said, s.fresh.len());
+                if leader && !s.fresh.is_empty() {
+                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", s.fresh.join("\n  "));
                 }
+                for w in s.warnings.iter().filter(|_| leader) {
+                    tracing::warn!("{w}");
+                }
+                record = Some(s.record);
             }
-            (p, AdamW::new(cfg.optim.adamw.clone(), lay), None)
+            Start { params: p, opt: AdamW::new(cfg.optim.adamw.clone(), lay), saved: None, init_from: record }
         }
     })
 }

@@ -58,10 +58,21 @@ fn near_miss(path: &Path) -> String {
             None => " (a file: give a checkpoint, run or export folder)".into(),
         };
     }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    subdirs.sort();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    entries.sort();
+    // (a folder of weights files without their index: upstream's release, an export's weights copied)
+    let weights_ext = |p: &&PathBuf| {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        p.is_file() && matches!(ext.as_str(), "safetensors" | "pth" | "pt" | "bin" | "ckpt")
+    };
+    if let Some(file) = entries.iter().find(weights_ext) {
+        return format!(
+            " (a folder of weights files without an index (*.index.json): give the file, such as {})",
+            file.display()
+        );
+    }
+    let subdirs: Vec<PathBuf> = entries.into_iter().filter(|p| p.is_dir()).collect();
     // a run's checkpoints/step-N folders, newest last
     let steps: Vec<&PathBuf> = subdirs
         .iter()
@@ -104,6 +115,10 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         )
     };
     if path.is_file() {
+        // a checkpoint's own file, named directly: checked as the folder's would be
+        if let Some(crc) = checkpoint_file_crc(path)? {
+            verify_crc(path, &crc)?;
+        }
         return match (ema, export_holding(path)) {
             (false, _) => Ok((path.to_path_buf(), StateDict::Weights)),
             _ if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
@@ -137,6 +152,18 @@ pub(super) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder>
     let dir = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })?;
     let same = |a: &Path| matches!((a.canonicalize(), file.canonicalize()), (Ok(a), Ok(b)) if a == b);
     read_export(dir).filter(|e| same(&e.weights))
+}
+
+/// The crc32c a complete checkpoint's `state.json` records for `file` where it is that checkpoint's
+/// weights or their moving average (`None` for any other file).
+fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
+    let dir = file.parent().filter(|d| d.join(DONE).is_file() && d.join(STATE_FILE).is_file());
+    let (Some(dir), Some(name)) = (dir, file.file_name()) else { return Ok(None) };
+    Ok(match name.to_str() {
+        Some(MODEL_FILE) => Some(read_state(dir)?.model_crc32c),
+        Some(EMA_FILE) => read_state(dir)?.ema_crc32c,
+        _ => None,
+    })
 }
 
 /// Whether `file` is a checkpoint's moving average of the weights (`ema.safetensors`).
@@ -235,8 +262,19 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
         verify_crc(&weights, &state.model_crc32c)?;
     }
     let model = read_model_json(&dir)?;
-    // only the dataset, the arithmetic and the moving average's decay are read from the run's config:
-    // settings a later build adds or drops must not make older checkpoints unusable for sampling and export
+    let (config, data_dir) = run_config(&dir)?;
+    let p = dir.join(CONFIG_FILE);
+    let precision = run_precision(&config).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    let ema_decay = config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float());
+    let lay = Layout::new(&model);
+    let params = load_weights(&weights, &model, &lay)?;
+    Ok(CheckpointModel { dir, model, data_dir, params, step: Some(state.step), precision, ema_decay })
+}
+
+/// The run's config that checkpoint `dir` keeps, as a table, and its `data.dir` (as written there). Only
+/// the dataset, the arithmetic and the moving average's decay are read from it: settings a later build
+/// adds or drops must not make older checkpoints unusable for sampling and export.
+fn run_config(dir: &Path) -> Result<(toml::Table, PathBuf)> {
     let p = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let config: toml::Table = text.parse().map_err(|e| anyhow!("{}: {e}", p.display()))?;
@@ -244,11 +282,12 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
         Some(toml::Value::String(dir)) => PathBuf::from(dir),
         _ => bail!("{}: no `data.dir` string", p.display()),
     };
-    let precision = run_precision(&config).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-    let ema_decay = config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float());
-    let lay = Layout::new(&model);
-    let params = load_weights(&weights, &model, &lay)?;
-    Ok(CheckpointModel { dir, model, data_dir, params, step: Some(state.step), precision, ema_decay })
+    Ok((config, data_dir))
+}
+
+/// The training dataset's folder of checkpoint `dir`, as its run's config names it.
+pub fn data_dir_of(dir: &Path) -> Result<PathBuf> {
+    run_config(dir).map(|(_, data_dir)| data_dir)
 }
 
 /// `run.precision` of a run's config: f32 where it has none, an error for a value this build lacks.

@@ -36,8 +36,8 @@ use crate::optim::AdamW;
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
 pub use load::{
-    ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step, tensors_intact,
-    weights_file, CheckpointModel,
+    data_dir_of, ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step,
+    tensors_intact, weights_file, CheckpointModel,
 };
 
 /// The marker a complete checkpoint folder holds, written last.
@@ -97,6 +97,10 @@ pub struct TrainState {
     /// checkpoints of earlier builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world_size: Option<usize>,
+    /// Where a fine-tuning run's first weights came from (`model.init_from`), carried by every
+    /// checkpoint of the run. Absent for a run from a random initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<crate::train::init_from::InitSource>,
 }
 
 impl TrainState {
@@ -117,6 +121,7 @@ impl TrainState {
             val_sets: None,
             forked_at: None,
             world_size: None,
+            init_from: None,
         }
     }
 }

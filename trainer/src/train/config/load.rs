@@ -15,7 +15,11 @@ impl TrainConfig {
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
         let (built, given) = merged(path, overrides)?;
-        let cfg: TrainConfig = typed(built, &given, path, overrides)?;
+        let mut cfg: TrainConfig = typed(built, &given, path, overrides)?;
+        // (`--set model.init_from=""` takes out a source the file names: no override can remove a key)
+        if cfg.model.init_from.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            cfg.model.init_from = None;
+        }
         // each check's message starts with the keys it is about (before its `must` or `:`; what follows
         // is context): name where their values came from, an override or variable before the file
         cfg.validate().map_err(|e| {

@@ -166,13 +166,11 @@ impl TrainConfig {
         if let Some(r) = self.model.drop_path_rate.filter(|r| !(0.0..1.0).contains(r)) {
             bail!("model.drop_path_rate must be in [0, 1), found {r}");
         }
+        // (a run with a checkpoint resumes from it, whatever its source has become since: pruned, moved)
         if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
-            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());
-            let relative = match p.is_relative() {
-                true => format!(" (a relative path is read from the folder infinity train runs in, {cwd})"),
-                false => String::new(),
-            };
-            bail!("model.init_from: {} does not exist{relative}", p.display());
+            if crate::train::latest_checkpoint(&self.run.dir).is_none() {
+                return Err(crate::train::init_from::missing(p));
+            }
         }
         if self.model.init_from_ema && self.model.init_from.is_none() {
             bail!("model.init_from_ema = true needs model.init_from (the weights whose moving average to start from)");

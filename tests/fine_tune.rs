@@ -1,0 +1,138 @@
+//! Fine-tuning through the command line (`model.init_from`): where the weights came from is kept by the
+//! run and its exports, a resume does not need the source any more, and a source trained on another
+//! tokenizer's bits or on other class names is warned of.
+
+use std::path::Path;
+
+use infinity_trainer::train::checkpoint::{read_state, resolve};
+use infinity_trainer::train::config::TrainConfig;
+use serde_json::Value;
+
+use crate::cli_train::class_run;
+use crate::{err, infinity, path_str};
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `infinity train CFG --set …` must succeed.
+fn train(cfg: &Path, sets: &[String]) {
+    let mut args = vec!["train", path_str(cfg)];
+    args.extend(sets.iter().flat_map(|s| ["--set", s.as_str()]));
+    assert!(infinity(&args), "train {sets:?}");
+}
+
+/// `train --check`'s lines for `cfg` with `sets`.
+fn check(cfg: &Path, sets: &[String]) -> String {
+    let c = TrainConfig::load(cfg, sets).unwrap();
+    infinity_trainer::train::check::check(&c, 1, None, None).unwrap().join("\n")
+}
+
+/// A fine-tune records its source (the checkpoint resolved, its step and checksum) in derived.json, its
+/// checkpoints and its exports; resumes once the source is gone; and `--set model.init_from=""` takes
+/// a source out of a config.
+#[test]
+fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
+    let (tmp, _data, _run, cfg) = class_run();
+    let src = tmp.path().join("src");
+    train(&cfg, &[format!("run.dir={}", path_str(&src)), "run.steps=3".into()]);
+    let src_ckpt = resolve(&src).unwrap();
+    let src_state = read_state(&src_ckpt).unwrap();
+    let ft = tmp.path().join("ft");
+    let ft_sets = [format!("run.dir={}", path_str(&ft)), format!("model.init_from={}", path_str(&src))];
+    train(&cfg, &ft_sets);
+
+    let derived = json(&ft.join("derived.json"));
+    let record = &derived["init_from"];
+    assert_eq!(record["step"], 3, "{derived}");
+    assert_eq!(record["crc32c"], src_state.model_crc32c.as_str(), "{derived}");
+    assert_eq!(record["file"], path_str(&src_ckpt.join("model.safetensors")), "{derived}");
+    assert_eq!(record["weights"], "trained");
+    assert_eq!(record["tokenizer"].as_str(), src_state.loader.tokenizer.as_deref());
+    let ft_state = read_state(&resolve(&ft).unwrap()).unwrap();
+    assert_eq!(serde_json::to_value(&ft_state.init_from).unwrap(), *record, "the checkpoint keeps it");
+    let export = tmp.path().join("ft-export");
+    assert!(infinity(&["export", path_str(&ft), "-o", path_str(&export)]));
+    assert_eq!(json(&export.join("config.json"))["source"]["init_from"], *record, "the export carries it");
+
+    // `export --init` of the fine-tune's config: the weights its run starts from, the source's
+    let init = tmp.path().join("init-export");
+    let args = ["export", "--init", "--config", path_str(&cfg), "--set", &ft_sets[1], "-o", path_str(&init)];
+    assert!(infinity(&args));
+    let source = &json(&init.join("config.json"))["source"];
+    assert!(source["weights"] == "init" && source["init_from"] == *record, "{source}");
+    let exported = infinity_trainer::export::load_export(&init, false).unwrap().model.params.data;
+    assert!(exported == infinity_trainer::train::checkpoint::load_model(&src_ckpt, false).unwrap().params.data);
+
+    // the source pruned or moved: a resume takes its weights from its own checkpoint
+    std::fs::remove_dir_all(&src).unwrap();
+    let mut resumed = ft_sets.to_vec();
+    resumed.push("run.steps=3".into());
+    let mut args = vec!["train", path_str(&cfg), "--resume", "auto"];
+    args.extend(resumed.iter().flat_map(|s| ["--set", s.as_str()]));
+    assert!(infinity(&args), "a resume needs no source");
+    assert_eq!(read_state(&resolve(&ft).unwrap()).unwrap().step, 3);
+    assert_eq!(json(&ft.join("derived.json"))["init_from"], *record, "a resume keeps the record");
+    // a fresh start still needs it, and says so
+    let fresh = format!("run.dir={}", path_str(&tmp.path().join("fresh")));
+    let e = err(&["train", path_str(&cfg), "--set", &fresh, "--set", &ft_sets[1]]);
+    assert!(e.contains("model.init_from") && e.contains(&format!("{} does not exist", path_str(&src))), "{e}");
+    // an empty value takes the source out
+    let lines = check(&cfg, &[fresh, "model.init_from=".into()]);
+    assert!(lines.contains("start: a fresh initialisation"), "{lines}");
+}
+
+/// A source trained on another tokenizer's bits, or on classes of other names at the same indices, is
+/// warned of (its weights load: nothing in them says so); a checkpoint's weights file named directly is
+/// checked against its checkpoint's checksum.
+#[test]
+fn a_fine_tune_on_other_data_is_warned_of() {
+    let (tmp, data, run, cfg) = class_run();
+    train(&cfg, &[]);
+    let fresh = format!("run.dir={}", path_str(&tmp.path().join("fresh")));
+    let from_run = format!("model.init_from={}", path_str(&run));
+    assert!(!check(&cfg, &[fresh.clone(), from_run.clone()]).contains("warning"));
+
+    // another tokenizer (fitted on other images): from the checkpoint and from its export
+    let other = tmp.path().join("other");
+    let synth = ["data", "synth", "--out", path_str(&other), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&[&synth[..], &["--seed", "7"]].concat()));
+    let export = tmp.path().join("export");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&export)]));
+    for source in [&run, &export] {
+        let sets =
+            [fresh.clone(), format!("model.init_from={}", path_str(source)), format!("data.dir={}", path_str(&other))];
+        let lines = check(&cfg, &sets);
+        assert!(lines.contains("trained on bits of another tokenizer") && lines.contains("patch-pca-bsq"), "{lines}");
+    }
+
+    // the same classes under other names: class_emb rows are taken by index
+    let renamed = tmp.path().join("renamed");
+    std::fs::create_dir(&renamed).unwrap();
+    for f in std::fs::read_dir(&data).unwrap().flatten() {
+        std::fs::copy(f.path(), renamed.join(f.file_name())).unwrap();
+    }
+    let manifest = renamed.join("manifest.json");
+    let mut m = json(&manifest);
+    m["conditions"]["class"]["names"][1] = "zebra".into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let lines = check(&cfg, &[fresh.clone(), from_run.clone(), format!("data.dir={}", path_str(&renamed))]);
+    assert!(lines.contains("classes of other names at the same indices (1: ") && lines.contains("→ zebra)"), "{lines}");
+
+    // a checkpoint's own weights file is checked as its folder is
+    let weights = resolve(&run).unwrap().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let e = err(&[
+        "train",
+        path_str(&cfg),
+        "--check",
+        "--set",
+        &fresh,
+        "--set",
+        &format!("model.init_from={}", path_str(&weights)),
+    ]);
+    assert!(e.contains("crc32c") && e.contains("corrupt checkpoint"), "{e}");
+}
