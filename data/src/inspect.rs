@@ -55,16 +55,19 @@ pub fn inspect(dir: &Path) -> Result<String> {
     );
     let _ = writeln!(s, "schedules");
     let bucket_rows = m.rows_per_bucket();
+    // (the built-in tokenizer's patch: the images' size, which the budget's name does not say alone)
+    let patch = m.tokenizer.params.get("patch").and_then(|p| p.as_u64()).map(|p| p as usize);
     for (b, sch) in m.schedules.iter().enumerate() {
         let rows = bucket_rows[b];
         let (h, w) = sch.latent_hw();
+        let pixels = patch.map_or(String::new(), |p| format!(" ({}×{} px)", h * p, w * p));
         let patches = match sch.spatial_patchify {
             true => format!(" (spatial patchify: {} tokens of 2×2)", sch.num_tokens() / 4),
             false => String::new(),
         };
         let _ = writeln!(
             s,
-            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}, {rows} rows{patches}",
+            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}{pixels}, {rows} rows{patches}",
             sch.name,
             sch.scales.len(),
             sch.num_tokens()
@@ -345,7 +348,16 @@ pub fn verify(dir: &Path) -> VerifyReport {
     r
 }
 
-/// Per-scale bit statistics of a bucket: how often bits are 1, averaged and over the worst channels.
+/// `n` of the places `0..total`, evenly spread (all of them where `n ≥ total`): a packed dataset's rows
+/// are in class order, so its first rows are of its first class.
+fn spread(total: usize, n: usize) -> impl Iterator<Item = usize> {
+    let n = n.min(total);
+    (0..n).map(move |i| (i as u128 * total as u128 / n as u128) as usize)
+}
+
+/// Per-scale bit statistics of each bucket (of up to `max_rows` of its rows, spread over it): how often
+/// bits are 1, averaged and over the worst channels; and the classes of `max_rows` rows spread over the
+/// dataset.
 pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
     let m = &ds.manifest;
     let d = m.d as usize;
@@ -361,7 +373,7 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
         let mut ones = vec![vec![0u64; d]; hw.len()];
         let n = rows.len().min(max_rows as usize);
         let mut bits = vec![0u8; sched.num_tokens() * d];
-        for &g in &rows[..n] {
+        for g in spread(rows.len(), n).map(|i| rows[i]) {
             ds.validate_row(g)?;
             format::unpack_bits(ds.row(g).bits, d, &mut bits);
             let mut off = 0;
@@ -374,7 +386,7 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
                 off += h * w;
             }
         }
-        let _ = writeln!(out, "bucket {b} `{}`: {n} of {} rows", sched.name, rows.len());
+        let _ = writeln!(out, "bucket {b} `{}`: {n} of {} rows{}", sched.name, rows.len(), spread_note(n, rows.len()));
         let _ = writeln!(out, "  scale  h×w      P(bit=1)  min channel  max channel  entropy/bit");
         for (s, &(h, w)) in hw.iter().enumerate() {
             let total = (n * h * w) as f64;
@@ -388,14 +400,24 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
     }
     if let Some(c) = &m.conditions.class {
         let mut hist = vec![0u64; c.num_classes as usize];
-        for g in 0..ds.num_rows().min(max_rows) {
-            if let Some(l) = ds.row(g).class_label {
+        let (total, n) = (ds.num_rows() as usize, ds.num_rows().min(max_rows) as usize);
+        for g in spread(total, n) {
+            if let Some(l) = ds.row(g as u64).class_label {
                 hist[l as usize] += 1;
             }
         }
-        let _ = writeln!(out, "class histogram (first {} rows): {hist:?}", ds.num_rows().min(max_rows));
+        let _ = writeln!(out, "class histogram ({n} of {total} rows{}): {hist:?}", spread_note(n, total));
     }
     Ok(out)
+}
+
+/// How rows were picked, where not all were.
+fn spread_note(n: usize, total: usize) -> &'static str {
+    if n < total {
+        ", spread over them"
+    } else {
+        ""
+    }
 }
 
 fn binary_entropy(p: f64) -> f64 {
@@ -406,7 +428,7 @@ fn binary_entropy(p: f64) -> f64 {
     }
 }
 
-/// Decode the first `n` rows with the dataset's built-in tokenizer into one PNG grid.
+/// Decode `n` rows spread over the dataset with its built-in tokenizer into one PNG grid.
 pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
     let m = &ds.manifest;
     let file =
@@ -421,7 +443,8 @@ pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
         )?;
     let tok = PatchTokenizer::load(&ds.dir().join(file))?;
     let d = m.d as usize;
-    let images: Vec<Image> = (0..(n as u64).min(ds.num_rows()))
+    let images: Vec<Image> = spread(ds.num_rows() as usize, n)
+        .map(|g| g as u64)
         .map(|g| {
             ds.validate_row(g)?;
             let row = ds.row(g);

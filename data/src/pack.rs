@@ -76,7 +76,8 @@ impl Entry {
     fn listed(path: PathBuf, label: i32, listed: &[PathBuf]) -> Result<Entry> {
         let caption_file = caption_file(&path, listed).cloned();
         let (caption, bad_caption) = match caption_file.as_deref().map(read_caption).transpose() {
-            Ok(caption) => (caption, None),
+            // (an empty caption file is no caption, as a metadata file's empty `long_caption`)
+            Ok(caption) => (caption.filter(|c| !c.is_empty()), None),
             Err(DataError::Image { path: file, detail }) => (None, Some((file, detail))),
             Err(e) => return Err(e),
         };
@@ -135,12 +136,16 @@ struct Listing {
     names: Vec<String>,
     /// Files left out (not .png/.jpg/.jpeg, or in a folder below a class folder).
     skipped: Vec<PathBuf>,
+    /// Folders below a class folder that hold images, left out, with their images (in any depth).
+    nested: Vec<(PathBuf, usize)>,
     /// Folders among the classes that hold a dataset (`manifest.json`): no class.
     datasets: Vec<PathBuf>,
     /// `.txt` files beside no image of their name.
     orphan_captions: Vec<PathBuf>,
     /// Second caption files of an image that has one (`NAME.TXT` beside `NAME.txt`), not read.
     extra_captions: Vec<PathBuf>,
+    /// Images with a short caption (`NAME.short.txt`; a metadata file's `text`), which is not stored.
+    short_captions: usize,
     /// The images lie directly in the folder: one class, named after it.
     loose: bool,
 }
@@ -204,8 +209,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             loose[0].display()
         )));
     }
-    let mut entries = Vec::new();
-    let mut names = Vec::new();
+    let (mut entries, mut names, mut nested) = (Vec::new(), Vec::new(), Vec::new());
     if classes.is_empty() {
         names.push(folder_name(root));
         for p in loose {
@@ -224,6 +228,20 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             names.push(name.to_string());
             let inside = read(dir)?;
             let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
+            let folders: Vec<(PathBuf, usize)> =
+                inside.iter().filter(|p| p.is_dir()).map(|p| (p.clone(), images_below(p))).collect();
+            if images.is_empty() && folders.iter().any(|(_, n)| *n > 0) {
+                // (one level too high: `train/` given, whose sub-folders are the classes)
+                let (first, n) = folders.iter().find(|(_, n)| *n > 0).expect("checked");
+                return Err(DataError::Config(format!(
+                    "{}: a class folder without images of its own; its sub-folders hold them ({} in {}): classes                      are the folders right below --images, so give --images {}",
+                    dir.display(),
+                    n,
+                    first.display(),
+                    dir.display()
+                )));
+            }
+            nested.extend(folders.into_iter().filter(|(_, n)| *n > 0));
             if images.is_empty() {
                 // an empty folder would be a class that no sample has
                 return Err(DataError::Config(format!(
@@ -233,7 +251,9 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
                 )));
             }
             txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
-            skipped.extend(inside.iter().filter(|p| !is_image(p) && !is_caption(p)).cloned());
+            // (folders of images are said with their count: `nested`)
+            let holds_images = |p: &PathBuf| nested.iter().any(|(f, _): &(PathBuf, usize)| f == p);
+            skipped.extend(inside.iter().filter(|p| !is_image(p) && !is_caption(p) && !holds_images(p)).cloned());
             for p in images {
                 entries.push(Entry::listed(p, k as i32, &inside)?);
             }
@@ -248,11 +268,21 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let lower = |p: &Path| p.to_string_lossy().to_lowercase();
     let images: std::collections::HashSet<String> = entries.iter().map(|e| lower(&e.path.with_extension(""))).collect();
     let short = |t: &PathBuf| lower(t).strip_suffix(".short.txt").is_some_and(|stem| images.contains(stem));
+    let short_captions = txt.iter().filter(|t| short(t)).count();
     txt.retain(|t| !read.contains(t) && !short(t));
     // (what is left beside an image whose other caption file was read is a second caption, not an orphan)
     let captioned: std::collections::HashSet<PathBuf> = read.iter().map(|c| c.with_extension("")).collect();
     let (extra_captions, orphan_captions) = txt.into_iter().partition(|t| captioned.contains(&t.with_extension("")));
-    Ok(Listing { entries, names, skipped, datasets, orphan_captions, extra_captions, loose: classes.is_empty() })
+    let loose = classes.is_empty();
+    Ok(Listing { entries, names, skipped, nested, datasets, orphan_captions, extra_captions, short_captions, loose })
+}
+
+/// The .png/.jpg/.jpeg images in `dir` and the folders below it (hidden ones not looked at).
+fn images_below(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let visible =
+        rd.flatten().map(|e| e.path()).filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+    visible.map(|p| if p.is_dir() { images_below(&p) } else { usize::from(is_image(&p)) }).sum()
 }
 
 /// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,
@@ -272,6 +302,8 @@ pub struct PackNotes {
     pub single_class: Option<String>,
     /// Files not packed: other formats, or below a class folder.
     pub skipped: Vec<PathBuf>,
+    /// Folders below a class folder holding images, left out, with their images (in any depth).
+    pub nested: Vec<(PathBuf, usize)>,
     /// Folders beside the class folders that hold a dataset, not packed as classes.
     pub datasets: Vec<PathBuf>,
     /// With `skip_bad`: the classes it left without an image, with how many it left out of each.
@@ -285,15 +317,17 @@ pub struct PackNotes {
     pub uncaptioned: usize,
     /// With `skip_bad`: the images left out, and why.
     pub bad: Vec<String>,
-    /// Metadata rows with a short caption (`text`), which the built-in packer does not store.
+    /// Images with a short caption (`NAME.short.txt`; a metadata file's `text`), which the built-in packer
+    /// does not store.
     pub short_captions: usize,
 }
 
 /// Load an entry's image, pick its template (its own, else the nearest to its h/w), resize to cover and
 /// centre-crop to the schedule's pixel size.
 fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
-    if let Some((path, detail)) = &e.bad_caption {
-        return Err(DataError::Image { path: path.clone(), detail: detail.clone() });
+    if let Some((caption, detail)) = &e.bad_caption {
+        let detail = format!("its caption file {}: {detail}", caption.display());
+        return Err(DataError::Image { path: e.path.clone(), detail });
     }
     let (path, budget, patch) = (e.path.as_path(), opts.budget.as_str(), opts.patch);
     // (images.jsonl names each row's image as text: a name not in UTF-8 would lead nowhere)
@@ -350,20 +384,22 @@ pub fn pack_meta(meta: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifes
         entries,
         names,
         skipped,
+        nested: Vec::new(),
         datasets: Vec::new(),
         orphan_captions,
         extra_captions: Vec::new(),
+        short_captions,
         loose: true,
     };
-    let (m, fit, notes) = pack_listing(meta, listing, out, opts)?;
-    Ok((m, fit, PackNotes { short_captions, ..notes }))
+    pack_listing(meta, listing, out, opts)
 }
 
 /// An unreadable image's error, saying how to go on without it.
 fn skip_bad_hint(err: DataError) -> DataError {
     match err {
         DataError::Image { path, detail } => {
-            DataError::Image { path, detail: format!("{detail} (--skip-bad leaves unreadable images out, listed)") }
+            let what = "--skip-bad leaves out, listed, the images that cannot be read or whose caption cannot";
+            DataError::Image { path, detail: format!("{detail} ({what})") }
         }
         err => err,
     }
@@ -383,7 +419,19 @@ fn pack_listing(
     out: &Path,
     opts: &PackOptions,
 ) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
-    let Listing { entries, names: class_names, skipped, datasets, orphan_captions, extra_captions, loose } = listing;
+    let Listing {
+        entries,
+        names: class_names,
+        skipped,
+        nested,
+        datasets,
+        orphan_captions,
+        extra_captions,
+        short_captions,
+        loose,
+    } = listing;
+    // (the folder first: one that holds a dataset, or another writer's, is said before the fit's minutes)
+    let claim = DatasetWriter::claim(out, opts.writer.clone())?;
     let catalog = Catalog::upstream();
     // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
     let schedules: Vec<ScaleSchedule> =
@@ -433,7 +481,7 @@ fn pack_listing(
         total_rows: 0,
         created_by: opts.created_by.clone(),
     };
-    let mut writer = DatasetWriter::create(out, header, opts.writer.clone())?;
+    let mut writer = claim.start(header)?;
     tok.save(&writer.file(TOKENIZER_FILE))?;
     let bad = std::sync::Mutex::new(Vec::new());
     let make = |id: u64| -> Result<Option<RowData>> {
@@ -492,13 +540,14 @@ fn pack_listing(
     let notes = PackNotes {
         single_class,
         skipped,
+        nested,
         datasets,
         emptied_classes,
         orphan_captions,
         extra_captions,
         uncaptioned,
         bad,
-        short_captions: 0,
+        short_captions,
     };
     Ok((writer.finish()?, fit, notes))
 }

@@ -263,6 +263,8 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         (h * opts.patch, w * opts.patch)
     };
 
+    // (the folder first: one that holds a dataset, or another writer's, is said before any work)
+    let claim = DatasetWriter::claim(dir, opts.writer.clone())?;
     let fit_n = (opts.fit_rows as u64).min(opts.rows);
     let fit_images: Vec<(Image, ScaleSchedule)> = (0..fit_n)
         .map(|id| {
@@ -290,8 +292,6 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
             (tok, fit)
         }
     };
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-
     let header = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
@@ -318,7 +318,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         total_rows: 0,
         created_by: opts.created_by.clone(),
     };
-    let mut writer = DatasetWriter::create(dir, header, opts.writer.clone())?;
+    let mut writer = claim.start(header)?;
     tok.save(&writer.file(TOKENIZER_FILE))?;
     let make = |id: u64| -> Result<Option<RowData>> {
         let s = Sample::draw(opts.seed, id, &opts.templates);

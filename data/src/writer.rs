@@ -6,7 +6,8 @@
 //! files ([`DatasetWriter::file`]: the tokenizer, the images list) are written under hidden staging
 //! names (`.shard-00000.arrow.pending`), and only `finish` takes the old ones away and renames the new
 //! ones into place before writing the manifest. A write that fails (a bad image, a full disk) removes
-//! what it staged; one killed leaves staged files that the next writer in the folder removes.
+//! what it staged, and a first write into a folder what it wrote (a full disk is not left full); one
+//! killed leaves files that the next writer in the folder removes.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -108,6 +109,11 @@ pub struct DatasetWriter {
     replacing: Option<Vec<String>>,
     /// The files written under staging names (renamed into place at `finish`, removed if it never comes).
     staged: Vec<String>,
+    /// The files a first write into the folder wrote under their own names (removed if `finish` never
+    /// comes: an unfinished dataset's files, which no reader takes, on a disk a failed write may have filled).
+    written_plain: Vec<String>,
+    /// The manifest is written: the dataset is whole.
+    finished: bool,
     /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
     _lock: File,
 }
@@ -158,6 +164,15 @@ impl DatasetWriter {
     /// Start a dataset in `dir`. `header` is the finished manifest minus `shards` and `total_rows`.
     pub fn create(dir: &Path, header: Manifest, opts: WriterOptions) -> Result<DatasetWriter> {
         header.check(&dir.join(MANIFEST_FILE))?;
+        DatasetWriter::claim(dir, opts)?.start(header)
+    }
+
+    /// Take the folder `dir` for a dataset (made if missing, locked, refused where it holds one and
+    /// `opts` does not overwrite) before anything costly is done for it; [`Claim::start`] begins writing.
+    pub fn claim(dir: &Path, opts: WriterOptions) -> Result<Claim> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(DataError::Config(format!("{}: a file, not a folder (a dataset is a folder)", dir.display())));
+        }
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
         // (the folder is this writer's from here on, so what it finds stays so: what a killed writer
@@ -180,15 +195,48 @@ impl DatasetWriter {
                 None
             }
         };
+        Ok(Claim { dir: dir.to_path_buf(), opts, replacing, lock })
+    }
+}
+
+/// A folder taken for a dataset ([`DatasetWriter::claim`]): locked, checked, not yet written.
+pub struct Claim {
+    dir: PathBuf,
+    opts: WriterOptions,
+    replacing: Option<Vec<String>>,
+    lock: File,
+}
+
+impl Claim {
+    /// Start writing the dataset whose manifest, minus `shards` and `total_rows`, is `header`.
+    pub fn start(self, header: Manifest) -> Result<DatasetWriter> {
+        let Claim { dir, opts, replacing, lock } = self;
+        header.check(&dir.join(MANIFEST_FILE))?;
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
         let manifest = Manifest { shards: vec![], total_rows: 0, ..header };
         let builders = Builders::new();
-        let (dir, staged) = (dir.to_path_buf(), Vec::new());
+        let staged = Vec::new();
         let shard = None;
-        Ok(DatasetWriter { dir, manifest, columns, schema, opts, shard, builders, replacing, staged, _lock: lock })
+        let (written_plain, finished) = (Vec::new(), false);
+        Ok(DatasetWriter {
+            dir,
+            manifest,
+            columns,
+            schema,
+            opts,
+            shard,
+            builders,
+            replacing,
+            staged,
+            written_plain,
+            finished,
+            _lock: lock,
+        })
     }
+}
 
+impl DatasetWriter {
     /// Where to write the dataset's companion file `name` (its tokenizer, its images list): `dir/name`,
     /// or its staging name while a dataset is replaced, renamed into place by `finish`.
     pub fn file(&mut self, name: &str) -> PathBuf {
@@ -199,7 +247,12 @@ impl DatasetWriter {
                 }
                 self.dir.join(staging_name(name))
             }
-            None => self.dir.join(name),
+            None => {
+                if !self.written_plain.iter().any(|s| s == name) {
+                    self.written_plain.push(name.to_string());
+                }
+                self.dir.join(name)
+            }
         }
     }
 
@@ -290,6 +343,7 @@ impl DatasetWriter {
             self.put_in_place(&old_files)?;
         }
         self.manifest.save(&self.dir)?;
+        self.finished = true;
         Ok(self.manifest.clone())
     }
 
@@ -373,12 +427,19 @@ impl DatasetWriter {
 }
 
 impl Drop for DatasetWriter {
-    /// A replacement that never finished leaves the dataset it was to replace as it was.
+    /// A replacement that never finished leaves the dataset it was to replace as it was; a first write
+    /// that never finished leaves no files of its own.
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         if self.replacing.is_some() {
             for name in &self.staged {
                 let _ = std::fs::remove_file(self.dir.join(staging_name(name)));
             }
+        }
+        for name in &self.written_plain {
+            let _ = std::fs::remove_file(self.dir.join(name));
         }
     }
 }

@@ -114,6 +114,7 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert_eq!(under_src(&notes.skipped), ["cats/nested", "cats/notes.md", "dogs/notes.md"]);
     assert_eq!(under_src(&notes.orphan_captions), ["readme.txt", "cats/1.PNG.txt", "cats/2.png.txt", "dogs/gone.txt"]);
     assert_eq!(notes.uncaptioned, 10);
+    assert_eq!(notes.short_captions, 1, "NAME.short.txt is counted as not stored");
     assert_eq!(m.total_rows, 12);
     assert_eq!(m.conditions.class.as_ref().unwrap().names, vec!["cats", "dogs"]);
     assert!(m.conditions.caption);
@@ -129,6 +130,12 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
         assert_eq!(row.bits.len(), sched.num_tokens() * format::bytes_per_token(16));
     }
     assert!(inspect::verify(out.path()).problems.is_empty());
+    // the images' size in pixels is said (a budget's name alone does not fix it: the patch does too)
+    let text = inspect::inspect(out.path()).unwrap();
+    assert!(text.contains("latent 8×8 (32×32 px)"), "{text}");
+    // the statistics look at rows spread over the dataset, whose rows are in class order
+    let text = inspect::stats(&ds, 2).unwrap();
+    assert!(text.contains("class histogram (2 of 12 rows, spread over them): [1, 1]"), "{text}");
 
     // a broken image is named
     std::fs::write(src.path().join("dogs").join("9.png"), b"not a png").unwrap();
@@ -139,7 +146,7 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("9.png") && e.contains("(--skip-bad leaves unreadable images out, listed)"), "{e}");
+    assert!(e.contains("9.png") && e.contains("--skip-bad leaves out, listed, the images that cannot be read"), "{e}");
     // --skip-bad packs the others and lists it
     let skip = pack::PackOptions {
         skip_bad: true,
@@ -169,10 +176,24 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert!(notes.bad[0].contains("an empty file (0 bytes)"), "{:?}", notes.bad);
     std::fs::remove_dir_all(src.path().join("unread")).unwrap();
 
-    // a class folder without images would be a class no sample has: named
-    std::fs::create_dir(src.path().join("emptyclass")).unwrap();
+    // images in a folder below a class folder are counted, apart from the other files left out
     let overwrite =
         pack::PackOptions { writer: WriterOptions { overwrite: true, ..Default::default() }, ..Default::default() };
+    std::fs::copy(src.path().join("cats/0.png"), src.path().join("cats/nested/0.png")).unwrap();
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert_eq!(notes.nested, [(src.path().join("cats/nested"), 1)]);
+    assert!(!notes.skipped.contains(&src.path().join("cats/nested")), "{:?}", notes.skipped);
+    std::fs::remove_file(src.path().join("cats/nested/0.png")).unwrap();
+    // a class folder of class folders: --images one level down is suggested
+    std::fs::create_dir_all(src.path().join("deep/inner")).unwrap();
+    std::fs::copy(src.path().join("cats/0.png"), src.path().join("deep/inner/0.png")).unwrap();
+    let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
+    let deep = src.path().join("deep").display().to_string();
+    assert!(e.contains("a class folder without images of its own") && e.contains(&format!("--images {deep}")), "{e}");
+    std::fs::remove_dir_all(src.path().join("deep")).unwrap();
+
+    // a class folder without images would be a class no sample has: named
+    std::fs::create_dir(src.path().join("emptyclass")).unwrap();
     let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
     assert!(e.contains("emptyclass: a class folder without .png/.jpg/.jpeg images"), "{e}");
     std::fs::remove_dir(src.path().join("emptyclass")).unwrap();

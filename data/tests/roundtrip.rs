@@ -175,6 +175,41 @@ fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
     assert!(infinity_data::inspect::verify(d).problems.is_empty());
 }
 
+/// A first write into a folder that fails partway (a full disk) leaves none of its files, so the disk
+/// is not left full of an unfinished dataset; a folder that holds a dataset, or a file given as the
+/// folder, is refused when claimed, before any work for it.
+#[test]
+fn a_failed_first_write_leaves_no_files_and_a_claim_comes_first() {
+    use infinity_data::writer::{DatasetWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("new");
+    let m = common::manifest();
+    let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: false };
+    let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(5);
+    let mut w = DatasetWriter::claim(&d, opts.clone()).unwrap().start(m.clone()).unwrap();
+    std::fs::write(w.file("tokenizer.safetensors"), b"tokenizer").unwrap();
+    for id in 0..200 {
+        w.push(common::random_row(&m, id, &mut rng)).unwrap();
+    }
+    let names = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert!(names(&d).iter().filter(|f| f.ends_with(".arrow")).count() > 1, "{:?}", names(&d));
+    drop(w);
+    assert_eq!(names(&d), [".writer.lock"], "a failed first write left files");
+
+    common::write_random(&d, 5, 1);
+    let e = DatasetWriter::claim(&d, opts.clone()).err().unwrap().to_string();
+    assert!(e.contains("already holds a dataset"), "{e}");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = DatasetWriter::claim(&file, opts).err().unwrap().to_string();
+    assert!(e.contains("a-file: a file, not a folder"), "{e}");
+}
+
 /// A manifest written before short captions (no `short_caption` key) reads as one without them, and
 /// one without them is written as before.
 #[test]

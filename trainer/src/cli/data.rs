@@ -117,13 +117,13 @@ pub struct PackArgs {
 #[derive(Args, Debug)]
 pub struct StatsArgs {
     dir: PathBuf,
-    /// Rows per bucket to measure.
+    /// Rows per bucket to measure, spread over it (and over the dataset, for the class histogram).
     #[arg(long, default_value_t = 10_000, value_parser = super::positive_of::<u64>())]
     rows: u64,
     /// Write a grid of decoded samples to this PNG.
     #[arg(long)]
     png: Option<PathBuf>,
-    /// Samples in the PNG grid.
+    /// Samples in the PNG grid, spread over the dataset (a packed dataset's rows are in class order).
     #[arg(long, default_value_t = 32, value_parser = super::positive_of::<usize>())]
     n: usize,
 }
@@ -255,12 +255,22 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             if !notes.skipped.is_empty() {
                 let what = match a.meta {
                     Some(_) => "not .jsonl",
-                    None => "not .png/.jpg/.jpeg, or in a folder below a class folder",
+                    None => "not .png/.jpg/.jpeg, or a folder below a class folder",
                 };
                 console!(
                     "left out {} ({what}): {}",
                     infinity_launcher::plural(notes.skipped.len(), "file"),
                     first_few(&notes.skipped)
+                );
+            }
+            if !notes.nested.is_empty() {
+                let images: usize = notes.nested.iter().map(|(_, n)| n).sum();
+                let folders: Vec<PathBuf> = notes.nested.iter().map(|(f, _)| f.clone()).collect();
+                console!(
+                    "left out {} in {} below class folders (a class is a folder right below --images; move them up                      into their class folder, or make them classes of their own): {}",
+                    infinity_launcher::plural(images, "image"),
+                    infinity_launcher::plural(folders.len(), "folder"),
+                    first_few(&folders)
                 );
             }
             if !notes.datasets.is_empty() {
@@ -288,8 +298,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             }
             if notes.short_captions > 0 {
                 console!(
-                    "short captions (`text`) not stored, which text datasets alone read (tools/write_shards.py \
-                     upstream --meta): {} of {} rows have one",
+                    "short captions (NAME.short.txt, a metadata file's `text`) not stored, which text datasets \
+                     alone read (tools/write_shards.py): {} of {} rows have one",
                     notes.short_captions,
                     m.total_rows
                 );
