@@ -35,7 +35,7 @@ fn check(cfg: &Path, sets: &[String]) -> String {
 fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     let (tmp, _data, _run, cfg) = class_run();
     let src = tmp.path().join("src");
-    train(&cfg, &[format!("run.dir={}", path_str(&src)), "run.steps=3".into()]);
+    train(&cfg, &[format!("run.dir={}", path_str(&src)), "run.steps=3".into(), "optim.ema_decay=0.9".into()]);
     let src_ckpt = resolve(&src).unwrap();
     let src_state = read_state(&src_ckpt).unwrap();
     let ft = tmp.path().join("ft");
@@ -54,6 +54,14 @@ fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     let export = tmp.path().join("ft-export");
     assert!(infinity(&["export", path_str(&ft), "-o", path_str(&export)]));
     assert_eq!(json(&export.join("config.json"))["source"]["init_from"], *record, "the export carries it");
+
+    // a checkpoint's ema.safetensors named as a file is recorded as the average, with its own crc32c
+    let from_ema = tmp.path().join("from-ema");
+    let ema_file = src_ckpt.join("ema.safetensors");
+    train(&cfg, &[format!("run.dir={}", path_str(&from_ema)), format!("model.init_from={}", path_str(&ema_file))]);
+    let ema_record = &json(&from_ema.join("derived.json"))["init_from"];
+    assert_eq!(ema_record["weights"], "ema", "{ema_record}");
+    assert_eq!(ema_record["crc32c"].as_str(), src_state.ema_crc32c.as_deref(), "{ema_record}");
 
     // `export --init` of the fine-tune's config: the weights its run starts from, the source's
     let init = tmp.path().join("init-export");

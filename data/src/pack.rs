@@ -229,12 +229,13 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             let inside = read(dir)?;
             let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
             let folders: Vec<(PathBuf, usize)> =
-                inside.iter().filter(|p| p.is_dir()).map(|p| (p.clone(), images_below(p))).collect();
+                inside.iter().filter(|p| p.is_dir()).map(|p| (p.clone(), images_below(p, 16))).collect();
             if images.is_empty() && folders.iter().any(|(_, n)| *n > 0) {
                 // (one level too high: `train/` given, whose sub-folders are the classes)
                 let (first, n) = folders.iter().find(|(_, n)| *n > 0).expect("checked");
                 return Err(DataError::Config(format!(
-                    "{}: a class folder without images of its own; its sub-folders hold them ({} in {}): classes                      are the folders right below --images, so give --images {}",
+                    "{}: a class folder without images of its own; its sub-folders hold them ({} in {}): classes \
+                     are the folders right below --images, so give --images {}",
                     dir.display(),
                     n,
                     first.display(),
@@ -277,12 +278,18 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     Ok(Listing { entries, names, skipped, nested, datasets, orphan_captions, extra_captions, short_captions, loose })
 }
 
-/// The .png/.jpg/.jpeg images in `dir` and the folders below it (hidden ones not looked at).
-fn images_below(dir: &Path) -> usize {
+/// The .png/.jpg/.jpeg images in `dir` and the folders below it, to `depth` levels (hidden ones not
+/// looked at; links to folders not followed: `self -> .` would count the tree again and again).
+fn images_below(dir: &Path, depth: usize) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    let visible =
-        rd.flatten().map(|e| e.path()).filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
-    visible.map(|p| if p.is_dir() { images_below(&p) } else { usize::from(is_image(&p)) }).sum()
+    let visible = rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.'));
+    visible
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => images_below(&e.path(), depth - 1),
+            Ok(t) if t.is_dir() => 0,
+            _ => usize::from(is_image(&e.path())),
+        })
+        .sum()
 }
 
 /// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,

@@ -163,6 +163,7 @@ fn staging_name(name: &str) -> String {
 impl DatasetWriter {
     /// Start a dataset in `dir`. `header` is the finished manifest minus `shards` and `total_rows`.
     pub fn create(dir: &Path, header: Manifest, opts: WriterOptions) -> Result<DatasetWriter> {
+        // (a header refused before the folder is made)
         header.check(&dir.join(MANIFEST_FILE))?;
         DatasetWriter::claim(dir, opts)?.start(header)
     }
@@ -248,10 +249,13 @@ impl DatasetWriter {
                 self.dir.join(staging_name(name))
             }
             None => {
-                if !self.written_plain.iter().any(|s| s == name) {
+                // (a file there before, such as the tokenizer `--tokenizer` names in this folder, is not
+                // this writer's to remove)
+                let path = self.dir.join(name);
+                if !self.written_plain.iter().any(|s| s == name) && !path.exists() {
                     self.written_plain.push(name.to_string());
                 }
-                self.dir.join(name)
+                path
             }
         }
     }

@@ -184,6 +184,22 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert_eq!(notes.nested, [(src.path().join("cats/nested"), 1)]);
     assert!(!notes.skipped.contains(&src.path().join("cats/nested")), "{:?}", notes.skipped);
     std::fs::remove_file(src.path().join("cats/nested/0.png")).unwrap();
+    // a link to a folder is not followed below it (`self -> .` would count the tree again and again)
+    std::os::unix::fs::symlink(".", src.path().join("cats/nested/self")).unwrap();
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert!(notes.nested.is_empty(), "{:?}", notes.nested);
+    std::fs::remove_file(src.path().join("cats/nested/self")).unwrap();
+    // a failed first pack removes what it wrote, but not a tokenizer that was there before
+    let fresh = tempfile::tempdir().unwrap();
+    let tokenizer = fresh.path().join("tokenizer.safetensors");
+    std::fs::copy(out.path().join("tokenizer.safetensors"), &tokenizer).unwrap();
+    std::fs::write(src.path().join("dogs/broken.png"), b"not a png").unwrap();
+    let reuse = pack::PackOptions { tokenizer: Some(tokenizer.clone()), ..Default::default() };
+    assert!(pack::pack(src.path(), fresh.path(), &reuse).is_err());
+    assert!(tokenizer.is_file(), "the failed pack removed the tokenizer it was given");
+    let left: Vec<_> = std::fs::read_dir(fresh.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}"); // (the tokenizer and the folder's lock)
+    std::fs::remove_file(src.path().join("dogs/broken.png")).unwrap();
     // a class folder of class folders: --images one level down is suggested
     std::fs::create_dir_all(src.path().join("deep/inner")).unwrap();
     std::fs::copy(src.path().join("cats/0.png"), src.path().join("deep/inner/0.png")).unwrap();

@@ -103,6 +103,18 @@ where
     })
 }
 
+/// Whether signal `sig` is ignored in this process now (`SIG_IGN`). Asked before a handler is installed,
+/// it says whether the process was started with it ignored (`nohup` ignores SIGHUP; a shell's
+/// background job, SIGINT and SIGQUIT): a program that stops on the terminal's signals keeps them
+/// ignored then, as shells and Python do, or `nohup` would not keep it running.
+pub fn signal_ignored(sig: i32) -> bool {
+    // SAFETY: sigaction(2) with no new action only reads the present one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// `n` and the noun, plural unless `n` is 1 ("1 image", "4 images", "24 classes").
 pub fn plural(n: usize, noun: &str) -> String {
     match n {

@@ -508,6 +508,51 @@ fn sighup_and_sigquit_to_the_process_group_checkpoint_and_exit_zero() {
     }
 }
 
+/// Started with SIGHUP ignored (`nohup infinity launch …`), the group trains on through a closed
+/// session's SIGHUP (the agent heeds it, and its ranks inherit it ignored), and still stops on SIGTERM.
+#[test]
+fn a_group_started_under_nohup_trains_on_through_sighup() {
+    use std::os::unix::process::CommandExt;
+    let (tmp, cfg) = setup(400);
+    let run = tmp.path().join("nohup");
+    let mut cmd = launch(2, &cfg, &run, &[], &[]);
+    // SAFETY: signal(2) in the child between fork and exec, as nohup does before it execs.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let mut child = cmd.process_group(0).stdout(Stdio::null()).spawn().unwrap();
+    let newest = || {
+        std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+    };
+    let wait_past = |step: u64| {
+        let t0 = Instant::now();
+        while newest() <= step {
+            assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint past step {step}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_past(1);
+    // SAFETY: signalling the process group of the child we spawned (its own group).
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGHUP) };
+    let at_hup = newest();
+    wait_past(at_hup + 3);
+    assert!(child.try_wait().unwrap().is_none(), "the group stopped on a SIGHUP it was started ignoring");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["preempted"], true, "{summary}");
+}
+
 /// An elastic group (`--nnodes 2:3`, one rank per agent): three agents start together; one is killed
 /// (its rank checkpoints on the way out, which the other agents must not take for the run's end) and
 /// the other two go on from that checkpoint, spending the one restart; a fourth agent arriving later

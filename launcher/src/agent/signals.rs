@@ -43,11 +43,12 @@ pub(super) async fn until_signal<T>(
 /// `--time-limit` is a SIGTERM of the agent's own at its deadline, once.
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+    /// (none for the terminal's signals the agent was started with ignored: [`crate::signal_ignored`])
+    int: Option<tokio::signal::unix::Signal>,
     usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
+    quit: Option<tokio::signal::unix::Signal>,
     /// `--time-limit`: when, and the limit as given (none once it has fired).
     deadline: Option<(tokio::time::Instant, u64)>,
     /// The time limit fired (a stop of the whole group, never one node's leaving).
@@ -87,15 +88,25 @@ impl Signals {
             let _ = arrivals[0].compare_exchange(0, at, Ordering::SeqCst, Ordering::SeqCst);
             arrivals[1].store(at, Ordering::SeqCst);
         };
-        // SAFETY: the action reads the clock and stores atomics alone (async-signal-safe).
-        unsafe { signal_hook::low_level::register(libc::SIGINT, note) }?;
+        // (the terminal's signals this agent was started with ignored stay so: `nohup infinity launch`)
+        let heeded = |sig: i32, kind: SignalKind| -> Result<Option<tokio::signal::unix::Signal>> {
+            Ok(match crate::signal_ignored(sig) {
+                true => None,
+                false => Some(signal(kind)?),
+            })
+        };
+        let int = heeded(libc::SIGINT, SignalKind::interrupt())?;
+        if int.is_some() {
+            // SAFETY: the action reads the clock and stores atomics alone (async-signal-safe).
+            unsafe { signal_hook::low_level::register(libc::SIGINT, note) }?;
+        }
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
+            int,
             usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
-            hup: signal(SignalKind::hangup())?,
-            quit: signal(SignalKind::quit())?,
+            hup: heeded(libc::SIGHUP, SignalKind::hangup())?,
+            quit: heeded(libc::SIGQUIT, SignalKind::quit())?,
             deadline: limit_s.map(|s| (now + std::time::Duration::from_secs(s), s)),
             timed_out: false,
             preempted_exit_code,
@@ -119,7 +130,7 @@ impl Signals {
     pub(super) async fn interrupted(&mut self) {
         use std::sync::atomic::Ordering;
         loop {
-            self.int.recv().await;
+            received(&mut self.int).await;
             let [first, latest] = [0, 1].map(|i| self.int_arrivals[i].load(Ordering::SeqCst));
             if latest.saturating_sub(first) >= SAME_PRESS_NS {
                 return;
@@ -139,12 +150,20 @@ impl Signals {
                 libc::SIGTERM
             }
             _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
+            _ = received(&mut self.int) => libc::SIGINT,
             _ = self.usr1.recv() => libc::SIGUSR1,
             _ = self.usr2.recv() => libc::SIGUSR2,
-            _ = self.hup.recv() => libc::SIGHUP,
-            _ = self.quit.recv() => libc::SIGQUIT,
+            _ = received(&mut self.hup) => libc::SIGHUP,
+            _ = received(&mut self.quit) => libc::SIGQUIT,
         }
+    }
+}
+
+/// The next delivery of a signal heeded; never, for one ignored.
+async fn received(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => _ = s.recv().await,
+        None => std::future::pending::<()>().await,
     }
 }
 

@@ -267,7 +267,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 let images: usize = notes.nested.iter().map(|(_, n)| n).sum();
                 let folders: Vec<PathBuf> = notes.nested.iter().map(|(f, _)| f.clone()).collect();
                 console!(
-                    "left out {} in {} below class folders (a class is a folder right below --images; move them up                      into their class folder, or make them classes of their own): {}",
+                    "left out {} in {} below class folders (a class is a folder right below --images; move them up \
+                     into their class folder, or make them classes of their own): {}",
                     infinity_launcher::plural(images, "image"),
                     infinity_launcher::plural(folders.len(), "folder"),
                     first_few(&folders)

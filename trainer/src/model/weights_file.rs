@@ -39,13 +39,13 @@ fn safetensors_cut_short(bytes: &[u8]) -> Option<String> {
 }
 
 /// Where a safetensors file whose header reads is damaged (the reader's own error names no tensor for a
-/// size that does not fit its shape and dtype): the first such tensor, or `None` (not a safetensors header).
+/// size that does not fit its shape and dtype): the first such tensor, or `None`.
 fn damaged_safetensors(bytes: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?).ok()?;
     let bytes_per = |dtype: &str| match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => Some(1),
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => Some(1u64),
         "I16" | "U16" | "F16" | "BF16" => Some(2),
         "I32" | "U32" | "F32" => Some(4),
         "I64" | "U64" | "F64" => Some(8),
@@ -54,12 +54,12 @@ fn damaged_safetensors(bytes: &[u8]) -> Option<String> {
     let misfit = header.iter().filter(|(k, _)| *k != "__metadata__").find_map(|(name, t)| {
         let (start, end) = (t["data_offsets"][0].as_u64()?, t["data_offsets"][1].as_u64()?);
         let shape: Vec<u64> = t["shape"].as_array()?.iter().map(|d| d.as_u64()).collect::<Option<_>>()?;
-        let size = shape.iter().product::<u64>() * bytes_per(t["dtype"].as_str()?)?;
+        let size = shape.iter().try_fold(bytes_per(t["dtype"].as_str()?)?, |n, &d| n.checked_mul(d))?;
         (end.checked_sub(start) != Some(size)).then(|| {
             format!("tensor `{name}` ({} {shape:?}, {size} bytes) has data_offsets [{start}, {end}]", t["dtype"])
         })
     });
-    Some(misfit.unwrap_or_else(|| "its header's offsets or shapes do not fit together".into()))
+    misfit
 }
 
 /// A tensor of a [`WeightsFile`]: its shape, and its values read on demand.
@@ -94,15 +94,13 @@ impl<'a> WeightsFile<'a> {
         }
         let st = SafeTensors::deserialize(bytes).map_err(|e| match safetensors_cut_short(bytes) {
             Some(why) => anyhow::anyhow!("{}: an incomplete safetensors file: {why} (copy it again)", path.display()),
-            None if damaged_safetensors(bytes).is_some() => anyhow::anyhow!(
-                "{}: a damaged safetensors file ({e}): {}",
-                path.display(),
-                damaged_safetensors(bytes).unwrap_or_default()
-            ),
-            None => anyhow::anyhow!(
-                "{}: not a safetensors file ({e}), nor a PyTorch checkpoint (a zip file)",
-                path.display()
-            ),
+            None => match damaged_safetensors(bytes) {
+                Some(why) => anyhow::anyhow!("{}: a damaged safetensors file ({e}): {why}", path.display()),
+                None => anyhow::anyhow!(
+                    "{}: not a safetensors file ({e}), nor a PyTorch checkpoint (a zip file)",
+                    path.display()
+                ),
+            },
         })?;
         if which == StateDict::MovingAverage {
             bail!(

@@ -224,7 +224,8 @@ impl EventWriter {
     }
 
     /// This run's hyperparameters for TensorBoard's HParams tab (its metrics are the run's scalars);
-    /// `group` names the run there.
+    /// `group` names the group of runs it belongs to there (empty: a group of its own, named after it;
+    /// TensorBoard averages a group's metrics).
     pub fn hparams(&mut self, hparams: &[(String, HParam)], group: &str) -> std::io::Result<()> {
         let info = SessionStartInfo {
             hparams: hparams

@@ -263,7 +263,8 @@ pub fn check_with(
                 .map(|n| format!("resume: {n}")),
         );
         let (later, grids) = checkpoint::later_than(&cfg.run.dir, state.step);
-        if !later.is_empty() || !grids.is_empty() {
+        // (grids alone after the checkpoint are a stopped session's, drawn again)
+        if !later.is_empty() {
             let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
             out.push(format!(
                 "resume: a new history from step {}: the run's {} would move to {} (with a copy of its logs, \

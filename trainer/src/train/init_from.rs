@@ -15,8 +15,8 @@ use crate::model::{Layout, ModelConfig, Params};
 
 /// Where a fine-tuning run's first weights came from, as its checkpoints keep it (`state.json`'s
 /// `init_from`), `derived.json` shows it and its exports carry it (`source.init_from`).
+/// (No `deny_unknown_fields`: a record only, which a later build may add to.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InitSource {
     /// `model.init_from` as the run was given it (absolute).
     pub path: PathBuf,
@@ -82,23 +82,23 @@ pub(crate) fn init_from(
         );
     }
     let source = Source::of(&file);
-    let average = ema || source.export.as_ref().is_some_and(|e| e.ema);
+    // (a checkpoint's ema.safetensors given as a file is the average too)
+    let average = ema || source.export.as_ref().is_some_and(|e| e.ema) || checkpoint::is_checkpoints_average(&file);
     let detail = match &source.export {
         Some(e) if e.ema => format!(" (an export of {}: the moving average of its weights)", e.source),
         Some(e) => format!(" (an export of {})", e.source),
-        None if ema => " (the moving average of the source's weights)".into(),
+        None if average => " (the moving average of the source's weights)".into(),
         None => String::new(),
     };
     let said = format!("weights from {}{detail}", file.display());
+    // (absolute: the record is read from anywhere later)
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let record = InitSource {
-        path: from.clone(),
-        file: file.clone(),
+        path: absolute(from),
+        file: absolute(&file),
         weights: if average { "ema" } else { "trained" }.into(),
         step: source.state.as_ref().map(|s| s.step),
-        crc32c: source
-            .state
-            .as_ref()
-            .and_then(|s| if ema { s.ema_crc32c.clone() } else { Some(s.model_crc32c.clone()) }),
+        crc32c: checkpoint::checkpoint_file_crc(&file).ok().flatten(),
         export_of: source.export.as_ref().map(|e| e.source.clone()),
         tokenizer: source.tokenizer.clone(),
     };
@@ -119,7 +119,7 @@ impl Source {
     fn of(file: &Path) -> Source {
         let dir = file.parent().unwrap_or(Path::new("."));
         let state = dir.join(DONE).is_file().then(|| checkpoint::read_state(dir).ok()).flatten();
-        let export = crate::export::read_export(dir);
+        let export = checkpoint::export_holding(file);
         let (tokenizer, manifest) = match (&state, &export) {
             // (the checkpoint's position names its tokenizer; the dataset its config names, if still there)
             (Some(s), _) => {

@@ -223,8 +223,9 @@ impl Logger {
         world: usize,
     ) {
         let list = hparam_list(cfg, mc, params, world);
-        let group = cfg.run.dir.file_name().map_or("run".into(), |f| f.to_string_lossy().to_string());
-        self.tb.write(None, |w| w.hparams(&list, &group));
+        // (no group: TensorBoard makes each run its own group; one named would merge, and average, the
+        // runs of one name: an abandoned history's copy, or two sweeps' `lr-0.001`)
+        self.tb.write(None, |w| w.hparams(&list, ""));
     }
 
     /// An RGB image (row-major, interleaved) in TensorBoard's Images tab.

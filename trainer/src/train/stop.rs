@@ -13,10 +13,15 @@ use anyhow::{Context, Result};
 /// checkpoints and exits cleanly. With `second_sigint_quits`, a second SIGINT (Ctrl-C again, not the
 /// first one after a SIGTERM or the time limit) exits at once, with 130, without the stop checkpoint
 /// (one being written stays incomplete and is never loaded).
+///
+/// The terminal's signals (SIGINT, SIGHUP, SIGQUIT) that the process was started with ignored stay
+/// ignored (`nohup infinity train …` survives a closed session; a script's background job, its Ctrl-C).
 pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let flag = Arc::new(AtomicBool::new(false));
-    if second_sigint_quits {
+    let ignored: Vec<i32> =
+        [SIGINT, SIGHUP, SIGQUIT].into_iter().filter(|&s| infinity_launcher::signal_ignored(s)).collect();
+    if second_sigint_quits && !ignored.contains(&SIGINT) {
         // when the first SIGINT came (monotonic ns; 0: none yet)
         let first = Arc::new(AtomicU64::new(0));
         let again = move || {
@@ -38,7 +43,7 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
         // SAFETY: the action reads and writes atomics and calls async-signal-safe functions alone.
         unsafe { signal_hook::low_level::register(SIGINT, again) }.context("installing signal handlers")?;
     }
-    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT] {
+    for sig in [SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, SIGQUIT].into_iter().filter(|s| !ignored.contains(s)) {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)

@@ -73,9 +73,16 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// and the event files of `tb/` (in `tb/` there), so the abandoned history reads on its own
 /// (`tensorboard --logdir RUN/abandoned/after-step-N/tb`). Returns that folder and what moved, in
 /// words (nothing: `None`, and nothing is copied).
+///
+/// Sample grids after `step` with no checkpoint after it are a stopped session's (a crash, a kill
+/// before its next checkpoint), whose steps this session trains again: they are removed, as its logs
+/// past `step` are cut, and no history is set aside.
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
-    if later.is_empty() && grids.is_empty() {
+    if later.is_empty() {
+        for (_, grid) in &grids {
+            std::fs::remove_file(grid).with_context(|| format!("removing {}", grid.display()))?;
+        }
         return Ok(None);
     }
     let base = run.join("abandoned").join(format!("after-step-{step:08}"));
@@ -239,5 +246,27 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["step-00000003"]);
+    }
+
+    /// A resume of the newest checkpoint after a crash sets no history aside: the crashed session's
+    /// grids past the checkpoint are removed (its steps are trained again); with a checkpoint past it,
+    /// they go with the abandoned history.
+    #[test]
+    fn grids_past_the_newest_checkpoint_are_a_crash_not_a_rewind() {
+        let run = fake_run(&[3]);
+        let samples = run.path().join("samples");
+        std::fs::create_dir_all(&samples).unwrap();
+        for step in [2, 4, 5] {
+            std::fs::write(samples.join(format!("step-{step:08}.png")), b"png").unwrap();
+        }
+        assert!(set_aside_later(run.path(), 3).unwrap().is_none());
+        assert!(!run.path().join("abandoned").exists());
+        let left: Vec<_> = std::fs::read_dir(&samples).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["step-00000002.png"]);
+        let run = fake_run(&[3, 6]);
+        std::fs::create_dir_all(run.path().join("samples")).unwrap();
+        std::fs::write(run.path().join("samples/step-00000005.png"), b"png").unwrap();
+        let (dest, what) = set_aside_later(run.path(), 3).unwrap().unwrap();
+        assert!(dest.join("samples/step-00000005.png").is_file() && dest.join("step-00000006").is_dir(), "{what}");
     }
 }

@@ -148,7 +148,7 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
 }
 
 /// The folder of `file` where it is an export's weights file.
-pub(super) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder> {
+pub(crate) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder> {
     let dir = file.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })?;
     let same = |a: &Path| matches!((a.canonicalize(), file.canonicalize()), (Ok(a), Ok(b)) if a == b);
     read_export(dir).filter(|e| same(&e.weights))
@@ -156,7 +156,7 @@ pub(super) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder>
 
 /// The crc32c a complete checkpoint's `state.json` records for `file` where it is that checkpoint's
 /// weights or their moving average (`None` for any other file).
-fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
+pub(crate) fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
     let dir = file.parent().filter(|d| d.join(DONE).is_file() && d.join(STATE_FILE).is_file());
     let (Some(dir), Some(name)) = (dir, file.file_name()) else { return Ok(None) };
     Ok(match name.to_str() {
@@ -167,7 +167,7 @@ fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
 }
 
 /// Whether `file` is a checkpoint's moving average of the weights (`ema.safetensors`).
-fn is_checkpoints_average(file: &Path) -> bool {
+pub(crate) fn is_checkpoints_average(file: &Path) -> bool {
     let dir = file.parent().unwrap_or(Path::new("."));
     file.file_name().is_some_and(|n| n == EMA_FILE) && dir.join(DONE).is_file()
 }
