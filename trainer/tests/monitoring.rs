@@ -178,6 +178,36 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     resumed(&["--resume", "auto", "--accept-data-change"]);
 }
 
+/// A divergence that came with a setting changed on a resume (a finished run extended with a learning
+/// rate far too high) is refused when resumed again with that setting, and trained with the checkpoint's
+/// own: the settings compared are the diverged session's, not the checkpoint's.
+#[test]
+fn a_divergence_from_a_setting_changed_on_resume_is_judged_by_that_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    // (a checkpoint every 3 steps: the session that diverges writes none, its newest being step 3's)
+    (cfg.run.steps, cfg.optim.warmup_steps, cfg.checkpoint.every) = (3, 0, 3);
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let (steps, lr) = (["--set", "run.steps=8"], ["--set", "optim.lr=1e30"]);
+    let args = [&["--resume", "auto"][..], &steps[..], &lr[..]].concat();
+    let out = infinity_train(tmp.path(), &cfg, &args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(87), "{stderr}");
+    assert!(!stderr.contains("its summary.json"), "the first divergence is trained, not refused: {stderr}");
+    // the same settings again: refused, as a resume that repeats the divergence step for step
+    let out = infinity_train(tmp.path(), &cfg, &args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(87), "{stderr}");
+    assert!(stderr.contains("(its summary.json)") && stderr.contains("repeats it step for step"), "{stderr}");
+    assert!(latest_checkpoint(&cfg.run.dir).unwrap().ends_with("step-00000003"));
+    // the checkpoint's own learning rate, not the one that diverged: trained, to the end
+    let out = infinity_train(tmp.path(), &cfg, &[&["--resume", "auto"][..], &steps[..]].concat(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&cfg.run.dir)["step"], 8);
+}
+
 /// metrics.jsonl names the gradient norm's z-score as TensorBoard and the docs do.
 #[test]
 fn metrics_name_the_gradient_norm_z_score_as_tensorboard_does() {

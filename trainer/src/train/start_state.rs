@@ -303,7 +303,12 @@ pub(crate) fn resume_from(
             || matches!(key, "data.workers")
             || key.starts_with("model.init")
     };
-    if changes.iter().all(bookkeeping) && data_change.is_none() {
+    // (the settings compared are those of the session that diverged, RUN/config.toml, which it wrote as
+    // it began: a divergence that came with a setting changed on its resume repeats with that setting,
+    // not with the checkpoint's)
+    let diverged_with = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
+    let since = diverged_with.and_then(|t| rundir::config_changes(&t, config_toml).ok());
+    if since.as_ref().unwrap_or(&changes).iter().all(bookkeeping) && data_change.is_none() {
         if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
             return Err(super::stop::Diverged(why).into());
         }
