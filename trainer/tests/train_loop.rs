@@ -138,6 +138,9 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     for step in [2, 6] {
         std::fs::write(cfg.run.dir.join(format!("samples/step-{step:08}.png")), b"png").unwrap();
     }
+    // and `infinity eval --out RUN/eval.jsonl`'s lines of both (the later one's go with it too)
+    let eval_lines = "{\"step\":2,\"loss\":0.5}\n{\"step\":6,\"loss\":0.4}\n";
+    std::fs::write(cfg.run.dir.join("eval.jsonl"), eval_lines).unwrap();
     let lines = infinity_trainer::train::check::check(&again, 1, Some(&step3), None).unwrap();
     let want = "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
                 would move to";
@@ -156,7 +159,12 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
     };
     assert_eq!(names(cfg.run.dir.join("checkpoints")), ["step-00000004", "step-00000005"]);
     let abandoned = cfg.run.dir.join("abandoned/after-step-00000003");
-    assert_eq!(names(abandoned.clone()), ["metrics.jsonl", "samples", "step-00000006", "tb", "val.jsonl"]);
+    assert_eq!(
+        names(abandoned.clone()),
+        ["eval.jsonl", "metrics.jsonl", "samples", "step-00000006", "tb", "val.jsonl"]
+    );
+    assert_eq!(std::fs::read_to_string(abandoned.join("eval.jsonl")).unwrap(), eval_lines);
+    assert_eq!(std::fs::read_to_string(cfg.run.dir.join("eval.jsonl")).unwrap(), "{\"step\":2,\"loss\":0.5}\n");
     // the abandoned history's logs, whole: every step to 6, TensorBoard's as they were
     assert!(std::fs::read(abandoned.join("metrics.jsonl")).unwrap() == metrics_before, "metrics.jsonl");
     assert!(std::fs::read(abandoned.join("val.jsonl")).unwrap() == val_before, "val.jsonl");

@@ -118,7 +118,9 @@ impl Logger {
     /// session writes its own, whose `SessionLog.START` at `step + 1` asks TensorBoard's Python loader
     /// for the same).
     pub fn open(run: &Path, config_toml: &str, step: u64, total: u64, log_every: u64) -> Result<Logger> {
-        for log in ["metrics.jsonl", "val.jsonl"] {
+        // (`eval.jsonl`, `infinity eval --out RUN/eval.jsonl`'s: its lines past the step are of checkpoints
+        // a crash lost or a rewind set aside)
+        for log in ["metrics.jsonl", "val.jsonl", "eval.jsonl"] {
             super::rundir::truncate_log(&run.join(log), step)?;
         }
         // (warns of a file it cannot cut and leaves it: TensorBoard is not required)

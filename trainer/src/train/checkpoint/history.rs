@@ -69,7 +69,8 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// and pruning all go by the highest step. They are moved, not deleted, into
 /// `RUN/abandoned/after-step-N/` (`after-step-N.1/`, … when that is taken), with the sample grids
 /// drawn after `step` (in `samples/` there). The run's logs, which the resumed session cuts back to
-/// `step` (`Logger::open`), are first copied there whole ([`copy_logs`]): `metrics.jsonl`, `val.jsonl`
+/// `step` (`Logger::open`), are first copied there whole ([`copy_logs`]): `metrics.jsonl`, `val.jsonl`,
+/// `eval.jsonl` (`infinity eval --out RUN/eval.jsonl`'s)
 /// and the event files of `tb/` (in `tb/` there), so the abandoned history reads on its own
 /// (`tensorboard --logdir RUN/abandoned/after-step-N/tb`). Returns that folder and what moved, in
 /// words (nothing: `None`, and nothing is copied).
@@ -129,7 +130,7 @@ fn copy_logs(run: &Path, dest: &Path) -> Result<Vec<String>> {
 
 /// [`copy_logs`]'s copies into `staging`.
 fn stage_logs(run: &Path, staging: &Path) -> Result<Vec<String>> {
-    let jsonl: Vec<(PathBuf, PathBuf)> = ["metrics.jsonl", "val.jsonl"]
+    let jsonl: Vec<(PathBuf, PathBuf)> = ["metrics.jsonl", "val.jsonl", "eval.jsonl"]
         .into_iter()
         .map(|name| (run.join(name), staging.join(name)))
         .filter(|(from, _)| from.is_file())
