@@ -208,6 +208,36 @@ fn a_divergence_from_a_setting_changed_on_resume_is_judged_by_that_setting() {
     assert_eq!(summary(&cfg.run.dir)["step"], 8);
 }
 
+/// TensorBoard's HParams row is written once per run folder: at step 0, and by a branch (a run folder
+/// started from another's checkpoint), not by a session resuming the folder's own.
+#[test]
+fn a_branch_into_a_new_folder_has_its_hparams_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.run.steps, cfg.checkpoint.every) = (3, 3);
+    train(&cfg, &TrainOptions::default()).unwrap();
+    // (the tag's bytes in the event files: one per session_start_info written)
+    let rows = |run: &Path| -> usize {
+        let tag = b"_hparams_/session_start_info";
+        std::fs::read_dir(run.join("tb"))
+            .unwrap()
+            .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+            .map(|bytes| bytes.windows(tag.len()).filter(|w| w == tag).count())
+            .sum()
+    };
+    let ckpt = latest_checkpoint(&cfg.run.dir).unwrap();
+    let mut branch = cfg.clone();
+    (branch.run.dir, branch.run.steps) = (tmp.path().join("branch"), 5);
+    train(&branch, &TrainOptions { resume: Some(ckpt.clone()), ..Default::default() }).unwrap();
+    assert_eq!(rows(&branch.run.dir), 1, "the branch has its row");
+    let mut longer = cfg.clone();
+    longer.run.steps = 5;
+    train(&longer, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap();
+    assert_eq!(rows(&cfg.run.dir), 1, "a resume of the folder's own adds none");
+}
+
 /// metrics.jsonl names the gradient norm's z-score as TensorBoard and the docs do.
 #[test]
 fn metrics_name_the_gradient_norm_z_score_as_tensorboard_does() {

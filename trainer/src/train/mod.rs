@@ -270,8 +270,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         None => None,
     };
-    // hyperparameters once per run, when it starts from step 0
-    if let Some(l) = logger.as_mut().filter(|_| state.step == 0) {
+    // hyperparameters once per run folder: when it starts from step 0, or from another run folder's
+    // checkpoint (a branch, whose folder has no row of its own yet)
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let branch = opts.resume.as_deref().and_then(checkpoint::run_folder_of).is_some_and(|from| !same(from, run));
+    if let Some(l) = logger.as_mut().filter(|_| state.step == 0 || branch) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
     }
 
@@ -379,11 +382,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         } else {
             state.skipped_steps += 1;
             state.nonfinite_run += 1;
-            tracing::warn!(
-                "step {}: non-finite loss {} or grad norm {grad_norm}; update skipped",
-                state.step + 1,
-                means.loss
-            );
+            // (which of the two, where one is finite)
+            let what = match (means.loss.is_finite(), grad_norm.is_finite()) {
+                (false, true) => format!("non-finite loss {} (grad norm {grad_norm})", means.loss),
+                (true, false) => format!("non-finite grad norm {grad_norm} (loss {})", means.loss),
+                _ => format!("non-finite loss {} and grad norm {grad_norm}", means.loss),
+            };
+            tracing::warn!("step {}: {what}; update skipped", state.step + 1);
         }
         let optimizer_s = t_opt.elapsed().as_secs_f64();
         // this step stops the run, once it is logged
@@ -448,7 +453,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 // (on a GPU with its optimizer, the grid is drawn from the device's weights)
                 // (logging never stops training: weights whose logits are not finite draw no grid)
                 if let Err(e) = p.log((&mc, &lay), compute.sampler(&params)?, state.step, log) {
-                    tracing::warn!("step {}: no sample grid: {e:#}", state.step);
+                    tracing::warn!("step {}: sample grid: {e:#}", state.step);
                 }
             }
         }
@@ -515,9 +520,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             save = false;
             if leader {
                 tracing::warn!(
-                    "step {}: checkpoint not written: {} non-finite steps in a row",
+                    "step {}: checkpoint not written: {} in a row",
                     state.step,
-                    state.nonfinite_run
+                    crate::cli::plural(state.nonfinite_run as usize, "non-finite step")
                 );
             }
         }

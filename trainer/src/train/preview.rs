@@ -76,9 +76,11 @@ impl Preview {
             self.per_condition * CONDITIONS_PER_ROW,
         );
         logger.image("samples", grid.as_raw(), grid.height(), grid.width(), step);
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        // (TensorBoard has the grid now: a PNG that cannot be written is said as such)
+        let in_tb = "the grid is in TensorBoard only";
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {} ({in_tb})", self.dir.display()))?;
         let path = self.dir.join(format!("step-{step:08}.png"));
-        grid.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        grid.save(&path).with_context(|| format!("writing {} ({in_tb})", path.display()))?;
         logger.println(&format!("sample grid: {}", path.display()));
         Ok(())
     }
