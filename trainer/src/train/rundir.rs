@@ -126,8 +126,9 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     // the schedules span run.steps: each moves at once to where the new length puts the step (a
     // longer run jumps back up the cosine)
     let schedules = step_schedules(config_toml);
+    let jump = old.as_deref().ok().and_then(|old| lr_jump(ckpt, old, config_toml)).unwrap_or_default();
     for c in changes.iter_mut().filter(|c| c.starts_with("run.steps:")) {
-        c.push_str(&format!(" (the {schedules} recomputed for the new length from this step)"));
+        c.push_str(&format!(" (the {schedules} recomputed for the new length from this step{jump})"));
     }
     // (the loader's `sizes`); the peak learning rate as the two configs give it, whichever key each uses
     let peak =
@@ -164,6 +165,19 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         }
     }
     Ok(changes)
+}
+
+/// How the learning rate moves where a resume from `ckpt` changes `run.steps` (a finished cosine run
+/// extended goes back up the curve): `: the learning rate goes from A (the checkpoint's step) to B (the
+/// next)`, or `None` where a config does not read as this build's or the rate stays.
+fn lr_jump(ckpt: &Path, old_toml: &str, config_toml: &str) -> Option<String> {
+    let step = super::checkpoint::step_of(ckpt)?;
+    let (old, new): (super::config::TrainConfig, super::config::TrainConfig) =
+        (toml::from_str(old_toml).ok()?, toml::from_str(config_toml).ok()?);
+    let before = old.schedule().lr(step.saturating_sub(1), old.run.steps);
+    let after = new.schedule().lr(step, new.run.steps);
+    (format!("{before:.3e}") != format!("{after:.3e}"))
+        .then(|| format!("; the learning rate goes from {before:.3e} at step {step} to {after:.3e} at the next"))
 }
 
 /// The schedules over `run.steps` that a config has, as the resume message names them: the learning
@@ -383,6 +397,23 @@ mod tests {
         assert_eq!(config_changes(lr, &per_256(0.004)).unwrap(), ["optim.lr: 0.003 → 0.002"]);
         // given the same way, as it is given
         assert_eq!(config_changes(&per_256(0.006), &per_256(0.004)).unwrap(), ["optim.lr_per_256: 0.006 → 0.004"]);
+    }
+
+    /// A longer run's resume says where the learning rate goes: a finished cosine run extended climbs
+    /// back up the curve.
+    #[test]
+    fn a_longer_run_says_where_the_learning_rate_goes() {
+        let text = |steps: u64| {
+            format!(
+                "[run]\ndir = \"a\"\nseed = 0\nsteps = {steps}\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n[data]\ndir = \"d\"\nglobal_batch = 4\nmicro_batch = 4\n[optim]\nlr = 1e-3\n\
+                 decay = {{ kind = \"cosine\", min_ratio = 0.1 }}\n"
+            )
+        };
+        let ckpt = Path::new("/x/run/checkpoints/step-00000200");
+        let jump = lr_jump(ckpt, &text(200), &text(400)).unwrap();
+        assert_eq!(jump, "; the learning rate goes from 1.000e-4 at step 200 to 5.482e-4 at the next");
+        let constant = |steps: u64| text(steps).replace("decay = { kind = \"cosine\", min_ratio = 0.1 }\n", "");
+        assert_eq!(lr_jump(ckpt, &constant(200), &constant(400)), None, "a constant rate stays");
     }
 
     /// A resume names `model.init_from` changed as having no effect (a user reading the run's config
