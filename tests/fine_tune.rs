@@ -114,6 +114,18 @@ fn a_fine_tune_on_other_data_is_warned_of() {
         assert!(lines.contains("trained on bits of another tokenizer") && lines.contains("patch-pca-bsq"), "{lines}");
     }
 
+    // `eval` scores the export with a training config's settings: as the checkpoint it came from
+    let (run_loss, export_loss) = (tmp.path().join("run.jsonl"), tmp.path().join("export.jsonl"));
+    assert!(infinity(&["eval", path_str(&run), "--val", path_str(&data), "--out", path_str(&run_loss)]));
+    let e = err(&["eval", path_str(&export), "--val", path_str(&data)]);
+    assert!(e.contains("an export folder or weights file") && e.contains("--config TOML"), "{e}");
+    let args = ["eval", path_str(&export), "--config", path_str(&cfg), "--val", path_str(&data), "--out"];
+    assert!(infinity(&[&args[..], &[path_str(&export_loss)]].concat()));
+    let loss = |p: &Path| json(p)["loss"].as_f64().unwrap();
+    assert_eq!(loss(&run_loss), loss(&export_loss), "the export's loss is its checkpoint's");
+    let e = err(&["eval", path_str(&run), "--config", path_str(&cfg)]);
+    assert!(e.contains("is a checkpoint or run folder, measured with its own run's config"), "{e}");
+
     // the same classes under other names: class_emb rows are taken by index
     let renamed = tmp.path().join("renamed");
     std::fs::create_dir(&renamed).unwrap();

@@ -1,4 +1,5 @@
-//! `infinity eval RUN_OR_CKPT [--val DIR] [--max-rows N] [--all] [--ema] [--out FILE]`: the validation
+//! `infinity eval RUN_OR_CKPT [--val DIR] [--max-rows N] [--all] [--ema] [--out FILE]` (or `infinity eval
+//! EXPORT_OR_WEIGHTS --config TOML …`): the validation
 //! loss and bit accuracy of checkpoints, measured as training measures them (`val.*`: the same rows, the
 //! same fixed self-correction noise), on the run's validation sets or another dataset. For re-measuring
 //! a finished sweep on a larger or new validation set without training again.
@@ -13,7 +14,7 @@ use infinity_data::{Checksums, Dataset};
 use serde_json::json;
 
 use crate::model::{Acts, Layout};
-use crate::train::checkpoint::{self, load_model, CONFIG_FILE, STATE_FILE};
+use crate::train::checkpoint::{self, load_model, CheckpointModel, CONFIG_FILE, STATE_FILE};
 use crate::train::compute::{Compute, DeviceRequest};
 use crate::train::config::{DeviceChoice, Precision, TrainConfig};
 use crate::train::dist::Dist;
@@ -21,8 +22,18 @@ use crate::train::val::Validator;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A run folder (its newest complete checkpoint, or every one with --all) or a checkpoint folder.
+    /// A run folder (its newest complete checkpoint, or every one with --all) or a checkpoint folder;
+    /// or, with --config, an export folder or a bare weights file.
     path: PathBuf,
+    /// For an export folder or a bare weights file (which record no run): the training config whose
+    /// validation settings (`val.*`, or --val), training dataset and seed the measurement takes, as a run
+    /// of it would measure (a fine-tune's config, to score its source). A bare file's model is shaped by
+    /// it too. A checkpoint or run folder is measured with its own run's.
+    #[arg(long, value_name = "TOML")]
+    config: Option<PathBuf>,
+    /// Override a value of --config, as `infinity train --set` does (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+    set: Vec<String>,
     /// The validation dataset (default: the run's `val.dir` and `val.sets`). It must carry the training
     /// data's bits and conditions (its tokenizer, `d`, classes or text width).
     #[arg(long, value_name = "DIR")]
@@ -53,14 +64,29 @@ pub struct EvalArgs {
 const MICRO_BATCH: usize = 16;
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
-    let checkpoints = checkpoints(&a.path, a.all)?;
+    // (an export or a weights file: the one model, measured as a run of --config would measure it)
+    let weights = match &a.config {
+        Some(config) => Some(weights_and_config(&a, config)?),
+        None => None,
+    };
+    let checkpoints = match &weights {
+        Some((ck, _)) => vec![(ck.step.unwrap_or(0), a.path.clone())],
+        None => checkpoints(&a.path, a.all)?,
+    };
     // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
     let first = &checkpoints[0].1;
     if a.all && a.path.join(STATE_FILE).is_file() {
         console_err!("warning: --all: {} is one checkpoint (give the run folder for all of them)", a.path.display());
     }
-    let config = first.join(CONFIG_FILE);
-    let mut cfg = TrainConfig::load(&config, &[]).with_context(|| format!("the run's config {}", config.display()))?;
+    let (mut cfg, config, first_model) = match weights {
+        Some((ck, cfg)) => (cfg, a.config.clone().expect("given"), ck),
+        None => {
+            let config = first.join(CONFIG_FILE);
+            let cfg =
+                TrainConfig::load(&config, &[]).with_context(|| format!("the run's config {}", config.display()))?;
+            (cfg, config, load_model(first, a.ema)?)
+        }
+    };
     // (set on the config read, not as `--set` text: a folder named 2024 stays a path)
     if let Some(dir) = &a.val {
         ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
@@ -80,7 +106,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             cfg.data.dir.display()
         )
     })?;
-    let first_model = load_model(first, a.ema)?;
     // (for a checkpoint of an earlier build, what its run had seen, recounted from the run's log)
     let flops_per_token =
         crate::train::TokenMix::of(&first_model.model, &train.manifest, cfg.data.global_batch).flops_per_token;
@@ -123,14 +148,20 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         };
         // (one run's checkpoints share one model: the validator's rows were checked against it)
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
-        // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown)
-        let state = checkpoint::read_state(dir)?;
-        let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
-        let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
-        let seen = match (state.seen, checkpoint::run_folder_of(dir)) {
-            (Some(seen), _) => Some(seen),
-            (None, Some(run)) if out.is_some() => recount(run),
-            (None, _) => None,
+        // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown,
+        // as for an export or a weights file)
+        let seen = match a.config.is_none() {
+            true => {
+                let state = checkpoint::read_state(dir)?;
+                let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
+                let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
+                match (state.seen, checkpoint::run_folder_of(dir)) {
+                    (Some(seen), _) => Some(seen),
+                    (None, Some(run)) if out.is_some() => recount(run),
+                    (None, _) => None,
+                }
+            }
+            false => None,
         };
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if a.ema { " (moving average)" } else { "" };
@@ -165,6 +196,29 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The model of an export folder or a bare weights file (`a.path`), and the training config `config`
+/// (with `--set`) that measures it; a checkpoint or run folder is refused (its run's config measures it).
+fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, TrainConfig)> {
+    if a.path.join(STATE_FILE).is_file() || !checkpoint::complete(&a.path).is_empty() {
+        bail!(
+            "--config {}: {} is a checkpoint or run folder, measured with its own run's config (leave --config out; \
+             --val DIR for another set)",
+            config.display(),
+            a.path.display()
+        );
+    }
+    ensure!(!a.all, "--all: {} is one set of weights (--all takes a run folder)", a.path.display());
+    let cfg = TrainConfig::load(config, &a.set).with_context(|| format!("--config {}", config.display()))?;
+    let ck = match crate::export::read_export(&a.path) {
+        Some(_) => crate::export::load_export(&a.path, a.ema)?.model,
+        None => {
+            let spec = checkpoint::ModelSpec { config, overrides: &a.set, data: None };
+            checkpoint::load_model_file(&a.path, &spec, a.ema)?
+        }
+    };
+    Ok((ck, cfg))
+}
+
 /// The folder of the run's validation set `name` (`val.sets`), or of `val.dir` (`None`, or `--val`).
 fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
     match name {
@@ -182,6 +236,13 @@ fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
         return Ok(vec![(step, dir)]);
     }
     let mut found = checkpoint::complete(path);
+    if found.is_empty() && (crate::export::read_export(path).is_some() || path.is_file()) {
+        bail!(
+            "{}: an export folder or weights file, which records no run: measure it with --config TOML, the \
+             training config whose validation settings and dataset to take (a fine-tune's, to score its source)",
+            path.display()
+        );
+    }
     ensure!(
         !found.is_empty(),
         "{}: no complete checkpoint (a run folder's checkpoints/step-N, or a checkpoint folder)",
