@@ -36,6 +36,9 @@ pub struct PackOptions {
     /// Leave out images that cannot be read or decoded (listed in [`PackNotes::bad`]) instead of
     /// stopping at the first.
     pub skip_bad: bool,
+    /// The classes, by id, of a dataset this one is to mix with (`--classes-of`): class folders must be
+    /// among them, and a class without a folder has no rows. `None`: the sorted folder names.
+    pub classes: Option<Vec<String>>,
     pub writer: WriterOptions,
     pub created_by: String,
 }
@@ -50,6 +53,7 @@ impl Default for PackOptions {
             tokenizer: None,
             fit_images: 512,
             skip_bad: false,
+            classes: None,
             writer: WriterOptions::default(),
             created_by: "infinity data pack".into(),
         }
@@ -365,7 +369,43 @@ fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
 /// Pack the folder of images `images` into a dataset at `out`.
 pub fn pack(images: &Path, out: &Path, opts: &PackOptions) -> Result<(Manifest, Option<TokenizerFit>, PackNotes)> {
     check_patch(opts)?;
-    pack_listing(images, list_images(images, out)?, out, opts)
+    let mut listing = list_images(images, out)?;
+    if let Some(names) = &opts.classes {
+        listing.take_classes(images, names)?;
+    }
+    pack_listing(images, listing, out, opts)
+}
+
+impl Listing {
+    /// Relabel the listing with the classes `names` (by id) of another dataset: each class folder must
+    /// be one of them (named as found, so the ids match that dataset's).
+    fn take_classes(&mut self, root: &Path, names: &[String]) -> Result<()> {
+        if self.loose {
+            return Err(DataError::Config(format!(
+                "{}: --classes-of takes class sub-folders, named as that dataset's classes; these images lie \
+                 directly in the folder",
+                root.display()
+            )));
+        }
+        let mut ids = Vec::with_capacity(self.names.len());
+        for name in &self.names {
+            let id = names.iter().position(|n| n == name).ok_or_else(|| {
+                let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+                let more = if names.len() > 8 { format!(", … {} in all", names.len()) } else { String::new() };
+                DataError::Config(format!(
+                    "{}: a class folder that is none of --classes-of's classes ({}{more})",
+                    root.join(name).display(),
+                    shown.join(", ")
+                ))
+            })?;
+            ids.push(id as i32);
+        }
+        for e in &mut self.entries {
+            e.label = ids[e.label as usize];
+        }
+        self.names = names.to_vec();
+        Ok(())
+    }
 }
 
 /// Pack the images that upstream's metadata files in `meta` list ([`crate::meta`]) into a dataset at
@@ -541,8 +581,11 @@ fn pack_listing(
         listed[e.label as usize] += 1;
         kept[e.label as usize] += usize::from(!is_bad(id));
     }
-    let emptied_classes =
-        (0..class_names.len()).filter(|&k| kept[k] == 0).map(|k| (class_names[k].clone(), listed[k])).collect();
+    // (of the classes with images: a class of --classes-of without a folder has none)
+    let emptied_classes = (0..class_names.len())
+        .filter(|&k| kept[k] == 0 && listed[k] > 0)
+        .map(|k| (class_names[k].clone(), listed[k]))
+        .collect();
     let bad = bad.into_iter().map(|(_, e)| e).collect();
     let notes = PackNotes {
         single_class,

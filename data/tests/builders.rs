@@ -7,7 +7,7 @@ use infinity_data::loader::{Loader, LoaderOptions};
 use infinity_data::synth::{synth, Sample, SynthOptions};
 use infinity_data::tokenizer::PatchTokenizer;
 use infinity_data::writer::WriterOptions;
-use infinity_data::{format, inspect, pack, Checksums, DataError, Dataset};
+use infinity_data::{format, inspect, pack, Checksums, DataError, Dataset, Manifest};
 use infinity_kernels::bsq;
 
 /// Floors for the demo tokenizer (d = 16, demo5 schedules, 4-px patches). Measured: 32.1 dB for the
@@ -227,6 +227,28 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     let e = pack::pack(src.path(), &src.path().join("cats"), &overwrite).unwrap_err().to_string();
     assert!(e.contains("cats: the output folder is a class folder of") && e.contains("holding 6 images"), "{e}");
     assert!(!src.path().join("cats/manifest.json").exists());
+
+    // a top-up of one class, with the first dataset's classes and tokenizer, mixes with it
+    let first = Manifest::load(out.path()).unwrap();
+    let names = first.conditions.class.as_ref().unwrap().names.clone();
+    let more = tempfile::tempdir().unwrap();
+    write_pngs(&more.path().join("dogs"), 3, (16, 16));
+    let top_up = tempfile::tempdir().unwrap();
+    let opts = pack::PackOptions {
+        classes: Some(names.clone()),
+        tokenizer: Some(out.path().join("tokenizer.safetensors")),
+        ..Default::default()
+    };
+    let (m, _, notes) = pack::pack(more.path(), top_up.path(), &opts).unwrap();
+    assert_eq!(m.conditions.class.as_ref().unwrap().names, names);
+    assert!(notes.emptied_classes.is_empty(), "a class without a folder is no emptied class");
+    let ds = Dataset::open(top_up.path(), Checksums::Verify).unwrap();
+    assert!((0..3).all(|g| ds.row(g).class_label == Some(1)), "dogs keep the first dataset's id");
+    assert_eq!(infinity_data::dataset::mix_difference(&first, &m), None);
+    // a folder that is none of its classes is named
+    write_pngs(&more.path().join("birds"), 1, (16, 16));
+    let e = pack::pack(more.path(), tempfile::tempdir().unwrap().path(), &opts).unwrap_err().to_string();
+    assert!(e.contains("birds: a class folder that is none of --classes-of's classes (cats, dogs)"), "{e}");
 }
 
 /// Write `n` synth images of `h×w` pixels into `dir` as `0.png`, `1.png`, ...

@@ -112,6 +112,11 @@ pub struct PackArgs {
     /// Leave out images that cannot be read or decoded, listing them, instead of stopping at the first.
     #[arg(long)]
     skip_bad: bool,
+    /// Take the classes (names and ids) of this dataset: every class folder must be one of its classes,
+    /// and a class without a folder has no rows. For a top-up of some classes that mixes with it
+    /// (`[[data.mix]]`; with --tokenizer DATASET/tokenizer.safetensors).
+    #[arg(long, value_name = "DATASET", conflicts_with = "meta")]
+    classes_of: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +218,20 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         }
         DataCommand::Pack(a) => {
             let (d, patch) = a.common.d_and_patch(a.tokenizer.as_deref())?;
+            let classes = match &a.classes_of {
+                Some(dir) => {
+                    let m = infinity_data::Manifest::load(dir)
+                        .with_context(|| format!("--classes-of {}", dir.display()))?;
+                    match m.conditions.class {
+                        Some(c) if c.names.len() == c.num_classes as usize => Some(c.names),
+                        Some(_) => {
+                            bail!("--classes-of {}: its classes have no names to match folders to", dir.display())
+                        }
+                        None => bail!("--classes-of {}: a dataset without a class condition", dir.display()),
+                    }
+                }
+                None => None,
+            };
             let opts = pack::PackOptions {
                 d,
                 budget: a.common.budget.clone(),
@@ -221,6 +240,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 tokenizer: a.tokenizer,
                 fit_images: a.fit_images,
                 skip_bad: a.skip_bad,
+                classes,
                 writer: a.common.writer(),
                 created_by: command_line(),
             };
