@@ -488,6 +488,9 @@ fn pack_listing(
     let (tok, fit) = match &opts.tokenizer {
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
+            // (its images are held in memory and the fit takes a while: said before it starts)
+            let n = opts.fit_images.min(entries.len());
+            tracing::info!("pack: fitting the tokenizer on {n} of {} images (--fit-images)", entries.len());
             let step = (entries.len() / opts.fit_images.max(1)).max(1);
             let mut sample = Vec::new();
             for e in entries.iter().step_by(step) {
@@ -554,7 +557,14 @@ fn pack_listing(
             caption: if has_caption { e.caption.clone() } else { None },
         }))
     };
-    write_parallel(&mut writer, entries.len() as u64, make, |_| {})?;
+    // (images decode and resize slowly: the pack says how far it is, every 2048 images, where it takes a while)
+    let (started, total) = (std::time::Instant::now(), entries.len() as u64);
+    write_parallel(&mut writer, total, make, |done| {
+        if total > 4096 {
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            tracing::info!("pack: {done}/{total} images ({rate:.0} images/s)");
+        }
+    })?;
     let mut bad = bad.into_inner().expect("no panics while held");
     if bad.len() == entries.len() {
         return Err(DataError::Config(format!("{}: no image could be read ({})", source.display(), bad[0].1)));
