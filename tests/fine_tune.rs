@@ -81,6 +81,10 @@ fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     assert!(infinity(&args), "a resume needs no source");
     assert_eq!(read_state(&resolve(&ft).unwrap()).unwrap().step, 3);
     assert_eq!(json(&ft.join("derived.json"))["init_from"], *record, "a resume keeps the record");
+    // nor does a branch of the fine-tune into another folder (its weights are the checkpoint's)
+    let branch = format!("run.dir={}", path_str(&tmp.path().join("ft-branch")));
+    let args = ["train", path_str(&cfg), "--resume", path_str(&ft), "--set", &branch, "--set", &ft_sets[1]];
+    assert!(infinity(&[&args[..], &["--set", "run.steps=4"]].concat()), "a branch needs no source");
     // a fresh start still needs it, and says so
     let fresh = format!("run.dir={}", path_str(&tmp.path().join("fresh")));
     let e = err(&["train", path_str(&cfg), "--set", &fresh, "--set", &ft_sets[1]]);

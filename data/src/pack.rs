@@ -232,18 +232,24 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
             names.push(name.to_string());
             let inside = read(dir)?;
             let images: Vec<PathBuf> = inside.iter().filter(|p| is_image(p)).cloned().collect();
+            // (folders, not links to them: `self -> .` is no folder of images left out)
+            let is_folder = |p: &&PathBuf| p.symlink_metadata().is_ok_and(|m| m.is_dir());
             let folders: Vec<(PathBuf, usize)> =
-                inside.iter().filter(|p| p.is_dir()).map(|p| (p.clone(), images_below(p, 16))).collect();
+                inside.iter().filter(is_folder).map(|p| (p.clone(), images_below(p, 16))).collect();
             if images.is_empty() && folders.iter().any(|(_, n)| *n > 0) {
-                // (one level too high: `train/` given, whose sub-folders are the classes)
                 let (first, n) = folders.iter().find(|(_, n)| *n > 0).expect("checked");
+                let all_nested = classes.iter().all(|c| !read(c).is_ok_and(|v| v.iter().any(|p| is_image(p))));
+                let fix = match all_nested {
+                    // (one level too high: `train/` given, whose sub-folders are the classes)
+                    true => format!("give --images {}", dir.display()),
+                    false => format!("move them up into {}", dir.display()),
+                };
                 return Err(DataError::Config(format!(
                     "{}: a class folder without images of its own; its sub-folders hold them ({} in {}): classes \
-                     are the folders right below --images, so give --images {}",
+                     are the folders right below --images, so {fix}",
                     dir.display(),
                     n,
-                    first.display(),
-                    dir.display()
+                    first.display()
                 )));
             }
             nested.extend(folders.into_iter().filter(|(_, n)| *n > 0));

@@ -2,12 +2,12 @@
 //! into a new shard file when a shard reaches its target size. `finish` seals the last shard and writes
 //! the manifest last, atomically; a folder without a manifest is an unfinished dataset.
 //!
-//! A dataset replaced (`overwrite`) stays whole until its replacement is: the new shards and companion
-//! files ([`DatasetWriter::file`]: the tokenizer, the images list) are written under hidden staging
-//! names (`.shard-00000.arrow.pending`), and only `finish` takes the old ones away and renames the new
-//! ones into place before writing the manifest. A write that fails (a bad image, a full disk) removes
-//! what it staged, and a first write into a folder what it wrote (a full disk is not left full); one
-//! killed leaves files that the next writer in the folder removes.
+//! Every file is written under a hidden staging name (`.shard-00000.arrow.pending`; the companion files
+//! of [`DatasetWriter::file`] too: the tokenizer, the images list), and only `finish` takes an old
+//! dataset's files away (`overwrite`) and renames the new ones into place before writing the manifest:
+//! a dataset replaced stays whole until its replacement is. A write that fails (a bad image, a full
+//! disk) removes what it staged, leaving the folder as it found it (a full disk not full); one killed
+//! leaves staged files that the next writer in the folder removes.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -75,7 +75,7 @@ impl Default for WriterOptions {
 }
 
 struct OpenShard {
-    /// Its name in the dataset (written under its staging name while replacing one).
+    /// Its name in the dataset (written under its staging name until `finish`).
     file: String,
     writer: FileWriter<BufWriter<File>>,
     rows: u64,
@@ -104,14 +104,11 @@ pub struct DatasetWriter {
     opts: WriterOptions,
     shard: Option<OpenShard>,
     builders: Builders,
-    /// Replacing a dataset: the files its manifest lists, removed at `finish`; meanwhile every file
-    /// written is staged.
+    /// Replacing a dataset: the files its manifest lists, removed at `finish`.
     replacing: Option<Vec<String>>,
-    /// The files written under staging names (renamed into place at `finish`, removed if it never comes).
+    /// The files written, all under staging names: renamed into place at `finish`, removed if it never
+    /// comes (a failed write leaves the folder as it found it, a full disk not full).
     staged: Vec<String>,
-    /// The files a first write into the folder wrote under their own names (removed if `finish` never
-    /// comes: an unfinished dataset's files, which no reader takes, on a disk a failed write may have filled).
-    written_plain: Vec<String>,
     /// The manifest is written: the dataset is whole.
     finished: bool,
     /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
@@ -154,7 +151,7 @@ fn lock_folder(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// A file's staging name while a dataset is replaced: hidden, and no `*.arrow` (which `verify` would
+/// A file's staging name until the dataset is finished: hidden, and no `*.arrow` (which `verify` would
 /// take for a shard the manifest does not list).
 fn staging_name(name: &str) -> String {
     format!(".{name}.pending")
@@ -219,7 +216,7 @@ impl Claim {
         let builders = Builders::new();
         let staged = Vec::new();
         let shard = None;
-        let (written_plain, finished) = (Vec::new(), false);
+        let finished = false;
         Ok(DatasetWriter {
             dir,
             manifest,
@@ -230,7 +227,6 @@ impl Claim {
             builders,
             replacing,
             staged,
-            written_plain,
             finished,
             _lock: lock,
         })
@@ -238,26 +234,14 @@ impl Claim {
 }
 
 impl DatasetWriter {
-    /// Where to write the dataset's companion file `name` (its tokenizer, its images list): `dir/name`,
-    /// or its staging name while a dataset is replaced, renamed into place by `finish`.
+    /// Where to write the dataset's file `name` (a shard, its tokenizer, its images list): its staging
+    /// name, renamed to `dir/name` by `finish` (a file of that name there before, such as a tokenizer
+    /// kept in the folder, stays as it was until then).
     pub fn file(&mut self, name: &str) -> PathBuf {
-        match self.replacing {
-            Some(_) => {
-                if !self.staged.iter().any(|s| s == name) {
-                    self.staged.push(name.to_string());
-                }
-                self.dir.join(staging_name(name))
-            }
-            None => {
-                // (a file there before, such as the tokenizer `--tokenizer` names in this folder, is not
-                // this writer's to remove)
-                let path = self.dir.join(name);
-                if !self.written_plain.iter().any(|s| s == name) && !path.exists() {
-                    self.written_plain.push(name.to_string());
-                }
-                path
-            }
+        if !self.staged.iter().any(|s| s == name) {
+            self.staged.push(name.to_string());
         }
+        self.dir.join(staging_name(name))
     }
 
     /// Append one row. Rows are checked here exactly as the reader checks them, so a builder bug cannot
@@ -343,28 +327,29 @@ impl DatasetWriter {
         self.manifest.total_rows = self.manifest.shards.iter().map(|s| s.rows).sum();
         self.manifest.check(&self.dir.join(MANIFEST_FILE))?;
         // (a replacement refused before the old dataset goes leaves what it staged to `Drop`)
-        if let Some(old_files) = self.replacing.clone() {
-            self.put_in_place(&old_files)?;
-        }
+        self.put_in_place(self.replacing.clone())?;
         self.manifest.save(&self.dir)?;
         self.finished = true;
         Ok(self.manifest.clone())
     }
 
-    /// The old dataset out, the staged one in: the manifest first, so that the folder never claims
-    /// shards being replaced (a crash from here on leaves an unfinished dataset, no mix of two).
-    fn put_in_place(&mut self, old_files: &[String]) -> Result<()> {
+    /// The old dataset (where one is replaced, its files `old`) out, the staged one in: the manifest
+    /// first, so that the folder never claims shards being replaced (a crash from here on leaves an
+    /// unfinished dataset, no mix of two).
+    fn put_in_place(&mut self, old: Option<Vec<String>>) -> Result<()> {
         // (every file to put in place is there before anything of the old dataset goes)
         for name in &self.staged {
             let staged = self.dir.join(staging_name(name));
             std::fs::metadata(&staged).map_err(|e| DataError::io(&staged, e))?;
         }
-        let manifest_path = self.dir.join(MANIFEST_FILE);
-        std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
-        remove_stale_shards(&self.dir, old_files, true)?;
-        if !self.staged.iter().any(|f| f == crate::pack::IMAGES_FILE) {
-            // (the dataset replaced may have named its rows' images: not this one's)
-            remove_if_there(&self.dir.join(crate::pack::IMAGES_FILE))?;
+        if let Some(old_files) = old {
+            let manifest_path = self.dir.join(MANIFEST_FILE);
+            std::fs::remove_file(&manifest_path).map_err(|e| DataError::io(&manifest_path, e))?;
+            remove_stale_shards(&self.dir, &old_files, true)?;
+            if !self.staged.iter().any(|f| f == crate::pack::IMAGES_FILE) {
+                // (the dataset replaced may have named its rows' images: not this one's)
+                remove_if_there(&self.dir.join(crate::pack::IMAGES_FILE))?;
+            }
         }
         for name in std::mem::take(&mut self.staged) {
             let (from, to) = (self.dir.join(staging_name(&name)), self.dir.join(&name));
@@ -423,27 +408,18 @@ impl DatasetWriter {
 impl DatasetWriter {
     /// Where the file `name` of the new dataset is being written.
     fn written(&self, name: &str) -> PathBuf {
-        match self.replacing {
-            Some(_) => self.dir.join(staging_name(name)),
-            None => self.dir.join(name),
-        }
+        self.dir.join(staging_name(name))
     }
 }
 
 impl Drop for DatasetWriter {
-    /// A replacement that never finished leaves the dataset it was to replace as it was; a first write
-    /// that never finished leaves no files of its own.
+    /// A write that never finished leaves the folder as it found it: a dataset it was to replace as it
+    /// was, no files of its own.
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        if self.replacing.is_some() {
+        if !self.finished {
             for name in &self.staged {
                 let _ = std::fs::remove_file(self.dir.join(staging_name(name)));
             }
-        }
-        for name in &self.written_plain {
-            let _ = std::fs::remove_file(self.dir.join(name));
         }
     }
 }
@@ -455,7 +431,7 @@ fn remove_if_there(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes the files a writer killed while replacing a dataset staged (`.NAME.pending`).
+/// Removes the files a killed writer staged (`.NAME.pending`).
 fn remove_staged_leftovers(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let name = entry.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
@@ -513,9 +489,10 @@ fn remove_stale_shards(dir: &Path, old_files: &[String], overwrite: bool) -> Res
     }
     if !remove.is_empty() && old_files.is_empty() && !overwrite {
         tracing::info!(
-            "{}: removed {} shard files of an unfinished dataset (no manifest.json)",
+            "{}: removed {} shard file{} of an unfinished dataset (no manifest.json)",
             dir.display(),
-            remove.len()
+            remove.len(),
+            if remove.len() == 1 { "" } else { "s" }
         );
     }
     Ok(())

@@ -189,6 +189,10 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
     assert!(notes.nested.is_empty(), "{:?}", notes.nested);
     std::fs::remove_file(src.path().join("cats/nested/self")).unwrap();
+    std::os::unix::fs::symlink(".", src.path().join("cats/self")).unwrap();
+    let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert!(notes.nested.is_empty(), "a link right below a class folder: {:?}", notes.nested);
+    std::fs::remove_file(src.path().join("cats/self")).unwrap();
     // a failed first pack removes what it wrote, but not a tokenizer that was there before
     let fresh = tempfile::tempdir().unwrap();
     let tokenizer = fresh.path().join("tokenizer.safetensors");
@@ -205,8 +209,17 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     std::fs::copy(src.path().join("cats/0.png"), src.path().join("deep/inner/0.png")).unwrap();
     let e = pack::pack(src.path(), out.path(), &overwrite).unwrap_err().to_string();
     let deep = src.path().join("deep").display().to_string();
-    assert!(e.contains("a class folder without images of its own") && e.contains(&format!("--images {deep}")), "{e}");
+    assert!(
+        e.contains("a class folder without images of its own") && e.contains(&format!("move them up into {deep}")),
+        "{e}"
+    );
     std::fs::remove_dir_all(src.path().join("deep")).unwrap();
+    // ... and where every class folder's images lie one level down, the --images to give
+    let high = tempfile::tempdir().unwrap();
+    write_pngs(&high.path().join("train/cats"), 1, (16, 16));
+    let e = pack::pack(high.path(), out.path(), &overwrite).unwrap_err().to_string();
+    let train = high.path().join("train").display().to_string();
+    assert!(e.contains(&format!("give --images {train}")), "{e}");
 
     // a class folder without images would be a class no sample has: named
     std::fs::create_dir(src.path().join("emptyclass")).unwrap();

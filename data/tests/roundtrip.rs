@@ -176,7 +176,7 @@ fn a_replaced_dataset_stays_whole_until_its_replacement_is() {
 }
 
 /// A first write into a folder that fails partway (a full disk) leaves none of its files, so the disk
-/// is not left full of an unfinished dataset; a folder that holds a dataset, or a file given as the
+/// is not left full of an unfinished dataset, and a file it would replace as it was; a folder that holds a dataset, or a file given as the
 /// folder, is refused when claimed, before any work for it.
 #[test]
 fn a_failed_first_write_leaves_no_files_and_a_claim_comes_first() {
@@ -186,6 +186,9 @@ fn a_failed_first_write_leaves_no_files_and_a_claim_comes_first() {
     let m = common::manifest();
     let opts = WriterOptions { batch_rows: 7, shard_bytes: 16 << 10, overwrite: false };
     let mut rng: rand_chacha::ChaCha8Rng = rand::SeedableRng::seed_from_u64(5);
+    // (a tokenizer kept in the folder stays as it was: the writer's own goes in only at `finish`)
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("tokenizer.safetensors"), b"kept").unwrap();
     let mut w = DatasetWriter::claim(&d, opts.clone()).unwrap().start(m.clone()).unwrap();
     std::fs::write(w.file("tokenizer.safetensors"), b"tokenizer").unwrap();
     for id in 0..200 {
@@ -197,9 +200,11 @@ fn a_failed_first_write_leaves_no_files_and_a_claim_comes_first() {
         v.sort();
         v
     };
-    assert!(names(&d).iter().filter(|f| f.ends_with(".arrow")).count() > 1, "{:?}", names(&d));
+    assert!(names(&d).iter().filter(|f| f.ends_with(".arrow.pending")).count() > 1, "{:?}", names(&d));
     drop(w);
-    assert_eq!(names(&d), [".writer.lock"], "a failed first write left files");
+    assert_eq!(names(&d), [".writer.lock", "tokenizer.safetensors"], "a failed first write left files");
+    assert_eq!(std::fs::read(d.join("tokenizer.safetensors")).unwrap(), b"kept");
+    std::fs::remove_file(d.join("tokenizer.safetensors")).unwrap();
 
     common::write_random(&d, 5, 1);
     let e = DatasetWriter::claim(&d, opts.clone()).err().unwrap().to_string();

@@ -270,10 +270,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         None => None,
     };
-    // hyperparameters once per run folder: when it starts from step 0, or from another run folder's
-    // checkpoint (a branch, whose folder has no row of its own yet)
-    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
-    let branch = opts.resume.as_deref().and_then(checkpoint::run_folder_of).is_some_and(|from| !same(from, run));
+    // hyperparameters once per run folder: when it starts from step 0, or from a checkpoint outside it (a
+    // branch, whose folder has no row of its own yet: another run's, a copy, an abandoned history's)
+    let inside = |ckpt: &Path| matches!((ckpt.canonicalize(), run.canonicalize()), (Ok(c), Ok(r)) if c.starts_with(&r));
+    let branch = opts.resume.as_deref().is_some_and(|ckpt| !inside(ckpt));
     if let Some(l) = logger.as_mut().filter(|_| state.step == 0 || branch) {
         l.hparams(cfg, &mc, lay.numel, dist.world);
     }

@@ -84,6 +84,13 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
         for (_, grid) in &grids {
             std::fs::remove_file(grid).with_context(|| format!("removing {}", grid.display()))?;
         }
+        if let Some(((first, _), (last, _))) = grids.first().zip(grids.last()) {
+            tracing::info!(
+                "removed {} of steps {first} to {last}, past the checkpoint of step {step} this session resumes \
+                 from and of no checkpoint (a session stopped before its next one): drawn again as the steps are",
+                crate::cli::plural(grids.len(), "sample grid")
+            );
+        }
         return Ok(None);
     }
     let base = run.join("abandoned").join(format!("after-step-{step:08}"));

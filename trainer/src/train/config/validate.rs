@@ -166,12 +166,8 @@ impl TrainConfig {
         if let Some(r) = self.model.drop_path_rate.filter(|r| !(0.0..1.0).contains(r)) {
             bail!("model.drop_path_rate must be in [0, 1), found {r}");
         }
-        // (a run with a checkpoint resumes from it, whatever its source has become since: pruned, moved)
-        if let Some(p) = self.model.init_from.as_ref().filter(|p| !p.exists()) {
-            if crate::train::latest_checkpoint(&self.run.dir).is_none() {
-                return Err(crate::train::init_from::missing(p));
-            }
-        }
+        // (`model.init_from` is looked for by a fresh start alone, `init_from::init_from`: a resume, or a
+        // branch from another run's checkpoint, goes on whatever the source has become since)
         if self.model.init_from_ema && self.model.init_from.is_none() {
             bail!("model.init_from_ema = true needs model.init_from (the weights whose moving average to start from)");
         }
