@@ -129,6 +129,16 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     assert_eq!(loss(&run_loss), loss(&export_loss), "the export's loss is its checkpoint's");
     let e = err(&["eval", path_str(&run), "--config", path_str(&cfg)]);
     assert!(e.contains("is a checkpoint or run folder, measured with its own run's config"), "{e}");
+    // its --out is never a file its lines would damage: a run's log, a checkpoint's weights, a PNG
+    let weights = resolve(&run).unwrap().join("model.safetensors");
+    for bad in [run.join("metrics.jsonl"), weights] {
+        let e = err(&["eval", path_str(&run), "--val", path_str(&data), "--out", path_str(&bad)]);
+        assert!(e.contains("own file") && e.contains("RUN/eval.jsonl"), "{e}");
+    }
+    let png = tmp.path().join("grid.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n").unwrap();
+    let e = err(&["eval", path_str(&run), "--val", path_str(&data), "--out", path_str(&png)]);
+    assert!(e.contains("not JSON lines"), "{e}");
 
     // the same classes under other names: class_emb rows are taken by index
     let renamed = tmp.path().join("renamed");
@@ -142,6 +152,14 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let lines = check(&cfg, &[fresh.clone(), from_run.clone(), format!("data.dir={}", path_str(&renamed))]);
     assert!(lines.contains("classes of other names at the same indices (1: ") && lines.contains("→ zebra)"), "{lines}");
+
+    // a training dataset moved since: said, and --data finds it
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let e = err(&["eval", path_str(&run), "--val", path_str(&moved)]);
+    assert!(e.contains("moved? pass --data DIR"), "{e}");
+    assert!(infinity(&["eval", path_str(&run), "--val", path_str(&moved), "--data", path_str(&moved)]));
+    std::fs::rename(&moved, &data).unwrap();
 
     // a checkpoint's own weights file is checked as its folder is
     let weights = resolve(&run).unwrap().join("model.safetensors");

@@ -390,19 +390,23 @@ fn not_a_folder(dir: &Path) -> DataError {
 /// Write `bytes` to `path` so that readers see either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_atomic(path, |tmp| {
-        let mut f = std::fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(tmp, e))
+        // (errors name the file asked for: the temporary one is this function's own)
+        let mut f = std::fs::File::create(tmp).map_err(|e| DataError::io(path, e))?;
+        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::io(path, e))
     })
 }
 
 /// Replace `path` by the file `write` makes and syncs at the temporary path it is given (beside
 /// `path`), renamed over it: readers see either the old file or the complete new one. A failed write's
-/// temporary file is removed.
+/// temporary file is removed. The temporary name is hidden and this process's own (`.NAME.PID.tmp`): no
+/// file of the user's (`NAME.tmp`) is taken for it, and two processes writing beside each other (`x.png`
+/// and `x.jpg`) never share one.
 pub fn replace_atomic<E: From<DataError>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     // (a write that failed, a full disk's, leaves no temporary file behind)
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);

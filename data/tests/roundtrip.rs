@@ -229,3 +229,16 @@ fn manifests_without_short_captions_read_and_write_as_before() {
     m.conditions.text.as_mut().unwrap().short_caption = true;
     assert!(serde_json::to_string(&m).unwrap().contains("\"short_caption\":true"));
 }
+
+/// An atomic write's temporary file is its own: a user's `NAME.tmp` beside the target stays.
+#[test]
+fn an_atomic_write_leaves_a_neighbouring_tmp_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, neighbour) = (dir.path().join("grid.png"), dir.path().join("grid.tmp"));
+    std::fs::write(&neighbour, b"notes").unwrap();
+    infinity_data::manifest::write_atomic(&target, b"png").unwrap();
+    assert_eq!(std::fs::read(&neighbour).unwrap(), b"notes");
+    assert_eq!(std::fs::read(&target).unwrap(), b"png");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}

@@ -55,6 +55,10 @@ pub struct EvalArgs {
     /// the run's samples_seen, tokens_seen and flops_seen at the checkpoint).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// The run's training dataset, where its config's `data.dir` no longer leads to it (moved): a
+    /// validation set is checked against its bits and conditions.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// Where the model runs: `auto`, `cpu` or `cuda`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
@@ -97,12 +101,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     if let Some(n) = a.max_rows {
         cfg.val.max_rows = n;
     }
+    if let Some(dir) = &a.data {
+        cfg.data.dir = dir.clone();
+    }
     if cfg.val.dir.is_none() {
         bail!("{}: the run has no validation set (val.dir): pass --val DIR", config.display());
     }
     let train = Dataset::open(&cfg.data.dir, Checksums::Skip).with_context(|| {
+        let moved = if a.data.is_none() { "; moved? pass --data DIR" } else { "" };
         format!(
-            "the run's training dataset {} (a validation set must carry its bits and conditions)",
+            "the run's training dataset {} (a validation set must carry its bits and conditions{moved})",
             cfg.data.dir.display()
         )
     })?;
@@ -130,6 +138,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };
     let mut compute = Compute::open_as(&want, &first_model.model, &lay)?;
     let (mut dist, mut acts) = (Dist::solo(), Acts::default());
+    if let Some(p) = &a.out {
+        check_out(p)?;
+    }
     let mut out = match &a.out {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -144,7 +155,15 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     for (step, dir) in &checkpoints {
         let ck = match loaded.take() {
             Some(ck) => ck,
-            None => load_model(dir, a.ema)?,
+            None => match load_model(dir, a.ema) {
+                Ok(ck) => ck,
+                // (pruned meanwhile by a run training on: `keep_last`)
+                Err(_) if a.all && !dir.join(checkpoint::DONE).is_file() => {
+                    console_err!("warning: {}: gone since eval listed it (pruned?): skipped", dir.display());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
         };
         // (one run's checkpoints share one model: the validator's rows were checked against it)
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
@@ -217,6 +236,31 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
         }
     };
     Ok((ck, cfg))
+}
+
+/// Refuse an `--out` that eval's lines would damage: a run's or dataset's own file (its logs, which
+/// `infinity scaling` reads as training's, its config), a file in a checkpoint or dataset folder (a
+/// checkpoint's weights appended to fail their checksum), or a file that is not JSON lines already.
+fn check_out(p: &Path) -> Result<()> {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    const OWN: [&str; 7] =
+        ["metrics.jsonl", "val.jsonl", "summary.json", "derived.json", "config.toml", "state.json", "manifest.json"];
+    let folder = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let kept = [checkpoint::DONE, STATE_FILE, infinity_data::manifest::MANIFEST_FILE];
+    if OWN.contains(&name.as_str()) || kept.iter().any(|f| folder.join(f).is_file()) {
+        bail!(
+            "--out {}: a run's, checkpoint's or dataset's own file (or one in such a folder), which eval's lines would \
+             damage: give a file of its own, such as RUN/eval.jsonl",
+            p.display()
+        );
+    }
+    if let Ok(text) = std::fs::read(p) {
+        let first = text.split(|&b| b == b'\n').find(|l| !l.is_empty());
+        if first.is_some_and(|l| serde_json::from_slice::<serde_json::Value>(l).is_err()) {
+            bail!("--out {}: an existing file that is not JSON lines, which eval appends to", p.display());
+        }
+    }
+    Ok(())
 }
 
 /// The folder of the run's validation set `name` (`val.sets`), or of `val.dir` (`None`, or `--val`).
