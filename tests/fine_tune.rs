@@ -153,6 +153,10 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     let lines = check(&cfg, &[fresh.clone(), from_run.clone(), format!("data.dir={}", path_str(&renamed))]);
     assert!(lines.contains("classes of other names at the same indices (1: ") && lines.contains("→ zebra)"), "{lines}");
 
+    // a number of samples beyond what one batch holds is refused before anything is loaded
+    let e = err(&["sample", path_str(&run), "--n", "18446744073709551615"]);
+    assert!(e.contains("at most 4096 a condition"), "{e}");
+
     // a training dataset moved since: said, and --data finds it
     let moved = tmp.path().join("moved");
     std::fs::rename(&data, &moved).unwrap();

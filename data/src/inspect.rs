@@ -466,7 +466,17 @@ pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
         return Err(err("no images to write".into()));
     }
     let mut bytes = std::io::Cursor::new(Vec::new());
-    grid_image(images, cols).write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
+    let grid = grid_image(images, cols);
+    // (JPEG's sides are 16-bit: its encoder's own error says nothing of why)
+    const JPEG_MAX: u32 = 65_535;
+    if format == image::ImageFormat::Jpeg && grid.width().max(grid.height()) > JPEG_MAX {
+        return Err(err(format!(
+            "a grid of {}×{} px, over JPEG's {JPEG_MAX} px a side: write a .png, or fewer samples a row",
+            grid.width(),
+            grid.height()
+        )));
+    }
+    grid.write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
     crate::manifest::write_atomic(path, bytes.get_ref())
 }
 

@@ -242,3 +242,14 @@ fn an_atomic_write_leaves_a_neighbouring_tmp_file_alone() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+/// A grid too wide for JPEG is refused with why, not with its encoder's empty message.
+#[test]
+fn a_grid_too_wide_for_jpeg_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let tile = infinity_data::tokenizer::Image::from_rgb8(4, 4, &[128u8; 48]);
+    let images = vec![tile; 700];
+    let e = infinity_data::inspect::save_grid(&images, 700, &dir.path().join("g.jpg")).unwrap_err().to_string();
+    assert!(e.contains("over JPEG's 65535 px a side: write a .png"), "{e}");
+    infinity_data::inspect::save_grid(&images, 700, &dir.path().join("g.png")).unwrap();
+}

@@ -105,6 +105,13 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs) -> Result<ExitCode> {
     ensure!(a.n > 0, "--n must be positive");
+    // (every sample is drawn in one batch, in memory: a number beyond this is a typo, not a request)
+    const MAX_N: usize = 4096;
+    ensure!(
+        a.n <= MAX_N,
+        "--n {}: at most {MAX_N} a condition (all are drawn at once, in memory); sample again with another --seed for more",
+        a.n
+    );
     ensure!(a.tau.iter().all(|&t| t > 0.0 && t.is_finite()), "--tau must be positive and finite, found {:?}", a.tau);
     ensure!(
         a.cfg.iter().all(|c| c.is_finite()),
