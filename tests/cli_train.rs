@@ -525,6 +525,29 @@ fn the_coordinate_check_runs_from_the_command_line() {
     assert!(e.contains("model.mup_base_width = 32"), "{e}");
 }
 
+/// A sample grid logged during training is what `infinity sample` draws from the checkpoint of that
+/// step with the same settings, tile for tile (each sample keyed by its condition, not its place).
+#[test]
+fn a_training_sample_grid_is_what_infinity_sample_draws() {
+    let (tmp, _data, run, cfg) = class_run();
+    assert!(infinity(&["train", path_str(&cfg)]));
+    // (sample.n = 2 of 24 classes: the first and the last; one each; the sample section's defaults)
+    let out = tmp.path().join("drawn.png");
+    assert!(infinity(&["sample", path_str(&run), "--class", "0,23", "--n", "1", "-o", path_str(&out)]));
+    let (logged, drawn) =
+        (image::open(run.join("samples/step-00000002.png")).unwrap().to_rgb8(), image::open(&out).unwrap().to_rgb8());
+    // the logged grid holds the two side by side, the drawn one one above the other (2 px borders)
+    let side = (logged.height() - 4) as u32;
+    assert_eq!(drawn.width() - 4, side, "tiles of one size");
+    for k in 0..2u32 {
+        let tile = |img: &image::RgbImage, x0: u32, y0: u32| -> Vec<u8> {
+            (0..side).flat_map(|y| (0..side).flat_map(move |x| img.get_pixel(x0 + x, y0 + y).0)).collect()
+        };
+        let at = 2 + k * (side + 2);
+        assert!(tile(&logged, at, 2) == tile(&drawn, 2, at), "tile {k} differs");
+    }
+}
+
 /// `model.init_from` starts a fresh run from another run's weights (its folder or its export): with a
 /// learning rate too small to move them, the new run's first checkpoint holds the old run's weights.
 #[test]

@@ -245,7 +245,7 @@ pub fn decode(tok: &PatchTokenizer, s: &Sampled, sched: &ScaleSchedule) -> Vec<I
 
 /// Up to `n` of `num_classes` classes spread evenly over the label range, first and last included
 /// (`round(i·(N−1)/(k−1))`): for 8 of the demo's 24 classes, every colour and every shape.
-fn preview_classes(num_classes: usize, n: usize) -> Vec<usize> {
+pub(crate) fn preview_classes(num_classes: usize, n: usize) -> Vec<usize> {
     let k = n.min(num_classes);
     (0..k).map(|i| ((i * (num_classes - 1)) as f64 / (k - 1).max(1) as f64).round() as usize).collect()
 }

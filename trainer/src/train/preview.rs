@@ -26,6 +26,8 @@ pub(crate) struct Preview {
     opts: SampleOptions,
     per_condition: usize,
     dir: PathBuf,
+    /// What its rows show, for the console (the PNG holds no labels).
+    labels: String,
 }
 
 impl Preview {
@@ -39,6 +41,17 @@ impl Preview {
             Some(_) => Some(crate::infer::preview_condition(mc, ds, s.n)?.repeat(s.per_condition, mc.text_channels)),
             None => None,
         };
+        // (each sample keyed by its condition, as `infinity sample` keys them: a tile is what `infinity sample`
+        // draws for its class or caption from the checkpoint of that step, with the same settings)
+        let labels = match &mc.conditioning {
+            crate::model::Conditioning::Class { num_classes } => {
+                let ids = crate::infer::preview_classes(*num_classes, s.n);
+                format!("classes {}", ids.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+            }
+            crate::model::Conditioning::Text => format!("the captions of the dataset's first {}", s.n),
+        };
+        let mut opts = SampleOptions::uniform(s.cfg, s.tau, s.top_p, s.seed);
+        opts.keys = cond.as_ref().map(|c| c.keys(mc.text_channels)).unwrap_or_default();
         Ok(Preview {
             every: s.every,
             last: cfg.run.steps,
@@ -50,9 +63,10 @@ impl Preview {
             )?
             .clone(),
             tokenizer,
-            opts: SampleOptions::uniform(s.cfg, s.tau, s.top_p, s.seed),
+            opts,
             per_condition: s.per_condition,
             dir: cfg.run.dir.join("samples"),
+            labels,
         })
     }
 
@@ -81,7 +95,7 @@ impl Preview {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {} ({in_tb})", self.dir.display()))?;
         let path = self.dir.join(format!("step-{step:08}.png"));
         grid.save(&path).with_context(|| format!("writing {} ({in_tb})", path.display()))?;
-        logger.println(&format!("sample grid: {}", path.display()));
+        logger.println(&format!("sample grid: {} ({}, {} each)", path.display(), self.labels, self.per_condition));
         Ok(())
     }
 }
