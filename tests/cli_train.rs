@@ -537,7 +537,7 @@ fn a_training_sample_grid_is_what_infinity_sample_draws() {
     let (logged, drawn) =
         (image::open(run.join("samples/step-00000002.png")).unwrap().to_rgb8(), image::open(&out).unwrap().to_rgb8());
     // the logged grid holds the two side by side, the drawn one one above the other (2 px borders)
-    let side = (logged.height() - 4) as u32;
+    let side = logged.height() - 4;
     assert_eq!(drawn.width() - 4, side, "tiles of one size");
     for k in 0..2u32 {
         let tile = |img: &image::RgbImage, x0: u32, y0: u32| -> Vec<u8> {
