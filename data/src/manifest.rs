@@ -398,15 +398,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Replace `path` by the file `write` makes and syncs at the temporary path it is given (beside
 /// `path`), renamed over it: readers see either the old file or the complete new one. A failed write's
-/// temporary file is removed. The temporary name is hidden and this process's own (`.NAME.PID.tmp`): no
-/// file of the user's (`NAME.tmp`) is taken for it, and two processes writing beside each other (`x.png`
-/// and `x.jpg`) never share one.
+/// temporary file is removed. The temporary name is hidden and the target's own (`.NAME.tmp`): no file
+/// of the user's (`NAME.tmp`) is taken for it, two processes writing beside each other (`x.png` and
+/// `x.jpg`) never share one, and a killed write's is replaced by the next.
 pub fn replace_atomic<E: From<DataError>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     // (a write that failed, a full disk's, leaves no temporary file behind)
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);

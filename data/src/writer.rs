@@ -109,6 +109,9 @@ pub struct DatasetWriter {
     /// The files written, all under staging names: renamed into place at `finish`, removed if it never
     /// comes (a failed write leaves the folder as it found it, a full disk not full).
     staged: Vec<String>,
+    /// The files `finish` has renamed into place so far: a first write that fails after them (the
+    /// manifest on a full disk) removes them too.
+    placed: Vec<String>,
     /// The manifest is written: the dataset is whole.
     finished: bool,
     /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
@@ -227,6 +230,7 @@ impl Claim {
             builders,
             replacing,
             staged,
+            placed: Vec::new(),
             finished,
             _lock: lock,
         })
@@ -354,6 +358,7 @@ impl DatasetWriter {
         for name in std::mem::take(&mut self.staged) {
             let (from, to) = (self.dir.join(staging_name(&name)), self.dir.join(&name));
             std::fs::rename(&from, &to).map_err(|e| DataError::io(&to, e))?;
+            self.placed.push(name);
         }
         crate::manifest::sync_dir(&self.dir);
         Ok(())
@@ -420,6 +425,10 @@ impl Drop for DatasetWriter {
             for name in &self.staged {
                 let _ = std::fs::remove_file(self.dir.join(staging_name(name)));
             }
+            // (a first write's files put in place before its manifest failed: an unfinished dataset's)
+            for name in self.placed.iter().filter(|_| self.replacing.is_none()) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
         }
     }
 }
@@ -435,7 +444,7 @@ fn remove_if_there(path: &Path) -> Result<()> {
 fn remove_staged_leftovers(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let name = entry.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".pending") {
+        if name.starts_with('.') && (name.ends_with(".pending") || name.ends_with(".pending.tmp")) {
             remove_if_there(&dir.join(&name))?;
         }
     }

@@ -509,7 +509,8 @@ fn sighup_and_sigquit_to_the_process_group_checkpoint_and_exit_zero() {
 }
 
 /// Started with SIGHUP ignored (`nohup infinity launch …`), the group trains on through a closed
-/// session's SIGHUP (the agent heeds it, and its ranks inherit it ignored), and still stops on SIGTERM.
+/// session's SIGHUP (the agent keeps it ignored, and its ranks inherit it ignored), and still stops on
+/// SIGTERM.
 #[test]
 fn a_group_started_under_nohup_trains_on_through_sighup() {
     use std::os::unix::process::CommandExt;

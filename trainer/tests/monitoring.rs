@@ -206,6 +206,9 @@ fn a_divergence_from_a_setting_changed_on_resume_is_judged_by_that_setting() {
     let out = infinity_train(tmp.path(), &cfg, &[&["--resume", "auto"][..], &steps[..]].concat(), &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(summary(&cfg.run.dir)["step"], 8);
+    // the diverged steps' logs, cut from the run's, are kept whole beside it
+    let kept = std::fs::read_to_string(cfg.run.dir.join("abandoned/after-step-00000003/metrics.jsonl")).unwrap();
+    assert!(kept.lines().any(|l| l.contains("\"loss\":null")), "{kept}");
 }
 
 /// TensorBoard's HParams row is written once per run folder: at step 0, and by a branch (a run folder

@@ -139,8 +139,15 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         std::fs::write(cfg.run.dir.join(format!("samples/step-{step:08}.png")), b"png").unwrap();
     }
     // and `infinity eval --out RUN/eval.jsonl`'s lines of both (the later one's go with it too)
-    let eval_lines = "{\"step\":2,\"loss\":0.5}\n{\"step\":6,\"loss\":0.4}\n";
-    std::fs::write(cfg.run.dir.join("eval.jsonl"), eval_lines).unwrap();
+    // (an export's line, of another model whatever its step, stays)
+    let ckpt_of = |s: u64| cfg.run.dir.join(format!("checkpoints/step-{s:08}")).display().to_string();
+    let eval_lines = format!(
+        "{{\"checkpoint\":{:?},\"step\":2,\"loss\":0.5}}\n{{\"checkpoint\":{:?},\"step\":6,\"loss\":0.4}}\n\
+         {{\"checkpoint\":\"/elsewhere/export\",\"step\":9,\"loss\":0.3}}\n",
+        ckpt_of(2),
+        ckpt_of(6)
+    );
+    std::fs::write(cfg.run.dir.join("eval.jsonl"), &eval_lines).unwrap();
     let lines = infinity_trainer::train::check::check(&again, 1, Some(&step3), None).unwrap();
     let want = "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
                 would move to";
@@ -164,7 +171,9 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         ["eval.jsonl", "metrics.jsonl", "samples", "step-00000006", "tb", "val.jsonl"]
     );
     assert_eq!(std::fs::read_to_string(abandoned.join("eval.jsonl")).unwrap(), eval_lines);
-    assert_eq!(std::fs::read_to_string(cfg.run.dir.join("eval.jsonl")).unwrap(), "{\"step\":2,\"loss\":0.5}\n");
+    let kept: Vec<String> =
+        eval_lines.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| format!("{l}\n")).collect();
+    assert_eq!(std::fs::read_to_string(cfg.run.dir.join("eval.jsonl")).unwrap(), kept.concat());
     // the abandoned history's logs, whole: every step to 6, TensorBoard's as they were
     assert!(std::fs::read(abandoned.join("metrics.jsonl")).unwrap() == metrics_before, "metrics.jsonl");
     assert!(std::fs::read(abandoned.join("val.jsonl")).unwrap() == val_before, "val.jsonl");

@@ -216,7 +216,15 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             );
             console_text!("{}", inspect::inspect(&a.common.out)?);
         }
-        DataCommand::Pack(a) => {
+        DataCommand::Pack(mut a) => {
+            // (a top-up mixes with its dataset only on that dataset's tokenizer: taken where none is given)
+            if let Some(dir) = a.classes_of.as_ref().filter(|_| a.tokenizer.is_none()) {
+                let kept = dir.join(infinity_data::tokenizer::TOKENIZER_FILE);
+                if kept.is_file() {
+                    console!("--classes-of {}: its tokenizer too ({})", dir.display(), kept.display());
+                    a.tokenizer = Some(kept);
+                }
+            }
             let (d, patch) = a.common.d_and_patch(a.tokenizer.as_deref())?;
             let classes = match &a.classes_of {
                 Some(dir) => {

@@ -68,6 +68,10 @@ pub struct EvalArgs {
 const MICRO_BATCH: usize = 16;
 
 pub fn run(a: EvalArgs) -> Result<ExitCode> {
+    // (before anything is loaded)
+    if let Some(p) = &a.out {
+        check_out(p)?;
+    }
     // (an export or a weights file: the one model, measured as a run of --config would measure it)
     let weights = match &a.config {
         Some(config) => Some(weights_and_config(&a, config)?),
@@ -138,9 +142,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };
     let mut compute = Compute::open_as(&want, &first_model.model, &lay)?;
     let (mut dist, mut acts) = (Dist::solo(), Acts::default());
-    if let Some(p) = &a.out {
-        check_out(p)?;
-    }
     let mut out = match &a.out {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -231,7 +232,7 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
     let ck = match crate::export::read_export(&a.path) {
         Some(_) => crate::export::load_export(&a.path, a.ema)?.model,
         None => {
-            let spec = checkpoint::ModelSpec { config, overrides: &a.set, data: None };
+            let spec = checkpoint::ModelSpec { config, overrides: &a.set, data: a.data.as_deref() };
             checkpoint::load_model_file(&a.path, &spec, a.ema)?
         }
     };
@@ -254,9 +255,13 @@ fn check_out(p: &Path) -> Result<()> {
             p.display()
         );
     }
-    if let Ok(text) = std::fs::read(p) {
-        let first = text.split(|&b| b == b'\n').find(|l| !l.is_empty());
-        if first.is_some_and(|l| serde_json::from_slice::<serde_json::Value>(l).is_err()) {
+    // (its first line, read up to a bound: a file of weights is gigabytes)
+    if let Ok(f) = std::fs::File::open(p) {
+        use std::io::Read;
+        let mut head = Vec::new();
+        f.take(1 << 16).read_to_end(&mut head).with_context(|| format!("reading --out {}", p.display()))?;
+        let first = head.split(|&b| b == b'\n').find(|l| !l.is_empty());
+        if first.is_some_and(|l| !serde_json::from_slice::<serde_json::Value>(l).is_ok_and(|v| v.is_object())) {
             bail!("--out {}: an existing file that is not JSON lines, which eval appends to", p.display());
         }
     }

@@ -322,6 +322,12 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             .map_err(|e| in_sweep_terms(e, path, &sweep, &from_file))
             .with_context(|| format!("run {name}"))?;
         whole_numbers_as_whole(&config, &combo, path).with_context(|| format!("run {name}"))?;
+        // (a run's start looks for its source; a plan says at once where one is missing)
+        if let Some(p) = config.model.init_from.as_ref().filter(|p| !p.exists()) {
+            if crate::train::latest_checkpoint(&config.run.dir).is_none() {
+                return Err(crate::train::init_from::missing(p)).with_context(|| format!("run {name}"));
+            }
+        }
         // the batch split over the ranks, as `infinity train` checks it at start (after a queue's wait)
         let micro = config.data.micro_batch.samples().unwrap_or(1);
         crate::train::micro_steps(&config, sweep.world(), micro).with_context(|| {

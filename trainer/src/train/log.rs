@@ -118,11 +118,12 @@ impl Logger {
     /// session writes its own, whose `SessionLog.START` at `step + 1` asks TensorBoard's Python loader
     /// for the same).
     pub fn open(run: &Path, config_toml: &str, step: u64, total: u64, log_every: u64) -> Result<Logger> {
-        // (`eval.jsonl`, `infinity eval --out RUN/eval.jsonl`'s: its lines past the step are of checkpoints
-        // a crash lost or a rewind set aside)
-        for log in ["metrics.jsonl", "val.jsonl", "eval.jsonl"] {
+        for log in ["metrics.jsonl", "val.jsonl"] {
             super::rundir::truncate_log(&run.join(log), step)?;
         }
+        // (`infinity eval --out RUN/eval.jsonl`'s lines of this run's checkpoints past the step: of
+        // checkpoints a crash lost or a rewind set aside)
+        super::rundir::truncate_eval_log(run, step)?;
         // (warns of a file it cannot cut and leaves it: TensorBoard is not required)
         crate::tensorboard::truncate_event_dir(&run.join("tb"), step);
         let jsonl = std::fs::OpenOptions::new()

@@ -320,6 +320,33 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
         .with_context(|| format!("rewriting {}", path.display()))
 }
 
+/// Drops the lines of `RUN/eval.jsonl` (`infinity eval --out`'s) of this run's checkpoints past `step`:
+/// a crash lost them or a rewind set them aside. Lines of other models (an export's, a source's) stay,
+/// whatever their step, and what is dropped is said.
+pub fn truncate_eval_log(run: &Path, step: u64) -> Result<()> {
+    let path = run.join("eval.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let run = run.canonicalize().unwrap_or_else(|_| run.to_path_buf());
+    let past = |line: &str| {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { return false };
+        let ours = v["checkpoint"].as_str().is_some_and(|c| Path::new(c).starts_with(&run));
+        ours && v["step"].as_u64().is_some_and(|s| s > step)
+    };
+    let kept: Vec<&str> = text.lines().filter(|l| !past(l)).collect();
+    let dropped = text.lines().count() - kept.len();
+    if dropped == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        "{}: {} of this run's checkpoints past step {step} dropped (of the history this session replaces)",
+        path.display(),
+        crate::cli::plural(dropped, "line")
+    );
+    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+    infinity_data::manifest::write_atomic(&path, body.as_bytes())
+        .with_context(|| format!("rewriting {}", path.display()))
+}
+
 /// `summary.json`, if it can be read.
 fn read_summary(run: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).ok()?).ok()

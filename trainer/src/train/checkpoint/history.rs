@@ -77,10 +77,12 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 ///
 /// Sample grids after `step` with no checkpoint after it are a stopped session's (a crash, a kill
 /// before its next checkpoint), whose steps this session trains again: they are removed, as its logs
-/// past `step` are cut, and no history is set aside.
+/// past `step` are cut, and no history is set aside; but a diverged run's (its summary.json says so,
+/// and it writes no checkpoint while its steps are not finite) is set aside whole, the record of the
+/// blow-up kept.
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
-    if later.is_empty() {
+    if later.is_empty() && !crate::sweep::diverged(run) {
         for (_, grid) in &grids {
             std::fs::remove_file(grid).with_context(|| format!("removing {}", grid.display()))?;
         }
@@ -109,7 +111,10 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     }
     sync_dir(&run.join("checkpoints"));
     let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
-    let mut what = describe_later(step, &steps, grids.len());
+    let mut what = match steps.is_empty() && grids.is_empty() {
+        true => format!("the diverged steps after step {step}"),
+        false => describe_later(step, &steps, grids.len()),
+    };
     if !logs.is_empty() {
         what += &format!(" (copied with them, whole: {})", logs.join(", "));
     }
