@@ -187,7 +187,7 @@ impl DistEnv {
         };
         let master_port = match get("MASTER_PORT") {
             Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
-            None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref()).unwrap_or(29500),
+            None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref())?.unwrap_or(29500),
         };
         // under torchrun its agent's store holds MASTER_PORT: ours takes the next one, or
         // INFINITY_STORE_PORT's (neither under our agent, whose ranks may inherit the variables from a
@@ -271,13 +271,18 @@ fn restart_count(get: &impl Fn(&str) -> Option<String>) -> Result<u32> {
 
 /// A store port of its own for SLURM job `job_id`'s step `step_id`: `base + (job + step × 6173) mod
 /// 10000`, so two jobs sharing a node, or two sruns of one allocation, do not meet at one default port
-/// (`None` outside SLURM). A requeued job's steps count from 0 again and find the same ports.
-pub fn job_port(base: u16, job_id: Option<&str>, step_id: Option<&str>) -> Option<u16> {
-    let job = job_id?.trim().parse::<u64>().ok()?;
-    let step = step_id.and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+/// (`None` outside SLURM). A requeued job's steps count from 0 again and find the same ports. A job id
+/// that is not a number is an error naming it; a step named rather than numbered (as [`slurm_run_id`]
+/// keeps it: `JOB.NAME`) counts as a hash of its name, so it keeps apart from step 0 too.
+pub fn job_port(base: u16, job_id: Option<&str>, step_id: Option<&str>) -> Result<Option<u16>> {
+    let Some(job_id) = job_id else { return Ok(None) };
+    let job = (job_id.trim().parse::<u64>())
+        .with_context(|| format!("SLURM_JOB_ID={job_id:?}: expected SLURM's job number"))?;
+    let named = |s: &str| s.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let step = step_id.map(str::trim).map_or(0, |s| s.parse::<u64>().unwrap_or_else(|_| named(s)));
     // (coprime to 10000: a job's first 10000 steps take distinct ports; step 1 lands far from job + 1)
     const STEP_STRIDE: u64 = 6173;
-    Some(base + ((job % 10_000 + (step % 10_000) * STEP_STRIDE) % 10_000) as u16)
+    Ok(Some(base + ((job % 10_000 + (step % 10_000) * STEP_STRIDE) % 10_000) as u16))
 }
 
 /// The run id SLURM gives a job step: `JOB` for the first (step 0, or outside a step), `JOB.STEP` for a
@@ -512,9 +517,13 @@ mod tests {
         // the steps of a job, and the first steps of neighbouring jobs, keep apart
         let ports: std::collections::HashSet<u16> = (0..10)
             .flat_map(|s| (70..90).map(move |j| (j, s)))
-            .map(|(j, s)| job_port(20000, Some(&j.to_string()), Some(&s.to_string())).unwrap())
+            .map(|(j, s)| job_port(20000, Some(&j.to_string()), Some(&s.to_string())).unwrap().unwrap())
             .collect();
         assert_eq!(ports.len(), 200);
+        // a job id that is not a number is named; a named step keeps apart from step 0
+        let e = job_port(20000, Some("abc"), None).unwrap_err().to_string();
+        assert!(e.contains("SLURM_JOB_ID=\"abc\": expected SLURM's job number"), "{e}");
+        assert_ne!(job_port(20000, Some("77"), Some("x")).unwrap(), job_port(20000, Some("77"), Some("0")).unwrap());
     }
 
     /// Under torchrun, whose agent hosts its own store at MASTER_PORT, rank 0 hosts ours at the next

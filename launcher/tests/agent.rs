@@ -417,6 +417,21 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
         );
         assert!(!text.contains("missing numbers"), "{text}");
     }
+    // one of a node rank past node 0's --nnodes: node 0 cannot see its settings, and hears of them
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let node = |n: &'static str, nnodes: &'static str| {
+        let extra = ["--nnodes", nnodes, "--node-rank", n, "--rdzv", &rdzv, "--token", "t"];
+        Agent::start(tmp.path(), &format!("beyond-node{n}"), &args(d, &extra, "exit 0"))
+    };
+    let mut agents = [node("0", "2"), node("2", "3")];
+    for a in &mut agents {
+        assert_eq!(a.exit(Duration::from_secs(15)).code(), Some(2), "{}", a.text());
+        let text = a.text();
+        assert!(
+            text.contains("the agents disagree: node 2 has --nnodes 3") && text.contains("has --nnodes 2"),
+            "{text}"
+        );
+    }
 }
 
 /// A node lost with its agent (killed with its ranks, or the machine gone) reports nothing: the rank

@@ -273,6 +273,11 @@ pub(super) fn agree_on_settings(
             (0..nnodes).filter(|&n| theirs[n].is_none()).map(|n| n.to_string()).collect()
         };
         loop {
+            // (an agent that disagreed where this one cannot see it, as one of a node rank past this
+            // one's --nnodes, left word of it: every node exits 2, not only that one)
+            if let Some(said) = disagreement_posted(&mut client, &prefix, timeout)? {
+                return Err(Misconfigured(said).into());
+            }
             let present = client.check(&keys)?;
             for (n, k) in keys.iter().enumerate() {
                 if present[n] && theirs[n].is_none() {
@@ -295,6 +300,7 @@ pub(super) fn agree_on_settings(
                     "the agents disagree: node {node} has {mine}, {}; start every node with the same",
                     differ.join(", ")
                 );
+                post_disagreement(&mut client, &prefix, &msg)?;
                 return Err(Misconfigured(msg).into());
             }
             if theirs.iter().all(Option::is_some) {
@@ -461,6 +467,28 @@ pub(super) async fn group_outcome(
             }
         }
     }
+}
+
+/// Leaves `msg`, an agent's disagreement with the others' settings, in the store for the agents that
+/// cannot see it themselves (those whose `--nnodes` does not reach the node that disagreed).
+fn post_disagreement(client: &mut StoreClient, prefix: &str, msg: &str) -> Result<()> {
+    let slot = client.add(&format!("{prefix}/disagreed/slots"), 1)? - 1;
+    client.set(&format!("{prefix}/disagreed/{slot}"), msg.as_bytes())?;
+    client.add(&format!("{prefix}/disagreed/posted"), 1)?;
+    Ok(())
+}
+
+/// The first disagreement another agent left ([`post_disagreement`]), as this agent reports it.
+fn disagreement_posted(client: &mut StoreClient, prefix: &str, timeout: Duration) -> Result<Option<String>> {
+    if client.add(&format!("{prefix}/disagreed/posted"), 0)? == 0 {
+        return Ok(None);
+    }
+    let slots = client.add(&format!("{prefix}/disagreed/slots"), 0)?;
+    let keys: Vec<String> = (0..slots).map(|k| format!("{prefix}/disagreed/{k}")).collect();
+    let present = client.check(&keys)?;
+    let Some(key) = keys.iter().zip(present).find_map(|(k, there)| there.then_some(k)) else { return Ok(None) };
+    let said = String::from_utf8_lossy(&client.get(key, timeout)?).into_owned();
+    Ok(Some(format!("{said} (another agent found it)")))
 }
 
 /// Nodes among `0..nnodes` that never arrived at attempt `attempt`'s meeting but had ended an earlier

@@ -246,7 +246,7 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
                 let first = parse_nodelist(&list).with_context(|| var.to_string())?.into_iter().next();
                 let first = first.with_context(|| format!("{var} is empty: expected the step's hosts"))?;
                 let step = env("SLURM_STEP_ID");
-                let derived = job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref());
+                let derived = job_port(30000, env("SLURM_JOB_ID").as_deref(), step.as_deref())?;
                 port_derived = derived.is_some();
                 (first, derived.unwrap_or(29400))
             }
@@ -309,7 +309,10 @@ fn host_port(what: &str, v: &str, default_port: Option<u16>) -> Result<(String, 
     }
     let (h, p) = v.rsplit_once(':').with_context(|| format!("{what} {v}: expected HOST:PORT"))?;
     ensure!(!h.is_empty(), "{what} {v}: expected HOST:PORT (no host given)");
-    Ok((h.to_string(), p.parse().with_context(|| format!("{what} {v}: bad port"))?))
+    let port: u16 = p.parse().with_context(|| format!("{what} {v}: bad port"))?;
+    // (port 0 binds any free port, which the other nodes cannot know)
+    ensure!(port != 0, "{what} {v}: port 0 is no port the other nodes can meet at; give one, such as 29400");
+    Ok((h.to_string(), port))
 }
 
 /// The rendezvous torchrun's variables name: `PET_RDZV_ENDPOINT` (an elastic PyTorchJob's, c10d), else
@@ -382,6 +385,18 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         a: LaunchArgs,
+    }
+
+    #[test]
+    fn a_rendezvous_is_a_host_and_a_port_to_meet_at() {
+        assert_eq!(host_port("--rdzv", "n1:29400", None).unwrap(), ("n1".to_string(), 29400));
+        assert_eq!(host_port("PET_RDZV_ENDPOINT", "n1", Some(29400)).unwrap(), ("n1".to_string(), 29400));
+        for (v, said) in
+            [("n1", "expected HOST:PORT"), (":1", "no host given"), ("n1:x", "bad port"), ("n1:0", "port 0")]
+        {
+            let e = host_port("--rdzv", v, None).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--rdzv {v}: ")) && e.contains(said), "{e}");
+        }
     }
 
     #[test]

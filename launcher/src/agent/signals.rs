@@ -97,11 +97,15 @@ impl Signals {
         };
         // (the arrival is noted before the stream below hears of it: its action runs first, so the task
         // the stream wakes, on another thread, reads this SIGINT's time, not the last one's)
-        if !crate::signal_ignored(libc::SIGINT) {
-            // SAFETY: the action reads the clock and stores atomics alone (async-signal-safe).
-            unsafe { signal_hook::low_level::register(libc::SIGINT, note) }?;
-        }
-        let int = heeded(libc::SIGINT, SignalKind::interrupt())?;
+        // (asked once: once the action is registered, SIGINT no longer reads as ignored)
+        let int = match crate::signal_ignored(libc::SIGINT) {
+            true => None,
+            false => {
+                // SAFETY: the action reads the clock and stores atomics alone (async-signal-safe).
+                unsafe { signal_hook::low_level::register(libc::SIGINT, note) }?;
+                Some(signal(SignalKind::interrupt())?)
+            }
+        };
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int,
