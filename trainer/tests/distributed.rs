@@ -430,6 +430,50 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     assert!(!out.status.success() && text.contains("Root cause") && text.contains("no restarts left"), "{text}");
 }
 
+/// Ranks given checkpoints of one step from different runs (each node its own `--resume`, or node-local
+/// run folders) stop together with exit 2, not restarted: each would keep its own optimiser moments
+/// and the weights would drift apart.
+#[test]
+fn ranks_resuming_from_different_checkpoints_of_one_step_stop() {
+    let (tmp, cfg) = setup(2);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (run, lr) in [(&a, "2e-3"), (&b, "1e-3")] {
+        let mut c = Command::new(BIN);
+        c.arg("train").arg(&cfg).args(["--set", &format!("run.dir={}", run.display()), "--set"]);
+        assert!(c.arg(format!("optim.lr={lr}")).status().unwrap().success());
+    }
+    let port = common::free_port().to_string();
+    let ranks: Vec<_> = [&a, &b]
+        .into_iter()
+        .enumerate()
+        .map(|(r, from)| {
+            let mut c = Command::new(BIN);
+            c.arg("train").arg(&cfg).args(["--set", &format!("run.dir={}", tmp.path().join("ab").display())]);
+            c.args(["--set", "run.steps=3", "--resume"]).arg(from.join("checkpoints/step-00000002"));
+            c.envs([
+                ("WORLD_SIZE", "2"),
+                ("RANK", &r.to_string()),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", &port),
+            ]);
+            c.stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let said = [
+        "another rank starts from another checkpoint than rank 0's (of step 2)".to_string(),
+        format!(
+            "rank 1 resumes from {}, a checkpoint of step 2 with other weights",
+            b.join("checkpoints/step-00000002").display()
+        ),
+    ];
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "rank {r}: {text}");
+        assert!(text.contains(&said[r]) && text.contains("the same --resume on every node"), "rank {r}: {text}");
+    }
+}
+
 /// `infinity comm bench` under the agent measures the group's own ring (rank 0 prints one line for
 /// it), not each rank's loopback threads.
 #[test]

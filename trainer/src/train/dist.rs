@@ -6,6 +6,7 @@
 //! drills in `stop.rs`; both are re-exported here, so `dist::Zero1`, `dist::preemption_flag`, … still
 //! name them.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -220,24 +221,37 @@ impl Dist {
         Ok(((at[0] as u64) << 24) | at[1] as u64)
     }
 
-    /// Every rank continues from rank 0's step, or every rank stops with an error naming both steps: a
-    /// run.dir that is not one shared folder (or a file system that shows ranks different checkpoints)
-    /// would otherwise fail later in a collective, or silently mix two states.
-    pub fn agree_on_step(&mut self, step: u64) -> Result<()> {
+    /// Every rank continues from rank 0's checkpoint (`from`, whose state is `saved`; none: a fresh
+    /// start), or every rank stops (exit 2: a restart finds the same) with an error naming the steps: a
+    /// run.dir that is not one shared folder, or nodes given different `--resume` paths, would otherwise
+    /// fail later in a collective, or silently train on with two states (each rank its own optimiser
+    /// moments: the weights drift apart). Checkpoints of one step are told apart by their files'
+    /// checksums.
+    pub fn agree_on_start(&mut self, saved: Option<&super::checkpoint::TrainState>, from: Option<&Path>) -> Result<()> {
+        let step = saved.map_or(0, |s| s.step);
+        let files = saved.map_or(String::new(), |s| format!("{} {}", s.model_crc32c, s.optim_crc32c));
+        let id = u64::from(crc32c::crc32c(files.as_bytes()));
         self.tag("resume step agreement");
-        let leader = self.broadcast_step(step)?;
-        let differs = leader != step;
+        let (leader, leader_id) = (self.broadcast_step(step)?, self.broadcast_step(id)?);
+        let differs = (leader, leader_id) != (step, id);
         self.tag("resume step agreement");
-        if self.any(differs)? {
-            let what = match leader == step {
-                true => format!("another rank starts from a different step than rank 0's {leader}"),
-                false => format!("rank {} starts from step {step}, rank 0 from step {leader}", self.rank),
-            };
-            bail!(
-                "{what}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
-            );
+        if !self.any(differs)? {
+            return Ok(());
         }
-        Ok(())
+        let mine = from.map_or("a fresh start".to_string(), |p| p.display().to_string());
+        let what = match (leader == step, leader_id == id) {
+            (true, true) => format!("another rank starts from another checkpoint than rank 0's (of step {leader})"),
+            (true, false) => format!(
+                "rank {} resumes from {mine}, a checkpoint of step {step} with other weights or optimiser state than \
+                 rank 0's of that step",
+                self.rank
+            ),
+            (false, _) => format!("rank {} starts from step {step} ({mine}), rank 0 from step {leader}", self.rank),
+        };
+        Err(super::unrecoverable(anyhow::anyhow!(
+            "{what}: every rank must start from the same checkpoint: run.dir one folder every rank sees (a shared \
+             file system), and the same --resume on every node"
+        )))
     }
 
     /// Every rank trains rank 0's config ([`PER_NODE`] paths aside, where both are set) on the same data
@@ -354,7 +368,16 @@ fn is_per_node(c: &str) -> bool {
 /// validate alone).
 fn differences(leader: &str, mine: &str) -> Result<Vec<String>> {
     let per_node = |c: &String| is_per_node(c) && !c.contains("(unset)");
-    Ok(super::rundir::config_changes(leader, mine)?.into_iter().filter(|c| !per_node(c)).collect())
+    // (a dataset's fingerprint says that it differs; its folders, which may differ anyway, say which)
+    let data_dir = |text: &str| {
+        let v: Option<toml::Value> = toml::from_str(text).ok();
+        v.and_then(|v| Some(v.get("data")?.get("dir")?.as_str()?.to_string())).unwrap_or_else(|| "?".into())
+    };
+    let folders = |c: String| match c.starts_with("dataset.fingerprint:") {
+        true => format!("{c} (data.dir {} on rank 0, {} here)", data_dir(leader), data_dir(mine)),
+        false => c,
+    };
+    Ok(super::rundir::config_changes(leader, mine)?.into_iter().filter(|c| !per_node(c)).map(folders).collect())
 }
 
 /// `dist.backend = "auto"`: NCCL when every rank computes on a GPU and finds the NCCL library (in a
@@ -455,6 +478,12 @@ mod tests {
         assert!(differences(&mix("/m", 0.5), &mix("/n", 0.5)).unwrap().is_empty());
         assert_eq!(differences(&mix("/m", 0.5), &mix("/m", 0.2)).unwrap(), ["data.mix[0].weight: 0.5 → 0.2"]);
         assert_eq!(differences(&mix("/m", 0.5), leader).unwrap().len(), 2, "a mix on one node alone");
+        // another dataset: its fingerprint, and the folders of both
+        let data = |text: &str, print: &str| format!("{text}[dataset]\nfingerprint = \"{print}\"\n");
+        assert_eq!(
+            differences(&data(leader, "f1"), &data(mounts, "f2")).unwrap(),
+            ["dataset.fingerprint: \"f1\" → \"f2\" (data.dir /a on rank 0, /b here)"]
+        );
     }
 
     #[cfg(not(feature = "cuda"))]
