@@ -110,6 +110,25 @@ fn train_sample_and_export_a_text_model() {
         serde_json::from_str(&header.metadata().as_ref().unwrap()["infinity_sample"]).unwrap();
     assert_eq!(about["conditions"][1], "a large blue square top left");
     assert_eq!(about["schedule"]["scales"], manifest["schedules"][0]["scales"]);
+    // what made them, in the bits and in the grid (a PNG's iTXt chunk)
+    let made_by = &about["made_by"];
+    let source = run.join("checkpoints/step-00000002");
+    assert_eq!((&made_by["source"], &made_by["step"]), (&source.to_str().unwrap().into(), &2.into()), "{made_by}");
+    assert_eq!(
+        (&made_by["seed"], &made_by["cfg"], &made_by["top_p"]),
+        (&0.into(), &serde_json::json!([2.0]), &0.9.into())
+    );
+    assert_eq!(
+        (&made_by["n"], &made_by["device"], &made_by["conditions"]),
+        (&3.into(), &"cpu".into(), &about["conditions"])
+    );
+    let png_reader =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap())).read_info().unwrap();
+    let notes = &png_reader.info().utf8_text;
+    assert_eq!(notes.len(), 1, "one iTXt chunk");
+    assert_eq!(notes[0].keyword, "infinity_sample");
+    let in_png: serde_json::Value = serde_json::from_str(&notes[0].get_text().unwrap()).unwrap();
+    assert_eq!(&in_png, made_by);
     // the same seed, the same file, byte for byte
     let again = tmp.path().join("bits-again.safetensors");
     let more = ["--n", "3", "--cfg", "2", "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
@@ -120,7 +139,8 @@ fn train_sample_and_export_a_text_model() {
     let per_scale = vec!["2"; k].join(",");
     let more = ["--n", "3", "--cfg", &per_scale, "--top-p", "0.9", "-o", path_str(&png), "--bits", path_str(&again)];
     assert!(infinity(&[&args[..], &more[..]].concat()));
-    assert!(std::fs::read(&again).unwrap() == bytes, "--cfg 2,2,… differs from --cfg 2");
+    let bits_of = |b: &[u8]| safetensors::SafeTensors::deserialize(b).unwrap().tensor("bits").unwrap().data().to_vec();
+    assert!(bits_of(&std::fs::read(&again).unwrap()) == bits_of(&bytes), "--cfg 2,2,… differs from --cfg 2");
     // a negative prompt replaces the unconditional rows: other bits, named in the metadata; it needs
     // guidance
     let neg = ["--negative-caption", "a blue square", "--n", "3", "--cfg", "2", "--top-p", "0.9"];

@@ -67,6 +67,19 @@ pub fn err(args: &[&str]) -> String {
     fails(args).0
 }
 
+/// What `infinity sample -o PNG --bits BITS` drew, apart from the record of what drew it (`made_by`,
+/// which names the source): the grid's pixels, and the bits with the rest of their metadata.
+pub fn drawn(png: &Path, bits: &Path) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
+    let pixels = image::open(png).unwrap_or_else(|e| panic!("{}: {e}", png.display())).into_rgb8().into_raw();
+    let bytes = std::fs::read(bits).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut about: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["infinity_sample"]).unwrap();
+    about.as_object_mut().unwrap().remove("made_by");
+    (pixels, st.tensor("bits").unwrap().data().to_vec(), about)
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{err, infinity, path_str};
+use crate::{drawn, err, infinity, path_str};
 
 /// The files of tests/torch-files.
 fn torch_file(name: &str) -> PathBuf {
@@ -32,12 +32,12 @@ fn dataset_and_config() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// The bits `infinity sample SOURCE ARGS…` draws for two captions (seed 5, the default guidance and
 /// temperature) into `out`, and its grid's bytes.
-fn sample(source: &Path, args: &[&str], out: &Path) -> (Vec<u8>, Vec<u8>) {
+fn sample(source: &Path, args: &[&str], out: &Path) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
     let (bits, grid) = (out.join("bits.safetensors"), out.join("grid.png"));
     let base = ["sample", path_str(source), "--caption", "red circle", "--caption", "blue square", "--n", "2"];
     let outs = ["--seed", "5", "--bits", path_str(&bits), "-o", path_str(&grid)];
     assert!(infinity(&[&base[..], args, &outs].concat()), "infinity sample {}", source.display());
-    (std::fs::read(bits).unwrap(), std::fs::read(grid).unwrap())
+    drawn(&grid, &bits)
 }
 
 /// A folder holding `file` and an index (`model.safetensors.index.json`) mapping its tensors to it.
@@ -247,7 +247,10 @@ fn what_a_weights_file_cannot_give_is_named() {
         let outs = ["--bits", path_str(&bits), "-o", path_str(&grid)];
         assert!(infinity(&[&["sample", path_str(source)][..], &with, &cap, &outs].concat()));
     }
-    assert_eq!(std::fs::read(a.join("bits.safetensors")).unwrap(), std::fs::read(b.join("bits.safetensors")).unwrap());
+    assert_eq!(
+        drawn(&a.join("g.png"), &a.join("bits.safetensors")),
+        drawn(&b.join("g.png"), &b.join("bits.safetensors"))
+    );
 
     // an export's own index counts as the export's; an export whose weights are gone is named
     let index = export.join("model.safetensors.index.json");

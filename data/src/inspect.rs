@@ -25,7 +25,7 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let _ = writeln!(s, "tokenizer    {} ({})", m.tokenizer.name, m.tokenizer.file.as_deref().unwrap_or("no file"));
     let _ = writeln!(s, "             {}", m.tokenizer.params);
     if let Some(c) = &m.conditions.class {
-        let _ = writeln!(s, "class        {} classes", c.num_classes);
+        let _ = writeln!(s, "class        {} class{}", c.num_classes, if c.num_classes == 1 { "" } else { "es" });
         // (ids are places in this list: what `sample --class` and the class histogram of `stats` count)
         let shown: Vec<String> = c.names.iter().take(12).enumerate().map(|(k, name)| format!("{k}: {name}")).collect();
         if !shown.is_empty() {
@@ -460,6 +460,12 @@ pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
 /// Tile images into a grid (PNG or JPEG by `path`'s extension), each cell enlarged by an integer factor
 /// to at least 96 px; written atomically (an encoder's error leaves no empty or partial file).
 pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
+    save_grid_noted(images, cols, path, &[])
+}
+
+/// [`save_grid`], with `notes` (keyword, UTF-8 text) as the PNG's iTXt chunks: what made the grid, read
+/// back by PIL's `Image.open(f).text` or `exiftool`. A JPEG keeps none.
+pub fn save_grid_noted(images: &[Image], cols: usize, path: &Path, notes: &[(&str, String)]) -> Result<()> {
     let err = |e: String| crate::DataError::Image { path: path.into(), detail: e };
     let format = grid_format(path)?;
     if images.is_empty() {
@@ -476,7 +482,20 @@ pub fn save_grid(images: &[Image], cols: usize, path: &Path) -> Result<()> {
             grid.height()
         )));
     }
-    grid.write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?;
+    match format {
+        image::ImageFormat::Png => {
+            let mut enc = png::Encoder::new(&mut bytes, grid.width(), grid.height());
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            for (keyword, text) in notes {
+                enc.add_itxt_chunk(keyword.to_string(), text.clone()).map_err(|e| err(e.to_string()))?;
+            }
+            let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
+            w.write_image_data(grid.as_raw()).map_err(|e| err(e.to_string()))?;
+            w.finish().map_err(|e| err(e.to_string()))?;
+        }
+        _ => grid.write_to(&mut bytes, format).map_err(|e| err(e.to_string()))?,
+    }
     crate::manifest::write_atomic(path, bytes.get_ref())
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use infinity_data::inspect::save_grid;
+use infinity_data::inspect::save_grid_noted;
 use infinity_data::manifest::write_atomic;
 use infinity_data::Manifest;
 use safetensors::tensor::TensorView;
@@ -206,19 +206,39 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     );
     console!("rows: {}", rows.join(" | "));
 
+    // what made these samples, in the grid (a PNG's iTXt `infinity_sample`) and the bits' metadata: the
+    // same command with these settings draws them again
+    let negative = a.negative_caption.clone().or(a.negative_text_features.as_ref().map(|f| f.display().to_string()));
+    let made_by = serde_json::json!({
+        "source": std::path::absolute(&ck.dir).unwrap_or(ck.dir.clone()),
+        "step": ck.step,
+        "ema": ema,
+        "schedule": sched.name,
+        "conditions": rows,
+        "negative_prompt": negative,
+        "n": a.n,
+        "seed": a.seed,
+        "cfg": a.cfg,
+        "tau": a.tau,
+        "top_p": a.top_p,
+        "top_k": a.top_k,
+        "cfg_insertion_layer": a.cfg_insertion_layer,
+        "device": compute.gpu_name().unwrap_or("cpu"),
+        "precision": if bf16 && compute.gpu_name().is_some() { "bf16" } else { "f32" },
+        "infinity": env!("CARGO_PKG_VERSION"),
+    });
     if let Some(path) = &a.bits {
         // the tokenizer's layout: its schedule's tokens (with spatial patchify, twice the sides)
         let (n, l, d) = (s.bits.len(), sched.num_tokens(), ck.model.d_vae());
         let flat: Vec<u8> = s.tokenizer_bits.concat();
         // one metadata key (a JSON object): safetensors writes several in hash order, and the same seed
         // must give the same file
-        let negative =
-            a.negative_caption.clone().or(a.negative_text_features.as_ref().map(|f| f.display().to_string()));
         let about = serde_json::json!({
             "schedule": sched,
             "conditions": rows,
             "negative_prompt": negative,
             "bit_order": "bits[i, l, c] is bit c of token l of sample i; 1 is the code +1/√d, 0 is −1/√d",
+            "made_by": made_by,
         });
         let meta: HashMap<String, String> = [("infinity_sample".to_string(), about.to_string())].into();
         let bytes = safetensors::serialize([("bits", TensorView::new(Dtype::U8, vec![n, l, d], &flat)?)], Some(meta))?;
@@ -228,7 +248,8 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     match tokenizer {
         Err(e) => console!("no image: {e:#}"),
         Ok(Some(tok)) => {
-            save_grid(&infer::decode(&tok, &s, sched), a.n, &a.out)?;
+            let notes = [("infinity_sample", made_by.to_string())];
+            save_grid_noted(&infer::decode(&tok, &s, sched), a.n, &a.out, &notes)?;
             console!("wrote {}", a.out.display());
         }
         Ok(None) => {
