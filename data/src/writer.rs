@@ -116,6 +116,40 @@ pub struct DatasetWriter {
     finished: bool,
     /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
     _lock: File,
+    /// (dropped after the files above are removed)
+    _made: MadeFolders,
+}
+
+/// The folders a first write made (the dataset's, and those above it that were missing, the dataset's
+/// first): a write that never finished removes them again while they hold nothing but the lock file,
+/// so a failed `data pack` leaves no folder behind.
+struct MadeFolders(Vec<PathBuf>);
+
+impl MadeFolders {
+    /// Make `dir` and what is missing above it.
+    fn make(dir: &Path) -> Result<MadeFolders> {
+        // (a folder that cannot be looked at counts as there: it is not this writer's to remove)
+        let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
+        let made = dir.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect();
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        Ok(MadeFolders(made))
+    }
+}
+
+impl Drop for MadeFolders {
+    fn drop(&mut self) {
+        for (i, dir) in self.0.iter().enumerate() {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
+            if names.any(|n| i > 0 || n != WRITER_LOCK) {
+                return;
+            }
+            let _ = std::fs::remove_file(dir.join(WRITER_LOCK));
+            if std::fs::remove_dir(dir).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The lock file of a folder being written (hidden; left in place: removing a lock file races with
@@ -174,7 +208,7 @@ impl DatasetWriter {
         if dir.exists() && !dir.is_dir() {
             return Err(DataError::Config(format!("{}: a file, not a folder (a dataset is a folder)", dir.display())));
         }
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let made = MadeFolders::make(dir)?;
         let manifest_path = dir.join(MANIFEST_FILE);
         // (the folder is this writer's from here on, so what it finds stays so: what a killed writer
         // staged is of no dataset)
@@ -196,7 +230,7 @@ impl DatasetWriter {
                 None
             }
         };
-        Ok(Claim { dir: dir.to_path_buf(), opts, replacing, lock })
+        Ok(Claim { dir: dir.to_path_buf(), opts, replacing, lock, made })
     }
 }
 
@@ -206,12 +240,13 @@ pub struct Claim {
     opts: WriterOptions,
     replacing: Option<Vec<String>>,
     lock: File,
+    made: MadeFolders,
 }
 
 impl Claim {
     /// Start writing the dataset whose manifest, minus `shards` and `total_rows`, is `header`.
     pub fn start(self, header: Manifest) -> Result<DatasetWriter> {
-        let Claim { dir, opts, replacing, lock } = self;
+        let Claim { dir, opts, replacing, lock, made } = self;
         header.check(&dir.join(MANIFEST_FILE))?;
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
@@ -233,6 +268,7 @@ impl Claim {
             placed: Vec::new(),
             finished,
             _lock: lock,
+            _made: made,
         })
     }
 }

@@ -203,6 +203,10 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert!(tokenizer.is_file(), "the failed pack removed the tokenizer it was given");
     let left: Vec<_> = std::fs::read_dir(fresh.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 2, "{left:?}"); // (the tokenizer and the folder's lock)
+                                           // and a folder it made (with those above it) is removed again
+    let made = fresh.path().join("new/packed");
+    assert!(pack::pack(src.path(), &made, &pack::PackOptions::default()).is_err());
+    assert!(!fresh.path().join("new").exists(), "a failed first pack left the folders it made");
     std::fs::remove_file(src.path().join("dogs/broken.png")).unwrap();
     // a class folder of class folders: --images one level down is suggested
     std::fs::create_dir_all(src.path().join("deep/inner")).unwrap();
