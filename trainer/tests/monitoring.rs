@@ -178,6 +178,32 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     resumed(&["--resume", "auto", "--accept-data-change"]);
 }
 
+/// A run that diverged before its first checkpoint is not started again from step 0 with the settings it
+/// diverged with (`--resume auto` finds no checkpoint): refused as a resume would be, by `--check` too;
+/// with a setting changed it starts.
+#[test]
+fn a_run_diverged_before_its_first_checkpoint_is_not_started_into_the_same_divergence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (Some(1e30), 0, 100);
+    assert_eq!(infinity_train(tmp.path(), &cfg, &[], &[]).status.code(), Some(87));
+    assert!(latest_checkpoint(&cfg.run.dir).is_none());
+    let stopped = summary(&cfg.run.dir)["step"].as_u64().unwrap();
+    for args in [&["--resume", "auto"][..], &["--resume", "auto", "--check"]] {
+        let out = infinity_train(tmp.path(), &cfg, args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(87), "{args:?}: {stderr}");
+        let said =
+            format!("diverged at step {stopped} (its summary.json), and starting it again (it wrote no checkpoint");
+        assert!(stderr.contains(&said), "{stderr}");
+    }
+    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--set", "optim.lr=1e-3"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&cfg.run.dir)["diverged"], false);
+}
+
 /// A divergence that came with a setting changed on a resume (a finished run extended with a learning
 /// rate far too high) is refused when resumed again with that setting, and trained with the checkpoint's
 /// own: the settings compared are the diverged session's, not the checkpoint's.
@@ -259,10 +285,10 @@ fn metrics_name_the_gradient_norm_z_score_as_tensorboard_does() {
     assert_eq!(tensorboard_steps(&cfg.run.dir, "train/grad_norm_z").concat(), [3, 4]);
 }
 
-/// summary.json tells where the run stands at every moment: a session resumed after a preemption
-/// stops saying "preempted" at once, a SIGKILL leaves the summary of the last complete checkpoint
-/// (and its validation step), and its checkpoint path is absolute as config.toml's paths are, though
-/// `run.dir` is relative.
+/// summary.json tells where the run stands at every moment: a fresh start killed before its first
+/// checkpoint leaves one at step 0, a session resumed after a preemption stops saying "preempted" at
+/// once, a SIGKILL leaves the summary of the last complete checkpoint (and its validation step), and
+/// its checkpoint path is absolute as config.toml's paths are, though `run.dir` is relative.
 #[test]
 fn summary_json_says_where_the_run_stands() {
     let tmp = tempfile::tempdir().unwrap();
@@ -272,6 +298,22 @@ fn summary_json_says_where_the_run_stands() {
     let mut cfg = config(&data, run.clone());
     cfg.val = ValSection { dir: Some(data.clone()), every: 3, max_rows: 16, seed: 0, ..Default::default() };
     let checkpoint = |step: u64| Value::from(run.join(format!("checkpoints/step-{step:08}")).to_str().unwrap());
+
+    // a fresh start killed (SIGKILL) after step 1, before any checkpoint: at step 0, with none
+    let out = infinity_train(tmp.path(), &cfg, &[], &[("INFINITY_FAULT_KILL", "0:1")]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{out:?}");
+    let s = summary(&run);
+    assert_eq!(
+        (&s["step"], &s["finished"], &s["last_checkpoint"]),
+        (&Value::from(0), &false.into(), &Value::Null),
+        "{s}"
+    );
+    // started again (no checkpoint: afresh): one start in TensorBoard, not the killed session's too
+    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--set", "run.steps=1"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = infinity_trainer::tensorboard::event_files(&run.join("tb")).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::remove_dir_all(&run).unwrap();
 
     // preempted after step 1 (a signal before it ended)
     let stop = Some(Arc::new(AtomicBool::new(true)));

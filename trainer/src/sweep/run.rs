@@ -12,26 +12,22 @@ use infinity_data::manifest::write_atomic;
 
 use super::{env_overrides, PlannedRun};
 use crate::train::config::DeviceChoice;
-use crate::train::rundir::config_changes;
-
-fn summary(dir: &Path) -> Option<serde_json::Value> {
-    std::fs::read_to_string(dir.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok())
-}
+use crate::train::rundir::{config_changes, summary_says};
 
 /// Whether a run folder holds a finished run.
 pub fn finished(dir: &Path) -> bool {
-    summary(dir).is_some_and(|v| v["finished"] == true)
+    summary_says(dir, "finished")
 }
 
 /// Whether a run folder holds a run that diverged (`optim.max_nonfinite` stopped it; its `summary.json`
 /// says so). Training it again with the same config diverges again: it is a result, not a failure.
 pub fn diverged(dir: &Path) -> bool {
-    summary(dir).is_some_and(|v| v["diverged"] == true)
+    summary_says(dir, "diverged")
 }
 
 /// Whether a run folder holds a run a signal stopped (checkpointed; `--resume auto` continues it).
 pub(super) fn preempted(dir: &Path) -> bool {
-    summary(dir).is_some_and(|v| v["preempted"] == true)
+    summary_says(dir, "preempted")
 }
 
 /// Where a run of the sweep stands.

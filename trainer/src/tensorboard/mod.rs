@@ -21,7 +21,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use proto::*;
-pub use read::{event_files, read_scalars, read_steps, truncate_event_dir, truncate_event_file, Scalar, Truncated};
+pub use read::{
+    event_files, read_scalars, read_steps, remove_event_files, truncate_event_dir, truncate_event_file, Scalar,
+    Truncated,
+};
 
 mod proto;
 mod read;
@@ -276,7 +279,8 @@ impl Drop for EventWriter {
 fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     std::fs::create_dir_all(dir)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    // (the machine's name, as TensorBoard's own writer takes it: `$HOSTNAME` is a shell's, rarely exported)
+    let host = infinity_launcher::env::hostname().unwrap_or_else(|| "localhost".into()).replace('/', "_");
     // a file per writer and reopening: the counter keeps two files of one process in one second (a resume
     // in tests, a reopening) from sharing a name and, zero-padded, sorts them in the order TensorBoard
     // must read them; `create_new` never truncates an earlier file

@@ -226,6 +226,18 @@ pub fn event_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A run started afresh: remove the event files in `dir` (the run's `tb/`) that earlier sessions, which
+/// wrote no checkpoint, left. Never fails: a file that cannot be removed is warned of.
+pub fn remove_event_files(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(TMP_NAME));
+    for file in event_files(dir).unwrap_or_default() {
+        match std::fs::remove_file(&file) {
+            Ok(()) => tracing::info!("TensorBoard: {} removed (of a session that wrote no checkpoint)", file.display()),
+            Err(e) => tracing::warn!("TensorBoard: cannot remove {} of an earlier start: {e}", file.display()),
+        }
+    }
+}
+
 /// A run resumed at `step`: cut every event file in `dir` (the run's `tb/`) back to its events up to
 /// `step` ([`truncate_event_file`]), so that what an interrupted or abandoned session logged after it
 /// is gone whatever reads the folder. Never fails (logging never stops training): a file that cannot

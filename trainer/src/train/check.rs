@@ -282,6 +282,10 @@ pub fn check_with(
         out.extend(sized_totals(cfg, (&mc, &ds), &state.loader)?);
         position = Some(state.loader);
     } else {
+        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
+        if let Some(why) = super::start_state::repeated_divergence(cfg, &config_toml, None, 0, world) {
+            return Err(super::stop::Diverged(why).into());
+        }
         let mut start = Params::zeros(&lay);
         let first = &ds.parts()[0];
         match super::init_from::init_from(cfg, (&mc, &lay), &mut start, (&first.dir, &first.manifest))

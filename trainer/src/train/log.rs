@@ -125,7 +125,12 @@ impl Logger {
         // checkpoints a crash lost or a rewind set aside)
         super::rundir::truncate_eval_log(run, step)?;
         // (warns of a file it cannot cut and leaves it: TensorBoard is not required)
-        crate::tensorboard::truncate_event_dir(&run.join("tb"), step);
+        match step {
+            // a fresh start (a checkpoint is of step 1 or later): a session that took none left its
+            // start (config, HParams) at step 0, which TensorBoard would show as a second start
+            0 => crate::tensorboard::remove_event_files(&run.join("tb")),
+            _ => drop(crate::tensorboard::truncate_event_dir(&run.join("tb"), step)),
+        }
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

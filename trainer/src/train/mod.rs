@@ -170,7 +170,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     // ---- state: fresh or resumed -------------------------------------------------------------
     let Start { mut params, opt, saved, init_from: init_source } =
         starting_state(cfg, opts, (&mc, &lay), &config_toml, (&ds, dist.rank, dist.world))?;
-    dist.agree_on_step(saved.as_ref().map_or(0, |s| s.step))?;
+    dist.agree_on_start(saved.as_ref(), opts.resume.as_deref())?;
     if let Some(s) = saved.as_ref().filter(|s| s.step >= cfg.run.steps) {
         console!("the run is at step {} (run.steps = {}): nothing to train", s.step, cfg.run.steps);
         return summary.nothing_to_train(s, opts.resume.clone());
@@ -257,9 +257,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.bucket_names(manifest.schedules.iter().map(|s| s.name.clone()).collect());
         l.dataset_names(log::dataset_names(&ds));
     }
-    if resumed {
-        summary.resumed(&state, opts.resume.clone())?;
-    }
+    summary.starting(&state, opts.resume.clone())?;
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)
     let mut saver = match summary.text_at(&state)? {

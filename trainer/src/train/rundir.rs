@@ -16,7 +16,9 @@ pub(crate) const RUN_FILES: [&str; 2] = ["metrics.jsonl", "summary.json"];
 /// For a fresh start (no `--resume`): an error when `run` already holds a run, naming what it holds.
 pub fn check_fresh(run: &Path) -> Result<()> {
     let newest = checkpoint::complete(run).pop();
-    let files: Vec<&str> = RUN_FILES.into_iter().filter(|f| run.join(f).is_file()).collect();
+    // (a summary at step 0 is a start's that took no step: a requeued plain `infinity train` starts again)
+    let trained = |f: &str| run.join(f).is_file() && (f != "summary.json" || summary_step(run) != Some(0));
+    let files: Vec<&str> = RUN_FILES.into_iter().filter(|f| trained(f)).collect();
     if newest.is_none() && files.is_empty() {
         return Ok(());
     }
@@ -352,6 +354,12 @@ fn read_summary(run: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).ok()?).ok()
 }
 
+/// Whether the run's `summary.json` says `flag` (`finished`, `diverged`, `preempted`) is true; false
+/// where it has none, or one that cannot be read.
+pub fn summary_says(run: &Path, flag: &str) -> bool {
+    read_summary(run).is_some_and(|s| s[flag] == true)
+}
+
 /// The step `summary.json` records, if it can be read.
 pub fn summary_step(run: &Path) -> Option<u64> {
     read_summary(run)?["step"].as_u64()
@@ -368,9 +376,13 @@ pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String>
     // (a summary of an earlier build records none: taken as this one)
     let this_build = super::rank_identity::this_rank().build.to_string();
     let same_build = s["build"].as_str().is_none_or(|b| b == this_build);
+    let again = match step {
+        0 => "starting it again (it wrote no checkpoint before)".to_string(),
+        _ => format!("resuming from step {step}"),
+    };
     (s["world_size"].as_u64() == Some(world as u64) && same_build).then(|| {
         format!(
-            "{}: this run diverged at step {at} (its summary.json), and resuming from step {step} with the same \
+            "{}: this run diverged at step {at} (its summary.json), and {again} with the same \
              settings and {} repeats it step for step; change what diverged (optim.lr, optim.clip, \
              optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and resume, or train into a new \
              run.dir",

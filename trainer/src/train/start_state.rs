@@ -294,7 +294,27 @@ pub(crate) fn resume_from(
         })
         .with_context(|| format!("resuming from {}", dir.display()))
         .map_err(unrecoverable)?;
-    // (a change to what is only logged, checkpointed, sampled or validated trains the same steps)
+    if data_change.is_none() {
+        if let Some(why) = repeated_divergence(cfg, config_toml, Some(&changes), state.step, world) {
+            return Err(super::stop::Diverged(why).into());
+        }
+    }
+    Ok(Resumed { params, opt, state, changes, data_change })
+}
+
+/// Whether a start at `step` on `world` ranks repeats the divergence `run.dir`'s `summary.json` records at
+/// a later step, with the settings it diverged with (RUN/config.toml, which that session wrote as it
+/// began; without one, `changes` since the checkpoint) but for what is only logged, checkpointed, sampled
+/// or validated: its message, or `None`. A divergence that came with a setting changed on its resume
+/// repeats with that setting, not with the checkpoint's; a fresh start (`changes` none) is judged by
+/// RUN/config.toml alone, for a run that diverged before its first checkpoint.
+pub(crate) fn repeated_divergence(
+    cfg: &TrainConfig,
+    config_toml: &str,
+    changes: Option<&[String]>,
+    step: u64,
+    world: usize,
+) -> Option<String> {
     let bookkeeping = |c: &String| {
         let key = c.split(':').next().unwrap_or(c);
         let section = key.split('.').next().unwrap_or(key);
@@ -303,17 +323,13 @@ pub(crate) fn resume_from(
             || matches!(key, "data.workers")
             || key.starts_with("model.init")
     };
-    // (the settings compared are those of the session that diverged, RUN/config.toml, which it wrote as
-    // it began: a divergence that came with a setting changed on its resume repeats with that setting,
-    // not with the checkpoint's)
     let diverged_with = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
     let since = diverged_with.and_then(|t| rundir::config_changes(&t, config_toml).ok());
-    if since.as_ref().unwrap_or(&changes).iter().all(bookkeeping) && data_change.is_none() {
-        if let Some(why) = rundir::repeats_divergence(&cfg.run.dir, state.step, world) {
-            return Err(super::stop::Diverged(why).into());
-        }
+    let changed = since.as_deref().or(changes)?;
+    match changed.iter().all(bookkeeping) {
+        true => rundir::repeats_divergence(&cfg.run.dir, step, world),
+        false => None,
     }
-    Ok(Resumed { params, opt, state, changes, data_change })
 }
 
 /// What a resume on `world` ranks of a checkpoint written on `saved` ranks says, where they differ
@@ -380,6 +396,9 @@ pub(crate) fn starting_state(
             Start { params: r.params, opt: r.opt, saved: Some(state), init_from: None }
         }
         None => {
+            if let Some(why) = repeated_divergence(cfg, config_toml, None, 0, world) {
+                return Err(super::stop::Diverged(why).into());
+            }
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {
                 console!("{note}");
             }

@@ -82,7 +82,7 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// blow-up kept.
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
-    if later.is_empty() && !crate::sweep::diverged(run) {
+    if later.is_empty() && !crate::train::rundir::summary_says(run, "diverged") {
         for (_, grid) in &grids {
             std::fs::remove_file(grid).with_context(|| format!("removing {}", grid.display()))?;
         }
