@@ -945,7 +945,9 @@ fn a_linked_ladder_with_tokens_per_parameter() {
     let info = ok(infinity(&[&args[..], &["--classes", "24"]].concat(), t));
     assert!(info.contains(&format!("parameters: {} ", plan.runs[2].parameters)), "{info}");
     assert!(info.contains("conditioning: class, 24 classes (the dataset's)"), "{info}");
-    assert!(info.contains("(not one of the dataset's schedules, "), "the default budget 0.06M: {info}");
+    assert!(info.contains("(the dataset's, as `infinity sample` picks it;"), "the dataset's schedule: {info}");
+    let other = ok(infinity(&[&args[..], &["--classes", "24", "--budget", "0.06M"]].concat(), t));
+    assert!(other.contains("schedule 1.000/0.06M: L = 521\n  (not one of the dataset's schedules, "), "{other}");
     let bare = ok(infinity(&["model", "info", "--preset", "tiny", "--width", "128", "--heads", "4"], t));
     assert!(bare.contains("a run takes its dataset's: --dataset DIR"), "{bare}");
     // a ratio too small for one step is named as a ratio

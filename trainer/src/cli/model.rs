@@ -67,10 +67,13 @@ pub struct Shape {
     /// Override the heads (after --width), as `model.num_heads` does in a run.
     #[arg(long, value_parser = super::positive())]
     heads: Option<usize>,
-    #[arg(long, default_value = "1.000")]
-    template: String,
-    #[arg(long, default_value = "0.06M")]
-    budget: String,
+    /// Aspect-ratio template of the schedule counted (with `--budget`; default 1.000, or with `model info
+    /// --dataset` and neither given, the dataset's schedule that `infinity sample` takes).
+    #[arg(long)]
+    template: Option<String>,
+    /// Pixel budget of the schedule counted (default 0.06M, 256 px; see --template).
+    #[arg(long)]
+    budget: Option<String>,
     /// Text tokens per sample of a text-conditioned model (default: `model info` with --dataset or
     /// --text-maxlen, the longest caption, as a run counts; else 32, at most the preset's longest).
     #[arg(long, value_parser = super::positive())]
@@ -159,6 +162,17 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
     Ok((c, label))
 }
 
+impl Shape {
+    const TEMPLATE: &str = "1.000";
+    const BUDGET: &str = "0.06M";
+
+    /// The catalog's schedule of --template and --budget (their defaults where not given).
+    fn catalog_schedule(&self) -> anyhow::Result<infinity_data::schedule::ScaleSchedule> {
+        let template = self.template.as_deref().unwrap_or(Self::TEMPLATE);
+        Ok(Catalog::upstream().schedule(template, self.budget.as_deref().unwrap_or(Self::BUDGET))?)
+    }
+}
+
 /// `model info`'s model: the shape's, with its bits per token and condition as a run's dataset sets
 /// them: `--dataset`'s, else `--classes`, `--d`, `--text-dim` and `--text-maxlen`. And what else
 /// `--dataset` says: its classes (beside the text the model was counted with, a class model is another
@@ -166,11 +180,16 @@ fn config(s: &Shape) -> anyhow::Result<(ModelConfig, String)> {
 fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays)> {
     let (mut c, label) = config(&a.shape)?;
     let (mut d, mut classes, mut text) = (a.d, a.classes, (a.text_dim, a.text_maxlen));
-    let (mut dataset_classes, mut schedules) = (None, Vec::new());
+    let (mut dataset_classes, mut schedules, mut default_schedule) = (None, Vec::new(), None);
     if let Some(dir) = &a.dataset {
         let m = infinity_data::Manifest::load(dir).with_context(|| format!("--dataset {}", dir.display()))?;
         dataset_classes = m.conditions.class.as_ref().map(|k| k.num_classes as usize);
         schedules = m.schedules.iter().map(|s| s.name.clone()).collect();
+        if !m.schedules.is_empty() {
+            let rows = crate::infer::rows_by_schedule(&m);
+            default_schedule =
+                Some(crate::infer::pick_schedule(&m, &rows, crate::infer::SchedulePick::Default)?.clone());
+        }
         d = Some(c.token_bits(m.d as usize));
         match (&m.conditions.text, a.classes) {
             (Some(t), None) => text = (Some(t.width as usize), Some(t.max_tokens as usize)),
@@ -194,7 +213,7 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays
     c.text_channels = text.0.unwrap_or(c.text_channels);
     c.text_maxlen = text.1.unwrap_or(c.text_maxlen);
     c.validate().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
-    Ok((c, label, DatasetSays { classes: dataset_classes, schedules }))
+    Ok((c, label, DatasetSays { classes: dataset_classes, schedules, default_schedule }))
 }
 
 /// What `model info --dataset` reads beside the model: the dataset's classes and schedules' names.
@@ -202,6 +221,9 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays
 struct DatasetSays {
     classes: Option<usize>,
     schedules: Vec<String>,
+    /// The schedule `infinity sample` takes by default: what `model info` counts without --template
+    /// and --budget.
+    default_schedule: Option<infinity_data::schedule::ScaleSchedule>,
 }
 
 /// Text tokens per sample of `model bench` without --text-tokens.
@@ -246,7 +268,10 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let s = &a.shape;
             let (c, label, dataset) = info_config(&a)?;
             let lay = Layout::new(&c);
-            let sched = Catalog::upstream().schedule(&s.template, &s.budget)?;
+            let sched = match (&dataset.default_schedule, &s.template, &s.budget) {
+                (Some(d), None, None) => d.clone(),
+                _ => s.catalog_schedule()?,
+            };
             // (no caption is longer than the model's text_maxlen)
             let f = train_flops_per_token(&c, &sched.hw(), info_text_tokens(&a, &c));
             let patches = match c.apply_spatial_patchify {
@@ -270,7 +295,11 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             console!("parameters: {} ({:.1} M)", lay.numel, lay.numel as f64 / 1e6);
-            console!("schedule {}: L = {}", sched.name, sched.num_tokens());
+            let picked = match dataset.default_schedule.is_some() && s.template.is_none() && s.budget.is_none() {
+                true => " (the dataset's, as `infinity sample` picks it; --template and --budget count another)",
+                false => "",
+            };
+            console!("schedule {}: L = {}{picked}", sched.name, sched.num_tokens());
             if !dataset.schedules.is_empty() && !dataset.schedules.contains(&sched.name) {
                 console!(
                     "  (not one of the dataset's schedules, {}: --template and --budget pick one)",
@@ -298,8 +327,8 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 config,
                 label,
                 batch: a.batch,
-                template: a.shape.template,
-                budget: a.shape.budget,
+                template: a.shape.template.unwrap_or_else(|| Shape::TEMPLATE.into()),
+                budget: a.shape.budget.unwrap_or_else(|| Shape::BUDGET.into()),
                 text_tokens: a.shape.text_tokens.unwrap_or(BENCH_TEXT_TOKENS),
                 steps: a.steps,
                 python: a.python,

@@ -154,7 +154,16 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     let result = match a.check {
         true => train::check::check_with(&cfg, world, resume.as_deref(), gpu, a.accept_data_change).map(|lines| {
             lines.iter().for_each(|l| console!("{l}"));
-            console!("check passed: {} is ready to train", a.config.display());
+            // (--gpu-gib sizes a GPU job from any machine: the job runs a CUDA build, this one may not be)
+            let cuda_only = !cfg!(feature = "cuda") && cfg.run.device == train::config::DeviceChoice::Cuda;
+            match cuda_only {
+                true => console!(
+                    "check passed for a build with CUDA support: {} is ready to train with one (this build has \
+                     none and would exit 2: `cargo build --release --features cuda`)",
+                    a.config.display()
+                ),
+                false => console!("check passed: {} is ready to train", a.config.display()),
+            }
             None
         }),
         false => {
