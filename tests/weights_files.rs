@@ -30,8 +30,8 @@ fn dataset_and_config() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, data, cfg)
 }
 
-/// The bits `infinity sample SOURCE ARGS…` draws for two captions (seed 5, the default guidance and
-/// temperature) into `out`, and its grid's bytes.
+/// What `infinity sample SOURCE ARGS…` draws for two captions (seed 5, the default guidance and
+/// temperature) into `out`: the grid's pixels, the bits and their metadata ([`drawn`]).
 fn sample(source: &Path, args: &[&str], out: &Path) -> (Vec<u8>, Vec<u8>, serde_json::Value) {
     let (bits, grid) = (out.join("bits.safetensors"), out.join("grid.png"));
     let base = ["sample", path_str(source), "--caption", "red circle", "--caption", "blue square", "--n", "2"];
@@ -90,7 +90,7 @@ fn pytorch_files_sample_as_their_safetensors_twins() {
     assert!(sample(&ckpt, &with, &out("ckpt")) == twin, "trainer.gpt_fsdp");
     let average = sample(&ckpt, &[&with[..], &["--ema"]].concat(), &out("ckpt-ema"));
     assert!(average == sample(&torch_file("ema.safetensors"), &with, &out("ema")), "trainer.gpt_ema_fsdp");
-    assert!(average.0 != twin.0, "the moving average drew the weights' bits");
+    assert!(average.1 != twin.1, "the moving average drew the weights' bits");
 
     // an export of the average samples as the file did, and says where it came from
     let export = out("export");

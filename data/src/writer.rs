@@ -114,31 +114,31 @@ pub struct DatasetWriter {
     placed: Vec<String>,
     /// The manifest is written: the dataset is whole.
     finished: bool,
-    /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]).
-    _lock: File,
-    /// (dropped after the files above are removed)
-    _made: MadeFolders,
+    /// The folder's lock, held while writing: one writer at a time ([`lock_folder`]). Dropped after the
+    /// files above are removed.
+    _lock: FolderLock,
 }
 
-/// The folders a first write made (the dataset's, and those above it that were missing, the dataset's
-/// first): a write that never finished removes them again while they hold nothing but the lock file,
-/// so a failed `data pack` leaves no folder behind.
-struct MadeFolders(Vec<PathBuf>);
-
-impl MadeFolders {
-    /// Make `dir` and what is missing above it.
-    fn make(dir: &Path) -> Result<MadeFolders> {
-        // (a folder that cannot be looked at counts as there: it is not this writer's to remove)
-        let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
-        let made = dir.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect();
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-        Ok(MadeFolders(made))
-    }
+/// A dataset folder's lock ([`lock_folder`]) and the folders this writer made for it (the dataset's,
+/// and those above it that were missing, the dataset's first): a write that never finished removes
+/// them again, while the lock is still held, where they hold nothing but the lock file, so a failed
+/// `data pack` leaves no folder behind. (Only the writer that took the lock: one that found it held
+/// leaves the folder to its holder.)
+struct FolderLock {
+    _file: File,
+    made: Vec<PathBuf>,
 }
 
-impl Drop for MadeFolders {
+/// The folders of `dir`'s path that do not exist, `dir` first.
+fn missing_folders(dir: &Path) -> Vec<PathBuf> {
+    // (a folder that cannot be looked at counts as there: it is not this writer's to remove)
+    let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
+    dir.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect()
+}
+
+impl Drop for FolderLock {
     fn drop(&mut self) {
-        for (i, dir) in self.0.iter().enumerate() {
+        for (i, dir) in self.made.iter().enumerate() {
             let Ok(entries) = std::fs::read_dir(dir) else { return };
             let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
             if names.any(|n| i > 0 || n != WRITER_LOCK) {
@@ -152,8 +152,8 @@ impl Drop for MadeFolders {
     }
 }
 
-/// The lock file of a folder being written (hidden; left in place: removing a lock file races with
-/// the next writer opening it).
+/// The lock file of a folder being written (hidden; left in place, as removing a lock file races with
+/// the next writer opening it, but by a first write that failed in a folder it made: [`FolderLock`]).
 const WRITER_LOCK: &str = ".writer.lock";
 
 /// An exclusive `flock` on the folder's [`WRITER_LOCK`], or an error: a second `data pack` or `synth`
@@ -208,11 +208,12 @@ impl DatasetWriter {
         if dir.exists() && !dir.is_dir() {
             return Err(DataError::Config(format!("{}: a file, not a folder (a dataset is a folder)", dir.display())));
         }
-        let made = MadeFolders::make(dir)?;
+        let made = missing_folders(dir);
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
         // (the folder is this writer's from here on, so what it finds stays so: what a killed writer
         // staged is of no dataset)
-        let lock = lock_folder(dir)?;
+        let lock = FolderLock { _file: lock_folder(dir)?, made };
         if manifest_path.exists() && !opts.overwrite {
             return Err(DataError::Config(format!(
                 "{} already holds a dataset; pass --overwrite to replace it",
@@ -230,7 +231,7 @@ impl DatasetWriter {
                 None
             }
         };
-        Ok(Claim { dir: dir.to_path_buf(), opts, replacing, lock, made })
+        Ok(Claim { dir: dir.to_path_buf(), opts, replacing, lock })
     }
 }
 
@@ -239,14 +240,13 @@ pub struct Claim {
     dir: PathBuf,
     opts: WriterOptions,
     replacing: Option<Vec<String>>,
-    lock: File,
-    made: MadeFolders,
+    lock: FolderLock,
 }
 
 impl Claim {
     /// Start writing the dataset whose manifest, minus `shards` and `total_rows`, is `header`.
     pub fn start(self, header: Manifest) -> Result<DatasetWriter> {
-        let Claim { dir, opts, replacing, lock, made } = self;
+        let Claim { dir, opts, replacing, lock } = self;
         header.check(&dir.join(MANIFEST_FILE))?;
         let columns = header.columns();
         let schema = Arc::new(format::schema(columns));
@@ -268,7 +268,6 @@ impl Claim {
             placed: Vec::new(),
             finished,
             _lock: lock,
-            _made: made,
         })
     }
 }

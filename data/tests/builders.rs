@@ -202,8 +202,9 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert!(pack::pack(src.path(), fresh.path(), &reuse).is_err());
     assert!(tokenizer.is_file(), "the failed pack removed the tokenizer it was given");
     let left: Vec<_> = std::fs::read_dir(fresh.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 2, "{left:?}"); // (the tokenizer and the folder's lock)
-                                           // and a folder it made (with those above it) is removed again
+    // (the tokenizer and the folder's lock)
+    assert_eq!(left.len(), 2, "{left:?}");
+    // and a folder it made (with those above it) is removed again
     let made = fresh.path().join("new/packed");
     assert!(pack::pack(src.path(), &made, &pack::PackOptions::default()).is_err());
     assert!(!fresh.path().join("new").exists(), "a failed first pack left the folders it made");

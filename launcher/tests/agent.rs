@@ -417,21 +417,19 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
         );
         assert!(!text.contains("missing numbers"), "{text}");
     }
-    // one of a node rank past node 0's --nnodes: node 0 cannot see its settings, and hears of them
+    // one of a node rank past node 0's --nnodes: node 0 cannot see its settings (its node 1 may still
+    // come and form the group), and names them when its wait for node 1 ends
     let rdzv = format!("127.0.0.1:{}", free_port());
     let node = |n: &'static str, nnodes: &'static str| {
         let extra = ["--nnodes", nnodes, "--node-rank", n, "--rdzv", &rdzv, "--token", "t"];
         Agent::start(tmp.path(), &format!("beyond-node{n}"), &args(d, &extra, "exit 0"))
     };
-    let mut agents = [node("0", "2"), node("2", "3")];
-    for a in &mut agents {
-        assert_eq!(a.exit(Duration::from_secs(15)).code(), Some(2), "{}", a.text());
-        let text = a.text();
-        assert!(
-            text.contains("the agents disagree: node 2 has --nnodes 3") && text.contains("has --nnodes 2"),
-            "{text}"
-        );
-    }
+    let [mut node0, mut node2] = [node("0", "2"), node("2", "3")];
+    assert_eq!(node2.exit(Duration::from_secs(15)).code(), Some(2), "{}", node2.text());
+    assert_eq!(node0.exit(Duration::from_secs(30)).code(), Some(1), "{}", node0.text());
+    let text = node0.text();
+    let said = "meanwhile an agent with other settings came and left: the agents disagree: node 2 has --nnodes 3";
+    assert!(text.contains("node ranks [1] of 2 never arrived") && text.contains(said), "{text}");
 }
 
 /// A node lost with its agent (killed with its ranks, or the machine gone) reports nothing: the rank
@@ -491,8 +489,8 @@ fn a_node_rank_given_twice_is_named_when_another_never_arrives() {
     }
 }
 
-/// A malformed `INFINITY_RING_PORTS`, which every rank of every attempt would refuse alike, is refused
-/// before any rank starts: exit 2, not restarts.
+/// A malformed `INFINITY_RING_PORTS`, or one of too few ports, which every rank of every attempt would
+/// refuse alike, is refused before any rank starts: exit 2, not restarts.
 #[test]
 fn a_malformed_ring_port_range_exits_2_before_the_ranks() {
     let tmp = tempfile::tempdir().unwrap();
@@ -506,6 +504,12 @@ fn a_malformed_ring_port_range_exits_2_before_the_ranks() {
         text.contains("INFINITY_RING_PORTS=\"45010-45000\": expected a port range") && !text.contains("restart"),
         "{text}"
     );
+    // and one of fewer ports than the node's ranks
+    let vars = [("INFINITY_RING_PORTS", "45010".to_string())];
+    let mut agent = Agent::start_with(tmp.path(), "few-ports", &args(d, &extra, FRAGILE_RANK), &vars);
+    assert_eq!(agent.exit(Duration::from_secs(15)).code(), Some(2), "{}", agent.text());
+    let text = agent.text();
+    assert!(text.contains("INFINITY_RING_PORTS=45010: 1 port for 2 ranks on this node"), "{text}");
 }
 
 /// Node rank 0 started on another machine than `--rdzv`'s host (swapped `--node-rank` values) is

@@ -460,7 +460,10 @@ fn ranks_resuming_from_different_checkpoints_of_one_step_stop() {
         })
         .collect();
     let said = [
-        "another rank starts from another checkpoint than rank 0's (of step 2)".to_string(),
+        format!(
+            "rank 0 starts from {} (step 2), another rank from another",
+            a.join("checkpoints/step-00000002").display()
+        ),
         format!(
             "rank 1 resumes from {}, a checkpoint of step 2 with other weights",
             b.join("checkpoints/step-00000002").display()

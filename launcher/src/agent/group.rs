@@ -273,11 +273,6 @@ pub(super) fn agree_on_settings(
             (0..nnodes).filter(|&n| theirs[n].is_none()).map(|n| n.to_string()).collect()
         };
         loop {
-            // (an agent that disagreed where this one cannot see it, as one of a node rank past this
-            // one's --nnodes, left word of it: every node exits 2, not only that one)
-            if let Some(said) = disagreement_posted(&mut client, &prefix, timeout)? {
-                return Err(Misconfigured(said).into());
-            }
             let present = client.check(&keys)?;
             for (n, k) in keys.iter().enumerate() {
                 if present[n] && theirs[n].is_none() {
@@ -288,19 +283,12 @@ pub(super) fn agree_on_settings(
                 .filter_map(|(n, t)| t.as_ref().filter(|t| **t != mine).map(|t| format!("node {n} has {t}")))
                 .collect();
             if !differ.is_empty() {
-                // the agent hosting the store stays until every node has read the settings (or 5 s), so
-                // each reports the disagreement rather than a vanished store
-                client.add(&format!("{prefix}/read"), 1)?;
-                let t1 = Instant::now();
-                while hosting && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t1.elapsed().as_secs() < 5
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
                 let msg = format!(
                     "the agents disagree: node {node} has {mine}, {}; start every node with the same",
                     differ.join(", ")
                 );
                 post_disagreement(&mut client, &prefix, &msg)?;
+                stay_until_read(&mut client, &prefix, hosting, nnodes)?;
                 return Err(Misconfigured(msg).into());
             }
             if theirs.iter().all(Option::is_some) {
@@ -311,18 +299,20 @@ pub(super) fn agree_on_settings(
                     let refused = client.refusals().unwrap_or_default();
                     let missing = missing(&theirs);
                     let never = never_arrived(&prefix, "node rank", &missing, nnodes, timeout, START_THERE, &refused);
-                    bail!("{never}{}", client.started_again(&prefix, nnodes));
+                    let posted = posted_clause(&mut client, &prefix, timeout)?;
+                    bail!("{never}{}{posted}", client.started_again(&prefix, nnodes));
                 }
                 let missing = (0..nnodes).filter(|&n| theirs[n].is_none()).collect();
                 return Ok((client, Err(missing)));
             }
             if progress.due() {
                 let again = if fixed { client.started_again(&prefix, nnodes) } else { String::new() };
+                let posted = posted_clause(&mut client, &prefix, timeout)?;
                 console_err!(
-                    "[launch] waiting for node ranks [{}] of {nnodes} ({}){}{again}",
+                    "[launch] waiting for node ranks [{}] of {nnodes} ({}){}{again}{posted}",
                     missing(&theirs).join(", "),
                     progress.so_far(),
-                    refused_clause(&client.refusals().unwrap_or_default())
+                    refused_clause(&client.refusals().unwrap_or_default()),
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -469,6 +459,17 @@ pub(super) async fn group_outcome(
     }
 }
 
+/// An agent that found a disagreement: the one hosting the store stays until every node has read the
+/// settings (or 5 s), so each reports the disagreement rather than a vanished store.
+fn stay_until_read(client: &mut StoreClient, prefix: &str, hosting: bool, nnodes: usize) -> Result<()> {
+    client.add(&format!("{prefix}/read"), 1)?;
+    let t1 = Instant::now();
+    while hosting && client.add(&format!("{prefix}/read"), 0)? < nnodes as i64 && t1.elapsed().as_secs() < 5 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Leaves `msg`, an agent's disagreement with the others' settings, in the store for the agents that
 /// cannot see it themselves (those whose `--nnodes` does not reach the node that disagreed).
 fn post_disagreement(client: &mut StoreClient, prefix: &str, msg: &str) -> Result<()> {
@@ -478,7 +479,18 @@ fn post_disagreement(client: &mut StoreClient, prefix: &str, msg: &str) -> Resul
     Ok(())
 }
 
-/// The first disagreement another agent left ([`post_disagreement`]), as this agent reports it.
+/// An agent that disagreed where this one cannot see it (one of a node rank past this one's --nnodes)
+/// and left word of it ([`post_disagreement`]), as a clause for this one's waiting lines and timeout: said
+/// while it waits rather than a reason to stop, for the nodes it waits for may still come and form the
+/// group. Empty without one.
+fn posted_clause(client: &mut StoreClient, prefix: &str, timeout: Duration) -> Result<String> {
+    Ok(match disagreement_posted(client, prefix, timeout)? {
+        Some(said) => format!("; meanwhile an agent with other settings came and left: {said}"),
+        None => String::new(),
+    })
+}
+
+/// The first disagreement another agent left ([`post_disagreement`]).
 fn disagreement_posted(client: &mut StoreClient, prefix: &str, timeout: Duration) -> Result<Option<String>> {
     if client.add(&format!("{prefix}/disagreed/posted"), 0)? == 0 {
         return Ok(None);
@@ -487,8 +499,7 @@ fn disagreement_posted(client: &mut StoreClient, prefix: &str, timeout: Duration
     let keys: Vec<String> = (0..slots).map(|k| format!("{prefix}/disagreed/{k}")).collect();
     let present = client.check(&keys)?;
     let Some(key) = keys.iter().zip(present).find_map(|(k, there)| there.then_some(k)) else { return Ok(None) };
-    let said = String::from_utf8_lossy(&client.get(key, timeout)?).into_owned();
-    Ok(Some(format!("{said} (another agent found it)")))
+    Ok(Some(String::from_utf8_lossy(&client.get(key, timeout)?).into_owned()))
 }
 
 /// Nodes among `0..nnodes` that never arrived at attempt `attempt`'s meeting but had ended an earlier

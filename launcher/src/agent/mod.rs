@@ -179,8 +179,23 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     // (a variable the ranks would refuse alike on every attempt: refused before any starts)
-    crate::comm::ring_ports::from_env().map_err(|e| group::Misconfigured(format!("{e:#}")))?;
+    let ring_ports = crate::comm::ring_ports::from_env().map_err(|e| group::Misconfigured(format!("{e:#}")))?;
     let p = plan(&a)?;
+    // (each local rank's ring listener takes a port of the range: too few fails every attempt alike)
+    if let Some(r) = ring_ports.filter(|r| r.len() < p.nproc_per_node) {
+        return Err(group::Misconfigured(format!(
+            "{}={}: {} for {} ranks on this node; each rank's ring listener takes one, so give at least {}",
+            crate::comm::ring_ports::RING_PORTS_VAR,
+            match r.start() == r.end() {
+                true => r.start().to_string(),
+                false => format!("{}-{}", r.start(), r.end()),
+            },
+            crate::plural(r.len(), "port"),
+            p.nproc_per_node,
+            p.nproc_per_node
+        ))
+        .into());
+    }
     let a = LaunchArgs { nproc_per_node: p.nproc_per_node, ..a };
     // (the run id of SLURM's job too: a store that serves another run there is another job's)
     let (derived, port) = (p.port_derived && a.run_id.is_none(), p.port);

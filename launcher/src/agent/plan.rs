@@ -252,6 +252,11 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
             }
         },
     };
+    // (port 0 binds any free port, which the other nodes cannot know)
+    ensure!(
+        port != 0 || nnodes == 1,
+        "--rdzv {host}:0: port 0 is no port the other nodes can meet at; give one, such as 29400"
+    );
     let token = match a.token.clone().or(env(vars::TOKEN)) {
         Some(t) => t,
         None if nnodes == 1 => format!("{:032x}", rand::random::<u128>()),
@@ -309,10 +314,7 @@ fn host_port(what: &str, v: &str, default_port: Option<u16>) -> Result<(String, 
     }
     let (h, p) = v.rsplit_once(':').with_context(|| format!("{what} {v}: expected HOST:PORT"))?;
     ensure!(!h.is_empty(), "{what} {v}: expected HOST:PORT (no host given)");
-    let port: u16 = p.parse().with_context(|| format!("{what} {v}: bad port"))?;
-    // (port 0 binds any free port, which the other nodes cannot know)
-    ensure!(port != 0, "{what} {v}: port 0 is no port the other nodes can meet at; give one, such as 29400");
-    Ok((h.to_string(), port))
+    Ok((h.to_string(), p.parse().with_context(|| format!("{what} {v}: bad port"))?))
 }
 
 /// The rendezvous torchrun's variables name: `PET_RDZV_ENDPOINT` (an elastic PyTorchJob's, c10d), else
@@ -391,12 +393,18 @@ mod tests {
     fn a_rendezvous_is_a_host_and_a_port_to_meet_at() {
         assert_eq!(host_port("--rdzv", "n1:29400", None).unwrap(), ("n1".to_string(), 29400));
         assert_eq!(host_port("PET_RDZV_ENDPOINT", "n1", Some(29400)).unwrap(), ("n1".to_string(), 29400));
-        for (v, said) in
-            [("n1", "expected HOST:PORT"), (":1", "no host given"), ("n1:x", "bad port"), ("n1:0", "port 0")]
-        {
+        for (v, said) in [("n1", "expected HOST:PORT"), (":1", "no host given"), ("n1:x", "bad port")] {
             let e = host_port("--rdzv", v, None).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--rdzv {v}: ")) && e.contains(said), "{e}");
         }
+        // port 0 (any free one) is no place for several nodes to meet; one node may take it
+        let plan_of = |args: &[&str]| {
+            let a = Cli::parse_from(["launch", "--nproc-per-node", "1"].iter().chain(args).chain(&["--", "true"])).a;
+            plan_with(&a, |k| (k == "INFINITY_RDZV_TOKEN").then(|| "t".to_string()))
+        };
+        let e = plan_of(&["--nnodes", "2", "--node-rank", "0", "--rdzv", "n1:0"]).err().unwrap().to_string();
+        assert!(e.starts_with("--rdzv n1:0: port 0 is no port the other nodes can meet at"), "{e}");
+        assert_eq!(plan_of(&["--rdzv", "127.0.0.1:0"]).unwrap().port, 0);
     }
 
     #[test]

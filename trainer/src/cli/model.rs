@@ -190,6 +190,16 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays
             default_schedule =
                 Some(crate::infer::pick_schedule(&m, &rows, crate::infer::SchedulePick::Default)?.clone());
         }
+        // (a dataset stored at twice the sides trains a model of 2×2 patches: the model a run could train
+        // on it, which a run of another preset takes with `model.apply_spatial_patchify = true`)
+        if m.schedules.iter().any(|s| s.spatial_patchify) && !c.apply_spatial_patchify {
+            c.apply_spatial_patchify = true;
+            console!(
+                "(the dataset is stored for spatial patchify: counted with model.apply_spatial_patchify = true, \
+                 which a run of preset {} on it needs)",
+                a.shape.preset
+            );
+        }
         d = Some(c.token_bits(m.d as usize));
         match (&m.conditions.text, a.classes) {
             (Some(t), None) => text = (Some(t.width as usize), Some(t.max_tokens as usize)),
@@ -269,6 +279,12 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             let (c, label, dataset) = info_config(&a)?;
             let lay = Layout::new(&c);
             let sched = match (&dataset.default_schedule, &s.template, &s.budget) {
+                // (a spatial-patchify dataset's schedule is the tokenizer's, at twice the transformer's sides)
+                (Some(d), None, None) if d.spatial_patchify => infinity_data::ScaleSchedule {
+                    scales: d.scales.iter().map(|&[t, h, w]| [t, h / 2, w / 2]).collect(),
+                    spatial_patchify: false,
+                    ..d.clone()
+                },
                 (Some(d), None, None) => d.clone(),
                 _ => s.catalog_schedule()?,
             };
@@ -300,7 +316,9 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 false => "",
             };
             console!("schedule {}: L = {}{picked}", sched.name, sched.num_tokens());
-            if !dataset.schedules.is_empty() && !dataset.schedules.contains(&sched.name) {
+            // (a spatial-patchify dataset names its schedules NAME/patchify)
+            let on_dataset = |n: &String| n == &sched.name || n.strip_suffix("/patchify") == Some(sched.name.as_str());
+            if !dataset.schedules.is_empty() && !dataset.schedules.iter().any(on_dataset) {
                 console!(
                     "  (not one of the dataset's schedules, {}: --template and --budget pick one)",
                     dataset.schedules.join(", ")

@@ -208,14 +208,20 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 
     // what made these samples, in the grid (a PNG's iTXt `infinity_sample`) and the bits' metadata: the
     // same command with these settings draws them again
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     let negative = a.negative_caption.clone().or(a.negative_text_features.as_ref().map(|f| f.display().to_string()));
     let made_by = serde_json::json!({
-        "source": std::path::absolute(&ck.dir).unwrap_or(ck.dir.clone()),
+        "source": absolute(&ck.dir),
+        "config": a.weights.config.as_deref().map(absolute),
+        "set": a.weights.set,
+        "data": absolute(&data_dir),
+        "text_features": a.text_features.as_deref().map(absolute),
         "step": ck.step,
         "ema": ema,
         "schedule": sched.name,
         "conditions": rows,
-        "negative_prompt": negative,
+        "negative_caption": a.negative_caption,
+        "negative_text_features": a.negative_text_features.as_deref().map(absolute),
         "n": a.n,
         "seed": a.seed,
         "cfg": a.cfg,
@@ -250,7 +256,11 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         Ok(Some(tok)) => {
             let notes = [("infinity_sample", made_by.to_string())];
             save_grid_noted(&infer::decode(&tok, &s, sched), a.n, &a.out, &notes)?;
-            console!("wrote {}", a.out.display());
+            let kept = match a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+                true => "",
+                false => " (a JPEG keeps no record of what made it: a .png or --bits does)",
+            };
+            console!("wrote {}{kept}", a.out.display());
         }
         Ok(None) => {
             console!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)

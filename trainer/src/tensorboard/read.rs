@@ -230,7 +230,14 @@ pub fn event_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// wrote no checkpoint, left. Never fails: a file that cannot be removed is warned of.
 pub fn remove_event_files(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(TMP_NAME));
-    for file in event_files(dir).unwrap_or_default() {
+    let files = match event_files(dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            return tracing::warn!("TensorBoard: cannot list {} to remove an earlier start's files: {e}", dir.display())
+        }
+    };
+    for file in files {
         match std::fs::remove_file(&file) {
             Ok(()) => tracing::info!("TensorBoard: {} removed (of a session that wrote no checkpoint)", file.display()),
             Err(e) => tracing::warn!("TensorBoard: cannot remove {} of an earlier start: {e}", file.display()),

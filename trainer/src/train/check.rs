@@ -283,7 +283,7 @@ pub fn check_with(
         position = Some(state.loader);
     } else {
         let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
-        if let Some(why) = super::start_state::repeated_divergence(cfg, &config_toml, None, 0, world) {
+        if let Some(why) = super::start_state::fresh_repeats_divergence(cfg, &config_toml, &ds.manifest, world) {
             return Err(super::stop::Diverged(why).into());
         }
         let mut start = Params::zeros(&lay);

@@ -240,7 +240,10 @@ impl Dist {
         }
         let mine = from.map_or("a fresh start".to_string(), |p| p.display().to_string());
         let what = match (leader == step, leader_id == id) {
-            (true, true) => format!("another rank starts from another checkpoint than rank 0's (of step {leader})"),
+            (true, true) => format!(
+                "rank {} starts from {mine} (step {leader}), another rank from another checkpoint (its log names it)",
+                self.rank
+            ),
             (true, false) => format!(
                 "rank {} resumes from {mine}, a checkpoint of step {step} with other weights or optimiser state than \
                  rank 0's of that step",
@@ -374,7 +377,7 @@ fn differences(leader: &str, mine: &str) -> Result<Vec<String>> {
         v.and_then(|v| Some(v.get("data")?.get("dir")?.as_str()?.to_string())).unwrap_or_else(|| "?".into())
     };
     let folders = |c: String| match c.starts_with("dataset.fingerprint:") {
-        true => format!("{c} (data.dir {} on rank 0, {} here)", data_dir(leader), data_dir(mine)),
+        true => format!("{c} (data.dir: {} → {}; with data.mix, its datasets too)", data_dir(leader), data_dir(mine)),
         false => c,
     };
     Ok(super::rundir::config_changes(leader, mine)?.into_iter().filter(|c| !per_node(c)).map(folders).collect())
@@ -482,7 +485,7 @@ mod tests {
         let data = |text: &str, print: &str| format!("{text}[dataset]\nfingerprint = \"{print}\"\n");
         assert_eq!(
             differences(&data(leader, "f1"), &data(mounts, "f2")).unwrap(),
-            ["dataset.fingerprint: \"f1\" → \"f2\" (data.dir /a on rank 0, /b here)"]
+            ["dataset.fingerprint: \"f1\" → \"f2\" (data.dir: /a → /b; with data.mix, its datasets too)"]
         );
     }
 

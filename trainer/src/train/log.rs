@@ -129,7 +129,9 @@ impl Logger {
             // a fresh start (a checkpoint is of step 1 or later): a session that took none left its
             // start (config, HParams) at step 0, which TensorBoard would show as a second start
             0 => crate::tensorboard::remove_event_files(&run.join("tb")),
-            _ => drop(crate::tensorboard::truncate_event_dir(&run.join("tb"), step)),
+            _ => {
+                let _ = crate::tensorboard::truncate_event_dir(&run.join("tb"), step);
+            }
         }
         let jsonl = std::fs::OpenOptions::new()
             .create(true)

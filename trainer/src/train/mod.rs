@@ -257,7 +257,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.bucket_names(manifest.schedules.iter().map(|s| s.name.clone()).collect());
         l.dataset_names(log::dataset_names(&ds));
     }
-    summary.starting(&state, opts.resume.clone())?;
+    if resumed {
+        summary.resumed(&state, opts.resume.clone())?;
+    }
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)
     let mut saver = match summary.text_at(&state)? {

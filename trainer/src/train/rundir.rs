@@ -16,9 +16,7 @@ pub(crate) const RUN_FILES: [&str; 2] = ["metrics.jsonl", "summary.json"];
 /// For a fresh start (no `--resume`): an error when `run` already holds a run, naming what it holds.
 pub fn check_fresh(run: &Path) -> Result<()> {
     let newest = checkpoint::complete(run).pop();
-    // (a summary at step 0 is a start's that took no step: a requeued plain `infinity train` starts again)
-    let trained = |f: &str| run.join(f).is_file() && (f != "summary.json" || summary_step(run) != Some(0));
-    let files: Vec<&str> = RUN_FILES.into_iter().filter(|f| trained(f)).collect();
+    let files: Vec<&str> = RUN_FILES.into_iter().filter(|f| run.join(f).is_file()).collect();
     if newest.is_none() && files.is_empty() {
         return Ok(());
     }
@@ -376,15 +374,15 @@ pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String>
     // (a summary of an earlier build records none: taken as this one)
     let this_build = super::rank_identity::this_rank().build.to_string();
     let same_build = s["build"].as_str().is_none_or(|b| b == this_build);
-    let again = match step {
-        0 => "starting it again (it wrote no checkpoint before)".to_string(),
-        _ => format!("resuming from step {step}"),
+    let (again, then) = match step {
+        0 => ("starting it again (it wrote no checkpoint before)".to_string(), "start again"),
+        _ => (format!("resuming from step {step}"), "resume"),
     };
     (s["world_size"].as_u64() == Some(world as u64) && same_build).then(|| {
         format!(
             "{}: this run diverged at step {at} (its summary.json), and {again} with the same \
              settings and {} repeats it step for step; change what diverged (optim.lr, optim.clip, \
-             optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and resume, or train into a new \
+             optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and {then}, or train into a new \
              run.dir",
             run.display(),
             crate::cli::plural(world, "rank")

@@ -305,9 +305,10 @@ pub(crate) fn resume_from(
 /// Whether a start at `step` on `world` ranks repeats the divergence `run.dir`'s `summary.json` records at
 /// a later step, with the settings it diverged with (RUN/config.toml, which that session wrote as it
 /// began; without one, `changes` since the checkpoint) but for what is only logged, checkpointed, sampled
-/// or validated: its message, or `None`. A divergence that came with a setting changed on its resume
-/// repeats with that setting, not with the checkpoint's; a fresh start (`changes` none) is judged by
-/// RUN/config.toml alone, for a run that diverged before its first checkpoint.
+/// or validated (and on a resume, the initialisation's settings, which the checkpoint's weights replace):
+/// its message, or `None`. A divergence that came with a setting changed on its resume repeats with
+/// that setting, not with the checkpoint's; a fresh start (`changes` none: [`fresh_repeats_divergence`])
+/// is judged by RUN/config.toml alone.
 pub(crate) fn repeated_divergence(
     cfg: &TrainConfig,
     config_toml: &str,
@@ -315,13 +316,14 @@ pub(crate) fn repeated_divergence(
     step: u64,
     world: usize,
 ) -> Option<String> {
+    let resuming = changes.is_some();
     let bookkeeping = |c: &String| {
         let key = c.split(':').next().unwrap_or(c);
         let section = key.split('.').next().unwrap_or(key);
         matches!(section, "checkpoint" | "sample" | "val")
             || matches!(key, "run.log_every" | "run.peak_tflops" | "run.stall_timeout_s" | "run.gpu_memory_check")
             || matches!(key, "data.workers")
-            || key.starts_with("model.init")
+            || (resuming && key.starts_with("model.init"))
     };
     let diverged_with = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
     let since = diverged_with.and_then(|t| rundir::config_changes(&t, config_toml).ok());
@@ -330,6 +332,21 @@ pub(crate) fn repeated_divergence(
         true => rundir::repeats_divergence(&cfg.run.dir, step, world),
         false => None,
     }
+}
+
+/// Whether a fresh start on `world` ranks, of `cfg` on the dataset `data`, repeats a divergence before
+/// the first checkpoint that `run.dir`'s `summary.json` records ([`repeated_divergence`]): judged only
+/// where the dataset is the one `RUN/derived.json` records (one rebuilt in place trains other steps).
+pub(crate) fn fresh_repeats_divergence(
+    cfg: &TrainConfig,
+    config_toml: &str,
+    data: &infinity_data::Manifest,
+    world: usize,
+) -> Option<String> {
+    let derived = std::fs::read_to_string(cfg.run.dir.join("derived.json")).ok()?;
+    let derived: serde_json::Value = serde_json::from_str(&derived).ok()?;
+    data.fingerprint_matches(derived["dataset"]["fingerprint"].as_str()?).then_some(())?;
+    repeated_divergence(cfg, config_toml, None, 0, world)
 }
 
 /// What a resume on `world` ranks of a checkpoint written on `saved` ranks says, where they differ
@@ -396,7 +413,7 @@ pub(crate) fn starting_state(
             Start { params: r.params, opt: r.opt, saved: Some(state), init_from: None }
         }
         None => {
-            if let Some(why) = repeated_divergence(cfg, config_toml, None, 0, world) {
+            if let Some(why) = fresh_repeats_divergence(cfg, config_toml, &ds.manifest, world) {
                 return Err(super::stop::Diverged(why).into());
             }
             if let Some(note) = fresh_start_note(&cfg.run.dir).filter(|_| leader) {

@@ -76,11 +76,11 @@ impl<'a> SummaryFile<'a> {
         Ok(summary)
     }
 
-    /// A session starts at `state`, from the checkpoint `resume` (none: a fresh start): `summary.json` says
-    /// where the run stands at every moment, so from now on no longer where an earlier session stopped
-    /// (preempted, say), but at the checkpoint this session starts from; a fresh start's says step 0,
-    /// so a run killed before its first checkpoint still has one (a sweep's `--status` reads it).
-    pub(super) fn starting(&mut self, state: &TrainState, resume: Option<PathBuf>) -> Result<()> {
+    /// A session resumed from the checkpoint `resume`, at `state`: `summary.json` says where the run
+    /// stands at every moment, so no longer where an earlier session stopped (preempted, say), but at
+    /// the checkpoint this session starts from. (A fresh start writes none before its first checkpoint:
+    /// `infinity scaling` and sweeps take a run without one for one not yet summarised.)
+    pub(super) fn resumed(&mut self, state: &TrainState, resume: Option<PathBuf>) -> Result<()> {
         self.summary.started_at = state.step;
         if !self.leader {
             return Ok(());
