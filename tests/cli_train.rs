@@ -112,7 +112,7 @@ fn train_sample_and_export_a_text_model() {
     assert_eq!(about["schedule"]["scales"], manifest["schedules"][0]["scales"]);
     // what made them, in the bits and in the grid (a PNG's iTXt chunk)
     let made_by = &about["made_by"];
-    let source = run.join("checkpoints/step-00000002");
+    let source = run.join("checkpoints/step-00000002").canonicalize().unwrap();
     assert_eq!((&made_by["source"], &made_by["step"]), (&source.to_str().unwrap().into(), &2.into()), "{made_by}");
     assert_eq!(
         (&made_by["seed"], &made_by["cfg"], &made_by["top_p"]),

@@ -1079,6 +1079,15 @@ fn spatial_patchify_trains_on_a_patchified_dataset_and_mismatches_are_named() {
     let square = stored.iter().find(|s| s.h_div_w_template == "1.000").unwrap();
     let tokens: usize = square.hw().iter().map(|&(h, w)| h / 2 * (w / 2)).sum();
     assert!(text.contains(&format!("schedule {}: L = {tokens} (the dataset's", square.name)), "{text}");
+    // and a preset of patches (8b's) on a dataset stored at the transformer's sides, without them
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+        .args(["model", "info", "--preset", "8b", "--classes", "24", "--dataset"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let said = "stored at the transformer's sides: counted with model.apply_spatial_patchify = false";
+    assert!(out.status.success() && text.contains(said) && !text.contains("(spatial patchify"), "{text}");
 }
 
 /// One job per run folder: while another holds the folder's lock, a run (fresh or resumed) stops

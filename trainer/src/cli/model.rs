@@ -192,10 +192,12 @@ fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays
         }
         // (a dataset stored at twice the sides trains a model of 2×2 patches: the model a run could train
         // on it, which a run of another preset takes with `model.apply_spatial_patchify = true`)
-        if m.schedules.iter().any(|s| s.spatial_patchify) && !c.apply_spatial_patchify {
-            c.apply_spatial_patchify = true;
+        let stored_patchified = m.schedules.iter().any(|s| s.spatial_patchify);
+        if stored_patchified != c.apply_spatial_patchify {
+            c.apply_spatial_patchify = stored_patchified;
+            let stored = if stored_patchified { "for spatial patchify" } else { "at the transformer's sides" };
             console!(
-                "(the dataset is stored for spatial patchify: counted with model.apply_spatial_patchify = true, \
+                "(the dataset is stored {stored}: counted with model.apply_spatial_patchify = {stored_patchified}, \
                  which a run of preset {} on it needs)",
                 a.shape.preset
             );

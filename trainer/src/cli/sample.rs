@@ -208,7 +208,10 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
 
     // what made these samples, in the grid (a PNG's iTXt `infinity_sample`) and the bits' metadata: the
     // same command with these settings draws them again
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    let absolute = |p: &Path| {
+        let whole = p.canonicalize().or_else(|_| std::path::absolute(p));
+        whole.unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+    };
     let negative = a.negative_caption.clone().or(a.negative_text_features.as_ref().map(|f| f.display().to_string()));
     let made_by = serde_json::json!({
         "source": absolute(&ck.dir),
