@@ -129,26 +129,9 @@ struct FolderLock {
     made: Vec<PathBuf>,
 }
 
-/// The folders of `dir`'s path that do not exist, `dir` first.
-fn missing_folders(dir: &Path) -> Vec<PathBuf> {
-    // (a folder that cannot be looked at counts as there: it is not this writer's to remove)
-    let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
-    dir.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect()
-}
-
 impl Drop for FolderLock {
     fn drop(&mut self) {
-        for (i, dir) in self.made.iter().enumerate() {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
-            let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
-            if names.any(|n| i > 0 || n != WRITER_LOCK) {
-                return;
-            }
-            let _ = std::fs::remove_file(dir.join(WRITER_LOCK));
-            if std::fs::remove_dir(dir).is_err() {
-                return;
-            }
-        }
+        crate::file_lock::remove_made_folders(&self.made, WRITER_LOCK);
     }
 }
 
@@ -208,7 +191,7 @@ impl DatasetWriter {
         if dir.exists() && !dir.is_dir() {
             return Err(DataError::Config(format!("{}: a file, not a folder (a dataset is a folder)", dir.display())));
         }
-        let made = missing_folders(dir);
+        let made = crate::file_lock::missing_folders(dir);
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest_path = dir.join(MANIFEST_FILE);
         // (the folder is this writer's from here on, so what it finds stays so: what a killed writer

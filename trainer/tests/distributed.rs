@@ -105,6 +105,19 @@ fn launch(nproc: usize, cfg: &Path, run: &Path, extra: &[&str], env: &[(&str, &s
     c
 }
 
+/// `infinity ARGS…` as rank `r` of two that meet at `port` on this machine (the variables a torchrun-style
+/// scheduler sets, no agent), its stderr piped.
+fn rank_of_two(r: usize, port: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Child {
+    let mut c = Command::new(BIN);
+    c.args(args).envs([
+        ("WORLD_SIZE", "2"),
+        ("RANK", &r.to_string()),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", port),
+    ]);
+    c.stderr(Stdio::piped()).spawn().unwrap()
+}
+
 fn ok(out: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "launch failed ({:?}):\n{text}", out.status);
@@ -404,15 +417,8 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
             if r == 1 {
                 std::fs::remove_dir_all(dir.join("checkpoints/step-00000008")).unwrap();
             }
-            let mut c = Command::new(BIN);
-            c.args(["train"]).arg(&cfg).args(["--set", &format!("run.dir={}", dir.display()), "--resume", "auto"]);
-            c.envs([
-                ("WORLD_SIZE", "2"),
-                ("RANK", &r.to_string()),
-                ("MASTER_ADDR", "127.0.0.1"),
-                ("MASTER_PORT", &port),
-            ]);
-            c.stderr(Stdio::piped()).spawn().unwrap()
+            let run_dir = format!("run.dir={}", dir.display());
+            rank_of_two(r, &port, &[&"train", &cfg, &"--set", &run_dir, &"--resume", &"auto"])
         })
         .collect();
     for (r, child) in ranks.into_iter().enumerate() {
@@ -447,16 +453,9 @@ fn ranks_resuming_from_different_checkpoints_of_one_step_stop() {
         .into_iter()
         .enumerate()
         .map(|(r, from)| {
-            let mut c = Command::new(BIN);
-            c.arg("train").arg(&cfg).args(["--set", &format!("run.dir={}", tmp.path().join("ab").display())]);
-            c.args(["--set", "run.steps=3", "--resume"]).arg(from.join("checkpoints/step-00000002"));
-            c.envs([
-                ("WORLD_SIZE", "2"),
-                ("RANK", &r.to_string()),
-                ("MASTER_ADDR", "127.0.0.1"),
-                ("MASTER_PORT", &port),
-            ]);
-            c.stderr(Stdio::piped()).spawn().unwrap()
+            let (run_dir, ckpt) =
+                (format!("run.dir={}", tmp.path().join("ab").display()), from.join("checkpoints/step-00000002"));
+            rank_of_two(r, &port, &[&"train", &cfg, &"--set", &run_dir, &"--set", &"run.steps=3", &"--resume", &ckpt])
         })
         .collect();
     let said = [

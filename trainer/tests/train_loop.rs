@@ -1067,27 +1067,26 @@ fn spatial_patchify_trains_on_a_patchified_dataset_and_mismatches_are_named() {
     assert!(e.contains("--spatial-patchify") && e.contains("1.000/demo5"), "{e}");
 
     // `model info --dataset` counts the model a run trains on it: of 2×2 patches, the transformer's tokens
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .args(["model", "info", "--preset", "tiny", "--classes", "24", "--dataset"])
-        .arg(&patched)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("counted with model.apply_spatial_patchify = true"), "{text}");
+    let model_info = |preset: &str, data: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
+            .args(["model", "info", "--preset", preset, "--classes", "24", "--dataset"])
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = model_info("tiny", &patched);
+    assert!(text.contains("counted with model.apply_spatial_patchify = true"), "{text}");
     let numel = infinity_trainer::model::Layout::new(&setup.mc).numel;
     assert!(text.contains(&format!("parameters: {numel} ")), "{text}");
     let square = stored.iter().find(|s| s.h_div_w_template == "1.000").unwrap();
     let tokens: usize = square.hw().iter().map(|&(h, w)| h / 2 * (w / 2)).sum();
     assert!(text.contains(&format!("schedule {}: L = {tokens} (the dataset's", square.name)), "{text}");
     // and a preset of patches (8b's) on a dataset stored at the transformer's sides, without them
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infinity"))
-        .args(["model", "info", "--preset", "8b", "--classes", "24", "--dataset"])
-        .arg(&plain)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = model_info("8b", &plain);
     let said = "stored at the transformer's sides: counted with model.apply_spatial_patchify = false";
-    assert!(out.status.success() && text.contains(said) && !text.contains("(spatial patchify"), "{text}");
+    assert!(text.contains(said) && !text.contains("(spatial patchify"), "{text}");
 }
 
 /// One job per run folder: while another holds the folder's lock, a run (fresh or resumed) stops

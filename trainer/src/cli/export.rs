@@ -146,15 +146,10 @@ fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(C
     let mut params = crate::train::fresh_weights(&cfg, &model, &lay);
     // (a fine-tune's config: the weights its run starts from, model.init_from's over the fresh ones)
     let started = crate::train::init_from::init_from(&cfg, (&model, &lay), &mut params, (&data_dir, &m))?;
-    let mut init = FreshInit { config: config.to_path_buf(), seed: cfg.run.seed, init_from: None };
-    if let Some(s) = started {
-        console!("{} ({} tensors kept fresh or left out)", s.said, s.fresh.len());
-        if !s.fresh.is_empty() {
-            console_err!("warning: model.init_from: kept fresh or left out:\n  {}", s.fresh.join("\n  "));
-        }
-        s.warnings.iter().for_each(|w| console_err!("warning: {w}"));
-        init.init_from = Some(s.record);
+    if let Some(s) = &started {
+        s.say(true);
     }
+    let init = FreshInit { config: config.to_path_buf(), seed: cfg.run.seed, init_from: started.map(|s| s.record) };
     let (dir, precision) = (config.to_path_buf(), cfg.run.precision);
     Ok((CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None }, init))
 }

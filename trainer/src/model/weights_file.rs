@@ -44,22 +44,15 @@ fn damaged_safetensors(bytes: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?).ok()?;
-    let bytes_per = |dtype: &str| match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => Some(1u64),
-        "I16" | "U16" | "F16" | "BF16" => Some(2),
-        "I32" | "U32" | "F32" => Some(4),
-        "I64" | "U64" | "F64" => Some(8),
-        _ => None,
-    };
-    let misfit = header.iter().filter(|(k, _)| *k != "__metadata__").find_map(|(name, t)| {
-        let (start, end) = (t["data_offsets"][0].as_u64()?, t["data_offsets"][1].as_u64()?);
-        let shape: Vec<u64> = t["shape"].as_array()?.iter().map(|d| d.as_u64()).collect::<Option<_>>()?;
-        let size = shape.iter().try_fold(bytes_per(t["dtype"].as_str()?)?, |n, &d| n.checked_mul(d))?;
+    header.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, t)| {
+        let info: safetensors::tensor::TensorInfo = serde_json::from_value(t).ok()?;
+        let bits = info.shape.iter().try_fold(info.dtype.bitsize(), |n, &d| n.checked_mul(d))?;
+        let ((start, end), size) = (info.data_offsets, bits.div_ceil(8));
         (end.checked_sub(start) != Some(size)).then(|| {
-            format!("tensor `{name}` ({} {shape:?}, {size} bytes) has data_offsets [{start}, {end}]", t["dtype"])
+            let (dtype, shape) = (info.dtype, &info.shape);
+            format!("tensor `{name}` (\"{dtype}\" {shape:?}, {size} bytes) has data_offsets [{start}, {end}]")
         })
-    });
-    misfit
+    })
 }
 
 /// A tensor of a [`WeightsFile`]: its shape, and its values read on demand.

@@ -242,8 +242,9 @@ pub fn check_with(
     // the run folder, as the run takes it before it loads the checkpoint
     out.push(check_run_dir(&cfg.run.dir).map_err(unrecoverable)?);
     let mut position = None;
+    // (the text the run compares checkpoints and a recorded divergence with)
+    let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
     if let Some(given) = resume {
-        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
         // (a rewind repeated with the same config continues its history, as the run would)
         let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml, Some(&ds.manifest));
         out.extend(repeated.map(|found| format!("resume: {}", super::start_state::rewound_before_note(given, found))));
@@ -282,7 +283,6 @@ pub fn check_with(
         out.extend(sized_totals(cfg, (&mc, &ds), &state.loader)?);
         position = Some(state.loader);
     } else {
-        let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
         if let Some(why) = super::start_state::fresh_repeats_divergence(cfg, &config_toml, &ds.manifest, world) {
             return Err(super::stop::Diverged(why).into());
         }

@@ -47,6 +47,23 @@ pub(crate) struct Started {
     pub warnings: Vec<String>,
 }
 
+impl Started {
+    /// Where the weights came from, said on every rank; what was kept fresh and what differs from the
+    /// source's data, warned of by the `leader` alone.
+    pub(crate) fn say(&self, leader: bool) {
+        console!("{} ({} tensors kept fresh or left out)", self.said, self.fresh.len());
+        if !leader {
+            return;
+        }
+        if !self.fresh.is_empty() {
+            tracing::warn!("model.init_from: kept fresh or left out:\n  {}", self.fresh.join("\n  "));
+        }
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+    }
+}
+
 /// The error for a `model.init_from` that is not there.
 pub(crate) fn missing(p: &Path) -> anyhow::Error {
     let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());
@@ -98,7 +115,7 @@ pub(crate) fn init_from(
         file: absolute(&file),
         weights: if average { "ema" } else { "trained" }.into(),
         step: source.state.as_ref().map(|s| s.step),
-        crc32c: checkpoint::checkpoint_file_crc(&file).ok().flatten(),
+        crc32c: source.state.as_ref().and_then(|s| checkpoint::recorded_crc(s, &file)),
         export_of: source.export.as_ref().map(|e| e.source.clone()),
         tokenizer: source.tokenizer.clone(),
     };

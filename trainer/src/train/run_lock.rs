@@ -8,7 +8,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use infinity_data::file_lock::{try_lock, unsupported, Lock};
+use infinity_data::file_lock::{remove_made_folders, try_lock, unsupported, Lock};
 
 pub(crate) const LOCK_FILE: &str = ".lock";
 
@@ -18,9 +18,9 @@ pub struct RunLock {
     /// The lock file's (device, inode): where the file system has no `flock`, not held.
     id: (u64, u64),
     held: bool,
-    /// The run folder and the folders above it that this job made ([`super::rundir::absent`]): removed
-    /// again, while the lock is still held, when the lock goes before [`RunLock::keep`] (the run was
-    /// refused at its start).
+    /// The run folder and the folders above it that this job made
+    /// ([`infinity_data::file_lock::missing_folders`]): removed again, while the lock is still held, when
+    /// the lock goes before [`RunLock::keep`] (the run was refused at its start).
     made: Vec<PathBuf>,
 }
 
@@ -32,7 +32,7 @@ impl Drop for RunLock {
         if self.held {
             let _ = self.file.set_len(0);
         }
-        super::rundir::remove_unused(&self.made);
+        remove_made_folders(&self.made, LOCK_FILE);
     }
 }
 
@@ -296,7 +296,7 @@ mod tests {
     fn a_folder_removed_by_its_holder_is_made_again_by_the_next() {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("new/run");
-        let made = super::super::rundir::absent(&run);
+        let made = infinity_data::file_lock::missing_folders(&run);
         std::fs::create_dir_all(&run).unwrap();
         let mut first = RunLock::acquire(&run).unwrap();
         first.made_here(made);

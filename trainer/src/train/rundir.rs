@@ -3,7 +3,7 @@
 //! run resumed after its last step keeps the summary it finished with.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -29,31 +29,6 @@ pub fn check_fresh(run: &Path) -> Result<()> {
          folder or set another run.dir",
         run.display()
     )
-}
-
-/// `run` and the folders above it that do not exist, `run` first: what a run that fails at its start
-/// removes again once it has made them ([`remove_unused`]).
-pub fn absent(run: &Path) -> Vec<PathBuf> {
-    // (a folder that cannot be looked at counts as there: it is not this job's to remove)
-    let missing = |d: &Path| !d.as_os_str().is_empty() && matches!(d.try_exists(), Ok(false));
-    run.ancestors().take_while(|d| missing(d)).map(Path::to_path_buf).collect()
-}
-
-/// Removes the folders of [`absent`] that a run made, `run` first, while they hold nothing (`run`
-/// nothing but the run lock's file): a run refused before it wrote anything leaves no empty folder
-/// that a scheduler's retry or a sweep would take for a run.
-pub fn remove_unused(made: &[PathBuf]) {
-    for (i, dir) in made.iter().enumerate() {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        let mut names = entries.filter_map(|e| e.ok().map(|e| e.file_name()));
-        if names.any(|n| i > 0 || n != super::run_lock::LOCK_FILE) {
-            return;
-        }
-        let _ = std::fs::remove_file(dir.join(super::run_lock::LOCK_FILE));
-        if std::fs::remove_dir(dir).is_err() {
-            return;
-        }
-    }
 }
 
 /// `a.b.c = value` for every leaf of a TOML document.
@@ -293,17 +268,11 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
     for (i, (line, s)) in text.lines().zip(&steps).enumerate() {
         let within = last_kept.is_some_and(|k| i < k);
         match s {
-            Some(s) if *s <= step => body.push_str(&format!(
-                "{line}
-"
-            )),
+            Some(s) if *s <= step => body.push_str(&format!("{line}\n")),
             Some(_) => {}
             None if within => {
                 tracing::warn!("{} line {}: not a record with a step; kept as it is", path.display(), i + 1);
-                body.push_str(&format!(
-                    "{line}
-"
-                ));
+                body.push_str(&format!("{line}\n"));
             }
             None => tracing::warn!(
                 "{} line {}: not a record with a step (a write cut short?), after the records up to step {step} this \

@@ -55,7 +55,7 @@ impl<'a> Session<'a> {
         let world = env.as_ref().map_or(1, |e| e.world);
         let compute = compute::Compute::open_deferred(&cfg.run, cfg.dist.zero1 && world > 1, &mc, &lay)?;
         // (what of run.dir this job makes: no rank makes any of it before the group has formed)
-        let absent = rundir::absent(&cfg.run.dir);
+        let absent = infinity_data::file_lock::missing_folders(&cfg.run.dir);
         let mut dist = Dist::join(&cfg.dist, compute.gpu_name().is_some(), setup)?;
         slow_setup_drill();
         // the first collective: every later one assumes the ranks train one config

@@ -422,18 +422,11 @@ pub(crate) fn starting_state(
             let mut p = fresh_weights(cfg, mc, lay);
             let first = &ds.parts()[0];
             let started = init_from(cfg, (mc, lay), &mut p, (&first.dir, &first.manifest)).map_err(unrecoverable)?;
-            let mut record = None;
-            if let Some(s) = started {
-                console!("{} ({} tensors kept fresh or left out)", s.said, s.fresh.len());
-                if leader && !s.fresh.is_empty() {
-                    tracing::warn!("model.init_from: kept fresh or left out:\n  {}", s.fresh.join("\n  "));
-                }
-                for w in s.warnings.iter().filter(|_| leader) {
-                    tracing::warn!("{w}");
-                }
-                record = Some(s.record);
+            if let Some(s) = &started {
+                s.say(leader);
             }
-            Start { params: p, opt: AdamW::new(cfg.optim.adamw.clone(), lay), saved: None, init_from: record }
+            let init_from = started.map(|s| s.record);
+            Start { params: p, opt: AdamW::new(cfg.optim.adamw.clone(), lay), saved: None, init_from }
         }
     })
 }

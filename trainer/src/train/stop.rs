@@ -168,7 +168,8 @@ impl SetupGuard {
         }
     }
 
-    /// The run folder, and the folders above it, that setup made ([`super::rundir::absent`]): rank 0.
+    /// The run folder, and the folders above it, that setup made
+    /// ([`infinity_data::file_lock::missing_folders`]): rank 0.
     pub fn made_run_dir(&self, made: Vec<PathBuf>) {
         if let Ok(mut m) = self.made.lock() {
             *m = made;
@@ -192,7 +193,7 @@ impl Drop for SetupGuard {
 
 fn remove_made(made: &std::sync::Mutex<Vec<PathBuf>>) {
     if let Ok(m) = made.lock() {
-        super::rundir::remove_unused(&m);
+        infinity_data::file_lock::remove_made_folders(&m, super::run_lock::LOCK_FILE);
     }
 }
 

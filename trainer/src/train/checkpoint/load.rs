@@ -156,14 +156,23 @@ pub(crate) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder>
 
 /// The crc32c a complete checkpoint's `state.json` records for `file` where it is that checkpoint's
 /// weights or their moving average (`None` for any other file).
-pub(crate) fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
+fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
     let dir = file.parent().filter(|d| d.join(DONE).is_file() && d.join(STATE_FILE).is_file());
-    let (Some(dir), Some(name)) = (dir, file.file_name()) else { return Ok(None) };
-    Ok(match name.to_str() {
-        Some(MODEL_FILE) => Some(read_state(dir)?.model_crc32c),
-        Some(EMA_FILE) => read_state(dir)?.ema_crc32c,
+    let holds = |name: &str| file.file_name().is_some_and(|n| n == name);
+    match dir {
+        Some(dir) if holds(MODEL_FILE) || holds(EMA_FILE) => Ok(recorded_crc(&read_state(dir)?, file)),
+        _ => Ok(None),
+    }
+}
+
+/// The crc32c `state` (a checkpoint's) records for `file` where it is that checkpoint's weights or their
+/// moving average, by its name.
+pub(crate) fn recorded_crc(state: &TrainState, file: &Path) -> Option<String> {
+    match file.file_name()?.to_str()? {
+        MODEL_FILE => Some(state.model_crc32c.clone()),
+        EMA_FILE => state.ema_crc32c.clone(),
         _ => None,
-    })
+    }
 }
 
 /// Whether `file` is a checkpoint's moving average of the weights (`ema.safetensors`).

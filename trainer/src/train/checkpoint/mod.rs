@@ -35,11 +35,11 @@ use crate::optim::AdamW;
 
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
-pub(crate) use load::{checkpoint_file_crc, export_holding, is_checkpoints_average};
 pub use load::{
     data_dir_of, ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step,
     tensors_intact, weights_file, CheckpointModel,
 };
+pub(crate) use load::{export_holding, is_checkpoints_average, recorded_crc};
 
 /// The marker a complete checkpoint folder holds, written last.
 pub const DONE: &str = "DONE";
