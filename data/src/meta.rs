@@ -112,6 +112,15 @@ pub fn read_meta(dir: &Path) -> Result<MetaListing> {
             )));
         }
     }
+    if rows.is_empty() {
+        let names: Vec<String> =
+            files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy().into()).collect();
+        return Err(DataError::Config(format!(
+            "{}: the metadata files ({}) list no images: expected lines with image_path and long_caption",
+            dir.display(),
+            names.join(", ")
+        )));
+    }
     Ok(MetaListing { rows, skipped })
 }
 
@@ -121,6 +130,14 @@ mod tests {
 
     fn write(dir: &Path, name: &str, lines: &[&str]) {
         std::fs::write(dir.join(name), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    }
+
+    #[test]
+    fn metadata_files_listing_no_image_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "1.000_0.jsonl", &[]);
+        let e = read_meta(dir.path()).err().expect("nothing to pack").to_string();
+        assert!(e.contains("(1.000_0.jsonl) list no images"), "{e}");
     }
 
     #[test]

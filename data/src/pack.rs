@@ -572,7 +572,7 @@ fn pack_listing(
         }
     })?;
     let mut bad = bad.into_inner().expect("no panics while held");
-    if bad.len() == entries.len() {
+    if !bad.is_empty() && bad.len() == entries.len() {
         return Err(DataError::Config(format!("{}: no image could be read ({})", source.display(), bad[0].1)));
     }
     bad.sort();

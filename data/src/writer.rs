@@ -5,9 +5,11 @@
 //! Every file is written under a hidden staging name (`.shard-00000.arrow.pending`; the companion files
 //! of [`DatasetWriter::file`] too: the tokenizer, the images list), and only `finish` takes an old
 //! dataset's files away (`overwrite`) and renames the new ones into place before writing the manifest:
-//! a dataset replaced stays whole until its replacement is. A write that fails (a bad image, a full
-//! disk) removes what it staged, leaving the folder as it found it (a full disk not full); one killed
-//! leaves staged files that the next writer in the folder removes.
+//! a dataset replaced stays whole until its replacement is. A write that fails before that (a bad
+//! image, a full disk) removes what it staged, leaving the folder as it found it (a full disk not full);
+//! one that fails while `finish` puts the files in place (a rename, the manifest's write) leaves an
+//! unfinished dataset, with no manifest, to write again; one killed leaves staged files that the next
+//! writer in the folder removes.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -436,8 +438,8 @@ impl DatasetWriter {
 }
 
 impl Drop for DatasetWriter {
-    /// A write that never finished leaves the folder as it found it: a dataset it was to replace as it
-    /// was, no files of its own.
+    /// A write that failed before `finish` put files in place leaves the folder as it found it: a
+    /// dataset it was to replace as it was, no files of its own (see the module's doc for later).
     fn drop(&mut self) {
         if !self.finished {
             for name in &self.staged {

@@ -158,7 +158,8 @@ pub struct Loader {
 
 impl Loader {
     /// A loader over `ds` (its parts mixed by `opts.mix_weights`), starting at `resume` if given (which
-    /// must come from the same dataset, seed, global batch size and mix) or at the very beginning.
+    /// must come from the same dataset, seed and mix; at another global batch size the rest of each epoch
+    /// is cut at the new size, [`LoaderState::resized`]) or at the very beginning.
     pub fn new(ds: Arc<Dataset>, opts: LoaderOptions, resume: Option<LoaderState>) -> Result<Loader> {
         let LoaderOptions { global_batch: g, world_size: w, rank, .. } = opts;
         if g == 0 || w == 0 || g % w != 0 || rank >= w {

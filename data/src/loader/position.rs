@@ -133,8 +133,9 @@ impl LoaderState {
         }
     }
 
-    /// An error unless a loader of `seed`, `global_batch` and the dataset of `manifest` continues this
-    /// position: each of them fixes the order of the samples (a configuration error, not bad data).
+    /// An error unless a loader of `seed` and the dataset of `manifest` continues this position: each
+    /// fixes the order of the samples (a configuration error, not bad data). Another `global_batch` is
+    /// no error (the caller resizes the position); it only tells a mix's change from a size's.
     pub fn continues_with(
         &self,
         manifest: &crate::Manifest,

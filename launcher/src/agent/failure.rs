@@ -168,9 +168,10 @@ pub(super) fn write(
 const FLIGHT_WAIT: std::time::Duration = flight::REQUEST_POLL.saturating_mul(3);
 
 /// Whether a failure `report` is a collective's timeout, after which the ranks' flight records are
-/// worth asking for (a rank hung outside the collectives writes one only when asked).
+/// worth asking for (a rank hung outside the collectives writes one only when asked). Its first line
+/// says how the rank exited; the rank's own last lines, which may say anything, follow it.
 pub(super) fn timed_out(report: &str) -> bool {
-    report.contains(&format!("exit code {EXIT_COMM_TIMEOUT} "))
+    report.lines().next().is_some_and(|l| l.contains(&format!("exit code {EXIT_COMM_TIMEOUT} ")))
 }
 
 /// Ask the ranks that write their flight records into `dir` (the attempt's log folder) to write them
@@ -427,5 +428,17 @@ mod tests {
         assert!(!is_here(&report, Some(1), 0, true));
         assert!(is_here(&format!("another node: {report}"), Some(1), 1, false));
         assert!(!is_here(&format!("another node: {report}"), Some(1), 0, false));
+    }
+
+    /// The flight records are asked for after a collective's timeout, not after a rank whose own last
+    /// lines quote one.
+    #[test]
+    fn a_timeout_is_read_from_how_the_rank_exited_not_from_its_lines() {
+        let timeout = format!("rank 0 (node 0, pid 7) exited with exit code {EXIT_COMM_TIMEOUT} after 31.0 s");
+        assert!(timed_out(&format!("{timeout}; its last lines:\n    error: …")));
+        assert!(timed_out(&blame_silent_peer(3, 1, 0, 2, &timeout)));
+        let quoting =
+            format!("rank 0 (node 0, pid 7) exited with exit code 1 after 2.0 s; its last lines:\n    {timeout}");
+        assert!(!timed_out(&quoting));
     }
 }

@@ -321,8 +321,9 @@ pub(super) fn agree_on_settings(
 }
 
 /// The settings every agent of a group must share, as [`agree_on_settings`] compares them: a fixed
-/// group's `nnodes`, or the elastic range. (With the exit code a scheduler reads for a preemption: nodes
-/// of one job that stopped alike must not report it as both preempted and succeeded.)
+/// group's `nnodes`, or the elastic range; the ranks per node; the restarts; and the exit code a
+/// scheduler reads for a preemption (nodes of one job that stopped alike must not report it as both
+/// preempted and succeeded).
 pub(super) fn settings_line(a: &LaunchArgs, nnodes: usize) -> String {
     let nodes = match a.nnodes {
         Some(Nodes::Elastic { min, max }) => format!("{min}:{max}"),

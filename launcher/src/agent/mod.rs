@@ -461,10 +461,8 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                     _ => None,
                 };
                 if let Some(why) = lost {
-                    let (host, node) = match rounds {
-                        None => ("node 0's agent", Some(0)),
-                        Some(_) => ("the agent at --rdzv", node),
-                    };
+                    let store_node = rounds.is_none().then_some(0);
+                    let (host, node) = (watch::store_host(store_node), store_node.or(node));
                     if !report.starts_with("the store") {
                         report = format!("the store's host ({host}) was lost: {why}\n  (here: {report})");
                     }

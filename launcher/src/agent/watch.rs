@@ -61,10 +61,11 @@ pub(super) async fn watch(
         ["failed", "signal", verdict::PERMANENT, "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    // node 0's agent hosts the store: no answer for STORE_LOSS means that node is gone (or frozen)
+    // no answer from the store for STORE_LOSS means its host is gone (or frozen)
     let (mut answered, mut store_err) = (Instant::now(), None::<anyhow::Error>);
     // the node whose loss a silent store means (an elastic group's host has no fixed node rank)
     let store_node = elastic.is_none().then_some(0);
+    let host = store_host(store_node);
     loop {
         let running: Vec<usize> = (0..ranks.len()).filter(|&i| exited[i].is_none()).collect();
         if running.is_empty() {
@@ -73,7 +74,7 @@ pub(super) async fn watch(
             return Ok(match poller.client().await {
                 Ok(c) => ended_cleanly(c, &keys, prefix, g, store_node).await,
                 Err(e) => {
-                    let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
+                    let report = format!("the store ({host}) stopped answering as the ranks ended: {e:#}");
                     Outcome::Failed { report, permanent: None, local: None, node: store_node }
                 }
             });
@@ -121,8 +122,13 @@ pub(super) async fn watch(
                         true => " (it printed nothing)".to_string(),
                         false => format!("; its last lines:\n    {}", lines.join("\n    ")),
                     };
+                    // (several nodes: the host too, for the other nodes' consoles, which show this report)
+                    let host = match (g.nnodes > 1, crate::env::hostname()) {
+                        (true, Some(h)) => format!(" on {h}"),
+                        _ => String::new(),
+                    };
                     let mut report = format!(
-                        "rank {} (node {}, pid {}) exited with {} after {seconds:.1} s{last}",
+                        "rank {} (node {}{host}, pid {}) exited with {} after {seconds:.1} s{last}",
                         r.global, g.node_rank, r.pid, describe(&status)
                     );
                     let failed = failure::RankFailure::new(r.global, r.pid, &status, seconds, lines);
@@ -240,7 +246,7 @@ pub(super) async fn watch(
                 if answered.elapsed() >= STORE_LOSS {
                     let why = store_err.as_ref().map_or_else(|| "no answer".to_string(), |e| format!("{e:#}"));
                     let report = format!(
-                        "the store at {store_addr} (node 0's agent) stopped answering for {} s: {why}",
+                        "the store at {store_addr} ({host}) stopped answering for {} s: {why}",
                         STORE_LOSS.as_secs()
                     );
                     stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
@@ -296,11 +302,20 @@ fn change(left_grow: &[bool]) -> Option<&'static str> {
     }
 }
 
+/// Which agent hosts the store, in words: node 0's (`store_node` 0), or an elastic group's, whichever
+/// agent is at `--rdzv` (no fixed node rank).
+pub(super) fn store_host(store_node: Option<usize>) -> &'static str {
+    match store_node {
+        Some(_) => "node 0's agent",
+        None => "the agent at --rdzv",
+    }
+}
+
 /// How a group whose local ranks all exited 0 ended. Ranks also exit 0 after a stop signal (they
 /// checkpoint first, marking `STOPPED_EARLY`): that is the group's end when an agent was signalled, a
 /// regroup when an elastic group's nodes change, and otherwise a failure (an agent or its node was
 /// lost, or a rank was signalled directly), which restarts from the checkpoint. So is a store that
-/// no longer answers: its host (node 0's agent) waits for every agent before it exits.
+/// no longer answers: its host waits for every agent before it exits.
 async fn ended_cleanly(
     poller: &mut StoreClient,
     keys: &[String],
@@ -314,7 +329,7 @@ async fn ended_cleanly(
     let present = match poller.check(&ask) {
         Ok(p) => p,
         Err(e) => {
-            let report = format!("the store (node 0's agent) stopped answering as the ranks ended: {e:#}");
+            let report = format!("the store ({}) stopped answering as the ranks ended: {e:#}", store_host(store_node));
             return Outcome::Failed { report, permanent: None, local: None, node: store_node };
         }
     };

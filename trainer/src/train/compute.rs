@@ -444,8 +444,7 @@ fn current_on_device(model: &mut crate::gpu::GpuModel, fresh: &mut bool, params:
     Ok(())
 }
 
-/// The GPU this process would use, if any: the only visible one (our agent sets
-/// `CUDA_VISIBLE_DEVICES` per rank) or device `LOCAL_RANK`.
+/// The GPU this process would use, if any ([`device_ordinal`] of its local rank, as the group reads it).
 fn gpu_ordinal() -> Result<Option<usize>> {
     #[cfg(feature = "cuda")]
     {
@@ -453,16 +452,27 @@ fn gpu_ordinal() -> Result<Option<usize>> {
             return Ok(None);
         }
         let count = cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize;
-        let local: usize = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        match count {
-            0 => Ok(None),
-            1 => Ok(Some(0)),
-            n if local < n => Ok(Some(local)),
-            n => Err(super::unrecoverable(anyhow::anyhow!("LOCAL_RANK {local} but only {n} CUDA devices are visible"))),
-        }
+        // (a malformed rank description is the group's to name, when it forms)
+        let env = infinity_launcher::env::DistEnv::from_lookup(|k| std::env::var(k).ok()).ok().flatten();
+        device_ordinal(env.map_or(0, |e| e.local_rank), count).map_err(super::unrecoverable)
     }
     #[cfg(not(feature = "cuda"))]
     Ok(None)
+}
+
+/// The GPU of the rank with local rank `local` where `count` devices are visible: the only one (our agent
+/// sets `CUDA_VISIBLE_DEVICES` per rank), else device `local` (torchrun's `LOCAL_RANK`, `SLURM_LOCALID`
+/// under srun); none where none is visible. The model and the NCCL communicator both open this one.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn device_ordinal(local: usize, count: usize) -> Result<Option<usize>> {
+    match count {
+        0 => Ok(None),
+        1 => Ok(Some(0)),
+        n if local < n => Ok(Some(local)),
+        n => anyhow::bail!(
+            "local rank {local} (LOCAL_RANK, or SLURM_LOCALID under srun) but only {n} CUDA devices are visible"
+        ),
+    }
 }
 
 /// `e` from a step, with what to change when the GPU ran out of memory.
@@ -503,5 +513,19 @@ fn why_no_gpu() -> &'static str {
         "no CUDA driver or device was found"
     } else {
         "this build has no CUDA support (build with --features cuda)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_ordinal;
+
+    #[test]
+    fn a_rank_opens_the_only_visible_gpu_or_its_local_ranks() {
+        assert_eq!(device_ordinal(3, 0).unwrap(), None);
+        assert_eq!(device_ordinal(3, 1).unwrap(), Some(0)); // (CUDA_VISIBLE_DEVICES set per rank)
+        assert_eq!(device_ordinal(3, 8).unwrap(), Some(3));
+        let e = device_ordinal(9, 8).unwrap_err().to_string();
+        assert!(e.contains("local rank 9") && e.contains("only 8 CUDA devices"), "{e}");
     }
 }

@@ -166,7 +166,8 @@ impl Dist {
         Ok(())
     }
 
-    /// Mean over ranks of a few f64 metrics (travelling as f32: they are for logs only).
+    /// Mean over ranks of a few f64 metrics, travelling as f32: plenty for the logs and for what judges
+    /// the means (the non-finite check, the spike guard, the divergence stop); one rank keeps its f64s.
     pub fn mean_metrics(&mut self, v: &mut [f64]) -> Result<()> {
         if self.world > 1 {
             let mut f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -351,8 +352,9 @@ impl Dist {
     }
 }
 
-/// Settings a node may choose for itself: where it finds the run folder and the data (mount points
-/// differ; the data's contents are compared by fingerprint), and its loader threads. Set on every node
+/// Settings a node may choose for itself: where it finds the run folder, the data and a fine-tune's
+/// source weights (mount points differ; the data's contents are compared by fingerprint, the ranks'
+/// weights are rank 0's), and its loader threads. Set on every node
 /// or on none. So may the folder of each dataset of a mix, `data.mix[i].dir`, and of each more
 /// validation set, `val.sets[i].dir`.
 pub const PER_NODE: [&str; 5] = ["run.dir", "data.dir", "val.dir", "model.init_from", "data.workers"];
@@ -422,8 +424,7 @@ fn nccl_at_hand() -> bool {
     false
 }
 
-/// The NCCL communicator on this rank's GPU: the only visible device (our agent sets
-/// `CUDA_VISIBLE_DEVICES` per rank) or device `LOCAL_RANK` (torchrun-style schedulers).
+/// The NCCL communicator on this rank's GPU, the model's ([`super::compute::device_ordinal`]).
 #[cfg(feature = "cuda")]
 fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration) -> Result<Box<dyn Communicator>> {
     use infinity_launcher::comm::NcclComm;
@@ -431,10 +432,9 @@ fn nccl(store: &mut StoreClient, prefix: &str, env: &DistEnv, timeout: Duration)
         bail!("dist.backend = \"nccl\" but rank {} finds no CUDA driver or device", env.rank);
     }
     let count = cudarc::driver::CudaContext::device_count().context("counting CUDA devices")? as usize;
-    let ordinal = if count == 1 { 0 } else { env.local_rank };
-    if ordinal >= count {
-        bail!("rank {}: LOCAL_RANK {} but only {count} CUDA devices are visible", env.rank, env.local_rank);
-    }
+    let ordinal = super::compute::device_ordinal(env.local_rank, count)
+        .and_then(|o| o.context("no CUDA device is visible"))
+        .with_context(|| format!("rank {}", env.rank))?;
     let ctx = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
     // a stream of its own, so that collectives run beside the model's kernels (the gradients' buckets
     // during the backward); whoever hands it a device buffer orders the two streams (NcclComm::after)

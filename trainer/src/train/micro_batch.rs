@@ -68,7 +68,8 @@ impl MicroBatch {
 pub(super) struct Draws {
     pub(super) seed: u64,
     pub(super) step: u64,
-    /// Bitwise self-correction: the flip probability at the first scale and the scales it applies to.
+    /// Bitwise self-correction: the largest flip probability (each of the first `apply_layers` scales
+    /// draws its own, from 0 to `p_max` in steps of 0.01: [`infinity_kernels::bsq::keyed_flips`]).
     pub(super) p_max: f64,
     pub(super) apply_layers: usize,
     /// The chance of reading a row's short caption instead of its long one (where it has one).

@@ -103,8 +103,8 @@ pub struct Saver {
     tolerated: u64,
     failed_in_a_row: u64,
     failed_writes: u64,
-    /// The step and text of the `summary.json` last put down (the session's start, then each complete
-    /// checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
+    /// The step and text of the `summary.json` last put down (a resume's at the session's start, then
+    /// each complete checkpoint's). The lock orders the writer's summary after a stop's rewrite of an older one.
     summary_on_disk: Arc<Mutex<SummaryOnDisk>>,
     /// The step of the checkpoint last asked for.
     asked: u64,

@@ -121,7 +121,7 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     Ok(Some((dest, what)))
 }
 
-/// Copy the run's logs whole into `dest` (`metrics.jsonl`, `val.jsonl`, the event files of `tb/` into
+/// Copy the run's logs whole into `dest` (`metrics.jsonl`, `val.jsonl`, `eval.jsonl`, the event files of `tb/` into
 /// `dest/tb/`), each synced, gathered in `abandoned/.tmp-after-step-N` and renamed to `dest`; returns
 /// what was there to copy, in words. The event files are hard links where the file system has them
 /// (no writer appends to an earlier session's file, and a resume's cut renames a new file over one):
