@@ -136,7 +136,7 @@ mod tests {
     fn metadata_files_listing_no_image_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "1.000_0.jsonl", &[]);
-        let e = read_meta(dir.path()).err().expect("nothing to pack").to_string();
+        let e = read_meta(dir.path()).expect_err("nothing to pack").to_string();
         assert!(e.contains("(1.000_0.jsonl) list no images"), "{e}");
     }
 
