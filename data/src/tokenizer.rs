@@ -94,6 +94,22 @@ pub struct PatchTokenizer {
     pub whiten: f32,
 }
 
+/// The largest patch side a tokenizer takes, in pixels (a patch is one token: far beyond any real one).
+const MAX_PATCH: usize = 64;
+
+/// The values of a patch (`3·patch²`), where `patch` and `d` fit together: a side of 1 to [`MAX_PATCH`]
+/// pixels, `d` in `1..=3·patch²`; else what is wrong, in words. `fit` and `load` both check this way.
+fn patch_len(patch: usize, d: usize) -> std::result::Result<usize, String> {
+    if !(1..=MAX_PATCH).contains(&patch) {
+        return Err(format!("the patch side must be 1 to {MAX_PATCH} pixels, found {patch}"));
+    }
+    let p_len = 3 * patch * patch;
+    match (1..=p_len).contains(&d) {
+        true => Ok(p_len),
+        false => Err(format!("d = {d} must be in 1..={p_len} (3·patch²) for patch {patch}")),
+    }
+}
+
 impl PatchTokenizer {
     fn patch_len(&self) -> usize {
         3 * self.patch * self.patch
@@ -107,15 +123,7 @@ impl PatchTokenizer {
     /// Fit mean and basis by PCA over every patch of `images`; `scale` starts at 1/σ of the first
     /// coordinate with no whitening, and is tuned by [`PatchTokenizer::calibrate`].
     pub fn fit(images: &[Image], patch: usize, d: usize) -> Result<PatchTokenizer> {
-        let p_len = 3 * patch * patch;
-        if patch == 0 {
-            return Err(DataError::Config("tokenizer: the patch side must be at least 1 pixel, found 0".into()));
-        }
-        if d == 0 || d > p_len {
-            return Err(DataError::Config(format!(
-                "tokenizer: d = {d} must be in 1..={p_len} (3·patch²) for patch {patch}"
-            )));
-        }
+        let p_len = patch_len(patch, d).map_err(|what| DataError::Config(format!("tokenizer: {what}")))?;
         if images.is_empty() {
             return Err(DataError::Config("tokenizer: no images to fit on".into()));
         }
@@ -307,7 +315,15 @@ impl PatchTokenizer {
             return Err(bad(format!("metadata `name` is `{}`, expected `{TOKENIZER_NAME}`", get("name")?)));
         }
         let num = |k: &str| get(k)?.parse::<f64>().map_err(|_| bad(format!("metadata `{k}` is not a number")));
-        let (patch, d) = (num("patch")? as usize, num("d")? as usize);
+        let count = |k: &str| {
+            let v = num(k)?;
+            match v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
+                true => Ok(v as usize),
+                false => Err(bad(format!("metadata `{k}` is {v}: expected a whole number"))),
+            }
+        };
+        let (patch, d) = (count("patch")?, count("d")?);
+        let p_len = patch_len(patch, d).map_err(|what| bad(format!("metadata: {what}")))?;
         let (scale, whiten) = (num("scale")? as f32, num("whiten")? as f32);
         let tensor = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
             let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
@@ -320,7 +336,6 @@ impl PatchTokenizer {
             }
             Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
         };
-        let p_len = 3 * patch * patch;
         Ok(PatchTokenizer {
             patch,
             d,
@@ -436,6 +451,32 @@ mod tests {
             }
         }
         img
+    }
+
+    /// A tokenizer file whose metadata gives a patch and d no tokenizer can have is refused, naming the
+    /// file and the key, as `fit` refuses them.
+    #[test]
+    fn a_tokenizer_file_of_impossible_sizes_is_refused() {
+        let imgs: Vec<_> = (0..2).map(|k| gradient_image(8, 12, k)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.safetensors");
+        PatchTokenizer::fit(&imgs, 2, 12).unwrap().save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // (the header's length stays: one digit for another)
+        for (from, to, says) in [
+            ("\"patch\":\"2\"", "\"patch\":\"0\"", "the patch side must be 1 to 64 pixels, found 0"),
+            ("\"d\":\"12\"", "\"d\":\"99\"", "d = 99 must be in 1..=12"),
+            ("\"d\":\"12\"", "\"d\":\"-1\"", "metadata `d` is -1: expected a whole number"),
+        ] {
+            let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect(from);
+            let mut edited = bytes.clone();
+            edited[at..at + from.len()].copy_from_slice(to.as_bytes());
+            let bad = dir.path().join("bad.safetensors");
+            std::fs::write(&bad, edited).unwrap();
+            let e = PatchTokenizer::load(&bad).expect_err(to).to_string();
+            assert!(e.contains("bad.safetensors") && e.contains(says), "{e}");
+        }
+        assert!(PatchTokenizer::fit(&imgs, 65, 12).expect_err("a patch too large").to_string().contains("1 to 64"));
     }
 
     #[test]

@@ -115,6 +115,18 @@ pub fn signal_ignored(sig: i32) -> bool {
     }
 }
 
+/// SIGINTs closer together than this are one Ctrl-C delivered twice (by the terminal's process group
+/// and by a wrapper that forwards it, as `timeout` does), not a second press (nanoseconds).
+pub const SAME_PRESS_NS: u64 = 100_000_000;
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: clock_gettime(2)), for [`SAME_PRESS_NS`].
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
 /// `n` and the noun, plural unless `n` is 1 ("1 image", "4 images", "24 classes").
 pub fn plural(n: usize, noun: &str) -> String {
     match n {

@@ -3,6 +3,8 @@
 use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::{monotonic_ns, SAME_PRESS_NS};
+
 /// Exit code of an agent (or rank) stopped by a signal before its group started: 128 + the signal, as a
 /// shell reports a process the signal ended.
 pub(super) fn stopped_before_start(sig: i32) -> i32 {
@@ -61,18 +63,6 @@ pub(super) struct Signals {
     /// When SIGINTs arrived: the first and the latest (CLOCK_MONOTONIC ns, 0: none yet), set in the
     /// signal handler itself, as the stream above merges signals and says nothing of when.
     int_arrivals: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
-}
-
-/// SIGINTs closer together than this are one Ctrl-C delivered twice (by the terminal's process group
-/// and by a wrapper that forwards it, as `timeout` does), not a second press (nanoseconds).
-const SAME_PRESS_NS: u64 = 100_000_000;
-
-/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: clock_gettime(2)).
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 impl Signals {

@@ -199,10 +199,7 @@ impl Compute {
             Compute::Cpu => Ok(()),
             #[cfg(feature = "cuda")]
             Compute::Cuda { model, fresh } => {
-                if !*fresh {
-                    model.upload_params(_params)?;
-                    *fresh = model.has_optimizer();
-                }
+                current_on_device(model, fresh, _params)?;
                 model.reset_peak_memory()?;
                 model.zero_grads()
             }

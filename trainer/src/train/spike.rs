@@ -10,7 +10,8 @@
 //! values are judged against the means of its own bucket's steps in the window (when it has
 //! [`MIN_BUCKET_STEPS`] there), in the spread of the window's values about their buckets' means, so
 //! neither the bucket drawn nor the mix of buckets moves its z-scores. One bucket's z-scores are the
-//! plain ones, bit for bit.
+//! plain ones, bit for bit. Here a "bucket" is a level of its own: with `data.mix`, a bucket of one of
+//! the mix's datasets (`dataset × buckets + bucket`, the loop's `level`), since datasets differ in loss too.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +26,7 @@ use super::config::OptimSection;
 pub struct SpikeWindow {
     pub losses: Vec<f64>,
     pub grad_norms: Vec<f64>,
-    /// Each step's bucket. A window of an earlier build's checkpoint has none: its steps count as a
+    /// Each step's bucket (its level: see the module's doc). A window of an earlier build's checkpoint has none: its steps count as a
     /// bucket of their own ([`UNKNOWN_BUCKET`]) until the window has moved past them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<u16>,

@@ -28,9 +28,7 @@ pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Param
 
 /// `--resume auto` (or a restarted group): run.dir's newest complete checkpoint as rank 0 finds it now
 /// that it holds the run's lock (a lost attempt may have written its stop's checkpoint while it waited),
-/// else `given`, the same on every rank: rank 0 sends its step, and each other rank waits up to 30 s
-/// for its view of the shared folder to show that checkpoint (NFS caches a folder's listing for a
-/// while); where one never does, every rank stops, saying run.dir is not one shared folder.
+/// else `given`, the same on every rank ([`seen_by_every_rank`]).
 pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::dist::Dist) -> Result<Option<PathBuf>> {
     let newest = dist.is_leader().then(|| super::latest_checkpoint(run)).flatten();
     dist.tag("the newest checkpoint, after the run folder's lock");
@@ -42,21 +40,30 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::
     seen_by_every_rank(run, step, dist).map(Some)
 }
 
+/// How long a rank waits for its view of the shared run folder to show rank 0's newest checkpoint (NFS
+/// caches a folder's listing for a while).
+const SHARED_FOLDER_LAG: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `run`'s checkpoint of `step`, rank 0's choice, once every rank sees it complete: each waits up to
-/// 30 s for its view of the shared folder to show it (NFS caches a folder's listing for a while);
-/// where one never does, every rank stops, saying run.dir is not one shared folder.
+/// [`SHARED_FOLDER_LAG`] for it; where one never does, every rank stops, saying run.dir is not one
+/// shared folder.
 fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
     let t0 = std::time::Instant::now();
-    while !shown() && t0.elapsed() < std::time::Duration::from_secs(30) {
+    while !shown() && t0.elapsed() < SHARED_FOLDER_LAG {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = !shown();
     dist.tag("the newest checkpoint, after the run folder's lock");
     if dist.any(missing)? {
         let who = match missing {
-            true => format!("rank {} does not see rank 0's newest checkpoint {} after 30 s", dist.rank, dir.display()),
+            true => format!(
+                "rank {} does not see rank 0's newest checkpoint {} after {} s",
+                dist.rank,
+                dir.display(),
+                SHARED_FOLDER_LAG.as_secs()
+            ),
             false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
         };
         anyhow::bail!(

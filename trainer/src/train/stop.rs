@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use infinity_launcher::{monotonic_ns, SAME_PRESS_NS};
 
 /// A flag set by SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 (preemption: SLURM's `--signal`, submitit's USR2),
 /// SIGHUP (a closed terminal or ssh session, which reaches the whole process group, the ranks with their
@@ -47,17 +48,6 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)
-}
-
-/// SIGINTs closer together than this are one Ctrl-C delivered twice (nanoseconds).
-const SAME_PRESS_NS: u64 = 100_000_000;
-
-/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: clock_gettime(2)).
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
 /// The run diverged: `optim.max_nonfinite` non-finite steps in a row (the message says where), or a
