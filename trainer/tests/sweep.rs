@@ -81,12 +81,12 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert!(plan.contains("embed-dim-64_num-heads-2") && plan.contains("3 runs"), "{plan}");
     // runs that would share a folder, and settings the sweep makes itself, are refused before any run
     for (axes, want) in [
-        ("\"optim.lr\" = [1e-3, 0.001]", "would share the folder lr-0.001"),
+        ("\"optim.lr\" = [1e-3, 0.001]", "an axis lists a value twice (optim.lr = 0.001): give each value once"),
         ("\"data.dir\" = [\"data/x\", \"data-x\"]", "(data.dir = \"data/x\") and (data.dir = \"data-x\") would share"),
         ("\"run.dir\" = [\"a\", \"b\"]", "`run.dir` is the sweep's to set"),
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
-        ("tokens = [-5]", "a token budget of -5e0: expected a positive budget"),
-        ("tokens = [0, 1e5]", "a token budget of 0e0: expected a positive budget"),
+        ("tokens = [-5]", "a token budget of -5: expected a positive budget"),
+        ("tokens = [0, 1e5]", "a token budget of 0: expected a positive budget"),
         // a number in quotes is refused as in a config file (it was taken as the number)
         (
             "\"model.embed_dim\" = [\"64\", 96]",
@@ -94,7 +94,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ),
         ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
         // under one step (it rounded up to 1 step), and budgets that come to the same whole steps
-        ("tokens = [100]", "run tokens-100: a token budget of 1e2 is less than one step of"),
+        ("tokens = [100]", "run tokens-100: a token budget of 100 is less than one step of"),
         ("tokens = [1e5, 1.00001e5]", "the runs tokens-1e5 and tokens-1.00001e5 would train the same config"),
         ("\"model.mlp_ratio\" = [4, 4.0]", "mlp-ratio-4 and mlp-ratio-4.0 would train the same config; their axis"),
         // an entry of a list the base config does not have
@@ -150,7 +150,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     for (axes, want) in [
         ("compute = [1e15]\ntokens = [1e6]", "axes `tokens` and `compute`: a run's steps spend one budget"),
         ("compute = [1e15]\n\"run.steps\" = [3]", "`run.steps` beside a `compute` axis"),
-        ("compute = [1]", "a compute budget of 1e0 is less than one step of"),
+        ("compute = [1]", "a compute budget of 1 is less than one step of"),
     ] {
         clash(axes, "");
         let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));
@@ -493,7 +493,11 @@ fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
         sweep_file(t, "cuda.toml", "cuda", &format!("[set]\n\"run.device\" = \"cuda\"\n{axes}"));
         let text = refused(infinity(&["sweep", "cuda.toml"], t));
         assert!(text.contains("run.device = \"cuda\", and this build has no CUDA support"), "{text}");
-        ok(infinity(&["sweep", "cuda.toml", "--dry-run"], t));
+        // (a plan may be for another build: said, not refused)
+        let planned = infinity(&["sweep", "cuda.toml", "--dry-run"], t);
+        let said = String::from_utf8_lossy(&planned.stderr).into_owned();
+        assert!(said.contains("no CUDA support") && said.contains("without --dry-run refuses it"), "{said}");
+        ok(planned);
         // (a script for GPU nodes is said to name this binary; the commands printed are the caller's)
         let said = String::from_utf8_lossy(&infinity(&["sweep", "cuda.toml", "--slurm", "cuda.sbatch"], t).stderr)
             .into_owned();
@@ -619,7 +623,9 @@ fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
         "gpu",
         &format!("nproc_per_node = 4\n[set]\n\"run.device\" = \"cuda\"\n\"data.micro_batch\" = 2\n{axes}"),
     );
-    assert!(!ok(infinity(&["sweep", "gpu.toml", "--dry-run"], t)).contains("warning"));
+    // (a build without CUDA warns that it would not run them: the only warning)
+    let plan = ok(infinity(&["sweep", "gpu.toml", "--dry-run"], t));
+    assert!(plan.lines().all(|l| !l.contains("warning") || l.contains("no CUDA support")), "{plan}");
 
     // the time-limit warning's lead time is a setting, checked
     sweep_file(t, "lead.toml", "lead", "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 0\n");
@@ -736,6 +742,32 @@ fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
     assert!(!t.join("long/lr-0.002/derived.json").exists());
 }
 
+/// A sweep killed outright (SIGKILL: no chance to forward anything) takes its run with it: the kernel
+/// sends the run SIGTERM, so it checkpoints and lets its folder go instead of training on unwatched.
+#[test]
+fn a_killed_sweep_stops_its_run_checkpointed() {
+    let tmp = plan_fixture();
+    let t = tmp.path();
+    sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3]");
+    let run = t.join("long/lr-0.001");
+    let mut sweep = Command::new(BIN).args(["sweep", "long.toml"]).current_dir(t).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("metrics.jsonl").is_file() {
+        assert!(t0.elapsed().as_secs() < 60, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    while infinity_trainer::train::run_lock::in_use(&run) {
+        assert!(t0.elapsed().as_secs() < 60, "the run trains on without its sweep");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    assert!(summary.contains("\"preempted\": true"), "{summary}");
+    assert!(infinity_trainer::train::latest_checkpoint(&run).is_some());
+}
+
 /// `--parallel 2`: two runs train at once, each on its own GPU (`CUDA_VISIBLE_DEVICES`) with half the
 /// threads, and the third in the slot the first to end frees; a signal stops every run in progress,
 /// each checkpointed, and the sweep starts no more.
@@ -794,9 +826,13 @@ echo '{"finished": true}' > "$dir/summary.json"
     let words: Vec<&str> = row_of(&status, "lr-0.002").split_whitespace().collect();
     assert_eq!(words[1..5], ["finished", "[stale]", "3", "4"], "{status}");
     sweep_file(t, "two.toml", "two", "[set]\n\"run.steps\" = 3\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
-    let e = refused(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
-    assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");
+    // (no more slots than runs left: none here)
+    let out = ok(infinity(&["sweep", "two.toml", "-j", "3", "--devices", "0,1"], t));
+    assert!(out.contains("sweep done: 2 runs"), "{out}");
     sweep_file(t, "long.toml", "long", "[set]\n\"run.steps\" = 100000\n[axes]\n\"optim.lr\" = [1e-3, 2e-3, 3e-3]");
+    let e = refused(infinity(&["sweep", "long.toml", "-j", "3", "--devices", "0,1"], t));
+    assert!(e.contains("--parallel 3 with nproc_per_node = 1 needs 3 GPUs, 1 to a run; --devices shows 2"), "{e}");
+    assert!(!t.join("long").exists(), "refused before writing");
     let started = || ["lr-0.001", "lr-0.002"].iter().all(|r| t.join("long").join(r).join("derived.json").is_file());
     let (code, said) = stop_sweep(t, &["sweep", "long.toml", "-j", "2"], started);
     assert_eq!(code, Some(143), "{said}");
@@ -958,4 +994,30 @@ fn a_linked_ladder_with_tokens_per_parameter() {
     .unwrap();
     let e = format!("{:#}", infinity_trainer::sweep::plan(&t.join("ladder.toml")).err().unwrap());
     assert!(e.contains(" tokens per parameter × ") && e.contains("raise tokens_per_parameter to at least "), "{e}");
+}
+
+/// Every sweep file in configs/sweeps plans (`--dry-run`: every check a real run makes before writing)
+/// on a small stand-in for the demo data, laid out as scripts/demo.sh and the files' comments make it.
+#[test]
+fn every_sweep_file_in_configs_plans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    std::fs::create_dir_all(t.join("configs/sweeps")).unwrap();
+    std::fs::copy(configs.join("demo-cpu.toml"), t.join("configs/demo-cpu.toml")).unwrap();
+    let synth = ["data", "synth", "--budget", "demo4", "--rows", "64", "--fit-rows", "64"];
+    ok(infinity(&[&synth[..], &["--out", "runs/demo-data"]].concat(), t));
+    let tokenizer = ["--tokenizer", "runs/demo-data/tokenizer.safetensors", "--seed", "1"];
+    ok(infinity(&[&synth[..], &["--out", "runs/demo-val"], &tokenizer].concat(), t));
+    let mut planned = 0;
+    for entry in std::fs::read_dir(configs.join("sweeps")).unwrap() {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&file, t.join("configs/sweeps").join(&name)).unwrap();
+        let text = ok(infinity(&["sweep", &format!("configs/sweeps/{name}"), "--dry-run"], t));
+        assert!(text.contains("training FLOPs in total"), "{name}: {text}");
+        planned += 1;
+    }
+    assert!(planned >= 5, "{planned} sweep files");
+    assert!(!t.join("runs/sweeps").exists(), "a plan writes nothing");
 }

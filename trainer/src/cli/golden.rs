@@ -12,6 +12,7 @@ pub enum GoldenCommand {
     /// Run each golden folder (or every golden folder inside a given folder) and print max abs /
     /// relative error per tensor; exits 1 beyond tolerance.
     Check {
+        /// Golden folders (tests/golden/*: tensors and a manifest, docs/golden-format.md), or folders holding them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Print every tensor, not only the worst ten of each folder.

@@ -28,8 +28,9 @@ pub struct SweepArgs {
     /// one to a GPU.
     #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with_all = ["dry_run", "print", "slurm"])]
     parallel: u16,
-    /// Print where each run stands (finished, training, stopped, interrupted, not started; its step,
-    /// loss, validation loss and newest checkpoint), read from the run folders, and exit.
+    /// Print where each run stands (finished, training, diverged, failed, stopped, interrupted, not
+    /// started; `[stale]`: trained with other settings or data than the file gives now; its step, loss,
+    /// validation loss and newest checkpoint), read from the run folders, and exit.
     #[arg(long, conflicts_with_all = ["dry_run", "print", "slurm", "parallel", "devices"])]
     status: bool,
     /// The GPUs the runs share out with --parallel (default: CUDA_VISIBLE_DEVICES, else 0, 1, 2, …).
@@ -58,8 +59,8 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         );
         match (a.slurm.is_some(), a.dry_run) {
             (true, _) => console_err!("warning: {why}; the script runs this binary"),
-            // (a plan may be for GPU nodes and another build)
-            (false, true) => {}
+            // (a plan may be for GPU nodes and another build: said, not refused)
+            (false, true) => console_err!("warning: {why}; `infinity sweep` without --dry-run refuses it"),
             (false, false) => bail!("{why}"),
         }
     }
@@ -138,8 +139,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     }
     if !done.training_elsewhere.is_empty() {
         console!(
-            "{} runs are training in other jobs (left to them; run the sweep again once they end): {}",
-            done.training_elsewhere.len(),
+            "{} {} training in other jobs (left to them; run the sweep again once they end): {}",
+            super::plural(done.training_elsewhere.len(), "run"),
+            if done.training_elsewhere.len() == 1 { "is" } else { "are" },
             done.training_elsewhere.join(", ")
         );
     }
@@ -156,7 +158,16 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(143));
     }
     if done.failed.is_empty() {
-        console!("sweep done: {} in {}", super::plural(runs.len(), "run"), out.display());
+        let elsewhere = done.training_elsewhere.len();
+        match elsewhere {
+            0 => console!("sweep done: {} in {}", super::plural(runs.len(), "run"), out.display()),
+            n => console!(
+                "sweep done here: {} of {} in {}; {n} left to other jobs",
+                runs.len() - n,
+                super::plural(runs.len(), "run"),
+                out.display()
+            ),
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         console!("run the sweep again to retry them (finished and diverged runs are skipped)");

@@ -54,9 +54,10 @@ pub struct KSpread {
 /// A multiple of the largest run's compute as the table and the warnings print it: one decimal below
 /// 100 (10.5), whole above (15385).
 pub fn times_text(x: f64) -> String {
-    match x < 100.0 {
-        true => format!("{x:.1}"),
-        false => format!("{x:.0}"),
+    match x {
+        x if x < 100.0 => format!("{x:.1}"),
+        x if x < 1e4 => format!("{x:.0}"),
+        x => format!("{x:.2e}"),
     }
 }
 
@@ -315,7 +316,7 @@ mod tests {
         assert!(o.extrapolation.as_ref().is_some_and(|x| x.contains("N* = ") && x.contains("× the largest")), "{o:?}");
         assert!(warnings.contains("an extrapolation of L(N, D)") && md.contains("†"), "{warnings}\n{md}");
         // 1e20 FLOPs is far beyond the largest run (6.5e15): warned; the predicted loss has an interval
-        assert!(warnings.contains("at C = 1.000e20: 15385× the largest run's compute (6.500e15)"), "{warnings}");
+        assert!(warnings.contains("at C = 1.000e20: 1.54e4× the largest run's compute (6.500e15)"), "{warnings}");
         let (p, ci) = (r.budgets[0].loss_power.unwrap(), r.budgets[0].loss_power_ci95);
         assert!(ci.is_some_and(|(lo, hi)| lo < p && p < hi), "{p} {ci:?}");
         assert!(md.contains(&format!("| {p:.4} [")), "{md}");

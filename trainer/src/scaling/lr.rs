@@ -116,6 +116,14 @@ pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
     out
 }
 
+/// A learning rate as the table shows it: `0.003`, and `1e-5` or `1e9` where plain digits would run long.
+fn rate_text(lr: f64) -> String {
+    match lr != 0.0 && !(1e-3..1e4).contains(&lr.abs()) {
+        true => format!("{lr:e}"),
+        false => lr.to_string(),
+    }
+}
+
 /// `width W, depth D, standard | μP base B, S steps` from a run's config and `derived.json` model.
 fn label(config: &toml::Value, model: &crate::model::ModelConfig) -> String {
     let get = |s: &str, k: &str| config.get(s).and_then(|t| t.get(k)).and_then(|v| v.as_integer());
@@ -229,7 +237,7 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                  left out = unreadable, or without the loss measured (fits.md says why), – = no run. Under μP the best rate should not move with \
                  the width.\n\n"
         .to_string();
-    let head: Vec<String> = lrs.iter().map(|lr| format!("lr {lr}")).collect();
+    let head: Vec<String> = lrs.iter().map(|&lr| format!("lr {}", rate_text(lr))).collect();
     let _ = writeln!(s, "| runs | {} | best lr |\n|---|{}---|", head.join(" | "), "---|".repeat(lrs.len()));
     for g in groups {
         let best = g.best();
@@ -263,7 +271,7 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                 }
             })
             .collect();
-        let best = best.map_or("–".into(), |b| b.0.to_string());
+        let best = best.map_or("–".into(), |b| rate_text(b.0));
         let _ = writeln!(s, "| {} | {} | {best} |", g.label, cells.join(" | "));
     }
     for w in edge_warnings(groups) {

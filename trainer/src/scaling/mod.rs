@@ -149,9 +149,9 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     let above: Vec<String> = points.iter().filter(|p| !p.on_frontier).map(|p| p.runs.join(" + ")).collect();
     if !above.is_empty() {
         notes.push(format!(
-            "L(C) is fitted to the {} points on the compute frontier (no other reached a lower loss with no more \
+            "L(C) is fitted to the {} on the compute frontier (no other reached a lower loss with no more \
              compute); above it, in the tables and figures but not in L(C): {}",
-            frontier.len(),
+            infinity_launcher::plural(frontier.len(), "point"),
             above.join(", ")
         ));
     }

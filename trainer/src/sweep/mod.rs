@@ -273,6 +273,11 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
     for combo in &combos {
         let values = combo.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
         if let Some(first) = named.insert(name_of(combo), values.clone()) {
+            ensure!(
+                first != values,
+                "{}: an axis lists a value twice ({values}): give each value once",
+                path.display()
+            );
             bail!(
                 "{}: the runs ({first}) and ({values}) would share the folder {}: make the axes' values distinct",
                 path.display(),
@@ -489,16 +494,17 @@ fn budget_steps(
         None => (String::new(), format!("the budget to at least {step_text}")),
     };
     // (a budget of 0 or below has no steps to give: said as what it is, not as its steps)
-    ensure!(amount > 0.0 && amount.is_finite(), "run {name}: a {what} of {amount:e}: expected a positive budget");
+    let amount_text = quantity(amount);
+    ensure!(amount > 0.0 && amount.is_finite(), "run {name}: a {what} of {amount_text}: expected a positive budget");
     let steps = (amount / per_step).ceil();
     ensure!(
         steps <= 1e12,
-        "run {name}: a {what} of {amount:e} is {steps:e} steps of {step_text} {unit}; expected a positive budget of \
-         at most 1e12 steps"
+        "run {name}: a {what} of {amount_text} is {steps:.3e} steps of {step_text} {unit}; expected a positive budget \
+         of at most 1e12 steps"
     );
     ensure!(
         amount >= per_step,
-        "run {name}: a {what} of {amount:e}{from} is less than one step of {step_text} {unit} (data.global_batch {} \
+        "run {name}: a {what} of {amount_text}{from} is less than one step of {step_text} {unit} (data.global_batch {} \
          × {per_sample:.3e} {unit} per sample): raise {raise}, or lower data.global_batch",
         config.data.global_batch,
     );

@@ -270,7 +270,8 @@ impl Slots {
     /// `parallel` slots of `nproc` ranks each and the `cores` threads shared equally (unless
     /// `RAYON_NUM_THREADS` is set); where `runs` use GPUs (`run.device` cuda, or auto on a machine that
     /// shows some), or `devices` names them, `nproc` of `devices` to a slot (default: the GPUs CUDA
-    /// shows this process, `CUDA_VISIBLE_DEVICES`'s or the driver's), too few of them refused.
+    /// shows this process, `CUDA_VISIBLE_DEVICES`'s or the driver's), too few of them refused. No more
+    /// slots than runs left to train (`-j 3` for two asks two runs' GPUs).
     pub fn new(
         parallel: usize,
         nproc: usize,
@@ -278,6 +279,7 @@ impl Slots {
         cores: usize,
         runs: &[PlannedRun],
     ) -> Result<Slots> {
+        let parallel = parallel.min(runs.iter().filter(|r| skipped(r).is_none()).count()).max(1);
         let threads_set = std::env::var_os("RAYON_NUM_THREADS").is_some();
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         let shown = infinity_launcher::agent::visible_gpu_ids(visible.as_deref());
@@ -497,6 +499,18 @@ fn start(
     }
     if let Some(t) = slots.threads {
         cmd.env("RAYON_NUM_THREADS", t.to_string());
+    }
+    // a run outlives no sweep: where the sweep dies unwarned (SIGKILL, an OOM kill), the kernel sends its
+    // run SIGTERM, and it checkpoints and exits, instead of training on where no one waits for it (a
+    // sweep run again would find it training and leave it be). (Spawned from the thread that waits.)
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) in the child between fork and exec: async-signal-safe, no allocation.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
     }
     let child = cmd
         .args(command(r, nproc))

@@ -343,11 +343,17 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     }
 }
 
-/// [`source_of`] for a key found missing: a `--set` or `INF__…` variable that set another key of its
-/// table (`optim.decay.kind`, whose kind asks for the missing key) is where it came from.
+/// [`source_of`] for a key found missing: a `--set` or `INF__…` variable that made its table (one the
+/// files lack: `data.mix[0].weight`) or chose its kind (`optim.decay.kind`, whose kind asks for the
+/// missing key) is where it came from; an override of another key of a table the files hold is not.
 fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
     let Some((table, _)) = key.rsplit_once('.') else { return source_of(key, path, overrides) };
-    let in_table = |k: &str| k.strip_prefix(table).is_some_and(|r| r.starts_with('.'));
+    let made = setting_file(table, path).is_none();
+    let in_table = |k: &str| {
+        k == table
+            || k.strip_prefix(table) == Some(".kind")
+            || (made && k.strip_prefix(table).is_some_and(|r| r.starts_with('.')))
+    };
     let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
     if let Some(k) = set.find(|k| in_table(k)) {
         return format!("--set {k}");
@@ -361,20 +367,22 @@ fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
 /// The file of `path` and the files it `extends` that sets `key`, the nearest to `path` first (`path`
 /// where none does, or one does not read).
 fn file_setting(key: &str, path: &Path) -> std::path::PathBuf {
+    setting_file(key, path).unwrap_or_else(|| path.to_path_buf())
+}
+
+/// The file of `path` and the files it `extends` that sets `key`, the nearest to `path` first; none
+/// where none does (or one does not read).
+fn setting_file(key: &str, path: &Path) -> Option<std::path::PathBuf> {
     let mut at = path.to_path_buf();
     for _ in 0..=8 {
-        let Some(table) = std::fs::read_to_string(&at).ok().and_then(|t| t.parse::<toml::Table>().ok()) else {
-            break;
-        };
+        let table = std::fs::read_to_string(&at).ok().and_then(|t| t.parse::<toml::Table>().ok())?;
         if value_at(&table, key).is_some() {
-            return at;
+            return Some(at);
         }
-        match table.get("extends").and_then(|v| v.as_str()) {
-            Some(base) => at = at.parent().unwrap_or(Path::new(".")).join(base),
-            None => break,
-        }
+        let base = table.get("extends").and_then(|v| v.as_str())?;
+        at = at.parent().unwrap_or(Path::new(".")).join(base);
     }
-    path.to_path_buf()
+    None
 }
 
 /// The key and the message of a config error as they read best: the config crate's own key path
