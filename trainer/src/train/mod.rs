@@ -458,32 +458,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
         }
         if diverged {
-            if let Some(saver) = saver.as_mut() {
-                saver.settle(); // the checkpoint in flight is on disk (or failed) before it is named
-                summary.checkpoint_writes_failed(saver.failed_writes());
-            }
-            let newest = latest_checkpoint(run);
-            // (no periodic checkpoint is written within a streak: the newest is from before it, unless
-            // a stop signal's fell in it)
-            let first_bad = state.step + 1 - state.nonfinite_run;
-            let last = match newest.as_ref().map(|p| (p, checkpoint::step_of(p))) {
-                Some((p, Some(at))) if at < first_bad => format!(
-                    "The newest checkpoint, of step {at}, is from before the first of them (step {first_bad}): {}; \
-                     if the losses were already climbing, resume from an earlier one",
-                    p.display()
-                ),
-                Some((p, _)) => format!("The newest checkpoint is {} (within the non-finite steps)", p.display()),
-                None => "No checkpoint was written.".into(),
-            };
-            if let Some(l) = logger.as_mut() {
-                l.finish();
-            }
-            summary.diverged(&state, newest, logger.as_ref().map_or(0, Logger::tensorboard_failures))?;
-            return Err(stop::Diverged(format!(
-                "{} consecutive non-finite steps; stopping (diverged at step {}). {last}",
-                state.nonfinite_run, state.step
-            ))
-            .into());
+            return Err(stop::diverged(&state, run, saver.as_mut(), logger.as_mut(), &mut summary));
         }
         if let Some(v) = validator.as_ref().filter(|v| v.due(state.step)) {
             beat(&|| format!("the validation at step {}", state.step));

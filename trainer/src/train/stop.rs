@@ -1,7 +1,7 @@
 //! Stopping the training loop: the signals that end a run cleanly (a checkpoint first), a stop while
 //! the group still forms, and the fault drills the tests use to kill or slow a rank.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -64,6 +64,47 @@ impl std::fmt::Display for Diverged {
 }
 
 impl std::error::Error for Diverged {}
+
+/// The run diverged at `state`'s step (`state.nonfinite_run` non-finite steps in a row): the checkpoint
+/// in flight settled, the logs closed and `summary.json` saying so; the error names the newest complete
+/// checkpoint, and whether it is from before the streak.
+pub(super) fn diverged(
+    state: &super::TrainState,
+    run: &Path,
+    saver: Option<&mut super::saver::Saver>,
+    logger: Option<&mut super::Logger>,
+    summary: &mut super::summary::SummaryFile,
+) -> anyhow::Error {
+    if let Some(saver) = saver {
+        saver.settle(); // the checkpoint in flight is on disk (or failed) before it is named
+        summary.checkpoint_writes_failed(saver.failed_writes());
+    }
+    let newest = super::latest_checkpoint(run);
+    // (no periodic checkpoint is written within a streak: the newest is from before it, unless a stop
+    // signal's fell in it)
+    let first_bad = state.step + 1 - state.nonfinite_run;
+    let last = match newest.as_ref().map(|p| (p, super::checkpoint::step_of(p))) {
+        Some((p, Some(at))) if at < first_bad => format!(
+            "The newest checkpoint, of step {at}, is from before the first of them (step {first_bad}): {}; if the \
+             losses were already climbing, resume from an earlier one",
+            p.display()
+        ),
+        Some((p, _)) => format!("The newest checkpoint is {} (within the non-finite steps)", p.display()),
+        None => "No checkpoint was written.".into(),
+    };
+    let tensorboard_failures = logger.map_or(0, |l| {
+        l.finish();
+        l.tensorboard_failures()
+    });
+    if let Err(e) = summary.diverged(state, newest, tensorboard_failures) {
+        return e;
+    }
+    Diverged(format!(
+        "{} consecutive non-finite steps; stopping (diverged at step {}). {last}",
+        state.nonfinite_run, state.step
+    ))
+    .into()
+}
 
 pub use infinity_launcher::env::EXIT_STOPPED_BEFORE_START;
 
