@@ -407,7 +407,8 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     assert!(!out.contains("written on"), "same world size, nothing to say: {out}");
     assert!(weights(&from, 8) == weights(&clean, 8), "restarted from its own checkpoint: final weights differ");
 
-    // ranks that see different checkpoints (a run.dir that is not shared) stop together, saying so
+    // ranks that see different checkpoints (a run.dir that is not shared) stop together, saying so, with
+    // exit 2 (a restart would find the same folders)
     let port = common::free_port().to_string();
     let ranks: Vec<_> = (0..2)
         .map(|r| {
@@ -424,10 +425,8 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     for (r, child) in ranks.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && text.contains("run.dir must be one folder every rank sees"),
-            "rank {r}: {text}"
-        );
+        assert_eq!(out.status.code(), Some(2), "rank {r}: {text}");
+        assert!(text.contains("run.dir must be one folder every rank sees"), "rank {r}: {text}");
     }
 
     // without restarts the failure is reported with the root cause and a non-zero exit

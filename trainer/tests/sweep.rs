@@ -314,6 +314,54 @@ fn a_mini_sweep_runs_resumes_and_fits() {
             "task {task}: {dir:?}\n{script}"
         );
     }
+    // an array task requeues its run when it stopped cleanly short of the end: checkpointed (summary.json
+    // says not finished), or stopped before it trained (no summary.json); not a finished run or a failure
+    // (srun and scontrol stand-ins: srun exits with $RC)
+    let bin = t.join("stubs");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("srun"),
+        "#!/bin/sh
+exit $RC
+",
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("scontrol"),
+        "#!/bin/sh
+echo \"$@\" > \"$REQUEUED\"
+",
+    )
+    .unwrap();
+    for stub in ["srun", "scontrol"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join(stub), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let summary = t.join("my sweep/lr-0.002/summary.json");
+    for (rc, written, requeued) in [
+        ("0", None, true),
+        ("0", Some("{\"finished\": false, \"preempted\": true}"), true),
+        ("0", Some("{\"finished\": true}"), false),
+        ("1", None, false),
+    ] {
+        let _ = std::fs::remove_file(&summary);
+        if let Some(text) = written {
+            std::fs::write(&summary, text).unwrap();
+        }
+        let marker = t.join("requeued");
+        let _ = std::fs::remove_file(&marker);
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new("bash")
+            .arg(t.join("spaced.sbatch"))
+            .envs([("PATH", path.as_str()), ("RC", rc), ("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_JOB_ID", "7")])
+            .env("REQUEUED", &marker)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(rc.parse().unwrap()), "{}", String::from_utf8_lossy(&out.stderr));
+        let said = std::fs::read_to_string(&marker).unwrap_or_default();
+        assert_eq!(said.contains("requeue 7_1"), requeued, "rc {rc}, summary {written:?}: {said:?}");
+    }
+    let _ = std::fs::remove_file(&summary);
     // a run that a job trains now (its folder's lock is held) is left to that job: not printed, not in a
     // script, and its config not rewritten
     let busy = t.join("my sweep/lr-0.001");

@@ -177,8 +177,8 @@ impl Rounds {
                     Some(k) => return Ok(Joined::Member(Group { round, node_rank: k, nnodes: ids.len() })),
                     None => {
                         console_err!(
-                            "[launch] round {round} started with {} nodes without this one (at most {}); waiting for the next",
-                            ids.len(),
+                            "[launch] round {round} started with {} without this one (at most {}); waiting for the next",
+                            crate::plural(ids.len(), "node"),
                             self.max
                         );
                         self.wait_past(c, round)?;

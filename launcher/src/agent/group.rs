@@ -187,13 +187,24 @@ pub(super) fn first_attempt(
 ) -> Result<u32> {
     check_run(c, run_id)?;
     let current = format!("{run_id}/{CURRENT_ATTEMPT}");
-    let (t0, mut said) = (Instant::now(), false);
+    // (the attempt this agent found its node rank taken in, once said)
+    let (t0, mut waited) = (Instant::now(), None::<u32>);
     let mut progress = Progress::start(timeout, "--rdzv-timeout-s");
+    // the store gone while this node rank was taken: most often the group that has it ended, and its
+    // store with it
+    let taken = |e: anyhow::Error, waited: Option<u32>| match waited {
+        Some(k) => e.context(format!(
+            "{run_id}: node rank {node} was taken in attempt {k} while this agent waited (another agent runs with \
+             --node-rank {node}?)"
+        )),
+        None => e,
+    };
     loop {
-        let k: u32 = match c.check(std::slice::from_ref(&current))?[0] {
+        let k: u32 = match c.check(std::slice::from_ref(&current)).map_err(|e| taken(e, waited))?[0] {
             false => 0,
             true => {
-                let v = String::from_utf8_lossy(&c.get(&current, timeout)?).into_owned();
+                let v = c.get(&current, timeout).map_err(|e| taken(e, waited))?;
+                let v = String::from_utf8_lossy(&v).into_owned();
                 v.parse().with_context(|| format!("store key {current} holds {v:?}: expected an attempt number"))?
             }
         };
@@ -203,7 +214,7 @@ pub(super) fn first_attempt(
             .into_iter()
             .chain(["failed-permanently", "signal"].map(|k| format!("{pre}/{k}")))
             .collect::<Vec<_>>();
-        match c.check(&keys)?[..] {
+        match c.check(&keys).map_err(|e| taken(e, waited))?[..] {
             // (a stopped group is not joined, whether or not this node's claim is there)
             [_, _, _, true] => bail!("{run_id}: the group was stopped by a signal (attempt {k}): not joining"),
             [false, false, ..] => return Ok(k),
@@ -214,7 +225,7 @@ pub(super) fn first_attempt(
             [_, true, false, _] => return Ok(k + 1),
             _ => {}
         }
-        if !said {
+        if waited.is_none() {
             // (told to the agents waiting for a missing node: a duplicated --node-rank is why, often)
             let host = crate::env::hostname().unwrap_or_else(|| "?".into());
             c.set(&format!("{pre}/agents/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
@@ -222,7 +233,7 @@ pub(super) fn first_attempt(
                 "[launch] node {node} already joined attempt {k} (this node's previous agent, lost, or another \
                  agent with --node-rank {node}): waiting for that attempt to end to join the restart"
             );
-            said = true;
+            waited = Some(k);
         } else if progress.due() {
             console_err!("[launch] still waiting for attempt {k} to end ({})", progress.so_far());
         }

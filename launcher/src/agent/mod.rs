@@ -81,7 +81,7 @@ pub struct LaunchArgs {
     pub log_dir: PathBuf,
     /// Seconds between forwarding a signal (or stopping an elastic group to regroup) and SIGKILL: time
     /// for the ranks' step and stop checkpoint. A failed group's other ranks, which cannot checkpoint
-    /// without the failed one, get at most 30 s of it (`LaunchArgs::failure_grace_s`).
+    /// without the failed one, get at most 30 s of it.
     #[arg(long, default_value_t = 30.0, value_parser = crate::positive_seconds())]
     pub grace_s: f64,
     /// Seconds to wait for all agents to arrive (the ranks wait their config's `dist.rdzv_timeout_s`).
@@ -202,9 +202,9 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     match run_planned(a, p, exe).await {
         // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
         Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(
-            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID and another job's store holds it (a job whose id is \
-             this one's mod 10000, on node 0): run again later (exit 1, a failure worth a retry), or pass --rdzv \
-             HOST:PORT"
+            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID: where every node has the same token and run id, \
+             another job's store holds it (a job whose id is this one's mod 10000, on node 0): run again later (exit \
+             1, a failure worth a retry), or pass --rdzv HOST:PORT"
         ),
         r => r,
     }

@@ -158,11 +158,12 @@ impl StoreClient {
                 ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                     anyhow::Error::new(e).context(format!("no answer from store {} within {secs:.0} s", self.addr))
                 }
-                // (the store's host exited, or the store closed this connection after refusing it)
-                ErrorKind::UnexpectedEof => anyhow::Error::new(e).context(format!(
+                // (the store's host exited, or the store closed this connection after refusing it; the
+                // io error's own words, "failed to fill whole buffer", would say no more)
+                ErrorKind::UnexpectedEof => anyhow::anyhow!(
                     "store {} closed the connection (did its host, node 0's agent or rank 0, exit?)",
                     self.addr
-                )),
+                ),
                 _ => anyhow::Error::new(e).context(format!("store {}: no reply", self.addr)),
             });
         }

@@ -45,8 +45,8 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::
 const SHARED_FOLDER_LAG: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `run`'s checkpoint of `step`, rank 0's choice, once every rank sees it complete: each waits up to
-/// [`SHARED_FOLDER_LAG`] for it; where one never does, every rank stops, saying run.dir is not one
-/// shared folder.
+/// [`SHARED_FOLDER_LAG`] for it; where one never does, every rank stops (exit 2: a restart would find
+/// the same), saying run.dir is not one shared folder.
 fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
@@ -66,9 +66,10 @@ fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Re
             ),
             false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
         };
-        anyhow::bail!(
+        // (a restart would find the same folders: exit 2, not retried)
+        return Err(super::unrecoverable(anyhow::anyhow!(
             "{who}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
-        );
+        )));
     }
     Ok(dir)
 }
