@@ -190,17 +190,65 @@ fn wrapper_prefix<'a>(names: impl Iterator<Item = &'a str> + Clone) -> String {
     prefix
 }
 
-/// The width and depth of the model a file's tensors are of, where its `lvl_embed` and blocks say
-/// (`chunks` its block chunks, which hold `depth` blocks when chunked).
-fn file_shape(
-    tensors: &[(String, super::weights_file::FileTensor)],
-    chunks: usize,
-    depth: usize,
-) -> Option<(usize, usize)> {
-    let width = tensors.iter().find(|(n, _)| n == "lvl_embed.weight").and_then(|(_, t)| t.shape.get(1).copied())?;
-    let blocks: BTreeSet<&str> =
-        tensors.iter().filter_map(|(n, _)| n.strip_prefix("blocks.")?.split_once('.').map(|(i, _)| i)).collect();
-    Some((width, if chunks > 1 { depth } else { blocks.len() }))
+/// What a file's tensors say of the model they are of, for an error that they do not fit this one.
+struct FileModel {
+    /// Width and depth, where its `lvl_embed` and blocks say.
+    shape: Option<(usize, usize)>,
+    /// Heads, from the heads' scales (heads change only those: a list of them alone does not say why).
+    heads: Option<usize>,
+    /// `class` (it keeps `class_emb`) or `text` (`cfg_uncond`).
+    kind: Option<&'static str>,
+}
+
+impl FileModel {
+    /// Of `tensors` (`chunks` their block chunks, which hold `depth` blocks when chunked).
+    fn of(tensors: &[(String, super::weights_file::FileTensor)], chunks: usize, depth: usize) -> FileModel {
+        let has = |name: &str| tensors.iter().any(|(n, _)| n == name);
+        let width = tensors.iter().find(|(n, _)| n == "lvl_embed.weight").and_then(|(_, t)| t.shape.get(1).copied());
+        let blocks: BTreeSet<&str> =
+            tensors.iter().filter_map(|(n, _)| n.strip_prefix("blocks.")?.split_once('.').map(|(i, _)| i)).collect();
+        let heads = tensors.iter().find(|(n, _)| n.ends_with("sa.scale_mul_1H11")).map(|(_, t)| match t.shape[..] {
+            [1, 1, h, 1] => h,
+            _ => t.shape.get(1).copied().unwrap_or(0),
+        });
+        let kind = match (has("class_emb.weight"), has("cfg_uncond")) {
+            (true, false) => Some("class"),
+            (false, true) => Some("text"),
+            _ => None,
+        };
+        FileModel { shape: width.map(|w| (w, if chunks > 1 { depth } else { blocks.len() })), heads, kind }
+    }
+
+    /// The lines that say how this file's model differs from `cfg` (none where nothing said differs).
+    fn differences(&self, cfg: &ModelConfig) -> String {
+        let mut said = match self.shape {
+            Some((w, d)) if (w, d) != (cfg.embed_dim, cfg.depth) => format!(
+                "\n  (the file's model has width {w} and depth {d}; this one width {} and depth {})",
+                cfg.embed_dim, cfg.depth
+            ),
+            _ => String::new(),
+        };
+        if let Some(h) = self.heads.filter(|&h| h != cfg.num_heads) {
+            said.push_str(&format!("\n  (the file's model has {h} heads; this one {})", cfg.num_heads));
+        }
+        let kind = if cfg.has_cross_attention() { "text" } else { "class" };
+        if let Some(file_kind) = self.kind.filter(|k| *k != kind) {
+            said.push_str(&format!("\n  (the file's model is {file_kind}-conditioned; this one {kind}-conditioned)"));
+        }
+        said
+    }
+}
+
+/// The error listing a file's `problems` (the first 20), all of them non-finite values or not.
+fn mismatch_error(path: &Path, problems: &[String], all_not_finite: bool, differences: &str) -> anyhow::Error {
+    let shown: Vec<_> = problems.iter().take(20).cloned().collect();
+    let more = if problems.len() > 20 { format!("\n  … and {} more", problems.len() - 20) } else { String::new() };
+    let what = match all_not_finite {
+        true => "holds values that are not finite (a diverged run's?)",
+        false => "does not match the model config",
+    };
+    let count = crate::cli::plural(problems.len(), "problem");
+    anyhow::anyhow!("{}: {what} ({count}):\n  {}{more}{differences}", path.display(), shown.join("\n  "))
 }
 
 /// Whether a file's tensor of `shape` holds parameter `canon` (of shape `want`) value for value: the same
@@ -297,19 +345,7 @@ fn fill_weights(
         ),
     };
     tensors.retain(|(name, _)| !LEGACY_BUFFERS.contains(&name.as_str()));
-    let file_model = file_shape(&tensors, chunks, cfg.depth);
-    // (heads change only the heads' scales: a list of them alone does not say why)
-    let file_heads = tensors.iter().find(|(n, _)| n.ends_with("sa.scale_mul_1H11")).map(|(_, t)| match t.shape[..] {
-        [1, 1, h, 1] => h,
-        _ => t.shape.get(1).copied().unwrap_or(0),
-    });
-    // (a class model keeps `class_emb`, a text model `cfg_uncond`: a file of the other kind is said so)
-    let file_kind =
-        match (tensors.iter().any(|(n, _)| n == "class_emb.weight"), tensors.iter().any(|(n, _)| n == "cfg_uncond")) {
-            (true, false) => Some("class"),
-            (false, true) => Some("text"),
-            _ => None,
-        };
+    let file_model = FileModel::of(&tensors, chunks, cfg.depth);
     let mut not_finite_tensors = 0;
     let order = |name: &str| {
         let offset = canonical_name(name, cfg.depth, chunks).and_then(|c| lay.spec(&c).map(|s| s.offset));
@@ -399,32 +435,8 @@ fn fill_weights(
         report(&s.name, format!("`{name}`: missing (shape {:?})", s.shape));
     }
     if !problems.is_empty() {
-        let shown: Vec<_> = problems.iter().take(20).cloned().collect();
-        let more =
-            if problems.len() > 20 { format!("\n  … and {} more", problems.len() - 20) } else { String::new() };
-        let count = match problems.len() {
-            1 => "1 problem".to_string(),
-            n => format!("{n} problems"),
-        };
-        let what = match not_finite_tensors == problems.len() {
-            true => "holds values that are not finite (a diverged run's?)",
-            false => "does not match the model config",
-        };
-        let mut shapes = match file_model {
-            Some((w, d)) if (w, d) != (cfg.embed_dim, cfg.depth) => format!(
-                "\n  (the file's model has width {w} and depth {d}; this one width {} and depth {})",
-                cfg.embed_dim, cfg.depth
-            ),
-            _ => String::new(),
-        };
-        if let Some(h) = file_heads.filter(|&h| h != cfg.num_heads) {
-            shapes.push_str(&format!("\n  (the file's model has {h} heads; this one {})", cfg.num_heads));
-        }
-        let kind = if cfg.has_cross_attention() { "text" } else { "class" };
-        if let Some(file_kind) = file_kind.filter(|k| *k != kind) {
-            shapes.push_str(&format!("\n  (the file's model is {file_kind}-conditioned; this one {kind}-conditioned)"));
-        }
-        bail!("{}: {what} ({count}):\n  {}{more}{shapes}", path.display(), shown.join("\n  "));
+        let all_not_finite = not_finite_tensors == problems.len();
+        return Err(mismatch_error(path, &problems, all_not_finite, &file_model.differences(cfg)));
     }
     Ok(notes)
 }
@@ -479,6 +491,18 @@ mod tests {
         let (text, text_lay, _) = model(16, Conditioning::Text, 2);
         let e = format!("{:#}", load_weights(&file, &text, &text_lay).unwrap_err());
         assert!(e.contains("(the file's model is class-conditioned; this one text-conditioned)"), "{e}");
+        // a file of another width and depth, or another count of heads, is said to be so
+        let (mut other, _, _) = model(16, Conditioning::Class { num_classes: 10 }, 3);
+        other.embed_dim *= 2;
+        let e = format!("{:#}", load_weights(&file, &other, &Layout::new(&other)).unwrap_err());
+        let (w, d) = (class_cfg.embed_dim, class_cfg.depth);
+        let said = format!("(the file's model has width {w} and depth {d}; this one width {} and depth 3)", 2 * w);
+        assert!(e.contains("does not match the model config") && e.contains(&said), "{e}");
+        let (mut heads, _, _) = model(16, Conditioning::Class { num_classes: 10 }, 2);
+        heads.num_heads *= 2;
+        let e = format!("{:#}", load_weights(&file, &heads, &Layout::new(&heads)).unwrap_err());
+        let said = format!("(the file's model has {} heads; this one {})", class_cfg.num_heads, heads.num_heads);
+        assert!(e.contains(&said) && !e.contains("width"), "{e}");
 
         let f64_bytes: Vec<Vec<u8>> = class_lay
             .specs
