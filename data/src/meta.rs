@@ -115,8 +115,9 @@ pub fn read_meta(dir: &Path) -> Result<MetaListing> {
     if rows.is_empty() {
         let names: Vec<String> =
             files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy().into()).collect();
+        let list = if names.len() == 1 { "lists" } else { "list" };
         return Err(DataError::Config(format!(
-            "{}: the metadata files ({}) list no images: expected lines with image_path and long_caption",
+            "{}: {} {list} no images: expected lines with image_path and long_caption",
             dir.display(),
             names.join(", ")
         )));
@@ -137,7 +138,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "1.000_0.jsonl", &[]);
         let e = read_meta(dir.path()).expect_err("nothing to pack").to_string();
-        assert!(e.contains("(1.000_0.jsonl) list no images"), "{e}");
+        assert!(e.contains(": 1.000_0.jsonl lists no images"), "{e}");
     }
 
     #[test]

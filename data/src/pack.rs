@@ -459,9 +459,13 @@ fn skip_bad_hint(err: DataError) -> DataError {
 }
 
 fn check_patch(opts: &PackOptions) -> Result<()> {
-    match opts.patch {
-        0 => Err(DataError::Config("pack: the tokenizer's patch side must be at least 1 pixel, found 0".into())),
-        _ => Ok(()),
+    let max = crate::tokenizer::MAX_PATCH;
+    match (1..=max).contains(&opts.patch) {
+        true => Ok(()),
+        false => Err(DataError::Config(format!(
+            "pack: the tokenizer's patch side must be 1 to {max} pixels, found {}",
+            opts.patch
+        ))),
     }
 }
 

@@ -95,7 +95,7 @@ pub struct PatchTokenizer {
 }
 
 /// The largest patch side a tokenizer takes, in pixels (a patch is one token: far beyond any real one).
-const MAX_PATCH: usize = 64;
+pub const MAX_PATCH: usize = 64;
 
 /// The values of a patch (`3·patch²`), where `patch` and `d` fit together: a side of 1 to [`MAX_PATCH`]
 /// pixels, `d` in `1..=3·patch²`; else what is wrong, in words. `fit` and `load` both check this way.
@@ -324,7 +324,15 @@ impl PatchTokenizer {
         };
         let (patch, d) = (count("patch")?, count("d")?);
         let p_len = patch_len(patch, d).map_err(|what| bad(format!("metadata: {what}")))?;
+        // (`fit` and `calibrate` make a positive scale and a whitening of 0 to 1: other values encode
+        // images as NaN or infinite latents)
         let (scale, whiten) = (num("scale")? as f32, num("whiten")? as f32);
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(bad(format!("metadata `scale` is {scale}: expected a finite number above 0")));
+        }
+        if !(0.0..=1.0).contains(&whiten) {
+            return Err(bad(format!("metadata `whiten` is {whiten}: expected 0 to 1")));
+        }
         let tensor = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
             let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
             if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() {
@@ -334,7 +342,11 @@ impl PatchTokenizer {
                     t.shape()
                 )));
             }
-            Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+            let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            match v.iter().position(|x| !x.is_finite()) {
+                Some(i) => Err(bad(format!("tensor `{name}`: value {i} is {}: expected finite values", v[i]))),
+                None => Ok(v),
+            }
         };
         Ok(PatchTokenizer {
             patch,
@@ -467,6 +479,7 @@ mod tests {
             ("\"patch\":\"2\"", "\"patch\":\"0\"", "the patch side must be 1 to 64 pixels, found 0"),
             ("\"d\":\"12\"", "\"d\":\"99\"", "d = 99 must be in 1..=12"),
             ("\"d\":\"12\"", "\"d\":\"-1\"", "metadata `d` is -1: expected a whole number"),
+            ("\"whiten\":\"0e0\"", "\"whiten\":\"2e0\"", "metadata `whiten` is 2: expected 0 to 1"),
         ] {
             let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect(from);
             let mut edited = bytes.clone();

@@ -346,7 +346,7 @@ fn synth_names_options_of_size_zero() {
         assert!(matches!(e, DataError::Config(_)) && e.to_string() == want, "{e}");
     }
     let e = pack::pack(dir.path(), dir.path(), &pack::PackOptions { patch: 0, ..Default::default() }).unwrap_err();
-    assert!(e.to_string().contains("patch side must be at least 1 pixel"), "{e}");
+    assert!(e.to_string().contains("patch side must be 1 to 64 pixels, found 0"), "{e}");
 }
 
 /// A caption's byte-order mark is no part of it; a class folder whose name is not UTF-8 is refused

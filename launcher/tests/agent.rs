@@ -490,27 +490,32 @@ fn a_node_rank_given_twice_is_named_when_another_never_arrives() {
 }
 
 /// An agent started with a node rank the running group has (a duplicated srun task) waits for that
-/// attempt to end; where the group then ends and its store with it, the agent says its node rank was
-/// taken, not only that the store went away.
+/// attempt to end; where the group then ends (its store with it) or fails for good, the agent says its
+/// node rank was taken, not only that the store went away or the group failed.
 #[test]
 fn a_node_rank_given_twice_is_named_when_the_group_ends_first() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap();
-    let rdzv = format!("127.0.0.1:{}", free_port());
-    let rank = r#"touch "$TEST_DIR/started.$RANK"; sleep 2"#;
-    let node = |name: &str, n: &'static str| {
-        Agent::start(tmp.path(), name, &args(d, &node_of_two(n, &rdzv, &["--run-id", "g"]), rank))
-    };
-    let (mut node0, mut node1) = (node("node0", "0"), node("node1", "1"));
-    wait_started(tmp.path(), 2, Duration::from_secs(15));
-    let mut again = node("node1-again", "1");
-    again.wait_for("already joined attempt 0", Duration::from_secs(10));
-    assert_eq!(node0.exit(Duration::from_secs(60)).code(), Some(0), "{}", node0.text());
-    assert_eq!(node1.exit(Duration::from_secs(60)).code(), Some(0), "{}", node1.text());
-    assert_eq!(again.exit(Duration::from_secs(30)).code(), Some(1), "{}", again.text());
-    let text = again.text();
-    assert!(text.contains("node rank 1 was taken in attempt 0 while this agent waited"), "{text}");
-    assert!(!text.contains("failed to fill whole buffer"), "{text}");
+    // the group succeeds (rank exit 0), or fails with no restarts left (rank 0 exits 1)
+    for (rank, code, said) in [
+        (r#"touch "$TEST_DIR/started.$RANK"; sleep 2"#, 0, "closed the connection"),
+        (r#"touch "$TEST_DIR/started.$RANK"; sleep 2; [ "$RANK" = 1 ]"#, 1, "failed with no restarts left"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().to_str().unwrap();
+        let rdzv = format!("127.0.0.1:{}", free_port());
+        let node = |name: &str, n: &'static str| {
+            Agent::start(tmp.path(), name, &args(d, &node_of_two(n, &rdzv, &["--run-id", "g"]), rank))
+        };
+        let (mut node0, mut node1) = (node("node0", "0"), node("node1", "1"));
+        wait_started(tmp.path(), 2, Duration::from_secs(15));
+        let mut again = node("node1-again", "1");
+        again.wait_for("already joined attempt 0", Duration::from_secs(10));
+        assert_eq!(node0.exit(Duration::from_secs(60)).code(), Some(code), "{}", node0.text());
+        assert_eq!(node1.exit(Duration::from_secs(60)).code(), Some(code), "{}", node1.text());
+        assert_eq!(again.exit(Duration::from_secs(30)).code(), Some(1), "{}", again.text());
+        let text = again.text();
+        assert!(text.contains("node rank 1 was taken in attempt 0 while this agent waited"), "{text}");
+        assert!(text.contains(said) && !text.contains("failed to fill whole buffer"), "{text}");
+    }
 }
 
 /// A malformed `INFINITY_RING_PORTS`, or one of too few ports, which every rank of every attempt would
@@ -1154,7 +1159,7 @@ fn a_derived_port_that_another_jobs_store_holds_is_worth_a_retry() {
     assert!(text.contains(&format!("it serves run \"{}\", not \"{}\"", 10000 + k as u32, 20000 + k as u32)), "{text}");
     assert!(
         text.contains(&format!(
-            "the port {} was derived from SLURM_JOB_ID: where every node has the same token and run id, another \
+            "the port {} was derived from SLURM_JOB_ID: unless the nodes disagree on the token or run id, another \
              job's store holds it",
             30000 + k
         )),

@@ -81,12 +81,12 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert!(plan.contains("embed-dim-64_num-heads-2") && plan.contains("3 runs"), "{plan}");
     // runs that would share a folder, and settings the sweep makes itself, are refused before any run
     for (axes, want) in [
-        ("\"optim.lr\" = [1e-3, 0.001]", "an axis lists a value twice (optim.lr = 0.001): give each value once"),
+        ("\"optim.lr\" = [1e-3, 0.001]", "(optim.lr = 0.001) is listed twice: give each value of an axis"),
         ("\"data.dir\" = [\"data/x\", \"data-x\"]", "(data.dir = \"data/x\") and (data.dir = \"data-x\") would share"),
         ("\"run.dir\" = [\"a\", \"b\"]", "`run.dir` is the sweep's to set"),
         ("tokens = [1e5]\n\"run.steps\" = [3]", "`run.steps` beside a `tokens` axis"),
-        ("tokens = [-5]", "a token budget of -5: expected a positive budget"),
-        ("tokens = [0, 1e5]", "a token budget of 0: expected a positive budget"),
+        ("tokens = [-5]", "a token budget of -5: expected a positive, finite budget"),
+        ("tokens = [0, 1e5]", "a token budget of 0: expected a positive, finite budget"),
         // a number in quotes is refused as in a config file (it was taken as the number)
         (
             "\"model.embed_dim\" = [\"64\", 96]",
@@ -319,42 +319,31 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     // (srun and scontrol stand-ins: srun exits with $RC)
     let bin = t.join("stubs");
     std::fs::create_dir_all(&bin).unwrap();
-    std::fs::write(
-        bin.join("srun"),
-        "#!/bin/sh
-exit $RC
-",
-    )
-    .unwrap();
-    std::fs::write(
-        bin.join("scontrol"),
-        "#!/bin/sh
-echo \"$@\" > \"$REQUEUED\"
-",
-    )
-    .unwrap();
+    // (srun writes the summary.json the run would, if any: after the task's skip check, as a run does)
+    let srun = "#!/bin/sh\n[ -n \"$WRITE\" ] && printf %s \"$WRITE\" > \"$SUMMARY\"\nexit $RC\n";
+    std::fs::write(bin.join("srun"), srun).unwrap();
+    std::fs::write(bin.join("scontrol"), "#!/bin/sh\necho \"$@\" > \"$REQUEUED\"\n").unwrap();
     for stub in ["srun", "scontrol"] {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(bin.join(stub), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let summary = t.join("my sweep/lr-0.002/summary.json");
     for (rc, written, requeued) in [
-        ("0", None, true),
-        ("0", Some("{\"finished\": false, \"preempted\": true}"), true),
-        ("0", Some("{\"finished\": true}"), false),
-        ("1", None, false),
+        ("0", "", true),
+        ("0", "{\"finished\": false, \"preempted\": true}", true),
+        ("0", "{\"finished\": true}", false),
+        ("1", "", false),
     ] {
         let _ = std::fs::remove_file(&summary);
-        if let Some(text) = written {
-            std::fs::write(&summary, text).unwrap();
-        }
         let marker = t.join("requeued");
         let _ = std::fs::remove_file(&marker);
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
         let out = Command::new("bash")
             .arg(t.join("spaced.sbatch"))
             .envs([("PATH", path.as_str()), ("RC", rc), ("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_JOB_ID", "7")])
+            .envs([("WRITE", written)])
             .env("REQUEUED", &marker)
+            .env("SUMMARY", &summary)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(rc.parse().unwrap()), "{}", String::from_utf8_lossy(&out.stderr));

@@ -474,8 +474,10 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     // (a key the file lacks is the file's, whatever else of its table is overridden)
     let unseeded = tmp.path().join("unseeded.toml");
     std::fs::write(&unseeded, base.replace("seed = ", "# seed = ")).unwrap();
-    let e = format!("{:#}", C::load(&unseeded, &["run.steps=5".into()]).unwrap_err());
-    assert!(e.starts_with(&format!("{}: at `run.seed`: missing", unseeded.display())), "{e}");
+    for set in ["run.steps=5", "run={steps=5}"] {
+        let e = format!("{:#}", C::load(&unseeded, &[set.into()]).unwrap_err());
+        assert!(e.starts_with(&format!("{}: at `run.seed`: missing", unseeded.display())), "{set}: {e}");
+    }
     let e = format!("{:#}", C::load(&path, &["optim..lr=1".into()]).unwrap_err());
     assert!(e.contains("`optim..lr` has an empty part"), "{e}");
     // a typo in a file another `extends` is that file's

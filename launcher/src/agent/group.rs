@@ -214,13 +214,15 @@ pub(super) fn first_attempt(
             .into_iter()
             .chain(["failed-permanently", "signal"].map(|k| format!("{pre}/{k}")))
             .collect::<Vec<_>>();
+        // (the group's end, which this agent waited for: said with its node rank taken in it)
+        let ended = |why: String| Err(taken(anyhow::anyhow!("{run_id}: {why}: not joining"), waited));
         match c.check(&keys).map_err(|e| taken(e, waited))?[..] {
             // (a stopped group is not joined, whether or not this node's claim is there)
-            [_, _, _, true] => bail!("{run_id}: the group was stopped by a signal (attempt {k}): not joining"),
+            [_, _, _, true] => return ended(format!("the group was stopped by a signal (attempt {k})")),
             [false, false, ..] => return Ok(k),
-            [_, true, true, _] => bail!("{run_id}: attempt {k} failed for good (a permanent failure): not joining"),
+            [_, true, true, _] => return ended(format!("attempt {k} failed for good (a permanent failure)")),
             [_, true, false, _] if k >= max_restarts => {
-                bail!("{run_id}: attempt {k} failed with no restarts left (--max-restarts {max_restarts}): not joining")
+                return ended(format!("attempt {k} failed with no restarts left (--max-restarts {max_restarts})"));
             }
             [_, true, false, _] => return Ok(k + 1),
             _ => {}
@@ -233,10 +235,10 @@ pub(super) fn first_attempt(
                 "[launch] node {node} already joined attempt {k} (this node's previous agent, lost, or another \
                  agent with --node-rank {node}): waiting for that attempt to end to join the restart"
             );
-            waited = Some(k);
         } else if progress.due() {
             console_err!("[launch] still waiting for attempt {k} to end ({})", progress.so_far());
         }
+        waited = Some(k);
         if t0.elapsed() >= timeout {
             bail!(
                 "{run_id}: node rank {node} is taken in attempt {k}, which has not ended within {:.0} s: another \

@@ -202,7 +202,7 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     match run_planned(a, p, exe).await {
         // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
         Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(
-            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID: where every node has the same token and run id, \
+            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID: unless the nodes disagree on the token or run id, \
              another job's store holds it (a job whose id is this one's mod 10000, on node 0): run again later (exit \
              1, a failure worth a retry), or pass --rdzv HOST:PORT"
         ),

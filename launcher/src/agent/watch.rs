@@ -123,12 +123,12 @@ pub(super) async fn watch(
                         false => format!("; its last lines:\n    {}", lines.join("\n    ")),
                     };
                     // (several nodes: the host too, for the other nodes' consoles, which show this report)
-                    let host = match (g.nnodes > 1, crate::env::hostname()) {
+                    let on_host = match (g.nnodes > 1, crate::env::hostname()) {
                         (true, Some(h)) => format!(" on {h}"),
                         _ => String::new(),
                     };
                     let mut report = format!(
-                        "rank {} (node {}{host}, pid {}) exited with {} after {seconds:.1} s{last}",
+                        "rank {} (node {}{on_host}, pid {}) exited with {} after {seconds:.1} s{last}",
                         r.global, g.node_rank, r.pid, describe(&status)
                     );
                     let failed = failure::RankFailure::new(r.global, r.pid, &status, seconds, lines);

@@ -161,7 +161,8 @@ impl StoreClient {
                 // (the store's host exited, or the store closed this connection after refusing it; the
                 // io error's own words, "failed to fill whole buffer", would say no more)
                 ErrorKind::UnexpectedEof => anyhow::anyhow!(
-                    "store {} closed the connection (did its host, node 0's agent or rank 0, exit?)",
+                    "store {} closed the connection (did its host exit: node 0's agent, an elastic group's agent at \
+                     --rdzv, or rank 0?)",
                     self.addr
                 ),
                 _ => anyhow::Error::new(e).context(format!("store {}: no reply", self.addr)),

@@ -14,7 +14,8 @@ pub struct SweepArgs {
     /// The sweep file (see docs/scaling.md).
     file: PathBuf,
     /// Only print the plan (runs, parameters, tokens, FLOPs), with the checks a real run makes before
-    /// writing anything (exits non-zero where it would refuse).
+    /// writing anything (exits non-zero where it would refuse; runs on CUDA that this build lacks are
+    /// only warned of: the plan may be for another build).
     #[arg(long, conflicts_with_all = ["print", "slurm"])]
     dry_run: bool,
     /// Print one `infinity launch`/`train` command line per unfinished run instead of running.

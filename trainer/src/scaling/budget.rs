@@ -51,8 +51,8 @@ pub struct KSpread {
     pub spread: f64,
 }
 
-/// A multiple of the largest run's compute as the table and the warnings print it: one decimal below
-/// 100 (10.5), whole above (15385).
+/// A multiple of the largest run's compute (or size) as the table and the warnings print it: one
+/// decimal below 100 (10.5), whole below 10⁴ (1538), scientific above (1.54e4).
 pub fn times_text(x: f64) -> String {
     match x {
         x if x < 100.0 => format!("{x:.1}"),
@@ -179,7 +179,7 @@ pub fn plans(
     let outside = |what: &str, v: f64, (lo, hi): (f64, f64)| {
         (v < lo || v > hi).then(|| {
             let by = if v > hi {
-                format!("{:.1}× the largest", v / hi)
+                format!("{}× the largest", times_text(v / hi))
             } else {
                 format!("1/{:.1} of the smallest", lo / v)
             };

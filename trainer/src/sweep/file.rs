@@ -184,9 +184,11 @@ impl SweepFile {
         }
         // (sbatch would refuse the script: said before any run is planned)
         if let Some(t) = s.time.as_deref() {
-            let unlimited = ["UNLIMITED", "INFINITE"].contains(&t.trim().to_ascii_uppercase().as_str());
+            // (sbatch reads digits, `-` and `:` alone; 0 and -1 are no limit, as the words are)
+            let unlimited = ["UNLIMITED", "INFINITE", "0", "-1"].contains(&t.to_ascii_uppercase().as_str());
+            let digits = t.chars().all(|c| c.is_ascii_digit() || c == '-' || c == ':');
             ensure!(
-                unlimited || time_limit_s(t).is_some(),
+                unlimited || (digits && time_limit_s(t).is_some()),
                 "[slurm] time = {t:?}: expected a time as sbatch --time takes it (MM, MM:SS, HH:MM:SS, D-HH, \
                  D-HH:MM, D-HH:MM:SS, or UNLIMITED)"
             );
@@ -194,7 +196,7 @@ impl SweepFile {
         // SLURM takes 0..=65535 s; the signal must come after the task starts to leave it any work
         let signal = s.signal_s();
         ensure!((1..=65535).contains(&signal), "[slurm] signal_s = {signal}: expected 1 to 65535 seconds");
-        if let Some(limit) = s.time.as_deref().and_then(time_limit_s) {
+        if let Some(limit) = s.time.as_deref().and_then(time_limit_s).filter(|&l| l > 0) {
             ensure!(
                 signal < limit,
                 "[slurm] signal_s = {signal} is not below time = {:?} ({limit} s): the time-limit warning would \
@@ -315,7 +317,7 @@ mod tests {
         let grace = |signal: u64| SlurmSection { signal_s: Some(signal), ..Default::default() }.agent_grace_s();
         assert_eq!([grace(300), grace(900), grace(60), grace(5), grace(1)], [270, 870, 54, 4, 1]);
         assert_eq!(sweep(&format!("{base}signal_s = 900\ntime = \"1:00:00\"")).unwrap().slurm.signal_s(), 900);
-        for time in ["2-00:00:00", "90", "UNLIMITED"] {
+        for time in ["2-00:00:00", "90", "UNLIMITED", "0", "-1"] {
             assert!(sweep(&format!("{base}time = \"{time}\"")).is_ok(), "{time}");
         }
         for (extra, want) in [
@@ -324,6 +326,8 @@ mod tests {
             ("time = \"00:05:00\"", "signal_s = 300 is not below time = \"00:05:00\" (300 s)"),
             ("time = \"banana\"", "[slurm] time = \"banana\": expected a time as sbatch --time takes it"),
             ("time = \"1:2:3:4\"", "[slurm] time = \"1:2:3:4\": expected"),
+            ("time = \" 30\"", "[slurm] time = \" 30\": expected"),
+            ("time = \"+30\"", "[slurm] time = \"+30\": expected"),
             ("nodes = 0", "[slurm] nodes = 0"),
             ("max_parallel = 0", "max_parallel = 0"),
         ] {

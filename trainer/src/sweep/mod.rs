@@ -275,7 +275,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         if let Some(first) = named.insert(name_of(combo), values.clone()) {
             ensure!(
                 first != values,
-                "{}: an axis lists a value twice ({values}): give each value once",
+                "{}: ({values}) is listed twice: give each value of an axis (each point of [linked]) once",
                 path.display()
             );
             bail!(
@@ -495,7 +495,10 @@ fn budget_steps(
     };
     // (a budget of 0 or below has no steps to give: said as what it is, not as its steps)
     let amount_text = quantity(amount);
-    ensure!(amount > 0.0 && amount.is_finite(), "run {name}: a {what} of {amount_text}: expected a positive budget");
+    ensure!(
+        amount > 0.0 && amount.is_finite(),
+        "run {name}: a {what} of {amount_text}{from}: expected a positive, finite budget"
+    );
     let steps = (amount / per_step).ceil();
     ensure!(
         steps <= 1e12,

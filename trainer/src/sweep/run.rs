@@ -279,7 +279,14 @@ impl Slots {
         cores: usize,
         runs: &[PlannedRun],
     ) -> Result<Slots> {
-        let parallel = parallel.min(runs.iter().filter(|r| skipped(r).is_none()).count()).max(1);
+        if let Some(d) = devices.as_ref().filter(|d| d.iter().any(|id| id.trim().is_empty())) {
+            bail!("--devices {:?} names an empty GPU id: give ids separated by commas (0,1,2)", d.join(","));
+        }
+        let (asked, left) = (parallel, runs.iter().filter(|r| skipped(r).is_none()).count());
+        let parallel = parallel.min(left).max(1);
+        let capped = (asked > parallel).then(|| {
+            format!("(--parallel {asked} is {parallel} here: {} left to train)", crate::cli::plural(left, "run"))
+        });
         let threads_set = std::env::var_os("RAYON_NUM_THREADS").is_some();
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         let shown = infinity_launcher::agent::visible_gpu_ids(visible.as_deref());
@@ -293,7 +300,10 @@ impl Slots {
             None if gpus => Some((shown, if visible.is_some() { "CUDA_VISIBLE_DEVICES" } else { "the NVIDIA driver" })),
             None => None,
         };
-        Slots::share(parallel, nproc, list, (cores, threads_set))
+        Slots::share(parallel, nproc, list, (cores, threads_set)).map_err(|e| match capped {
+            Some(c) => e.context(c),
+            None => e,
+        })
     }
 
     /// [`Slots::new`] of the GPU ids `list` (and where they came from), `RAYON_NUM_THREADS` set or not.
@@ -312,8 +322,9 @@ impl Slots {
             Some((list, from)) => {
                 if list.len() < need || list.iter().any(String::is_empty) {
                     bail!(
-                        "--parallel {parallel} with nproc_per_node = {nproc} needs {need} GPUs, {nproc} to a run; \
-                         {from} shows {} ({}): lower --parallel, or name the GPUs with --devices",
+                        "--parallel {parallel} with nproc_per_node = {nproc} needs {}, {nproc} to a run; {from} shows {} \
+                         ({}): lower --parallel, or name the GPUs with --devices",
+                        crate::cli::plural(need, "GPU"),
                         list.len(),
                         list.join(",")
                     );
@@ -503,13 +514,22 @@ fn start(
     // a run outlives no sweep: where the sweep dies unwarned (SIGKILL, an OOM kill), the kernel sends its
     // run SIGTERM, and it checkpoints and exits, instead of training on where no one waits for it (a
     // sweep run again would find it training and leave it be). (Spawned from the thread that waits.)
+    // (a sweep that died before the prctl: its run stops at once, as it would have after)
     #[cfg(target_os = "linux")]
-    // SAFETY: prctl(2) in the child between fork and exec: async-signal-safe, no allocation.
+    let sweep = std::process::id() as libc::pid_t;
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2), getppid(2) and raise(3) in the child between fork and exec: async-signal-safe,
+    // no allocation.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != sweep {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
         });
     }
     let child = cmd

@@ -120,7 +120,7 @@ pub fn slurm_script(sweep: &SweepFile, runs: &[PlannedRun], exe: &str) -> Result
     out.push_str(
         "# stopped before its last step (time-limit warning, preemption): checkpointed, or stopped before it\n\
          # trained (no summary.json yet), so requeue to resume\n\
-         if [ $rc -eq 0 ] && ! grep -q '\"finished\": true' \"$RUN/summary.json\" 2>/dev/null; then\n  \
+         if [ $rc -eq 0 ] && ! grep -Eq '\"finished\": *true' \"$RUN/summary.json\" 2>/dev/null; then\n  \
          scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"\nfi\nexit $rc\n",
     );
     Ok(out)

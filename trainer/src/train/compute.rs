@@ -41,7 +41,8 @@ pub enum Compute {
 }
 
 impl Compute {
-    /// Resolve `run.device` for this process (`LOCAL_RANK` picks the GPU when several are visible).
+    /// Resolve `run.device` for this process (its local rank picks the GPU when several are visible:
+    /// [`device_ordinal`]).
     pub fn open(run: &RunConfig, mc: &ModelConfig, lay: &Layout) -> Result<Compute> {
         Compute::open_deferred(run, false, mc, lay)
     }
@@ -467,7 +468,8 @@ pub(crate) fn device_ordinal(local: usize, count: usize) -> Result<Option<usize>
         1 => Ok(Some(0)),
         n if local < n => Ok(Some(local)),
         n => anyhow::bail!(
-            "local rank {local} (LOCAL_RANK, or SLURM_LOCALID under srun) but only {n} CUDA devices are visible"
+            "local rank {local} (LOCAL_RANK, SLURM_LOCALID under srun, else RANK) but only {n} CUDA devices are \
+             visible"
         ),
     }
 }

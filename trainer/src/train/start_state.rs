@@ -66,7 +66,7 @@ fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Re
             ),
             false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
         };
-        // (a restart would find the same folders: exit 2, not retried)
+        // (folders that differ, past a shared folder's cache lag: a restart would find the same; exit 2)
         return Err(super::unrecoverable(anyhow::anyhow!(
             "{who}: run.dir must be one folder every rank sees (a shared file system), with the same checkpoints"
         )));

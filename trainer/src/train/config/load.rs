@@ -343,11 +343,13 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
     }
 }
 
-/// [`source_of`] for a key found missing: a `--set` or `INF__…` variable that made its table (one the
-/// files lack: `data.mix[0].weight`) or chose its kind (`optim.decay.kind`, whose kind asks for the
-/// missing key) is where it came from; an override of another key of a table the files hold is not.
+/// Where a key found missing should have come from: a `--set` or `INF__…` variable that made its table
+/// (one the files lack below a section: `data.mix[0].weight`) or chose its kind (`optim.decay.kind`,
+/// whose kind asks for the missing key); else the config file. A section's keys (`[run]`, `[model]`)
+/// are the file's to give, whatever overrides set beside them (a table `--set run={…}` merges).
 fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
-    let Some((table, _)) = key.rsplit_once('.') else { return source_of(key, path, overrides) };
+    let file = || file_setting(key, path).display().to_string();
+    let Some((table, _)) = key.rsplit_once('.').filter(|(t, _)| t.contains(['.', '['])) else { return file() };
     let made = setting_file(table, path).is_none();
     let in_table = |k: &str| {
         k == table
@@ -360,7 +362,7 @@ fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
     }
     match inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
         Some((v, _)) => format!("{v} (in the environment)"),
-        None => source_of(key, path, overrides),
+        None => file(),
     }
 }
 
