@@ -459,14 +459,8 @@ fn skip_bad_hint(err: DataError) -> DataError {
 }
 
 fn check_patch(opts: &PackOptions) -> Result<()> {
-    let max = crate::tokenizer::MAX_PATCH;
-    match (1..=max).contains(&opts.patch) {
-        true => Ok(()),
-        false => Err(DataError::Config(format!(
-            "pack: the tokenizer's patch side must be 1 to {max} pixels, found {}",
-            opts.patch
-        ))),
-    }
+    crate::tokenizer::check_patch_side(opts.patch)
+        .map_err(|what| DataError::Config(format!("pack: the tokenizer's {what}")))
 }
 
 /// Pack what `source` (a folder of images or of metadata) lists.

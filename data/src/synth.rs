@@ -237,15 +237,9 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         return Err(DataError::Config("synth: need at least one row and one template".into()));
     }
     // checked here, before the tokenizer or the manifest would report them less directly
-    let max = crate::tokenizer::MAX_PATCH;
-    if opts.patch > max {
-        return Err(DataError::Config(format!(
-            "synth: the tokenizer's patch side must be 1 to {max} pixels, found {}",
-            opts.patch
-        )));
-    }
+    crate::tokenizer::check_patch_side(opts.patch)
+        .map_err(|what| DataError::Config(format!("synth: the tokenizer's {what}")))?;
     for (what, value) in [
-        ("the tokenizer's patch side", opts.patch),
         ("the text embedding width", opts.text_width),
         ("the rows the tokenizer is fitted or measured on", opts.fit_rows),
     ] {

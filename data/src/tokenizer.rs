@@ -95,14 +95,21 @@ pub struct PatchTokenizer {
 }
 
 /// The largest patch side a tokenizer takes, in pixels (a patch is one token: far beyond any real one).
-pub const MAX_PATCH: usize = 64;
+const MAX_PATCH: usize = 64;
+
+/// A patch side a tokenizer can have, 1 to [`MAX_PATCH`] pixels; else what is wrong, in words
+/// (`patch side must be …`), for the builders to check before they start.
+pub fn check_patch_side(patch: usize) -> std::result::Result<(), String> {
+    match (1..=MAX_PATCH).contains(&patch) {
+        true => Ok(()),
+        false => Err(format!("patch side must be 1 to {MAX_PATCH} pixels, found {patch}")),
+    }
+}
 
 /// The values of a patch (`3·patch²`), where `patch` and `d` fit together: a side of 1 to [`MAX_PATCH`]
 /// pixels, `d` in `1..=3·patch²`; else what is wrong, in words. `fit` and `load` both check this way.
 fn patch_len(patch: usize, d: usize) -> std::result::Result<usize, String> {
-    if !(1..=MAX_PATCH).contains(&patch) {
-        return Err(format!("the patch side must be 1 to {MAX_PATCH} pixels, found {patch}"));
-    }
+    check_patch_side(patch).map_err(|what| format!("the {what}"))?;
     let p_len = 3 * patch * patch;
     match (1..=p_len).contains(&d) {
         true => Ok(p_len),

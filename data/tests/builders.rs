@@ -339,7 +339,10 @@ fn pack_a_folder_without_class_folders_as_one_class() {
 fn synth_names_options_of_size_zero() {
     let dir = tempfile::tempdir().unwrap();
     for (opts, want) in [
-        (SynthOptions { patch: 0, ..small(10, 0) }, "synth: the tokenizer's patch side must be at least 1, found 0"),
+        (
+            SynthOptions { patch: 0, ..small(10, 0) },
+            "synth: the tokenizer's patch side must be 1 to 64 pixels, found 0",
+        ),
         (SynthOptions { text_width: 0, ..small(10, 0) }, "synth: the text embedding width must be at least 1, found 0"),
     ] {
         let e = synth(dir.path(), &opts).unwrap_err();

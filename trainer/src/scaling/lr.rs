@@ -118,7 +118,7 @@ pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
 
 /// A learning rate as the table shows it: `0.003`, and `1e-5` or `1e9` where plain digits would run long.
 fn rate_text(lr: f64) -> String {
-    match lr != 0.0 && !(1e-3..1e4).contains(&lr.abs()) {
+    match crate::sweep::long_in_digits(lr) {
         true => format!("{lr:e}"),
         false => lr.to_string(),
     }

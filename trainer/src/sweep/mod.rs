@@ -194,7 +194,7 @@ fn name_part(key: &str, v: &toml::Value) -> String {
     fn shown(v: &toml::Value) -> String {
         match v {
             // 3e-4 and 1e30, not 0.0003 and 1000000000000000000000000000000
-            toml::Value::Float(x) if *x != 0.0 && !(1e-3..1e4).contains(&x.abs()) => format!("{x:e}"),
+            toml::Value::Float(x) if long_in_digits(*x) => format!("{x:e}"),
             // (a phase's weights [0.2, 0.8]: `weights-0.2-0.8`)
             toml::Value::Array(a) => a.iter().map(shown).collect::<Vec<_>>().join("-"),
             other => value_text(other),
@@ -202,6 +202,11 @@ fn name_part(key: &str, v: &toml::Value) -> String {
     }
     let raw = format!("{short}-{}", shown(v));
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}
+
+/// Whether `x` reads better in scientific notation (`3e-4`, `1e9`) than in digits: away from 1e-3 to 1e4.
+pub(crate) fn long_in_digits(x: f64) -> bool {
+    x != 0.0 && !(1e-3..1e4).contains(&x.abs())
 }
 
 /// Refuse an axis value written as a float (`1.0`) for a setting the config holds as a whole number
