@@ -86,13 +86,26 @@ impl Ending<'_> {
         let _ = client.add(&format!("{}/exited", self.prefix), 1);
         if self.hosting {
             wait_for_agents(client, self.prefix, self.g.nnodes).await;
-            if self.rounds.is_some() {
-                // agents waiting for a round read `ended` before the store goes
+            // agents waiting for a round, or for this attempt to end (their node rank was taken: see
+            // [`first_attempt`]), read how it ended before the store goes: they look every 200 ms
+            if self.rounds.is_some() || waited_for(client, self.prefix, self.g.nnodes) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         code
     }
+}
+
+/// Whether an agent found its node rank taken in the attempt `prefix` and waits for its end (a
+/// duplicated `--node-rank`, or a lost node's replacement), as [`first_attempt`] posts it.
+fn waited_for(client: &mut StoreClient, prefix: &str, nnodes: usize) -> bool {
+    let keys: Vec<String> = (0..nnodes).map(|n| waiting_key(prefix, n)).collect();
+    client.check(&keys).is_ok_and(|present| present.contains(&true))
+}
+
+/// The key under which the agent of node rank `node` that found it taken in attempt `prefix` says so.
+fn waiting_key(prefix: &str, node: usize) -> String {
+    format!("{prefix}/agents/{}/{node}", crate::store::STARTED_AGAIN)
 }
 
 /// Waits (up to [`EXIT_WAIT`]) until the `nnodes` agents of the attempt `prefix` have counted
@@ -230,7 +243,7 @@ pub(super) fn first_attempt(
         if waited.is_none() {
             // (told to the agents waiting for a missing node: a duplicated --node-rank is why, often)
             let host = crate::env::hostname().unwrap_or_else(|| "?".into());
-            c.set(&format!("{pre}/agents/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
+            c.set(&waiting_key(&pre, node), host.as_bytes())?;
             console_err!(
                 "[launch] node {node} already joined attempt {k} (this node's previous agent, lost, or another \
                  agent with --node-rank {node}): waiting for that attempt to end to join the restart"

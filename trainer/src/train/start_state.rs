@@ -10,9 +10,10 @@ use infinity_data::{DataError, Dataset};
 
 use super::checkpoint::TrainState;
 use super::config::TrainConfig;
+use super::dist::Dist;
 use super::init_from::{init_from, InitSource};
 use super::setup::unrecoverable;
-use super::{checkpoint, keyed_seed, rundir, STREAM_INIT};
+use super::{checkpoint, keyed_seed, rundir, TrainOptions, STREAM_INIT};
 use crate::model::init::init_params;
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
@@ -26,10 +27,29 @@ pub fn fresh_weights(cfg: &TrainConfig, mc: &ModelConfig, lay: &Layout) -> Param
     p
 }
 
+/// The checkpoint this session resumes from (none: a fresh start), once rank 0 holds the run's lock:
+/// under `--resume auto` run.dir's newest ([`agreed_newest`]); an explicit step this run rewound to
+/// before, with the same config, continues its history ([`repeated_rewind`]); else the one given.
+pub(crate) fn resume_point(
+    opts: &TrainOptions,
+    run: &Path,
+    config_toml: &str,
+    ds: &Dataset,
+    dist: &mut Dist,
+) -> Result<Option<PathBuf>> {
+    match (opts.resume_auto, opts.resume.as_deref()) {
+        (true, given) => agreed_newest(run, given, dist),
+        (false, Some(given)) => {
+            Ok(Some(repeated_rewind(run, given, config_toml, ds, dist)?.unwrap_or_else(|| given.to_path_buf())))
+        }
+        (false, None) => Ok(None),
+    }
+}
+
 /// `--resume auto` (or a restarted group): run.dir's newest complete checkpoint as rank 0 finds it now
 /// that it holds the run's lock (a lost attempt may have written its stop's checkpoint while it waited),
 /// else `given`, the same on every rank ([`seen_by_every_rank`]).
-pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut super::dist::Dist) -> Result<Option<PathBuf>> {
+pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut Dist) -> Result<Option<PathBuf>> {
     let newest = dist.is_leader().then(|| super::latest_checkpoint(run)).flatten();
     dist.tag("the newest checkpoint, after the run folder's lock");
     // (checkpoints are of steps from 1: 0 says there is none)
@@ -47,7 +67,7 @@ const SHARED_FOLDER_LAG: std::time::Duration = std::time::Duration::from_secs(30
 /// `run`'s checkpoint of `step`, rank 0's choice, once every rank sees it complete: each waits up to
 /// [`SHARED_FOLDER_LAG`] for it; where one never does, every rank stops (exit 2: a restart would find
 /// the same), saying run.dir is not one shared folder.
-fn seen_by_every_rank(run: &Path, step: u64, dist: &mut super::dist::Dist) -> Result<PathBuf> {
+fn seen_by_every_rank(run: &Path, step: u64, dist: &mut Dist) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
     let t0 = std::time::Instant::now();
@@ -85,7 +105,7 @@ pub(crate) fn repeated_rewind(
     given: &Path,
     config_toml: &str,
     ds: &Dataset,
-    dist: &mut super::dist::Dist,
+    dist: &mut Dist,
 ) -> Result<Option<PathBuf>> {
     let found = dist.is_leader().then(|| rewound_before(run, given, config_toml, Some(&ds.manifest))).flatten();
     dist.tag("a repeated rewind's newest checkpoint");
@@ -392,7 +412,7 @@ pub(crate) struct Start {
 /// returned for the run's checkpoints to keep) and a new optimiser.
 pub(crate) fn starting_state(
     cfg: &TrainConfig,
-    opts: &super::TrainOptions,
+    opts: &TrainOptions,
     (mc, lay): (&ModelConfig, &Layout),
     config_toml: &str,
     (ds, rank, world): (&Dataset, usize, usize),
