@@ -116,6 +116,20 @@ fn one_export_per_folder() {
     let other = export_of(&class_run);
     assert!(other.iter().any(|w| w.contains("replaces the export of ") && w.contains(", another model")), "{other:?}");
 
+    // weights named as the tokenizer's copy beside them: refused before anything is written
+    let named = tmp.path().join("named");
+    let e = err(&["export", run_s, "-o", path_str(&named.join("tokenizer.safetensors"))]);
+    assert!(e.contains("writes its copy of the tokenizer under that name"), "{e}");
+    assert!(!named.exists(), "a refused export wrote {}", named.display());
+
+    // a file at -o that is no export's is not overwritten
+    let stray = named.join("model.safetensors");
+    std::fs::create_dir_all(&named).unwrap();
+    std::fs::write(&stray, b"someone's weights").unwrap();
+    let e = err(&["export", run_s, "-o", path_str(&stray)]);
+    assert!(e.contains("exists, and is not the export this folder's config.json describes"), "{e}");
+    assert_eq!(std::fs::read(&stray).unwrap(), b"someone's weights");
+
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();

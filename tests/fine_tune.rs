@@ -127,6 +127,14 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     assert!(infinity(&[&args[..], &[path_str(&export_loss)]].concat()));
     let loss = |p: &Path| json(p)["loss"].as_f64().unwrap();
     assert_eq!(loss(&run_loss), loss(&export_loss), "the export's loss is its checkpoint's");
+    assert_eq!(json(&export_loss)["step"], json(&run_loss)["step"], "the export's step is its checkpoint's");
+    assert_eq!(json(&export_loss)["ema"], false);
+    // a bare weights file records no step: its line says none (not step 0, a point of the run's curve)
+    let (weights, file_loss) = (tmp.path().join("bare.safetensors"), tmp.path().join("file.jsonl"));
+    std::fs::copy(resolve(&run).unwrap().join("model.safetensors"), &weights).unwrap();
+    let args = ["eval", path_str(&weights), "--config", path_str(&cfg), "--val", path_str(&data), "--out"];
+    assert!(infinity(&[&args[..], &[path_str(&file_loss)]].concat()));
+    assert!(json(&file_loss)["step"].is_null() && loss(&file_loss) == loss(&run_loss), "{}", json(&file_loss));
     let e = err(&["eval", path_str(&run), "--config", path_str(&cfg)]);
     assert!(e.contains("is a checkpoint or run folder, measured with its own run's config"), "{e}");
     // its --out is never a file its lines would damage: a run's log, a checkpoint's weights, a PNG

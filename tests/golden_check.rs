@@ -217,6 +217,13 @@ fn an_incomplete_or_malformed_folder_fails_by_name() {
     assert!(e.contains("config.json: cfg_list: 2 values for a schedule of 4 scales"), "{e}");
     let e = with(&|c| c["text_channels"] = 64.into());
     assert!(e.contains("text_channels = 64, constructor_kwargs.text_channels = 128"), "{e}");
+    // Python's False is mode 0, not the mode 2 checked; a scale of no tokens; a key of a section named by it
+    let e = with(&|c| c["constructor_kwargs"]["rope2d_normalized_by_hw"] = false.into());
+    assert!(e.contains("constructor_kwargs.rope2d_normalized_by_hw = false: only 2 is implemented"), "{e}");
+    let e = with(&|c| c["schedule"][0] = serde_json::json!([1, 0, 0]));
+    assert!(e.contains("schedule entries are [1, h, w] with h, w ≥ 1, found [1,0,0]"), "{e}");
+    let e = with(&|c| drop(c["constructor_kwargs"].as_object_mut().unwrap().remove("depth")));
+    assert!(e.contains("config.json: `constructor_kwargs.depth` missing"), "{e}");
     std::fs::remove_dir_all(&settings).unwrap();
 
     // the command checks every folder and fails at the end (an error at the first bad folder, as before,

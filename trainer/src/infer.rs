@@ -90,7 +90,8 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
 }
 
 /// Text features from a safetensors file: one f32/f16/bf16 tensor `[tokens, Ct]` per caption, taken in
-/// name order (numbers by value: `2` before `10`), of at most `max_tokens` tokens (the model's
+/// name order (names that are numbers by value, `2` before `10`, after all others, which sort as text:
+/// `cap_10` before `cap_2`), of at most `max_tokens` tokens (the model's
 /// `text_maxlen`) and finite values. Returns the features, their lengths and the tensors' names.
 pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Result<(Vec<f32>, Vec<usize>, Vec<String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

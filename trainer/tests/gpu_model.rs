@@ -140,6 +140,61 @@ fn forward_and_backward_match_the_cpu_model() {
     }
 }
 
+/// With bf16 matmuls, a head the tensor cores do not take (d = 12) stays in f32, as upstream keeps it:
+/// its weight gradient too. The blocks' outputs are zeroed, so the head's input is the f32 islands'
+/// alone and the GPU's gradient of `head.weight` is the CPU's up to summation order; a bf16 product
+/// would move it by bf16 rounding (about 4e-3).
+#[test]
+fn a_head_off_the_tensor_cores_keeps_its_gradient_in_f32() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let scales = [(1, 1), (2, 2), (3, 3)];
+    let l: usize = scales.iter().map(|&(h, w)| h * w).sum();
+    let mut mc = ModelConfig::preset("tiny").unwrap();
+    (mc.d, mc.depth, mc.conditioning) = (12, 2, Conditioning::Class { num_classes: 7 });
+    let lay = Layout::new(&mc);
+    let mut p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 5);
+    p.data.iter_mut().for_each(|v| *v += rng.random_range(-0.05..0.05));
+    for n in 0..mc.depth {
+        for part in ["sa.proj.weight", "sa.proj.bias", "ffn.fc2.weight", "ffn.fc2.bias"] {
+            p.get_mut(&lay, &format!("blocks.{n}.{part}")).fill(0.0);
+        }
+    }
+    let b = 2;
+    let x: Vec<f32> = (0..b * (l - 1) * mc.d).map(|_| rng.random_range(-0.3..0.3)).collect();
+    let gt: Vec<u8> = (0..b * l * mc.d).map(|_| rng.random_range(0..2)).collect();
+    let labels = vec![1usize, 4];
+    let rope = RopeTable::new(mc.head_dim(), &scales, (3, 3));
+    let weights = token_weights(b, &scales, true);
+    let inp = ModelInput {
+        b,
+        scales: &scales,
+        rope: &rope,
+        x_wo_prefix: &x,
+        cond: Condition::Class { labels: &labels },
+        gt_bits: &gt,
+        token_weights: &weights,
+        label_smoothing: 0.0,
+        drop_path: &[],
+    };
+    let acts = forward(&mc, &lay, &p, &inp);
+    let mut cpu = Params::zeros(&lay);
+    backward(&mc, &lay, &p, &inp, &acts, &mut cpu);
+    let mut m16 = GpuModel::new(&mc, &lay, 0, true).unwrap();
+    m16.upload_params(&p).unwrap();
+    m16.zero_grads().unwrap();
+    m16.step(&inp, true).unwrap();
+    let mut g16 = Params::zeros(&lay);
+    m16.add_grads_into(&mut g16.data).unwrap();
+    let (ours, want) = (g16.get(&lay, "head.weight"), cpu.get(&lay, "head.weight"));
+    let largest = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let worst = ours.iter().zip(want).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / largest;
+    println!("bf16 run, f32 head: head.weight gradient within {worst:.2e} of the CPU's (relative to its largest)");
+    assert!(largest > 0.0 && worst <= 1e-4, "head.weight's gradient moved by {worst:e}: not computed in f32");
+}
+
 fn train_config(
     tmp: &Path,
     name: &str,

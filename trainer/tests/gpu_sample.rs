@@ -116,6 +116,36 @@ fn device_sampling_matches_the_cpu_sampler() {
     }
 }
 
+/// With bf16 matmuls, a head the tensor cores do not take (d = 12) samples in f32, as training computes
+/// it: with the blocks' outputs zeroed, every logit is the CPU sampler's up to summation order (a bf16
+/// head would move them by bf16 rounding).
+#[test]
+fn a_head_off_the_tensor_cores_samples_in_f32() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let mut mc = ModelConfig::preset("tiny").unwrap();
+    (mc.d, mc.depth, mc.conditioning) = (12, 2, Conditioning::Class { num_classes: 10 });
+    mc.validate().unwrap();
+    let lay = Layout::new(&mc);
+    let mut p: Params<f32> = init_params(&mc, &lay, &InitConfig::default(), 5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    p.data.iter_mut().for_each(|v| *v += rng.random_range(-0.08..0.08));
+    for n in 0..mc.depth {
+        for part in ["sa.proj.weight", "sa.proj.bias", "ffn.fc2.weight", "ffn.fc2.bias"] {
+            p.get_mut(&lay, &format!("blocks.{n}.{part}")).fill(0.0);
+        }
+    }
+    let cond = SampleCondition::Class(vec![3, 7]);
+    let o = SampleOptions::uniform(1.0, 1.0, 0.0, 1);
+    let (cpu, gpu) = both(&(mc, lay, p), &cond, &[(1, 1), (2, 2), (3, 3)], &o, true);
+    let (lc, lg) = (cpu.cond_logits.concat(), gpu.cond_logits.concat());
+    let worst = max_abs_diff(&lc, &lg);
+    let scale = lc.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+    println!("bf16 run, f32 head: logits within {worst:.2e} (largest |logit| {scale:.2})");
+    assert!(worst <= 1e-4 * scale.max(1.0), "the head's logits moved by {worst}: not computed in f32");
+}
+
 /// bf16 matmuls and the tensor-core attention over a bf16 cache: the first scale's logits (the same
 /// input on both) move by bf16 rounding only, and every later one is finite.
 #[test]

@@ -741,6 +741,25 @@ fn scaling_console_counts_points_and_both_correlations() {
     assert!(!out.contains("NaN"), "{out}");
 }
 
+/// Figures that cannot be drawn (no usable font) are warned of; the tables and fits are written all the
+/// same, and the command succeeds.
+#[test]
+fn scaling_without_a_font_writes_the_fits_and_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    scaling_run(t, "u0", 1e15, 1.2, "a", 1);
+    scaling_run(t, "u1", 1e16, 1.1, "b", 1);
+    scaling_run(t, "u2", 1e17, 1.0, "c", 1);
+    let font = t.join("u0/config.toml");
+    let out = ok(infinity_env(&["scaling", "."], t, &[("INFINITY_FONT", font.to_str().unwrap())]));
+    let said =
+        format!("figures loss_vs_compute, loss_curves not drawn: {}: not a usable TrueType font", font.display());
+    assert!(out.contains(&said), "{out}");
+    let fits = std::fs::read_to_string(t.join("scaling/fits.md")).unwrap();
+    assert!(fits.contains("L = a·C^(−b)") && fits.contains(&said), "{fits}");
+    assert!(t.join("scaling/fits.json").is_file() && !t.join("scaling/loss_vs_compute.png").exists());
+}
+
 /// `infinity ARGS` in `t`, sent SIGTERM half a second after `started` holds (within 60 s): its exit code
 /// and stdout.
 fn stop_sweep(t: &Path, args: &[&str], started: impl Fn() -> bool) -> (Option<i32>, String) {

@@ -77,17 +77,20 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(config) => Some(weights_and_config(&a, config)?),
         None => None,
     };
-    let checkpoints = match &weights {
-        Some((ck, _)) => vec![(ck.step.unwrap_or(0), a.path.clone())],
-        None => checkpoints(&a.path, a.all)?,
+    // (an export's step as it records it; a bare weights file's is not known)
+    let checkpoints: Vec<(Option<u64>, PathBuf)> = match &weights {
+        Some((ck, _, _)) => vec![(ck.step, a.path.clone())],
+        None => checkpoints(&a.path, a.all)?.into_iter().map(|(step, dir)| (Some(step), dir)).collect(),
     };
+    // (an export of the moving average holds it, `--ema` or not)
+    let ema = weights.as_ref().map_or(a.ema, |(_, _, ema)| *ema);
     // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
     let first = &checkpoints[0].1;
     if a.all && a.path.join(STATE_FILE).is_file() {
         console_err!("warning: --all: {} is one checkpoint (give the run folder for all of them)", a.path.display());
     }
     let (mut cfg, config, first_model) = match weights {
-        Some((ck, cfg)) => (cfg, a.config.clone().expect("given"), ck),
+        Some((ck, cfg, _)) => (cfg, a.config.clone().expect("given"), ck),
         None => {
             let config = first.join(CONFIG_FILE);
             let cfg =
@@ -184,13 +187,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             false => None,
         };
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
-        let weights = if a.ema { " (moving average)" } else { "" };
+        let weights = if ema { " (moving average)" } else { "" };
+        let at = step.map_or_else(|| dir.display().to_string(), |s| format!("step {s}"));
         let mut results = vec![(a.name.clone(), vm)];
         results.extend(more.into_iter().map(|(n, m)| (Some(n), m)));
         for (name, m) in results {
             let set = name.as_deref().map_or(String::new(), |n| format!(" [{n}]"));
             console!(
-                "step {step}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({})",
+                "{at}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({})",
                 m.loss,
                 m.bit_acc,
                 crate::cli::plural(m.rows, "row")
@@ -199,7 +203,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 let line = json!({
                     "checkpoint": crate::export::resolved(dir),
                     "step": step,
-                    "ema": a.ema,
+                    "ema": ema,
                     "set": name,
                     "val_dir": val_dir_of(&cfg, name.as_deref().filter(|_| a.name.is_none())),
                     "loss": m.loss,
@@ -216,9 +220,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The model of an export folder or a bare weights file (`a.path`), and the training config `config`
-/// (with `--set`) that measures it; a checkpoint or run folder is refused (its run's config measures it).
-fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, TrainConfig)> {
+/// The model of an export folder or a bare weights file (`a.path`), the training config `config` (with
+/// `--set`) that measures it, and whether the weights are the moving average; a checkpoint or run
+/// folder is refused (its run's config measures it).
+fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, TrainConfig, bool)> {
     if a.path.join(STATE_FILE).is_file() || !checkpoint::complete(&a.path).is_empty() {
         bail!(
             "--config {}: {} is a checkpoint or run folder, measured with its own run's config (leave --config out; \
@@ -229,14 +234,17 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
     }
     ensure!(!a.all, "--all: {} is one set of weights (--all takes a run folder)", a.path.display());
     let cfg = TrainConfig::load(config, &a.set).with_context(|| format!("--config {}", config.display()))?;
-    let ck = match crate::export::read_export(&a.path) {
-        Some(_) => crate::export::load_export(&a.path, a.ema)?.model,
+    let (ck, ema) = match crate::export::read_export(&a.path) {
+        Some(_) => {
+            let export = crate::export::load_export(&a.path, a.ema)?;
+            (export.model, export.ema)
+        }
         None => {
             let spec = checkpoint::ModelSpec { config, overrides: &a.set, data: a.data.as_deref() };
-            checkpoint::load_model_file(&a.path, &spec, a.ema)?
+            (checkpoint::load_model_file(&a.path, &spec, a.ema)?, a.ema)
         }
     };
-    Ok((ck, cfg))
+    Ok((ck, cfg, ema))
 }
 
 /// Refuse an `--out` that eval's lines would damage: a run's or dataset's own file (its logs, which

@@ -1,4 +1,5 @@
-//! `infinity model info | bench`: sizes, FLOPs and CPU throughput of a model preset.
+//! `infinity model info | bench | coord-check`: sizes, FLOPs and GPU memory of a model preset, its
+//! training throughput on the CPU or a GPU, and μP's coordinate check.
 
 use std::process::ExitCode;
 
@@ -14,7 +15,8 @@ use crate::model::{Conditioning, Layout, ModelConfig};
 pub enum ModelCommand {
     /// Parameter count, training FLOPs per token and GPU memory of a preset at a schedule.
     Info(InfoArgs),
-    /// Forward+backward tokens/s and peak memory on the CPU (optionally beside PyTorch).
+    /// Forward+backward tokens/s and peak memory on the CPU or a GPU (`--device`), optionally beside
+    /// PyTorch.
     Bench(BenchArgs),
     /// μP's coordinate check: activation sizes over a few AdamW steps at several widths, in the
     /// standard parametrization and then in μP (`model.mup_base_width`).

@@ -207,7 +207,7 @@ pub struct ScalingArgs {
 
 /// A validation set's name as `val.sets` allows it (a TensorBoard tag's part).
 pub(crate) fn set_name(s: &str) -> Result<String, String> {
-    match !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    match !s.is_empty() && s.chars().all(crate::tensorboard::tag_char) {
         true => Ok(s.to_string()),
         false => Err(format!("expected a val.sets name (letters, digits, `.`, `_`, `-`), found {s:?}")),
     }

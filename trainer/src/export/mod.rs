@@ -124,6 +124,13 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     // (the same name again replaces that export, as documented: said, where it held other weights)
     let replaced = read_export(folder).filter(|old| resolved(&old.weights) == resolved(out));
     let replaced = replaced.map(|old| (old.source, std::fs::read(folder.join("config.json")).ok()));
+    // (a file no export of this folder describes: another tool's weights, a checkpoint's copied out)
+    ensure!(
+        replaced.is_some() || !out.exists(),
+        "-o {}: exists, and is not the export this folder's config.json describes: export under another name, or \
+         remove it first",
+        out.display()
+    );
 
     // The dataset tells a decoder which schedules and tokenizer fit; its tokenizer file is copied beside
     // the weights, so the export decodes without the dataset. Found before anything is written, so a
@@ -162,6 +169,14 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
             None
         }
     };
+    // (the tokenizer's copy beside the weights keeps its own name)
+    if manifest.as_ref().and_then(|m| m.tokenizer.file.as_deref()) == Some(file) {
+        bail!(
+            "-o {}: the export writes its copy of the tokenizer under that name beside the weights; name them \
+             otherwise (the default: model.safetensors)",
+            out.display()
+        );
+    }
 
     let lay = Layout::new(&mc);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -182,7 +197,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     if let Some(file) = manifest.as_ref().and_then(|m| m.tokenizer.file.clone()) {
         let (from, to) = (tokenizer_dir.join(&file), out.with_file_name(&file));
         if from.is_file() {
-            // exporting into the dataset's own folder: the tokenizer is already beside the weights
+            // (a link to the dataset's own file there already: a copy onto itself would empty it)
             if !(to.exists() && same_file(&from, &to)) {
                 std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
             }

@@ -115,11 +115,13 @@ pub(super) fn run_infinity(
         None => Vec::new(), // the dataset not at hand is warned of already
     };
     if mc.block_chunks != chunks {
-        warnings.push(format!(
+        let chunking = format!(
             "block_chunks = {}: run_infinity.py builds {model_type} with {chunks} chunks and loads without strict, \
              so every block weight would be missing there; export with --block-chunks {chunks}",
             mc.block_chunks
-        ));
+        );
+        warnings.push(chunking.clone());
+        left_out.insert(0, chunking); // (the note says it first: args alone would load no block)
     }
     let (ours, theirs) = (mc.text_maxlen, upstream.text_maxlen);
     if ours != theirs {
@@ -226,7 +228,9 @@ mod tests {
         assert!(args.contains("--add_lvl_embeding_only_first_block 1"), "{args}");
         assert!(args.ends_with("--apply_spatial_patchify 0 --vae_type 32 --pn 0.25M"), "{args}");
         let two = ModelConfig { block_chunks: 2, ..layer12.clone() };
-        assert!(run_infinity(&two, at, Some(&upstream), None).1[0].contains("--block-chunks 4"));
+        let (v, warnings) = run_infinity(&two, at, Some(&upstream), None);
+        assert!(warnings[0].contains("--block-chunks 4"), "{warnings:?}");
+        assert!(v["note"].as_str().is_some_and(|n| n.starts_with("block_chunks = 2:")), "the note says it too: {v}");
         let mut eight = dataset(14, "bsq-vae-d14", "1M", &["1.000"]);
         eight.schedules = eight.schedules.iter().map(|s| s.patchified()).collect();
         let (v, _) = run_infinity(&ModelConfig { d: 56, ..ModelConfig::preset("8b").unwrap() }, at, Some(&eight), None);

@@ -100,13 +100,8 @@ impl Tensors {
 
     fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let t = self.tensor(name)?;
-        let data = t.data();
-        let v = match t.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => bail!("{}: tensor `{name}`: expected a float tensor, found {other:?}", self.path.display()),
-        };
+        let v =
+            crate::model::io::tensor_f32(name, t.dtype(), t.data()).with_context(|| self.path.display().to_string())?;
         Ok((t.shape().to_vec(), v))
     }
 
@@ -148,8 +143,10 @@ impl Tensors {
     }
 }
 
+/// The whole number at `key` of config.json (`v`): a top-level key, or a dotted path into a section
+/// (`constructor_kwargs.depth`), as the errors name it.
 fn usize_of(v: &Value, key: &str) -> Result<usize> {
-    match v.get(key) {
+    match v.pointer(&format!("/{}", key.replace('.', "/"))) {
         None => bail!("config.json: `{key}` missing"),
         Some(x) => x
             .as_u64()
@@ -209,7 +206,10 @@ pub fn check_on(dir: &Path, cuda: bool) -> Result<GoldenReport> {
         .iter()
         .map(|s| {
             let a: Vec<u64> = s.as_array().map(|v| v.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
-            ensure!(a.len() == 3 && a[0] == 1, "config.json: schedule entries are [1, h, w], found {s}");
+            ensure!(
+                a.len() == 3 && a[0] == 1 && a[1] > 0 && a[2] > 0,
+                "config.json: schedule entries are [1, h, w] with h, w ≥ 1, found {s}"
+            );
             Ok((a[1] as usize, a[2] as usize))
         })
         .collect::<Result<_>>()?;
@@ -363,7 +363,8 @@ pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     let flag = |key: &str, want: i64| -> Result<()> {
         match k.get(key) {
             None => bail!("config.json: constructor_kwargs.{key} missing (this checks {want}; write it out)"),
-            Some(v) if v.as_i64() == Some(want) || v.as_bool() == Some(want == 1) => Ok(()),
+            // (Python's False and True stand for 0 and 1 only)
+            Some(v) if v.as_i64() == Some(want) || (want <= 1 && v.as_bool() == Some(want == 1)) => Ok(()),
             Some(v) => bail!("constructor_kwargs.{key} = {v}: only {want} is implemented"),
         }
     };
@@ -382,13 +383,13 @@ pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         bail!("config.json: text_channels = {top}, constructor_kwargs.text_channels = {text_channels}");
     }
     let c = ModelConfig {
-        depth: usize_of(k, "depth")?,
-        embed_dim: usize_of(k, "embed_dim")?,
-        num_heads: usize_of(k, "num_heads")?,
+        depth: usize_of(cfg, "constructor_kwargs.depth")?,
+        embed_dim: usize_of(cfg, "constructor_kwargs.embed_dim")?,
+        num_heads: usize_of(cfg, "constructor_kwargs.num_heads")?,
         mlp_ratio: k.get("mlp_ratio").and_then(Value::as_f64).context("constructor_kwargs.mlp_ratio missing")?,
         d,
         text_channels,
-        text_maxlen: usize_of(k, "text_maxlen")?,
+        text_maxlen: usize_of(cfg, "constructor_kwargs.text_maxlen")?,
         norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         cond_drop_rate: 0.0,
         drop_path_rate: 0.0,

@@ -6,6 +6,7 @@ use cudarc::driver::{CudaSlice, CudaViewMut};
 use infinity_kernels::attention::AttnDims;
 use infinity_kernels::cuda::attention::attention_backward_dev;
 use infinity_kernels::cuda::device::{Act, Buf, BufMut};
+use infinity_kernels::cuda::head_ce::head_on_tensor_cores;
 use infinity_kernels::cuda::layers::{
     embedding_backward_dev, gated_residual_backward_act, layernorm_backward_dev, modulate_param_grads,
     modulated_layernorm_backward_dev, rmsnorm_backward_dev, scale_gates_dev, AdaShape, DeviceRope,
@@ -88,7 +89,10 @@ pub fn backward(
     // ---- head: dh and dlogits come from the fused head + loss ----------------------------------------
     let dlogits = a.ce.dlogits.as_ref().expect("forward ran with grad");
     let dh = a.ce.dh.as_ref().expect("forward ran with grad");
-    weight_grad(net.gemm, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
+    // (dW in the head's own arithmetic: bf16 where its forward ran on tensor cores, else the f32 that
+    // upstream keeps the head in)
+    let head_gemm = if head_on_tensor_cores(net.math(), c, d) { net.gemm } else { net.gemm32 };
+    weight_grad(head_gemm, dev, dlogits, &a.h_head, &mut g(net, grads, "head.weight"), (n, c, 2 * d))?;
     bias_grad(dev, dlogits, &mut g(net, grads, "head.bias"), n, 2 * d)?;
     let (mut dhs, mut dhb) = (net.buf(b * c)?, net.buf(b * c)?);
     let hs = AdaShape { b, l, c, ps: 2 * c };

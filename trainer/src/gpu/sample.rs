@@ -12,6 +12,7 @@ use infinity_kernels::attention::{cross_segments, AttnDims, Segment};
 use infinity_kernels::bsq::num_tokens;
 use infinity_kernels::cuda::attention::{runs_on_tensor_cores, AttnRanges};
 use infinity_kernels::cuda::device::Act;
+use infinity_kernels::cuda::head_ce::head_on_tensor_cores;
 use infinity_kernels::cuda::layers::{modulated_layernorm_dev, AdaShape, DeviceRope};
 use infinity_kernels::cuda::{util, CudaError};
 use infinity_kernels::rope::RopeTable;
@@ -145,14 +146,17 @@ impl ScaleLogits for GpuScales<'_> {
             }
         }
 
-        // the head: modulated LayerNorm, then the logits (the training head fuses them with the loss)
-        let (mut mean, mut rstd, mut h) = (net.out(m)?, net.out(m)?, net.act(m * c)?);
+        // the head: modulated LayerNorm, then the logits (the training head fuses them with the loss), in
+        // the training head's arithmetic: bf16 where it runs on tensor cores, else f32 (upstream's)
+        let tensor_cores = head_on_tensor_cores(net.math(), c, cfg.d);
+        let (mut mean, mut rstd, mut h) = (net.out(m)?, net.out(m)?, net.act_in(tensor_cores, m * c)?);
         let head_ss = &self.conditioned.head_ss;
         let (scale, shift) = (head_ss.slice(..), head_ss.slice(c..));
         let shape = AdaShape { b: r, l: n, c, ps: 2 * c };
         modulated_layernorm_dev(dev, &x, &scale, &shift, &mut h, (&mut mean, &mut rstd), shape, cfg.norm_eps as f32)?;
         let mut logits = net.out(m * 2 * d)?;
-        net.linear(&h, "head", true, &mut logits, (m, c, 2 * d))?;
+        let head = if tensor_cores { net } else { net.f32_island() };
+        head.linear(&h, "head", true, &mut logits, (m, c, 2 * d))?;
         Ok(dev.stream.clone_dtoh(&logits).map_err(CudaError::from)?)
     }
 }

@@ -133,17 +133,18 @@ pub fn nearest_preset(like: &ModelConfig, n: f64, parameters: Parameters) -> Opt
 
 /// The plan for each budget, and what to say about it: notes (k and its spread) and warnings (a budget
 /// far beyond the largest run, a k that varies over the runs, N* or D* outside the runs' range). A
-/// degenerate L(N, D) places no model (`analyse` says why).
+/// degenerate L(N, D) places no model (`analyse` says why): `lmin` is the lowest loss of the points it
+/// was fitted to, as [`degenerate`] takes it.
 pub fn plans(
     budgets: &[f64],
     runs: &[RunRecord],
     (power, floor, chinchilla): (Option<&Fit>, Option<&Fit>, Option<&Fit>),
+    lmin: f64,
     (like, parameters): (Option<&ModelConfig>, Parameters),
 ) -> (Vec<BudgetPlan>, Vec<String>, Vec<String>) {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let largest = runs.iter().map(|r| r.compute).fold(0.0, f64::max);
     let spread = k_spread(runs);
-    let lmin = runs.iter().map(|r| r.loss()).fold(f64::INFINITY, f64::min);
     let withheld = chinchilla.and_then(|f| degenerate(f, lmin));
     let chinchilla = chinchilla.filter(|_| withheld.is_none() && spread.is_some());
     if !budgets.is_empty() {
@@ -367,19 +368,20 @@ mod tests {
         for c in &mut good.coefs {
             c.ci95 = Some((c.value * 0.9, c.value * 1.1));
         }
-        let (planned, notes, warnings) = plans(&[1e18], &runs, (None, None, Some(&good)), (None, Parameters::Total));
+        let (planned, notes, warnings) =
+            plans(&[1e18], &runs, (None, None, Some(&good)), 5.7, (None, Parameters::Total));
         assert!(planned[0].optimal.is_some());
         assert!(notes[0].contains("median 8.00") && notes[0].contains("5.70 (big) to 15.50 (tiny)"), "{notes:?}");
         assert!(warnings.iter().any(|w| w.contains("k varies by 172 %")), "{warnings:?}");
         let same = [record("a", 1e6, 1e8, 6.0), record("b", 1e7, 1e8, 6.3)];
-        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), (None, Parameters::Total));
+        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), 6.0, (None, Parameters::Total));
         assert!(!warnings.iter().any(|w| w.contains("k varies")), "{warnings:?}");
         // E run to 0, with a singular covariance
         let mut flat = law(1e-9, 40.0, 600.0, 0.45, 0.35);
         flat.coefs[0].ci95 = None;
         let why = degenerate(&flat, 1.0).expect("degenerate");
         assert!(why.contains("E ran to 1.00e-9") && why.contains("covariance is singular"), "{why}");
-        let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), (None, Parameters::Total));
+        let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), 5.7, (None, Parameters::Total));
         assert!(planned[0].optimal.is_none(), "no N* from a degenerate fit");
         // (`analyse` warns of a degenerate fit, budgets or not: mod.rs's tests)
         assert!(!warnings.iter().any(|w| w.contains("degenerate")), "{warnings:?}");

@@ -211,7 +211,8 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
     let like = fitted.iter().find_map(|r| r.model.as_ref());
     let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
-    let (budgets, budget_notes, budget_warnings) = budget::plans(at_computes, &fitted_runs, laws, (like, parameters));
+    let (budgets, budget_notes, budget_warnings) =
+        budget::plans(at_computes, &fitted_runs, laws, lmin, (like, parameters));
     notes.extend(budget_notes);
     warnings.extend(budget_warnings);
     if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {
@@ -242,20 +243,28 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
         let _ = std::fs::remove_file(out.join(f));
     }
     let _ = std::fs::remove_file(out.join("lr_sweep.md"));
+    // (a figure that cannot be drawn, for want of a font say, is a warning: the fits are written all the same)
+    let mut failed = Vec::new();
     if points.is_empty() {
         notes.push("loss_vs_compute: not drawn (no finished run with a finite loss yet)".to_string());
     } else {
-        plot::loss_vs_compute(out, &points, &curves, &pearson)?;
-        stems.push("loss_vs_compute");
+        drawn(
+            "loss_vs_compute",
+            plot::loss_vs_compute(out, &points, &curves, &pearson).map(|()| true),
+            &mut stems,
+            &mut failed,
+        );
     }
-    match plot::curves(out, &runs)? {
-        true => stems.push("loss_curves"),
-        false => notes.push("loss_curves: not drawn (no run has logged a finite loss yet)".to_string()),
+    if !drawn("loss_curves", plot::curves(out, &runs), &mut stems, &mut failed) {
+        notes.push("loss_curves: not drawn (no run has logged a finite loss yet)".to_string());
     }
     if !isoflop.profiles.is_empty() {
-        plot::isoflop(out, &isoflop, parameters)?;
-        stems.push("isoflop");
+        drawn("isoflop", plot::isoflop(out, &isoflop, parameters).map(|()| true), &mut stems, &mut failed);
     }
+    if !lr_groups.is_empty() {
+        drawn("loss_vs_lr", plot::loss_vs_lr(out, &lr_groups), &mut stems, &mut failed);
+    }
+    warnings.extend(not_drawn(&failed));
     write_atomic(
         &files[2],
         (fits_markdown(&fits, &pearson, &points, &notes, &warnings)
@@ -274,9 +283,6 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     if !lr_groups.is_empty() {
         files.push(out.join("lr_sweep.md"));
         write_atomic(&files[files.len() - 1], lr::markdown(&lr_groups, &unreadable).as_bytes())?;
-        if plot::loss_vs_lr(out, &lr_groups)? {
-            stems.push("loss_vs_lr");
-        }
     }
     for stem in stems {
         files.push(out.join(format!("{stem}.png")));
@@ -284,6 +290,43 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     }
     drop(curves);
     Ok(Report { runs, points, power, power_floor, chinchilla, pearson, budgets, isoflop, notes, warnings, files })
+}
+
+/// Whether the figure `stem` was drawn (`Ok(false)`: nothing to draw; an error: `failed` says it).
+fn drawn(
+    stem: &'static str,
+    result: Result<bool>,
+    stems: &mut Vec<&'static str>,
+    failed: &mut Vec<(&str, String)>,
+) -> bool {
+    match result {
+        Ok(true) => {
+            stems.push(stem);
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            failed.push((stem, format!("{e:#}")));
+            true // (a failure is said, not taken for a want of data)
+        }
+    }
+}
+
+/// The warnings of the figures that failed, one per cause: `figures loss_vs_compute, loss_curves not
+/// drawn: no TrueType font found …`.
+fn not_drawn(failed: &[(&str, String)]) -> Vec<String> {
+    let mut causes: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (stem, why) in failed {
+        match causes.iter_mut().find(|(w, _)| w == why) {
+            Some((_, stems)) => stems.push(stem),
+            None => causes.push((why, vec![stem])),
+        }
+    }
+    let figures = |stems: &[&str]| match stems.len() {
+        1 => format!("figure {}", stems[0]),
+        _ => format!("figures {}", stems.join(", ")),
+    };
+    causes.iter().map(|(why, stems)| format!("{} not drawn: {why}", figures(stems))).collect()
 }
 
 #[cfg(test)]

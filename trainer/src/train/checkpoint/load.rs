@@ -58,6 +58,10 @@ fn near_miss(path: &Path) -> String {
             None => " (a file: give a checkpoint, run or export folder)".into(),
         };
     }
+    // (its tokenizer.safetensors is no model's weights)
+    if path.join("manifest.json").is_file() {
+        return " (a dataset folder: give the run, checkpoint or export folder of a model trained on it)".into();
+    }
     let mut entries: Vec<PathBuf> =
         std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     entries.sort();
@@ -588,6 +592,13 @@ mod tests {
         std::fs::write(export.join(MODEL_FILE), "").unwrap();
         let e = err(&export.join(MODEL_FILE));
         assert!(e.ends_with(&format!("(a file: give the export folder holding it, {})", export.display())), "{e}");
+        // a dataset folder's tokenizer is not offered as the model's weights
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("manifest.json"), "{}").unwrap();
+        std::fs::write(data.join("tokenizer.safetensors"), "").unwrap();
+        let want = "(a dataset folder: give the run, checkpoint or export folder of a model trained on it)";
+        assert_eq!(err(&data), format!("{} {want}", neither(&data)));
     }
 
     #[test]
