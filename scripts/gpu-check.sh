@@ -91,18 +91,27 @@ run_tests() { # test-binary name, [filter]: each test alone, from its package fo
         log=$out/$name.$t.log
         local limit=$(( $(left) < 150 ? $(left) : 150 ))
         local t0=$(date +%s)
-        (cd "$dir" && timeout "$limit" "$path" --exact "$t" --nocapture --test-threads 1) >"$log" 2>&1
+        (cd "$dir" && timeout -k 10 "$limit" "$path" --exact "$t" --nocapture --test-threads 1) >"$log" 2>&1
         rc=$?
         local took=$(( $(date +%s) - t0 ))
         if [ $rc -eq 0 ] && grep -q "partly skipped" "$log"; then
             note "ok    $name::$t (${took}s; $(grep -m1 -o 'partly skipped.*' "$log"))"
             passed=$((passed + 1))
+        elif [ $rc -eq 0 ] && [ "$gpus" -ge 1 ] && grep -qE "skipped: (no CUDA|libnvrtc not found|.*needs libnvrtc)" "$log"; then
+            # (a GPU is listed: a test that found no device or library ran nothing)
+            note "FAIL  $name::$t (${took}s; nvidia-smi lists a GPU but $(grep -m1 -o 'skipped.*' "$log"))"
+            failed=$((failed + 1))
+            status=1
         elif [ $rc -eq 0 ] && grep -q "skipped" "$log"; then
             note "skip  $name::$t (${took}s): $(grep -m1 skipped "$log")"
             skipped=$((skipped + 1))
         elif [ $rc -eq 0 ]; then
             note "ok    $name::$t (${took}s)"
             passed=$((passed + 1))
+        elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+            note "FAIL  $name::$t (timed out after ${took}s of the ${limit}s left to it)"
+            failed=$((failed + 1))
+            status=1
         else
             note "FAIL  $name::$t (rc $rc, ${took}s)"
             grep -E "panicked|error|Error|assert|left|right|differ|rel|emulated" "$log" | head -12 | sed 's/^/      /' | tee -a "$summary"
@@ -110,7 +119,7 @@ run_tests() { # test-binary name, [filter]: each test alone, from its package fo
             status=1
             if grep -qE "CUDA_ERROR|ILLEGAL|misaligned|DriverError" "$log" && command -v compute-sanitizer >/dev/null \
                 && [ "$(left)" -gt 60 ]; then
-                (cd "$dir" && timeout 90 compute-sanitizer --tool memcheck --print-limit 8 \
+                (cd "$dir" && timeout -k 10 $(( $(left) - 30 < 90 ? $(left) - 30 : 90 )) compute-sanitizer --tool memcheck --print-limit 8 \
                     "$path" --exact "$t" --nocapture --test-threads 1) >"$log.sanitizer" 2>&1
                 grep -E "=========" "$log.sanitizer" | head -20 | sed 's/^/      /' | tee -a "$summary"
             fi
@@ -140,7 +149,7 @@ step() { # seconds, name, command...: a bounded step, output kept and shown
         return
     fi
     echo "== $name"
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
     grep -vE "^\s+(grad|note)|^\s*$" "$out/$name.log" | tail -60
     [ $rc -eq 0 ] || { note "FAIL  $name (rc $rc)"; status=1; return 1; }
@@ -173,7 +182,7 @@ ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
 if [ -n "$ncu_bin" ] && [ "$(left)" -gt 120 ]; then
     echo "== ncu"
     kernels='regex:^(head_bitwise_ce_bf16_(h16_)?td64|head_bitwise_ce_f32_l64|self_correct_planes_f32|attention_.*(bf16|tiled).*c128)$'
-    (cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=none timeout $(($(left) - 30)) "$ncu_bin" \
+    (cd "$(pkg bench cuda_kernels)" && INFINITY_BENCH_PYTHON=none timeout -k 10 $(($(left) - 30)) "$ncu_bin" \
         --target-processes application-only --clock-control none --kernel-name "$kernels" --filter-mode per-launch-config \
         --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section Occupancy --section WarpStateStats --section LaunchStats "$bench" --bench) >"$out/ncu.log" 2>&1
@@ -187,5 +196,11 @@ fi
 
 echo "== summary"
 cat "$summary"
-echo "tests: $passed passed, $failed failed, $skipped skipped; elapsed $(( $(date +%s) - start )) s"
+echo "tests: $passed passed, $failed failed, $skipped skipped; elapsed $(( $(date +%s) - start )) s" | tee -a "$summary"
+# on the device machine, what is under $OUT comes back: the summary, the benchmarks' logs and every
+# log packed (the console's tail alone would lose the tables)
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    cp "$summary" "$out"/kernel-bench.log "$out"/model-bench-*.log "$OUT"/ 2>/dev/null
+    tar -C "$(dirname "$out")" -czf "$OUT/gpu-check-logs.tgz" "$(basename "$out")" && echo "logs packed into \$OUT"
+fi
 exit "$status"

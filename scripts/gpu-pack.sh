@@ -17,12 +17,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Rust, CUDA and Cargo files of the checkout, hashed: the manifest records it, and gpu-check.sh
-# compares it with the checkout it runs in, so a pack left from other sources is never used unawares.
+# The Rust, CUDA and Cargo files of the checkout (and data/'s JSON, compiled in: the upstream
+# schedules), hashed: the manifest records it, and gpu-check.sh compares it with the checkout it runs in,
+# so a pack left from other sources is never used unawares.
 source_hash() {
-    find Cargo.toml Cargo.lock kernels data trainer launcher tests -type f \
-        \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' -o -name Cargo.toml -o -name Cargo.lock \) \
-        -not -path '*/target/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+    {
+        find Cargo.toml Cargo.lock kernels data trainer launcher tests -type f \
+            \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' -o -name Cargo.toml -o -name Cargo.lock \) \
+            -not -path '*/target/*' -print0
+        find data -type f -name '*.json' -not -path '*/target/*' -print0
+    } | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
 }
 if [ "${1:-}" = "--hash" ]; then
     source_hash

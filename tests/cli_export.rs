@@ -127,8 +127,13 @@ fn one_export_per_folder() {
     std::fs::create_dir_all(&named).unwrap();
     std::fs::write(&stray, b"someone's weights").unwrap();
     let e = err(&["export", run_s, "-o", path_str(&stray)]);
-    assert!(e.contains("exists, and is not the export this folder's config.json describes"), "{e}");
+    assert!(e.contains("exists, and neither this folder's config.json nor its"), "{e}");
     assert_eq!(std::fs::read(&stray).unwrap(), b"someone's weights");
+    // an export cut short before its config.json (its shard index written) is written again
+    std::fs::remove_file(&stray).unwrap();
+    assert!(infinity(&["export", run_s, "-o", path_str(&stray)]));
+    std::fs::remove_file(named.join("config.json")).unwrap();
+    assert!(infinity(&["export", run_s, "-o", path_str(&stray)]));
 
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();

@@ -33,7 +33,7 @@ fn check(cfg: &Path, sets: &[String]) -> String {
 /// a source out of a config.
 #[test]
 fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
-    let (tmp, _data, _run, cfg) = class_run();
+    let (tmp, data, _run, cfg) = class_run();
     let src = tmp.path().join("src");
     train(&cfg, &[format!("run.dir={}", path_str(&src)), "run.steps=3".into(), "optim.ema_decay=0.9".into()]);
     let src_ckpt = resolve(&src).unwrap();
@@ -62,6 +62,13 @@ fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     let ema_record = &json(&from_ema.join("derived.json"))["init_from"];
     assert_eq!(ema_record["weights"], "ema", "{ema_record}");
     assert_eq!(ema_record["crc32c"].as_str(), src_state.ema_crc32c.as_deref(), "{ema_record}");
+    // `eval` of an export of the average records it as the average (without --ema too), at its step
+    let (ema_export, ema_loss) = (tmp.path().join("src-ema"), tmp.path().join("ema.jsonl"));
+    assert!(infinity(&["export", path_str(&src), "--ema", "-o", path_str(&ema_export)]));
+    let eval = ["eval", path_str(&ema_export), "--config", path_str(&cfg), "--val", path_str(&data), "--out"];
+    assert!(infinity(&[&eval[..], &[path_str(&ema_loss)]].concat()));
+    let line = json(&ema_loss);
+    assert!(line["ema"] == true && line["step"] == 3, "{line}");
 
     // `export --init` of the fine-tune's config: the weights its run starts from, the source's
     let init = tmp.path().join("init-export");

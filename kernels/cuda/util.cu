@@ -135,8 +135,9 @@ extern "C" __global__ void attn_gain_backward_f32(const float* __restrict__ scal
     if (i < h && scale_mul[i] <= logf(100.0f)) dscale_mul[i] += dgain[i] * gain[i];
 }
 
-// dst[r·C + col] += src[r·C + col] for the rows r of `rows` (cfg_uncond's gradient from dropped
-// captions: rows are the caption's text tokens, dst the first rows of cfg_uncond).
+// dst[i] += src[first·C + i] for i < count·C: rows first..first + count of src onto dst's first
+// `count` rows (cfg_uncond's gradient from a dropped caption: its text tokens' rows, onto the first
+// rows of cfg_uncond).
 extern "C" __global__ void add_rows_at_f32(const float* __restrict__ src, float* __restrict__ dst, long first,
                                            long count, int c) {
     GRID_STRIDE(i, count * c) { dst[i] += src[first * c + i]; }

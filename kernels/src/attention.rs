@@ -145,7 +145,8 @@ fn scores<T: Real>(q: &[T], k: &[T], seg: &Segment, h: usize, dims: AttnDims, s:
     );
 }
 
-/// Backward of [`attention_forward`]. `dq` written; `dk`, `dv` accumulated (zero them first).
+/// Backward of [`attention_forward`]. `dq` written; `dk`, `dv` accumulated (zero them first: unlike
+/// the CUDA twin, `cuda::attention::attention_backward_dev`, which writes all three).
 /// Heads run in parallel, each into its own buffers.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Real>(

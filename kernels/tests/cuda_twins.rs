@@ -368,6 +368,13 @@ fn adaln_rope_and_embeddings_match_their_cpu_twins() {
         rope::rope_apply(&mut cpu, &table, lt, heads, offset, inverse);
         close("rope", &layers::rope(&dev, &q, &table, lt, heads, offset, inverse).unwrap(), &cpu, 1e-6);
     }
+    // a table of fewer tokens than are rotated (21 of 36) is refused as the twin refuses it, not read
+    // past its end
+    let short = rope::RopeTable::new(32, &scales[..3], (64, 64));
+    let cpu = std::panic::catch_unwind(|| rope::rope_apply(&mut q.clone(), &short, lt, heads, 0, false));
+    let gpu =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| layers::rope(&dev, &q, &short, lt, heads, 0, false)));
+    assert!(cpu.is_err() && gpu.is_err(), "a RoPE table too short for the tokens must be refused");
 
     let (vocab, n) = (25, 40);
     let table = rand_vec(&mut rng, vocab * c, 1.0);

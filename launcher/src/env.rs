@@ -83,6 +83,9 @@ pub struct DistEnv {
     pub world: usize,
     pub local_rank: usize,
     pub local_world: usize,
+    /// `local_world` was given (`LOCAL_WORLD_SIZE`, SLURM's tasks per node); otherwise it is taken to be
+    /// the whole world, which a group of one rank per pod or node without it is not.
+    pub local_world_given: bool,
     pub node_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
@@ -127,6 +130,8 @@ impl DistEnv {
             }
         }
         let names = if get("WORLD_SIZE").is_some() { ("RANK", "WORLD_SIZE") } else { ("SLURM_PROCID", "SLURM_NTASKS") };
+        let local_world_given =
+            ["LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"].iter().any(|v| get(v).is_some());
         let (rank, world, local_rank, local_world, node_rank, master_addr) = if get("WORLD_SIZE").is_some() {
             let world = num("WORLD_SIZE")?.unwrap();
             let rank = num("RANK")?.context("WORLD_SIZE is set but RANK is not")?;
@@ -185,8 +190,15 @@ impl DistEnv {
                  this machine), or start the ranks with `infinity launch`"
             );
         };
+        // (port 0 would have rank 0 listen at a port of the system's choosing, which no other rank knows)
+        let port = |var: &str, p: &str| -> Result<u16> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => bail!("{var}={p:?}: expected a port from 1 to 65535"),
+                Ok(port) => Ok(port),
+            }
+        };
         let master_port = match get("MASTER_PORT") {
-            Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT={p:?}: expected a port"))?,
+            Some(p) => port("MASTER_PORT", &p)?,
             None => job_port(20000, get("SLURM_JOB_ID").as_deref(), get("SLURM_STEP_ID").as_deref())?.unwrap_or(29500),
         };
         // under torchrun its agent's store holds MASTER_PORT: ours takes the next one, or
@@ -195,9 +207,7 @@ impl DistEnv {
         let agent_store = get(vars::AGENT_STORE).as_deref() == Some("1");
         let torchrun_store = get(torchrun::USE_AGENT_STORE).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let master_port = match (agent_store, get(vars::STORE_PORT)) {
-            (false, Some(p)) => {
-                p.trim().parse().with_context(|| format!("{}={p:?}: expected a port", vars::STORE_PORT))?
-            }
+            (false, Some(p)) => port(vars::STORE_PORT, &p)?,
             (false, None) if torchrun_store => master_port.checked_add(1).with_context(|| {
                 format!(
                     "MASTER_PORT={master_port} under torchrun ({}): rank 0 hosts the store at the next port, and \
@@ -218,6 +228,7 @@ impl DistEnv {
             world,
             local_rank,
             local_world,
+            local_world_given,
             node_rank,
             master_addr,
             master_port,
@@ -445,6 +456,13 @@ mod tests {
             (k8s.rank, k8s.world, k8s.store_addr().as_str(), k8s.agent_store),
             (3, 4, "job-master-0:23456", false)
         );
+        assert!(!k8s.local_world_given, "no LOCAL_WORLD_SIZE: the ranks per node are a guess");
+        // port 0 would be a port of the system's choosing, which no other rank knows
+        for (var, value) in [("MASTER_PORT", "0"), ("INFINITY_STORE_PORT", "0"), ("MASTER_PORT", "x")] {
+            let vars = [("WORLD_SIZE", "4"), ("RANK", "3"), ("MASTER_ADDR", "m"), ("MASTER_PORT", "1"), (var, value)];
+            let e = env(&vars).unwrap_err().to_string();
+            assert!(e.contains(&format!("{var}=\"{value}\": expected a port from 1 to 65535")), "{e}");
+        }
         let slurm = env(&[
             ("SLURM_PROCID", "5"),
             ("SLURM_NTASKS", "8"),

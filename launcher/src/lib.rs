@@ -1,6 +1,6 @@
 //! Scale-out without the model: the `infinity launch` agent (`agent`), the rendezvous store (`store`),
 //! the process's place in the group from the environment (`env`), and communicators (`comm`: a TCP ring
-//! for CPU ranks; NCCL for GPUs with issue 6).
+//! for CPU ranks; NCCL for GPUs, feature `cuda`).
 
 /// `println!` that ignores a closed stdout: a log pipe that died (a launcher killed, `| head`) must
 /// not stop a run mid-way, nor turn its exit code into a panic's. (The trainer's `#[macro_use]`s them.)

@@ -44,6 +44,23 @@ fn a_silent_peer_is_a_timeout_not_a_hang() {
     assert!(*took < Duration::from_secs(2), "took {took:?}");
 }
 
+/// A peer that stops reading (a hung rank, or one stuck outside the collective) makes the sender's
+/// send time out: a timeout waiting for that peer, which the launcher blames, not an error of the
+/// sender's own (exit 1, which it would take for the root cause). 64 MiB outgrow any socket buffer.
+#[test]
+fn a_peer_that_stops_reading_is_a_timeout_waiting_for_it() {
+    let results = ring_group(2, Duration::from_secs(10), |mut r| {
+        r.set_timeout(Duration::from_millis(500)).unwrap();
+        if r.rank() == 1 {
+            std::thread::sleep(Duration::from_secs(3)); // reads nothing meanwhile
+            return None;
+        }
+        Some(r.broadcast(&mut vec![1.0; 16 << 20], 0).unwrap_err())
+    });
+    let e = results[0].as_ref().unwrap();
+    assert!(matches!(e, CommError::Timeout { op: "broadcast", peer: 1, .. }), "{e}");
+}
+
 /// Rank 2 stops taking part after the first collective: ranks 0 and 1 fail in the second and write their
 /// flight records, which name the collective they waited in and the rank without a record.
 #[test]

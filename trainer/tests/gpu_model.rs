@@ -143,7 +143,7 @@ fn forward_and_backward_match_the_cpu_model() {
 /// With bf16 matmuls, a head the tensor cores do not take (d = 12) stays in f32, as upstream keeps it:
 /// its weight gradient too. The blocks' outputs are zeroed, so the head's input is the f32 islands'
 /// alone and the GPU's gradient of `head.weight` is the CPU's up to summation order; a bf16 product
-/// would move it by bf16 rounding (about 4e-3).
+/// would move it by bf16 rounding (2e-3 on the emulated device).
 #[test]
 fn a_head_off_the_tensor_cores_keeps_its_gradient_in_f32() {
     if !gpu_or_skip() {

@@ -452,8 +452,15 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
             "--set loss.reweight_by_scale: at `loss.reweight_by_scale`: expected true or false, found 0",
         ),
         // values a run only trips over later (a panic on a multi-rank run, an error at the first step)
-        ("dist.timeout_s=-1", "dist.timeout_s must be a positive number of seconds, found -1"),
-        ("dist.rdzv_timeout_s=0", "dist.rdzv_timeout_s must be a positive number of seconds, found 0"),
+        ("dist.timeout_s=-1", "dist.timeout_s must be a number of seconds from 0.001 to 604800 (a week), found -1"),
+        (
+            "dist.rdzv_timeout_s=0",
+            "dist.rdzv_timeout_s must be a number of seconds from 0.001 to 604800 (a week), found 0",
+        ),
+        (
+            "dist.timeout_s=1e20",
+            "dist.timeout_s must be a number of seconds from 0.001 to 604800 (a week), found 100000000000000000000",
+        ),
         ("optim.max_nonfinite=0", "optim.max_nonfinite must be at least 1"),
         ("run.log_every=0", "run.log_every must be at least 1"),
         ("sample.tau=0", "--set sample.tau: sample.tau must be a positive number (the temperature), found 0"),

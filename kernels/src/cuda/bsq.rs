@@ -17,7 +17,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use super::device::{elementwise, Arg, CudaError, Device};
 use crate::bsq::num_tokens;
 
-/// Device outputs of [`self_correct_batch`], allocated once and overwritten by every call.
+/// Device outputs of [`self_correct_batch`]: every element is written by each call given them.
 pub struct BsqBatch {
     /// `[B, L, d]` labels (0/1).
     pub gt_bits: CudaSlice<u8>,
@@ -44,7 +44,8 @@ pub enum BsqPath {
     PerScale,
 }
 
-/// Reused device state: the schedule as the one-launch kernel reads it, and the per-scale path's
+/// Device state a caller may keep across calls (the GPU model makes one per micro-step): the schedule
+/// as the one-launch kernel reads it, and the per-scale path's
 /// running sums `[B, d, H, W]` and codes (two of each: a scale reads the previous scale's and writes
 /// its own), allocated when that path first runs.
 pub struct BsqScratch {

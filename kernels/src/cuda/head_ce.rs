@@ -21,7 +21,7 @@ const CW: usize = 64;
 /// The kernel keeps a block's logits in shared memory: at most 128 (`d ≤ 64`, upstream uses 32).
 pub const MAX_BITS: usize = 64;
 
-/// Device outputs of [`head_bitwise_ce_device`], allocated once and overwritten by every call.
+/// Device outputs of [`head_bitwise_ce_device`]: every element is written by each call given them.
 pub struct HeadCeDevice {
     /// `[N]` mean bit cross-entropy and bits predicted right per token.
     pub token_loss: CudaSlice<f32>,

@@ -325,16 +325,29 @@ pub fn gated_residual_backward_act(
     util::group_dot(dev, dres, Factor::Values(y), dgamma, AdaShape { ps: grad_stride, ..sh })
 }
 
-/// A RoPE table on the device: `cos`, `sin` `[T, P]`.
+/// A RoPE table on the device: `cos`, `sin` `[T, P]`, T = `tokens`.
 pub struct DeviceRope {
     pub cos: CudaSlice<f32>,
     pub sin: CudaSlice<f32>,
     pub pairs: usize,
+    pub tokens: usize,
 }
 
 impl DeviceRope {
     pub fn new(dev: &Device, t: &RopeTable) -> Result<DeviceRope, CudaError> {
-        Ok(DeviceRope { cos: dev.stream.clone_htod(&t.cos)?, sin: dev.stream.clone_htod(&t.sin)?, pairs: t.pairs })
+        let (cos, sin) = (dev.stream.clone_htod(&t.cos)?, dev.stream.clone_htod(&t.sin)?);
+        Ok(DeviceRope { cos, sin, pairs: t.pairs, tokens: t.num_tokens() })
+    }
+
+    /// Panics, as its CPU twin [`crate::rope::rope_apply`] does, where tokens `offset..offset + l` are
+    /// not all in the table (a kernel would read past its end).
+    pub fn check(&self, what: &str, l: usize, offset: usize) {
+        assert!(
+            offset + l <= self.tokens,
+            "{what}: the RoPE table has {} tokens, fewer than {}",
+            self.tokens,
+            offset + l
+        );
     }
 }
 
@@ -348,6 +361,7 @@ pub fn rope_dev(
     offset: usize,
     inverse: bool,
 ) -> Result<(), CudaError> {
+    table.check("rope_dev", l, offset);
     let rows = x.count() / (heads * 2 * table.pairs);
     let args = [
         dev.arg_mut(x),

@@ -258,6 +258,7 @@ pub fn quantize(
     n: usize,
 ) -> Result<(Vec<u8>, Vec<f32>), CudaError> {
     assert_eq!(r.len(), b * d * n, "quantize: r is not [{b}, {d}, {n}]");
+    assert!(flips.is_none_or(|f| f.len() == b * n * d), "quantize: flips are not [{b}, {n}, {d}]");
     let s = &dev.stream;
     let f = dev.function("bsq.cu", "quantize_f32")?;
     let rd = s.clone_htod(r)?;

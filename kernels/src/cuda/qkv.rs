@@ -40,6 +40,7 @@ pub fn qkv_heads_dev(
 ) -> Result<QkvHeadsDev, CudaError> {
     let c = 2 * rope.pairs;
     let w = heads * c;
+    rope.check("qkv_heads", l, 0);
     if c > MAX_HEAD_DIM {
         return Err(CudaError::Driver(format!("qkv_heads: head dim {c} > {MAX_HEAD_DIM} is not supported by qkv.cu")));
     }
@@ -95,6 +96,7 @@ pub fn qkv_heads_backward_dev(
 ) -> Result<(), CudaError> {
     let (q_raw, k_raw, q_norm, k_norm) = fwd;
     let (c, s) = (2 * rope.pairs, &dev.stream);
+    rope.check("qkv_heads_backward", l, 0);
     let n = q_raw.len();
     let rows = n / (heads * c);
     assert!(

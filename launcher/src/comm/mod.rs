@@ -1,9 +1,11 @@
 //! Communicators: one trait for the collectives data-parallel training needs, with a TCP ring backend
 //! for CPU ranks (as Gloo does) and an NCCL backend for GPU ranks (feature `cuda`).
 //!
-//! Every collective either completes on all ranks or returns an error on each: a peer that stops
-//! sending makes the call fail after the communicator's timeout ([`CommError::Timeout`] on the ring,
-//! [`CommError::Stalled`] from the NCCL watchdog), never hang.
+//! A peer that stops sending or reading makes a collective fail after the communicator's timeout
+//! ([`CommError::Timeout`] on the ring, [`CommError::Stalled`] from the NCCL watchdog) rather than hang;
+//! ranks next to a failed one fail, others may finish the collective first. Two exceptions: NCCL's
+//! own setup (`ncclCommInitRank`) has no timeout, and the ring's bytes carry no header, so ranks that
+//! call different collectives (a bug) misread each other's data instead of failing.
 
 pub mod flight;
 #[cfg(feature = "cuda")]

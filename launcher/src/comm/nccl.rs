@@ -105,7 +105,8 @@ impl NcclComm {
         };
         stream.context().bind_to_thread().map_err(|e| cuda_err(OP, e))?;
         let mut comm = std::mem::MaybeUninit::uninit();
-        // SAFETY: valid out pointer; world and rank fit in i32 (checked by the rendezvous).
+        // SAFETY: valid out pointer; world and rank are below i32::MAX (a group of that many ranks never
+        // forms).
         let comm = unsafe {
             result::comm_init_rank(comm.as_mut_ptr(), world as i32, id, rank as i32).map_err(|e| nccl_err(OP, e))?;
             comm.assume_init()

@@ -5,7 +5,7 @@
 //! on a scoped thread straight from the caller's buffer, so neither side waits for the other's socket
 //! buffer and nothing is copied. The order of
 //! additions is fixed by (rank, world), so results are deterministic and identical on every rank.
-//! Values travel as little-endian f32 (all supported hosts are little-endian).
+//! Values travel as the host's f32 bytes (all supported hosts are little-endian).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -140,11 +140,12 @@ impl TcpRing {
         (self.rank + self.world - 1) % self.world
     }
 
-    /// Write `out` to the next rank.
-    fn send(next: &mut TcpStream, op: &'static str, peer: usize, out: &[f32]) -> CommResult<()> {
+    /// Write `out` to the next rank. A send that times out is a timeout waiting for that rank (it stopped
+    /// reading: hung, or stuck elsewhere), so the launcher blames it, not this rank.
+    fn send(next: &mut TcpStream, op: &'static str, peer: usize, timeout: Duration, out: &[f32]) -> CommResult<()> {
         next.write_all(bytemuck::cast_slice(out)).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                CommError::Peer { op, peer, detail: "stopped reading (send timed out)".into() }
+                CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
             _ => CommError::Peer { op, peer, detail: format!("send failed: {e}") },
         })
@@ -177,7 +178,7 @@ impl TcpRing {
         let (next, prev) = (self.next_rank(), self.prev_rank());
         let (tx, rx, scratch, timeout) = (&mut self.next, &mut self.prev, &mut self.scratch, self.timeout);
         std::thread::scope(|sc| {
-            let sending = sc.spawn(move || Self::send(tx, op, next, out));
+            let sending = sc.spawn(move || Self::send(tx, op, next, timeout, out));
             let received = if reduce {
                 scratch.resize(BLOCK.min(dst.len()), 0.0);
                 dst.chunks_mut(BLOCK).try_for_each(|block| {
@@ -287,15 +288,18 @@ impl TcpRing {
         if root >= self.world {
             return Err(CommError::Usage { op: "broadcast", detail: format!("root {root} ≥ world {}", self.world) });
         }
-        // Pass the buffer along the ring from the root; the rank before the root only receives.
-        let last = (root + self.world - 1) % self.world;
-        if self.rank != root {
-            let peer = self.prev_rank();
-            Self::recv_into(&mut self.prev, "broadcast", peer, self.timeout, buf)?;
-        }
-        if self.rank != last {
-            let next = self.next_rank();
-            Self::send(&mut self.next, "broadcast", next, buf)?;
+        // Pass the buffer along the ring from the root, a block at a time so the ranks forward at once (a
+        // whole buffer forwarded rank by rank would take W hops of it, and the last rank would wait out
+        // its timeout for large ones); the rank before the root only receives.
+        const BLOCK: usize = 1 << 18; // values: 1 MiB
+        let (last, prev, next) = ((root + self.world - 1) % self.world, self.prev_rank(), self.next_rank());
+        for block in buf.chunks_mut(BLOCK) {
+            if self.rank != root {
+                Self::recv_into(&mut self.prev, "broadcast", prev, self.timeout, block)?;
+            }
+            if self.rank != last {
+                Self::send(&mut self.next, "broadcast", next, self.timeout, block)?;
+            }
         }
         Ok(())
     }

@@ -149,8 +149,22 @@ impl StoreClient {
 
     fn exchange(&mut self, req: &Request, timeout: Duration) -> Result<Response> {
         let ctx = || format!("store {}", self.addr);
+        let bytes = frame(req);
+        if bytes.len() - 4 > super::wire::MAX_FRAME {
+            let what = match req {
+                Request::Set { key, value } => format!("the value of {key} ({} bytes)", value.len()),
+                _ => "a request".into(),
+            };
+            anyhow::bail!(
+                "store {}: {what} is too large for the store's frames ({} bytes of at most {}): its values are \
+                 addresses, ids and counters",
+                self.addr,
+                bytes.len() - 4,
+                super::wire::MAX_FRAME
+            );
+        }
         self.sock.set_read_timeout(Some(timeout)).with_context(ctx)?;
-        self.sock.write_all(&frame(req)).with_context(ctx)?;
+        self.sock.write_all(&bytes).with_context(ctx)?;
         let mut header = [0u8; 4];
         if let Err(e) = self.sock.read_exact(&mut header) {
             let secs = timeout.as_secs_f64();

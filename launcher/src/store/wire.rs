@@ -1,6 +1,6 @@
 //! The store's wire format: frames of a little-endian u32 length and that many bytes of JSON. A frame
-//! longer than [`MAX_FRAME`] or JSON that is not a [`Request`] is rejected before anything is allocated
-//! for it, so garbage on the port costs the server one closed connection.
+//! longer than [`MAX_FRAME`] is rejected before its body is read or allocated, and JSON that is not a
+//! [`Request`] once read, so garbage on the port costs the server one closed connection.
 
 use serde::{Deserialize, Serialize};
 

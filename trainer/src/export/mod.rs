@@ -120,15 +120,16 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     if ck.step.is_none() && opts.from_export.is_none() {
         refuse_the_source(&ck.dir, out, folder)?;
     }
-    refuse_another_export(folder, file)?;
+    let described = refuse_another_export(folder, file)?;
     // (the same name again replaces that export, as documented: said, where it held other weights)
     let replaced = read_export(folder).filter(|old| resolved(&old.weights) == resolved(out));
     let replaced = replaced.map(|old| (old.source, std::fs::read(folder.join("config.json")).ok()));
-    // (a file no export of this folder describes: another tool's weights, a checkpoint's copied out)
+    // (a file no export of this folder describes: another tool's weights, a checkpoint's copied out; an
+    // export cut short before its config.json is described by its shard index)
     ensure!(
-        replaced.is_some() || !out.exists(),
-        "-o {}: exists, and is not the export this folder's config.json describes: export under another name, or \
-         remove it first",
+        replaced.is_some() || described || !out.exists(),
+        "-o {}: exists, and neither this folder's config.json nor its {SHARD_INDEX} describes it as an export's \
+         weights: export under another name, or remove it first",
         out.display()
     );
 
@@ -375,8 +376,8 @@ fn refuse_the_source(source: &Path, out: &Path, folder: &Path) -> Result<()> {
 /// Refuse a `folder` whose config.json or shard index describes weights other than `file` that are
 /// still there: this export would rewrite both for `file`, leaving the other weights described by
 /// another file's dtype and names (re-exporting `file` itself is fine). A config.json that is not an
-/// export's is refused too, rather than overwritten.
-fn refuse_another_export(folder: &Path, file: &str) -> Result<()> {
+/// export's is refused too, rather than overwritten. Whether either describes `file` itself.
+fn refuse_another_export(folder: &Path, file: &str) -> Result<bool> {
     let mut described = Vec::new();
     let config = folder.join("config.json");
     if config.is_file() {
@@ -405,7 +406,7 @@ fn refuse_another_export(folder: &Path, file: &str) -> Result<()> {
             folder.display()
         );
     }
-    Ok(())
+    Ok(described.iter().any(|w| w == file))
 }
 
 /// The index transformers' `load_sharded_checkpoint` reads (upstream's `--checkpoint_type torch_shard`).

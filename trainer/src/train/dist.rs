@@ -87,14 +87,12 @@ impl Dist {
         let comm: Box<dyn Communicator> = match backend {
             CommBackend::Auto | CommBackend::Ring => {
                 // the address this rank's ring listener is reached at: the one its store connection left
-                // from, unless INFINITY_RING_HOST names another. A rank that reached the store over
-                // loopback (a master pod whose MASTER_ADDR is localhost) listens on every interface when
-                // the group spans nodes: ranks elsewhere reach it at the store's address
+                // from, unless INFINITY_RING_HOST names another
                 let (host, listen_all) = match std::env::var("INFINITY_RING_HOST") {
                     Ok(h) if !h.is_empty() => (h, false),
                     _ => {
                         let ip = store.local_ip()?;
-                        (ip.to_string(), ip.is_loopback() && env.world > env.local_world)
+                        (ip.to_string(), ring_listens_everywhere(ip, env))
                     }
                 };
                 let (rank, world) = (env.rank, env.world);
@@ -465,6 +463,13 @@ pub fn backend_available(cfg: &DistSection) -> Result<()> {
     Ok(())
 }
 
+/// Whether a rank whose store connection left from `ip` listens for its ring on every interface: on
+/// loopback (a master pod whose MASTER_ADDR is localhost), where ranks may be on other hosts, which
+/// reach it at the store's address: the group spans nodes, or its ranks per node are not given.
+fn ring_listens_everywhere(ip: std::net::IpAddr, env: &DistEnv) -> bool {
+    ip.is_loopback() && (env.world > env.local_world || !env.local_world_given)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +494,32 @@ mod tests {
         );
     }
 
+    /// A rank that reached the store over loopback listens on every interface where ranks may be
+    /// elsewhere: a group spanning nodes, or one whose ranks per node are not given (a Kubeflow master
+    /// pod: MASTER_ADDR=localhost, no LOCAL_WORLD_SIZE); on loopback alone where all are on this host.
+    #[test]
+    fn a_loopback_rank_listens_everywhere_unless_the_group_is_on_its_host() {
+        let env = |world, local_world, local_world_given| DistEnv {
+            rank: 0,
+            world,
+            local_rank: 0,
+            local_world,
+            local_world_given,
+            node_rank: 0,
+            master_addr: "localhost".into(),
+            master_port: 1,
+            token: String::new(),
+            run_id: "r".into(),
+            attempt: 0,
+            agent_store: false,
+        };
+        let (lo, lan) = (std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from([10, 0, 0, 2]));
+        assert!(ring_listens_everywhere(lo, &env(4, 1, true)));
+        assert!(ring_listens_everywhere(lo, &env(4, 4, false)), "Kubeflow: no LOCAL_WORLD_SIZE");
+        assert!(!ring_listens_everywhere(lo, &env(4, 4, true)), "one host: loopback alone");
+        assert!(!ring_listens_everywhere(lan, &env(4, 1, true)), "an address others reach already");
+    }
+
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn nccl_without_the_cuda_feature_is_a_clear_error() {
@@ -497,6 +528,7 @@ mod tests {
             world: 2,
             local_rank: 1,
             local_world: 2,
+            local_world_given: true,
             node_rank: 0,
             master_addr: "127.0.0.1".into(),
             master_port: 1,

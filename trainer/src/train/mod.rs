@@ -264,11 +264,33 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     // ---- the loop ------------------------------------------------------------------------------
     summary.start_clock();
+    let state_step = state.step;
     let watchdog = watchdog::Watchdog::start(cfg.run.stall_timeout_s, (dist.rank, dist.world), cfg.dist.timeout_s)
         .map_err(setup::unrecoverable)?;
     let mut t = Trainer {
+        watchdog,
+        saver,
+        logger,
+        preview,
+        validator,
+        grads: updater.host_grads(&lay),
+        acts: Acts::default(),
+        ropes: HashMap::new(),
+        ema,
+        updater,
+        opt,
+        params,
+        state,
+        loader,
+        lock,
+        summary,
+        clock: saver::CheckpointClock::new(cfg.checkpoint.every_minutes),
+        dist,
+        compute,
         cfg,
         ds,
+        mc,
+        lay,
         costs,
         micro_batch,
         accum,
@@ -279,28 +301,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         ema_sharded,
         stop: opts.stop.clone(),
         stop_after: opts.stop_after,
-        first_step: state.step,
-        preview,
-        validator,
-        watchdog,
-        compute,
-        dist,
-        grads: updater.host_grads(&lay),
-        mc,
-        lay,
-        params,
-        opt,
-        updater,
-        ema,
-        acts: Acts::default(),
-        ropes: HashMap::new(),
-        state,
-        loader,
-        logger,
-        saver,
-        summary,
-        clock: saver::CheckpointClock::new(cfg.checkpoint.every_minutes),
-        lock,
+        first_step: state_step,
     };
     while t.state.step < cfg.run.steps {
         let stepped = t.step()?;

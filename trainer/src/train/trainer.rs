@@ -30,7 +30,38 @@ use crate::model::{rope_for, scale_metrics, token_weights, Acts, Layout, ModelCo
 use crate::optim::{AdamW, Ema, LrSchedule};
 
 /// Everything the loop reads and changes from one step to the next.
+///
+/// The fields are declared in the order they drop where an error ends the session, as `train()`'s
+/// locals dropped: the watchdog first, then the saver, which waits for a checkpoint still being
+/// written while the group, the device and the run folder's lock are held (a rank 0 that closed its
+/// communicator first would have the launcher stop the group before the write is done).
 pub(super) struct Trainer<'a> {
+    pub watchdog: Option<watchdog::Watchdog>,
+    // ---- the run's records: rank 0 writes logs, sample grids and checkpoints
+    pub saver: Option<Saver>,
+    pub logger: Option<Logger>,
+    pub preview: Option<Preview>,
+    pub validator: Option<val::Validator>,
+    // ---- buffers kept from step to step
+    /// The gradient on the host (empty where the device keeps it), the activations, a RoPE table per bucket.
+    pub grads: Params<f32>,
+    pub acts: Acts<f32>,
+    pub ropes: HashMap<u16, RopeTable>,
+    // ---- the model and its optimiser
+    pub ema: Option<Ema>,
+    pub updater: Updater,
+    pub opt: AdamW,
+    pub params: Params<f32>,
+    // ---- where the run is
+    pub state: TrainState,
+    pub loader: Loader,
+    /// Rank 0's lock on the run folder, held as long as the session (one job per run folder).
+    pub lock: Option<RunLock>,
+    pub summary: SummaryFile<'a>,
+    pub clock: CheckpointClock,
+    // ---- the group and the device
+    pub dist: Dist,
+    pub compute: Compute,
     // ---- what no step changes
     pub cfg: &'a TrainConfig,
     pub ds: Arc<Dataset>,
@@ -53,31 +84,6 @@ pub(super) struct Trainer<'a> {
     pub stop_after: Option<u64>,
     /// The step this session started from.
     pub first_step: u64,
-    pub preview: Option<Preview>,
-    pub validator: Option<val::Validator>,
-    pub watchdog: Option<watchdog::Watchdog>,
-    // ---- the model, its optimiser, the device and the group
-    pub compute: Compute,
-    pub dist: Dist,
-    pub params: Params<f32>,
-    pub opt: AdamW,
-    pub updater: Updater,
-    pub ema: Option<Ema>,
-    // ---- buffers kept from step to step
-    /// The gradient on the host (empty where the device keeps it), the activations, a RoPE table per bucket.
-    pub grads: Params<f32>,
-    pub acts: Acts<f32>,
-    pub ropes: HashMap<u16, RopeTable>,
-    // ---- where the run is
-    pub state: TrainState,
-    pub loader: Loader,
-    // ---- the run's records: rank 0 writes logs, sample grids and checkpoints
-    pub logger: Option<Logger>,
-    pub saver: Option<Saver>,
-    pub summary: SummaryFile<'a>,
-    pub clock: CheckpointClock,
-    /// Rank 0's lock on the run folder, held as long as the session (one job per run folder).
-    pub lock: Option<RunLock>,
 }
 
 /// What a step leaves for its log line.

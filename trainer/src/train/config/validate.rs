@@ -9,6 +9,9 @@ use anyhow::{bail, Result};
 use super::{DataPhase, PeakTflops, TrainConfig};
 use crate::optim::Decay;
 
+/// The longest `dist.timeout_s` and `dist.rdzv_timeout_s`: a week, in seconds.
+const MAX_TIMEOUT_S: f64 = 604_800.0;
+
 impl TrainConfig {
     /// Checks that need no data: everything else is checked against the dataset in `model_config`.
     /// Settings that are allowed but likely mistakes are warned of.
@@ -201,8 +204,9 @@ impl TrainConfig {
             );
         }
         for (key, secs) in [("timeout_s", self.dist.timeout_s), ("rdzv_timeout_s", self.dist.rdzv_timeout_s)] {
-            if !(secs.is_finite() && secs > 0.0) {
-                bail!("dist.{key} must be a positive number of seconds, found {secs}");
+            // (a millisecond to a week: beyond, a deadline overflows the clock; below, a socket's timeout is 0)
+            if !(1e-3..=MAX_TIMEOUT_S).contains(&secs) {
+                bail!("dist.{key} must be a number of seconds from 0.001 to {MAX_TIMEOUT_S} (a week), found {secs}");
             }
         }
         if self.val.dir.is_some() && self.val.max_rows == 0 {
