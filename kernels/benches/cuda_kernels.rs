@@ -36,10 +36,11 @@ static NOMINAL_GBS: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new(
 fn nominal_gbs(name: &str) -> Option<f64> {
     let has = |s: &str| name.contains(s);
     match () {
-        _ if has("H200") => Some(4800.0),
+        _ if has("H200") && !has("GH200") => Some(4800.0),
         _ if has("H100") && has("PCIe") => Some(2000.0),
         _ if has("H100") && has("NVL") => Some(3900.0),
         _ if has("H100") => Some(3350.0),
+        _ if has("A100") && has("80GB") && has("PCIe") => Some(1935.0),
         _ if has("A100") && has("80GB") => Some(2039.0),
         _ if has("A100") => Some(1555.0),
         _ => None,

@@ -297,7 +297,7 @@ fn group_all_reduce(env: &crate::env::DistEnv, a: &CommBenchArgs) -> Result<()> 
     let prefix = format!("{}/comm-bench", env.prefix());
     store.rendezvous(&format!("{prefix}/ranks"), env.rank, env.world, timeout)?;
     let ip = store.local_ip()?;
-    let listen_all = ip.is_loopback() && env.world > env.local_world;
+    let listen_all = env.ring_listens_everywhere(ip);
     let mut ring = TcpRing::connect(&mut store, &prefix, env.rank, env.world, &ip.to_string(), listen_all, timeout)?;
     let times = timed_all_reduces(&mut ring, bytes / 4, a.iters)?;
     // each pass as long as its slowest rank

@@ -130,14 +130,14 @@ impl DistEnv {
             }
         }
         let names = if get("WORLD_SIZE").is_some() { ("RANK", "WORLD_SIZE") } else { ("SLURM_PROCID", "SLURM_NTASKS") };
-        let local_world_given =
-            ["LOCAL_WORLD_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"].iter().any(|v| get(v).is_some());
+        // (the ranks per node, where given: else taken to be the whole world)
         let (rank, world, local_rank, local_world, node_rank, master_addr) = if get("WORLD_SIZE").is_some() {
             let world = num("WORLD_SIZE")?.unwrap();
             let rank = num("RANK")?.context("WORLD_SIZE is set but RANK is not")?;
             let local_rank = num("LOCAL_RANK")?.unwrap_or(rank);
-            let local_world = num("LOCAL_WORLD_SIZE")?.unwrap_or(world);
-            let node_rank = num("NODE_RANK")?.or(num("GROUP_RANK")?).unwrap_or(rank / local_world.max(1));
+            let local_world = num("LOCAL_WORLD_SIZE")?;
+            let per_node = local_world.unwrap_or(world).max(1);
+            let node_rank = num("NODE_RANK")?.or(num("GROUP_RANK")?).unwrap_or(rank / per_node);
             (rank, world, local_rank, local_world, node_rank, get("MASTER_ADDR"))
         } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
             // srun with one task per rank
@@ -157,8 +157,7 @@ impl DistEnv {
             };
             let local_world = get("SLURM_STEP_TASKS_PER_NODE")
                 .or_else(|| get("SLURM_TASKS_PER_NODE"))
-                .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()))
-                .unwrap_or(world);
+                .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()));
             let addr = get("MASTER_ADDR").unwrap_or(first);
             (
                 rank,
@@ -227,8 +226,8 @@ impl DistEnv {
             rank,
             world,
             local_rank,
-            local_world,
-            local_world_given,
+            local_world: local_world.unwrap_or(world),
+            local_world_given: local_world.is_some(),
             node_rank,
             master_addr,
             master_port,
@@ -238,6 +237,17 @@ impl DistEnv {
             attempt: restart_count(&get)?,
             agent_store,
         }))
+    }
+
+    /// Whether this rank, whose store connection left from `ip`, listens for its ring on every
+    /// interface: on loopback (a master pod whose MASTER_ADDR is localhost), where ranks may be on other
+    /// hosts, which reach it at the store's address: the group spans nodes, or its ranks per node are
+    /// not given and MASTER_ADDR is a name (Kubeflow's `localhost`; a literal loopback address says
+    /// that every rank runs on this host).
+    pub fn ring_listens_everywhere(&self, ip: std::net::IpAddr) -> bool {
+        let addr = self.master_addr.trim_start_matches('[').trim_end_matches(']');
+        let on_this_host = addr.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        ip.is_loopback() && (self.world > self.local_world || (!self.local_world_given && !on_this_host))
     }
 
     /// Whether this process belongs to a restarted group (ours, or torchrun's): it resumes from the run
@@ -443,6 +453,34 @@ mod tests {
     fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         DistEnv::from_lookup(|k| m.get(k).cloned())
+    }
+
+    /// A rank that reached the store over loopback listens on every interface where ranks may be on other
+    /// hosts: the group spans nodes, or its ranks per node are not given and MASTER_ADDR is a name (a
+    /// Kubeflow master pod: `localhost`, no LOCAL_WORLD_SIZE); on loopback alone where every rank is on
+    /// this host (MASTER_ADDR 127.0.0.1, or LOCAL_WORLD_SIZE the whole world).
+    #[test]
+    fn a_loopback_rank_listens_everywhere_unless_the_group_is_on_its_host() {
+        use std::net::IpAddr;
+        let (lo, lan) = (IpAddr::from([127, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let listens = |addr: &str, local: Option<&str>, ip| {
+            let mut vars = vec![("WORLD_SIZE", "4"), ("RANK", "0"), ("MASTER_ADDR", addr)];
+            vars.extend(local.map(|l| ("LOCAL_WORLD_SIZE", l)));
+            env(&vars).unwrap().unwrap().ring_listens_everywhere(ip)
+        };
+        assert!(listens("localhost", None, lo), "Kubeflow's master pod");
+        assert!(listens("127.0.0.1", Some("1"), lo), "one node of several");
+        assert!(!listens("127.0.0.1", None, lo), "every rank on this host");
+        assert!(!listens("localhost", Some("4"), lo), "every rank on this host");
+        assert!(!listens("localhost", None, lan), "an address the others reach already");
+        // srun gives its tasks per node; a wrapper's WORLD_SIZE without LOCAL_WORLD_SIZE under srun does not
+        let slurm =
+            [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "n[1-2]"), ("SLURM_STEP_ID", "0")];
+        let with_tasks = [&slurm[..], &[("SLURM_TASKS_PER_NODE", "2(x2)")]].concat();
+        assert!(env(&with_tasks).unwrap().unwrap().local_world_given);
+        assert!(!env(&slurm).unwrap().unwrap().local_world_given);
+        let wrapped = [&with_tasks[..], &[("WORLD_SIZE", "4"), ("RANK", "0"), ("MASTER_ADDR", "n1")]].concat();
+        assert!(!env(&wrapped).unwrap().unwrap().local_world_given);
     }
 
     #[test]

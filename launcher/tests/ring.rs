@@ -93,6 +93,31 @@ fn the_ranks_that_time_out_write_their_flight_records() {
     assert!(lines[1].starts_with("no flight record from rank 2: "), "{lines:?}");
 }
 
+/// Broadcast forwards a block at a time: buffers of several blocks (and a part) arrive whole from every
+/// root, on 2, 3 and 4 ranks, and the ring stays in step for the collective after.
+#[test]
+fn broadcast_of_several_blocks_from_every_root() {
+    for world in [2, 3, 4] {
+        let n = 2 * (1 << 18) + 7;
+        let results = ring_group(world, Duration::from_secs(20), move |mut r| {
+            let mut out = Vec::new();
+            for root in 0..world {
+                let mut v: Vec<f32> =
+                    (0..n).map(|i| if r.rank() == root { (root * n + i) as f32 } else { -1.0 }).collect();
+                r.broadcast(&mut v, root).unwrap();
+                out.push(v.iter().enumerate().all(|(i, &x)| x == (root * n + i) as f32));
+            }
+            let mut after = [r.rank() as f32];
+            r.all_reduce_sum(&mut after).unwrap();
+            (out, after[0])
+        });
+        for (rank, (ok, after)) in results.iter().enumerate() {
+            assert!(ok.iter().all(|&b| b), "world {world}, rank {rank}: {ok:?}");
+            assert_eq!(*after, (0..world).sum::<usize>() as f32, "world {world}: the ring out of step after");
+        }
+    }
+}
+
 #[test]
 fn tiny_and_empty_buffers() {
     // fewer values than ranks leaves some chunks empty

@@ -185,10 +185,11 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let index_json = shard_index(&tensors, file);
     std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
     // written a tensor at a time beside `out`, then renamed over it (a reader never sees half a file)
-    replace_atomic(out, |tmp| streamed::write_file(tmp, tensors, Some(meta)).map(drop))?;
+    // (the index first: weights cut short after it are described, so the same command writes them again)
     let index = folder.join(SHARD_INDEX);
     write_atomic(&index, serde_json::to_string_pretty(&index_json)?.as_bytes())
         .with_context(|| format!("writing {}", index.display()))?;
+    replace_atomic(out, |tmp| streamed::write_file(tmp, tensors, Some(meta)).map(drop))?;
 
     let conditioning = match &mc.conditioning {
         Conditioning::Text => json!({ "kind": "text" }),

@@ -92,7 +92,7 @@ impl Dist {
                     Ok(h) if !h.is_empty() => (h, false),
                     _ => {
                         let ip = store.local_ip()?;
-                        (ip.to_string(), ring_listens_everywhere(ip, env))
+                        (ip.to_string(), env.ring_listens_everywhere(ip))
                     }
                 };
                 let (rank, world) = (env.rank, env.world);
@@ -463,13 +463,6 @@ pub fn backend_available(cfg: &DistSection) -> Result<()> {
     Ok(())
 }
 
-/// Whether a rank whose store connection left from `ip` listens for its ring on every interface: on
-/// loopback (a master pod whose MASTER_ADDR is localhost), where ranks may be on other hosts, which
-/// reach it at the store's address: the group spans nodes, or its ranks per node are not given.
-fn ring_listens_everywhere(ip: std::net::IpAddr, env: &DistEnv) -> bool {
-    ip.is_loopback() && (env.world > env.local_world || !env.local_world_given)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,32 +485,6 @@ mod tests {
             differences(&data(leader, "f1"), &data(mounts, "f2")).unwrap(),
             ["dataset.fingerprint: \"f1\" → \"f2\" (data.dir: /a → /b; with data.mix, its datasets too)"]
         );
-    }
-
-    /// A rank that reached the store over loopback listens on every interface where ranks may be
-    /// elsewhere: a group spanning nodes, or one whose ranks per node are not given (a Kubeflow master
-    /// pod: MASTER_ADDR=localhost, no LOCAL_WORLD_SIZE); on loopback alone where all are on this host.
-    #[test]
-    fn a_loopback_rank_listens_everywhere_unless_the_group_is_on_its_host() {
-        let env = |world, local_world, local_world_given| DistEnv {
-            rank: 0,
-            world,
-            local_rank: 0,
-            local_world,
-            local_world_given,
-            node_rank: 0,
-            master_addr: "localhost".into(),
-            master_port: 1,
-            token: String::new(),
-            run_id: "r".into(),
-            attempt: 0,
-            agent_store: false,
-        };
-        let (lo, lan) = (std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::from([10, 0, 0, 2]));
-        assert!(ring_listens_everywhere(lo, &env(4, 1, true)));
-        assert!(ring_listens_everywhere(lo, &env(4, 4, false)), "Kubeflow: no LOCAL_WORLD_SIZE");
-        assert!(!ring_listens_everywhere(lo, &env(4, 4, true)), "one host: loopback alone");
-        assert!(!ring_listens_everywhere(lan, &env(4, 1, true)), "an address others reach already");
     }
 
     #[cfg(not(feature = "cuda"))]
