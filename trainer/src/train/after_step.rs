@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::log::{Logger, StepMetrics};
 use super::trainer::{Stepped, Trainer};
-use super::{checkpoint, dist, due, ema, mfu, saver, stop, TrainSummary};
+use super::{checkpoint, dist, due, ema, mfu, saver, stop, watchdog, TrainSummary};
 
 impl Trainer<'_> {
     /// Counts the step's samples, tokens and FLOPs, and logs it (rank 0), with a sample grid when due.
@@ -62,9 +62,8 @@ impl Trainer<'_> {
         let Some(log) = self.logger.as_mut() else { return Ok(()) };
         log.step(&step_metrics)?;
         if let Some(p) = self.preview.as_ref().filter(|p| p.due(step) && !s.diverged) {
-            if let Some(w) = self.watchdog.as_ref() {
-                w.beat(format!("drawing the sample grid of step {step}"));
-            }
+            // (`self.beat` would borrow the logger `log` holds)
+            watchdog::beat(self.watchdog.as_ref(), || format!("drawing the sample grid of step {step}"));
             // (on a GPU with its optimizer, the grid is drawn from the device's weights)
             // (logging never stops training: weights whose logits are not finite draw no grid)
             if let Err(e) = p.log((&self.mc, &self.lay), self.compute.sampler(&self.params)?, step, log) {
@@ -85,9 +84,7 @@ impl Trainer<'_> {
     pub(super) fn validate_if_due(&mut self) -> Result<()> {
         let step = self.state.step;
         let Some(v) = self.validator.as_ref().filter(|v| v.due(step)) else { return Ok(()) };
-        if let Some(w) = self.watchdog.as_ref() {
-            w.beat(format!("the validation at step {step}"));
-        }
+        self.beat(|| format!("the validation at step {step}"));
         let (model, dist, compute, acts) = ((&self.mc, &self.lay), &mut self.dist, &mut self.compute, &mut self.acts);
         let (vm, sets) = v.run(self.cfg, model, &self.params, dist, compute, acts)?;
         self.summary.validated(step, vm.loss);

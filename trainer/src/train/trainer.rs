@@ -245,8 +245,6 @@ impl Trainer<'_> {
 
     /// Tells the stall watchdog (`run.stall_timeout_s`) what the rank does now.
     pub(super) fn beat(&self, phase: impl FnOnce() -> String) {
-        if let Some(w) = self.watchdog.as_ref() {
-            w.beat(phase());
-        }
+        watchdog::beat(self.watchdog.as_ref(), phase);
     }
 }

@@ -93,6 +93,13 @@ impl Watchdog {
     }
 }
 
+/// [`Watchdog::beat`] where a watchdog runs (`run.stall_timeout_s`); `phase` is formed only then.
+pub fn beat(watchdog: Option<&Watchdog>, phase: impl FnOnce() -> String) {
+    if let Some(w) = watchdog {
+        w.beat(phase());
+    }
+}
+
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
