@@ -137,3 +137,53 @@ fn tiny_and_empty_buffers() {
         }
     }
 }
+
+/// Ranks that call different collectives (a bug in the caller) fail on the first that differs, naming
+/// both, instead of reading each other's values: rank 1 broadcasts where the others all-reduce.
+#[test]
+fn ranks_in_different_collectives_fail_and_name_both() {
+    let results = ring_group(3, Duration::from_secs(10), |mut r| {
+        r.all_reduce_sum(&mut [1.0; 4]).unwrap(); // in step first
+        r.set_timeout(Duration::from_secs(2)).unwrap();
+        let mut v = [1.0; 16];
+        let e = if r.rank() == 1 { r.broadcast(&mut v, 0) } else { r.all_reduce_sum(&mut v) };
+        e.unwrap_err()
+    });
+    // rank 1 and the rank after it read a header that is not theirs; rank 0 read rank 2's (alike) and
+    // then lost rank 2 (gone) or timed out
+    let text = |rank: usize| results[rank].to_string();
+    assert!(matches!(results[1], CommError::Peer { peer: 0, .. }), "{}", text(1));
+    assert!(
+        text(1).contains("it is in collective #1 `all_reduce` of 16 values, this rank in collective #1 `broadcast` of 16 values from rank 0"),
+        "{}",
+        text(1)
+    );
+    assert!(matches!(results[2], CommError::Peer { peer: 1, .. }), "{}", text(2));
+    assert!(text(2).contains("it is in collective #1 `broadcast`"), "{}", text(2));
+    assert!(matches!(results[0], CommError::Peer { peer: 2, .. } | CommError::Timeout { .. }), "{}", text(0));
+}
+
+/// A connection whose hello is of another run or attempt (a stale rank, a port reused) is refused, and
+/// the error when the real predecessor never comes says so. Rank 1 here is played by hand.
+#[test]
+fn a_hello_of_another_group_is_refused() {
+    use infinity_launcher::comm::ring_wire::Hello;
+    use std::io::Write;
+    let results = common::on_ranks(2, |rank, c| {
+        if rank == 0 {
+            let e = TcpRing::connect(c, "run-a", 0, 2, "127.0.0.1", false, Duration::from_secs(2)).err().unwrap();
+            return Some(format!("{e:#}"));
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        c.set("run-a/ring/1", listener.local_addr().unwrap().to_string().as_bytes()).unwrap();
+        let addr = String::from_utf8(c.get("run-a/ring/0", Duration::from_secs(10)).unwrap()).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(bytemuck::cast_slice(&Hello::new("run-b", 1, 2).encode())).unwrap();
+        let _held = listener.accept().unwrap(); // rank 0's connection to its next rank
+        std::thread::sleep(Duration::from_secs(3));
+        None
+    });
+    let e = results[0].as_ref().unwrap();
+    assert!(e.contains("rank 1 never connected to rank 0"), "{e}");
+    assert!(e.contains("a rank of another run or attempt"), "{e}");
+}

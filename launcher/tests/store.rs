@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use infinity_launcher::store::wire::{frame, Request, MAX_FRAME};
-use infinity_launcher::store::{StoreClient, StoreServer};
+use infinity_launcher::store::{StoreClient, StoreServer, MAX_HELLO};
 use rand::{Rng, SeedableRng};
 
 const T: Duration = Duration::from_secs(5);
@@ -114,6 +114,24 @@ fn garbage_never_brings_the_store_down() {
     assert_eq!(good.get("alive", T).unwrap(), b"1");
     let mut fresh = StoreClient::connect(&addr, "tok", "fresh", T).unwrap();
     assert_eq!(fresh.add("count", 1).unwrap(), 1);
+}
+
+/// Before its token is checked a connection may send a hello of a few KiB, not a frame's megabyte: a
+/// first message longer than that closes the connection at once, without waiting for its body.
+#[test]
+fn a_long_first_message_is_refused_before_its_body_arrives() {
+    let (_s, addr) = server("tok");
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&((MAX_HELLO + 1) as u32).to_le_bytes()).unwrap();
+    let t0 = Instant::now();
+    let mut sink = [0u8; 64];
+    assert_eq!(s.read(&mut sink).expect("closed, not left waiting for the body"), 0);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // a hello of MAX_HELLO bytes or less is read as ever
+    let who = "x".repeat(MAX_HELLO - 100);
+    let mut c = StoreClient::connect(&addr, "tok", &who, T).unwrap();
+    c.set("k", b"v").unwrap();
 }
 
 /// A client that reaches another service (an HTTP server on the store's port) says so.

@@ -5,7 +5,8 @@
 //! on a scoped thread straight from the caller's buffer, so neither side waits for the other's socket
 //! buffer and nothing is copied. The order of
 //! additions is fixed by (rank, world), so results are deterministic and identical on every rank.
-//! Values travel as the host's f32 bytes (all supported hosts are little-endian).
+//! Values travel as the host's f32 bytes (all supported hosts are little-endian). Each collective
+//! starts with a header (see [`ring_wire`](super::ring_wire)), so ranks that call different ones fail.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -14,10 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::flight::FlightRecorder;
+use super::ring_wire::{Header, Hello, Op, HEADER_WORDS, HELLO_WORDS};
 use super::{CommError, CommResult, Communicator};
 use crate::store::StoreClient;
-
-const MAGIC: u32 = 0x1f1e_7a11;
 
 pub struct TcpRing {
     rank: usize,
@@ -28,6 +28,8 @@ pub struct TcpRing {
     timeout: Duration,
     /// Receive buffer of one block (reductions).
     scratch: Vec<f32>,
+    /// Collectives begun since the ring was built (headers carry it).
+    count: u64,
     flight: FlightRecorder,
 }
 
@@ -92,33 +94,38 @@ impl TcpRing {
             }
         };
         out.set_nodelay(true).ok();
-        out.write_all(&[MAGIC.to_le_bytes(), (rank as u32).to_le_bytes()].concat())?;
+        out.write_all(bytemuck::cast_slice(&Hello::new(prefix, rank, world).encode()))?;
 
         listener.set_nonblocking(true)?;
+        let expected = Hello::new(prefix, prev, world);
+        let mut refused = String::new(); // the last connection turned away, for the error if none comes
         let inp = loop {
             match listener.accept() {
                 Ok((mut s, peer)) => {
                     s.set_nonblocking(false)?;
                     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    let mut hello = [0u8; 8];
-                    let ok = s.read_exact(&mut hello).is_ok()
-                        && u32::from_le_bytes(hello[..4].try_into().unwrap()) == MAGIC
-                        && u32::from_le_bytes(hello[4..].try_into().unwrap()) as usize == prev;
-                    if ok {
-                        break s;
-                    }
-                    tracing::warn!("ring: rank {rank} refused a connection from {peer} (not rank {prev})");
+                    let mut words = [0u32; HELLO_WORDS];
+                    let why = match s.read_exact(bytemuck::cast_slice_mut(&mut words)) {
+                        Err(e) => Some(format!("no hello: {e}")),
+                        Ok(()) => match Hello::decode(&words) {
+                            None => Some("not a ring connection".to_string()),
+                            Some(hello) => hello.mismatch(&expected),
+                        },
+                    };
+                    let Some(why) = why else { break s };
+                    tracing::warn!("ring: rank {rank} refused a connection from {peer}: {why}");
+                    refused = format!(" (refused {peer}: {why})");
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => bail!("ring: rank {prev} never connected to rank {rank}: {e}"),
+                Err(e) => bail!("ring: rank {prev} never connected to rank {rank}: {e}{refused}"),
             }
         };
         inp.set_nodelay(true).ok();
         let flight = FlightRecorder::from_env(rank, world, "ring");
         flight.answer_requests();
-        let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![], flight };
+        let mut ring = TcpRing { rank, world, next: out, prev: inp, timeout, scratch: vec![], count: 0, flight };
         ring.set_timeout(timeout)?;
         Ok(ring)
     }
@@ -143,7 +150,17 @@ impl TcpRing {
     /// Write `out` to the next rank. A send that times out is a timeout waiting for that rank (it stopped
     /// reading: hung, or stuck elsewhere), so the launcher blames it, not this rank.
     fn send(next: &mut TcpStream, op: &'static str, peer: usize, timeout: Duration, out: &[f32]) -> CommResult<()> {
-        next.write_all(bytemuck::cast_slice(out)).map_err(|e| match e.kind() {
+        Self::send_bytes(next, op, peer, timeout, bytemuck::cast_slice(out))
+    }
+
+    fn send_bytes(
+        next: &mut TcpStream,
+        op: &'static str,
+        peer: usize,
+        timeout: Duration,
+        out: &[u8],
+    ) -> CommResult<()> {
+        next.write_all(out).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
@@ -159,7 +176,17 @@ impl TcpRing {
         timeout: Duration,
         dst: &mut [f32],
     ) -> CommResult<()> {
-        prev.read_exact(bytemuck::cast_slice_mut(dst)).map_err(|e| match e.kind() {
+        Self::recv_bytes(prev, op, peer, timeout, bytemuck::cast_slice_mut(dst))
+    }
+
+    fn recv_bytes(
+        prev: &mut TcpStream,
+        op: &'static str,
+        peer: usize,
+        timeout: Duration,
+        dst: &mut [u8],
+    ) -> CommResult<()> {
+        prev.read_exact(dst).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
@@ -168,6 +195,24 @@ impl TcpRing {
             }
             _ => CommError::Peer { op, peer, detail: e.to_string() },
         })
+    }
+
+    /// Begin collective `op` of `len` values from `root`: send its header to the next rank and check the
+    /// previous rank's. Every rank passes the same arguments unless the caller has a bug; then the rank
+    /// after the one that differs fails here, naming both collectives, before any value is misread.
+    /// (The header is a few bytes into a socket that every earlier collective left empty: the send
+    /// cannot block, so it need not overlap the receive.)
+    fn begin(&mut self, op: Op, len: usize, root: usize) -> CommResult<()> {
+        let mine = Header { op, root: root as u32, count: self.count, len: len as u64 };
+        self.count += 1;
+        let (name, next, prev) = (op.name(), self.next_rank(), self.prev_rank());
+        Self::send_bytes(&mut self.next, name, next, self.timeout, bytemuck::cast_slice(&mine.encode()))?;
+        let mut theirs = [0u32; HEADER_WORDS];
+        Self::recv_bytes(&mut self.prev, name, prev, self.timeout, bytemuck::cast_slice_mut(&mut theirs))?;
+        match mine.mismatch(&theirs) {
+            None => Ok(()),
+            Some(detail) => Err(CommError::Peer { op: name, peer: prev, detail }),
+        }
     }
 
     /// Send `out` to the next rank while receiving `dst.len()` values from the previous one, which are
@@ -275,6 +320,7 @@ impl TcpRing {
         if self.world == 1 {
             return Ok(());
         }
+        self.begin(Op::AllReduce, buf.len(), 0)?;
         let bounds = even_bounds(buf.len(), self.world);
         self.ring_pass("all_reduce", buf, &bounds, self.rank, true)?;
         let owned = (self.rank + 1) % self.world;
@@ -288,6 +334,7 @@ impl TcpRing {
         if root >= self.world {
             return Err(CommError::Usage { op: "broadcast", detail: format!("root {root} ≥ world {}", self.world) });
         }
+        self.begin(Op::Broadcast, buf.len(), root)?;
         // Pass the buffer along the ring from the root, a block at a time so the ranks forward at once (a
         // whole buffer forwarded rank by rank would take W hops of it, and the last rank would wait out
         // its timeout for large ones); the rank before the root only receives.
@@ -313,6 +360,10 @@ impl TcpRing {
             });
         }
         recv[self.rank * n..(self.rank + 1) * n].copy_from_slice(send);
+        if self.world == 1 {
+            return Ok(());
+        }
+        self.begin(Op::AllGather, n, 0)?;
         let bounds: Vec<usize> = (0..=self.world).map(|i| i * n).collect();
         self.ring_pass("all_gather", recv, &bounds, self.rank, false)
     }
@@ -325,6 +376,11 @@ impl TcpRing {
                 detail: format!("send has {} values, expected {}", send.len(), n * self.world),
             });
         }
+        if self.world == 1 {
+            recv.copy_from_slice(send);
+            return Ok(());
+        }
+        self.begin(Op::ReduceScatter, n, 0)?;
         let mut work = send.to_vec();
         let bounds: Vec<usize> = (0..=self.world).map(|i| i * n).collect();
         // starting one chunk back, the chunk this rank ends with is its own index

@@ -1,7 +1,7 @@
 //! A blocking store client (training processes are synchronous; agents call it from blocking tasks).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +25,22 @@ pub struct StoreClient {
 /// The reply timeout of a new client.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A connection to the first of `targets` that accepts one, in the resolver's order: `localhost` may
+/// resolve to ::1 first while the store listens on 127.0.0.1. Otherwise why each failed.
+fn first_that_accepts(targets: impl Iterator<Item = SocketAddr>) -> std::result::Result<TcpStream, String> {
+    let mut failed = Vec::new();
+    for target in targets {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(sock) => return Ok(sock),
+            Err(e) => failed.push(format!("{target}: {e}")),
+        }
+    }
+    match failed.is_empty() {
+        true => Err("it resolves to no address".into()),
+        false => Err(failed.join("; ")),
+    }
+}
+
 impl StoreClient {
     /// Connect to `addr` and authenticate, retrying until `timeout` (the store may still be starting, and
     /// its host's name may not resolve yet: a Kubernetes Service appears with its pod), and saying so
@@ -34,16 +50,12 @@ impl StoreClient {
         let secs = timeout.as_secs_f64();
         let mut progress = Progress::start(timeout, "the rendezvous timeout");
         loop {
-            let resolved = match addr.to_socket_addrs() {
-                Ok(mut targets) => targets.next().ok_or_else(|| "it resolves to no address".to_string()),
-                Err(e) => Err(format!("cannot resolve its host: {e}")),
-            };
-            let last_err = match resolved {
-                Err(e) => e,
-                Ok(target) => match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            let last_err = match addr.to_socket_addrs() {
+                Ok(targets) => match first_that_accepts(targets) {
                     Ok(sock) => return Self::hello(sock, addr, token, who, deadline, secs),
-                    Err(e) => e.to_string(),
+                    Err(e) => e,
                 },
+                Err(e) => format!("cannot resolve its host: {e}"),
             };
             if Instant::now() >= deadline {
                 bail!(
@@ -374,4 +386,23 @@ fn is_timeout(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<std::io::Error>())
         .any(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address a name resolves to is tried, in order: the first refusing does not end the try.
+    #[test]
+    fn the_first_address_that_accepts_is_taken() {
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // (dropped)
+        let open = listening.local_addr().unwrap();
+        let sock = first_that_accepts([closed, open].into_iter()).unwrap();
+        assert_eq!(sock.peer_addr().unwrap(), open);
+
+        let why = first_that_accepts([closed, closed].into_iter()).unwrap_err();
+        assert_eq!(why.matches(&closed.to_string()).count(), 2, "{why}");
+        assert_eq!(first_that_accepts(std::iter::empty()).unwrap_err(), "it resolves to no address");
+    }
 }

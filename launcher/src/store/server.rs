@@ -75,11 +75,23 @@ impl Drop for StoreServer {
     }
 }
 
+/// Largest hello the store reads before the token is checked: a token and a name are a few dozen bytes,
+/// and a stranger's connection should not hold a frame's megabyte.
+pub const MAX_HELLO: usize = 16 << 10;
+
 /// Accept connections forever.
 async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
     let state = Arc::new(State { token, run_id, ..State::default() });
     loop {
-        let Ok((sock, peer)) = listener.accept().await else { continue };
+        let (sock, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // (out of file descriptors, most often: retrying at once would spin a core until one frees)
+                tracing::warn!("store: accepting a connection: {e}; trying again in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let state = state.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(sock, peer.ip(), &state).await {
@@ -89,7 +101,8 @@ async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
     }
 }
 
-async fn read_request(sock: &mut TcpStream) -> Result<Option<Request>, String> {
+/// The next request, of at most `max` bytes.
+async fn read_request(sock: &mut TcpStream, max: usize) -> Result<Option<Request>, String> {
     let mut header = [0u8; 4];
     match sock.read_exact(&mut header).await {
         Ok(_) => {}
@@ -97,6 +110,9 @@ async fn read_request(sock: &mut TcpStream) -> Result<Option<Request>, String> {
         Err(e) => return Err(e.to_string()),
     }
     let n = body_len(header)?;
+    if n > max {
+        return Err(format!("a first message of {n} bytes (a hello is at most {max})"));
+    }
     let mut body = vec![0u8; n];
     sock.read_exact(&mut body).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&body).map(Some).map_err(|e| format!("malformed request: {e}"))
@@ -116,7 +132,7 @@ async fn refuse(sock: &mut TcpStream, state: &State, who: &str, ip: IpAddr, why:
 async fn connection(mut sock: TcpStream, ip: IpAddr, state: &State) -> Result<(), String> {
     sock.set_nodelay(true).ok();
     // a connection that never says hello is dropped after a while instead of holding a task forever
-    let hello = tokio::time::timeout(Duration::from_secs(30), read_request(&mut sock))
+    let hello = tokio::time::timeout(Duration::from_secs(30), read_request(&mut sock, MAX_HELLO))
         .await
         .map_err(|_| "no hello within 30 s".to_string())??;
     let who = match hello {
@@ -129,7 +145,7 @@ async fn connection(mut sock: TcpStream, ip: IpAddr, state: &State) -> Result<()
     };
     reply(&mut sock, &Response::Ok).await.map_err(|e| e.to_string())?;
     loop {
-        let req = match read_request(&mut sock).await {
+        let req = match read_request(&mut sock, super::wire::MAX_FRAME).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) => {
