@@ -180,6 +180,33 @@ fn gpu_of_another_generation() {
             Err(e) => println!("GEMM bf16={bf16}: {e}"),
         }
     }
+    // the f32 head for 64 bits takes 68 KiB of shared memory a block
+    let (n, c, d) = (4, 8, 64);
+    let (h, w, b) = (vec![0.1; n * c], vec![0.1; 2 * d * c], vec![0.0; 2 * d]);
+    let math = infinity_kernels::cuda::Math::F32;
+    let head = infinity_kernels::cuda::head_ce::head_bitwise_ce;
+    match head(&dev, &h, &w, &b, &vec![0; n * d], &vec![1.0; n], 0.0, d, true, math, false) {
+        Ok(_) => println!("HEAD d={d}: ok"),
+        Err(e) => println!("HEAD d={d}: {e}"),
+    }
+}
+
+/// A kernel that needs more shared memory than the GPU lets a block opt into (the f32 head for 64 bits,
+/// 68 KiB, on a T4's 64 KiB) is an error naming the kernel and both sizes, not the driver's bare
+/// "invalid value"; a GPU with the room runs it.
+#[test]
+fn a_kernel_past_the_gpus_shared_memory_is_named() {
+    let Some(_) = emulated() else { return };
+    let t4 = play_gpu(&[(COMPUTE_CHILD, "7.5".into()), ("INFINITY_EMULATED_OPTIN_SMEM", "65536".into())]);
+    assert!(
+        t4.contains(
+            "HEAD d=64: not supported here: kernel `head_bitwise_ce_f32_l128` (kernels/cuda/head_ce.cu) needs \
+             69632 bytes of shared memory per block; the Emulated"
+        ) && t4.contains("allows 65536"),
+        "{t4}"
+    );
+    let h200 = play_gpu(&[(COMPUTE_CHILD, "9.0".into())]);
+    assert!(h200.contains("HEAD d=64: ok"), "{h200}");
 }
 
 /// A GPU newer than NVRTC gets NVRTC's newest target (forward-compatible PTX the driver compiles for

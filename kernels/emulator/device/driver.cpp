@@ -60,7 +60,16 @@ enum : CUresult {
 namespace {
 
 // H200-like figures (sm_90), so the host code takes the tensor-core paths it takes there.
-constexpr int SMS = 132, OPTIN_SMEM = 232448, SMEM_PER_SM = 233472, DEFAULT_SMEM = 48 * 1024;
+constexpr int SMS = 132, SMEM_PER_SM = 233472, DEFAULT_SMEM = 48 * 1024;
+
+// Shared memory a block may opt into: an H200's, or INFINITY_EMULATED_OPTIN_SMEM bytes (65536 plays a T4).
+int optin_smem() {
+    static const int bytes = [] {
+        const char* s = getenv("INFINITY_EMULATED_OPTIN_SMEM");
+        return s ? atoi(s) : 232448;
+    }();
+    return bytes;
+}
 
 // The physical device behind a visible ordinal: CUDA_VISIBLE_DEVICES's entry (the launcher's agent
 // gives each rank one), else the ordinal itself.
@@ -257,7 +266,7 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
             break;
         }
         case 81: *v = SMEM_PER_SM; break;
-        case 97: *v = OPTIN_SMEM; break;
+        case 97: *v = optin_smem(); break;
         case 115: *v = 1; break;                    // memory pools (cuMemAllocAsync)
         default: *v = 0;
     }
@@ -434,9 +443,9 @@ CUresult cuModuleGetFunction(void** f, CUmodule m, const char* name) {
 }
 CUresult cuFuncSetAttribute(void* f, int attribute, int value) {
     if (attribute == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-        if (value + ((Function*)f)->static_smem > OPTIN_SMEM)
+        if (value + ((Function*)f)->static_smem > optin_smem())
             return fail(INVALID_VALUE, ((Function*)f)->name + ": dynamic and static shared memory above the " +
-                                           "device's opt-in (" + std::to_string(OPTIN_SMEM) + " bytes)");
+                                           "device's opt-in (" + std::to_string(optin_smem()) + " bytes)");
         ((Function*)f)->max_dynamic_smem = value;
     }
     return SUCCESS;

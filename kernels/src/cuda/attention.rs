@@ -8,8 +8,7 @@
 //! wrappers for the equivalence tests and benches are in [`host`] (re-exported here).
 
 use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
-use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 
 use super::device::{Act, Arg, Buf, BufMut, CudaError, Device};
 use super::linear::bf16_of;
@@ -78,11 +77,15 @@ pub fn runs_on_tensor_cores(dev: &Device, dims: AttnDims, math: Math) -> Result<
 }
 
 /// 128 threads over blocks of 64 rows (attention_bf16.cu and attention_tiled.cu), `bytes` of shared
-/// memory (opted into above 48 KiB).
-fn tile_config(f: &CudaFunction, rows: usize, heads: usize, bytes: usize) -> Result<LaunchConfig, CudaError> {
-    if bytes + STATIC_SMEM > 48 * 1024 {
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-    }
+/// memory (opted into above 48 KiB) for kernel `name` of `file`.
+fn tile_config(
+    dev: &Device,
+    (file, name): (&'static str, &str),
+    rows: usize,
+    heads: usize,
+    bytes: usize,
+) -> Result<LaunchConfig, CudaError> {
+    dev.function_with_shared(file, name, bytes, STATIC_SMEM)?;
     Ok(LaunchConfig {
         grid_dim: (rows.div_ceil(64).max(1) as u32, heads as u32, 1),
         block_dim: (128, 1, 1),
@@ -174,19 +177,18 @@ impl AttnRanges {
     }
 }
 
-/// 128 threads, `smem_rows` rows of shared memory (padded to c + 1); opts the kernel into more than
-/// 48 KiB of shared memory when a large head dim needs it.
+/// 128 threads, `smem_rows` rows of shared memory (padded to c + 1) for attention.cu's kernel `name`;
+/// opts the kernel into more than 48 KiB of shared memory when a large head dim needs it.
 fn config(
-    f: &CudaFunction,
+    dev: &Device,
+    name: &str,
     rows: usize,
     blocks: usize,
     dims: AttnDims,
     smem_rows: usize,
 ) -> Result<LaunchConfig, CudaError> {
     let bytes = (smem_rows * (dims.head_dim + 1) * 4) as u32;
-    if bytes as usize + STATIC_SMEM > 48 * 1024 {
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-    }
+    dev.function_with_shared("attention.cu", name, bytes as usize, STATIC_SMEM)?;
     Ok(LaunchConfig {
         grid_dim: (rows.div_ceil(blocks).max(1) as u32, dims.heads as u32, 1),
         block_dim: (128, 1, 1),
@@ -224,7 +226,7 @@ pub fn attention_forward_dev(
         let ((q16, _q), (k16, _k), (v16, _v)) = (bf16_of(dev, q)?, bf16_of(dev, k)?, bf16_of(dev, v)?);
         tile_aligned(&[q16, k16, v16]);
         let name = format!("attention_forward_bf16_{}c{c}", if o16 { "o16_" } else { "" });
-        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, bf16_smem(c)[0])?;
+        let cfg = tile_config(dev, ("attention_bf16.cu", &name), r.nq, dims.heads, bf16_smem(c)[0])?;
         let args = [p(q16), p(k16), p(v16), p(oa), p(la), k0, nk];
         // SAFETY: argument list as declared in attention_bf16.cu; ranges lie inside K and V (checked on
         // the host); the bf16 inputs and o are 16-byte aligned (checked above).
@@ -236,7 +238,7 @@ pub fn attention_forward_dev(
     let (qa, ka, va) = (q.addr(s), k.addr(s), v.addr(s));
     if let Some(c) = tiled_dim(dev, dims, math, &[qa, ka, va, oa])? {
         let name = format!("attention_forward_tiled_c{c}");
-        let cfg = tile_config(&dev.function("attention_tiled.cu", &name)?, r.nq, dims.heads, tiled_smem(c)[0])?;
+        let cfg = tile_config(dev, ("attention_tiled.cu", &name), r.nq, dims.heads, tiled_smem(c)[0])?;
         let args = [p(qa), p(ka), p(va), p(oa), p(la), k0, nk];
         // SAFETY: argument list as declared in attention_tiled.cu; ranges lie inside K and V (checked on
         // the host); q, k, v and o are 16-byte aligned (checked above).
@@ -244,7 +246,7 @@ pub fn attention_forward_dev(
     }
     let t = tiles(dims)?;
     let name = format!("attention_forward_{}", t.suffix);
-    let cfg = config(&dev.function("attention.cu", &name)?, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
+    let cfg = config(dev, &name, r.nq, t.fq, dims, 2 * t.fk + t.fq)?;
     let args = [p(qa), p(ka), p(va), p(oa), p(la), k0, nk];
     // SAFETY: argument list as declared in attention.cu; ranges lie inside K and V (checked on the host).
     unsafe { dev.launch("attention.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }
@@ -287,13 +289,13 @@ pub fn attention_backward_dev(
         assert!(o16 % 4 == 0, "attention: O's bf16 values are read in pairs");
         let [_, dq_bytes, dkdv_bytes] = bf16_smem(c);
         let name = format!("attention_backward_dq_bf16_c{c}");
-        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nq, dims.heads, dq_bytes)?;
+        let cfg = tile_config(dev, ("attention_bf16.cu", &name), r.nq, dims.heads, dq_bytes)?;
         let args = [p(q16), p(k16), p(v16), p(o16), p(do16), p(la), k0, nk, p(dqa), p(da)];
         // SAFETY: argument list as declared in attention_bf16.cu; the bf16 inputs and the f32 buffers
         // are 16-byte aligned (checked above).
         unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) }?;
         let name = format!("attention_backward_dkdv_bf16_c{c}");
-        let cfg = tile_config(&dev.function("attention_bf16.cu", &name)?, r.nkeys, dims.heads, dkdv_bytes)?;
+        let cfg = tile_config(dev, ("attention_bf16.cu", &name), r.nkeys, dims.heads, dkdv_bytes)?;
         let args = [p(q16), p(k16), p(v16), p(do16), p(la), p(da), k0, nk, q0, nqk, p(dka), p(dva)];
         // SAFETY: as above; delta was written by the dq kernel.
         return unsafe { dev.launch("attention_bf16.cu", &name, cfg, &[&args[..], &scalars(r, dims)].concat()) };
@@ -307,20 +309,19 @@ pub fn attention_backward_dev(
             Some(c) => {
                 let names = ["dq", "dkdv"].map(|part| format!("attention_backward_{part}_tiled_c{c}"));
                 let [_, dq_bytes, dkdv_bytes] = tiled_smem(c);
-                let f = |name: &str| dev.function("attention_tiled.cu", name);
+                let file = "attention_tiled.cu";
                 let cfgs = [
-                    tile_config(&f(&names[0])?, r.nq, dims.heads, dq_bytes)?,
-                    tile_config(&f(&names[1])?, r.nkeys, dims.heads, dkdv_bytes)?,
+                    tile_config(dev, (file, &names[0]), r.nq, dims.heads, dq_bytes)?,
+                    tile_config(dev, (file, &names[1]), r.nkeys, dims.heads, dkdv_bytes)?,
                 ];
                 ("attention_tiled.cu", names, cfgs)
             }
             None => {
                 let t = tiles(dims)?;
                 let names = ["dq", "dkdv"].map(|part| format!("attention_backward_{part}_{}", t.suffix));
-                let f = |name: &str| dev.function("attention.cu", name);
                 let cfgs = [
-                    config(&f(&names[0])?, r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?,
-                    config(&f(&names[1])?, r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?,
+                    config(dev, &names[0], r.nq, t.fq, dims, 2 * t.fk + 2 * t.fq)?,
+                    config(dev, &names[1], r.nkeys, t.bk, dims, 2 * t.bk + 2 * t.bq)?,
                 ];
                 ("attention.cu", names, cfgs)
             }

@@ -11,7 +11,6 @@
 //! first scale.
 
 use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
-use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{elementwise, Arg, CudaError, Device};
@@ -157,10 +156,7 @@ fn planes(
 ) -> Result<(), CudaError> {
     let (hh, ww) = *scales.last().expect("checked by the caller");
     let (qmax, umax) = earlier_scales(scales);
-    let f = dev.function("bsq.cu", "self_correct_planes_f32")?;
-    if bytes + STATIC_SMEM > 48 * 1024 {
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-    }
+    dev.function_with_shared("bsq.cu", "self_correct_planes_f32", bytes, STATIC_SMEM)?;
     let s = &dev.stream;
     let i = Arg::int;
     let args = [

@@ -183,6 +183,35 @@ impl Device {
         self.functions.lock().unwrap().insert((file, name.to_string()), f.clone());
         Ok(f)
     }
+
+    /// [`Device::function`], allowed `dynamic` bytes of dynamic shared memory beside `fixed` static
+    /// ones: opted in past the 48 KiB every GPU grants, and past this GPU's opt-in limit (64 KiB on a
+    /// T4, 163 KiB on an A100, 227 KiB on an H100) an error naming the kernel and both sizes, not the
+    /// driver's bare "invalid value" at launch.
+    pub fn function_with_shared(
+        &self,
+        file: &'static str,
+        name: &str,
+        dynamic: usize,
+        fixed: usize,
+    ) -> Result<CudaFunction, CudaError> {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        let f = self.function(file, name)?;
+        let total = dynamic + fixed;
+        if total > 48 * 1024 {
+            let optin = self.ctx.attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+            if total > optin {
+                return Err(CudaError::Unsupported(format!(
+                    "kernel `{name}` (kernels/cuda/{file}) needs {total} bytes of shared memory per block; the \
+                     {} allows {optin}",
+                    self.name
+                )));
+            }
+            f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic as i32)?;
+        }
+        Ok(f)
+    }
 }
 
 /// Why the driver would not load `file`'s PTX: a driver older than NVRTC is the usual reason (pip's

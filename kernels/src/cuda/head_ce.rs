@@ -7,8 +7,6 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-
 use super::device::{elementwise, Arg, Buf, BufMut, CudaError, Device};
 use super::linear::{bias_grad, weight_grad, Gemm};
 use super::ops::act_upload;
@@ -140,10 +138,7 @@ pub fn head_bitwise_ce_device(
     let lp = padded_logits(d);
     let name = format!("head_bitwise_ce_f32_l{lp}");
     let bytes = head_f32_smem_bytes(lp);
-    let f = dev.function("head_ce.cu", &name)?;
-    if bytes > 48 * 1024 {
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-    }
+    dev.function_with_shared("head_ce.cu", &name, bytes, 0)?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(TOK) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -192,10 +187,7 @@ fn head_bf16(
     unsafe { dev.launch("head_ce_bf16.cu", "head_weight_bf16", elementwise(td * c / 4), &args) }?;
     let name = format!("head_bitwise_ce_bf16_{}td{td}", if h16 { "h16_" } else { "" });
     let bytes = head_bf16_smem_bytes(td, h16);
-    let f = dev.function("head_ce_bf16.cu", &name)?;
-    if bytes > 48 * 1024 {
-        f.set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)?;
-    }
+    dev.function_with_shared("head_ce_bf16.cu", &name, bytes, 0)?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(32) as u32, 1, 1),
         block_dim: (128, 1, 1),
