@@ -71,7 +71,10 @@ pub fn write_parallel(
     let mut start = 0;
     while start < n {
         let end = (start + CHUNK).min(n);
-        let rows: Vec<Option<RowData>> = (start..end).into_par_iter().map(&make).collect::<Result<_>>()?;
+        // (all made, then the first failure in id order: the one a run names must not depend on which
+        // thread failed first)
+        let made: Vec<Result<Option<RowData>>> = (start..end).into_par_iter().map(&make).collect();
+        let rows = made.into_iter().collect::<Result<Vec<_>>>()?;
         for row in rows.into_iter().flatten() {
             writer.push(row)?;
         }

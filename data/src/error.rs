@@ -63,7 +63,12 @@ pub enum DataError {
 
     /// A decoded sample's values are unusable (found by the consumer, which knows the id, not the file).
     #[error("sample id {id}: {detail} (`infinity data verify` lists every such row)")]
-    Sample { id: u64, detail: String },
+    Sample {
+        id: u64,
+        /// Its index in the batch it came in, where known: ids may repeat, so the id alone may name a twin.
+        index: Option<usize>,
+        detail: String,
+    },
 
     /// [`DataError::Sample`] with the file and row that hold it ([`DataError::at_row`]).
     #[error("{path}: row {row} (id {id}): {detail} (`infinity data verify` lists every such row)")]
@@ -93,13 +98,14 @@ impl DataError {
     /// A [`DataError::Sample`] of `batch` named by the shard and row that hold it in `ds`; other errors
     /// as they are.
     pub fn at_row(self, batch: &crate::loader::Batch, ds: &crate::Dataset) -> DataError {
-        let DataError::Sample { id, detail } = self else { return self };
-        match batch.ids.iter().position(|&x| x == id).and_then(|i| batch.rows.get(i)) {
+        let DataError::Sample { id, index, detail } = self else { return self };
+        let index = index.or_else(|| batch.ids.iter().position(|&x| x == id));
+        match index.and_then(|i| batch.rows.get(i)) {
             Some(&g) => {
                 let (s, row) = ds.locate(g);
                 DataError::SampleAt { path: ds.shards()[s].path().into(), row: row as u64, id, detail }
             }
-            None => DataError::Sample { id, detail },
+            None => DataError::Sample { id, index, detail },
         }
     }
 

@@ -12,7 +12,7 @@ use crate::format;
 use crate::manifest::Manifest;
 use crate::reader::{Checksums, RowRef, Shard};
 use crate::schedule::ScaleSchedule;
-use crate::tokenizer::{Image, PatchTokenizer};
+use crate::tokenizer::Image;
 use crate::Dataset;
 
 /// A human-readable summary: manifest, schedules, shards and the Arrow schema.
@@ -338,7 +338,7 @@ pub fn verify(dir: &Path) -> VerifyReport {
     }
     if let Some(f) = &m.tokenizer.file {
         if m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME {
-            if let Err(e) = PatchTokenizer::load(&dir.join(f)) {
+            if let Err(e) = crate::tokenizer::of_dataset(dir, &m) {
                 r.problems.push(e.to_string());
             }
         } else if !dir.join(f).exists() {
@@ -402,6 +402,7 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
         let mut hist = vec![0u64; c.num_classes as usize];
         let (total, n) = (ds.num_rows() as usize, ds.num_rows().min(max_rows) as usize);
         for g in spread(total, n) {
+            ds.validate_row(g as u64)?; // (a label past num_classes would index past the histogram)
             if let Some(l) = ds.row(g as u64).class_label {
                 hist[l as usize] += 1;
             }
@@ -431,17 +432,14 @@ fn binary_entropy(p: f64) -> f64 {
 /// Decode `n` rows spread over the dataset with its built-in tokenizer into one PNG grid.
 pub fn sample_grid(ds: &Dataset, n: usize, path: &Path) -> Result<()> {
     let m = &ds.manifest;
-    let file =
-        m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == crate::tokenizer::TOKENIZER_NAME).ok_or_else(
-            || {
-                crate::DataError::Config(format!(
-                    "{}: stats --png needs the built-in tokenizer; this dataset uses `{}`",
-                    ds.dir().display(),
-                    m.tokenizer.name
-                ))
-            },
-        )?;
-    let tok = PatchTokenizer::load(&ds.dir().join(file))?;
+    let tok = crate::tokenizer::of_dataset(ds.dir(), m)?.ok_or_else(|| {
+        crate::DataError::Config(format!(
+            "{}: stats --png needs the built-in tokenizer's file; this dataset uses `{}`{}",
+            ds.dir().display(),
+            m.tokenizer.name,
+            if m.tokenizer.file.is_none() { " and names no file" } else { "" }
+        ))
+    })?;
     let d = m.d as usize;
     let images: Vec<Image> = spread(ds.num_rows() as usize, n)
         .map(|g| g as u64)

@@ -251,7 +251,9 @@ impl Manifest {
         }
         let mut files: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
-            if s.bucket_rows.len() != self.schedules.len() || s.bucket_rows.iter().sum::<u64>() != s.rows {
+            // (summed without wrapping: counts near u64::MAX must not add up to a plausible total)
+            let sum = s.bucket_rows.iter().try_fold(0u64, |t, &n| t.checked_add(n));
+            if s.bucket_rows.len() != self.schedules.len() || sum != Some(s.rows) {
                 return Err(bad(
                     &format!("shards[{i}].bucket_rows"),
                     format!("{} entries summing to rows = {}", self.schedules.len(), s.rows),
@@ -272,7 +274,9 @@ impl Manifest {
                 let found = format!("`{}`, also shards[{j}].file", s.file);
                 return Err(bad(&format!("shards[{i}].file"), "a file no other entry lists".into(), found));
             }
-            total += s.rows;
+            total = total.checked_add(s.rows).ok_or_else(|| {
+                bad(&format!("shards[{i}].rows"), "row counts whose sum fits in 64 bits".into(), s.rows.to_string())
+            })?;
         }
         if total != self.total_rows {
             return Err(bad("total_rows", format!("the sum of shard rows ({total})"), self.total_rows.to_string()));

@@ -11,7 +11,7 @@ use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray, UInt
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::{read_footer_length, FileDecoder};
 use arrow_ipc::{convert::try_fb_to_schema, root_as_footer};
-use arrow_schema::DataType;
+use arrow_schema::{DataType, SchemaRef};
 use memmap2::Mmap;
 
 use crate::error::{DataError, Result};
@@ -137,8 +137,11 @@ impl Shard {
         // `decode` checks what Arrow's decoder would assert on; should a malformed file still reach an
         // assertion inside Arrow, it becomes this shard's error rather than a crash of the training run.
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path, mmap)));
-        let batches =
+        let (schema, batches) =
             decoded.unwrap_or_else(|_| Err(DataError::corrupt(path, "malformed IPC message (decoder rejected it)")))?;
+        // the columns checked against the file's schema itself, once: a file without record batches
+        // has one too (its batches, each checked below, share it)
+        BatchColumns::new(path, &RecordBatch::new_empty(schema), columns, 0)?;
         let starts = batches.iter().scan(0, |row, b| Some(std::mem::replace(row, *row + b.num_rows())));
         let cols = (batches.iter().zip(starts))
             .map(|(b, first_row)| BatchColumns::new(path, b, columns, first_row))
@@ -349,7 +352,8 @@ fn footer_range(path: &Path, bytes: &[u8]) -> Result<Range<usize>> {
 }
 
 /// Decode footer and record batches of an IPC file held in `mmap`, without copying column data.
-fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
+/// The file's schema and its record batches.
+fn decode(path: &Path, mmap: Mmap) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let len = mmap.len();
     let footer_at = footer_range(path, &mmap)?;
     let ptr = NonNull::new(mmap.as_ptr() as *mut u8).expect("mmap of a non-empty file is non-null");
@@ -363,7 +367,8 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
     let units = buffer_units(&schema).map_err(|e| corrupt(&e))?;
     // (every buffer is 8-byte aligned, as check_block makes sure; an ignored decimal column, whose
     // type asks for 16, is copied into alignment rather than refused)
-    let decoder = FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(false);
+    let schema = Arc::new(schema);
+    let decoder = FileDecoder::new(schema.clone(), footer.version()).with_require_alignment(false);
     if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
         return Err(corrupt(&"dictionary-encoded columns are not part of the shard format"));
     }
@@ -382,7 +387,7 @@ fn decode(path: &Path, mmap: Mmap) -> Result<Vec<RecordBatch>> {
             .ok_or_else(|| corrupt(&format!("record batch {i} is empty")))?;
         out.push(batch);
     }
-    Ok(out)
+    Ok((schema, out))
 }
 
 /// Element size of every IPC buffer of a flat schema, in buffer order (1 = any length). Shards are flat

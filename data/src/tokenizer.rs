@@ -367,6 +367,27 @@ impl PatchTokenizer {
     }
 }
 
+/// The built-in tokenizer of the dataset in `dir` (manifest `m`), if it has one, checked against the
+/// manifest: another dataset's file put in its place would fail to decode these bits, or draw garbage.
+pub fn of_dataset(dir: &Path, m: &Manifest) -> Result<Option<PatchTokenizer>> {
+    let Some(f) = m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == TOKENIZER_NAME) else { return Ok(None) };
+    let path = dir.join(f);
+    let tok = PatchTokenizer::load(&path)?;
+    let patch = m.tokenizer.params.get("patch").and_then(|p| p.as_u64());
+    if tok.d != m.d as usize || patch.is_some_and(|p| p != tok.patch as u64) {
+        return Err(DataError::Config(format!(
+            "{}: a tokenizer of d = {} and {} px patches, where the dataset's bits have d = {}{}: another dataset's \
+             tokenizer?",
+            path.display(),
+            tok.d,
+            tok.patch,
+            m.d,
+            patch.map_or(String::new(), |p| format!(" from {p} px patches"))
+        )));
+    }
+    Ok(Some(tok))
+}
+
 /// What a dataset's bits were made with, as one string a checkpoint's position keeps: the tokenizer's
 /// name, its file's checksum where the folder keeps one (the built-in tokenizer's taken over its values,
 /// as [`same_tokenizer`] compares it), and a VAE checkpoint its `params.ckpt` names.

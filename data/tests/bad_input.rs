@@ -672,3 +672,102 @@ fn inspect_says_1_shard() {
     let s = infinity_data::inspect::inspect(dir.path()).unwrap();
     assert!(s.contains("rows         1 in 1 shard, "), "{s}");
 }
+
+/// A shard file without record batches still has a schema, checked as any other shard's: a file that
+/// lacks `bits` is named though it holds no row.
+#[test]
+fn a_shard_without_record_batches_has_its_schema_checked() {
+    let (dir, mut m) = dataset(30);
+    let mut cols = basic_columns(vec![&[0u8; 4]; 1]);
+    cols.remove(2); // no bits
+    let fields: Vec<Field> = cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let path = dir.path().join(&m.shards[0].file);
+    FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap().finish().unwrap();
+    m.total_rows -= m.shards[0].rows;
+    (m.shards[0].rows, m.shards[0].bucket_rows) = (0, vec![0, 0]);
+    reseal(dir.path(), &mut m, 0);
+    let e = open_err(dir.path());
+    assert!(e.contains(&m.shards[0].file) && e.contains("column `bits`") && e.contains("no such column"), "{e}");
+    let r = infinity_data::inspect::verify(dir.path());
+    assert!(r.problems.iter().any(|p| p.contains("column `bits`")), "{:?}", r.problems);
+}
+
+/// Row counts that wrap around 64 bits are refused, not summed into a plausible total (nor a panic).
+#[test]
+fn row_counts_past_64_bits_are_refused() {
+    let (dir, mut m) = dataset(30);
+    m.shards[0].bucket_rows = vec![u64::MAX, 1];
+    m.save(dir.path()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("shards[0].bucket_rows"), "{e}");
+    // a count that, added to the others, wraps past 64 bits (back to a plausible total, with the right one)
+    let (dir, mut m) = dataset(30);
+    (m.shards[0].rows, m.shards[0].bucket_rows) = (u64::MAX, vec![u64::MAX, 0]);
+    m.save(dir.path()).unwrap();
+    let e = open_err(dir.path());
+    assert!(e.contains("row counts whose sum fits in 64 bits"), "{e}");
+}
+
+/// `data stats` samples its class histogram from rows the per-bucket part may not have read: a label
+/// past `num_classes` there is the row's error, not an index past the histogram.
+#[test]
+fn stats_names_a_class_label_out_of_range() {
+    let (dir, mut m) = dataset(30);
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    // a row the class histogram reads and the per-bucket statistics do not (rows spread over each)
+    let spread = |total: usize, n: usize| (0..n).map(move |i| i * total / n);
+    let (n, g) = (2..8)
+        .find_map(|n| {
+            let by_bucket = ds.rows_by_bucket();
+            let read: Vec<u64> =
+                by_bucket.iter().flat_map(|rows| spread(rows.len(), n.min(rows.len())).map(|i| rows[i])).collect();
+            spread(ds.num_rows() as usize, n).map(|g| g as u64).find(|g| !read.contains(g)).map(|g| (n, g))
+        })
+        .expect("a row only the histogram reads");
+    let (s, row) = ds.locate(g);
+    drop(ds);
+    // that row's label set past num_classes, in place
+    let path = dir.path().join(&m.shards[s].file);
+    let reader = arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&path).unwrap(), None).unwrap();
+    let schema = reader.schema();
+    let mut batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let (mut b, mut at) = (0, row);
+    while at >= batches[b].num_rows() {
+        (at, b) = (at - batches[b].num_rows(), b + 1);
+    }
+    let col = schema.index_of("class_label").unwrap();
+    let labels = batches[b].column(col).as_any().downcast_ref::<Int32Array>().unwrap();
+    let mut values: Vec<i32> = labels.values().to_vec();
+    values[at] = 1_000_000;
+    let mut columns = batches[b].columns().to_vec();
+    columns[col] = Arc::new(Int32Array::from(values));
+    batches[b] = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut w = FileWriter::try_new(std::fs::File::create(&path).unwrap(), &schema).unwrap();
+    batches.iter().for_each(|b| w.write(b).unwrap());
+    w.finish().unwrap();
+    reseal(dir.path(), &mut m, s);
+    let ds = Dataset::open(dir.path(), Checksums::Verify).unwrap();
+    let e = infinity_data::inspect::stats(&ds, n as u64).unwrap_err().to_string();
+    assert!(e.contains("column `class_label`") && e.contains(&m.shards[s].file), "{e}");
+}
+
+/// Rows made in parallel that fail name the first failing id in order, whichever thread failed first.
+#[test]
+fn parallel_rows_name_the_first_failure_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let opts = infinity_data::writer::WriterOptions { overwrite: true, ..Default::default() };
+        let mut w = infinity_data::writer::DatasetWriter::create(dir.path(), common::manifest(), opts).unwrap();
+        let make = |id: u64| match id {
+            3 => {
+                std::thread::sleep(std::time::Duration::from_millis(50)); // fails last
+                Err(infinity_data::DataError::Config(format!("row {id} failed")))
+            }
+            1500 => Err(infinity_data::DataError::Config(format!("row {id} failed"))),
+            _ => Ok(None),
+        };
+        let e = infinity_data::build::write_parallel(&mut w, 2000, make, |_| {}).unwrap_err().to_string();
+        assert_eq!(e, "row 3 failed");
+    }
+}

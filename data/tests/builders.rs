@@ -428,3 +428,33 @@ fn captions_in_utf16_or_named_in_capitals_are_read() {
     assert_eq!(m.total_rows, 2);
     assert!(notes.bad.len() == 1 && notes.bad[0].contains(&file), "{:?}", notes.bad);
 }
+
+/// Another dataset's tokenizer file in a dataset's folder (d = 8 for bits of d = 16) is a problem
+/// `verify` names and `stats --png` refuses, rather than a clean verify and a panic decoding the bits.
+/// A resume while the file cannot be read keeps the identity the checkpoint saved, for the next
+/// resume to check.
+#[test]
+fn another_datasets_tokenizer_is_named() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    synth(a.path(), &small(40, 3)).unwrap();
+    synth(b.path(), &SynthOptions { d: 8, ..small(40, 3) }).unwrap();
+    let ds = Arc::new(Dataset::open(a.path(), Checksums::Verify).unwrap());
+    let mut l =
+        Loader::new(ds.clone(), LoaderOptions { global_batch: 4, workers: 0, ..Default::default() }, None).unwrap();
+    l.next_batch().unwrap();
+    let saved = l.state();
+    assert!(saved.tokenizer.is_some());
+
+    let file = a.path().join("tokenizer.safetensors");
+    std::fs::copy(b.path().join("tokenizer.safetensors"), &file).unwrap();
+    let r = inspect::verify(a.path());
+    let want = "a tokenizer of d = 8 and 4 px patches, where the dataset's bits have d = 16 from 4 px patches";
+    assert!(r.problems.iter().any(|p| p.contains(want)), "{:?}", r.problems);
+    let e = inspect::sample_grid(&ds, 4, &a.path().join("grid.png")).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+
+    std::fs::write(&file, b"not a tokenizer").unwrap();
+    let opts = LoaderOptions { global_batch: 4, workers: 0, ..Default::default() };
+    let l = Loader::new(ds.clone(), opts, Some(saved.clone())).unwrap();
+    assert_eq!(l.state().tokenizer, saved.tokenizer, "the saved identity kept");
+}

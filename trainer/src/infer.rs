@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use infinity_data::manifest::{ClassInfo, TextDtype, TextInfo};
 use infinity_data::synth::{embed_caption, text_encoder_name, vocabulary};
-use infinity_data::tokenizer::{same_tokenizer, Image, PatchTokenizer, TOKENIZER_NAME};
+use infinity_data::tokenizer::{same_tokenizer, Image, PatchTokenizer};
 use infinity_data::{Dataset, Manifest, ScaleSchedule};
 
 use crate::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
@@ -219,25 +219,9 @@ pub fn sample_schedule(
     }
 }
 
-/// The dataset's built-in tokenizer, if it has one.
+/// The dataset's built-in tokenizer, if it has one (checked against its manifest).
 pub fn tokenizer(dataset_dir: &Path, m: &Manifest) -> Result<Option<PatchTokenizer>> {
-    let Some(f) = m.tokenizer.file.as_deref().filter(|_| m.tokenizer.name == TOKENIZER_NAME) else { return Ok(None) };
-    let path = dataset_dir.join(f);
-    let tok = PatchTokenizer::load(&path)?;
-    // (another dataset's file put in its place: decoding these bits with it would fail, or draw garbage)
-    let patch = m.tokenizer.params["patch"].as_u64();
-    if tok.d != m.d as usize || patch.is_some_and(|p| p != tok.patch as u64) {
-        bail!(
-            "{}: a tokenizer of d = {} and {} px patches, where the dataset's bits have d = {}{}: another dataset's \
-             tokenizer?",
-            path.display(),
-            tok.d,
-            tok.patch,
-            m.d,
-            patch.map_or(String::new(), |p| format!(" from {p} px patches"))
-        );
-    }
-    Ok(Some(tok))
+    Ok(infinity_data::tokenizer::of_dataset(dataset_dir, m)?)
 }
 
 /// Images of sampled codes.

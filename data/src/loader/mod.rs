@@ -202,7 +202,9 @@ impl Loader {
                 s.same_tokenizer_as(&first.dir, tokenizer.as_deref())?;
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
-                (s.dataset, s.buckets, s.mix, s.tokenizer) = (dataset, buckets, mixed, tokenizer);
+                // (a tokenizer that cannot be read now keeps the saved identity, for the next resume to check)
+                (s.dataset, s.buckets, s.mix) = (dataset, buckets, mixed);
+                s.tokenizer = tokenizer.or(s.tokenizer);
                 if s.global_batch != g {
                     s = s.resized(g);
                 }

@@ -139,7 +139,7 @@ pub(super) fn prepare(
                                           // (the loader checks lengths, not values: a NaN here would quietly become labels)
         if let Some((j, x)) = latent.iter().flatten().enumerate().find(|(_, x)| !x.is_finite()) {
             let detail = format!("its latent holds {x} at value {j}");
-            bail!(infinity_data::DataError::Sample { id, detail });
+            bail!(infinity_data::DataError::Sample { id, index: Some(i), detail });
         }
         let key = keyed_rng(seed, &[STREAM_FLIPS, step, id]).random::<u64>();
         match latent {
@@ -189,7 +189,7 @@ pub(super) fn prepare(
                 };
                 if let Some(j) = t.iter().position(|x| !x.is_finite()) {
                     let detail = format!("its {which} holds {} at value {j}", t[j]);
-                    bail!(infinity_data::DataError::Sample { id, detail });
+                    bail!(infinity_data::DataError::Sample { id, index: Some(i), detail });
                 }
                 mb.kv.extend_from_slice(&t);
                 mb.cu.push(mb.cu.last().unwrap() + t.len() / info.width as usize);
