@@ -240,6 +240,40 @@ fn a_divergence_from_a_setting_changed_on_resume_is_judged_by_that_setting() {
     assert!(kept.lines().any(|l| l.contains("\"loss\":null")), "{kept}");
 }
 
+/// A diverged session is judged from its own start on: the settings it diverged with, resumed from a
+/// checkpoint it passed through, are refused; from an earlier checkpoint, before the steps that led it
+/// there (here another session's, with a learning rate far too high), they train.
+#[test]
+fn a_divergence_is_repeated_only_from_the_steps_its_session_passed_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.run.steps, cfg.optim.warmup_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last) = (2, 0, 1, 100);
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let steps = ["--set", "run.steps=12"];
+    let ckpt = |step: u64| cfg.run.dir.join(format!("checkpoints/step-{step:08}")).display().to_string();
+    let run = |args: &[&str]| {
+        let out = infinity_train(tmp.path(), &cfg, &[args, &steps[..]].concat(), &[]);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // session A blows the weights up at step 3 (its checkpoint holds them), session B resumes there with
+    // the run's own settings and diverges from those weights
+    let (code, stderr) = run(&["--resume", &ckpt(2), "--set", "optim.lr=1e30"]);
+    assert_eq!(code, Some(87), "{stderr}");
+    let (code, stderr) = run(&["--resume", &ckpt(3)]);
+    assert_eq!(code, Some(87), "{stderr}");
+    assert!(!stderr.contains("(its summary.json)"), "B is trained, not refused: {stderr}");
+    assert_eq!(summary(&cfg.run.dir)["started_at"], 3);
+    // B's settings from B's start: refused; from step 2, before A's step: trained, to the end
+    let (code, stderr) = run(&["--resume", &ckpt(3)]);
+    assert_eq!(code, Some(87), "{stderr}");
+    assert!(stderr.contains("repeats it step for step"), "{stderr}");
+    let (code, stderr) = run(&["--resume", &ckpt(2)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!((&summary(&cfg.run.dir)["step"], &summary(&cfg.run.dir)["diverged"]), (&12.into(), &false.into()));
+}
+
 /// TensorBoard's HParams row is written once per run folder: at step 0, and by a branch (a run folder
 /// started from another's checkpoint), not by a session resuming the folder's own.
 #[test]

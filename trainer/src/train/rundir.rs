@@ -332,14 +332,20 @@ pub fn summary_step(run: &Path) -> Option<u64> {
     read_summary(run)?["step"].as_u64()
 }
 
-/// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with no setting changed since
-/// that checkpoint but what is only logged, checkpointed, sampled or validated (the caller knows) and
-/// the same dataset, repeats a divergence its `summary.json`
-/// records at a later step: a run is a pure function of its config, world size, data and build, so it
-/// would diverge at the same step. The message saying so, or `None`.
+/// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with the settings the diverged
+/// session had but what is only logged, checkpointed, sampled or validated (the caller knows) and the
+/// same dataset, repeats a divergence its `summary.json` records at a later step: a run is a pure
+/// function of its config, world size, data and build, so from any step that session passed through
+/// (its start, `started_at`, or later) it would diverge at the same step. A checkpoint from before its
+/// start is not judged: the steps between (another session's, perhaps with other settings) may have
+/// been what led there. The message saying so, or `None`.
 pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String> {
     let s = read_summary(run).filter(|s| s["diverged"] == true)?;
     let at = s["step"].as_u64().filter(|&at| at > step)?;
+    // (a summary of an earlier build records no start: taken as a fresh start's)
+    if step < s["started_at"].as_u64().unwrap_or(0) {
+        return None;
+    }
     // (a summary of an earlier build records none: taken as this one)
     let this_build = super::rank_identity::this_rank().build.to_string();
     let same_build = s["build"].as_str().is_none_or(|b| b == this_build);

@@ -234,6 +234,8 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
         "last_checkpoint": last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
         "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
+        // (the step this session started from: a divergence repeats from there on, not from before)
+        "started_at": summary.started_at,
         "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
         "tensorboard_failed_writes": summary.tensorboard_failed_writes,
         "checkpoint_failed_writes": summary.checkpoint_failed_writes,
