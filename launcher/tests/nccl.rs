@@ -212,6 +212,31 @@ fn watchdog_aborts_a_stalled_collective() {
     assert!(d.reason.contains("made no progress"), "{}", d.reason);
 }
 
+/// NCCL's setup waits for every rank with no timeout of its own: a rank that never comes (it failed
+/// after rank 0 published the id) makes the others' setup fail after the communicator's timeout,
+/// naming it, instead of blocking until they are killed.
+#[test]
+fn setup_without_a_rank_times_out_naming_it() {
+    if devices() < 2 {
+        eprintln!("skipped: the setup drill needs 2 GPUs (found {})", devices());
+        return;
+    }
+    let timeout = Duration::from_secs(2);
+    let results = common::on_ranks(2, move |rank, c| {
+        if rank == 1 {
+            // reads the id (so rank 0 has published it), then never sets up
+            return c.get("test/nccl-id", Duration::from_secs(10)).map(|_| None).unwrap();
+        }
+        let ctx = CudaContext::new(0).unwrap();
+        let t = Instant::now();
+        let e = NcclComm::connect(c, "test", 0, 2, ctx.new_stream().unwrap(), timeout, false).err().unwrap();
+        Some((e, t.elapsed()))
+    });
+    let (e, took) = results.into_iter().flatten().next().unwrap();
+    assert!(matches!(e, CommError::Timeout { op: "nccl init", peer: 1, .. }), "{e}");
+    assert!(took >= timeout && took < timeout * 3, "failed after {took:?} for a {timeout:?} timeout");
+}
+
 /// A kernel that holds the stream for `ns` nanoseconds of wall time (the device's global timer).
 const SPIN: &str = r#"
 extern "C" __global__ void spin(unsigned long long ns) {

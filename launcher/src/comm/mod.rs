@@ -3,10 +3,10 @@
 //!
 //! A peer that stops sending or reading makes a collective fail after the communicator's timeout
 //! ([`CommError::Timeout`] on the ring, [`CommError::Stalled`] from the NCCL watchdog) rather than hang;
-//! ranks next to a failed one fail, others may finish the collective first. Two exceptions: NCCL's
-//! own setup (`ncclCommInitRank`) has no timeout. Ranks that call different collectives (a bug in the
-//! caller) fail on the ring, which sends a header ahead of each collective; NCCL checks nothing of the
-//! kind and may hang until its watchdog fires, or misread.
+//! ranks next to a failed one fail, others may finish the collective first; NCCL's own setup
+//! (`ncclCommInitRank`) is waited for as long, naming a rank that never came. Ranks that call different
+//! collectives (a bug in the caller) fail on the ring, which sends a header ahead of each collective;
+//! NCCL checks nothing of the kind and may hang until its watchdog fires, or misread.
 
 pub mod flight;
 #[cfg(feature = "cuda")]

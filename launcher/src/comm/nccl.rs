@@ -62,6 +62,68 @@ fn cuda_err(op: &'static str, e: cudarc::driver::DriverError) -> CommError {
     CommError::Backend { op, detail: format!("CUDA {e:?}") }
 }
 
+/// A communicator handle made on another thread ([`init_within`]).
+struct InitDone(sys::ncclComm_t);
+// SAFETY: an NCCL communicator may be used from any thread, one at a time; the making thread hands it
+// over and never touches it again.
+unsafe impl Send for InitDone {}
+
+/// `ncclCommInitRank` with a deadline. It blocks until every rank has called it and NCCL has connected
+/// them, with no timeout of its own: a rank that failed after rank 0 published the id would leave the
+/// others blocked until killed. So it runs on a thread of its own while this one waits `timeout`; each
+/// rank marks `{prefix}/nccl-joining/{rank}` first, so a timeout names a rank that never came
+/// ([`CommError::Timeout`], which the launcher blames), or says that all did and NCCL's own setup
+/// stalled. (A timed-out init thread stays blocked until the process exits, as a rank then does.)
+fn init_within(
+    store: &mut StoreClient,
+    prefix: &str,
+    (rank, world): (usize, usize),
+    id: sys::ncclUniqueId,
+    stream: &Arc<CudaStream>,
+    timeout: Duration,
+) -> CommResult<sys::ncclComm_t> {
+    const OP: &str = "nccl init";
+    let joining = |r: usize| format!("{prefix}/nccl-joining/{r}");
+    store.set(&joining(rank), b"1").map_err(|e| CommError::Usage { op: OP, detail: format!("{e:#}") })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ctx = stream.context().clone();
+    std::thread::Builder::new()
+        .name(format!("nccl-init-{rank}"))
+        .spawn(move || {
+            let made = ctx.bind_to_thread().map_err(|e| cuda_err(OP, e)).and_then(|()| {
+                let mut comm = std::mem::MaybeUninit::uninit();
+                // SAFETY: valid out pointer; world and rank are below i32::MAX (a group of that many
+                // ranks never forms).
+                unsafe {
+                    result::comm_init_rank(comm.as_mut_ptr(), world as i32, id, rank as i32)
+                        .map_err(|e| nccl_err(OP, e))?;
+                    Ok(InitDone(comm.assume_init()))
+                }
+            });
+            let _ = tx.send(made);
+        })
+        .map_err(|e| CommError::Backend { op: OP, detail: format!("spawning the init thread: {e}") })?;
+    match rx.recv_timeout(timeout) {
+        Ok(made) => made.map(|InitDone(comm)| comm),
+        Err(_) => {
+            let secs = timeout.as_secs_f64();
+            let keys: Vec<String> = (0..world).map(joining).collect();
+            let came = store.check(&keys).unwrap_or_else(|_| vec![true; world]);
+            match came.iter().position(|&c| !c) {
+                Some(peer) => Err(CommError::Timeout { op: OP, peer, secs }),
+                None => Err(CommError::Stalled {
+                    op: OP,
+                    detail: format!(
+                        "every rank called ncclCommInitRank, which did not return within {secs:.0} s: NCCL could \
+                         not connect them (NCCL_SOCKET_IFNAME, NCCL_IB_HCA, a firewall between the nodes; \
+                         NCCL_DEBUG=INFO says more)"
+                    ),
+                }),
+            }
+        }
+    }
+}
+
 impl NcclComm {
     /// Build the communicator of `world` ranks on `stream`'s device. Rank 0 puts the NCCL unique id
     /// in the store under `{prefix}/nccl-id`; the others read it. `exit_on_stall` makes the watchdog
@@ -104,13 +166,7 @@ impl NcclComm {
             id
         };
         stream.context().bind_to_thread().map_err(|e| cuda_err(OP, e))?;
-        let mut comm = std::mem::MaybeUninit::uninit();
-        // SAFETY: valid out pointer; world and rank are below i32::MAX (a group of that many ranks never
-        // forms).
-        let comm = unsafe {
-            result::comm_init_rank(comm.as_mut_ptr(), world as i32, id, rank as i32).map_err(|e| nccl_err(OP, e))?;
-            comm.assume_init()
-        };
+        let comm = init_within(store, prefix, (rank, world), id, &stream, timeout)?;
         let handle = Arc::new(Handle { comm, aborted: AtomicBool::new(false), use_lock: RwLock::new(()) });
         let watch = Arc::new(Watch {
             pending: Mutex::new(VecDeque::new()),

@@ -456,8 +456,11 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
         (.., Some(file)) => format!("the weights file {file}"),
         _ => "not recorded in its config.json".to_string(),
     };
-    let mapped = shard_map(dir).ok().flatten().and_then(|m| m.into_iter().next()).map(|(_, f)| PathBuf::from(f));
-    let weights = dir.join(mapped.unwrap_or_else(|| PathBuf::from(MODEL_FILE)));
+    // the file config.json names (a plain name in the folder), else its shard index's (an export of an
+    // earlier build named none), else the default name
+    let named = config["weights"].as_str().filter(|f| !f.is_empty() && Path::new(f).file_name() == Some(f.as_ref()));
+    let mapped = || shard_map(dir).ok().flatten().and_then(|m| m.into_iter().next()).map(|(_, f)| f);
+    let weights = dir.join(named.map(str::to_string).or_else(mapped).unwrap_or_else(|| MODEL_FILE.to_string()));
     let ema = config["source"]["weights"] == "ema";
     weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema })
 }
@@ -573,8 +576,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// An export folder is known by its config.json's format; its weights are the file its shard index
-    /// maps, and it must still be there.
+    /// An export folder is known by its config.json's format; its weights are the file its config.json
+    /// names (else the one its shard index maps), and it must still be there.
     #[test]
     fn an_export_folder_names_its_weights_and_source() {
         let tmp = tempfile::tempdir().unwrap();
@@ -588,6 +591,18 @@ pub(crate) mod tests {
         std::fs::write(dir.join("w.safetensors"), b"x").unwrap();
         let export = super::read_export(dir).unwrap();
         assert_eq!((export.weights, export.source.as_str()), (dir.join("w.safetensors"), "/c, step 3"));
+        // the file config.json names, where the index was not copied with it (nor a path out of the folder)
+        std::fs::remove_file(dir.join(super::SHARD_INDEX)).unwrap();
+        assert!(super::read_export(dir).is_none(), "no weights named: model.safetensors, which is not there");
+        let named = |weights: &str| {
+            let config = serde_json::json!({ "format": super::EXPORT_FORMAT, "weights": weights, "source": {} });
+            std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+            super::read_export(dir).map(|e| e.weights)
+        };
+        assert_eq!(named("w.safetensors"), Some(dir.join("w.safetensors")));
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/w.safetensors"), b"x").unwrap();
+        assert_eq!(named("sub/w.safetensors"), None, "a path, not a name in the folder: model.safetensors");
         std::fs::write(dir.join("config.json"), r#"{ "format": "other" }"#).unwrap();
         assert!(super::read_export(dir).is_none());
     }
