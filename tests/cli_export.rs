@@ -337,3 +337,30 @@ fn an_export_samples_without_its_dataset() {
         path_str(&moved)
     ]));
 }
+
+/// config.json records the weights file's crc32c, and every reader of the export checks it: a byte
+/// flipped since the export (a damaged copy) is named, not sampled or exported again as the model
+/// (nor passed by tools/check_export.py).
+#[test]
+fn a_damaged_export_is_named() {
+    let (tmp, _data, run) = tiny_run("class", &[]);
+    let out = tmp.path().join("export");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&out)]));
+    let weights = out.join("model.safetensors");
+    assert_eq!(config(&out)["weights_crc32c"].as_str().map(str::len), Some(8));
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let at = bytes.len() - 5; // inside the last tensor's values: the file still parses
+    bytes[at] ^= 0x10;
+    std::fs::write(&weights, &bytes).unwrap();
+    let png = tmp.path().join("x.png");
+    for args in [
+        &["sample", path_str(&out), "--class", "0", "-o", path_str(&png)][..],
+        &["export", path_str(&out), "-o", path_str(&tmp.path().join("again"))],
+    ] {
+        let e = err(args);
+        assert!(e.contains("its config.json records") && e.contains("changed since it was exported"), "{args:?}: {e}");
+    }
+    assert!(!png.exists());
+    let report = python_fails(&[&"tools/check_export.py", &weights]);
+    assert!(report.contains("changed since the export"), "{report}");
+}

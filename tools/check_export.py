@@ -116,6 +116,13 @@ def main():
     # (older exports do not name their file; a folder holds one export)
     if cfg.get("weights", os.path.basename(a.weights)) != os.path.basename(a.weights):
         fail(f"config.json beside it describes {cfg['weights']}, not {os.path.basename(a.weights)}")
+    # (exports of earlier builds record no checksum)
+    if "weights_crc32c" in cfg:
+        import crc32c
+        with open(a.weights, "rb") as f:
+            found = f"{crc32c.crc32c(f.read()):08x}"
+        if found != cfg["weights_crc32c"]:
+            fail(f"{a.weights}: crc32c {found}, config.json records {cfg['weights_crc32c']}: changed since the export")
     want_dtype = {"float32": "F32", "bfloat16": "BF16"}[cfg["dtype"]]
     tensors = header(a.weights)
     bad = [k for k, (dt, _) in tensors.items() if dt != want_dtype]

@@ -62,6 +62,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         config.pointer(key).cloned().ok_or_else(|| anyhow!("{}: no `{}`", cfg_path.display(), &key[1..]))
     };
     check_index(dir, &export.weights)?;
+    export.verify()?;
     let model: ModelConfig = match config.get("model") {
         Some(m) => serde_json::from_value(m.clone()).map_err(|e| anyhow!("{}: `model`: {e}", cfg_path.display()))?,
         None => bail!(

@@ -190,6 +190,8 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     write_atomic(&index, serde_json::to_string_pretty(&index_json)?.as_bytes())
         .with_context(|| format!("writing {}", index.display()))?;
     replace_atomic(out, |tmp| streamed::write_file(tmp, tensors, Some(meta)).map(drop))?;
+    // (read back once: what config.json records is what landed on disk)
+    let (_, crc) = infinity_data::writer::file_crc32c(out).with_context(|| format!("reading {}", out.display()))?;
 
     let conditioning = match &mc.conditioning {
         Conditioning::Text => json!({ "kind": "text" }),
@@ -287,8 +289,10 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let config = json!({
         "format": EXPORT_FORMAT,
         "version": 1,
-        // the file this config.json describes (one export per folder: see refuse_another_export)
+        // the file this config.json describes (one export per folder: see refuse_another_export), and its
+        // checksum, which every reader of the export verifies
         "weights": file,
+        "weights_crc32c": format!("{crc:08x}"),
         "architecture": if mc.has_cross_attention() { "Infinity" } else { "Infinity (class-conditioned, VAR-style)" },
         "constructor_kwargs": constructor_kwargs(&mc),
         // what upstream's tools/run_infinity.py adds for inference (its non-fused norm path drops the
@@ -426,9 +430,28 @@ pub struct ExportFolder {
     pub weights_file: Option<String>,
     /// Whether the weights are the moving average (`infinity export --ema`).
     pub ema: bool,
+    /// The weights file's crc32c as config.json records it (exports of earlier builds record none).
+    pub crc32c: Option<String>,
 }
 
 impl ExportFolder {
+    /// An error unless the weights file has the crc32c config.json records (none recorded: no check). A
+    /// file changed since the export (a damaged copy, a byte flipped on disk) would otherwise load, and
+    /// be sampled, evaluated or exported again as though it were the model.
+    pub fn verify(&self) -> Result<()> {
+        let Some(want) = &self.crc32c else { return Ok(()) };
+        let (_, crc) = infinity_data::writer::file_crc32c(&self.weights)
+            .with_context(|| format!("reading {}", self.weights.display()))?;
+        let found = format!("{crc:08x}");
+        ensure!(
+            &found == want,
+            "{}: crc32c {found}, its config.json records {want}: the file changed since it was exported (a damaged \
+             copy?): copy it again, or export again",
+            self.weights.display()
+        );
+        Ok(())
+    }
+
     /// How to get the moving average where this export holds the trained weights.
     pub fn ema_advice(&self) -> String {
         let pytorch = |f: &str| [".pth", ".pt", ".bin", ".ckpt"].iter().any(|e| f.ends_with(e));
@@ -462,7 +485,8 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let mapped = || shard_map(dir).ok().flatten().and_then(|m| m.into_iter().next()).map(|(_, f)| f);
     let weights = dir.join(named.map(str::to_string).or_else(mapped).unwrap_or_else(|| MODEL_FILE.to_string()));
     let ema = config["source"]["weights"] == "ema";
-    weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema })
+    let crc32c = config["weights_crc32c"].as_str().map(str::to_string);
+    weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema, crc32c })
 }
 
 /// The `(tensor, file)` pairs of the [`SHARD_INDEX`] in `dir`, in the index's key order (a value that is

@@ -123,7 +123,11 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         if let Some(crc) = checkpoint_file_crc(path)? {
             verify_crc(path, &crc)?;
         }
-        return match (ema, export_holding(path)) {
+        let export = export_holding(path);
+        if let Some(e) = &export {
+            e.verify()?; // an export's weights, named directly: checked as its folder's would be
+        }
+        return match (ema, export) {
             (false, _) => Ok((path.to_path_buf(), StateDict::Weights)),
             _ if crate::model::weight_shards::is_index(path) => Err(one_set("an index of weight files")),
             // the average as a file of its own: taken as it is
@@ -136,6 +140,7 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
     }
     if let Some(export) = read_export(path) {
         ensure!(export.ema || !ema, trained_export(&export));
+        export.verify()?;
         return Ok((export.weights, StateDict::Weights));
     }
     if let Some(index) = crate::model::weight_shards::index_in(path)? {
