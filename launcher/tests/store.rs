@@ -69,6 +69,16 @@ fn rendezvous_names_missing_and_duplicate_ranks_and_world_mismatches() {
     assert!(e.contains("WORLD_SIZE 8, rank 0 has 4"), "{e}");
     let e = format!("{:#}", other.rendezvous("job2", 5, 4, T).unwrap_err());
     assert!(e.contains("outside a world of 4"), "{e}");
+
+    // the members waiting are told too (at their next report, or their timeout): both sides are named
+    for (world, want) in [(3, "rank 1 has WORLD_SIZE 3, rank 0 has 2"), (1, "rank 1 is outside a world of 1")] {
+        let job = format!("job-{world}");
+        let mut r1 = StoreClient::connect(&addr, "t", "r1", T).unwrap();
+        let h = std::thread::spawn(move || r1.rendezvous(&job, 1, world, T).unwrap_err());
+        let e = format!("{:#}", r0.rendezvous(&format!("job-{world}"), 0, 2, Duration::from_secs(2)).unwrap_err());
+        assert!(e.contains(want) && e.contains("the group cannot form"), "{e}");
+        assert!(format!("{:#}", h.join().unwrap()).contains(want));
+    }
 }
 
 /// Send raw bytes, read whatever comes back until the server closes or a short timeout.

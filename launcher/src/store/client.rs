@@ -273,8 +273,12 @@ impl StoreClient {
             };
             anyhow::anyhow!("{}{again}", never_arrived(prefix, name, missing, world, timeout, hint, &refused))
         };
+        // a member that cannot join says why under `mismatch`, for the others' waits to name both sides
+        let mismatch = format!("{prefix}/mismatch");
         if rank >= world {
-            bail!("rendezvous {prefix}: {name} {rank} is outside a world of {world}");
+            let why = format!("{name} {rank} is outside a world of {world} (its {world_flag})");
+            let _ = self.set(&mismatch, why.as_bytes());
+            bail!("rendezvous {prefix}: {why}");
         }
         if self.add(&format!("{prefix}/claims/{rank}"), 1)? > 1 {
             let why = match members {
@@ -288,7 +292,7 @@ impl StoreClient {
         } else {
             let key = format!("{prefix}/world");
             let mut progress = Progress::start(timeout, setting);
-            let waited = self.wait_saying(std::slice::from_ref(&key), &mut progress, &speaker, |_| {
+            let waited = self.wait_saying(std::slice::from_ref(&key), &mismatch, &mut progress, &speaker, |_| {
                 format!("waiting for {name}s [0] of {world}")
             })?;
             if waited.is_err() {
@@ -297,7 +301,9 @@ impl StoreClient {
             let w = self.get(&key, Duration::from_secs(1))?;
             let w0 = String::from_utf8_lossy(&w).to_string();
             if w0 != world.to_string() {
-                bail!("rendezvous {prefix}: {name} {rank} has {world_flag} {world}, {name} 0 has {w0}");
+                let why = format!("{name} {rank} has {world_flag} {world}, {name} 0 has {w0}");
+                let _ = self.set(&mismatch, why.as_bytes());
+                bail!("rendezvous {prefix}: {why}");
             }
         }
         self.set(&format!("{prefix}/rank/{rank}"), b"1")?;
@@ -306,7 +312,7 @@ impl StoreClient {
             missing.iter().filter_map(|k| k.rsplit('/').next()).map(str::to_string).collect()
         };
         let mut progress = Progress::start(timeout, setting);
-        if let Err(missing) = self.wait_saying(&keys, &mut progress, &speaker, |missing| {
+        if let Err(missing) = self.wait_saying(&keys, &mismatch, &mut progress, &speaker, |missing| {
             format!("waiting for {name}s [{}] of {world}", ranks(missing).join(", "))
         })? {
             return Err(timed_out(self, &ranks(&missing)));
@@ -343,15 +349,24 @@ impl StoreClient {
     /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still
     /// missing) and the store's refusals whenever a report is due: `[launch] waiting for node ranks [1] of
     /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`.
+    /// Wait for `keys`, saying every `progress` interval what is missing; a member that posted why it
+    /// cannot join under `mismatch` ends the wait at the next interval (or the timeout) with that error.
     fn wait_saying(
         &mut self,
         keys: &[String],
+        mismatch: &str,
         progress: &mut Progress,
         speaker: &str,
         what: impl Fn(&[String]) -> String,
     ) -> Result<std::result::Result<(), Vec<String>>> {
         loop {
-            match self.wait(keys, progress.slice())? {
+            let waited = self.wait(keys, progress.slice())?;
+            if waited.is_err() && self.check(&[mismatch.to_string()])?.first() == Some(&true) {
+                let why = String::from_utf8_lossy(&self.get(mismatch, Duration::from_secs(1))?).into_owned();
+                let prefix = mismatch.trim_end_matches("/mismatch");
+                bail!("rendezvous {prefix}: {why}, so the group cannot form (start every member with the same size)");
+            }
+            match waited {
                 Ok(()) => return Ok(Ok(())),
                 Err(missing) if progress.timed_out() => return Ok(Err(missing)),
                 Err(missing) if progress.due() => {
