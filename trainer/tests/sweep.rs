@@ -436,7 +436,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     v["loss"] = serde_json::Value::Null;
     std::fs::write(diverged.join("summary.json"), v.to_string()).unwrap();
     std::fs::remove_file(diverged.join("val.jsonl")).unwrap();
-    // and a run folder that never wrote a summary (it failed before its first step: its log says why)
+    // and a run folder that never wrote a summary (it failed before its first checkpoint: its log says why)
     // is named, as is one never started (its config alone: no log to point at)
     for run in ["zz-silent", "zz-planned"] {
         std::fs::create_dir(t.join("sweep").join(run)).unwrap();
@@ -447,7 +447,9 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let fits = std::fs::read_to_string(t.join("sweep/scaling/fits.md")).unwrap();
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
     assert!(
-        fits.contains("left out (no summary.json: failed before their first step; their logs say why): zz-silent\n"),
+        fits.contains(
+            "left out (no summary.json: failed before their first checkpoint; their logs say why): zz-silent\n"
+        ),
         "{report}\n{fits}"
     );
     assert!(fits.contains("left out (not started: a config.toml alone, no log): zz-planned\n"), "{report}\n{fits}");

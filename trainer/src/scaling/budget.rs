@@ -144,6 +144,7 @@ pub fn plans(
 ) -> (Vec<BudgetPlan>, Vec<String>, Vec<String>) {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let largest = runs.iter().map(|r| r.compute).fold(0.0, f64::max);
+    let smallest = runs.iter().map(|r| r.compute).fold(f64::INFINITY, f64::min);
     let spread = k_spread(runs);
     let withheld = chinchilla.and_then(|f| degenerate(f, lmin));
     let chinchilla = chinchilla.filter(|_| withheld.is_none() && spread.is_some());
@@ -212,6 +213,14 @@ pub fn plans(
         })
         .collect();
     for p in &plans {
+        if p.compute * FAR_BEYOND < smallest {
+            warnings.push(format!(
+                "at C = {:.3e}: {:.2e} of the smallest run's compute ({smallest:.3e}): the predictions there \
+                 extrapolate the laws far below the runs (small models and budgets leave the power law first)",
+                p.compute,
+                p.compute / smallest
+            ));
+        }
         if p.times_largest_run > FAR_BEYOND {
             warnings.push(format!(
                 "at C = {:.3e}: {}× the largest run's compute ({largest:.3e}): the predictions there extrapolate the \

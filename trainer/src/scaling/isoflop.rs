@@ -255,7 +255,7 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
     }
     for p in &iso.profiles {
         // (3 coefficients for 3 points: a zero residual says nothing of the shape)
-        if distinct(p.measured.iter().map(|m| m.0)) == 3 {
+        if p.measured.len() == 3 {
             warnings.push(format!(
                 "the IsoFLOP parabola at C = {:.3e} passes exactly through its 3 sizes (3 coefficients for 3 points): \
                  nothing tests its shape, and its N_opt has no interval; a fourth size at this budget tests it",
@@ -314,11 +314,19 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
     if let (Some(n), Some(d)) = (&iso.params, &iso.tokens) {
         iso.budgets = budgets.iter().map(|&b| (b, n.at(b), d.at(b))).collect();
         let largest = c.iter().copied().fold(0.0, f64::max);
+        let smallest = c.iter().copied().fold(f64::INFINITY, f64::min);
         for &b in budgets.iter().filter(|&&b| b > FAR_BEYOND * largest) {
             warnings.push(format!(
                 "at C = {b:.3e}: N_opt and D_opt from the IsoFLOP laws extrapolate {:.0}× beyond the largest budget \
                  they were fitted on ({largest:.3e}); they hold only as far as the power laws do",
                 b / largest
+            ));
+        }
+        for &b in budgets.iter().filter(|&&b| b * FAR_BEYOND < smallest) {
+            warnings.push(format!(
+                "at C = {b:.3e}: N_opt and D_opt from the IsoFLOP laws extrapolate to {:.2e} of the smallest budget \
+                 they were fitted on ({smallest:.3e}); they hold only as far as the power laws do",
+                b / smallest
             ));
         }
     }

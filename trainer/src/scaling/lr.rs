@@ -26,7 +26,7 @@ pub struct LrRun {
     pub lr: f64,
     /// The run's loss ([`RunRecord::loss`]); `None` when it left no summary or ended non-finite.
     pub loss: Option<f64>,
-    /// Whether it left a `summary.json` (a run that failed before its first step, or is still on it, has
+    /// Whether it left a `summary.json` (a run that failed before its first checkpoint, or is still on it, has
     /// none; one that diverged has one, saying so).
     pub summary: bool,
     /// Whether its folder could not be read (a malformed log line: the notes say which).
@@ -233,7 +233,7 @@ pub fn markdown(groups: &[LrGroup], unreadable: &[String]) -> String {
                  the last 10 % of the steps; else summary.json's final training loss) per learning rate of runs whose \
                  configs differ only in `optim.lr` (and their seeds), in nats per bit; each row's best rate in bold \
                  (the lowest mean over its finished runs), * = stopped before `run.steps`, diverged = ended on a \
-                 non-finite loss, no summary = failed before its first step or still on it, \
+                 non-finite loss, no summary = failed before its first checkpoint or still before it, \
                  left out = unreadable, or without the loss measured (fits.md says why), – = no run. Under μP the best rate should not move with \
                  the width.\n\n"
         .to_string();

@@ -79,11 +79,13 @@ impl RunRecord {
 
     /// The loss the fits use: the smoothed validation loss, else the smoothed training loss, else (no
     /// training losses in `metrics.jsonl`) the final training loss (`summary.json`'s: the last batch's).
-    /// A run without validation that diverged or ended on a non-finite loss keeps its final one (NaN).
+    /// A run without validation that diverged, or stopped unfinished on a non-finite loss, keeps its final
+    /// one (NaN); a finished run whose very last step was skipped as non-finite keeps its smoothed loss.
     pub fn loss(&self) -> f64 {
+        let ended_broken = self.diverged || (!self.finished && !self.final_train.is_finite());
         match (self.smoothed_val, self.smoothed_train) {
             (Some(v), _) => v,
-            (None, Some(t)) if !self.diverged && self.final_train.is_finite() => t,
+            (None, Some(t)) if !ended_broken => t,
             _ => self.final_train,
         }
     }
@@ -205,23 +207,63 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     let flops_per_step = num(&derived, "train_flops_per_step_mean", "derived.json")?;
     let flops_by_size = by_size(&derived, "train_flops_per_step_mean")
         .with_context(|| format!("{}: `train_flops_per_step_mean` missing in derived.json", dir.display()))?;
-    let val_key = val_set.map_or("loss".to_string(), |name| format!("sets/{name}/loss"));
-    let ([mut val_curve], val_note) = jsonl_curves(&dir.join("val.jsonl"), [val_key.as_str()])?;
+    let (val_key, rows_key) = match val_set {
+        None => ("loss".to_string(), "rows".to_string()),
+        Some(name) => (format!("sets/{name}/loss"), format!("sets/{name}/rows")),
+    };
+    let ([val_curve, val_rows], val_note) = jsonl_curves(&dir.join("val.jsonl"), [&val_key, &rows_key])?;
+    let finished = summary["finished"]
+        .as_bool()
+        .with_context(|| format!("{}: `finished` missing in summary.json", dir.display()))?;
+    // (lines past the summary's step: a session killed after its last summary, whose steps it does not count)
+    let upto = |mut c: Curve| {
+        c.truncate(c.partition_point(|p| p.0 <= steps));
+        c
+    };
+    // a finished run's validation loss is its end's: one measured part-way (an `infinity eval` of an
+    // earlier checkpoint, a set dropped from val.sets on a resume) would be fitted at the whole run's compute
+    let short = |c: &Curve| finished && c.last().is_some_and(|p| p.0 < steps);
+    let mut val_curve = upto(val_curve);
     let (mut eval_measured, mut val_from_eval) = (None, false);
-    if let Some(name) = val_set.filter(|_| val_curve.is_empty()) {
+    if let Some(name) = val_set.filter(|_| val_curve.is_empty() || short(&val_curve)) {
         let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name);
-        val_curve = curve;
-        val_from_eval = !val_curve.is_empty();
-        // (lines of an earlier build may not name the folder: measured as the run's config says then)
-        eval_measured = measured.filter(|_| val_from_eval);
+        let curve = upto(curve);
+        if !curve.is_empty() {
+            (val_curve, val_from_eval) = (curve, true);
+            // (lines of an earlier build may not name the folder: measured as the run's config says then)
+            eval_measured = measured;
+        }
+    }
+    if let Some(&(last, _)) = val_curve.last().filter(|_| short(&val_curve)) {
+        let (what, how) = match val_set {
+            Some(name) => (
+                format!("set `{name}` of {}", if val_from_eval { EVAL_FILE } else { "val.jsonl" }),
+                format!(
+                    "infinity eval {} --val DIR --name {name} --out {}",
+                    dir.display(),
+                    dir.join(EVAL_FILE).display()
+                ),
+            ),
+            None => ("val.jsonl".to_string(), format!("infinity eval {} on val.dir", dir.display())),
+        };
+        bail!(
+            "{}: its validation loss ({what}) ends at step {last}, but the run finished at step {steps}: evaluate its \
+             last checkpoint ({how})",
+            dir.display()
+        );
     }
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
     let config = std::fs::read_to_string(dir.join("config.toml")).ok().and_then(|t| settings::normalised(&t));
     // (`infinity eval`'s losses are measured on its `--val` folder and rows, with the run's other
     // validation settings: read as a run validating there would be)
-    let measured_config = match (&eval_measured, &config) {
-        (Some((val_dir, rows)), Some(t)) => Some(settings::validating_on(t, val_dir, *rows)),
+    // (and a run validating in training on the rows it measured, as val.jsonl records them: a set smaller
+    // than val.max_rows is measured whole, whatever the setting)
+    let measured_config = match (&eval_measured, &config, val_rows.last()) {
+        (Some((val_dir, rows)), Some(t), _) => Some(settings::validating_on(t, val_dir, *rows)),
+        (None, Some(t), Some(&(_, rows))) if !val_from_eval && rows.is_finite() => {
+            Some(settings::measuring_rows(t, rows as u64))
+        }
         _ => config.clone(),
     };
     let config_num = |section: &str, key: &str| {
@@ -245,9 +287,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         flops_per_step,
         compute: summed(&flops_by_size, steps),
         flops_by_size,
-        finished: summary["finished"]
-            .as_bool()
-            .with_context(|| format!("{}: `finished` missing in summary.json", dir.display()))?,
+        finished,
         diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
         final_train: match &summary["loss"] {
@@ -340,7 +380,7 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
         let waiting = match waiting.is_empty() {
             true => String::new(),
             false => format!(
-                "\n  without a summary.json (not started, or failed before their first step): {}",
+                "\n  without a summary.json (not started, or failed before their first checkpoint): {}",
                 waiting.join(", ")
             ),
         };
@@ -404,7 +444,11 @@ fn val_set_names(path: &Path) -> Vec<String> {
 /// Run folders in natural name order: numbers by value (`embed-dim-64` before `embed-dim-128`,
 /// `tokens-5e4` before `tokens-1e5`).
 pub(super) fn sort_by_name(dirs: &mut [PathBuf]) {
-    dirs.sort_by_cached_key(|d| natural_key(&d.file_name().unwrap_or_default().to_string_lossy()));
+    // (the name itself breaks ties: `lr-0.001` and `lr-1e-3` are equal numbers, and listing order is not fixed)
+    dirs.sort_by_cached_key(|d| {
+        let name = d.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        (natural_key(&name), name)
+    });
 }
 
 /// `name` in runs of numbers (`64`, `0.05`, `3e-4`, compared by value) and of other characters
@@ -501,7 +545,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("lr-0.01")).unwrap();
         std::fs::write(dir.path().join("lr-0.01/config.toml"), "").unwrap();
         let e = gather();
-        assert!(e.ends_with("(has the sweep run?)\n  without a summary.json (not started, or failed before their first step): lr-0.01"), "{e}");
+        assert!(e.ends_with("(has the sweep run?)\n  without a summary.json (not started, or failed before their first checkpoint): lr-0.01"), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
         let e = gather();
         let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \

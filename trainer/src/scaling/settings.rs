@@ -187,6 +187,17 @@ pub fn validating_on(table: &toml::Table, val_dir: &str, rows: u64) -> toml::Tab
     t
 }
 
+/// A run's (normalised) config as measuring `rows` rows of its validation set: the rows its validation
+/// read (`val.jsonl` records them), which a set smaller than `val.max_rows` makes fewer than the setting.
+pub fn measuring_rows(table: &toml::Table, rows: u64) -> toml::Table {
+    let mut t = table.clone();
+    let val = t.entry("val").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(v) = val.as_table_mut() {
+        v.insert("max_rows".into(), toml::Value::Integer(rows as i64));
+    }
+    t
+}
+
 /// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with
 /// `derived.json`'s dataset fingerprint and `d`; its validation loss is `val_set`'s where one is named
 /// (one of `val.sets`, by name), else `val.dir`'s.

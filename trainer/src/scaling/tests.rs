@@ -66,19 +66,22 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let notes = r.notes.join("\n");
     assert!(notes.contains("still training (their folders' locks are held; no summary.json yet): r2"), "{notes}");
-    assert!(!notes.contains("failed before their first step"), "{notes}");
+    assert!(!notes.contains("failed before their first checkpoint"), "{notes}");
     assert!(notes.contains("loss_vs_compute: not drawn"), "{notes}");
     assert!(r.power.is_none() && root.join("scaling/runs.csv").is_file() && root.join("scaling/fits.md").is_file());
     assert!(!root.join("scaling/loss_vs_compute.png").exists());
     assert!(r.files.iter().all(|f| f.exists()), "{:?}", r.files);
     drop(lock);
-    // (the lock let go: never started, with its config alone; with a log, failed before its first step)
+    // (the lock let go: never started, with its config alone; with a log, failed before its first checkpoint)
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r.notes.join("\n").contains("left out (not started: a config.toml alone, no log): r2"), "{:?}", r.notes);
     std::fs::write(root.join("r2/train.log"), "error: …\n").unwrap();
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let notes = r.notes.join("\n");
-    assert!(notes.contains("no summary.json: failed before their first step; their logs say why): r2"), "{notes}");
+    assert!(
+        notes.contains("no summary.json: failed before their first checkpoint; their logs say why): r2"),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -642,4 +645,115 @@ fn non_embedding_parameters_are_fitted_where_asked() {
     let total = analysed(Parameters::Total, "total");
     assert!(n_opt_error(&total) > 0.1, "N_opt off by only {:.3} counting the embeddings", n_opt_error(&total));
     assert!(total.runs.iter().any(|r| r.name == "old"));
+}
+
+/// A finished run's validation loss must be of its end: an `infinity eval` of an earlier checkpoint (or a
+/// set val.jsonl stopped measuring) is not fitted at the whole run's compute; the run is named with how
+/// to measure its end, and fitted once eval.jsonl has it.
+#[test]
+fn a_validation_loss_measured_part_way_is_not_the_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(root, "r", (1e6, 1e8, 6e14), &[Some(3.0), Some(2.0)], "a"); // 20 steps
+    let eval = |step: u64, loss: f64| {
+        format!("{}\n", serde_json::json!({ "step": step, "set": "news", "loss": loss, "val_dir": "/n", "rows": 8 }))
+    };
+    std::fs::write(root.join("r").join(super::runs::EVAL_FILE), eval(10, 2.5)).unwrap();
+    let e = format!("{:#}", super::runs::read_run(&root.join("r"), Some("news")).unwrap_err());
+    assert!(e.contains("(set `news` of eval.jsonl) ends at step 10, but the run finished at step 20"), "{e}");
+    assert!(e.contains("--name news --out"), "{e}");
+    // val.jsonl's set stopped part-way (dropped from val.sets on a resume): eval.jsonl's end is taken
+    let val = [r#"{"step":10,"loss":3.0,"sets":{"news":{"loss":2.6}}}"#, r#"{"step":20,"loss":2.0}"#];
+    std::fs::write(root.join("r/val.jsonl"), val.join("\n") + "\n").unwrap();
+    let e = format!("{:#}", super::runs::read_run(&root.join("r"), Some("news")).unwrap_err());
+    assert!(e.contains("ends at step 10"), "{e}");
+    std::fs::write(root.join("r").join(super::runs::EVAL_FILE), eval(10, 2.5) + &eval(20, 1.5)).unwrap();
+    let (r, _) = super::runs::read_run(&root.join("r"), Some("news")).unwrap();
+    assert_eq!((r.final_val, r.val_from_eval), (Some(1.5), true));
+    // a run stopped before its end is read as it stands (its table row says so)
+    set_finished(&root.join("r"), false);
+    std::fs::write(root.join("r").join(super::runs::EVAL_FILE), eval(10, 2.5)).unwrap();
+    assert_eq!(super::runs::read_run(&root.join("r"), Some("news")).unwrap().0.final_val, Some(2.6));
+}
+
+/// Runs are compared on the validation rows they measured: a set smaller than `val.max_rows` is read
+/// whole, so a run validating in training (val.jsonl's `rows`) and one measured by `infinity eval`
+/// (eval.jsonl's) on the same 300 rows are measured alike, whatever each config's max_rows.
+#[test]
+fn validation_rows_are_the_rows_measured_not_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let config = "[val]\ndir = \"/data/val\"\nmax_rows = 1024\n";
+    run_with(root, "trained", (1e6, 1e8, 6e14), &[Some(2.0)], "a", config);
+    std::fs::write(root.join("trained/val.jsonl"), "{\"step\":10,\"loss\":2.0,\"rows\":300}\n").unwrap();
+    let (r, _) = super::runs::read_run(&root.join("trained"), None).unwrap();
+    assert_eq!((r.settings.get("val.max_rows"), r.settings.get("val.dir")), ("300", "/data/val"));
+}
+
+/// A finished run whose very last step was skipped as non-finite (summary.json's loss null, not
+/// diverged) keeps its smoothed training loss: it is fitted, not called diverged.
+#[test]
+fn a_finished_run_ending_on_a_skipped_step_keeps_its_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (l, _) = train_run(root, "last", 1e15, 0);
+    let summary = serde_json::json!({ "step": 99, "loss": null, "finished": true, "diverged": false });
+    std::fs::write(root.join("last/summary.json"), summary.to_string()).unwrap();
+    let (run, _) = super::runs::read_run(&root.join("last"), None).unwrap();
+    assert!(run.final_train.is_nan() && (run.loss() / l - 1.0).abs() < 0.01, "{run:?}");
+    // stopped unfinished on it: the NaN stays
+    let summary = serde_json::json!({ "step": 99, "loss": null, "finished": false });
+    std::fs::write(root.join("last/summary.json"), summary.to_string()).unwrap();
+    assert!(super::runs::read_run(&root.join("last"), None).unwrap().0.loss().is_nan());
+}
+
+/// Budgets far below the runs are extrapolations too, and warned of as those far above are.
+#[test]
+fn a_budget_far_below_the_runs_is_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16, 1e17, 1e18].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+    }
+    let r = super::analyse(&[root], &root.join("scaling"), &[1e9]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("at C = 1.000e9: 1.00e-6 of the smallest run's compute (1.000e15)"), "{warnings}");
+}
+
+/// The measurement fitted is the one of the most experiments, not of the most runs: four seeds of one
+/// config (one point) measured on 100 rows do not push aside three sizes measured on 512.
+#[test]
+fn the_fitted_measurement_has_the_most_experiments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for seed in 0..4 {
+        let config = format!("[run]\nseed = {seed}\n[val]\ndir = \"/data/val\"\nmax_rows = 100\n");
+        run_with(root, &format!("seed-{seed}"), (1e6, 1e8, 6e14), &[Some(2.0)], "a", &config);
+    }
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        law_run(root, &format!("size-{i}"), c, "a");
+    }
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    assert_eq!(r.points.len(), 3, "{:?}", r.warnings);
+    assert!(r.warnings.join("\n").contains("seed-0, seed-1, seed-2, seed-3"), "{:?}", r.warnings);
+}
+
+/// The "exact parabola" warning counts an IsoFLOP profile's points, not its sizes: two configs of one
+/// size (another shape of as many parameters) are a fourth point, which tests the shape.
+#[test]
+fn an_isoflop_profile_of_four_points_at_three_sizes_is_not_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let c = 1e19;
+    for (k, shape) in [(-1, 0), (0, 0), (0, 1), (1, 0)] {
+        let n = chinchilla_n_opt(c) * 2f64.powi(k);
+        let d = c / (6.0 * n);
+        let wobble = 1.0 + 0.001 * shape as f64;
+        let config = format!("[val]\ndir = \"/data/val\"\n[x]\nn = {n:e}\nd = {d:e}\nc = {c:e}\nshape = {shape}\n");
+        let loss = chinchilla_loss(n, d) * wobble;
+        run_with(root, &format!("n{}-shape{shape}", k + 1), (n, d, c), &[Some(loss)], "a", &config);
+    }
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    assert_eq!(r.isoflop.profiles.len(), 1, "{:?}", r.notes);
+    assert!(!r.warnings.join("\n").contains("passes exactly"), "{:?}", r.warnings);
 }
