@@ -7,7 +7,8 @@
    (numpy for f32; bf16 has no numpy type, so its bytes are read directly and widened) and checks every
    tensor's dtype against config.json and every value for being finite; and the shard index beside it
    (model.safetensors.index.json, what upstream's `--checkpoint_type torch_shard` loads) names every
-   tensor; and that config.json describes this file (its `weights`: one export per folder).
+   tensor; and that config.json describes this file (its `weights`: one export per folder) and, where
+   it records one, that the file has its checksum (`weights_crc32c`: a file changed since the export).
 2. Checks that the block keys are laid out as `constructor_kwargs.block_chunks` makes upstream's
    `Infinity` register them: `block_chunks.C.module.J` (C < block_chunks, J < depth / block_chunks)
    for more than one chunk, `blocks.N` for one.

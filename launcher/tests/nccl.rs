@@ -217,8 +217,8 @@ fn watchdog_aborts_a_stalled_collective() {
 /// naming it, instead of blocking until they are killed.
 #[test]
 fn setup_without_a_rank_times_out_naming_it() {
-    if devices() < 2 {
-        eprintln!("skipped: the setup drill needs 2 GPUs (found {})", devices());
+    // (rank 1 never touches a GPU: one is enough)
+    if devices_or_skip().is_none() {
         return;
     }
     let timeout = Duration::from_secs(2);
@@ -235,6 +235,21 @@ fn setup_without_a_rank_times_out_naming_it() {
     let (e, took) = results.into_iter().flatten().next().unwrap();
     assert!(matches!(e, CommError::Timeout { op: "nccl init", peer: 1, .. }), "{e}");
     assert!(took >= timeout && took < timeout * 3, "failed after {took:?} for a {timeout:?} timeout");
+
+    // a rank whose own setup failed (it posts why, as a failed ncclCommInitRank does) is named with it
+    let results = common::on_ranks(2, move |rank, c| {
+        if rank == 1 {
+            c.get("test/nccl-id", Duration::from_secs(10)).unwrap();
+            c.set("test/nccl-joining/1", b"1").unwrap();
+            c.set("test/nccl-failed/1", b"collective `nccl init`: NCCL ncclSystemError").unwrap();
+            return None;
+        }
+        let ctx = CudaContext::new(0).unwrap();
+        NcclComm::connect(c, "test", 0, 2, ctx.new_stream().unwrap(), timeout, false).err()
+    });
+    let e = results.into_iter().flatten().next().unwrap();
+    assert!(matches!(e, CommError::Peer { op: "nccl init", peer: 1, .. }), "{e}");
+    assert!(e.to_string().contains("its NCCL setup failed: collective `nccl init`: NCCL ncclSystemError"), "{e}");
 }
 
 /// A kernel that holds the stream for `ns` nanoseconds of wall time (the device's global timer).

@@ -48,6 +48,10 @@ fn a_wrong_token_is_refused() {
     let e = StoreClient::connect(&addr, "guess", "intruder", T).err().unwrap();
     assert!(format!("{e:#}").contains("wrong token"), "{e:#}");
     assert!(StoreClient::connect(&addr, "secret", "ok", T).is_ok());
+    // a rank (started without the agent, which hands its ranks its token) is told of its own settings
+    let e = format!("{:#}", StoreClient::connect(&addr, "guess", "rank 3", T).err().unwrap());
+    assert!(e.contains("refused rank 3: wrong token: INFINITY_RDZV_TOKEN differs from the one rank 0"), "{e}");
+    assert!(e.contains("MASTER_PORT or INFINITY_STORE_PORT") && !e.contains("--rdzv"), "{e}");
 }
 
 #[test]
@@ -138,6 +142,9 @@ fn a_long_first_message_is_refused_before_its_body_arrives() {
     let mut sink = [0u8; 64];
     assert_eq!(s.read(&mut sink).expect("closed, not left waiting for the body"), 0);
     assert!(t0.elapsed() < Duration::from_secs(5));
+    // a client says so before sending one (a long token would otherwise read as a store gone away)
+    let e = format!("{:#}", StoreClient::connect(&addr, &"t".repeat(MAX_HELLO), "r", T).err().unwrap());
+    assert!(e.contains("a shorter INFINITY_RDZV_TOKEN"), "{e}");
     // a hello of MAX_HELLO bytes or less is read as ever
     let who = "x".repeat(MAX_HELLO - 100);
     let mut c = StoreClient::connect(&addr, "tok", &who, T).unwrap();

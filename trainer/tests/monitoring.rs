@@ -274,6 +274,33 @@ fn a_divergence_is_repeated_only_from_the_steps_its_session_passed_through() {
     assert_eq!((&summary(&cfg.run.dir)["step"], &summary(&cfg.run.dir)["diverged"]), (&12.into(), &false.into()));
 }
 
+/// A plain restart (a preemption) keeps the step since which the run trained with its settings: a
+/// divergence in the restarted session is refused from every checkpoint those settings wrote, the
+/// first session's included.
+#[test]
+fn a_divergence_after_a_restart_is_refused_from_before_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.run.steps, cfg.optim.warmup_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last) = (2, 0, 1, 100);
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let ckpt = |step: u64| cfg.run.dir.join(format!("checkpoints/step-{step:08}"));
+    // session A: a rate far too high from step 2, preempted after step 3; B, a plain restart, diverges
+    let mut wild = cfg.clone();
+    (wild.run.steps, wild.optim.lr) = (12, Some(1e30));
+    let a = TrainOptions { resume: Some(ckpt(2)), stop_after: Some(3), ..Default::default() };
+    train(&wild, &a).unwrap();
+    let b = TrainOptions { resume: Some(ckpt(3)), ..Default::default() };
+    let e = format!("{:#}", train(&wild, &b).unwrap_err());
+    assert!(e.contains("consecutive non-finite steps"), "{e}");
+    let s = summary(&wild.run.dir);
+    assert_eq!((&s["started_at"], &s["same_settings_since"]), (&3.into(), &2.into()), "{s}");
+    // from step 2, A's start with these settings: refused (B's start alone would let it through)
+    let e = format!("{:#}", train(&wild, &TrainOptions { resume: Some(ckpt(2)), ..Default::default() }).unwrap_err());
+    assert!(e.contains("repeats it step for step"), "{e}");
+}
+
 /// TensorBoard's HParams row is written once per run folder: at step 0, and by a branch (a run folder
 /// started from another's checkpoint), not by a session resuming the folder's own.
 #[test]

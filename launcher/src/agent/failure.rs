@@ -225,19 +225,7 @@ pub(super) fn collectives(dir: &Path, local: Option<&RankFailure>) -> Vec<String
     let own_exit = |f: &&RankFailure| f.exit_code.is_some_and(|c| c != EXIT_COMM_TIMEOUT);
     let exited: Vec<usize> = local.filter(own_exit).map(|f| f.rank).into_iter().collect();
     let mut lines = flight::diagnose_beside(&dumps, &exited);
-    let frozen =
-        |u: &flight::Unanswered| matches!(u.state, flight::ProcState::Stopped | flight::ProcState::Uninterruptible);
-    for u in &unanswered {
-        match dumps.iter().any(|d| d.rank == u.rank) {
-            false => lines.push(u.line()),
-            true if frozen(u) => lines.push(format!(
-                "{} (its record came later, written once it was let go on to stop: it tells where the rank got \
-                 to, not why it answered nothing)",
-                u.line()
-            )),
-            true => {}
-        }
-    }
+    lines.extend(flight::unanswered_lines(&unanswered, &dumps));
     lines.extend(notes.into_iter().map(|n| format!("set aside: {n}")));
     lines
 }

@@ -17,7 +17,8 @@ mod files;
 mod process;
 pub use diagnose::{diagnose, diagnose_beside, never_entered, read_dumps};
 pub use process::{
-    look_at_group, read_unanswered, unanswered_name, write_unanswered, ProcState, Process, Seen, Unanswered,
+    look_at_group, read_unanswered, unanswered_lines, unanswered_name, write_unanswered, ProcState, Process, Seen,
+    Unanswered,
 };
 
 /// The environment variable naming the folder the records are written into (none: not written).

@@ -103,12 +103,33 @@ fn init_within(
             let _ = tx.send(made);
         })
         .map_err(|e| CommError::Backend { op: OP, detail: format!("spawning the init thread: {e}") })?;
+    let failed = |r: usize| format!("{prefix}/nccl-failed/{r}");
     match rx.recv_timeout(timeout) {
-        Ok(made) => made.map(|InitDone(comm)| comm),
+        Ok(Ok(InitDone(comm))) => Ok(comm),
+        Ok(Err(e)) => {
+            // (for the others, whose setup now waits for this rank until their timeout)
+            let _ = store.set(&failed(rank), e.to_string().as_bytes());
+            Err(e)
+        }
         Err(_) => {
             let secs = timeout.as_secs_f64();
-            let keys: Vec<String> = (0..world).map(joining).collect();
-            let came = store.check(&keys).unwrap_or_else(|_| vec![true; world]);
+            let unknown = |e: anyhow::Error| {
+                CommError::Stalled {
+                op: OP,
+                detail: format!("ncclCommInitRank did not return within {secs:.0} s, and the store cannot say which ranks reached it: {e:#}"),
+            }
+            };
+            let check = |store: &mut StoreClient, key: &dyn Fn(usize) -> String| {
+                store.check(&(0..world).map(key).collect::<Vec<_>>())
+            };
+            let gave_up = check(store, &failed).map_err(unknown)?;
+            if let Some(peer) = gave_up.iter().position(|&f| f) {
+                let why =
+                    store.get(&failed(peer), Duration::from_secs(1)).map(|b| String::from_utf8_lossy(&b).into_owned());
+                let detail = format!("its NCCL setup failed: {}", why.unwrap_or_else(|e| format!("{e:#}")));
+                return Err(CommError::Peer { op: OP, peer, detail });
+            }
+            let came = check(store, &joining).map_err(unknown)?;
             match came.iter().position(|&c| !c) {
                 Some(peer) => Err(CommError::Timeout { op: OP, peer, secs }),
                 None => Err(CommError::Stalled {

@@ -48,7 +48,8 @@ pub fn bind(ip: IpAddr, ports: Option<&RangeInclusive<u16>>) -> Result<TcpListen
     };
     bail!(
         "every port of {RING_PORTS_VAR}={named} is taken on {ip}: each rank of a node takes one, so give at least \
-         as many as the node runs ranks"
+         as many as the node runs ranks, beside those other programs hold (`ss -ltnp` lists them); or another \
+         range"
     )
 }
 

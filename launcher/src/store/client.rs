@@ -66,6 +66,12 @@ impl StoreClient {
             if progress.due() {
                 // (a store expected on this very machine: the agent meant to host it runs elsewhere, or not yet)
                 let here = match addr.to_socket_addrs().ok().and_then(|mut t| t.next()) {
+                    // (a rank finds no store where a scheduler started the ranks without the agent, whose
+                    // store is up before its ranks start: rank 0 hosts it)
+                    Some(t) if super::is_this_machine(t.ip()) && who.starts_with("rank ") => {
+                        " (that is this machine: rank 0, the store's host where the ranks start without \
+                         `infinity launch`, should run here; is it running, with RANK=0?)"
+                    }
                     Some(t) if super::is_this_machine(t.ip()) => {
                         " (that is this machine: the store's host, node rank 0's agent or rank 0 without one, \
                          should run here; is it running, with --node-rank 0?)"
@@ -86,6 +92,15 @@ impl StoreClient {
         let mut c =
             StoreClient { sock, addr: addr.to_string(), who: who.to_string(), reply_timeout: wait, broken: false };
         let hello = Request::Hello { token: token.into(), who: who.into() };
+        // (the store closes a longer first message unread, which would read as a store gone away)
+        let len = super::wire::frame(&hello).len() - 4;
+        if len > super::MAX_HELLO {
+            bail!(
+                "store {addr}: the hello of {who} is {len} bytes, above the {} a store reads before the token is \
+                 checked: a shorter INFINITY_RDZV_TOKEN (or --token)",
+                super::MAX_HELLO
+            );
+        }
         let reply = c.call(&hello, Duration::ZERO).map_err(|e| match is_timeout(&e) {
             true => anyhow::anyhow!(
                 "no answer from {addr} within {:.0} s (its host frozen or overloaded, or not an infinity store)",
@@ -348,9 +363,8 @@ impl StoreClient {
 
     /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still
     /// missing) and the store's refusals whenever a report is due: `[launch] waiting for node ranks [1] of
-    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`.
-    /// Wait for `keys`, saying every `progress` interval what is missing; a member that posted why it
-    /// cannot join under `mismatch` ends the wait at the next interval (or the timeout) with that error.
+    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`. A member that posted why it cannot join under
+    /// `mismatch` ends the wait at the next report (or the timeout) with that error.
     fn wait_saying(
         &mut self,
         keys: &[String],

@@ -23,9 +23,15 @@ pub enum Why {
 }
 
 impl Why {
-    /// The reason as the refused peer reads it (in its error).
-    pub fn to_peer(&self) -> String {
+    /// The reason as the refused peer, `who` (`agent 1`, `rank 3`), reads it (in its error): a rank is
+    /// refused only where a scheduler started it without the agent (which hands its ranks its token), so
+    /// it is told of its own settings, not of the agent's flags.
+    pub fn to_peer(&self, who: &str) -> String {
         match self {
+            Why::WrongToken if who.starts_with("rank ") => "wrong token: INFINITY_RDZV_TOKEN differs from the one \
+                 rank 0, the store's host, was started with; give every rank the same (or MASTER_ADDR:MASTER_PORT \
+                 is another job's store: give this job a port of its own, MASTER_PORT or INFINITY_STORE_PORT)"
+                .into(),
             Why::WrongToken => "wrong token: INFINITY_RDZV_TOKEN (or --token) differs from the one the store's host \
                                 (node 0's agent, or rank 0) was started with; give every node the same (or the \
                                 port is another job's store: give this job's --rdzv a port of its own)"

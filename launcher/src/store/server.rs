@@ -124,9 +124,9 @@ async fn reply(sock: &mut TcpStream, r: &Response) -> std::io::Result<()> {
 
 /// Refuses the peer, telling it why and remembering it.
 async fn refuse(sock: &mut TcpStream, state: &State, who: &str, ip: IpAddr, why: Why) -> String {
-    let _ = reply(sock, &Response::Error { message: why.to_peer() }).await;
+    let _ = reply(sock, &Response::Error { message: why.to_peer(who) }).await;
     state.refused.lock().unwrap().add(who, ip, why.clone());
-    format!("{who}: {}", why.to_peer())
+    format!("{who}: {}", why.to_peer(who))
 }
 
 async fn connection(mut sock: TcpStream, ip: IpAddr, state: &State) -> Result<(), String> {

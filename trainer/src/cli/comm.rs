@@ -96,11 +96,10 @@ fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
     dumps.sort_by_key(|d| d.rank);
     lines.extend(dumps.iter().map(rank_line));
     lines.extend(flight::diagnose(&dumps));
-    // (the first folder's word on a rank, as for its record; none for a rank with a record)
+    // (the first folder's word on a rank, as for its record; a rank with a record only where it was found
+    // frozen: the launcher's report says the same)
     unanswered.sort_by_key(|u| u.rank);
-    unanswered.dedup_by_key(|u| u.rank);
-    unanswered.retain(|u| !dumps.iter().any(|d| d.rank == u.rank));
-    lines.extend(unanswered.iter().map(flight::Unanswered::line));
+    lines.extend(flight::unanswered_lines(&unanswered, &dumps));
     Ok(lines)
 }
 
@@ -138,7 +137,7 @@ mod tests {
     use super::*;
 
     /// One node's folder with rank 0's record, the other's with its agent's word on rank 1, which
-    /// wrote none: read together.
+    /// wrote none (then one written once it was let go on): read together.
     #[test]
     fn records_and_the_ranks_that_wrote_none_are_read_together() {
         let tmp = tempfile::tempdir().unwrap();
@@ -178,6 +177,10 @@ mod tests {
         let e = flight_lines(&[a.clone(), b.clone()]).unwrap_err().to_string();
         assert!(e.starts_with("the records are of 2 runs or attempts: run r attempt 1 ("), "{e}");
         std::fs::write(b.join(flight::record_name(1)), attempt(1).replacen("\"rank\": 0", "\"rank\": 1", 1)).unwrap();
-        assert!(flight_lines(&[a, b]).is_ok());
+        // rank 1 found stopped (SIGSTOP) wrote its record once let go on: the record is read, and the
+        // agent's finding that it was stopped stays (as the launcher's report says it)
+        let lines = flight_lines(&[a, b]).unwrap();
+        let stopped = lines.iter().find(|l| l.starts_with("rank 1 (pid 77 on b) wrote no flight record when asked"));
+        assert!(stopped.is_some_and(|l| l.contains("its process is stopped") && l.contains("its record came later")));
     }
 }

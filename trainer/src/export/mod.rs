@@ -446,7 +446,7 @@ impl ExportFolder {
         ensure!(
             &found == want,
             "{}: crc32c {found}, its config.json records {want}: the file changed since it was exported (a damaged \
-             copy?): copy it again, or export again",
+             copy, or an export into its name cut short?): copy it again, or export again",
             self.weights.display()
         );
         Ok(())

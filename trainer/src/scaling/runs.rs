@@ -223,7 +223,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     // a finished run's validation loss is its end's: one measured part-way (an `infinity eval` of an
     // earlier checkpoint, a set dropped from val.sets on a resume) would be fitted at the whole run's compute
     let short = |c: &Curve| finished && c.last().is_some_and(|p| p.0 < steps);
-    let mut val_curve = upto(val_curve);
+    let (mut val_curve, val_rows) = (upto(val_curve), upto(val_rows));
     let (mut eval_measured, mut val_from_eval) = (None, false);
     if let Some(name) = val_set.filter(|_| val_curve.is_empty() || short(&val_curve)) {
         let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name);
@@ -244,7 +244,16 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
                     dir.join(EVAL_FILE).display()
                 ),
             ),
-            None => ("val.jsonl".to_string(), format!("infinity eval {} on val.dir", dir.display())),
+            // (eval.jsonl's lines are read for a named set alone)
+            None => (
+                "val.jsonl".to_string(),
+                format!(
+                    "infinity eval {} --val VAL_DIR --name NAME --out {} for every run, then infinity scaling \
+                     --val-set NAME",
+                    dir.display(),
+                    dir.join(EVAL_FILE).display()
+                ),
+            ),
         };
         bail!(
             "{}: its validation loss ({what}) ends at step {last}, but the run finished at step {steps}: evaluate its \

@@ -688,6 +688,23 @@ fn validation_rows_are_the_rows_measured_not_the_setting() {
     std::fs::write(root.join("trained/val.jsonl"), "{\"step\":10,\"loss\":2.0,\"rows\":300}\n").unwrap();
     let (r, _) = super::runs::read_run(&root.join("trained"), None).unwrap();
     assert_eq!((r.settings.get("val.max_rows"), r.settings.get("val.dir")), ("300", "/data/val"));
+    // the same set as `infinity eval` measured it for a run of max_rows 512, and named so by both
+    let sets = "[val]\nmax_rows = 512\n[[val.sets]]\nname = \"v\"\ndir = \"/data/val\"\n";
+    run_with(root, "evaluated", (1e6, 1e8, 6e14), &[Some(2.0)], "a", sets);
+    std::fs::write(root.join("evaluated/val.jsonl"), "").unwrap();
+    let line = serde_json::json!({ "step": 10, "set": "v", "loss": 2.0, "val_dir": "/data/val", "rows": 300 });
+    std::fs::write(root.join("evaluated").join(super::runs::EVAL_FILE), format!("{line}\n")).unwrap();
+    let set = "[val]\nmax_rows = 1024\n[[val.sets]]\nname = \"v\"\ndir = \"/data/val\"\n";
+    std::fs::write(root.join("trained/config.toml"), set).unwrap();
+    std::fs::write(
+        root.join("trained/val.jsonl"),
+        "{\"step\":10,\"loss\":2.0,\"sets\":{\"v\":{\"loss\":2.0,\"rows\":300}}}\n",
+    )
+    .unwrap();
+    let (trained, _) = super::runs::read_run(&root.join("trained"), Some("v")).unwrap();
+    let (evaluated, _) = super::runs::read_run(&root.join("evaluated"), Some("v")).unwrap();
+    assert!(evaluated.val_from_eval && !trained.val_from_eval);
+    assert_eq!(trained.settings.measured, evaluated.settings.measured, "measured alike");
 }
 
 /// A finished run whose very last step was skipped as non-finite (summary.json's loss null, not

@@ -103,6 +103,9 @@ pub struct TrainSummary {
     /// The step the run is at, and the one this session started from (0: a fresh start).
     pub steps: u64,
     pub started_at: u64,
+    /// The step since which the run has trained with this session's settings, on as many ranks, with
+    /// this build (earlier plain restarts included): a divergence repeats from any checkpoint after it.
+    pub same_settings_since: u64,
     pub last_loss: f64,
     pub last_bit_acc: f64,
     pub skipped_steps: u64,
@@ -221,6 +224,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             );
         }
     }
+    // (before config.toml is this session's: it compares with the last session's)
+    let same_settings_since = match resumed {
+        true => start_state::same_settings_since(cfg, &config_toml, state.step, dist.world),
+        false => 0,
+    };
     if leader {
         write_run_file(run, "config.toml", &config_toml)?;
         let position = loader.state();
@@ -242,7 +250,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.dataset_names(log::dataset_names(&ds));
     }
     if resumed {
-        summary.resumed(&state, opts.resume.clone())?;
+        summary.resumed(&state, opts.resume.clone(), same_settings_since)?;
     }
     let keep = (cfg.checkpoint.keep_last, cfg.checkpoint.keep_every);
     // (the summary on disk now: the one a stop rewrites while its checkpoint is being written)

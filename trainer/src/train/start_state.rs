@@ -344,22 +344,40 @@ pub(crate) fn repeated_divergence(
     step: u64,
     world: usize,
 ) -> Option<String> {
-    let resuming = changes.is_some();
-    let bookkeeping = |c: &String| {
+    let diverged_with = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
+    let since = diverged_with.and_then(|t| rundir::config_changes(&t, config_toml).ok());
+    let changed = since.as_deref().or(changes)?;
+    match leave_the_steps(changed, changes.is_some()) {
+        true => rundir::repeats_divergence(&cfg.run.dir, step, world),
+        false => None,
+    }
+}
+
+/// Whether config changes (`key: old → new` lines) leave a run's steps as they were: only what is logged,
+/// checkpointed, sampled or validated, and on a resume (`resuming`) the initialisation, which the
+/// checkpoint's weights replace.
+fn leave_the_steps(changes: &[String], resuming: bool) -> bool {
+    changes.iter().all(|c| {
         let key = c.split(':').next().unwrap_or(c);
         let section = key.split('.').next().unwrap_or(key);
         matches!(section, "checkpoint" | "sample" | "val")
             || matches!(key, "run.log_every" | "run.peak_tflops" | "run.stall_timeout_s" | "run.gpu_memory_check")
             || matches!(key, "data.workers")
             || (resuming && key.starts_with("model.init"))
-    };
-    let diverged_with = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
-    let since = diverged_with.and_then(|t| rundir::config_changes(&t, config_toml).ok());
-    let changed = since.as_deref().or(changes)?;
-    match changed.iter().all(bookkeeping) {
-        true => rundir::repeats_divergence(&cfg.run.dir, step, world),
-        false => None,
-    }
+    })
+}
+
+/// The step from which a session resuming at `step` on `world` ranks with `config_toml` trains the run as
+/// the sessions before it did (summary.json's `same_settings_since`): the last session's value where it
+/// ran with these settings (RUN/config.toml, which it wrote as it began, differing only in what leaves
+/// the steps), on as many ranks, with this build, did not diverge and had reached `step` with them; else
+/// `step`. A plain restart (a preemption, the launcher's) keeps it, so a divergence after several is
+/// refused from every checkpoint those settings wrote.
+pub(crate) fn same_settings_since(cfg: &TrainConfig, config_toml: &str, step: u64, world: usize) -> u64 {
+    let before = std::fs::read_to_string(cfg.run.dir.join("config.toml")).ok();
+    let changes = before.and_then(|t| rundir::config_changes(&t, config_toml).ok());
+    let unchanged = changes.is_some_and(|c| leave_the_steps(&c, true));
+    rundir::same_settings_since(&cfg.run.dir, step, world, unchanged)
 }
 
 /// Whether a fresh start on `world` ranks, of `cfg` on the dataset `data`, repeats a divergence before

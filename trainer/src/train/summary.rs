@@ -64,6 +64,7 @@ impl<'a> SummaryFile<'a> {
         let summary = TrainSummary {
             steps: state.step,
             started_at: state.step,
+            same_settings_since: state.step,
             last_loss,
             last_bit_acc,
             skipped_steps: state.skipped_steps,
@@ -80,8 +81,13 @@ impl<'a> SummaryFile<'a> {
     /// stands at every moment, so no longer where an earlier session stopped (preempted, say), but at
     /// the checkpoint this session starts from. (A fresh start writes none before its first checkpoint:
     /// `infinity scaling` and sweeps take a run without one for one not yet summarised.)
-    pub(super) fn resumed(&mut self, state: &TrainState, resume: Option<PathBuf>) -> Result<()> {
-        self.summary.started_at = state.step;
+    pub(super) fn resumed(
+        &mut self,
+        state: &TrainState,
+        resume: Option<PathBuf>,
+        same_settings_since: u64,
+    ) -> Result<()> {
+        (self.summary.started_at, self.summary.same_settings_since) = (state.step, same_settings_since);
         if !self.leader {
             return Ok(());
         }
@@ -234,8 +240,10 @@ fn summary_record(summary: &TrainSummary, cfg: &TrainConfig, world: usize) -> se
         "skipped_steps": summary.skipped_steps, "seconds_this_session": summary.seconds,
         "last_checkpoint": last_checkpoint, "finished": summary.steps >= cfg.run.steps && !summary.diverged,
         "preempted": summary.preempted, "diverged": summary.diverged, "world_size": world,
-        // (the step this session started from: a divergence repeats from there on, not from before)
+        // (the step this session started from, and since which the run trained with its settings: a
+        // divergence repeats from there on, not from before)
         "started_at": summary.started_at,
+        "same_settings_since": summary.same_settings_since,
         "val_loss": summary.last_val_loss, "val_step": summary.last_val_step,
         "tensorboard_failed_writes": summary.tensorboard_failed_writes,
         "checkpoint_failed_writes": summary.checkpoint_failed_writes,

@@ -67,6 +67,31 @@ pub struct Unanswered {
     pub unix_time: u64,
 }
 
+/// What the agents saw of the ranks that wrote no record when asked, a line each (the first word on a
+/// rank kept): a rank whose record came later is left out, but for one found stopped or in the kernel,
+/// which wrote only once let go on, so its state is the finding, not its record.
+pub fn unanswered_lines(unanswered: &[Unanswered], dumps: &[super::Dump]) -> Vec<String> {
+    let frozen = |u: &Unanswered| matches!(u.state, ProcState::Stopped | ProcState::Uninterruptible);
+    let mut lines: Vec<String> = Vec::new();
+    let mut told: Vec<usize> = Vec::new();
+    for u in unanswered {
+        if told.contains(&u.rank) {
+            continue;
+        }
+        told.push(u.rank);
+        match dumps.iter().any(|d| d.rank == u.rank) {
+            false => lines.push(u.line()),
+            true if frozen(u) => lines.push(format!(
+                "{} (its record came later, written once it was let go on to stop: it tells where the rank got \
+                 to, not why it answered nothing)",
+                u.line()
+            )),
+            true => {}
+        }
+    }
+    lines
+}
+
 impl Unanswered {
     /// Rank `rank`, process `pid` of this host (the leader of its process group) in attempt `attempt`
     /// of run `run_id`, as its kernel says over [`LOOKS`] looks (blocks for 0.2 s).
