@@ -742,6 +742,29 @@ fn the_other_nodes_say_which_node_was_signalled() {
     assert!(node0.text().contains("[launch] node 1 (SIGTERM) was signalled"), "{}", node0.text());
 }
 
+/// A signal to one node fails the other node's ranks (their peer went): the group stops, as the
+/// signalled node does, rather than restarting into a meeting that node never joins (it would wait
+/// out the rendezvous timeout and spend a restart).
+#[test]
+fn a_failure_a_signal_caused_stops_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    // rank 1 marks its stop; rank 0 fails as soon as it sees that mark (its connection to rank 1 broke)
+    let rank = r#"trap 'touch "$TEST_DIR/gone.$RANK"; exit 0' TERM; touch "$TEST_DIR/started.$RANK"; while :; do if [ "$RANK" = 0 ] && [ -e "$TEST_DIR/gone.1" ]; then exit 1; fi; sleep 0.05; done"#;
+    let restarts = ["--max-restarts", "1"];
+    let mut node0 = Agent::start(tmp.path(), "node0", &args(d, &node_of_two("0", &rdzv, &restarts), rank));
+    let mut node1 = Agent::start(tmp.path(), "node1", &args(d, &node_of_two("1", &rdzv, &restarts), rank));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    node1.signal(libc::SIGTERM);
+    assert_eq!(node1.exit(Duration::from_secs(15)).code(), Some(0), "{}", node1.text());
+    let t0 = Instant::now();
+    assert_eq!(node0.exit(Duration::from_secs(15)).code(), Some(0), "{}", node0.text());
+    assert!(t0.elapsed() < Duration::from_secs(10), "node 0 waited {:?}", t0.elapsed());
+    assert!(node0.text().contains("node 1 (SIGTERM) was signalled"), "{}", node0.text());
+    assert!(!node0.text().contains("restarting"), "{}", node0.text());
+}
+
 /// A second Ctrl-C (SIGINT while the ranks stop for the first) ends the grace period at once: the
 /// ranks, still busy with what the first asked (a checkpoint), are killed, and the agent exits 130.
 #[test]

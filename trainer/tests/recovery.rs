@@ -297,6 +297,39 @@ fn a_requeued_rewind_to_a_pruned_step_continues_its_history() {
     assert_eq!(abandoned.len(), 1, "rewound once");
 }
 
+/// A rewind's session killed before its first checkpoint (it had set the later history aside) leaves no
+/// mark of the rewind in a checkpoint; the requeue of the same command line resumes the step as asked
+/// and records it, so the next requeue continues that history instead of rewinding once more.
+#[test]
+fn a_rewind_killed_before_its_first_checkpoint_is_continued_by_its_requeues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions::default()).unwrap(); // checkpoints at 3 and 6
+    let file = common::config_file(&cfg, tmp.path());
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let args = ["train", file.to_str().unwrap(), "--resume", step3.to_str().unwrap(), "--set", "run.steps=9"];
+    let requeue = |kill_after: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+        cmd.args(args);
+        if let Some(step) = kill_after {
+            cmd.env("INFINITY_FAULT_KILL", format!("0:{step}"));
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // the rewind sets step 6 aside and is killed after step 4; its requeue, after step 7 (step 6 written)
+    assert!(!requeue(Some("4")).0);
+    assert!(!requeue(Some("7")).0);
+    assert!(cfg.run.dir.join("checkpoints/step-00000006").is_dir());
+    let (ok, stderr) = requeue(None);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("continuing from step 6 rather than computing the same steps again"), "{stderr}");
+    let abandoned: Vec<_> = std::fs::read_dir(cfg.run.dir.join("abandoned")).unwrap().collect();
+    assert_eq!(abandoned.len(), 1, "rewound once");
+}
+
 /// `run.stall_timeout_s`: a step whose data read hangs (the `INFINITY_FAULT_STALL` drill) ends the
 /// process with exit code 75 within the limit, naming the rank, the phase and the step; a run that
 /// makes progress is left alone.

@@ -377,6 +377,13 @@ const NODE_SILENCE: Duration = Duration::from_secs(10);
 
 /// Which node's signal stopped the group, as its agent posted it under `key` (`node 1 (SIGTERM)`);
 /// "another node" where the store does not say (an agent of an earlier build posted the number alone).
+/// [`signalled_node`] where a node's signal is posted under `key`; `None` where none is (or the store
+/// does not say).
+pub(super) fn signalled(c: &mut StoreClient, key: &str) -> Option<String> {
+    let posted = c.check(&[key.to_string()]).ok()?.first().copied().unwrap_or(false);
+    posted.then(|| signalled_node(c, key))
+}
+
 pub(super) fn signalled_node(c: &mut StoreClient, key: &str) -> String {
     match c.get(key, Duration::from_secs(2)).map(|v| String::from_utf8_lossy(&v).into_owned()) {
         Ok(v) if v.starts_with("node ") => v,
@@ -418,15 +425,16 @@ pub(super) async fn group_outcome(
                 return Outcome::Failed { report, permanent: None, local: None, node: (!elastic_member).then_some(0) };
             }
         };
-        if present[0] {
-            let (report, permanent, node) = other_failure(client, &failed, &permanent);
-            let report = format!("another node: {report}");
-            return Outcome::Failed { report, permanent, local: None, node };
-        }
+        // (a signal beats a failure, as in the watch: a node's stop fails the others' ranks)
         if present[1] {
             let who = signalled_node(client, &signal);
             console_err!("[launch] {who} was signalled; the group stops (this node's ranks had finished)");
             return Outcome::Stopped(0);
+        }
+        if present[0] {
+            let (report, permanent, node) = other_failure(client, &failed, &permanent);
+            let report = format!("another node: {report}");
+            return Outcome::Failed { report, permanent, local: None, node };
         }
         let pending: Vec<usize> = (0..g.nnodes).filter(|n| !present[2 + 2 * n] && !present[3 + 2 * n]).collect();
         if pending.is_empty() {

@@ -513,10 +513,15 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                     None => attempt + 1,
                     Some(_) => failed_attempts(&mut client, &p.run_id, g.round)?,
                 };
-                let next = match (permanent, used > a.max_restarts) {
-                    (Some(_), _) => Next::Permanent,
-                    (None, true) => Next::NoRestartsLeft,
-                    (None, false) => Next::Restart,
+                // a node signalled as the attempt failed (after this node posted its failure): the group
+                // stops, as that node did; a restart would wait for it in vain
+                let signal_key = format!("{prefix}/signal");
+                let stopped_by = permanent.is_none().then(|| group::signalled(&mut client, &signal_key)).flatten();
+                let next = match (permanent, used > a.max_restarts, &stopped_by) {
+                    (Some(_), ..) => Next::Permanent,
+                    (None, _, Some(_)) => Next::Signalled,
+                    (None, true, None) => Next::NoRestartsLeft,
+                    (None, false, None) => Next::Restart,
                 };
                 let (at, cause) = ((g.round, g.node_rank), (report.as_str(), node));
                 failure::write(&dir, at, cause, local.as_ref(), next.as_str(), &collectives);
@@ -530,6 +535,13 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                     console_err!(
                         "[launch] not restarting: exit code {code}{by} means {what}, and a restart would fail the \
                          same way"
+                    );
+                    return Ok(end.finish(&mut client, code, true).await);
+                }
+                if let Some(who) = stopped_by {
+                    let code = i32::from(a.preempted_exit_code);
+                    console_err!(
+                        "[launch] {who} was signalled as the attempt failed: the group stops; exiting with {code}"
                     );
                     return Ok(end.finish(&mut client, code, true).await);
                 }

@@ -95,6 +95,8 @@ pub(super) enum Next {
     NoRestartsLeft,
     Permanent,
     StoreHostLost,
+    /// A node was signalled as the attempt failed: the group stops, as that node did.
+    Signalled,
 }
 
 impl Next {
@@ -104,6 +106,7 @@ impl Next {
             Next::NoRestartsLeft => "stop: no restarts left",
             Next::Permanent => "stop: permanent",
             Next::StoreHostLost => "stop: store host lost",
+            Next::Signalled => "stop: a node was signalled",
         }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::elastic::Group;
 use super::failure;
-use super::group::signalled_node;
+use super::group::{signalled, signalled_node};
 use super::poller::{beat_key, Heartbeat, Poller};
 use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
@@ -107,6 +107,14 @@ pub(super) async fn watch(
                         failed_peer_here(&mut ranks, &mut exited, i, (node_rank, nproc)).await.unwrap_or((i, status, seconds));
                     // (a store that does not answer leaves the report this node's)
                     let mut store = poller.client().await.ok();
+                    // a node signalled meanwhile (its ranks stopping broke this one's connections): the
+                    // group stops, as every node sees it, not a failure that restarts into a meeting
+                    // that node never joins
+                    if let Some(who) = store.as_mut().and_then(|c| signalled(c, &keys[SIGNAL])) {
+                        console_err!("[launch] {who} was signalled as rank {} failed; the group stops", ranks[i].global);
+                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
+                        return Ok(Outcome::Stopped(0));
+                    }
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
                     let regroup = elastic.as_ref().and(store.as_mut()).and_then(|c| changing(c, &keys));
@@ -212,6 +220,15 @@ pub(super) async fn watch(
                         continue;
                     }
                 };
+                // (a signal beats a failure: a node's stop fails the others' ranks, and the group stops)
+                if present[SIGNAL] {
+                    let who = match poller.client().await {
+                        Ok(c) => signalled_node(c, &keys[SIGNAL]),
+                        Err(_) => "another node".to_string(),
+                    };
+                    console_err!("[launch] {who} was signalled; forwarding SIGTERM");
+                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await));
+                }
                 if present[FAILED] {
                     let (report, permanent, node) = match poller.client().await {
                         Ok(c) => other_failure(c, &keys[FAILED], &keys[PERMANENT]),
@@ -223,14 +240,6 @@ pub(super) async fn watch(
                     stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
                     let report = format!("another node: {report}");
                     return Ok(Outcome::Failed { report, permanent, local: None, node });
-                }
-                if present[SIGNAL] {
-                    let who = match poller.client().await {
-                        Ok(c) => signalled_node(c, &keys[SIGNAL]),
-                        Err(_) => "another node".to_string(),
-                    };
-                    console_err!("[launch] {who} was signalled; forwarding SIGTERM");
-                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await));
                 }
                 if let Some(why) = change(&present[LEFT..]) {
                     console_err!("[launch] {why}; the ranks checkpoint and stop to regroup");

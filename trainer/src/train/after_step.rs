@@ -155,6 +155,9 @@ impl Trainer<'_> {
         let folder = checkpoint::step_dir(&cfg.run.dir, self.state.step);
         let summary_json = self.summary.for_checkpoint(&self.state, folder, tb_failed)?;
         if let Some(saver) = self.saver.as_mut() {
+            if let Some(logger) = self.logger.as_ref() {
+                logger.sync();
+            }
             let snap = saver::Snapshot {
                 params: self.params.clone(),
                 opt: whole.unwrap_or_else(|| self.opt.clone()),

@@ -167,6 +167,16 @@ impl Logger {
         self.tb.failed_writes()
     }
 
+    /// Make `metrics.jsonl` and `val.jsonl` durable (before a checkpoint of their steps: after a power
+    /// loss, a checkpoint whose log lines were lost would leave a gap in the curves and no loss to say).
+    pub fn sync(&self) {
+        for f in std::iter::once(&self.jsonl).chain(&self.val) {
+            if let Err(e) = f.sync_data() {
+                tracing::warn!("syncing the run's logs to disk: {e}");
+            }
+        }
+    }
+
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         writeln!(self.jsonl, "{}", serde_json::to_string(m)?).context("writing metrics.jsonl")?;
         let (buckets, datasets) = (self.buckets.as_deref(), self.datasets.as_deref());

@@ -213,6 +213,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         l.keep();
     }
     if leader && resumed {
+        // (a rewind to this run's own step N that a session killed before its first checkpoint began: it
+        // set the later history aside, which this session does not find again; its history is this one,
+        // so that a requeue naming N continues it)
+        let own_step =
+            |p: &Path| checkpoint::run_folder_of(p).and_then(|f| f.canonicalize().ok()) == run.canonicalize().ok();
+        let set_aside_before = run.join("abandoned").join(format!("after-step-{:08}", state.step)).is_dir();
+        if set_aside_before && !opts.resume_auto && opts.resume.as_deref().is_some_and(own_step) {
+            state.forked_at = Some(state.step);
+        }
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
             state.forked_at = Some(state.step);

@@ -82,7 +82,16 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// blow-up kept.
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
-    if later.is_empty() && !crate::train::rundir::summary_says(run, "diverged") {
+    // (a step folder without its DONE, with no complete one after `step`, is a save a crash cut short:
+    // the crashed session's, like its grids, not a history)
+    let complete_later = later.iter().any(|(_, dir)| dir.join(DONE).is_file());
+    if !complete_later && !crate::train::rundir::summary_says(run, "diverged") {
+        for (s, dir) in &later {
+            let aside = run.join("checkpoints").join(format!("{TMP_PREFIX}{s:08}"));
+            std::fs::rename(dir, &aside).with_context(|| format!("moving aside {}", dir.display()))?;
+            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+            tracing::info!("removed {}, a checkpoint a crash left incomplete (no {DONE})", dir.display());
+        }
         for (_, grid) in &grids {
             std::fs::remove_file(grid).with_context(|| format!("removing {}", grid.display()))?;
         }
@@ -281,5 +290,25 @@ mod tests {
         std::fs::write(run.path().join("samples/step-00000005.png"), b"png").unwrap();
         let (dest, what) = set_aside_later(run.path(), 3).unwrap().unwrap();
         assert!(dest.join("samples/step-00000005.png").is_file() && dest.join("step-00000006").is_dir(), "{what}");
+    }
+
+    /// A step folder a crash left without its DONE, past the checkpoint resumed from and with no complete
+    /// one after it, is the crashed save, not a history: removed, nothing set aside; beside a complete
+    /// later checkpoint it goes with the abandoned history.
+    #[test]
+    fn an_incomplete_checkpoint_past_the_newest_is_a_crash_not_a_rewind() {
+        let run = fake_run(&[3]);
+        let cut_short = step_dir(run.path(), 6);
+        std::fs::create_dir_all(&cut_short).unwrap();
+        std::fs::write(cut_short.join(MODEL_FILE), b"x").unwrap();
+        assert!(set_aside_later(run.path(), 3).unwrap().is_none());
+        assert!(!run.path().join("abandoned").exists() && !cut_short.exists());
+        let left: Vec<_> =
+            std::fs::read_dir(run.path().join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["step-00000003"]);
+        let run = fake_run(&[3, 6]);
+        std::fs::create_dir_all(step_dir(run.path(), 9)).unwrap();
+        let (dest, _) = set_aside_later(run.path(), 3).unwrap().unwrap();
+        assert!(dest.join("step-00000006").is_dir() && dest.join("step-00000009").is_dir());
     }
 }

@@ -22,7 +22,11 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.join(STATE_FILE).is_file() {
-        bail!("{}: incomplete checkpoint (no {DONE} marker)", path.display());
+        bail!(
+            "{}: incomplete checkpoint (no {DONE} marker: a save cut short); `--resume auto` takes the newest \
+             complete one, or give an earlier step",
+            path.display()
+        );
     }
     match complete(path).pop() {
         Some((_, dir)) => Ok(dir),
@@ -332,7 +336,12 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 
 /// `state.json` as it is (any version).
 fn parse_state(dir: &Path) -> Result<TrainState> {
-    ensure!(dir.join(DONE).is_file(), "{}: incomplete checkpoint (no {DONE} marker)", dir.display());
+    ensure!(
+        dir.join(DONE).is_file(),
+        "{}: incomplete checkpoint (no {DONE} marker: a save cut short); `--resume auto` takes the newest complete \
+         one, or give an earlier step",
+        dir.display()
+    );
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let done = std::fs::read_to_string(dir.join(DONE)).unwrap_or_default();
