@@ -375,8 +375,6 @@ pub(super) struct Misconfigured(pub String);
 /// whose ranks finished takes it for lost.
 const NODE_SILENCE: Duration = Duration::from_secs(10);
 
-/// Which node's signal stopped the group, as its agent posted it under `key` (`node 1 (SIGTERM)`);
-/// "another node" where the store does not say (an agent of an earlier build posted the number alone).
 /// [`signalled_node`] where a node's signal is posted under `key`; `None` where none is (or the store
 /// does not say).
 pub(super) fn signalled(c: &mut StoreClient, key: &str) -> Option<String> {
@@ -384,6 +382,8 @@ pub(super) fn signalled(c: &mut StoreClient, key: &str) -> Option<String> {
     posted.then(|| signalled_node(c, key))
 }
 
+/// Which node's signal stopped the group, as its agent posted it under `key` (`node 1 (SIGTERM)`);
+/// "another node" where the store does not say (an agent of an earlier build posted the number alone).
 pub(super) fn signalled_node(c: &mut StoreClient, key: &str) -> String {
     match c.get(key, Duration::from_secs(2)).map(|v| String::from_utf8_lossy(&v).into_owned()) {
         Ok(v) if v.starts_with("node ") => v,
@@ -425,8 +425,10 @@ pub(super) async fn group_outcome(
                 return Outcome::Failed { report, permanent: None, local: None, node: (!elastic_member).then_some(0) };
             }
         };
-        // (a signal beats a failure, as in the watch: a node's stop fails the others' ranks)
-        if present[1] {
+        // (a signal beats a failure, as in the watch: a node's stop fails the others' ranks; a permanent
+        // failure stays one)
+        let permanent_posted = present[0] && client.check(std::slice::from_ref(&permanent)).is_ok_and(|p| p[0]);
+        if present[1] && !permanent_posted {
             let who = signalled_node(client, &signal);
             console_err!("[launch] {who} was signalled; the group stops (this node's ranks had finished)");
             return Outcome::Stopped(0);

@@ -109,11 +109,18 @@ pub(super) async fn watch(
                     let mut store = poller.client().await.ok();
                     // a node signalled meanwhile (its ranks stopping broke this one's connections): the
                     // group stops, as every node sees it, not a failure that restarts into a meeting
-                    // that node never joins
-                    if let Some(who) = store.as_mut().and_then(|c| signalled(c, &keys[SIGNAL])) {
-                        console_err!("[launch] {who} was signalled as rank {} failed; the group stops", ranks[i].global);
-                        stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
-                        return Ok(Outcome::Stopped(0));
+                    // that node never joins (a permanent failure stays one: a restart would repeat it)
+                    let own_permanent = status.code().is_some_and(|c| is_permanent_failure(Some(c)));
+                    let signalled_now = store.as_mut().filter(|_| !own_permanent).and_then(|c| signalled(c, &keys[SIGNAL]));
+                    if let Some(who) = signalled_now {
+                        console_err!(
+                            "[launch] {who} was signalled as rank {} exited with {}; the group stops",
+                            ranks[i].global,
+                            describe(&status)
+                        );
+                        // (a rank already failed: the others cannot checkpoint either)
+                        let code = stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
+                        return Ok(Outcome::Stopped(stopped_by_another(code)));
                     }
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
@@ -227,7 +234,8 @@ pub(super) async fn watch(
                         Err(_) => "another node".to_string(),
                     };
                     console_err!("[launch] {who} was signalled; forwarding SIGTERM");
-                    return Ok(Outcome::Stopped(stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await));
+                    let code = stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
+                    return Ok(Outcome::Stopped(stopped_by_another(code)));
                 }
                 if present[FAILED] {
                     let (report, permanent, node) = match poller.client().await {
@@ -509,4 +517,15 @@ async fn failed_peer_here(
     ranks[p].signal_group(libc::SIGTERM);
     drain(std::slice::from_mut(&mut ranks[p]), Duration::from_secs(1)).await;
     Some((p, status, seconds))
+}
+
+/// The exit code of a node whose ranks stopped because another node was signalled: a rank that failed
+/// of it (its peer's connection closed: 1; a collective timed out: 86) stopped as cleanly as one that
+/// checkpointed, so every node exits alike (0: `--preempted-exit-code`); a permanent failure's code,
+/// or a rank killed by the signal (128 + it), stays.
+fn stopped_by_another(code: i32) -> i32 {
+    match code {
+        c if c > 0 && c < 128 && !is_permanent_failure(Some(c)) => 0,
+        c => c,
+    }
 }

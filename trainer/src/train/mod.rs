@@ -151,6 +151,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         mut lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
+    // (the step folder the command line names, where it names one: a repeated rewind resumes another)
+    let named = opts.resume.clone().filter(|_| !opts.resume_auto);
     let opts =
         &TrainOptions { resume: start_state::resume_point(opts, run, &config_toml, &ds, &mut dist)?, ..opts.clone() };
 
@@ -219,7 +221,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let own_step =
             |p: &Path| checkpoint::run_folder_of(p).and_then(|f| f.canonicalize().ok()) == run.canonicalize().ok();
         let set_aside_before = run.join("abandoned").join(format!("after-step-{:08}", state.step)).is_dir();
-        if set_aside_before && !opts.resume_auto && opts.resume.as_deref().is_some_and(own_step) {
+        let started_here = rundir::summary_started_at(run) == Some(state.step);
+        let as_named = named.as_deref().zip(opts.resume.as_deref()).is_some_and(|(n, r)| {
+            n.canonicalize().ok().is_some_and(|n| r.canonicalize().ok() == Some(n)) && own_step(r)
+        });
+        if set_aside_before && started_here && as_named {
             state.forked_at = Some(state.step);
         }
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
@@ -234,7 +240,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
     }
     // (before config.toml is this session's: it compares with the last session's)
-    let same_settings_since = match resumed {
+    // (a dataset mended on purpose, `--accept-data-change`: other samples from here on)
+    let same_settings_since = match resumed && !opts.accept_data_change {
         true => start_state::same_settings_since(cfg, &config_toml, state.step, dist.world),
         false => 0,
     };

@@ -327,6 +327,11 @@ pub fn summary_says(run: &Path, flag: &str) -> bool {
     read_summary(run).is_some_and(|s| s[flag] == true)
 }
 
+/// The step the session that wrote `summary.json` started from (`started_at`), if it records one.
+pub fn summary_started_at(run: &Path) -> Option<u64> {
+    read_summary(run)?["started_at"].as_u64()
+}
+
 /// The step `summary.json` records, if it can be read.
 pub fn summary_step(run: &Path) -> Option<u64> {
     read_summary(run)?["step"].as_u64()

@@ -86,10 +86,8 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
     // the crashed session's, like its grids, not a history)
     let complete_later = later.iter().any(|(_, dir)| dir.join(DONE).is_file());
     if !complete_later && !crate::train::rundir::summary_says(run, "diverged") {
-        for (s, dir) in &later {
-            let aside = run.join("checkpoints").join(format!("{TMP_PREFIX}{s:08}"));
-            std::fs::rename(dir, &aside).with_context(|| format!("moving aside {}", dir.display()))?;
-            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+        for (_, dir) in &later {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
             tracing::info!("removed {}, a checkpoint a crash left incomplete (no {DONE})", dir.display());
         }
         for (_, grid) in &grids {
