@@ -154,7 +154,10 @@ fn ranks_in_different_collectives_fail_and_name_both() {
     let text = |rank: usize| results[rank].to_string();
     assert!(matches!(results[1], CommError::Peer { peer: 0, .. }), "{}", text(1));
     assert!(
-        text(1).contains("it is in collective #1 `all_reduce` of 16 values, this rank in collective #1 `broadcast` of 16 values from rank 0"),
+        text(1).contains(
+            "it is in collective #1 `all_reduce` of 16 values, this rank in collective #1 `broadcast` of 16 values \
+             from rank 0"
+        ),
         "{}",
         text(1)
     );

@@ -111,7 +111,8 @@ pub(super) async fn watch(
                     // group stops, as every node sees it, not a failure that restarts into a meeting
                     // that node never joins (a permanent failure stays one: a restart would repeat it)
                     let own_permanent = status.code().is_some_and(|c| is_permanent_failure(Some(c)));
-                    let signalled_now = store.as_mut().filter(|_| !own_permanent).and_then(|c| signalled(c, &keys[SIGNAL]));
+                    let signalled_now =
+                        store.as_mut().filter(|_| !own_permanent).and_then(|c| signalled(c, &keys[SIGNAL]));
                     if let Some(who) = signalled_now {
                         console_err!(
                             "[launch] {who} was signalled as rank {} exited with {}; the group stops",

@@ -113,11 +113,12 @@ fn init_within(
         }
         Err(_) => {
             let secs = timeout.as_secs_f64();
-            let unknown = |e: anyhow::Error| {
-                CommError::Stalled {
+            let unknown = |e: anyhow::Error| CommError::Stalled {
                 op: OP,
-                detail: format!("ncclCommInitRank did not return within {secs:.0} s, and the store cannot say which ranks reached it: {e:#}"),
-            }
+                detail: format!(
+                    "ncclCommInitRank did not return within {secs:.0} s, and the store cannot say which ranks \
+                     reached it: {e:#}"
+                ),
             };
             let check = |store: &mut StoreClient, key: &dyn Fn(usize) -> String| {
                 store.check(&(0..world).map(key).collect::<Vec<_>>())
