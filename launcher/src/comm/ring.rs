@@ -147,20 +147,17 @@ impl TcpRing {
         (self.rank + self.world - 1) % self.world
     }
 
-    /// Write `out` to the next rank. A send that times out is a timeout waiting for that rank (it stopped
-    /// reading: hung, or stuck elsewhere), so the launcher blames it, not this rank.
-    fn send(next: &mut TcpStream, op: &'static str, peer: usize, timeout: Duration, out: &[f32]) -> CommResult<()> {
-        Self::send_bytes(next, op, peer, timeout, bytemuck::cast_slice(out))
-    }
-
-    fn send_bytes(
+    /// Write `out` (values, or a header's words) to the next rank. A send that times out is a timeout
+    /// waiting for that rank (it stopped reading: hung, or stuck elsewhere), so the launcher blames it,
+    /// not this rank.
+    fn send<T: bytemuck::Pod>(
         next: &mut TcpStream,
         op: &'static str,
         peer: usize,
         timeout: Duration,
-        out: &[u8],
+        out: &[T],
     ) -> CommResult<()> {
-        next.write_all(out).map_err(|e| match e.kind() {
+        next.write_all(bytemuck::cast_slice(out)).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
@@ -168,25 +165,15 @@ impl TcpRing {
         })
     }
 
-    /// Read `dst.len()` values from the previous rank.
-    fn recv_into(
+    /// Read `dst.len()` values (or a header's words) from the previous rank.
+    fn recv_into<T: bytemuck::Pod>(
         prev: &mut TcpStream,
         op: &'static str,
         peer: usize,
         timeout: Duration,
-        dst: &mut [f32],
+        dst: &mut [T],
     ) -> CommResult<()> {
-        Self::recv_bytes(prev, op, peer, timeout, bytemuck::cast_slice_mut(dst))
-    }
-
-    fn recv_bytes(
-        prev: &mut TcpStream,
-        op: &'static str,
-        peer: usize,
-        timeout: Duration,
-        dst: &mut [u8],
-    ) -> CommResult<()> {
-        prev.read_exact(dst).map_err(|e| match e.kind() {
+        prev.read_exact(bytemuck::cast_slice_mut(dst)).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
@@ -206,9 +193,9 @@ impl TcpRing {
         let mine = Header { op, root: root as u32, count: self.count, len: len as u64 };
         self.count += 1;
         let (name, next, prev) = (op.name(), self.next_rank(), self.prev_rank());
-        Self::send_bytes(&mut self.next, name, next, self.timeout, bytemuck::cast_slice(&mine.encode()))?;
+        Self::send(&mut self.next, name, next, self.timeout, &mine.encode())?;
         let mut theirs = [0u32; HEADER_WORDS];
-        Self::recv_bytes(&mut self.prev, name, prev, self.timeout, bytemuck::cast_slice_mut(&mut theirs))?;
+        Self::recv_into(&mut self.prev, name, prev, self.timeout, &mut theirs)?;
         match mine.mismatch(&theirs) {
             None => Ok(()),
             Some(detail) => Err(CommError::Peer { op: name, peer: prev, detail }),
