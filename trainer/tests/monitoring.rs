@@ -240,19 +240,31 @@ fn a_divergence_from_a_setting_changed_on_resume_is_judged_by_that_setting() {
     assert!(kept.lines().any(|l| l.contains("\"loss\":null")), "{kept}");
 }
 
-/// A diverged session is judged from its own start on: the settings it diverged with, resumed from a
-/// checkpoint it passed through, are refused; from an earlier checkpoint, before the steps that led it
-/// there (here another session's, with a learning rate far too high), they train.
-#[test]
-fn a_divergence_is_repeated_only_from_the_steps_its_session_passed_through() {
+/// A run trained 2 steps with a checkpoint after each (all kept, no warm-up), in a temporary folder
+/// beside its dataset: where the divergence tests branch off.
+fn two_checkpoints() -> (tempfile::TempDir, TrainConfig) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
     (cfg.run.steps, cfg.optim.warmup_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last) = (2, 0, 1, 100);
     train(&cfg, &TrainOptions::default()).unwrap();
+    (tmp, cfg)
+}
+
+/// The checkpoint folder of `step` in `cfg`'s run.
+fn step_folder(cfg: &TrainConfig, step: u64) -> PathBuf {
+    cfg.run.dir.join(format!("checkpoints/step-{step:08}"))
+}
+
+/// A diverged session is judged from its own start on: the settings it diverged with, resumed from a
+/// checkpoint it passed through, are refused; from an earlier checkpoint, before the steps that led it
+/// there (here another session's, with a learning rate far too high), they train.
+#[test]
+fn a_divergence_is_repeated_only_from_the_steps_its_session_passed_through() {
+    let (tmp, cfg) = two_checkpoints();
     let steps = ["--set", "run.steps=12"];
-    let ckpt = |step: u64| cfg.run.dir.join(format!("checkpoints/step-{step:08}")).display().to_string();
+    let ckpt = |step: u64| step_folder(&cfg, step).display().to_string();
     let run = |args: &[&str]| {
         let out = infinity_train(tmp.path(), &cfg, &[args, &steps[..]].concat(), &[]);
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -279,13 +291,8 @@ fn a_divergence_is_repeated_only_from_the_steps_its_session_passed_through() {
 /// first session's included.
 #[test]
 fn a_divergence_after_a_restart_is_refused_from_before_the_restart() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let mut cfg = config(&data, tmp.path().join("run"));
-    (cfg.run.steps, cfg.optim.warmup_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last) = (2, 0, 1, 100);
-    train(&cfg, &TrainOptions::default()).unwrap();
-    let ckpt = |step: u64| cfg.run.dir.join(format!("checkpoints/step-{step:08}"));
+    let (_tmp, cfg) = two_checkpoints();
+    let ckpt = |step: u64| step_folder(&cfg, step);
     // session A: a rate far too high from step 2, preempted after step 3; B, a plain restart, diverges
     let mut wild = cfg.clone();
     (wild.run.steps, wild.optim.lr) = (12, Some(1e30));
