@@ -34,8 +34,8 @@ impl Point {
 }
 
 /// The runs grouped by experiment, in the order of each group's first run; runs whose config could
-/// not be read are points of their own.
-pub fn group(runs: &[&RunRecord]) -> Vec<Point> {
+/// not be read are groups of their own.
+pub fn by_experiment<'a>(runs: &[&'a RunRecord]) -> Vec<Vec<&'a RunRecord>> {
     let mut groups: Vec<Vec<&RunRecord>> = Vec::new();
     for r in runs {
         let same = |g: &&mut Vec<&RunRecord>| {
@@ -46,6 +46,12 @@ pub fn group(runs: &[&RunRecord]) -> Vec<Point> {
             None => groups.push(vec![r]),
         }
     }
+    groups
+}
+
+/// The points of the runs: one per experiment ([`by_experiment`]).
+pub fn group(runs: &[&RunRecord]) -> Vec<Point> {
+    let groups = by_experiment(runs);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let mut points: Vec<Point> = groups
         .into_iter()

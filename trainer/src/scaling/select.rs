@@ -98,16 +98,7 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
     }
     // the most experiments (repeats of one config are one point of the fits), then the most runs; of
     // equals, the first in name order (max_by_key keeps the last maximum)
-    let experiments = |v: &[&RunRecord]| {
-        let mut seen: Vec<&Option<String>> = Vec::new();
-        for r in v {
-            // (a run without a readable config is a point of its own)
-            if r.settings.experiment.is_none() || !seen.contains(&&r.settings.experiment) {
-                seen.push(&r.settings.experiment);
-            }
-        }
-        seen.len()
-    };
+    let experiments = |v: &[&RunRecord]| super::points::by_experiment(v).len();
     let largest =
         kinds.iter().enumerate().max_by_key(|(i, v)| (experiments(v), v.len(), usize::MAX - i)).map(|(i, _)| i);
     let fitted: Vec<&RunRecord> = largest.map_or(Vec::new(), |i| kinds[i].clone());
