@@ -234,14 +234,14 @@ fn agents_meeting_name_node_ranks() {
     use infinity_launcher::store::{JoinedTwice, Members};
     let (_s, addr) = server("t");
     let mut n0 = StoreClient::connect(&addr, "t", "n0", T).unwrap();
-    let e = format!("{:#}", n0.meet("run/agents", 0, 2, Duration::from_millis(300), Members::Nodes).unwrap_err());
+    let e = format!("{:#}", n0.meet("run/agents", 0, 2, Duration::from_millis(300), Members::Nodes, None).unwrap_err());
     assert!(e.contains("node ranks [1] of 2 never arrived within 0 s (start `infinity launch` there)"), "{e}");
     let mut dup = StoreClient::connect(&addr, "t", "dup", T).unwrap();
-    let e = dup.meet("run/agents", 0, 2, T, Members::Nodes).unwrap_err();
+    let e = dup.meet("run/agents", 0, 2, T, Members::Nodes, None).unwrap_err();
     assert!(e.downcast_ref::<JoinedTwice>().is_some());
     let e = format!("{e:#}");
     assert!(e.contains("node rank 0 joined twice (two agents with --node-rank 0?)") && !e.contains("start"), "{e}");
-    let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes).unwrap_err());
+    let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes, None).unwrap_err());
     assert!(e.contains("node rank 1 has --nnodes 3, node rank 0 has 2") && !e.contains("start"), "{e}");
 }
 
@@ -268,8 +268,10 @@ fn refused_agents_are_named_to_the_agents_waiting_for_them() {
         "{e}"
     );
 
-    let e =
-        format!("{:#}", n0.meet("a/attempt-0/agents", 0, 3, Duration::from_millis(300), Members::Nodes).unwrap_err());
+    let e = format!(
+        "{:#}",
+        n0.meet("a/attempt-0/agents", 0, 3, Duration::from_millis(300), Members::Nodes, None).unwrap_err()
+    );
     assert!(e.contains("node ranks [1, 2] of 3 never arrived within 0 s; the store refused "), "{e}");
     // ("just now" or "1 s ago" on a loaded machine)
     let names = |agent: &str, why: &str| e.split("; ").any(|s| s.contains(agent) && s.contains(why));

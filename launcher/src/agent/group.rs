@@ -12,7 +12,7 @@ use super::signals::{signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
-use crate::store::{StoreClient, StoreServer};
+use crate::store::{MeetingStopped, StoreClient, StoreServer, STOP_POLL};
 
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
 /// on the machine `--rdzv` names (the others find the port taken and connect to it).
@@ -272,6 +272,8 @@ pub(super) fn first_attempt(
 /// values, on every node. The wait says every 30 s which nodes are missing and what the store refused
 /// (a wrong token, another run id); `Err(nodes)` inside: those nodes of an elastic round never posted
 /// their settings within `timeout` (a fixed group's agent fails then, naming them and the refusals).
+/// An agent that leaves meanwhile, signalled, posts who it is under `stop` ([`tell_leaving`]): the
+/// wait ends with [`MeetingStopped`] naming it.
 pub(super) fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
@@ -279,6 +281,7 @@ pub(super) fn agree_on_settings(
     g: Group,
     hosting: bool,
     timeout: Duration,
+    stop: Option<String>,
 ) -> JoinHandle<Result<(StoreClient, Agreed)>> {
     let fixed = !matches!(a.nnodes, Some(Nodes::Elastic { .. }));
     let mine = settings_line(a, g.nnodes);
@@ -291,7 +294,8 @@ pub(super) fn agree_on_settings(
             let host = crate::env::hostname().unwrap_or_else(|| "?".into());
             client.set(&format!("{prefix}/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
         }
-        let keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
+        let mut keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
+        keys.extend(stop.clone());
         let mut theirs: Vec<Option<String>> = vec![None; nnodes];
         let t0 = Instant::now();
         let mut progress = Progress::start(timeout, "--rdzv-timeout-s");
@@ -300,7 +304,11 @@ pub(super) fn agree_on_settings(
         };
         loop {
             let present = client.check(&keys)?;
-            for (n, k) in keys.iter().enumerate() {
+            if let Some(stop) = stop.as_ref().filter(|_| present[nnodes]) {
+                let who = String::from_utf8_lossy(&client.get(stop, timeout)?).into_owned();
+                return Err(MeetingStopped(who).into());
+            }
+            for (n, k) in keys.iter().take(nnodes).enumerate() {
                 if present[n] && theirs[n].is_none() {
                     theirs[n] = Some(String::from_utf8_lossy(&client.get(k, timeout)?).into_owned());
                 }
@@ -344,6 +352,32 @@ pub(super) fn agree_on_settings(
             std::thread::sleep(Duration::from_millis(100));
         }
     })
+}
+
+/// Tell the other agents of a fixed group that this one, signalled while they met (for their settings or
+/// an attempt), leaves: `what` (`node 1 (SIGTERM)`) under `key`, the attempt's `signal`, on a
+/// connection of its own (the agent's is held by the wait the signal cut short). Their meeting ends
+/// within [`STOP_POLL`] ([`MeetingStopped`]) instead of waiting out the rendezvous timeout or forming
+/// a group without this node, and an agent replacing a lost node does not join. Best effort, within
+/// 3 s; the store's host then stays a little longer, for the others to read it before the store goes.
+pub(super) async fn tell_leaving(addr: &str, token: &str, who: &str, key: String, what: String, hosting: bool) {
+    let (addr, token, who) = (addr.to_string(), token.to_string(), who.to_string());
+    let post = tokio::task::spawn_blocking(move || -> Result<()> {
+        let mut c = StoreClient::connect(&addr, &token, &who, Duration::from_secs(2))?;
+        c.set_reply_timeout(Duration::from_secs(1));
+        c.set(&key, what.as_bytes())
+    });
+    match tokio::time::timeout(Duration::from_secs(3), post).await {
+        Ok(Ok(Ok(()))) => {
+            if hosting {
+                tokio::time::sleep(STOP_POLL + STOP_POLL / 2).await;
+            }
+        }
+        Ok(Ok(Err(e))) => {
+            console_err!("[launch] could not tell the other agents (they find out at their timeout): {e:#}")
+        }
+        _ => console_err!("[launch] could not tell the other agents in 3 s (they find out at their timeout)"),
+    }
 }
 
 /// The settings every agent of a group must share, as [`agree_on_settings`] compares them: a fixed

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
-use crate::store::{JoinedTwice, Members, Refused, StoreClient};
+use crate::store::{JoinedTwice, MeetingStopped, Members, Refused, StoreClient};
 
 mod elastic;
 mod failure;
@@ -177,6 +177,14 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     }
 }
 
+/// The exit code of an agent whose meeting `e` ([`MeetingStopped`]) ended: another node's agent was
+/// signalled and left, so the group stops before its ranks start, on every node.
+fn another_left(e: &anyhow::Error, signals: &Signals) -> i32 {
+    let code = signals.another_stopped_code();
+    console_err!("[launch] {e}: the group stops, no rank running; exiting with {code}");
+    code
+}
+
 async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     // (a variable the ranks would refuse alike on every attempt: refused before any starts)
     let ring_ports = crate::comm::ring_ports::from_env().map_err(|e| group::Misconfigured(format!("{e:#}")))?;
@@ -289,12 +297,25 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     for attempt in first.. {
         // a fixed group's agents check on their first meeting that they launch the same group (before
         // they meet: agents that disagree on --nnodes would wait for different nodes)
+        // (an agent signalled meanwhile leaves the meeting, posting so under the attempt's `signal`: the
+        // others stop too, and a lost node's replacement does not join)
+        let leaving = format!("{}/attempt-{attempt}/signal", p.run_id);
+        let tell_leaving = |signals: &Signals| {
+            let what = format!("node {} ({})", p.node_rank, signals.stopped_by().unwrap_or("a signal"));
+            group::tell_leaving(&store_addr, &p.token, &who, leaving.clone(), what, server.is_some())
+        };
         if attempt == first && rounds.is_none() {
             let settings = format!("{}/settings", p.run_id);
             let g = Group { round: attempt, node_rank: p.node_rank, nnodes: p.nnodes };
-            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout);
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout, Some(leaving.clone()));
             match until_signal(&mut signals, agree, "waiting for the other agents").await {
-                Err(code) => return Ok(code),
+                Err(code) => {
+                    tell_leaving(&signals).await;
+                    return Ok(code);
+                }
+                Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
+                    return Ok(another_left(&e, &signals));
+                }
                 Ok(agreed) => {
                     let (c, agreed) = agreed?;
                     client = c;
@@ -314,12 +335,15 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
         // all agents meet before spawning, so a restart starts every node together
         let (meet, what) = match rounds.clone() {
             None => {
-                let (run_id, node, nnodes) = (p.run_id.clone(), p.node_rank, p.nnodes);
+                let (run_id, node, nnodes, stop) = (p.run_id.clone(), p.node_rank, p.nnodes, leaving.clone());
                 let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Joined)> {
                     // where an agent that replaces a lost node joins
                     client.set(&format!("{run_id}/{CURRENT_ATTEMPT}"), attempt.to_string().as_bytes())?;
                     let pre = format!("{run_id}/attempt-{attempt}/agents");
-                    if let Err(e) = client.meet(&pre, node, nnodes, timeout, Members::Nodes) {
+                    if let Err(e) = client.meet(&pre, node, nnodes, timeout, Members::Nodes, Some(&stop)) {
+                        if e.downcast_ref::<MeetingStopped>().is_some() {
+                            return Err(e);
+                        }
                         // a node that is missing because it ended an earlier attempt (its agent exited) is
                         // named so: no `infinity launch` to start there, its agent is gone
                         let ended = ended_nodes(&mut client, &run_id, attempt, nnodes);
@@ -341,7 +365,15 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
             }
         };
         let g = match until_signal(&mut signals, meet, what).await {
-            Err(code) => return Ok(code),
+            Err(code) => {
+                if rounds.is_none() {
+                    tell_leaving(&signals).await;
+                }
+                return Ok(code);
+            }
+            Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
+                return Ok(another_left(&e, &signals));
+            }
             Ok(met) => {
                 let (c, joined) = met?;
                 client = c;
@@ -384,7 +416,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
             let settings = format!("{}/settings/{}", p.run_id, g.round);
             // (an elastic round's members are alive and post theirs at once)
             let wait = timeout.min(Duration::from_secs(30));
-            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), wait);
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), wait, None);
             let (c, agreed) = match until_signal(&mut signals, agree, "checking the round's settings").await {
                 Err(code) => return Ok(code),
                 Ok(agreed) => agreed?,

@@ -32,6 +32,7 @@ pub(super) async fn until_signal<T>(
                 true => (signals.preempted_exit_code, "no rank running (they ran in an earlier attempt)"),
                 false => (stopped_before_start(sig), "no rank started"),
             };
+            signals.stopped_by = Some(if signals.timed_out() { "--time-limit" } else { signal_name(sig) });
             console_err!("[launch] {why} while {what}; {ranks}, exiting with {code}");
             Err(code)
         }
@@ -60,6 +61,8 @@ pub(super) struct Signals {
     preempted_exit_code: i32,
     /// This agent has started ranks (an earlier attempt's may have checkpointed).
     ranks_ran: bool,
+    /// What stopped the agent while no rank ran ([`until_signal`]): `SIGTERM`, `--time-limit`.
+    stopped_by: Option<&'static str>,
     /// When SIGINTs arrived: the first and the latest (CLOCK_MONOTONIC ns, 0: none yet), set in the
     /// signal handler itself, as the stream above merges signals and says nothing of when.
     int_arrivals: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
@@ -107,6 +110,7 @@ impl Signals {
             timed_out: false,
             preempted_exit_code,
             ranks_ran: false,
+            stopped_by: None,
             int_arrivals,
         })
     }
@@ -114,6 +118,21 @@ impl Signals {
     /// This agent's ranks have started (a time limit between attempts then exits as a preempted job).
     pub(super) fn ranks_started(&mut self) {
         self.ranks_ran = true;
+    }
+
+    /// What stopped the agent while no rank ran (`SIGTERM`, `--time-limit`), once [`until_signal`] did.
+    pub(super) fn stopped_by(&self) -> Option<&'static str> {
+        self.stopped_by
+    }
+
+    /// The exit code of an agent whose group stopped before its ranks started because another node's
+    /// agent was signalled: a preempted job's where its ranks ran in an earlier attempt (as the signalled
+    /// agent's, [`until_signal`]), else 143, a SIGTERM's before the start (a scheduler's stop).
+    pub(super) fn another_stopped_code(&self) -> i32 {
+        match self.ranks_ran {
+            true => self.preempted_exit_code,
+            false => stopped_before_start(libc::SIGTERM),
+        }
     }
 
     /// Whether the stop [`Signals::next`] gave was `--time-limit`'s.

@@ -266,12 +266,23 @@ impl StoreClient {
     /// outside the world, a rank that joins twice ([`JoinedTwice`]), a world size that differs from
     /// rank 0's; a timeout names the ranks that never arrived.
     pub fn rendezvous(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration) -> Result<()> {
-        self.meet(prefix, rank, world, timeout, Members::Ranks)
+        self.meet(prefix, rank, world, timeout, Members::Ranks, None)
     }
 
     /// [`rendezvous`](Self::rendezvous), its errors naming `members` (training ranks, or agents). A long
-    /// wait says every 30 s who is missing, and with a timeout, what the store refused meanwhile.
-    pub fn meet(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration, members: Members) -> Result<()> {
+    /// wait says every 30 s who is missing, and with a timeout, what the store refused meanwhile. A
+    /// member that leaves the meeting (a signalled agent) posts who it is under `stop`: the wait ends
+    /// within a second with [`MeetingStopped`] naming it, rather than waiting for the rest and forming
+    /// a group without it.
+    pub fn meet(
+        &mut self,
+        prefix: &str,
+        rank: usize,
+        world: usize,
+        timeout: Duration,
+        members: Members,
+        stop: Option<&str>,
+    ) -> Result<()> {
         let (name, world_flag, hint) = match members {
             Members::Ranks => ("rank", "WORLD_SIZE", ""),
             Members::Nodes => ("node rank", "--nnodes", START_THERE),
@@ -307,7 +318,8 @@ impl StoreClient {
         } else {
             let key = format!("{prefix}/world");
             let mut progress = Progress::start(timeout, setting);
-            let waited = self.wait_saying(std::slice::from_ref(&key), &mismatch, &mut progress, &speaker, |_| {
+            let ends = [Some(mismatch.as_str()), stop];
+            let waited = self.wait_saying(std::slice::from_ref(&key), ends, &mut progress, &speaker, |_| {
                 format!("waiting for {name}s [0] of {world}")
             })?;
             if waited.is_err() {
@@ -327,7 +339,7 @@ impl StoreClient {
             missing.iter().filter_map(|k| k.rsplit('/').next()).map(str::to_string).collect()
         };
         let mut progress = Progress::start(timeout, setting);
-        if let Err(missing) = self.wait_saying(&keys, &mismatch, &mut progress, &speaker, |missing| {
+        if let Err(missing) = self.wait_saying(&keys, [Some(&mismatch), stop], &mut progress, &speaker, |missing| {
             format!("waiting for {name}s [{}] of {world}", ranks(missing).join(", "))
         })? {
             return Err(timed_out(self, &ranks(&missing)));
@@ -363,22 +375,36 @@ impl StoreClient {
 
     /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still
     /// missing) and the store's refusals whenever a report is due: `[launch] waiting for node ranks [1] of
-    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`. A member that posted why it cannot join under
-    /// `mismatch` ends the wait at the next report (or the timeout) with that error.
+    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`. `[mismatch, stop]`: a member that posted why it
+    /// cannot join under `mismatch` ends the wait at the next report (or the timeout) with that error;
+    /// one that left, under `stop`, within [`STOP_POLL`] with [`MeetingStopped`].
     fn wait_saying(
         &mut self,
         keys: &[String],
-        mismatch: &str,
+        [mismatch, stop]: [Option<&str>; 2],
         progress: &mut Progress,
         speaker: &str,
         what: impl Fn(&[String]) -> String,
     ) -> Result<std::result::Result<(), Vec<String>>> {
+        let ends: Vec<String> = [mismatch, stop].into_iter().flatten().map(str::to_string).collect();
         loop {
-            let waited = self.wait(keys, progress.slice())?;
-            if waited.is_err() && self.check(&[mismatch.to_string()])?.first() == Some(&true) {
+            let slice = match stop {
+                Some(_) => progress.slice().min(STOP_POLL),
+                None => progress.slice(),
+            };
+            let waited = self.wait(keys, slice)?;
+            let posted = match waited.is_err() && !ends.is_empty() {
+                true => self.check(&ends)?,
+                false => vec![],
+            };
+            if let (Some(mismatch), Some(true)) = (mismatch, posted.first()) {
                 let why = String::from_utf8_lossy(&self.get(mismatch, Duration::from_secs(1))?).into_owned();
                 let prefix = mismatch.trim_end_matches("/mismatch");
                 bail!("rendezvous {prefix}: {why}, so the group cannot form (start every member with the same size)");
+            }
+            if let (Some(stop), Some(true)) = (stop, posted.last()) {
+                let who = String::from_utf8_lossy(&self.get(stop, Duration::from_secs(1))?).into_owned();
+                return Err(MeetingStopped(who).into());
             }
             match waited {
                 Ok(()) => return Ok(Ok(())),
@@ -404,6 +430,15 @@ pub enum Members {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
+
+/// How often a meeting that a member may leave ([`StoreClient::meet`]'s `stop`) looks for its leaving.
+pub const STOP_POLL: Duration = Duration::from_secs(1);
+
+/// A member left a meeting before it formed, posting who it is (`node 1 (SIGTERM)`): the group cannot
+/// form without it, and stops as it did.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} was signalled while the group met")]
+pub struct MeetingStopped(pub String);
 
 /// A rendezvous refused a rank (or node rank) that had joined already: two processes were given one.
 #[derive(Debug, thiserror::Error)]
