@@ -92,9 +92,12 @@ pub fn self_correct(latent: &[f32], d: usize, scales: &[(usize, usize)], flips: 
 }
 
 /// [`self_correct`] for a sample stored as bits alone (`[L, d]`, no latent): the latent is rebuilt
-/// from them ([`latent_from_bits`]) and the stored bits are the labels of every scale up to the first
-/// flipped one, so without flips the labels and teacher-forcing inputs are exactly the stored ones;
-/// after a flip the labels are the rebuilt latent's residual's (the stored latent's is not there).
+/// from them ([`latent_from_bits`]). Each channel's stored bits are its labels up to its first flipped
+/// bit, so without flips the labels and teacher-forcing inputs are exactly the stored ones; after it,
+/// that channel's labels are the rebuilt latent's residual's (the stored latent's is not there).
+/// Every step of the multi-scale quantisation (difference, area and bilinear resizes, sign) works
+/// channel by channel, so a flip changes only its own channel's later labels: the channels no flip has
+/// reached keep the stored bits, as upstream's self-correction of the true latent keeps them.
 pub fn self_correct_stored(bits: &[u8], d: usize, scales: &[(usize, usize)], flips: Option<&[u8]>) -> MultiScaleCodes {
     self_correct_with(&latent_from_bits(bits, d, scales), d, scales, flips, Some(bits))
 }
@@ -135,7 +138,8 @@ fn self_correct_with(
     let mut up = vec![0.0f32; full];
     let mut bit_off = 0;
     let mut inp_off = 0;
-    let mut flipped_before = false; // whether an earlier scale had a bit flipped
+    // [d]: whether an earlier scale had a bit of the channel flipped
+    let mut flipped_before = vec![false; d];
     for (s, &(h, w)) in scales.iter().enumerate() {
         let n = h * w;
         for ((r, f), c) in residual.iter_mut().zip(latent).zip(&out.summed_codes) {
@@ -149,18 +153,28 @@ fn self_correct_with(
         };
         let labels = bit_off..bit_off + n * d;
         match stored {
-            Some(st) if !flipped_before => {
-                out.bits[labels.clone()].copy_from_slice(&st[labels.clone()]);
-                bits_to_codes(&st[labels.clone()], d, &mut q[..d * n]);
+            Some(st) => {
+                let bits = &mut out.bits[labels.clone()];
+                if flipped_before.iter().any(|&f| f) {
+                    quantize(r_s, d, bits, &mut q[..d * n]);
+                }
+                for (b, (st, c)) in bits.iter_mut().zip(st[labels.clone()].iter().zip((0..d).cycle())) {
+                    if !flipped_before[c] {
+                        *b = *st;
+                    }
+                }
+                bits_to_codes(bits, d, &mut q[..d * n]);
             }
-            _ => quantize(r_s, d, &mut out.bits[labels.clone()], &mut q[..d * n]),
+            None => quantize(r_s, d, &mut out.bits[labels.clone()], &mut q[..d * n]),
         }
         transpose_into(&r_s[..d * n], d, &mut out.residual[labels.clone()]);
         if let Some(f) = flips {
             let bits = &out.bits[labels.clone()];
             let flipped: Vec<u8> = bits.iter().zip(&f[labels.clone()]).map(|(b, m)| b ^ (m & 1)).collect();
             bits_to_codes(&flipped, d, &mut q[..d * n]);
-            flipped_before |= f[labels].iter().any(|&m| m & 1 != 0);
+            for (m, c) in f[labels].iter().zip((0..d).cycle()) {
+                flipped_before[c] |= m & 1 != 0;
+            }
         }
         bit_off += n * d;
         bilinear_resize(&q[..d * n], d, (h, w), &mut up, (hh, ww));
@@ -403,6 +417,27 @@ mod tests {
         assert_eq!(sc.bits[..upto2 * d], enc.bits[..upto2 * d]);
         assert_eq!(sc.x_wo_prefix[..(upto2 - 1) * d], enc.x_wo_prefix[..(upto2 - 1) * d]);
         assert_ne!(sc.x_wo_prefix, enc.x_wo_prefix, "the flipped codes reach the inputs");
+    }
+
+    /// A flip changes only its own channel's later labels: self-correcting stored bits gives upstream's
+    /// labels (those of the true latent's self-correction) in every other channel, at every scale.
+    #[test]
+    fn a_flip_in_stored_bits_leaves_the_other_channels_labels_as_upstreams() {
+        let d = 8;
+        let latent = random_latent(d, 8, 8, 21);
+        let enc = encode_multiscale(&latent, d, &SQUARE);
+        let l: usize = SQUARE.iter().map(|&(h, w)| h * w).sum();
+        // scale 0's only token, channel 0
+        let mut flips = vec![0u8; l * d];
+        flips[0] = 1;
+        let upstream = self_correct(&latent, d, &SQUARE, Some(&flips));
+        let stored = self_correct_stored(&enc.bits, d, &SQUARE, Some(&flips));
+        for (t, (a, b)) in upstream.bits.chunks(d).zip(stored.bits.chunks(d)).enumerate() {
+            assert_eq!(a[1..], b[1..], "token {t}: channels 1.. differ from upstream's labels");
+        }
+        // (channel 0's later labels follow the corrupted history: upstream's change too)
+        let ch0 = |bits: &[u8]| bits.chunks(d).map(|t| t[0]).collect::<Vec<_>>();
+        assert_ne!(ch0(&upstream.bits), ch0(&enc.bits), "the flip changed no later label of channel 0");
     }
 
     #[test]
