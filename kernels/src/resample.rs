@@ -1,4 +1,4 @@
-//! Spatial resampling of channel-major feature maps, with PyTorch's exact semantics.
+//! Spatial resampling of channel-major feature maps, with PyTorch's semantics.
 //!
 //! Dims legend: `C` channels (d for BSQ latents), `(sh, sw)` source height/width, `(dh, dw)` destination
 //! height/width. Every buffer is channel-major `[C, H, W]`, the layout of upstream's `(B, d, 1, H, W)`
@@ -7,7 +7,10 @@
 //! Upstream resizes with `F.interpolate(x, size=(1, h, w), mode=...)` on 5-D tensors:
 //! - `mode='area'` is `adaptive_avg_pool3d`: output cell `i` averages input rows
 //!   `[floor(i·sh/dh), ceil((i+1)·sh/dh))`, the sum taken in f32 in row-major order, then divided by the
-//!   window height and then by its width (`sum / kh / kw`, as ATen's CPU kernel does).
+//!   window height and then by its width (`sum / kh / kw`, as ATen's CPU kernel does). The one
+//!   exception: for a 1×1 output ATen takes `input.mean()`, another summation order, so a scale-0
+//!   residual may differ from upstream's in its last bits (a bit whose residual is within rounding of
+//!   zero may then go either way: `infinity data verify` allows for it).
 //! - `mode='trilinear'` with `align_corners=False` and `t = 1 → 1` is bilinear in (H, W). ATen computes
 //!   `scale = (f32)in / out`, `src = scale·(dst + 0.5) − 0.5` clamped at 0, `i0 = min(floor(src), in−1)`,
 //!   `λ = clamp(src − i0, 0, 1)`, `i1 = i0 + (i0 < in−1)`, then interpolates the width axis first:

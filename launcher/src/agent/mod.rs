@@ -37,6 +37,7 @@ pub use nproc::visible_gpu_ids;
 pub use numa::NumaBinding;
 use plan::{plan, Plan};
 use ranks::spawn_group;
+pub use ranks::OWN_SUBCOMMANDS;
 pub use ranks_filter::LocalRanks;
 use signals::{until_signal, Signals};
 use verdict::{Next, Permanent};

@@ -18,9 +18,10 @@ use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED, EXIT_STOPPED_BEFORE_START};
 
-/// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary.
-pub(super) const OWN_SUBCOMMANDS: [&str; 9] =
-    ["train", "data", "sample", "export", "golden", "model", "comm", "sweep", "scaling"];
+/// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary: all but `launch`
+/// (the trainer's CLI tests that none is missing).
+pub const OWN_SUBCOMMANDS: [&str; 10] =
+    ["train", "data", "sample", "export", "eval", "golden", "model", "comm", "sweep", "scaling"];
 
 /// Lines of each rank's output kept for the failure report.
 const TAIL_LINES: usize = 20;

@@ -195,6 +195,16 @@ mod tests {
         }
     }
 
+    /// `infinity launch -- SUBCOMMAND` runs this binary for every subcommand but `launch` itself.
+    #[test]
+    fn the_launcher_knows_every_subcommand() {
+        use clap::CommandFactory;
+        let known = infinity_launcher::agent::OWN_SUBCOMMANDS;
+        for sub in super::Cli::command().get_subcommands().map(|c| c.get_name()).filter(|&n| n != "launch") {
+            assert!(known.contains(&sub), "`infinity {sub}` is missing from the launcher's OWN_SUBCOMMANDS");
+        }
+    }
+
     #[test]
     fn log_events_read_as_the_consoles_own_lines() {
         let buf = Buffer(Arc::new(Mutex::new(Vec::new())));
