@@ -202,16 +202,18 @@ fn train_sample_and_export_a_text_model() {
     let e = err(&["sample", run_s, "--caption", "a red circle", "-o", path_str(&bmp), "--bits", path_str(&bits_bmp)]);
     assert!(e.contains("grid.bmp") && e.contains("written as .png or .jpg"), "{e}");
     assert!(!bmp.exists() && !bits_bmp.exists(), "a refused sampling left files");
-    // another dataset's tokenizer decodes other images: said when --data's is not the run's
+    // another dataset's tokenizer decodes other images: compared with the run's dataset where the
+    // checkpoint does not say (one of an earlier build)
     let (same, other) = (tmp.path().join("data-same-tok"), tmp.path().join("data-other-tok"));
     let tok = data.join("tokenizer.safetensors");
     let synth = ["data", "synth", "--rows", "8", "--fit-rows", "8", "--budget", "demo4", "--out"];
     assert!(infinity(&[&synth[..], &[path_str(&same), "--tokenizer", path_str(&tok)]].concat()));
     assert!(infinity(&[&synth[..], &[path_str(&other), "--seed", "1"]].concat()));
     let m = |dir: &Path| infinity_data::Manifest::load(dir).unwrap();
-    assert_eq!(infinity_trainer::infer::tokenizer_mismatch_warning(&data, &same, &m(&same)), None);
-    let warning = infinity_trainer::infer::tokenizer_mismatch_warning(&data, &other, &m(&other)).unwrap();
-    assert!(warning.contains("data-other-tok: its tokenizer is not the one the run trained with"), "{warning}");
+    let mismatch = infinity_trainer::infer::tokenizer_mismatch;
+    assert_eq!(mismatch(None, &data, &same, &m(&same)), None);
+    let why = mismatch(None, &data, &other, &m(&other)).unwrap();
+    assert!(why.contains("its tokenizer is not the one the run trained with"), "{why}");
     // and a schedule of another pixel budget than the run's
     let trained = &m(&data).schedules[0];
     let mut longer = trained.clone();
@@ -865,6 +867,38 @@ fn a_non_finite_latent_stops_training_naming_the_sample() {
 /// `infinity eval` measures checkpoints as training measures its validation set: on the run's own
 /// `val.dir` it gives val.jsonl's losses exactly; another dataset and fewer rows are given on the command
 /// line, the results appended to `--out`; a run without a validation set needs `--val`.
+/// Bits of another tokenizer mean other images: `sample`, `export` and `eval` refuse a `--data` whose
+/// tokenizer is not the one the checkpoint trained with (its data position records it), also once the
+/// run's own dataset has moved away, where nothing else could tell.
+#[test]
+fn another_tokenizers_dataset_is_refused_by_sample_export_and_eval() {
+    let (tmp, data, run, cfg) = class_run();
+    assert!(infinity(&["train", path_str(&cfg)]));
+    // the same rows' kind (d, classes, schedules) from another fitted tokenizer
+    let other = tmp.path().join("other");
+    let synth = ["data", "synth", "--out", path_str(&other), "--rows", "48", "--fit-rows", "32", "--budget", "demo4"];
+    assert!(infinity(&[&synth[..], &["--seed", "7"]].concat()));
+    let (png, export) = (tmp.path().join("grid.png"), tmp.path().join("export"));
+    let refusals = |said: &str| {
+        let e = err(&["sample", path_str(&run), "--data", path_str(&other), "--class", "0", "-o", path_str(&png)]);
+        assert!(e.contains("is not the one the model trained with") && e.contains(said), "sample: {e}");
+        let e =
+            err(&["export", path_str(&run), "--data", path_str(&other), "-o", path_str(&export.join("m.safetensors"))]);
+        assert!(e.contains("is not the one the model trained with") && e.contains(said), "export: {e}");
+        assert!(!png.exists() && !export.join("m.safetensors").exists(), "a refused command wrote its output");
+    };
+    refusals("--data");
+    let e = err(&["eval", path_str(&run), "--data", path_str(&other), "--val", path_str(&data)]);
+    assert!(e.contains(&format!("--data {}: its tokenizer (", path_str(&other))), "eval: {e}");
+    // the run's dataset moved: the checkpoint's record still tells
+    std::fs::rename(&data, tmp.path().join("moved")).unwrap();
+    refusals("its checkpoint says");
+    // and the run's data.dir replaced by another tokenizer's dataset
+    std::fs::rename(&other, &data).unwrap();
+    let e = err(&["sample", path_str(&run), "--class", "0", "-o", path_str(&png)]);
+    assert!(e.contains("(the run's data.dir: replaced since?): its tokenizer ("), "{e}");
+}
+
 #[test]
 fn eval_measures_checkpoints_as_training_validates() {
     let (tmp, data, run, cfg) = class_run();

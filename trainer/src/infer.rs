@@ -278,20 +278,22 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
     }
 }
 
-/// A warning when `--data DIR`'s tokenizer (`m`'s) is not the one of the run's dataset `trained`: the bits
-/// would be decoded with another basis (when that dataset is at hand; a tokenizer file that does not
-/// read counts as another).
-pub fn tokenizer_mismatch_warning(trained: &Path, given: &Path, m: &Manifest) -> Option<String> {
+/// Why the dataset `m` in `dir` is not of the tokenizer the model's bits are of, if so: `saved`
+/// ([`CheckpointModel::tokenizer`](crate::train::checkpoint::CheckpointModel::tokenizer)) where known,
+/// else the run's own dataset `trained`'s where at hand (there, a tokenizer file that does not read
+/// counts as another). Its bits would be decoded with another tokenizer's basis (`sample`, `export`) or scored
+/// as other images (`eval`).
+pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &Manifest) -> Option<String> {
+    if let Some(saved) = saved {
+        // (a file that does not read is named where the tokenizer is loaded)
+        let now = infinity_data::tokenizer::identity(dir, m).ok()?;
+        return (now != saved).then(|| {
+            format!("its tokenizer ({now}) is not the one the model trained with ({saved}, its checkpoint says)")
+        });
+    }
     let run = Manifest::load(trained).ok()?;
-    let same = same_tokenizer((trained, &run), (given, m)).unwrap_or(false);
-    (!same).then(|| {
-        format!(
-            "--data {}: its tokenizer is not the one the run trained with ({}'s): the images are decoded with \
-             another tokenizer's basis and will not look like what the model learned",
-            given.display(),
-            trained.display()
-        )
-    })
+    let same = same_tokenizer((trained, &run), (dir, m)).unwrap_or(false);
+    (!same).then(|| format!("its tokenizer is not the one the run trained with ({}'s)", trained.display()))
 }
 
 /// For `--data`: a warning when the schedule sampled is none of those in the dataset the run trained

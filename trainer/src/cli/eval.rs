@@ -121,6 +121,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             cfg.data.dir.display()
         )
     })?;
+    // (bits of another tokenizer mean other images: the validation set, which must share the training
+    // data's tokenizer, would be refused for the wrong reason)
+    let (saved, trained_dir) = (first_model.tokenizer.as_deref(), &first_model.data_dir);
+    if let Some(why) = crate::infer::tokenizer_mismatch(saved, trained_dir, &cfg.data.dir, &train.manifest) {
+        let which = match a.data.is_some() {
+            true => "--data",
+            false => "the run's training dataset (data.dir; replaced since?)",
+        };
+        bail!("{which} {}: {why}: pass --data with the run's training dataset", cfg.data.dir.display());
+    }
     // (for a checkpoint of an earlier build, what its run had seen, recounted from the run's log)
     let flops_per_token =
         crate::train::TokenMix::of(&first_model.model, &train.manifest, cfg.data.global_batch).flops_per_token;

@@ -151,5 +151,6 @@ fn fresh_model(config: &Path, sets: &[String], data: Option<&Path>) -> Result<(C
     }
     let init = FreshInit { config: config.to_path_buf(), seed: cfg.run.seed, init_from: started.map(|s| s.record) };
     let (dir, precision) = (config.to_path_buf(), cfg.run.precision);
-    Ok((CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None }, init))
+    let ck = CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None, tokenizer: None };
+    Ok((ck, init))
 }

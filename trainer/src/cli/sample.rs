@@ -133,9 +133,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     if let Some(why) = infer::dataset_mismatch(&ck.model, &m) {
         bail!("{}: {why}: not the model's dataset (pass --data with its own)", data_dir.display());
     }
-    if let Some(warning) = a.data.as_ref().and_then(|given| infer::tokenizer_mismatch_warning(&ck.data_dir, given, &m))
-    {
-        console_err!("warning: {warning}");
+    if let Some(why) = infer::tokenizer_mismatch(ck.tokenizer.as_deref(), &ck.data_dir, &data_dir, &m) {
+        let which = match &a.data {
+            Some(_) => format!("--data {}", data_dir.display()),
+            None => format!("{} (the run's data.dir: replaced since?)", data_dir.display()),
+        };
+        bail!(
+            "{which}: {why}: the sampled bits would be decoded with another tokenizer's basis; pass --data with the \
+             model's dataset (or one made with its tokenizer)"
+        );
     }
     let pick = match (&a.schedule, &a.template) {
         (Some(name), _) => SchedulePick::Name(name),

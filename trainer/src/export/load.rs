@@ -123,8 +123,19 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         tracing::warn!("{}: {w}", cfg_path.display());
     }
     let data_dir = dataset.as_ref().map(|d| d.data_dir.clone()).unwrap_or_else(|| dir.to_path_buf());
+    let tokenizer =
+        dataset.as_ref().and_then(|d| infinity_data::tokenizer::identity(&d.tokenizer_dir, &d.manifest).ok());
     Ok(LoadedExport {
-        model: CheckpointModel { dir: dir.to_path_buf(), model, data_dir, params, step, precision, ema_decay },
+        model: CheckpointModel {
+            dir: dir.to_path_buf(),
+            model,
+            data_dir,
+            params,
+            step,
+            precision,
+            ema_decay,
+            tokenizer,
+        },
         ema,
         source: export.source,
         source_record: field("/source")?,

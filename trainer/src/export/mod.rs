@@ -95,6 +95,17 @@ pub struct Exported {
 }
 
 /// Write `out` (safetensors) and `config.json` beside it (and the dataset's tokenizer, when found).
+/// Why the dataset `m` (its tokenizer in `tokenizer_dir`) is not the one `ck` (as `mc`) trained on, if
+/// so: its bits, tokenizer layout or conditions differ, or its tokenizer is another.
+fn dataset_or_tokenizer_mismatch(
+    ck: &CheckpointModel,
+    mc: &ModelConfig,
+    (tokenizer_dir, m): (&Path, &Manifest),
+) -> Option<String> {
+    crate::infer::dataset_mismatch(mc, m)
+        .or_else(|| crate::infer::tokenizer_mismatch(ck.tokenizer.as_deref(), &ck.data_dir, tokenizer_dir, m))
+}
+
 pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<Exported> {
     let mc = ModelConfig { block_chunks: opts.block_chunks, ..ck.model.clone() };
     let mut warnings = Vec::new();
@@ -140,7 +151,7 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
     let carried = opts.from_export.as_ref().and_then(|f| f.dataset.as_ref()).filter(|_| opts.data.is_none());
     let tokenizer_dir = carried.map_or_else(|| data_dir.clone(), |(_, dir, _)| dir.clone());
     let manifest = match carried.map_or_else(|| Manifest::load(&data_dir), |(m, _, _)| Ok(m.clone())) {
-        Ok(m) => match (crate::infer::dataset_mismatch(&mc, &m), &opts.data) {
+        Ok(m) => match (dataset_or_tokenizer_mismatch(ck, &mc, (&tokenizer_dir, &m)), &opts.data) {
             (None, _) => Some(m),
             (Some(why), Some(_)) => bail!("--data {}: {why}: not the model's dataset", data_dir.display()),
             // the run's data.dir now holds another dataset: its schedules and tokenizer are not this model's

@@ -67,7 +67,7 @@ pub fn load_model_file(path: &Path, spec: &ModelSpec, ema: bool) -> Result<Check
     })?;
     // (the decay that made an upstream average is not known: the config's is this framework's setting)
     let (dir, precision) = (path.to_path_buf(), part.run.precision);
-    Ok(CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None })
+    Ok(CheckpointModel { dir, model, data_dir, params, step: None, precision, ema_decay: None, tokenizer: None })
 }
 
 /// Refuse a `path` that records its model or lies in a folder that does, one that is not there, and a

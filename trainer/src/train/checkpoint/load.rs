@@ -259,6 +259,10 @@ pub struct CheckpointModel {
     pub precision: Precision,
     /// `optim.ema_decay` of the run's config (none where it has none).
     pub ema_decay: Option<f64>,
+    /// [`infinity_data::tokenizer::identity`] of the tokenizer the model's bits are of: the training
+    /// data's, as the checkpoint's data position saved it, or the one an export describes. None where
+    /// unknown (a bare weights file, a fresh model, a checkpoint of a build before 2026-12-05).
+    pub tokenizer: Option<String>,
 }
 
 impl CheckpointModel {
@@ -290,7 +294,8 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
     let ema_decay = config.get("optim").and_then(|o| o.get("ema_decay")).and_then(|v| v.as_float());
     let lay = Layout::new(&model);
     let params = load_weights(&weights, &model, &lay)?;
-    Ok(CheckpointModel { dir, model, data_dir, params, step: Some(state.step), precision, ema_decay })
+    let tokenizer = state.loader.tokenizer.clone();
+    Ok(CheckpointModel { dir, model, data_dir, params, step: Some(state.step), precision, ema_decay, tokenizer })
 }
 
 /// The run's config that checkpoint `dir` keeps, as a table, and its `data.dir` (as written there). Only
