@@ -339,6 +339,10 @@ fn device_self_correction_matches_the_host_one() {
             m.add_grads_into(&mut g.data).unwrap();
             out.push((ce.loss, g.data));
         }
+        // (an empty schedule is an error, not an index out of bounds)
+        let empty = ModelInput { scales: &[], ..inp };
+        let e = m.step_latents(&empty, (&latents, &keys), (0.3, 13), true).unwrap_err();
+        assert!(format!("{e:#}").contains("schedules start with a 1×1 scale, found none"), "{e:#}");
         println!("patchify {patchify}: loss with host self-correction {:.7}, on the device {:.7}", out[0].0, out[1].0);
         assert!((out[0].0 - out[1].0).abs() <= 1e-6 * out[0].0, "losses {} vs {}", out[0].0, out[1].0);
         let (rel, name) = worst_rel(&lay, &out[1].1, &out[0].1);

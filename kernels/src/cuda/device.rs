@@ -104,6 +104,16 @@ impl Device {
         Ok(Device { ctx, stream, compute, arch, name, modules, functions, defines, profile, untiled_attention })
     }
 
+    /// The error, if any, of a driver call that could not return one when it failed (a buffer's free on
+    /// drop, an event's record or wait as a slice is used: cudarc keeps the latest), named as found
+    /// after `during` (a wait lost that way leaves the order it kept unkept). Cleared once read.
+    pub fn check_deferred_errors(&self, during: &str) -> Result<(), CudaError> {
+        self.ctx.check_err().map_err(|e| match CudaError::from(e) {
+            CudaError::Driver(e) => CudaError::Driver(format!("{e} (a deferred error, found after {during})")),
+            other => other,
+        })
+    }
+
     /// Start recording the GPU time of every launch (CUDA events around each; they serialise nothing,
     /// but add a little host time per launch). [`Device::profile_report`] ends the stretch.
     pub fn start_profile(&self) {

@@ -281,7 +281,11 @@ impl GpuModel {
     ) -> Result<BitwiseCe> {
         let (b, d, patchify) = (inp.b, self.cfg.d_vae(), self.cfg.apply_spatial_patchify);
         // the teacher-forcing inputs are [B, L − 1, d]: the schedule starts with one token
-        anyhow::ensure!(inp.scales[0] == (1, 1), "schedules start with a 1×1 scale, found {:?}", inp.scales[0]);
+        anyhow::ensure!(
+            inp.scales.first() == Some(&(1, 1)),
+            "schedules start with a 1×1 scale, found {}",
+            inp.scales.first().map_or("none".into(), |s| format!("{s:?}"))
+        );
         let scales = if patchify { patchify::tokenizer_scales(inp.scales) } else { inp.scales.to_vec() };
         let &(hh, ww) = scales.last().context("empty schedule")?;
         anyhow::ensure!(latents.len() == b * d * hh * ww && keys.len() == b, "latents are not [B, d, H, W]");
@@ -346,6 +350,8 @@ impl GpuModel {
         let s = &self.dev.stream;
         let token_loss: Vec<f64> = s.clone_dtoh(&acts.ce.token_loss)?.into_iter().map(f64::from).collect();
         let correct_bits = s.clone_dtoh(&acts.ce.correct)?;
+        drop(acts);
+        self.dev.check_deferred_errors("the step")?;
         let loss = token_loss.iter().zip(inp.token_weights).map(|(l, w)| l * w).sum();
         Ok(BitwiseCe { loss, token_loss, correct_bits })
     }

@@ -236,6 +236,7 @@ impl GpuModel {
             }
         }
         self.grad_scale = 1.0;
+        self.dev.check_deferred_errors("the AdamW update")?;
         Ok(())
     }
 
