@@ -78,26 +78,42 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         None => None,
     };
     // (an export's step as it records it; a bare weights file's is not known)
-    let checkpoints: Vec<(Option<u64>, PathBuf)> = match &weights {
+    let listed = || -> Result<Vec<(Option<u64>, PathBuf)>> {
+        Ok(checkpoints(&a.path, a.all)?.into_iter().map(|(step, dir)| (Some(step), dir)).collect())
+    };
+    let mut checkpoints: Vec<(Option<u64>, PathBuf)> = match &weights {
         Some((ck, _, _)) => vec![(ck.step, a.path.clone())],
-        None => checkpoints(&a.path, a.all)?.into_iter().map(|(step, dir)| (Some(step), dir)).collect(),
+        None => listed()?,
     };
     // (an export of the moving average holds it, `--ema` or not)
     let ema = weights.as_ref().map_or(a.ema, |(_, _, ema)| *ema);
-    // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
-    let first = &checkpoints[0].1;
     if a.all && a.path.join(STATE_FILE).is_file() {
         console_err!("warning: --all: {} is one checkpoint (give the run folder for all of them)", a.path.display());
     }
+    // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
     let (mut cfg, config, first_model) = match weights {
         Some((ck, cfg, _)) => (cfg, a.config.clone().expect("given"), ck),
         None => {
-            let config = first.join(CONFIG_FILE);
-            let cfg =
-                TrainConfig::load(&config, &[]).with_context(|| format!("the run's config {}", config.display()))?;
-            (cfg, config, load_model(first, a.ema)?)
+            let mut tries = 0;
+            loop {
+                let first = &checkpoints[0].1;
+                let config = first.join(CONFIG_FILE);
+                let loaded = TrainConfig::load(&config, &[])
+                    .with_context(|| format!("the run's config {}", config.display()))
+                    .and_then(|cfg| Ok((cfg, load_model(first, a.ema)?)));
+                match loaded {
+                    Ok((cfg, ck)) => break (cfg, config, ck),
+                    // (deleted since the listing by a run training on, `checkpoint.keep_last`: listed again)
+                    Err(_) if pruned(first) && tries < 5 => {
+                        console_err!("{}: gone since eval listed it (pruned?): listing again", first.display());
+                        (tries, checkpoints) = (tries + 1, listed()?);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
     };
+    let first = &checkpoints[0].1;
     // (set on the config read, not as `--set` text: a folder named 2024 stays a path)
     if let Some(dir) = &a.val {
         ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
@@ -172,7 +188,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             None => match load_model(dir, a.ema) {
                 Ok(ck) => ck,
                 // (pruned meanwhile by a run training on: `keep_last`)
-                Err(_) if a.all && !dir.join(checkpoint::DONE).is_file() => {
+                Err(_) if a.all && pruned(dir) => {
                     console_err!("warning: {}: gone since eval listed it (pruned?): skipped", dir.display());
                     continue;
                 }
@@ -185,7 +201,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         // as for an export or a weights file)
         let seen = match a.config.is_none() {
             true => {
-                let state = checkpoint::read_state(dir)?;
+                let state = match checkpoint::read_state(dir) {
+                    Ok(state) => state,
+                    Err(_) if a.all && pruned(dir) => {
+                        console_err!("warning: {}: gone since eval loaded it (pruned?): skipped", dir.display());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
                 let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
                 match (state.seen, checkpoint::run_folder_of(dir)) {
@@ -296,6 +319,12 @@ fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
 
 /// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with
 /// `all`, every complete one, oldest first), by step.
+/// Whether checkpoint `dir`, complete when listed, is gone: pruning (`checkpoint.keep_last`) moves a
+/// checkpoint's folder away whole, `DONE` with it.
+fn pruned(dir: &Path) -> bool {
+    !dir.join(checkpoint::DONE).is_file()
+}
+
 fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
     if path.join(STATE_FILE).is_file() {
         let dir = checkpoint::resolve(path)?;
