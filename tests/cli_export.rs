@@ -83,6 +83,21 @@ fn one_export_per_folder() {
     std::fs::copy(multi.join("model.safetensors"), &copy).unwrap();
     let report = python_fails(&[&"tools/check_export.py", &copy]);
     assert!(report.contains("describes model.safetensors, not copy.safetensors"), "{report}");
+    // a folder missing its config.json or shard index, or with a damaged one, is a failure naming the
+    // file, not a Python traceback
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    let weights = bare.join("model.safetensors");
+    std::fs::copy(multi.join("model.safetensors"), &weights).unwrap();
+    let fails_with = |what: &str| {
+        let report = python_fails(&[&"tools/check_export.py", &weights]);
+        assert!(report.contains("FAIL: ") && report.contains(what) && !report.contains("Traceback"), "{report}");
+    };
+    fails_with("config.json: no such file");
+    std::fs::write(bare.join("config.json"), "{\n").unwrap();
+    fails_with("config.json: not readable JSON");
+    std::fs::copy(multi.join("config.json"), bare.join("config.json")).unwrap();
+    fails_with("model.safetensors.index.json: missing");
 
     // the same name again replaces the export, said where it held other weights (another model's)
     let (_tmp2, _data2, class_run) = tiny_run("class", &[]);

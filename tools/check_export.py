@@ -104,6 +104,17 @@ def fail(msg):
     sys.exit(1)
 
 
+def read_json(path, what):
+    """The JSON file at `path` (`what` it is, for the failure), or a FAIL naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        fail(f"{path}: no such file ({what})")
+    except (OSError, ValueError) as e:
+        fail(f"{path}: not readable JSON ({what}): {e}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("weights")
@@ -112,7 +123,13 @@ def main():
     p.add_argument("--require-torch", action="store_true", help="fail instead of skipping the PyTorch load")
     a = p.parse_args()
 
-    cfg = json.load(open(os.path.join(os.path.dirname(a.weights) or ".", "config.json")))
+    if not os.path.isfile(a.weights):
+        fail(f"{a.weights}: no such file")
+    cfg = read_json(os.path.join(os.path.dirname(a.weights) or ".", "config.json"), "an export's config.json is "
+                    "written beside its weights")
+    missing = [k for k in ("constructor_kwargs", "dtype", "conditioning", "parameters", "key_layout") if k not in cfg]
+    if missing:
+        fail(f"config.json beside {a.weights} lacks {', '.join(missing)}: not an export's")
     kwargs = cfg["constructor_kwargs"]
     # (older exports do not name their file; a folder holds one export)
     if cfg.get("weights", os.path.basename(a.weights)) != os.path.basename(a.weights):
@@ -124,6 +141,8 @@ def main():
             found = f"{crc32c.crc32c(f.read()):08x}"
         if found != cfg["weights_crc32c"]:
             fail(f"{a.weights}: crc32c {found}, config.json records {cfg['weights_crc32c']}: changed since the export")
+    if cfg["dtype"] not in ("float32", "bfloat16"):
+        fail(f"config.json: dtype {cfg['dtype']!r}, expected \"float32\" or \"bfloat16\"")
     want_dtype = {"float32": "F32", "bfloat16": "BF16"}[cfg["dtype"]]
     tensors = header(a.weights)
     bad = [k for k, (dt, _) in tensors.items() if dt != want_dtype]
@@ -141,7 +160,9 @@ def main():
     if nonfinite:
         fail(f"non-finite values in {nonfinite[:5]}")
     index_path = os.path.join(os.path.dirname(a.weights) or ".", "model.safetensors.index.json")
-    weight_map = json.load(open(index_path))["weight_map"] if os.path.exists(index_path) else {}
+    if not os.path.exists(index_path):
+        fail(f"{index_path}: missing (upstream's `--checkpoint_type torch_shard` loads it; export again)")
+    weight_map = read_json(index_path, "the export's shard index").get("weight_map", {})
     if sorted(weight_map) != sorted(tensors) or set(weight_map.values()) != {os.path.basename(a.weights)}:
         fail(f"{index_path} does not map every tensor to {os.path.basename(a.weights)}")
     print(f"ok: {len(tensors)} tensors, {cfg['parameters']} parameters, dtype {cfg['dtype']}, keys {cfg['key_layout']}")
