@@ -98,7 +98,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             loop {
                 let first = &checkpoints[0].1;
                 let config = first.join(CONFIG_FILE);
-                let loaded = TrainConfig::load(&config, &[])
+                // (quietly: its warnings were the training's to say)
+                let loaded = TrainConfig::load_quietly(&config, &[])
                     .with_context(|| format!("the run's config {}", config.display()))
                     .and_then(|cfg| Ok((cfg, load_model(first, a.ema)?)));
                 match loaded {

@@ -99,6 +99,7 @@ impl SampleOptions {
         let places = &self.cfg_insertion_layer;
         let expected = match depth {
             0 | 1 => "0 (the logits; a model of one block has no hidden states to guide)".to_string(),
+            2 => "0 (the logits) or −1 (after the last of the 2 blocks)".to_string(),
             _ => format!("0 (the logits) or −1 to −{} (after block depth − k of the {depth})", depth - 1),
         };
         if places.is_empty() {

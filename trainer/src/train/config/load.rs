@@ -14,6 +14,16 @@ impl TrainConfig {
     /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        Self::load_checked(path, overrides, true)
+    }
+
+    /// [`TrainConfig::load`] without the warnings of settings that are allowed but likely mistakes: for
+    /// a run's own config read back (`infinity eval`), whose training said them.
+    pub fn load_quietly(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        Self::load_checked(path, overrides, false)
+    }
+
+    fn load_checked(path: &Path, overrides: &[String], warn: bool) -> Result<TrainConfig> {
         let (built, given) = merged(path, overrides)?;
         let mut cfg: TrainConfig = typed(built, &given, path, overrides)?;
         // (`--set model.init_from=""` takes out a source the file names: no override can remove a key)
@@ -22,7 +32,8 @@ impl TrainConfig {
         }
         // each check's message starts with the keys it is about (before its `must` or `:`; what follows
         // is context): name where their values came from, an override or variable before the file
-        cfg.validate().map_err(|e| {
+        let checked = if warn { cfg.validate() } else { cfg.validate_quietly() };
+        checked.map_err(|e| {
             let text = e.to_string();
             let subject =
                 [" must ", ": "].iter().filter_map(|sep| text.find(sep)).min().map_or(&text[..], |i| &text[..i]);
