@@ -315,7 +315,7 @@ fn guidance_on_the_hidden_states_carries_the_mix_into_the_blocks_after() {
     let hidden_only = sample(&cfg, &lay, &p, &with_negative, &wide, &rope_wide, &at(2.0, vec![last])).unwrap();
     assert_eq!(both.bits, hidden_only.bits, "the unconditional half is not the mix");
     for (places, why) in [
-        (vec![1], "--cfg-insertion-layer 1: expected 0 (the logits) or −1 to −1"),
+        (vec![1], "--cfg-insertion-layer 1: expected 0 (the logits) or −1 (after the last of the 2 blocks)"),
         (vec![-2], "--cfg-insertion-layer -2: expected"),
         (vec![], "no place for guidance"),
         (vec![-1, 0, -1], "-1 is given twice"),

@@ -80,12 +80,27 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
 /// past `step` are cut, and no history is set aside; but a diverged run's (its summary.json says so,
 /// and it writes no checkpoint while its steps are not finite) is set aside whole, the record of the
 /// blow-up kept.
+///
+/// The folder holds [`UNFINISHED`] until everything has moved: a session stopped midway (a kill, a
+/// full disk) leaves it there, and the next resume at `step` moves the rest into that same folder (its
+/// copy of the logs is whole: they are cut only after this returns) rather than splitting the history
+/// over two folders, or taking what was left for a crashed session's and removing it.
 pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)>> {
+    set_aside_with(run, step, &|from, to| std::fs::rename(from, to))
+}
+
+/// [`set_aside_later`], moving with `mv` (a test's stands for a session stopped midway).
+fn set_aside_with(
+    run: &Path,
+    step: u64,
+    mv: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<Option<(PathBuf, String)>> {
     let (later, grids) = later_than(run, step);
+    let unfinished = unfinished_set_aside(run, step);
     // (a step folder without its DONE, with no complete one after `step`, is a save a crash cut short:
     // the crashed session's, like its grids, not a history)
     let complete_later = later.iter().any(|(_, dir)| dir.join(DONE).is_file());
-    if !complete_later && !crate::train::rundir::summary_says(run, "diverged") {
+    if unfinished.is_none() && !complete_later && !crate::train::rundir::summary_says(run, "diverged") {
         for (_, dir) in &later {
             std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
             tracing::info!("removed {}, a checkpoint a crash left incomplete (no {DONE})", dir.display());
@@ -102,30 +117,67 @@ pub fn set_aside_later(run: &Path, step: u64) -> Result<Option<(PathBuf, String)
         }
         return Ok(None);
     }
-    let base = run.join("abandoned").join(format!("after-step-{step:08}"));
-    let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
-    let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
-    // the logs first, synced, gathered under a temporary name and renamed into place: the resumed
-    // session cuts the run's own back only after this, and a failure (a full disk) leaves neither a
-    // partial copy nor anything moved, for the next attempt to do again
-    let logs = copy_logs(run, &dest)?;
+    let (dest, logs) = match unfinished {
+        Some(dest) => (dest, None),
+        None => {
+            let base = run.join("abandoned").join(format!("after-step-{step:08}"));
+            let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
+            let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
+            // the logs first, synced, gathered under a temporary name and renamed into place (marked
+            // UNFINISHED): the resumed session cuts the run's own back only after this, and a failure
+            // (a full disk) leaves neither a partial copy nor anything moved, for the next attempt to do
+            // again
+            let logs = copy_logs(run, &dest)?;
+            (dest, Some(logs))
+        }
+    };
     let moves =
         later.iter().map(|(_, dir)| (dir, dest.clone())).chain(grids.iter().map(|(_, f)| (f, dest.join("samples"))));
     for (from, to_dir) in moves {
         std::fs::create_dir_all(&to_dir).with_context(|| format!("creating {}", to_dir.display()))?;
         let to = to_dir.join(from.file_name().expect("a step folder or grid has a name"));
-        std::fs::rename(from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        mv(from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
     }
-    sync_dir(&run.join("checkpoints"));
+    for dir in [run.join("checkpoints"), run.join("samples"), dest.clone(), dest.join("samples")] {
+        sync_dir(&dir);
+    }
+    let marker = dest.join(UNFINISHED);
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    sync_dir(&dest);
     let steps: Vec<u64> = later.iter().map(|(s, _)| *s).collect();
     let mut what = match steps.is_empty() && grids.is_empty() {
+        true if logs.is_none() => format!("nothing more after step {step}"),
         true => format!("the diverged steps after step {step}"),
         false => describe_later(step, &steps, grids.len()),
     };
-    if !logs.is_empty() {
-        what += &format!(" (copied with them, whole: {})", logs.join(", "));
+    match logs {
+        Some(logs) if !logs.is_empty() => what += &format!(" (copied with them, whole: {})", logs.join(", ")),
+        Some(_) => {}
+        None => what += " (the rest of a setting aside a stopped session began, with the logs it copied)",
     }
     Ok(Some((dest, what)))
+}
+
+/// Marks a folder of `RUN/abandoned/` whose history is still being moved in ([`set_aside_later`]).
+pub const UNFINISHED: &str = "UNFINISHED";
+
+/// The folder of `RUN/abandoned/` a setting aside after `step` began and did not finish (it holds
+/// [`UNFINISHED`]), if any.
+fn unfinished_set_aside(run: &Path, step: u64) -> Option<PathBuf> {
+    let base = format!("after-step-{step:08}");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(run.join("abandoned"))
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name == base
+                || name.strip_prefix(&base).and_then(|r| r.strip_prefix('.')).is_some_and(|k| k.parse::<u32>().is_ok())
+        })
+        .map(|e| e.path())
+        .filter(|d| d.join(UNFINISHED).is_file())
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// Copy the run's logs whole into `dest` (`metrics.jsonl`, `val.jsonl`, `eval.jsonl`, the event files of `tb/` into
@@ -181,6 +233,9 @@ fn stage_logs(run: &Path, staging: &Path) -> Result<Vec<String>> {
             .and_then(|_| File::open(to)?.sync_all())
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
+    // (removed once everything has moved: [`set_aside_later`])
+    let marker = staging.join(UNFINISHED);
+    File::create(&marker).and_then(|f| f.sync_all()).with_context(|| format!("creating {}", marker.display()))?;
     for dir in [staging.to_path_buf(), staging.join("tb")] {
         sync_dir(&dir);
     }
@@ -288,6 +343,43 @@ mod tests {
         std::fs::write(run.path().join("samples/step-00000005.png"), b"png").unwrap();
         let (dest, what) = set_aside_later(run.path(), 3).unwrap().unwrap();
         assert!(dest.join("samples/step-00000005.png").is_file() && dest.join("step-00000006").is_dir(), "{what}");
+    }
+
+    /// A setting aside stopped midway (here: after its first move) is finished by the next resume of the
+    /// same step, into the same folder, whose copy of the logs is kept; grids that were left behind go
+    /// with the history, not taken for a crashed session's and removed.
+    #[test]
+    fn a_setting_aside_stopped_midway_is_finished_into_the_same_folder() {
+        let run = fake_run(&[3, 6, 9]);
+        let samples = run.path().join("samples");
+        std::fs::create_dir_all(&samples).unwrap();
+        std::fs::write(samples.join("step-00000007.png"), b"png").unwrap();
+        std::fs::write(run.path().join("metrics.jsonl"), "{\"step\":9}\n").unwrap();
+        let moved = std::cell::Cell::new(0);
+        let once = |from: &Path, to: &Path| match moved.get() {
+            0 => {
+                moved.set(1);
+                std::fs::rename(from, to)
+            }
+            _ => Err(std::io::Error::other("killed")),
+        };
+        assert!(set_aside_with(run.path(), 3, &once).is_err());
+        let dest = run.path().join("abandoned/after-step-00000003");
+        assert!(dest.join(UNFINISHED).is_file() && dest.join("step-00000006").is_dir());
+        // (what a later session would have cut: the copy already made is the one kept)
+        std::fs::write(run.path().join("metrics.jsonl"), "{\"step\":3}\n").unwrap();
+        let (again, what) = set_aside_later(run.path(), 3).unwrap().unwrap();
+        assert_eq!(again, dest, "{what}");
+        assert!(dest.join("step-00000009").is_dir() && dest.join("samples/step-00000007.png").is_file(), "{what}");
+        assert!(!dest.join(UNFINISHED).exists() && !run.path().join("abandoned/after-step-00000003.1").exists());
+        assert_eq!(std::fs::read_to_string(dest.join("metrics.jsonl")).unwrap(), "{\"step\":9}\n");
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [3]);
+        // a finished one is not resumed: a second rewind to 3 takes a folder of its own
+        let extra = step_dir(run.path(), 12);
+        std::fs::create_dir_all(&extra).unwrap();
+        std::fs::write(extra.join(DONE), b"").unwrap();
+        let (third, _) = set_aside_later(run.path(), 3).unwrap().unwrap();
+        assert_eq!(third, run.path().join("abandoned/after-step-00000003.1"));
     }
 
     /// A step folder a crash left without its DONE, past the checkpoint resumed from and with no complete
