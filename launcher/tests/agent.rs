@@ -322,9 +322,9 @@ fn a_signal_between_attempts_after_ranks_ran_exits_as_preempted() {
     stopped_between_attempts(Some(libc::SIGUSR1));
 }
 
-/// The options of node `n` in a group of three nodes meeting at `rdzv`, then `more`.
-fn node_of_three<'a>(n: &'a str, rdzv: &'a str, more: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--nnodes", "3", "--node-rank", n, "--rdzv", rdzv, "--token", "t"];
+/// The options of node `n` in a group of `nnodes` nodes meeting at `rdzv`, then `more`.
+fn node_of<'a>(n: &'a str, nnodes: &'a str, rdzv: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--nnodes", nnodes, "--node-rank", n, "--rdzv", rdzv, "--token", "t"];
     v.extend_from_slice(more);
     v
 }
@@ -340,7 +340,7 @@ fn a_node_signalled_at_the_first_meeting_stops_the_others_waiting() {
     let rdzv = format!("127.0.0.1:{}", free_port());
     let often = [("INFINITY_RDZV_PROGRESS_S", "0.3".to_string())];
     let start = |n: &str| {
-        let args = args(d, &node_of_three(n, &rdzv, &[]), PATIENT_RANK);
+        let args = args(d, &node_of(n, "3", &rdzv, &[]), PATIENT_RANK);
         Agent::start_with(tmp.path(), &format!("node{n}"), &args, &often)
     };
     let (mut node0, mut node1) = (start("0"), start("1"));
@@ -357,37 +357,39 @@ fn a_node_signalled_at_the_first_meeting_stops_the_others_waiting() {
 }
 
 /// A signal to one agent while the others of a fixed group meet for a restart (waiting for a lost
-/// third node): it leaves as a preempted job, and so do the others, at once and naming it, rather than
-/// waiting out the rendezvous timeout (or, were the lost node replaced, starting a group without it).
+/// fourth node): it leaves as a preempted job, and so do the others, at once and naming it, rather than
+/// waiting out the rendezvous timeout (or, were the lost node replaced, starting a group without it);
+/// the store's host stays until the other agents have read it too.
 #[test]
 fn a_node_signalled_at_a_restarts_meeting_stops_the_others_waiting() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
-    // attempt 0: node 2's rank waits; the others' fail once node 2's agent is gone
+    // attempt 0: node 3's rank waits; the others' fail once node 3's agent is gone
     let rank = r#"touch "$TEST_DIR/started.$RANK.$INFINITY_RESTART_COUNT"
-        [ "$RANK" = 2 ] && exec sleep 60
-        while [ ! -e "$TEST_DIR/node2-killed" ]; do sleep 0.05; done; exit 3"#;
+        [ "$RANK" = 3 ] && exec sleep 60
+        while [ ! -e "$TEST_DIR/node3-killed" ]; do sleep 0.05; done; exit 3"#;
     let more = ["--max-restarts", "2", "--preempted-exit-code", "75"];
-    let start =
-        |n: &str| Agent::start(tmp.path(), &format!("node{n}"), &args(d, &node_of_three(n, &rdzv, &more), rank));
-    let (mut node0, mut node1, mut node2) = (start("0"), start("1"), start("2"));
-    wait_started(tmp.path(), 3, Duration::from_secs(15));
-    let _ = node2.child.kill();
-    let _ = node2.child.wait();
-    std::fs::write(tmp.path().join("node2-killed"), "").unwrap();
-    for node in [&node0, &node1] {
+    let start = |n: &str| Agent::start(tmp.path(), &format!("node{n}"), &args(d, &node_of(n, "4", &rdzv, &more), rank));
+    let mut nodes: Vec<Agent> = ["0", "1", "2", "3"].into_iter().map(start).collect();
+    wait_started(tmp.path(), 4, Duration::from_secs(15));
+    let _ = nodes[3].child.kill();
+    let _ = nodes[3].child.wait();
+    std::fs::write(tmp.path().join("node3-killed"), "").unwrap();
+    for node in &nodes[..3] {
         node.wait_for("restarting the group (restart 1 of 2)", Duration::from_secs(30));
     }
     std::thread::sleep(Duration::from_millis(500));
-    node1.signal(libc::SIGTERM);
-    assert_eq!(node1.exit(Duration::from_secs(10)).code(), Some(75), "{}", node1.text());
+    nodes[1].signal(libc::SIGTERM);
+    assert_eq!(nodes[1].exit(Duration::from_secs(10)).code(), Some(75), "{}", nodes[1].text());
     let t0 = Instant::now();
-    assert_eq!(node0.exit(Duration::from_secs(10)).code(), Some(75), "{}", node0.text());
-    assert!(t0.elapsed() < Duration::from_secs(5), "node 0 waited {:?}", t0.elapsed());
     let said = "node 1 (SIGTERM) was signalled while the group met: the group stops, no rank running; exiting with 75";
-    assert!(node0.text().contains(said), "{}", node0.text());
-    assert!(!tmp.path().join("started.0.1").exists(), "attempt 1 ran:\n{}", node0.text());
+    for n in [0, 2] {
+        assert_eq!(nodes[n].exit(Duration::from_secs(10)).code(), Some(75), "node {n}: {}", nodes[n].text());
+        assert!(nodes[n].text().contains(said), "node {n}: {}", nodes[n].text());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "the others waited {:?}", t0.elapsed());
+    assert!(!tmp.path().join("started.0.1").exists(), "attempt 1 ran:\n{}", nodes[0].text());
 }
 
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends

@@ -280,8 +280,8 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
 
 /// Why the dataset `m` in `dir` is not of the tokenizer the model's bits are of, if so: `saved`
 /// ([`CheckpointModel::tokenizer`](crate::train::checkpoint::CheckpointModel::tokenizer)) where known,
-/// else the run's own dataset `trained`'s where at hand (there, a tokenizer file that does not read
-/// counts as another). Its bits would be decoded with another tokenizer's basis (`sample`, `export`) or scored
+/// else the run's own dataset `trained`'s where at hand. A tokenizer file that does not read is not
+/// compared (loading it says what is wrong, where the command needs it). Its bits would be decoded with another tokenizer's basis (`sample`, `export`) or scored
 /// as other images (`eval`).
 pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &Manifest) -> Option<String> {
     if let Some(saved) = saved {
@@ -291,8 +291,13 @@ pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &M
             format!("its tokenizer ({now}) is not the one the model trained with ({saved}, its checkpoint says)")
         });
     }
+    // (the run's own dataset is its own; a file that does not read is not compared, as above)
+    let resolved = |p: &Path| p.canonicalize().ok();
+    if resolved(trained).is_some() && resolved(trained) == resolved(dir) {
+        return None;
+    }
     let run = Manifest::load(trained).ok()?;
-    let same = same_tokenizer((trained, &run), (dir, m)).unwrap_or(false);
+    let same = same_tokenizer((trained, &run), (dir, m)).ok()?;
     (!same).then(|| format!("its tokenizer is not the one the run trained with ({}'s)", trained.display()))
 }
 

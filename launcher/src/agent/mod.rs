@@ -179,10 +179,14 @@ pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
 }
 
 /// The exit code of an agent whose meeting `e` ([`MeetingStopped`]) ended: another node's agent was
-/// signalled and left, so the group stops before its ranks start, on every node.
-fn another_left(e: &anyhow::Error, signals: &Signals) -> i32 {
+/// signalled and left, so the group stops before its ranks start, on every node. The store's host
+/// (`hosting`) stays a little longer, for the other agents still waiting to read it too.
+async fn another_left(e: &anyhow::Error, signals: &Signals, hosting: bool) -> i32 {
     let code = signals.another_stopped_code();
     console_err!("[launch] {e}: the group stops, no rank running; exiting with {code}");
+    if hosting {
+        tokio::time::sleep(crate::store::STOP_POLL * 2).await;
+    }
     code
 }
 
@@ -315,7 +319,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                     return Ok(code);
                 }
                 Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
-                    return Ok(another_left(&e, &signals));
+                    return Ok(another_left(&e, &signals, server.is_some()).await);
                 }
                 Ok(agreed) => {
                     let (c, agreed) = agreed?;
@@ -373,7 +377,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 return Ok(code);
             }
             Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
-                return Ok(another_left(&e, &signals));
+                return Ok(another_left(&e, &signals, server.is_some()).await);
             }
             Ok(met) => {
                 let (c, joined) = met?;

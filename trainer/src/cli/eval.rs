@@ -318,14 +318,14 @@ fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
     }
 }
 
-/// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with
-/// `all`, every complete one, oldest first), by step.
 /// Whether checkpoint `dir`, complete when listed, is gone: pruning (`checkpoint.keep_last`) moves a
 /// checkpoint's folder away whole, `DONE` with it.
 fn pruned(dir: &Path) -> bool {
     !dir.join(checkpoint::DONE).is_file()
 }
 
+/// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with
+/// `all`, every complete one, oldest first), by step.
 fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
     if path.join(STATE_FILE).is_file() {
         let dir = checkpoint::resolve(path)?;
