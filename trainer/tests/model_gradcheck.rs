@@ -382,4 +382,16 @@ fn top_k_one_is_greedy_per_bit_and_two_keeps_both_classes() {
     let two = |seed| draw(SampleOptions { top_k: 2, ..SampleOptions::uniform(1.0, 1.0, 0.0, seed) });
     assert_eq!(two(3), draw(SampleOptions::uniform(1.0, 1.0, 0.0, 3)));
     assert_ne!(two(3), greedy, "top-k 2 filtered");
+    // a temperature so low the logits over it overflow is greedy still (not every bit 0)
+    assert_eq!(draw(SampleOptions::uniform(1.0, 1e-310, 0.0, 3)), greedy);
+    // a tie (every logit 0: the head zeroed) keeps both classes, as upstream's filter by value does
+    let mut flat = p.clone();
+    for name in ["head.weight", "head.bias"] {
+        flat.data[lay.range(name)].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let o = SampleOptions { top_k: 1, ..SampleOptions::uniform(1.0, 1.0, 0.0, 5) };
+    let tied = sample(&cfg, &lay, &flat, &cond, &scales, &rope, &o).unwrap().bits;
+    let all: Vec<u8> = tied.concat();
+    let ones = all.iter().filter(|&&b| b == 1).count() as f64 / all.len() as f64;
+    assert!((0.3..0.7).contains(&ones), "a tie drew {ones:.2} ones at top-k 1");
 }

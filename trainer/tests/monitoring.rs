@@ -202,9 +202,19 @@ fn a_run_diverged_before_its_first_checkpoint_is_not_started_into_the_same_diver
     // (the initialisation is a fresh start's to take: another one trains other steps)
     let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--check", "--set", "model.init.tini=0.01"], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = infinity_train(tmp.path(), &cfg, &["--resume", "auto", "--set", "optim.lr=1e-3"], &[]);
+    // other settings, killed before their first checkpoint: a plain restart of them is no repeat of
+    // the divergence (the diverged session's summary went with its logs)
+    let lower = ["--resume", "auto", "--set", "optim.lr=1e-3"];
+    let out = infinity_train(tmp.path(), &cfg, &lower, &[("INFINITY_FAULT_KILL", "0:2")]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = infinity_train(tmp.path(), &cfg, &lower, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(summary(&cfg.run.dir)["diverged"], false);
+    // the record of the blow-up is kept beside the run: its logs and summary
+    let kept = cfg.run.dir.join("abandoned/after-step-00000000");
+    let metrics = std::fs::read_to_string(kept.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("\"loss\":null")), "{metrics}");
+    assert_eq!(summary(&kept)["diverged"], true);
 }
 
 /// A divergence that came with a setting changed on a resume (a finished run extended with a learning

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use rand::Rng;
@@ -237,6 +237,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 state.step,
                 dir.display()
             );
+        }
+    }
+    if leader && !resumed && rundir::summary_says(run, "diverged") && checkpoint::complete(run).is_empty() {
+        // a fresh start after a divergence before the first checkpoint (with other settings: the same
+        // were refused above): the diverged session's logs and grids are set aside as a rewind's are,
+        // with its summary.json, which would otherwise say "diverged" (and refuse a plain restart of
+        // this session) until this session's first checkpoint
+        if let Some((dir, what)) = checkpoint::set_aside_later(run, 0)? {
+            let (from, to) = (run.join("summary.json"), dir.join("summary.json"));
+            std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            tracing::warn!("starting afresh where this run folder has {what}: moved to {}", dir.display());
         }
     }
     // (before config.toml is this session's: it compares with the last session's)

@@ -35,8 +35,8 @@ pub struct SampleOptions {
     /// Per-bit top-p: the minority class is dropped when its probability is ≤ `1 − top_p` (0 = off).
     pub top_p: f64,
     /// Per-bit top-k (upstream's `top_k`, applied before top-p): 1 keeps each bit's likelier class (a
-    /// tie: 0, as `torch.topk` keeps the first); 0, or 2 and more, keep both (a bit has two classes:
-    /// upstream's default 900 filters nothing).
+    /// tie keeps both, as upstream's filter by value does: drawn at even odds); 0, or 2 and more, keep
+    /// both (a bit has two classes: upstream's default 900 filters nothing).
     pub top_k: usize,
     pub seed: u64,
     /// What each sample's random numbers are keyed by, with the seed and the scale: a key of its
@@ -396,12 +396,17 @@ pub fn sample_with(
             for t in 0..n {
                 for j in 0..d {
                     let at = |row: usize, k: usize| logits[((row * n + t) * 2 * d) + 2 * j + k] as f64;
-                    let mix = |k: usize| match guided && on_logits {
-                        true => (guidance * at(bi, k) + (1.0 - guidance) * at(b + bi, k)) / tau,
-                        false => at(bi, k) / tau,
-                    };
-                    let p1 = 1.0 / (1.0 + (mix(0) - mix(1)).exp());
-                    let filtered = o.top_k == 1 || (o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p);
+                    // class 0's margin over class 1, guided, then tempered (the difference first: a tiny
+                    // tau or a huge cfg overflows the logits themselves, not their difference)
+                    let margin = |row: usize| at(row, 0) - at(row, 1);
+                    let margin = match guided && on_logits {
+                        true => guidance * margin(bi) + (1.0 - guidance) * margin(b + bi),
+                        false => margin(bi),
+                    } / tau;
+                    let p1 = 1.0 / (1.0 + margin.exp());
+                    // (top-k 1 filters by value, as upstream: a tie keeps both classes)
+                    let filtered =
+                        (o.top_k == 1 && margin != 0.0) || (o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p);
                     let p1 = if filtered { (p1 > 0.5) as u8 as f64 } else { p1 };
                     bits[t * d + j] = (rng.random::<f64>() < p1) as u8;
                 }
