@@ -953,4 +953,12 @@ fn eval_measures_checkpoints_as_training_validates() {
     assert!(e.contains("--val"), "--name without --val: {e}");
     let e = err(&["eval", path_str(&run), "--val", path_str(&tmp.path().join("nowhere"))]);
     assert!(e.contains("not a dataset (no manifest.json)"), "{e}");
+    // a line a kill left torn stays a line of its own: the next result is whole
+    let torn = tmp.path().join("torn.jsonl");
+    std::fs::write(&torn, "{\"step\":1}\n{\"step\":2,\"lo").unwrap();
+    assert!(infinity(&["eval", path_str(&run), "--val", path_str(&val), "--max-rows", "5", "--out", path_str(&torn)]));
+    let text = std::fs::read_to_string(&torn).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(lines[2]).unwrap()["step"], 3, "{text}");
 }

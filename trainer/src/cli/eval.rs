@@ -173,13 +173,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let mut compute = Compute::open_as(&want, &first_model.model, &lay)?;
     let (mut dist, mut acts) = (Dist::solo(), Acts::default());
     let mut out = match &a.out {
-        Some(p) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))?,
-        ),
+        Some(p) => Some(open_out(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
     let mut loaded = Some(first_model);
@@ -247,7 +241,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                     "tokens_seen": seen.map(|s| s.tokens),
                     "flops_seen": seen.map(|s| s.flops),
                 });
-                writeln!(f, "{line}").context("writing --out")?;
+                // (one write: a kill leaves a whole line or a torn one, never a line without its end)
+                f.write_all(format!("{line}\n").as_bytes()).context("writing --out")?;
             }
         }
     }
@@ -316,6 +311,22 @@ fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
         Some(n) => cfg.val.sets.iter().find(|s| s.name() == n).map(|s| s.dir.clone()),
         None => cfg.val.dir.clone(),
     }
+}
+
+/// `--out` opened to append, a line a kill or a full disk left torn (no newline) ended first, so that it
+/// stays a line of its own (which readers skip) instead of swallowing the next one.
+fn open_out(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(p)?;
+    if f.seek(SeekFrom::End(0))? > 0 {
+        let mut last = [0u8];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.write_all(b"\n")?;
+        }
+    }
+    Ok(f)
 }
 
 /// Whether checkpoint `dir`, complete when listed, is gone: pruning (`checkpoint.keep_last`) moves a
