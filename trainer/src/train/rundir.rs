@@ -258,7 +258,15 @@ fn rewound_since(run: &Path, ckpt: &Path, step: u64) -> Option<String> {
 /// is not a record with a step (a write cut short, an edit) is kept where records the run keeps follow
 /// it and dropped after them, and either way a warning names it: the log is never shortened unsaid.
 pub fn truncate_log(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    // (no log yet: nothing to cut; one that does not read is an error, not a log appended to uncut)
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {} to cut it back to step {step}", path.display())),
+    };
+    // (bytes that are not UTF-8, a disk's garbage, read as replacement characters: those lines are no
+    // records, and are said)
+    let text = String::from_utf8_lossy(&bytes);
     let steps: Vec<Option<u64>> = text
         .lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()))
@@ -521,6 +529,16 @@ mod tests {
         std::fs::write(&p, "{\"step\":1}\n{\"st").unwrap();
         truncate_log(&p, 5).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n", "a torn last line is dropped");
+        // bytes that are not UTF-8 (a disk's garbage) do not stop the cut: the steps past it still go
+        std::fs::write(&p, b"{\"step\":1}\n\xff\xfe\n{\"step\":2}\n{\"step\":3}\n").unwrap();
+        truncate_log(&p, 2).unwrap();
+        let kept = String::from_utf8(std::fs::read(&p).unwrap()).unwrap();
+        assert!(kept.ends_with("{\"step\":2}\n") && !kept.contains("\"step\":3"), "{kept}");
+        // a log that cannot be read is an error, not a log left uncut
+        let folder = dir.join("val.jsonl");
+        std::fs::create_dir_all(&folder).unwrap();
+        assert!(truncate_log(&folder, 2).is_err());
+        std::fs::remove_dir(&folder).unwrap();
         std::fs::remove_file(&p).unwrap();
         check_fresh(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
