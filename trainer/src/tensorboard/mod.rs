@@ -258,6 +258,15 @@ impl EventWriter {
         )
     }
 
+    /// Make what was flushed to the file durable (a power loss otherwise leaves a gap in `tb/` that the
+    /// checkpoint after it never fills).
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        match &self.out {
+            Some(out) => out.get_ref().file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
     /// Push buffered records to the file (TensorBoard reads complete records only).
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.on_file(|out| out.flush())?;

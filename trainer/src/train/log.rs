@@ -167,13 +167,17 @@ impl Logger {
         self.tb.failed_writes()
     }
 
-    /// Make `metrics.jsonl` and `val.jsonl` durable (before a checkpoint of their steps: after a power
-    /// loss, a checkpoint whose log lines were lost would leave a gap in the curves and no loss to say).
+    /// Make `metrics.jsonl`, `val.jsonl` and the TensorBoard events durable (before a checkpoint of
+    /// their steps: after a power loss, a checkpoint whose log lines were lost would leave a gap in the
+    /// curves and no loss to say).
     pub fn sync(&self) {
         for f in std::iter::once(&self.jsonl).chain(&self.val) {
             if let Err(e) = f.sync_data() {
                 tracing::warn!("syncing the run's logs to disk: {e}");
             }
+        }
+        if let Err(e) = self.tb.sync() {
+            tracing::warn!("syncing the run's TensorBoard events to disk: {e}");
         }
     }
 

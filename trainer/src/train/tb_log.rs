@@ -54,6 +54,11 @@ impl TbLog {
         }
     }
 
+    /// Make the events written so far durable (each write is flushed to the file already).
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        self.writer.as_ref().map_or(Ok(()), EventWriter::sync_data)
+    }
+
     /// Writes that failed this session (their events are lost).
     pub(super) fn failed_writes(&self) -> u64 {
         self.failed_writes
