@@ -904,6 +904,23 @@ fn another_tokenizers_dataset_is_refused_by_sample_export_and_eval() {
     assert!(e.contains("(the run's data.dir: replaced since?): its tokenizer ("), "{e}");
 }
 
+/// A tokenizer file that does not read, with `--bits`: the bits are still written (said, with no image),
+/// and an image an earlier sampling left at `-o` stays as it was; without `--bits`, an error.
+#[test]
+fn a_damaged_tokenizer_still_lets_the_bits_be_written() {
+    let (tmp, data, run, cfg) = class_run();
+    assert!(infinity(&["train", path_str(&cfg)]));
+    let (png, bits) = (tmp.path().join("grid.png"), tmp.path().join("bits.safetensors"));
+    assert!(infinity(&["sample", path_str(&run), "--class", "0", "-o", path_str(&png)]));
+    let before = std::fs::read(&png).unwrap();
+    std::fs::write(data.join("tokenizer.safetensors"), b"damaged").unwrap();
+    let args = ["sample", path_str(&run), "--class", "0", "-o", path_str(&png)];
+    assert!(infinity(&[&args[..], &["--bits", path_str(&bits)]].concat()));
+    assert!(bits.is_file() && std::fs::read(&png).unwrap() == before);
+    let e = err(&args);
+    assert!(e.contains("tokenizer.safetensors") && e.contains("pass --bits FILE"), "{e}");
+}
+
 #[test]
 fn eval_measures_checkpoints_as_training_validates() {
     let (tmp, data, run, cfg) = class_run();

@@ -260,8 +260,13 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         console!("wrote {}", path.display());
     }
+    // (an image an earlier sampling left at -o is not this one's: said, where none is written)
+    let earlier = match a.out.exists() {
+        true => format!("; {} is an earlier one, left as it was", a.out.display()),
+        false => String::new(),
+    };
     match tokenizer {
-        Err(e) => console!("no image: {e:#}"),
+        Err(e) => console!("no image: {e:#}{earlier}"),
         Ok(Some(tok)) => {
             let notes = [("infinity_sample", made_by.to_string())];
             save_grid_noted(&infer::decode(&tok, &s, sched), a.n, &a.out, &notes)?;
@@ -272,7 +277,10 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
             console!("wrote {}{kept}", a.out.display());
         }
         Ok(None) => {
-            console!("no image: the dataset's tokenizer `{}` is not built in; decode the bits", m.tokenizer.name)
+            console!(
+                "no image: the dataset's tokenizer `{}` is not built in; decode the bits{earlier}",
+                m.tokenizer.name
+            )
         }
     }
     Ok(ExitCode::SUCCESS)
