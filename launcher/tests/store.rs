@@ -234,15 +234,38 @@ fn agents_meeting_name_node_ranks() {
     use infinity_launcher::store::{JoinedTwice, Members};
     let (_s, addr) = server("t");
     let mut n0 = StoreClient::connect(&addr, "t", "n0", T).unwrap();
-    let e = format!("{:#}", n0.meet("run/agents", 0, 2, Duration::from_millis(300), Members::Nodes, None).unwrap_err());
+    let e = format!("{:#}", n0.meet("run/agents", 0, 2, Duration::from_millis(300), Members::Nodes, &[]).unwrap_err());
     assert!(e.contains("node ranks [1] of 2 never arrived within 0 s (start `infinity launch` there)"), "{e}");
     let mut dup = StoreClient::connect(&addr, "t", "dup", T).unwrap();
-    let e = dup.meet("run/agents", 0, 2, T, Members::Nodes, None).unwrap_err();
+    let e = dup.meet("run/agents", 0, 2, T, Members::Nodes, &[]).unwrap_err();
     assert!(e.downcast_ref::<JoinedTwice>().is_some());
     let e = format!("{e:#}");
     assert!(e.contains("node rank 0 joined twice (two agents with --node-rank 0?)") && !e.contains("start"), "{e}");
-    let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes, None).unwrap_err());
+    let e = format!("{:#}", dup.meet("run/agents", 1, 3, T, Members::Nodes, &[]).unwrap_err());
     assert!(e.contains("node rank 1 has --nnodes 3, node rank 0 has 2") && !e.contains("start"), "{e}");
+}
+
+/// A meeting ends within a second when a member that left posts who it is under any of its stop keys
+/// (this attempt's, or the one before's), naming it, instead of waiting out its timeout.
+#[test]
+fn a_meeting_ends_when_a_member_posts_that_it_left() {
+    use infinity_launcher::store::{MeetingStopped, Members};
+    let (_s, addr) = server("t");
+    for (run, posted) in [("a", 1), ("b", 0)] {
+        let stops = [format!("{run}/attempt-2/signal"), format!("{run}/attempt-1/signal")];
+        let key = stops[posted].clone();
+        let mut waiting = StoreClient::connect(&addr, "t", "n0", T).unwrap();
+        let mut leaving = StoreClient::connect(&addr, "t", "n1", T).unwrap();
+        let prefix = format!("{run}/attempt-2/agents");
+        let meeting =
+            std::thread::spawn(move || waiting.meet(&prefix, 0, 3, Duration::from_secs(30), Members::Nodes, &stops));
+        std::thread::sleep(Duration::from_millis(300));
+        leaving.set(&key, b"node 1 (SIGTERM)").unwrap();
+        let t0 = std::time::Instant::now();
+        let e = meeting.join().unwrap().unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+        assert_eq!(e.downcast_ref::<MeetingStopped>().map(|m| m.0.as_str()), Some("node 1 (SIGTERM)"), "{e:#}");
+    }
 }
 
 /// A store that refused a wrong token or an agent of another run says so to the agents waiting for
@@ -270,7 +293,7 @@ fn refused_agents_are_named_to_the_agents_waiting_for_them() {
 
     let e = format!(
         "{:#}",
-        n0.meet("a/attempt-0/agents", 0, 3, Duration::from_millis(300), Members::Nodes, None).unwrap_err()
+        n0.meet("a/attempt-0/agents", 0, 3, Duration::from_millis(300), Members::Nodes, &[]).unwrap_err()
     );
     assert!(e.contains("node ranks [1, 2] of 3 never arrived within 0 s; the store refused "), "{e}");
     // ("just now" or "1 s ago" on a loaded machine)

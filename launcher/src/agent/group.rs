@@ -272,8 +272,8 @@ pub(super) fn first_attempt(
 /// values, on every node. The wait says every 30 s which nodes are missing and what the store refused
 /// (a wrong token, another run id); `Err(nodes)` inside: those nodes of an elastic round never posted
 /// their settings within `timeout` (a fixed group's agent fails then, naming them and the refusals).
-/// An agent that leaves meanwhile, signalled, posts who it is under `stop` ([`tell_leaving`]): the
-/// wait ends with [`MeetingStopped`] naming it.
+/// An agent that leaves meanwhile, signalled, posts who it is under one of `stops` ([`tell_leaving`]):
+/// the wait ends with [`MeetingStopped`] naming it.
 pub(super) fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
@@ -281,7 +281,7 @@ pub(super) fn agree_on_settings(
     g: Group,
     hosting: bool,
     timeout: Duration,
-    stop: Option<String>,
+    stops: Vec<String>,
 ) -> JoinHandle<Result<(StoreClient, Agreed)>> {
     let fixed = !matches!(a.nnodes, Some(Nodes::Elastic { .. }));
     let mine = settings_line(a, g.nnodes);
@@ -295,7 +295,7 @@ pub(super) fn agree_on_settings(
             client.set(&format!("{prefix}/{}/{node}", crate::store::STARTED_AGAIN), host.as_bytes())?;
         }
         let mut keys: Vec<String> = (0..nnodes).map(|n| format!("{prefix}/{n}")).collect();
-        keys.extend(stop.clone());
+        keys.extend(stops.iter().cloned());
         let mut theirs: Vec<Option<String>> = vec![None; nnodes];
         let t0 = Instant::now();
         let mut progress = Progress::start(timeout, "--rdzv-timeout-s");
@@ -304,7 +304,7 @@ pub(super) fn agree_on_settings(
         };
         loop {
             let present = client.check(&keys)?;
-            if let Some(stop) = stop.as_ref().filter(|_| present[nnodes]) {
+            if let Some(stop) = stops.iter().zip(&present[nnodes..]).find(|(_, &p)| p).map(|(k, _)| k) {
                 let who = String::from_utf8_lossy(&client.get(stop, timeout)?).into_owned();
                 return Err(MeetingStopped(who).into());
             }

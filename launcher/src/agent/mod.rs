@@ -305,6 +305,10 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
         // (an agent signalled meanwhile leaves the meeting, posting so under the attempt's `signal`: the
         // others stop too, and a lost node's replacement does not join)
         let leaving = format!("{}/attempt-{attempt}/signal", p.run_id);
+        // (and a node signalled as the attempt before failed, after this agent looked for that: it
+        // never comes to this meeting)
+        let before = attempt.checked_sub(1).map(|k| format!("{}/attempt-{k}/signal", p.run_id));
+        let stops: Vec<String> = std::iter::once(leaving.clone()).chain(before).collect();
         let tell_leaving = |signals: &Signals| {
             let what = format!("node {} ({})", p.node_rank, signals.stopped_by().unwrap_or("a signal"));
             group::tell_leaving(&store_addr, &p.token, &who, leaving.clone(), what, server.is_some())
@@ -312,7 +316,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
         if attempt == first && rounds.is_none() {
             let settings = format!("{}/settings", p.run_id);
             let g = Group { round: attempt, node_rank: p.node_rank, nnodes: p.nnodes };
-            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout, Some(leaving.clone()));
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), timeout, stops.clone());
             match until_signal(&mut signals, agree, "waiting for the other agents").await {
                 Err(code) => {
                     tell_leaving(&signals).await;
@@ -340,12 +344,12 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
         // all agents meet before spawning, so a restart starts every node together
         let (meet, what) = match rounds.clone() {
             None => {
-                let (run_id, node, nnodes, stop) = (p.run_id.clone(), p.node_rank, p.nnodes, leaving.clone());
+                let (run_id, node, nnodes, stops) = (p.run_id.clone(), p.node_rank, p.nnodes, stops.clone());
                 let meet = tokio::task::spawn_blocking(move || -> Result<(StoreClient, Joined)> {
                     // where an agent that replaces a lost node joins
                     client.set(&format!("{run_id}/{CURRENT_ATTEMPT}"), attempt.to_string().as_bytes())?;
                     let pre = format!("{run_id}/attempt-{attempt}/agents");
-                    if let Err(e) = client.meet(&pre, node, nnodes, timeout, Members::Nodes, Some(&stop)) {
+                    if let Err(e) = client.meet(&pre, node, nnodes, timeout, Members::Nodes, &stops) {
                         if e.downcast_ref::<MeetingStopped>().is_some() {
                             return Err(e);
                         }
@@ -421,7 +425,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
             let settings = format!("{}/settings/{}", p.run_id, g.round);
             // (an elastic round's members are alive and post theirs at once)
             let wait = timeout.min(Duration::from_secs(30));
-            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), wait, None);
+            let agree = agree_on_settings(client, &a, &settings, g, server.is_some(), wait, Vec::new());
             let (c, agreed) = match until_signal(&mut signals, agree, "checking the round's settings").await {
                 Err(code) => return Ok(code),
                 Ok(agreed) => agreed?,

@@ -266,14 +266,14 @@ impl StoreClient {
     /// outside the world, a rank that joins twice ([`JoinedTwice`]), a world size that differs from
     /// rank 0's; a timeout names the ranks that never arrived.
     pub fn rendezvous(&mut self, prefix: &str, rank: usize, world: usize, timeout: Duration) -> Result<()> {
-        self.meet(prefix, rank, world, timeout, Members::Ranks, None)
+        self.meet(prefix, rank, world, timeout, Members::Ranks, &[])
     }
 
     /// [`rendezvous`](Self::rendezvous), its errors naming `members` (training ranks, or agents). A long
     /// wait says every 30 s who is missing, and with a timeout, what the store refused meanwhile. A
-    /// member that leaves the meeting (a signalled agent) posts who it is under `stop`: the wait ends
-    /// within a second with [`MeetingStopped`] naming it, rather than waiting for the rest and forming
-    /// a group without it.
+    /// member that leaves the meeting (a signalled agent) posts who it is under one of the keys `stops`:
+    /// the wait ends within a second with [`MeetingStopped`] naming it, rather than waiting for the rest
+    /// and forming a group without it.
     pub fn meet(
         &mut self,
         prefix: &str,
@@ -281,7 +281,7 @@ impl StoreClient {
         world: usize,
         timeout: Duration,
         members: Members,
-        stop: Option<&str>,
+        stops: &[String],
     ) -> Result<()> {
         let (name, world_flag, hint) = match members {
             Members::Ranks => ("rank", "WORLD_SIZE", ""),
@@ -318,7 +318,7 @@ impl StoreClient {
         } else {
             let key = format!("{prefix}/world");
             let mut progress = Progress::start(timeout, setting);
-            let ends = [Some(mismatch.as_str()), stop];
+            let ends = (mismatch.as_str(), stops);
             let waited = self.wait_saying(std::slice::from_ref(&key), ends, &mut progress, &speaker, |_| {
                 format!("waiting for {name}s [0] of {world}")
             })?;
@@ -339,7 +339,7 @@ impl StoreClient {
             missing.iter().filter_map(|k| k.rsplit('/').next()).map(str::to_string).collect()
         };
         let mut progress = Progress::start(timeout, setting);
-        if let Err(missing) = self.wait_saying(&keys, [Some(&mismatch), stop], &mut progress, &speaker, |missing| {
+        if let Err(missing) = self.wait_saying(&keys, (&mismatch, stops), &mut progress, &speaker, |missing| {
             format!("waiting for {name}s [{}] of {world}", ranks(missing).join(", "))
         })? {
             return Err(timed_out(self, &ranks(&missing)));
@@ -375,34 +375,34 @@ impl StoreClient {
 
     /// [`wait`](Self::wait) until `progress` times out, saying what it waits for (`what` of the keys still
     /// missing) and the store's refusals whenever a report is due: `[launch] waiting for node ranks [1] of
-    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`. `[mismatch, stop]`: a member that posted why it
+    /// 2 (30 s so far, 270 s until --rdzv-timeout-s)`. `(mismatch, stops)`: a member that posted why it
     /// cannot join under `mismatch` ends the wait at the next report (or the timeout) with that error;
-    /// one that left, under `stop`, within [`STOP_POLL`] with [`MeetingStopped`].
+    /// one that left, under one of `stops`, within [`STOP_POLL`] with [`MeetingStopped`].
     fn wait_saying(
         &mut self,
         keys: &[String],
-        [mismatch, stop]: [Option<&str>; 2],
+        (mismatch, stops): (&str, &[String]),
         progress: &mut Progress,
         speaker: &str,
         what: impl Fn(&[String]) -> String,
     ) -> Result<std::result::Result<(), Vec<String>>> {
-        let ends: Vec<String> = [mismatch, stop].into_iter().flatten().map(str::to_string).collect();
+        let ends: Vec<String> = std::iter::once(mismatch.to_string()).chain(stops.iter().cloned()).collect();
         loop {
-            let slice = match stop {
-                Some(_) => progress.slice().min(STOP_POLL),
-                None => progress.slice(),
+            let slice = match stops.is_empty() {
+                false => progress.slice().min(STOP_POLL),
+                true => progress.slice(),
             };
             let waited = self.wait(keys, slice)?;
-            let posted = match waited.is_err() && !ends.is_empty() {
+            let posted = match waited.is_err() {
                 true => self.check(&ends)?,
                 false => vec![],
             };
-            if let (Some(mismatch), Some(true)) = (mismatch, posted.first()) {
+            if posted.first() == Some(&true) {
                 let why = String::from_utf8_lossy(&self.get(mismatch, Duration::from_secs(1))?).into_owned();
                 let prefix = mismatch.trim_end_matches("/mismatch");
                 bail!("rendezvous {prefix}: {why}, so the group cannot form (start every member with the same size)");
             }
-            if let (Some(stop), Some(true)) = (stop, posted.last()) {
+            if let Some(stop) = ends.iter().zip(&posted).skip(1).find(|(_, &p)| p).map(|(k, _)| k) {
                 let who = String::from_utf8_lossy(&self.get(stop, Duration::from_secs(1))?).into_owned();
                 return Err(MeetingStopped(who).into());
             }
