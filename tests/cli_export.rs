@@ -83,6 +83,15 @@ fn one_export_per_folder() {
     std::fs::copy(multi.join("model.safetensors"), &copy).unwrap();
     let report = python_fails(&[&"tools/check_export.py", &copy]);
     assert!(report.contains("describes model.safetensors, not copy.safetensors"), "{report}");
+    // an export writing into the folder meanwhile (its lock held here): refused, the folder as it was
+    {
+        use infinity_data::file_lock::{try_lock, Lock};
+        let held = std::fs::File::open(&multi).unwrap();
+        assert!(try_lock(&held, Lock::Exclusive).unwrap());
+        let e = err(&["export", run_s, "-o", path_str(&multi), "--dtype", "bf16"]);
+        assert!(e.contains("another `infinity export` is writing into it"), "{e}");
+        assert_eq!(config(&multi)["dtype"], "float32");
+    }
     // a folder missing its config.json or shard index, or with a damaged one, is a failure naming the
     // file, not a Python traceback
     let bare = tmp.path().join("bare");

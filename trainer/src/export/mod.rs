@@ -106,7 +106,43 @@ fn dataset_or_tokenizer_mismatch(
         .or_else(|| crate::infer::tokenizer_mismatch(ck.tokenizer.as_deref(), &ck.data_dir, tokenizer_dir, m))
 }
 
+/// Export `ck` to the weights file `out` (its folder made where missing), the folder locked meanwhile:
+/// a second export into it at once would interleave its files with this one's (config.json describing
+/// one dtype, the weights another), so it is refused instead, naming the folder.
 pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<Exported> {
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let made = infinity_data::file_lock::missing_folders(folder);
+    std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    // (held to the end; where another export holds it, the folder is that one's, left alone)
+    let _lock = lock_folder(folder)?;
+    let exported = export_locked(ck, out, opts);
+    if exported.is_err() {
+        // (a refused export leaves no empty folder behind)
+        infinity_data::file_lock::remove_made_folders(&made, "");
+    }
+    exported
+}
+
+/// An exclusive `flock` on the export folder itself (no lock file left among the export's files),
+/// held while the returned handle lives; a file system without locks on folders is warned of.
+fn lock_folder(folder: &Path) -> Result<Option<std::fs::File>> {
+    use infinity_data::file_lock::{try_lock, Lock};
+    let dir = std::fs::File::open(folder).with_context(|| format!("opening {}", folder.display()))?;
+    match try_lock(&dir, Lock::Exclusive) {
+        Ok(true) => Ok(Some(dir)),
+        Ok(false) => bail!(
+            "{}: another `infinity export` is writing into it; wait for it to end, or export into another folder",
+            folder.display()
+        ),
+        Err(e) => {
+            tracing::warn!("{} cannot be locked here ({e}): nothing stops a second export into it", folder.display());
+            Ok(None)
+        }
+    }
+}
+
+/// [`export`] with its folder made and locked.
+fn export_locked(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<Exported> {
     let mc = ModelConfig { block_chunks: opts.block_chunks, ..ck.model.clone() };
     let mut warnings = Vec::new();
     let folder = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
