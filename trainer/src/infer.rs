@@ -280,9 +280,9 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
 
 /// Why the dataset `m` in `dir` is not of the tokenizer the model's bits are of, if so: `saved`
 /// ([`CheckpointModel::tokenizer`](crate::train::checkpoint::CheckpointModel::tokenizer)) where known,
-/// else the run's own dataset `trained`'s where at hand. A tokenizer file that does not read is not
-/// compared (loading it says what is wrong, where the command needs it). Its bits would be decoded with another tokenizer's basis (`sample`, `export`) or scored
-/// as other images (`eval`).
+/// else the run's own dataset `trained`'s where at hand. Its bits would be decoded with another
+/// tokenizer's basis (`sample`, `export`) or scored as other images (`eval`). A tokenizer file that
+/// does not read is not compared (loading it says what is wrong, where the command needs it).
 pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &Manifest) -> Option<String> {
     if let Some(saved) = saved {
         // (a file that does not read is named where the tokenizer is loaded)

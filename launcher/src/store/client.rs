@@ -431,7 +431,7 @@ pub enum Members {
 #[error("{0}")]
 pub struct Refused(pub String);
 
-/// How often a meeting that a member may leave ([`StoreClient::meet`]'s `stop`) looks for its leaving.
+/// How often a meeting that a member may leave ([`StoreClient::meet`]'s `stops`) looks for its leaving.
 pub const STOP_POLL: Duration = Duration::from_secs(1);
 
 /// A member left a meeting before it formed, posting who it is (`node 1 (SIGTERM)`): the group cannot
