@@ -132,6 +132,19 @@ impl SweepFile {
                 None => {}
             }
         }
+        // (two varied keys of one setting: the runs would be named for, and record, a value one of them
+        // replaces)
+        let varied: Vec<(&String, &str)> =
+            self.axes.keys().map(|a| (a, "[axes]")).chain(self.linked.keys().map(|a| (a, "[linked]"))).collect();
+        for (i, (a, sa)) in varied.iter().enumerate() {
+            let same = |(b, _): &&(&String, &str)| crate::train::config::same_setting(a, b);
+            if let Some((b, sb)) = varied[i + 1..].iter().find(same) {
+                bail!(
+                    "`{a}` in {sa} and `{b}` in {sb} set one value (one holds the other, or both name one setting: \
+                     a run would be named for a value the other replaces): vary one of them"
+                );
+            }
+        }
         // (two alternatives in [set], a table of no order: which would stay is not the file's to say)
         if let Some(k) = self
             .set
@@ -375,6 +388,10 @@ mod tests {
                     "{head}[set]\n\"optim.lr\" = 1e-3\n\"optim.lr_per_256\" = 1e-3\n[axes]\n\"model.depth\" = [2]\n"
                 ),
                 "`optim.lr` and `optim.lr_per_256` are both in [set]: they set one value, give one",
+            ),
+            (
+                format!("{head}[axes]\n\"optim.lr\" = [1e-3]\n\"optim.lr_per_256\" = [0.64]\n"),
+                "`optim.lr` in [axes] and `optim.lr_per_256` in [axes] set one value",
             ),
             (format!("{head}[axes]\n"), "[axes] is empty (and there is no [linked])"),
             (
