@@ -314,9 +314,20 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model,
-        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none())),
+        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none()))
+            .with_val_fingerprint(val_fingerprint(dir, val_set).filter(|_| eval_measured.is_none())),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
+}
+
+/// The fingerprint of the validation set (`val.dir`, or the `val.sets` entry `name`) as the run's newest
+/// checkpoint recorded it when it validated there; none where it does not say (no checkpoint, or one of
+/// a build before 2026-11).
+fn val_fingerprint(dir: &Path, name: Option<&str>) -> Option<String> {
+    let (_, newest) = crate::train::checkpoint::complete(dir).pop()?;
+    let sets = crate::train::checkpoint::read_state(&newest).ok()?.val_sets?;
+    let key = name.map_or_else(|| "val.dir".to_string(), |n| format!("val.sets {n:?}"));
+    sets.get(&key).cloned()
 }
 
 /// The file in a run folder where `infinity eval RUN --val DIR --name NAME --out RUN/eval.jsonl`

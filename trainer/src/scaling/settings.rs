@@ -66,6 +66,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The validation set's folder told apart by the `fingerprint` of what it held when the run validated
+    /// on it (its newest checkpoint's record): a set rebuilt in place under one path measures
+    /// differently.
+    pub fn with_val_fingerprint(mut self, fingerprint: Option<String>) -> Settings {
+        let dir = self.measured.iter_mut().find(|(n, v)| *n == "val.dir" && v != "none" && v != "?");
+        if let (Some((_, dir)), Some(f)) = (dir, fingerprint) {
+            *dir = format!("{dir} (fingerprint {f})");
+        }
+        self
+    }
+
     pub fn get(&self, name: &str) -> &str {
         self.measured.iter().find(|(n, _)| *n == name).map_or("?", |(_, v)| v.as_str())
     }

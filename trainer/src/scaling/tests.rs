@@ -33,6 +33,43 @@ fn run_with(root: &Path, name: &str, (n, d, c): (f64, f64, f64), val: &[Option<f
     std::fs::write(dir.join("config.toml"), config).unwrap();
 }
 
+/// A complete checkpoint of step 20 in run `dir` whose state records `fingerprint` for `val.dir`.
+fn validated_on(dir: &Path, fingerprint: &str) {
+    use crate::train::checkpoint::TrainState;
+    let loader = infinity_data::loader::LoaderState {
+        seed: 0,
+        global_batch: 4,
+        batches_done: 20,
+        dataset: "d".into(),
+        buckets: None,
+        mix: None,
+        earlier_sizes: Vec::new(),
+        tokenizer: None,
+    };
+    let sets = [("val.dir".to_string(), fingerprint.to_string())].into();
+    let state = TrainState { version: 1, step: 20, val_sets: Some(sets), ..TrainState::fresh(loader) };
+    let ckpt = crate::train::checkpoint::step_dir(dir, 20);
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("state.json"), serde_json::to_string(&state).unwrap()).unwrap();
+    std::fs::write(ckpt.join(crate::train::checkpoint::DONE), "").unwrap();
+}
+
+/// One validation folder rebuilt in place between runs (its rows changed, its path not): the runs'
+/// checkpoints recorded other fingerprints of it, so their losses are measured differently.
+#[test]
+fn a_validation_set_rebuilt_in_place_measures_differently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+        validated_on(&root.join(format!("r{i}")), if i < 2 { "old" } else { "rebuilt" });
+    }
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("measured in 2 different ways") && warnings.contains("left out: r2"), "{warnings}");
+    assert!(warnings.contains("/data/val (fingerprint rebuilt)"), "{warnings}");
+}
+
 fn set_finished(dir: &Path, finished: bool) {
     let p = dir.join("summary.json");
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
