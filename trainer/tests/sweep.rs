@@ -106,6 +106,11 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         ),
         // a validation set that is not there fails at plan time, not in every run
         ("\"val.dir\" = [\"no-such-val\"]", "run dir-no-such-val: val.dir"),
+        // a global batch no bucket of the 256 rows fills, as the run's loader refuses at start
+        (
+            "\"data.global_batch\" = [512]",
+            "data.global_batch = 512: no bucket (schedule) of its data has a full global batch (largest: ",
+        ),
     ] {
         std::fs::write(t.join("clash.toml"), format!("base = \"base.toml\"\nout = \"clash\"\n[axes]\n{axes}\n"))
             .unwrap();

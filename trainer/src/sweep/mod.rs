@@ -386,6 +386,16 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
                 .with_context(|| format!("run {name}"))?;
             parts.push(pm);
         }
+        // (a global batch no bucket fills: `infinity train`'s loader refuses it at start)
+        let g = config.data.global_batch as u64;
+        let buckets: Vec<u64> = parts.iter().flat_map(crate::infer::rows_by_schedule).collect();
+        if !buckets.iter().any(|&rows| rows >= g) {
+            bail!(
+                "run {name}: data.global_batch = {g}: no bucket (schedule) of its data has a full global batch \
+                 (largest: {} rows), so its loader would draw none",
+                buckets.iter().max().unwrap_or(&0)
+            );
+        }
         let manifests: Vec<&Manifest> = parts.iter().collect();
         let mut dataset = m.clone();
         for (p, pm) in parts.iter().enumerate().skip(1) {
