@@ -136,5 +136,19 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
             names(&last)
         ));
     }
+    // (a loss above chance at the end: a run that blew up and stayed finite, or learned nothing; fitted
+    // as it is, as a diverged run is not, so said)
+    let above_chance: Vec<String> = fitted
+        .iter()
+        .filter(|r| r.loss() > std::f64::consts::LN_2)
+        .map(|r| format!("{} ({:.4})", r.name, r.loss()))
+        .collect();
+    if !above_chance.is_empty() {
+        warnings.push(format!(
+            "fitted runs whose loss ends above chance (ln 2 = 0.693 nats per bit: they learned nothing, or blew up \
+             and stayed finite; check their learning rates and leave them out of the folder if so): {}",
+            above_chance.join(", ")
+        ));
+    }
     Selection { fitted, notes, warnings }
 }

@@ -54,6 +54,19 @@ fn validated_on(dir: &Path, fingerprint: &str) {
     std::fs::write(ckpt.join(crate::train::checkpoint::DONE), "").unwrap();
 }
 
+/// A fitted run whose loss ends above chance (ln 2) is warned of by name; runs below it are not.
+#[test]
+fn a_fitted_loss_above_chance_is_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    run(root, "r0", (1e7, 1e7, 1e15), &[Some(0.45)], "a");
+    run(root, "r1", (1e8, 1e8, 1e16), &[Some(40000.0)], "a");
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("loss ends above chance") && warnings.contains("r1 (40000.0000)"), "{warnings}");
+    assert!(!warnings.contains("r0 ("), "{warnings}");
+}
+
 /// One validation folder rebuilt in place between runs (its rows changed, its path not): the runs'
 /// checkpoints recorded other fingerprints of it, so their losses are measured differently.
 #[test]
