@@ -145,6 +145,13 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
     assert!(plan.contains("warning: run tokens-") && plan.contains("% over its budget"), "{plan}");
     assert!(plan.contains("optim.warmup_steps (3) is not below run.steps (2, from its token budget"), "{plan}");
+    // without a budget, each run's likely mistakes are said once, naming it
+    clash("\"run.steps\" = [2, 4]", "");
+    let plan = ok(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    let warned =
+        |steps: u32| format!("warning: run steps-{steps}: optim.warmup_steps (3) is not below run.steps ({steps}):");
+    assert!(plan.contains(&warned(2)) && !plan.contains(&warned(4)), "{plan}");
+    assert_eq!(plan.matches("is not below run.steps").count(), 1, "{plan}");
     // a compute budget (an IsoFLOP design) sets the steps as a token budget does: 2.5 steps' FLOPs are 3
     let flops_per_step = row[4].parse::<f64>().unwrap() / row[2].parse::<f64>().unwrap();
     clash(&format!("compute = [{:e}]", flops_per_step * 2.5), "");

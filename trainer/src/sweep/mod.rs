@@ -328,9 +328,14 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             // in the warm-up check (which runs again, with the budget's steps, once they are known)
             overrides.push(format!("run.steps={}", 1_000_000_000_000u64));
         }
-        let mut config = TrainConfig::load(&base, &overrides)
+        // (quietly: what it would warn of is said below, naming the run)
+        let mut config = TrainConfig::load_quietly(&base, &overrides)
             .map_err(|e| in_sweep_terms(e, path, &sweep, &from_file))
             .with_context(|| format!("run {name}"))?;
+        // (with a budget, the warm-up is checked against the steps it sets, below)
+        let mistakes = config.likely_mistakes().into_iter();
+        let mistakes = mistakes.filter(|w| budget.is_none() || !w.starts_with("optim.warmup_steps"));
+        warnings.extend(mistakes.map(|w| format!("run {name}: {w}")));
         whole_numbers_as_whole(&config, &combo, path).with_context(|| format!("run {name}"))?;
         // (a run's start looks for its source; a plan says at once where one is missing)
         if let Some(p) = config.model.init_from.as_ref().filter(|p| !p.exists()) {

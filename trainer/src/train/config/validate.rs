@@ -19,6 +19,29 @@ impl TrainConfig {
         self.checked(true)
     }
 
+    /// Settings that are allowed but likely mistakes, in words ([`TrainConfig::validate`] warns of them).
+    pub fn likely_mistakes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let o = &self.optim;
+        if o.warmup_steps >= self.run.steps {
+            out.push(format!(
+                "optim.warmup_steps ({}) is not below run.steps ({}): the learning rate never reaches optim.lr",
+                o.warmup_steps, self.run.steps
+            ));
+        }
+        if self.val.every > 0 && self.val.dir.is_none() {
+            out.push(format!("val.every = {} without val.dir: no validation runs", self.val.every));
+        }
+        if self.data.short_cap_prob > 0.0 && self.model.conditioning != "text" {
+            out.push(format!(
+                "data.short_cap_prob = {} picks between captions, which a {:?}-conditioned model does not read \
+                 (model.conditioning): it has no effect",
+                self.data.short_cap_prob, self.model.conditioning
+            ));
+        }
+        out
+    }
+
     /// [`TrainConfig::validate`] without its warnings (a sweep checks a run's config again once its
     /// budget sets its steps, and says what concerns them itself).
     pub fn validate_quietly(&self) -> Result<()> {
@@ -131,16 +154,6 @@ impl TrainConfig {
         if o.max_nonfinite == 0 {
             bail!("optim.max_nonfinite must be at least 1 (the consecutive non-finite steps that stop a run)");
         }
-        if warn && o.warmup_steps >= self.run.steps {
-            tracing::warn!(
-                "optim.warmup_steps ({}) is not below run.steps ({}): the learning rate never reaches optim.lr",
-                o.warmup_steps,
-                self.run.steps
-            );
-        }
-        if warn && self.val.every > 0 && self.val.dir.is_none() {
-            tracing::warn!("val.every = {} without val.dir: no validation runs", self.val.every);
-        }
         if !(0.0..1.0).contains(&self.loss.label_smoothing) {
             bail!("loss.label_smoothing must be in [0, 1), found {}", self.loss.label_smoothing);
         }
@@ -155,13 +168,10 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.data.short_cap_prob) {
             bail!("data.short_cap_prob must be in [0, 1], found {}", self.data.short_cap_prob);
         }
-        if warn && self.data.short_cap_prob > 0.0 && self.model.conditioning != "text" {
-            tracing::warn!(
-                "data.short_cap_prob = {} picks between captions, which a {:?}-conditioned model does not read \
-                 (model.conditioning): it has no effect",
-                self.data.short_cap_prob,
-                self.model.conditioning
-            );
+        if warn {
+            for w in self.likely_mistakes() {
+                tracing::warn!("{w}");
+            }
         }
         if !(0.0..1.0).contains(&self.model.cond_drop_rate) {
             bail!("model.cond_drop_rate must be in [0, 1), found {}", self.model.cond_drop_rate);
