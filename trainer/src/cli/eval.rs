@@ -315,16 +315,17 @@ fn val_dir_of(cfg: &TrainConfig, name: Option<&str>) -> Option<PathBuf> {
 
 /// `--out` opened to append, a line a kill or a full disk left torn (no newline) ended first, so that it
 /// stays a line of its own (which readers skip) instead of swallowing the next one.
+/// A file that cannot be read back or has no end to seek to (write-only, a pipe, `/dev/stdout`) is
+/// appended to as it is.
 fn open_out(p: &Path) -> std::io::Result<std::fs::File> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(p)?;
-    if f.seek(SeekFrom::End(0))? > 0 {
-        let mut last = [0u8];
-        f.seek(SeekFrom::End(-1))?;
-        f.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            f.write_all(b"\n")?;
-        }
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).read(true).append(true).open(p) else {
+        return std::fs::OpenOptions::new().create(true).append(true).open(p);
+    };
+    let mut last = [0u8];
+    let torn = f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n';
+    if torn {
+        f.write_all(b"\n")?;
     }
     Ok(f)
 }

@@ -127,7 +127,13 @@ pub fn export(ck: &CheckpointModel, out: &Path, opts: &ExportOptions) -> Result<
 /// held while the returned handle lives; a file system without locks on folders is warned of.
 fn lock_folder(folder: &Path) -> Result<Option<std::fs::File>> {
     use infinity_data::file_lock::{try_lock, Lock};
-    let dir = std::fs::File::open(folder).with_context(|| format!("opening {}", folder.display()))?;
+    let dir = match std::fs::File::open(folder) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::warn!("{} cannot be locked ({e}): nothing stops a second export into it", folder.display());
+            return Ok(None);
+        }
+    };
     match try_lock(&dir, Lock::Exclusive) {
         Ok(true) => Ok(Some(dir)),
         Ok(false) => bail!(

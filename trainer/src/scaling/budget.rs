@@ -365,6 +365,7 @@ mod tests {
             global_batch: None,
             model: None,
             settings: Default::default(),
+            val_fingerprint: None,
         }
     }
 

@@ -69,6 +69,9 @@ pub struct RunRecord {
     /// Which experiment it is (runs of one config are one point of the fits) and what its losses are
     /// measured with (losses measured differently are not comparable: the fits take one kind).
     pub settings: Settings,
+    /// The fingerprint of its validation set as its newest checkpoint recorded it (none where it does not
+    /// say, or the losses are `infinity eval`'s): [`told_apart_by_fingerprint`].
+    pub val_fingerprint: Option<String>,
 }
 
 impl RunRecord {
@@ -314,10 +317,29 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         lr: config.as_ref().and_then(settings::peak_lr),
         global_batch: config_num("data", "global_batch"),
         model,
-        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none()))
-            .with_val_fingerprint(val_fingerprint(dir, val_set).filter(|_| eval_measured.is_none())),
+        settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none())),
+        val_fingerprint: val_fingerprint(dir, val_set).filter(|_| eval_measured.is_none()),
     };
     Ok((run, [val_note, train_note].into_iter().flatten().collect()))
+}
+
+/// Runs validated on one folder whose checkpoints recorded different fingerprints of it (a set rebuilt
+/// in place between them) are measured differently: the folder's name in their settings gets the
+/// fingerprint. Where every run that recorded one agrees (or none did), the folder alone says it, so
+/// runs that recorded none (an earlier build's, a folder without its checkpoints, `infinity eval`'s
+/// losses) stay in the same group.
+fn told_apart_by_fingerprint(runs: &mut [RunRecord]) {
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for r in runs.iter() {
+        if let Some(f) = &r.val_fingerprint {
+            seen.entry(r.settings.get("val.dir").to_string()).or_default().insert(f.clone());
+        }
+    }
+    for r in runs.iter_mut() {
+        if seen.get(r.settings.get("val.dir")).is_some_and(|fs| fs.len() > 1) {
+            r.settings = std::mem::take(&mut r.settings).with_val_fingerprint(r.val_fingerprint.clone());
+        }
+    }
 }
 
 /// The fingerprint of the validation set (`val.dir`, or the `val.sets` entry `name`) as the run's newest
@@ -437,6 +459,7 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
     if runs.is_empty() {
         bail!("no readable run folder in any of the {} folders given:\n  {}", roots.len(), notes.join("\n  "));
     }
+    told_apart_by_fingerprint(&mut runs);
     if !from_eval.is_empty() {
         notes.push(format!(
             "the validation set {}'s losses of {} are infinity eval's (their {EVAL_FILE}: no such set in val.jsonl): {}",

@@ -81,6 +81,18 @@ fn a_validation_set_rebuilt_in_place_measures_differently() {
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("measured in 2 different ways") && warnings.contains("left out: r2"), "{warnings}");
     assert!(warnings.contains("/data/val (fingerprint rebuilt)"), "{warnings}");
+    // one fingerprint among them, and a run that recorded none (no checkpoint): one group
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [1e15, 1e16, 1e17].into_iter().enumerate() {
+        law_run(root, &format!("r{i}"), c, "a");
+        if i < 2 {
+            validated_on(&root.join(format!("r{i}")), "same");
+        }
+    }
+    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(!warnings.contains("different ways") && !warnings.contains("fingerprint"), "{warnings}");
 }
 
 fn set_finished(dir: &Path, finished: bool) {

@@ -407,7 +407,8 @@ pub fn sample_with(
                     // (top-k 1 filters by value, as upstream: a tie keeps both classes)
                     let filtered =
                         (o.top_k == 1 && margin != 0.0) || (o.top_p > 0.0 && p1.min(1.0 - p1) <= 1.0 - o.top_p);
-                    let p1 = if filtered { (p1 > 0.5) as u8 as f64 } else { p1 };
+                    // (by the margin's sign: one too small to move p1 off 0.5 still decides)
+                    let p1 = if filtered { (margin < 0.0) as u8 as f64 } else { p1 };
                     bits[t * d + j] = (rng.random::<f64>() < p1) as u8;
                 }
             }
