@@ -12,7 +12,7 @@ use super::signals::{signal_name, Signals};
 use super::watch::{self, other_failure, post};
 use super::{LaunchArgs, Outcome, Plan};
 use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
-use crate::store::{MeetingStopped, StoreClient, StoreServer, STOP_POLL};
+use crate::store::{StoreClient, StoreServer, STOP_READ};
 
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
 /// on the machine `--rdzv` names (the others find the port taken and connect to it).
@@ -273,7 +273,7 @@ pub(super) fn first_attempt(
 /// (a wrong token, another run id); `Err(nodes)` inside: those nodes of an elastic round never posted
 /// their settings within `timeout` (a fixed group's agent fails then, naming them and the refusals).
 /// An agent that leaves meanwhile, signalled, posts who it is under one of `stops` ([`tell_leaving`]):
-/// the wait ends with [`MeetingStopped`] naming it.
+/// the wait ends with [`MeetingStopped`](crate::store::MeetingStopped) naming it.
 pub(super) fn agree_on_settings(
     mut client: StoreClient,
     a: &LaunchArgs,
@@ -304,10 +304,7 @@ pub(super) fn agree_on_settings(
         };
         loop {
             let present = client.check(&keys)?;
-            if let Some(stop) = stops.iter().zip(&present[nnodes..]).find(|(_, &p)| p).map(|(k, _)| k) {
-                let who = String::from_utf8_lossy(&client.get(stop, timeout)?).into_owned();
-                return Err(MeetingStopped(who).into());
-            }
+            client.check_left(&stops, &present[nnodes..])?;
             for (n, k) in keys.iter().take(nnodes).enumerate() {
                 if present[n] && theirs[n].is_none() {
                     theirs[n] = Some(String::from_utf8_lossy(&client.get(k, timeout)?).into_owned());
@@ -357,9 +354,10 @@ pub(super) fn agree_on_settings(
 /// Tell the other agents of a fixed group that this one, signalled while they met (for their settings or
 /// an attempt), leaves: `what` (`node 1 (SIGTERM)`) under `key`, the attempt's `signal`, on a
 /// connection of its own (the agent's is held by the wait the signal cut short). Their meeting ends
-/// within [`STOP_POLL`] ([`MeetingStopped`]) instead of waiting out the rendezvous timeout or forming
-/// a group without this node, and an agent replacing a lost node does not join. Best effort, within
-/// 3 s; the store's host then stays a little longer, for the others to read it before the store goes.
+/// within [`STOP_POLL`](crate::store::STOP_POLL) ([`MeetingStopped`](crate::store::MeetingStopped))
+/// instead of waiting out the rendezvous timeout or forming a group without this node, and an agent
+/// replacing a lost node does not join. Best effort, within 3 s; the store's host then stays
+/// [`STOP_READ`], for the others to read it before the store goes.
 pub(super) async fn tell_leaving(addr: &str, token: &str, who: &str, key: String, what: String, hosting: bool) {
     let (addr, token, who) = (addr.to_string(), token.to_string(), who.to_string());
     let post = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -370,7 +368,7 @@ pub(super) async fn tell_leaving(addr: &str, token: &str, who: &str, key: String
     match tokio::time::timeout(Duration::from_secs(3), post).await {
         Ok(Ok(Ok(()))) => {
             if hosting {
-                tokio::time::sleep(STOP_POLL + STOP_POLL / 2).await;
+                tokio::time::sleep(STOP_READ).await;
             }
         }
         Ok(Ok(Err(e))) => {

@@ -185,7 +185,7 @@ async fn another_left(e: &anyhow::Error, signals: &Signals, hosting: bool) -> i3
     let code = signals.another_stopped_code();
     console_err!("[launch] {e}: the group stops, no rank running; exiting with {code}");
     if hosting {
-        tokio::time::sleep(crate::store::STOP_POLL * 2).await;
+        tokio::time::sleep(crate::store::STOP_READ).await;
     }
     code
 }

@@ -347,6 +347,18 @@ impl StoreClient {
         Ok(())
     }
 
+    /// [`MeetingStopped`], naming who posted it, where one of the keys `stops` is `present` (a
+    /// [`check`](Self::check) of them): a member left the meeting.
+    pub fn check_left(&mut self, stops: &[String], present: &[bool]) -> Result<()> {
+        match stops.iter().zip(present).find(|(_, &p)| p) {
+            Some((stop, _)) => {
+                let who = String::from_utf8_lossy(&self.get(stop, Duration::from_secs(1))?).into_owned();
+                Err(MeetingStopped(who).into())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// What the agents that found their node rank of meeting `prefix` taken posted
     /// ([`STARTED_AGAIN`](super::STARTED_AGAIN)): `; node rank 1 (again on HOST) was started a second
     /// time meanwhile: …`, or nothing.
@@ -402,10 +414,7 @@ impl StoreClient {
                 let prefix = mismatch.trim_end_matches("/mismatch");
                 bail!("rendezvous {prefix}: {why}, so the group cannot form (start every member with the same size)");
             }
-            if let Some(stop) = ends.iter().zip(&posted).skip(1).find(|(_, &p)| p).map(|(k, _)| k) {
-                let who = String::from_utf8_lossy(&self.get(stop, Duration::from_secs(1))?).into_owned();
-                return Err(MeetingStopped(who).into());
-            }
+            self.check_left(stops, posted.get(1..).unwrap_or_default())?;
             match waited {
                 Ok(()) => return Ok(Ok(())),
                 Err(missing) if progress.timed_out() => return Ok(Err(missing)),
@@ -433,6 +442,10 @@ pub struct Refused(pub String);
 
 /// How often a meeting that a member may leave ([`StoreClient::meet`]'s `stops`) looks for its leaving.
 pub const STOP_POLL: Duration = Duration::from_secs(1);
+
+/// How long the store's host stays after a member left a meeting, for the others waiting in it to read
+/// that ([`STOP_POLL`]: two of their looks).
+pub const STOP_READ: Duration = Duration::from_secs(2);
 
 /// A member left a meeting before it formed, posting who it is (`node 1 (SIGTERM)`): the group cannot
 /// form without it, and stops as it did.
