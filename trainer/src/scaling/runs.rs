@@ -348,8 +348,7 @@ fn told_apart_by_fingerprint(runs: &mut [RunRecord]) {
 fn val_fingerprint(dir: &Path, name: Option<&str>) -> Option<String> {
     let (_, newest) = crate::train::checkpoint::complete(dir).pop()?;
     let sets = crate::train::checkpoint::read_state(&newest).ok()?.val_sets?;
-    let key = name.map_or_else(|| "val.dir".to_string(), |n| format!("val.sets {n:?}"));
-    sets.get(&key).cloned()
+    sets.get(&crate::train::val::set_key(name)).cloned()
 }
 
 /// The file in a run folder where `infinity eval RUN --val DIR --name NAME --out RUN/eval.jsonl`

@@ -87,12 +87,9 @@ impl ValData {
         self.batches.iter().map(|(_, rows)| rows.len()).sum()
     }
 
-    /// The key that names it: `val.dir`, or `val.sets "NAME"`.
+    /// The key that names it ([`set_key`]).
     fn key(&self) -> String {
-        match &self.name {
-            None => "val.dir".into(),
-            Some(name) => format!("val.sets {name:?}"),
-        }
+        set_key(self.name.as_deref())
     }
 
     /// Loss and bit accuracy over this set's rows, the ranks splitting its micro-batches.
@@ -313,6 +310,15 @@ pub(crate) fn compatible(
         );
     }
     Ok(())
+}
+
+/// The key that names a validation set in a checkpoint's record of their fingerprints (`val_sets`) and
+/// in messages: `val.dir` for `val.dir`'s (`name` none), `val.sets "NAME"` for an entry of `val.sets`.
+pub fn set_key(name: Option<&str>) -> String {
+    match name {
+        None => "val.dir".into(),
+        Some(name) => format!("val.sets {name:?}"),
+    }
 }
 
 #[cfg(test)]
