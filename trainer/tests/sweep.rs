@@ -559,6 +559,20 @@ fn the_plan_checks_the_batch_split_and_names_sweep_keys() {
     sweep_file(t, "ranks.toml", "ranks", &format!("nproc_per_node = 2\n[set]\n\"data.micro_batch\" = 4\n{axes}"));
     ok(infinity(&["sweep", "ranks.toml", "--dry-run"], t));
 
+    // a global batch that some buckets do not fill: the plan names the run and the rows it never draws
+    // (the fixture's 0.666 bucket holds 9 of the 64 rows)
+    sweep_file(
+        t,
+        "undrawn.toml",
+        "undrawn",
+        "[set]\n\"data.micro_batch\" = 4\n[axes]\n\"data.global_batch\" = [8, 16]",
+    );
+    let said = ok(infinity(&["sweep", "undrawn.toml", "--dry-run"], t));
+    let warned: Vec<&str> = said.lines().filter(|l| l.contains("never trained on")).collect();
+    assert_eq!(warned.len(), 1, "{said}");
+    assert!(warned[0].starts_with("warning: run global-batch-16: 9 of 64 rows (14.1 %)"), "{said}");
+    assert!(warned[0].contains("0.666/demo4 (9 rows)"), "{said}");
+
     // a mix's datasets are checked as `infinity train` checks them, and written with absolute folders
     let base = std::fs::read_to_string(t.join("base.toml")).unwrap();
     std::fs::write(t.join("mixbase.toml"), format!("{base}\n[[data.mix]]\ndir = \"mixed\"\n")).unwrap();

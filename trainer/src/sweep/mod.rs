@@ -438,6 +438,9 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
             let steps = config.run.steps;
             config.validate_quietly().with_context(|| format!("run {name}: with its budget's {steps} steps"))?;
         }
+        // (buckets its global batch never fills: `infinity train` warns of them too, once the run started)
+        let undrawn = mix.undrawn_warning(config.data.global_batch, dataset.total_rows);
+        warnings.extend(undrawn.map(|w| format!("run {name}: {w}")));
         let tokens_per_step = mix.mean_tokens * config.data.global_batch as f64;
         let flops_per_step = mix.mean_flops * config.data.global_batch as f64;
         let steps = config.run.steps as f64;

@@ -161,7 +161,7 @@ pub fn check_with(
         steps * b / mix.rows_per_epoch.max(1) as f64,
         mix.rows_per_epoch
     ));
-    out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()));
+    out.extend(mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()).map(|w| format!("warning: {w}")));
     let per_256 = match (cfg.optim.lr, cfg.optim.lr_per_256) {
         (None, Some(t)) => format!(" (optim.lr_per_256 = {t} × {} / 256)", cfg.data.global_batch),
         _ => String::new(),

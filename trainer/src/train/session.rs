@@ -155,7 +155,7 @@ impl<'a> Session<'a> {
             console!("{line}");
         }
         if let Some(w) = mix.undrawn_warning(cfg.data.global_batch, ds.num_rows()) {
-            console!("{w}");
+            console!("warning: {w}");
         }
         Ok(Session { ds, mc, lay, mix, compute, dist, config_toml, micro_batch, accum, peak_tflops, summary, lock })
     }

@@ -214,13 +214,14 @@ impl TokenMix {
         Some(line)
     }
 
-    /// A warning naming the buckets no epoch draws (fewer rows than a global batch), if any.
+    /// A warning (without its `warning: `) naming the buckets no epoch draws (fewer rows than a global batch),
+    /// if any.
     pub fn undrawn_warning(&self, global_batch: usize, total_rows: u64) -> Option<String> {
         let never: u64 = self.undrawn.iter().map(|(_, r)| r).sum();
         let list: Vec<String> = self.undrawn.iter().map(|(name, rows)| format!("{name} ({rows} rows)")).collect();
         (!self.undrawn.is_empty()).then(|| {
             format!(
-                "warning: {never} of {total_rows} rows ({:.1} %) are never trained on: their buckets hold fewer \
+                "{never} of {total_rows} rows ({:.1} %) are never trained on: their buckets hold fewer \
                  rows than a global batch of {global_batch}: {} (a smaller data.global_batch, or more data of \
                  those schedules, draws them)",
                 100.0 * never as f64 / total_rows.max(1) as f64,
