@@ -220,8 +220,9 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
 pub enum Decay {
-    /// Constant at the peak (upstream train.sh: `lin0` with `wpe=1`).
-    Constant,
+    /// Constant at the peak (upstream train.sh: `lin0` with `wpe=1`). (Braces, not a unit variant: a unit
+    /// variant of a tagged enum would take `min_ratio` beside its kind without a word.)
+    Constant {},
     /// Cosine from the peak to `min_ratio · peak` at the last step.
     Cosine { min_ratio: f64 },
     /// Linear from the peak to `min_ratio · peak` at the last step.
@@ -258,7 +259,7 @@ impl LrSchedule {
         let span = total.saturating_sub(1).saturating_sub(self.warmup_steps).max(1) as f64;
         let t = ((step - self.warmup_steps) as f64 / span).min(1.0);
         let f = match self.decay {
-            Decay::Constant => 1.0,
+            Decay::Constant {} => 1.0,
             Decay::Cosine { min_ratio } => cosine(1.0, min_ratio, t),
             Decay::Linear { min_ratio } => 1.0 - (1.0 - min_ratio) * t,
             Decay::Wsd { decay_fraction, min_ratio } => {
@@ -349,9 +350,9 @@ mod tests {
 
         // 101 steps (0..=100), 10 of warm-up: the decay spans steps 10..=100
         let s = |decay| LrSchedule { peak: 1.0, warmup_steps: 10, warmup_start_ratio: 0.005, decay };
-        assert!((s(Decay::Constant).lr(0, 101) - 0.005).abs() < 1e-12);
-        assert!((s(Decay::Constant).lr(5, 101) - (0.005 + 0.995 * 0.5)).abs() < 1e-12);
-        assert_eq!(s(Decay::Constant).lr(100, 101), 1.0);
+        assert!((s(Decay::Constant {}).lr(0, 101) - 0.005).abs() < 1e-12);
+        assert!((s(Decay::Constant {}).lr(5, 101) - (0.005 + 0.995 * 0.5)).abs() < 1e-12);
+        assert_eq!(s(Decay::Constant {}).lr(100, 101), 1.0);
         let cos = s(Decay::Cosine { min_ratio: 0.1 });
         assert!((cos.lr(10, 101) - 1.0).abs() < 1e-12 && (cos.lr(100, 101) - 0.1).abs() < 1e-12);
         assert!((cos.lr(55, 101) - 0.55).abs() < 1e-12);

@@ -28,7 +28,8 @@ pub struct EvalArgs {
     /// For an export folder or a bare weights file (which record no run): the training config whose
     /// validation settings (`val.*`, or --val), training dataset and seed the measurement takes, as a run
     /// of it would measure (a fine-tune's config, to score its source). A bare file's model is shaped by
-    /// it too. A checkpoint or run folder is measured with its own run's.
+    /// it too. A checkpoint or run folder is measured with its own run's, as it trained (the environment's
+    /// `INF__…` variables do not apply to it).
     #[arg(long, value_name = "TOML")]
     config: Option<PathBuf>,
     /// Override a value of --config, as `infinity train --set` does (repeatable).
@@ -91,6 +92,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         console_err!("warning: --all: {} is one checkpoint (give the run folder for all of them)", a.path.display());
     }
     // the run's config as it trained (the checkpoint keeps it), its validation settings overridden
+    let vars: Vec<String> = crate::train::config::inf_vars().into_iter().map(|(k, _)| k).collect();
+    if weights.is_none() && !vars.is_empty() {
+        console_err!(
+            "note: the run is measured with its config as it trained: {} in the environment do(es) not apply \
+             (eval's flags set what it measures)",
+            vars.join(", ")
+        );
+    }
     let (mut cfg, config, first_model) = match weights {
         Some((ck, cfg, _)) => (cfg, a.config.clone().expect("given"), ck),
         None => {
@@ -98,8 +107,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             loop {
                 let first = &checkpoints[0].1;
                 let config = first.join(CONFIG_FILE);
-                // (quietly: its warnings were the training's to say)
-                let loaded = TrainConfig::load_quietly(&config, &[])
+                // (as it trained: without the environment's `INF__…` variables, and quietly: its warnings
+                // were the training's to say)
+                let loaded = TrainConfig::load_saved(&config)
                     .with_context(|| format!("the run's config {}", config.display()))
                     .and_then(|cfg| Ok((cfg, load_model(first, a.ema)?)));
                 match loaded {

@@ -197,6 +197,12 @@ fn name_part(key: &str, v: &toml::Value) -> String {
             toml::Value::Float(x) if long_in_digits(*x) => format!("{x:e}"),
             // (a phase's weights [0.2, 0.8]: `weights-0.2-0.8`)
             toml::Value::Array(a) => a.iter().map(shown).collect::<Vec<_>>().join("-"),
+            // (a schedule { kind = "wsd", decay_fraction = 0.2 }: `decay-wsd-decay-fraction-0.2`, its kind first)
+            toml::Value::Table(t) => {
+                let kind = t.get("kind").map(shown);
+                let rest = t.iter().filter(|(k, _)| *k != "kind").map(|(k, v)| format!("{k}-{}", shown(v)));
+                kind.into_iter().chain(rest).collect::<Vec<_>>().join("-")
+            }
             other => value_text(other),
         }
     }
@@ -629,6 +635,9 @@ mod tests {
         assert_eq!(name_part("data.phases[0].from_step", &toml::Value::Integer(800)), "phases0-from-step-800");
         let weights = toml::Value::Array(vec![toml::Value::Float(0.2), toml::Value::Float(0.8)]);
         assert_eq!(name_part("data.phases[0].weights", &weights), "phases0-weights-0.2-0.8");
+        let wsd: toml::Table = "min_ratio = 0.0\nkind = \"wsd\"\ndecay_fraction = 0.2\n".parse().unwrap();
+        let wsd = name_part("optim.decay", &toml::Value::Table(wsd));
+        assert_eq!(wsd, "decay-wsd-decay-fraction-0.2-min-ratio-0.0");
         assert_eq!(sh_quote("runs/a-1/config.toml"), "runs/a-1/config.toml");
         assert_eq!(sh_quote("my sweep/it's"), "'my sweep/it'\\''s'");
     }

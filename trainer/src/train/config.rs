@@ -12,9 +12,11 @@ use crate::model::init::InitConfig;
 use crate::model::{Conditioning, ModelConfig};
 use crate::optim::{AdamWConfig, Decay, LrSchedule};
 
+mod as_typed;
 mod load;
 mod micro_batch_size;
 mod peak_tflops;
+mod tagged;
 mod validate;
 
 pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, value_at, ModelPart};
@@ -526,7 +528,7 @@ fn is_zero(v: &f64) -> bool {
 }
 
 fn default_constant() -> Decay {
-    Decay::Constant
+    Decay::Constant {}
 }
 fn default_clip() -> f64 {
     5.0

@@ -1,6 +1,7 @@
 //! Reading a [`TrainConfig`]: the TOML file with the files it `extends` merged underneath, then
 //! `INF__SECTION__KEY` environment variables, then `--set` overrides; an error names the key and where
-//! its value came from.
+//! its value came from. A run's own `config.toml` read back ([`TrainConfig::load_saved`]) takes no
+//! variables: it is the config the run trained with.
 
 use std::path::Path;
 
@@ -8,24 +9,31 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::tagged::value_within;
 use super::TrainConfig;
 
 impl TrainConfig {
     /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
     /// `key.path=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
-        Self::load_checked(path, overrides, true)
+        Self::load_checked(path, overrides, Env::Read, true)
     }
 
     /// [`TrainConfig::load`] without the warnings of settings that are allowed but likely mistakes: for
-    /// a run's own config read back (`infinity eval`), whose training said them.
+    /// a sweep's base config, whose runs say them by name.
     pub fn load_quietly(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
-        Self::load_checked(path, overrides, false)
+        Self::load_checked(path, overrides, Env::Read, false)
     }
 
-    fn load_checked(path: &Path, overrides: &[String], warn: bool) -> Result<TrainConfig> {
-        let (built, given) = merged(path, overrides)?;
-        let mut cfg: TrainConfig = typed(built, &given, path, overrides)?;
+    /// A run's own `config.toml` as it trained: without the `INF__…` variables (its training applied
+    /// those it had) and without the warnings its training said (`infinity eval`).
+    pub fn load_saved(path: &Path) -> Result<TrainConfig> {
+        Self::load_checked(path, &[], Env::Ignore, false)
+    }
+
+    fn load_checked(path: &Path, overrides: &[String], env: Env, warn: bool) -> Result<TrainConfig> {
+        let given = merged(path, overrides, env)?;
+        let mut cfg: TrainConfig = typed(&given)?;
         // (`--set model.init_from=""` takes out a source the file names: no override can remove a key)
         if cfg.model.init_from.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             cfg.model.init_from = None;
@@ -49,7 +57,7 @@ impl TrainConfig {
                 .filter(is_key)
                 .collect();
             let file = path.display().to_string();
-            let sources: Vec<String> = keys.iter().map(|k| source_of(k, path, overrides)).collect();
+            let sources: Vec<String> = keys.iter().map(|k| source_of(k, &given)).collect();
             let source = sources.iter().find(|s| **s != file).cloned().unwrap_or(file);
             e.context(source)
         })?;
@@ -83,17 +91,40 @@ pub struct RunPrecision {
 impl ModelPart {
     /// [`ModelPart`] of `path` with `overrides` (`--set`) and the `INF__…` variables.
     pub fn load(path: &Path, overrides: &[String]) -> Result<ModelPart> {
-        let (built, given) = merged(path, overrides)?;
-        typed(built, &given, path, overrides)
+        typed(&merged(path, overrides, Env::Read)?)
     }
 }
 
-/// The config of `path` (and the files it `extends`) with the `INF__…` variables and `overrides`
-/// applied, and its values as given (before deserialising converts them).
-fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_json::Value)> {
+/// Whether a config reads the process's `INF__…` variables.
+#[derive(Clone, Copy, PartialEq)]
+enum Env {
+    Read,
+    Ignore,
+}
+
+/// A config as its layers gave it: where it was read from, and the merged result.
+struct Given<'a> {
+    path: &'a Path,
+    overrides: &'a [String],
+    /// The `INF__…` variables it read, as (variable, value).
+    vars: Vec<(String, String)>,
+    built: config::Config,
+    /// The merged values as given (before deserialising converts them).
+    values: serde_json::Value,
+}
+
+/// The config of `path` (and the files it `extends`) with the `INF__…` variables (unless `env` says
+/// not) and `overrides` applied.
+fn merged<'a>(path: &'a Path, overrides: &'a [String], env: Env) -> Result<Given<'a>> {
     let mut table = load_table(path, 0)?;
-    let (env, kept) = settle_alternatives(&mut table, InfVars::of_process(), overrides)?;
+    let vars = match env {
+        Env::Read => InfVars::of_process()?,
+        Env::Ignore => InfVars { vars: vec![], dropped: true },
+    };
+    let (env, kept) = settle_alternatives(&mut table, vars, overrides)?;
+    let (env, kept) = super::tagged::settle_kinds(&mut table, env, kept)?;
     let merged = toml::to_string(&table).context("re-serialising the merged config")?;
+    let read_vars = env.vars.clone();
     let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
     if env.dropped {
         vars = vars.source(Some(env.vars.into_iter().collect()));
@@ -113,72 +144,40 @@ fn merged(path: &Path, overrides: &[String]) -> Result<(config::Config, serde_js
         b = b.set_override(k.trim(), value).with_context(|| format!("--set {o}"))?;
     }
     let built = b.build().with_context(|| format!("reading {}", path.display()))?;
-    let given: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
-    Ok((built, given))
+    let values: serde_json::Value = built.clone().try_deserialize().context("reading the merged config")?;
+    Ok(Given { path, overrides, vars: read_vars, built, values })
 }
 
-/// `T` deserialised from the merged config `built`: an error names the key and where its value came
-/// from, and a value the config crate converted (a fraction rounded, a quoted number) is refused.
-fn typed<T: DeserializeOwned + Serialize>(
-    built: config::Config,
-    given: &serde_json::Value,
-    path: &Path,
-    overrides: &[String],
-) -> Result<T> {
-    let value: T = serde_path_to_error::deserialize(built).map_err(|e| {
+/// `T` deserialised from the merged config: an error names the key and where its value came from, a
+/// value the config crate converted (a fraction rounded, a quoted number, a number too large saturated)
+/// is refused, and a text key set by a variable or `--set` keeps the text as typed.
+fn typed<T: DeserializeOwned + Serialize>(given: &Given) -> Result<T> {
+    let value: T = serde_path_to_error::deserialize(given.built.clone()).map_err(|e| {
         let (at, inner) = (e.path().to_string(), e.inner().to_string());
         let (key, what) = plain_message(&at, &inner);
-        if let Some(gap) = set_past_the_end(&key, &what, overrides) {
+        if let Some(gap) = set_past_the_end(&key, &what, given.overrides) {
             return anyhow::anyhow!("{gap}");
         }
         // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
         let allowed = allowed_values(&at, &inner);
         let source = match what.starts_with("missing") {
-            true => source_of_missing(&key, path, overrides),
-            false => source_of(&key, path, overrides),
+            true => source_of_missing(&key, given),
+            false => source_of(&key, given),
         };
         anyhow::anyhow!("{source}: at `{key}`: {what}{allowed}")
     })?;
+    let mut back = serde_json::to_value(&value).context("re-serialising the config")?;
+    let mut values = given.values.clone();
+    let value = match super::as_typed::keep_text(&mut values, &mut back, given.overrides, &given.vars) {
+        true => serde_json::from_value(back.clone()).context("reading the config with its text kept")?,
+        false => value,
+    };
     // the config crate rounds 2.6 to 3 and reads "3" as 3 where a whole number is due: refuse what it
     // changed
-    let back = serde_json::to_value(&value).context("re-serialising the config")?;
-    if let Some((key, found, want)) = converted(given, &back, "") {
-        bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, path, overrides));
+    if let Some((key, found, want)) = super::as_typed::converted(&values, &back, "") {
+        bail!("{}: at `{key}`: expected {want}, found {found}", source_of(&key, given));
     }
     Ok(value)
-}
-
-/// Keys whose values may be quoted numbers (`data.micro_batch = "4"`, as `"auto"` is).
-const QUOTED_NUMBERS: [&str; 2] = ["data.micro_batch", "run.peak_tflops"];
-
-/// The first value of `given` (the config as written) that deserialising changed in `typed` (the
-/// config read back): a fraction rounded to a whole number, a quoted number or boolean taken as one, or
-/// a boolean taken as a number or a number as a boolean.
-/// The key, what was found and what was expected.
-fn converted(
-    given: &serde_json::Value,
-    typed: &serde_json::Value,
-    key: &str,
-) -> Option<(String, String, &'static str)> {
-    use serde_json::Value as V;
-    let at = |k: &str| if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
-    match (given, typed) {
-        (V::Object(g), V::Object(t)) => g.iter().find_map(|(k, v)| converted(v, t.get(k)?, &at(k))),
-        (V::Array(g), V::Array(t)) => {
-            g.iter().zip(t).enumerate().find_map(|(i, (g, t))| converted(g, t, &at(&i.to_string())))
-        }
-        (V::Number(n), V::Number(t)) if n.as_f64().is_some_and(|x| x.fract() != 0.0) && (t.is_i64() || t.is_u64()) => {
-            Some((key.to_string(), n.to_string(), "a whole number"))
-        }
-        (V::String(s), V::Number(_)) if !QUOTED_NUMBERS.contains(&key) => {
-            Some((key.to_string(), format!("{s:?}"), "a number (without quotes)"))
-        }
-        (V::String(s), V::Bool(_)) => Some((key.to_string(), format!("{s:?}"), "true or false (without quotes)")),
-        // (the config crate reads true as 1 and 1 as true)
-        (V::Bool(b), V::Number(_)) => Some((key.to_string(), b.to_string(), "a number")),
-        (V::Number(n), V::Bool(_)) => Some((key.to_string(), n.to_string(), "true or false")),
-        _ => None,
-    }
 }
 
 /// A TOML file as a table, with `extends = "base.toml"` (relative to the file) merged underneath it:
@@ -205,6 +204,13 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
                     if value_at(&table, set).is_some() {
                         remove(&mut merged, other);
                     }
+                }
+            }
+            // (a table of another kind than the base's drops the base's keys its kind does not take)
+            for tagged in super::tagged::TAGGED {
+                let kind = format!("{tagged}.kind");
+                if let Some(k) = value_at(&table, &kind).filter(|&k| value_at(&merged, &kind) != Some(k)) {
+                    super::tagged::drop_foreign(&mut merged, tagged, k.as_str().unwrap_or_default());
                 }
             }
             merge(&mut merged, table);
@@ -252,19 +258,40 @@ pub fn inf_var_key(var: &str) -> Option<String> {
 }
 
 /// The `INF__…` variables the config reads: the process's, or fewer once one is left out.
-struct InfVars {
-    vars: Vec<(String, String)>,
+pub(super) struct InfVars {
+    pub(super) vars: Vec<(String, String)>,
     /// Whether a variable was left out (then the config reads `vars` instead of the process's).
-    dropped: bool,
+    pub(super) dropped: bool,
 }
 
 impl InfVars {
-    fn of_process() -> InfVars {
-        InfVars { vars: inf_vars(), dropped: false }
+    /// The process's variables; two spellings of one key (`INF__OPTIM__LR` and `inf__optim__lr`, which
+    /// the config crate both reads) are refused: which one it applies depends on the environment's order.
+    fn of_process() -> Result<InfVars> {
+        let vars = inf_vars();
+        for (i, (a, _)) in vars.iter().enumerate() {
+            if let Some((b, _)) = vars[i + 1..].iter().find(|(b, _)| inf_var_key(b) == inf_var_key(a)) {
+                let key = inf_var_key(a).unwrap_or_default();
+                bail!("{a} and {b} are both set in the environment: both set {key}; give one");
+            }
+        }
+        Ok(InfVars { vars, dropped: false })
     }
 
     fn sets(&self, key: &str) -> bool {
-        self.vars.iter().any(|(k, _)| inf_var_key(k).as_deref() == Some(key))
+        self.value_of(key).is_some()
+    }
+
+    /// The value a variable gives `key`, if one does.
+    pub(super) fn value_of(&self, key: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| inf_var_key(k).as_deref() == Some(key)).map(|(_, v)| v.as_str())
+    }
+
+    /// Leave out the variables of the keys `drop` says.
+    pub(super) fn drop_where(&mut self, drop: impl Fn(&str) -> bool) {
+        let before = self.vars.len();
+        self.vars.retain(|(k, _)| !inf_var_key(k).is_some_and(|k| drop(&k)));
+        self.dropped |= self.vars.len() != before;
     }
 
     fn drop_key(&mut self, key: &str) {
@@ -283,9 +310,11 @@ fn settle_alternatives(
     overrides: &[String],
 ) -> Result<(InfVars, Vec<String>)> {
     let key_of = |o: &String| o.split_once('=').map(|(k, _)| k.trim().to_string());
+    // (the key an override sets, itself or inside a table: `optim={ lr = 1e-3 }` sets optim.lr)
+    let sets = |o: &String, key: &str| o.split_once('=').is_some_and(|(k, v)| value_within(k.trim(), v, key).is_some());
     let mut kept = overrides.to_vec();
     for (a, b) in ALTERNATIVES {
-        let last_set = overrides.iter().filter_map(key_of).rfind(|k| k == a || k == b);
+        let last_set = overrides.iter().rev().find_map(|o| [a, b].into_iter().find(|k| sets(o, k)).map(String::from));
         if last_set.is_none() && env.sets(a) && env.sets(b) {
             let var = |k: &str| format!("INF__{}", k.to_uppercase().replace('.', "__"));
             bail!("{} and {} are both set in the environment: they set one value, give one", var(a), var(b));
@@ -340,14 +369,15 @@ pub fn keys_overlap(a: &str, b: &str) -> bool {
 
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
-fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
+fn source_of(key: &str, given: &Given) -> String {
+    let (path, overrides) = (given.path, given.overrides);
     // the key itself or a table around it; the last override wins
     let related = |k: &str| keys_overlap(k, key);
     let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
     if let Some(k) = set.find(|k| related(k)) {
         return format!("--set {k}");
     }
-    let var = inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
+    let var = given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
     match var {
         Some((v, _)) => format!("{v} (in the environment)"),
         None => file_setting(key, path).display().to_string(),
@@ -358,7 +388,8 @@ fn source_of(key: &str, path: &Path, overrides: &[String]) -> String {
 /// (one the files lack below a section: `data.mix[0].weight`) or chose its kind (`optim.decay.kind`,
 /// whose kind asks for the missing key); else the config file. A section's keys (`[run]`, `[model]`)
 /// are the file's to give, whatever overrides set beside them (a table `--set run={…}` merges).
-fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
+fn source_of_missing(key: &str, given: &Given) -> String {
+    let (path, overrides) = (given.path, given.overrides);
     let file = || file_setting(key, path).display().to_string();
     let Some((table, _)) = key.rsplit_once('.').filter(|(t, _)| t.contains(['.', '['])) else { return file() };
     let made = setting_file(table, path).is_none();
@@ -371,7 +402,7 @@ fn source_of_missing(key: &str, path: &Path, overrides: &[String]) -> String {
     if let Some(k) = set.find(|k| in_table(k)) {
         return format!("--set {k}");
     }
-    match inf_vars().into_iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
+    match given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
         Some((v, _)) => format!("{v} (in the environment)"),
         None => file(),
     }
@@ -581,6 +612,52 @@ mod tests {
         );
         let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);
         assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
+    }
+
+    /// Layers over the file: another kind of schedule drops the keys its kind does not take (a table
+    /// `--set`, a key `--set`, a file over the one it extends); text keys keep the text typed; a table
+    /// `--set` of the learning rate replaces the file's per-256 rate; whole numbers too large, a number
+    /// for text and a constant schedule's stray key are refused; a whole float is a micro-batch.
+    #[test]
+    fn layers_change_kinds_keep_text_and_refuse_what_would_change() {
+        use crate::optim::Decay;
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            "[run]\ndir = \"r\"\nseed = 0\nsteps = 10\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n[data]\n\
+                    dir = \"d\"\nglobal_batch = 8\nmicro_batch = 8\n[optim]\nlr_per_256 = 1e-3\n\
+                    decay = { kind = \"wsd\", decay_fraction = 0.2, min_ratio = 0.1 }\n";
+        let file = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).unwrap();
+            dir.path().join(name)
+        };
+        let path = file("c.toml", base);
+        let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let load = |path: &std::path::Path, v: &[&str]| TrainConfig::load(path, &sets(v));
+        let decay = |path: &std::path::Path, v: &[&str]| load(path, v).unwrap().optim.decay;
+        assert_eq!(
+            decay(&path, &["optim.decay={ kind = \"cosine\", min_ratio = 0 }"]),
+            Decay::Cosine { min_ratio: 0.0 }
+        );
+        assert_eq!(decay(&path, &["optim.decay.kind=linear"]), Decay::Linear { min_ratio: 0.1 });
+        assert_eq!(decay(&path, &["optim.decay.kind=constant"]), Decay::Constant {});
+        let child = file("child.toml", "extends = \"c.toml\"\n[optim]\ndecay = { kind = \"cosine\", min_ratio = 0 }\n");
+        assert_eq!(decay(&child, &[]), Decay::Cosine { min_ratio: 0.0 });
+        let e = format!("{:#}", load(&path, &["optim.decay={ kind = \"constant\", min_ratio = 0.1 }"]).unwrap_err());
+        assert!(e.contains("at `optim.decay`: unknown field `min_ratio`"), "{e}");
+        // text as typed
+        let cfg = load(&path, &["data.dir=1e3", "run.dir=0x10"]).unwrap();
+        assert_eq!((cfg.data.dir.to_str(), cfg.run.dir.to_str()), (Some("1e3"), Some("0x10")));
+        let numeric = file("n.toml", &base.replace("dir = \"d\"", "dir = 1e3"));
+        let e = format!("{:#}", load(&numeric, &[]).unwrap_err());
+        assert!(e.ends_with("at `data.dir`: expected text in quotes, found 1000.0"), "{e}");
+        // the learning rate inside a table
+        assert_eq!(load(&path, &["optim={ lr = 2e-3 }"]).unwrap().optim.lr, Some(2e-3));
+        // saturated whole numbers
+        let e = format!("{:#}", load(&path, &["run.steps=1e20"]).unwrap_err());
+        assert!(e.ends_with("at `run.steps`: expected a whole number ≤ 18446744073709551615, found 1e+20"), "{e}");
+        let e = format!("{:#}", load(&file("s.toml", &base.replace("seed = 0", "seed = -1e3")), &[]).unwrap_err());
+        assert!(e.ends_with("at `run.seed`: expected a whole number ≥ 0, found -1000.0"), "{e}");
+        assert_eq!(load(&path, &["data.micro_batch=4.0"]).unwrap().data.micro_batch.samples(), Some(4));
     }
 
     /// Keys added since runs were trained are left out of `config.toml` at their defaults: a run's

@@ -54,6 +54,13 @@ impl<'de> Deserialize<'de> for MicroBatchSize {
                 let n = u64::try_from(n).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))?;
                 self.visit_u64(n)
             }
+            /// (`4.0` as a number of samples, as the config takes `global_batch = 8.0`)
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> std::result::Result<MicroBatchSize, E> {
+                match x.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&x) {
+                    true => self.visit_u64(x as u64),
+                    false => Err(E::invalid_value(serde::de::Unexpected::Float(x), &self)),
+                }
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<MicroBatchSize, E> {
                 match v.trim() {
                     "auto" => Ok(MicroBatchSize::Auto),

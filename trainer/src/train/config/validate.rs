@@ -137,7 +137,7 @@ impl TrainConfig {
             bail!("optim.adamw.weight_decay_end must be a finite number ≥ 0 (or left out: constant), found {end}");
         }
         let (min_ratio, fraction) = match o.decay {
-            Decay::Constant => (0.0, 1.0),
+            Decay::Constant {} => (0.0, 1.0),
             Decay::Cosine { min_ratio } | Decay::Linear { min_ratio } => (min_ratio, 1.0),
             Decay::Wsd { decay_fraction, min_ratio } => (min_ratio, decay_fraction),
         };

@@ -1,0 +1,115 @@
+//! What the config crate changes on the way from the text as written to the typed config, found by
+//! comparing the merged values as given with the typed config read back: conversions a user did not
+//! ask for are refused ([`converted`]), and text keys set by `--set` or an `INF__…` variable keep their
+//! text ([`keep_text`]): both layers read `1e3` as a number, which a folder named `1e3` is not.
+
+use serde_json::Value as V;
+
+use super::load::inf_var_key;
+
+/// Keys whose values may be quoted numbers (`data.micro_batch = "4"`, as `"auto"` is).
+const QUOTED_NUMBERS: [&str; 2] = ["data.micro_batch", "run.peak_tflops"];
+
+/// The first value of `given` (the config as written) that deserialising changed in `typed` (the
+/// config read back): a fraction rounded to a whole number, a whole number too large for its key
+/// saturated, a quoted number or boolean taken as one, a boolean taken as a number or a number as a
+/// boolean, a number or boolean taken as text. The key, what was found and what was expected.
+pub fn converted(given: &V, typed: &V, key: &str) -> Option<(String, String, String)> {
+    let at = |k: &str| if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+    let found = |what: String, want: &str| Some((key.to_string(), what, want.to_string()));
+    match (given, typed) {
+        (V::Object(g), V::Object(t)) => g.iter().find_map(|(k, v)| converted(v, t.get(k)?, &at(k))),
+        (V::Array(g), V::Array(t)) => {
+            g.iter().zip(t).enumerate().find_map(|(i, (g, t))| converted(g, t, &at(&i.to_string())))
+        }
+        (V::Number(n), V::Number(t)) if n.is_f64() && (t.is_i64() || t.is_u64()) => {
+            let (x, read) = (n.as_f64().unwrap_or(f64::NAN), t.as_f64().unwrap_or(f64::NAN));
+            if x.fract() != 0.0 {
+                found(n.to_string(), "a whole number")
+            } else if x != read {
+                // (`steps = 1e20` is read as 18446744073709551615, `-1e3` as 0)
+                let want = if x < 0.0 { "a whole number ≥ 0".to_string() } else { format!("a whole number ≤ {t}") };
+                Some((key.to_string(), n.to_string(), want))
+            } else {
+                None
+            }
+        }
+        (V::String(s), V::Number(_)) if !QUOTED_NUMBERS.contains(&key) => {
+            found(format!("{s:?}"), "a number (without quotes)")
+        }
+        (V::String(s), V::Bool(_)) => found(format!("{s:?}"), "true or false (without quotes)"),
+        // (the config crate reads true as 1 and 1 as true)
+        (V::Bool(b), V::Number(_)) => found(b.to_string(), "a number"),
+        (V::Number(n), V::Bool(_)) => found(n.to_string(), "true or false"),
+        // (`dir = 1e3` reads as the folder `1000`)
+        (V::Number(_) | V::Bool(_), V::String(_)) => found(given.to_string(), "text in quotes"),
+        _ => None,
+    }
+}
+
+/// Text keys (a folder, a name) set by an `INF__…` variable in `vars` or a `--set` in `overrides` get
+/// their text as typed, in `given` (the merged values) and `typed` (the config read back), where either
+/// layer read it as a number or boolean. Whether `typed` changed.
+pub fn keep_text(given: &mut V, typed: &mut V, overrides: &[String], vars: &[(String, String)]) -> bool {
+    let from_vars = vars.iter().filter_map(|(var, value)| Some((inf_var_key(var)?, value.clone())));
+    // (a later --set over an earlier and over the variables)
+    let from_sets = overrides.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim()));
+    let layers: Vec<(String, String)> = from_vars.chain(from_sets.map(|(k, v)| (k, v.to_string()))).collect();
+    let mut changed = false;
+    for (key, text) in layers {
+        let (Some(g), Some(t)) = (at_mut(given, &key), at_mut(typed, &key)) else { continue };
+        if matches!(g, V::Number(_) | V::Bool(_)) && t.is_string() {
+            *g = V::String(text.clone());
+            *t = V::String(text);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// The value at dotted `key` (`data.mix[0].dir`) in `v`.
+fn at_mut<'v>(v: &'v mut V, key: &str) -> Option<&'v mut V> {
+    let mut at = v;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, i)) => (name, Some(i.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (part, None),
+        };
+        at = at.as_object_mut()?.get_mut(name)?;
+        if let Some(i) = index {
+            at = at.as_array_mut()?.get_mut(i)?;
+        }
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conversions_are_named_with_what_was_due() {
+        let c = |g: V, t: V| converted(&json!({ "run": { "k": g } }), &json!({ "run": { "k": t } }), "");
+        let want = |found: &str, want: &str| Some(("run.k".to_string(), found.to_string(), want.to_string()));
+        assert_eq!(c(json!(2.5), json!(3)), want("2.5", "a whole number"));
+        assert_eq!(c(json!(1e20), json!(u64::MAX)), want("1e+20", "a whole number ≤ 18446744073709551615"));
+        assert_eq!(c(json!(-1e3), json!(0)), want("-1000.0", "a whole number ≥ 0"));
+        assert_eq!(c(json!(1e3), json!(1000)), None);
+        assert_eq!(c(json!(1e3), json!("1000")), want("1000.0", "text in quotes"));
+        assert_eq!(c(json!("3"), json!(3)), want("\"3\"", "a number (without quotes)"));
+        assert_eq!(c(json!("x"), json!("x")), None);
+    }
+
+    #[test]
+    fn text_keys_keep_what_was_typed() {
+        let mut given = json!({ "run": { "dir": 16, "steps": 3 }, "data": { "mix": [{ "dir": 1000.0 }] } });
+        let mut typed = json!({ "run": { "dir": "16", "steps": 3 }, "data": { "mix": [{ "dir": "1000" }] } });
+        let sets = ["data.mix[0].dir=1e3".to_string(), "run.steps=3".to_string()];
+        let vars = [("INF__RUN__DIR".to_string(), "0x10".to_string())];
+        assert!(keep_text(&mut given, &mut typed, &sets, &vars));
+        assert_eq!(typed, json!({ "run": { "dir": "0x10", "steps": 3 }, "data": { "mix": [{ "dir": "1e3" }] } }));
+        assert_eq!(given, typed);
+        assert!(!keep_text(&mut given, &mut typed, &sets, &vars));
+    }
+}
