@@ -45,7 +45,15 @@ fn bad_arguments_are_usage_errors() {
     assert!(format!("{e:#}").contains("<--images <IMAGES>|--meta <META>>"), "{e:#}");
     // a grace of 0 s would SIGKILL the ranks before their stop's checkpoint
     let e = infinity_trainer::cli::run(["infinity", "launch", "--grace-s", "0", "--", "train", "x.toml"]).unwrap_err();
-    assert!(format!("{e:#}").contains("expected a number of seconds > 0, found `0`"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("expected a number of seconds > 0 and at most 604800 (a week), found `0`"),
+        "{e:#}"
+    );
+    // (and one whose deadline would not fit the clock)
+    for flag in ["--grace-s", "--rdzv-timeout-s", "--rdzv-last-call-s"] {
+        let e = infinity_trainer::cli::run(["infinity", "launch", flag, "1e19", "--", "train", "x.toml"]).unwrap_err();
+        assert!(format!("{e:#}").contains("at most 604800 (a week), found `1e19`"), "{flag}: {e:#}");
+    }
 }
 
 /// `data bench --scratch DIR` generates its datasets in a folder of its own inside DIR and removes only

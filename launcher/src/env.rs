@@ -20,6 +20,9 @@ pub mod vars {
     /// `1` for every rank `infinity launch` starts: the agent reports how its ranks ended (a clean stop
     /// is exit 0 and a store mark, not an exit code of the rank's choosing).
     pub const UNDER_AGENT: &str = "INFINITY_UNDER_AGENT";
+    /// The agent's process id: a rank the agent started through a wrapper (`sh -c`, a script), which the
+    /// agent's parent-death signal does not reach, stops as on SIGTERM once the agent is gone.
+    pub const AGENT_PID: &str = "INFINITY_AGENT_PID";
 }
 
 /// What torchrun tells the processes it starts (`torch.distributed.run`), read where ours are not set.

@@ -50,11 +50,15 @@ pub fn positive() -> impl clap::builder::TypedValueParser<Value = usize> {
 /// A number of seconds > 0 (a grace or timeout of 0 would skip what it gives time to).
 pub fn positive_seconds() -> impl clap::builder::TypedValueParser<Value = f64> {
     use clap::builder::TypedValueParser;
+    // (at most a week, as the config's `dist.timeout_s`: a deadline must fit the clock)
     clap::builder::StringValueParser::new().try_map(|s| match s.trim().parse::<f64>() {
-        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
-        _ => Err(format!("expected a number of seconds > 0, found `{s}`")),
+        Ok(x) if x > 0.0 && x <= MAX_SECONDS => Ok(x),
+        _ => Err(format!("expected a number of seconds > 0 and at most {MAX_SECONDS} (a week), found `{s}`")),
     })
 }
+
+/// The longest wait a seconds flag takes ([`positive_seconds`]).
+pub const MAX_SECONDS: f64 = 604_800.0;
 
 /// A SLURM `--time` in seconds (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`); `None`
 /// for what it cannot read (`UNLIMITED`).

@@ -502,6 +502,36 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
     assert!(text.contains("node ranks [1] of 2 never arrived") && text.contains(said), "{text}");
 }
 
+/// Each rank is told its agent's process id (a rank behind a wrapper watches it: the parent-death
+/// signal reaches the wrapper alone).
+#[test]
+fn ranks_are_told_their_agents_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"echo "$INFINITY_AGENT_PID" > "$TEST_DIR/agent.$RANK""#;
+    let mut agent = Agent::start(tmp.path(), "agent", &args(d, &["--nproc-per-node", "2"], rank));
+    assert_eq!(agent.exit(Duration::from_secs(30)).code(), Some(0), "{}", agent.text());
+    for r in 0..2 {
+        let told = std::fs::read_to_string(tmp.path().join(format!("agent.{r}"))).unwrap();
+        assert_eq!(told.trim(), agent.child.id().to_string(), "rank {r}");
+    }
+}
+
+/// Node 0's agent whose `--rdzv` host does not resolve where it runs (a SLURM node list this machine's
+/// resolver does not know) says so at once, and its wait ends at the rendezvous timeout naming the host.
+#[test]
+fn a_store_host_name_that_does_not_resolve_on_node_0_is_said_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("no-such-host.invalid:{}", free_port());
+    let mut line = vec!["--log-dir", d, "--rdzv-timeout-s", "2"];
+    line.extend(node_of_two("0", &rdzv, &["--", "sh", "-c", "exit 0"]));
+    let mut agent = Agent::start(tmp.path(), "node0", &line);
+    agent.wait_for("--rdzv's host no-such-host.invalid does not resolve here (yet?)", Duration::from_secs(10));
+    assert_eq!(agent.exit(Duration::from_secs(30)).code(), Some(1), "{}", agent.text());
+    assert!(agent.text().contains("store no-such-host.invalid:"), "{}", agent.text());
+}
+
 /// A node lost with its agent (killed with its ranks, or the machine gone) reports nothing: the rank
 /// that lost its connection to that node's rank names that node as the root cause, not its own.
 #[test]

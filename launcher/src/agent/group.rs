@@ -47,6 +47,14 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
                  host's network, this may be fine)"
             );
         }
+        if here.is_err() && p.nnodes > 1 {
+            // (this agent and its ranks reach the store by that name too: they wait until it resolves)
+            console_err!(
+                "[launch] warning: this agent (--node-rank 0) hosts the store, but --rdzv's host {inner} does not \
+                 resolve here (yet?): this agent and its ranks reach the store by that name, so they wait for it \
+                 (up to --rdzv-timeout-s); give --rdzv a name or address that resolves on every node"
+            );
+        }
         return Ok(Some(spawn()?));
     }
     if !here.with_context(|| format!("--rdzv host {inner}"))? {

@@ -194,8 +194,8 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
     let secs =
         [("--grace-s", a.grace_s), ("--rdzv-timeout-s", a.rdzv_timeout_s), ("--rdzv-last-call-s", a.rdzv_last_call_s)];
     for (flag, v) in secs {
-        if !(v.is_finite() && v >= 0.0) {
-            bail!("{flag} {v}: expected a number of seconds ≥ 0");
+        if !(v.is_finite() && (0.0..=crate::MAX_SECONDS).contains(&v)) {
+            bail!("{flag} {v}: expected a number of seconds ≥ 0 and at most {} (a week)", crate::MAX_SECONDS);
         }
     }
     // torchrun's PET_NPROC_PER_NODE is the flag's default (Kubeflow's PyTorchJob sets it from nprocPerNode);

@@ -150,6 +150,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             .env(vars::RESTART_COUNT, attempt.to_string())
             .env(vars::AGENT_STORE, "1")
             .env(vars::UNDER_AGENT, "1")
+            .env(vars::AGENT_PID, std::process::id().to_string())
             // a rank whose collective fails writes its last collectives there (comm/flight.rs)
             .env(crate::comm::flight::FLIGHT_DIR, &flight_dir)
             .env("CUDA_VISIBLE_DEVICES", device)

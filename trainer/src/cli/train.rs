@@ -168,6 +168,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }),
         false => {
             let flag = dist::preemption_flag(true)?;
+            train::stop::stop_when_agent_gone(&flag)?;
             if let Some(limit) = a.time_limit {
                 time_limit(limit, flag.clone(), timed_out.clone())?;
             }

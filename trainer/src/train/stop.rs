@@ -50,6 +50,56 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// Under `infinity launch`, `flag` is set (the run stops as on SIGTERM: a checkpoint, then exit) once
+/// the agent that started this rank is gone. The kernel's parent-death signal reaches the process the
+/// agent started, not a rank that a wrapper (`sh -c '… ; echo done'`, a script) started in turn, which
+/// would otherwise train on unsupervised, holding the run folder's lock a requeued job waits for.
+pub fn stop_when_agent_gone(flag: &Arc<AtomicBool>) -> Result<()> {
+    let Some(pid) = std::env::var(infinity_launcher::env::vars::AGENT_PID).ok().and_then(|p| p.trim().parse().ok())
+    else {
+        return Ok(());
+    };
+    stop_when_gone(pid, flag.clone(), "the launch agent")
+}
+
+/// Sets `flag` once process `pid` has ended (at once if it is gone already), saying so.
+fn stop_when_gone(pid: libc::pid_t, flag: Arc<AtomicBool>, what: &'static str) -> Result<()> {
+    let gone = move || {
+        if !flag.swap(true, Ordering::SeqCst) {
+            console_err!("{what} (pid {pid}) is gone: the run stops as on SIGTERM (a checkpoint after this step)");
+        }
+    };
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        gone();
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("agent watch".into())
+        .spawn(move || {
+            if fd >= 0 {
+                // readable once the process has ended (a pid reused meanwhile is another process's)
+                let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll(2) on one pollfd we own; -1 waits without a timeout.
+                while unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+                    if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        return; // (no telling: the watch ends, the run goes on)
+                    }
+                }
+            } else {
+                // (a kernel before 5.3 has no pidfd: asked every second)
+                // SAFETY: kill(2) with signal 0 sends nothing; it tells whether the pid exists.
+                while unsafe { libc::kill(pid, 0) } == 0 {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+            gone();
+        })
+        .context("starting the agent watch")?;
+    Ok(())
+}
+
 /// The run diverged: `optim.max_nonfinite` non-finite steps in a row (the message says where), or a
 /// resume that would repeat such a divergence. `infinity train` exits with `EXIT_DIVERGED` for it,
 /// which `infinity launch` does not restart: from the last good checkpoint, with the same settings,
@@ -257,5 +307,29 @@ pub fn slow_drill(rank: usize, attempt: u32) {
     let Some((r, s)) = spec.split_once(':') else { return };
     if let (0, Ok(true), Ok(secs)) = (attempt, r.parse().map(|r: usize| r == rank), s.parse::<f64>()) {
         std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flag is set once the watched process ends, and at once for one gone already.
+    #[test]
+    fn a_process_gone_sets_the_flag() {
+        let mut child = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        let flag = Arc::new(AtomicBool::new(false));
+        stop_when_gone(child.id() as libc::pid_t, flag.clone(), "the test's child").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!flag.load(Ordering::SeqCst), "set while the process runs");
+        child.wait().unwrap();
+        let t0 = std::time::Instant::now();
+        while !flag.load(Ordering::SeqCst) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "not set after the process ended");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        stop_when_gone(child.id() as libc::pid_t, flag.clone(), "the test's child").unwrap();
+        assert!(flag.load(Ordering::SeqCst));
     }
 }
