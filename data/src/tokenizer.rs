@@ -283,8 +283,22 @@ impl PatchTokenizer {
         TokenizerInfo {
             name: TOKENIZER_NAME.into(),
             file: Some(TOKENIZER_FILE.into()),
-            params: serde_json::json!({ "patch": self.patch, "scale": self.scale, "whiten": self.whiten, "fit": fit }),
+            // (the checksum of its values: a resume tells tokenizers apart by it where the file does not read)
+            params: serde_json::json!({
+                "patch": self.patch, "scale": self.scale, "whiten": self.whiten, "fit": fit,
+                "crc32c": format!("{:08x}", self.values_crc()),
+            }),
         }
+    }
+
+    /// A checksum of what decodes bits (the values, not the file's bytes: one tokenizer saved twice
+    /// compares equal).
+    pub fn values_crc(&self) -> u32 {
+        let mut h = crc32c::crc32c(&[self.patch as u64, self.d as u64].map(u64::to_le_bytes).concat());
+        for v in [&self.mean, &self.basis, &self.sigma, &vec![self.scale, self.whiten]] {
+            h = crc32c::crc32c_append(h, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        h
     }
 
     /// Write `mean`, `basis` and the settings as safetensors.
@@ -385,33 +399,68 @@ pub fn of_dataset(dir: &Path, m: &Manifest) -> Result<Option<PatchTokenizer>> {
             patch.map_or(String::new(), |p| format!(" from {p} px patches"))
         )));
     }
+    // (another fit of the same shape: the checksum the manifest records, where it records one)
+    if let Some(recorded) = recorded_crc(m).filter(|&c| c != format!("{:08x}", tok.values_crc())) {
+        return Err(DataError::Config(format!(
+            "{}: not the tokenizer the dataset's bits were made with (its values' checksum is {:08x}, the \
+             manifest records {recorded}): another dataset's tokenizer?",
+            path.display(),
+            tok.values_crc()
+        )));
+    }
     Ok(Some(tok))
 }
 
 /// What a dataset's bits were made with, as one string a checkpoint's position keeps: the tokenizer's
-/// name, its file's checksum where the folder keeps one (the built-in tokenizer's taken over its values,
-/// as [`same_tokenizer`] compares it), and a VAE checkpoint its `params.ckpt` names.
-pub fn identity(dir: &Path, m: &Manifest) -> Result<String> {
+/// name; its file and the file's checksum where the folder keeps one (the built-in tokenizer's taken
+/// over its values, as [`same_tokenizer`] compares it), from the manifest's record of it
+/// (`tokenizer.params.crc32c`, written since 2026-12-06) where the file does not read (training does
+/// not need it), else `unread`; and a VAE checkpoint its `params.ckpt` names. Compare two with
+/// [`same_identity`].
+pub fn identity(dir: &Path, m: &Manifest) -> String {
     let mut id = m.tokenizer.name.clone();
     if let Some(f) = &m.tokenizer.file {
         let path = dir.join(f);
         let crc = match m.tokenizer.name == TOKENIZER_NAME {
-            true => {
-                let t = PatchTokenizer::load(&path)?;
-                let mut h = crc32c::crc32c(&[t.patch as u64, t.d as u64].map(u64::to_le_bytes).concat());
-                for v in [&t.mean, &t.basis, &t.sigma, &vec![t.scale, t.whiten]] {
-                    h = crc32c::crc32c_append(h, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
-                }
-                h
-            }
-            false => crc32c::crc32c(&std::fs::read(&path).map_err(|e| DataError::io(&path, e))?),
+            true => PatchTokenizer::load(&path).map(|t| t.values_crc()),
+            false => std::fs::read(&path).map(|b| crc32c::crc32c(&b)).map_err(|e| DataError::io(&path, e)),
         };
-        id.push_str(&format!(" {f} crc32c {crc:08x}"));
+        match (crc, recorded_crc(m)) {
+            (Ok(crc), _) => id.push_str(&format!(" {f} crc32c {crc:08x}")),
+            (Err(_), Some(crc)) => id.push_str(&format!(" {f} crc32c {crc}")),
+            (Err(_), None) => id.push_str(&format!(" {f} unread")),
+        }
     }
     if let Some(ckpt) = m.tokenizer.params.get("ckpt").and_then(|c| c.as_str()) {
         id.push_str(&format!(" ckpt {ckpt}"));
     }
-    Ok(id)
+    id
+}
+
+/// The checksum of the tokenizer's values the manifest records (`tokenizer.params.crc32c`), if any.
+fn recorded_crc(m: &Manifest) -> Option<&str> {
+    m.tokenizer.params.get("crc32c").and_then(|c| c.as_str())
+}
+
+/// Whether two [`identity`] strings name one tokenizer, by what both tell: the name; the checksum
+/// where both have one (not the file's name: one tokenizer may be saved under two); the VAE checkpoint
+/// where both name one. A file that did not read and that the manifest has no record of compares by
+/// name alone.
+pub fn same_identity(a: &str, b: &str) -> bool {
+    let after = |id: &str, key: &str| -> Option<String> {
+        let at = id.find(&format!(" {key} "))?;
+        let rest = &id[at + key.len() + 2..];
+        Some(match key {
+            "ckpt" => rest.to_string(),
+            _ => rest.split_whitespace().next()?.to_string(),
+        })
+    };
+    let name = |id: &str| id.split_whitespace().next().unwrap_or_default().to_string();
+    let both = |key: &str| match (after(a, key), after(b, key)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
+    name(a) == name(b) && both("crc32c") && both("ckpt")
 }
 
 /// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer: the same name
@@ -589,5 +638,18 @@ mod tests {
         assert!(same_tokenizer((at(0), &vae), (at(2), &vae)).unwrap(), "no files: the name alone");
         assert!(!same_tokenizer((at(0), &ours), (at(0), &vae)).unwrap(), "another name");
         assert!(!same_tokenizer((at(0), &other), (at(0), &vae)).unwrap(), "a file on one side only");
+    }
+
+    /// Identities compare by what both sides tell: the checksum (not the file's name), else the name.
+    #[test]
+    fn identities_compare_by_what_both_tell() {
+        let read = "patch-pca-bsq tokenizer.safetensors crc32c 0000aaaa";
+        assert!(same_identity(read, "patch-pca-bsq other-name.safetensors crc32c 0000aaaa"));
+        assert!(!same_identity(read, "patch-pca-bsq tokenizer.safetensors crc32c 0000bbbb"));
+        // a file that did not read, of a manifest without a record of it: by name
+        assert!(same_identity(read, "patch-pca-bsq tokenizer.safetensors unread"));
+        assert!(!same_identity(read, "bsq-vae-d16 tokenizer.safetensors crc32c 0000aaaa"));
+        assert!(!same_identity("bsq-vae-d16 ckpt /a b.pt", "bsq-vae-d16 ckpt /a c.pt"));
+        assert!(same_identity("bsq-vae-d16 ckpt /a b.pt", "bsq-vae-d16 ckpt /a b.pt"));
     }
 }

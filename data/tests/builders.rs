@@ -453,6 +453,14 @@ fn another_datasets_tokenizer_is_named() {
     let e = inspect::sample_grid(&ds, 4, &a.path().join("grid.png")).unwrap_err().to_string();
     assert!(e.contains(want), "{e}");
 
+    // another fit of the same shape: told by the checksum the manifest records
+    let c = tempfile::tempdir().unwrap();
+    synth(c.path(), &small(40, 9)).unwrap();
+    std::fs::copy(c.path().join("tokenizer.safetensors"), &file).unwrap();
+    let r = inspect::verify(a.path());
+    let want = "not the tokenizer the dataset's bits were made with (its values' checksum is";
+    assert!(r.problems.iter().any(|p| p.contains(want)), "{:?}", r.problems);
+
     std::fs::write(&file, b"not a tokenizer").unwrap();
     let opts = LoaderOptions { global_batch: 4, workers: 0, ..Default::default() };
     let l = Loader::new(ds.clone(), opts, Some(saved.clone())).unwrap();

@@ -282,12 +282,14 @@ pub fn dataset_mismatch(mc: &ModelConfig, m: &Manifest) -> Option<String> {
 /// ([`CheckpointModel::tokenizer`](crate::train::checkpoint::CheckpointModel::tokenizer)) where known,
 /// else the run's own dataset `trained`'s where at hand. Its bits would be decoded with another
 /// tokenizer's basis (`sample`, `export`) or scored as other images (`eval`). A tokenizer file that
-/// does not read is not compared (loading it says what is wrong, where the command needs it).
+/// does not read is compared by the checksum its manifest records, where the checkpoint's record is at
+/// hand, not at all against the run's dataset (loading it says what is wrong, where the command needs
+/// it).
 pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &Manifest) -> Option<String> {
     if let Some(saved) = saved {
-        // (a file that does not read is named where the tokenizer is loaded)
-        let now = infinity_data::tokenizer::identity(dir, m).ok()?;
-        return (now != saved).then(|| {
+        // (a file that does not read: by the checksum its manifest records; named where it is loaded)
+        let now = infinity_data::tokenizer::identity(dir, m);
+        return (!infinity_data::tokenizer::same_identity(&now, saved)).then(|| {
             format!("its tokenizer ({now}) is not the one the model trained with ({saved}, its checkpoint says)")
         });
     }

@@ -522,6 +522,11 @@ fn accept_data_change_resumes_on_a_mended_dataset() {
     // (without the flag too: named first, rather than the changed dataset that the flag would take)
     let e = format!("{:#}", check_with(&cfg, 1, Some(&step3), None, false).unwrap_err());
     assert!(e.contains("its bits are of another tokenizer") && !e.contains("goes on from the saved position"), "{e}");
+    // (its tokenizer file gone, which training does not need: told apart by the checksum its manifest
+    // records)
+    std::fs::remove_file(data.join("tokenizer.safetensors")).unwrap();
+    let e = format!("{:#}", check_with(&cfg, 1, Some(&step3), None, true).unwrap_err());
+    assert!(e.contains("its bits are of another tokenizer"), "{e}");
 }
 
 /// Two fresh starts into one run folder, the second's rank 0 past the command line's check before the

@@ -397,3 +397,25 @@ fn eval_of_a_run_reads_its_config_without_the_environment() {
     assert_eq!(plain, with_env);
     assert!(said.contains("INF__BSC__P_MAX, INF__RUN__STEPS in the environment do(es) not apply"), "{said}");
 }
+
+/// A dataset whose tokenizer file is gone trains (training does not need it), but not with sample grids,
+/// which decode with it: refused before the first step with exit 2, as a restart would find it again.
+#[test]
+fn sample_grids_without_the_tokenizer_file_are_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    dataset(&data, &[("1.000", 1.0)]);
+    std::fs::remove_file(data.join(TOKENIZER_FILE)).unwrap();
+    let config = config_file(t, &data, None, "class");
+    let (code, _) = check_exit(&config);
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&config).unwrap().replace("[sample]\nevery = 0", "[sample]\nevery = 2");
+    std::fs::write(&config, text).unwrap();
+    let (code, said) = check_exit(&config);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("sample.every = 2: the sample grids decode with the dataset's tokenizer"), "{said}");
+    assert!(said.contains(TOKENIZER_FILE), "{said}");
+    let out = Command::new(env!("CARGO_BIN_EXE_infinity")).arg("train").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -181,9 +181,9 @@ impl Loader {
         let rows_of: Vec<&[Vec<u64>]> = part_rows.iter().map(|p| &p[..]).collect();
         let (dataset, buckets) = (ds.manifest.fingerprint(), Some(parts_buckets_fingerprint(&rows_of)));
         // (mixed datasets share one tokenizer: the first's; a tokenizer file that does not read, which
-        // training does not need and `data verify` names, leaves it unrecorded and unchecked)
+        // training does not need and `data verify` names, is checked by the checksum its manifest records)
         let first = &ds.parts()[0];
-        let tokenizer = crate::tokenizer::identity(&first.dir, &first.manifest).ok();
+        let tokenizer = Some(crate::tokenizer::identity(&first.dir, &first.manifest));
         let state = match resume {
             None => {
                 let earlier_sizes = Vec::new();
@@ -202,9 +202,13 @@ impl Loader {
                 s.same_tokenizer_as(&first.dir, tokenizer.as_deref())?;
                 s.continues_with(&ds.manifest, opts.seed, g, mixed.as_ref())?;
                 // (an earlier build's form, from now on this one's; the weights as this run gives them)
-                // (a tokenizer that cannot be read now keeps the saved identity, for the next resume to check)
+                // (a tokenizer file that cannot be read now keeps the saved identity, which holds its
+                // checksum, for the next resume to check)
                 (s.dataset, s.buckets, s.mix) = (dataset, buckets, mixed);
-                s.tokenizer = tokenizer.or(s.tokenizer);
+                let unread = |id: &Option<String>| id.as_ref().is_none_or(|id| !id.contains(" crc32c "));
+                if !unread(&tokenizer) || unread(&s.tokenizer) {
+                    s.tokenizer = tokenizer;
+                }
                 if s.global_batch != g {
                     s = s.resized(g);
                 }

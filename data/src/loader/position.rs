@@ -113,22 +113,25 @@ impl MixState {
 impl LoaderState {
     /// Refused where `ds`'s bits are of another tokenizer than the saved position's data (mixed datasets
     /// share one, the first's): its bits mean other images, which no resume takes. A tokenizer file that
-    /// does not read (training does not need it; `data verify` names it) is not compared.
+    /// does not read (training does not need it; `data verify` names it) is compared by the checksum its
+    /// manifest records ([`crate::tokenizer::identity`]).
     pub fn same_tokenizer(&self, ds: &crate::Dataset) -> Result<()> {
         let first = &ds.parts()[0];
-        self.same_tokenizer_as(&first.dir, crate::tokenizer::identity(&first.dir, &first.manifest).ok().as_deref())
+        self.same_tokenizer_as(&first.dir, Some(&crate::tokenizer::identity(&first.dir, &first.manifest)))
     }
 
     /// [`LoaderState::same_tokenizer`] where the dataset's tokenizer identity, `now`, is known already
     /// (`dir`: the dataset folder it names).
     pub(crate) fn same_tokenizer_as(&self, dir: &std::path::Path, now: Option<&str>) -> Result<()> {
         match (&self.tokenizer, now) {
-            (Some(saved), Some(now)) if saved != now => Err(DataError::Config(format!(
-                "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), so they mean \
+            (Some(saved), Some(now)) if !crate::tokenizer::same_identity(saved, now) => {
+                Err(DataError::Config(format!(
+                    "{}: its bits are of another tokenizer than the checkpoint's data ({saved} → {now}), so they mean \
                  other images: no resume takes that, --accept-data-change included (it takes mended rows); train \
                  a new run on it",
-                dir.display()
-            ))),
+                    dir.display()
+                )))
+            }
             _ => Ok(()),
         }
     }

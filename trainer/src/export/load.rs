@@ -123,8 +123,7 @@ pub fn load_export(dir: &Path, want_ema: bool) -> Result<LoadedExport> {
         tracing::warn!("{}: {w}", cfg_path.display());
     }
     let data_dir = dataset.as_ref().map(|d| d.data_dir.clone()).unwrap_or_else(|| dir.to_path_buf());
-    let tokenizer =
-        dataset.as_ref().and_then(|d| infinity_data::tokenizer::identity(&d.tokenizer_dir, &d.manifest).ok());
+    let tokenizer = dataset.as_ref().map(|d| infinity_data::tokenizer::identity(&d.tokenizer_dir, &d.manifest));
     Ok(LoadedExport {
         model: CheckpointModel {
             dir: dir.to_path_buf(),

@@ -227,7 +227,7 @@ pub fn check_with(
         out.push(format!("validation: {} rows of {dir}{}", rows[0].1, more.concat()));
         out.extend(v.warnings().into_iter().map(|w| format!("warning: {w}")));
     }
-    let _preview = Preview::new(cfg, &mc, &ds)?;
+    let _preview = Preview::new(cfg, &mc, &ds).map_err(unrecoverable)?;
     out.push(device_line);
     out.extend(chosen);
     if cfg.run.device != DeviceChoice::Cpu {

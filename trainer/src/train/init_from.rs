@@ -145,7 +145,7 @@ impl Source {
             }
             // (an export describes its dataset, the tokenizer file beside it or in the dataset)
             (None, Some(_)) => match crate::export::export_dataset(dir) {
-                Some((m, tokenizer_dir)) => (infinity_data::tokenizer::identity(&tokenizer_dir, &m).ok(), Some(m)),
+                Some((m, tokenizer_dir)) => (Some(infinity_data::tokenizer::identity(&tokenizer_dir, &m)), Some(m)),
                 None => (None, None),
             },
             (None, None) => (None, None),
@@ -157,9 +157,9 @@ impl Source {
     /// another tokenizer's bits, or classes of other names at the same indices.
     fn differences(&self, from: &Path, (dir, m): (&Path, &Manifest)) -> Vec<String> {
         let mut out = Vec::new();
-        let ours = infinity_data::tokenizer::identity(dir, m).ok();
-        if let (Some(theirs), Some(ours)) = (&self.tokenizer, &ours) {
-            if theirs != ours {
+        let ours = infinity_data::tokenizer::identity(dir, m);
+        if let Some(theirs) = &self.tokenizer {
+            if !infinity_data::tokenizer::same_identity(theirs, &ours) {
                 out.push(format!(
                     "model.init_from: {} trained on bits of another tokenizer ({theirs}) than data.dir {} ({ours}): \
                      the same bits mean other images to it, so the run starts from a model of other images \

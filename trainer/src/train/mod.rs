@@ -195,7 +195,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let sharded = cfg.dist.zero1 && dist.world > 1;
     let (opt, updater) = Updater::place(cfg, sharded, lay.numel, opt, &mut compute, &mut dist)?;
     let (ema, ema_sharded) = ema::start(cfg, opts.resume.as_deref(), (&mc, &lay), &params, &dist, &mut compute)?;
-    let preview = if leader { Some(Preview::new(cfg, &mc, &ds)?) } else { None };
+    // (a tokenizer file that does not read is found again by a restart)
+    let preview = if leader { Some(Preview::new(cfg, &mc, &ds).map_err(unrecoverable)?) } else { None };
     let validator = val::Validator::new(cfg, &mc, &ds, micro_batch).map_err(unrecoverable)?;
     for w in validator.as_ref().filter(|_| leader).map(val::Validator::warnings).unwrap_or_default() {
         tracing::warn!("{w}");

@@ -33,7 +33,16 @@ pub(crate) struct Preview {
 impl Preview {
     pub(crate) fn new(cfg: &TrainConfig, mc: &ModelConfig, ds: &Dataset) -> Result<Preview> {
         let s = &cfg.sample;
-        let tokenizer = if s.every > 0 { crate::infer::tokenizer(ds.dir(), &ds.manifest)? } else { None };
+        let tokenizer = match s.every > 0 {
+            true => crate::infer::tokenizer(ds.dir(), &ds.manifest).with_context(|| {
+                format!(
+                    "sample.every = {}: the sample grids decode with the dataset's tokenizer, which does not read \
+                     (mend its file, or set sample.every = 0 to train without grids)",
+                    s.every
+                )
+            })?,
+            false => None,
+        };
         if s.every > 0 && tokenizer.is_none() {
             tracing::warn!("sample grids disabled: the dataset's tokenizer is not built in");
         }
