@@ -137,3 +137,45 @@ json.dump(m, open(f"{out}/manifest.json", "w"))
     let report = infinity_data::inspect::verify(&out);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// A null in a column declared without nulls, and text that is not UTF-8,
+/// are named by file, row, id and column, not as an unreadable Arrow file.
+#[test]
+fn nulls_and_bad_text_are_named_by_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, want) in [
+        ("null", "column `bucket`: expected UInt16 without nulls, found 1 null value (at row 1, id 10001)"),
+        ("utf8", "row 2 (id 10002), column `caption`: expected text in UTF-8, found bytes that are not UTF-8"),
+    ] {
+        let out = dir.path().join(case);
+        python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"12", &"--d", &"20"]);
+        let mutate = r#"
+import json, sys
+import crc32c, pyarrow as pa
+out, case = sys.argv[1], sys.argv[2]
+m = json.load(open(f"{out}/manifest.json"))
+s = m["shards"][0]
+path = f"{out}/{s['file']}"
+t = pa.ipc.open_file(path).read_all().combine_chunks()
+if case == "null":
+    i = t.schema.get_field_index("bucket")
+    values = t["bucket"].to_pylist()
+    values[1] = None
+    t = t.set_column(i, pa.field("bucket", pa.uint16(), nullable=False), pa.array(values, pa.uint16()))
+else:
+    texts = [(c or "").encode() for c in t["caption"].to_pylist()]
+    texts[2] = b"\xff\xfe not text"
+    offsets = pa.array([sum(len(x) for x in texts[:k]) for k in range(t.num_rows + 1)], pa.int32())
+    text = pa.Array.from_buffers(pa.string(), t.num_rows, [None, offsets.buffers()[1], pa.py_buffer(b"".join(texts))])
+    t = t.set_column(t.schema.get_field_index("caption"), t.schema.field("caption"), text)
+with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+    w.write_table(t)
+data = open(path, "rb").read()
+s["crc32c"], s["bytes"] = f"{crc32c.crc32c(data):08x}", len(data)
+json.dump(m, open(f"{out}/manifest.json", "w"))
+"#;
+        python(&[&"-c", &mutate, &out, &case]);
+        let report = infinity_data::inspect::verify(&out);
+        assert!(report.problems.iter().any(|p| p.contains(want)), "{case}: {:?}", report.problems);
+    }
+}

@@ -368,12 +368,14 @@ fn decode(path: &Path, mmap: Mmap) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     // (every buffer is 8-byte aligned, as check_block makes sure; an ignored decimal column, whose
     // type asks for 16, is copied into alignment rather than refused)
     let schema = Arc::new(schema);
-    let decoder = FileDecoder::new(schema.clone(), footer.version()).with_require_alignment(false);
+    // decoded with every column nullable: a null in a column declared without nulls is then named by
+    // row and id where the columns are checked (`BatchColumns`), not refused here as a whole batch
+    let decoder = FileDecoder::new(Arc::new(relaxed(&schema, false)), footer.version()).with_require_alignment(false);
     if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
         return Err(corrupt(&"dictionary-encoded columns are not part of the shard format"));
     }
     let blocks = footer.recordBatches().ok_or_else(|| corrupt(&"footer lists no record batches"))?;
-    let mut out = Vec::with_capacity(blocks.len());
+    let mut out: Vec<RecordBatch> = Vec::with_capacity(blocks.len());
     for (i, block) in blocks.iter().enumerate() {
         let range = block_range(block.offset(), block.metaDataLength(), block.bodyLength(), footer_start)
             .ok_or_else(|| corrupt(&format!("record batch {i} lies outside the file")))?;
@@ -383,11 +385,73 @@ fn decode(path: &Path, mmap: Mmap) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let data = buffer.slice_with_length(range.start, range.len());
         let batch = decoder
             .read_record_batch(block, &data)
-            .map_err(|e| corrupt(&format!("record batch {i}: {e}")))?
+            .map_err(|e| {
+                // (text that is not UTF-8: named by column, row and id, read again as bytes)
+                let first_row = out.iter().map(RecordBatch::num_rows).sum();
+                let as_bytes = FileDecoder::new(Arc::new(relaxed(&schema, true)), footer.version());
+                let read = as_bytes.with_require_alignment(false).read_record_batch(block, &data);
+                match read.ok().flatten().and_then(|b| not_utf8(path, &schema, &b, first_row)) {
+                    Some(named) => named,
+                    None => corrupt(&format!("record batch {i}: {e}")),
+                }
+            })?
             .ok_or_else(|| corrupt(&format!("record batch {i} is empty")))?;
         out.push(batch);
     }
     Ok((schema, out))
+}
+
+/// `schema` with every column nullable, and with `text_as_bytes` its text columns read as binary (the
+/// same buffers: a decode that does not check UTF-8).
+fn relaxed(schema: &arrow_schema::Schema, text_as_bytes: bool) -> arrow_schema::Schema {
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                DataType::Utf8 if text_as_bytes => DataType::Binary,
+                DataType::LargeUtf8 if text_as_bytes => DataType::LargeBinary,
+                t => t.clone(),
+            };
+            arrow_schema::Field::new(f.name(), t, true)
+        })
+        .collect();
+    arrow_schema::Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// The first value of a text column of `schema` that is not UTF-8 in `batch` (decoded with its text as
+/// bytes, [`relaxed`]), whose first row is the shard's row `first_row`.
+fn not_utf8(path: &Path, schema: &arrow_schema::Schema, batch: &RecordBatch, first_row: usize) -> Option<DataError> {
+    use arrow_array::cast::AsArray;
+    let id = |r: usize| {
+        let ids = batch.column_by_name(format::COL_ID)?.as_any().downcast_ref::<UInt64Array>()?;
+        ids.is_valid(r).then(|| ids.value(r))
+    };
+    for (c, f) in schema.fields().iter().enumerate() {
+        let column = batch.column(c);
+        let bad = match f.data_type() {
+            DataType::Utf8 => {
+                let a = column.as_binary::<i32>();
+                (0..a.len()).find(|&r| a.is_valid(r) && std::str::from_utf8(a.value(r)).is_err())
+            }
+            DataType::LargeUtf8 => {
+                let a = column.as_binary::<i64>();
+                (0..a.len()).find(|&r| a.is_valid(r) && std::str::from_utf8(a.value(r)).is_err())
+            }
+            _ => None,
+        };
+        if let Some(r) = bad {
+            return Some(DataError::Row {
+                path: path.into(),
+                row: (first_row + r) as u64,
+                id: id(r).unwrap_or(u64::MAX),
+                column: f.name().clone(),
+                expected: "text in UTF-8".into(),
+                found: "bytes that are not UTF-8".into(),
+            });
+        }
+    }
+    None
 }
 
 /// Element size of every IPC buffer of a flat schema, in buffer order (1 = any length). Shards are flat
