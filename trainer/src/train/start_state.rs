@@ -187,7 +187,8 @@ pub(crate) fn continue_position(
             Some(true) => "every bucket holds the same rows as before (a shard mended in place): it draws the \
                            batches it would have drawn, the mended rows as they are now"
                 .to_string(),
-            Some(false) => "the rows in its buckets changed (rows added, removed or of another schedule): the \
+            Some(false) => "the rows in its buckets changed (rows added, removed, of another schedule, or its shards \
+                            listed in another order): the \
                             rest of this epoch follows the new dataset's order, which may draw some of its rows \
                             twice and others not at all"
                 .to_string(),
