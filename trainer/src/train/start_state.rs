@@ -188,8 +188,8 @@ pub(crate) fn continue_position(
                            batches it would have drawn, the mended rows as they are now"
                 .to_string(),
             Some(false) => "the rows in its buckets changed (rows added, removed, of another schedule, or its shards \
-                            listed in another order): the \
-                            rest of this epoch follows the new dataset's order, which may draw some of its rows \
+                            listed in another order): the rest of this epoch follows the new dataset's order, \
+                            which may draw some of its rows \
                             twice and others not at all"
                 .to_string(),
             // a position saved by an earlier build does not record its buckets
