@@ -301,6 +301,23 @@ impl ModelSection {
         self.model_config(m.d as usize, num_classes, text)
     }
 
+    /// The preset with this section's changes to it that need no dataset: depth (its key layout too),
+    /// width, heads, MLP ratio, spatial patchify, condition and path dropping.
+    pub fn shape(&self) -> Result<ModelConfig> {
+        let m = self;
+        let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
+        if let Some(depth) = m.depth {
+            c = c.with_depth(depth);
+        }
+        c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
+        c.num_heads = m.num_heads.unwrap_or(c.num_heads);
+        c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
+        c.apply_spatial_patchify = m.apply_spatial_patchify.unwrap_or(c.apply_spatial_patchify);
+        c.cond_drop_rate = m.cond_drop_rate;
+        c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
+        Ok(c)
+    }
+
     /// The model for a dataset with `d` bits per token and the given conditions.
     /// `text`: the dataset's text width and maximum tokens per caption.
     pub fn model_config(
@@ -310,17 +327,8 @@ impl ModelSection {
         text: Option<(usize, usize)>,
     ) -> Result<ModelConfig> {
         let m = self;
-        let mut c = ModelConfig::named_preset(&m.preset).map_err(|e| anyhow::anyhow!("model.preset: {e}"))?;
-        if let Some(depth) = m.depth {
-            c = c.with_depth(depth); // (its key layout too)
-        }
-        c.embed_dim = m.embed_dim.unwrap_or(c.embed_dim);
-        c.num_heads = m.num_heads.unwrap_or(c.num_heads);
-        c.mlp_ratio = m.mlp_ratio.unwrap_or(c.mlp_ratio);
-        c.apply_spatial_patchify = m.apply_spatial_patchify.unwrap_or(c.apply_spatial_patchify);
+        let mut c = m.shape()?;
         c.d = c.token_bits(d);
-        c.cond_drop_rate = m.cond_drop_rate;
-        c.drop_path_rate = m.drop_path_rate.unwrap_or(c.drop_path_rate);
         c.conditioning = match (m.conditioning.as_str(), num_classes, text) {
             ("class", Some(n), _) => Conditioning::Class { num_classes: n },
             ("text", _, Some((width, max_tokens))) => {

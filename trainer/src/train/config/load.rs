@@ -610,6 +610,13 @@ mod tests {
             ),
             "{e}"
         );
+        // the model's shape, checked with the config (before the dataset or the run folder), by its keys
+        let e = error(optim, &["model.num_heads=3"]);
+        assert!(e.contains("--set model.num_heads: model.num_heads, model.preset: embed_dim 64 does not split"), "{e}");
+        let e = error(optim, &["model.depth=0"]);
+        assert!(e.ends_with("--set model.depth: model.depth must be at least 1, found 0"), "{e}");
+        let e = error(optim, &["model.preset=smal"]);
+        assert!(e.contains("--set model.preset: model.preset: unknown preset `smal` (one of tiny, small"), "{e}");
         let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);
         assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
     }

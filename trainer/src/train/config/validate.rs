@@ -48,6 +48,31 @@ impl TrainConfig {
         self.checked(false)
     }
 
+    /// The model's shape as far as it needs no dataset (the preset and the keys that change it), checked
+    /// with the config: its errors name the keys, and come before the dataset or the run folder is read.
+    fn check_model_shape(&self) -> Result<()> {
+        let m = &self.model;
+        for (key, v) in [("model.depth", m.depth), ("model.embed_dim", m.embed_dim), ("model.num_heads", m.num_heads)] {
+            if v == Some(0) {
+                bail!("{key} must be at least 1, found 0");
+            }
+        }
+        let mut shape = m.shape()?;
+        // (what the dataset gives, in its stead: bits per token that any patchify takes, one class)
+        shape.d = 4;
+        shape.conditioning = crate::model::Conditioning::Class { num_classes: 1 };
+        shape.validate().map_err(|e| {
+            let set = [("depth", m.depth), ("embed_dim", m.embed_dim), ("num_heads", m.num_heads)];
+            let mut keys: Vec<String> =
+                set.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| format!("model.{k}")).collect();
+            if m.mlp_ratio.is_some() {
+                keys.push("model.mlp_ratio".into());
+            }
+            keys.push("model.preset".into());
+            anyhow::anyhow!("{}: {e} (the preset {} with the keys that change it)", keys.join(", "), m.preset)
+        })
+    }
+
     fn checked(&self, warn: bool) -> Result<()> {
         let d = &self.data;
         let micro = d.micro_batch.samples().unwrap_or(1);
@@ -83,6 +108,7 @@ impl TrainConfig {
             );
         }
         self.model.init.check().map_err(anyhow::Error::msg)?;
+        self.check_model_shape()?;
         match (self.optim.lr, self.optim.lr_per_256) {
             (Some(_), Some(_)) => bail!(
                 "optim.lr and optim.lr_per_256 are both set: they set one rate, give one (lr_per_256 is upstream's \
