@@ -144,11 +144,19 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
 
 /// How the learning rate moves where a resume from `ckpt` changes `run.steps` (a finished cosine run
 /// extended goes back up the curve): `: the learning rate goes from A (the checkpoint's step) to B (the
-/// next)`, or `None` where a config does not read as this build's or the rate stays.
+/// next)`, that there is no next step where the checkpoint is at or past the new `run.steps`, or `None`
+/// where a config does not read as this build's or the rate stays.
 fn lr_jump(ckpt: &Path, old_toml: &str, config_toml: &str) -> Option<String> {
     let step = super::checkpoint::step_of(ckpt)?;
     let (old, new): (super::config::TrainConfig, super::config::TrainConfig) =
         (toml::from_str(old_toml).ok()?, toml::from_str(config_toml).ok()?);
+    if step >= new.run.steps {
+        return Some(format!(
+            "; the checkpoint's step {step} is at or past run.steps = {}: nothing to train (the run exits at once, \
+             its folder as it is)",
+            new.run.steps
+        ));
+    }
     let before = old.schedule().lr(step.saturating_sub(1), old.run.steps);
     let after = new.schedule().lr(step, new.run.steps);
     (format!("{before:.3e}") != format!("{after:.3e}"))
@@ -454,6 +462,8 @@ mod tests {
         assert_eq!(jump, "; the learning rate goes from 1.000e-4 at step 200 to 5.482e-4 at the next");
         let constant = |steps: u64| text(steps).replace("decay = { kind = \"cosine\", min_ratio = 0.1 }\n", "");
         assert_eq!(lr_jump(ckpt, &constant(200), &constant(400)), None, "a constant rate stays");
+        let shorter = lr_jump(ckpt, &text(400), &text(150)).unwrap();
+        assert!(shorter.starts_with("; the checkpoint's step 200 is at or past run.steps = 150: nothing"), "{shorter}");
     }
 
     /// A resume names `model.init_from` changed as having no effect (a user reading the run's config
