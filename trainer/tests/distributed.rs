@@ -235,8 +235,9 @@ fn a_slow_rank_is_named_as_the_straggler() {
 }
 
 /// A checkpoint write slower than the collective timeout (the slow-disk drill): written in the
-/// background, the other rank never waits on it and the run ends with every checkpoint complete; written
-/// in the step loop, the other rank's barrier times out.
+/// background, the other rank never waits on it in a collective, also where the next checkpoint comes
+/// due before it is written (the group waits for it together, in short collectives), and the run ends
+/// with every checkpoint complete; written in the step loop, the other rank's barrier times out.
 #[test]
 fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
     let (tmp, cfg) = setup(4);
@@ -244,12 +245,13 @@ fn a_slow_checkpoint_write_does_not_stall_the_other_ranks() {
     let slow = [("INFINITY_FAULT_SLOW_SAVE", "6")];
     let quick = ["--set", "dist.timeout_s=3", "--set", "val.every=0"];
     let run = tmp.path().join("background");
-    ok(launch(2, &cfg, &run, &[], &slow).args(quick).output().unwrap());
-    for step in [2, 4] {
+    let text = ok(launch(2, &cfg, &run, &[], &slow).args(quick).args(["--set", "run.steps=6"]).output().unwrap());
+    for step in [2, 4, 6] {
         assert!(run.join(format!("checkpoints/step-{step:08}/DONE")).is_file(), "step {step}");
     }
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
-    assert!(summary.contains("\"finished\": true") && summary.contains("step-00000004"), "{summary}");
+    assert!(summary.contains("\"finished\": true") && summary.contains("step-00000006"), "{summary}");
+    assert!(text.contains("step 4: the checkpoint before is still being written: the group waits for it"), "{text}");
 
     let run = tmp.path().join("in-the-loop");
     let out = launch(2, &cfg, &run, &[], &slow).args(quick).args(["--set", "checkpoint.background=false"]).output();

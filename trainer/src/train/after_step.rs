@@ -76,6 +76,11 @@ impl Trainer<'_> {
     /// The error that stops a run of `optim.max_nonfinite` non-finite steps in a row (see
     /// [`stop::diverged`]).
     pub(super) fn diverged(&mut self) -> anyhow::Error {
+        // (the other ranks wait with rank 0 for the checkpoint in flight: exiting first, they would have
+        // the launcher stop rank 0 before it settles the write and records the divergence)
+        if let Err(e) = self.wait_for_write_in_flight() {
+            tracing::warn!("{e:#}");
+        }
         let run = &self.cfg.run.dir;
         stop::diverged(&self.state, run, self.saver.as_mut(), self.logger.as_mut(), &mut self.summary)
     }
@@ -104,7 +109,8 @@ impl Trainer<'_> {
         let signalled = dist::is_set(&self.stop);
         let writing = self.saver.as_ref().is_some_and(saver::Saver::writing);
         self.dist.tag("stop-signal and checkpoint-clock check");
-        let [preempt, clock_due] = self.dist.any_each([signalled, leader && self.clock.due() && !writing])?;
+        let [preempt, clock_due, busy] =
+            self.dist.any_each([signalled, leader && self.clock.due() && !writing, leader && writing])?;
         if preempt {
             // (before the stop's checkpoint records its summary)
             self.summary.preempted();
@@ -126,6 +132,9 @@ impl Trainer<'_> {
                 tracing::warn!("step {step}: checkpoint not written: {streak} in a row");
             }
         }
+        if save && busy {
+            self.wait_for_write_in_flight()?;
+        }
         if save {
             self.save(last)?;
         }
@@ -134,6 +143,33 @@ impl Trainer<'_> {
             self.dist.mark_stopped_early(step);
         }
         Ok(preempt || self.stop_after == Some(step))
+    }
+
+    /// The group waits for rank 0's checkpoint write in flight (if any) together: a short collective every
+    /// second until it is done, so that no rank's collective times out on rank 0's disk (a checkpoint
+    /// due before the one before it is written, a divergence, whose ranks would otherwise wait in the
+    /// next step's first collective, or exit, while rank 0 waits for its disk).
+    fn wait_for_write_in_flight(&mut self) -> Result<()> {
+        let (step, leader) = (self.state.step, self.dist.is_leader());
+        let mut said = false;
+        loop {
+            self.beat(|| format!("waiting at step {step} for the checkpoint write in flight"));
+            let writing = self.saver.as_ref().is_some_and(saver::Saver::writing);
+            self.dist.tag("checkpoint write in flight");
+            let [writing] = self.dist.any_each([writing])?;
+            if !writing {
+                break;
+            }
+            if leader && !said {
+                said = true;
+                tracing::warn!(
+                    "step {step}: the checkpoint before is still being written: the group waits for it (checkpoints \
+                     come due faster than the disk writes them: a larger checkpoint.every, or a faster disk)"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint of this step (rank 0, in the background where `checkpoint.background`),
