@@ -284,7 +284,8 @@ impl Loader {
                 let i = ((a - self.first) % w.rx.len() as u64) as usize;
                 w.rx[i].recv().map_err(|_| {
                     DataError::Loader(format!(
-                        "reader thread {i} stopped without a result (it panicked); see the log above"
+                        "reader thread {i} stopped without a result (it panicked, or ended at an error it handed \
+                         over before); see the log above"
                     ))
                 })??
             }
@@ -354,14 +355,55 @@ fn spawn_workers(shared: &Arc<Shared>, first: u64, n: usize, depth: usize) -> Wo
     Workers { rx, handles, stop }
 }
 
+/// How long a dropped loader waits for its workers to end.
+const WORKER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Drop for Loader {
     fn drop(&mut self) {
         if let Some(w) = self.workers.take() {
-            w.stop.store(true, Ordering::Relaxed);
-            drop(w.rx); // unblocks workers waiting on a full channel
-            for h in w.handles {
-                let _ = h.join();
-            }
+            w.end(WORKER_EXIT_WAIT);
         }
+    }
+}
+
+impl Workers {
+    /// Stop the workers and join them, but wait no longer than `wait`: a worker stuck in a read (a
+    /// frozen file system's page fault) would otherwise hold up the process's exit, and the error that
+    /// ended the run (a collective's timeout) would never be said; one left behind ends with the process.
+    fn end(self, wait: std::time::Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.rx); // unblocks workers waiting on a full channel
+        let t0 = std::time::Instant::now();
+        while self.handles.iter().any(|h| !h.is_finished()) && t0.elapsed() < wait {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for h in self.handles.into_iter().filter(|h| h.is_finished()) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers that end are joined; one stuck is left behind after the wait, not waited for.
+    #[test]
+    fn a_stuck_worker_does_not_hold_up_the_end() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, done) = (stop.clone(), Arc::new(AtomicBool::new(false)));
+        let ended = done.clone();
+        let obeys = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            ended.store(true, Ordering::SeqCst);
+        });
+        let stuck = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(30)));
+        let w = Workers { rx: Vec::new(), handles: vec![obeys, stuck], stop };
+        let t0 = std::time::Instant::now();
+        w.end(std::time::Duration::from_millis(300));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(done.load(Ordering::SeqCst), "the worker that stops was joined");
     }
 }
