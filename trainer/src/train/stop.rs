@@ -2,7 +2,7 @@
 //! the group still forms, and the fault drills the tests use to kill or slow a rank.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -167,7 +167,9 @@ pub use infinity_launcher::env::EXIT_STOPPED_BEFORE_START;
 pub struct SetupGuard {
     /// The flag was clear when setup started: a stop during setup is a signal's.
     armed: bool,
-    done: Arc<AtomicBool>,
+    /// [`SETTING_UP`], then [`EXITING`] (the guard's thread exits the process) or [`SET_UP`], whichever
+    /// comes first: a signal's exit never cuts into setup's changes to the run folder.
+    phase: Arc<AtomicU8>,
     /// The rank has joined a group of several: a signal is for the group to act on together
     /// ([`SetupGuard::stop_together`]), not for one rank to exit alone.
     grouped: Arc<AtomicBool>,
@@ -183,17 +185,18 @@ pub struct SetupGuard {
 
 impl SetupGuard {
     pub fn start(flag: &Option<Arc<AtomicBool>>) -> SetupGuard {
-        let (done, notice) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (phase, notice) = (Arc::new(AtomicU8::new(SETTING_UP)), Arc::new(AtomicBool::new(false)));
         let grouped = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(std::sync::Mutex::new(None));
         let made = Arc::new(std::sync::Mutex::new(Vec::new()));
         let armed = flag.as_ref().is_some_and(|f| !f.load(Ordering::Acquire));
         if let Some(stop) = flag.clone().filter(|_| armed) {
-            let (done, notice, grouped, waiting) = (done.clone(), notice.clone(), grouped.clone(), waiting.clone());
+            let (phase, notice, grouped, waiting) = (phase.clone(), notice.clone(), grouped.clone(), waiting.clone());
             let made = made.clone();
             std::thread::spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    if stop.load(Ordering::Relaxed) && !grouped.load(Ordering::Acquire) {
+                while phase.load(Ordering::Acquire) == SETTING_UP {
+                    let exiting = || phase.compare_exchange(SETTING_UP, EXITING, Ordering::AcqRel, Ordering::Acquire);
+                    if stop.load(Ordering::Relaxed) && !grouped.load(Ordering::Acquire) && exiting().is_ok() {
                         let during =
                             waiting.lock().map_or(None, |w| *w).unwrap_or("during setup, before the first step");
                         console_err!(
@@ -214,7 +217,7 @@ impl SetupGuard {
                 console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
             });
         }
-        SetupGuard { armed, done, grouped, notice, waiting, made }
+        SetupGuard { armed, phase, grouped, notice, waiting, made }
     }
 
     /// This rank has joined a group of several ranks: from now on a signal during setup stops the group
@@ -262,15 +265,30 @@ impl SetupGuard {
     pub fn done(&self, notice: bool) {
         self.made_run_dir(Vec::new()); // (the run's now: before a signal can find setup over)
         self.notice.store(notice, Ordering::Release);
-        self.done.store(true, Ordering::Release);
+        self.set_up();
+    }
+
+    /// Setup is over, unless the guard's thread is exiting the process already: then this waits for
+    /// that, so that nothing more happens to the run folder.
+    fn set_up(&self) {
+        if self.phase.compare_exchange(SETTING_UP, SET_UP, Ordering::AcqRel, Ordering::Acquire) == Err(EXITING) {
+            loop {
+                std::thread::park();
+            }
+        }
     }
 }
 
 impl Drop for SetupGuard {
     fn drop(&mut self) {
-        self.done.store(true, Ordering::Release);
+        self.set_up();
     }
 }
+
+/// [`SetupGuard`]'s phases.
+const SETTING_UP: u8 = 0;
+const EXITING: u8 = 1;
+const SET_UP: u8 = 2;
 
 fn remove_made(made: &std::sync::Mutex<Vec<PathBuf>>) {
     if let Ok(m) = made.lock() {
