@@ -216,13 +216,17 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         let err: Box<dyn tokio::io::AsyncRead + Unpin + Send> = Box::new(child.stderr.take().unwrap());
         let mut readers = Vec::new();
         let shown = a.local_ranks_filter.as_ref().is_none_or(|f| f.contains(local));
-        for stream in [out, err] {
+        // (each stream to the agent's own, as torchrun's: a job that splits its output and error files
+        // finds the ranks' progress in one and their errors in the other)
+        for (stream, to_stdout) in [(out, true), (err, false)] {
             let (log, tail) = (log.clone(), tail.clone());
             readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if shown {
-                        console_err!("[rank {global}] {line}");
+                    match (shown, to_stdout) {
+                        (true, true) => console!("[rank {global}] {line}"),
+                        (true, false) => console_err!("[rank {global}] {line}"),
+                        (false, _) => {}
                     }
                     let _ = writeln!(log.lock().unwrap(), "{line}");
                     let mut t = tail.lock().unwrap();
