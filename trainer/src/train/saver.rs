@@ -160,7 +160,11 @@ impl Saver {
             if let Some(text) = snap.summary_json {
                 on_disk.lock().unwrap_or_else(|e| e.into_inner()).put(&run, step, text).with_context(after)?;
             }
-            checkpoint::prune(&run, keep_last, keep_every).with_context(after)?;
+            // (a checkpoint that cannot be removed, by permissions or a file system's hold on it, stays:
+            // warned of, not a write that failed)
+            if let Err(e) = checkpoint::prune(&run, keep_last, keep_every) {
+                tracing::warn!("{:#}", e.context(after()));
+            }
             Ok(dir)
         };
         if let Some(Err(e)) = previous {

@@ -50,7 +50,7 @@ pub(crate) fn resume_point(
 /// that it holds the run's lock (a lost attempt may have written its stop's checkpoint while it waited),
 /// else `given`, the same on every rank ([`seen_by_every_rank`]).
 pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut Dist) -> Result<Option<PathBuf>> {
-    let newest = dist.is_leader().then(|| super::latest_checkpoint(run)).flatten();
+    let newest = dist.is_leader().then(|| auto_choice(run)).flatten();
     dist.tag("the newest checkpoint, after the run folder's lock");
     // (checkpoints are of steps from 1: 0 says there is none)
     let step = dist.broadcast_step(newest.as_deref().and_then(checkpoint::step_of).unwrap_or(0))?;
@@ -58,6 +58,22 @@ pub(crate) fn agreed_newest(run: &Path, given: Option<&Path>, dist: &mut Dist) -
         return Ok(given.map(Path::to_path_buf));
     }
     seen_by_every_rank(run, step, dist).map(Some)
+}
+
+/// `--resume auto`'s checkpoint (rank 0): the newest complete one, or the step of a rewind cut short since
+/// it was written, which resuming there finishes ([`checkpoint::interrupted_rewind`]).
+fn auto_choice(run: &Path) -> Option<PathBuf> {
+    let newest = super::latest_checkpoint(run)?;
+    let Some((step, folder)) = checkpoint::interrupted_rewind(run) else { return Some(newest) };
+    tracing::warn!(
+        "{} holds {}: a rewind to step {step} was cut short before it had set the later history aside; \
+         --resume auto finishes it, resuming at step {step} (not at the newest checkpoint, {}, of the history it \
+         sets aside)",
+        folder.display(),
+        checkpoint::UNFINISHED,
+        newest.display()
+    );
+    Some(checkpoint::step_dir(run, step))
 }
 
 /// How long a rank waits for its view of the shared run folder to show rank 0's newest checkpoint (NFS

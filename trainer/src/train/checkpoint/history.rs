@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{sync_dir, DONE, TMP_PREFIX};
 
@@ -12,7 +12,9 @@ use super::{sync_dir, DONE, TMP_PREFIX};
 fn step_folders(run: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("checkpoints"))
         .map(|rd| {
+            // (a file named like one is no checkpoint: a save at its step names it)
             rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                 .filter_map(|e| Some((e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?, e.path())))
                 .collect()
         })
@@ -158,6 +160,31 @@ fn set_aside_with(
     Ok(Some((dest, what)))
 }
 
+/// A rewind cut short since the newest checkpoint was written: the step it went back to and its folder
+/// of `RUN/abandoned/` (holding [`UNFINISHED`], newer than the newest checkpoint's `DONE`), where that
+/// step's checkpoint is complete. `--resume auto` (a restarted group's too) finishes it from that step:
+/// the newest checkpoint is of the history the rewind was setting aside, part of which has moved. One
+/// older than the newest checkpoint (a session trained on in the old history since) is left alone.
+pub fn interrupted_rewind(run: &Path) -> Option<(u64, PathBuf)> {
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    let newest_done = modified(&crate::train::latest_checkpoint(run)?.join(DONE))?;
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("abandoned"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("after-step-")?.split('.').next()?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .filter(|(step, dir)| {
+            modified(&dir.join(UNFINISHED)).is_some_and(|t| t >= newest_done)
+                && complete(run).iter().any(|(s, _)| s == step)
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
 /// Marks a folder of `RUN/abandoned/` whose history is still being moved in ([`set_aside_later`]).
 pub const UNFINISHED: &str = "UNFINISHED";
 
@@ -262,8 +289,12 @@ fn prune_with(
             rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX)).map(|e| e.path()).collect()
         })
         .unwrap_or_default();
+    // (one that cannot be removed does not keep the others: each failure is named at the end)
+    let mut failed: Vec<String> = Vec::new();
     for dir in leftovers {
-        delete(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        if let Err(e) = delete(&dir) {
+            failed.push(format!("removing {}: {e}", dir.display()));
+        }
     }
     let all = complete(run);
     let n = all.len();
@@ -274,12 +305,20 @@ fn prune_with(
             // out of sight first (a rename is atomic): deleted in place, a kill midway left a folder
             // marked DONE with files missing, which `--resume auto`, sample and export then took
             let doomed = root.join(format!("{TMP_PREFIX}{step:08}"));
-            std::fs::rename(&dir, &doomed).with_context(|| format!("pruning {}", dir.display()))?;
+            if let Err(e) = std::fs::rename(&dir, &doomed) {
+                failed.push(format!("pruning {}: {e}", dir.display()));
+                continue;
+            }
             sync_dir(&root);
-            delete(&doomed).with_context(|| format!("pruning {} (renamed {})", dir.display(), doomed.display()))?;
+            if let Err(e) = delete(&doomed) {
+                failed.push(format!("pruning {} (renamed {}): {e}", dir.display(), doomed.display()));
+            }
         }
     }
-    Ok(())
+    match failed.is_empty() {
+        true => Ok(()),
+        false => bail!("{} (kept; pruning tries again after the next checkpoint)", failed.join("; ")),
+    }
 }
 
 #[cfg(test)]
@@ -312,7 +351,7 @@ mod tests {
         for (step, dir) in complete(run.path()) {
             assert!(dir.join(MODEL_FILE).is_file(), "step {step}: marked complete, its weights gone");
         }
-        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [3]);
         // the next prune removes the half-deleted folder with the others
         prune(run.path(), 1, 0).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(run.path().join("checkpoints"))
@@ -321,6 +360,45 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["step-00000003"]);
+    }
+
+    /// A checkpoint that cannot be removed is named and kept; the others are pruned all the same.
+    #[test]
+    fn a_checkpoint_that_cannot_be_pruned_keeps_no_other() {
+        let run = fake_run(&[1, 2, 3, 4]);
+        let held = |dir: &Path| -> std::io::Result<()> {
+            match dir.to_string_lossy().ends_with("00000002") {
+                true => Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+                false => std::fs::remove_dir_all(dir),
+            }
+        };
+        let e = format!("{:#}", prune_with(run.path(), 1, 0, &held).unwrap_err());
+        assert!(
+            e.contains("pruning") && e.contains("step-00000002") && e.contains("(kept; pruning tries again"),
+            "{e}"
+        );
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [4]);
+        assert!(!step_dir(run.path(), 1).exists() && !step_dir(run.path(), 3).exists());
+    }
+
+    /// A file named like a step folder is no checkpoint; a rewind cut short since the newest checkpoint
+    /// is found (to be finished), one older than it is not.
+    #[test]
+    fn stray_files_and_interrupted_rewinds() {
+        let run = fake_run(&[1, 2, 3]);
+        std::fs::write(step_dir(run.path(), 4), "notes").unwrap();
+        assert_eq!(complete(run.path()).iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(later_than(run.path(), 3).0.is_empty());
+        assert_eq!(interrupted_rewind(run.path()), None);
+        let folder = run.path().join("abandoned/after-step-00000001");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(folder.join(UNFINISHED), b"").unwrap();
+        assert_eq!(interrupted_rewind(run.path()), Some((1, folder.clone())));
+        // (a session trained on since, in the old history: left alone)
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(step_dir(run.path(), 3).join(DONE), b"x").unwrap();
+        assert_eq!(interrupted_rewind(run.path()), None);
     }
 
     /// A resume of the newest checkpoint after a crash sets no history aside: the crashed session's

@@ -349,14 +349,25 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     );
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
-    let done = std::fs::read_to_string(dir.join(DONE)).unwrap_or_default();
-    if let Some(want) = super::done_crc(&done) {
-        let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
-        ensure!(
-            found == want,
-            "{}: crc32c {found}, {DONE} records {want}: the file changed after the checkpoint was written",
-            state_path.display()
-        );
+    let done_path = dir.join(DONE);
+    let done = std::fs::read_to_string(&done_path).with_context(|| format!("reading {}", done_path.display()))?;
+    match super::done_crc(&done) {
+        Some(want) => {
+            let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
+            ensure!(
+                found == want,
+                "{}: crc32c {found}, {DONE} records {want}: the file changed after the checkpoint was written",
+                state_path.display()
+            );
+        }
+        // (a build's before 2026-12-05 wrote it empty)
+        None if done.trim().is_empty() => {}
+        None => bail!(
+            "{}: expected `{STATE_FILE} crc32c` and 8 hex digits (or nothing, from a build before 2026-12-05), \
+             found {:?}: the marker changed after the checkpoint was written",
+            done_path.display(),
+            done.chars().take(80).collect::<String>()
+        ),
     }
     let de = &mut serde_json::Deserializer::from_str(&text);
     let state: TrainState = serde_path_to_error::deserialize(de)
@@ -465,7 +476,10 @@ pub fn load(
     );
     let state = parse_state(dir).map_err(damaged)?;
     check_version(dir, &state)?;
-    for (file, want) in [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)] {
+    // (the moving average's too, where the checkpoint has one: found damaged here, the error names the
+    // way on, as for the others)
+    let ema = state.ema_crc32c.as_ref().map(|c| (EMA_FILE, c));
+    for (file, want) in [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)].into_iter().chain(ema) {
         verify_crc(&dir.join(file), want).map_err(damaged)?;
     }
     // (the weights first: a config of another model is named by its tensors, not as damage)
@@ -557,10 +571,25 @@ mod tests {
         std::fs::rename(&dir, &renamed).unwrap();
         let e = format!("{:#}", load(&renamed, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
         assert!(e.contains("state.json: step 3, the folder's name says 5"), "{e}");
-        // a marker of an earlier build, empty, checks no checksum
+        // a marker of an earlier build, empty, checks no checksum; one that is neither is refused
         std::fs::rename(&renamed, &dir).unwrap();
+        std::fs::write(dir.join(DONE), "garbage").unwrap();
+        let e = format!("{:#}", load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
+        assert!(e.contains("DONE: expected `state.json crc32c` and 8 hex digits") && e.contains("\"garbage\""), "{e}");
         std::fs::write(dir.join(DONE), "").unwrap();
-        load(&dir, tmp.path(), &cfg, &lay, whole).unwrap();
+        load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap();
+
+        // the moving average's file is checked with the others, the way on named
+        let state = TrainState { step: 6, ..TrainState::fresh(state_loader()) };
+        let with_ema =
+            save(tmp.path(), &cfg, &lay, Tensors { params: &params, opt: &opt, ema: Some(&params) }, state, "");
+        let with_ema = with_ema.unwrap();
+        let ema = with_ema.join(crate::train::checkpoint::EMA_FILE);
+        let mut bytes = std::fs::read(&ema).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&ema, bytes).unwrap();
+        let e = format!("{:#}", load(&with_ema, tmp.path(), &cfg, &lay, whole).unwrap_err());
+        assert!(e.contains("ema.safetensors: crc32c") && e.contains("step-00000003"), "{e}");
 
         // a file under the name of the step folder a save writes is named, and left as it is
         let file = crate::train::checkpoint::step_dir(tmp.path(), 4);

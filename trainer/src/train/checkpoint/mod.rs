@@ -34,7 +34,9 @@ use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
 pub use from_file::{load_model_file, needs_config, ModelSpec};
-pub use history::{complete, describe_later, later_than, prune, set_aside_later, StepFiles};
+pub use history::{
+    complete, describe_later, interrupted_rewind, later_than, prune, set_aside_later, StepFiles, UNFINISHED,
+};
 pub use load::{
     data_dir_of, ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step,
     tensors_intact, weights_file, CheckpointModel,
