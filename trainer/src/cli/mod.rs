@@ -154,13 +154,26 @@ where
     }
 }
 
+/// The least level logged: `INFINITY_LOG` (`error`, `warn`, `info`, `debug` or `trace`), `info` by
+/// default (the debug lines, such as each of a ring's connection retries, are for debugging).
+fn log_level() -> tracing_subscriber::filter::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match std::env::var("INFINITY_LOG").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("error") => LevelFilter::ERROR,
+        Ok("warn") => LevelFilter::WARN,
+        Ok("debug") => LevelFilter::DEBUG,
+        Ok("trace") => LevelFilter::TRACE,
+        _ => LevelFilter::INFO,
+    }
+}
+
 pub fn main() -> ExitCode {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     // (no colour codes in fields written to a pipe or a file)
     let ansi = std::io::stderr().is_terminal();
     let layer = tracing_subscriber::fmt::layer().event_format(AsConsole).with_ansi(ansi).with_writer(|| ClosedPipeOk);
-    tracing_subscriber::registry().with(layer).init();
+    tracing_subscriber::registry().with(layer.with_filter(log_level())).init();
     match run(std::env::args_os()) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<clap::Error>() {
