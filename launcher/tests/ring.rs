@@ -181,12 +181,38 @@ fn a_hello_of_another_group_is_refused() {
         c.set("run-a/ring/1", listener.local_addr().unwrap().to_string().as_bytes()).unwrap();
         let addr = String::from_utf8(c.get("run-a/ring/0", Duration::from_secs(10)).unwrap()).unwrap();
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(bytemuck::cast_slice(&Hello::new("run-b", 1, 2).encode())).unwrap();
+        s.write_all(bytemuck::cast_slice(&Hello::new(c.token(), "run-b", 1, 2).encode())).unwrap();
+        // (and one of this run that does not know the group's token)
+        let mut t =
+            std::net::TcpStream::connect(String::from_utf8(c.get("run-a/ring/0", Duration::ZERO).unwrap()).unwrap())
+                .unwrap();
+        t.write_all(bytemuck::cast_slice(&Hello::new("not-the-token", "run-a", 1, 2).encode())).unwrap();
         let _held = listener.accept().unwrap(); // rank 0's connection to its next rank
         std::thread::sleep(Duration::from_secs(3));
         None
     });
     let e = results[0].as_ref().unwrap();
     assert!(e.contains("rank 1 never connected to rank 0"), "{e}");
-    assert!(e.contains("a rank of another run or attempt"), "{e}");
+    assert!(e.contains("a rank of another run or attempt (or a connection without the group's token)"), "{e}");
+}
+
+/// Connections that say nothing (a port scanner, a stuck client) before the real predecessor are each
+/// given a second, not the deadline: the ring forms within its timeout.
+#[test]
+fn silent_connections_do_not_hold_up_the_ring() {
+    let results = common::on_ranks(2, |rank, c| {
+        let mut strangers = Vec::new();
+        if rank == 1 {
+            let addr = String::from_utf8(c.get("silent/ring/0", Duration::from_secs(10)).unwrap()).unwrap();
+            strangers = (0..2).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+        }
+        let ring = TcpRing::connect(c, "silent", rank, 2, "127.0.0.1", false, Duration::from_secs(4));
+        if rank == 1 {
+            // (held past rank 0's deadline: closed, each would end its wait at once)
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        drop(strangers);
+        ring.err().map(|e| format!("{e:#}"))
+    });
+    assert!(results.iter().all(Option::is_none), "{results:?}");
 }

@@ -132,6 +132,22 @@ fn garbage_never_brings_the_store_down() {
 
 /// Before its token is checked a connection may send a hello of a few KiB, not a frame's megabyte: a
 /// first message longer than that closes the connection at once, without waiting for its body.
+/// Connections that never say hello take at most 256 places: a flood beyond that is closed at once
+/// (the store host keeps its file descriptors), and clients get in again once the silent ones go.
+#[test]
+fn a_flood_of_silent_connections_is_capped() {
+    let (_s, addr) = server("tok");
+    let silent: Vec<TcpStream> = (0..256).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert_eq!(extra.read(&mut [0u8; 1]).unwrap(), 0, "closed at once");
+    drop(silent);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = StoreClient::connect(&addr, "tok", "late", T).unwrap();
+    c.set("k", b"v").unwrap();
+}
+
 #[test]
 fn a_long_first_message_is_refused_before_its_body_arrives() {
     let (_s, addr) = server("tok");

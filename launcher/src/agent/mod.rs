@@ -159,6 +159,7 @@ pub fn check_args(a: &LaunchArgs) -> Result<()> {
 
 /// Run the agent; returns the process exit code.
 pub fn launch(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
+    ranks::raise_open_files();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let code = rt.block_on(run(a, exe));
     // a store wait a signal cut short may still be blocking a thread: leave it behind

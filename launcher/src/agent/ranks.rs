@@ -172,10 +172,15 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
         // SAFETY: sched_setaffinity(2) likewise, on a mask made before the fork (`words` 8-byte words:
         // the kernel reads that many bytes, a cpu_set_t's layout).
+        let open_files = OPEN_FILES.get().copied();
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // (the limit the agent was started with: its own raise is for the store's connections)
+                if let Some(limit) = &open_files {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, limit);
                 }
                 if let Some(words) = &affinity {
                     let set = words.as_ptr() as *const libc::cpu_set_t;
@@ -240,6 +245,26 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         ranks.push(Rank { global, child, pid, tail, readers, started: Instant::now(), group_gone: false });
     }
     Ok(ranks)
+}
+
+/// The open-files limit the agent was started with, where [`raise_open_files`] raised it.
+static OPEN_FILES: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// The agent's soft limit of open files raised towards the hard one (up to 65536): the store it may host
+/// holds a connection per agent and rank, besides its ranks' pipes, under a soft limit that is often
+/// 1024. Its ranks are started with the limit it was started with.
+pub(super) fn raise_open_files() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) and setrlimit(2) on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max.min(65_536).max(limit.rlim_cur), ..limit };
+        if raised.rlim_cur > limit.rlim_cur && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            let _ = OPEN_FILES.set(limit);
+        }
+    }
 }
 
 /// Each local rank's `CUDA_VISIBLE_DEVICES`: its entry of the inherited list (a scheduler's allocation),

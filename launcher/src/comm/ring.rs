@@ -94,16 +94,19 @@ impl TcpRing {
             }
         };
         out.set_nodelay(true).ok();
-        out.write_all(bytemuck::cast_slice(&Hello::new(prefix, rank, world).encode()))?;
+        out.write_all(bytemuck::cast_slice(&Hello::new(store.token(), prefix, rank, world).encode()))?;
 
         listener.set_nonblocking(true)?;
-        let expected = Hello::new(prefix, prev, world);
+        let expected = Hello::new(store.token(), prefix, prev, world);
         let mut refused = String::new(); // the last connection turned away, for the error if none comes
         let inp = loop {
             match listener.accept() {
                 Ok((mut s, peer)) => {
                     s.set_nonblocking(false)?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    // (the predecessor sends its hello as it connects: a connection silent for a second
+                    // is not it, and strangers that keep connecting must not hold this past the deadline)
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    s.set_read_timeout(Some(left.clamp(Duration::from_millis(10), Duration::from_secs(1))))?;
                     let mut words = [0u32; HELLO_WORDS];
                     let why = match s.read_exact(bytemuck::cast_slice_mut(&mut words)) {
                         Err(e) => Some(format!("no hello: {e}")),
@@ -115,6 +118,9 @@ impl TcpRing {
                     let Some(why) = why else { break s };
                     tracing::warn!("ring: rank {rank} refused a connection from {peer}: {why}");
                     refused = format!(" (refused {peer}: {why})");
+                    if Instant::now() >= deadline {
+                        bail!("ring: rank {prev} never connected to rank {rank} within the deadline{refused}");
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));

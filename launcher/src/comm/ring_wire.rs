@@ -12,7 +12,7 @@
 /// First word of a hello.
 pub const MAGIC: u32 = 0x1f1e_7a11;
 /// Bumped when what the ring sends changes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Words of a hello: magic, version, rank, world, group hash (2 words).
 pub const HELLO_WORDS: usize = 6;
@@ -27,8 +27,10 @@ pub struct Hello {
 }
 
 impl Hello {
-    pub fn new(prefix: &str, rank: usize, world: usize) -> Hello {
-        Hello { version: VERSION, rank: rank as u32, world: world as u32, group: group_hash(prefix) }
+    /// The hello of `rank` of `world` in the group of store prefix `prefix` and token `token` (the
+    /// rendezvous token: a connection that does not know it cannot pass for a rank).
+    pub fn new(token: &str, prefix: &str, rank: usize, world: usize) -> Hello {
+        Hello { version: VERSION, rank: rank as u32, world: world as u32, group: group_hash(token, prefix) }
     }
 
     pub fn encode(&self) -> [u32; HELLO_WORDS] {
@@ -53,7 +55,7 @@ impl Hello {
             return Some(format!("ring protocol version {}, this rank speaks {}", self.version, expected.version));
         }
         if self.group != expected.group {
-            return Some("a rank of another run or attempt".into());
+            return Some("a rank of another run or attempt (or a connection without the group's token)".into());
         }
         if self.world != expected.world {
             return Some(format!(
@@ -65,9 +67,11 @@ impl Hello {
     }
 }
 
-/// FNV-1a of the store prefix: equal prefixes, equal groups.
-fn group_hash(prefix: &str) -> u64 {
-    prefix.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+/// FNV-1a of the token and the store prefix: equal prefixes of one token, equal groups. (Not a MAC: it
+/// keeps a stranger who does not know the token, or a rank of another run, out of a ring.)
+fn group_hash(token: &str, prefix: &str) -> u64 {
+    let bytes = token.bytes().chain([0u8]).chain(prefix.bytes());
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Words of a header: op, root, count (2 words), length (2 words).
@@ -147,17 +151,18 @@ mod tests {
 
     #[test]
     fn a_hello_round_trips_and_names_what_differs() {
-        let mine = Hello::new("run-a/attempt-0", 3, 8);
+        let mine = Hello::new("t", "run-a/attempt-0", 3, 8);
         let words = mine.encode();
         assert_eq!(Hello::decode(&words), Some(mine));
         assert_eq!(mine.mismatch(&mine), None);
         assert_eq!(Hello::decode(&[0; HELLO_WORDS]), None, "no magic, no hello");
 
         let why = |h: Hello| h.mismatch(&mine).unwrap();
-        assert!(why(Hello::new("run-a/attempt-1", 3, 8)).contains("another run or attempt"));
-        assert!(why(Hello::new("run-a/attempt-0", 3, 4)).contains("world of 4, this rank's world is 8"));
-        assert!(why(Hello::new("run-a/attempt-0", 2, 8)).contains("rank 2, not rank 3"));
-        assert!(why(Hello { version: 1, ..mine }).contains("version 1, this rank speaks 2"));
+        assert!(why(Hello::new("t", "run-a/attempt-1", 3, 8)).contains("another run or attempt"));
+        assert!(why(Hello::new("other", "run-a/attempt-0", 3, 8)).contains("another run or attempt"));
+        assert!(why(Hello::new("t", "run-a/attempt-0", 3, 4)).contains("world of 4, this rank's world is 8"));
+        assert!(why(Hello::new("t", "run-a/attempt-0", 2, 8)).contains("rank 2, not rank 3"));
+        assert!(why(Hello { version: 1, ..mine }).contains("version 1, this rank speaks 3"));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct StoreClient {
     addr: String,
     /// Who this client is (`agent 1`, `rank 3`), as its hello said.
     who: String,
+    /// The token it joined with: the ring's hellos are keyed by it too.
+    token: String,
     /// How long a reply to a call that does not wait (set, add, check) may take, and the slack given to
     /// one that does (get, wait): a frozen store host must not hold a caller much longer.
     reply_timeout: Duration,
@@ -42,6 +44,11 @@ fn first_that_accepts(targets: impl Iterator<Item = SocketAddr>) -> std::result:
 }
 
 impl StoreClient {
+    /// The token this client joined the store with (the group's shared secret).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Connect to `addr` and authenticate, retrying until `timeout` (the store may still be starting, and
     /// its host's name may not resolve yet: a Kubernetes Service appears with its pod), and saying so
     /// every 30 s. A wrong token is [`Refused`].
@@ -89,8 +96,14 @@ impl StoreClient {
     fn hello(sock: TcpStream, addr: &str, token: &str, who: &str, deadline: Instant, secs: f64) -> Result<StoreClient> {
         sock.set_nodelay(true).ok();
         let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-        let mut c =
-            StoreClient { sock, addr: addr.to_string(), who: who.to_string(), reply_timeout: wait, broken: false };
+        let mut c = StoreClient {
+            sock,
+            addr: addr.to_string(),
+            who: who.to_string(),
+            token: token.to_string(),
+            reply_timeout: wait,
+            broken: false,
+        };
         let hello = Request::Hello { token: token.into(), who: who.into() };
         // (the store closes a longer first message unread, which would read as a store gone away)
         let len = super::wire::frame(&hello).len() - 4;

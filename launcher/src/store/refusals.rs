@@ -11,6 +11,12 @@ const KEPT: usize = 16;
 /// Longest peer name kept: the name comes from an unauthenticated hello.
 const NAME_CHARS: usize = 64;
 
+/// A peer's name as a log or a list shows it: at most [`NAME_CHARS`] characters, control characters
+/// (a newline that would forge a log line) as `?`: a refused peer's name is anyone's to choose.
+pub fn shown_name(who: &str) -> String {
+    who.chars().take(NAME_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 /// Why a peer was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Why {
@@ -68,7 +74,7 @@ pub struct Refusals(Vec<Refusal>);
 impl Refusals {
     /// Remembers that `who` (as its hello named itself) at `ip` was refused.
     pub fn add(&mut self, who: &str, ip: IpAddr, why: Why) {
-        let name: String = who.chars().take(NAME_CHARS).map(|c| if c.is_control() { '?' } else { c }).collect();
+        let name = shown_name(who);
         let peer = format!("{name} from {ip}");
         let now = Instant::now();
         match self.0.iter_mut().find(|r| r.peer == peer && r.why == why) {

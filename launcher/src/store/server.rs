@@ -79,9 +79,22 @@ impl Drop for StoreServer {
 /// and a stranger's connection should not hold a frame's megabyte.
 pub const MAX_HELLO: usize = 16 << 10;
 
+/// How long a connection may take to say hello (a client sends it as it connects).
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+
+/// Connections that have not said hello yet, at most: strangers (a port scanner, a flood) cannot take
+/// the store host's file descriptors, which its agent and ranks need.
+const MAX_BEFORE_HELLO: usize = 256;
+
+/// How long the rest of a request may take once its length has come (between requests a client may
+/// wait as long as it likes).
+const BODY_WAIT: Duration = Duration::from_secs(30);
+
 /// Accept connections forever.
 async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
     let state = Arc::new(State { token, run_id, ..State::default() });
+    let before_hello = Arc::new(tokio::sync::Semaphore::new(MAX_BEFORE_HELLO));
+    let mut said_full: Option<std::time::Instant> = None;
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -92,9 +105,21 @@ async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
                 continue;
             }
         };
+        let Ok(permit) = before_hello.clone().try_acquire_owned() else {
+            // (closed at once; said at most every 10 s)
+            if said_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    "store: {MAX_BEFORE_HELLO} connections have not said hello yet: closing new ones (the last from \
+                     {peer}) until they do or time out ({} s)",
+                    HELLO_WAIT.as_secs()
+                );
+                said_full = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, peer.ip(), &state).await {
+            if let Err(e) = connection(sock, peer.ip(), &state, permit).await {
                 tracing::debug!("store: connection from {peer} closed: {e}");
             }
         });
@@ -114,7 +139,10 @@ async fn read_request(sock: &mut TcpStream, max: usize) -> Result<Option<Request
         return Err(format!("a first message of {n} bytes (a hello is at most {max})"));
     }
     let mut body = vec![0u8; n];
-    sock.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(BODY_WAIT, sock.read_exact(&mut body)).await {
+        Ok(read) => read.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("a request of {n} bytes not sent whole within {} s", BODY_WAIT.as_secs())),
+    };
     serde_json::from_slice(&body).map(Some).map_err(|e| format!("malformed request: {e}"))
 }
 
@@ -126,15 +154,23 @@ async fn reply(sock: &mut TcpStream, r: &Response) -> std::io::Result<()> {
 async fn refuse(sock: &mut TcpStream, state: &State, who: &str, ip: IpAddr, why: Why) -> String {
     let _ = reply(sock, &Response::Error { message: why.to_peer(who) }).await;
     state.refused.lock().unwrap().add(who, ip, why.clone());
-    format!("{who}: {}", why.to_peer(who))
+    format!("{}: {}", super::refusals::shown_name(who), why.to_peer(&super::refusals::shown_name(who)))
 }
 
-async fn connection(mut sock: TcpStream, ip: IpAddr, state: &State) -> Result<(), String> {
+/// One client: its hello (holding `before_hello`, a place among the connections that have not said it),
+/// then its requests.
+async fn connection(
+    mut sock: TcpStream,
+    ip: IpAddr,
+    state: &State,
+    before_hello: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
     sock.set_nodelay(true).ok();
     // a connection that never says hello is dropped after a while instead of holding a task forever
-    let hello = tokio::time::timeout(Duration::from_secs(30), read_request(&mut sock, MAX_HELLO))
+    let hello = tokio::time::timeout(HELLO_WAIT, read_request(&mut sock, MAX_HELLO))
         .await
-        .map_err(|_| "no hello within 30 s".to_string())??;
+        .map_err(|_| format!("no hello within {} s", HELLO_WAIT.as_secs()))??;
+    drop(before_hello);
     let who = match hello {
         Some(Request::Hello { token, who }) if token == state.token => who,
         Some(Request::Hello { who, .. }) => return Err(refuse(&mut sock, state, &who, ip, Why::WrongToken).await),
