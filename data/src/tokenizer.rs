@@ -455,12 +455,21 @@ pub fn same_identity(a: &str, b: &str) -> bool {
             _ => rest.split_whitespace().next()?.to_string(),
         })
     };
-    let name = |id: &str| id.split_whitespace().next().unwrap_or_default().to_string();
+    // (the name: what comes before the file's part, `FILE crc32c X` or `FILE unread`, and the checkpoint's)
+    let name = |id: &str| -> String {
+        let head = id.split(" ckpt ").next().unwrap_or(id);
+        let head = head.split(" crc32c ").next().unwrap_or(head);
+        let head = head.strip_suffix(" unread").unwrap_or(head);
+        match head.len() < id.split(" ckpt ").next().unwrap_or(id).len() {
+            true => head.rsplit_once(' ').map_or(head, |(n, _)| n).to_string(),
+            false => head.to_string(),
+        }
+    };
     let both = |key: &str| match (after(a, key), after(b, key)) {
         (Some(x), Some(y)) => x == y,
         _ => true,
     };
-    name(a) == name(b) && both("crc32c") && both("ckpt")
+    name(a) == name(b) && both("crc32c") && after(a, "ckpt") == after(b, "ckpt")
 }
 
 /// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer: the same name
@@ -651,5 +660,8 @@ mod tests {
         assert!(!same_identity(read, "bsq-vae-d16 tokenizer.safetensors crc32c 0000aaaa"));
         assert!(!same_identity("bsq-vae-d16 ckpt /a b.pt", "bsq-vae-d16 ckpt /a c.pt"));
         assert!(same_identity("bsq-vae-d16 ckpt /a b.pt", "bsq-vae-d16 ckpt /a b.pt"));
+        assert!(!same_identity("bsq-vae-d16 ckpt /a b.pt", "bsq-vae-d16"), "a checkpoint on one side only");
+        assert!(!same_identity("my vae", "my other-vae"), "names compare whole");
+        assert!(same_identity("my vae t.bin crc32c 0000aaaa", "my vae u.bin unread"));
     }
 }

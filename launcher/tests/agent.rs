@@ -1290,6 +1290,12 @@ fn a_derived_port_that_another_jobs_store_holds_is_worth_a_retry() {
         )),
         "{text}"
     );
+    // a third job's node 0, whose store cannot bind the port the first job's holds: named as such
+    let mut third = Agent::start_with(tmp.path(), "job-c", &args, &slurm(30000 + k as u32, "0"));
+    assert_eq!(third.exit(Duration::from_secs(15)).code(), Some(1), "{}", third.text());
+    let said =
+        "was derived from SLURM_JOB_ID (30000 + the job id mod 10000), and another process on this node holds it";
+    assert!(third.text().contains(said), "{}", third.text());
 }
 
 /// Node 1 with a wrong token, node 2 with another --run-id: each says plainly what differs (node 2

@@ -370,7 +370,8 @@ fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
 }
 
 /// `infinity eval RUN` measures the run with its config as it trained: the environment's `INF__…`
-/// variables (a validation setting, a broken value) do not apply, and it says so.
+/// variables (a validation setting, a broken value) do not apply, and it says so; `--micro-batch` sets
+/// the rows per pass.
 #[test]
 fn eval_of_a_run_reads_its_config_without_the_environment() {
     let tmp = tempfile::tempdir().unwrap();
@@ -380,9 +381,10 @@ fn eval_of_a_run_reads_its_config_without_the_environment() {
     rewrite(&data, &val, |_| {}, |_, _| true);
     let config = config_file(t, &data, Some(&val), "class");
     train(&load(&config, &[]), &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
-    let eval = |env: &[(&str, &str)]| {
+    let eval = |env: &[(&str, &str)], more: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_infinity"))
             .args(["eval", "--max-rows", "8", "--device", "cpu"])
+            .args(more)
             .arg(t.join("run"))
             .envs(env.iter().copied())
             .output()
@@ -391,10 +393,13 @@ fn eval_of_a_run_reads_its_config_without_the_environment() {
         assert!(out.status.success(), "{env:?}: {stderr}");
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
-    let (plain, said) = eval(&[]);
+    let (plain, said) = eval(&[], &[]);
     assert!(!said.contains("do(es) not apply"), "{said}");
-    let (with_env, said) = eval(&[("INF__BSC__P_MAX", "0.9"), ("INF__RUN__STEPS", "abc")]);
+    let (with_env, said) = eval(&[("INF__BSC__P_MAX", "0.9"), ("INF__RUN__STEPS", "abc")], &[]);
     assert_eq!(plain, with_env);
+    // (eval's own flags set what it measures with: fewer rows per pass, the same mean to 5 digits)
+    let (smaller, _) = eval(&[], &["--micro-batch", "3"]);
+    assert_eq!(plain, smaller);
     assert!(said.contains("INF__BSC__P_MAX, INF__RUN__STEPS in the environment do(es) not apply"), "{said}");
 }
 

@@ -212,8 +212,17 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     }
     let a = LaunchArgs { nproc_per_node: p.nproc_per_node, ..a };
     // (the run id of SLURM's job too: a store that serves another run there is another job's)
-    let (derived, port) = (p.port_derived && a.run_id.is_none(), p.port);
+    let (derived, port, port_derived) = (p.port_derived && a.run_id.is_none(), p.port, p.port_derived);
+    let in_use = |e: &anyhow::Error| {
+        e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse))
+    };
     match run_planned(a, p, exe).await {
+        // (node 0 cannot host the store at the port SLURM's job id gives: another process holds it)
+        Err(e) if port_derived && in_use(&e) => bail!(
+            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID (30000 + the job id mod 10000), and another \
+             process on this node holds it: pass --rdzv HOST:PORT with a free port on every node (exit 1, a failure \
+             worth a retry)"
+        ),
         // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
         Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(
             "{e:#}\nthe port {port} was derived from SLURM_JOB_ID: unless the nodes disagree on the token or run id, \

@@ -33,6 +33,9 @@ pub struct TcpRing {
     flight: FlightRecorder,
 }
 
+/// How long an accepted connection may take to say its hello.
+const HELLO_WAIT: Duration = Duration::from_secs(2);
+
 impl TcpRing {
     /// Build the ring: listen, publish the address under `prefix/ring/{rank}`, connect to the next rank
     /// and accept the previous one. `host` is the address other ranks reach this one at; with
@@ -103,10 +106,11 @@ impl TcpRing {
             match listener.accept() {
                 Ok((mut s, peer)) => {
                     s.set_nonblocking(false)?;
-                    // (the predecessor sends its hello as it connects: a connection silent for a second
-                    // is not it, and strangers that keep connecting must not hold this past the deadline)
+                    // (the predecessor sends its hello as it connects: a connection silent for 2 s, time
+                    // for a lost segment's retransmissions, is not it, and strangers that keep connecting
+                    // must not hold this past the deadline)
                     let left = deadline.saturating_duration_since(Instant::now());
-                    s.set_read_timeout(Some(left.clamp(Duration::from_millis(10), Duration::from_secs(1))))?;
+                    s.set_read_timeout(Some(left.clamp(Duration::from_millis(10), HELLO_WAIT)))?;
                     let mut words = [0u32; HELLO_WORDS];
                     let why = match s.read_exact(bytemuck::cast_slice_mut(&mut words)) {
                         Err(e) => Some(format!("no hello: {e}")),

@@ -59,7 +59,16 @@ impl StoreClient {
         loop {
             let last_err = match addr.to_socket_addrs() {
                 Ok(targets) => match first_that_accepts(targets) {
-                    Ok(sock) => return Self::hello(sock, addr, token, who, deadline, secs),
+                    Ok(sock) => match Self::hello(sock, addr, token, who, deadline, secs) {
+                        // (closed before any answer: a store with too many connections waiting for
+                        // their hello closes new ones at once; it takes them again as those go)
+                        Err(e) if e.downcast_ref::<Closed>().is_some() && Instant::now() < deadline => {
+                            "it closed the connection before answering the hello (a store busy with other \
+                             connections?)"
+                                .to_string()
+                        }
+                        done => return done,
+                    },
                     Err(e) => e,
                 },
                 Err(e) => format!("cannot resolve its host: {e}"),
@@ -214,11 +223,12 @@ impl StoreClient {
                 }
                 // (the store's host exited, or the store closed this connection after refusing it; the
                 // io error's own words, "failed to fill whole buffer", would say no more)
-                ErrorKind::UnexpectedEof => anyhow::anyhow!(
+                ErrorKind::UnexpectedEof => Closed(format!(
                     "store {} closed the connection (did its host exit: node 0's agent, an elastic group's agent at \
                      --rdzv, or rank 0?)",
                     self.addr
-                ),
+                ))
+                .into(),
                 _ => anyhow::Error::new(e).context(format!("store {}: no reply", self.addr)),
             });
         }
@@ -447,6 +457,11 @@ pub enum Members {
     Ranks,
     Nodes,
 }
+
+/// The store closed this client's connection without an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Closed(pub String);
 
 /// The store refused this client: a wrong token, or an agent of another run (the message says which).
 #[derive(Debug, thiserror::Error)]

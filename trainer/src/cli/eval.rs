@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// Where the model runs: `auto`, `cpu` or `cuda`.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Rows per forward pass (default: the run's `data.micro_batch`, 16 where it is "auto"): fewer for a
+    /// smaller GPU than the run's. The loss is the same mean over the rows, to rounding.
+    #[arg(long, value_name = "N", value_parser = infinity_launcher::positive())]
+    micro_batch: Option<usize>,
 }
 
 /// Micro-batch rows where the run's is chosen at start (`"auto"`): the loss is a mean over rows either way.
@@ -162,7 +166,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let flops_per_token =
         crate::train::TokenMix::of(&first_model.model, &train.manifest, cfg.data.global_batch).flops_per_token;
     let costs = crate::train::seen::bucket_costs(&first_model.model, &train.manifest, &flops_per_token);
-    let micro_batch = cfg.data.micro_batch.samples().unwrap_or(MICRO_BATCH);
+    let micro_batch = a.micro_batch.or(cfg.data.micro_batch.samples()).unwrap_or(MICRO_BATCH);
     let validator = Validator::new(&cfg, &first_model.model, &train, micro_batch)?.expect("val.dir is set");
     let val_dir = cfg.val.dir.as_ref().expect("set").display();
     let main_set = match (&a.val, &a.name) {

@@ -119,7 +119,11 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         None => infinity_launcher::env::restart_attempt().map_err(bad)? > 0, // (a group of one)
     };
     let restarted = std::env::var(vars::RESUME).is_ok_and(|v| v == "auto") || restarted_group;
-    let newest = || train::latest_checkpoint(&cfg.run.dir);
+    // (as a run's start chooses: a rewind cut short since the newest checkpoint is finished from its step)
+    let newest = || match train::checkpoint::interrupted_rewind(&cfg.run.dir) {
+        Some((step, _)) => Some(train::checkpoint::step_dir(&cfg.run.dir, step)),
+        None => train::latest_checkpoint(&cfg.run.dir),
+    };
     let fresh_start = a.resume.is_none() && !restarted;
     let resume = match a.resume.as_deref() {
         _ if restarted && newest().is_some() => newest(),

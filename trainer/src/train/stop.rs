@@ -59,7 +59,33 @@ pub fn stop_when_agent_gone(flag: &Arc<AtomicBool>) -> Result<()> {
     else {
         return Ok(());
     };
+    // (the variable passed on into another PID namespace, a container, or to another host names no
+    // process of ours: only an ancestor is watched)
+    if !is_ancestor(pid) {
+        return Ok(());
+    }
     stop_when_gone(pid, flag.clone(), "the launch agent")
+}
+
+/// Whether process `pid` is an ancestor of this one (by `/proc`'s parent links).
+fn is_ancestor(pid: libc::pid_t) -> bool {
+    let parent_of = |p: libc::pid_t| -> Option<libc::pid_t> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // (`pid (comm) state ppid …`: the name may hold spaces and parentheses, so after the last `)`)
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    // SAFETY: getppid(2) takes nothing and cannot fail.
+    let mut p = unsafe { libc::getppid() };
+    for _ in 0..64 {
+        if p == pid {
+            return true;
+        }
+        match parent_of(p) {
+            Some(q) if q > 0 && q != p => p = q,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Sets `flag` once process `pid` has ended (at once if it is gone already), saying so.
@@ -89,8 +115,13 @@ fn stop_when_gone(pid: libc::pid_t, flag: Arc<AtomicBool>, what: &'static str) -
                 }
             } else {
                 // (a kernel before 5.3 has no pidfd: asked every second)
-                // SAFETY: kill(2) with signal 0 sends nothing; it tells whether the pid exists.
-                while unsafe { libc::kill(pid, 0) } == 0 {
+                // SAFETY: kill(2) with signal 0 sends nothing; it tells whether the pid exists (EPERM: it
+                // does, another user's)
+                let alive = || {
+                    (unsafe { libc::kill(pid, 0) }) == 0
+                        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+                };
+                while alive() {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             }
@@ -331,6 +362,17 @@ pub fn slow_drill(rank: usize, attempt: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only an ancestor is watched: this process's parent is one, its child is not.
+    #[test]
+    fn ancestors_by_parent_links() {
+        // SAFETY: getppid(2) cannot fail.
+        assert!(is_ancestor(unsafe { libc::getppid() }));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!is_ancestor(child.id() as libc::pid_t));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     /// The flag is set once the watched process ends, and at once for one gone already.
     #[test]

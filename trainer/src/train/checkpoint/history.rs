@@ -14,7 +14,7 @@ fn step_folders(run: &Path) -> Vec<(u64, PathBuf)> {
         .map(|rd| {
             // (a file named like one is no checkpoint: a save at its step names it)
             rd.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter(|e| e.path().is_dir())
                 .filter_map(|e| Some((e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?, e.path())))
                 .collect()
         })

@@ -54,9 +54,14 @@ pub fn keep_text(given: &mut V, typed: &mut V, overrides: &[String], vars: &[(St
     let from_vars = vars.iter().filter_map(|(var, value)| Some((inf_var_key(var)?, value.clone())));
     // (a later --set over an earlier and over the variables)
     let from_sets = overrides.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim()));
-    let layers: Vec<(String, String)> = from_vars.chain(from_sets.map(|(k, v)| (k, v.to_string()))).collect();
+    // (of each key, the text its last layer gave: the one the merged value came from)
+    let mut last: Vec<(String, String)> = Vec::new();
+    for (key, text) in from_vars.chain(from_sets.map(|(k, v)| (k, v.to_string()))) {
+        last.retain(|(k, _)| *k != key);
+        last.push((key, text));
+    }
     let mut changed = false;
-    for (key, text) in layers {
+    for (key, text) in last {
         let (Some(g), Some(t)) = (at_mut(given, &key), at_mut(typed, &key)) else { continue };
         if matches!(g, V::Number(_) | V::Bool(_)) && t.is_string() {
             *g = V::String(text.clone());
@@ -111,5 +116,11 @@ mod tests {
         assert_eq!(typed, json!({ "run": { "dir": "0x10", "steps": 3 }, "data": { "mix": [{ "dir": "1e3" }] } }));
         assert_eq!(given, typed);
         assert!(!keep_text(&mut given, &mut typed, &sets, &vars));
+        // (one key in two layers: the later one's text, as the merged value is the later one's)
+        let mut given = json!({ "run": { "dir": 16 } });
+        let mut typed = json!({ "run": { "dir": "16" } });
+        let sets = ["run.dir=1e3".to_string(), "run.dir=16".to_string()];
+        assert!(keep_text(&mut given, &mut typed, &sets, &[("INF__RUN__DIR".to_string(), "abc".to_string())]));
+        assert_eq!(typed, json!({ "run": { "dir": "16" } }));
     }
 }

@@ -615,6 +615,8 @@ mod tests {
         assert!(e.contains("--set model.num_heads: model.num_heads, model.preset: embed_dim 64 does not split"), "{e}");
         let e = error(optim, &["model.depth=0"]);
         assert!(e.ends_with("--set model.depth: model.depth must be at least 1, found 0"), "{e}");
+        let e = error(optim, &["model.cond_drop_rate=1"]);
+        assert!(e.ends_with("--set model.cond_drop_rate: model.cond_drop_rate must be in [0, 1), found 1"), "{e}");
         let e = error(optim, &["model.preset=smal"]);
         assert!(e.contains("--set model.preset: model.preset: unknown preset `smal` (one of tiny, small"), "{e}");
         let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);

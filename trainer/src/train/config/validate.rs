@@ -58,8 +58,10 @@ impl TrainConfig {
             }
         }
         let mut shape = m.shape()?;
-        // (what the dataset gives, in its stead: bits per token that any patchify takes, one class)
+        // (what the dataset gives, in its stead: bits per token that any patchify takes, one class; the
+        // drop rates are checked below, naming their keys)
         shape.d = 4;
+        (shape.cond_drop_rate, shape.drop_path_rate) = (0.0, 0.0);
         shape.conditioning = crate::model::Conditioning::Class { num_classes: 1 };
         shape.validate().map_err(|e| {
             let set = [("depth", m.depth), ("embed_dim", m.embed_dim), ("num_heads", m.num_heads)];
