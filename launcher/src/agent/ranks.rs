@@ -166,13 +166,14 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         if attempt > 0 {
             cmd.env(vars::RESUME, "auto");
         }
+        let open_files = OPEN_FILES.get().copied();
         // a rank outlives no agent: if the agent dies (SIGKILL, a lost node), the kernel sends the rank
         // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised
         #[cfg(target_os = "linux")]
         // SAFETY: prctl(2) in the child between fork and exec, async-signal-safe, no allocation.
+        // SAFETY: setrlimit(2) likewise, on a struct copied before the fork.
         // SAFETY: sched_setaffinity(2) likewise, on a mask made before the fork (`words` 8-byte words:
         // the kernel reads that many bytes, a cpu_set_t's layout).
-        let open_files = OPEN_FILES.get().copied();
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {

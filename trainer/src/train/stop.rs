@@ -60,14 +60,17 @@ pub fn stop_when_agent_gone(flag: &Arc<AtomicBool>) -> Result<()> {
         return Ok(());
     };
     // (the variable passed on into another PID namespace, a container, or to another host names no
-    // process of ours: only an ancestor is watched)
-    if !is_ancestor(pid) {
-        return Ok(());
+    // process of ours: only an ancestor is watched; pidfds and /proc are Linux's)
+    #[cfg(target_os = "linux")]
+    if is_ancestor(pid) {
+        return stop_when_gone(pid, flag.clone(), "the launch agent");
     }
-    stop_when_gone(pid, flag.clone(), "the launch agent")
+    let _ = (pid, flag);
+    Ok(())
 }
 
 /// Whether process `pid` is an ancestor of this one (by `/proc`'s parent links).
+#[cfg(target_os = "linux")]
 fn is_ancestor(pid: libc::pid_t) -> bool {
     let parent_of = |p: libc::pid_t| -> Option<libc::pid_t> {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
@@ -89,6 +92,7 @@ fn is_ancestor(pid: libc::pid_t) -> bool {
 }
 
 /// Sets `flag` once process `pid` has ended (at once if it is gone already), saying so.
+#[cfg(target_os = "linux")]
 fn stop_when_gone(pid: libc::pid_t, flag: Arc<AtomicBool>, what: &'static str) -> Result<()> {
     let gone = move || {
         if !flag.swap(true, Ordering::SeqCst) {
@@ -359,7 +363,7 @@ pub fn slow_drill(rank: usize, attempt: u32) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
