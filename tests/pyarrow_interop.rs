@@ -105,6 +105,22 @@ fn pyarrow_reads_what_rust_wrote() {
     assert!(e.contains("unknown key `conditions.class.num_clases`"), "{e}");
 }
 
+/// Python (with `json` and `out`, a dataset folder): its first shard's file (`path`) and manifest entry
+/// (`s`), for a script to read and change as `t`.
+const SHARD_0_READ: &str = r#"m = json.load(open(f"{out}/manifest.json"))
+s = m["shards"][0]
+path = f"{out}/{s['file']}"
+"#;
+
+/// Python after [`SHARD_0_READ`] (with `pyarrow as pa` and `crc32c`): `t` written back as the shard, its
+/// manifest entry's checksum and size made the file's.
+const SHARD_0_WRITE: &str = r#"with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+    w.write_table(t)
+data = open(path, "rb").read()
+s["crc32c"], s["bytes"] = f"{crc32c.crc32c(data):08x}", len(data)
+json.dump(m, open(f"{out}/manifest.json", "w"))
+"#;
+
 /// Extra columns the shard format does not read are ignored, also of types pyarrow writes with other
 /// buffer layouts: a decimal (16-byte values, 8-byte aligned in the file) and an all-null column (what
 /// pandas makes of a column of None).
@@ -113,22 +129,16 @@ fn extra_decimal_and_null_columns_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("py");
     python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"12", &"--d", &"20"]);
-    let add_columns = r#"
+    let add_columns = format!(
+        r#"
 import decimal, json, sys
 import crc32c, pyarrow as pa
 out = sys.argv[1]
-m = json.load(open(f"{out}/manifest.json"))
-s = m["shards"][0]
-path = f"{out}/{s['file']}"
-t = pa.ipc.open_file(path).read_all()
+{SHARD_0_READ}t = pa.ipc.open_file(path).read_all()
 t = t.append_column("price", pa.array([decimal.Decimal("1.25")] * t.num_rows, pa.decimal128(10, 2)))
 t = t.append_column("note", pa.nulls(t.num_rows))
-with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, t.schema) as w:
-    w.write_table(t)
-data = open(path, "rb").read()
-s["crc32c"], s["bytes"] = f"{crc32c.crc32c(data):08x}", len(data)
-json.dump(m, open(f"{out}/manifest.json", "w"))
-"#;
+{SHARD_0_WRITE}"#
+    );
     python(&[&"-c", &add_columns, &out]);
     let ds = Dataset::open(&out, Checksums::Verify).unwrap();
     for g in 0..ds.num_rows() {
@@ -149,14 +159,12 @@ fn nulls_and_bad_text_are_named_by_row_and_column() {
     ] {
         let out = dir.path().join(case);
         python(&[&"tools/write_shards.py", &"demo", &"--out", &out, &"--rows", &"12", &"--d", &"20"]);
-        let mutate = r#"
+        let mutate = format!(
+            r#"
 import json, sys
 import crc32c, pyarrow as pa
 out, case = sys.argv[1], sys.argv[2]
-m = json.load(open(f"{out}/manifest.json"))
-s = m["shards"][0]
-path = f"{out}/{s['file']}"
-t = pa.ipc.open_file(path).read_all().combine_chunks()
+{SHARD_0_READ}t = pa.ipc.open_file(path).read_all().combine_chunks()
 if case == "null":
     i = t.schema.get_field_index("bucket")
     values = t["bucket"].to_pylist()
@@ -168,12 +176,8 @@ else:
     offsets = pa.array([sum(len(x) for x in texts[:k]) for k in range(t.num_rows + 1)], pa.int32())
     text = pa.Array.from_buffers(pa.string(), t.num_rows, [None, offsets.buffers()[1], pa.py_buffer(b"".join(texts))])
     t = t.set_column(t.schema.get_field_index("caption"), t.schema.field("caption"), text)
-with pa.OSFile(path, "wb") as f, pa.ipc.new_file(f, t.schema) as w:
-    w.write_table(t)
-data = open(path, "rb").read()
-s["crc32c"], s["bytes"] = f"{crc32c.crc32c(data):08x}", len(data)
-json.dump(m, open(f"{out}/manifest.json", "w"))
-"#;
+{SHARD_0_WRITE}"#
+        );
         python(&[&"-c", &mutate, &out, &case]);
         let report = infinity_data::inspect::verify(&out);
         assert!(report.problems.iter().any(|p| p.contains(want)), "{case}: {:?}", report.problems);

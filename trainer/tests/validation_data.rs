@@ -339,17 +339,24 @@ fn data_commands_take_paths_that_are_not_utf8() {
     assert!(m.created_by.contains("caf\u{fffd}"), "{}", m.created_by);
 }
 
+/// A run of 2 steps into `t/run` on 32 rows of one schedule (`t/data`), validating on a copy of them
+/// (`t/val`): the two datasets and its config file.
+fn trained_with_val(t: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, val) = (t.join("data"), t.join("val"));
+    dataset(&data, &[("1.000", 1.0)]);
+    rewrite(&data, &val, |_| {}, |_, _| true);
+    let config = config_file(t, &data, Some(&val), "class");
+    train(&load(&config, &[]), &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    (data, val, config)
+}
+
 /// A validation set rebuilt in place since the checkpoint (here with rows fewer) is warned of on resume,
 /// naming it: its losses from there on are not comparable with those before. The same set is not.
 #[test]
 fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (data, val) = (t.join("data"), t.join("val"));
-    dataset(&data, &[("1.000", 1.0)]);
-    rewrite(&data, &val, |_| {}, |_, _| true);
-    let config = config_file(t, &data, Some(&val), "class");
-    train(&load(&config, &[]), &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    let (data, val, config) = trained_with_val(t);
     let ckpt = t.join("run/checkpoints/step-00000002");
     let resume = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
@@ -376,11 +383,7 @@ fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
 fn eval_of_a_run_reads_its_config_without_the_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (data, val) = (t.join("data"), t.join("val"));
-    dataset(&data, &[("1.000", 1.0)]);
-    rewrite(&data, &val, |_| {}, |_, _| true);
-    let config = config_file(t, &data, Some(&val), "class");
-    train(&load(&config, &[]), &TrainOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    trained_with_val(t);
     let eval = |env: &[(&str, &str)], more: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_infinity"))
             .args(["eval", "--max-rows", "8", "--device", "cpu"])

@@ -168,21 +168,13 @@ fn set_aside_with(
 pub fn interrupted_rewind(run: &Path) -> Option<(u64, PathBuf)> {
     let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
     let newest_done = modified(&crate::train::latest_checkpoint(run)?.join(DONE))?;
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("abandoned"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("after-step-")?.split('.').next()?.parse().ok()?;
-            Some((step, e.path()))
-        })
+    let complete = complete(run);
+    unfinished_set_asides(run)
+        .into_iter()
         .filter(|(step, dir)| {
-            modified(&dir.join(UNFINISHED)).is_some_and(|t| t >= newest_done)
-                && complete(run).iter().any(|(s, _)| s == step)
+            modified(&dir.join(UNFINISHED)).is_some_and(|t| t >= newest_done) && complete.iter().any(|(s, _)| s == step)
         })
-        .collect();
-    found.sort();
-    found.pop()
+        .max()
 }
 
 /// Marks a folder of `RUN/abandoned/` whose history is still being moved in ([`set_aside_later`]).
@@ -191,20 +183,29 @@ pub const UNFINISHED: &str = "UNFINISHED";
 /// The folder of `RUN/abandoned/` a setting aside after `step` began and did not finish (it holds
 /// [`UNFINISHED`]), if any.
 fn unfinished_set_aside(run: &Path, step: u64) -> Option<PathBuf> {
-    let base = format!("after-step-{step:08}");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(run.join("abandoned"))
-        .ok()?
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name == base
-                || name.strip_prefix(&base).and_then(|r| r.strip_prefix('.')).is_some_and(|k| k.parse::<u32>().is_ok())
+    unfinished_set_asides(run).into_iter().filter(|(s, _)| *s == step).map(|(_, dir)| dir).next_back()
+}
+
+/// The folders of `RUN/abandoned/` whose setting aside began and did not finish (they hold
+/// [`UNFINISHED`]), each with the step it set aside after (`after-step-00000140`, or `….1` for a later
+/// one of that step), in the order of their names.
+fn unfinished_set_asides(run: &Path) -> Vec<(u64, PathBuf)> {
+    let named = |name: &str| -> Option<u64> {
+        let rest = name.strip_prefix("after-step-")?;
+        let (digits, k) = rest.split_once('.').map_or((rest, None), |(d, k)| (d, Some(k)));
+        let step: u64 = digits.parse().ok()?;
+        (format!("{step:08}") == digits && k.is_none_or(|k| k.parse::<u32>().is_ok())).then_some(step)
+    };
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(run.join("abandoned"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Some((named(&e.file_name().to_string_lossy())?, e.path())))
+                .filter(|(_, dir)| dir.join(UNFINISHED).is_file())
+                .collect()
         })
-        .map(|e| e.path())
-        .filter(|d| d.join(UNFINISHED).is_file())
-        .collect();
-    found.sort();
-    found.pop()
+        .unwrap_or_default();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
 }
 
 /// Copy the run's logs whole into `dest` (`metrics.jsonl`, `val.jsonl`, `eval.jsonl`, the event files of `tb/` into
