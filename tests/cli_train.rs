@@ -744,9 +744,12 @@ fn a_run_folder_across_sessions() {
         "{again}"
     );
 
-    // resubmitted after it finished: nothing to train, the summary stays
+    // resubmitted after it finished: nothing to train, the summary stays (and the temporary file of a
+    // summary write killed before its rename goes)
+    std::fs::write(run.join(".summary.json.tmp"), &summary[..summary.len() / 2]).unwrap();
     assert!(infinity(&[&["train", path_str(&cfg), "--resume", "auto"][..], &four[..]].concat()));
     assert_eq!(std::fs::read_to_string(run.join("summary.json")).unwrap(), summary);
+    assert!(!run.join(".summary.json.tmp").exists(), "the killed write's temporary file stayed");
 
     // a crash after step 4 but before its checkpoint landed: resume from step 2
     std::fs::remove_dir_all(run.join("checkpoints/step-00000004")).unwrap();

@@ -409,8 +409,7 @@ pub fn replace_atomic<E: From<DataError>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let tmp = temporary_path(path);
     // (a write that failed, a full disk's, leaves no temporary file behind)
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_file(&tmp);
@@ -421,6 +420,13 @@ pub fn replace_atomic<E: From<DataError>>(
         sync_dir(parent);
     }
     Ok(())
+}
+
+/// The temporary file [`replace_atomic`] writes `path` into before renaming it over `path`; a write
+/// killed before its rename leaves it behind.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// Persists the entries of `dir` (a rename or creation in it). Not every platform can open a folder,

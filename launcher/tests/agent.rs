@@ -755,6 +755,33 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
     assert_children_gone(tmp.path(), 2);
 }
 
+/// A rank killed from outside (SIGKILL: the out-of-memory killer's signal), signalled by something
+/// else on its host (SIGTERM) or crashed (SIGSEGV) is reported so: the agent sent no signal.
+#[test]
+fn a_rank_signalled_from_outside_is_said_to_be() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    for (sig, said) in [
+        ("KILL", "signal 9 (SIGKILL) after "),
+        ("TERM", "signal 15 (SIGTERM) after "),
+        ("SEGV", "signal 11 (SIGSEGV) after "),
+    ] {
+        let rank = format!("kill -{sig} $$");
+        let run_id = format!("sig-{sig}");
+        let args = ["--log-dir", d, "--run-id", &run_id, "--", "sh", "-c", &rank];
+        let mut agent = Agent::start(tmp.path(), &run_id, &args);
+        assert_eq!(agent.exit(Duration::from_secs(40)).code(), Some(1), "{}", agent.text());
+        let text = agent.text();
+        let report = &text[text.find(said).unwrap_or_else(|| panic!("{sig}: {text}"))..];
+        let origin = match sig {
+            "KILL" => " s (not sent by this agent: the kernel's out-of-memory killer? `dmesg` on its host says",
+            "TERM" => " s (not sent by this agent: something else on its host signalled the rank)",
+            _ => " s (it crashed)",
+        };
+        assert!(report.lines().next().unwrap().contains(origin), "{sig}: {text}");
+    }
+}
+
 /// The CPUs this process may use and the physical cores they make (a core as its threads' list), from
 /// /proc/self/status and sysfs.
 fn allowed_cpus_and_cores() -> (Vec<usize>, usize) {
@@ -1384,6 +1411,13 @@ fn agents_waiting_for_a_node_say_so_as_they_wait() {
         restart.contains("rendezvous again/attempt-1/agents: node ranks [1] of 2 never arrived within 8 s"),
         "{text}"
     );
+    // the failed attempt's record says `restart`; the restart's own, that it never met
+    assert_eq!(failure_record(tmp.path(), "again", "failure-node0.json")["next"], "restart");
+    let never = tmp.path().join("again/attempt_1/failure-node0.json");
+    let never: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&never).unwrap()).unwrap();
+    assert_eq!(never["next"], "stop: the restart's rendezvous failed", "{never}");
+    let cause = never["root_cause"].as_str().unwrap();
+    assert!(cause.starts_with("the restart's rendezvous failed: ") && cause.contains("never arrived"), "{never}");
 
     // an agent waiting for the store's host (node 0) to start
     let mut node1 = refusable_node(tmp.path(), &format!("127.0.0.1:{}", free_port()), "2", "1", "t", "early");

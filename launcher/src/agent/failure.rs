@@ -123,8 +123,9 @@ struct Record<'a> {
     root_cause_here: bool,
     /// This node's failed rank, if one failed.
     rank: Option<&'a RankFailure>,
-    /// What the agent does next: `restart`, `stop: no restarts left`, `stop: permanent` or `stop: store
-    /// host lost`.
+    /// What the agent does next: `restart`, `stop: no restarts left`, `stop: permanent`, `stop: a node
+    /// was signalled`, `stop: store host lost` or, in the folder of a restart that never met, `stop: the
+    /// restart's rendezvous failed`.
     next: &'a str,
     /// What the ranks' flight records (`flight-rankR.json` beside this file) say together: the
     /// collective the ranks waited in and the ranks that never entered it (`comm::flight::diagnose`).

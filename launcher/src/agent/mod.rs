@@ -394,7 +394,18 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 return Ok(another_left(&e, &signals, server.is_some()).await);
             }
             Ok(met) => {
-                let (c, joined) = met?;
+                let (c, joined) = match met {
+                    Ok(met) => met,
+                    Err(e) => {
+                        if rounds.is_none() && attempt > first {
+                            // the attempt before's record says `restart`: this one's says none came
+                            let cause = format!("the restart's rendezvous failed: {e:#}");
+                            let (dir, next) = (p.attempt_dir(&a.log_dir, attempt), Next::RestartNeverMet.as_str());
+                            failure::write(&dir, (attempt, p.node_rank), (&cause, None), None, next, &[]);
+                        }
+                        return Err(e);
+                    }
+                };
                 client = c;
                 match joined {
                     Joined::Member(g) => g,

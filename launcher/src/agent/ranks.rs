@@ -292,6 +292,21 @@ pub(super) fn describe(status: &ExitStatus) -> String {
     }
 }
 
+/// Who sent the signal a failed rank died of, for its report (empty for an exit code). The agent signals
+/// ranks only once their group stops, after the failure, so the signal came from elsewhere: a crash of
+/// the rank's own, or something else on its host (the kernel's out-of-memory killer sends SIGKILL).
+pub(super) fn signal_origin(status: &ExitStatus) -> &'static str {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        None => "",
+        Some(libc::SIGKILL) => {
+            " (not sent by this agent: the kernel's out-of-memory killer? `dmesg` on its host says; or a kill)"
+        }
+        Some(libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT) => " (it crashed)",
+        Some(_) => " (not sent by this agent: something else on its host signalled the rank)",
+    }
+}
+
 /// Send `sig` to every rank's process group (running ranks, and whatever an exited one left behind),
 /// wait up to `grace_s`, then SIGKILL the groups still alive; read the ranks' last output. Returns the
 /// exit code of an agent that stopped them for signal `sig`: 0 when every rank exited successfully

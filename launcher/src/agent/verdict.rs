@@ -97,6 +97,9 @@ pub(super) enum Next {
     StoreHostLost,
     /// A node was signalled as the attempt failed: the group stops, as that node did.
     Signalled,
+    /// The restart's meeting failed (a node never came back): written into the attempt that never
+    /// started, beside the record of the one before, which says `restart`.
+    RestartNeverMet,
 }
 
 impl Next {
@@ -107,6 +110,7 @@ impl Next {
             Next::Permanent => "stop: permanent",
             Next::StoreHostLost => "stop: store host lost",
             Next::Signalled => "stop: a node was signalled",
+            Next::RestartNeverMet => "stop: the restart's rendezvous failed",
         }
     }
 }

@@ -10,7 +10,7 @@ use super::elastic::Group;
 use super::failure;
 use super::group::{signalled, signalled_node};
 use super::poller::{beat_key, Heartbeat, Poller};
-use super::ranks::{describe, drain, futures_select_all, stop_group, Rank};
+use super::ranks::{describe, drain, futures_select_all, signal_origin, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
 use super::verdict;
 use super::{LaunchArgs, Outcome, Plan};
@@ -144,8 +144,12 @@ pub(super) async fn watch(
                         _ => String::new(),
                     };
                     let mut report = format!(
-                        "rank {} (node {}{on_host}, pid {}) exited with {} after {seconds:.1} s{last}",
-                        r.global, g.node_rank, r.pid, describe(&status)
+                        "rank {} (node {}{on_host}, pid {}) exited with {} after {seconds:.1} s{}{last}",
+                        r.global,
+                        g.node_rank,
+                        r.pid,
+                        describe(&status),
+                        signal_origin(&status)
                     );
                     let failed = failure::RankFailure::new(r.global, r.pid, &status, seconds, lines);
                     let mut node = Some(g.node_rank);

@@ -73,6 +73,10 @@ impl<'a> SummaryFile<'a> {
         };
         if self.leader && rundir::summary_step(self.run) != Some(state.step) {
             self.write(&summary)?;
+        } else if self.leader {
+            // (a session killed between writing the summary and renaming it over `summary.json` left its
+            // temporary file, which no later write of this run replaces)
+            let _ = std::fs::remove_file(infinity_data::manifest::temporary_path(&self.run.join("summary.json")));
         }
         Ok(summary)
     }
