@@ -31,14 +31,52 @@ macro_rules! console_text {
 }
 
 /// Formats `args` (and a newline if `line`) into one buffer and writes it in one call, ignoring errors:
-/// the console macros' body.
+/// the console macros' body. A line starts with the time where [`time_prefix`] says so.
 #[doc(hidden)]
 pub fn write_whole(w: &mut impl std::io::Write, args: std::fmt::Arguments, line: bool) {
-    let mut text = std::fmt::format(args);
+    let mut text = match line {
+        true => time_prefix().unwrap_or_default(),
+        false => String::new(),
+    };
+    std::fmt::Write::write_fmt(&mut text, args).expect("formatting into a String");
     if line {
         text.push('\n');
     }
     let _ = w.write_all(text.as_bytes());
+}
+
+/// The variable that puts the UTC time at the start of every console line of a process (its own, and
+/// an agent's ranks' as it forwards them and writes their logs): a job's log then says when the group
+/// failed, restarted or stalled, as torchrun's do.
+pub const LOG_TIME_VAR: &str = "INFINITY_LOG_TIME";
+
+/// `2026-12-07T02:10:03.123Z ` (the time now, to the millisecond, and a space) when
+/// [`LOG_TIME_VAR`] is `1` (or `true`, `yes`, `on`), else `None`. Read once per process; a value that
+/// is neither on nor off (`0`, `false`, `no`, `off`, empty) is warned of once and taken as off.
+pub fn time_prefix() -> Option<String> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        let v = std::env::var(LOG_TIME_VAR).unwrap_or_default();
+        let (on, known) = log_time_setting(&v);
+        if !known {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {LOG_TIME_VAR}={v:?}: expected 1 (times on the console lines) or 0; taken as 0"
+            );
+        }
+        on
+    });
+    on.then(|| chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ ").to_string())
+}
+
+/// Whether a [`LOG_TIME_VAR`] value `v` turns the times on, and whether it is one of the values known.
+fn log_time_setting(v: &str) -> (bool, bool) {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => (true, true),
+        "" | "0" | "false" | "no" | "off" => (false, true),
+        _ => (false, false),
+    }
 }
 
 /// A count a command line takes that must be at least 1 (ranks, iterations, a batch, a world size), for
@@ -174,6 +212,17 @@ mod tests {
         let e = "the dataset is missing";
         super::write_whole(&mut w, format_args!("[rank {}] error: {e}", 1), true);
         assert_eq!(w.0, [b"[rank 1] error: the dataset is missing\n".to_vec()]);
+    }
+
+    #[test]
+    fn log_time_values_read_as_on_or_off_and_others_are_named() {
+        for v in ["1", "true", "Yes", " on "] {
+            assert_eq!(super::log_time_setting(v), (true, true), "{v:?}");
+        }
+        for v in ["", "0", "false", "NO", "off"] {
+            assert_eq!(super::log_time_setting(v), (false, true), "{v:?}");
+        }
+        assert_eq!(super::log_time_setting("2"), (false, false));
     }
 
     #[test]

@@ -755,6 +755,34 @@ fn a_failed_ranks_report_comes_at_once_with_its_own_run_time() {
     assert_children_gone(tmp.path(), 2);
 }
 
+/// With INFINITY_LOG_TIME=1 every line of the agent's console starts with the UTC time: its own, and its
+/// ranks' as it forwards them and writes them into their logs; the ranks themselves print none (no
+/// second time on a line).
+#[test]
+fn log_time_puts_the_time_on_every_console_and_rank_log_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rank = r#"echo "rank says ${INFINITY_LOG_TIME:-nothing}" >&2; exit 3"#;
+    let args = ["--log-dir", d, "--run-id", "timed", "--", "sh", "-c", rank];
+    let mut agent = Agent::start_with(tmp.path(), "timed", &args, &[("INFINITY_LOG_TIME", "1".into())]);
+    assert_eq!(agent.exit(Duration::from_secs(40)).code(), Some(1), "{}", agent.text());
+    let text = agent.text();
+    // `2026-12-07T02:10:03.123Z ` then the line
+    let timed = |l: &str| {
+        let t = l.as_bytes();
+        let shape = "dddd-dd-ddTdd:dd:dd.dddZ ".bytes().enumerate();
+        t.len() > 25 && shape.into_iter().all(|(i, c)| if c == b'd' { t[i].is_ascii_digit() } else { t[i] == c })
+    };
+    // (a report's further lines are indented: they continue its first)
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert!(lines.iter().any(|l| l.ends_with("[rank 0] rank says nothing")), "{text}");
+    assert!(lines.iter().any(|l| l.contains(" [launch] attempt 0 failed. Root cause: rank 0 ")), "{text}");
+    assert!(lines.len() > 2 && lines.iter().all(|l| timed(l)), "{text}");
+    let log = std::fs::read_to_string(tmp.path().join("timed/attempt_0/rank_0.log")).unwrap();
+    let said = log.lines().find(|l| l.ends_with("rank says nothing")).unwrap_or_else(|| panic!("{log}"));
+    assert!(timed(said), "{log}");
+}
+
 /// A rank killed from outside (SIGKILL: the out-of-memory killer's signal), signalled by something
 /// else on its host (SIGTERM) or crashed (SIGSEGV) is reported so: the agent sent no signal.
 #[test]

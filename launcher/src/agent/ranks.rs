@@ -17,6 +17,7 @@ use super::signals::signal_name;
 use super::{Group, LaunchArgs, Plan};
 use crate::comm::EXIT_COMM_TIMEOUT;
 use crate::env::{vars, EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED, EXIT_STALLED, EXIT_STOPPED_BEFORE_START};
+use crate::time_prefix;
 
 /// Subcommands of `infinity` that `launch -- SUBCOMMAND …` runs with this binary: all but `launch`
 /// (the trainer's CLI tests that none is missing).
@@ -197,6 +198,8 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
             let threads = bound.map_or(threads, |b| b.threads());
             cmd.env("RAYON_NUM_THREADS", threads.max(1).to_string());
         }
+        // (the agent puts the time on the ranks' lines as it forwards and logs them: not twice)
+        cmd.env_remove(crate::LOG_TIME_VAR);
         if bound.is_some() && std::env::var_os("CUDA_DEVICE_ORDER").is_none() {
             // the order the binding counted GPU indices in (CUDA's default leaves ties unspecified)
             cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
@@ -234,7 +237,7 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
                         (true, false) => console_err!("[rank {global}] {line}"),
                         (false, _) => {}
                     }
-                    let _ = writeln!(log.lock().unwrap(), "{line}");
+                    let _ = writeln!(log.lock().unwrap(), "{}{line}", time_prefix().unwrap_or_default());
                     let mut t = tail.lock().unwrap();
                     if t.len() == TAIL_LINES {
                         t.pop_front();

@@ -148,6 +148,8 @@ where
             tracing::Level::WARN => "warning: ",
             _ => "",
         };
+        // (the time, as the console's other lines, with INFINITY_LOG_TIME=1)
+        w.write_str(&infinity_launcher::time_prefix().unwrap_or_default())?;
         w.write_str(prefix)?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
