@@ -428,6 +428,12 @@ fn check_reports_a_run_without_starting_it() {
     let (e, code) = fails(&["train", path_str(&cfg), "--check", "--world", "3"]);
     assert!(e.contains("must split into 3 ranks"), "{e}");
     assert_eq!(code, 2, "a batch that does not split over the ranks is a config error");
+    // a stall limit within the collectives' timeout is refused for several ranks, as their run refuses it
+    let stall = ["--set", "run.stall_timeout_s=3", "--set", "dist.timeout_s=4", "--set", "data.micro_batch=2"];
+    let (e, code) = fails(&[&["train", path_str(&cfg), "--check", "--world", "2"][..], &stall[..]].concat());
+    let said = "run.stall_timeout_s (3) must be longer than dist.timeout_s (4) with 2 ranks";
+    assert!(e.contains(said) && code == 2, "{code}: {e}");
+    assert!(infinity(&[&["train", path_str(&cfg), "--check"][..], &stall[..]].concat()), "one rank waits on none");
     let junk = tmp.path().join("junk.safetensors");
     std::fs::write(&junk, b"not weights").unwrap();
     let (e, code) =

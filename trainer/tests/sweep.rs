@@ -978,6 +978,14 @@ echo '{"finished": true}' > "$dir/summary.json"
     assert_eq!(done.stopped, ["lr-0.001"], "{done:?}");
     let status = ok(infinity(&["sweep", "resume.toml", "--status"], t));
     assert!(row_of(&status, "lr-0.001").contains(" stopped (by a signal) "), "{status}");
+    // a validation set not at hand (another machine's, moved): the plan refuses it, --status needs none
+    let gone = t.join("gone-val").display().to_string();
+    let set = format!("[set]\n\"run.steps\" = 3\n\"val.dir\" = {gone:?}\n[axes]\n\"optim.lr\" = [1e-3, 2e-3]");
+    sweep_file(t, "resume.toml", &out, &set);
+    let said = refused(infinity(&["sweep", "resume.toml", "--dry-run"], t));
+    assert!(said.contains("run lr-0.001: val.dir ") && said.contains("gone-val"), "{said}");
+    let status = ok(infinity(&["sweep", "resume.toml", "--status"], t));
+    assert!(row_of(&status, "lr-0.001").contains(" stopped"), "{status}");
 }
 
 /// A dataset made again in the folder the runs trained on (same `data.dir`, other rows) makes them

@@ -40,7 +40,8 @@ pub struct SweepArgs {
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
-    let sweep::Plan { sweep: file, out, runs, warnings, out_warnings, env } = sweep::plan(&a.file)?;
+    // (--status needs no validation set: it reads what the runs logged)
+    let sweep::Plan { sweep: file, out, runs, warnings, out_warnings, env } = sweep::plan_with(&a.file, !a.status)?;
     if a.status {
         console_text!("{}", sweep::status_table(&runs));
         console_text!("run folders: {}/NAME\n", out.display());

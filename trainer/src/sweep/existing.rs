@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use super::run::with_absolute_paths;
 use super::{PlannedRun, SweepFile};
+use crate::scaling::settings::leaves_the_result;
 use crate::train::config::TrainConfig;
 
 /// What makes two runs the same training: the config with `run.dir` left out, as text.
@@ -20,6 +21,15 @@ pub fn config_key(config: &TrainConfig) -> Result<String> {
     Ok(toml::to_string(&c)?)
 }
 
+/// What makes two runs the same experiment: [`config_key`] but for the settings that leave a run's result
+/// as it was (what it logs, validates how often, checkpoints and samples, where it runs: a run trained
+/// with `val.every = 20` is the run a plan with 10 gives), one `key = value` line each.
+fn result_key(config: &TrainConfig) -> Result<String> {
+    let settings = crate::train::rundir::leaves(&config_key(config)?)?;
+    let kept = settings.into_iter().filter(|(k, _)| k != "run.dir" && !leaves_the_result(k));
+    Ok(kept.map(|(k, v)| format!("{k} = {v}\n")).collect())
+}
+
 /// The folders in `dir` that hold a run (a `config.toml`), in name order.
 fn run_folders(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
@@ -29,12 +39,12 @@ fn run_folders(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The settings of an existing run folder, comparable with [`config_key`]'s (`None` when its
+/// The settings of an existing run folder, comparable with [`result_key`]'s (`None` when its
 /// `config.toml` does not read as a config of this build).
 fn folder_key(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
     let config: TrainConfig = toml::from_str(&with_absolute_paths(&text).ok()?).ok()?;
-    config_key(&config).ok()
+    result_key(&config).ok()
 }
 
 /// A warning for each folder in `out` that the plan does not name but that trains a planned run's
@@ -45,7 +55,7 @@ fn folder_key(dir: &Path) -> Option<String> {
 pub fn folders_in_out(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, Option<String>)> {
     let mut planned = std::collections::HashMap::new();
     for r in runs {
-        planned.insert(config_key(&r.config)?, r);
+        planned.insert(result_key(&r.config)?, r);
     }
     let mut warnings = Vec::new();
     let mut unplanned = Vec::new();
@@ -145,5 +155,23 @@ mod tests {
         assert_ne!(key(128, "lr_per_256 = 6e-3"), key(128, "lr = 0.006"));
         // at a batch that is no power of two too (6e-3 · 96 / 256 is 0.0022500000000000003 unrounded)
         assert_eq!(key(96, "lr_per_256 = 6e-3"), key(96, "lr = 0.00225"));
+    }
+
+    /// A run folder trained with settings that leave the result as it was (how often it validated,
+    /// checkpointed, logged) is the planned run's, under another name; another seed is another run.
+    #[test]
+    fn a_run_validated_more_often_is_the_same_experiment_and_another_seed_is_not() {
+        let key = |run: &str, val_every: u64, checkpoint: &str| {
+            let text = format!(
+                "[run]\ndir = \"r\"\n{run}\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+                 [data]\ndir = \"d\"\nglobal_batch = 16\nmicro_batch = 8\n[optim]\nlr = 1e-3\n\
+                 [val]\ndir = \"v\"\nevery = {val_every}\n[checkpoint]\n{checkpoint}\n"
+            );
+            super::result_key(&toml::from_str(&text).unwrap()).unwrap()
+        };
+        let planned = key("seed = 0\nsteps = 5", 10, "");
+        assert_eq!(planned, key("seed = 0\nsteps = 5\nlog_every = 7", 20, "every = 3"));
+        assert_ne!(planned, key("seed = 1\nsteps = 5", 10, ""));
+        assert_ne!(planned, key("seed = 0\nsteps = 6", 10, ""));
     }
 }

@@ -237,6 +237,12 @@ fn whole_numbers_as_whole(config: &TrainConfig, combo: &[(&String, &toml::Value)
 
 /// Read `path` and expand it into runs (configs validated, compute computed from each run's dataset).
 pub fn plan(path: &Path) -> Result<Plan> {
+    plan_with(path, true)
+}
+
+/// [`plan`], the validation sets checked only with `check_val`: `--status` reads the run folders
+/// without them (a run's steps come from its training data, which it needs).
+pub fn plan_with(path: &Path, check_val: bool) -> Result<Plan> {
     let sweep = SweepFile::read(path)?;
     // absolute paths in every run's config: a SLURM task or a later `train RUN/config.toml` finds the
     // run folder and the datasets from any working folder
@@ -244,7 +250,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     // runs beside the sweep file while `out` names a folder not made yet: said first, and with an error
     // (datasets given relative to the same folder are not found either)
     let elsewhere = existing::out_beside_the_file(path, &sweep, &out);
-    match expand(path, sweep, out) {
+    match expand(path, sweep, out, check_val) {
         Ok(mut plan) => {
             plan.out_warnings.splice(0..0, elsewhere);
             Ok(plan)
@@ -257,7 +263,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
 }
 
 /// The runs of a sweep file, `out` resolved.
-fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
+fn expand(path: &Path, sweep: SweepFile, out: PathBuf, check_val: bool) -> Result<Plan> {
     let base = path.parent().unwrap_or(Path::new(".")).join(&sweep.base);
     // (a missing base file is the sweep file's error, not each run's)
     if !base.is_file() {
@@ -373,7 +379,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf) -> Result<Plan> {
         // the validation sets (`val.dir`, `val.sets`), as `infinity train` checks them before its first
         // step (once per pair of datasets): a missing or mismatched one would fail every run after it started
         for (key, val) in config.val.dirs() {
-            if !checked_val.contains(&(config.data.dir.clone(), val.clone())) {
+            if check_val && !checked_val.contains(&(config.data.dir.clone(), val.clone())) {
                 let vm = Manifest::load(val).with_context(|| {
                     format!(
                         "run {name}: {key} {} (the validation dataset: make it with `infinity data synth --tokenizer \

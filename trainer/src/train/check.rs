@@ -38,6 +38,7 @@ pub fn check_with(
     accept_data_change: bool,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
+    super::watchdog::check_limit(cfg.run.stall_timeout_s, world, cfg.dist.timeout_s).map_err(unrecoverable)?;
     let Setup { ds, mc, lay, mix } = Setup::open(cfg).map_err(unrecoverable)?;
     let unlisted = super::setup::unlisted_warning(cfg, &ds)?;
     let mean_tokens = mix.mean_tokens;

@@ -32,7 +32,7 @@ pub fn check_fresh(run: &Path) -> Result<()> {
 }
 
 /// `a.b.c = value` for every leaf of a TOML document.
-fn leaves(text: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn leaves(text: &str) -> Result<BTreeMap<String, String>> {
     fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
         match v {
             toml::Value::Table(t) => {

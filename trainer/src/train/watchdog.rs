@@ -32,6 +32,19 @@ pub fn stall_drill(rank: usize, step: u64, attempt: u32) {
     }
 }
 
+/// A stall limit of `timeout_s` seconds (0: none) for `world` ranks: with more than one rank it must exceed
+/// `collective_timeout_s` (`dist.timeout_s`). What `train --check` checks too.
+pub fn check_limit(timeout_s: f64, world: usize, collective_timeout_s: f64) -> Result<()> {
+    if timeout_s != 0.0 && world > 1 && timeout_s <= collective_timeout_s {
+        bail!(
+            "run.stall_timeout_s ({timeout_s}) must be longer than dist.timeout_s ({collective_timeout_s}) with \
+             {world} ranks: a rank that waits in a collective for a stalled one is for the collective's timeout to \
+             report, which names the rank it waited for"
+        );
+    }
+    Ok(())
+}
+
 /// The phase the loop is in, and since when.
 struct Progress {
     since: Instant,
@@ -51,13 +64,7 @@ impl Watchdog {
         if timeout_s == 0.0 {
             return Ok(None);
         }
-        if world > 1 && timeout_s <= collective_timeout_s {
-            bail!(
-                "run.stall_timeout_s ({timeout_s}) must be longer than dist.timeout_s ({collective_timeout_s}) with \
-                 {world} ranks: a rank that waits in a collective for a stalled one is for the collective's timeout \
-                 to report, which names the rank it waited for"
-            );
-        }
+        check_limit(timeout_s, world, collective_timeout_s)?;
         let Ok(limit) = Duration::try_from_secs_f64(timeout_s) else {
             tracing::warn!("run.stall_timeout_s = {timeout_s} is longer than any run: nothing is watched");
             return Ok(None);
