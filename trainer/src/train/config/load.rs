@@ -56,9 +56,11 @@ impl TrainConfig {
                 .map(|w| w.trim_end_matches('.'))
                 .filter(is_key)
                 .collect();
-            let file = path.display().to_string();
+            // an override or variable of any of them (what the user just changed), else the file that
+            // sets the first, the subject (not a base file that sets another key it names)
             let sources: Vec<String> = keys.iter().map(|k| source_of(k, &given)).collect();
-            let source = sources.iter().find(|s| **s != file).cloned().unwrap_or(file);
+            let overridden = sources.iter().find(|s| s.starts_with("--set ") || s.ends_with(IN_THE_ENVIRONMENT));
+            let source = overridden.or(sources.first()).cloned().unwrap_or_else(|| path.display().to_string());
             e.context(source)
         })?;
         Ok(cfg)
@@ -367,6 +369,9 @@ pub fn keys_overlap(a: &str, b: &str) -> bool {
         || b.strip_prefix(a).is_some_and(|r| r.starts_with(['.', '[']))
 }
 
+/// How [`source_of`] names an `INF__…` variable: `INF__RUN__STEPS (in the environment)`.
+const IN_THE_ENVIRONMENT: &str = " (in the environment)";
+
 /// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
 /// or the config file.
 fn source_of(key: &str, given: &Given) -> String {
@@ -379,7 +384,7 @@ fn source_of(key: &str, given: &Given) -> String {
     }
     let var = given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
     match var {
-        Some((v, _)) => format!("{v} (in the environment)"),
+        Some((v, _)) => format!("{v}{IN_THE_ENVIRONMENT}"),
         None => file_setting(key, path).display().to_string(),
     }
 }
@@ -403,7 +408,7 @@ fn source_of_missing(key: &str, given: &Given) -> String {
         return format!("--set {k}");
     }
     match given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
-        Some((v, _)) => format!("{v} (in the environment)"),
+        Some((v, _)) => format!("{v}{IN_THE_ENVIRONMENT}"),
         None => file(),
     }
 }
@@ -621,6 +626,13 @@ mod tests {
         assert!(e.contains("--set model.preset: model.preset: unknown preset `smal` (one of tiny, small"), "{e}");
         let e = error(optim, &["data.mix[0].dir=a", "data.mix[5].weight=1"]);
         assert!(e.starts_with("--set data.mix[5].weight=1: an element past the end of `data.mix`"), "{e}");
+        // a check's subject set by a file that extends another is that file's error, though the base sets
+        // another key the message names (data.dir)
+        let over = dir.path().join("over.toml");
+        std::fs::write(&over, "extends = \"c.toml\"\n[data]\nweight = 1.0\n").unwrap();
+        std::fs::write(dir.path().join("c.toml"), format!("{base}{optim}")).unwrap();
+        let e = format!("{:#}", TrainConfig::load(&over, &[]).unwrap_err());
+        assert!(e.starts_with(&format!("{}: data.weight (1) weighs data.dir", over.display())), "{e}");
     }
 
     /// Layers over the file: another kind of schedule drops the keys its kind does not take (a table
