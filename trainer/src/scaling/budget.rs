@@ -55,10 +55,26 @@ pub struct KSpread {
 /// decimal below 100 (10.5), whole below 10⁴ (1538), scientific above (1.54e4).
 pub fn times_text(x: f64) -> String {
     match x {
+        // (a budget below the largest run: 1.93e-2, not 0.0)
+        x if x < 0.095 => format!("{x:.2e}"),
         x if x < 100.0 => format!("{x:.1}"),
         x if x < 1e4 => format!("{x:.0}"),
         x => format!("{x:.2e}"),
     }
+}
+
+/// What an N* or D* (`what`) of `v` outside the runs' range `(lo, hi)` says (none inside it).
+fn outside(what: &str, v: f64, (lo, hi): (f64, f64)) -> Option<String> {
+    (v < lo || v > hi).then(|| {
+        // (just outside as a share: N* 0.2 % below the smallest run's, not 1/1.0 of it)
+        let by = match (v > hi, v / hi, lo / v) {
+            (true, r, _) if r < 1.1 => format!("{:.1} % above the largest", (r - 1.0) * 100.0),
+            (true, r, _) => format!("{}× the largest", times_text(r)),
+            (false, _, r) if r < 1.1 => format!("{:.1} % below the smallest", (1.0 - 1.0 / r) * 100.0),
+            (false, _, r) => format!("1/{r:.1} of the smallest"),
+        };
+        format!("{what} = {v:.3e} is {by} of the runs ({lo:.3e} to {hi:.3e})")
+    })
 }
 
 /// A budget past this many times the largest run's compute is warned about (an extrapolation the runs
@@ -153,10 +169,10 @@ pub fn plans(
         if let Some(k) = &spread {
             let uses = if chinchilla.is_some() { "; N* and D* use the median" } else { "" };
             notes.push(format!(
-                "k = C/(N·D), the training FLOPs per parameter and token: median {:.2} over the {} runs fitted, from \
+                "k = C/(N·D), the training FLOPs per parameter and token: median {:.2} over the {} fitted, from \
                  {:.2} ({}) to {:.2} ({}){uses}",
                 k.median,
-                runs.len(),
+                infinity_launcher::plural(runs.len(), "run"),
                 k.min.0,
                 k.min.1,
                 k.max.0,
@@ -178,16 +194,6 @@ pub fn plans(
         runs.iter().map(v).fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)))
     };
     let (n_range, d_range) = (range(&|r| r.n), range(&|r| r.tokens));
-    let outside = |what: &str, v: f64, (lo, hi): (f64, f64)| {
-        (v < lo || v > hi).then(|| {
-            let by = if v > hi {
-                format!("{}× the largest", times_text(v / hi))
-            } else {
-                format!("1/{:.1} of the smallest", lo / v)
-            };
-            format!("{what} = {v:.3e} is {by} of the runs ({lo:.3e} to {hi:.3e})")
-        })
-    };
     let plans: Vec<BudgetPlan> = budgets
         .iter()
         .map(|&c| BudgetPlan {
@@ -396,6 +402,19 @@ mod tests {
         // (`analyse` warns of a degenerate fit, budgets or not: mod.rs's tests)
         assert!(!warnings.iter().any(|w| w.contains("degenerate")), "{warnings:?}");
         assert!(degenerate(&good, 1.0).is_none());
+    }
+
+    /// An N* just outside the runs' sizes is said as a share; a budget far below the runs as a ratio that
+    /// is not 0.0.
+    #[test]
+    fn outside_the_runs_is_said_in_readable_numbers() {
+        let said = |v| super::outside("N*", v, (9.223e4, 1e6)).unwrap_or_default();
+        assert!(said(9.204e4).contains("N* = 9.204e4 is 0.2 % below the smallest of the runs"), "{}", said(9.204e4));
+        assert!(said(1e4).contains("is 1/9.2 of the smallest"), "{}", said(1e4));
+        assert!(said(1.05e6).contains("is 5.0 % above the largest"), "{}", said(1.05e6));
+        assert!(said(3e6).contains("is 3.0× the largest"), "{}", said(3e6));
+        assert_eq!(said(5e5), "");
+        assert_eq!([super::times_text(1.93e-2), super::times_text(0.5)], ["1.93e-2", "0.5"]);
     }
 
     #[test]

@@ -191,7 +191,10 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     // (an IsoFLOP design's points share one budget: whether the loss falls with C is not asked of them)
     let (c_lo, c_hi) =
         points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.compute), hi.max(p.compute)));
-    if points.len() >= 2 && c_hi < isoflop::SAME_BUDGET * c_lo {
+    let one_budget = points.len() >= 2 && c_hi < isoflop::SAME_BUDGET * c_lo;
+    // (L(C) at other budgets is not predicted where the points do not measure it: said below)
+    let no_compute_law = one_budget || pearson.all.0 >= 0.0;
+    if one_budget {
         warnings.push(format!(
             "the {} fitted points share one compute budget (C from {c_lo:.3e} to {c_hi:.3e}, within 10 %): how the \
              loss falls with compute is not measured, so L(C) and its predictions at other budgets mean nothing \
@@ -210,9 +213,15 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     }
     let fitted_runs: Vec<RunRecord> = fitted.iter().map(|r| (*r).clone()).collect();
     let like = fitted.iter().find_map(|r| r.model.as_ref());
-    let laws = (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref());
+    let laws = match no_compute_law {
+        true => (None, None, chinchilla.as_ref()),
+        false => (power.as_ref(), power_floor.as_ref(), chinchilla.as_ref()),
+    };
     let (budgets, budget_notes, budget_warnings) =
         budget::plans(at_computes, &fitted_runs, laws, lmin, (like, parameters));
+    if no_compute_law && !budgets.is_empty() && (power.is_some() || power_floor.is_some()) {
+        notes.push("L(C) at the budgets: withheld (–), the loss does not fall with compute over the points".into());
+    }
     notes.extend(budget_notes);
     warnings.extend(budget_warnings);
     if budgets.iter().any(|b| b.optimal.is_none()) && chinchilla.is_none() {

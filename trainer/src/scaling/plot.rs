@@ -222,10 +222,8 @@ impl Figure for LossVsCompute<'_> {
                 // (a point beyond the frame is drawn at its edge: the part of the law outside is left out)
                 .filter(|(_, y)| y.is_finite() && *y > 0.0 && self.yr.contains(y))
                 .collect();
-            let coefs: Vec<String> = fit.coefs.iter().map(|c| format!("{}={:.4}", c.name, c.value)).collect();
             chart.draw_series(LineSeries::new(line, colour.stroke_width(2))).map_err(e)?;
-            let key = format!("{}: {}", fit.formula, coefs.join(", "));
-            keys.push((key, Sample::Line { colour, dashed: false, dot: false }));
+            keys.push((fit_key(fit.formula, &fit.coefs), Sample::Line { colour, dashed: false, dot: false }));
         }
         legend::draw(&panel, &keys)
     }
@@ -476,8 +474,23 @@ pub fn isoflop(dir: &Path, iso: &IsoFlop, parameters: super::Parameters) -> Resu
     both(dir, "isoflop", &Curves::new(caption, axes, series, Some(yr))?)
 }
 
+/// A fitted law's legend entry: its formula and coefficients as `fits.md` writes them (a coefficient of
+/// 1.9e85 in scientific notation, not in 86 digits).
+fn fit_key(formula: &str, coefs: &[super::fit::Coef]) -> String {
+    let coefs: Vec<String> =
+        coefs.iter().map(|c| format!("{}={}", c.name, super::report::coef_text(c.value))).collect();
+    format!("{formula}: {}", coefs.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fits_legend_writes_large_coefficients_as_fits_md_does() {
+        let coef = |name, value| super::super::fit::Coef { name, value, ci95: None };
+        let key = super::fit_key("L = a·C^-b", &[coef("a", 1.899e85), coef("b", 7.6551)]);
+        assert_eq!(key, "L = a·C^-b: a=1.899e85, b=7.65510");
+    }
+
     #[test]
     fn a_curve_leaving_the_frame_is_cut_where_it_leaves() {
         let pts = [(1.0, 0.7), (2.0, 0.6), (3.0, 5e17), (4.0, 0.65), (5.0, 0.66), (6.0, f64::NAN)];

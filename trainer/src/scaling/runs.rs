@@ -416,15 +416,8 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
             }
         }
         let dir = root.dir.display();
-        // (for an error about this folder: the runs it holds that have no summary yet)
-        let waiting: Vec<String> = unsummarised(root).into_iter().map(|(name, _)| name).collect();
-        let waiting = match waiting.is_empty() {
-            true => String::new(),
-            false => format!(
-                "\n  without a summary.json (not started, or failed before their first checkpoint): {}",
-                waiting.join(", ")
-            ),
-        };
+        // (for an error about this folder: the runs it holds that have no summary yet, and why)
+        let waiting = super::select::Unsummarised::of(std::slice::from_ref(root)).said();
         let empty = match (runs.len() == before.0, notes.len() == before.1) {
             (false, _) => continue,
             // (`infinity scaling runs/tiny`: one run's folder, not the sweep's that holds it)
@@ -587,7 +580,19 @@ mod tests {
         std::fs::create_dir(dir.path().join("lr-0.01")).unwrap();
         std::fs::write(dir.path().join("lr-0.01/config.toml"), "").unwrap();
         let e = gather();
-        assert!(e.ends_with("(has the sweep run?)\n  without a summary.json (not started, or failed before their first checkpoint): lr-0.01"), "{e}");
+        assert!(
+            e.ends_with("(has the sweep run?)\n  without a summary.json: not started (a config.toml alone): lr-0.01"),
+            "{e}"
+        );
+        // one with a log failed before its first checkpoint (the sweep's kill -9 of it, say)
+        std::fs::create_dir(dir.path().join("lr-0.02")).unwrap();
+        std::fs::write(dir.path().join("lr-0.02/config.toml"), "").unwrap();
+        std::fs::write(dir.path().join("lr-0.02/train.log"), "step 36\n").unwrap();
+        let e = gather();
+        let want =
+            "\n  without a summary.json: failed before their first checkpoint (their logs say why): lr-0.02; not \
+                    started (a config.toml alone): lr-0.01";
+        assert!(e.ends_with(want), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();
         let e = gather();
         let want = ": a run folder itself (it has a summary.json): give the folder that holds the run folders (a \

@@ -8,6 +8,45 @@ use super::roots::Root;
 use super::runs::unsummarised;
 use super::RunRecord;
 
+/// The run folders of `roots` without a `summary.json`, by name, as the notes tell them apart.
+pub(super) struct Unsummarised {
+    /// Still training: their locks are held.
+    pub busy: Vec<String>,
+    /// Failed before their first checkpoint: a log, no lock.
+    pub failed: Vec<String>,
+    /// Never started: a `config.toml` alone.
+    pub unstarted: Vec<String>,
+}
+
+impl Unsummarised {
+    pub fn of(roots: &[Root]) -> Unsummarised {
+        let (busy, silent): (Vec<_>, Vec<_>) =
+            roots.iter().flat_map(unsummarised).partition(|(_, dir)| crate::train::run_lock::in_use(dir));
+        // (a run started has a log: `train.log` from the sweep, `logs/` from `infinity launch`; one only
+        // planned has its config alone)
+        let logged = |dir: &std::path::Path| dir.join("train.log").is_file() || dir.join("logs").is_dir();
+        let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
+        let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();
+        Unsummarised { busy: names_of(busy), failed: names_of(failed), unstarted: names_of(unstarted) }
+    }
+
+    /// What an error about a folder with no summarised run adds: `\n  without a summary.json: …`, each
+    /// kind named (empty without any).
+    pub fn said(&self) -> String {
+        let kinds = [
+            (&self.busy, "still training (their locks are held)"),
+            (&self.failed, "failed before their first checkpoint (their logs say why)"),
+            (&self.unstarted, "not started (a config.toml alone)"),
+        ];
+        let said: Vec<String> =
+            kinds.iter().filter(|(v, _)| !v.is_empty()).map(|(v, what)| format!("{what}: {}", v.join(", "))).collect();
+        match said.is_empty() {
+            true => String::new(),
+            false => format!("\n  without a summary.json: {}", said.join("; ")),
+        }
+    }
+}
+
 /// The runs the fits take, with what to say about the rest.
 pub struct Selection<'a> {
     pub fitted: Vec<&'a RunRecord>,
@@ -18,14 +57,7 @@ pub struct Selection<'a> {
 pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> Selection<'a> {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let training = |r: &RunRecord| crate::train::run_lock::in_use(&r.dir);
-    let (busy, silent): (Vec<_>, Vec<_>) =
-        roots.iter().flat_map(unsummarised).partition(|(_, dir)| crate::train::run_lock::in_use(dir));
-    // (a run started has a log: `train.log` from the sweep, `logs/` from `infinity launch`; one only
-    // planned has its config alone)
-    let logged = |dir: &std::path::Path| dir.join("train.log").is_file() || dir.join("logs").is_dir();
-    let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
-    let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();
-    let (busy, failed, unstarted) = (names_of(busy), names_of(failed), names_of(unstarted));
+    let Unsummarised { busy, failed, unstarted } = Unsummarised::of(roots);
     if !busy.is_empty() {
         notes.push(format!("still training (their folders' locks are held; no summary.json yet): {}", busy.join(", ")));
     }
@@ -112,10 +144,10 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
             .collect();
         warnings.push(format!(
             "the runs' losses were measured in {} different ways (dataset, validation set or loss settings), and \
-             losses measured differently are not comparable: the fits take the {} runs on {}; left out: {} (fit them \
+             losses measured differently are not comparable: the fits take the {} on {}; left out: {} (fit them \
              on their own: `infinity scaling` on a folder of those runs)",
             kinds.len(),
-            fitted.len(),
+            infinity_launcher::plural(fitted.len(), "run"),
             ours.describe(),
             others.join("; ")
         ));

@@ -564,6 +564,15 @@ fn two_sweeps_read_together_make_one_profile() {
     let (one_budget, others): (Vec<&String>, Vec<&String>) =
         r.warnings.iter().partition(|w| w.contains("the 8 fitted points share one compute budget"));
     assert!(one_budget.len() == 1 && others.iter().all(|w| !w.contains("IsoFLOP")), "{:?}", r.warnings);
+    // nor is L(C), fitted through points 0.2 % apart in compute, predicted at other budgets (the table's "–")
+    let near = tmp.path().join("near");
+    for (i, c) in [1e15, 1.002e15, 1.004e15].into_iter().enumerate() {
+        run(&near, &format!("w{i}"), (1e6 * (i + 1) as f64, 1e6, c), &[Some(1.0 - 0.1 * i as f64)], "a");
+    }
+    let r = super::analyse(&[&near], &near.join("scaling"), &[1e20]).unwrap();
+    let [b] = r.budgets.as_slice() else { panic!("{:?}", r.budgets) };
+    assert!(r.power.is_some() && b.loss_power.is_none() && b.loss_power_floor.is_none(), "{b:?}");
+    assert!(r.notes.iter().any(|n| n.starts_with("L(C) at the budgets: withheld (–)")), "{:?}", r.notes);
     let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     assert!(csv.contains("\nsmaller/c0-n0,") && csv.contains("\nmain/c0-n4,"), "{csv}");
     // a folder with nothing to read among others is a note; alone, an error

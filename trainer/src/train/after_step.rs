@@ -220,6 +220,7 @@ impl Trainer<'_> {
         self.beat(|| format!("waiting for the checkpoint write of step {step}"));
         if let Some(saver) = self.saver.as_mut() {
             saver.finish()?; // the last checkpoint is on disk before the summary (or the console) says so
+            super::stop::last_checkpoint_written();
         }
         if let Some(l) = self.logger.as_ref().filter(|_| self.summary.is_preempted()) {
             // (by a signal or --time-limit: the command line says which)

@@ -33,10 +33,9 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
                 // one: a second press comes later than this)
                 t if now.saturating_sub(t) < SAME_PRESS_NS => {}
                 _ => {
-                    const MESSAGE: &[u8] =
-                        b"\nSIGINT again: exiting now, without the stop checkpoint (exit code 130)\n";
+                    let message = second_sigint_message(LAST_CHECKPOINT_WRITTEN.load(Ordering::SeqCst));
                     // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
-                    unsafe { libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len()) };
+                    unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
                     signal_hook::low_level::exit(128 + SIGINT);
                 }
             }
@@ -48,6 +47,23 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(sig, flag.clone()).context("installing signal handlers")?;
     }
     Ok(flag)
+}
+
+/// Set once the session's last checkpoint (a stop's) is on disk: a second SIGINT after it says so.
+static LAST_CHECKPOINT_WRITTEN: AtomicBool = AtomicBool::new(false);
+
+/// The session's last checkpoint is on disk (the loop has waited for its write).
+pub(super) fn last_checkpoint_written() {
+    LAST_CHECKPOINT_WRITTEN.store(true, Ordering::SeqCst);
+}
+
+/// What a second SIGINT says as it exits, `written` the last checkpoint or not (static: a signal handler
+/// allocates nothing).
+fn second_sigint_message(written: bool) -> &'static [u8] {
+    match written {
+        true => b"\nSIGINT again: exiting now; the stop checkpoint is written (exit code 130)\n",
+        false => b"\nSIGINT again: exiting now, without the stop checkpoint (exit code 130)\n",
+    }
 }
 
 /// Under `infinity launch`, `flag` is set (the run stops as on SIGTERM: a checkpoint, then exit) once
@@ -366,6 +382,14 @@ pub fn slow_drill(rank: usize, attempt: u32) {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// A second SIGINT says whether the stop checkpoint is on disk, as the loop marked it.
+    #[test]
+    fn a_second_sigint_says_whether_the_stop_checkpoint_is_written() {
+        let said = |w| String::from_utf8_lossy(second_sigint_message(w)).into_owned();
+        assert!(said(false).contains("exiting now, without the stop checkpoint (exit code 130)"));
+        assert!(said(true).contains("exiting now; the stop checkpoint is written (exit code 130)"));
+    }
 
     /// Only an ancestor is watched: this process's parent is one, its child is not.
     #[test]
