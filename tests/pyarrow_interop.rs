@@ -183,3 +183,51 @@ else:
         assert!(report.problems.iter().any(|p| p.contains(want)), "{case}: {:?}", report.problems);
     }
 }
+
+/// What `infinity data verify` refuses, the second reader refuses with the same message (`error: …`, not a
+/// Python traceback): a row's bits 2 bytes short, bits packed most significant bit first (padding bits
+/// above `d` = 12 set), and a shard the manifest lists that is not there (named with the manifest).
+#[test]
+fn read_shards_refuses_what_verify_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let opts = infinity_data::synth::SynthOptions { rows: 24, fit_rows: 24, d: 12, ..Default::default() };
+    infinity_data::synth::synth(&good, &opts).unwrap();
+    for (case, want) in [
+        ("short", "row 5 (id 5), column `bits`: expected "),
+        ("msb", "column `bits`: expected zero padding bits above bit 12, found token "),
+        ("missing", "shard-00000.arrow: missing: "),
+    ] {
+        let out = dir.path().join(case);
+        let damage = format!(
+            r#"
+import json, os, shutil, sys
+import crc32c, numpy as np, pyarrow as pa
+good, out, case = sys.argv[1], sys.argv[2], sys.argv[3]
+shutil.copytree(good, out)
+{SHARD_0_READ}if case == "missing":
+    os.remove(path)
+    sys.exit()
+t = pa.ipc.open_file(path).read_all().combine_chunks()
+bits, d = t["bits"].to_pylist(), m["d"]
+if case == "short":
+    bits[5] = bits[5][:-2]
+else:  # np.packbits' default order, most significant bit first: bits 8..11 land above bit d = 12
+    tokens = [np.frombuffer(b, np.uint8).reshape(-1, (d + 7) // 8) for b in bits]
+    bits = [np.packbits(np.unpackbits(x, axis=1, bitorder="little")[:, :d], axis=1).tobytes() for x in tokens]
+t = t.set_column(t.schema.get_field_index("bits"), t.schema.field("bits"), pa.array(bits, pa.binary()))
+{SHARD_0_WRITE}"#
+        );
+        python(&[&"-c", &damage, &good, &out, &case]);
+        let report = infinity_data::inspect::verify(&out);
+        assert!(report.problems.first().is_some_and(|p| p.contains(want)), "{case}: {:?}", report.problems);
+        let e = crate::python_fails(&[&"tools/read_shards.py", &path_str(&out)]);
+        assert!(e.starts_with("error: ") && !e.contains("Traceback"), "{case}: {e}");
+        if case == "missing" {
+            let manifest = out.join("manifest.json");
+            assert!(e.contains(want) && e.contains(&format!("{} lists this shard", path_str(&manifest))), "{e}");
+        } else {
+            assert_eq!(e.trim_end(), format!("error: {}", report.problems[0]), "{case}");
+        }
+    }
+}

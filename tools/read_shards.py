@@ -59,8 +59,12 @@ def read(dir):
     require(os.path.isdir(dir), f"{dir}: no such folder")
     require(os.path.isfile(path), f"{dir}: not a dataset: it holds no manifest.json (written last: an unfinished write?)")
     # (a byte-order mark, which some editors write, is accepted as the Rust reader accepts it)
-    with open(path, encoding="utf-8-sig") as f:
-        m = json.load(f)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            m = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {path}: not a valid manifest: {e}")
+    require(isinstance(m, dict), f"{path}: not a valid manifest: expected a JSON object")
     check_keys(path, m)
     require(m["format"] == "infinity-bits" and m["format_version"] == 1, f"{path}: unsupported format")
     file = (m.get("tokenizer") or {}).get("file")
@@ -68,9 +72,13 @@ def read(dir):
     require(file is None or plain(file), f"{path}: tokenizer.file `{file}`: expected a plain file name in the folder")
     d = m["d"]
     nb = (d + 7) // 8
+    # the bits of a token's last byte above bit d, which must be zero (none where d is a multiple of 8)
+    padding = (0xFF << (d % 8)) & 0xFF if d % 8 else 0
     rows = []
     for entry in m["shards"]:
         path = os.path.join(dir, entry["file"])
+        require(os.path.isfile(path), f"{path}: missing: {os.path.join(dir, 'manifest.json')} lists this shard "
+                f"({entry['bytes']} bytes), the folder does not hold it")
         with open(path, "rb") as f:
             data = f.read()
         require(len(data) == entry["bytes"], f"{path}: size {len(data)} != manifest {entry['bytes']}")
@@ -78,12 +86,25 @@ def read(dir):
         with pa.memory_map(path) as src:
             table = pa.ipc.open_file(src).read_all()
         require(table.num_rows == entry["rows"], f"{path}: {table.num_rows} rows != manifest {entry['rows']}")
+        for column, kind in (("id", pa.uint64()), ("bucket", pa.uint16()), ("bits", pa.binary())):
+            found = table.schema.field(column).type if column in table.column_names else "no such column"
+            require(found == kind, f"{path}: column `{column}`: expected {kind}, found {found}")
         cols = table.to_pydict()
         for i in range(table.num_rows):
             b = cols["bucket"][i]
+            at = f"{path}: row {i} (id {cols['id'][i]})"
+            require(0 <= b < len(m["schedules"]),
+                    f"{at}, column `bucket`: expected a schedule index < {len(m['schedules'])}, found {b}")
             s = m["schedules"][b]
             L = sum(t * h * w for t, h, w in s["scales"])
-            packed = np.frombuffer(cols["bits"][i], dtype=np.uint8).reshape(L, nb)
+            raw = cols["bits"][i]
+            require(len(raw) == L * nb, f"{at}, column `bits`: expected {L * nb} bytes (L = {L} tokens of schedule "
+                    f"`{s['name']}` × {nb} bytes), found {len(raw)} bytes")
+            packed = np.frombuffer(raw, dtype=np.uint8).reshape(L, nb)
+            bad = np.flatnonzero(packed[:, -1] & padding)
+            if bad.size:
+                raise SystemExit(f"error: {at}, column `bits`: expected zero padding bits above bit {d}, "
+                                 f"found token {bad[0]} sets them")
             bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :d]
             row = {"id": cols["id"][i], "bucket": b, "bits": bits.flatten().tolist()}
             if "latent" in cols:
@@ -107,7 +128,12 @@ def main():
     p.add_argument("dir")
     p.add_argument("--dump")
     a = p.parse_args()
-    m, rows = read(a.dir)
+    try:
+        m, rows = read(a.dir)
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as e:
+        # what the checks above do not name (a manifest key of the wrong type, a file Arrow cannot read):
+        # one line, as `infinity data verify` would say it more precisely
+        raise SystemExit(f"error: {a.dir}: {type(e).__name__}: {e} (`infinity data verify {a.dir}` says more)")
     print(f"{a.dir}: {len(rows)} rows in {len(m['shards'])} shards, d = {m['d']}, checksums ok")
     if a.dump:
         with open(a.dump, "w") as f:
