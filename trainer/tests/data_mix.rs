@@ -130,6 +130,11 @@ fn an_annealing_phase_reweighs_the_mix_from_its_step() {
     let whole = annealed("whole", 3);
     let lines = check(&whole, 1, None, None).unwrap().join("\n");
     assert!(lines.contains("; after step 3: data.dir 0.0 %, data.mix[0].dir 100.0 %"), "{lines}");
+    // a phase past the run's end is shown by its weights too (it was by the datasets' sizes)
+    let late = annealed("late", 900);
+    let lines = check(&late, 1, None, None).unwrap().join("\n");
+    let said = "; after step 900 (the run has 6 steps: never reached): data.dir 0.0 %, data.mix[0].dir 100.0 %";
+    assert!(lines.contains(said), "{lines}");
     train(&whole, &TrainOptions::default()).unwrap();
     assert_eq!(drawn(&whole), [0, 0, 0, 1, 1, 1]);
     let derived: serde_json::Value =

@@ -114,9 +114,10 @@ impl TokenMix {
         for (k, p) in weights.phases.iter().enumerate() {
             let names: Vec<String> = weights.names.iter().map(|n| format!("{n} (data.phases[{k}])")).collect();
             let end = starts.get(k + 1).copied().unwrap_or(u64::MAX);
+            // (a phase the run never reaches is shown by its weights all the same, where they can draw)
             let q = match overlap(starts[k], end) > 0 {
                 true => quotas_of(Some(&p.weights), &names)?,
-                false => natural.clone(),
+                false => quotas_of(Some(&p.weights), &names).unwrap_or_else(|_| natural.clone()),
             };
             phase_quotas.push((starts[k], q));
         }
