@@ -175,6 +175,11 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert_eq!(again.matches("finished, skipped").count(), 3, "{again}");
     let printed = ok(infinity(&["sweep", "sweep.toml", "--print"], t));
     assert!(!printed.contains(" train "), "finished runs are not printed:\n{printed}");
+    // the plan says what is done, and checks the slots of -j (here 2 on the CPU) as the real run would
+    let plan = ok(infinity(&["sweep", "sweep.toml", "--dry-run", "-j", "2"], t));
+    assert!(plan.contains("already: 3 finished; nothing left to train here"), "{plan}");
+    let text = refused(infinity(&["sweep", "sweep.toml", "--dry-run", "-j", "2", "--devices", ","], t));
+    assert!(text.contains("names an empty GPU id"), "{text}");
     let out = infinity(&["sweep", "sweep.toml", "--slurm", "done.sbatch"], t);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.contains("the sweep's 3 runs finished: nothing to submit"), "{said}");
@@ -971,6 +976,8 @@ echo '{"finished": true}' > "$dir/summary.json"
     let status = ok(infinity(&["sweep", "resume.toml", "--status"], t));
     assert!(row_of(&status, "lr-0.001").contains(" failed (exit status: 2; see train.log) "), "{status}");
     assert!(status.contains("2 runs: 1 failed, 1 finished"), "{status}");
+    let plan = ok(infinity(&["sweep", "resume.toml", "--dry-run"], t));
+    assert!(plan.contains(&format!("already: 1 finished; left to train here: 1 run, {:.3e} FLOPs", runs[0].compute)));
     // until the sweep starts it again: the stand-in now stopped by a signal, as its summary says
     let stopped = "#!/bin/sh\necho '{\"step\": 2, \"preempted\": true}' > \"$(dirname \"$2\")/summary.json\"\n";
     std::fs::write(&exe, stopped).unwrap();

@@ -27,7 +27,7 @@ pub struct SweepArgs {
     /// Train up to this many runs at once here, each on its own GPUs (`nproc_per_node` of them, in
     /// `CUDA_VISIBLE_DEVICES`) and an equal share of the CPU threads: small models of a scaling sweep,
     /// one to a GPU.
-    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with_all = ["dry_run", "print", "slurm"])]
+    #[arg(short = 'j', long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with_all = ["print", "slurm"])]
     parallel: u16,
     /// Print where each run stands (finished, training, diverged, failed, stopped, interrupted, not
     /// started; `[stale]`: trained with other settings or data than the file gives now; its step, loss,
@@ -35,8 +35,31 @@ pub struct SweepArgs {
     #[arg(long, conflicts_with_all = ["dry_run", "print", "slurm", "parallel", "devices"])]
     status: bool,
     /// The GPUs the runs share out with --parallel (default: CUDA_VISIBLE_DEVICES, else 0, 1, 2, …).
-    #[arg(long, value_delimiter = ',', value_name = "IDS", conflicts_with_all = ["dry_run", "print", "slurm"])]
+    #[arg(long, value_delimiter = ',', value_name = "IDS", conflicts_with_all = ["print", "slurm"])]
     devices: Option<Vec<String>>,
+}
+
+/// What a plan leaves to train where some of its runs are settled (finished, diverged, or training in
+/// another job): `already: 4 finished; left to train here: 2 runs, 1.234e11 FLOPs` (none where none is).
+fn left_to_train(runs: &[sweep::PlannedRun]) -> Option<String> {
+    use sweep::RunState;
+    let states: Vec<RunState> = runs.iter().map(|r| sweep::state(&r.dir)).collect();
+    let count = |s: RunState| states.iter().filter(|&&x| x == s).count();
+    let settled =
+        [(RunState::Finished, "finished"), (RunState::Diverged, "diverged"), (RunState::Training, "training now")];
+    let said: Vec<String> =
+        settled.iter().filter(|(s, _)| count(*s) > 0).map(|(s, what)| format!("{} {what}", count(*s))).collect();
+    if said.is_empty() {
+        return None;
+    }
+    let todo: Vec<&sweep::PlannedRun> =
+        runs.iter().zip(&states).filter(|(_, s)| **s == RunState::ToDo).map(|(r, _)| r).collect();
+    let compute = todo.iter().fold(0.0, |sum, r| sum + r.compute);
+    let left = match todo.len() {
+        0 => "nothing left to train here".to_string(),
+        n => format!("left to train here: {}, {compute:.3e} FLOPs", super::plural(n, "run")),
+    };
+    Some(format!("already: {}; {left}", said.join(", ")))
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
@@ -83,6 +106,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
     if a.dry_run {
         // what the real run refuses before writing (settings changed for runs that have trained)
         sweep::check_configs(&runs)?;
+        if let Some(line) = left_to_train(&runs) {
+            console_text!("{line}\n");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     sweep::write_configs(&runs)?;
