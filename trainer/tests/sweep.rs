@@ -714,7 +714,12 @@ fn slurm_scripts_match_the_runs_gpus_and_skip_settled_runs() {
         "lead",
         "[axes]\n\"model.num_heads\" = [2]\n[slurm]\nsignal_s = 900\ntime = \"2:00:00\"\nnuma_binding = \"node\"\n",
     );
-    ok(infinity(&["sweep", "lead.toml", "--slurm", "lead.sbatch"], t));
+    let said = ok(infinity(&["sweep", "lead.toml", "--slurm", "lead.sbatch"], t));
+    assert!(said.contains("warning: [slurm] cpus_per_node is not set: the script asks for no --cpus-per-task"));
+    sweep_file(t, "cpus.toml", "lead", "[axes]\n\"model.num_heads\" = [2]\n[slurm]\ncpus_per_node = 8\n");
+    let said = ok(infinity(&["sweep", "cpus.toml", "--slurm", "cpus.sbatch"], t));
+    let script = std::fs::read_to_string(t.join("cpus.sbatch")).unwrap();
+    assert!(!said.contains("cpus_per_node") && script.contains("#SBATCH --cpus-per-task=8\n"), "{said}");
     let script = std::fs::read_to_string(t.join("lead.sbatch")).unwrap();
     assert!(
         script.contains("#SBATCH --signal=USR1@900\n") && script.contains("#SBATCH --open-mode=append\n"),

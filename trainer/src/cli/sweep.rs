@@ -150,6 +150,9 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let path = a.slurm.as_ref().expect("--slurm");
+        if let Some(w) = sweep::slurm_cpus_warning(&file) {
+            console_err!("warning: {w}");
+        }
         let script = sweep::slurm_script(&file, &todo, &exe.display().to_string())?;
         std::fs::write(path, script).with_context(|| format!("writing {}", path.display()))?;
         let shown = path.display().to_string();

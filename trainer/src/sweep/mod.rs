@@ -54,7 +54,7 @@ pub use self::file::{SlurmSection, SweepFile};
 pub use self::run::{
     check_configs, command, diverged, finished, run_local, skipped, state, write_configs, LocalOutcome, RunState, Slots,
 };
-pub use self::slurm::slurm_script;
+pub use self::slurm::{cpus_warning as slurm_cpus_warning, slurm_script};
 pub use self::status::status_table;
 
 /// `text` as one shell word: unchanged when it is plain, else single-quoted.

@@ -45,6 +45,17 @@ pub fn gpu_warnings(sweep: &SweepFile, runs: &[PlannedRun]) -> Vec<String> {
     vec![warning]
 }
 
+/// The warning for a script without `[slurm] cpus_per_node`: SLURM gives such a task one CPU (unless the
+/// cluster's defaults say otherwise), which every rank's data workers and host work then share.
+pub fn cpus_warning(sweep: &SweepFile) -> Option<String> {
+    sweep.slurm.cpus_per_node.is_none().then(|| {
+        "[slurm] cpus_per_node is not set: the script asks for no --cpus-per-task, and SLURM's default of 1 \
+         CPU would put every rank's data workers on one core (unless the cluster sets its own); set it to the \
+         cores a node gives a task"
+            .to_string()
+    })
+}
+
 /// The local ranks (of `n`) past a node's `gpus` GPUs: `local rank 1`, `local ranks 2 to 3`.
 fn ranks_without_gpus(gpus: usize, n: usize) -> String {
     match n - gpus {
