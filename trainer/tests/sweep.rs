@@ -509,6 +509,19 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     // the fits take each group's best rate (equal losses: the first, lr 0.003)
     let fits = std::fs::read_to_string(dir.join("fits.md")).unwrap();
     assert!(fits.contains("learning-rate groups (lr_sweep.md); left out at other rates: zz-lr"), "{fits}");
+    // the figure names a rate whose run diverged (no point) and marks a run not finished
+    for (name, lr, summary) in [
+        ("zz-lr-wild", "1.0", serde_json::json!({ "step": 3, "loss": null, "finished": false, "diverged": true })),
+        ("zz-lr-open", "0.02", serde_json::json!({ "step": 10, "loss": 0.7, "finished": false })),
+    ] {
+        let run = t.join("sweep").join(name);
+        assert!(Command::new("cp").arg("-r").arg(&other).arg(&run).status().unwrap().success());
+        std::fs::write(run.join("config.toml"), config.replace("lr = 0.003\n", &format!("lr = {lr}\n"))).unwrap();
+        std::fs::write(run.join("summary.json"), summary.to_string()).unwrap();
+    }
+    ok(infinity(&["scaling", "sweep"], t));
+    let svg = std::fs::read_to_string(dir.join("loss_vs_lr.svg")).unwrap();
+    assert!(svg.contains("loss vs learning rate (×: a run not finished); diverged at learning rates, not drawn: 1e0"));
 }
 
 /// A folder with a dataset and `base.toml` (BASE without validation, its `data.dir` absolute, so that

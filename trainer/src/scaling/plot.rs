@@ -401,13 +401,30 @@ pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
         })
         .filter(|(_, segments, _)| !segments.is_empty())
         .collect();
-    let caption = match clipped {
+    let mut caption = match clipped {
         true => "loss curves per run (y range: the runs that did not diverge; diverged runs leave it)",
         false => "loss curves per run",
-    };
+    }
+    .to_string();
+    // (a run that diverged at once has no point in the frame, and no legend entry: named here)
+    let off: Vec<&str> = runs
+        .iter()
+        .filter(|r| diverged(r) && !series.iter().any(|(name, _, _)| *name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    caption += &not_drawn("diverged", &off);
     let axes = ("compute used (FLOPs)", "validation loss, nats per bit (training loss for runs without validation)");
-    both(dir, "loss_curves", &Curves::new(caption.to_string(), axes, series, Some(yr))?)?;
+    both(dir, "loss_curves", &Curves::new(caption, axes, series, Some(yr))?)?;
     Ok(true)
+}
+
+/// What a caption adds for the runs a figure has no point of: `; diverged, not drawn: a, b, c, … (5)`.
+fn not_drawn(what: &str, names: &[&str]) -> String {
+    match names.len() {
+        0 => String::new(),
+        1..=3 => format!("; {what}, not drawn: {}", names.join(", ")),
+        n => format!("; {what}, not drawn: {}, … ({n})", names[..3].join(", ")),
+    }
 }
 
 /// Loss against the learning rate, a line per group of a learning-rate sweep through each rate's mean
@@ -420,10 +437,16 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
     shapes.sort();
     shapes.dedup();
     let mut series: Series = Vec::new();
+    let (mut unfinished, mut diverged) = (false, Vec::new());
     for g in groups {
         let colour = shapes.iter().position(|s| *s == shape(g)).unwrap_or(0);
-        // a line through each rate's mean over its finished runs (of several seeds), a dot for every run
-        let (means, runs) = (g.means(), g.points.iter().filter_map(|p| Some((p.lr, p.loss?))).collect::<Vec<_>>());
+        // a line through each rate's mean over its finished runs (of several seeds), a dot for every
+        // finished run, a cross for one not finished (its loss is of less training)
+        let at = |finished: bool| -> Vec<(f64, f64)> {
+            g.points.iter().filter(|p| p.finished == finished).filter_map(|p| Some((p.lr, p.loss?))).collect()
+        };
+        let (means, runs, open) = (g.means(), at(true), at(false));
+        unfinished |= !open.is_empty();
         let dots = Look { colour, line: Stroke::None, mark: Mark::Dot };
         match means.is_empty() {
             true => series.push((g.label.clone(), vec![runs], dots)),
@@ -432,13 +455,23 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
                 series.push((String::new(), vec![runs], dots));
             }
         }
+        series.push((String::new(), vec![open], Look { colour, line: Stroke::None, mark: Mark::Cross }));
+        // (a run that ended without a finite loss has no point: its rate is named in the caption)
+        diverged.extend(g.points.iter().filter(|p| p.summary && p.loss.is_none()).map(|p| format!("{:e}", p.lr)));
     }
     series.retain(|(_, p, _)| !p[0].is_empty());
     if series.is_empty() {
         return Ok(false);
     }
+    let mut caption = "loss vs learning rate".to_string();
+    if unfinished {
+        caption += " (×: a run not finished)";
+    }
+    diverged.dedup();
+    let rates: Vec<&str> = diverged.iter().map(|r| r.as_str()).collect();
+    caption += &not_drawn("diverged at learning rates", &rates);
     let axes = ("learning rate", "validation loss, nats per bit (training loss for runs without validation)");
-    both(dir, "loss_vs_lr", &Curves::new("loss vs learning rate".into(), axes, series, None)?)?;
+    both(dir, "loss_vs_lr", &Curves::new(caption, axes, series, None)?)?;
     Ok(true)
 }
 

@@ -349,6 +349,8 @@ fn figures_keep_a_diverged_run_off_the_scale_and_label_narrow_ranges() {
     super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let svg = std::fs::read_to_string(root.join("scaling/loss_curves.svg")).unwrap();
     assert!(svg.contains("diverged runs leave it") && !svg.contains("00000000"), "the y range is the other runs'");
+    // (its points all outside the frame, it has no legend entry: the caption names it)
+    assert!(svg.contains("; diverged, not drawn: wild"), "{svg}");
     let svg = std::fs::read_to_string(root.join("scaling/loss_vs_compute.svg")).unwrap();
     assert!(svg.contains("\n2e15\n") && svg.contains("\n5e15\n"), "ticks within the decade");
     let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
