@@ -145,6 +145,7 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     // one point per distinct config: repeats (seeds, copies) are one measurement, not several
     let points = points::group(&fitted);
     notes.extend(points::merged_note(&points));
+    warnings.extend(points::same_seed_warning(&fitted));
     let frontier: Vec<&Point> = points.iter().filter(|p| p.on_frontier).collect();
     let above: Vec<String> = points.iter().filter(|p| !p.on_frontier).map(|p| p.runs.join(" + ")).collect();
     if !above.is_empty() {

@@ -87,6 +87,28 @@ pub fn compute_frontier(points: &[(f64, f64)]) -> Vec<bool> {
     points.iter().map(|&r| !points.iter().any(|&o| dominates(o, r))).collect()
 }
 
+/// The warning for the runs of one experiment that share a seed (one folder copied, or one run trained
+/// again under another name: a sweep's axes renamed): one run twice, which the point's run count and
+/// spread take for two measurements.
+pub fn same_seed_warning(runs: &[&RunRecord]) -> Option<String> {
+    let mut twice = Vec::new();
+    for g in by_experiment(runs) {
+        for (i, r) in g.iter().enumerate() {
+            let first = g[..i].iter().find(|o| o.settings.seed.is_some() && o.settings.seed == r.settings.seed);
+            if let Some(o) = first {
+                twice.push(format!("{} = {} (run.seed {})", r.name, o.name, r.settings.seed.unwrap_or_default()));
+            }
+        }
+    }
+    (!twice.is_empty()).then(|| {
+        format!(
+            "runs of one config with one seed: {} (a run copied, or trained again under another name): one run \
+             twice, which its point counts as two repeats, its spread too small; remove one of each",
+            twice.join("; ")
+        )
+    })
+}
+
 /// The note on repeats merged into points (none when every point is one run).
 pub fn merged_note(points: &[Point]) -> Option<String> {
     let repeated: Vec<&Point> = points.iter().filter(|p| p.n() > 1).collect();

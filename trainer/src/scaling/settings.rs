@@ -63,6 +63,8 @@ pub struct Settings {
     pub experiment: Option<String>,
     /// `(setting, value)` for each of [`MEASUREMENT`]; `?` where the files do not say.
     pub measured: Vec<(&'static str, String)>,
+    /// `run.seed` (`None`: not readable): repeats of an experiment with one seed are one run twice.
+    pub seed: Option<i64>,
 }
 
 impl Settings {
@@ -287,7 +289,8 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: O
     ];
     // in MEASUREMENT's order
     measured.sort_by_key(|(n, _)| MEASUREMENT.iter().position(|m| m == n));
-    Settings { experiment, measured }
+    let seed = table.and_then(|t| t.get("run")?.get("seed")?.as_integer());
+    Settings { experiment, measured, seed }
 }
 
 #[cfg(test)]

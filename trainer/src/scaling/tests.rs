@@ -242,6 +242,9 @@ fn repeats_of_a_config_are_one_point() {
     assert!(md.contains("3 points (from 7 runs)") && md.contains("## Fitted points"), "{md}");
     assert!(md.contains("| 3 | c2-s1, c2-s1-copy, c2-s2 |"), "{md}");
     assert_eq!(r.pearson.all.1, 3);
+    // (the copy has c2-s1's seed: one run twice, which is said)
+    let warnings = r.warnings.join("\n");
+    assert!(warnings.contains("runs of one config with one seed: c2-s1-copy = c2-s1 (run.seed 1) ("), "{warnings}");
     let csv = std::fs::read_to_string(root.join("scaling/runs.csv")).unwrap();
     assert!(csv.lines().any(|l| l.starts_with("c2-s1-copy,") && first_columns(l).ends_with(",true,true,3,")), "{csv}");
 
@@ -255,6 +258,7 @@ fn repeats_of_a_config_are_one_point() {
     assert!(power.coefs.iter().all(|c| c.ci95.is_none()));
     let warnings = r.warnings.join("\n");
     assert!(warnings.contains("L = a·C^(−b): 2 distinct points for 2 coefficients: the fit is exact"), "{warnings}");
+    assert!(!warnings.contains("with one seed"), "other seeds are repeats: {warnings}");
 }
 
 /// Validation losses over other rows, another noise seed or another loss setting are not comparable:
