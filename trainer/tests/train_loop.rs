@@ -148,15 +148,17 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         ckpt_of(6)
     );
     std::fs::write(cfg.run.dir.join("eval.jsonl"), &eval_lines).unwrap();
+    // (the folder they would move to, named as the resume would take it: the next free one)
+    let taken = cfg.run.dir.join("abandoned/after-step-00000003");
+    std::fs::create_dir_all(&taken).unwrap();
     let lines = infinity_trainer::train::check::check(&again, 1, Some(&step3), None).unwrap();
-    let want = "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
-                would move to";
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with(want) && l.ends_with("(with a copy of its logs, which are cut back to step 3)")),
-        "{lines:?}"
+    std::fs::remove_dir_all(cfg.run.dir.join("abandoned")).unwrap();
+    let want = format!(
+        "resume: a new history from step 3: the run's checkpoints after step 3 (steps [6]) and 1 sample grid \
+         would move to {}.1 (with a copy of its logs, which are cut back to step 3)",
+        taken.display()
     );
+    assert!(lines.contains(&want), "{lines:?}");
     let s = train(&again, &TrainOptions { resume: Some(step3), ..Default::default() }).unwrap();
     let names = |dir: PathBuf| -> Vec<String> {
         let mut v: Vec<String> =

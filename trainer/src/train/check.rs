@@ -273,7 +273,9 @@ pub fn check_with(
                  which are cut back to step {})",
                 state.step,
                 checkpoint::describe_later(state.step, &steps, grids.len()),
-                cfg.run.dir.join("abandoned").display(),
+                checkpoint::set_aside_folder(&cfg.run.dir, state.step)
+                    .unwrap_or_else(|| cfg.run.dir.join("abandoned"))
+                    .display(),
                 state.step
             ));
         }

@@ -66,6 +66,14 @@ pub fn describe_later(step: u64, checkpoints: &[u64], grids: usize) -> String {
     }
 }
 
+/// The folder a new history from `step` sets the later steps aside into: `RUN/abandoned/after-step-N`,
+/// or the first of `after-step-N.1`, `.2`, … not taken (none free among 1000).
+pub fn set_aside_folder(run: &Path, step: u64) -> Option<PathBuf> {
+    let base = run.join("abandoned").join(format!("after-step-{step:08}"));
+    let names = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
+    names.take(1000).find(|d| !d.exists())
+}
+
 /// Resuming at `step` starts a new history from there: the run's checkpoints after it (complete or
 /// not) belong to the abandoned one, and `--resume auto`, `sample`, `export`, the launcher's restarts
 /// and pruning all go by the highest step. They are moved, not deleted, into
@@ -122,9 +130,7 @@ fn set_aside_with(
     let (dest, logs) = match unfinished {
         Some(dest) => (dest, None),
         None => {
-            let base = run.join("abandoned").join(format!("after-step-{step:08}"));
-            let dest = (0..).map(|k| if k == 0 { base.clone() } else { base.with_extension(k.to_string()) });
-            let dest = dest.take(1000).find(|d| !d.exists()).context("run/abandoned: no free folder name")?;
+            let dest = set_aside_folder(run, step).context("run/abandoned: no free folder name")?;
             // the logs first, synced, gathered under a temporary name and renamed into place (marked
             // UNFINISHED): the resumed session cuts the run's own back only after this, and a failure
             // (a full disk) leaves neither a partial copy nor anything moved, for the next attempt to do

@@ -35,7 +35,8 @@ use crate::optim::AdamW;
 
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{
-    complete, describe_later, interrupted_rewind, later_than, prune, set_aside_later, StepFiles, UNFINISHED,
+    complete, describe_later, interrupted_rewind, later_than, prune, set_aside_folder, set_aside_later, StepFiles,
+    UNFINISHED,
 };
 pub use load::{
     data_dir_of, ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step,
