@@ -763,6 +763,7 @@ fn preempted_exit_code_applies_outside_the_launcher() {
     assert_eq!(out.status.code(), Some(143), "{text}");
     assert!(text.contains("--time-limit of 2 s reached: the run stops after this step"), "{text}");
     assert!(text.contains("stopped by --time-limit at step"), "{text}");
+    assert!(!text.contains("stop requested"), "the limit's own line says it: {text}");
     let s = summary(&cfg.run.dir);
     assert!(s["preempted"] == true && s["last_checkpoint"].is_string(), "{s}");
     // a rank of infinity launch refuses one of its own (the agent's clock stops every rank)

@@ -286,6 +286,8 @@ fn time_limit(
 ) -> anyhow::Result<()> {
     std::thread::Builder::new().name("time limit".into()).spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(limit_s));
+        // (this line says the run stops: no "stop requested" after it)
+        crate::train::stop::first_to_announce_the_stop();
         console!("--time-limit of {limit_s} s reached: the run stops after this step, as for a signal");
         timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
         flag.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -224,6 +224,7 @@ impl Trainer<'_> {
         }
         if let Some(l) = self.logger.as_ref().filter(|_| self.summary.is_preempted()) {
             // (by a signal or --time-limit: the command line says which)
+            super::stop::first_to_announce_the_stop();
             l.println(&format!("stopped after step {step}: checkpoint saved"));
         }
         self.summary.finish(&self.state, self.logger.as_ref().map_or(0, Logger::tensorboard_failures))

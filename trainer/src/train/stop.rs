@@ -49,6 +49,15 @@ pub fn preemption_flag(second_sigint_quits: bool) -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// Set once a line has said that the run stops: `--time-limit`'s, the stop's own, or the loop's
+/// `stopped after step N` (a notice polled after that would come after the fact).
+static STOP_ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// Whether no line has said yet that the run stops (and from now on one has).
+pub fn first_to_announce_the_stop() -> bool {
+    !STOP_ANNOUNCED.swap(true, Ordering::SeqCst)
+}
+
 /// Set once the session's last checkpoint (a stop's) is on disk: a second SIGINT after it says so.
 static LAST_CHECKPOINT_WRITTEN: AtomicBool = AtomicBool::new(false);
 
@@ -265,7 +274,9 @@ impl SetupGuard {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
-                console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
+                if first_to_announce_the_stop() {
+                    console_err!("stop requested: the run stops after the step in progress, with a checkpoint");
+                }
             });
         }
         SetupGuard { armed, phase, grouped, notice, waiting, made }
