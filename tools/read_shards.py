@@ -130,7 +130,7 @@ def main():
     a = p.parse_args()
     try:
         m, rows = read(a.dir)
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as e:
+    except (OSError, LookupError, TypeError, ValueError, AttributeError, pa.ArrowException) as e:
         # what the checks above do not name (a manifest key of the wrong type, a file Arrow cannot read):
         # one line, as `infinity data verify` would say it more precisely
         raise SystemExit(f"error: {a.dir}: {type(e).__name__}: {e} (`infinity data verify {a.dir}` says more)")

@@ -30,15 +30,30 @@ macro_rules! console_text {
     };
 }
 
+/// `println!` for output another program reads (`infinity sweep --print`'s command lines, for a
+/// scheduler): as [`console!`], but never with the time in front ([`LOG_TIME_VAR`]).
+#[macro_export]
+macro_rules! console_data {
+    ($($arg:tt)*) => {
+        $crate::write_lines(&mut std::io::stdout().lock(), format_args!($($arg)*), true, false)
+    };
+}
+
 /// Formats `args` (and a newline if `line`) into one buffer and writes it in one call, ignoring errors:
-/// the console macros' body. A line starts with the time where [`time_prefix`] says so.
+/// the console macros' body. Each line starts with the time where [`time_prefix`] says so.
 #[doc(hidden)]
 pub fn write_whole(w: &mut impl std::io::Write, args: std::fmt::Arguments, line: bool) {
-    let mut text = match line {
-        true => time_prefix().unwrap_or_default(),
-        false => String::new(),
-    };
-    std::fmt::Write::write_fmt(&mut text, args).expect("formatting into a String");
+    write_lines(w, args, line, line)
+}
+
+/// [`write_whole`], each line with the time in front only where `timed` (and [`time_prefix`] says so).
+#[doc(hidden)]
+pub fn write_lines(w: &mut impl std::io::Write, args: std::fmt::Arguments, line: bool, timed: bool) {
+    let mut text = std::fmt::format(args);
+    if let Some(time) = time_prefix().filter(|_| timed) {
+        // (a report's further lines too: each line of the log says when)
+        text = format!("{time}{}", text.replace('\n', &format!("\n{time}")));
+    }
     if line {
         text.push('\n');
     }
@@ -54,19 +69,22 @@ pub const LOG_TIME_VAR: &str = "INFINITY_LOG_TIME";
 /// [`LOG_TIME_VAR`] is `1` (or `true`, `yes`, `on`), else `None`. Read once per process; a value that
 /// is neither on nor off (`0`, `false`, `no`, `off`, empty) is warned of once and taken as off.
 pub fn time_prefix() -> Option<String> {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| {
+    static SETTING: std::sync::OnceLock<(bool, Option<String>)> = std::sync::OnceLock::new();
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // (read without writing: the caller may hold stderr's lock, which another thread's first call, inside
+    // the initialisation, would then wait for)
+    let (on, unknown) = SETTING.get_or_init(|| {
         let v = std::env::var(LOG_TIME_VAR).unwrap_or_default();
         let (on, known) = log_time_setting(&v);
-        if !known {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "warning: {LOG_TIME_VAR}={v:?}: expected 1 (times on the console lines) or 0; taken as 0"
-            );
-        }
-        on
+        (on, (!known).then_some(v))
     });
+    if let Some(v) = unknown.as_ref().filter(|_| !WARNED.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: {LOG_TIME_VAR}={v:?}: expected 1 (times on the console lines) or 0; taken as 0"
+        );
+    }
     on.then(|| chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ ").to_string())
 }
 

@@ -216,7 +216,8 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let _ = writeln!(
             log,
-            "==== rank {global}, attempt {attempt}, pid {pid}, started at unix time {}",
+            "{}==== rank {global}, attempt {attempt}, pid {pid}, started at unix time {}",
+            time_prefix().unwrap_or_default(),
             since_epoch.as_secs()
         );
         let log = Arc::new(Mutex::new(log));
@@ -305,7 +306,11 @@ pub(super) fn signal_origin(status: &ExitStatus) -> &'static str {
         Some(libc::SIGKILL) => {
             " (not sent by this agent: the kernel's out-of-memory killer? `dmesg` on its host says; or a kill)"
         }
-        Some(libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT) => " (it crashed)",
+        Some(
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT | libc::SIGTRAP | libc::SIGSYS,
+        ) => " (it crashed)",
+        Some(libc::SIGPIPE) => " (it wrote to a pipe closed at the other end)",
+        Some(libc::SIGXFSZ | libc::SIGXCPU) => " (it passed a resource limit: `ulimit -a` on its host)",
         Some(_) => " (not sent by this agent: something else on its host signalled the rank)",
     }
 }

@@ -202,6 +202,14 @@ pub(super) fn signal_name(s: i32) -> &'static str {
         libc::SIGUSR2 => "SIGUSR2",
         libc::SIGHUP => "SIGHUP",
         libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGALRM => "SIGALRM",
         _ => "signal",
     }
 }

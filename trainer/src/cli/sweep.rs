@@ -39,25 +39,31 @@ pub struct SweepArgs {
     devices: Option<Vec<String>>,
 }
 
-/// What a plan leaves to train where some of its runs are settled (finished, diverged, or training in
-/// another job): `already: 4 finished; left to train here: 2 runs, 1.234e11 FLOPs` (none where none is).
+/// What a plan leaves to train where some of its runs have begun (finished, diverged, training in another
+/// job, or stopped with a checkpoint to resume from): `already: 4 finished, 1 resumes from a checkpoint;
+/// left to train here: 2 runs of 1.234e11 FLOPs in all` (their whole runs', the steps a resume skips
+/// included); none where no run has begun.
 fn left_to_train(runs: &[sweep::PlannedRun]) -> Option<String> {
     use sweep::RunState;
     let states: Vec<RunState> = runs.iter().map(|r| sweep::state(&r.dir)).collect();
     let count = |s: RunState| states.iter().filter(|&&x| x == s).count();
-    let settled =
-        [(RunState::Finished, "finished"), (RunState::Diverged, "diverged"), (RunState::Training, "training now")];
-    let said: Vec<String> =
-        settled.iter().filter(|(s, _)| count(*s) > 0).map(|(s, what)| format!("{} {what}", count(*s))).collect();
+    let todo: Vec<&sweep::PlannedRun> =
+        runs.iter().zip(&states).filter(|(_, s)| **s == RunState::ToDo).map(|(r, _)| r).collect();
+    let resumes = todo.iter().filter(|r| crate::train::latest_checkpoint(&r.dir).is_some()).count();
+    let begun = [
+        (count(RunState::Finished), "finished"),
+        (count(RunState::Diverged), "diverged"),
+        (count(RunState::Training), "training now"),
+        (resumes, if resumes == 1 { "resumes from a checkpoint" } else { "resume from checkpoints" }),
+    ];
+    let said: Vec<String> = begun.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
     if said.is_empty() {
         return None;
     }
-    let todo: Vec<&sweep::PlannedRun> =
-        runs.iter().zip(&states).filter(|(_, s)| **s == RunState::ToDo).map(|(r, _)| r).collect();
     let compute = todo.iter().fold(0.0, |sum, r| sum + r.compute);
     let left = match todo.len() {
         0 => "nothing left to train here".to_string(),
-        n => format!("left to train here: {}, {compute:.3e} FLOPs", super::plural(n, "run")),
+        n => format!("left to train here: {} of {compute:.3e} FLOPs in all", super::plural(n, "run")),
     };
     Some(format!("already: {}; {left}", said.join(", ")))
 }
@@ -107,7 +113,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         // what the real run refuses before writing (settings changed for runs that have trained)
         sweep::check_configs(&runs)?;
         if let Some(line) = left_to_train(&runs) {
-            console_text!("{line}\n");
+            console!("{line}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -145,7 +151,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             for r in &todo {
                 let words: Vec<String> =
                     sweep::command(r, file.nproc_per_node).iter().map(|w| sweep::sh_quote(w)).collect();
-                console!("{prefix}{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
+                console_data!("{prefix}{} {}", sweep::sh_quote(&exe.display().to_string()), words.join(" "));
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -51,8 +51,8 @@ pub struct KSpread {
     pub spread: f64,
 }
 
-/// A multiple of the largest run's compute (or size) as the table and the warnings print it: one
-/// decimal below 100 (10.5), whole below 10⁴ (1538), scientific above (1.54e4).
+/// A multiple of the largest run's compute (or size) as the table and the warnings print it: scientific
+/// below 0.095 (1.93e-2), one decimal below 100 (10.5), whole below 10⁴ (1538), scientific above (1.54e4).
 pub fn times_text(x: f64) -> String {
     match x {
         // (a budget below the largest run: 1.93e-2, not 0.0)
@@ -68,8 +68,10 @@ fn outside(what: &str, v: f64, (lo, hi): (f64, f64)) -> Option<String> {
     (v < lo || v > hi).then(|| {
         // (just outside as a share: N* 0.2 % below the smallest run's, not 1/1.0 of it)
         let by = match (v > hi, v / hi, lo / v) {
+            (true, r, _) if r < 1.0005 => "just above the largest".to_string(),
             (true, r, _) if r < 1.1 => format!("{:.1} % above the largest", (r - 1.0) * 100.0),
             (true, r, _) => format!("{}× the largest", times_text(r)),
+            (false, _, r) if r < 1.0005 => "just below the smallest".to_string(),
             (false, _, r) if r < 1.1 => format!("{:.1} % below the smallest", (1.0 - 1.0 / r) * 100.0),
             (false, _, r) => format!("1/{r:.1} of the smallest"),
         };
@@ -413,6 +415,7 @@ mod tests {
         assert!(said(1e4).contains("is 1/9.2 of the smallest"), "{}", said(1e4));
         assert!(said(1.05e6).contains("is 5.0 % above the largest"), "{}", said(1.05e6));
         assert!(said(3e6).contains("is 3.0× the largest"), "{}", said(3e6));
+        assert!(said(1.0001e6).contains("is just above the largest"), "{}", said(1.0001e6));
         assert_eq!(said(5e5), "");
         assert_eq!([super::times_text(1.93e-2), super::times_text(0.5)], ["1.93e-2", "0.5"]);
     }

@@ -246,11 +246,14 @@ pub fn analyse(points: &[Point], budgets: &[f64]) -> (IsoFlop, Vec<String>, Vec<
         ));
     }
     if iso.profiles.is_empty() {
-        notes.push(
-            "no IsoFLOP profiles: no compute budget has points of 3 or more model sizes (computes within 10 % count \
-             as one budget; a sweep's `compute` axis with 3 or more sizes makes them)"
-                .to_string(),
-        );
+        // (the budgets with too few sizes, named above, say it already)
+        if thin.is_empty() {
+            notes.push(
+                "no IsoFLOP profiles: no compute budget has points of 3 or more model sizes (computes within 10 % \
+                 count as one budget; a sweep's `compute` axis with 3 or more sizes makes them)"
+                    .to_string(),
+            );
+        }
         return (iso, notes, warnings);
     }
     for p in &iso.profiles {

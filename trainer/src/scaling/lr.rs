@@ -35,6 +35,13 @@ pub struct LrRun {
     pub finished: bool,
 }
 
+impl LrRun {
+    /// Whether it ended without a finite loss, its summary saying so (not a folder that did not read).
+    pub fn diverged(&self) -> bool {
+        self.summary && self.loss.is_none() && !self.unreadable
+    }
+}
+
 /// μP or not, depth, width and `run.steps` (0: not set): the order of a learning-rate sweep's groups.
 pub type GroupOrder = (bool, usize, usize, u64);
 
@@ -83,9 +90,8 @@ pub fn edge_warnings(groups: &[LrGroup]) -> Vec<String> {
     let mut out = Vec::new();
     for g in groups {
         let Some((best, _)) = g.best() else { continue };
-        let diverged = |p: &LrRun| p.summary && p.loss.is_none() && !p.unreadable;
         let mut tried: Vec<f64> =
-            g.points.iter().filter(|p| (p.finished && p.loss.is_some()) || diverged(p)).map(|p| p.lr).collect();
+            g.points.iter().filter(|p| (p.finished && p.loss.is_some()) || p.diverged()).map(|p| p.lr).collect();
         tried.dedup(); // (sorted: the points are)
         let (Some(&lo), Some(&hi)) = (tried.first(), tried.last()) else { continue };
         let (end, more) = match best {
@@ -117,7 +123,7 @@ pub fn not_best(groups: &[LrGroup]) -> Vec<PathBuf> {
 }
 
 /// A learning rate as the table shows it: `0.003`, and `1e-5` or `1e9` where plain digits would run long.
-fn rate_text(lr: f64) -> String {
+pub fn rate_text(lr: f64) -> String {
     match crate::sweep::long_in_digits(lr) {
         true => format!("{lr:e}"),
         false => lr.to_string(),

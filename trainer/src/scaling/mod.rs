@@ -221,7 +221,11 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     let (budgets, budget_notes, budget_warnings) =
         budget::plans(at_computes, &fitted_runs, laws, lmin, (like, parameters));
     if no_compute_law && !budgets.is_empty() && (power.is_some() || power_floor.is_some()) {
-        notes.push("L(C) at the budgets: withheld (–), the loss does not fall with compute over the points".into());
+        let why = match one_budget {
+            true => "the points share one compute budget",
+            false => "the loss does not fall with compute over the points",
+        };
+        notes.push(format!("L(C) at the budgets: withheld (–), {why}"));
     }
     notes.extend(budget_notes);
     warnings.extend(budget_warnings);

@@ -457,7 +457,7 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
         }
         series.push((String::new(), vec![open], Look { colour, line: Stroke::None, mark: Mark::Cross }));
         // (a run that ended without a finite loss has no point: its rate is named in the caption)
-        diverged.extend(g.points.iter().filter(|p| p.summary && p.loss.is_none()).map(|p| format!("{:e}", p.lr)));
+        diverged.extend(g.points.iter().filter(|p| p.diverged()).map(|p| p.lr));
     }
     series.retain(|(_, p, _)| !p[0].is_empty());
     if series.is_empty() {
@@ -467,9 +467,11 @@ pub fn loss_vs_lr(dir: &Path, groups: &[LrGroup]) -> Result<bool> {
     if unfinished {
         caption += " (×: a run not finished)";
     }
+    diverged.sort_by(f64::total_cmp);
     diverged.dedup();
-    let rates: Vec<&str> = diverged.iter().map(|r| r.as_str()).collect();
-    caption += &not_drawn("diverged at learning rates", &rates);
+    let rates: Vec<String> = diverged.iter().map(|&lr| super::lr::rate_text(lr)).collect();
+    let what = if rates.len() == 1 { "diverged at learning rate" } else { "diverged at learning rates" };
+    caption += &not_drawn(what, &rates.iter().map(String::as_str).collect::<Vec<_>>());
     let axes = ("learning rate", "validation loss, nats per bit (training loss for runs without validation)");
     both(dir, "loss_vs_lr", &Curves::new(caption, axes, series, None)?)?;
     Ok(true)

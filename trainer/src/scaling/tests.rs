@@ -537,8 +537,19 @@ fn an_isoflop_profile_that_misses_its_optimum_is_warned_about_and_left_out() {
         }
     }
     let r = super::analyse(&[grid.path()], &grid.path().join("scaling"), &[]).unwrap();
-    assert!(r.notes.iter().any(|n| n.starts_with("no IsoFLOP profiles")), "{:?}", r.notes);
+    // (its one budget of two sizes is named instead: not twice)
+    let iso: Vec<&String> = r.notes.iter().filter(|n| n.contains("IsoFLOP")).collect();
+    assert!(iso.len() == 1 && iso[0].contains("these budgets have fewer: 6.000e13 (2 sizes)"), "{:?}", r.notes);
     assert!(!grid.path().join("scaling/isoflop.png").exists());
+    // budgets of one size each: no profile, said once
+    let apart = tempfile::tempdir().unwrap();
+    for (i, (n, c)) in [(1.0e6f64, 1e18), (4.0e6, 1e19)].into_iter().enumerate() {
+        let d = c / (6.0 * n);
+        run(apart.path(), &format!("t{i}"), (n, d, c), &[Some(chinchilla_loss(n, d))], "a");
+    }
+    let r = super::analyse(&[apart.path()], &apart.path().join("scaling"), &[]).unwrap();
+    let iso: Vec<&String> = r.notes.iter().filter(|n| n.contains("IsoFLOP")).collect();
+    assert!(iso.len() == 1 && iso[0].starts_with("no IsoFLOP profiles"), "{:?}", r.notes);
 }
 
 /// An IsoFLOP profile whose sizes all lay above its optimum, completed by a second sweep of smaller
@@ -578,7 +589,8 @@ fn two_sweeps_read_together_make_one_profile() {
     let r = super::analyse(&[&near], &near.join("scaling"), &[1e20]).unwrap();
     let [b] = r.budgets.as_slice() else { panic!("{:?}", r.budgets) };
     assert!(r.power.is_some() && b.loss_power.is_none() && b.loss_power_floor.is_none(), "{b:?}");
-    assert!(r.notes.iter().any(|n| n.starts_with("L(C) at the budgets: withheld (–)")), "{:?}", r.notes);
+    let said = "L(C) at the budgets: withheld (–), the points share one compute budget";
+    assert!(r.notes.iter().any(|n| n == said), "{:?}", r.notes);
     let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     assert!(csv.contains("\nsmaller/c0-n0,") && csv.contains("\nmain/c0-n4,"), "{csv}");
     // a folder with nothing to read among others is a note; alone, an error

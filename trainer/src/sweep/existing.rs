@@ -55,7 +55,8 @@ fn folder_key(dir: &Path) -> Option<String> {
 pub fn folders_in_out(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, Option<String>)> {
     let mut planned = std::collections::HashMap::new();
     for r in runs {
-        planned.insert(result_key(&r.config)?, r);
+        // (planned runs that differ only in what leaves the result: the first stands for them)
+        planned.entry(result_key(&r.config)?).or_insert(r);
     }
     let mut warnings = Vec::new();
     let mut unplanned = Vec::new();

@@ -12,8 +12,9 @@ use infinity_launcher::{monotonic_ns, SAME_PRESS_NS};
 /// SIGHUP (a closed terminal or ssh session, which reaches the whole process group, the ranks with their
 /// agent) or SIGQUIT (Ctrl-\\, which would otherwise dump core without a checkpoint): the loop
 /// checkpoints and exits cleanly. With `second_sigint_quits`, a second SIGINT (Ctrl-C again, not the
-/// first one after a SIGTERM or the time limit) exits at once, with 130, without the stop checkpoint
-/// (one being written stays incomplete and is never loaded).
+/// first one after a SIGTERM or the time limit) exits at once, with 130, without waiting for the stop
+/// checkpoint (one being written stays incomplete and is never loaded; one written already is said to
+/// be).
 ///
 /// The terminal's signals (SIGINT, SIGHUP, SIGQUIT) that the process was started with ignored stay
 /// ignored (`nohup infinity train …` survives a closed session; a script's background job, its Ctrl-C).
