@@ -393,16 +393,13 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
         let mut dirs: Vec<PathBuf> =
             rd.flatten().map(|e| e.path()).filter(|p| p.join("summary.json").is_file()).collect();
         sort_by_name(&mut dirs);
+        // (the runs without `val_set`'s losses, for one note)
+        let mut without_set = Vec::new();
         for d in dirs {
             match read_run(&d, val_set) {
                 Ok((run, _)) if val_set.is_some() && run.val_curve.is_empty() => {
                     other_sets.extend(val_set_names(&d.join("val.jsonl")));
-                    notes.push(format!(
-                        "left out (no loss of the validation set {} in its val.jsonl: not one of its val.sets, or \
-                         not evaluated yet; nor in its {EVAL_FILE}): {}",
-                        val_set.unwrap_or_default(),
-                        root.name(&d)
-                    ))
+                    without_set.push(root.name(&d));
                 }
                 Ok((mut run, skipped)) => {
                     run.name = root.name(&d);
@@ -414,6 +411,14 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                 }
                 Err(e) => notes.push(format!("left out (unreadable): {e:#}")),
             }
+        }
+        if !without_set.is_empty() {
+            notes.push(format!(
+                "left out (no loss of the validation set {} in their val.jsonl: not one of their val.sets, or not \
+                 evaluated yet; nor in their {EVAL_FILE}): {}",
+                val_set.unwrap_or_default(),
+                without_set.join(", ")
+            ));
         }
         let dir = root.dir.display();
         // (for an error about this folder: the runs it holds that have no summary yet, and why)

@@ -626,7 +626,7 @@ fn a_validation_set_is_fitted_in_place_of_val_dir() {
         "{notes}"
     );
     assert!(
-        notes.contains("left out (no loss of the validation set web in its val.jsonl") && notes.contains(": plain")
+        notes.contains("left out (no loss of the validation set web in their val.jsonl") && notes.contains(": plain")
     );
     let losses: Vec<f64> = r.points.iter().map(|p| p.loss).collect();
     assert_eq!(losses.len(), 3, "{losses:?}");

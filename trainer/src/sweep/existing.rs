@@ -78,8 +78,9 @@ pub fn folders_in_out(out: &Path, runs: &[PlannedRun]) -> Result<(Vec<String>, O
             ),
         };
         warnings.push(format!(
-            "the folder {old} in out trains the same config as the planned run {} (the runs are named after every \
-             axis: were axes added?): `infinity scaling` counts both; {advice}",
+            "the folder {old} in out trains the same config as the planned run {} (but for what it logs, \
+             checkpoints, samples or validates how often; the runs are named after every axis: were axes added?): \
+             `infinity scaling` counts both; {advice}",
             r.name
         ));
     }
