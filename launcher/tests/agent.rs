@@ -390,6 +390,21 @@ fn a_node_signalled_at_a_restarts_meeting_stops_the_others_waiting() {
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "the others waited {:?}", t0.elapsed());
     assert!(!tmp.path().join("started.0.1").exists(), "attempt 1 ran:\n{}", nodes[0].text());
+    // attempt 0's records say `restart`; attempt 1's, of the meeting the signal ended, that the group stopped
+    let record = |n: usize| -> serde_json::Value {
+        let path = tmp.path().join(format!("run/attempt_1/failure-node{n}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+            .unwrap()
+    };
+    for n in [0, 1, 2] {
+        let rec = record(n);
+        assert_eq!(rec["next"], "stop: a node was signalled", "node {n}: {rec}");
+        let cause = rec["root_cause"].as_str().unwrap();
+        match n {
+            1 => assert_eq!(cause, "the restart's rendezvous: this node was stopped by SIGTERM", "{rec}"),
+            _ => assert!(cause.starts_with("the restart's rendezvous: node 1 (SIGTERM) was signalled"), "{rec}"),
+        }
+    }
 }
 
 /// Node 0's agent (the store's host) frozen, node 1's agent watching its ranks: `case` "signal" sends

@@ -383,26 +383,32 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 (meet, "waiting for a round of the elastic group")
             }
         };
+        // a fixed group's restart that never met: the attempt before's record says `restart`, this
+        // attempt's says why none came
+        let unmet = |cause: String, next: Next| {
+            if rounds.is_none() && attempt > first {
+                let dir = p.attempt_dir(&a.log_dir, attempt);
+                failure::write(&dir, (attempt, p.node_rank), (&cause, None), None, next.as_str(), &[]);
+            }
+        };
         let g = match until_signal(&mut signals, meet, what).await {
             Err(code) => {
+                let by = signals.stopped_by().unwrap_or("a signal");
+                unmet(format!("the restart's rendezvous: this node was stopped by {by}"), Next::Signalled);
                 if rounds.is_none() {
                     tell_leaving(&signals).await;
                 }
                 return Ok(code);
             }
             Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
+                unmet(format!("the restart's rendezvous: {e}"), Next::Signalled);
                 return Ok(another_left(&e, &signals, server.is_some()).await);
             }
             Ok(met) => {
                 let (c, joined) = match met {
                     Ok(met) => met,
                     Err(e) => {
-                        if rounds.is_none() && attempt > first {
-                            // the attempt before's record says `restart`: this one's says none came
-                            let cause = format!("the restart's rendezvous failed: {e:#}");
-                            let (dir, next) = (p.attempt_dir(&a.log_dir, attempt), Next::RestartNeverMet.as_str());
-                            failure::write(&dir, (attempt, p.node_rank), (&cause, None), None, next, &[]);
-                        }
+                        unmet(format!("the restart's rendezvous failed: {e:#}"), Next::RestartNeverMet);
                         return Err(e);
                     }
                 };
