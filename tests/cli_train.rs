@@ -156,6 +156,14 @@ fn train_sample_and_export_a_text_model() {
     assert!(e.contains("a negative prompt takes effect through guidance"), "{e}");
     let e = err(&["sample", run_s, "--caption", "a red circle", "--tau", "1,0.5"]);
     assert!(e.contains(&format!("--tau: 2 values for a schedule of {k} scales")), "{e}");
+    // a list longer than the schedule (upstream's 1M cfg_list at a smaller budget): its first k
+    let long: Vec<String> = (0..k + 2).map(|i| if i < k { "1".into() } else { "9".into() }).collect();
+    let longer = ["--cfg", &long.join(","), "--bits", path_str(&again), "-o", path_str(&png)];
+    assert!(infinity(&[&["sample", run_s, "--caption", "a red circle", "--n", "3"][..], &longer[..]].concat()));
+    let first = std::fs::read(&again).unwrap();
+    let unguided = ["--cfg", "1", "--bits", path_str(&again), "-o", path_str(&png)];
+    assert!(infinity(&[&["sample", run_s, "--caption", "a red circle", "--n", "3"][..], &unguided[..]].concat()));
+    assert_eq!(bits_of(&std::fs::read(&again).unwrap()), bits_of(&first), "the values past the schedule's are read");
     // a dataset of another text width is not the model's (it panicked sampling)
     let other = tmp.path().join("data-wide");
     std::fs::create_dir(&other).unwrap();

@@ -18,12 +18,32 @@ pub struct TokenizerFit {
     pub psnr_latent_db: f64,
     /// PSNR after multi-scale BSQ (what the bits carry), dB.
     pub psnr_bsq_db: f64,
+    /// The images measured on.
     pub images: usize,
+    /// Whether those were images the fit did not see (a pack's, of a folder larger than its fit sample);
+    /// else the fit's own.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held_out: bool,
 }
 
-/// Fit PCA on `images`, tune the latent scale on (up to 64 of) them, and measure both PSNRs.
+impl TokenizerFit {
+    /// "N images not in the fit" / "the N images it was fitted on": what the PSNRs were measured on.
+    pub fn measured_on(&self) -> String {
+        let n = self.images;
+        match (self.held_out, n) {
+            (true, 1) => "1 image not in the fit".into(),
+            (true, n) => format!("{n} images not in the fit"),
+            (false, 1) => "the 1 image it was fitted on".into(),
+            (false, n) => format!("the {n} images it was fitted on"),
+        }
+    }
+}
+
+/// Fit PCA on `images`, tune the latent scale on (up to 64 of) them, and measure both PSNRs on
+/// `held_out` (images the fit did not see), or on `images` where none are given.
 pub fn fit_tokenizer(
     images: &[(Image, ScaleSchedule)],
+    held_out: &[(Image, ScaleSchedule)],
     patch: usize,
     d: usize,
 ) -> Result<(PatchTokenizer, TokenizerFit)> {
@@ -31,21 +51,32 @@ pub fn fit_tokenizer(
     let mut tok = PatchTokenizer::fit(&plain, patch, d)?;
     let calib: Vec<(Image, Vec<(usize, usize)>)> = images.iter().take(64).map(|(i, s)| (i.clone(), s.hw())).collect();
     tok.calibrate(&calib)?;
-    let fit = measure_fit(&tok, images)?;
+    let fit = match held_out.is_empty() {
+        true => measure_fit(&tok, images)?,
+        false => TokenizerFit { held_out: true, ..measure_fit(&tok, held_out)? },
+    };
     Ok((tok, fit))
 }
 
 /// PSNR of `tok` on `images`: continuous latent and after multi-scale BSQ.
 pub fn measure_fit(tok: &PatchTokenizer, images: &[(Image, ScaleSchedule)]) -> Result<TokenizerFit> {
-    let mut latent_psnr = 0.0;
-    let mut bsq_psnr = 0.0;
-    for (img, sched) in images {
-        let (hh, ww) = sched.latent_hw();
-        latent_psnr += psnr(img, &tok.decode(&tok.encode(img)?, hh, ww));
-        bsq_psnr += psnr(img, &tok.round_trip(img, &sched.hw())?.0);
-    }
+    let each: Vec<(f64, f64)> = images
+        .par_iter()
+        .map(|(img, sched)| {
+            let (hh, ww) = sched.latent_hw();
+            let latent = psnr(img, &tok.decode(&tok.encode(img)?, hh, ww));
+            Ok((latent, psnr(img, &tok.round_trip(img, &sched.hw())?.0)))
+        })
+        .collect::<Result<_>>()?;
+    // (summed in order: the figure does not depend on the thread count)
+    let (latent_psnr, bsq_psnr) = each.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let n = images.len() as f64;
-    Ok(TokenizerFit { psnr_latent_db: latent_psnr / n, psnr_bsq_db: bsq_psnr / n, images: images.len() })
+    Ok(TokenizerFit {
+        psnr_latent_db: latent_psnr / n,
+        psnr_bsq_db: bsq_psnr / n,
+        images: images.len(),
+        held_out: false,
+    })
 }
 
 /// Latent (f16 bytes, `[d, H, W]`) and packed bits of one image. The bits are computed from the

@@ -24,7 +24,13 @@ pub fn read_image(path: &Path) -> Result<DynamicImage> {
 fn read_image_within(path: &Path, limit: u64) -> Result<DynamicImage> {
     let bad = |detail: String| DataError::Image { path: path.into(), detail };
     // (an unreadable file is a bad image, which `pack --skip-bad` leaves out, as a bad decode is)
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| match std::fs::read_link(path) {
+        // (a link whose target is gone reads as "no such file", of a file that is listed right there)
+        Ok(to) if e.kind() == std::io::ErrorKind::NotFound => {
+            bad(format!("a link to {}, which does not exist", to.display()))
+        }
+        _ => bad(e.to_string()),
+    })?;
     if bytes.is_empty() {
         return Err(bad("an empty file (0 bytes)".into()));
     }
@@ -152,6 +158,17 @@ mod tests {
         std::fs::write(&cut, b"").unwrap();
         let e = read_image(&cut).unwrap_err().to_string();
         assert!(e.contains("cut.jpg") && e.contains("an empty file (0 bytes)"), "{e}");
+        // a link whose target is gone: said, not "no such file" of a file listed right there
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.jpg");
+            std::os::unix::fs::symlink(dir.path().join("moved.jpg"), &link).unwrap();
+            let e = read_image(&link).unwrap_err().to_string();
+            assert!(
+                e.contains("link.jpg") && e.contains("a link to") && e.contains("moved.jpg, which does not exist"),
+                "{e}"
+            );
+        }
     }
 
     /// `jpeg` with an EXIF block whose orientation tag (0x0112) is `orientation`, right after the

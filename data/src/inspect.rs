@@ -67,15 +67,17 @@ pub fn inspect(dir: &Path) -> Result<String> {
         };
         let _ = writeln!(
             s,
-            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}{pixels}, {rows} rows{patches}",
+            "  [{b}] {:<14} {:>2} scales, L = {:>5}, latent {h}×{w}{pixels}, {rows} row{}{patches}",
             sch.name,
             sch.scales.len(),
-            sch.num_tokens()
+            sch.num_tokens(),
+            if rows == 1 { "" } else { "s" }
         );
     }
     let _ = writeln!(s, "shards");
     for e in m.shards.iter().take(8) {
-        let _ = writeln!(s, "  {}  {} rows  {} bytes  crc32c {}", e.file, e.rows, e.bytes, e.crc32c);
+        let rows = if e.rows == 1 { "1 row".into() } else { format!("{} rows", e.rows) };
+        let _ = writeln!(s, "  {}  {rows}  {} bytes  crc32c {}", e.file, e.bytes, e.crc32c);
     }
     if m.shards.len() > 8 {
         let _ = writeln!(s, "  … {} more", m.shards.len() - 8);

@@ -162,8 +162,8 @@ fn is_image(p: &Path) -> bool {
 }
 
 /// What a folder holds for packing. Hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are not looked
-/// at, nor is the folder `out` packs into (a dataset inside its images' folder, packed again); `NAME.txt`
-/// files are captions.
+/// at (hidden images, `.x.png`, are listed as left out), nor is the folder `out` packs into (a dataset
+/// inside its images' folder, packed again); `NAME.txt` files are captions.
 fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let out = out.canonicalize().ok();
     // (a dataset kept among the images is no class: the one packed into, or another)
@@ -187,6 +187,15 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
         Ok(v)
     };
     let is_caption = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+    // (`.x.png`: not packed, as hidden files are not, but said, as an image is that packing leaves out;
+    // other hidden files, `.DS_Store`, are no one's images)
+    let hidden_images = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+        let hidden = |p: &PathBuf| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| hidden(p) && is_image(p)).collect();
+        v.sort();
+        v
+    };
     let mut skipped = Vec::new();
     if let Some(out) = out.as_ref().filter(|o| o.parent() == root.canonicalize().ok().as_deref()) {
         // (a class folder packed into would be left out as the output, its class with it)
@@ -202,16 +211,38 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     }
     let (datasets, top): (Vec<PathBuf>, Vec<PathBuf>) = read(root)?.into_iter().partition(|p| is_dataset(p));
     let top: Vec<PathBuf> = top.into_iter().filter(|p| !own_files(p)).collect();
-    let classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir()).cloned().collect();
+    // (a link back to the folder or one above it, `self -> .`, is no class: its images are the others')
+    let root_real = root.canonicalize().ok();
+    let loops_back = |p: &PathBuf| {
+        p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink())
+            && p.canonicalize().ok().zip(root_real.as_ref()).is_some_and(|(to, root)| root.starts_with(to))
+    };
+    let mut classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir() && !loops_back(p)).cloned().collect();
+    skipped.extend(top.iter().filter(|p| loops_back(p)).cloned());
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
     let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();
     skipped.extend(top.iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)).cloned());
     if !classes.is_empty() && !loose.is_empty() {
-        return Err(DataError::Config(format!(
-            "{}: holds both class sub-folders and loose images ({}); put every image in a class folder, or use no folders",
-            root.display(),
-            loose[0].display()
-        )));
+        // (folders without images beside the images, `thumbs/` emptied, are left out, listed)
+        let (holding, empty): (Vec<PathBuf>, Vec<PathBuf>) =
+            classes.into_iter().partition(|dir| images_below(dir, 16) > 0);
+        if !holding.is_empty() {
+            let shown: Vec<String> = holding.iter().take(3).map(|p| p.display().to_string()).collect();
+            let more = if holding.len() > 3 { format!(" and {} more", holding.len() - 3) } else { String::new() };
+            return Err(DataError::Config(format!(
+                "{}: holds both loose images ({}{}) and sub-folders of images ({}{more}); put every image in a class \
+                 folder, or use no folders",
+                root.display(),
+                loose[0].display(),
+                if loose.len() > 1 { format!(" and {} more", loose.len() - 1) } else { String::new() },
+                shown.join(", ")
+            )));
+        }
+        skipped.extend(empty);
+        classes = Vec::new();
+    }
+    if classes.is_empty() {
+        skipped.extend(hidden_images(root));
     }
     let (mut entries, mut names, mut nested) = (Vec::new(), Vec::new(), Vec::new());
     if classes.is_empty() {
@@ -262,6 +293,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
                 )));
             }
             txt.extend(inside.iter().filter(|p| is_caption(p)).cloned());
+            skipped.extend(hidden_images(dir));
             // (folders of images are said with their count: `nested`)
             let holds_images = |p: &PathBuf| nested.iter().any(|(f, _): &(PathBuf, usize)| f == p);
             skipped.extend(inside.iter().filter(|p| !is_image(p) && !is_caption(p) && !holds_images(p)).cloned());
@@ -368,8 +400,23 @@ fn load_image(e: &Entry, opts: &PackOptions) -> Result<(Image, ScaleSchedule)> {
     let sched = if opts.spatial_patchify { sched.patchified() } else { sched };
     let (hh, ww) = sched.latent_hw();
     let (h, w) = ((hh * patch) as u32, (ww * patch) as u32);
-    let rgb = img.resize_to_fill(w, h, FilterType::Lanczos3).to_rgb8();
+    // (cropped to the template's aspect first, then resized: the region resizing to cover and cropping
+    // keeps, without first scaling a thin strip's whole length up, which takes gigabytes for a 1×10⁶ one)
+    let (cw, ch) = cover_crop(w0, h0, w, h);
+    let region = img.crop_imm((w0 - cw) / 2, (h0 - ch) / 2, cw, ch);
+    let rgb = region.resize_exact(w, h, FilterType::Lanczos3).to_rgb8();
     Ok((Image::from_rgb8(h as usize, w as usize, rgb.as_raw()), sched))
+}
+
+/// The centred region `(width, height)` of a `w0 × h0` image with the aspect of `w × h`: all of its
+/// height where it is wider than that, else all of its width (at least one pixel each way).
+fn cover_crop(w0: u32, h0: u32, w: u32, h: u32) -> (u32, u32) {
+    let (w0_, h0_, w_, h_) = (w0 as u64, h0 as u64, w as u64, h as u64);
+    let rounded = |num: u64, den: u64| ((num + den / 2) / den).max(1) as u32;
+    match w0_ * h_ >= h0_ * w_ {
+        true => (rounded(h0_ * w_, h_).min(w0), h0),
+        false => (w0, rounded(w0_ * h_, w_).min(h0)),
+    }
 }
 
 /// Pack the folder of images `images` into a dataset at `out`.
@@ -463,6 +510,37 @@ fn check_patch(opts: &PackOptions) -> Result<()> {
         .map_err(|what| DataError::Config(format!("pack: the tokenizer's {what}")))
 }
 
+/// The images the tokenizer is fitted on and those its quality is then measured on (up to 64 others),
+/// as places in a listing of `n`: each evenly spread over it. The listing is in class order, so a
+/// stretch of it (its first `fit`) would leave classes out of the fit, and a figure measured on the fit's
+/// own images would not show it.
+fn fit_sample(n: usize, fit: usize) -> (Vec<usize>, Vec<usize>) {
+    let spread = |ids: &[usize], k: usize| -> Vec<usize> { (0..k).map(|i| ids[i * ids.len() / k]).collect() };
+    let all: Vec<usize> = (0..n).collect();
+    let fit_ids = spread(&all, fit.min(n));
+    let rest: Vec<usize> = all.into_iter().filter(|id| fit_ids.binary_search(id).is_err()).collect();
+    let held_out = spread(&rest, rest.len().min(64));
+    (fit_ids, held_out)
+}
+
+/// The images at `ids` of the listing, decoded and resized on all cores, in `ids`' order, and with
+/// `skip_bad` the first error of those left out (listed again when their rows are made).
+type Sample = (Vec<(Image, ScaleSchedule)>, Option<DataError>);
+fn load_sample(entries: &[Entry], ids: &[usize], opts: &PackOptions) -> Result<Sample> {
+    use rayon::prelude::*;
+    let loaded: Vec<Result<(Image, ScaleSchedule)>> =
+        ids.par_iter().map(|&id| load_image(&entries[id], opts)).collect();
+    let (mut sample, mut first_bad) = (Vec::new(), None);
+    for result in loaded {
+        match result {
+            Ok(img) => sample.push(img),
+            Err(err @ DataError::Image { .. }) if opts.skip_bad => _ = first_bad.get_or_insert(err),
+            Err(err) => return Err(skip_bad_hint(err)),
+        }
+    }
+    Ok((sample, first_bad))
+}
+
 /// Pack what `source` (a folder of images or of metadata) lists.
 fn pack_listing(
     source: &Path,
@@ -493,21 +571,26 @@ fn pack_listing(
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
             // (its images are held in memory and the fit takes a while: said before it starts)
-            let n = opts.fit_images.min(entries.len());
-            tracing::info!("pack: fitting the tokenizer on {n} of {} images (--fit-images)", entries.len());
-            let step = (entries.len() / opts.fit_images.max(1)).max(1);
-            let mut sample = Vec::new();
-            for e in entries.iter().step_by(step) {
-                match load_image(e, opts) {
-                    Ok(img) => sample.push(img),
-                    Err(DataError::Image { .. }) if opts.skip_bad => continue, // listed when its row is made
-                    Err(err) => return Err(skip_bad_hint(err)),
+            let (fit_ids, held_out_ids) = fit_sample(entries.len(), opts.fit_images);
+            tracing::info!(
+                "pack: fitting the tokenizer on {} of {} images (--fit-images)",
+                fit_ids.len(),
+                entries.len()
+            );
+            let sample = match load_sample(&entries, &fit_ids, opts)? {
+                (sample, Some(err)) if sample.is_empty() => {
+                    return Err(DataError::Config(format!(
+                        "{}: none of the {} images the tokenizer is fitted on could be read ({err}); fix them, or \
+                         give a tokenizer that suits these images with --tokenizer",
+                        source.display(),
+                        fit_ids.len()
+                    )))
                 }
-                if sample.len() == opts.fit_images {
-                    break;
-                }
-            }
-            let (t, f) = fit_tokenizer(&sample, opts.patch, opts.d)?;
+                (sample, _) => sample,
+            };
+            // (none of them readable: measured on the fit's own)
+            let (held_out, _) = load_sample(&entries, &held_out_ids, opts)?;
+            let (t, f) = fit_tokenizer(&sample, &held_out, opts.patch, opts.d)?;
             (t, Some(f))
         }
     };

@@ -276,7 +276,7 @@ pub fn synth(dir: &Path, opts: &SynthOptions) -> Result<(Manifest, TokenizerFit)
         })
         .collect();
     let (tok, fit) = match &opts.tokenizer {
-        None => fit_tokenizer(&fit_images, opts.patch, opts.d)?,
+        None => fit_tokenizer(&fit_images, &[], opts.patch, opts.d)?,
         Some(p) => {
             let tok = PatchTokenizer::load(p)?;
             if tok.d != opts.d || tok.patch != opts.patch {

@@ -93,8 +93,9 @@ pub struct PackArgs {
     #[command(flatten)]
     common: Common,
     /// Folder of .png/.jpg/.jpeg images, one sub-folder per class (class ids: the sorted folder names;
-    /// hidden folders are not classes), or the images directly in it: one class named after the folder
-    /// (with classifier-free guidance's null class, unconditional generation). Not both. `NAME.txt`
+    /// hidden folders are not classes, hidden files are left out), or the images directly in it: one
+    /// class named after the folder (with classifier-free guidance's null class, unconditional
+    /// generation). Not both (beside the images, folders without images are left out). `NAME.txt`
     /// (or `NAME.TXT`) beside `NAME.png` is its caption: UTF-8, or UTF-16 with a byte-order mark.
     #[arg(long)]
     images: Option<PathBuf>,
@@ -106,7 +107,8 @@ pub struct PackArgs {
     /// Reuse a tokenizer (tokenizer.safetensors) instead of fitting one.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Images the tokenizer is fitted on.
+    /// Images the tokenizer is fitted on, spread evenly over the folder (every class); its PSNR is
+    /// measured on up to 64 others, where there are more images.
     #[arg(long, default_value_t = 512, value_parser = super::positive())]
     fit_images: usize,
     /// Leave out images that cannot be read or decoded, listing them, instead of stopping at the first.
@@ -204,15 +206,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 a.common.out.display(),
                 t.elapsed().as_secs_f64()
             );
-            let how = match &a.tokenizer {
-                Some(p) => format!("reused {}", p.display()),
-                None => "fitted".into(),
+            let (how, measured_on) = match &a.tokenizer {
+                Some(p) => (format!("reused {}", p.display()), super::plural(fit.images, "image")),
+                None => ("fitted".into(), fit.measured_on()),
             };
             console!(
-                "tokenizer: {how}; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured on {})",
+                "tokenizer: {how}; PSNR {:.2} dB continuous latent, {:.2} dB after multi-scale BSQ (measured on {measured_on})",
                 fit.psnr_latent_db,
                 fit.psnr_bsq_db,
-                super::plural(fit.images, "image")
             );
             console_text!("{}", inspect::inspect(&a.common.out)?);
         }
@@ -283,7 +284,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             if !notes.skipped.is_empty() {
                 let what = match a.meta {
                     Some(_) => "not .jsonl",
-                    None => "not .png/.jpg/.jpeg, or a folder below a class folder",
+                    None => "not .png/.jpg/.jpeg, hidden, a folder below a class folder or one without images",
                 };
                 console!(
                     "left out {} ({what}): {}",
@@ -363,7 +364,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                      on {})",
                     f.psnr_latent_db,
                     f.psnr_bsq_db,
-                    super::plural(f.images, "image")
+                    f.measured_on()
                 ),
                 (None, Some(p)) => console!("tokenizer: reused {}", p.display()),
                 (None, None) => {}

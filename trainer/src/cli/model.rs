@@ -461,7 +461,14 @@ mod tests {
         let run = cfg.model.model_config(16, Some(24), None).unwrap();
         // (a dataset without the condition, or without any: the latter says how to write an unconditional one)
         let e = cfg.model.model_config(16, None, Some((32, 8))).unwrap_err().to_string();
-        assert_eq!(e, "model.conditioning = \"class\", but the dataset has no class condition");
+        assert_eq!(
+            e,
+            "model.conditioning = \"class\", but the dataset has no class condition (it has text features of width \
+             32: model.conditioning = \"text\" trains on them)"
+        );
+        let text = crate::train::config::ModelSection { conditioning: "text".into(), ..cfg.model.clone() };
+        let e = text.model_config(16, Some(24), None).unwrap_err().to_string();
+        assert!(e.ends_with("(it has 24 classes: model.conditioning = \"class\" trains on them)"), "{e}");
         let e = cfg.model.model_config(16, None, None).unwrap_err().to_string();
         assert!(e.ends_with("(nor any: for unconditional training, write it as one class, manifest `conditions.class = {\"num_classes\": 1}` and every class_label 0, and train with model.conditioning = \"class\")"), "{e}");
         let count = |c| crate::model::Layout::new(c).numel;

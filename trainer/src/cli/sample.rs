@@ -48,10 +48,10 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 4)]
     n: usize,
     /// Classifier-free guidance scale (1 = none); upstream's notebook uses 3, scripts/infer.sh 4. One
-    /// value, or one per scale (comma-separated, upstream's `cfg_list`).
+    /// value, or one per scale (comma-separated, upstream's `cfg_list`; a longer list: its first, as there).
     #[arg(long, value_delimiter = ',', default_value = "3", allow_negative_numbers = true)]
     cfg: Vec<f64>,
-    /// Temperature (upstream's inference scripts: 0.5; its 8B: 1.0). One value, or one per scale.
+    /// Temperature (upstream's inference scripts: 0.5; its 8B: 1.0). One value, or one per scale (as --cfg).
     #[arg(long, value_delimiter = ',', default_value = "0.5", allow_negative_numbers = true)]
     tau: Vec<f64>,
     /// Where guidance applies (upstream's `cfg_insertion_layer`): 0 on the logits (the default);
@@ -189,6 +189,17 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         cfg_insertion_layer: a.cfg_insertion_layer.clone(),
     };
     opts.check(sched.scales.len(), ck.model.depth).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
+    for (name, v) in [("--cfg", &a.cfg), ("--tau", &a.tau)] {
+        let k = sched.scales.len();
+        if v.len() > k {
+            console!(
+                "warning: {name}: {} values for the {k} scales of the {} schedule: the first {k} are taken (as \
+                 upstream's per-scale lists are)",
+                v.len(),
+                sched.name
+            );
+        }
+    }
     let bf16 = a.precision.unwrap_or(ck.precision) == Precision::Bf16;
     let want =
         DeviceRequest { setting: "--device", device: a.device, bf16, recompute: false, trains: false, deferred: false };

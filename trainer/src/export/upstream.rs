@@ -100,7 +100,16 @@ pub(super) fn run_infinity(
                 ));
             }
             match run_infinity_pn(m) {
-                Ok(pn) => args += &format!(" --pn {pn}"),
+                Ok(pn) => {
+                    args += &format!(" --pn {pn}");
+                    if let Some((template, others)) = template_without_square(m) {
+                        args += &format!(" --h_div_w_template {template}");
+                        left_out.push(format!(
+                            "the dataset has no rows of run_infinity.py's default --h_div_w_template 1.000, which the \
+                             model never trained on: args take {template}, the template of the most rows{others}"
+                        ));
+                    }
+                }
                 Err(why) => left_out.push(format!(
                     "{why}, so args has no --pn (run_infinity.py takes its schedule from --pn alone): sample with \
                      `infinity sample`, or call autoregressive_infer_cfg with a scale_schedule of config.json's \
@@ -172,6 +181,35 @@ fn preset_differences(mc: &ModelConfig, upstream: &ModelConfig) -> Vec<(String, 
         .filter(|(k, v)| theirs.get(*k) != Some(v))
         .map(|(k, v)| (k.clone(), v.to_string(), theirs.get(k).map_or("none".into(), Value::to_string)))
         .collect()
+}
+
+/// Where the dataset `m` has no rows of the square template (run_infinity.py's default
+/// `--h_div_w_template 1.000`): the template of the most rows, and its others in words (a dataset whose
+/// buckets are all empty: by its schedules).
+fn template_without_square(m: &Manifest) -> Option<(String, String)> {
+    let rows = m.rows_per_bucket();
+    let any_rows = rows.iter().any(|&n| n > 0);
+    let mut templates: Vec<(&str, u64)> = Vec::new();
+    for (s, n) in m.schedules.iter().zip(rows.iter().copied().chain(std::iter::repeat(0))) {
+        if any_rows && n == 0 {
+            continue;
+        }
+        match templates.iter_mut().find(|(t, _)| *t == s.h_div_w_template) {
+            Some(slot) => slot.1 += n,
+            None => templates.push((&s.h_div_w_template, n)),
+        }
+    }
+    if templates.is_empty() || templates.iter().any(|(t, _)| *t == "1.000") {
+        return None;
+    }
+    // (the most rows, the first of equals)
+    let most = templates.iter().enumerate().max_by_key(|(i, (_, n))| (*n, std::cmp::Reverse(*i))).map(|(_, t)| t.0)?;
+    let others: Vec<&str> = templates.iter().map(|(t, _)| *t).filter(|t| *t != most).collect();
+    let others = match others.len() {
+        0 => String::new(),
+        _ => format!(" (the dataset's others: {})", others.join(", ")),
+    };
+    Some((most.to_string(), others))
 }
 
 /// run_infinity.py's `--pn` for the schedules of `m`: their one pixel budget, when `--pn` takes it and
@@ -324,6 +362,13 @@ mod tests {
         let mut mixed = dataset(32, "bsq-vae-d32", "0.06M", &["1.000"]);
         mixed.schedules.extend(dataset(32, "bsq-vae-d32", "1M", &["0.666"]).schedules);
         assert!(loader(Some(&mixed)).1.contains("2 pixel budgets (0.06M, 1M)"));
+        // no square template: run_infinity's default 1.000 would sample a shape the model never trained on
+        let (args, note, _) = loader(Some(&dataset(32, "bsq-vae-d32", "0.06M", &["0.666", "1.500"])));
+        assert!(args.ends_with("--pn 0.06M --h_div_w_template 0.666"), "{args}");
+        assert!(note.contains("no rows of run_infinity.py's default --h_div_w_template 1.000"), "{note}");
+        assert!(note.contains("the dataset's others: 1.500"), "{note}");
+        let (args, _, _) = loader(Some(&dataset(32, "bsq-vae-d32", "0.06M", &["0.666", "1.000"])));
+        assert!(!args.contains("--h_div_w_template"), "{args}");
         // no dataset: neither flag, said in the note (the export warns of the missing dataset itself)
         let (args, note, warnings) = loader(None);
         assert!(!args.contains("--pn") && !args.contains("--vae_type") && warnings.is_empty(), "{args}");

@@ -343,6 +343,10 @@ impl ModelSection {
                                      `conditions.class = {\"num_classes\": 1}` and every class_label 0, and \
                                      train with model.conditioning = \"class\")"
                     }
+                    (Some(n), None) => &format!(" (it has {n} classes: model.conditioning = \"class\" trains on them)"),
+                    (None, Some((width, _))) => &format!(
+                        " (it has text features of width {width}: model.conditioning = \"text\" trains on them)"
+                    ),
                     _ => "",
                 };
                 bail!("model.conditioning = \"{kind}\", but the dataset has no {kind} condition{none}")

@@ -84,11 +84,13 @@ impl SampleOptions {
         (pick(&self.cfg), pick(&self.tau))
     }
 
-    /// An error unless `cfg` and `tau` each hold one value or one per scale of a schedule of `scales`,
-    /// and `cfg_insertion_layer` holds distinct places of a model of `depth` blocks.
+    /// An error unless `cfg` and `tau` each hold one value or at least one per scale of a schedule of
+    /// `scales` (more: the first `scales` are taken, as upstream's `cfg_list` and `tau_list` are, so a
+    /// list written for a longer schedule applies), and `cfg_insertion_layer` holds distinct places of a
+    /// model of `depth` blocks.
     pub fn check(&self, scales: usize, depth: usize) -> Result<(), String> {
         for (name, v) in [("cfg", &self.cfg), ("tau", &self.tau)] {
-            if v.len() != 1 && v.len() != scales {
+            if v.len() != 1 && v.len() < scales {
                 return Err(format!(
                     "--{name}: {} values for a schedule of {scales} scales (give one, or one per scale)",
                     v.len()
