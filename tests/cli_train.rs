@@ -995,4 +995,16 @@ fn eval_measures_checkpoints_as_training_validates() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(lines[2]).unwrap()["step"], 3, "{text}");
+    // a moving average taken up on a resume: `--all --ema` measures the checkpoints that hold one
+    let ema = ["--set", "optim.ema_decay=0.9", "--set", "run.steps=4", "--resume", "auto"];
+    assert!(infinity(&[&["train", path_str(&cfg)][..], &sets[..2], &val_sets, &ema].concat()));
+    let ema_out = tmp.path().join("ema.jsonl");
+    assert!(infinity(&["eval", path_str(&validated), "--all", "--ema", "--out", path_str(&ema_out)]));
+    let measured: Vec<(u64, bool)> = std::fs::read_to_string(&ema_out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| (l["step"].as_u64().unwrap(), l["ema"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(measured, [(4, true)], "{measured:?}");
 }

@@ -136,6 +136,14 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     assert_eq!(loss(&run_loss), loss(&export_loss), "the export's loss is its checkpoint's");
     assert_eq!(json(&export_loss)["step"], json(&run_loss)["step"], "the export's step is its checkpoint's");
     assert_eq!(json(&export_loss)["ema"], false);
+    // its weights file, given as the file: measured as the folder is (its config.json shapes the model)
+    let (file_of, file_of_loss) = (export.join("model.safetensors"), tmp.path().join("export-file.jsonl"));
+    let args = ["eval", path_str(&file_of), "--config", path_str(&cfg), "--val", path_str(&data), "--out"];
+    assert!(infinity(&[&args[..], &[path_str(&file_of_loss)]].concat()));
+    assert_eq!(loss(&file_of_loss), loss(&run_loss));
+    // --ema of an export whose run kept no average: said so, not "export the checkpoint with --ema"
+    let e = err(&["eval", path_str(&export), "--config", path_str(&cfg), "--val", path_str(&data), "--ema"]);
+    assert!(e.contains("whose run kept no moving average (optim.ema_decay = 0)"), "{e}");
     // a bare weights file records no step: its line says none (not step 0, a point of the run's curve)
     let (weights, file_loss) = (tmp.path().join("bare.safetensors"), tmp.path().join("file.jsonl"));
     std::fs::copy(resolve(&run).unwrap().join("model.safetensors"), &weights).unwrap();

@@ -482,6 +482,37 @@ fn a_replacement_agent_joins_the_restart() {
     assert!(tmp.path().join("started.1.1").exists(), "node 1's rank did not run attempt 1");
 }
 
+/// A node's replacement started while its agent lives (a pod replaced, its old one not yet gone): it
+/// waits for the attempt to end, and at the restart the two agents of node rank 1 meet for one place.
+/// Here the old one comes second (its rank takes its grace to stop): it exits 1, naming the other, as a
+/// failed pod (not 2, a bad command line, which a Job's failure policy takes to end the job); the group
+/// runs its restart with the replacement.
+#[test]
+fn a_replacement_started_while_its_node_lives_leaves_one_agent_at_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let rank = r#"touch "$TEST_DIR/started.$RANK.$INFINITY_RESTART_COUNT"
+        [ "$INFINITY_RESTART_COUNT" != 0 ] && exit 0
+        if [ "$RANK" = 1 ]; then trap '' TERM; while :; do sleep 0.05; done; fi
+        while [ ! -e "$TEST_DIR/go" ]; do sleep 0.05; done; exit 3"#;
+    let node = |n: &'static str, name: &str| {
+        let extra = node_of_two(n, &rdzv, &["--max-restarts", "2", "--run-id", "twice"]);
+        Agent::start(tmp.path(), name, &args(d, &extra, rank))
+    };
+    let (mut node0, mut node1) = (node("0", "node0"), node("1", "node1"));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let mut again = node("1", "node1-again");
+    again.wait_for("already joined attempt 0", Duration::from_secs(10));
+    std::fs::write(tmp.path().join("go"), "").unwrap();
+    assert_eq!(node0.exit(Duration::from_secs(40)).code(), Some(0), "{}", node0.text());
+    assert_eq!(again.exit(Duration::from_secs(20)).code(), Some(0), "{}", again.text());
+    assert_eq!(node1.exit(Duration::from_secs(20)).code(), Some(1), "{}", node1.text());
+    let text = node1.text();
+    assert!(text.contains("another agent of node rank 1 came first to attempt 1's meeting"), "{text}");
+    assert!(tmp.path().join("started.1.1").exists(), "node 1's rank did not run attempt 1");
+}
+
 /// Agents started with different --nnodes: every one names it, and exits 2 (a bad command line).
 #[test]
 fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
@@ -937,6 +968,35 @@ fn a_failure_a_signal_caused_stops_the_group() {
     assert!(!node0.text().contains("restarting"), "{}", node0.text());
 }
 
+/// As above, but the signalled node's rank cannot checkpoint within its grace and is killed (node 1
+/// exits 143): node 0's rank fails of it, and node 0 exits as node 1 does, not 0 (`--preempted-exit-code`'s
+/// clean stop, which a Kubernetes Job reads as succeeded, though nothing was saved).
+#[test]
+fn a_failure_after_the_signalled_nodes_ranks_were_killed_exits_as_that_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    // rank 1 ignores SIGTERM (a checkpoint that takes too long); rank 0 too, and fails once rank 1 is gone
+    let rank = r#"trap '' TERM; echo $$ > "$TEST_DIR/pid.$RANK"; touch "$TEST_DIR/started.$RANK"
+        if [ "$RANK" = 0 ]; then
+            while [ ! -e "$TEST_DIR/pid.1" ]; do sleep 0.05; done; peer=$(cat "$TEST_DIR/pid.1")
+            while kill -0 "$peer" 2>/dev/null; do sleep 0.05; done
+            echo "error: collective all_reduce: rank 1: closed the connection"; exit 1
+        fi
+        while :; do sleep 0.05; done"#;
+    let cmd = ["sh", "-c", rank];
+    let restarts = ["--max-restarts", "1"];
+    let (n0, n1) = (node_of_two("0", &rdzv, &restarts), node_of_two("1", &rdzv, &restarts));
+    let mut node0 = Agent::start(tmp.path(), "node0", &agent_args(d, "10", &n0, &cmd));
+    let mut node1 = Agent::start(tmp.path(), "node1", &agent_args(d, "1", &n1, &cmd));
+    wait_started(tmp.path(), 2, Duration::from_secs(15));
+    node1.signal(libc::SIGTERM);
+    assert_eq!(node1.exit(Duration::from_secs(15)).code(), Some(143), "{}", node1.text());
+    assert_eq!(node0.exit(Duration::from_secs(20)).code(), Some(143), "{}", node0.text());
+    assert!(node0.text().contains("node 1 (SIGTERM) was signalled"), "{}", node0.text());
+    assert!(!node0.text().contains("restarting"), "{}", node0.text());
+}
+
 /// A second Ctrl-C (SIGINT while the ranks stop for the first) ends the grace period at once: the
 /// ranks, still busy with what the first asked (a checkpoint), are killed, and the agent exits 130.
 #[test]
@@ -1201,6 +1261,18 @@ fn a_permanent_failure_reported_second_stops_every_node() {
 /// `stop: store host lost`, announcing no restart.
 #[test]
 fn a_lost_store_host_stops_the_other_nodes_without_a_restart() {
+    lost_store_host(false);
+}
+
+/// As above, with node 0's pod started again at once: a store answers at the address again, but an
+/// empty one, not the group's; node 1 says so and stops as for a lost host (it blamed its own rank and
+/// restarted into a dead connection).
+#[test]
+fn a_store_host_started_again_at_once_is_a_lost_one() {
+    lost_store_host(true);
+}
+
+fn lost_store_host(started_again: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap();
     let rdzv = format!("127.0.0.1:{}", free_port());
@@ -1216,10 +1288,19 @@ fn a_lost_store_host_stops_the_other_nodes_without_a_restart() {
     wait_started(tmp.path(), 2, Duration::from_secs(15));
     let _ = node0.child.kill();
     let _ = node0.child.wait();
+    let again = started_again.then(|| {
+        let extra = node_of_two("0", &rdzv, &["--run-id", "hostlost", "--max-restarts", "2"]);
+        Agent::start(tmp.path(), "node0-again", &args(d, &extra, rank))
+    });
     assert_eq!(node1.exit(Duration::from_secs(30)).code(), Some(1), "{}", node1.text());
     let text = node1.text();
     assert!(!text.contains("restarting the group"), "{text}");
     assert!(text.contains("restart the job on every node"), "{text}");
+    if let Some(mut again) = again {
+        assert!(text.contains("another store answers at") && text.contains("started again"), "{text}");
+        let _ = again.child.kill();
+        let _ = again.child.wait();
+    }
     let rec = failure_record(tmp.path(), "hostlost", "failure-node1.json");
     assert_eq!(
         (rec["next"].as_str(), rec["root_cause_node"].as_u64()),

@@ -479,6 +479,49 @@ fn ranks_resuming_from_different_checkpoints_of_one_step_stop() {
     }
 }
 
+/// Ranks whose run.dir is not one folder (each node its own disk) stop as they start, exit 2, rather
+/// than train on until a restart finds rank 0's checkpoints on no other node; one folder under two
+/// paths (a shared file system mounted elsewhere on each node) is one folder, and trains.
+#[test]
+fn ranks_whose_run_folders_differ_stop_as_they_start() {
+    let (tmp, cfg) = setup(2);
+    let start = |r: usize, port: &str, run: &Path| {
+        let mut c = Command::new(BIN);
+        c.arg("train").arg(&cfg).args(["--set", &format!("run.dir={}", run.display())]);
+        c.envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)]);
+        c.env("INFINITY_SHARED_FOLDER_LAG_S", "1").stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let port = common::free_port().to_string();
+    let (a, b) = (tmp.path().join("node0-disk"), tmp.path().join("node1-disk"));
+    let ranks = [start(0, &port, &a), start(1, &port, &b)];
+    for (r, child) in ranks.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "rank {r}: {text}");
+        assert!(text.contains("run.dir must be one folder every rank sees"), "rank {r}: {text}");
+        if r == 1 {
+            assert!(text.contains(&format!("rank 1 does not see in run.dir {}", b.display())), "{text}");
+        }
+    }
+    // (the folder rank 0 made for the run is gone with it, its mark too; rank 1's holds nothing)
+    let left = |d: &Path| std::fs::read_dir(d).map_or(0, |r| r.count());
+    assert_eq!((a.exists(), left(&b)), (false, 0), "a refused start leaves nothing behind");
+    // one folder, reached by two paths
+    #[cfg(unix)]
+    {
+        let shared = tmp.path().join("shared");
+        let mount = tmp.path().join("mounted-elsewhere");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::os::unix::fs::symlink(&shared, &mount).unwrap();
+        let port = common::free_port().to_string();
+        let ranks = [start(0, &port, &shared), start(1, &port, &mount)];
+        for (r, child) in ranks.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "rank {r}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
 /// `infinity comm bench` under the agent measures the group's own ring (rank 0 prints one line for
 /// it), not each rank's loopback threads.
 #[test]

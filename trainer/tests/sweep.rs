@@ -468,7 +468,8 @@ fn a_mini_sweep_runs_resumes_and_fits() {
     assert!(fits.contains("left out of the fits") && fits.contains("zz-diverged"), "{report}\n{fits}");
     assert!(
         fits.contains(
-            "left out (no summary.json: failed before their first checkpoint; their logs say why): zz-silent\n"
+            "left out (no summary.json: stopped before their first checkpoint, failed or killed; their logs say what \
+             they can): zz-silent\n"
         ),
         "{report}\n{fits}"
     );

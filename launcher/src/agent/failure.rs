@@ -161,7 +161,7 @@ pub(super) fn write(
     };
     let text = serde_json::to_string_pretty(&rec).expect("a record of strings and numbers");
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| write_new(dir, node, &(text + "\n"))) {
-        tracing::warn!("writing failure-node{node}.json into {}: {e}", dir.display());
+        console_err!("[launch] warning: writing failure-node{node}.json into {}: {e}", dir.display());
     }
 }
 
@@ -187,7 +187,7 @@ pub(super) async fn ask_for_flight_records(
     (run_id, attempt): (&str, u32),
 ) {
     if let Err(e) = std::fs::write(dir.join(flight::REQUEST), b"") {
-        tracing::warn!("asking the ranks for their flight records in {}: {e}", dir.display());
+        console_err!("[launch] warning: asking the ranks for their flight records in {}: {e}", dir.display());
         return;
     }
     let deadline = tokio::time::Instant::now() + FLIGHT_WAIT;

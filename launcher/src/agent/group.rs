@@ -14,19 +14,29 @@ use super::{LaunchArgs, Outcome, Plan};
 use crate::store::waiting::{never_arrived, refused_clause, Progress, START_THERE};
 use crate::store::{StoreClient, StoreServer, STOP_READ};
 
+/// Where the store listens for `--rdzv`'s host `inner` (resolved to `resolved`, where it resolves):
+/// that host alone for one node; else every interface of its address family (an IPv6 --rdzv is written
+/// [addr]:port; a name, the family it resolves to: one with IPv6 addresses alone is reached over IPv6,
+/// which an IPv4 socket never answers; one that does not resolve yet, IPv4).
+fn bind_host(nnodes: usize, inner: &str, resolved: Option<&[std::net::SocketAddr]>) -> String {
+    let ipv6_only = resolved.is_some_and(|a| !a.is_empty() && a.iter().all(|a| a.is_ipv6()));
+    match (nnodes, inner.contains(':') || ipv6_only) {
+        (1, _) => inner.to_string(),
+        (_, true) => "::".into(),
+        (_, false) => "0.0.0.0".into(),
+    }
+}
+
 /// The store, when this agent hosts it: node 0 of a fixed group; in an elastic group, the first agent
 /// on the machine `--rdzv` names (the others find the port taken and connect to it).
 pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
     if p.elastic.is_none() && p.node_rank != 0 {
         return Ok(None);
     }
-    // every interface of the host's address family (an IPv6 --rdzv is written [addr]:port)
     let inner = p.host.trim_start_matches('[').trim_end_matches(']');
-    let bind_host = match (p.nnodes, inner.contains(':')) {
-        (1, _) => inner.to_string(),
-        (_, true) => "::".into(),
-        (_, false) => "0.0.0.0".into(),
-    };
+    let resolved: std::io::Result<Vec<std::net::SocketAddr>> =
+        tokio::net::lookup_host((inner, p.port)).await.map(|a| a.collect());
+    let bind_host = bind_host(p.nnodes, inner, resolved.as_deref().ok());
     let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
         .await?
         .next()
@@ -34,8 +44,7 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
     // (an agent of another run is refused, and named to the agents waiting for its node)
     let spawn = || StoreServer::spawn_for(addr, p.token.clone(), Some(p.run_id.clone()));
     // is --rdzv's host this machine? (one of its addresses binds here)
-    let here =
-        tokio::net::lookup_host((inner, p.port)).await.map(|mut a| a.any(|a| crate::store::is_this_machine(a.ip())));
+    let here = resolved.map(|a| a.iter().any(|a| crate::store::is_this_machine(a.ip())));
     if p.elastic.is_none() {
         // (a name that does not resolve yet, a Kubernetes Service coming up with its pod: no telling)
         if here.as_ref().is_ok_and(|here| !here) && p.nnodes > 1 {
@@ -609,6 +618,20 @@ pub(super) fn ended_nodes(c: &mut StoreClient, run_id: &str, attempt: u32, nnode
 mod tests {
     use super::*;
     use crate::store::StoreServer;
+
+    /// The store listens in the family `--rdzv` is reached by: a name that resolves to IPv6 addresses
+    /// alone (an IPv6-only cluster's) gets `::`, where an IPv4 socket would refuse every agent.
+    #[test]
+    fn the_store_listens_in_the_family_its_name_resolves_to() {
+        let (v4, v6): (std::net::SocketAddr, std::net::SocketAddr) =
+            ("10.0.0.1:29400".parse().unwrap(), "[fd00::1]:29400".parse().unwrap());
+        assert_eq!(bind_host(2, "pod0.svc", Some(&[v6])), "::");
+        assert_eq!(bind_host(2, "pod0.svc", Some(&[v6, v4])), "0.0.0.0");
+        assert_eq!(bind_host(2, "pod0.svc", Some(&[v4])), "0.0.0.0");
+        assert_eq!(bind_host(2, "pod0.svc", None), "0.0.0.0", "not resolving yet");
+        assert_eq!(bind_host(2, "fd00::1", Some(&[v6])), "::");
+        assert_eq!(bind_host(1, "localhost", Some(&[v4])), "localhost", "one node: that host alone");
+    }
 
     /// An agent of a fixed group at an elastic group's store is refused at once, naming both settings,
     /// and so is the reverse; the store's host is never refused, whoever came first.

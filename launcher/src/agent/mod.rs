@@ -261,6 +261,8 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     // the store answers at once: one that does not within seconds is frozen or gone, and an agent
     // leaving (finish) must not wait long on it
     client.set_reply_timeout(Duration::from_secs(5));
+    // (which store this is: one started again at its address later is another, without the group)
+    let store_instance = client.get(crate::store::INSTANCE_KEY, Duration::from_secs(5)).ok();
     match &rounds {
         None => console_err!(
             "[launch] node {}/{}: {} of {}, store {store_addr}, run {} (logs {})",
@@ -409,6 +411,18 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                     Ok(met) => met,
                     Err(e) => {
                         unmet(format!("the restart's rendezvous failed: {e:#}"), Next::RestartNeverMet);
+                        // (at a restart, two agents of one node rank are a node's pod and its replacement,
+                        // started while it lived: the group goes on with the one that came first, and
+                        // this one fails as a pod does, not as a bad command line (exit 2), which a
+                        // scheduler's failure policy takes to end the job)
+                        if attempt > 0 && e.downcast_ref::<JoinedTwice>().is_some() {
+                            bail!(
+                                "{e:#}: another agent of node rank {} came first to attempt {attempt}'s meeting (a \
+                                 replacement of this node, started while this agent lived?); the group goes on \
+                                 with it, without this agent",
+                                p.node_rank
+                            );
+                        }
                         return Err(e);
                     }
                 };
@@ -525,7 +539,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                 // a restart meets in the store: with its host gone (node 0's agent; an elastic group's
                 // agent at --rdzv) none can, and only the whole job started again goes on
                 let lost = match (permanent, &server) {
-                    (None, None) => verdict::store_lost(&store_addr, &p.token, &who).await,
+                    (None, None) => verdict::store_lost(&store_addr, &p.token, &who, store_instance.as_deref()).await,
                     _ => None,
                 };
                 if let Some(why) = lost {

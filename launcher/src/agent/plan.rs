@@ -310,11 +310,31 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
 fn host_port(what: &str, v: &str, default_port: Option<u16>) -> Result<(String, u16)> {
     let v = v.trim();
     if let Some(p) = default_port.filter(|_| !v.is_empty() && (!v.contains(':') || v.ends_with(']'))) {
+        check_host(what, v, v)?;
         return Ok((v.to_string(), p));
     }
     let (h, p) = v.rsplit_once(':').with_context(|| format!("{what} {v}: expected HOST:PORT"))?;
     ensure!(!h.is_empty(), "{what} {v}: expected HOST:PORT (no host given)");
+    check_host(what, v, h)?;
     Ok((h.to_string(), p.parse().with_context(|| format!("{what} {v}: bad port"))?))
+}
+
+/// An error unless `h` (of `v`, given as `what`) is a host name, an IPv4 address or a bracketed IPv6
+/// one: a malformed one would never resolve, and the agents would wait out the rendezvous timeout for
+/// it (exit 1, which a scheduler retries) rather than stop at once as for a bad command line.
+fn check_host(what: &str, v: &str, h: &str) -> Result<()> {
+    if let Some(inner) = h.strip_prefix('[') {
+        let ok = inner.strip_suffix(']').is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        ensure!(ok, "{what} {v}: `{h}` is no IPv6 address (written [ADDRESS]:PORT, as [fd00::1]:29400)");
+        return Ok(());
+    }
+    ensure!(
+        !h.contains(':'),
+        "{what} {v}: an IPv6 address is written in brackets, [ADDRESS]:PORT (as [fd00::1]:29400)"
+    );
+    let bad = h.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    ensure!(bad.is_none(), "{what} {v}: `{h}` is no host name ({:?} in it)", bad.unwrap_or_default());
+    Ok(())
 }
 
 /// The rendezvous torchrun's variables name: `PET_RDZV_ENDPOINT` (an elastic PyTorchJob's, c10d), else
@@ -333,7 +353,16 @@ fn torchrun_rdzv(env: &impl Fn(&str) -> Option<String>) -> Result<Option<(String
         Some(p) => p.trim().parse().with_context(|| format!("PET_MASTER_PORT={p:?}: expected a port"))?,
         None => TORCHRUN_MASTER_PORT,
     };
-    Ok(Some((h.trim().to_string(), port, "PET_MASTER_ADDR, PET_MASTER_PORT")))
+    // (an address alone, an IPv6 one unbracketed as torchrun takes it)
+    let h = h.trim();
+    let h = match h.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{h}]"),
+        Err(_) => {
+            check_host("PET_MASTER_ADDR", h, h)?;
+            h.to_string()
+        }
+    };
+    Ok(Some((h, port, "PET_MASTER_ADDR, PET_MASTER_PORT")))
 }
 
 /// With no node count given, `WORLD_SIZE` and `RANK` (a PyTorchJob's pod, a torchrun-style scheduler)
@@ -396,6 +425,20 @@ mod tests {
         for (v, said) in [("n1", "expected HOST:PORT"), (":1", "no host given"), ("n1:x", "bad port")] {
             let e = host_port("--rdzv", v, None).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--rdzv {v}: ")) && e.contains(said), "{e}");
+        }
+        // hosts that could never resolve are refused at once, not waited for up to the timeout
+        assert_eq!(host_port("--rdzv", "[::1]:29400", None).unwrap(), ("[::1]".to_string(), 29400));
+        assert_eq!(host_port("E", "[fd00::1]", Some(29400)).unwrap(), ("[fd00::1]".to_string(), 29400));
+        assert_eq!(host_port("E", "pod-0.job_x.svc", Some(1)).unwrap().0, "pod-0.job_x.svc");
+        for (v, said) in [
+            ("::1", "an IPv6 address is written in brackets"),
+            ("fd00::1:29400", "an IPv6 address is written in brackets"),
+            ("[::1:29400", "`[::1` is no IPv6 address"),
+            ("[pod0]:29400", "`[pod0]` is no IPv6 address"),
+            ("a b:29400", "`a b` is no host name (' ' in it)"),
+        ] {
+            let e = host_port("PET_RDZV_ENDPOINT", v, Some(29400)).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("PET_RDZV_ENDPOINT {v}: ")) && e.contains(said), "{e}");
         }
         // port 0 (any free one) is no place for several nodes to meet; one node may take it
         let plan_of = |args: &[&str]| {
@@ -523,6 +566,16 @@ mod tests {
                 "--node-rank 1 (PET_NODE_RANK)",
                 "--rdzv job-master-0:23456 (PET_MASTER_ADDR, PET_MASTER_PORT)"
             ]
+        );
+        // an IPv6 master address as torchrun takes it (bare); one that is no host, at once
+        let with_addr = |addr: &'static str| -> Vec<(&str, &str)> {
+            let mut v: Vec<_> = pod.iter().copied().filter(|(k, _)| *k != "PET_MASTER_ADDR").collect();
+            v.push(("PET_MASTER_ADDR", addr));
+            v
+        };
+        assert_eq!(plan_of(&eight, &with_addr("fd00::1")).unwrap().host, "[fd00::1]");
+        assert!(
+            err_of(&eight, &with_addr("job master")).contains("PET_MASTER_ADDR job master: `job master` is no host")
         );
         // the flags win
         let p = plan_of(&[&eight[..], &["--nnodes", "3", "--node-rank", "2", "--rdzv", "h:1"]].concat(), &pod).unwrap();

@@ -50,7 +50,7 @@ impl Heartbeat {
             }
         };
         if let Err(e) = std::thread::Builder::new().name("watch-beat".into()).spawn(beat) {
-            tracing::warn!("starting the watch counter's thread: {e}; the other nodes may take this one for lost");
+            console_err!("[launch] warning: starting the watch counter's thread: {e}; the other nodes may take this one for lost");
         }
         Heartbeat { stop }
     }
@@ -127,7 +127,7 @@ impl Poller {
     /// Posts `value` at `key` (on a blocking thread: the caller's other work goes on meanwhile).
     pub(super) async fn post(&mut self, key: &str, value: &str) {
         if let Err(e) = self.client().await {
-            tracing::warn!("[launch] store: posting {key}: {e:#}");
+            console_err!("[launch] warning: store: posting {key}: {e:#}");
             return;
         }
         let (mut c, k, v) = (self.client.take().expect("connected"), key.to_string(), value.to_string());
@@ -139,7 +139,7 @@ impl Poller {
         {
             self.client = Some(c);
             if let Err(e) = r {
-                tracing::warn!("[launch] store: posting {key}: {e:#}");
+                console_err!("[launch] warning: store: posting {key}: {e:#}");
             }
         }
     }

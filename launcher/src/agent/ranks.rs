@@ -118,8 +118,8 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
                 true => format!("local rank {last} sees"),
                 false => format!("local ranks {given} to {last} see"),
             };
-            tracing::warn!(
-                "CUDA_VISIBLE_DEVICES={list} lists {} for {} local ranks: {blind} no GPU",
+            console_err!(
+                "[launch] warning: CUDA_VISIBLE_DEVICES={list} lists {} for {} local ranks: {blind} no GPU",
                 crate::plural(given, "GPU"),
                 a.nproc_per_node
             );

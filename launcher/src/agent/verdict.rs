@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::elastic::Group;
 use super::watch::post;
 use crate::env::is_permanent_failure;
-use crate::store::StoreClient;
+use crate::store::{StoreClient, INSTANCE_KEY};
 
 /// Store key (under the attempt's prefix) of a permanent failure's exit code; `PERMANENT/rank` names
 /// the rank (set first).
@@ -61,20 +61,27 @@ pub(super) fn read_permanent(c: &mut StoreClient, key: &str) -> Option<Permanent
 
 /// Why a restart cannot meet, for an agent that does not host the store: the store does not answer a
 /// fresh connection in any of [`PROBES`] tries of [`PROBE`] each (its host, node 0's agent or an
-/// elastic group's agent at `--rdzv`, is gone or frozen, and the group's state with it). One missed
-/// answer is not enough: a loaded or briefly cut-off host would stop this node for good while the
-/// others restart and wait for it.
-pub(super) async fn store_lost(addr: &str, token: &str, who: &str) -> Option<String> {
+/// elastic group's agent at `--rdzv`, is gone or frozen, and the group's state with it), or another
+/// store answers there than the one this agent met in (`instance`, its [`INSTANCE_KEY`]: the host's
+/// pod started again within seconds, with an empty store). One missed answer is not enough: a loaded or
+/// briefly cut-off host would stop this node for good while the others restart and wait for it.
+pub(super) async fn store_lost(addr: &str, token: &str, who: &str, instance: Option<&[u8]>) -> Option<String> {
     let mut why = None;
     for _ in 0..PROBES {
-        let (addr, token, who) = (addr.to_string(), token.to_string(), format!("{who} probe"));
+        let (at, token, who) = (addr.to_string(), token.to_string(), format!("{who} probe"));
         let probe = tokio::task::spawn_blocking(move || {
-            let mut c = StoreClient::connect(&addr, &token, &who, PROBE)?;
+            let mut c = StoreClient::connect(&at, &token, &who, PROBE)?;
             c.set_reply_timeout(PROBE);
-            c.check(std::slice::from_ref(&who)).map(|_| ())
+            c.get(INSTANCE_KEY, PROBE)
         });
         why = match probe.await {
-            Ok(Ok(())) => return None,
+            Ok(Ok(now)) if instance.is_none_or(|met| met == now) => return None,
+            Ok(Ok(_)) => {
+                return Some(format!(
+                    "another store answers at {addr} than the one the group met in: its host started again, \
+                     without the group's state"
+                ))
+            }
             Ok(Err(e)) => Some(format!("{e:#}")),
             Err(e) => Some(e.to_string()),
         };
@@ -164,10 +171,20 @@ mod tests {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
         rt.block_on(async {
-            assert_eq!(store_lost(&server.addr.to_string(), "t", "agent 1").await, None);
+            let met = client(&server).get(INSTANCE_KEY, Duration::from_secs(1)).unwrap();
+            assert_eq!(store_lost(&server.addr.to_string(), "t", "agent 1", Some(&met)).await, None);
+            // the host started again at the same address: a store answers, but not the one met in
+            let addr = server.addr;
+            drop(server);
+            let again = StoreServer::spawn(addr, "t".into()).unwrap();
+            let t0 = Instant::now();
+            let why = store_lost(&addr.to_string(), "t", "agent 1", Some(&met)).await.expect("lost");
+            assert!(why.contains("another store answers") && why.contains("started again"), "{why}");
+            assert!(t0.elapsed() < Duration::from_secs(1), "said at once: {:?}", t0.elapsed());
+            drop(again);
             let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
             let t0 = Instant::now();
-            assert!(store_lost(&gone, "t", "agent 1").await.is_some());
+            assert!(store_lost(&gone, "t", "agent 1", Some(&met)).await.is_some());
             // (every probe tried, none much longer than its timeout and the pause after it: a second's
             // slack each for a loaded machine)
             let most = (PROBE + Duration::from_secs(2)) * PROBES as u32;

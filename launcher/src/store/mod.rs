@@ -8,7 +8,7 @@ pub(crate) mod waiting;
 pub mod wire;
 
 pub use client::{JoinedTwice, MeetingStopped, Members, Refused, StoreClient, STOP_POLL, STOP_READ};
-pub use server::{StoreServer, MAX_HELLO};
+pub use server::{StoreServer, INSTANCE_KEY, MAX_HELLO};
 
 /// Whether `ip` is an address of this machine (a socket binds to it here).
 pub fn is_this_machine(ip: std::net::IpAddr) -> bool {

@@ -90,9 +90,17 @@ const MAX_BEFORE_HELLO: usize = 256;
 /// wait as long as it likes).
 const BODY_WAIT: Duration = Duration::from_secs(30);
 
+/// The key under which a store holds its own instance id, set as it starts (`pid-nanoseconds`): a store
+/// started again at the same address (its host's pod restarted) holds another, and an agent that met in
+/// the first tells the two apart (the group's state went with the first).
+pub const INSTANCE_KEY: &str = "store/instance";
+
 /// Accept connections forever.
 async fn serve(listener: TcpListener, token: String, run_id: Option<String>) {
     let state = Arc::new(State { token, run_id, ..State::default() });
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let instance = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
+    state.map.lock().expect("not poisoned: no panics while held").insert(INSTANCE_KEY.into(), instance.into_bytes());
     let before_hello = Arc::new(tokio::sync::Semaphore::new(MAX_BEFORE_HELLO));
     let mut said_full: Option<std::time::Instant> = None;
     loop {

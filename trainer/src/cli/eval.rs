@@ -14,7 +14,7 @@ use infinity_data::{Checksums, Dataset};
 use serde_json::json;
 
 use crate::model::{Acts, Layout};
-use crate::train::checkpoint::{self, load_model, CheckpointModel, CONFIG_FILE, STATE_FILE};
+use crate::train::checkpoint::{self, load_model, CheckpointModel, TrainState, CONFIG_FILE, STATE_FILE};
 use crate::train::compute::{Compute, DeviceRequest};
 use crate::train::config::{DeviceChoice, Precision, TrainConfig};
 use crate::train::dist::Dist;
@@ -82,9 +82,29 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(config) => Some(weights_and_config(&a, config)?),
         None => None,
     };
-    // (an export's step as it records it; a bare weights file's is not known)
+    // (an export's step as it records it; a bare weights file's is not known; the folders resolved
+    // while they are there: a run training on may prune them before their --out lines are written)
     let listed = || -> Result<Vec<(Option<u64>, PathBuf)>> {
-        Ok(checkpoints(&a.path, a.all)?.into_iter().map(|(step, dir)| (Some(step), dir)).collect())
+        let mut found = checkpoints(&a.path, a.all)?;
+        // (a run that took up `optim.ema_decay` on a resume: its checkpoints before hold no average)
+        let without_ema = |d: &PathBuf| !d.join(checkpoint::EMA_FILE).is_file();
+        if a.all && a.ema && found.iter().any(|(_, d)| !without_ema(d)) {
+            let (steps, with): (Vec<_>, Vec<_>) = found.into_iter().partition(|(_, d)| without_ema(d));
+            if !steps.is_empty() {
+                let steps: Vec<String> = steps.iter().map(|(s, _)| s.to_string()).collect();
+                console_err!(
+                    "warning: --ema: the checkpoints of steps {} hold no moving average: skipped",
+                    steps.join(", ")
+                );
+            }
+            found = with;
+        }
+        Ok(found.into_iter().map(|(step, dir)| (Some(step), crate::export::resolved(&dir))).collect())
+    };
+    // a checkpoint's model and, of a run's checkpoint, its state (what the run had seen), read together:
+    // pruning may take the folder between the two
+    let read = |dir: &Path| -> Result<(CheckpointModel, Option<TrainState>)> {
+        Ok((load_model(dir, a.ema)?, Some(checkpoint::read_state(dir)?)))
     };
     let mut checkpoints: Vec<(Option<u64>, PathBuf)> = match &weights {
         Some((ck, _, _)) => vec![(ck.step, a.path.clone())],
@@ -104,8 +124,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             vars.join(", ")
         );
     }
-    let (mut cfg, config, first_model) = match weights {
-        Some((ck, cfg, _)) => (cfg, a.config.clone().expect("given"), ck),
+    let (mut cfg, config, (first_model, first_state)) = match weights {
+        Some((ck, cfg, _)) => (cfg, a.config.clone().expect("given"), (ck, None)),
         None => {
             let mut tries = 0;
             loop {
@@ -115,7 +135,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 // were the training's to say)
                 let loaded = TrainConfig::load_saved(&config)
                     .with_context(|| format!("the run's config {}", config.display()))
-                    .and_then(|cfg| Ok((cfg, load_model(first, a.ema)?)));
+                    .and_then(|cfg| Ok((cfg, read(first)?)));
                 match loaded {
                     Ok((cfg, ck)) => break (cfg, config, ck),
                     // (deleted since the listing by a run training on, `checkpoint.keep_last`: listed again)
@@ -190,15 +210,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(p) => Some(open_out(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
-    let mut loaded = Some(first_model);
+    let (mut loaded, mut measured, mut skipped) = (Some((first_model, first_state)), 0, Vec::new());
     for (step, dir) in &checkpoints {
-        let ck = match loaded.take() {
-            Some(ck) => ck,
-            None => match load_model(dir, a.ema) {
-                Ok(ck) => ck,
+        let (ck, state) = match loaded.take() {
+            Some(read) => read,
+            None => match read(dir) {
+                Ok(read) => read,
                 // (pruned meanwhile by a run training on: `keep_last`)
                 Err(_) if a.all && pruned(dir) => {
                     console_err!("warning: {}: gone since eval listed it (pruned?): skipped", dir.display());
+                    skipped.push(dir.clone());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -208,26 +229,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
         // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown,
         // as for an export or a weights file)
-        let seen = match a.config.is_none() {
-            true => {
-                let state = match checkpoint::read_state(dir) {
-                    Ok(state) => state,
-                    Err(_) if a.all && pruned(dir) => {
-                        console_err!("warning: {}: gone since eval loaded it (pruned?): skipped", dir.display());
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
-                let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
-                match (state.seen, checkpoint::run_folder_of(dir)) {
-                    (Some(seen), _) => Some(seen),
-                    (None, Some(run)) if out.is_some() => recount(run),
-                    (None, _) => None,
-                }
+        let seen = state.and_then(|state| {
+            let without = "its --out lines have no samples_seen, tokens_seen or flops_seen";
+            let recount = |run| crate::train::seen::Seen::recounted(run, state.step, &costs, without);
+            match (state.seen, checkpoint::run_folder_of(dir)) {
+                (Some(seen), _) => Some(seen),
+                (None, Some(run)) if out.is_some() => recount(run),
+                (None, _) => None,
             }
-            false => None,
-        };
+        });
+        measured += 1;
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if ema { " (moving average)" } else { "" };
         let at = step.map_or_else(|| dir.display().to_string(), |s| format!("step {s}"));
@@ -260,6 +271,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             }
         }
     }
+    // (every one skipped: nothing measured is no success)
+    ensure!(
+        measured > 0,
+        "{}: none of the {} checkpoints listed was measured (skipped: {}); run it again, or once the run has ended",
+        a.path.display(),
+        checkpoints.len(),
+        skipped.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,9 +296,12 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
     }
     ensure!(!a.all, "--all: {} is one set of weights (--all takes a run folder)", a.path.display());
     let cfg = TrainConfig::load(config, &a.set).with_context(|| format!("--config {}", config.display()))?;
-    let (ck, ema) = match crate::export::read_export(&a.path) {
+    // (an export's weights file is measured as its folder is: config.json shapes the model)
+    let export_of_file = a.path.parent().filter(|p| a.path.is_file() && crate::export::read_export(p).is_some());
+    let path = export_of_file.unwrap_or(&a.path);
+    let (ck, ema) = match crate::export::read_export(path) {
         Some(_) => {
-            let export = crate::export::load_export(&a.path, a.ema)?;
+            let export = crate::export::load_export(path, a.ema)?;
             (export.model, export.ema)
         }
         None => {

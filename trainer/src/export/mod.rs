@@ -485,6 +485,8 @@ pub struct ExportFolder {
     pub ema: bool,
     /// The weights file's crc32c as config.json records it (exports of earlier builds record none).
     pub crc32c: Option<String>,
+    /// The checkpoint it came from, where it came from one.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl ExportFolder {
@@ -514,6 +516,13 @@ impl ExportFolder {
                  keeps one as trainer.gpt_ema_fsdp)"
             ),
             Some(file) => format!("it came from {file}, which holds one set of weights: there is no average to take"),
+            // (a checkpoint at hand that holds none: its run kept no average, optim.ema_decay = 0)
+            None if self.checkpoint.as_ref().is_some_and(|c| c.is_dir() && !c.join(checkpoint::EMA_FILE).is_file()) => {
+                format!(
+                    "it came from {}, whose run kept no moving average (optim.ema_decay = 0): there is none to take",
+                    self.source
+                )
+            }
             None => format!("export the checkpoint ({}) with --ema", self.source),
         }
     }
@@ -539,7 +548,8 @@ pub fn read_export(dir: &Path) -> Option<ExportFolder> {
     let weights = dir.join(named.map(str::to_string).or_else(mapped).unwrap_or_else(|| MODEL_FILE.to_string()));
     let ema = config["source"]["weights"] == "ema";
     let crc32c = config["weights_crc32c"].as_str().map(str::to_string);
-    weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema, crc32c })
+    let checkpoint = checkpoint.map(PathBuf::from);
+    weights.is_file().then_some(ExportFolder { weights, source, weights_file, ema, crc32c, checkpoint })
 }
 
 /// The `(tensor, file)` pairs of the [`SHARD_INDEX`] in `dir`, in the index's key order (a value that is
@@ -577,7 +587,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// (`std::path::absolute` resolves neither.)
 pub(crate) fn resolved(p: &Path) -> PathBuf {
     let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
-    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+    // (a path gone meanwhile, a checkpoint pruned: absolute all the same)
+    p.canonicalize().or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// With spatial patchify, the schedules upstream's inference takes (the manifest's are the tokenizer's):

@@ -595,7 +595,8 @@ mod tests {
         std::fs::write(dir.path().join("lr-0.02/train.log"), "step 36\n").unwrap();
         let e = gather();
         let want =
-            "\n  without a summary.json: failed before their first checkpoint (their logs say why): lr-0.02; not \
+            "\n  without a summary.json: stopped before their first checkpoint (failed or killed: their logs say what \
+             they can): lr-0.02; not \
                     started (a config.toml alone): lr-0.01";
         assert!(e.ends_with(want), "{e}");
         std::fs::write(dir.path().join("summary.json"), "{}").unwrap();

@@ -22,9 +22,12 @@ impl Unsummarised {
     pub fn of(roots: &[Root]) -> Unsummarised {
         let (busy, silent): (Vec<_>, Vec<_>) =
             roots.iter().flat_map(unsummarised).partition(|(_, dir)| crate::train::run_lock::in_use(dir));
-        // (a run started has a log: `train.log` from the sweep, `logs/` from `infinity launch`; one only
-        // planned has its config alone)
-        let logged = |dir: &std::path::Path| dir.join("train.log").is_file() || dir.join("logs").is_dir();
+        // (a run started has a log: `train.log` from the sweep, `logs/` from `infinity launch`, its own
+        // `metrics.jsonl` from its first step, killed before its first checkpoint; one only planned has
+        // its config alone)
+        let logged = |dir: &std::path::Path| {
+            dir.join("train.log").is_file() || dir.join("logs").is_dir() || dir.join("metrics.jsonl").is_file()
+        };
         let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
         let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();
         Unsummarised { busy: names_of(busy), failed: names_of(failed), unstarted: names_of(unstarted) }
@@ -35,7 +38,7 @@ impl Unsummarised {
     pub fn said(&self) -> String {
         let kinds = [
             (&self.busy, "still training (their locks are held)"),
-            (&self.failed, "failed before their first checkpoint (their logs say why)"),
+            (&self.failed, "stopped before their first checkpoint (failed or killed: their logs say what they can)"),
             (&self.unstarted, "not started (a config.toml alone)"),
         ];
         let said: Vec<String> =
@@ -63,7 +66,8 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
     }
     if !failed.is_empty() {
         notes.push(format!(
-            "left out (no summary.json: failed before their first checkpoint; their logs say why): {}",
+            "left out (no summary.json: stopped before their first checkpoint, failed or killed; their logs say what \
+             they can): {}",
             failed.join(", ")
         ));
     }

@@ -128,7 +128,7 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let notes = r.notes.join("\n");
     assert!(notes.contains("still training (their folders' locks are held; no summary.json yet): r2"), "{notes}");
-    assert!(!notes.contains("failed before their first checkpoint"), "{notes}");
+    assert!(!notes.contains("stopped before their first checkpoint"), "{notes}");
     assert!(notes.contains("loss_vs_compute: not drawn"), "{notes}");
     assert!(r.power.is_none() && root.join("scaling/runs.csv").is_file() && root.join("scaling/fits.md").is_file());
     assert!(!root.join("scaling/loss_vs_compute.png").exists());
@@ -137,13 +137,13 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     // (the lock let go: never started, with its config alone; with a log, failed before its first checkpoint)
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     assert!(r.notes.join("\n").contains("left out (not started: a config.toml alone, no log): r2"), "{:?}", r.notes);
-    std::fs::write(root.join("r2/train.log"), "error: …\n").unwrap();
-    let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
-    let notes = r.notes.join("\n");
-    assert!(
-        notes.contains("no summary.json: failed before their first checkpoint; their logs say why): r2"),
-        "{notes}"
-    );
+    // (a log of its own steps, killed before its first checkpoint, is a log too)
+    for log in ["metrics.jsonl", "train.log"] {
+        std::fs::write(root.join("r2").join(log), "{\"step\": 1}\n").unwrap();
+        let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+        let notes = r.notes.join("\n");
+        assert!(notes.contains("no summary.json: stopped before their first checkpoint, failed or killed"), "{notes}");
+    }
 }
 
 #[test]

@@ -151,6 +151,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         mut lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
+    start_state::shared_by_every_rank(run, &mut dist)?;
     // (the step folder the command line names, where it names one: a repeated rewind resumes another)
     let named = opts.resume.clone().filter(|_| !opts.resume_auto);
     let opts =

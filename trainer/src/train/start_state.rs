@@ -76,18 +76,74 @@ fn auto_choice(run: &Path) -> Option<PathBuf> {
     Some(checkpoint::step_dir(run, step))
 }
 
-/// How long a rank waits for its view of the shared run folder to show rank 0's newest checkpoint (NFS
-/// caches a folder's listing for a while).
-const SHARED_FOLDER_LAG: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a rank waits for its view of the shared run folder to show what rank 0 wrote there (NFS
+/// caches a folder's listing for a while): 30 s, or `INFINITY_SHARED_FOLDER_LAG_S` seconds (a mount
+/// whose attribute cache holds longer).
+fn shared_folder_lag() -> std::time::Duration {
+    let set = std::env::var("INFINITY_SHARED_FOLDER_LAG_S").ok().and_then(|s| s.trim().parse::<f64>().ok());
+    std::time::Duration::from_secs_f64(set.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(30.0))
+}
+
+/// Every rank sees the run folder rank 0 holds, or every rank stops as the session starts (exit 2: a
+/// restart would find the same). A run.dir on each node's own disk would train on unnoticed until the
+/// first restart, which finds rank 0's checkpoint on no other node (its path may differ from node to
+/// node: a shared file system mounted elsewhere, so the folders themselves are compared). Rank 0
+/// writes a mark in it (`.ranks-see-N`), every rank looks for it (up to [`shared_folder_lag`]), and
+/// rank 0 removes it once all have looked.
+pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
+    if dist.world == 1 {
+        return Ok(());
+    }
+    let mark = |n: u64| run.join(format!(".ranks-see-{n:012x}"));
+    // (40 bits, which a step's broadcast carries exactly: a mark of another session is never taken for it)
+    let nonce = match dist.is_leader() {
+        true => {
+            let n = rand::random::<u64>() & ((1 << 40) - 1);
+            std::fs::write(mark(n), b"").with_context(|| format!("writing {}", mark(n).display()))?;
+            n
+        }
+        false => 0,
+    };
+    dist.tag("the run folder, seen by every rank");
+    let path = mark(dist.broadcast_step(nonce)?);
+    let t0 = std::time::Instant::now();
+    while !path.exists() && t0.elapsed() < shared_folder_lag() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let missing = !path.exists();
+    dist.tag("the run folder, seen by every rank");
+    let any_missing = dist.any(missing)?;
+    if dist.is_leader() {
+        let _ = std::fs::remove_file(&path);
+    }
+    if !any_missing {
+        return Ok(());
+    }
+    let who = match missing {
+        true => format!(
+            "rank {} does not see in run.dir {} the file rank 0 wrote there ({}) after {:.0} s",
+            dist.rank,
+            run.display(),
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            shared_folder_lag().as_secs_f64()
+        ),
+        false => format!("another rank does not see the file rank 0 wrote in run.dir {}", run.display()),
+    };
+    Err(super::unrecoverable(anyhow::anyhow!(
+        "{who}: run.dir must be one folder every rank sees (a shared file system; its path may differ from node \
+         to node), or a restart finds rank 0's checkpoints on no other node (INFINITY_SHARED_FOLDER_LAG_S: a longer \
+         wait, for a file system that shows new files later)"
+    )))
+}
 
 /// `run`'s checkpoint of `step`, rank 0's choice, once every rank sees it complete: each waits up to
-/// [`SHARED_FOLDER_LAG`] for it; where one never does, every rank stops (exit 2: a restart would find
+/// [`shared_folder_lag`] for it; where one never does, every rank stops (exit 2: a restart would find
 /// the same), saying run.dir is not one shared folder.
 fn seen_by_every_rank(run: &Path, step: u64, dist: &mut Dist) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
     let t0 = std::time::Instant::now();
-    while !shown() && t0.elapsed() < SHARED_FOLDER_LAG {
+    while !shown() && t0.elapsed() < shared_folder_lag() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = !shown();
@@ -95,10 +151,10 @@ fn seen_by_every_rank(run: &Path, step: u64, dist: &mut Dist) -> Result<PathBuf>
     if dist.any(missing)? {
         let who = match missing {
             true => format!(
-                "rank {} does not see rank 0's newest checkpoint {} after {} s",
+                "rank {} does not see rank 0's newest checkpoint {} after {:.0} s",
                 dist.rank,
                 dir.display(),
-                SHARED_FOLDER_LAG.as_secs()
+                shared_folder_lag().as_secs_f64()
             ),
             false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
         };

@@ -276,9 +276,23 @@ impl CheckpointModel {
 }
 
 /// Load the model of `path` (see [`resolve`]), verifying its checksum, names and shapes; with `ema`,
-/// the weights are the checkpoint's moving average (an error if it keeps none).
+/// the weights are the checkpoint's moving average (an error if it keeps none). A run folder's newest
+/// checkpoint that a run training on prunes while it is read (`checkpoint.keep_last`) gives way to the
+/// newest again (a few times), rather than to an error about files it no longer has.
 pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
-    let dir = resolve(path)?;
+    let mut tries = 0;
+    loop {
+        let dir = resolve(path)?;
+        match load_model_of(dir.clone(), ema) {
+            // (moved away whole, DONE with it: pruned, not damaged)
+            Err(_) if dir != path && !dir.join(DONE).is_file() && tries < 5 => tries += 1,
+            loaded => return loaded,
+        }
+    }
+}
+
+/// [`load_model`] of the checkpoint folder `dir`.
+fn load_model_of(dir: PathBuf, ema: bool) -> Result<CheckpointModel> {
     let state = read_state(&dir)?;
     let weights = match ema {
         true => ema_file(&dir)?,
