@@ -945,6 +945,7 @@ fn eval_measures_checkpoints_as_training_validates() {
     let tokenizer = data.join("tokenizer.safetensors");
     let synth = ["data", "synth", "--out", path_str(&val), "--rows", "12", "--fit-rows", "32", "--budget", "demo4"];
     assert!(infinity(&[&synth[..], &["--tokenizer", path_str(&tokenizer), "--seed", "5"]].concat()));
+    std::fs::create_dir_all(&run).unwrap();
     let e = err(&["eval", path_str(&run)]);
     assert!(e.contains("no complete checkpoint"), "{e}");
     let sets = ["--set", "checkpoint.keep_last=3", "--set", "run.steps=3"];
@@ -995,6 +996,14 @@ fn eval_measures_checkpoints_as_training_validates() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(lines[2]).unwrap()["step"], 3, "{text}");
+    // a folder that is not there, and a run whose validation set moved, say so
+    let e = err(&["eval", path_str(&tmp.path().join("nowhere"))]);
+    assert!(e.contains("no such run or checkpoint folder"), "{e}");
+    let moved = tmp.path().join("val-moved");
+    std::fs::rename(&val, &moved).unwrap();
+    let e = err(&["eval", path_str(&validated)]);
+    assert!(e.contains("the run's validation set is not there (moved? pass --val DIR)"), "{e}");
+    std::fs::rename(&moved, &val).unwrap();
     // a moving average taken up on a resume: `--all --ema` measures the checkpoints that hold one
     let ema = ["--set", "optim.ema_decay=0.9", "--set", "run.steps=4", "--resume", "auto"];
     assert!(infinity(&[&["train", path_str(&cfg)][..], &sets[..2], &val_sets, &ema].concat()));

@@ -510,31 +510,47 @@ fn check_patch(opts: &PackOptions) -> Result<()> {
         .map_err(|what| DataError::Config(format!("pack: the tokenizer's {what}")))
 }
 
-/// The images the tokenizer is fitted on and those its quality is then measured on (up to 64 others),
-/// as places in a listing of `n`: each evenly spread over it. The listing is in class order, so a
-/// stretch of it (its first `fit`) would leave classes out of the fit, and a figure measured on the fit's
-/// own images would not show it.
-fn fit_sample(n: usize, fit: usize) -> (Vec<usize>, Vec<usize>) {
-    let spread = |ids: &[usize], k: usize| -> Vec<usize> { (0..k).map(|i| ids[i * ids.len() / k]).collect() };
-    let all: Vec<usize> = (0..n).collect();
-    let fit_ids = spread(&all, fit.min(n));
-    let rest: Vec<usize> = all.into_iter().filter(|id| fit_ids.binary_search(id).is_err()).collect();
-    let held_out = spread(&rest, rest.len().min(64));
-    (fit_ids, held_out)
+/// `k` of `ids`, evenly spread over them (all of them where `k` is as many).
+fn spread(ids: &[usize], k: usize) -> Vec<usize> {
+    (0..k.min(ids.len())).map(|i| ids[i * ids.len() / k.min(ids.len())]).collect()
 }
 
-/// The images at `ids` of the listing, decoded and resized on all cores, in `ids`' order, and with
-/// `skip_bad` the first error of those left out (listed again when their rows are made).
-type Sample = (Vec<(Image, ScaleSchedule)>, Option<DataError>);
-fn load_sample(entries: &[Entry], ids: &[usize], opts: &PackOptions) -> Result<Sample> {
+/// The images the tokenizer is fitted on, as places in a listing of `n`: `fit` of them, evenly spread
+/// over it. The listing is in class order, so a stretch of it (its first `fit`) would leave classes
+/// out of the fit.
+fn fit_sample(n: usize, fit: usize) -> Vec<usize> {
+    spread(&(0..n).collect::<Vec<_>>(), fit)
+}
+
+/// The images the tokenizer's quality is measured on: up to 64 of a listing of `n` that the fit did not
+/// take (`fitted`, sorted), spread alike (a figure measured on the fit's own images would not show a
+/// class the fit missed).
+fn held_out_sample(n: usize, fitted: &[usize]) -> Vec<usize> {
+    let rest: Vec<usize> = (0..n).filter(|id| fitted.binary_search(id).is_err()).collect();
+    spread(&rest, 64)
+}
+
+/// Images of a sample with their places in the listing, and with `skip_bad` the first error of those
+/// left out.
+type Sample = (Vec<(usize, (Image, ScaleSchedule))>, Option<DataError>);
+
+/// The images at `ids` of the listing (sorted), decoded and resized on all cores, in `ids`' order. With
+/// `skip_bad`, one that cannot be read (listed again when its row is made) gives its place, where `fill`,
+/// to the next readable image before the next of `ids`.
+fn load_sample(entries: &[Entry], ids: &[usize], fill: bool, opts: &PackOptions) -> Result<Sample> {
     use rayon::prelude::*;
     let loaded: Vec<Result<(Image, ScaleSchedule)>> =
         ids.par_iter().map(|&id| load_image(&entries[id], opts)).collect();
     let (mut sample, mut first_bad) = (Vec::new(), None);
-    for result in loaded {
+    for (k, result) in loaded.into_iter().enumerate() {
         match result {
-            Ok(img) => sample.push(img),
-            Err(err @ DataError::Image { .. }) if opts.skip_bad => _ = first_bad.get_or_insert(err),
+            Ok(img) => sample.push((ids[k], img)),
+            Err(err @ DataError::Image { .. }) if opts.skip_bad => {
+                first_bad.get_or_insert(err);
+                let next = if fill { ids.get(k + 1).copied().unwrap_or(entries.len()) } else { ids[k] + 1 };
+                let instead = (ids[k] + 1..next).find_map(|id| Some((id, load_image(&entries[id], opts).ok()?)));
+                sample.extend(instead);
+            }
             Err(err) => return Err(skip_bad_hint(err)),
         }
     }
@@ -571,13 +587,13 @@ fn pack_listing(
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
             // (its images are held in memory and the fit takes a while: said before it starts)
-            let (fit_ids, held_out_ids) = fit_sample(entries.len(), opts.fit_images);
+            let fit_ids = fit_sample(entries.len(), opts.fit_images);
             tracing::info!(
                 "pack: fitting the tokenizer on {} of {} images (--fit-images)",
                 fit_ids.len(),
                 entries.len()
             );
-            let sample = match load_sample(&entries, &fit_ids, opts)? {
+            let sample = match load_sample(&entries, &fit_ids, true, opts)? {
                 (sample, Some(err)) if sample.is_empty() => {
                     return Err(DataError::Config(format!(
                         "{}: none of the {} images the tokenizer is fitted on could be read ({err}); fix them, or \
@@ -588,8 +604,11 @@ fn pack_listing(
                 }
                 (sample, _) => sample,
             };
+            let fitted: Vec<usize> = sample.iter().map(|(id, _)| *id).collect();
             // (none of them readable: measured on the fit's own)
-            let (held_out, _) = load_sample(&entries, &held_out_ids, opts)?;
+            let (held_out, _) = load_sample(&entries, &held_out_sample(entries.len(), &fitted), false, opts)?;
+            let (sample, held_out): (Vec<_>, Vec<_>) =
+                (sample.into_iter().map(|(_, img)| img).collect(), held_out.into_iter().map(|(_, img)| img).collect());
             let (t, f) = fit_tokenizer(&sample, &held_out, opts.patch, opts.d)?;
             (t, Some(f))
         }

@@ -121,6 +121,24 @@ fn no_readable_image_is_named() {
     assert!(e.contains("empty.png"), "{e}");
 }
 
+/// With --skip-bad, an unreadable image of the fit's sample gives its place to the next readable one
+/// (the fit keeps its size), which the held-out images then leave to it.
+#[test]
+fn an_unreadable_image_of_the_fit_is_replaced_by_its_neighbour() {
+    let src = tempfile::tempdir().unwrap();
+    let dir = src.path().join("noise");
+    write_noise(&dir, 10, 0, 4);
+    std::fs::write(dir.join("0.png"), b"").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // the fit spreads over 0, 2, 4, 6, 8: 1 takes 0's place; the held-out images are the other readable
+    // ones, 3, 5, 7 and 9 (without the fill: 1 too, and a fit of four)
+    let skip = PackOptions { skip_bad: true, ..opts(5) };
+    let (m, fit, notes) = pack::pack(&dir, out.path(), &skip).unwrap();
+    assert_eq!((m.total_rows, notes.bad.len()), (9, 1));
+    let fit = fit.unwrap();
+    assert_eq!((fit.images, fit.held_out), (4, true), "{fit:?}");
+}
+
 /// A thin strip is cropped to the template's aspect before it is resized, not scaled whole to cover it
 /// first: a 1×200000 image packs in little memory (resizing first took 139 MiB more, measured).
 #[test]

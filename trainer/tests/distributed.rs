@@ -106,7 +106,8 @@ fn launch(nproc: usize, cfg: &Path, run: &Path, extra: &[&str], env: &[(&str, &s
 }
 
 /// `infinity ARGS…` as rank `r` of two that meet at `port` on this machine (the variables a torchrun-style
-/// scheduler sets, no agent), its stderr piped.
+/// scheduler sets, no agent), its stderr piped; a rank waits 2 s for a run folder that is not shared to
+/// show what rank 0 wrote there (not 30 s: one folder on one machine shows it at once).
 fn rank_of_two(r: usize, port: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Child {
     let mut c = Command::new(BIN);
     c.args(args).envs([
@@ -114,6 +115,7 @@ fn rank_of_two(r: usize, port: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> st
         ("RANK", &r.to_string()),
         ("MASTER_ADDR", "127.0.0.1"),
         ("MASTER_PORT", port),
+        ("INFINITY_SHARED_FOLDER_LAG_S", "2"),
     ]);
     c.stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -411,8 +413,9 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
     assert!(!out.contains("written on"), "same world size, nothing to say: {out}");
     assert!(weights(&from, 8) == weights(&clean, 8), "restarted from its own checkpoint: final weights differ");
 
-    // ranks that see different checkpoints (a run.dir that is not shared) stop together, saying so, with
-    // exit 2 (a restart would find the same folders)
+    // ranks whose run.dirs are not one folder (each a copy) stop together as they start, saying so, with
+    // exit 2 (a restart would find the same folders); ranks of one folder that see different
+    // checkpoints in it are `start_state`'s unit test
     let port = common::free_port().to_string();
     let ranks: Vec<_> = (0..2)
         .map(|r| {
@@ -431,6 +434,7 @@ fn a_killed_rank_restarts_the_group_and_the_run_ends_identical() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "rank {r}: {text}");
         assert!(text.contains("run.dir must be one folder every rank sees"), "rank {r}: {text}");
+        assert!(text.contains("the file rank 0 wrote"), "rank {r}: {text}");
     }
 
     // without restarts the failure is reported with the root cause and a non-zero exit
@@ -486,10 +490,7 @@ fn ranks_resuming_from_different_checkpoints_of_one_step_stop() {
 fn ranks_whose_run_folders_differ_stop_as_they_start() {
     let (tmp, cfg) = setup(2);
     let start = |r: usize, port: &str, run: &Path| {
-        let mut c = Command::new(BIN);
-        c.arg("train").arg(&cfg).args(["--set", &format!("run.dir={}", run.display())]);
-        c.envs([("WORLD_SIZE", "2"), ("RANK", &r.to_string()), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port)]);
-        c.env("INFINITY_SHARED_FOLDER_LAG_S", "1").stderr(Stdio::piped()).spawn().unwrap()
+        rank_of_two(r, port, &[&"train", &cfg, &"--set", &format!("run.dir={}", run.display())])
     };
     let port = common::free_port().to_string();
     let (a, b) = (tmp.path().join("node0-disk"), tmp.path().join("node1-disk"));

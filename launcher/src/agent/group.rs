@@ -539,6 +539,10 @@ pub(super) async fn group_outcome(
                     }
                 };
                 post(client, &key, &what).await;
+                if key == signal {
+                    // (its ranks had finished: as cleanly stopped as checkpointed, for stopped_by_another)
+                    post(client, &super::watch::signal_outcome_key(prefix, node), "0").await;
+                }
                 return Outcome::Stopped(0);
             }
         }

@@ -262,7 +262,12 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     // leaving (finish) must not wait long on it
     client.set_reply_timeout(Duration::from_secs(5));
     // (which store this is: one started again at its address later is another, without the group)
-    let store_instance = client.get(crate::store::INSTANCE_KEY, Duration::from_secs(5)).ok();
+    // (looked for first: a store of an earlier build holds none, and a get would wait for it)
+    let instance_key = [crate::store::INSTANCE_KEY.to_string()];
+    let store_instance = match client.check(&instance_key).is_ok_and(|p| p[0]) {
+        true => client.get(&instance_key[0], Duration::from_secs(5)).ok(),
+        false => None,
+    };
     match &rounds {
         None => console_err!(
             "[launch] node {}/{}: {} of {}, store {store_addr}, run {} (logs {})",
@@ -418,8 +423,8 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                         if attempt > 0 && e.downcast_ref::<JoinedTwice>().is_some() {
                             bail!(
                                 "{e:#}: another agent of node rank {} came first to attempt {attempt}'s meeting (a \
-                                 replacement of this node, started while this agent lived?); the group goes on \
-                                 with it, without this agent",
+                                 node's pod and its replacement, both running?); the group goes on with that \
+                                 one, without this agent",
                                 p.node_rank
                             );
                         }

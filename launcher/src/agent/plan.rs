@@ -163,14 +163,19 @@ fn plan_with(a: &LaunchArgs, env: impl Fn(&str) -> Option<String>) -> Result<Pla
                 let r = v.trim().parse().with_context(|| format!("PET_NODE_RANK={v:?}: expected a number"))?;
                 adopted.push(format!("--node-rank {r} (PET_NODE_RANK)"));
                 (r, "PET_NODE_RANK")
+            } else if let Some(v) = env("JOB_COMPLETION_INDEX").filter(|_| nnodes > 1) {
+                // (a Kubernetes Indexed Job's pod: its index, 0 to completions − 1, is its node's)
+                let r = v.trim().parse().with_context(|| format!("JOB_COMPLETION_INDEX={v:?}: expected a number"))?;
+                adopted.push(format!("--node-rank {r} (JOB_COMPLETION_INDEX)"));
+                (r, "JOB_COMPLETION_INDEX")
             } else if let Some(r) = slurm_num("SLURM_NODEID")? {
                 (r, "SLURM_NODEID")
             } else {
                 // every pod would be node 0
                 ensure!(
                     nodes_from != "PET_NNODES" || nnodes == 1,
-                    "PET_NNODES={nnodes} but PET_NODE_RANK is not set: pass --node-rank (this node's index, \
-                     0 to {})",
+                    "PET_NNODES={nnodes} but PET_NODE_RANK is not set (nor an Indexed Job's JOB_COMPLETION_INDEX): \
+                     pass --node-rank (this node's index, 0 to {})",
                     nnodes - 1
                 );
                 (0, "--node-rank")
@@ -324,7 +329,9 @@ fn host_port(what: &str, v: &str, default_port: Option<u16>) -> Result<(String, 
 /// it (exit 1, which a scheduler retries) rather than stop at once as for a bad command line.
 fn check_host(what: &str, v: &str, h: &str) -> Result<()> {
     if let Some(inner) = h.strip_prefix('[') {
-        let ok = inner.strip_suffix(']').is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        // (a link-local address may carry its zone: `[fe80::1%eth0]`)
+        let address = |a: &str| a.split_once('%').map_or(a, |(a, _)| a).parse::<std::net::Ipv6Addr>().is_ok();
+        let ok = inner.strip_suffix(']').is_some_and(address);
         ensure!(ok, "{what} {v}: `{h}` is no IPv6 address (written [ADDRESS]:PORT, as [fd00::1]:29400)");
         return Ok(());
     }
@@ -429,6 +436,7 @@ mod tests {
         // hosts that could never resolve are refused at once, not waited for up to the timeout
         assert_eq!(host_port("--rdzv", "[::1]:29400", None).unwrap(), ("[::1]".to_string(), 29400));
         assert_eq!(host_port("E", "[fd00::1]", Some(29400)).unwrap(), ("[fd00::1]".to_string(), 29400));
+        assert_eq!(host_port("--rdzv", "[fe80::1%2]:29400", None).unwrap().0, "[fe80::1%2]");
         assert_eq!(host_port("E", "pod-0.job_x.svc", Some(1)).unwrap().0, "pod-0.job_x.svc");
         for (v, said) in [
             ("::1", "an IPv6 address is written in brackets"),
@@ -597,7 +605,13 @@ mod tests {
         assert!(e.contains("PET_NPROC_PER_NODE=2 but --nproc-per-node is 8"), "{e}");
         // every pod would be node 0
         let no_rank: Vec<_> = pod.iter().copied().filter(|(k, _)| *k != "PET_NODE_RANK").collect();
-        assert!(err_of(&eight, &no_rank).contains("PET_NNODES=2 but PET_NODE_RANK is not set: pass --node-rank"));
+        assert!(err_of(&eight, &no_rank).contains("PET_NNODES=2 but PET_NODE_RANK is not set (nor an Indexed Job's"));
+        // a Kubernetes Indexed Job's pod: its completion index is its node rank (of more than one node)
+        let indexed = [&no_rank[..], &[("JOB_COMPLETION_INDEX", "1")]].concat();
+        let p = plan_of(&eight, &indexed).unwrap();
+        assert_eq!((p.node_rank, p.adopted[1].as_str()), (1, "--node-rank 1 (JOB_COMPLETION_INDEX)"));
+        let one_node = [("JOB_COMPLETION_INDEX", "3"), TOKEN];
+        assert_eq!(plan_of(&["--nnodes", "1"], &one_node).unwrap().node_rank, 0, "one node: its index is no rank");
 
         // an elastic PyTorchJob: c10d's endpoint, nodes numbered as they join
         let elastic = [

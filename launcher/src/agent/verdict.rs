@@ -72,10 +72,15 @@ pub(super) async fn store_lost(addr: &str, token: &str, who: &str, instance: Opt
         let probe = tokio::task::spawn_blocking(move || {
             let mut c = StoreClient::connect(&at, &token, &who, PROBE)?;
             c.set_reply_timeout(PROBE);
-            c.get(INSTANCE_KEY, PROBE)
+            // (a store of an earlier build holds no id: it answers, which is all there is to know)
+            let has_id = c.check(&[INSTANCE_KEY.to_string()])?[0];
+            match has_id {
+                true => c.get(INSTANCE_KEY, PROBE).map(Some),
+                false => Ok(None),
+            }
         });
         why = match probe.await {
-            Ok(Ok(now)) if instance.is_none_or(|met| met == now) => return None,
+            Ok(Ok(now)) if instance.zip(now.as_deref()).is_none_or(|(met, now)| met == now) => return None,
             Ok(Ok(_)) => {
                 return Some(format!(
                     "another store answers at {addr} than the one the group met in: its host started again, \

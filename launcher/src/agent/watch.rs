@@ -121,7 +121,7 @@ pub(super) async fn watch(
                         );
                         // (a rank already failed: the others cannot checkpoint either)
                         let code = stop_group(&mut ranks, &mut exited, a.failure_grace_s(), libc::SIGTERM, None).await;
-                        return Ok(Outcome::Stopped(stopped_by_another(code, store.as_deref_mut(), prefix).await));
+                        return Ok(Outcome::Stopped(stopped_by_another(code, store.as_deref_mut(), prefix, g).await));
                     }
                     // a node leaving or joining may break the ranks' connections before this agent
                     // polled the news: that is a regroup, not a failure
@@ -218,10 +218,13 @@ pub(super) async fn watch(
                     stop_group(&mut ranks, &mut exited, a.grace_s, sig, hurry),
                     poller.post(&keys[key], &what),
                 );
-                // how this node's ranks stopped, for the nodes whose ranks failed of it (stopped_by_another)
-                poller.post(&signal_outcome_key(prefix), &code.to_string()).await;
                 // (128 + the signal the agent got, as before the ranks start: SIGHUP is 129 either way)
-                return Ok(Outcome::Stopped(if code == 128 + sig { 128 + got } else { code }));
+                let code = if code == 128 + sig { 128 + got } else { code };
+                // how this node's ranks stopped, for the nodes whose ranks failed of it (stopped_by_another)
+                if key == SIGNAL {
+                    poller.post(&signal_outcome_key(prefix, g.node_rank), &code.to_string()).await;
+                }
+                return Ok(Outcome::Stopped(code));
             }
             present = poller.answer() => {
                 let present = match present {
@@ -242,7 +245,7 @@ pub(super) async fn watch(
                     };
                     console_err!("[launch] {who} was signalled; forwarding SIGTERM");
                     let code = stop_group(&mut ranks, &mut exited, a.grace_s, libc::SIGTERM, None).await;
-                    return Ok(Outcome::Stopped(stopped_by_another(code, poller.client().await.ok(), prefix).await));
+                    return Ok(Outcome::Stopped(stopped_by_another(code, poller.client().await.ok(), prefix, g).await));
                 }
                 if present[FAILED] {
                     let (report, permanent, node) = match poller.client().await {
@@ -526,10 +529,11 @@ async fn failed_peer_here(
     Some((p, status, seconds))
 }
 
-/// The key under which a signalled node's agent posts how its ranks stopped (0: checkpointed; 128 + N:
-/// killed at the end of the grace), in attempt `prefix`.
-fn signal_outcome_key(prefix: &str) -> String {
-    format!("{prefix}/signal-outcome")
+/// The key under which a signalled node's agent (node `node`) posts how its ranks stopped, in attempt
+/// `prefix`: 0 where they checkpointed, 128 + N where they were killed at the end of the grace (the
+/// code that node's agent exits with, before `--preempted-exit-code`).
+pub(super) fn signal_outcome_key(prefix: &str, node: usize) -> String {
+    format!("{prefix}/signal-outcome/{node}")
 }
 
 /// How long a node whose ranks failed of another node's stop waits for how that node's ranks stopped
@@ -539,29 +543,38 @@ const SIGNAL_OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// The exit code of a node whose ranks stopped because another node was signalled. A rank that failed
 /// of it (its peer's connection closed: 1; a collective timed out: 86) failed as the group stopped:
 /// after its checkpoint (a peer left first) or without one (the signalled node's ranks were killed at
-/// the end of its grace). The signalled node's agent posts which ([`signal_outcome_key`]): this node
-/// exits as cleanly (0: `--preempted-exit-code`) or as killed (128 + N) as that node's ranks stopped,
-/// and with the rank's failure where that is not known within [`SIGNAL_OUTCOME_WAIT`] (a scheduler that
-/// retries failures resumes from the last checkpoint; 0 could end the job unsaved). A permanent
-/// failure's code, or a rank killed by the signal (128 + it), stays.
-async fn stopped_by_another(code: i32, store: Option<&mut StoreClient>, prefix: &str) -> i32 {
+/// the end of its grace). The signalled nodes' agents post which ([`signal_outcome_key`]): this node
+/// exits as cleanly (0: `--preempted-exit-code`) or as killed (128 + N) as their ranks stopped (the
+/// worst of those posted within a moment of the first: two nodes signalled at once), and with the
+/// rank's failure where none says within [`SIGNAL_OUTCOME_WAIT`] (a scheduler that retries failures
+/// resumes from the last checkpoint; 0 could end the job unsaved). A permanent failure's code, or a
+/// rank killed by the signal (128 + it), stays.
+async fn stopped_by_another(code: i32, store: Option<&mut StoreClient>, prefix: &str, g: Group) -> i32 {
     let failed_of_it = code > 0 && code < 128 && !is_permanent_failure(Some(code));
     let Some(c) = store.filter(|_| failed_of_it) else { return code };
-    let key = signal_outcome_key(prefix);
-    let t0 = Instant::now();
-    while t0.elapsed() < SIGNAL_OUTCOME_WAIT {
-        match c.check(std::slice::from_ref(&key)).map(|p| p[0]) {
-            Ok(true) => {
-                let posted = c.get(&key, Duration::from_secs(1)).ok();
-                return match posted.and_then(|v| String::from_utf8_lossy(&v).trim().parse::<i32>().ok()) {
+    let others: Vec<String> =
+        (0..g.nnodes).filter(|&n| n != g.node_rank).map(|n| signal_outcome_key(prefix, n)).collect();
+    let (t0, mut first_seen) = (Instant::now(), None::<Instant>);
+    loop {
+        let Ok(present) = c.check(&others) else { return code };
+        if present.contains(&true) {
+            let seen = *first_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() >= Duration::from_millis(500) || present.iter().all(|&p| p) {
+                let read = |c: &mut StoreClient, k: &String| {
+                    let v = c.get(k, Duration::from_secs(1)).ok()?;
+                    String::from_utf8_lossy(&v).trim().parse::<i32>().ok()
+                };
+                let posted: Vec<i32> =
+                    others.iter().zip(&present).filter(|(_, &p)| p).filter_map(|(k, _)| read(c, k)).collect();
+                return match posted.iter().max() {
+                    Some(&killed) if killed > 128 => killed,
                     Some(0) => 0,
-                    Some(killed) if killed > 128 => killed,
                     _ => code,
                 };
             }
-            Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(_) => return code,
+        } else if t0.elapsed() >= SIGNAL_OUTCOME_WAIT {
+            return code;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    code
 }

@@ -284,7 +284,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
             if !notes.skipped.is_empty() {
                 let what = match a.meta {
                     Some(_) => "not .jsonl",
-                    None => "not .png/.jpg/.jpeg, hidden, a folder below a class folder or one without images",
+                    None => {
+                        "not .png/.jpg/.jpeg, hidden, a folder below a class folder or one without images, or a \
+                         link back to the folder"
+                    }
                 };
                 console!(
                     "left out {} ({what}): {}",

@@ -187,7 +187,12 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         crate::train::TokenMix::of(&first_model.model, &train.manifest, cfg.data.global_batch).flops_per_token;
     let costs = crate::train::seen::bucket_costs(&first_model.model, &train.manifest, &flops_per_token);
     let micro_batch = a.micro_batch.or(cfg.data.micro_batch.samples()).unwrap_or(MICRO_BATCH);
-    let validator = Validator::new(&cfg, &first_model.model, &train, micro_batch)?.expect("val.dir is set");
+    // (the run's own set, moved since: --val names where it is now)
+    let gone = cfg.val.dir.as_ref().is_some_and(|d| a.val.is_none() && !d.exists());
+    let validator = match (Validator::new(&cfg, &first_model.model, &train, micro_batch), gone) {
+        (Err(e), true) => bail!("{e:#}: the run's validation set is not there (moved? pass --val DIR)"),
+        (validator, _) => validator?.expect("val.dir is set"),
+    };
     let val_dir = cfg.val.dir.as_ref().expect("set").display();
     let main_set = match (&a.val, &a.name) {
         (Some(_), Some(n)) => format!("--val {val_dir} ({n})"),
@@ -210,7 +215,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(p) => Some(open_out(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
-    let (mut loaded, mut measured, mut skipped) = (Some((first_model, first_state)), 0, Vec::new());
+    // (the first is read already, with its state: it is always measured)
+    let mut loaded = Some((first_model, first_state));
     for (step, dir) in &checkpoints {
         let (ck, state) = match loaded.take() {
             Some(read) => read,
@@ -219,7 +225,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 // (pruned meanwhile by a run training on: `keep_last`)
                 Err(_) if a.all && pruned(dir) => {
                     console_err!("warning: {}: gone since eval listed it (pruned?): skipped", dir.display());
-                    skipped.push(dir.clone());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -238,7 +243,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                 (None, _) => None,
             }
         });
-        measured += 1;
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if ema { " (moving average)" } else { "" };
         let at = step.map_or_else(|| dir.display().to_string(), |s| format!("step {s}"));
@@ -271,14 +275,6 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             }
         }
     }
-    // (every one skipped: nothing measured is no success)
-    ensure!(
-        measured > 0,
-        "{}: none of the {} checkpoints listed was measured (skipped: {}); run it again, or once the run has ended",
-        a.path.display(),
-        checkpoints.len(),
-        skipped.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -375,6 +371,7 @@ fn pruned(dir: &Path) -> bool {
 /// The checkpoints of `path`: a checkpoint folder alone, or a run folder's newest complete one (with
 /// `all`, every complete one, oldest first), by step.
 fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
+    ensure!(path.exists(), "{}: no such run or checkpoint folder", path.display());
     if path.join(STATE_FILE).is_file() {
         let dir = checkpoint::resolve(path)?;
         let step = checkpoint::read_state(&dir)?.step;

@@ -192,7 +192,7 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     for (name, v) in [("--cfg", &a.cfg), ("--tau", &a.tau)] {
         let k = sched.scales.len();
         if v.len() > k {
-            console!(
+            console_err!(
                 "warning: {name}: {} values for the {k} scales of the {} schedule: the first {k} are taken (as \
                  upstream's per-scale lists are)",
                 v.len(),

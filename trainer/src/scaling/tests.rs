@@ -139,6 +139,7 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     assert!(r.notes.join("\n").contains("left out (not started: a config.toml alone, no log): r2"), "{:?}", r.notes);
     // (a log of its own steps, killed before its first checkpoint, is a log too)
     for log in ["metrics.jsonl", "train.log"] {
+        let _ = std::fs::remove_file(root.join("r2/metrics.jsonl"));
         std::fs::write(root.join("r2").join(log), "{\"step\": 1}\n").unwrap();
         let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
         let notes = r.notes.join("\n");

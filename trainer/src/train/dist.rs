@@ -32,12 +32,15 @@ pub struct Dist {
     _server: Option<StoreServer>,
     /// Every rank's host and build, from [`Dist::agree_on_config`] (none alone).
     identities: Vec<RankIdentity>,
+    /// How long a collective waits for the other ranks (`dist.timeout_s`; alone: none).
+    pub timeout: Duration,
 }
 
 impl Dist {
     pub fn solo() -> Dist {
         let identities = Vec::new();
-        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None, identities }
+        let timeout = Duration::MAX;
+        Dist { rank: 0, world: 1, attempt: 0, comm: Box::new(Solo), store: None, _server: None, identities, timeout }
     }
 
     /// Join the group of the process environment (or stay alone). `gpu`: this rank computes on a GPU
@@ -112,7 +115,8 @@ impl Dist {
         );
         let store = Some((store, prefix));
         let (rank, world, attempt) = (env.rank, env.world, env.attempt);
-        Ok(Dist { rank, world, attempt, comm, store, _server: server, identities: Vec::new() })
+        let timeout = comm_timeout;
+        Ok(Dist { rank, world, attempt, comm, store, _server: server, identities: Vec::new(), timeout })
     }
 
     /// Tells the launcher that this group stopped on a signal before the run's end (every rank does:

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use infinity_data::loader::{LoaderState, MixState};
 use infinity_data::{DataError, Dataset};
@@ -78,10 +80,18 @@ fn auto_choice(run: &Path) -> Option<PathBuf> {
 
 /// How long a rank waits for its view of the shared run folder to show what rank 0 wrote there (NFS
 /// caches a folder's listing for a while): 30 s, or `INFINITY_SHARED_FOLDER_LAG_S` seconds (a mount
-/// whose attribute cache holds longer).
-fn shared_folder_lag() -> std::time::Duration {
-    let set = std::env::var("INFINITY_SHARED_FOLDER_LAG_S").ok().and_then(|s| s.trim().parse::<f64>().ok());
-    std::time::Duration::from_secs_f64(set.filter(|s| s.is_finite() && *s >= 0.0).unwrap_or(30.0))
+/// whose attribute cache holds longer), at most nine tenths of the group's collective timeout
+/// (`dist.timeout_s`): rank 0 waits for the look in a collective, whose timeout would be a failure to
+/// retry rather than this check's verdict.
+fn shared_folder_lag(dist: &Dist) -> Duration {
+    lag_of(std::env::var("INFINITY_SHARED_FOLDER_LAG_S").ok().as_deref(), dist.timeout)
+}
+
+/// [`shared_folder_lag`] of the variable's value `set` and the collective timeout `timeout`.
+fn lag_of(set: Option<&str>, timeout: Duration) -> Duration {
+    let set = set.and_then(|s| s.trim().parse::<f64>().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok());
+    // (alone, no collective waits: no bound)
+    set.unwrap_or(Duration::from_secs(30)).min(timeout.checked_mul(9).map_or(timeout, |t| t / 10))
 }
 
 /// Every rank sees the run folder rank 0 holds, or every rank stops as the session starts (exit 2: a
@@ -107,7 +117,7 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
     dist.tag("the run folder, seen by every rank");
     let path = mark(dist.broadcast_step(nonce)?);
     let t0 = std::time::Instant::now();
-    while !path.exists() && t0.elapsed() < shared_folder_lag() {
+    while !path.exists() && t0.elapsed() < shared_folder_lag(dist) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = !path.exists();
@@ -125,7 +135,7 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
             dist.rank,
             run.display(),
             path.file_name().unwrap_or_default().to_string_lossy(),
-            shared_folder_lag().as_secs_f64()
+            shared_folder_lag(dist).as_secs_f64()
         ),
         false => format!("another rank does not see the file rank 0 wrote in run.dir {}", run.display()),
     };
@@ -140,10 +150,16 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
 /// [`shared_folder_lag`] for it; where one never does, every rank stops (exit 2: a restart would find
 /// the same), saying run.dir is not one shared folder.
 fn seen_by_every_rank(run: &Path, step: u64, dist: &mut Dist) -> Result<PathBuf> {
+    let lag = shared_folder_lag(dist);
+    seen_within(run, step, dist, lag)
+}
+
+/// [`seen_by_every_rank`], each rank waiting up to `lag`.
+fn seen_within(run: &Path, step: u64, dist: &mut Dist, lag: Duration) -> Result<PathBuf> {
     let dir = checkpoint::step_dir(run, step);
     let shown = || checkpoint::complete(run).iter().any(|(s, _)| *s == step);
     let t0 = std::time::Instant::now();
-    while !shown() && t0.elapsed() < shared_folder_lag() {
+    while !shown() && t0.elapsed() < lag {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = !shown();
@@ -154,7 +170,7 @@ fn seen_by_every_rank(run: &Path, step: u64, dist: &mut Dist) -> Result<PathBuf>
                 "rank {} does not see rank 0's newest checkpoint {} after {:.0} s",
                 dist.rank,
                 dir.display(),
-                shared_folder_lag().as_secs_f64()
+                lag.as_secs_f64()
             ),
             false => format!("another rank does not see rank 0's newest checkpoint {}", dir.display()),
         };
@@ -548,4 +564,37 @@ pub(crate) fn starting_state(
             Start { params: p, opt: AdamW::new(cfg.optim.adamw.clone(), lay), saved: None, init_from }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rank that never sees rank 0's newest checkpoint in its run.dir stops every rank (exit 2),
+    /// saying run.dir is not one shared folder; one that does goes on.
+    #[test]
+    fn a_checkpoint_a_rank_does_not_see_stops_the_run() {
+        let run = tempfile::tempdir().unwrap();
+        let e = seen_within(run.path(), 5, &mut Dist::solo(), Duration::ZERO).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("rank 0 does not see rank 0's newest checkpoint"), "{text}");
+        assert!(text.contains("run.dir must be one folder every rank sees"), "{text}");
+        assert!(e.downcast_ref::<super::super::setup::Unrecoverable>().is_some(), "not restarted (exit 2): {text}");
+        let dir = checkpoint::step_dir(run.path(), 5);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(checkpoint::DONE), "").unwrap();
+        assert_eq!(seen_within(run.path(), 5, &mut Dist::solo(), Duration::ZERO).unwrap(), dir);
+    }
+
+    /// The wait: 30 s, or the variable's seconds, below the collective timeout the other ranks wait in.
+    #[test]
+    fn the_shared_folder_wait_stays_below_the_collective_timeout() {
+        let five_min = Duration::from_secs(300);
+        assert_eq!(lag_of(None, five_min), Duration::from_secs(30));
+        assert_eq!(lag_of(Some(" 90 "), five_min), Duration::from_secs(90));
+        assert_eq!(lag_of(Some("1000"), five_min), Duration::from_secs(270));
+        assert_eq!(lag_of(Some("1e30"), five_min), Duration::from_secs(30), "no duration: the default");
+        assert_eq!(lag_of(Some("-1"), five_min), Duration::from_secs(30));
+        assert_eq!(lag_of(Some("90"), Duration::MAX), Duration::from_secs(90), "alone: no bound");
+    }
 }
