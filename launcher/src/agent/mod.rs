@@ -262,12 +262,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
     // leaving (finish) must not wait long on it
     client.set_reply_timeout(Duration::from_secs(5));
     // (which store this is: one started again at its address later is another, without the group)
-    // (looked for first: a store of an earlier build holds none, and a get would wait for it)
-    let instance_key = [crate::store::INSTANCE_KEY.to_string()];
-    let store_instance = match client.check(&instance_key).is_ok_and(|p| p[0]) {
-        true => client.get(&instance_key[0], Duration::from_secs(5)).ok(),
-        false => None,
-    };
+    let store_instance = client.instance(Duration::from_secs(5)).ok().flatten();
     match &rounds {
         None => console_err!(
             "[launch] node {}/{}: {} of {}, store {store_addr}, run {} (logs {})",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::elastic::Group;
 use super::watch::post;
 use crate::env::is_permanent_failure;
-use crate::store::{StoreClient, INSTANCE_KEY};
+use crate::store::StoreClient;
 
 /// Store key (under the attempt's prefix) of a permanent failure's exit code; `PERMANENT/rank` names
 /// the rank (set first).
@@ -62,7 +62,7 @@ pub(super) fn read_permanent(c: &mut StoreClient, key: &str) -> Option<Permanent
 /// Why a restart cannot meet, for an agent that does not host the store: the store does not answer a
 /// fresh connection in any of [`PROBES`] tries of [`PROBE`] each (its host, node 0's agent or an
 /// elastic group's agent at `--rdzv`, is gone or frozen, and the group's state with it), or another
-/// store answers there than the one this agent met in (`instance`, its [`INSTANCE_KEY`]: the host's
+/// store answers there than the one this agent met in (`instance`, its [`crate::store::INSTANCE_KEY`]: the host's
 /// pod started again within seconds, with an empty store). One missed answer is not enough: a loaded or
 /// briefly cut-off host would stop this node for good while the others restart and wait for it.
 pub(super) async fn store_lost(addr: &str, token: &str, who: &str, instance: Option<&[u8]>) -> Option<String> {
@@ -73,11 +73,7 @@ pub(super) async fn store_lost(addr: &str, token: &str, who: &str, instance: Opt
             let mut c = StoreClient::connect(&at, &token, &who, PROBE)?;
             c.set_reply_timeout(PROBE);
             // (a store of an earlier build holds no id: it answers, which is all there is to know)
-            let has_id = c.check(&[INSTANCE_KEY.to_string()])?[0];
-            match has_id {
-                true => c.get(INSTANCE_KEY, PROBE).map(Some),
-                false => Ok(None),
-            }
+            c.instance(PROBE)
         });
         why = match probe.await {
             Ok(Ok(now)) if instance.zip(now.as_deref()).is_none_or(|(met, now)| met == now) => return None,
@@ -176,7 +172,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = StoreServer::spawn("127.0.0.1:0".parse().unwrap(), "t".into()).unwrap();
         rt.block_on(async {
-            let met = client(&server).get(INSTANCE_KEY, Duration::from_secs(1)).unwrap();
+            let met = client(&server).instance(Duration::from_secs(1)).unwrap().expect("an instance id");
             assert_eq!(store_lost(&server.addr.to_string(), "t", "agent 1", Some(&met)).await, None);
             // the host started again at the same address: a store answers, but not the one met in
             let addr = server.addr;

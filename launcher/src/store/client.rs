@@ -285,6 +285,16 @@ impl StoreClient {
         }
     }
 
+    /// The store's instance id ([`INSTANCE_KEY`](super::INSTANCE_KEY)); `None` from a store of an earlier
+    /// build, which holds none (looked for first: a get would wait for it).
+    pub fn instance(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let key = super::INSTANCE_KEY.to_string();
+        match self.check(std::slice::from_ref(&key))?[0] {
+            true => self.get(&key, timeout).map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// Every rank announces itself under `prefix/rank/{r}` and waits for the others. Refused: a rank
     /// outside the world, a rank that joins twice ([`JoinedTwice`]), a world size that differs from
     /// rank 0's; a timeout names the ranks that never arrived.

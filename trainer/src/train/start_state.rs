@@ -116,8 +116,8 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
     };
     dist.tag("the run folder, seen by every rank");
     let path = mark(dist.broadcast_step(nonce)?);
-    let t0 = std::time::Instant::now();
-    while !path.exists() && t0.elapsed() < shared_folder_lag(dist) {
+    let (t0, lag) = (std::time::Instant::now(), shared_folder_lag(dist));
+    while !path.exists() && t0.elapsed() < lag {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = !path.exists();
@@ -135,7 +135,7 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
             dist.rank,
             run.display(),
             path.file_name().unwrap_or_default().to_string_lossy(),
-            shared_folder_lag(dist).as_secs_f64()
+            lag.as_secs_f64()
         ),
         false => format!("another rank does not see the file rank 0 wrote in run.dir {}", run.display()),
     };
