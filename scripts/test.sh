@@ -7,6 +7,15 @@
 # (kernels/emulator/device, built by tools/emulated_device.py; needs a C++17 compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tests read the console and start launches of their own: a timestamped console (INFINITY_LOG_TIME)
+# or a scheduler's variables (run from inside a SLURM allocation or a torchrun-style job) would change
+# what they see.
+for v in $(compgen -e); do
+    case "$v" in
+        INFINITY_LOG_TIME | SLURM_* | PET_* | RANK | LOCAL_RANK | WORLD_SIZE | LOCAL_WORLD_SIZE | GROUP_RANK | \
+            MASTER_ADDR | MASTER_PORT | TORCHELASTIC_* | JOB_COMPLETION_INDEX) unset "$v" ;;
+    esac
+done
 python3 -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
 cargo test --workspace
 

@@ -215,6 +215,13 @@ fn an_incomplete_or_malformed_folder_fails_by_name() {
     assert!(e.contains("`cfg_insertion_layer` = 0: expected a list"), "{e}");
     let e = with(&|c| c["cfg_list"] = serde_json::json!([1.0, 2.0]));
     assert!(e.contains("config.json: cfg_list: 2 values for a schedule of 4 scales"), "{e}");
+    // a longer list: its first values, as upstream's sampler reads it, and said
+    let mut c: serde_json::Value = serde_json::from_str(&original).unwrap();
+    c["cfg_list"].as_array_mut().unwrap().push(99.0.into());
+    std::fs::write(settings.join("config.json"), c.to_string()).unwrap();
+    let r = golden::check(&settings).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert!(r.notes.iter().any(|n| n == "cfg_list: 5 values for 4 scales: the first 4 used"), "{:?}", r.notes);
     let e = with(&|c| c["text_channels"] = 64.into());
     assert!(e.contains("text_channels = 64, constructor_kwargs.text_channels = 128"), "{e}");
     // Python's False is mode 0, not the mode 2 checked; a scale of no tokens; a key of a section named by it

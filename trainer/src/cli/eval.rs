@@ -190,7 +190,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     // (the run's own set, moved since: --val names where it is now)
     let gone = cfg.val.dir.as_ref().is_some_and(|d| a.val.is_none() && !d.exists());
     let validator = match (Validator::new(&cfg, &first_model.model, &train, micro_batch), gone) {
-        (Err(e), true) => bail!("{e:#}: the run's validation set is not there (moved? pass --val DIR)"),
+        // (as context, so the exit code of what failed stands)
+        (Err(e), true) => return Err(e.context("the run's validation set is not there (moved? pass --val DIR)")),
         (validator, _) => validator?.expect("val.dir is set"),
     };
     let val_dir = cfg.val.dir.as_ref().expect("set").display();

@@ -49,6 +49,16 @@ pub(super) fn check_sample(
             e.replace("--cfg-insertion-layer", "cfg_insertion_layer").replace("--cfg", "cfg_list")
         )
     })?;
+    // (upstream's sampler reads a longer cfg_list's first values, as ours does: said, since a fixture
+    // written for another schedule would pass on a prefix of it)
+    if o.cfg.len() > schedule.len() {
+        r.notes.push(format!(
+            "cfg_list: {} values for {} scales: the first {} used",
+            o.cfg.len(),
+            schedule.len(),
+            schedule.len()
+        ));
+    }
     let cond = SampleCondition::Text { kv, lens, negative: None };
     // (the sampler takes the tokenizer's schedule: with spatial patchify, the transformer's doubled)
     let tokenizer = match mc.apply_spatial_patchify {

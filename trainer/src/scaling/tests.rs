@@ -362,6 +362,20 @@ fn figures_keep_a_diverged_run_off_the_scale_and_label_narrow_ranges() {
     assert!(csv.lines().any(|l| l.starts_with("wild,") && l.contains(",false,true,false,false,")), "{csv}");
 }
 
+/// Runs validated once, at their end (`val.every = 0`), are a dot each in the loss curves: a line
+/// through one point would draw nothing.
+#[test]
+fn a_curve_of_one_point_is_drawn_as_a_dot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for (i, c) in [2e15_f64, 4e15, 8e15].into_iter().enumerate() {
+        run(root, &format!("r{i}"), (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(10.0 * c.powf(-0.05))], "a");
+    }
+    super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
+    let svg = std::fs::read_to_string(root.join("scaling/loss_curves.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+}
+
 /// A run without validation, as `infinity train` leaves it: 99 steps whose training losses alternate
 /// between two buckets, `l`·(1 ± 0.05) (`phase` picks which the last step drew), `summary.json`'s loss
 /// the last step's. Returns `l` (10·C^(−0.05)) and that last loss.

@@ -551,7 +551,7 @@ fn budget_steps(
         warnings.push(format!(
             "run {name}: {steps} whole steps of {step_text} {unit} are {realised:.3e} {unit}, {:.0} % over its \
              budget of {amount:.3e}{from} (its compute and `infinity scaling` count what it trains); budgets that \
-             are multiples of {per_step} {unit} are met exactly",
+             are multiples of {step_text} {unit} are met exactly",
             (realised / amount - 1.0) * 100.0
         ));
     }

@@ -136,20 +136,22 @@ pub enum Truncated {
 }
 
 /// Cut an event file back to its events at steps up to `step`, any kind of event (scalars, images,
-/// text, hparams, session marks), the kept records byte for byte. A file with none past `step` and
+/// text, hparams, session marks), the kept records byte for byte, but summaries at `step` itself of the
+/// tags in `restated` (what a session resuming there writes at its start step again: its config text,
+/// which would otherwise show twice at the step when a session that started there too was cut). A file with none past `step` and
 /// whole to its end is left untouched (a long run's event files are large); another is rewritten
 /// atomically under its own name (TensorBoard reads a run's files in name order): the kept records go
 /// to a file beside it, synced and renamed over it. A torn last record (a crash mid-write) goes with
 /// the later events, and so does a zeroed end (a power loss); a corrupt record before, or a file that
 /// cannot be read, is an error and the file stays as it was.
-pub fn truncate_event_file(path: &Path, step: u64) -> std::io::Result<Truncated> {
+pub fn truncate_event_file(path: &Path, step: u64, restated: &[&str]) -> std::io::Result<Truncated> {
     let last = i64::try_from(step).unwrap_or(i64::MAX);
     // first a look (nothing written), then, only when something goes, the rewrite
     let mut records = Records::open(path).map_err(|e| Stop::Io(e).into_io(path))?;
     let (mut dropped, mut torn_tail) = (0, false);
     loop {
         match records.next_record() {
-            Ok(Some((_, event))) => dropped += usize::from(event.step > last),
+            Ok(Some((_, event))) => dropped += usize::from(!kept(&event, last, restated)),
             Ok(None) => break,
             Err(Stop::Torn(_)) => {
                 torn_tail = true;
@@ -168,7 +170,7 @@ pub fn truncate_event_file(path: &Path, step: u64) -> std::io::Result<Truncated>
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(TMP_NAME);
-    let written = write_kept(path, &tmp, last, torn_tail).and_then(|()| std::fs::rename(&tmp, path));
+    let written = write_kept(path, &tmp, (last, restated), torn_tail).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(std::io::Error::new(e.kind(), format!("rewriting {}: {e}", path.display())));
@@ -177,14 +179,24 @@ pub fn truncate_event_file(path: &Path, step: u64) -> std::io::Result<Truncated>
     Ok(Truncated::Rewritten { dropped, torn_tail })
 }
 
-/// The records of `path` at steps up to `last`, written to `tmp` and synced; up to a torn one, or
-/// with `torn_tail` the first one not whole (a zeroed end, which [`truncate_event_file`] has checked).
-fn write_kept(path: &Path, tmp: &Path, last: i64, torn_tail: bool) -> std::io::Result<()> {
+/// Whether [`truncate_event_file`] keeps `event`: of a step before `last`, or at `last` and no summary of
+/// a tag in `restated`.
+fn kept(event: &Event, last: i64, restated: &[&str]) -> bool {
+    let restates = || match &event.what {
+        Some(EventWhat::Summary(summary)) => summary.value.iter().any(|v| restated.contains(&v.tag.as_str())),
+        _ => false,
+    };
+    event.step < last || (event.step == last && !restates())
+}
+
+/// The records of `path` that [`kept`] keeps, written to `tmp` and synced; up to a torn one, or with
+/// `torn_tail` the first one not whole (a zeroed end, which [`truncate_event_file`] has checked).
+fn write_kept(path: &Path, tmp: &Path, (last, restated): (i64, &[&str]), torn_tail: bool) -> std::io::Result<()> {
     let mut records = Records::open(path)?;
     let mut out = BufWriter::new(File::create(tmp)?);
     loop {
         match records.next_record() {
-            Ok(Some((record, event))) if event.step <= last => out.write_all(&record)?,
+            Ok(Some((record, event))) if kept(&event, last, restated) => out.write_all(&record)?,
             Ok(Some(_)) => {}
             Ok(None) | Err(Stop::Torn(_)) => break,
             Err(Stop::Corrupt(..)) if torn_tail => break,
@@ -246,11 +258,11 @@ pub fn remove_event_files(dir: &Path) {
 }
 
 /// A run resumed at `step`: cut every event file in `dir` (the run's `tb/`) back to its events up to
-/// `step` ([`truncate_event_file`]), so that what an interrupted or abandoned session logged after it
-/// is gone whatever reads the folder. Never fails (logging never stops training): a file that cannot
+/// `step` ([`truncate_event_file`], which also drops the `restated` tags at `step`), so that what an
+/// interrupted or abandoned session logged after it is gone whatever reads the folder. Never fails (logging never stops training): a file that cannot
 /// be cut is warned of, naming it, and left as it was; a torn last record is warned of and dropped.
 /// Returns each event file rewritten, and how.
-pub fn truncate_event_dir(dir: &Path, step: u64) -> Vec<(PathBuf, Truncated)> {
+pub fn truncate_event_dir(dir: &Path, step: u64, restated: &[&str]) -> Vec<(PathBuf, Truncated)> {
     // (a rewrite a crash interrupted left its kept records here; the file it was for is whole)
     let _ = std::fs::remove_file(dir.join(TMP_NAME));
     let files = match event_files(dir) {
@@ -262,7 +274,7 @@ pub fn truncate_event_dir(dir: &Path, step: u64) -> Vec<(PathBuf, Truncated)> {
     };
     let mut rewritten = Vec::new();
     for file in files {
-        match truncate_event_file(&file, step) {
+        match truncate_event_file(&file, step, restated) {
             Ok(Truncated::Untouched) => {}
             Ok(done) => {
                 if let Truncated::Rewritten { torn_tail: true, .. } = done {
@@ -319,7 +331,7 @@ mod tests {
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2, 3, 4, 4, 5, 5, 6]);
         let before = std::fs::read(&path).unwrap();
         // scalars at 4, 5 and 6, the session mark at 4 and the image at 5 go
-        let done = truncate_event_file(&path, 3).unwrap();
+        let done = truncate_event_file(&path, 3, &[]).unwrap();
         assert_eq!(done, Truncated::Rewritten { dropped: 5, torn_tail: false });
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2, 3]);
         let losses: Vec<(i64, f32)> = read_scalars(&path).unwrap().iter().map(|s| (s.step, s.value)).collect();
@@ -332,13 +344,36 @@ mod tests {
     }
 
     #[test]
+    fn a_session_that_started_at_the_step_loses_its_restated_config() {
+        // a session that started at 3 (its config at 3, its start mark at 4), killed at 5: the session
+        // resuming at 3 writes its own config there, so the killed one's goes with its later events
+        let dir = tempfile::tempdir().unwrap();
+        let first = six_steps(dir.path());
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        w.session_start(4).unwrap();
+        w.text("config", "seed = 2", 3).unwrap();
+        w.scalar("train/loss", 0.2, 3).unwrap();
+        w.scalar("train/loss", 0.1, 4).unwrap();
+        w.flush().unwrap();
+        let killed = w.path().to_path_buf();
+        drop(w);
+        assert_eq!(read_steps(&killed).unwrap(), [0, 4, 3, 3, 4]);
+        let done = truncate_event_dir(dir.path(), 3, &["config"]);
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(read_steps(&killed).unwrap(), [0, 3]);
+        assert_eq!(read_scalars(&killed).unwrap(), [Scalar { tag: "train/loss".into(), step: 3, value: 0.2 }]);
+        // the first session's config at step 0 is before the step: kept
+        assert_eq!(read_steps(&first).unwrap(), [0, 0, 1, 2, 3]);
+    }
+
+    #[test]
     fn a_file_with_nothing_past_the_step_is_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = six_steps(dir.path());
         let before = identity(&path);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(truncate_event_file(&path, 6).unwrap(), Truncated::Untouched);
-        assert!(truncate_event_dir(dir.path(), 9).is_empty());
+        assert_eq!(truncate_event_file(&path, 6, &[]).unwrap(), Truncated::Untouched);
+        assert!(truncate_event_dir(dir.path(), 9, &[]).is_empty());
         assert_eq!(identity(&path), before, "rewritten");
         assert_eq!(read_steps(&path).unwrap().len(), 10);
     }
@@ -351,27 +386,27 @@ mod tests {
         // a crash mid-write: the last record (step 6's scalar) torn
         std::fs::write(&path, &whole[..whole.len() - 5]).unwrap();
         assert!(read_steps(&path).unwrap_err().to_string().contains("torn record"));
-        let done = truncate_event_dir(dir.path(), 6);
+        let done = truncate_event_dir(dir.path(), 6, &[]);
         assert_eq!(done, [(path.clone(), Truncated::Rewritten { dropped: 0, torn_tail: true })]);
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2, 3, 4, 4, 5, 5]);
         // torn and with later steps: both go
         std::fs::write(&path, &whole[..whole.len() - 5]).unwrap();
-        let done = truncate_event_file(&path, 2).unwrap();
+        let done = truncate_event_file(&path, 2, &[]).unwrap();
         assert_eq!(done, Truncated::Rewritten { dropped: 5, torn_tail: true });
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2]);
         // a flipped bit in a record: an error naming the file, which stays as it was
         let mut bad = whole.clone();
         bad[whole.len() - 10] ^= 1;
         std::fs::write(&path, &bad).unwrap();
-        let e = truncate_event_file(&path, 2).unwrap_err().to_string();
+        let e = truncate_event_file(&path, 2, &[]).unwrap_err().to_string();
         assert!(e.contains(&path.display().to_string()) && e.contains("corrupt record"), "{e}");
-        assert!(truncate_event_dir(dir.path(), 2).is_empty());
+        assert!(truncate_event_dir(dir.path(), 2, &[]).is_empty());
         assert!(std::fs::read(&path).unwrap() == bad);
         // a power loss's zeroed blocks after the records: an end as a torn record is
         let mut zeroed = whole.clone();
         zeroed.extend([0u8; 4096]);
         std::fs::write(&path, &zeroed).unwrap();
-        let done = truncate_event_file(&path, 3).unwrap();
+        let done = truncate_event_file(&path, 3, &[]).unwrap();
         assert_eq!(done, Truncated::Rewritten { dropped: 5, torn_tail: true });
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2, 3]);
     }
@@ -382,7 +417,7 @@ mod tests {
         let path = six_steps(dir.path());
         std::fs::write(dir.path().join(TMP_NAME), b"kept records").unwrap();
         assert!(!TMP_NAME.contains("tfevents"));
-        truncate_event_dir(dir.path(), 3);
+        truncate_event_dir(dir.path(), 3, &[]);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(names, std::slice::from_ref(&path));
         assert_eq!(read_steps(&path).unwrap(), [0, 0, 1, 2, 3]);

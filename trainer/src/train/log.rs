@@ -130,7 +130,8 @@ impl Logger {
             // start (config, HParams) at step 0, which TensorBoard would show as a second start
             0 => crate::tensorboard::remove_event_files(&run.join("tb")),
             _ => {
-                let _ = crate::tensorboard::truncate_event_dir(&run.join("tb"), step);
+                let restated = [super::tb_log::CONFIG_TAG];
+                let _ = crate::tensorboard::truncate_event_dir(&run.join("tb"), step, &restated);
             }
         }
         let jsonl = std::fs::OpenOptions::new()

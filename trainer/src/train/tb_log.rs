@@ -18,6 +18,9 @@ const TB_OUTAGES_WARNED: u64 = 5;
 /// STEP + COUNT − 1 as a full disk would, this many bytes into the step's events (a torn record).
 const TB_DRILL_BYTES: usize = 100;
 
+/// The Text tab's tag of a session's config, written at the step it starts from.
+pub(super) const CONFIG_TAG: &str = "config";
+
 /// TensorBoard's event file and how its writes fared.
 pub(super) struct TbLog {
     dir: PathBuf,
@@ -120,7 +123,7 @@ impl TbLog {
         if let Some((step, config)) = &self.preamble {
             // (also at step 0: a session that crashed before its first checkpoint left points)
             w.session_start(step + 1)?;
-            w.text("config", config, *step)?;
+            w.text(CONFIG_TAG, config, *step)?;
         }
         f(w)?;
         w.flush()?;
