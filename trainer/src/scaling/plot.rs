@@ -337,7 +337,7 @@ impl Figure for Curves {
                 match (line, mark) {
                     // (a line through one point draws nothing: a run validated once, at its end)
                     (Stroke::Solid | Stroke::Dashed, Mark::None) if pts.len() == 1 => {
-                        drop(chart.draw_series(dots()).map_err(e)?)
+                        chart.draw_series(dots()).map_err(e)?;
                     }
                     (Stroke::None, _) | (_, Mark::None) => {}
                     (_, Mark::Dot) => drop(chart.draw_series(dots()).map_err(e)?),
