@@ -472,25 +472,13 @@ pub fn same_identity(a: &str, b: &str) -> bool {
     name(a) == name(b) && both("crc32c") && after(a, "ckpt") == after(b, "ckpt")
 }
 
-/// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer: the same name
-/// and, where they keep its file, the same file: the built-in tokenizer by value (a file written before
-/// its header was sorted holds the same tokenizer in other bytes), any other by bytes.
-pub fn same_tokenizer(a: (&Path, &Manifest), b: (&Path, &Manifest)) -> Result<bool> {
-    let ((a_dir, a), (b_dir, b)) = (a, b);
-    if a.tokenizer.name != b.tokenizer.name {
-        return Ok(false);
-    }
-    match (&a.tokenizer.file, &b.tokenizer.file) {
-        (None, None) => Ok(true),
-        (Some(fa), Some(fb)) if a.tokenizer.name == TOKENIZER_NAME => {
-            Ok(PatchTokenizer::load(&a_dir.join(fa))? == PatchTokenizer::load(&b_dir.join(fb))?)
-        }
-        (Some(fa), Some(fb)) => {
-            let read = |p: std::path::PathBuf| std::fs::read(&p).map_err(|e| DataError::io(p, e));
-            Ok(read(a_dir.join(fa))? == read(b_dir.join(fb))?)
-        }
-        _ => Ok(false),
-    }
+/// Whether two datasets (each a folder and its manifest) carry bits of one tokenizer, by what both
+/// tell ([`same_identity`] of their [`identity`]): the same name; where both keep its file, the same
+/// file (the built-in tokenizer by value: a file written before its header was sorted holds the same
+/// tokenizer in other bytes; any other by bytes), a file that does not read by the checksum its
+/// manifest records (training does not need the file); the same VAE checkpoint where both name one.
+pub fn same_tokenizer(a: (&Path, &Manifest), b: (&Path, &Manifest)) -> bool {
+    same_identity(&identity(a.0, a.1), &identity(b.0, b.1))
 }
 
 /// Patch coordinates `(py, px)` in row-major order; errors unless the image tiles exactly.
@@ -614,7 +602,8 @@ mod tests {
     }
 
     /// Two datasets share a tokenizer by name and file: the built-in one by value (its header written in
-    /// another order is the same tokenizer), any other by bytes; a file on one side only is another.
+    /// another order is the same tokenizer), any other by bytes, a file that does not read by its record;
+    /// a file on one side only compares by name.
     #[test]
     fn datasets_share_a_tokenizer_by_name_and_file() {
         let imgs: Vec<_> = (0..3).map(|k| gradient_image(8, 8, k)).collect();
@@ -638,15 +627,20 @@ mod tests {
         };
         let ours = manifest(TOKENIZER_NAME, Some(TOKENIZER_FILE));
         let at = |i: usize| dirs[i].path();
-        assert!(same_tokenizer((at(0), &ours), (at(1), &ours)).unwrap(), "the same tokenizer by value");
-        assert!(!same_tokenizer((at(0), &ours), (at(2), &ours)).unwrap(), "another fit");
+        assert!(same_tokenizer((at(0), &ours), (at(1), &ours)), "the same tokenizer by value");
+        assert!(!same_tokenizer((at(0), &ours), (at(2), &ours)), "another fit");
         let other = manifest("bsq-vae-d16", Some(TOKENIZER_FILE));
-        assert!(!same_tokenizer((at(0), &other), (at(1), &other)).unwrap(), "other tokenizers compare by bytes");
-        assert!(same_tokenizer((at(0), &other), (at(0), &other)).unwrap());
+        assert!(!same_tokenizer((at(0), &other), (at(1), &other)), "other tokenizers compare by bytes");
+        assert!(same_tokenizer((at(0), &other), (at(0), &other)));
         let vae = manifest("bsq-vae-d16", None);
-        assert!(same_tokenizer((at(0), &vae), (at(2), &vae)).unwrap(), "no files: the name alone");
-        assert!(!same_tokenizer((at(0), &ours), (at(0), &vae)).unwrap(), "another name");
-        assert!(!same_tokenizer((at(0), &other), (at(0), &vae)).unwrap(), "a file on one side only");
+        assert!(same_tokenizer((at(0), &vae), (at(2), &vae)), "no files: the name alone");
+        assert!(!same_tokenizer((at(0), &ours), (at(0), &vae)), "another name");
+        assert!(same_tokenizer((at(0), &other), (at(0), &vae)), "a file on one side only: the name alone");
+        // a file that does not read (training does not need it): by the checksum its manifest records
+        let mut gone = manifest(TOKENIZER_NAME, Some("gone.safetensors"));
+        gone.tokenizer.params = serde_json::json!({ "crc32c": format!("{:08x}", tok.values_crc()) });
+        assert!(same_tokenizer((at(0), &ours), (at(1), &gone)), "the record of the same tokenizer");
+        assert!(!same_tokenizer((at(2), &ours), (at(1), &gone)), "the record of another fit");
     }
 
     /// Identities compare by what both sides tell: the checksum (not the file's name), else the name.

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState, MixPhase};
+use infinity_data::loader::{mix_state, Batch, Loader, LoaderOptions, LoaderState, MixPhase, MixState};
 use infinity_data::{Checksums, Dataset};
 
 fn opts(rank: usize, world: usize, workers: usize, weights: Option<Vec<f64>>) -> LoaderOptions {
@@ -95,6 +95,43 @@ fn a_mix_resumes_sample_exactly_while_the_world_size_changes() {
         got.extend(b);
     }
     assert_eq!(got, reference);
+}
+
+/// A dataset of the mix rewritten with more rows (`--accept-data-change`): its batches per mixed epoch
+/// change from the position on, and the batches before keep the datasets they were drawn from, so the
+/// one that did not change goes on in its own order with its next batch, none skipped or drawn again.
+#[test]
+fn a_changed_dataset_leaves_the_others_of_the_mix_where_they_were() {
+    let (dirs, a, b) = common::two_parts();
+    let ds = Arc::new(Dataset::join(vec![a, b]).unwrap());
+    let weights = Some(vec![1.0, 1.0]);
+    let own = |batches: &[(u16, Vec<u64>)]| -> Vec<Vec<u64>> {
+        batches.iter().filter(|(p, _)| *p == 0).map(|(_, ids)| ids.clone()).collect()
+    };
+    let (whole, _) = run(&ds, 1, 0, &weights, None, 80);
+    let (before, state) = run(&ds, 1, 0, &weights, None, 10);
+    // `b` grown from 48 rows to 80, the position moved to it as `--accept-data-change` moves it
+    common::write_random_from(dirs[1].path(), 80, 9, 5000);
+    let open = |d: &tempfile::TempDir| Dataset::open(d.path(), Checksums::Verify).unwrap();
+    let grown = Arc::new(Dataset::join(vec![open(&dirs[0]), open(&dirs[1])]).unwrap());
+    let now = mix_state(&grown, 8, weights.as_deref(), &[]).unwrap().unwrap();
+    let saved = state.mix.as_ref().unwrap();
+    assert_ne!(now.batches_per_epoch, saved.batches_per_epoch, "b's share of a mixed epoch grows");
+    assert_eq!(saved.drawn.len(), 1, "{saved:?}");
+    let mut moved = state.moved_to(&grown).unwrap();
+    moved.mix = Some(MixState { drawn: saved.drawn.clone(), ..now.clone() });
+    let (after, end) = run(&grown, 1, 0, &weights, Some(moved.clone()), 30);
+    let drawn_a = own(&[before, after.clone()].concat());
+    assert!(drawn_a.len() > own(&whole[..10]).len());
+    assert_eq!(drawn_a[..], own(&whole)[..drawn_a.len()], "a's own order, from where it was");
+    // the position records what it drew with: the first quotas to batch 10, the new ones from there
+    let spans: Vec<(u64, Vec<u64>)> =
+        end.mix.unwrap().drawn.into_iter().map(|d| (d.from, d.batches_per_epoch)).collect();
+    assert_eq!(spans, [(0, saved.batches_per_epoch.clone()), (10, now.batches_per_epoch)]);
+    // resumed again later, it draws as it did
+    let (first, mid) = run(&grown, 1, 0, &weights, Some(moved), 17);
+    let (rest, _) = run(&grown, 1, 0, &weights, Some(mid), 13);
+    assert_eq!([first, rest].concat(), after);
 }
 
 #[test]

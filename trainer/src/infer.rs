@@ -299,7 +299,7 @@ pub fn tokenizer_mismatch(saved: Option<&str>, trained: &Path, dir: &Path, m: &M
         return None;
     }
     let run = Manifest::load(trained).ok()?;
-    let same = same_tokenizer((trained, &run), (dir, m)).ok()?;
+    let same = same_tokenizer((trained, &run), (dir, m));
     (!same).then(|| format!("its tokenizer is not the one the run trained with ({}'s)", trained.display()))
 }
 

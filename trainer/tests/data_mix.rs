@@ -105,6 +105,26 @@ fn a_mix_trains_on_every_dataset_and_resumes_exactly() {
     assert_eq!(train(&longer, &opts).unwrap().steps, 8);
 }
 
+/// `--rows-of-step` of a mix whose global batch changed at a resume: a step before the change is drawn
+/// at its size, from the dataset the run drew it from.
+#[test]
+fn the_rows_of_a_mixed_step_before_a_change_of_size_are_named() {
+    use infinity_trainer::train::step_rows::rows_of_step;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_datasets(tmp.path());
+    let small = mixed(&a, &b, tmp.path().join("run"));
+    train(&small, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let before: Vec<Vec<String>> = (1..=3).map(|step| rows_of_step(&small, step, 1).unwrap()).collect();
+    let mut large = mixed(&a, &b, small.run.dir.clone());
+    large.data.global_batch *= 2;
+    train(&large, &TrainOptions { resume: latest_checkpoint(&large.run.dir), ..Default::default() }).unwrap();
+    for step in 1..=3 {
+        assert_eq!(rows_of_step(&large, step, 1).unwrap(), before[step as usize - 1], "step {step}");
+    }
+    let g = large.data.global_batch;
+    assert!(rows_of_step(&large, 5, 1).unwrap()[0].starts_with(&format!("step 5: global batch {g} ")));
+}
+
 /// The datasets drawn by each step of a finished run (`metrics.jsonl`'s `dataset`).
 fn drawn(c: &TrainConfig) -> Vec<u64> {
     let metrics = std::fs::read_to_string(c.run.dir.join("metrics.jsonl")).unwrap();

@@ -218,4 +218,11 @@ fn the_rows_of_a_step_are_the_ones_it_draws() {
         e.contains("and its buckets hold other rows: the batches drawn from it are not the ones the run read"),
         "{e}"
     );
+    // taken with `--accept-data-change` at step 6: the steps before it are refused, later ones named
+    let accept =
+        TrainOptions { resume: latest_checkpoint(&cfg.run.dir), accept_data_change: true, ..Default::default() };
+    train(&on_mended, &accept).unwrap();
+    let e = rows_of_step(&on_mended, 6, 2).unwrap_err().to_string();
+    assert!(e.contains("the run drew steps 1 to 6 from") && e.contains("(steps from 7 on can)"), "{e}");
+    assert!(rows_of_step(&on_mended, 7, 2).unwrap()[0].starts_with("step 7: global batch 16"));
 }

@@ -887,6 +887,50 @@ fn a_repeated_rewind_with_the_same_config_continues_its_history() {
     assert_eq!(rewind(&then, None).started_at, 3);
 }
 
+/// A branch (`--resume OTHER/checkpoints/step-3` into a new run.dir) requeued with the same command line
+/// after it wrote checkpoints of its own continues from its newest, as a repeated rewind does, rather
+/// than setting them aside to compute the same steps again.
+#[test]
+fn a_requeued_branch_continues_from_its_newest_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"), "class");
+    train(&cfg, &TrainOptions::default()).unwrap();
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let branch = |name: &str| {
+        let mut c = config(&data, tmp.path().join(name), "class");
+        c.run.steps = 9;
+        c
+    };
+
+    let from3 = |c: &TrainConfig, stop_after| {
+        train(c, &TrainOptions { resume: Some(step3.clone()), stop_after, ..Default::default() }).unwrap()
+    };
+    let requeued = branch("branch");
+    assert_eq!(from3(&requeued, Some(6)).started_at, 3);
+    let lines = infinity_trainer::train::check::check(&requeued, 1, Some(&step3), None).unwrap();
+    assert!(lines.iter().any(|l| l.contains("continuing from step 6 rather than computing the same steps again")));
+    let s = from3(&requeued, None);
+    assert_eq!((s.started_at, s.steps), (6, 9));
+    assert!(!requeued.run.dir.join("abandoned").exists());
+    let whole = branch("whole");
+    assert_eq!(from3(&whole, None).started_at, 3);
+    let weights =
+        |c: &TrainConfig| std::fs::read(c.run.dir.join("checkpoints/step-00000009/model.safetensors")).unwrap();
+    assert!(weights(&requeued) == weights(&whole), "the requeued branch is the branch");
+    // another source checkpoint of the same step is another branch: a rewind as asked
+    let copy = tmp.path().join("copy/checkpoints/step-00000003");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&step3).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    let s = train(&requeued, &TrainOptions { resume: Some(copy), ..Default::default() }).unwrap();
+    assert_eq!(s.started_at, 3);
+    assert!(requeued.run.dir.join("abandoned/after-step-00000003").is_dir());
+}
+
 /// A rewind with the settings the run had recomputes the abandoned history's weights bit for bit: its own
 /// checkpoints are still its own (not copies of the abandoned ones), so a requeue of the rewind and
 /// `--resume auto` continue it.

@@ -26,6 +26,7 @@ use rand::seq::SliceRandom;
 use rand::RngCore;
 
 use super::plan::keyed_rng;
+use super::position::DrawnSpan;
 use crate::error::{DataError, Result};
 
 /// Key separating the mix's streams from the epoch plans'.
@@ -62,6 +63,29 @@ pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Res
         return Err(DataError::Config("mixing datasets: every weight is 0; give one a positive weight".into()));
     }
     let total: u64 = natural.iter().sum();
+    let out = shares(total, w);
+    if let Some(i) = (0..out.len()).find(|&i| w[i] > 0.0 && natural[i] == 0) {
+        return Err(DataError::Config(format!(
+            "{}: weighted {} in the mix, but none of its buckets holds a full global batch",
+            names[i], w[i]
+        )));
+    }
+    if let Some(i) = (0..out.len()).find(|&i| out[i] == 0 && w[i] > 0.0) {
+        return Err(DataError::Config(format!(
+            "{}: weight {} gives it none of the {total} global batches of a mixed epoch ({} or more gives it one; 0 \
+             leaves it out)",
+            names[i],
+            w[i],
+            significant(least_weight(total, w, i))
+        )));
+    }
+    Ok(out)
+}
+
+/// `total` batches shared by the weights `w` (their sum positive): each its share rounded down, and the
+/// batches left over to the largest remainders (ties to the earlier part).
+fn shares(total: u64, w: &[f64]) -> Vec<u64> {
+    let sum: f64 = w.iter().sum();
     let exact: Vec<f64> = w.iter().map(|x| x / sum * total as f64).collect();
     let mut out: Vec<u64> = exact.iter().map(|x| x.floor() as u64).collect();
     let mut by_remainder: Vec<usize> = (0..w.len()).collect();
@@ -71,30 +95,60 @@ pub fn quotas(natural: &[u64], weights: Option<&[f64]>, names: &[String]) -> Res
     for &i in by_remainder.iter().take(short as usize) {
         out[i] += 1;
     }
-    if let Some(i) = (0..out.len()).find(|&i| w[i] > 0.0 && natural[i] == 0) {
-        return Err(DataError::Config(format!(
-            "{}: weighted {} in the mix, but none of its buckets holds a full global batch",
-            names[i], w[i]
-        )));
+    out
+}
+
+/// The least weight of part `i`, rounded up to three significant digits, that gets it one of `total`
+/// batches ([`shares`]), the other weights as they are (one remainder against the others', so less than
+/// the (Σ others) / (total − 1) that gets it one by itself).
+fn least_weight(total: u64, w: &[f64], i: usize) -> f64 {
+    let gets_one = |x: f64| {
+        let mut w = w.to_vec();
+        w[i] = x;
+        shares(total, &w)[i] >= 1
+    };
+    let others: f64 = w.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, x)| x).sum();
+    let (mut lo, mut hi) = (w[i], 2.0 * others / (total.max(2) - 1) as f64);
+    for _ in 0..200 {
+        let mid = (lo + hi) / 2.0;
+        match gets_one(mid) {
+            true => hi = mid,
+            false => lo = mid,
+        }
     }
-    if let Some(i) = (0..out.len()).find(|&i| out[i] == 0 && w[i] > 0.0) {
-        // (its share of the N batches reaches one at w ≥ (Σ others) / (N − 1))
-        let least = (sum - w[i]) / (total.max(2) - 1) as f64;
-        return Err(DataError::Config(format!(
-            "{}: weight {} gives it none of the {total} global batches of a mixed epoch (about {} or more gives it \
-             one; 0 leaves it out)",
-            names[i],
-            w[i],
-            significant(least)
-        )));
+    let unit = 10f64.powi(hi.log10().floor() as i32 - 2);
+    let mut least = (hi / unit).ceil() * unit;
+    while !gets_one(least) {
+        least += unit;
     }
-    Ok(out)
+    least
 }
 
 /// `x` to three significant digits.
 fn significant(x: f64) -> String {
     let decimals = if x > 0.0 { (2 - x.log10().floor() as i32).max(0) as usize } else { 3 };
     format!("{x:.decimals$}")
+}
+
+/// The phases of a resumed mix (each a start and its quotas): those it drew with before global batch
+/// `done` (`drawn`, as its position records them), then those of `now` (the mix as the datasets and
+/// settings give it now) from `done` on: the one in effect at `done`, starting there where its quotas
+/// differ from the last drawn (a dataset's rows changed under `--accept-data-change`), and the later
+/// ones. So the batches before `done` keep the parts they were, and each part its place in its own
+/// stream. No record (a fresh start, a position of an earlier build): `now`.
+pub(crate) fn with_drawn(now: Vec<(u64, Vec<u64>)>, drawn: &[DrawnSpan], done: u64) -> Vec<(u64, Vec<u64>)> {
+    let mut out: Vec<(u64, Vec<u64>)> =
+        drawn.iter().filter(|d| d.from < done).map(|d| (d.from, d.batches_per_epoch.clone())).collect();
+    let Some(last) = out.last().map(|(_, q)| q.clone()) else { return now };
+    // (`now` starts at batch 0, so some phase of it is in effect at `done`)
+    let at = now.iter().rposition(|(from, _)| *from <= done).expect("a phase from batch 0");
+    let mut later = now.into_iter().skip(at);
+    let (from, quotas) = later.next().expect("the phase at `done`");
+    if from == done || quotas != last {
+        out.push((done, quotas));
+    }
+    out.extend(later);
+    out
 }
 
 /// One mixed epoch's slots: `(part, the part's batch within this mixed epoch)`.
@@ -158,6 +212,12 @@ impl Mix {
     /// size: the quotas of each sum to `Σ N_p`).
     pub(crate) fn per_epoch(&self) -> u64 {
         self.phases[self.phases.len() - 1].per_epoch
+    }
+
+    /// The phases begun before global batch `done`, as a position records them ([`with_drawn`]).
+    pub(crate) fn spans_before(&self, done: u64) -> Vec<DrawnSpan> {
+        let begun = self.phases.iter().take_while(|p| p.from < done);
+        begun.map(|p| DrawnSpan { from: p.from, batches_per_epoch: p.quotas.clone() }).collect()
     }
 
     /// Each part's own batches drawn before global batch `from`, where a phase starts (the loader
@@ -240,14 +300,22 @@ mod tests {
         assert!(e(&[0.0, 0.0], &[4, 4]).contains("every weight is 0"));
         assert!(e(&[1.0], &[4, 4]).contains("2 datasets with 1 weights"));
         assert!(e(&[1.0, 1.0], &[4, 0]).contains("part 1: weighted 1 in the mix, but none of its buckets"));
-        // 101 batches: 0.001 of 1.001 is 0.1 of one; (1 / 100 = 0.01 gets one)
+        // 101 batches: 0.001 of 1.001 is 0.1 of one; above half of one (w > 0.5 / 100.5) its remainder
+        // beats the other's, and it gets the batch left over
         let tiny = e(&[1.0, 0.001], &[100, 1]);
         assert!(
             tiny.contains("part 1: weight 0.001 gives it none of the 101 global batches")
-                && tiny.contains("about 0.0100 or more"),
+                && tiny.contains("(0.00498 or more gives it one"),
             "{tiny}"
         );
-        assert_eq!(quotas(&[100, 1], Some(&[1.0, 0.0101]), &names(2)).unwrap(), vec![100, 1]);
+        assert_eq!(quotas(&[100, 1], Some(&[1.0, 0.00498]), &names(2)).unwrap(), vec![100, 1]);
+        assert!(quotas(&[100, 1], Some(&[1.0, 0.00497]), &names(2)).is_err());
+        // three parts: the least is against the others' remainders
+        let three = e(&[0.6, 0.4, 0.002], &[50, 40, 9]);
+        let least: f64 = three.split("(").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(quotas(&[50, 40, 9], Some(&[0.6, 0.4, least]), &names(3)).unwrap()[2], 1, "{three}");
+        let below = least - 10f64.powi(least.log10().floor() as i32 - 2);
+        assert!(quotas(&[50, 40, 9], Some(&[0.6, 0.4, below]), &names(3)).is_err(), "{three}");
         assert_eq!(significant(0.00025), "0.000250");
         assert_eq!(significant(12.5), "12.5");
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::Batch;
 pub use plan::EpochPlan;
-pub use position::{mix_state, LoaderState, MixState, PhaseState};
+pub use position::{mix_state, DrawnSpan, LoaderState, MixState, PhaseState};
 pub use sizes::EarlierSize;
 
 use crate::dataset::{parts_buckets_fingerprint, Dataset};
@@ -184,6 +184,8 @@ impl Loader {
         // training does not need and `data verify` names, is checked by the checksum its manifest records)
         let first = &ds.parts()[0];
         let tokenizer = Some(crate::tokenizer::identity(&first.dir, &first.manifest));
+        // (what a resumed mix drew with before its position: the batches before it keep their parts)
+        let drawn = resume.as_ref().and_then(|s| s.mix.as_ref()).map_or(Vec::new(), |m| m.drawn.clone());
         let state = match resume {
             None => {
                 let earlier_sizes = Vec::new();
@@ -196,6 +198,7 @@ impl Loader {
                     mix: mixed,
                     earlier_sizes,
                     tokenizer,
+                    rows_changed_at: None,
                 }
             }
             Some(mut s) => {
@@ -242,7 +245,7 @@ impl Loader {
                 .chain(m.phases.iter().map(|p| (p.from, p.batches_per_epoch.clone())))
                 .collect(),
         };
-        let mix = mix::Mix::new(phases, opts.seed);
+        let mix = mix::Mix::new(mix::with_drawn(phases, &drawn, state.batches_done), opts.seed);
         let parts: Vec<Plans> = part_rows
             .into_iter()
             .enumerate()
@@ -306,7 +309,11 @@ impl Loader {
 
     /// The position after the last delivered batch.
     pub fn state(&self) -> LoaderState {
-        self.state.clone()
+        let mut state = self.state.clone();
+        if let Some(m) = state.mix.as_mut() {
+            m.drawn = self.shared.mix.spans_before(state.batches_done);
+        }
+        state
     }
 
     /// Global batches per (mixed) epoch at the present size (every phase of a mix at one size has as

@@ -35,6 +35,11 @@ pub struct LoaderState {
     /// mean other images, is refused (positions saved before 2026-12-05 have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// The batches done where `--accept-data-change` last took a dataset whose buckets hold other rows
+    /// than the position's: the batches before were drawn from rows the dataset no longer holds as they
+    /// were (`--rows-of-step` refuses them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_changed_at: Option<u64>,
 }
 
 /// A mix's part of the position: each dataset's global batches per mixed epoch ([`mix::quotas`]) and
@@ -49,6 +54,21 @@ pub struct MixState {
     /// The mix's later phases, each with its batches per mixed epoch of each dataset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseState>,
+    /// What the stream drew with before the position: each dataset's batches per mixed epoch from each
+    /// start (of a phase, a global batch size, a dataset's rows changed under `--accept-data-change`). A
+    /// resume draws the batches before the position by these, not by the datasets as they are now, so
+    /// where one dataset's rows changed the others go on in their own streams where they were
+    /// (positions saved before 2026-12-07 have none: recounted from the datasets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drawn: Vec<DrawnSpan>,
+}
+
+/// A start of [`MixState::drawn`]: from global batch `from` on, each dataset's batches per mixed epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrawnSpan {
+    pub from: u64,
+    pub batches_per_epoch: Vec<u64>,
 }
 
 /// A phase of a mix as the position records it.
@@ -174,6 +194,17 @@ impl LoaderState {
         if !manifest.fingerprint_matches(&self.dataset) {
             // the hashes alone say nothing to a user: spell out what the fingerprint tells
             let changes = manifest.fingerprint_changes(&self.dataset).join("; ");
+            // (rows the model cannot take: no flag continues on them, so none is suggested)
+            if !manifest.same_layout(&self.dataset) {
+                return Err(DataError::Config(format!(
+                    "cannot resume the data stream: the dataset is not the one the saved position was read from: \
+                     {changes} (dataset fingerprint {} → {}); with another `d` or other scale schedules no resume \
+                     goes on, --accept-data-change included: resume on the dataset the run started with, or start \
+                     a new run",
+                    self.dataset,
+                    manifest.fingerprint()
+                )));
+            }
             return Err(DataError::Config(format!(
                 "cannot resume the data stream: the dataset is not the one the saved position was read from: \
                  {changes} (dataset fingerprint {} → {}); the dataset fixes the order of the samples: resume \
@@ -314,7 +345,8 @@ pub fn mix_state(
         let batches_per_epoch = mix::quotas(&natural, Some(&p.weights), &names)?;
         states.push(PhaseState { from: p.from, weights: p.weights.clone(), batches_per_epoch });
     }
-    Ok(Some(MixState { batches_per_epoch, weights: weights.map(<[f64]>::to_vec), phases: states }))
+    let weights = weights.map(<[f64]>::to_vec);
+    Ok(Some(MixState { batches_per_epoch, weights, phases: states, drawn: Vec::new() }))
 }
 
 /// A mix's phases where its global batch changed (`sizes`: each size from its first global batch, by

@@ -143,7 +143,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         // where the step is still there: `start_state::repeated_rewind`)
         Some(p) => match rewound_before_pruned(&cfg, p) {
             Some(found) => {
-                console_err!("warning: {}", train::start_state::rewound_before_note(std::path::Path::new(p), found));
+                let note = train::start_state::rewound_before_note(&cfg.run.dir, std::path::Path::new(p), found);
+                console_err!("warning: {note}");
                 Some(train::checkpoint::step_dir(&cfg.run.dir, found.1))
             }
             // a checkpoint folder, or a run folder's newest complete checkpoint

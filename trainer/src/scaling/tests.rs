@@ -45,6 +45,7 @@ fn validated_on(dir: &Path, fingerprint: &str) {
         mix: None,
         earlier_sizes: Vec::new(),
         tokenizer: None,
+        rows_changed_at: None,
     };
     let sets = [("val.dir".to_string(), fingerprint.to_string())].into();
     let state = TrainState { version: 1, step: 20, val_sets: Some(sets), ..TrainState::fresh(loader) };

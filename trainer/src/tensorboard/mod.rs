@@ -295,7 +295,19 @@ fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     // must read them; `create_new` never truncates an earlier file
     static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("events.out.tfevents.{}.{host}.{}.{n:06}", now.as_secs(), std::process::id()));
+    let name = |secs: u64| format!("events.out.tfevents.{secs}.{host}.{}.{n:06}", std::process::id());
+    // TensorBoard reads a run's files in name order, and a later file's earlier steps purge what the
+    // files before showed: a session started in the same second as the last file's, under a pid that
+    // sorts before its (`10220` < `9855`; pid 1 in a container), or on a machine whose clock is behind,
+    // would have the points of the session it resumed drop its own. Its name then takes the second
+    // after the last file's.
+    let mut secs = now.as_secs();
+    let last = read::event_files(dir)?.pop().and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
+    if let Some(last) = last.filter(|last| *last >= name(secs)) {
+        let theirs = last.strip_prefix("events.out.tfevents.").and_then(|rest| rest.split('.').next()?.parse().ok());
+        secs = theirs.map_or(secs, |t: u64| secs.max(t + 1));
+    }
+    let path = dir.join(name(secs));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
     Ok((path, BufWriter::new(Sink { file, fail_after: None })))
 }
@@ -309,6 +321,20 @@ mod tests {
         // crc32c("123456789") = 0xe3069283; masking is rotr 15 + 0xa282ead8
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(masked_crc(b"123456789"), 0xe306_9283u32.rotate_right(15).wrapping_add(0xa282_ead8));
+    }
+
+    /// A new file sorts after every file already there, whatever its process id or the clock say.
+    #[test]
+    fn a_new_file_is_read_after_the_files_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let host = infinity_launcher::env::hostname().unwrap_or_else(|| "localhost".into());
+        for before in [format!("{now}.{host}.99999999.999999"), format!("{}.{host}.1.000000", now + 100)] {
+            std::fs::write(dir.path().join(format!("events.out.tfevents.{before}")), b"").unwrap();
+            let w = EventWriter::create(dir.path()).unwrap();
+            let files = read::event_files(dir.path()).unwrap();
+            assert_eq!(files.last().unwrap(), w.path(), "{files:?}");
+        }
     }
 
     #[test]

@@ -248,7 +248,8 @@ pub fn check_with(
     if let Some(given) = resume {
         // (a rewind repeated with the same config continues its history, as the run would)
         let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml, Some(&ds.manifest));
-        out.extend(repeated.map(|found| format!("resume: {}", super::start_state::rewound_before_note(given, found))));
+        let note = |found| super::start_state::rewound_before_note(&cfg.run.dir, given, found);
+        out.extend(repeated.map(|found| format!("resume: {}", note(found))));
         let newest = repeated.map(|(_, m)| checkpoint::step_dir(&cfg.run.dir, m));
         let dir = newest.as_deref().unwrap_or(given);
         // (as the run's rank 0 loads and checks it: its part of the moments)

@@ -228,11 +228,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             n.canonicalize().ok().is_some_and(|n| r.canonicalize().ok() == Some(n)) && own_step(r)
         });
         if set_aside_before && started_here && as_named {
-            state.forked_at = Some(state.step);
+            (state.forked_at, state.forked_from) = (Some(state.step), None);
+        }
+        // a branch: a new run from another run folder's checkpoint, which its checkpoints name, so that a
+        // requeue of the same command line continues the branch too
+        if let Some(from) = opts.resume.as_deref().filter(|r| !own_step(r)) {
+            (state.forked_at, state.forked_from) = (Some(state.step), std::path::absolute(from).ok());
         }
         // a new history from an earlier checkpoint: the later ones would be taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
-            state.forked_at = Some(state.step);
+            (state.forked_at, state.forked_from) = (Some(state.step), None);
             tracing::warn!(
                 "resuming at step {} where this run folder has {what}: they are of the history this run \
                  replaces; moved to {}",

@@ -202,7 +202,7 @@ pub(crate) fn repeated_rewind(
         return Ok(None);
     }
     if let Some(found) = found {
-        tracing::warn!("{}", rewound_before_note(given, found));
+        tracing::warn!("{}", rewound_before_note(run, given, found));
     }
     seen_by_every_rank(run, step, dist).map(Some)
 }
@@ -220,9 +220,16 @@ pub(crate) fn rewound_before(
 ) -> Option<(u64, u64)> {
     let n = checkpoint::step_of(given)?;
     let ours = checkpoint::run_folder_of(given).is_some_and(|f| f.canonicalize().ok() == run.canonicalize().ok());
-    let newest = super::latest_checkpoint(run).filter(|_| ours)?;
+    let newest = super::latest_checkpoint(run)?;
     let m = checkpoint::step_of(&newest).filter(|&m| m > n)?;
     let state = checkpoint::read_state(&newest).ok()?;
+    // (this folder's step N, or another folder's checkpoint this run branched from)
+    let resolved = |p: &Path| p.canonicalize().ok();
+    let branched =
+        state.forked_from.as_deref().is_some_and(|f| resolved(f).is_some() && resolved(f) == resolved(given));
+    if !(ours || branched) {
+        return None;
+    }
     let config = std::fs::read_to_string(newest.join(checkpoint::CONFIG_FILE)).ok()?;
     let same_data = dataset.is_none_or(|d| d.fingerprint_matches(&state.loader.dataset));
     let repeated = state.forked_at == Some(n) && config == config_toml && same_data;
@@ -230,9 +237,9 @@ pub(crate) fn rewound_before(
     (repeated && checkpoint::tensors_intact(&newest, &state)).then_some((n, m))
 }
 
-/// What a run says where it continues a rewind's history ([`rewound_before`]'s `(N, M)`).
-pub(crate) fn rewound_before_note(given: &Path, (n, m): (u64, u64)) -> String {
-    let run = checkpoint::run_folder_of(given).unwrap_or(given);
+/// What run folder `run` says where it continues a rewind's or a branch's history ([`rewound_before`]'s
+/// `(N, M)`).
+pub(crate) fn rewound_before_note(run: &Path, given: &Path, (n, m): (u64, u64)) -> String {
     format!(
         "--resume {}: this run resumed at step {n} with this same config and data before and trained on to step \
          {m} since (a requeued command line?): continuing from step {m} rather than computing the same steps \
@@ -287,6 +294,9 @@ pub(crate) fn continue_position(
                 .to_string(),
         };
         *position = position.moved_to(ds)?;
+        if rows_changed {
+            position.rows_changed_at = Some(position.batches_done);
+        }
         warning = Some(format!(
             "--accept-data-change: {} changed since the checkpoint ({changes}); the run goes on from its position \
              ({} batches drawn): {order}",
@@ -308,8 +318,13 @@ pub(crate) fn continue_position(
         _ => None,
     };
     if let (Some(w), Some(change)) = (warning.as_mut(), moved) {
-        w.push_str(&format!("; the mix's batches per epoch of each dataset change with it: {change}"));
-        position.mix = mix.clone();
+        w.push_str(&format!(
+            "; the mix's batches per epoch of each dataset change with it, from here on: {change} (the other \
+             datasets go on in their own order where they were)"
+        ));
+        // (what it drew with before stays: the batches before keep their datasets, and each its place)
+        let drawn = position.mix.as_ref().map_or(Vec::new(), |m| m.drawn.clone());
+        position.mix = mix.clone().map(|m| MixState { drawn, ..m });
     }
     position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref()).map_err(|e| {
         // a phase set by a share of run.steps moves with it: said where that is what changed (the same
@@ -543,7 +558,7 @@ pub(crate) fn starting_state(
             // (the history since a rewind goes on with other settings or data: no longer that rewind's)
             let mut state = r.state;
             if !r.changes.is_empty() || data_changed {
-                state.forked_at = None;
+                (state.forked_at, state.forked_from) = (None, None);
             }
             Start { params: r.params, opt: r.opt, saved: Some(state), init_from: None }
         }

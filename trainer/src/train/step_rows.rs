@@ -3,7 +3,7 @@
 //! loader's order"), so a loss spike that comes back at one step after a resume can be traced to its
 //! rows, and `infinity data verify` or a reader pointed at them.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use infinity_data::loader::{Loader, LoaderState};
 use infinity_data::{Checksums, Dataset};
 
@@ -30,8 +30,10 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
         if rank == 0 {
             let (key, dir) = cfg.data.dirs().nth(batch.part as usize).context("a dataset of the mix")?;
             let schedule = &ds.manifest.schedules[batch.bucket as usize].name;
+            // (a mix's batch tells the mixed epoch: its datasets each count epochs of their own)
+            let epoch = if cfg.data.mix.is_empty() { "epoch" } else { "mixed epoch" };
             lines.push(format!(
-                "step {step}: global batch {size} from {key} {} (epoch {}), bucket {} (schedule `{schedule}`), \
+                "step {step}: global batch {size} from {key} {} ({epoch} {}), bucket {} (schedule `{schedule}`), \
                  {} a rank",
                 dir.display(),
                 batch.epoch,
@@ -85,11 +87,28 @@ fn position_at(
         Some(s) => s,
         None => Loader::new(ds.clone(), loader_options(cfg, 0, world), None)?.state(),
     };
+    // (rows the dataset held as they were when the run drew them, which it no longer does)
+    if let Some(at) = state.rows_changed_at.filter(|&at| index < at) {
+        bail!(
+            "--rows-of-step {}: the run drew steps 1 to {at} from {} as it was before `--accept-data-change` took \
+             it with other rows at step {}: the rows of those steps cannot be told from the dataset as it is now \
+             (steps from {} on can)",
+            index + 1,
+            cfg.data.folders(),
+            at + 1,
+            at + 1
+        );
+    }
     // the size in effect at `index`: the first earlier one that lasted past it, else the last
     let size = match state.earlier_sizes.iter().position(|e| e.until > index) {
         Some(k) => {
             let size = state.earlier_sizes[k].global_batch;
             state.earlier_sizes.truncate(k);
+            // (a mix's batches per epoch as they were at that size; what it drew with before stays)
+            let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases(cfg.run.steps));
+            let at_size = infinity_data::loader::mix_state(ds, size, weights.as_deref(), &phases)?;
+            let drawn = state.mix.as_ref().map_or(Vec::new(), |m| m.drawn.clone());
+            state.mix = at_size.map(|m| infinity_data::loader::MixState { drawn, ..m });
             size
         }
         None => state.global_batch,

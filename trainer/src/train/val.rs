@@ -301,7 +301,7 @@ pub(crate) fn compatible(
             );
         }
     }
-    if !same_tokenizer((train_dir, train), (val_dir, val))? {
+    if !same_tokenizer((train_dir, train), (val_dir, val)) {
         bail!(
             "{key} {}: tokenized with a different tokenizer than the training data (make it with \
              `infinity data synth --tokenizer TRAIN/tokenizer.safetensors`, or `infinity data pack --tokenizer \

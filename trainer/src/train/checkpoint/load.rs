@@ -558,6 +558,7 @@ mod tests {
             mix: None,
             earlier_sizes: Vec::new(),
             tokenizer: None,
+            rows_changed_at: None,
         };
         let state = TrainState { step: 3, ..TrainState::fresh(state_loader()) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };

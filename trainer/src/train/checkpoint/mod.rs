@@ -96,6 +96,11 @@ pub struct TrainState {
     /// (`start_state::repeated_rewind`). Absent where the history never rewound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_at: Option<u64>,
+    /// Where the history began in another run folder (a branch: `--resume OTHER/checkpoints/step-N`
+    /// into a new run.dir), that checkpoint's absolute path, with `forked_at` N: a requeue of the same
+    /// command line continues the branch likewise. Absent for a history begun in its own folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<PathBuf>,
     /// The ranks of the session that wrote the checkpoint, so that a resume on another number is said
     /// (the same samples in the same order, summed in another order: not bit for bit). Absent in the
     /// checkpoints of earlier builds.
@@ -124,6 +129,7 @@ impl TrainState {
             seen: Some(super::seen::Seen::default()),
             val_sets: None,
             forked_at: None,
+            forked_from: None,
             world_size: None,
             init_from: None,
         }
