@@ -158,18 +158,31 @@ impl DistEnv {
                 ),
                 None => "127.0.0.1".into(),
             };
-            let local_world = get("SLURM_STEP_TASKS_PER_NODE")
-                .or_else(|| get("SLURM_TASKS_PER_NODE"))
-                .and_then(|t| t.split(['(', ',']).next().and_then(|n| n.parse().ok()));
+            // (`2(x3),1`: the first node's count, which a rank's local rank is below on every node but the
+            // last of an uneven step)
+            let per_node =
+                ["SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"].into_iter().find_map(|v| Some((v, get(v)?)));
+            let local_world = match per_node {
+                Some((var, t)) => Some(
+                    t.split(['(', ','])
+                        .next()
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .filter(|&n| n > 0)
+                        .with_context(|| {
+                            format!("{var}={t:?}: expected the tasks per node, as SLURM writes them (`2(x3),1`)")
+                        })?,
+                ),
+                None => None,
+            };
+            let (local_rank, node_rank) = (num("SLURM_LOCALID")?.unwrap_or(0), num("SLURM_NODEID")?.unwrap_or(0));
+            if let Some(nodes) = num("SLURM_NNODES")?.filter(|&n| node_rank >= n) {
+                bail!("SLURM_NODEID {node_rank} is outside SLURM_NNODES {nodes} (nodes are 0..{})", nodes.max(1) - 1);
+            }
+            if local_rank >= world {
+                bail!("SLURM_LOCALID {local_rank} is outside SLURM_NTASKS {world}: expected a task's rank on its node");
+            }
             let addr = get("MASTER_ADDR").unwrap_or(first);
-            (
-                rank,
-                world,
-                num("SLURM_LOCALID")?.unwrap_or(0),
-                local_world,
-                num("SLURM_NODEID")?.unwrap_or(0),
-                Some(addr),
-            )
+            (rank, world, local_rank, local_world, node_rank, Some(addr))
         } else {
             return Ok(None);
         };
@@ -554,6 +567,18 @@ mod tests {
             (e.rank, e.world, e.master_addr.as_str(), e.master_port, e.run_id.as_str()),
             (0, 4, "localhost", 20077, "77")
         );
+        // a step's numbers that do not parse, or lie outside the step, are named (also for one task)
+        let with = |extra: (&str, &str)| {
+            let vars: Vec<_> = step.iter().copied().chain([("SLURM_NNODES", "2"), extra]).collect();
+            env(&vars).map(|e| e.map(|e| (e.local_rank, e.local_world, e.node_rank))).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(with(("SLURM_STEP_TASKS_PER_NODE", "2(x2)")), Ok(Some((0, 2, 0))));
+        let e = with(("SLURM_STEP_TASKS_PER_NODE", "x(x2)")).unwrap_err();
+        assert!(e.contains("SLURM_STEP_TASKS_PER_NODE=\"x(x2)\": expected the tasks per node"), "{e}");
+        let e = with(("SLURM_NODEID", "2")).unwrap_err();
+        assert!(e.contains("SLURM_NODEID 2 is outside SLURM_NNODES 2"), "{e}");
+        let e = with(("SLURM_LOCALID", "4")).unwrap_err();
+        assert!(e.contains("SLURM_LOCALID 4 is outside SLURM_NTASKS 4"), "{e}");
         // torchrun-style variables need no job step
         let torchrun = env(&[("SLURM_JOB_ID", "77"), ("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "n1")]);
         let torchrun = torchrun.unwrap().unwrap();

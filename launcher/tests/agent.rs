@@ -1357,6 +1357,36 @@ fn a_hung_rank_is_the_root_cause_not_the_rank_that_timed_out_waiting_for_it() {
     assert!(!text.contains("rank 1 did not exit within"), "{text}");
 }
 
+/// Node 1 frozen (its ranks 2 and 3 stopped): rank 0 times out waiting for rank 3 and rank 1, after it
+/// in the ring, waiting for rank 0, its report first. The root cause is the frozen node's rank that rank
+/// 0 named, not rank 0, which the first report names and which only waited.
+#[test]
+fn a_frozen_node_is_blamed_rather_than_the_rank_here_that_waited_for_it() {
+    use infinity_launcher::comm::CommError;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let rdzv = format!("127.0.0.1:{}", free_port());
+    let [on_0, on_3] = [0, 3].map(|peer| CommError::Timeout { op: "all_reduce", peer, secs: 1.0 });
+    let rank = format!(
+        r#"touch "$TEST_DIR/started.$RANK"
+        [ "$RANK" -ge 2 ] && kill -STOP $$
+        while [ ! -e "$TEST_DIR/started.2" ] || [ ! -e "$TEST_DIR/started.3" ]; do sleep 0.02; done; sleep 1
+        [ "$RANK" = 1 ] && {{ echo 'error: {on_0}; aborting (exit code 86)'; exit 86; }}
+        sleep 0.5; echo 'error: {on_3}; aborting (exit code 86)'; exit 86"#
+    );
+    let node = |n: &'static str| {
+        let extra = node_of_two(n, &rdzv, &["--run-id", "frozen", "--nproc-per-node", "2"]);
+        Agent::start(tmp.path(), &format!("node{n}"), &agent_args(d, "1", &extra, &["sh", "-c", &rank]))
+    };
+    let (mut node0, mut node1) = (node("0"), node("1"));
+    assert_eq!(node0.exit(Duration::from_secs(40)).code(), Some(1), "{}", node0.text());
+    let text = node0.text();
+    assert!(text.contains("rank 3 (node 1), or one it waits for, stopped answering (rank 1 timed out"), "{text}");
+    let rec = failure_record(tmp.path(), "frozen", "failure-node0.json");
+    assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(1), Some(false)), "{rec}");
+    node1.exit(Duration::from_secs(40));
+}
+
 /// The same run id launched again (a requeued job) fails the same attempt: the first session's
 /// failure record stays, the second is written beside it.
 #[test]
@@ -1444,8 +1474,8 @@ fn a_derived_port_that_another_jobs_store_holds_is_worth_a_retry() {
     // a third job's node 0, whose store cannot bind the port the first job's holds: named as such
     let mut third = Agent::start_with(tmp.path(), "job-c", &args, &slurm(30000 + k as u32, "0"));
     assert_eq!(third.exit(Duration::from_secs(15)).code(), Some(1), "{}", third.text());
-    let said =
-        "was derived from SLURM_JOB_ID (30000 + the job id mod 10000), and another process on this node holds it";
+    let said = "was derived from SLURM_JOB_ID (30000 + (the job id + 6173 × the step id) mod 10000), and another \
+                process on this node holds it";
     assert!(third.text().contains(said), "{}", third.text());
 }
 

@@ -219,15 +219,16 @@ async fn run(a: LaunchArgs, exe: PathBuf) -> Result<i32> {
     match run_planned(a, p, exe).await {
         // (node 0 cannot host the store at the port SLURM's job id gives: another process holds it)
         Err(e) if port_derived && in_use(&e) => bail!(
-            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID (30000 + the job id mod 10000), and another \
+            "{e:#}\nthe port {port} was derived from SLURM_JOB_ID (30000 + (the job id + 6173 × the step id) mod \
+             10000), and another \
              process on this node holds it: pass --rdzv HOST:PORT with a free port on every node (exit 1, a failure \
              worth a retry)"
         ),
         // (a port of SLURM's job id that another job's store holds: worth a retry, not a bad command line)
         Err(e) if derived && e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) => bail!(
             "{e:#}\nthe port {port} was derived from SLURM_JOB_ID: unless the nodes disagree on the token or run id, \
-             another job's store holds it (a job whose id is this one's mod 10000, on node 0): run again later (exit \
-             1, a failure worth a retry), or pass --rdzv HOST:PORT"
+             another job's store holds it (a job or step whose id + 6173 × step id is this one's mod 10000, on node \
+             0): run again later (exit 1, a failure worth a retry), or pass --rdzv HOST:PORT"
         ),
         r => r,
     }

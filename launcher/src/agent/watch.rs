@@ -151,12 +151,15 @@ pub(super) async fn watch(
                         describe(&status),
                         signal_origin(&status)
                     );
-                    let failed = failure::RankFailure::new(r.global, r.pid, &status, seconds, lines);
+                    let (global, nproc) = (r.global, a.nproc_per_node);
+                    let failed = failure::RankFailure::new(global, r.pid, &status, seconds, lines);
                     let mut node = Some(g.node_rank);
                     // a collective that timed out names the rank it waited for: that one is the root cause
-                    if let Some((peer, peer_node)) = failed.silent_peer(a.nproc_per_node) {
-                        let world = g.nnodes * a.nproc_per_node;
-                        report = failure::blame_silent_peer(peer, peer_node, r.global, world, &report);
+                    // (where it is a rank here that timed out too, the one it waited for, and so on)
+                    if let Some((peer, _)) = failed.silent_peer(nproc) {
+                        let peer = silent_beyond_here(&mut ranks, &mut exited, peer, (g.node_rank, nproc)).await;
+                        let (world, peer_node) = (g.nnodes * nproc, peer / nproc.max(1));
+                        report = failure::blame_silent_peer(peer, peer_node, global, world, &report);
                         node = Some(peer_node);
                     } else if let Some((peer, peer_node)) =
                         failed.closed_peer(a.nproc_per_node).filter(|&(_, n)| n != g.node_rank)
@@ -178,7 +181,7 @@ pub(super) async fn watch(
                     let permanent = status.code().filter(|&c| is_permanent_failure(Some(c)));
                     if let Some(c) = store {
                         if let Some(code) = permanent {
-                            post(c, &format!("{}/rank", keys[PERMANENT]), &r.global.to_string()).await;
+                            post(c, &format!("{}/rank", keys[PERMANENT]), &global.to_string()).await;
                             post(c, &keys[PERMANENT], &code.to_string()).await;
                         }
                         (report, node) = post_first(c, &keys[FAILED], report, node).await;
@@ -498,6 +501,42 @@ pub(super) async fn post(client: &mut StoreClient, key: &str, value: &str) {
     if let Err(e) = client.set(key, value.as_bytes()) {
         console_err!("[launch] warning: store: posting {key}: {e:#}");
     }
+}
+
+/// The rank a timeout blames, where rank `peer` (which a rank here timed out waiting for) is a rank here
+/// that timed out too, as it does within moments when it waits in the ring for the rank before it
+/// (waiting up to 3 s for it to exit): the one `peer` waited for, followed along this node's ranks, so
+/// that a frozen node's rank is blamed rather than the rank here that the first report to arrive names.
+/// `peer` itself where it is elsewhere, or did not time out.
+async fn silent_beyond_here(
+    ranks: &mut [Rank],
+    exited: &mut [Option<ExitStatus>],
+    mut peer: usize,
+    (node, nproc): (usize, usize),
+) -> usize {
+    for _ in 0..nproc {
+        let Some(p) = peer.checked_sub(node * nproc).filter(|&p| p < nproc && p < ranks.len()) else { break };
+        let status = match exited[p] {
+            Some(s) => s,
+            None => match tokio::time::timeout(Duration::from_secs(3), ranks[p].child.wait()).await {
+                Ok(Ok(s)) => {
+                    exited[p] = Some(s);
+                    ranks[p].group_alive();
+                    s
+                }
+                _ => break,
+            },
+        };
+        if status.code() != Some(crate::comm::EXIT_COMM_TIMEOUT) {
+            break;
+        }
+        drain(std::slice::from_mut(&mut ranks[p]), Duration::from_secs(1)).await;
+        match ranks[p].tail.lock().unwrap().iter().rev().find_map(|l| CommError::timed_out_peer(l)) {
+            Some(next) if next != peer => peer = next,
+            _ => break,
+        }
+    }
+    peer
 }
 
 /// The rank on this node (`node` of `nproc`-rank nodes) whose closed connection rank `i` reports in its

@@ -61,6 +61,13 @@ impl CommError {
 /// How a [`CommError::Peer`] says its peer closed the connection.
 pub const CLOSED: &str = "closed the connection";
 
+/// Whether a socket error says the peer is gone: its end closed or reset (a write into it fails with a
+/// broken pipe or a reset, where a read would find its end).
+pub(crate) fn closed_by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
+}
+
 pub type CommResult<T> = std::result::Result<T, CommError>;
 
 /// Collectives over f32 buffers. `all_reduce_sum` leaves the same bytes on every rank.
@@ -182,6 +189,23 @@ mod tests {
         let refused = CommError::Peer { op: "all_reduce", peer: 2, detail: "sent 7 bytes, expected 8".into() };
         assert_eq!(CommError::closed_peer(&refused.to_string()), None);
         assert_eq!(CommError::closed_peer(&format!("error: {e}")), None);
+    }
+
+    /// A write into a connection the next rank's end closed or reset names that rank as gone, as a read
+    /// from a closed one does.
+    #[test]
+    fn a_send_to_a_rank_that_is_gone_names_it_as_closed() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut next = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        drop(listener.accept().unwrap());
+        // (the first write may land in the buffers before the reset: write until the peer's reset shows)
+        let e = (0..100).find_map(|_| next.write_all(&[0u8; 1 << 16]).err()).expect("a failed send");
+        assert!(closed_by_peer(&e), "{e:?}");
+        let _ = next.read(&mut [0u8; 8]);
+        let line = CommError::Peer { op: "all_reduce", peer: 2, detail: format!("{CLOSED} (send failed: {e})") };
+        assert_eq!(CommError::closed_peer(&format!("[rank 1] error: {line}")), Some(2));
+        assert!(!closed_by_peer(&std::io::Error::from(std::io::ErrorKind::PermissionDenied)));
     }
 
     #[test]

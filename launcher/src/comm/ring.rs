@@ -171,6 +171,11 @@ impl TcpRing {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 CommError::Timeout { op, peer, secs: timeout.as_secs_f64() }
             }
+            // (the next rank gone, as a read finds the previous one gone: named alike, so the launcher
+            // blames that rank's node, not this one)
+            _ if super::closed_by_peer(&e) => {
+                CommError::Peer { op, peer, detail: format!("{} (send failed: {e})", super::CLOSED) }
+            }
             _ => CommError::Peer { op, peer, detail: format!("send failed: {e}") },
         })
     }
@@ -190,6 +195,7 @@ impl TcpRing {
             std::io::ErrorKind::UnexpectedEof => {
                 CommError::Peer { op, peer, detail: format!("{} (exited?)", super::CLOSED) }
             }
+            _ if super::closed_by_peer(&e) => CommError::Peer { op, peer, detail: format!("{} ({e})", super::CLOSED) },
             _ => CommError::Peer { op, peer, detail: e.to_string() },
         })
     }
