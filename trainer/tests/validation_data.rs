@@ -317,9 +317,11 @@ fn validation_rows_on_schedules_the_run_never_trained_on_are_warned_of() {
         val.display()
     );
     assert!(lines.iter().any(|l| l.starts_with(&want)), "{want}\n{lines:#?}");
-    // (the training data's own rows: none)
+    // (the training data's own rows: none, but they are the training data's, which is said)
     let lines = check(&load(&config_file(t, &data, Some(&data), "class"), &[]), 1, None, None).unwrap();
     assert!(!lines.iter().any(|l| l.contains("holds no rows of")), "{lines:#?}");
+    let want = format!("warning: val.dir {}: the same rows as the training data {}", data.display(), data.display());
+    assert!(lines.iter().any(|l| l.starts_with(&want) && l.contains("not held-out error")), "{want}\n{lines:#?}");
 }
 
 /// A dataset folder whose path is not UTF-8 (a Latin-1 name) is written and read: the manifest's

@@ -35,8 +35,9 @@ struct ValData {
     /// Micro-batches: (bucket, global row ids).
     batches: Vec<(u16, Vec<u64>)>,
     ropes: HashMap<u16, RopeTable>,
-    /// Its rows on schedules the training data has none of, in words ([`unseen_schedules`]).
-    warning: Option<String>,
+    /// What rank 0 warns of, in words: its rows on schedules the training data has none of
+    /// ([`unseen_schedules`]); rows that are the training data's own.
+    warnings: Vec<String>,
 }
 
 pub struct Validator {
@@ -72,15 +73,24 @@ impl ValData {
         }
         bad.finish(key, dir)?;
         let rows: Vec<usize> = by_bucket.iter().map(Vec::len).collect();
-        let warning =
-            unseen_schedules(&train.manifest, &ds.manifest, &rows).map(|w| format!("{key} {}: {w}", dir.display()));
+        let unseen = unseen_schedules(&train.manifest, &ds.manifest, &rows);
+        // (the training data itself, or one dataset of its mix: a loss of rows the model trains on)
+        let fingerprint = ds.manifest.fingerprint();
+        let trained = train.parts().iter().find(|p| p.manifest.fingerprint() == fingerprint).map(|p| {
+            format!(
+                "the same rows as the training data {} (its loss measures the fit to rows the model trains on, \
+                 not held-out error: validate on rows it does not train on)",
+                p.dir.display()
+            )
+        });
+        let warnings = unseen.into_iter().chain(trained).map(|w| format!("{key} {}: {w}", dir.display())).collect();
         let batches = by_bucket
             .iter()
             .enumerate()
             .flat_map(|(b, rows)| rows.chunks(micro_batch).map(move |c| (b as u16, c.to_vec())))
             .collect();
         let ropes = ds.manifest.schedules.iter().enumerate().map(|(b, s)| (b as u16, rope_for(mc, s))).collect();
-        Ok(ValData { name, ds: Arc::new(ds), batches, ropes, warning })
+        Ok(ValData { name, ds: Arc::new(ds), batches, ropes, warnings })
     }
 
     fn rows(&self) -> usize {
@@ -154,7 +164,7 @@ impl Validator {
 
     /// What its sets hold that the training data does not (for rank 0 to warn of).
     pub fn warnings(&self) -> Vec<String> {
-        self.sets.iter().filter_map(|s| s.warning.clone()).collect()
+        self.sets.iter().flat_map(|s| s.warnings.iter().cloned()).collect()
     }
 
     /// Each set's dataset fingerprint, by the key that names it (`val.dir`, `val.sets "NAME"`): what a
