@@ -222,10 +222,12 @@ fn train_sample_and_export_a_text_model() {
     assert_eq!(mismatch(None, &data, &same, &m(&same)), None);
     let why = mismatch(None, &data, &other, &m(&other)).unwrap();
     assert!(why.contains("its tokenizer is not the one the run trained with"), "{why}");
-    // (a tokenizer file that does not read is not compared: the command that needs it says so; the
-    // run's own dataset is never another)
+    // (a tokenizer file that does not read is compared by the checksum its manifest records; the run's
+    // own dataset is never another)
     std::fs::write(other.join("tokenizer.safetensors"), b"damaged").unwrap();
-    assert_eq!(mismatch(None, &data, &other, &m(&other)), None);
+    std::fs::write(same.join("tokenizer.safetensors"), b"damaged").unwrap();
+    assert!(mismatch(None, &data, &other, &m(&other)).is_some());
+    assert_eq!(mismatch(None, &data, &same, &m(&same)), None);
     assert_eq!(mismatch(None, &other, &other, &m(&other)), None);
     // and a schedule of another pixel budget than the run's
     let trained = &m(&data).schedules[0];

@@ -69,6 +69,12 @@ fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     assert!(infinity(&[&eval[..], &[path_str(&ema_loss)]].concat()));
     let line = json(&ema_loss);
     assert!(line["ema"] == true && line["step"] == 3, "{line}");
+    // the export's index (which upstream's loader reads) given for the export: recorded as the folder is
+    let (from_index, index) = (tmp.path().join("from-index"), ema_export.join("model.safetensors.index.json"));
+    assert!(index.is_file());
+    train(&cfg, &[format!("run.dir={}", path_str(&from_index)), format!("model.init_from={}", path_str(&index))]);
+    let index_record = &json(&from_index.join("derived.json"))["init_from"];
+    assert!(index_record["weights"] == "ema" && index_record["export_of"].is_string(), "{index_record}");
 
     // `export --init` of the fine-tune's config: the weights its run starts from, the source's
     let init = tmp.path().join("init-export");

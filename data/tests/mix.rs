@@ -128,6 +128,21 @@ fn a_changed_dataset_leaves_the_others_of_the_mix_where_they_were() {
     let spans: Vec<(u64, Vec<u64>)> =
         end.mix.unwrap().drawn.into_iter().map(|d| (d.from, d.batches_per_epoch)).collect();
     assert_eq!(spans, [(0, saved.batches_per_epoch.clone()), (10, now.batches_per_epoch)]);
+    // a record edited by hand is named, not a panic
+    for bad in
+        [vec![(1, vec![3, 3])], vec![(0, vec![3])], vec![(0, vec![0, 0])], vec![(0, vec![3, 3]), (0, vec![2, 2])]]
+    {
+        let drawn = bad
+            .into_iter()
+            .map(|(from, batches_per_epoch)| infinity_data::loader::DrawnSpan { from, batches_per_epoch });
+        let mut edited = moved.clone();
+        edited.mix.as_mut().unwrap().drawn = drawn.collect();
+        let e = Loader::new(grown.clone(), opts(0, 1, 0, weights.clone()), Some(edited)).err().unwrap().to_string();
+        assert!(
+            e.contains("the saved position's mix.drawn[") && e.contains("(a position edited by hand, or damaged)"),
+            "{e}"
+        );
+    }
     // resumed again later, it draws as it did
     let (first, mid) = run(&grown, 1, 0, &weights, Some(moved), 17);
     let (rest, _) = run(&grown, 1, 0, &weights, Some(mid), 13);

@@ -1381,7 +1381,9 @@ fn a_frozen_node_is_blamed_rather_than_the_rank_here_that_waited_for_it() {
     let (mut node0, mut node1) = (node("0"), node("1"));
     assert_eq!(node0.exit(Duration::from_secs(40)).code(), Some(1), "{}", node0.text());
     let text = node0.text();
-    assert!(text.contains("rank 3 (node 1), or one it waits for, stopped answering (rank 1 timed out"), "{text}");
+    let want = "rank 3 (node 1), or one it waits for, stopped answering (rank 1 timed out waiting for rank 0, \
+                which waited for it)";
+    assert!(text.contains(want), "{text}");
     let rec = failure_record(tmp.path(), "frozen", "failure-node0.json");
     assert_eq!((rec["root_cause_node"].as_u64(), rec["root_cause_here"].as_bool()), (Some(1), Some(false)), "{rec}");
     node1.exit(Duration::from_secs(40));

@@ -926,9 +926,12 @@ fn a_requeued_branch_continues_from_its_newest_checkpoint() {
         let f = f.unwrap();
         std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
     }
-    let s = train(&requeued, &TrainOptions { resume: Some(copy), ..Default::default() }).unwrap();
-    assert_eq!(s.started_at, 3);
+    let again = |stop_after| TrainOptions { resume: Some(copy.clone()), stop_after, ..Default::default() };
+    assert_eq!(train(&requeued, &again(Some(6))).unwrap().started_at, 3);
     assert!(requeued.run.dir.join("abandoned/after-step-00000003").is_dir());
+    // and that branch, requeued, continues too
+    let s = train(&requeued, &again(None)).unwrap();
+    assert_eq!((s.started_at, s.steps), (6, 9));
 }
 
 /// A rewind with the settings the run had recomputes the abandoned history's weights bit for bit: its own

@@ -102,6 +102,25 @@ impl MixState {
             && a.iter().zip(&b).all(|(x, y)| x.from == y.from && same_shares(&x.weights, &y.weights))
     }
 
+    /// An error unless `drawn` is as a loader writes it: starts from batch 0 on, increasing, before
+    /// `done`, each with a count per dataset and some batches (a position edited by hand, or damaged).
+    fn check_drawn(&self, done: u64) -> Result<()> {
+        let parts = self.batches_per_epoch.len();
+        for (k, d) in self.drawn.iter().enumerate() {
+            let after = k.checked_sub(1).map(|j| self.drawn[j].from);
+            let starts_right = if k == 0 { d.from == 0 } else { after.is_some_and(|a| d.from > a) && d.from < done };
+            if !starts_right || d.batches_per_epoch.len() != parts || d.batches_per_epoch.iter().all(|&n| n == 0) {
+                return Err(DataError::Config(format!(
+                    "the saved position's mix.drawn[{k}] (from batch {}, batches per epoch {:?}) must start at batch \
+                     0 for the first and after the one before for the others, before the batches done ({done}), \
+                     with a count for each of the {parts} datasets, not all 0 (a position edited by hand, or damaged)",
+                    d.from, d.batches_per_epoch
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The phases begun before global batch `done`.
     pub fn begun(&self, done: u64) -> Vec<&PhaseState> {
         self.phases.iter().filter(|p| p.from < done).collect()
@@ -179,6 +198,9 @@ impl LoaderState {
             return mismatch("data.mix:", say(parts(self.mix.as_ref())), say(parts(mix)));
         }
         let done = self.batches_done;
+        if let Some(saved) = &self.mix {
+            saved.check_drawn(done)?;
+        }
         if let (Some(saved), Some(now)) = (&self.mix, mix) {
             if !saved.same_weights(now, done) {
                 // (data.phases named where either side has phases)

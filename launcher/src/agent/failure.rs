@@ -63,13 +63,17 @@ pub(super) fn blame_closed_peer(peer: usize, node: usize, report: &str) -> Strin
 /// answering (rank 0 timed out waiting for it): rank 0 (node 0, …) exited with exit code 86 …`.
 const STOPPED_ANSWERING: &str = "stopped answering (rank";
 
-/// The root cause `report` (of rank `waiter`'s timeout) blaming the silent rank `peer` on `node`, in a
-/// group of `world` ranks. With more than two, the peer may itself be waiting: the ranks after a hung
-/// one in the ring each time out on their own predecessor within moments, and whichever report is
-/// posted first names a rank that may be alive, so the report says so.
-pub(super) fn blame_silent_peer(peer: usize, node: usize, waiter: usize, world: usize, report: &str) -> String {
+/// The root cause `report` (of rank `waiter`'s timeout) blaming the silent rank at the end of `chain` on
+/// `node`, in a group of `world` ranks: `chain` is the rank `waiter` waited for, then each rank that one
+/// waited for in turn where the agent followed them (ranks of its node that timed out too). With more
+/// than two ranks, the last may itself be waiting: the ranks after a hung one in the ring each time out
+/// on their own predecessor within moments, and whichever report is posted first names a rank that may
+/// be alive, so the report says so.
+pub(super) fn blame_silent_peer(chain: &[usize], node: usize, waiter: usize, world: usize, report: &str) -> String {
+    let (peer, via) = chain.split_last().expect("the rank waited for");
     let maybe = if world > 2 { ", or one it waits for," } else { "" };
-    format!("rank {peer} (node {node}){maybe} {STOPPED_ANSWERING} {waiter} timed out waiting for it): {report}")
+    let waits: String = via.iter().map(|r| format!(" rank {r}, which waited for")).collect();
+    format!("rank {peer} (node {node}){maybe} {STOPPED_ANSWERING} {waiter} timed out waiting for{waits} it): {report}")
 }
 
 /// A root cause that blames a silent rank (`node` its node), set right by the flight records in `dir`
@@ -358,7 +362,7 @@ mod tests {
             dir
         };
         let dir = records(&[3]);
-        let timed_out = blame_silent_peer(0, 0, 1, 4, "rank 1 (node 0, pid 7) exited with exit code 86");
+        let timed_out = blame_silent_peer(&[0], 0, 1, 4, "rank 1 (node 0, pid 7) exited with exit code 86");
         let (report, node) = by_flight_records(dir.path(), timed_out.clone(), Some(0), 2);
         assert_eq!(node, Some(1));
         let said = "\n  (the flight records: rank 3 (node 1) never entered the collective the others wait in: look \
@@ -405,15 +409,20 @@ mod tests {
         let crashed = RankFailure::new(0, 7, &ExitStatus::from_raw(1 << 8), 1.0, vec![line(3)]);
         assert_eq!(crashed.silent_peer(2), None, "only a timed-out collective (exit code 86) blames a peer");
 
-        let report = blame_silent_peer(3, 1, 0, 2, "rank 0 (node 0, pid 7) exited with exit code 86");
+        let report = blame_silent_peer(&[3], 1, 0, 2, "rank 0 (node 0, pid 7) exited with exit code 86");
         assert!(report.starts_with("rank 3 (node 1) stopped answering (rank 0 timed out waiting for it): rank 0"));
         // with more ranks the one named may only be waiting itself
-        let four = blame_silent_peer(3, 1, 0, 4, "rank 0 …");
+        let four = blame_silent_peer(&[3], 1, 0, 4, "rank 0 …");
         assert!(
             four.starts_with("rank 3 (node 1), or one it waits for, stopped answering (rank 0 timed out"),
             "{four}"
         );
         assert!(is_here(&four, Some(1), 1, false) && !is_here(&four, Some(1), 0, true));
+        // followed along the node's own ranks: each wait named
+        let followed = blame_silent_peer(&[0, 5, 3], 1, 1, 8, "rank 1 …");
+        let want = "rank 3 (node 1), or one it waits for, stopped answering (rank 1 timed out waiting for rank 0, \
+                    which waited for rank 5, which waited for it): rank 1 …";
+        assert_eq!(followed, want);
         assert!(!is_here(&report, Some(1), 0, true));
         assert!(is_here(&format!("another node: {report}"), Some(1), 1, false));
         assert!(!is_here(&format!("another node: {report}"), Some(1), 0, false));
@@ -425,7 +434,7 @@ mod tests {
     fn a_timeout_is_read_from_how_the_rank_exited_not_from_its_lines() {
         let timeout = format!("rank 0 (node 0, pid 7) exited with exit code {EXIT_COMM_TIMEOUT} after 31.0 s");
         assert!(timed_out(&format!("{timeout}; its last lines:\n    error: …")));
-        assert!(timed_out(&blame_silent_peer(3, 1, 0, 2, &timeout)));
+        assert!(timed_out(&blame_silent_peer(&[3], 1, 0, 2, &timeout)));
         let quoting =
             format!("rank 0 (node 0, pid 7) exited with exit code 1 after 2.0 s; its last lines:\n    {timeout}");
         assert!(!timed_out(&quoting));

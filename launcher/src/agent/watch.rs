@@ -157,9 +157,10 @@ pub(super) async fn watch(
                     // a collective that timed out names the rank it waited for: that one is the root cause
                     // (where it is a rank here that timed out too, the one it waited for, and so on)
                     if let Some((peer, _)) = failed.silent_peer(nproc) {
-                        let peer = silent_beyond_here(&mut ranks, &mut exited, peer, (g.node_rank, nproc)).await;
-                        let (world, peer_node) = (g.nnodes * nproc, peer / nproc.max(1));
-                        report = failure::blame_silent_peer(peer, peer_node, global, world, &report);
+                        let chain = silent_beyond_here(&mut ranks, &mut exited, peer, (g.node_rank, nproc)).await;
+                        let (world, peer) = (g.nnodes * nproc, chain[chain.len() - 1]);
+                        let peer_node = peer / nproc.max(1);
+                        report = failure::blame_silent_peer(&chain, peer_node, global, world, &report);
                         node = Some(peer_node);
                     } else if let Some((peer, peer_node)) =
                         failed.closed_peer(a.nproc_per_node).filter(|&(_, n)| n != g.node_rank)
@@ -503,17 +504,18 @@ pub(super) async fn post(client: &mut StoreClient, key: &str, value: &str) {
     }
 }
 
-/// The rank a timeout blames, where rank `peer` (which a rank here timed out waiting for) is a rank here
-/// that timed out too, as it does within moments when it waits in the ring for the rank before it
-/// (waiting up to 3 s for it to exit): the one `peer` waited for, followed along this node's ranks, so
-/// that a frozen node's rank is blamed rather than the rank here that the first report to arrive names.
-/// `peer` itself where it is elsewhere, or did not time out.
+/// The ranks a timeout leads to, the last the one to blame: `peer` (which a rank here timed out waiting
+/// for), and where that is a rank here that timed out too, as it does within moments when it waits in
+/// the ring for the rank before it (waiting up to 3 s for it to exit), the one it waited for, followed
+/// along this node's ranks, so that a frozen node's rank is blamed rather than the rank here that the
+/// first report to arrive names. `[peer]` where it is elsewhere, or did not time out.
 async fn silent_beyond_here(
     ranks: &mut [Rank],
     exited: &mut [Option<ExitStatus>],
     mut peer: usize,
     (node, nproc): (usize, usize),
-) -> usize {
+) -> Vec<usize> {
+    let mut chain = vec![peer];
     for _ in 0..nproc {
         let Some(p) = peer.checked_sub(node * nproc).filter(|&p| p < nproc && p < ranks.len()) else { break };
         let status = match exited[p] {
@@ -530,13 +532,17 @@ async fn silent_beyond_here(
         if status.code() != Some(crate::comm::EXIT_COMM_TIMEOUT) {
             break;
         }
+        // (what it left running holds its pipes: stopped, as for any failed rank, so its lines are read)
+        ranks[p].signal_group(libc::SIGTERM);
         drain(std::slice::from_mut(&mut ranks[p]), Duration::from_secs(1)).await;
         match ranks[p].tail.lock().unwrap().iter().rev().find_map(|l| CommError::timed_out_peer(l)) {
-            Some(next) if next != peer => peer = next,
+            Some(next) if !chain.contains(&next) => {
+                (peer, chain) = (next, [&chain[..], &[next]].concat());
+            }
             _ => break,
         }
     }
-    peer
+    chain
 }
 
 /// The rank on this node (`node` of `nproc`-rank nodes) whose closed connection rank `i` reports in its

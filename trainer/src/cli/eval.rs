@@ -172,6 +172,18 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             cfg.data.dir.display()
         )
     })?;
+    // (an export's or weights file's model is its own, whatever --config's model section says: a dataset
+    // of other conditions would be scored against labels the model never learned)
+    if a.config.is_some() {
+        if let Some(why) = other_conditions(&first_model.model, &train.manifest) {
+            bail!(
+                "--config {}: its dataset {} {why}: pass --data with the dataset the model trained on (or one of its \
+                 conditions)",
+                config.display(),
+                cfg.data.dir.display()
+            );
+        }
+    }
     // (bits of another tokenizer mean other images: the validation set, which must share the training
     // data's tokenizer, would be refused for the wrong reason)
     let (saved, trained_dir) = (first_model.tokenizer.as_deref(), &first_model.data_dir);
@@ -299,6 +311,14 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
     let (ck, ema) = match crate::export::read_export(path) {
         Some(_) => {
             let export = crate::export::load_export(path, a.ema)?;
+            let model_sets: Vec<&str> = a.set.iter().map(String::as_str).filter(|s| s.starts_with("model.")).collect();
+            if !model_sets.is_empty() {
+                console_err!(
+                    "warning: {}: an export's model is its config.json's: --set {} not applied",
+                    path.display(),
+                    model_sets.join(", --set ")
+                );
+            }
             (export.model, export.ema)
         }
         None => {
@@ -307,6 +327,24 @@ fn weights_and_config(a: &EvalArgs, config: &Path) -> Result<(CheckpointModel, T
         }
     };
     Ok((ck, cfg, ema))
+}
+
+/// How the conditions of dataset `m` differ from those model `mc` takes (`None`: they are its own).
+fn other_conditions(mc: &crate::model::ModelConfig, m: &infinity_data::Manifest) -> Option<String> {
+    use crate::model::Conditioning;
+    let (class, text) = (m.conditions.class.as_ref(), m.conditions.text.as_ref());
+    match &mc.conditioning {
+        Conditioning::Class { num_classes } => match class {
+            Some(c) if c.num_classes as usize == *num_classes => None,
+            Some(c) => Some(format!("has {} classes, the model {num_classes}", c.num_classes)),
+            None => Some(format!("has no classes, the model {num_classes}")),
+        },
+        Conditioning::Text => match text {
+            Some(t) if t.width as usize == mc.text_channels => None,
+            Some(t) => Some(format!("has text features {} wide, the model takes {}", t.width, mc.text_channels)),
+            None => Some("has no text features, the model is text-conditioned".into()),
+        },
+    }
 }
 
 /// Refuse an `--out` that eval's lines would damage: a run's or dataset's own file (its logs, which
@@ -395,4 +433,37 @@ fn checkpoints(path: &Path, all: bool) -> Result<Vec<(u64, PathBuf)>> {
         found = found.split_off(found.len() - 1);
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{Conditioning, ModelConfig};
+
+    /// An export's or weights file's model against the dataset `--config` names: its classes or text
+    /// width, else what differs.
+    #[test]
+    fn a_dataset_of_other_conditions_than_the_models_is_named() {
+        let manifest = |conditions: serde_json::Value| -> infinity_data::Manifest {
+            serde_json::from_value(serde_json::json!({
+                "format": "infinity-bits", "format_version": 1, "d": 16, "bit_order": "",
+                "tokenizer": { "name": "t", "file": null }, "conditions": conditions, "latent": null,
+                "schedules": [], "shards": [], "total_rows": 0, "created_by": ""
+            }))
+            .unwrap()
+        };
+        let classes = |n: u32| manifest(serde_json::json!({ "class": { "num_classes": n } }));
+        let text = manifest(serde_json::json!({
+            "text": { "width": 64, "dtype": "bf16", "max_tokens": 8, "encoder": "e" }
+        }));
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        mc.conditioning = Conditioning::Class { num_classes: 24 };
+        assert_eq!(super::other_conditions(&mc, &classes(24)), None);
+        assert_eq!(super::other_conditions(&mc, &classes(5)).unwrap(), "has 5 classes, the model 24");
+        assert_eq!(super::other_conditions(&mc, &text).unwrap(), "has no classes, the model 24");
+        (mc.conditioning, mc.text_channels) = (Conditioning::Text, 64);
+        assert_eq!(super::other_conditions(&mc, &text), None);
+        assert!(super::other_conditions(&mc, &classes(5)).unwrap().contains("has no text features"));
+        mc.text_channels = 32;
+        assert!(super::other_conditions(&mc, &text).unwrap().contains("text features 64 wide, the model takes 32"));
+    }
 }

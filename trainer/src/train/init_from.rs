@@ -86,6 +86,8 @@ pub(crate) fn init_from(
     if !from.exists() {
         return Err(missing(from));
     }
+    // (an export's index or config.json: the export, checked and recorded as its folder is)
+    let from = &checkpoint::export_of_own_file(from).unwrap_or_else(|| from.clone());
     let ema = cfg.model.init_from_ema;
     let (file, which) = checkpoint::weights_file(from, ema).context("model.init_from")?;
     let fresh = crate::model::io::init_from_weights(&file, which, mc, lay, p).context("model.init_from")?;

@@ -232,12 +232,14 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         // a branch: a new run from another run folder's checkpoint, which its checkpoints name, so that a
         // requeue of the same command line continues the branch too
-        if let Some(from) = opts.resume.as_deref().filter(|r| !own_step(r)) {
-            (state.forked_at, state.forked_from) = (Some(state.step), std::path::absolute(from).ok());
+        let branched_from = opts.resume.as_deref().filter(|r| !own_step(r)).and_then(|r| std::path::absolute(r).ok());
+        if branched_from.is_some() {
+            (state.forked_at, state.forked_from) = (Some(state.step), branched_from.clone());
         }
-        // a new history from an earlier checkpoint: the later ones would be taken for its newest
+        // a new history from an earlier checkpoint (or a branch begun again): the later ones would be
+        // taken for its newest
         if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
-            (state.forked_at, state.forked_from) = (Some(state.step), None);
+            (state.forked_at, state.forked_from) = (Some(state.step), branched_from);
             tracing::warn!(
                 "resuming at step {} where this run folder has {what}: they are of the history this run \
                  replaces; moved to {}",

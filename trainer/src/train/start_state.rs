@@ -223,10 +223,13 @@ pub(crate) fn rewound_before(
     let newest = super::latest_checkpoint(run)?;
     let m = checkpoint::step_of(&newest).filter(|&m| m > n)?;
     let state = checkpoint::read_state(&newest).ok()?;
-    // (this folder's step N, or another folder's checkpoint this run branched from)
-    let resolved = |p: &Path| p.canonicalize().ok();
-    let branched =
-        state.forked_from.as_deref().is_some_and(|f| resolved(f).is_some() && resolved(f) == resolved(given));
+    // (this folder's step N, or another folder's checkpoint this run branched from: by the path where
+    // it is pruned since)
+    let same_place = |f: &Path| match (f.canonicalize(), given.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => std::path::absolute(given).is_ok_and(|g| g == f),
+    };
+    let branched = state.forked_from.as_deref().is_some_and(same_place);
     if !(ours || branched) {
         return None;
     }
@@ -277,7 +280,9 @@ pub(crate) fn continue_position(
     if accept_data_change && !manifest.fingerprint_matches(&position.dataset) {
         let changes = manifest.fingerprint_changes(&position.dataset).join("; ");
         let same_rows = position.same_buckets(ds);
-        rows_changed = same_rows == Some(false);
+        // (a position of a build before 2026-12-02 does not tell: its rows taken as changed, so that
+        // `--rows-of-step` does not name rows the run may not have read)
+        rows_changed = same_rows != Some(true);
         let order = match same_rows {
             Some(true) => "every bucket holds the same rows as before (a shard mended in place): it draws the \
                            batches it would have drawn, the mended rows as they are now"

@@ -114,5 +114,9 @@ fn position_at(
         None => state.global_batch,
     };
     (state.global_batch, state.batches_done) = (size, index);
+    // (what the mix drew with before `index` alone: a position there records no later start)
+    if let Some(m) = state.mix.as_mut() {
+        m.drawn.retain(|d| d.from < index);
+    }
     Ok((size, state, note))
 }

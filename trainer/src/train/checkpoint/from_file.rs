@@ -196,6 +196,15 @@ pub(super) fn folder_holding(file: &Path) -> Option<(&'static str, PathBuf)> {
     }
 }
 
+/// The export folder whose index or `config.json` `path` is (`None` for any other path): a reader of
+/// the model takes the folder in its place, with the export's checks (its weights' crc32c) and what it
+/// records of its source.
+pub(crate) fn export_of_own_file(path: &Path) -> Option<PathBuf> {
+    let own = path.file_name().is_some_and(|n| n == SHARD_INDEX || n == "config.json");
+    let parent = path.canonicalize().ok()?.parent()?.to_path_buf();
+    (own && path.is_file() && read_export(&parent).is_some()).then_some(parent)
+}
+
 /// Whether `file` starts as a weights file does (safetensors, PyTorch's zip or pre-1.6 format) or is an
 /// index of several.
 fn looks_like_weights(file: &Path) -> bool {

@@ -33,6 +33,7 @@ use crate::model::streamed::{self, Lazy, Values};
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::AdamW;
 
+pub(crate) use from_file::export_of_own_file;
 pub use from_file::{load_model_file, needs_config, ModelSpec};
 pub use history::{
     complete, describe_later, interrupted_rewind, later_than, prune, set_aside_folder, set_aside_later, StepFiles,
