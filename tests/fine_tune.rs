@@ -210,4 +210,9 @@ fn a_fine_tune_on_other_data_is_warned_of() {
         &format!("model.init_from={}", path_str(&weights)),
     ]);
     assert!(e.contains("crc32c") && e.contains("corrupt checkpoint"), "{e}");
+    // and a save cut short (no DONE) is refused by its file as by its folder
+    std::fs::remove_file(weights.parent().unwrap().join("DONE")).unwrap();
+    let from_file = format!("model.init_from={}", path_str(&weights));
+    let e = err(&["train", path_str(&cfg), "--check", "--set", &fresh, "--set", &from_file]);
+    assert!(e.contains("incomplete checkpoint (no DONE marker"), "{e}");
 }

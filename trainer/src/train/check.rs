@@ -296,7 +296,10 @@ pub fn check_with(
             .map_err(unrecoverable)?
         {
             Some(super::init_from::Started { said, fresh, warnings, .. }) => {
-                out.push(format!("start: {said} ({} tensors kept fresh or left out)", fresh.len()));
+                out.push(format!(
+                    "start: {said} ({} kept fresh or left out)",
+                    crate::cli::plural(fresh.len(), "tensor")
+                ));
                 out.extend(warnings.iter().map(|w| format!("start: warning: {w}")));
                 const SHOWN: usize = 12;
                 out.extend(fresh.iter().take(SHOWN).map(|t| format!("start:   kept fresh or left out: {t}")));

@@ -51,7 +51,7 @@ impl Started {
     /// Where the weights came from, said on every rank; what was kept fresh and what differs from the
     /// source's data, warned of by the `leader` alone.
     pub(crate) fn say(&self, leader: bool) {
-        console!("{} ({} tensors kept fresh or left out)", self.said, self.fresh.len());
+        console!("{} ({} kept fresh or left out)", self.said, crate::cli::plural(self.fresh.len(), "tensor"));
         if !leader {
             return;
         }

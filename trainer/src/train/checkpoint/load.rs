@@ -170,8 +170,14 @@ pub(crate) fn export_holding(file: &Path) -> Option<crate::export::ExportFolder>
 /// The crc32c a complete checkpoint's `state.json` records for `file` where it is that checkpoint's
 /// weights or their moving average (`None` for any other file).
 fn checkpoint_file_crc(file: &Path) -> Result<Option<String>> {
-    let dir = file.parent().filter(|d| d.join(DONE).is_file() && d.join(STATE_FILE).is_file());
     let holds = |name: &str| file.file_name().is_some_and(|n| n == name);
+    // (a save cut short: its files are refused as its folder is, not taken unchecked)
+    if let Some(dir) = file.parent().filter(|d| d.join(STATE_FILE).is_file() && !d.join(DONE).is_file()) {
+        if holds(MODEL_FILE) || holds(EMA_FILE) {
+            read_state(dir)?;
+        }
+    }
+    let dir = file.parent().filter(|d| d.join(DONE).is_file() && d.join(STATE_FILE).is_file());
     match dir {
         Some(dir) if holds(MODEL_FILE) || holds(EMA_FILE) => Ok(recorded_crc(&read_state(dir)?, file)),
         _ => Ok(None),
