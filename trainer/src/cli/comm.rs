@@ -87,6 +87,11 @@ fn flight_lines(dirs: &[PathBuf]) -> Result<Vec<String>> {
     }
     if dumps.is_empty() && unanswered.is_empty() {
         let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        // (records that were there but did not read: why, rather than that there were none)
+        let set_aside: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("warning: set aside: ")).collect();
+        if !set_aside.is_empty() {
+            bail!("no readable flight records in {}: {}", dirs.join(", "), set_aside.join("; "));
+        }
         bail!(
             "no flight records (flight-rankR.json) in {}: a rank writes one when a collective of its fails, or when \
              `infinity launch` asks for it after a timeout",
@@ -168,6 +173,12 @@ mod tests {
         assert!(lines[3].starts_with("rank 1 (pid 77 on b) wrote no flight record when asked: its process is stopped"));
         let e = flight_lines(&[tmp.path().to_path_buf()]).unwrap_err().to_string();
         assert!(e.starts_with("no flight records (flight-rankR.json) in "), "{e}");
+        // a record that does not read: why, not that there is none
+        let damaged = tmp.path().join("damaged");
+        std::fs::create_dir(&damaged).unwrap();
+        std::fs::write(damaged.join(flight::record_name(0)), "{").unwrap();
+        let e = flight_lines(std::slice::from_ref(&damaged)).unwrap_err().to_string();
+        assert!(e.starts_with("no readable flight records in ") && e.contains(&flight::record_name(0)), "{e}");
 
         // records of two attempts are not one hang's
         let attempt =

@@ -180,6 +180,12 @@ impl Shape {
 /// `--dataset` says: its classes (beside the text the model was counted with, a class model is another
 /// count) and its schedules' names.
 fn info_config(a: &InfoArgs) -> anyhow::Result<(ModelConfig, String, DatasetSays)> {
+    // (far beyond any GPU's micro-batch or job's ranks: the memory table's products stay in range)
+    const MOST: usize = 1 << 20;
+    anyhow::ensure!(a.batch <= MOST && a.world <= MOST, "--batch and --world: at most {MOST} each");
+    if let Some(g) = a.gpu_gib.filter(|g| !(g.is_finite() && *g > 0.0)) {
+        anyhow::bail!("--gpu-gib {g}: expected a size in GiB");
+    }
     let (mut c, label) = config(&a.shape)?;
     let (mut d, mut classes, mut text) = (a.d, a.classes, (a.text_dim, a.text_maxlen));
     let (mut dataset_classes, mut schedules, mut default_schedule) = (None, Vec::new(), None);

@@ -494,7 +494,14 @@ impl ExportFolder {
     /// file changed since the export (a damaged copy, a byte flipped on disk) would otherwise load, and
     /// be sampled, evaluated or exported again as though it were the model.
     pub fn verify(&self) -> Result<()> {
-        let Some(want) = &self.crc32c else { return Ok(()) };
+        let Some(want) = &self.crc32c else {
+            // (an export of an earlier build, or a config.json edited: said, since nothing checks the file)
+            tracing::warn!(
+                "{}: its config.json records no weights_crc32c, so the weights are not checked against damage",
+                self.weights.display()
+            );
+            return Ok(());
+        };
         let (_, crc) = infinity_data::writer::file_crc32c(&self.weights)
             .with_context(|| format!("reading {}", self.weights.display()))?;
         let found = format!("{crc:08x}");

@@ -51,6 +51,14 @@ pub const LVL_EMBED_ROWS: usize = infinity_data::schedule::MAX_MODEL_SCALES;
 pub const PRESETS: [&str; 11] =
     ["tiny", "small", "layer12", "layer16", "layer24", "layer32", "layer40", "layer48", "2b", "8b", "20b"];
 
+/// Bounds far beyond any model of the family (the largest upstream preset: depth 48, width 4096, FFN
+/// ratio 4, 1000 classes, text 2048 wide and 512 tokens), which keep the sizes' arithmetic in range.
+pub const MAX_DEPTH: usize = 4096;
+pub const MAX_WIDTH: usize = 1 << 17;
+pub const MAX_MLP_RATIO: f64 = 64.0;
+pub const MAX_CLASSES: usize = 1 << 24;
+pub const MAX_TOKENS: usize = 1 << 16;
+
 impl ModelConfig {
     /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests ([`PRESETS`]).
     pub fn preset(name: &str) -> Option<ModelConfig> {
@@ -173,6 +181,22 @@ impl ModelConfig {
         if self.depth == 0 || c == 0 || self.num_heads == 0 || self.d == 0 {
             return Err("depth, embed_dim, num_heads and d must be positive".into());
         }
+        // (far beyond any model of the family, and within what the sizes' arithmetic holds)
+        let classes = match self.conditioning {
+            Conditioning::Class { num_classes } => num_classes,
+            Conditioning::Text => 0,
+        };
+        for (what, v, most) in [
+            ("depth", self.depth, MAX_DEPTH),
+            ("embed_dim", c, MAX_WIDTH),
+            ("num_classes", classes, MAX_CLASSES),
+            ("text_channels", self.text_channels, MAX_WIDTH),
+            ("text_maxlen", self.text_maxlen, MAX_TOKENS),
+        ] {
+            if v > most {
+                return Err(format!("{what} {v}: at most {most}"));
+            }
+        }
         if !c.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "embed_dim {c} does not split into num_heads {} heads: the width must be a multiple of the heads \
@@ -187,20 +211,24 @@ impl ModelConfig {
                 self.head_dim()
             ));
         }
-        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) {
-            return Err(format!("mlp_ratio {}: expected a positive number (upstream's is 4)", self.mlp_ratio));
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= MAX_MLP_RATIO) {
+            return Err(format!(
+                "mlp_ratio {}: expected a positive number up to {MAX_MLP_RATIO} (upstream's is 4)",
+                self.mlp_ratio
+            ));
         }
         if self.ffn_hidden() == 0 {
-            // round(x/256) with halves to even is 0 up to x = 128; the least width that also gives a head
-            // dim divisible by 4
-            let least = (1..).map(|k| k * 4 * self.num_heads).find(|&w| w as f64 * self.mlp_ratio > 128.0);
+            // round(x/256) with halves to even is 0 up to x = 128; the least width above 128 / mlp_ratio that
+            // also gives a head dim divisible by 4
+            let step = 4 * self.num_heads;
+            let least = ((128.0 / self.mlp_ratio / step as f64).floor() + 1.0) * step as f64;
             return Err(format!(
                 "embed_dim {c} × mlp_ratio {} = {} leaves the FFN no width: upstream rounds it to a multiple of \
                  256 (halves to even), so embed_dim·mlp_ratio must exceed 128: embed_dim ≥ {} at this mlp_ratio \
                  and {}",
                 self.mlp_ratio,
                 c as f64 * self.mlp_ratio,
-                least.unwrap_or(c),
+                least,
                 infinity_launcher::plural(self.num_heads, "head")
             ));
         }
@@ -255,10 +283,19 @@ mod tests {
         let e = at(32).validate().unwrap_err();
         assert!(e.contains("embed_dim 32 × mlp_ratio 4 = 128") && e.contains("embed_dim ≥ 40 at this"), "{e}");
         assert_eq!((at(40).ffn_hidden(), at(40).validate()), (256, Ok(())));
-        for bad in [0.0, -1.0, f64::NAN] {
+        for bad in [0.0, -1.0, f64::NAN, 1e30] {
             let e = ModelConfig { mlp_ratio: bad, ..at(64) }.validate().unwrap_err();
-            assert!(e.contains("expected a positive number"), "{e}");
+            assert!(e.contains("expected a positive number up to 64"), "{e}");
         }
+        // a tiny ratio: the least width is worked out, not searched for
+        let e = ModelConfig { mlp_ratio: 1e-10, ..at(64) }.validate().unwrap_err();
+        assert!(e.contains("embed_dim ≥ 1280000000008 at this"), "{e}");
+        // sizes far beyond the family's are refused before any arithmetic on them
+        assert_eq!(ModelConfig { depth: 5000, ..at(64) }.validate().unwrap_err(), "depth 5000: at most 4096");
+        let wide = ModelConfig { embed_dim: 1 << 32, num_heads: 1 << 20, ..at(64) };
+        assert!(wide.validate().unwrap_err().starts_with("embed_dim 4294967296: at most 131072"));
+        let classes = ModelConfig { conditioning: Conditioning::Class { num_classes: 1 << 40 }, ..at(64) };
+        assert!(classes.validate().unwrap_err().starts_with("num_classes 1099511627776: at most"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod weight_shards;
 mod weights_file;
 
 pub use backward::backward;
-pub use config::{Conditioning, ModelConfig};
+pub use config::{Conditioning, ModelConfig, MAX_WIDTH};
 pub use forward::{forward, forward_into, Acts, Condition, ModelInput};
 pub use params::{Layout, Params};
 

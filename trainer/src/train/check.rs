@@ -202,7 +202,7 @@ pub fn check_with(
     // (at most as many as the run writes: one every checkpoint.every steps and the last)
     let kept = checkpoint::complete(&cfg.run.dir).len().min(cfg.checkpoint.keep_last);
     let written = cfg.run.steps.checked_div(cfg.checkpoint.every).unwrap_or(0) + 1;
-    let n = (cfg.checkpoint.keep_last + 1 - kept).min(written as usize);
+    let n = (cfg.checkpoint.keep_last.saturating_add(1) - kept).min(written as usize);
     let more = n as f64 * host.rank0_writing as f64;
     if let Some(free) = free_bytes(&cfg.run.dir).filter(|&f| (f as f64) < more) {
         out.push(format!(

@@ -306,7 +306,7 @@ fn prune_with(
     let all = complete(run);
     let n = all.len();
     for (i, (step, dir)) in all.into_iter().enumerate() {
-        let recent = i + keep_last >= n;
+        let recent = i.saturating_add(keep_last) >= n;
         let milestone = keep_every > 0 && step % keep_every == 0;
         if !recent && !milestone {
             // out of sight first (a rename is atomic): deleted in place, a kill midway left a folder

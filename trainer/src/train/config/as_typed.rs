@@ -34,6 +34,9 @@ pub fn converted(given: &V, typed: &V, key: &str) -> Option<(String, String, Str
                 None
             }
         }
+        // (nan and inf, which JSON holds as null: read as 0, the largest whole number, or true)
+        (V::Null, V::Number(t)) if t.is_i64() || t.is_u64() => found("nan or inf".into(), "a whole number"),
+        (V::Null, V::Bool(_)) => found("nan or inf".into(), "true or false"),
         (V::String(s), V::Number(_)) if !QUOTED_NUMBERS.contains(&key) => {
             found(format!("{s:?}"), "a number (without quotes)")
         }
@@ -104,6 +107,8 @@ mod tests {
         assert_eq!(c(json!(1e3), json!("1000")), want("1000.0", "text in quotes"));
         assert_eq!(c(json!("3"), json!(3)), want("\"3\"", "a number (without quotes)"));
         assert_eq!(c(json!("x"), json!("x")), None);
+        assert_eq!(c(json!(f64::INFINITY), json!(u64::MAX)), want("nan or inf", "a whole number"));
+        assert_eq!(c(json!(f64::NAN), json!(true)), want("nan or inf", "true or false"));
     }
 
     #[test]

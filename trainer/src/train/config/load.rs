@@ -678,6 +678,19 @@ mod tests {
         assert!(e.ends_with("at `run.steps`: expected a whole number ≤ 18446744073709551615, found 1e+20"), "{e}");
         let e = format!("{:#}", load(&file("s.toml", &base.replace("seed = 0", "seed = -1e3")), &[]).unwrap_err());
         assert!(e.ends_with("at `run.seed`: expected a whole number ≥ 0, found -1000.0"), "{e}");
+        // not-a-number and infinity, which the config crate reads as 0, the largest number or true
+        for (set, want) in [("run.steps=inf", "a whole number"), ("run.seed=nan", "a whole number")] {
+            let e = format!("{:#}", load(&path, &[set]).unwrap_err());
+            let key = set.split('=').next().unwrap();
+            assert!(e.ends_with(&format!("at `{key}`: expected {want}, found nan or inf")), "{e}");
+        }
+        let e = format!("{:#}", load(&path, &["loss.reweight_by_scale=-inf"]).unwrap_err());
+        assert!(e.ends_with("expected true or false, found nan or inf"), "{e}");
+        // counts that would exhaust the process: bounded
+        let e = format!("{:#}", load(&path, &["data.workers=100000"]).unwrap_err());
+        assert!(e.contains("data.workers must be at most 256 reader threads, found 100000"), "{e}");
+        let e = format!("{:#}", load(&path, &["sample.per_condition=100000"]).unwrap_err());
+        assert!(e.contains("sample.per_condition must be at most 4096, found 100000"), "{e}");
         assert_eq!(load(&path, &["data.micro_batch=4.0"]).unwrap().data.micro_batch.samples(), Some(4));
     }
 

@@ -12,6 +12,12 @@ use crate::optim::Decay;
 /// The longest `dist.timeout_s` and `dist.rdzv_timeout_s`: a week, in seconds.
 const MAX_TIMEOUT_S: f64 = 604_800.0;
 
+/// Sample grids drawn per condition at most (`infinity sample --n`'s bound: all are drawn at once).
+const MAX_SAMPLES: usize = 4096;
+
+/// Reader threads at most (`data.workers`).
+const MAX_WORKERS: usize = 256;
+
 impl TrainConfig {
     /// Checks that need no data: everything else is checked against the dataset in `model_config`.
     /// Settings that are allowed but likely mistakes are warned of.
@@ -219,6 +225,14 @@ impl TrainConfig {
             bail!("run.peak_tflops must be a positive number of TFLOP/s or \"auto\", found {}", self.run.peak_tflops);
         }
         let sample = &self.sample;
+        // (a grid of `infinity sample --n`'s bound at most: a larger one is memory no run has)
+        if sample.per_condition > MAX_SAMPLES {
+            bail!("sample.per_condition must be at most {MAX_SAMPLES}, found {}", sample.per_condition);
+        }
+        // (reader threads: beyond a few per core they only wait; thousands exhaust the process)
+        if self.data.workers > MAX_WORKERS {
+            bail!("data.workers must be at most {MAX_WORKERS} reader threads, found {}", self.data.workers);
+        }
         if sample.every > 0 && (sample.n == 0 || sample.per_condition == 0) {
             bail!(
                 "sample.n and sample.per_condition must be positive when sample.every > 0, found {} and {}",
@@ -259,6 +273,9 @@ impl TrainConfig {
         }
         if self.model.mup_base_width == Some(0) {
             bail!("model.mup_base_width must be a width (≥ 1); leave it out for the standard parametrization");
+        }
+        if let Some(w) = self.model.mup_base_width.filter(|&w| w > crate::model::MAX_WIDTH) {
+            bail!("model.mup_base_width must be at most {} (a model's widest), found {w}", crate::model::MAX_WIDTH);
         }
         match (self.model.mup_base_heads, self.model.mup_base_width) {
             (Some(0), _) => bail!("model.mup_base_heads must be at least 1"),
