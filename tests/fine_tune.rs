@@ -75,6 +75,15 @@ fn a_fine_tune_keeps_its_source_and_resumes_without_it() {
     train(&cfg, &[format!("run.dir={}", path_str(&from_index)), format!("model.init_from={}", path_str(&index))]);
     let index_record = &json(&from_index.join("derived.json"))["init_from"];
     assert!(index_record["weights"] == "ema" && index_record["export_of"].is_string(), "{index_record}");
+    // an export whose config.json does not read is refused, not taken as a folder of unchecked files
+    let damaged = tmp.path().join("damaged-export");
+    std::fs::create_dir(&damaged).unwrap();
+    for f in std::fs::read_dir(&ema_export).unwrap().flatten() {
+        std::fs::copy(f.path(), damaged.join(f.file_name())).unwrap();
+    }
+    std::fs::write(damaged.join("config.json"), "{bad").unwrap();
+    let e = err(&["train", path_str(&cfg), "--check", "--set", &format!("model.init_from={}", path_str(&damaged))]);
+    assert!(e.contains("no `infinity export` config.json that reads"), "{e}");
 
     // `export --init` of the fine-tune's config: the weights its run starts from, the source's
     let init = tmp.path().join("init-export");

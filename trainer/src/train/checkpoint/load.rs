@@ -147,6 +147,20 @@ pub fn weights_file(path: &Path, ema: bool) -> Result<(PathBuf, StateDict)> {
         export.verify()?;
         return Ok((export.weights, StateDict::Weights));
     }
+    // (an export whose config.json does not read, or names no weights file there: refused, as `sample`
+    // and `export` refuse it, rather than its weights taken unchecked as a folder of files)
+    let config_json = path.join("config.json");
+    if path.is_dir() && config_json.is_file() {
+        let parsed: Option<serde_json::Value> =
+            std::fs::read(&config_json).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if parsed.is_none_or(|c| c["format"] == crate::export::EXPORT_FORMAT) {
+            bail!(
+                "{}: no `infinity export` config.json that reads and names its weights file (damaged, edited, or the \
+                 weights moved?), by which an export's weights are checked: export again, or give the weights file",
+                config_json.display()
+            );
+        }
+    }
     if let Some(index) = crate::model::weight_shards::index_in(path)? {
         ensure!(!ema, one_set("a folder of weight files with an index"));
         return Ok((index, StateDict::Weights));
