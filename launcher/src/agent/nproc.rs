@@ -8,6 +8,9 @@ pub fn parse_nproc(text: &str) -> Result<usize, String> {
     nproc_from(text, || visible_gpus(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()))
 }
 
+/// Ranks on one node at most (a rank per CPU of the largest machines, with room to spare).
+const MAX_RANKS_PER_NODE: usize = 1024;
+
 /// The ranks `text` asks for, `gpus` counting this node's GPUs when it names them.
 pub(super) fn nproc_from(text: &str, gpus: impl FnOnce() -> usize) -> Result<usize, String> {
     match text.trim() {
@@ -21,6 +24,8 @@ pub(super) fn nproc_from(text: &str, gpus: impl FnOnce() -> usize) -> Result<usi
         "cpu" => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => match n.parse::<usize>() {
             Ok(0) | Err(_) => Err(format!("expected a number of ranks ≥ 1, `gpu`, `auto` or `cpu`, found `{n}`")),
+            // (processes a node can hold: beyond, the agent would run out of them or of open files midway)
+            Ok(n) if n > MAX_RANKS_PER_NODE => Err(format!("{n} ranks on one node: at most {MAX_RANKS_PER_NODE}")),
             Ok(n) => Ok(n),
         },
     }
@@ -62,6 +67,7 @@ mod tests {
         assert!(nproc_from("gpu", || 0).unwrap_err().contains("shows no GPU"));
         let cpus = std::thread::available_parallelism().unwrap().get();
         assert_eq!(nproc_from("cpu", || unreachable!()), Ok(cpus), "torchrun's rank per CPU");
+        assert_eq!(nproc_from("100000", || 1), Err("100000 ranks on one node: at most 1024".into()));
         for bad in ["0", "-1", "cpus", ""] {
             let e = nproc_from(bad, || 1).unwrap_err();
             assert!(e.contains("expected a number of ranks ≥ 1, `gpu`, `auto` or `cpu`"), "{bad}: {e}");

@@ -157,7 +157,7 @@ pub(super) async fn watch(
                     // a collective that timed out names the rank it waited for: that one is the root cause
                     // (where it is a rank here that timed out too, the one it waited for, and so on)
                     if let Some((peer, _)) = failed.silent_peer(nproc) {
-                        let chain = silent_beyond_here(&mut ranks, &mut exited, peer, (g.node_rank, nproc)).await;
+                        let chain = silent_beyond_here(&ranks, peer, (g.node_rank, nproc)).await;
                         let (world, peer) = (g.nnodes * nproc, chain[chain.len() - 1]);
                         let peer_node = peer / nproc.max(1);
                         report = failure::blame_silent_peer(&chain, peer_node, global, world, &report);
@@ -505,37 +505,24 @@ pub(super) async fn post(client: &mut StoreClient, key: &str, value: &str) {
 }
 
 /// The ranks a timeout leads to, the last the one to blame: `peer` (which a rank here timed out waiting
-/// for), and where that is a rank here that timed out too, as it does within moments when it waits in
-/// the ring for the rank before it (waiting up to 3 s for it to exit), the one it waited for, followed
-/// along this node's ranks, so that a frozen node's rank is blamed rather than the rank here that the
-/// first report to arrive names. `[peer]` where it is elsewhere, or did not time out.
-async fn silent_beyond_here(
-    ranks: &mut [Rank],
-    exited: &mut [Option<ExitStatus>],
-    mut peer: usize,
-    (node, nproc): (usize, usize),
-) -> Vec<usize> {
+/// for), and where that is a rank here whose output says it timed out too (as it does within moments
+/// when it waits in the ring for the rank before it; its lines looked at for up to 1 s), the one it
+/// waited for, followed along this node's ranks, so that a frozen node's rank is blamed rather than the
+/// rank here that the first report to arrive names. `[peer]` where it is elsewhere, or says no timeout.
+/// The ranks are only read, not waited for: one still running (busy, not waiting) is asked for its
+/// flight record after.
+async fn silent_beyond_here(ranks: &[Rank], mut peer: usize, (node, nproc): (usize, usize)) -> Vec<usize> {
     let mut chain = vec![peer];
     for _ in 0..nproc {
         let Some(p) = peer.checked_sub(node * nproc).filter(|&p| p < nproc && p < ranks.len()) else { break };
-        let status = match exited[p] {
-            Some(s) => s,
-            None => match tokio::time::timeout(Duration::from_secs(3), ranks[p].child.wait()).await {
-                Ok(Ok(s)) => {
-                    exited[p] = Some(s);
-                    ranks[p].group_alive();
-                    s
-                }
-                _ => break,
-            },
-        };
-        if status.code() != Some(crate::comm::EXIT_COMM_TIMEOUT) {
-            break;
+        let waited_for = || ranks[p].tail.lock().unwrap().iter().rev().find_map(|l| CommError::timed_out_peer(l));
+        let mut next = waited_for();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while next.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            next = waited_for();
         }
-        // (what it left running holds its pipes: stopped, as for any failed rank, so its lines are read)
-        ranks[p].signal_group(libc::SIGTERM);
-        drain(std::slice::from_mut(&mut ranks[p]), Duration::from_secs(1)).await;
-        match ranks[p].tail.lock().unwrap().iter().rev().find_map(|l| CommError::timed_out_peer(l)) {
+        match next {
             Some(next) if !chain.contains(&next) => {
                 (peer, chain) = (next, [&chain[..], &[next]].concat());
             }
