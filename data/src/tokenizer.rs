@@ -476,7 +476,8 @@ pub fn same_identity(a: &str, b: &str) -> bool {
 /// tell ([`same_identity`] of their [`identity`]): the same name; where both keep its file, the same
 /// file (the built-in tokenizer by value: a file written before its header was sorted holds the same
 /// tokenizer in other bytes; any other by bytes), a file that does not read by the checksum its
-/// manifest records (training does not need the file); the same VAE checkpoint where both name one.
+/// manifest records (training does not need the file), a file on one side only by the name alone;
+/// the same VAE checkpoint, or none on either side.
 pub fn same_tokenizer(a: (&Path, &Manifest), b: (&Path, &Manifest)) -> bool {
     same_identity(&identity(a.0, a.1), &identity(b.0, b.1))
 }

@@ -93,6 +93,8 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     let p = ckpt.join("config.toml");
     let old = std::fs::read_to_string(&p);
     let mut changes = match &old {
+        // (emptied: a damaged copy, not a config of every key unset)
+        Ok(old) if old.trim().is_empty() => vec![format!("(not compared: {}: the file is empty)", p.display())],
         Ok(old) => config_changes(old, config_toml).with_context(|| format!("reading {}", p.display()))?,
         Err(e) => vec![format!("(not compared: {}: {e})", p.display())],
     };
@@ -479,6 +481,14 @@ mod tests {
         let want =
             "model.init_from: \"/x/runT\" → \"/x/exp\" (no effect on a resume: the weights are the checkpoint's)";
         assert_eq!(changes, [want]);
+        // an emptied config.toml is said, not a change of every key
+        std::fs::write(tmp.path().join("config.toml"), "\n").unwrap();
+        let changes = resume_changes(tmp.path(), new, &mc).unwrap();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("(not compared: ") && changes[0].ends_with(": the file is empty)"),
+            "{changes:?}"
+        );
     }
 
     /// A new global batch says what it does to the peak rate: with `optim.lr_per_256` it follows the
