@@ -848,14 +848,21 @@ fn repeated_ids_are_named_by_the_check() {
 /// A requeued job whose command line names the step it once rewound to (`--resume RUN/checkpoints/step-3`
 /// again, with the same config) continues the history that rewind began, rather than setting it aside
 /// to compute the same steps again; another config rewinds as asked.
-#[test]
-fn a_repeated_rewind_with_the_same_config_continues_its_history() {
+/// A class-conditioned run trained to its end in a fresh folder: the folder, its dataset, the config
+/// and the run's checkpoint at step 3.
+fn trained_with_step3() -> (tempfile::TempDir, PathBuf, TrainConfig, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data);
     let cfg = config(&data, tmp.path().join("run"), "class");
     train(&cfg, &TrainOptions::default()).unwrap();
     let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    (tmp, data, cfg, step3)
+}
+
+#[test]
+fn a_repeated_rewind_with_the_same_config_continues_its_history() {
+    let (_tmp, _data, cfg, step3) = trained_with_step3();
     let mut longer = cfg.clone();
     longer.run.steps = 9;
     let rewind = |c: &TrainConfig, stop_after| {
@@ -892,12 +899,7 @@ fn a_repeated_rewind_with_the_same_config_continues_its_history() {
 /// than setting them aside to compute the same steps again.
 #[test]
 fn a_requeued_branch_continues_from_its_newest_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    dataset(&data);
-    let cfg = config(&data, tmp.path().join("run"), "class");
-    train(&cfg, &TrainOptions::default()).unwrap();
-    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    let (tmp, data, _cfg, step3) = trained_with_step3();
     let branch = |name: &str| {
         let mut c = config(&data, tmp.path().join(name), "class");
         c.run.steps = 9;

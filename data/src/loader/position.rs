@@ -121,6 +121,12 @@ impl MixState {
         Ok(())
     }
 
+    /// This mix (the datasets and settings as they are now) with what `before` (the saved position's
+    /// mix) drew with: the batches before the position keep their datasets, and each its place.
+    pub fn keeping_drawn(self, before: Option<&MixState>) -> MixState {
+        MixState { drawn: before.map_or(Vec::new(), |m| m.drawn.clone()), ..self }
+    }
+
     /// The phases begun before global batch `done`.
     pub fn begun(&self, done: u64) -> Vec<&PhaseState> {
         self.phases.iter().filter(|p| p.from < done).collect()

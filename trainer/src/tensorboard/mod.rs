@@ -284,6 +284,9 @@ impl Drop for EventWriter {
     }
 }
 
+/// How an event file's name starts (then its second, host, pid and counter), as TensorBoard expects.
+const FILE_PREFIX: &str = "events.out.tfevents.";
+
 /// A new event file in `dir`, named as TensorBoard expects, and its buffer.
 fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     std::fs::create_dir_all(dir)?;
@@ -295,7 +298,7 @@ fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     // must read them; `create_new` never truncates an earlier file
     static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = |secs: u64| format!("events.out.tfevents.{secs}.{host}.{}.{n:06}", std::process::id());
+    let name = |secs: u64| format!("{FILE_PREFIX}{secs}.{host}.{}.{n:06}", std::process::id());
     // TensorBoard reads a run's files in name order, and a later file's earlier steps purge what the
     // files before showed: a session started in the same second as the last file's, under a pid that
     // sorts before its (`10220` < `9855`; pid 1 in a container), or on a machine whose clock is behind,
@@ -304,7 +307,7 @@ fn new_file(dir: &Path) -> std::io::Result<(PathBuf, BufWriter<Sink>)> {
     let mut secs = now.as_secs();
     let last = read::event_files(dir)?.pop().and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
     if let Some(last) = last.filter(|last| *last >= name(secs)) {
-        let theirs = last.strip_prefix("events.out.tfevents.").and_then(|rest| rest.split('.').next()?.parse().ok());
+        let theirs = last.strip_prefix(FILE_PREFIX).and_then(|rest| rest.split('.').next()?.parse().ok());
         secs = theirs.map_or(secs, |t: u64| secs.max(t + 1));
     }
     let path = dir.join(name(secs));

@@ -328,8 +328,7 @@ pub(crate) fn continue_position(
              datasets go on in their own order where they were)"
         ));
         // (what it drew with before stays: the batches before keep their datasets, and each its place)
-        let drawn = position.mix.as_ref().map_or(Vec::new(), |m| m.drawn.clone());
-        position.mix = mix.clone().map(|m| MixState { drawn, ..m });
+        position.mix = mix.clone().map(|m| m.keeping_drawn(position.mix.as_ref()));
     }
     position.continues_with(manifest, cfg.run.seed, cfg.data.global_batch, mix.as_ref()).map_err(|e| {
         // a phase set by a share of run.steps moves with it: said where that is what changed (the same

@@ -107,8 +107,7 @@ fn position_at(
             // (a mix's batches per epoch as they were at that size; what it drew with before stays)
             let (weights, phases) = (cfg.data.mix_weights(), cfg.data.mix_phases(cfg.run.steps));
             let at_size = infinity_data::loader::mix_state(ds, size, weights.as_deref(), &phases)?;
-            let drawn = state.mix.as_ref().map_or(Vec::new(), |m| m.drawn.clone());
-            state.mix = at_size.map(|m| infinity_data::loader::MixState { drawn, ..m });
+            state.mix = at_size.map(|m| m.keeping_drawn(state.mix.as_ref()));
             size
         }
         None => state.global_batch,

@@ -184,10 +184,7 @@ fn model_holder(path: &Path) -> Option<(&'static str, PathBuf)> {
 pub(super) fn folder_holding(file: &Path) -> Option<(&'static str, PathBuf)> {
     let file = file.canonicalize().ok()?;
     let parent = file.parent()?;
-    let exports = || {
-        let own = file.file_name().is_some_and(|n| n == SHARD_INDEX || n == "config.json");
-        export_holding(&file).is_some() || (own && read_export(parent).is_some())
-    };
+    let exports = || export_holding(&file).is_some() || export_of_own_file(&file).is_some();
     let checkpoint = parent.join(DONE).is_file() || parent.join(STATE_FILE).is_file();
     match (exports(), checkpoint) {
         (true, _) => Some(("export", parent.to_path_buf())),
