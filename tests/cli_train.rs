@@ -164,6 +164,13 @@ fn train_sample_and_export_a_text_model() {
     let unguided = ["--cfg", "1", "--bits", path_str(&again), "-o", path_str(&png)];
     assert!(infinity(&[&["sample", run_s, "--caption", "a red circle", "--n", "3"][..], &unguided[..]].concat()));
     assert_eq!(bits_of(&std::fs::read(&again).unwrap()), bits_of(&first), "the values past the schedule's are read");
+    // (so a negative prompt with guidance only past the schedule's scales has none: refused as with 1)
+    let e = err(&[
+        &["sample", run_s, "--caption", "a red circle", "--negative-caption", "a blue square"][..],
+        &longer[..2],
+    ]
+    .concat());
+    assert!(e.contains("a negative prompt takes effect through guidance") && e.contains(&format!("{k} scales")), "{e}");
     // a dataset of another text width is not the model's (it panicked sampling)
     let other = tmp.path().join("data-wide");
     std::fs::create_dir(&other).unwrap();

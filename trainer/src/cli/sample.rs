@@ -189,6 +189,15 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         cfg_insertion_layer: a.cfg_insertion_layer.clone(),
     };
     opts.check(sched.scales.len(), ck.model.depth).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
+    // (of the values the schedule's scales take: the rest are never read)
+    let negative = matches!(&cond, SampleCondition::Text { negative: Some(_), .. });
+    ensure!(
+        !negative || a.cfg.iter().take(sched.scales.len()).any(|&g| g != 1.0),
+        "a negative prompt takes effect through guidance: give a --cfg other than 1 (for one of the {} scales of the \
+         {} schedule at least)",
+        sched.scales.len(),
+        sched.name
+    );
     for (name, v) in [("--cfg", &a.cfg), ("--tau", &a.tau)] {
         let k = sched.scales.len();
         if v.len() > k {
@@ -444,10 +453,6 @@ fn condition(a: &SampleArgs, model: &ModelConfig, m: &Manifest) -> Result<(Sampl
                 }
                 (None, None) => None,
             };
-            ensure!(
-                negative.is_none() || a.cfg.iter().any(|&g| g != 1.0),
-                "a negative prompt takes effect through guidance: give a --cfg other than 1"
-            );
             Ok((SampleCondition::Text { kv, lens, negative }.repeat(a.n, info.width as usize), rows))
         }
     }
