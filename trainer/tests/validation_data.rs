@@ -378,6 +378,60 @@ fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
     assert!(said.contains(&want), "{said}");
 }
 
+/// A validation set needs the condition its model takes alone: a class model's may lack the text
+/// features, a text model's the classes (both were refused), and each measures as the whole set does.
+#[test]
+fn a_validation_set_needs_only_the_condition_its_model_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("data");
+    dataset(&data, &[("1.000", 1.0)]);
+    let no_text = t.join("no-text");
+    rewrite(
+        &data,
+        &no_text,
+        |m| m.conditions.text = None,
+        |_, r| {
+            (r.text_emb, r.text_emb_short) = (None, None);
+            true
+        },
+    );
+    let no_class = t.join("no-class");
+    rewrite(
+        &data,
+        &no_class,
+        |m| m.conditions.class = None,
+        |_, r| {
+            r.class_label = None;
+            true
+        },
+    );
+    for (conditioning, without, other) in [("class", &no_text, &no_class), ("text", &no_class, &no_text)] {
+        let dir = t.join(conditioning);
+        std::fs::create_dir(&dir).unwrap();
+        train(&load(&config_file(&dir, &data, None, conditioning), &[]), &TrainOptions::default()).unwrap();
+        let eval = |val: &Path| {
+            Command::new(env!("CARGO_BIN_EXE_infinity"))
+                .args(["eval", "--max-rows", "16", "--device", "cpu", "--val"])
+                .arg(val)
+                .arg(dir.join("run"))
+                .output()
+                .unwrap()
+        };
+        let loss = |val: &Path| {
+            let out = eval(val);
+            assert!(out.status.success(), "{conditioning}: {}", String::from_utf8_lossy(&out.stderr));
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            said[said.find("val loss").unwrap_or_else(|| panic!("{said}"))..].to_string()
+        };
+        assert_eq!(loss(without), loss(&data), "{conditioning}");
+        // (the condition it takes missing is refused, named)
+        let out = eval(other);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && said.contains("its conditions (no "), "{conditioning}: {said}");
+    }
+}
+
 /// `infinity eval RUN` measures the run with its config as it trained: the environment's `INF__…`
 /// variables (a validation setting, a broken value) do not apply, and it says so; `--micro-batch` sets
 /// the rows per pass.

@@ -36,7 +36,8 @@ pub struct EvalArgs {
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
     set: Vec<String>,
     /// The validation dataset (default: the run's `val.dir` and `val.sets`). It must carry the training
-    /// data's bits and conditions (its tokenizer, `d`, classes or text width).
+    /// data's bits (its tokenizer, `d`) and the condition the model takes (its classes, or text features
+    /// of its width with captions no longer than its `text_maxlen`).
     #[arg(long, value_name = "DIR")]
     val: Option<PathBuf>,
     /// The name of --val's set in the results (`set` in the --out lines): with `--out RUN/eval.jsonl`,

@@ -388,7 +388,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf, check_val: bool) -> Resul
                         config.data.dir.join("tokenizer.safetensors").display()
                     )
                 })?;
-                crate::train::val::compatible(&m, &config.data.dir, (&vm, val), &key)
+                crate::train::val::compatible(&m, &config.data.dir, (&vm, val), &key, Some(&mc))
                     .with_context(|| format!("run {name}"))?;
                 crate::train::check_schedules_fit(&mc, &vm)
                     .with_context(|| format!("run {name}: {key} {}", val.display()))?;

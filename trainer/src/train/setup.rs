@@ -132,7 +132,7 @@ pub(crate) fn check_mixable(
     (other, dir): (&Manifest, &Path),
     key: &str,
 ) -> Result<()> {
-    super::val::compatible(first, first_dir, (other, dir), key)?;
+    super::val::compatible(first, first_dir, (other, dir), key, None)?;
     if let Some(what) = infinity_data::dataset::mix_difference(first, other) {
         bail!("{key} {}: cannot be mixed with data.dir {}: {what}", dir.display(), first_dir.display());
     }

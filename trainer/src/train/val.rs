@@ -17,7 +17,7 @@ use super::compute::Compute;
 use super::config::TrainConfig;
 use super::dist::Dist;
 use super::micro_batch::{prepare, Draws};
-use crate::model::{rope_for, token_weights, Acts, Layout, ModelConfig, Params};
+use crate::model::{rope_for, token_weights, Acts, Conditioning, Layout, ModelConfig, Params};
 
 /// Loss and bit accuracy over the validation rows.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,7 +59,7 @@ impl ValData {
         micro_batch: usize,
     ) -> Result<ValData> {
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("{key} {}", dir.display()))?;
-        compatible(&train.manifest, train.dir(), (&ds.manifest, dir), key)?;
+        compatible(&train.manifest, train.dir(), (&ds.manifest, dir), key, Some(mc))?;
         super::setup::check_schedules_fit(mc, &ds.manifest).with_context(|| format!("{key} {}", dir.display()))?;
         let n = (cfg.val.max_rows as u64).min(ds.num_rows());
         let leave = if key == "val.dir" { "leave val.dir out" } else { "leave this [[val.sets]] entry out" };
@@ -239,20 +239,29 @@ fn unseen_schedules(train: &Manifest, val: &Manifest, rows: &[usize]) -> Option<
 }
 
 /// The validation dataset (or one mixed in, `key` naming its setting) must carry the same bits (d,
-/// tokenizer) and conditions as the training one.
+/// tokenizer) and conditions as the training one. Given the `model` it validates, only the condition
+/// the model takes counts (a text model's set may have no classes), and its captions must fit the
+/// model's `text_maxlen`; without one (a dataset mixed in) both conditions do.
 pub(crate) fn compatible(
     train: &Manifest,
     train_dir: &std::path::Path,
     (val, val_dir): (&Manifest, &std::path::Path),
     key: &str,
+    model: Option<&ModelConfig>,
 ) -> Result<()> {
     let name = |p: &std::path::Path| p.display().to_string();
     if train.d != val.d {
         bail!("{key} {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
     }
+    let (class_used, text_used) = match model.map(|mc| &mc.conditioning) {
+        Some(Conditioning::Class { .. }) => (true, false),
+        Some(Conditioning::Text) => (false, true),
+        None => (true, true),
+    };
     // the conditions the model's shape depends on: its class embedding and text projection
     let shape = |m: &Manifest| {
-        (m.conditions.class.as_ref().map(|c| c.num_classes), m.conditions.text.as_ref().map(|t| t.width))
+        let classes = m.conditions.class.as_ref().map(|c| c.num_classes).filter(|_| class_used);
+        (classes, m.conditions.text.as_ref().map(|t| t.width).filter(|_| text_used))
     };
     let words = |m: &Manifest| {
         let (classes, width) = shape(m);
@@ -261,7 +270,11 @@ pub(crate) fn compatible(
             n => format!("{n} classes"),
         });
         let text = width.map_or("no text condition".into(), |w| format!("text features of width {w}"));
-        format!("{class}, {text}")
+        match (class_used, text_used) {
+            (true, false) => class,
+            (false, true) => text,
+            _ => format!("{class}, {text}"),
+        }
     };
     if shape(train) != shape(val) {
         bail!(
@@ -271,8 +284,21 @@ pub(crate) fn compatible(
             words(train)
         );
     }
+    // a caption longer than the model's longest: a loss over inputs it never saw, which `infinity sample`
+    // refuses
+    if let (Some(mc), Some(text)) = (model.filter(|_| text_used), &val.conditions.text) {
+        if text.max_tokens as usize > mc.text_maxlen {
+            bail!(
+                "{key} {}: captions of up to {} tokens (its conditions.text.max_tokens); the model takes captions \
+                 of at most {} (its text_maxlen, the training data's bound)",
+                name(val_dir),
+                text.max_tokens,
+                mc.text_maxlen
+            );
+        }
+    }
     // class ids mean the same classes where both datasets name them (pack: sorted folder names)
-    if let (Some(t), Some(v)) = (&train.conditions.class, &val.conditions.class) {
+    if let (true, Some(t), Some(v)) = (class_used, &train.conditions.class, &val.conditions.class) {
         // (an unnamed side has no names to zip)
         if let Some(i) = t.names.iter().zip(&v.names).position(|(a, b)| a != b) {
             // (`data pack` names the one class of a folder of loose images after the folder)
@@ -337,6 +363,8 @@ mod tests {
 
     use infinity_data::Manifest;
 
+    use crate::model::{Conditioning, ModelConfig};
+
     fn manifest(conditions: serde_json::Value) -> Manifest {
         serde_json::from_value(serde_json::json!({
             "format": "infinity-bits", "format_version": 1, "d": 16, "bit_order": "",
@@ -354,7 +382,7 @@ mod tests {
             "text": { "width": 2048, "dtype": "bf16", "max_tokens": 512, "encoder": "flan-t5-xl" }
         }));
         let check = |train: &Manifest, val: &Manifest| {
-            super::compatible(train, Path::new("t"), (val, Path::new("v")), "val.dir")
+            super::compatible(train, Path::new("t"), (val, Path::new("v")), "val.dir", None)
         };
         assert_eq!(
             check(&classes(24), &classes(2)).unwrap_err().to_string(),
@@ -368,6 +396,31 @@ mod tests {
         );
         let no_captions = manifest(serde_json::json!({ "class": { "num_classes": 24 } }));
         check(&classes(24), &no_captions).unwrap();
+        // of a model given, the condition it takes alone: a text model's set without classes (it was
+        // refused), a class model's without text; a caption longer than the model's is refused
+        let both = |n: u32, max_tokens: u32| {
+            manifest(serde_json::json!({ "class": { "num_classes": n }, "text": {
+                "width": 2048, "dtype": "bf16", "max_tokens": max_tokens, "encoder": "flan-t5-xl" } }))
+        };
+        let of_model = |conditioning: Conditioning, text_maxlen: usize, train: &Manifest, val: &Manifest| {
+            let mc =
+                ModelConfig { conditioning, text_maxlen, text_channels: 2048, ..ModelConfig::preset("tiny").unwrap() };
+            super::compatible(train, Path::new("t"), (val, Path::new("v")), "val.dir", Some(&mc))
+        };
+        of_model(Conditioning::Text, 512, &both(24, 512), &text).unwrap();
+        of_model(Conditioning::Class { num_classes: 24 }, 512, &both(24, 512), &classes(24)).unwrap();
+        assert_eq!(
+            of_model(Conditioning::Text, 512, &both(24, 512), &classes(24)).unwrap_err().to_string(),
+            "val.dir v: its conditions (no text condition) differ from the training data's (text features of width \
+             2048)"
+        );
+        assert_eq!(
+            of_model(Conditioning::Text, 64, &both(24, 64), &both(24, 512)).unwrap_err().to_string(),
+            "val.dir v: captions of up to 512 tokens (its conditions.text.max_tokens); the model takes captions of at \
+             most 64 (its text_maxlen, the training data's bound)"
+        );
+        of_model(Conditioning::Text, 512, &both(24, 512), &both(2, 64)).unwrap();
+        assert!(check(&both(24, 512), &text).is_err(), "a dataset mixed in carries both");
     }
 
     /// Two VAE datasets (no tokenizer file) of other checkpoints are refused, each named.
@@ -379,7 +432,7 @@ mod tests {
             m
         };
         let check = |train: &Manifest, val: &Manifest| {
-            super::compatible(train, Path::new("t"), (val, Path::new("v")), "data.mix[0].dir")
+            super::compatible(train, Path::new("t"), (val, Path::new("v")), "data.mix[0].dir", None)
         };
         let e = check(&encoded_by("a.pth"), &encoded_by("b.pth")).unwrap_err().to_string();
         assert!(
