@@ -469,7 +469,8 @@ fn buffer_units(schema: &arrow_schema::Schema) -> std::result::Result<Vec<usize>
             t => {
                 return Err(format!(
                     "column `{}` has type {t}, which the shard format does not read (extra columns may be \
-                     numbers, decimals, booleans, null, (large) binary or strings, fixed-size binary)",
+                     numbers, decimals, dates and timestamps, booleans, null, (large) binary or strings, \
+                     fixed-size binary)",
                     f.name()
                 ))
             }
