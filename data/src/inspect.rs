@@ -235,12 +235,13 @@ pub fn verify(dir: &Path) -> VerifyReport {
         // (`true`: bits that are not their latent's BSQ; `false`: a value that is not finite, or f32)
         let dtype =
             m.conditions.text.as_ref().map_or(String::new(), |t| serde_json::to_string(&t.dtype).unwrap_or_default());
+        let exponent = crate::reader::text_non_finite_exponent(&m);
         let mismatched: Vec<(bool, String)> = sound
             .par_iter()
             .filter_map(|&row| {
                 let rr = shard.row(row);
                 // (f32 embeddings stored where the manifest says 16-bit ones: a writer's usual slip)
-                let as_f32 = |column: &str, non_finite: bool| {
+                let as_f32 = |column: &str, non_finite: Option<u16>| {
                     let bytes = match column {
                         format::COL_TEXT => rr.text_emb,
                         format::COL_TEXT_SHORT => rr.text_emb_short,
@@ -250,15 +251,14 @@ pub fn verify(dir: &Path) -> VerifyReport {
                 };
                 let at = format!("{}: row {row} (id {})", path.display(), rr.id);
                 if let Some((column, i)) = crate::reader::non_finite(&rr, &m) {
-                    let hint = match as_f32(column, true) {
+                    let hint = match as_f32(column, Some(exponent)) {
                         true => format!(" (its bytes read as f32 values: f32 where the manifest says {dtype}?)"),
                         false => String::new(),
                     };
                     let found = format!("a NaN or an infinity at value {i}{hint}");
                     return Some((false, format!("{at}, column `{column}`: expected finite values, found {found}")));
                 }
-                if let Some(column) = [format::COL_TEXT, format::COL_TEXT_SHORT].into_iter().find(|c| as_f32(c, false))
-                {
+                if let Some(column) = [format::COL_TEXT, format::COL_TEXT_SHORT].into_iter().find(|c| as_f32(c, None)) {
                     return Some((
                         false,
                         format!(

@@ -281,8 +281,10 @@ pub fn check_row(row: &RowRef, m: &Manifest) -> std::result::Result<(), RowProbl
 /// Whether a text embedding's bytes, declared 16-bit values, look like little-endian f32 values stored
 /// instead: f16 or bf16 values widened to f32 (every f32's low half, the even-indexed 16-bit values,
 /// holds at most its top 3 bits, and an odd-indexed one is not zero), or values that read as f32 are
-/// all finite and moderate where some read as 16-bit ones are not (`non_finite_16`).
-pub fn looks_like_f32(bytes: &[u8], non_finite_16: bool) -> bool {
+/// all finite and moderate where the 16-bit ones read as NaN or infinite (an all-ones `exponent`, given
+/// where some are) are low halves, more than one: an f32's low half is its mantissa's tail, all-ones
+/// where it falls so (one in 32), and a 16-bit value's NaN alone is no sign of f32.
+pub fn looks_like_f32(bytes: &[u8], exponent: Option<u16>) -> bool {
     let halves: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     if halves.len() < 8 || !halves.len().is_multiple_of(2) {
         return false;
@@ -291,7 +293,11 @@ pub fn looks_like_f32(bytes: &[u8], non_finite_16: bool) -> bool {
         halves.iter().step_by(2).all(|h| h & 0x1fff == 0) && halves.iter().skip(1).step_by(2).any(|&h| h != 0);
     // (text-encoder features are finite and well below 1e4)
     let moderate = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).abs() < 1e4;
-    widened || (non_finite_16 && bytes.chunks_exact(4).all(moderate))
+    let in_low_halves = |e: u16| {
+        let non_finite: Vec<usize> = (0..halves.len()).filter(|&i| halves[i] & e == e).collect();
+        non_finite.len() > 1 && non_finite.iter().all(|i| i % 2 == 0)
+    };
+    widened || exponent.is_some_and(|e| in_low_halves(e) && bytes.chunks_exact(4).all(moderate))
 }
 
 /// The first value of a row's latent or text embedding that is a NaN or an infinity: `(column, index)`.
@@ -305,11 +311,20 @@ pub fn non_finite(row: &RowRef, m: &Manifest) -> Option<(&'static str, usize)> {
     if let Some(i) = row.latent.and_then(|l| first(l, 0x7c00)) {
         return Some((format::COL_LATENT, i));
     }
-    let bf16 = m.conditions.text.as_ref().is_some_and(|t| t.dtype == crate::manifest::TextDtype::Bf16);
-    let exponent = if bf16 { 0x7f80 } else { 0x7c00 };
+    let exponent = text_non_finite_exponent(m);
     [(format::COL_TEXT, row.text_emb), (format::COL_TEXT_SHORT, row.text_emb_short)]
         .into_iter()
         .find_map(|(column, t)| t.and_then(|t| first(t, exponent)).map(|i| (column, i)))
+}
+
+/// The all-ones exponent of the text features' 16-bit type (f16 or bf16): its NaNs and infinities.
+pub(crate) fn text_non_finite_exponent(m: &Manifest) -> u16 {
+    let bf16 = m.conditions.text.as_ref().is_some_and(|t| t.dtype == crate::manifest::TextDtype::Bf16);
+    if bf16 {
+        0x7f80
+    } else {
+        0x7c00
+    }
 }
 
 /// The Arrow schema a shard file declares in its footer, as written (not checked against a manifest):
@@ -605,5 +620,35 @@ impl BatchColumns {
                 .then(|| column(path, batch, first_row, format::COL_CAPTION, DataType::Utf8, true))
                 .transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+    use rand::{Rng, SeedableRng};
+
+    use super::looks_like_f32;
+
+    /// f32 features stored where f16 ones are declared read as f32; f16 ones with a NaN do not, wherever
+    /// it falls (a NaN in a low half was told "f32 where the manifest says f16?").
+    #[test]
+    fn f32_bytes_are_told_from_a_nan_among_f16_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let values: Vec<f32> = (0..4 * 37).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes = |nan_at: usize| -> Vec<u8> {
+            let mut h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+            h[nan_at] = f16::NAN;
+            h.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        assert!(looks_like_f32(&f32_bytes, Some(0x7c00)), "random f32 values");
+        for nan_at in [0, 1, 10, 11, 4 * 37 - 1] {
+            assert!(!looks_like_f32(&f16_bytes(nan_at), Some(0x7c00)), "a NaN at {nan_at}");
+        }
+        // (f16 values widened to f32, finite both ways)
+        let widened: Vec<u8> = values.iter().flat_map(|&v| f16::from_f32(v).to_f32().to_le_bytes()).collect();
+        assert!(looks_like_f32(&widened, None));
+        assert!(!looks_like_f32(&f16_bytes(0)[..], None));
     }
 }
