@@ -231,3 +231,48 @@ t = t.set_column(t.schema.get_field_index("bits"), t.schema.field("bits"), pa.ar
         }
     }
 }
+
+/// tools/write_shards.py's writer refuses text features `infinity data verify` would (and some it could
+/// not tell: a transposed array of a valid size), naming the row, before anything is written: each case
+/// a `ValueError` with its message.
+#[test]
+fn write_shards_refuses_text_features_verify_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+import sys
+import numpy as np
+sys.path.insert(0, "tools")
+import write_shards as w
+s = [{"name": "1x1", "h_div_w_template": "1.000", "pixel_budget": "custom", "scales": [[1, 1, 1]]}]
+def writer(dtype="f16"):
+    return w.ShardWriter(sys.argv[1], 4, s, text_width=8, text_dtype=dtype, text_max_tokens=4)
+cases = {
+    "transposed": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.zeros((8, 3))),
+    "too many": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.zeros((5, 8))),
+    "empty": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.zeros((0, 8))),
+    "overflow": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.full((2, 8), 1e6)),
+    "nan": lambda x: writer("bf16").add(7, 0, np.zeros((1, 4)), text_emb=np.full((2, 8), np.nan)),
+    "dtype": lambda x: writer("f32"),
+}
+for name, case in cases.items():
+    try:
+        case(None)
+        print(f"{name}: accepted")
+    except ValueError as e:
+        print(f"{name}: {e}")
+writer().add(7, 0, np.zeros((1, 4)), text_emb=np.ones((4, 8)))
+print("fits: accepted")
+"#;
+    let said = python(&[&"-c", &code, &dir.path().join("out")]);
+    for want in [
+        "transposed: row 7: text_emb has shape (8, 3), expected [tokens, 8] with 1 to 4 tokens",
+        "too many: row 7: text_emb has shape (5, 8)",
+        "empty: row 7: text_emb has shape (0, 8)",
+        "overflow: row 7: text_emb at token 0, channel 0: 1000000.0 is not a finite f16 value",
+        "nan: row 7: text_emb at token 0, channel 0: nan is not a finite bf16 value",
+        "dtype: text_dtype 'f32': the format stores text features as \"f16\" or \"bf16\"",
+        "fits: accepted",
+    ] {
+        assert!(said.contains(want), "{want}\n{said}");
+    }
+}

@@ -84,7 +84,8 @@ class ShardWriter:
             fields.append(pa.field("caption", pa.string(), True))
         self.schema = pa.schema(fields)
         self.cols = {f.name: [] for f in fields}
-        self.text_np = np.float16 if text_dtype == "f16" else None
+        if text_width is not None and text_dtype not in ("f16", "bf16"):
+            raise ValueError(f"text_dtype {text_dtype!r}: the format stores text features as \"f16\" or \"bf16\"")
         self.manifest = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "d": d, "bit_order": BIT_ORDER,
             "tokenizer": {"name": tokenizer, "file": None, "params": tokenizer_params},
@@ -106,19 +107,21 @@ class ShardWriter:
     def add(self, id, bucket, bits, latent=None, class_label=None, text_emb=None, caption=None, text_emb_short=None):
         s = self.schedules[bucket]
         L = sum(t * h * w for t, h, w in s["scales"])
-        assert bits.shape == (L, self.d), f"row {id}: bits {bits.shape}, schedule {s['name']} needs {(L, self.d)}"
+        if bits.shape != (L, self.d):
+            raise ValueError(f"row {id}: bits {bits.shape}, schedule {s['name']} needs {(L, self.d)}")
         row = {"id": id, "bucket": bucket, "bits": pack_bits(bits)}
         if "latent" in self.cols:
             _, H, W = s["scales"][-1]
-            assert latent.shape == (self.d, H, W), f"row {id}: latent {latent.shape}, expected {(self.d, H, W)}"
+            if latent is None or np.shape(latent) != (self.d, H, W):
+                raise ValueError(f"row {id}: latent {np.shape(latent)}, expected {(self.d, H, W)}")
             row["latent"] = np.ascontiguousarray(latent, dtype="<f2").tobytes()
         if "class_label" in self.cols:
             row["class_label"] = int(class_label)
         if "text_emb" in self.cols:
-            row["text_emb"] = to_half_bytes(np.asarray(text_emb, dtype=np.float32), self.manifest["conditions"]["text"]["dtype"])
+            row["text_emb"] = self._text_bytes(id, "text_emb", text_emb)
         if "text_emb_short" in self.cols:
-            row["text_emb_short"] = None if text_emb_short is None else to_half_bytes(
-                np.asarray(text_emb_short, dtype=np.float32), self.manifest["conditions"]["text"]["dtype"])
+            row["text_emb_short"] = None if text_emb_short is None else self._text_bytes(id, "text_emb_short",
+                                                                                         text_emb_short)
         if "caption" in self.cols:
             row["caption"] = caption
         if self.writer is None:
@@ -168,6 +171,24 @@ class ShardWriter:
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.out, "manifest.json"))
         return self.manifest
+
+
+    def _text_bytes(self, id, column, features):
+        """A caption's features `[tokens, width]` as the manifest's 16-bit type, checked as `infinity data
+        verify` would (a transposed array, too many tokens, a value the type cannot hold)."""
+        text = self.manifest["conditions"]["text"]
+        x = np.asarray(features, dtype=np.float32)
+        width, max_tokens = text["width"], text["max_tokens"]
+        if x.ndim != 2 or x.shape[1] != width or not 1 <= x.shape[0] <= max_tokens:
+            raise ValueError(f"row {id}: {column} has shape {x.shape}, expected [tokens, {width}] with 1 to "
+                             f"{max_tokens} tokens (the features of one caption, token by token)")
+        with np.errstate(over="ignore"):
+            half = x.astype("<f2") if text["dtype"] == "f16" else None
+        if not np.isfinite(x).all() or (half is not None and not np.isfinite(half).all()):
+            bad = np.argwhere(~np.isfinite(x if half is None else half))[0]
+            raise ValueError(f"row {id}: {column} at token {bad[0]}, channel {bad[1]}: {x[tuple(bad)]} is not a finite "
+                             f"{text['dtype']} value (f16 holds at most 65504 in magnitude)")
+        return half.tobytes() if half is not None else to_half_bytes(x, text["dtype"])
 
 
 def to_half_bytes(x: np.ndarray, dtype: str) -> bytes:
