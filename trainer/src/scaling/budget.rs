@@ -95,8 +95,9 @@ pub fn k_spread(runs: &[RunRecord]) -> Option<KSpread> {
         .collect();
     k.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (first, last) = (k.first()?, k.last()?);
+    let values: Vec<f64> = k.iter().map(|v| v.0).collect();
     Some(KSpread {
-        median: k[k.len() / 2].0,
+        median: super::runs::median_of_sorted(&values)?,
         min: (first.0, first.1.to_string()),
         max: (last.0, last.1.to_string()),
         spread: last.0 / first.0 - 1.0,
@@ -392,8 +393,10 @@ mod tests {
         assert!(notes[0].contains("median 8.00") && notes[0].contains("5.70 (big) to 15.50 (tiny)"), "{notes:?}");
         assert!(warnings.iter().any(|w| w.contains("k varies by 172 %")), "{warnings:?}");
         let same = [record("a", 1e6, 1e8, 6.0), record("b", 1e7, 1e8, 6.3)];
-        let (_, _, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), 6.0, (None, Parameters::Total));
+        let (_, notes, warnings) = plans(&[1e18], &same, (None, None, Some(&good)), 6.0, (None, Parameters::Total));
         assert!(!warnings.iter().any(|w| w.contains("k varies")), "{warnings:?}");
+        // (of an even count, the mean of the middle two: it was the upper one)
+        assert!(notes[0].contains("median 6.15 over the 2 runs fitted"), "{notes:?}");
         // E run to 0, with a singular covariance
         let mut flat = law(1e-9, 40.0, 600.0, 0.45, 0.35);
         flat.coefs[0].ci95 = None;

@@ -377,7 +377,7 @@ fn inside(points: &[(f64, f64)], yr: &std::ops::Range<f64>) -> Vec<Vec<(f64, f64
 /// flatten every other curve); the diverged runs' curves are drawn up to where they leave it, as the
 /// title says. False, and nothing written, when no run has logged a finite loss yet.
 pub fn curves(dir: &Path, runs: &[RunRecord]) -> Result<bool> {
-    let diverged = |r: &RunRecord| r.diverged || !r.loss().is_finite() || r.final_val.is_some_and(f64::is_nan);
+    let diverged = RunRecord::ended_diverged;
     let points = |r: &RunRecord| -> Vec<(f64, f64)> {
         let curve = if r.val_curve.is_empty() { &r.train_curve } else { &r.val_curve };
         curve.iter().filter(|(s, l)| *s > 0 && l.is_finite()).map(|(s, l)| (r.compute_at(*s), *l)).collect()

@@ -61,7 +61,7 @@ fn row(r: &RunRecord, point_of: &PointOf) -> [String; COLUMNS.len()] {
         opt(r.final_val),
         opt(r.smoothed_val),
         r.finished.to_string(),
-        r.diverged.to_string(),
+        r.ended_diverged().to_string(),
         point.is_some().to_string(),
         point.is_some_and(|p| p.1.on_frontier).to_string(),
         point.map_or(String::new(), |p| p.0.to_string()),

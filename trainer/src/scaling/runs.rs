@@ -92,6 +92,12 @@ impl RunRecord {
             _ => self.final_train,
         }
     }
+
+    /// Whether the run ended diverged, as the fits treat it: stopped by `optim.max_nonfinite`, a final
+    /// loss that is not finite, or a last validation loss that is NaN (null in `val.jsonl`).
+    pub fn ended_diverged(&self) -> bool {
+        self.diverged || !self.loss().is_finite() || self.final_val.is_some_and(f64::is_nan)
+    }
 }
 
 pub(super) fn read_json(p: &Path) -> Result<Value> {
@@ -151,6 +157,11 @@ fn tail(curve: &[(u64, f64)]) -> Vec<f64> {
 fn median(curve: &[(u64, f64)]) -> Option<f64> {
     let mut v: Vec<f64> = curve.iter().map(|p| p.1).filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
+    median_of_sorted(&v)
+}
+
+/// The median of values in ascending order: the middle one, or the mean of the middle two.
+pub(super) fn median_of_sorted(v: &[f64]) -> Option<f64> {
     let n = v.len();
     (n > 0).then(|| if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
