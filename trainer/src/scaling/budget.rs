@@ -359,6 +359,7 @@ mod tests {
             flops_per_step: k * params * tokens,
             flops_by_size: vec![(0, k * params * tokens)],
             compute: k * params * tokens,
+            planned_compute: None,
             finished: true,
             diverged: false,
             final_train: 1.0,

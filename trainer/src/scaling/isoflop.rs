@@ -5,7 +5,8 @@
 //! the data with compute, measured without assuming the form of `L(N, D)` (`fit::chinchilla`).
 //!
 //! A budget's points are those whose compute agrees within [`SAME_BUDGET`]: a sweep's `compute` axis
-//! spends each budget in whole steps, so its runs overshoot it by up to one step each.
+//! spends each budget in whole steps, so its runs overshoot it by up to one step each. Points a sweep
+//! planned for a budget are taken at it (a step can be more than 10 % of a small budget).
 
 use nalgebra::{Matrix3, Vector3};
 use serde::Serialize;
@@ -123,15 +124,16 @@ pub struct IsoFlop {
     pub budgets: Vec<(f64, f64, f64)>,
 }
 
-/// The points grouped by compute budget ([`SAME_BUDGET`]), each group's indices into `points` by
-/// compute.
+/// The points grouped by compute budget ([`SAME_BUDGET`]; a point a sweep planned, by its planned
+/// budget), each group's indices into `points` by that compute.
 fn budgets_of(points: &[Point]) -> Vec<Vec<usize>> {
+    let budget = |i: usize| points[i].planned_compute.unwrap_or(points[i].compute);
     let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by(|&a, &b| points[a].compute.total_cmp(&points[b].compute));
+    order.sort_by(|&a, &b| budget(a).total_cmp(&budget(b)));
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for i in order {
         match groups.last_mut() {
-            Some(g) if points[i].compute < points[g[0]].compute * SAME_BUDGET => g.push(i),
+            Some(g) if budget(i) < budget(g[0]) * SAME_BUDGET => g.push(i),
             _ => groups.push(vec![i]),
         }
     }
@@ -359,6 +361,7 @@ mod tests {
                 params: x.exp(),
                 tokens: 1e15 / (6.0 * x.exp()),
                 compute: 1e15 * (1.0 + 0.01 * i as f64),
+                planned_compute: None,
                 loss: l,
                 std: None,
                 on_frontier: false,
@@ -388,7 +391,18 @@ mod tests {
 
     fn point(n: f64, c: f64, loss: f64) -> Point {
         let runs = vec![format!("n{n:e}")];
-        Point { runs, dirs: vec![], params: n, tokens: c / (6.0 * n), compute: c, loss, std: None, on_frontier: false }
+        let tokens = c / (6.0 * n);
+        Point {
+            runs,
+            dirs: vec![],
+            params: n,
+            tokens,
+            compute: c,
+            planned_compute: None,
+            loss,
+            std: None,
+            on_frontier: false,
+        }
     }
 
     #[test]
@@ -396,6 +410,10 @@ mod tests {
         let computes = [1.0e15, 1.09e15, 1.2e15, 1.25e15, 1.31e15, 1.33e15, 5e14];
         let points: Vec<Point> = computes.iter().map(|&c| point(1e6, c, 0.5)).collect();
         assert_eq!(budgets_of(&points), vec![vec![6], vec![0, 1], vec![2, 3, 4], vec![5]]);
+        // a sweep's run planned for 1e15 that overshot it by 13 % (one step of seven) is of that budget
+        let planned = |c: f64, plan: Option<f64>| Point { planned_compute: plan, ..point(1e6, c, 0.5) };
+        let points = [planned(1.0e15, Some(1e15)), planned(1.13e15, Some(1e15)), planned(1.13e15, None)];
+        assert_eq!(budgets_of(&points), vec![vec![0, 1], vec![2]]);
     }
 
     #[test]

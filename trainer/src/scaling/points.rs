@@ -19,6 +19,9 @@ pub struct Point {
     pub params: f64,
     pub tokens: f64,
     pub compute: f64,
+    /// The compute budget a sweep planned its runs for, where it did (`RunRecord::planned_compute`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned_compute: Option<f64>,
     /// The mean of the runs' losses ([`RunRecord::loss`]): what the fits take.
     pub loss: f64,
     /// The runs' sample standard deviation (`None` for a single run).
@@ -66,6 +69,8 @@ pub fn group(runs: &[&RunRecord]) -> Vec<Point> {
                 params: mean(&g.iter().map(|r| r.n).collect::<Vec<_>>()),
                 tokens: mean(&g.iter().map(|r| r.tokens).collect::<Vec<_>>()),
                 compute: mean(&g.iter().map(|r| r.compute).collect::<Vec<_>>()),
+                // (one config's runs: one plan)
+                planned_compute: g[0].planned_compute.filter(|&c| g.iter().all(|r| r.planned_compute == Some(c))),
                 loss: m,
                 std,
                 on_frontier: false,

@@ -40,6 +40,9 @@ pub struct RunRecord {
     pub flops_by_size: Vec<(u64, f64)>,
     /// C: training FLOPs spent.
     pub compute: f64,
+    /// The compute budget a sweep planned the run for (`sweep-point.json`'s `compute`, of a `compute`
+    /// axis; none otherwise): whole steps overshoot it, by more than 10 % where the steps are few.
+    pub planned_compute: Option<f64>,
     pub finished: bool,
     /// Stopped by `optim.max_nonfinite` (summary.json's `diverged`): a final result, not resumed.
     pub diverged: bool,
@@ -310,6 +313,10 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         flops_per_step,
         compute: summed(&flops_by_size, steps),
         flops_by_size,
+        planned_compute: read_json(&dir.join(crate::train::log::SWEEP_POINT_FILE))
+            .ok()
+            .and_then(|point| point["compute"].as_f64())
+            .filter(|c| c.is_finite() && *c > 0.0),
         finished,
         diverged: summary["diverged"].as_bool().unwrap_or(false),
         // a run that diverged ends with a NaN loss, which JSON writes as null: it stays in the table
