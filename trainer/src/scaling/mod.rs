@@ -23,7 +23,7 @@ mod ticks;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use infinity_data::manifest::write_atomic;
 use serde::Serialize;
 
@@ -111,11 +111,40 @@ pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> R
     analyse_with(dirs, out, &Measure { at_computes, ..Default::default() })
 }
 
+/// An error where `out` is a folder of runs given, or a run's folder (or inside one): the analysis
+/// writes its tables there and removes those of an earlier one it no longer writes.
+fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord]) -> Result<()> {
+    // (a folder not made yet: where it would be)
+    let resolved =
+        |p: &Path| p.canonicalize().ok().or_else(|| Some(p.parent()?.canonicalize().ok()?.join(p.file_name()?)));
+    let Some(at) = resolved(out) else { return Ok(()) };
+    if let Some(root) = roots.iter().find(|r| resolved(&r.dir).as_ref() == Some(&at)) {
+        bail!(
+            "--out {}: the folder of runs itself ({}): the analysis would write its tables among the run folders \
+             (leave --out out for {}/scaling, or name a folder of its own)",
+            out.display(),
+            root.dir.display(),
+            root.dir.display()
+        );
+    }
+    if let Some(run) = runs.iter().find(|r| resolved(&r.dir).is_some_and(|d| at.starts_with(d))) {
+        bail!(
+            "--out {}: in the folder of run {} ({}): the analysis would write its tables into a run (name a \
+             folder of its own)",
+            out.display(),
+            run.name,
+            run.dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// [`analyse`] measured as `measure` says.
 pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -> Result<Report> {
     let Measure { at_computes, val_set, parameters } = *measure;
     let roots = roots::roots(dirs)?;
     let (mut runs, mut read_notes) = gather(&roots, val_set)?;
+    refuse_output_among_runs(out, &roots, &runs)?;
     if let Some(name) = val_set {
         read_notes.insert(
             0,

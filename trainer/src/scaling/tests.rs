@@ -884,3 +884,23 @@ fn an_isoflop_profile_of_four_points_at_three_sizes_is_not_exact() {
     assert_eq!(r.isoflop.profiles.len(), 1, "{:?}", r.notes);
     assert!(!r.warnings.join("\n").contains("passes exactly"), "{:?}", r.warnings);
 }
+
+/// `--out` may not be the folder of runs given, nor a run's folder or one inside it: the analysis writes
+/// its tables there (and removes those an earlier analysis wrote that it does not).
+#[test]
+fn the_output_folder_is_not_among_the_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runs");
+    for (i, c) in [1e15, 1e16].into_iter().enumerate() {
+        law_run(&root, &format!("r{i}"), c, "a");
+    }
+    let refused = |out: &Path| super::analyse(&[&root], out, &[]).err().expect("refused").to_string();
+    let e = refused(&root);
+    assert!(e.contains("the folder of runs itself"), "{e}");
+    for out in [root.join("r1"), root.join("r1/scaling")] {
+        let e = refused(&out);
+        assert!(e.contains("in the folder of run r1"), "{e}");
+    }
+    assert!(!root.join("runs.csv").exists() && !root.join("r1/runs.csv").exists());
+    super::analyse(&[&root], &root.join("scaling"), &[]).unwrap();
+}
