@@ -109,6 +109,19 @@ impl SweepFile {
 
     fn check(&self) -> Result<()> {
         ensure!(!(self.axes.is_empty() && self.linked.is_empty()), "[axes] is empty (and there is no [linked])");
+        // (a quoted key's spaces, which an override's key loses: `"run.seed "` would be `run.seed` unsaid,
+        // beside another `run.seed`)
+        let keys = [
+            ("[set]", self.set.keys().collect::<Vec<_>>()),
+            ("[axes]", self.axes.keys().collect()),
+            ("[linked]", self.linked.keys().collect()),
+        ];
+        for (section, keys) in keys {
+            if let Some(k) = keys.into_iter().find(|k| k.contains(char::is_whitespace)) {
+                let plain: String = k.split_whitespace().collect();
+                bail!("{section}: the key {k:?} has a space (no setting's name has one): write it as {plain:?}");
+            }
+        }
         for (k, vals) in self.axes.iter().chain(&self.linked) {
             ensure!(!vals.is_empty(), "axis `{k}` has no values");
         }
@@ -320,6 +333,17 @@ mod tests {
             let e = sweep(&format!("{head}{text}")).unwrap_err().to_string();
             assert!(e.contains("is in [set] and in [axes]"), "{e}");
         }
+        // (a key with a space was taken as the key without it, beside that key itself)
+        let e = sweep(&format!("{head}[axes]\n\"run.seed\" = [0, 1]\n\"run.seed \" = [2]\n")).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                r#"[axes]: the key "run.seed " has a space (no setting's name has one): write it as "run.seed""#
+            ),
+            "{e}"
+        );
+        let e =
+            sweep(&format!("{head}[set.run]\n\" steps\" = 5\n[axes]\n\"run.seed\" = [2]\n")).unwrap_err().to_string();
+        assert!(e.contains(r#"[set]: the key "run. steps""#), "{e}");
     }
 
     #[test]
