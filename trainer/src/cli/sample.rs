@@ -191,8 +191,20 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
     opts.check(sched.scales.len(), ck.model.depth).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
     // (of the values the schedule's scales take: the rest are never read)
     let negative = matches!(&cond, SampleCondition::Text { negative: Some(_), .. });
+    let guided = a.cfg.iter().take(sched.scales.len()).any(|&g| g != 1.0);
+    if guided && !negative && ck.model.cond_drop_rate == 0.0 {
+        let unconditional = match ck.model.conditioning {
+            Conditioning::Class { .. } => "the null class's",
+            Conditioning::Text => "`cfg_uncond`'s",
+        };
+        console_err!(
+            "warning: the model's config has model.cond_drop_rate = 0: the unconditional prediction guidance mixes \
+             in ({unconditional}) is trained only by dropping the condition, so unless a model it started from did, \
+             it is untrained (--cfg 1 samples without guidance)"
+        );
+    }
     ensure!(
-        !negative || a.cfg.iter().take(sched.scales.len()).any(|&g| g != 1.0),
+        !negative || guided,
         "a negative prompt takes effect through guidance: give a --cfg other than 1 (for one of the {} scales of the \
          {} schedule at least)",
         sched.scales.len(),

@@ -45,6 +45,14 @@ impl TrainConfig {
                 self.data.short_cap_prob, self.model.conditioning
             ));
         }
+        if self.model.cond_drop_rate == 0.0 && self.sample.every > 0 && self.sample.cfg != 1.0 {
+            out.push(format!(
+                "model.cond_drop_rate = 0 trains no unconditional prediction, which the sample grids' guidance \
+                 (sample.cfg = {}) mixes in: set sample.cfg = 1 for grids without guidance, or a drop rate (upstream's \
+                 0.1)",
+                self.sample.cfg
+            ));
+        }
         out
     }
 
@@ -422,4 +430,33 @@ pub fn where_it_leads(p: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    /// A model trained with no condition dropout has no unconditional prediction: sample grids guided
+    /// by it are warned of, unguided ones and runs without grids are not.
+    #[test]
+    fn guided_grids_of_a_model_without_condition_dropout_are_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[run]\ndir = \"r\"\nseed = 0\nsteps = 10\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n[data]\n\
+             dir = \"d\"\nglobal_batch = 8\nmicro_batch = 8\n[optim]\nlr = 1e-3\nwarmup_steps = 1\n",
+        )
+        .unwrap();
+        let mistakes = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            TrainConfig::load(&path, &sets).unwrap().likely_mistakes().join("\n")
+        };
+        let said = mistakes(&["model.cond_drop_rate=0", "sample.every=5"]);
+        assert!(said.contains("model.cond_drop_rate = 0 trains no unconditional prediction"), "{said}");
+        assert!(said.contains("(sample.cfg = 3)"), "{said}");
+        for sets in [&["model.cond_drop_rate=0", "sample.every=5", "sample.cfg=1"][..], &["sample.every=5"]] {
+            assert!(!mistakes(sets).contains("cond_drop_rate"), "{sets:?}");
+        }
+    }
 }
