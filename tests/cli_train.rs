@@ -265,6 +265,13 @@ fn train_sample_and_export_a_text_model() {
     );
     let e = sample_features(features(2, f32::NAN));
     assert!(e.contains("`caption` holds NaN at token 0, channel 0"), "{e}");
+    // numpy's own file, named as such ("header too large")
+    let npy = tmp.path().join("features.npy");
+    std::fs::write(&npy, b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (3, 32), }")
+        .unwrap();
+    let e = sample_features(npy);
+    let want = format!("features.npy: a NumPy .npy file, not a safetensors file: give one `[tokens, {width}]` tensor");
+    assert!(e.contains(&want), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a red circle", "--cfg", "nan"]).contains("--cfg"));
     // a negative value reaches the checks (clap took it for an option: "unexpected argument '-1'")
     assert!(err(&["sample", run_s, "--caption", "a red circle", "--tau", "-1"]).contains("--tau must be positive"));

@@ -95,7 +95,20 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
 /// `text_maxlen`) and finite values. Returns the features, their lengths and the tensors' names.
 pub fn text_features_file(path: &Path, width: usize, max_tokens: usize) -> Result<(Vec<f32>, Vec<usize>, Vec<String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // (numpy's own files, `np.save`'s and `np.savez`'s (a zip), are the usual other format to be given)
+    let other = match &bytes[..] {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Some("a NumPy .npy file"),
+        [b'P', b'K', 3, 4, ..] => Some("a zip file (NumPy's .npz?)"),
+        _ => None,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| match other {
+        Some(what) => anyhow::anyhow!(
+            "{}: {what}, not a safetensors file: give one `[tokens, {width}]` tensor per caption in a safetensors \
+             file (`safetensors.numpy.save_file({{\"0\": features}}, PATH)`)",
+            path.display()
+        ),
+        None => anyhow::anyhow!("{}: not a safetensors file of text features ({e})", path.display()),
+    })?;
     let mut names = st.names();
     names.sort_by_key(|n| (n.parse::<u64>().ok(), n.to_string()));
     let (mut kv, mut lens) = (Vec::new(), Vec::new());
