@@ -258,6 +258,21 @@ fn check_export_expect_lists_only_its_reference_models() {
         "{report}"
     );
     assert!(report.contains("ok: block keys"), "{report}");
+    // what upstream's own Infinity cannot build or sample is said, not failed (the folder reads as its
+    // weights), and config.json's note says it too
+    let report = python(&[&"tools/check_export.py", &out]);
+    for want in
+        ["upstream: text_channels 32: its text pool has text_channels // 128 = 0 heads", "upstream: block_chunks 1"]
+    {
+        assert!(report.contains(want), "{want}\n{report}");
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let note = config["upstream_loader"]["note"].as_str().unwrap();
+    assert!(note.contains("upstream's text pool") && note.contains("strict=True"), "{note}");
+    let chunked = tmp.path().join("chunked");
+    assert!(infinity(&["export", path_str(&run), "-o", path_str(&chunked), "--block-chunks", "2"]));
+    let report = python(&[&"tools/check_export.py", &chunked]);
+    assert!(report.contains("upstream: text_channels") && !report.contains("upstream: block_chunks"), "{report}");
 }
 
 /// config.json's `source` names the run's precision and, for `--ema`, the average's decay; a class

@@ -16,9 +16,13 @@ const BUILD_IT: &str = "build Infinity(vae, **constructor_kwargs, **inference_kw
 
 /// Upstream's Infinity has no class path that takes these weights, so no upstream loader applies.
 const CLASS_NOTE: &str = "a class-conditioned (VAR-style) model has no upstream loader: upstream's Infinity is \
-     text-conditioned, and its class path differs (class_emb sizes, `attn.*` where these are `sa.*`, a \
-     SelfAttnBlock that does not construct). This export is for this framework: a run's model.init_from, or \
+     text-conditioned, and its class path differs (`attn.*` where these are `sa.*`, a SelfAttnBlock that does not \
+     construct). This export is for this framework: a run's model.init_from, or \
      inference code that reads these names";
+
+/// The pixel budgets of upstream's dynamic_resolution.py, whose schedules its RoPE table holds (the
+/// catalog's `demo4` and `demo5` are this framework's).
+const UPSTREAM_BUDGETS: [&str; 4] = ["0.06M", "0.25M", "0.60M", "1M"];
 
 /// run_infinity.py's `--pn` choices.
 const RUN_INFINITY_PN: [&str; 3] = ["0.06M", "0.25M", "1M"];
@@ -50,7 +54,8 @@ pub(super) fn run_infinity(
         let (depth, embed_dim, num_heads) = shape(mc);
         let note = format!(
             "depth {depth}, embed_dim {embed_dim}, num_heads {num_heads}: not one of run_infinity.py's --model_type \
-             shapes; {BUILD_IT}"
+             shapes; {BUILD_IT}; {}",
+            build_notes(mc, m).join("; ")
         );
         return (json!({ "model_type": null, "note": note }), Vec::new());
     };
@@ -59,9 +64,10 @@ pub(super) fn run_infinity(
     if !differ.is_empty() {
         let note = format!(
             "{model_type}'s shape, but {} where run_infinity.py's {model_type} has {}: it would build another \
-             model; {BUILD_IT}",
+             model; {BUILD_IT}; {}",
             differ.iter().map(|(k, ours, _)| format!("{k} = {ours}")).collect::<Vec<_>>().join(", "),
-            differ.iter().map(|(_, _, theirs)| theirs.as_str()).collect::<Vec<_>>().join(", ")
+            differ.iter().map(|(_, _, theirs)| theirs.as_str()).collect::<Vec<_>>().join(", "),
+            build_notes(mc, m).join("; ")
         );
         let warning = format!("upstream_loader.model_type is null: {note}");
         return (json!({ "model_type": null, "note": note }), vec![warning]);
@@ -146,11 +152,79 @@ pub(super) fn run_infinity(
             "cfg_uncond has {ours} rows (text_maxlen {ours}) where {model_type} has {theirs}: its load_state_dict {what}"
         ));
     }
-    let mut loader = json!({ "model_type": model_type, "block_chunks": chunks, "args": args });
+    // (paths of this machine's files that the export cannot know)
+    let encoder = m.and_then(|m| m.conditions.text.as_ref()).map_or(String::new(), |t| format!(" `{}`", t.encoder));
+    let also = format!(
+        "--vae_path (the VAE checkpoint the dataset's bits were made with) and --text_encoder_ckpt (the text \
+         encoder that made the dataset's features, its conditions.text.encoder{encoder}: another encoder's \
+         features condition the model on what it never saw)"
+    );
+    let mut loader = json!({ "model_type": model_type, "block_chunks": chunks, "args": args, "also_give": also });
     if !left_out.is_empty() {
         loader["note"] = json!(left_out.join("; "));
     }
     (loader, warnings)
+}
+
+/// What else building `mc` as [`BUILD_IT`] says takes, and what stops upstream's `Infinity` building or
+/// sampling it, in words: a strict load; its text pool's heads; one block chunk; a caption longer than
+/// `cfg_uncond`; and of the dataset `m`, schedules upstream's RoPE table lacks and a tokenizer that is
+/// not upstream's VAE.
+fn build_notes(mc: &ModelConfig, m: Option<&Manifest>) -> Vec<String> {
+    let mut notes = vec![
+        "load with load_state_dict(weights, strict=True): upstream's Infinity.load_state_dict defaults to strict=False, \
+         which loads a mismatch in part without a word"
+            .to_string(),
+    ];
+    // (upstream's TextAttentivePool: Ct5 // 128 heads, of 64 channels past C = 4096; ours keeps one)
+    let per_head = if mc.embed_dim > 4096 { 64 } else { 128 };
+    let heads = mc.text_channels / per_head;
+    if heads == 0 || mc.embed_dim % heads != 0 {
+        notes.push(format!(
+            "text_channels {}: upstream's text pool (TextAttentivePool) has text_channels // {per_head} = {heads} \
+             heads, which must be at least 1 and divide embed_dim {}, so its constructor fails (this framework's \
+             pool takes one head under {per_head} channels)",
+            mc.text_channels, mc.embed_dim
+        ));
+    }
+    if mc.block_chunks == 1 {
+        let fix = match (2..=mc.depth).find(|k| mc.depth.is_multiple_of(*k)) {
+            Some(k) => format!("export with --block-chunks {k} (a divisor of the depth, {}, above 1)", mc.depth),
+            None => "a model of depth 1 has no other".to_string(),
+        };
+        notes.push(format!(
+            "block_chunks = 1: upstream's sampler (autoregressive_infer_cfg) goes through the model's block_chunks, \
+             which a model of one chunk does not have: {fix}"
+        ));
+    }
+    notes.push(format!(
+        "a caption of more than {} tokens fails under guidance there (cfg_uncond has text_maxlen = {} rows)",
+        mc.text_maxlen, mc.text_maxlen
+    ));
+    let Some(m) = m else { return notes };
+    let catalog = Catalog::upstream();
+    let upstreams = |s: &infinity_data::schedule::ScaleSchedule| {
+        let budget = UPSTREAM_BUDGETS.contains(&s.pixel_budget.as_str());
+        let u = catalog.schedule(&s.h_div_w_template, &s.pixel_budget).ok().filter(|_| budget);
+        u.map(|u| if s.spatial_patchify { u.patchified() } else { u }).is_some_and(|u| u.scales == s.scales)
+    };
+    if let Some(s) = m.schedules.iter().find(|s| !upstreams(s)) {
+        notes.push(format!(
+            "the dataset's schedule `{}` is none of upstream's: its sampler's RoPE table (rope2d_freqs_grid) holds \
+             upstream's schedules alone (a KeyError there); sample with `infinity sample`",
+            s.name
+        ));
+    }
+    // (tools/write_shards.py names upstream's VAE `bsq-vae-dN`)
+    if !m.tokenizer.name.starts_with("bsq-vae") {
+        notes.push(format!(
+            "Infinity(vae, …) reads the VAE's embed_dim and quantizer.lfq.mask, and its sampler the quantizer's \
+             indices_to_codes and z_interplote_up/down: upstream's BSQ-VAE has them, and the dataset's tokenizer \
+             `{}` is not it (decode `infinity sample --bits` with the tokenizer beside the weights)",
+            m.tokenizer.name
+        ));
+    }
+    notes
 }
 
 /// `(field, ours, upstream's)` for each setting of `mc` that differs from the run_infinity preset
@@ -262,6 +336,8 @@ mod tests {
         let (v, warnings) = run_infinity(&layer12, at, Some(&upstream), None);
         assert_eq!((v["model_type"].as_str(), v["block_chunks"].as_u64()), (Some("infinity_layer12"), Some(4)));
         assert!(warnings.is_empty() && v.get("note").is_none(), "{warnings:?} {v}");
+        let also = v["also_give"].as_str().unwrap();
+        assert!(also.contains("--vae_path") && also.contains("--text_encoder_ckpt"), "{also}");
         let args = v["args"].as_str().unwrap();
         assert!(args.contains("--add_lvl_embeding_only_first_block 1"), "{args}");
         assert!(args.ends_with("--apply_spatial_patchify 0 --vae_type 32 --pn 0.25M"), "{args}");
@@ -277,7 +353,28 @@ mod tests {
         // tiny is ours; 20b is upstream's, but run_infinity.py has no loader for it
         for preset in ["tiny", "20b"] {
             let (v, _) = run_infinity(&ModelConfig::preset(preset).unwrap(), at, None, None);
-            assert!(v["model_type"].is_null() && v["note"].as_str().unwrap().contains("load_state_dict"), "{v}");
+            let note = v["note"].as_str().unwrap();
+            assert!(v["model_type"].is_null() && note.contains("load_state_dict(weights, strict=True)"), "{v}");
+        }
+        // what stops upstream's Infinity building or sampling one: said in the note, which travels with it
+        let narrow = ModelConfig { text_channels: 32, block_chunks: 1, ..ModelConfig::preset("tiny").unwrap() };
+        let ours = dataset(16, "patch-pca-bsq", "demo4", &["1.000"]);
+        let note = run_infinity(&narrow, at, Some(&ours), None).0["note"].as_str().unwrap().to_string();
+        for want in [
+            "text_channels 32: upstream's text pool (TextAttentivePool) has text_channels // 128 = 0 heads",
+            "block_chunks = 1: upstream's sampler (autoregressive_infer_cfg) goes through the model's block_chunks, \
+             which a model of one chunk does not have: export with --block-chunks 2 (a divisor of the depth, 2, above 1)",
+            "the dataset's schedule `1.000/demo4` is none of upstream's",
+            "the dataset's tokenizer `patch-pca-bsq` is not it",
+            "a caption of more than 16 tokens fails under guidance there",
+        ] {
+            assert!(note.contains(want), "{want}\n{note}");
+        }
+        let fits = ModelConfig { text_channels: 128, block_chunks: 2, ..narrow };
+        let upstream = dataset(16, "bsq-vae-d16", "0.06M", &["1.000"]);
+        let note = run_infinity(&fits, at, Some(&upstream), None).0["note"].as_str().unwrap().to_string();
+        for left in ["text pool", "block_chunks = 1", "none of upstream's", "is not it"] {
+            assert!(!note.contains(left), "{left}\n{note}");
         }
     }
 
