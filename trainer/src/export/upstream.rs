@@ -179,7 +179,7 @@ fn build_notes(mc: &ModelConfig, m: Option<&Manifest>) -> Vec<String> {
     // (upstream's TextAttentivePool: Ct5 // 128 heads, of 64 channels past C = 4096; ours keeps one)
     let per_head = if mc.embed_dim > 4096 { 64 } else { 128 };
     let heads = mc.text_channels / per_head;
-    if heads == 0 || mc.embed_dim % heads != 0 {
+    if heads == 0 || !mc.embed_dim.is_multiple_of(heads) {
         notes.push(format!(
             "text_channels {}: upstream's text pool (TextAttentivePool) has text_channels // {per_head} = {heads} \
              heads, which must be at least 1 and divide embed_dim {}, so its constructor fails (this framework's \
