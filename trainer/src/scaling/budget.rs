@@ -221,7 +221,8 @@ pub fn plans(
             }),
         })
         .collect();
-    for p in &plans {
+    // (a budget nothing is predicted at, no fit having taken, has no predictions to warn of)
+    for p in plans.iter().filter(|p| p.loss_power.is_some() || p.loss_power_floor.is_some() || p.optimal.is_some()) {
         if p.compute * FAR_BEYOND < smallest {
             warnings.push(format!(
                 "at C = {:.3e}: {:.2e} of the smallest run's compute ({smallest:.3e}): the predictions there \
@@ -405,6 +406,12 @@ mod tests {
         assert!(why.contains("E ran to 1.00e-9") && why.contains("covariance is singular"), "{why}");
         let (planned, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&flat)), 5.7, (None, Parameters::Total));
         assert!(planned[0].optimal.is_none(), "no N* from a degenerate fit");
+        assert!(
+            !warnings.iter().any(|w| w.contains("extrapolate")),
+            "nothing predicted, nothing to warn of: {warnings:?}"
+        );
+        let (_, _, warnings) = plans(&[1e18], &runs, (None, None, Some(&good)), 5.7, (None, Parameters::Total));
+        assert!(warnings.iter().any(|w| w.contains("extrapolate the laws far beyond the runs")), "{warnings:?}");
         // (`analyse` warns of a degenerate fit, budgets or not: mod.rs's tests)
         assert!(!warnings.iter().any(|w| w.contains("degenerate")), "{warnings:?}");
         assert!(degenerate(&good, 1.0).is_none());
