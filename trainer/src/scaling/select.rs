@@ -16,6 +16,8 @@ pub(super) struct Unsummarised {
     pub failed: Vec<String>,
     /// Never started: a `config.toml` alone.
     pub unstarted: Vec<String>,
+    /// With checkpoints, yet no summary (the file removed, or lost in a copy).
+    pub lost: Vec<String>,
 }
 
 impl Unsummarised {
@@ -28,9 +30,20 @@ impl Unsummarised {
         let logged = |dir: &std::path::Path| {
             dir.join("train.log").is_file() || dir.join("logs").is_dir() || dir.join("metrics.jsonl").is_file()
         };
+        // (a run writes its summary with its first checkpoint)
+        let checkpointed = |dir: &std::path::Path| {
+            std::fs::read_dir(dir.join("checkpoints"))
+                .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().join("model.safetensors").is_file())))
+        };
+        let (lost, silent): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| checkpointed(dir));
         let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
         let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();
-        Unsummarised { busy: names_of(busy), failed: names_of(failed), unstarted: names_of(unstarted) }
+        Unsummarised {
+            busy: names_of(busy),
+            failed: names_of(failed),
+            unstarted: names_of(unstarted),
+            lost: names_of(lost),
+        }
     }
 
     /// What an error about a folder with no summarised run adds: `\n  without a summary.json: …`, each
@@ -40,6 +53,7 @@ impl Unsummarised {
             (&self.busy, "still training (their locks are held)"),
             (&self.failed, "stopped before their first checkpoint (failed or killed: their logs say what they can)"),
             (&self.unstarted, "not started (a config.toml alone)"),
+            (&self.lost, "with checkpoints but no summary (the file removed, or lost in a copy)"),
         ];
         let said: Vec<String> =
             kinds.iter().filter(|(v, _)| !v.is_empty()).map(|(v, what)| format!("{what}: {}", v.join(", "))).collect();
@@ -60,7 +74,7 @@ pub struct Selection<'a> {
 pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) -> Selection<'a> {
     let (mut notes, mut warnings) = (Vec::new(), Vec::new());
     let training = |r: &RunRecord| crate::train::run_lock::in_use(&r.dir);
-    let Unsummarised { busy, failed, unstarted } = Unsummarised::of(roots);
+    let Unsummarised { busy, failed, unstarted, lost } = Unsummarised::of(roots);
     if !busy.is_empty() {
         notes.push(format!("still training (their folders' locks are held; no summary.json yet): {}", busy.join(", ")));
     }
@@ -73,6 +87,12 @@ pub fn select<'a>(roots: &[Root], runs: &'a [RunRecord], lr_groups: &[LrGroup]) 
     }
     if !unstarted.is_empty() {
         notes.push(format!("left out (not started: a config.toml alone, no log): {}", unstarted.join(", ")));
+    }
+    if !lost.is_empty() {
+        notes.push(format!(
+            "left out (no summary.json, though they have checkpoints: the file removed, or lost in a copy): {}",
+            lost.join(", ")
+        ));
     }
     let names = |v: &[&RunRecord]| v.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ");
     // a run whose last validation loss is NaN (null in val.jsonl) ended diverged, whatever came before

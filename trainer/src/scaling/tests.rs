@@ -146,6 +146,12 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
         let notes = r.notes.join("\n");
         assert!(notes.contains("no summary.json: stopped before their first checkpoint, failed or killed"), "{notes}");
     }
+    // (with a checkpoint, its summary was lost: it did not stop before its first checkpoint)
+    std::fs::create_dir_all(root.join("r2/checkpoints/step-00000002")).unwrap();
+    std::fs::write(root.join("r2/checkpoints/step-00000002/model.safetensors"), b"").unwrap();
+    let notes = super::analyse(&[root], &root.join("scaling"), &[]).unwrap().notes.join("\n");
+    assert!(notes.contains("no summary.json, though they have checkpoints: the file removed, or lost in a copy): r2"));
+    assert!(!notes.contains("stopped before their first checkpoint"), "{notes}");
 }
 
 #[test]
