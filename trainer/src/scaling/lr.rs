@@ -100,11 +100,13 @@ pub fn edge_warnings(groups: &[LrGroup]) -> Vec<String> {
             b if b == lo => ("smallest", "smaller"),
             _ => continue,
         };
-        let rates: Vec<String> = tried.iter().map(f64::to_string).collect();
+        // (written as the table's columns are)
+        let rates: Vec<String> = tried.iter().map(|&r| rate_text(r)).collect();
         out.push(format!(
-            "{}: the best learning rate, {best}, is the {end} tried ({}): the loss may fall further at {more} \
+            "{}: the best learning rate, {}, is the {end} tried ({}): the loss may fall further at {more} \
              rates, so its best run may not be tuned; add {more} rates",
             g.label,
+            rate_text(best),
             rates.join(", ")
         ));
     }
@@ -388,6 +390,11 @@ mod tests {
         );
         let md = markdown(&g, &[]);
         assert!(md.contains("\n**Warning**: width 64: the best learning rate, 0.01, is the largest tried"), "{md}");
+        // (rates written as the table's columns are: `1e4`, not `10000`)
+        let huge = groups(&grid("64", &[(1e-2, Some(0.5)), (1e4, Some(0.4))]));
+        let w = edge_warnings(&huge);
+        assert!(w[0].contains("the best learning rate, 1e4, is the largest tried (0.01, 1e4)"), "{w:?}");
+        assert!(markdown(&huge, &[]).contains("lr 1e4"));
     }
 
     #[test]
