@@ -849,8 +849,15 @@ fn a_signal_to_the_sweep_stops_its_run_checkpointed() {
     assert!(!infinity_trainer::train::run_lock::in_use(&run));
     let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
     assert!(summary.contains("\"preempted\": true"), "{summary}");
-    assert!(infinity_trainer::train::latest_checkpoint(&run).is_some());
+    let step = infinity_trainer::train::latest_checkpoint(&run)
+        .and_then(|c| infinity_trainer::train::checkpoint::saved_step(&c))
+        .expect("a checkpoint");
     assert!(!t.join("long/lr-0.002/derived.json").exists());
+    // the sweep again: the run resumes, and its line says from where
+    let log_len = || std::fs::metadata(run.join("train.log")).map_or(0, |m| m.len());
+    let before = log_len();
+    let (_, said) = stop_sweep(t, &["sweep", "long.toml"], || log_len() > before);
+    assert!(said.contains(&format!("lr-0.001: running, resuming from its checkpoint of step {step} (log")), "{said}");
 }
 
 /// A sweep killed outright (SIGKILL: no chance to forward anything) takes its run with it: the kernel

@@ -539,7 +539,10 @@ fn start(
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let on = devices.map_or(String::new(), |d| format!(" on GPU {d}"));
-    console!("{at}: running{on} (log {})", log.display());
+    // (the run takes its newest checkpoint, `--resume auto`)
+    let from = crate::train::latest_checkpoint(&r.dir).and_then(|c| crate::train::checkpoint::saved_step(&c));
+    let resuming = from.map_or(String::new(), |step| format!(", resuming from its checkpoint of step {step}"));
+    console!("{at}: running{on}{resuming} (log {})", log.display());
     let (name, dir, started) = (r.name.clone(), r.dir.clone(), std::time::Instant::now());
     Ok(Running { at: at.to_string(), name, dir, log, slot, child, started, summary_before })
 }
