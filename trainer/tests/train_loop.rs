@@ -1269,3 +1269,34 @@ fn bitloss_sum_and_a_weight_decay_schedule_as_upstream_has_them() {
     let e = refused("loss.bitloss=max");
     assert!(e.contains("bitloss") && e.contains("mean") && e.contains("sum"), "{e}");
 }
+
+/// A resume under the same config onto a dataset of another layout (text features of another width)
+/// names what the dataset changed in the model, not only the tensors whose shapes differ.
+#[test]
+fn a_resume_onto_another_text_width_names_the_dataset_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"), "text");
+    train(&cfg, &TrainOptions { stop_after: Some(3), ..Default::default() }).unwrap();
+    let wide = tmp.path().join("wide");
+    let opts = SynthOptions {
+        rows: 96,
+        text_width: 48,
+        tokenizer: Some(data.join("tokenizer.safetensors")),
+        writer: WriterOptions { overwrite: true, ..Default::default() },
+        ..Default::default()
+    };
+    synth(&wide, &opts).unwrap();
+    let mut other = cfg.clone();
+    other.data.dir = wide;
+    let e = train(
+        &other,
+        &TrainOptions { resume: Some(cfg.run.dir.join("checkpoints/step-00000003")), ..Default::default() },
+    )
+    .unwrap_err();
+    let want =
+        "model settings changed since the checkpoint: model.text_channels (from the dataset: its text features' \
+                width): 32 → 48";
+    assert!(format!("{e:#}").contains(want), "{e:#}");
+}

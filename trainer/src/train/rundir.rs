@@ -140,8 +140,39 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         if before != mc.drop_path_rate && !changes.iter().any(|c| c.starts_with("model.drop_path_rate:")) {
             changes.push(format!("model.drop_path_rate (resolved): {before} → {}", mc.drop_path_rate));
         }
+        // what the dataset gives the model (its bits, classes, text width and caption bound): a dataset
+        // of another layout under the same config
+        if let Ok(saved) = serde_json::from_value::<crate::model::ModelConfig>(m) {
+            changes.extend(dataset_changes(&saved, mc));
+        }
     }
     Ok(changes)
+}
+
+/// The settings of the model the dataset gives (`model.X (from the dataset): old → new` lines) that
+/// differ between a checkpoint's model and the one the run's dataset implies now.
+fn dataset_changes(saved: &crate::model::ModelConfig, now: &crate::model::ModelConfig) -> Vec<String> {
+    use crate::model::Conditioning;
+    let classes = |m: &crate::model::ModelConfig| match m.conditioning {
+        Conditioning::Class { num_classes } => Some(num_classes),
+        Conditioning::Text => None,
+    };
+    let text = |m: &crate::model::ModelConfig| m.has_cross_attention().then_some((m.text_channels, m.text_maxlen));
+    let mut out = Vec::new();
+    let mut differs = |key: &str, what: &str, a: usize, b: usize| {
+        if a != b {
+            out.push(format!("model.{key} (from the dataset: its {what}): {a} → {b}"));
+        }
+    };
+    differs("d", "bits per token", saved.d, now.d);
+    if let (Some(a), Some(b)) = (classes(saved), classes(now)) {
+        differs("num_classes", "classes", a, b);
+    }
+    if let (Some((wa, la)), Some((wb, lb))) = (text(saved), text(now)) {
+        differs("text_channels", "text features' width", wa, wb);
+        differs("text_maxlen", "captions' token bound", la, lb);
+    }
+    out
 }
 
 /// How the learning rate moves where a resume from `ckpt` changes `run.steps` (a finished cosine run

@@ -379,7 +379,7 @@ pub(crate) struct Resumed {
 }
 
 /// The settings that shape the model's tensors, as `rundir::resume_changes` names them.
-const SHAPE_KEYS: [&str; 7] = [
+const SHAPE_KEYS: [&str; 11] = [
     "model.preset:",
     "model.depth:",
     "model.embed_dim:",
@@ -387,6 +387,11 @@ const SHAPE_KEYS: [&str; 7] = [
     "model.mlp_ratio:",
     "model.conditioning:",
     "model.apply_spatial_patchify:",
+    // (`rundir::dataset_changes`: the dataset's layout under the same config)
+    "model.d (from the dataset",
+    "model.num_classes (from the dataset",
+    "model.text_channels (from the dataset",
+    "model.text_maxlen (from the dataset",
 ];
 
 /// Load checkpoint `dir` to resume `cfg` (whose resolved text is `config_toml`) on `ds` as `rank` of
