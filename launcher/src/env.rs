@@ -23,6 +23,19 @@ pub mod vars {
     /// The agent's process id: a rank the agent started through a wrapper (`sh -c`, a script), which the
     /// agent's parent-death signal does not reach, stops as on SIGTERM once the agent is gone.
     pub const AGENT_PID: &str = "INFINITY_AGENT_PID";
+    /// An elastic group's (`--nnodes MIN:MAX`) range as `MIN:MAX:NPROC_PER_NODE`: the worlds it may
+    /// regroup to, which a rank checks its batch splits over before the first step (a world that does
+    /// not would stop the group, exit 2, when a node joins or leaves).
+    pub const ELASTIC: &str = "INFINITY_ELASTIC";
+}
+
+/// The world sizes [`vars::ELASTIC`] allows (`None`: not set, or not `MIN:MAX:NPROC` of counts).
+pub fn elastic_worlds() -> Option<(String, Vec<usize>)> {
+    let v = std::env::var(vars::ELASTIC).ok()?;
+    let n: Vec<usize> = v.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let [min, max, per_node] = n[..] else { return None };
+    (min >= 1 && min <= max && per_node >= 1)
+        .then(|| (format!("{min}:{max}"), (min..=max).map(|k| k * per_node).collect()))
 }
 
 /// What torchrun tells the processes it starts (`torch.distributed.run`), read where ours are not set.

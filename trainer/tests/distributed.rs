@@ -724,6 +724,28 @@ fn an_elastic_group_loses_nodes_gains_one_and_ends_like_one_rank() {
     assert!(diff <= 1e-5, "elastic: max |Δw| {diff:e} at {name}");
 }
 
+/// An elastic group's ranks check that the global batch splits over every world its range allows
+/// before the first step: 16 does not over 3 ranks, which `--nnodes 1:3` would regroup to when two
+/// more nodes join (the group then stopped, exit 2, hours into a healthy run).
+#[test]
+fn an_elastic_range_the_batch_does_not_split_over_stops_at_the_start() {
+    let (tmp, cfg) = setup(4);
+    let run = tmp.path().join("elastic");
+    std::fs::create_dir_all(&run).unwrap();
+    let rdzv = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--nnodes", "1:3", "--rdzv", &rdzv, "--run-id", "el3", "--rdzv-last-call-s", "1"];
+    let out = launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let want = "data.global_batch 16 must split into 3 ranks × whole micro-batches of 4: a world of 3 ranks is one \
+                the elastic group (--nnodes 1:3) may regroup to";
+    assert!(said.contains(want), "{said}");
+    assert!(!run.join("checkpoints").exists(), "it trained");
+    // (a range every world of which it splits over starts)
+    let flags = ["--nnodes", "1:2", "--rdzv", &rdzv, "--run-id", "el2", "--rdzv-last-call-s", "1"];
+    ok(launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")]).output().unwrap());
+}
+
 /// With the `cuda` feature and at least 2 GPUs (or the emulated device's two): training on the GPU
 /// over NCCL (`run.device = "cuda"`, `dist.backend = "nccl"` or `"auto"`, one GPU per rank through the agent's
 /// CUDA_VISIBLE_DEVICES) gives the weights of one GPU with the same global batch, whether the gradients

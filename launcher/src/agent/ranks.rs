@@ -167,6 +167,9 @@ pub(super) async fn spawn_group(a: &LaunchArgs, p: &Plan, g: Group, exe: &Path, 
         if attempt > 0 {
             cmd.env(vars::RESUME, "auto");
         }
+        if let Some((min, max)) = p.elastic {
+            cmd.env(vars::ELASTIC, format!("{min}:{max}:{}", a.nproc_per_node));
+        }
         let open_files = OPEN_FILES.get().copied();
         // a rank outlives no agent: if the agent dies (SIGKILL, a lost node), the kernel sends the rank
         // SIGTERM (it checkpoints and exits) instead of leaving it writing to the run folder unsupervised

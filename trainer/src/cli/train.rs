@@ -111,6 +111,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // a batch that does not split over the ranks is a config error (no restart would help)
     // ("auto" is chosen at start, from the GPU's memory)
     train::micro_steps(&cfg, world, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(bad)?;
+    // (and over every world an elastic group may regroup to: found now, not when a node joins hours on)
+    if let Some((range, worlds)) = infinity_launcher::env::elastic_worlds().filter(|_| under_agent) {
+        for w in worlds.into_iter().filter(|&w| w != world) {
+            train::micro_steps(&cfg, w, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(|e| {
+                bad(anyhow::anyhow!(
+                    "{e}: a world of {w} ranks is one the elastic group (--nnodes {range}) may regroup to when a \
+                     node joins or leaves, and it would stop there; give a global batch every world of the range \
+                     splits, or narrow --nnodes"
+                ))
+            })?;
+        }
+    }
     // a group the launcher restarts (INFINITY_RESUME=auto; torchrun's TORCHELASTIC_RESTART_COUNT above
     // 0) continues from run.dir's newest checkpoint, whatever --resume named for its first attempt (that
     // one, until run.dir has a checkpoint of its own)
