@@ -1129,12 +1129,16 @@ fn a_lost_agent_is_named_in_the_other_nodes_report() {
     };
     let (node0, mut node1) = (node("0"), node("1"));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
+    let pid = node1.child.id();
     let _ = node1.child.kill();
     let _ = node1.child.wait();
     // (about LOST_WAIT and SETTLE, 8 s; the bound is a hang's)
     node0.wait_for("attempt 0 failed", Duration::from_secs(30));
     let text = node0.text();
-    assert!(text.contains("node 1's agent or the node was lost"), "{text}");
+    // (named with its machine and pid, as an elastic group's numbering by joining order cannot)
+    let host = infinity_launcher::env::hostname().unwrap_or_else(|| "host".into());
+    let want = format!("the agent of node 1 ({host}, agent pid {pid}) or the node was lost");
+    assert!(text.contains(&want), "{want}\n{text}");
     // (the record is written after that line, with the flight records: waited for, whole)
     let record = tmp.path().join("lost/attempt_0/failure-node0.json");
     let t0 = Instant::now();

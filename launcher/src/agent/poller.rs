@@ -67,6 +67,17 @@ pub(super) fn beat_key(prefix: &str, node: usize) -> String {
     format!("{prefix}/watching/{node}")
 }
 
+/// Where node `node`'s agent posts who it is for attempt `prefix` (`HOST, agent pid PID`): a message about
+/// a lost node names its machine, which an elastic group's numbering (by order of joining) does not.
+pub(super) fn agent_key(prefix: &str, node: usize) -> String {
+    format!("{prefix}/agent/{node}")
+}
+
+/// This agent as [`agent_key`] records it.
+pub(super) fn agent_name() -> String {
+    format!("{}, agent pid {}", crate::env::hostname().unwrap_or_else(|| "host".into()), std::process::id())
+}
+
 type Checked = (Option<StoreClient>, Result<Vec<bool>>);
 
 /// How long the watching agent's calls may wait for the store's answer.

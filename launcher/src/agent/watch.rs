@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::elastic::Group;
 use super::failure;
 use super::group::{signalled, signalled_node};
-use super::poller::{beat_key, Heartbeat, Poller};
+use super::poller::{agent_key, agent_name, beat_key, Heartbeat, Poller};
 use super::ranks::{describe, drain, futures_select_all, signal_origin, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
 use super::verdict;
@@ -57,6 +57,7 @@ pub(super) async fn watch(
     // running or stopping (beating) from a lost one (group.rs, group_outcome)
     let _beat =
         Heartbeat::start(store_addr, &p.token, &format!("agent {} beat", g.node_rank), beat_key(prefix, g.node_rank));
+    poller.post(&agent_key(prefix, g.node_rank), &agent_name()).await;
     let mut keys: Vec<String> =
         ["failed", "signal", verdict::PERMANENT, "left"].iter().map(|k| format!("{prefix}/{k}")).collect();
     keys.extend(elastic.as_ref().and_then(|m| m.grow.clone()));
@@ -378,11 +379,18 @@ async fn ended_cleanly(
         (true, false, None) => {
             let step = poller.get(&marker, Duration::from_secs(1)).map(|v| String::from_utf8_lossy(&v).into_owned());
             let lost = lost_nodes(poller, prefix, g).await;
-            let nodes: Vec<String> = lost.iter().map(usize::to_string).collect();
+            // (each with its machine, as its agent posted it)
+            let named: Vec<String> = lost
+                .iter()
+                .map(|&n| match poller.get(&agent_key(prefix, n), Duration::from_millis(300)) {
+                    Ok(who) => format!("{n} ({})", String::from_utf8_lossy(&who)),
+                    Err(_) => n.to_string(),
+                })
+                .collect();
             let who = match lost.len() {
                 0 => "an agent or its node was lost, or a rank was signalled directly".to_string(),
-                1 => format!("node {}'s agent or the node was lost (it stopped watching its ranks)", lost[0]),
-                _ => format!("the agents of nodes [{}] or the nodes were lost", nodes.join(", ")),
+                1 => format!("the agent of node {} or the node was lost (it stopped watching its ranks)", named[0]),
+                _ => format!("the agents of nodes [{}] or the nodes were lost", named.join(", ")),
             };
             let report = format!(
                 "the ranks checkpointed and stopped after step {} before the run's end, though no agent was \
