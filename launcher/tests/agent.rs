@@ -528,7 +528,10 @@ fn agents_that_disagree_on_nnodes_exit_2_naming_it() {
         assert_eq!(a.exit(Duration::from_secs(15)).code(), Some(2), "{}", a.text());
         let text = a.text();
         assert!(
-            text.contains("the agents disagree") && text.contains("has --nnodes 2") && text.contains("has --nnodes 3"),
+            text.contains("the agents disagree")
+                && text.contains("has --nnodes 2")
+                && text.contains("has --nnodes 3")
+                && text.contains("start every node with the same --nnodes"),
             "{text}"
         );
         assert!(!text.contains("missing numbers"), "{text}");

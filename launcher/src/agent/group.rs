@@ -331,8 +331,9 @@ pub(super) fn agree_on_settings(
                 .filter_map(|(n, t)| t.as_ref().filter(|t| **t != mine).map(|t| format!("node {n} has {t}")))
                 .collect();
             if !differ.is_empty() {
+                let flags = differing_flags(&mine, theirs.iter().flatten());
                 let msg = format!(
-                    "the agents disagree: node {node} has {mine}, {}; start every node with the same",
+                    "the agents disagree: node {node} has {mine}, {}; start every node with the same {flags}",
                     differ.join(", ")
                 );
                 post_disagreement(&mut client, &prefix, &msg)?;
@@ -408,6 +409,30 @@ pub(super) fn settings_line(a: &LaunchArgs, nnodes: usize) -> String {
         "--nnodes {nodes} --nproc-per-node {} --max-restarts {} --preempted-exit-code {}",
         a.nproc_per_node, a.max_restarts, a.preempted_exit_code
     )
+}
+
+/// The flags of [`settings_line`]s that differ between `mine` and any of `theirs`: `--max-restarts` (or
+/// `--nnodes and --max-restarts`), the ones to look at in lines that are otherwise alike.
+fn differing_flags<'a>(mine: &str, theirs: impl Iterator<Item = &'a String>) -> String {
+    let pairs = |line: &str| -> Vec<(String, String)> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.chunks(2).map(|p| (p[0].to_string(), p.get(1).copied().unwrap_or("").to_string())).collect()
+    };
+    let mine = pairs(mine);
+    let mut flags: Vec<String> = Vec::new();
+    for line in theirs {
+        for (flag, value) in pairs(line) {
+            let differs = mine.iter().find(|(f, _)| *f == flag).is_none_or(|(_, v)| *v != value);
+            if differs && !flags.contains(&flag) {
+                flags.push(flag);
+            }
+        }
+    }
+    match &flags[..] {
+        [] => "settings".to_string(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// What [`agree_on_settings`] came to: `Err(nodes)`, the nodes that never posted their settings.
@@ -677,5 +702,17 @@ mod tests {
         let ended = ended_nodes(&mut c, "run", 1, 3);
         assert_eq!(ended, ["node 1 had ended: its agent exited with code 0 after attempt 0 (its ranks had finished)"]);
         assert!(ended_nodes(&mut c, "run", 0, 3).is_empty());
+    }
+
+    /// The flags whose values differ between agents' settings lines are named, each once.
+    #[test]
+    fn differing_flags_are_named() {
+        let line = |nodes: u32, restarts: u32| {
+            format!("--nnodes {nodes} --nproc-per-node 1 --max-restarts {restarts} --preempted-exit-code 0")
+        };
+        let theirs = [line(2, 3), line(2, 3)];
+        assert_eq!(super::differing_flags(&line(2, 2), theirs.iter()), "--max-restarts");
+        let theirs = [line(3, 3), line(2, 4)];
+        assert_eq!(super::differing_flags(&line(2, 2), theirs.iter()), "--nnodes and --max-restarts");
     }
 }
