@@ -210,6 +210,12 @@ fn train_sample_and_export_a_text_model() {
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
+    // (the word table is lowercase, as the captions: any case reads as it)
+    let (upper, lower) = (tmp.path().join("upper.safetensors"), tmp.path().join("lower.safetensors"));
+    for (caption, bits) in [("A RED Circle!", &upper), ("a red circle", &lower)] {
+        assert!(infinity(&["sample", run_s, "--caption", caption, "--bits", path_str(bits), "-o", path_str(&png)]));
+    }
+    assert_eq!(bits_of(&std::fs::read(&upper).unwrap()), bits_of(&std::fs::read(&lower).unwrap()));
     assert!(err(&["sample", path_str(&tmp.path().join("nowhere"))]).contains("no such checkpoint"));
     // a grid name no encoder takes fails before the sampling, leaving no file (a .bmp was refused after
     // it, an empty file and the bits written)

@@ -74,7 +74,10 @@ pub fn caption_features(captions: &[String], info: &TextInfo) -> Result<(Vec<f32
     let vocab = vocabulary();
     let (mut kv, mut lens) = (Vec::new(), Vec::new());
     for c in captions {
-        let words: Vec<&str> = c.split_whitespace().map(|w| w.trim_matches(|ch: char| !ch.is_alphanumeric())).collect();
+        // (the table's words are lowercase, as the dataset's captions: "A Red Circle!" is "a red circle")
+        let lower = c.to_lowercase();
+        let words: Vec<&str> =
+            lower.split_whitespace().map(|w| w.trim_matches(|ch: char| !ch.is_alphanumeric())).collect();
         let unknown: Vec<&&str> = words.iter().filter(|w| !vocab.contains(w)).collect();
         ensure!(unknown.is_empty(), "caption {c:?}: unknown words {unknown:?}; the vocabulary is {}", vocab.join(" "));
         ensure!(
