@@ -210,6 +210,9 @@ fn train_sample_and_export_a_text_model() {
     ]);
     assert!(e.contains("cannot be used with"), "{e}");
     assert!(err(&["sample", run_s, "--caption", "a purple dragon"]).contains("unknown words"));
+    // (a place for guidance is the model's: the schedule is not named with it)
+    let e = err(&["sample", run_s, "--caption", "a red circle", "--cfg-insertion-layer", "-9"]);
+    assert!(e.contains("--cfg-insertion-layer -9: expected") && !e.contains("schedule"), "{e}");
     // (the word table is lowercase, as the captions: any case reads as it)
     let (upper, lower) = (tmp.path().join("upper.safetensors"), tmp.path().join("lower.safetensors"));
     for (caption, bits) in [("A RED Circle!", &upper), ("a red circle", &lower)] {

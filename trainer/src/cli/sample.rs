@@ -188,7 +188,11 @@ pub fn run(a: SampleArgs) -> Result<ExitCode> {
         keys,
         cfg_insertion_layer: a.cfg_insertion_layer.clone(),
     };
-    opts.check(sched.scales.len(), ck.model.depth).map_err(|e| anyhow::anyhow!("{e} (the {} schedule)", sched.name))?;
+    // (the schedule named where the error is about its scales)
+    opts.check(sched.scales.len(), ck.model.depth).map_err(|e| match e.contains("scales") {
+        true => anyhow::anyhow!("{e} (the {} schedule)", sched.name),
+        false => anyhow::anyhow!("{e}"),
+    })?;
     // (of the values the schedule's scales take: the rest are never read)
     let negative = matches!(&cond, SampleCondition::Text { negative: Some(_), .. });
     let guided = a.cfg.iter().take(sched.scales.len()).any(|&g| g != 1.0);
