@@ -1581,6 +1581,8 @@ fn agents_waiting_for_a_node_say_so_as_they_wait() {
     assert_eq!(never["next"], "stop: the restart's rendezvous failed", "{never}");
     let cause = never["root_cause"].as_str().unwrap();
     assert!(cause.starts_with("the restart's rendezvous failed: ") && cause.contains("never arrived"), "{never}");
+    // (the node that never came is named as the record's cause)
+    assert_eq!(never["root_cause_node"], 1, "{never}");
 
     // an agent waiting for the store's host (node 0) to start
     let mut node1 = refusable_node(tmp.path(), &format!("127.0.0.1:{}", free_port()), "2", "1", "t", "early");

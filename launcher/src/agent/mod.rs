@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::env::{EXIT_BAD_DATA, EXIT_BAD_INVOCATION, EXIT_DIVERGED};
-use crate::store::{JoinedTwice, MeetingStopped, Members, Refused, StoreClient};
+use crate::store::{JoinedTwice, MeetingStopped, Members, NeverArrived, Refused, StoreClient};
 
 mod elastic;
 mod failure;
@@ -388,30 +388,36 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
         };
         // a fixed group's restart that never met: the attempt before's record says `restart`, this
         // attempt's says why none came
-        let unmet = |cause: String, next: Next| {
+        let unmet = |cause: String, node: Option<usize>, next: Next| {
             if rounds.is_none() && attempt > first {
                 let dir = p.attempt_dir(&a.log_dir, attempt);
-                failure::write(&dir, (attempt, p.node_rank), (&cause, None), None, next.as_str(), &[]);
+                failure::write(&dir, (attempt, p.node_rank), (&cause, node), None, next.as_str(), &[]);
             }
         };
         let g = match until_signal(&mut signals, meet, what).await {
             Err(code) => {
                 let by = signals.stopped_by().unwrap_or("a signal");
-                unmet(format!("the restart's rendezvous: this node was stopped by {by}"), Next::Signalled);
+                unmet(format!("the restart's rendezvous: this node was stopped by {by}"), None, Next::Signalled);
                 if rounds.is_none() {
                     tell_leaving(&signals).await;
                 }
                 return Ok(code);
             }
             Ok(Err(e)) if e.downcast_ref::<MeetingStopped>().is_some() => {
-                unmet(format!("the restart's rendezvous: {e}"), Next::Signalled);
+                unmet(format!("the restart's rendezvous: {e}"), None, Next::Signalled);
                 return Ok(another_left(&e, &signals, server.is_some()).await);
             }
             Ok(met) => {
                 let (c, joined) = match met {
                     Ok(met) => met,
                     Err(e) => {
-                        unmet(format!("the restart's rendezvous failed: {e:#}"), Next::RestartNeverMet);
+                        // (the node that never came, where one did not)
+                        let missing = e.downcast_ref::<NeverArrived>().map(|n| &n.missing[..]);
+                        let node = match missing {
+                            Some(&[one]) => Some(one),
+                            _ => None,
+                        };
+                        unmet(format!("the restart's rendezvous failed: {e:#}"), node, Next::RestartNeverMet);
                         // (at a restart, two agents of one node rank are a node's pod and its replacement,
                         // started while it lived: the group goes on with the one that came first, and
                         // this one fails as a pod does, not as a bad command line (exit 2), which a

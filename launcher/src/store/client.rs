@@ -43,6 +43,15 @@ fn first_that_accepts(targets: impl Iterator<Item = SocketAddr>) -> std::result:
     }
 }
 
+/// A meeting's timeout ([`StoreClient::meet`]): the members that never arrived, by number, beside its
+/// message (a failure record names the node where it is one).
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct NeverArrived {
+    pub missing: Vec<usize>,
+    pub text: String,
+}
+
 impl StoreClient {
     /// The token this client joined the store with (the group's shared secret).
     pub fn token(&self) -> &str {
@@ -330,7 +339,8 @@ impl StoreClient {
                 Members::Nodes => c.started_again(prefix, world),
                 Members::Ranks => String::new(),
             };
-            anyhow::anyhow!("{}{again}", never_arrived(prefix, name, missing, world, timeout, hint, &refused))
+            let text = format!("{}{again}", never_arrived(prefix, name, missing, world, timeout, hint, &refused));
+            anyhow::Error::new(NeverArrived { missing: missing.iter().filter_map(|m| m.parse().ok()).collect(), text })
         };
         // a member that cannot join says why under `mismatch`, for the others' waits to name both sides
         let mismatch = format!("{prefix}/mismatch");

@@ -7,7 +7,7 @@ pub mod server;
 pub(crate) mod waiting;
 pub mod wire;
 
-pub use client::{JoinedTwice, MeetingStopped, Members, Refused, StoreClient, STOP_POLL, STOP_READ};
+pub use client::{JoinedTwice, MeetingStopped, Members, NeverArrived, Refused, StoreClient, STOP_POLL, STOP_READ};
 pub use server::{StoreServer, INSTANCE_KEY, MAX_HELLO};
 
 /// Whether `ip` is an address of this machine (a socket binds to it here).
