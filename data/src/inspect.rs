@@ -411,6 +411,30 @@ pub fn stats(ds: &Dataset, max_rows: u64) -> Result<String> {
         }
         let _ = writeln!(out, "class histogram ({n} of {total} rows{}): {hist:?}", spread_note(n, total));
     }
+    if let Some(t) = &m.conditions.text {
+        // tokens per caption (16-bit features of `width` channels each): how much of the bound they use
+        let per_token = t.width as usize * 2;
+        let (total, n) = (ds.num_rows() as usize, ds.num_rows().min(max_rows) as usize);
+        let (mut long, mut short) = (Vec::new(), Vec::new());
+        for g in spread(total, n) {
+            ds.validate_row(g as u64)?;
+            let row = ds.row(g as u64);
+            long.extend(row.text_emb.map(|e| e.len() / per_token));
+            short.extend(row.text_emb_short.map(|e| e.len() / per_token));
+        }
+        let tokens = |v: &[usize]| match (v.iter().min(), v.iter().max()) {
+            (Some(lo), Some(hi)) => {
+                format!("min {lo}, mean {:.1}, max {hi}", v.iter().sum::<usize>() as f64 / v.len() as f64)
+            }
+            _ => "none".to_string(),
+        };
+        let (bound, note) = (t.max_tokens, spread_note(n, total));
+        let _ = writeln!(out, "caption tokens ({n} of {total} rows{note}): {} (bound {bound})", tokens(&long));
+        if t.short_caption {
+            let _ =
+                writeln!(out, "short caption tokens ({} of those {n} rows have one): {}", short.len(), tokens(&short));
+        }
+    }
     Ok(out)
 }
 

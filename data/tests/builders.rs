@@ -38,6 +38,16 @@ fn synth_is_deterministic_and_meets_the_psnr_floor() {
     let r = inspect::verify(a.path());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.rows_checked, 600);
+    // `data stats` counts the captions' tokens, the long and the short ones, against their bound
+    let ds = Dataset::open(a.path(), Checksums::Verify).unwrap();
+    let text = inspect::stats(&ds, 100).unwrap();
+    let t = ma.conditions.text.as_ref().unwrap();
+    let per_token = t.width as usize * 2;
+    let rows: Vec<usize> = (0..600).step_by(6).map(|g| ds.row(g).text_emb.unwrap().len() / per_token).collect();
+    let (lo, hi) = (rows.iter().min().unwrap(), rows.iter().max().unwrap());
+    let want = format!("caption tokens (100 of 600 rows, spread over them): min {lo}, mean ");
+    assert!(text.contains(&want) && text.contains(&format!(", max {hi} (bound {})", t.max_tokens)), "{text}");
+    assert!(text.contains("short caption tokens (100 of those 100 rows have one): min "), "{text}");
 }
 
 #[test]

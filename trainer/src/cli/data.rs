@@ -18,7 +18,7 @@ pub enum DataCommand {
     Inspect { dir: PathBuf },
     /// Check every shard and row; exits non-zero on any problem.
     Verify { dir: PathBuf },
-    /// Per-scale bit statistics; optionally a PNG of decoded samples.
+    /// Per-scale bit statistics, the class histogram and the captions' tokens; optionally a PNG of decoded samples.
     Stats(StatsArgs),
     /// Loader throughput (samples/s, GB/s) at the 256-px and 1024-px schedules.
     Bench(BenchArgs),
