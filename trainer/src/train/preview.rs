@@ -57,7 +57,9 @@ impl Preview {
                 let ids = crate::infer::preview_classes(*num_classes, s.n);
                 format!("classes {}", ids.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
             }
-            crate::model::Conditioning::Text => format!("the captions of the dataset's first {}", s.n),
+            // (of the rows `preview_condition` checked: none without grids)
+            crate::model::Conditioning::Text if cond.is_some() => text_labels(ds, s.n),
+            crate::model::Conditioning::Text => String::new(),
         };
         let mut opts = SampleOptions::uniform(s.cfg, s.tau, s.top_p, s.seed);
         opts.keys = cond.as_ref().map(|c| c.keys(mc.text_channels)).unwrap_or_default();
@@ -106,5 +108,19 @@ impl Preview {
         grid.save(&path).with_context(|| format!("writing {} ({in_tb})", path.display()))?;
         logger.println(&format!("sample grid: {} ({}, {} each)", path.display(), self.labels, self.per_condition));
         Ok(())
+    }
+}
+
+/// What a text model's grid shows, row by row: the dataset's first `n` rows' captions where it stores
+/// them (`infinity sample --caption` draws each tile again), else their ids.
+fn text_labels(ds: &Dataset, n: usize) -> String {
+    let rows = 0..(n as u64).min(ds.num_rows());
+    let captions: Option<Vec<String>> = rows.clone().map(|g| ds.row(g).caption.map(|c| format!("{c:?}"))).collect();
+    match captions {
+        Some(c) => format!("the captions of the dataset's first {} rows: {}", c.len(), c.join(", ")),
+        None => {
+            let ids: Vec<String> = rows.map(|g| ds.row(g).id.to_string()).collect();
+            format!("the text of the dataset's first {} rows, ids {}", ids.len(), ids.join(", "))
+        }
     }
 }
