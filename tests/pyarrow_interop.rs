@@ -252,6 +252,7 @@ cases = {
     "empty": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.zeros((0, 8))),
     "overflow": lambda x: writer().add(7, 0, np.zeros((1, 4)), text_emb=np.full((2, 8), 1e6)),
     "nan": lambda x: writer("bf16").add(7, 0, np.zeros((1, 4)), text_emb=np.full((2, 8), np.nan)),
+    "bf16 overflow": lambda x: writer("bf16").add(7, 0, np.zeros((1, 4)), text_emb=np.full((2, 8), 3.4e38)),
     "dtype": lambda x: writer("f32"),
 }
 for name, case in cases.items():
@@ -268,8 +269,9 @@ print("fits: accepted")
         "transposed: row 7: text_emb has shape (8, 3), expected [tokens, 8] with 1 to 4 tokens",
         "too many: row 7: text_emb has shape (5, 8)",
         "empty: row 7: text_emb has shape (0, 8)",
-        "overflow: row 7: text_emb at token 0, channel 0: 1000000.0 is not a finite f16 value",
-        "nan: row 7: text_emb at token 0, channel 0: nan is not a finite bf16 value",
+        "overflow: row 7: text_emb at token 0, channel 0: 1e+06 is not a finite f16 value (f16 holds at most 65504",
+        "nan: row 7: text_emb at token 0, channel 0: nan is not a finite bf16 value\n",
+        "bf16 overflow: row 7: text_emb at token 0, channel 0: 3.4e+38 is not a finite bf16 value (bf16 holds at most",
         "dtype: text_dtype 'f32': the format stores text features as \"f16\" or \"bf16\"",
         "fits: accepted",
     ] {

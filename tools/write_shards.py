@@ -182,13 +182,21 @@ class ShardWriter:
         if x.ndim != 2 or x.shape[1] != width or not 1 <= x.shape[0] <= max_tokens:
             raise ValueError(f"row {id}: {column} has shape {x.shape}, expected [tokens, {width}] with 1 to "
                              f"{max_tokens} tokens (the features of one caption, token by token)")
-        with np.errstate(over="ignore"):
-            half = x.astype("<f2") if text["dtype"] == "f16" else None
-        if not np.isfinite(x).all() or (half is not None and not np.isfinite(half).all()):
-            bad = np.argwhere(~np.isfinite(x if half is None else half))[0]
-            raise ValueError(f"row {id}: {column} at token {bad[0]}, channel {bad[1]}: {x[tuple(bad)]} is not a finite "
-                             f"{text['dtype']} value (f16 holds at most 65504 in magnitude)")
-        return half.tobytes() if half is not None else to_half_bytes(x, text["dtype"])
+        if text["dtype"] == "f16":
+            with np.errstate(over="ignore"):
+                stored = x.astype("<f2")
+            finite = np.isfinite(stored)
+        else:
+            # (bf16: an all-ones exponent is a NaN or an infinity, rounding included)
+            stored = np.frombuffer(to_half_bytes(x, "bf16"), dtype="<u2").reshape(x.shape)
+            finite = (stored & 0x7F80) != 0x7F80
+        if not finite.all():
+            bad = tuple(np.argwhere(~finite)[0])
+            limit = {"f16": "65504", "bf16": "3.39e38"}[text["dtype"]]
+            why = f" ({text['dtype']} holds at most {limit} in magnitude)" if np.isfinite(x[bad]) else ""
+            raise ValueError(f"row {id}: {column} at token {bad[0]}, channel {bad[1]}: {float(x[bad]):g} is not a finite "
+                             f"{text['dtype']} value{why}")
+        return stored.tobytes()
 
 
 def to_half_bytes(x: np.ndarray, dtype: str) -> bytes:

@@ -131,6 +131,12 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         text.contains("clash.toml: `base` = \"no-base.toml\": no config file at") && !text.contains("run "),
         "{text}"
     );
+    // a validation set is checked against each run's model: its text width matters to the text model alone
+    let wide = ["data", "synth", "--out", "val-48", "--text-width", "48", "--tokenizer", tok.to_str().unwrap()];
+    ok(infinity(&[&wide[..], &["--rows", "32", "--fit-rows", "32", "--budget", "demo4"][..]].concat(), t));
+    clash("\"model.conditioning\" = [\"class\", \"text\"]", "\"val.dir\" = \"val-48\"");
+    let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));
+    assert!(text.contains("run conditioning-text: val.dir") && text.contains("text features of width 48"), "{text}");
     // the missing validation set's message says what to do
     clash("\"model.num_heads\" = [2]", "\"val.dir\" = \"no-such-val\"");
     let text = refused(infinity(&["sweep", "clash.toml", "--dry-run"], t));

@@ -126,7 +126,7 @@ pub struct IsoFlop {
 
 /// The points grouped by compute budget ([`SAME_BUDGET`]; a point a sweep planned, by its planned
 /// budget), each group's indices into `points` by that compute.
-fn budgets_of(points: &[Point]) -> Vec<Vec<usize>> {
+pub(super) fn budgets_of(points: &[Point]) -> Vec<Vec<usize>> {
     let budget = |i: usize| points[i].planned_compute.unwrap_or(points[i].compute);
     let mut order: Vec<usize> = (0..points.len()).collect();
     order.sort_by(|&a, &b| budget(a).total_cmp(&budget(b)));

@@ -114,16 +114,18 @@ pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> R
 /// An error where `out` is a folder of runs given, or a run's folder (or inside one): the analysis
 /// writes its tables there and removes those of an earlier one it no longer writes.
 fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord]) -> Result<()> {
-    // (a folder not made yet: where it would be)
-    let resolved =
-        |p: &Path| p.canonicalize().ok().or_else(|| Some(p.parent()?.canonicalize().ok()?.join(p.file_name()?)));
+    // (a folder not made yet: where it would be, below its nearest existing ancestor)
+    let resolved = |p: &Path| {
+        let p = std::path::absolute(p).ok()?;
+        let existing = p.ancestors().find(|a| a.exists())?;
+        Some(existing.canonicalize().ok()?.join(p.strip_prefix(existing).ok()?))
+    };
     let Some(at) = resolved(out) else { return Ok(()) };
     if let Some(root) = roots.iter().find(|r| resolved(&r.dir).as_ref() == Some(&at)) {
         bail!(
             "--out {}: the folder of runs itself ({}): the analysis would write its tables among the run folders \
-             (leave --out out for {}/scaling, or name a folder of its own)",
+             (name a folder of its own)",
             out.display(),
-            root.dir.display(),
             root.dir.display()
         );
     }
@@ -221,12 +223,13 @@ pub fn analyse_with<P: AsRef<Path>>(dirs: &[P], out: &Path, measure: &Measure) -
     // (an IsoFLOP design's points share one budget: whether the loss falls with C is not asked of them)
     let (c_lo, c_hi) =
         points.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| (lo.min(p.compute), hi.max(p.compute)));
-    let one_budget = points.len() >= 2 && c_hi < isoflop::SAME_BUDGET * c_lo;
+    let one_budget = points.len() >= 2 && isoflop::budgets_of(&points).len() == 1;
     // (L(C) at other budgets is not predicted where the points do not measure it: said below)
     let no_compute_law = one_budget || pearson.all.0 >= 0.0;
     if one_budget {
         warnings.push(format!(
-            "the {} fitted points share one compute budget (C from {c_lo:.3e} to {c_hi:.3e}, within 10 %): how the \
+            "the {} fitted points share one compute budget (C from {c_lo:.3e} to {c_hi:.3e}: within 10 %, or planned \
+             for one by a sweep): how the \
              loss falls with compute is not measured, so L(C) and its predictions at other budgets mean nothing \
              (an IsoFLOP profile, 3 or more sizes at the budget, places the best size there)",
             points.len()

@@ -30,11 +30,9 @@ impl Unsummarised {
         let logged = |dir: &std::path::Path| {
             dir.join("train.log").is_file() || dir.join("logs").is_dir() || dir.join("metrics.jsonl").is_file()
         };
-        // (a run writes its summary with its first checkpoint)
-        let checkpointed = |dir: &std::path::Path| {
-            std::fs::read_dir(dir.join("checkpoints"))
-                .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().join("model.safetensors").is_file())))
-        };
+        // (a run writes its summary with its first complete checkpoint; one killed while writing it
+        // leaves an incomplete one)
+        let checkpointed = |dir: &std::path::Path| !crate::train::checkpoint::complete(dir).is_empty();
         let (lost, silent): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| checkpointed(dir));
         let (failed, unstarted): (Vec<_>, Vec<_>) = silent.into_iter().partition(|(_, dir)| logged(dir));
         let names_of = |v: Vec<(String, std::path::PathBuf)>| v.into_iter().map(|b| b.0).collect::<Vec<String>>();

@@ -150,6 +150,9 @@ fn a_sweep_under_way_gets_its_tables_and_no_fits() {
     std::fs::create_dir_all(root.join("r2/checkpoints/step-00000002")).unwrap();
     std::fs::write(root.join("r2/checkpoints/step-00000002/model.safetensors"), b"").unwrap();
     let notes = super::analyse(&[root], &root.join("scaling"), &[]).unwrap().notes.join("\n");
+    assert!(notes.contains("stopped before their first checkpoint"), "an incomplete one is none: {notes}");
+    std::fs::write(root.join("r2/checkpoints/step-00000002/DONE"), b"").unwrap();
+    let notes = super::analyse(&[root], &root.join("scaling"), &[]).unwrap().notes.join("\n");
     assert!(notes.contains("no summary.json, though they have checkpoints: the file removed, or lost in a copy): r2"));
     assert!(!notes.contains("stopped before their first checkpoint"), "{notes}");
 }
@@ -618,6 +621,14 @@ fn two_sweeps_read_together_make_one_profile() {
     assert!(r.power.is_some() && b.loss_power.is_none() && b.loss_power_floor.is_none(), "{b:?}");
     let said = "L(C) at the budgets: withheld (–), the points share one compute budget";
     assert!(r.notes.iter().any(|n| n == said), "{:?}", r.notes);
+    // (as are points 13 % apart that a sweep planned for one budget: whole steps overshot it)
+    let planned = tmp.path().join("planned");
+    for (i, c) in [1e15, 1.06e15, 1.13e15].into_iter().enumerate() {
+        run(&planned, &format!("p{i}"), (1e6 * (i + 1) as f64, 1e6, c), &[Some(1.0 - 0.1 * i as f64)], "a");
+        std::fs::write(planned.join(format!("p{i}/sweep-point.json")), r#"{"compute": 1e15}"#).unwrap();
+    }
+    let r = super::analyse(&[&planned], &planned.join("scaling"), &[1e20]).unwrap();
+    assert!(r.notes.iter().any(|n| n == said), "{:?}", r.notes);
     let csv = std::fs::read_to_string(out.join("runs.csv")).unwrap();
     assert!(csv.contains("\nsmaller/c0-n0,") && csv.contains("\nmain/c0-n4,"), "{csv}");
     // a folder with nothing to read among others is a note; alone, an error
@@ -903,7 +914,7 @@ fn the_output_folder_is_not_among_the_runs() {
     let refused = |out: &Path| super::analyse(&[&root], out, &[]).err().expect("refused").to_string();
     let e = refused(&root);
     assert!(e.contains("the folder of runs itself"), "{e}");
-    for out in [root.join("r1"), root.join("r1/scaling")] {
+    for out in [root.join("r1"), root.join("r1/scaling"), root.join("r1/a/b")] {
         let e = refused(&out);
         assert!(e.contains("in the folder of run r1"), "{e}");
     }

@@ -319,7 +319,8 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf, check_val: bool) -> Resul
         })
         .collect();
     let mut warnings = Vec::new();
-    let mut checked_val: Vec<(PathBuf, PathBuf)> = Vec::new();
+    // (per pair of datasets and the model: which condition it takes, and its caption bound, count)
+    let mut checked_val: Vec<(PathBuf, PathBuf, crate::model::ModelConfig)> = Vec::new();
     let mut runs = Vec::new();
     for combo in combos {
         let name = name_of(&combo);
@@ -379,7 +380,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf, check_val: bool) -> Resul
         // the validation sets (`val.dir`, `val.sets`), as `infinity train` checks them before its first
         // step (once per pair of datasets): a missing or mismatched one would fail every run after it started
         for (key, val) in config.val.dirs() {
-            if check_val && !checked_val.contains(&(config.data.dir.clone(), val.clone())) {
+            if check_val && !checked_val.contains(&(config.data.dir.clone(), val.clone(), mc.clone())) {
                 let vm = Manifest::load(val).with_context(|| {
                     format!(
                         "run {name}: {key} {} (the validation dataset: make it with `infinity data synth --tokenizer \
@@ -392,7 +393,7 @@ fn expand(path: &Path, sweep: SweepFile, out: PathBuf, check_val: bool) -> Resul
                     .with_context(|| format!("run {name}"))?;
                 crate::train::check_schedules_fit(&mc, &vm)
                     .with_context(|| format!("run {name}: {key} {}", val.display()))?;
-                checked_val.push((config.data.dir.clone(), val.clone()));
+                checked_val.push((config.data.dir.clone(), val.clone(), mc.clone()));
             }
         }
         // (a mix's datasets, as `infinity train` checks them before its first step)
