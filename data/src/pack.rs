@@ -536,19 +536,31 @@ type Sample = (Vec<(usize, (Image, ScaleSchedule))>, Option<DataError>);
 
 /// The images at `ids` of the listing (sorted), decoded and resized on all cores, in `ids`' order. With
 /// `skip_bad`, one that cannot be read (listed again when its row is made) gives its place, where `fill`,
-/// to the next readable image before the next of `ids`.
+/// to the next readable image of the listing that is not of `ids` nor taken already (after it, else
+/// before it), so the sample keeps its size while the listing has images to give.
 fn load_sample(entries: &[Entry], ids: &[usize], fill: bool, opts: &PackOptions) -> Result<Sample> {
     use rayon::prelude::*;
     let loaded: Vec<Result<(Image, ScaleSchedule)>> =
         ids.par_iter().map(|&id| load_image(&entries[id], opts)).collect();
     let (mut sample, mut first_bad) = (Vec::new(), None);
+    let mut unused: Vec<bool> = vec![true; entries.len()];
+    ids.iter().for_each(|&id| unused[id] = false);
     for (k, result) in loaded.into_iter().enumerate() {
         match result {
             Ok(img) => sample.push((ids[k], img)),
             Err(err @ DataError::Image { .. }) if opts.skip_bad => {
                 first_bad.get_or_insert(err);
-                let next = if fill { ids.get(k + 1).copied().unwrap_or(entries.len()) } else { ids[k] + 1 };
-                let instead = (ids[k] + 1..next).find_map(|id| Some((id, load_image(&entries[id], opts).ok()?)));
+                if !fill {
+                    continue;
+                }
+                let candidates = (ids[k] + 1..entries.len()).chain((0..ids[k]).rev());
+                let instead = candidates.into_iter().find_map(|id| {
+                    // (each tried once: readable or not)
+                    if !std::mem::replace(&mut unused[id], false) {
+                        return None;
+                    }
+                    Some((id, load_image(&entries[id], opts).ok()?))
+                });
                 sample.extend(instead);
             }
             Err(err) => return Err(skip_bad_hint(err)),
@@ -604,7 +616,9 @@ fn pack_listing(
                 }
                 (sample, _) => sample,
             };
-            let fitted: Vec<usize> = sample.iter().map(|(id, _)| *id).collect();
+            // (sorted: a place given to a later image puts it out of order)
+            let mut fitted: Vec<usize> = sample.iter().map(|(id, _)| *id).collect();
+            fitted.sort_unstable();
             // (none of them readable: measured on the fit's own)
             let (held_out, _) = load_sample(&entries, &held_out_sample(entries.len(), &fitted), false, opts)?;
             let (sample, held_out): (Vec<_>, Vec<_>) =

@@ -137,6 +137,16 @@ fn an_unreadable_image_of_the_fit_is_replaced_by_its_neighbour() {
     assert_eq!((m.total_rows, notes.bad.len()), (9, 1));
     let fit = fit.unwrap();
     assert_eq!((fit.images, fit.held_out), (4, true), "{fit:?}");
+    // two neighbours of the fit's sample unreadable: each place goes to a readable image outside it, the
+    // fit keeps its 8 of the 10 readable images and 2 are held out (the first's place was lost: 3)
+    let dir = src.path().join("twelve");
+    write_noise(&dir, 12, 0, 5);
+    // (the listing sorts by name: 0, 1, 10, 11, 2, …; the fit spreads over places 0, 1, 3, 4, 6, 7, 9, 10)
+    std::fs::write(dir.join("0.png"), b"").unwrap();
+    std::fs::write(dir.join("1.png"), b"").unwrap();
+    let (m, fit, _) = pack::pack(&dir, out.path(), &PackOptions { skip_bad: true, ..opts(8) }).unwrap();
+    let fit = fit.unwrap();
+    assert_eq!((m.total_rows, fit.images, fit.held_out), (10, 2, true), "{fit:?}");
 }
 
 /// A thin strip is cropped to the template's aspect before it is resized, not scaled whole to cover it
