@@ -154,11 +154,12 @@ struct Listing {
     loose: bool,
 }
 
+/// Whether `p` is an image by its name (a folder named `x.png` is a folder).
 fn is_image(p: &Path) -> bool {
     matches!(
         p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
         Some("png" | "jpg" | "jpeg")
-    )
+    ) && !p.is_dir()
 }
 
 /// What a folder holds for packing. Hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are not looked

@@ -194,6 +194,13 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert_eq!(notes.nested, [(src.path().join("cats/nested"), 1)]);
     assert!(!notes.skipped.contains(&src.path().join("cats/nested")), "{:?}", notes.skipped);
     std::fs::remove_file(src.path().join("cats/nested/0.png")).unwrap();
+    // (a folder named as an image is a folder: it was read as an image too, and failed)
+    std::fs::create_dir(src.path().join("cats/dir.png")).unwrap();
+    std::fs::copy(src.path().join("cats/0.png"), src.path().join("cats/dir.png/0.png")).unwrap();
+    let (m, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert_eq!(notes.nested, [(src.path().join("cats/dir.png"), 1)]);
+    assert!(notes.bad.is_empty() && m.total_rows == 12, "{:?}", notes.bad);
+    std::fs::remove_dir_all(src.path().join("cats/dir.png")).unwrap();
     // a link to a folder is not followed below it (`self -> .` would count the tree again and again)
     std::os::unix::fs::symlink(".", src.path().join("cats/nested/self")).unwrap();
     let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
