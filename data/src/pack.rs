@@ -154,6 +154,26 @@ struct Listing {
     loose: bool,
 }
 
+/// Why a pack at `budget` (`spatial_patchify`) of the classes of dataset `m` (`--classes-of`) would not
+/// mix with it, if it would not: its schedules are of another budget or layout.
+pub fn top_up_mismatch(m: &Manifest, budget: &str, spatial_patchify: bool) -> Option<String> {
+    let mut budgets: Vec<&str> = m.schedules.iter().map(|s| s.pixel_budget.as_str()).collect();
+    budgets.sort_unstable();
+    budgets.dedup();
+    let patchified = m.schedules.iter().any(|s| s.spatial_patchify);
+    let layout = |p: bool| if p { " with spatial patchify" } else { "" };
+    (budgets != [budget] || patchified != spatial_patchify).then(|| {
+        format!(
+            "its schedules are at {}{}, this pack's at {budget}{}: the two will not mix (data.mix takes one \
+             layout); for a top-up, pack with its --budget{}",
+            budgets.join(", "),
+            layout(patchified),
+            layout(spatial_patchify),
+            if patchified { " and --spatial-patchify" } else { "" }
+        )
+    })
+}
+
 /// Whether `p` is an image by its name (a folder named `x.png` is a folder).
 fn is_image(p: &Path) -> bool {
     matches!(

@@ -38,6 +38,12 @@ fn synth_is_deterministic_and_meets_the_psnr_floor() {
     let r = inspect::verify(a.path());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.rows_checked, 600);
+    // a top-up of its classes at another budget or layout would not mix with it: said
+    assert_eq!(pack::top_up_mismatch(&ma, "demo5", false), None);
+    let w = pack::top_up_mismatch(&ma, "demo4", false).unwrap();
+    assert!(w.starts_with("its schedules are at demo5, this pack's at demo4: the two will not mix"), "{w}");
+    let w = pack::top_up_mismatch(&ma, "demo5", true).unwrap();
+    assert!(w.contains("this pack's at demo5 with spatial patchify") && w.ends_with("pack with its --budget"), "{w}");
     // `data stats` counts the captions' tokens, the long and the short ones, against their bound
     let ds = Dataset::open(a.path(), Checksums::Verify).unwrap();
     let text = inspect::stats(&ds, 100).unwrap();

@@ -231,6 +231,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 Some(dir) => {
                     let m = infinity_data::Manifest::load(dir)
                         .with_context(|| format!("--classes-of {}", dir.display()))?;
+                    // (a top-up mixes only on its dataset's schedules: said now, not when a run refuses the mix)
+                    if let Some(w) = pack::top_up_mismatch(&m, &a.common.budget, a.common.spatial_patchify) {
+                        console_err!("warning: --classes-of {}: {w}", dir.display());
+                    }
                     match m.conditions.class {
                         Some(c) if c.names.len() == c.num_classes as usize => Some(c.names),
                         Some(_) => {
