@@ -356,7 +356,8 @@ fn images_below(dir: &Path, depth: usize) -> usize {
 }
 
 /// The file of a packed dataset that names each row's image: one JSON object a line, `{"id": 0,
-/// "image": "cats/0.png"}` (the path under the packed folder), in id order.
+/// "image": "cats/0.png"}` (the path under the packed folder; of `--meta`, `image_path` as its line has it),
+/// in id order.
 pub const IMAGES_FILE: &str = "images.jsonl";
 
 /// The name of the one class of a folder without class sub-folders (`.` and `..` resolved).
