@@ -94,8 +94,11 @@ impl Entry {
 /// listing, under the name it has: on a case-insensitive file system a lookup by name would find it
 /// under any.
 fn caption_file<'a>(image: &Path, listed: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    // (a folder named `NAME.txt` is a folder)
     let beside = |t: &&PathBuf| {
-        t.file_stem() == image.file_stem() && t.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+        t.file_stem() == image.file_stem()
+            && t.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+            && !t.is_dir()
     };
     let exact = listed.iter().filter(beside).find(|t| t.extension().is_some_and(|e| e == "txt"));
     exact.or_else(|| listed.iter().find(beside))
@@ -154,24 +157,46 @@ struct Listing {
     loose: bool,
 }
 
+/// The schedules a pack writes: every template of the catalog at `budget`, in catalog order (empty
+/// buckets cost nothing), at twice the sides with `spatial_patchify`.
+fn pack_schedules(budget: &str, spatial_patchify: bool) -> Result<Vec<ScaleSchedule>> {
+    let catalog = Catalog::upstream();
+    let schedules: Vec<ScaleSchedule> =
+        catalog.template_names().map(|t| catalog.schedule(t, budget)).collect::<Result<_>>()?;
+    Ok(schedules.into_iter().map(|s| if spatial_patchify { s.patchified() } else { s }).collect())
+}
+
 /// Why a pack at `budget` (`spatial_patchify`) of the classes of dataset `m` (`--classes-of`) would not
-/// mix with it, if it would not: its schedules are of another budget or layout.
+/// mix with it, if it would not: a mix takes one set of schedules, and a pack writes
+/// [`pack_schedules`]; the flags that would match them, where some do.
 pub fn top_up_mismatch(m: &Manifest, budget: &str, spatial_patchify: bool) -> Option<String> {
+    let ours = pack_schedules(budget, spatial_patchify).ok()?;
+    if ours == m.schedules {
+        return None;
+    }
     let mut budgets: Vec<&str> = m.schedules.iter().map(|s| s.pixel_budget.as_str()).collect();
     budgets.sort_unstable();
     budgets.dedup();
     let patchified = m.schedules.iter().any(|s| s.spatial_patchify);
-    let layout = |p: bool| if p { " with spatial patchify" } else { "" };
-    (budgets != [budget] || patchified != spatial_patchify).then(|| {
+    // (flags that make a pack's schedules the dataset's, where any do)
+    let matching = budgets.iter().find_map(|b| {
+        (pack_schedules(b, patchified).ok()? == m.schedules).then(|| {
+            let patchify = if patchified { " --spatial-patchify" } else { " without --spatial-patchify" };
+            format!("pack with --budget {b}{patchify}")
+        })
+    });
+    let fix = matching.unwrap_or_else(|| {
         format!(
-            "its schedules are at {}{}, this pack's at {budget}{}: the two will not mix (data.mix takes one \
-             layout); for a top-up, pack with its --budget{}",
-            budgets.join(", "),
-            layout(patchified),
-            layout(spatial_patchify),
-            if patchified { " and --spatial-patchify" } else { "" }
+            "no pack can: a pack writes every template of one budget, and its {} schedules are {}",
+            m.schedules.len(),
+            if budgets.len() > 1 { format!("of {} budgets", budgets.len()) } else { "of other templates".into() }
         )
-    })
+    });
+    Some(format!(
+        "its schedules are not the ones this pack writes (budget {budget}{}, every template): the two will not mix \
+         (data.mix takes one set of schedules); {fix}",
+        if spatial_patchify { ", spatial patchify" } else { "" }
+    ))
 }
 
 /// Whether `p` is an image by its name (a folder named `x.png` is a folder).
@@ -207,7 +232,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
         v.sort();
         Ok(v)
     };
-    let is_caption = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+    let is_caption = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) && !p.is_dir();
     // (`.x.png`: not packed, as hidden files are not, but said, as an image is that packing leaves out;
     // other hidden files, `.DS_Store`, are no one's images)
     let hidden_images = |dir: &Path| -> Vec<PathBuf> {
@@ -241,7 +266,7 @@ fn list_images(root: &Path, out: &Path) -> Result<Listing> {
     let mut classes: Vec<PathBuf> = top.iter().filter(|p| p.is_dir() && !loops_back(p)).cloned().collect();
     skipped.extend(top.iter().filter(|p| loops_back(p)).cloned());
     let loose: Vec<PathBuf> = top.iter().filter(|p| is_image(p)).cloned().collect();
-    let mut txt: Vec<PathBuf> = top.iter().filter(|p| !p.is_dir() && is_caption(p)).cloned().collect();
+    let mut txt: Vec<PathBuf> = top.iter().filter(|p| is_caption(p)).cloned().collect();
     skipped.extend(top.iter().filter(|p| !p.is_dir() && !is_image(p) && !is_caption(p)).cloned());
     if !classes.is_empty() && !loose.is_empty() {
         // (folders without images beside the images, `thumbs/` emptied, are left out, listed)
@@ -611,12 +636,7 @@ fn pack_listing(
     } = listing;
     // (the folder first: one that holds a dataset, or another writer's, is said before the fit's minutes)
     let claim = DatasetWriter::claim(out, opts.writer.clone())?;
-    let catalog = Catalog::upstream();
-    // Buckets: every template, at the chosen budget, in catalog order; empty ones cost nothing.
-    let schedules: Vec<ScaleSchedule> =
-        catalog.template_names().map(|t| catalog.schedule(t, &opts.budget)).collect::<Result<_>>()?;
-    let schedules: Vec<ScaleSchedule> =
-        schedules.into_iter().map(|s| if opts.spatial_patchify { s.patchified() } else { s }).collect();
+    let schedules = pack_schedules(&opts.budget, opts.spatial_patchify)?;
     let (tok, fit) = match &opts.tokenizer {
         Some(p) => (PatchTokenizer::load(p)?, None),
         None => {
@@ -630,10 +650,10 @@ fn pack_listing(
             let sample = match load_sample(&entries, &fit_ids, true, opts)? {
                 (sample, Some(err)) if sample.is_empty() => {
                     return Err(DataError::Config(format!(
-                        "{}: none of the {} images the tokenizer is fitted on could be read ({err}); fix them, or \
+                        "{}: none of the {} images could be read for the tokenizer's fit ({err}); fix them, or \
                          give a tokenizer that suits these images with --tokenizer",
                         source.display(),
-                        fit_ids.len()
+                        entries.len()
                     )))
                 }
                 (sample, _) => sample,

@@ -38,12 +38,15 @@ fn synth_is_deterministic_and_meets_the_psnr_floor() {
     let r = inspect::verify(a.path());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(r.rows_checked, 600);
-    // a top-up of its classes at another budget or layout would not mix with it: said
-    assert_eq!(pack::top_up_mismatch(&ma, "demo5", false), None);
-    let w = pack::top_up_mismatch(&ma, "demo4", false).unwrap();
-    assert!(w.starts_with("its schedules are at demo5, this pack's at demo4: the two will not mix"), "{w}");
-    let w = pack::top_up_mismatch(&ma, "demo5", true).unwrap();
-    assert!(w.contains("this pack's at demo5 with spatial patchify") && w.ends_with("pack with its --budget"), "{w}");
+    // a pack of its classes (every template of a budget) would not mix with its two templates: said
+    let w = pack::top_up_mismatch(&ma, "demo5", false).unwrap();
+    assert!(
+        w.ends_with(
+            "no pack can: a pack writes every template of one budget, and its 2 schedules are of other \
+                         templates"
+        ),
+        "{w}"
+    );
     // `data stats` counts the captions' tokens, the long and the short ones, against their bound
     let ds = Dataset::open(a.path(), Checksums::Verify).unwrap();
     let text = inspect::stats(&ds, 100).unwrap();
@@ -124,6 +127,12 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     std::fs::write(src.path().join("cats/3.short.txt"), "a cat").unwrap();
     let (m, fit, notes) =
         pack::pack(src.path(), out.path(), &pack::PackOptions { fit_images: 12, ..Default::default() }).unwrap();
+    // a top-up of its classes mixes at its budget and layout alone, and the flags that match are said
+    assert_eq!(pack::top_up_mismatch(&m, "demo5", false), None);
+    for (budget, patchify) in [("demo4", false), ("demo5", true)] {
+        let w = pack::top_up_mismatch(&m, budget, patchify).unwrap();
+        assert!(w.ends_with("; pack with --budget demo5 without --spatial-patchify"), "{budget} {patchify}: {w}");
+    }
     let under_src = |paths: &[std::path::PathBuf]| -> Vec<String> {
         paths.iter().map(|p| p.strip_prefix(src.path()).unwrap().display().to_string()).collect()
     };
@@ -207,6 +216,11 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     assert_eq!(notes.nested, [(src.path().join("cats/dir.png"), 1)]);
     assert!(notes.bad.is_empty() && m.total_rows == 12, "{:?}", notes.bad);
     std::fs::remove_dir_all(src.path().join("cats/dir.png")).unwrap();
+    // (nor is a folder named as a caption a caption: it stopped the pack, --skip-bad or not)
+    std::fs::create_dir(src.path().join("cats/1.txt")).unwrap();
+    let (m, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();
+    assert!(notes.skipped.contains(&src.path().join("cats/1.txt")) && m.total_rows == 12, "{:?}", notes.skipped);
+    std::fs::remove_dir(src.path().join("cats/1.txt")).unwrap();
     // a link to a folder is not followed below it (`self -> .` would count the tree again and again)
     std::os::unix::fs::symlink(".", src.path().join("cats/nested/self")).unwrap();
     let (_, _, notes) = pack::pack(src.path(), out.path(), &overwrite).unwrap();

@@ -117,7 +117,7 @@ fn no_readable_image_is_named() {
     let out = tempfile::tempdir().unwrap();
     let skip = PackOptions { skip_bad: true, ..opts(8) };
     let e = pack::pack(src.path(), out.path(), &skip).unwrap_err().to_string();
-    assert!(e.contains("none of the 2 images the tokenizer is fitted on could be read"), "{e}");
+    assert!(e.contains("none of the 2 images could be read for the tokenizer's fit"), "{e}");
     assert!(e.contains("empty.png"), "{e}");
 }
 

@@ -617,6 +617,16 @@ fn disagreement_posted(client: &mut StoreClient, prefix: &str, timeout: Duration
     Ok(Some(String::from_utf8_lossy(&client.get(key, timeout)?).into_owned()))
 }
 
+/// A meeting's error `e` with what `ended` ([`ended_nodes`]) says of the missing nodes; a timeout stays
+/// one ([`NeverArrived`]: the failure record names its missing node).
+pub(super) fn with_ended(e: anyhow::Error, ended: &[String]) -> anyhow::Error {
+    let more = ended.join("; ");
+    match e.downcast::<crate::store::NeverArrived>() {
+        Ok(n) => anyhow::Error::new(crate::store::NeverArrived { text: format!("{}; {more}", n.text), ..n }),
+        Err(e) => anyhow::anyhow!("{e:#}; {more}"),
+    }
+}
+
 /// Nodes among `0..nnodes` that never arrived at attempt `attempt`'s meeting but had ended an earlier
 /// attempt (their agent exited): `node 1 had ended: its agent exited with code 0 after attempt 0 (its
 /// ranks had finished)`, for the rendezvous timeout.
@@ -714,5 +724,16 @@ mod tests {
         assert_eq!(super::differing_flags(&line(2, 2), theirs.iter()), "--max-restarts");
         let theirs = [line(3, 3), line(2, 4)];
         assert_eq!(super::differing_flags(&line(2, 2), theirs.iter()), "--nnodes and --max-restarts");
+    }
+
+    /// A timeout with the ended nodes said stays a timeout, its missing nodes kept.
+    #[test]
+    fn a_timeout_with_ended_nodes_keeps_its_missing_nodes() {
+        let e = anyhow::Error::new(crate::store::NeverArrived { missing: vec![1], text: "never arrived".into() });
+        let e = super::with_ended(e, &["node 1 had ended".to_string()]);
+        let n = e.downcast_ref::<crate::store::NeverArrived>().expect("still a timeout");
+        assert_eq!((n.missing.as_slice(), e.to_string().as_str()), (&[1][..], "never arrived; node 1 had ended"));
+        let other = super::with_ended(anyhow::anyhow!("refused"), &["node 1 had ended".to_string()]);
+        assert_eq!(other.to_string(), "refused; node 1 had ended");
     }
 }

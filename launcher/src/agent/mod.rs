@@ -372,7 +372,7 @@ async fn run_planned(a: LaunchArgs, p: Plan, exe: PathBuf) -> Result<i32> {
                         if ended.is_empty() {
                             return Err(e);
                         }
-                        bail!("{e:#}; {}", ended.join("; "));
+                        return Err(group::with_ended(e, &ended));
                     }
                     Ok((client, Joined::Member(Group { round: attempt, node_rank: node, nnodes })))
                 });

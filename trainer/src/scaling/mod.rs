@@ -116,7 +116,17 @@ pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> R
 fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord]) -> Result<()> {
     // (a folder not made yet: where it would be, below its nearest existing ancestor)
     let resolved = |p: &Path| {
-        let p = std::path::absolute(p).ok()?;
+        // (`..` taken out by its text: `new/../r1` under a `new` not made yet is `r1`)
+        let mut p = std::path::absolute(p).ok()?;
+        p = p.components().fold(PathBuf::new(), |mut out, c| {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                c => out.push(c),
+            }
+            out
+        });
         let existing = p.ancestors().find(|a| a.exists())?;
         Some(existing.canonicalize().ok()?.join(p.strip_prefix(existing).ok()?))
     };

@@ -914,7 +914,7 @@ fn the_output_folder_is_not_among_the_runs() {
     let refused = |out: &Path| super::analyse(&[&root], out, &[]).err().expect("refused").to_string();
     let e = refused(&root);
     assert!(e.contains("the folder of runs itself"), "{e}");
-    for out in [root.join("r1"), root.join("r1/scaling"), root.join("r1/a/b")] {
+    for out in [root.join("r1"), root.join("r1/scaling"), root.join("r1/a/b"), root.join("new/../r1/scaling")] {
         let e = refused(&out);
         assert!(e.contains("in the folder of run r1"), "{e}");
     }

@@ -164,8 +164,10 @@ fn dataset_changes(saved: &crate::model::ModelConfig, now: &crate::model::ModelC
             out.push(format!("model.{key} (from the dataset: its {what}): {a} → {b}"));
         }
     };
-    // (the tokenizer's channels: patchify's change of the token's bits is the config's, said as such)
-    differs("d", "bits per token", saved.d_vae(), now.d_vae());
+    // (of the tokenizer's channels: patchify's change of the token's bits is the config's, said as such)
+    if saved.d_vae() != now.d_vae() {
+        differs("d", "bits per token", saved.d, now.d);
+    }
     if let (Some(a), Some(b)) = (classes(saved), classes(now)) {
         differs("num_classes", "classes", a, b);
     }
