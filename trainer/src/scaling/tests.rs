@@ -94,6 +94,19 @@ fn a_validation_set_rebuilt_in_place_measures_differently() {
     let r = super::analyse(&[root], &root.join("scaling"), &[]).unwrap();
     let warnings = r.warnings.join("\n");
     assert!(!warnings.contains("different ways") && !warnings.contains("fingerprint"), "{warnings}");
+    // one folder written three ways (`..`, a trailing slash, as it is) is one way of measuring
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, val) = (tmp.path().join("runs"), tmp.path().join("val"));
+    std::fs::create_dir_all(&val).unwrap();
+    let spellings = [format!("{}/../val", root.display()), format!("{}/", val.display()), val.display().to_string()];
+    for (i, (c, dir)) in [1e15f64, 1e16, 1e17].into_iter().zip(spellings).enumerate() {
+        let l = 10.0 * c.powf(-0.05);
+        let config = format!("[val]\ndir = \"{dir}\"\n[x]\nc = {c:e}\n");
+        run_with(&root, &format!("r{i}"), (c.sqrt() / 10.0, c.sqrt() * 10.0 / 6.0, c), &[Some(l)], "a", &config);
+    }
+    let r = super::analyse(&[&root], &root.join("scaling"), &[]).unwrap();
+    let warnings = r.warnings.join("\n");
+    assert!(!warnings.contains("different ways") && r.power.as_ref().is_some_and(|p| p.n == 3), "{warnings}");
 }
 
 fn set_finished(dir: &Path, finished: bool) {
