@@ -1009,6 +1009,10 @@ fn eval_measures_checkpoints_as_training_validates() {
     assert!(infinity(&[&named[..], &[path_str(&run.join("eval.jsonl"))]].concat()));
     let last = lines(&run.join("eval.jsonl")).pop().unwrap();
     assert_eq!((last["set"].as_str(), last["step"].as_u64()), (Some("news"), Some(3)), "{last}");
+    // (each line names the run whose weights it measured, which `infinity scaling` compares with the
+    // folder it reads: another run's line is not this run's loss)
+    let canonical = |p: &str| Path::new(p).canonicalize().unwrap();
+    assert_eq!(canonical(last["run"].as_str().unwrap()), run.canonicalize().unwrap(), "{last}");
     let e = err(&["eval", path_str(&run), "--name", "news"]);
     assert!(e.contains("--val"), "--name without --val: {e}");
     let e = err(&["eval", path_str(&run), "--val", path_str(&tmp.path().join("nowhere"))]);

@@ -151,6 +151,9 @@ fn a_fine_tune_on_other_data_is_warned_of() {
     assert_eq!(loss(&run_loss), loss(&export_loss), "the export's loss is its checkpoint's");
     assert_eq!(json(&export_loss)["step"], json(&run_loss)["step"], "the export's step is its checkpoint's");
     assert_eq!(json(&export_loss)["ema"], false);
+    // (and names its run, the export's source: the run's own line, which `infinity scaling` takes)
+    assert_eq!(json(&export_loss)["run"], json(&run_loss)["run"]);
+    assert!(json(&run_loss)["run"].is_string());
     // its weights file, given as the file: measured as the folder is (its config.json shapes the model)
     let (file_of, file_of_loss) = (export.join("model.safetensors"), tmp.path().join("export-file.jsonl"));
     let args = ["eval", path_str(&file_of), "--config", path_str(&cfg), "--val", path_str(&data), "--out"];

@@ -150,6 +150,21 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         }
     };
     let first = &checkpoints[0].1;
+    // a run's eval.jsonl holds its own weights' losses: another run's (or its export's) is said now
+    if let Some((out, theirs)) = a.out.as_deref().zip(weights_run(first)) {
+        let here = out.parent().filter(|d| d.join("summary.json").is_file() || d.join("derived.json").is_file());
+        let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+        if let Some(here) = here.filter(|h| theirs.exists() && !same(h, &theirs)) {
+            console_err!(
+                "warning: --out {}: in run {}'s folder, but the weights are run {}'s: `infinity scaling` takes a \
+                 run's eval.jsonl lines of its own weights alone (write them to {}/eval.jsonl)",
+                out.display(),
+                here.display(),
+                theirs.display(),
+                theirs.display()
+            );
+        }
+    }
     // (set on the config read, not as `--set` text: a folder named 2024 stays a path)
     if let Some(dir) = &a.val {
         ensure!(dir.join("manifest.json").is_file(), "--val {}: not a dataset (no manifest.json)", dir.display());
@@ -273,6 +288,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             if let Some(f) = out.as_mut() {
                 let line = json!({
                     "checkpoint": crate::export::resolved(dir),
+                    "run": weights_run(dir).map(|r| crate::export::resolved(&r)),
                     "step": step,
                     "ema": ema,
                     "set": name,
@@ -375,6 +391,15 @@ fn check_out(p: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The run whose weights `dir` holds: a checkpoint's run folder, or the one an export records as its
+/// source (`None`: a weights file, an export of initial weights).
+fn weights_run(dir: &Path) -> Option<PathBuf> {
+    checkpoint::run_folder_of(dir).map(Path::to_path_buf).or_else(|| {
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+        checkpoint::run_folder_of(Path::new(config["source"]["checkpoint"].as_str()?)).map(Path::to_path_buf)
+    })
 }
 
 /// The folder of the run's validation set `name` (`val.sets`), or of `val.dir` (`None`, or `--val`).

@@ -243,7 +243,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     let (mut val_curve, val_rows) = (upto(val_curve), upto(val_rows));
     let (mut eval_measured, mut val_from_eval) = (None, false);
     if let Some(name) = val_set.filter(|_| val_curve.is_empty() || short(&val_curve)) {
-        let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name);
+        let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name, dir);
         let curve = upto(curve);
         if !curve.is_empty() {
             (val_curve, val_from_eval) = (curve, true);
@@ -375,11 +375,18 @@ pub const EVAL_FILE: &str = "eval.jsonl";
 
 /// The losses of the set `name` in a run's `eval.jsonl`, by checkpoint step (the weights', not the
 /// moving average's; a step measured again keeps its last line; a null loss, a diverged model's, as
-/// NaN), and the folder and rows of the last measurement; lines that do not read are skipped.
-fn eval_curve(path: &Path, name: &str) -> (Curve, Option<(String, u64)>) {
+/// NaN), and the folder and rows of the last measurement; lines that do not read, and lines of another
+/// run's weights (`run` is this run's folder), are skipped.
+fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<(String, u64)>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (mut by_step, mut measured) = (std::collections::BTreeMap::new(), None);
-    for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+    // (a line of another run's weights, which `run` records where it is there to compare: a folder
+    // moved since, or a line of an earlier build, without one, counts as the run's own)
+    let own = |v: &Value| {
+        let theirs = v["run"].as_str().and_then(|r| Path::new(r).canonicalize().ok());
+        theirs.is_none_or(|t| run.canonicalize().is_ok_and(|r| r == t))
+    };
+    for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(own) {
         let (set, ema) = (v["set"].as_str(), v["ema"].as_bool().unwrap_or(false));
         let loss = match &v["loss"] {
             Value::Null => Some(f64::NAN),

@@ -708,7 +708,10 @@ fn a_validation_set_measured_by_eval_is_fitted() {
         let news = 20.0 * c.powf(-0.1);
         let at = |loss: f64, set: Option<&str>, ema: bool| serde_json::json!({ "step": 10, "set": set, "ema": ema, "loss": loss, "val_dir": "/data/news", "rows": 48 });
         let lines = [at(1.0, Some("news"), false), at(news, Some("news"), false), at(2.0, Some("news"), true)];
-        let lines = [&lines[..], &[at(3.0, None, false)]].concat();
+        // (and, last, a line of another run's weights, which its `run` names: not this run's loss)
+        let mut foreign = at(99.0, Some("news"), false);
+        foreign["run"] = root.join(format!("r{}", (i + 1) % 3)).display().to_string().into();
+        let lines = [&lines[..], &[at(3.0, None, false), foreign]].concat();
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(root.join(&name).join(super::runs::EVAL_FILE), text + "{cut short").unwrap();
     }
