@@ -741,6 +741,15 @@ fn an_elastic_range_the_batch_does_not_split_over_stops_at_the_start() {
                 the elastic group (--nnodes 1:3) may regroup to";
     assert!(said.contains(want), "{said}");
     assert!(!run.join("checkpoints").exists(), "it trained");
+    // (with `data.micro_batch = "auto"` each world chooses its own: the ranks alone must split it)
+    let rdzv = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--nnodes", "1:3", "--rdzv", &rdzv, "--run-id", "el3-auto", "--rdzv-last-call-s", "1"];
+    let auto = launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")])
+        .args(["--set", "data.micro_batch=auto"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&auto.stderr);
+    assert!(said.contains("data.global_batch 16 must split into 3 ranks: a world of 3 ranks"), "{said}");
     // (a range every world of which it splits over starts)
     let flags = ["--nnodes", "1:2", "--rdzv", &rdzv, "--run-id", "el2", "--rdzv-last-call-s", "1"];
     ok(launch(1, &cfg, &run, &flags, &[("INFINITY_RDZV_TOKEN", "t")]).output().unwrap());

@@ -113,8 +113,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     train::micro_steps(&cfg, world, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(bad)?;
     // (and over every world an elastic group may regroup to: found now, not when a node joins hours on)
     if let Some((range, worlds)) = infinity_launcher::env::elastic_worlds().filter(|_| under_agent) {
+        let micro = cfg.data.micro_batch.samples();
         for w in worlds.into_iter().filter(|&w| w != world) {
-            train::micro_steps(&cfg, w, cfg.data.micro_batch.samples().unwrap_or(1)).map_err(|e| {
+            train::micro_steps(&cfg, w, micro.unwrap_or(1)).map_err(|e| {
+                // ("auto" chooses each world's micro-batch: the ranks alone must split the batch)
+                let e = match micro {
+                    Some(_) => e.to_string(),
+                    None => format!("data.global_batch {} must split into {w} ranks", cfg.data.global_batch),
+                };
                 bad(anyhow::anyhow!(
                     "{e}: a world of {w} ranks is one the elastic group (--nnodes {range}) may regroup to when a \
                      node joins or leaves, and it would stop there; give a global batch every world of the range \

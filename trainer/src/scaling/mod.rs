@@ -117,16 +117,7 @@ fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord
     // (a folder not made yet: where it would be, below its nearest existing ancestor)
     let resolved = |p: &Path| {
         // (`..` taken out by its text: `new/../r1` under a `new` not made yet is `r1`)
-        let mut p = std::path::absolute(p).ok()?;
-        p = p.components().fold(PathBuf::new(), |mut out, c| {
-            match c {
-                std::path::Component::ParentDir => {
-                    out.pop();
-                }
-                c => out.push(c),
-            }
-            out
-        });
+        let p = settings::without_dots(&std::path::absolute(p).ok()?);
         let existing = p.ancestors().find(|a| a.exists())?;
         Some(existing.canonicalize().ok()?.join(p.strip_prefix(existing).ok()?))
     };
@@ -139,13 +130,15 @@ fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord
             root.dir.display()
         );
     }
-    if let Some(run) = runs.iter().find(|r| resolved(&r.dir).is_some_and(|d| at.starts_with(d))) {
+    // (the runs read, and those with no summary yet: training, failed or not started)
+    let waiting: Vec<(String, PathBuf)> = roots.iter().flat_map(runs::unsummarised).collect();
+    let all = runs.iter().map(|r| (&r.name, &r.dir)).chain(waiting.iter().map(|(n, d)| (n, d)));
+    if let Some((name, dir)) = all.into_iter().find(|(_, d)| resolved(d).is_some_and(|d| at.starts_with(d))) {
         bail!(
-            "--out {}: in the folder of run {} ({}): the analysis would write its tables into a run (name a \
+            "--out {}: in the folder of run {name} ({}): the analysis would write its tables into a run (name a \
              folder of its own)",
             out.display(),
-            run.name,
-            run.dir.display()
+            dir.display()
         );
     }
     Ok(())

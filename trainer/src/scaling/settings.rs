@@ -215,22 +215,23 @@ pub fn measuring_rows(table: &toml::Table, rows: u64) -> toml::Table {
 /// else the path with `.` and `..` taken out by their text.
 fn one_spelling(dir: &str) -> String {
     let path = std::path::Path::new(dir);
-    match path.canonicalize() {
-        Ok(p) => p.display().to_string(),
-        Err(_) => {
-            let mut out = std::path::PathBuf::new();
-            for c in path.components() {
-                match c {
-                    std::path::Component::ParentDir if out.file_name().is_some() => {
-                        out.pop();
-                    }
-                    std::path::Component::CurDir => {}
-                    c => out.push(c),
-                }
+    path.canonicalize().unwrap_or_else(|_| without_dots(path)).display().to_string()
+}
+
+/// `path` with `.` and `..` taken out by their text (a `..` at its start, with nothing to go back
+/// from, stays).
+pub(super) fn without_dots(path: &std::path::Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
             }
-            out.display().to_string()
+            std::path::Component::CurDir => {}
+            c => out.push(c),
         }
     }
+    out
 }
 
 /// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with

@@ -935,5 +935,9 @@ fn the_output_folder_is_not_among_the_runs() {
         assert!(e.contains("in the folder of run r1"), "{e}");
     }
     assert!(!root.join("runs.csv").exists() && !root.join("r1/runs.csv").exists());
+    // (a run with no summary yet is a run too: training, failed, or not started)
+    std::fs::create_dir_all(root.join("r2")).unwrap();
+    std::fs::write(root.join("r2/config.toml"), "").unwrap();
+    assert!(refused(&root.join("r2/scaling")).contains("in the folder of run r2"));
     super::analyse(&[&root], &root.join("scaling"), &[]).unwrap();
 }
