@@ -16,6 +16,19 @@ use super::settings::{self, Settings};
 /// of a run's steps.
 const SMOOTH_FRACTION: (u64, u64) = (1, 10);
 
+/// A run folder that reads, but whose validation losses end before the run did (an `infinity eval` of
+/// an earlier checkpoint): left out, said as such rather than as unreadable.
+#[derive(Debug)]
+struct Unfinished(String);
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unfinished {}
+
 /// What a finished (or stopped) run contributes.
 #[derive(Clone, Debug)]
 pub struct RunRecord {
@@ -256,8 +269,10 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
             Some(name) => (
                 format!("set `{name}` of {}", if val_from_eval { EVAL_FILE } else { "val.jsonl" }),
                 format!(
-                    "infinity eval {} --val DIR --name {name} --out {}",
+                    "infinity eval {} --val {} --name {name} --out {}",
                     dir.display(),
+                    // (the folder its lines measured, where they say)
+                    eval_measured.as_ref().map_or("DIR", |(d, _)| d.as_str()),
                     dir.join(EVAL_FILE).display()
                 ),
             ),
@@ -272,11 +287,12 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
                 ),
             ),
         };
-        bail!(
+        return Err(Unfinished(format!(
             "{}: its validation loss ({what}) ends at step {last}, but the run finished at step {steps}: evaluate its \
              last checkpoint ({how})",
             dir.display()
-        );
+        ))
+        .into());
     }
     let ([train_curve, tokens_per_s, mfu], train_note) =
         jsonl_curves(&dir.join("metrics.jsonl"), ["loss", "tokens_per_s", "mfu"])?;
@@ -433,6 +449,9 @@ pub fn gather(roots: &[Root], val_set: Option<&str>) -> Result<(Vec<RunRecord>, 
                     }
                     runs.push(run);
                     notes.extend(skipped);
+                }
+                Err(e) if e.downcast_ref::<Unfinished>().is_some() => {
+                    notes.push(format!("left out (validation losses short of the run's end): {e:#}"))
                 }
                 Err(e) => notes.push(format!("left out (unreadable): {e:#}")),
             }

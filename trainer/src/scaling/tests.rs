@@ -805,6 +805,10 @@ fn a_validation_loss_measured_part_way_is_not_the_runs() {
     let e = format!("{:#}", super::runs::read_run(&root.join("r"), Some("news")).unwrap_err());
     assert!(e.contains("(set `news` of eval.jsonl) ends at step 10, but the run finished at step 20"), "{e}");
     assert!(e.contains("--name news --out"), "{e}");
+    // (in the notes: left out as short, not as unreadable)
+    // (the folder to evaluate on, as its lines say; the only run here: the error lists the notes)
+    let e = format!("{:#}", super::runs::gather(&super::roots::roots(&[root]).unwrap(), Some("news")).unwrap_err());
+    assert!(e.contains("left out (validation losses short of the run's end)") && e.contains(" --val /n "), "{e}");
     // val.jsonl's set stopped part-way (dropped from val.sets on a resume): eval.jsonl's end is taken
     let val = [r#"{"step":10,"loss":3.0,"sets":{"news":{"loss":2.6}}}"#, r#"{"step":20,"loss":2.0}"#];
     std::fs::write(root.join("r/val.jsonl"), val.join("\n") + "\n").unwrap();
