@@ -275,6 +275,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         let (vm, more) = validator.run(&cfg, (&ck.model, &lay), &ck.params, &mut dist, &mut compute, &mut acts)?;
         let weights = if ema { " (moving average)" } else { "" };
         let at = step.map_or_else(|| dir.display().to_string(), |s| format!("step {s}"));
+        // (the run whose weights these are, for every line of this checkpoint)
+        let run = weights_run(dir).map(|r| crate::export::resolved(&r));
         let mut results = vec![(a.name.clone(), vm)];
         results.extend(more.into_iter().map(|(n, m)| (Some(n), m)));
         for (name, m) in results {
@@ -288,7 +290,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             if let Some(f) = out.as_mut() {
                 let line = json!({
                     "checkpoint": crate::export::resolved(dir),
-                    "run": weights_run(dir).map(|r| crate::export::resolved(&r)),
+                    "run": run,
                     "step": step,
                     "ema": ema,
                     "set": name,
@@ -397,8 +399,8 @@ fn check_out(p: &Path) -> Result<()> {
 /// source (`None`: a weights file, an export of initial weights).
 fn weights_run(dir: &Path) -> Option<PathBuf> {
     checkpoint::run_folder_of(dir).map(Path::to_path_buf).or_else(|| {
-        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
-        checkpoint::run_folder_of(Path::new(config["source"]["checkpoint"].as_str()?)).map(Path::to_path_buf)
+        let source = crate::export::read_export(dir)?.checkpoint?;
+        checkpoint::run_folder_of(&source).map(Path::to_path_buf)
     })
 }
 

@@ -114,13 +114,8 @@ pub fn analyse<P: AsRef<Path>>(dirs: &[P], out: &Path, at_computes: &[f64]) -> R
 /// An error where `out` is a folder of runs given, or a run's folder (or inside one): the analysis
 /// writes its tables there and removes those of an earlier one it no longer writes.
 fn refuse_output_among_runs(out: &Path, roots: &[roots::Root], runs: &[RunRecord]) -> Result<()> {
-    // (a folder not made yet: where it would be, below its nearest existing ancestor)
-    let resolved = |p: &Path| {
-        // (`..` taken out by its text: `new/../r1` under a `new` not made yet is `r1`)
-        let p = settings::without_dots(&std::path::absolute(p).ok()?);
-        let existing = p.ancestors().find(|a| a.exists())?;
-        Some(existing.canonicalize().ok()?.join(p.strip_prefix(existing).ok()?))
-    };
+    // (a folder not made yet: where it would be; `new/../r1` under a `new` not made yet is `r1`)
+    let resolved = |p: &Path| crate::train::config::where_it_leads(p);
     let Some(at) = resolved(out) else { return Ok(()) };
     if let Some(root) = roots.iter().find(|r| resolved(&r.dir).as_ref() == Some(&at)) {
         bail!(

@@ -211,29 +211,6 @@ pub fn measuring_rows(table: &toml::Table, rows: u64) -> toml::Table {
     t
 }
 
-/// A folder's path as one spelling of it: the folder itself where it exists (links and `..` resolved),
-/// else the path with `.` and `..` taken out by their text.
-fn one_spelling(dir: &str) -> String {
-    let path = std::path::Path::new(dir);
-    path.canonicalize().unwrap_or_else(|_| without_dots(path)).display().to_string()
-}
-
-/// `path` with `.` and `..` taken out by their text (a `..` at its start, with nothing to go back
-/// from, stays).
-pub(super) fn without_dots(path: &std::path::Path) -> std::path::PathBuf {
-    let mut out = std::path::PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::ParentDir if out.file_name().is_some() => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The settings of a run's (normalised) `config.toml`, `None` where it is unreadable, with
 /// `derived.json`'s dataset fingerprint and `d`; its validation loss is `val_set`'s where one is named
 /// (one of `val.sets`, by name), else `val.dir`'s.
@@ -269,7 +246,8 @@ pub fn read(table: Option<&toml::Table>, derived: &serde_json::Value, val_set: O
     // (one folder however its path was written: `runs/../val`, `/abs/val`, `val/`)
     let val_dir = match val_dir.as_str() {
         "none" | "?" => val_dir,
-        dir => one_spelling(dir),
+        dir => crate::train::config::where_it_leads(std::path::Path::new(dir))
+            .map_or_else(|| dir.to_string(), |p| p.display().to_string()),
     };
     // without validation the fits take the training loss, which the validation settings do not touch
     let val_setting = |key: &str, default: String| match val_dir.as_str() {
