@@ -177,7 +177,7 @@ fn build_notes(mc: &ModelConfig, m: Option<&Manifest>) -> Vec<String> {
             .to_string(),
     ];
     // (upstream's TextAttentivePool: Ct5 // 128 heads, of 64 channels past C = 4096; ours keeps one)
-    let per_head = if mc.embed_dim > 4096 { 64 } else { 128 };
+    let per_head = mc.pool_head_channels();
     let heads = mc.text_channels / per_head;
     if heads == 0 || !mc.embed_dim.is_multiple_of(heads) {
         notes.push(format!(

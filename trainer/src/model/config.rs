@@ -138,8 +138,16 @@ impl ModelConfig {
     /// Heads of the text attention pool: `Ct5 // 128` (head dim 128 for `C ≤ 4096`, else 64). Upstream
     /// fails for `Ct5 < 128`; we use one head there so tiny text widths work.
     pub fn pool_heads(&self) -> usize {
-        let hd = if self.embed_dim > 4096 { 64 } else { 128 };
-        (self.text_channels / hd).max(1)
+        (self.text_channels / self.pool_head_channels()).max(1)
+    }
+
+    /// The text channels per head of upstream's text attention pool: 128, or 64 past `C = 4096`.
+    pub fn pool_head_channels(&self) -> usize {
+        if self.embed_dim > 4096 {
+            64
+        } else {
+            128
+        }
     }
 
     /// Channels of the tokenizer's latent (the dataset's `d`): `d`, or `d/4` with spatial patchify.
