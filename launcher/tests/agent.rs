@@ -486,7 +486,10 @@ fn a_replacement_agent_joins_the_restart() {
 /// waits for the attempt to end, and at the restart the two agents of node rank 1 meet for one place.
 /// Here the old one comes second (its rank takes its grace to stop): it exits 1, naming the other, as a
 /// failed pod (not 2, a bad command line, which a Job's failure policy takes to end the job); the group
-/// runs its restart with the replacement.
+/// runs its restart with the replacement. (The grace, 3 s, is shorter than the 5 s node 0 waits for
+/// every node to settle before its restart: node 0 meets only once the old agent has settled, so the
+/// old one reaches the meeting while the store lives. With a grace as long as that wait, the two
+/// ended together and the restart could end, and its host exit, before the old agent came.)
 #[test]
 fn a_replacement_started_while_its_node_lives_leaves_one_agent_at_the_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -498,7 +501,7 @@ fn a_replacement_started_while_its_node_lives_leaves_one_agent_at_the_restart() 
         while [ ! -e "$TEST_DIR/go" ]; do sleep 0.05; done; exit 3"#;
     let node = |n: &'static str, name: &str| {
         let extra = node_of_two(n, &rdzv, &["--max-restarts", "2", "--run-id", "twice"]);
-        Agent::start(tmp.path(), name, &args(d, &extra, rank))
+        Agent::start(tmp.path(), name, &agent_args(d, "3", &extra, &["sh", "-c", rank]))
     };
     let (mut node0, mut node1) = (node("0", "node0"), node("1", "node1"));
     wait_started(tmp.path(), 2, Duration::from_secs(15));
