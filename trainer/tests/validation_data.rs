@@ -378,6 +378,43 @@ fn a_validation_set_rebuilt_since_the_checkpoint_is_warned_of_on_resume() {
     assert!(said.contains(&want), "{said}");
 }
 
+/// `infinity eval RUN` of a run whose validation set was rebuilt in place since its checkpoint says so
+/// (its losses are not val.jsonl's), once; each --out line names the set's fingerprint, the one the
+/// checkpoint recorded while the set is as it was. `--val DIR` is another set by choice: no warning.
+#[test]
+fn eval_names_a_validation_set_rebuilt_since_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (data, val, _) = trained_with_val(t);
+    let out = t.join("eval.jsonl");
+    let eval = |more: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infinity"));
+        cmd.args(["eval", "--device", "cpu", "--all", "--out"]).arg(&out).args(more).arg(t.join("run"));
+        let said = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&said.stderr).into_owned();
+        assert!(said.status.success(), "{stderr}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        (stderr, last["fingerprint"].as_str().unwrap().to_string())
+    };
+    let state = std::fs::read_to_string(t.join("run/checkpoints/step-00000002/state.json")).unwrap();
+    let recorded = serde_json::from_str::<serde_json::Value>(&state).unwrap()["val_sets"]["val.dir"].clone();
+    let (said, fingerprint) = eval(&[]);
+    assert!(!said.contains("not the set"), "{said}");
+    assert_eq!(recorded.as_str(), Some(fingerprint.as_str()));
+    rewrite(&data, &val, |_| {}, |g, _| g < 24);
+    let (said, rebuilt) = eval(&[]);
+    let want = format!(
+        "warning: val.dir {}: not the set the checkpoint of step 2 validated on (the row count changed: 32 → 24): \
+         these losses are not comparable with those of the run's val.jsonl",
+        val.display()
+    );
+    assert_eq!(said.matches(&want).count(), 1, "{said}");
+    assert_ne!(rebuilt, fingerprint);
+    let (said, _) = eval(&["--val", val.to_str().unwrap()]);
+    assert!(!said.contains("not the set"), "{said}");
+}
+
 /// A validation set needs the condition its model takes alone: a class model's may lack the text
 /// features, a text model's the classes (both were refused), and each measures as the whole set does.
 #[test]

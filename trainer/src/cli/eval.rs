@@ -53,8 +53,8 @@ pub struct EvalArgs {
     /// The checkpoints' moving average of the weights (`optim.ema_decay`) instead of the weights.
     #[arg(long)]
     ema: bool,
-    /// Also append each result to FILE as a JSON line (checkpoint, step, set, loss, bit_acc, rows, and
-    /// the run's samples_seen, tokens_seen and flops_seen at the checkpoint).
+    /// Also append each result to FILE as a JSON line (checkpoint, step, set, its folder and fingerprint,
+    /// loss, bit_acc, rows, and the run's samples_seen, tokens_seen and flops_seen at the checkpoint).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// The run's training dataset, where its config's `data.dir` no longer leads to it (moved): a
@@ -244,6 +244,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(p) => Some(open_out(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
+    // (each set's contents, for the --out lines: a folder rebuilt in place is another set)
+    let prints = validator.fingerprints();
+    // (the run's own sets rebuilt since a checkpoint validated on them, said once each)
+    let mut said_rebuilt = std::collections::BTreeSet::new();
     // (the first is read already, with its state: it is always measured)
     let mut loaded = Some((first_model, first_state));
     for (step, dir) in &checkpoints {
@@ -261,6 +265,18 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         };
         // (one run's checkpoints share one model: the validator's rows were checked against it)
         ensure!(ck.model == model, "{}: another model than {}'s", dir.display(), first.display());
+        let recorded = state.as_ref().and_then(|s| Some((s.step, s.val_sets.as_ref()?)));
+        if let Some((at, saved)) = recorded.filter(|_| a.val.is_none()) {
+            for (key, dir, changes) in validator.differing(saved) {
+                if said_rebuilt.insert(key.clone()) {
+                    console_err!(
+                        "warning: {key} {}: not the set the checkpoint of step {at} validated on ({changes}): \
+                         these losses are not comparable with those of the run's val.jsonl",
+                        dir.display()
+                    );
+                }
+            }
+        }
         // (what the run had trained on at the checkpoint: the x axes of its curves; null where unknown,
         // as for an export or a weights file)
         let seen = state.and_then(|state| {
@@ -279,8 +295,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         let run = weights_run(dir).map(|r| crate::export::resolved(&r));
         let mut results = vec![(a.name.clone(), vm)];
         results.extend(more.into_iter().map(|(n, m)| (Some(n), m)));
-        for (name, m) in results {
+        for (i, (name, m)) in results.into_iter().enumerate() {
             let set = name.as_deref().map_or(String::new(), |n| format!(" [{n}]"));
+            // (the first result is val.dir's, or --val's, whatever --name calls it)
+            let key = crate::train::val::set_key(name.as_deref().filter(|_| i > 0));
             console!(
                 "{at}{weights}{set}: val loss {:.5}, bit accuracy {:.4} ({})",
                 m.loss,
@@ -295,6 +313,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
                     "ema": ema,
                     "set": name,
                     "val_dir": val_dir_of(&cfg, name.as_deref().filter(|_| a.name.is_none())),
+                    "fingerprint": prints.get(&key),
                     "loss": m.loss,
                     "bit_acc": m.bit_acc,
                     "rows": m.rows,

@@ -254,12 +254,12 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     // earlier checkpoint, a set dropped from val.sets on a resume) would be fitted at the whole run's compute
     let short = |c: &Curve| finished && c.last().is_some_and(|p| p.0 < steps);
     let (mut val_curve, val_rows) = (upto(val_curve), upto(val_rows));
-    let (mut eval_measured, mut val_from_eval) = (None, false);
+    let (mut eval_measured, mut val_from_eval, mut eval_note) = (None, false, None);
     if let Some(name) = val_set.filter(|_| val_curve.is_empty() || short(&val_curve)) {
-        let (curve, measured) = eval_curve(&dir.join(EVAL_FILE), name, dir);
+        let (curve, measured, note) = eval_curve(&dir.join(EVAL_FILE), name, dir);
         let curve = upto(curve);
         if !curve.is_empty() {
-            (val_curve, val_from_eval) = (curve, true);
+            (val_curve, val_from_eval, eval_note) = (curve, true, note);
             // (lines of an earlier build may not name the folder: measured as the run's config says then)
             eval_measured = measured;
         }
@@ -272,7 +272,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
                     "infinity eval {} --val {} --name {name} --out {}",
                     dir.display(),
                     // (the folder its lines measured, where they say)
-                    eval_measured.as_ref().map_or("DIR", |(d, _)| d.as_str()),
+                    eval_measured.as_ref().map_or("DIR", |m| m.dir.as_str()),
                     dir.join(EVAL_FILE).display()
                 ),
             ),
@@ -302,7 +302,7 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
     // (and a run validating in training on the rows it measured, as val.jsonl records them: a set smaller
     // than val.max_rows is measured whole, whatever the setting)
     let measured_config = match (&eval_measured, &config, val_rows.last()) {
-        (Some((val_dir, rows)), Some(t), _) => Some(settings::validating_on(t, val_dir, *rows)),
+        (Some(m), Some(t), _) => Some(settings::validating_on(t, &m.dir, m.rows)),
         (None, Some(t), Some(&(_, rows))) if !val_from_eval && rows.is_finite() => {
             Some(settings::measuring_rows(t, rows as u64))
         }
@@ -352,9 +352,12 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         global_batch: config_num("data", "global_batch"),
         model,
         settings: settings::read(measured_config.as_ref(), &derived, val_set.filter(|_| eval_measured.is_none())),
-        val_fingerprint: val_fingerprint(dir, val_set).filter(|_| eval_measured.is_none()),
+        val_fingerprint: match eval_measured {
+            Some(m) => m.fingerprint,
+            None => val_fingerprint(dir, val_set),
+        },
     };
-    Ok((run, [val_note, train_note].into_iter().flatten().collect()))
+    Ok((run, [val_note, eval_note, train_note].into_iter().flatten().collect()))
 }
 
 /// Runs validated on one folder whose checkpoints recorded different fingerprints of it (a set rebuilt
@@ -389,13 +392,23 @@ fn val_fingerprint(dir: &Path, name: Option<&str>) -> Option<String> {
 /// appends its measurements, which `--val-set NAME` reads for a run whose `val.jsonl` has no such set.
 pub const EVAL_FILE: &str = "eval.jsonl";
 
+/// What the last `eval.jsonl` line of a set measured: its folder, rows and (lines since 2026-12) the
+/// set's fingerprint.
+struct Measured {
+    dir: String,
+    rows: u64,
+    fingerprint: Option<String>,
+}
+
 /// The losses of the set `name` in a run's `eval.jsonl`, by checkpoint step (the weights', not the
 /// moving average's; a step measured again keeps its last line; a null loss, a diverged model's, as
-/// NaN), and the folder and rows of the last measurement; lines that do not read, and lines of another
-/// run's weights (`run` is this run's folder), are skipped.
-fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<(String, u64)>) {
+/// NaN), what the last measurement measured, and a note of the lines left out for measuring another
+/// version of the set (its folder rebuilt in place since: their fingerprint differs from the last
+/// line's). Lines that do not read, and lines of another run's weights (`run` is this run's folder),
+/// are skipped.
+fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<Measured>, Option<String>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let (mut by_step, mut measured) = (std::collections::BTreeMap::new(), None);
+    let (mut lines, mut measured) = (Vec::new(), None::<Measured>);
     // (a line of another run's weights, which `run` records where it is there to compare: a folder
     // moved since, or a line of an earlier build, without one, counts as the run's own)
     let own = |v: &Value| {
@@ -409,11 +422,39 @@ fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<(String, u6
             l => l.as_f64(),
         };
         if let (Some(step), Some(loss), Some(_), false) = (v["step"].as_u64(), loss, set.filter(|s| *s == name), ema) {
-            by_step.insert(step, loss);
-            measured = v["val_dir"].as_str().map(|d| (d.to_string(), v["rows"].as_u64().unwrap_or(0)));
+            let fingerprint = v["fingerprint"].as_str().map(String::from);
+            lines.push((step, loss, fingerprint.clone()));
+            measured = v["val_dir"].as_str().map(|d| Measured {
+                dir: d.into(),
+                rows: v["rows"].as_u64().unwrap_or(0),
+                fingerprint,
+            });
         }
     }
-    (by_step.into_iter().collect(), measured)
+    // (lines of an earlier build say no fingerprint: counted as the last line's set)
+    let now = measured.as_ref().and_then(|m| m.fingerprint.clone());
+    let other = |f: &Option<String>| now.as_ref().zip(f.as_ref()).is_some_and(|(now, f)| now != f);
+    let (mut by_step, mut left_out) = (std::collections::BTreeMap::new(), std::collections::BTreeSet::new());
+    for (step, loss, f) in lines {
+        if other(&f) {
+            left_out.insert(step);
+        } else {
+            by_step.insert(step, loss);
+            left_out.remove(&step);
+        }
+    }
+    let note = (!left_out.is_empty()).then(|| {
+        let steps: Vec<String> = left_out.iter().map(u64::to_string).collect();
+        format!(
+            "{}: set `{name}`'s lines of step(s) {} measured another version of {} than its last line (fingerprint {}): \
+             left out (measure those checkpoints again)",
+            path.display(),
+            steps.join(", "),
+            measured.as_ref().map_or("its folder", |m| m.dir.as_str()),
+            now.as_deref().unwrap_or("?")
+        )
+    });
+    (by_step.into_iter().collect(), measured, note)
 }
 
 /// Every readable run folder directly under each of `roots` (each root's sorted by name, numbers by

@@ -823,6 +823,45 @@ fn a_validation_loss_measured_part_way_is_not_the_runs() {
     assert_eq!(super::runs::read_run(&root.join("r"), Some("news")).unwrap().0.final_val, Some(2.6));
 }
 
+/// `infinity eval`'s lines name the set's fingerprint: a run's lines of a version of its folder other
+/// than its last line's (rebuilt in place between evals) are left out, named; runs measured on two
+/// versions of one folder are told apart, as runs validating in training are.
+#[test]
+fn eval_lines_of_a_set_rebuilt_in_place_are_told_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let eval = |step: u64, loss: f64, fingerprint: Option<&str>| {
+        let line = serde_json::json!({ "step": step, "set": "news", "loss": loss, "val_dir": "/n", "rows": 8,
+            "fingerprint": fingerprint });
+        format!("{line}\n")
+    };
+    for name in ["r", "s"] {
+        run(root, name, (1e6, 1e8, 6e14), &[Some(3.0), Some(2.0)], "a"); // 20 steps
+    }
+    // r: step 10 measured on the set as it was, step 20 on it rebuilt; an earlier build's line (no
+    // fingerprint) counts as the last line's set
+    let lines = eval(10, 2.5, Some("aaaa-8")) + &eval(5, 2.7, None) + &eval(20, 1.5, Some("bbbb-8"));
+    std::fs::write(root.join("r").join(super::runs::EVAL_FILE), lines).unwrap();
+    let (r, notes) = super::runs::read_run(&root.join("r"), Some("news")).unwrap();
+    assert_eq!((r.val_curve.clone(), r.val_fingerprint.as_deref()), (vec![(5, 2.7), (20, 1.5)], Some("bbbb-8")));
+    let notes = notes.join("\n");
+    assert!(
+        notes.contains("set `news`'s lines of step(s) 10 measured another version of /n than its last line (fingerprint bbbb-8): left out"),
+        "{notes}"
+    );
+    // a step measured again on the new version is not left out
+    let again = eval(10, 2.5, Some("aaaa-8")) + &eval(10, 2.4, Some("bbbb-8")) + &eval(20, 1.5, Some("bbbb-8"));
+    std::fs::write(root.join("r").join(super::runs::EVAL_FILE), again).unwrap();
+    let (r, notes) = super::runs::read_run(&root.join("r"), Some("news")).unwrap();
+    assert_eq!(r.val_curve, vec![(10, 2.4), (20, 1.5)]);
+    assert!(notes.is_empty(), "{notes:?}");
+    // s: measured on the first version
+    std::fs::write(root.join("s").join(super::runs::EVAL_FILE), eval(20, 1.6, Some("aaaa-8"))).unwrap();
+    let (runs, _) = super::runs::gather(&super::roots::roots(&[root]).unwrap(), Some("news")).unwrap();
+    let dirs: Vec<&str> = runs.iter().map(|r| r.settings.get("val.dir")).collect();
+    assert_eq!(dirs, ["/n (fingerprint bbbb-8)", "/n (fingerprint aaaa-8)"]);
+}
+
 /// Runs are compared on the validation rows they measured: a set smaller than `val.max_rows` is read
 /// whole, so a run validating in training (val.jsonl's `rows`) and one measured by `infinity eval`
 /// (eval.jsonl's) on the same 300 rows are measured alike, whatever each config's max_rows.

@@ -4,6 +4,7 @@
 //! moves only with the weights. Ranks split the micro-batches and sum their results.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -55,7 +56,7 @@ impl ValData {
     /// evaluation comes steps (and a checkpoint) later.
     fn open(
         (cfg, mc, train): (&TrainConfig, &ModelConfig, &Dataset),
-        (key, dir, name): (&str, &std::path::Path, Option<String>),
+        (key, dir, name): (&str, &Path, Option<String>),
         micro_batch: usize,
     ) -> Result<ValData> {
         let ds = Dataset::open(dir, Checksums::Verify).with_context(|| format!("{key} {}", dir.display()))?;
@@ -178,20 +179,26 @@ impl Validator {
     /// comparable with the ones logged before (for rank 0 to warn of). Sets the checkpoint did not
     /// validate on are a config change, which the resume names.
     pub fn changed_since(&self, saved: &BTreeMap<String, String>, step: u64) -> Vec<String> {
-        let changed = self.sets.iter().filter_map(|s| {
-            let was = saved.get(&s.key())?;
-            let m = &s.ds.manifest;
-            (!m.fingerprint_matches(was)).then(|| {
-                format!(
-                    "{} {} differs from the set the checkpoint of step {step} validated on ({}): its losses in \
-                     val.jsonl from here on are not comparable with those before",
-                    s.key(),
-                    s.ds.dir().display(),
-                    m.fingerprint_changes(was).join("; ")
-                )
-            })
+        let changed = self.differing(saved).into_iter().map(|(key, dir, changes)| {
+            format!(
+                "{key} {} differs from the set the checkpoint of step {step} validated on ({changes}): its losses \
+                 in val.jsonl from here on are not comparable with those before",
+                dir.display()
+            )
         });
         changed.collect()
+    }
+
+    /// Its sets whose contents differ from what a checkpoint recorded of them (`saved`, their
+    /// fingerprints): each one's key, folder and what changed (rows, shards). Sets the checkpoint did not
+    /// record are left out.
+    pub fn differing(&self, saved: &BTreeMap<String, String>) -> Vec<(String, &Path, String)> {
+        let differing = self.sets.iter().filter_map(|s| {
+            let was = saved.get(&s.key())?;
+            let m = &s.ds.manifest;
+            (!m.fingerprint_matches(was)).then(|| (s.key(), s.ds.dir(), m.fingerprint_changes(was).join("; ")))
+        });
+        differing.collect()
     }
 
     /// Evaluate every `val.every` steps and at the last step.
@@ -244,12 +251,12 @@ fn unseen_schedules(train: &Manifest, val: &Manifest, rows: &[usize]) -> Option<
 /// model's `text_maxlen`; without one (a dataset mixed in) both conditions do.
 pub(crate) fn compatible(
     train: &Manifest,
-    train_dir: &std::path::Path,
-    (val, val_dir): (&Manifest, &std::path::Path),
+    train_dir: &Path,
+    (val, val_dir): (&Manifest, &Path),
     key: &str,
     model: Option<&ModelConfig>,
 ) -> Result<()> {
-    let name = |p: &std::path::Path| p.display().to_string();
+    let name = |p: &Path| p.display().to_string();
     if train.d != val.d {
         bail!("{key} {}: d = {}, the training data has d = {}", name(val_dir), val.d, train.d);
     }
