@@ -178,6 +178,48 @@ fn a_diverged_run_is_not_restarted_into_the_same_divergence() {
     resumed(&["--resume", "auto", "--accept-data-change"]);
 }
 
+/// The `INF__…` variables' values are read as `--set` reads its values (TOML: `0x10`, a number beyond
+/// 64 bits refused, spaces around trimmed, an array's element by its number), the console names those
+/// the run takes (not one a `--set` replaced), and a variable meant for the config but misspelled
+/// (`INF_OPTIM_LR`) is warned of.
+#[test]
+fn environment_variables_are_read_as_set_reads_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    let check = |env: &[(&str, &str)], args: &[&str]| {
+        let out = infinity_train(tmp.path(), &cfg, &[&["--check"][..], args].concat(), env);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), said)
+    };
+    let (code, said) = check(&[("INF__OPTIM__WARMUP_STEPS", "0x10"), ("INF__RUN__LOG_EVERY", " 5 ")], &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("from the environment: optim.warmup_steps = 0x10, run.log_every = 5\n"), "{said}");
+    let (code, said) = check(&[("INF__RUN__SEED", "12345678901234567891")], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("INF__RUN__SEED (in the environment): 12345678901234567891 is out of range"), "{said}");
+    let (code, said) = check(&[("INF__OPTIM__LR", "1e-3"), ("INF__RUN__SEED", "3")], &["--set", "optim.lr=2e-3"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("from the environment: run.seed = 3\n"), "{said}");
+    let (code, said) = check(&[("INF_OPTIM_LR", "1"), ("INF_OPTIM__LR", "1")], &[]);
+    assert_eq!(code, Some(0), "{said}");
+    for var in ["INF_OPTIM_LR", "INF_OPTIM__LR"] {
+        assert!(said.contains(&format!("warning: {var} in the environment is not read")), "{said}");
+    }
+    // (an element of an array: the second dataset of a mix reweighted)
+    let other = tmp.path().join("other");
+    dataset(&other);
+    let mut cfg = cfg.clone();
+    cfg.data.weight = Some(1.0);
+    cfg.data.mix = vec![infinity_trainer::train::config::MixSource { dir: other, weight: Some(1.0) }];
+    let out = infinity_train(tmp.path(), &cfg, &["--check"], &[("INF__DATA__MIX__0__WEIGHT", "3")]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("from the environment: data.mix[0].weight = 3\n"), "{said}");
+    assert!(said.contains("25.0 % of the batches") && said.contains("75.0 % of the batches"), "{said}");
+}
+
 /// A run that diverged before its first checkpoint is not started again from step 0 with the settings it
 /// diverged with (`--resume auto` finds no checkpoint): refused as a resume would be, by `--check` too;
 /// with a setting changed (the initialisation's included) it starts.

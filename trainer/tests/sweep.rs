@@ -90,7 +90,7 @@ fn a_mini_sweep_runs_resumes_and_fits() {
         // a number in quotes is refused as in a config file (it was taken as the number)
         (
             "\"model.embed_dim\" = [\"64\", 96]",
-            "[axes] model.embed_dim: expected a number (without quotes), found \"64\"",
+            "[axes] model.embed_dim: expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \"64\"",
         ),
         ("tokens = [1e30]", "expected a positive budget of at most 1e12 steps"),
         // under one step (it rounded up to 1 step), and budgets that come to the same whole steps

@@ -444,7 +444,10 @@ fn config_files_reject_unknown_keys_and_take_overrides() {
     for (set, want) in [
         ("run.steps=2.6", "--set run.steps: at `run.steps`: expected a whole number, found 2.6"),
         ("data.global_batch=7.5", "at `data.global_batch`: expected a whole number, found 7.5"),
-        ("run.steps=\"3\"", "at `run.steps`: expected a number (without quotes), found \"3\""),
+        (
+            "run.steps=\"3\"",
+            "at `run.steps`: expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \"3\"",
+        ),
         ("checkpoint.background=\"on\"", "expected true or false (without quotes), found \"on\""),
         // and would read true as 1 and 1 as true
         ("optim.lr=true", "--set optim.lr: at `optim.lr`: expected a number, found true"),

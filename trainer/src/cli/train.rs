@@ -72,16 +72,21 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     // reads them): variables that contradict each other are wrong at every restart
     let env = infinity_launcher::env::DistEnv::from_env().map_err(bad)?;
     // a setting taken from the environment is said once (it is easily left set from an earlier job);
-    // not one whose other spelling a --set gave (`optim.lr` for `optim.lr_per_256`), which replaced it
-    let set_here = |key: &str| a.set.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
-    let from_env: Vec<String> = config::inf_vars()
-        .iter()
-        .filter_map(|(var, v)| Some((config::inf_var_key(var)?, v)))
-        .filter(|(key, _)| !config::alternative(key).is_some_and(set_here))
-        .map(|(key, v)| format!("{key} = {v}"))
-        .collect();
+    // not one a --set replaced (of its key, or its other spelling: `optim.lr` for `optim.lr_per_256`)
+    let taken = config::vars_taken(&a.config, &a.set).map_err(bad)?;
+    let from_env: Vec<String> = taken.iter().map(|(key, v)| format!("{key} = {v}")).collect();
     if !from_env.is_empty() && env.as_ref().is_none_or(|e| e.rank == 0) {
         console!("from the environment: {}", from_env.join(", "));
+    }
+    // (a variable meant for the config, misspelled: a job spec's typo would change nothing unseen)
+    for var in std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()) {
+        let near = var.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("INF_")) && config::inf_var_key(&var).is_none();
+        if near && env.as_ref().is_none_or(|e| e.rank == 0) {
+            console_err!(
+                "warning: {var} in the environment is not read: the config's variables start with INF__ and part \
+                 keys with __ (INF__OPTIM__LR sets optim.lr)"
+            );
+        }
     }
     let under_agent = std::env::var(vars::UNDER_AGENT).is_ok_and(|v| v == "1");
     if under_agent && a.preempted_exit_code != 0 && env.as_ref().is_none_or(|e| e.rank == 0) {

@@ -290,7 +290,19 @@ pub fn check_with(
         if let Some(why) = super::start_state::fresh_repeats_divergence(cfg, &config_toml, &ds.manifest, world) {
             return Err(super::stop::Diverged(why).into());
         }
-        let mut start = Params::zeros(&lay);
+        // (weights only for a source to fill: a model larger than this machine's memory is checked all
+        // the same, and one with a source is refused, not aborted)
+        let mut start = Params { data: Vec::new() };
+        if cfg.model.init_from.is_some() {
+            start.data.try_reserve_exact(lay.numel).map_err(|_| {
+                anyhow::anyhow!(
+                    "model.init_from: the model's {} parameters ({:.1} GB in f32) do not fit this machine's memory",
+                    lay.numel,
+                    lay.numel as f64 * 4e-9
+                )
+            })?;
+            start.data.resize(lay.numel, 0.0);
+        }
         let first = &ds.parts()[0];
         match super::init_from::init_from(cfg, (&mc, &lay), &mut start, (&first.dir, &first.manifest))
             .map_err(unrecoverable)?

@@ -19,7 +19,7 @@ mod peak_tflops;
 mod tagged;
 mod validate;
 
-pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, value_at, ModelPart};
+pub use load::{alternative, inf_var_key, inf_vars, keys_overlap, same_setting, value_at, vars_taken, ModelPart};
 pub use micro_batch_size::MicroBatchSize;
 pub use peak_tflops::PeakTflops;
 pub use validate::where_it_leads;
@@ -275,11 +275,11 @@ pub struct ModelSection {
     /// `ema.safetensors`, an export made with `--ema`, or upstream's `trainer.gpt_ema_fsdp`. (Either way,
     /// a run keeping its own average starts it from the source's where it keeps one, as upstream's
     /// `--rush_resume` does.)
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub init_from_ema: bool,
     /// The fresh initialisation's factors (`[model.init]`: upstream's `tini`, `aln`, `alng`, `hd0`,
     /// `diva`; each left out takes train.sh's value).
-    #[serde(default, skip_serializing_if = "InitConfig::is_default")]
+    #[serde(default, skip_serializing_if = "is_default_init")]
     pub init: InitConfig,
     /// μP (`model::mup`): initialise and scale the learning rates as for a model of this width, so
     /// that `optim.lr` tuned at this width carries over to the others of a width sweep. Unset: the
@@ -527,16 +527,21 @@ pub struct OptimSection {
 fn default_spike_window() -> usize {
     128
 }
+// (each key left out of a config.toml at its default: [`as_typed::left_out`])
 fn is_default_spike_window(w: &usize) -> bool {
-    *w == default_spike_window()
+    as_typed::left_out(*w == default_spike_window())
 }
 
 fn is_false(v: &bool) -> bool {
-    !*v
+    as_typed::left_out(!*v)
 }
 
 fn is_zero(v: &f64) -> bool {
-    *v == 0.0
+    as_typed::left_out(*v == 0.0)
+}
+
+fn is_default_init(init: &InitConfig) -> bool {
+    as_typed::left_out(init.is_default())
 }
 
 fn default_constant() -> Decay {
@@ -589,7 +594,7 @@ pub enum BitLoss {
 
 impl BitLoss {
     fn is_mean(&self) -> bool {
-        *self == BitLoss::Mean
+        as_typed::left_out(*self == BitLoss::Mean)
     }
 
     /// The factor on the per-bit mean that the objective takes, for `d` bits per token.
@@ -628,7 +633,7 @@ pub struct CheckpointSection {
 }
 
 fn is_default_failed_writes_tolerated(n: &u64) -> bool {
-    *n == CheckpointSection::default().failed_writes_tolerated
+    as_typed::left_out(*n == CheckpointSection::default().failed_writes_tolerated)
 }
 
 impl Default for CheckpointSection {

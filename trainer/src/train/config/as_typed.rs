@@ -3,9 +3,33 @@
 //! ask for are refused ([`converted`]), and text keys set by `--set` or an `INF__…` variable keep their
 //! text ([`keep_text`]): both layers read `1e3` as a number, which a folder named `1e3` is not.
 
+use std::cell::Cell;
+
+use serde::Serialize;
 use serde_json::Value as V;
 
 use super::load::inf_var_key;
+
+thread_local! {
+    /// Whether the config now serialising writes every key, those at their default too ([`every_key`]).
+    static EVERY_KEY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `value` serialised with every key, those a config.toml leaves out at their default too: the typed
+/// config read back, which [`converted`] compares key by key with the values given (a `1.5` rounded to
+/// the default 2 of a whole-number key would be left out, and its rounding unseen).
+pub fn every_key<T: Serialize>(value: &T) -> serde_json::Result<V> {
+    EVERY_KEY.set(true);
+    let back = serde_json::to_value(value);
+    EVERY_KEY.set(false);
+    back
+}
+
+/// Whether a key whose value is at its default (`at_default`) is left out of a config as written
+/// (`skip_serializing_if`): it is, but while [`every_key`] serialises.
+pub fn left_out(at_default: bool) -> bool {
+    at_default && !EVERY_KEY.get()
+}
 
 /// Keys whose values may be quoted numbers (`data.micro_batch = "4"`, as `"auto"` is).
 const QUOTED_NUMBERS: [&str; 2] = ["data.micro_batch", "run.peak_tflops"];
@@ -38,7 +62,7 @@ pub fn converted(given: &V, typed: &V, key: &str) -> Option<(String, String, Str
         (V::Null, V::Number(t)) if t.is_i64() || t.is_u64() => found("nan or inf".into(), "a whole number"),
         (V::Null, V::Bool(_)) => found("nan or inf".into(), "true or false"),
         (V::String(s), V::Number(_)) if !QUOTED_NUMBERS.contains(&key) => {
-            found(format!("{s:?}"), "a number (without quotes)")
+            found(format!("{s:?}"), "a number as TOML writes one (0.001, 1e-3; not in quotes)")
         }
         (V::String(s), V::Bool(_)) => found(format!("{s:?}"), "true or false (without quotes)"),
         // (the config crate reads true as 1 and 1 as true)
@@ -105,7 +129,7 @@ mod tests {
         assert_eq!(c(json!(-1e3), json!(0)), want("-1000.0", "a whole number ≥ 0"));
         assert_eq!(c(json!(1e3), json!(1000)), None);
         assert_eq!(c(json!(1e3), json!("1000")), want("1000.0", "text in quotes"));
-        assert_eq!(c(json!("3"), json!(3)), want("\"3\"", "a number (without quotes)"));
+        assert_eq!(c(json!("3"), json!(3)), want("\"3\"", "a number as TOML writes one (0.001, 1e-3; not in quotes)"));
         assert_eq!(c(json!("x"), json!("x")), None);
         assert_eq!(c(json!(f64::INFINITY), json!(u64::MAX)), want("nan or inf", "a whole number"));
         assert_eq!(c(json!(f64::NAN), json!(true)), want("nan or inf", "true or false"));

@@ -93,7 +93,33 @@ pub struct RunPrecision {
 impl ModelPart {
     /// [`ModelPart`] of `path` with `overrides` (`--set`) and the `INF__…` variables.
     pub fn load(path: &Path, overrides: &[String]) -> Result<ModelPart> {
-        typed(&merged(path, overrides, Env::Read)?)
+        let given = merged(path, overrides, Env::Read)?;
+        // (the other keys of a training config shape no model and are not read, but one misspelled on the
+        // command line or in the environment is refused, as `infinity train` refuses it: its user meant
+        // it to change something)
+        let sets =
+            overrides.iter().filter_map(|o| Some((format!("--set {o}"), o.split_once('=')?.0.trim().to_string())));
+        let vars = given.vars.iter().filter_map(|(v, _)| Some((format!("{v}{IN_THE_ENVIRONMENT}"), inf_var_key(v)?)));
+        for (source, key) in sets.chain(vars) {
+            if let Some(why) = unknown_key(&key) {
+                bail!("{source}: {key} is not a key of a training config ({why})");
+            }
+        }
+        typed(&given)
+    }
+}
+
+/// Why `key` (a dotted path, as `--set` takes) names nothing in a training config (serde's words for
+/// the first part that is unknown), if it does not: the key alone is read into a [`TrainConfig`],
+/// which refuses an unknown field as it meets it, before the missing keys beside it.
+fn unknown_key(key: &str) -> Option<String> {
+    let probe = config::Config::builder().set_override(key, "0").ok()?.build().ok()?;
+    match serde_path_to_error::deserialize::<_, TrainConfig>(probe) {
+        // (or a key below one that holds a value, not a table: `optim.lr.x`)
+        Err(e) if ["unknown field", "invalid type: map"].iter().any(|w| e.inner().to_string().starts_with(w)) => {
+            Some(plain_message(&e.path().to_string(), &e.inner().to_string()).1)
+        }
+        _ => None,
     }
 }
 
@@ -118,7 +144,7 @@ struct Given<'a> {
 /// The config of `path` (and the files it `extends`) with the `INF__…` variables (unless `env` says
 /// not) and `overrides` applied.
 fn merged<'a>(path: &'a Path, overrides: &'a [String], env: Env) -> Result<Given<'a>> {
-    let mut table = load_table(path, 0)?;
+    let mut table = load_table(path, &mut Vec::new())?;
     let vars = match env {
         Env::Read => InfVars::of_process()?,
         Env::Ignore => InfVars { vars: vec![], dropped: true },
@@ -127,13 +153,15 @@ fn merged<'a>(path: &'a Path, overrides: &'a [String], env: Env) -> Result<Given
     let (env, kept) = super::tagged::settle_kinds(&mut table, env, kept)?;
     let merged = toml::to_string(&table).context("re-serialising the merged config")?;
     let read_vars = env.vars.clone();
-    let mut vars = config::Environment::with_prefix("INF").prefix_separator("__").separator("__").try_parsing(true);
-    if env.dropped {
-        vars = vars.source(Some(env.vars.into_iter().collect()));
+    // (a variable's value is read as a --set's is: TOML, else text)
+    let mut vars = Vec::with_capacity(env.vars.len());
+    for (var, text) in &env.vars {
+        let Some(key) = inf_var_key(var) else { continue };
+        vars.push((key, override_value(text.trim()).with_context(|| format!("{var}{IN_THE_ENVIRONMENT}"))?));
     }
     let mut b = config::Config::builder()
         .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
-        .add_source(vars);
+        .add_source(InfSource(vars));
     refuse_overlapping(&kept)?;
     for o in &kept {
         let Some((k, v)) = o.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
@@ -141,6 +169,9 @@ fn merged<'a>(path: &'a Path, overrides: &'a [String], env: Env) -> Result<Given
         };
         if k.trim().split('.').any(str::is_empty) {
             bail!("--set {o}: `{}` has an empty part: expected key.path=value, such as optim.lr=3e-4", k.trim());
+        }
+        if k.contains("[-") {
+            bail!("--set {o}: an array's elements count from 0 (`data.mix[0].weight`), not from its end");
         }
         let value = override_value(v.trim()).with_context(|| format!("--set {o}"))?;
         b = b.set_override(k.trim(), value).with_context(|| format!("--set {o}"))?;
@@ -157,7 +188,7 @@ fn typed<T: DeserializeOwned + Serialize>(given: &Given) -> Result<T> {
     let value: T = serde_path_to_error::deserialize(given.built.clone()).map_err(|e| {
         let (at, inner) = (e.path().to_string(), e.inner().to_string());
         let (key, what) = plain_message(&at, &inner);
-        if let Some(gap) = set_past_the_end(&key, &what, given.overrides) {
+        if let Some(gap) = set_past_the_end(&key, &what, given) {
             return anyhow::anyhow!("{gap}");
         }
         // (by the table and the crate's words: a missing field of `optim.decay` is told what its kind takes)
@@ -168,7 +199,7 @@ fn typed<T: DeserializeOwned + Serialize>(given: &Given) -> Result<T> {
         };
         anyhow::anyhow!("{source}: at `{key}`: {what}{allowed}")
     })?;
-    let mut back = serde_json::to_value(&value).context("re-serialising the config")?;
+    let mut back = super::as_typed::every_key(&value).context("re-serialising the config")?;
     let mut values = given.values.clone();
     let value = match super::as_typed::keep_text(&mut values, &mut back, given.overrides, &given.vars) {
         true => serde_json::from_value(back.clone()).context("reading the config with its text kept")?,
@@ -184,11 +215,19 @@ fn typed<T: DeserializeOwned + Serialize>(given: &Given) -> Result<T> {
 
 /// A TOML file as a table, with `extends = "base.toml"` (relative to the file) merged underneath it:
 /// tables merge key by key, the extending file wins.
-fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
+/// `within` holds the files that extend it, outermost first (a file that extends one of them is a cycle).
+fn load_table(path: &Path, within: &mut Vec<std::path::PathBuf>) -> Result<toml::Table> {
+    let depth = within.len();
     if depth > 8 {
-        bail!("{}: `extends` nests deeper than 8 files (a cycle?)", path.display());
+        bail!("{}: `extends` nests deeper than 8 files", path.display());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if depth == 0 && text.trim().is_empty() {
+        bail!(
+            "{}: the file is empty (a training config has [run], [model], [data] and [optim] tables)",
+            path.display()
+        );
+    }
     let mut table: toml::Table = text.parse().with_context(|| format!("parsing {}", path.display()))?;
     if let Some((a, b)) =
         ALTERNATIVES.into_iter().find(|(a, b)| value_at(&table, a).is_some() && value_at(&table, b).is_some())
@@ -199,8 +238,18 @@ fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
         None => Ok(table),
         Some(toml::Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+            // (a cycle named once, not once for every turn around it)
+            let same =
+                |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+            within.push(path.to_path_buf());
+            if let Some(i) = within.iter().position(|p| same(p, &base_path)) {
+                let chain: Vec<String> =
+                    within[i..].iter().chain([&base_path]).map(|p| p.display().to_string()).collect();
+                bail!("`extends` makes a cycle: {}", chain.join(" extends "));
+            }
             let mut merged =
-                load_table(&base_path, depth + 1).with_context(|| format!("{}: extends {base}", path.display()))?;
+                load_table(&base_path, within).with_context(|| format!("{}: extends {base}", path.display()))?;
+            within.pop();
             for (a, b) in ALTERNATIVES {
                 for (set, other) in [(a, b), (b, a)] {
                     if value_at(&table, set).is_some() {
@@ -253,10 +302,52 @@ pub fn inf_vars() -> Vec<(String, String)> {
     vars
 }
 
-/// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`), if it is one.
+/// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`; a number is an array's
+/// element, `INF__DATA__MIX__0__WEIGHT` → `data.mix[0].weight`, as `--set` writes it), if it is one.
 pub fn inf_var_key(var: &str) -> Option<String> {
     let rest = var.get(..5).filter(|p| p.eq_ignore_ascii_case("INF__")).map(|_| &var[5..])?;
-    Some(rest.to_lowercase().replace("__", "."))
+    let mut key = String::new();
+    for part in rest.to_lowercase().split("__") {
+        match part.parse::<usize>() {
+            Ok(i) if !key.is_empty() && !part.starts_with('+') => key += &format!("[{i}]"),
+            _ if key.is_empty() => key += part,
+            _ => key += &format!(".{part}"),
+        }
+    }
+    Some(key)
+}
+
+/// The `INF__…` variables, as a source of the config beneath the `--set` overrides: each key with its
+/// value read as a `--set`'s (TOML: `0x10`, `1_000`, `[1, 2]`; anything else text; a whole number
+/// beyond 64 bits refused), where the `config` crate's own reader takes `0x10` for text and rounds a
+/// number beyond 64 bits.
+#[derive(Clone, Debug)]
+struct InfSource(Vec<(String, config::Value)>);
+
+impl config::Source for InfSource {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.iter().cloned().collect())
+    }
+}
+
+/// The `INF__…` variables a load of `path` with `overrides` takes, as (key, value): not those a later
+/// layer left out (the other of two alternatives, the keys another `optim.decay` kind does not take),
+/// nor those a `--set` of the same key (or of a table holding it) replaces.
+pub fn vars_taken(path: &Path, overrides: &[String]) -> Result<Vec<(String, String)>> {
+    let given = merged(path, overrides, Env::Read)?;
+    // (a table merges key by key, replacing the keys it holds; any other value replaces all below it)
+    let replaced = |key: &str| {
+        overrides.iter().filter_map(|o| o.split_once('=')).any(|(k, v)| {
+            let (k, v) = (k.trim(), v.trim());
+            value_within(k, v, key).is_some() || (keys_overlap(k, key) && key.len() > k.len() && !v.starts_with('{'))
+        })
+    };
+    let taken = given.vars.iter().filter_map(|(var, v)| Some((inf_var_key(var)?, v.trim().to_string())));
+    Ok(taken.filter(|(key, _)| !replaced(key)).collect())
 }
 
 /// The `INF__…` variables the config reads: the process's, or fewer once one is left out.
@@ -465,7 +556,7 @@ fn plain_message(key: &str, inner: &str) -> (String, String) {
 
 /// A `--set` of an array's element past its end (`data.mix[5].weight` where `data.mix` has fewer):
 /// the config crate fills the elements before it with nothing, which is then refused at the first.
-fn set_past_the_end(key: &str, what: &str, overrides: &[String]) -> Option<String> {
+fn set_past_the_end(key: &str, what: &str, given: &Given) -> Option<String> {
     let array = key.strip_suffix(']')?.rsplit_once('[')?.0;
     if !what.contains("unit value") {
         return None;
@@ -475,12 +566,14 @@ fn set_past_the_end(key: &str, what: &str, overrides: &[String]) -> Option<Strin
         let r = k.strip_prefix(array)?.strip_prefix('[')?;
         r[..r.find(']')?].parse().ok()
     };
-    let set =
-        overrides.iter().filter_map(|o| Some((o, index(o.split_once('=')?.0.trim())?))).max_by_key(|(_, i)| *i)?;
+    // (of the overrides and the variables: `INF__DATA__MIX__3__WEIGHT` is `data.mix[3].weight`)
+    let sets = given.overrides.iter().filter_map(|o| Some((format!("--set {o}"), o.split_once('=')?.0.trim().into())));
+    let vars = given.vars.iter().filter_map(|(v, _)| Some((format!("{v}{IN_THE_ENVIRONMENT}"), inf_var_key(v)?)));
+    let (source, _) =
+        sets.chain(vars).filter_map(|(s, k): (String, String)| Some((s, index(&k)?))).max_by_key(|(_, i)| *i)?;
     Some(format!(
-        "--set {}: an element past the end of `{array}` (the elements before it would be empty): add `{array}` \
-         entries in order, or give the element in the config file",
-        set.0
+        "{source}: an element past the end of `{array}` (the elements before it would be empty): add `{array}` \
+         entries in order, or give the element in the config file"
     ))
 }
 
@@ -742,6 +835,70 @@ mod tests {
         assert_eq!(super::inf_var_key("inf__Optim__LR").as_deref(), Some("optim.lr"));
         assert_eq!(super::inf_var_key("INFO"), None);
         assert!(super::same_setting("optim.lr_per_256", "optim.lr") && super::same_setting("optim", "optim.lr"));
+    }
+
+    /// A value the config crate changes into a key's default (left out of a config.toml as written) is
+    /// refused as any other change is; an array's index counts from 0; an empty file and a cycle of
+    /// `extends` are named once.
+    #[test]
+    fn values_read_as_a_keys_default_and_odd_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[run]\ndir = \"r\"\nseed = 0\nsteps = 10\n[model]\npreset = \"tiny\"\nconditioning = \"class\"\n\
+                    [data]\ndir = \"d\"\nglobal_batch = 8\nmicro_batch = 8\n[optim]\nlr = 1e-3\n";
+        let file = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).unwrap();
+            dir.path().join(name)
+        };
+        let path = file("c.toml", base);
+        let error =
+            |path: &std::path::Path, set: &str| format!("{:#}", TrainConfig::load(path, &[set.into()]).unwrap_err());
+        for (set, want) in [
+            ("checkpoint.failed_writes_tolerated=1.5", "expected a whole number, found 1.5"),
+            ("optim.spike_window=127.6", "expected a whole number, found 127.6"),
+            ("model.init.diva=nan", "expected true or false, found nan or inf"),
+            ("optim.clip_decay=0", "expected true or false, found 0"),
+            ("optim.ema_decay=\"0\"", "expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \"0\""),
+            ("optim.lr=.001", "expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \".001\""),
+        ] {
+            let key = set.split('=').next().unwrap();
+            assert!(error(&path, set).ends_with(&format!("--set {key}: at `{key}`: {want}")), "{}", error(&path, set));
+        }
+        // (and those keys at their defaults are still left out of the config as written)
+        let cfg = TrainConfig::load(&path, &["optim.spike_window=128".into()]).unwrap();
+        assert!(!toml::to_string(&cfg).unwrap().contains("spike_window"));
+        let e = error(&path, "data.mix[-1].dir=d");
+        assert!(e.contains("an array's elements count from 0 (`data.mix[0].weight`), not from its end"), "{e}");
+        let e = format!("{:#}", TrainConfig::load(&file("empty.toml", " \n"), &[]).unwrap_err());
+        assert!(e.contains("empty.toml: the file is empty"), "{e}");
+        file("a.toml", "extends = \"b.toml\"\n");
+        let b = file("b.toml", "extends = \"a.toml\"\n");
+        let e = format!("{:#}", TrainConfig::load(&b, &[]).unwrap_err());
+        assert_eq!(e.matches("makes a cycle").count(), 1, "{e}");
+        assert!(e.contains("b.toml extends") && e.contains("a.toml extends"), "{e}");
+    }
+
+    /// A bare weights file's config reads its model, data.dir and run.precision alone, but a `--set` of
+    /// a key no training config has (a misspelling) is refused, as `infinity train` refuses it; numbers
+    /// in a variable's name are an array's elements, as `--set` writes them.
+    #[test]
+    fn a_model_parts_overrides_name_keys_of_a_training_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[model]\npreset = \"tiny\"\nconditioning = \"class\"\n").unwrap();
+        let load = |set: &str| super::ModelPart::load(&path, &[set.into()]).map(|_| ()).map_err(|e| format!("{e:#}"));
+        for set in ["optim.lr=1", "run.precision=bf16", "data.mix[0].weight=2", "optim.decay.kind=cosine"] {
+            assert_eq!(load(set), Ok(()), "{set}");
+        }
+        for (set, key, why) in [
+            ("run.precison=bf16", "run.precison", "unknown field `precison`"),
+            ("modle.depth=3", "modle.depth", "unknown field `modle`"),
+            ("optim.lr.x=1", "optim.lr.x", "invalid type: map"),
+        ] {
+            let e = load(set).unwrap_err();
+            assert!(e.starts_with(&format!("--set {set}: {key} is not a key of a training config ({why}")), "{e}");
+        }
+        assert_eq!(super::inf_var_key("INF__DATA__MIX__0__WEIGHT").as_deref(), Some("data.mix[0].weight"));
+        assert_eq!(super::inf_var_key("INF__VAL__SETS__12__DIR").as_deref(), Some("val.sets[12].dir"));
     }
 
     #[test]
