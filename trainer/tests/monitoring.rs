@@ -125,6 +125,32 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
 }
 
+/// A run whose last steps are non-finite, fewer in a row than `optim.max_nonfinite`, has diverged: no
+/// later step shows the streak over, and its last checkpoint would hold the weights that gave it (it
+/// was written and called finished). Its newest checkpoint is from before the streak.
+#[test]
+fn a_run_that_ends_within_a_non_finite_streak_has_diverged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (Some(1e30), 0, 1);
+    (cfg.optim.max_nonfinite, cfg.run.steps) = (50, 6);
+    let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
+    let s = summary(&cfg.run.dir);
+    assert_eq!(
+        (&s["diverged"], &s["finished"], &s["step"]),
+        (&Value::Bool(true), &Value::Bool(false), &6.into()),
+        "{s}"
+    );
+    let streak = s["skipped_steps"].as_u64().unwrap();
+    assert!((1..6).contains(&streak), "{s}");
+    assert!(e.contains(&format!("{streak} consecutive non-finite steps; stopping (diverged at step 6)")), "{e}");
+    assert!(e.contains("The run's last step was the last of them: fewer than optim.max_nonfinite = 50"), "{e}");
+    let newest = latest_checkpoint(&cfg.run.dir).expect("the checkpoint of a step before the streak");
+    assert!(newest.ends_with(format!("step-{:08}", 6 - streak)), "{}", newest.display());
+}
+
 /// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
 /// at the same step); resuming it with the settings it diverged with is refused (by `--check` too), and
 /// with a setting or the dataset changed it goes on.

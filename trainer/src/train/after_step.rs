@@ -81,8 +81,19 @@ impl Trainer<'_> {
         if let Err(e) = self.wait_for_write_in_flight() {
             tracing::warn!("{e:#}");
         }
-        let run = &self.cfg.run.dir;
-        stop::diverged(&self.state, run, self.saver.as_mut(), self.logger.as_mut(), &mut self.summary)
+        let (run, max) = (&self.cfg.run.dir, self.cfg.optim.max_nonfinite);
+        let e = stop::diverged(&self.state, run, self.saver.as_mut(), self.logger.as_mut(), &mut self.summary);
+        match e.downcast::<stop::Diverged>() {
+            // (a streak shorter than the limit, which the run's last step ended in)
+            Ok(stop::Diverged(why)) if self.state.nonfinite_run < max => stop::Diverged(format!(
+                "{why}{} The run's last step was the last of them: fewer than optim.max_nonfinite = {max}, but no \
+                 later step shows them over (a resume with more run.steps shows whether they pass)",
+                if why.ends_with('.') { "" } else { "." }
+            ))
+            .into(),
+            Ok(diverged) => diverged.into(),
+            Err(e) => e,
+        }
     }
 
     /// The held-out validation, when `val.every` says it is due.

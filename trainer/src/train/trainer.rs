@@ -217,8 +217,11 @@ impl Trainer<'_> {
             tracing::warn!("step {next}: {what}; update skipped");
         }
         let optimizer_s = t_opt.elapsed().as_secs_f64();
-        // this step stops the run, once it is logged
-        let diverged = self.state.nonfinite_run >= cfg.optim.max_nonfinite;
+        // this step stops the run, once it is logged: `optim.max_nonfinite` in a row, or fewer that the
+        // run's last step ends in (no later step shows them over: the run's last checkpoint would hold
+        // the weights that gave them, as a finished run's)
+        let last = next == cfg.run.steps;
+        let diverged = self.state.nonfinite_run >= cfg.optim.max_nonfinite || (last && self.state.nonfinite_run > 0);
         self.state.step = next;
         self.state.loader = self.loader.state();
         if next == self.first_step + 1 {
