@@ -1303,3 +1303,31 @@ fn a_resume_onto_another_text_width_names_the_dataset_change() {
                 width): 32 → 48";
     assert!(format!("{e:#}").contains(want), "{e:#}");
 }
+
+/// A model whose state the host cannot hold (here under `ulimit -v`) is refused by `--check` and by the
+/// run before anything is allocated, naming the need and the bound, with exit 2 and no run folder
+/// left (the allocation aborted the process with a backtrace).
+#[test]
+fn a_model_beyond_the_hosts_memory_is_refused_before_it_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let run = tmp.path().join("run");
+    let path = common::config_file(&config(&data, run.clone(), "class"), tmp.path());
+    let big = ["--set", "model.depth=24", "--set", "model.embed_dim=1024", "--set", "model.num_heads=8"];
+    for check in [true, false] {
+        let limited = "ulimit -v 3000000 && exec \"$@\"";
+        let out = std::process::Command::new("sh")
+            .args(["-c", limited, "sh", env!("CARGO_BIN_EXE_infinity"), "train"])
+            .arg(&path)
+            .args(big)
+            .args(check.then_some("--check"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--check {check}: {stderr}");
+        assert!(stderr.contains("GB of host memory on this rank"), "{stderr}");
+        assert!(stderr.contains("the process's address-space limit (ulimit -v), 3.07 GB"), "{stderr}");
+        assert!(!run.exists(), "--check {check}: left {}", run.display());
+    }
+}

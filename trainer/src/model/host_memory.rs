@@ -63,9 +63,64 @@ pub fn host_state(n: usize, world: usize, updates: Updates, ema: bool) -> HostSt
     HostState { rank0, other_ranks, rank0_writing: f32s(3 * n) + ema_whole }
 }
 
+/// The most memory this process may hold (bytes), and what bounds it: the machine's memory and swap
+/// (`/proc/meminfo`), a container's limit (cgroup v2 `memory.max`, with its `memory.swap.max`), or the
+/// process's address-space limit (`ulimit -v`), whichever is least. None where none can be read (not
+/// Linux). A model whose state exceeds it cannot train here: said before anything is allocated, not
+/// found as an aborted allocation.
+pub fn bound() -> Option<(u64, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let meminfo = read("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+    };
+    let mut bounds = Vec::new();
+    if let Some(ram) = kib("MemTotal:") {
+        bounds.push((ram + kib("SwapTotal:").unwrap_or(0), "this machine's memory and swap".to_string()));
+    }
+    let cgroup = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+    if let Some(max) = cgroup("/sys/fs/cgroup/memory.max") {
+        let swap = cgroup("/sys/fs/cgroup/memory.swap.max").unwrap_or(0);
+        bounds.push((max.saturating_add(swap), "the container's memory limit (cgroup memory.max)".into()));
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, nothing else
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
+        bounds.push((limit.rlim_cur, "the process's address-space limit (ulimit -v)".into()));
+    }
+    bounds.into_iter().min_by_key(|(b, _)| *b)
+}
+
+/// Refuse model state of `need` bytes on this rank's host where it exceeds `bound` (see [`bound`]).
+pub fn check_fits(need: u64, bound: Option<(u64, String)>) -> anyhow::Result<()> {
+    let Some((most, what)) = bound.filter(|(most, _)| need > *most) else { return Ok(()) };
+    anyhow::bail!(
+        "the model's state needs {:.2} GB of host memory on this rank (its f32 weights, gradients and AdamW's \
+         moments where the host updates them), more than {what}, {:.2} GB: a smaller model (model.depth, \
+         model.embed_dim), more ranks with dist.zero1, or a GPU",
+        need as f64 / 1e9,
+        most as f64 / 1e9
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state beyond the bound is refused naming both and what bounds it; within it, or with no bound
+    /// known, it is not; this machine has one.
+    #[test]
+    fn a_state_beyond_the_hosts_memory_is_refused() {
+        let limit = || Some((8_000_000_000, "this machine's memory and swap".to_string()));
+        assert!(check_fits(7_000_000_000, limit()).is_ok() && check_fits(u64::MAX, None).is_ok());
+        let e = check_fits(9_000_000_000, limit()).unwrap_err().to_string();
+        assert!(
+            e.contains("needs 9.00 GB of host memory") && e.contains("than this machine's memory and swap, 8.00 GB"),
+            "{e}"
+        );
+        assert!(bound().is_some_and(|(b, _)| b > 0));
+    }
 
     #[test]
     fn the_host_keeps_what_each_placement_leaves_it() {

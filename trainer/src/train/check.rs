@@ -177,13 +177,8 @@ pub fn check_with(
         |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };
     let ema = cfg.optim.ema_decay > 0.0;
     let on_gpu = gpu.is_some() && cfg.run.device != DeviceChoice::Cpu;
-    let updates = match (on_gpu, gpu_fit::device_optimizer(cfg, lay.numel, world)) {
-        (true, Some(1)) => Updates::Device,
-        (true, Some(_)) => Updates::DeviceZero1,
-        _ if cfg.dist.zero1 && world > 1 => Updates::HostZero1,
-        _ => Updates::Host,
-    };
-    let host = host_state(lay.numel, world, updates, ema);
+    let host = host_state(lay.numel, world, placement(cfg, lay.numel, world, on_gpu), ema);
+    crate::model::host_memory::check_fits(host.rank0, crate::model::host_memory::bound()).map_err(unrecoverable)?;
     let others = match world {
         1 => String::new(),
         _ => format!(", each other rank {}", size(host.other_ranks as f64)),
@@ -335,6 +330,17 @@ pub fn check_with(
     let lo = LoaderOptions { workers: 0, ..loader_options(cfg, 0, world) };
     Loader::new(Arc::new(ds), lo, position).map_err(|e| super::unrecoverable(e.into()))?;
     Ok(out)
+}
+
+/// Where AdamW runs for a run of `cfg` on `world` ranks (`on_gpu`: the model runs on a GPU), as
+/// `Updater::place` decides.
+pub(crate) fn placement(cfg: &TrainConfig, numel: usize, world: usize, on_gpu: bool) -> Updates {
+    match (on_gpu, gpu_fit::device_optimizer(cfg, numel, world)) {
+        (true, Some(1)) => Updates::Device,
+        (true, Some(_)) => Updates::DeviceZero1,
+        _ if cfg.dist.zero1 && world > 1 => Updates::HostZero1,
+        _ => Updates::Host,
+    }
 }
 
 /// What the run meets at `run.dir` before it writes: a folder it can create (the nearest existing
