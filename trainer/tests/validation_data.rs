@@ -231,6 +231,18 @@ fn check_refuses_training_rows_the_run_would_stop_at() {
         assert_eq!(rc, Some(65), "{stderr}");
         assert!(stderr.contains(want.as_str()), "{stderr}");
     }
+    // `--rows-of-step` lists the rows of the step the run stops at, the bad ones marked as the run
+    // reads them (it refused that step, naming only the first bad row)
+    let rows_of = |dir: &Path, step: u64| {
+        infinity_trainer::train::step_rows::rows_of_step(&load(&config_file(t, dir, None, "class"), &[]), step, 1)
+            .unwrap()
+    };
+    let listed = rows_of(&d17, 1);
+    let marked = listed.iter().filter(|l| l.contains("  BAD: ") && l.contains("column `bits`")).count();
+    assert!(marked > 0 && listed.last().unwrap().starts_with(&format!("{marked} rows marked BAD")), "{listed:?}");
+    let lines: Vec<String> = (1..=4).flat_map(|step| rows_of(&lat, step)).collect();
+    let bad: Vec<&String> = lines.iter().filter(|l| l.contains("  BAD: ")).collect();
+    assert!(!bad.is_empty() && bad.iter().all(|l| l.contains("column `latent`: expected finite values")), "{lines:?}");
     // a class model never reads the text embedding: the run would not stop at it, nor does the check
     check(&load(&config_file(t, &text, None, "class"), &[]), 1, None, None).unwrap();
     // a short caption's embedding is read (and checked) where data.short_cap_prob > 0 only

@@ -128,18 +128,34 @@ struct Shared {
 impl Shared {
     /// Read absolute global batch `a` (this rank's slice).
     fn read(&self, a: u64) -> Result<Batch> {
+        let planned = self.planned(a);
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut b = batch::gather(&self.ds, planned.bucket, &planned.rows, self.skip_bad, spare)?;
+        b.global_index = a;
+        b.epoch = planned.epoch;
+        b.part = planned.part;
+        Ok(b)
+    }
+
+    /// The rows of absolute global batch `a` (this rank's slice), unread.
+    fn planned(&self, a: u64) -> PlannedRows {
         let (p, i, mixed_epoch) = self.mix.source(a);
         let (plan, k) = self.parts[p].get(i);
         let (bucket, rows) = plan.rank_slice(k);
         // (one dataset's epochs are its own: their lengths change with the size)
         let epoch = if self.parts.len() == 1 { plan.epoch } else { mixed_epoch };
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
-        b.global_index = a;
-        b.epoch = epoch;
-        b.part = p as u16;
-        Ok(b)
+        PlannedRows { part: p as u16, bucket, epoch, rows: rows.to_vec() }
     }
+}
+
+/// The rows a batch draws, before they are read: their dataset of the mix, bucket and epoch, and the
+/// global row numbers, in the order the batch holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedRows {
+    pub part: u16,
+    pub bucket: u16,
+    pub epoch: u64,
+    pub rows: Vec<u64>,
 }
 
 struct Workers {
@@ -295,6 +311,14 @@ impl Loader {
         };
         self.state.batches_done += 1;
         Ok(batch)
+    }
+
+    /// The rows of this rank's next batch, without reading them (a bad row among them is no error): what
+    /// `infinity train --rows-of-step` lists. It counts as the batch delivered.
+    pub fn next_rows(&mut self) -> PlannedRows {
+        let planned = self.shared.planned(self.state.batches_done);
+        self.state.batches_done += 1;
+        planned
     }
 
     /// Hand a consumed batch back so its buffers are reused (optional). Reusing them matters with

@@ -18,15 +18,16 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
     ensure!(step >= 1, "--rows-of-step counts steps from 1, as metrics.jsonl does");
     // (the rows' places are what is asked: the shards are not hashed)
     let setup = Setup::open_with(cfg, Checksums::Skip)?;
-    let ds = std::sync::Arc::new(setup.ds);
+    let (ds, mc) = (std::sync::Arc::new(setup.ds), setup.mc);
     let batch_index = step - 1;
     let (size, position, note) = position_at(cfg, &ds, batch_index, world)?;
-    let mut lines: Vec<String> = note.into_iter().collect();
+    let (mut lines, mut bad): (Vec<String>, usize) = (note.into_iter().collect(), 0);
     for rank in 0..world {
         let opts =
             infinity_data::loader::LoaderOptions { global_batch: size, workers: 0, ..loader_options(cfg, rank, world) };
         let mut loader = Loader::new(ds.clone(), opts, Some(position.clone())).context("--rows-of-step")?;
-        let batch = loader.next_batch()?;
+        // (unread: a bad row, which stops the run at this step, is listed as such)
+        let batch = loader.next_rows();
         if rank == 0 {
             let (key, dir) = cfg.data.dirs().nth(batch.part as usize).context("a dataset of the mix")?;
             let schedule = &ds.manifest.schedules[batch.bucket as usize].name;
@@ -38,13 +39,28 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
                 dir.display(),
                 batch.epoch,
                 batch.bucket,
-                crate::cli::plural(batch.ids.len(), "row")
+                crate::cli::plural(batch.rows.len(), "row")
             ));
         }
-        for (&g, &id) in batch.rows.iter().zip(&batch.ids) {
+        for &g in &batch.rows {
             let (s, row) = ds.locate(g);
-            lines.push(format!("rank {rank}  {}  row {row}  id {id}", ds.shards()[s].path().display()));
+            let shard = ds.shards()[s].path().display();
+            // (checked as the step reads it: a NaN in the latent stops the run as a bad class id does)
+            match super::check::row_as_read(&ds, g, &mc, cfg.data.short_cap_prob > 0.0) {
+                Ok(()) => lines.push(format!("rank {rank}  {shard}  row {row}  id {}", ds.row(g).id)),
+                Err(e) => {
+                    bad += 1;
+                    lines.push(format!("rank {rank}  {shard}  row {row}  BAD: {e}"));
+                }
+            }
         }
+    }
+    if bad > 0 {
+        lines.push(format!(
+            "{} marked BAD: the run stops at this step (exit 65); `infinity data verify` lists every bad row of \
+             the dataset",
+            crate::cli::plural(bad, "row")
+        ));
     }
     Ok(lines)
 }
