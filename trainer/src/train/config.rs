@@ -13,6 +13,7 @@ use crate::model::{Conditioning, ModelConfig};
 use crate::optim::{AdamWConfig, Decay, LrSchedule};
 
 mod as_typed;
+pub use as_typed::every_key;
 mod load;
 mod micro_batch_size;
 mod peak_tflops;

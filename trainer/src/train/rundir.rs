@@ -69,7 +69,18 @@ fn as_peak_rate(leaves: &mut BTreeMap<String, String>) {
 /// The settings (other than `run.dir`) that differ between the checkpoint's config and this session's,
 /// as `key: old → new` lines.
 pub fn config_changes(checkpoint_toml: &str, config_toml: &str) -> Result<Vec<String>> {
-    let (mut old, mut new) = (leaves(checkpoint_toml)?, leaves(config_toml)?);
+    // each with every key, those at their default too, where both read as configs of this build: a
+    // table written whole for one key changed (`[model.init]`) is that one change, not its other keys
+    // "(unset)"
+    let whole = |text: &str| {
+        let cfg: super::config::TrainConfig = toml::from_str(text).ok()?;
+        super::config::every_key(|| toml::to_string(&cfg)).ok()
+    };
+    let (checkpoint_toml, config_toml) = match (whole(checkpoint_toml), whole(config_toml)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (checkpoint_toml.to_string(), config_toml.to_string()),
+    };
+    let (mut old, mut new) = (leaves(&checkpoint_toml)?, leaves(&config_toml)?);
     // a rate given one way in one config and the other way in the other is compared as the peak
     if old.contains_key("optim.lr") != new.contains_key("optim.lr") {
         for side in [&mut old, &mut new] {
@@ -130,6 +141,17 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
         c.push_str(&format!(
             " (from this step the rest of the epoch's rows are drawn in batches of the new size, each once; {rate})"
         ));
+    }
+    // a schedule changed otherwise than by its length: the rate it gives at once
+    let length_changed = changes.iter().any(|c| c.starts_with("run.steps:"));
+    let schedule = ["optim.warmup_steps:", "optim.decay"];
+    let first = changes.iter_mut().find(|c| schedule.iter().any(|s| c.starts_with(s)));
+    if let Some(c) = first.filter(|_| !length_changed && !jump.is_empty()) {
+        c.push_str(&format!(" ({})", jump.trim_start_matches("; ")));
+    }
+    // (a ZeRO-1 shard's share of the gradient norm is summed shard by shard: another order)
+    for c in changes.iter_mut().filter(|c| c.starts_with("dist.zero1:")) {
+        c.push_str(" (on more than one rank the gradient norm is summed in another order: not bit for bit)");
     }
     // what a fresh start alone reads: a resume's weights and average are the checkpoint's
     for c in changes.iter_mut().filter(|c| c.starts_with("model.init_from") || c.starts_with("model.init.")) {
@@ -500,6 +522,28 @@ mod tests {
         assert_eq!(lr_jump(ckpt, &constant(200), &constant(400)), None, "a constant rate stays");
         let shorter = lr_jump(ckpt, &text(400), &text(150)).unwrap();
         assert!(shorter.starts_with("; the checkpoint's step 200 is at or past run.steps = 150: nothing"), "{shorter}");
+    }
+
+    /// Of two whole configs, one key of a table written whole where one key differs from its default
+    /// (`[model.init]`) is one change (its other keys were "(unset) → default"); a schedule changed at a
+    /// resume says where the rate goes, and ZeRO-1 turned on that its sums are in another order.
+    #[test]
+    fn a_resume_names_the_keys_that_changed_and_what_they_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo-cpu.toml")).unwrap();
+        let ckpt = tmp.path().join("checkpoints/step-00000100");
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::write(ckpt.join("config.toml"), &demo).unwrap();
+        let mc = crate::model::ModelConfig::named_preset("tiny").unwrap();
+        let changed = |new: String| resume_changes(&ckpt, &new, &mc).unwrap();
+        assert_eq!(
+            changed(demo.replace("[model]\n", "[model]\ninit = { hd0 = 0.5 }\n")),
+            ["model.init.hd0: 0.02 → 0.5 (no effect on a resume: the weights are the checkpoint's)"]
+        );
+        let warmup = changed(demo.replace("warmup_steps = 20", "warmup_steps = 500"));
+        assert!(warmup.len() == 1 && warmup[0].contains("(the learning rate goes from "), "{warmup:?}");
+        let zero1 = changed(demo.replace("[model]\n", "[dist]\nzero1 = true\n[model]\n"));
+        assert!(zero1.len() == 1 && zero1[0].ends_with("in another order: not bit for bit)"), "{zero1:?}");
     }
 
     /// A resume names `model.init_from` changed as having no effect (a user reading the run's config

@@ -5,7 +5,6 @@
 
 use std::cell::Cell;
 
-use serde::Serialize;
 use serde_json::Value as V;
 
 use super::load::inf_var_key;
@@ -15,14 +14,15 @@ thread_local! {
     static EVERY_KEY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// `value` serialised with every key, those a config.toml leaves out at their default too: the typed
-/// config read back, which [`converted`] compares key by key with the values given (a `1.5` rounded to
-/// the default 2 of a whole-number key would be left out, and its rounding unseen).
-pub fn every_key<T: Serialize>(value: &T) -> serde_json::Result<V> {
+/// `serialise` run with every key of a config written, those a config.toml leaves out at their default
+/// too: the typed config read back, which [`converted`] compares key by key with the values given (a
+/// `1.5` rounded to the default 2 of a whole-number key would be left out, and its rounding unseen),
+/// and two configs compared key by key (`[model.init]` written whole for one key changed).
+pub fn every_key<R>(serialise: impl FnOnce() -> R) -> R {
     EVERY_KEY.set(true);
-    let back = serde_json::to_value(value);
+    let written = serialise();
     EVERY_KEY.set(false);
-    back
+    written
 }
 
 /// Whether a key whose value is at its default (`at_default`) is left out of a config as written

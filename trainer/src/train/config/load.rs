@@ -199,7 +199,7 @@ fn typed<T: DeserializeOwned + Serialize>(given: &Given) -> Result<T> {
         };
         anyhow::anyhow!("{source}: at `{key}`: {what}{allowed}")
     })?;
-    let mut back = super::as_typed::every_key(&value).context("re-serialising the config")?;
+    let mut back = super::as_typed::every_key(|| serde_json::to_value(&value)).context("re-serialising the config")?;
     let mut values = given.values.clone();
     let value = match super::as_typed::keep_text(&mut values, &mut back, given.overrides, &given.vars) {
         true => serde_json::from_value(back.clone()).context("reading the config with its text kept")?,
