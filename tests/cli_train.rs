@@ -1046,3 +1046,28 @@ fn eval_measures_checkpoints_as_training_validates() {
         .collect();
     assert_eq!(measured, [(4, true)], "{measured:?}");
 }
+
+/// A run's newest checkpoint damaged: `sample`, `export` and `eval` of the run name the run's checkpoint
+/// before it, as a resume does, and that one works.
+#[test]
+fn a_damaged_newest_checkpoint_names_the_one_before_it() {
+    let (tmp, _data, run, cfg) = class_run();
+    assert!(infinity(&["train", path_str(&cfg), "--set", "checkpoint.keep_last=3"]));
+    let weights = run.join("checkpoints/step-00000002/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let before = run.join("checkpoints/step-00000001");
+    let png = tmp.path().join("s.png");
+    let out = tmp.path().join("e.safetensors");
+    for args in
+        [&["sample", path_str(&run), "-o", path_str(&png)][..], &["export", path_str(&run), "-o", path_str(&out)]]
+    {
+        let e = err(args);
+        let want =
+            format!("(corrupt checkpoint) (the run's checkpoint before it: {}; give its folder)", before.display());
+        assert!(e.contains(&want), "{args:?}: {e}");
+    }
+    assert!(infinity(&["sample", path_str(&before), "-o", path_str(&png)]));
+}

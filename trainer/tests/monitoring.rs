@@ -125,9 +125,9 @@ fn the_step_that_stops_a_diverging_run_is_logged() {
     assert_eq!(tb.last(), Some(&stopped), "{tb:?}");
 }
 
-/// A run whose last steps are non-finite, fewer in a row than `optim.max_nonfinite`, has diverged: no
-/// later step shows the streak over, and its last checkpoint would hold the weights that gave it (it
-/// was written and called finished). Its newest checkpoint is from before the streak.
+/// A run whose last steps are non-finite, fewer in a row than `optim.max_nonfinite`, has diverged (it
+/// was called finished, exit 0): no later step shows the streak over. Its last checkpoint is written,
+/// as a run's end writes it, with the weights from before the streak (their updates were skipped).
 #[test]
 fn a_run_that_ends_within_a_non_finite_streak_has_diverged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -135,7 +135,7 @@ fn a_run_that_ends_within_a_non_finite_streak_has_diverged() {
     dataset(&data);
     let mut cfg = config(&data, tmp.path().join("run"));
     (cfg.optim.lr, cfg.optim.warmup_steps, cfg.checkpoint.every) = (Some(1e30), 0, 1);
-    (cfg.optim.max_nonfinite, cfg.run.steps) = (50, 6);
+    (cfg.optim.max_nonfinite, cfg.run.steps, cfg.checkpoint.keep_last) = (50, 6, 100);
     let e = format!("{:#}", train(&cfg, &TrainOptions::default()).unwrap_err());
     let s = summary(&cfg.run.dir);
     assert_eq!(
@@ -147,8 +147,12 @@ fn a_run_that_ends_within_a_non_finite_streak_has_diverged() {
     assert!((1..6).contains(&streak), "{s}");
     assert!(e.contains(&format!("{streak} consecutive non-finite steps; stopping (diverged at step 6)")), "{e}");
     assert!(e.contains("The run's last step was the last of them: fewer than optim.max_nonfinite = 50"), "{e}");
-    let newest = latest_checkpoint(&cfg.run.dir).expect("the checkpoint of a step before the streak");
-    assert!(newest.ends_with(format!("step-{:08}", 6 - streak)), "{}", newest.display());
+    assert!(e.contains("the last checkpoint holds the weights from before them"), "{e}");
+    let newest = latest_checkpoint(&cfg.run.dir).expect("the run's last checkpoint");
+    assert!(newest.ends_with("step-00000006"), "{}", newest.display());
+    let weights =
+        |step: u64| std::fs::read(cfg.run.dir.join(format!("checkpoints/step-{step:08}/model.safetensors"))).unwrap();
+    assert!(weights(6) == weights(6 - streak), "the streak's updates were skipped");
 }
 
 /// A diverged run exits 87, which `infinity launch` does not restart (the restarted group would diverge
@@ -228,6 +232,13 @@ fn environment_variables_are_read_as_set_reads_values() {
     let (code, said) = check(&[("INF__OPTIM__LR", "1e-3"), ("INF__RUN__SEED", "3")], &["--set", "optim.lr=2e-3"]);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("from the environment: run.seed = 3\n"), "{said}");
+    // (a table is given key by key, and one variable inside another's is refused: which applies is not fixed)
+    let (code, said) = check(&[("INF__OPTIM__DECAY", "{ kind = \"cosine\", min_ratio = 0 }")], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("INF__OPTIM__DECAY (in the environment): a variable sets one value"), "{said}");
+    let (code, said) = check(&[("INF__OPTIM__ADAMW", "0"), ("INF__OPTIM__ADAMW__BETA1", "0.8")], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("one inside the other: which applies is not fixed"), "{said}");
     let (code, said) = check(&[("INF_OPTIM_LR", "1"), ("INF_OPTIM__LR", "1")], &[]);
     assert_eq!(code, Some(0), "{said}");
     for var in ["INF_OPTIM_LR", "INF_OPTIM__LR"] {

@@ -423,7 +423,7 @@ fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<Measured>, 
         };
         if let (Some(step), Some(loss), Some(_), false) = (v["step"].as_u64(), loss, set.filter(|s| *s == name), ema) {
             let fingerprint = v["fingerprint"].as_str().map(String::from);
-            lines.push((step, loss, fingerprint.clone()));
+            lines.push((step, loss, fingerprint.clone(), v["val_dir"].as_str().map(String::from)));
             measured = v["val_dir"].as_str().map(|d| Measured {
                 dir: d.into(),
                 rows: v["rows"].as_u64().unwrap_or(0),
@@ -431,12 +431,16 @@ fn eval_curve(path: &Path, name: &str, run: &Path) -> (Curve, Option<Measured>, 
             });
         }
     }
-    // (lines of an earlier build say no fingerprint: counted as the last line's set)
+    // (lines of an earlier build say no fingerprint: counted as the last line's set; lines of another
+    // folder are another set by choice, which `--val` and the settings tell apart)
     let now = measured.as_ref().and_then(|m| m.fingerprint.clone());
-    let other = |f: &Option<String>| now.as_ref().zip(f.as_ref()).is_some_and(|(now, f)| now != f);
+    let last_dir = measured.as_ref().map(|m| m.dir.clone());
+    let other = |f: &Option<String>, dir: &Option<String>| {
+        *dir == last_dir && now.as_ref().zip(f.as_ref()).is_some_and(|(now, f)| now != f)
+    };
     let (mut by_step, mut left_out) = (std::collections::BTreeMap::new(), std::collections::BTreeSet::new());
-    for (step, loss, f) in lines {
-        if other(&f) {
+    for (step, loss, f, dir) in lines {
+        if other(&f, &dir) {
             left_out.insert(step);
         } else {
             by_step.insert(step, loss);

@@ -87,7 +87,8 @@ impl Trainer<'_> {
             // (a streak shorter than the limit, which the run's last step ended in)
             Ok(stop::Diverged(why)) if self.state.nonfinite_run < max => stop::Diverged(format!(
                 "{why}{} The run's last step was the last of them: fewer than optim.max_nonfinite = {max}, but no \
-                 later step shows them over (a resume with more run.steps shows whether they pass)",
+                 later step shows them over. Their updates were skipped: the last checkpoint holds the weights from \
+                 before them, which gave them; sample or evaluate it before taking it for the run's result",
                 if why.ends_with('.') { "" } else { "." }
             ))
             .into(),

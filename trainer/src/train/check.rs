@@ -178,7 +178,11 @@ pub fn check_with(
     let ema = cfg.optim.ema_decay > 0.0;
     let on_gpu = gpu.is_some() && cfg.run.device != DeviceChoice::Cpu;
     let host = host_state(lay.numel, world, placement(cfg, lay.numel, world, on_gpu), ema);
-    crate::model::host_memory::check_fits(host.rank0, crate::model::host_memory::bound()).map_err(unrecoverable)?;
+    // (said, not refused: the check may run on a login node, with less memory than the job's nodes;
+    // the run refuses it on a node that cannot hold it)
+    if let Err(e) = crate::model::host_memory::check_fits(host.rank0, crate::model::host_memory::bound()) {
+        out.push(format!("warning: {e} (on this machine: a run here is refused before it allocates)"));
+    }
     let others = match world {
         1 => String::new(),
         _ => format!(", each other rank {}", size(host.other_ranks as f64)),
@@ -290,11 +294,11 @@ pub fn check_with(
         let mut start = Params { data: Vec::new() };
         if cfg.model.init_from.is_some() {
             start.data.try_reserve_exact(lay.numel).map_err(|_| {
-                anyhow::anyhow!(
+                unrecoverable(anyhow::anyhow!(
                     "model.init_from: the model's {} parameters ({:.1} GB in f32) do not fit this machine's memory",
                     lay.numel,
                     lay.numel as f64 * 4e-9
-                )
+                ))
             })?;
             start.data.resize(lay.numel, 0.0);
         }

@@ -356,6 +356,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let stepped = t.step()?;
         t.log(&stepped)?;
         if stepped.diverged {
+            // (a streak the run's last step ends in, shorter than the limit: its weights, those before the
+            // streak, are checkpointed as a run's end checkpoints them, for the user to judge)
+            if t.state.nonfinite_run < cfg.optim.max_nonfinite {
+                t.checkpoint_if_due()?;
+            }
             return Err(t.diverged());
         }
         t.validate_if_due()?;

@@ -45,13 +45,20 @@ pub fn rows_of_step(cfg: &TrainConfig, step: u64, world: usize) -> Result<Vec<St
         for &g in &batch.rows {
             let (s, row) = ds.locate(g);
             let shard = ds.shards()[s].path().display();
-            // (checked as the step reads it: a NaN in the latent stops the run as a bad class id does)
-            match super::check::row_as_read(&ds, g, &mc, cfg.data.short_cap_prob > 0.0) {
-                Ok(()) => lines.push(format!("rank {rank}  {shard}  row {row}  id {}", ds.row(g).id)),
+            // (checked as the step reads it: a NaN in the latent stops the run as a bad class id does; a
+            // short caption's embedding is read where the step draws it, `data.short_cap_prob`)
+            let short = cfg.data.short_cap_prob > 0.0;
+            match super::check::row_as_read(&ds, g, &mc, false) {
                 Err(e) => {
                     bad += 1;
                     lines.push(format!("rank {rank}  {shard}  row {row}  BAD: {e}"));
                 }
+                Ok(()) => match super::check::row_as_read(&ds, g, &mc, short) {
+                    Err(e) => lines.push(format!(
+                        "rank {rank}  {shard}  row {row}  BAD where the step draws its short caption: {e}"
+                    )),
+                    Ok(()) => lines.push(format!("rank {rank}  {shard}  row {row}  id {}", ds.row(g).id)),
+                },
             }
         }
     }

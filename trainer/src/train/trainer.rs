@@ -218,8 +218,7 @@ impl Trainer<'_> {
         }
         let optimizer_s = t_opt.elapsed().as_secs_f64();
         // this step stops the run, once it is logged: `optim.max_nonfinite` in a row, or fewer that the
-        // run's last step ends in (no later step shows them over: the run's last checkpoint would hold
-        // the weights that gave them, as a finished run's)
+        // run's last step ends in (no later step shows them over: the run is not called finished)
         let last = next == cfg.run.steps;
         let diverged = self.state.nonfinite_run >= cfg.optim.max_nonfinite || (last && self.state.nonfinite_run > 0);
         self.state.step = next;

@@ -17,7 +17,7 @@ use crate::model::io::load_state_dict;
 use crate::model::weight_shards::{index_in, is_index};
 use crate::model::{torch_file, Conditioning, Layout, ModelConfig};
 use crate::train::check_schedules_fit;
-use crate::train::config::{inf_var_key, inf_vars, path_as_read, ModelPart};
+use crate::train::config::{path_as_read, ModelPart};
 
 /// The training config a weights file goes with: the file, its `--set` overrides, and the dataset
 /// folder that replaces its `data.dir` (`--data`).
@@ -116,14 +116,10 @@ fn check_config_file(config: &Path) -> Result<()> {
 /// `--config` as the messages name it: the file, with its `--set` overrides and the `INF__…` variables
 /// that set what shapes the model (said on the console as `infinity train` says them).
 fn shaped_by(spec: &ModelSpec) -> String {
-    let set_here = |key: &str| spec.overrides.iter().any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key));
     let shapes = |key: &str| key.starts_with("model.") || key == "data.dir" || key == "run.precision";
-    let from_env: Vec<String> = inf_vars()
-        .iter()
-        .filter_map(|(var, v)| Some((inf_var_key(var)?, v)))
-        .filter(|(key, _)| shapes(key) && !set_here(key))
-        .map(|(key, v)| format!("{key} = {v}"))
-        .collect();
+    let taken = crate::train::config::vars_taken(spec.config, spec.overrides).unwrap_or_default();
+    let from_env: Vec<String> =
+        taken.iter().filter(|(key, _)| shapes(key)).map(|(key, v)| format!("{key} = {v}")).collect();
     for o in spec.overrides {
         let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim());
         if !shapes(key) {

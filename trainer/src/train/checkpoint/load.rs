@@ -306,6 +306,18 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
         match load_model_of(dir.clone(), ema) {
             // (moved away whole, DONE with it: pruned, not damaged)
             Err(_) if dir != path && !dir.join(DONE).is_file() && tries < 5 => tries += 1,
+            // (a damaged checkpoint: the run's one before it, as a resume names it)
+            Err(e) if format!("{e:#}").contains("(corrupt checkpoint)") => {
+                let step = super::step_of(&dir);
+                let run =
+                    dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
+                let previous =
+                    run.zip(step).and_then(|(run, step)| complete(run).into_iter().rfind(|(s, _)| *s < step));
+                return Err(match previous {
+                    Some((_, p)) => anyhow!("{e:#} (the run's checkpoint before it: {}; give its folder)", p.display()),
+                    None => e,
+                });
+            }
             loaded => return loaded,
         }
     }

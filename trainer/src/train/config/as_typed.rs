@@ -19,10 +19,15 @@ thread_local! {
 /// `1.5` rounded to the default 2 of a whole-number key would be left out, and its rounding unseen),
 /// and two configs compared key by key (`[model.init]` written whole for one key changed).
 pub fn every_key<R>(serialise: impl FnOnce() -> R) -> R {
-    EVERY_KEY.set(true);
-    let written = serialise();
-    EVERY_KEY.set(false);
-    written
+    /// Puts the switch back as it was, a panic or a nested call included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EVERY_KEY.set(self.0);
+        }
+    }
+    let _restore = Restore(EVERY_KEY.replace(true));
+    serialise()
 }
 
 /// Whether a key whose value is at its default (`at_default`) is left out of a config as written
@@ -44,7 +49,7 @@ pub fn converted(given: &V, typed: &V, key: &str) -> Option<(String, String, Str
     match (given, typed) {
         (V::Object(g), V::Object(t)) => g.iter().find_map(|(k, v)| converted(v, t.get(k)?, &at(k))),
         (V::Array(g), V::Array(t)) => {
-            g.iter().zip(t).enumerate().find_map(|(i, (g, t))| converted(g, t, &at(&i.to_string())))
+            g.iter().zip(t).enumerate().find_map(|(i, (g, t))| converted(g, t, &format!("{key}[{i}]")))
         }
         (V::Number(n), V::Number(t)) if n.is_f64() && (t.is_i64() || t.is_u64()) => {
             let (x, read) = (n.as_f64().unwrap_or(f64::NAN), t.as_f64().unwrap_or(f64::NAN));
@@ -78,7 +83,7 @@ pub fn converted(given: &V, typed: &V, key: &str) -> Option<(String, String, Str
 /// their text as typed, in `given` (the merged values) and `typed` (the config read back), where either
 /// layer read it as a number or boolean. Whether `typed` changed.
 pub fn keep_text(given: &mut V, typed: &mut V, overrides: &[String], vars: &[(String, String)]) -> bool {
-    let from_vars = vars.iter().filter_map(|(var, value)| Some((inf_var_key(var)?, value.clone())));
+    let from_vars = vars.iter().filter_map(|(var, value)| Some((inf_var_key(var)?, value.trim().to_string())));
     // (a later --set over an earlier and over the variables)
     let from_sets = overrides.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim()));
     // (of each key, the text its last layer gave: the one the merged value came from)

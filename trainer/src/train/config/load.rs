@@ -157,7 +157,21 @@ fn merged<'a>(path: &'a Path, overrides: &'a [String], env: Env) -> Result<Given
     let mut vars = Vec::with_capacity(env.vars.len());
     for (var, text) in &env.vars {
         let Some(key) = inf_var_key(var) else { continue };
-        vars.push((key, override_value(text.trim()).with_context(|| format!("{var}{IN_THE_ENVIRONMENT}"))?));
+        let value = override_value(text.trim()).with_context(|| format!("{var}{IN_THE_ENVIRONMENT}"))?;
+        // (a table's kind and alternatives are settled key by key, as the variables name them)
+        if text.trim_start().starts_with('{') || text.contains('{') && text.trim_start().starts_with('[') {
+            bail!(
+                "{var}{IN_THE_ENVIRONMENT}: a variable sets one value: give a table's keys one by one \
+                 ({var}__KEY=…, {var}__0__KEY=… for an array's), or the table with --set"
+            );
+        }
+        if let Some((other, _)) = vars.iter().find(|(k, _): &&(String, _)| keys_overlap(k, &key)) {
+            bail!(
+                "{var}{IN_THE_ENVIRONMENT} sets {key} and another variable sets {other}, one inside the other: which \
+                 applies is not fixed; give one"
+            );
+        }
+        vars.push((key, value));
     }
     let mut b = config::Config::builder()
         .add_source(config::File::from_str(&merged, config::FileFormat::Toml))
@@ -629,6 +643,14 @@ fn override_value(text: &str) -> Result<config::Value> {
     }
     match toml::from_str::<toml::Table>(&format!("v = {text}")) {
         Ok(mut t) => Ok(convert(t.remove("v").expect("the key just parsed"))),
+        // (what TOML does not write but a shell or job spec does: `TRUE`, `.5`, `5.`; a text key keeps
+        // the text as typed all the same, `keep_text`)
+        Err(_) if text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false") => {
+            Ok(text.eq_ignore_ascii_case("true").into())
+        }
+        Err(_) if text.contains(['.', 'e', 'E']) && text.parse::<f64>().is_ok_and(f64::is_finite) => {
+            Ok(text.parse::<f64>().expect("just parsed").into())
+        }
         Err(_) => {
             // (a TOML integer, as TOML writes one, that does not fit: not `007` or `01_02`, which stay
             // strings as TOML does not read them as numbers)
@@ -858,11 +880,21 @@ mod tests {
             ("model.init.diva=nan", "expected true or false, found nan or inf"),
             ("optim.clip_decay=0", "expected true or false, found 0"),
             ("optim.ema_decay=\"0\"", "expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \"0\""),
-            ("optim.lr=.001", "expected a number as TOML writes one (0.001, 1e-3; not in quotes), found \".001\""),
         ] {
             let key = set.split('=').next().unwrap();
             assert!(error(&path, set).ends_with(&format!("--set {key}: at `{key}`: {want}")), "{}", error(&path, set));
         }
+        // spellings TOML does not write but a shell does; a text key keeps them as typed
+        let cfg = TrainConfig::load(
+            &path,
+            &[".001", "TRUE", "5."].map(|v| v.to_string()).map(|v| match v.as_str() {
+                ".001" => format!("optim.lr={v}"),
+                "TRUE" => format!("optim.clip_decay={v}"),
+                _ => format!("run.dir={v}"),
+            }),
+        )
+        .unwrap();
+        assert_eq!((cfg.optim.lr, cfg.optim.clip_decay, cfg.run.dir.to_str()), (Some(0.001), true, Some("5.")));
         // (and those keys at their defaults are still left out of the config as written)
         let cfg = TrainConfig::load(&path, &["optim.spike_window=128".into()]).unwrap();
         assert!(!toml::to_string(&cfg).unwrap().contains("spike_window"));
