@@ -128,23 +128,24 @@ struct Shared {
 impl Shared {
     /// Read absolute global batch `a` (this rank's slice).
     fn read(&self, a: u64) -> Result<Batch> {
-        let planned = self.planned(a);
+        let (part, epoch, plan, k) = self.planned(a);
+        let (bucket, rows) = plan.rank_slice(k);
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut b = batch::gather(&self.ds, planned.bucket, &planned.rows, self.skip_bad, spare)?;
+        let mut b = batch::gather(&self.ds, bucket, rows, self.skip_bad, spare)?;
         b.global_index = a;
-        b.epoch = planned.epoch;
-        b.part = planned.part;
+        b.epoch = epoch;
+        b.part = part;
         Ok(b)
     }
 
-    /// The rows of absolute global batch `a` (this rank's slice), unread.
-    fn planned(&self, a: u64) -> PlannedRows {
+    /// Where absolute global batch `a` stands: its dataset of the mix, its epoch, and the epoch plan that
+    /// holds it with its place there (this rank's slice is `plan.rank_slice(k)`).
+    fn planned(&self, a: u64) -> (u16, u64, Arc<EpochPlan>, usize) {
         let (p, i, mixed_epoch) = self.mix.source(a);
         let (plan, k) = self.parts[p].get(i);
-        let (bucket, rows) = plan.rank_slice(k);
         // (one dataset's epochs are its own: their lengths change with the size)
         let epoch = if self.parts.len() == 1 { plan.epoch } else { mixed_epoch };
-        PlannedRows { part: p as u16, bucket, epoch, rows: rows.to_vec() }
+        (p as u16, epoch, plan, k)
     }
 }
 
@@ -316,9 +317,10 @@ impl Loader {
     /// The rows of this rank's next batch, without reading them (a bad row among them is no error): what
     /// `infinity train --rows-of-step` lists. It counts as the batch delivered.
     pub fn next_rows(&mut self) -> PlannedRows {
-        let planned = self.shared.planned(self.state.batches_done);
+        let (part, epoch, plan, k) = self.shared.planned(self.state.batches_done);
+        let (bucket, rows) = plan.rank_slice(k);
         self.state.batches_done += 1;
-        planned
+        PlannedRows { part, bucket, epoch, rows: rows.to_vec() }
     }
 
     /// Hand a consumed batch back so its buffers are reused (optional). Reusing them matters with

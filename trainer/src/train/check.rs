@@ -18,7 +18,7 @@ use super::config::{DeviceChoice, TrainConfig};
 use super::token_mix::TokenMix;
 use super::{checkpoint, compute, gpu_fit, loader_options, mfu, micro_steps, unrecoverable, val, Preview, Setup};
 use crate::cli::plural;
-use crate::model::host_memory::{host_state, Updates};
+use crate::model::host_memory::{host_state, HostState, Updates};
 use crate::model::memory::{gib, RUNTIME_MARGIN};
 use crate::model::{Conditioning, ModelConfig, Params};
 
@@ -175,9 +175,8 @@ pub fn check_with(
     // (in MB below a gigabyte: a tiny model's 0.00 GB said nothing)
     let size =
         |bytes: f64| if bytes < 1e9 { format!("{:.1} MB", bytes / 1e6) } else { format!("{:.2} GB", bytes / 1e9) };
-    let ema = cfg.optim.ema_decay > 0.0;
     let on_gpu = gpu.is_some() && cfg.run.device != DeviceChoice::Cpu;
-    let host = host_state(lay.numel, world, placement(cfg, lay.numel, world, on_gpu), ema);
+    let host = host_need(cfg, lay.numel, world, on_gpu);
     // (said, not refused: the check may run on a login node, with less memory than the job's nodes;
     // the run refuses it on a node that cannot hold it)
     if let Err(e) = crate::model::host_memory::check_fits(host.rank0, crate::model::host_memory::bound()) {
@@ -336,15 +335,16 @@ pub fn check_with(
     Ok(out)
 }
 
-/// Where AdamW runs for a run of `cfg` on `world` ranks (`on_gpu`: the model runs on a GPU), as
-/// `Updater::place` decides.
-pub(crate) fn placement(cfg: &TrainConfig, numel: usize, world: usize, on_gpu: bool) -> Updates {
-    match (on_gpu, gpu_fit::device_optimizer(cfg, numel, world)) {
+/// The host memory a rank of a run of `cfg` on `world` ranks holds for the model's state (`numel`
+/// parameters; `on_gpu`: the model runs on a GPU), AdamW placed where `Updater::place` places it.
+pub(crate) fn host_need(cfg: &TrainConfig, numel: usize, world: usize, on_gpu: bool) -> HostState {
+    let updates = match (on_gpu, gpu_fit::device_optimizer(cfg, numel, world)) {
         (true, Some(1)) => Updates::Device,
         (true, Some(_)) => Updates::DeviceZero1,
         _ if cfg.dist.zero1 && world > 1 => Updates::HostZero1,
         _ => Updates::Host,
-    }
+    };
+    host_state(numel, world, updates, cfg.optim.ema_decay > 0.0)
 }
 
 /// What the run meets at `run.dir` before it writes: a folder it can create (the nearest existing

@@ -159,8 +159,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     // (a state the host cannot hold is refused, as `--check` refuses it, not aborted at its allocation)
-    let placed = check::placement(cfg, lay.numel, dist.world, compute.gpu_name().is_some());
-    let host = crate::model::host_memory::host_state(lay.numel, dist.world, placed, cfg.optim.ema_decay > 0.0);
+    let host = check::host_need(cfg, lay.numel, dist.world, compute.gpu_name().is_some());
     let need = if leader { host.rank0 } else { host.other_ranks };
     crate::model::host_memory::check_fits(need, crate::model::host_memory::bound()).map_err(unrecoverable)?;
     let Start { mut params, opt, saved, init_from: init_source } =

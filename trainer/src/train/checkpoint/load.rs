@@ -306,18 +306,6 @@ pub fn load_model(path: &Path, ema: bool) -> Result<CheckpointModel> {
         match load_model_of(dir.clone(), ema) {
             // (moved away whole, DONE with it: pruned, not damaged)
             Err(_) if dir != path && !dir.join(DONE).is_file() && tries < 5 => tries += 1,
-            // (a damaged checkpoint: the run's one before it, as a resume names it)
-            Err(e) if format!("{e:#}").contains("(corrupt checkpoint)") => {
-                let step = super::step_of(&dir);
-                let run =
-                    dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints")).and_then(Path::parent);
-                let previous =
-                    run.zip(step).and_then(|(run, step)| complete(run).into_iter().rfind(|(s, _)| *s < step));
-                return Err(match previous {
-                    Some((_, p)) => anyhow!("{e:#} (the run's checkpoint before it: {}; give its folder)", p.display()),
-                    None => e,
-                });
-            }
             loaded => return loaded,
         }
     }
@@ -331,7 +319,11 @@ fn load_model_of(dir: PathBuf, ema: bool) -> Result<CheckpointModel> {
         false => dir.join(MODEL_FILE),
     };
     if !ema {
-        verify_crc(&weights, &state.model_crc32c)?;
+        // (damaged: the run's checkpoint before it named, as a resume names it)
+        verify_crc(&weights, &state.model_crc32c).map_err(|e| match previous_complete(&dir) {
+            Some((_, p)) => anyhow!("{e:#} (the run's checkpoint before it: {}; give its folder)", p.display()),
+            None => e,
+        })?;
     }
     let model = read_model_json(&dir)?;
     let (config, data_dir) = run_config(&dir)?;
@@ -438,15 +430,21 @@ fn check_version(dir: &Path, state: &TrainState) -> Result<()> {
 /// The newest complete checkpoint before `dir` in its run folder, as a way on for `--resume` into
 /// `run` (which moves `dir` aside to `run`'s abandoned/ when it is its own).
 fn way_on(dir: &Path, run: &Path) -> Option<String> {
-    let step = super::step_of(dir)?;
-    let checkpoints = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?;
-    let own_run = checkpoints.parent()?;
-    let (_, previous) = complete(own_run).into_iter().rfind(|(s, _)| *s < step)?;
+    let (own_run, previous) = previous_complete(dir)?;
     let moved = match resolved(own_run) == resolved(run) {
         true => format!("; this one is then moved to {}/", run.join("abandoned").display()),
         false => String::new(),
     };
     Some(format!("resume from the previous checkpoint with --resume {}{moved}", previous.display()))
+}
+
+/// The run folder of checkpoint `dir` and its newest complete checkpoint before `dir`, where it has one.
+fn previous_complete(dir: &Path) -> Option<(&Path, PathBuf)> {
+    let step = super::step_of(dir)?;
+    let checkpoints = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))?;
+    let own_run = checkpoints.parent()?;
+    let (_, previous) = complete(own_run).into_iter().rfind(|(s, _)| *s < step)?;
+    Some((own_run, previous))
 }
 
 /// A checkpoint's `model.json`, parsed and checked (errors name the file).
