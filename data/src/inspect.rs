@@ -318,6 +318,21 @@ pub fn verify(dir: &Path) -> VerifyReport {
         ),
         Err(e) => r.problems.push(e.to_string()),
     }
+    // (not the dataset's: it is whole without them, and they take disk space)
+    if let Ok(staged) = crate::writer::staged_files(dir).map_err(|e| r.problems.push(e.to_string())) {
+        if let Some(first) = staged.first() {
+            r.notes.push(format!(
+                "{}: {} staged by a dataset writer ({first}{}): one writing into this folder now, or one killed, \
+                 whose files the next write here removes (never read; delete them if no writer runs)",
+                dir.display(),
+                match staged.len() {
+                    1 => "a file".to_string(),
+                    n => format!("{n} files"),
+                },
+                if staged.len() > 1 { ", …" } else { "" }
+            ));
+        }
+    }
     for s in m.schedules.iter().filter(|s| s.scales.len() > crate::schedule::MAX_MODEL_SCALES) {
         r.notes.push(format!(
             "schedule `{}` has {} scales: Infinity models train on at most {} (upstream's lvl_embed), so \

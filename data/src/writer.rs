@@ -460,15 +460,22 @@ fn remove_if_there(path: &Path) -> Result<()> {
     }
 }
 
-/// Removes the files a killed writer staged (`.NAME.pending`).
-fn remove_staged_leftovers(dir: &Path) -> Result<()> {
+/// The files a writer staged in `dir` (`.NAME.pending`): one writing now, or one killed.
+pub(crate) fn staged_files(dir: &Path) -> Result<Vec<String>> {
+    let mut staged = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let name = entry.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') && (name.ends_with(".pending") || name.ends_with(".pending.tmp")) {
-            remove_if_there(&dir.join(&name))?;
+            staged.push(name);
         }
     }
-    Ok(())
+    staged.sort();
+    Ok(staged)
+}
+
+/// Removes the files a killed writer staged.
+fn remove_staged_leftovers(dir: &Path) -> Result<()> {
+    staged_files(dir)?.iter().try_for_each(|name| remove_if_there(&dir.join(name)))
 }
 
 /// The shard files a manifest lists, read leniently (it is about to be replaced, valid or not).

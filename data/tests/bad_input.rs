@@ -771,3 +771,17 @@ fn parallel_rows_name_the_first_failure_in_id_order() {
         assert_eq!(e, "row 3 failed");
     }
 }
+
+/// Files a killed writer staged are never read and the dataset is whole without them, but they take
+/// disk space until the next write into the folder: verify notes them.
+#[test]
+fn verify_notes_files_a_writer_staged() {
+    let (dir, _) = dataset(12);
+    std::fs::write(dir.path().join(".shard-00003.arrow.pending"), b"half a shard").unwrap();
+    std::fs::write(dir.path().join(".tokenizer.safetensors.pending"), b"half a file").unwrap();
+    let r = infinity_data::inspect::verify(dir.path());
+    assert_eq!(r.count(), 0, "{:?}", r.problems);
+    let note = r.notes.iter().find(|n| n.contains("staged by a dataset writer")).expect("a note of the staged files");
+    assert!(note.contains("2 files staged by a dataset writer (.shard-00003.arrow.pending, …)"), "{note}");
+    assert!(note.contains("the next write here removes"), "{note}");
+}

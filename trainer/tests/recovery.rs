@@ -1,7 +1,7 @@
 //! Recovery from what goes wrong in long runs: `train --check` finds the run folder's refusals (a folder
 //! it cannot write, one another job trains), a failed checkpoint write frees its space, a damaged newest
 //! checkpoint names the way on, a damaged `model.json` is refused on resume, `--resume auto` says
-//! when it starts fresh, and `--accept-data-change` resumes on a mended dataset.
+//! when it starts fresh, a resume says its run's lost metrics log, and `--accept-data-change` resumes on a mended dataset.
 
 mod common;
 
@@ -458,6 +458,33 @@ fn resume_auto_without_a_complete_checkpoint_says_it_starts_fresh() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.matches(&note).count(), 1, "{stdout}");
+}
+
+/// A resume whose run folder lost its metrics.jsonl (deleted by hand, a cleanup script) says the log of
+/// the steps before it is gone; a branch into a new folder, whose log is the source run's, says nothing.
+#[test]
+fn a_resume_says_its_metrics_log_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let mut cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    std::fs::remove_file(cfg.run.dir.join("metrics.jsonl")).unwrap();
+    cfg.run.steps = 5;
+    let file = common::config_file(&cfg, tmp.path());
+    let out = infinity(&["train", file.to_str().unwrap(), "--resume", "auto"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let gone = "metrics.jsonl is missing, though this run folder trained to step 3: the log of those steps is gone";
+    assert!(stderr.contains(gone), "{stderr}");
+
+    let step3 = cfg.run.dir.join("checkpoints/step-00000003");
+    cfg.run.dir = tmp.path().join("branch");
+    let file = common::config_file(&cfg, tmp.path());
+    let out = infinity(&["train", file.to_str().unwrap(), "--resume", step3.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("is missing"), "{stderr}");
 }
 
 /// A dataset changed since the checkpoint (here its shard renamed, as a mended shard's checksum would

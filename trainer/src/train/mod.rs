@@ -279,6 +279,16 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
         write_run_file(run, "derived.json", &serde_json::to_string_pretty(&derived)?)?;
     }
+    // (a log deleted, not a branch's new folder: those have no checkpoint of their own yet)
+    if leader && resumed && !run.join("metrics.jsonl").is_file() && !checkpoint::complete(run).is_empty() {
+        tracing::warn!(
+            "{} is missing, though this run folder trained to step {}: the log of those steps is gone, and it \
+             starts again at step {} (loss curves and `infinity scaling` read the steps from there)",
+            run.join("metrics.jsonl").display(),
+            state.step,
+            state.step + 1
+        );
+    }
     // only rank 0 writes logs, sample grids and checkpoints
     let mut logger = match leader {
         true => Some(Logger::open(run, &config_toml, state.step, cfg.run.steps, cfg.run.log_every)?),

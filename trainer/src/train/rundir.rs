@@ -153,6 +153,10 @@ pub fn resume_changes(ckpt: &Path, config_toml: &str, mc: &crate::model::ModelCo
     for c in changes.iter_mut().filter(|c| c.starts_with("dist.zero1:")) {
         c.push_str(" (on more than one rank the gradient norm is summed in another order: not bit for bit)");
     }
+    // (the loader's order is global: its threads only read ahead)
+    for c in changes.iter_mut().filter(|c| c.starts_with("data.workers:")) {
+        c.push_str(" (reader threads only: the batches are the same)");
+    }
     // what a fresh start alone reads: a resume's weights and average are the checkpoint's
     for c in changes.iter_mut().filter(|c| c.starts_with("model.init_from") || c.starts_with("model.init.")) {
         c.push_str(" (no effect on a resume: the weights are the checkpoint's)");
@@ -526,7 +530,8 @@ mod tests {
 
     /// Of two whole configs, one key of a table written whole where one key differs from its default
     /// (`[model.init]`) is one change (its other keys were "(unset) → default"); a schedule changed at a
-    /// resume says where the rate goes, and ZeRO-1 turned on that its sums are in another order.
+    /// resume says where the rate goes, ZeRO-1 turned on that its sums are in another order, and the reader
+    /// threads changed that the batches are the same.
     #[test]
     fn a_resume_names_the_keys_that_changed_and_what_they_do() {
         let tmp = tempfile::tempdir().unwrap();
@@ -544,6 +549,10 @@ mod tests {
         assert!(warmup.len() == 1 && warmup[0].contains("(the learning rate goes from "), "{warmup:?}");
         let zero1 = changed(demo.replace("[model]\n", "[dist]\nzero1 = true\n[model]\n"));
         assert!(zero1.len() == 1 && zero1[0].ends_with("in another order: not bit for bit)"), "{zero1:?}");
+        assert_eq!(
+            changed(demo.replace("workers = 1", "workers = 4")),
+            ["data.workers: 1 → 4 (reader threads only: the batches are the same)"]
+        );
     }
 
     /// A resume names `model.init_from` changed as having no effect (a user reading the run's config
