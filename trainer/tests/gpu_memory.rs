@@ -5,6 +5,9 @@
 //! counts what the program holds as a GPU's does); prints that it skipped without either. And
 //! `infinity model info`'s table of the same, which needs no GPU.
 
+#[cfg(feature = "cuda")]
+mod common;
+
 /// `infinity model info` adds the GPU memory of a training step per precision and recomputation, and
 /// the largest micro-batch a GPU's memory holds.
 #[test]
@@ -28,8 +31,7 @@ fn model_info_tells_the_gpu_memory_a_step_needs() {
 /// without a device.
 #[cfg(feature = "cuda")]
 fn device_name() -> Option<String> {
-    if !infinity_trainer::gpu::cuda_available() {
-        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
+    if !common::gpu_or_skip() {
         return None;
     }
     Some(infinity_kernels::cuda::Device::open(0).map(|d| d.name).unwrap_or_default())

@@ -5,24 +5,19 @@
 //! as scripts/test.sh does in CI); prints what it skipped without either.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use std::path::Path;
 
+use common::gpu_or_skip;
 use infinity_kernels::attention::block_causal_segments;
 use infinity_kernels::rope::RopeTable;
-use infinity_trainer::gpu::{cuda_available, GpuModel};
+use infinity_trainer::gpu::GpuModel;
 use infinity_trainer::model::init::{init_params, InitConfig};
 use infinity_trainer::model::{
     backward, forward, token_weights, Condition, Conditioning, Layout, ModelConfig, ModelInput, Params,
 };
 use rand::{Rng, SeedableRng};
-
-fn gpu_or_skip() -> bool {
-    if !cuda_available() {
-        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
-        return false;
-    }
-    true
-}
 
 /// Largest |a − b| over each parameter, relative to that parameter's largest |b|; the worst one.
 fn worst_rel(lay: &Layout, a: &[f32], b: &[f32]) -> (f32, String) {

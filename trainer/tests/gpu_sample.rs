@@ -5,21 +5,16 @@
 //! scripts/test.sh does in CI); prints what it skipped without either.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::gpu_or_skip;
 use infinity_kernels::compare::max_abs_diff;
 use infinity_kernels::rope::RopeTable;
-use infinity_trainer::gpu::{cuda_available, GpuModel};
+use infinity_trainer::gpu::GpuModel;
 use infinity_trainer::model::init::{init_params, InitConfig};
 use infinity_trainer::model::sample::{sample, SampleCondition, SampleOptions, Sampled};
 use infinity_trainer::model::{Conditioning, Layout, ModelConfig, Params};
 use rand::{Rng, SeedableRng};
-
-fn gpu_or_skip() -> bool {
-    if !cuda_available() {
-        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
-        return false;
-    }
-    true
-}
 
 /// A tiny model (d = 16, two blocks) whose zero-initialised parts (gates, head, AdaLN biases) are
 /// perturbed, so every path reaches the logits.

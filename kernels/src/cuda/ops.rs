@@ -1,6 +1,7 @@
-//! Host-slice entry points of the CUDA twins: copy in, launch, copy out. They mirror the CPU twins'
-//! signatures closely so the equivalence tests read side by side; the training path keeps buffers on
-//! the device and launches the same kernels.
+//! Entry points of the smaller CUDA twins (bitwise CE unfused, activations and their `Act` buffers,
+//! resize and one scale's quantisation (`bsq.rs` does a whole batch's scales), AdamW, EMA, sum of
+//! squares): `*_dev` on device buffers, which the training path calls, and host-slice ones (copy in,
+//! launch, copy out) that mirror the CPU twins' signatures so the equivalence tests read side by side.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice, PushKernelArg};
 

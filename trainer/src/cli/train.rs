@@ -163,10 +163,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         Some("auto") => newest(),
         // a requeued rewind whose step keep_last has pruned since: the history it began goes on (as
-        // where the step is still there: `start_state::repeated_rewind`)
+        // where the step is still there: `resume_point::repeated_rewind`)
         Some(p) => match rewound_before_pruned(&cfg, p) {
             Some(found) => {
-                let note = train::start_state::rewound_before_note(&cfg.run.dir, std::path::Path::new(p), found);
+                let note = train::resume_point::rewound_before_note(&cfg.run.dir, std::path::Path::new(p), found);
                 console_err!("warning: {note}");
                 Some(train::checkpoint::step_dir(&cfg.run.dir, found.1))
             }
@@ -195,7 +195,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
             None
         }),
         false => {
-            let flag = dist::preemption_flag(true)?;
+            let flag = train::stop::preemption_flag(true)?;
             train::stop::stop_when_agent_gone(&flag)?;
             if let Some(limit) = a.time_limit {
                 time_limit(limit, flag.clone(), timed_out.clone())?;
@@ -281,7 +281,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(preempted_exit(s.preempted && s.steps < cfg.run.steps, a.preempted_exit_code))
 }
 
-/// [`train::start_state::rewound_before`] for a `--resume` step folder that is gone (pruned), on the
+/// [`train::resume_point::rewound_before`] for a `--resume` step folder that is gone (pruned), on the
 /// dataset the config names (its shards not hashed: the run does that).
 fn rewound_before_pruned(cfg: &train::config::TrainConfig, given: &str) -> Option<(u64, u64)> {
     if std::path::Path::new(given).exists() {
@@ -289,7 +289,7 @@ fn rewound_before_pruned(cfg: &train::config::TrainConfig, given: &str) -> Optio
     }
     let config_toml = toml::to_string(&cfg.with_absolute_paths()).ok()?;
     let ds = train::Setup::open_with(cfg, infinity_data::Checksums::Skip).ok()?.ds;
-    train::start_state::rewound_before(&cfg.run.dir, std::path::Path::new(given), &config_toml, Some(&ds.manifest))
+    train::resume_point::rewound_before(&cfg.run.dir, std::path::Path::new(given), &config_toml, Some(&ds.manifest))
 }
 
 /// `e` with a hint when `--resume` was given a near miss of `auto` (`autoo`, `Auto`) that names no path.

@@ -81,11 +81,14 @@ pub enum DeviceCondition {
     Text { kv_compact: CudaSlice<f32>, cu: Vec<usize>, dropped: Vec<bool>, ca: Box<AttnRanges>, pool: Box<AttnRanges> },
 }
 
-/// Saved device activations of one block (the `model::forward::BlockActs` fields).
+/// Saved device activations of one block (the fields of `model/acts.rs`'s `BlockActs`, of the same
+/// shapes, and `gain`).
 #[derive(Default)]
 pub struct BlockBufs {
     pub x_in: Option<CudaSlice<f32>>,
     pub gss: Option<CudaSlice<f32>>,
+    /// `[H]` the cosine attention's logit scale, `exp(min(scale_mul, ln 100))` (the CPU forward
+    /// computes it where it is used).
     pub gain: Option<CudaSlice<f32>>,
     /// The pre-norm LayerNorms' statistics (their outputs x̂ are recomputed from the input, not kept).
     pub ln1: [Option<CudaSlice<f32>>; 2],
@@ -123,16 +126,19 @@ pub struct BlockBufs {
     pub f2: Option<CudaSlice<f32>>,
 }
 
-/// Saved device activations of the text path.
+/// Saved device activations of the text path (`model/acts.rs`'s `TextActs`).
 pub struct TextBufs {
+    /// `[T, Ct]` features after CFG dropout; `[T]` text_norm's reciprocal RMS; `[T, Ct]` its output.
     pub kv_in: CudaSlice<f32>,
     pub kv_rstd: CudaSlice<f32>,
     pub kv: CudaSlice<f32>,
+    /// `[B, C]` pool queries, `[T, C]` keys and values, `[B, C]` output, `[B, Hp]` lse.
     pub pool_q: CudaSlice<f32>,
     pub pool_k: CudaSlice<f32>,
     pub pool_v: CudaSlice<f32>,
     pub pool_attn: Act,
     pub pool_lse: CudaSlice<f32>,
+    /// `[T, C]` text_proj_for_ca: first linear, GELU, output (the cross-attention context).
     pub t1: CudaSlice<f32>,
     pub t1g: CudaSlice<f32>,
     pub kv_ca: CudaSlice<f32>,

@@ -63,6 +63,8 @@ pub struct GpuModel {
     /// whether `params` changed since (set by every write to `params`).
     params16: Option<CudaSlice<u16>>,
     params16_stale: bool,
+    /// The gradients: `[numel]` (padded with `params` under ZeRO-1), in `params`' layout; `[1]` where
+    /// the model only samples.
     grads: CudaSlice<f32>,
     /// The factor `grads` still needs before the update: `1/world` after an NCCL sum, times the
     /// clipping coefficient. The device AdamW applies it as it reads them (no pass per factor); 1

@@ -5,7 +5,7 @@
 //! With ZeRO-1 over NCCL each rank's device holds the moments of its shard of the flat parameters
 //! only: the gradients are reduce-scattered (or were reduced to their shards' owners bucket by bucket
 //! during the backward), the rank updates its shard, and the parameters are all-gathered in place, as
-//! `train::dist::Zero1` does on the host.
+//! `train::zero1::Zero1` does on the host.
 //!
 //! NCCL runs on the communicator's own stream: every collective on the model's buffers starts after
 //! the work queued on the model's stream (`NcclComm::after`), and the model's stream goes on after it
@@ -44,7 +44,7 @@ pub struct DeviceAdamW {
 
 impl GpuModel {
     /// Move AdamW's state onto the device: a whole one (`world` = 1), or (ZeRO-1, `world` > 1) this
-    /// rank's shard, `opt.range` being `train::dist::shard_range` of the rank, which must not be empty.
+    /// rank's shard, `opt.range` being `train::zero1::shard_range` of the rank, which must not be empty.
     /// With a shard, the flat gradients and the parameters the matmuls read (bf16 or f32) are padded
     /// to `world` equal parts (NCCL moves equal parts), with bf16 matmuls the f32 masters are the
     /// shard's alone (`master_shard`), and all lose their values: upload the parameters after this.

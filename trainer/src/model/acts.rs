@@ -1,8 +1,8 @@
 //! What the CPU forward saves for the backward ([`Acts`]: per block, the text path, the head), plus
 //! its outputs. Buffers are reused across steps ([`super::forward_into`]).
 //!
-//! Dims legend: `B` batch, `L` tokens (start token included), `N = B·L`, `C` width, `Ct` text width,
-//! `T` text tokens of the batch, `Hp` pool heads, `Hf` FFN width, `d` bits.
+//! Dims legend: `B` batch, `L` tokens (start token included), `N = B·L`, `C` width, `H` heads,
+//! `Ct` text width, `T` text tokens of the batch, `Hp` pool heads, `Hf` FFN width, `d` bits.
 
 use infinity_kernels::attention::Segment;
 use infinity_kernels::bitwise_ce::BitwiseCe;
@@ -14,6 +14,7 @@ pub struct BlockActs<T> {
     pub x_in: Vec<T>,
     /// `[B, 6C]` per-sample AdaLN parameters (ada_gss + shared): γ1, γ2, s1, s2, b1, b2.
     pub gss: Vec<T>,
+    /// `[N]` LayerNorm statistics of `x_in`.
     pub ln1_mean: Vec<T>,
     pub ln1_rstd: Vec<T>,
     /// `[N, C]` LN(x) and its modulation (the qkv input).
@@ -37,6 +38,7 @@ pub struct BlockActs<T> {
     /// `[N, C]` residual after self-attention.
     pub x_sa: Vec<T>,
     // cross-attention (text conditioning only)
+    /// `[N]` ca_norm statistics of `x_sa`.
     pub ca_mean: Vec<T>,
     pub ca_rstd: Vec<T>,
     /// `[N, C]` ca_norm(x_sa).
@@ -49,8 +51,10 @@ pub struct BlockActs<T> {
     pub ca_lse: Vec<T>,
     /// `[N, C]` residual after cross-attention.
     pub x_ca: Vec<T>,
+    /// `[N]` LayerNorm statistics of the residual entering the FFN.
     pub ln2_mean: Vec<T>,
     pub ln2_rstd: Vec<T>,
+    /// `[N, C]` its LN and modulation (the fc1 input).
     pub xhat2: Vec<T>,
     pub h2: Vec<T>,
     /// `[N, Hf]` fc1 output and its GELU.
@@ -65,6 +69,7 @@ pub struct BlockActs<T> {
 pub struct TextActs<T> {
     /// `[T, Ct]` features after CFG dropout, and after text_norm.
     pub kv_in: Vec<T>,
+    /// `[T]` text_norm's reciprocal RMS.
     pub kv_rstd: Vec<T>,
     pub kv: Vec<T>,
     /// `[T, C]` pool keys/values, `[B, C]` broadcast pool queries, output, `[B, Hp]` lse.
@@ -77,6 +82,7 @@ pub struct TextActs<T> {
     pub t1: Vec<T>,
     pub t1g: Vec<T>,
     pub kv_ca: Vec<T>,
+    /// `[B+1]` offsets of each sample's text tokens (cu_seqlens).
     pub cu: Vec<usize>,
 }
 

@@ -1,5 +1,9 @@
 //! The hand-written backward of [`super::forward::forward`]: gradients of `loss` for every parameter,
 //! added into `grads` (so micro-batches accumulate). Reads top to bottom as the forward in reverse.
+//!
+//! Dims legend as in `forward.rs`: `B` batch, `L` tokens, `N = B·L`, `C` width, `H` heads, `c = C/H`,
+//! `Hf` FFN width, `d` bits, `T` text tokens of the batch, `Ct` text width; a `d` prefix is a gradient
+//! of the same shape (`dx [N, C]`).
 
 use infinity_kernels::act::{gelu_backward, silu_backward};
 use infinity_kernels::adaln::{gated_residual_backward, modulate_backward, scale_gates};

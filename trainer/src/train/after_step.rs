@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::log::{Logger, StepMetrics};
 use super::trainer::{Stepped, Trainer};
-use super::{checkpoint, dist, due, ema, mfu, saver, stop, watchdog, TrainSummary};
+use super::{checkpoint, due, ema, mfu, saver, stop, watchdog, zero1, TrainSummary};
 
 impl Trainer<'_> {
     /// Counts the step's samples, tokens and FLOPs, and logs it (rank 0), with a sample grid when due.
@@ -118,7 +118,7 @@ impl Trainer<'_> {
         self.beat(|| format!("the stop-signal check and checkpoint of step {step}"));
         // preemption: every rank learns whether any rank was signalled, so all stop at this step; and
         // whether rank 0's clock says a checkpoint is due (checkpoint.every_minutes), so all save
-        let signalled = dist::is_set(&self.stop);
+        let signalled = stop::is_set(&self.stop);
         let writing = self.saver.as_ref().is_some_and(saver::Saver::writing);
         self.dist.tag("stop-signal and checkpoint-clock check");
         let [preempt, clock_due, busy] =
@@ -150,7 +150,7 @@ impl Trainer<'_> {
         if save {
             self.save(last)?;
         }
-        dist::fault_drill(self.dist.rank, step, self.dist.attempt);
+        stop::fault_drill(self.dist.rank, step, self.dist.attempt);
         if preempt && step < cfg.run.steps {
             self.dist.mark_stopped_early(step);
         }
@@ -195,7 +195,7 @@ impl Trainer<'_> {
         self.compute.sync_host(&mut self.dist, &mut self.params, Some(&mut self.opt), self.ema.as_mut())?;
         // under ZeRO-1 every rank sends its moments to form the whole state (on rank 0)
         let whole = match self.sharded {
-            true => dist::gather_optimizer(&mut self.dist, &self.opt, lay)?,
+            true => zero1::gather_optimizer(&mut self.dist, &self.opt, lay)?,
             false => None,
         };
         let ema_whole = ema::whole(self.ema.as_ref(), self.ema_sharded, &mut self.dist, lay.numel)?;

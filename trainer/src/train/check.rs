@@ -245,8 +245,8 @@ pub fn check_with(
     let config_toml = toml::to_string(&cfg.with_absolute_paths()).context("serialising the config")?;
     if let Some(given) = resume {
         // (a rewind repeated with the same config continues its history, as the run would)
-        let repeated = super::start_state::rewound_before(&cfg.run.dir, given, &config_toml, Some(&ds.manifest));
-        let note = |found| super::start_state::rewound_before_note(&cfg.run.dir, given, found);
+        let repeated = super::resume_point::rewound_before(&cfg.run.dir, given, &config_toml, Some(&ds.manifest));
+        let note = |found| super::resume_point::rewound_before_note(&cfg.run.dir, given, found);
         out.extend(repeated.map(|found| format!("resume: {}", note(found))));
         let newest = repeated.map(|(_, m)| checkpoint::step_dir(&cfg.run.dir, m));
         let dir = newest.as_deref().unwrap_or(given);
@@ -285,7 +285,7 @@ pub fn check_with(
         out.extend(sized_totals(cfg, (&mc, &ds), &state.loader)?);
         position = Some(state.loader);
     } else {
-        if let Some(why) = super::start_state::fresh_repeats_divergence(cfg, &config_toml, &ds.manifest, world) {
+        if let Some(why) = super::divergence::fresh_repeats_divergence(cfg, &config_toml, &ds.manifest, world) {
             return Err(super::stop::Diverged(why).into());
         }
         // (weights only for a source to fill: a model larger than this machine's memory is checked all
@@ -326,7 +326,7 @@ pub fn check_with(
             }
             None => out.push("start: a fresh initialisation".into()),
         }
-        out.extend(super::start_state::fresh_start_note(&cfg.run.dir));
+        out.extend(super::resume_point::fresh_start_note(&cfg.run.dir));
     }
     // the loader's own checks, as the run's first step makes them: a bucket that holds a global batch,
     // a saved position this config can continue (the same seed, batch and dataset)

@@ -418,8 +418,8 @@ impl Compute {
                 model.download_state(_params, _opt, _ema.map(|e| &mut e.weights[..]))?;
                 if model.shards_masters() {
                     let (numel, mine) =
-                        (_params.data.len(), super::dist::shard_range(_params.data.len(), _dist.rank, _dist.world));
-                    if let Some(whole) = super::dist::gather_shards(_dist, &_params.data[mine], numel)? {
+                        (_params.data.len(), super::zero1::shard_range(_params.data.len(), _dist.rank, _dist.world));
+                    if let Some(whole) = super::zero1::gather_shards(_dist, &_params.data[mine], numel)? {
                         _params.data = whole;
                     }
                 }

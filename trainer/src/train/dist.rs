@@ -3,8 +3,7 @@
 //! identity communicator, so the loop has one code path.
 //!
 //! ZeRO-1's sharded optimiser and its gathers live in `zero1.rs`, stopping on a signal and the fault
-//! drills in `stop.rs`; both are re-exported here, so `dist::Zero1`, `dist::preemption_flag`, … still
-//! name them.
+//! drills in `stop.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,11 +13,9 @@ use infinity_launcher::comm::{Communicator, Solo, TcpRing};
 use infinity_launcher::env::DistEnv;
 use infinity_launcher::store::{StoreClient, StoreServer};
 
-pub use super::stop::{fault_drill, is_set, preemption_flag, slow_drill, SetupGuard, EXIT_STOPPED_BEFORE_START};
-pub use super::zero1::{every_rank_owns_a_shard, gather_optimizer, gather_shards, shard_range, Zero1};
-
 use super::config::{CommBackend, DistSection};
 use super::rank_identity::{self, RankIdentity};
+use super::stop::SetupGuard;
 
 pub struct Dist {
     pub rank: usize,

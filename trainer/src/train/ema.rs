@@ -8,12 +8,13 @@ use anyhow::{Context, Result};
 use super::checkpoint;
 use super::compute::Compute;
 use super::config::TrainConfig;
-use super::dist::{self, Dist};
+use super::dist::Dist;
+use super::zero1;
 use crate::model::{Layout, ModelConfig, Params};
 use crate::optim::Ema;
 
 /// This rank's part of the moving average (none when `optim.ema_decay = 0`), and whether the ranks
-/// share it out (then checkpoints gather it: [`dist::gather_shards`]). Beside a device optimizer it is
+/// share it out (then checkpoints gather it: [`zero1::gather_shards`]). Beside a device optimizer it is
 /// rank 0's, on its GPU, or with ZeRO-1 each rank's shard on its own GPU; on the host with several
 /// ranks (the CPU, or ZeRO-1) each rank keeps its shard, so no rank makes a pass over all the weights
 /// that the others wait for; alone, rank 0's.
@@ -28,7 +29,7 @@ pub fn start(
     let leader = dist.is_leader();
     let sharded = dist.world > 1 && (!compute.device_optimizer() || compute.device_zero1());
     let range = match (sharded, leader) {
-        (true, _) => Some(dist::shard_range(lay.numel, dist.rank, dist.world)),
+        (true, _) => Some(zero1::shard_range(lay.numel, dist.rank, dist.world)),
         (false, true) => Some(0..lay.numel),
         (false, false) => None,
     };
@@ -65,7 +66,7 @@ pub fn start(
 /// `sharded` (a collective: every rank calls it), else rank 0's own. `None` on the other ranks.
 pub fn whole(ema: Option<&Ema>, sharded: bool, dist: &mut Dist, numel: usize) -> Result<Option<Params<f32>>> {
     let data = match ema {
-        Some(e) if sharded => dist::gather_shards(dist, &e.weights, numel)?,
+        Some(e) if sharded => zero1::gather_shards(dist, &e.weights, numel)?,
         Some(e) => dist.is_leader().then(|| e.weights.clone()),
         None => None,
     };

@@ -56,7 +56,7 @@ pub fn device_optimizer(cfg: &TrainConfig, numel: usize, world: usize) -> Option
     match (cfg.dist.zero1 && world > 1, cfg.dist.backend) {
         (false, _) => Some(1),
         (true, CommBackend::Ring) => None,
-        (true, _) if !super::dist::every_rank_owns_a_shard(numel, world) => None,
+        (true, _) if !super::zero1::every_rank_owns_a_shard(numel, world) => None,
         (true, _) => Some(world),
     }
 }

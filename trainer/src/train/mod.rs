@@ -13,6 +13,7 @@ pub mod compute;
 pub mod config;
 mod console;
 pub mod dist;
+mod divergence;
 mod ema;
 pub mod gpu_fit;
 pub mod init_from;
@@ -22,6 +23,7 @@ mod micro_batch;
 mod preview;
 pub mod rank_identity;
 pub mod rank_times;
+pub(crate) mod resume_point;
 pub mod run_lock;
 pub mod rundir;
 mod saver;
@@ -47,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use infinity_data::loader::plan::keyed_rng;
 use infinity_data::loader::Loader;
 use rand::Rng;
@@ -151,11 +153,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         mut lock,
     } = Session::start(cfg, opts, &setup)?;
     let (manifest, leader, run) = (ds.manifest.clone(), dist.is_leader(), &cfg.run.dir);
-    start_state::shared_by_every_rank(run, &mut dist)?;
+    resume_point::shared_by_every_rank(run, &mut dist)?;
     // (the step folder the command line names, where it names one: a repeated rewind resumes another)
     let named = opts.resume.clone().filter(|_| !opts.resume_auto);
     let opts =
-        &TrainOptions { resume: start_state::resume_point(opts, run, &config_toml, &ds, &mut dist)?, ..opts.clone() };
+        &TrainOptions { resume: resume_point::resume_point(opts, run, &config_toml, &ds, &mut dist)?, ..opts.clone() };
 
     // ---- state: fresh or resumed -------------------------------------------------------------
     // (a state the host cannot hold is refused, as `--check` refuses it, not aborted at its allocation)
@@ -220,53 +222,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(l) = lock.as_mut() {
         l.keep();
     }
+    // (where its history forks: a rewind, a branch; a diverged start's records set aside)
     if leader && resumed {
-        // (a rewind to this run's own step N that a session killed before its first checkpoint began: it
-        // set the later history aside, which this session does not find again; its history is this one,
-        // so that a requeue naming N continues it)
-        let own_step =
-            |p: &Path| checkpoint::run_folder_of(p).and_then(|f| f.canonicalize().ok()) == run.canonicalize().ok();
-        let set_aside_before = run.join("abandoned").join(format!("after-step-{:08}", state.step)).is_dir();
-        let started_here = rundir::summary_started_at(run) == Some(state.step);
-        let as_named = named.as_deref().zip(opts.resume.as_deref()).is_some_and(|(n, r)| {
-            n.canonicalize().ok().is_some_and(|n| r.canonicalize().ok() == Some(n)) && own_step(r)
-        });
-        if set_aside_before && started_here && as_named {
-            (state.forked_at, state.forked_from) = (Some(state.step), None);
-        }
-        // a branch: a new run from another run folder's checkpoint, which its checkpoints name, so that a
-        // requeue of the same command line continues the branch too
-        let branched_from = opts.resume.as_deref().filter(|r| !own_step(r)).and_then(|r| std::path::absolute(r).ok());
-        if branched_from.is_some() {
-            (state.forked_at, state.forked_from) = (Some(state.step), branched_from.clone());
-        }
-        // a new history from an earlier checkpoint (or a branch begun again): the later ones would be
-        // taken for its newest
-        if let Some((dir, what)) = checkpoint::set_aside_later(run, state.step)? {
-            (state.forked_at, state.forked_from) = (Some(state.step), branched_from);
-            tracing::warn!(
-                "resuming at step {} where this run folder has {what}: they are of the history this run \
-                 replaces; moved to {}",
-                state.step,
-                dir.display()
-            );
-        }
+        start_state::record_resume(run, &mut state, opts.resume.as_deref(), named.as_deref())?;
     }
-    if leader && !resumed && rundir::summary_says(run, "diverged") && checkpoint::complete(run).is_empty() {
-        // a fresh start after a divergence before the first checkpoint (with other settings: the same
-        // were refused above): the diverged session's logs and grids are set aside as a rewind's are,
-        // with its summary.json, which would otherwise say "diverged" (and refuse a plain restart of
-        // this session) until this session's first checkpoint
-        if let Some((dir, what)) = checkpoint::set_aside_later(run, 0)? {
-            let (from, to) = (run.join("summary.json"), dir.join("summary.json"));
-            std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-            tracing::warn!("starting afresh where this run folder has {what}: moved to {}", dir.display());
-        }
+    if leader && !resumed {
+        start_state::set_aside_a_diverged_start(run)?;
     }
     // (before config.toml is this session's: it compares with the last session's)
     // (a dataset mended on purpose, `--accept-data-change`: other samples from here on)
     let same_settings_since = match resumed && !opts.accept_data_change {
-        true => start_state::same_settings_since(cfg, &config_toml, state.step, dist.world),
+        true => divergence::same_settings_since(cfg, &config_toml, state.step, dist.world),
         false => 0,
     };
     if leader {

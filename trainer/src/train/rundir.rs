@@ -395,7 +395,7 @@ pub fn truncate_eval_log(run: &Path, step: u64) -> Result<()> {
 }
 
 /// `summary.json`, if it can be read.
-fn read_summary(run: &Path) -> Option<serde_json::Value> {
+pub(super) fn read_summary(run: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).ok()?).ok()
 }
 
@@ -413,54 +413,6 @@ pub fn summary_started_at(run: &Path) -> Option<u64> {
 /// The step `summary.json` records, if it can be read.
 pub fn summary_step(run: &Path) -> Option<u64> {
     read_summary(run)?["step"].as_u64()
-}
-
-/// Whether the summary `s` was written by this build (one of an earlier build records none: taken as this).
-fn same_build(s: &serde_json::Value) -> bool {
-    let this_build = super::rank_identity::this_rank().build.to_string();
-    s["build"].as_str().is_none_or(|b| b == this_build)
-}
-
-/// `summary.json`'s `same_settings_since` for a session resuming `run` at `step` on `world` ranks, its
-/// settings `unchanged` from the last session's: that session's value (its `started_at` in summaries
-/// of earlier builds) where it ran on as many ranks with this build, did not diverge, and had these
-/// settings at `step` already; else `step`.
-pub fn same_settings_since(run: &Path, step: u64, world: usize, unchanged: bool) -> u64 {
-    let Some(s) = read_summary(run) else { return step };
-    let since = s["same_settings_since"].as_u64().or(s["started_at"].as_u64());
-    let alike = unchanged && s["diverged"] != true && s["world_size"].as_u64() == Some(world as u64) && same_build(&s);
-    since.filter(|&since| alike && since <= step).unwrap_or(step)
-}
-
-/// Whether resuming `run` from the checkpoint of `step` on `world` ranks, with the settings the diverged
-/// session had but what is only logged, checkpointed, sampled or validated (the caller knows) and the
-/// same dataset, repeats a divergence its `summary.json` records at a later step: a run is a pure
-/// function of its config, world size, data and build, so from any step trained with those settings
-/// (`same_settings_since` on: the diverged session's start, or an earlier plain restart's) it would
-/// diverge at the same step. A checkpoint from before is not judged: the steps between (another
-/// session's, perhaps with other settings) may have been what led there. The message saying so, or `None`.
-pub fn repeats_divergence(run: &Path, step: u64, world: usize) -> Option<String> {
-    let s = read_summary(run).filter(|s| s["diverged"] == true)?;
-    let at = s["step"].as_u64().filter(|&at| at > step)?;
-    // (a summary of an earlier build records no start: taken as a fresh start's)
-    if step < s["same_settings_since"].as_u64().or(s["started_at"].as_u64()).unwrap_or(0) {
-        return None;
-    }
-    let same_build = same_build(&s);
-    let (again, then) = match step {
-        0 => ("starting it again (it wrote no checkpoint before)".to_string(), "start again"),
-        _ => (format!("resuming from step {step}"), "resume"),
-    };
-    (s["world_size"].as_u64() == Some(world as u64) && same_build).then(|| {
-        format!(
-            "{}: this run diverged at step {at} (its summary.json), and {again} with the same \
-             settings and {} repeats it step for step; change what diverged (optim.lr, optim.clip, \
-             optim.warmup_steps, the spike guard optim.skip_loss_z / skip_grad_z) and {then}, or train into a new \
-             run.dir",
-            run.display(),
-            crate::cli::plural(world, "rank")
-        )
-    })
 }
 
 /// What a run resumed at its last step reports: its `summary.json` when that records this step, else

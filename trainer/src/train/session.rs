@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use infinity_data::{Checksums, Dataset};
 
 use super::config::TrainConfig;
-use super::dist::{Dist, SetupGuard};
+use super::dist::Dist;
 use super::run_lock::RunLock;
 use super::setup::{self, agree_on_micro_batch, micro_steps, unrecoverable, Setup};
+use super::stop::SetupGuard;
 use super::summary::SummaryFile;
 use super::token_mix::TokenMix;
 use super::{compute, gpu_fit, mfu, rank_identity, rundir, TrainOptions};
@@ -74,7 +75,7 @@ impl<'a> Session<'a> {
             let (rank, attempt) = (dist.rank, dist.attempt);
             drop(dist);
             std::thread::sleep(std::time::Duration::from_secs(1));
-            super::dist::fault_drill(rank, 0, attempt);
+            super::stop::fault_drill(rank, 0, attempt);
             unreachable!("the fault drill kills this rank");
         }
         dist.agree_on_config(&config_toml, (&manifest.fingerprint(), val_fingerprint.as_deref()))?;

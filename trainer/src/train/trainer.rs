@@ -15,7 +15,7 @@ use infinity_kernels::rope::RopeTable;
 use super::checkpoint::TrainState;
 use super::compute::Compute;
 use super::config::TrainConfig;
-use super::dist::{self, Dist};
+use super::dist::Dist;
 use super::log::Logger;
 use super::micro_batch::{self, prepare, Draws};
 use super::rank_times::RankTimes;
@@ -23,6 +23,7 @@ use super::run_lock::RunLock;
 use super::saver::{CheckpointClock, Saver};
 use super::spike::{SpikeLimits, Verdict};
 use super::step_means::StepMeans;
+use super::stop;
 use super::summary::SummaryFile;
 use super::updater::Updater;
 use super::{val, watchdog, Preview};
@@ -165,7 +166,7 @@ impl Trainer<'_> {
         self.loader.recycle(batch); // (its buffers are the reader thread's next batch's)
         let this_rank = StepMeans::over_micro_steps((loss, bit_acc), &per_scale, &scales, accum);
         let (rank, world) = (self.dist.rank, self.dist.world);
-        dist::slow_drill(rank, self.dist.attempt);
+        stop::slow_drill(rank, self.dist.attempt);
         // the means over the ranks; each rank's own work so far rides on their all-reduce (see
         // rank_times.rs)
         let t_opt = Instant::now();

@@ -5,7 +5,8 @@ use anyhow::Result;
 
 use super::compute::Compute;
 use super::config::TrainConfig;
-use super::dist::{self, Dist, Zero1};
+use super::dist::Dist;
+use super::zero1::{self, Zero1};
 use crate::model::{Layout, Params};
 use crate::optim::{clip_grad_norm, AdamW};
 
@@ -32,14 +33,14 @@ impl Updater {
         dist: &mut Dist,
     ) -> Result<(AdamW, Updater)> {
         // ZeRO-1: keep only this rank's shard of the optimiser state (a resumed run loaded it alone)
-        let shard = dist::shard_range(numel, dist.rank, dist.world);
+        let shard = zero1::shard_range(numel, dist.rank, dist.world);
         if sharded && opt.range != shard {
             opt = opt.shard(shard);
         }
         // on a GPU, clipping and AdamW run on the device (the parameters stay there); a ZeRO-1 shard
         // there too when the gradients travel by NCCL, else on the host
         // (every rank decides alike: a model too small for every rank to own a part stays on the host)
-        let nccl = dist.has_nccl() && dist::every_rank_owns_a_shard(numel, dist.world);
+        let nccl = dist.has_nccl() && zero1::every_rank_owns_a_shard(numel, dist.world);
         compute.attach_optimizer(&opt, sharded.then_some(dist.world), nccl)?;
         let updater = match (compute.device_optimizer(), sharded) {
             (true, _) => Updater::Device,

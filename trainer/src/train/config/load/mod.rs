@@ -9,8 +9,18 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use self::env_vars::InfSource;
+use self::messages::{
+    allowed_values, plain_message, set_past_the_end, source_of, source_of_missing, IN_THE_ENVIRONMENT,
+};
 use super::tagged::value_within;
 use super::TrainConfig;
+
+mod env_vars;
+mod messages;
+
+pub(super) use self::env_vars::InfVars;
+pub use self::env_vars::{inf_var_key, inf_vars, vars_taken};
 
 impl TrainConfig {
     /// Load `path` (and the files it `extends`), apply `INF__…` environment variables and
@@ -305,109 +315,6 @@ pub fn same_setting(a: &str, b: &str) -> bool {
     keys_overlap(a, b) || alternative(a) == Some(b)
 }
 
-/// The `INF__SECTION__KEY` variables set in this process's environment, as (variable, value), sorted.
-/// The prefix is matched in any case, as the config crate matches it.
-pub fn inf_vars() -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .filter(|(k, _)| inf_var_key(k).is_some())
-        .collect();
-    vars.sort();
-    vars
-}
-
-/// The config key an `INF__…` variable sets (`INF__OPTIM__LR` → `optim.lr`; a number is an array's
-/// element, `INF__DATA__MIX__0__WEIGHT` → `data.mix[0].weight`, as `--set` writes it), if it is one.
-pub fn inf_var_key(var: &str) -> Option<String> {
-    let rest = var.get(..5).filter(|p| p.eq_ignore_ascii_case("INF__")).map(|_| &var[5..])?;
-    let mut key = String::new();
-    for part in rest.to_lowercase().split("__") {
-        match part.parse::<usize>() {
-            Ok(i) if !key.is_empty() && !part.starts_with('+') => key += &format!("[{i}]"),
-            _ if key.is_empty() => key += part,
-            _ => key += &format!(".{part}"),
-        }
-    }
-    Some(key)
-}
-
-/// The `INF__…` variables, as a source of the config beneath the `--set` overrides: each key with its
-/// value read as a `--set`'s (TOML: `0x10`, `1_000`, `[1, 2]`; anything else text; a whole number
-/// beyond 64 bits refused), where the `config` crate's own reader takes `0x10` for text and rounds a
-/// number beyond 64 bits.
-#[derive(Clone, Debug)]
-struct InfSource(Vec<(String, config::Value)>);
-
-impl config::Source for InfSource {
-    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
-        Ok(self.0.iter().cloned().collect())
-    }
-}
-
-/// The `INF__…` variables a load of `path` with `overrides` takes, as (key, value): not those a later
-/// layer left out (the other of two alternatives, the keys another `optim.decay` kind does not take),
-/// nor those a `--set` of the same key (or of a table holding it) replaces.
-pub fn vars_taken(path: &Path, overrides: &[String]) -> Result<Vec<(String, String)>> {
-    let given = merged(path, overrides, Env::Read)?;
-    // (a table merges key by key, replacing the keys it holds; any other value replaces all below it)
-    let replaced = |key: &str| {
-        overrides.iter().filter_map(|o| o.split_once('=')).any(|(k, v)| {
-            let (k, v) = (k.trim(), v.trim());
-            value_within(k, v, key).is_some() || (keys_overlap(k, key) && key.len() > k.len() && !v.starts_with('{'))
-        })
-    };
-    let taken = given.vars.iter().filter_map(|(var, v)| Some((inf_var_key(var)?, v.trim().to_string())));
-    Ok(taken.filter(|(key, _)| !replaced(key)).collect())
-}
-
-/// The `INF__…` variables the config reads: the process's, or fewer once one is left out.
-pub(super) struct InfVars {
-    pub(super) vars: Vec<(String, String)>,
-    /// Whether a variable was left out (then the config reads `vars` instead of the process's).
-    pub(super) dropped: bool,
-}
-
-impl InfVars {
-    /// The process's variables; two spellings of one key (`INF__OPTIM__LR` and `inf__optim__lr`, which
-    /// the config crate both reads) are refused: which one it applies depends on the environment's order.
-    fn of_process() -> Result<InfVars> {
-        let vars = inf_vars();
-        for (i, (a, _)) in vars.iter().enumerate() {
-            if let Some((b, _)) = vars[i + 1..].iter().find(|(b, _)| inf_var_key(b) == inf_var_key(a)) {
-                let key = inf_var_key(a).unwrap_or_default();
-                bail!("{a} and {b} are both set in the environment: both set {key}; give one");
-            }
-        }
-        Ok(InfVars { vars, dropped: false })
-    }
-
-    fn sets(&self, key: &str) -> bool {
-        self.value_of(key).is_some()
-    }
-
-    /// The value a variable gives `key`, if one does.
-    pub(super) fn value_of(&self, key: &str) -> Option<&str> {
-        self.vars.iter().find(|(k, _)| inf_var_key(k).as_deref() == Some(key)).map(|(_, v)| v.as_str())
-    }
-
-    /// Leave out the variables of the keys `drop` says.
-    pub(super) fn drop_where(&mut self, drop: impl Fn(&str) -> bool) {
-        let before = self.vars.len();
-        self.vars.retain(|(k, _)| !inf_var_key(k).is_some_and(|k| drop(&k)));
-        self.dropped |= self.vars.len() != before;
-    }
-
-    fn drop_key(&mut self, key: &str) {
-        let before = self.vars.len();
-        self.vars.retain(|(k, _)| inf_var_key(k).as_deref() != Some(key));
-        self.dropped |= self.vars.len() != before;
-    }
-}
-
 /// [`ALTERNATIVES`] settled: of each pair, the key set last kept, the other taken out of the merged
 /// files (`table`), the environment and the earlier `--set` overrides. The environment and the
 /// overrides to apply. Both keys of a pair in the environment is an error (neither is later).
@@ -472,139 +379,6 @@ pub fn keys_overlap(a: &str, b: &str) -> bool {
     a == b
         || a.strip_prefix(b).is_some_and(|r| r.starts_with(['.', '[']))
         || b.strip_prefix(a).is_some_and(|r| r.starts_with(['.', '[']))
-}
-
-/// How [`source_of`] names an `INF__…` variable: `INF__RUN__STEPS (in the environment)`.
-const IN_THE_ENVIRONMENT: &str = " (in the environment)";
-
-/// Where the value at `key` came from, for an error about it: a `--set` override, an `INF__…` variable,
-/// or the config file.
-fn source_of(key: &str, given: &Given) -> String {
-    let (path, overrides) = (given.path, given.overrides);
-    // the key itself or a table around it; the last override wins
-    let related = |k: &str| keys_overlap(k, key);
-    let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
-    if let Some(k) = set.find(|k| related(k)) {
-        return format!("--set {k}");
-    }
-    let var = given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| related(&k)));
-    match var {
-        Some((v, _)) => format!("{v}{IN_THE_ENVIRONMENT}"),
-        None => file_setting(key, path).display().to_string(),
-    }
-}
-
-/// Where a key found missing should have come from: a `--set` or `INF__…` variable that made its table
-/// (one the files lack below a section: `data.mix[0].weight`) or chose its kind (`optim.decay.kind`,
-/// whose kind asks for the missing key); else the config file. A section's keys (`[run]`, `[model]`)
-/// are the file's to give, whatever overrides set beside them (a table `--set run={…}` merges).
-fn source_of_missing(key: &str, given: &Given) -> String {
-    let (path, overrides) = (given.path, given.overrides);
-    let file = || file_setting(key, path).display().to_string();
-    let Some((table, _)) = key.rsplit_once('.').filter(|(t, _)| t.contains(['.', '['])) else { return file() };
-    let made = setting_file(table, path).is_none();
-    let in_table = |k: &str| {
-        k == table
-            || k.strip_prefix(table) == Some(".kind")
-            || (made && k.strip_prefix(table).is_some_and(|r| r.starts_with('.')))
-    };
-    let mut set = overrides.iter().rev().filter_map(|o| o.split_once('=')).map(|(k, _)| k.trim());
-    if let Some(k) = set.find(|k| in_table(k)) {
-        return format!("--set {k}");
-    }
-    match given.vars.iter().find(|(v, _)| inf_var_key(v).is_some_and(|k| in_table(&k))) {
-        Some((v, _)) => format!("{v}{IN_THE_ENVIRONMENT}"),
-        None => file(),
-    }
-}
-
-/// The file of `path` and the files it `extends` that sets `key`, the nearest to `path` first (`path`
-/// where none does, or one does not read).
-fn file_setting(key: &str, path: &Path) -> std::path::PathBuf {
-    setting_file(key, path).unwrap_or_else(|| path.to_path_buf())
-}
-
-/// The file of `path` and the files it `extends` that sets `key`, the nearest to `path` first; none
-/// where none does (or one does not read).
-fn setting_file(key: &str, path: &Path) -> Option<std::path::PathBuf> {
-    let mut at = path.to_path_buf();
-    for _ in 0..=8 {
-        let table = std::fs::read_to_string(&at).ok().and_then(|t| t.parse::<toml::Table>().ok())?;
-        if value_at(&table, key).is_some() {
-            return Some(at);
-        }
-        let base = table.get("extends").and_then(|v| v.as_str())?;
-        at = at.parent().unwrap_or(Path::new(".")).join(base);
-    }
-    None
-}
-
-/// The key and the message of a config error as they read best: the config crate's own key path
-/// dropped (it spells a field after an index `data.mix[0]dir`), a missing field at its own key, an
-/// unknown variant by its value (the crate's message names the Rust enum: "enum DeviceChoice does not
-/// have variant constructor gpu").
-fn plain_message(key: &str, inner: &str) -> (String, String) {
-    let inner = inner.split(" for key `").next().unwrap_or(inner);
-    if let Some((_, rest)) = inner.split_once("does not have variant constructor ") {
-        return (key.to_string(), format!("unknown value `{rest}`"));
-    }
-    if let Some(field) = inner.strip_prefix("missing configuration field \"").and_then(|r| r.strip_suffix('"')) {
-        let name = field.rsplit(['.', ']']).next().unwrap_or(field);
-        let full = if key == "." || key.is_empty() { name.to_string() } else { format!("{key}.{name}") };
-        let what = match full.as_str() {
-            "optim" => "missing: the [optim] table, with optim.lr or optim.lr_per_256 (the peak learning rate)",
-            _ => "missing: a required key",
-        };
-        return (full, what.to_string());
-    }
-    if let Some(found) = inner
-        .strip_prefix("invalid type: 64-bit integer `")
-        .and_then(|r| r.split_once('`'))
-        .filter(|(_, rest)| rest.contains("expected an unsigned"))
-        .map(|(v, _)| v)
-    {
-        return (key.to_string(), format!("expected a whole number ≥ 0, found {found}"));
-    }
-    (key.to_string(), inner.to_string())
-}
-
-/// A `--set` of an array's element past its end (`data.mix[5].weight` where `data.mix` has fewer):
-/// the config crate fills the elements before it with nothing, which is then refused at the first.
-fn set_past_the_end(key: &str, what: &str, given: &Given) -> Option<String> {
-    let array = key.strip_suffix(']')?.rsplit_once('[')?.0;
-    if !what.contains("unit value") {
-        return None;
-    }
-    // (the override of the highest index into the array: the one past its end)
-    let index = |k: &str| -> Option<usize> {
-        let r = k.strip_prefix(array)?.strip_prefix('[')?;
-        r[..r.find(']')?].parse().ok()
-    };
-    // (of the overrides and the variables: `INF__DATA__MIX__3__WEIGHT` is `data.mix[3].weight`)
-    let sets = given.overrides.iter().filter_map(|o| Some((format!("--set {o}"), o.split_once('=')?.0.trim().into())));
-    let vars = given.vars.iter().filter_map(|(v, _)| Some((format!("{v}{IN_THE_ENVIRONMENT}"), inf_var_key(v)?)));
-    let (source, _) =
-        sets.chain(vars).filter_map(|(s, k): (String, String)| Some((s, index(&k)?))).max_by_key(|(_, i)| *i)?;
-    Some(format!(
-        "{source}: an element past the end of `{array}` (the elements before it would be empty): add `{array}` \
-         entries in order, or give the element in the config file"
-    ))
-}
-
-/// The values an enumerated key takes, for its error (serde's own message names the Rust type).
-fn allowed_values(key: &str, error: &str) -> &'static str {
-    match key {
-        // (a known kind without its fields is reported at the table too)
-        "optim.decay" if error.contains("missing") && !error.contains("kind") => {
-            " (\"cosine\" and \"linear\" take min_ratio; \"wsd\" takes decay_fraction and min_ratio)"
-        }
-        "run.precision" => " (expected \"f32\" or \"bf16\")",
-        "run.device" => " (expected \"cpu\", \"cuda\" or \"auto\")",
-        "dist.backend" => " (expected \"auto\", \"ring\" or \"nccl\")",
-        "loss.bitloss" => " (expected \"mean\" or \"sum\")",
-        "optim.decay" | "optim.decay.kind" => " (expected kind = \"constant\", \"cosine\", \"linear\" or \"wsd\")",
-        _ => "",
-    }
 }
 
 /// Refuse two overrides of which one sets part of the other (`optim={ lr = 1e-3 }` and `optim.lr=3e-3`,
