@@ -249,6 +249,17 @@ impl Manifest {
         if let Some(f) = self.tokenizer.file.as_deref().filter(|f| !plain(f)) {
             return Err(bad("tokenizer.file", "a plain file name in the folder".into(), format!("`{f}`")));
         }
+        // (checked against the tokenizer's values where it is text: a number would switch the check off)
+        if let Some(c) = self.tokenizer.params.get("crc32c") {
+            let hex8 = c.as_str().is_some_and(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !hex8 {
+                return Err(bad(
+                    "tokenizer.params.crc32c",
+                    "8 hex digits, as text (\"0f3a9b21\")".into(),
+                    c.to_string(),
+                ));
+            }
+        }
         let mut files: HashMap<&str, usize> = HashMap::new();
         for (i, s) in self.shards.iter().enumerate() {
             // (summed without wrapping: counts near u64::MAX must not add up to a plausible total)

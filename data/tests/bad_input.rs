@@ -490,6 +490,17 @@ fn manifest_values_the_format_does_not_allow_are_named() {
         "{e}"
     );
 
+    // (a number, which the tokenizer check would not read, switched the check off)
+    for (crc, ok) in
+        [(serde_json::json!(12345), false), (serde_json::json!("0f3a9b2"), false), ("0f3a9b21".into(), true)]
+    {
+        let mut m = base.clone();
+        m.tokenizer.params = serde_json::json!({ "crc32c": crc });
+        let e = check(&m);
+        assert_eq!(e.is_empty(), ok, "{crc}: {e}");
+        assert!(ok || e.contains("`tokenizer.params.crc32c`: expected 8 hex digits, as text"), "{e}");
+    }
+
     let mut m = base.clone();
     m.bit_order = "bit i at byte i/8, MSB first".into();
     let e = check(&m);

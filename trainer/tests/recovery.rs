@@ -414,7 +414,14 @@ fn a_damaged_model_json_is_refused_on_resume() {
     let good = std::fs::read_to_string(&model_json).unwrap();
     let deeper = good.replace("\"depth\": 2", "\"depth\": 3");
     assert_ne!(deeper, good, "{good}");
-    for (damage, want) in [("", "EOF while parsing"), (deeper.as_str(), "depth 3 (the model trained: 2)")] {
+    // (a setting that shapes no tensor, which sample, eval and export would build the model with: found
+    // by the checksum state.json records)
+    let eps = good.replace("\"norm_eps\": 1e-6", "\"norm_eps\": 0.5");
+    assert_ne!(eps, good, "{good}");
+    let changed = "model.json: crc32c ";
+    let cases =
+        [("", "EOF while parsing"), (eps.as_str(), changed), (deeper.as_str(), "depth 3 (the model trained: 2)")];
+    for (damage, want) in cases {
         std::fs::write(&model_json, damage).unwrap();
         let opts = TrainOptions { resume: Some(ckpt.clone()), ..Default::default() };
         let (e, exit_2) = refusal(train(&cfg, &opts).expect_err("a damaged model.json was resumed"));
@@ -435,8 +442,77 @@ fn a_damaged_model_json_is_refused_on_resume() {
         assert!(e.contains("depth 3 (the model trained: 2)"), "{e}");
     }
     assert!(!tmp.path().join("new").exists() && empty.run.dir.is_dir());
+    // sample (and eval, export: the same reader) refuse the changed one, and text after the object
+    std::fs::write(&model_json, &eps).unwrap();
+    let png = tmp.path().join("s.png");
+    let out = infinity(&["sample", ckpt.to_str().unwrap(), "-o", png.to_str().unwrap(), "--n", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(changed) && stderr.contains("expects"), "{stderr}");
+    std::fs::write(&model_json, format!("{good}junk\n")).unwrap();
+    let out = infinity(&["sample", ckpt.to_str().unwrap(), "-o", png.to_str().unwrap(), "--n", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("after the model's object"), "{stderr}");
+    assert!(!png.exists());
     std::fs::write(&model_json, good).unwrap();
     assert_eq!(train(&cfg, &TrainOptions { resume: Some(ckpt), ..Default::default() }).unwrap().steps, 6);
+}
+
+/// Values no run writes, in a checkpoint whose checksums a hand made to match: moments that are not
+/// finite (`adamw.v` negative), which the first update would spread into every weight, are refused by
+/// name, and so are counts that cannot be a run's; counts past any run's saturate rather than panic.
+#[test]
+fn impossible_moments_and_counts_are_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    dataset(&data);
+    let cfg = config(&data, tmp.path().join("run"));
+    train(&cfg, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let ckpt = cfg.run.dir.join("checkpoints/step-00000003");
+    let (state, optim) =
+        (std::fs::read(ckpt.join("state.json")).unwrap(), std::fs::read(ckpt.join("optim.safetensors")).unwrap());
+    let resume =
+        || train(&cfg, &TrainOptions { resume: Some(ckpt.clone()), stop_after: Some(4), ..Default::default() });
+    let restore = || {
+        std::fs::write(ckpt.join("state.json"), &state).unwrap();
+        std::fs::write(ckpt.join("optim.safetensors"), &optim).unwrap();
+        common::reseal_state(&ckpt, |_| {});
+    };
+    // (the first value of a moment tensor set to `x`, the file's checksum recorded anew)
+    let moment = |name: &str, x: f32| {
+        let header_len = u64::from_le_bytes(optim[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&optim[8..8 + header_len]).unwrap();
+        let at = 8 + header_len + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+        let mut bytes = optim.clone();
+        bytes[at..at + 4].copy_from_slice(&x.to_le_bytes());
+        std::fs::write(ckpt.join("optim.safetensors"), &bytes).unwrap();
+        let crc = format!("{:08x}", crc32c::crc32c(&bytes));
+        common::reseal_state(&ckpt, |s| s["optim_crc32c"] = crc.into());
+    };
+    for (name, x, want) in
+        [("adamw.m", f32::NAN, "expected finite moments"), ("adamw.v", -1.0, "finite and not negative")]
+    {
+        moment(name, x);
+        let e = format!("{:#}", resume().expect_err("impossible moments were resumed"));
+        assert!(e.contains(&format!("optim.safetensors: `{name}` holds")) && e.contains(want), "{e}");
+        assert!(e.contains("at value 0 (of `"), "{e}");
+        restore();
+    }
+    for (key, value, want) in [
+        ("flops", serde_json::json!(-1.0), "`seen.flops` is -1: expected a finite count of at least 0"),
+        ("samples", serde_json::json!(u64::MAX), "every sample has a token at least"),
+    ] {
+        common::reseal_state(&ckpt, |s| s["seen"][key] = value);
+        let e = format!("{:#}", resume().expect_err("impossible counts were resumed"));
+        assert!(e.contains("state.json: ") && e.contains(want), "{e}");
+        restore();
+    }
+    common::reseal_state(&ckpt, |s| s["seen"]["tokens"] = u64::MAX.into());
+    resume().unwrap();
+    let last: serde_json::Value = {
+        let text = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    assert_eq!(last["tokens_seen"], u64::MAX, "{last}");
 }
 
 /// `--resume auto` in a run folder with logs but no complete checkpoint starts fresh, and says so.

@@ -40,13 +40,9 @@ fn interrupted(cfg: &TrainConfig, edit: impl FnOnce(&Path)) {
 /// Rewrites the checkpoint of step 3 as an earlier build wrote it: a `state.json` without `seen`, and
 /// a `DONE` marker with that file's checksum.
 fn as_an_earlier_build_saved_it(run: &Path) {
-    let dir = run.join("checkpoints/step-00000003");
-    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
-    assert!(state.as_object_mut().unwrap().remove("seen").is_some(), "no counts in {state}");
-    let text = serde_json::to_string_pretty(&state).unwrap();
-    std::fs::write(dir.join("state.json"), &text).unwrap();
-    let done = format!("state.json crc32c {:08x}\n", crc32c::crc32c(text.as_bytes()));
-    std::fs::write(dir.join("DONE"), done).unwrap();
+    common::reseal_state(&run.join("checkpoints/step-00000003"), |state| {
+        assert!(state.as_object_mut().unwrap().remove("seen").is_some(), "no counts in {state}");
+    });
 }
 
 #[test]

@@ -260,6 +260,9 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return Err(format!("drop_path_rate {} must be in [0, 1)", self.drop_path_rate));
         }
+        if !(self.norm_eps > 0.0 && self.norm_eps <= 1.0) {
+            return Err(format!("norm_eps {} must be in (0, 1] (upstream's is 1e-6)", self.norm_eps));
+        }
         Ok(())
     }
 }

@@ -126,14 +126,26 @@ type Curve = Vec<(u64, f64)>;
 
 /// The `(step, key)` curve of each of `keys` in a JSON-lines log (none: no file), and a note when its
 /// last line was cut short (no newline after it: a run killed mid-write), which is skipped. A malformed
-/// line before the last is an error naming the file and line. A `null` value is kept as NaN (a
-/// non-finite loss is written so: a run that ends on one diverged); a missing key leaves the step out.
+/// line before the last (one without a `step`, or with bytes that are not UTF-8, too) is an error naming
+/// the file and line. A `null` value is kept as NaN (a non-finite loss is written so: a run that ends on
+/// one diverged); a missing key leaves the step out.
 fn jsonl_curves<const K: usize>(p: &Path, keys: [&str; K]) -> Result<([Curve; K], Option<String>)> {
     let mut out: [Curve; K] = std::array::from_fn(|_| Vec::new());
-    let Ok(text) = std::fs::read_to_string(p) else { return Ok((out, None)) };
+    let bytes = match std::fs::read(p) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((out, None)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    // (line by line: a disk's garbage in one line is named there, as a line that is not JSON)
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut note = None;
     for (k, &(i, line)) in lines.iter().enumerate() {
+        // (a U+FFFD the file holds as such is text; one that stands for bytes that are not UTF-8 is damage)
+        let raw = || bytes.split(|&b| b == b'\n').nth(i).unwrap_or_default();
+        if line.contains(char::REPLACEMENT_CHARACTER) && std::str::from_utf8(raw()).is_err() {
+            bail!("{} line {}: bytes that are not UTF-8 (a damaged file)", p.display(), i + 1);
+        }
         let v: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => {
@@ -142,7 +154,9 @@ fn jsonl_curves<const K: usize>(p: &Path, keys: [&str; K]) -> Result<([Curve; K]
             }
             Err(e) => bail!("{} line {}: not JSON ({e})", p.display(), i + 1),
         };
-        let Some(s) = v["step"].as_u64() else { continue };
+        let Some(s) = v["step"].as_u64() else {
+            bail!("{} line {}: no `step` (every line of a run's log has one)", p.display(), i + 1)
+        };
         for (curve, key) in out.iter_mut().zip(keys) {
             // (a key of a table within the line as `sets/NAME/loss`)
             let value = match v.pointer(&format!("/{key}")) {
@@ -312,7 +326,25 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
         let v = config.as_ref()?.get(section)?.get(key)?;
         v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
     };
-    let model: Option<crate::model::ModelConfig> = serde_json::from_value(derived["model"].clone()).ok();
+    let mut notes = Vec::new();
+    let model: Option<crate::model::ModelConfig> = match serde_json::from_value(derived["model"].clone()) {
+        Ok(model) => Some(model),
+        Err(_) if derived.get("model").is_none() => None,
+        Err(e) => {
+            notes.push(format!(
+                "{}: `model` does not read ({e}): the run's depth, width and heads are left blank",
+                dir.join("derived.json").display()
+            ));
+            None
+        }
+    };
+    let log = dir.join("metrics.jsonl");
+    if train_curve.is_empty() && steps > 0 && log.is_file() {
+        notes.push(format!(
+            "{}: no step's loss (emptied?): the run's smoothed training loss and throughput are left blank",
+            log.display()
+        ));
+    }
     let params = num(&derived, "parameters", "derived.json")?;
     let non_embedding_params = derived["parameters_non_embedding"]
         .as_f64()
@@ -357,7 +389,8 @@ pub fn read_run(dir: &Path, val_set: Option<&str>) -> Result<(RunRecord, Vec<Str
             None => val_fingerprint(dir, val_set),
         },
     };
-    Ok((run, [val_note, eval_note, train_note].into_iter().flatten().collect()))
+    notes.extend([val_note, eval_note, train_note].into_iter().flatten());
+    Ok((run, notes))
 }
 
 /// Runs validated on one folder whose checkpoints recorded different fingerprints of it (a set rebuilt
@@ -660,6 +693,25 @@ mod tests {
         assert_eq!((missing, note), (vec![], None));
         assert_eq!(super::median(&curve), Some(4.0));
         assert_eq!(super::median(&[(1, 2.0), (2, f64::NAN), (3, 1.0), (4, 7.0)]), Some(2.0));
+    }
+
+    /// A line of bytes that are not UTF-8 (a damaged disk), or one without a step, is an error naming the
+    /// file and line (the run is then left out, said), not a whole log dropped unsaid; a U+FFFD the file
+    /// holds as text is text.
+    #[test]
+    fn a_damaged_or_stepless_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("val.jsonl");
+        let mut bytes = b"{\"step\": 1, \"loss\": 0.5}\n{\"step\": 2, \"loss\": 0.4}\n".to_vec();
+        bytes[23] = 0x80;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = format!("{:#}", super::jsonl_curves(&p, ["loss"]).unwrap_err());
+        assert!(e.ends_with("val.jsonl line 1: bytes that are not UTF-8 (a damaged file)"), "{e}");
+        std::fs::write(&p, "{\"step\": 1, \"loss\": 0.5}\n{\"loss\": 0.4}\n{\"step\": 3, \"loss\": 0.3}\n").unwrap();
+        let e = format!("{:#}", super::jsonl_curves(&p, ["loss"]).unwrap_err());
+        assert!(e.ends_with("val.jsonl line 2: no `step` (every line of a run's log has one)"), "{e}");
+        std::fs::write(&p, "{\"step\": 1, \"loss\": 0.5, \"note\": \"\u{FFFD}\"}\n").unwrap();
+        assert_eq!(super::jsonl_curves(&p, ["loss"]).unwrap().0, [vec![(1, 0.5)]]);
     }
 
     /// A root without run folders is named as such (and the runs in it without a summary yet); one that

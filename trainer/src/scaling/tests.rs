@@ -984,3 +984,23 @@ fn the_output_folder_is_not_among_the_runs() {
     assert!(refused(&root.join("r2/scaling")).contains("in the folder of run r2"));
     super::analyse(&[&root], &root.join("scaling"), &[]).unwrap();
 }
+
+/// What blanks a run's columns is said: a `metrics.jsonl` with no step's loss (emptied), a
+/// `derived.json` whose `model` does not read (its depth, width and heads).
+#[test]
+fn an_emptied_log_and_an_unreadable_model_are_noted() {
+    let tmp = tempfile::tempdir().unwrap();
+    run(tmp.path(), "r", (1e6, 1e8, 6e14), &[Some(3.0), Some(2.0)], "a");
+    let dir = tmp.path().join("r");
+    let (_, notes) = super::runs::read_run(&dir, None).unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    std::fs::write(dir.join("metrics.jsonl"), "").unwrap();
+    let mut derived: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("derived.json")).unwrap()).unwrap();
+    derived["model"].as_object_mut().unwrap().remove("depth");
+    std::fs::write(dir.join("derived.json"), derived.to_string()).unwrap();
+    let (r, notes) = super::runs::read_run(&dir, None).unwrap();
+    assert!(r.model.is_none() && notes.len() == 2, "{notes:?}");
+    assert!(notes[0].contains("derived.json: `model` does not read (missing field `depth`)"), "{notes:?}");
+    assert!(notes[1].contains("metrics.jsonl: no step's loss (emptied?)"), "{notes:?}");
+}

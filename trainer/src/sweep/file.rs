@@ -40,7 +40,8 @@ const WHOLE_TABLES: [&str; 1] = ["optim.decay"];
 fn leaf_keys(set: BTreeMap<String, toml::Value>) -> BTreeMap<String, toml::Value> {
     fn add(out: &mut BTreeMap<String, toml::Value>, key: String, value: toml::Value) {
         match value {
-            toml::Value::Table(t) if !WHOLE_TABLES.contains(&key.as_str()) => {
+            // (an empty one stays, for `check` to refuse: read key by key it would vanish unsaid)
+            toml::Value::Table(t) if !t.is_empty() && !WHOLE_TABLES.contains(&key.as_str()) => {
                 for (k, v) in t {
                     add(out, format!("{key}.{k}"), v);
                 }
@@ -124,6 +125,13 @@ impl SweepFile {
         }
         for (k, vals) in self.axes.iter().chain(&self.linked) {
             ensure!(!vals.is_empty(), "axis `{k}` has no values");
+        }
+        let empty = |v: &toml::Value| v.as_table().is_some_and(toml::Table::is_empty);
+        if let Some(k) = self.set.iter().find(|(_, v)| empty(v)).map(|(k, _)| k) {
+            bail!("[set]: `{k}` = {{}}: an empty table sets nothing; give the value, or its keys");
+        }
+        if let Some(k) = self.axes.iter().chain(&self.linked).find(|(_, vals)| vals.iter().any(empty)).map(|(k, _)| k) {
+            bail!("axis `{k}`: a value is an empty table ({{}}), which sets nothing; give the value, or its keys");
         }
         if let Some(k) = self.linked.keys().find(|k| self.axes.contains_key(*k)) {
             bail!("`{k}` is in [axes] and in [linked]: give its values in one of them");
@@ -310,6 +318,18 @@ mod tests {
         let mut s: SweepFile = toml::from_str(text)?;
         s.set = super::leaf_keys(std::mem::take(&mut s.set));
         s.check().map(|_| s)
+    }
+
+    /// An empty table, in `[set]` or among an axis's values, sets nothing: refused, not dropped.
+    #[test]
+    fn empty_tables_are_refused() {
+        let head = "base = \"b.toml\"\nout = \"o\"\n[axes]\n\"optim.lr\" = [1e-3]\n";
+        let e = sweep(&format!("{head}[set]\n\"checkpoint.every\" = {{}}\n")).unwrap_err().to_string();
+        assert!(e.contains("[set]: `checkpoint.every` = {}: an empty table sets nothing"), "{e}");
+        let e = sweep(&format!("{head}[set.checkpoint]\nevery = {{}}\n")).unwrap_err().to_string();
+        assert!(e.contains("`checkpoint.every` = {}"), "{e}");
+        let e = sweep(&format!("{head}\"run.log_every\" = [{{}}]\n")).unwrap_err().to_string();
+        assert!(e.contains("axis `run.log_every`: a value is an empty table"), "{e}");
     }
 
     /// `[set]` written with bare dotted keys or as tables is read key by key (one override of a table

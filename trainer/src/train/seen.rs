@@ -38,11 +38,26 @@ pub fn bucket_costs(
 
 impl Seen {
     /// Step rows `samples` drawn from a bucket of `tokens_per_sample` tokens at `flops_per_token`.
+    /// (Saturating: a count no run reaches, as a hand-edited state.json may hold, stays at the bound.)
     pub fn add(&mut self, samples: u64, tokens_per_sample: u64, flops_per_token: f64) {
-        let tokens = samples * tokens_per_sample;
-        self.samples += samples;
-        self.tokens += tokens;
+        let tokens = samples.saturating_mul(tokens_per_sample);
+        self.samples = self.samples.saturating_add(samples);
+        self.tokens = self.tokens.saturating_add(tokens);
         self.flops += flops_per_token * tokens as f64;
+    }
+
+    /// Why counts read from a checkpoint cannot be a run's, if they cannot: FLOPs that are not a finite
+    /// number of at least 0, or fewer tokens than samples (every sample has one at least).
+    pub fn implausible(&self) -> Option<String> {
+        if !(self.flops.is_finite() && self.flops >= 0.0) {
+            return Some(format!("`seen.flops` is {}: expected a finite count of at least 0", self.flops));
+        }
+        (self.tokens < self.samples).then(|| {
+            format!(
+                "`seen.tokens` is {} and `seen.samples` {}: every sample has a token at least",
+                self.tokens, self.samples
+            )
+        })
     }
 
     /// The counts at `step` from the lines of `metrics.jsonl` (`log`, its text) for steps 1 to `step`

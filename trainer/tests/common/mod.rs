@@ -151,3 +151,25 @@ pub fn rank_process(
     }
     panic!("{} stays busy", bin.display())
 }
+
+/// Whether a CUDA device is there (a GPU, or the emulated one); where not, says the test skipped.
+#[cfg(feature = "cuda")]
+pub fn gpu_or_skip() -> bool {
+    if !infinity_trainer::gpu::cuda_available() {
+        println!("skipped: no CUDA device (a GPU, or the emulated one: tools/emulated_device.py)");
+        return false;
+    }
+    true
+}
+
+/// Edits the `state.json` of checkpoint folder `dir` with `edit` and writes its `DONE` marker again
+/// with the new file's checksum: a checkpoint as a hand (or an earlier build) left it, not damage the
+/// marker finds.
+pub fn reseal_state(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    edit(&mut state);
+    let text = serde_json::to_string_pretty(&state).unwrap();
+    std::fs::write(dir.join("state.json"), &text).unwrap();
+    std::fs::write(dir.join("DONE"), format!("state.json crc32c {:08x}\n", crc32c::crc32c(text.as_bytes()))).unwrap();
+}

@@ -325,7 +325,7 @@ fn load_model_of(dir: PathBuf, ema: bool) -> Result<CheckpointModel> {
             None => e,
         })?;
     }
-    let model = read_model_json(&dir)?;
+    let model = read_model_json(&dir, &state)?;
     let (config, data_dir) = run_config(&dir)?;
     let p = dir.join(CONFIG_FILE);
     let precision = run_precision(&config).map_err(|e| anyhow!("{}: {e}", p.display()))?;
@@ -414,6 +414,9 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     if let Some(named) = super::step_of(dir).filter(|&n| n != state.step) {
         bail!("{}: step {}, the folder's name says {named}", state_path.display(), state.step);
     }
+    if let Some(why) = state.seen.as_ref().and_then(crate::train::seen::Seen::implausible) {
+        bail!("{}: {why}", state_path.display());
+    }
     Ok(state)
 }
 
@@ -447,23 +450,44 @@ fn previous_complete(dir: &Path) -> Option<(&Path, PathBuf)> {
     Some((own_run, previous))
 }
 
-/// A checkpoint's `model.json`, parsed and checked (errors name the file).
-fn read_model_json(dir: &Path) -> Result<ModelConfig> {
-    let p = dir.join(MODEL_JSON);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    let model: ModelConfig = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow!("{}: at `{}`: {}", p.display(), e.path(), e.inner()))?;
-    model.validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+/// A checkpoint's `model.json`, parsed and checked, against the checksum its `state` records (where it
+/// records one): errors name the file.
+fn read_model_json(dir: &Path, state: &TrainState) -> Result<ModelConfig> {
+    let (model, text) = parse_model_json(dir)?;
+    model_json_intact(dir, &text, state)?;
     Ok(model)
 }
 
-/// A checkpoint's `model.json` parses, and describes the tensors of the model trained (`cfg`).
-fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
-    let model = read_model_json(dir).map_err(|e| anyhow!("{e:#} (damaged checkpoint)"))?;
+/// A checkpoint's `model.json` parsed and checked, and its text.
+fn parse_model_json(dir: &Path) -> Result<(ModelConfig, String)> {
+    let p = dir.join(MODEL_JSON);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let model: ModelConfig = serde_path_to_error::deserialize(&mut *de)
+        .map_err(|e| anyhow!("{}: at `{}`: {}", p.display(), e.path(), e.inner()))?;
+    de.end().map_err(|e| anyhow!("{}: after the model's object: {e}", p.display()))?;
+    model.validate().map_err(|e| anyhow!("{}: {e}", p.display()))?;
+    Ok((model, text))
+}
+
+/// `model.json`'s `text` has the checksum `state` records, where it records one (its `norm_eps`, …, shape
+/// no tensor, so only the checksum finds them changed).
+fn model_json_intact(dir: &Path, text: &str, state: &TrainState) -> Result<()> {
+    let Some(want) = &state.model_json_crc32c else { return Ok(()) };
+    let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
+    let p = dir.join(MODEL_JSON);
+    ensure!(&found == want, "{}: crc32c {found}, {STATE_FILE} expects {want} (corrupt checkpoint)", p.display());
+    Ok(())
+}
+
+/// A checkpoint's `model.json` parses, describes the tensors of the model trained (`cfg`), and is the
+/// file the checkpoint wrote.
+fn check_model_json(dir: &Path, state: &TrainState, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
+    let (model, text) = parse_model_json(dir).map_err(|e| anyhow!("{e:#} (damaged checkpoint)"))?;
     let tensors = |l: &Layout| l.specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect::<Vec<_>>();
+    // (another model's is said by the keys that differ, before the checksum that would find it too)
     if tensors(&Layout::new(&model)) == tensors(lay) {
-        return Ok(());
+        return model_json_intact(dir, &text, state);
     }
     let (found, want) = (serde_json::to_value(&model)?, serde_json::to_value(cfg)?);
     let differ: Vec<String> = want
@@ -487,7 +511,8 @@ fn check_model_json(dir: &Path, cfg: &ModelConfig, lay: &Layout) -> Result<()> {
 pub fn tensors_intact(dir: &Path, state: &TrainState) -> bool {
     let ema = state.ema_crc32c.as_ref().map(|c| (EMA_FILE, c));
     let files = [(MODEL_FILE, &state.model_crc32c), (OPTIM_FILE, &state.optim_crc32c)].into_iter().chain(ema);
-    read_model_json(dir).is_ok() && files.into_iter().all(|(file, want)| verify_crc(&dir.join(file), want).is_ok())
+    read_model_json(dir, state).is_ok()
+        && files.into_iter().all(|(file, want)| verify_crc(&dir.join(file), want).is_ok())
 }
 
 fn verify_crc(p: &Path, want: &str) -> Result<()> {
@@ -528,7 +553,7 @@ pub fn load(
     }
     // (the weights first: a config of another model is named by its tensors, not as damage)
     let params = load_weights(&dir.join(MODEL_FILE), cfg, lay)?;
-    check_model_json(dir, cfg, lay).map_err(damaged)?;
+    check_model_json(dir, &state, cfg, lay).map_err(damaged)?;
     let optim_path = dir.join(OPTIM_FILE);
     let bytes = map_file(&optim_path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
@@ -549,6 +574,20 @@ pub fn load(
         let part = &t.data()[moments.start * size..moments.end * size];
         *dst = crate::model::io::tensor_f32(name, t.dtype(), part)
             .map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
+        // (a run writes no checkpoint while its steps are not finite: such moments are damage, which the
+        // first update would spread into every weight)
+        let second = name == "adamw.v";
+        if let Some(i) = dst.iter().position(|x| !x.is_finite() || (second && *x < 0.0)) {
+            let at = moments.start + i;
+            let param = lay.specs.iter().find(|s| (s.offset..s.offset + s.numel()).contains(&at));
+            let expected = if second { "finite and not negative" } else { "finite" };
+            return Err(damaged(anyhow!(
+                "{}: `{name}` holds {} at value {at} (of `{}`): expected {expected} moments (corrupt checkpoint)",
+                optim_path.display(),
+                dst[i],
+                param.map_or("?", |s| s.name.as_str())
+            )));
+        }
     }
     let (_, header) =
         SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: metadata: {e}", optim_path.display()))?;
@@ -593,7 +632,7 @@ mod tests {
         let state = TrainState { step: 3, ..TrainState::fresh(state_loader()) };
         let tensors = Tensors { params: &params, opt: &opt, ema: None };
         let dir = save(tmp.path(), &cfg, &lay, tensors, state, "").unwrap();
-        let shard = crate::train::dist::shard_range(lay.numel, 1, 3);
+        let shard = crate::train::zero1::shard_range(lay.numel, 1, 3);
         let (p, part, _) = load(&dir, tmp.path(), &cfg, &lay, (&AdamWConfig::default(), shard.clone())).unwrap();
         assert_eq!(p.data, params.data);
         let cut = opt.shard(shard.clone());

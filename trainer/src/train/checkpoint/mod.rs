@@ -79,6 +79,10 @@ pub struct TrainState {
     /// Of `ema.safetensors`, when the checkpoint holds a moving average.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_crc32c: Option<String>,
+    /// Of `model.json`, which sample, eval and export build the model from (its `norm_eps`, …, shape no
+    /// tensor): absent in the checkpoints of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_json_crc32c: Option<String>,
     /// The losses and gradient norms the spike guard judges against (`optim.skip_loss_z`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spike_window: Option<super::spike::SpikeWindow>,
@@ -126,6 +130,7 @@ impl TrainState {
             model_crc32c: String::new(),
             optim_crc32c: String::new(),
             ema_crc32c: None,
+            model_json_crc32c: None,
             spike_window: None,
             seen: Some(super::seen::Seen::default()),
             val_sets: None,
@@ -246,10 +251,12 @@ fn write_folder(
         Some(ema) => Some(crc(streamed::write_file(&tmp.join(EMA_FILE), weights(ema)?, None)?)),
         None => None,
     };
+    let model_json = serde_json::to_string_pretty(cfg)?;
+    state.model_json_crc32c = Some(crc(crc32c::crc32c(model_json.as_bytes())));
     let state_json = serde_json::to_string_pretty(&state)?;
     write_synced(&tmp.join(STATE_FILE), state_json.as_bytes())?;
     write_synced(&tmp.join(CONFIG_FILE), config_toml.as_bytes())?;
-    write_synced(&tmp.join(MODEL_JSON), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    write_synced(&tmp.join(MODEL_JSON), model_json.as_bytes())?;
     sync_dir(tmp);
     // (a file under a step folder's name is no checkpoint of this run's: not deleted, named)
     if final_dir.metadata().is_ok_and(|m| !m.is_dir()) {
