@@ -562,11 +562,18 @@ fn check_reports_a_run_without_starting_it() {
         infinity_trainer::train::check::check(&c, 1, Some(&run.join("checkpoints/step-00000002")), None).unwrap();
     let want = "run.steps: 2 → 4 (the learning-rate schedule is recomputed for the new length from this step)";
     assert!(lines.iter().any(|l| l.ends_with(want)), "{lines:?}");
-    // the drop-path rate an unset key takes from the preset, against the checkpoint's model's
+    // the drop-path rate an unset key takes from the preset, against the checkpoint's model's (one of an
+    // earlier build, whose state.json records no checksum of its model.json)
     let ckpt = run.join("checkpoints/step-00000002");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("model.json")).unwrap()).unwrap();
     m["drop_path_rate"] = 0.1.into();
     std::fs::write(ckpt.join("model.json"), m.to_string()).unwrap();
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("state.json")).unwrap()).unwrap();
+    state.as_object_mut().unwrap().remove("model_json_crc32c").expect("this build records model.json's checksum");
+    let state = serde_json::to_string_pretty(&state).unwrap();
+    std::fs::write(ckpt.join("state.json"), &state).unwrap();
+    std::fs::write(ckpt.join("DONE"), format!("state.json crc32c {:08x}\n", crc32c::crc32c(state.as_bytes()))).unwrap();
     let c = TrainConfig::load(&cfg, &[]).unwrap();
     let lines = infinity_trainer::train::check::check(&c, 1, Some(&ckpt), None).unwrap();
     assert!(lines.iter().any(|l| l.contains("model.drop_path_rate (resolved): 0.1 → 0")), "{lines:?}");

@@ -251,13 +251,10 @@ impl Manifest {
         }
         // (checked against the tokenizer's values where it is text: a number would switch the check off)
         if let Some(c) = self.tokenizer.params.get("crc32c") {
-            let hex8 = c.as_str().is_some_and(|c| c.len() == 8 && c.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !hex8 {
-                return Err(bad(
-                    "tokenizer.params.crc32c",
-                    "8 hex digits, as text (\"0f3a9b21\")".into(),
-                    c.to_string(),
-                ));
+            let hex8 = |c: &str| c.len() == 8 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !c.as_str().is_some_and(hex8) {
+                let want = "8 lowercase hex digits, as text (\"0f3a9b21\")".into();
+                return Err(bad("tokenizer.params.crc32c", want, c.to_string()));
             }
         }
         let mut files: HashMap<&str, usize> = HashMap::new();

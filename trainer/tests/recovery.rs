@@ -399,9 +399,9 @@ fn a_corrupt_newest_checkpoint_names_the_previous_one() {
     assert!(cfg.run.dir.join("abandoned/after-step-00000003/step-00000006/model.safetensors").is_file());
 }
 
-/// `model.json` (which sample and export read, and which no checksum covers) is read on resume: empty,
-/// or describing another model, it is refused, naming the file (and a run folder the resume made is
-/// removed again).
+/// `model.json` (which sample and export read) is read on resume: empty, describing another model, or
+/// changed in a setting that shapes no tensor (found by the checksum state.json records), it is refused,
+/// naming the file (and a run folder the resume made is removed again); sample refuses it too.
 #[test]
 fn a_damaged_model_json_is_refused_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
@@ -499,20 +499,22 @@ fn impossible_moments_and_counts_are_refused_on_resume() {
     }
     for (key, value, want) in [
         ("flops", serde_json::json!(-1.0), "`seen.flops` is -1: expected a finite count of at least 0"),
-        ("samples", serde_json::json!(u64::MAX), "every sample has a token at least"),
+        ("samples", serde_json::json!(u64::MAX), "expected at least as many tokens as samples (corrupt checkpoint)"),
     ] {
         common::reseal_state(&ckpt, |s| s["seen"][key] = value);
         let e = format!("{:#}", resume().expect_err("impossible counts were resumed"));
         assert!(e.contains("state.json: ") && e.contains(want), "{e}");
         restore();
     }
-    common::reseal_state(&ckpt, |s| s["seen"]["tokens"] = u64::MAX.into());
+    common::reseal_state(&ckpt, |s| {
+        (s["seen"]["tokens"], s["seen"]["samples"]) = (u64::MAX.into(), (u64::MAX - 1).into())
+    });
     resume().unwrap();
     let last: serde_json::Value = {
         let text = std::fs::read_to_string(cfg.run.dir.join("metrics.jsonl")).unwrap();
         serde_json::from_str(text.lines().last().unwrap()).unwrap()
     };
-    assert_eq!(last["tokens_seen"], u64::MAX, "{last}");
+    assert_eq!((&last["tokens_seen"], &last["samples_seen"]), (&u64::MAX.into(), &u64::MAX.into()), "{last}");
 }
 
 /// `--resume auto` in a run folder with logs but no complete checkpoint starts fresh, and says so.

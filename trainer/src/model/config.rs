@@ -271,6 +271,19 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
+    /// LayerNorm's epsilon is a small positive number (upstream's 1e-6): 0, a negative, NaN or one above 1
+    /// (a hand-edited model.json) is refused, naming it.
+    #[test]
+    fn norm_eps_is_positive_and_small() {
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        for (eps, ok) in [(1e-6, true), (1.0, true), (0.0, false), (-1e-6, false), (f64::NAN, false), (2.0, false)] {
+            c.norm_eps = eps;
+            let v = c.validate();
+            assert_eq!(v.is_ok(), ok, "{eps}: {v:?}");
+            assert!(ok || v.unwrap_err().starts_with(&format!("norm_eps {eps} must be in (0, 1]")));
+        }
+    }
+
     #[test]
     fn presets_match_upstream_ffn_widths() {
         for (name, hidden) in [

@@ -141,15 +141,22 @@ fn jsonl_curves<const K: usize>(p: &Path, keys: [&str; K]) -> Result<([Curve; K]
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut note = None;
     for (k, &(i, line)) in lines.iter().enumerate() {
-        // (a U+FFFD the file holds as such is text; one that stands for bytes that are not UTF-8 is damage)
+        let cut_short = k + 1 == lines.len() && !text.ends_with('\n');
+        let skipped = || format!("{} line {}: cut short (a run killed mid-write), skipped", p.display(), i + 1);
+        // (a U+FFFD the file holds as such is text; one that stands for bytes that are not UTF-8 is damage,
+        // or a character a kill cut in two)
         let raw = || bytes.split(|&b| b == b'\n').nth(i).unwrap_or_default();
         if line.contains(char::REPLACEMENT_CHARACTER) && std::str::from_utf8(raw()).is_err() {
+            if cut_short {
+                note = Some(skipped());
+                break;
+            }
             bail!("{} line {}: bytes that are not UTF-8 (a damaged file)", p.display(), i + 1);
         }
         let v: Value = match serde_json::from_str(line) {
             Ok(v) => v,
-            Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => {
-                note = Some(format!("{} line {}: cut short (a run killed mid-write), skipped", p.display(), i + 1));
+            Err(_) if cut_short => {
+                note = Some(skipped());
                 break;
             }
             Err(e) => bail!("{} line {}: not JSON ({e})", p.display(), i + 1),
@@ -712,6 +719,15 @@ mod tests {
         assert!(e.ends_with("val.jsonl line 2: no `step` (every line of a run's log has one)"), "{e}");
         std::fs::write(&p, "{\"step\": 1, \"loss\": 0.5, \"note\": \"\u{FFFD}\"}\n").unwrap();
         assert_eq!(super::jsonl_curves(&p, ["loss"]).unwrap().0, [vec![(1, 0.5)]]);
+        // a last line a kill cut inside a character is cut short, not damage
+        let mut bytes = "{\"step\": 1, \"loss\": 0.5}\n{\"step\": 2, \"sets\": {\"é".as_bytes().to_vec();
+        bytes.pop();
+        std::fs::write(&p, &bytes).unwrap();
+        let ([curve], note) = super::jsonl_curves(&p, ["loss"]).unwrap();
+        assert_eq!(
+            (curve, note.unwrap().ends_with("line 2: cut short (a run killed mid-write), skipped")),
+            (vec![(1, 0.5)], true)
+        );
     }
 
     /// A root without run folders is named as such (and the runs in it without a summary yet); one that

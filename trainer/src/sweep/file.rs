@@ -131,7 +131,7 @@ impl SweepFile {
             bail!("[set]: `{k}` = {{}}: an empty table sets nothing; give the value, or its keys");
         }
         if let Some(k) = self.axes.iter().chain(&self.linked).find(|(_, vals)| vals.iter().any(empty)).map(|(k, _)| k) {
-            bail!("axis `{k}`: a value is an empty table ({{}}), which sets nothing; give the value, or its keys");
+            bail!("axis `{k}`: a value is {{}}: an empty table sets nothing; give the value, or its keys");
         }
         if let Some(k) = self.linked.keys().find(|k| self.axes.contains_key(*k)) {
             bail!("`{k}` is in [axes] and in [linked]: give its values in one of them");
@@ -329,7 +329,7 @@ mod tests {
         let e = sweep(&format!("{head}[set.checkpoint]\nevery = {{}}\n")).unwrap_err().to_string();
         assert!(e.contains("`checkpoint.every` = {}"), "{e}");
         let e = sweep(&format!("{head}\"run.log_every\" = [{{}}]\n")).unwrap_err().to_string();
-        assert!(e.contains("axis `run.log_every`: a value is an empty table"), "{e}");
+        assert!(e.contains("axis `run.log_every`: a value is {}: an empty table sets nothing"), "{e}");
     }
 
     /// `[set]` written with bare dotted keys or as tables is read key by key (one override of a table

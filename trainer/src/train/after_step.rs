@@ -8,7 +8,25 @@ use super::trainer::{Stepped, Trainer};
 use super::{checkpoint, due, ema, mfu, saver, stop, watchdog, zero1, TrainSummary};
 
 impl Trainer<'_> {
-    /// Counts the step's samples, tokens and FLOPs, and logs it (rank 0), with a sample grid when due.
+    /// Adds the step's samples, tokens and FLOPs to what the run has seen (on every rank: its
+    /// checkpoints carry them), and its loss to the session's summary.
+    pub(super) fn count(&mut self, s: &Stepped) {
+        let (tokens_per_sample, flops_per_token) = self.costs[s.bucket as usize];
+        if let Some(seen) = self.state.seen.as_mut() {
+            seen.add((s.rows * self.dist.world) as u64, tokens_per_sample, flops_per_token);
+        }
+        self.summary.stepped(s.means.loss, s.means.bit_acc);
+    }
+
+    /// Stops the run (exit 2) where its folder was removed or replaced meanwhile: no restart mends it.
+    pub(super) fn check_run_folder(&self) -> Result<()> {
+        match self.lock.as_ref() {
+            Some(l) => l.check_in_place(&self.cfg.run.dir).map_err(super::setup::unrecoverable),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs the step (rank 0), with a sample grid when due.
     pub(super) fn log(&mut self, s: &Stepped) -> Result<()> {
         let (cfg, step, world) = (self.cfg, self.state.step, self.dist.world);
         let secs = s.t0.elapsed().as_secs_f64();
@@ -16,10 +34,6 @@ impl Trainer<'_> {
         let (tokens_per_sample, flops_per_token) = self.costs[s.bucket as usize];
         let tokens = samples * tokens_per_sample as f64;
         let flops = flops_per_token * tokens;
-        if let Some(seen) = self.state.seen.as_mut() {
-            seen.add(samples as u64, tokens_per_sample, flops_per_token);
-        }
-        self.summary.stepped(s.means.loss, s.means.bit_acc);
         let means = &s.means;
         let step_metrics = StepMetrics {
             step,
@@ -55,10 +69,6 @@ impl Trainer<'_> {
             gpu_mem_peak_gib: self.compute.gpu_memory_peak().map(|b| b as f64 / (1u64 << 30) as f64),
         };
         self.beat(|| format!("logging step {step}"));
-        if let Some(l) = self.lock.as_ref() {
-            // (a run folder removed meanwhile: no restart mends it)
-            l.check_in_place(&cfg.run.dir).map_err(super::setup::unrecoverable)?;
-        }
         let Some(log) = self.logger.as_mut() else { return Ok(()) };
         log.step(&step_metrics)?;
         if let Some(p) = self.preview.as_ref().filter(|p| p.due(step) && !s.diverged) {

@@ -1,6 +1,7 @@
 //! `infinity train`: the session's start, then the training loop, whose steps a `Trainer` takes (the
-//! session: `session.rs`; the dataset and model it sets up: `setup.rs`; the state it starts from:
-//! `start_state.rs`; a step: `trainer.rs`; what follows it: `after_step.rs`).
+//! session: `session.rs`; the dataset and model it sets up: `setup.rs`; the checkpoint it resumes:
+//! `resume_point.rs`; the state it starts from: `start_state.rs`; a step: `trainer.rs`; what follows it:
+//! `after_step.rs`).
 //!
 //! Every random choice (initial weights, data order, self-correction flips, condition dropout, drop
 //! path) comes from a stream keyed by (seed, step, sample id), so a run is a pure function of its
@@ -329,6 +330,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     };
     while t.state.step < cfg.run.steps {
         let stepped = t.step()?;
+        t.count(&stepped);
+        t.check_run_folder()?;
         t.log(&stepped)?;
         if stepped.diverged {
             // (a streak the run's last step ends in, shorter than the limit: its weights, those before the

@@ -54,7 +54,7 @@ impl Seen {
         }
         (self.tokens < self.samples).then(|| {
             format!(
-                "`seen.tokens` is {} and `seen.samples` {}: every sample has a token at least",
+                "`seen.tokens` is {}, `seen.samples` {}: expected at least as many tokens as samples",
                 self.tokens, self.samples
             )
         })

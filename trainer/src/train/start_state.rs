@@ -1,6 +1,7 @@
 //! The state a run starts from: a checkpoint to resume (checked against the config, the model and the
 //! dataset, the loader's position continued on it), or fresh weights from the run's seed, overlaid by
-//! `model.init_from`'s ([`super::init_from`]).
+//! `model.init_from`'s ([`super::init_from`]); and what a start records of the run folder's history (a
+//! rewind, a branch, a diverged start set aside).
 
 use std::path::Path;
 

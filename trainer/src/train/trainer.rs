@@ -187,36 +187,7 @@ impl Trainer<'_> {
         // (upstream's twde: a weight decay that changes over the run, where one is set)
         let adamw = &cfg.optim.adamw;
         let weight_decay = adamw.weight_decay_end.map(|_| adamw.weight_decay_at(step, steps));
-        let finite = means.loss.is_finite() && grad_norm.is_finite();
-        let spike = match self.state.spike_window.as_mut() {
-            Some(w) if finite => w.judge(&self.spike_limits, (means.loss, level), grad_norm),
-            _ => Verdict::default(),
-        };
-        if let Some(why) = &spike.skip {
-            self.state.skipped_steps += 1;
-            self.state.nonfinite_run = 0;
-            tracing::warn!("step {next}: {why}; update skipped");
-        } else if finite {
-            self.state.nonfinite_run = 0;
-            if let Some(wd) = weight_decay {
-                self.opt.set_weight_decay(wd);
-            }
-            let (params, grads) = (&mut self.params.data, &self.grads.data);
-            self.updater.update(&mut self.compute, &mut self.dist, &mut self.opt, params, grads, lr)?;
-            if let Some(e) = self.ema.as_mut() {
-                self.compute.update_ema(e, &self.params)?;
-            }
-        } else {
-            self.state.skipped_steps += 1;
-            self.state.nonfinite_run += 1;
-            // (which of the two, where one is finite)
-            let what = match (means.loss.is_finite(), grad_norm.is_finite()) {
-                (false, true) => format!("non-finite loss {} (grad norm {grad_norm})", means.loss),
-                (true, false) => format!("non-finite grad norm {grad_norm} (loss {})", means.loss),
-                _ => format!("non-finite loss {} and grad norm {grad_norm}", means.loss),
-            };
-            tracing::warn!("step {next}: {what}; update skipped");
-        }
+        let spike = self.apply_or_skip(next, (means.loss, level), grad_norm, (lr, weight_decay))?;
         let optimizer_s = t_opt.elapsed().as_secs_f64();
         // this step stops the run, once it is logged: `optim.max_nonfinite` in a row, or fewer that the
         // run's last step ends in (no later step shows them over: the run is not called finished)
@@ -244,6 +215,49 @@ impl Trainer<'_> {
             spike,
             diverged,
         })
+    }
+
+    /// Step `next`'s update, or its skip: the spike guard judges a finite step (its mean `loss` over the
+    /// ranks at the spike `level` of its bucket, and `grad_norm`), AdamW at `lr` (and the moving average)
+    /// follows where it passes; a skip is counted, a non-finite one in the run's streak too.
+    fn apply_or_skip(
+        &mut self,
+        next: u64,
+        (loss, level): (f64, u16),
+        grad_norm: f64,
+        (lr, weight_decay): (f64, Option<f64>),
+    ) -> Result<Verdict> {
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        let spike = match self.state.spike_window.as_mut() {
+            Some(w) if finite => w.judge(&self.spike_limits, (loss, level), grad_norm),
+            _ => Verdict::default(),
+        };
+        if let Some(why) = &spike.skip {
+            self.state.skipped_steps += 1;
+            self.state.nonfinite_run = 0;
+            tracing::warn!("step {next}: {why}; update skipped");
+        } else if finite {
+            self.state.nonfinite_run = 0;
+            if let Some(wd) = weight_decay {
+                self.opt.set_weight_decay(wd);
+            }
+            let (params, grads) = (&mut self.params.data, &self.grads.data);
+            self.updater.update(&mut self.compute, &mut self.dist, &mut self.opt, params, grads, lr)?;
+            if let Some(e) = self.ema.as_mut() {
+                self.compute.update_ema(e, &self.params)?;
+            }
+        } else {
+            self.state.skipped_steps += 1;
+            self.state.nonfinite_run += 1;
+            // (which of the two, where one is finite)
+            let what = match (loss.is_finite(), grad_norm.is_finite()) {
+                (false, true) => format!("non-finite loss {loss} (grad norm {grad_norm})"),
+                (true, false) => format!("non-finite grad norm {grad_norm} (loss {loss})"),
+                _ => format!("non-finite loss {loss} and grad norm {grad_norm}"),
+            };
+            tracing::warn!("step {next}: {what}; update skipped");
+        }
+        Ok(spike)
     }
 
     /// Tells the stall watchdog (`run.stall_timeout_s`) what the rank does now.

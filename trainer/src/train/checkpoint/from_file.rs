@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use infinity_data::Manifest;
 
-use super::load::{export_holding, moving_average_of, weights_file, CheckpointModel};
+use super::weights::{export_holding, moving_average_of, weights_file, CheckpointModel};
 use super::{DONE, STATE_FILE};
 use crate::export::{read_export, shard_map, EXPORT_FORMAT, SHARD_INDEX};
 use crate::model::io::load_state_dict;

@@ -18,6 +18,7 @@
 mod from_file;
 mod history;
 mod load;
+mod weights;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -39,11 +40,9 @@ pub use history::{
     complete, describe_later, interrupted_rewind, later_than, prune, set_aside_folder, set_aside_later, StepFiles,
     UNFINISHED,
 };
-pub use load::{
-    data_dir_of, ema_file, load, load_ema, load_model, moving_average_of, read_state, resolve, saved_step,
-    tensors_intact, weights_file, CheckpointModel,
-};
-pub(crate) use load::{export_holding, is_checkpoints_average, recorded_crc};
+pub use load::{load, load_ema, read_state, resolve, saved_step, tensors_intact};
+pub use weights::{data_dir_of, ema_file, load_model, moving_average_of, weights_file, CheckpointModel};
+pub(crate) use weights::{export_holding, is_checkpoints_average, recorded_crc};
 
 /// The marker a complete checkpoint folder holds, written last.
 pub const DONE: &str = "DONE";
@@ -98,7 +97,7 @@ pub struct TrainState {
     /// (a rewind), carried by every checkpoint of the history since while each session resumed with
     /// the same settings and data (one that changed either drops it): a repeated `--resume` of that step
     /// with the same config continues the history instead of rewinding again
-    /// (`start_state::repeated_rewind`). Absent where the history never rewound.
+    /// (`resume_point::repeated_rewind`). Absent where the history never rewound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_at: Option<u64>,
     /// Where the history began in another run folder (a branch: `--resume OTHER/checkpoints/step-N`
