@@ -231,7 +231,23 @@ fn an_incomplete_or_malformed_folder_fails_by_name() {
     assert!(e.contains("schedule entries are [1, h, w] with h, w ≥ 1, found [1,0,0]"), "{e}");
     let e = with(&|c| drop(c["constructor_kwargs"].as_object_mut().unwrap().remove("depth")));
     assert!(e.contains("config.json: `constructor_kwargs.depth` missing"), "{e}");
+    // a setting with a default is that default only where absent (a string was read as 1e-6)
+    let e = with(&|c| c["constructor_kwargs"]["norm_eps"] = "x".into());
+    assert!(e.contains("constructor_kwargs.norm_eps = \"x\", expected a number"), "{e}");
+    let e = with(&|c| c["constructor_kwargs"]["block_chunks"] = 1.5.into());
+    assert!(e.contains("constructor_kwargs.block_chunks = 1.5, expected a whole number of at least 1"), "{e}");
     std::fs::remove_dir_all(&settings).unwrap();
+    // gt_bits are bits (a 2 was read as 1)
+    let bits = copy("model-tiny-square", "h-bits");
+    rewrite_tensors(&bits.join("inputs.safetensors"), |n, _, data| {
+        if n == "gt_bits" {
+            data[3] = 2;
+        }
+        Some(n.to_string())
+    });
+    let e = format!("{:#}", golden::check(&bits).unwrap_err());
+    assert!(e.contains("inputs.safetensors: gt_bits holds 2 at value 3: expected bits, 0 or 1"), "{e}");
+    std::fs::remove_dir_all(&bits).unwrap();
 
     // the command checks every folder and fails at the end (an error at the first bad folder, as before,
     // would make `infinity()` panic instead of returning false)

@@ -414,6 +414,13 @@ pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
         };
         let item = &rest[..end];
         rest = rest[end..].trim_start_matches(',');
+        // (each group is a level of expand_host's recursion)
+        if item.matches('[').count() > MAX_GROUPS {
+            bail!(
+                "node list {list:?}: a host with more than {MAX_GROUPS} bracket groups (`{}…`)",
+                item.chars().take(40).collect::<String>()
+            );
+        }
         out.extend(expand_host(list, item)?);
         if out.len() > MAX_NODES {
             bail!("node list {list:?}: more than {MAX_NODES} hosts");
@@ -424,6 +431,9 @@ pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
 
 /// The most hosts a node list may expand to (a typo's range would otherwise allocate without bound).
 const MAX_NODES: usize = 100_000;
+
+/// The most bracket groups one host of a node list may have (`rack[1-4]-node[01-16]` has two).
+const MAX_GROUPS: usize = 16;
 
 /// Every host one expression of a node list names (`list` for errors); brackets are balanced.
 fn expand_host(list: &str, item: &str) -> Result<Vec<String>> {
@@ -464,6 +474,10 @@ mod tests {
         assert_eq!(parse_nodelist("x[8-10]").unwrap(), ["x8", "x9", "x10"]);
         assert!(parse_nodelist("n[1-2").is_err());
         assert!(parse_nodelist("n[3-1]").is_err());
+        // (a crafted list of 40,000 groups overflowed the stack)
+        let e = parse_nodelist(&format!("a{}", "[1]".repeat(40_000))).unwrap_err().to_string();
+        assert!(e.contains("a host with more than 16 bracket groups"), "{e}");
+        assert_eq!(parse_nodelist(&format!("a{}", "[1]".repeat(16))).unwrap(), [format!("a{}", "1".repeat(16))]);
         // several bracket groups in one host: every combination, zero padding kept (scontrol's order)
         assert_eq!(
             parse_nodelist("rack1-[01-02]-gpu[3-4]").unwrap(),

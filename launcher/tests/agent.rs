@@ -693,6 +693,19 @@ fn a_malformed_ring_port_range_exits_2_before_the_ranks() {
     assert!(text.contains("INFINITY_RING_PORTS=45010: 1 port for 2 ranks on this node"), "{text}");
 }
 
+/// A `--rdzv` host a one-node group's store cannot bind to is named as `--rdzv`'s (the resolver's
+/// words alone named neither).
+#[test]
+fn an_rdzv_host_that_does_not_resolve_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let extra = ["--rdzv", "256.0.0.1:29400"];
+    let mut agent = Agent::start(tmp.path(), "rdzv", &args(d, &extra, FRAGILE_RANK));
+    assert_ne!(agent.exit(Duration::from_secs(15)).code(), Some(0), "{}", agent.text());
+    let text = agent.text();
+    assert!(text.contains("--rdzv host 256.0.0.1: the store's address does not resolve"), "{text}");
+}
+
 /// Node rank 0 started on another machine than `--rdzv`'s host (swapped `--node-rank` values) is
 /// warned of at once: it hosts the store here, where no other agent looks for it.
 #[test]

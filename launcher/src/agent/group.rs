@@ -38,7 +38,8 @@ pub(super) async fn host_store(p: &Plan) -> Result<Option<StoreServer>> {
         tokio::net::lookup_host((inner, p.port)).await.map(|a| a.collect());
     let bind_host = bind_host(p.nnodes, inner, resolved.as_deref().ok());
     let addr = tokio::net::lookup_host((bind_host.as_str(), p.port))
-        .await?
+        .await
+        .with_context(|| format!("--rdzv host {bind_host}: the store's address does not resolve"))?
         .next()
         .with_context(|| format!("--rdzv host {bind_host} resolves to nothing"))?;
     // (an agent of another run is refused, and named to the agents waiting for its node)

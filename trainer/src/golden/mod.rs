@@ -382,6 +382,20 @@ pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
     if let Some(top) = cfg.get("text_channels").filter(|t| t.as_u64() != Some(text_channels as u64)) {
         bail!("config.json: text_channels = {top}, constructor_kwargs.text_channels = {text_channels}");
     }
+    // (absent: upstream's default; present, a number)
+    let or_default = |key: &str, default: f64| -> Result<f64> {
+        match k.get(key) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_f64().with_context(|| format!("config.json: constructor_kwargs.{key} = {v}, expected a number"))
+            }
+        }
+    };
+    let block_chunks = or_default("block_chunks", 1.0)?;
+    ensure!(
+        block_chunks.fract() == 0.0 && block_chunks >= 1.0,
+        "config.json: constructor_kwargs.block_chunks = {block_chunks}, expected a whole number of at least 1"
+    );
     let c = ModelConfig {
         depth: usize_of(cfg, "constructor_kwargs.depth")?,
         embed_dim: usize_of(cfg, "constructor_kwargs.embed_dim")?,
@@ -390,12 +404,12 @@ pub fn model_config(cfg: &Value, d: usize) -> Result<ModelConfig> {
         d,
         text_channels,
         text_maxlen: usize_of(cfg, "constructor_kwargs.text_maxlen")?,
-        norm_eps: k.get("norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+        norm_eps: or_default("norm_eps", 1e-6)?,
         cond_drop_rate: 0.0,
         drop_path_rate: 0.0,
         apply_spatial_patchify: switch(k.get("apply_spatial_patchify"), "constructor_kwargs.apply_spatial_patchify")?,
         conditioning: Conditioning::Text,
-        block_chunks: k.get("block_chunks").and_then(Value::as_u64).unwrap_or(1) as usize,
+        block_chunks: block_chunks as usize,
     };
     c.validate().map_err(|e| anyhow::anyhow!("constructor_kwargs: {e}"))?;
     Ok(c)
@@ -466,7 +480,11 @@ fn check_model(
     let ModelFolder { mc, lay, p, inputs, kv, cu, rope, .. } = ModelFolder::open(dir, cfg, schedule, b, d)?;
     let l: usize = schedule.iter().map(|&(h, w)| h * w).sum();
     let x_wo_prefix = inputs.f32_shaped("x_blc_wo_prefix", &[b, l - 1, d], "[B, L − 1, d]")?;
-    let gt: Vec<u8> = inputs.ints_shaped("gt_bits", &[b, l, d], "[B, L, d]")?.iter().map(|&v| v as u8).collect();
+    let gt = inputs.ints_shaped("gt_bits", &[b, l, d], "[B, L, d]")?;
+    if let Some(i) = gt.iter().position(|v| !(0..=1).contains(v)) {
+        bail!("{}: gt_bits holds {} at value {i}: expected bits, 0 or 1", inputs.path.display(), gt[i]);
+    }
+    let gt: Vec<u8> = gt.iter().map(|&v| v as u8).collect();
     let weights = token_weights(b, schedule, false);
     let dropped = vec![false; b];
     let inp = ModelInput {

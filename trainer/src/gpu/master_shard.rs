@@ -1,4 +1,4 @@
-//! ZeRO-1 with bf16 matmuls on the device (`model::master_shards`): the rank's `params` hold the f32
+//! ZeRO-1 with bf16 matmuls on the device (`model::f32_reads`): the rank's `params` hold the f32
 //! master weights of its shard alone, `params16` the bf16 copy of all of them, and [`DeviceReads`]
 //! the f32 values the kernels still read, every rank's, shared by their owners after each update.
 
@@ -9,7 +9,7 @@ use infinity_kernels::cuda::{CudaError, Device};
 use infinity_launcher::comm::NcclComm;
 
 use super::optim::tag;
-use crate::model::master_shards::{read_in_f32, F32Reads};
+use crate::model::f32_reads::{read_in_f32, F32Reads};
 use crate::model::Layout;
 
 /// Values converted to bf16 at a time when the whole f32 parameters come from the host (a buffer of

@@ -53,7 +53,7 @@ impl<'a> Net<'a> {
         let range = self.lay.range(name);
         match self.reads {
             None => self.params.slice(range),
-            // an internal invariant, not an input: `model::master_shards::read_in_f32` names what is read
+            // an internal invariant, not an input: `model::f32_reads::read_in_f32` names what is read
             Some(r) => r.view(name, range.len()).unwrap_or_else(|| {
                 panic!("`{name}` was read in f32, but under ZeRO-1 this rank keeps only its bf16 copy")
             }),

@@ -58,6 +58,8 @@ pub const MAX_WIDTH: usize = 1 << 17;
 pub const MAX_MLP_RATIO: f64 = 64.0;
 pub const MAX_CLASSES: usize = 1 << 24;
 pub const MAX_TOKENS: usize = 1 << 16;
+/// Bits per token, as a dataset's manifest bounds them (`d`).
+pub const MAX_BITS: usize = 1024;
 
 impl ModelConfig {
     /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests ([`PRESETS`]).
@@ -196,6 +198,7 @@ impl ModelConfig {
         };
         for (what, v, most) in [
             ("depth", self.depth, MAX_DEPTH),
+            ("d", self.d, MAX_BITS),
             ("embed_dim", c, MAX_WIDTH),
             ("num_classes", classes, MAX_CLASSES),
             ("text_channels", self.text_channels, MAX_WIDTH),
@@ -273,6 +276,16 @@ mod tests {
 
     /// LayerNorm's epsilon is a small positive number (upstream's 1e-6): 0, a negative, NaN or one above 1
     /// (a hand-edited model.json) is refused, naming it.
+    #[test]
+    fn bits_per_token_are_bounded_as_a_dataset_bounds_them() {
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        c.d = 1024;
+        assert!(c.validate().is_ok());
+        // (a golden folder's config.json of d = 1e12 aborted allocating the model)
+        c.d = 1_000_000_000_000;
+        assert_eq!(c.validate().unwrap_err(), "d 1000000000000: at most 1024");
+    }
+
     #[test]
     fn norm_eps_is_positive_and_small() {
         let mut c = ModelConfig::preset("tiny").unwrap();

@@ -157,13 +157,13 @@ pub fn device_memory(cfg: &ModelConfig, numel: usize, step: &GpuStep) -> DeviceM
     let world = step.device_optimizer.unwrap_or(1).max(1) as u64;
     let (part, padded) = (p.div_ceil(world), p.div_ceil(world) * world);
     // the f32 masters (ZeRO-1 with bf16 matmuls: the shard's, and the values the kernels read in
-    // f32, `model::master_shards`), their bf16 copy and the gradients (a shard's padded to `world`
+    // f32, `model::f32_reads`), their bf16 copy and the gradients (a shard's padded to `world`
     // equal parts, as what the matmuls read)
     let model = match (world > 1, step.bf16) {
         (false, bf16) => 4 * p + if bf16 { 2 * p } else { 0 } + 4 * p,
         (true, false) => 4 * padded + 4 * padded,
         (true, true) => {
-            let reads = super::master_shards::f32_read_numel(&super::Layout::new(cfg)) as u64;
+            let reads = super::f32_reads::f32_read_numel(&super::Layout::new(cfg)) as u64;
             4 * part + 4 * reads + 2 * padded + 4 * padded
         }
     };
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn zero1_with_bf16_matmuls_shards_the_f32_masters() {
         let (cfg, n) = layer12();
-        let reads = crate::model::master_shards::f32_read_numel(&crate::model::Layout::new(&cfg)) as f64;
+        let reads = crate::model::f32_reads::f32_read_numel(&crate::model::Layout::new(&cfg)) as f64;
         let on =
             |world, bf16| device_memory(&cfg, n, &GpuStep { device_optimizer: Some(world), ..step(1, bf16, false) });
         // one GPU: f32 masters, bf16 copy, gradients

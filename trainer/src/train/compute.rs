@@ -184,7 +184,7 @@ impl Compute {
     }
 
     /// When this rank's GPU keeps the f32 master weights of its ZeRO-1 shard alone (with bf16
-    /// matmuls; `model::master_shards`): the values it keeps in f32 besides, those the kernels read.
+    /// matmuls; `model::f32_reads`): the values it keeps in f32 besides, those the kernels read.
     pub fn device_master_shard(&self) -> Option<usize> {
         match self {
             Compute::Cpu => None,

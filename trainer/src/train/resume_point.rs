@@ -67,14 +67,23 @@ fn auto_choice(run: &Path) -> Option<PathBuf> {
 /// (`dist.timeout_s`): rank 0 waits for the look in a collective, whose timeout would be a failure to
 /// retry rather than this check's verdict.
 fn shared_folder_lag(dist: &Dist) -> Duration {
-    lag_of(std::env::var("INFINITY_SHARED_FOLDER_LAG_S").ok().as_deref(), dist.timeout)
+    let set = std::env::var(LAG_VAR).ok();
+    let (lag, unread) = lag_of(set.as_deref(), dist.timeout);
+    if let Some(v) = unread.filter(|_| dist.is_leader()) {
+        tracing::warn!("{LAG_VAR}={v:?}: expected seconds (a number of at least 0); taken as 30");
+    }
+    lag
 }
 
-/// [`shared_folder_lag`] of the variable's value `set` and the collective timeout `timeout`.
-fn lag_of(set: Option<&str>, timeout: Duration) -> Duration {
-    let set = set.and_then(|s| s.trim().parse::<f64>().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok());
+const LAG_VAR: &str = "INFINITY_SHARED_FOLDER_LAG_S";
+
+/// [`shared_folder_lag`] of the variable's value `set` and the collective timeout `timeout`, and the
+/// value where it is no duration (then the default).
+fn lag_of(set: Option<&str>, timeout: Duration) -> (Duration, Option<&str>) {
+    let read = set.and_then(|s| s.trim().parse::<f64>().ok()).and_then(|s| Duration::try_from_secs_f64(s).ok());
     // (alone, no collective waits: no bound)
-    set.unwrap_or(Duration::from_secs(30)).min(timeout.checked_mul(9).map_or(timeout, |t| t / 10))
+    let lag = read.unwrap_or(Duration::from_secs(30)).min(timeout.checked_mul(9).map_or(timeout, |t| t / 10));
+    (lag, set.filter(|_| read.is_none()))
 }
 
 /// Every rank sees the run folder rank 0 holds, or every rank stops as the session starts (exit 2: a
@@ -124,7 +133,7 @@ pub(crate) fn shared_by_every_rank(run: &Path, dist: &mut Dist) -> Result<()> {
     };
     Err(super::unrecoverable(anyhow::anyhow!(
         "{who}: run.dir must be one folder every rank sees (a shared file system; its path may differ from node \
-         to node), or a restart finds rank 0's checkpoints on no other node (INFINITY_SHARED_FOLDER_LAG_S: a longer \
+         to node), or a restart finds rank 0's checkpoints on no other node ({LAG_VAR}: a longer \
          wait, for a file system that shows new files later)"
     )))
 }
@@ -271,11 +280,13 @@ mod tests {
     #[test]
     fn the_shared_folder_wait_stays_below_the_collective_timeout() {
         let five_min = Duration::from_secs(300);
-        assert_eq!(lag_of(None, five_min), Duration::from_secs(30));
-        assert_eq!(lag_of(Some(" 90 "), five_min), Duration::from_secs(90));
-        assert_eq!(lag_of(Some("1000"), five_min), Duration::from_secs(270));
-        assert_eq!(lag_of(Some("1e30"), five_min), Duration::from_secs(30), "no duration: the default");
-        assert_eq!(lag_of(Some("-1"), five_min), Duration::from_secs(30));
-        assert_eq!(lag_of(Some("90"), Duration::MAX), Duration::from_secs(90), "alone: no bound");
+        let secs = Duration::from_secs;
+        assert_eq!(lag_of(None, five_min), (secs(30), None));
+        assert_eq!(lag_of(Some(" 90 "), five_min), (secs(90), None));
+        assert_eq!(lag_of(Some("1000"), five_min), (secs(270), None));
+        assert_eq!(lag_of(Some("1e30"), five_min), (secs(30), Some("1e30")), "no duration: the default, said");
+        assert_eq!(lag_of(Some("-1"), five_min), (secs(30), Some("-1")));
+        assert_eq!(lag_of(Some("abc"), five_min), (secs(30), Some("abc")));
+        assert_eq!(lag_of(Some("90"), Duration::MAX), (secs(90), None), "alone: no bound");
     }
 }

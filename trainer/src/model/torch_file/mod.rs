@@ -87,7 +87,8 @@ pub struct TorchTensor {
 
 impl TorchTensor {
     /// The values as f32, row-major (`file` is the whole `.pth` file). A view must lie inside its
-    /// storage and read no element twice (no stride-0 broadcasts: a state dict holds none).
+    /// storage and hold no more elements than it, so a crafted one cannot make a huge tensor of a small
+    /// storage (a stride-0 view within that bound reads as torch reads it, a broadcast).
     pub fn values(&self, file: &[u8]) -> Result<Vec<f32>> {
         let s = &self.storage;
         ensure!(

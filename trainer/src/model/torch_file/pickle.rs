@@ -2,7 +2,9 @@
 //! `pickle.dumps` write them) run on a stack of plain values. It never runs code: the calls it knows
 //! are [`super::call`]'s (an `OrderedDict`, torch's tensor rebuilders), any other builds an opaque
 //! value; persistent ids are storages ([`super::storage`]). Values nest at most [`MAX_DEPTH`] deep, so
-//! a crafted file cannot build a cycle or a stack-deep chain.
+//! a crafted file cannot build a cycle or a stack-deep chain, and checking that walks at most
+//! [`MAX_WALK`] containers in all, so a crafted file of shared values (a tuple holding the one before it
+//! twice, thirty times over) or of many appends cannot make it take long.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -76,6 +78,8 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// What the nesting checks may still walk ([`MAX_WALK`] at the start).
+    walk_left: u64,
 }
 
 impl Machine<'_> {
@@ -92,8 +96,19 @@ impl Machine<'_> {
     /// Push a container built of `items`, refused past [`MAX_DEPTH`] (a crafted pickle could nest
     /// values deep enough to overflow the stack when they are dropped).
     fn push_container(&mut self, items: &[Value], container: Value) -> Result<()> {
-        ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
+        self.check_nesting(items)?;
         self.stack.push(container);
+        Ok(())
+    }
+
+    /// An error where any of `values` holds containers nested more than [`MAX_DEPTH`] deep, or one that
+    /// holds itself. Each container is walked once however often it is shared, and every check counts
+    /// against [`MAX_WALK`].
+    fn check_nesting(&mut self, values: &[Value]) -> Result<()> {
+        let mut known = HashMap::new();
+        for v in values {
+            nesting(v, 0, &mut known, &mut self.walk_left)?;
+        }
         Ok(())
     }
 
@@ -229,17 +244,17 @@ impl Machine<'_> {
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' { vec![self.pop()?] } else { self.since_mark()? };
-                    ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
+                    self.check_nesting(&items)?;
                     // (appends to an object this reader keeps opaque are dropped)
                     let containers = items.iter().any(Value::is_container);
                     if let Some(Value::List(l)) = self.stack.last() {
                         l.try_borrow_mut().context("a list appended to itself")?.extend(items);
                     }
                     // (a container put into one it holds would make a cycle)
-                    ensure!(
-                        !containers || !deeper_than(&self.top()?, MAX_DEPTH),
-                        "values nested deeper than {MAX_DEPTH}"
-                    );
+                    if containers {
+                        let top = self.top()?;
+                        self.check_nesting(&[top])?;
+                    }
                 }
                 b'}' => self.stack.push(Value::dict()),
                 b'd' | b's' | b'u' => {
@@ -251,17 +266,17 @@ impl Machine<'_> {
                         _ => self.since_mark()?,
                     };
                     ensure!(items.len() % 2 == 0, "an odd number of a dict's keys and values");
-                    ensure!(!items.iter().any(|v| deeper_than(v, MAX_DEPTH)), "values nested deeper than {MAX_DEPTH}");
+                    self.check_nesting(&items)?;
                     let containers = items.iter().any(Value::is_container);
                     let pairs = items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone()));
                     if op == b'd' {
                         self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs.collect()))));
                     } else if let Some(Value::Dict(d)) = self.stack.last() {
                         d.try_borrow_mut().context("a dict set into itself")?.extend(pairs);
-                        ensure!(
-                            !containers || !deeper_than(&self.top()?, MAX_DEPTH),
-                            "values nested deeper than {MAX_DEPTH}"
-                        );
+                        if containers {
+                            let top = self.top()?;
+                            self.check_nesting(&[top])?;
+                        }
                     }
                 }
                 0x8f => self.stack.push(Value::Opaque(Rc::new("a set".into()))), // EMPTY_SET
@@ -318,15 +333,49 @@ fn text(b: &[u8]) -> Result<String> {
 /// How deep containers may nest: a state dict is a few levels deep.
 const MAX_DEPTH: usize = 64;
 
-/// Whether `v` holds containers nested more than `n` deep (a container that holds itself: yes).
-fn deeper_than(v: &Value, n: usize) -> bool {
-    let nested = |v: &Value| n == 0 || deeper_than(v, n - 1);
-    match v {
-        Value::Tuple(t) => t.iter().any(nested),
-        Value::List(l) => l.try_borrow().map_or(true, |l| l.iter().any(nested)),
-        Value::Dict(d) => d.try_borrow().map_or(true, |d| d.iter().any(|(k, v)| nested(k) || nested(v))),
-        _ => false,
+/// How many containers the nesting checks of one pickle may walk in all: a state dict's take a few per
+/// tensor, a crafted pickle's are cut short here.
+const MAX_WALK: u64 = 20_000_000;
+
+/// The depth of the containers within `v` (0: none), at `level` below the value checked: an error past
+/// [`MAX_DEPTH`] or in a container that holds itself. `known` keeps the depth of each container walked in
+/// this check (by address: a value shared is walked once), `left` what the checks may still walk.
+fn nesting(v: &Value, level: usize, known: &mut HashMap<usize, usize>, left: &mut u64) -> Result<usize> {
+    let addr = match v {
+        Value::Tuple(t) => Rc::as_ptr(t) as *const () as usize,
+        Value::List(l) => Rc::as_ptr(l) as *const () as usize,
+        Value::Dict(d) => Rc::as_ptr(d) as *const () as usize,
+        _ => return Ok(0),
+    };
+    const WALKING: usize = usize::MAX;
+    let deep = || anyhow!("values nested deeper than {MAX_DEPTH} (or a container that holds itself)");
+    match known.get(&addr) {
+        Some(&WALKING) => return Err(deep()),
+        Some(&d) if level + d > MAX_DEPTH => return Err(deep()),
+        Some(&d) => return Ok(d),
+        None if level >= MAX_DEPTH => return Err(deep()),
+        None => {}
     }
+    known.insert(addr, WALKING);
+    let mut walk = |items: &mut dyn Iterator<Item = &Value>| -> Result<usize> {
+        let mut below = 0;
+        for item in items {
+            *left = left.checked_sub(1).ok_or_else(|| {
+                anyhow!("its containers take more than {MAX_WALK} steps to check (a crafted file?): not a state dict")
+            })?;
+            below = below.max(nesting(item, level + 1, known, left)?);
+        }
+        Ok(below)
+    };
+    // (one borrowed mutably is being built: a container that holds itself)
+    let below = match v {
+        Value::Tuple(t) => walk(&mut t.iter())?,
+        Value::List(l) => walk(&mut l.try_borrow().map_err(|_| deep())?.iter())?,
+        Value::Dict(d) => walk(&mut d.try_borrow().map_err(|_| deep())?.iter().flat_map(|(k, v)| [k, v]))?,
+        _ => 0,
+    };
+    known.insert(addr, below + 1);
+    Ok(below + 1)
 }
 
 /// A value as errors name it (its kind, never its contents, which may be large or hold themselves).
@@ -348,7 +397,7 @@ pub(super) fn describe(v: &Value) -> String {
 
 /// Run the pickle `p`; its result.
 pub(super) fn unpickle(p: &[u8]) -> Result<Value> {
-    Machine { p, at: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() }.run()
+    Machine { p, at: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), walk_left: MAX_WALK }.run()
 }
 
 #[cfg(test)]
@@ -395,5 +444,19 @@ mod tests {
         let deep = [&b"N"[..], &[0x85; 100], b"."].concat();
         let e = unpickle(&deep).unwrap_err().to_string();
         assert!(e.contains("nested deeper than 64"), "{e}");
+        let ok = [&b"N"[..], &[0x85; 63], b"."].concat();
+        assert!(unpickle(&ok).is_ok());
+    }
+
+    /// Shared values are walked once: a tuple holding the one before it twice, sixty times over (2^60
+    /// paths), is checked at once; and many appends of containers to one list are cut short with an error
+    /// rather than walked again and again.
+    #[test]
+    fn crafted_pickles_cannot_take_long() {
+        let shared = [&b"\x80\x02N"[..], &b"q\x00h\x00\x86".repeat(60), b"."].concat();
+        assert!(unpickle(&shared).is_ok(), "sixty levels of pairs, each within the depth bound, are a value");
+        let appends = [&b"\x80\x02]"[..], &b")a".repeat(200_000), b"."].concat();
+        let e = unpickle(&appends).unwrap_err().to_string();
+        assert!(e.contains("its containers take more than 20000000 steps to check"), "{e}");
     }
 }
