@@ -416,10 +416,8 @@ pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
         rest = rest[end..].trim_start_matches(',');
         // (each group is a level of expand_host's recursion)
         if item.matches('[').count() > MAX_GROUPS {
-            bail!(
-                "node list {list:?}: a host with more than {MAX_GROUPS} bracket groups (`{}…`)",
-                item.chars().take(40).collect::<String>()
-            );
+            let shown: String = item.chars().take(40).collect();
+            bail!("node list of {} bytes: a host with more than {MAX_GROUPS} bracket groups (`{shown}…`)", list.len());
         }
         out.extend(expand_host(list, item)?);
         if out.len() > MAX_NODES {
@@ -452,7 +450,7 @@ fn expand_host(list: &str, item: &str) -> Result<Vec<String>> {
         }
         // (counted before any host is made, the ranges of this group together)
         let hosts = (hi - lo).checked_add(1).and_then(|n| n.checked_mul(suffixes.len() as u64));
-        if hosts.is_none_or(|n| n + out.len() as u64 > MAX_NODES as u64) {
+        if hosts.is_none_or(|n| n.saturating_add(out.len() as u64) > MAX_NODES as u64) {
             bail!("node list {list:?}: more than {MAX_NODES} hosts");
         }
         for i in lo..=hi {
@@ -478,6 +476,9 @@ mod tests {
         let e = parse_nodelist(&format!("a{}", "[1]".repeat(40_000))).unwrap_err().to_string();
         assert!(e.contains("a host with more than 16 bracket groups"), "{e}");
         assert_eq!(parse_nodelist(&format!("a{}", "[1]".repeat(16))).unwrap(), [format!("a{}", "1".repeat(16))]);
+        // (a range's count near u64::MAX added to the hosts before it overflowed)
+        let e = parse_nodelist("n[1,1-18446744073709551615]").unwrap_err().to_string();
+        assert!(e.contains("more than 100000 hosts"), "{e}");
         // several bracket groups in one host: every combination, zero padding kept (scontrol's order)
         assert_eq!(
             parse_nodelist("rack1-[01-02]-gpu[3-4]").unwrap(),

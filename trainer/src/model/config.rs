@@ -59,7 +59,7 @@ pub const MAX_MLP_RATIO: f64 = 64.0;
 pub const MAX_CLASSES: usize = 1 << 24;
 pub const MAX_TOKENS: usize = 1 << 16;
 /// Bits per token, as a dataset's manifest bounds them (`d`).
-pub const MAX_BITS: usize = 1024;
+pub const MAX_D: usize = 1024;
 
 impl ModelConfig {
     /// Upstream presets (infinity-reference.md §1.9) plus tiny ones for CPU runs and tests ([`PRESETS`]).
@@ -198,7 +198,7 @@ impl ModelConfig {
         };
         for (what, v, most) in [
             ("depth", self.depth, MAX_DEPTH),
-            ("d", self.d, MAX_BITS),
+            ("d", self.d, MAX_D),
             ("embed_dim", c, MAX_WIDTH),
             ("num_classes", classes, MAX_CLASSES),
             ("text_channels", self.text_channels, MAX_WIDTH),
@@ -274,8 +274,7 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
-    /// LayerNorm's epsilon is a small positive number (upstream's 1e-6): 0, a negative, NaN or one above 1
-    /// (a hand-edited model.json) is refused, naming it.
+    /// Bits per token are bounded as a dataset's manifest bounds them (1024).
     #[test]
     fn bits_per_token_are_bounded_as_a_dataset_bounds_them() {
         let mut c = ModelConfig::preset("tiny").unwrap();
@@ -286,6 +285,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err(), "d 1000000000000: at most 1024");
     }
 
+    /// LayerNorm's epsilon is a small positive number (upstream's 1e-6): 0, a negative, NaN or one above 1
+    /// (a hand-edited model.json) is refused, naming it.
     #[test]
     fn norm_eps_is_positive_and_small() {
         let mut c = ModelConfig::preset("tiny").unwrap();

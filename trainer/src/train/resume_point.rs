@@ -69,8 +69,13 @@ fn auto_choice(run: &Path) -> Option<PathBuf> {
 fn shared_folder_lag(dist: &Dist) -> Duration {
     let set = std::env::var(LAG_VAR).ok();
     let (lag, unread) = lag_of(set.as_deref(), dist.timeout);
-    if let Some(v) = unread.filter(|_| dist.is_leader()) {
-        tracing::warn!("{LAG_VAR}={v:?}: expected seconds (a number of at least 0); taken as 30");
+    // (once a process: a resume asks twice)
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if let Some(v) = unread {
+        SAID.call_once(|| {
+            let lag = lag.as_secs_f64();
+            tracing::warn!("{LAG_VAR}={v:?}: expected seconds (a number of at least 0); waiting {lag:.0} s instead");
+        });
     }
     lag
 }

@@ -2,9 +2,11 @@
 //! `pickle.dumps` write them) run on a stack of plain values. It never runs code: the calls it knows
 //! are [`super::call`]'s (an `OrderedDict`, torch's tensor rebuilders), any other builds an opaque
 //! value; persistent ids are storages ([`super::storage`]). Values nest at most [`MAX_DEPTH`] deep, so
-//! a crafted file cannot build a cycle or a stack-deep chain, and checking that walks at most
-//! [`MAX_WALK`] containers in all, so a crafted file of shared values (a tuple holding the one before it
-//! twice, thirty times over) or of many appends cannot make it take long.
+//! a crafted file cannot build a cycle or a stack-deep chain: a container, once put into another, may
+//! not change (a pickler fills each before it places it), so its depth is known from then on, and a
+//! container grows only by items of known depth. Each container is so walked once however often it is
+//! shared (a tuple holding the one before it twice, thirty times over), and all checks together walk at
+//! most [`MAX_WALK`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,10 +40,6 @@ pub(super) enum Value {
 impl Value {
     pub(super) fn dict() -> Value {
         Value::Dict(Rc::new(RefCell::new(Vec::new())))
-    }
-
-    pub(super) fn is_container(&self) -> bool {
-        matches!(self, Value::Tuple(_) | Value::List(_) | Value::Dict(_))
     }
 
     pub(super) fn as_usize(&self) -> Option<usize> {
@@ -78,6 +76,9 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Containers put into another, by address, with their depth: they may not change any more, and
+    /// each keeps its value alive here, so no other container takes its address.
+    placed: HashMap<usize, (usize, Value)>,
     /// What the nesting checks may still walk ([`MAX_WALK`] at the start).
     walk_left: u64,
 }
@@ -93,21 +94,34 @@ impl Machine<'_> {
         Ok(s)
     }
 
-    /// Push a container built of `items`, refused past [`MAX_DEPTH`] (a crafted pickle could nest
-    /// values deep enough to overflow the stack when they are dropped).
+    /// Push a container built of `items` ([`Self::place`]).
     fn push_container(&mut self, items: &[Value], container: Value) -> Result<()> {
-        self.check_nesting(items)?;
+        self.place(items, None)?;
         self.stack.push(container);
         Ok(())
     }
 
-    /// An error where any of `values` holds containers nested more than [`MAX_DEPTH`] deep, or one that
-    /// holds itself. Each container is walked once however often it is shared, and every check counts
-    /// against [`MAX_WALK`].
-    fn check_nesting(&mut self, values: &[Value]) -> Result<()> {
+    /// Put `items` into a container, a new one or `into` (which grows): each at most [`MAX_DEPTH`] − 1
+    /// deep, so the container is at most [`MAX_DEPTH`] (a crafted pickle could nest values deep enough to
+    /// overflow the stack when they are dropped), and from now on placed. A container `into` that is
+    /// placed itself may not grow: it would deepen what holds it, or hold itself.
+    fn place(&mut self, items: &[Value], into: Option<&Value>) -> Result<()> {
         let mut known = HashMap::new();
-        for v in values {
-            nesting(v, 0, &mut known, &mut self.walk_left)?;
+        let mut depths = Vec::with_capacity(items.len());
+        for v in items {
+            depths.push(nesting(v, 1, &self.placed, &mut known, &mut self.walk_left)?);
+        }
+        for (v, depth) in items.iter().zip(depths) {
+            if let Some(a) = address(v) {
+                self.placed.entry(a).or_insert_with(|| (depth, v.clone()));
+            }
+        }
+        if let Some(a) = into.and_then(address) {
+            ensure!(
+                !self.placed.contains_key(&a),
+                "a container changed after it was put into another, or put into itself (a crafted file?): not a \
+                 state dict"
+            );
         }
         Ok(())
     }
@@ -244,16 +258,11 @@ impl Machine<'_> {
                 }
                 b'a' | b'e' => {
                     let items = if op == b'a' { vec![self.pop()?] } else { self.since_mark()? };
-                    self.check_nesting(&items)?;
+                    let target = self.top()?;
+                    self.place(&items, Some(&target))?;
                     // (appends to an object this reader keeps opaque are dropped)
-                    let containers = items.iter().any(Value::is_container);
-                    if let Some(Value::List(l)) = self.stack.last() {
+                    if let Value::List(l) = target {
                         l.try_borrow_mut().context("a list appended to itself")?.extend(items);
-                    }
-                    // (a container put into one it holds would make a cycle)
-                    if containers {
-                        let top = self.top()?;
-                        self.check_nesting(&[top])?;
                     }
                 }
                 b'}' => self.stack.push(Value::dict()),
@@ -266,17 +275,14 @@ impl Machine<'_> {
                         _ => self.since_mark()?,
                     };
                     ensure!(items.len() % 2 == 0, "an odd number of a dict's keys and values");
-                    self.check_nesting(&items)?;
-                    let containers = items.iter().any(Value::is_container);
+                    let target = if op == b'd' { None } else { Some(self.top()?) };
+                    self.place(&items, target.as_ref())?;
                     let pairs = items.chunks_exact(2).map(|kv| (kv[0].clone(), kv[1].clone()));
-                    if op == b'd' {
-                        self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs.collect()))));
-                    } else if let Some(Value::Dict(d)) = self.stack.last() {
-                        d.try_borrow_mut().context("a dict set into itself")?.extend(pairs);
-                        if containers {
-                            let top = self.top()?;
-                            self.check_nesting(&[top])?;
-                        }
+                    match target {
+                        None => self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs.collect())))),
+                        Some(Value::Dict(d)) => d.try_borrow_mut().context("a dict set into itself")?.extend(pairs),
+                        // (set into an object this reader keeps opaque: dropped)
+                        Some(_) => {}
                     }
                 }
                 0x8f => self.stack.push(Value::Opaque(Rc::new("a set".into()))), // EMPTY_SET
@@ -333,23 +339,34 @@ fn text(b: &[u8]) -> Result<String> {
 /// How deep containers may nest: a state dict is a few levels deep.
 const MAX_DEPTH: usize = 64;
 
-/// How many containers the nesting checks of one pickle may walk in all: a state dict's take a few per
-/// tensor, a crafted pickle's are cut short here.
-const MAX_WALK: u64 = 20_000_000;
+/// How many containers the nesting checks of one pickle may walk in all: each is walked once (where it
+/// is placed), so a state dict's take a few per tensor; past this, a crafted pickle's are cut short.
+const MAX_WALK: u64 = 50_000_000;
 
-/// The depth of the containers within `v` (0: none), at `level` below the value checked: an error past
-/// [`MAX_DEPTH`] or in a container that holds itself. `known` keeps the depth of each container walked in
-/// this check (by address: a value shared is walked once), `left` what the checks may still walk.
-fn nesting(v: &Value, level: usize, known: &mut HashMap<usize, usize>, left: &mut u64) -> Result<usize> {
-    let addr = match v {
-        Value::Tuple(t) => Rc::as_ptr(t) as *const () as usize,
-        Value::List(l) => Rc::as_ptr(l) as *const () as usize,
-        Value::Dict(d) => Rc::as_ptr(d) as *const () as usize,
-        _ => return Ok(0),
-    };
-    const WALKING: usize = usize::MAX;
+/// The address of a container's value (`None`: no container).
+fn address(v: &Value) -> Option<usize> {
+    match v {
+        Value::Tuple(t) => Some(Rc::as_ptr(t) as *const () as usize),
+        Value::List(l) => Some(Rc::as_ptr(l) as *const () as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const () as usize),
+        _ => None,
+    }
+}
+
+/// The depth of the containers within `v` (0: none), `v` at `level` below the container it goes into:
+/// an error past [`MAX_DEPTH`]. A `placed` container's depth is known; others are walked, their depths
+/// kept in `known` for this check (a value shared is walked once), each step counted against `left`.
+fn nesting(
+    v: &Value,
+    level: usize,
+    placed: &HashMap<usize, (usize, Value)>,
+    known: &mut HashMap<usize, usize>,
+    left: &mut u64,
+) -> Result<usize> {
+    let Some(addr) = address(v) else { return Ok(0) };
     let deep = || anyhow!("values nested deeper than {MAX_DEPTH} (or a container that holds itself)");
-    match known.get(&addr) {
+    const WALKING: usize = usize::MAX;
+    match placed.get(&addr).map(|(d, _)| d).or(known.get(&addr)) {
         Some(&WALKING) => return Err(deep()),
         Some(&d) if level + d > MAX_DEPTH => return Err(deep()),
         Some(&d) => return Ok(d),
@@ -363,7 +380,7 @@ fn nesting(v: &Value, level: usize, known: &mut HashMap<usize, usize>, left: &mu
             *left = left.checked_sub(1).ok_or_else(|| {
                 anyhow!("its containers take more than {MAX_WALK} steps to check (a crafted file?): not a state dict")
             })?;
-            below = below.max(nesting(item, level + 1, known, left)?);
+            below = below.max(nesting(item, level + 1, placed, known, left)?);
         }
         Ok(below)
     };
@@ -397,7 +414,8 @@ pub(super) fn describe(v: &Value) -> String {
 
 /// Run the pickle `p`; its result.
 pub(super) fn unpickle(p: &[u8]) -> Result<Value> {
-    Machine { p, at: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), walk_left: MAX_WALK }.run()
+    let (stack, marks, memo, placed) = (Vec::new(), Vec::new(), HashMap::new(), HashMap::new());
+    Machine { p, at: 0, stack, marks, memo, placed, walk_left: MAX_WALK }.run()
 }
 
 #[cfg(test)]
@@ -433,30 +451,48 @@ mod tests {
     }
 
     /// Crafted pickles are errors, never panics or a blown stack: a length past the end (or past
-    /// usize), a list that holds itself, tuples nested a hundred deep.
+    /// usize), a list that holds itself, tuples nested past the bound (64 deep is a value, 65 is not), and
+    /// a container grown after it was put into another (which could deepen a chain without bound).
     #[test]
     fn crafted_pickles_are_refused() {
         let huge = [&b"\x80\x02\x8d"[..], &[0xff; 8], b"."].concat();
         let e = unpickle(&huge).unwrap_err().to_string();
         assert!(e.contains("the pickle ends inside an opcode"), "{e}");
         let e = unpickle(b"]q\x00h\x00a.").unwrap_err().to_string();
+        assert!(e.contains("a container changed after it was put into another, or put into itself"), "{e}");
+        let e = unpickle(&[&b"N"[..], &[0x85; 65], b"."].concat()).unwrap_err().to_string();
         assert!(e.contains("nested deeper than 64"), "{e}");
-        let deep = [&b"N"[..], &[0x85; 100], b"."].concat();
-        let e = unpickle(&deep).unwrap_err().to_string();
-        assert!(e.contains("nested deeper than 64"), "{e}");
-        let ok = [&b"N"[..], &[0x85; 63], b"."].concat();
-        assert!(unpickle(&ok).is_ok());
+        assert!(unpickle(&[&b"N"[..], &[0x85; 64], b"."].concat()).is_ok());
+        // a list put 62 tuples deep into the root, then grown by the next (the memo brings it back)
+        let wrap = [0x85; 62];
+        let grown = [&b"\x80\x02]q\x00h\x00]q\x01"[..], &wrap, b"a0", b"h\x01]q\x02", &wrap, b"a0."].concat();
+        let e = unpickle(&grown).unwrap_err().to_string();
+        assert!(e.contains("a container changed after it was put into another"), "{e}");
     }
 
     /// Shared values are walked once: a tuple holding the one before it twice, sixty times over (2^60
-    /// paths), is checked at once; and many appends of containers to one list are cut short with an error
-    /// rather than walked again and again.
+    /// paths), is checked at once; a list of 200,000 appends and a dict of 200,000 entries set in batches
+    /// of 1000 (as a pickler writes them) are read in one pass, not walked again at every batch.
     #[test]
-    fn crafted_pickles_cannot_take_long() {
+    fn large_and_shared_values_are_checked_once() {
         let shared = [&b"\x80\x02N"[..], &b"q\x00h\x00\x86".repeat(60), b"."].concat();
         assert!(unpickle(&shared).is_ok(), "sixty levels of pairs, each within the depth bound, are a value");
         let appends = [&b"\x80\x02]"[..], &b")a".repeat(200_000), b"."].concat();
-        let e = unpickle(&appends).unwrap_err().to_string();
-        assert!(e.contains("its containers take more than 20000000 steps to check"), "{e}");
+        let Value::List(l) = unpickle(&appends).unwrap() else { panic!("not a list") };
+        assert_eq!(l.borrow().len(), 200_000);
+        let mut dict = b"\x80\x02}".to_vec();
+        for batch in 0..200u32 {
+            dict.push(b'(');
+            for i in batch * 1000..(batch + 1) * 1000 {
+                // (key i: [1, 2])
+                dict.push(b'J');
+                dict.extend(i.to_le_bytes());
+                dict.extend(b"(K\x01K\x02l");
+            }
+            dict.push(b'u');
+        }
+        dict.push(b'.');
+        let Value::Dict(d) = unpickle(&dict).unwrap() else { panic!("not a dict") };
+        assert_eq!(d.borrow().len(), 200_000);
     }
 }
