@@ -219,11 +219,10 @@ fn parse_model_json(dir: &Path) -> Result<(ModelConfig, String)> {
 /// `model.json`'s `text` has the checksum `state` records, where it records one (its `norm_eps`, …, shape
 /// no tensor, so only the checksum finds them changed).
 fn model_json_intact(dir: &Path, text: &str, state: &TrainState) -> Result<()> {
-    let Some(want) = &state.model_json_crc32c else { return Ok(()) };
-    let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
-    let p = dir.join(MODEL_JSON);
-    ensure!(&found == want, "{}: crc32c {found}, {STATE_FILE} expects {want} (corrupt checkpoint)", p.display());
-    Ok(())
+    match &state.model_json_crc32c {
+        Some(want) => crc_matches(&dir.join(MODEL_JSON), text.as_bytes(), want),
+        None => Ok(()),
+    }
 }
 
 /// A checkpoint's `model.json` parses, describes the tensors of the model trained (`cfg`), and is the
@@ -279,8 +278,12 @@ pub fn tensors_intact(dir: &Path, state: &TrainState) -> bool {
 }
 
 pub(super) fn verify_crc(p: &Path, want: &str) -> Result<()> {
-    let bytes = map_file(p)?;
-    let found = format!("{:08x}", crc32c::crc32c(&bytes));
+    crc_matches(p, &map_file(p)?, want)
+}
+
+/// An error where `bytes`, the contents of `p`, do not have the crc32c `want` that `state.json` records.
+fn crc_matches(p: &Path, bytes: &[u8], want: &str) -> Result<()> {
+    let found = format!("{:08x}", crc32c::crc32c(bytes));
     ensure!(found == want, "{}: crc32c {found}, {STATE_FILE} expects {want} (corrupt checkpoint)", p.display());
     Ok(())
 }
@@ -333,18 +336,28 @@ pub fn load(
         }
         // (read by dtype: f32 as written here; a bf16 or f16 copy widened, not taken for half as many values)
         let size = t.dtype().bitsize() / 8;
-        // (the shape is the model's, so the part lies inside: safetensors checked the data's length)
-        let part = &t.data()[moments.start * size..moments.end * size];
-        *dst = crate::model::io::tensor_f32(name, t.dtype(), part)
-            .map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
-        // (every rank the whole tensor, not its shard alone: each then refuses alike, and `--check` too)
-        let whole = (0..lay.numel).step_by(1 << 20).map(|from| from..(from + (1 << 20)).min(lay.numel));
-        for chunk in whole {
-            let values = crate::model::io::tensor_f32(name, t.dtype(), &t.data()[chunk.start * size..chunk.end * size])
-                .map_err(|e| anyhow!("{}: {e}", optim_path.display()))?;
-            if let Some(why) = impossible_moment(name, &values, chunk.start, lay) {
-                return Err(damaged(anyhow!("{}: {why} (corrupt checkpoint)", optim_path.display())));
+        // (the shape is the model's, so every part lies inside: safetensors checked the data's length)
+        let read = |range: Range<usize>| {
+            crate::model::io::tensor_f32(name, t.dtype(), &t.data()[range.start * size..range.end * size])
+                .map_err(|e| anyhow!("{}: {e}", optim_path.display()))
+        };
+        *dst = read(moments.clone())?;
+        // (every rank the whole tensor, not its shard alone: each then refuses alike, and `--check` too;
+        // the rest of it, beside the shard read, a chunk at a time)
+        let chunks = |r: Range<usize>| r.clone().step_by(1 << 20).map(move |from| from..(from + (1 << 20)).min(r.end));
+        let rest = chunks(0..moments.start).chain(chunks(moments.end..lay.numel));
+        let impossible = || -> Result<Option<String>> {
+            let mut found = impossible_moment(name, dst, moments.start, lay);
+            for c in rest {
+                if found.is_some() {
+                    break;
+                }
+                found = impossible_moment(name, &read(c.clone())?, c.start, lay);
             }
+            Ok(found)
+        };
+        if let Some(why) = impossible()? {
+            return Err(damaged(anyhow!("{}: {why} (corrupt checkpoint)", optim_path.display())));
         }
     }
     let (_, header) =
