@@ -1,4 +1,4 @@
-//! `infinity data …` end to end: synth → inspect → verify → stats (PNG) → corrupt → verify fails.
+//! `infinity data …` end to end: synth → inspect → verify → stats (PNG) → corrupt → verify and inspect fail.
 
 use crate::{infinity, path_str};
 
@@ -25,6 +25,9 @@ fn synth_inspect_verify_stats_and_a_failing_verify() {
     bytes[mid] ^= 0xff;
     std::fs::write(&shard, bytes).unwrap();
     assert!(!infinity(&["data", "verify", ds_s]), "verify must fail on a corrupt shard");
+    // inspect reads the first shard's schema: a shard that is no Arrow file fails it too
+    std::fs::write(&shard, b"not an arrow file").unwrap();
+    assert!(!infinity(&["data", "inspect", ds_s]), "inspect must fail on an unreadable shard");
 }
 
 #[test]

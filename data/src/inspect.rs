@@ -15,8 +15,19 @@ use crate::schedule::ScaleSchedule;
 use crate::tokenizer::Image;
 use crate::Dataset;
 
+/// What [`inspect`] found: a summary for people, and whether the first shard's schema is one the
+/// reader takes.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Manifest, schedules, shards and the Arrow schema, for a terminal.
+    pub summary: String,
+    /// Why the first shard cannot be read as the manifest describes it (unreadable, a column missing
+    /// or of another type), where it cannot.
+    pub schema_problem: Option<String>,
+}
+
 /// A human-readable summary: manifest, schedules, shards and the Arrow schema.
-pub fn inspect(dir: &Path) -> Result<String> {
+pub fn inspect(dir: &Path) -> Result<Inspection> {
     let m = Manifest::load(dir)?;
     let mut s = String::new();
     let _ = writeln!(s, "dataset      {}", dir.display());
@@ -82,13 +93,14 @@ pub fn inspect(dir: &Path) -> Result<String> {
     if m.shards.len() > 8 {
         let _ = writeln!(s, "  … {} more", m.shards.len() - 8);
     }
-    write_schema(&mut s, dir, &m);
-    Ok(s)
+    let schema_problem = write_schema(&mut s, dir, &m);
+    Ok(Inspection { summary: s, schema_problem })
 }
 
 /// The Arrow schema of the first shard as the file declares it (a writer's mistake shows here), each
-/// column marked where the manifest expects another type or no such column.
-fn write_schema(s: &mut String, dir: &Path, m: &Manifest) {
+/// column marked where the manifest expects another type or no such column; returns what makes the
+/// shard unreadable as the manifest describes it, if anything does.
+fn write_schema(s: &mut String, dir: &Path, m: &Manifest) -> Option<String> {
     let expected = format::schema(m.columns());
     let all = format::schema(format::Columns {
         latent: true,
@@ -102,19 +114,23 @@ fn write_schema(s: &mut String, dir: &Path, m: &Manifest) {
         for f in expected.fields() {
             let _ = writeln!(s, "  {:<12} {}", f.name(), f.data_type());
         }
-        return;
+        return None;
     };
     let _ = writeln!(s, "arrow schema of {}", first.file);
     let schema = match crate::reader::file_schema(&dir.join(&first.file)) {
         Ok(schema) => schema,
         Err(e) => {
             let _ = writeln!(s, "  unreadable: {e}");
-            return;
+            return Some(e.to_string()); // (it names the file)
         }
     };
+    let mut problems = Vec::new();
     for f in schema.fields() {
         let note = match expected.field_with_name(f.name()) {
-            Ok(want) if want.data_type() != f.data_type() => format!("  (the format expects {})", want.data_type()),
+            Ok(want) if want.data_type() != f.data_type() => {
+                problems.push(format!("`{}` is {}, the format expects {}", f.name(), f.data_type(), want.data_type()));
+                format!("  (the format expects {})", want.data_type())
+            }
             Ok(_) => String::new(),
             Err(_) if all.field_with_name(f.name()).is_ok() => "  (the manifest does not declare it)".into(),
             Err(_) => "  (not a format column: ignored)".into(),
@@ -124,7 +140,9 @@ fn write_schema(s: &mut String, dir: &Path, m: &Manifest) {
     }
     for f in expected.fields().iter().filter(|f| schema.field_with_name(f.name()).is_err()) {
         let _ = writeln!(s, "  {:<12} missing (the format expects {})", f.name(), f.data_type());
+        problems.push(format!("no `{}` column", f.name()));
     }
+    (!problems.is_empty()).then(|| format!("{}: {}", first.file, problems.join(", ")))
 }
 
 /// What `verify` found. `problems` is empty for a sound dataset.

@@ -251,8 +251,7 @@ impl Manifest {
         }
         // (checked against the tokenizer's values where it is text: a number would switch the check off)
         if let Some(c) = self.tokenizer.params.get("crc32c") {
-            let hex8 = |c: &str| c.len() == 8 && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            if !c.as_str().is_some_and(hex8) {
+            if !c.as_str().is_some_and(is_crc32c_text) {
                 let want = "8 lowercase hex digits, as text (\"0f3a9b21\")".into();
                 return Err(bad("tokenizer.params.crc32c", want, c.to_string()));
             }
@@ -272,8 +271,7 @@ impl Manifest {
                 let found = if s.file.is_empty() { "an empty name".into() } else { format!("`{}`", s.file) };
                 return Err(bad(&format!("shards[{i}].file"), "a plain file name in the folder".into(), found));
             }
-            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-            if s.crc32c.len() != 8 || !s.crc32c.chars().all(hex) {
+            if !is_crc32c_text(&s.crc32c) {
                 let found = format!("`{}`", s.crc32c);
                 return Err(bad(&format!("shards[{i}].crc32c"), "8 lowercase hex digits".into(), found));
             }
@@ -390,6 +388,11 @@ impl Manifest {
 
 /// The error for a dataset folder given as a file (read on, `data/manifest.json` would be
 /// `data/manifest.json/manifest.json: Not a directory`).
+/// Whether `s` is a crc32c as manifests and checkpoints record one: 8 lowercase hex digits.
+pub fn is_crc32c_text(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn not_a_folder(dir: &Path) -> DataError {
     let mut s = format!("{}: must be a dataset folder (the one holding {MANIFEST_FILE}), found a file", dir.display());
     if dir.file_name().is_some_and(|n| n == MANIFEST_FILE) {

@@ -578,11 +578,15 @@ fn inspect_prints_the_schema_the_shard_declares() {
     cols[0] = ("id", Arc::new(arrow_array::Int64Array::from(vec![1i64, 2, 3])));
     cols.push(("source", Arc::new(arrow_array::StringArray::from(vec!["a"; 3]))));
     replace_shard0(dir.path(), &mut m, cols);
-    let s = infinity_data::inspect::inspect(dir.path()).unwrap();
+    let found = infinity_data::inspect::inspect(dir.path()).unwrap();
+    let s = found.summary;
     assert!(s.contains("arrow schema of shard-00000.arrow"), "{s}");
     assert!(s.contains("id           Int64 (nullable)  (the format expects UInt64)"), "{s}");
     assert!(s.contains("source       Utf8 (nullable)  (not a format column: ignored)"), "{s}");
     assert!(s.contains("bits         Binary (nullable)\n"), "{s}");
+    // (the extra column is no problem; the wrong type is, and a summary says so)
+    let problem = found.schema_problem.unwrap();
+    assert_eq!(problem, "shard-00000.arrow: `id` is Int64, the format expects UInt64");
 }
 
 /// Shard files the manifest does not list are never read; the trainer can ask for them to warn.
@@ -679,8 +683,9 @@ fn a_file_given_for_the_dataset_folder_is_named() {
 fn inspect_says_1_shard() {
     let (dir, m) = dataset(1);
     assert_eq!(m.shards.len(), 1);
-    let s = infinity_data::inspect::inspect(dir.path()).unwrap();
-    assert!(s.contains("rows         1 in 1 shard, "), "{s}");
+    let found = infinity_data::inspect::inspect(dir.path()).unwrap();
+    assert!(found.summary.contains("rows         1 in 1 shard, "), "{}", found.summary);
+    assert_eq!(found.schema_problem, None);
 }
 
 /// A shard file without record batches still has a schema, checked as any other shard's: a file that

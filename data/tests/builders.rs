@@ -156,7 +156,7 @@ fn pack_a_folder_of_images_with_labels_and_captions() {
     }
     assert!(inspect::verify(out.path()).problems.is_empty());
     // the images' size in pixels is said (a budget's name alone does not fix it: the patch does too)
-    let text = inspect::inspect(out.path()).unwrap();
+    let text = inspect::inspect(out.path()).unwrap().summary;
     assert!(text.contains("latent 8×8 (32×32 px)"), "{text}");
     // the statistics look at rows spread over the dataset, whose rows are in class order
     let text = inspect::stats(&ds, 2).unwrap();

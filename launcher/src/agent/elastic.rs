@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::group::{check_run, Misconfigured};
+use super::agreement::Misconfigured;
+use super::group::check_run;
 use crate::store::waiting::{refused_clause, Progress};
 use crate::store::StoreClient;
 
@@ -89,7 +90,7 @@ pub(super) struct Rounds {
     last_call: Duration,
     /// How long fewer than MIN agents may wait when no one else is known to be coming.
     timeout: Duration,
-    /// This agent's command-line settings ([`super::group::settings_line`]), which an agent joining a
+    /// This agent's command-line settings ([`super::agreement::settings_line`]), which an agent joining a
     /// running group compares with the group's before it joins (empty: not compared).
     settings: String,
 }
@@ -194,7 +195,7 @@ impl Rounds {
         format!("{}/settings", self.base)
     }
 
-    /// The members of a round agreed on their settings (`super::group::agree_on_settings`): later
+    /// The members of a round agreed on their settings (`super::agreement::agree_on_settings`): later
     /// agents compare theirs with them before they join ([`Rounds::check_settings`]).
     pub fn post_settings(&self, c: &mut StoreClient) -> Result<()> {
         match self.settings.is_empty() {

@@ -5,7 +5,8 @@
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::{LaunchArgs, Nodes};
-use crate::env::{job_port, parse_nodelist, slurm_run_id, vars};
+use crate::env::slurm::{job_port, parse_nodelist, slurm_run_id};
+use crate::env::vars;
 
 /// Where this agent stands in its group.
 pub(super) struct Plan {

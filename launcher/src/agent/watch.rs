@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::elastic::Group;
+use super::ending::{signalled, signalled_node};
 use super::failure;
-use super::group::{signalled, signalled_node};
 use super::poller::{agent_key, agent_name, beat_key, Heartbeat, Poller};
 use super::ranks::{describe, drain, futures_select_all, signal_origin, stop_group, Rank};
 use super::signals::{forwarded, signal_name, Signals};
@@ -54,7 +54,7 @@ pub(super) async fn watch(
     let mut poller = Poller::new(store_addr, &p.token, &format!("agent {} watch", g.node_rank));
     // this node's counter moves all through the watch, the ranks' stop (up to the grace and the drain)
     // and the look for lost nodes included: an agent whose ranks finished first tells a node still
-    // running or stopping (beating) from a lost one (group.rs, group_outcome)
+    // running or stopping (beating) from a lost one (ending.rs, group_outcome)
     let _beat =
         Heartbeat::start(store_addr, &p.token, &format!("agent {} beat", g.node_rank), beat_key(prefix, g.node_rank));
     poller.post(&agent_key(prefix, g.node_rank), &agent_name()).await;

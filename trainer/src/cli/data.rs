@@ -14,7 +14,8 @@ pub enum DataCommand {
     Synth(SynthArgs),
     /// Tokenize a folder of PNG/JPEG images (classes from sub-folder names, else one class) into shards.
     Pack(PackArgs),
-    /// Print the manifest, schedules, shards and Arrow schema.
+    /// Print the manifest, schedules, shards and Arrow schema (exit 1 where the first shard's schema
+    /// is not one the reader takes).
     Inspect { dir: PathBuf },
     /// Check every shard and row; exits non-zero on any problem.
     Verify { dir: PathBuf },
@@ -215,7 +216,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 fit.psnr_latent_db,
                 fit.psnr_bsq_db,
             );
-            console_text!("{}", inspect::inspect(&a.common.out)?);
+            console_text!("{}", inspect::inspect(&a.common.out)?.summary);
         }
         DataCommand::Pack(mut a) => {
             // (a top-up mixes with its dataset only on that dataset's tokenizer: taken where none is given)
@@ -377,7 +378,15 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 (None, None) => {}
             }
         }
-        DataCommand::Inspect { dir } => console_text!("{}", inspect::inspect(&dir)?),
+        DataCommand::Inspect { dir } => {
+            let found = inspect::inspect(&dir)?;
+            console_text!("{}", found.summary);
+            // (a summary of a dataset no run can read exits as a failed check would)
+            if let Some(problem) = found.schema_problem {
+                console_err!("error: {problem}; `infinity data verify {}` checks every shard", dir.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         DataCommand::Verify { dir } => {
             let r = inspect::verify(&dir);
             for p in &r.problems {

@@ -135,6 +135,7 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let done_path = dir.join(DONE);
     let done = std::fs::read_to_string(&done_path).with_context(|| format!("reading {}", done_path.display()))?;
+    let empty_marker = done.trim().is_empty();
     match super::done_crc(&done) {
         Some(want) => {
             let found = format!("{:08x}", crc32c::crc32c(text.as_bytes()));
@@ -144,8 +145,8 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
                 state_path.display()
             );
         }
-        // (a build's before 2026-12-05 wrote it empty)
-        None if done.trim().is_empty() => {}
+        // (a build's before 2026-12-05 wrote it empty: checked below that this one is that old)
+        None if empty_marker => {}
         None => bail!(
             "{}: expected `{STATE_FILE} crc32c` and 8 hex digits (or nothing, from a build before 2026-12-05), \
              found {:?}: the marker changed after the checkpoint was written",
@@ -157,6 +158,13 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     let state: TrainState = serde_path_to_error::deserialize(de)
         .map_err(|e| anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))?;
     // (a folder renamed by hand would resume at another step than its name says)
+    // (a build that records model.json's checksum fills DONE too: emptied, the marker checks nothing)
+    ensure!(
+        !(empty_marker && state.model_json_crc32c.is_some()),
+        "{}: empty, where the build that wrote {STATE_FILE} records its checksum there: the marker changed \
+         after the checkpoint was written",
+        done_path.display()
+    );
     if let Some(named) = super::step_of(dir).filter(|&n| n != state.step) {
         bail!("{}: step {}, the folder's name says {named}", state_path.display(), state.step);
     }
@@ -431,7 +439,22 @@ mod tests {
         std::fs::write(dir.join(DONE), "garbage").unwrap();
         let e = format!("{:#}", load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
         assert!(e.contains("DONE: expected `state.json crc32c` and 8 hex digits") && e.contains("\"garbage\""), "{e}");
+        let record = crate::train::checkpoint::done_record(text.as_bytes());
+        std::fs::write(dir.join(DONE), format!("{} trailing", record.trim())).unwrap();
+        let e = format!("{:#}", load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
+        assert!(e.contains("DONE: expected `state.json crc32c` and 8 hex digits"), "{e}");
+        // emptied, the marker of a build that records model.json's checksum is refused
         std::fs::write(dir.join(DONE), "").unwrap();
+        let e = format!("{:#}", load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap_err());
+        assert!(e.contains("DONE: empty, where the build that wrote state.json records its checksum"), "{e}");
+        // an earlier build's: no model.json checksum in state.json, an empty marker
+        let old = serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        let mut old = old.as_object().unwrap().clone();
+        assert!(old.remove("model_json_crc32c").is_some());
+        std::fs::write(dir.join(STATE_FILE), serde_json::to_string_pretty(&old).unwrap()).unwrap();
+        load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap();
+        std::fs::write(dir.join(STATE_FILE), &text).unwrap();
+        std::fs::write(dir.join(DONE), record).unwrap();
         load(&dir, tmp.path(), &cfg, &lay, whole.clone()).unwrap();
 
         // the moving average's file is checked with the others, the way on named

@@ -179,9 +179,10 @@ fn done_record(state_json: &[u8]) -> String {
     format!("{STATE_FILE} crc32c {:08x}\n", crc32c::crc32c(state_json))
 }
 
-/// The `state.json` checksum a `DONE` marker records, if it records one.
+/// The `state.json` checksum a `DONE` marker records, if it records one and nothing else.
 fn done_crc(done: &str) -> Option<&str> {
-    done.trim().strip_prefix(STATE_FILE)?.trim().strip_prefix("crc32c")?.split_whitespace().next()
+    let crc = done.trim().strip_prefix(STATE_FILE)?.trim_start().strip_prefix("crc32c")?.trim();
+    infinity_data::manifest::is_crc32c_text(crc).then_some(crc)
 }
 
 /// Write a complete checkpoint for `state.step`; returns its folder.

@@ -1,96 +1,10 @@
-//! Where a training process finds its place in the group: torchrun-style variables (set by our agent,
-//! torchrun, or Kubernetes training operators), or SLURM's when `srun` starts one task per rank.
+//! [`DistEnv`], a process's place in the group as its variables give it (torchrun-style or SLURM's), the
+//! restart attempt they name, and what to warn of where they describe no group.
 
 use anyhow::{bail, Context, Result};
 
-/// Environment variables our agent sets besides the torchrun ones.
-pub mod vars {
-    /// The rendezvous token (required to join the store).
-    pub const TOKEN: &str = "INFINITY_RDZV_TOKEN";
-    pub const RUN_ID: &str = "INFINITY_RUN_ID";
-    /// Restart attempt (0 first); a restarted group resumes from its newest checkpoint.
-    pub const RESTART_COUNT: &str = "INFINITY_RESTART_COUNT";
-    /// `1` when the agent hosts the store (otherwise rank 0 hosts it at MASTER_ADDR:MASTER_PORT).
-    pub const AGENT_STORE: &str = "INFINITY_AGENT_STORE";
-    /// The port rank 0 hosts the store at where our agent does not (default MASTER_PORT, or the next
-    /// one under torchrun), alike on every rank.
-    pub const STORE_PORT: &str = "INFINITY_STORE_PORT";
-    /// `auto`: resume from the newest complete checkpoint (set by the agent on restarts).
-    pub const RESUME: &str = "INFINITY_RESUME";
-    /// `1` for every rank `infinity launch` starts: the agent reports how its ranks ended (a clean stop
-    /// is exit 0 and a store mark, not an exit code of the rank's choosing).
-    pub const UNDER_AGENT: &str = "INFINITY_UNDER_AGENT";
-    /// The agent's process id: a rank the agent started through a wrapper (`sh -c`, a script), which the
-    /// agent's parent-death signal does not reach, stops as on SIGTERM once the agent is gone.
-    pub const AGENT_PID: &str = "INFINITY_AGENT_PID";
-    /// An elastic group's (`--nnodes MIN:MAX`) range as `MIN:MAX:NPROC_PER_NODE`: the worlds it may
-    /// regroup to, which a rank checks its batch splits over before the first step (a world that does
-    /// not would stop the group, exit 2, when a node joins or leaves).
-    pub const ELASTIC: &str = "INFINITY_ELASTIC";
-}
-
-/// The world sizes [`vars::ELASTIC`] allows (`None`: not set, or not `MIN:MAX:NPROC` of counts).
-pub fn elastic_worlds() -> Option<(String, Vec<usize>)> {
-    let v = std::env::var(vars::ELASTIC).ok()?;
-    let n: Vec<usize> = v.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let [min, max, per_node] = n[..] else { return None };
-    (min >= 1 && min <= max && per_node >= 1)
-        .then(|| (format!("{min}:{max}"), (min..=max).map(|k| k * per_node).collect()))
-}
-
-/// What torchrun tells the processes it starts (`torch.distributed.run`), read where ours are not set.
-pub mod torchrun {
-    /// `True` when torchrun's agent hosts its own store (c10d's protocol) at MASTER_PORT (its static
-    /// rendezvous always, c10d's in recent releases): rank 0 hosts ours at the next port.
-    pub const USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
-    pub const RUN_ID: &str = "TORCHELASTIC_RUN_ID";
-    /// The restart of its workers (0 first): a restarted group resumes from its newest checkpoint.
-    pub const RESTART_COUNT: &str = "TORCHELASTIC_RESTART_COUNT";
-}
-
-/// Exit code of a training process whose command line or config is wrong (as clap's usage errors): a
-/// restart would fail the same way, so the agent does not restart its group.
-pub const EXIT_BAD_INVOCATION: i32 = 2;
-
-/// Store key (under an attempt's prefix) the ranks set when a stop signal ended them before the run's
-/// end, so their agents tell a checkpoint-and-stop from a finished run (both exit 0).
-pub const STOPPED_EARLY: &str = "stopped-early";
-
-/// Exit code of a training process that met a problem in its dataset's contents (a corrupt shard, a
-/// row that fails its checks, a sample with non-finite values): a restarted group would read the same
-/// rows in the same order and fail the same way, so the agent does not restart it. (EX_DATAERR of
-/// sysexits.h.)
-pub const EXIT_BAD_DATA: i32 = 65;
-
-/// Exit code of a training process whose run diverged (`optim.max_nonfinite` non-finite steps in a
-/// row): a run is a pure function of its config, so a restarted group would resume from the last good
-/// checkpoint and diverge at the same step; the agent does not restart it.
-pub const EXIT_DIVERGED: i32 = 87;
-
-/// Exit code of a training process that made no progress for `run.stall_timeout_s` (a hang outside a
-/// collective) and ended itself: a restart may well succeed (EX_TEMPFAIL of sysexits.h), so the agent
-/// restarts its group from the last checkpoint as for a crash.
-pub const EXIT_STALLED: i32 = 75;
-
-/// Exit code of a training process a stop signal ended during its setup (before its first step,
-/// nothing trained, so nothing to checkpoint): 128 + SIGTERM, as the signal's default action reports.
-/// After a signal the agent forwarded, a clean stop as a checkpointed one is.
-pub const EXIT_STOPPED_BEFORE_START: i32 = 143;
-
-/// This machine's name (`gethostname`: `$HOSTNAME` is a shell variable, often not exported); `None`
-/// where it has none.
-pub fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname(2) writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0)?;
-    (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
-/// Whether a rank's exit code says that a restart would fail the same way.
-pub fn is_permanent_failure(code: Option<i32>) -> bool {
-    matches!(code, Some(EXIT_BAD_INVOCATION | EXIT_BAD_DATA | EXIT_DIVERGED))
-}
+use super::slurm::{job_port, parse_nodelist, slurm_run_id};
+use super::{torchrun, vars};
 
 /// One process's place in a distributed run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,7 +45,7 @@ impl DistEnv {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
         // SLURM's task variables describe a job step that srun started (SLURM_STEP_ID set), one task per
         // rank; the batch script and an salloc shell see SLURM_PROCID and SLURM_NTASKS too (the job's),
-        // but run once, on one node: there they describe no rank (as the agent's SLURM_NNODES, mod.rs)
+        // but run once, on one node: there they describe no rank (as the agent's SLURM_NNODES, agent/plan.rs)
         let in_step = get("SLURM_STEP_ID").is_some();
         let get = |k: &str| if k.starts_with("SLURM_") && k != "SLURM_JOB_ID" && !in_step { None } else { get(k) };
         let num = |k: &str| -> Result<Option<usize>> {
@@ -319,32 +233,6 @@ fn restart_count(get: &impl Fn(&str) -> Option<String>) -> Result<u32> {
     Ok(0)
 }
 
-/// A store port of its own for SLURM job `job_id`'s step `step_id`: `base + (job + step × 6173) mod
-/// 10000`, so two jobs sharing a node, or two sruns of one allocation, do not meet at one default port
-/// (`None` outside SLURM). A requeued job's steps count from 0 again and find the same ports. A job id
-/// that is not a number is an error naming it; a step named rather than numbered (as [`slurm_run_id`]
-/// keeps it: `JOB.NAME`) counts as a hash of its name, so it keeps apart from step 0 too.
-pub fn job_port(base: u16, job_id: Option<&str>, step_id: Option<&str>) -> Result<Option<u16>> {
-    let Some(job_id) = job_id else { return Ok(None) };
-    let job = (job_id.trim().parse::<u64>())
-        .with_context(|| format!("SLURM_JOB_ID={job_id:?}: expected SLURM's job number"))?;
-    let named = |s: &str| s.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    let step = step_id.map(str::trim).map_or(0, |s| s.parse::<u64>().unwrap_or_else(|_| named(s)));
-    // (coprime to 10000: a job's first 10000 steps take distinct ports; step 1 lands far from job + 1)
-    const STEP_STRIDE: u64 = 6173;
-    Ok(Some(base + ((job % 10_000 + (step % 10_000) * STEP_STRIDE) % 10_000) as u16))
-}
-
-/// The run id SLURM gives a job step: `JOB` for the first (step 0, or outside a step), `JOB.STEP` for a
-/// later srun of the allocation, so that its store keys and log folders keep apart from the first's.
-pub fn slurm_run_id(job_id: Option<String>, step_id: Option<&str>) -> Option<String> {
-    let job = job_id?.trim().to_string();
-    Some(match step_id.map(str::trim) {
-        None | Some("0") => job,
-        Some(step) => format!("{job}.{step}"),
-    })
-}
-
 /// What to warn of when the environment describes no group but names a rank 0 (`MASTER_ADDR`,
 /// `MASTER_PORT` without `WORLD_SIZE`): a process meant for a group that would train alone.
 fn stray_master_vars(get: impl Fn(&str) -> Option<String>) -> Option<String> {
@@ -381,118 +269,10 @@ fn outside_srun_step(get: impl Fn(&str) -> Option<String>) -> Option<String> {
     })
 }
 
-/// Expand a SLURM node list: `node[01-03,07],gpu5` → node01, node02, node03, node07, gpu5; a host
-/// with several bracket groups takes every combination, the first group outermost (as `scontrol show
-/// hostnames`): `r[1-2]-g[3-4]` → r1-g3, r1-g4, r2-g3, r2-g4.
-pub fn parse_nodelist(list: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut rest = list.trim();
-    while !rest.is_empty() {
-        // one item: a host expression with any number of bracketed range lists, up to the next
-        // top-level comma
-        let end = {
-            let mut depth = 0;
-            let mut end = rest.len();
-            for (i, c) in rest.char_indices() {
-                match c {
-                    '[' => depth += 1,
-                    ']' => depth -= 1,
-                    ',' if depth == 0 => {
-                        end = i;
-                        break;
-                    }
-                    _ => {}
-                }
-                if !(0..=1).contains(&depth) {
-                    bail!("node list {list:?}: unbalanced brackets");
-                }
-            }
-            if depth != 0 {
-                bail!("node list {list:?}: unbalanced brackets");
-            }
-            end
-        };
-        let item = &rest[..end];
-        rest = rest[end..].trim_start_matches(',');
-        // (each group is a level of expand_host's recursion)
-        if item.matches('[').count() > MAX_GROUPS {
-            let shown: String = item.chars().take(40).collect();
-            bail!("node list of {} bytes: a host with more than {MAX_GROUPS} bracket groups (`{shown}…`)", list.len());
-        }
-        out.extend(expand_host(list, item)?);
-        if out.len() > MAX_NODES {
-            bail!("node list {list:?}: more than {MAX_NODES} hosts");
-        }
-    }
-    Ok(out)
-}
-
-/// The most hosts a node list may expand to (a typo's range would otherwise allocate without bound).
-const MAX_NODES: usize = 100_000;
-
-/// The most bracket groups one host of a node list may have (`rack[1-4]-node[01-16]` has two).
-const MAX_GROUPS: usize = 16;
-
-/// Every host one expression of a node list names (`list` for errors); brackets are balanced.
-fn expand_host(list: &str, item: &str) -> Result<Vec<String>> {
-    let Some(open) = item.find('[') else { return Ok(vec![item.to_string()]) };
-    let close = open + item[open..].find(']').with_context(|| format!("node list {list:?}: `{item}`"))?;
-    let (prefix, ranges) = (&item[..open], &item[open + 1..close]);
-    let suffixes = expand_host(list, &item[close + 1..])?;
-    let mut out = Vec::new();
-    for range in ranges.split(',') {
-        let (a, b) = range.split_once('-').unwrap_or((range, range));
-        let width = a.len();
-        let bad = || format!("node list {list:?}: range `{range}` in `{item}` (expected N or N-M, digits)");
-        let (lo, hi): (u64, u64) = (a.parse().with_context(bad)?, b.parse().with_context(bad)?);
-        if hi < lo {
-            bail!("{}", bad());
-        }
-        // (counted before any host is made, the ranges of this group together)
-        let hosts = (hi - lo).checked_add(1).and_then(|n| n.checked_mul(suffixes.len() as u64));
-        if hosts.is_none_or(|n| n.saturating_add(out.len() as u64) > MAX_NODES as u64) {
-            bail!("node list {list:?}: more than {MAX_NODES} hosts");
-        }
-        for i in lo..=hi {
-            out.extend(suffixes.iter().map(|s| format!("{prefix}{i:0width$}{s}")));
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
-
-    #[test]
-    fn node_lists_expand() {
-        assert_eq!(parse_nodelist("node[01-03,07],gpu5").unwrap(), ["node01", "node02", "node03", "node07", "gpu5"]);
-        assert_eq!(parse_nodelist("a1").unwrap(), ["a1"]);
-        assert_eq!(parse_nodelist("x[8-10]").unwrap(), ["x8", "x9", "x10"]);
-        assert!(parse_nodelist("n[1-2").is_err());
-        assert!(parse_nodelist("n[3-1]").is_err());
-        // (a crafted list of 40,000 groups overflowed the stack)
-        let e = parse_nodelist(&format!("a{}", "[1]".repeat(40_000))).unwrap_err().to_string();
-        assert!(e.contains("a host with more than 16 bracket groups"), "{e}");
-        assert_eq!(parse_nodelist(&format!("a{}", "[1]".repeat(16))).unwrap(), [format!("a{}", "1".repeat(16))]);
-        // (a range's count near u64::MAX added to the hosts before it overflowed)
-        let e = parse_nodelist("n[1,1-18446744073709551615]").unwrap_err().to_string();
-        assert!(e.contains("more than 100000 hosts"), "{e}");
-        // several bracket groups in one host: every combination, zero padding kept (scontrol's order)
-        assert_eq!(
-            parse_nodelist("rack1-[01-02]-gpu[3-4]").unwrap(),
-            ["rack1-01-gpu3", "rack1-01-gpu4", "rack1-02-gpu3", "rack1-02-gpu4"]
-        );
-        assert_eq!(parse_nodelist("a[1,3]b[08-09],c").unwrap(), ["a1b08", "a1b09", "a3b08", "a3b09", "c"]);
-        assert!(parse_nodelist("n[[1-2]]").is_err());
-        assert!(parse_nodelist("n[1-2]x[a]").is_err());
-        assert!(parse_nodelist("n[0-99999]m[0-99999]").is_err());
-        // many ranges in one group, each within the bound, and a range at u64's end: refused, not made
-        let many = format!("a[1-2]b[{}]", ["0-99999"; 8].join(","));
-        assert!(parse_nodelist(&many).unwrap_err().to_string().contains("more than 100000 hosts"));
-        assert!(parse_nodelist("n[0-18446744073709551615]").is_err());
-    }
 
     fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
