@@ -3,15 +3,17 @@
 
 use rayon::prelude::*;
 
+use crate::wide::wide;
 use crate::Real;
 
 /// GELU-tanh and its derivative, through `0.5·(1 + tanh z) = σ(2z)` (one `exp` instead of `tanh`):
 /// `y = x·σ(2z)`, `y' = σ(2z) + 2x·σ(2z)(1 − σ(2z))·k(1 + 3a·x²)` with `z = k(x + a·x³)`.
+#[inline(always)] // (into the loops below, which then vectorise)
 fn gelu_parts<T: Real>(x: T) -> (T, T) {
     let k = T::of((2.0 / std::f64::consts::PI).sqrt());
     let a = T::of(0.044715);
     let z = k * (x + a * x * x * x);
-    let s = T::one() / (T::one() + (-(z + z)).exp());
+    let s = T::one() / (T::one() + (-(z + z)).exp_simd());
     let y = x * s;
     let dy = s + (x + x) * s * (T::one() - s) * k * (T::one() + T::of(3.0) * a * x * x);
     (y, dy)
@@ -21,30 +23,38 @@ fn gelu_parts<T: Real>(x: T) -> (T, T) {
 const CHUNK: usize = 1 << 14;
 
 pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = gelu_parts(v).0;
-        }
-    });
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| wide(|| gelu_forward_run(x, y)));
+}
+
+// (the loops in functions inlined into `wide`'s: a closure of their size is not)
+#[inline(always)]
+fn gelu_forward_run<T: Real>(x: &[T], y: &mut [T]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = gelu_parts(v).0;
+    }
 }
 
 pub fn gelu_backward<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
-    dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK))).for_each(|(dx, (dy, x))| {
-        for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-            *o = g * gelu_parts(v).1;
-        }
-    });
+    let chunks = dx.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)));
+    chunks.for_each(|(dx, (dy, x))| wide(|| gelu_backward_run(dy, x, dx)));
+}
+
+#[inline(always)]
+fn gelu_backward_run<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
+    for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+        *o = g * gelu_parts(v).1;
+    }
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = v / (T::one() + (-v).exp());
+        *o = v / (T::one() + (-v).exp_simd());
     }
 }
 
 pub fn silu_backward<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
     for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-        let s = T::one() / (T::one() + (-v).exp());
+        let s = T::one() / (T::one() + (-v).exp_simd());
         *o = g * s * (T::one() + v * (T::one() - s));
     }
 }

@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use crate::matmul::{matmul, Mat};
+use crate::wide::wide;
 use crate::Real;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,14 @@ impl AttnDims {
     }
 }
 
+/// `x ← e^(x − m)` over a row of scores (inlined into [`wide`]'s loops).
+#[inline(always)]
+fn exp_minus<T: Real>(row: &mut [T], m: T) {
+    for x in row {
+        *x = (*x - m).exp_simd();
+    }
+}
+
 /// `O = softmax(scale·Q Kᵀ) V` per segment and head. o: `[Nq, H·c]`, lse: `[Nq, H]`.
 /// Heads run in parallel (each into its own buffer, then interleaved).
 pub fn attention_forward<T: Real>(
@@ -91,11 +100,9 @@ pub fn attention_forward<T: Real>(
                 for i in 0..seg.nq {
                     let row = &mut s[i * seg.nk..(i + 1) * seg.nk];
                     let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-                    let mut sum = T::zero();
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
+                    // (the exponentials in a loop of their own, which vectorises; the sum in order after)
+                    wide(|| exp_minus(row, m));
+                    let sum = row.iter().fold(T::zero(), |s, &x| s + x);
                     for x in row.iter_mut() {
                         *x /= sum;
                     }
@@ -176,9 +183,7 @@ pub fn attention_backward<T: Real>(
                 scores(q, k, seg, h, dims, &mut p);
                 for i in 0..seg.nq {
                     let m = lse[(seg.q0 + i) * heads + h];
-                    for x in &mut p[i * seg.nk..(i + 1) * seg.nk] {
-                        *x = (*x - m).exp();
-                    }
+                    wide(|| exp_minus(&mut p[i * seg.nk..(i + 1) * seg.nk], m));
                 }
                 // dV += Pᵀ dO ;  dP = dO Vᵀ
                 let (qv, kv) = (Mat::rows(seg.q0 * w + h * c, w), Mat::rows(seg.k0 * w + h * c, w));

@@ -35,5 +35,6 @@ mod real;
 pub mod resample;
 pub mod rope;
 pub mod tensor_cores;
+pub mod wide;
 
-pub use real::Real;
+pub use real::{exp_f32, Real};
