@@ -1,7 +1,7 @@
 //! Elementwise loops compiled for the widest vectors the CPU has. The crate is built for baseline
 //! x86-64 (SSE2: 4 f32 to a vector); a loop run through [`wide`] is compiled again for AVX-512 (16) and
-//! AVX2 (8), and the CPU's best taken at run time. GELU over a step's `[N, Hf]` went from 3.3 to 1.1 ns
-//! an element with AVX-512. The operations are the same IEEE ones in every version (Rust never fuses a
+//! AVX2 (8), and the CPU's best taken at run time (GELU's forward: 2.6 ns an element with SSE2, 1.1
+//! with AVX-512). The operations are the same IEEE ones in every version (Rust never fuses a
 //! multiply and an add unasked), so each gives the same bits: a run does not depend on the CPU it
 //! trains on.
 
