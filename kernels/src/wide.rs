@@ -2,8 +2,7 @@
 //! x86-64 (SSE2: 4 f32 to a vector); a loop run through [`wide`] is compiled again for AVX-512 (16) and
 //! AVX2 (8), and the CPU's best taken at run time (GELU's forward: 2.6 ns an element with SSE2, 1.1
 //! with AVX-512). The operations are the same IEEE ones in every version (Rust never fuses a
-//! multiply and an add unasked), so each gives the same bits: a run does not depend on the CPU it
-//! trains on.
+//! multiply and an add unasked), so each gives the same bits: the choice changes no result.
 
 /// Run `f`, its loops compiled for AVX-512 or AVX2 where this CPU has them (`f` is inlined into a
 /// function compiled with those features; without them, `f` as it is).
