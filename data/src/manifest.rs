@@ -386,13 +386,13 @@ impl Manifest {
     }
 }
 
-/// The error for a dataset folder given as a file (read on, `data/manifest.json` would be
-/// `data/manifest.json/manifest.json: Not a directory`).
 /// Whether `s` is a crc32c as manifests and checkpoints record one: 8 lowercase hex digits.
 pub fn is_crc32c_text(s: &str) -> bool {
     s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The error for a dataset folder given as a file (read on, `data/manifest.json` would be
+/// `data/manifest.json/manifest.json: Not a directory`).
 fn not_a_folder(dir: &Path) -> DataError {
     let mut s = format!("{}: must be a dataset folder (the one holding {MANIFEST_FILE}), found a file", dir.display());
     if dir.file_name().is_some_and(|n| n == MANIFEST_FILE) {

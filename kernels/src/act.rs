@@ -9,7 +9,7 @@ use crate::Real;
 /// GELU-tanh and its derivative, through `0.5·(1 + tanh z) = σ(2z)` (one `exp` instead of `tanh`):
 /// `y = x·σ(2z)`, `y' = σ(2z) + 2x·σ(2z)(1 − σ(2z))·k(1 + 3a·x²)` with `z = k(x + a·x³)`.
 #[inline(always)] // (into the loops below, which then vectorise)
-fn gelu_parts<T: Real>(x: T) -> (T, T) {
+pub(crate) fn gelu_parts<T: Real>(x: T) -> (T, T) {
     let k = T::of((2.0 / std::f64::consts::PI).sqrt());
     let a = T::of(0.044715);
     let z = k * (x + a * x * x * x);
@@ -28,7 +28,7 @@ pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
 
 // (the loops in functions inlined into `wide`'s: a closure of their size is not)
 #[inline(always)]
-fn gelu_forward_run<T: Real>(x: &[T], y: &mut [T]) {
+pub(crate) fn gelu_forward_run<T: Real>(x: &[T], y: &mut [T]) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = gelu_parts(v).0;
     }
@@ -40,7 +40,7 @@ pub fn gelu_backward<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
 }
 
 #[inline(always)]
-fn gelu_backward_run<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
+pub(crate) fn gelu_backward_run<T: Real>(dy: &[T], x: &[T], dx: &mut [T]) {
     for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
         *o = g * gelu_parts(v).1;
     }

@@ -70,7 +70,7 @@ impl AttnDims {
 
 /// `x ← e^(x − m)` over a row of scores (inlined into [`wide`]'s loops).
 #[inline(always)]
-fn exp_minus<T: Real>(row: &mut [T], m: T) {
+pub(crate) fn exp_minus<T: Real>(row: &mut [T], m: T) {
     for x in row {
         *x = (*x - m).exp_simd();
     }

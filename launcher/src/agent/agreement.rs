@@ -1,5 +1,6 @@
 //! The settings every agent of a group must share (the kind of group, the node count, the ranks per node,
-//! the restarts): posted and compared before the agents meet, a disagreement named on every node.
+//! the restarts, the preempted exit code): posted and compared before the agents meet, a disagreement
+//! named on every node.
 
 use std::time::{Duration, Instant};
 

@@ -157,7 +157,6 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
     let de = &mut serde_json::Deserializer::from_str(&text);
     let state: TrainState = serde_path_to_error::deserialize(de)
         .map_err(|e| anyhow!("{}: at `{}`: {}", state_path.display(), e.path(), e.inner()))?;
-    // (a folder renamed by hand would resume at another step than its name says)
     // (a build that records model.json's checksum fills DONE too: emptied, the marker checks nothing)
     ensure!(
         !(empty_marker && state.model_json_crc32c.is_some()),
@@ -165,6 +164,7 @@ fn parse_state(dir: &Path) -> Result<TrainState> {
          after the checkpoint was written",
         done_path.display()
     );
+    // (a folder renamed by hand would resume at another step than its name says)
     if let Some(named) = super::step_of(dir).filter(|&n| n != state.step) {
         bail!("{}: step {}, the folder's name says {named}", state_path.display(), state.step);
     }

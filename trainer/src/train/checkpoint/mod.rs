@@ -181,8 +181,10 @@ fn done_record(state_json: &[u8]) -> String {
 
 /// The `state.json` checksum a `DONE` marker records, if it records one and nothing else.
 fn done_crc(done: &str) -> Option<&str> {
-    let crc = done.trim().strip_prefix(STATE_FILE)?.trim_start().strip_prefix("crc32c")?.trim();
-    infinity_data::manifest::is_crc32c_text(crc).then_some(crc)
+    match done.split_whitespace().collect::<Vec<_>>()[..] {
+        [STATE_FILE, "crc32c", crc] if infinity_data::manifest::is_crc32c_text(crc) => Some(crc),
+        _ => None,
+    }
 }
 
 /// Write a complete checkpoint for `state.step`; returns its folder.
