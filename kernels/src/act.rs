@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::rows::CHUNK;
 use crate::wide::wide;
 use crate::Real;
 
@@ -18,9 +19,6 @@ pub(crate) fn gelu_parts<T: Real>(x: T) -> (T, T) {
     let dy = s + (x + x) * s * (T::one() - s) * k * (T::one() + T::of(3.0) * a * x * x);
     (y, dy)
 }
-
-/// Elements per parallel chunk: large enough to amortise the task, small enough to balance 2–64 cores.
-const CHUNK: usize = 1 << 14;
 
 pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| wide(|| gelu_forward_run(x, y)));

@@ -4,22 +4,28 @@
 //! - modulate: `y = x·(1 + scale) + shift` (upstream `LN(x)·(1+scale1) + shift1`)
 //! - gated residual: `res += y·gamma` (upstream `x + drop_path(SA(...)·gamma1)`; the drop path is
 //!   [`scale_gates`] on gamma)
+//!
+//! Rows run in parallel, the backward's a sample a task (its sums over `L` in row order): the same
+//! bits on any core count.
 
+use rayon::prelude::*;
+
+use crate::rows::for_row_runs;
 use crate::Real;
 
 /// x, y: `[B, L, C]`; scale, shift: `[B, C]`.
 pub fn modulate_forward<T: Real>(x: &[T], scale: &[T], shift: &[T], y: &mut [T], l: usize, c: usize) {
     let b = scale.len() / c;
     assert!(x.len() == b * l * c && y.len() == x.len() && shift.len() == b * c, "modulate_forward: shapes");
-    for bi in 0..b {
-        let (sc, sh) = (&scale[bi * c..(bi + 1) * c], &shift[bi * c..(bi + 1) * c]);
-        for t in 0..l {
-            let o = (bi * l + t) * c;
+    for_row_runs(y, c, |first, y| {
+        for (k, yr) in y.chunks_exact_mut(c).enumerate() {
+            let (r, bi) = (first + k, (first + k) / l);
+            let (sc, sh) = (&scale[bi * c..(bi + 1) * c], &shift[bi * c..(bi + 1) * c]);
             for i in 0..c {
-                y[o + i] = x[o + i] * (T::one() + sc[i]) + sh[i];
+                yr[i] = x[r * c + i] * (T::one() + sc[i]) + sh[i];
             }
         }
-    }
+    });
 }
 
 /// `dx` written; `dscale`, `dshift` (`[B, C]`) added.
@@ -35,17 +41,20 @@ pub fn modulate_backward<T: Real>(
     c: usize,
 ) {
     let b = scale.len() / c;
-    for bi in 0..b {
-        for t in 0..l {
-            let o = (bi * l + t) * c;
+    assert!(dy.len() == b * l * c && x.len() == dy.len() && dx.len() == dy.len(), "modulate_backward: shapes");
+    let sums = dscale.par_chunks_mut(c).zip(dshift.par_chunks_mut(c));
+    dx.par_chunks_mut((l * c).max(1)).zip(sums).enumerate().for_each(|(bi, (dx, (dscale, dshift)))| {
+        let (dy, x, scale) =
+            (&dy[bi * l * c..(bi + 1) * l * c], &x[bi * l * c..(bi + 1) * l * c], &scale[bi * c..(bi + 1) * c]);
+        for o in (0..l * c).step_by(c) {
             for i in 0..c {
                 let g = dy[o + i];
-                dx[o + i] = g * (T::one() + scale[bi * c + i]);
-                dscale[bi * c + i] += g * x[o + i];
-                dshift[bi * c + i] += g;
+                dx[o + i] = g * (T::one() + scale[i]);
+                dscale[i] += g * x[o + i];
+                dshift[i] += g;
             }
         }
-    }
+    });
 }
 
 /// `y = modulate(LayerNorm(x))` with a LayerNorm without affine (the blocks' pre-norm branches):
@@ -101,14 +110,14 @@ pub fn modulated_layernorm_backward<T: Real>(
 pub fn gated_residual_forward<T: Real>(res: &mut [T], y: &[T], gamma: &[T], l: usize, c: usize) {
     let b = gamma.len() / c;
     assert!(res.len() == b * l * c && y.len() == res.len(), "gated_residual_forward: shapes");
-    for bi in 0..b {
-        for t in 0..l {
-            let o = (bi * l + t) * c;
+    for_row_runs(res, c, |first, res| {
+        for (k, rr) in res.chunks_exact_mut(c).enumerate() {
+            let (r, bi) = (first + k, (first + k) / l);
             for i in 0..c {
-                res[o + i] += y[o + i] * gamma[bi * c + i];
+                rr[i] += y[r * c + i] * gamma[bi * c + i];
             }
         }
-    }
+    });
 }
 
 /// Given `dres` (gradient of the residual stream, which passes through unchanged): `dy = dres·gamma`
@@ -123,15 +132,20 @@ pub fn gated_residual_backward<T: Real>(
     c: usize,
 ) {
     let b = gamma.len() / c;
-    for bi in 0..b {
-        for t in 0..l {
-            let o = (bi * l + t) * c;
+    assert!(
+        dres.len() == b * l * c && y.len() == dres.len() && dy.len() == dres.len(),
+        "gated_residual_backward: shapes"
+    );
+    dy.par_chunks_mut((l * c).max(1)).zip(dgamma.par_chunks_mut(c)).enumerate().for_each(|(bi, (dy, dgamma))| {
+        let (dres, y, gamma) =
+            (&dres[bi * l * c..(bi + 1) * l * c], &y[bi * l * c..(bi + 1) * l * c], &gamma[bi * c..(bi + 1) * c]);
+        for o in (0..l * c).step_by(c) {
             for i in 0..c {
-                dy[o + i] = dres[o + i] * gamma[bi * c + i];
-                dgamma[bi * c + i] += dres[o + i] * y[o + i];
+                dy[o + i] = dres[o + i] * gamma[i];
+                dgamma[i] += dres[o + i] * y[o + i];
             }
         }
-    }
+    });
 }
 
 /// Stochastic depth (upstream's `drop_path` on the gated branches, timm's `DropPath`) folded into the

@@ -16,6 +16,7 @@
 use rayon::prelude::*;
 
 use crate::matmul::{matmul, Mat};
+use crate::rows::rows_per_task;
 use crate::wide::wide;
 use crate::Real;
 
@@ -266,15 +267,20 @@ pub fn normalize_heads_forward<T: Real>(x: &[T], y: &mut [T], heads: usize, head
         gain.len() == heads && x.len().is_multiple_of(heads * head_dim) && y.len() == x.len(),
         "normalize_heads: shapes"
     );
-    let mut norms = Vec::with_capacity(x.len() / head_dim);
-    for (i, (xh, yh)) in x.chunks_exact(head_dim).zip(y.chunks_exact_mut(head_dim)).enumerate() {
-        let n = xh.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::of(NORMALIZE_EPS));
-        let g = gain[i % heads];
-        for (o, &v) in yh.iter_mut().zip(xh) {
-            *o = g * v / n;
+    let mut norms = vec![T::zero(); x.len() / head_dim];
+    let per = rows_per_task(head_dim); // head vectors per task
+    y.par_chunks_mut(per * head_dim).zip(norms.par_chunks_mut(per)).enumerate().for_each(|(j, (y, norms))| {
+        for (k, (yh, norm)) in y.chunks_exact_mut(head_dim).zip(norms).enumerate() {
+            let i = j * per + k;
+            let xh = &x[i * head_dim..(i + 1) * head_dim];
+            let n = xh.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::of(NORMALIZE_EPS));
+            let g = gain[i % heads];
+            for (o, &v) in yh.iter_mut().zip(xh) {
+                *o = g * v / n;
+            }
+            *norm = n;
         }
-        norms.push(n);
-    }
+    });
     norms
 }
 
@@ -286,23 +292,31 @@ pub fn normalize_heads_backward<T: Real>(
     norms: &[T],
     gain: &[T],
     dx: &mut [T],
-    mut dgain: Option<&mut [T]>,
+    dgain: Option<&mut [T]>,
     heads: usize,
     head_dim: usize,
 ) {
-    for (i, ((dyh, xh), dxh)) in
-        dy.chunks_exact(head_dim).zip(x.chunks_exact(head_dim)).zip(dx.chunks_exact_mut(head_dim)).enumerate()
-    {
-        let (n, g) = (norms[i], gain[i % heads]);
-        // u = x / n; y = g·u
-        let udy: T = xh.iter().zip(dyh).map(|(&a, &b)| a / n * b).sum();
-        if let Some(dg) = dgain.as_deref_mut() {
-            dg[i % heads] += udy;
+    assert!(dy.len() == x.len() && dx.len() == x.len() && norms.len() * head_dim == x.len(), "normalize_heads: shapes");
+    // u·dy per head vector (u = x / n; y = g·u), kept for dgain's sums in row order
+    let mut udys = vec![T::zero(); norms.len()];
+    let per = rows_per_task(head_dim); // head vectors per task
+    dx.par_chunks_mut(per * head_dim).zip(udys.par_chunks_mut(per)).enumerate().for_each(|(j, (dx, udys))| {
+        for (k, (dxh, udy_out)) in dx.chunks_exact_mut(head_dim).zip(udys).enumerate() {
+            let i = j * per + k;
+            let (xh, dyh) = (&x[i * head_dim..(i + 1) * head_dim], &dy[i * head_dim..(i + 1) * head_dim]);
+            let (n, g) = (norms[i], gain[i % heads]);
+            let udy: T = xh.iter().zip(dyh).map(|(&a, &b)| a / n * b).sum();
+            let clamped = n <= T::of(NORMALIZE_EPS);
+            for ((o, &a), &b) in dxh.iter_mut().zip(xh).zip(dyh) {
+                // below the floor the op is x/eps, linear in x
+                *o = if clamped { g * b / n } else { g * (b - a / n * udy) / n };
+            }
+            *udy_out = udy;
         }
-        let clamped = n <= T::of(NORMALIZE_EPS);
-        for ((o, &a), &b) in dxh.iter_mut().zip(xh).zip(dyh) {
-            // below the floor the op is x/eps, linear in x
-            *o = if clamped { g * b / n } else { g * (b - a / n * udy) / n };
+    });
+    if let Some(dg) = dgain {
+        for (i, &udy) in udys.iter().enumerate() {
+            dg[i % heads] += udy;
         }
     }
 }

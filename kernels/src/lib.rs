@@ -34,6 +34,7 @@ pub mod qkv;
 mod real;
 pub mod resample;
 pub mod rope;
+mod rows;
 pub mod tensor_cores;
 pub mod wide;
 

@@ -1,8 +1,12 @@
 //! LayerNorm (with or without affine) and RMSNorm over the last axis of `[N, C]` rows.
 //!
 //! Forward saves per-row statistics (`mean`, `rstd`) for the backward. Input gradients are written,
-//! parameter gradients added.
+//! parameter gradients added. Rows run in parallel ([`crate::rows`]: the same bits on any core count);
+//! the parameter gradients' sums over rows are one task beside them, in row order.
 
+use rayon::prelude::*;
+
+use crate::rows::{for_row_runs, rows_per_task};
 use crate::Real;
 
 /// LayerNorm: `y = (x − μ)·rstd·w + b`, `rstd = 1/√(var + eps)` (biased variance, as `nn.LayerNorm`).
@@ -21,23 +25,27 @@ pub fn layernorm_forward<T: Real>(
     let n = x.len() / c;
     assert!(x.len() == n * c && y.len() == x.len() && mean.len() == n && rstd.len() == n, "layernorm_forward: shapes");
     let cf = T::of(c as f64);
-    for r in 0..n {
-        let xr = &x[r * c..(r + 1) * c];
-        let mu = xr.iter().copied().sum::<T>() / cf;
-        let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() / cf;
-        let rs = T::one() / (var + T::of(eps)).sqrt();
-        mean[r] = mu;
-        rstd[r] = rs;
-        let yr = &mut y[r * c..(r + 1) * c];
-        for i in 0..c {
-            let xh = (xr[i] - mu) * rs;
-            yr[i] = match (w, b) {
-                (Some(w), Some(b)) => xh * w[i] + b[i],
-                (Some(w), None) => xh * w[i],
-                _ => xh,
-            };
+    let rows = rows_per_task(c);
+    let stats = mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows));
+    y.par_chunks_mut(rows * c).zip(stats).enumerate().for_each(|(j, (y, (mean, rstd)))| {
+        for (k, yr) in y.chunks_exact_mut(c).enumerate() {
+            let r = j * rows + k;
+            let xr = &x[r * c..(r + 1) * c];
+            let mu = xr.iter().copied().sum::<T>() / cf;
+            let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() / cf;
+            let rs = T::one() / (var + T::of(eps)).sqrt();
+            mean[k] = mu;
+            rstd[k] = rs;
+            for i in 0..c {
+                let xh = (xr[i] - mu) * rs;
+                yr[i] = match (w, b) {
+                    (Some(w), Some(b)) => xh * w[i] + b[i],
+                    (Some(w), None) => xh * w[i],
+                    _ => xh,
+                };
+            }
         }
-    }
+    });
 }
 
 /// Backward of [`layernorm_forward`]: `dx` written; `dw`, `db` added when present.
@@ -54,31 +62,55 @@ pub fn layernorm_backward<T: Real>(
     c: usize,
 ) {
     let n = x.len() / c;
+    assert!(
+        dy.len() == n * c && dx.len() == dy.len() && mean.len() == n && rstd.len() == n,
+        "layernorm_backward: shapes"
+    );
     let cf = T::of(c as f64);
-    for r in 0..n {
-        let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        let (mu, rs) = (mean[r], rstd[r]);
-        let mut sum_g = T::zero();
-        let mut sum_gx = T::zero();
-        for i in 0..c {
-            let xh = (xr[i] - mu) * rs;
-            let g = dyr[i] * w.map_or(T::one(), |w| w[i]);
-            sum_g += g;
-            sum_gx += g * xh;
+    // (dw, db: one task through the rows in order beside the dx tasks, the serial loop's sums)
+    let with_params = dw.is_some() || db.is_some();
+    let param_grads = || {
+        for r in 0..n {
+            let (xr, dyr, mu, rs) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], mean[r], rstd[r]);
             if let Some(dw) = dw.as_deref_mut() {
-                dw[i] += dyr[i] * xh;
+                for ((s, &g), &v) in dw.iter_mut().zip(dyr).zip(xr) {
+                    *s += g * ((v - mu) * rs);
+                }
             }
             if let Some(db) = db.as_deref_mut() {
-                db[i] += dyr[i];
+                for (s, &g) in db.iter_mut().zip(dyr) {
+                    *s += g;
+                }
             }
         }
-        let (mg, mgx) = (sum_g / cf, sum_gx / cf);
-        let dxr = &mut dx[r * c..(r + 1) * c];
-        for i in 0..c {
-            let xh = (xr[i] - mu) * rs;
-            let g = dyr[i] * w.map_or(T::one(), |w| w[i]);
-            dxr[i] = rs * (g - mg - xh * mgx);
-        }
+    };
+    let mut dx_rows = || {
+        for_row_runs(dx, c, |first, dx| {
+            for (k, dxr) in dx.chunks_exact_mut(c).enumerate() {
+                let r = first + k;
+                let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+                let (mu, rs) = (mean[r], rstd[r]);
+                let mut sum_g = T::zero();
+                let mut sum_gx = T::zero();
+                for i in 0..c {
+                    let xh = (xr[i] - mu) * rs;
+                    let g = dyr[i] * w.map_or(T::one(), |w| w[i]);
+                    sum_g += g;
+                    sum_gx += g * xh;
+                }
+                let (mg, mgx) = (sum_g / cf, sum_gx / cf);
+                for i in 0..c {
+                    let xh = (xr[i] - mu) * rs;
+                    let g = dyr[i] * w.map_or(T::one(), |w| w[i]);
+                    dxr[i] = rs * (g - mg - xh * mgx);
+                }
+            }
+        })
+    };
+    if with_params {
+        rayon::join(dx_rows, param_grads);
+    } else {
+        dx_rows();
     }
 }
 
@@ -87,33 +119,50 @@ pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], y: &mut [T], rstd: &mut [T], c
     let n = x.len() / c;
     assert!(x.len() == n * c && y.len() == x.len() && rstd.len() == n && w.len() == c, "rmsnorm_forward: shapes");
     let cf = T::of(c as f64);
-    for r in 0..n {
-        let xr = &x[r * c..(r + 1) * c];
-        let rs = T::one() / (xr.iter().map(|&v| v * v).sum::<T>() / cf + T::of(eps)).sqrt();
-        rstd[r] = rs;
-        for i in 0..c {
-            y[r * c + i] = xr[i] * rs * w[i];
+    let rows = rows_per_task(c);
+    y.par_chunks_mut(rows * c).zip(rstd.par_chunks_mut(rows)).enumerate().for_each(|(j, (y, rstd))| {
+        for (k, yr) in y.chunks_exact_mut(c).enumerate() {
+            let xr = &x[(j * rows + k) * c..(j * rows + k + 1) * c];
+            let rs = T::one() / (xr.iter().map(|&v| v * v).sum::<T>() / cf + T::of(eps)).sqrt();
+            rstd[k] = rs;
+            for i in 0..c {
+                yr[i] = xr[i] * rs * w[i];
+            }
         }
-    }
+    });
 }
 
 /// Backward of [`rmsnorm_forward`]: `dx` written, `dw` added.
 pub fn rmsnorm_backward<T: Real>(dy: &[T], x: &[T], w: &[T], rstd: &[T], dx: &mut [T], dw: &mut [T], c: usize) {
     let n = x.len() / c;
+    assert!(dy.len() == n * c && dx.len() == dy.len() && rstd.len() == n && w.len() == c, "rmsnorm_backward: shapes");
     let cf = T::of(c as f64);
-    for r in 0..n {
-        let (xr, dyr, rs) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], rstd[r]);
-        let mut sum_gx = T::zero();
-        for i in 0..c {
-            let xn = xr[i] * rs;
-            sum_gx += dyr[i] * w[i] * xn;
-            dw[i] += dyr[i] * xn;
+    // (dw: one task through the rows in order beside the dx tasks, the serial loop's sums)
+    let param_grads = || {
+        for r in 0..n {
+            let (xr, dyr, rs) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], rstd[r]);
+            for ((s, &g), &v) in dw.iter_mut().zip(dyr).zip(xr) {
+                *s += g * (v * rs);
+            }
         }
-        let m = sum_gx / cf;
-        for i in 0..c {
-            dx[r * c + i] = rs * (dyr[i] * w[i] - xr[i] * rs * m);
-        }
-    }
+    };
+    let dx_rows = || {
+        for_row_runs(dx, c, |first, dx| {
+            for (k, dxr) in dx.chunks_exact_mut(c).enumerate() {
+                let r = first + k;
+                let (xr, dyr, rs) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], rstd[r]);
+                let mut sum_gx = T::zero();
+                for i in 0..c {
+                    sum_gx += dyr[i] * w[i] * (xr[i] * rs);
+                }
+                let m = sum_gx / cf;
+                for i in 0..c {
+                    dxr[i] = rs * (dyr[i] * w[i] - xr[i] * rs * m);
+                }
+            }
+        })
+    };
+    rayon::join(dx_rows, param_grads);
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! scale of its aspect-ratio template's `1M` schedule, so every scale and resolution shares one frame.
 //! The table is computed in f32 exactly as upstream does; the SOS token (scale 0, 1×1) gets angle 0.
 
+use crate::rows::for_row_runs;
 use crate::Real;
 
 /// `cos`/`sin` of every token's angles: `[L, P]` each, tokens in schedule order.
@@ -55,20 +56,22 @@ pub fn rope_apply<T: Real>(x: &mut [T], table: &RopeTable, l: usize, heads: usiz
     let c = 2 * p;
     assert_eq!(x.len() % (heads * c), 0, "rope_apply: rows are not H·c wide");
     assert!(offset + l <= table.num_tokens(), "rope_apply: the table has fewer than {} tokens", offset + l);
-    for (row, v) in x.chunks_exact_mut(heads * c).enumerate() {
-        let t = offset + row % l;
-        let (cs, sn) = (&table.cos[t * p..(t + 1) * p], &table.sin[t * p..(t + 1) * p]);
-        for h in 0..heads {
-            let head = &mut v[h * c..(h + 1) * c];
-            for k in 0..p {
-                let (co, s) = (T::of(cs[k] as f64), T::of(sn[k] as f64));
-                let s = if inverse { -s } else { s };
-                let (a, b) = (head[2 * k], head[2 * k + 1]);
-                head[2 * k] = co * a - s * b;
-                head[2 * k + 1] = s * a + co * b;
+    for_row_runs(x, heads * c, |first, x| {
+        for (row, v) in x.chunks_exact_mut(heads * c).enumerate() {
+            let t = offset + (first + row) % l;
+            let (cs, sn) = (&table.cos[t * p..(t + 1) * p], &table.sin[t * p..(t + 1) * p]);
+            for h in 0..heads {
+                let head = &mut v[h * c..(h + 1) * c];
+                for k in 0..p {
+                    let (co, s) = (T::of(cs[k] as f64), T::of(sn[k] as f64));
+                    let s = if inverse { -s } else { s };
+                    let (a, b) = (head[2 * k], head[2 * k + 1]);
+                    head[2 * k] = co * a - s * b;
+                    head[2 * k + 1] = s * a + co * b;
+                }
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
